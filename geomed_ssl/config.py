@@ -1,0 +1,239 @@
+"""Typed recipe objects: YAML load, ``section.key=value`` overrides, validation with clear errors.
+
+A recipe has four sections (``data``, ``model``, ``method``, ``train``); later features add sections (``finetune``,
+``labels``). Each is a dataclass; unknown keys are errors that name the key and the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from geomed_ssl.errors import ConfigError
+
+IntOrSeq = int | list[int]
+
+
+@dataclass
+class DataConfig:
+    """Where samples come from and how they are read."""
+
+    kind: str = "raster"  # raster (2D GeoTIFF) | volume (3D NIfTI)
+    patch_size: IntOrSeq = 64  # sampled window in pixels / voxels, int or per-axis list
+    sensor: str | None = None  # sensor profile for band names and wavelengths (sentinel2, landsat8, ...)
+    band_names: list[str] | None = None
+    wavelengths: list[float] | None = None  # centre wavelengths in micrometres, one per band
+    include: list[str] = field(default_factory=lambda: ["**/*"])
+    exclude: list[str] = field(default_factory=list)
+    channels: list[str] | None = None  # one glob per channel: stack single-channel files of one folder
+    nodata: float | None = None  # overrides the files' nodata value
+    num_workers: int = 2
+    min_valid_fraction: float = 0.5  # windows with less valid area are rejected
+    windows_per_read: int = 8  # windows cut from each block-aligned read (rasters)
+    stats_windows: int = 256  # windows sampled to compute the band statistics
+    # volumes only
+    spacing: list[float] | None = None  # resample to this voxel spacing (mm) before sampling
+    intensity: str = "auto"  # auto | ct | mr | none
+    ct_window: list[float] = field(default_factory=lambda: [-1000.0, 1000.0])
+    cache_volumes: int = 4  # decoded volumes kept per worker
+
+
+@dataclass
+class ModelConfig:
+    """The ViT encoder."""
+
+    embedding: str = "plain"
+    patch_size: IntOrSeq = 8
+    embed_dim: int = 192
+    depth: int = 12
+    num_heads: int = 3
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_path: float = 0.0
+
+
+@dataclass
+class MethodConfig:
+    """The self-supervised method and its own hyperparameters."""
+
+    name: str = "mae"
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = True
+    decoder_embed_dim: int = 128
+    decoder_depth: int = 4
+    decoder_num_heads: int = 4
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and the Lightning Trainer."""
+
+    batch_size: int = 64
+    max_steps: int = 1000
+    base_lr: float = 1.5e-4  # lr = base_lr * effective_batch / 256
+    min_lr: float = 0.0
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float | None = 1.0
+    accumulate_grad_batches: int = 1
+    precision: str = "auto"  # auto: 32 on CPU, bf16-mixed on GPU
+    accelerator: str = "auto"
+    devices: Any = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    seed: int = 0
+    checkpoint_every: int = 500
+    preview_every: int = 200
+    log_every: int = 10
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "method": MethodConfig,
+    "train": TrainConfig,
+}
+
+
+@dataclass
+class Recipe:
+    """A whole recipe: one typed object per section."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _build_section(name: str, values: dict[str, Any], source: str) -> Any:
+    cls = SECTIONS[name]
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in values if k not in valid]
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key '{name}.{unknown[0]}'. Valid keys in '{name}': {', '.join(valid)}."
+        )
+    return cls(**values)
+
+
+def recipe_from_dict(raw: dict[str, Any] | None, source: str = "recipe") -> Recipe:
+    """Build and validate a ``Recipe`` from a plain dict (missing sections and keys take their defaults)."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a recipe is a mapping of sections ({', '.join(SECTIONS)}), got {type(raw).__name__}.")
+    unknown = [k for k in raw if k not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"{source}: unknown section '{unknown[0]}'. Valid sections: {', '.join(SECTIONS)}.")
+    sections = {}
+    for name in SECTIONS:
+        values = raw.get(name) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section '{name}' must be a mapping of key: value.")
+        sections[name] = _build_section(name, values, source)
+    recipe = Recipe(**sections)
+    validate(recipe, source)
+    return recipe
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Split ``section.key=value``; the value is parsed as YAML (numbers, lists, null, booleans)."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"--set '{text}': expected section.key=value, e.g. --set train.max_steps=200.")
+    dotted, value = text.split("=", 1)
+    section, key = dotted.split(".", 1)
+    try:
+        parsed = yaml.safe_load(value) if value != "" else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set '{text}': the value is not valid YAML ({err}).") from None
+    return section.strip(), key.strip(), parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``--set section.key=value`` strings to a raw recipe dict (a new dict is returned)."""
+    raw = {k: dict(v or {}) for k, v in (raw or {}).items()}
+    for text in overrides or []:
+        section, key, value = parse_override(text)
+        if section not in SECTIONS:
+            raise ConfigError(f"--set '{text}': unknown section '{section}'. Valid sections: {', '.join(SECTIONS)}.")
+        raw.setdefault(section, {})[key] = value
+    return raw
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
+    """Load a YAML recipe (``None``: all defaults), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe '{path}' not found. Pass a YAML file, e.g. recipes/mae_sentinel2.yaml.")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"recipe '{path}' is not valid YAML: {err}") from None
+    return recipe_from_dict(apply_overrides(raw, overrides), source)
+
+
+def as_tuple(value: IntOrSeq, ndim: int, name: str) -> tuple[int, ...]:
+    """An int or per-axis list as a tuple of ``ndim`` positive ints."""
+    if isinstance(value, int):
+        out = (value,) * ndim
+    elif isinstance(value, (list, tuple)) and len(value) == ndim and all(isinstance(v, int) for v in value):
+        out = tuple(value)
+    else:
+        raise ConfigError(f"'{name}' must be an int or a list of {ndim} ints, got {value!r}.")
+    if any(v <= 0 for v in out):
+        raise ConfigError(f"'{name}' must be positive, got {value!r}.")
+    return out
+
+
+def spatial_dims(data: DataConfig) -> int:
+    return 2 if data.kind == "raster" else 3
+
+
+def validate(recipe: Recipe, source: str = "recipe") -> None:
+    """Cross-field checks with messages that say how to fix the recipe."""
+    d, m, me, t = recipe.data, recipe.model, recipe.method, recipe.train
+    if d.kind not in ("raster", "volume"):
+        raise ConfigError(f"{source}: data.kind must be 'raster' or 'volume', got '{d.kind}'.")
+    nd = spatial_dims(d)
+    window = as_tuple(d.patch_size, nd, "data.patch_size")
+    patch = as_tuple(m.patch_size, nd, "model.patch_size")
+    for w, p in zip(window, patch):
+        if w % p:
+            raise ConfigError(
+                f"{source}: data.patch_size {list(window)} is not a multiple of model.patch_size {list(patch)}; "
+                "pick a window that the token patch divides."
+            )
+    if m.embed_dim % m.num_heads:
+        raise ConfigError(f"{source}: model.embed_dim ({m.embed_dim}) must be divisible by model.num_heads ({m.num_heads}).")
+    if me.decoder_embed_dim % me.decoder_num_heads:
+        raise ConfigError(
+            f"{source}: method.decoder_embed_dim ({me.decoder_embed_dim}) must be divisible by "
+            f"method.decoder_num_heads ({me.decoder_num_heads})."
+        )
+    if not 0.0 <= me.mask_ratio < 1.0:
+        raise ConfigError(f"{source}: method.mask_ratio must be in [0, 1), got {me.mask_ratio}.")
+    if not 0.0 <= d.min_valid_fraction <= 1.0:
+        raise ConfigError(f"{source}: data.min_valid_fraction must be in [0, 1], got {d.min_valid_fraction}.")
+    if d.intensity not in ("auto", "ct", "mr", "none"):
+        raise ConfigError(f"{source}: data.intensity must be one of auto, ct, mr, none; got '{d.intensity}'.")
+    for name in ("batch_size", "max_steps", "checkpoint_every", "accumulate_grad_batches", "log_every"):
+        if int(getattr(t, name)) <= 0:
+            raise ConfigError(f"{source}: train.{name} must be a positive integer, got {getattr(t, name)}.")
+    if t.warmup_steps < 0 or t.preview_every < 0:
+        raise ConfigError(f"{source}: train.warmup_steps and train.preview_every must be >= 0.")
+    if d.band_names is not None and d.wavelengths is not None and len(d.band_names) != len(d.wavelengths):
+        raise ConfigError(f"{source}: data.band_names and data.wavelengths must have the same length.")

@@ -1,0 +1,1 @@
+"""Data: catalog, band profiles, statistics, readers, views and datasets."""

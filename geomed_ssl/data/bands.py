@@ -1,0 +1,212 @@
+"""Sensor band profiles (names and centre wavelengths in micrometres) and band resolution for a file.
+
+Bands are always identified by NAME, never by position alone: two Sentinel-2 archives may hold the same 13 bands in
+different orders. The real EuroSAT-MS GeoTIFFs, for example, carry no band descriptions and store
+B01 B02 B03 B04 B05 B06 B07 B08 B09 B10 B11 B12 B8A (B8A last), while ``sentinel2`` below lists B8A after B08. For
+such files set ``data.band_names`` to the file's real order; the wavelengths are then looked up by name::
+
+    data:
+      sensor: sentinel2
+      band_names: [B01, B02, B03, B04, B05, B06, B07, B08, B09, B10, B11, B12, B8A]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+from geomed_ssl.errors import ConfigError, DataError
+
+SENSOR_DIR = Path(__file__).resolve().parent.parent / "sensors"
+INDIAN_PINES_DROPPED = frozenset([*range(104, 109), *range(150, 164), 220])  # 1-based bands of the 220-band cube
+
+
+# Nominal centre wavelengths (µm): Sentinel-2 MSI (ESA), Landsat 8 OLI/TIRS and Landsat 7 ETM+ (USGS band names).
+_SENTINEL2 = {
+    "B01": 0.443, "B02": 0.490, "B03": 0.560, "B04": 0.665, "B05": 0.705, "B06": 0.740, "B07": 0.783,
+    "B08": 0.842, "B8A": 0.865, "B09": 0.945, "B10": 1.375, "B11": 1.610, "B12": 2.190,
+}
+_LANDSAT8 = {  # B1 coastal, B2 blue, B3 green, B4 red, B5 NIR, B6/B7 SWIR, B8 pan, B9 cirrus, B10/B11 thermal
+    "B1": 0.443, "B2": 0.482, "B3": 0.561, "B4": 0.655, "B5": 0.865, "B6": 1.609, "B7": 2.201,
+    "B8": 0.590, "B9": 1.373, "B10": 10.895, "B11": 12.005,
+}
+_LANDSAT7 = {  # B1 blue, B2 green, B3 red, B4 NIR, B5 SWIR1, B6 thermal, B7 SWIR2, B8 pan
+    "B1": 0.483, "B2": 0.560, "B3": 0.662, "B4": 0.835, "B5": 1.648, "B6": 11.450, "B7": 2.206, "B8": 0.706,
+}
+
+
+@lru_cache(maxsize=1)
+def _aviris_table() -> dict[str, Any]:
+    path = SENSOR_DIR / "aviris_92av3c.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(f"sensor table '{path}' is missing or broken ({err}); reinstall geomed-ssl.") from None
+
+
+def aviris_92av3c_bands() -> tuple[list[str], list[float]]:
+    """All 220 bands of the Indian Pines 92AV3C cube: names B001..B220 (file index) and centres in µm."""
+    centres = _aviris_table()["center_nm"]
+    return [f"B{i:03d}" for i in range(1, len(centres) + 1)], [round(c / 1000.0, 5) for c in centres]
+
+
+def indian_pines_bands() -> tuple[list[str], list[float]]:
+    """The 200 bands of the "corrected" Indian Pines cube (1-based bands 104-108, 150-163, 220 dropped).
+
+    Names keep the original 92AV3C index ("B001".."B220", with gaps); wavelengths are centres in µm.
+    """
+    names, wl = aviris_92av3c_bands()
+    keep = [i for i in range(len(names)) if i + 1 not in INDIAN_PINES_DROPPED]
+    return [names[i] for i in keep], [wl[i] for i in keep]
+
+
+def aviris_224_bands() -> tuple[list[str], list[float]]:
+    """The 224 AVIRIS channels as CH001..CH224 with centres in µm.
+
+    Channels come from the 1992 calibration of the 92AV3C cube, which lacks the first channel of each of the four
+    spectrometers (1, 33, 97, 161); those are extrapolated one channel step down from their spectrometer's next two.
+    Named CH### (AVIRIS channel), not B###, so they never collide with the 92AV3C file-index names.
+    """
+    table = _aviris_table()
+    by_channel = {ch: c for ch, c in zip(table["aviris_channel"], table["center_nm"])}
+    for ch in (1, 33, 97, 161):
+        if ch not in by_channel:
+            by_channel[ch] = 2 * by_channel[ch + 1] - by_channel[ch + 2]
+    return [f"CH{ch:03d}" for ch in range(1, 225)], [round(by_channel[ch] / 1000.0, 5) for ch in range(1, 225)]
+
+
+def _profile_items(sensor: str) -> tuple[list[str], list[float]]:
+    if sensor == "sentinel2":
+        return list(_SENTINEL2), list(_SENTINEL2.values())
+    if sensor == "landsat8":
+        return list(_LANDSAT8), list(_LANDSAT8.values())
+    if sensor == "landsat7":
+        return list(_LANDSAT7), list(_LANDSAT7.values())
+    if sensor == "aviris":
+        return aviris_224_bands()
+    if sensor == "aviris_92av3c":
+        return aviris_92av3c_bands()
+    if sensor == "indian_pines":
+        return indian_pines_bands()
+    raise ConfigError(f"data.sensor '{sensor}' is not a known sensor profile. Known: {', '.join(SENSORS)}.")
+
+
+SENSORS = ("sentinel2", "landsat8", "landsat7", "aviris", "aviris_92av3c", "indian_pines")
+
+
+def sensor_profile(sensor: str) -> dict[str, float]:
+    """Band name -> centre wavelength (µm), in the sensor's canonical band order."""
+    names, wl = _profile_items(str(sensor).lower())
+    return dict(zip(names, wl))
+
+
+def _canon(name: str) -> str:
+    """Loose key for band-name matching: upper case, no spaces, leading zeros of the number dropped (B01 == B1)."""
+    key = re.sub(r"[\s_\-]", "", str(name).upper())
+    return re.sub(r"^([A-Z]+)0+(\d)", r"\1\2", key)
+
+
+def lookup_wavelengths(band_names: Sequence[str], sensor: str) -> list[float | None]:
+    """Centre wavelengths (µm) of ``band_names`` in the ``sensor`` profile, matched by name; None where unknown."""
+    table = {_canon(k): v for k, v in sensor_profile(sensor).items()}
+    return [table.get(_canon(n)) for n in band_names]
+
+
+def _tag_wavelength(tags: dict[str, Any] | None) -> float | None:
+    """CENTRAL_WAVELENGTH_UM (GDAL IMAGERY domain) from one band's tags, or None."""
+    for key, value in (tags or {}).items():
+        if str(key).upper() in ("CENTRAL_WAVELENGTH_UM", "IMAGERY:CENTRAL_WAVELENGTH_UM"):
+            try:
+                out = float(value)
+            except (TypeError, ValueError):
+                return None
+            return out if math.isfinite(out) and out > 0 else None
+    return None
+
+
+def resolve_bands(
+    num_bands: int,
+    descriptions: Sequence[str | None] | None,
+    tags: dict[int, dict[str, Any]] | None,
+    data_cfg: Any,
+    path: str,
+    fallback_names: Sequence[str] | None = None,
+) -> tuple[list[str], list[float | None] | None]:
+    """Band names and centre wavelengths (µm) of one file.
+
+    Names: the file's band descriptions when every band has one; else ``data_cfg.band_names``; else the
+    ``data_cfg.sensor`` profile (only when its band count matches: a mismatch is a DataError); else
+    ``fallback_names`` (e.g. channel names); else "band_1".."band_N".
+    Wavelengths: ``data_cfg.wavelengths``; else the sensor profile matched by name; else each band's
+    ``CENTRAL_WAVELENGTH_UM`` tag (``tags`` maps the 1-based band index to that band's IMAGERY/plain tags); None for
+    the whole list when no band has one.
+    """
+    descriptions = list(descriptions or [])
+    sensor = getattr(data_cfg, "sensor", None)
+    cfg_names = getattr(data_cfg, "band_names", None)
+    if len(descriptions) == num_bands and all(d is not None and str(d).strip() for d in descriptions):
+        names = [str(d).strip() for d in descriptions]
+    elif cfg_names is not None:
+        if len(cfg_names) != num_bands:
+            raise DataError(
+                f"'{path}' has {num_bands} bands but data.band_names lists {len(cfg_names)}; "
+                f"give one name per band in the file's order."
+            )
+        names = [str(n) for n in cfg_names]
+    elif sensor:
+        profile_names = list(sensor_profile(sensor))
+        if len(profile_names) != num_bands:
+            raise DataError(
+                f"'{path}' has {num_bands} bands but sensor profile '{sensor}' has {len(profile_names)}; "
+                f"set data.band_names to the file's {num_bands} band names in order (or fix data.sensor)."
+            )
+        names = profile_names
+    elif fallback_names is not None and len(fallback_names) == num_bands:
+        names = [str(n) for n in fallback_names]
+    else:
+        names = [f"band_{i}" for i in range(1, num_bands + 1)]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise DataError(f"'{path}': band names must be unique, {dup} repeat; set data.band_names to distinct names.")
+
+    cfg_wl = getattr(data_cfg, "wavelengths", None)
+    if cfg_wl is not None:
+        if len(cfg_wl) != num_bands:
+            raise DataError(
+                f"'{path}' has {num_bands} bands but data.wavelengths lists {len(cfg_wl)}; give one centre "
+                f"wavelength (µm) per band."
+            )
+        return names, [float(w) for w in cfg_wl]
+    wl: list[float | None] = lookup_wavelengths(names, sensor) if sensor else [None] * num_bands
+    tags = tags or {}
+    wl = [w if w is not None else _tag_wavelength(tags.get(i + 1)) for i, w in enumerate(wl)]
+    return names, (wl if any(w is not None for w in wl) else None)
+
+
+def false_colour_bands(band_names: Sequence[str], wavelengths: Sequence[float | None] | None) -> tuple[int, int, int]:
+    """Band indices (red, green, blue) for a preview image.
+
+    Sentinel-2 names pick B04/B03/B02; else known wavelengths pick the bands nearest 0.65/0.56/0.48 µm (only among
+    bands within 0.35-1.0 µm, so a thermal band never stands in for red); else three bands spread over the stack
+    (last quarter, middle, first quarter).
+    One or two bands repeat.
+    """
+    n = len(band_names)
+    if n == 0:
+        raise DataError("false_colour_bands: no bands to choose from.")
+    if n < 3:
+        return (0, 0, 0) if n == 1 else (0, 1, 1)
+    upper = [str(b).strip().upper() for b in band_names]
+    if all(k in upper for k in ("B04", "B03", "B02")):  # Sentinel-2 naming
+        return upper.index("B04"), upper.index("B03"), upper.index("B02")
+    if wavelengths is not None and len(wavelengths) == n:
+        known = [(i, w) for i, w in enumerate(wavelengths) if w is not None and 0.35 <= w <= 1.0]
+        if len(known) >= 3:
+            pick = [min(known, key=lambda iw: abs(iw[1] - target))[0] for target in (0.65, 0.56, 0.48)]
+            if len(set(pick)) == 3:
+                return pick[0], pick[1], pick[2]
+    return n - 1 - (n - 1) // 4, (n - 1) // 2, (n - 1) // 4

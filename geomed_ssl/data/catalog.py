@@ -1,0 +1,478 @@
+"""Scan a folder of GeoTIFFs or NIfTI volumes: header metadata, a cheap validity estimate, and problems with reasons.
+
+Only headers plus one decimated read per file are touched (rasterio ``out_shape`` capped at ~256 px a side; volumes
+strided to ~64 voxels a side). Bad files are never dropped silently: each becomes a ``Problem(path, reason)`` that
+``scan`` skips (default) or raises on (``strict=True``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import itertools
+import math
+import os
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geomed_ssl.config import as_tuple, spatial_dims
+from geomed_ssl.data.bands import resolve_bands
+from geomed_ssl.data.stats import valid_mask
+from geomed_ssl.errors import DataError
+
+EXTENSIONS = {"raster": (".tif", ".tiff"), "volume": (".nii", ".nii.gz")}
+RASTER_PREVIEW = 256  # decimated read: at most this many pixels per side
+VOLUME_PREVIEW = 64  # strided volume read: about this many voxels per side
+
+
+@dataclass
+class FileRecord:
+    """One usable sample source: a file, or several single-channel files stacked by ``data.channels``.
+
+    ``shape`` is the spatial shape (H, W) of a raster or (X, Y, Z) of a volume in the FILE's array order (the volume
+    reader reorients to RAS; ``orientation`` holds the file's axis codes). ``value_range`` is, per band,
+    [min, p1, p99, max] of the valid pixels of the decimated read.
+    """
+
+    path: str
+    paths: list[str]
+    kind: str
+    shape: tuple[int, ...]
+    num_bands: int
+    dtype: str
+    band_names: list[str]
+    wavelengths: list[float | None] | None
+    nodata: float | None
+    crs: str | None = None
+    transform: list[float] | None = None
+    affine: list[list[float]] | None = None
+    spacing: list[float] | None = None
+    valid_fraction: float = 1.0
+    block_shape: tuple[int, int] | None = None
+    orientation: str | None = None
+    value_range: list[list[float]] | None = None
+
+    @property
+    def area(self) -> int:
+        """Number of pixels / voxels."""
+        return int(np.prod(self.shape))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"shape": list(self.shape),
+                                           "block_shape": list(self.block_shape) if self.block_shape else None}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FileRecord:
+        d = dict(d)
+        d["shape"] = tuple(d["shape"])
+        d["block_shape"] = tuple(d["block_shape"]) if d.get("block_shape") else None
+        return cls(**d)
+
+
+@dataclass
+class Problem:
+    """A file (or folder, for stacked channels) that cannot be used, and why."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+@dataclass
+class Catalog:
+    """The usable records of a scan, the problems found, and the band set shared by all records."""
+
+    records: list[FileRecord]
+    problems: list[Problem]
+    kind: str
+    band_names: list[str]
+    wavelengths: list[float | None] | None
+    root: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def weights(self) -> np.ndarray:
+        """Sampling probability per record, proportional to area * valid_fraction."""
+        w = np.array([r.area * max(r.valid_fraction, 0.0) for r in self.records], dtype=np.float64)
+        if w.sum() <= 0:
+            raise DataError("the catalog has no valid pixels to sample from; check data.nodata.")
+        return w / w.sum()
+
+    def _rel(self, path: str) -> str:
+        if self.root:
+            try:
+                return os.path.relpath(path, self.root) if Path(path).is_relative_to(self.root) else path
+            except ValueError:
+                return path
+        return path
+
+    def summary(self) -> str:
+        """A short human-readable report: usable files, bands, shapes, validity and every problem."""
+        n = len(self.records)
+        unit = "volume" if self.kind == "volume" else "raster"
+        lines = [f"{n} usable {unit} file{'s' if n != 1 else ''}" + (f" under {self.root}" if self.root else "")
+                 + (f", {len(self.problems)} skipped with problems" if self.problems else "")]
+        names = self.band_names
+        bands = " ".join(names if len(names) <= 24 else [*names[:8], "...", *names[-4:]])
+        if self.wavelengths and any(w is not None for w in self.wavelengths):
+            known = [w for w in self.wavelengths if w is not None]
+            bands += f"  (centres {min(known):.3g}-{max(known):.3g} µm, {len(known)} known)"
+        lines.append(f"  bands ({len(self.band_names)}): {bands}")
+        if self.records:
+            shapes = sorted({tuple(r.shape) for r in self.records}, key=lambda s: int(np.prod(s)))
+            fmt = lambda s: "x".join(map(str, s))  # noqa: E731
+            lines.append(f"  shapes: {fmt(shapes[0])}" + (f" .. {fmt(shapes[-1])}" if len(shapes) > 1 else "")
+                         + f"; dtypes: {', '.join(sorted({r.dtype for r in self.records}))}")
+            vf = [r.valid_fraction for r in self.records]
+            lines.append(f"  valid fraction: mean {np.mean(vf):.3f}, min {min(vf):.3f}")
+        if self.problems:
+            lines.append(f"  problems ({len(self.problems)}):")
+            lines += [f"    - {self._rel(p.path)}: {p.reason}" for p in self.problems]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (``from_dict`` restores it)."""
+        return {"version": 1, "root": self.root, "kind": self.kind, "band_names": list(self.band_names),
+                "wavelengths": self.wavelengths, "records": [r.to_dict() for r in self.records],
+                "problems": [dataclasses.asdict(p) for p in self.problems]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Catalog:
+        return cls(records=[FileRecord.from_dict(r) for r in d["records"]],
+                   problems=[Problem(**p) for p in d.get("problems", [])], kind=d["kind"],
+                   band_names=list(d["band_names"]), wavelengths=d.get("wavelengths"), root=d.get("root"))
+
+
+class _Bad(Exception):
+    """Internal: a file that becomes a Problem."""
+
+
+@dataclass
+class _Probe:
+    """What one file's header and decimated read say, before band names are resolved."""
+
+    path: str
+    shape: tuple[int, ...]
+    num_bands: int
+    dtype: str
+    nodata: float | None
+    descriptions: list[str | None]
+    tags: dict[int, dict[str, str]]
+    valid: np.ndarray  # decimated spatial mask
+    value_range: list[list[float]]
+    geo: dict[str, Any] = field(default_factory=dict)
+
+
+# -- matching ---------------------------------------------------------------------------------------------------
+def glob_match(rel_path: str, pattern: str) -> bool:
+    """fnmatch on a '/'-separated relative path, case-insensitive; ``**/`` also matches zero folders, and a pattern
+    without '/' is also tried against the file name alone."""
+    rel, pattern = rel_path.replace(os.sep, "/").lower(), pattern.lower()
+    parts = pattern.split("**/")
+    for keep in itertools.product((True, False), repeat=min(len(parts) - 1, 6)):
+        variant = parts[0] + "".join(("**/" if k else "") + p for k, p in zip(keep, parts[1:]))
+        if fnmatch.fnmatchcase(rel, variant):
+            return True
+    return "/" not in pattern and fnmatch.fnmatchcase(rel.rsplit("/", 1)[-1], pattern)
+
+
+def _has_ext(name: str, kind: str) -> bool:
+    return name.lower().endswith(EXTENSIONS[kind])
+
+
+def _list_files(root: Path) -> list[Path]:
+    if root.is_file():
+        return [root]
+    out = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        out += [Path(folder) / f for f in sorted(files)]
+    return out
+
+
+# -- probing ----------------------------------------------------------------------------------------------------
+def _err_text(err: BaseException) -> str:
+    """The innermost message of an exception chain (GDAL puts the useful one deepest), one line."""
+    msgs = []
+    while err is not None and len(msgs) < 8:
+        msgs.append(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        err = err.__cause__ or err.__context__
+    return msgs[-1][:240]
+
+
+def _open_failure(path: str, err: BaseException, kind: str) -> str:
+    """Why a file would not open, told apart by its first bytes."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError as os_err:
+        return f"cannot be read ({os_err.strerror})"
+    fmt = "GeoTIFF" if kind == "raster" else "NIfTI"
+    if kind == "raster" and head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return f"corrupt or truncated TIFF ({_err_text(err)})"
+    if kind == "volume" and (head[:2] == b"\x1f\x8b" or head[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c")):
+        return f"corrupt or truncated NIfTI ({_err_text(err)})"
+    printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head)
+    if head and printable / len(head) > 0.95:
+        text = head[:40].decode("ascii", "replace").replace("\n", " ").strip()
+        return f"not an image: a text file with an image extension (starts with {text!r}); remove it or exclude it"
+    return f"not a readable {fmt}: unrecognised header bytes {head[:8].hex()} (corrupt or wrong extension)"
+
+
+def _value_range(arr: np.ndarray, valid: np.ndarray) -> list[list[float]]:
+    vals = arr[:, valid].astype(np.float64)  # (C, n_valid)
+    if vals.shape[1] == 0:
+        return [[math.nan] * 4 for _ in range(arr.shape[0])]
+    p = np.percentile(vals, [1, 99], axis=1)
+    return [[round(float(v), 6) for v in row] for row in zip(vals.min(1), p[0], p[1], vals.max(1))]
+
+
+def _nodata(cfg_nodata: float | None, file_nodata: float | None) -> float | None:
+    value = cfg_nodata if cfg_nodata is not None else file_nodata
+    return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+def _check_size(path: str, shape: tuple[int, ...], window: tuple[int, ...]) -> None:
+    if any(2 * s < w for s, w in zip(shape, window)):
+        raise _Bad(f"is {'x'.join(map(str, shape))}, smaller than half the {'x'.join(map(str, window))} window "
+                   "(data.patch_size); lower data.patch_size or exclude it")
+
+
+def _probe_raster(path: str, data_cfg: Any, window: tuple[int, ...]) -> _Probe:
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            src = rasterio.open(path)
+        except Exception as err:
+            raise _Bad(_open_failure(path, err, "raster")) from None
+        with src:
+            shape, count = (src.height, src.width), src.count
+            if count < 1:
+                raise _Bad("has no bands")
+            _check_size(path, shape, window)
+            nodata = _nodata(data_cfg.nodata, src.nodata)
+            tags = {b: {**src.tags(b), **src.tags(b, ns="IMAGERY")} for b in range(1, count + 1)}
+            out = (count, min(shape[0], RASTER_PREVIEW), min(shape[1], RASTER_PREVIEW))
+            try:
+                arr = src.read(out_shape=out, resampling=Resampling.nearest)  # (C, h, w)
+            except Exception as err:
+                raise _Bad(f"truncated or corrupt pixel data ({_err_text(err)})") from None
+            valid = valid_mask(arr, nodata)
+            geo = {"crs": src.crs.to_wkt() if src.crs else None,
+                   "transform": [float(v) for v in list(src.transform)[:6]],
+                   "block_shape": tuple(int(v) for v in src.block_shapes[0])}
+            dtype = str(np.result_type(*src.dtypes))
+            return _Probe(path, shape, count, dtype, nodata, list(src.descriptions), tags, valid,
+                          _value_range(arr, valid), geo)
+
+
+def _probe_volume(path: str, data_cfg: Any, window: tuple[int, ...]) -> _Probe:
+    import nibabel as nib
+
+    try:
+        img = nib.load(path)
+        shape = tuple(int(s) for s in img.shape)
+    except Exception as err:
+        raise _Bad(_open_failure(path, err, "volume")) from None
+    if len(shape) < 3 or len(shape) > 4:
+        raise _Bad(f"has {len(shape)} dimensions {list(shape)}; volumes need 3 spatial axes (+ channels as a 4th)")
+    spatial, count = shape[:3], (shape[3] if len(shape) == 4 else 1)
+    if count < 1:
+        raise _Bad("has an empty channel axis")
+    _check_size(path, spatial, window)
+    steps = tuple(max(1, math.ceil(s / VOLUME_PREVIEW)) for s in spatial)
+    try:
+        arr = np.asarray(img.dataobj[tuple(slice(None, None, s) for s in steps)])
+    except Exception as err:
+        raise _Bad(f"truncated or corrupt voxel data ({_err_text(err)})") from None
+    arr = arr[None] if arr.ndim == 3 else np.moveaxis(arr, -1, 0)  # (C, x, y, z)
+    nodata = _nodata(data_cfg.nodata, None)
+    valid = valid_mask(arr, nodata)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    geo = {"affine": affine.tolist(), "spacing": [float(z) for z in img.header.get_zooms()[:3]],
+           "orientation": "".join(str(c) for c in nib.aff2axcodes(affine))}
+    return _Probe(path, spatial, count, str(arr.dtype), nodata, [None] * count, {}, valid,
+                  _value_range(arr, valid), geo)
+
+
+def _probe(path: str, kind: str, data_cfg: Any, window: tuple[int, ...]) -> _Probe:
+    try:
+        size = os.path.getsize(path)
+    except OSError as err:
+        raise _Bad(f"cannot be read ({err.strerror})") from None
+    if size == 0:
+        raise _Bad("empty file (0 bytes)")
+    return (_probe_raster if kind == "raster" else _probe_volume)(path, data_cfg, window)
+
+
+def _same_grid(a: _Probe, b: _Probe, kind: str) -> bool:
+    if a.shape != b.shape:
+        return False
+    if kind == "volume":
+        return np.allclose(a.geo["affine"], b.geo["affine"], atol=1e-4)
+    return a.geo["crs"] == b.geo["crs"] and np.allclose(a.geo["transform"], b.geo["transform"], atol=1e-6)
+
+
+def _channel_name(pattern: str) -> str:
+    name = "".join(c for c in pattern.rsplit("/", 1)[-1] if c not in "*?[]").strip("._-")
+    return name or pattern
+
+
+def _record(probes: list[_Probe], kind: str, data_cfg: Any, fallback: list[str] | None = None) -> FileRecord:
+    """Stack probes (one, or one per channel) into a FileRecord; raises _Bad."""
+    first = probes[0]
+    valid = np.logical_and.reduce([p.valid for p in probes]) if len(probes) > 1 else first.valid
+    fraction = float(valid.mean()) if valid.size else 0.0
+    if fraction == 0.0:
+        nd = f"nodata={first.nodata:g}" if first.nodata is not None else "no nodata value set"
+        raise _Bad(f"all pixels are nodata or NaN ({nd}, estimated from a decimated read)")
+    num_bands = sum(p.num_bands for p in probes)
+    descriptions = [d for p in probes for d in p.descriptions]
+    tags, offset = {}, 0
+    for p in probes:  # 1-based band index in the stack -> that band's tags
+        tags.update({offset + b: t for b, t in p.tags.items()})
+        offset += p.num_bands
+    try:
+        names, wl = resolve_bands(num_bands, descriptions, tags, data_cfg, first.path, fallback_names=fallback)
+    except DataError as err:
+        raise _Bad(str(err).replace(f"'{first.path}' ", "", 1)) from None
+    return FileRecord(
+        path=first.path, paths=[p.path for p in probes], kind=kind, shape=tuple(first.shape), num_bands=num_bands,
+        dtype=str(np.result_type(*[p.dtype for p in probes])), band_names=names, wavelengths=wl, nodata=first.nodata,
+        crs=first.geo.get("crs"), transform=first.geo.get("transform"), affine=first.geo.get("affine"),
+        spacing=first.geo.get("spacing"), valid_fraction=round(fraction, 6), block_shape=first.geo.get("block_shape"),
+        orientation=first.geo.get("orientation"), value_range=[v for p in probes for v in p.value_range],
+    )
+
+
+def _stacked_records(files: list[str], root: Path, kind: str, data_cfg: Any, window: tuple[int, ...],
+                     problems: list[Problem]) -> list[FileRecord]:
+    """One record per folder whose files match every ``data.channels`` glob exactly once."""
+    channels = list(data_cfg.channels)
+    folders: dict[str, list[str]] = {}
+    for f in files:
+        folders.setdefault(os.path.dirname(f), []).append(f)
+    records = []
+    for folder, members in sorted(folders.items()):
+        matches = [[f for f in members if glob_match(os.path.relpath(f, root), g)] for g in channels]
+        if not any(matches):
+            continue  # a folder with none of the channels (e.g. labels only)
+        missing = [g for g, m in zip(channels, matches) if not m]
+        if missing:
+            found = ", ".join(os.path.basename(f) for f in members)
+            problems.append(Problem(folder, f"missing channel {missing[0]!r} of data.channels {channels} "
+                                            f"(files here: {found})"))
+            continue
+        many = [(g, m) for g, m in zip(channels, matches) if len(m) > 1]
+        if many:
+            g, m = many[0]
+            problems.append(Problem(folder, f"channel glob {g!r} matches {len(m)} files "
+                                            f"({', '.join(os.path.basename(f) for f in m)}); make it specific"))
+            continue
+        try:
+            probes = []
+            for (path,) in matches:
+                try:
+                    probes.append(_probe(path, kind, data_cfg, window))
+                except _Bad as bad:
+                    raise _Bad(f"channel file {os.path.basename(path)} {bad}") from None
+            for p in probes[1:]:
+                if not _same_grid(probes[0], p, kind):
+                    raise _Bad(f"channel files {os.path.basename(probes[0].path)} ({'x'.join(map(str, probes[0].shape))})"
+                               f" and {os.path.basename(p.path)} ({'x'.join(map(str, p.shape))}) do not share one "
+                               f"{'voxel grid (shape/affine)' if kind == 'volume' else 'pixel grid (shape/CRS/transform)'}")
+            names = [_channel_name(g) for g in channels]
+            fallback = names if all(p.num_bands == 1 for p in probes) else None
+            records.append(_record(probes, kind, data_cfg, fallback))
+        except _Bad as bad:
+            problems.append(Problem(folder, str(bad)))
+    return records
+
+
+def _majority(records: list[FileRecord], problems: list[Problem]) -> list[FileRecord]:
+    """Keep the records with the most common band count, then the most common band names; the rest are problems."""
+    counts = Counter(r.num_bands for r in records)
+    best = max(counts, key=lambda c: (counts[c], c))
+    kept = []
+    for r in records:
+        if r.num_bands != best:
+            problems.append(Problem(r.path, f"has {r.num_bands} band(s) but the majority ({counts[best]} of "
+                                            f"{len(records)} files) have {best}; mixed band counts, so it is skipped"))
+        else:
+            kept.append(r)
+    names = Counter(tuple(r.band_names) for r in kept)
+    top = max(names, key=lambda n: names[n])
+    out = []
+    for r in kept:
+        if tuple(r.band_names) == top:
+            out.append(r)
+        else:
+            how = "the same bands in another order" if set(r.band_names) == set(top) else "other band names"
+            problems.append(Problem(r.path, f"holds {how} ({' '.join(r.band_names)}) than most files "
+                                            f"({' '.join(top)}); fix its band descriptions or data.band_names"))
+    return out
+
+
+def scan(root: str | Path, data_cfg: Any, strict: bool = False) -> Catalog:
+    """Scan ``root`` (a folder, recursively, or one file) for ``data_cfg.kind`` files and build a Catalog.
+
+    Problem files are skipped and listed in ``catalog.problems``; with ``strict`` any problem is a DataError.
+    Nothing usable is always a DataError that says what was found and which settings to check.
+    """
+    root = Path(root).expanduser().absolute()
+    if not root.exists():
+        raise DataError(f"data folder '{root}' does not exist; check the path given for the data.")
+    kind = data_cfg.kind
+    if kind not in EXTENSIONS:
+        raise DataError(f"data.kind must be 'raster' or 'volume', got '{kind}'.")
+    window = as_tuple(data_cfg.patch_size, spatial_dims(data_cfg), "data.patch_size")
+    base = root if root.is_dir() else root.parent
+    all_files = _list_files(root)
+    typed = [str(p) for p in all_files if _has_ext(p.name, kind)]
+    include, exclude = list(data_cfg.include or ["**/*"]), list(data_cfg.exclude or [])
+    files = [f for f in typed if any(glob_match(os.path.relpath(f, base), g) for g in include)
+             and not any(glob_match(os.path.relpath(f, base), g) for g in exclude)]
+
+    problems: list[Problem] = []
+    if data_cfg.channels:
+        records = _stacked_records(files, base, kind, data_cfg, window, problems)
+    else:
+        records = []
+        for f in files:
+            try:
+                records.append(_record([_probe(f, kind, data_cfg, window)], kind, data_cfg))
+            except _Bad as bad:
+                problems.append(Problem(f, str(bad)))
+    if records:
+        records = _majority(records, problems)
+    catalog = Catalog(records, problems, kind, list(records[0].band_names) if records else [],
+                      records[0].wavelengths if records else None, root=str(base))
+    if not records:
+        other = "volume" if kind == "raster" else "raster"
+        n_other = sum(_has_ext(p.name, other) for p in all_files)
+        msg = (f"no usable {kind} files under '{root}': {len(all_files)} files found, {len(typed)} with "
+               f"{'/'.join(EXTENSIONS[kind])}, {len(files)} left after data.include {include} and data.exclude "
+               f"{exclude}" + (f", channels {data_cfg.channels}" if data_cfg.channels else "")
+               + f"; {len(problems)} with problems.")
+        if problems:
+            msg += " Problems: " + "; ".join(str(p) for p in problems[:5]) + (" ..." if len(problems) > 5 else "")
+        if n_other and not typed:
+            msg += f" Found {n_other} {other} files instead: set data.kind: {other}."
+        raise DataError(msg + " Check data.kind, data.include, data.exclude and data.channels.")
+    if strict and problems:
+        raise DataError(f"{len(problems)} problem file(s) under '{root}' (strict scan):\n"
+                        + "\n".join(f"  - {p}" for p in problems) + "\nFix or exclude them (data.exclude), "
+                        "or scan without strict to skip them.")
+    return catalog

@@ -1,0 +1,181 @@
+"""Datasets for pretraining: random windows (rasters) or patches (volumes), as a pure function of (seed, index).
+
+Sampling (``PretrainDataset``): indices come in groups of ``data_cfg.windows_per_read``; a group shares one file
+and, for rasters, one block-aligned region, so the region is read once and cut into many windows. Every random
+choice comes from a generator seeded by ``(seed, tag, index)``; nothing depends on call order, worker or process,
+so a resumed run sees exactly the same batches (use a sequential sampler: the randomness is in the dataset).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from geomed_ssl.config import as_tuple, spatial_dims
+from geomed_ssl.data.readers import RasterReader, VolumeReader
+from geomed_ssl.errors import DataError
+
+# Distinct seed-sequence tags so the streams for file, window and view choices never coincide.
+TAG_FILE, TAG_WINDOW, TAG_VIEW = 101, 202, 303
+
+
+def _rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng([int(k) for k in key])
+
+
+def _offset(rng: np.random.Generator, start: int, extent: int, window: int) -> int:
+    """A window start inside ``[start, start+extent)``; when the window is larger, place the extent inside it."""
+    lo, hi = (start, start + extent - window) if extent >= window else (start + extent - window, start)
+    return int(rng.integers(lo, hi + 1))
+
+
+class PretrainDataset(Dataset):
+    """Map-style random windows/patches for self-supervised pretraining.
+
+    Args:
+        catalog: a ``Catalog`` (``records`` of one kind).
+        stats: ``BandStats`` for the catalog's bands (normalisation).
+        data_cfg: ``DataConfig`` (patch_size, windows_per_read, min_valid_fraction, nodata, ...).
+        view: a view from ``build_views`` (called with ``rng(seed, i, view)``).
+        seed: the sampling seed; ``length``: nominal number of samples.
+        max_attempts: draws per sample before the best window seen is taken despite low valid area.
+    """
+
+    def __init__(
+        self,
+        catalog: Any,
+        stats: Any,
+        data_cfg: Any,
+        view: Any,
+        seed: int = 0,
+        length: int = 10**9,
+        raster_reader: RasterReader | None = None,
+        volume_reader: VolumeReader | None = None,
+        max_attempts: int = 8,
+    ):
+        from geomed_ssl.data import stats as stats_mod
+
+        self._normalize = stats_mod.normalize
+        self.records = list(catalog.records)
+        if not self.records:
+            raise DataError("the catalog has no usable files; run `geomed-ssl scan` to see why files were rejected.")
+        self.stats, self.data_cfg, self.view = stats, data_cfg, view
+        self.seed, self.length, self.max_attempts = int(seed), int(length), max(1, int(max_attempts))
+        if self.seed < 0:
+            raise ValueError("seed must be >= 0")
+        self.ndim = spatial_dims(data_cfg)
+        self.window = as_tuple(data_cfg.patch_size, self.ndim, "data.patch_size")
+        self.group = max(1, int(data_cfg.windows_per_read))
+        kinds = {r.kind for r in self.records}
+        expected = "raster" if self.ndim == 2 else "volume"
+        if kinds != {expected}:
+            raise DataError(
+                f"data.kind is '{data_cfg.kind}' but the catalog holds {sorted(kinds)} files; "
+                "set data.kind to match the folder or narrow data.include."
+            )
+        self._check_stats()
+        weights = np.array([math.prod(r.shape) * max(float(r.valid_fraction), 0.0) for r in self.records], float)
+        if not weights.sum() > 0:
+            raise DataError("every file in the catalog has valid_fraction 0 (all nodata); check data.nodata.")
+        self._cum = np.cumsum(weights) / weights.sum()
+        self.raster_reader = raster_reader or (RasterReader() if self.ndim == 2 else None)
+        self.volume_reader = volume_reader or (VolumeReader(data_cfg) if self.ndim == 3 else None)
+
+    def _check_stats(self) -> None:
+        n_stats = len(self.stats.mean)
+        for r in self.records:
+            if r.num_bands != n_stats:
+                raise DataError(
+                    f"'{r.path}' has {r.num_bands} bands but the statistics have {n_stats}; "
+                    "recompute the statistics for this catalog (delete the stale stats.json)."
+                )
+        names = list(getattr(self.stats, "band_names", None) or [])
+        for r in self.records:
+            if names and r.band_names and list(r.band_names) != names:
+                raise DataError(
+                    f"'{r.path}' has bands {list(r.band_names)} but the statistics are for {names}; "
+                    "recompute the statistics or fix data.band_names / data.sensor."
+                )
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _nodata(self, record: Any) -> float | None:
+        return self.data_cfg.nodata if self.data_cfg.nodata is not None else record.nodata
+
+    def _pick_file(self, g: int) -> tuple[int, np.random.Generator]:
+        rng = _rng(self.seed, TAG_FILE, g)
+        idx = int(np.searchsorted(self._cum, rng.random(), side="right"))
+        return min(idx, len(self.records) - 1), rng
+
+    def _draw(self, record: Any, g_rng: np.random.Generator, i: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """Normalised (C, *window) array, valid mask and [*start, *size] of the chosen window."""
+        if self.ndim == 2:
+            reader = self.raster_reader
+            grid = reader.region_grid(record, self.window)
+            region = reader.region_at(record, self.window, tuple(int(g_rng.integers(n)) for n in grid))
+            starts, extents = region[:2], region[2:]
+            read = lambda pos: reader.read_window(record, *pos, *self.window, region=region)  # noqa: E731
+        else:
+            shape = self.volume_reader.volume_shape(record)
+            starts, extents = (0, 0, 0), shape
+            read = lambda pos: self.volume_reader.read_box(record, *pos, *self.window)  # noqa: E731
+        rng = _rng(self.seed, TAG_WINDOW, i)
+        nodata, best = self._nodata(record), None
+        for _ in range(self.max_attempts):
+            pos = [_offset(rng, s, e, w) for s, e, w in zip(starts, extents, self.window)]
+            image, valid = self._normalize(read(pos), self.stats, nodata)
+            frac = float(valid.mean())
+            if best is None or frac > best[0]:
+                best = (frac, image, valid, pos)
+            if frac >= self.data_cfg.min_valid_fraction:
+                break
+        _, image, valid, pos = best  # type: ignore[misc]
+        return image, valid, [*pos, *self.window]
+
+    def _meta(self, record: Any, box: list[int]) -> dict[str, Any]:
+        paths = list(record.paths) if getattr(record, "paths", None) else [record.path]
+        meta: dict[str, Any] = {
+            "path": paths[0],
+            "paths": paths,
+            "crs": record.crs,
+            "band_names": list(record.band_names or []),
+        }
+        if self.ndim == 2:
+            meta.update(window=box, transform=list(record.transform) if record.transform else None, affine=None)
+        else:
+            meta.update(box=box, transform=None, affine=self.volume_reader.affine(record).tolist())
+        return meta
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        i = int(i)
+        if not 0 <= i < self.length:
+            raise IndexError(f"index {i} out of range for a dataset of length {self.length}")
+        fi, g_rng = self._pick_file(i // self.group)
+        record = self.records[fi]
+        image, valid, box = self._draw(record, g_rng, i)
+        sample = self.view(image, valid, _rng(self.seed, TAG_VIEW, i))
+        sample["meta"] = self._meta(record, box)
+        return sample
+
+
+def _collate(values: Sequence[Any]) -> Any:
+    first = values[0]
+    if isinstance(first, torch.Tensor):
+        return torch.stack(list(values))
+    if isinstance(first, dict):
+        return {k: _collate([v[k] for v in values]) for k in first}
+    if isinstance(first, (list, tuple)) and first and all(isinstance(x, torch.Tensor) for x in first):
+        return [torch.stack([v[j] for v in values]) for j in range(len(first))]  # per crop index
+    return list(values)
+
+
+def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Batch samples: tensors stacked, ``views`` dicts stacked per crop index, ``meta`` kept as a list."""
+    if not samples:
+        raise ValueError("collate needs at least one sample")
+    return {k: [s[k] for s in samples] if k == "meta" else _collate([s[k] for s in samples]) for k in samples[0]}

@@ -1,0 +1,329 @@
+"""Windowed GeoTIFF reads and decoded-volume reads, with small bounded per-process caches.
+
+Random small windows from a compressed tiled GeoTIFF are slow (every window decodes whole tiles), so the raster
+reader reads one block-aligned *region* (a few tiles) once, keeps it in a byte-bounded LRU, and cuts many windows
+from it. Volumes (NIfTI, usually gzipped) are decoded once, reoriented to RAS, optionally resampled, intensity
+preprocessed and kept in a count-bounded LRU.
+
+All reads return float32; pixels outside the file are NaN so that normalisation marks them invalid.
+Caches are keyed by process id: a reader copied into a forked DataLoader worker starts empty there.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from geomed_ssl.errors import DataError
+
+Region = tuple[int, int, int, int]  # row_off, col_off, height, width (file pixels, inside the file)
+
+# GDAL's own block cache duplicates our region cache; keep it small (MB).
+GDAL_CACHE_MB = 64
+
+
+def _paths(record: Any) -> list[str]:
+    return list(record.paths) if getattr(record, "paths", None) else [record.path]
+
+
+class _LRU:
+    """An ordered dict bounded by item count and/or total ``nbytes``; evicts least recently used."""
+
+    def __init__(self, max_items: int | None = None, max_bytes: int | None = None, on_evict=None):
+        self.max_items, self.max_bytes, self.on_evict = max_items, max_bytes, on_evict
+        self.items: OrderedDict[Any, Any] = OrderedDict()
+        self.nbytes = 0
+
+    def get(self, key: Any) -> Any:
+        value = self.items.get(key)
+        if value is not None:
+            self.items.move_to_end(key)
+        return value
+
+    def put(self, key: Any, value: Any) -> None:
+        if key in self.items:
+            self._drop(key)
+        self.items[key] = value
+        self.nbytes += int(getattr(value, "nbytes", 0))
+        while len(self.items) > 1 and (
+            (self.max_items is not None and len(self.items) > self.max_items)
+            or (self.max_bytes is not None and self.nbytes > self.max_bytes)
+        ):
+            self._drop(next(iter(self.items)))
+
+    def _drop(self, key: Any) -> None:
+        value = self.items.pop(key)
+        self.nbytes -= int(getattr(value, "nbytes", 0))
+        if self.on_evict is not None:
+            self.on_evict(value)
+
+    def clear(self) -> None:
+        for key in list(self.items):
+            self._drop(key)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def _close(ds: Any) -> None:
+    try:
+        ds.close()
+    except Exception:  # a handle inherited through fork may already be unusable
+        pass
+
+
+class RasterReader:
+    """Windowed GeoTIFF reads with a per-process LRU of open handles and of block-aligned regions.
+
+    ``max_open`` bounds open datasets, ``cache_bytes`` the decoded regions kept (float32 not stored: regions keep
+    the file dtype). ``min_region`` is the smallest region side in pixels (rounded up to whole blocks).
+    """
+
+    def __init__(self, max_open: int = 16, cache_bytes: int = 128 * 2**20, min_region: int = 256):
+        if max_open < 1:
+            raise ValueError("max_open must be >= 1")
+        self.max_open, self.cache_bytes, self.min_region = max_open, cache_bytes, min_region
+        self._pid: int | None = None
+        self._handles = self._regions = None  # type: ignore[assignment]
+        self._env = None
+        self.stats = {"region_reads": 0, "region_hits": 0, "direct_reads": 0}
+
+    # -- per-process state ------------------------------------------------------------------------------------
+    def __getstate__(self) -> dict:
+        # Handles and caches never travel to another process (spawned DataLoader workers start empty).
+        return {**self.__dict__, "_pid": None, "_handles": None, "_regions": None, "_env": None}
+
+    def _check_pid(self) -> None:
+        pid = os.getpid()
+        if self._pid != pid:  # new process (first use, or forked worker): never reuse the parent's handles
+            self._pid = pid
+            self._handles = _LRU(max_items=self.max_open, on_evict=_close)
+            self._regions = _LRU(max_bytes=self.cache_bytes)
+            import rasterio
+
+            self._env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR")
+
+    def handle(self, path: str) -> Any:
+        """An open rasterio dataset for ``path`` (opened at most once per process while cached)."""
+        self._check_pid()
+        ds = self._handles.get(path)
+        if ds is None:
+            import rasterio
+
+            try:
+                with self._env:
+                    ds = rasterio.open(path)
+            except Exception as err:
+                raise DataError(f"cannot open raster '{path}': {err}. Check the file exists and is a GeoTIFF.") from None
+            self._handles.put(path, ds)
+        return ds
+
+    @property
+    def open_handles(self) -> int:
+        return 0 if self._handles is None or self._pid != os.getpid() else len(self._handles)
+
+    @property
+    def cached_region_bytes(self) -> int:
+        return 0 if self._regions is None or self._pid != os.getpid() else self._regions.nbytes
+
+    def close(self) -> None:
+        """Close handles and drop cached regions of this process."""
+        if self._pid == os.getpid() and self._handles is not None:
+            self._handles.clear()
+            self._regions.clear()
+
+    # -- geometry ---------------------------------------------------------------------------------------------
+    def _axes(self, record: Any, window: tuple[int, int]) -> list[tuple[int, int, int]]:
+        """Per axis (rows, cols): region size, origin step and number of origins.
+
+        A region is the smallest whole number of blocks >= max(window, ``min_region``); origins sit on every
+        block boundary, so multi-block regions overlap and any window position is reachable. Axes whose block is
+        much larger than that (strips spanning a wide file) are not aligned: regions there tile the axis.
+        """
+        out = []
+        for n, b, win in zip(record.shape[-2:], record.block_shape or (1, 1), window):
+            want = max(int(win), self.min_region)
+            size, step = (int(math.ceil(want / b)) * b, int(b)) if b <= 2 * want else (want, want)
+            size = min(size, int(n))
+            out.append((size, step, max(1, int(math.ceil((n - size) / step)) + 1)))
+        return out
+
+    def region_grid(self, record: Any, window: tuple[int, int]) -> tuple[int, int]:
+        """Number of region origins along rows and columns."""
+        (_, _, nr), (_, _, nc) = self._axes(record, window)
+        return nr, nc
+
+    def region_at(self, record: Any, window: tuple[int, int], index: tuple[int, int]) -> Region:
+        """The region with origin ``index``; the last one along an axis is shifted back to end at the file edge."""
+        (sr, tr, _), (sc, tc, _) = self._axes(record, window)
+        H, W = record.shape[-2:]
+        return max(0, min(index[0] * tr, H - sr)), max(0, min(index[1] * tc, W - sc)), sr, sc
+
+    # -- reads ------------------------------------------------------------------------------------------------
+    def _read_clipped(self, record: Any, row: int, col: int, h: int, w: int) -> np.ndarray:
+        """Read the in-file window (no padding) from every path and stack channels: (C, h, w) file dtype."""
+        from rasterio.windows import Window
+
+        parts = []
+        for path in _paths(record):
+            ds = self.handle(path)
+            if (ds.height, ds.width) != tuple(record.shape[-2:]):
+                raise DataError(
+                    f"raster '{path}' is {ds.height}x{ds.width} but its catalog record says {record.shape}; "
+                    "rescan the folder (the file changed) or stack only files of equal size."
+                )
+            try:
+                with self._env:
+                    parts.append(ds.read(window=Window(col, row, w, h)))
+            except Exception as err:
+                raise DataError(f"cannot read window {[row, col, h, w]} of '{path}': {err}.") from None
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+    def read_region(self, record: Any, region: Region) -> np.ndarray:
+        """The region (C, h, w) in the file dtype, from the cache or read once. Treat it as read-only."""
+        self._check_pid()
+        key = (tuple(_paths(record)), tuple(int(v) for v in region))
+        arr = self._regions.get(key)
+        if arr is None:
+            r, c, h, w = key[1]
+            if r < 0 or c < 0 or r + h > record.shape[-2] or c + w > record.shape[-1]:
+                raise ValueError(f"region {list(region)} is outside raster of shape {record.shape}")
+            arr = self._read_clipped(record, r, c, h, w)
+            arr.setflags(write=False)
+            self._regions.put(key, arr)
+            self.stats["region_reads"] += 1
+        else:
+            self.stats["region_hits"] += 1
+        return arr
+
+    def read_window(self, record: Any, row: int, col: int, h: int, w: int, region: Region | None = None) -> np.ndarray:
+        """Window (C, h, w) float32 at file pixel ``(row, col)``; outside the file is NaN (boundless).
+
+        With ``region`` (which must contain the in-file part of the window) the pixels are cut from the cached
+        region; without it the in-file part is read directly (no caching).
+        """
+        H, W = record.shape[-2:]
+        r0, c0, r1, c1 = max(row, 0), max(col, 0), min(row + h, H), min(col + w, W)
+        out = np.full((record.num_bands, h, w), np.nan, dtype=np.float32)  # (C, h, w)
+        if r1 <= r0 or c1 <= c0:
+            return out
+        if region is not None:
+            rr, rc, rh, rw = region
+            if r0 < rr or c0 < rc or r1 > rr + rh or c1 > rc + rw:
+                raise ValueError(f"window {[row, col, h, w]} is not inside region {list(region)}")
+            src = self.read_region(record, region)[:, r0 - rr : r1 - rr, c0 - rc : c1 - rc]
+        else:
+            src = self._read_clipped(record, r0, c0, r1 - r0, c1 - c0)
+            self.stats["direct_reads"] += 1
+        if src.shape[0] != record.num_bands:
+            raise DataError(
+                f"raster '{record.path}' gave {src.shape[0]} bands but its catalog record says {record.num_bands}; "
+                "rescan the folder."
+            )
+        out[:, r0 - row : r1 - row, c0 - col : c1 - col] = src
+        return out
+
+
+class VolumeReader:
+    """Decoded NIfTI volumes: RAS orientation, optional resampling to ``data_cfg.spacing``, intensity
+    preprocessing (``stats.preprocess_intensity``), kept in a per-process LRU of ``max_cached`` volumes."""
+
+    def __init__(self, data_cfg: Any, max_cached: int | None = None):
+        self.data_cfg = data_cfg
+        self.max_cached = max(1, int(max_cached if max_cached is not None else data_cfg.cache_volumes))
+        self._pid: int | None = None
+        self._cache: _LRU | None = None
+        self.stats = {"loads": 0, "hits": 0}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_pid": None, "_cache": None}
+
+    def _lru(self) -> _LRU:
+        if self._pid != os.getpid():
+            self._pid, self._cache = os.getpid(), _LRU(max_items=self.max_cached)
+        return self._cache  # type: ignore[return-value]
+
+    @property
+    def cached_volumes(self) -> int:
+        return 0 if self._cache is None or self._pid != os.getpid() else len(self._cache)
+
+    def _load_one(self, path: str) -> tuple[np.ndarray, np.ndarray]:
+        """(C, D, H, W) float32 in RAS orientation (resampled if asked) and its 4x4 affine."""
+        import torch
+        from monai.transforms import LoadImage, Orientation, Spacing
+
+        try:
+            img = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)(path)
+        except Exception as err:
+            raise DataError(f"cannot read volume '{path}': {err}. Check it is a NIfTI (.nii / .nii.gz) file.") from None
+        img = Orientation(axcodes="RAS")(img)
+        if self.data_cfg.spacing is not None:
+            img = Spacing(pixdim=tuple(float(s) for s in self.data_cfg.spacing), mode="bilinear")(img)
+        affine = np.asarray(img.affine, dtype=np.float64)
+        arr = img.as_tensor() if hasattr(img, "as_tensor") else torch.as_tensor(img)
+        return arr.numpy().astype(np.float32, copy=False), affine
+
+    def load(self, record: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The whole preprocessed volume (C, D, H, W) float32 and its RAS affine (cached; treat as read-only)."""
+        from geomed_ssl.data import stats as stats_mod
+
+        cache = self._lru()
+        key = tuple(_paths(record))
+        hit = cache.get(key)
+        if hit is not None:
+            self.stats["hits"] += 1
+            return hit.array, hit.affine
+        parts, affine = [], None
+        for path in key:
+            arr, aff = self._load_one(path)
+            if parts and arr.shape[1:] != parts[0].shape[1:]:
+                raise DataError(
+                    f"volume '{path}' has shape {list(arr.shape[1:])} but '{key[0]}' has {list(parts[0].shape[1:])}; "
+                    "channels stacked together must share one voxel grid."
+                )
+            parts.append(arr)
+            affine = aff if affine is None else affine
+        vol = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)  # (C, D, H, W)
+        vol = np.ascontiguousarray(stats_mod.preprocess_intensity(vol, self.data_cfg), dtype=np.float32)
+        vol.setflags(write=False)
+        cache.put(key, _Volume(vol, affine))
+        self.stats["loads"] += 1
+        return vol, affine  # type: ignore[return-value]
+
+    def volume_shape(self, record: Any) -> tuple[int, int, int]:
+        """Spatial shape (D, H, W) after reorientation and resampling."""
+        return tuple(self.load(record)[0].shape[1:])  # type: ignore[return-value]
+
+    def affine(self, record: Any) -> np.ndarray:
+        """The 4x4 RAS voxel-to-world affine after resampling."""
+        return self.load(record)[1]
+
+    def read_box(self, record: Any, z: int, y: int, x: int, d: int, h: int, w: int) -> np.ndarray:
+        """Box (C, d, h, w) float32 at voxel ``(z, y, x)``; outside the volume is NaN."""
+        vol, _ = self.load(record)
+        return cut_box(vol, (z, y, x), (d, h, w))
+
+
+class _Volume:
+    """A cached volume and its affine; ``nbytes`` lets the LRU count it."""
+
+    def __init__(self, array: np.ndarray, affine: np.ndarray):
+        self.array, self.affine, self.nbytes = array, affine, array.nbytes
+
+
+def cut_box(arr: np.ndarray, start: tuple[int, ...], size: tuple[int, ...]) -> np.ndarray:
+    """Cut ``arr[:, start:start+size]`` over the trailing spatial axes, NaN outside (float32 copy)."""
+    out = np.full((arr.shape[0], *size), np.nan, dtype=np.float32)
+    src, dst = [slice(None)], [slice(None)]
+    for s, n, dim in zip(start, size, arr.shape[1:]):
+        a, b = max(s, 0), min(s + n, dim)
+        if b <= a:
+            return out
+        src.append(slice(a, b))
+        dst.append(slice(a - s, b - s))
+    out[tuple(dst)] = arr[tuple(src)]
+    return out

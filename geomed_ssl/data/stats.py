@@ -1,0 +1,301 @@
+"""Per-band statistics over sampled windows (nodata and NaN excluded), normalisation, and band checks.
+
+The statistics are computed once per dataset, stored as ``stats.json`` and in every checkpoint, so inference
+normalises exactly as training did. They are always computed from the data (16-bit rasters get their real range,
+never a 0/255 default).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from geomed_ssl.config import as_tuple, spatial_dims
+from geomed_ssl.errors import DataError
+
+STD_FLOOR = 1e-6
+PERCENTILE_SAMPLE = 200_000  # values per band kept (in expectation at most) for p1/p99
+CT_LOOKING_MIN = -500.0  # a volume whose minimum is below this looks like CT (Hounsfield units)
+WHOLE_VOLUME_BYTES = 1 << 30  # volumes up to this size are decoded once for all their windows
+
+ReadWindow = Callable[[Any, tuple[int, ...], tuple[int, ...]], np.ndarray]
+
+
+@dataclass
+class BandStats:
+    """Per-band mean, std (floored at 1e-6), 1st/99th percentiles and valid sample count."""
+
+    band_names: list[str]
+    mean: list[float]
+    std: list[float]
+    p1: list[float]
+    p99: list[float]
+    count: list[int]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``stats.json`` schema: {"bands": [{"name", "mean", "std", "p1", "p99", "count"}, ...], "version": 1}."""
+        bands = [{"name": n, "mean": m, "std": s, "p1": a, "p99": b, "count": c}
+                 for n, m, s, a, b, c in zip(self.band_names, self.mean, self.std, self.p1, self.p99, self.count)]
+        return {"bands": bands, "version": 1}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "stats") -> BandStats:
+        if not isinstance(d, dict) or d.get("version") != 1 or not isinstance(d.get("bands"), list) or not d["bands"]:
+            raise DataError(f"{source}: not a version-1 band statistics dict ({{'bands': [...], 'version': 1}}); "
+                            "recompute the statistics.")
+        keys = ("name", "mean", "std", "p1", "p99", "count")
+        for i, band in enumerate(d["bands"]):
+            missing = [k for k in keys if k not in band]
+            if missing:
+                raise DataError(f"{source}: band {i} lacks {missing}; recompute the statistics.")
+        col = lambda k, t: [t(b[k]) for b in d["bands"]]  # noqa: E731
+        return cls(col("name", str), col("mean", float), col("std", float), col("p1", float), col("p99", float),
+                   col("count", int))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> BandStats:
+        try:
+            raw = json.loads(Path(path).read_text())
+        except OSError as err:
+            raise DataError(f"cannot read band statistics '{path}' ({err.strerror}).") from None
+        except ValueError as err:
+            raise DataError(f"band statistics '{path}' is not valid JSON ({err}); recompute it.") from None
+        return cls.from_dict(raw, source=str(path))
+
+    def arrays(self, ndim: int = 0) -> dict[str, np.ndarray]:
+        """float32 mean/std/p1/p99 shaped (C, 1, ...) with ``ndim`` trailing singleton axes for broadcasting."""
+        shape = (len(self.band_names),) + (1,) * ndim
+        return {k: np.asarray(getattr(self, k), np.float32).reshape(shape) for k in ("mean", "std", "p1", "p99")}
+
+
+def valid_mask(array: np.ndarray, nodata: float | None) -> np.ndarray:
+    """(C, *spatial) -> (*spatial) bool: all bands finite and not all bands equal to ``nodata``."""
+    valid = np.isfinite(array).all(axis=0) if array.dtype.kind == "f" else np.ones(array.shape[1:], bool)
+    if nodata is not None and math.isfinite(nodata):
+        valid &= ~(array == nodata).all(axis=0)
+    return valid
+
+
+def normalize(array: np.ndarray, stats: BandStats, nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Clip each band to [p1, p99], z-score with mean/std; invalid pixels become 0.
+
+    ``array`` (C, *spatial) -> (float32 (C, *spatial), valid bool (*spatial)).
+    """
+    array = np.asarray(array)
+    if array.shape[0] != len(stats.band_names):
+        raise DataError(f"normalize: the array has {array.shape[0]} bands but the statistics have "
+                        f"{len(stats.band_names)} ({' '.join(stats.band_names)}); the data and statistics disagree.")
+    valid = valid_mask(array, nodata)  # (*spatial)
+    a = stats.arrays(array.ndim - 1)
+    out = array.astype(np.float32, copy=True)  # (C, *spatial)
+    np.clip(out, a["p1"], a["p99"], out=out)
+    out -= a["mean"]
+    out /= a["std"]
+    out[:, ~valid] = 0.0
+    return out, valid
+
+
+def check_bands(expected: BandStats | Sequence[str], names_found: Sequence[str], path: str) -> None:
+    """Raise a DataError naming missing and extra bands when ``names_found`` differs from the expected band list."""
+    want = list(expected.band_names if isinstance(expected, BandStats) else expected)
+    found = list(names_found)
+    if want == found:
+        return
+    missing = [n for n in want if n not in found]
+    extra = [n for n in found if n not in want]
+    if not missing and not extra:
+        raise DataError(f"'{path}' holds the expected bands in another order ({' '.join(found)}; expected "
+                        f"{' '.join(want)}); set data.band_names to the file's true order or reorder the file.")
+    raise DataError(f"'{path}' bands do not match the model's: missing {missing}, extra {extra} "
+                    f"(expected {' '.join(want)}). Use data with the same bands, or set data.band_names if the file's "
+                    "bands are only named differently.")
+
+
+def intensity_kind(data_cfg: Any, minimum: float | None) -> str:
+    """'ct', 'mr' or 'none' for a volume: ``data.intensity`` unless 'auto', where a minimum below -500 means CT."""
+    mode = getattr(data_cfg, "intensity", "auto")
+    if mode != "auto":
+        return mode
+    return "ct" if minimum is not None and minimum < CT_LOOKING_MIN else "mr"
+
+
+def preprocess_intensity(
+    array: np.ndarray,
+    data_cfg: Any,
+    kind_hint: str | None = None,
+    valid: np.ndarray | None = None,
+    percentiles: Sequence[Sequence[float]] | None = None,
+) -> np.ndarray:
+    """Volume intensity preprocessing, (C, *spatial) -> float32 (C, *spatial). Pure; shared by reader and stats.
+
+    Mode: ``data.intensity`` unless 'auto'; then ``kind_hint`` ('ct'|'mr'|'none') if given, else CT when the valid
+    minimum is below -500 HU, else MR. CT: clip to ``data.ct_window`` (values stay in HU). MR: per channel, scale
+    [p1, p99] to [0, 1] and clip, with ``percentiles`` ((C, 2) of the whole volume) or the array's own valid values.
+    NaN stays NaN and values equal to ``data.nodata`` are left unchanged, so the valid mask is the same afterwards.
+    """
+    arr = np.asarray(array)
+    nodata = getattr(data_cfg, "nodata", None)
+    if valid is None:
+        valid = valid_mask(arr, nodata)
+    mode = getattr(data_cfg, "intensity", "auto")
+    if mode == "auto":
+        if kind_hint is not None:
+            mode = kind_hint
+        else:
+            mode = intensity_kind(data_cfg, float(arr[:, valid].min()) if valid.any() else None)
+    out = arr.astype(np.float32, copy=True)
+    if mode == "none":
+        return out
+    keep = (arr == nodata) if nodata is not None and math.isfinite(nodata) else None
+    if mode == "ct":
+        lo, hi = (float(v) for v in data_cfg.ct_window)
+        np.clip(out, lo, hi, out=out)
+    elif mode == "mr":
+        for c in range(out.shape[0]):
+            if percentiles is not None:
+                p1, p99 = float(percentiles[c][0]), float(percentiles[c][1])
+            else:
+                vals = out[c][valid]
+                if vals.size == 0:
+                    continue
+                p1, p99 = (float(v) for v in np.percentile(vals, [1, 99]))
+            out[c] -= p1
+            out[c] /= max(p99 - p1, STD_FLOOR)
+            np.clip(out[c], 0.0, 1.0, out=out[c])
+    else:
+        raise DataError(f"data.intensity must be auto, ct, mr or none; got '{mode}'.")
+    if keep is not None:
+        out[keep] = arr[keep]
+    return out
+
+
+class _Running:
+    """Per-band count, mean and M2 merged batch by batch (Chan et al.), in float64."""
+
+    def __init__(self, bands: int):
+        self.n = np.zeros(bands)
+        self.mean = np.zeros(bands)
+        self.m2 = np.zeros(bands)
+
+    def update(self, vals: np.ndarray) -> None:  # vals (C, n)
+        nb = vals.shape[1]
+        if nb == 0:
+            return
+        mb = vals.mean(axis=1)
+        m2b = ((vals - mb[:, None]) ** 2).sum(axis=1)
+        n = self.n + nb
+        delta = mb - self.mean
+        self.mean += delta * nb / n
+        self.m2 += m2b + delta**2 * self.n * nb / n
+        self.n = n
+
+
+class _FileWindows:
+    """Window reads from one record: rasterio windowed reads, or a nibabel volume (decoded once when small)."""
+
+    def __init__(self, record: Any):
+        self.record, self.ds, self.volume, self.proxies = record, None, None, None
+        if record.kind == "raster":
+            import rasterio
+
+            self.ds = [rasterio.open(p) for p in record.paths]
+        else:
+            import nibabel as nib
+
+            self.proxies = [nib.load(p).dataobj for p in record.paths]
+            if record.area * record.num_bands * 4 <= WHOLE_VOLUME_BYTES:
+                self.volume = self._stack([np.asarray(p, dtype=np.float32) for p in self.proxies])
+
+    @staticmethod
+    def _stack(parts: list[np.ndarray]) -> np.ndarray:  # each (x, y, z) or (x, y, z, C) -> (C, x, y, z)
+        return np.concatenate([p[None] if p.ndim == 3 else np.moveaxis(p, -1, 0) for p in parts], axis=0)
+
+    def read(self, start: tuple[int, ...], size: tuple[int, ...]) -> np.ndarray:
+        """(C, *size') float32 window clipped to the file (padding would only be invalid pixels)."""
+        if self.ds is not None:
+            from rasterio.windows import Window
+
+            win = Window(start[1], start[0], size[1], size[0])
+            return np.concatenate([d.read(window=win, boundless=False).astype(np.float32) for d in self.ds], axis=0)
+        box = tuple(slice(s, s + n) for s, n in zip(start, size))
+        if self.volume is not None:
+            return self.volume[(slice(None), *box)]
+        return self._stack([np.asarray(p[box], dtype=np.float32) for p in self.proxies])
+
+    def close(self) -> None:
+        for d in self.ds or []:
+            d.close()
+
+
+def compute_stats(catalog: Any, data_cfg: Any, seed: int = 0, read_window: ReadWindow | None = None) -> BandStats:
+    """Band statistics over ``data.stats_windows`` windows of ``data.patch_size`` sampled from the catalog.
+
+    Files are drawn with probability proportional to area * valid_fraction and windows uniformly inside them
+    (clipped to the file). Only valid pixels count (all bands finite, not all equal to nodata). Volumes get
+    ``preprocess_intensity`` first (voxel order of the file; ``data.spacing`` resampling is not applied).
+    ``read_window(record, start, size) -> (C, *size)`` replaces the built-in reader (e.g. a cached reader).
+    """
+    records = list(catalog.records)
+    if not records:
+        raise DataError("compute_stats: the catalog has no usable files.")
+    names = list(catalog.band_names)
+    window = as_tuple(data_cfg.patch_size, spatial_dims(data_cfg), "data.patch_size")
+    n_windows = int(data_cfg.stats_windows)
+    if n_windows <= 0:
+        raise DataError(f"data.stats_windows must be positive, got {n_windows}.")
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(records), size=n_windows, p=catalog.weights())
+    keep_prob = min(1.0, PERCENTILE_SAMPLE / (n_windows * float(np.prod(window))))
+    running, kept = _Running(len(names)), []
+    for idx in np.unique(picks):
+        rec = records[idx]
+        if rec.num_bands != len(names):
+            raise DataError(f"'{rec.path}' has {rec.num_bands} bands but the catalog has {len(names)}; rescan the data.")
+        source = None if read_window is not None else _FileWindows(rec)
+        try:
+            kind_hint, pcts = None, None
+            if rec.kind == "volume" and rec.value_range:
+                finite = [v[0] for v in rec.value_range if math.isfinite(v[0])]
+                kind_hint = intensity_kind(data_cfg, min(finite) if finite else None)
+                pcts = [v[1:3] for v in rec.value_range]
+            for _ in range(int((picks == idx).sum())):
+                start = tuple(int(rng.integers(0, max(s - w, 0) + 1)) for s, w in zip(rec.shape, window))
+                size = tuple(min(w, s) for s, w in zip(rec.shape, window))
+                arr = read_window(rec, start, size) if read_window is not None else source.read(start, size)
+                arr = np.asarray(arr)
+                valid = valid_mask(arr, rec.nodata)  # (*size)
+                if rec.kind == "volume":
+                    arr = preprocess_intensity(arr, data_cfg, kind_hint, valid=valid, percentiles=pcts)
+                vals = arr[:, valid].astype(np.float64)  # (C, n_valid)
+                running.update(vals)
+                if vals.shape[1]:
+                    take = rng.random(vals.shape[1]) < keep_prob
+                    if not take.any():
+                        take[rng.integers(vals.shape[1])] = True
+                    kept.append(vals[:, take])
+        except DataError:
+            raise
+        except Exception as err:
+            raise DataError(f"cannot read windows from '{rec.path}' for statistics ({err}); rescan the data.") from None
+        finally:
+            if source is not None:
+                source.close()
+    empty = [n for n, c in zip(names, running.n) if c == 0]
+    if empty:
+        raise DataError(f"band(s) {empty} have no valid pixels in {n_windows} sampled windows (nodata and NaN "
+                        "excluded); check data.nodata and that the files hold data, or raise data.stats_windows.")
+    sample = np.concatenate(kept, axis=1)  # (C, m)
+    p1, p99 = np.percentile(sample, [1, 99], axis=1)
+    std = np.sqrt(running.m2 / running.n)
+    return BandStats(
+        band_names=names, mean=[float(v) for v in running.mean], std=[float(max(s, STD_FLOOR)) for s in std],
+        p1=[float(v) for v in p1], p99=[float(v) for v in p99], count=[int(c) for c in running.n],
+    )

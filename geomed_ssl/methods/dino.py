@@ -1,0 +1,295 @@
+"""DINO self-distillation with optional iBOT masked-patch loss, KoLeo regulariser and Sinkhorn-Knopp centering.
+
+Student and teacher are the same :class:`ViTEncoder`; the teacher (exported) is an EMA of the student and never
+receives gradients. The student sees every crop (its global crops blockwise-masked when iBOT is on), the teacher
+only the unmasked global crops. Works on 2D and 3D token grids; every schedule is indexed by optimiser step.
+
+Trainer hooks: ``before_optimizer_step(step)`` (drops last-layer grads while frozen), ``weight_decay(step)`` (set
+on the decaying param groups), ``after_step(step)`` (teacher EMA).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from geomed_ssl.config import MethodConfig
+from geomed_ssl.errors import ConfigError
+from geomed_ssl.methods.base import MethodOutput, SSLMethod
+from geomed_ssl.methods.dino_losses import CENTERINGS, DINOLoss, IBOTPatchLoss, KoLeoLoss
+from geomed_ssl.methods.heads import DINOHead
+from geomed_ssl.methods.schedules import cosine, linear_warmup, teacher_momentum
+from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
+
+# Flat ``method:`` keys with their defaults (official DINO / iBOT / DINOv2 values). ``None`` step counts are
+# derived from ``max_steps``: teacher-temperature warmup over 30 %, last layer frozen for the first 1 %.
+DINO_DEFAULTS: dict[str, Any] = {
+    "out_dim": 65536,
+    "head_hidden_dim": 2048,
+    "head_bottleneck_dim": 256,
+    "head_nlayers": 3,
+    "norm_last_layer": True,
+    "freeze_last_layer_steps": None,
+    "momentum_teacher": 0.996,
+    "student_temp": 0.1,
+    "warmup_teacher_temp": 0.04,
+    "teacher_temp": 0.07,
+    "teacher_temp_warmup_steps": None,
+    "centering": "ema",
+    "center_momentum": 0.9,
+    "sinkhorn_iters": 3,
+    "weight_decay_start": 0.04,
+    "weight_decay_end": 0.4,
+    "ibot_loss_weight": 0.0,
+    "ibot_mask_ratio": [0.1, 0.5],
+    "ibot_mask_prob": 0.5,
+    "ibot_separate_head": False,
+    "ibot_out_dim": None,
+    "koleo_loss_weight": 0.0,
+}
+
+COLLAPSE_STD_TOL = 1e-3  # teacher_std * sqrt(K) below this: every image gives the same output
+COLLAPSE_ENTROPY_FRAC = 0.99  # teacher entropy above this fraction of log(K): uniform outputs
+COLLAPSE_WARN_EVERY = 100  # steps between two collapse warnings
+
+
+class CollapseWarning(UserWarning):
+    """The teacher's outputs collapsed (constant or uniform): the DINO loss carries no signal."""
+
+
+def dino_settings(method_cfg: Any, max_steps: int) -> dict[str, Any]:
+    """``DINO_DEFAULTS`` overridden by the keys ``method_cfg`` has; derived step counts filled in; validated."""
+    s = {k: getattr(method_cfg, k, v) for k, v in DINO_DEFAULTS.items()}
+    if s["teacher_temp_warmup_steps"] is None:
+        s["teacher_temp_warmup_steps"] = int(0.3 * max_steps)
+    if s["freeze_last_layer_steps"] is None:
+        s["freeze_last_layer_steps"] = int(0.01 * max_steps)
+    if s["ibot_out_dim"] is None or not s["ibot_separate_head"]:
+        s["ibot_out_dim"] = s["out_dim"]
+    if s["centering"] not in CENTERINGS:
+        raise ConfigError(f"method.centering must be one of {', '.join(CENTERINGS)}; got '{s['centering']}'.")
+    lo, hi = s["ibot_mask_ratio"]
+    if not 0.0 < lo <= hi < 1.0:
+        raise ConfigError(f"method.ibot_mask_ratio must be [min, max] with 0 < min <= max < 1, got {s['ibot_mask_ratio']}.")
+    for key in ("out_dim", "ibot_out_dim", "head_bottleneck_dim", "head_hidden_dim"):
+        if int(s[key]) <= 0:
+            raise ConfigError(f"method.{key} must be a positive integer, got {s[key]}.")
+    return s
+
+
+def block_mask(grid: tuple[int, ...], n_target: int, generator: torch.Generator, min_block: int = 4,
+               aspect: float = 0.3, max_attempts: int = 10) -> Tensor:
+    """Blockwise (BEiT/iBOT) mask over a 2D or 3D token grid: boxes of random volume and aspect are added until
+    about ``n_target`` tokens are masked. Returns bool (*grid)."""
+    mask = torch.zeros(grid, dtype=torch.bool)
+    nd, log_aspect = len(grid), math.log(1.0 / aspect)
+    count = 0
+    while count < n_target:
+        remaining, grew = n_target - count, False
+        for _ in range(max_attempts):
+            u = torch.rand(1 + nd, generator=generator).tolist()
+            lo = min(min_block, remaining)
+            volume = lo + u[0] * (remaining - lo)
+            logs = [(v - 0.5) * log_aspect for v in u[1:]]  # per-axis log stretch, centred below
+            mean = sum(logs) / nd
+            sides = [min(g, max(1, round(volume ** (1 / nd) * math.exp(lg - mean)))) for lg, g in zip(logs, grid)]
+            start = [int(torch.randint(0, g - s + 1, (1,), generator=generator)) for s, g in zip(sides, grid)]
+            box = tuple(slice(a, a + s) for a, s in zip(start, sides))
+            new = int((~mask[box]).sum())
+            if 0 < new <= remaining:
+                mask[box] = True
+                count, grew = count + new, True
+                break
+        if not grew:
+            break
+    return mask
+
+
+def ibot_masks(n: int, grid: tuple[int, ...], ratio: tuple[float, float], prob: float,
+               generator: torch.Generator) -> Tensor:
+    """Per image, with probability ``prob``, a block mask of a ratio drawn in ``ratio``; else none: (n, *grid)."""
+    total = math.prod(grid)
+    masks = torch.zeros((n, *grid), dtype=torch.bool)
+    draws = torch.rand(n, 2, generator=generator)
+    for i in range(n):
+        if draws[i, 0] < prob:
+            r = ratio[0] + float(draws[i, 1]) * (ratio[1] - ratio[0])
+            masks[i] = block_mask(grid, int(round(r * total)), generator)
+    return masks
+
+
+class DINO(SSLMethod):
+    """DINO (+ iBOT, KoLeo, Sinkhorn-Knopp) over :class:`ViTEncoder` student / EMA teacher."""
+
+    name = "dino"
+    view_kind = "dino"
+
+    def __init__(self, encoder_cfg: EncoderConfig, method_cfg: MethodConfig, max_steps: int) -> None:
+        super().__init__(encoder_cfg, method_cfg, max_steps)
+        s = self.settings = dino_settings(method_cfg, max_steps)
+        dim = encoder_cfg.embed_dim
+        self.student = ViTEncoder(encoder_cfg)
+        self.teacher = ViTEncoder(dataclasses.replace(encoder_cfg, drop_path=0.0))
+        head_kw = dict(hidden_dim=s["head_hidden_dim"], bottleneck_dim=s["head_bottleneck_dim"],
+                       nlayers=s["head_nlayers"], norm_last_layer=s["norm_last_layer"])
+        self.student_head = DINOHead(dim, s["out_dim"], **head_kw)
+        self.use_ibot = s["ibot_loss_weight"] > 0
+        self.student_patch_head: DINOHead | None = None
+        if self.use_ibot:
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+            if s["ibot_separate_head"]:
+                self.student_patch_head = DINOHead(dim, s["ibot_out_dim"], **head_kw)
+        self.teacher.load_state_dict(self.student.state_dict())
+        self.teacher_head = copy.deepcopy(self.student_head)
+        self.teacher_patch_head = copy.deepcopy(self.student_patch_head)
+        for p in self._teacher_modules().parameters():
+            p.requires_grad_(False)
+        loss_kw = dict(student_temp=s["student_temp"], center_momentum=s["center_momentum"],
+                       centering=s["centering"], sinkhorn_iters=s["sinkhorn_iters"])
+        self.dino_loss = DINOLoss(s["out_dim"], **loss_kw)
+        self.ibot_loss = IBOTPatchLoss(s["ibot_out_dim"], **loss_kw) if self.use_ibot else None
+        self.koleo = KoLeoLoss()
+        self._last_warning = -COLLAPSE_WARN_EVERY
+
+    # ---- pairs and schedules -------------------------------------------------------------------------------
+    def _pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        pairs: list[tuple[nn.Module, nn.Module]] = [(self.student, self.teacher), (self.student_head, self.teacher_head)]
+        if self.student_patch_head is not None:
+            pairs.append((self.student_patch_head, self.teacher_patch_head))
+        return pairs
+
+    def _teacher_modules(self) -> nn.ModuleList:
+        return nn.ModuleList([t for _, t in self._pairs()])
+
+    def teacher_temp(self, step: int) -> float:
+        s = self.settings
+        return linear_warmup(step, s["warmup_teacher_temp"], s["teacher_temp"], s["teacher_temp_warmup_steps"])
+
+    def momentum(self, step: int) -> float:
+        return teacher_momentum(step, self.settings["momentum_teacher"], self.max_steps)
+
+    def weight_decay(self, step: int) -> float:
+        """Weight decay of the decaying param groups at ``step`` (cosine 0.04 -> 0.4 by default)."""
+        s = self.settings
+        return cosine(step, s["weight_decay_start"], s["weight_decay_end"], self.max_steps)
+
+    # ---- forward passes ------------------------------------------------------------------------------------
+    def _student_globals(self, x: Tensor, masks: Tensor | None) -> Tensor:
+        """(2B, C, *S) -> normed tokens (2B, 1+N, D); masked tokens are the mask token at their position."""
+        tokens, grid = self.student.embed(x)  # (2B, N, D)
+        if masks is not None:
+            pos = self.student.pos_embed_for(grid, tokens)  # (1, N, D)
+            m = masks.reshape(masks.shape[0], -1, 1).to(tokens.device)  # (2B, N, 1)
+            tokens = torch.where(m, self.mask_token.to(tokens.dtype) + pos, tokens)
+        out, _ = self.student.run_blocks(self.student.add_cls(tokens))
+        return out
+
+    def training_loss(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> MethodOutput:
+        s = self.settings
+        views = batch["views"]
+        globals_, locals_ = list(views["global"]), list(views.get("local", []))
+        n_g, b = len(globals_), globals_[0].shape[0]
+        x_g = torch.cat(globals_)  # (2B, C, *S)
+        t_temp = self.teacher_temp(step)
+
+        masks = None
+        if self.use_ibot:
+            grid = self.student.patch_embed.grid_for(tuple(x_g.shape[2:]))
+            masks = ibot_masks(x_g.shape[0], grid, tuple(s["ibot_mask_ratio"]), s["ibot_mask_prob"], generator)
+            masks = masks.to(x_g.device)  # (2B, *grid)
+
+        with torch.no_grad():
+            t_tokens = self.teacher(x_g)  # (2B, 1+N, D)
+            t_cls = self.teacher_head(t_tokens[:, 0])  # (2B, K)
+        s_tokens = self._student_globals(x_g, masks)  # (2B, 1+N, D)
+        s_cls = [self.student_head(s_tokens[:, 0])]
+        if locals_:
+            s_cls.append(self.student_head(self.student(torch.cat(locals_))[:, 0]))  # (nB, K)
+        s_views = list(torch.cat(s_cls).chunk(n_g + len(locals_)))  # each (B, K)
+
+        t_views = torch.stack(t_cls.chunk(n_g))  # (2, B, K)
+        t_probs = self.dino_loss.teacher_probs(t_views, t_temp)
+        dino = self.dino_loss.loss_from_probs(t_probs, s_views)
+        if s["centering"] == "ema":
+            self.dino_loss.update_center(t_views)
+        loss = dino
+
+        zero = dino.new_zeros(())
+        ibot = koleo = zero
+        if masks is not None:  # also with no token masked, so DDP sees the iBOT parameters used
+            flat = masks.reshape(masks.shape[0], -1)  # (2B, N)
+            patch_t = self.teacher_patch_head or self.teacher_head
+            patch_s = self.student_patch_head or self.student_head
+            with torch.no_grad():
+                t_patch = patch_t(t_tokens[:, 1:][flat])  # (M, K')
+            s_patch = patch_s(s_tokens[:, 1:][flat])  # (M, K')
+            ibot = self.ibot_loss(s_patch, t_patch, flat, t_temp)
+            loss = loss + s["ibot_loss_weight"] * ibot
+        if s["koleo_loss_weight"] > 0:
+            koleo = sum(self.koleo(c) for c in s_tokens[:, 0].chunk(n_g))
+            loss = loss + s["koleo_loss_weight"] * koleo
+
+        logs = self._monitor(t_cls.detach(), t_probs, dino.detach(), step)
+        logs.update(loss=loss.detach(), dino_loss=dino.detach(), ibot_loss=ibot.detach(), koleo=koleo.detach(),
+                    teacher_temp=torch.tensor(t_temp))
+        return MethodOutput(loss=loss, logs=logs)
+
+    # ---- collapse monitor ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _monitor(self, t_logits: Tensor, t_probs: Tensor, dino: Tensor, step: int) -> dict[str, Tensor]:
+        """Teacher entropy, KL(teacher || student), teacher std; warns when the outputs collapse."""
+        k = t_logits.shape[-1]
+        entropy = -(t_probs * torch.log(t_probs.clamp_min(1e-30))).sum(-1).mean()
+        std = F.normalize(t_logits.float(), dim=-1).std(dim=0).mean()  # over the batch, mean over prototypes
+        constant = bool(std * math.sqrt(k) < COLLAPSE_STD_TOL)
+        uniform = bool(entropy > COLLAPSE_ENTROPY_FRAC * math.log(k))
+        if (constant or uniform) and step - self._last_warning >= COLLAPSE_WARN_EVERY:
+            self._last_warning = step
+            kind = "constant (every image gives the same output)" if constant else "uniform (teacher entropy ~ log K)"
+            warnings.warn(
+                f"DINO collapse at step {step}: teacher outputs are {kind}; teacher_std={float(std):.2e}, "
+                f"teacher_entropy={float(entropy):.3f} of log(K)={math.log(k):.3f}. Keep centering on, lower "
+                "method.teacher_temp, raise method.momentum_teacher or lower train.base_lr.",
+                CollapseWarning,
+                stacklevel=2,
+            )
+        return {
+            "teacher_entropy": entropy,
+            "kl_teacher_student": dino - entropy,  # the loss is CE(teacher, student) averaged like the entropy
+            "teacher_std": std,
+            "collapse": torch.tensor(float(constant or uniform)),
+        }
+
+    # ---- trainer hooks -------------------------------------------------------------------------------------
+    def before_optimizer_step(self, step: int) -> None:
+        """Drop the last layers' gradients while frozen (the first ``freeze_last_layer_steps`` steps)."""
+        if step >= self.settings["freeze_last_layer_steps"]:
+            return
+        for head in (self.student_head, self.student_patch_head):
+            if head is not None:
+                for p in head.last_layer_parameters():
+                    p.grad = None
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        """Teacher <- momentum * teacher + (1 - momentum) * student (parameters; buffers copied)."""
+        m = self.momentum(step)
+        for student, teacher in self._pairs():
+            for ps, pt in zip(student.parameters(), teacher.parameters()):
+                pt.lerp_(ps.detach().to(pt.dtype), 1.0 - m)
+            for bs, bt in zip(student.buffers(), teacher.buffers()):
+                bt.copy_(bs)
+
+    def export_encoder(self) -> ViTEncoder:
+        """The teacher encoder (as official DINO)."""
+        return self.teacher
+
+    def no_weight_decay(self) -> set[str]:
+        return super().no_weight_decay() | ({"mask_token"} if self.use_ibot else set())

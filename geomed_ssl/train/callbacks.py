@@ -1,0 +1,104 @@
+"""Lightning callbacks of ours: metrics CSV that survives resume, encoder export, reconstruction previews."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+
+from geomed_ssl.checkpoint import save_encoder
+
+
+class MetricsCSV(L.Callback):
+    """Appends one row per ``every`` steps to ``metrics.csv``; on resume, rows after the resumed step are dropped."""
+
+    def __init__(self, path: str | Path, every: int = 10):
+        self.path = Path(path)
+        self.every = every
+        self.rows: list[dict[str, Any]] = []
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.path.exists():
+            with self.path.open(newline="") as f:
+                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= trainer.global_step]
+        self._write()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step  # optimizer steps done, so the row of step s is written after update s
+        if not getattr(pl_module, "last_logs", None) or step == 0:
+            return
+        if step % self.every == 0 or step == trainer.max_steps:
+            if self.rows and int(self.rows[-1]["step"]) == step:
+                return  # several micro-batches of one accumulated step
+            self.rows.append({"step": step, **pl_module.last_logs})
+            self._write()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._write()
+
+    def _write(self) -> None:
+        keys: list[str] = ["step"]
+        for row in self.rows:
+            keys += [k for k in row if k not in keys]
+        tmp = self.path.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        tmp.replace(self.path)
+
+
+class ExportEncoder(L.Callback):
+    """Writes ``encoder/`` (safetensors + JSON) every ``every`` steps and at the end, atomically."""
+
+    def __init__(self, out_dir: str | Path, every: int, extra: dict[str, Any]):
+        self.out_dir = Path(out_dir)
+        self.every = every
+        self.extra = extra
+        self.done_step = -1
+
+    def export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and trainer.global_step != self.done_step:
+            self.done_step = trainer.global_step
+            extra = {**self.extra, "step": trainer.global_step}
+            save_encoder(pl_module.method.export_encoder(), self.out_dir, extra)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if trainer.global_step % self.every == 0 and trainer.global_step > 0:
+            self.export(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.export(trainer, pl_module)
+
+
+class Previews(L.Callback):
+    """Calls ``render(pl_module, step, path)`` every ``every`` steps and at the end (rank zero only)."""
+
+    def __init__(self, out_dir: str | Path, every: int, render: Callable[[L.LightningModule, int, Path], None]):
+        self.out_dir = Path(out_dir)
+        self.every = every
+        self.render = render
+        self.done_step = -1
+
+    def _run(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.global_step == self.done_step:
+            return
+        self.done_step = trainer.global_step
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        was_training = pl_module.training
+        pl_module.eval()
+        self.render(pl_module, trainer.global_step, self.out_dir / f"step-{trainer.global_step:06d}.png")
+        pl_module.train(was_training)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.every and trainer.global_step % self.every == 0 and trainer.global_step > 0:
+            self._run(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.every:
+            self._run(trainer, pl_module)

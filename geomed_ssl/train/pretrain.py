@@ -1,0 +1,171 @@
+"""``pretrain``: a folder of unlabeled files + a recipe → a run folder with checkpoints and an encoder export."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import lightning as L
+import torch
+import yaml
+from torch.utils.data import DataLoader, Sampler
+
+from geomed_ssl.config import Recipe, apply_overrides, load_recipe, recipe_from_dict, spatial_dims
+from geomed_ssl.data.catalog import Catalog, scan
+from geomed_ssl.data.datasets import PretrainDataset, collate
+from geomed_ssl.data.stats import BandStats, compute_stats
+from geomed_ssl.data.views import build_views
+from geomed_ssl.errors import GeomedError
+from geomed_ssl.methods import build_method
+from geomed_ssl.models.encoder import EncoderConfig
+from geomed_ssl.train.callbacks import ExportEncoder, MetricsCSV, Previews
+from geomed_ssl.train.module import PretrainModule
+
+log = logging.getLogger("geomed_ssl")
+
+
+@dataclass
+class RunResult:
+    """What a pretraining run produced."""
+
+    run_dir: Path
+    encoder_dir: Path
+    steps: int
+    catalog: Catalog
+
+
+class StepOffsetSampler(Sampler[int]):
+    """Indices of a stream that starts at the trainer's current step, so a resumed run reads the batches it missed.
+
+    Micro-batch ``m`` of rank ``r`` takes indices ``(m * world + r) * batch + [0, batch)``; the dataset maps each
+    index to a sample deterministically.
+    """
+
+    def __init__(self, batch_size: int, total_micro_batches: int, start: Callable[[], int], rank: int = 0,
+                 world: int = 1):
+        self.batch_size, self.total = batch_size, total_micro_batches
+        self.start, self.rank, self.world = start, rank, world
+
+    def __iter__(self) -> Iterator[int]:
+        for m in range(self.start(), self.total):
+            base = (m * self.world + self.rank) * self.batch_size
+            yield from range(base, base + self.batch_size)
+
+    def __len__(self) -> int:
+        return self.total * self.batch_size
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto``: 32-bit on CPU (bf16 autocast is slower there), bf16-mixed on GPUs that support it, else 16-mixed."""
+    if precision != "auto":
+        return precision
+    on_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    if not on_gpu:
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    if resume:
+        if not (out / "checkpoints" / "last.ckpt").is_file():
+            raise GeomedError(f"--resume: no checkpoint at {out / 'checkpoints' / 'last.ckpt'}; start the run without --resume.")
+        return
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise GeomedError(
+                f"run folder '{out}' already exists and is not empty; pass --resume to continue it, --overwrite to "
+                "replace it, or choose another --out."
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: str | Path, *, overrides: list[str] | None = None,
+             resume: bool = False, overwrite: bool = False, strict: bool = False,
+             callbacks: list[L.Callback] | None = None, progress: bool = True) -> RunResult:
+    """Pretrain an encoder on the files under ``data_dir`` without labels; see ``docs/cli.md`` for the outputs."""
+    out = Path(out_dir)
+    prepare_run_dir(out, resume, overwrite)
+    if resume:  # the run continues with the recipe it was started with (plus any overrides, e.g. more steps)
+        saved = yaml.safe_load((out / "config.yaml").read_text())
+        recipe = recipe_from_dict(apply_overrides(saved, overrides), str(out / "config.yaml"))
+    elif not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides)
+    recipe.save(out / "config.yaml")
+
+    catalog = scan(data_dir, recipe.data, strict=strict)
+    log.info(catalog.summary())
+    (out / "catalog.json").write_text(json.dumps(catalog.to_dict(), indent=1))
+    stats_path = out / "stats.json"
+    if stats_path.is_file():
+        stats = BandStats.load(stats_path)
+    else:
+        stats = compute_stats(catalog, recipe.data, seed=recipe.train.seed)
+        stats.save(stats_path)
+
+    t = recipe.train
+    L.seed_everything(t.seed, workers=True, verbose=False)
+    enc_cfg = EncoderConfig.from_recipe(recipe.model, recipe.data, len(catalog.band_names), catalog.band_names,
+                                        catalog.wavelengths, stats.to_dict())
+    method = build_method(recipe.method, enc_cfg, t.max_steps)
+    view = build_views(method.view_kind, recipe.data, spatial_dims(recipe.data))
+    dataset = PretrainDataset(catalog, stats, recipe.data, view, seed=t.seed,
+                              length=t.max_steps * t.accumulate_grad_batches * t.batch_size * 64)
+
+    precision = resolve_precision(t.precision, t.accelerator)
+    ckpt_dir = out / "checkpoints"
+    extra = {"method": recipe.method.name, "recipe": recipe.to_dict()}
+    checkpointer = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=ckpt_dir, filename="step-{step:06d}", auto_insert_metric_name=False, every_n_train_steps=t.checkpoint_every,
+        save_top_k=-1, save_last=True, save_on_train_epoch_end=False,
+    )
+    cbs: list[L.Callback] = [checkpointer, MetricsCSV(out / "metrics.csv", t.log_every),
+                             ExportEncoder(out / "encoder", t.checkpoint_every, extra)]
+    if hasattr(method, "reconstruct") and t.preview_every:
+        cbs.append(Previews(out / "previews", t.preview_every, preview_renderer(dataset, enc_cfg)))
+    if progress:
+        cbs.append(L.pytorch.callbacks.TQDMProgressBar(refresh_rate=1))
+    cbs += callbacks or []
+    loggers = []
+    try:
+        import tensorboard  # noqa: F401
+
+        loggers.append(L.pytorch.loggers.TensorBoardLogger(str(out), name="tensorboard", version=""))
+    except ImportError:
+        pass
+    trainer = L.Trainer(
+        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes, precision=precision,
+        max_steps=t.max_steps, max_epochs=-1, gradient_clip_val=t.grad_clip, accumulate_grad_batches=t.accumulate_grad_batches,
+        callbacks=cbs, logger=loggers or False, log_every_n_steps=t.log_every, enable_progress_bar=progress,
+        enable_model_summary=False, default_root_dir=str(out), num_sanity_val_steps=0,
+        use_distributed_sampler=False, deterministic=False,
+    )
+    module = PretrainModule(method, recipe, effective_batch=t.batch_size * t.accumulate_grad_batches * trainer.world_size,
+                            extra_state={"encoder": enc_cfg.to_dict(), "method": recipe.method.name})
+    sampler = StepOffsetSampler(t.batch_size, t.max_steps * t.accumulate_grad_batches,
+                                start=lambda: trainer.global_step * t.accumulate_grad_batches,
+                                rank=trainer.global_rank, world=trainer.world_size)
+    loader = DataLoader(dataset, batch_size=t.batch_size, sampler=sampler, num_workers=recipe.data.num_workers,
+                        collate_fn=collate, persistent_workers=recipe.data.num_workers > 0, drop_last=True,
+                        pin_memory=torch.cuda.is_available())
+    ckpt_path = str(ckpt_dir / "last.ckpt") if resume else None
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path, weights_only=True)
+    trainer.save_checkpoint(ckpt_dir / "last.ckpt")
+    return RunResult(run_dir=out, encoder_dir=out / "encoder", steps=trainer.global_step, catalog=catalog)
+
+
+def preview_renderer(dataset: PretrainDataset, enc_cfg: EncoderConfig) -> Callable:
+    """A fixed batch of four un-augmented windows, rendered by the method's ``reconstruct``."""
+    from geomed_ssl.train.previews import render_reconstruction
+
+    samples = [dataset.sample(i, augment=False) for i in range(4)]
+    batch = collate(samples)
+
+    def render(pl_module: L.LightningModule, step: int, path: Path) -> None:
+        render_reconstruction(pl_module.method, batch, enc_cfg.band_names, enc_cfg.wavelengths, path)
+
+    return render

@@ -1,0 +1,70 @@
+"""Reconstruction previews: input, mask and reconstruction side by side, in false colour (middle slice for 3D)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from geomed_ssl.data.bands import false_colour_bands  # noqa: E402
+
+
+def to_rgb(image: np.ndarray, bands: tuple[int, int, int], valid: np.ndarray | None = None) -> np.ndarray:
+    """(C, H, W) normalised array → (H, W, 3) in [0, 1], 2-98 percentile stretch per channel over valid pixels."""
+    rgb = np.stack([image[b] for b in bands], axis=-1).astype(np.float32)
+    mask = np.ones(rgb.shape[:2], bool) if valid is None else valid
+    out = np.zeros_like(rgb)
+    for c in range(3):
+        values = rgb[..., c][mask]
+        lo, hi = (np.percentile(values, [2, 98]) if values.size else (0.0, 1.0))
+        out[..., c] = np.clip((rgb[..., c] - lo) / max(hi - lo, 1e-6), 0, 1)
+    out[~mask] = 0
+    return out
+
+
+def middle_slice(x: np.ndarray) -> np.ndarray:
+    """(C, D, H, W) → (C, H, W) at the middle of D; 2D arrays pass through."""
+    return x[:, x.shape[1] // 2] if x.ndim == 4 else x
+
+
+def render_reconstruction(method: torch.nn.Module, batch: dict, band_names: list[str],
+                          wavelengths: list[float | None] | None, path: Path, seed: int = 0) -> None:
+    """Write a PNG: one row per sample with input, masked input, reconstruction, reconstruction + visible patches."""
+    image, valid = batch["image"], batch["valid"]
+    device = next(method.parameters()).device
+    patch = method.export_encoder().config.patch_size
+    noise_shape = (image.shape[0], int(np.prod([s // q for s, q in zip(image.shape[2:], patch)])))
+    noise = torch.rand(noise_shape, generator=torch.Generator().manual_seed(seed)).to(device)
+    with torch.no_grad():
+        out = method.reconstruct(image.to(device), valid.to(device), noise=noise)
+    pred = out["pred_image"].float().cpu().numpy()
+    masked = out["mask_image"].cpu().numpy()
+    img, val = image.numpy(), valid.numpy()
+    bands = false_colour_bands(band_names, wavelengths)
+    rows = img.shape[0]
+    fig, axes = plt.subplots(rows, 4, figsize=(8, 2 * rows + 0.3), squeeze=False)
+    for r in range(rows):
+        x, p = middle_slice(img[r]), middle_slice(pred[r])
+        v = middle_slice(val[r][None])[0]
+        m = middle_slice(masked[r][None])[0]
+        visible = x.copy()
+        visible[:, m] = np.nan
+        pasted = np.where(m[None], p, x)
+        panels = [to_rgb(x, bands, v), to_rgb(np.nan_to_num(visible), bands, v & ~m), to_rgb(p, bands, v),
+                  to_rgb(pasted, bands, v)]
+        panels[1][m] = 0.5
+        for c, (ax, panel) in enumerate(zip(axes[r], panels)):
+            ax.imshow(panel, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(["input", "masked", "reconstruction", "recon + visible"][c], fontsize=8)
+    fig.suptitle(f"bands {[band_names[b] for b in bands]}; loss {float(out['loss']):.4f}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -1,0 +1,73 @@
+"""Small structured fixtures shared by the end-to-end tests (GeoTIFF and NIfTI folders made in tmp_path)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# A tiny model and short schedule: every CLI run stays well under ~20 s on 2 cores.
+TINY = [
+    "model.embed_dim=32", "model.depth=2", "model.num_heads=2", "model.patch_size=4",
+    "method.decoder_embed_dim=32", "method.decoder_depth=1", "method.decoder_num_heads=2",
+    "train.batch_size=8", "train.base_lr=0.05", "train.warmup_steps=5", "train.log_every=1",
+    "train.preview_every=0", "data.num_workers=0", "data.stats_windows=32",
+]
+
+
+def structured_raster(rng: np.random.Generator, bands: int, size: int) -> np.ndarray:
+    """Smooth multi-band fields (sums of random plane waves) scaled like 16-bit reflectance: (bands, size, size)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    base = np.zeros((size, size), np.float32)
+    for _ in range(3):
+        fy, fx, phase = rng.uniform(0.5, 3.0), rng.uniform(0.5, 3.0), rng.uniform(0, 2 * np.pi)
+        base += np.sin(2 * np.pi * (fy * yy + fx * xx) + phase)
+    gains = np.linspace(0.5, 1.5, bands, dtype=np.float32)[:, None, None]
+    return (2000 + 800 * gains * base[None] + 50 * np.arange(bands)[:, None, None]).astype(np.uint16)
+
+
+def write_geotiff(path: Path, array: np.ndarray, nodata: float | None = None, **extra) -> Path:
+    import rasterio
+    from rasterio.transform import from_origin
+
+    profile = dict(driver="GTiff", height=array.shape[1], width=array.shape[2], count=array.shape[0],
+                   dtype=array.dtype, crs="EPSG:32633", transform=from_origin(500000, 5100000, 10, 10), nodata=nodata)
+    profile.update(extra)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(array)
+    return path
+
+
+@pytest.fixture
+def raster_dir(tmp_path: Path) -> Path:
+    """Six 4-band 48x48 uint16 GeoTIFFs with smooth structure, plus a label file the recipe must exclude."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "rasters"
+    folder.mkdir()
+    for i in range(6):
+        write_geotiff(folder / f"scene_{i}.tif", structured_raster(rng, 4, 48))
+    write_geotiff(folder / "scene_0_mask.tif", np.ones((1, 48, 48), np.uint8))
+    return folder
+
+
+@pytest.fixture
+def volume_dir(tmp_path: Path) -> Path:
+    """Four 32^3 single-channel NIfTI volumes with smooth blobs (MR-like intensities), 1.5 mm voxels."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "volumes"
+    folder.mkdir()
+    zz, yy, xx = np.mgrid[0:32, 0:32, 0:32].astype(np.float32)
+    for i in range(4):
+        vol = np.zeros((32, 32, 32), np.float32)
+        for _ in range(4):
+            c = rng.uniform(6, 26, size=3)
+            r = rng.uniform(3, 8)
+            vol += rng.uniform(200, 800) * np.exp(-((xx - c[0]) ** 2 + (yy - c[1]) ** 2 + (zz - c[2]) ** 2) / (2 * r * r))
+        affine = np.diag([1.5, 1.5, 1.5, 1.0])
+        nib.save(nib.Nifti1Image(vol + 100, affine), str(folder / f"subject_{i}.nii.gz"))
+    return folder

@@ -1,0 +1,205 @@
+"""End-to-end pretraining through the CLI (in-process): loss drops, exports load, resume is exact, errors are clear."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from geomed_ssl.cli import app
+from tests.conftest import SHARED, TINY
+
+runner = CliRunner()
+
+
+def cli(*args: str):
+    result = runner.invoke(app, list(args))
+    return result
+
+
+def sets(*extra: str) -> list[str]:
+    out = []
+    for item in [*TINY, *extra]:
+        out += ["--set", item]
+    return out
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    with (run_dir / "metrics.csv").open() as f:
+        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f)}
+
+
+def test_pretrain_rasters_from_cli_loss_drops_and_exports_load(raster_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = cli("pretrain", "recipes/mae_sentinel2.yaml", "--data", str(raster_dir), "--out", str(out),
+                 *sets("data.sensor=null", "data.patch_size=16", "train.max_steps=40", "train.checkpoint_every=20",
+                       "train.preview_every=20"))
+    assert result.exit_code == 0, result.output
+    curve = losses(out)
+    assert len(curve) == 40
+    first, last = np.mean([curve[s] for s in range(1, 11)]), np.mean([curve[s] for s in range(31, 41)])
+    assert last < 0.9 * first, (first, last)
+
+    for name in ("config.yaml", "stats.json", "catalog.json", "metrics.csv", "encoder/model.safetensors",
+                 "encoder/config.json", "checkpoints/last.ckpt", "checkpoints/step-000020.ckpt"):
+        assert (out / name).is_file(), name
+    assert sorted(p.name for p in (out / "previews").glob("*.png")) == ["step-000020.png", "step-000040.png"]
+
+    from geomed_ssl import load_encoder
+
+    enc = load_encoder(out)
+    assert enc.config.in_chans == 4 and enc.config.stats is not None
+    assert len(enc.config.band_names) == 4
+    x = torch.randn(2, 4, 16, 16)
+    assert enc(x).shape == (2, 1 + 16, 32)
+    feats, grid = enc.forward_features(x, layers=[0, 1])
+    assert grid == (4, 4) and [f.shape for f in feats] == [(2, 16, 32)] * 2
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert ckpt["global_step"] == 40 and ckpt["geomed_ssl"]["encoder"]["in_chans"] == 4
+    # the label file in the folder was excluded by the recipe
+    assert "scene_0_mask" not in (out / "catalog.json").read_text()
+
+
+def test_pretrain_volumes_from_cli_loss_drops(volume_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run3d"
+    result = cli("pretrain", "recipes/mae_mri.yaml", "--data", str(volume_dir), "--out", str(out),
+                 *sets("data.patch_size=16", "train.max_steps=30", "train.batch_size=4", "train.checkpoint_every=30",
+                       "train.preview_every=30"))
+    assert result.exit_code == 0, result.output
+    curve = losses(out)
+    first, last = np.mean([curve[s] for s in range(1, 11)]), np.mean([curve[s] for s in range(21, 31)])
+    assert last < 0.9 * first, (first, last)
+    from geomed_ssl import load_encoder
+
+    enc = load_encoder(out / "encoder")
+    assert enc.config.spatial_dims == 3
+    assert enc(torch.randn(1, 1, 16, 16, 16)).shape == (1, 1 + 64, 32)
+    assert (out / "previews" / "step-000030.png").is_file()
+
+
+class KillAt(__import__("lightning").Callback):
+    """Simulates a kill: raises just before the optimizer step ``step + 1`` runs."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated kill")
+
+
+def test_resume_after_kill_continues_same_loss_curve(raster_dir: Path, tmp_path: Path) -> None:
+    from geomed_ssl.train.pretrain import pretrain
+
+    overrides = [*TINY, "data.sensor=null", "data.patch_size=16", "train.max_steps=10", "train.checkpoint_every=5"]
+    full = pretrain("recipes/mae_sentinel2.yaml", raster_dir, tmp_path / "full", overrides=overrides, progress=False)
+    assert full.steps == 10
+
+    killed = tmp_path / "killed"
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        pretrain("recipes/mae_sentinel2.yaml", raster_dir, killed, overrides=overrides, progress=False,
+                 callbacks=[KillAt(5)])
+    ckpt = torch.load(killed / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert ckpt["global_step"] == 5
+    resumed = pretrain(None, raster_dir, killed, resume=True, progress=False)
+    assert resumed.steps == 10
+    a, b = losses(tmp_path / "full"), losses(killed)
+    assert sorted(b) == list(range(1, 11))
+    np.testing.assert_allclose([b[s] for s in range(6, 11)], [a[s] for s in range(6, 11)], rtol=0, atol=1e-5)
+
+
+def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(raster_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    from geomed_ssl.errors import TrainingError
+    from geomed_ssl.methods.mae import MAE
+    from geomed_ssl.train.pretrain import pretrain
+
+    original = MAE.training_loss
+
+    def poisoned(self, batch, step, generator):
+        out = original(self, batch, step, generator)
+        if step >= 6:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(MAE, "training_loss", poisoned)
+    out = tmp_path / "nan"
+    overrides = [*TINY, "data.sensor=null", "data.patch_size=16", "train.max_steps=10", "train.checkpoint_every=5"]
+    with pytest.raises(TrainingError, match="at step 6"):
+        pretrain("recipes/mae_sentinel2.yaml", raster_dir, out, overrides=overrides, progress=False)
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert ckpt["global_step"] == 5
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_existing_run_dir_is_not_overwritten_without_flag(raster_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    result = cli("pretrain", "recipes/mae_sentinel2.yaml", "--data", str(raster_dir), "--out", str(out))
+    assert result.exit_code == 2
+    assert "--resume" in result.output and "--overwrite" in result.output
+    assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_unknown_recipe_key_names_the_valid_ones(raster_dir: Path, tmp_path: Path) -> None:
+    result = cli("pretrain", "recipes/mae_sentinel2.yaml", "--data", str(raster_dir), "--out", str(tmp_path / "x"),
+                 "--set", "model.depthh=3")
+    assert result.exit_code == 2
+    assert "model.depthh" in result.output and "embed_dim" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_empty_data_folder_is_a_clear_error(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = cli("pretrain", "recipes/mae_sentinel2.yaml", "--data", str(empty), "--out", str(tmp_path / "x"))
+    assert result.exit_code == 2
+    assert str(empty) in result.output
+
+
+def test_inspect_lists_files_bands_and_problems(raster_dir: Path) -> None:
+    (raster_dir / "broken.tif").write_bytes(b"this is not a tiff")
+    result = cli("inspect", str(raster_dir), "--set", "data.exclude=['*mask*']")
+    assert result.exit_code == 0, result.output
+    assert "broken.tif" in result.output
+    strict = cli("inspect", str(raster_dir), "--strict", "--set", "data.exclude=['*mask*']")
+    assert strict.exit_code == 2 and "broken.tif" in strict.output
+
+
+def test_demo_runs_on_bundled_sample(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = cli("demo", "--out", str(out), "--steps", "2")
+    assert result.exit_code == 0, result.output
+    from geomed_ssl import load_encoder
+
+    enc = load_encoder(out / "pretrain")
+    assert enc.config.in_chans == 200
+    assert enc.config.wavelengths is not None and abs(enc.config.wavelengths[0] - 0.40002) < 1e-4
+    # the demo owns its folder: a second run replaces it
+    assert cli("demo", "--out", str(out), "--steps", "1").exit_code == 0
+
+
+@pytest.mark.skipif(not (SHARED / "eurosat_ms_200").is_dir(), reason="shared EuroSAT-MS sample not present")
+def test_pretrain_on_real_eurosat_patches(tmp_path: Path) -> None:
+    names = "[B01,B02,B03,B04,B05,B06,B07,B08,B09,B10,B11,B12,B8A]"  # EuroSAT-MS stores B8A last
+    result = cli("pretrain", "recipes/mae_sentinel2.yaml", "--data", str(SHARED / "eurosat_ms_200"), "--out",
+                 str(tmp_path / "eurosat"), *sets(f"data.band_names={names}", "data.patch_size=32",
+                                                  "train.max_steps=4", "train.checkpoint_every=4"))
+    assert result.exit_code == 0, result.output
+    from geomed_ssl import load_encoder
+
+    enc = load_encoder(tmp_path / "eurosat")
+    assert enc.config.band_names[-1] == "B8A" and enc.config.wavelengths[-1] == pytest.approx(0.865, abs=0.01)
+
+
+@pytest.mark.skipif(not (SHARED / "brain_t1_aseg").is_dir(), reason="shared T1 brain sample not present")
+def test_pretrain_on_real_t1_volume(tmp_path: Path) -> None:
+    result = cli("pretrain", "recipes/mae_mri.yaml", "--data", str(SHARED / "brain_t1_aseg"), "--out",
+                 str(tmp_path / "t1"), *sets("data.patch_size=32", "model.patch_size=8", "train.batch_size=2",
+                                             "train.max_steps=3", "train.checkpoint_every=3"))
+    assert result.exit_code == 0, result.output
+    assert "test_scan_aseg" not in (tmp_path / "t1" / "catalog.json").read_text()

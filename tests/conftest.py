@@ -31,10 +31,10 @@ def structured_raster(rng: np.random.Generator, bands: int, size: int) -> np.nda
 
 def write_geotiff(path: Path, array: np.ndarray, nodata: float | None = None, **extra) -> Path:
     import rasterio
-    from rasterio.transform import from_origin
+    from affine import Affine
 
     profile = dict(driver="GTiff", height=array.shape[1], width=array.shape[2], count=array.shape[0],
-                   dtype=array.dtype, crs="EPSG:32633", transform=from_origin(500000, 5100000, 10, 10), nodata=nodata)
+                   dtype=array.dtype, crs="EPSG:32633", transform=Affine(10, 0, 500000, 0, -10, 5100000), nodata=nodata)
     profile.update(extra)
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(array)

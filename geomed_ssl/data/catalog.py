@@ -74,6 +74,19 @@ class FileRecord:
         return cls(**d)
 
 
+def reoriented_shape(record: FileRecord, axcodes: str = "RAS") -> tuple[int, ...]:
+    """A volume's spatial shape after reorientation to ``axcodes`` (the volume reader's order before resampling)."""
+    from nibabel.orientations import axcodes2ornt, ornt_transform
+
+    if record.kind != "volume" or not record.orientation:
+        return tuple(record.shape)
+    ornt = ornt_transform(axcodes2ornt(tuple(record.orientation)), axcodes2ornt(tuple(axcodes)))
+    out = [0] * len(record.shape)
+    for src_axis, (dst_axis, _) in enumerate(ornt):
+        out[int(dst_axis)] = record.shape[src_axis]
+    return tuple(out)
+
+
 @dataclass
 class Problem:
     """A file (or folder, for stacked channels) that cannot be used, and why."""
@@ -107,12 +120,7 @@ class Catalog:
         return w / w.sum()
 
     def _rel(self, path: str) -> str:
-        if self.root:
-            try:
-                return os.path.relpath(path, self.root) if Path(path).is_relative_to(self.root) else path
-            except ValueError:
-                return path
-        return path
+        return os.path.relpath(path, self.root) if self.root and Path(path).is_relative_to(self.root) else path
 
     def summary(self) -> str:
         """A short human-readable report: usable files, bands, shapes, validity and every problem."""
@@ -240,7 +248,7 @@ def _nodata(cfg_nodata: float | None, file_nodata: float | None) -> float | None
     return None if value is None or not math.isfinite(float(value)) else float(value)
 
 
-def _check_size(path: str, shape: tuple[int, ...], window: tuple[int, ...]) -> None:
+def _check_size(shape: tuple[int, ...], window: tuple[int, ...]) -> None:
     if any(2 * s < w for s, w in zip(shape, window)):
         raise _Bad(f"is {'x'.join(map(str, shape))}, smaller than half the {'x'.join(map(str, window))} window "
                    "(data.patch_size); lower data.patch_size or exclude it")
@@ -261,7 +269,7 @@ def _probe_raster(path: str, data_cfg: Any, window: tuple[int, ...]) -> _Probe:
             shape, count = (src.height, src.width), src.count
             if count < 1:
                 raise _Bad("has no bands")
-            _check_size(path, shape, window)
+            _check_size(shape, window)
             nodata = _nodata(data_cfg.nodata, src.nodata)
             tags = {b: {**src.tags(b), **src.tags(b, ns="IMAGERY")} for b in range(1, count + 1)}
             out = (count, min(shape[0], RASTER_PREVIEW), min(shape[1], RASTER_PREVIEW))
@@ -291,7 +299,7 @@ def _probe_volume(path: str, data_cfg: Any, window: tuple[int, ...]) -> _Probe:
     spatial, count = shape[:3], (shape[3] if len(shape) == 4 else 1)
     if count < 1:
         raise _Bad("has an empty channel axis")
-    _check_size(path, spatial, window)
+    _check_size(spatial, window)
     steps = tuple(max(1, math.ceil(s / VOLUME_PREVIEW)) for s in spatial)
     try:
         arr = np.asarray(img.dataobj[tuple(slice(None, None, s) for s in steps)])
@@ -408,8 +416,8 @@ def _majority(records: list[FileRecord], problems: list[Problem]) -> list[FileRe
     kept = []
     for r in records:
         if r.num_bands != best:
-            problems.append(Problem(r.path, f"has {r.num_bands} band(s) but the majority ({counts[best]} of "
-                                            f"{len(records)} files) have {best}; mixed band counts, so it is skipped"))
+            problems.append(Problem(r.path, f"has {r.num_bands} band(s) but {counts[best]} of {len(records)} "
+                                            f"files have {best} (the most common count); mixed band counts, so it is skipped"))
         else:
             kept.append(r)
     names = Counter(tuple(r.band_names) for r in kept)

@@ -38,7 +38,7 @@ class DINOHead(nn.Module):
         self.apply(self._init_weights)
         # created after apply(): keeps nn.Linear's default init for v, as the official head
         self.last_layer = nn.Linear(bottleneck_dim, out_dim, bias=False)
-        self.last_layer_g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=not norm_last_layer)  # (K, 1)
+        self.last_layer_g = nn.Parameter(torch.ones(out_dim), requires_grad=not norm_last_layer)  # (K,)
         self.out_dim = out_dim
 
     @staticmethod
@@ -51,7 +51,7 @@ class DINOHead(nn.Module):
     def last_layer_weight(self) -> Tensor:
         """The effective prototypes ``(K, bottleneck)``."""
         v = self.last_layer.weight
-        return self.last_layer_g * v / torch.linalg.vector_norm(v, dim=1, keepdim=True).clamp_min(1e-12)
+        return self.last_layer_g[:, None] * v / torch.linalg.vector_norm(v, dim=1, keepdim=True).clamp_min(1e-12)
 
     def forward(self, x: Tensor) -> Tensor:
         """``x`` (..., in_dim) -> logits (..., out_dim)."""

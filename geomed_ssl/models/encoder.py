@@ -185,6 +185,11 @@ class ViTEncoder(nn.Module):
         nn.init.normal_(self.cls_token, std=0.02)
 
     @property
+    def config(self) -> EncoderConfig:
+        """The encoder's config: bands, wavelengths, normalisation statistics, patch size, architecture."""
+        return self.cfg
+
+    @property
     def embed_dim(self) -> int:
         return self.cfg.embed_dim
 

@@ -126,7 +126,9 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     cbs: list[L.Callback] = [checkpointer, MetricsCSV(out / "metrics.csv", t.log_every),
                              ExportEncoder(out / "encoder", t.checkpoint_every, extra)]
     if hasattr(method, "reconstruct") and t.preview_every:
-        cbs.append(Previews(out / "previews", t.preview_every, preview_renderer(dataset, enc_cfg)))
+        plain = PretrainDataset(catalog, stats, recipe.data, build_views("none", recipe.data, spatial_dims(recipe.data)),
+                                seed=t.seed + 1)
+        cbs.append(Previews(out / "previews", t.preview_every, preview_renderer(plain, enc_cfg)))
     if progress:
         cbs.append(L.pytorch.callbacks.TQDMProgressBar(refresh_rate=1))
     cbs += callbacks or []
@@ -159,11 +161,11 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
 
 
 def preview_renderer(dataset: PretrainDataset, enc_cfg: EncoderConfig) -> Callable:
-    """A fixed batch of four un-augmented windows, rendered by the method's ``reconstruct``."""
+    """A fixed batch of four un-augmented windows (from a dataset with the identity view), rendered by the
+    method's ``reconstruct``."""
     from geomed_ssl.train.previews import render_reconstruction
 
-    samples = [dataset.sample(i, augment=False) for i in range(4)]
-    batch = collate(samples)
+    batch = collate([dataset[i * 97] for i in range(4)])
 
     def render(pl_module: L.LightningModule, step: int, path: Path) -> None:
         render_reconstruction(pl_module.method, batch, enc_cfg.band_names, enc_cfg.wavelengths, path)

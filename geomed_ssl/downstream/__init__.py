@@ -1,0 +1,1 @@
+"""Downstream use of a pretrained encoder: attention maps, fine-tuning, prediction, embeddings."""

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import pytest
+
+from geomed_ssl.config import DataConfig
+from geomed_ssl.data import bands
+from geomed_ssl.data.bands import false_colour_bands, indian_pines_bands, resolve_bands, sensor_profile
+from geomed_ssl.errors import ConfigError, DataError
+
+EUROSAT_ORDER = "B01 B02 B03 B04 B05 B06 B07 B08 B09 B10 B11 B12 B8A".split()
+
+
+def test_sentinel2_profile_lists_13_msi_bands_in_micrometres():
+    s2 = sensor_profile("sentinel2")
+    assert list(s2) == "B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B10 B11 B12".split()
+    assert s2["B04"] == pytest.approx(0.665) and s2["B8A"] == pytest.approx(0.865) and s2["B12"] == pytest.approx(2.19)
+
+
+def test_landsat_profiles_use_usgs_band_names():
+    l8, l7 = sensor_profile("landsat8"), sensor_profile("landsat7")
+    assert list(l8) == [f"B{i}" for i in range(1, 12)] and l8["B1"] == pytest.approx(0.443)
+    assert l8["B10"] > 10 and l8["B11"] > 11  # thermal
+    assert list(l7) == [f"B{i}" for i in range(1, 9)] and l7["B6"] > 10
+
+
+def test_aviris_profile_has_224_increasing_channels_per_spectrometer():
+    names, wl = bands.aviris_224_bands()
+    assert len(names) == 224 and names[0] == "CH001" and names[-1] == "CH224"
+    assert 0.38 < wl[0] < 0.40 and 2.49 < wl[-1] < 2.51
+    for lo, hi in ((0, 32), (32, 96), (96, 160), (160, 224)):  # each spectrometer increases monotonically
+        assert all(a < b for a, b in zip(wl[lo:hi], wl[lo + 1:hi]))
+
+
+def test_indian_pines_bands_keep_200_named_by_original_index():
+    names, wl = indian_pines_bands()
+    assert len(names) == len(wl) == 200
+    assert names[:2] == ["B001", "B002"] and names[-1] == "B219"
+    dropped = {f"B{i:03d}" for i in [*range(104, 109), *range(150, 164), 220]}
+    assert not dropped & set(names) and "B103" in names and "B109" in names
+    assert wl[0] == pytest.approx(0.40002) and all(0.39 < w < 2.51 for w in wl)
+
+
+def test_unknown_sensor_is_a_config_error_listing_known_ones():
+    with pytest.raises(ConfigError, match="sentinel2"):
+        sensor_profile("modis")
+
+
+def test_descriptions_win_over_config_band_names():
+    cfg = DataConfig(band_names=["x", "y"])
+    names, _ = resolve_bands(2, ["B04", "B08"], {}, cfg, "f.tif")
+    assert names == ["B04", "B08"]
+
+
+def test_partial_descriptions_fall_back_to_config_names():
+    names, wl = resolve_bands(2, ["B04", None], {}, DataConfig(band_names=["red", "nir"]), "f.tif")
+    assert names == ["red", "nir"] and wl is None
+
+
+def test_sensor_profile_names_bands_when_count_matches():
+    names, wl = resolve_bands(13, [None] * 13, {}, DataConfig(sensor="sentinel2"), "f.tif")
+    assert names == list(sensor_profile("sentinel2")) and wl[8] == pytest.approx(0.865)
+
+
+def test_sensor_profile_with_other_band_count_is_data_error_naming_file_count_and_fix():
+    with pytest.raises(DataError, match=r"f\.tif.*4 bands.*sentinel2.*13.*data\.band_names"):
+        resolve_bands(4, [None] * 4, {}, DataConfig(sensor="sentinel2"), "f.tif")
+
+
+def test_generic_names_without_any_hint():
+    names, wl = resolve_bands(3, [None] * 3, {}, DataConfig(), "f.tif")
+    assert names == ["band_1", "band_2", "band_3"] and wl is None
+
+
+def test_wavelengths_follow_band_names_not_positions_for_eurosat_order():
+    names, wl = resolve_bands(13, [None] * 13, {}, DataConfig(sensor="sentinel2", band_names=EUROSAT_ORDER), "e.tif")
+    assert names[-1] == "B8A" and wl[-1] == pytest.approx(0.865) and wl[8] == pytest.approx(0.945)
+
+
+def test_loose_name_matching_b1_equals_b01():
+    assert bands.lookup_wavelengths(["b1", "B8a"], "sentinel2") == [pytest.approx(0.443), pytest.approx(0.865)]
+
+
+def test_config_wavelengths_win_and_must_match_band_count():
+    cfg = DataConfig(sensor="sentinel2", band_names=["B02", "B03"], wavelengths=[0.5, 0.6])
+    assert resolve_bands(2, [None, None], {}, cfg, "f.tif")[1] == [0.5, 0.6]
+    with pytest.raises(DataError, match="data.wavelengths lists 2"):
+        resolve_bands(3, [None] * 3, {}, DataConfig(wavelengths=[0.5, 0.6]), "f.tif")
+
+
+def test_central_wavelength_tag_used_when_no_profile():
+    tags = {1: {"CENTRAL_WAVELENGTH_UM": "0.49"}, 2: {"CENTRAL_WAVELENGTH_UM": "0.56"}}
+    names, wl = resolve_bands(2, ["blue", "green"], tags, DataConfig(), "f.tif")
+    assert wl == [0.49, 0.56]
+
+
+def test_config_band_names_of_wrong_length_is_data_error():
+    with pytest.raises(DataError, match="data.band_names lists 2"):
+        resolve_bands(3, [None] * 3, {}, DataConfig(band_names=["a", "b"]), "f.tif")
+
+
+def test_false_colour_uses_sentinel2_names_in_any_order():
+    assert false_colour_bands(EUROSAT_ORDER, None) == (3, 2, 1)
+
+
+def test_false_colour_uses_wavelengths_when_names_unknown():
+    names, wl = indian_pines_bands()
+    r, g, b = false_colour_bands(names, wl)
+    assert abs(wl[r] - 0.65) < 0.01 and abs(wl[g] - 0.56) < 0.01 and abs(wl[b] - 0.48) < 0.01
+    l7 = sensor_profile("landsat7")
+    assert false_colour_bands(list(l7), list(l7.values())) == (2, 1, 0)  # B3 red, B2 green, B1 blue
+
+
+def test_false_colour_spreads_or_repeats_without_hints():
+    assert false_colour_bands(["a"], None) == (0, 0, 0)
+    assert false_colour_bands(["a", "b"], None) == (0, 1, 1)
+    assert len(set(false_colour_bands([f"b{i}" for i in range(10)], None))) == 3

@@ -1,0 +1,232 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from geomed_ssl.config import DataConfig
+from geomed_ssl.data.catalog import Catalog, glob_match, reoriented_shape, scan
+from geomed_ssl.errors import ConfigError, DataError
+
+
+def _reasons(cat: Catalog) -> dict[str, str]:
+    return {p.path.rsplit("/", 1)[-1]: p.reason for p in cat.problems}
+
+
+def test_scan_records_header_metadata(tmp_path, make_tif, grad):
+    make_tif(tmp_path / "a.tif", grad(4, 40, 48), nodata=0, descriptions=["B02", "B03", "B04", "B08"],
+             tiled=True, blockxsize=16, blockysize=16)
+    cat = scan(tmp_path, DataConfig(patch_size=32, sensor="sentinel2"))
+    (rec,) = cat.records
+    assert rec.shape == (40, 48) and rec.num_bands == 4 and rec.dtype == "uint16" and rec.nodata == 0.0
+    assert rec.band_names == ["B02", "B03", "B04", "B08"] and rec.wavelengths[2] == pytest.approx(0.665)
+    assert "32633" in rec.crs and rec.transform == [10.0, 0.0, 500000.0, 0.0, -10.0, 5100000.0]
+    assert rec.block_shape == (16, 16) and rec.valid_fraction == 1.0 and rec.paths == [rec.path]
+    assert rec.value_range[0][0] == 100 and rec.value_range[0][3] == 100 + 39 + 47
+    assert cat.band_names == rec.band_names and cat.problems == []
+
+
+def test_central_wavelength_imagery_tag_read_from_file(tmp_path, make_tif, grad):
+    make_tif(tmp_path / "a.tif", grad(2, 32, 32), imagery_tags=[{"CENTRAL_WAVELENGTH_UM": "0.49"},
+                                                                {"CENTRAL_WAVELENGTH_UM": "0.842"}])
+    assert scan(tmp_path, DataConfig(patch_size=32)).wavelengths == [0.49, 0.842]
+
+
+def test_nodata_from_config_overrides_file(tmp_path, make_tif, grad):
+    arr = grad(2, 32, 32)
+    arr[:, :16] = 7
+    make_tif(tmp_path / "a.tif", arr, nodata=0)
+    rec = scan(tmp_path, DataConfig(patch_size=32, nodata=7)).records[0]
+    assert rec.nodata == 7.0 and rec.valid_fraction == pytest.approx(0.5)
+
+
+def test_corrupt_bytes_with_tif_extension_is_reported(tmp_path, make_tif, grad):
+    make_tif(tmp_path / "good.tif", grad(2, 32, 32))
+    (tmp_path / "bad.tif").write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 700, dtype=np.uint8)))
+    assert "not a readable GeoTIFF" in _reasons(scan(tmp_path, DataConfig(patch_size=32)))["bad.tif"]
+
+
+def test_text_file_named_tif_is_reported_as_not_an_image(tmp_path, make_tif, grad):
+    make_tif(tmp_path / "good.tif", grad(2, 32, 32))
+    (tmp_path / "notes.tif").write_text("these are my field notes\n" * 10)
+    assert "text file" in _reasons(scan(tmp_path, DataConfig(patch_size=32)))["notes.tif"]
+
+
+def test_empty_file_is_reported(tmp_path, make_tif, grad):
+    make_tif(tmp_path / "good.tif", grad(2, 32, 32))
+    (tmp_path / "empty.tif").write_bytes(b"")
+    assert _reasons(scan(tmp_path, DataConfig(patch_size=32)))["empty.tif"] == "empty file (0 bytes)"
+
+
+def test_all_nodata_file_is_reported(tmp_path, make_tif, grad):
+    make_tif(tmp_path / "good.tif", grad(2, 32, 32))
+    make_tif(tmp_path / "blank.tif", np.zeros((2, 32, 32), np.uint16), nodata=0)
+    make_tif(tmp_path / "nan.tif", np.full((2, 32, 32), np.nan, np.float32))
+    reasons = _reasons(scan(tmp_path, DataConfig(patch_size=32)))
+    assert "all pixels are nodata" in reasons["blank.tif"] and "nodata=0" in reasons["blank.tif"]
+    assert "all pixels are nodata or NaN" in reasons["nan.tif"]
+
+
+def test_file_smaller_than_half_the_window_is_reported_but_half_size_is_kept(tmp_path, make_tif, grad):
+    make_tif(tmp_path / "good.tif", grad(2, 64, 64))
+    make_tif(tmp_path / "half.tif", grad(2, 32, 40))
+    make_tif(tmp_path / "tiny.tif", grad(2, 31, 64))
+    cat = scan(tmp_path, DataConfig(patch_size=64))
+    assert sorted(r.path.rsplit("/", 1)[-1] for r in cat.records) == ["good.tif", "half.tif"]
+    assert "smaller than half the 64x64 window" in _reasons(cat)["tiny.tif"]
+
+
+def test_truncated_deflate_tiled_geotiff_is_caught(tmp_path, make_tif, grad):
+    make_tif(tmp_path / "good.tif", grad(2, 32, 32))
+    full = make_tif(tmp_path / "full.tif", grad(3, 128, 128) * 7 % 997, compress="deflate", tiled=True,
+                    blockxsize=32, blockysize=32).read_bytes()
+    (tmp_path / "full.tif").write_bytes(full[: len(full) * 2 // 3])
+    reason = _reasons(scan(tmp_path, DataConfig(patch_size=32)))["full.tif"]
+    assert "truncated or corrupt" in reason
+
+
+def test_mixed_band_counts_keep_majority_and_name_the_counts(tmp_path, make_tif, grad):
+    for i in range(3):
+        make_tif(tmp_path / f"s{i}.tif", grad(4, 32, 32))
+    make_tif(tmp_path / "mask.tif", grad(1, 32, 32, "uint8", 1))
+    cat = scan(tmp_path, DataConfig(patch_size=32))
+    assert len(cat) == 3 and cat.band_names == ["band_1", "band_2", "band_3", "band_4"]
+    assert "has 1 band(s)" in _reasons(cat)["mask.tif"] and "3 of 4 files have 4" in _reasons(cat)["mask.tif"]
+
+
+def test_same_bands_in_another_order_is_a_problem(tmp_path, make_tif, grad):
+    for i in range(2):
+        make_tif(tmp_path / f"s{i}.tif", grad(2, 32, 32), descriptions=["B04", "B08"])
+    make_tif(tmp_path / "swapped.tif", grad(2, 32, 32), descriptions=["B08", "B04"])
+    assert "another order" in _reasons(scan(tmp_path, DataConfig(patch_size=32)))["swapped.tif"]
+
+
+def test_strict_scan_raises_listing_every_problem(tmp_path, make_tif, grad):
+    make_tif(tmp_path / "good.tif", grad(2, 32, 32))
+    (tmp_path / "empty.tif").write_bytes(b"")
+    (tmp_path / "notes.tif").write_text("hello")
+    with pytest.raises(DataError, match=r"(?s)2 problem.*empty\.tif: empty file.*notes\.tif: not an image"):
+        scan(tmp_path, DataConfig(patch_size=32), strict=True)
+
+
+def test_missing_root_is_data_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        scan(tmp_path / "nope", DataConfig())
+
+
+def test_nothing_usable_says_what_was_found_and_what_to_check(tmp_path, make_nii):
+    make_nii(tmp_path / "a.nii.gz", np.ones((8, 8, 8), np.float32))
+    with pytest.raises(DataError, match=r"no usable raster files.*1 files found, 0 with .tif.*data.kind: volume"):
+        scan(tmp_path, DataConfig(patch_size=8))
+
+
+def test_exclude_globs_drop_label_files_in_the_same_tree(tmp_path, make_tif, grad):
+    for sub in ("x", "y/z"):
+        make_tif(tmp_path / sub / "scene.tif", grad(2, 32, 32))
+        make_tif(tmp_path / sub / "scene_seg.tif", grad(2, 32, 32))
+        make_tif(tmp_path / sub / "cloud_MASK.tif", grad(2, 32, 32))
+    cat = scan(tmp_path, DataConfig(patch_size=32, exclude=["*seg*", "*mask*"]))
+    assert sorted(r.path[len(str(tmp_path)) + 1:] for r in cat.records) == ["x/scene.tif", "y/z/scene.tif"]
+
+
+def test_include_double_star_matches_zero_or_more_folders():
+    assert glob_match("a.tif", "**/*.tif") and glob_match("x/y/a.tif", "**/*.tif")
+    assert glob_match("x/a.tif", "x/**/a.tif") and glob_match("x/y/z/a.tif", "x/**/a.tif")
+    assert not glob_match("y/a.tif", "x/**/*.tif")
+    assert glob_match("deep/dir/lulc_mask.tif", "lulc_mask.tif")  # a bare name also matches the file name
+
+
+def test_include_restricts_to_matching_files(tmp_path, make_tif, grad):
+    make_tif(tmp_path / "2020" / "a.tif", grad(2, 32, 32))
+    make_tif(tmp_path / "2021" / "b.tif", grad(2, 32, 32))
+    cat = scan(tmp_path, DataConfig(patch_size=32, include=["2021/**/*"]))
+    assert [r.path.rsplit("/", 1)[-1] for r in cat.records] == ["b.tif"]
+
+
+def test_volume_record_has_affine_spacing_orientation_and_channels(tmp_path, make_nii):
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    vol = np.random.default_rng(0).normal(size=(20, 18, 16, 2)).astype(np.float32)
+    make_nii(tmp_path / "v.nii.gz", vol, affine)
+    rec = scan(tmp_path, DataConfig(kind="volume", patch_size=16)).records[0]
+    assert rec.kind == "volume" and rec.shape == (20, 18, 16) and rec.num_bands == 2
+    assert rec.spacing == [2.0, 2.0, 3.0] and rec.orientation == "RAS" and rec.affine[2][2] == 3.0
+    assert rec.crs is None and rec.block_shape is None
+
+
+def test_truncated_nifti_gz_is_caught(tmp_path, make_nii):
+    make_nii(tmp_path / "ok.nii.gz", np.ones((16, 16, 16), np.float32))
+    data = make_nii(tmp_path / "cut.nii.gz", np.random.default_rng(0).normal(size=(32, 32, 32)).astype(np.float32))
+    data.write_bytes(data.read_bytes()[:5000])
+    assert "truncated or corrupt" in _reasons(scan(tmp_path, DataConfig(kind="volume", patch_size=16)))["cut.nii.gz"]
+
+
+def test_channels_stack_single_channel_files_of_a_folder(tmp_path, make_nii):
+    for pat in ("p1", "p2"):
+        for i, name in enumerate(("flair", "t1c", "seg")):
+            make_nii(tmp_path / pat / f"{pat}_{name}.nii.gz", np.full((16, 16, 16), i + 1, np.float32))
+    cat = scan(tmp_path, DataConfig(kind="volume", patch_size=16, channels=["*flair*", "*t1c*"]))
+    assert len(cat) == 2 and cat.band_names == ["flair", "t1c"]
+    rec = cat.records[0]
+    assert [p.rsplit("/", 1)[-1] for p in rec.paths] == ["p1_flair.nii.gz", "p1_t1c.nii.gz"]
+    assert rec.num_bands == 2 and rec.path == rec.paths[0]
+
+
+def test_folder_missing_a_channel_is_a_problem_naming_folder_and_glob(tmp_path, make_nii):
+    make_nii(tmp_path / "p1" / "flair.nii.gz", np.ones((16, 16, 16), np.float32))
+    make_nii(tmp_path / "p1" / "t1c.nii.gz", np.ones((16, 16, 16), np.float32))
+    make_nii(tmp_path / "p2" / "flair.nii.gz", np.ones((16, 16, 16), np.float32))
+    cat = scan(tmp_path, DataConfig(kind="volume", patch_size=16, channels=["*flair*", "*t1c*"]))
+    assert len(cat) == 1 and "missing channel '*t1c*'" in _reasons(cat)["p2"]
+
+
+def test_channels_on_different_grids_are_a_problem_naming_both_files(tmp_path, make_nii):
+    make_nii(tmp_path / "p1" / "flair.nii.gz", np.ones((16, 16, 16), np.float32))
+    make_nii(tmp_path / "p1" / "t1c.nii.gz", np.ones((16, 16, 16), np.float32), np.diag([2.0, 1, 1, 1]))
+    with pytest.raises(DataError, match=r"flair\.nii\.gz.*t1c\.nii\.gz.*voxel grid"):
+        scan(tmp_path, DataConfig(kind="volume", patch_size=16, channels=["*flair*", "*t1c*"]))
+
+
+def test_catalog_json_round_trip_and_summary(tmp_path, make_tif, grad):
+    make_tif(tmp_path / "a.tif", grad(3, 32, 32), tiled=True, blockxsize=16, blockysize=16)
+    (tmp_path / "empty.tif").write_bytes(b"")
+    cat = scan(tmp_path, DataConfig(patch_size=32))
+    back = Catalog.from_dict(json.loads(json.dumps(cat.to_dict())))
+    assert back == cat and back.records[0].block_shape == (16, 16)
+    text = cat.summary()
+    assert "1 usable raster file" in text and "band_1 band_2 band_3" in text and "empty.tif: empty file" in text
+    assert "32x32" in text
+
+
+def test_real_eurosat_all_200_usable_with_13_bands(shared_data):
+    order = "B01 B02 B03 B04 B05 B06 B07 B08 B09 B10 B11 B12 B8A".split()
+    cat = scan(shared_data / "eurosat_ms_200", DataConfig(sensor="sentinel2", band_names=order))
+    assert len(cat) == 200 and cat.problems == [] and cat.band_names == order
+    assert cat.wavelengths[-1] == pytest.approx(0.865)
+
+
+def test_real_brain_t1_excluding_aseg_gives_one_volume(shared_data):
+    cat = scan(shared_data / "brain_t1_aseg", DataConfig(kind="volume", exclude=["*aseg*"], patch_size=32))
+    assert len(cat) == 1 and cat.records[0].shape == (160, 192, 224) and cat.problems == []
+
+
+def test_reoriented_shape_follows_axis_codes(tmp_path, make_nii):
+    affine = np.array([[0, 0, 1.0, 0], [-1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1]])  # axes: P? S? R?
+    make_nii(tmp_path / "v.nii", np.ones((10, 12, 14), np.float32), affine)
+    rec = scan(tmp_path, DataConfig(kind="volume", patch_size=8)).records[0]
+    assert rec.orientation == "PSR" and reoriented_shape(rec) == (14, 10, 12)
+
+
+def test_unknown_sensor_aborts_the_scan_with_a_config_error(tmp_path, make_tif, grad):
+    make_tif(tmp_path / "a.tif", grad(2, 32, 32))
+    with pytest.raises(ConfigError, match="modis"):
+        scan(tmp_path, DataConfig(patch_size=32, sensor="modis"))
+
+
+def test_channel_glob_matching_two_files_is_a_problem(tmp_path, make_tif, grad):
+    for name in ("red_1.tif", "red_2.tif", "nir.tif"):
+        make_tif(tmp_path / "a" / name, grad(1, 32, 32))
+    for name in ("red.tif", "nir.tif"):
+        make_tif(tmp_path / "b" / name, grad(1, 32, 32))
+    cat = scan(tmp_path, DataConfig(patch_size=32, channels=["*red*", "*nir*"]))
+    assert len(cat) == 1 and cat.band_names == ["red", "nir"] and "matches 2 files" in _reasons(cat)["a"]

@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from geomed_ssl.config import DataConfig
+from geomed_ssl.data.catalog import Catalog, FileRecord, scan
+from geomed_ssl.data.stats import BandStats, check_bands, compute_stats, normalize, preprocess_intensity, valid_mask
+from geomed_ssl.errors import DataError
+
+
+def _whole_file_cfg(size: int, **kw) -> DataConfig:
+    """Windows as large as the file: every window sees every pixel, so stats equal numpy's over the file."""
+    return DataConfig(patch_size=size, stats_windows=4, **kw)
+
+
+def test_stats_match_numpy_on_known_data(tmp_path, make_tif, grad):
+    arr = grad(3, 32, 32)
+    make_tif(tmp_path / "a.tif", arr)
+    cfg = _whole_file_cfg(32)
+    stats = compute_stats(scan(tmp_path, cfg), cfg)
+    flat = arr.reshape(3, -1).astype(np.float64)
+    np.testing.assert_allclose(stats.mean, flat.mean(1))
+    np.testing.assert_allclose(stats.std, flat.std(1))
+    np.testing.assert_allclose(stats.p1, np.percentile(flat, 1, axis=1))
+    np.testing.assert_allclose(stats.p99, np.percentile(flat, 99, axis=1))
+    assert stats.count == [4 * 32 * 32] * 3 and stats.band_names == ["band_1", "band_2", "band_3"]
+
+
+def test_stats_exclude_nodata_and_nan(tmp_path, make_tif, grad):
+    arr = grad(2, 32, 32, "float32")
+    arr[:, :8] = -9999.0  # nodata pixels (all bands)
+    arr[0, 8:12, :] = np.nan  # NaN in one band makes the pixel invalid
+    make_tif(tmp_path / "a.tif", arr, nodata=-9999.0)
+    cfg = _whole_file_cfg(32)
+    stats = compute_stats(scan(tmp_path, cfg), cfg)
+    keep = arr[:, 12:, :].reshape(2, -1).astype(np.float64)
+    np.testing.assert_allclose(stats.mean, keep.mean(1), rtol=1e-6)
+    np.testing.assert_allclose(stats.std, keep.std(1), rtol=1e-6)
+    assert stats.count == [4 * keep.shape[1]] * 2
+
+
+def test_uint16_data_gets_its_real_range_not_a_0_255_default(tmp_path, make_tif):
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        make_tif(tmp_path / f"s{i}.tif", rng.integers(1000, 60000, size=(2, 48, 48)).astype(np.uint16))
+    cfg = DataConfig(patch_size=32, stats_windows=16)
+    stats = compute_stats(scan(tmp_path, cfg), cfg)
+    assert all(25000 < m < 36000 for m in stats.mean) and all(s > 10000 for s in stats.std)
+    assert all(p > 1000 for p in stats.p1) and all(55000 < p < 60000 for p in stats.p99)
+
+
+def test_constant_band_std_is_floored_not_zero(tmp_path, make_tif, grad):
+    arr = grad(2, 32, 32)
+    arr[1] = 5
+    make_tif(tmp_path / "a.tif", arr)
+    cfg = _whole_file_cfg(32)
+    stats = compute_stats(scan(tmp_path, cfg), cfg)
+    assert stats.std[1] == 1e-6 and stats.mean[1] == 5.0
+
+
+def test_same_seed_same_stats_and_windows_stay_inside_files(tmp_path, make_tif, grad):
+    make_tif(tmp_path / "a.tif", grad(2, 64, 80))
+    make_tif(tmp_path / "b.tif", grad(2, 40, 40))  # between half and full window: windows clipped to the file
+    cfg = DataConfig(patch_size=48, stats_windows=8)
+    cat = scan(tmp_path, cfg)
+    seen = []
+
+    def spy(rec, start, size):
+        assert all(0 <= s and s + n <= dim for s, n, dim in zip(start, size, rec.shape))
+        seen.append((rec.path, start, size))
+        return grad(2, 80, 80)[:, start[0]:start[0] + size[0], start[1]:start[1] + size[1]].astype(np.float32)
+
+    a, b = compute_stats(cat, cfg, seed=3, read_window=spy), compute_stats(cat, cfg, seed=3, read_window=spy)
+    assert a == b and len(seen) == 16 and a != compute_stats(cat, cfg, seed=4, read_window=spy)
+
+
+def _fake_catalog(shape=(16, 16)) -> Catalog:
+    rec = FileRecord(path="x.tif", paths=["x.tif"], kind="raster", shape=shape, num_bands=2, dtype="float32",
+                     band_names=["B02", "B03"], wavelengths=None, nodata=None)
+    return Catalog([rec], [], "raster", ["B02", "B03"], None)
+
+
+def test_band_without_valid_samples_is_data_error_naming_the_band():
+    cfg = DataConfig(patch_size=16, stats_windows=2)
+    with pytest.raises(DataError, match=r"\['B02', 'B03'\] have no valid pixels"):
+        compute_stats(_fake_catalog(), cfg, read_window=lambda r, s, n: np.full((2, *n), np.nan, np.float32))
+
+
+def test_normalize_clips_scores_and_zeroes_invalid_pixels():
+    stats = BandStats(["a", "b"], mean=[10.0, 0.0], std=[2.0, 1.0], p1=[0.0, -1.0], p99=[20.0, 1.0], count=[1, 1])
+    arr = np.array([[[10.0, 100.0, -5.0, 0.0]], [[0.5, 0.0, np.nan, 0.0]]])  # (2, 1, 4)
+    out, valid = normalize(arr, stats, nodata=0.0)
+    assert out.dtype == np.float32 and valid.tolist() == [[True, True, False, False]]
+    np.testing.assert_allclose(out[:, 0, :2], [[0.0, 5.0], [0.5, 0.0]])  # 100 clipped to p99=20
+    assert (out[:, ~valid] == 0).all() and np.isfinite(out).all()
+
+
+def test_normalize_refuses_a_band_count_mismatch():
+    stats = BandStats(["a"], [0.0], [1.0], [0.0], [1.0], [1])
+    with pytest.raises(DataError, match="2 bands but the statistics have 1"):
+        normalize(np.zeros((2, 4, 4)), stats, None)
+
+
+def test_valid_mask_needs_all_bands_finite_and_not_all_nodata():
+    arr = np.array([[0, 0, 3, np.nan], [0, 5, 0, 1]], dtype=np.float32)  # (2, 4)
+    assert valid_mask(arr, 0.0).tolist() == [False, True, True, False]
+
+
+def test_stats_json_round_trip_and_bad_files(tmp_path):
+    stats = BandStats(["B02", "B8A"], [1.5, 2.0], [0.5, 1e-6], [0.0, 1.0], [3.0, 4.0], [10, 10])
+    stats.save(tmp_path / "stats.json")
+    assert BandStats.load(tmp_path / "stats.json") == stats
+    assert stats.to_dict()["version"] == 1 and stats.to_dict()["bands"][1]["name"] == "B8A"
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DataError, match="not valid JSON"):
+        BandStats.load(tmp_path / "bad.json")
+    with pytest.raises(DataError, match="lacks"):
+        BandStats.from_dict({"version": 1, "bands": [{"name": "a", "mean": 1.0}]})
+    with pytest.raises(DataError, match="cannot read"):
+        BandStats.load(tmp_path / "missing.json")
+
+
+def test_check_bands_names_missing_extra_and_order():
+    stats = BandStats(["B02", "B03", "B04"], [0.0] * 3, [1.0] * 3, [0.0] * 3, [1.0] * 3, [1] * 3)
+    check_bands(stats, ["B02", "B03", "B04"], "f.tif")
+    with pytest.raises(DataError, match=r"f\.tif.*missing \['B04'\], extra \['B08'\]"):
+        check_bands(stats, ["B02", "B03", "B08"], "f.tif")
+    with pytest.raises(DataError, match="another order"):
+        check_bands(["B02", "B03"], ["B03", "B02"], "f.tif")
+
+
+def test_preprocess_intensity_ct_clips_to_window_and_keeps_nodata():
+    cfg = DataConfig(kind="volume", intensity="auto", ct_window=[-200.0, 300.0], nodata=-3000.0)
+    arr = np.array([[-1000.0, 0.0, 900.0, -3000.0, np.nan]])
+    out = preprocess_intensity(arr, cfg)  # auto: min -1000 < -500 -> CT
+    np.testing.assert_array_equal(out[0, :4], [-200.0, 0.0, 300.0, -3000.0])
+    assert np.isnan(out[0, 4]) and out.dtype == np.float32
+
+
+def test_preprocess_intensity_mr_scales_percentiles_to_unit_range():
+    cfg = DataConfig(kind="volume", intensity="mr")
+    arr = np.linspace(0, 100, 101)[None]  # (1, 101)
+    out = preprocess_intensity(arr, cfg)
+    assert out.min() == 0.0 and out.max() == 1.0 and out[0, 50] == pytest.approx(0.5)
+    ref = preprocess_intensity(arr, cfg, percentiles=[[0.0, 200.0]])  # the whole volume's percentiles win
+    assert ref[0, 100] == pytest.approx(0.5)
+    assert preprocess_intensity(arr, DataConfig(intensity="none"))[0, 100] == 100.0
+
+
+def test_volume_stats_use_ct_window(tmp_path, make_nii):
+    vol = np.full((16, 16, 16), -1000.0, np.float32)
+    vol[4:12, 4:12, 4:12] = 2000.0
+    make_nii(tmp_path / "ct.nii.gz", vol)
+    cfg = DataConfig(kind="volume", patch_size=16, stats_windows=2, ct_window=[-1000.0, 1000.0])
+    stats = compute_stats(scan(tmp_path, cfg), cfg)
+    assert stats.p99 == [1000.0] and stats.p1 == [-1000.0]
+    assert stats.mean[0] == pytest.approx(-1000 + 2000 * (8**3 / 16**3))
+
+
+def test_real_eurosat_stats_are_reflectance_scale(shared_data):
+    order = "B01 B02 B03 B04 B05 B06 B07 B08 B09 B10 B11 B12 B8A".split()
+    cfg = DataConfig(sensor="sentinel2", band_names=order, patch_size=64, stats_windows=32)
+    stats = compute_stats(scan(shared_data / "eurosat_ms_200", cfg), cfg)
+    mean = dict(zip(stats.band_names, stats.mean))
+    assert 5 < mean["B10"] < 30 and 1500 < mean["B8A"] < 3500 and 700 < mean["B04"] < 1300

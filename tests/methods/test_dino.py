@@ -1,0 +1,162 @@
+"""The DINO method end to end on a tiny real ViTEncoder: 2D and 3D crops, iBOT masks, EMA, hooks, collapse monitor."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from geomed_ssl.errors import ConfigError
+from geomed_ssl.methods.dino import DINO, CollapseWarning, block_mask, ibot_masks
+from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
+
+SMALL = dict(out_dim=64, head_hidden_dim=32, head_bottleneck_dim=16)
+
+
+def make(spatial_dims: int = 2, max_steps: int = 100, **method) -> DINO:
+    torch.manual_seed(0)
+    size, patch = ((32, 32), (8, 8)) if spatial_dims == 2 else ((16, 16, 16), (4, 4, 4))
+    cfg = EncoderConfig(in_chans=3, spatial_dims=spatial_dims, img_size=size, patch_size=patch, embed_dim=24,
+                        depth=2, num_heads=2)
+    return DINO(cfg, SimpleNamespace(name="dino", **{**SMALL, **method}), max_steps=max_steps)
+
+
+def batch(spatial_dims: int = 2, b: int = 4, n_local: int = 3, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    gs, ls = ((32, 32), (16, 16)) if spatial_dims == 2 else ((16, 16, 16), (8, 8, 8))
+    return {"views": {"global": [torch.randn(b, 3, *gs, generator=g) for _ in range(2)],
+                      "local": [torch.randn(b, 3, *ls, generator=g) for _ in range(n_local)]}}
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_step_with_ibot_and_koleo_gives_finite_logs_and_grads_only_to_student(spatial_dims: int) -> None:
+    m = make(spatial_dims, ibot_loss_weight=1.0, koleo_loss_weight=0.1)
+    out = m.training_loss(batch(spatial_dims), 0, gen())
+    for key in ("loss", "dino_loss", "ibot_loss", "koleo", "teacher_entropy", "kl_teacher_student", "teacher_std",
+                "collapse"):
+        assert torch.isfinite(out.logs[key]), key
+    assert out.logs["ibot_loss"] > 0 and out.logs["collapse"] == 0
+    out.loss.backward()
+    trainable = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
+    assert all(p.grad is not None for _, p in trainable), [n for n, p in trainable if p.grad is None]
+    assert all(not n.startswith("teacher") for n, _ in trainable)
+    assert m.export_encoder() is m.teacher and isinstance(m.teacher, ViTEncoder)
+
+
+def test_local_crops_are_optional_and_ibot_params_get_grads_without_any_mask() -> None:
+    m = make(ibot_loss_weight=1.0, ibot_mask_prob=0.0)
+    out = m.training_loss(batch(n_local=0), 0, gen())
+    out.loss.backward()
+    assert float(out.logs["ibot_loss"]) == 0.0 and m.mask_token.grad is not None
+
+
+def test_same_generator_gives_same_loss_and_masks_differ_across_seeds() -> None:
+    m = make(ibot_loss_weight=1.0, centering="none")
+    a = m.training_loss(batch(), 3, gen(1)).loss
+    b = m.training_loss(batch(), 3, gen(1)).loss
+    c = m.training_loss(batch(), 3, gen(2)).loss
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_center_moves_towards_teacher_mean_after_a_step() -> None:
+    m = make()
+    assert torch.all(m.dino_loss.center == 0)
+    m.training_loss(batch(), 0, gen())
+    assert m.dino_loss.center.abs().sum() > 0
+
+
+def test_after_step_is_ema_with_scheduled_momentum() -> None:
+    m = make(momentum_teacher=0.9, max_steps=10)
+    with torch.no_grad():
+        for p in m.student.parameters():
+            p.add_(1.0)
+    before = {n: p.clone() for n, p in m.teacher.named_parameters()}
+    student = dict(m.student.named_parameters())
+    step = 5
+    mom = 1.0 - 0.5 * (1 - 0.9) * (1 + math.cos(math.pi * step / 10))
+    m.after_step(step)
+    for n, p in m.teacher.named_parameters():
+        torch.testing.assert_close(p, mom * before[n] + (1 - mom) * student[n])
+    assert not any(p.requires_grad for p in m.teacher.parameters())
+
+
+def test_last_layer_grads_dropped_only_while_frozen() -> None:
+    m = make(freeze_last_layer_steps=3, norm_last_layer=False)
+    m.training_loss(batch(), 0, gen()).loss.backward()
+    m.before_optimizer_step(2)
+    assert m.student_head.last_layer.weight.grad is None and m.student_head.last_layer_g.grad is None
+    assert m.student_head.mlp[0].weight.grad is not None
+    m.training_loss(batch(), 3, gen()).loss.backward()
+    m.before_optimizer_step(3)
+    assert m.student_head.last_layer.weight.grad is not None
+
+
+def test_schedules_exposed_for_the_trainer() -> None:
+    m = make(max_steps=100, teacher_temp_warmup_steps=11)
+    assert m.weight_decay(0) == pytest.approx(0.04) and m.weight_decay(100) == pytest.approx(0.4)
+    assert m.weight_decay(50) == pytest.approx(0.22)
+    assert m.teacher_temp(0) == pytest.approx(0.04) and m.teacher_temp(5) == pytest.approx(0.055)
+    assert m.teacher_temp(11) == pytest.approx(0.07)
+    assert m.momentum(0) == pytest.approx(0.996) and m.momentum(100) == 1.0
+    assert make(max_steps=1000).settings["teacher_temp_warmup_steps"] == 300
+
+
+def test_no_weight_decay_names_exist_and_include_mask_token() -> None:
+    m = make(ibot_loss_weight=0.5)
+    names = m.no_weight_decay()
+    assert {"mask_token", "student.cls_token"} <= names
+
+
+def test_bad_settings_raise_config_error() -> None:
+    with pytest.raises(ConfigError, match="centering"):
+        make(centering="mean")
+    with pytest.raises(ConfigError, match="ibot_mask_ratio"):
+        make(ibot_mask_ratio=[0.5, 0.2])
+
+
+def test_healthy_init_does_not_warn() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CollapseWarning)
+        assert make().training_loss(batch(), 0, gen()).logs["collapse"] == 0
+
+
+def test_constant_collapse_warns_when_every_image_maps_to_one_output() -> None:
+    m = make()
+    with torch.no_grad():
+        for head in (m.student_head, m.teacher_head):
+            head.mlp[-1].weight.zero_()  # bottleneck = bias for every image
+            head.mlp[-1].bias.normal_()
+    with pytest.warns(CollapseWarning, match="constant"):
+        out = m.training_loss(batch(), 0, gen())
+    assert out.logs["collapse"] == 1 and out.logs["teacher_std"] < 1e-6
+
+
+def test_uniform_collapse_warns_without_centering_at_high_teacher_temperature() -> None:
+    m = make(centering="none", warmup_teacher_temp=50.0, teacher_temp=50.0)
+    with pytest.warns(CollapseWarning, match="uniform"):
+        out = m.training_loss(batch(), 0, gen())
+    assert out.logs["collapse"] == 1
+    assert out.logs["teacher_entropy"] > 0.99 * math.log(64)
+
+
+@pytest.mark.parametrize("grid", [(8, 8), (4, 6, 6)])
+def test_block_masks_reach_the_target_on_2d_and_3d_grids(grid: tuple[int, ...]) -> None:
+    n = math.prod(grid)
+    for target in (int(0.1 * n), int(0.5 * n)):
+        mask = block_mask(grid, target, gen(target))
+        assert mask.shape == grid and abs(int(mask.sum()) - target) <= max(2, target // 10)
+
+
+def test_ibot_masks_follow_probability_and_ratio_range() -> None:
+    masks = ibot_masks(400, (8, 8), (0.1, 0.5), 0.5, gen())
+    frac = masks.flatten(1).float().mean(1)
+    masked = frac > 0
+    assert 0.4 < masked.float().mean() < 0.6
+    assert frac[masked].min() >= 0.05 and frac[masked].max() <= 0.55

@@ -367,14 +367,14 @@ def _record(probes: list[_Probe], kind: str, data_cfg: Any, fallback: list[str] 
 
 def _stacked_records(files: list[str], root: Path, kind: str, data_cfg: Any, window: tuple[int, ...],
                      problems: list[Problem]) -> list[FileRecord]:
-    """One record per folder whose files match every ``data.channels`` glob exactly once."""
+    """One record per folder whose file NAMES match every ``data.channels`` glob exactly once (in glob order)."""
     channels = list(data_cfg.channels)
     folders: dict[str, list[str]] = {}
     for f in files:
         folders.setdefault(os.path.dirname(f), []).append(f)
     records = []
     for folder, members in sorted(folders.items()):
-        matches = [[f for f in members if glob_match(os.path.relpath(f, root), g)] for g in channels]
+        matches = [[f for f in members if glob_match(os.path.basename(f), g)] for g in channels]
         if not any(matches):
             continue  # a folder with none of the channels (e.g. labels only)
         missing = [g for g, m in zip(channels, matches) if not m]
@@ -396,11 +396,12 @@ def _stacked_records(files: list[str], root: Path, kind: str, data_cfg: Any, win
                     probes.append(_probe(path, kind, data_cfg, window))
                 except _Bad as bad:
                     raise _Bad(f"channel file {os.path.basename(path)} {bad}") from None
+            grid = "voxel grid (shape/affine)" if kind == "volume" else "pixel grid (shape/CRS/transform)"
             for p in probes[1:]:
                 if not _same_grid(probes[0], p, kind):
-                    raise _Bad(f"channel files {os.path.basename(probes[0].path)} ({'x'.join(map(str, probes[0].shape))})"
-                               f" and {os.path.basename(p.path)} ({'x'.join(map(str, p.shape))}) do not share one "
-                               f"{'voxel grid (shape/affine)' if kind == 'volume' else 'pixel grid (shape/CRS/transform)'}")
+                    a, b = probes[0], p
+                    raise _Bad(f"channel files {os.path.basename(a.path)} ({'x'.join(map(str, a.shape))}) and "
+                               f"{os.path.basename(b.path)} ({'x'.join(map(str, b.shape))}) do not share one {grid}")
             names = [_channel_name(g) for g in channels]
             fallback = names if all(p.num_bands == 1 for p in probes) else None
             records.append(_record(probes, kind, data_cfg, fallback))
@@ -416,8 +417,8 @@ def _majority(records: list[FileRecord], problems: list[Problem]) -> list[FileRe
     kept = []
     for r in records:
         if r.num_bands != best:
-            problems.append(Problem(r.path, f"has {r.num_bands} band(s) but {counts[best]} of {len(records)} "
-                                            f"files have {best} (the most common count); mixed band counts, so it is skipped"))
+            why = f"{counts[best]} of {len(records)} files have {best} (the most common count)"
+            problems.append(Problem(r.path, f"has {r.num_bands} band(s) but {why}; mixed band counts, skipped"))
         else:
             kept.append(r)
     names = Counter(tuple(r.band_names) for r in kept)
@@ -465,6 +466,7 @@ def scan(root: str | Path, data_cfg: Any, strict: bool = False) -> Catalog:
                 problems.append(Problem(f, str(bad)))
     if records:
         records = _majority(records, problems)
+    problems.sort(key=lambda p: p.path)
     catalog = Catalog(records, problems, kind, list(records[0].band_names) if records else [],
                       records[0].wavelengths if records else None, root=str(base))
     if not records:
@@ -476,6 +478,8 @@ def scan(root: str | Path, data_cfg: Any, strict: bool = False) -> Catalog:
                + f"; {len(problems)} with problems.")
         if problems:
             msg += " Problems: " + "; ".join(str(p) for p in problems[:5]) + (" ..." if len(problems) > 5 else "")
+        if data_cfg.channels and files and not problems:
+            msg += f" No folder holds files whose names match data.channels {data_cfg.channels}."
         if n_other and not typed:
             msg += f" Found {n_other} {other} files instead: set data.kind: {other}."
         raise DataError(msg + " Check data.kind, data.include, data.exclude and data.channels.")

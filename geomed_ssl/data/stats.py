@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -20,6 +21,7 @@ from geomed_ssl.errors import DataError
 
 STD_FLOOR = 1e-6
 PERCENTILE_SAMPLE = 200_000  # values per band kept (in expectation at most) for p1/p99
+MAX_KEPT_VALUES = 20_000_000  # ... and over all bands (float32), so 200-band data stays under ~80 MB
 CT_LOOKING_MIN = -500.0  # a volume whose minimum is below this looks like CT (Hounsfield units)
 WHOLE_VOLUME_BYTES = 1 << 30  # volumes up to this size are decoded once for all their windows
 
@@ -205,8 +207,11 @@ class _FileWindows:
         self.record, self.ds, self.volume, self.proxies = record, None, None, None
         if record.kind == "raster":
             import rasterio
+            from rasterio.errors import NotGeoreferencedWarning
 
-            self.ds = [rasterio.open(p) for p in record.paths]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self.ds = [rasterio.open(p) for p in record.paths]
         else:
             import nibabel as nib
 
@@ -253,14 +258,16 @@ def compute_stats(catalog: Any, data_cfg: Any, seed: int = 0, read_window: ReadW
         raise DataError(f"data.stats_windows must be positive, got {n_windows}.")
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(records), size=n_windows, p=catalog.weights())
-    keep_prob = min(1.0, PERCENTILE_SAMPLE / (n_windows * float(np.prod(window))))
+    per_band = min(PERCENTILE_SAMPLE, MAX_KEPT_VALUES // max(len(names), 1))
+    keep_prob = min(1.0, per_band / (n_windows * float(np.prod(window))))
     running, kept = _Running(len(names)), []
     for idx in np.unique(picks):
         rec = records[idx]
         if rec.num_bands != len(names):
-            raise DataError(f"'{rec.path}' has {rec.num_bands} bands but the catalog has {len(names)}; rescan the data.")
-        source = None if read_window is not None else _FileWindows(rec)
+            raise DataError(f"'{rec.path}' has {rec.num_bands} bands but the catalog has {len(names)}; rescan it.")
+        source = None
         try:
+            source = None if read_window is not None else _FileWindows(rec)
             kind_hint, pcts = None, None
             if rec.kind == "volume" and rec.value_range:
                 finite = [v[0] for v in rec.value_range if math.isfinite(v[0])]
@@ -280,7 +287,7 @@ def compute_stats(catalog: Any, data_cfg: Any, seed: int = 0, read_window: ReadW
                     take = rng.random(vals.shape[1]) < keep_prob
                     if not take.any():
                         take[rng.integers(vals.shape[1])] = True
-                    kept.append(vals[:, take])
+                    kept.append(vals[:, take].astype(np.float32))
         except DataError:
             raise
         except Exception as err:
@@ -292,8 +299,8 @@ def compute_stats(catalog: Any, data_cfg: Any, seed: int = 0, read_window: ReadW
     if empty:
         raise DataError(f"band(s) {empty} have no valid pixels in {n_windows} sampled windows (nodata and NaN "
                         "excluded); check data.nodata and that the files hold data, or raise data.stats_windows.")
-    sample = np.concatenate(kept, axis=1)  # (C, m)
-    p1, p99 = np.percentile(sample, [1, 99], axis=1)
+    sample = np.concatenate(kept, axis=1)  # (C, m) float32
+    p1, p99 = np.percentile(sample, [1, 99], axis=1).astype(np.float64)
     std = np.sqrt(running.m2 / running.n)
     return BandStats(
         band_names=names, mean=[float(v) for v in running.mean], std=[float(max(s, STD_FLOOR)) for s in std],

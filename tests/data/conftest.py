@@ -19,8 +19,8 @@ def gradient(bands: int, height: int, width: int, dtype: str = "uint16", scale: 
 
 
 def write_tif(path: Path, array: np.ndarray, nodata: float | None = None, descriptions: list[str] | None = None,
-              band_tags: list[dict] | None = None, imagery_tags: list[dict] | None = None, crs: str | None = "EPSG:32633",
-              transform=None, **profile) -> Path:
+              band_tags: list[dict] | None = None, imagery_tags: list[dict] | None = None,
+              crs: str | None = "EPSG:32633", transform=None, **profile) -> Path:
     """Write a (C, H, W) array as a GeoTIFF with optional nodata, band descriptions and per-band tags."""
     import rasterio
     from rasterio.transform import from_origin

@@ -7,11 +7,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from geomed_ssl.data.stats import check_bands
 from geomed_ssl.errors import GeomedError
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 
@@ -85,12 +86,16 @@ def read_encoder_config(path: str | Path) -> tuple[EncoderConfig, dict[str, Any]
     return EncoderConfig.from_dict(meta["encoder"]), meta
 
 
-def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> ViTEncoder:
+def load_encoder(path: str | Path, bands: Sequence[str] | None = None,
+                 map_location: str | torch.device = "cpu") -> ViTEncoder:
     """Load an encoder export (RUN_DIR, RUN_DIR/encoder, or a fine-tune dir) as an ``nn.Module`` in eval mode.
 
-    ``enc.config`` holds band names, wavelengths, normalisation statistics and patch size.
+    ``enc.config`` holds band names, wavelengths, normalisation statistics and patch size. With ``bands`` (the band
+    names of the data it will meet), a mismatch is refused with a message naming the missing and extra bands.
     """
     cfg, _ = read_encoder_config(path)
+    if bands is not None:
+        check_bands(cfg.band_names, list(bands), f"data for encoder {path}")
     folder = find_encoder_dir(path)
     encoder = ViTEncoder(cfg)
     state = load_file(str(folder / "model.safetensors"), device=str(map_location))

@@ -43,8 +43,8 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks
     STATE["debug"] = debug
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr,
                         force=True)
-    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # GDAL reports unreadable files itself; the catalog names them with the reason, so its log lines are noise.
+    logging.getLogger("rasterio").setLevel(logging.CRITICAL)
 
 
 @app.command()

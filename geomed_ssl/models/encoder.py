@@ -66,7 +66,9 @@ class EncoderConfig:
         if self.embedding not in PATCH_EMBEDS:
             raise ConfigError(f"model.embedding '{self.embedding}' is unknown; available: {', '.join(PATCH_EMBEDS)}.")
         if self.embed_dim % self.num_heads:
-            raise ConfigError(f"model.embed_dim ({self.embed_dim}) must be divisible by model.num_heads ({self.num_heads}).")
+            raise ConfigError(
+                f"model.embed_dim ({self.embed_dim}) must be divisible by model.num_heads ({self.num_heads})."
+            )
         try:
             axis_dims(self.embed_dim, self.spatial_dims)
         except ValueError as err:

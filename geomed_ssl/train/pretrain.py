@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -26,6 +27,13 @@ from geomed_ssl.train.callbacks import ExportEncoder, MetricsCSV, Previews
 from geomed_ssl.train.module import PretrainModule
 
 log = logging.getLogger("geomed_ssl")
+
+
+def quiet_lightning() -> None:
+    """Lightning's start-up banners (GPU/TPU availability, tips) are noise for our users; warnings still show."""
+    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 @dataclass
@@ -108,13 +116,13 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
         stats.save(stats_path)
 
     t = recipe.train
+    quiet_lightning()
     L.seed_everything(t.seed, workers=True, verbose=False)
     enc_cfg = EncoderConfig.from_recipe(recipe.model, recipe.data, len(catalog.band_names), catalog.band_names,
                                         catalog.wavelengths, stats.to_dict())
     method = build_method(recipe.method, enc_cfg, t.max_steps)
     view = build_views(method.view_kind, recipe.data, spatial_dims(recipe.data))
-    dataset = PretrainDataset(catalog, stats, recipe.data, view, seed=t.seed,
-                              length=t.max_steps * t.accumulate_grad_batches * t.batch_size * 64)
+    dataset = PretrainDataset(catalog, stats, recipe.data, view, seed=t.seed)
 
     precision = resolve_precision(t.precision, t.accelerator)
     ckpt_dir = out / "checkpoints"
@@ -142,7 +150,7 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     trainer = L.Trainer(
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes, precision=precision,
         max_steps=t.max_steps, max_epochs=-1, gradient_clip_val=t.grad_clip, accumulate_grad_batches=t.accumulate_grad_batches,
-        callbacks=cbs, logger=loggers or False, log_every_n_steps=t.log_every, enable_progress_bar=progress,
+        callbacks=cbs, logger=loggers or False, log_every_n_steps=min(t.log_every, t.max_steps), enable_progress_bar=progress,
         enable_model_summary=False, default_root_dir=str(out), num_sanity_val_steps=0,
         use_distributed_sampler=False, deterministic=False,
     )

@@ -1,0 +1,50 @@
+"""Encoder export: safetensors + JSON round trip, band checks, atomic writes, no unpickling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from geomed_ssl.checkpoint import load_encoder, read_encoder_config, save_encoder
+from geomed_ssl.errors import DataError, GeomedError
+from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
+
+
+def tiny_encoder() -> ViTEncoder:
+    cfg = EncoderConfig(in_chans=3, img_size=(16, 16), patch_size=(4, 4), embed_dim=32, depth=2, num_heads=2,
+                        band_names=["B02", "B03", "B04"], wavelengths=[0.49, 0.56, 0.665],
+                        stats={"version": 1, "bands": []})
+    return ViTEncoder(cfg).eval()
+
+
+def test_export_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
+    enc = tiny_encoder()
+    save_encoder(enc, tmp_path / "encoder", {"method": "mae"})
+    loaded = load_encoder(tmp_path)  # a run folder resolves to run/encoder
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(loaded(x), enc(x), rtol=0, atol=0)
+    assert loaded.config.band_names == ["B02", "B03", "B04"] and loaded.config.wavelengths == [0.49, 0.56, 0.665]
+    cfg, meta = read_encoder_config(tmp_path / "encoder")
+    assert meta["method"] == "mae" and "torch" in meta["versions"] and cfg.patch_size == (4, 4)
+
+
+def test_load_refuses_data_with_other_bands(tmp_path: Path) -> None:
+    save_encoder(tiny_encoder(), tmp_path / "encoder")
+    with pytest.raises(DataError, match=r"missing \['B04'\].*extra \['B08'\]"):
+        load_encoder(tmp_path, bands=["B02", "B03", "B08"])
+    assert load_encoder(tmp_path, bands=["B02", "B03", "B04"]).config.in_chans == 3
+
+
+def test_missing_export_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(GeomedError, match="no encoder found"):
+        load_encoder(tmp_path)
+
+
+def test_export_replaces_previous_one_atomically(tmp_path: Path) -> None:
+    save_encoder(tiny_encoder(), tmp_path / "encoder", {"step": 1})
+    save_encoder(tiny_encoder(), tmp_path / "encoder", {"step": 2})
+    assert json.loads((tmp_path / "encoder" / "config.json").read_text())["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder"]  # no temp folders left behind

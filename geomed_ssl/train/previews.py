@@ -14,16 +14,20 @@ import torch  # noqa: E402
 from geomed_ssl.data.bands import false_colour_bands  # noqa: E402
 
 
-def to_rgb(image: np.ndarray, bands: tuple[int, int, int], valid: np.ndarray | None = None) -> np.ndarray:
-    """(C, H, W) normalised array → (H, W, 3) in [0, 1], 2-98 percentile stretch per channel over valid pixels."""
+def stretch(image: np.ndarray, bands: tuple[int, int, int], valid: np.ndarray) -> np.ndarray:
+    """(3, 2) low/high display limits: the 2nd and 98th percentile of each chosen band over valid pixels."""
+    limits = np.zeros((3, 2), np.float32)
+    for c, b in enumerate(bands):
+        values = image[b][valid]
+        limits[c] = np.percentile(values, [2, 98]) if values.size else (0.0, 1.0)
+    return limits
+
+
+def to_rgb(image: np.ndarray, bands: tuple[int, int, int], limits: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """(C, H, W) normalised array → (H, W, 3) in [0, 1] with the given display limits; invalid pixels black."""
     rgb = np.stack([image[b] for b in bands], axis=-1).astype(np.float32)
-    mask = np.ones(rgb.shape[:2], bool) if valid is None else valid
-    out = np.zeros_like(rgb)
-    for c in range(3):
-        values = rgb[..., c][mask]
-        lo, hi = (np.percentile(values, [2, 98]) if values.size else (0.0, 1.0))
-        out[..., c] = np.clip((rgb[..., c] - lo) / max(hi - lo, 1e-6), 0, 1)
-    out[~mask] = 0
+    out = np.clip((rgb - limits[:, 0]) / np.maximum(limits[:, 1] - limits[:, 0], 1e-6), 0, 1)
+    out[~valid] = 0
     return out
 
 
@@ -55,8 +59,9 @@ def render_reconstruction(method: torch.nn.Module, batch: dict, band_names: list
         visible = x.copy()
         visible[:, m] = np.nan
         pasted = np.where(m[None], p, x)
-        panels = [to_rgb(x, bands, v), to_rgb(np.nan_to_num(visible), bands, v & ~m), to_rgb(p, bands, v),
-                  to_rgb(pasted, bands, v)]
+        lim = stretch(x, bands, v)  # the input's stretch for every panel, so colours compare
+        panels = [to_rgb(x, bands, lim, v), to_rgb(np.nan_to_num(visible), bands, lim, v & ~m),
+                  to_rgb(p, bands, lim, v), to_rgb(pasted, bands, lim, v)]
         panels[1][m] = 0.5
         for c, (ax, panel) in enumerate(zip(axes[r], panels)):
             ax.imshow(panel, interpolation="nearest")

@@ -73,6 +73,7 @@ class MAE(SSLMethod):
     ) -> MAEOutput:
         """``image`` (B, C, *S), ``valid`` (B, *S) bool or None, ``noise`` (B, N) or None -> MAEOutput."""
         if valid is not None:
+            valid = valid.bool()
             image = torch.where(valid[:, None], image, 0.0)  # nodata never reaches the encoder
         tokens, grid = self.encoder.embed(image)  # (B, N, D)
         kept, mask, ids_restore = random_masking(tokens, self.mask_ratio, noise)  # (B, K, D), (B, N), (B, N)
@@ -82,7 +83,8 @@ class MAE(SSLMethod):
         return MAEOutput(loss=loss, pred=pred, mask=mask, ids_restore=ids_restore, grid=grid)
 
     def _pixel_weights(self, image: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor | None:
-        """(B, N, P*C) bool, True on valid pixels; None when every pixel is valid (the paper's loss, exactly)."""
+        """(B, N, P*C) bool, True on valid pixels; None when every pixel is valid, so an all-valid batch gets the
+        paper's loss bit for bit (the check costs one host sync)."""
         if valid is None or bool(valid.all()):
             return None
         return patchify(valid[:, None].expand_as(image), self.patch_size)
@@ -140,6 +142,7 @@ class MAE(SSLMethod):
             self.train(was_training)
         pred = out.pred
         if self.norm_pix_loss:
+            valid = None if valid is None else valid.bool()
             clean = image if valid is None else torch.where(valid[:, None], image, 0.0)
             target = patchify(clean, self.patch_size)
             mean, var = self._patch_stats(target, self._pixel_weights(clean, valid))

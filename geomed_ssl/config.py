@@ -1,7 +1,7 @@
 """Typed recipe objects: YAML load, ``section.key=value`` overrides, validation with clear errors.
 
-A recipe has four sections (``data``, ``model``, ``method``, ``train``); later features add sections (``finetune``,
-``labels``). Each is a dataclass; unknown keys are errors that name the key and the valid ones.
+A recipe has four pretraining sections (``data``, ``model``, ``method``, ``train``) and two for fine-tuning
+(``finetune``, ``labels``); every section is optional and missing keys take their defaults. Each is a dataclass; unknown keys are errors that name the key and the valid ones.
 """
 
 from __future__ import annotations
@@ -92,11 +92,53 @@ class TrainConfig:
     log_every: int = 10
 
 
+@dataclass
+class FinetuneConfig:
+    """Supervised training of a head (and optionally the encoder) with few labels."""
+
+    task: str = "segment"  # segment | classify
+    head: str | None = None  # segment: unetr; classify: linear | mlp; null: unetr / linear by task
+    layers: list[int] | None = None  # 0-based encoder blocks tapped by the decoder; null: 4 evenly spaced, last included
+    freeze_encoder: bool = False
+    unfreeze_after_steps: int = 0  # with freeze_encoder: train the encoder too after this many steps (0: never)
+    layer_decay: float = 0.75  # lr of block i = base_lr * layer_decay ** (depth - i)
+    max_steps: int = 500
+    batch_size: int = 16
+    base_lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    loss: str = "ce+dice"  # ce | dice | ce+dice
+    class_weights: Any = None  # null | balanced | list of one weight per class
+    feature_size: int = 16  # UNETR decoder width
+    pool: str = "cls"  # classify: cls | mean
+    window: IntOrSeq | None = None  # training / prediction window; null: data.patch_size
+    eval_every: int = 0  # steps between evaluations on the test split during training (0: only at the end)
+
+    def __post_init__(self) -> None:
+        if self.head is None:
+            self.head = "unetr" if self.task == "segment" else "linear"
+
+
+@dataclass
+class LabelsConfig:
+    """Which labelled pixels / voxels / images are used for training, and which for testing."""
+
+    per_class: int | None = None  # k labels per class (rare classes: at most half of their labels)
+    fraction: float | None = None  # or a fraction of all labels
+    ignore_value: int | None = 0  # label value meaning "unlabelled"
+    split: str = "random"  # random | blocks (whole blocks held out: no test pixel shares a block with training)
+    block_size: int = 16
+    test_fraction: float | None = None  # subsample the test set (speed); null: every remaining label
+    seed: int = 0
+
+
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
     "method": MethodConfig,
     "train": TrainConfig,
+    "finetune": FinetuneConfig,
+    "labels": LabelsConfig,
 }
 
 
@@ -108,6 +150,8 @@ class Recipe:
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
@@ -237,3 +281,19 @@ def validate(recipe: Recipe, source: str = "recipe") -> None:
         raise ConfigError(f"{source}: train.warmup_steps and train.preview_every must be >= 0.")
     if d.band_names is not None and d.wavelengths is not None and len(d.band_names) != len(d.wavelengths):
         raise ConfigError(f"{source}: data.band_names and data.wavelengths must have the same length.")
+    f, lab = recipe.finetune, recipe.labels
+    if f.task not in ("segment", "classify"):
+        raise ConfigError(f"{source}: finetune.task must be 'segment' or 'classify', got '{f.task}'.")
+    valid_heads = ("unetr",) if f.task == "segment" else ("linear", "mlp")
+    if f.head not in valid_heads:
+        raise ConfigError(f"{source}: finetune.head for task '{f.task}' must be one of {', '.join(valid_heads)}; got '{f.head}'.")
+    if f.loss not in ("ce", "dice", "ce+dice"):
+        raise ConfigError(f"{source}: finetune.loss must be ce, dice or ce+dice; got '{f.loss}'.")
+    if f.pool not in ("cls", "mean"):
+        raise ConfigError(f"{source}: finetune.pool must be cls or mean; got '{f.pool}'.")
+    if lab.split not in ("random", "blocks"):
+        raise ConfigError(f"{source}: labels.split must be random or blocks; got '{lab.split}'.")
+    if lab.per_class is not None and lab.fraction is not None:
+        raise ConfigError(f"{source}: set labels.per_class or labels.fraction, not both.")
+    if lab.fraction is not None and not 0 < lab.fraction <= 1:
+        raise ConfigError(f"{source}: labels.fraction must be in (0, 1], got {lab.fraction}.")

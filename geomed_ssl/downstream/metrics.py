@@ -1,0 +1,111 @@
+"""Confusion matrices and the accuracy figures of remote-sensing and medical papers (OA, AA, kappa, IoU, Dice),
+JSON-safe: a class absent from the test set gets null, and is left out of the means."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> np.ndarray:
+    """(K, K) int64 counts, rows = true class, columns = predicted. Entries whose true class is outside 0..K-1
+    (e.g. -1 = unlabelled) are skipped; a prediction outside 0..K-1 is a ValueError."""
+    t = np.asarray(y_true).reshape(-1).astype(np.int64, copy=False)
+    p = np.asarray(y_pred).reshape(-1).astype(np.int64, copy=False)
+    if t.shape != p.shape:
+        raise ValueError(f"y_true has {t.size} entries but y_pred has {p.size}.")
+    keep = (t >= 0) & (t < num_classes)
+    t, p = t[keep], p[keep]
+    if p.size and (p.min() < 0 or p.max() >= num_classes):
+        raise ValueError(f"predictions must lie in 0..{num_classes - 1}; got {p.min()}..{p.max()}.")
+    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def _num(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _mean(x: np.ndarray) -> float | None:
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else None
+
+
+def classification_metrics(cm: np.ndarray) -> dict[str, Any]:
+    """OA, AA (mean per-class recall), Cohen's kappa, per-class accuracy / IoU / Dice with their means, support.
+
+    Per-class values of a class with no test samples are None and left out of AA, mIoU and mean Dice.
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    total = cm.sum()
+    tp, support, predicted = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
+    present = support > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        acc = np.where(present, tp / support, np.nan)
+        iou = np.where(present, tp / (support + predicted - tp), np.nan)
+        dice = np.where(present, 2 * tp / (support + predicted), np.nan)
+    oa = tp.sum() / total if total else math.nan
+    pe = (support * predicted).sum() / total**2 if total else math.nan
+    kappa = (oa - pe) / (1 - pe) if total and pe < 1 else math.nan  # undefined when one class is all there is
+    return {
+        "OA": _num(oa), "AA": _mean(acc), "kappa": _num(kappa),
+        "per_class_accuracy": [_num(v) for v in acc], "per_class_iou": [_num(v) for v in iou], "mIoU": _mean(iou),
+        "per_class_dice": [_num(v) for v in dice], "mean_dice": _mean(dice),
+        "support": [int(v) for v in support], "num_samples": int(total),
+    }
+
+
+segmentation_metrics = classification_metrics  # the same figures; the name the segmentation code reads best with
+
+
+def format_metrics(metrics: dict[str, Any], class_names: Sequence[str]) -> str:
+    """A short text table: the headline figures, then accuracy / IoU / Dice / support per class."""
+    f = lambda v: "  -  " if v is None else f"{v:.3f}"  # noqa: E731
+    lines = [f"OA {f(metrics['OA'])}  AA {f(metrics['AA'])}  kappa {f(metrics['kappa'])}  mIoU {f(metrics['mIoU'])}"
+             f"  mean Dice {f(metrics['mean_dice'])}  ({metrics['num_samples']} samples)"]
+    width = max([len(n) for n in class_names] + [5])
+    lines.append(f"  {'class':<{width}}  acc    IoU    Dice   support")
+    for i, name in enumerate(class_names):
+        lines.append(f"  {name:<{width}}  {f(metrics['per_class_accuracy'][i])}  {f(metrics['per_class_iou'][i])}  "
+                     f"{f(metrics['per_class_dice'][i])}  {metrics['support'][i]}")
+    return "\n".join(lines)
+
+
+def save_confusion_png(cm: np.ndarray, class_names: Sequence[str], path: str | Path, normalize: bool = True,
+                       title: str | None = None) -> Path:
+    """Write the confusion matrix as a PNG heat map (rows normalised to recall if ``normalize``), values in the
+    cells up to 20 classes; sized so 16 class names stay readable."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cm = np.asarray(cm, dtype=np.float64)
+    k = cm.shape[0]
+    if len(class_names) != k:
+        raise ValueError(f"{len(class_names)} class names for a {k}x{k} confusion matrix.")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shown = np.nan_to_num(cm / cm.sum(axis=1, keepdims=True)) if normalize else cm
+    side = min(max(4.0, 0.45 * k + 2.5), 24.0)
+    fig = Figure(figsize=(side + 1.0, side), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalize else max(shown.max(), 1))
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class" if normalize else "count")
+    ax.set_xticks(range(k), labels=list(class_names), rotation=60, ha="right", fontsize=8 if k > 10 else 10)
+    ax.set_yticks(range(k), labels=list(class_names), fontsize=8 if k > 10 else 10)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 20:
+        vmax = 1.0 if normalize else max(shown.max(), 1)
+        for i in range(k):
+            for j in range(k):
+                if cm[i, j] > 0:
+                    text = f"{shown[i, j]:.2f}" if normalize else f"{int(cm[i, j])}"
+                    ax.text(j, i, text, ha="center", va="center", fontsize=6 if k > 10 else 8,
+                            color="white" if shown[i, j] > 0.6 * vmax else "black")
+    ax.set_title(title or f"confusion matrix ({int(cm.sum())} samples" + (", rows normalised)" if normalize else ")"))
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    return path

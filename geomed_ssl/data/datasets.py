@@ -8,8 +8,7 @@ so a resumed run sees exactly the same batches (use a sequential sampler: the ra
 
 from __future__ import annotations
 
-import math
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +16,7 @@ from torch.utils.data import Dataset
 
 from geomed_ssl.config import as_tuple, spatial_dims
 from geomed_ssl.data.readers import RasterReader, VolumeReader
+from geomed_ssl.data.stats import normalize
 from geomed_ssl.errors import DataError
 
 # Distinct seed-sequence tags so the streams for file, window and view choices never coincide.
@@ -42,7 +42,9 @@ class PretrainDataset(Dataset):
         data_cfg: ``DataConfig`` (patch_size, windows_per_read, min_valid_fraction, nodata, ...).
         view: a view from ``build_views`` (called with ``rng(seed, i, view)``).
         seed: the sampling seed; ``length``: nominal number of samples.
-        max_attempts: draws per sample before the best window seen is taken despite low valid area.
+        max_attempts: window draws per sample before the best one seen is taken despite low valid area;
+            ``tries_per_region`` of them per region before the group's next region is tried.
+        raster_reader / volume_reader: readers to share (default: new ones, caches per process).
     """
 
     def __init__(
@@ -55,16 +57,15 @@ class PretrainDataset(Dataset):
         length: int = 10**9,
         raster_reader: RasterReader | None = None,
         volume_reader: VolumeReader | None = None,
-        max_attempts: int = 8,
+        max_attempts: int = 16,
+        tries_per_region: int = 4,
     ):
-        from geomed_ssl.data import stats as stats_mod
-
-        self._normalize = stats_mod.normalize
         self.records = list(catalog.records)
         if not self.records:
-            raise DataError("the catalog has no usable files; run `geomed-ssl scan` to see why files were rejected.")
+            raise DataError("the catalog has no usable files; catalog.summary() lists why each file was skipped.")
         self.stats, self.data_cfg, self.view = stats, data_cfg, view
         self.seed, self.length, self.max_attempts = int(seed), int(length), max(1, int(max_attempts))
+        self.tries_per_region = max(1, int(tries_per_region))
         if self.seed < 0:
             raise ValueError("seed must be >= 0")
         self.ndim = spatial_dims(data_cfg)
@@ -78,10 +79,7 @@ class PretrainDataset(Dataset):
                 "set data.kind to match the folder or narrow data.include."
             )
         self._check_stats()
-        weights = np.array([math.prod(r.shape) * max(float(r.valid_fraction), 0.0) for r in self.records], float)
-        if not weights.sum() > 0:
-            raise DataError("every file in the catalog has valid_fraction 0 (all nodata); check data.nodata.")
-        self._cum = np.cumsum(weights) / weights.sum()
+        self._cum = np.cumsum(catalog.weights())  # files weighted by area * valid_fraction
         self.raster_reader = raster_reader or (RasterReader() if self.ndim == 2 else None)
         self.volume_reader = volume_reader or (VolumeReader(data_cfg) if self.ndim == 3 else None)
 
@@ -112,23 +110,35 @@ class PretrainDataset(Dataset):
         idx = int(np.searchsorted(self._cum, rng.random(), side="right"))
         return min(idx, len(self.records) - 1), rng
 
-    def _draw(self, record: Any, g_rng: np.random.Generator, i: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
-        """Normalised (C, *window) array, valid mask and [*start, *size] of the chosen window."""
-        if self.ndim == 2:
-            reader = self.raster_reader
-            grid = reader.region_grid(record, self.window)
-            region = reader.region_at(record, self.window, tuple(int(g_rng.integers(n)) for n in grid))
-            starts, extents = region[:2], region[2:]
-            read = lambda pos: reader.read_window(record, *pos, *self.window, region=region)  # noqa: E731
-        else:
+    def _regions(self, record: Any, g_rng: np.random.Generator) -> Iterator[tuple[tuple, tuple, Callable]]:
+        """The group's region sequence: (starts, extents, read(pos)). Every index of a group walks the same
+        sequence, so a region found poor is left for the same next region by all of them (still cached)."""
+        if self.ndim == 3:
             shape = self.volume_reader.volume_shape(record)
-            starts, extents = (0, 0, 0), shape
             read = lambda pos: self.volume_reader.read_box(record, *pos, *self.window)  # noqa: E731
+            while True:
+                yield (0, 0, 0), shape, read
+        reader = self.raster_reader
+        grid = reader.region_grid(record, self.window)
+        while True:
+            region = reader.region_at(record, self.window, tuple(int(g_rng.integers(n)) for n in grid))
+            yield region[:2], region[2:], (
+                lambda pos, region=region: reader.read_window(record, *pos, *self.window, region=region))
+
+    def _draw(self, record: Any, g_rng: np.random.Generator, i: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """Normalised (C, *window) array, valid mask and [*start, *size] of the chosen window.
+
+        Windows with valid fraction below ``data.min_valid_fraction`` are redrawn: ``tries_per_region`` positions
+        per region, then the group's next region, ``max_attempts`` in all; then the best window seen is used.
+        """
         rng = _rng(self.seed, TAG_WINDOW, i)
         nodata, best = self._nodata(record), None
-        for _ in range(self.max_attempts):
+        regions = self._regions(record, g_rng)
+        for attempt in range(self.max_attempts):
+            if attempt % self.tries_per_region == 0:
+                starts, extents, read = next(regions)
             pos = [_offset(rng, s, e, w) for s, e, w in zip(starts, extents, self.window)]
-            image, valid = self._normalize(read(pos), self.stats, nodata)
+            image, valid = normalize(read(pos), self.stats, nodata)
             frac = float(valid.mean())
             if best is None or frac > best[0]:
                 best = (frac, image, valid, pos)
@@ -169,7 +179,7 @@ def _collate(values: Sequence[Any]) -> Any:
         return torch.stack(list(values))
     if isinstance(first, dict):
         return {k: _collate([v[k] for v in values]) for k in first}
-    if isinstance(first, (list, tuple)) and first and all(isinstance(x, torch.Tensor) for x in first):
+    if isinstance(first, (list, tuple)) and all(isinstance(x, torch.Tensor) for x in first):
         return [torch.stack([v[j] for v in values]) for j in range(len(first))]  # per crop index
     return list(values)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections import OrderedDict
 from typing import Any
 
@@ -90,7 +91,7 @@ class RasterReader:
         self._pid: int | None = None
         self._handles = self._regions = None  # type: ignore[assignment]
         self._env = None
-        self.stats = {"region_reads": 0, "region_hits": 0, "direct_reads": 0}
+        self.counters = {"region_reads": 0, "region_hits": 0, "direct_reads": 0}
 
     # -- per-process state ------------------------------------------------------------------------------------
     def __getstate__(self) -> dict:
@@ -113,12 +114,16 @@ class RasterReader:
         ds = self._handles.get(path)
         if ds is None:
             import rasterio
+            from rasterio.errors import NotGeoreferencedWarning
 
             try:
-                with self._env:
+                with self._env, warnings.catch_warnings():
+                    warnings.simplefilter("ignore", NotGeoreferencedWarning)  # plain TIFFs are fine to train on
                     ds = rasterio.open(path)
             except Exception as err:
-                raise DataError(f"cannot open raster '{path}': {err}. Check the file exists and is a GeoTIFF.") from None
+                raise DataError(
+                    f"cannot open raster '{path}': {err}. Check the file exists and is a GeoTIFF."
+                ) from None
             self._handles.put(path, ds)
         return ds
 
@@ -195,12 +200,14 @@ class RasterReader:
             arr = self._read_clipped(record, r, c, h, w)
             arr.setflags(write=False)
             self._regions.put(key, arr)
-            self.stats["region_reads"] += 1
+            self.counters["region_reads"] += 1
         else:
-            self.stats["region_hits"] += 1
+            self.counters["region_hits"] += 1
         return arr
 
-    def read_window(self, record: Any, row: int, col: int, h: int, w: int, region: Region | None = None) -> np.ndarray:
+    def read_window(
+        self, record: Any, row: int, col: int, h: int, w: int, region: Region | None = None
+    ) -> np.ndarray:
         """Window (C, h, w) float32 at file pixel ``(row, col)``; outside the file is NaN (boundless).
 
         With ``region`` (which must contain the in-file part of the window) the pixels are cut from the cached
@@ -218,7 +225,7 @@ class RasterReader:
             src = self.read_region(record, region)[:, r0 - rr : r1 - rr, c0 - rc : c1 - rc]
         else:
             src = self._read_clipped(record, r0, c0, r1 - r0, c1 - c0)
-            self.stats["direct_reads"] += 1
+            self.counters["direct_reads"] += 1
         if src.shape[0] != record.num_bands:
             raise DataError(
                 f"raster '{record.path}' gave {src.shape[0]} bands but its catalog record says {record.num_bands}; "
@@ -237,7 +244,7 @@ class VolumeReader:
         self.max_cached = max(1, int(max_cached if max_cached is not None else data_cfg.cache_volumes))
         self._pid: int | None = None
         self._cache: _LRU | None = None
-        self.stats = {"loads": 0, "hits": 0}
+        self.counters = {"loads": 0, "hits": 0}
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_pid": None, "_cache": None}
@@ -252,20 +259,27 @@ class VolumeReader:
         return 0 if self._cache is None or self._pid != os.getpid() else len(self._cache)
 
     def _load_one(self, path: str) -> tuple[np.ndarray, np.ndarray]:
-        """(C, D, H, W) float32 in RAS orientation (resampled if asked) and its 4x4 affine."""
-        import torch
-        from monai.transforms import LoadImage, Orientation, Spacing
+        """(C, D, H, W) float32 in RAS orientation (resampled if asked) and its 4x4 affine.
+
+        nibabel's closest-canonical reorientation (the same voxels as MONAI's ``Orientation("RAS")``) without
+        MONAI's ~10 s import in every worker and CLI start.
+        """
+        import nibabel as nib
 
         try:
-            img = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)(path)
+            img = nib.as_closest_canonical(nib.load(path))
+            arr = np.asarray(img.get_fdata(dtype=np.float32))
         except Exception as err:
-            raise DataError(f"cannot read volume '{path}': {err}. Check it is a NIfTI (.nii / .nii.gz) file.") from None
-        img = Orientation(axcodes="RAS")(img)
-        if self.data_cfg.spacing is not None:
-            img = Spacing(pixdim=tuple(float(s) for s in self.data_cfg.spacing), mode="bilinear")(img)
+            raise DataError(
+                f"cannot read volume '{path}': {err}. Check it is a NIfTI (.nii / .nii.gz) file."
+            ) from None
+        if arr.ndim not in (3, 4):
+            raise DataError(f"volume '{path}' has shape {list(arr.shape)}; expected 3 spatial axes (+ channels).")
+        arr = arr[None] if arr.ndim == 3 else np.moveaxis(arr, -1, 0)  # (C, D, H, W)
         affine = np.asarray(img.affine, dtype=np.float64)
-        arr = img.as_tensor() if hasattr(img, "as_tensor") else torch.as_tensor(img)
-        return arr.numpy().astype(np.float32, copy=False), affine
+        if self.data_cfg.spacing is not None:
+            arr, affine = resample_to_spacing(arr, affine, [float(v) for v in self.data_cfg.spacing])
+        return arr, affine
 
     def load(self, record: Any) -> tuple[np.ndarray, np.ndarray]:
         """The whole preprocessed volume (C, D, H, W) float32 and its RAS affine (cached; treat as read-only)."""
@@ -275,7 +289,7 @@ class VolumeReader:
         key = tuple(_paths(record))
         hit = cache.get(key)
         if hit is not None:
-            self.stats["hits"] += 1
+            self.counters["hits"] += 1
             return hit.array, hit.affine
         parts, affine = [], None
         for path in key:
@@ -288,10 +302,18 @@ class VolumeReader:
             parts.append(arr)
             affine = aff if affine is None else affine
         vol = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)  # (C, D, H, W)
-        vol = np.ascontiguousarray(stats_mod.preprocess_intensity(vol, self.data_cfg), dtype=np.float32)
+        # Same CT/MR decision and MR percentiles as compute_stats (from the catalog's value_range), so the
+        # band statistics describe exactly the intensities sampled here.
+        kind_hint, pcts = None, None
+        if getattr(record, "value_range", None):
+            finite = [v[0] for v in record.value_range if math.isfinite(v[0])]
+            kind_hint = stats_mod.intensity_kind(self.data_cfg, min(finite) if finite else None)
+            pcts = [v[1:3] for v in record.value_range]
+        vol = stats_mod.preprocess_intensity(vol, self.data_cfg, kind_hint, percentiles=pcts)
+        vol = np.ascontiguousarray(vol, dtype=np.float32)
         vol.setflags(write=False)
         cache.put(key, _Volume(vol, affine))
-        self.stats["loads"] += 1
+        self.counters["loads"] += 1
         return vol, affine  # type: ignore[return-value]
 
     def volume_shape(self, record: Any) -> tuple[int, int, int]:
@@ -313,6 +335,24 @@ class _Volume:
 
     def __init__(self, array: np.ndarray, affine: np.ndarray):
         self.array, self.affine, self.nbytes = array, affine, array.nbytes
+
+
+def resample_to_spacing(arr: np.ndarray, affine: np.ndarray, spacing: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Trilinear resampling of (C, D, H, W) to about ``spacing`` mm, keeping the first and last voxel centres.
+
+    The new grid has round(extent / spacing) + 1 voxels per axis; the returned affine is exact for that grid.
+    """
+    import torch
+
+    current = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))  # mm per voxel along each array axis
+    old = arr.shape[1:]
+    new = [max(1, int(round((n - 1) * c / s)) + 1) if n > 1 else 1 for n, c, s in zip(old, current, spacing)]
+    if list(old) == new:
+        return arr, affine
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None]  # (1, C, D, H, W)
+    out = torch.nn.functional.interpolate(t, size=tuple(new), mode="trilinear", align_corners=True)[0].numpy()
+    scale = [(n - 1) / (m - 1) if m > 1 else 1.0 for n, m in zip(old, new)]
+    return out, affine @ np.diag([*scale, 1.0])
 
 
 def cut_box(arr: np.ndarray, start: tuple[int, ...], size: tuple[int, ...]) -> np.ndarray:

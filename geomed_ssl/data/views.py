@@ -2,9 +2,9 @@
 
 A view is a callable ``view(image (C, *spatial) float32 np, valid (*spatial) bool np, rng) -> dict`` returning
 torch tensors. Every random choice is drawn from ``rng`` in a fixed order, so a sample stays a pure function of
-its seed. The geometric ops are dimension-generic and band-count-agnostic: 2D resizes go through one
-``cv2.resize`` call per 512 bands (albumentations splits images into 4-band chunks, ~5x slower at 13 bands and
-~4x at 200), 3D resizes through ``torch.nn.functional.interpolate`` (MONAI's dictionary transforms cost ~8 ms
+its seed. The geometric ops are dimension-generic and band-count-agnostic: 2D resizes run ``cv2.resize`` on each
+band plane (no HWC transposes; albumentations splits HWC images into 4-band chunks and was 3-5x slower at 13
+and 200 bands), 3D resizes run ``torch.nn.functional.interpolate`` (MONAI's dictionary transforms spent ~8 ms
 of metadata bookkeeping per patch). The ``valid`` mask follows the same geometry with nearest interpolation.
 """
 
@@ -21,7 +21,6 @@ from geomed_ssl.errors import ConfigError
 
 View = Callable[[np.ndarray, np.ndarray, np.random.Generator], dict]
 VIEW_KINDS = ("none", "mae")
-CV2_MAX_CHANNELS = 512  # OpenCV 4.x resizes up to 512 interleaved channels in one call
 
 
 def _to_tensors(image: np.ndarray, valid: np.ndarray) -> dict[str, torch.Tensor]:
@@ -65,12 +64,10 @@ def resize(array: np.ndarray, size: tuple[int, ...], nearest: bool = False) -> n
         import cv2
 
         interp = cv2.INTER_NEAREST_EXACT if nearest else cv2.INTER_LINEAR
-        parts = []
-        for c0 in range(0, array.shape[0], CV2_MAX_CHANNELS):
-            hwc = np.ascontiguousarray(np.moveaxis(array[c0 : c0 + CV2_MAX_CHANNELS], 0, -1))  # (h, w, c)
-            out = cv2.resize(hwc, (size[1], size[0]), interpolation=interp)
-            parts.append(out[None] if out.ndim == 2 else np.moveaxis(out, -1, 0))  # (c, H, W)
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        out = np.empty((array.shape[0], *size), dtype=array.dtype)  # (C, H, W)
+        for c in range(array.shape[0]):  # band planes: no HWC transposes, no channel limit
+            cv2.resize(array[c], (size[1], size[0]), dst=out[c], interpolation=interp)
+        return out
     t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]  # (1, C, d, h, w)
     mode = "nearest-exact" if nearest else "trilinear"
     kwargs = {} if nearest else {"align_corners": False}

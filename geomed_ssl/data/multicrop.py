@@ -115,8 +115,8 @@ class _Crop2D:
         import cv2
 
         ops: list[Any] = [
-            A.RandomResizedCrop(size=tuple(size), scale=tuple(scale), ratio=tuple(ratio), interpolation=cv2.INTER_LINEAR,
-                                mask_interpolation=cv2.INTER_NEAREST, p=1.0),
+            A.RandomResizedCrop(size=tuple(size), scale=tuple(scale), ratio=tuple(ratio),
+                                interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST, p=1.0),
             A.HorizontalFlip(p=0.5),
             A.VerticalFlip(p=0.5),
         ]

@@ -47,7 +47,9 @@ def _stretch(x: np.ndarray) -> np.ndarray:
     return np.clip((x - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
 
 
-def _display_image(image_np: np.ndarray, band_names: Sequence[str], wavelengths: Sequence[float | None] | None) -> np.ndarray:
+def _display_image(
+    image_np: np.ndarray, band_names: Sequence[str], wavelengths: Sequence[float | None] | None
+) -> np.ndarray:
     """(C, H, W) -> false-colour (H, W, 3); (C, D, H, W) -> middle depth slice of the same."""
     from geomed_ssl.data.bands import false_colour_bands
 

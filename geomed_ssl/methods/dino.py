@@ -77,7 +77,9 @@ def dino_settings(method_cfg: Any, max_steps: int) -> dict[str, Any]:
         raise ConfigError(f"method.centering must be one of {', '.join(CENTERINGS)}; got '{s['centering']}'.")
     lo, hi = s["ibot_mask_ratio"]
     if not 0.0 < lo <= hi < 1.0:
-        raise ConfigError(f"method.ibot_mask_ratio must be [min, max] with 0 < min <= max < 1, got {s['ibot_mask_ratio']}.")
+        raise ConfigError(
+            f"method.ibot_mask_ratio must be [min, max] with 0 < min <= max < 1, got {s['ibot_mask_ratio']}."
+        )
     for key in ("out_dim", "ibot_out_dim", "head_bottleneck_dim", "head_hidden_dim"):
         if int(s[key]) <= 0:
             raise ConfigError(f"method.{key} must be a positive integer, got {s[key]}.")
@@ -160,7 +162,8 @@ class DINO(SSLMethod):
 
     # ---- pairs and schedules -------------------------------------------------------------------------------
     def _pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        pairs: list[tuple[nn.Module, nn.Module]] = [(self.student, self.teacher), (self.student_head, self.teacher_head)]
+        pairs: list[tuple[nn.Module, nn.Module]] = [(self.student, self.teacher),
+                                                    (self.student_head, self.teacher_head)]
         if self.student_patch_head is not None:
             pairs.append((self.student_patch_head, self.teacher_patch_head))
         return pairs
@@ -194,8 +197,9 @@ class DINO(SSLMethod):
     def training_loss(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> MethodOutput:
         s = self.settings
         views = batch["views"]
-        globals_, locals_ = list(views["global"]), list(views.get("local", []))
-        n_g, b = len(globals_), globals_[0].shape[0]
+        globals_ = list(views["global"])
+        locals_ = [x for x in views.get("local", []) if torch.is_tensor(x)]  # collate turns no crops into []s
+        n_g = len(globals_)
         x_g = torch.cat(globals_)  # (2B, C, *S)
         t_temp = self.teacher_temp(step)
 
@@ -209,12 +213,12 @@ class DINO(SSLMethod):
             t_tokens = self.teacher(x_g)  # (2B, 1+N, D)
             t_cls = self.teacher_head(t_tokens[:, 0])  # (2B, K)
         s_tokens = self._student_globals(x_g, masks)  # (2B, 1+N, D)
-        s_cls = [self.student_head(s_tokens[:, 0])]
+        s_cls = [s_tokens[:, 0]]
         if locals_:
-            s_cls.append(self.student_head(self.student(torch.cat(locals_))[:, 0]))  # (nB, K)
-        s_views = list(torch.cat(s_cls).chunk(n_g + len(locals_)))  # each (B, K)
+            s_cls.append(self.student(torch.cat(locals_))[:, 0])  # (nB, D): same-size crops in one pass
+        s_views = self.student_head(torch.cat(s_cls)).unflatten(0, (n_g + len(locals_), -1))  # (2 + n, B, K)
 
-        t_views = torch.stack(t_cls.chunk(n_g))  # (2, B, K)
+        t_views = t_cls.unflatten(0, (n_g, -1))  # (2, B, K)
         t_probs = self.dino_loss.teacher_probs(t_views, t_temp)
         dino = self.dino_loss.loss_from_probs(t_probs, s_views)
         if s["centering"] == "ema":

@@ -96,23 +96,27 @@ class DINOLoss(_Centered):
         super().__init__(out_dim, center_momentum, centering, sinkhorn_iters)
         self.student_temp = student_temp
 
-    def loss_from_probs(self, teacher_probs: Tensor, student_logits: list[Tensor]) -> Tensor:
-        """``teacher_probs`` (Vt, B, K) and Vs >= Vt student logits (B, K) each -> mean cross-entropy."""
-        s = torch.stack([x.float() for x in student_logits])  # (Vs, B, K)
+    def loss_from_probs(self, teacher_probs: Tensor, student_logits: list[Tensor] | Tensor) -> Tensor:
+        """``teacher_probs`` (Vt, B, K) and Vs >= Vt student logits (B, K) each, or stacked (Vs, B, K) -> mean
+        cross-entropy."""
+        s = student_logits if torch.is_tensor(student_logits) else torch.stack(list(student_logits))
+        s = s.float()  # (Vs, B, K)
         log_p = F.log_softmax(s / self.student_temp, dim=-1)
         ce = -torch.einsum("tbk,sbk->ts", teacher_probs, log_p)  # (Vt, Vs) summed over the batch
         n_t, n_s = ce.shape
         keep = ~torch.eye(n_t, n_s, dtype=torch.bool, device=ce.device)  # drop same-view pairs
-        n_terms = int(keep.sum())
+        n_terms = n_t * n_s - min(n_t, n_s)
         if n_terms == 0:
             raise ValueError("DINOLoss needs at least two views in total: all pairs are same-view pairs.")
         return ce[keep].sum() / (n_terms * s.shape[1])
 
     def forward(
-        self, student_logits: list[Tensor], teacher_logits: list[Tensor], teacher_temp: float, update_center: bool = True
+        self, student_logits: list[Tensor] | Tensor, teacher_logits: list[Tensor] | Tensor, teacher_temp: float,
+        update_center: bool = True,
     ) -> Tensor:
         """Loss from raw logits; the center is updated afterwards (EMA centering only)."""
-        t = torch.stack([x.detach() for x in teacher_logits])  # (Vt, B, K)
+        t = teacher_logits if torch.is_tensor(teacher_logits) else torch.stack(list(teacher_logits))
+        t = t.detach()  # (Vt, B, K)
         loss = self.loss_from_probs(self.teacher_probs(t, teacher_temp), student_logits)
         if update_center and self.centering == "ema":
             self.update_center(t)
@@ -144,7 +148,8 @@ class IBOTPatchLoss(_Centered):
         return (ce * weight).sum() / flat.shape[0]
 
     def forward(
-        self, student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, teacher_temp: float, update_center: bool = True
+        self, student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, teacher_temp: float,
+        update_center: bool = True,
     ) -> Tensor:
         t = teacher_logits.detach()
         loss = self.loss_from_probs(self.teacher_probs(t, teacher_temp), student_logits, mask)

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.parametrizations import weight_norm
 
 
 class DINOHead(nn.Module):
     """``nlayers``-layer MLP (GELU, hidden ``hidden_dim``) to ``bottleneck_dim``, L2 normalisation, then a
     weight-normalised linear layer to ``out_dim`` prototypes (official DINO ``DINOHead``).
 
-    The last layer stores the direction ``last_layer.weight`` (v) and the per-prototype gain ``last_layer_g`` (g,
-    fixed to 1 and not trained when ``norm_last_layer``), computing ``W = g * v / ||v||`` row-wise, like
-    ``weight_norm`` without its deprecation and DDP quirks.
+    The last layer is ``parametrizations.weight_norm``-ed: direction ``original1`` (v) and per-prototype gain
+    ``original0`` (g, fixed to 1 and not trained when ``norm_last_layer``), ``W = g * v / ||v||`` row-wise in one
+    fused kernel; unlike the deprecated ``nn.utils.weight_norm`` the module deep-copies (EMA teacher).
     """
 
     def __init__(
@@ -36,9 +36,11 @@ class DINOHead(nn.Module):
             layers.append(nn.Linear(hidden_dim, bottleneck_dim))
             self.mlp = nn.Sequential(*layers)
         self.apply(self._init_weights)
-        # created after apply(): keeps nn.Linear's default init for v, as the official head
-        self.last_layer = nn.Linear(bottleneck_dim, out_dim, bias=False)
-        self.last_layer_g = nn.Parameter(torch.ones(out_dim), requires_grad=not norm_last_layer)  # (K,)
+        # created after apply(): v keeps nn.Linear's default init, as the official head; g starts at 1
+        self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
+        wn = self.last_layer.parametrizations.weight
+        wn.original0.data.fill_(1.0)  # g (K, 1)
+        wn.original0.requires_grad_(not norm_last_layer)
         self.out_dim = out_dim
 
     @staticmethod
@@ -49,15 +51,15 @@ class DINOHead(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def last_layer_weight(self) -> Tensor:
-        """The effective prototypes ``(K, bottleneck)``."""
-        v = self.last_layer.weight
-        return self.last_layer_g[:, None] * v / torch.linalg.vector_norm(v, dim=1, keepdim=True).clamp_min(1e-12)
+        """The effective prototypes ``g * v / ||v||`` (K, bottleneck)."""
+        return self.last_layer.weight
 
     def forward(self, x: Tensor) -> Tensor:
         """``x`` (..., in_dim) -> logits (..., out_dim)."""
         z = F.normalize(self.mlp(x), dim=-1, p=2)  # (..., bottleneck)
-        return F.linear(z, self.last_layer_weight())
+        return self.last_layer(z)
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
         """The parameters frozen during the first ``freeze_last_layer_steps`` steps."""
-        return [self.last_layer.weight, self.last_layer_g]
+        wn = self.last_layer.parametrizations.weight
+        return [wn.original0, wn.original1]

@@ -18,9 +18,12 @@ def linear_warmup(step: int, start: float, end: float, warmup_steps: int) -> flo
     return float(start + (end - start) * step / (warmup_steps - 1))
 
 
-def cosine(step: int, base: float, final: float, total_steps: int, warmup_steps: int = 0, warmup_start: float = 0.0) -> float:
-    """DINO's ``cosine_scheduler`` at one step: ``linspace(warmup_start, base, warmup_steps)`` during warmup, then ``final + (base - final) * (1 + cos(pi * t / T)) / 2`` with
-    ``t = step - warmup_steps`` and ``T = total_steps - warmup_steps``; ``final`` from ``total_steps`` on."""
+def cosine(
+    step: int, base: float, final: float, total_steps: int, warmup_steps: int = 0, warmup_start: float = 0.0
+) -> float:
+    """DINO's ``cosine_scheduler`` at one step: ``linspace(warmup_start, base, warmup_steps)`` during warmup, then
+    ``final + (base - final) * (1 + cos(pi * t / T)) / 2`` with ``t = step - warmup_steps`` and
+    ``T = total_steps - warmup_steps``; ``final`` from ``total_steps`` on."""
     step = max(int(step), 0)
     if step < warmup_steps:
         return linear_warmup(step, warmup_start, base, warmup_steps)

@@ -110,6 +110,7 @@ def test_sinkhorn_centering_gives_dino_loss_balanced_targets() -> None:
     assert torch.isfinite(out) and torch.all(loss.center == 0)
 
 
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")  # lightly's head uses the old weight_norm
 def test_head_matches_lightly_dino_projection_head_with_same_weights() -> None:
     from lightly.models.modules import DINOProjectionHead
 
@@ -120,7 +121,7 @@ def test_head_matches_lightly_dino_projection_head_with_same_weights() -> None:
     ours_linears = [m for m in ours.mlp if isinstance(m, torch.nn.Linear)]
     for a, b in zip(ours_linears, linears, strict=True):
         a.load_state_dict(b.state_dict())
-    ours.last_layer.weight.data.copy_(ref.last_layer.weight_v.data)
+    ours.last_layer_parameters()[1].data.copy_(ref.last_layer.weight_v.data)
     x = torch.randn(5, 24)
     torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
 
@@ -129,6 +130,37 @@ def test_head_prototypes_have_unit_norm_and_fixed_gain() -> None:
     head = DINOHead(16, 32, hidden_dim=16, bottleneck_dim=8)
     w = head.last_layer_weight()
     torch.testing.assert_close(w.norm(dim=1), torch.ones(32))
-    assert not head.last_layer_g.requires_grad
+    g, v = head.last_layer_parameters()
+    assert g.shape == (32, 1) and torch.all(g == 1) and not g.requires_grad and v.requires_grad
     assert head(torch.randn(3, 16)).abs().max() <= 1.0 + 1e-5  # unit vectors times unit prototypes
     assert math.isclose(float(head.mlp[0].weight.detach().std()), 0.02, rel_tol=0.3)
+
+
+def _ddp_center_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        loss = DINOLoss(4, center_momentum=0.5)
+        loss.update_center(torch.full((2, 3, 4), float(rank + 1)) * torch.arange(1, 5.0))  # rank 0: 1x, rank 1: 2x
+        q = sinkhorn_knopp(torch.randn(3, 4, generator=torch.Generator().manual_seed(rank)), 0.1)
+        torch.save({"center": loss.center, "q": q}, f"{out_dir}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_center_and_sinkhorn_are_reduced_over_ranks(tmp_path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_ddp_center_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True, start_method="fork")
+    out = [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in range(2)]
+    for rank in range(2):  # the mean over both ranks' samples
+        torch.testing.assert_close(out[rank]["center"], 0.5 * 1.5 * torch.arange(1, 5.0)[None])
+    logits = torch.cat([torch.randn(3, 4, generator=torch.Generator().manual_seed(r)) for r in range(2)])
+    torch.testing.assert_close(torch.cat([o["q"] for o in out]), sinkhorn_knopp(logits, 0.1), rtol=1e-5, atol=1e-6)

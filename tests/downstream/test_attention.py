@@ -1,0 +1,54 @@
+"""Last-layer CLS attention maps: recomputed attention matches the block's own, 2D and 3D grids, PNG written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from geomed_ssl.downstream.attention import cls_attention, save_attention_png
+from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
+
+
+def encoder(spatial_dims: int = 2, in_chans: int = 4) -> ViTEncoder:
+    torch.manual_seed(0)
+    size, patch = ((32, 32), (8, 8)) if spatial_dims == 2 else ((16, 16, 16), (4, 4, 4))
+    cfg = EncoderConfig(in_chans=in_chans, spatial_dims=spatial_dims, img_size=size, patch_size=patch, embed_dim=24,
+                        depth=2, num_heads=3)
+    return ViTEncoder(cfg)
+
+
+def test_maps_have_heads_by_grid_and_match_unfused_attention_of_last_block() -> None:
+    enc = encoder()
+    x = torch.randn(1, 4, 32, 32)
+    maps = cls_attention(enc, x)
+    assert maps.shape == (3, 4, 4)
+    attn = enc.blocks[-1].attn
+    attn.fused_attn = False  # timm's explicit path computes attn = softmax(q k^T * scale) in the open
+    seen: list[torch.Tensor] = []
+    handle = attn.attn_drop.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    enc.eval()
+    with torch.no_grad():
+        enc(x)
+    handle.remove()
+    torch.testing.assert_close(maps, seen[-1][0, :, 0, 1:].reshape(3, 4, 4), rtol=1e-5, atol=1e-6)
+    assert torch.all(maps.sum(dim=(1, 2)) <= 1.0 + 1e-5)
+
+
+def test_maps_on_other_window_size_and_3d_grid() -> None:
+    assert cls_attention(encoder(), torch.randn(1, 4, 48, 40)).shape == (3, 6, 5)
+    assert cls_attention(encoder(3, 1), torch.randn(1, 1, 16, 16, 16)).shape == (3, 4, 4, 4)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_png_is_written(tmp_path: Path, spatial_dims: int) -> None:
+    if spatial_dims == 2:
+        enc, img = encoder(2, 13), np.random.default_rng(0).standard_normal((13, 32, 32)).astype(np.float32)
+        names = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"]
+    else:
+        enc, img = encoder(3, 2), np.random.default_rng(0).standard_normal((2, 16, 16, 16)).astype(np.float32)
+        names = ["flair", "t1c"]
+    out = save_attention_png(enc, img, names, None, tmp_path / "attn" / "a.png")
+    assert out.is_file() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

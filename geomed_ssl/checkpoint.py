@@ -17,6 +17,7 @@ from geomed_ssl.errors import GeomedError
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 
 FORMAT = "geomed-ssl-encoder"
+MODEL_FORMAT = "geomed-ssl-model"
 FORMAT_VERSION = 1
 
 
@@ -63,26 +64,31 @@ def save_encoder(encoder: ViTEncoder, out_dir: str | Path, extra: dict[str, Any]
 
 
 def find_encoder_dir(path: str | Path) -> Path:
-    """Resolve a RUN_DIR, RUN_DIR/encoder or a fine-tune dir to the folder holding the encoder export."""
+    """Resolve a RUN_DIR, RUN_DIR/encoder, a fine-tune dir or its model/ to the folder holding an export."""
     path = Path(path)
-    for candidate in (path, path / "encoder", path / "model" / "encoder"):
+    for candidate in (path, path / "encoder", path / "model"):
         if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
             return candidate
     raise GeomedError(
         f"no encoder found at '{path}': expected a run folder with encoder/config.json and "
-        "encoder/model.safetensors (written by `geomed-ssl pretrain`), or that encoder folder itself."
+        "encoder/model.safetensors (written by `geomed-ssl pretrain`), a fine-tune folder (model/), or that "
+        "folder itself."
     )
 
 
-def read_encoder_config(path: str | Path) -> tuple[EncoderConfig, dict[str, Any]]:
-    """The encoder config and the whole ``config.json`` of an export, without loading weights."""
-    folder = find_encoder_dir(path)
+def read_meta(folder: Path) -> dict[str, Any]:
     try:
         meta = json.loads((folder / "config.json").read_text())
     except json.JSONDecodeError as err:
-        raise GeomedError(f"{folder / 'config.json'} is not valid JSON ({err}); re-export the encoder.") from None
-    if meta.get("format") != FORMAT:
-        raise GeomedError(f"{folder / 'config.json'} is not a geomed-ssl encoder export (format={meta.get('format')!r}).")
+        raise GeomedError(f"{folder / 'config.json'} is not valid JSON ({err}); re-export the model.") from None
+    if meta.get("format") not in (FORMAT, MODEL_FORMAT):
+        raise GeomedError(f"{folder / 'config.json'} is not a geomed-ssl export (format={meta.get('format')!r}).")
+    return meta
+
+
+def read_encoder_config(path: str | Path) -> tuple[EncoderConfig, dict[str, Any]]:
+    """The encoder config and the whole ``config.json`` of an export (encoder or fine-tuned model), no weights."""
+    meta = read_meta(find_encoder_dir(path))
     return EncoderConfig.from_dict(meta["encoder"]), meta
 
 
@@ -99,6 +105,8 @@ def load_encoder(path: str | Path, bands: Sequence[str] | None = None,
     folder = find_encoder_dir(path)
     encoder = ViTEncoder(cfg)
     state = load_file(str(folder / "model.safetensors"), device=str(map_location))
+    if read_meta(folder)["format"] == MODEL_FORMAT:  # a fine-tuned model: its encoder weights are prefixed
+        state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
     missing, unexpected = encoder.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise GeomedError(
@@ -106,3 +114,43 @@ def load_encoder(path: str | Path, bands: Sequence[str] | None = None,
             f"unexpected {unexpected[:3]}); the export is damaged or from another version."
         )
     return encoder.eval()
+
+
+def save_model(model: torch.nn.Module, out_dir: str | Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """A fine-tuned model: ``model.safetensors`` (encoder + head) and ``config.json`` (``meta`` plus the encoder
+    config and versions), written atomically. Returns the full config.json content."""
+    full = {"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, "encoder": model.encoder.config.to_dict(),
+            "versions": versions(), **meta}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+    def write(tmp: Path) -> None:
+        save_file(state, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(full, indent=2))
+
+    atomic_write_dir(Path(out_dir), write)
+    return full
+
+
+def build_model(meta: dict[str, Any]) -> torch.nn.Module:
+    """An untrained model of the architecture ``meta`` (a fine-tuned model's config.json) describes."""
+    from geomed_ssl.models.cls_heads import ClassificationModel
+    from geomed_ssl.models.seg_decoder import SegmentationModel
+
+    encoder = ViTEncoder(EncoderConfig.from_dict(meta["encoder"]))
+    head = meta["head"]
+    num_classes = len(meta["classes"])
+    if meta["task"] == "segment":
+        return SegmentationModel(encoder, num_classes, head["layers"], feature_size=head["feature_size"])
+    return ClassificationModel(encoder, num_classes, head=head["kind"], pool=head["pool"])
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Load a fine-tuned model (FT_DIR or FT_DIR/model) and its config.json, in eval mode."""
+    folder = find_encoder_dir(path)
+    meta = read_meta(folder)
+    if meta["format"] != MODEL_FORMAT:
+        raise GeomedError(f"'{path}' holds a pretrained encoder, not a fine-tuned model; run `geomed-ssl finetune` "
+                          "first and pass its output folder.")
+    model = build_model(meta)
+    model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(map_location)))
+    return model.eval(), meta

@@ -172,15 +172,17 @@ def test_inspect_lists_files_bands_and_problems(raster_dir: Path) -> None:
 
 def test_demo_runs_on_bundled_sample(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    result = cli("demo", "--out", str(out), "--steps", "2")
+    result = cli("demo", "--out", str(out), "--steps", "2", "--finetune-steps", "2")
     assert result.exit_code == 0, result.output
+    assert "random init" in result.output and "kappa" in result.output
+    assert (out / "prediction" / "indian_pines_pred.tif").is_file() and (out / "prediction" / "indian_pines_pred.png").is_file()
     from geomed_ssl import load_encoder
 
     enc = load_encoder(out / "pretrain")
     assert enc.config.in_chans == 200
     assert enc.config.wavelengths is not None and abs(enc.config.wavelengths[0] - 0.40002) < 1e-4
     # the demo owns its folder: a second run replaces it
-    assert cli("demo", "--out", str(out), "--steps", "1").exit_code == 0
+    assert cli("demo", "--out", str(out), "--steps", "1", "--finetune-steps", "1").exit_code == 0
 
 
 @pytest.mark.skipif(not (SHARED / "eurosat_ms_200").is_dir(), reason="shared EuroSAT-MS sample not present")

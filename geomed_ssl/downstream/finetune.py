@@ -1,0 +1,169 @@
+"""``finetune segment``: a pretrained encoder (or none) + a few labelled pixels/voxels → a segmentation model,
+evaluated on every labelled position it did not train on."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, SequentialSampler
+
+from geomed_ssl.checkpoint import load_encoder, save_model
+from geomed_ssl.config import Recipe, as_tuple, load_recipe, spatial_dims
+from geomed_ssl.data.catalog import Catalog, scan
+from geomed_ssl.data.stats import BandStats, compute_stats
+from geomed_ssl.downstream.labels import LabelSelection, match_labels, read_label, select_labels
+from geomed_ssl.downstream.seg_data import SparseLabelDataset
+from geomed_ssl.errors import ConfigError, GeomedError
+from geomed_ssl.models.cls_heads import layer_decay_groups
+from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
+from geomed_ssl.models.seg_decoder import SegmentationModel
+from geomed_ssl.train.callbacks import MetricsCSV
+from geomed_ssl.train.pretrain import quiet_lightning, resolve_precision
+from geomed_ssl.train.supervised import SupervisedModule
+
+log = logging.getLogger("geomed_ssl")
+
+
+@dataclass
+class FinetuneResult:
+    """What a fine-tuning run produced."""
+
+    out_dir: Path
+    metrics: dict[str, Any]
+    selection: LabelSelection | None
+
+
+def default_layers(depth: int) -> list[int]:
+    """Three taps at 1/4, 1/2 and 3/4 of the depth (MONAI UNETR's 3, 6, 9 for 12 blocks); the decoder also reads
+    the encoder's normed final output."""
+    return sorted({max(0, min(depth - 1, round(depth * f))) for f in (0.25, 0.5, 0.75)})
+
+
+def prepare_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise GeomedError(f"output folder '{out}' already exists and is not empty; pass --overwrite to replace it "
+                              "or choose another --out.")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def encoder_and_stats(encoder_path: str | Path | None, recipe: Recipe, catalog: Catalog,
+                      ) -> tuple[ViTEncoder, BandStats, str]:
+    """The pretrained encoder with its statistics (bands checked against the data), or — with ``none`` — the same
+    architecture from the recipe at random initialisation, with statistics computed on the images."""
+    if encoder_path is None or str(encoder_path).lower() == "none":
+        stats = compute_stats(catalog, recipe.data, seed=recipe.labels.seed)
+        cfg = EncoderConfig.from_recipe(recipe.model, recipe.data, len(catalog.band_names), catalog.band_names,
+                                        catalog.wavelengths, stats.to_dict())
+        torch.manual_seed(recipe.train.seed)
+        return ViTEncoder(cfg), stats, "none (random initialisation)"
+    encoder = load_encoder(encoder_path, bands=catalog.band_names)
+    if encoder.config.stats is None:
+        raise GeomedError(f"encoder '{encoder_path}' carries no normalisation statistics; re-export it with "
+                          "`geomed-ssl pretrain`.")
+    if encoder.config.spatial_dims != spatial_dims(recipe.data):
+        raise ConfigError(f"encoder '{encoder_path}' is {encoder.config.spatial_dims}D but data.kind is "
+                          f"'{recipe.data.kind}'.")
+    return encoder.train(), BandStats.from_dict(encoder.config.stats), str(encoder_path)
+
+
+def class_weights_from_counts(counts: np.ndarray, mode: Any) -> torch.Tensor | None:
+    """Loss weights from the training counts per class: null → none; "balanced" → inverse frequency (mean 1 over
+    the classes present); a list → as given."""
+    if mode is None:
+        return None
+    k = len(counts)
+    if mode == "balanced":
+        counts = np.asarray(counts, float)
+        w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / k, 0.0)
+        return torch.tensor(w / w[w > 0].mean(), dtype=torch.float32)
+    if isinstance(mode, (list, tuple)) and len(mode) == k:
+        return torch.tensor([float(v) for v in mode], dtype=torch.float32)
+    raise ConfigError(f"finetune.class_weights must be null, 'balanced' or a list of {k} numbers; got {mode!r}.")
+
+
+def fit_supervised(model: torch.nn.Module, dataset: Any, recipe: Recipe, num_classes: int, out: Path,
+                   weights: torch.Tensor | None, input_key: str = "image", progress: bool = True) -> None:
+    """Train with Lightning: layer-wise lr decay, warmup + cosine, checkpoints in ``out/checkpoints``."""
+    f, t = recipe.finetune, recipe.train
+    quiet_lightning()
+    L.seed_everything(recipe.labels.seed, workers=True, verbose=False)
+    encoder = getattr(model, "encoder", None)
+    if encoder is not None:
+        encoder.requires_grad_(True)  # the module freezes per step; groups must hold every parameter
+        groups = layer_decay_groups(model, encoder.config.depth, f.layer_decay, f.base_lr, f.weight_decay)
+    else:
+        groups = [{"params": list(model.parameters()), "lr": f.base_lr, "weight_decay": f.weight_decay}]
+    module = SupervisedModule(model, f, num_classes, groups, weights, input_key)
+    loader = DataLoader(dataset, batch_size=f.batch_size, num_workers=recipe.data.num_workers,
+                        sampler=SequentialSampler(range(f.max_steps * f.batch_size)), drop_last=True,
+                        persistent_workers=recipe.data.num_workers > 0)
+    cbs: list[L.Callback] = [MetricsCSV(out / "metrics_train.csv", t.log_every),
+                             *([L.pytorch.callbacks.TQDMProgressBar()] if progress else []),
+                             L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
+                                                                 save_top_k=0, every_n_train_steps=t.checkpoint_every)]
+    trainer = L.Trainer(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+                        precision=resolve_precision(t.precision, t.accelerator), max_steps=f.max_steps, max_epochs=-1,
+                        gradient_clip_val=t.grad_clip, callbacks=cbs, logger=False, enable_progress_bar=progress,
+                        enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=min(t.log_every, f.max_steps))
+    trainer.fit(module, train_dataloaders=loader)
+    model.eval()
+
+
+def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | None, images: str | Path,
+                     labels: str | Path, out_dir: str | Path, *, overrides: list[str] | None = None,
+                     overwrite: bool = False, progress: bool = True) -> FinetuneResult:
+    """Fine-tune a UNETR-style segmentation model with the labels the ``labels`` section selects, then evaluate
+    on the held-out labelled positions. Writes the FT_DIR described in docs/cli.md."""
+    from geomed_ssl.downstream.evaluate import evaluate_segmentation
+
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+    out = Path(out_dir)
+    prepare_out_dir(out, overwrite)
+    recipe.save(out / "config.yaml")
+    catalog = scan(images, recipe.data)
+    log.info(catalog.summary())
+    pairs = match_labels(catalog.records, labels, recipe.data.kind)
+    lab = recipe.labels
+    arrays, masks = [], []
+    for record, label_path in pairs:
+        values, labelled = read_label(label_path, recipe.data.kind, lab.ignore_value, spacing=recipe.data.spacing)
+        arrays.append(values)
+        masks.append(labelled)
+    selection = select_labels(arrays, masks, lab, paths=[p for _, p in pairs])
+    selection.save_npz(out / "labels_used.npz")
+    log.info(selection.summary())
+
+    enc, stats, source = encoder_and_stats(encoder, recipe, catalog)
+    nd = enc.config.spatial_dims
+    window = as_tuple(recipe.finetune.window or list(enc.config.img_size), nd, "finetune.window")
+    layers = recipe.finetune.layers if recipe.finetune.layers is not None else default_layers(enc.config.depth)
+    k = len(selection.classes)
+    model = SegmentationModel(enc, k, layers, feature_size=recipe.finetune.feature_size)
+    records = [r for r, _ in pairs]
+    targets = [selection.target(i, "train").astype(np.int16) for i in range(len(records))]
+    dataset = SparseLabelDataset(records, targets, stats, recipe.data, window, seed=lab.seed)
+    counts = np.bincount(selection.class_map.encode(selection.train_value), minlength=k)
+    fit_supervised(model, dataset, recipe, k, out, class_weights_from_counts(counts, recipe.finetune.class_weights),
+                   progress=progress)
+    meta = {"task": "segment", "head": {"kind": "unetr", "layers": list(model.layers),
+                                        "feature_size": recipe.finetune.feature_size},
+            "classes": [{"index": i, "value": v, "name": n} for i, (v, n) in
+                        enumerate(zip(selection.classes, selection.class_names))],
+            "window": list(window), "encoder_source": source, "data": {"kind": recipe.data.kind,
+                                                                        "spacing": recipe.data.spacing,
+                                                                        "intensity": recipe.data.intensity,
+                                                                        "ct_window": recipe.data.ct_window,
+                                                                        "nodata": recipe.data.nodata}}
+    meta = save_model(model, out / "model", meta)
+    metrics = evaluate_segmentation(model, meta, records, arrays, selection, out)
+    return FinetuneResult(out, metrics, selection)

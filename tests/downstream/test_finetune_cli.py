@@ -1,0 +1,134 @@
+"""Few-label fine-tuning end to end through the CLI (in-process): segment, classify, evaluate, predict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from typer.testing import CliRunner
+
+from geomed_ssl.cli import app
+from tests.conftest import TINY, structured_raster, write_geotiff
+
+runner = CliRunner()
+FT = ["finetune.max_steps=25", "finetune.batch_size=4", "finetune.warmup_steps=2", "finetune.feature_size=8",
+      "finetune.base_lr=0.005", "data.patch_size=16"]
+
+
+def sets(*items: str) -> list[str]:
+    return [arg for item in [*TINY, *FT, *items] for arg in ("--set", item)]
+
+
+@pytest.fixture
+def seg_scene(tmp_path: Path) -> tuple[Path, Path]:
+    """One 4-band 64x64 scene whose three classes are bands thresholds, and its label raster (0 = unlabelled)."""
+    rng = np.random.default_rng(3)
+    img = structured_raster(rng, 4, 64)
+    level = img[0].astype(float)
+    cls = np.digitize(level, np.quantile(level, [1 / 3, 2 / 3])) + 1  # classes 1..3
+    cls[::7, ::5] = 0  # some unlabelled pixels
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    write_geotiff(tmp_path / "images" / "scene.tif", img)
+    write_geotiff(tmp_path / "labels" / "scene_gt.tif", cls[None].astype(np.uint8))
+    return tmp_path / "images", tmp_path / "labels"
+
+
+@pytest.fixture
+def pretrained(raster_dir: Path, tmp_path: Path) -> Path:
+    from geomed_ssl.train.pretrain import pretrain
+
+    out = tmp_path / "pre"
+    pretrain("recipes/mae_sentinel2.yaml", raster_dir, out, progress=False,
+             overrides=[*TINY, "data.sensor=null", "data.patch_size=16", "train.max_steps=3"])
+    return out
+
+
+def test_segment_from_pretrained_encoder_then_evaluate_and_predict(seg_scene, pretrained: Path, tmp_path: Path) -> None:
+    images, labels = seg_scene
+    ft = tmp_path / "ft"
+    result = runner.invoke(app, ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", str(pretrained),
+                                 "--images", str(images), "--labels", str(labels), "--out", str(ft),
+                                 "--labels-per-class", "5", *sets("data.sensor=null")])
+    assert result.exit_code == 0, result.output
+    for name in ("config.yaml", "labels_used.npz", "model/model.safetensors", "model/config.json", "metrics.json",
+                 "confusion.png"):
+        assert (ft / name).is_file(), name
+    metrics = json.loads((ft / "metrics.json").read_text())
+    assert metrics["train"]["n"] == 15 and metrics["test"]["n"] > 3000
+    assert 0 <= metrics["test"]["OA"] <= 1 and "kappa" in metrics["test"] and "mIoU" in metrics["test"]
+    used = np.load(ft / "labels_used.npz", allow_pickle=False)
+    assert np.bincount(used["train_value"]).tolist() == [0, 5, 5, 5]
+
+    ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(images), "--labels", str(labels)])
+    assert ev.exit_code == 0, ev.output
+    assert "OA" in ev.output
+
+    pred_dir = tmp_path / "pred"
+    pr = runner.invoke(app, ["predict", str(ft), str(images / "scene.tif"), "--out", str(pred_dir), "--probabilities"])
+    assert pr.exit_code == 0, pr.output
+    with rasterio.open(pred_dir / "scene_pred.tif") as dst, rasterio.open(images / "scene.tif") as src:
+        assert dst.crs == src.crs and dst.transform == src.transform and dst.shape == src.shape
+        assert set(np.unique(dst.read(1))) <= {1, 2, 3}  # label values, not indices
+    from geomed_ssl import load_encoder
+
+    assert load_encoder(ft).config.in_chans == 4  # a fine-tune dir holds its encoder too
+
+
+def test_segment_from_random_init_with_block_split(seg_scene, tmp_path: Path) -> None:
+    images, labels = seg_scene
+    ft = tmp_path / "ft_none"
+    result = runner.invoke(app, ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", "none",
+                                 "--images", str(images), "--labels", str(labels), "--out", str(ft),
+                                 "--labels-per-class", "5", "--freeze-encoder",
+                                 *sets("data.sensor=null", "labels.split=blocks", "labels.block_size=16")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((ft / "metrics.json").read_text())
+    assert metrics["split"] == "blocks" and metrics["test"]["n"] > 0
+    cfg = json.loads((ft / "model" / "config.json").read_text())
+    assert cfg["encoder_source"].startswith("none")
+
+
+def test_segment_refuses_labels_on_another_grid(seg_scene, pretrained: Path, tmp_path: Path) -> None:
+    images, labels = seg_scene
+    from affine import Affine
+
+    with rasterio.open(labels / "scene_gt.tif") as src:
+        arr = src.read()
+    write_geotiff(labels / "scene_gt.tif", arr, transform=Affine(10, 0, 500010, 0, -10, 5100000))
+    result = runner.invoke(app, ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", str(pretrained),
+                                 "--images", str(images), "--labels", str(labels), "--out", str(tmp_path / "x"),
+                                 "--labels-per-class", "5", *sets("data.sensor=null")])
+    assert result.exit_code == 2
+    assert "scene_gt.tif" in result.output and "scene.tif" in result.output
+
+
+@pytest.fixture
+def class_folders(tmp_path: Path) -> Path:
+    """Three classes of 4-band 16x16 patches whose brightness differs by class."""
+    rng = np.random.default_rng(5)
+    root = tmp_path / "classes"
+    for c, name in enumerate(["Forest", "River", "Urban"]):
+        (root / name).mkdir(parents=True)
+        for i in range(6):
+            img = structured_raster(rng, 4, 16).astype(np.int32) + 1500 * c
+            write_geotiff(root / name / f"{name}_{i}.tif", img.astype(np.uint16))
+    return root
+
+
+@pytest.mark.parametrize("mode", ["--linear-probe", "--mlp", "--full"])
+def test_classify_modes_from_cli(class_folders: Path, pretrained: Path, tmp_path: Path, mode: str) -> None:
+    ft = tmp_path / f"cls{mode}"
+    result = runner.invoke(app, ["finetune", "classify", "recipes/mae_sentinel2.yaml", "--encoder", str(pretrained),
+                                 "--data", str(class_folders), "--out", str(ft), "--labels-per-class", "2", mode,
+                                 *sets("data.sensor=null", "finetune.max_steps=40")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((ft / "metrics.json").read_text())
+    assert metrics["train"]["n"] == 6 and metrics["test"]["n"] == 12
+    assert metrics["train"]["OA"] >= 0.5  # the training images are separable by brightness alone
+    pr = runner.invoke(app, ["predict", str(ft), str(class_folders), "--out", str(tmp_path / "p")])
+    assert pr.exit_code == 0, pr.output
+    assert len((tmp_path / "p" / "predictions.csv").read_text().splitlines()) == 1 + 18

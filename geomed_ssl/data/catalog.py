@@ -1,8 +1,9 @@
 """Scan a folder of GeoTIFFs or NIfTI volumes: header metadata, a cheap validity estimate, and problems with reasons.
 
-Only headers plus one decimated read per file are touched (rasterio ``out_shape`` capped at ~256 px a side; volumes
-strided to ~64 voxels a side). Bad files are never dropped silently: each becomes a ``Problem(path, reason)`` that
-``scan`` skips (default) or raises on (``strict=True``).
+Each file is probed by ``geomed_ssl.data.probe``: its header plus one bounded preview read (a strided whole read of
+small rasters, an overview or a few sampled blocks of large ones; volumes strided to ~64 voxels a side). Bad files
+are never dropped silently: each becomes a ``Problem(path, reason)`` that ``scan`` skips (default) or raises on
+(``strict=True``).
 """
 
 from __future__ import annotations
@@ -10,11 +11,9 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import itertools
-import math
 import os
-import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +21,10 @@ import numpy as np
 
 from geomed_ssl.config import as_tuple, spatial_dims
 from geomed_ssl.data.bands import resolve_bands
-from geomed_ssl.data.stats import valid_mask
+from geomed_ssl.data.probe import RASTER_PREVIEW, VOLUME_PREVIEW, FileProbe, ProbeError, probe_file  # noqa: F401
 from geomed_ssl.errors import DataError
 
 EXTENSIONS = {"raster": (".tif", ".tiff"), "volume": (".nii", ".nii.gz")}
-RASTER_PREVIEW = 256  # decimated read: at most this many pixels per side
-VOLUME_PREVIEW = 64  # strided volume read: about this many voxels per side
 
 
 @dataclass
@@ -36,7 +33,7 @@ class FileRecord:
 
     ``shape`` is the spatial shape (H, W) of a raster or (X, Y, Z) of a volume in the FILE's array order (the volume
     reader reorients to RAS; ``orientation`` holds the file's axis codes). ``value_range`` is, per band,
-    [min, p1, p99, max] of the valid pixels of the decimated read.
+    [min, p1, p99, max] of the valid pixels of the preview read (see ``geomed_ssl.data.probe``).
     """
 
     path: str
@@ -159,26 +156,6 @@ class Catalog:
                    band_names=list(d["band_names"]), wavelengths=d.get("wavelengths"), root=d.get("root"))
 
 
-class _Bad(Exception):
-    """Internal: a file that becomes a Problem."""
-
-
-@dataclass
-class _Probe:
-    """What one file's header and decimated read say, before band names are resolved."""
-
-    path: str
-    shape: tuple[int, ...]
-    num_bands: int
-    dtype: str
-    nodata: float | None
-    descriptions: list[str | None]
-    tags: dict[int, dict[str, str]]
-    valid: np.ndarray  # decimated spatial mask
-    value_range: list[list[float]]
-    geo: dict[str, Any] = field(default_factory=dict)
-
-
 # -- matching ---------------------------------------------------------------------------------------------------
 def glob_match(rel_path: str, pattern: str) -> bool:
     """fnmatch on a '/'-separated relative path, case-insensitive; ``**/`` also matches zero folders, and a pattern
@@ -206,126 +183,8 @@ def _list_files(root: Path) -> list[Path]:
     return out
 
 
-# -- probing ----------------------------------------------------------------------------------------------------
-def _err_text(err: BaseException) -> str:
-    """The innermost message of an exception chain (GDAL puts the useful one deepest), one line."""
-    msgs = []
-    while err is not None and len(msgs) < 8:
-        msgs.append(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
-        err = err.__cause__ or err.__context__
-    return msgs[-1][:240]
-
-
-def _open_failure(path: str, err: BaseException, kind: str) -> str:
-    """Why a file would not open, told apart by its first bytes."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(512)
-    except OSError as os_err:
-        return f"cannot be read ({os_err.strerror})"
-    fmt = "GeoTIFF" if kind == "raster" else "NIfTI"
-    if kind == "raster" and head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return f"corrupt or truncated TIFF ({_err_text(err)})"
-    if kind == "volume" and (head[:2] == b"\x1f\x8b" or head[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c")):
-        return f"corrupt or truncated NIfTI ({_err_text(err)})"
-    printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head)
-    if head and printable / len(head) > 0.95:
-        text = head[:40].decode("ascii", "replace").replace("\n", " ").strip()
-        return f"not an image: a text file with an image extension (starts with {text!r}); remove it or exclude it"
-    return f"not a readable {fmt}: unrecognised header bytes {head[:8].hex()} (corrupt or wrong extension)"
-
-
-def _value_range(arr: np.ndarray, valid: np.ndarray) -> list[list[float]]:
-    vals = arr[:, valid].astype(np.float64)  # (C, n_valid)
-    if vals.shape[1] == 0:
-        return [[math.nan] * 4 for _ in range(arr.shape[0])]
-    p = np.percentile(vals, [1, 99], axis=1)
-    return [[round(float(v), 6) for v in row] for row in zip(vals.min(1), p[0], p[1], vals.max(1))]
-
-
-def _nodata(cfg_nodata: float | None, file_nodata: float | None) -> float | None:
-    value = cfg_nodata if cfg_nodata is not None else file_nodata
-    return None if value is None or not math.isfinite(float(value)) else float(value)
-
-
-def _check_size(shape: tuple[int, ...], window: tuple[int, ...]) -> None:
-    if any(2 * s < w for s, w in zip(shape, window)):
-        raise _Bad(f"is {'x'.join(map(str, shape))}, smaller than half the {'x'.join(map(str, window))} window "
-                   "(data.patch_size); lower data.patch_size or exclude it")
-
-
-def _probe_raster(path: str, data_cfg: Any, window: tuple[int, ...]) -> _Probe:
-    import rasterio
-    from rasterio.enums import Resampling
-    from rasterio.errors import NotGeoreferencedWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        try:
-            src = rasterio.open(path)
-        except Exception as err:
-            raise _Bad(_open_failure(path, err, "raster")) from None
-        with src:
-            shape, count = (src.height, src.width), src.count
-            if count < 1:
-                raise _Bad("has no bands")
-            _check_size(shape, window)
-            nodata = _nodata(data_cfg.nodata, src.nodata)
-            tags = {b: {**src.tags(b), **src.tags(b, ns="IMAGERY")} for b in range(1, count + 1)}
-            out = (count, min(shape[0], RASTER_PREVIEW), min(shape[1], RASTER_PREVIEW))
-            try:
-                arr = src.read(out_shape=out, resampling=Resampling.nearest)  # (C, h, w)
-            except Exception as err:
-                raise _Bad(f"truncated or corrupt pixel data ({_err_text(err)})") from None
-            valid = valid_mask(arr, nodata)
-            geo = {"crs": src.crs.to_wkt() if src.crs else None,
-                   "transform": [float(v) for v in list(src.transform)[:6]],
-                   "block_shape": tuple(int(v) for v in src.block_shapes[0])}
-            dtype = str(np.result_type(*src.dtypes))
-            return _Probe(path, shape, count, dtype, nodata, list(src.descriptions), tags, valid,
-                          _value_range(arr, valid), geo)
-
-
-def _probe_volume(path: str, data_cfg: Any, window: tuple[int, ...]) -> _Probe:
-    import nibabel as nib
-
-    try:
-        img = nib.load(path)
-        shape = tuple(int(s) for s in img.shape)
-    except Exception as err:
-        raise _Bad(_open_failure(path, err, "volume")) from None
-    if len(shape) < 3 or len(shape) > 4:
-        raise _Bad(f"has {len(shape)} dimensions {list(shape)}; volumes need 3 spatial axes (+ channels as a 4th)")
-    spatial, count = shape[:3], (shape[3] if len(shape) == 4 else 1)
-    if count < 1:
-        raise _Bad("has an empty channel axis")
-    _check_size(spatial, window)
-    steps = tuple(max(1, math.ceil(s / VOLUME_PREVIEW)) for s in spatial)
-    try:
-        arr = np.asarray(img.dataobj[tuple(slice(None, None, s) for s in steps)])
-    except Exception as err:
-        raise _Bad(f"truncated or corrupt voxel data ({_err_text(err)})") from None
-    arr = arr[None] if arr.ndim == 3 else np.moveaxis(arr, -1, 0)  # (C, x, y, z)
-    nodata = _nodata(data_cfg.nodata, None)
-    valid = valid_mask(arr, nodata)
-    affine = np.asarray(img.affine, dtype=np.float64)
-    geo = {"affine": affine.tolist(), "spacing": [float(z) for z in img.header.get_zooms()[:3]],
-           "orientation": "".join(str(c) for c in nib.aff2axcodes(affine))}
-    return _Probe(path, spatial, count, str(arr.dtype), nodata, [None] * count, {}, valid,
-                  _value_range(arr, valid), geo)
-
-
-def _probe(path: str, kind: str, data_cfg: Any, window: tuple[int, ...]) -> _Probe:
-    try:
-        size = os.path.getsize(path)
-    except OSError as err:
-        raise _Bad(f"cannot be read ({err.strerror})") from None
-    if size == 0:
-        raise _Bad("empty file (0 bytes)")
-    return (_probe_raster if kind == "raster" else _probe_volume)(path, data_cfg, window)
-
-
-def _same_grid(a: _Probe, b: _Probe, kind: str) -> bool:
+# -- stacking ---------------------------------------------------------------------------------------------------
+def _same_grid(a: FileProbe, b: FileProbe, kind: str) -> bool:
     if a.shape != b.shape:
         return False
     if kind == "volume":
@@ -338,14 +197,25 @@ def _channel_name(pattern: str) -> str:
     return name or pattern
 
 
-def _record(probes: list[_Probe], kind: str, data_cfg: Any, fallback: list[str] | None = None) -> FileRecord:
-    """Stack probes (one, or one per channel) into a FileRecord; raises _Bad."""
+def _valid_fraction(probes: list[FileProbe]) -> float:
+    """Valid fraction of the stack: pixels valid in every channel file when their previews cover the same pixels,
+    else (channel files sampled differently, e.g. other block layouts) the lowest fraction of any file."""
+    masks = [p.valid for p in probes]
+    same = all(m.shape == masks[0].shape and p.preview == probes[0].preview
+               and p.geo.get("block_shape") == probes[0].geo.get("block_shape") for p, m in zip(probes, masks))
+    if same:
+        valid = np.logical_and.reduce(masks) if len(masks) > 1 else masks[0]
+        return float(valid.mean()) if valid.size else 0.0
+    return min(float(m.mean()) if m.size else 0.0 for m in masks)
+
+
+def _record(probes: list[FileProbe], kind: str, data_cfg: Any, fallback: list[str] | None = None) -> FileRecord:
+    """Stack probes (one, or one per channel) into a FileRecord; raises ProbeError."""
     first = probes[0]
-    valid = np.logical_and.reduce([p.valid for p in probes]) if len(probes) > 1 else first.valid
-    fraction = float(valid.mean()) if valid.size else 0.0
+    fraction = _valid_fraction(probes)
     if fraction == 0.0:
         nd = f"nodata={first.nodata:g}" if first.nodata is not None else "no nodata value set"
-        raise _Bad(f"all pixels are nodata or NaN ({nd}, estimated from a decimated read)")
+        raise ProbeError(f"all pixels are nodata or NaN ({nd}, estimated from a decimated read)")
     num_bands = sum(p.num_bands for p in probes)
     descriptions = [d for p in probes for d in p.descriptions]
     tags, offset = {}, 0
@@ -355,7 +225,7 @@ def _record(probes: list[_Probe], kind: str, data_cfg: Any, fallback: list[str] 
     try:
         names, wl = resolve_bands(num_bands, descriptions, tags, data_cfg, first.path, fallback_names=fallback)
     except DataError as err:
-        raise _Bad(str(err).replace(f"'{first.path}' ", "", 1)) from None
+        raise ProbeError(str(err).replace(f"'{first.path}' ", "", 1)) from None
     return FileRecord(
         path=first.path, paths=[p.path for p in probes], kind=kind, shape=tuple(first.shape), num_bands=num_bands,
         dtype=str(np.result_type(*[p.dtype for p in probes])), band_names=names, wavelengths=wl, nodata=first.nodata,
@@ -393,19 +263,19 @@ def _stacked_records(files: list[str], root: Path, kind: str, data_cfg: Any, win
             probes = []
             for (path,) in matches:
                 try:
-                    probes.append(_probe(path, kind, data_cfg, window))
-                except _Bad as bad:
-                    raise _Bad(f"channel file {os.path.basename(path)} {bad}") from None
+                    probes.append(probe_file(path, kind, data_cfg, window))
+                except ProbeError as bad:
+                    raise ProbeError(f"channel file {os.path.basename(path)} {bad}") from None
             grid = "voxel grid (shape/affine)" if kind == "volume" else "pixel grid (shape/CRS/transform)"
             for p in probes[1:]:
                 if not _same_grid(probes[0], p, kind):
                     a, b = probes[0], p
-                    raise _Bad(f"channel files {os.path.basename(a.path)} ({'x'.join(map(str, a.shape))}) and "
+                    raise ProbeError(f"channel files {os.path.basename(a.path)} ({'x'.join(map(str, a.shape))}) and "
                                f"{os.path.basename(b.path)} ({'x'.join(map(str, b.shape))}) do not share one {grid}")
             names = [_channel_name(g) for g in channels]
             fallback = names if all(p.num_bands == 1 for p in probes) else None
             records.append(_record(probes, kind, data_cfg, fallback))
-        except _Bad as bad:
+        except ProbeError as bad:
             problems.append(Problem(folder, str(bad)))
     return records
 
@@ -461,8 +331,8 @@ def scan(root: str | Path, data_cfg: Any, strict: bool = False) -> Catalog:
         records = []
         for f in files:
             try:
-                records.append(_record([_probe(f, kind, data_cfg, window)], kind, data_cfg))
-            except _Bad as bad:
+                records.append(_record([probe_file(f, kind, data_cfg, window)], kind, data_cfg))
+            except ProbeError as bad:
                 problems.append(Problem(f, str(bad)))
     if records:
         records = _majority(records, problems)

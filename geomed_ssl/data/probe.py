@@ -1,0 +1,284 @@
+"""Probe one file for the catalog: header metadata plus a bounded read that estimates validity and value range.
+
+Rasters are never decoded whole when large. Small ones (up to ``SMALL_RASTER_AREA`` pixels) are read whole, chunk by
+chunk, and strided to at most ``RASTER_PREVIEW`` px a side. Larger ones use their smallest overview at least
+``RASTER_PREVIEW`` px a side when they have overviews, else ``SAMPLE_BLOCKS`` block-aligned chunks spread over the
+file (seeded) plus its corners and centre. The full-resolution corners are always read, and the last one is where a
+truncated file fails. All reads run with a small GDAL block cache (``GDAL_CACHE_MB``). When the sample shows no valid
+pixel, the whole file is read before it is called all-nodata. Volumes are strided to ~``VOLUME_PREVIEW`` voxels a side.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from geomed_ssl.data.stats import valid_mask
+
+RASTER_PREVIEW = 256  # preview: at most this many pixels per side
+VOLUME_PREVIEW = 64  # strided volume read: about this many voxels per side
+SMALL_RASTER_AREA = 1024 * 1024  # rasters up to this many pixels are read whole (strided)
+SAMPLE_BLOCKS = 16  # chunks drawn (one per cell of a 4x4 split) from a large raster without overviews
+SAMPLE_SIDE = 64  # each sampled chunk is strided to about this many pixels a side
+SAMPLE_SEED = 0
+CHUNK_AREA = 1 << 20  # at most this many pixels per read, unless a single block is larger
+GDAL_CACHE_MB = 64  # GDAL block cache during a probe (raised to hold two blocks of all bands)
+
+
+class ProbeError(Exception):
+    """A file that cannot be used; the message is the reason (it becomes a catalog Problem)."""
+
+
+@dataclass
+class FileProbe:
+    """What one file's header and preview read say, before band names are resolved.
+
+    ``valid`` is the preview's validity mask: (h, w) on a strided grid of the whole file (``preview`` 'decimated' or
+    'overview') or (n,) over the pixels of the sampled chunks ('blocks').
+    """
+
+    path: str
+    shape: tuple[int, ...]
+    num_bands: int
+    dtype: str
+    nodata: float | None
+    descriptions: list[str | None]
+    tags: dict[int, dict[str, str]]
+    valid: np.ndarray
+    value_range: list[list[float]]
+    geo: dict[str, Any] = field(default_factory=dict)
+    preview: str = "decimated"
+
+
+def _err_text(err: BaseException) -> str:
+    """The innermost message of an exception chain (GDAL puts the useful one deepest), one line."""
+    msgs = []
+    while err is not None and len(msgs) < 8:
+        msgs.append(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        err = err.__cause__ or err.__context__
+    return msgs[-1][:240]
+
+
+def _open_failure(path: str, err: BaseException, kind: str) -> str:
+    """Why a file would not open, told apart by its first bytes."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError as os_err:
+        return f"cannot be read ({os_err.strerror})"
+    fmt = "GeoTIFF" if kind == "raster" else "NIfTI"
+    if kind == "raster" and head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return f"corrupt or truncated TIFF ({_err_text(err)})"
+    if kind == "volume" and (head[:2] == b"\x1f\x8b" or head[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c")):
+        return f"corrupt or truncated NIfTI ({_err_text(err)})"
+    printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head)
+    if head and printable / len(head) > 0.95:
+        text = head[:40].decode("ascii", "replace").replace("\n", " ").strip()
+        return f"not an image: a text file with an image extension (starts with {text!r}); remove it or exclude it"
+    return f"not a readable {fmt}: unrecognised header bytes {head[:8].hex()} (corrupt or wrong extension)"
+
+
+def _value_range(arr: np.ndarray, valid: np.ndarray) -> list[list[float]]:
+    """Per band [min, p1, p99, max] of the valid pixels; ``arr`` (C, *S), ``valid`` (*S)."""
+    vals = arr[:, valid].astype(np.float64)  # (C, n_valid)
+    if vals.shape[1] == 0:
+        return [[math.nan] * 4 for _ in range(arr.shape[0])]
+    p = np.percentile(vals, [1, 99], axis=1)
+    return [[round(float(v), 6) for v in row] for row in zip(vals.min(1), p[0], p[1], vals.max(1))]
+
+
+def _nodata(cfg_nodata: float | None, file_nodata: float | None) -> float | None:
+    value = cfg_nodata if cfg_nodata is not None else file_nodata
+    return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+def _check_size(shape: tuple[int, ...], window: tuple[int, ...]) -> None:
+    if any(2 * s < w for s, w in zip(shape, window)):
+        raise ProbeError(f"is {'x'.join(map(str, shape))}, smaller than half the {'x'.join(map(str, window))} "
+                         "window (data.patch_size); lower data.patch_size or exclude it")
+
+
+# -- raster reads -----------------------------------------------------------------------------------------------
+def _chunk_shape(block: tuple[int, int], shape: tuple[int, int]) -> tuple[int, int]:
+    """The read unit: whole blocks adding up to ~RASTER_PREVIEW px a side (at most CHUNK_AREA pixels, so thin strips
+    give fewer rows), capped at the file; a block over CHUNK_AREA (one strip per image) is cut into 512-px pieces."""
+    (bh, bw), (H, W) = block, shape
+    if bh * bw > CHUNK_AREA:
+        return min(H, 2 * RASTER_PREVIEW), min(W, 2 * RASTER_PREVIEW)
+    h, w = min(H, -(-RASTER_PREVIEW // bh) * bh), min(W, -(-RASTER_PREVIEW // bw) * bw)
+    if h * w > CHUNK_AREA:
+        h = min(H, max(bh, CHUNK_AREA // w // bh * bh))
+    return h, w
+
+
+def _chunk_window(cell: tuple[int, int], chunk: tuple[int, int], shape: tuple[int, int]) -> tuple[int, ...]:
+    """(row, col, h, w) of chunk ``cell`` of the chunk grid, clipped to the file."""
+    r, c = cell[0] * chunk[0], cell[1] * chunk[1]
+    return r, c, min(chunk[0], shape[0] - r), min(chunk[1], shape[1] - c)
+
+
+def _read(src: Any, win: tuple[int, ...]) -> np.ndarray:
+    from rasterio.windows import Window
+
+    return src.read(window=Window(win[1], win[0], win[3], win[2]))  # (C, h, w)
+
+
+def sample_windows(shape: tuple[int, int], block: tuple[int, int], n_random: int = SAMPLE_BLOCKS,
+                   seed: int = SAMPLE_SEED) -> list[tuple[int, ...]]:
+    """Chunk windows (row, col, h, w) of a large raster: the four corners (bottom-right last of them, the end of a
+    truncated file), the centre, and one seeded chunk in each cell of a 4x4 split of the chunk grid (``n_random``
+    cells at most), without repeats."""
+    chunk = _chunk_shape(block, shape)
+    ny, nx = -(-shape[0] // chunk[0]), -(-shape[1] // chunk[1])
+    cells = [(0, 0), (0, nx - 1), (ny - 1, 0), (ny - 1, nx - 1), (ny // 2, nx // 2)]
+    rng = np.random.default_rng(seed)
+    side = math.isqrt(n_random) if n_random > 0 else 0
+    if side:
+        for rows in np.array_split(np.arange(ny), min(side, ny)):
+            for cols in np.array_split(np.arange(nx), min(side, nx)):
+                cells.append((int(rng.choice(rows)), int(rng.choice(cols))))
+    return [_chunk_window(c, chunk, shape) for c in dict.fromkeys(cells)]
+
+
+def _read_strided(src: Any, stride: int) -> np.ndarray:
+    """The whole dataset strided like ``read()[:, ::stride, ::stride]``, read chunk by chunk so every block is decoded
+    once and memory stays bounded: (C, ceil(H / stride), ceil(W / stride))."""
+    shape = (src.height, src.width)
+    chunk = _chunk_shape(tuple(int(v) for v in src.block_shapes[0]), shape)
+    out = np.empty((src.count, -(-shape[0] // stride), -(-shape[1] // stride)), np.result_type(*src.dtypes))
+    for i in range(-(-shape[0] // chunk[0])):
+        for j in range(-(-shape[1] // chunk[1])):
+            r, c, h, w = _chunk_window((i, j), chunk, shape)
+            r0, c0 = -r % stride, -c % stride  # first kept row / col inside this chunk
+            if r0 >= h or c0 >= w:
+                continue
+            part = _read(src, (r + r0, c + c0, h - r0, w - c0))[:, ::stride, ::stride]  # (C, h', w')
+            out[:, (r + r0) // stride:(r + r0) // stride + part.shape[1],
+                (c + c0) // stride:(c + c0) // stride + part.shape[2]] = part
+    return out
+
+
+def _read_samples(src: Any, windows: list[tuple[int, ...]]) -> np.ndarray:
+    """The chosen windows, each strided to ~SAMPLE_SIDE px a side, as pixels (C, n)."""
+    parts = []
+    for win in windows:
+        stride = max(1, math.ceil(math.sqrt(win[2] * win[3]) / SAMPLE_SIDE))
+        parts.append(_read(src, win)[:, ::stride, ::stride].reshape(src.count, -1))  # (C, n_i)
+    return np.concatenate(parts, axis=1)
+
+
+def _overview_level(src: Any) -> int | None:
+    """Index of the smallest overview at least RASTER_PREVIEW px a side (else the largest one) of at most
+    SMALL_RASTER_AREA pixels; None without a usable overview."""
+    factors = src.overviews(1)
+    sizes = [(-(-src.height // f), -(-src.width // f)) for f in factors]
+    small = [i for i, (h, w) in enumerate(sizes) if h * w <= SMALL_RASTER_AREA]
+    if not small:
+        return None
+    big = [i for i in small if min(sizes[i]) >= RASTER_PREVIEW]
+    return max(big, key=lambda i: factors[i]) if big else min(small, key=lambda i: factors[i])
+
+
+def _cache_mb(src: Any) -> int:
+    bh, bw = src.block_shapes[0]
+    block_bytes = bh * bw * sum(np.dtype(d).itemsize for d in src.dtypes)
+    return max(GDAL_CACHE_MB, math.ceil(2 * block_bytes / 2**20))
+
+
+def _raster_preview(path: str, src: Any, nodata: float | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """(pixels (C, *S), valid (*S), how): the bounded preview read of an open raster (see the module docstring)."""
+    import rasterio
+
+    shape, block = (src.height, src.width), tuple(int(v) for v in src.block_shapes[0])
+    whole_stride = max(1, math.ceil(max(shape) / RASTER_PREVIEW))
+    if shape[0] * shape[1] <= SMALL_RASTER_AREA:
+        arr, how = _read_strided(src, whole_stride), "decimated"
+    else:
+        level = _overview_level(src)
+        if level is not None:
+            _read_samples(src, sample_windows(shape, block, n_random=0))  # full-resolution integrity check
+            with rasterio.open(path, overview_level=level) as ovr:
+                arr = _read_strided(ovr, max(1, math.ceil(max(ovr.height, ovr.width) / RASTER_PREVIEW)))
+            how = "overview"
+        else:
+            arr, how = _read_samples(src, sample_windows(shape, block)), "blocks"
+        if not valid_mask(arr, nodata).any():  # a small patch of data the sample missed: look everywhere
+            arr, how = _read_strided(src, whole_stride), "decimated"
+    return arr, valid_mask(arr, nodata), how
+
+
+def _probe_raster(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProbe:
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            src = rasterio.open(path)
+        except Exception as err:
+            raise ProbeError(_open_failure(path, err, "raster")) from None
+        with src:
+            shape, count = (src.height, src.width), src.count
+            if count < 1:
+                raise ProbeError("has no bands")
+            _check_size(shape, window)
+            nodata = _nodata(data_cfg.nodata, src.nodata)
+            tags = {b: {**src.tags(b), **src.tags(b, ns="IMAGERY")} for b in range(1, count + 1)}
+            try:
+                with rasterio.Env(GDAL_CACHEMAX=_cache_mb(src)):
+                    arr, valid, how = _raster_preview(path, src, nodata)
+            except Exception as err:
+                raise ProbeError(f"truncated or corrupt pixel data ({_err_text(err)})") from None
+            geo = {"crs": src.crs.to_wkt() if src.crs else None,
+                   "transform": [float(v) for v in list(src.transform)[:6]],
+                   "block_shape": tuple(int(v) for v in src.block_shapes[0])}
+            dtype = str(np.result_type(*src.dtypes))
+            return FileProbe(path, shape, count, dtype, nodata, list(src.descriptions), tags, valid,
+                          _value_range(arr, valid), geo, how)
+
+
+def _probe_volume(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProbe:
+    import nibabel as nib
+
+    try:
+        img = nib.load(path)
+        shape = tuple(int(s) for s in img.shape)
+    except Exception as err:
+        raise ProbeError(_open_failure(path, err, "volume")) from None
+    if len(shape) < 3 or len(shape) > 4:
+        raise ProbeError(f"has {len(shape)} dimensions {list(shape)}; volumes need 3 spatial axes "
+                         "(+ channels as a 4th)")
+    spatial, count = shape[:3], (shape[3] if len(shape) == 4 else 1)
+    if count < 1:
+        raise ProbeError("has an empty channel axis")
+    _check_size(spatial, window)
+    steps = tuple(max(1, math.ceil(s / VOLUME_PREVIEW)) for s in spatial)
+    try:
+        arr = np.asarray(img.dataobj[tuple(slice(None, None, s) for s in steps)])
+    except Exception as err:
+        raise ProbeError(f"truncated or corrupt voxel data ({_err_text(err)})") from None
+    arr = arr[None] if arr.ndim == 3 else np.moveaxis(arr, -1, 0)  # (C, x, y, z)
+    nodata = _nodata(data_cfg.nodata, None)
+    valid = valid_mask(arr, nodata)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    geo = {"affine": affine.tolist(), "spacing": [float(z) for z in img.header.get_zooms()[:3]],
+           "orientation": "".join(str(c) for c in nib.aff2axcodes(affine))}
+    return FileProbe(path, spatial, count, str(arr.dtype), nodata, [None] * count, {}, valid,
+                  _value_range(arr, valid), geo, "strided")
+
+
+def probe_file(path: str, kind: str, data_cfg: Any, window: tuple[int, ...]) -> FileProbe:
+    """Header and preview of one raster / volume file; raises ``ProbeError`` with the reason it cannot be used."""
+    try:
+        size = os.path.getsize(path)
+    except OSError as err:
+        raise ProbeError(f"cannot be read ({err.strerror})") from None
+    if size == 0:
+        raise ProbeError("empty file (0 bytes)")
+    return (_probe_raster if kind == "raster" else _probe_volume)(path, data_cfg, window)
+

@@ -302,14 +302,8 @@ class VolumeReader:
             parts.append(arr)
             affine = aff if affine is None else affine
         vol = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)  # (C, D, H, W)
-        # Same CT/MR decision and MR percentiles as compute_stats (from the catalog's value_range), so the
-        # band statistics describe exactly the intensities sampled here.
-        kind_hint, pcts = None, None
-        if getattr(record, "value_range", None):
-            finite = [v[0] for v in record.value_range if math.isfinite(v[0])]
-            kind_hint = stats_mod.intensity_kind(self.data_cfg, min(finite) if finite else None)
-            pcts = [v[1:3] for v in record.value_range]
-        vol = stats_mod.preprocess_intensity(vol, self.data_cfg, kind_hint, percentiles=pcts)
+        # The same CT/MR decision and MR percentiles as compute_stats, so the statistics match these intensities.
+        vol = stats_mod.preprocess_intensity(vol, self.data_cfg, **stats_mod.intensity_args(record, self.data_cfg))
         vol = np.ascontiguousarray(vol, dtype=np.float32)
         vol.setflags(write=False)
         cache.put(key, _Volume(vol, affine))

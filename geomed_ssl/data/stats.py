@@ -129,6 +129,19 @@ def intensity_kind(data_cfg: Any, minimum: float | None) -> str:
     return "ct" if minimum is not None and minimum < CT_LOOKING_MIN else "mr"
 
 
+def intensity_args(record: Any, data_cfg: Any) -> dict[str, Any]:
+    """``kind_hint`` and ``percentiles`` for ``preprocess_intensity`` of a volume record, from the catalog's
+    ``value_range``: CT or MR decided on the smallest band minimum, MR scaled by each band's [p1, p99]. Shared by
+    ``compute_stats`` and the volume reader, so the statistics describe exactly the intensities the reader gives.
+    Both are None without a ``value_range`` (the array decides for itself)."""
+    value_range = getattr(record, "value_range", None)
+    if not value_range:
+        return {"kind_hint": None, "percentiles": None}
+    finite = [v[0] for v in value_range if math.isfinite(v[0])]
+    return {"kind_hint": intensity_kind(data_cfg, min(finite) if finite else None),
+            "percentiles": [v[1:3] for v in value_range]}
+
+
 def preprocess_intensity(
     array: np.ndarray,
     data_cfg: Any,
@@ -268,11 +281,7 @@ def compute_stats(catalog: Any, data_cfg: Any, seed: int = 0, read_window: ReadW
         source = None
         try:
             source = None if read_window is not None else _FileWindows(rec)
-            kind_hint, pcts = None, None
-            if rec.kind == "volume" and rec.value_range:
-                finite = [v[0] for v in rec.value_range if math.isfinite(v[0])]
-                kind_hint = intensity_kind(data_cfg, min(finite) if finite else None)
-                pcts = [v[1:3] for v in rec.value_range]
+            intensity = intensity_args(rec, data_cfg) if rec.kind == "volume" else {}
             for _ in range(int((picks == idx).sum())):
                 start = tuple(int(rng.integers(0, max(s - w, 0) + 1)) for s, w in zip(rec.shape, window))
                 size = tuple(min(w, s) for s, w in zip(rec.shape, window))
@@ -280,7 +289,7 @@ def compute_stats(catalog: Any, data_cfg: Any, seed: int = 0, read_window: ReadW
                 arr = np.asarray(arr)
                 valid = valid_mask(arr, rec.nodata)  # (*size)
                 if rec.kind == "volume":
-                    arr = preprocess_intensity(arr, data_cfg, kind_hint, valid=valid, percentiles=pcts)
+                    arr = preprocess_intensity(arr, data_cfg, valid=valid, **intensity)
                 vals = arr[:, valid].astype(np.float64)  # (C, n_valid)
                 running.update(vals)
                 if vals.shape[1]:

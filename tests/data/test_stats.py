@@ -5,7 +5,9 @@ import pytest
 
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.catalog import Catalog, FileRecord, scan
-from geomed_ssl.data.stats import BandStats, check_bands, compute_stats, normalize, preprocess_intensity, valid_mask
+from geomed_ssl.data.stats import (
+    BandStats, check_bands, compute_stats, intensity_args, normalize, preprocess_intensity, valid_mask,
+)
 from geomed_ssl.errors import DataError
 
 
@@ -164,3 +166,30 @@ def test_real_eurosat_stats_are_reflectance_scale(shared_data):
     stats = compute_stats(scan(shared_data / "eurosat_ms_200", cfg), cfg)
     mean = dict(zip(stats.band_names, stats.mean))
     assert 5 < mean["B10"] < 30 and 1500 < mean["B8A"] < 3500 and 700 < mean["B04"] < 1300
+
+
+def test_intensity_args_decide_ct_or_mr_from_the_records_value_range():
+    rec = FileRecord(path="v.nii", paths=["v.nii"], kind="volume", shape=(8, 8, 8), num_bands=2, dtype="float32",
+                     band_names=["a", "b"], wavelengths=None, nodata=None,
+                     value_range=[[float("nan")] * 4, [-1024.0, -1000.0, 900.0, 3000.0]])
+    args = intensity_args(rec, DataConfig(kind="volume"))  # an all-invalid band (NaN minimum) does not vote
+    assert args["kind_hint"] == "ct" and args["percentiles"][1] == [-1000.0, 900.0]
+    rec.value_range = [[0.0, 5.0, 400.0, 800.0]] * 2
+    assert intensity_args(rec, DataConfig(kind="volume")) == {"kind_hint": "mr",
+                                                              "percentiles": [[5.0, 400.0]] * 2}
+    assert intensity_args(rec, DataConfig(kind="volume", intensity="none"))["kind_hint"] == "none"
+    rec.value_range = None
+    assert intensity_args(rec, DataConfig(kind="volume")) == {"kind_hint": None, "percentiles": None}
+
+
+def test_volume_stats_describe_the_intensities_the_reader_gives(tmp_path, make_nii):
+    from geomed_ssl.data.readers import VolumeReader
+
+    vol = np.random.default_rng(0).gamma(2.0, 100.0, (16, 16, 16)).astype(np.float32)  # MR-like
+    make_nii(tmp_path / "mr.nii.gz", vol)
+    cfg = DataConfig(kind="volume", patch_size=16, stats_windows=2)
+    catalog = scan(tmp_path, cfg)
+    stats = compute_stats(catalog, cfg)
+    loaded, _ = VolumeReader(cfg).load(catalog.records[0])  # (1, 16, 16, 16), same voxels (no reorientation)
+    assert stats.mean[0] == pytest.approx(float(loaded.mean()), rel=1e-5)
+    assert stats.p99[0] == pytest.approx(float(np.percentile(loaded, 99)), rel=1e-4)

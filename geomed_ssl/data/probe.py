@@ -184,10 +184,11 @@ def _overview_level(src: Any) -> int | None:
     return max(big, key=lambda i: factors[i]) if big else min(small, key=lambda i: factors[i])
 
 
-def _cache_mb(src: Any) -> int:
+def _cache_bytes(src: Any) -> int:
+    """GDAL block cache for a probe, in bytes (what rasterio's GDAL_CACHEMAX takes): 64 MB, or two blocks."""
     bh, bw = src.block_shapes[0]
     block_bytes = bh * bw * sum(np.dtype(d).itemsize for d in src.dtypes)
-    return max(GDAL_CACHE_MB, math.ceil(2 * block_bytes / 2**20))
+    return max(GDAL_CACHE_MB * 2**20, 2 * block_bytes)
 
 
 def _raster_preview(path: str, src: Any, nodata: float | None) -> tuple[np.ndarray, np.ndarray, str]:
@@ -230,7 +231,7 @@ def _probe_raster(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProb
             nodata = _nodata(data_cfg.nodata, src.nodata)
             tags = {b: {**src.tags(b), **src.tags(b, ns="IMAGERY")} for b in range(1, count + 1)}
             try:
-                with rasterio.Env(GDAL_CACHEMAX=_cache_mb(src)):
+                with rasterio.Env(GDAL_CACHEMAX=_cache_bytes(src)):
                     arr, valid, how = _raster_preview(path, src, nodata)
             except Exception as err:
                 raise ProbeError(f"truncated or corrupt pixel data ({_err_text(err)})") from None

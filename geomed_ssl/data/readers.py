@@ -25,6 +25,8 @@ Region = tuple[int, int, int, int]  # row_off, col_off, height, width (file pixe
 
 # GDAL's own block cache duplicates our region cache; keep it small (MB).
 GDAL_CACHE_MB = 64
+# rasterio hands GDAL_CACHEMAX to GDALSetCacheMax64, which takes bytes (a bare 64 would be a 64-byte cache).
+GDAL_CACHE_BYTES = GDAL_CACHE_MB * 2**20
 
 
 def _paths(record: Any) -> list[str]:
@@ -106,7 +108,7 @@ class RasterReader:
             self._regions = _LRU(max_bytes=self.cache_bytes)
             import rasterio
 
-            self._env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR")
+            self._env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR")
 
     def handle(self, path: str) -> Any:
         """An open rasterio dataset for ``path`` (opened at most once per process while cached)."""

@@ -49,12 +49,15 @@ def sinkhorn_knopp(logits: Tensor, temp: float, n_iters: int = 3) -> Tensor:
 
 
 class _Centered(nn.Module):
-    """Shared teacher-side logic: centering (EMA mean / Sinkhorn-Knopp / none) and the EMA center buffer."""
+    """Shared teacher-side logic: centering (EMA mean / Sinkhorn-Knopp / none), the EMA center buffer and the
+    student temperature."""
 
-    def __init__(self, out_dim: int, center_momentum: float, centering: str, sinkhorn_iters: int) -> None:
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
+                 centering: str = "ema", sinkhorn_iters: int = 3) -> None:
         super().__init__()
         if centering not in CENTERINGS:
             raise ValueError(f"centering must be one of {CENTERINGS}, got {centering!r}")
+        self.student_temp = student_temp
         self.center_momentum = center_momentum
         self.centering = centering
         self.sinkhorn_iters = sinkhorn_iters
@@ -84,17 +87,6 @@ class _Centered(nn.Module):
 class DINOLoss(_Centered):
     """Cross-entropy between centred, sharpened teacher softmax on global crops and student log-softmax on all
     crops, skipping pairs of the same view; student views are ordered globals first, as the teacher's."""
-
-    def __init__(
-        self,
-        out_dim: int,
-        student_temp: float = 0.1,
-        center_momentum: float = 0.9,
-        centering: str = "ema",
-        sinkhorn_iters: int = 3,
-    ) -> None:
-        super().__init__(out_dim, center_momentum, centering, sinkhorn_iters)
-        self.student_temp = student_temp
 
     def loss_from_probs(self, teacher_probs: Tensor, student_logits: list[Tensor] | Tensor) -> Tensor:
         """``teacher_probs`` (Vt, B, K) and Vs >= Vt student logits (B, K) each, or stacked (Vs, B, K) -> mean
@@ -127,17 +119,6 @@ class IBOTPatchLoss(_Centered):
     """iBOT masked-patch loss (DINOv2 form): per masked token cross-entropy between the teacher's prediction of the
     unmasked token and the student's of the masked one, averaged per image over its masked tokens, then over all
     images (images without masked tokens count as zero). Works for any token grid: ``mask`` is (B, *grid)."""
-
-    def __init__(
-        self,
-        out_dim: int,
-        student_temp: float = 0.1,
-        center_momentum: float = 0.9,
-        centering: str = "ema",
-        sinkhorn_iters: int = 3,
-    ) -> None:
-        super().__init__(out_dim, center_momentum, centering, sinkhorn_iters)
-        self.student_temp = student_temp
 
     def loss_from_probs(self, teacher_probs: Tensor, student_logits: Tensor, mask: Tensor) -> Tensor:
         """``teacher_probs`` / ``student_logits`` (M, K) for the True entries of ``mask`` (B, *grid) in order."""

@@ -1,4 +1,4 @@
-"""Views: what a method asks of a sample (MAE: one randomly cropped/flipped view; DINO: multi-crop, later).
+"""Views: what a method asks of a sample (MAE: one randomly cropped/flipped view; DINO: multi-crop).
 
 A view is a callable ``view(image (C, *spatial) float32 np, valid (*spatial) bool np, rng) -> dict`` returning
 torch tensors. Every random choice is drawn from ``rng`` in a fixed order, so a sample stays a pure function of
@@ -20,7 +20,7 @@ from geomed_ssl.config import as_tuple
 from geomed_ssl.errors import ConfigError
 
 View = Callable[[np.ndarray, np.ndarray, np.random.Generator], dict]
-VIEW_KINDS = ("none", "mae")
+VIEW_KINDS = ("none", "mae", "dino")
 
 
 def _to_tensors(image: np.ndarray, valid: np.ndarray) -> dict[str, torch.Tensor]:
@@ -117,7 +117,9 @@ def build_views(kind: str, data_cfg: Any, spatial_dims: int, **opts: Any) -> Vie
     """The view of ``kind`` for windows of ``data_cfg.patch_size``.
 
     Options for "mae": ``scale`` (area/volume fraction of the crop, default (0.2, 1.0)), ``ratio`` (aspect range,
-    default (3/4, 4/3)), ``flip_p`` (per axis, 0.5), ``rot90`` (2D square windows only, True).
+    default (3/4, 4/3)), ``flip_p`` (per axis, 0.5), ``rot90`` (2D square windows only, True). "dino": the
+    ``data.*crop*`` keys (see :func:`geomed_ssl.data.multicrop.build_multicrop`); option ``patch_size`` (the model's
+    token patch) rounds the default local crop size.
     """
     if spatial_dims not in (2, 3):
         raise ConfigError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
@@ -131,4 +133,8 @@ def build_views(kind: str, data_cfg: Any, spatial_dims: int, **opts: Any) -> Vie
         if not 0 < ratio[0] <= ratio[1]:
             raise ConfigError(f"view 'mae': ratio must satisfy 0 < min <= max, got {list(ratio)}.")
         return MAEView(size, scale, ratio, float(opts.get("flip_p", 0.5)), bool(opts.get("rot90", True)))
-    raise ConfigError(f"unknown view kind '{kind}'. Valid kinds: {', '.join(VIEW_KINDS)} (dino comes with issue 3).")
+    if kind == "dino":
+        from geomed_ssl.data.multicrop import build_multicrop
+
+        return build_multicrop(data_cfg, spatial_dims, patch_size=opts.get("patch_size"))
+    raise ConfigError(f"unknown view kind '{kind}'. Valid kinds: {', '.join(VIEW_KINDS)}.")

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from geomed_ssl.config import DataConfig
+
 
 @torch.no_grad()
 def cls_attention(encoder: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
@@ -98,3 +100,95 @@ def save_attention_png(
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
     return out
+
+
+def _data_config(meta: dict, spatial_dims: int, patch: Sequence[int]) -> DataConfig:
+    """The pretraining run's ``data`` settings (band names, nodata, spacing, intensity) for reading one file."""
+    import dataclasses
+
+    saved = dict((meta.get("recipe") or {}).get("data") or {})
+    known = {f.name for f in dataclasses.fields(DataConfig)}
+    values = {k: v for k, v in saved.items() if k in known}
+    values.update(kind="raster" if spatial_dims == 2 else "volume", include=["**/*"], exclude=[], channels=None,
+                  patch_size=list(patch), val_labels=None, knn_every=0)
+    return DataConfig(**values)
+
+
+def _start(size: int, want: int, offset: int | None, axis: str, path: Path) -> tuple[int, int]:
+    """(start, length) along one axis: the centred window, or the one at ``offset``; clipped to the image."""
+    from geomed_ssl.errors import DataError
+
+    length = min(size, want)
+    if offset is None:
+        return (size - length) // 2, length
+    if not 0 <= offset < size:
+        raise DataError(f"--window {axis} {offset} lies outside '{path}' ({size} pixels along {axis}s).")
+    return offset, min(length, size - offset)
+
+
+def attention_for_file(
+    encoder_path: str | Path,
+    image_path: str | Path,
+    out_path: str | Path,
+    window: Sequence[int] | None = None,
+) -> Path:
+    """Attention PNG of a pretrained encoder on one GeoTIFF window or NIfTI patch.
+
+    The file is read with the pretraining run's ``data`` settings (band names, nodata; volumes: RAS, spacing,
+    intensity), its bands matched to the encoder's by name (reordered if needed; missing or extra bands are an
+    error), and normalised with the encoder's statistics. The
+    window has the encoder's ``img_size`` (less where the image is smaller, rounded down to the token patch): the
+    centre window, or for rasters the one whose top-left pixel is ``window = (row, col)``.
+    """
+    from geomed_ssl.checkpoint import load_encoder, read_encoder_config
+    from geomed_ssl.data.catalog import scan
+    from geomed_ssl.data.readers import RasterReader, VolumeReader
+    from geomed_ssl.data.stats import BandStats, check_bands, normalize
+    from geomed_ssl.errors import DataError, GeomedError
+
+    image_path = Path(image_path)
+    if not image_path.is_file():
+        raise DataError(f"image '{image_path}' not found; pass a GeoTIFF (.tif) or NIfTI (.nii, .nii.gz) file.")
+    cfg, meta = read_encoder_config(encoder_path)
+    if cfg.stats is None:
+        raise GeomedError(f"encoder '{encoder_path}' carries no normalisation statistics; re-export it with "
+                          "`geomed-ssl pretrain`.")
+    nd, patch = cfg.spatial_dims, tuple(cfg.patch_size)
+    if window is not None and (nd != 2 or len(window) != 2):
+        raise DataError("--window ROW,COL applies to rasters (2D encoders); volumes use their centre patch.")
+    data_cfg = _data_config(meta, nd, patch)
+    try:
+        record = scan(image_path, data_cfg, strict=True).records[0]
+    except DataError as err:
+        raise DataError(f"reading the image with the encoder's pretraining data settings: {err}") from None
+    names = list(record.band_names)
+    order = [names.index(n) for n in cfg.band_names] if sorted(names) == sorted(cfg.band_names) else None
+    if order is None:
+        check_bands(cfg.band_names, names, str(image_path))  # raises, naming the missing and extra bands
+    encoder = load_encoder(encoder_path)
+
+    volumes = VolumeReader(data_cfg) if nd == 3 else None
+    if nd == 2:
+        shape = tuple(record.shape[-2:])
+        offsets = list(window) if window is not None else [None, None]
+    else:
+        shape = tuple(volumes.volume_shape(record))
+        offsets = [None] * 3
+    box = [_start(s, w, o, a, image_path) for s, w, o, a in zip(shape, cfg.img_size, offsets, ("row", "col", "z"))]
+    box = [(start, n // p * p) for (start, n), p in zip(box, patch)]
+    if any(n == 0 for _, n in box):
+        raise DataError(f"'{image_path}' ({'x'.join(map(str, shape))}) is smaller than one token patch "
+                        f"{list(patch)} at the chosen window.")
+    starts, sizes = [s for s, _ in box], [n for _, n in box]
+    if nd == 2:
+        raw = RasterReader().read_window(record, *starts, *sizes)  # (C, h, w)
+    else:
+        raw = volumes.read_box(record, *starts, *sizes)  # (C, d, h, w)
+    if order is not None:
+        raw = raw[order]  # the file's bands in the encoder's order, matched by name
+    nodata = data_cfg.nodata if data_cfg.nodata is not None else record.nodata
+    image, valid = normalize(raw, BandStats.from_dict(cfg.stats), nodata)
+    if not valid.any():
+        raise DataError(f"the chosen window of '{image_path}' holds no valid pixels (all nodata); pick another "
+                        "with --window ROW,COL.")
+    return save_attention_png(encoder, image, cfg.band_names, cfg.wavelengths, out_path)

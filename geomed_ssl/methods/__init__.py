@@ -5,11 +5,13 @@ from __future__ import annotations
 from geomed_ssl.config import MethodConfig
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.methods.base import MethodOutput, SSLMethod
+from geomed_ssl.methods.dino import DINO
 from geomed_ssl.methods.mae import MAE
 from geomed_ssl.models.encoder import EncoderConfig
 
 METHODS: dict[str, type[SSLMethod]] = {
     "mae": MAE,
+    "dino": DINO,
 }
 
 
@@ -21,4 +23,4 @@ def build_method(method_cfg: MethodConfig, encoder_cfg: EncoderConfig, max_steps
     return cls(encoder_cfg, method_cfg, max_steps)
 
 
-__all__ = ["METHODS", "MethodOutput", "SSLMethod", "MAE", "build_method"]
+__all__ = ["METHODS", "MethodOutput", "SSLMethod", "MAE", "DINO", "build_method"]

@@ -28,31 +28,19 @@ from geomed_ssl.methods.heads import DINOHead
 from geomed_ssl.methods.schedules import cosine, linear_warmup, teacher_momentum
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 
-# Flat ``method:`` keys with their defaults (official DINO / iBOT / DINOv2 values). ``None`` step counts are
-# derived from ``max_steps``: teacher-temperature warmup over 30 %, last layer frozen for the first 1 %.
+# The flat ``method:`` keys DINO reads. Their defaults (official DINO / iBOT / DINOv2 values) live in one place,
+# :class:`MethodConfig`; ``None`` step counts are derived from ``max_steps``: teacher-temperature warmup over 30 %,
+# last layer frozen for the first 1 %.
+DINO_KEYS = (
+    "out_dim", "head_hidden_dim", "head_bottleneck_dim", "head_nlayers", "norm_last_layer", "freeze_last_layer_steps",
+    "momentum_teacher", "student_temp", "warmup_teacher_temp", "teacher_temp", "teacher_temp_warmup_steps",
+    "centering", "center_momentum", "sinkhorn_iters", "weight_decay_start", "weight_decay_end", "ibot_loss_weight",
+    "ibot_mask_ratio", "ibot_mask_prob", "ibot_separate_head", "ibot_out_dim", "koleo_loss_weight",
+)
+_FIELDS = {f.name: f for f in dataclasses.fields(MethodConfig)}
 DINO_DEFAULTS: dict[str, Any] = {
-    "out_dim": 65536,
-    "head_hidden_dim": 2048,
-    "head_bottleneck_dim": 256,
-    "head_nlayers": 3,
-    "norm_last_layer": True,
-    "freeze_last_layer_steps": None,
-    "momentum_teacher": 0.996,
-    "student_temp": 0.1,
-    "warmup_teacher_temp": 0.04,
-    "teacher_temp": 0.07,
-    "teacher_temp_warmup_steps": None,
-    "centering": "ema",
-    "center_momentum": 0.9,
-    "sinkhorn_iters": 3,
-    "weight_decay_start": 0.04,
-    "weight_decay_end": 0.4,
-    "ibot_loss_weight": 0.0,
-    "ibot_mask_ratio": [0.1, 0.5],
-    "ibot_mask_prob": 0.5,
-    "ibot_separate_head": False,
-    "ibot_out_dim": None,
-    "koleo_loss_weight": 0.0,
+    k: _FIELDS[k].default if _FIELDS[k].default is not dataclasses.MISSING else _FIELDS[k].default_factory()
+    for k in DINO_KEYS
 }
 
 COLLAPSE_STD_TOL = 1e-3  # teacher_std * sqrt(K) below this: every image gives the same output
@@ -66,7 +54,7 @@ class CollapseWarning(UserWarning):
 
 def dino_settings(method_cfg: Any, max_steps: int) -> dict[str, Any]:
     """``DINO_DEFAULTS`` overridden by the keys ``method_cfg`` has; derived step counts filled in; validated."""
-    s = {k: getattr(method_cfg, k, v) for k, v in DINO_DEFAULTS.items()}
+    s = {k: copy.deepcopy(getattr(method_cfg, k, v)) for k, v in DINO_DEFAULTS.items()}
     if s["teacher_temp_warmup_steps"] is None:
         s["teacher_temp_warmup_steps"] = int(0.3 * max_steps)
     if s["freeze_last_layer_steps"] is None:
@@ -262,7 +250,7 @@ class DINO(SSLMethod):
                 f"teacher_entropy={float(entropy):.3f} of log(K)={math.log(k):.3f}. Keep centering on, lower "
                 "method.teacher_temp, raise method.momentum_teacher or lower train.base_lr.",
                 CollapseWarning,
-                stacklevel=2,
+                stacklevel=3,  # the line in training_loss (no_grad wraps _monitor in one frame)
             )
         return {
             "teacher_entropy": entropy,

@@ -93,9 +93,12 @@ class PretrainModule(L.LightningModule):
                 if group.get("decays"):
                     group["weight_decay"] = wd_fn(self.global_step)
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if (batch_idx + 1) % self.recipe.train.accumulate_grad_batches == 0:
-            self.method.after_step(self.global_step)
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """The update, then ``method.after_step`` with the index of the update just made (the one its loss was
+        computed at). It runs here, not in ``on_train_batch_end``: Lightning calls the callbacks' batch-end hooks
+        (checkpoint, export, previews) before the module's, and they must see the teacher after this step's EMA."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        self.method.after_step(self.global_step)  # not yet incremented inside this hook
 
     def configure_optimizers(self) -> dict[str, Any]:
         t = self.recipe.train

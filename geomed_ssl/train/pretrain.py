@@ -121,7 +121,7 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     enc_cfg = EncoderConfig.from_recipe(recipe.model, recipe.data, len(catalog.band_names), catalog.band_names,
                                         catalog.wavelengths, stats.to_dict())
     method = build_method(recipe.method, enc_cfg, t.max_steps)
-    view = build_views(method.view_kind, recipe.data, spatial_dims(recipe.data))
+    view = build_views(method.view_kind, recipe.data, spatial_dims(recipe.data), patch_size=recipe.model.patch_size)
     dataset = PretrainDataset(catalog, stats, recipe.data, view, seed=t.seed)
 
     precision = resolve_precision(t.precision, t.accelerator)
@@ -133,10 +133,16 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     )
     cbs: list[L.Callback] = [checkpointer, MetricsCSV(out / "metrics.csv", t.log_every),
                              ExportEncoder(out / "encoder", t.checkpoint_every, extra)]
-    if hasattr(method, "reconstruct") and t.preview_every:
+    if t.preview_every:
         plain = PretrainDataset(catalog, stats, recipe.data, build_views("none", recipe.data, spatial_dims(recipe.data)),
                                 seed=t.seed + 1)
-        cbs.append(Previews(out / "previews", t.preview_every, preview_renderer(plain, enc_cfg)))
+        renderer = preview_renderer if hasattr(method, "reconstruct") else attention_renderer
+        cbs.append(Previews(out / "previews", t.preview_every, renderer(plain, enc_cfg)))
+    if recipe.data.val_labels and recipe.data.knn_every:
+        from geomed_ssl.train.knn_monitor import KNNMonitor
+
+        cbs.insert(1, KNNMonitor.from_folder(recipe.data.val_labels, recipe.data, stats, enc_cfg.patch_size,
+                                             recipe.data.knn_every))  # before MetricsCSV, which writes knn_acc
     if progress:
         cbs.append(L.pytorch.callbacks.TQDMProgressBar(refresh_rate=1))
     cbs += callbacks or []
@@ -177,5 +183,18 @@ def preview_renderer(dataset: PretrainDataset, enc_cfg: EncoderConfig) -> Callab
 
     def render(pl_module: L.LightningModule, step: int, path: Path) -> None:
         render_reconstruction(pl_module.method, batch, enc_cfg.band_names, enc_cfg.wavelengths, path)
+
+    return render
+
+
+def attention_renderer(dataset: PretrainDataset, enc_cfg: EncoderConfig) -> Callable:
+    """For methods with no reconstruction (DINO): the exported encoder's last-layer CLS attention per head on one
+    fixed un-augmented window."""
+    from geomed_ssl.downstream.attention import save_attention_png
+
+    image = dataset[0]["image"].numpy()  # (C, *S)
+
+    def render(pl_module: L.LightningModule, step: int, path: Path) -> None:
+        save_attention_png(pl_module.method.export_encoder(), image, enc_cfg.band_names, enc_cfg.wavelengths, path)
 
     return render

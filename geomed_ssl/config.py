@@ -40,13 +40,22 @@ class DataConfig:
     intensity: str = "auto"  # auto | ct | mr | none
     ct_window: list[float] = field(default_factory=lambda: [-1000.0, 1000.0])
     cache_volumes: int = 4  # decoded volumes kept per worker
+    # DINO multi-crop (method.name=dino); sizes are int or per-axis lists, multiples of model.patch_size
+    global_crop_size: IntOrSeq | None = None  # null: data.patch_size
+    local_crop_size: IntOrSeq | None = None  # null: half the global crop, rounded down to the token patch
+    n_local_crops: int = 6
+    global_crop_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])  # area / volume fraction of the window
+    local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
+    # k-NN monitor during pretraining: a folder with one subfolder of images per class (a few per class suffice)
+    val_labels: str | None = None
+    knn_every: int = 0  # steps between k-NN accuracy evaluations (0: off)
 
 
 @dataclass
 class ModelConfig:
     """The ViT encoder."""
 
-    embedding: str = "plain"
+    embedding: str = "plain"  # plain | grouped | spectral | wavelength (see docs/concepts.md#patch-embeddings)
     patch_size: IntOrSeq = 8
     embed_dim: int = 192
     depth: int = 12
@@ -54,6 +63,11 @@ class ModelConfig:
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
     drop_path: float = 0.0
+    # grouped: band NAMES per group, e.g. [[B02, B03, B04, B08], [B05, B06, B07, B8A], [B11, B12]]; bands in no
+    # group are not read; null: one group per ~4 adjacent bands
+    band_groups: list[list[str]] | None = None
+    spectral_chunk: int = 1  # spectral: adjacent bands sharing one token (200-band cubes: 4-10 keeps T affordable)
+    channel_embed: str = "learned"  # spectral: learned (per band) | wavelength (sin-cos of the centre wavelength)
 
 
 @dataclass
@@ -66,6 +80,32 @@ class MethodConfig:
     decoder_embed_dim: int = 128
     decoder_depth: int = 4
     decoder_num_heads: int = 4
+    group_masking: str = "independent"  # grouped/spectral MAE: independent (per token) | consistent (per position)
+    channel_sampling: bool = False  # spectral/wavelength: random band subsets per step (hierarchical sampling)
+    channel_sampling_min: int = 1  # fewest bands kept by channel_sampling
+    # --- dino (read by methods/dino.py; defaults are the official DINO / iBOT / DINOv2 values) ---
+    out_dim: int = 65536  # prototypes K; small data (< ~100k windows): 4096-16384
+    head_hidden_dim: int = 2048  # projection head MLP width
+    head_bottleneck_dim: int = 256  # L2-normalised bottleneck before the prototype layer
+    head_nlayers: int = 3
+    norm_last_layer: bool = True  # weight-normalised prototypes with fixed norm (stabler; false: better, riskier)
+    freeze_last_layer_steps: int | None = None  # prototypes frozen this long; null: 1 % of max_steps
+    momentum_teacher: float = 0.996  # teacher EMA momentum, cosine to 1 at max_steps
+    student_temp: float = 0.1
+    warmup_teacher_temp: float = 0.04  # teacher temperature warms up linearly from this ...
+    teacher_temp: float = 0.07  # ... to this (lower it if the teacher entropy stays near log K)
+    teacher_temp_warmup_steps: int | None = None  # null: 30 % of max_steps
+    centering: str = "ema"  # ema (DINO) | sinkhorn (Sinkhorn-Knopp, DINOv2) | none (collapses; for tests)
+    center_momentum: float = 0.9  # ema centering
+    sinkhorn_iters: int = 3
+    weight_decay_start: float = 0.04  # weight decay, cosine from start to end over max_steps (replaces
+    weight_decay_end: float = 0.4  # train.weight_decay for dino)
+    ibot_loss_weight: float = 0.0  # > 0: iBOT masked-patch loss on the student's masked global crops
+    ibot_mask_ratio: list[float] = field(default_factory=lambda: [0.1, 0.5])  # masked token fraction, per image
+    ibot_mask_prob: float = 0.5  # fraction of global crops that are masked at all
+    ibot_separate_head: bool = False  # a separate projection head for the patch tokens
+    ibot_out_dim: int | None = None  # its prototypes; null: out_dim
+    koleo_loss_weight: float = 0.0  # > 0: KoLeo spreading regulariser on the student's CLS (DINOv2: 0.1)
 
 
 @dataclass
@@ -168,7 +208,20 @@ def _build_section(name: str, values: dict[str, Any], source: str) -> Any:
         raise ConfigError(
             f"{source}: unknown key '{name}.{unknown[0]}'. Valid keys in '{name}': {', '.join(valid)}."
         )
+    types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    values = {k: _coerce_number(v, types[k], f"{name}.{k}", source) for k, v in values.items()}
     return cls(**values)
+
+
+def _coerce_number(value: Any, annotation: str, key: str, source: str) -> Any:
+    """YAML 1.1 reads ``2e-3`` (no dot) as a string; a float key takes it as the number it means."""
+    if isinstance(value, str) and "float" in annotation:
+        try:
+            return float(value)
+        except ValueError:
+            if annotation.startswith("float"):
+                raise ConfigError(f"{source}: '{key}' must be a number, got '{value}'.") from None
+    return value
 
 
 def recipe_from_dict(raw: dict[str, Any] | None, source: str = "recipe") -> Recipe:
@@ -247,6 +300,67 @@ def spatial_dims(data: DataConfig) -> int:
     return 2 if data.kind == "raster" else 3
 
 
+EMBEDDINGS = ("plain", "grouped", "spectral", "wavelength")
+
+
+def _validate_embedding(m: ModelConfig, me: MethodConfig, source: str) -> None:
+    """The patch-embedding keys (model.embedding, band_groups, spectral_chunk, channel_embed) and the methods'
+    spectral keys (group_masking, channel_sampling)."""
+    if m.embedding not in EMBEDDINGS:
+        raise ConfigError(f"{source}: model.embedding must be one of {', '.join(EMBEDDINGS)}; got '{m.embedding}'.")
+    if m.band_groups is not None:
+        ok = isinstance(m.band_groups, list) and all(isinstance(g, list) and g for g in m.band_groups)
+        if not ok:
+            raise ConfigError(f"{source}: model.band_groups must be null or a list of non-empty lists of band names, "
+                              "e.g. [[B02, B03, B04, B08], [B11, B12]].")
+        flat = [str(n) for g in m.band_groups for n in g]
+        if len(set(flat)) != len(flat):
+            dup = sorted({n for n in flat if flat.count(n) > 1})
+            raise ConfigError(f"{source}: model.band_groups lists {dup} in more than one group.")
+        if m.embedding != "grouped":
+            raise ConfigError(f"{source}: model.band_groups is only read by model.embedding=grouped "
+                              f"(embedding is '{m.embedding}'); remove it or set the embedding.")
+    if not isinstance(m.spectral_chunk, int) or m.spectral_chunk < 1:
+        raise ConfigError(f"{source}: model.spectral_chunk must be a positive integer, got {m.spectral_chunk!r}.")
+    if m.channel_embed not in ("learned", "wavelength"):
+        raise ConfigError(f"{source}: model.channel_embed must be learned or wavelength; got '{m.channel_embed}'.")
+    if me.group_masking not in ("independent", "consistent"):
+        raise ConfigError(f"{source}: method.group_masking must be independent or consistent; got '{me.group_masking}'.")
+    if me.channel_sampling and m.embedding not in ("spectral", "wavelength"):
+        raise ConfigError(f"{source}: method.channel_sampling needs model.embedding=spectral or wavelength "
+                          f"(a '{m.embedding}' embedding reads a fixed band set).")
+    if not isinstance(me.channel_sampling_min, int) or me.channel_sampling_min < 1:
+        raise ConfigError(f"{source}: method.channel_sampling_min must be a positive integer, "
+                          f"got {me.channel_sampling_min!r}.")
+
+
+CENTERINGS = ("ema", "sinkhorn", "none")
+
+
+def _validate_dino(d: DataConfig, m: ModelConfig, me: MethodConfig, t: TrainConfig, source: str) -> None:
+    """The multi-crop and k-NN monitor keys (data) and DINO's own choices (method)."""
+    nd = spatial_dims(d)
+    patch = as_tuple(m.patch_size, nd, "model.patch_size")
+    for key in ("global_crop_size", "local_crop_size"):
+        value = getattr(d, key)
+        if value is None:
+            continue
+        size = as_tuple(value, nd, f"data.{key}")
+        if any(s % p for s, p in zip(size, patch)):
+            raise ConfigError(f"{source}: data.{key} {list(size)} is not a multiple of model.patch_size "
+                              f"{list(patch)}; pick a crop size that the token patch divides.")
+    if int(d.n_local_crops) < 0 or int(d.knn_every) < 0:
+        raise ConfigError(f"{source}: data.n_local_crops and data.knn_every must be >= 0.")
+    if d.knn_every and not d.val_labels:
+        raise ConfigError(f"{source}: data.knn_every needs data.val_labels, a folder with one subfolder of images "
+                          "per class (or set data.knn_every=0).")
+    if d.knn_every and int(t.log_every) > 0 and d.knn_every % t.log_every:
+        raise ConfigError(f"{source}: data.knn_every ({d.knn_every}) must be a multiple of train.log_every "
+                          f"({t.log_every}) so metrics.csv has a row at each k-NN evaluation.")
+    if me.centering not in CENTERINGS:
+        raise ConfigError(f"{source}: method.centering must be one of {', '.join(CENTERINGS)}; got '{me.centering}'.")
+
+
 def validate(recipe: Recipe, source: str = "recipe") -> None:
     """Cross-field checks with messages that say how to fix the recipe."""
     d, m, me, t = recipe.data, recipe.model, recipe.method, recipe.train
@@ -270,6 +384,8 @@ def validate(recipe: Recipe, source: str = "recipe") -> None:
         )
     if not 0.0 <= me.mask_ratio < 1.0:
         raise ConfigError(f"{source}: method.mask_ratio must be in [0, 1), got {me.mask_ratio}.")
+    _validate_embedding(m, me, source)
+    _validate_dino(d, m, me, t, source)
     if not 0.0 <= d.min_valid_fraction <= 1.0:
         raise ConfigError(f"{source}: data.min_valid_fraction must be in [0, 1], got {d.min_valid_fraction}.")
     if d.intensity not in ("auto", "ct", "mr", "none"):

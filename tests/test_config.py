@@ -68,3 +68,13 @@ def test_as_tuple_rejects_wrong_lengths() -> None:
     assert as_tuple(8, 3, "x") == (8, 8, 8)
     with pytest.raises(ConfigError, match="list of 2 ints"):
         as_tuple([8, 8, 8], 2, "model.patch_size")
+
+
+def test_exponent_without_dot_is_a_number() -> None:
+    r = load_recipe(None, ["train.base_lr=2e-3", "finetune.base_lr=1e-4"])
+    assert r.train.base_lr == 0.002 and r.finetune.base_lr == 0.0001
+
+
+def test_non_number_for_a_float_key_is_named() -> None:
+    with pytest.raises(ConfigError, match="'train.base_lr' must be a number"):
+        load_recipe(None, ["train.base_lr=fast"])

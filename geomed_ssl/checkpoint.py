@@ -12,9 +12,8 @@ from typing import Any, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from geomed_ssl.data.stats import check_bands
 from geomed_ssl.errors import GeomedError
-from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
+from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder, check_encoder_bands
 
 FORMAT = "geomed-ssl-encoder"
 MODEL_FORMAT = "geomed-ssl-model"
@@ -93,15 +92,20 @@ def read_encoder_config(path: str | Path) -> tuple[EncoderConfig, dict[str, Any]
 
 
 def load_encoder(path: str | Path, bands: Sequence[str] | None = None,
-                 map_location: str | torch.device = "cpu") -> ViTEncoder:
+                 map_location: str | torch.device = "cpu",
+                 wavelengths: Sequence[float | None] | None = None) -> ViTEncoder:
     """Load an encoder export (RUN_DIR, RUN_DIR/encoder, or a fine-tune dir) as an ``nn.Module`` in eval mode.
 
-    ``enc.config`` holds band names, wavelengths, normalisation statistics and patch size. With ``bands`` (the band
-    names of the data it will meet), a mismatch is refused with a message naming the missing and extra bands.
+    ``enc.config`` holds band names, wavelengths, normalisation statistics and patch size. ``bands`` (with their
+    centre ``wavelengths`` in µm, when known) are the bands of the data it will meet. A ``plain`` or ``grouped``
+    encoder refuses other bands with a message naming the missing and extra ones. A ``spectral`` or
+    ``wavelength`` encoder runs on them: each is matched to an encoder band by name or wavelength (the mapping is
+    logged) and the returned encoder is the one for those bands (``ViTEncoder.select_bands``), its
+    ``config.stats`` the matched bands' statistics under the data's band names.
     """
     cfg, _ = read_encoder_config(path)
     if bands is not None:
-        check_bands(cfg.band_names, list(bands), f"data for encoder {path}")
+        check_encoder_bands(cfg, list(bands), f"data for encoder {path}")
     folder = find_encoder_dir(path)
     encoder = ViTEncoder(cfg)
     state = load_file(str(folder / "model.safetensors"), device=str(map_location))
@@ -113,6 +117,8 @@ def load_encoder(path: str | Path, bands: Sequence[str] | None = None,
             f"{folder / 'model.safetensors'} does not match its config.json (missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}); the export is damaged or from another version."
         )
+    if bands is not None:
+        encoder = encoder.select_bands([str(b) for b in bands], None if wavelengths is None else list(wavelengths))
     return encoder.eval()
 
 

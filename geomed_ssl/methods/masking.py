@@ -17,7 +17,7 @@ def num_keep(num_tokens: int, mask_ratio: float) -> int:
 
 
 def random_masking(
-    tokens: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
+    tokens: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None, keep: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample random masking by argsort of uniform noise (low noise is kept).
 
@@ -25,6 +25,7 @@ def random_masking(
         tokens: (B, N, D).
         mask_ratio: fraction of tokens to drop.
         noise: optional (B, N) noise; the same noise gives the same mask. Drawn with ``torch.rand`` if None.
+        keep: tokens kept, overriding ``num_keep(N, mask_ratio)`` (consistent masking keeps whole positions).
 
     Returns:
         kept (B, K, D) with K = ``num_keep(N, mask_ratio)``, in shuffle order;
@@ -32,11 +33,13 @@ def random_masking(
         ids_restore (B, N) long, the inverse permutation (to unshuffle the decoder's sequence).
     """
     b, n, d = tokens.shape
-    keep = num_keep(n, mask_ratio)
+    stable = keep is not None  # tied noise (one value per position) keeps a position's tokens together
+    keep = num_keep(n, mask_ratio) if keep is None else keep
     if noise is None:
         noise = torch.rand(b, n, device=tokens.device)
     noise = noise.to(tokens.device)
-    ids_shuffle = torch.argsort(noise, dim=1)  # (B, N) ascending: small noise kept
+    # (B, N) ascending: small noise kept
+    ids_shuffle = torch.argsort(noise, dim=1, stable=True) if stable else torch.argsort(noise, dim=1)
     ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, N) rank of each token
     ids_keep = ids_shuffle[:, :keep]  # (B, K)
     kept = torch.gather(tokens, 1, ids_keep[..., None].expand(-1, -1, d))  # (B, K, D)
@@ -81,3 +84,50 @@ def mask_to_image(mask: torch.Tensor, patch: tuple[int, ...], grid: tuple[int, .
     """Token mask (B, N) -> spatial bool (B, *S), True where the token covering the pixel is masked."""
     values = mask.bool()[..., None].expand(-1, -1, math.prod(patch))  # (B, N, P)
     return unpatchify(values, patch, grid, 1)[:, 0]
+
+
+def consistent_noise(noise: torch.Tensor, num_units: int, mask_ratio: float) -> tuple[torch.Tensor, int]:
+    """Per-position noise (B, N) -> per-token noise (B, U*N) for unit-major tokens, and the tokens to keep
+    (``U * num_keep(N)``), so every unit of a position is masked or kept together."""
+    return noise.repeat(1, num_units), num_units * num_keep(noise.shape[1], mask_ratio)
+
+
+def unit_patchify(x: torch.Tensor, patch: tuple[int, ...], units: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-unit patches for unit-major tokens: (B, C, *S) -> targets (B, U*N, prod(patch) * cmax), unit ``u``'s
+    token at position ``n`` holding its own channels ``units[u]`` (channel-last, zero-padded to ``cmax``, the
+    largest unit), and ``real`` (U*N, prod(patch) * cmax) bool, False on the padding."""
+    b, c, *spatial = x.shape
+    cmax = max(len(u) for u in units)
+    idx = torch.tensor([u + [c] * (cmax - len(u)) for u in units], device=x.device)  # (U, cmax); c = zero channel
+    xz = torch.cat([x, x.new_zeros(b, 1, *spatial)], dim=1)  # (B, C+1, *S)
+    per_unit = xz[:, idx.flatten()].reshape(b * len(units), cmax, *spatial)  # (B*U, cmax, *S)
+    target = patchify(per_unit, patch)  # (B*U, N, P*cmax)
+    n = target.shape[1]
+    target = target.reshape(b, len(units) * n, -1)  # (B, U*N, P*cmax)
+    sizes = torch.tensor([len(u) for u in units], device=x.device)  # (U,)
+    real = torch.arange(cmax, device=x.device)[None, :] < sizes[:, None]  # (U, cmax)
+    real = real[:, None, None, :].expand(-1, n, math.prod(patch), -1).reshape(len(units) * n, -1)  # (U*N, P*cmax)
+    return target, real
+
+
+def unit_unpatchify(pred: torch.Tensor, patch: tuple[int, ...], grid: tuple[int, ...], units: list[list[int]],
+                    channels: int) -> torch.Tensor:
+    """Inverse of :func:`unit_patchify`: (B, U*N, prod(patch) * cmax) -> (B, channels, *S); channels read by no
+    unit stay 0."""
+    b = pred.shape[0]
+    cmax = max(len(u) for u in units)
+    per_unit = unpatchify(pred.reshape(b * len(units), math.prod(grid), -1), patch, grid, cmax)  # (B*U, cmax, *S)
+    per_unit = per_unit.reshape(b, len(units), cmax, *per_unit.shape[2:])
+    out = pred.new_zeros(b, channels, *per_unit.shape[3:])
+    for u, chans in enumerate(units):
+        out[:, chans] = per_unit[:, u, : len(chans)]
+    return out
+
+
+def sample_units(num_units: int, min_units: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Hierarchical channel sampling (ChannelViT): a count ``m`` uniform in [min_units, num_units], then ``m``
+    distinct units uniformly; returned sorted, as a CPU long tensor."""
+    device = generator.device if generator is not None else torch.device("cpu")
+    low = max(1, min(min_units, num_units))
+    m = int(torch.randint(low, num_units + 1, (1,), generator=generator, device=device))
+    return torch.randperm(num_units, generator=generator, device=device)[:m].sort().values.cpu()

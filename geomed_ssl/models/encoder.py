@@ -7,11 +7,18 @@ Position embeddings are fixed sin-cos built for ``cfg.img_size``'s grid (the ``p
 CLS row like MAE/timm). Inputs of another size get the sin-cos embedding *recomputed* for their grid rather than
 interpolated: token ``k`` keeps position ``k`` at the same patch spacing, which is what a larger window at the same
 resolution means (``pos_embed.interpolate_pos_embed`` is there for learned embeddings).
+
+Spectral-aware embeddings (``grouped``, ``spectral``: see :mod:`geomed_ssl.models.spectral`) give ``U`` tokens per
+spatial position (unit-major, ``T = U * N``); the spatial sin-cos is added to each, the group/channel embedding
+comes from the patch embedding. ``forward`` and ``forward_features`` merge them back to one token per position
+(the mean over units), so heads and decoders always see the spatial grid. ``select_bands`` turns a ``spectral`` or
+``wavelength`` encoder into one for another band set.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
@@ -22,9 +29,29 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from geomed_ssl.config import DataConfig, ModelConfig, as_tuple, spatial_dims
-from geomed_ssl.errors import ConfigError
-from geomed_ssl.models.patch_embed import PATCH_EMBEDS
+from geomed_ssl.errors import ConfigError, DataError
+from geomed_ssl.models.patch_embed import PATCH_EMBEDS, build_patch_embed
 from geomed_ssl.models.pos_embed import axis_dims, sincos_pos_embed
+from geomed_ssl.models.spectral import (default_band_groups, describe_matches, match_bands, resolve_band_groups,
+                                        subset_stats)
+
+log = logging.getLogger("geomed_ssl")
+CHANNEL_EMBEDS = ("learned", "wavelength")
+BAND_FLEXIBLE = ("spectral", "wavelength")  # embeddings that run on other band sets
+
+
+def check_encoder_bands(cfg: EncoderConfig, band_names: list[str], where: str = "the data") -> None:
+    """For embeddings tied to their training bands (plain, grouped): a DataError naming the missing and extra
+    bands unless ``band_names`` are the encoder's, in order."""
+    if cfg.embedding in BAND_FLEXIBLE:
+        return
+    from geomed_ssl.data.stats import check_bands
+
+    try:
+        check_bands(cfg.band_names, list(band_names), where)
+    except DataError as err:
+        raise DataError(f"{err} A '{cfg.embedding}' patch embedding reads exactly the bands it was pretrained on; "
+                        "pretrain with model.embedding=spectral or wavelength to use it on other band sets.") from None
 
 
 @dataclass
@@ -46,6 +73,10 @@ class EncoderConfig:
     band_names: list[str] = field(default_factory=list)
     wavelengths: list[float | None] | None = None
     stats: dict[str, Any] | None = None
+    band_groups: list[list[int]] | None = None  # grouped: 0-based band indices per group (null: ~4 adjacent bands)
+    spectral_chunk: int = 1  # spectral: adjacent bands per token
+    channel_embed: str = "learned"  # spectral: learned | wavelength (sin-cos of the centre wavelength)
+    bandwidths: list[float | None] | None = None  # band widths in µm (wavelength embedding), None where unknown
 
     def __post_init__(self) -> None:
         if self.spatial_dims not in (2, 3):
@@ -53,6 +84,10 @@ class EncoderConfig:
         self.img_size = as_tuple(self.img_size, self.spatial_dims, "img_size")
         self.patch_size = as_tuple(self.patch_size, self.spatial_dims, "model.patch_size")
         self.band_names = list(self.band_names or [])
+        if self.embedding == "grouped" and self.band_groups is None and self.in_chans > 0:
+            self.band_groups = default_band_groups(self.in_chans)
+        if self.band_groups is not None:
+            self.band_groups = [[int(i) for i in g] for g in self.band_groups]
         self.validate()
 
     def validate(self) -> None:
@@ -77,6 +112,36 @@ class EncoderConfig:
             raise ConfigError(f"band_names lists {len(self.band_names)} bands but in_chans is {self.in_chans}.")
         if self.wavelengths is not None and len(self.wavelengths) != self.in_chans:
             raise ConfigError(f"wavelengths lists {len(self.wavelengths)} values but in_chans is {self.in_chans}.")
+        if self.bandwidths is not None and len(self.bandwidths) != self.in_chans:
+            raise ConfigError(f"bandwidths lists {len(self.bandwidths)} values but in_chans is {self.in_chans}.")
+        self._validate_spectral()
+
+    def _validate_spectral(self) -> None:
+        if self.embedding == "grouped":
+            flat = [i for g in self.band_groups or [] for i in g]
+            if not self.band_groups or any(not g for g in self.band_groups):
+                raise ConfigError("model.band_groups must be a list of non-empty band lists, e.g. [[B02, B03], [B11]].")
+            if any(not 0 <= i < self.in_chans for i in flat):
+                raise ConfigError(f"model.band_groups refers to a band index outside 0..{self.in_chans - 1}.")
+            if len(set(flat)) != len(flat):
+                raise ConfigError("model.band_groups lists a band in more than one group; give each band one group.")
+        if self.spectral_chunk < 1:
+            raise ConfigError(f"model.spectral_chunk must be at least 1, got {self.spectral_chunk}.")
+        if self.channel_embed not in CHANNEL_EMBEDS:
+            raise ConfigError(
+                f"model.channel_embed must be one of {', '.join(CHANNEL_EMBEDS)}; got '{self.channel_embed}'.")
+        spectral_wl = self.embedding == "spectral" and self.channel_embed == "wavelength"
+        if self.embedding == "wavelength" or spectral_wl:
+            wl = self.wavelengths or [None] * self.in_chans
+            unknown = [self.band_names[i] if self.band_names else f"band {i + 1}"
+                       for i, w in enumerate(wl) if w is None]
+            if unknown:
+                what = "model.channel_embed=wavelength" if spectral_wl else "model.embedding=wavelength"
+                raise ConfigError(
+                    f"{what} needs every band's centre wavelength; unknown for {unknown[:5]}"
+                    f"{' ...' if len(unknown) > 5 else ''}. Set data.sensor (band names matched to a sensor profile) "
+                    "or data.wavelengths (µm, one per band)."
+                )
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -129,6 +194,10 @@ class EncoderConfig:
             band_names=list(band_names or []),
             wavelengths=None if wavelengths is None else list(wavelengths),
             stats=stats,
+            band_groups=resolve_band_groups(model.band_groups, band_names, in_chans) if model.embedding == "grouped"
+            else None,
+            spectral_chunk=model.spectral_chunk,
+            channel_embed=model.channel_embed,
         )
 
 
@@ -171,7 +240,7 @@ class ViTEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         dim = cfg.embed_dim
-        self.patch_embed = PATCH_EMBEDS[cfg.embedding](cfg.in_chans, dim, cfg.patch_size, cfg.spatial_dims)
+        self.patch_embed = build_patch_embed(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.register_buffer("pos_embed", sincos_pos_embed(cfg.grid, dim, cls_token=True)[None])  # (1, 1+N, D)
         self.blocks = make_blocks(dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.norm_eps,
@@ -182,8 +251,11 @@ class ViTEncoder(nn.Module):
     def reset_parameters(self) -> None:
         """MAE init: xavier linears, patch-embed weight xavier on its (D, C*prod(patch)) view, cls normal(.02)."""
         init_mae_weights(self)
-        w = self.patch_embed.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        if self.cfg.embedding == "plain":
+            w = self.patch_embed.proj.weight
+            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        else:
+            self.patch_embed.reset_parameters()
         nn.init.normal_(self.cls_token, std=0.02)
 
     @property
@@ -201,10 +273,32 @@ class ViTEncoder(nn.Module):
             return self.pos_embed[:, 1:].to(ref.dtype)
         return grid_pos_embed(grid, self.embed_dim, ref)
 
-    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
-        """``x`` (B, C, *S) -> tokens (B, N, D) with positions added, and the grid."""
-        tokens, grid = self.patch_embed(x)  # (B, N, D)
-        return tokens + self.pos_embed_for(grid, tokens), grid
+    def embed(self, x: torch.Tensor, channel_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """``x`` (B, C, *S) -> tokens (B, T, D) with positions added, and the spatial grid. ``T = N`` for plain and
+        wavelength, ``U * N`` (unit-major) for grouped and spectral. ``channel_ids`` (spectral, wavelength): ``x``
+        holds only these of the encoder's bands, in this order (random band subsets during pretraining)."""
+        if channel_ids is None:
+            tokens, grid = self.patch_embed(x)  # (B, T, D)
+        else:
+            tokens, grid = self.patch_embed(x, channel_ids)
+        pos = self.pos_embed_for(grid, tokens)  # (1, N, D)
+        if tokens.shape[1] != pos.shape[1]:
+            pos = pos.repeat(1, tokens.shape[1] // pos.shape[1], 1)  # (1, U*N, D): each unit at every position
+        return tokens + pos, grid
+
+    def spatial_tokens(self, tokens: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+        """Unit-major tokens (B, U*N, D) -> one per position (B, N, D), the mean over units; (B, N, D) unchanged."""
+        n = math.prod(grid)
+        if tokens.shape[1] == n:
+            return tokens
+        if tokens.shape[1] % n:
+            raise ValueError(f"{tokens.shape[1]} tokens do not split into units of the {tuple(grid)} grid.")
+        return tokens.unflatten(1, (-1, n)).mean(dim=1)
+
+    def units(self, num_channels: int | None = None) -> list[list[int]]:
+        """Input channels read by each spectral unit (token group): the band groups (grouped), the band chunks
+        (spectral; of an input with ``num_channels`` bands), or one unit of all bands (plain, wavelength)."""
+        return self.patch_embed.units(num_channels)
 
     def add_cls(self, tokens: torch.Tensor) -> torch.Tensor:
         """Prepend the CLS token (plus its zero position): (B, N, D) -> (B, 1+N, D)."""
@@ -236,15 +330,17 @@ class ViTEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (B, C, *S) -> normed tokens (B, 1+N, D), CLS first."""
-        tokens, _ = self.embed(x)
+        tokens, grid = self.embed(x)
         out, _ = self.run_blocks(self.add_cls(tokens))
-        return out
+        if out.shape[1] - 1 == math.prod(grid):
+            return out
+        return torch.cat([out[:, :1], self.spatial_tokens(out[:, 1:], grid)], dim=1)  # (B, 1+N, D)
 
     def forward_features(
         self, x: torch.Tensor, layers: list[int] | tuple[int, ...]
     ) -> tuple[list[torch.Tensor], tuple[int, ...]]:
-        """Spatial tokens (B, N, D) of the chosen blocks (raw block outputs, CLS dropped) and the token grid.
-        Blocks after the last one asked for are not run."""
+        """Spatial tokens (B, N, D) of the chosen blocks (raw block outputs, CLS dropped, units merged by their
+        mean) and the token grid. Blocks after the last one asked for are not run."""
         ids = self._layer_ids(layers)
         tokens, grid = self.embed(x)
         tokens = self.add_cls(tokens)  # (B, 1+N, D)
@@ -252,9 +348,57 @@ class ViTEncoder(nn.Module):
         for i, blk in enumerate(self.blocks[: max(ids, default=-1) + 1]):
             tokens = blk(tokens)
             if i in ids:
-                saved[i] = tokens[:, 1:]
+                saved[i] = self.spatial_tokens(tokens[:, 1:], grid)
         return [saved[i] for i in ids], grid
 
     def no_weight_decay(self) -> set[str]:
         """Names the optimiser should not decay (norms and biases are caught by ndim <= 1 in the trainer)."""
-        return {"pos_embed", "cls_token"}
+        names = {"pos_embed", "cls_token"}
+        return names | {f"patch_embed.{n}" for n in ("group_embed", "channel_embed") if hasattr(self.patch_embed, n)}
+
+    def select_bands(self, band_names: list[str], wavelengths: list[float | None] | None = None) -> ViTEncoder:
+        """This encoder for data holding ``band_names`` (with their centre wavelengths in µm, when known).
+
+        Same bands in the same order: ``self``. Otherwise only ``spectral`` and ``wavelength`` embeddings can run:
+        each band is matched to an encoder band by name, else by the nearest wavelength (within 15 nm), and the
+        mapping is logged. The result is a new encoder sharing no state with this one, whose config has the new
+        bands, their wavelengths (the data's, else the matched band's) and the matched bands' statistics renamed
+        to the data's band names; its generated conv (wavelength) or channel-embedding rows (spectral) are those
+        of the matched bands / wavelengths, never zero-filled. ``plain`` and ``grouped`` raise a DataError naming
+        the missing and extra bands.
+        """
+        cfg = self.cfg
+        names = [str(n) for n in band_names]
+        if names == list(cfg.band_names) and (wavelengths is None or list(wavelengths) == list(cfg.wavelengths or [])):
+            return self
+        if cfg.embedding not in BAND_FLEXIBLE:
+            check_encoder_bands(cfg, names)
+            return self  # same names, other wavelengths: the conv does not read them
+        matches = match_bands(cfg.band_names, cfg.wavelengths, names, wavelengths)
+        log.info("encoder bands for this data (%s embedding):\n%s", cfg.embedding,
+                 describe_matches(matches, cfg.band_names))
+        learned = cfg.embedding == "spectral" and cfg.channel_embed == "learned"
+        needs_match = learned or cfg.stats is not None
+        unmatched = [m.name for m in matches if m.index is None and (needs_match or m.wavelength is None)]
+        if unmatched:
+            raise DataError(
+                f"bands {unmatched} match none of the encoder's bands ({' '.join(cfg.band_names)}) by name or by "
+                f"centre wavelength (within 15 nm); drop them from the data (data.band_names / a band subset) or "
+                "give their wavelengths (data.sensor or data.wavelengths)."
+            )
+        new = dataclasses.replace(
+            cfg, in_chans=len(names), band_names=names,
+            wavelengths=None if all(m.wavelength is None for m in matches) else [m.wavelength for m in matches],
+            bandwidths=None if cfg.bandwidths is None else [cfg.bandwidths[m.index] if m.index is not None else None
+                                                            for m in matches],
+            stats=subset_stats(cfg.stats, cfg.band_names, matches),
+        )
+        state = self.state_dict()
+        if learned:
+            idx = torch.tensor([m.index for m in matches])
+            state["patch_embed.channel_embed"] = state["patch_embed.channel_embed"][idx]
+        with torch.random.fork_rng(devices=[]):  # its random init is overwritten: leave the global RNG alone
+            out = ViTEncoder(new)
+        out.load_state_dict(state)
+        out = out.to(next(self.parameters()).device)
+        return out.train(self.training)

@@ -1,11 +1,18 @@
-"""Patch embeddings: image (B, C, *S) -> tokens (B, N, D) plus the token grid."""
+"""Patch embeddings: image (B, C, *S) -> tokens (B, T, D) plus the spatial token grid.
+
+``plain`` is here; ``grouped``, ``spectral`` and ``wavelength`` live in :mod:`geomed_ssl.models.spectral`.
+:func:`build_patch_embed` makes the one an :class:`EncoderConfig` names.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
 
 from geomed_ssl.errors import DataError
+from geomed_ssl.models.spectral import GroupedPatchEmbed, SpectralPatchEmbed, WavelengthPatchEmbed
 
 
 class PlainPatchEmbed(nn.Module):
@@ -30,8 +37,15 @@ class PlainPatchEmbed(nn.Module):
             )
         return tuple(s // p for s, p in zip(spatial_shape, self.patch_size))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    def units(self, num_channels: int | None = None) -> list[list[int]]:
+        """One spectral unit reading every band."""
+        return [list(range(self.in_chans))]
+
+    def forward(self, x: torch.Tensor, channel_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, ...]]:
         """``x`` (B, C, *S) -> tokens (B, N, D) in row-major grid order, grid ``S // patch``."""
+        if channel_ids is not None:
+            raise DataError("a plain patch embedding reads exactly its training bands; band subsets need "
+                            "model.embedding=spectral or wavelength.")
         if x.ndim != self.spatial_dims + 2 or x.shape[1] != self.in_chans:
             raise DataError(
                 f"expected images of shape (B, {self.in_chans}, {', '.join('S' * self.spatial_dims)}), got "
@@ -42,4 +56,22 @@ class PlainPatchEmbed(nn.Module):
         return tokens, grid
 
 
-PATCH_EMBEDS: dict[str, type[nn.Module]] = {"plain": PlainPatchEmbed}
+PATCH_EMBEDS: dict[str, type[nn.Module]] = {
+    "plain": PlainPatchEmbed,
+    "grouped": GroupedPatchEmbed,
+    "spectral": SpectralPatchEmbed,
+    "wavelength": WavelengthPatchEmbed,
+}
+
+
+def build_patch_embed(cfg: Any) -> nn.Module:
+    """The patch embedding an ``EncoderConfig`` describes (kind, bands, groups, chunk, wavelengths)."""
+    args = (cfg.in_chans, cfg.embed_dim, cfg.patch_size, cfg.spatial_dims)
+    if cfg.embedding == "grouped":
+        return GroupedPatchEmbed(*args, groups=cfg.band_groups)
+    if cfg.embedding == "spectral":
+        return SpectralPatchEmbed(*args, chunk=cfg.spectral_chunk, channel_embed=cfg.channel_embed,
+                                  wavelengths=cfg.wavelengths)
+    if cfg.embedding == "wavelength":
+        return WavelengthPatchEmbed(*args, wavelengths=cfg.wavelengths, bandwidths=cfg.bandwidths)
+    return PlainPatchEmbed(*args)

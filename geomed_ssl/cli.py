@@ -212,6 +212,112 @@ def predict(
 
 @app.command()
 @user_errors
+def attention(
+    encoder: Path = typer.Argument(..., help="RUN_DIR, RUN_DIR/encoder or a fine-tune folder."),
+    image: Path = typer.Argument(..., help="A GeoTIFF or NIfTI file with the encoder's bands."),
+    out: Path = typer.Option(..., "--out", help="PNG to write."),
+    window: Optional[str] = typer.Option(None, "--window", help="ROW,COL: top-left pixel of the raster window "
+                                         "(default: the centre window of the encoder's size)."),
+) -> None:
+    """Per-head CLS attention of the encoder's last block over one window (rasters) or centre patch (volumes),
+    beside a false-colour view of it (DINO's "heads look at objects"; any encoder works)."""
+    from geomed_ssl.downstream.attention import attention_for_file
+
+    offsets = None
+    if window is not None:
+        try:
+            offsets = [int(v) for v in window.split(",")]
+        except ValueError:
+            offsets = []
+        if len(offsets) != 2:
+            raise GeomedError(f"--window '{window}': expected ROW,COL, e.g. --window 0,0 for the top-left window.")
+    path = attention_for_file(encoder, image, out, window=offsets)
+    typer.echo(f"attention maps: {path}")
+
+
+@app.command()
+@user_errors
+def embed(
+    encoder: Path = typer.Argument(..., help="RUN_DIR, RUN_DIR/encoder or a fine-tune folder."),
+    data_dir: Path = typer.Argument(..., help="Folder of GeoTIFFs or NIfTI volumes (or one file)."),
+    out: Path = typer.Option(..., "--out", help="Embedding folder (embeddings.parquet, vectors.npy, manifest.json)."),
+    level: str = typer.Option("image", "--level", help="image (one vector per file), window, or patch (per token)."),
+    window: Optional[str] = typer.Option(None, "--window", help="Window size, e.g. 64 or 64,64,32 (default: the "
+                                         "encoder's training window)."),
+    stride: Optional[str] = typer.Option(None, "--stride", help="Window stride (default: the window)."),
+    pool: str = typer.Option("mean", "--pool", help="cls or mean (of the tokens holding valid pixels)."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Windows per forward pass."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 or float16 vectors."),
+    pca: int = typer.Option(8, "--pca", help="Patch level: bands (PCA components) of the embedding maps; 0: none."),
+    min_valid: float = typer.Option(0.0, "--min-valid", help="Skip windows / cells with less valid area."),
+    include: Optional[list[str]] = typer.Option(None, "--include", help="Glob of files to embed (repeatable)."),
+    exclude: Optional[list[str]] = typer.Option(None, "--exclude", help="Glob of files to skip (repeatable)."),
+    overrides: Optional[list[str]] = SetOpt,
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing embedding folder."),
+) -> None:
+    """Embed a folder with a pretrained encoder into a Parquet table + vectors.npy (resumes an interrupted run)."""
+    from geomed_ssl.downstream.embed import embed_folder
+
+    result = embed_folder(encoder, data_dir, out, level=level, window=window, stride=stride, pool=pool,
+                          batch_size=batch_size, dtype=dtype, pca_dims=pca, min_valid=min_valid, overrides=overrides,
+                          include=include, exclude=exclude, overwrite=overwrite, device=device,
+                          progress=logging.getLogger().level <= logging.INFO)
+    m = result.manifest
+    typer.echo(f"{m['count']} vectors of {m['dim']} dims from {len(m['files'])} files ({result.files_embedded} "
+               f"embedded now, {result.files_skipped} done before; {result.windows_per_s:.1f} windows/s)")
+    typer.echo(f"table: {out / 'embeddings.parquet'}  vectors: {out / 'vectors.npy'}"
+               + (f"  maps: {out / 'maps'}" if m.get("maps") else ""))
+
+
+@app.command()
+@user_errors
+def cluster(
+    emb_dir: Path = typer.Argument(..., help="An embedding folder (from `geomed-ssl embed`)."),
+    out: Path = typer.Option(..., "--out", help="Output folder (clusters, summary, scatter, maps)."),
+    method: str = typer.Option("kmeans", "--method", help="kmeans or hdbscan."),
+    k: int = typer.Option(8, "--k", help="k-means: number of clusters."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="True labels: a CSV of file,label; 'folders' "
+                                         "(class folder names); or a label GeoTIFF/NIfTI on the image's grid."),
+    min_cluster_size: Optional[int] = typer.Option(None, "--min-cluster-size", help="HDBSCAN (default 1% of rows)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+) -> None:
+    """Cluster stored embeddings (k-means or HDBSCAN): labels, maps on the inputs' grids, scatter plot, scores."""
+    from geomed_ssl.downstream.cluster import cluster_embeddings
+
+    s = cluster_embeddings(emb_dir, out, method=method, k=k, labels=labels, seed=seed,
+                           min_cluster_size=min_cluster_size, overwrite=overwrite).summary
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    typer.echo(f"{s['clusters']} clusters over {s['rows']} rows (noise {s['noise_fraction']:.1%}); silhouette "
+               f"{fmt(s['silhouette'])}" + (f"; NMI {fmt(s['nmi'])}  ARI {fmt(s['ari'])} vs {s['labels']}"
+                                            if "nmi" in s else ""))
+    typer.echo(f"summary: {out / 'summary.json'}  table: {out / 'clusters.parquet'}  scatter: {out / 'scatter.png'}"
+               + (f"  maps: {out / 'maps'}" if s["maps"] else ""))
+
+
+@app.command()
+@user_errors
+def similar(
+    emb_dir: Path = typer.Argument(..., help="An embedding folder (from `geomed-ssl embed`)."),
+    query: Path = typer.Option(..., "--query", help="The query file (GeoTIFF or NIfTI)."),
+    box: Optional[str] = typer.Option(None, "--box", help="A box in it: ROW,COL,H,W (rasters) or Z,Y,X,D,H,W "
+                                      "(volumes, RAS voxel axes); default the whole file."),
+    top: int = typer.Option(10, "--top", help="Number of neighbours."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default EMB_DIR/search/<query>)."),
+    include_self: bool = typer.Option(False, "--include-self", help="Keep the query's own rows among the hits."),
+    encoder: Optional[Path] = typer.Option(None, "--encoder", help="The encoder, if it moved since embedding."),
+) -> None:
+    """Nearest neighbours (cosine) of a file or a box in it among stored embeddings, with a contact sheet."""
+    from geomed_ssl.downstream.search import find_similar
+
+    for line in find_similar(emb_dir, query, box=box, top=top, out_dir=out, include_self=include_self,
+                             encoder=encoder).lines:
+        typer.echo(line)
+
+
+@app.command()
+@user_errors
 def demo(
     out: Path = typer.Option(Path("geomed-ssl-demo"), "--out", help="Demo folder (replaced on each run)."),
     steps: int = typer.Option(150, "--steps", help="Pretraining steps."),

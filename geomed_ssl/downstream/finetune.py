@@ -66,7 +66,7 @@ def encoder_and_stats(encoder_path: str | Path | None, recipe: Recipe, catalog: 
                                         catalog.wavelengths, stats.to_dict())
         torch.manual_seed(recipe.train.seed)
         return ViTEncoder(cfg), stats, "none (random initialisation)"
-    encoder = load_encoder(encoder_path, bands=catalog.band_names)
+    encoder = load_encoder(encoder_path, bands=catalog.band_names, wavelengths=catalog.wavelengths)
     if encoder.config.stats is None:
         raise GeomedError(f"encoder '{encoder_path}' carries no normalisation statistics; re-export it with "
                           "`geomed-ssl pretrain`.")

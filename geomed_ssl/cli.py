@@ -90,7 +90,7 @@ def pretrain(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
     strict: bool = typer.Option(False, "--strict", help="Fail when any input file has a problem (default: skip it)."),
 ) -> None:
-    """Pretrain a ViT encoder without labels (MAE) on a folder of rasters or volumes."""
+    """Pretrain a ViT encoder without labels (MAE or DINO, as the recipe says) on a folder of rasters or volumes."""
     from geomed_ssl.train.pretrain import pretrain as run
 
     result = run(recipe, data, out, overrides=overrides, resume=resume, overwrite=overwrite, strict=strict)

@@ -17,7 +17,8 @@ from geomed_ssl.config import Recipe, load_recipe
 from geomed_ssl.data.catalog import Catalog
 from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import BandStats, normalize
-from geomed_ssl.downstream.finetune import FinetuneResult, class_weights_from_counts, encoder_and_stats, fit_supervised, prepare_out_dir
+from geomed_ssl.outdirs import prepare_out_dir
+from geomed_ssl.downstream.finetune import FinetuneResult, class_weights_from_counts, encoder_and_stats, fit_supervised
 from geomed_ssl.downstream.labels import sample_fraction, sample_images_per_class, scan_class_folders
 from geomed_ssl.downstream.metrics import classification_metrics, confusion_matrix, save_confusion_png
 from geomed_ssl.downstream.seg_data import augment

@@ -18,7 +18,6 @@ import csv
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,8 @@ import numpy as np
 
 from geomed_ssl.downstream.embed_maps import fill_grid, grid_stem, save_label_png, write_grid
 from geomed_ssl.downstream.embed_store import fixed_list, load_embeddings, optional_module, read_columns
-from geomed_ssl.errors import ConfigError, DataError, GeomedError
+from geomed_ssl.errors import ConfigError, DataError
+from geomed_ssl.outdirs import prepare_out_dir
 
 log = logging.getLogger("geomed_ssl")
 METHODS = ("kmeans", "hdbscan")
@@ -250,15 +250,6 @@ def scatter_png(x: np.ndarray, clusters: np.ndarray, truth: Sequence[str | None]
     return how
 
 
-def _prepare(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise GeomedError(f"output folder '{out}' exists and is not empty; pass --overwrite or choose another "
-                              "--out.")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-
-
 def cluster_embeddings(emb_dir: str | Path, out_dir: str | Path, method: str = "kmeans", k: int = 8,
                        labels: str | Path | None = None, seed: int = 0, min_cluster_size: int | None = None,
                        normalize: bool = True, pca_dims: int | None = None, ignore_value: int | None = 0,
@@ -270,7 +261,7 @@ def cluster_embeddings(emb_dir: str | Path, out_dir: str | Path, method: str = "
     t0 = time.perf_counter()
     manifest, vectors = load_embeddings(emb_dir)
     out = Path(out_dir)
-    _prepare(out, overwrite)
+    prepare_out_dir(out, overwrite)
     clusters, info = fit_predict(vectors, method, k, seed, min_cluster_size, normalize, pca_dims)
     cols = read_columns(emb_dir, ["id", "file", "box", "grid_index", "x", "y", "z"])
     truth_rows, truth_source = true_labels(labels, manifest, cols, ignore_value) if labels is not None else (None, None)

@@ -3,9 +3,7 @@ evaluated on every labelled position it did not train on."""
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from geomed_ssl.data.stats import BandStats, compute_stats
 from geomed_ssl.downstream.labels import LabelSelection, match_labels, read_label, select_labels
 from geomed_ssl.downstream.seg_data import SparseLabelDataset
 from geomed_ssl.errors import ConfigError, GeomedError
+from geomed_ssl.outdirs import prepare_out_dir
 from geomed_ssl.models.cls_heads import layer_decay_groups
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 from geomed_ssl.models.seg_decoder import SegmentationModel
@@ -45,15 +44,6 @@ def default_layers(depth: int) -> list[int]:
     """Three taps at 1/4, 1/2 and 3/4 of the depth (MONAI UNETR's 3, 6, 9 for 12 blocks); the decoder also reads
     the encoder's normed final output."""
     return sorted({max(0, min(depth - 1, round(depth * f))) for f in (0.25, 0.5, 0.75)})
-
-
-def prepare_out_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise GeomedError(f"output folder '{out}' already exists and is not empty; pass --overwrite to replace it "
-                              "or choose another --out.")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def encoder_and_stats(encoder_path: str | Path | None, recipe: Recipe, catalog: Catalog,

@@ -252,7 +252,11 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     try:
         parsed = yaml.safe_load(value) if value != "" else None
     except yaml.YAMLError as err:
-        raise ConfigError(f"--set '{text}': the value is not valid YAML ({err}).") from None
+        inner = value.strip()
+        if inner.startswith("[") and inner.endswith("]"):  # a list of globs: YAML reads a leading * as an alias
+            parsed = [item.strip().strip("'\"") for item in inner[1:-1].split(",") if item.strip()]
+        else:
+            raise ConfigError(f"--set '{text}': the value is not valid YAML ({err}).") from None
     return section.strip(), key.strip(), parsed
 
 

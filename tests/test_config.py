@@ -78,3 +78,8 @@ def test_exponent_without_dot_is_a_number() -> None:
 def test_non_number_for_a_float_key_is_named() -> None:
     with pytest.raises(ConfigError, match="'train.base_lr' must be a number"):
         load_recipe(None, ["train.base_lr=fast"])
+
+
+def test_glob_lists_parse_without_quotes() -> None:
+    r = load_recipe(None, ["data.exclude=[*aseg*, *mask*]", "data.channels=[*Flair*,*T1c*]"])
+    assert r.data.exclude == ["*aseg*", "*mask*"] and r.data.channels == ["*Flair*", "*T1c*"]

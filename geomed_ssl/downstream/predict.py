@@ -65,7 +65,11 @@ def blend_weights(window: Sequence[int], blend: str) -> np.ndarray:
 
 
 # -- checks -----------------------------------------------------------------------------------------------------
-def _check_common(overlap: float, blend: str, blends: Sequence[str], batch_size: int, num_classes: int) -> None:
+def _check_request(path: Path, out_path: Path, overlap: float, blend: str, blends: Sequence[str], batch_size: int,
+                   num_classes: int, probabilities: bool | str) -> str | None:
+    """Validate the arguments both predictors share; returns the probability output kind (None: no proba file)."""
+    if _same_file(path, out_path):
+        raise DataError(f"the output '{out_path}' would overwrite the input; choose another output path.")
     if not 0.0 <= float(overlap) < 1.0:
         raise ConfigError(f"overlap must be in [0, 1), got {overlap}.")
     if blend not in blends:
@@ -74,6 +78,7 @@ def _check_common(overlap: float, blend: str, blends: Sequence[str], batch_size:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
     if int(num_classes) < 1:
         raise ConfigError(f"num_classes must be >= 1, got {num_classes}.")
+    return _proba_kind(probabilities)
 
 
 def _window(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
@@ -149,10 +154,7 @@ def predict_raster(
     t0 = time.perf_counter()
     path, out_path = Path(path), Path(out_path)
     win = _window(window, 2, "window")
-    _check_common(overlap, blend, RASTER_BLENDS, batch_size, num_classes)
-    pkind = _proba_kind(probabilities)
-    if _same_file(path, out_path):
-        raise DataError(f"the output '{out_path}' would overwrite the input; choose another output path.")
+    pkind = _check_request(path, out_path, overlap, blend, RASTER_BLENDS, batch_size, num_classes, probabilities)
     model = _as_model(model_fn, device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -315,10 +317,7 @@ def predict_volume(
     t0 = time.perf_counter()
     path, out_path = Path(path), Path(out_path)
     roi = _window(roi_size, 3, "roi_size")
-    _check_common(overlap, blend, VOLUME_BLENDS, batch_size, num_classes)
-    pkind = _proba_kind(probabilities)
-    if _same_file(path, out_path):
-        raise DataError(f"the output '{out_path}' would overwrite the input; choose another output path.")
+    pkind = _check_request(path, out_path, overlap, blend, VOLUME_BLENDS, batch_size, num_classes, probabilities)
     cfg = dataclasses.replace(data_cfg if data_cfg is not None else DataConfig(), kind="volume", patch_size=1)
     if path.is_file():  # the named file is predicted whatever data.include / data.exclude say
         cfg = dataclasses.replace(cfg, include=["**/*"], exclude=[], channels=None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 
@@ -16,6 +17,17 @@ TINY = [
     "train.batch_size=8", "train.base_lr=0.05", "train.warmup_steps=5", "train.log_every=1",
     "train.preview_every=0", "data.num_workers=0", "data.stats_windows=32",
 ]
+
+
+class KillAt(L.Callback):
+    """A Lightning callback that simulates a kill: raises just before the optimizer step ``step + 1`` runs."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError("simulated kill")
 
 
 def structured_raster(rng: np.random.Generator, bands: int, size: int) -> np.ndarray:

@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from geomed_ssl.cli import app
-from tests.conftest import TINY, write_geotiff
+from tests.conftest import TINY, KillAt, write_geotiff
 
 runner = CliRunner()
 
@@ -79,15 +79,6 @@ class Capture(L.Callback):
         self.bars.append({k: float(v) for k, v in trainer.progress_bar_metrics.items()})
 
 
-class KillAt(L.Callback):
-    """Simulates a kill: raises just before the optimizer step ``step + 1`` runs."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            raise RuntimeError("simulated kill")
 
 
 @pytest.fixture(scope="module")

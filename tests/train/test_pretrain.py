@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from geomed_ssl.cli import app
-from tests.conftest import SHARED, TINY
+from tests.conftest import SHARED, TINY, KillAt
 
 runner = CliRunner()
 
@@ -81,15 +81,6 @@ def test_pretrain_volumes_from_cli_loss_drops(volume_dir: Path, tmp_path: Path) 
     assert (out / "previews" / "step-000030.png").is_file()
 
 
-class KillAt(__import__("lightning").Callback):
-    """Simulates a kill: raises just before the optimizer step ``step + 1`` runs."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            raise RuntimeError("simulated kill")
 
 
 def test_resume_after_kill_continues_same_loss_curve(raster_dir: Path, tmp_path: Path) -> None:

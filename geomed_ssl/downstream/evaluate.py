@@ -72,7 +72,7 @@ def metrics_at(predictions: Sequence[np.ndarray], selection: LabelSelection, whi
 def evaluate_segmentation(model: torch.nn.Module, meta: dict[str, Any], records: Sequence[Any],
                           label_arrays: Sequence[np.ndarray], selection: LabelSelection, out: Path) -> dict[str, Any]:
     """Metrics on the training and test positions; writes ``metrics.json`` and ``confusion.png`` (test split)."""
-    paths = [r.path if not getattr(r, "paths", None) or len(r.paths) == 1 else r.path for r in records]
+    paths = [r.path for r in records]
     predictions = predict_to_arrays(model, meta, paths)
     names = selection.class_names
     results: dict[str, Any] = {"classes": [{"value": v, "name": n} for v, n in zip(selection.classes, names)],

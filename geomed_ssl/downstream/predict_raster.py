@@ -1,0 +1,186 @@
+"""Raster prediction: sliding windows with blending, streamed strip by strip into a GeoTIFF on the input's grid.
+
+Rasters are never held whole: windows are processed one row of windows at a time. The input strip (C, wh, W),
+the blended-probability strip (K, wh, W) and its weight strip (wh, W) cover rows [r_i, r_i + wh) of window row i;
+once row i is done, rows [r_i, r_{i+1}) are final (no later window reaches them), so they are normalised, written
+with a windowed write and the strips shift up. Softmax probabilities are blended, never logits.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from geomed_ssl.data.stats import BandStats, check_bands, normalize
+from geomed_ssl.downstream.sliding import (ModelFn, as_model, as_window, blend_weights, check_request, softmax_probs,
+                                          window_starts)
+from geomed_ssl.downstream.writers import PROBA_SCALE, GeoTiffWriter, class_lookup, proba_path
+from geomed_ssl.errors import DataError
+
+RASTER_BLENDS = ("gaussian", "linear", "constant")
+
+
+def predict_raster(
+    model_fn: ModelFn,
+    path: str | Path,
+    out_path: str | Path,
+    stats: BandStats,
+    band_names: Sequence[str] | None = None,
+    window: int | Sequence[int] = (256, 256),
+    overlap: float = 0.25,
+    blend: str = "gaussian",
+    batch_size: int = 8,
+    *,
+    num_classes: int,
+    nodata: float | None = None,
+    probabilities: bool | str = False,
+    device: str | torch.device = "cpu",
+    data_cfg: Any = None,
+    class_values: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """Predict a GeoTIFF window by window into a class-map GeoTIFF on the input's grid; returns a summary dict.
+
+    ``band_names`` are the file's bands (default: resolved as the catalog does, from descriptions or ``data_cfg``);
+    they must equal ``stats.band_names``. ``nodata``: explicit, else ``data_cfg.nodata``, else the file's.
+    Output: ``class_values[argmax]`` (default: the class index) as uint8 with nodata 255 where the input is
+    nodata (uint16 / 65535 when a value is >= 255); with ``probabilities`` ('float32'/True or 'uint8' =
+    round(p*254), nodata NaN / 255) also ``*_proba.tif``, one band per class.
+    """
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.windows import Window
+
+    from geomed_ssl.data.bands import resolve_bands
+
+    t0 = time.perf_counter()
+    path, out_path = Path(path), Path(out_path)
+    win = as_window(window, 2, "window")
+    pkind = check_request(path, out_path, overlap, blend, RASTER_BLENDS, batch_size, num_classes, probabilities)
+    model = as_model(model_fn, device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            src = rasterio.open(path)
+        except Exception as err:
+            raise DataError(f"cannot open raster '{path}': {err}. Check it exists and is a GeoTIFF.") from None
+        with src:
+            names = list(band_names) if band_names is not None else \
+                resolve_bands(src.count, src.descriptions, None, data_cfg, str(path))[0]
+            if len(names) != src.count:
+                raise DataError(f"'{path}' has {src.count} bands but {len(names)} band names were given.")
+            check_bands(stats, names, str(path))
+            if nodata is None:
+                nodata = getattr(data_cfg, "nodata", None)
+            if nodata is None:
+                nodata = src.nodata
+            nd = None if nodata is None or not math.isfinite(float(nodata)) else float(nodata)
+            H, W = src.height, src.width
+            block_rows = src.block_shapes[0][0] if src.block_shapes else 1
+            row_bytes = src.count * W * np.dtype(src.dtypes[0]).itemsize
+            # Two block rows of decoded tiles stay cached, so a tile row shared by two strips is decoded once.
+            # (rasterio passes GDAL_CACHEMAX to GDALSetCacheMax64, which takes BYTES, not MB.)
+            cache_bytes = max(64 << 20, 2 * min(block_rows, H) * row_bytes + (16 << 20))
+            lut, lnodata = class_lookup(int(num_classes), class_values)
+            like = {"height": H, "width": W, "crs": src.crs, "transform": src.transform}
+            outputs = [GeoTiffWriter(out_path, like, 1, lut.dtype, lnodata, descriptions=["class"])]
+            ppath = proba_path(out_path) if pkind else None
+            try:
+                if pkind:
+                    outputs.append(GeoTiffWriter(
+                        ppath, like, num_classes, pkind, math.nan if pkind == "float32" else 255,
+                        descriptions=[f"p_class_{k}" for k in range(num_classes)],
+                        scales=[1.0 / PROBA_SCALE] * num_classes if pkind == "uint8" else None))
+                with rasterio.Env(GDAL_CACHEMAX=int(cache_bytes)):
+                    read = lambda a, b: src.read(window=Window(0, a, W, b - a))  # noqa: E731  (C, b-a, W)
+                    info = _stream_raster(read, (H, W), src.count, model, stats, nd, win, overlap, blend,
+                                          int(batch_size), lut, lnodata, outputs, pkind, device)
+            except BaseException:
+                for w in outputs:
+                    w.abort()
+                raise
+            for w in outputs:
+                w.close()
+    seconds = time.perf_counter() - t0
+    return {
+        "input": str(path), "output": str(out_path), "proba_output": str(ppath) if ppath else None,
+        "kind": "raster", "shape": [H, W], "band_names": names, "num_classes": int(num_classes),
+        "window": list(win), "overlap": float(overlap), "blend": blend, "nodata": nd, "nodata_label": lnodata,
+        **info, "seconds": round(seconds, 3), "pixels_per_s": round(H * W / max(seconds, 1e-9), 1),
+    }
+
+
+def _stream_raster(read: Callable[[int, int], np.ndarray], shape: tuple[int, int], bands: int, model: ModelFn,
+                   stats: BandStats, nodata: float | None, win: tuple[int, ...], overlap: float, blend: str,
+                   batch_size: int, lut: np.ndarray, lnodata: int, outputs: list[GeoTiffWriter], pkind: str | None,
+                   device: str | torch.device) -> dict[str, Any]:
+    """The strip loop of ``predict_raster`` (see the module docstring). ``read(a, b)`` -> rows [a, b), (C, b-a, W)."""
+    H, W = shape
+    wh, ww = win
+    K = len(lut)
+    rows, cols = window_starts(H, wh, overlap), window_starts(W, ww, overlap)
+    Wp = max(W, ww)  # a window wider than the image is padded on the right
+    weight = torch.from_numpy(blend_weights(win, blend)).to(device)  # (wh, ww)
+    strip = np.zeros((bands, wh, Wp), np.float32)  # normalised input rows [top, top + wh)
+    valid = np.zeros((wh, Wp), bool)
+    acc = torch.zeros((K, wh, Wp), dtype=torch.float32, device=device)  # weighted probability sums
+    wsum = torch.zeros((wh, Wp), dtype=torch.float32, device=device)  # weight sums
+    counts = np.zeros(K, np.int64)
+    top = loaded = 0
+    max_read_rows = n_windows = 0
+    for i, r in enumerate(rows):
+        shift = r - top
+        if shift:  # rows above r are written: move the strips up (shift <= stride <= wh)
+            keep = wh - shift
+            strip[:, :keep] = strip[:, shift:]
+            strip[:, keep:] = 0.0
+            valid[:keep] = valid[shift:]
+            valid[keep:] = False
+            acc[:, :keep] = acc[:, shift:].clone()
+            acc[:, keep:] = 0.0
+            wsum[:keep] = wsum[shift:].clone()
+            wsum[keep:] = 0.0
+            top = r
+        a, b = max(loaded, r), min(r + wh, H)
+        if b > a:  # only rows not read for the previous strip
+            x, v = normalize(read(a, b), stats, nodata)  # (C, b-a, W), (b-a, W)
+            strip[:, a - r : b - r, :W] = x
+            valid[a - r : b - r, :W] = v
+            loaded, max_read_rows = b, max(max_read_rows, b - a)
+            del x, v
+        for j in range(0, len(cols), batch_size):
+            chunk = cols[j : j + batch_size]
+            batch = torch.from_numpy(np.stack([strip[:, :, c : c + ww] for c in chunk])).to(device)  # (B,C,wh,ww)
+            with torch.inference_mode():
+                probs = softmax_probs(model, batch, K) * weight  # (B, K, wh, ww)
+                for p, c in zip(probs, chunk):
+                    acc[:, :, c : c + ww] += p
+                    wsum[:, c : c + ww] += weight
+            n_windows += len(chunk)
+        n = (rows[i + 1] if i + 1 < len(rows) else H) - r  # rows [r, r + n) are final
+        with torch.inference_mode():
+            proba = acc[:, :n, :W] / wsum[:n, :W]  # (K, n, W)
+            index = proba.argmax(dim=0).cpu().numpy()  # (n, W) int64
+        ok = valid[:n, :W]
+        labels = lut[index]  # (n, W) stored label values
+        labels[~ok] = lnodata
+        outputs[0].write(labels, (r, 0, n, W))
+        counts += np.bincount(index[ok], minlength=K)[:K]
+        if pkind:
+            p = proba.cpu().numpy()  # (K, n, W) float32
+            if pkind == "uint8":
+                p = np.rint(p * PROBA_SCALE).astype(np.uint8)
+                p[:, ~ok] = 255
+            else:
+                p[:, ~ok] = np.nan
+            outputs[1].write(p, (r, 0, n, W))
+    strip_bytes = strip.nbytes + valid.nbytes + (acc.numel() + wsum.numel()) * 4
+    return {"windows": n_windows, "window_rows": len(rows), "window_cols": len(cols),
+            "valid_pixels": int(counts.sum()), "class_counts": counts.tolist(), "max_buffer_pixels": wh * Wp,
+            "max_read_pixels": max_read_rows * W, "strip_bytes": int(strip_bytes),
+            "writer_buffer_bytes": int(sum(w.buffer_bytes for w in outputs))}

@@ -1,0 +1,115 @@
+"""Volume prediction: MONAI sliding-window inference on a whole NIfTI volume, mapped back onto the input's own grid."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from geomed_ssl.data.stats import BandStats, check_bands, normalize
+from geomed_ssl.downstream.sliding import ModelFn, as_model, as_window, check_request, softmax_probs
+from geomed_ssl.downstream.writers import PROBA_SCALE, class_lookup, proba_path, write_nifti_like
+from geomed_ssl.errors import DataError
+
+VOLUME_BLENDS = ("gaussian", "constant")
+
+
+def predict_volume(
+    model_fn: ModelFn,
+    path: str | Path,
+    out_path: str | Path,
+    stats: BandStats,
+    band_names: Sequence[str] | None = None,
+    roi_size: int | Sequence[int] = 96,
+    data_cfg: Any = None,
+    overlap: float = 0.25,
+    blend: str = "gaussian",
+    *,
+    num_classes: int,
+    probabilities: bool | str = False,
+    batch_size: int = 4,
+    device: str | torch.device = "cpu",
+    class_values: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """Predict a NIfTI volume (or a folder of ``data.channels`` files) into a label NIfTI on the input's own grid.
+
+    The volume is read as in training (``VolumeReader``: RAS, ``data.spacing`` resampling, intensity scaling),
+    normalised with ``stats`` and predicted with MONAI ``sliding_window_inference`` (blending softmax
+    probabilities). The probabilities are resampled back (trilinear) if the reader resampled, reoriented to the
+    file's axis order, then argmax'd, so the output has the input's shape and affine exactly. Labels are
+    ``class_values[argmax]`` (default the index), uint8 (uint16 when a value is >= 255); voxels invalid in the
+    input get 255 (65535). ``probabilities`` adds
+    ``*_proba.nii.gz`` (X, Y, Z, K): float32, or uint8 = round(p*254).
+    """
+    from monai.inferers import sliding_window_inference
+    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+    from geomed_ssl.config import DataConfig
+    from geomed_ssl.data.catalog import reoriented_shape, scan
+    from geomed_ssl.data.readers import VolumeReader
+
+    t0 = time.perf_counter()
+    path, out_path = Path(path), Path(out_path)
+    roi = as_window(roi_size, 3, "roi_size")
+    pkind = check_request(path, out_path, overlap, blend, VOLUME_BLENDS, batch_size, num_classes, probabilities)
+    cfg = dataclasses.replace(data_cfg if data_cfg is not None else DataConfig(), kind="volume", patch_size=1)
+    if path.is_file():  # the named file is predicted whatever data.include / data.exclude say
+        cfg = dataclasses.replace(cfg, include=["**/*"], exclude=[], channels=None)
+    catalog = scan(path, cfg, strict=True)
+    if len(catalog.records) != 1:
+        raise DataError(f"'{path}' holds {len(catalog.records)} volumes; predict_volume takes one file "
+                        "(or one folder of data.channels files). Use predict_files for many.")
+    record = catalog.records[0]
+    names = list(band_names) if band_names is not None else list(record.band_names)
+    check_bands(stats, names, record.path)
+    model = as_model(model_fn, device)
+
+    vol, _ = VolumeReader(cfg, max_cached=1).load(record)  # (C, X, Y, Z) RAS, resampled, intensity-scaled
+    x, valid = normalize(vol, stats, cfg.nodata)  # (C, X, Y, Z) float32, (X, Y, Z)
+    del vol
+    model_grid = tuple(x.shape[1:])
+    with torch.inference_mode():
+        probs = sliding_window_inference(
+            torch.from_numpy(x)[None], roi, int(batch_size), lambda b: softmax_probs(model, b, int(num_classes)),
+            overlap=float(overlap), mode=blend, sw_device=device, device="cpu")[0].float()  # (K, X, Y, Z)
+        del x
+        canon = tuple(reoriented_shape(record))  # RAS grid before resampling
+        resampled = model_grid != canon
+        stack = torch.cat([probs, torch.from_numpy(valid.astype(np.float32))[None]], 0)  # (K+1, X, Y, Z)
+        if resampled:  # undo resample_to_spacing: same first/last voxel centres (align_corners)
+            stack = torch.nn.functional.interpolate(stack[None], size=canon, mode="trilinear", align_corners=True)[0]
+        stack = stack.permute(1, 2, 3, 0).numpy()  # (X, Y, Z, K+1) RAS
+    import nibabel as nib
+
+    ref = nib.load(record.path)
+    to_file = ornt_transform(axcodes2ornt(("R", "A", "S")), io_orientation(ref.affine))
+    stack = apply_orientation(stack, to_file)  # (x, y, z, K+1) in the file's voxel order
+    if stack.shape[:3] != tuple(ref.shape[:3]):
+        raise DataError(f"internal grid mismatch for '{record.path}': prediction {stack.shape[:3]} vs file "
+                        f"{tuple(ref.shape[:3])}; please report this.")
+    proba, ok = stack[..., :-1], stack[..., -1] >= 0.5
+    lut, lnodata = class_lookup(int(num_classes), class_values)
+    index = proba.argmax(axis=-1)  # (x, y, z)
+    labels = lut[index]
+    labels[~ok] = lnodata
+    write_nifti_like(labels, record.path, out_path)
+    ppath = None
+    if pkind:
+        ppath = proba_path(out_path)
+        p = np.ascontiguousarray(proba, dtype=np.float32)
+        p = np.rint(p * PROBA_SCALE).astype(np.uint8) if pkind == "uint8" else p
+        p[~ok] = 255 if pkind == "uint8" else np.nan
+        write_nifti_like(p, record.path, ppath)
+    counts = np.bincount(index[ok], minlength=num_classes)[:num_classes]
+    seconds = time.perf_counter() - t0
+    return {
+        "input": record.path, "output": str(out_path), "proba_output": str(ppath) if ppath else None,
+        "kind": "volume", "shape": list(ref.shape[:3]), "model_grid": list(model_grid), "resampled": resampled,
+        "orientation": "".join(nib.aff2axcodes(ref.affine)), "band_names": names, "num_classes": int(num_classes),
+        "roi_size": list(roi), "overlap": float(overlap), "blend": blend, "nodata_label": lnodata,
+        "valid_voxels": int(counts.sum()), "class_counts": counts.tolist(), "seconds": round(seconds, 3),
+    }

@@ -3,6 +3,7 @@ as a PNG beside a false-colour view of the image (2D) or middle slices (3D)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +21,10 @@ def cls_attention(encoder: torch.nn.Module, image: torch.Tensor) -> torch.Tensor
     The input of the last block's attention (its ``norm1`` output) is captured with a hook and q, k are recomputed
     with the block's own ``qkv`` weights (and q/k norms): ``softmax(q k^T * scale)[cls, patches]``. Each head's map
     sums to 1 minus the attention the CLS token pays to itself.
+
+    Grouped / spectral encoders have ``U`` tokens per position (band groups / chunks, unit-major): the CLS
+    attention to the ``U`` tokens of a position is summed, so the map is still ``(heads, *grid)`` and still sums
+    to 1 minus the self-attention (how much the CLS token looks at a place, whatever band group it reads there).
     """
     if image.ndim < 4 or image.shape[0] != 1:
         raise ValueError(f"cls_attention takes one image (1, C, *S), got shape {tuple(image.shape)}.")
@@ -30,17 +35,18 @@ def cls_attention(encoder: torch.nn.Module, image: torch.Tensor) -> torch.Tensor
     encoder.eval()
     try:
         param = next(encoder.parameters())
-        tokens, grid = encoder.embed(image.to(device=param.device, dtype=param.dtype))  # (1, N, D)
+        tokens, grid = encoder.embed(image.to(device=param.device, dtype=param.dtype))  # (1, T, D); T = U*N
         encoder.run_blocks(encoder.add_cls(tokens))
     finally:
         handle.remove()
         encoder.train(was_training)
-    x = captured[-1]  # (1, 1+N, D)
+    x = captured[-1]  # (1, 1+T, D)
     b, t, _ = x.shape
     qkv = attn.qkv(x).reshape(b, t, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])  # (1, H, T, hd)
-    weights = ((q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (1, H, 1, T)
-    return weights[0, :, 0, 1:].reshape(attn.num_heads, *grid).float().cpu()  # (H, *grid)
+    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])  # (1, H, 1+T, hd)
+    weights = ((q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (1, H, 1, 1+T)
+    per_token = weights[0, :, 0, 1:].unflatten(1, (-1, math.prod(grid)))  # (H, U, N); U = 1 for plain/wavelength
+    return per_token.sum(dim=1).reshape(attn.num_heads, *grid).float().cpu()  # (H, *grid)
 
 
 def _stretch(x: np.ndarray) -> np.ndarray:

@@ -6,6 +6,14 @@ only the unmasked global crops. Works on 2D and 3D token grids; every schedule i
 
 Trainer hooks: ``before_optimizer_step(step)`` (drops last-layer grads while frozen), ``weight_decay(step)`` (set
 on the decaying param groups), ``after_step(step)`` (teacher EMA).
+
+Spectral-aware embeddings: ``wavelength`` gives one token per position and runs as ``plain``. ``grouped`` and
+``spectral`` give ``U`` tokens per position (band groups / chunks, unit-major). The iBOT mask is drawn on the
+spatial grid and applied to every unit at a masked position (consistent masking, as ``method.group_masking:
+consistent`` in MAE): masking a single group would let the student read the masked content off the other bands
+at the same place. Student and teacher outputs are merged per position (the mean over units, as
+``ViTEncoder.forward``) before the heads, so the iBOT loss pairs spatial tokens and costs the same as with
+``plain`` whatever the band count; the CLS token (DINO loss, KoLeo) needs nothing special.
 """
 
 from __future__ import annotations
@@ -173,14 +181,18 @@ class DINO(SSLMethod):
 
     # ---- forward passes ------------------------------------------------------------------------------------
     def _student_globals(self, x: Tensor, masks: Tensor | None) -> Tensor:
-        """(2B, C, *S) -> normed tokens (2B, 1+N, D); masked tokens are the mask token at their position."""
-        tokens, grid = self.student.embed(x)  # (2B, N, D)
+        """(2B, C, *S) -> normed tokens (2B, 1+N, D), one per position; masked tokens are the mask token at their
+        position. ``masks`` (2B, *grid) masks every unit of a grouped / spectral position together, and the
+        (2B, U*N, D) outputs are merged per position (mean over units) as in ``ViTEncoder.forward``."""
+        tokens, grid = self.student.embed(x)  # (2B, T, D); T = N, or U*N unit-major
+        units = tokens.shape[1] // math.prod(grid)
         if masks is not None:
-            pos = self.student.pos_embed_for(grid, tokens)  # (1, N, D)
-            m = masks.reshape(masks.shape[0], -1, 1).to(tokens.device)  # (2B, N, 1)
+            pos = self.student.pos_embed_for(grid, tokens).repeat(1, units, 1)  # (1, T, D)
+            m = masks.reshape(masks.shape[0], -1).repeat(1, units)[..., None].to(tokens.device)  # (2B, T, 1)
+            # the mask token replaces the whole token (content and group/channel embedding), as in plain iBOT
             tokens = torch.where(m, self.mask_token.to(tokens.dtype) + pos, tokens)
-        out, _ = self.student.run_blocks(self.student.add_cls(tokens))
-        return out
+        out, _ = self.student.run_blocks(self.student.add_cls(tokens))  # (2B, 1+T, D)
+        return torch.cat([out[:, :1], self.student.spatial_tokens(out[:, 1:], grid)], dim=1)  # (2B, 1+N, D)
 
     def training_loss(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> MethodOutput:
         s = self.settings
@@ -198,7 +210,7 @@ class DINO(SSLMethod):
             masks = masks.to(x_g.device)  # (2B, *grid)
 
         with torch.no_grad():
-            t_tokens = self.teacher(x_g)  # (2B, 1+N, D)
+            t_tokens = self.teacher(x_g)  # (2B, 1+N, D), units merged per position
             t_cls = self.teacher_head(t_tokens[:, 0])  # (2B, K)
         s_tokens = self._student_globals(x_g, masks)  # (2B, 1+N, D)
         s_cls = [s_tokens[:, 0]]
@@ -216,7 +228,7 @@ class DINO(SSLMethod):
         zero = dino.new_zeros(())
         ibot = koleo = zero
         if masks is not None:  # also with no token masked, so DDP sees the iBOT parameters used
-            flat = masks.reshape(masks.shape[0], -1)  # (2B, N)
+            flat = masks.reshape(masks.shape[0], -1)  # (2B, N): positions, every unit of one masked together
             patch_t = self.teacher_patch_head or self.teacher_head
             patch_s = self.student_patch_head or self.student_head
             with torch.no_grad():

@@ -52,3 +52,28 @@ def test_png_is_written(tmp_path: Path, spatial_dims: int) -> None:
         names = ["flair", "t1c"]
     out = save_attention_png(enc, img, names, None, tmp_path / "attn" / "a.png")
     assert out.is_file() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("kind, extra, units", [
+    ("grouped", {"band_groups": [[0, 1, 2], [3, 4, 5]]}, 2),
+    ("spectral", {"spectral_chunk": 2}, 3),
+], ids=["grouped", "spectral"])
+def test_maps_of_grouped_and_spectral_encoders_sum_units_per_position(kind: str, extra: dict, units: int) -> None:
+    torch.manual_seed(0)
+    enc = ViTEncoder(EncoderConfig(in_chans=6, img_size=(32, 32), patch_size=(8, 8), embedding=kind, embed_dim=24,
+                                   depth=2, num_heads=3, **extra))
+    x = torch.randn(1, 6, 32, 32)
+    maps = cls_attention(enc, x)
+    assert maps.shape == (3, 4, 4)
+    attn = enc.blocks[-1].attn
+    attn.fused_attn = False
+    seen: list[torch.Tensor] = []
+    handle = attn.attn_drop.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    enc.eval()
+    with torch.no_grad():
+        enc(x)
+    handle.remove()
+    full = seen[-1][0, :, 0]  # (H, 1 + U*N): CLS to itself, then unit-major tokens
+    assert full.shape == (3, 1 + units * 16)
+    torch.testing.assert_close(maps, full[:, 1:].reshape(3, units, 4, 4).sum(1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(maps.sum(dim=(1, 2)), 1.0 - full[:, 0], rtol=1e-5, atol=1e-6)

@@ -160,3 +160,54 @@ def test_ibot_masks_follow_probability_and_ratio_range() -> None:
     masked = frac > 0
     assert 0.4 < masked.float().mean() < 0.6
     assert frac[masked].min() >= 0.05 and frac[masked].max() <= 0.55
+
+
+# ---- spectral-aware embeddings -------------------------------------------------------------------------------
+SPECTRAL_KINDS = {  # 6 bands, 16 px windows of 4 px tokens: grouped 2 units, spectral 3 units (chunks of 2)
+    "grouped": dict(band_groups=[[0, 1, 2], [3, 4, 5]]),
+    "spectral": dict(spectral_chunk=2),
+    "wavelength": dict(wavelengths=[0.49, 0.56, 0.665, 0.705, 0.842, 1.61]),
+}
+
+
+def make_spectral(kind: str, **method) -> DINO:
+    torch.manual_seed(0)
+    cfg = EncoderConfig(in_chans=6, img_size=(16, 16), patch_size=(4, 4), embedding=kind, embed_dim=32, depth=2,
+                        num_heads=2, **SPECTRAL_KINDS[kind])
+    return DINO(cfg, SimpleNamespace(name="dino", **{**SMALL, **method}), max_steps=10)
+
+
+def spectral_batch(b: int = 2) -> dict:
+    g = torch.Generator().manual_seed(0)
+    return {"views": {"global": [torch.randn(b, 6, 16, 16, generator=g) for _ in range(2)],
+                      "local": [torch.randn(b, 6, 8, 8, generator=g) for _ in range(2)]}}
+
+
+@pytest.mark.parametrize("kind", list(SPECTRAL_KINDS))
+def test_step_with_ibot_runs_on_spectral_embeddings_and_grads_reach_patch_embed(kind: str) -> None:
+    m = make_spectral(kind, ibot_loss_weight=1.0, ibot_mask_prob=1.0, koleo_loss_weight=0.1)
+    out = m.training_loss(spectral_batch(), 0, gen())
+    assert torch.isfinite(out.loss) and out.logs["ibot_loss"] > 0 and torch.isfinite(out.logs["koleo"])
+    out.loss.backward()
+    grads = {n: p.grad for n, p in m.student.patch_embed.named_parameters()}
+    assert grads and all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads.values())
+    assert m.mask_token.grad is not None and m.mask_token.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["grouped", "spectral"])
+def test_ibot_mask_hides_every_band_unit_of_a_masked_position(kind: str) -> None:
+    m = make_spectral(kind, ibot_loss_weight=1.0).eval()
+    x = torch.randn(1, 6, 16, 16, generator=gen())
+    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    mask[0, 1, 2] = True  # the token at rows 4..7, cols 8..11
+    with torch.no_grad():
+        out = m._student_globals(x, mask)  # (1, 1+16, 32): one token per position
+        y = x.clone()
+        y[:, :, 4:8, 8:12] += 5.0  # every band of the masked patch
+        same = m._student_globals(y, mask)
+        z = x.clone()
+        z[:, 5, 0:4, 0:4] += 5.0  # one band of an unmasked patch
+        moved = m._student_globals(z, mask)
+    assert out.shape == (1, 17, 32)
+    torch.testing.assert_close(same, out, rtol=0, atol=0)
+    assert not torch.allclose(moved, out)

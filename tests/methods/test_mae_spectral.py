@@ -139,7 +139,6 @@ def test_train_step_with_nodata_and_previews(kind: str) -> None:
 def test_reconstruct_undoes_per_token_normalisation() -> None:
     mae = make("spectral", enc={"spectral_chunk": 2})
     x = torch.randn(1, 13, 16, 16)
-    out = mae(x)
     target, real = unit_patchify(x, (4, 4), mae.encoder.units(13))
     mean = (target * real).sum(-1, keepdim=True) / real.sum(-1, keepdim=True)
     var = (((target - mean) * real) ** 2).sum(-1, keepdim=True) / (real.sum(-1, keepdim=True) - 1)

@@ -151,6 +151,38 @@ def test_attention_matches_bands_by_name_and_refuses_missing_ones(raster_run, tm
     assert bad.exit_code == 2 and "band_4" in bad.output and "Traceback" not in bad.output
 
 
+@pytest.mark.parametrize("embedding", [
+    ["model.embedding=spectral"],
+    ["model.embedding=grouped", "model.band_groups=[[band_1, band_2], [band_3, band_4]]"],
+], ids=["spectral", "grouped"])
+def test_dino_with_ibot_on_band_unit_embeddings_exports_encoder_and_attention(
+    embedding: list[str], raster_dir: Path, tmp_path: Path
+) -> None:
+    from geomed_ssl import load_encoder
+
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["pretrain", "recipes/dino_sentinel2.yaml", "--data", str(raster_dir), "--out",
+                                 str(out), *sets("data.sensor=null", "train.max_steps=3", "train.checkpoint_every=3",
+                                                 "train.preview_every=3", "method.ibot_loss_weight=1.0",
+                                                 "method.ibot_mask_prob=1.0", *embedding)])
+    assert result.exit_code == 0, result.output
+    rows = metrics(out)
+    assert sorted(rows) == [1, 2, 3] and all(np.isfinite(float(r["loss"])) for r in rows.values())
+    assert float(rows[3]["ibot_loss"]) > 0
+    assert (out / "previews" / "step-000003.png").is_file()  # the attention preview of the teacher
+
+    enc = load_encoder(out)
+    assert enc.config.embedding == embedding[0].split("=")[1] and enc.units() != [[0, 1, 2, 3]]
+    x = torch.randn(2, 4, 16, 16)
+    assert enc(x).shape == (2, 1 + 16, 32)
+    feats, grid = enc.forward_features(x, [-1])
+    assert grid == (4, 4) and feats[0].shape == (2, 16, 32)
+    png = tmp_path / "attn.png"
+    result = runner.invoke(app, ["attention", str(out), str(raster_dir / "scene_0.tif"), "--out", str(png)])
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_dino_volumes_from_cli_with_ibot_loss_falling_and_attention(volume_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run3d"
     result = runner.invoke(app, ["pretrain", "recipes/dino_ct.yaml", "--data", str(volume_dir), "--out", str(out),

@@ -146,7 +146,8 @@ def build_model(meta: dict[str, Any]) -> torch.nn.Module:
     head = meta["head"]
     num_classes = len(meta["classes"])
     if meta["task"] == "segment":
-        return SegmentationModel(encoder, num_classes, head["layers"], feature_size=head["feature_size"])
+        return SegmentationModel(encoder, num_classes, head["layers"], feature_size=head["feature_size"],
+                                 head=head.get("kind", "unetr"))
     return ClassificationModel(encoder, num_classes, head=head["kind"], pool=head["pool"])
 
 

@@ -128,15 +128,17 @@ def finetune_segment_cmd(
     fraction: Optional[float] = typer.Option(None, "--label-fraction", help="Fraction of labelled pixels used."),
     freeze: bool = typer.Option(False, "--freeze-encoder", help="Train the decoder only."),
     unfreeze_after: Optional[int] = typer.Option(None, "--unfreeze-after", help="Freeze the encoder for N steps."),
+    head: Optional[str] = typer.Option(None, "--head", help="unetr (decoder with a skip from the pixels) or "
+                                       "linear (1x1 conv on the encoder's upsampled tokens)."),
     overrides: Optional[list[str]] = SetOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
 ) -> None:
-    """UNETR-style segmentation on the ViT encoder from a few labelled pixels (2D) or voxels (3D)."""
+    """Segmentation on the ViT encoder (UNETR-style decoder or linear head) from a few labelled pixels or voxels."""
     from geomed_ssl.downstream.finetune import finetune_segment
     from geomed_ssl.downstream.metrics import format_metrics
 
     flags = {"finetune.freeze_encoder": "true" if (freeze or unfreeze_after) else None,
-             "finetune.unfreeze_after_steps": unfreeze_after}
+             "finetune.unfreeze_after_steps": unfreeze_after, "finetune.head": head}
     sets = ["finetune.task=segment", *finetune_sets(overrides, per_class, fraction, **flags)]
     result = finetune_segment(recipe, encoder, images, labels, out, overrides=sets, overwrite=overwrite)
     names = [c["name"] for c in result.metrics["classes"]]

@@ -134,7 +134,7 @@ class FinetuneConfig:
     """Supervised training of a head (and optionally the encoder) with few labels."""
 
     task: str = "segment"  # segment | classify
-    head: str | None = None  # segment: unetr; classify: linear | mlp; null: unetr / linear by task
+    head: str | None = None  # segment: unetr | linear; classify: linear | mlp; null: unetr / linear by task
     layers: list[int] | None = None  # 0-based encoder blocks tapped by the decoder; null: 4 evenly spaced, last included
     freeze_encoder: bool = False
     unfreeze_after_steps: int = 0  # with freeze_encoder: train the encoder too after this many steps (0: never)

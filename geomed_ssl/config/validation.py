@@ -106,7 +106,7 @@ def validate(recipe: Recipe, source: str = "recipe") -> None:
     f, lab = recipe.finetune, recipe.labels
     if f.task not in ("segment", "classify"):
         raise ConfigError(f"{source}: finetune.task must be 'segment' or 'classify', got '{f.task}'.")
-    valid_heads = ("unetr",) if f.task == "segment" else ("linear", "mlp")
+    valid_heads = ("unetr", "linear") if f.task == "segment" else ("linear", "mlp")
     if f.head not in valid_heads:
         raise ConfigError(f"{source}: finetune.head for task '{f.task}' must be one of {', '.join(valid_heads)}; got '{f.head}'.")
     if f.loss not in ("ce", "dice", "ce+dice"):

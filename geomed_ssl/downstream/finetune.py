@@ -138,14 +138,14 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     window = as_tuple(recipe.finetune.window or list(enc.config.img_size), nd, "finetune.window")
     layers = recipe.finetune.layers if recipe.finetune.layers is not None else default_layers(enc.config.depth)
     k = len(selection.classes)
-    model = SegmentationModel(enc, k, layers, feature_size=recipe.finetune.feature_size)
+    model = SegmentationModel(enc, k, layers, feature_size=recipe.finetune.feature_size, head=recipe.finetune.head)
     records = [r for r, _ in pairs]
     targets = [selection.target(i, "train").astype(np.int16) for i in range(len(records))]
     dataset = SparseLabelDataset(records, targets, stats, recipe.data, window, seed=lab.seed)
     counts = np.bincount(selection.class_map.encode(selection.train_value), minlength=k)
     fit_supervised(model, dataset, recipe, k, out, class_weights_from_counts(counts, recipe.finetune.class_weights),
                    progress=progress)
-    meta = {"task": "segment", "head": {"kind": "unetr", "layers": list(model.layers),
+    meta = {"task": "segment", "head": {"kind": model.head, "layers": list(model.layers),
                                         "feature_size": recipe.finetune.feature_size},
             "classes": [{"index": i, "value": v, "name": n} for i, (v, n) in
                         enumerate(zip(selection.classes, selection.class_names))],

@@ -151,13 +151,44 @@ class UNETRDecoder(nn.Module):
         return self.out(x)
 
 
+class LinearDecoder(nn.Module):
+    """The linear segmentation probe (DINOv2's "linear" evaluation): the taps' and the final tokens concatenated per
+    position, BatchNorm without affine, a 1x1 convolution to class logits on the token grid, then bilinear
+    (trilinear) upsampling to the input size. No access to the raw pixels: what it separates, the encoder's
+    features separate."""
+
+    def __init__(self, spatial_dims: int, embed_dim: int, num_layers_tapped: int, out_chans: int) -> None:
+        super().__init__()
+        channels = embed_dim * (num_layers_tapped + 1)
+        self.num_taps = num_layers_tapped
+        norm = nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        self.norm = norm(channels, affine=False)
+        self.out = conv(channels, out_chans, kernel_size=1)
+        self.mode = "bilinear" if spatial_dims == 2 else "trilinear"
+
+    def forward(self, x_in: torch.Tensor, hidden: list[torch.Tensor], grid: tuple[int, ...],
+                final: torch.Tensor) -> torch.Tensor:
+        """Same arguments as :meth:`UNETRDecoder.forward`; ``x_in`` only gives the output size."""
+        if len(hidden) != self.num_taps:
+            raise ConfigError(f"the linear decoder was built for {self.num_taps} encoder taps, got {len(hidden)}.")
+        tokens = torch.cat([*hidden, final], dim=-1)  # (B, N, D * (T + 1))
+        maps = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
+        logits = self.out(self.norm(maps))  # (B, K, *grid)
+        return nn.functional.interpolate(logits, size=tuple(x_in.shape[2:]), mode=self.mode, align_corners=False)
+
+
+SEG_HEADS = ("unetr", "linear")
+
+
 class SegmentationModel(nn.Module):
-    """ViT encoder + UNETR decoder over the outputs of the chosen 0-based encoder blocks."""
+    """ViT encoder + a decoder (UNETR or the linear probe) over the outputs of the chosen 0-based encoder blocks."""
 
     def __init__(self, encoder: ViTEncoder, num_classes: int, layers: list[int] | tuple[int, ...],
-                 feature_size: int = 16, norm_name: str = "instance", res_block: bool = True) -> None:
+                 feature_size: int = 16, norm_name: str = "instance", res_block: bool = True,
+                 head: str = "unetr") -> None:
         """``layers``: 0-based block indices (negative count from the end), sorted shallow -> deep, duplicates
-        dropped; ``[3, 6, 9]`` on a 12-block encoder is MONAI UNETR's choice."""
+        dropped; ``[3, 6, 9]`` on a 12-block encoder is MONAI UNETR's choice. ``head``: "unetr" or "linear"."""
         super().__init__()
         cfg = encoder.config
         depth = len(encoder.blocks)
@@ -169,8 +200,14 @@ class SegmentationModel(nn.Module):
         self.encoder = encoder
         self.layers = sorted(set(ids))
         self.num_classes = num_classes
-        self.decoder = UNETRDecoder(cfg.spatial_dims, cfg.embed_dim, cfg.patch_size, len(self.layers), cfg.in_chans,
-                                    num_classes, feature_size, norm_name, res_block)
+        self.head = head
+        if head == "unetr":
+            self.decoder = UNETRDecoder(cfg.spatial_dims, cfg.embed_dim, cfg.patch_size, len(self.layers),
+                                        cfg.in_chans, num_classes, feature_size, norm_name, res_block)
+        elif head == "linear":
+            self.decoder = LinearDecoder(cfg.spatial_dims, cfg.embed_dim, len(self.layers), num_classes)
+        else:
+            raise ConfigError(f"segmentation head '{head}' is unknown; use one of {', '.join(SEG_HEADS)}.")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (B, C, *S) with S a multiple of the patch size -> logits (B, K, *S)."""

@@ -92,6 +92,26 @@ def test_segment_from_random_init_with_block_split(seg_scene, tmp_path: Path) ->
     assert cfg["encoder_source"].startswith("none")
 
 
+def test_segment_with_linear_head_saves_reloads_and_predicts(seg_scene, pretrained: Path, tmp_path: Path) -> None:
+    images, labels = seg_scene
+    ft = tmp_path / "ft_linear"
+    result = runner.invoke(app, ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", str(pretrained),
+                                 "--images", str(images), "--labels", str(labels), "--out", str(ft),
+                                 "--labels-per-class", "5", "--head", "linear", "--freeze-encoder",
+                                 *sets("data.sensor=null")])
+    assert result.exit_code == 0, result.output
+    cfg = json.loads((ft / "model" / "config.json").read_text())
+    assert cfg["head"]["kind"] == "linear"
+    from geomed_ssl.checkpoint import load_model
+
+    model, _ = load_model(ft / "model")
+    assert type(model.decoder).__name__ == "LinearDecoder"
+    pr = runner.invoke(app, ["predict", str(ft), str(images / "scene.tif"), "--out", str(tmp_path / "pred")])
+    assert pr.exit_code == 0, pr.output
+    with rasterio.open(tmp_path / "pred" / "scene_pred.tif") as dst:
+        assert set(np.unique(dst.read(1))) <= {1, 2, 3}
+
+
 def test_segment_refuses_labels_on_another_grid(seg_scene, pretrained: Path, tmp_path: Path) -> None:
     images, labels = seg_scene
     from affine import Affine

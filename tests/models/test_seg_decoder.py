@@ -155,3 +155,29 @@ def test_bad_layers_and_shapes_raise_readable_errors():
         dec(torch.randn(1, 2, 16, 24), [tokens], (2, 2), tokens)
     with pytest.raises(ConfigError, match="1 encoder taps"):
         dec(torch.randn(1, 2, 16, 16), [tokens, tokens], (2, 2), tokens)
+
+
+@pytest.mark.parametrize("patch,layers", [((4, 4), [0]), ((8, 4), [0, 1]), ((4, 4, 4), [1]), ((2, 4, 8), [])])
+def test_linear_head_upsamples_token_logits_to_the_input(patch, layers):
+    nd = len(patch)
+    model = SegmentationModel(tiny_encoder(nd, patch), num_classes=3, layers=layers, head="linear")
+    x = torch.randn(2, 2, *(2 * p for p in patch))
+    assert model(x).shape == (2, 3, *x.shape[2:])
+    assert not any(p.requires_grad for p in model.decoder.norm.parameters())  # BatchNorm without affine
+    assert model.decoder.out.in_channels == 24 * (len(model.layers) + 1)
+
+
+def test_linear_head_logits_are_bilinear_upsampled_token_logits():
+    model = SegmentationModel(tiny_encoder(2, (4, 4)), num_classes=2, layers=[0], head="linear").eval()
+    x = torch.randn(1, 2, 8, 8)
+    tokens, grid = model.encoder.embed(x)
+    final, taps = model.encoder.run_blocks(model.encoder.add_cls(tokens), model.layers)
+    feats = torch.cat([taps[0][:, 1:], final[:, 1:]], -1).transpose(1, 2).reshape(1, -1, *grid)
+    coarse = model.decoder.out(model.decoder.norm(feats))
+    expect = torch.nn.functional.interpolate(coarse, size=(8, 8), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(model(x), expect)
+
+
+def test_unknown_head_is_refused():
+    with pytest.raises(ConfigError, match="unetr, linear"):
+        SegmentationModel(tiny_encoder(2, (4, 4)), num_classes=2, layers=[0], head="upernet")

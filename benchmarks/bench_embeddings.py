@@ -9,7 +9,13 @@ pretrain on the 13-band EuroSAT-MS patches (bands B01..B12, B8A), then a linear 
 ``labels.per_class=10``, frozen encoder) on the 13 bands and on a 6-band copy (B02 B03 B04 B08 B11 B12) written to
 a temporary folder. ``plain`` and ``grouped`` refuse the 6-band copy; ``spectral`` and ``wavelength`` run on it.
 
+Part 3 (``--few-label``): Indian Pines few-label segmentation per embedding kind after the same wall-clock MAE
+pretraining budget: each kind's step time is measured (steps 10 to 40 of a short run), its step count set to
+``--budget-seconds`` / step time, then ``finetune_segment`` with 5 labelled pixels per class (the demo recipe's
+fine-tuning, ``--seg-head``) over ``--seeds``; the random-init plain encoder is the reference row.
+
     PYTHONPATH=. python benchmarks/bench_embeddings.py --steps 3 --batch 4 --cross-sensor --pretrain-steps 150
+    PYTHONPATH=. python benchmarks/bench_embeddings.py --steps 3 --few-label --budget-seconds 60 --num-workers 8
 """
 
 from __future__ import annotations
@@ -47,6 +53,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--cross-sensor", action="store_true", help="also run the EuroSAT 13 -> 6 band check")
     p.add_argument("--pretrain-steps", type=int, default=150)
     p.add_argument("--kinds", default="plain,grouped,spectral,wavelength", help="kinds for the cross-sensor check")
+    p.add_argument("--few-label", action="store_true", help="also run the Indian Pines few-label comparison")
+    p.add_argument("--budget-seconds", type=float, default=300, help="pretraining wall clock per kind (few-label)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="label seeds (few-label)")
+    p.add_argument("--seg-head", default="linear", help="finetune.head for the few-label runs")
+    p.add_argument("--num-workers", type=int, default=0, help="data.num_workers for the few-label runs")
     return p.parse_args()
 
 
@@ -178,6 +189,80 @@ def cross_sensor(a: argparse.Namespace) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+FEW_LABEL_KINDS = {"plain": {}, "grouped (50 x 4 bands)": {"embedding": "grouped"},
+                   "spectral chunk 10": {"embedding": "spectral", "spectral_chunk": 10},
+                   "wavelength": {"embedding": "wavelength"}}
+
+
+def seconds_per_step(recipe_raw: dict, work: Path, first: int = 10, last: int = 40) -> float:
+    """Warm step time: wall clock between steps ``first`` and ``last`` of a short pretraining."""
+    import lightning as L
+
+    from geomed_ssl.config import recipe_from_dict
+    from geomed_ssl.sample import SAMPLE_DIR
+    from geomed_ssl.train.pretrain import pretrain
+
+    marks: dict[int, float] = {}
+
+    class Clock(L.Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:  # noqa: ANN001
+            if trainer.global_step in (first, last):
+                marks[trainer.global_step] = time.perf_counter()
+
+    raw = {k: dict(v) for k, v in recipe_raw.items()}
+    raw["train"].update(max_steps=last, checkpoint_every=100_000, preview_every=0)
+    pretrain(recipe_from_dict(raw), SAMPLE_DIR, work, overwrite=True, progress=False, callbacks=[Clock()])
+    return (marks[last] - marks[first]) / (last - first)
+
+
+def few_label(a: argparse.Namespace) -> None:
+    import numpy as np
+
+    from geomed_ssl.config import recipe_from_dict
+    from geomed_ssl.demo import DEMO_RECIPE
+    from geomed_ssl.downstream.finetune import finetune_segment
+    from geomed_ssl.sample import LABELS, SAMPLE_DIR
+    from geomed_ssl.train.pretrain import pretrain
+
+    device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"\n## Indian Pines, 5 labels per class, {a.budget_seconds:.0f} s of MAE pretraining per kind on {device} "
+          f"(demo recipe: patch 4, embed 128, depth 6), head '{a.seg_head}', seeds {a.seeds}\n")
+    print("| embedding | tokens / image | s / step | steps in budget | OA | AA | kappa |")
+    print("|---|---|---|---|---|---|---|")
+    work = Path(tempfile.mkdtemp(prefix="bench_embeddings_fl_"))
+    try:
+        for label, model in [*FEW_LABEL_KINDS.items(), ("plain, random init", None)]:
+            raw = {k: dict(v) for k, v in DEMO_RECIPE.items()}
+            raw["model"].update(model or {})
+            raw["data"]["num_workers"] = a.num_workers
+            raw["finetune"]["head"] = a.seg_head
+            encoder, cells = None, ["", "", ""]
+            if model is not None:
+                sec = seconds_per_step(raw, work / "clock")
+                steps = max(1, int(a.budget_seconds / sec))
+                raw["train"].update(max_steps=steps, warmup_steps=max(1, steps // 20), checkpoint_every=100_000,
+                                    preview_every=0)
+                run = pretrain(recipe_from_dict(raw), SAMPLE_DIR, work / "pre", overwrite=True, progress=False)
+                encoder = run.run_dir
+                from geomed_ssl import load_encoder
+
+                enc = load_encoder(run.run_dir)
+                x = torch.zeros(1, enc.config.in_chans, *enc.config.img_size)
+                cells = [str(enc.embed(x)[0].shape[1]), f"{sec:.3f}", str(steps)]
+            scores = []
+            for seed in a.seeds:
+                r = {k: dict(v) for k, v in raw.items()}
+                r["labels"].update(seed=seed, per_class=5, split="random")
+                res = finetune_segment(recipe_from_dict(r), encoder, SAMPLE_DIR, LABELS, work / f"ft_{seed}",
+                                       overwrite=True, progress=False)
+                scores.append([res.metrics["test"][m] for m in ("OA", "AA", "kappa")])
+            s = np.array(scores)
+            stats = " | ".join(f"{s[:, j].mean():.3f} ± {s[:, j].std():.3f}" for j in range(3))
+            print(f"| {label} | {' | '.join(cells)} | {stats} |", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     a = parse_args()
     if a.threads:
@@ -185,6 +270,8 @@ def main() -> None:
     step_table(a)
     if a.cross_sensor:
         cross_sensor(a)
+    if a.few_label:
+        few_label(a)
 
 
 if __name__ == "__main__":

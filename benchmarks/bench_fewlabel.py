@@ -1,6 +1,7 @@
 """Few-label quality: Indian Pines segmentation and EuroSAT-MS classification, pretrained vs random init.
 
     python benchmarks/bench_fewlabel.py [--seeds 0 1 2] [--pretrain-steps 400] [--finetune-steps 200] [--skip-eurosat]
+        [--seg-head linear|unetr] [--num-workers 0]
 
 Hyperparameters are fixed here, before any test number is seen, and are the same for the pretrained and the
 random-init encoder; nothing early-stops on the test split. Indian Pines: the bundled scene, k labelled pixels per
@@ -64,7 +65,8 @@ def rf_baseline(selection: LabelSelection, seed: int) -> dict[str, float]:
 
 def indian_pines(args: argparse.Namespace, tmp: Path) -> list[tuple]:
     t0 = time.time()
-    base = recipe(train={"max_steps": args.pretrain_steps}, finetune={"max_steps": args.finetune_steps})
+    ft = {"max_steps": args.finetune_steps, "head": args.seg_head}
+    base = recipe(train={"max_steps": args.pretrain_steps}, finetune=ft, data={"num_workers": args.num_workers})
     run = pretrain(base, SAMPLE_DIR, tmp / "pretrain", overwrite=True, progress=False)
     pre_minutes = (time.time() - t0) / 60
     rows = []
@@ -72,7 +74,7 @@ def indian_pines(args: argparse.Namespace, tmp: Path) -> list[tuple]:
     for k, split in settings:
         results: dict[str, list[dict]] = {"pretrained": [], "random init": [], "RF (PCA + local mean)": []}
         for seed in args.seeds:
-            r = recipe(train={"max_steps": args.pretrain_steps}, finetune={"max_steps": args.finetune_steps},
+            r = recipe(train={"max_steps": args.pretrain_steps}, finetune=ft, data={"num_workers": args.num_workers},
                        labels={"per_class": k, "split": split, "seed": seed, "block_size": 16})
             for name, enc in (("pretrained", run.run_dir), ("random init", None)):
                 out = tmp / f"ft_{k}_{split}_{seed}_{name.split()[0]}"
@@ -84,7 +86,7 @@ def indian_pines(args: argparse.Namespace, tmp: Path) -> list[tuple]:
             rows.append((f"Indian Pines, {k}/class, {split} split", name,
                          *[(np.mean([m[x] for m in ms]), np.std([m[x] for m in ms])) for x in ("OA", "AA", "kappa")]))
     print(f"\nIndian Pines: pretraining {args.pretrain_steps} steps took {pre_minutes:.1f} min; fine-tuning "
-          f"{args.finetune_steps} steps per run; seeds {args.seeds}")
+          f"{args.finetune_steps} steps per run, head '{args.seg_head}'; seeds {args.seeds}")
     return rows
 
 
@@ -136,6 +138,8 @@ def main() -> None:
     ap.add_argument("--finetune-steps", type=int, default=200)
     ap.add_argument("--skip-eurosat", action="store_true")
     ap.add_argument("--skip-indian-pines", action="store_true")
+    ap.add_argument("--seg-head", default="linear", help="Indian Pines segmentation head: linear or unetr")
+    ap.add_argument("--num-workers", type=int, default=0, help="data.num_workers (0 is fastest on 2 CPU cores)")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -184,12 +184,13 @@ def evaluate(
     labels: Optional[Path] = typer.Option(None, "--labels", help="Segmentation: their labels."),
     data: Optional[Path] = typer.Option(None, "--data", help="Classification: folder-per-class images."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where metrics.json and confusion.png go (default FT_DIR/eval)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda[:N]."),
 ) -> None:
     """Metrics of a fine-tuned model on labelled data (every labelled pixel, voxel or image)."""
     from geomed_ssl.downstream.evaluate import evaluate_dir
     from geomed_ssl.downstream.metrics import format_metrics
 
-    result = evaluate_dir(ft_dir, images=images, labels=labels, data=data, out=out)
+    result = evaluate_dir(ft_dir, images=images, labels=labels, data=data, out=out, device=device)
     typer.echo(format_metrics(result["test"], [c["name"] for c in result["classes"]]))
 
 
@@ -203,12 +204,13 @@ def predict(
     blend: str = typer.Option("gaussian", "--blend", help="gaussian or linear (constant for plain averaging)."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write per-class probabilities."),
     batch_size: int = typer.Option(8, "--batch-size", help="Windows per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda[:N]."),
 ) -> None:
     """Predict whole scenes / volumes with sliding windows into georeferenced GeoTIFF / NIfTI class maps."""
     from geomed_ssl.downstream.evaluate import predict_dir
 
     for line in predict_dir(ft_dir, inputs, out, overlap=overlap, blend=blend, probabilities=probabilities,
-                            batch_size=batch_size):
+                            batch_size=batch_size, device=device):
         typer.echo(line)
 
 

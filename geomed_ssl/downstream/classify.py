@@ -92,13 +92,14 @@ def extract_features(model: ClassificationModel, dataset: ImageDataset, indices:
     """Pooled frozen-encoder features (N, D) of ``indices`` (images of one size are batched together)."""
     feats = []
     model.eval()
+    device = next(model.parameters()).device
     with torch.no_grad():
         for start in range(0, len(indices), batch):
             images = [dataset.image(int(i))[0] for i in indices[start:start + batch]]
             if len({im.shape for im in images}) == 1:
-                feats.append(model.features(torch.from_numpy(np.stack(images))))
+                feats.append(model.features(torch.from_numpy(np.stack(images)).to(device)).cpu())
             else:
-                feats += [model.features(torch.from_numpy(im)[None]) for im in images]
+                feats += [model.features(torch.from_numpy(im)[None].to(device)).cpu() for im in images]
     return torch.cat(feats)
 
 
@@ -180,7 +181,7 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
 def predict_images(model: ClassificationModel, dataset: ImageDataset, indices: np.ndarray) -> np.ndarray:
     feats = extract_features(model, dataset, indices)
     with torch.no_grad():
-        return model.head(feats).argmax(1).numpy()
+        return model.head(feats.to(next(model.parameters()).device)).argmax(1).cpu().numpy()
 
 
 def evaluate_images(model: ClassificationModel, dataset: ImageDataset, labels: np.ndarray,

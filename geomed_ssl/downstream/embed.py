@@ -38,6 +38,7 @@ from geomed_ssl.downstream.embed_store import EmbeddingStore, load_embeddings, r
 from geomed_ssl.downstream.embedder import LEVELS, POOLS, Embedder  # noqa: F401  (re-exported)
 from geomed_ssl.errors import ConfigError, GeomedError
 from geomed_ssl.models.encoder import BAND_FLEXIBLE, ViTEncoder
+from geomed_ssl.downstream.sliding import resolve_device
 
 log = logging.getLogger("geomed_ssl")
 DTYPES = ("float32", "float16")
@@ -102,11 +103,6 @@ def encoder_for(path: str | Path, catalog: Catalog, device: str | torch.device =
         raise GeomedError(f"encoder '{path}' carries no normalisation statistics; re-export it with "
                           "`geomed-ssl pretrain`.")
     return enc.to(device).eval()
-
-
-def resolve_device(device: str | None) -> torch.device:
-    return torch.device("cuda" if device in (None, "auto") and torch.cuda.is_available() else
-                        ("cpu" if device in (None, "auto") else device))
 
 
 def encoder_fingerprint(path: str | Path) -> str:

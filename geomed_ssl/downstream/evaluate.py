@@ -35,9 +35,12 @@ def model_fn(model: torch.nn.Module) -> Any:
 
 def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Sequence[str], overlap: float = 0.25,
                       blend: str = "gaussian") -> list[np.ndarray]:
-    """Class-index maps of whole images in the orientation ``read_label`` uses (rasters as stored, volumes RAS)."""
+    """Class-index maps of whole images in the orientation ``read_label`` uses (rasters as stored, volumes RAS),
+    computed on the device the model is on."""
     from geomed_ssl.downstream.predict import predict_raster, predict_volume
+    from geomed_ssl.downstream.sliding import model_device
 
+    device = model_device(model)
     cfg = data_config(meta)
     stats = BandStats.from_dict(meta["encoder"]["stats"])
     k = len(meta["classes"])
@@ -47,11 +50,12 @@ def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Seque
             if cfg.kind == "raster":
                 target = Path(tmp) / f"pred_{i}.tif"
                 predict_raster(model_fn(model), path, target, stats, window=meta["window"], overlap=overlap,
-                               blend=blend, num_classes=k, data_cfg=cfg)
+                               blend=blend, num_classes=k, data_cfg=cfg, device=device)
             else:
                 target = Path(tmp) / f"pred_{i}.nii.gz"
                 predict_volume(model_fn(model), path, target, stats, roi_size=meta["window"], data_cfg=cfg,
-                               overlap=overlap, blend="gaussian" if blend != "constant" else blend, num_classes=k)
+                               overlap=overlap, blend="gaussian" if blend != "constant" else blend, num_classes=k,
+                               device=device)
             labels, _ = read_label(target, cfg.kind, ignore_value=None, spacing=cfg.spacing)
             out.append(labels)
     return out
@@ -87,25 +91,30 @@ def evaluate_segmentation(model: torch.nn.Module, meta: dict[str, Any], records:
     return results
 
 
-def load_run(ft_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any], Any]:
-    """The fine-tuned model, its config.json and the recipe it was trained with."""
+def load_run(ft_dir: str | Path, device: str | torch.device | None = "auto",
+             ) -> tuple[torch.nn.Module, dict[str, Any], Any]:
+    """The fine-tuned model (on ``device``; auto: CUDA when available), its config.json and its recipe."""
     from geomed_ssl.checkpoint import load_model
     from geomed_ssl.config import load_recipe
+    from geomed_ssl.downstream.sliding import resolve_device
 
     model, meta = load_model(ft_dir)
+    model.to(resolve_device(device))
     recipe_path = Path(ft_dir) / "config.yaml"
     recipe = load_recipe(recipe_path if recipe_path.is_file() else None)
     return model, meta, recipe
 
 
 def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: str | Path | None = None,
-                 data: str | Path | None = None, out: str | Path | None = None) -> dict[str, Any]:
-    """Metrics of a fine-tuned model on every labelled pixel/voxel (segmentation) or image (classification)."""
+                 data: str | Path | None = None, out: str | Path | None = None,
+                 device: str | None = "auto") -> dict[str, Any]:
+    """Metrics of a fine-tuned model on every labelled pixel/voxel (segmentation) or image (classification), run
+    on ``device`` (auto: CUDA when available)."""
     from geomed_ssl.data.catalog import scan
     from geomed_ssl.downstream.labels import labelled_pixels, match_labels, scan_class_folders
     from geomed_ssl.errors import DataError, GeomedError
 
-    model, meta, recipe = load_run(ft_dir)
+    model, meta, recipe = load_run(ft_dir, device)
     out = Path(out) if out is not None else Path(ft_dir) / "eval"
     out.mkdir(parents=True, exist_ok=True)
     values = [c["value"] for c in meta["classes"]]
@@ -144,12 +153,15 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
 
 
 def predict_dir(ft_dir: str | Path, inputs: Sequence[str | Path], out: str | Path, overlap: float = 0.25,
-                blend: str = "gaussian", probabilities: bool = False, batch_size: int = 8) -> list[str]:
+                blend: str = "gaussian", probabilities: bool = False, batch_size: int = 8,
+                device: str | None = "auto") -> list[str]:
     """Segmentation: class-map GeoTIFF/NIfTI per input on its own grid (values = the label values trained on).
-    Classification: ``predictions.csv`` with one row per image. Returns printable lines."""
+    Classification: ``predictions.csv`` with one row per image. Runs on ``device`` (auto: CUDA when available).
+    Returns printable lines."""
     from geomed_ssl.downstream.predict import predict_files
+    from geomed_ssl.downstream.sliding import model_device
 
-    model, meta, recipe = load_run(ft_dir)
+    model, meta, recipe = load_run(ft_dir, device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stats = BandStats.from_dict(meta["encoder"]["stats"])
@@ -159,7 +171,7 @@ def predict_dir(ft_dir: str | Path, inputs: Sequence[str | Path], out: str | Pat
     summaries = predict_files(model_fn(model), [str(p) for p in inputs], out, stats, num_classes=len(meta["classes"]),
                               window=meta["window"], data_cfg=cfg, band_names=meta["encoder"]["band_names"],
                               overlap=overlap, blend=blend, batch_size=batch_size, probabilities=probabilities,
-                              class_values=[c["value"] for c in meta["classes"]])
+                              class_values=[c["value"] for c in meta["classes"]], device=model_device(model))
     return [f"{s['input']} -> {s['output']}" for s in summaries]
 
 
@@ -179,10 +191,11 @@ def predict_classes(model: torch.nn.Module, meta: dict[str, Any], recipe: Any, i
     stats = BandStats.from_dict(meta["encoder"]["stats"])
     dataset = ImageDataset(records, np.zeros(len(records), np.int64), stats, recipe.data, meta["encoder"]["patch_size"])
     names = [c["name"] for c in meta["classes"]]
+    device = next(model.parameters()).device
     rows = []
     with torch.no_grad():
         for i in range(len(records)):
-            probs = model(torch.from_numpy(dataset.image(i)[0])[None]).softmax(1)[0]
+            probs = model(torch.from_numpy(dataset.image(i)[0])[None].to(device)).softmax(1)[0].cpu()
             k = int(probs.argmax())
             rows.append({"file": records[i].path, "class": names[k], "probability": round(float(probs[k]), 4)})
     with (out / "predictions.csv").open("w", newline="") as f:

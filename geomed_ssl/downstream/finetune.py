@@ -19,6 +19,7 @@ from geomed_ssl.data.catalog import Catalog, scan
 from geomed_ssl.data.stats import BandStats, compute_stats
 from geomed_ssl.downstream.labels import LabelSelection, match_labels, read_label, select_labels
 from geomed_ssl.downstream.seg_data import SparseLabelDataset
+from geomed_ssl.downstream.sliding import resolve_device
 from geomed_ssl.errors import ConfigError, GeomedError
 from geomed_ssl.outdirs import prepare_out_dir
 from geomed_ssl.models.cls_heads import layer_decay_groups
@@ -155,5 +156,6 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
                                                                         "ct_window": recipe.data.ct_window,
                                                                         "nodata": recipe.data.nodata}}
     meta = save_model(model, out / "model", meta)
+    model.to(resolve_device("cpu" if recipe.train.accelerator == "cpu" else "auto"))  # whole-image evaluation
     metrics = evaluate_segmentation(model, meta, records, arrays, selection, out)
     return FinetuneResult(out, metrics, selection)

@@ -24,7 +24,8 @@ import numpy as np
 
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.catalog import FileRecord, scan
-from geomed_ssl.downstream.embed import Embedder, encoder_for, resolve_device
+from geomed_ssl.downstream.embed import Embedder, encoder_for
+from geomed_ssl.downstream.sliding import resolve_device
 from geomed_ssl.downstream.embed_store import load_embeddings, optional_module, read_columns
 from geomed_ssl.errors import ConfigError, DataError, GeomedError
 

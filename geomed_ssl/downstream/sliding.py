@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from geomed_ssl.errors import ConfigError, DataError
+from geomed_ssl.errors import ConfigError, DataError, GeomedError
 
 ModelFn = Callable[[torch.Tensor], torch.Tensor]  # (B, C, *S) float -> logits (B, K, *S)
 GAUSSIAN_SIGMA = 0.125  # sigma as a fraction of the window side (nnU-Net / MONAI default)
@@ -81,6 +81,25 @@ def _proba_kind(probabilities: bool | str) -> str | None:
     if kind not in ("float32", "uint8"):
         raise ConfigError(f"probabilities must be False, True/'float32' or 'uint8', got {probabilities!r}.")
     return kind
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto`` (or None): CUDA when available, else the CPU; anything else as torch reads it."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise GeomedError(f"device '{device}' is not one torch knows ({err}); use auto, cpu or cuda[:N].") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise GeomedError(f"device '{device}' was asked for but torch sees no CUDA device here; use --device cpu "
+                          "(or auto).")
+    return dev
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's parameters live."""
+    return next(model.parameters()).device
 
 
 def as_model(model_fn: ModelFn, device: str | torch.device) -> ModelFn:

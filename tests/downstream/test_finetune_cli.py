@@ -106,7 +106,8 @@ def test_segment_with_linear_head_saves_reloads_and_predicts(seg_scene, pretrain
 
     model, _ = load_model(ft / "model")
     assert type(model.decoder).__name__ == "LinearDecoder"
-    pr = runner.invoke(app, ["predict", str(ft), str(images / "scene.tif"), "--out", str(tmp_path / "pred")])
+    pr = runner.invoke(app, ["predict", str(ft), str(images / "scene.tif"), "--out", str(tmp_path / "pred"),
+                             "--device", "cpu"])
     assert pr.exit_code == 0, pr.output
     with rasterio.open(tmp_path / "pred" / "scene_pred.tif") as dst:
         assert set(np.unique(dst.read(1))) <= {1, 2, 3}

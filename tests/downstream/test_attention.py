@@ -20,20 +20,26 @@ def encoder(spatial_dims: int = 2, in_chans: int = 4) -> ViTEncoder:
     return ViTEncoder(cfg)
 
 
-def test_maps_have_heads_by_grid_and_match_unfused_attention_of_last_block() -> None:
-    enc = encoder()
-    x = torch.randn(1, 4, 32, 32)
-    maps = cls_attention(enc, x)
-    assert maps.shape == (3, 4, 4)
+def unfused_cls_attention(enc: ViTEncoder, x: torch.Tensor) -> torch.Tensor:
+    """The last block's CLS attention row per head, (H, 1 + T), read off timm's explicit (unfused) path, which
+    computes softmax(q k^T * scale) in the open."""
     attn = enc.blocks[-1].attn
-    attn.fused_attn = False  # timm's explicit path computes attn = softmax(q k^T * scale) in the open
+    attn.fused_attn = False
     seen: list[torch.Tensor] = []
     handle = attn.attn_drop.register_forward_hook(lambda _m, _i, out: seen.append(out))
     enc.eval()
     with torch.no_grad():
         enc(x)
     handle.remove()
-    torch.testing.assert_close(maps, seen[-1][0, :, 0, 1:].reshape(3, 4, 4), rtol=1e-5, atol=1e-6)
+    return seen[-1][0, :, 0]
+
+
+def test_maps_have_heads_by_grid_and_match_unfused_attention_of_last_block() -> None:
+    enc = encoder()
+    x = torch.randn(1, 4, 32, 32)
+    maps = cls_attention(enc, x)
+    assert maps.shape == (3, 4, 4)
+    torch.testing.assert_close(maps, unfused_cls_attention(enc, x)[:, 1:].reshape(3, 4, 4), rtol=1e-5, atol=1e-6)
     assert torch.all(maps.sum(dim=(1, 2)) <= 1.0 + 1e-5)
 
 
@@ -65,15 +71,7 @@ def test_maps_of_grouped_and_spectral_encoders_sum_units_per_position(kind: str,
     x = torch.randn(1, 6, 32, 32)
     maps = cls_attention(enc, x)
     assert maps.shape == (3, 4, 4)
-    attn = enc.blocks[-1].attn
-    attn.fused_attn = False
-    seen: list[torch.Tensor] = []
-    handle = attn.attn_drop.register_forward_hook(lambda _m, _i, out: seen.append(out))
-    enc.eval()
-    with torch.no_grad():
-        enc(x)
-    handle.remove()
-    full = seen[-1][0, :, 0]  # (H, 1 + U*N): CLS to itself, then unit-major tokens
+    full = unfused_cls_attention(enc, x)  # (H, 1 + U*N): CLS to itself, then unit-major tokens
     assert full.shape == (3, 1 + units * 16)
     torch.testing.assert_close(maps, full[:, 1:].reshape(3, units, 4, 4).sum(1), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(maps.sum(dim=(1, 2)), 1.0 - full[:, 0], rtol=1e-5, atol=1e-6)

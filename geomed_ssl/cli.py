@@ -122,7 +122,8 @@ def finetune_segment_cmd(
     recipe: Path = typer.Argument(..., help="Recipe YAML (a pretraining recipe plus finetune/labels sections)."),
     encoder: str = typer.Option(..., "--encoder", help="RUN_DIR, RUN_DIR/encoder, or 'none' (random init baseline)."),
     images: Path = typer.Option(..., "--images", help="Folder of images (GeoTIFF or NIfTI)."),
-    labels: Path = typer.Option(..., "--labels", help="Folder of label files named like the images, or one label file."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Folder of label files named like the images, one "
+                                          "label file, or a CSV of image,label (or set labels.label_name)."),
     out: Path = typer.Option(..., "--out", help="Output folder (model, metrics, labels used)."),
     per_class: Optional[int] = typer.Option(None, "--labels-per-class", help="k labelled pixels/voxels per class."),
     fraction: Optional[float] = typer.Option(None, "--label-fraction", help="Fraction of labelled pixels used."),

@@ -167,6 +167,8 @@ class LabelsConfig:
     block_size: int = 16
     test_fraction: float | None = None  # subsample the test set (speed); null: every remaining label
     seed: int = 0
+    label_name: str | None = None  # the label is this file beside each image (a folder per case, e.g. BraTS)
+    remap: dict[int, int] | None = None  # merge / renumber classes on reading, e.g. {2: 1, 3: 1, 4: 1}
 
 
 SECTIONS: dict[str, type] = {

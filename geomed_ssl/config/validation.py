@@ -119,3 +119,7 @@ def validate(recipe: Recipe, source: str = "recipe") -> None:
         raise ConfigError(f"{source}: set labels.per_class or labels.fraction, not both.")
     if lab.fraction is not None and not 0 < lab.fraction <= 1:
         raise ConfigError(f"{source}: labels.fraction must be in (0, 1], got {lab.fraction}.")
+    if lab.remap is not None and (not isinstance(lab.remap, dict) or not all(
+            isinstance(k, int) and isinstance(v, int) for k, v in lab.remap.items())):
+        raise ConfigError(f"{source}: labels.remap maps class ids to class ids, e.g. {{2: 1, 3: 1, 4: 1}}; got "
+                          f"{lab.remap!r}.")

@@ -172,7 +172,8 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
             "classes": [{"index": i, "value": i, "name": n} for i, n in enumerate(names)],
             "window": list(enc.config.img_size), "encoder_source": source,
             "data": {"kind": recipe.data.kind, "spacing": recipe.data.spacing, "intensity": recipe.data.intensity,
-                     "ct_window": recipe.data.ct_window, "nodata": recipe.data.nodata}}
+                     "ct_window": recipe.data.ct_window, "nodata": recipe.data.nodata,
+                     "channels": recipe.data.channels}}
     meta = save_model(model, out / "model", meta)
     metrics = evaluate_images(model, dataset, labels, {"train": train, "test": test}, names, out, notes)
     return FinetuneResult(out, metrics, None)

@@ -22,7 +22,7 @@ def data_config(meta: dict[str, Any]) -> DataConfig:
     d = meta.get("data", {})
     return DataConfig(kind=d.get("kind", "raster"), spacing=d.get("spacing"), intensity=d.get("intensity", "auto"),
                       ct_window=d.get("ct_window", [-1000.0, 1000.0]), nodata=d.get("nodata"),
-                      patch_size=list(meta["window"]))
+                      channels=d.get("channels"), patch_size=list(meta["window"]))
 
 
 def model_fn(model: torch.nn.Module) -> Any:
@@ -76,7 +76,8 @@ def metrics_at(predictions: Sequence[np.ndarray], selection: LabelSelection, whi
 def evaluate_segmentation(model: torch.nn.Module, meta: dict[str, Any], records: Sequence[Any],
                           label_arrays: Sequence[np.ndarray], selection: LabelSelection, out: Path) -> dict[str, Any]:
     """Metrics on the training and test positions; writes ``metrics.json`` and ``confusion.png`` (test split)."""
-    paths = [r.path for r in records]
+    # a stacked-channel record (data.channels) is predicted from its folder, as `geomed-ssl predict` takes it
+    paths = [str(Path(r.path).parent) if len(r.paths) > 1 else r.path for r in records]
     predictions = predict_to_arrays(model, meta, paths)
     names = selection.class_names
     results: dict[str, Any] = {"classes": [{"value": v, "name": n} for v, n in zip(selection.classes, names)],
@@ -111,7 +112,7 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
     """Metrics of a fine-tuned model on every labelled pixel/voxel (segmentation) or image (classification), run
     on ``device`` (auto: CUDA when available)."""
     from geomed_ssl.data.catalog import scan
-    from geomed_ssl.downstream.labels import labelled_pixels, match_labels, scan_class_folders
+    from geomed_ssl.downstream.labels import labelled_pixels, read_label_pairs, scan_class_folders
     from geomed_ssl.errors import DataError, GeomedError
 
     model, meta, recipe = load_run(ft_dir, device)
@@ -120,15 +121,10 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
     values = [c["value"] for c in meta["classes"]]
     names = [c["name"] for c in meta["classes"]]
     if meta["task"] == "segment":
-        if images is None or labels is None:
+        if images is None or (labels is None and recipe.labels.label_name is None):
             raise GeomedError("a segmentation model is evaluated with --images IMG_DIR --labels LABEL_DIR.")
         catalog = scan(images, recipe.data)
-        pairs = match_labels(catalog.records, labels, recipe.data.kind)
-        arrays, masks = [], []
-        for _, path in pairs:
-            a, m = read_label(path, recipe.data.kind, recipe.labels.ignore_value, spacing=recipe.data.spacing)
-            arrays.append(a)
-            masks.append(m)
+        pairs, arrays, masks = read_label_pairs(catalog.records, labels, recipe.labels, recipe.data)
         files, flats, vals = labelled_pixels(arrays, masks)
         unknown = sorted(set(np.unique(vals).tolist()) - set(values))
         empty = np.zeros(0, np.int64)

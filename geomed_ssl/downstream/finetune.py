@@ -17,7 +17,7 @@ from geomed_ssl.checkpoint import load_encoder, save_model
 from geomed_ssl.config import Recipe, as_tuple, load_recipe, spatial_dims
 from geomed_ssl.data.catalog import Catalog, scan
 from geomed_ssl.data.stats import BandStats, compute_stats
-from geomed_ssl.downstream.labels import LabelSelection, match_labels, read_label, select_labels
+from geomed_ssl.downstream.labels import LabelSelection, read_label_pairs, select_labels
 from geomed_ssl.downstream.seg_data import SparseLabelDataset
 from geomed_ssl.downstream.sliding import resolve_device
 from geomed_ssl.errors import ConfigError, GeomedError
@@ -111,7 +111,7 @@ def fit_supervised(model: torch.nn.Module, dataset: Any, recipe: Recipe, num_cla
 
 
 def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | None, images: str | Path,
-                     labels: str | Path, out_dir: str | Path, *, overrides: list[str] | None = None,
+                     labels: str | Path | None, out_dir: str | Path, *, overrides: list[str] | None = None,
                      overwrite: bool = False, progress: bool = True) -> FinetuneResult:
     """Fine-tune a UNETR-style segmentation model with the labels the ``labels`` section selects, then evaluate
     on the held-out labelled positions. Writes the FT_DIR described in docs/cli.md."""
@@ -123,13 +123,8 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     recipe.save(out / "config.yaml")
     catalog = scan(images, recipe.data)
     log.info(catalog.summary())
-    pairs = match_labels(catalog.records, labels, recipe.data.kind)
     lab = recipe.labels
-    arrays, masks = [], []
-    for record, label_path in pairs:
-        values, labelled = read_label(label_path, recipe.data.kind, lab.ignore_value, spacing=recipe.data.spacing)
-        arrays.append(values)
-        masks.append(labelled)
+    pairs, arrays, masks = read_label_pairs(catalog.records, labels, lab, recipe.data)
     selection = select_labels(arrays, masks, lab, paths=[p for _, p in pairs])
     selection.save_npz(out / "labels_used.npz")
     log.info(selection.summary())
@@ -154,7 +149,8 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
                                                                         "spacing": recipe.data.spacing,
                                                                         "intensity": recipe.data.intensity,
                                                                         "ct_window": recipe.data.ct_window,
-                                                                        "nodata": recipe.data.nodata}}
+                                                                        "nodata": recipe.data.nodata,
+                                                                        "channels": recipe.data.channels}}
     meta = save_model(model, out / "model", meta)
     model.to(resolve_device("cpu" if recipe.train.accelerator == "cpu" else "auto"))  # whole-image evaluation
     metrics = evaluate_segmentation(model, meta, records, arrays, selection, out)

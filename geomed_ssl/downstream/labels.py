@@ -23,7 +23,7 @@ from geomed_ssl.downstream.sampling import (  # noqa: F401  (re-exported: the sa
 from geomed_ssl.errors import DataError
 
 __all__ = [
-    "AFFINE_TOL", "LABEL_SUFFIXES", "check_grid", "match_labels", "read_label",
+    "AFFINE_TOL", "LABEL_SUFFIXES", "check_grid", "match_labels", "read_label", "read_label_pairs",
     "ClassMap", "LabelSelection", "Names", "block_split", "check_labels_config", "class_ids", "labelled_pixels",
     "sample_fraction", "sample_images_per_class", "sample_per_class", "scan_class_folders", "select_labels",
 ]
@@ -263,7 +263,7 @@ def match_labels(image_records: Sequence[FileRecord], label_dir: str | Path | No
 
 # -- reading ----------------------------------------------------------------------------------------------------
 def _to_labels(arr: np.ndarray, nodata: float | None, ignore_value: int | None,
-               path: str) -> tuple[np.ndarray, np.ndarray]:
+               path: str, remap: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     if arr.dtype.kind == "f":
         labelled = np.isfinite(arr)
         vals = arr[labelled]
@@ -278,6 +278,12 @@ def _to_labels(arr: np.ndarray, nodata: float | None, ignore_value: int | None,
         raise DataError(f"label file '{path}' has unsupported data type {arr.dtype}; use integer class ids.")
     if nodata is not None and math.isfinite(nodata):
         labelled &= arr != nodata
+    if remap:
+        lut_from = np.array([int(k) for k in remap], np.int64)
+        lut_to = np.array([int(v) for v in remap.values()], np.int64)
+        hit = np.isin(labels, lut_from) & labelled
+        order = np.argsort(lut_from)
+        labels[hit] = lut_to[order][np.searchsorted(lut_from[order], labels[hit])]
     if ignore_value is not None:
         labelled &= labels != ignore_value
     labels[~labelled] = -1 if ignore_value is None else ignore_value
@@ -291,12 +297,13 @@ def _resampled_shape(shape: Sequence[int], affine: np.ndarray, spacing: Sequence
 
 
 def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata: float | None = None,
-               spacing: Sequence[float] | None = None,
-               window: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+               spacing: Sequence[float] | None = None, window: tuple[int, int, int, int] | None = None,
+               remap: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A label file as (int64 labels, bool labelled): (H, W) for rasters, (D, H, W) RAS-oriented for volumes.
 
-    Unlabelled = NaN, the file's nodata (or ``nodata``) or ``ignore_value``; those positions hold ``ignore_value``
-    (-1 if None). Float labels are rounded. Volumes follow the volume reader: closest-canonical RAS, and with
+    ``remap`` ({old: new}) merges or renumbers classes first (e.g. BraTS whole tumour: {2: 1, 3: 1, 4: 1}).
+    Unlabelled = NaN, the file's nodata (or ``nodata``) or ``ignore_value`` (after ``remap``, so a class mapped to
+    it is left out); those positions hold ``ignore_value`` (-1 if None). Float labels are rounded. Volumes follow the volume reader: closest-canonical RAS, and with
     ``spacing`` the same resampled grid (nearest neighbour). ``window`` = (row, col, h, w) reads part of a raster.
     """
     path = str(path)
@@ -317,7 +324,7 @@ def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata
                     file_nodata = src.nodata
             except rasterio.errors.RasterioIOError as err:
                 raise DataError(f"cannot read label raster '{path}' ({err}).") from None
-        return _to_labels(arr, nodata if nodata is not None else file_nodata, ignore_value, path)
+        return _to_labels(arr, nodata if nodata is not None else file_nodata, ignore_value, path, remap)
     import nibabel as nib
 
     try:
@@ -330,10 +337,30 @@ def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata
     if arr.ndim != 3:
         raise DataError(f"label volume '{path}' has shape {list(arr.shape)}; a label volume is 3D (one class id "
                         "per voxel).")
-    labels, labelled = _to_labels(arr, nodata, ignore_value, path)  # (D, H, W) RAS
+    labels, labelled = _to_labels(arr, nodata, ignore_value, path, remap)  # (D, H, W) RAS
     if spacing is not None:
         new = _resampled_shape(labels.shape, np.asarray(img.affine, np.float64), spacing)
         idx = np.ix_(*[np.floor(np.arange(m) * ((n - 1) / (m - 1) if m > 1 else 0) + 0.5).astype(np.int64)
                        for n, m in zip(labels.shape, new)])  # nearest on the reader's align-corners grid
         labels, labelled = labels[idx], labelled[idx]
     return labels, labelled
+
+
+def read_label_pairs(records: Sequence[FileRecord], labels: str | Path | None, lab: object, data: object,
+                     allow_unlabelled: bool = False,
+                     ) -> tuple[list[tuple[FileRecord, str]], list[np.ndarray], list[np.ndarray]]:
+    """Pair images with labels as the ``labels`` recipe section says and read them all.
+
+    ``labels`` is a label folder, one label file, or a ``.csv`` of image,label pairs; with ``lab.label_name`` it
+    may be None (the label is that file beside each image). Returns the pairs and, per pair, the label array and
+    its labelled mask (``lab.remap`` and ``lab.ignore_value`` applied; volumes on the ``data.spacing`` grid).
+    """
+    is_csv = labels is not None and str(labels).lower().endswith(".csv")
+    pairs = match_labels(records, None if is_csv else labels, data.kind, csv=labels if is_csv else None,
+                         allow_unlabelled=allow_unlabelled, label_name=lab.label_name)
+    arrays, masks = [], []
+    for _, path in pairs:
+        values, labelled = read_label(path, data.kind, lab.ignore_value, spacing=data.spacing, remap=lab.remap)
+        arrays.append(values)
+        masks.append(labelled)
+    return pairs, arrays, masks

@@ -37,15 +37,31 @@ def _kind_and_stem(path: Path, data_cfg: Any) -> tuple[str, str]:
     raise DataError(f"'{path}' is neither a GeoTIFF (.tif/.tiff) nor a NIfTI (.nii/.nii.gz); nothing to predict.")
 
 
+def _stacked_folders(folder: Path, data_cfg: Any) -> list[Path]:
+    """The folders under ``folder`` that hold one stacked ``data.channels`` sample each (``folder`` itself when it
+    is one)."""
+    import dataclasses
+
+    from geomed_ssl.data.catalog import scan
+
+    cfg = dataclasses.replace(data_cfg, include=["**/*"], exclude=[], patch_size=1)
+    records = scan(folder, cfg).records
+    if not records:
+        raise DataError(f"no folder under '{folder}' holds the channel files {data_cfg.channels}.")
+    return sorted({Path(r.path).parent for r in records})
+
+
 def list_inputs(inputs: str | Path | Sequence[str | Path], data_cfg: Any = None) -> list[Path]:
     """Files to predict: the given files, or every GeoTIFF/NIfTI under a folder (previous ``*_pred`` outputs
-    skipped); a folder with ``data.channels`` set is one stacked input."""
+    skipped); with ``data.channels`` set, each folder of stacked channel files under a folder is one input."""
     items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     out: list[Path] = []
     for item in map(Path, items):
         if not item.exists():
             raise DataError(f"input '{item}' does not exist.")
-        if item.is_dir() and not getattr(data_cfg, "channels", None):
+        if item.is_dir() and getattr(data_cfg, "channels", None):
+            out += _stacked_folders(item, data_cfg)
+        elif item.is_dir():
             found = sorted(p for p in item.rglob("*") if p.is_file()
                            and p.name.lower().endswith((*RASTER_EXT, *VOLUME_EXT))
                            and "_pred" not in p.name and not p.name.startswith("."))

@@ -8,6 +8,8 @@ with a windowed write and the strips shift up. Softmax probabilities are blended
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import time
 import warnings
@@ -24,6 +26,24 @@ from geomed_ssl.downstream.writers import PROBA_SCALE, GeoTiffWriter, class_look
 from geomed_ssl.errors import DataError
 
 RASTER_BLENDS = ("gaussian", "linear", "constant")
+
+
+def channel_files(path: Path, data_cfg: Any) -> tuple[list[str], list[str] | None]:
+    """The file(s) to read for ``path``: itself, or, for a folder with ``data.channels`` set, its stacked channel
+    files in channel order with their band names (the catalog's grouping, grid checks included)."""
+    if not path.is_dir():
+        return [str(path)], None
+    if not getattr(data_cfg, "channels", None):
+        raise DataError(f"'{path}' is a folder; predict_raster takes one GeoTIFF, or a folder of single-band files "
+                        "with data.channels set.")
+    from geomed_ssl.data.catalog import scan
+
+    cfg = dataclasses.replace(data_cfg, kind="raster", include=["**/*"], exclude=[], patch_size=1)
+    records = scan(path, cfg, strict=True).records
+    if len(records) != 1:
+        raise DataError(f"'{path}' holds {len(records)} stacked samples; predict_raster takes one folder of "
+                        "data.channels files.")
+    return list(records[0].paths), list(records[0].band_names)
 
 
 def predict_raster(
@@ -44,7 +64,8 @@ def predict_raster(
     data_cfg: Any = None,
     class_values: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Predict a GeoTIFF window by window into a class-map GeoTIFF on the input's grid; returns a summary dict.
+    """Predict a GeoTIFF (or a folder of ``data.channels`` single-band files, stacked) window by window into a
+    class-map GeoTIFF on the input's grid; returns a summary dict.
 
     ``band_names`` are the file's bands (default: resolved as the catalog does, from descriptions or ``data_cfg``);
     they must equal ``stats.band_names``. ``nodata``: explicit, else ``data_cfg.nodata``, else the file's.
@@ -63,49 +84,54 @@ def predict_raster(
     win = as_window(window, 2, "window")
     pkind = check_request(path, out_path, overlap, blend, RASTER_BLENDS, batch_size, num_classes, probabilities)
     model = as_model(model_fn, device)
-    with warnings.catch_warnings():
+    files, stacked_names = channel_files(path, data_cfg)
+    with warnings.catch_warnings(), contextlib.ExitStack() as stack:
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         try:
-            src = rasterio.open(path)
+            sources = [stack.enter_context(rasterio.open(f)) for f in files]
         except Exception as err:
             raise DataError(f"cannot open raster '{path}': {err}. Check it exists and is a GeoTIFF.") from None
-        with src:
-            names = list(band_names) if band_names is not None else \
-                resolve_bands(src.count, src.descriptions, None, data_cfg, str(path))[0]
-            if len(names) != src.count:
-                raise DataError(f"'{path}' has {src.count} bands but {len(names)} band names were given.")
-            check_bands(stats, names, str(path))
-            if nodata is None:
-                nodata = getattr(data_cfg, "nodata", None)
-            if nodata is None:
-                nodata = src.nodata
-            nd = None if nodata is None or not math.isfinite(float(nodata)) else float(nodata)
-            H, W = src.height, src.width
-            block_rows = src.block_shapes[0][0] if src.block_shapes else 1
-            row_bytes = src.count * W * np.dtype(src.dtypes[0]).itemsize
-            # Two block rows of decoded tiles stay cached, so a tile row shared by two strips is decoded once.
-            # (rasterio passes GDAL_CACHEMAX to GDALSetCacheMax64, which takes BYTES, not MB.)
-            cache_bytes = max(64 << 20, 2 * min(block_rows, H) * row_bytes + (16 << 20))
-            lut, lnodata = class_lookup(int(num_classes), class_values)
-            like = {"height": H, "width": W, "crs": src.crs, "transform": src.transform}
-            outputs = [GeoTiffWriter(out_path, like, 1, lut.dtype, lnodata, descriptions=["class"])]
-            ppath = proba_path(out_path) if pkind else None
-            try:
-                if pkind:
-                    outputs.append(GeoTiffWriter(
-                        ppath, like, num_classes, pkind, math.nan if pkind == "float32" else 255,
-                        descriptions=[f"p_class_{k}" for k in range(num_classes)],
-                        scales=[1.0 / PROBA_SCALE] * num_classes if pkind == "uint8" else None))
-                with rasterio.Env(GDAL_CACHEMAX=int(cache_bytes)):
-                    read = lambda a, b: src.read(window=Window(0, a, W, b - a))  # noqa: E731  (C, b-a, W)
-                    info = _stream_raster(read, (H, W), src.count, model, stats, nd, win, overlap, blend,
-                                          int(batch_size), lut, lnodata, outputs, pkind, device)
-            except BaseException:
-                for w in outputs:
-                    w.abort()
-                raise
+        src = sources[0]
+        count = sum(s.count for s in sources)
+        names = list(band_names) if band_names is not None else stacked_names or \
+            resolve_bands(src.count, src.descriptions, None, data_cfg, str(path))[0]
+        if len(names) != count:
+            raise DataError(f"'{path}' has {count} bands but {len(names)} band names were given.")
+        check_bands(stats, names, str(path))
+        if nodata is None:
+            nodata = getattr(data_cfg, "nodata", None)
+        if nodata is None:
+            nodata = src.nodata
+        nd = None if nodata is None or not math.isfinite(float(nodata)) else float(nodata)
+        H, W = src.height, src.width
+        block_rows = src.block_shapes[0][0] if src.block_shapes else 1
+        row_bytes = count * W * np.dtype(src.dtypes[0]).itemsize
+        # Two block rows of decoded tiles stay cached, so a tile row shared by two strips is decoded once.
+        # (rasterio passes GDAL_CACHEMAX to GDALSetCacheMax64, which takes BYTES, not MB.)
+        cache_bytes = max(64 << 20, 2 * min(block_rows, H) * row_bytes + (16 << 20))
+        lut, lnodata = class_lookup(int(num_classes), class_values)
+        like = {"height": H, "width": W, "crs": src.crs, "transform": src.transform}
+        outputs = [GeoTiffWriter(out_path, like, 1, lut.dtype, lnodata, descriptions=["class"])]
+        ppath = proba_path(out_path) if pkind else None
+        try:
+            if pkind:
+                outputs.append(GeoTiffWriter(
+                    ppath, like, num_classes, pkind, math.nan if pkind == "float32" else 255,
+                    descriptions=[f"p_class_{k}" for k in range(num_classes)],
+                    scales=[1.0 / PROBA_SCALE] * num_classes if pkind == "uint8" else None))
+            with rasterio.Env(GDAL_CACHEMAX=int(cache_bytes)):
+                def read(a: int, b: int) -> np.ndarray:  # (C, b-a, W)
+                    parts = [s.read(window=Window(0, a, W, b - a)) for s in sources]
+                    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+                info = _stream_raster(read, (H, W), count, model, stats, nd, win, overlap, blend,
+                                      int(batch_size), lut, lnodata, outputs, pkind, device)
+        except BaseException:
             for w in outputs:
-                w.close()
+                w.abort()
+            raise
+        for w in outputs:
+            w.close()
     seconds = time.perf_counter() - t0
     return {
         "input": str(path), "output": str(out_path), "proba_output": str(ppath) if ppath else None,

@@ -113,6 +113,77 @@ def test_segment_with_linear_head_saves_reloads_and_predicts(seg_scene, pretrain
         assert set(np.unique(dst.read(1))) <= {1, 2, 3}
 
 
+def test_segment_on_stacked_single_band_files_evaluates_and_predicts_each_folder(tmp_path: Path) -> None:
+    """One folder per scene with a file per band (Landsat / 38-Cloud style) stacked by data.channels; labels from
+    a CSV; prediction of the parent folder writes one map per scene folder."""
+    rng = np.random.default_rng(5)
+    rows = ["image,label"]
+    for i in range(2):
+        scene = tmp_path / "scenes" / f"scene_{i}"
+        scene.mkdir(parents=True)
+        img = structured_raster(rng, 3, 48)
+        for b, name in enumerate(("red", "green", "nir")):
+            write_geotiff(scene / f"{name}.tif", img[b:b + 1])
+        cls = (img[0] > np.median(img[0])).astype(np.uint8) + 1
+        write_geotiff(tmp_path / f"gt_{i}.tif", cls[None])
+        rows.append(f"scenes/scene_{i}/red.tif,gt_{i}.tif")
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    ft = tmp_path / "ft"
+    common = ["data.sensor=null", "data.channels=[*red*,*green*,*nir*]"]
+    result = runner.invoke(app, ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", "none",
+                                 "--images", str(tmp_path / "scenes"), "--labels", str(tmp_path / "pairs.csv"),
+                                 "--out", str(ft), "--labels-per-class", "5", "--head", "linear", *sets(*common)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((ft / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 2 * 48 * 48 - 10
+    pr = runner.invoke(app, ["predict", str(ft), str(tmp_path / "scenes"), "--out", str(tmp_path / "pred")])
+    assert pr.exit_code == 0, pr.output
+    for i in range(2):
+        with rasterio.open(tmp_path / "pred" / f"scene_{i}_pred.tif") as dst, \
+                rasterio.open(tmp_path / "scenes" / f"scene_{i}" / "red.tif") as src:
+            assert dst.transform == src.transform and dst.shape == src.shape
+            assert set(np.unique(dst.read(1))) <= {1, 2}
+
+
+def test_segment_volumes_per_case_folder_with_label_name_and_remap(tmp_path: Path) -> None:
+    """BraTS layout: a folder per case with one NIfTI per sequence and the label beside them; classes 1-4 merged
+    into one (whole tumour) with labels.remap, background a class (ignore_value null)."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(2)
+    zz, yy, xx = np.mgrid[0:24, 0:24, 0:24].astype(np.float32)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    for i in range(2):
+        case = tmp_path / "cases" / f"case_{i}"
+        case.mkdir(parents=True)
+        c = rng.uniform(8, 16, size=3)
+        d2 = (xx - c[0]) ** 2 + (yy - c[1]) ** 2 + (zz - c[2]) ** 2
+        seg = np.select([d2 < 9, d2 < 25, d2 < 36], [4, 2, 1], 0).astype(np.float32)
+        for name, gain in (("Flair", 3.0), ("T1c", 1.5)):
+            vol = 100 + gain * 100 * (seg > 0) + rng.normal(0, 10, seg.shape)
+            nib.save(nib.Nifti1Image(vol.astype(np.float32), affine), str(case / f"{name}.nii.gz"))
+        nib.save(nib.Nifti1Image(seg, affine), str(case / "OTMultiClass.nii.gz"))
+    ft = tmp_path / "ft3d"
+    vol_sets = ["data.kind=volume", "data.intensity=mr", "data.patch_size=16", "model.patch_size=8",
+                "data.channels=[*Flair*,*T1c*]", "labels.label_name=OTMultiClass.nii.gz",
+                "labels.remap={2: 1, 3: 1, 4: 1}", "labels.ignore_value=null", "finetune.max_steps=6",
+                "finetune.batch_size=2"]
+    result = runner.invoke(app, ["finetune", "segment", "recipes/mae_mri.yaml", "--encoder", "none",
+                                 "--images", str(tmp_path / "cases"), "--out", str(ft), "--label-fraction", "0.05",
+                                 *[a for item in [*TINY, *vol_sets] for a in ("--set", item)]])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((ft / "metrics.json").read_text())
+    assert [c["value"] for c in metrics["classes"]] == [0, 1] and len(metrics["test"]["per_class_dice"]) == 2
+    pr = runner.invoke(app, ["predict", str(ft), str(tmp_path / "cases"), "--out", str(tmp_path / "pred3d")])
+    assert pr.exit_code == 0, pr.output
+    for i in range(2):
+        out = nib.load(str(tmp_path / "pred3d" / f"case_{i}_pred.nii.gz"))
+        assert out.shape == (24, 24, 24) and np.allclose(out.affine, affine)
+        assert set(np.unique(np.asarray(out.dataobj)).tolist()) <= {0, 1}
+    ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(tmp_path / "cases")])
+    assert ev.exit_code == 0, ev.output
+
+
 def test_segment_refuses_labels_on_another_grid(seg_scene, pretrained: Path, tmp_path: Path) -> None:
     images, labels = seg_scene
     from affine import Affine

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from affine import Affine
@@ -9,7 +11,8 @@ from affine import Affine
 from geomed_ssl.config import DataConfig, LabelsConfig
 from geomed_ssl.data.catalog import scan
 from geomed_ssl.downstream.labels import (
-    ClassMap, LabelSelection, block_split, class_ids, labelled_pixels, match_labels, read_label, sample_fraction,
+    ClassMap, LabelSelection, block_split, class_ids, labelled_pixels, match_labels, read_label, read_label_pairs,
+    sample_fraction,
     sample_images_per_class, sample_per_class, scan_class_folders, select_labels,
 )
 from geomed_ssl.errors import DataError
@@ -123,6 +126,29 @@ def test_ignore_value_none_keeps_zero_as_a_class(tmp_path):
     assert mask.all() and not mask0.all()
     assert class_ids([labels], None) == [0, 1, 2, 3, 4]
     assert class_ids([labels], None, masks=[mask0]) == [1, 2, 3, 4]
+
+
+def test_remap_merges_classes_before_ignore_value(tmp_path):
+    path = _label(tmp_path / "l.tif", _classes())
+    labels, mask = read_label(path, "raster", ignore_value=0, remap={2: 1, 3: 1, 4: 0})
+    assert class_ids([labels], 0, masks=[mask]) == [1]  # 4 -> 0 = ignore_value: unlabelled
+    assert mask.sum() == 3 * (15 * 15)
+    whole, _ = read_label(path, "raster", ignore_value=None, remap={2: 1, 3: 1, 4: 1})
+    assert np.unique(whole).tolist() == [0, 1]
+
+
+def test_label_pairs_from_a_csv_or_a_fixed_name_with_remap(tmp_path):
+    records = _images(tmp_path)
+    (tmp_path / "labels").mkdir()
+    _label(tmp_path / "labels" / "a.tif", _classes())
+    (tmp_path / "pairs.csv").write_text("image,label\nscene_0.tif,labels/a.tif\nscene_1.tif,labels/a.tif\n")
+    lab = LabelsConfig(remap={3: 2, 4: 2})
+    pairs, arrays, masks = read_label_pairs(records, tmp_path / "pairs.csv", lab, DataConfig(patch_size=8))
+    assert len(pairs) == 2 and class_ids(arrays, 0, masks=masks) == [1, 2]
+    for r in records:  # one label named truth.tif beside each image
+        _label(Path(r.path).parent / "truth.tif", _classes())
+    pairs, _, _ = read_label_pairs(records, None, LabelsConfig(label_name="truth.tif"), DataConfig(patch_size=8))
+    assert {Path(p).name for _, p in pairs} == {"truth.tif"}
 
 
 def test_continuous_values_are_refused_as_labels(tmp_path):

@@ -122,7 +122,8 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
     names = [c["name"] for c in meta["classes"]]
     if meta["task"] == "segment":
         if images is None or (labels is None and recipe.labels.label_name is None):
-            raise GeomedError("a segmentation model is evaluated with --images IMG_DIR --labels LABEL_DIR.")
+            raise GeomedError("a segmentation model is evaluated with --images IMG_DIR --labels LABELS (a folder, "
+                              "a label file or a CSV), or with labels.label_name set in its recipe.")
         catalog = scan(images, recipe.data)
         pairs, arrays, masks = read_label_pairs(catalog.records, labels, recipe.labels, recipe.data)
         files, flats, vals = labelled_pixels(arrays, masks)
@@ -178,6 +179,7 @@ def predict_classes(model: torch.nn.Module, meta: dict[str, Any], recipe: Any, i
 
     from geomed_ssl.data.catalog import scan
     from geomed_ssl.downstream.classify import ImageDataset
+    from geomed_ssl.downstream.sliding import model_device
 
     records = []
     for item in inputs:
@@ -187,7 +189,7 @@ def predict_classes(model: torch.nn.Module, meta: dict[str, Any], recipe: Any, i
     stats = BandStats.from_dict(meta["encoder"]["stats"])
     dataset = ImageDataset(records, np.zeros(len(records), np.int64), stats, recipe.data, meta["encoder"]["patch_size"])
     names = [c["name"] for c in meta["classes"]]
-    device = next(model.parameters()).device
+    device = model_device(model)
     rows = []
     with torch.no_grad():
         for i in range(len(records)):

@@ -3,16 +3,16 @@
     python benchmarks/bench_fewlabel.py [--seeds 0 1 2] [--pretrain-steps 400] [--finetune-steps 200] [--skip-eurosat]
         [--seg-head linear|unetr] [--num-workers 0] [--brats [--brats-pretrain-steps 300]]
 
-Hyperparameters are fixed here and are the same for the pretrained and the random-init encoder; nothing
-early-stops on the test split. One disclosure: the Indian Pines head (linear rather than UNETR) was chosen after the
-UNETR numbers on seeds 0-2 were known, by comparing heads on label seeds 10 and 11 only. Indian Pines: the bundled scene, k labelled pixels per
-class (rare classes capped at half their pixels), tested on every other labelled pixel (random split) or on whole
-held-out 16x16 blocks (block split, no leakage through neighbouring pixels). The classical baseline is a random
-forest on PCA + local-mean spectral features with exactly the same training pixels. EuroSAT-MS: 200 patches,
-linear probe and full fine-tune with k images per class, tested on the rest. BraTS (``--brats``, optional 3D):
-FLAIR + T1c at 2 mm, MAE on the four non-test patients, then whole-tumour segmentation (classes 1-4 merged,
-background a class) from 1 % of the voxels of the 2 training patients (150 steps: a 64³ UNETR step costs ~1-4 s on
-2 CPU cores), scored on the 2 test patients.
+Hyperparameters are fixed here and are the same for the pretrained and the random-init encoder; nothing early-stops
+on the test split. One disclosure: the Indian Pines head (linear rather than UNETR) was chosen after the UNETR
+numbers on seeds 0-2 were known, by comparing heads on label seeds 10 and 11 only. Indian Pines: the bundled scene,
+k labelled pixels per class (rare classes capped at half their pixels), tested on every other labelled pixel (random
+split) or on whole held-out 16x16 blocks (block split, no leakage through neighbouring pixels). The classical
+baseline is a random forest on PCA + local-mean spectral features with exactly the same training pixels. EuroSAT-MS:
+200 patches, linear probe and full fine-tune with k images per class, tested on the rest. BraTS (``--brats``,
+optional 3D): FLAIR + T1c at 2 mm, MAE on the four non-test patients, then whole-tumour segmentation (classes 1-4
+merged, background a class) from 1 % of the voxels of the 2 training patients (150 steps: a 64³ UNETR step costs
+~1-4 s on 2 CPU cores), scored on the 2 test patients.
 """
 
 from __future__ import annotations

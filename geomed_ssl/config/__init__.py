@@ -1,7 +1,8 @@
 """Typed recipe objects: YAML load, ``section.key=value`` overrides, validation with clear errors.
 
 A recipe has four pretraining sections (``data``, ``model``, ``method``, ``train``) and two for fine-tuning
-(``finetune``, ``labels``); every section is optional and missing keys take their defaults. Each is a dataclass; unknown keys are errors that name the key and the valid ones.
+(``finetune``, ``labels``); every section is optional and missing keys take their defaults. Each is a dataclass;
+unknown keys are errors that name the key and the valid ones.
 
 Where things live: ``sections`` (the dataclasses, ``Recipe``, ``as_tuple``, ``spatial_dims``), ``loading`` (dict /
 YAML / overrides into a ``Recipe``), ``validation`` (cross-field checks). Import them from here.

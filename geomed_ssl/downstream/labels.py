@@ -303,8 +303,9 @@ def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata
 
     ``remap`` ({old: new}) merges or renumbers classes first (e.g. BraTS whole tumour: {2: 1, 3: 1, 4: 1}).
     Unlabelled = NaN, the file's nodata (or ``nodata``) or ``ignore_value`` (after ``remap``, so a class mapped to
-    it is left out); those positions hold ``ignore_value`` (-1 if None). Float labels are rounded. Volumes follow the volume reader: closest-canonical RAS, and with
-    ``spacing`` the same resampled grid (nearest neighbour). ``window`` = (row, col, h, w) reads part of a raster.
+    it is left out); those positions hold ``ignore_value`` (-1 if None). Float labels are rounded. Volumes follow
+    the volume reader: closest-canonical RAS, and with ``spacing`` the same resampled grid (nearest neighbour).
+    ``window`` = (row, col, h, w) reads part of a raster.
     """
     path = str(path)
     if kind == "raster":

@@ -22,6 +22,7 @@ from geomed_ssl.downstream.finetune import FinetuneResult, class_weights_from_co
 from geomed_ssl.downstream.labels import sample_fraction, sample_images_per_class, scan_class_folders
 from geomed_ssl.downstream.metrics import classification_metrics, confusion_matrix, save_confusion_png
 from geomed_ssl.downstream.seg_data import augment
+from geomed_ssl.downstream.sliding import model_device
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.models.cls_heads import ClassificationModel
 
@@ -92,7 +93,7 @@ def extract_features(model: ClassificationModel, dataset: ImageDataset, indices:
     """Pooled frozen-encoder features (N, D) of ``indices`` (images of one size are batched together)."""
     feats = []
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     with torch.no_grad():
         for start in range(0, len(indices), batch):
             images = [dataset.image(int(i))[0] for i in indices[start:start + batch]]
@@ -182,7 +183,7 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
 def predict_images(model: ClassificationModel, dataset: ImageDataset, indices: np.ndarray) -> np.ndarray:
     feats = extract_features(model, dataset, indices)
     with torch.no_grad():
-        return model.head(feats.to(next(model.parameters()).device)).argmax(1).cpu().numpy()
+        return model.head(feats.to(model_device(model))).argmax(1).cpu().numpy()
 
 
 def evaluate_images(model: ClassificationModel, dataset: ImageDataset, labels: np.ndarray,

@@ -14,7 +14,7 @@ import torch
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.downstream.predict_raster import RASTER_BLENDS, predict_raster
 from geomed_ssl.downstream.predict_volume import VOLUME_BLENDS, predict_volume
-from geomed_ssl.downstream.sliding import ModelFn, as_model, blend_weights, window_starts
+from geomed_ssl.downstream.sliding import ModelFn, as_model, blend_weights, channel_records, window_starts
 from geomed_ssl.errors import DataError
 
 __all__ = ["ModelFn", "RASTER_BLENDS", "VOLUME_BLENDS", "blend_weights", "list_inputs", "predict_files",
@@ -40,12 +40,7 @@ def _kind_and_stem(path: Path, data_cfg: Any) -> tuple[str, str]:
 def _stacked_folders(folder: Path, data_cfg: Any) -> list[Path]:
     """The folders under ``folder`` that hold one stacked ``data.channels`` sample each (``folder`` itself when it
     is one)."""
-    import dataclasses
-
-    from geomed_ssl.data.catalog import scan
-
-    cfg = dataclasses.replace(data_cfg, include=["**/*"], exclude=[], patch_size=1)
-    records = scan(folder, cfg).records
+    records = channel_records(folder, data_cfg, getattr(data_cfg, "kind", "volume"))
     if not records:
         raise DataError(f"no folder under '{folder}' holds the channel files {data_cfg.channels}.")
     return sorted({Path(r.path).parent for r in records})

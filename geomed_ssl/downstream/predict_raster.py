@@ -9,7 +9,6 @@ with a windowed write and the strips shift up. Softmax probabilities are blended
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import time
 import warnings
@@ -20,8 +19,8 @@ import numpy as np
 import torch
 
 from geomed_ssl.data.stats import BandStats, check_bands, normalize
-from geomed_ssl.downstream.sliding import (ModelFn, as_model, as_window, blend_weights, check_request, softmax_probs,
-                                          window_starts)
+from geomed_ssl.downstream.sliding import (ModelFn, as_model, as_window, blend_weights, channel_records,
+                                          check_request, softmax_probs, window_starts)
 from geomed_ssl.downstream.writers import PROBA_SCALE, GeoTiffWriter, class_lookup, proba_path
 from geomed_ssl.errors import DataError
 
@@ -36,10 +35,7 @@ def channel_files(path: Path, data_cfg: Any) -> tuple[list[str], list[str] | Non
     if not getattr(data_cfg, "channels", None):
         raise DataError(f"'{path}' is a folder; predict_raster takes one GeoTIFF, or a folder of single-band files "
                         "with data.channels set.")
-    from geomed_ssl.data.catalog import scan
-
-    cfg = dataclasses.replace(data_cfg, kind="raster", include=["**/*"], exclude=[], patch_size=1)
-    records = scan(path, cfg, strict=True).records
+    records = channel_records(path, data_cfg, "raster", strict=True)
     if len(records) != 1:
         raise DataError(f"'{path}' holds {len(records)} stacked samples; predict_raster takes one folder of "
                         "data.channels files.")

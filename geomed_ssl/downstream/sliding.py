@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from functools import reduce
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -81,6 +82,15 @@ def _proba_kind(probabilities: bool | str) -> str | None:
     if kind not in ("float32", "uint8"):
         raise ConfigError(f"probabilities must be False, True/'float32' or 'uint8', got {probabilities!r}.")
     return kind
+
+
+def channel_records(folder: Path, data_cfg: Any, kind: str, strict: bool = False) -> list[Any]:
+    """The ``data.channels`` stacks under ``folder`` as catalog records (one per folder of channel files); the
+    channel globs alone pick the files, so ``data.include`` / ``data.exclude`` do not apply."""
+    from geomed_ssl.data.catalog import scan
+
+    cfg = dataclasses.replace(data_cfg, kind=kind, include=["**/*"], exclude=[], patch_size=1)
+    return scan(folder, cfg, strict=strict).records
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

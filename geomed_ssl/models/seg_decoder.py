@@ -93,6 +93,11 @@ class UpBlockNoSkip(nn.Module):
         return self.conv_block(self.transp_conv(inp))
 
 
+def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+    """Spatial tokens (B, N, D) -> a feature map (B, D, *grid)."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
+
+
 class UNETRDecoder(nn.Module):
     """Tokens of ``num_layers_tapped`` encoder blocks + the final normed tokens + the input image -> logits."""
 
@@ -127,9 +132,6 @@ class UNETRDecoder(nn.Module):
                 self.ups.append(UpBlockNoSkip(spatial_dims, in_ch, width[lvl], kernels[lvl], norm_name, res_block))
         self.out = UnetOutBlock(spatial_dims, feature_size, out_chans)
 
-    def _to_map(self, tokens: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
-        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)  # (B, D, *grid)
-
     def forward(self, x_in: torch.Tensor, hidden: list[torch.Tensor], grid: tuple[int, ...],
                 final: torch.Tensor) -> torch.Tensor:
         """``x_in`` (B, C, *S), ``hidden`` the taps' spatial tokens (B, N, D) shallow -> deep, ``grid`` the token
@@ -140,12 +142,12 @@ class UNETRDecoder(nn.Module):
         if tuple(x_in.shape[2:]) != expect:
             raise DataError(f"input of spatial shape {tuple(x_in.shape[2:])} does not match token grid {tuple(grid)} "
                             f"x patch {self.patch_size} = {expect}.")
-        maps = [self._to_map(h, grid) for h in hidden]  # each (B, D, *grid)
+        maps = [tokens_to_map(h, grid) for h in hidden]  # each (B, D, *grid)
         skips = {0: self.encoder1(x_in)}  # (B, f, *S)
         for key, block in self.skips.items():
             lvl = int(key)
             skips[lvl] = block(torch.cat([m for m, t in zip(maps, self.tap_level) if t == lvl], dim=1))
-        x = torch.cat([self._to_map(final, grid)] + [m for m, t in zip(maps, self.tap_level) if t == self.n_up], 1)
+        x = torch.cat([tokens_to_map(final, grid)] + [m for m, t in zip(maps, self.tap_level) if t == self.n_up], 1)
         for lvl in range(self.n_up - 1, -1, -1):
             x = self.ups[lvl](x, skips[lvl]) if lvl in skips else self.ups[lvl](x)  # (B, f * 2**lvl, *S_lvl)
         return self.out(x)
@@ -173,8 +175,7 @@ class LinearDecoder(nn.Module):
         if len(hidden) != self.num_taps:
             raise ConfigError(f"the linear decoder was built for {self.num_taps} encoder taps, got {len(hidden)}.")
         tokens = torch.cat([*hidden, final], dim=-1)  # (B, N, D * (T + 1))
-        maps = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
-        logits = self.out(self.norm(maps))  # (B, K, *grid)
+        logits = self.out(self.norm(tokens_to_map(tokens, grid)))  # (B, K, *grid)
         return nn.functional.interpolate(logits, size=tuple(x_in.shape[2:]), mode=self.mode, align_corners=False)
 
 

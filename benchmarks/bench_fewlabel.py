@@ -42,6 +42,21 @@ def recipe(**sections: dict) -> object:
     return recipe_from_dict(raw, "benchmark recipe")
 
 
+def mean_std(runs: list[dict], keys: tuple[str, ...]) -> list[tuple[float, float]]:
+    """(mean, std) over runs of each metric in ``keys``."""
+    return [(float(np.mean([m[k] for m in runs])), float(np.std([m[k] for m in runs]))) for k in keys]
+
+
+def print_table(columns: tuple[str, str, str], rows: list[tuple]) -> None:
+    """A markdown table: setting, model, then ``columns`` as mean ± std."""
+    heads = " | ".join(f"{c:>13s}" for c in columns)
+    print(f"\n| {'setting':38s} | {'model':22s} | {heads} |")
+    print(f"|{'-' * 40}|{'-' * 24}|{'-' * 15}|{'-' * 15}|{'-' * 15}|")
+    for setting, name, *vals in rows:
+        cells = " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in vals)
+        print(f"| {setting:38s} | {name:22s} | {cells} |")
+
+
 def rf_baseline(selection: LabelSelection, seed: int) -> dict[str, float]:
     """Random forest on 30 PCA components + their 5x5 local means, trained on the same pixels."""
     import rasterio
@@ -87,8 +102,7 @@ def indian_pines(args: argparse.Namespace, tmp: Path) -> list[tuple]:
                 selection = res.selection
             results["RF (PCA + local mean)"].append(rf_baseline(selection, seed))
         for name, ms in results.items():
-            rows.append((f"Indian Pines, {k}/class, {split} split", name,
-                         *[(np.mean([m[x] for m in ms]), np.std([m[x] for m in ms])) for x in ("OA", "AA", "kappa")]))
+            rows.append((f"Indian Pines, {k}/class, {split} split", name, *mean_std(ms, ("OA", "AA", "kappa"))))
     print(f"\nIndian Pines: pretraining {args.pretrain_steps} steps took {pre_minutes:.1f} min; fine-tuning "
           f"{args.finetune_steps} steps per run, head '{args.seg_head}'; seeds {args.seeds}")
     return rows
@@ -128,9 +142,7 @@ def eurosat(args: argparse.Namespace, tmp: Path) -> list[tuple]:
                     res = finetune_classify(r, enc, data, tmp / f"eu_{k}_{mode[:4]}_{name[:4]}_{seed}",
                                             overwrite=True, progress=False)
                     accs.append(res.metrics["test"])
-                rows.append((f"EuroSAT-MS, {k}/class, {mode}", name,
-                             *[(np.mean([m[x] for m in accs]), np.std([m[x] for m in accs]))
-                               for x in ("OA", "AA", "kappa")]))
+                rows.append((f"EuroSAT-MS, {k}/class, {mode}", name, *mean_std(accs, ("OA", "AA", "kappa"))))
     print(f"EuroSAT-MS: MAE pretraining {args.pretrain_steps} steps on the 200 patches took {minutes:.1f} min")
     return rows
 
@@ -166,8 +178,7 @@ def brats(args: argparse.Namespace, tmp: Path) -> list[tuple]:
             scores[name].append({"OA": m["OA"], "Dice (tumour)": m["per_class_dice"][1], "mean Dice": m["mean_dice"]})
     print(f"BraTS: MAE pretraining {args.brats_pretrain_steps} steps on 4 patients took {minutes:.1f} min; "
           "fine-tuning 150 steps (UNETR, feature size 8) from 1 % of 2 patients' voxels; scored on 2 test patients")
-    return [("BraTS whole tumour, 2 train / 2 test", name,
-             *[(np.mean([m[x] for m in ms]), np.std([m[x] for m in ms])) for x in ("OA", "Dice (tumour)", "mean Dice")])
+    return [("BraTS whole tumour, 2 train / 2 test", name, *mean_std(ms, ("OA", "Dice (tumour)", "mean Dice")))
             for name, ms in scores.items()]
 
 
@@ -190,17 +201,9 @@ def main() -> None:
         if not args.skip_eurosat:
             rows += eurosat(args, Path(tmp))
         brats_rows = brats(args, Path(tmp)) if args.brats else []
-    print(f"\n| {'setting':38s} | {'model':22s} | {'OA':>13s} | {'AA':>13s} | {'kappa':>13s} |")
-    print(f"|{'-' * 40}|{'-' * 24}|{'-' * 15}|{'-' * 15}|{'-' * 15}|")
-    for setting, name, *vals in rows:
-        cells = " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in vals)
-        print(f"| {setting:38s} | {name:22s} | {cells} |")
+    print_table(("OA", "AA", "kappa"), rows)
     if brats_rows:
-        print(f"\n| {'setting':38s} | {'model':22s} | {'OA':>13s} | {'Dice, tumour':>13s} | {'mean Dice':>13s} |")
-        print(f"|{'-' * 40}|{'-' * 24}|{'-' * 15}|{'-' * 15}|{'-' * 15}|")
-        for setting, name, *vals in brats_rows:
-            cells = " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in vals)
-            print(f"| {setting:38s} | {name:22s} | {cells} |")
+        print_table(("OA", "Dice, tumour", "mean Dice"), brats_rows)
 
 
 if __name__ == "__main__":

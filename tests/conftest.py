@@ -53,6 +53,17 @@ def write_geotiff(path: Path, array: np.ndarray, nodata: float | None = None, **
     return path
 
 
+def write_class_folders(root: Path, names: list[str], per_class: int, bands: int = 4) -> Path:
+    """Folder-per-class 16x16 uint16 GeoTIFFs whose brightness differs by class (class c adds 1500 * c)."""
+    rng = np.random.default_rng(5)
+    for c, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            img = structured_raster(rng, bands, 16).astype(np.int32) + 1500 * c
+            write_geotiff(root / name / f"{name}_{i}.tif", img.astype(np.uint16))
+    return root
+
+
 @pytest.fixture
 def raster_dir(tmp_path: Path) -> Path:
     """Six 4-band 48x48 uint16 GeoTIFFs with smooth structure, plus a label file the recipe must exclude."""

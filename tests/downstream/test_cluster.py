@@ -16,7 +16,7 @@ from geomed_ssl.cli import app
 from geomed_ssl.downstream.cluster import agreement, cluster_embeddings, fit_predict
 from geomed_ssl.downstream.embed import embed_folder
 from geomed_ssl.downstream.embed_store import read_columns
-from tests.conftest import structured_raster, write_geotiff
+from tests.conftest import write_class_folders, write_geotiff
 from tests.downstream.test_embed import make_encoder, scenes, volumes
 
 runner = CliRunner()
@@ -108,13 +108,7 @@ def test_label_map_gives_nmi_and_ari(window_embeddings: tuple[Path, Path], tmp_p
 
 
 def test_cluster_cli_with_class_folders_and_a_labels_csv(tmp_path: Path) -> None:
-    rng = np.random.default_rng(5)
-    root = tmp_path / "classes"
-    for c, name in enumerate(["Forest", "River", "Urban"]):
-        (root / name).mkdir(parents=True)
-        for i in range(4):
-            write_geotiff(root / name / f"{name}_{i}.tif", (structured_raster(rng, 4, 16).astype(np.int32)
-                                                             + 1500 * c).astype(np.uint16))
+    root = write_class_folders(tmp_path / "classes", ["Forest", "River", "Urban"], per_class=4)
     enc = make_encoder(root, tmp_path / "enc")
     emb = tmp_path / "emb"
     assert runner.invoke(app, ["embed", str(enc), str(root), "--out", str(emb)]).exit_code == 0

@@ -11,7 +11,7 @@ import rasterio
 from typer.testing import CliRunner
 
 from geomed_ssl.cli import app
-from tests.conftest import TINY, structured_raster, write_geotiff
+from tests.conftest import TINY, structured_raster, write_class_folders, write_geotiff
 
 runner = CliRunner()
 FT = ["finetune.max_steps=25", "finetune.batch_size=4", "finetune.warmup_steps=2", "finetune.feature_size=8",
@@ -201,14 +201,7 @@ def test_segment_refuses_labels_on_another_grid(seg_scene, pretrained: Path, tmp
 @pytest.fixture
 def class_folders(tmp_path: Path) -> Path:
     """Three classes of 4-band 16x16 patches whose brightness differs by class."""
-    rng = np.random.default_rng(5)
-    root = tmp_path / "classes"
-    for c, name in enumerate(["Forest", "River", "Urban"]):
-        (root / name).mkdir(parents=True)
-        for i in range(6):
-            img = structured_raster(rng, 4, 16).astype(np.int32) + 1500 * c
-            write_geotiff(root / name / f"{name}_{i}.tif", img.astype(np.uint16))
-    return root
+    return write_class_folders(tmp_path / "classes", ["Forest", "River", "Urban"], per_class=6)
 
 
 @pytest.mark.parametrize("mode", ["--linear-probe", "--mlp", "--full"])

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from geomed_ssl.cli import app
-from tests.conftest import TINY, structured_raster, write_geotiff
+from tests.conftest import TINY, structured_raster, write_class_folders, write_geotiff
 
 runner = CliRunner()
 WAVELENGTHS = "data.wavelengths=[0.49, 0.56, 0.665, 0.842]"  # the 4-band fixtures as S2 B02 B03 B04 B08
@@ -51,13 +51,7 @@ def scene(folder: Path, bands: int, seed: int = 3) -> tuple[Path, Path]:
 
 def class_folders(root: Path, bands: int) -> Path:
     """Two classes of 16x16 patches whose brightness differs by class."""
-    rng = np.random.default_rng(5)
-    for c, name in enumerate(["Forest", "Urban"]):
-        (root / name).mkdir(parents=True)
-        for i in range(4):
-            img = structured_raster(rng, bands, 16).astype(np.int32) + 1500 * c
-            write_geotiff(root / name / f"{name}_{i}.tif", img.astype(np.uint16))
-    return root
+    return write_class_folders(root, ["Forest", "Urban"], per_class=4, bands=bands)
 
 
 @pytest.mark.parametrize("kind", ["plain", "grouped", "spectral", "wavelength"])

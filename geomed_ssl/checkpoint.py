@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from geomed_ssl.errors import GeomedError
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder, check_encoder_bands
+from geomed_ssl.permissions import apply_umask
 
 FORMAT = "geomed-ssl-encoder"
 MODEL_FORMAT = "geomed-ssl-model"
@@ -30,12 +31,15 @@ def versions() -> dict[str, str]:
 
 
 def atomic_write_dir(target: Path, write: Any) -> None:
-    """Call ``write(tmp_dir)`` then swap ``tmp_dir`` into ``target``, so a kill never leaves a half-written export."""
+    """Call ``write(tmp_dir)`` then swap ``tmp_dir`` into ``target``, so a kill never leaves a half-written export.
+
+    The result has the modes the user's umask gives new files and folders (not mkdtemp's private 0700/0600)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         write(tmp)
+        apply_umask(tmp)
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old")

@@ -323,6 +323,23 @@ def similar(
 
 @app.command()
 @user_errors
+def export(
+    encoder: Path = typer.Argument(..., help="RUN_DIR, RUN_DIR/encoder or a fine-tune folder."),
+    fmt: str = typer.Option("timm", "--format", help="timm: a VisionTransformer state dict and its create_model "
+                            "arguments (plain-embedding 2D encoders)."),
+    out: Path = typer.Option(..., "--out", help="Export folder (model.safetensors, config.json, geomed_ssl.json, "
+                             "README.txt)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing export folder."),
+) -> None:
+    """Export a pretrained encoder for another library (timm), with its band names and normalisation statistics."""
+    from geomed_ssl.export import export as run
+
+    folder = run(encoder, out, fmt=fmt, overwrite=overwrite)
+    typer.echo(f"{fmt} export: {folder}  (how to load it: {folder / 'README.txt'})")
+
+
+@app.command()
+@user_errors
 def demo(
     out: Path = typer.Option(Path("geomed-ssl-demo"), "--out", help="Demo folder (replaced on each run)."),
     steps: int = typer.Option(150, "--steps", help="Pretraining steps."),

@@ -1,7 +1,8 @@
 """The ViT encoder: patch embedding + fixed sin-cos positions + CLS token + timm ``Block``s, 2D or 3D.
 
 Parameter names follow timm's ``VisionTransformer`` (``patch_embed.proj``, ``cls_token``, ``pos_embed``,
-``blocks.i``, ``norm``) so a timm-compatible export is a plain state-dict copy.
+``blocks.i``, ``norm``), so for a ``plain`` 2D encoder the timm export (:func:`geomed_ssl.export.export_timm`,
+``geomed-ssl export --format timm``) is a plain state-dict copy; ``tests/test_export.py`` checks timm's features.
 
 Position embeddings are fixed sin-cos built for ``cfg.img_size``'s grid (the ``pos_embed`` buffer, with a zero
 CLS row like MAE/timm). Inputs of another size get the sin-cos embedding *recomputed* for their grid rather than

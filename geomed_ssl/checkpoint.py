@@ -121,9 +121,19 @@ def load_encoder(path: str | Path, bands: Sequence[str] | None = None,
             f"{folder / 'model.safetensors'} does not match its config.json (missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}); the export is damaged or from another version."
         )
+    encoder.data_settings = data_settings(read_meta(folder))
     if bands is not None:
         encoder = encoder.select_bands([str(b) for b in bands], None if wavelengths is None else list(wavelengths))
     return encoder.eval()
+
+
+def data_settings(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The data settings ``ViTEncoder.preprocess`` follows (nodata; volumes: intensity, ct_window), from an
+    export's config.json: a fine-tuned model's ``data``, a pretrained encoder's ``recipe.data``."""
+    data = meta.get("data") or (meta.get("recipe") or {}).get("data")
+    if not isinstance(data, dict):
+        return None
+    return {k: data[k] for k in ("nodata", "intensity", "ct_window") if k in data}
 
 
 def save_model(model: torch.nn.Module, out_dir: str | Path, meta: dict[str, Any]) -> dict[str, Any]:

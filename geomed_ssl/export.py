@@ -4,8 +4,8 @@ A ``plain`` 2D encoder is timm's ``VisionTransformer`` with the same parameter n
 ``cls_token``, ``pos_embed``, ``blocks.i.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}``, ``norm``; LayerNorm eps
 1e-6, timm's default), so the export is a plain state-dict copy. Our fixed sin-cos ``pos_embed`` (1, 1+N, D) with its
 zero CLS row becomes timm's learned ``pos_embed`` of the same shape, which is exact at the training window
-(``img_size``); timm interpolates it for other sizes where geomed-ssl recomputes the sin-cos, so features there
-differ. timm normalises nothing: the band names and the statistics go beside the weights.
+(``img_size``); for other sizes timm interpolates it (``dynamic_img_size=True``) where geomed-ssl recomputes the
+sin-cos, so features there differ. timm normalises nothing: the band names and the statistics go beside the weights.
 
 The export folder::
 
@@ -107,8 +107,9 @@ that is timm.create_model("{name}", pretrained=False, {args}).
 
 Input: x is float32 (B, {cfg.in_chans}, {cfg.img_size[0]}, {cfg.img_size[1]}) with the bands in this order:
     {bands}
-The weights match geomed-ssl exactly at this window size only (timm interpolates the position embedding for other
-sizes; geomed-ssl recomputes it).
+The features match geomed-ssl's exactly at this window size. timm refuses other sizes unless the model is created
+with dynamic_img_size=True, which interpolates the position embedding where geomed-ssl recomputes its sin-cos
+positions, so features at other sizes differ.
 
 timm normalises nothing. Normalise each band as training did, with geomed_ssl.json's "stats" (per band mean, std,
 p1, p99): clip to [p1, p99], subtract mean, divide by std, and set pixels that are nodata (or NaN) in every band to

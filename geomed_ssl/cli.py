@@ -188,11 +188,13 @@ def evaluate(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda[:N]."),
 ) -> None:
     """Metrics of a fine-tuned model on labelled data (every labelled pixel, voxel or image)."""
-    from geomed_ssl.downstream.evaluate import evaluate_dir
+    from geomed_ssl.downstream.evaluate import eval_out_dir, evaluate_dir
     from geomed_ssl.downstream.metrics import format_metrics
 
     result = evaluate_dir(ft_dir, images=images, labels=labels, data=data, out=out, device=device)
     typer.echo(format_metrics(result["test"], [c["name"] for c in result["classes"]]))
+    where = eval_out_dir(ft_dir, out)
+    typer.echo(f"metrics: {where / 'metrics.json'}  confusion: {where / 'confusion.png'}")
 
 
 @app.command()

@@ -100,7 +100,8 @@ def load_encoder(path: str | Path, bands: Sequence[str] | None = None,
                  wavelengths: Sequence[float | None] | None = None) -> ViTEncoder:
     """Load an encoder export (RUN_DIR, RUN_DIR/encoder, or a fine-tune dir) as an ``nn.Module`` in eval mode.
 
-    ``enc.config`` holds band names, wavelengths, normalisation statistics and patch size. ``bands`` (with their
+    ``enc.config`` holds band names, wavelengths, normalisation statistics and patch size;
+    ``enc.preprocess(array, nodata=...)`` normalises raw file values with them, as training did. ``bands`` (with their
     centre ``wavelengths`` in µm, when known) are the bands of the data it will meet. A ``plain`` or ``grouped``
     encoder refuses other bands with a message naming the missing and extra ones. A ``spectral`` or
     ``wavelength`` encoder runs on them: each is matched to an encoder band by name or wavelength (the mapping is

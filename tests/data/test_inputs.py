@@ -69,7 +69,8 @@ def test_preprocess_of_a_whole_ras_volume_matches_the_pipeline_patch(tmp_path: P
     cfg = DataConfig(kind="volume", patch_size=16)
     catalog, stats, sample = pipeline_sample(tmp_path / "data", cfg, index=3)
     z, y, x0, d, h, w = sample["meta"]["box"]
-    ras = np.asarray(nib.as_closest_canonical(nib.load(tmp_path / "data" / "v.nii.gz")).get_fdata(dtype=np.float32))[None]
+    canonical = nib.as_closest_canonical(nib.load(tmp_path / "data" / "v.nii.gz"))
+    ras = np.asarray(canonical.get_fdata(dtype=np.float32))[None]  # (1, X, Y, Z) in RAS, as the reader has it
     enc = export_for(catalog, stats, tmp_path, {"nodata": None, "intensity": "auto", "ct_window": [-1000, 1000]},
                      spatial_dims=3, img_size=(16, 16, 16), patch_size=(8, 8, 8), embed_dim=36)
     x, valid = enc.preprocess(ras)  # the whole volume, scaled on its own values as the reader scales it
@@ -102,3 +103,16 @@ def test_preprocess_refuses_arrays_of_another_shape_or_band_count(tmp_path: Path
         enc.preprocess(np.zeros((16, 16)))
     with pytest.raises(DataError, match="the array has 3 bands but the statistics have 4"):
         enc.preprocess(np.zeros((3, 16, 16)))
+
+
+def test_preprocess_defaults_to_the_runs_nodata_setting(tmp_path: Path) -> None:
+    write_tif(tmp_path / "data" / "a.tif", gradient(4, 32, 32, scale=500.0))
+    cfg = DataConfig(patch_size=16)
+    catalog, stats, _ = pipeline_sample(tmp_path / "data", cfg, index=0)
+    enc = export_for(catalog, stats, tmp_path, {"nodata": 7})  # the run said data.nodata: 7
+    raw = gradient(4, 16, 16, scale=500.0)
+    raw[:, 0, :5] = 7
+    _, valid = enc.preprocess(raw)
+    assert int((~valid).sum()) == 5 and not bool(valid[0, 0, :5].any())
+    _, valid_other = enc.preprocess(raw, nodata=-1)  # an explicit value wins
+    assert bool(valid_other.all())

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "load_encoder", "pretrain", "load_recipe"]
+__all__ = ["__version__", "load_encoder", "pretrain", "load_recipe", "export_timm"]
 
 if TYPE_CHECKING:
     from geomed_ssl.checkpoint import load_encoder
     from geomed_ssl.config import load_recipe
+    from geomed_ssl.export import export_timm
     from geomed_ssl.train.pretrain import pretrain
 
 
@@ -27,4 +28,8 @@ def __getattr__(name: str) -> Any:
         from geomed_ssl.config import load_recipe
 
         return load_recipe
+    if name == "export_timm":
+        from geomed_ssl.export import export_timm
+
+        return export_timm
     raise AttributeError(f"module 'geomed_ssl' has no attribute {name!r}")

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from geomed_ssl.errors import GeomedError
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder, check_encoder_bands
+from geomed_ssl.permissions import apply_umask
 
 FORMAT = "geomed-ssl-encoder"
 MODEL_FORMAT = "geomed-ssl-model"
@@ -30,12 +31,15 @@ def versions() -> dict[str, str]:
 
 
 def atomic_write_dir(target: Path, write: Any) -> None:
-    """Call ``write(tmp_dir)`` then swap ``tmp_dir`` into ``target``, so a kill never leaves a half-written export."""
+    """Call ``write(tmp_dir)`` then swap ``tmp_dir`` into ``target``, so a kill never leaves a half-written export.
+
+    The result has the modes the user's umask gives new files and folders (not mkdtemp's private 0700/0600)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         write(tmp)
+        apply_umask(tmp)
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old")
@@ -96,7 +100,8 @@ def load_encoder(path: str | Path, bands: Sequence[str] | None = None,
                  wavelengths: Sequence[float | None] | None = None) -> ViTEncoder:
     """Load an encoder export (RUN_DIR, RUN_DIR/encoder, or a fine-tune dir) as an ``nn.Module`` in eval mode.
 
-    ``enc.config`` holds band names, wavelengths, normalisation statistics and patch size. ``bands`` (with their
+    ``enc.config`` holds band names, wavelengths, normalisation statistics and patch size;
+    ``enc.preprocess(array, nodata=...)`` normalises raw file values with them, as training did. ``bands`` (with their
     centre ``wavelengths`` in µm, when known) are the bands of the data it will meet. A ``plain`` or ``grouped``
     encoder refuses other bands with a message naming the missing and extra ones. A ``spectral`` or
     ``wavelength`` encoder runs on them: each is matched to an encoder band by name or wavelength (the mapping is
@@ -117,9 +122,19 @@ def load_encoder(path: str | Path, bands: Sequence[str] | None = None,
             f"{folder / 'model.safetensors'} does not match its config.json (missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}); the export is damaged or from another version."
         )
+    encoder.data_settings = data_settings(read_meta(folder))
     if bands is not None:
         encoder = encoder.select_bands([str(b) for b in bands], None if wavelengths is None else list(wavelengths))
     return encoder.eval()
+
+
+def data_settings(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The data settings ``ViTEncoder.preprocess`` follows (nodata; volumes: intensity, ct_window), from an
+    export's config.json: a fine-tuned model's ``data``, a pretrained encoder's ``recipe.data``."""
+    data = meta.get("data") or (meta.get("recipe") or {}).get("data")
+    if not isinstance(data, dict):
+        return None
+    return {k: data[k] for k in ("nodata", "intensity", "ct_window") if k in data}
 
 
 def save_model(model: torch.nn.Module, out_dir: str | Path, meta: dict[str, Any]) -> dict[str, Any]:

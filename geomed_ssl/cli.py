@@ -188,11 +188,13 @@ def evaluate(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda[:N]."),
 ) -> None:
     """Metrics of a fine-tuned model on labelled data (every labelled pixel, voxel or image)."""
-    from geomed_ssl.downstream.evaluate import evaluate_dir
+    from geomed_ssl.downstream.evaluate import eval_out_dir, evaluate_dir
     from geomed_ssl.downstream.metrics import format_metrics
 
     result = evaluate_dir(ft_dir, images=images, labels=labels, data=data, out=out, device=device)
     typer.echo(format_metrics(result["test"], [c["name"] for c in result["classes"]]))
+    where = eval_out_dir(ft_dir, out)
+    typer.echo(f"metrics: {where / 'metrics.json'}  confusion: {where / 'confusion.png'}")
 
 
 @app.command()
@@ -319,6 +321,23 @@ def similar(
     for line in find_similar(emb_dir, query, box=box, top=top, out_dir=out, include_self=include_self,
                              encoder=encoder).lines:
         typer.echo(line)
+
+
+@app.command()
+@user_errors
+def export(
+    encoder: Path = typer.Argument(..., help="RUN_DIR, RUN_DIR/encoder or a fine-tune folder."),
+    fmt: str = typer.Option("timm", "--format", help="timm: a VisionTransformer state dict and its create_model "
+                            "arguments (plain-embedding 2D encoders)."),
+    out: Path = typer.Option(..., "--out", help="Export folder (model.safetensors, config.json, geomed_ssl.json, "
+                             "README.txt)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing export folder."),
+) -> None:
+    """Export a pretrained encoder for another library (timm), with its band names and normalisation statistics."""
+    from geomed_ssl.export import export as run
+
+    folder = run(encoder, out, fmt=fmt, overwrite=overwrite)
+    typer.echo(f"{fmt} export: {folder}  (how to load it: {folder / 'README.txt'})")
 
 
 @app.command()

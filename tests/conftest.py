@@ -9,6 +9,45 @@ import numpy as np
 import pytest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+
+def dev_requirements(pyproject: Path = PYPROJECT) -> list[str]:
+    """The ``[dev]`` extra of pyproject.toml: what the reference-equivalence tests import."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10: pytest depends on tomli there
+        import tomli as tomllib
+    with pyproject.open("rb") as f:
+        return list(tomllib.load(f)["project"]["optional-dependencies"]["dev"])
+
+
+def missing_requirements(requirements: list[str]) -> list[str]:
+    """Those of ``requirements`` (PEP 508 strings) not installed, or installed in a version they exclude."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import Requirement
+
+    missing = []
+    for text in requirements:
+        req = Requirement(text)
+        try:
+            found = version(req.name)
+        except PackageNotFoundError:
+            missing.append(f"{text} (not installed)")
+            continue
+        if not req.specifier.contains(found, prereleases=True):
+            missing.append(f"{text} (found {found})")
+    return missing
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The equivalence tests against HF ViTMAE, lightly and MONAI's UNETR need the [dev] extras; without them the
+    # run fails here instead of skipping the tests that check our numbers against the references.
+    missing = missing_requirements(dev_requirements())
+    if missing:
+        raise pytest.UsageError(f"the test suite needs the [dev] extras, missing: {'; '.join(missing)}. Install them "
+                                'with `pip install -e ".[dev]"`.')
 
 # A tiny model and short schedule: every CLI run stays well under ~20 s on 2 cores.
 TINY = [

@@ -64,11 +64,39 @@ CONFIG_CASES: list[Case] = [
 EXPORT_CASES: list[Case] = []
 
 
+# ---- `export`: encoders with no equivalent in the asked format -------------------------------------------------
+def encoder_run(root: Path, **cfg) -> Path:
+    """``root/run/encoder``: an untrained encoder export (plain 2D, 4 bands, unless ``cfg`` says otherwise)."""
+    from geomed_ssl.checkpoint import save_encoder
+    from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
+
+    args = {**dict(in_chans=4, img_size=(16, 16), patch_size=(4, 4), embed_dim=32, depth=1, num_heads=2), **cfg}
+    save_encoder(ViTEncoder(EncoderConfig(**args)), root / "run" / "encoder")
+    return root / "run"
+
+
+TIMM_EXPORT_CASES: list[Case] = [
+    Case("export-3d-encoder-to-timm",
+         lambda r: ["export", str(encoder_run(r, spatial_dims=3, img_size=(16, 16, 16), patch_size=(8, 8, 8),
+                                             embed_dim=36)), "--format", "timm", "--out", str(r / "timm")],
+         "is a 3D (volume) encoder; timm has no 3D VisionTransformer, so it has no timm equivalent"),
+    Case("export-spectral-encoder-to-timm",
+         lambda r: ["export", str(encoder_run(r, embedding="spectral")), "--out", str(r / "timm")],
+         "has a 'spectral' patch embedding, which has no timm equivalent"),
+    Case("export-unknown-format",
+         lambda r: ["export", str(encoder_run(r)), "--format", "onnx", "--out", str(r / "x")],
+         "--format 'onnx' is unknown; available: timm"),
+    Case("export-into-the-encoder-folder",
+         lambda r: ["export", str(encoder_run(r)), "--out", str(r / "run"), "--overwrite"],
+         "is or contains the encoder being exported"),
+]
+
+
 # ---- data files, bands and labels ---------------------------------------------------------------------------------
 DATA_CASES: list[Case] = []
 
 
-CASES = OUTDIR_CASES + CONFIG_CASES + EXPORT_CASES + DATA_CASES
+CASES = OUTDIR_CASES + CONFIG_CASES + EXPORT_CASES + TIMM_EXPORT_CASES + DATA_CASES
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:

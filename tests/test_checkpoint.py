@@ -48,3 +48,29 @@ def test_export_replaces_previous_one_atomically(tmp_path: Path) -> None:
     save_encoder(tiny_encoder(), tmp_path / "encoder", {"step": 2})
     assert json.loads((tmp_path / "encoder" / "config.json").read_text())["step"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder"]  # no temp folders left behind
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test and put the old one back."""
+    import os
+
+    old = os.umask(0o022)
+    yield lambda mask: os.umask(mask)
+    os.umask(old)
+
+
+@pytest.mark.parametrize("mask,dir_mode,file_mode", [(0o002, 0o775, 0o664), (0o027, 0o750, 0o640)],
+                         ids=["umask-002", "umask-027"])
+def test_exported_encoder_and_model_folders_follow_the_umask(tmp_path: Path, umask, mask: int, dir_mode: int,
+                                                              file_mode: int) -> None:
+    from geomed_ssl.checkpoint import save_model
+    from geomed_ssl.models.cls_heads import ClassificationModel
+
+    umask(mask)
+    save_encoder(tiny_encoder(), tmp_path / "encoder")
+    save_model(ClassificationModel(tiny_encoder(), 2), tmp_path / "model", {"task": "classify"})
+    for folder in (tmp_path / "encoder", tmp_path / "model"):
+        assert folder.stat().st_mode & 0o777 == dir_mode, folder
+        for name in ("model.safetensors", "config.json"):
+            assert (folder / name).stat().st_mode & 0o777 == file_mode, folder / name

@@ -106,6 +106,11 @@ def load_run(ft_dir: str | Path, device: str | torch.device | None = "auto",
     return model, meta, recipe
 
 
+def eval_out_dir(ft_dir: str | Path, out: str | Path | None) -> Path:
+    """Where ``evaluate`` writes ``metrics.json`` and ``confusion.png``: ``out``, by default ``FT_DIR/eval``."""
+    return Path(out) if out is not None else Path(ft_dir) / "eval"
+
+
 def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: str | Path | None = None,
                  data: str | Path | None = None, out: str | Path | None = None,
                  device: str | None = "auto") -> dict[str, Any]:
@@ -116,7 +121,7 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
     from geomed_ssl.errors import DataError, GeomedError
 
     model, meta, recipe = load_run(ft_dir, device)
-    out = Path(out) if out is not None else Path(ft_dir) / "eval"
+    out = eval_out_dir(ft_dir, out)
     out.mkdir(parents=True, exist_ok=True)
     values = [c["value"] for c in meta["classes"]]
     names = [c["name"] for c in meta["classes"]]

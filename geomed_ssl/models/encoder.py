@@ -1,7 +1,8 @@
 """The ViT encoder: patch embedding + fixed sin-cos positions + CLS token + timm ``Block``s, 2D or 3D.
 
 Parameter names follow timm's ``VisionTransformer`` (``patch_embed.proj``, ``cls_token``, ``pos_embed``,
-``blocks.i``, ``norm``) so a timm-compatible export is a plain state-dict copy.
+``blocks.i``, ``norm``), so for a ``plain`` 2D encoder the timm export (:func:`geomed_ssl.export.export_timm`,
+``geomed-ssl export --format timm``) is a plain state-dict copy; ``tests/test_export.py`` checks timm's features.
 
 Position embeddings are fixed sin-cos built for ``cfg.img_size``'s grid (the ``pos_embed`` buffer, with a zero
 CLS row like MAE/timm). Inputs of another size get the sin-cos embedding *recomputed* for their grid rather than
@@ -246,6 +247,9 @@ class ViTEncoder(nn.Module):
         self.blocks = make_blocks(dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.norm_eps,
                                   cfg.drop_path)
         self.norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        # the run's data settings (nodata; volumes: intensity, ct_window) that ``preprocess`` follows; set by
+        # ``load_encoder`` from the export, None for an encoder built in code
+        self.data_settings: dict[str, Any] | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -266,6 +270,20 @@ class ViTEncoder(nn.Module):
     @property
     def embed_dim(self) -> int:
         return self.cfg.embed_dim
+
+    def preprocess(self, array: Any, nodata: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw values as read from the files (numpy or torch, (C, *S) or (B, C, *S), the encoder's bands in its
+        order) -> ``(x, valid)``: float32 (B, C, *S) normalised exactly as in training, ready for ``self(x)``, and
+        the bool (B, *S) mask of pixels that are not nodata/NaN, both on the encoder's device.
+
+        ``nodata``: the files' nodata value (default: the run's ``data.nodata``). Volumes get the run's intensity
+        step first and are scaled on their own values: pass whole volumes in RAS orientation at the run's spacing.
+        """
+        from geomed_ssl.data.inputs import prepare_input
+
+        image, valid = prepare_input(array, self.cfg.stats, self.cfg.spatial_dims, nodata, self.data_settings)
+        device = self.cls_token.device
+        return torch.from_numpy(image).to(device), torch.from_numpy(valid).to(device)
 
     def pos_embed_for(self, grid: tuple[int, ...], ref: torch.Tensor) -> torch.Tensor:
         """``(1, N, D)`` spatial positions for ``grid`` (the buffer for the config's grid, else recomputed)."""
@@ -400,5 +418,6 @@ class ViTEncoder(nn.Module):
         with torch.random.fork_rng(devices=[]):  # its random init is overwritten: leave the global RNG alone
             out = ViTEncoder(new)
         out.load_state_dict(state)
+        out.data_settings = self.data_settings
         out = out.to(next(self.parameters()).device)
         return out.train(self.training)

@@ -66,6 +66,7 @@ def test_segment_from_pretrained_encoder_then_evaluate_and_predict(seg_scene, pr
     ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(images), "--labels", str(labels)])
     assert ev.exit_code == 0, ev.output
     assert "OA" in ev.output
+    assert f"metrics: {ft / 'eval' / 'metrics.json'}" in ev.output and (ft / "eval" / "metrics.json").is_file()
 
     pred_dir = tmp_path / "pred"
     pr = runner.invoke(app, ["predict", str(ft), str(images / "scene.tif"), "--out", str(pred_dir), "--probabilities"])

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 
+import lightly.loss as lightly_loss  # a [dev] requirement: a missing one fails the run, never skips it
 import pytest
 import torch
 
 from geomed_ssl.methods.dino_losses import DINOLoss, IBOTPatchLoss, KoLeoLoss, sinkhorn_knopp
 from geomed_ssl.methods.heads import DINOHead
-
-lightly_loss = pytest.importorskip("lightly.loss")
 
 
 @pytest.mark.parametrize("teacher_temp", [0.04, 0.07, 0.2])

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers  # a [dev] requirement: a missing one fails the run, never skips it
 
 from geomed_ssl.config import MethodConfig
 from geomed_ssl.methods.mae import MAE
 from geomed_ssl.methods.masking import patchify, unpatchify
 from geomed_ssl.models.encoder import EncoderConfig
-
-transformers = pytest.importorskip("transformers")
 
 BANDS, SIZE, PATCH = 13, 32, 8
 

@@ -1,0 +1,147 @@
+"""Jigsaw puzzles (Noroozi & Favaro, 2016): a fixed permutation set of maximal Hamming distance, and shuffled
+tiles with random jitter, 2D only (a 3x3x3 puzzle would cut the small windows volumes train on into 27 tiles
+too small to encode).
+
+The set is chosen greedily as in the paper: start from the identity, then repeatedly add the permutation whose
+minimum Hamming distance to those already chosen is largest (ties: the largest summed distance, then the first in
+lexicographic order), so it is a pure function of (size, grid): every run and every resume uses the same classes,
+and a smaller set is a prefix of a larger one. For a 3x3 grid every one of the 9! permutations is a candidate;
+the minimum pairwise Hamming distance is then 9 for 2-9 permutations, 8 for 10-17, 7 for 18-84, 6 for 85-341
+(so 6 for the default 100) and 5 for 342-1000. Grids above 3x3 draw a seeded pool of candidates.
+
+Tiles: the window is cut into ``grid x grid`` cells; from each, a ``tile``-sized crop is taken at a random offset
+inside the cell (the gap between tiles and the jitter keep edges and lines that continue across tiles from giving
+the order away), and each tile is standardised per band on its own by default (no brightness or colour trend
+across the image gives it away either).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from geomed_ssl.errors import ConfigError
+from geomed_ssl.methods.crops import crop_at, standardize
+
+CANDIDATE_POOL = 100_000  # random candidates for grids above 3x3
+
+
+def hamming(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise Hamming distances between permutations: (P, T), (Q, T) -> (P, Q) long."""
+    return (a[:, None, :] != b[None, :, :]).sum(dim=-1)
+
+
+def min_hamming(perms: torch.Tensor) -> int:
+    """Smallest Hamming distance between two distinct permutations of a set (P, T)."""
+    d = hamming(perms, perms)
+    d.fill_diagonal_(perms.shape[1] + 1)
+    return int(d.min())
+
+
+@functools.lru_cache(maxsize=2)
+def _candidates(tiles: int, seed: int) -> np.ndarray:
+    """(Q, T) uint8 candidate permutations, the identity first: all of them in lexicographic order when there are
+    at most 9! (a 3x3 grid), else the identity and a seeded random pool."""
+    if math.factorial(tiles) <= 362_880:
+        flat = itertools.chain.from_iterable(itertools.permutations(range(tiles)))
+        return np.fromiter(flat, dtype=np.uint8, count=math.factorial(tiles) * tiles).reshape(-1, tiles)
+    g = torch.Generator().manual_seed(seed)
+    pool = torch.rand(CANDIDATE_POOL, tiles, generator=g).argsort(dim=1).to(torch.uint8)  # uniform permutations
+    return np.concatenate([np.arange(tiles, dtype=np.uint8)[None], pool.numpy()])
+
+
+@functools.lru_cache(maxsize=8)
+def _permutation_set(size: int, grid: int, seed: int) -> torch.Tensor:
+    # numpy, not torch: this one-off integer search is several times faster single-threaded on a busy CPU
+    tiles = grid * grid
+    cand = _candidates(tiles, seed)  # (Q, T), identity first
+    if size > cand.shape[0]:
+        raise ConfigError(f"jigsaw permutations={size} exceeds the {cand.shape[0]} orders of a {grid}x{grid} grid; "
+                          f"use at most {cand.shape[0]}.")
+    cols = np.ascontiguousarray(cand.T)  # (T, Q): one row per position, so a distance is T vector compares
+
+    def distances(i: int) -> np.ndarray:  # (Q,) Hamming distance of every candidate to candidate i
+        d = np.zeros(cols.shape[1], dtype=np.int64)
+        for pos in range(tiles):
+            d += cols[pos] != cols[pos, i]
+        return d
+
+    chosen = [0]
+    min_d = distances(0)  # (Q,) distance to the nearest chosen permutation
+    sum_d = min_d.copy()
+    for _ in range(size - 1):
+        score = min_d * (tiles * size + 1) + sum_d  # max-min first, then the largest summed distance
+        nxt = int(score.argmax())  # the first among equals: lexicographic order
+        chosen.append(nxt)
+        d = distances(nxt)
+        np.minimum(min_d, d, out=min_d)
+        sum_d += d
+    return torch.from_numpy(cand[chosen].astype(np.int64))
+
+
+def permutation_set(size: int = 100, grid: int = 3, seed: int = 0) -> torch.Tensor:
+    """The fixed permutation set: (size, grid*grid) long, row 0 the identity. ``seed`` only matters for grids
+    above 3x3 (the candidate pool). ``perms[k][i] = j`` puts the tile of cell ``j`` at position ``i``."""
+    if grid < 2:
+        raise ConfigError(f"jigsaw grid must be at least 2, got {grid}.")
+    if size < 2:
+        raise ConfigError(f"jigsaw permutations must be at least 2, got {size}.")
+    return _permutation_set(int(size), int(grid), int(seed)).clone()
+
+
+def tile_size(window: Sequence[int], grid: int, tile: int | None = None, multiple_of: int = 1,
+              fill: float = 64 / 75) -> int:
+    """The tile side: ``tile`` if given, else the largest multiple of ``multiple_of`` (the token patch) not above
+    ``fill`` x the cell side (Noroozi: 64 px tiles in 75 px cells). Refuses a grid larger than the window, a tile
+    larger than its cell, and a cell too small for one token."""
+    if len(window) != 2:
+        raise ConfigError(f"jigsaw is 2D-only: a {len(window)}D window {tuple(window)} has no 3x3 tile puzzle "
+                          "with a usable permutation set; use mae, simmim or inpainting for volumes.")
+    side = min(int(s) for s in window)
+    if grid > side:
+        raise ConfigError(f"jigsaw grid {grid}x{grid} is larger than the {tuple(window)} window; use a grid of at "
+                          f"most {side} (3 is usual) or a larger window.")
+    cell = side // grid
+    if tile is None:
+        tile = int(cell * fill) // multiple_of * multiple_of
+    if tile < max(1, multiple_of) or tile > cell or tile % multiple_of:
+        raise ConfigError(f"jigsaw tile {tile} px must be a multiple of the token patch {multiple_of} and fit a "
+                          f"{cell} px cell of a {grid}x{grid} grid on a {tuple(window)} window; use a larger window "
+                          "or a smaller grid / patch.")
+    return tile
+
+
+def jigsaw_tiles(x: torch.Tensor, perms: torch.Tensor, generator: torch.Generator, tile: int | None = None,
+                 multiple_of: int = 1, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shuffled jittered tiles and their permutation labels.
+
+    Args:
+        x: (B, C, H, W); the grid is ``sqrt(perms.shape[1])``, over the top-left ``min(H, W)`` square.
+        perms: (P, T) from :func:`permutation_set`.
+        generator: draws the labels and the per-tile offsets (on its device).
+        tile, multiple_of: see :func:`tile_size`.
+        normalize: standardise each tile per band (mean 0, std 1).
+
+    Returns:
+        tiles (B, T, C, t, t) in puzzle order: ``tiles[b, i]`` is the crop of cell ``perms[labels[b], i]``;
+        labels (B,) long in [0, P).
+    """
+    b, c, *window = x.shape
+    grid = math.isqrt(perms.shape[1])
+    t = tile_size(window, grid, tile, multiple_of)
+    cell = min(window) // grid
+    dev = generator.device
+    labels = torch.randint(0, perms.shape[0], (b,), generator=generator, device=dev).to(x.device)
+    jitter = torch.randint(0, cell - t + 1, (b, grid * grid, 2), generator=generator, device=dev).to(x.device)
+    cells = torch.arange(grid * grid, device=x.device)
+    origin = torch.stack([cells // grid, cells % grid], dim=1) * cell  # (T, 2) top-left of each cell
+    order = perms.to(x.device)[labels]  # (B, T): the cell shown at each position
+    starts = origin[order] + jitter  # (B, T, 2), an independent offset for every tile
+    source = torch.arange(b, device=x.device).repeat_interleave(grid * grid)  # (B*T,)
+    tiles = crop_at(x, starts.reshape(-1, 2), (t, t), source).reshape(b, grid * grid, c, t, t)
+    return (standardize(tiles) if normalize else tiles), labels

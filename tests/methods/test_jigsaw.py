@@ -1,0 +1,74 @@
+"""Jigsaw: the greedy max-min permutation set and its stated Hamming distances, jittered tiles, their labels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from geomed_ssl.errors import ConfigError
+from geomed_ssl.methods.jigsaw import jigsaw_tiles, min_hamming, permutation_set, tile_size
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("size,distance", [(9, 9), (10, 8), (17, 8), (18, 7), (84, 7), (85, 6), (100, 6)])
+def test_permutation_set_has_the_stated_minimum_hamming_distance(size: int, distance: int) -> None:
+    assert min_hamming(permutation_set(100)[:size]) == distance  # smaller sets are prefixes (tested below)
+
+
+def test_permutation_set_is_fixed_distinct_and_starts_with_the_identity() -> None:
+    perms = permutation_set(100)
+    assert perms.shape == (100, 9) and torch.equal(perms[0], torch.arange(9))
+    assert torch.equal(perms.sort(dim=1).values, torch.arange(9).expand(100, 9))  # every row a permutation
+    assert len({tuple(p) for p in perms.tolist()}) == 100
+    assert torch.equal(permutation_set(100), perms) and torch.equal(permutation_set(30), perms[:30])
+
+
+def test_more_permutations_than_the_grid_has_is_refused() -> None:
+    assert min_hamming(permutation_set(24, grid=2)) >= 2
+    with pytest.raises(ConfigError, match="exceeds the 24 orders"):
+        permutation_set(25, grid=2)
+
+
+def cell_index_image(b: int, size: int, grid: int = 3) -> torch.Tensor:
+    """(b, 2, size, size): band 0 holds the 3x3 cell index of each pixel, band 1 its row (for offsets)."""
+    rows = torch.arange(size).float()
+    cell = (torch.arange(size) // (size // grid)).clamp_max(grid - 1)
+    index = (cell[:, None] * grid + cell[None, :]).float()
+    return torch.stack([index, rows[:, None].expand(size, size)])[None].expand(b, -1, -1, -1)
+
+
+def test_tiles_follow_their_label_and_stay_inside_their_cells() -> None:
+    perms = permutation_set(100)
+    tiles, labels = jigsaw_tiles(cell_index_image(16, 48), perms, gen(), normalize=False)
+    assert tiles.shape == (16, 9, 2, 13, 13) and labels.shape == (16,)  # int(16 * 64 / 75)
+    # a constant cell index over the whole tile means the tile lies inside one cell; it is the labelled one
+    assert torch.equal(tiles[:, :, 0].amin(dim=(2, 3)), tiles[:, :, 0].amax(dim=(2, 3)))
+    assert torch.equal(tiles[:, :, 0, 0, 0].long(), perms[labels])
+
+
+def test_tile_offsets_are_jittered_within_the_cell() -> None:
+    tiles, _ = jigsaw_tiles(cell_index_image(64, 48), permutation_set(100), gen(1), tile=12, normalize=False)
+    first_row = tiles[:, :, 1, 0, 0] % 16  # offset of each tile's first row inside its 16 px cell
+    assert first_row.min() == 0 and first_row.max() == 4 and len(first_row.unique()) == 5
+
+
+def test_tiles_are_standardised_per_band_by_default() -> None:
+    tiles, _ = jigsaw_tiles(torch.rand(2, 3, 64, 64) * 100, permutation_set(10), gen(), multiple_of=4)
+    assert tiles.shape[-1] % 4 == 0
+    torch.testing.assert_close(tiles.mean(dim=(-2, -1)), torch.zeros(2, 9, 3), atol=1e-4, rtol=0)
+
+
+def test_grid_larger_than_the_window_is_refused_in_one_line() -> None:
+    with pytest.raises(ConfigError, match="larger than the") as err:
+        tile_size((4, 4), grid=5)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="larger than the"):
+        jigsaw_tiles(torch.randn(1, 2, 4, 4), permutation_set(10, grid=5), gen())
+
+
+def test_volumes_are_refused_as_2d_only() -> None:
+    with pytest.raises(ConfigError, match="2D-only"):
+        jigsaw_tiles(torch.randn(1, 1, 24, 24, 24), permutation_set(10), gen())

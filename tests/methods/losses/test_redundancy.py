@@ -22,9 +22,9 @@ def _views(b: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return z_a, z_a + 0.5 * torch.randn(b, d, generator=g)  # correlated views, as after training a little
 
 
-@pytest.mark.parametrize("lambda_offdiag", [5e-3, 0.0051, 0.1])
+@pytest.mark.parametrize("lambda_offdiag", [5e-3, 0.1])
 @pytest.mark.parametrize("batch", [2, 9, 64])
-@pytest.mark.parametrize("dim", [3, 32, 256])
+@pytest.mark.parametrize("dim", [3, 256])
 def test_barlow_twins_matches_lightly(lambda_offdiag: float, batch: int, dim: int) -> None:
     z_a, z_b = _views(batch, dim, seed=batch + dim)
     got = barlow_twins_loss(z_a, z_b, lambda_offdiag)
@@ -50,7 +50,7 @@ def test_barlow_twins_of_identical_decorrelated_views_is_zero() -> None:
 
 @pytest.mark.parametrize(("inv", "var", "cov"), [(25.0, 25.0, 1.0), (1.0, 10.0, 0.5)])
 @pytest.mark.parametrize("batch", [2, 9, 64])
-@pytest.mark.parametrize("dim", [3, 32, 256])
+@pytest.mark.parametrize("dim", [3, 256])
 def test_vicreg_matches_lightly(inv: float, var: float, cov: float, batch: int, dim: int) -> None:
     z_a, z_b = _views(batch, dim, seed=batch * dim)
     z_a = z_a * 0.3  # some dimensions below the unit std, so the variance hinge is active

@@ -21,7 +21,7 @@ def _scores(n_crops: int, b: int, k: int, d: int = 16, seed: int = 0) -> list[to
 
 
 @pytest.mark.parametrize("epsilon", [0.03, 0.05, 0.1])
-@pytest.mark.parametrize("iterations", [1, 3, 10])
+@pytest.mark.parametrize("iterations", [1, 3])
 @pytest.mark.parametrize(("b", "k"), [(4, 10), (32, 8), (16, 300)])
 def test_sinkhorn_matches_lightly(epsilon: float, iterations: int, b: int, k: int) -> None:
     (scores,) = _scores(1, b, k, seed=b + k)

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 
 from geomed_ssl.config import recipe_from_dict
-from geomed_ssl.errors import GeomedError
+from geomed_ssl.outdirs import prepare_out_dir, record_entries
+from geomed_ssl.outfiles import atomic_path
 from geomed_ssl.sample import CLASS_NAMES, LABELS, SAMPLE_DIR
 
 log = logging.getLogger("geomed_ssl")
-MARKER = ".geomed-ssl-demo"
 
 DEMO_RECIPE = {
     "data": {"kind": "raster", "patch_size": 32, "include": ["indian_pines.tif"], "num_workers": 0,
@@ -30,16 +29,6 @@ DEMO_RECIPE = {
 }
 
 
-def prepare_demo_dir(out: Path) -> None:
-    """The demo owns ``out``: replace it when it is ours (has the marker) or empty; refuse anything else."""
-    if out.exists():
-        if not (out / MARKER).exists() and any(out.iterdir()):
-            raise GeomedError(f"'{out}' exists and was not made by `geomed-ssl demo`; pass another --out.")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    (out / MARKER).write_text("made by geomed-ssl demo; replaced on each run\n")
-
-
 def run_demo(out: Path = Path("geomed-ssl-demo"), steps: int = 150, finetune_steps: int = 150) -> Path:
     """Pretrain a small MAE on Indian Pines, fine-tune it with 5 labels per class (and the same model from random
     initialisation), print OA / AA / kappa of both, and write the predicted map as GeoTIFF and PNG."""
@@ -47,12 +36,12 @@ def run_demo(out: Path = Path("geomed-ssl-demo"), steps: int = 150, finetune_ste
     from geomed_ssl.downstream.finetune import finetune_segment
     from geomed_ssl.train.pretrain import pretrain
 
-    out = Path(out)
-    prepare_demo_dir(out)
     raw = {k: dict(v) for k, v in DEMO_RECIPE.items()}
     raw["train"]["max_steps"] = steps
     raw["finetune"]["max_steps"] = finetune_steps
     recipe = recipe_from_dict(raw, "demo recipe")
+    # the demo owns its folder: one it made is replaced on each run, any other is refused
+    out = prepare_out_dir(out, command="demo", inputs={"bundled sample": SAMPLE_DIR}, overwrite=True)
     log.info("geomed-ssl demo: MAE pretraining on the bundled Indian Pines scene (AVIRIS, 145x145, 200 bands; "
              "CC BY 3.0, Purdue). See geomed_ssl/sample/ATTRIBUTION.txt.")
     start = time.time()
@@ -64,6 +53,7 @@ def run_demo(out: Path = Path("geomed-ssl-demo"), steps: int = 150, finetune_ste
         scores[name] = ft.metrics["test"]
     lines = predict_dir(out / "finetune_pretrained", [SAMPLE_DIR / "indian_pines.tif"], out / "prediction")
     png = save_map_png(out / "prediction" / "indian_pines_pred.tif", out / "prediction" / "indian_pines_pred.png")
+    record_entries(png.parent, [png.name])
     minutes = (time.time() - start) / 60
     print(f"\nDemo done in {minutes:.1f} min: {result.steps} pretraining steps, fine-tuned with "
           f"{recipe.labels.per_class} labelled pixels per class, tested on every other labelled pixel.")
@@ -100,6 +90,7 @@ def save_map_png(pred_tif: Path, png: Path) -> Path:
     handles = [matplotlib.patches.Patch(color=cmap(i + 1), label=n) for i, n in enumerate(CLASS_NAMES)]
     fig.legend(handles=handles, loc="center right", fontsize=6, frameon=False)
     fig.subplots_adjust(right=0.78)
-    fig.savefig(png, dpi=100)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return png

@@ -15,3 +15,8 @@ class DataError(GeomedError):
 
 class TrainingError(GeomedError):
     """Training could not go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+class OutputError(GeomedError):
+    """An output path is refused: it is an input, holds one, or is a folder the toolkit did not make (or made for
+    another command)."""

@@ -121,16 +121,13 @@ def export_timm(source: str | Path, out_dir: str | Path, overwrite: bool = False
     """Write a timm export of the encoder at ``source`` (RUN_DIR, RUN_DIR/encoder or a fine-tune folder) to
     ``out_dir``; returns ``out_dir``. Only ``plain`` 2D encoders have a timm equivalent (else an ExportError)."""
     from geomed_ssl.checkpoint import atomic_write_dir, find_encoder_dir, load_encoder, read_encoder_config, versions
-    from geomed_ssl.outdirs import prepare_out_dir
+    from geomed_ssl.outdirs import check_out_dir, write_manifest
 
     folder = find_encoder_dir(source)
     cfg, _ = read_encoder_config(folder)
     check_timm_exportable(cfg, str(source))
     out = Path(out_dir)
-    resolved, src = out.resolve(), folder.resolve()
-    if resolved == src or resolved in src.parents:
-        raise ExportError(f"output folder '{out}' is or contains the encoder being exported ('{folder}'); choose "
-                          "another --out.")
+    check_out_dir(out, command="export", inputs={"encoder": folder}, overwrite=overwrite)
     encoder = load_encoder(folder)
     name, kwargs = timm_model_args(cfg)
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
@@ -147,9 +144,9 @@ def export_timm(source: str | Path, out_dir: str | Path, overwrite: bool = False
         (tmp / "config.json").write_text(json.dumps(timm_hub_config(cfg), indent=2))
         (tmp / "geomed_ssl.json").write_text(json.dumps(meta, indent=2))
         (tmp / "README.txt").write_text(readme_text(cfg, name, kwargs))
+        write_manifest(tmp, "export")
 
-    prepare_out_dir(out, overwrite)  # refuses a non-empty folder unless overwrite
-    atomic_write_dir(out, write)
+    atomic_write_dir(out, write)  # the whole folder is swapped in complete (check_out_dir allowed replacing it)
     return out
 
 

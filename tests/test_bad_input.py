@@ -48,7 +48,179 @@ def recipe_file(root: Path, text: str) -> Path:
 
 
 # ---- output folders: refused before anything is created or deleted --------------------------------------------
-OUTDIR_CASES: list[Case] = []
+def encoder(root: Path) -> Path:
+    """A tiny encoder export (random weights, statistics of ``rasters(root)``) in ``root/enc``."""
+    from tests.downstream.test_embed import make_encoder
+
+    return make_encoder(rasters(root), root / "enc")
+
+
+def made_by_older_version(folder: Path, kind: str, foreign: str | None = None) -> Path:
+    """A folder as an earlier version wrote it (no manifest; its own files say what it is), plus a ``foreign``
+    file of the user's when given."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "run":
+        (folder / "config.yaml").write_text("model: {}\n")
+        (folder / "checkpoints").mkdir()
+        (folder / "checkpoints" / "last.ckpt").write_bytes(b"ckpt")
+    elif kind == "finetune":
+        (folder / "model").mkdir()
+        (folder / "model" / "config.json").write_text(json.dumps({"format": "geomed-ssl-model"}))
+        (folder / "metrics.json").write_text("{}")
+    elif kind == "embed":
+        (folder / "manifest.json").write_text(json.dumps({"format": "geomed-ssl-embeddings", "complete": True}))
+    elif kind == "cluster":
+        (folder / "summary.json").write_text(json.dumps({"method": "kmeans", "emb_dir": "/somewhere"}))
+    if foreign:
+        (folder / foreign).write_text("the user's own notes")
+    return folder
+
+
+def not_ours(root: Path) -> Path:
+    """A folder of the user's (not made by geomed-ssl)."""
+    folder = root / "mine"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("precious")
+    return folder
+
+
+def pretrain_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["pretrain", "recipes/mae_sentinel2.yaml", "--data", str(data), "--out", str(out), *extra]
+
+
+def segment_args(root: Path, out: Path, *extra: str, enc: str = "none", labels: Path | None = None) -> list[str]:
+    data = rasters(root)
+    return ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", enc, "--images", str(data),
+            "--labels", str(labels or data), "--out", str(out), *extra]
+
+
+def class_folders(root: Path) -> Path:
+    from tests.conftest import write_class_folders
+
+    return write_class_folders(root / "classes", ["a", "b"], per_class=2)
+
+
+def linked_data(root: Path) -> Path:
+    """``root/link`` -> ``root/data``: the data folder reached through a symbolic link."""
+    rasters(root)
+    (root / "link").symlink_to(root / "data", target_is_directory=True)
+    return root / "link"
+
+
+def labels_csv(root: Path) -> Path:
+    (root / "labels").mkdir()
+    path = root / "labels" / "truth.csv"
+    path.write_text("file,label\nscene_0.tif,a\n")
+    return path
+
+
+OUTDIR_CASES: list[Case] = [
+    # pretrain
+    Case("pretrain-out-is-the-data", lambda r: pretrain_args(rasters(r), rasters(r), "--overwrite"),
+         "is the data folder"),
+    Case("pretrain-out-inside-the-data", lambda r: pretrain_args(rasters(r), r / "data" / "run"),
+         "lies inside the data folder"),
+    Case("pretrain-out-contains-the-data", lambda r: pretrain_args(rasters(r), r, "--overwrite"),
+         "contains the data folder"),
+    Case("pretrain-out-inside-the-data-through-a-symlink", lambda r: pretrain_args(rasters(r), linked_data(r) / "run"),
+         "lies inside the data folder"),
+    Case("pretrain-overwrite-a-folder-not-ours", lambda r: pretrain_args(rasters(r), not_ours(r), "--overwrite"),
+         "was not made by geomed-ssl"),
+    Case("pretrain-resume-a-folder-not-ours", lambda r: pretrain_args(rasters(r), not_ours(r), "--resume"),
+         "was not made by geomed-ssl"),
+    Case("pretrain-overwrite-an-old-run-holding-a-foreign-file",
+         lambda r: pretrain_args(rasters(r), made_by_older_version(r / "run", "run", "notes.txt"), "--overwrite"),
+         "also holds 'notes.txt'"),
+    Case("pretrain-overwrite-a-folder-another-command-made",
+         lambda r: pretrain_args(rasters(r), made_by_older_version(r / "emb", "embed"), "--overwrite"),
+         "holds the output of `geomed-ssl embed`"),
+    Case("pretrain-existing-run-without-a-flag",
+         lambda r: pretrain_args(rasters(r), made_by_older_version(r / "run", "run")), "pass --resume"),
+    Case("pretrain-out-is-a-file", lambda r: pretrain_args(rasters(r), recipe_file(r, "x: 1\n")), "is a file"),
+    Case("pretrain-resume-and-overwrite-together",
+         lambda r: pretrain_args(rasters(r), made_by_older_version(r / "run", "run"), "--resume", "--overwrite"),
+         "pass one of them"),
+    # finetune segment / classify
+    Case("segment-out-is-the-images", lambda r: segment_args(r, r / "data", "--overwrite"), "is the images folder"),
+    Case("segment-out-contains-the-labels",
+         lambda r: segment_args(r, r / "labels", labels=labels_csv(r)), "contains the labels"),
+    Case("segment-out-inside-the-encoder", lambda r: segment_args(r, encoder(r) / "ft", enc=str(r / "enc")),
+         "lies inside the encoder"),
+    Case("segment-overwrite-a-folder-not-ours", lambda r: segment_args(r, not_ours(r), "--overwrite"),
+         "was not made by geomed-ssl"),
+    Case("classify-out-inside-the-data",
+         lambda r: ["finetune", "classify", "recipes/mae_sentinel2.yaml", "--encoder", "none", "--data",
+                    str(class_folders(r)), "--out", str(r / "classes" / "ft"), "--labels-per-class", "1"],
+         "lies inside the data folder"),
+    Case("classify-overwrite-an-old-fine-tune-holding-a-foreign-file",
+         lambda r: ["finetune", "classify", "recipes/mae_sentinel2.yaml", "--encoder", "none", "--data",
+                    str(class_folders(r)), "--out", str(made_by_older_version(r / "ft", "finetune", "notes.txt")),
+                    "--labels-per-class", "1", "--overwrite"],
+         "also holds 'notes.txt'"),
+    # embed
+    Case("embed-out-is-the-data", lambda r: ["embed", str(encoder(r)), str(r / "data"), "--out", str(r / "data"),
+                                             "--overwrite"], "is the data folder"),
+    Case("embed-out-is-the-encoder", lambda r: ["embed", str(encoder(r)), str(r / "data"), "--out", str(r / "enc"),
+                                                "--overwrite"], "is the encoder"),
+    Case("embed-into-a-folder-not-ours", lambda r: ["embed", str(encoder(r)), str(r / "data"), "--out",
+                                                    str(not_ours(r))], "was not made by geomed-ssl"),
+    Case("embed-overwrite-a-folder-not-ours",
+         lambda r: ["embed", str(encoder(r)), str(r / "data"), "--out", str(not_ours(r)), "--overwrite"],
+         "was not made by geomed-ssl"),
+    # cluster
+    Case("cluster-out-is-the-embeddings",
+         lambda r: ["cluster", str(made_by_older_version(r / "emb", "embed")), "--out", str(r / "emb"), "--overwrite"],
+         "is the embedding folder"),
+    Case("cluster-out-inside-the-embeddings",
+         lambda r: ["cluster", str(made_by_older_version(r / "emb", "embed")), "--out", str(r / "emb" / "cl")],
+         "lies inside the embedding folder"),
+    Case("cluster-out-contains-the-labels",
+         lambda r: ["cluster", str(made_by_older_version(r / "emb", "embed")), "--labels", str(labels_csv(r)),
+                    "--out", str(r / "labels"), "--overwrite"], "contains the labels"),
+    Case("cluster-overwrite-any-folder",
+         lambda r: ["cluster", str(made_by_older_version(r / "emb", "embed")), "--out", str(not_ours(r)),
+                    "--overwrite"], "was not made by geomed-ssl"),
+    Case("cluster-overwrite-an-old-cluster-folder-holding-a-foreign-file",
+         lambda r: ["cluster", str(made_by_older_version(r / "emb", "embed")), "--out",
+                    str(made_by_older_version(r / "cl", "cluster", "notes.txt")), "--overwrite"],
+         "also holds 'notes.txt'"),
+    # predict, evaluate, similar: they add to a folder of their own, never to another
+    Case("predict-out-inside-an-input-folder",
+         lambda r: ["predict", str(made_by_older_version(r / "ft", "finetune")), str(rasters(r)), "--out",
+                    str(r / "data" / "pred")], "lies inside the input"),
+    Case("predict-out-contains-the-fine-tune",
+         lambda r: ["predict", str(made_by_older_version(r / "ft", "finetune")), str(rasters(r) / "scene_0.tif"),
+                    "--out", str(r)], "contains the fine-tune folder"),
+    Case("predict-into-a-folder-not-ours",
+         lambda r: ["predict", str(made_by_older_version(r / "ft", "finetune")), str(rasters(r)), "--out",
+                    str(not_ours(r))], "was not made by geomed-ssl"),
+    Case("evaluate-out-is-the-images",
+         lambda r: ["evaluate", str(made_by_older_version(r / "ft", "finetune")), "--images", str(rasters(r)),
+                    "--labels", str(r / "data"), "--out", str(r / "data")], "is the images folder"),
+    Case("evaluate-out-is-the-fine-tune",
+         lambda r: ["evaluate", str(made_by_older_version(r / "ft", "finetune")), "--images", str(rasters(r)),
+                    "--labels", str(r / "data"), "--out", str(r / "ft")], "is the fine-tune folder"),
+    Case("similar-out-inside-the-embeddings",
+         lambda r: ["similar", str(made_by_older_version(r / "emb", "embed")), "--query",
+                    str(rasters(r) / "scene_0.tif"), "--out", str(r / "emb" / "q")],
+         "lies inside the embedding folder"),
+    Case("similar-out-contains-the-query",
+         lambda r: ["similar", str(made_by_older_version(r / "emb", "embed")), "--query",
+                    str(rasters(r) / "scene_0.tif"), "--out", str(r / "data")], "contains the query file"),
+    # attention: one PNG, never written over an input
+    Case("attention-out-is-the-image",
+         lambda r: ["attention", str(encoder(r)), str(r / "data" / "scene_0.tif"), "--out",
+                    str(r / "data" / "scene_0.tif")], "is the image"),
+    Case("attention-out-is-a-folder",
+         lambda r: ["attention", str(encoder(r)), str(r / "data" / "scene_0.tif"), "--out", str(r / "data")],
+         "is a folder"),
+    # demo: replaces only a folder it made
+    Case("demo-into-a-folder-not-ours", lambda r: ["demo", "--out", str(not_ours(r))], "was not made by geomed-ssl"),
+    Case("demo-into-a-pretraining-run", lambda r: ["demo", "--out", str(made_by_older_version(r / "run", "run"))],
+         "holds the output of `geomed-ssl pretrain`"),
+]
 
 
 # ---- recipes and --set values: one line naming the key, the value and what is allowed ---------------------------
@@ -88,7 +260,7 @@ TIMM_EXPORT_CASES: list[Case] = [
          "--format 'onnx' is unknown; available: timm"),
     Case("export-into-the-encoder-folder",
          lambda r: ["export", str(encoder_run(r)), "--out", str(r / "run"), "--overwrite"],
-         "is or contains the encoder being exported"),
+         "contains the encoder"),
 ]
 
 

@@ -114,6 +114,6 @@ def test_export_command_writes_the_folder_and_says_where(tmp_path: Path) -> None
     result = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "--format", "timm", "--out",
                                       str(tmp_path / "timm")])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "timm").iterdir()) == ["README.txt", "config.json", "geomed_ssl.json",
-                                                                     "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "timm").iterdir()) == [".geomed-ssl.json", "README.txt", "config.json",
+                                                                     "geomed_ssl.json", "model.safetensors"]
     assert str(tmp_path / "timm" / "README.txt") in result.output

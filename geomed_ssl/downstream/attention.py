@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from geomed_ssl.config import DataConfig
+from geomed_ssl.outdirs import check_out_file, prepare_out_file
+from geomed_ssl.outfiles import atomic_path
 
 
 @torch.no_grad()
@@ -104,7 +106,8 @@ def save_attention_png(
     fig.tight_layout()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100)
     return out
 
 
@@ -153,6 +156,8 @@ def attention_for_file(
     from geomed_ssl.errors import DataError, GeomedError
 
     image_path = Path(image_path)
+    rule = {"inputs": {"image": image_path, "encoder": encoder_path}}
+    check_out_file(out_path, **rule)  # written (and its folder made) once the window is read
     if not image_path.is_file():
         raise DataError(f"image '{image_path}' not found; pass a GeoTIFF (.tif) or NIfTI (.nii, .nii.gz) file.")
     cfg, meta = read_encoder_config(encoder_path)
@@ -197,4 +202,5 @@ def attention_for_file(
     if not valid.any():
         raise DataError(f"the chosen window of '{image_path}' holds no valid pixels (all nodata); pick another "
                         "with --window ROW,COL.")
+    prepare_out_file(out_path, command="attention", **rule)
     return save_attention_png(encoder, image, cfg.band_names, cfg.wavelengths, out_path)

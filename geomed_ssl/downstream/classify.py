@@ -17,8 +17,10 @@ from geomed_ssl.config import Recipe, load_recipe
 from geomed_ssl.data.catalog import Catalog
 from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import BandStats, normalize
-from geomed_ssl.outdirs import prepare_out_dir
-from geomed_ssl.downstream.finetune import FinetuneResult, class_weights_from_counts, encoder_and_stats, fit_supervised
+from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
+from geomed_ssl.outfiles import atomic_path, atomic_write_text
+from geomed_ssl.downstream.finetune import (FinetuneResult, class_weights_from_counts, encoder_and_stats,
+                                           finetune_inputs, fit_supervised, save_recipe)
 from geomed_ssl.downstream.labels import sample_fraction, sample_images_per_class, scan_class_folders
 from geomed_ssl.downstream.metrics import classification_metrics, confusion_matrix, save_confusion_png
 from geomed_ssl.downstream.seg_data import augment
@@ -126,19 +128,20 @@ def train_probe(model: ClassificationModel, feats: torch.Tensor, labels: torch.T
 def save_selection(path: Path, paths: Sequence[str], labels: np.ndarray, train: np.ndarray, test: np.ndarray,
                    names: Sequence[str], notes: Sequence[str]) -> None:
     meta = {"version": 1, "task": "classify", "class_names": list(names), "notes": list(notes), "paths": list(paths)}
-    np.savez_compressed(path, meta=np.array(json.dumps(meta)), labels=labels, train_index=train, test_index=test)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, meta=np.array(json.dumps(meta)), labels=labels, train_index=train, test_index=test)
 
 
 def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | None, data: str | Path,
                       out_dir: str | Path, *, overrides: list[str] | None = None, overwrite: bool = False,
                       progress: bool = True) -> FinetuneResult:
     """Train a classifier with the images the ``labels`` section selects per class folder; evaluate on the rest."""
+    inputs = finetune_inputs(recipe, encoder, data=data)
+    check_out_dir(out_dir, command="finetune", inputs=inputs, overwrite=overwrite)  # FT_DIR is made once all is valid
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides + ["finetune.task=classify"]
                                                                    if overrides else ["finetune.task=classify"])
     f, lab = recipe.finetune, recipe.labels
     out = Path(out_dir)
-    prepare_out_dir(out, overwrite)
-    recipe.save(out / "config.yaml")
     records, labels, names = scan_class_folders(data, recipe.data)
     mapping = dict(enumerate(names))
     if lab.per_class is not None:
@@ -148,12 +151,14 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
         test = np.setdiff1d(np.arange(labels.size), train)
     else:
         raise ConfigError("classification needs labels.per_class (--labels-per-class K) or labels.fraction.")
-    save_selection(out / "labels_used.npz", [r.path for r in records], labels, train, test, names, notes)
     for note in notes:
         log.info("note: %s", note)
     catalog = Catalog(records=records, problems=[], kind=recipe.data.kind, band_names=records[0].band_names,
                       wavelengths=records[0].wavelengths)
     enc, stats, source = encoder_and_stats(encoder, recipe, catalog)
+    prepare_out_dir(out, command="finetune", inputs=inputs, overwrite=overwrite)
+    save_recipe(recipe, out / "config.yaml")
+    save_selection(out / "labels_used.npz", [r.path for r in records], labels, train, test, names, notes)
     model = ClassificationModel(enc, len(names), head=f.head, pool=f.pool)
     dataset = ImageDataset(records, labels, stats, recipe.data, enc.config.patch_size)
     counts = np.bincount(labels[train], minlength=len(names))
@@ -198,5 +203,5 @@ def evaluate_images(model: ClassificationModel, dataset: ImageDataset, labels: n
         if which == "test":
             save_confusion_png(cm, names, out / "confusion.png")
             results[which]["confusion"] = cm.tolist()
-    (out / "metrics.json").write_text(json.dumps(results, indent=2))
+    atomic_write_text(out / "metrics.json", json.dumps(results, indent=2))
     return results

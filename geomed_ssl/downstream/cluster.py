@@ -28,7 +28,8 @@ import numpy as np
 from geomed_ssl.downstream.embed_maps import fill_grid, grid_stem, save_label_png, write_grid
 from geomed_ssl.downstream.embed_store import fixed_list, load_embeddings, optional_module, read_columns
 from geomed_ssl.errors import ConfigError, DataError
-from geomed_ssl.outdirs import prepare_out_dir
+from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
+from geomed_ssl.outfiles import atomic_path, atomic_write_text
 
 log = logging.getLogger("geomed_ssl")
 METHODS = ("kmeans", "hdbscan")
@@ -246,7 +247,8 @@ def scatter_png(x: np.ndarray, clusters: np.ndarray, truth: Sequence[str | None]
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     return how
 
 
@@ -259,12 +261,15 @@ def cluster_embeddings(emb_dir: str | Path, out_dir: str | Path, method: str = "
     import pyarrow.parquet as pq
 
     t0 = time.perf_counter()
-    manifest, vectors = load_embeddings(emb_dir)
     out = Path(out_dir)
-    prepare_out_dir(out, overwrite)
+    rule = {"command": "cluster", "overwrite": overwrite,
+            "inputs": {"embedding folder": emb_dir, "labels": None if str(labels) == "folders" else labels}}
+    check_out_dir(out, **rule)  # the folder is made once the embeddings, labels and settings are read
+    manifest, vectors = load_embeddings(emb_dir)
     clusters, info = fit_predict(vectors, method, k, seed, min_cluster_size, normalize, pca_dims)
     cols = read_columns(emb_dir, ["id", "file", "box", "grid_index", "x", "y", "z"])
     truth_rows, truth_source = true_labels(labels, manifest, cols, ignore_value) if labels is not None else (None, None)
+    prepare_out_dir(out, **rule)
     n = len(clusters)
     sample = np.sort(np.random.default_rng(seed).choice(n, SAMPLE, replace=False)) if n > SAMPLE else np.arange(n)
     x = features(vectors, sample, normalize)
@@ -285,10 +290,10 @@ def cluster_embeddings(emb_dir: str | Path, out_dir: str | Path, method: str = "
     table = {"id": cols["id"], "file": cols["file"], "cluster": clusters.astype(np.int32)}
     if truth_rows is not None:
         table["label"] = truth_rows
-    pq.write_table(pa.table({**table, "box": fixed_list(cols["box"]), "grid_index": fixed_list(cols["grid_index"]),
-                             "x": cols["x"], "y": cols["y"], "z": pa.array(cols["z"], pa.float64())}),
-                   out / "clusters.parquet")
-    with (out / "clusters.csv").open("w", newline="") as fh:
+    with atomic_path(out / "clusters.parquet") as tmp:
+        pq.write_table(pa.table({**table, "box": fixed_list(cols["box"]), "grid_index": fixed_list(cols["grid_index"]),
+                                 "x": cols["x"], "y": cols["y"], "z": pa.array(cols["z"], pa.float64())}), tmp)
+    with atomic_path(out / "clusters.csv") as tmp, tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["id", "file", "box", "x", "y", "z", "cluster"] + (["label"] if truth_rows is not None else []))
         for i in range(n):
@@ -298,7 +303,7 @@ def cluster_embeddings(emb_dir: str | Path, out_dir: str | Path, method: str = "
                        + ([truth_rows[i] if truth_rows[i] is not None else ""] if truth_rows is not None else []))
     summary["maps"] = write_cluster_maps(out, manifest, cols["grid_index"], clusters)
     summary["seconds"] = round(time.perf_counter() - t0, 3)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return ClusterResult(out, summary, clusters)
 
 

@@ -38,6 +38,7 @@ from geomed_ssl.downstream.embed_store import EmbeddingStore, load_embeddings, r
 from geomed_ssl.downstream.embedder import LEVELS, POOLS, Embedder  # noqa: F401  (re-exported)
 from geomed_ssl.errors import ConfigError, GeomedError
 from geomed_ssl.models.encoder import BAND_FLEXIBLE, ViTEncoder
+from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.downstream.sliding import resolve_device
 
 log = logging.getLogger("geomed_ssl")
@@ -137,6 +138,9 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
+    rule = {"command": "embed", "inputs": {"encoder": encoder, "data folder": data_dir}, "overwrite": overwrite,
+            "resume": True}
+    check_out_dir(out_dir, **rule)  # the folder is made once everything is valid
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype must be float32 or float16, got '{dtype}'.")
     cfg, meta = read_encoder_config(encoder)
@@ -154,7 +158,7 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
                 "pool": pool, "dtype": dtype, "min_valid": float(min_valid), "pca_dims": int(pca_dims),
                 "patch": list(cfg.patch_size), "data": dataclasses.asdict(data_cfg)}
     store = EmbeddingStore(out_dir)
-    old = store.start(settings, overwrite)
+    old = store.check(settings, overwrite)
     paths = [r.path for r in catalog.records]
     if old is not None and old.get("complete"):
         new = sorted(set(paths) - {f["path"] for f in old["files"]})
@@ -163,6 +167,8 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
                               "into another --out or pass --overwrite to redo everything.")
         log.info("embeddings in %s are complete; nothing to do", out_dir)
         return EmbedResult(Path(out_dir), ensure_maps(store, old), 0, len(paths), 0, time.perf_counter() - t0)
+    prepare_out_dir(out_dir, **rule)
+    store.start(settings, old)
     done = store.done_paths()
     todo = [r for r in catalog.records if r.path not in done]
     if done:

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from geomed_ssl.errors import DataError
+from geomed_ssl.outfiles import atomic_path, remove_stale_partials
 
 PCA_FIT_ROWS = 50_000  # rows sampled to fit the PCA of embedding maps
 ROW_CHUNK = 65_536
@@ -70,31 +71,30 @@ def write_grid(file_meta: dict[str, Any], array: np.ndarray, path: Path, nodata:
     """Write ``array`` (K, *grid) on the file's map grid: GeoTIFF (rasters; input CRS, map transform) or NIfTI
     (volumes; map affine, RAS order, 4D when K > 1)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".partial-{os.getpid()}-{path.name}")
-    if file_meta["kind"] == "raster":
-        import rasterio
-        from affine import Affine
+    with atomic_path(path) as tmp:
+        if file_meta["kind"] == "raster":
+            import rasterio
+            from affine import Affine
 
-        k, h, w = array.shape
-        profile = {"driver": "GTiff", "height": h, "width": w, "count": k, "dtype": array.dtype.name,
-                   "crs": file_meta.get("crs"), "transform": Affine(*file_meta["map_transform"]), "nodata": nodata,
-                   "compress": "deflate"}
-        if h >= 256 and w >= 256:
-            profile.update(tiled=True, blockxsize=256, blockysize=256)
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(array)
-            for i, name in enumerate(descriptions or [], start=1):
-                dst.set_band_description(i, str(name))
-    else:
-        import nibabel as nib
+            k, h, w = array.shape
+            profile = {"driver": "GTiff", "height": h, "width": w, "count": k, "dtype": array.dtype.name,
+                       "crs": file_meta.get("crs"), "transform": Affine(*file_meta["map_transform"]),
+                       "nodata": nodata, "compress": "deflate"}
+            if h >= 256 and w >= 256:
+                profile.update(tiled=True, blockxsize=256, blockysize=256)
+            with rasterio.open(tmp, "w", **profile) as dst:
+                dst.write(array)
+                for i, name in enumerate(descriptions or [], start=1):
+                    dst.set_band_description(i, str(name))
+        else:
+            import nibabel as nib
 
-        data = array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)  # (X, Y, Z[, K])
-        affine = np.asarray(file_meta["map_affine"])
-        img = nib.Nifti1Image(np.ascontiguousarray(data), affine)
-        img.set_qform(affine, code=1)
-        img.set_sform(affine, code=1)
-        nib.save(img, str(tmp))
-    os.replace(tmp, path)
+            data = array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)  # (X, Y, Z[, K])
+            affine = np.asarray(file_meta["map_affine"])
+            img = nib.Nifti1Image(np.ascontiguousarray(data), affine)
+            img.set_qform(affine, code=1)
+            img.set_sform(affine, code=1)
+            nib.save(img, str(tmp))
     return path
 
 
@@ -127,8 +127,9 @@ def write_embedding_maps(emb_dir: Path, manifest: dict[str, Any], vectors: np.nd
     if not files or dims <= 0:
         return []
     pca = fit_pca(vectors, dims)
-    np.savez(emb_dir / "pca.npz", components=pca.components_, mean=pca.mean_,
-             explained_variance_ratio=pca.explained_variance_ratio_)
+    with atomic_path(emb_dir / "pca.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, components=pca.components_, mean=pca.mean_, explained_variance_ratio=pca.explained_variance_ratio_)
+    remove_stale_partials(emb_dir / "maps")
     names = [f"pc{i + 1}" for i in range(pca.n_components_)]
     written = []
     for f in files:
@@ -166,5 +167,6 @@ def save_label_png(labels: np.ndarray, path: Path, title: str, nodata: int) -> P
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     return path

@@ -32,6 +32,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from geomed_ssl.errors import DataError, GeomedError
+from geomed_ssl.outfiles import atomic_write_text
 
 log = logging.getLogger("geomed_ssl")
 FORMAT, VERSION = "geomed-ssl-embeddings", 1
@@ -50,12 +51,6 @@ def optional_module(name: str, pip_name: str, fallback: str) -> Any:
             _WARNED.add(name)
             log.info("%s is not installed: %s (pip install %s, or geomed-ssl[full])", pip_name, fallback, pip_name)
         return None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # -- geometry ---------------------------------------------------------------------------------------------------
@@ -194,18 +189,11 @@ class EmbeddingStore:
             raise GeomedError(f"{path} is not a geomed-ssl embedding manifest.")
         return data
 
-    def start(self, settings: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
-        """Prepare the folder for ``settings``; returns the existing manifest when it is resumed (same settings).
-
-        A non-empty folder that is not an embedding folder, or one made with other settings, is refused unless
-        ``overwrite``; stale temporary parts of a killed run are deleted."""
-        old = self.manifest() if self.dir.exists() else None
-        if overwrite and self.dir.exists():
-            shutil.rmtree(self.dir)
-            old = None
-        elif old is None and self.dir.exists() and any(self.dir.iterdir()):
-            raise GeomedError(f"output folder '{self.dir}' exists and is not an embedding folder; choose another "
-                              "--out or pass --overwrite.")
+    def check(self, settings: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+        """The manifest of the run this one continues (same ``settings``), or None when there is none or it is
+        to be replaced (``overwrite``); other settings are refused. Reads only: the output-folder rule
+        (:mod:`geomed_ssl.outdirs`) decides whether the folder may be used at all."""
+        old = self.manifest() if self.dir.is_dir() and not overwrite else None
         if old is not None:
             keys = sorted(set(settings) | set(old["settings"]))
             diff = [k for k in keys if settings.get(k) != old["settings"].get(k)]
@@ -214,13 +202,17 @@ class EmbeddingStore:
                 raise GeomedError(f"'{self.dir}' holds embeddings made with other settings ({k}: "
                                   f"{old['settings'].get(k)!r}, now {settings.get(k)!r}); pass --overwrite to replace "
                                   "them or choose another --out.")
+        return old
+
+    def start(self, settings: dict[str, Any], old: dict[str, Any] | None) -> None:
+        """Get the (existing) folder ready: a new manifest unless ``old`` (from :meth:`check`) is continued;
+        temporary parts a killed run left are deleted."""
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         for stale in self.parts_dir.glob(".tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
         if old is None:
             self.write_manifest({"format": FORMAT, "version": VERSION, "complete": False, "settings": settings,
                                   "files": []})
-        return old
 
     def write_manifest(self, data: dict[str, Any]) -> None:
         atomic_write_text(self.dir / MANIFEST, json.dumps(data, indent=1))

@@ -15,6 +15,8 @@ from geomed_ssl.config import DataConfig
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.downstream.labels import LabelSelection, read_label
 from geomed_ssl.downstream.metrics import classification_metrics, confusion_matrix, save_confusion_png
+from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
+from geomed_ssl.outfiles import atomic_path, atomic_write_text
 
 
 def data_config(meta: dict[str, Any]) -> DataConfig:
@@ -88,7 +90,7 @@ def evaluate_segmentation(model: torch.nn.Module, meta: dict[str, Any], records:
         if which == "test":
             save_confusion_png(cm, names, out / "confusion.png")
             results[which]["confusion"] = cm.tolist()
-    (out / "metrics.json").write_text(json.dumps(results, indent=2))
+    atomic_write_text(out / "metrics.json", json.dumps(results, indent=2))
     return results
 
 
@@ -120,9 +122,12 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
     from geomed_ssl.downstream.labels import labelled_pixels, read_label_pairs, scan_class_folders
     from geomed_ssl.errors import DataError, GeomedError
 
-    model, meta, recipe = load_run(ft_dir, device)
+    default = eval_out_dir(ft_dir, None)
     out = eval_out_dir(ft_dir, out)
-    out.mkdir(parents=True, exist_ok=True)
+    rule = {"command": "evaluate", "resume": True, "allow_inside": [default],
+            "inputs": {"fine-tune folder": ft_dir, "images folder": images, "labels": labels, "data folder": data}}
+    check_out_dir(out, **rule)  # the folder is made once the inputs are read
+    model, meta, recipe = load_run(ft_dir, device)
     values = [c["value"] for c in meta["classes"]]
     names = [c["name"] for c in meta["classes"]]
     if meta["task"] == "segment":
@@ -138,6 +143,7 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
                                    [a.shape for a in arrays],
                                    notes=[f"label values {unknown} are not classes of this model; not evaluated"]
                                    if unknown else [], split="all labelled", paths=[p for _, p in pairs])
+        prepare_out_dir(out, **rule)
         return evaluate_segmentation(model, meta, [r for r, _ in pairs], arrays, selection, out)
     if data is None:
         raise GeomedError("a classification model is evaluated with --data CLASS_FOLDERS_DIR.")
@@ -151,6 +157,7 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
     mapped = np.array([names.index(folder_names[i]) for i in labels_idx], np.int64)
     dataset = ImageDataset(records, mapped, BandStats.from_dict(meta["encoder"]["stats"]), recipe.data,
                            meta["encoder"]["patch_size"])
+    prepare_out_dir(out, **rule)
     return evaluate_images(model, dataset, mapped, {"test": np.arange(len(records))}, names, out)
 
 
@@ -160,16 +167,21 @@ def predict_dir(ft_dir: str | Path, inputs: Sequence[str | Path], out: str | Pat
     """Segmentation: class-map GeoTIFF/NIfTI per input on its own grid (values = the label values trained on).
     Classification: ``predictions.csv`` with one row per image. Runs on ``device`` (auto: CUDA when available).
     Returns printable lines."""
-    from geomed_ssl.downstream.predict import predict_files
+    from geomed_ssl.downstream.predict import plan_outputs, predict_files
     from geomed_ssl.downstream.sliding import model_device
 
-    model, meta, recipe = load_run(ft_dir, device)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    rule = {"command": "predict", "resume": True, "inputs": {"fine-tune folder": ft_dir, "input": list(inputs)}}
+    check_out_dir(out, **rule)  # the folder is made once the inputs are listed
+    model, meta, recipe = load_run(ft_dir, device)
     stats = BandStats.from_dict(meta["encoder"]["stats"])
     if meta["task"] != "segment":
-        return predict_classes(model, meta, recipe, inputs, out)
+        records = image_records(recipe, inputs)
+        prepare_out_dir(out, **rule)
+        return predict_classes(model, meta, recipe, records, out)
     cfg = data_config(meta)
+    plan_outputs([str(p) for p in inputs], out, cfg)
+    prepare_out_dir(out, **rule)
     summaries = predict_files(model_fn(model), [str(p) for p in inputs], out, stats, num_classes=len(meta["classes"]),
                               window=meta["window"], data_cfg=cfg, band_names=meta["encoder"]["band_names"],
                               overlap=overlap, blend=blend, batch_size=batch_size, probabilities=probabilities,
@@ -177,20 +189,26 @@ def predict_dir(ft_dir: str | Path, inputs: Sequence[str | Path], out: str | Pat
     return [f"{s['input']} -> {s['output']}" for s in summaries]
 
 
-def predict_classes(model: torch.nn.Module, meta: dict[str, Any], recipe: Any, inputs: Sequence[str | Path],
-                    out: Path) -> list[str]:
-    """One predicted class (and its probability) per image, in ``out/predictions.csv``."""
-    import csv
-
+def image_records(recipe: Any, inputs: Sequence[str | Path]) -> list[Any]:
+    """Catalog records of the images to classify: the given files, or every image under the given folders."""
     from geomed_ssl.data.catalog import scan
-    from geomed_ssl.downstream.classify import ImageDataset
-    from geomed_ssl.downstream.sliding import model_device
 
     records = []
     for item in inputs:
         item = Path(item)
         catalog = scan(item if item.is_dir() else item.parent, recipe.data)
         records += [r for r in catalog.records if item.is_dir() or Path(r.path).resolve() == item.resolve()]
+    return records
+
+
+def predict_classes(model: torch.nn.Module, meta: dict[str, Any], recipe: Any, records: Sequence[Any],
+                    out: Path) -> list[str]:
+    """One predicted class (and its probability) per image (catalog ``records``), in ``out/predictions.csv``."""
+    import csv
+
+    from geomed_ssl.downstream.classify import ImageDataset
+    from geomed_ssl.downstream.sliding import model_device
+
     stats = BandStats.from_dict(meta["encoder"]["stats"])
     dataset = ImageDataset(records, np.zeros(len(records), np.int64), stats, recipe.data, meta["encoder"]["patch_size"])
     names = [c["name"] for c in meta["classes"]]
@@ -201,7 +219,7 @@ def predict_classes(model: torch.nn.Module, meta: dict[str, Any], recipe: Any, i
             probs = model(torch.from_numpy(dataset.image(i)[0])[None].to(device)).softmax(1)[0].cpu()
             k = int(probs.argmax())
             rows.append({"file": records[i].path, "class": names[k], "probability": round(float(probs[k]), 4)})
-    with (out / "predictions.csv").open("w", newline="") as f:
+    with atomic_path(out / "predictions.csv") as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["file", "class", "probability"])
         writer.writeheader()
         writer.writerows(rows)

@@ -21,7 +21,8 @@ from geomed_ssl.downstream.labels import LabelSelection, read_label_pairs, selec
 from geomed_ssl.downstream.seg_data import SparseLabelDataset
 from geomed_ssl.downstream.sliding import resolve_device
 from geomed_ssl.errors import ConfigError, GeomedError
-from geomed_ssl.outdirs import prepare_out_dir
+from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
+from geomed_ssl.outfiles import atomic_path
 from geomed_ssl.models.cls_heads import layer_decay_groups
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 from geomed_ssl.models.seg_decoder import SegmentationModel
@@ -82,6 +83,21 @@ def class_weights_from_counts(counts: np.ndarray, mode: Any) -> torch.Tensor | N
     raise ConfigError(f"finetune.class_weights must be null, 'balanced' or a list of {k} numbers; got {mode!r}.")
 
 
+def finetune_inputs(recipe: Any, encoder: str | Path | None, **paths: str | Path | None) -> dict[str, Any]:
+    """What a fine-tune reads, by role, for the output-folder rule (``--out`` may not be or hold any of them)."""
+    roles = {"images": "images folder", "labels": "labels", "data": "data folder"}
+    inputs: dict[str, Any] = {roles[k]: v for k, v in paths.items()}
+    inputs["encoder"] = None if encoder is None or str(encoder).lower() == "none" else encoder
+    inputs["recipe"] = None if isinstance(recipe, Recipe) else recipe
+    return inputs
+
+
+def save_recipe(recipe: Recipe, path: Path) -> None:
+    """``config.yaml``, complete or not at all."""
+    with atomic_path(path) as tmp:
+        recipe.save(tmp)
+
+
 def fit_supervised(model: torch.nn.Module, dataset: Any, recipe: Recipe, num_classes: int, out: Path,
                    weights: torch.Tensor | None, input_key: str = "image", progress: bool = True) -> None:
     """Train with Lightning: layer-wise lr decay, warmup + cosine, checkpoints in ``out/checkpoints``."""
@@ -117,19 +133,21 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     on the held-out labelled positions. Writes the FT_DIR described in docs/cli.md."""
     from geomed_ssl.downstream.evaluate import evaluate_segmentation
 
-    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
     out = Path(out_dir)
-    prepare_out_dir(out, overwrite)
-    recipe.save(out / "config.yaml")
+    inputs = finetune_inputs(recipe, encoder, images=images, labels=labels)
+    check_out_dir(out, command="finetune", inputs=inputs, overwrite=overwrite)  # FT_DIR is made once all is valid
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
     catalog = scan(images, recipe.data)
     log.info(catalog.summary())
     lab = recipe.labels
     pairs, arrays, masks = read_label_pairs(catalog.records, labels, lab, recipe.data)
     selection = select_labels(arrays, masks, lab, paths=[p for _, p in pairs])
-    selection.save_npz(out / "labels_used.npz")
     log.info(selection.summary())
-
     enc, stats, source = encoder_and_stats(encoder, recipe, catalog)
+
+    prepare_out_dir(out, command="finetune", inputs=inputs, overwrite=overwrite)
+    save_recipe(recipe, out / "config.yaml")
+    selection.save_npz(out / "labels_used.npz")
     nd = enc.config.spatial_dims
     window = as_tuple(recipe.finetune.window or list(enc.config.img_size), nd, "finetune.window")
     layers = recipe.finetune.layers if recipe.finetune.layers is not None else default_layers(enc.config.depth)

@@ -9,6 +9,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from geomed_ssl.outfiles import atomic_path
+
 
 def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> np.ndarray:
     """(K, K) int64 counts, rows = true class, columns = predicted. Entries whose true class is outside 0..K-1
@@ -107,5 +109,6 @@ def save_confusion_png(cm: np.ndarray, class_names: Sequence[str], path: str | P
     ax.set_title(title or f"confusion matrix ({int(cm.sum())} samples" + (", rows normalised)" if normalize else ")"))
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     return path

@@ -16,8 +16,9 @@ from geomed_ssl.downstream.predict_raster import RASTER_BLENDS, predict_raster
 from geomed_ssl.downstream.predict_volume import VOLUME_BLENDS, predict_volume
 from geomed_ssl.downstream.sliding import ModelFn, as_model, blend_weights, channel_records, window_starts
 from geomed_ssl.errors import DataError
+from geomed_ssl.outfiles import remove_stale_partials
 
-__all__ = ["ModelFn", "RASTER_BLENDS", "VOLUME_BLENDS", "blend_weights", "list_inputs", "predict_files",
+__all__ = ["ModelFn", "RASTER_BLENDS", "VOLUME_BLENDS", "blend_weights", "list_inputs", "plan_outputs", "predict_files",
            "predict_raster", "predict_volume", "window_starts"]
 
 RASTER_EXT, VOLUME_EXT = (".tif", ".tiff"), (".nii.gz", ".nii")
@@ -68,6 +69,22 @@ def list_inputs(inputs: str | Path | Sequence[str | Path], data_cfg: Any = None)
     return out
 
 
+def plan_outputs(inputs: str | Path | Sequence[str | Path], out_dir: str | Path,
+                 data_cfg: Any = None) -> dict[Path, Path]:
+    """Each input file (see :func:`list_inputs`) and the output it is predicted into; two inputs with one output
+    name are an error."""
+    planned: dict[Path, Path] = {}
+    for p in list_inputs(inputs, data_cfg):
+        kind, stem = _kind_and_stem(p, data_cfg)
+        out = Path(out_dir) / f"{stem}_pred{'.tif' if kind == 'raster' else '.nii.gz'}"
+        if out in planned.values():
+            other = next(k for k, v in planned.items() if v == out)
+            raise DataError(f"'{p}' and '{other}' would both be written to '{out}'; predict them into separate "
+                            "output folders.")
+        planned[p] = out
+    return planned
+
+
 def predict_files(
     model_fn: ModelFn,
     inputs: str | Path | Sequence[str | Path],
@@ -87,19 +104,11 @@ def predict_files(
 ) -> list[dict[str, Any]]:
     """Predict every input into ``out_dir/<stem>_pred.tif`` or ``<stem>_pred.nii.gz``; returns one summary each.
 
-    ``window`` is the raster window (2 ints) or the volume ROI (3 ints; an int serves both).
+    ``window`` is the raster window (2 ints) or the volume ROI (3 ints; an int serves both). Partial files a killed
+    earlier run left in ``out_dir`` are deleted first.
     """
-    paths = list_inputs(inputs, data_cfg)
-    out_dir = Path(out_dir)
-    planned: dict[Path, Path] = {}
-    for p in paths:
-        kind, stem = _kind_and_stem(p, data_cfg)
-        out = out_dir / f"{stem}_pred{'.tif' if kind == 'raster' else '.nii.gz'}"
-        if out in planned.values():
-            other = next(k for k, v in planned.items() if v == out)
-            raise DataError(f"'{p}' and '{other}' would both be written to '{out}'; predict them into separate "
-                            "output folders.")
-        planned[p] = out
+    planned = plan_outputs(inputs, out_dir, data_cfg)
+    remove_stale_partials(out_dir)
     model = as_model(model_fn, device)
     summaries = []
     for p, out in planned.items():

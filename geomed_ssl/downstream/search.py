@@ -28,6 +28,8 @@ from geomed_ssl.downstream.embed import Embedder, encoder_for
 from geomed_ssl.downstream.sliding import resolve_device
 from geomed_ssl.downstream.embed_store import load_embeddings, optional_module, read_columns
 from geomed_ssl.errors import ConfigError, DataError, GeomedError
+from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
+from geomed_ssl.outfiles import atomic_path
 
 CHUNK = 65_536
 MAX_VIEW = 512  # contact-sheet tiles larger than this (per side) show the centre window instead
@@ -138,8 +140,14 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
                  device: str | None = "auto", sheet: bool = True) -> SearchResult:
     """The ``top`` stored rows most similar (cosine) to ``query`` (a file, or ``box`` in it): ``similar.csv`` and a
     contact sheet ``similar.png`` in ``out_dir`` (default ``EMB_DIR/search/<query name>``)."""
+    search_dir = Path(emb_dir) / "search"
+    rule: dict[str, Any] = {"command": "similar", "resume": True, "allow_inside": [search_dir],
+                            "inputs": {"embedding folder": emb_dir, "query file": query, "encoder": encoder}}
+    if out_dir is not None:
+        check_out_dir(out_dir, **rule)  # the folder is made once the query is embedded
     manifest, vectors = load_embeddings(emb_dir)
     st = manifest["settings"]
+    rule["inputs"]["encoder"] = encoder or st["encoder"]
     nd = len(st["window"])
     if top < 1:
         raise ConfigError(f"--top must be at least 1, got {top}.")
@@ -168,9 +176,8 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
              "z": None if cols["z"][i] is None or math.isnan(cols["z"][i]) else float(cols["z"][i])}
             for r, (i, s) in enumerate(zip(idx, sims))]
     name = qpath.name.split(".")[0] + ("_" + "-".join(map(str, box_list)) if box_list else "")
-    out = Path(out_dir) if out_dir is not None else Path(emb_dir) / "search" / name
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "similar.csv").open("w", newline="") as fh:
+    out = prepare_out_dir(Path(out_dir) if out_dir is not None else search_dir / name, **rule)
+    with atomic_path(out / "similar.csv") as tmp, tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["rank", "score", "id", "file", "box", "x", "y", "z"])
         for h in hits:
@@ -246,5 +253,6 @@ def contact_sheet(emb: Embedder, record: FileRecord, region: list[int], hits: li
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     return path

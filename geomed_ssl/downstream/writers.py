@@ -1,8 +1,9 @@
 """Georeferenced outputs written piece by piece: a GeoTIFF opened once and filled window by window, and a NIfTI
 written on the exact grid (shape, affine, header) of a reference file.
 
-Both write to a hidden partial file beside the target and rename it on success, so an interrupted prediction never
-leaves a half-written output under the final name.
+Both write to a hidden partial file beside the target (``.partial-<pid>-<name>``, see
+:func:`geomed_ssl.outdirs.partial_path`) and rename it on success, so an interrupted prediction never leaves a
+half-written output under the final name; the next prediction into that folder deletes what a killed one left.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from geomed_ssl.errors import ConfigError, DataError
+from geomed_ssl.outfiles import partial_path
 
 BLOCK = 256  # output tile side (pixels)
 PROBA_SCALE = 254  # uint8 probabilities store round(p * 254); 255 is nodata
@@ -41,11 +43,6 @@ def class_lookup(num_classes: int, class_values: Sequence[int] | None = None) ->
                           f"{max(values)}.")
     dtype, nodata = (np.uint8, 255) if max(values) < 255 else (np.uint16, 65535)
     return np.asarray(values, dtype=dtype), nodata
-
-
-def _partial(path: Path) -> Path:
-    """A hidden temporary name in the target's folder that keeps the full suffix (.tif, .nii.gz)."""
-    return path.with_name(f".partial-{os.getpid()}-{path.name}")
 
 
 def _window_tuple(window: Any) -> tuple[int, int, int, int]:
@@ -83,7 +80,7 @@ class GeoTiffWriter:
             "BIGTIFF": "IF_SAFER",
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = _partial(self.path)
+        self._tmp = partial_path(self.path)
         try:
             self._ds = rasterio.open(self._tmp, "w", **profile)
         except Exception as err:
@@ -201,7 +198,7 @@ def write_nifti_like(array: np.ndarray, reference_path: str | Path, out_path: st
     img.header.set_xyzt_units(*ref.header.get_xyzt_units())
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _partial(out)
+    tmp = partial_path(out)
     try:
         nib.save(img, str(tmp))
         os.replace(tmp, out)

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import lightning as L
 
 from geomed_ssl.checkpoint import save_encoder
+from geomed_ssl.outfiles import atomic_path
 
 
 class MetricsCSV(L.Callback):
@@ -91,7 +92,8 @@ class Previews(L.Callback):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         was_training = pl_module.training
         pl_module.eval()
-        self.render(pl_module, trainer.global_step, self.out_dir / f"step-{trainer.global_step:06d}.png")
+        with atomic_path(self.out_dir / f"step-{trainer.global_step:06d}.png") as tmp:
+            self.render(pl_module, trainer.global_step, tmp)
         pl_module.train(was_training)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import lightning as L
 import torch
@@ -23,6 +22,8 @@ from geomed_ssl.data.views import build_views
 from geomed_ssl.errors import GeomedError
 from geomed_ssl.methods import build_method
 from geomed_ssl.models.encoder import EncoderConfig
+from geomed_ssl.outdirs import Inputs, check_out_dir, prepare_out_dir
+from geomed_ssl.outfiles import atomic_path, atomic_write_text
 from geomed_ssl.train.callbacks import ExportEncoder, MetricsCSV, Previews
 from geomed_ssl.train.module import PretrainModule
 
@@ -77,19 +78,31 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
-def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    if resume:
-        if not (out / "checkpoints" / "last.ckpt").is_file():
-            raise GeomedError(f"--resume: no checkpoint at {out / 'checkpoints' / 'last.ckpt'}; start the run without --resume.")
-        return
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise GeomedError(
-                f"run folder '{out}' already exists and is not empty; pass --resume to continue it, --overwrite to "
-                "replace it, or choose another --out."
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+def prepare_run_dir(out: Path, resume: bool, overwrite: bool, inputs: Inputs | None = None,
+                    create: bool = True) -> None:
+    """RUN_DIR under the output-folder rule (:mod:`geomed_ssl.outdirs`): ``--resume`` continues a run of ours that
+    has a checkpoint, ``--overwrite`` replaces one, anything else must be new or empty; ``create=False`` only
+    checks (nothing is written)."""
+    if resume and overwrite:
+        raise GeomedError("--resume continues the run in --out and --overwrite replaces it; pass one of them.")
+    kwargs = {"command": "pretrain", "inputs": inputs, "overwrite": overwrite, "resume": resume}
+    check_out_dir(out, **kwargs)
+    if resume and not (out / "checkpoints" / "last.ckpt").is_file():
+        raise GeomedError(f"--resume: no checkpoint at {out / 'checkpoints' / 'last.ckpt'}; start the run without "
+                          "--resume.")
+    if create:
+        prepare_out_dir(out, **kwargs)
+
+
+def write_run_files(out: Path, recipe: Recipe, catalog: Catalog, stats: BandStats) -> None:
+    """``config.yaml``, ``catalog.json`` and (unless a resumed run has it) ``stats.json``, each complete or not at
+    all."""
+    with atomic_path(out / "config.yaml") as tmp:
+        recipe.save(tmp)
+    atomic_write_text(out / "catalog.json", json.dumps(catalog.to_dict(), indent=1))
+    if not (out / "stats.json").is_file():
+        with atomic_path(out / "stats.json") as tmp:
+            stats.save(tmp)
 
 
 def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: str | Path, *, overrides: list[str] | None = None,
@@ -97,23 +110,23 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
              callbacks: list[L.Callback] | None = None, progress: bool = True) -> RunResult:
     """Pretrain an encoder on the files under ``data_dir`` without labels; see ``docs/cli.md`` for the outputs."""
     out = Path(out_dir)
-    prepare_run_dir(out, resume, overwrite)
+    inputs: dict[str, Any] = {"data folder": data_dir,
+                              "recipe": None if isinstance(recipe, Recipe) or resume else recipe}
+    prepare_run_dir(out, resume, overwrite, inputs, create=False)  # fail fast; RUN_DIR is made once all is valid
     if resume:  # the run continues with the recipe it was started with (plus any overrides, e.g. more steps)
         saved = yaml.safe_load((out / "config.yaml").read_text())
         recipe = recipe_from_dict(apply_overrides(saved, overrides), str(out / "config.yaml"))
     elif not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
-    recipe.save(out / "config.yaml")
+    inputs["kNN labels folder"] = recipe.data.val_labels
 
     catalog = scan(data_dir, recipe.data, strict=strict)
     log.info(catalog.summary())
-    (out / "catalog.json").write_text(json.dumps(catalog.to_dict(), indent=1))
     stats_path = out / "stats.json"
-    if stats_path.is_file():
+    if resume and stats_path.is_file():
         stats = BandStats.load(stats_path)
     else:
         stats = compute_stats(catalog, recipe.data, seed=recipe.train.seed)
-        stats.save(stats_path)
 
     t = recipe.train
     quiet_lightning()
@@ -146,6 +159,10 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     if progress:
         cbs.append(L.pytorch.callbacks.TQDMProgressBar(refresh_rate=1))
     cbs += callbacks or []
+
+    prepare_run_dir(out, resume, overwrite, inputs)
+    write_run_files(out, recipe, catalog, stats)
+
     loggers = []
     try:
         import tensorboard  # noqa: F401

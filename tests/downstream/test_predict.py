@@ -305,3 +305,39 @@ def test_device_auto_falls_back_to_cpu_and_cuda_without_gpu_is_a_clear_error(mon
         resolve_device("cuda")
     with pytest.raises(GeomedError, match="auto, cpu or cuda"):
         resolve_device("tpu-ish")
+
+
+KILLED_PREDICTION = """
+import os, signal, sys
+from geomed_ssl.config import DataConfig
+from geomed_ssl.data.stats import BandStats
+from geomed_ssl.downstream.predict import predict_files
+
+def killed_on_first_window(x):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+predict_files(killed_on_first_window, sys.argv[1], sys.argv[2], BandStats.load(sys.argv[3]), num_classes=2,
+              window=32, data_cfg=DataConfig())
+"""
+
+
+def test_the_next_prediction_removes_the_partial_file_a_killed_one_left(tmp_path):
+    import subprocess
+    import sys
+
+    from geomed_ssl.config import DataConfig
+
+    (tmp_path / "in").mkdir()
+    arr = structured_raster(np.random.default_rng(4), C, 48)
+    write_geotiff(tmp_path / "in" / "tile.tif", arr)
+    stats = stats_of(arr, [f"band_{i}" for i in range(1, C + 1)])
+    stats.save(tmp_path / "stats.json")
+    out = tmp_path / "out"
+    killed = subprocess.run([sys.executable, "-c", KILLED_PREDICTION, str(tmp_path / "in"), str(out),
+                             str(tmp_path / "stats.json")], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    left = [p.name for p in out.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".partial-") and left[0].endswith("-tile_pred.tif")
+    (out / ".partial-notes.txt").write_text("not ours: no process id")
+    predict_files(conv_model(C, 2), tmp_path / "in", out, stats, num_classes=2, window=32, data_cfg=DataConfig())
+    assert sorted(p.name for p in out.iterdir()) == [".partial-notes.txt", "tile_pred.tif"]

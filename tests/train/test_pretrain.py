@@ -136,6 +136,18 @@ def test_existing_run_dir_is_not_overwritten_without_flag(raster_dir: Path, tmp_
     assert (out / "keep.txt").read_text() == "precious"
 
 
+def test_a_failed_pretrain_leaves_no_out_and_the_next_try_needs_no_overwrite(raster_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    settings = sets("data.sensor=null", "data.patch_size=16", "train.max_steps=2", "train.checkpoint_every=2")
+    failed = cli("pretrain", "recipes/mae_sentinel2.yaml", "--data", str(raster_dir), "--out", str(out), *settings,
+                 "--set", "data.include=['*.jp2']")  # valid recipe, but no file matches: the scan fails
+    assert failed.exit_code == 2 and "Traceback" not in failed.output
+    assert not out.exists()
+    again = cli("pretrain", "recipes/mae_sentinel2.yaml", "--data", str(raster_dir), "--out", str(out), *settings)
+    assert again.exit_code == 0, again.output
+    assert (out / "encoder" / "model.safetensors").is_file() and (out / ".geomed-ssl.json").is_file()
+
+
 def test_unknown_recipe_key_names_the_valid_ones(raster_dir: Path, tmp_path: Path) -> None:
     result = cli("pretrain", "recipes/mae_sentinel2.yaml", "--data", str(raster_dir), "--out", str(tmp_path / "x"),
                  "--set", "model.depthh=3")

@@ -97,14 +97,16 @@ def read_encoder_config(path: str | Path) -> tuple[EncoderConfig, dict[str, Any]
 
 def load_encoder(path: str | Path, bands: Sequence[str] | None = None,
                  map_location: str | torch.device = "cpu",
-                 wavelengths: Sequence[float | None] | None = None) -> ViTEncoder:
+                 wavelengths: Sequence[float | None] | None = None,
+                 bandwidths: Sequence[float | None] | None = None) -> ViTEncoder:
     """Load an encoder export (RUN_DIR, RUN_DIR/encoder, or a fine-tune dir) as an ``nn.Module`` in eval mode.
 
     ``enc.config`` holds band names, wavelengths, normalisation statistics and patch size;
     ``enc.preprocess(array, nodata=...)`` normalises raw file values with them, as training did. ``bands`` (with their
     centre ``wavelengths`` in µm, when known) are the bands of the data it will meet. A ``plain`` or ``grouped``
     encoder refuses other bands with a message naming the missing and extra ones. A ``spectral`` or
-    ``wavelength`` encoder runs on them: each is matched to an encoder band by name or wavelength (the mapping is
+    ``wavelength`` encoder runs on them (with their widths, ``bandwidths``, when known): each is matched to an
+    encoder band by name or wavelength (the mapping is
     logged) and the returned encoder is the one for those bands (``ViTEncoder.select_bands``), its
     ``config.stats`` the matched bands' statistics under the data's band names.
     """
@@ -124,7 +126,8 @@ def load_encoder(path: str | Path, bands: Sequence[str] | None = None,
         )
     encoder.data_settings = data_settings(read_meta(folder))
     if bands is not None:
-        encoder = encoder.select_bands([str(b) for b in bands], None if wavelengths is None else list(wavelengths))
+        encoder = encoder.select_bands([str(b) for b in bands], None if wavelengths is None else list(wavelengths),
+                                       None if bandwidths is None else list(bandwidths))
     return encoder.eval()
 
 

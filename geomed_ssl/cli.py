@@ -19,6 +19,8 @@ app = typer.Typer(
 STATE: dict[str, Any] = {"debug": False}
 
 SetOpt = typer.Option(None, "--set", help="Override a recipe key: section.key=value (repeatable).")
+StrictOpt = typer.Option(False, "--strict", help="Fail when any input file has a problem or band names are "
+                         "assigned by position (default: skip / warn).")
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -54,7 +56,7 @@ def inspect(
     recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="Recipe YAML (data section used)."),
     kind: Optional[str] = typer.Option(None, help="raster or volume (default: the recipe's, else guessed)."),
     overrides: Optional[list[str]] = SetOpt,
-    strict: bool = typer.Option(False, "--strict", help="Exit with an error when any file has a problem."),
+    strict: bool = StrictOpt,
 ) -> None:
     """Show what the toolkit sees in a folder (files, bands, wavelengths, grids) and what is wrong with it."""
     from geomed_ssl.config import load_recipe
@@ -66,7 +68,7 @@ def inspect(
     if kind:
         sets.append(f"data.kind={kind}")
     cfg = load_recipe(recipe, sets)
-    catalog = scan(data_dir, cfg.data, strict=strict)
+    catalog = scan(data_dir, cfg.data, strict=strict, names_by_position="error" if strict else "warn")
     typer.echo(catalog.summary())
 
 
@@ -88,7 +90,7 @@ def pretrain(
     overrides: Optional[list[str]] = SetOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
-    strict: bool = typer.Option(False, "--strict", help="Fail when any input file has a problem (default: skip it)."),
+    strict: bool = StrictOpt,
 ) -> None:
     """Pretrain a ViT encoder without labels (MAE or DINO, as the recipe says) on a folder of rasters or volumes."""
     from geomed_ssl.train.pretrain import pretrain as run
@@ -133,6 +135,7 @@ def finetune_segment_cmd(
                                        "linear (1x1 conv on the encoder's upsampled tokens)."),
     overrides: Optional[list[str]] = SetOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    strict: bool = StrictOpt,
 ) -> None:
     """Segmentation on the ViT encoder (UNETR-style decoder or linear head) from a few labelled pixels or voxels."""
     from geomed_ssl.downstream.finetune import finetune_segment
@@ -141,7 +144,7 @@ def finetune_segment_cmd(
     flags = {"finetune.freeze_encoder": "true" if (freeze or unfreeze_after) else None,
              "finetune.unfreeze_after_steps": unfreeze_after, "finetune.head": head}
     sets = ["finetune.task=segment", *finetune_sets(overrides, per_class, fraction, **flags)]
-    result = finetune_segment(recipe, encoder, images, labels, out, overrides=sets, overwrite=overwrite)
+    result = finetune_segment(recipe, encoder, images, labels, out, overrides=sets, overwrite=overwrite, strict=strict)
     names = [c["name"] for c in result.metrics["classes"]]
     typer.echo(format_metrics(result.metrics["test"], names))
     typer.echo(f"model: {out / 'model'}  metrics: {out / 'metrics.json'}  confusion: {out / 'confusion.png'}")
@@ -161,6 +164,7 @@ def finetune_classify_cmd(
     full: bool = typer.Option(False, "--full", help="Fine-tune encoder and linear head together."),
     overrides: Optional[list[str]] = SetOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    strict: bool = StrictOpt,
 ) -> None:
     """Image classification from k labelled images per class (folder-per-class datasets such as EuroSAT)."""
     from geomed_ssl.downstream.classify import finetune_classify
@@ -171,7 +175,7 @@ def finetune_classify_cmd(
     mode = {"finetune.head": "mlp" if mlp else "linear",
             "finetune.freeze_encoder": "false" if full else "true"} if (linear_probe or mlp or full) else {}
     sets = ["finetune.task=classify", *finetune_sets(overrides, per_class, fraction, **mode)]
-    result = finetune_classify(recipe, encoder, data, out, overrides=sets, overwrite=overwrite)
+    result = finetune_classify(recipe, encoder, data, out, overrides=sets, overwrite=overwrite, strict=strict)
     names = [c["name"] for c in result.metrics["classes"]]
     typer.echo(format_metrics(result.metrics["test"], names))
     typer.echo(f"model: {out / 'model'}  metrics: {out / 'metrics.json'}")
@@ -186,12 +190,13 @@ def evaluate(
     data: Optional[Path] = typer.Option(None, "--data", help="Classification: folder-per-class images."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where metrics.json and confusion.png go (default FT_DIR/eval)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda[:N]."),
+    strict: bool = StrictOpt,
 ) -> None:
     """Metrics of a fine-tuned model on labelled data (every labelled pixel, voxel or image)."""
     from geomed_ssl.downstream.evaluate import eval_out_dir, evaluate_dir
     from geomed_ssl.downstream.metrics import format_metrics
 
-    result = evaluate_dir(ft_dir, images=images, labels=labels, data=data, out=out, device=device)
+    result = evaluate_dir(ft_dir, images=images, labels=labels, data=data, out=out, device=device, strict=strict)
     typer.echo(format_metrics(result["test"], [c["name"] for c in result["classes"]]))
     where = eval_out_dir(ft_dir, out)
     typer.echo(f"metrics: {where / 'metrics.json'}  confusion: {where / 'confusion.png'}")
@@ -208,12 +213,13 @@ def predict(
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write per-class probabilities."),
     batch_size: int = typer.Option(8, "--batch-size", help="Windows per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda[:N]."),
+    strict: bool = StrictOpt,
 ) -> None:
     """Predict whole scenes / volumes with sliding windows into georeferenced GeoTIFF / NIfTI class maps."""
     from geomed_ssl.downstream.evaluate import predict_dir
 
     for line in predict_dir(ft_dir, inputs, out, overlap=overlap, blend=blend, probabilities=probabilities,
-                            batch_size=batch_size, device=device):
+                            batch_size=batch_size, device=device, strict=strict):
         typer.echo(line)
 
 
@@ -225,6 +231,7 @@ def attention(
     out: Path = typer.Option(..., "--out", help="PNG to write."),
     window: Optional[str] = typer.Option(None, "--window", help="ROW,COL: top-left pixel of the raster window "
                                          "(default: the centre window of the encoder's size)."),
+    strict: bool = StrictOpt,
 ) -> None:
     """Per-head CLS attention of the encoder's last block over one window (rasters) or centre patch (volumes),
     beside a false-colour view of it (DINO's "heads look at objects"; any encoder works)."""
@@ -238,7 +245,7 @@ def attention(
             offsets = []
         if len(offsets) != 2:
             raise GeomedError(f"--window '{window}': expected ROW,COL, e.g. --window 0,0 for the top-left window.")
-    path = attention_for_file(encoder, image, out, window=offsets)
+    path = attention_for_file(encoder, image, out, window=offsets, strict=strict)
     typer.echo(f"attention maps: {path}")
 
 
@@ -262,6 +269,7 @@ def embed(
     overrides: Optional[list[str]] = SetOpt,
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing embedding folder."),
+    strict: bool = StrictOpt,
 ) -> None:
     """Embed a folder with a pretrained encoder into a Parquet table + vectors.npy (resumes an interrupted run)."""
     from geomed_ssl.downstream.embed import embed_folder
@@ -269,7 +277,7 @@ def embed(
     result = embed_folder(encoder, data_dir, out, level=level, window=window, stride=stride, pool=pool,
                           batch_size=batch_size, dtype=dtype, pca_dims=pca, min_valid=min_valid, overrides=overrides,
                           include=include, exclude=exclude, overwrite=overwrite, device=device,
-                          progress=logging.getLogger().level <= logging.INFO)
+                          progress=logging.getLogger().level <= logging.INFO, strict=strict)
     m = result.manifest
     typer.echo(f"{m['count']} vectors of {m['dim']} dims from {len(m['files'])} files ({result.files_embedded} "
                f"embedded now, {result.files_skipped} done before; {result.windows_per_s:.1f} windows/s)")
@@ -308,18 +316,20 @@ def cluster(
 def similar(
     emb_dir: Path = typer.Argument(..., help="An embedding folder (from `geomed-ssl embed`)."),
     query: Path = typer.Option(..., "--query", help="The query file (GeoTIFF or NIfTI)."),
-    box: Optional[str] = typer.Option(None, "--box", help="A box in it: ROW,COL,H,W (rasters) or Z,Y,X,D,H,W "
-                                      "(volumes, RAS voxel axes); default the whole file."),
+    box: Optional[str] = typer.Option(None, "--box", help="A box in it: ROW,COL,H,W (rasters) or I,J,K,DI,DJ,DK "
+                                      "(volumes: voxel indices and sizes along the RAS axes i=Right, j=Anterior, "
+                                      "k=Superior, as the stored `box` column); default the whole file."),
     top: int = typer.Option(10, "--top", help="Number of neighbours."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default EMB_DIR/search/<query>)."),
     include_self: bool = typer.Option(False, "--include-self", help="Keep the query's own rows among the hits."),
     encoder: Optional[Path] = typer.Option(None, "--encoder", help="The encoder, if it moved since embedding."),
+    strict: bool = StrictOpt,
 ) -> None:
     """Nearest neighbours (cosine) of a file or a box in it among stored embeddings, with a contact sheet."""
     from geomed_ssl.downstream.search import find_similar
 
     for line in find_similar(emb_dir, query, box=box, top=top, out_dir=out, include_self=include_self,
-                             encoder=encoder).lines:
+                             encoder=encoder, strict=strict).lines:
         typer.echo(line)
 
 

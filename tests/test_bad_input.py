@@ -265,7 +265,94 @@ TIMM_EXPORT_CASES: list[Case] = [
 
 
 # ---- data files, bands and labels ---------------------------------------------------------------------------------
-DATA_CASES: list[Case] = []
+def undescribed_s2(root: Path) -> Path:
+    """Two 13-band GeoTIFFs without band descriptions (EuroSAT-like)."""
+    return rasters(root, bands=13)
+
+
+def described_rasters(root: Path, names: list[str], folder: str = "data") -> Path:
+    """Two small GeoTIFFs whose bands carry the descriptions ``names``."""
+    import rasterio
+
+    data = root / folder
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        path = write_geotiff(data / f"scene_{i}.tif", structured_raster(rng, len(names), 32))
+        with rasterio.open(path, "r+") as ds:
+            for b, name in enumerate(names, start=1):
+                ds.set_band_description(b, name)
+    return data
+
+
+def encoder_for_bands(root: Path, names: list[str]) -> Path:
+    from tests.downstream.test_embed import make_encoder
+
+    return make_encoder(described_rasters(root, names, "train"), root / "encoder")
+
+
+def embedded(root: Path, folder: Path) -> Path:
+    """An image-level embedding folder of ``folder`` made with a tiny encoder of its own data."""
+    from geomed_ssl.downstream.embed import embed_folder
+    from tests.downstream.test_embed import make_encoder
+
+    embed_folder(make_encoder(folder, root / "encoder"), folder, root / "emb", level="image", progress=False)
+    return root / "emb"
+
+
+def one_class_embeddings(root: Path) -> list[str]:
+    from tests.conftest import write_class_folders
+
+    classes = write_class_folders(root / "classes", ["Forest"], per_class=3)
+    return ["cluster", str(embedded(root, classes)), "--labels", "folders", "--out", str(root / "cl")]
+
+
+def nifti_for_raster_model(root: Path) -> list[str]:
+    import nibabel as nib
+
+    from tests.downstream.test_evaluate import make_ft_dir
+
+    ft = make_ft_dir(root)
+    nib.save(nib.Nifti1Image(np.ones((16, 16, 16), np.float32), np.eye(4)), str(root / "ct.nii.gz"))
+    return ["predict", str(ft), str(root / "ct.nii.gz"), "--out", str(root / "pred")]
+
+
+def nifti_for_raster_encoder(root: Path) -> list[str]:
+    import nibabel as nib
+
+    enc = encoder_for_bands(root, ["B02", "B03"])
+    nib.save(nib.Nifti1Image(np.ones((16, 16, 16), np.float32), np.eye(4)), str(root / "ct.nii.gz"))
+    return ["attention", str(enc), str(root / "ct.nii.gz"), "--out", str(root / "a.png")]
+
+
+def corrupt_file_for_classifier(root: Path) -> list[str]:
+    from tests.downstream.test_evaluate import make_ft_dir
+
+    ft = make_ft_dir(root, task="classify")
+    data = rasters(root)
+    (data / "broken.tif").write_bytes(b"not a tiff")
+    return ["predict", str(ft), str(data), "--out", str(root / "pred"), "--strict"]
+
+
+DATA_CASES: list[Case] = [
+    Case("band-names-by-position-under-strict",
+         lambda r: ["inspect", str(undescribed_s2(r)), "--recipe", "recipes/mae_sentinel2.yaml", "--strict"],
+         "assigned by position from sensor profile 'sentinel2'"),
+    Case("embed-data-missing-a-band-of-the-encoder",
+         lambda r: ["embed", str(encoder_for_bands(r, ["B02", "B03", "B04"])),
+                    str(described_rasters(r, ["B03", "B02", "B11"])), "--out", str(r / "emb")],
+         "missing ['B04']"),
+    Case("labels-source-with-one-class", one_class_embeddings, "gives 1 class ('Forest')"),
+    Case("similar-box-outside-the-file",
+         lambda r: ["similar", str(embedded(r, rasters(r))), "--query", str(r / "data" / "scene_0.tif"),
+                    "--box", "0,20,8,16"],
+         "reaches outside"),
+    Case("nifti-given-to-a-raster-model", nifti_for_raster_model,
+         "is a NIfTI volume but this model was trained on 2D GeoTIFF rasters"),
+    Case("nifti-given-to-a-raster-encoder", nifti_for_raster_encoder,
+         "is a NIfTI volume but encoder"),
+    Case("corrupt-file-for-a-classifier-under-strict", corrupt_file_for_classifier, "broken.tif"),
+]
 
 
 CASES = OUTDIR_CASES + CONFIG_CASES + EXPORT_CASES + TIMM_EXPORT_CASES + DATA_CASES

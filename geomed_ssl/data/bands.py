@@ -8,6 +8,10 @@ such files set ``data.band_names`` to the file's real order; the wavelengths are
     data:
       sensor: sentinel2
       band_names: [B01, B02, B03, B04, B05, B06, B07, B08, B09, B10, B11, B12, B8A]
+
+Without it a sensor profile can only name undescribed bands by position: ``resolve_band_info`` says so
+(``source="sensor"``) and the catalog warns (an error under ``--strict``). ``band_order`` is the one rule by which
+data bands meet a model's: by name, reordered, extras dropped, missing ones refused.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
@@ -116,16 +121,100 @@ def lookup_wavelengths(band_names: Sequence[str], sensor: str) -> list[float | N
     return [table.get(_canon(n)) for n in band_names]
 
 
-def _tag_wavelength(tags: dict[str, Any] | None) -> float | None:
-    """CENTRAL_WAVELENGTH_UM (GDAL IMAGERY domain) from one band's tags, or None."""
-    for key, value in (tags or {}).items():
-        if str(key).upper() in ("CENTRAL_WAVELENGTH_UM", "IMAGERY:CENTRAL_WAVELENGTH_UM"):
+def _tag_um(tags: dict[str, Any] | None, key: str) -> float | None:
+    """A positive finite µm value from one band's tags (plain or ``IMAGERY:`` prefixed ``key``), or None."""
+    for k, value in (tags or {}).items():
+        if str(k).upper() in (key, f"IMAGERY:{key}"):
             try:
                 out = float(value)
             except (TypeError, ValueError):
                 return None
             return out if math.isfinite(out) and out > 0 else None
     return None
+
+
+def _tag_wavelength(tags: dict[str, Any] | None) -> float | None:
+    """CENTRAL_WAVELENGTH_UM (GDAL IMAGERY domain) from one band's tags, or None."""
+    return _tag_um(tags, "CENTRAL_WAVELENGTH_UM")
+
+
+# Where a file's band names came from (``BandInfo.source``). Only "sensor" names are asserted without evidence: the
+# profile's names given to undescribed bands by position.
+BAND_SOURCES = ("file", "recipe", "sensor", "channels", "index")
+
+
+@dataclass
+class BandInfo:
+    """A file's band names, centre wavelengths and widths (µm; None where unknown) and where the names came from
+    (one of ``BAND_SOURCES``)."""
+
+    names: list[str]
+    wavelengths: list[float | None] | None
+    bandwidths: list[float | None] | None
+    source: str
+
+
+def resolve_band_info(
+    num_bands: int,
+    descriptions: Sequence[str | None] | None,
+    tags: dict[int, dict[str, Any]] | None,
+    data_cfg: Any,
+    path: str,
+    fallback_names: Sequence[str] | None = None,
+) -> BandInfo:
+    """Band names, centre wavelengths and band widths (µm) of one file, and where the names came from.
+
+    Names: the file's band descriptions when every band has one ("file"); else ``data_cfg.band_names``
+    ("recipe"); else the ``data_cfg.sensor`` profile's names BY POSITION ("sensor"; only when its band count
+    matches: a mismatch is a DataError); else ``fallback_names`` (e.g. channel names, "channels"); else
+    "band_1".."band_N" ("index").
+    Wavelengths: ``data_cfg.wavelengths``; else the sensor profile matched by name; else each band's
+    ``CENTRAL_WAVELENGTH_UM`` tag (``tags`` maps the 1-based band index to that band's IMAGERY/plain tags); None for
+    the whole list when no band has one. Widths: each band's ``FWHM_UM`` tag (GDAL IMAGERY domain, as the bundled
+    sample writes it); None for the whole list when no band has one.
+    """
+    descriptions = list(descriptions or [])
+    sensor = getattr(data_cfg, "sensor", None)
+    cfg_names = getattr(data_cfg, "band_names", None)
+    if len(descriptions) == num_bands and all(d is not None and str(d).strip() for d in descriptions):
+        names, source = [str(d).strip() for d in descriptions], "file"
+    elif cfg_names is not None:
+        if len(cfg_names) != num_bands:
+            raise DataError(
+                f"'{path}' has {num_bands} bands but data.band_names lists {len(cfg_names)}; "
+                f"give one name per band in the file's order."
+            )
+        names, source = [str(n) for n in cfg_names], "recipe"
+    elif sensor:
+        profile_names = list(sensor_profile(sensor))
+        if len(profile_names) != num_bands:
+            raise DataError(
+                f"'{path}' has {num_bands} bands but sensor profile '{sensor}' has {len(profile_names)}; "
+                f"set data.band_names to the file's {num_bands} band names in order (or fix data.sensor)."
+            )
+        names, source = profile_names, "sensor"
+    elif fallback_names is not None and len(fallback_names) == num_bands:
+        names, source = [str(n) for n in fallback_names], "channels"
+    else:
+        names, source = [f"band_{i}" for i in range(1, num_bands + 1)], "index"
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise DataError(f"'{path}': band names must be unique, {dup} repeat; set data.band_names to distinct names.")
+    tags = tags or {}
+    widths = [_tag_um(tags.get(i + 1), "FWHM_UM") for i in range(num_bands)]
+    bandwidths = widths if any(w is not None for w in widths) else None
+
+    cfg_wl = getattr(data_cfg, "wavelengths", None)
+    if cfg_wl is not None:
+        if len(cfg_wl) != num_bands:
+            raise DataError(
+                f"'{path}' has {num_bands} bands but data.wavelengths lists {len(cfg_wl)}; give one centre "
+                f"wavelength (µm) per band."
+            )
+        return BandInfo(names, [float(w) for w in cfg_wl], bandwidths, source)
+    wl: list[float | None] = lookup_wavelengths(names, sensor) if sensor else [None] * num_bands
+    wl = [w if w is not None else _tag_wavelength(tags.get(i + 1)) for i, w in enumerate(wl)]
+    return BandInfo(names, wl if any(w is not None for w in wl) else None, bandwidths, source)
 
 
 def resolve_bands(
@@ -136,55 +225,53 @@ def resolve_bands(
     path: str,
     fallback_names: Sequence[str] | None = None,
 ) -> tuple[list[str], list[float | None] | None]:
-    """Band names and centre wavelengths (µm) of one file.
+    """Band names and centre wavelengths (µm) of one file (see :func:`resolve_band_info`)."""
+    info = resolve_band_info(num_bands, descriptions, tags, data_cfg, path, fallback_names)
+    return info.names, info.wavelengths
 
-    Names: the file's band descriptions when every band has one; else ``data_cfg.band_names``; else the
-    ``data_cfg.sensor`` profile (only when its band count matches: a mismatch is a DataError); else
-    ``fallback_names`` (e.g. channel names); else "band_1".."band_N".
-    Wavelengths: ``data_cfg.wavelengths``; else the sensor profile matched by name; else each band's
-    ``CENTRAL_WAVELENGTH_UM`` tag (``tags`` maps the 1-based band index to that band's IMAGERY/plain tags); None for
-    the whole list when no band has one.
+
+def positional_names_message(paths: Sequence[str], sensor: str | None, names: Sequence[str]) -> str:
+    """One line: these files' band names were assigned by position from a sensor profile, and how to state them."""
+    shown = ", ".join(f"'{p}'" for p in paths[:2]) + (f" and {len(paths) - 2} more" if len(paths) > 2 else "")
+    return (f"band names of {len(paths)} file(s) ({shown}) were assigned by position from sensor profile "
+            f"'{sensor}' ({' '.join(names)}): the files carry no band descriptions. If they store their bands in "
+            "another order (EuroSAT-MS keeps B8A last), state the order with data.band_names in the recipe or "
+            f"--set data.band_names=[{','.join(names[:3])},...].")
+
+
+def band_order(expected: Sequence[str], found: Sequence[str], where: str,
+               source: str | None = None) -> list[int] | None:
+    """The one band rule: indices into ``found`` that give the ``expected`` bands in their order, matched by NAME.
+
+    None when ``found`` already equals ``expected``. Bands of ``found`` that ``expected`` lacks are dropped (the
+    caller notes it); a band of ``expected`` that ``found`` lacks is a DataError naming the missing and extra bands.
+    ``source`` (``BandInfo.source`` of ``found``) shapes the advice: data.band_names can rename bands only when the
+    files do not describe them themselves.
     """
-    descriptions = list(descriptions or [])
-    sensor = getattr(data_cfg, "sensor", None)
-    cfg_names = getattr(data_cfg, "band_names", None)
-    if len(descriptions) == num_bands and all(d is not None and str(d).strip() for d in descriptions):
-        names = [str(d).strip() for d in descriptions]
-    elif cfg_names is not None:
-        if len(cfg_names) != num_bands:
-            raise DataError(
-                f"'{path}' has {num_bands} bands but data.band_names lists {len(cfg_names)}; "
-                f"give one name per band in the file's order."
-            )
-        names = [str(n) for n in cfg_names]
-    elif sensor:
-        profile_names = list(sensor_profile(sensor))
-        if len(profile_names) != num_bands:
-            raise DataError(
-                f"'{path}' has {num_bands} bands but sensor profile '{sensor}' has {len(profile_names)}; "
-                f"set data.band_names to the file's {num_bands} band names in order (or fix data.sensor)."
-            )
-        names = profile_names
-    elif fallback_names is not None and len(fallback_names) == num_bands:
-        names = [str(n) for n in fallback_names]
-    else:
-        names = [f"band_{i}" for i in range(1, num_bands + 1)]
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise DataError(f"'{path}': band names must be unique, {dup} repeat; set data.band_names to distinct names.")
+    want, have = [str(n) for n in expected], [str(n) for n in found]
+    if want == have:
+        return None
+    missing = [n for n in want if n not in have]
+    if missing:
+        extra = [n for n in have if n not in want]
+        hint = ("the file's band descriptions name its bands, so use data that holds these bands"
+                if source == "file" else
+                "if the data holds them under other names, set data.band_names to its band names in order")
+        raise DataError(f"'{where}' bands do not cover the model's: missing {missing}, extra {extra} (data: "
+                        f"{' '.join(have)}; model: {' '.join(want)}); {hint}.")
+    return [have.index(n) for n in want]
 
-    cfg_wl = getattr(data_cfg, "wavelengths", None)
-    if cfg_wl is not None:
-        if len(cfg_wl) != num_bands:
-            raise DataError(
-                f"'{path}' has {num_bands} bands but data.wavelengths lists {len(cfg_wl)}; give one centre "
-                f"wavelength (µm) per band."
-            )
-        return names, [float(w) for w in cfg_wl]
-    wl: list[float | None] = lookup_wavelengths(names, sensor) if sensor else [None] * num_bands
-    tags = tags or {}
-    wl = [w if w is not None else _tag_wavelength(tags.get(i + 1)) for i, w in enumerate(wl)]
-    return names, (wl if any(w is not None for w in wl) else None)
+
+def describe_order(expected: Sequence[str], found: Sequence[str]) -> str:
+    """A short note of what ``band_order`` did: reordered by name and/or which extra bands were dropped."""
+    extra = [n for n in found if n not in expected]
+    kept = [n for n in found if n in expected]
+    parts = []
+    if kept != list(expected):
+        parts.append(f"reordered by name to the model's order ({' '.join(expected)})")
+    if extra:
+        parts.append(f"extra band(s) {extra} dropped (the model does not read them)")
+    return "; ".join(parts)
 
 
 def false_colour_bands(band_names: Sequence[str], wavelengths: Sequence[float | None] | None) -> tuple[int, int, int]:

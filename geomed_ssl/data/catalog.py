@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import itertools
+import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -20,10 +21,12 @@ from typing import Any
 import numpy as np
 
 from geomed_ssl.config import as_tuple, spatial_dims
-from geomed_ssl.data.bands import resolve_bands
+from geomed_ssl.data.bands import resolve_band_info
+from geomed_ssl.data.conform import report_positional_names
 from geomed_ssl.data.probe import RASTER_PREVIEW, VOLUME_PREVIEW, FileProbe, ProbeError, probe_file  # noqa: F401
 from geomed_ssl.errors import DataError
 
+log = logging.getLogger("geomed_ssl")
 EXTENSIONS = {"raster": (".tif", ".tiff"), "volume": (".nii", ".nii.gz")}
 
 
@@ -33,7 +36,10 @@ class FileRecord:
 
     ``shape`` is the spatial shape (H, W) of a raster or (X, Y, Z) of a volume in the FILE's array order (the volume
     reader reorients to RAS; ``orientation`` holds the file's axis codes). ``value_range`` is, per band,
-    [min, p1, p99, max] of the valid pixels of the preview read (see ``geomed_ssl.data.probe``).
+    [min, p1, p99, max] of the valid pixels of the preview read (see ``geomed_ssl.data.probe``). ``band_source``
+    says where the band names came from (``geomed_ssl.data.bands.BAND_SOURCES``), ``bandwidths`` are the bands'
+    FWHM in µm (None: unknown). ``band_index`` (set by :func:`conform_record`): the readers return these of the
+    file's bands, in this order, and every per-band field describes them.
     """
 
     path: str
@@ -53,6 +59,9 @@ class FileRecord:
     block_shape: tuple[int, int] | None = None
     orientation: str | None = None
     value_range: list[list[float]] | None = None
+    band_source: str | None = None
+    bandwidths: list[float | None] | None = None
+    band_index: list[int] | None = None
 
     @property
     def area(self) -> int:
@@ -105,6 +114,7 @@ class Catalog:
     band_names: list[str]
     wavelengths: list[float | None] | None
     root: str | None = None
+    bandwidths: list[float | None] | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -119,6 +129,12 @@ class Catalog:
     def _rel(self, path: str) -> str:
         return os.path.relpath(path, self.root) if self.root and Path(path).is_relative_to(self.root) else path
 
+    def warn_problems(self) -> None:
+        """The problem files a command skips, as one warning (``--strict`` makes them an error instead)."""
+        if self.problems:
+            log.warning("warning: %d problem file(s) skipped (--strict makes this an error):\n%s", len(self.problems),
+                        "\n".join(f"  - {self._rel(p.path)}: {p.reason}" for p in self.problems))
+
     def summary(self) -> str:
         """A short human-readable report: usable files, bands, shapes, validity and every problem."""
         n = len(self.records)
@@ -130,6 +146,8 @@ class Catalog:
         if self.wavelengths and any(w is not None for w in self.wavelengths):
             known = [w for w in self.wavelengths if w is not None]
             bands += f"  (centres {min(known):.3g}-{max(known):.3g} µm, {len(known)} known)"
+        if self.records and self.records[0].band_source == "sensor":
+            bands += "  (names by POSITION from the sensor profile: the files carry no band descriptions)"
         lines.append(f"  bands ({len(self.band_names)}): {bands}")
         if self.records:
             shapes = sorted({tuple(r.shape) for r in self.records}, key=lambda s: int(np.prod(s)))
@@ -146,14 +164,16 @@ class Catalog:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (``from_dict`` restores it)."""
         return {"version": 1, "root": self.root, "kind": self.kind, "band_names": list(self.band_names),
-                "wavelengths": self.wavelengths, "records": [r.to_dict() for r in self.records],
+                "wavelengths": self.wavelengths, "bandwidths": self.bandwidths,
+                "records": [r.to_dict() for r in self.records],
                 "problems": [dataclasses.asdict(p) for p in self.problems]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Catalog:
         return cls(records=[FileRecord.from_dict(r) for r in d["records"]],
                    problems=[Problem(**p) for p in d.get("problems", [])], kind=d["kind"],
-                   band_names=list(d["band_names"]), wavelengths=d.get("wavelengths"), root=d.get("root"))
+                   band_names=list(d["band_names"]), wavelengths=d.get("wavelengths"), root=d.get("root"),
+                   bandwidths=d.get("bandwidths"))
 
 
 # -- matching ---------------------------------------------------------------------------------------------------
@@ -223,12 +243,13 @@ def _record(probes: list[FileProbe], kind: str, data_cfg: Any, fallback: list[st
         tags.update({offset + b: t for b, t in p.tags.items()})
         offset += p.num_bands
     try:
-        names, wl = resolve_bands(num_bands, descriptions, tags, data_cfg, first.path, fallback_names=fallback)
+        bands = resolve_band_info(num_bands, descriptions, tags, data_cfg, first.path, fallback_names=fallback)
     except DataError as err:
         raise ProbeError(str(err).replace(f"'{first.path}' ", "", 1)) from None
     return FileRecord(
         path=first.path, paths=[p.path for p in probes], kind=kind, shape=tuple(first.shape), num_bands=num_bands,
-        dtype=str(np.result_type(*[p.dtype for p in probes])), band_names=names, wavelengths=wl, nodata=first.nodata,
+        dtype=str(np.result_type(*[p.dtype for p in probes])), band_names=bands.names, wavelengths=bands.wavelengths,
+        nodata=first.nodata, band_source=bands.source, bandwidths=bands.bandwidths,
         crs=first.geo.get("crs"), transform=first.geo.get("transform"), affine=first.geo.get("affine"),
         spacing=first.geo.get("spacing"), valid_fraction=round(fraction, 6), block_shape=first.geo.get("block_shape"),
         orientation=first.geo.get("orientation"), value_range=[v for p in probes for v in p.value_range],
@@ -304,11 +325,14 @@ def _majority(records: list[FileRecord], problems: list[Problem]) -> list[FileRe
     return out
 
 
-def scan(root: str | Path, data_cfg: Any, strict: bool = False) -> Catalog:
+def scan(root: str | Path, data_cfg: Any, strict: bool = False, names_by_position: str = "warn") -> Catalog:
     """Scan ``root`` (a folder, recursively, or one file) for ``data_cfg.kind`` files and build a Catalog.
 
     Problem files are skipped and listed in ``catalog.problems``; with ``strict`` any problem is a DataError.
     Nothing usable is always a DataError that says what was found and which settings to check.
+    Band names given to undescribed files by position from ``data.sensor``'s profile are logged as a warning
+    (``names_by_position="warn"``), a DataError (``"error"``: the CLI's ``--strict``) or not mentioned
+    (``"ignore"``, for files a command has already reported on).
     """
     root = Path(root).expanduser().absolute()
     if not root.exists():
@@ -338,7 +362,8 @@ def scan(root: str | Path, data_cfg: Any, strict: bool = False) -> Catalog:
         records = _majority(records, problems)
     problems.sort(key=lambda p: p.path)
     catalog = Catalog(records, problems, kind, list(records[0].band_names) if records else [],
-                      records[0].wavelengths if records else None, root=str(base))
+                      records[0].wavelengths if records else None, root=str(base),
+                      bandwidths=records[0].bandwidths if records else None)
     if not records:
         other = "volume" if kind == "raster" else "raster"
         n_other = sum(_has_ext(p.name, other) for p in all_files)
@@ -354,7 +379,9 @@ def scan(root: str | Path, data_cfg: Any, strict: bool = False) -> Catalog:
             msg += f" Found {n_other} {other} files instead: set data.kind: {other}."
         raise DataError(msg + " Check data.kind, data.include, data.exclude and data.channels.")
     if strict and problems:
-        raise DataError(f"{len(problems)} problem file(s) under '{root}' (strict scan):\n"
-                        + "\n".join(f"  - {p}" for p in problems) + "\nFix or exclude them (data.exclude), "
-                        "or scan without strict to skip them.")
+        raise DataError(f"{len(problems)} problem file(s) under '{root}' (strict scan): "
+                        + "; ".join(f"{catalog._rel(p.path)}: {p.reason}" for p in problems)
+                        + ". Fix or exclude them (data.exclude), or run without --strict to skip them.")
+    report_positional_names([r.path for r in records if r.band_source == "sensor"], getattr(data_cfg, "sensor", None),
+                            catalog.band_names, names_by_position)
     return catalog

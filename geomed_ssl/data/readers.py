@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from geomed_ssl.data.conform import pick_bands
 from geomed_ssl.errors import DataError
 
 Region = tuple[int, int, int, int]  # row_off, col_off, height, width (file pixels, inside the file)
@@ -31,6 +32,12 @@ GDAL_CACHE_BYTES = GDAL_CACHE_MB * 2**20
 
 def _paths(record: Any) -> list[str]:
     return list(record.paths) if getattr(record, "paths", None) else [record.path]
+
+
+def _key(record: Any) -> tuple:
+    """Cache key of a record's data: its files and the bands read from them (``FileRecord.band_index``)."""
+    index = getattr(record, "band_index", None)
+    return tuple(_paths(record)), None if index is None else tuple(index)
 
 
 class _LRU:
@@ -172,7 +179,8 @@ class RasterReader:
 
     # -- reads ------------------------------------------------------------------------------------------------
     def _read_clipped(self, record: Any, row: int, col: int, h: int, w: int) -> np.ndarray:
-        """Read the in-file window (no padding) from every path and stack channels: (C, h, w) file dtype."""
+        """Read the in-file window (no padding) from every path and stack channels: (C, h, w) file dtype, the bands
+        ``record.band_index`` picks (all when None)."""
         from rasterio.windows import Window
 
         parts = []
@@ -188,12 +196,12 @@ class RasterReader:
                     parts.append(ds.read(window=Window(col, row, w, h)))
             except Exception as err:
                 raise DataError(f"cannot read window {[row, col, h, w]} of '{path}': {err}.") from None
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        return pick_bands(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0), record)
 
     def read_region(self, record: Any, region: Region) -> np.ndarray:
         """The region (C, h, w) in the file dtype, from the cache or read once. Treat it as read-only."""
         self._check_pid()
-        key = (tuple(_paths(record)), tuple(int(v) for v in region))
+        key = (_key(record), tuple(int(v) for v in region))
         arr = self._regions.get(key)
         if arr is None:
             r, c, h, w = key[1]
@@ -261,7 +269,7 @@ class VolumeReader:
         return 0 if self._cache is None or self._pid != os.getpid() else len(self._cache)
 
     def _load_one(self, path: str) -> tuple[np.ndarray, np.ndarray]:
-        """(C, D, H, W) float32 in RAS orientation (resampled if asked) and its 4x4 affine.
+        """(C, I, J, K) float32 in RAS orientation (resampled if asked) and its 4x4 affine.
 
         nibabel's closest-canonical reorientation (the same voxels as MONAI's ``Orientation("RAS")``) without
         MONAI's ~10 s import in every worker and CLI start.
@@ -288,22 +296,23 @@ class VolumeReader:
         from geomed_ssl.data import stats as stats_mod
 
         cache = self._lru()
-        key = tuple(_paths(record))
+        key = _key(record)
         hit = cache.get(key)
         if hit is not None:
             self.counters["hits"] += 1
             return hit.array, hit.affine
         parts, affine = [], None
-        for path in key:
+        for path in key[0]:
             arr, aff = self._load_one(path)
             if parts and arr.shape[1:] != parts[0].shape[1:]:
                 raise DataError(
-                    f"volume '{path}' has shape {list(arr.shape[1:])} but '{key[0]}' has {list(parts[0].shape[1:])}; "
+                    f"volume '{path}' has shape {list(arr.shape[1:])} but '{key[0][0]}' has "
+                    f"{list(parts[0].shape[1:])}; "
                     "channels stacked together must share one voxel grid."
                 )
             parts.append(arr)
             affine = aff if affine is None else affine
-        vol = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)  # (C, D, H, W)
+        vol = pick_bands(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0), record)  # (C, D, H, W)
         # The same CT/MR decision and MR percentiles as compute_stats, so the statistics match these intensities.
         vol = stats_mod.preprocess_intensity(vol, self.data_cfg, **stats_mod.intensity_args(record, self.data_cfg))
         vol = np.ascontiguousarray(vol, dtype=np.float32)
@@ -313,17 +322,19 @@ class VolumeReader:
         return vol, affine  # type: ignore[return-value]
 
     def volume_shape(self, record: Any) -> tuple[int, int, int]:
-        """Spatial shape (D, H, W) after reorientation and resampling."""
+        """Spatial shape (I, J, K) along the RAS axes (i towards Right, j Anterior, k Superior) after reorientation
+        and resampling."""
         return tuple(self.load(record)[0].shape[1:])  # type: ignore[return-value]
 
     def affine(self, record: Any) -> np.ndarray:
         """The 4x4 RAS voxel-to-world affine after resampling."""
         return self.load(record)[1]
 
-    def read_box(self, record: Any, z: int, y: int, x: int, d: int, h: int, w: int) -> np.ndarray:
-        """Box (C, d, h, w) float32 at voxel ``(z, y, x)``; outside the volume is NaN."""
+    def read_box(self, record: Any, i: int, j: int, k: int, di: int, dj: int, dk: int) -> np.ndarray:
+        """Box (C, di, dj, dk) float32 at RAS voxel ``(i, j, k)`` (i towards Right, j Anterior, k Superior); outside
+        the volume is NaN."""
         vol, _ = self.load(record)
-        return cut_box(vol, (z, y, x), (d, h, w))
+        return cut_box(vol, (i, j, k), (di, dj, dk))
 
 
 class _Volume:

@@ -1,13 +1,21 @@
-"""Per-band statistics over sampled windows (nodata and NaN excluded), normalisation, and band checks.
+"""Per-band statistics over sampled windows (nodata and NaN excluded), normalisation, and the range check.
 
 The statistics are computed once per dataset, stored as ``stats.json`` and in every checkpoint, so inference
 normalises exactly as training did. They are always computed from the data (16-bit rasters get their real range,
 never a 0/255 default).
+
+Format versions: normalisation clips each band to [p1, p99] and then z-scores it. Version 2 (now) stores the mean
+and std of the CLIPPED values, i.e. of what the network is actually fed, so normalised data has mean 0 and std 1.
+Version 1 stored the mean and std of the unclipped values. Version-1 statistics (older ``stats.json``, checkpoints
+and encoder exports) are still read and used exactly as they are: a model trained with them was fed data
+normalised with them, and only the same numbers reproduce its inputs (recomputing would shift every input the
+model sees). A one-time note says so; pretraining again gives version-2 statistics.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import warnings
 from dataclasses import dataclass
@@ -17,20 +25,28 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from geomed_ssl.config import as_tuple, spatial_dims
+from geomed_ssl.data.conform import pick_bands
 from geomed_ssl.errors import DataError
+
+log = logging.getLogger("geomed_ssl")
 
 STD_FLOOR = 1e-6
 PERCENTILE_SAMPLE = 200_000  # values per band kept (in expectation at most) for p1/p99
 MAX_KEPT_VALUES = 20_000_000  # ... and over all bands (float32), so 200-band data stays under ~80 MB
 CT_LOOKING_MIN = -500.0  # a volume whose minimum is below this looks like CT (Hounsfield units)
 WHOLE_VOLUME_BYTES = 1 << 30  # volumes up to this size are decoded once for all their windows
+STATS_VERSION = 2  # 2: mean/std of the values clipped to [p1, p99] (what is fed); 1: of the unclipped values
+STATS_VERSIONS = (1, 2)
+MIN_RANGE_OVERLAP = 0.1  # a band whose [p1, p99] lies less than this fraction inside the training one is "far"
+_NOTED_V1: set[str] = set()
 
 ReadWindow = Callable[[Any, tuple[int, ...], tuple[int, ...]], np.ndarray]
 
 
 @dataclass
 class BandStats:
-    """Per-band mean, std (floored at 1e-6), 1st/99th percentiles and valid sample count."""
+    """Per-band mean, std (floored at 1e-6) of the values clipped to [p1, p99], the 1st/99th percentiles and the
+    valid sample count; ``version`` is the format they were computed with (see the module docstring)."""
 
     band_names: list[str]
     mean: list[float]
@@ -38,26 +54,35 @@ class BandStats:
     p1: list[float]
     p99: list[float]
     count: list[int]
+    version: int = STATS_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``stats.json`` schema: {"bands": [{"name", "mean", "std", "p1", "p99", "count"}, ...], "version": 1}."""
+        """The ``stats.json`` schema: {"bands": [{"name", "mean", "std", "p1", "p99", "count"}, ...], "version": 2}
+        (1 for statistics read from version 1: they keep their meaning)."""
         bands = [{"name": n, "mean": m, "std": s, "p1": a, "p99": b, "count": c}
                  for n, m, s, a, b, c in zip(self.band_names, self.mean, self.std, self.p1, self.p99, self.count)]
-        return {"bands": bands, "version": 1}
+        return {"bands": bands, "version": self.version}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "stats") -> BandStats:
-        if not isinstance(d, dict) or d.get("version") != 1 or not isinstance(d.get("bands"), list) or not d["bands"]:
-            raise DataError(f"{source}: not a version-1 band statistics dict ({{'bands': [...], 'version': 1}}); "
-                            "recompute the statistics.")
+        """Read version 2, or version 1 (used as it is, with a one-time note per source)."""
+        if not isinstance(d, dict) or d.get("version") not in STATS_VERSIONS or not isinstance(d.get("bands"), list) \
+                or not d["bands"]:
+            raise DataError(f"{source}: not a band statistics dict of version 1 or 2 ({{'bands': [...], 'version': "
+                            f"{STATS_VERSION}}}); recompute the statistics.")
         keys = ("name", "mean", "std", "p1", "p99", "count")
         for i, band in enumerate(d["bands"]):
             missing = [k for k in keys if k not in band]
             if missing:
                 raise DataError(f"{source}: band {i} lacks {missing}; recompute the statistics.")
+        if d["version"] == 1 and source not in _NOTED_V1:
+            _NOTED_V1.add(source)
+            log.info("note: %s: version-1 band statistics (mean/std of the unclipped values), used as they are so data "
+                     "is normalised exactly as when this model was trained; pretraining again stores version 2 "
+                     "(mean/std of the values clipped to [p1, p99]).", source)
         col = lambda k, t: [t(b[k]) for b in d["bands"]]  # noqa: E731
         return cls(col("name", str), col("mean", float), col("std", float), col("p1", float), col("p99", float),
-                   col("count", int))
+                   col("count", int), version=int(d["version"]))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1))
@@ -105,20 +130,42 @@ def normalize(array: np.ndarray, stats: BandStats, nodata: float | None) -> tupl
     return out, valid
 
 
-def check_bands(expected: BandStats | Sequence[str], names_found: Sequence[str], path: str) -> None:
-    """Raise a DataError naming missing and extra bands when ``names_found`` differs from the expected band list."""
-    want = list(expected.band_names if isinstance(expected, BandStats) else expected)
-    found = list(names_found)
-    if want == found:
-        return
-    missing = [n for n in want if n not in found]
-    extra = [n for n in found if n not in want]
-    if not missing and not extra:
-        raise DataError(f"'{path}' holds the expected bands in another order ({' '.join(found)}; expected "
-                        f"{' '.join(want)}); set data.band_names to the file's true order or reorder the file.")
-    raise DataError(f"'{path}' bands do not match the model's: missing {missing}, extra {extra} "
-                    f"(expected {' '.join(want)}). Use data with the same bands, or set data.band_names if the file's "
-                    "bands are only named differently.")
+def far_from_stats(value_range: Sequence[Sequence[float]] | None, stats: BandStats) -> list[int]:
+    """Bands whose data range is far from the training statistics: less than ``MIN_RANGE_OVERLAP`` of the data's
+    [p1, p99] lies inside the statistics' [p1, p99], so clipping flattens the band (e.g. reflectance 0-0.15 fed to
+    an encoder trained on DN 1000-2000: every pixel becomes p1). ``value_range`` is per band [min, p1, p99, max]
+    (``FileRecord.value_range``) in the statistics' band order; bands with no valid value are skipped."""
+    out = []
+    for i, (row, lo, hi) in enumerate(zip(value_range or [], stats.p1, stats.p99)):
+        a, b = float(row[1]), float(row[2])
+        if not (math.isfinite(a) and math.isfinite(b)):
+            continue
+        inside = max(0.0, min(b, hi) - max(a, lo))
+        span = b - a
+        fraction = inside / span if span > 0 else float(lo <= a <= hi)
+        if fraction < MIN_RANGE_OVERLAP:
+            out.append(i)
+    return out
+
+
+def warn_far_from_stats(items: Sequence[tuple[str, Sequence[Sequence[float]] | None]], stats: BandStats) -> list[str]:
+    """The one range check of every command that applies a model's statistics to new data: for ``items`` (path,
+    value range in the statistics' band order), one warning naming the files and bands far from the statistics
+    (:func:`far_from_stats`). Returns the paths named."""
+    far = [(path, far_from_stats(vr, stats)) for path, vr in items]
+    far = [(p, bands) for p, bands in far if bands]
+    if not far:
+        return []
+    first_path, first_bands = far[0]
+    vr = dict(items)[first_path]
+    shown = ", ".join(f"{stats.band_names[i]} {float(vr[i][1]):.4g}..{float(vr[i][2]):.4g} (trained on "
+                      f"{stats.p1[i]:.4g}..{stats.p99[i]:.4g})" for i in first_bands[:4])
+    more = f" and {len(far) - 1} more file(s)" if len(far) > 1 else ""
+    log.warning("warning: the value range of '%s'%s is far from the model's training statistics in band(s) %s "
+                "(p1..p99): clipping to the training range flattens them, so the model sees almost constant "
+                "input. Check the units (reflectance vs digital numbers, a scale factor) and data.nodata.",
+                first_path, more, shown)
+    return [p for p, _ in far]
 
 
 def intensity_kind(data_cfg: Any, minimum: float | None) -> str:
@@ -192,27 +239,6 @@ def preprocess_intensity(
     return out
 
 
-class _Running:
-    """Per-band count, mean and M2 merged batch by batch (Chan et al.), in float64."""
-
-    def __init__(self, bands: int):
-        self.n = np.zeros(bands)
-        self.mean = np.zeros(bands)
-        self.m2 = np.zeros(bands)
-
-    def update(self, vals: np.ndarray) -> None:  # vals (C, n)
-        nb = vals.shape[1]
-        if nb == 0:
-            return
-        mb = vals.mean(axis=1)
-        m2b = ((vals - mb[:, None]) ** 2).sum(axis=1)
-        n = self.n + nb
-        delta = mb - self.mean
-        self.mean += delta * nb / n
-        self.m2 += m2b + delta**2 * self.n * nb / n
-        self.n = n
-
-
 class _FileWindows:
     """Window reads from one record: rasterio windowed reads, or a nibabel volume (decoded once when small)."""
 
@@ -242,11 +268,12 @@ class _FileWindows:
             from rasterio.windows import Window
 
             win = Window(start[1], start[0], size[1], size[0])
-            return np.concatenate([d.read(window=win, boundless=False).astype(np.float32) for d in self.ds], axis=0)
+            return pick_bands(np.concatenate([d.read(window=win, boundless=False).astype(np.float32)
+                                              for d in self.ds], axis=0), self.record)
         box = tuple(slice(s, s + n) for s, n in zip(start, size))
         if self.volume is not None:
-            return self.volume[(slice(None), *box)]
-        return self._stack([np.asarray(p[box], dtype=np.float32) for p in self.proxies])
+            return pick_bands(self.volume[(slice(None), *box)], self.record)
+        return pick_bands(self._stack([np.asarray(p[box], dtype=np.float32) for p in self.proxies]), self.record)
 
     def close(self) -> None:
         for d in self.ds or []:
@@ -259,7 +286,9 @@ def compute_stats(catalog: Any, data_cfg: Any, seed: int = 0, read_window: ReadW
     Files are drawn with probability proportional to area * valid_fraction and windows uniformly inside them
     (clipped to the file). Only valid pixels count (all bands finite, not all equal to nodata). Volumes get
     ``preprocess_intensity`` first (voxel order of the file; ``data.spacing`` resampling is not applied).
-    ``read_window(record, start, size) -> (C, *size)`` replaces the built-in reader (e.g. a cached reader).
+    p1/p99 come from a uniform sample of the valid values (all of them when few: at most ``PERCENTILE_SAMPLE`` per
+    band), and mean/std from the same sample clipped to [p1, p99]: the statistics of what ``normalize`` feeds
+    (format version 2). ``read_window(record, start, size) -> (C, *size)`` replaces the built-in reader.
     """
     records = list(catalog.records)
     if not records:
@@ -273,7 +302,7 @@ def compute_stats(catalog: Any, data_cfg: Any, seed: int = 0, read_window: ReadW
     picks = rng.choice(len(records), size=n_windows, p=catalog.weights())
     per_band = min(PERCENTILE_SAMPLE, MAX_KEPT_VALUES // max(len(names), 1))
     keep_prob = min(1.0, per_band / (n_windows * float(np.prod(window))))
-    running, kept = _Running(len(names)), []
+    count, kept = np.zeros(len(names), np.int64), []
     for idx in np.unique(picks):
         rec = records[idx]
         if rec.num_bands != len(names):
@@ -291,7 +320,7 @@ def compute_stats(catalog: Any, data_cfg: Any, seed: int = 0, read_window: ReadW
                 if rec.kind == "volume":
                     arr = preprocess_intensity(arr, data_cfg, valid=valid, **intensity)
                 vals = arr[:, valid].astype(np.float64)  # (C, n_valid)
-                running.update(vals)
+                count += vals.shape[1]
                 if vals.shape[1]:
                     take = rng.random(vals.shape[1]) < keep_prob
                     if not take.any():
@@ -304,14 +333,15 @@ def compute_stats(catalog: Any, data_cfg: Any, seed: int = 0, read_window: ReadW
         finally:
             if source is not None:
                 source.close()
-    empty = [n for n, c in zip(names, running.n) if c == 0]
+    empty = [n for n, c in zip(names, count) if c == 0]
     if empty:
         raise DataError(f"band(s) {empty} have no valid pixels in {n_windows} sampled windows (nodata and NaN "
                         "excluded); check data.nodata and that the files hold data, or raise data.stats_windows.")
-    sample = np.concatenate(kept, axis=1)  # (C, m) float32
-    p1, p99 = np.percentile(sample, [1, 99], axis=1).astype(np.float64)
-    std = np.sqrt(running.m2 / running.n)
+    sample = np.concatenate(kept, axis=1).astype(np.float64)  # (C, m)
+    p1, p99 = np.percentile(sample, [1, 99], axis=1)
+    clipped = np.clip(sample, p1[:, None], p99[:, None])  # what normalize feeds: its mean and std (version 2)
+    mean, std = clipped.mean(axis=1), clipped.std(axis=1)
     return BandStats(
-        band_names=names, mean=[float(v) for v in running.mean], std=[float(max(s, STD_FLOOR)) for s in std],
-        p1=[float(v) for v in p1], p99=[float(v) for v in p99], count=[int(c) for c in running.n],
+        band_names=names, mean=[float(v) for v in mean], std=[float(max(s, STD_FLOOR)) for s in std],
+        p1=[float(v) for v in p1], p99=[float(v) for v in p99], count=[int(c) for c in count],
     )

@@ -140,19 +140,23 @@ def attention_for_file(
     image_path: str | Path,
     out_path: str | Path,
     window: Sequence[int] | None = None,
+    strict: bool = False,
 ) -> Path:
     """Attention PNG of a pretrained encoder on one GeoTIFF window or NIfTI patch.
 
     The file is read with the pretraining run's ``data`` settings (band names, nodata; volumes: RAS, spacing,
-    intensity), its bands matched to the encoder's by name (reordered if needed; missing or extra bands are an
-    error), and normalised with the encoder's statistics. The
-    window has the encoder's ``img_size`` (less where the image is smaller, rounded down to the token patch): the
-    centre window, or for rasters the one whose top-left pixel is ``window = (row, col)``.
+    intensity), its bands picked and ordered by name for the encoder (the one band rule of every command:
+    ``model_data.catalog_for_encoder``; missing bands are an error, extra ones dropped) and normalised with the
+    encoder's statistics, with the one range check. The window has the encoder's ``img_size`` (less where the image
+    is smaller, rounded down to the token patch): the centre window, or for rasters the one whose top-left pixel is
+    ``window = (row, col)``. ``strict``: band names assigned by position are an error.
     """
     from geomed_ssl.checkpoint import load_encoder, read_encoder_config
     from geomed_ssl.data.catalog import scan
     from geomed_ssl.data.readers import RasterReader, VolumeReader
-    from geomed_ssl.data.stats import BandStats, check_bands, normalize
+    from geomed_ssl.data.stats import BandStats, normalize
+    from geomed_ssl.downstream.model_data import catalog_for_encoder, check_value_ranges
+    from geomed_ssl.downstream.sliding import check_input_kind
     from geomed_ssl.errors import DataError, GeomedError
 
     image_path = Path(image_path)
@@ -165,18 +169,20 @@ def attention_for_file(
         raise GeomedError(f"encoder '{encoder_path}' carries no normalisation statistics; re-export it with "
                           "`geomed-ssl pretrain`.")
     nd, patch = cfg.spatial_dims, tuple(cfg.patch_size)
+    check_input_kind(image_path, "raster" if nd == 2 else "volume", f"encoder '{encoder_path}'")
     if window is not None and (nd != 2 or len(window) != 2):
         raise DataError("--window ROW,COL applies to rasters (2D encoders); volumes use their centre patch.")
     data_cfg = _data_config(meta, nd, patch)
     try:
-        record = scan(image_path, data_cfg, strict=True).records[0]
+        catalog = scan(image_path, data_cfg, strict=True, names_by_position="error" if strict else "warn")
     except DataError as err:
         raise DataError(f"reading the image with the encoder's pretraining data settings: {err}") from None
-    names = list(record.band_names)
-    order = [names.index(n) for n in cfg.band_names] if sorted(names) == sorted(cfg.band_names) else None
-    if order is None:
-        check_bands(cfg.band_names, names, str(image_path))  # raises, naming the missing and extra bands
-    encoder = load_encoder(encoder_path)
+    catalog = catalog_for_encoder(cfg, catalog)
+    encoder = load_encoder(encoder_path, bands=catalog.band_names, wavelengths=catalog.wavelengths,
+                           bandwidths=catalog.bandwidths)
+    stats = BandStats.from_dict(encoder.config.stats, source=f"encoder {encoder_path}")
+    check_value_ranges(catalog.records, stats)
+    record = catalog.records[0]
 
     volumes = VolumeReader(data_cfg) if nd == 3 else None
     if nd == 2:
@@ -192,15 +198,13 @@ def attention_for_file(
                         f"{list(patch)} at the chosen window.")
     starts, sizes = [s for s, _ in box], [n for _, n in box]
     if nd == 2:
-        raw = RasterReader().read_window(record, *starts, *sizes)  # (C, h, w)
+        raw = RasterReader().read_window(record, *starts, *sizes)  # (C, h, w), the encoder's bands by name
     else:
         raw = volumes.read_box(record, *starts, *sizes)  # (C, d, h, w)
-    if order is not None:
-        raw = raw[order]  # the file's bands in the encoder's order, matched by name
     nodata = data_cfg.nodata if data_cfg.nodata is not None else record.nodata
-    image, valid = normalize(raw, BandStats.from_dict(cfg.stats), nodata)
+    image, valid = normalize(raw, stats, nodata)
     if not valid.any():
         raise DataError(f"the chosen window of '{image_path}' holds no valid pixels (all nodata); pick another "
                         "with --window ROW,COL.")
     prepare_out_file(out_path, command="attention", **rule)
-    return save_attention_png(encoder, image, cfg.band_names, cfg.wavelengths, out_path)
+    return save_attention_png(encoder, image, encoder.config.band_names, encoder.config.wavelengths, out_path)

@@ -19,7 +19,7 @@ from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import BandStats, normalize
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_path, atomic_write_text
-from geomed_ssl.downstream.finetune import (FinetuneResult, class_weights_from_counts, encoder_and_stats,
+from geomed_ssl.downstream.finetune import (FinetuneResult, class_weights_from_counts, data_meta, encoder_and_stats,
                                            finetune_inputs, fit_supervised, save_recipe)
 from geomed_ssl.downstream.labels import sample_fraction, sample_images_per_class, scan_class_folders
 from geomed_ssl.downstream.metrics import classification_metrics, confusion_matrix, save_confusion_png
@@ -134,15 +134,16 @@ def save_selection(path: Path, paths: Sequence[str], labels: np.ndarray, train: 
 
 def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | None, data: str | Path,
                       out_dir: str | Path, *, overrides: list[str] | None = None, overwrite: bool = False,
-                      progress: bool = True) -> FinetuneResult:
-    """Train a classifier with the images the ``labels`` section selects per class folder; evaluate on the rest."""
+                      progress: bool = True, strict: bool = False) -> FinetuneResult:
+    """Train a classifier with the images the ``labels`` section selects per class folder; evaluate on the rest.
+    ``strict``: problem files and band names assigned by position are errors (else skipped / warned about)."""
     inputs = finetune_inputs(recipe, encoder, data=data)
     check_out_dir(out_dir, command="finetune", inputs=inputs, overwrite=overwrite)  # FT_DIR is made once all is valid
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides + ["finetune.task=classify"]
                                                                    if overrides else ["finetune.task=classify"])
     f, lab = recipe.finetune, recipe.labels
     out = Path(out_dir)
-    records, labels, names = scan_class_folders(data, recipe.data)
+    records, labels, names = scan_class_folders(data, recipe.data, strict=strict)
     mapping = dict(enumerate(names))
     if lab.per_class is not None:
         train, test, notes = sample_images_per_class(labels, int(lab.per_class), lab.seed, names)
@@ -154,8 +155,9 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
     for note in notes:
         log.info("note: %s", note)
     catalog = Catalog(records=records, problems=[], kind=recipe.data.kind, band_names=records[0].band_names,
-                      wavelengths=records[0].wavelengths)
-    enc, stats, source = encoder_and_stats(encoder, recipe, catalog)
+                      wavelengths=records[0].wavelengths, bandwidths=records[0].bandwidths)
+    enc, stats, source, catalog = encoder_and_stats(encoder, recipe, catalog)
+    records = catalog.records  # read as the encoder needs (same order)
     prepare_out_dir(out, command="finetune", inputs=inputs, overwrite=overwrite)
     save_recipe(recipe, out / "config.yaml")
     save_selection(out / "labels_used.npz", [r.path for r in records], labels, train, test, names, notes)
@@ -176,10 +178,7 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
     model.eval()
     meta = {"task": "classify", "head": {"kind": f.head, "pool": f.pool, "mode": mode},
             "classes": [{"index": i, "value": i, "name": n} for i, n in enumerate(names)],
-            "window": list(enc.config.img_size), "encoder_source": source,
-            "data": {"kind": recipe.data.kind, "spacing": recipe.data.spacing, "intensity": recipe.data.intensity,
-                     "ct_window": recipe.data.ct_window, "nodata": recipe.data.nodata,
-                     "channels": recipe.data.channels}}
+            "window": list(enc.config.img_size), "encoder_source": source, "data": data_meta(recipe.data)}
     meta = save_model(model, out / "model", meta)
     metrics = evaluate_images(model, dataset, labels, {"train": train, "test": test}, names, out, notes)
     return FinetuneResult(out, metrics, None)

@@ -133,7 +133,11 @@ def true_labels(spec: str | Path, manifest: dict[str, Any], cols: dict[str, Any]
     root = manifest["settings"]["data_dir"]
     files = cols["file"]
     if str(spec) == "folders":
-        rel = [os.path.relpath(f, root) for f in files]
+        rel = [relative_to_root(f, root) for f in files]
+        outside = [f for f, r in zip(files, rel) if r is None]
+        if outside:
+            raise DataError(f"--labels folders: '{outside[0]}' does not lie under the embedded data folder '{root}' "
+                            "(moved since embedding?); give a CSV of file,label instead.")
         if any(os.sep not in r for r in rel):
             raise DataError(f"--labels folders: files lie directly in '{root}'; class folders are subfolders of it.")
         return [r.split(os.sep)[0] for r in rel], "class folders"
@@ -154,6 +158,28 @@ def true_labels(spec: str | Path, manifest: dict[str, Any], cols: dict[str, Any]
         raise DataError(f"no file of the embeddings is listed in '{path}' (e.g. {files[0]}); list paths absolute, "
                         f"relative to {root}, or as file names.")
     return out, f"CSV {path.name}"
+
+
+def relative_to_root(path: str, root: str) -> str | None:
+    """``path`` relative to ``root``, or None when it is not under it. Embedding manifests store file paths and
+    ``data_dir`` the same way (absolute, links kept); an older manifest stored ``data_dir`` with links resolved,
+    so a folder reached through a symlink is matched through the resolved paths too."""
+    for a, b in ((path, root), (os.path.realpath(path), os.path.realpath(root))):
+        rel = os.path.relpath(a, b)
+        if rel != os.pardir and not rel.startswith(os.pardir + os.sep):
+            return rel
+    return None
+
+
+def check_classes(truth: Sequence[str | None], source: str) -> None:
+    """A labels source that yields fewer than two classes over the labelled rows is an error, not a score."""
+    classes = sorted({str(t) for t in truth if t is not None})
+    if len(classes) < 2:
+        shown = f" ({', '.join(repr(c) for c in classes)})" if classes else ""
+        raise DataError(f"--labels ({source}) gives {len(classes)} class{'' if len(classes) == 1 else 'es'}{shown} "
+                        f"over {sum(t is not None for t in truth)} labelled rows; NMI and ARI need at least two "
+                        "classes. Check the labels source (class folders under the embedded data folder, the CSV's "
+                        "label column, the label map's values).")
 
 
 def _labels_from_map(path: Path, manifest: dict[str, Any], cols: dict[str, Any], ignore: int | None) -> list:
@@ -269,6 +295,8 @@ def cluster_embeddings(emb_dir: str | Path, out_dir: str | Path, method: str = "
     clusters, info = fit_predict(vectors, method, k, seed, min_cluster_size, normalize, pca_dims)
     cols = read_columns(emb_dir, ["id", "file", "box", "grid_index", "x", "y", "z"])
     truth_rows, truth_source = true_labels(labels, manifest, cols, ignore_value) if labels is not None else (None, None)
+    if truth_rows is not None:
+        check_classes(truth_rows, truth_source)  # before anything is written
     prepare_out_dir(out, **rule)
     n = len(clusters)
     sample = np.sort(np.random.default_rng(seed).choice(n, SAMPLE, replace=False)) if n > SAMPLE else np.arange(n)

@@ -36,10 +36,12 @@ from geomed_ssl.data.catalog import Catalog, scan
 from geomed_ssl.downstream.embed_maps import axis_starts, write_embedding_maps
 from geomed_ssl.downstream.embed_store import EmbeddingStore, load_embeddings, read_columns
 from geomed_ssl.downstream.embedder import LEVELS, POOLS, Embedder  # noqa: F401  (re-exported)
-from geomed_ssl.errors import ConfigError, GeomedError
-from geomed_ssl.models.encoder import BAND_FLEXIBLE, ViTEncoder
+from geomed_ssl.data.stats import BandStats
+from geomed_ssl.downstream.model_data import catalog_for_encoder, check_value_ranges
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.downstream.sliding import resolve_device
+from geomed_ssl.errors import ConfigError, GeomedError
+from geomed_ssl.models.encoder import ViTEncoder
 
 log = logging.getLogger("geomed_ssl")
 DTYPES = ("float32", "float16")
@@ -93,17 +95,20 @@ def data_config(meta: dict[str, Any], spatial_dims: int, patch_size: Sequence[in
     return cfg
 
 
-def encoder_for(path: str | Path, catalog: Catalog, device: str | torch.device = "cpu") -> ViTEncoder:
-    """The encoder for the catalog's bands (plain/grouped: exactly its own; spectral/wavelength: matched)."""
+def encoder_for(path: str | Path, catalog: Catalog, device: str | torch.device = "cpu",
+                ) -> tuple[ViTEncoder, Catalog]:
+    """The encoder for the catalog's data and the catalog read as it needs (``model_data.catalog_for_encoder``:
+    bands picked and ordered by name; plain/grouped: exactly the encoder's, spectral/wavelength: the matched ones),
+    with the one range check of the data against the encoder's statistics."""
     cfg, _ = read_encoder_config(path)
-    if cfg.embedding in BAND_FLEXIBLE:
-        enc = load_encoder(path).select_bands(catalog.band_names, catalog.wavelengths)
-    else:
-        enc = load_encoder(path, bands=catalog.band_names)
-    if enc.config.stats is None:
+    if cfg.stats is None:
         raise GeomedError(f"encoder '{path}' carries no normalisation statistics; re-export it with "
                           "`geomed-ssl pretrain`.")
-    return enc.to(device).eval()
+    catalog = catalog_for_encoder(cfg, catalog)
+    enc = load_encoder(path, bands=catalog.band_names, wavelengths=catalog.wavelengths,
+                       bandwidths=catalog.bandwidths)
+    check_value_ranges(catalog.records, BandStats.from_dict(enc.config.stats, source=f"encoder {path}"))
+    return enc.to(device).eval(), catalog
 
 
 def encoder_fingerprint(path: str | Path) -> str:
@@ -148,13 +153,14 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
     strd = parse_size(stride, cfg.spatial_dims, "--stride") or win
     data_cfg = data_config(meta, cfg.spatial_dims, cfg.patch_size if level == "image" else win, overrides, include,
                            exclude)
-    catalog = scan(data_dir, data_cfg, strict=strict)
-    if catalog.problems:
-        log.info(catalog.summary())
+    catalog = scan(data_dir, data_cfg, strict=strict, names_by_position="error" if strict else "warn")
+    catalog.warn_problems()
     dev = resolve_device(device)
-    emb = Embedder(encoder_for(encoder, catalog, dev), data_cfg, level, win, strd, pool, batch_size, min_valid, dev)
+    enc, catalog = encoder_for(encoder, catalog, dev)
+    emb = Embedder(enc, data_cfg, level, win, strd, pool, batch_size, min_valid, dev)
     settings = {"encoder": str(Path(encoder).resolve()), "encoder_fingerprint": encoder_fingerprint(encoder),
-                "data_dir": str(Path(data_dir).resolve()), "level": level, "window": list(win), "stride": list(strd),
+                "data_dir": str(Path(data_dir).expanduser().absolute()),  # as the catalog's paths: links kept
+                "level": level, "window": list(win), "stride": list(strd),
                 "pool": pool, "dtype": dtype, "min_valid": float(min_valid), "pca_dims": int(pca_dims),
                 "patch": list(cfg.patch_size), "data": dataclasses.asdict(data_cfg)}
     store = EmbeddingStore(out_dir)

@@ -11,6 +11,7 @@ import torch
 
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.catalog import FileRecord
+from geomed_ssl.data.conform import conform_record
 from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import BandStats, normalize
 from geomed_ssl.downstream.embed_maps import axis_starts, map_geometry
@@ -65,8 +66,10 @@ class Embedder:
         return tuple(record.shape) if self.nd == 2 else self.volume.volume_shape(record)
 
     def read(self, record: FileRecord, box: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised (C, *size) and valid (*size) of ``box`` = [row, col, h, w] or [z, y, x, d, h, w] (reader axes);
-        outside the file is invalid (0)."""
+        """Normalised (C, *size) and valid (*size) of ``box`` = [row, col, h, w] or [i, j, k, di, dj, dk] (the
+        reader's RAS voxel axes); outside the file is invalid (0). The record's bands are read by name in the
+        statistics' order (``conform_record``)."""
+        record = conform_record(record, self.stats.band_names)
         box = [int(v) for v in box]
         raw = self.raster.read_window(record, *box) if self.nd == 2 else self.volume.read_box(record, *box)
         return normalize(raw, self.stats, self.nodata(record))

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,13 +20,23 @@ from geomed_ssl.downstream.metrics import classification_metrics, confusion_matr
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_path, atomic_write_text
 
+log = logging.getLogger("geomed_ssl")
 
-def data_config(meta: dict[str, Any]) -> DataConfig:
-    """The data settings a model was trained with (volume orientation, spacing, intensity), from its config.json."""
+
+NAMING_KEYS = ("sensor", "band_names", "wavelengths", "include", "exclude")  # older config.json: from the recipe
+
+
+def data_config(meta: dict[str, Any], recipe_data: Any = None) -> DataConfig:
+    """The data settings a model was trained with, from its config.json: volume orientation, spacing, intensity,
+    and how band names are resolved and which files a folder holds (sensor, band_names, wavelengths, include,
+    exclude; taken from ``recipe_data``, the FT_DIR's recipe, when an older config.json lacks them)."""
     d = meta.get("data", {})
+    naming = {k: d[k] if k in d else getattr(recipe_data, k, None) for k in NAMING_KEYS}
+    naming["include"] = naming["include"] or ["**/*"]
+    naming["exclude"] = naming["exclude"] or []
     return DataConfig(kind=d.get("kind", "raster"), spacing=d.get("spacing"), intensity=d.get("intensity", "auto"),
                       ct_window=d.get("ct_window", [-1000.0, 1000.0]), nodata=d.get("nodata"),
-                      channels=d.get("channels"), patch_size=list(meta["window"]))
+                      channels=d.get("channels"), patch_size=list(meta["window"]), **naming)
 
 
 def model_fn(model: torch.nn.Module) -> Any:
@@ -36,14 +48,15 @@ def model_fn(model: torch.nn.Module) -> Any:
 
 
 def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Sequence[str], overlap: float = 0.25,
-                      blend: str = "gaussian") -> list[np.ndarray]:
+                      blend: str = "gaussian", recipe_data: Any = None) -> list[np.ndarray]:
     """Class-index maps of whole images in the orientation ``read_label`` uses (rasters as stored, volumes RAS),
-    computed on the device the model is on."""
+    computed on the device the model is on. Band names assigned by position were reported when the images were
+    scanned, so they are not reported again here."""
     from geomed_ssl.downstream.predict import predict_raster, predict_volume
     from geomed_ssl.downstream.sliding import model_device
 
     device = model_device(model)
-    cfg = data_config(meta)
+    cfg = data_config(meta, recipe_data)
     stats = BandStats.from_dict(meta["encoder"]["stats"])
     k = len(meta["classes"])
     out = []
@@ -52,12 +65,12 @@ def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Seque
             if cfg.kind == "raster":
                 target = Path(tmp) / f"pred_{i}.tif"
                 predict_raster(model_fn(model), path, target, stats, window=meta["window"], overlap=overlap,
-                               blend=blend, num_classes=k, data_cfg=cfg, device=device)
+                               blend=blend, num_classes=k, data_cfg=cfg, device=device, names_by_position="ignore")
             else:
                 target = Path(tmp) / f"pred_{i}.nii.gz"
                 predict_volume(model_fn(model), path, target, stats, roi_size=meta["window"], data_cfg=cfg,
                                overlap=overlap, blend="gaussian" if blend != "constant" else blend, num_classes=k,
-                               device=device)
+                               device=device, names_by_position="ignore")
             labels, _ = read_label(target, cfg.kind, ignore_value=None, spacing=cfg.spacing)
             out.append(labels)
     return out
@@ -76,11 +89,12 @@ def metrics_at(predictions: Sequence[np.ndarray], selection: LabelSelection, whi
 
 
 def evaluate_segmentation(model: torch.nn.Module, meta: dict[str, Any], records: Sequence[Any],
-                          label_arrays: Sequence[np.ndarray], selection: LabelSelection, out: Path) -> dict[str, Any]:
+                          label_arrays: Sequence[np.ndarray], selection: LabelSelection, out: Path,
+                          recipe_data: Any = None) -> dict[str, Any]:
     """Metrics on the training and test positions; writes ``metrics.json`` and ``confusion.png`` (test split)."""
     # a stacked-channel record (data.channels) is predicted from its folder, as `geomed-ssl predict` takes it
     paths = [str(Path(r.path).parent) if len(r.paths) > 1 else r.path for r in records]
-    predictions = predict_to_arrays(model, meta, paths)
+    predictions = predict_to_arrays(model, meta, paths, recipe_data=recipe_data)
     names = selection.class_names
     results: dict[str, Any] = {"classes": [{"value": v, "name": n} for v, n in zip(selection.classes, names)],
                                "notes": selection.notes, "split": selection.split}
@@ -115,9 +129,10 @@ def eval_out_dir(ft_dir: str | Path, out: str | Path | None) -> Path:
 
 def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: str | Path | None = None,
                  data: str | Path | None = None, out: str | Path | None = None,
-                 device: str | None = "auto") -> dict[str, Any]:
+                 device: str | None = "auto", strict: bool = False) -> dict[str, Any]:
     """Metrics of a fine-tuned model on every labelled pixel/voxel (segmentation) or image (classification), run
-    on ``device`` (auto: CUDA when available)."""
+    on ``device`` (auto: CUDA when available). ``strict``: problem files and band names assigned by position are
+    errors (else skipped / warned about)."""
     from geomed_ssl.data.catalog import scan
     from geomed_ssl.downstream.labels import labelled_pixels, read_label_pairs, scan_class_folders
     from geomed_ssl.errors import DataError, GeomedError
@@ -130,43 +145,61 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
     model, meta, recipe = load_run(ft_dir, device)
     values = [c["value"] for c in meta["classes"]]
     names = [c["name"] for c in meta["classes"]]
+    position = "error" if strict else "warn"
     if meta["task"] == "segment":
         if images is None or (labels is None and recipe.labels.label_name is None):
             raise GeomedError("a segmentation model is evaluated with --images IMG_DIR --labels LABELS (a folder, "
                               "a label file or a CSV), or with labels.label_name set in its recipe.")
-        catalog = scan(images, recipe.data)
+        catalog = scan(images, recipe.data, strict=strict, names_by_position=position)
+        catalog.warn_problems()
         pairs, arrays, masks = read_label_pairs(catalog.records, labels, recipe.labels, recipe.data)
         files, flats, vals = labelled_pixels(arrays, masks)
-        unknown = sorted(set(np.unique(vals).tolist()) - set(values))
+        notes = unknown_classes(vals, values, names)
         empty = np.zeros(0, np.int64)
         selection = LabelSelection(empty.astype(np.int32), empty, empty, files, flats, vals, values, names,
-                                   [a.shape for a in arrays],
-                                   notes=[f"label values {unknown} are not classes of this model; not evaluated"]
-                                   if unknown else [], split="all labelled", paths=[p for _, p in pairs])
+                                   [a.shape for a in arrays], notes=notes, split="all labelled",
+                                   paths=[p for _, p in pairs])
         prepare_out_dir(out, **rule)
-        return evaluate_segmentation(model, meta, [r for r, _ in pairs], arrays, selection, out)
+        return evaluate_segmentation(model, meta, [r for r, _ in pairs], arrays, selection, out, recipe.data)
     if data is None:
         raise GeomedError("a classification model is evaluated with --data CLASS_FOLDERS_DIR.")
     from geomed_ssl.data.stats import BandStats
     from geomed_ssl.downstream.classify import ImageDataset, evaluate_images
+    from geomed_ssl.downstream.model_data import records_for_stats
 
-    records, labels_idx, folder_names = scan_class_folders(data, recipe.data)
+    records, labels_idx, folder_names = scan_class_folders(data, recipe.data, strict=strict)
     missing = [n for n in folder_names if n not in names]
     if missing:
         raise DataError(f"class folders {missing} in '{data}' are not classes of this model ({', '.join(names)}).")
     mapped = np.array([names.index(folder_names[i]) for i in labels_idx], np.int64)
-    dataset = ImageDataset(records, mapped, BandStats.from_dict(meta["encoder"]["stats"]), recipe.data,
+    stats = BandStats.from_dict(meta["encoder"]["stats"], source=f"model {ft_dir}")
+    dataset = ImageDataset(records_for_stats(records, stats), mapped, stats, recipe.data,
                            meta["encoder"]["patch_size"])
     prepare_out_dir(out, **rule)
     return evaluate_images(model, dataset, mapped, {"test": np.arange(len(records))}, names, out)
 
 
+def unknown_classes(vals: np.ndarray, values: Sequence[int], names: Sequence[str]) -> list[str]:
+    """Notes (also printed as a warning) on labelled values that are no class of the model: left out of the
+    metrics, since a model cannot predict a class it never saw in training."""
+    found, counts = np.unique(vals, return_counts=True)
+    unknown = [(int(v), int(c)) for v, c in zip(found, counts) if int(v) not in set(values)]
+    if not unknown:
+        return []
+    note = (f"label values {[v for v, _ in unknown]} ({sum(c for _, c in unknown)} labelled positions) are not "
+            f"classes this model was trained on (its classes: {', '.join(f'{v}={n}' for v, n in zip(values, names))})"
+            "; they are left out of the metrics")
+    log.warning("warning: %s.", note)
+    return [note]
+
+
 def predict_dir(ft_dir: str | Path, inputs: Sequence[str | Path], out: str | Path, overlap: float = 0.25,
                 blend: str = "gaussian", probabilities: bool = False, batch_size: int = 8,
-                device: str | None = "auto") -> list[str]:
+                device: str | None = "auto", strict: bool = False) -> list[str]:
     """Segmentation: class-map GeoTIFF/NIfTI per input on its own grid (values = the label values trained on).
     Classification: ``predictions.csv`` with one row per image. Runs on ``device`` (auto: CUDA when available).
-    Returns printable lines."""
+    Folders are read with the model's data settings (band naming, data.include / data.exclude). ``strict``:
+    problem files and band names assigned by position are errors. Returns printable lines."""
     from geomed_ssl.downstream.predict import plan_outputs, predict_files
     from geomed_ssl.downstream.sliding import model_device
 
@@ -174,30 +207,37 @@ def predict_dir(ft_dir: str | Path, inputs: Sequence[str | Path], out: str | Pat
     rule = {"command": "predict", "resume": True, "inputs": {"fine-tune folder": ft_dir, "input": list(inputs)}}
     check_out_dir(out, **rule)  # the folder is made once the inputs are listed
     model, meta, recipe = load_run(ft_dir, device)
-    stats = BandStats.from_dict(meta["encoder"]["stats"])
+    stats = BandStats.from_dict(meta["encoder"]["stats"], source=f"model {ft_dir}")
     if meta["task"] != "segment":
-        records = image_records(recipe, inputs)
+        records = image_records(meta, recipe, inputs, strict)
         prepare_out_dir(out, **rule)
         return predict_classes(model, meta, recipe, records, out)
-    cfg = data_config(meta)
-    plan_outputs([str(p) for p in inputs], out, cfg)
+    cfg = data_config(meta, recipe.data)
+    plan_outputs([str(p) for p in inputs], out, cfg, meta["window"])
     prepare_out_dir(out, **rule)
     summaries = predict_files(model_fn(model), [str(p) for p in inputs], out, stats, num_classes=len(meta["classes"]),
-                              window=meta["window"], data_cfg=cfg, band_names=meta["encoder"]["band_names"],
-                              overlap=overlap, blend=blend, batch_size=batch_size, probabilities=probabilities,
-                              class_values=[c["value"] for c in meta["classes"]], device=model_device(model))
+                              window=meta["window"], data_cfg=cfg, overlap=overlap, blend=blend,
+                              batch_size=batch_size, probabilities=probabilities,
+                              class_values=[c["value"] for c in meta["classes"]], device=model_device(model),
+                              names_by_position="error" if strict else "warn")
     return [f"{s['input']} -> {s['output']}" for s in summaries]
 
 
-def image_records(recipe: Any, inputs: Sequence[str | Path]) -> list[Any]:
-    """Catalog records of the images to classify: the given files, or every image under the given folders."""
+def image_records(meta: dict[str, Any], recipe: Any, inputs: Sequence[str | Path], strict: bool = False) -> list[Any]:
+    """Catalog records of the images to classify: the given files, or the images under the given folders that the
+    model's data settings select. Problem files are skipped with a warning (an error with ``strict``)."""
     from geomed_ssl.data.catalog import scan
+    from geomed_ssl.downstream.sliding import check_input_kind
 
+    cfg = data_config(meta, recipe.data)
     records = []
     for item in inputs:
         item = Path(item)
-        catalog = scan(item if item.is_dir() else item.parent, recipe.data)
-        records += [r for r in catalog.records if item.is_dir() or Path(r.path).resolve() == item.resolve()]
+        check_input_kind(item, cfg.kind, "this model")
+        data_cfg = recipe.data if item.is_dir() else dataclasses.replace(recipe.data, include=["**/*"], exclude=[])
+        catalog = scan(item, data_cfg, strict=strict, names_by_position="error" if strict else "warn")
+        catalog.warn_problems()
+        records += catalog.records
     return records
 
 
@@ -207,9 +247,11 @@ def predict_classes(model: torch.nn.Module, meta: dict[str, Any], recipe: Any, r
     import csv
 
     from geomed_ssl.downstream.classify import ImageDataset
+    from geomed_ssl.downstream.model_data import records_for_stats
     from geomed_ssl.downstream.sliding import model_device
 
     stats = BandStats.from_dict(meta["encoder"]["stats"])
+    records = records_for_stats(records, stats)
     dataset = ImageDataset(records, np.zeros(len(records), np.int64), stats, recipe.data, meta["encoder"]["patch_size"])
     names = [c["name"] for c in meta["classes"]]
     device = model_device(model)

@@ -13,11 +13,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, SequentialSampler
 
-from geomed_ssl.checkpoint import load_encoder, save_model
+from geomed_ssl.checkpoint import load_encoder, read_encoder_config, save_model
 from geomed_ssl.config import Recipe, as_tuple, load_recipe, spatial_dims
 from geomed_ssl.data.catalog import Catalog, scan
 from geomed_ssl.data.stats import BandStats, compute_stats
 from geomed_ssl.downstream.labels import LabelSelection, read_label_pairs, select_labels
+from geomed_ssl.downstream.model_data import catalog_for_encoder, check_value_ranges
 from geomed_ssl.downstream.seg_data import SparseLabelDataset
 from geomed_ssl.downstream.sliding import resolve_device
 from geomed_ssl.errors import ConfigError, GeomedError
@@ -49,23 +50,37 @@ def default_layers(depth: int) -> list[int]:
 
 
 def encoder_and_stats(encoder_path: str | Path | None, recipe: Recipe, catalog: Catalog,
-                      ) -> tuple[ViTEncoder, BandStats, str]:
-    """The pretrained encoder with its statistics (bands checked against the data), or — with ``none`` — the same
-    architecture from the recipe at random initialisation, with statistics computed on the images."""
+                      ) -> tuple[ViTEncoder, BandStats, str, Catalog]:
+    """The pretrained encoder with its statistics and the catalog read as it needs (bands picked and ordered by
+    name: ``model_data.catalog_for_encoder``; values checked against the statistics), or — with ``none`` — the
+    same architecture from the recipe at random initialisation, with statistics computed on the images."""
     if encoder_path is None or str(encoder_path).lower() == "none":
         stats = compute_stats(catalog, recipe.data, seed=recipe.labels.seed)
         cfg = EncoderConfig.from_recipe(recipe.model, recipe.data, len(catalog.band_names), catalog.band_names,
-                                        catalog.wavelengths, stats.to_dict())
+                                        catalog.wavelengths, stats.to_dict(), bandwidths=catalog.bandwidths)
         torch.manual_seed(recipe.train.seed)
-        return ViTEncoder(cfg), stats, "none (random initialisation)"
-    encoder = load_encoder(encoder_path, bands=catalog.band_names, wavelengths=catalog.wavelengths)
-    if encoder.config.stats is None:
+        return ViTEncoder(cfg), stats, "none (random initialisation)", catalog
+    cfg, _ = read_encoder_config(encoder_path)
+    if cfg.stats is None:
         raise GeomedError(f"encoder '{encoder_path}' carries no normalisation statistics; re-export it with "
                           "`geomed-ssl pretrain`.")
-    if encoder.config.spatial_dims != spatial_dims(recipe.data):
-        raise ConfigError(f"encoder '{encoder_path}' is {encoder.config.spatial_dims}D but data.kind is "
+    if cfg.spatial_dims != spatial_dims(recipe.data):
+        raise ConfigError(f"encoder '{encoder_path}' is {cfg.spatial_dims}D but data.kind is "
                           f"'{recipe.data.kind}'.")
-    return encoder.train(), BandStats.from_dict(encoder.config.stats), str(encoder_path)
+    catalog = catalog_for_encoder(cfg, catalog)
+    encoder = load_encoder(encoder_path, bands=catalog.band_names, wavelengths=catalog.wavelengths,
+                           bandwidths=catalog.bandwidths)
+    stats = BandStats.from_dict(encoder.config.stats, source=f"encoder {encoder_path}")
+    check_value_ranges(catalog.records, stats)
+    return encoder.train(), stats, str(encoder_path), catalog
+
+
+def data_meta(data: Any) -> dict[str, Any]:
+    """The ``data`` settings a fine-tuned model's config.json records: how to read its inputs (volumes: spacing,
+    intensity, CT window; nodata; stacked channels) and how to name their bands and pick a folder's files."""
+    return {"kind": data.kind, "spacing": data.spacing, "intensity": data.intensity, "ct_window": data.ct_window,
+            "nodata": data.nodata, "channels": data.channels, "sensor": data.sensor, "band_names": data.band_names,
+            "wavelengths": data.wavelengths, "include": data.include, "exclude": data.exclude}
 
 
 def class_weights_from_counts(counts: np.ndarray, mode: Any) -> torch.Tensor | None:
@@ -128,22 +143,25 @@ def fit_supervised(model: torch.nn.Module, dataset: Any, recipe: Recipe, num_cla
 
 def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | None, images: str | Path,
                      labels: str | Path | None, out_dir: str | Path, *, overrides: list[str] | None = None,
-                     overwrite: bool = False, progress: bool = True) -> FinetuneResult:
+                     overwrite: bool = False, progress: bool = True, strict: bool = False) -> FinetuneResult:
     """Fine-tune a UNETR-style segmentation model with the labels the ``labels`` section selects, then evaluate
-    on the held-out labelled positions. Writes the FT_DIR described in docs/cli.md."""
+    on the held-out labelled positions. Writes the FT_DIR described in docs/cli.md. ``strict``: problem files and
+    band names assigned by position are errors (else skipped / warned about)."""
     from geomed_ssl.downstream.evaluate import evaluate_segmentation
 
     out = Path(out_dir)
     inputs = finetune_inputs(recipe, encoder, images=images, labels=labels)
     check_out_dir(out, command="finetune", inputs=inputs, overwrite=overwrite)  # FT_DIR is made once all is valid
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
-    catalog = scan(images, recipe.data)
+    catalog = scan(images, recipe.data, strict=strict, names_by_position="error" if strict else "warn")
     log.info(catalog.summary())
+    catalog.warn_problems()
     lab = recipe.labels
     pairs, arrays, masks = read_label_pairs(catalog.records, labels, lab, recipe.data)
     selection = select_labels(arrays, masks, lab, paths=[p for _, p in pairs])
     log.info(selection.summary())
-    enc, stats, source = encoder_and_stats(encoder, recipe, catalog)
+    enc, stats, source, catalog = encoder_and_stats(encoder, recipe, catalog)
+    by_path = {r.path: r for r in catalog.records}
 
     prepare_out_dir(out, command="finetune", inputs=inputs, overwrite=overwrite)
     save_recipe(recipe, out / "config.yaml")
@@ -153,7 +171,7 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     layers = recipe.finetune.layers if recipe.finetune.layers is not None else default_layers(enc.config.depth)
     k = len(selection.classes)
     model = SegmentationModel(enc, k, layers, feature_size=recipe.finetune.feature_size, head=recipe.finetune.head)
-    records = [r for r, _ in pairs]
+    records = [by_path[r.path] for r, _ in pairs]  # read as the encoder needs
     targets = [selection.target(i, "train").astype(np.int16) for i in range(len(records))]
     dataset = SparseLabelDataset(records, targets, stats, recipe.data, window, seed=lab.seed)
     counts = np.bincount(selection.class_map.encode(selection.train_value), minlength=k)
@@ -163,13 +181,8 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
                                         "feature_size": recipe.finetune.feature_size},
             "classes": [{"index": i, "value": v, "name": n} for i, (v, n) in
                         enumerate(zip(selection.classes, selection.class_names))],
-            "window": list(window), "encoder_source": source, "data": {"kind": recipe.data.kind,
-                                                                        "spacing": recipe.data.spacing,
-                                                                        "intensity": recipe.data.intensity,
-                                                                        "ct_window": recipe.data.ct_window,
-                                                                        "nodata": recipe.data.nodata,
-                                                                        "channels": recipe.data.channels}}
+            "window": list(window), "encoder_source": source, "data": data_meta(recipe.data)}
     meta = save_model(model, out / "model", meta)
     model.to(resolve_device("cpu" if recipe.train.accelerator == "cpu" else "auto"))  # whole-image evaluation
-    metrics = evaluate_segmentation(model, meta, records, arrays, selection, out)
+    metrics = evaluate_segmentation(model, meta, records, arrays, selection, out, recipe.data)
     return FinetuneResult(out, metrics, selection)

@@ -7,6 +7,7 @@ re-exported here, so ``from geomed_ssl.downstream.labels import select_labels`` 
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 import warnings
@@ -30,6 +31,7 @@ __all__ = [
 
 LABEL_SUFFIXES = ("gt", "label", "labels", "mask", "seg", "segmentation", "annotation", "annotations", "truth")
 AFFINE_TOL = 1e-4
+log = logging.getLogger("geomed_ssl")
 
 
 # -- matching label files to images ---------------------------------------------------------------------------
@@ -267,10 +269,16 @@ def _to_labels(arr: np.ndarray, nodata: float | None, ignore_value: int | None,
     if arr.dtype.kind == "f":
         labelled = np.isfinite(arr)
         vals = arr[labelled]
-        off = np.count_nonzero(np.abs(vals - np.rint(vals)) > 1e-3) / max(vals.size, 1)
+        fractional = np.abs(vals - np.rint(vals)) > 1e-3
+        off = np.count_nonzero(fractional) / max(vals.size, 1)
         if off > 0.01:
             raise DataError(f"label file '{path}' holds non-integer values ({off:.0%} of its pixels); labels are "
                             "class ids. Is this an image rather than a label map?")
+        if off > 0:
+            examples = sorted({float(v) for v in vals[fractional][:1000]})[:3]
+            log.warning("warning: label file '%s' holds %d non-integer value(s) (e.g. %s); they were rounded to the "
+                        "nearest class id. Fix the label file if they are not rounding noise.", path,
+                        int(np.count_nonzero(fractional)), ", ".join(f"{v:g}" for v in examples))
         labels = np.rint(np.where(labelled, arr, 0)).astype(np.int64)
     elif arr.dtype.kind in "iub":
         labelled, labels = np.ones(arr.shape, bool), arr.astype(np.int64)
@@ -303,7 +311,8 @@ def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata
 
     ``remap`` ({old: new}) merges or renumbers classes first (e.g. BraTS whole tumour: {2: 1, 3: 1, 4: 1}).
     Unlabelled = NaN, the file's nodata (or ``nodata``) or ``ignore_value`` (after ``remap``, so a class mapped to
-    it is left out); those positions hold ``ignore_value`` (-1 if None). Float labels are rounded. Volumes follow
+    it is left out); those positions hold ``ignore_value`` (-1 if None). Float labels are rounded, with a warning
+    when some are not whole numbers (more than 1 % of them: a DataError, the file is no label map). Volumes follow
     the volume reader: closest-canonical RAS, and with ``spacing`` the same resampled grid (nearest neighbour).
     ``window`` = (row, col, h, w) reads part of a raster.
     """

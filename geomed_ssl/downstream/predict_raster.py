@@ -18,28 +18,66 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from geomed_ssl.data.stats import BandStats, check_bands, normalize
+from geomed_ssl.config import DataConfig
+from geomed_ssl.data.bands import BandInfo, band_order, resolve_band_info
+from geomed_ssl.data.conform import report_positional_names
+from geomed_ssl.data.stats import BandStats, normalize, valid_mask, warn_far_from_stats
 from geomed_ssl.downstream.sliding import (ModelFn, as_model, as_window, blend_weights, channel_records,
-                                          check_request, softmax_probs, window_starts)
+                                          check_request, softmax_probs, warn_if_nothing_predicted, window_starts)
 from geomed_ssl.downstream.writers import PROBA_SCALE, GeoTiffWriter, class_lookup, proba_path
 from geomed_ssl.errors import DataError
 
 RASTER_BLENDS = ("gaussian", "linear", "constant")
 
 
-def channel_files(path: Path, data_cfg: Any) -> tuple[list[str], list[str] | None]:
-    """The file(s) to read for ``path``: itself, or, for a folder with ``data.channels`` set, its stacked channel
-    files in channel order with their band names (the catalog's grouping, grid checks included)."""
+def channel_files(path: Path, data_cfg: Any, names_by_position: str = "warn") -> tuple[list[str], Any]:
+    """The file(s) to read for ``path``: itself (and None), or, for a folder with ``data.channels`` set, its
+    stacked channel files in channel order and their catalog record (the catalog's grouping, grid checks
+    included)."""
     if not path.is_dir():
         return [str(path)], None
     if not getattr(data_cfg, "channels", None):
         raise DataError(f"'{path}' is a folder; predict_raster takes one GeoTIFF, or a folder of single-band files "
                         "with data.channels set.")
-    records = channel_records(path, data_cfg, "raster", strict=True)
+    records = channel_records(path, data_cfg, "raster", strict=True, names_by_position=names_by_position)
     if len(records) != 1:
         raise DataError(f"'{path}' holds {len(records)} stacked samples; predict_raster takes one folder of "
                         "data.channels files.")
-    return list(records[0].paths), list(records[0].band_names)
+    return list(records[0].paths), records[0]
+
+
+def file_bands(src: Any, path: Path, data_cfg: Any, names_by_position: str) -> BandInfo:
+    """Band names of an open single GeoTIFF as the catalog resolves them (descriptions, data.band_names, sensor
+    profile by position, ...), from its header only; names by position are reported (``names_by_position``)."""
+    tags = {b: {**src.tags(b), **src.tags(b, ns="IMAGERY")} for b in range(1, src.count + 1)}
+    info = resolve_band_info(src.count, src.descriptions, tags, data_cfg, str(path))
+    if info.source == "sensor":
+        report_positional_names([str(path)], getattr(data_cfg, "sensor", None), info.names, names_by_position)
+    return info
+
+
+class RangeSample:
+    """A strided sample of the valid values of every strip read (about ``per_band`` pixels, spread over the whole
+    scene; fewer for many bands), per band, for the range check: p1/p99 need no more."""
+
+    def __init__(self, bands: int, nodata: float | None, shape: tuple[int, int], per_band: int = 50_000):
+        self.parts: list[np.ndarray] = []
+        self.bands, self.nodata = bands, nodata
+        per_band = max(1000, min(per_band, 5_000_000 // max(bands, 1)))  # <= ~20 MB of float32 values
+        self.stride = max(1, math.ceil(math.sqrt(shape[0] * shape[1] / per_band)))
+
+    def add(self, strip: np.ndarray) -> None:
+        """``strip`` (C, h, W) raw values."""
+        sub = strip[:, ::self.stride, ::self.stride]
+        self.parts.append(sub[:, valid_mask(sub, self.nodata)].astype(np.float32))  # (C, n)
+
+    def value_range(self) -> list[list[float]]:
+        """Per band [nan, p1, p99, nan] (``FileRecord.value_range`` layout)."""
+        vals = np.concatenate(self.parts, axis=1) if self.parts else np.zeros((self.bands, 0))
+        if vals.shape[1] == 0:
+            return [[math.nan] * 4 for _ in range(self.bands)]
+        p1, p99 = np.percentile(vals, [1, 99], axis=1)
+        return [[math.nan, float(a), float(b), math.nan] for a, b in zip(p1, p99)]
 
 
 def predict_raster(
@@ -59,12 +97,16 @@ def predict_raster(
     device: str | torch.device = "cpu",
     data_cfg: Any = None,
     class_values: Sequence[int] | None = None,
+    names_by_position: str = "warn",
 ) -> dict[str, Any]:
     """Predict a GeoTIFF (or a folder of ``data.channels`` single-band files, stacked) window by window into a
     class-map GeoTIFF on the input's grid; returns a summary dict.
 
     ``band_names`` are the file's bands (default: resolved as the catalog does, from descriptions or ``data_cfg``);
-    they must equal ``stats.band_names``. ``nodata``: explicit, else ``data_cfg.nodata``, else the file's.
+    they are picked and ordered by name for ``stats.band_names`` (the one band rule: extra bands dropped, missing
+    ones refused). Names assigned by position are reported as ``names_by_position`` says (warn / error / ignore),
+    and values far from ``stats`` are warned about (sampled from the strips read: no extra read).
+    ``nodata``: explicit, else ``data_cfg.nodata``, else the file's.
     Output: ``class_values[argmax]`` (default: the class index) as uint8 with nodata 255 where the input is
     nodata (uint16 / 65535 when a value is >= 255); with ``probabilities`` ('float32'/True or 'uint8' =
     round(p*254), nodata NaN / 255) also ``*_proba.tif``, one band per class.
@@ -73,14 +115,13 @@ def predict_raster(
     from rasterio.errors import NotGeoreferencedWarning
     from rasterio.windows import Window
 
-    from geomed_ssl.data.bands import resolve_bands
-
     t0 = time.perf_counter()
     path, out_path = Path(path), Path(out_path)
     win = as_window(window, 2, "window")
     pkind = check_request(path, out_path, overlap, blend, RASTER_BLENDS, batch_size, num_classes, probabilities)
     model = as_model(model_fn, device)
-    files, stacked_names = channel_files(path, data_cfg)
+    data_cfg = data_cfg if data_cfg is not None else DataConfig()
+    files, stacked = channel_files(path, data_cfg, names_by_position)
     with warnings.catch_warnings(), contextlib.ExitStack() as stack:
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         try:
@@ -89,11 +130,16 @@ def predict_raster(
             raise DataError(f"cannot open raster '{path}': {err}. Check it exists and is a GeoTIFF.") from None
         src = sources[0]
         count = sum(s.count for s in sources)
-        names = list(band_names) if band_names is not None else stacked_names or \
-            resolve_bands(src.count, src.descriptions, None, data_cfg, str(path))[0]
+        if band_names is not None:
+            names, source = list(band_names), "caller"
+        elif stacked is not None:
+            names, source = list(stacked.band_names), stacked.band_source
+        else:
+            info = file_bands(src, path, data_cfg, names_by_position)
+            names, source = info.names, info.source
         if len(names) != count:
             raise DataError(f"'{path}' has {count} bands but {len(names)} band names were given.")
-        check_bands(stats, names, str(path))
+        order = band_order(stats.band_names, names, str(path), source)
         if nodata is None:
             nodata = getattr(data_cfg, "nodata", None)
         if nodata is None:
@@ -115,12 +161,16 @@ def predict_raster(
                     ppath, like, num_classes, pkind, math.nan if pkind == "float32" else 255,
                     descriptions=[f"p_class_{k}" for k in range(num_classes)],
                     scales=[1.0 / PROBA_SCALE] * num_classes if pkind == "uint8" else None))
+            ranges = RangeSample(len(stats.band_names), nd, (H, W))
             with rasterio.Env(GDAL_CACHEMAX=int(cache_bytes)):
-                def read(a: int, b: int) -> np.ndarray:  # (C, b-a, W)
+                def read(a: int, b: int) -> np.ndarray:  # (C, b-a, W): the model's bands, by name
                     parts = [s.read(window=Window(0, a, W, b - a)) for s in sources]
-                    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+                    strip = parts[0] if len(parts) == 1 else np.concatenate(parts)
+                    strip = strip if order is None else strip[order]
+                    ranges.add(strip)
+                    return strip
 
-                info = _stream_raster(read, (H, W), count, model, stats, nd, win, overlap, blend,
+                info = _stream_raster(read, (H, W), len(stats.band_names), model, stats, nd, win, overlap, blend,
                                       int(batch_size), lut, lnodata, outputs, pkind, device)
         except BaseException:
             for w in outputs:
@@ -128,10 +178,12 @@ def predict_raster(
             raise
         for w in outputs:
             w.close()
+    warn_far_from_stats([(str(path), ranges.value_range())], stats)
+    warn_if_nothing_predicted(path, info["valid_pixels"], nd, out_path)
     seconds = time.perf_counter() - t0
     return {
         "input": str(path), "output": str(out_path), "proba_output": str(ppath) if ppath else None,
-        "kind": "raster", "shape": [H, W], "band_names": names, "num_classes": int(num_classes),
+        "kind": "raster", "shape": [H, W], "band_names": list(stats.band_names), "num_classes": int(num_classes),
         "window": list(win), "overlap": float(overlap), "blend": blend, "nodata": nd, "nodata_label": lnodata,
         **info, "seconds": round(seconds, 3), "pixels_per_s": round(H * W / max(seconds, 1e-9), 1),
     }

@@ -10,8 +10,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from geomed_ssl.data.stats import BandStats, check_bands, normalize
-from geomed_ssl.downstream.sliding import ModelFn, as_model, as_window, check_request, softmax_probs
+from geomed_ssl.data.conform import conform_record
+from geomed_ssl.data.stats import BandStats, normalize
+from geomed_ssl.downstream.sliding import (ModelFn, as_model, as_window, check_request, softmax_probs,
+                                          warn_if_nothing_predicted)
 from geomed_ssl.downstream.writers import PROBA_SCALE, class_lookup, proba_path, write_nifti_like
 from geomed_ssl.errors import DataError
 
@@ -34,13 +36,16 @@ def predict_volume(
     batch_size: int = 4,
     device: str | torch.device = "cpu",
     class_values: Sequence[int] | None = None,
+    names_by_position: str = "warn",
 ) -> dict[str, Any]:
     """Predict a NIfTI volume (or a folder of ``data.channels`` files) into a label NIfTI on the input's own grid.
 
     The volume is read as in training (``VolumeReader``: RAS, ``data.spacing`` resampling, intensity scaling),
     normalised with ``stats`` and predicted with MONAI ``sliding_window_inference`` (blending softmax
     probabilities). The probabilities are resampled back (trilinear) if the reader resampled, reoriented to the
-    file's axis order, then argmax'd, so the output has the input's shape and affine exactly. Labels are
+    file's axis order, then argmax'd, so the output has the input's shape and affine exactly. The volume's bands
+    (``band_names`` if given, else as the catalog names them) are picked and ordered by name for ``stats`` (the one
+    band rule). Labels are
     ``class_values[argmax]`` (default the index), uint8 (uint16 when a value is >= 255); voxels invalid in the
     input get 255 (65535). ``probabilities`` adds
     ``*_proba.nii.gz`` (X, Y, Z, K): float32, or uint8 = round(p*254).
@@ -59,13 +64,17 @@ def predict_volume(
     cfg = dataclasses.replace(data_cfg if data_cfg is not None else DataConfig(), kind="volume", patch_size=1)
     if path.is_file():  # the named file is predicted whatever data.include / data.exclude say
         cfg = dataclasses.replace(cfg, include=["**/*"], exclude=[], channels=None)
-    catalog = scan(path, cfg, strict=True)
+    catalog = scan(path, cfg, strict=True, names_by_position=names_by_position)
     if len(catalog.records) != 1:
         raise DataError(f"'{path}' holds {len(catalog.records)} volumes; predict_volume takes one file "
                         "(or one folder of data.channels files). Use predict_files for many.")
     record = catalog.records[0]
-    names = list(band_names) if band_names is not None else list(record.band_names)
-    check_bands(stats, names, record.path)
+    if band_names is not None:
+        if len(band_names) != record.num_bands:
+            raise DataError(f"'{path}' has {record.num_bands} channels but {len(band_names)} band names were given.")
+        record = dataclasses.replace(record, band_names=list(band_names), band_source="caller")
+    record = conform_record(record, list(stats.band_names))
+    names = list(record.band_names)
     model = as_model(model_fn, device)
 
     vol, _ = VolumeReader(cfg, max_cached=1).load(record)  # (C, X, Y, Z) RAS, resampled, intensity-scaled
@@ -105,6 +114,7 @@ def predict_volume(
         p[~ok] = 255 if pkind == "uint8" else np.nan
         write_nifti_like(p, record.path, ppath)
     counts = np.bincount(index[ok], minlength=num_classes)[:num_classes]
+    warn_if_nothing_predicted(record.path, int(counts.sum()), cfg.nodata, out_path)
     seconds = time.perf_counter() - t0
     return {
         "input": record.path, "output": str(out_path), "proba_output": str(ppath) if ppath else None,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -342,11 +341,12 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
 
 
 # -- classification datasets ------------------------------------------------------------------------------------
-def scan_class_folders(root: str | Path, data_cfg: Any) -> tuple[list[FileRecord], np.ndarray, list[str]]:
+def scan_class_folders(root: str | Path, data_cfg: Any, strict: bool = False,
+                       ) -> tuple[list[FileRecord], np.ndarray, list[str]]:
     """A folder per class (EuroSAT style) of GeoTIFFs or NIfTIs: (records, class index per record (int64), class
     names = sorted folder names). One scan of ``root``, so every class shares the band set; problem files are
-    skipped with a warning."""
-    catalog = scan(root, data_cfg)
+    skipped with a warning, and band names assigned by position warned about (both errors with ``strict``)."""
+    catalog = scan(root, data_cfg, strict=strict, names_by_position="error" if strict else "warn")
     base = Path(catalog.root or root)
     folder_of = {r.path: Path(os.path.relpath(r.path, base)).parts for r in catalog.records}
     loose = [p for p, parts in folder_of.items() if len(parts) < 2]
@@ -358,8 +358,7 @@ def scan_class_folders(root: str | Path, data_cfg: Any) -> tuple[list[FileRecord
     if len(names) < 2:
         raise DataError(f"'{base}' has images in {len(names)} class folder(s) ({', '.join(names)}); "
                         "classification needs at least two class folders.")
-    if catalog.problems:
-        warnings.warn(f"{len(catalog.problems)} problem file(s) skipped:\n" + catalog.summary(), stacklevel=2)
+    catalog.warn_problems()
     records = sorted(catalog.records, key=lambda r: (folder_of[r.path][0], r.path))
     labels = np.array([names.index(folder_of[r.path][0]) for r in records], np.int64)
     return records, labels, names

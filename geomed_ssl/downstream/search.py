@@ -25,7 +25,7 @@ import numpy as np
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.catalog import FileRecord, scan
 from geomed_ssl.downstream.embed import Embedder, encoder_for
-from geomed_ssl.downstream.sliding import resolve_device
+from geomed_ssl.downstream.sliding import check_input_kind, resolve_device
 from geomed_ssl.downstream.embed_store import load_embeddings, optional_module, read_columns
 from geomed_ssl.errors import ConfigError, DataError, GeomedError
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
@@ -44,8 +44,15 @@ class SearchResult:
     lines: list[str]
 
 
+BOX_AXES = {2: ("row", "col"), 3: ("i", "j", "k")}
+BOX_FORMS = {2: "ROW,COL,H,W", 3: "I,J,K,DI,DJ,DK"}
+
+
 def parse_box(text: str | Sequence[int] | None, nd: int) -> list[int] | None:
-    """``"ROW,COL,H,W"`` (rasters) or ``"Z,Y,X,D,H,W"`` (volumes, the volume reader's RAS axes) -> ints."""
+    """``"ROW,COL,H,W"`` (rasters: pixel row, column, height, width) or ``"I,J,K,DI,DJ,DK"`` (volumes: voxel
+    indices and sizes along the volume reader's RAS axes, i towards Right, j Anterior, k Superior) -> ints. Both
+    are the array order of the stored ``box`` column, so a box copied from ``embeddings.parquet`` or
+    ``similar.csv`` means the same region."""
     if text is None:
         return None
     try:
@@ -53,8 +60,9 @@ def parse_box(text: str | Sequence[int] | None, nd: int) -> list[int] | None:
     except ValueError:
         box = []
     if len(box) != 2 * nd or any(v < 1 for v in box[nd:]):
-        want = "ROW,COL,H,W" if nd == 2 else "Z,Y,X,D,H,W"
-        raise ConfigError(f"--box '{text}': expected {want} (integers, positive sizes) for these {nd}D embeddings.")
+        raise ConfigError(f"--box '{text}': expected {BOX_FORMS[nd]} (integers, positive sizes) for these {nd}D "
+                          "embeddings" + (", along the RAS voxel axes i=Right, j=Anterior, k=Superior." if nd == 3
+                                          else "."))
     return box
 
 
@@ -87,13 +95,14 @@ def cosine_top_k(vectors: np.ndarray, query: np.ndarray, k: int,
     return np.asarray([p[0] for p in pairs], np.int64), np.asarray([p[1] for p in pairs], np.float32)
 
 
-def record_for(path: str | Path, data_cfg: DataConfig) -> FileRecord:
-    """The catalog record of one file read with ``data_cfg`` (every file accepted, whatever the include globs)."""
+def record_for(path: str | Path, data_cfg: DataConfig, names_by_position: str = "ignore") -> FileRecord:
+    """The catalog record of one file read with ``data_cfg`` (every file accepted, whatever the include globs);
+    band names assigned by position are reported as ``names_by_position`` says (``catalog.scan``)."""
     path = Path(path)
     cfg = dataclasses.replace(data_cfg, include=["**/*"], exclude=[])
     if data_cfg.channels and path.is_file():  # stacked channels: the record is the folder (named by its first file)
         path = path.parent
-    return scan(path, cfg, strict=True).records[0]
+    return scan(path, cfg, strict=True, names_by_position=names_by_position).records[0]
 
 
 def embedder_for(manifest: dict[str, Any], record: FileRecord, encoder: str | Path | None = None,
@@ -106,10 +115,11 @@ def embedder_for(manifest: dict[str, Any], record: FileRecord, encoder: str | Pa
                           "new location.")
     from geomed_ssl.data.catalog import Catalog
 
-    one = Catalog([record], [], record.kind, record.band_names, record.wavelengths)
+    one = Catalog([record], [], record.kind, record.band_names, record.wavelengths, bandwidths=record.bandwidths)
     dev = resolve_device(device)
-    return Embedder(encoder_for(path, one, dev), DataConfig(**st["data"]), st["level"], st["window"], st["stride"],
-                    st["pool"], batch_size, st["min_valid"], dev)
+    enc, _ = encoder_for(path, one, dev)
+    return Embedder(enc, DataConfig(**st["data"]), st["level"], st["window"], st["stride"], st["pool"], batch_size,
+                    st["min_valid"], dev)
 
 
 def query_vector(emb: Embedder, record: FileRecord, box: list[int] | None) -> tuple[np.ndarray, list[int]]:
@@ -117,8 +127,12 @@ def query_vector(emb: Embedder, record: FileRecord, box: list[int] | None) -> tu
     nd = emb.nd
     shape = list(emb.shape(record))
     region = box or [0] * nd + shape
-    if box is not None and any(a < 0 or a + n > s for a, n, s in zip(box[:nd], box[nd:], shape)):
-        raise DataError(f"--box {box} reaches outside '{record.path}' ({'x'.join(map(str, shape))}).")
+    outside = [f"{ax} {a}..{a + n - 1} (0..{s - 1})" for ax, a, n, s in zip(BOX_AXES[nd], box[:nd], box[nd:], shape)
+               if a < 0 or a + n > s] if box is not None else []
+    if outside:
+        raise DataError(f"--box {','.join(map(str, box))} ({BOX_FORMS[nd]}) reaches outside '{record.path}' along "
+                        f"{'; '.join(outside)}; the file is {'x'.join(map(str, shape))} "
+                        f"({' x '.join(BOX_AXES[nd])}).")
     if emb.level != "patch":
         if emb.level == "image" and box is None:
             _, row = next(emb.image_rows([record]))
@@ -137,9 +151,10 @@ def query_vector(emb: Embedder, record: FileRecord, box: list[int] | None) -> tu
 
 def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int] | None = None, top: int = 10,
                  out_dir: str | Path | None = None, include_self: bool = False, encoder: str | Path | None = None,
-                 device: str | None = "auto", sheet: bool = True) -> SearchResult:
+                 device: str | None = "auto", sheet: bool = True, strict: bool = False) -> SearchResult:
     """The ``top`` stored rows most similar (cosine) to ``query`` (a file, or ``box`` in it): ``similar.csv`` and a
-    contact sheet ``similar.png`` in ``out_dir`` (default ``EMB_DIR/search/<query name>``)."""
+    contact sheet ``similar.png`` in ``out_dir`` (default ``EMB_DIR/search/<query name>``). ``strict``: the query's
+    band names assigned by position are an error, not a warning."""
     search_dir = Path(emb_dir) / "search"
     rule: dict[str, Any] = {"command": "similar", "resume": True, "allow_inside": [search_dir],
                             "inputs": {"embedding folder": emb_dir, "query file": query, "encoder": encoder}}
@@ -154,7 +169,8 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
     qpath = Path(query).resolve()
     if not qpath.exists():
         raise DataError(f"query file '{query}' does not exist.")
-    record = record_for(qpath, DataConfig(**st["data"]))
+    check_input_kind(qpath, "raster" if nd == 2 else "volume", "the encoder of these embeddings")
+    record = record_for(qpath, DataConfig(**st["data"]), "error" if strict else "warn")
     emb = embedder_for(manifest, record, encoder, device)
     box_list = parse_box(box, nd)
     qvec, region = query_vector(emb, record, box_list)

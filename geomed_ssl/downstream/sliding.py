@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from functools import reduce
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 from geomed_ssl.errors import ConfigError, DataError, GeomedError
 
+log = logging.getLogger("geomed_ssl")
 ModelFn = Callable[[torch.Tensor], torch.Tensor]  # (B, C, *S) float -> logits (B, K, *S)
 GAUSSIAN_SIGMA = 0.125  # sigma as a fraction of the window side (nnU-Net / MONAI default)
 MIN_WEIGHT = 1e-3  # blending weights are floored at this fraction of the centre weight
@@ -84,13 +86,44 @@ def _proba_kind(probabilities: bool | str) -> str | None:
     return kind
 
 
-def channel_records(folder: Path, data_cfg: Any, kind: str, strict: bool = False) -> list[Any]:
+KIND_WORDS = {"raster": ("a GeoTIFF raster", "2D GeoTIFF rasters"), "volume": ("a NIfTI volume", "3D NIfTI volumes")}
+
+
+def input_kind(path: str | Path) -> str | None:
+    """``raster`` for .tif/.tiff, ``volume`` for .nii/.nii.gz, None for anything else (e.g. a folder)."""
+    low = Path(path).name.lower()
+    if low.endswith((".tif", ".tiff")):
+        return "raster"
+    if low.endswith((".nii", ".nii.gz")):
+        return "volume"
+    return None
+
+
+def check_input_kind(path: str | Path, expected: str | None, what: str) -> None:
+    """A one-line DataError when ``path`` is a raster and ``what`` (a model) reads volumes, or the reverse."""
+    kind = input_kind(path)
+    if kind is None or expected is None or kind == expected:
+        return
+    raise DataError(f"'{path}' is {KIND_WORDS[kind][0]} but {what} was trained on {KIND_WORDS[expected][1]}; give "
+                    f"it {expected} files, or use a model trained on {kind}s.")
+
+
+def warn_if_nothing_predicted(path: str | Path, valid: int, nodata: float | None, output: str | Path) -> None:
+    """A warning when a prediction holds no valid pixel / voxel: the input was all nodata as read."""
+    if valid:
+        return
+    log.warning("warning: '%s' has no valid pixel or voxel as read (nodata=%s, NaN); '%s' holds only the nodata "
+                "label. Check data.nodata and that the file holds data.", path, nodata, output)
+
+
+def channel_records(folder: Path, data_cfg: Any, kind: str, strict: bool = False,
+                    names_by_position: str = "warn") -> list[Any]:
     """The ``data.channels`` stacks under ``folder`` as catalog records (one per folder of channel files); the
     channel globs alone pick the files, so ``data.include`` / ``data.exclude`` do not apply."""
     from geomed_ssl.data.catalog import scan
 
     cfg = dataclasses.replace(data_cfg, kind=kind, include=["**/*"], exclude=[], patch_size=1)
-    return scan(folder, cfg, strict=strict).records
+    return scan(folder, cfg, strict=strict, names_by_position=names_by_position).records
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

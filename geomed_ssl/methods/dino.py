@@ -14,6 +14,11 @@ consistent`` in MAE): masking a single group would let the student read the mask
 at the same place. Student and teacher outputs are merged per position (the mean over units, as
 ``ViTEncoder.forward``) before the heads, so the iBOT loss pairs spatial tokens and costs the same as with
 ``plain`` whatever the band count; the CLS token (DINO loss, KoLeo) needs nothing special.
+
+Nodata: each crop comes with its ``valid`` mask (``batch["valid"]``, from the multi-crop views); invalid pixels are
+set to 0 before the student and the teacher see them, as MAE does (augmentations move them off the 0 that
+normalisation gave them). A masked patch token enters the iBOT loss only when at least ``MIN_TOKEN_VALID`` (half)
+of its pixels are valid in its global crop: predicting nodata teaches nothing.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ DINO_DEFAULTS: dict[str, Any] = {
 COLLAPSE_STD_TOL = 1e-3  # teacher_std * sqrt(K) below this: every image gives the same output
 COLLAPSE_ENTROPY_FRAC = 0.99  # teacher entropy above this fraction of log(K): uniform outputs
 COLLAPSE_WARN_EVERY = 100  # steps between two collapse warnings
+MIN_TOKEN_VALID = 0.5  # a masked patch token counts in the iBOT loss when at least this fraction of it is valid
 
 
 class CollapseWarning(UserWarning):
@@ -121,6 +127,17 @@ def ibot_masks(n: int, grid: tuple[int, ...], ratio: tuple[float, float], prob: 
             r = ratio[0] + float(draws[i, 1]) * (ratio[1] - ratio[0])
             masks[i] = block_mask(grid, int(round(r * total)), generator)
     return masks
+
+
+def zero_invalid(x: Tensor, valid: Tensor | None) -> Tensor:
+    """``x`` (B, C, *S) with pixels where ``valid`` (B, *S) is False set to 0 (the normalised mean), as MAE does."""
+    return x if valid is None else torch.where(valid.to(x.device)[:, None].bool(), x, 0.0)
+
+
+def token_valid_fraction(valid: Tensor, patch: tuple[int, ...]) -> Tensor:
+    """Valid fraction of every token patch: ``valid`` (B, *S) bool -> (B, N) float, tokens in row-major order."""
+    pool = F.avg_pool2d if len(patch) == 2 else F.avg_pool3d
+    return pool(valid.float()[:, None], kernel_size=patch, stride=patch).flatten(1)
 
 
 class DINO(SSLMethod):
@@ -196,9 +213,13 @@ class DINO(SSLMethod):
 
     def training_loss(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> MethodOutput:
         s = self.settings
-        views = batch["views"]
-        globals_ = list(views["global"])
+        views, valid = batch["views"], batch.get("valid") or {}
+        valid_g = list(valid.get("global") or [None] * len(views["global"]))
+        valid_l = [v for v in valid.get("local", []) if torch.is_tensor(v)]
+        globals_ = [zero_invalid(x, v) for x, v in zip(views["global"], valid_g)]
         locals_ = [x for x in views.get("local", []) if torch.is_tensor(x)]  # collate turns no crops into []s
+        if valid_l:
+            locals_ = [zero_invalid(x, v) for x, v in zip(locals_, valid_l)]
         n_g = len(globals_)
         x_g = torch.cat(globals_)  # (2B, C, *S)
         t_temp = self.teacher_temp(step)
@@ -229,6 +250,9 @@ class DINO(SSLMethod):
         ibot = koleo = zero
         if masks is not None:  # also with no token masked, so DDP sees the iBOT parameters used
             flat = masks.reshape(masks.shape[0], -1)  # (2B, N): positions, every unit of one masked together
+            if all(v is not None for v in valid_g):  # mostly-nodata tokens teach nothing: out of the loss
+                frac = token_valid_fraction(torch.cat(valid_g).to(flat.device), tuple(self.student.cfg.patch_size))
+                flat = flat & (frac >= MIN_TOKEN_VALID)
             patch_t = self.teacher_patch_head or self.teacher_head
             patch_s = self.student_patch_head or self.student_head
             with torch.no_grad():

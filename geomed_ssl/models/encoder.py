@@ -33,8 +33,8 @@ from geomed_ssl.config import DataConfig, ModelConfig, as_tuple, spatial_dims
 from geomed_ssl.errors import ConfigError, DataError
 from geomed_ssl.models.patch_embed import PATCH_EMBEDS, build_patch_embed
 from geomed_ssl.models.pos_embed import axis_dims, sincos_pos_embed
-from geomed_ssl.models.spectral import (default_band_groups, describe_matches, match_bands, resolve_band_groups,
-                                        subset_stats)
+from geomed_ssl.models.spectral import (default_band_groups, describe_matches, match_bands, matched_bandwidths,
+                                        resolve_band_groups, subset_stats)
 
 log = logging.getLogger("geomed_ssl")
 CHANNEL_EMBEDS = ("learned", "wavelength")
@@ -42,17 +42,22 @@ BAND_FLEXIBLE = ("spectral", "wavelength")  # embeddings that run on other band 
 
 
 def check_encoder_bands(cfg: EncoderConfig, band_names: list[str], where: str = "the data") -> None:
-    """For embeddings tied to their training bands (plain, grouped): a DataError naming the missing and extra
-    bands unless ``band_names`` are the encoder's, in order."""
+    """For embeddings tied to their training bands (plain, grouped): a DataError unless ``band_names`` are the
+    encoder's, in order. Missing bands are named; the same bands in another order (or with extra ones) must be
+    brought to the encoder's order first (``geomed_ssl.data.conform.conform_catalog``: every command does)."""
     if cfg.embedding in BAND_FLEXIBLE:
         return
-    from geomed_ssl.data.stats import check_bands
+    from geomed_ssl.data.bands import band_order
 
     try:
-        check_bands(cfg.band_names, list(band_names), where)
+        order = band_order(cfg.band_names, list(band_names), where)
     except DataError as err:
         raise DataError(f"{err} A '{cfg.embedding}' patch embedding reads exactly the bands it was pretrained on; "
                         "pretrain with model.embedding=spectral or wavelength to use it on other band sets.") from None
+    if order is not None:
+        raise DataError(f"{where}: the bands {' '.join(band_names)} are not in the encoder's order "
+                        f"({' '.join(cfg.band_names)}); pick and order them by name first "
+                        "(geomed_ssl.data.conform.conform_catalog, as every command does).")
 
 
 @dataclass
@@ -177,8 +182,10 @@ class EncoderConfig:
         band_names: list[str] | None = None,
         wavelengths: list[float | None] | None = None,
         stats: dict[str, Any] | None = None,
+        bandwidths: list[float | None] | None = None,
     ) -> EncoderConfig:
-        """Build from the recipe's ``model`` and ``data`` sections plus what the catalog found."""
+        """Build from the recipe's ``model`` and ``data`` sections plus what the catalog found (band names, centre
+        wavelengths and widths in µm, statistics)."""
         nd = spatial_dims(data)
         return cls(
             in_chans=in_chans,
@@ -199,6 +206,7 @@ class EncoderConfig:
             else None,
             spectral_chunk=model.spectral_chunk,
             channel_embed=model.channel_embed,
+            bandwidths=None if bandwidths is None else list(bandwidths),
         )
 
 
@@ -374,20 +382,22 @@ class ViTEncoder(nn.Module):
         names = {"pos_embed", "cls_token"}
         return names | {f"patch_embed.{n}" for n in ("group_embed", "channel_embed") if hasattr(self.patch_embed, n)}
 
-    def select_bands(self, band_names: list[str], wavelengths: list[float | None] | None = None) -> ViTEncoder:
-        """This encoder for data holding ``band_names`` (with their centre wavelengths in µm, when known).
+    def select_bands(self, band_names: list[str], wavelengths: list[float | None] | None = None,
+                     bandwidths: list[float | None] | None = None) -> ViTEncoder:
+        """This encoder for data holding ``band_names`` (with their centre wavelengths and widths in µm, when known).
 
         Same bands in the same order: ``self``. Otherwise only ``spectral`` and ``wavelength`` embeddings can run:
         each band is matched to an encoder band by name, else by the nearest wavelength (within 15 nm), and the
         mapping is logged. The result is a new encoder sharing no state with this one, whose config has the new
-        bands, their wavelengths (the data's, else the matched band's) and the matched bands' statistics renamed
-        to the data's band names; its generated conv (wavelength) or channel-embedding rows (spectral) are those
-        of the matched bands / wavelengths, never zero-filled. ``plain`` and ``grouped`` raise a DataError naming
-        the missing and extra bands.
-        """
+        bands, their wavelengths and widths (the data's, else the matched band's) and the matched bands' statistics
+        renamed to the data's band names; its generated conv (wavelength) or channel-embedding rows (spectral) are
+        those of the matched bands / wavelengths, never zero-filled. ``plain`` and ``grouped`` raise a DataError
+        unless the bands are the encoder's in its order (``check_encoder_bands``; the commands order them by name
+        first)."""
         cfg = self.cfg
         names = [str(n) for n in band_names]
-        if names == list(cfg.band_names) and (wavelengths is None or list(wavelengths) == list(cfg.wavelengths or [])):
+        if names == list(cfg.band_names) and (wavelengths is None or list(wavelengths) == list(cfg.wavelengths or [])) \
+                and (bandwidths is None or list(bandwidths) == list(cfg.bandwidths or [])):
             return self
         if cfg.embedding not in BAND_FLEXIBLE:
             check_encoder_bands(cfg, names)
@@ -407,8 +417,7 @@ class ViTEncoder(nn.Module):
         new = dataclasses.replace(
             cfg, in_chans=len(names), band_names=names,
             wavelengths=None if all(m.wavelength is None for m in matches) else [m.wavelength for m in matches],
-            bandwidths=None if cfg.bandwidths is None else [cfg.bandwidths[m.index] if m.index is not None else None
-                                                            for m in matches],
+            bandwidths=matched_bandwidths(cfg.bandwidths, matches, bandwidths),
             stats=subset_stats(cfg.stats, cfg.band_names, matches),
         )
         state = self.state_dict()

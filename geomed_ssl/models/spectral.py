@@ -290,3 +290,12 @@ def subset_stats(stats: dict[str, Any] | None, enc_names: list[str], matches: li
                             "`geomed-ssl pretrain`.")
         bands.append({**entry, "name": m.name})
     return {**stats, "bands": bands}
+
+
+def matched_bandwidths(enc_widths: Sequence[float | None] | None, matches: Sequence[BandMatch],
+                       data_widths: Sequence[float | None] | None = None) -> list[float | None] | None:
+    """Band widths (µm) of matched data bands: the data's where known, else the matched encoder band's."""
+    data = list(data_widths) if data_widths is not None else [None] * len(matches)
+    out = [w if w is not None else (enc_widths[m.index] if enc_widths is not None and m.index is not None else None)
+           for w, m in zip(data, matches)]
+    return out if any(w is not None for w in out) else None

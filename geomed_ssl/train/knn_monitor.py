@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from geomed_ssl.config import as_tuple
-from geomed_ssl.data.stats import BandStats, check_bands
+from geomed_ssl.data.conform import conform_record
+from geomed_ssl.data.stats import BandStats
 from geomed_ssl.downstream.classify import ImageDataset
 from geomed_ssl.downstream.labels import scan_class_folders
 from geomed_ssl.train.knn import kfold_knn_accuracy
@@ -65,8 +66,7 @@ class KNNMonitor(L.Callback):
                     window: Sequence[int] | None = None) -> KNNMonitor:
         """Scan ``root`` (one subfolder per class) with the run's ``data`` settings; its bands must be the run's."""
         records, labels, names = scan_class_folders(root, data_cfg)
-        for r in records:
-            check_bands(stats, r.band_names, r.path)
+        records = [conform_record(r, list(stats.band_names)) for r in records]  # by name, as every command
         log.info(f"k-NN monitor: {len(records)} labelled images in {len(names)} classes from {root}, "
                  f"every {every} steps")
         dataset = ImageDataset(records, labels, stats, data_cfg, patch_size)

@@ -120,7 +120,7 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
         recipe = load_recipe(recipe, overrides)
     inputs["kNN labels folder"] = recipe.data.val_labels
 
-    catalog = scan(data_dir, recipe.data, strict=strict)
+    catalog = scan(data_dir, recipe.data, strict=strict, names_by_position="error" if strict else "warn")
     log.info(catalog.summary())
     stats_path = out / "stats.json"
     if resume and stats_path.is_file():
@@ -132,7 +132,7 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     quiet_lightning()
     L.seed_everything(t.seed, workers=True, verbose=False)
     enc_cfg = EncoderConfig.from_recipe(recipe.model, recipe.data, len(catalog.band_names), catalog.band_names,
-                                        catalog.wavelengths, stats.to_dict())
+                                        catalog.wavelengths, stats.to_dict(), bandwidths=catalog.bandwidths)
     method = build_method(recipe.method, enc_cfg, t.max_steps)
     view = build_views(method.view_kind, recipe.data, spatial_dims(recipe.data), patch_size=recipe.model.patch_size)
     dataset = PretrainDataset(catalog, stats, recipe.data, view, seed=t.seed)

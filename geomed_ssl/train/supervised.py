@@ -63,11 +63,12 @@ class SupervisedModule(L.LightningModule):
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         logs: dict[str, float] = {}
         total = logits.new_zeros(())
-        if "ce" in self.cfg.loss:
+        terms = self.cfg.loss.split("+")  # "ce", "dice" or "ce+dice" (validated with the recipe)
+        if "ce" in terms:
             ce = F.cross_entropy(logits.float(), target, weight=self.class_weights, ignore_index=IGNORE)
             total = total + ce
             logs["ce"] = float(ce.detach())
-        if "dice" in self.cfg.loss and logits.ndim > 2:
+        if "dice" in terms and logits.ndim > 2:
             dice = sparse_dice_loss(logits, target, self.num_classes)
             total = total + dice
             logs["dice"] = float(dice.detach())

@@ -114,3 +114,35 @@ def test_false_colour_spreads_or_repeats_without_hints():
     assert false_colour_bands(["a"], None) == (0, 0, 0)
     assert false_colour_bands(["a", "b"], None) == (0, 1, 1)
     assert len(set(false_colour_bands([f"b{i}" for i in range(10)], None))) == 3
+
+
+def test_band_info_says_where_the_names_came_from():
+    s2 = DataConfig(sensor="sentinel2")
+    assert bands.resolve_band_info(2, ["B04", "B08"], {}, s2, "f.tif").source == "file"
+    assert bands.resolve_band_info(2, [None] * 2, {}, DataConfig(band_names=["a", "b"]), "f.tif").source == "recipe"
+    assert bands.resolve_band_info(13, [None] * 13, {}, s2, "f.tif").source == "sensor"
+    assert bands.resolve_band_info(2, [None] * 2, {}, DataConfig(), "f.tif", ["t1", "t2"]).source == "channels"
+    assert bands.resolve_band_info(2, [None] * 2, {}, DataConfig(), "f.tif").source == "index"
+
+
+def test_fwhm_tags_give_band_widths_in_micrometres():
+    tags = {1: {"FWHM_UM": "0.0101"}, 2: {"IMAGERY:FWHM_UM": "0.0095"}, 3: {"FWHM_UM": "bad"}}
+    info = bands.resolve_band_info(3, ["a", "b", "c"], tags, DataConfig(), "f.tif")
+    assert info.bandwidths == [pytest.approx(0.0101), pytest.approx(0.0095), None]
+    assert bands.resolve_band_info(3, ["a", "b", "c"], {}, DataConfig(), "f.tif").bandwidths is None
+
+
+def test_band_order_reorders_by_name_and_drops_extra_bands():
+    assert bands.band_order(["B02", "B03"], ["B02", "B03"], "f.tif") is None
+    assert bands.band_order(["B02", "B03", "B04"], ["B04", "B02", "B03"], "f.tif") == [1, 2, 0]
+    assert bands.band_order(["B02", "B04"], ["B01", "B04", "B02", "B09"], "f.tif") == [2, 1]
+    note = bands.describe_order(["B02", "B04"], ["B01", "B04", "B02", "B09"])
+    assert "reordered by name" in note and "['B01', 'B09'] dropped" in note
+
+
+def test_band_order_refuses_missing_bands_and_advises_band_names_only_when_files_do_not_name_them():
+    with pytest.raises(DataError, match=r"f\.tif.*missing \['B04'\], extra \['B08'\].*data\.band_names"):
+        bands.band_order(["B02", "B03", "B04"], ["B02", "B03", "B08"], "f.tif", source="sensor")
+    with pytest.raises(DataError, match="missing") as err:
+        bands.band_order(["B02", "B03", "B04"], ["B02", "B03", "B08"], "f.tif", source="file")
+    assert "data.band_names" not in str(err.value) and "band descriptions" in str(err.value)

@@ -230,3 +230,39 @@ def test_channel_glob_matching_two_files_is_a_problem(tmp_path, make_tif, grad):
         make_tif(tmp_path / "b" / name, grad(1, 32, 32))
     cat = scan(tmp_path, DataConfig(patch_size=32, channels=["*red*", "*nir*"]))
     assert len(cat) == 1 and cat.band_names == ["red", "nir"] and "matches 2 files" in _reasons(cat)["a"]
+
+
+def test_band_names_assigned_by_position_are_a_warning_naming_files_and_the_fix(tmp_path, make_tif, grad, caplog):
+    for i in range(3):
+        make_tif(tmp_path / f"e{i}.tif", grad(13, 32, 32))  # EuroSAT-like: 13 undescribed bands
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        cat = scan(tmp_path, DataConfig(patch_size=32, sensor="sentinel2"))
+    (msg,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "3 file(s)" in msg and "by position" in msg and "sentinel2" in msg and "data.band_names" in msg
+    assert cat.records[0].band_source == "sensor" and "by POSITION" in cat.summary()
+
+
+def test_strict_refuses_band_names_assigned_by_position(tmp_path, make_tif, grad):
+    make_tif(tmp_path / "e.tif", grad(13, 32, 32))
+    with pytest.raises(DataError, match="assigned by position.*--strict"):
+        scan(tmp_path, DataConfig(patch_size=32, sensor="sentinel2"), names_by_position="error")
+
+
+def test_names_stated_by_the_files_or_the_recipe_raise_no_position_warning(tmp_path, make_tif, grad, caplog):
+    order = "B01 B02 B03 B04 B05 B06 B07 B08 B09 B10 B11 B12 B8A".split()
+    make_tif(tmp_path / "a" / "e.tif", grad(13, 32, 32))
+    make_tif(tmp_path / "b" / "d.tif", grad(13, 32, 32), descriptions=order)
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        by_recipe = scan(tmp_path / "a", DataConfig(patch_size=32, sensor="sentinel2", band_names=order),
+                         names_by_position="error")
+        described = scan(tmp_path / "b", DataConfig(patch_size=32, sensor="sentinel2"), names_by_position="error")
+    assert by_recipe.band_names == described.band_names == order and not caplog.records
+
+
+def test_band_widths_of_the_bundled_sample_come_from_its_fwhm_tags():
+    from geomed_ssl.sample import SAMPLE_DIR
+
+    cat = scan(SAMPLE_DIR / "indian_pines.tif", DataConfig(patch_size=32))
+    assert cat.bandwidths is not None and len(cat.bandwidths) == 200 and all(w is not None for w in cat.bandwidths)
+    assert all(0.005 < w < 0.02 for w in cat.bandwidths)  # AVIRIS FWHM ~10 nm
+    assert cat.records[0].bandwidths == cat.bandwidths and Catalog.from_dict(cat.to_dict()).bandwidths == cat.bandwidths

@@ -6,7 +6,8 @@ import pytest
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.catalog import Catalog, FileRecord, scan
 from geomed_ssl.data.stats import (
-    BandStats, check_bands, compute_stats, intensity_args, normalize, preprocess_intensity, valid_mask,
+    BandStats, compute_stats, far_from_stats, intensity_args, normalize, preprocess_intensity, valid_mask,
+    warn_far_from_stats,
 )
 from geomed_ssl.errors import DataError
 
@@ -16,17 +17,37 @@ def _whole_file_cfg(size: int, **kw) -> DataConfig:
     return DataConfig(patch_size=size, stats_windows=4, **kw)
 
 
+def _clipped(flat: np.ndarray) -> np.ndarray:
+    """(C, n) values clipped per band to their own [p1, p99], as normalize clips them."""
+    p1, p99 = np.percentile(flat, [1, 99], axis=1)
+    return np.clip(flat, p1[:, None], p99[:, None])
+
+
 def test_stats_match_numpy_on_known_data(tmp_path, make_tif, grad):
     arr = grad(3, 32, 32)
     make_tif(tmp_path / "a.tif", arr)
     cfg = _whole_file_cfg(32)
     stats = compute_stats(scan(tmp_path, cfg), cfg)
     flat = arr.reshape(3, -1).astype(np.float64)
-    np.testing.assert_allclose(stats.mean, flat.mean(1))
-    np.testing.assert_allclose(stats.std, flat.std(1))
+    np.testing.assert_allclose(stats.mean, _clipped(flat).mean(1))
+    np.testing.assert_allclose(stats.std, _clipped(flat).std(1))
     np.testing.assert_allclose(stats.p1, np.percentile(flat, 1, axis=1))
     np.testing.assert_allclose(stats.p99, np.percentile(flat, 99, axis=1))
     assert stats.count == [4 * 32 * 32] * 3 and stats.band_names == ["band_1", "band_2", "band_3"]
+
+
+def test_mean_and_std_are_those_of_the_clipped_values_so_normalised_data_is_standard(tmp_path, make_tif, grad):
+    arr = grad(2, 32, 32).astype(np.float32)
+    arr[:, :2, :2] = 60000.0  # a few saturated pixels pull the unclipped mean and std far off
+    make_tif(tmp_path / "a.tif", arr)
+    cfg = _whole_file_cfg(32)
+    stats = compute_stats(scan(tmp_path, cfg), cfg)
+    flat = arr.reshape(2, -1).astype(np.float64)
+    assert not np.allclose(stats.std, flat.std(1), rtol=0.1)  # not the statistics of the unclipped values
+    out, _ = normalize(arr, stats, None)  # what the network is fed
+    np.testing.assert_allclose(out.reshape(2, -1).mean(1), 0.0, atol=1e-4)
+    np.testing.assert_allclose(out.reshape(2, -1).std(1), 1.0, atol=1e-4)
+    assert stats.version == 2
 
 
 def test_stats_exclude_nodata_and_nan(tmp_path, make_tif, grad):
@@ -37,8 +58,8 @@ def test_stats_exclude_nodata_and_nan(tmp_path, make_tif, grad):
     cfg = _whole_file_cfg(32)
     stats = compute_stats(scan(tmp_path, cfg), cfg)
     keep = arr[:, 12:, :].reshape(2, -1).astype(np.float64)
-    np.testing.assert_allclose(stats.mean, keep.mean(1), rtol=1e-6)
-    np.testing.assert_allclose(stats.std, keep.std(1), rtol=1e-6)
+    np.testing.assert_allclose(stats.mean, _clipped(keep).mean(1), rtol=1e-6)
+    np.testing.assert_allclose(stats.std, _clipped(keep).std(1), rtol=1e-6)
     assert stats.count == [4 * keep.shape[1]] * 2
 
 
@@ -113,7 +134,7 @@ def test_stats_json_round_trip_and_bad_files(tmp_path):
     stats = BandStats(["B02", "B8A"], [1.5, 2.0], [0.5, 1e-6], [0.0, 1.0], [3.0, 4.0], [10, 10])
     stats.save(tmp_path / "stats.json")
     assert BandStats.load(tmp_path / "stats.json") == stats
-    assert stats.to_dict()["version"] == 1 and stats.to_dict()["bands"][1]["name"] == "B8A"
+    assert stats.to_dict()["version"] == 2 and stats.to_dict()["bands"][1]["name"] == "B8A"
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(DataError, match="not valid JSON"):
         BandStats.load(tmp_path / "bad.json")
@@ -123,13 +144,41 @@ def test_stats_json_round_trip_and_bad_files(tmp_path):
         BandStats.load(tmp_path / "missing.json")
 
 
-def test_check_bands_names_missing_extra_and_order():
-    stats = BandStats(["B02", "B03", "B04"], [0.0] * 3, [1.0] * 3, [0.0] * 3, [1.0] * 3, [1] * 3)
-    check_bands(stats, ["B02", "B03", "B04"], "f.tif")
-    with pytest.raises(DataError, match=r"f\.tif.*missing \['B04'\], extra \['B08'\]"):
-        check_bands(stats, ["B02", "B03", "B08"], "f.tif")
-    with pytest.raises(DataError, match="another order"):
-        check_bands(["B02", "B03"], ["B03", "B02"], "f.tif")
+def test_version_1_statistics_are_used_as_they_are_with_a_one_time_note(caplog, monkeypatch):
+    import geomed_ssl.data.stats as stats_mod
+
+    monkeypatch.setattr(stats_mod, "_NOTED_V1", set())
+    old = {"version": 1, "bands": [{"name": "B02", "mean": 1200.0, "std": 300.0, "p1": 500.0, "p99": 2500.0,
+                                    "count": 10}]}
+    with caplog.at_level("INFO", logger="geomed_ssl"):
+        a = BandStats.from_dict(old, source="encoder x")
+        b = BandStats.from_dict(old, source="encoder x")
+    assert a == b and a.mean == [1200.0] and a.std == [300.0] and a.version == 1
+    assert a.to_dict()["version"] == 1  # re-saved (a resumed run, a fine-tuned model) it keeps its meaning
+    notes = [r.getMessage() for r in caplog.records if "version-1" in r.getMessage()]
+    assert len(notes) == 1 and "encoder x" in notes[0] and "used as they are" in notes[0]
+    with pytest.raises(DataError, match="version 1 or 2"):
+        BandStats.from_dict({**old, "version": 3})
+
+
+def test_far_from_stats_flags_bands_whose_range_barely_meets_the_training_range():
+    stats = BandStats(["B02", "B03", "B04"], [1500.0] * 3, [300.0] * 3, [1000.0] * 3, [2000.0] * 3, [1] * 3)
+    reflectance = [[0.0, 0.01, 0.15, 0.2]] * 3  # 0-0.15 into a DN 1000-2000 encoder: everything clipped to p1
+    assert far_from_stats(reflectance, stats) == [0, 1, 2]
+    same_units = [[900.0, 1100.0, 1900.0, 2100.0], [0.0, 0.0, 20000.0, 20000.0], [1400.0, 1450.0, 1460.0, 1500.0]]
+    assert far_from_stats(same_units, stats) == [1]  # only the band spread over 0..20000 (95 % clipped)
+    assert far_from_stats([[float("nan")] * 4] * 3, stats) == []  # no valid value: nothing to say
+
+
+def test_far_from_stats_warning_names_the_file_and_bands(caplog):
+    stats = BandStats(["B02", "B03"], [1500.0] * 2, [300.0] * 2, [1000.0] * 2, [2000.0] * 2, [1] * 2)
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        named = warn_far_from_stats([("a.tif", [[0.0, 0.01, 0.15, 0.2], [900.0, 1100.0, 1900.0, 2000.0]]),
+                                     ("b.tif", [[0.0, 0.01, 0.15, 0.2]] * 2)], stats)
+    assert named == ["a.tif", "b.tif"]
+    (msg,) = [r.getMessage() for r in caplog.records]
+    assert "'a.tif'" in msg and "1 more file" in msg and "B02 0.01..0.15 (trained on 1000..2000)" in msg
+    assert "B03" not in msg.split("(p1..p99)")[0].split("band(s)")[1]
 
 
 def test_preprocess_intensity_ct_clips_to_window_and_keeps_nodata():

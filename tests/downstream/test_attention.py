@@ -75,3 +75,26 @@ def test_maps_of_grouped_and_spectral_encoders_sum_units_per_position(kind: str,
     assert full.shape == (3, 1 + units * 16)
     torch.testing.assert_close(maps, full[:, 1:].reshape(3, units, 4, 4).sum(1), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(maps.sum(dim=(1, 2)), 1.0 - full[:, 0], rtol=1e-5, atol=1e-6)
+
+
+def test_attention_file_reads_bands_by_name_drops_extras_and_warns_on_far_values(tmp_path: Path, monkeypatch,
+                                                                               caplog) -> None:
+    from geomed_ssl.downstream import attention as attention_mod
+    from tests.conftest import structured_raster
+    from tests.downstream.test_embed import described, make_encoder
+
+    arr = structured_raster(np.random.default_rng(2), 4, 32)
+    train = described(tmp_path / "train", [arr], ["B02", "B03", "B04", "B08"])
+    enc = make_encoder(train, tmp_path / "enc")
+    other = described(tmp_path / "other", [np.concatenate([arr[[2, 0, 3, 1]], arr[:1]])],
+                      ["B04", "B02", "B08", "B03", "B11"])
+    seen = []
+    monkeypatch.setattr(attention_mod, "save_attention_png", lambda e, image, *a: seen.append(image) or Path("x"))
+    attention_mod.attention_for_file(enc, train / "scene_0.tif", tmp_path / "a.png")
+    attention_mod.attention_for_file(enc, other / "scene_0.tif", tmp_path / "b.png")
+    np.testing.assert_array_equal(seen[0], seen[1])
+    # reflectance into a DN encoder: the attention image was all black
+    dark = described(tmp_path / "dark", [(arr / 20000.0).astype(np.float32)], ["B02", "B03", "B04", "B08"])
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        attention_mod.attention_for_file(enc, dark / "scene_0.tif", tmp_path / "c.png")
+    assert any("value range of" in r.getMessage() and "dark" in r.getMessage() for r in caplog.records)

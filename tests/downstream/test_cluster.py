@@ -129,3 +129,41 @@ def test_cluster_cli_with_class_folders_and_a_labels_csv(tmp_path: Path) -> None
     assert s["method"] == "hdbscan" and s["labels"] == "CSV labels.csv" and s["labelled_rows"] == 12
     refused = runner.invoke(app, ["cluster", str(emb), "--out", str(tmp_path / "cl")])
     assert refused.exit_code == 2 and "--overwrite" in refused.output
+
+
+def test_folder_labels_work_when_the_data_folder_is_reached_through_a_symlink(tmp_path: Path) -> None:
+    real = write_class_folders(tmp_path / "store" / "classes", ["Forest", "River"], per_class=3)
+    link = tmp_path / "linked"
+    link.symlink_to(real, target_is_directory=True)
+    enc = make_encoder(real, tmp_path / "enc")
+    emb = tmp_path / "emb"
+    embed_folder(enc, link, emb, level="image", progress=False)
+    result = cluster_embeddings(emb, tmp_path / "cl", k=2, labels="folders")
+    assert result.summary["classes"] == 2 and result.summary["labelled_rows"] == 6
+    manifest = json.loads((emb / "manifest.json").read_text())
+    assert all(f["path"].startswith(manifest["settings"]["data_dir"] + "/") for f in manifest["files"])
+
+
+def test_an_old_manifest_with_a_resolved_data_dir_still_finds_the_class_folders(tmp_path: Path) -> None:
+    from geomed_ssl.downstream.cluster import true_labels
+
+    real = write_class_folders(tmp_path / "store" / "classes", ["Forest", "River"], per_class=1)
+    link = tmp_path / "linked"
+    link.symlink_to(real, target_is_directory=True)
+    files = [str(link / "Forest" / "Forest_0.tif"), str(link / "River" / "River_0.tif")]
+    truth, _ = true_labels("folders", {"settings": {"data_dir": str(real.resolve())}}, {"file": files})
+    assert truth == ["Forest", "River"]
+
+
+def test_a_labels_source_that_yields_one_class_is_an_error_not_a_score(tmp_path: Path) -> None:
+    from geomed_ssl.errors import DataError
+
+    root = write_class_folders(tmp_path / "classes", ["Forest", "River"], per_class=3)
+    enc = make_encoder(root, tmp_path / "enc")
+    emb = tmp_path / "emb"
+    embed_folder(enc, root / "Forest", emb, level="image", progress=False)
+    table = tmp_path / "labels.csv"
+    table.write_text("file,label\n" + "".join(f"Forest_{i}.tif,Forest\n" for i in range(3)))
+    with pytest.raises(DataError, match=r"gives 1 class \('Forest'\) over 3 labelled rows"):
+        cluster_embeddings(emb, tmp_path / "cl", k=2, labels=str(table))
+    assert not (tmp_path / "cl").exists()

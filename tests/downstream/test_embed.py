@@ -236,3 +236,48 @@ def test_embed_cli_end_to_end_from_a_pretrained_run(data: Path, pretrained: Path
     refused = runner.invoke(app, ["embed", str(pretrained), str(bad), "--out", str(tmp_path / "x")])
     assert refused.exit_code == 2 and "missing ['band_4']" in refused.output
     assert embed_mod.LEVELS == ("image", "window", "patch")
+
+
+def described(folder: Path, arrays: list[np.ndarray], names: list[str]) -> Path:
+    """GeoTIFFs whose bands carry the descriptions ``names``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, arr in enumerate(arrays):
+        path = write_geotiff(folder / f"scene_{i}.tif", arr)
+        with rasterio.open(path, "r+") as ds:
+            for b, name in enumerate(names, start=1):
+                ds.set_band_description(b, name)
+    return folder
+
+
+def test_the_same_bands_in_another_order_with_an_extra_band_embed_by_name(tmp_path: Path, caplog) -> None:
+    rng = np.random.default_rng(4)
+    arrays = [structured_raster(rng, 4, 32) for _ in range(2)]
+    names = ["B02", "B03", "B04", "B08"]
+    train = described(tmp_path / "train", arrays, names)
+    enc = make_encoder(train, tmp_path / "enc")
+    order = [3, 0, 2, 1]  # B08 B02 B04 B03, then an extra B11 the encoder never saw
+    other = described(tmp_path / "other", [np.concatenate([a[order], a[:1] + 7]) for a in arrays],
+                      [names[i] for i in order] + ["B11"])
+    embed_folder(enc, train, tmp_path / "e1", level="image", progress=False)
+    with caplog.at_level("INFO", logger="geomed_ssl"):
+        embed_folder(enc, other, tmp_path / "e2", level="image", progress=False)
+    _, v1 = load_embeddings(tmp_path / "e1")
+    _, v2 = load_embeddings(tmp_path / "e2")
+    np.testing.assert_allclose(v2, v1, rtol=1e-5, atol=1e-5)
+    notes = " ".join(r.getMessage() for r in caplog.records)
+    assert "reordered by name" in notes and "['B11'] dropped" in notes
+
+
+def test_data_far_from_the_training_statistics_is_a_warning_naming_file_and_bands(tmp_path: Path, caplog) -> None:
+    rng = np.random.default_rng(5)
+    dn = scenes(tmp_path / "dn", [32, 32])  # digital numbers ~1000-3000
+    enc = make_encoder(dn, tmp_path / "enc")
+    refl = tmp_path / "refl"
+    refl.mkdir()
+    write_geotiff(refl / "reflectance.tif", (structured_raster(rng, 4, 32) / 20000.0).astype(np.float32))  # 0-0.15
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        embed_folder(enc, dn, tmp_path / "e_dn", level="image", progress=False)
+        assert not [r for r in caplog.records if "value range" in r.getMessage()]
+        embed_folder(enc, refl, tmp_path / "e_refl", level="image", progress=False)
+    (msg,) = [r.getMessage() for r in caplog.records if "value range" in r.getMessage()]
+    assert "reflectance.tif" in msg and "band_1" in msg and "trained on" in msg

@@ -119,6 +119,34 @@ def test_float_labels_with_nodata_and_nan_are_rounded_and_unlabelled(tmp_path):
     assert class_ids([labels], 0) == [1, 2, 3]
 
 
+def test_a_few_fractional_labels_are_rounded_with_a_warning_naming_the_file(tmp_path, caplog):
+    lab = np.full((12, 12), 1.0, np.float32)
+    lab[0, 0] = 2.5  # under 1 % of the labels: rounded, not refused, but said
+    path = _label(tmp_path / "f.tif", lab)
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        labels, _ = read_label(path, "raster")
+    assert labels[0, 0] == 2
+    (msg,) = [r.getMessage() for r in caplog.records]
+    assert "f.tif" in msg and "1 non-integer value(s) (e.g. 2.5)" in msg and "rounded" in msg
+    caplog.clear()
+    read_label(_label(tmp_path / "noise.tif", np.full((4, 4), 2.0000001, np.float32)), "raster")
+    assert not caplog.records  # float rounding noise is no warning
+
+
+def test_problem_files_in_class_folders_are_a_warning_and_an_error_under_strict(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    for name in ("Forest", "River"):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            write_geotiff(tmp_path / name / f"{name}_{i}.tif", structured_raster(rng, 3, 16))
+    (tmp_path / "River" / "broken.tif").write_bytes(b"not a tiff at all")
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        records, _, _ = scan_class_folders(tmp_path, DataConfig(patch_size=16))
+    assert len(records) == 4 and any("broken.tif" in r.getMessage() for r in caplog.records)
+    with pytest.raises(DataError, match="broken.tif"):
+        scan_class_folders(tmp_path, DataConfig(patch_size=16), strict=True)
+
+
 def test_ignore_value_none_keeps_zero_as_a_class(tmp_path):
     path = _label(tmp_path / "l.tif", _classes())
     _, mask0 = read_label(path, "raster", ignore_value=0)

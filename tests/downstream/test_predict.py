@@ -341,3 +341,69 @@ def test_the_next_prediction_removes_the_partial_file_a_killed_one_left(tmp_path
     (out / ".partial-notes.txt").write_text("not ours: no process id")
     predict_files(conv_model(C, 2), tmp_path / "in", out, stats, num_classes=2, window=32, data_cfg=DataConfig())
     assert sorted(p.name for p in out.iterdir()) == [".partial-notes.txt", "tile_pred.tif"]
+
+
+def describe_bands(path: Path, names: list[str]) -> Path:
+    import rasterio
+
+    with rasterio.open(path, "r+") as ds:
+        for i, name in enumerate(names, start=1):
+            ds.set_band_description(i, name)
+    return path
+
+
+def test_bands_are_read_by_name_in_the_models_order_and_extra_bands_dropped(tmp_path):
+    arr = structured_raster(np.random.default_rng(7), 4, 48)
+    names = ["B02", "B03", "B04", "B08"]
+    stats, model = stats_of(arr, names), conv_model(4, 3)
+    same = describe_bands(write_geotiff(tmp_path / "same.tif", arr), names)
+    order = [3, 1, 0, 2]
+    shuffled = np.concatenate([arr[order], arr[:1] // 2])  # B08 B03 B02 B04 and an extra B11
+    other = describe_bands(write_geotiff(tmp_path / "other.tif", shuffled), [names[i] for i in order] + ["B11"])
+    a = predict_raster(model, same, tmp_path / "a.tif", stats, window=16, num_classes=3, probabilities=True)
+    b = predict_raster(model, other, tmp_path / "b.tif", stats, window=16, num_classes=3, probabilities=True)
+    np.testing.assert_array_equal(read_tif(Path(a["proba_output"]))[0], read_tif(Path(b["proba_output"]))[0])
+    assert b["band_names"] == names
+
+
+def test_an_all_nodata_input_predicts_with_a_warning(tmp_path, caplog):
+    arr = np.zeros((4, 32, 32), np.uint16)
+    path = write_geotiff(tmp_path / "empty.tif", arr, nodata=0)
+    stats = stats_of(structured_raster(np.random.default_rng(1), 4, 32), [f"band_{i}" for i in range(1, 5)])
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        summary = predict_raster(conv_model(4, 2), path, tmp_path / "o.tif", stats, window=16, num_classes=2)
+    assert summary["valid_pixels"] == 0
+    assert any("no valid pixel" in r.getMessage() and "empty.tif" in r.getMessage() for r in caplog.records)
+
+
+def test_a_folder_is_predicted_as_the_models_include_and_exclude_say(scene, tmp_path):
+    from geomed_ssl.config import DataConfig
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    small = structured_raster(np.random.default_rng(2), C, 32)
+    write_geotiff(folder / "tile_a.tif", small)
+    write_geotiff(folder / "lulc_mask.tif", np.ones((1, 32, 32), np.uint8))  # a label beside the scenes
+    cfg = DataConfig(exclude=["*mask*", "*lulc*"])
+    results = predict_files(scene["model"], folder, tmp_path / "out", scene["stats"], num_classes=K, window=32,
+                            data_cfg=cfg)
+    assert [Path(r["input"]).name for r in results] == ["tile_a.tif"]
+    with pytest.raises(DataError, match=r"0 left after the model's data.include .* data.exclude \['\*'\]"):
+        predict_files(scene["model"], folder, tmp_path / "out", scene["stats"], num_classes=K, window=32,
+                      data_cfg=DataConfig(exclude=["*"]))
+
+
+def test_a_nifti_given_to_a_raster_model_is_one_clear_line(scene, tmp_path):
+    import nibabel as nib
+
+    from geomed_ssl.config import DataConfig
+
+    nii = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(asymmetric_volume((12, 12, 12)), np.eye(4)), str(nii))
+    with pytest.raises(DataError, match="is a NIfTI volume but this model was trained on 2D GeoTIFF rasters"):
+        predict_files(scene["model"], [nii], tmp_path / "out", scene["stats"], num_classes=K, window=[32, 32],
+                      data_cfg=DataConfig(kind="raster"))
+    with pytest.raises(DataError, match="is a GeoTIFF raster but this model was trained on 3D NIfTI volumes"):
+        predict_files(threshold_model(), [scene["path"]], tmp_path / "out", scene["stats"], num_classes=3,
+                      window=[8, 8, 8], data_cfg=DataConfig(kind="volume"))
+    assert not (tmp_path / "out").exists()

@@ -95,3 +95,21 @@ def test_similar_cli_prints_the_table_and_writes_csv_and_contact_sheet(archive: 
     assert (out / "similar.png").stat().st_size > 1000
     bad = runner.invoke(app, ["similar", str(emb), "--query", str(data / "scene_0.tif"), "--box", "1,2,3"])
     assert bad.exit_code == 2 and "ROW,COL,H,W" in bad.output
+
+
+def test_volume_box_is_i_j_k_along_the_ras_axes_like_the_stored_box_column(tmp_path: Path) -> None:
+    from geomed_ssl.errors import DataError
+
+    vols = volumes(tmp_path / "vols", shape=(32, 24, 20))  # RAS shape 32 x 24 x 20: every axis tells apart
+    enc = make_encoder(vols, tmp_path / "enc3d", kind="volume")
+    emb = tmp_path / "emb3d"
+    embed_folder(enc, vols, emb, level="window", stride=8, progress=False)
+    result = find_similar(emb, vols / "subject_0.nii.gz", box="16,8,0,16,16,16", top=1, include_self=True,
+                          sheet=False)
+    assert result.hits[0]["box"] == [16, 8, 0, 16, 16, 16] and result.hits[0]["score"] == pytest.approx(1, abs=1e-5)
+    with pytest.raises(DataError, match=r"along k 8\.\.23 \(0\.\.19\); the file is 32x24x20 \(i x j x k\)"):
+        find_similar(emb, vols / "subject_0.nii.gz", box="0,0,8,16,16,16", top=1, sheet=False)
+    help_text = runner.invoke(app, ["similar", "--help"]).output
+    assert "I,J,K,DI,DJ,DK" in help_text and "Z,Y,X" not in help_text
+    bad = runner.invoke(app, ["similar", str(emb), "--query", str(vols / "subject_0.nii.gz"), "--box", "1,2,3"])
+    assert bad.exit_code == 2 and "I,J,K,DI,DJ,DK" in bad.output and "i=Right" in bad.output

@@ -211,3 +211,52 @@ def test_ibot_mask_hides_every_band_unit_of_a_masked_position(kind: str) -> None
     assert out.shape == (1, 17, 32)
     torch.testing.assert_close(same, out, rtol=0, atol=0)
     assert not torch.allclose(moved, out)
+
+
+def with_valid(b: dict, valid_fn) -> dict:
+    """``b`` plus per-crop valid masks ``valid_fn(shape)`` (bool (B, *S)), as the multi-crop views give them."""
+    return {**b, "valid": {k: [valid_fn(x.shape[:1] + x.shape[2:]) for x in b["views"][k]] for k in b["views"]}}
+
+
+def test_nodata_pixels_are_zeroed_before_student_and_teacher_as_in_mae() -> None:
+    def half(shape):  # the left half of every crop is nodata
+        v = torch.ones(shape, dtype=torch.bool)
+        v[..., : shape[-1] // 2] = False
+        return v
+
+    clean = with_valid(batch(), half)
+    for k, xs in clean["views"].items():  # augmentations leave invalid pixels off zero: make them zero here
+        clean["views"][k] = [torch.where(v[:, None], x, 0.0) for x, v in zip(xs, clean["valid"][k])]
+    garbage = {**clean, "views": {k: [torch.where(v[:, None], x, 1e4) for x, v in zip(xs, clean["valid"][k])]
+                                  for k, xs in clean["views"].items()}}
+    m = make(ibot_loss_weight=1.0, centering="none")
+    a = m.training_loss(clean, 0, gen(1)).loss
+    b = m.training_loss(garbage, 0, gen(1)).loss
+    torch.testing.assert_close(a, b)
+
+
+def test_masked_tokens_that_are_mostly_nodata_stay_out_of_the_ibot_loss(monkeypatch) -> None:
+    from geomed_ssl.methods.dino import MIN_TOKEN_VALID, token_valid_fraction
+
+    def top_rows_invalid(shape):  # 40 % of the rows nodata: token rows 0-1 of 4 (8-pixel patches) mostly invalid
+        v = torch.ones(shape, dtype=torch.bool)
+        v[..., : int(0.4 * shape[-2]), :] = False
+        return v
+
+    b = with_valid(batch(), top_rows_invalid)
+    m = make(ibot_loss_weight=1.0, ibot_mask_prob=1.0, ibot_mask_ratio=[0.4, 0.6])
+    seen = {}
+    original = m.ibot_loss.forward
+
+    def spy(student, teacher, mask, temp):
+        seen["mask"] = mask.clone()
+        return original(student, teacher, mask, temp)
+
+    monkeypatch.setattr(m.ibot_loss, "forward", spy)
+    m.training_loss(b, 0, gen(3))
+    frac = token_valid_fraction(torch.cat(b["valid"]["global"]), (8, 8))  # (2B, 16)
+    assert seen["mask"].any() and (frac[seen["mask"]] >= MIN_TOKEN_VALID).all()
+    everything_invalid = with_valid(batch(), lambda shape: torch.zeros(shape, dtype=torch.bool))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CollapseWarning)  # all-zero crops: every image gives the same output
+        assert float(m.training_loss(everything_invalid, 0, gen(3)).logs["ibot_loss"]) == 0.0

@@ -191,3 +191,24 @@ def test_bands_of_another_sensor_are_matched_by_wavelength() -> None:
     assert sub(torch.randn(1, 4, 16, 16)).shape == (1, 17, 32)
     with pytest.raises(DataError, match=r"\['TIR'\] match none"):
         ViTEncoder(cfg_for("spectral", 13)).select_bands(["B02", "TIR"], [0.49, 10.9])
+
+
+def test_wavelength_embedding_reads_band_widths_from_the_recipe_and_the_data() -> None:
+    from geomed_ssl.models.spectral import WAVE_DIM
+
+    names, wl = bands(4)
+    widths = [0.065, 0.035, 0.03, 0.115]  # Sentinel-2 B02 B03 B04 B08 FWHM (µm)
+    cfg = EncoderConfig.from_recipe(ModelConfig(embedding="wavelength", patch_size=4, embed_dim=32, depth=2,
+                                                num_heads=2), DataConfig(patch_size=16), 4, names, wl,
+                                    bandwidths=widths)
+    assert cfg.bandwidths == widths
+    torch.manual_seed(0)
+    enc = ViTEncoder(cfg).eval()
+    assert enc.patch_embed.band_features[:, WAVE_DIM:].abs().sum(1).min() > 0  # every band's width is read
+    blind = ViTEncoder(cfg_for("wavelength", 4)).eval()  # the same weights without widths
+    blind.load_state_dict(enc.state_dict())
+    x = torch.randn(1, 4, 16, 16)
+    with torch.no_grad():
+        assert not torch.allclose(enc.patch_embed(x)[0], blind.patch_embed(x)[0])
+    sub = enc.select_bands(names[:2], wl[:2], [0.06, None])  # the data's width where known, else the encoder's
+    assert sub.config.bandwidths == [0.06, 0.035]

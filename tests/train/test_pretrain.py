@@ -173,6 +173,51 @@ def test_inspect_lists_files_bands_and_problems(raster_dir: Path) -> None:
     assert strict.exit_code == 2 and "broken.tif" in strict.output
 
 
+def _undescribed_sentinel2(folder: Path, n: int = 2) -> Path:
+    from tests.conftest import structured_raster, write_geotiff
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        write_geotiff(folder / f"patch_{i}.tif", structured_raster(rng, 13, 32))  # no band descriptions
+    return folder
+
+
+def test_inspect_and_pretrain_warn_when_band_names_come_from_position(tmp_path: Path) -> None:
+    data = _undescribed_sentinel2(tmp_path / "eurosat_like")
+    shown = cli("inspect", str(data), "--recipe", "recipes/mae_sentinel2.yaml")
+    assert shown.exit_code == 0, shown.output
+    assert "assigned by position" in shown.output and "data.band_names" in shown.output
+    strict = cli("inspect", str(data), "--recipe", "recipes/mae_sentinel2.yaml", "--strict")
+    assert strict.exit_code == 2 and "error:" in strict.output and "assigned by position" in strict.output
+    run = cli("pretrain", "recipes/mae_sentinel2.yaml", "--data", str(data), "--out", str(tmp_path / "run"),
+              *sets("data.patch_size=16", "train.max_steps=1", "train.checkpoint_every=1"))
+    assert run.exit_code == 0, run.output
+    assert "assigned by position" in run.output
+
+
+def test_pretrain_records_the_files_band_widths_for_the_wavelength_embedding(tmp_path: Path) -> None:
+    import rasterio
+
+    data = _undescribed_sentinel2(tmp_path / "data")
+    widths = [0.02, 0.065, 0.035, 0.03, 0.015, 0.015, 0.02, 0.115, 0.02, 0.03, 0.09, 0.18, 0.02]
+    for path in data.glob("*.tif"):
+        with rasterio.open(path, "r+") as ds:
+            for b, w in enumerate(widths, start=1):
+                ds.update_tags(b, ns="IMAGERY", FWHM_UM=str(w))
+    order = "[B01,B02,B03,B04,B05,B06,B07,B08,B09,B10,B11,B12,B8A]"
+    run = cli("pretrain", "recipes/mae_sentinel2.yaml", "--data", str(data), "--out", str(tmp_path / "run"),
+              *sets(f"data.band_names={order}", "model.embedding=wavelength", "data.patch_size=16",
+                    "train.max_steps=1", "train.checkpoint_every=1"))
+    assert run.exit_code == 0, run.output
+    from geomed_ssl import load_encoder
+    from geomed_ssl.models.spectral import WAVE_DIM
+
+    enc = load_encoder(tmp_path / "run")
+    assert enc.config.bandwidths == pytest.approx(widths)
+    assert enc.patch_embed.band_features[:, WAVE_DIM:].abs().sum(1).min() > 0
+
+
 def test_demo_runs_on_bundled_sample(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     result = cli("demo", "--out", str(out), "--steps", "2", "--finetune-steps", "2")

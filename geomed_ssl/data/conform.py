@@ -1,0 +1,69 @@
+"""The one band rule, shared by every command that feeds data to a model: bands are matched by NAME.
+
+A file's bands are reordered to the model's order where their names match, bands the model does not read are
+dropped with a note, and only missing bands are refused (``bands.band_order``). :func:`conform_record` records the
+choice in ``FileRecord.band_index``, which the readers (``RasterReader``, ``VolumeReader``, the statistics reader)
+apply to every read through :func:`pick_bands`. Band names given to undescribed files by POSITION (a sensor
+profile's names) are reported here too: a warning, or an error under ``--strict``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from geomed_ssl.data.bands import band_order, describe_order, positional_names_message
+from geomed_ssl.errors import DataError
+
+log = logging.getLogger("geomed_ssl")
+POSITION_POLICIES = ("warn", "error", "ignore")  # band names assigned by position from a sensor profile
+
+
+def report_positional_names(paths: list[str], sensor: str | None, names: list[str], policy: str = "warn") -> None:
+    """Warn (or raise, ``policy="error"``; nothing with "ignore") that the band names ``names`` were given to the
+    undescribed files ``paths`` by position from the ``sensor`` profile."""
+    if policy not in POSITION_POLICIES:
+        raise ValueError(f"names_by_position must be one of {POSITION_POLICIES}, got {policy!r}")
+    if not paths or policy == "ignore":
+        return
+    msg = positional_names_message(paths, sensor, names)
+    if policy == "error":
+        raise DataError(msg + " (--strict refuses names assigned by position)")
+    log.warning("warning: %s", msg)
+
+
+# -- the one band rule ------------------------------------------------------------------------------------------
+def conform_record(record: Any, names: list[str]) -> Any:
+    """``record`` read as the bands ``names`` in that order, matched by name (see ``bands.band_order``): the
+    same record when its bands already are ``names``, else a copy whose ``band_index`` makes the readers return
+    them (extra bands dropped) and whose per-band fields follow. Missing bands are a DataError."""
+    order = band_order(names, record.band_names, record.path, record.band_source)
+    if order is None:
+        return record
+    base = record.band_index if record.band_index is not None else list(range(record.num_bands))
+    pick = lambda seq: None if seq is None else [seq[i] for i in order]  # noqa: E731
+    return dataclasses.replace(record, band_index=[base[i] for i in order], num_bands=len(order),
+                               band_names=[record.band_names[i] for i in order], wavelengths=pick(record.wavelengths),
+                               bandwidths=pick(record.bandwidths), value_range=pick(record.value_range))
+
+
+def conform_catalog(catalog: Any, names: list[str]) -> Any:
+    """Every record of ``catalog`` conformed to the bands ``names`` (:func:`conform_record`); what was reordered or
+    dropped is logged once per distinct band list."""
+    records = [conform_record(r, list(names)) for r in catalog.records]
+    for found in dict.fromkeys(tuple(r.band_names) for r in catalog.records):
+        note = describe_order(list(names), list(found))
+        if note:
+            n = sum(tuple(r.band_names) == found for r in catalog.records)
+            log.info("note: bands of %d file(s) (%s): %s", n, " ".join(found), note)
+    first = records[0] if records else None
+    return dataclasses.replace(catalog, records=records, band_names=list(names),
+                               wavelengths=first.wavelengths if first else catalog.wavelengths,
+                               bandwidths=first.bandwidths if first else catalog.bandwidths)
+
+
+def pick_bands(array: Any, record: Any) -> Any:
+    """The bands ``record.band_index`` selects from (C_file, *S) ``array`` (all of them when it is None)."""
+    index = getattr(record, "band_index", None)
+    return array if index is None else array[index]

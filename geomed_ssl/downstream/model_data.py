@@ -1,0 +1,58 @@
+"""New data meets a trained model: the one band rule and the one range check every command applies.
+
+``catalog_for_encoder`` picks and orders the catalog's bands by name for an encoder (``plain`` / ``grouped``:
+exactly the encoder's bands, reordered, extras dropped, missing ones refused; ``spectral`` / ``wavelength``: every
+data band the encoder knows by name or centre wavelength, in the data's order, the others dropped with a note).
+``check_value_ranges`` warns when the data's values are far from the statistics the model normalises with.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+from geomed_ssl.data.conform import conform_catalog, conform_record
+from geomed_ssl.data.stats import BandStats, warn_far_from_stats
+from geomed_ssl.errors import DataError
+from geomed_ssl.models.encoder import BAND_FLEXIBLE, EncoderConfig
+from geomed_ssl.models.spectral import match_bands
+
+log = logging.getLogger("geomed_ssl")
+
+
+def encoder_data_bands(cfg: EncoderConfig, catalog: Any) -> list[str]:
+    """The catalog bands the encoder reads, in the order it reads them (see the module docstring)."""
+    if cfg.embedding not in BAND_FLEXIBLE:
+        return list(cfg.band_names)
+    matches = match_bands(cfg.band_names, cfg.wavelengths, catalog.band_names, catalog.wavelengths)
+    kept = [m.name for m in matches if m.index is not None]
+    dropped = [m.name for m in matches if m.index is None]
+    if not kept:
+        raise DataError(f"none of the data's bands ({' '.join(catalog.band_names)}) matches the encoder's "
+                        f"({' '.join(cfg.band_names)}) by name or by centre wavelength (within 15 nm); give the "
+                        "bands' wavelengths (data.sensor or data.wavelengths) or use data with the encoder's bands.")
+    if dropped:
+        log.info("note: band(s) %s match none of the encoder's bands by name or wavelength; dropped", dropped)
+    return kept
+
+
+def catalog_for_encoder(cfg: EncoderConfig, catalog: Any) -> Any:
+    """``catalog`` with every record read as :func:`encoder_data_bands` says (``conform_catalog``)."""
+    return conform_catalog(catalog, encoder_data_bands(cfg, catalog))
+
+
+def records_for_stats(records: Sequence[Any], stats: BandStats) -> list[Any]:
+    """Records read as the statistics' bands (by name), checked against their value range: for models whose
+    bands are their statistics' (fine-tuned models, ``predict``, ``evaluate``)."""
+    out = [conform_record(r, list(stats.band_names)) for r in records]
+    check_value_ranges(out, stats)
+    return out
+
+
+def check_value_ranges(records: Sequence[Any], stats: BandStats) -> list[str]:
+    """One warning naming the files and bands whose values are far from ``stats`` (``warn_far_from_stats``).
+
+    Rasters only: a volume's statistics describe intensities after CT windowing / MR scaling, not the values the
+    catalog's preview saw."""
+    items = [(r.path, r.value_range) for r in records if r.kind == "raster" and r.value_range]
+    return warn_far_from_stats(items, stats)

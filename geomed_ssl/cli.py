@@ -59,6 +59,7 @@ def inspect(
     """Show what the toolkit sees in a folder (files, bands, wavelengths, grids) and what is wrong with it."""
     from geomed_ssl.config import load_recipe
     from geomed_ssl.data.catalog import scan
+    from geomed_ssl.methods import resolve_method_settings
 
     sets = list(overrides or [])
     if kind is None and recipe is None:
@@ -66,6 +67,7 @@ def inspect(
     if kind:
         sets.append(f"data.kind={kind}")
     cfg = load_recipe(recipe, sets)
+    resolve_method_settings(cfg, str(recipe or "defaults"))  # the same recipe errors as pretrain, before scanning
     catalog = scan(data_dir, cfg.data, strict=strict)
     typer.echo(catalog.summary())
 

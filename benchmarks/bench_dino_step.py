@@ -14,12 +14,11 @@ import argparse
 import copy
 import statistics
 import time
-from types import SimpleNamespace
 from typing import Callable
 
 import torch
 
-from geomed_ssl.methods.dino import DINO
+from geomed_ssl.methods.dino import DINO, DINOSettings
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 
 
@@ -38,8 +37,7 @@ def encoder_cfg(args: argparse.Namespace) -> EncoderConfig:
 
 def ours_step(args: argparse.Namespace, device: torch.device, ibot: bool) -> Callable[[dict, int], float]:
     torch.manual_seed(0)
-    method_cfg = SimpleNamespace(name="dino", out_dim=args.out_dim, ibot_loss_weight=1.0 if ibot else 0.0,
-                                 freeze_last_layer_steps=1)
+    method_cfg = DINOSettings(out_dim=args.out_dim, ibot_loss_weight=1.0 if ibot else 0.0, freeze_last_layer_steps=1)
     m = DINO(encoder_cfg(args), method_cfg, max_steps=1000).to(device)
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.04)
 

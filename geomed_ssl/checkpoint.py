@@ -7,12 +7,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from geomed_ssl.errors import GeomedError
+from geomed_ssl.config import Spec, check_value, show
+from geomed_ssl.config.fields import parse_bounds
+from geomed_ssl.errors import ConfigError, GeomedError
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder, check_encoder_bands
 from geomed_ssl.permissions import apply_umask
 
@@ -80,19 +83,68 @@ def find_encoder_dir(path: str | Path) -> Path:
 
 
 def read_meta(folder: Path) -> dict[str, Any]:
+    """The export's config.json, checked to be a geomed-ssl export with an ``encoder`` mapping."""
+    path = folder / "config.json"
     try:
-        meta = json.loads((folder / "config.json").read_text())
-    except json.JSONDecodeError as err:
-        raise GeomedError(f"{folder / 'config.json'} is not valid JSON ({err}); re-export the model.") from None
-    if meta.get("format") not in (FORMAT, MODEL_FORMAT):
-        raise GeomedError(f"{folder / 'config.json'} is not a geomed-ssl export (format={meta.get('format')!r}).")
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise GeomedError(f"{path} is not valid JSON ({err}); re-export the model.") from None
+    if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, MODEL_FORMAT):
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        raise GeomedError(f"{path} is not a geomed-ssl export (format={fmt!r}).")
+    if not isinstance(meta.get("encoder"), dict):
+        raise GeomedError(f"{path} has no 'encoder' mapping (the architecture); the export is damaged, re-export it.")
     return meta
 
 
 def read_encoder_config(path: str | Path) -> tuple[EncoderConfig, dict[str, Any]]:
-    """The encoder config and the whole ``config.json`` of an export (encoder or fine-tuned model), no weights."""
-    meta = read_meta(find_encoder_dir(path))
-    return EncoderConfig.from_dict(meta["encoder"]), meta
+    """The encoder config and the whole ``config.json`` of an export (encoder or fine-tuned model), no weights.
+    The config is checked (types, size limits, consistency) before anything is built from it."""
+    folder = find_encoder_dir(path)
+    meta = read_meta(folder)
+    return EncoderConfig.from_dict(meta["encoder"], str(folder / "config.json")), meta
+
+
+def tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """``{name: shape}`` of a safetensors file, read from its header (no tensor is loaded)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError) as err:
+        raise GeomedError(f"{path} is not a readable safetensors file ({str(err).splitlines()[0]}); re-export the "
+                          "model (pickled checkpoints are never loaded).") from None
+
+
+def expected_shapes(build: Callable[[], torch.nn.Module]) -> dict[str, tuple[int, ...]]:
+    """``{name: shape}`` of the state dict of the module ``build()`` makes, built on the meta device (nothing is
+    allocated, however large the config)."""
+    with torch.device("meta"):
+        module = build()
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def check_tensor_shapes(path: Path, expected: dict[str, tuple[int, ...]],
+                        found: dict[str, tuple[int, ...]]) -> None:
+    """A GeomedError naming the first missing, unexpected or misshapen tensor of ``path`` against its config."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    if missing or unexpected:
+        raise GeomedError(f"{path} does not match its config.json (missing {missing[:3]}, unexpected "
+                          f"{unexpected[:3]}); the export is damaged or from another version.")
+    wrong = [k for k in expected if found[k] != expected[k]]
+    if wrong:
+        k = wrong[0]
+        more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        raise GeomedError(f"{path} does not match its config.json: tensor '{k}' has shape {list(found[k])}, the "
+                          f"config describes {list(expected[k])}{more}; the two files are not from one export.")
+
+
+def load_tensors(path: Path, map_location: str | torch.device) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path), device=str(map_location))
+    except (SafetensorError, OSError) as err:
+        raise GeomedError(f"{path} could not be read ({str(err).splitlines()[0]}); the export is damaged, "
+                          "re-export it.") from None
 
 
 def load_encoder(path: str | Path, bands: Sequence[str] | None = None,
@@ -109,22 +161,23 @@ def load_encoder(path: str | Path, bands: Sequence[str] | None = None,
     encoder band by name or wavelength (the mapping is
     logged) and the returned encoder is the one for those bands (``ViTEncoder.select_bands``), its
     ``config.stats`` the matched bands' statistics under the data's band names.
+
+    config.json is checked and the tensor shapes in model.safetensors are compared with it before the encoder is
+    built; any mismatch is a GeomedError naming the file.
     """
-    cfg, _ = read_encoder_config(path)
+    cfg, meta = read_encoder_config(path)
     if bands is not None:
         check_encoder_bands(cfg, list(bands), f"data for encoder {path}")
     folder = find_encoder_dir(path)
+    weights = folder / "model.safetensors"
+    found = tensor_shapes(weights)
+    prefix = "encoder." if meta["format"] == MODEL_FORMAT else ""  # a fine-tuned model: encoder weights prefixed
+    found = {k[len(prefix):]: v for k, v in found.items() if k.startswith(prefix)}
+    check_tensor_shapes(weights, expected_shapes(lambda: ViTEncoder(cfg)), found)
     encoder = ViTEncoder(cfg)
-    state = load_file(str(folder / "model.safetensors"), device=str(map_location))
-    if read_meta(folder)["format"] == MODEL_FORMAT:  # a fine-tuned model: its encoder weights are prefixed
-        state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
-    missing, unexpected = encoder.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise GeomedError(
-            f"{folder / 'model.safetensors'} does not match its config.json (missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}); the export is damaged or from another version."
-        )
-    encoder.data_settings = data_settings(read_meta(folder))
+    state = load_tensors(weights, map_location)
+    encoder.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    encoder.data_settings = data_settings(meta)
     if bands is not None:
         encoder = encoder.select_bands([str(b) for b in bands], None if wavelengths is None else list(wavelengths),
                                        None if bandwidths is None else list(bandwidths))
@@ -155,27 +208,64 @@ def save_model(model: torch.nn.Module, out_dir: str | Path, meta: dict[str, Any]
     return full
 
 
-def build_model(meta: dict[str, Any]) -> torch.nn.Module:
-    """An untrained model of the architecture ``meta`` (a fine-tuned model's config.json) describes."""
+# A fine-tuned model's head, as config.json records it (checked before anything is built).
+_TASKS = ("segment", "classify")
+_MAX_CLASSES = 65536
+_MAX_FEATURE_SIZE = 1024  # UNETR decoder width (finetune.feature_size)
+
+
+def check_model_meta(meta: dict[str, Any], source: str) -> None:
+    """A fine-tuned model's ``task``, ``classes`` and ``head`` in config.json: types and bounds, one line each."""
+    check_value(meta.get("task"), str, Spec(choices=_TASKS), "task", source)
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or not 1 <= len(classes) <= _MAX_CLASSES:
+        raise GeomedError(f"{source}: 'classes' must be a list of 1 to {_MAX_CLASSES} classes, got "
+                          f"{show(classes)}.")
+    head = meta.get("head")
+    if not isinstance(head, dict):
+        raise GeomedError(f"{source}: 'head' must be a mapping (the head's kind and size), got {show(head)}.")
+    check_value(head.get("kind", "unetr"), str, Spec(), "head.kind", source)
+    if meta["task"] == "segment":
+        check_value(head.get("layers"), list[int], Spec(bounds=parse_bounds(">= 0")), "head.layers", source)
+        check_value(head.get("feature_size"), int, Spec(bounds=parse_bounds(f"[1, {_MAX_FEATURE_SIZE}]")),
+                    "head.feature_size", source)
+    else:
+        check_value(head.get("pool"), str, Spec(), "head.pool", source)
+
+
+def build_model(meta: dict[str, Any], source: str = "model config") -> torch.nn.Module:
+    """An untrained model of the architecture ``meta`` (a fine-tuned model's config.json) describes, after
+    checking it (``source`` names the file in errors)."""
     from geomed_ssl.models.cls_heads import ClassificationModel
     from geomed_ssl.models.seg_decoder import SegmentationModel
 
-    encoder = ViTEncoder(EncoderConfig.from_dict(meta["encoder"]))
+    check_model_meta(meta, source)
+    encoder_cfg = EncoderConfig.from_dict(meta["encoder"], source)
     head = meta["head"]
     num_classes = len(meta["classes"])
-    if meta["task"] == "segment":
-        return SegmentationModel(encoder, num_classes, head["layers"], feature_size=head["feature_size"],
-                                 head=head.get("kind", "unetr"))
-    return ClassificationModel(encoder, num_classes, head=head["kind"], pool=head["pool"])
+    try:
+        encoder = ViTEncoder(encoder_cfg)
+        if meta["task"] == "segment":
+            return SegmentationModel(encoder, num_classes, head["layers"], feature_size=head["feature_size"],
+                                     head=head.get("kind", "unetr"))
+        return ClassificationModel(encoder, num_classes, head=head["kind"], pool=head["pool"])
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Load a fine-tuned model (FT_DIR or FT_DIR/model) and its config.json, in eval mode."""
+    """Load a fine-tuned model (FT_DIR or FT_DIR/model) and its config.json, in eval mode. The config and the
+    tensor shapes are checked before the model is built."""
     folder = find_encoder_dir(path)
     meta = read_meta(folder)
     if meta["format"] != MODEL_FORMAT:
         raise GeomedError(f"'{path}' holds a pretrained encoder, not a fine-tuned model; run `geomed-ssl finetune` "
                           "first and pass its output folder.")
-    model = build_model(meta)
-    model.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(map_location)))
+    source = str(folder / "config.json")
+    weights = folder / "model.safetensors"
+    check_model_meta(meta, source)
+    EncoderConfig.from_dict(meta["encoder"], source)
+    check_tensor_shapes(weights, expected_shapes(lambda: build_model(meta, source)), tensor_shapes(weights))
+    model = build_model(meta, source)
+    model.load_state_dict(load_tensors(weights, map_location))
     return model.eval(), meta

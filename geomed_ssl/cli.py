@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+from inspect import signature
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -22,13 +23,57 @@ SetOpt = typer.Option(None, "--set", help="Override a recipe key: section.key=va
 StrictOpt = typer.Option(False, "--strict", help="Fail when any input file has a problem or band names are "
                          "assigned by position (default: skip / warn).")
 
+# The values numeric options allow, by parameter name (one name is one option in every command); checked before
+# a command runs, with the same one-line message as recipe keys.
+OPTION_BOUNDS: dict[str, str] = {
+    "batch_size": ">= 1",  # embed, predict
+    "overlap": "[0, 1)",  # predict
+    "pca": ">= 0",  # embed
+    "min_valid": "[0, 1]",  # embed
+    "k": ">= 2",  # cluster
+    "min_cluster_size": ">= 2",  # cluster (HDBSCAN)
+    "seed": "[0, 4294967295]",  # cluster (numpy / scikit-learn seeds)
+    "top": ">= 1",  # similar
+    "per_class": ">= 1",  # finetune --labels-per-class
+    "fraction": "(0, 1]",  # finetune --label-fraction
+    "unfreeze_after": ">= 0",  # finetune segment
+    "steps": ">= 1",  # demo
+    "finetune_steps": ">= 1",  # demo
+}
+
+
+def option_flags(fn: Callable) -> dict[str, str]:
+    """``{parameter: its longest flag}`` of a command's options (``per_class`` -> ``--labels-per-class``)."""
+    flags = {}
+    for name, param in signature(fn).parameters.items():
+        decls = [d for d in getattr(param.default, "param_decls", None) or () if d.startswith("-")]
+        flags[name] = max(decls, key=len) if decls else f"--{name.replace('_', '-')}"
+    return flags
+
+
+def check_option_bounds(values: dict[str, Any], flags: dict[str, str]) -> None:
+    """A ConfigError naming the option (as typed on the command line) whose value is outside ``OPTION_BOUNDS``."""
+    from geomed_ssl.config import Spec, check_value
+    from geomed_ssl.config.fields import parse_bounds
+
+    for name, bounds in OPTION_BOUNDS.items():
+        value = values.get(name)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        kind = int if isinstance(value, int) else float
+        check_value(value, kind, Spec(bounds=parse_bounds(bounds)), flags.get(name, name), "")
+
 
 def user_errors(fn: Callable) -> Callable:
-    """Print a GeomedError as one line and exit 2; show the traceback only with --debug."""
+    """Check the numeric options, then run the command; print a GeomedError as one line and exit 2; show the
+    traceback only with --debug."""
+
+    flags = option_flags(fn)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            check_option_bounds(kwargs, flags)
             return fn(*args, **kwargs)
         except GeomedError as err:
             if STATE["debug"]:
@@ -61,6 +106,7 @@ def inspect(
     """Show what the toolkit sees in a folder (files, bands, wavelengths, grids) and what is wrong with it."""
     from geomed_ssl.config import load_recipe
     from geomed_ssl.data.catalog import scan
+    from geomed_ssl.methods import resolve_method_settings
 
     sets = list(overrides or [])
     if kind is None and recipe is None:
@@ -68,6 +114,7 @@ def inspect(
     if kind:
         sets.append(f"data.kind={kind}")
     cfg = load_recipe(recipe, sets)
+    resolve_method_settings(cfg, str(recipe or "defaults"))  # the same recipe errors as pretrain, before scanning
     catalog = scan(data_dir, cfg.data, strict=strict, names_by_position="error" if strict else "warn")
     typer.echo(catalog.summary())
 

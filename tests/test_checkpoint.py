@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from geomed_ssl.checkpoint import load_encoder, read_encoder_config, save_encoder
+from geomed_ssl.checkpoint import expected_shapes, load_encoder, read_encoder_config, save_encoder, tensor_shapes
 from geomed_ssl.errors import DataError, GeomedError
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 
@@ -74,3 +74,32 @@ def test_exported_encoder_and_model_folders_follow_the_umask(tmp_path: Path, uma
         assert folder.stat().st_mode & 0o777 == dir_mode, folder
         for name in ("model.safetensors", "config.json"):
             assert (folder / name).stat().st_mode & 0o777 == file_mode, folder / name
+
+
+def test_shapes_of_the_largest_allowed_config_are_read_without_allocating() -> None:
+    cfg = EncoderConfig(in_chans=4096, img_size=(256, 256), patch_size=(16, 16), embed_dim=8192, depth=128,
+                        num_heads=64)  # ~100 G parameters: only the meta device can hold it
+    shapes = expected_shapes(lambda: ViTEncoder(cfg))
+    assert shapes["blocks.127.mlp.fc1.weight"] == (4 * 8192, 8192) and shapes["patch_embed.proj.weight"][1] == 4096
+
+
+def test_tensor_shapes_are_read_from_the_header(tmp_path: Path) -> None:
+    save_encoder(tiny_encoder(), tmp_path / "encoder")
+    shapes = tensor_shapes(tmp_path / "encoder" / "model.safetensors")
+    assert shapes == expected_shapes(tiny_encoder)
+
+
+def test_config_json_that_is_not_a_mapping_is_refused(tmp_path: Path) -> None:
+    save_encoder(tiny_encoder(), tmp_path / "encoder")
+    (tmp_path / "encoder" / "config.json").write_text("[1, 2]")
+    with pytest.raises(GeomedError, match="is not a geomed-ssl export"):
+        read_encoder_config(tmp_path)
+
+
+def test_config_json_without_an_encoder_mapping_is_refused(tmp_path: Path) -> None:
+    save_encoder(tiny_encoder(), tmp_path / "encoder")
+    meta = json.loads((tmp_path / "encoder" / "config.json").read_text())
+    meta["encoder"] = 5
+    (tmp_path / "encoder" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(GeomedError, match="has no 'encoder' mapping"):
+        load_encoder(tmp_path)

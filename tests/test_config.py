@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
 
 import pytest
 
-from geomed_ssl.config import Recipe, as_tuple, load_recipe, parse_override
+from geomed_ssl.config import (SECTIONS, MethodConfig, Recipe, TrainConfig, as_tuple, describe_settings, load_recipe,
+                               parse_override, validate)
 from geomed_ssl.errors import ConfigError
 
-RECIPES = sorted(Path(__file__).resolve().parents[1].joinpath("recipes").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted(ROOT.joinpath("recipes").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
@@ -76,10 +80,123 @@ def test_exponent_without_dot_is_a_number() -> None:
 
 
 def test_non_number_for_a_float_key_is_named() -> None:
-    with pytest.raises(ConfigError, match="'train.base_lr' must be a number"):
+    with pytest.raises(ConfigError, match=r"train\.base_lr must be a number >= 0, got 'fast'"):
         load_recipe(None, ["train.base_lr=fast"])
 
 
 def test_glob_lists_parse_without_quotes() -> None:
     r = load_recipe(None, ["data.exclude=[*aseg*, *mask*]", "data.channels=[*Flair*,*T1c*]"])
     assert r.data.exclude == ["*aseg*", "*mask*"] and r.data.channels == ["*Flair*", "*T1c*"]
+
+
+# ---- declared types and ranges ---------------------------------------------------------------------------------
+def test_every_recipe_key_declares_a_meaning() -> None:
+    for name, cls in SECTIONS.items():
+        if cls is MethodConfig:
+            continue
+        for info in describe_settings(cls):
+            assert info.meaning and info.type, f"{name}.{info.key} has no declared meaning or type"
+
+
+def test_boolean_is_not_taken_for_an_integer() -> None:
+    with pytest.raises(ConfigError, match=r"train\.batch_size must be an integer >= 1, got true\.$"):
+        load_recipe(None, ["train.batch_size=true"])
+
+
+def test_integral_numbers_are_integers_and_integers_are_floats_for_float_keys() -> None:
+    r = load_recipe(None, ["train.max_steps=1e3", "train.batch_size=16.0", "train.base_lr=1"])
+    assert r.train.max_steps == 1000 and isinstance(r.train.max_steps, int)
+    assert r.train.batch_size == 16 and isinstance(r.train.batch_size, int)
+    assert r.train.base_lr == 1.0 and isinstance(r.train.base_lr, float)
+
+
+def test_message_names_the_source_key_value_and_allowed_range(tmp_path: Path) -> None:
+    path = tmp_path / "recipe.yaml"
+    path.write_text("train:\n  batch_size: 2.5\n")
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    assert str(err.value) == f"{path}: train.batch_size must be an integer >= 1, got 2.5."
+
+
+def test_lists_are_checked_item_by_item_and_by_length() -> None:
+    with pytest.raises(ConfigError, match=r"data\.patch_size must be an integer or a list of integers, each >= 1, "
+                                          r"got \[32, 0\]"):
+        load_recipe(None, ["data.patch_size=[32, 0]"])
+    with pytest.raises(ConfigError, match=r"train\.betas must be a list of 2 numbers, each in \[0, 1\), got \[0\.9\]"):
+        load_recipe(None, ["train.betas=[0.9]"])
+
+
+def test_not_a_number_is_refused_except_where_declared() -> None:
+    with pytest.raises(ConfigError, match=r"train\.base_lr must be a number >= 0, got nan\."):
+        load_recipe(None, ["train.base_lr=.nan"])
+    assert math.isnan(load_recipe(None, ["data.nodata=.nan"]).data.nodata)
+
+
+def test_section_built_in_python_is_checked_by_validate() -> None:
+    with pytest.raises(ConfigError, match=r"recipe: train\.max_steps must be an integer >= 1, got 0"):
+        validate(Recipe(train=TrainConfig(max_steps=0)), "recipe")
+
+
+def test_recipe_whose_top_level_is_a_list_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("- data\n- model\n")
+    with pytest.raises(ConfigError, match="a recipe is a mapping of sections"):
+        load_recipe(path, ["train.max_steps=2"])
+
+
+def test_section_that_is_not_a_mapping_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "r.yaml"
+    path.write_text("data: 5\n")
+    with pytest.raises(ConfigError, match="section 'data' must be a mapping of key: value, got 5"):
+        load_recipe(path, ["data.kind=raster"])
+
+
+def test_window_of_too_many_tokens_is_refused() -> None:
+    with pytest.raises(ConfigError, match="more than 65536"):
+        load_recipe(None, ["data.patch_size=2048", "model.patch_size=4"])
+
+
+def test_invalid_yaml_message_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {kind: raster\n")
+    with pytest.raises(ConfigError) as err:
+        load_recipe(bad)
+    assert "\n" not in str(err.value)
+
+
+# ---- the method section: a name and the method's own settings, kept as written --------------------------------
+def test_method_section_keeps_its_settings_for_the_method_to_check() -> None:
+    r = load_recipe(ROOT / "recipes" / "dino_sentinel2.yaml")
+    assert r.method.name == "dino" and r.method.settings["out_dim"] == 16384
+    assert r.to_dict()["method"]["name"] == "dino" and r.to_dict()["method"]["out_dim"] == 16384
+
+
+def test_method_section_round_trips_through_yaml(tmp_path: Path) -> None:
+    r = load_recipe(ROOT / "recipes" / "dino_ct.yaml", ["method.ibot_mask_ratio=[0.2, 0.4]"])
+    r.save(tmp_path / "r.yaml")
+    assert load_recipe(tmp_path / "r.yaml") == r
+
+
+def test_switching_method_by_set_drops_the_recipes_method_keys_with_a_note(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        r = load_recipe(ROOT / "recipes" / "mae_sentinel2.yaml", ["method.name=dino"])
+    assert r.method == MethodConfig("dino")
+    notes = [rec.getMessage() for rec in caplog.records if "method.name=dino" in rec.getMessage()]
+    assert len(notes) == 1 and "mask_ratio" in notes[0] and "\n" not in notes[0]
+
+
+def test_settings_given_with_set_survive_a_method_switch() -> None:
+    r = load_recipe(ROOT / "recipes" / "mae_sentinel2.yaml", ["method.out_dim=64", "method.name=dino"])
+    assert r.method == MethodConfig("dino", out_dim=64)
+
+
+def test_method_name_must_be_a_string() -> None:
+    with pytest.raises(ConfigError, match=r"method\.name must be a string, got \[1\]"):
+        load_recipe(None, ["method.name=[1]"])
+
+
+def test_every_recipe_key_is_in_the_cli_reference() -> None:
+    doc = (ROOT / "docs" / "cli.md").read_text()
+    missing = [f"{name}.{info.key}" for name, cls in SECTIONS.items() if cls is not MethodConfig
+               for info in describe_settings(cls) if f"`{name}.{info.key}`" not in doc and f"`{info.key}`" not in doc]
+    assert not missing, f"docs/cli.md does not list {missing}"

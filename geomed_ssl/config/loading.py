@@ -2,56 +2,50 @@
 
 from __future__ import annotations
 
-import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from geomed_ssl.config.sections import SECTIONS, Recipe
-from geomed_ssl.config.validation import validate
+from geomed_ssl.config.fields import build_checked, show
+from geomed_ssl.config.sections import SECTIONS, MethodConfig, Recipe
+from geomed_ssl.config.validation import method_section, validate
 from geomed_ssl.errors import ConfigError
 
-
-def _build_section(name: str, values: dict[str, Any], source: str) -> Any:
-    cls = SECTIONS[name]
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in values if k not in valid]
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown key '{name}.{unknown[0]}'. Valid keys in '{name}': {', '.join(valid)}."
-        )
-    types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
-    values = {k: _coerce_number(v, types[k], f"{name}.{k}", source) for k, v in values.items()}
-    return cls(**values)
+log = logging.getLogger("geomed_ssl")
 
 
-def _coerce_number(value: Any, annotation: str, key: str, source: str) -> Any:
-    """YAML 1.1 reads ``2e-3`` (no dot) as a string; a float key takes it as the number it means."""
-    if isinstance(value, str) and "float" in annotation:
-        try:
-            return float(value)
-        except ValueError:
-            if annotation.startswith("float"):
-                raise ConfigError(f"{source}: '{key}' must be a number, got '{value}'.") from None
-    return value
-
-
-def recipe_from_dict(raw: dict[str, Any] | None, source: str = "recipe") -> Recipe:
-    """Build and validate a ``Recipe`` from a plain dict (missing sections and keys take their defaults)."""
-    raw = raw or {}
+def _sections(raw: Any, source: str) -> dict[str, dict[str, Any]]:
+    """A copy of ``raw`` after checking its shape: a mapping of known sections, each a mapping (or empty)."""
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: a recipe is a mapping of sections ({', '.join(SECTIONS)}), got {type(raw).__name__}.")
+        raise ConfigError(f"{source}: a recipe is a mapping of sections ({', '.join(SECTIONS)}), got "
+                          f"{type(raw).__name__} {show(raw, 60)}.")
     unknown = [k for k in raw if k not in SECTIONS]
     if unknown:
         raise ConfigError(f"{source}: unknown section '{unknown[0]}'. Valid sections: {', '.join(SECTIONS)}.")
-    sections = {}
-    for name in SECTIONS:
-        values = raw.get(name) or {}
-        if not isinstance(values, dict):
-            raise ConfigError(f"{source}: section '{name}' must be a mapping of key: value.")
-        sections[name] = _build_section(name, values, source)
-    recipe = Recipe(**sections)
+    out = {}
+    for name, values in raw.items():
+        if values is not None and not isinstance(values, dict):
+            raise ConfigError(f"{source}: section '{name}' must be a mapping of key: value, got {show(values)}.")
+        out[name] = dict(values or {})
+    return out
+
+
+def _build_section(name: str, values: dict[str, Any], source: str) -> Any:
+    if SECTIONS[name] is MethodConfig:
+        return method_section(values, source)
+    return build_checked(SECTIONS[name], values, name, source)
+
+
+def recipe_from_dict(raw: dict[str, Any] | None, source: str = "recipe") -> Recipe:
+    """Build and validate a ``Recipe`` from a plain dict (missing sections and keys take their defaults).
+
+    The ``method`` section's own settings are checked by the named method (``geomed_ssl.methods``
+    ``resolve_method_settings``), which every command that pretrains calls before it creates anything."""
+    raw = _sections(raw, source)
+    recipe = Recipe(**{name: _build_section(name, raw.get(name, {}), source) for name in SECTIONS})
     validate(recipe, source)
     return recipe
 
@@ -73,20 +67,40 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section.strip(), key.strip(), parsed
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """Apply ``--set section.key=value`` strings to a raw recipe dict (a new dict is returned)."""
-    raw = {k: dict(v or {}) for k, v in (raw or {}).items()}
+def apply_overrides(raw: dict[str, Any] | None, overrides: list[str] | None,
+                    source: str = "recipe") -> dict[str, Any]:
+    """Apply ``--set section.key=value`` strings to a raw recipe dict (a new dict is returned).
+
+    When ``--set method.name`` names another method than the recipe's, the recipe's settings of its method are
+    dropped (they belong to that method) with a one-line note; settings given with ``--set`` are kept."""
+    raw = _sections(raw, source)
+    written = dict(raw.get("method", {}))
+    set_keys: set[tuple[str, str]] = set()
     for text in overrides or []:
         section, key, value = parse_override(text)
         if section not in SECTIONS:
             raise ConfigError(f"--set '{text}': unknown section '{section}'. Valid sections: {', '.join(SECTIONS)}.")
         raw.setdefault(section, {})[key] = value
+        set_keys.add((section, key))
+    if ("method", "name") in set_keys:
+        _drop_previous_method(raw["method"], written, set_keys)
     return raw
+
+
+def _drop_previous_method(method: dict[str, Any], written: dict[str, Any], set_keys: set[tuple[str, str]]) -> None:
+    old, new = written.get("name", MethodConfig().name), method["name"]
+    dropped = [k for k in written if k != "name" and ("method", k) not in set_keys]
+    if old == new or not dropped:
+        return
+    for key in dropped:
+        del method[key]
+    log.warning(f"note: --set method.name={new} replaces the recipe's method '{old}'; its settings "
+                f"{', '.join(dropped)} are dropped ('{new}' starts from its defaults and your --set values).")
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
     """Load a YAML recipe (``None``: all defaults), apply overrides, validate."""
-    raw: dict[str, Any] = {}
+    raw: Any = {}
     source = "defaults"
     if path is not None:
         path = Path(path)
@@ -96,5 +110,5 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"recipe '{path}' is not valid YAML: {err}") from None
-    return recipe_from_dict(apply_overrides(raw, overrides), source)
+            raise ConfigError(f"recipe '{path}' is not valid YAML: {' '.join(str(err).split())}") from None
+    return recipe_from_dict(apply_overrides(raw, overrides, source), source)

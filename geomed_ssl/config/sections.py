@@ -3,6 +3,7 @@ that read their size values (``as_tuple``, ``spatial_dims``)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,146 +11,163 @@ from typing import Any
 
 import yaml
 
+from geomed_ssl.config.fields import setting
 from geomed_ssl.errors import ConfigError
 
 IntOrSeq = int | list[int]
+
+# Upper bounds for model sizes, shared by the recipe's ``model`` section and an exported encoder's config.json
+# (geomed_ssl.models.encoder.EncoderConfig). Generous for real models (ViT-g/14: 1536 wide, 40 deep; the largest
+# published ViTs: 6144-8192 wide, 48 deep; hyperspectral sensors: ~200-450 bands) while a typo or a forged export
+# (embed_dim 131072 asks for ~200 GB, depth 1e8 never ends building) is refused before anything is allocated.
+MAX_EMBED_DIM = 8192
+MAX_DEPTH = 128
+MAX_HEADS = 256
+MAX_MLP_RATIO = 16.0
+MAX_CHANNELS = 4096
+MAX_PATCH = 4096  # token patch side in pixels / voxels (embed's window level uses one token per window)
+MAX_TOKENS = 65536  # tokens per window (grid): attention is quadratic in them; 65536 is ~17 GB per score matrix
+CROP_SCALE = "(0, 1]"
+EMBEDDINGS = ("plain", "grouped", "spectral", "wavelength")
+PRECISIONS = ("auto", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true",
+              "64", "transformer-engine", "transformer-engine-float16")  # Lightning's, plus our auto
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
 
 
 @dataclass
 class DataConfig:
     """Where samples come from and how they are read."""
 
-    kind: str = "raster"  # raster (2D GeoTIFF) | volume (3D NIfTI)
-    patch_size: IntOrSeq = 64  # sampled window in pixels / voxels, int or per-axis list
-    sensor: str | None = None  # sensor profile for band names and wavelengths (sentinel2, landsat8, ...)
-    band_names: list[str] | None = None
-    wavelengths: list[float] | None = None  # centre wavelengths in micrometres, one per band
-    include: list[str] = field(default_factory=lambda: ["**/*"])
-    exclude: list[str] = field(default_factory=list)
-    channels: list[str] | None = None  # one glob per channel: stack single-channel files of one folder
-    nodata: float | None = None  # overrides the files' nodata value
-    num_workers: int = 2
-    min_valid_fraction: float = 0.5  # windows with less valid area are rejected
-    windows_per_read: int = 8  # windows cut from each block-aligned read (rasters)
-    stats_windows: int = 256  # windows sampled to compute the band statistics
+    kind: str = setting("raster", "raster (2D GeoTIFF) or volume (3D NIfTI)", choices=("raster", "volume"))
+    patch_size: IntOrSeq = setting(64, "sampled window in pixels / voxels, int or per-axis list", bounds=">= 1")
+    sensor: str | None = setting(None, "sensor profile for band names and wavelengths (sentinel2, landsat8, ...)")
+    band_names: list[str] | None = setting(None, "band names in the files' order (files without descriptions)")
+    wavelengths: list[float] | None = setting(None, "centre wavelengths in micrometres, one per band", bounds="> 0")
+    include: list[str] = setting(["**/*"], "globs of files to read, relative to the data folder")
+    exclude: list[str] = setting([], "globs of files to skip")
+    channels: list[str] | None = setting(None, "one glob per channel: stack single-channel files of one folder")
+    nodata: float | None = setting(None, "nodata value (overrides the files'); may be nan", finite=False)
+    num_workers: int = setting(2, "DataLoader worker processes (0: in the main process)", bounds=">= 0")
+    min_valid_fraction: float = setting(0.5, "windows with less valid area are redrawn", bounds="[0, 1]")
+    windows_per_read: int = setting(8, "windows cut from each block-aligned read (rasters)", bounds=">= 1")
+    stats_windows: int = setting(256, "windows sampled to compute the band statistics", bounds=">= 1")
     # volumes only
-    spacing: list[float] | None = None  # resample to this voxel spacing (mm) before sampling
-    intensity: str = "auto"  # auto | ct | mr | none
-    ct_window: list[float] = field(default_factory=lambda: [-1000.0, 1000.0])
-    cache_volumes: int = 4  # decoded volumes kept per worker
+    spacing: list[float] | None = setting(None, "volumes: resample to this voxel spacing (mm) before sampling",
+                                          bounds="> 0")
+    intensity: str = setting("auto", "volumes: auto | ct (clip to ct_window) | mr (percentile scaling) | none",
+                             choices=("auto", "ct", "mr", "none"))
+    ct_window: list[float] = setting([-1000.0, 1000.0], "volumes: CT clip range in HU, [low, high]", length=2)
+    cache_volumes: int = setting(4, "volumes: decoded volumes kept per worker", bounds=">= 1")
     # DINO multi-crop (method.name=dino); sizes are int or per-axis lists, multiples of model.patch_size
-    global_crop_size: IntOrSeq | None = None  # null: data.patch_size
-    local_crop_size: IntOrSeq | None = None  # null: half the global crop, rounded down to the token patch
-    n_local_crops: int = 6
-    global_crop_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])  # area / volume fraction of the window
-    local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
+    global_crop_size: IntOrSeq | None = setting(None, "DINO global crop size; null: data.patch_size", bounds=">= 1")
+    local_crop_size: IntOrSeq | None = setting(None, "DINO local crop size; null: half the global crop",
+                                               bounds=">= 1")
+    n_local_crops: int = setting(6, "DINO local crops per window", bounds=">= 0")
+    global_crop_scale: list[float] = setting([0.4, 1.0], "area / volume fraction of the window a global crop covers, "
+                                             "[min, max]", bounds=CROP_SCALE, length=2)
+    local_crop_scale: list[float] = setting([0.05, 0.4], "area / volume fraction of the window a local crop covers, "
+                                            "[min, max]", bounds=CROP_SCALE, length=2)
     # k-NN monitor during pretraining: a folder with one subfolder of images per class (a few per class suffice)
-    val_labels: str | None = None
-    knn_every: int = 0  # steps between k-NN accuracy evaluations (0: off)
+    val_labels: str | None = setting(None, "k-NN monitor: a folder with one subfolder of images per class")
+    knn_every: int = setting(0, "steps between k-NN accuracy evaluations (0: off)", bounds=">= 0")
 
 
 @dataclass
 class ModelConfig:
     """The ViT encoder."""
 
-    embedding: str = "plain"  # plain | grouped | spectral | wavelength (see docs/concepts.md#patch-embeddings)
-    patch_size: IntOrSeq = 8
-    embed_dim: int = 192
-    depth: int = 12
-    num_heads: int = 3
-    mlp_ratio: float = 4.0
-    qkv_bias: bool = True
-    drop_path: float = 0.0
-    # grouped: band NAMES per group, e.g. [[B02, B03, B04, B08], [B05, B06, B07, B8A], [B11, B12]]; bands in no
-    # group are not read; null: one group per ~4 adjacent bands
-    band_groups: list[list[str]] | None = None
-    spectral_chunk: int = 1  # spectral: adjacent bands sharing one token (200-band cubes: 4-10 keeps T affordable)
-    channel_embed: str = "learned"  # spectral: learned (per band) | wavelength (sin-cos of the centre wavelength)
+    embedding: str = setting("plain", "patch embedding (see docs/concepts.md#patch-embeddings)", choices=EMBEDDINGS)
+    patch_size: IntOrSeq = setting(8, "token patch in pixels / voxels, int or per-axis list",
+                                   bounds=f"[1, {MAX_PATCH}]")
+    embed_dim: int = setting(192, "token width", bounds=f"[1, {MAX_EMBED_DIM}]")
+    depth: int = setting(12, "transformer blocks", bounds=f"[1, {MAX_DEPTH}]")
+    num_heads: int = setting(3, "attention heads (divide embed_dim)", bounds=f"[1, {MAX_HEADS}]")
+    mlp_ratio: float = setting(4.0, "MLP width / embed_dim", bounds=f"(0, {MAX_MLP_RATIO:g}]")
+    qkv_bias: bool = setting(True, "bias in the attention projections")
+    drop_path: float = setting(0.0, "stochastic depth rate", bounds="[0, 1)")
+    band_groups: list[list[str]] | None = setting(
+        None, "grouped: band names per group, e.g. [[B02, B03, B04, B08], [B11, B12]]; bands in no group are not "
+        "read; null: one group per ~4 adjacent bands")
+    spectral_chunk: int = setting(1, "spectral: adjacent bands sharing one token (200-band cubes: 4-10)",
+                                  bounds=f"[1, {MAX_CHANNELS}]")
+    channel_embed: str = setting("learned", "spectral: learned (per band) or wavelength (sin-cos of the centre "
+                                 "wavelength)", choices=("learned", "wavelength"))
 
 
-@dataclass
 class MethodConfig:
-    """The self-supervised method and its own hyperparameters."""
+    """The ``method:`` section as written: the method's ``name`` and its own settings, a raw mapping.
 
-    name: str = "mae"
-    mask_ratio: float = 0.75
-    norm_pix_loss: bool = True
-    decoder_embed_dim: int = 128
-    decoder_depth: int = 4
-    decoder_num_heads: int = 4
-    group_masking: str = "independent"  # grouped/spectral MAE: independent (per token) | consistent (per position)
-    channel_sampling: bool = False  # spectral/wavelength: random band subsets per step (hierarchical sampling)
-    channel_sampling_min: int = 1  # fewest bands kept by channel_sampling
-    # --- dino (read by methods/dino.py; defaults are the official DINO / iBOT / DINOv2 values) ---
-    out_dim: int = 65536  # prototypes K; small data (< ~100k windows): 4096-16384
-    head_hidden_dim: int = 2048  # projection head MLP width
-    head_bottleneck_dim: int = 256  # L2-normalised bottleneck before the prototype layer
-    head_nlayers: int = 3
-    norm_last_layer: bool = True  # weight-normalised prototypes with fixed norm (stabler; false: better, riskier)
-    freeze_last_layer_steps: int | None = None  # prototypes frozen this long; null: 1 % of max_steps
-    momentum_teacher: float = 0.996  # teacher EMA momentum, cosine to 1 at max_steps
-    student_temp: float = 0.1
-    warmup_teacher_temp: float = 0.04  # teacher temperature warms up linearly from this ...
-    teacher_temp: float = 0.07  # ... to this (lower it if the teacher entropy stays near log K)
-    teacher_temp_warmup_steps: int | None = None  # null: 30 % of max_steps
-    centering: str = "ema"  # ema (DINO) | sinkhorn (Sinkhorn-Knopp, DINOv2) | none (collapses; for tests)
-    center_momentum: float = 0.9  # ema centering
-    sinkhorn_iters: int = 3
-    weight_decay_start: float = 0.04  # weight decay, cosine from start to end over max_steps (replaces
-    weight_decay_end: float = 0.4  # train.weight_decay for dino)
-    ibot_loss_weight: float = 0.0  # > 0: iBOT masked-patch loss on the student's masked global crops
-    ibot_mask_ratio: list[float] = field(default_factory=lambda: [0.1, 0.5])  # masked token fraction, per image
-    ibot_mask_prob: float = 0.5  # fraction of global crops that are masked at all
-    ibot_separate_head: bool = False  # a separate projection head for the patch tokens
-    ibot_out_dim: int | None = None  # its prototypes; null: out_dim
-    koleo_loss_weight: float = 0.0  # > 0: KoLeo spreading regulariser on the student's CLS (DINOv2: 0.1)
+    Each method declares, types and checks its own settings in its own file (``geomed_ssl.methods``:
+    ``resolve_method_settings``); this package cannot, as it sits below the methods. ``MethodConfig(name="dino",
+    out_dim=4096)`` is the section ``{name: dino, out_dim: 4096}``.
+    """
+
+    def __init__(self, name: str = "mae", **settings: Any) -> None:
+        self.name = name
+        self.settings: dict[str, Any] = settings
+
+    def to_dict(self) -> dict[str, Any]:
+        """The section as YAML writes it: ``name`` first, then the settings."""
+        return {"name": self.name, **copy.deepcopy(self.settings)}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MethodConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"MethodConfig({', '.join(f'{k}={v!r}' for k, v in self.to_dict().items())})"
 
 
 @dataclass
 class TrainConfig:
     """Optimisation and the Lightning Trainer."""
 
-    batch_size: int = 64
-    max_steps: int = 1000
-    base_lr: float = 1.5e-4  # lr = base_lr * effective_batch / 256
-    min_lr: float = 0.0
-    warmup_steps: int = 100
-    weight_decay: float = 0.05
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    grad_clip: float | None = 1.0
-    accumulate_grad_batches: int = 1
-    precision: str = "auto"  # auto: 32 on CPU, bf16-mixed on GPU
-    accelerator: str = "auto"
-    devices: Any = 1
-    strategy: str = "auto"
-    num_nodes: int = 1
-    seed: int = 0
-    checkpoint_every: int = 500
-    preview_every: int = 200
-    log_every: int = 10
+    batch_size: int = setting(64, "windows per step on each device", bounds=">= 1")
+    max_steps: int = setting(1000, "optimiser steps", bounds=">= 1")
+    base_lr: float = setting(1.5e-4, "lr = base_lr * effective_batch / 256", bounds=">= 0")
+    min_lr: float = setting(0.0, "the cosine schedule's final lr", bounds=">= 0")
+    warmup_steps: int = setting(100, "linear lr warmup steps", bounds=">= 0")
+    weight_decay: float = setting(0.05, "AdamW weight decay (not on norms, biases, tokens)", bounds=">= 0")
+    betas: list[float] = setting([0.9, 0.95], "AdamW betas", bounds="[0, 1)", length=2)
+    grad_clip: float | None = setting(1.0, "gradient norm clip (null: off)", bounds=">= 0")
+    accumulate_grad_batches: int = setting(1, "micro-batches per optimiser step", bounds=">= 1")
+    precision: str = setting("auto", "auto (32 on CPU, bf16-mixed on GPU) or a Lightning precision",
+                             choices=PRECISIONS)
+    accelerator: str = setting("auto", "Lightning accelerator", choices=ACCELERATORS)
+    devices: int | str | list[int] = setting(1, "devices per node: a count, a list of device ids, -1 or auto (all)")
+    strategy: str = setting("auto", "Lightning strategy: auto, ddp, ddp_spawn, ...")
+    num_nodes: int = setting(1, "machines (multi-node DDP)", bounds=">= 1")
+    seed: int = setting(0, "sampling, masking and init seed", bounds=">= 0")
+    checkpoint_every: int = setting(500, "steps between checkpoints (and encoder exports)", bounds=">= 1")
+    preview_every: int = setting(200, "steps between previews (0: off)", bounds=">= 0")
+    log_every: int = setting(10, "steps between rows of metrics.csv", bounds=">= 1")
 
 
 @dataclass
 class FinetuneConfig:
     """Supervised training of a head (and optionally the encoder) with few labels."""
 
-    task: str = "segment"  # segment | classify
-    head: str | None = None  # segment: unetr | linear; classify: linear | mlp; null: unetr / linear by task
-    layers: list[int] | None = None  # 0-based encoder blocks tapped by the decoder; null: 4 evenly spaced, last included
-    freeze_encoder: bool = False
-    unfreeze_after_steps: int = 0  # with freeze_encoder: train the encoder too after this many steps (0: never)
-    layer_decay: float = 0.75  # lr of block i = base_lr * layer_decay ** (depth - i)
-    max_steps: int = 500
-    batch_size: int = 16
-    base_lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 50
-    loss: str = "ce+dice"  # ce | dice | ce+dice
-    class_weights: Any = None  # null | balanced | list of one weight per class
-    feature_size: int = 16  # UNETR decoder width
-    pool: str = "cls"  # classify: cls | mean
-    window: IntOrSeq | None = None  # training / prediction window; null: data.patch_size
-    eval_every: int = 0  # steps between evaluations on the test split during training (0: only at the end)
+    task: str = setting("segment", "segment or classify", choices=("segment", "classify"))
+    head: str | None = setting(None, "segment: unetr | linear; classify: linear | mlp; null: unetr / linear by task",
+                               choices=("unetr", "linear", "mlp"))
+    layers: list[int] | None = setting(None, "0-based encoder blocks the decoder taps; null: 4 evenly spaced, last "
+                                       "included", bounds=">= 0")
+    freeze_encoder: bool = setting(False, "train the head only")
+    unfreeze_after_steps: int = setting(0, "with freeze_encoder: train the encoder too after this many steps "
+                                        "(0: never)", bounds=">= 0")
+    layer_decay: float = setting(0.75, "lr of block i = base_lr * layer_decay ** (depth - i)", bounds="(0, 1]")
+    max_steps: int = setting(500, "optimiser steps", bounds=">= 1")
+    batch_size: int = setting(16, "windows or images per step", bounds=">= 1")
+    base_lr: float = setting(1e-3, "peak learning rate", bounds=">= 0")
+    weight_decay: float = setting(0.05, "AdamW weight decay", bounds=">= 0")
+    warmup_steps: int = setting(50, "linear lr warmup steps", bounds=">= 0")
+    loss: str = setting("ce+dice", "loss on the labelled pixels", choices=("ce", "dice", "ce+dice"))
+    class_weights: str | list[float] | None = setting(None, "null, balanced, or one weight per class",
+                                                      bounds=">= 0", choices=("balanced",))
+    feature_size: int = setting(16, "UNETR decoder width", bounds="[1, 1024]")
+    pool: str = setting("cls", "classify: token pooling", choices=("cls", "mean"))
+    window: IntOrSeq | None = setting(None, "training / prediction window; null: data.patch_size", bounds=">= 1")
+    eval_every: int = setting(0, "not read yet (evaluation runs once, at the end); kept so saved configs load",
+                              bounds=">= 0")
 
     def __post_init__(self) -> None:
         if self.head is None:
@@ -160,15 +178,18 @@ class FinetuneConfig:
 class LabelsConfig:
     """Which labelled pixels / voxels / images are used for training, and which for testing."""
 
-    per_class: int | None = None  # k labels per class (rare classes: at most half of their labels)
-    fraction: float | None = None  # or a fraction of all labels
-    ignore_value: int | None = 0  # label value meaning "unlabelled"
-    split: str = "random"  # random | blocks (whole blocks held out: no test pixel shares a block with training)
-    block_size: int = 16
-    test_fraction: float | None = None  # subsample the test set (speed); null: every remaining label
-    seed: int = 0
-    label_name: str | None = None  # the label is this file beside each image (a folder per case, e.g. BraTS)
-    remap: dict[int, int] | None = None  # merge / renumber classes on reading, e.g. {2: 1, 3: 1, 4: 1}
+    per_class: int | None = setting(None, "k labels per class (rare classes: at most half of their labels)",
+                                    bounds=">= 1")
+    fraction: float | None = setting(None, "or a fraction of all labels", bounds="(0, 1]")
+    ignore_value: int | None = setting(0, "label value meaning unlabelled")
+    split: str = setting("random", "random, or blocks (whole blocks held out: no test pixel shares a block with "
+                         "training)", choices=("random", "blocks"))
+    block_size: int = setting(16, "block side for the block split", bounds=">= 1")
+    test_fraction: float | None = setting(None, "subsample the test set (speed); null: every remaining label",
+                                          bounds="(0, 1]")
+    seed: int = setting(0, "label sampling seed", bounds=">= 0")
+    label_name: str | None = setting(None, "the label is this file beside each image (a folder per case, e.g. BraTS)")
+    remap: dict[int, int] | None = setting(None, "merge / renumber classes on reading, e.g. {2: 1, 3: 1, 4: 1}")
 
 
 SECTIONS: dict[str, type] = {
@@ -193,10 +214,16 @@ class Recipe:
     labels: LabelsConfig = field(default_factory=LabelsConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        """Plain data, one mapping per section (what ``save`` writes and ``recipe_from_dict`` reads back)."""
+        return {name: section_dict(getattr(self, name)) for name in SECTIONS}
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def section_dict(section: Any) -> dict[str, Any]:
+    """One section as plain data."""
+    return section.to_dict() if isinstance(section, MethodConfig) else dataclasses.asdict(section)
 
 
 def as_tuple(value: IntOrSeq, ndim: int, name: str) -> tuple[int, ...]:

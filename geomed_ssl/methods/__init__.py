@@ -1,26 +1,19 @@
-"""Self-supervised methods and their registry: adding a method is one file plus one line in ``METHODS``."""
+"""Self-supervised methods and their registry. A method is one file: an ``SSLMethod`` subclass decorated with
+``@register_method`` and its ``MethodSettings`` (the keys of its recipe section, each declared once with type,
+range, default and meaning); importing the file here registers it.
+
+``resolve_method_settings(recipe)`` checks a recipe's ``method:`` section with the named method's settings;
+``build_method`` instantiates it.
+"""
 
 from __future__ import annotations
 
-from geomed_ssl.config import MethodConfig
-from geomed_ssl.errors import ConfigError
-from geomed_ssl.methods.base import MethodOutput, SSLMethod
-from geomed_ssl.methods.dino import DINO
-from geomed_ssl.methods.mae import MAE
-from geomed_ssl.models.encoder import EncoderConfig
+from geomed_ssl.methods.base import MethodContext, MethodOutput, MethodSettings, SSLMethod
+from geomed_ssl.methods.registry import (METHODS, build_method, describe_methods, method_class, method_settings,
+                                         register_method, resolve_method_settings, with_method_settings)
+from geomed_ssl.methods.dino import DINO, DINOSettings  # noqa: E402  (registers "dino")
+from geomed_ssl.methods.mae import MAE, MAESettings  # noqa: E402  (registers "mae")
 
-METHODS: dict[str, type[SSLMethod]] = {
-    "mae": MAE,
-    "dino": DINO,
-}
-
-
-def build_method(method_cfg: MethodConfig, encoder_cfg: EncoderConfig, max_steps: int) -> SSLMethod:
-    """Instantiate the method named by ``method_cfg.name``."""
-    cls = METHODS.get(method_cfg.name)
-    if cls is None:
-        raise ConfigError(f"method.name '{method_cfg.name}' is unknown; available: {', '.join(sorted(METHODS))}.")
-    return cls(encoder_cfg, method_cfg, max_steps)
-
-
-__all__ = ["METHODS", "MethodOutput", "SSLMethod", "MAE", "DINO", "build_method"]
+__all__ = ["METHODS", "MethodContext", "MethodOutput", "MethodSettings", "SSLMethod", "MAE", "MAESettings", "DINO",
+           "DINOSettings", "build_method", "describe_methods", "method_class", "method_settings", "register_method",
+           "resolve_method_settings", "with_method_settings"]

@@ -27,34 +27,69 @@ import copy
 import dataclasses
 import math
 import warnings
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from geomed_ssl.config import MethodConfig
+from geomed_ssl.config import MethodConfig, setting
 from geomed_ssl.errors import ConfigError
-from geomed_ssl.methods.base import MethodOutput, SSLMethod
+from geomed_ssl.methods.base import MethodContext, MethodOutput, MethodSettings, SSLMethod
 from geomed_ssl.methods.dino_losses import CENTERINGS, DINOLoss, IBOTPatchLoss, KoLeoLoss
 from geomed_ssl.methods.heads import DINOHead
+from geomed_ssl.methods.registry import register_method
 from geomed_ssl.methods.schedules import cosine, linear_warmup, teacher_momentum
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 
-# The flat ``method:`` keys DINO reads. Their defaults (official DINO / iBOT / DINOv2 values) live in one place,
-# :class:`MethodConfig`; ``None`` step counts are derived from ``max_steps``: teacher-temperature warmup over 30 %,
-# last layer frozen for the first 1 %.
-DINO_KEYS = (
-    "out_dim", "head_hidden_dim", "head_bottleneck_dim", "head_nlayers", "norm_last_layer", "freeze_last_layer_steps",
-    "momentum_teacher", "student_temp", "warmup_teacher_temp", "teacher_temp", "teacher_temp_warmup_steps",
-    "centering", "center_momentum", "sinkhorn_iters", "weight_decay_start", "weight_decay_end", "ibot_loss_weight",
-    "ibot_mask_ratio", "ibot_mask_prob", "ibot_separate_head", "ibot_out_dim", "koleo_loss_weight",
-)
-_FIELDS = {f.name: f for f in dataclasses.fields(MethodConfig)}
-DINO_DEFAULTS: dict[str, Any] = {
-    k: _FIELDS[k].default if _FIELDS[k].default is not dataclasses.MISSING else _FIELDS[k].default_factory()
-    for k in DINO_KEYS
-}
+
+
+@dataclass
+class DINOSettings(MethodSettings):
+    """The ``method:`` keys of ``name: dino``; defaults are the official DINO / iBOT / DINOv2 values. Step counts
+    left null are derived from ``train.max_steps``: teacher-temperature warmup over 30 %, prototypes frozen for the
+    first 1 %."""
+
+    out_dim: int = setting(65536, "prototypes K; small data (< ~100k windows): 4096-16384", bounds=">= 1")
+    head_hidden_dim: int = setting(2048, "projection head MLP width", bounds=">= 1")
+    head_bottleneck_dim: int = setting(256, "L2-normalised bottleneck before the prototype layer", bounds=">= 1")
+    head_nlayers: int = setting(3, "projection head layers", bounds=">= 1")
+    norm_last_layer: bool = setting(True, "weight-normalised prototypes with fixed norm (stabler; false: better, "
+                                    "riskier)")
+    freeze_last_layer_steps: int | None = setting(None, "prototypes frozen this many steps; null: 1 % of "
+                                                  "train.max_steps", bounds=">= 0")
+    momentum_teacher: float = setting(0.996, "teacher EMA momentum, cosine to 1 at train.max_steps", bounds="[0, 1]")
+    student_temp: float = setting(0.1, "student softmax temperature", bounds="> 0")
+    warmup_teacher_temp: float = setting(0.04, "teacher temperature at step 0, warming up linearly to teacher_temp",
+                                         bounds="> 0")
+    teacher_temp: float = setting(0.07, "teacher temperature after warmup (lower it if the teacher entropy stays "
+                                  "near log K)", bounds="> 0")
+    teacher_temp_warmup_steps: int | None = setting(None, "teacher temperature warmup steps; null: 30 % of "
+                                                    "train.max_steps", bounds=">= 0")
+    centering: str = setting("ema", "ema (DINO) | sinkhorn (Sinkhorn-Knopp, DINOv2) | none (collapses; for tests)",
+                             choices=CENTERINGS)
+    center_momentum: float = setting(0.9, "ema centering: momentum of the centre", bounds="[0, 1]")
+    sinkhorn_iters: int = setting(3, "sinkhorn centering: iterations", bounds=">= 1")
+    weight_decay_start: float = setting(0.04, "weight decay at step 0, cosine to weight_decay_end (replaces "
+                                        "train.weight_decay)", bounds=">= 0")
+    weight_decay_end: float = setting(0.4, "weight decay at train.max_steps", bounds=">= 0")
+    ibot_loss_weight: float = setting(0.0, "> 0: iBOT masked-patch loss on the student's masked global crops",
+                                      bounds=">= 0")
+    ibot_mask_ratio: list[float] = setting([0.1, 0.5], "masked token fraction per masked crop, [min, max]",
+                                           bounds="(0, 1)", length=2)
+    ibot_mask_prob: float = setting(0.5, "fraction of global crops that are masked at all", bounds="[0, 1]")
+    ibot_separate_head: bool = setting(False, "a separate projection head for the patch tokens")
+    ibot_out_dim: int | None = setting(None, "prototypes of the separate patch head; null: out_dim", bounds=">= 1")
+    koleo_loss_weight: float = setting(0.0, "> 0: KoLeo spreading regulariser on the student's CLS (DINOv2: 0.1)",
+                                       bounds=">= 0")
+
+    def check(self, source: str, context: MethodContext) -> None:
+        lo, hi = self.ibot_mask_ratio
+        if lo > hi:
+            raise ConfigError(f"{source}: method.ibot_mask_ratio must be [min, max] with min <= max, got "
+                              f"{[lo, hi]}.")
+
 
 COLLAPSE_STD_TOL = 1e-3  # teacher_std * sqrt(K) below this: every image gives the same output
 COLLAPSE_ENTROPY_FRAC = 0.99  # teacher entropy above this fraction of log(K): uniform outputs
@@ -64,28 +99,6 @@ MIN_TOKEN_VALID = 0.5  # a masked patch token counts in the iBOT loss when at le
 
 class CollapseWarning(UserWarning):
     """The teacher's outputs collapsed (constant or uniform): the DINO loss carries no signal."""
-
-
-def dino_settings(method_cfg: Any, max_steps: int) -> dict[str, Any]:
-    """``DINO_DEFAULTS`` overridden by the keys ``method_cfg`` has; derived step counts filled in; validated."""
-    s = {k: copy.deepcopy(getattr(method_cfg, k, v)) for k, v in DINO_DEFAULTS.items()}
-    if s["teacher_temp_warmup_steps"] is None:
-        s["teacher_temp_warmup_steps"] = int(0.3 * max_steps)
-    if s["freeze_last_layer_steps"] is None:
-        s["freeze_last_layer_steps"] = int(0.01 * max_steps)
-    if s["ibot_out_dim"] is None or not s["ibot_separate_head"]:
-        s["ibot_out_dim"] = s["out_dim"]
-    if s["centering"] not in CENTERINGS:
-        raise ConfigError(f"method.centering must be one of {', '.join(CENTERINGS)}; got '{s['centering']}'.")
-    lo, hi = s["ibot_mask_ratio"]
-    if not 0.0 < lo <= hi < 1.0:
-        raise ConfigError(
-            f"method.ibot_mask_ratio must be [min, max] with 0 < min <= max < 1, got {s['ibot_mask_ratio']}."
-        )
-    for key in ("out_dim", "ibot_out_dim", "head_bottleneck_dim", "head_hidden_dim"):
-        if int(s[key]) <= 0:
-            raise ConfigError(f"method.{key} must be a positive integer, got {s[key]}.")
-    return s
 
 
 def block_mask(grid: tuple[int, ...], n_target: int, generator: torch.Generator, min_block: int = 4,
@@ -140,36 +153,47 @@ def token_valid_fraction(valid: Tensor, patch: tuple[int, ...]) -> Tensor:
     return pool(valid.float()[:, None], kernel_size=patch, stride=patch).flatten(1)
 
 
+@register_method
 class DINO(SSLMethod):
     """DINO (+ iBOT, KoLeo, Sinkhorn-Knopp) over :class:`ViTEncoder` student / EMA teacher."""
 
     name = "dino"
     view_kind = "dino"
+    Settings = DINOSettings
+    settings: DINOSettings
 
-    def __init__(self, encoder_cfg: EncoderConfig, method_cfg: MethodConfig, max_steps: int) -> None:
-        super().__init__(encoder_cfg, method_cfg, max_steps)
-        s = self.settings = dino_settings(method_cfg, max_steps)
+    def __init__(self, encoder_cfg: EncoderConfig,
+                 settings: DINOSettings | MethodConfig | Mapping[str, Any] | None = None,
+                 max_steps: int = 1000) -> None:
+        super().__init__(encoder_cfg, settings, max_steps)
+        s = self.settings
+        # derived from max_steps when left null
+        self.teacher_temp_warmup_steps = (int(0.3 * max_steps) if s.teacher_temp_warmup_steps is None
+                                          else s.teacher_temp_warmup_steps)
+        self.freeze_last_layer_steps = (int(0.01 * max_steps) if s.freeze_last_layer_steps is None
+                                        else s.freeze_last_layer_steps)
+        self.ibot_out_dim = s.ibot_out_dim if s.ibot_separate_head and s.ibot_out_dim is not None else s.out_dim
         dim = encoder_cfg.embed_dim
         self.student = ViTEncoder(encoder_cfg)
         self.teacher = ViTEncoder(dataclasses.replace(encoder_cfg, drop_path=0.0))
-        head_kw = dict(hidden_dim=s["head_hidden_dim"], bottleneck_dim=s["head_bottleneck_dim"],
-                       nlayers=s["head_nlayers"], norm_last_layer=s["norm_last_layer"])
-        self.student_head = DINOHead(dim, s["out_dim"], **head_kw)
-        self.use_ibot = s["ibot_loss_weight"] > 0
+        head_kw = dict(hidden_dim=s.head_hidden_dim, bottleneck_dim=s.head_bottleneck_dim,
+                       nlayers=s.head_nlayers, norm_last_layer=s.norm_last_layer)
+        self.student_head = DINOHead(dim, s.out_dim, **head_kw)
+        self.use_ibot = s.ibot_loss_weight > 0
         self.student_patch_head: DINOHead | None = None
         if self.use_ibot:
             self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
-            if s["ibot_separate_head"]:
-                self.student_patch_head = DINOHead(dim, s["ibot_out_dim"], **head_kw)
+            if s.ibot_separate_head:
+                self.student_patch_head = DINOHead(dim, self.ibot_out_dim, **head_kw)
         self.teacher.load_state_dict(self.student.state_dict())
         self.teacher_head = copy.deepcopy(self.student_head)
         self.teacher_patch_head = copy.deepcopy(self.student_patch_head)
         for p in self._teacher_modules().parameters():
             p.requires_grad_(False)
-        loss_kw = dict(student_temp=s["student_temp"], center_momentum=s["center_momentum"],
-                       centering=s["centering"], sinkhorn_iters=s["sinkhorn_iters"])
-        self.dino_loss = DINOLoss(s["out_dim"], **loss_kw)
-        self.ibot_loss = IBOTPatchLoss(s["ibot_out_dim"], **loss_kw) if self.use_ibot else None
+        loss_kw = dict(student_temp=s.student_temp, center_momentum=s.center_momentum,
+                       centering=s.centering, sinkhorn_iters=s.sinkhorn_iters)
+        self.dino_loss = DINOLoss(s.out_dim, **loss_kw)
+        self.ibot_loss = IBOTPatchLoss(self.ibot_out_dim, **loss_kw) if self.use_ibot else None
         self.koleo = KoLeoLoss()
         self._last_warning = -COLLAPSE_WARN_EVERY
 
@@ -186,15 +210,15 @@ class DINO(SSLMethod):
 
     def teacher_temp(self, step: int) -> float:
         s = self.settings
-        return linear_warmup(step, s["warmup_teacher_temp"], s["teacher_temp"], s["teacher_temp_warmup_steps"])
+        return linear_warmup(step, s.warmup_teacher_temp, s.teacher_temp, self.teacher_temp_warmup_steps)
 
     def momentum(self, step: int) -> float:
-        return teacher_momentum(step, self.settings["momentum_teacher"], self.max_steps)
+        return teacher_momentum(step, self.settings.momentum_teacher, self.max_steps)
 
     def weight_decay(self, step: int) -> float:
         """Weight decay of the decaying param groups at ``step`` (cosine 0.04 -> 0.4 by default)."""
         s = self.settings
-        return cosine(step, s["weight_decay_start"], s["weight_decay_end"], self.max_steps)
+        return cosine(step, s.weight_decay_start, s.weight_decay_end, self.max_steps)
 
     # ---- forward passes ------------------------------------------------------------------------------------
     def _student_globals(self, x: Tensor, masks: Tensor | None) -> Tensor:
@@ -227,7 +251,7 @@ class DINO(SSLMethod):
         masks = None
         if self.use_ibot:
             grid = self.student.patch_embed.grid_for(tuple(x_g.shape[2:]))
-            masks = ibot_masks(x_g.shape[0], grid, tuple(s["ibot_mask_ratio"]), s["ibot_mask_prob"], generator)
+            masks = ibot_masks(x_g.shape[0], grid, tuple(s.ibot_mask_ratio), s.ibot_mask_prob, generator)
             masks = masks.to(x_g.device)  # (2B, *grid)
 
         with torch.no_grad():
@@ -242,7 +266,7 @@ class DINO(SSLMethod):
         t_views = t_cls.unflatten(0, (n_g, -1))  # (2, B, K)
         t_probs = self.dino_loss.teacher_probs(t_views, t_temp)
         dino = self.dino_loss.loss_from_probs(t_probs, s_views)
-        if s["centering"] == "ema":
+        if s.centering == "ema":
             self.dino_loss.update_center(t_views)
         loss = dino
 
@@ -259,10 +283,10 @@ class DINO(SSLMethod):
                 t_patch = patch_t(t_tokens[:, 1:][flat])  # (M, K')
             s_patch = patch_s(s_tokens[:, 1:][flat])  # (M, K')
             ibot = self.ibot_loss(s_patch, t_patch, flat, t_temp)
-            loss = loss + s["ibot_loss_weight"] * ibot
-        if s["koleo_loss_weight"] > 0:
+            loss = loss + s.ibot_loss_weight * ibot
+        if s.koleo_loss_weight > 0:
             koleo = sum(self.koleo(c) for c in s_tokens[:, 0].chunk(n_g))
-            loss = loss + s["koleo_loss_weight"] * koleo
+            loss = loss + s.koleo_loss_weight * koleo
 
         logs = self._monitor(t_cls.detach(), t_probs, dino.detach(), step)
         logs.update(loss=loss.detach(), dino_loss=dino.detach(), ibot_loss=ibot.detach(), koleo=koleo.detach(),
@@ -298,7 +322,7 @@ class DINO(SSLMethod):
     # ---- trainer hooks -------------------------------------------------------------------------------------
     def before_optimizer_step(self, step: int) -> None:
         """Drop the last layers' gradients while frozen (the first ``freeze_last_layer_steps`` steps)."""
-        if step >= self.settings["freeze_last_layer_steps"]:
+        if step >= self.freeze_last_layer_steps:
             return
         for head in (self.student_head, self.student_patch_head):
             if head is not None:

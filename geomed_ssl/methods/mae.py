@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geomed_ssl.config import MethodConfig
+from geomed_ssl.config import MAX_DEPTH, MAX_EMBED_DIM, MAX_HEADS, MethodConfig, setting
 from geomed_ssl.errors import ConfigError
-from geomed_ssl.methods.base import MethodOutput, SSLMethod
+from geomed_ssl.methods.base import MethodContext, MethodOutput, MethodSettings, SSLMethod
+from geomed_ssl.methods.registry import register_method
 from geomed_ssl.methods.masking import (consistent_noise, mask_to_image, patchify, random_masking, sample_units,
                                         unit_patchify, unit_unpatchify, unpatchify)
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder, grid_pos_embed, init_mae_weights, make_blocks
@@ -32,6 +33,44 @@ from geomed_ssl.models.spectral import chunk_units, wavelength_sincos
 
 NORM_PIX_EPS = 1e-6
 UNIT_KINDS = ("grouped", "spectral")  # embeddings with several tokens (band groups / chunks) per position
+CHANNEL_SAMPLING_KINDS = ("spectral", "wavelength")  # embeddings that read any band subset
+
+
+@dataclass
+class MAESettings(MethodSettings):
+    """The ``method:`` keys of ``name: mae``."""
+
+    mask_ratio: float = setting(0.75, "fraction of each window's tokens hidden from the encoder", bounds="(0, 1)")
+    norm_pix_loss: bool = setting(True, "targets normalised per patch (mean 0, std 1)")
+    decoder_embed_dim: int = setting(128, "decoder token width", bounds=f"[1, {MAX_EMBED_DIM}]")
+    decoder_depth: int = setting(4, "decoder transformer blocks", bounds=f"[1, {MAX_DEPTH}]")
+    decoder_num_heads: int = setting(4, "decoder attention heads (divide decoder_embed_dim)",
+                                     bounds=f"[1, {MAX_HEADS}]")
+    group_masking: str = setting("independent", "grouped / spectral embeddings: mask each token on its own "
+                                 "(independent) or a position in every group at once (consistent)",
+                                 choices=("independent", "consistent"))
+    channel_sampling: bool = setting(False, "spectral / wavelength embeddings: each step reads a random band subset "
+                                     "(hierarchical: a count, then the bands)")
+    channel_sampling_min: int = setting(1, "fewest bands a channel_sampling step reads", bounds=">= 1")
+
+    def check(self, source: str, context: MethodContext) -> None:
+        if self.decoder_embed_dim % self.decoder_num_heads:
+            raise ConfigError(f"{source}: method.decoder_embed_dim ({self.decoder_embed_dim}) must be divisible by "
+                              f"method.decoder_num_heads ({self.decoder_num_heads}).")
+        if context.spatial_dims is not None:
+            try:
+                axis_dims(self.decoder_embed_dim, context.spatial_dims)
+            except ValueError as err:
+                raise ConfigError(f"{source}: method.decoder_embed_dim: {err}") from None
+        if self.channel_sampling and context.embedding not in (None, *CHANNEL_SAMPLING_KINDS):
+            raise ConfigError(f"{source}: method.channel_sampling needs model.embedding=spectral or wavelength (a "
+                              f"'{context.embedding}' embedding reads a fixed band set).")
+        if context.tokens is not None:
+            kept = int(context.tokens * (1 - self.mask_ratio))
+            if not 0 < kept < context.tokens:
+                raise ConfigError(
+                    f"{source}: method.mask_ratio {self.mask_ratio} {'hides every' if kept == 0 else 'hides no'} "
+                    f"token of the {context.tokens} per window; pick a ratio that keeps some and hides some.")
 
 
 @dataclass
@@ -106,39 +145,28 @@ class UnitMAEDecoder(nn.Module):
         return {"pos_embed", "mask_token", "unit_embed"} if hasattr(self, "unit_embed") else {"pos_embed", "mask_token"}
 
 
+@register_method
 class MAE(SSLMethod):
     """Encoder on the visible ~25% of patches, light decoder on all, MSE on the masked patches' pixels."""
 
     name = "mae"
     view_kind = "mae"
+    Settings = MAESettings
+    settings: MAESettings
 
-    def __init__(self, encoder_cfg: EncoderConfig, method_cfg: MethodConfig, max_steps: int) -> None:
-        super().__init__(encoder_cfg, method_cfg, max_steps)
-        m = method_cfg
-        if m.decoder_embed_dim % m.decoder_num_heads:
-            raise ConfigError(
-                f"method.decoder_embed_dim ({m.decoder_embed_dim}) must be divisible by "
-                f"method.decoder_num_heads ({m.decoder_num_heads})."
-            )
-        try:
-            axis_dims(m.decoder_embed_dim, encoder_cfg.spatial_dims)
-        except ValueError as err:
-            raise ConfigError(f"method.decoder_embed_dim: {err}") from None
-        if not 0.0 <= m.mask_ratio < 1.0:
-            raise ConfigError(f"method.mask_ratio must be in [0, 1), got {m.mask_ratio}.")
+    def __init__(self, encoder_cfg: EncoderConfig,
+                 settings: MAESettings | MethodConfig | Mapping[str, Any] | None = None,
+                 max_steps: int = 1000) -> None:
+        super().__init__(encoder_cfg, settings, max_steps)
+        m = self.settings
         self.mask_ratio = float(m.mask_ratio)
         self.norm_pix_loss = bool(m.norm_pix_loss)
         self.patch_size = tuple(encoder_cfg.patch_size)
         self.in_chans = encoder_cfg.in_chans
         self.kind = encoder_cfg.embedding
-        self.group_masking = getattr(m, "group_masking", "independent")
-        self.channel_sampling = bool(getattr(m, "channel_sampling", False))
-        self.channel_sampling_min = int(getattr(m, "channel_sampling_min", 1))
-        if self.group_masking not in ("independent", "consistent"):
-            raise ConfigError(f"method.group_masking must be independent or consistent, got '{self.group_masking}'.")
-        if self.channel_sampling and self.kind not in ("spectral", "wavelength"):
-            raise ConfigError(
-                f"method.channel_sampling needs model.embedding=spectral or wavelength, not '{self.kind}'.")
+        self.group_masking = m.group_masking
+        self.channel_sampling = m.channel_sampling
+        self.channel_sampling_min = m.channel_sampling_min
         self.encoder = ViTEncoder(encoder_cfg)
         if self.kind in UNIT_KINDS:
             self.decoder = self._unit_decoder(encoder_cfg, m)
@@ -154,7 +182,7 @@ class MAE(SSLMethod):
             norm_eps=encoder_cfg.norm_eps,
         )
 
-    def _unit_decoder(self, cfg: EncoderConfig, m: MethodConfig) -> UnitMAEDecoder:
+    def _unit_decoder(self, cfg: EncoderConfig, m: MAESettings) -> UnitMAEDecoder:
         """Grouped: a learned embedding and a head per group. Spectral: a channel table (learned, or sin-cos of the
         wavelengths) and one head shared by every chunk."""
         if self.kind == "grouped":

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any
 
@@ -29,7 +29,8 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from geomed_ssl.config import DataConfig, ModelConfig, as_tuple, spatial_dims
+from geomed_ssl.config import (MAX_CHANNELS, MAX_DEPTH, MAX_EMBED_DIM, MAX_HEADS, MAX_MLP_RATIO, MAX_PATCH, MAX_TOKENS,
+                               DataConfig, ModelConfig, as_tuple, check_instance, check_values, setting, spatial_dims)
 from geomed_ssl.errors import ConfigError, DataError
 from geomed_ssl.models.patch_embed import PATCH_EMBEDS, build_patch_embed
 from geomed_ssl.models.pos_embed import axis_dims, sincos_pos_embed
@@ -60,52 +61,63 @@ def check_encoder_bands(cfg: EncoderConfig, band_names: list[str], where: str = 
                         "(geomed_ssl.data.conform.conform_catalog, as every command does).")
 
 
+MAX_SIDE = 65536  # window side in pixels / voxels (tokens per window are bounded by MAX_TOKENS too)
+
+
 @dataclass
 class EncoderConfig:
-    """Everything needed to rebuild the encoder; JSON-safe through ``to_dict`` / ``from_dict``."""
+    """Everything needed to rebuild the encoder; JSON-safe through ``to_dict`` / ``from_dict``.
 
-    in_chans: int
-    spatial_dims: int = 2
-    img_size: tuple[int, ...] = (64, 64)
-    patch_size: tuple[int, ...] = (8, 8)
-    embedding: str = "plain"
-    embed_dim: int = 192
-    depth: int = 12
-    num_heads: int = 3
-    mlp_ratio: float = 4.0
-    qkv_bias: bool = True
-    norm_eps: float = 1e-6
-    drop_path: float = 0.0
-    band_names: list[str] = field(default_factory=list)
-    wavelengths: list[float | None] | None = None
-    stats: dict[str, Any] | None = None
-    band_groups: list[list[int]] | None = None  # grouped: 0-based band indices per group (null: ~4 adjacent bands)
-    spectral_chunk: int = 1  # spectral: adjacent bands per token
-    channel_embed: str = "learned"  # spectral: learned | wavelength (sin-cos of the centre wavelength)
-    bandwidths: list[float | None] | None = None  # band widths in µm (wavelength embedding), None where unknown
+    Every field is typed and bounded (the size limits of ``geomed_ssl.config``): an export's config.json is checked
+    before anything is built from it."""
+
+    in_chans: int = setting(dataclasses.MISSING, "input bands", bounds=f"[1, {MAX_CHANNELS}]")
+    spatial_dims: int = setting(2, "2 (rasters) or 3 (volumes)", bounds="[2, 3]")
+    img_size: tuple[int, ...] = setting((64, 64), "training window per axis", bounds=f"[1, {MAX_SIDE}]")
+    patch_size: tuple[int, ...] = setting((8, 8), "token patch per axis", bounds=f"[1, {MAX_PATCH}]")
+    embedding: str = setting("plain", "patch embedding", choices=tuple(PATCH_EMBEDS))
+    embed_dim: int = setting(192, "token width", bounds=f"[1, {MAX_EMBED_DIM}]")
+    depth: int = setting(12, "transformer blocks", bounds=f"[1, {MAX_DEPTH}]")
+    num_heads: int = setting(3, "attention heads", bounds=f"[1, {MAX_HEADS}]")
+    mlp_ratio: float = setting(4.0, "MLP width / embed_dim", bounds=f"(0, {MAX_MLP_RATIO:g}]")
+    qkv_bias: bool = setting(True, "bias in the attention projections")
+    norm_eps: float = setting(1e-6, "LayerNorm epsilon", bounds="(0, 1)")
+    drop_path: float = setting(0.0, "stochastic depth rate", bounds="[0, 1)")
+    band_names: list[str] = setting([], "band names in input order")
+    wavelengths: list[float | None] | None = setting(None, "centre wavelengths in µm, None where unknown",
+                                                     bounds="> 0")
+    stats: dict[str, Any] | None = setting(None, "per-band normalisation statistics (geomed_ssl.data.stats)")
+    band_groups: list[list[int]] | None = setting(None, "grouped: 0-based band indices per group (null: ~4 adjacent "
+                                                  "bands)", bounds=f"[0, {MAX_CHANNELS})")
+    spectral_chunk: int = setting(1, "spectral: adjacent bands per token", bounds=f"[1, {MAX_CHANNELS}]")
+    channel_embed: str = setting("learned", "spectral: learned | wavelength (sin-cos of the centre wavelength)",
+                                 choices=CHANNEL_EMBEDS)
+    bandwidths: list[float | None] | None = setting(None, "band widths in µm (wavelength embedding), None where "
+                                                    "unknown", bounds=">= 0")
 
     def __post_init__(self) -> None:
-        if self.spatial_dims not in (2, 3):
-            raise ConfigError(f"encoder spatial_dims must be 2 (rasters) or 3 (volumes), got {self.spatial_dims}.")
-        self.img_size = as_tuple(self.img_size, self.spatial_dims, "img_size")
-        self.patch_size = as_tuple(self.patch_size, self.spatial_dims, "model.patch_size")
+        if isinstance(self.img_size, int) or isinstance(self.patch_size, int):
+            dims = self.spatial_dims if self.spatial_dims in (2, 3) else 2
+            self.img_size = as_tuple(self.img_size, dims, "img_size")
+            self.patch_size = as_tuple(self.patch_size, dims, "model.patch_size")
         self.band_names = list(self.band_names or [])
-        if self.embedding == "grouped" and self.band_groups is None and self.in_chans > 0:
+        check_instance(self, "encoder", "encoder config")
+        if len(self.img_size) != self.spatial_dims or len(self.patch_size) != self.spatial_dims:
+            raise ConfigError(f"encoder img_size {list(self.img_size)} and patch_size {list(self.patch_size)} must "
+                              f"have {self.spatial_dims} values (spatial_dims).")
+        if self.embedding == "grouped" and self.band_groups is None:
             self.band_groups = default_band_groups(self.in_chans)
-        if self.band_groups is not None:
-            self.band_groups = [[int(i) for i in g] for g in self.band_groups]
         self.validate()
 
     def validate(self) -> None:
         """Raise ConfigError naming the key when the config cannot build an encoder."""
-        if self.in_chans <= 0:
-            raise ConfigError(f"encoder in_chans must be positive, got {self.in_chans}.")
         if any(s % p for s, p in zip(self.img_size, self.patch_size)):
             raise ConfigError(
                 f"data.patch_size {list(self.img_size)} is not a multiple of model.patch_size {list(self.patch_size)}."
             )
-        if self.embedding not in PATCH_EMBEDS:
-            raise ConfigError(f"model.embedding '{self.embedding}' is unknown; available: {', '.join(PATCH_EMBEDS)}.")
+        if self.num_patches > MAX_TOKENS:
+            raise ConfigError(f"encoder img_size {list(self.img_size)} over patch_size {list(self.patch_size)} gives "
+                              f"{self.num_patches} tokens, more than {MAX_TOKENS}.")
         if self.embed_dim % self.num_heads:
             raise ConfigError(
                 f"model.embed_dim ({self.embed_dim}) must be divisible by model.num_heads ({self.num_heads})."
@@ -165,13 +177,16 @@ class EncoderConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
-        """Inverse of ``to_dict``; unknown keys are a ConfigError."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(f"encoder config: unknown key '{unknown[0]}'. Valid keys: {', '.join(sorted(names))}.")
-        return cls(**data)
+    def from_dict(cls, data: dict[str, Any], source: str = "encoder config") -> EncoderConfig:
+        """Inverse of ``to_dict``. Unknown keys, a missing ``in_chans``, values of the wrong type or out of bounds
+        and fields that do not fit together are a one-line ConfigError starting with ``source`` (the file)."""
+        values = check_values(cls, data, "encoder", source)
+        if "in_chans" not in values:
+            raise ConfigError(f"{source}: encoder.in_chans is missing.")
+        try:
+            return cls(**values)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
 
     @classmethod
     def from_recipe(
@@ -212,7 +227,8 @@ class EncoderConfig:
 
 @lru_cache(maxsize=32)
 def _cached_sincos(grid: tuple[int, ...], dim: int) -> torch.Tensor:
-    return sincos_pos_embed(grid, dim)  # (N, D) float32, CPU; treat as read-only
+    with torch.device("cpu"):  # never cache a meta tensor (models are built on the meta device to check exports)
+        return sincos_pos_embed(grid, dim)  # (N, D) float32, CPU; treat as read-only
 
 
 def grid_pos_embed(grid: tuple[int, ...], dim: int, ref: torch.Tensor) -> torch.Tensor:

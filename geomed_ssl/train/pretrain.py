@@ -14,13 +14,13 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, Sampler
 
-from geomed_ssl.config import Recipe, apply_overrides, load_recipe, recipe_from_dict, spatial_dims
+from geomed_ssl.config import Recipe, apply_overrides, load_recipe, recipe_from_dict, spatial_dims, validate
 from geomed_ssl.data.catalog import Catalog, scan
 from geomed_ssl.data.datasets import PretrainDataset, collate
 from geomed_ssl.data.stats import BandStats, compute_stats
 from geomed_ssl.data.views import build_views
 from geomed_ssl.errors import GeomedError
-from geomed_ssl.methods import build_method
+from geomed_ssl.methods import build_method, with_method_settings
 from geomed_ssl.models.encoder import EncoderConfig
 from geomed_ssl.outdirs import Inputs, check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_path, atomic_write_text
@@ -113,11 +113,18 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     inputs: dict[str, Any] = {"data folder": data_dir,
                               "recipe": None if isinstance(recipe, Recipe) or resume else recipe}
     prepare_run_dir(out, resume, overwrite, inputs, create=False)  # fail fast; RUN_DIR is made once all is valid
+    if not resume:  # the whole recipe, the method's settings included, is checked before the run folder is made
+        source = "recipe" if isinstance(recipe, Recipe) else str(recipe or "defaults")
+        if isinstance(recipe, Recipe):
+            validate(recipe, source)
+        else:
+            recipe = load_recipe(recipe, overrides)
+        recipe = with_method_settings(recipe, source)
     if resume:  # the run continues with the recipe it was started with (plus any overrides, e.g. more steps)
+        source = str(out / "config.yaml")
         saved = yaml.safe_load((out / "config.yaml").read_text())
-        recipe = recipe_from_dict(apply_overrides(saved, overrides), str(out / "config.yaml"))
-    elif not isinstance(recipe, Recipe):
-        recipe = load_recipe(recipe, overrides)
+        recipe = with_method_settings(recipe_from_dict(apply_overrides(saved, overrides, source), source), source,
+                                      saved=True)
     inputs["kNN labels folder"] = recipe.data.val_labels
 
     catalog = scan(data_dir, recipe.data, strict=strict, names_by_position="error" if strict else "warn")

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 import warnings
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from geomed_ssl.errors import ConfigError
-from geomed_ssl.methods.dino import DINO, CollapseWarning, block_mask, ibot_masks
+from geomed_ssl.methods.dino import DINO, CollapseWarning, DINOSettings, block_mask, ibot_masks
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 
 SMALL = dict(out_dim=64, head_hidden_dim=32, head_bottleneck_dim=16)
@@ -21,7 +20,7 @@ def make(spatial_dims: int = 2, max_steps: int = 100, **method) -> DINO:
     size, patch = ((32, 32), (8, 8)) if spatial_dims == 2 else ((16, 16, 16), (4, 4, 4))
     cfg = EncoderConfig(in_chans=3, spatial_dims=spatial_dims, img_size=size, patch_size=patch, embed_dim=24,
                         depth=2, num_heads=2)
-    return DINO(cfg, SimpleNamespace(name="dino", **{**SMALL, **method}), max_steps=max_steps)
+    return DINO(cfg, DINOSettings(**{**SMALL, **method}), max_steps=max_steps)
 
 
 def batch(spatial_dims: int = 2, b: int = 4, n_local: int = 3, seed: int = 0) -> dict:
@@ -105,7 +104,7 @@ def test_schedules_exposed_for_the_trainer() -> None:
     assert m.teacher_temp(0) == pytest.approx(0.04) and m.teacher_temp(5) == pytest.approx(0.055)
     assert m.teacher_temp(11) == pytest.approx(0.07)
     assert m.momentum(0) == pytest.approx(0.996) and m.momentum(100) == 1.0
-    assert make(max_steps=1000).settings["teacher_temp_warmup_steps"] == 300
+    assert make(max_steps=1000).teacher_temp_warmup_steps == 300
 
 
 def test_no_weight_decay_names_exist_and_include_mask_token() -> None:
@@ -174,7 +173,7 @@ def make_spectral(kind: str, **method) -> DINO:
     torch.manual_seed(0)
     cfg = EncoderConfig(in_chans=6, img_size=(16, 16), patch_size=(4, 4), embedding=kind, embed_dim=32, depth=2,
                         num_heads=2, **SPECTRAL_KINDS[kind])
-    return DINO(cfg, SimpleNamespace(name="dino", **{**SMALL, **method}), max_steps=10)
+    return DINO(cfg, DINOSettings(**{**SMALL, **method}), max_steps=10)
 
 
 def spectral_batch(b: int = 2) -> dict:

@@ -75,13 +75,13 @@ def test_config_json_round_trip():
 
 
 def test_config_errors_name_the_key():
-    with pytest.raises(ConfigError, match="unknown key 'bogus'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'encoder\.bogus'"):
         EncoderConfig.from_dict({**tiny().to_dict(), "bogus": 1})
     with pytest.raises(ConfigError, match="model.patch_size"):
         tiny(img_size=(30, 32))
     with pytest.raises(ConfigError, match="model.embed_dim"):
         tiny(embed_dim=30, num_heads=3)
-    with pytest.raises(ConfigError, match="model.embedding"):
+    with pytest.raises(ConfigError, match=r"encoder\.embedding must be one of plain, .*got 'nope'"):
         tiny(embedding="nope")
 
 

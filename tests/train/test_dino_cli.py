@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from geomed_ssl.cli import app
-from tests.conftest import TINY, KillAt, write_geotiff
+from tests.conftest import TINY_BASE, KillAt, write_geotiff
 
 runner = CliRunner()
 
@@ -23,7 +23,7 @@ runner = CliRunner()
 # centre raise H faster than the student lowers the KL, so the test fixes the teacher temperature (0.04) and lets
 # the centre settle within a few steps (momentum 0.5). With these, the last-10 / first-10 loss ratio was 0.56-0.76
 # over seeds 0-3 (2D) and 0.74-0.78 over seeds 0-2 (3D); the tests use seed 0 and a 0.9 bound.
-DINO_TINY = [*TINY, "method.out_dim=64", "method.head_hidden_dim=32", "method.head_bottleneck_dim=16",
+DINO_TINY = [*TINY_BASE, "method.out_dim=64", "method.head_hidden_dim=32", "method.head_bottleneck_dim=16",
              "method.center_momentum=0.5", "method.teacher_temp_warmup_steps=0", "method.teacher_temp=0.04",
              "data.n_local_crops=2", "data.global_crop_size=16", "data.local_crop_size=8", "data.patch_size=16"]
 CLASSES = 4

@@ -100,7 +100,7 @@ def test_segmentation_predict_on_a_folder_skips_what_the_recipe_excludes(tmp_pat
     write_geotiff(folder / "lulc_mask.tif", np.ones((1, 32, 32), np.uint8))
     result = runner.invoke(app, ["predict", str(ft), str(folder), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["scene_pred.tif"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".geomed-ssl.json", "scene_pred.tif"]
 
 
 @pytest.mark.parametrize("kind, other", [("raster", "volume"), ("volume", "raster")])

@@ -124,7 +124,8 @@ class TrainConfig:
     strategy: str = "auto"
     num_nodes: int = 1
     seed: int = 0
-    checkpoint_every: int = 500
+    checkpoint_every: int = 100  # steps between kept checkpoints (step-NNNNNN.ckpt) and encoder exports
+    checkpoint_minutes: float = 5.0  # minutes of wall time between refreshes of last.ckpt (0: off)
     preview_every: int = 200
     log_every: int = 10
 

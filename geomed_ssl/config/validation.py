@@ -99,6 +99,8 @@ def validate(recipe: Recipe, source: str = "recipe") -> None:
     for name in ("batch_size", "max_steps", "checkpoint_every", "accumulate_grad_batches", "log_every"):
         if int(getattr(t, name)) <= 0:
             raise ConfigError(f"{source}: train.{name} must be a positive integer, got {getattr(t, name)}.")
+    if not float(t.checkpoint_minutes) >= 0:
+        raise ConfigError(f"{source}: train.checkpoint_minutes must be >= 0 (0: off), got {t.checkpoint_minutes}.")
     if t.warmup_steps < 0 or t.preview_every < 0:
         raise ConfigError(f"{source}: train.warmup_steps and train.preview_every must be >= 0.")
     if d.band_names is not None and d.wavelengths is not None and len(d.band_names) != len(d.wavelengths):

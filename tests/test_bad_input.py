@@ -515,7 +515,45 @@ DATA_CASES: list[Case] = [
 ]
 
 
-CASES = OUTDIR_CASES + CONFIG_CASES + EXPORT_CASES + TIMM_EXPORT_CASES + DATA_CASES
+# ---- training processes, checkpoints and resume ----------------------------------------------------------------
+class Pickled:
+    """Any class: a checkpoint holding one is refused by ``torch.load(weights_only=True)``."""
+
+
+def stopped_run(root: Path, last_ckpt: object | None = None) -> Path:
+    """A run folder as a run stopped early leaves it: its config.yaml and checkpoints/ (with ``last_ckpt``)."""
+    import torch
+
+    from geomed_ssl.config import load_recipe
+
+    run = root / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    load_recipe("recipes/mae_sentinel2.yaml", ["data.sensor=null"]).save(run / "config.yaml")
+    if last_ckpt is not None:
+        torch.save(last_ckpt, run / "checkpoints" / "last.ckpt")
+    return run
+
+
+def resume_args(root: Path, run: Path) -> list[str]:
+    return ["pretrain", "recipes/mae_sentinel2.yaml", "--data", str(rasters(root)), "--out", str(run), "--resume"]
+
+
+TRAINING_CASES: list[Case] = [
+    Case("resume-without-checkpoint-names-the-way-out",
+         lambda r: resume_args(r, stopped_run(r)), "Start it again with --overwrite"),
+    Case("resume-from-pickled-last-ckpt",
+         lambda r: resume_args(r, stopped_run(r, {"state_dict": {}, "geomed_ssl": {}, "obj": Pickled()})),
+         "pickled Python objects, which are never loaded"),
+    Case("unknown-train-strategy",
+         lambda r: ["pretrain", "recipes/mae_sentinel2.yaml", "--data", str(rasters(r)), "--out", str(r / "run"),
+                    "--set", "train.strategy=ddp_sideways"], "train.accelerator / devices / strategy"),
+    Case("negative-checkpoint-minutes",
+         lambda r: ["pretrain", "recipes/mae_sentinel2.yaml", "--data", str(rasters(r)), "--out", str(r / "run"),
+                    "--set", "train.checkpoint_minutes=-1"], "train.checkpoint_minutes"),
+]
+
+
+CASES = OUTDIR_CASES + CONFIG_CASES + EXPORT_CASES + TIMM_EXPORT_CASES + DATA_CASES + TRAINING_CASES
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:

@@ -137,7 +137,10 @@ class TrainConfig:
     strategy: str = setting("auto", "Lightning strategy: auto, ddp, ddp_spawn, ...")
     num_nodes: int = setting(1, "machines (multi-node DDP)", bounds=">= 1")
     seed: int = setting(0, "sampling, masking and init seed", bounds=">= 0")
-    checkpoint_every: int = setting(500, "steps between checkpoints (and encoder exports)", bounds=">= 1")
+    checkpoint_every: int = setting(100, "steps between kept checkpoints (step-NNNNNN.ckpt) and encoder exports",
+                                    bounds=">= 1")
+    checkpoint_minutes: float = setting(5.0, "minutes of wall time between refreshes of last.ckpt (0: off)",
+                                        bounds=">= 0")
     preview_every: int = setting(200, "steps between previews (0: off)", bounds=">= 0")
     log_every: int = setting(10, "steps between rows of metrics.csv", bounds=">= 1")
 

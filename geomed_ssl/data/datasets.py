@@ -3,7 +3,9 @@
 Sampling (``PretrainDataset``): indices come in groups of ``data_cfg.windows_per_read``; a group shares one file
 and, for rasters, one block-aligned region, so the region is read once and cut into many windows. Every random
 choice comes from a generator seeded by ``(seed, tag, index)``; nothing depends on call order, worker or process,
-so a resumed run sees exactly the same batches (use a sequential sampler: the randomness is in the dataset).
+so a resumed run sees exactly the same batches (use a sequential sampler: the randomness is in the dataset). Each
+sample carries its ``index`` (batched: ``batch["index"]`` (B,)), from which methods draw their per-sample randomness
+(``methods.base.PerSample``), so a sample is the same on whichever rank of a DDP run it lands.
 """
 
 from __future__ import annotations
@@ -170,6 +172,7 @@ class PretrainDataset(Dataset):
         image, valid, box = self._draw(record, g_rng, i)
         sample = self.view(image, valid, _rng(self.seed, TAG_VIEW, i))
         sample["meta"] = self._meta(record, box)
+        sample["index"] = torch.tensor(i)  # the global sample index: methods draw per-sample randomness from it
         return sample
 
 

@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,7 +182,8 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
         log.info("resuming: %d of %d files already embedded in %s", len(paths) - len(todo), len(paths), out_dir)
     total = len(todo) if level == "image" else sum(
         math.prod(len(axis_starts(s, w, st)) for s, w, st in zip(r.shape, win, strd)) for r in todo)
-    bar = tqdm(total=total, unit="file" if level == "image" else "window", desc="embedding", disable=not progress)
+    bar = tqdm(total=total, unit="file" if level == "image" else "window", desc="embedding",
+               disable=not progress or not sys.stderr.isatty())  # a bar only on a terminal (tqdm writes to stderr)
     root = catalog.root
     if level != "image":
         emb.progress = bar.update

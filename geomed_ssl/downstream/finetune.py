@@ -28,7 +28,9 @@ from geomed_ssl.models.cls_heads import layer_decay_groups
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 from geomed_ssl.models.seg_decoder import SegmentationModel
 from geomed_ssl.train.callbacks import MetricsCSV
-from geomed_ssl.train.pretrain import quiet_lightning, resolve_precision
+from geomed_ssl.train.checkpointing import AtomicCheckpointIO
+from geomed_ssl.train.console import has_bar, progress_callbacks, quiet_lightning
+from geomed_ssl.train.pretrain import resolve_precision
 from geomed_ssl.train.supervised import SupervisedModule
 
 log = logging.getLogger("geomed_ssl")
@@ -115,9 +117,13 @@ def save_recipe(recipe: Recipe, path: Path) -> None:
 
 def fit_supervised(model: torch.nn.Module, dataset: Any, recipe: Recipe, num_classes: int, out: Path,
                    weights: torch.Tensor | None, input_key: str = "image", progress: bool = True) -> None:
-    """Train with Lightning: layer-wise lr decay, warmup + cosine, checkpoints in ``out/checkpoints``."""
+    """Train with Lightning: layer-wise lr decay, warmup + cosine, checkpoints in ``out/checkpoints``; in this
+    process, on one device (``train.devices`` / ``strategy`` / ``num_nodes`` are for ``pretrain``)."""
     f, t = recipe.finetune, recipe.train
     quiet_lightning()
+    if str(t.devices) not in ("1", "auto") or t.num_nodes != 1 or t.strategy != "auto":
+        log.warning(f"fine-tuning runs in one process on one device; train.devices={t.devices}, "
+                    f"train.strategy={t.strategy}, train.num_nodes={t.num_nodes} apply to pretrain only.")
     L.seed_everything(recipe.labels.seed, workers=True, verbose=False)
     encoder = getattr(model, "encoder", None)
     if encoder is not None:
@@ -129,14 +135,15 @@ def fit_supervised(model: torch.nn.Module, dataset: Any, recipe: Recipe, num_cla
     loader = DataLoader(dataset, batch_size=f.batch_size, num_workers=recipe.data.num_workers,
                         sampler=SequentialSampler(range(f.max_steps * f.batch_size)), drop_last=True,
                         persistent_workers=recipe.data.num_workers > 0)
-    cbs: list[L.Callback] = [MetricsCSV(out / "metrics_train.csv", t.log_every),
-                             *([L.pytorch.callbacks.TQDMProgressBar()] if progress else []),
+    cbs: list[L.Callback] = [*progress_callbacks(progress, t.log_every),
+                             MetricsCSV(out / "metrics_train.csv", t.log_every),
                              L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
                                                                  save_top_k=0, every_n_train_steps=t.checkpoint_every)]
-    trainer = L.Trainer(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+    trainer = L.Trainer(accelerator=t.accelerator, devices=1, strategy="auto", num_nodes=1,
                         precision=resolve_precision(t.precision, t.accelerator), max_steps=f.max_steps, max_epochs=-1,
-                        gradient_clip_val=t.grad_clip, callbacks=cbs, logger=False, enable_progress_bar=progress,
-                        enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=min(t.log_every, f.max_steps))
+                        gradient_clip_val=t.grad_clip, callbacks=cbs, logger=False, enable_progress_bar=has_bar(cbs),
+                        enable_model_summary=False, num_sanity_val_steps=0, plugins=[AtomicCheckpointIO()],
+                        log_every_n_steps=min(t.log_every, f.max_steps))
     trainer.fit(module, train_dataloaders=loader)
     model.eval()
 

@@ -13,20 +13,111 @@ choices=...)``::
     class Toy(SSLMethod):
         name = "toy"
         Settings = ToySettings
+
+Randomness. ``training_loss(batch, step, generator)`` gets the step's ``generator``, seeded from (train.seed,
+micro-step) and the same on every rank: draws that concern the whole global batch (e.g. the band subset of
+``method.channel_sampling``) come from it. Draws that concern one sample (MAE masking noise, iBOT masks, anything
+per image) come from :class:`PerSample`, which gives sample ``i`` a generator seeded by (one draw of ``generator``,
+the sample's global index ``batch["index"][i]``). The dataset derives a sample's window and augmentations from
+(seed, index) too, so a sample is the same whichever rank or batch position it lands on: N processes with batch B
+train exactly as one process with batch N*B (up to float rounding), and a resumed run replays exactly.
+
+Losses under DDP. Gradients are averaged over ranks, so a loss that is a mean over the local batch with the same
+denominator on every rank is already the global mean. A loss normalised by a count that varies (valid pixels,
+masked tokens) must divide by :func:`mean_over_ranks` of that count, so the average of the per-rank losses is the
+global batch's loss. Collectives (``mean_over_ranks``, ``all_ranks``) run only in ``training_loss`` (every rank
+calls it once per micro-batch), never in eval-time code such as previews, which runs on rank 0 alone. The ``logs``
+of a step must have the same keys on every rank (the trainer averages them over ranks for metrics.csv).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from geomed_ssl.config import MethodConfig, Recipe, as_tuple, build_checked, check_instance, spatial_dims, values_of
 from geomed_ssl.errors import ConfigError
+from geomed_ssl.methods.schedules import ScheduleClock
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
+
+_MASK64 = (1 << 64) - 1
+
+
+def mix_seed(*keys: int) -> int:
+    """A 63-bit seed from integer keys (splitmix64 over them in turn): different keys give unrelated streams."""
+    z = 0x9E3779B97F4A7C15
+    for k in keys:
+        z = (z ^ (int(k) & _MASK64)) + 0x9E3779B97F4A7C15 & _MASK64
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & _MASK64
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EB & _MASK64
+        z ^= z >> 31
+    return z >> 1
+
+
+class PerSample:
+    """Random streams of the samples of one batch: sample ``i`` draws from a CPU generator seeded by
+    ``(base, stream, indices[i])``, where ``base`` is one draw of the step's generator (the same on every rank)
+    and ``indices[i]`` the sample's global index, so its draws do not depend on rank or batch position.
+
+    Example: MAE masking noise is ``PerSample.from_batch(batch, generator).rand(num_tokens)`` -> (B, N).
+    """
+
+    def __init__(self, generator: torch.Generator | None, indices: Sequence[int]) -> None:
+        draw = torch.randint(0, 2**62, (1,), generator=generator, device=generator.device if generator else "cpu")
+        self.base = int(draw)
+        self.indices = [int(i) for i in indices]
+
+    @classmethod
+    def from_batch(cls, batch: dict[str, Any], generator: torch.Generator | None, size: int | None = None) -> PerSample:
+        """From ``batch["index"]`` (B,) global sample indices; a batch without them counts as samples 0..B-1
+        (``size``: B, else the length of ``batch["image"]``)."""
+        index = batch.get("index")
+        if index is None:
+            n = size if size is not None else len(batch["image"])
+            return cls(generator, range(n))
+        return cls(generator, index.tolist() if torch.is_tensor(index) else list(index))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def generator(self, i: int, stream: int = 0) -> torch.Generator:
+        """The generator of batch position ``i`` for purpose ``stream`` (e.g. the crop number)."""
+        return torch.Generator().manual_seed(mix_seed(self.base, stream, self.indices[i]))
+
+    def rand(self, *shape: int, stream: int = 0) -> torch.Tensor:
+        """Uniform [0, 1) draws, (B, *shape) float32 on the CPU; row ``i`` from sample ``i``'s generator."""
+        if not self.indices:
+            return torch.empty(0, *shape)
+        return torch.stack([torch.rand(shape, generator=self.generator(i, stream)) for i in range(len(self))])
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
+    """``value`` (detached) averaged over the ranks of an initialised process group, else itself: the denominator
+    of a loss whose per-rank values DDP averages, so that they add up to the global batch's loss."""
+    value = value.detach()
+    if _world() == 1:
+        return value
+    value = value.clone()
+    dist.all_reduce(value)
+    return value / _world()
+
+
+def all_ranks(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True when ``flag`` holds on every rank (a collective under DDP), so that every rank takes the same branch."""
+    if _world() == 1:
+        return bool(flag)
+    t = torch.tensor([0.0 if flag else 1.0], device=device)
+    dist.all_reduce(t)
+    return bool(t.item() == 0)
 
 
 @dataclass(frozen=True)
@@ -96,8 +187,10 @@ class SSLMethod(nn.Module):
     """Base of all methods: owns its encoder(s), heads and loss.
 
     Subclasses set ``name``, ``Settings`` (their :class:`MethodSettings`) and ``view_kind`` ("mae" | "dino") and
-    implement ``training_loss``; all randomness of a step comes from the ``generator`` passed in, so a resumed run
-    replays exactly.
+    implement ``training_loss``; all randomness of a step comes from the ``generator`` passed in (per sample
+    through :class:`PerSample`), so a resumed run replays exactly and the split of the global batch over ranks does
+    not matter. Schedules read ``self.clock`` (a :class:`ScheduleClock` over ``max_steps``; the trainer replaces it
+    when a run is resumed with another length) so they continue without a jump.
     """
 
     name: ClassVar[str] = ""
@@ -123,6 +216,7 @@ class SSLMethod(nn.Module):
         else:
             raise TypeError(f"{type(self).__name__} takes {self.Settings.__name__}, a MethodConfig or a mapping, "
                             f"not {type(settings).__name__}")
+        self.clock = ScheduleClock(max_steps)
 
     def training_loss(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> MethodOutput:
         raise NotImplementedError

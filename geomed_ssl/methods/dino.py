@@ -2,7 +2,8 @@
 
 Student and teacher are the same :class:`ViTEncoder`; the teacher (exported) is an EMA of the student and never
 receives gradients. The student sees every crop (its global crops blockwise-masked when iBOT is on), the teacher
-only the unmasked global crops. Works on 2D and 3D token grids; every schedule is indexed by optimiser step.
+only the unmasked global crops. Works on 2D and 3D token grids; every schedule is indexed by optimiser step (through
+``self.clock``, which stretches the rest of a resumed run without a jump).
 
 Trainer hooks: ``before_optimizer_step(step)`` (drops last-layer grads while frozen), ``weight_decay(step)`` (set
 on the decaying param groups), ``after_step(step)`` (teacher EMA).
@@ -28,7 +29,7 @@ import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,7 @@ from torch import Tensor, nn
 
 from geomed_ssl.config import MethodConfig, setting
 from geomed_ssl.errors import ConfigError
-from geomed_ssl.methods.base import MethodContext, MethodOutput, MethodSettings, SSLMethod
+from geomed_ssl.methods.base import MethodContext, MethodOutput, MethodSettings, PerSample, SSLMethod
 from geomed_ssl.methods.dino_losses import CENTERINGS, DINOLoss, IBOTPatchLoss, KoLeoLoss
 from geomed_ssl.methods.heads import DINOHead
 from geomed_ssl.methods.registry import register_method
@@ -130,15 +131,20 @@ def block_mask(grid: tuple[int, ...], n_target: int, generator: torch.Generator,
 
 
 def ibot_masks(n: int, grid: tuple[int, ...], ratio: tuple[float, float], prob: float,
-               generator: torch.Generator) -> Tensor:
-    """Per image, with probability ``prob``, a block mask of a ratio drawn in ``ratio``; else none: (n, *grid)."""
+               generator: torch.Generator | Sequence[torch.Generator]) -> Tensor:
+    """Per image, with probability ``prob``, a block mask of a ratio drawn in ``ratio``; else none: (n, *grid).
+
+    ``generator``: one for all images (drawn in turn), or one per image (each image's mask from its own)."""
     total = math.prod(grid)
     masks = torch.zeros((n, *grid), dtype=torch.bool)
-    draws = torch.rand(n, 2, generator=generator)
+    per_image = not isinstance(generator, torch.Generator)
+    draws = None if per_image else torch.rand(n, 2, generator=generator)
     for i in range(n):
-        if draws[i, 0] < prob:
-            r = ratio[0] + float(draws[i, 1]) * (ratio[1] - ratio[0])
-            masks[i] = block_mask(grid, int(round(r * total)), generator)
+        g = generator[i] if per_image else generator
+        d = torch.rand(2, generator=g) if per_image else draws[i]
+        if d[0] < prob:
+            r = ratio[0] + float(d[1]) * (ratio[1] - ratio[0])
+            masks[i] = block_mask(grid, int(round(r * total)), g)
     return masks
 
 
@@ -210,15 +216,15 @@ class DINO(SSLMethod):
 
     def teacher_temp(self, step: int) -> float:
         s = self.settings
-        return linear_warmup(step, s.warmup_teacher_temp, s.teacher_temp, self.teacher_temp_warmup_steps)
+        return linear_warmup(self.clock(step), s.warmup_teacher_temp, s.teacher_temp, self.teacher_temp_warmup_steps)
 
     def momentum(self, step: int) -> float:
-        return teacher_momentum(step, self.settings.momentum_teacher, self.max_steps)
+        return teacher_momentum(self.clock(step), self.settings.momentum_teacher, self.max_steps)
 
     def weight_decay(self, step: int) -> float:
         """Weight decay of the decaying param groups at ``step`` (cosine 0.04 -> 0.4 by default)."""
         s = self.settings
-        return cosine(step, s.weight_decay_start, s.weight_decay_end, self.max_steps)
+        return cosine(self.clock(step), s.weight_decay_start, s.weight_decay_end, self.max_steps)
 
     # ---- forward passes ------------------------------------------------------------------------------------
     def _student_globals(self, x: Tensor, masks: Tensor | None) -> Tensor:
@@ -251,7 +257,10 @@ class DINO(SSLMethod):
         masks = None
         if self.use_ibot:
             grid = self.student.patch_embed.grid_for(tuple(x_g.shape[2:]))
-            masks = ibot_masks(x_g.shape[0], grid, tuple(s.ibot_mask_ratio), s.ibot_mask_prob, generator)
+            rng = PerSample.from_batch(batch, generator, len(globals_[0]))
+            # row c * B + i is global crop c of sample i: its mask comes from that sample's stream c
+            gens = [rng.generator(i, stream=c) for c in range(n_g) for i in range(len(rng))]
+            masks = ibot_masks(x_g.shape[0], grid, tuple(s.ibot_mask_ratio), s.ibot_mask_prob, gens)
             masks = masks.to(x_g.device)  # (2B, *grid)
 
         with torch.no_grad():
@@ -322,7 +331,7 @@ class DINO(SSLMethod):
     # ---- trainer hooks -------------------------------------------------------------------------------------
     def before_optimizer_step(self, step: int) -> None:
         """Drop the last layers' gradients while frozen (the first ``freeze_last_layer_steps`` steps)."""
-        if step >= self.freeze_last_layer_steps:
+        if self.clock(step) >= self.freeze_last_layer_steps:
             return
         for head in (self.student_head, self.student_patch_head):
             if head is not None:

@@ -22,7 +22,8 @@ from torch import nn
 
 from geomed_ssl.config import MAX_DEPTH, MAX_EMBED_DIM, MAX_HEADS, MethodConfig, setting
 from geomed_ssl.errors import ConfigError
-from geomed_ssl.methods.base import MethodContext, MethodOutput, MethodSettings, SSLMethod
+from geomed_ssl.methods.base import (MethodContext, MethodOutput, MethodSettings, PerSample, SSLMethod, all_ranks,
+                                     mean_over_ranks)
 from geomed_ssl.methods.registry import register_method
 from geomed_ssl.methods.masking import (consistent_noise, mask_to_image, patchify, random_masking, sample_units,
                                         unit_patchify, unit_unpatchify, unpatchify)
@@ -250,7 +251,7 @@ class MAE(SSLMethod):
         pixel is valid; targets are per-token normalised with ``norm_pix_loss`` (unless ``normalise`` is False)."""
         target, real = unit_patchify(x, self.patch_size, units)  # (B, T, V), (T, V)
         weights = real.expand_as(target)
-        all_valid = valid is None or bool(valid.all())
+        all_valid = self._everywhere(valid is None or bool(valid.all()), x.device)
         if not all_valid:
             pix = patchify(valid[:, None], self.patch_size)  # (B, N, P)
             cmax = target.shape[-1] // pix.shape[-1]
@@ -261,21 +262,28 @@ class MAE(SSLMethod):
             target = (target - mean) / (var + NORM_PIX_EPS) ** 0.5
         return target, weights, all_valid
 
-    @staticmethod
-    def _masked_mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor,
+    def _masked_mse(self, pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor,
                     all_valid: bool) -> torch.Tensor:
         """Mean over masked tokens of each token's mean squared error over its weighted values (all pixels valid),
-        else the mean over every masked valid value (as the plain loss)."""
+        else the mean over every masked valid value (as the plain loss); over the global batch in training."""
         err = torch.where(weights, (pred - target) ** 2, 0.0).sum(dim=-1)  # (B, T)
         count = weights.sum(dim=-1).to(err.dtype)  # (B, T)
         if all_valid:
-            return (err / count.clamp_min(1) * mask).sum() / mask.sum()
-        return (err * mask).sum() / (count * mask).sum().clamp_min(1)
+            return (err / count.clamp_min(1) * mask).sum() / self._global(mask.sum())
+        return (err * mask).sum() / self._global((count * mask).sum()).clamp_min(1)
+
+    def _everywhere(self, flag: bool, device: torch.device) -> bool:
+        """In training, ``flag`` on every rank (so all ranks pick the same loss formula); else ``flag``."""
+        return all_ranks(flag, device) if self.training else flag
+
+    def _global(self, denominator: torch.Tensor) -> torch.Tensor:
+        """In training, the mean over ranks of a loss denominator (see ``methods.base``); else itself."""
+        return mean_over_ranks(denominator) if self.training else denominator
 
     def _pixel_weights(self, image: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor | None:
         """(B, N, P*C) bool, True on valid pixels; None when every pixel is valid, so an all-valid batch gets the
         paper's loss bit for bit (the check costs one host sync)."""
-        if valid is None or bool(valid.all()):
+        if self._everywhere(valid is None or bool(valid.all()), image.device):
             return None
         return patchify(valid[:, None].expand_as(image), self.patch_size)
 
@@ -301,21 +309,21 @@ class MAE(SSLMethod):
         err = (pred - target) ** 2  # (B, N, P*C)
         if weights is None:
             per_patch = err.mean(dim=-1)  # (B, N)
-            return (per_patch * mask).sum() / mask.sum()
+            return (per_patch * mask).sum() / self._global(mask.sum())
         per_patch = torch.where(weights, err, 0.0).sum(dim=-1)  # (B, N)
         count = weights.sum(dim=-1).to(err.dtype)  # (B, N) valid values per patch
-        return (per_patch * mask).sum() / (count * mask).sum().clamp_min(1)
+        return (per_patch * mask).sum() / self._global((count * mask).sum()).clamp_min(1)
 
     def training_loss(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> MethodOutput:
-        """One step's loss; the masking noise is drawn from ``generator`` (on its device) then moved."""
+        """One step's loss: the band subset (``channel_sampling``) from ``generator``, each sample's masking noise
+        from its own stream (:class:`PerSample`: the sample's global index), drawn on the CPU then moved."""
         image, valid = batch["image"], batch.get("valid")
         grid = self.encoder.patch_embed.grid_for(tuple(image.shape[2:]))
-        gen_device = generator.device if generator is not None else torch.device("cpu")
         channel_ids = self.sample_channels(generator) if self.channel_sampling else None
         n = math.prod(grid)
         if self.kind in UNIT_KINDS and self.group_masking == "independent":
             n *= len(self.encoder.units(self.in_chans if channel_ids is None else len(channel_ids)))
-        noise = torch.rand(image.shape[0], n, generator=generator, device=gen_device)
+        noise = PerSample.from_batch(batch, generator, image.shape[0]).rand(n)  # (B, n): sample i's own draws
         if channel_ids is None:
             out = self(image, valid, noise.to(image.device))
         else:
@@ -345,11 +353,15 @@ class MAE(SSLMethod):
         """For previews, in eval mode: ``pred_image`` (B, C, *S) in the input's normalised space (norm_pix undone
         with each target patch's mean/var), ``mask_image`` (B, *S) bool True where masked, ``loss`` scalar."""
         was_training = self.training
-        self.eval()
+        self.eval()  # also keeps the loss local: previews run on rank 0 alone
         try:
-            out = self(image, valid, noise)
+            return self._reconstruct(image, valid, noise)
         finally:
             self.train(was_training)
+
+    def _reconstruct(self, image: torch.Tensor, valid: torch.Tensor | None,
+                     noise: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        out = self(image, valid, noise)
         pred = out.pred
         if out.units is not None:
             return self._reconstruct_units(image, valid, out)

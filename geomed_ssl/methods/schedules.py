@@ -1,6 +1,7 @@
 """Pure, step-based schedules (official DINO ``cosine_scheduler`` / ``linspace`` warmups, indexed by optimiser step).
 
-Every function maps an integer step to a float without state, so a resumed run recomputes the exact same value.
+Every function maps a step to a float without state, so a resumed run recomputes the exact same value. Steps are
+optimiser steps, or the float schedule steps of a :class:`ScheduleClock` when a resumed run was given another length.
 """
 
 from __future__ import annotations
@@ -8,23 +9,23 @@ from __future__ import annotations
 import math
 
 
-def linear_warmup(step: int, start: float, end: float, warmup_steps: int) -> float:
+def linear_warmup(step: float, start: float, end: float, warmup_steps: int) -> float:
     """``linspace(start, end, warmup_steps)[step]`` during warmup, ``end`` afterwards (DINO's teacher temperature)."""
     if warmup_steps <= 0 or step >= warmup_steps:
         return float(end)
-    step = max(int(step), 0)
+    step = max(step, 0)
     if warmup_steps == 1:
         return float(start)
     return float(start + (end - start) * step / (warmup_steps - 1))
 
 
 def cosine(
-    step: int, base: float, final: float, total_steps: int, warmup_steps: int = 0, warmup_start: float = 0.0
+    step: float, base: float, final: float, total_steps: int, warmup_steps: int = 0, warmup_start: float = 0.0
 ) -> float:
     """DINO's ``cosine_scheduler`` at one step: ``linspace(warmup_start, base, warmup_steps)`` during warmup, then
     ``final + (base - final) * (1 + cos(pi * t / T)) / 2`` with ``t = step - warmup_steps`` and
     ``T = total_steps - warmup_steps``; ``final`` from ``total_steps`` on."""
-    step = max(int(step), 0)
+    step = max(step, 0)
     if step < warmup_steps:
         return linear_warmup(step, warmup_start, base, warmup_steps)
     span = total_steps - warmup_steps
@@ -34,6 +35,49 @@ def cosine(
     return float(final + 0.5 * (base - final) * (1.0 + math.cos(math.pi * t / span)))
 
 
-def teacher_momentum(step: int, base: float, total_steps: int) -> float:
+def teacher_momentum(step: float, base: float, total_steps: int) -> float:
     """EMA momentum of the teacher: cosine from ``base`` (e.g. 0.996) to 1 over ``total_steps``."""
     return cosine(step, base, 1.0, total_steps)
+
+
+class ScheduleClock:
+    """Maps an optimiser step to the step of the schedules the run was started with (``total`` steps long).
+
+    A fresh run maps every step to itself. A run resumed at step ``s`` with another ``train.max_steps`` (``end``)
+    keeps what it has done and maps its remaining steps linearly onto the remaining part of its schedules: step
+    ``s`` stays where it was (schedule step ``v``) and step ``end`` reaches ``total``, so every value (learning
+    rate, teacher momentum and temperature, weight decay) continues from where it was, without a jump, and ends at
+    its final value at the new end. Each resume adds a knot; the clock is stored in every checkpoint.
+    """
+
+    def __init__(self, total: int, end: int | None = None, knots: list[list[float]] | None = None) -> None:
+        self.total = int(total)
+        self.end = int(total if end is None else end)
+        self.knots = [[int(s), float(v)] for s, v in (knots or [[0, 0.0]])]  # ascending [step, schedule step]
+
+    def __call__(self, step: float) -> float:
+        """The schedule step (a float once stretched) at optimiser step ``step``."""
+        knots = self.knots
+        i = max(j for j, (s, _) in enumerate(knots) if s <= step) if step >= knots[0][0] else 0
+        s, v = knots[i]
+        s_next, v_next = knots[i + 1] if i + 1 < len(knots) else (self.end, float(self.total))
+        if s_next <= s:
+            return v
+        if v_next - v == s_next - s:  # not stretched: exactly the step (keeps a plain resume bit-identical)
+            return v + (step - s)
+        return min(v + (step - s) * (v_next - v) / (s_next - s), v_next)
+
+    def resumed(self, step: int, end: int) -> ScheduleClock:
+        """The clock for a run resumed at ``step`` that now ends at ``end``."""
+        knots = [k for k in self.knots if k[0] < step] + [[int(step), self(step)]]
+        return ScheduleClock(self.total, end, knots)
+
+    def to_dict(self) -> dict:
+        return {"total": self.total, "end": self.end, "knots": [list(k) for k in self.knots]}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> ScheduleClock:
+        return cls(int(raw["total"]), int(raw["end"]), [list(k) for k in raw["knots"]])
+
+    def __repr__(self) -> str:
+        return f"ScheduleClock(total={self.total}, end={self.end}, knots={self.knots})"

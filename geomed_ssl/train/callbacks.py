@@ -1,8 +1,11 @@
-"""Lightning callbacks of ours: metrics CSV that survives resume, encoder export, reconstruction previews."""
+"""Lightning callbacks of ours: metrics CSV that survives resume, encoder export, reconstruction previews.
+
+Each writes on global rank 0 only (the other ranks of a DDP run compute the same values and touch no file)."""
 
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any, Callable
 
@@ -10,6 +13,7 @@ import lightning as L
 
 from geomed_ssl.checkpoint import save_encoder
 from geomed_ssl.outfiles import atomic_path
+from geomed_ssl.train.checkpointing import atomic_write
 
 
 class MetricsCSV(L.Callback):
@@ -21,6 +25,8 @@ class MetricsCSV(L.Callback):
         self.rows: list[dict[str, Any]] = []
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
         if self.path.exists():
             with self.path.open(newline="") as f:
                 self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= trainer.global_step]
@@ -29,7 +35,7 @@ class MetricsCSV(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         step = trainer.global_step  # optimizer steps done, so the row of step s is written after update s
-        if not getattr(pl_module, "last_logs", None) or step == 0:
+        if not trainer.is_global_zero or not getattr(pl_module, "last_logs", None) or step == 0:
             return
         if step % self.every == 0 or step == trainer.max_steps:
             if self.rows and int(self.rows[-1]["step"]) == step:
@@ -38,18 +44,18 @@ class MetricsCSV(L.Callback):
             self._write()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._write()
+        if trainer.is_global_zero:
+            self._write()
 
     def _write(self) -> None:
         keys: list[str] = ["step"]
         for row in self.rows:
             keys += [k for k in row if k not in keys]
-        tmp = self.path.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        tmp.replace(self.path)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write(self.path, lambda f: f.write(buffer.getvalue().encode()))
 
 
 class ExportEncoder(L.Callback):

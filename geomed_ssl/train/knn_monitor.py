@@ -90,6 +90,8 @@ class KNNMonitor(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         step = trainer.global_step
+        if not trainer.is_global_zero:  # every rank holds the same teacher; rank 0 scores it
+            return
         if step == 0 or step == self.done_step or (step % self.every and step != trainer.max_steps):
             return
         self.done_step = step

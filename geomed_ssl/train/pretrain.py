@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -12,6 +11,8 @@ from typing import Any, Callable, Iterator
 import lightning as L
 import torch
 import yaml
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from torch.utils.data import DataLoader, Sampler
 
 from geomed_ssl.config import Recipe, apply_overrides, load_recipe, recipe_from_dict, spatial_dims, validate
@@ -19,22 +20,19 @@ from geomed_ssl.data.catalog import Catalog, scan
 from geomed_ssl.data.datasets import PretrainDataset, collate
 from geomed_ssl.data.stats import BandStats, compute_stats
 from geomed_ssl.data.views import build_views
-from geomed_ssl.errors import GeomedError
+from geomed_ssl.errors import ConfigError, GeomedError
 from geomed_ssl.methods import build_method, with_method_settings
+from geomed_ssl.methods.schedules import ScheduleClock
 from geomed_ssl.models.encoder import EncoderConfig
 from geomed_ssl.outdirs import Inputs, check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_path, atomic_write_text
 from geomed_ssl.train.callbacks import ExportEncoder, MetricsCSV, Previews
+from geomed_ssl.train.checkpointing import (AtomicCheckpointIO, ResumePoint, RunCheckpoints, StopRequest,
+                                            find_resume_checkpoint, read_checkpoint_info, remove_stale_temp_files)
+from geomed_ssl.train.console import ConsoleSettings, has_bar, progress_callbacks, quiet_lightning
 from geomed_ssl.train.module import PretrainModule
 
 log = logging.getLogger("geomed_ssl")
-
-
-def quiet_lightning() -> None:
-    """Lightning's start-up banners (GPU/TPU availability, tips) are noise for our users; warnings still show."""
-    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
 @dataclass
@@ -45,6 +43,8 @@ class RunResult:
     encoder_dir: Path
     steps: int
     catalog: Catalog
+    stopped: str | None = None  # SIGTERM / SIGINT (or "stopped") when the run ended before train.max_steps
+    is_global_zero: bool = True  # False in the other processes of a multi-process run
 
 
 class StepOffsetSampler(Sampler[int]):
@@ -80,23 +80,71 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool, inputs: Inputs | None = None,
                     create: bool = True) -> None:
-    """RUN_DIR under the output-folder rule (:mod:`geomed_ssl.outdirs`): ``--resume`` continues a run of ours that
-    has a checkpoint, ``--overwrite`` replaces one, anything else must be new or empty; ``create=False`` only
-    checks (nothing is written)."""
+    """RUN_DIR under the output-folder rule (:mod:`geomed_ssl.outdirs`): ``--resume`` continues a run of ours
+    (:func:`find_resume_checkpoint` checks it has a readable checkpoint), ``--overwrite`` replaces one, anything else
+    must be new or empty; ``create=False`` only checks (nothing is written). Rank 0 only."""
     if resume and overwrite:
         raise GeomedError("--resume continues the run in --out and --overwrite replaces it; pass one of them.")
     kwargs = {"command": "pretrain", "inputs": inputs, "overwrite": overwrite, "resume": resume}
     check_out_dir(out, **kwargs)
-    if resume and not (out / "checkpoints" / "last.ckpt").is_file():
-        raise GeomedError(f"--resume: no checkpoint at {out / 'checkpoints' / 'last.ckpt'}; start the run without "
-                          "--resume.")
     if create:
         prepare_out_dir(out, **kwargs)
 
 
+def process_rank(t: Any) -> tuple[int, int]:
+    """(global rank, world size) of this process under the recipe's devices / strategy / nodes, read from the launch
+    environment before anything is written: with ``strategy=ddp`` Lightning runs the same command again for the
+    other ranks, and only rank 0 may create, check or delete folders."""
+    try:
+        probe = L.Trainer(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                          enable_model_summary=False)
+    except (MisconfigurationException, ValueError, RuntimeError) as err:
+        raise ConfigError(f"train.accelerator / devices / strategy / num_nodes ({t.accelerator} / {t.devices} / "
+                          f"{t.strategy} / {t.num_nodes}): {str(err).splitlines()[0]}") from None
+    return probe.global_rank, probe.world_size
+
+
+def resolve_recipe(recipe: Recipe | str | Path | None, out: Path, overrides: list[str] | None,
+                   resume: bool) -> Recipe:
+    """The run's recipe, read only and checked whole (the method's settings included): a resumed run continues with
+    the ``config.yaml`` it was started with (plus any overrides, e.g. more steps)."""
+    if not resume:
+        source = "recipe" if isinstance(recipe, Recipe) else str(recipe or "defaults")
+        if isinstance(recipe, Recipe):
+            validate(recipe, source)
+        else:
+            recipe = load_recipe(recipe, overrides)
+        return with_method_settings(recipe, source)
+    saved = out / "config.yaml"
+    if not saved.is_file():
+        if not out.is_dir() or not any(out.iterdir()):
+            raise GeomedError(f"--resume: there is no run in '{out}' to continue; start it without --resume.")
+        raise GeomedError(f"--resume: '{saved}' is missing, so the run's recipe is unknown; start again with "
+                          f"--overwrite (replaces '{out}') or choose another --out.")
+    source = str(saved)
+    raw = apply_overrides(yaml.safe_load(saved.read_text()), overrides, source)
+    return with_method_settings(recipe_from_dict(raw, source), source, saved=True)
+
+
+def resumed_clock(point: ResumePoint, max_steps: int) -> ScheduleClock:
+    """The schedule clock of a run resumed from ``point`` that now ends at ``max_steps`` (see ScheduleClock)."""
+    saved = point.info.get("schedule")
+    clock = ScheduleClock.from_dict(saved) if saved else ScheduleClock(int(point.info["recipe"]["train"]["max_steps"]))
+    new = clock.resumed(point.step, max_steps)
+    if max_steps != clock.end and max_steps > point.step:
+        if clock(point.step) >= clock.total:
+            log.warning(f"the run finished its schedules at step {point.step} (lr at train.min_lr): its "
+                        f"{max_steps - point.step} extra steps run at their final values.")
+        else:
+            log.info(f"train.max_steps {clock.end} -> {max_steps}: the rest of the schedules (lr, and DINO's) "
+                     f"stretches over steps {point.step}..{max_steps}, continuing from where it is.")
+    return new
+
+
 def write_run_files(out: Path, recipe: Recipe, catalog: Catalog, stats: BandStats) -> None:
     """``config.yaml``, ``catalog.json`` and (unless a resumed run has it) ``stats.json``, each complete or not at
-    all."""
+    all (rank 0 only)."""
     with atomic_path(out / "config.yaml") as tmp:
         recipe.save(tmp)
     atomic_write_text(out / "catalog.json", json.dumps(catalog.to_dict(), indent=1))
@@ -105,120 +153,159 @@ def write_run_files(out: Path, recipe: Recipe, catalog: Catalog, stats: BandStat
             stats.save(tmp)
 
 
-def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: str | Path, *, overrides: list[str] | None = None,
-             resume: bool = False, overwrite: bool = False, strict: bool = False,
-             callbacks: list[L.Callback] | None = None, progress: bool = True) -> RunResult:
-    """Pretrain an encoder on the files under ``data_dir`` without labels; see ``docs/cli.md`` for the outputs."""
-    out = Path(out_dir)
-    inputs: dict[str, Any] = {"data folder": data_dir,
-                              "recipe": None if isinstance(recipe, Recipe) or resume else recipe}
-    prepare_run_dir(out, resume, overwrite, inputs, create=False)  # fail fast; RUN_DIR is made once all is valid
-    if not resume:  # the whole recipe, the method's settings included, is checked before the run folder is made
-        source = "recipe" if isinstance(recipe, Recipe) else str(recipe or "defaults")
-        if isinstance(recipe, Recipe):
-            validate(recipe, source)
-        else:
-            recipe = load_recipe(recipe, overrides)
-        recipe = with_method_settings(recipe, source)
-    if resume:  # the run continues with the recipe it was started with (plus any overrides, e.g. more steps)
-        source = str(out / "config.yaml")
-        saved = yaml.safe_load((out / "config.yaml").read_text())
-        recipe = with_method_settings(recipe_from_dict(apply_overrides(saved, overrides, source), source), source,
-                                      saved=True)
-    inputs["kNN labels folder"] = recipe.data.val_labels
+class PretrainData(L.LightningDataModule):
+    """The pretraining batches, built inside each training process (where the trainer knows its rank): micro-batch
+    ``m`` of rank ``r`` reads samples ``(m * world + r) * batch`` onwards, from the resumed step on."""
 
+    def __init__(self, dataset: PretrainDataset, batch_size: int, micro_batches: int, accumulate: int,
+                 num_workers: int):
+        super().__init__()
+        self.dataset, self.batch_size, self.micro_batches = dataset, batch_size, micro_batches
+        self.accumulate, self.num_workers = accumulate, num_workers
+
+    def start(self) -> int:
+        return self.trainer.global_step * self.accumulate
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = StepOffsetSampler(self.batch_size, self.micro_batches, start=self.start,
+                                    rank=self.trainer.global_rank, world=self.trainer.world_size)
+        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=collate, persistent_workers=self.num_workers > 0, drop_last=True,
+                          pin_memory=torch.cuda.is_available())
+
+
+def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: str | Path, *,
+             overrides: list[str] | None = None, resume: bool = False, overwrite: bool = False, strict: bool = False,
+             callbacks: list[L.Callback] | None = None, progress: bool = True) -> RunResult:
+    """Pretrain an encoder on the files under ``data_dir`` without labels; see ``docs/cli.md`` for the outputs.
+
+    Under DDP every rank runs this function; only global rank 0 writes. Everything that can fail on the inputs is
+    checked before the run folder is created, changed or deleted."""
+    out = Path(out_dir)
+    quiet_lightning()
+    recipe_file = None if isinstance(recipe, Recipe) or resume else recipe
+    recipe = resolve_recipe(recipe, out, overrides, resume)
+    t = recipe.train
+    rank, world = process_rank(t)
+    if rank != 0:
+        log.setLevel(logging.WARNING)  # the other ranks' output repeats rank 0's
+    inputs: dict[str, Any] = {"data folder": data_dir, "recipe": recipe_file,
+                              "kNN labels folder": recipe.data.val_labels}
+    if rank == 0:  # refuses a used or forbidden --out (and changes nothing) before the slow part
+        prepare_run_dir(out, resume, overwrite, inputs, create=False)
+    point = find_resume_checkpoint(out, announce=rank == 0) if resume else None
     catalog = scan(data_dir, recipe.data, strict=strict, names_by_position="error" if strict else "warn")
     log.info(catalog.summary())
     stats_path = out / "stats.json"
     if resume and stats_path.is_file():
         stats = BandStats.load(stats_path)
-    else:
-        stats = compute_stats(catalog, recipe.data, seed=recipe.train.seed)
+    else:  # every rank computes the same statistics (seeded), none waits for another's file
+        stats = compute_stats(catalog, recipe.data, seed=t.seed)
+    clock = resumed_clock(point, t.max_steps) if point else ScheduleClock(t.max_steps)
 
-    t = recipe.train
-    quiet_lightning()
     L.seed_everything(t.seed, workers=True, verbose=False)
     enc_cfg = EncoderConfig.from_recipe(recipe.model, recipe.data, len(catalog.band_names), catalog.band_names,
                                         catalog.wavelengths, stats.to_dict(), bandwidths=catalog.bandwidths)
-    method = build_method(recipe.method, enc_cfg, t.max_steps)
+    method = build_method(recipe.method, enc_cfg, clock.total)
     view = build_views(method.view_kind, recipe.data, spatial_dims(recipe.data), patch_size=recipe.model.patch_size)
     dataset = PretrainDataset(catalog, stats, recipe.data, view, seed=t.seed)
+    if rank == 0:
+        prepare_run_dir(out, resume, overwrite, inputs)
+        remove_stale_temp_files(out)
+        write_run_files(out, recipe, catalog, stats)
 
-    precision = resolve_precision(t.precision, t.accelerator)
-    ckpt_dir = out / "checkpoints"
-    extra = {"method": recipe.method.name, "recipe": recipe.to_dict()}
-    checkpointer = L.pytorch.callbacks.ModelCheckpoint(
-        dirpath=ckpt_dir, filename="step-{step:06d}", auto_insert_metric_name=False, every_n_train_steps=t.checkpoint_every,
-        save_top_k=-1, save_last=True, save_on_train_epoch_end=False,
+    stop = StopRequest()
+    cbs = run_callbacks(out, recipe, method, catalog, stats, enc_cfg, stop, progress) + (callbacks or [])
+    trainer = L.Trainer(
+        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+        precision=resolve_precision(t.precision, t.accelerator), max_steps=t.max_steps, max_epochs=-1,
+        gradient_clip_val=t.grad_clip, accumulate_grad_batches=t.accumulate_grad_batches, callbacks=cbs,
+        logger=tensorboard_logger(out), log_every_n_steps=min(t.log_every, t.max_steps),
+        enable_progress_bar=has_bar(cbs), enable_checkpointing=False, enable_model_summary=False,
+        default_root_dir=str(out), num_sanity_val_steps=0, use_distributed_sampler=False, deterministic=False,
+        plugins=[AtomicCheckpointIO()],
     )
-    cbs: list[L.Callback] = [checkpointer, MetricsCSV(out / "metrics.csv", t.log_every),
+    module = PretrainModule(method, recipe, effective_batch=t.batch_size * t.accumulate_grad_batches * world,
+                            extra_state={"encoder": enc_cfg.to_dict(), "method": recipe.method.name}, clock=clock)
+    data = PretrainData(dataset, t.batch_size, t.max_steps * t.accumulate_grad_batches, t.accumulate_grad_batches,
+                        recipe.data.num_workers)
+    steps = fit(trainer, module, data, point, stop, out)
+    stopped = stop.name or ("stopped" if steps < t.max_steps else None)
+    return RunResult(run_dir=out, encoder_dir=out / "encoder", steps=steps, catalog=catalog, stopped=stopped,
+                     is_global_zero=rank == 0)
+
+
+def fit(trainer: L.Trainer, module: PretrainModule, data: PretrainData, point: ResumePoint | None,
+        stop: StopRequest, out: Path) -> int:
+    """Train (from ``point`` when resuming); the optimiser steps done."""
+    spawned = isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
+    if spawned:  # this process only waits for the workers: a first Ctrl-C must not kill it while they save
+        stop.install()
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=str(point.path) if point else None, weights_only=True)
+    finally:
+        stop.restore()
+    if spawned:  # the workers trained: the step is in their last checkpoint
+        return read_checkpoint_info(out / "checkpoints" / "last.ckpt")[0]
+    return trainer.global_step
+
+
+def run_callbacks(out: Path, recipe: Recipe, method: Any, catalog: Catalog, stats: BandStats,
+                  enc_cfg: EncoderConfig, stop: StopRequest, progress: bool) -> list[L.Callback]:
+    """Console, progress, checkpoints, metrics.csv, encoder export, previews and the k-NN monitor (each writes on
+    rank 0 only), in the order their batch-end hooks must run."""
+    t = recipe.train
+    extra = {"method": recipe.method.name, "recipe": recipe.to_dict()}
+    cbs: list[L.Callback] = [ConsoleSettings(), *progress_callbacks(progress, t.log_every),
+                             RunCheckpoints(out / "checkpoints", t.checkpoint_every, t.checkpoint_minutes, stop),
+                             MetricsCSV(out / "metrics.csv", t.log_every),
                              ExportEncoder(out / "encoder", t.checkpoint_every, extra)]
     if t.preview_every:
-        plain = PretrainDataset(catalog, stats, recipe.data, build_views("none", recipe.data, spatial_dims(recipe.data)),
-                                seed=t.seed + 1)
-        renderer = preview_renderer if hasattr(method, "reconstruct") else attention_renderer
+        identity = build_views("none", recipe.data, spatial_dims(recipe.data))
+        plain = PretrainDataset(catalog, stats, recipe.data, identity, seed=t.seed + 1)
+        renderer = ReconstructionPreview if hasattr(method, "reconstruct") else AttentionPreview
         cbs.append(Previews(out / "previews", t.preview_every, renderer(plain, enc_cfg)))
     if recipe.data.val_labels and recipe.data.knn_every:
         from geomed_ssl.train.knn_monitor import KNNMonitor
 
-        cbs.insert(1, KNNMonitor.from_folder(recipe.data.val_labels, recipe.data, stats, enc_cfg.patch_size,
-                                             recipe.data.knn_every))  # before MetricsCSV, which writes knn_acc
-    if progress:
-        cbs.append(L.pytorch.callbacks.TQDMProgressBar(refresh_rate=1))
-    cbs += callbacks or []
+        knn = KNNMonitor.from_folder(recipe.data.val_labels, recipe.data, stats, enc_cfg.patch_size,
+                                     recipe.data.knn_every)
+        cbs.insert(next(i for i, c in enumerate(cbs) if isinstance(c, MetricsCSV)), knn)  # MetricsCSV writes knn_acc
+    return cbs
 
-    prepare_run_dir(out, resume, overwrite, inputs)
-    write_run_files(out, recipe, catalog, stats)
 
-    loggers = []
+def tensorboard_logger(out: Path) -> Any:
+    """TensorBoard events in ``out/tensorboard`` when tensorboard is installed, else no logger."""
     try:
         import tensorboard  # noqa: F401
-
-        loggers.append(L.pytorch.loggers.TensorBoardLogger(str(out), name="tensorboard", version=""))
     except ImportError:
-        pass
-    trainer = L.Trainer(
-        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes, precision=precision,
-        max_steps=t.max_steps, max_epochs=-1, gradient_clip_val=t.grad_clip, accumulate_grad_batches=t.accumulate_grad_batches,
-        callbacks=cbs, logger=loggers or False, log_every_n_steps=min(t.log_every, t.max_steps), enable_progress_bar=progress,
-        enable_model_summary=False, default_root_dir=str(out), num_sanity_val_steps=0,
-        use_distributed_sampler=False, deterministic=False,
-    )
-    module = PretrainModule(method, recipe, effective_batch=t.batch_size * t.accumulate_grad_batches * trainer.world_size,
-                            extra_state={"encoder": enc_cfg.to_dict(), "method": recipe.method.name})
-    sampler = StepOffsetSampler(t.batch_size, t.max_steps * t.accumulate_grad_batches,
-                                start=lambda: trainer.global_step * t.accumulate_grad_batches,
-                                rank=trainer.global_rank, world=trainer.world_size)
-    loader = DataLoader(dataset, batch_size=t.batch_size, sampler=sampler, num_workers=recipe.data.num_workers,
-                        collate_fn=collate, persistent_workers=recipe.data.num_workers > 0, drop_last=True,
-                        pin_memory=torch.cuda.is_available())
-    ckpt_path = str(ckpt_dir / "last.ckpt") if resume else None
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path, weights_only=True)
-    trainer.save_checkpoint(ckpt_dir / "last.ckpt")
-    return RunResult(run_dir=out, encoder_dir=out / "encoder", steps=trainer.global_step, catalog=catalog)
+        return False
+    return L.pytorch.loggers.TensorBoardLogger(str(out), name="tensorboard", version="")
 
 
-def preview_renderer(dataset: PretrainDataset, enc_cfg: EncoderConfig) -> Callable:
-    """A fixed batch of four un-augmented windows (from a dataset with the identity view), rendered by the
-    method's ``reconstruct``."""
-    from geomed_ssl.train.previews import render_reconstruction
+class ReconstructionPreview:
+    """For methods with ``reconstruct`` (MAE): a fixed batch of four un-augmented windows (from a dataset with the
+    identity view), rendered by the method. A class, not a closure, so a spawned process can receive it."""
 
-    batch = collate([dataset[i * 97] for i in range(4)])
+    def __init__(self, dataset: PretrainDataset, enc_cfg: EncoderConfig) -> None:
+        self.batch = collate([dataset[i * 97] for i in range(4)])
+        self.band_names, self.wavelengths = enc_cfg.band_names, enc_cfg.wavelengths
 
-    def render(pl_module: L.LightningModule, step: int, path: Path) -> None:
-        render_reconstruction(pl_module.method, batch, enc_cfg.band_names, enc_cfg.wavelengths, path)
+    def __call__(self, pl_module: L.LightningModule, step: int, path: Path) -> None:
+        from geomed_ssl.train.previews import render_reconstruction
 
-    return render
+        render_reconstruction(pl_module.method, self.batch, self.band_names, self.wavelengths, path)
 
 
-def attention_renderer(dataset: PretrainDataset, enc_cfg: EncoderConfig) -> Callable:
+class AttentionPreview:
     """For methods with no reconstruction (DINO): the exported encoder's last-layer CLS attention per head on one
     fixed un-augmented window."""
-    from geomed_ssl.downstream.attention import save_attention_png
 
-    image = dataset[0]["image"].numpy()  # (C, *S)
+    def __init__(self, dataset: PretrainDataset, enc_cfg: EncoderConfig) -> None:
+        self.image = dataset[0]["image"].numpy()  # (C, *S)
+        self.band_names, self.wavelengths = enc_cfg.band_names, enc_cfg.wavelengths
 
-    def render(pl_module: L.LightningModule, step: int, path: Path) -> None:
-        save_attention_png(pl_module.method.export_encoder(), image, enc_cfg.band_names, enc_cfg.wavelengths, path)
+    def __call__(self, pl_module: L.LightningModule, step: int, path: Path) -> None:
+        from geomed_ssl.downstream.attention import save_attention_png
 
-    return render
+        save_attention_png(pl_module.method.export_encoder(), self.image, self.band_names, self.wavelengths, path)

@@ -64,6 +64,20 @@ def test_same_generator_gives_same_loss_and_masks_differ_across_seeds() -> None:
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_ibot_masks_follow_the_sample_index_so_the_batch_split_does_not_matter() -> None:
+    m = make(ibot_loss_weight=1.0, ibot_mask_prob=1.0, centering="none")
+    views = batch(b=4)
+
+    def part(lo: int, hi: int) -> dict:
+        return {"views": {k: [v[lo:hi] for v in vs] for k, vs in views["views"].items()},
+                "index": torch.arange(lo, hi)}
+
+    whole = m.training_loss(part(0, 4), 3, gen(1)).logs
+    halves = [m.training_loss(part(lo, lo + 2), 3, gen(1)).logs for lo in (0, 2)]  # two ranks of 2
+    for key in ("dino_loss", "ibot_loss"):
+        torch.testing.assert_close(whole[key], (halves[0][key] + halves[1][key]) / 2)
+
+
 def test_center_moves_towards_teacher_mean_after_a_step() -> None:
     m = make()
     assert torch.all(m.dino_loss.center == 0)

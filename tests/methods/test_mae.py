@@ -79,6 +79,17 @@ def test_training_loss_randomness_comes_from_the_generator():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_masks_follow_the_sample_index_so_the_batch_split_does_not_matter():
+    mae = tiny_mae()
+    x = torch.randn(8, 4, 16, 16)
+    whole = mae.training_loss({"image": x, "index": torch.arange(8)}, 0, torch.Generator().manual_seed(5)).loss
+    halves = [mae.training_loss({"image": x[i:i + 4], "index": torch.arange(i, i + 4)}, 0,
+                                torch.Generator().manual_seed(5)).loss for i in (0, 4)]  # two ranks of 4
+    torch.testing.assert_close(whole, (halves[0] + halves[1]) / 2)
+    shifted = mae.training_loss({"image": x[:4], "index": torch.arange(4, 8)}, 0, torch.Generator().manual_seed(5))
+    assert not torch.equal(shifted.loss, halves[0])  # other indices, other masks
+
+
 def test_reconstruct_undoes_norm_pix_per_patch():
     mae = tiny_mae(norm_pix_loss=True)
     torch.nn.init.zeros_(mae.decoder.pred.weight)

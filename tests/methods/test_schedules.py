@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from geomed_ssl.methods.schedules import cosine, linear_warmup, teacher_momentum
+from geomed_ssl.methods.schedules import ScheduleClock, cosine, linear_warmup, teacher_momentum
 
 
 def official_cosine_scheduler(base: float, final: float, total: int, warmup: int = 0, start: float = 0.0) -> np.ndarray:
@@ -41,3 +41,27 @@ def test_teacher_temperature_warmup_is_linspace_then_constant() -> None:
     np.testing.assert_allclose([linear_warmup(i, 0.04, 0.07, 30) for i in range(50)], ref, rtol=1e-12)
     assert linear_warmup(0, 0.04, 0.07, 0) == 0.07
     assert math.isclose(linear_warmup(15, 0.04, 0.07, 31), 0.055)
+
+
+def test_fresh_and_plainly_resumed_clocks_are_the_identity() -> None:
+    fresh = ScheduleClock(100)
+    resumed = fresh.resumed(37, 100)
+    assert [fresh(s) for s in range(101)] == list(range(101))
+    assert [resumed(s) for s in range(101)] == list(range(101))
+
+
+def test_clock_resumed_with_more_steps_continues_without_a_jump_and_ends_at_the_schedule_end() -> None:
+    clock = ScheduleClock(100).resumed(40, 250)
+    assert [clock(s) for s in range(41)] == list(range(41))  # the steps already done keep their values
+    assert clock(250) == 100 and clock(145) == pytest.approx(70)  # the rest, 60 schedule steps over 210 steps
+    lr = [cosine(clock(s), 1.0, 0.0, 100, warmup_steps=10) for s in range(251)]
+    jumps = np.abs(np.diff(lr))
+    assert jumps[40:].max() <= jumps[:40].max()  # no step after the resume moves more than a normal step
+    assert np.all(np.diff(lr[40:]) <= 0) and lr[-1] == pytest.approx(0.0)
+
+
+def test_clock_survives_two_resumes_and_its_dict() -> None:
+    clock = ScheduleClock(100).resumed(40, 250).resumed(145, 400)
+    again = ScheduleClock.from_dict(clock.to_dict())
+    assert [again(s) for s in range(0, 401, 7)] == [clock(s) for s in range(0, 401, 7)]
+    assert clock(145) == pytest.approx(70) and clock(400) == 100 and clock(100) == pytest.approx(100 - 60 * 150 / 210)

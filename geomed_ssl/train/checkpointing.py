@@ -1,0 +1,298 @@
+"""Checkpoints that survive kills: atomic writes, the resume checkpoint, and saving on SIGTERM / SIGINT.
+
+Rules. A checkpoint is written to a temporary file in its own folder (``.last.ckpt.tmp-<pid>-<hex>``, created with
+the user's umask), flushed and fsynced, then renamed over the old one, so a kill or a full disk leaves the previous
+checkpoint whole. ``checkpoints/last.ckpt`` is refreshed every ``train.checkpoint_every`` steps (with a kept
+``step-NNNNNN.ckpt``), every ``train.checkpoint_minutes`` of wall time, when SIGTERM or SIGINT arrives (cluster
+preemption, Ctrl-C: saved at the next step boundary, then the run stops; a second Ctrl-C aborts at once) and at the
+end. Only global rank 0 writes; every decision is taken by all ranks together. ``--resume`` takes the newest
+checkpoint that loads (``last.ckpt``, else the newest ``step-*.ckpt``) and says which it skipped and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import secrets
+import shutil
+import signal
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, Callable
+
+import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+
+from geomed_ssl.errors import GeomedError
+
+log = logging.getLogger("geomed_ssl")
+
+TMP_PATTERN = re.compile(r"^\..+\.tmp-\d+-[0-9a-f]{6}$")  # what atomic_save leaves when killed mid-write
+STEP_PATTERN = re.compile(r"^step-(\d+)\.ckpt$")
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (best effort: some filesystems cannot open or sync a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, write: Callable[[Any], None]) -> None:
+    """``write(file)`` into a temporary file beside ``path`` (umask permissions), fsync, then rename it over
+    ``path``. On any failure the temporary file is removed and ``path`` is left as it was."""
+    path = Path(path)
+    tmp = _tmp_path(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` through :func:`atomic_write`."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def replace_with_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` a copy of the finished file ``src``, atomically: a hard link when the filesystem has them (no
+    data copied; a later save of either replaces its own name only), else a copy."""
+    tmp = _tmp_path(dst)
+    try:
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+        def copy(f: Any) -> None:
+            with src.open("rb") as s:
+                shutil.copyfileobj(s, f, 16 * 2**20)
+
+        atomic_write(dst, copy)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch checkpoint IO, with the write made atomic in the checkpoint's own folder (Lightning's
+    writes through a temporary directory and copies across filesystems, so a kill could truncate ``last.ckpt``)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError("storage_options are not supported by AtomicCheckpointIO")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save(checkpoint, path)
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Delete what killed writes of ours left in a run folder: ``checkpoints/.<name>.tmp-<pid>-<hex>`` files, the
+    run's own ``.<name>.tmp-…`` files, and ``.encoder.*`` folders of an interrupted encoder export."""
+    removed: list[Path] = []
+    for folder in (run_dir, run_dir / "checkpoints"):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if p.is_file() and TMP_PATTERN.match(p.name):
+                p.unlink(missing_ok=True)
+                removed.append(p)
+            elif folder == run_dir and p.is_dir() and p.name.startswith(".encoder."):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    if removed:
+        log.info(f"removed {len(removed)} temporary file(s) left by an interrupted write: "
+                 + ", ".join(p.name for p in removed[:3]) + (" ..." if len(removed) > 3 else ""))
+    return removed
+
+
+# ---- resume ------------------------------------------------------------------------------------------------------
+@dataclass
+class ResumePoint:
+    """The checkpoint a resumed run starts from."""
+
+    path: Path
+    step: int
+    info: dict[str, Any]  # the checkpoint's ``geomed_ssl`` section (recipe, schedule, encoder, method)
+
+
+def read_checkpoint_info(path: Path) -> tuple[int, dict[str, Any]]:
+    """``(global_step, geomed_ssl section)`` of a pretraining checkpoint, loaded with ``weights_only=True``
+    (memory-mapped, so the tensors are not read). Raises ``GeomedError`` with the reason in words."""
+    if path.stat().st_size == 0:
+        raise GeomedError("empty (0 bytes)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError:
+        raise GeomedError("it holds pickled Python objects, which are never loaded: only tensors and plain "
+                          "values are read") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile):
+        raise GeomedError("truncated or damaged (not a complete checkpoint file)") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or not isinstance(ckpt.get("geomed_ssl"), dict):
+        raise GeomedError("not a geomed-ssl pretraining checkpoint")
+    return int(ckpt.get("global_step", 0)), ckpt["geomed_ssl"]
+
+
+def checkpoint_candidates(ckpt_dir: Path) -> list[Path]:
+    """``last.ckpt``, then ``step-*.ckpt`` newest first."""
+    steps = sorted(((int(m.group(1)), p) for p in ckpt_dir.glob("step-*.ckpt")
+                    if (m := STEP_PATTERN.match(p.name))), reverse=True)
+    last = ckpt_dir / "last.ckpt"
+    return ([last] if last.is_file() else []) + [p for _, p in steps]
+
+
+def find_resume_checkpoint(run_dir: Path, announce: bool = True) -> ResumePoint:
+    """The newest readable checkpoint of ``run_dir``; each unreadable newer one is skipped with a one-line
+    message. No readable checkpoint: a ``GeomedError`` that names the way out."""
+    ckpt_dir = run_dir / "checkpoints"
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        raise GeomedError(f"--resume: there is no run in '{run_dir}' to continue; start it without --resume.")
+    skipped: list[str] = []
+    for path in checkpoint_candidates(ckpt_dir) if ckpt_dir.is_dir() else []:
+        try:
+            step, info = read_checkpoint_info(path)
+        except GeomedError as reason:
+            skipped.append(f"{path.name}: {reason}")
+            continue
+        if announce and skipped:
+            log.warning(f"--resume: skipping {'; '.join(skipped)}. Continuing from {path} (step {step}).")
+        return ResumePoint(path, step, info)
+    if skipped:
+        why = f"no readable checkpoint in '{ckpt_dir}' ({'; '.join(skipped)})"
+    else:
+        why = f"no checkpoint in '{ckpt_dir}': the run was stopped before its first checkpoint"
+    raise GeomedError(f"--resume: {why}. Start it again with --overwrite (replaces '{run_dir}') or choose another "
+                      "--out.")
+
+
+# ---- stopping on signals -----------------------------------------------------------------------------------------
+class StopRequest:
+    """SIGTERM / SIGINT handlers that only set a flag: the run saves a checkpoint at the next step boundary and
+    stops. A second SIGINT raises ``KeyboardInterrupt`` at once. Handlers can be installed only in the main
+    thread; elsewhere ``install`` does nothing."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.announce = True  # rank 0 says what happens; the other ranks stay quiet
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+    def install(self) -> None:
+        try:
+            previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        except ValueError:  # not the main thread
+            return
+        self._previous = {**previous, **self._previous}  # keep the first handlers seen when installed twice
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            try:
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+            except ValueError:
+                return
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            self.restore()
+            raise KeyboardInterrupt
+        self.signum = signum
+        if self.announce:
+            log.warning(f"{signal.Signals(signum).name} received: saving a checkpoint at the end of this step, then "
+                        "stopping (Ctrl-C again aborts without saving).")
+
+    def __getstate__(self) -> dict[str, Any]:  # handlers do not travel to spawned processes
+        return {**self.__dict__, "_previous": {}}
+
+
+def any_rank(trainer: L.Trainer, *flags: bool) -> list[bool]:
+    """Each flag OR-ed over all ranks (one collective when there are several), so every rank decides alike."""
+    if trainer.world_size == 1:
+        return [bool(f) for f in flags]
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=trainer.strategy.root_device)
+    t = trainer.strategy.reduce(t, reduce_op="sum")
+    return [bool(v > 0) for v in t.tolist()]
+
+
+class RunCheckpoints(L.Callback):
+    """Writes ``last.ckpt`` every ``every`` steps (plus a kept ``step-NNNNNN.ckpt``), every ``minutes`` of wall
+    time, on a stop request (then stops the run) and at the last step. Saving goes through ``trainer
+    .save_checkpoint`` (every rank calls it, rank 0 writes through :class:`AtomicCheckpointIO`)."""
+
+    def __init__(self, dirpath: str | Path, every: int, minutes: float, stop: StopRequest | None = None):
+        self.dirpath = Path(dirpath)
+        self.every, self.minutes = int(every), float(minutes)
+        self.stop = stop if stop is not None else StopRequest()
+        self.stopped_at: int | None = None
+        self._seen = -1
+        self._last_save = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after Lightning installed its own SIGTERM handler (which would exit without saving): ours replace it
+        self.stop.announce = trainer.is_global_zero
+        self.stop.install()
+        self._seen = trainer.global_step
+        self._last_save = time.monotonic()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if step == self._seen:  # inside an accumulated step: only step boundaries are saved
+            return
+        self._seen = step
+        timed = self.minutes > 0 and time.monotonic() - self._last_save >= 60 * self.minutes
+        timed, stop = any_rank(trainer, timed, self.stop.requested)
+        periodic, final = step % self.every == 0, step >= trainer.max_steps
+        if not (periodic or final or timed or stop):
+            return
+        last = self.dirpath / "last.ckpt"
+        if periodic:
+            step_file = self.dirpath / f"step-{step:06d}.ckpt"
+            trainer.save_checkpoint(step_file, weights_only=False)
+            if trainer.is_global_zero:
+                replace_with_copy(step_file, last)
+        else:
+            trainer.save_checkpoint(last, weights_only=False)
+        self._last_save = time.monotonic()
+        if stop and not final:
+            self.stopped_at = step
+            trainer.should_stop = True
+            if trainer.is_global_zero:
+                log.warning(f"stopped at step {step} of {trainer.max_steps} ({self.stop.name or 'signal'}); "
+                            f"checkpoint saved: {last}. Continue with the same command and --resume.")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.stop.restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.stop.restore()

@@ -1,0 +1,108 @@
+"""What a training run shows: a progress bar on stderr when it is a terminal, else a plain log line every N steps;
+and none of Lightning's messages that only our own setup causes."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+import warnings
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
+
+log = logging.getLogger("geomed_ssl")
+
+# Lightning warnings about choices we make on purpose (each with the reason):
+OUR_CHOICES = (
+    r".*isinstance\(treespec, LeafSpec\).*",  # a deprecation inside Lightning itself
+    # the sampler starts at the checkpoint's step (StepOffsetSampler), so a mid-epoch resume replays exactly
+    r"You're resuming from a checkpoint that ended before the epoch ended.*",
+    # data.num_workers is the user's choice; on CPU 0 workers is fastest (docs/concepts.md, sampling)
+    r"The '\w+' does not have many workers.*",
+    # a run is steps over one endless epoch: Lightning's per-epoch bookkeeping has nothing to say about it
+    r"The number of training batches \(\d+\) is smaller than the logging interval.*",
+)
+
+
+def quiet_lightning() -> None:
+    """Lightning's start-up banners (GPU/TPU availability, tips) and the warnings listed in ``OUR_CHOICES`` are
+    noise for our users; every other warning still shows."""
+    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in OUR_CHOICES:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+class StderrProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar, written to stderr (Lightning writes it to stdout, so redirected output fills with
+    carriage-return frames); shows optimiser steps."""
+
+    def init_train_tqdm(self) -> Any:
+        with contextlib.redirect_stdout(sys.stderr):  # Lightning passes file=sys.stdout, read at call time
+            return super().init_train_tqdm()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description("steps")
+
+
+class PlainProgress(L.Callback):
+    """One log line every ``every`` optimiser steps and at the last: step, loss, lr and steps per second."""
+
+    def __init__(self, every: int) -> None:
+        self.every = max(1, int(every))
+        self._seen, self._since, self._time = -1, 0, 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._seen = self._since = trainer.global_step
+        self._time = time.monotonic()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if step == self._seen or not trainer.is_global_zero:
+            return
+        self._seen = step
+        if step % self.every and step != trainer.max_steps:
+            return
+        now = time.monotonic()
+        rate = (step - self._since) / max(now - self._time, 1e-9)
+        self._since, self._time = step, now
+        logs = getattr(pl_module, "last_logs", {}) or {}
+        parts = [f"step {step}/{trainer.max_steps}"]
+        if "loss" in logs:
+            parts.append(f"loss {logs['loss']:.4f}")
+        if "lr" in logs:
+            parts.append(f"lr {logs['lr']:.3g}")
+        log.info("  ".join(parts + [f"{rate:.2f} it/s"]))
+
+
+def progress_callbacks(enabled: bool, every: int) -> list[L.Callback]:
+    """A bar on stderr when it is a terminal, else plain lines every ``every`` steps; nothing when disabled."""
+    if not enabled:
+        return []
+    if sys.stderr.isatty():
+        return [StderrProgressBar(refresh_rate=1)]
+    return [PlainProgress(every)]
+
+
+class ConsoleSettings(L.Callback):
+    """Carries this process's console settings (log level, Lightning quieted) into processes started with
+    ``strategy=ddp_spawn``: they are fresh interpreters, and unpickling this callback there applies the settings
+    before Lightning prints anything."""
+
+    def __init__(self) -> None:
+        self.level = logging.getLogger().getEffectiveLevel()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        quiet_lightning()
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=self.level, format="%(message)s", stream=sys.stderr)
+
+
+def has_bar(callbacks: list[L.Callback]) -> bool:
+    return any(isinstance(c, TQDMProgressBar) for c in callbacks)

@@ -1,0 +1,161 @@
+"""Checkpoints survive kills and full disks: atomic writes, resume from the newest readable checkpoint, a save on
+SIGTERM / SIGINT, schedules that continue smoothly when a run is resumed with more steps, and what the console shows."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import logging
+import os
+import signal
+import warnings
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from geomed_ssl.cli import app
+from geomed_ssl.train.checkpointing import StopRequest, atomic_save, atomic_write, remove_stale_temp_files
+from geomed_ssl.train.pretrain import pretrain
+from tests.conftest import TINY, KillAt
+
+OVERRIDES = [*TINY, "data.sensor=null", "data.patch_size=16", "train.max_steps=10", "train.checkpoint_every=5"]
+
+
+def rows(run_dir: Path) -> dict[int, dict[str, float]]:
+    with (run_dir / "metrics.csv").open() as f:
+        return {int(r["step"]): {k: float(v) for k, v in r.items() if v} for r in csv.DictReader(f)}
+
+
+def test_failed_write_leaves_the_previous_checkpoint_and_no_temporary_file(tmp_path: Path) -> None:
+    path = tmp_path / "last.ckpt"
+    atomic_save({"step": 1}, path)
+
+    def disk_full(f) -> None:
+        f.write(b"x" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        atomic_write(path, disk_full)
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_checkpoint_files_follow_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        atomic_save({"step": 1}, tmp_path / "last.ckpt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "last.ckpt").stat().st_mode & 0o777 == 0o644
+
+
+def test_only_our_stale_temporary_files_are_removed(tmp_path: Path) -> None:
+    (tmp_path / "checkpoints").mkdir()
+    ours = [tmp_path / "checkpoints" / ".last.ckpt.tmp-4242-a1b2c3", tmp_path / ".metrics.csv.tmp-17-00ff00"]
+    theirs = [tmp_path / "checkpoints" / "notes.tmp", tmp_path / ".hidden", tmp_path / "checkpoints" / "last.ckpt"]
+    for p in ours + theirs:
+        p.write_bytes(b"x")
+    (tmp_path / ".encoder.k2j3h4").mkdir()  # an interrupted encoder export
+    remove_stale_temp_files(tmp_path)
+    assert not any(p.exists() for p in ours) and not (tmp_path / ".encoder.k2j3h4").exists()
+    assert all(p.exists() for p in theirs)
+
+
+def test_resume_skips_a_truncated_newest_checkpoint_and_replays_exactly(raster_dir: Path, tmp_path: Path,
+                                                                        caplog) -> None:
+    full = tmp_path / "full"
+    pretrain("recipes/mae_sentinel2.yaml", raster_dir, full, overrides=OVERRIDES, progress=False)
+    broken = tmp_path / "broken"
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        pretrain("recipes/mae_sentinel2.yaml", raster_dir, broken, overrides=OVERRIDES, progress=False,
+                 callbacks=[KillAt(7)])
+    last = broken / "checkpoints" / "last.ckpt"  # step 5, as step-000005.ckpt
+    data = last.read_bytes()
+    last.unlink()
+    last.write_bytes(data[: len(data) // 2])  # what a copy killed halfway left before this version
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        resumed = pretrain(None, raster_dir, broken, resume=True, progress=False)
+    assert "skipping last.ckpt: truncated or damaged" in caplog.text and "step-000005.ckpt (step 5)" in caplog.text
+    assert resumed.steps == 10
+    a, b = rows(full), rows(broken)
+    np.testing.assert_allclose([b[s]["loss"] for s in range(6, 11)], [a[s]["loss"] for s in range(6, 11)], atol=1e-5)
+
+
+class SendSignal(L.Callback):
+    """Sends ``signum`` to this process after optimiser step ``step``, as a cluster scheduler would."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+def test_sigterm_saves_a_checkpoint_stops_and_the_run_resumes(raster_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    overrides = [*OVERRIDES, "train.checkpoint_every=1000"]  # the only checkpoint is the one the signal causes
+    before = signal.getsignal(signal.SIGTERM)
+    stopped = pretrain("recipes/mae_sentinel2.yaml", raster_dir, out, overrides=overrides, progress=False,
+                       callbacks=[SendSignal(3, signal.SIGTERM)])
+    assert stopped.stopped == "SIGTERM" and stopped.steps == 4  # saved at the next step boundary
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)["global_step"] == 4
+    resumed = pretrain(None, raster_dir, out, resume=True, progress=False)
+    assert resumed.steps == 10 and resumed.stopped is None and sorted(rows(out)) == list(range(1, 11))
+
+
+def test_a_second_ctrl_c_aborts_at_once() -> None:
+    stop = StopRequest()
+    stop.install()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        stop.restore()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_lr_continues_without_a_jump_when_resumed_with_more_steps(raster_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        pretrain("recipes/mae_sentinel2.yaml", raster_dir, out, overrides=OVERRIDES, progress=False,
+                 callbacks=[KillAt(6)])
+    pretrain(None, raster_dir, out, resume=True, progress=False, overrides=["train.max_steps=30"])
+    lr = [rows(out)[s]["lr"] for s in range(1, 31)]  # the lr of each update
+    steps = np.abs(np.diff(lr))
+    assert steps[5:].max() <= steps[:5].max()  # no change after the resume is larger than a warmup step's
+    assert np.all(np.diff(lr[5:]) <= 1e-12) and lr[-1] < 0.01 * max(lr)  # cosine down to min_lr at the new end
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)
+    assert ckpt["geomed_ssl"]["schedule"]["end"] == 30 and ckpt["geomed_ssl"]["schedule"]["total"] == 10
+
+
+def test_redirected_output_has_plain_progress_lines_and_no_lightning_noise(raster_dir: Path, tmp_path: Path) -> None:
+    args = ["pretrain", "recipes/mae_sentinel2.yaml", "--data", str(raster_dir), "--out", str(tmp_path / "run")]
+    for item in [*OVERRIDES, "train.max_steps=4", "train.log_every=2"]:
+        args += ["--set", item]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "\r" not in result.stdout and "done: 4 steps" in result.stdout
+    assert "step 2/4" in result.stderr and "step 4/4" in result.stderr and "it/s" in result.stderr
+    noise = [str(w.message) for w in caught if "lightning" in w.filename or "logger" in str(w.message)]
+    assert not noise, noise
+
+
+def test_progress_bar_writes_to_stderr(capsys) -> None:
+    from geomed_ssl.train.console import StderrProgressBar
+
+    bar = StderrProgressBar().init_train_tqdm()
+    bar.total = 3
+    bar.update(1)
+    bar.close()
+    captured = capsys.readouterr()
+    assert captured.out == "" and "1/3" in captured.err

@@ -1,0 +1,149 @@
+"""Multi-process pretraining on CPU (gloo, 2 processes), through the real command line: Lightning runs the command
+again for rank 1 (``ddp``) or starts worker processes (``ddp_spawn`` / ``ddp_fork``), so each test runs
+``python -m geomed_ssl.cli`` as a subprocess. Only rank 0 writes; a kill is resumable; 2 processes x batch B train
+exactly as 1 process x batch 2B."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import TINY, structured_raster, write_geotiff
+
+ROOT = Path(__file__).resolve().parents[2]
+BASE = [*TINY, "data.sensor=null", "data.patch_size=16", "train.accelerator=cpu", "train.checkpoint_every=1"]
+DDP = ["train.devices=2", "train.strategy=ddp", "train.batch_size=4"]
+RUN_FILES = {"config.yaml", "catalog.json", "stats.json", "metrics.csv", "checkpoints", "encoder"}
+
+
+def cli_args(data: Path, out: Path, sets: list[str], *extra: str) -> list[str]:
+    args = [sys.executable, "-m", "geomed_ssl.cli", "pretrain", "recipes/mae_sentinel2.yaml", "--data", str(data),
+            "--out", str(out), *extra]
+    for item in sets:
+        args += ["--set", item]
+    return args
+
+
+def env() -> dict[str, str]:
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+
+
+def run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+def metrics(run_dir: Path) -> dict[int, dict[str, float]]:
+    with (run_dir / "metrics.csv").open() as f:
+        return {int(r["step"]): {k: float(v) for k, v in r.items() if v} for r in csv.DictReader(f)}
+
+
+def ckpt(path: Path) -> dict:
+    return torch.load(path, weights_only=True, map_location="cpu")
+
+
+@pytest.fixture(scope="module")
+def nodata_rasters(tmp_path_factory) -> Path:
+    """Four 4-band 48x48 GeoTIFFs, two with a nodata stripe, so loss denominators differ between ranks."""
+    folder = tmp_path_factory.mktemp("ddp") / "rasters"
+    folder.mkdir()
+    rng = np.random.default_rng(4)
+    for i in range(4):
+        image = structured_raster(rng, 4, 48)
+        if i % 2:
+            image[:, 10:30, :] = 0
+        write_geotiff(folder / f"scene_{i}.tif", image, nodata=0)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ddp_run(nodata_rasters: Path) -> tuple[Path, subprocess.CompletedProcess]:
+    """A 2-step run on 2 processes (strategy ddp) with a checkpoint after each step."""
+    out = nodata_rasters.parent / "run"
+    return out, run(cli_args(nodata_rasters, out, [*BASE, *DDP, "train.max_steps=2"]))
+
+
+def test_ddp_run_finishes_with_its_checkpoints_and_one_set_of_files(ddp_run) -> None:
+    out, result = ddp_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("done: 2 steps") == 1  # rank 1 reports nothing
+    assert {p.name for p in out.iterdir()} == RUN_FILES
+    assert {p.name for p in (out / "checkpoints").iterdir()} == {"last.ckpt", "step-000001.ckpt", "step-000002.ckpt"}
+    assert ckpt(out / "checkpoints" / "last.ckpt")["global_step"] == 2 and sorted(metrics(out)) == [1, 2]
+
+
+def test_two_processes_of_batch_b_train_as_one_process_of_batch_2b(ddp_run, nodata_rasters: Path,
+                                                                   tmp_path: Path) -> None:
+    from geomed_ssl.train.pretrain import pretrain
+
+    out, result = ddp_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = tmp_path / "one"
+    pretrain("recipes/mae_sentinel2.yaml", nodata_rasters, one, progress=False,
+             overrides=[*BASE, "train.batch_size=8", "train.max_steps=1"])
+    assert (one / "stats.json").read_text() == (out / "stats.json").read_text()
+    assert metrics(one)[1]["valid_fraction"] < 1  # nodata in the batch: the loss denominators are global
+    assert metrics(one)[1]["loss"] == pytest.approx(metrics(out)[1]["loss"], rel=1e-5)
+    a = ckpt(one / "checkpoints" / "last.ckpt")["state_dict"]
+    b = ckpt(out / "checkpoints" / "step-000001.ckpt")["state_dict"]
+    assert a.keys() == b.keys()
+    # atol: a key bias has a zero gradient in exact arithmetic (softmax ignores it) and Adam scales its rounding noise
+    # up to ~1 % of an update (3e-4 here); masks drawn per rank instead of per sample would differ by whole updates
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_ddp_resume_with_more_steps_continues(ddp_run, tmp_path: Path, nodata_rasters: Path) -> None:
+    out, result = ddp_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    resumed = run(cli_args(nodata_rasters, copy, ["train.max_steps=4"], "--resume"))  # ddp, from its config.yaml
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.count("done: 4 steps") == 1 and sorted(metrics(copy)) == [1, 2, 3, 4]
+    assert ckpt(copy / "checkpoints" / "last.ckpt")["global_step"] == 4
+
+
+def test_ddp_run_stopped_by_sigterm_saves_and_resumes(nodata_rasters: Path, tmp_path: Path) -> None:
+    out = tmp_path / "preempted"
+    sets = [*BASE, *DDP, "train.max_steps=100000", "train.checkpoint_every=100000", "train.checkpoint_minutes=0"]
+    proc = subprocess.Popen(cli_args(nodata_rasters, out, sets), cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "metrics.csv").is_file() and len(metrics(out)) >= 2:
+                break
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGTERM)  # a scheduler preempting the job: every process of it
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "stopped at step" in stdout and "--resume" in stdout
+    step = ckpt(out / "checkpoints" / "last.ckpt")["global_step"]
+    assert step >= 2
+    resumed = run(cli_args(nodata_rasters, out, [f"train.max_steps={step + 2}"], "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"done: {step + 2} steps" in resumed.stdout and sorted(metrics(out)) == list(range(1, step + 3))
+
+
+@pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_fork"])
+def test_spawn_and_fork_strategies_run_and_write_once(strategy: str, nodata_rasters: Path, tmp_path: Path) -> None:
+    out = tmp_path / strategy
+    result = run(cli_args(nodata_rasters, out, [*BASE, *DDP, f"train.strategy={strategy}", "train.max_steps=2"]))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("done: 2 steps") == 1
+    assert {p.name for p in out.iterdir()} == RUN_FILES and sorted(metrics(out)) == [1, 2]
+    assert ckpt(out / "checkpoints" / "last.ckpt")["global_step"] == 2

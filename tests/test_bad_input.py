@@ -239,9 +239,9 @@ def finetune_with(*sets: str) -> Callable[[Path], list[str]]:
     """``finetune classify`` (random init) on two class folders with ``--set`` values."""
     def setup(r: Path) -> list[str]:
         for name in ("a", "b"):
-            rasters(r / name, n=2)
-        return ["finetune", "classify", "recipes/mae_sentinel2.yaml", "--encoder", "none", "--data", str(r),
-                "--out", str(r / "ft"), "--labels-per-class", "1", *[a for s in sets for a in ("--set", s)]]
+            rasters(r / "classes" / name, n=2)
+        return ["finetune", "classify", "recipes/mae_sentinel2.yaml", "--encoder", "none", "--data",
+                str(r / "classes"), "--out", str(r / "ft"), "--labels-per-class", "1", *[a for s in sets for a in ("--set", s)]]
     return setup
 
 
@@ -330,12 +330,14 @@ def tiny_export(root: Path, encoder: dict | None = None, weights: str = "safeten
 
     from geomed_ssl.checkpoint import save_encoder
     from geomed_ssl.config import DataConfig
+    from geomed_ssl.data.stats import BandStats
     from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 
     data = rasters(root)
     names = [f"B{i}" for i in range(1, 5)]
+    stats = BandStats(names, [2000.0] * 4, [500.0] * 4, [1000.0] * 4, [3000.0] * 4, [100] * 4).to_dict()
     cfg = EncoderConfig(in_chans=4, img_size=(16, 16), patch_size=(4, 4), embed_dim=32, depth=2, num_heads=2,
-                        band_names=names)
+                        band_names=names, stats=stats)
     out = save_encoder(ViTEncoder(cfg), root / "enc",
                        {"method": "mae", "recipe": {"data": dataclasses.asdict(DataConfig(band_names=names))}})
     meta = json.loads((out / "config.json").read_text())
@@ -464,7 +466,7 @@ def one_class_embeddings(root: Path) -> list[str]:
     from tests.conftest import write_class_folders
 
     classes = write_class_folders(root / "classes", ["Forest"], per_class=3)
-    return ["cluster", str(embedded(root, classes)), "--labels", "folders", "--out", str(root / "cl")]
+    return ["cluster", str(embedded(root, classes)), "--labels", "folders", "--k", "2", "--out", str(root / "cl")]
 
 
 def nifti_for_raster_model(root: Path) -> list[str]:

@@ -184,6 +184,8 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     out = Path(out_dir)
     quiet_lightning()
     recipe_file = None if isinstance(recipe, Recipe) or resume else recipe
+    if resume:  # a folder that is not a run of ours is refused before its config.yaml is looked for (any rank)
+        prepare_run_dir(out, resume, overwrite, {"data folder": data_dir}, create=False)
     recipe = resolve_recipe(recipe, out, overrides, resume)
     t = recipe.train
     rank, world = process_rank(t)

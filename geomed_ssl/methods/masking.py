@@ -12,6 +12,8 @@ from typing import Sequence
 
 import torch
 
+from geomed_ssl.models.tokens import token_grid
+
 
 def num_keep(num_tokens: int, mask_ratio: float) -> int:
     """Tokens kept visible: ``int(N * (1 - ratio))`` (truncation, as HF ViTMAE and the MAE paper), at least 1."""
@@ -49,17 +51,11 @@ def random_masking(
     return kept, mask, ids_restore
 
 
-def _grid(spatial: tuple[int, ...], patch: tuple[int, ...]) -> tuple[int, ...]:
-    if len(spatial) != len(patch) or any(s % p for s, p in zip(spatial, patch)):
-        raise ValueError(f"spatial shape {tuple(spatial)} is not a multiple of the patch size {tuple(patch)}.")
-    return tuple(s // p for s, p in zip(spatial, patch))
-
-
 def patchify(x: torch.Tensor, patch: tuple[int, ...]) -> torch.Tensor:
     """(B, C, *S) -> (B, N, prod(patch) * C), channel-last inside each patch, tokens in row-major grid order."""
     b, c, *spatial = x.shape
     nd = len(spatial)
-    grid = _grid(tuple(spatial), tuple(patch))
+    grid = token_grid(spatial, patch)
     split = [v for g, p in zip(grid, patch) for v in (g, p)]
     x = x.reshape(b, c, *split)  # (B, C, g0, p0, g1, p1, ...)
     perm = [0, *(2 + 2 * i for i in range(nd)), *(3 + 2 * i for i in range(nd)), 1]

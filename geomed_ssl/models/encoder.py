@@ -36,6 +36,7 @@ from geomed_ssl.models.patch_embed import PATCH_EMBEDS, build_patch_embed
 from geomed_ssl.models.pos_embed import axis_dims, sincos_pos_embed
 from geomed_ssl.models.spectral import (default_band_groups, describe_matches, match_bands, matched_bandwidths,
                                         resolve_band_groups, subset_stats)
+from geomed_ssl.models.tokens import token_grid
 
 log = logging.getLogger("geomed_ssl")
 CHANNEL_EMBEDS = ("learned", "wavelength")
@@ -164,7 +165,7 @@ class EncoderConfig:
     @property
     def grid(self) -> tuple[int, ...]:
         """Token grid of an ``img_size`` input."""
-        return tuple(s // p for s, p in zip(self.img_size, self.patch_size))
+        return token_grid(self.img_size, self.patch_size)
 
     @property
     def num_patches(self) -> int:

@@ -122,6 +122,31 @@ def unit_unpatchify(pred: torch.Tensor, patch: tuple[int, ...], grid: tuple[int,
     return out
 
 
+def token_patchify(x: torch.Tensor, patch: tuple[int, ...], units: list[list[int]] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pixels in MAE's token order: plain tokens (``units`` None) :func:`patchify` (B, N, prod(patch) * C) with every
+    value real (None); unit-major tokens :func:`unit_patchify` (B, U*N, prod(patch) * cmax) and its ``real`` mask."""
+    if units is None:
+        return patchify(x, patch), None
+    return unit_patchify(x, patch, units)
+
+
+def token_unpatchify(pred: torch.Tensor, patch: tuple[int, ...], grid: tuple[int, ...],
+                     units: list[list[int]] | None, channels: int) -> torch.Tensor:
+    """Inverse of :func:`token_patchify`: (B, T, prod(patch) * c) -> (B, channels, *S)."""
+    if units is None:
+        return unpatchify(pred, patch, grid, channels)
+    return unit_unpatchify(pred, patch, grid, units, channels)
+
+
+def valid_values(valid: torch.Tensor, patch: tuple[int, ...], num_units: int, channels: int) -> torch.Tensor:
+    """Pixel mask (B, *S) bool -> (B, U*N, prod(patch) * channels) bool in :func:`token_patchify`'s layout: True on
+    every value of a token at a valid pixel (``num_units`` 1, ``channels`` C: plain tokens)."""
+    pix = patchify(valid[:, None], patch)  # (B, N, P)
+    b, n, p = pix.shape
+    return pix[:, None, :, :, None].expand(-1, num_units, -1, -1, channels).reshape(b, num_units * n, p * channels)
+
+
 def sample_units(num_units: int, min_units: int, generator: torch.Generator | None) -> torch.Tensor:
     """Hierarchical channel sampling (ChannelViT): a count ``m`` uniform in [min_units, num_units], then ``m``
     distinct units uniformly; returned sorted, as a CPU long tensor."""

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 
 import torch
 
-from geomed_ssl.config import MAX_DEPTH, MAX_EMBED_DIM, MAX_HEADS, MethodConfig, setting
+from geomed_ssl.config import MAX_DEPTH, MAX_EMBED_DIM, MAX_HEADS, MethodConfig, check_heads, setting
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.methods.base import (MethodContext, MethodOutput, MethodSettings, PerSample, SSLMethod, all_ranks,
                                      mean_over_ranks)
@@ -35,7 +35,7 @@ from geomed_ssl.methods.masking import (consistent_noise, mask_to_image, random_
                                         token_unpatchify, valid_values)
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 from geomed_ssl.models.mae_decoder import DecoderUnits, MAEDecoder
-from geomed_ssl.models.pos_embed import axis_dims
+from geomed_ssl.models.pos_embed import check_sincos_dim
 from geomed_ssl.models.spectral import chunk_units, wavelength_sincos
 
 NORM_PIX_EPS = 1e-6
@@ -61,14 +61,10 @@ class MAESettings(MethodSettings):
     channel_sampling_min: int = setting(1, "fewest bands a channel_sampling step reads", bounds=">= 1")
 
     def check(self, source: str, context: MethodContext) -> None:
-        if self.decoder_embed_dim % self.decoder_num_heads:
-            raise ConfigError(f"{source}: method.decoder_embed_dim ({self.decoder_embed_dim}) must be divisible by "
-                              f"method.decoder_num_heads ({self.decoder_num_heads}).")
+        check_heads(self.decoder_embed_dim, self.decoder_num_heads, "method.decoder_embed_dim",
+                    "method.decoder_num_heads", source)
         if context.spatial_dims is not None:
-            try:
-                axis_dims(self.decoder_embed_dim, context.spatial_dims)
-            except ValueError as err:
-                raise ConfigError(f"{source}: method.decoder_embed_dim: {err}") from None
+            check_sincos_dim(self.decoder_embed_dim, context.spatial_dims, f"{source}: method.decoder_embed_dim")
         if self.channel_sampling and context.embedding not in (None, *CHANNEL_SAMPLING_KINDS):
             raise ConfigError(f"{source}: method.channel_sampling needs model.embedding=spectral or wavelength (a "
                               f"'{context.embedding}' embedding reads a fixed band set).")

@@ -29,17 +29,17 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from geomed_ssl.config import (MAX_CHANNELS, MAX_DEPTH, MAX_EMBED_DIM, MAX_HEADS, MAX_MLP_RATIO, MAX_PATCH, MAX_TOKENS,
-                               DataConfig, ModelConfig, as_tuple, check_instance, check_values, setting, spatial_dims)
+from geomed_ssl.config import (CHANNEL_EMBEDS, EMBEDDINGS, MAX_CHANNELS, MAX_DEPTH, MAX_EMBED_DIM, MAX_HEADS,
+                               MAX_MLP_RATIO, MAX_PATCH, DataConfig, ModelConfig, as_tuple, check_heads, check_instance,
+                               check_values, check_window, setting, spatial_dims)
 from geomed_ssl.errors import ConfigError, DataError
-from geomed_ssl.models.patch_embed import PATCH_EMBEDS, build_patch_embed
-from geomed_ssl.models.pos_embed import axis_dims, sincos_pos_embed
+from geomed_ssl.models.patch_embed import build_patch_embed
+from geomed_ssl.models.pos_embed import check_sincos_dim, sincos_pos_embed
 from geomed_ssl.models.spectral import (default_band_groups, describe_matches, match_bands, matched_bandwidths,
                                         resolve_band_groups, subset_stats)
 from geomed_ssl.models.tokens import token_grid
 
 log = logging.getLogger("geomed_ssl")
-CHANNEL_EMBEDS = ("learned", "wavelength")
 BAND_FLEXIBLE = ("spectral", "wavelength")  # embeddings that run on other band sets
 
 
@@ -76,7 +76,7 @@ class EncoderConfig:
     spatial_dims: int = setting(2, "2 (rasters) or 3 (volumes)", bounds="[2, 3]")
     img_size: tuple[int, ...] = setting((64, 64), "training window per axis", bounds=f"[1, {MAX_SIDE}]")
     patch_size: tuple[int, ...] = setting((8, 8), "token patch per axis", bounds=f"[1, {MAX_PATCH}]")
-    embedding: str = setting("plain", "patch embedding", choices=tuple(PATCH_EMBEDS))
+    embedding: str = setting("plain", "patch embedding", choices=EMBEDDINGS)
     embed_dim: int = setting(192, "token width", bounds=f"[1, {MAX_EMBED_DIM}]")
     depth: int = setting(12, "transformer blocks", bounds=f"[1, {MAX_DEPTH}]")
     num_heads: int = setting(3, "attention heads", bounds=f"[1, {MAX_HEADS}]")
@@ -112,21 +112,9 @@ class EncoderConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the key when the config cannot build an encoder."""
-        if any(s % p for s, p in zip(self.img_size, self.patch_size)):
-            raise ConfigError(
-                f"data.patch_size {list(self.img_size)} is not a multiple of model.patch_size {list(self.patch_size)}."
-            )
-        if self.num_patches > MAX_TOKENS:
-            raise ConfigError(f"encoder img_size {list(self.img_size)} over patch_size {list(self.patch_size)} gives "
-                              f"{self.num_patches} tokens, more than {MAX_TOKENS}.")
-        if self.embed_dim % self.num_heads:
-            raise ConfigError(
-                f"model.embed_dim ({self.embed_dim}) must be divisible by model.num_heads ({self.num_heads})."
-            )
-        try:
-            axis_dims(self.embed_dim, self.spatial_dims)
-        except ValueError as err:
-            raise ConfigError(f"model.embed_dim: {err}") from None
+        check_window(self.img_size, self.patch_size)
+        check_heads(self.embed_dim, self.num_heads, "model.embed_dim", "model.num_heads")
+        check_sincos_dim(self.embed_dim, self.spatial_dims, "model.embed_dim")
         if self.band_names and len(self.band_names) != self.in_chans:
             raise ConfigError(f"band_names lists {len(self.band_names)} bands but in_chans is {self.in_chans}.")
         if self.wavelengths is not None and len(self.wavelengths) != self.in_chans:
@@ -144,11 +132,6 @@ class EncoderConfig:
                 raise ConfigError(f"model.band_groups refers to a band index outside 0..{self.in_chans - 1}.")
             if len(set(flat)) != len(flat):
                 raise ConfigError("model.band_groups lists a band in more than one group; give each band one group.")
-        if self.spectral_chunk < 1:
-            raise ConfigError(f"model.spectral_chunk must be at least 1, got {self.spectral_chunk}.")
-        if self.channel_embed not in CHANNEL_EMBEDS:
-            raise ConfigError(
-                f"model.channel_embed must be one of {', '.join(CHANNEL_EMBEDS)}; got '{self.channel_embed}'.")
         spectral_wl = self.embedding == "spectral" and self.channel_embed == "wavelength"
         if self.embedding == "wavelength" or spectral_wl:
             wl = self.wavelengths or [None] * self.in_chans

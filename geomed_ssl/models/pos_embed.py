@@ -14,6 +14,17 @@ import math
 import torch
 import torch.nn.functional as F
 
+from geomed_ssl.errors import ConfigError
+
+
+def check_sincos_dim(embed_dim: int, ndim: int, key: str) -> None:
+    """A ConfigError ``key: ...`` unless ``embed_dim`` channels split into sin-cos positions over ``ndim`` axes
+    (:func:`axis_dims`): the encoder's ``model.embed_dim``, MAE's decoder's."""
+    try:
+        axis_dims(embed_dim, ndim)
+    except ValueError as err:
+        raise ConfigError(f"{key}: {err}") from None
+
 
 def axis_dims(embed_dim: int, ndim: int) -> list[int]:
     """Channels given to each axis, listed in embedding order (last spatial axis first); each is even."""

@@ -17,7 +17,7 @@ from geomed_ssl.errors import ConfigError
 IntOrSeq = int | list[int]
 
 # Upper bounds for model sizes, shared by the recipe's ``model`` section and an exported encoder's config.json
-# (geomed_ssl.models.encoder.EncoderConfig). Generous for real models (ViT-g/14: 1536 wide, 40 deep; the largest
+# (geomed_ssl.models.encoder_config.EncoderConfig). Generous for real models (ViT-g/14: 1536 wide, 40 deep; the largest
 # published ViTs: 6144-8192 wide, 48 deep; hyperspectral sensors: ~200-450 bands) while a typo or a forged export
 # (embed_dim 131072 asks for ~200 GB, depth 1e8 never ends building) is refused before anything is allocated.
 MAX_EMBED_DIM = 8192

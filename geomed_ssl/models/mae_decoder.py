@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geomed_ssl.models.encoder import grid_pos_embed, init_mae_weights, make_blocks
-from geomed_ssl.models.pos_embed import sincos_pos_embed
+from geomed_ssl.models.blocks import init_mae_weights, make_blocks
+from geomed_ssl.models.pos_embed import grid_pos_embed, sincos_pos_embed
 
 
 @dataclass(frozen=True)

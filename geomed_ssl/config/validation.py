@@ -49,8 +49,8 @@ def check_window(window: Sequence[int], patch: Sequence[int], source: str | None
     for w, p in zip(window, patch):
         tokens *= w // p
     if tokens > MAX_TOKENS:
-        raise ConfigError(f"{_prefix(source)}{key} {list(window)} over {patch_key} {list(patch)} gives {tokens} tokens, "
-                          f"more than {MAX_TOKENS} per window; use a smaller window or a larger token patch.")
+        raise ConfigError(f"{_prefix(source)}{key} {list(window)} over {patch_key} {list(patch)} gives {tokens} "
+                          f"tokens, more than {MAX_TOKENS} per window; use a smaller window or a larger token patch.")
     return tokens
 
 

@@ -13,7 +13,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from geomed_ssl.config import Spec, check_value, show
+from geomed_ssl.config import TASKS, Spec, check_value, show
 from geomed_ssl.config.fields import parse_bounds
 from geomed_ssl.errors import ConfigError, GeomedError
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder, check_encoder_bands
@@ -209,14 +209,13 @@ def save_model(model: torch.nn.Module, out_dir: str | Path, meta: dict[str, Any]
 
 
 # A fine-tuned model's head, as config.json records it (checked before anything is built).
-_TASKS = ("segment", "classify")
 _MAX_CLASSES = 65536
 _MAX_FEATURE_SIZE = 1024  # UNETR decoder width (finetune.feature_size)
 
 
 def check_model_meta(meta: dict[str, Any], source: str) -> None:
     """A fine-tuned model's ``task``, ``classes`` and ``head`` in config.json: types and bounds, one line each."""
-    check_value(meta.get("task"), str, Spec(choices=_TASKS), "task", source)
+    check_value(meta.get("task"), str, Spec(choices=TASKS), "task", source)
     classes = meta.get("classes")
     if not isinstance(classes, list) or not 1 <= len(classes) <= _MAX_CLASSES:
         raise GeomedError(f"{source}: 'classes' must be a list of 1 to {_MAX_CLASSES} classes, got "

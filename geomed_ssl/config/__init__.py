@@ -16,6 +16,8 @@ Where things live: ``fields`` (declaring and checking settings), ``sections`` (t
 from geomed_ssl.config.fields import (SettingInfo, Spec, build_checked, check_instance, check_value, check_values,
                                       describe, describe_settings, setting, show, values_of)
 from geomed_ssl.config.sections import (
+    CHANNEL_EMBEDS,
+    CLS_HEADS,
     EMBEDDINGS,
     MAX_CHANNELS,
     MAX_DEPTH,
@@ -24,7 +26,10 @@ from geomed_ssl.config.sections import (
     MAX_MLP_RATIO,
     MAX_PATCH,
     MAX_TOKENS,
+    POOLS,
     SECTIONS,
+    SEG_HEADS,
+    TASKS,
     DataConfig,
     FinetuneConfig,
     IntOrSeq,
@@ -36,16 +41,16 @@ from geomed_ssl.config.sections import (
     as_tuple,
     spatial_dims,
 )
-from geomed_ssl.config.validation import method_section, validate
+from geomed_ssl.config.validation import check_heads, check_whole_tokens, check_window, method_section, validate
 from geomed_ssl.config.loading import apply_overrides, load_recipe, parse_override, recipe_from_dict
 
 __all__ = [
-    "SECTIONS", "EMBEDDINGS", "IntOrSeq",
+    "SECTIONS", "EMBEDDINGS", "CHANNEL_EMBEDS", "TASKS", "SEG_HEADS", "CLS_HEADS", "POOLS", "IntOrSeq",
     "MAX_EMBED_DIM", "MAX_DEPTH", "MAX_HEADS", "MAX_MLP_RATIO", "MAX_CHANNELS", "MAX_PATCH", "MAX_TOKENS",
     "DataConfig", "ModelConfig", "MethodConfig", "TrainConfig", "FinetuneConfig", "LabelsConfig", "Recipe",
     "as_tuple", "spatial_dims",
     "setting", "Spec", "SettingInfo", "check_value", "check_values", "check_instance", "build_checked", "describe",
     "describe_settings", "show", "values_of",
     "recipe_from_dict", "parse_override", "apply_overrides", "load_recipe", "method_section",
-    "validate",
+    "validate", "check_heads", "check_whole_tokens", "check_window",
 ]

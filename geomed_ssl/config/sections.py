@@ -17,7 +17,7 @@ from geomed_ssl.errors import ConfigError
 IntOrSeq = int | list[int]
 
 # Upper bounds for model sizes, shared by the recipe's ``model`` section and an exported encoder's config.json
-# (geomed_ssl.models.encoder.EncoderConfig). Generous for real models (ViT-g/14: 1536 wide, 40 deep; the largest
+# (geomed_ssl.models.encoder_config.EncoderConfig). Generous for real models (ViT-g/14: 1536 wide, 40 deep; the largest
 # published ViTs: 6144-8192 wide, 48 deep; hyperspectral sensors: ~200-450 bands) while a typo or a forged export
 # (embed_dim 131072 asks for ~200 GB, depth 1e8 never ends building) is refused before anything is allocated.
 MAX_EMBED_DIM = 8192
@@ -28,7 +28,14 @@ MAX_CHANNELS = 4096
 MAX_PATCH = 4096  # token patch side in pixels / voxels (embed's window level uses one token per window)
 MAX_TOKENS = 65536  # tokens per window (grid): attention is quadratic in them; 65536 is ~17 GB per score matrix
 CROP_SCALE = "(0, 1]"
+# Option lists, each declared once here and read by the settings below, by validation and by the code (models,
+# checkpoints) that acts on them.
 EMBEDDINGS = ("plain", "grouped", "spectral", "wavelength")
+CHANNEL_EMBEDS = ("learned", "wavelength")  # spectral embedding's channel embedding
+TASKS = ("segment", "classify")
+SEG_HEADS = ("unetr", "linear")
+CLS_HEADS = ("linear", "mlp")
+POOLS = ("cls", "mean")  # classification token pooling
 PRECISIONS = ("auto", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true",
               "64", "transformer-engine", "transformer-engine-float16")  # Lightning's, plus our auto
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
@@ -91,7 +98,7 @@ class ModelConfig:
     spectral_chunk: int = setting(1, "spectral: adjacent bands sharing one token (200-band cubes: 4-10)",
                                   bounds=f"[1, {MAX_CHANNELS}]")
     channel_embed: str = setting("learned", "spectral: learned (per band) or wavelength (sin-cos of the centre "
-                                 "wavelength)", choices=("learned", "wavelength"))
+                                 "wavelength)", choices=CHANNEL_EMBEDS)
 
 
 class MethodConfig:
@@ -149,9 +156,9 @@ class TrainConfig:
 class FinetuneConfig:
     """Supervised training of a head (and optionally the encoder) with few labels."""
 
-    task: str = setting("segment", "segment or classify", choices=("segment", "classify"))
+    task: str = setting("segment", "segment or classify", choices=TASKS)
     head: str | None = setting(None, "segment: unetr | linear; classify: linear | mlp; null: unetr / linear by task",
-                               choices=("unetr", "linear", "mlp"))
+                               choices=tuple(dict.fromkeys(SEG_HEADS + CLS_HEADS)))
     layers: list[int] | None = setting(None, "0-based encoder blocks the decoder taps; null: 4 evenly spaced, last "
                                        "included", bounds=">= 0")
     freeze_encoder: bool = setting(False, "train the head only")
@@ -167,14 +174,14 @@ class FinetuneConfig:
     class_weights: str | list[float] | None = setting(None, "null, balanced, or one weight per class",
                                                       bounds=">= 0", choices=("balanced",))
     feature_size: int = setting(16, "UNETR decoder width", bounds="[1, 1024]")
-    pool: str = setting("cls", "classify: token pooling", choices=("cls", "mean"))
+    pool: str = setting("cls", "classify: token pooling", choices=POOLS)
     window: IntOrSeq | None = setting(None, "training / prediction window; null: data.patch_size", bounds=">= 1")
     eval_every: int = setting(0, "not read yet (evaluation runs once, at the end); kept so saved configs load",
                               bounds=">= 0")
 
     def __post_init__(self) -> None:
         if self.head is None:
-            self.head = "unetr" if self.task == "segment" else "linear"
+            self.head = SEG_HEADS[0] if self.task == "segment" else CLS_HEADS[0]
 
 
 @dataclass

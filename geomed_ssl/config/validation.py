@@ -1,20 +1,57 @@
 """Recipe validation: every key's type and range (declared once, on the section dataclasses), then the checks that
 involve several keys, with messages that say how to fix the recipe.
 
+The checks that other layers repeat on their own objects (heads dividing a width, windows of whole tokens) are
+functions here that they call, so each rule and its message exist once.
+
 The ``method`` section is checked here only for its shape (a ``name`` and a mapping of settings); the named
 method checks its own settings (``geomed_ssl.methods.resolve_method_settings``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from geomed_ssl.config.fields import Spec, check_instance, check_value, show
-from geomed_ssl.config.sections import (EMBEDDINGS, MAX_TOKENS, SECTIONS, DataConfig, MethodConfig, ModelConfig,
-                                        Recipe, TrainConfig, as_tuple, spatial_dims)
+from geomed_ssl.config.sections import (CLS_HEADS, EMBEDDINGS, MAX_TOKENS, SECTIONS, SEG_HEADS, DataConfig,
+                                        MethodConfig, ModelConfig, Recipe, TrainConfig, as_tuple, spatial_dims)
 from geomed_ssl.errors import ConfigError
 
-__all__ = ["EMBEDDINGS", "method_section", "validate"]
+__all__ = ["EMBEDDINGS", "check_heads", "check_whole_tokens", "check_window", "method_section", "validate"]
+
+
+def _prefix(source: str | None) -> str:
+    return f"{source}: " if source else ""
+
+
+def check_heads(dim: int, heads: int, dim_key: str, heads_key: str, source: str | None = None) -> None:
+    """A ConfigError unless a transformer's width ``dim`` splits evenly over its ``heads`` attention heads (the
+    encoder's ``model.embed_dim`` / ``num_heads``, MAE's decoder's)."""
+    if dim % heads:
+        raise ConfigError(f"{_prefix(source)}{dim_key} ({dim}) must be divisible by {heads_key} ({heads}).")
+
+
+def check_whole_tokens(size: Sequence[int], patch: Sequence[int], key: str, source: str | None = None,
+                       patch_key: str = "model.patch_size") -> None:
+    """A ConfigError unless every side of ``size`` (a window or crop, key ``key``) is a multiple of the token
+    patch."""
+    if any(s % p for s, p in zip(size, patch)):
+        raise ConfigError(f"{_prefix(source)}{key} {list(size)} is not a multiple of {patch_key} {list(patch)}; pick "
+                          "a size that the token patch divides.")
+
+
+def check_window(window: Sequence[int], patch: Sequence[int], source: str | None = None,
+                 key: str = "data.patch_size", patch_key: str = "model.patch_size") -> int:
+    """The tokens per window; a ConfigError unless the window is whole tokens and at most ``MAX_TOKENS`` of them
+    (the recipe's ``data.patch_size``, an encoder config's ``img_size``)."""
+    check_whole_tokens(window, patch, key, source, patch_key)
+    tokens = 1
+    for w, p in zip(window, patch):
+        tokens *= w // p
+    if tokens > MAX_TOKENS:
+        raise ConfigError(f"{_prefix(source)}{key} {list(window)} over {patch_key} {list(patch)} gives {tokens} "
+                          f"tokens, more than {MAX_TOKENS} per window; use a smaller window or a larger token patch.")
+    return tokens
 
 
 def method_section(values: Any, source: str) -> MethodConfig:
@@ -65,10 +102,7 @@ def _validate_crops(d: DataConfig, m: ModelConfig, t: TrainConfig, source: str) 
         value = getattr(d, key)
         if value is None:
             continue
-        size = as_tuple(value, nd, f"data.{key}")
-        if any(s % p for s, p in zip(size, patch)):
-            raise ConfigError(f"{source}: data.{key} {list(size)} is not a multiple of model.patch_size "
-                              f"{list(patch)}; pick a crop size that the token patch divides.")
+        check_whole_tokens(as_tuple(value, nd, f"data.{key}"), patch, f"data.{key}", source)
     for key in ("global_crop_scale", "local_crop_scale"):
         lo, hi = getattr(d, key)
         if lo > hi:
@@ -84,21 +118,8 @@ def _validate_crops(d: DataConfig, m: ModelConfig, t: TrainConfig, source: str) 
 def _validate_window(d: DataConfig, m: ModelConfig, source: str) -> None:
     """The sampled window against the token patch: a whole number of tokens, and not too many."""
     nd = spatial_dims(d)
-    window = as_tuple(d.patch_size, nd, "data.patch_size")
-    patch = as_tuple(m.patch_size, nd, "model.patch_size")
-    for w, p in zip(window, patch):
-        if w % p:
-            raise ConfigError(
-                f"{source}: data.patch_size {list(window)} is not a multiple of model.patch_size {list(patch)}; "
-                "pick a window that the token patch divides."
-            )
-    tokens = 1
-    for w, p in zip(window, patch):
-        tokens *= w // p
-    if tokens > MAX_TOKENS:
-        raise ConfigError(f"{source}: data.patch_size {list(window)} over model.patch_size {list(patch)} gives "
-                          f"{tokens} tokens per window, more than {MAX_TOKENS}; use a smaller window or a larger "
-                          "token patch.")
+    check_window(as_tuple(d.patch_size, nd, "data.patch_size"), as_tuple(m.patch_size, nd, "model.patch_size"),
+                 source)
 
 
 def validate(recipe: Recipe, source: str = "recipe") -> None:
@@ -106,9 +127,7 @@ def validate(recipe: Recipe, source: str = "recipe") -> None:
     _check_types(recipe, source)
     d, m, t = recipe.data, recipe.model, recipe.train
     _validate_window(d, m, source)
-    if m.embed_dim % m.num_heads:
-        raise ConfigError(f"{source}: model.embed_dim ({m.embed_dim}) must be divisible by model.num_heads "
-                          f"({m.num_heads}).")
+    check_heads(m.embed_dim, m.num_heads, "model.embed_dim", "model.num_heads", source)
     _validate_embedding(m, source)
     _validate_crops(d, m, t, source)
     if d.band_names is not None and d.wavelengths is not None and len(d.band_names) != len(d.wavelengths):
@@ -116,7 +135,7 @@ def validate(recipe: Recipe, source: str = "recipe") -> None:
     if d.ct_window[0] >= d.ct_window[1]:
         raise ConfigError(f"{source}: data.ct_window must be [low, high] with low < high, got {show(d.ct_window)}.")
     f, lab = recipe.finetune, recipe.labels
-    valid_heads = ("unetr", "linear") if f.task == "segment" else ("linear", "mlp")
+    valid_heads = SEG_HEADS if f.task == "segment" else CLS_HEADS
     if f.head not in valid_heads:
         raise ConfigError(f"{source}: finetune.head for task '{f.task}' must be one of {', '.join(valid_heads)}; "
                           f"got '{f.head}'.")

@@ -173,6 +173,17 @@ def resolve_band_info(
     the whole list when no band has one. Widths: each band's ``FWHM_UM`` tag (GDAL IMAGERY domain, as the bundled
     sample writes it); None for the whole list when no band has one.
     """
+    names, source = _band_names(num_bands, descriptions, data_cfg, path, fallback_names)
+    tags = tags or {}
+    widths = [_tag_um(tags.get(i + 1), "FWHM_UM") for i in range(num_bands)]
+    bandwidths = widths if any(w is not None for w in widths) else None
+    return BandInfo(names, _band_wavelengths(names, tags, data_cfg, path), bandwidths, source)
+
+
+def _band_names(num_bands: int, descriptions: Sequence[str | None] | None, data_cfg: Any, path: str,
+                fallback_names: Sequence[str] | None) -> tuple[list[str], str]:
+    """The band names of one file and their source, in :func:`resolve_band_info`'s order of preference; they must
+    be unique."""
     descriptions = list(descriptions or [])
     sensor = getattr(data_cfg, "sensor", None)
     cfg_names = getattr(data_cfg, "band_names", None)
@@ -200,10 +211,14 @@ def resolve_band_info(
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise DataError(f"'{path}': band names must be unique, {dup} repeat; set data.band_names to distinct names.")
-    tags = tags or {}
-    widths = [_tag_um(tags.get(i + 1), "FWHM_UM") for i in range(num_bands)]
-    bandwidths = widths if any(w is not None for w in widths) else None
+    return names, source
 
+
+def _band_wavelengths(names: list[str], tags: dict[int, dict[str, Any]], data_cfg: Any,
+                      path: str) -> list[float | None] | None:
+    """Centre wavelengths (µm) of the named bands: the recipe's, else the sensor profile's by name, else each band's
+    tag; None when no band has one."""
+    num_bands = len(names)
     cfg_wl = getattr(data_cfg, "wavelengths", None)
     if cfg_wl is not None:
         if len(cfg_wl) != num_bands:
@@ -211,10 +226,11 @@ def resolve_band_info(
                 f"'{path}' has {num_bands} bands but data.wavelengths lists {len(cfg_wl)}; give one centre "
                 f"wavelength (µm) per band."
             )
-        return BandInfo(names, [float(w) for w in cfg_wl], bandwidths, source)
+        return [float(w) for w in cfg_wl]
+    sensor = getattr(data_cfg, "sensor", None)
     wl: list[float | None] = lookup_wavelengths(names, sensor) if sensor else [None] * num_bands
     wl = [w if w is not None else _tag_wavelength(tags.get(i + 1)) for i, w in enumerate(wl)]
-    return BandInfo(names, wl if any(w is not None for w in wl) else None, bandwidths, source)
+    return wl if any(w is not None for w in wl) else None
 
 
 def resolve_bands(

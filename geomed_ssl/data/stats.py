@@ -307,32 +307,50 @@ def compute_stats(catalog: Any, data_cfg: Any, seed: int = 0, read_window: ReadW
         rec = records[idx]
         if rec.num_bands != len(names):
             raise DataError(f"'{rec.path}' has {rec.num_bands} bands but the catalog has {len(names)}; rescan it.")
-        source = None
-        try:
-            source = None if read_window is not None else _FileWindows(rec)
-            intensity = intensity_args(rec, data_cfg) if rec.kind == "volume" else {}
-            for _ in range(int((picks == idx).sum())):
-                start = tuple(int(rng.integers(0, max(s - w, 0) + 1)) for s, w in zip(rec.shape, window))
-                size = tuple(min(w, s) for s, w in zip(rec.shape, window))
-                arr = read_window(rec, start, size) if read_window is not None else source.read(start, size)
-                arr = np.asarray(arr)
-                valid = valid_mask(arr, rec.nodata)  # (*size)
-                if rec.kind == "volume":
-                    arr = preprocess_intensity(arr, data_cfg, valid=valid, **intensity)
-                vals = arr[:, valid].astype(np.float64)  # (C, n_valid)
-                count += vals.shape[1]
-                if vals.shape[1]:
-                    take = rng.random(vals.shape[1]) < keep_prob
-                    if not take.any():
-                        take[rng.integers(vals.shape[1])] = True
-                    kept.append(vals[:, take].astype(np.float32))
-        except DataError:
-            raise
-        except Exception as err:
-            raise DataError(f"cannot read windows from '{rec.path}' for statistics ({err}); rescan the data.") from None
-        finally:
-            if source is not None:
-                source.close()
+        file_count, file_kept = _sample_file(rec, int((picks == idx).sum()), window, data_cfg, rng, keep_prob,
+                                             read_window)
+        count += file_count
+        kept.extend(file_kept)
+    return _band_stats(names, count, kept, n_windows)
+
+
+def _sample_file(rec: Any, windows: int, window: tuple[int, ...], data_cfg: Any, rng: np.random.Generator,
+                 keep_prob: float, read_window: ReadWindow | None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``windows`` random windows of one file (starts drawn from ``rng``): the valid values per band (C,) int64,
+    and a sample of them (each kept with ``keep_prob``, at least one per window that has any) as (C, m) float32
+    arrays. Read errors other than a DataError become one naming the file."""
+    count, kept = np.zeros(rec.num_bands, np.int64), []
+    source = None
+    try:
+        source = None if read_window is not None else _FileWindows(rec)
+        intensity = intensity_args(rec, data_cfg) if rec.kind == "volume" else {}
+        for _ in range(windows):
+            start = tuple(int(rng.integers(0, max(s - w, 0) + 1)) for s, w in zip(rec.shape, window))
+            size = tuple(min(w, s) for s, w in zip(rec.shape, window))
+            arr = read_window(rec, start, size) if read_window is not None else source.read(start, size)
+            arr = np.asarray(arr)
+            valid = valid_mask(arr, rec.nodata)  # (*size)
+            if rec.kind == "volume":
+                arr = preprocess_intensity(arr, data_cfg, valid=valid, **intensity)
+            vals = arr[:, valid].astype(np.float64)  # (C, n_valid)
+            count += vals.shape[1]
+            if vals.shape[1]:
+                take = rng.random(vals.shape[1]) < keep_prob
+                if not take.any():
+                    take[rng.integers(vals.shape[1])] = True
+                kept.append(vals[:, take].astype(np.float32))
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(f"cannot read windows from '{rec.path}' for statistics ({err}); rescan the data.") from None
+    finally:
+        if source is not None:
+            source.close()
+    return count, kept
+
+
+def _band_stats(names: list[str], count: np.ndarray, kept: list[np.ndarray], n_windows: int) -> BandStats:
+    """Percentiles, and mean / std of the values clipped to them, from the sampled values (a list of (C, m))."""
     empty = [n for n, c in zip(names, count) if c == 0]
     if empty:
         raise DataError(f"band(s) {empty} have no valid pixels in {n_windows} sampled windows (nodata and NaN "

@@ -44,6 +44,7 @@ from geomed_ssl.config import MethodConfig, Recipe, as_tuple, build_checked, che
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.methods.schedules import ScheduleClock
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
+from geomed_ssl.models.tokens import token_grid
 
 _MASK64 = (1 << 64) - 1
 
@@ -136,7 +137,7 @@ class MethodContext:
         nd = spatial_dims(recipe.data)
         window = as_tuple(recipe.data.patch_size, nd, "data.patch_size")
         patch = as_tuple(recipe.model.patch_size, nd, "model.patch_size")
-        return cls(recipe.model.embedding, nd, math.prod(w // p for w, p in zip(window, patch)),
+        return cls(recipe.model.embedding, nd, math.prod(token_grid(window, patch)),
                    recipe.train.max_steps, recipe.train.batch_size)
 
     @classmethod

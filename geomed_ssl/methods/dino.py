@@ -29,7 +29,7 @@ import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,7 @@ from geomed_ssl.errors import ConfigError
 from geomed_ssl.methods.base import MethodContext, MethodOutput, MethodSettings, PerSample, SSLMethod
 from geomed_ssl.methods.dino_losses import CENTERINGS, DINOLoss, IBOTPatchLoss, KoLeoLoss
 from geomed_ssl.methods.heads import DINOHead
+from geomed_ssl.methods.masking import block_mask, ibot_masks  # noqa: F401  (block_mask: re-exported)
 from geomed_ssl.methods.registry import register_method
 from geomed_ssl.methods.schedules import cosine, linear_warmup, teacher_momentum
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
@@ -100,52 +101,6 @@ MIN_TOKEN_VALID = 0.5  # a masked patch token counts in the iBOT loss when at le
 
 class CollapseWarning(UserWarning):
     """The teacher's outputs collapsed (constant or uniform): the DINO loss carries no signal."""
-
-
-def block_mask(grid: tuple[int, ...], n_target: int, generator: torch.Generator, min_block: int = 4,
-               aspect: float = 0.3, max_attempts: int = 10) -> Tensor:
-    """Blockwise (BEiT/iBOT) mask over a 2D or 3D token grid: boxes of random volume and aspect are added until
-    about ``n_target`` tokens are masked. Returns bool (*grid)."""
-    mask = torch.zeros(grid, dtype=torch.bool)
-    nd, log_aspect = len(grid), math.log(1.0 / aspect)
-    count = 0
-    while count < n_target:
-        remaining, grew = n_target - count, False
-        for _ in range(max_attempts):
-            u = torch.rand(1 + nd, generator=generator).tolist()
-            lo = min(min_block, remaining)
-            volume = lo + u[0] * (remaining - lo)
-            logs = [(v - 0.5) * log_aspect for v in u[1:]]  # per-axis log stretch, centred below
-            mean = sum(logs) / nd
-            sides = [min(g, max(1, round(volume ** (1 / nd) * math.exp(lg - mean)))) for lg, g in zip(logs, grid)]
-            start = [int(torch.randint(0, g - s + 1, (1,), generator=generator)) for s, g in zip(sides, grid)]
-            box = tuple(slice(a, a + s) for a, s in zip(start, sides))
-            new = int((~mask[box]).sum())
-            if 0 < new <= remaining:
-                mask[box] = True
-                count, grew = count + new, True
-                break
-        if not grew:
-            break
-    return mask
-
-
-def ibot_masks(n: int, grid: tuple[int, ...], ratio: tuple[float, float], prob: float,
-               generator: torch.Generator | Sequence[torch.Generator]) -> Tensor:
-    """Per image, with probability ``prob``, a block mask of a ratio drawn in ``ratio``; else none: (n, *grid).
-
-    ``generator``: one for all images (drawn in turn), or one per image (each image's mask from its own)."""
-    total = math.prod(grid)
-    masks = torch.zeros((n, *grid), dtype=torch.bool)
-    per_image = not isinstance(generator, torch.Generator)
-    draws = None if per_image else torch.rand(n, 2, generator=generator)
-    for i in range(n):
-        g = generator[i] if per_image else generator
-        d = torch.rand(2, generator=g) if per_image else draws[i]
-        if d[0] < prob:
-            r = ratio[0] + float(d[1]) * (ratio[1] - ratio[0])
-            masks[i] = block_mask(grid, int(round(r * total)), g)
-    return masks
 
 
 def zero_invalid(x: Tensor, valid: Tensor | None) -> Tensor:

@@ -33,6 +33,7 @@ import torch
 
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.methods.masking import patchify
+from geomed_ssl.models.tokens import token_grid
 
 BLOCK_NORMS = ("L1", "L1-sqrt", "L2", "L2-Hys", "none")
 HOG_EPS = 1e-5  # skimage's eps in _hog_normalize_block
@@ -216,8 +217,7 @@ def hog_targets(x: torch.Tensor, patch: Sequence[int], cell: Sequence[int] | Non
     if len(cell) != len(patch) or any(k < 1 or p % k for p, k in zip(patch, cell)):
         raise ConfigError(f"HOG cell {cell} must divide the token patch {patch} on every axis (e.g. "
                           f"{default_cell(patch)}).")
-    if any(s % p for s, p in zip(x.shape[2:], patch)):
-        raise ConfigError(f"window {tuple(x.shape[2:])} is not a multiple of the token patch {patch}.")
+    token_grid(x.shape[2:], patch)  # a DataError unless the window is whole tokens
     bands = x if band_groups is None else group_means(x, band_groups)  # (B, G, *S)
     b, g = bands.shape[:2]
     hist = cell_histograms(bands, cell, orientations, spacing)  # (B, G, *cells, bins)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 from geomed_ssl.errors import ConfigError
+from geomed_ssl.models.tokens import token_grid
 
 
 def center_box(window: Sequence[int], fraction: float, patch: Sequence[int] | None = None) -> tuple[slice, ...]:
@@ -46,8 +47,7 @@ def center_token_mask(window: Sequence[int], patch: Sequence[int], fraction: flo
                       device: torch.device | str | None = None) -> torch.Tensor:
     """(N,) float, 1 on the tokens of the hidden region, in :func:`~geomed_ssl.methods.masking.patchify`'s
     row-major token order over ``window // patch``."""
-    grid = tuple(s // p for s, p in zip(window, patch))
-    return center_mask(grid, fraction, None, device).flatten().float()
+    return center_mask(token_grid(window, patch), fraction, None, device).flatten().float()
 
 
 def hide_center(x: torch.Tensor, fraction: float, patch: Sequence[int] | None = None,

@@ -3,11 +3,19 @@
 Numerically equal to HF ``ViTMAEForPreTraining`` given the same weights and noise (see the equivalence test):
 same masking (argsort of noise, ``int(N * (1 - ratio))`` kept), same patch ordering, same loss.
 
-Spectral-aware embeddings: ``wavelength`` masks and predicts like ``plain`` (all bands of each patch).
-``grouped`` / ``spectral`` have ``U`` tokens per position (one per band group / chunk): masking is per token
-(``method.group_masking: independent``) or per position (``consistent``), and the decoder
-(:class:`UnitMAEDecoder`) predicts each token's own bands, so targets line up with tokens. With
-``method.channel_sampling`` (spectral, wavelength) each step sees a random band subset (hierarchical sampling).
+:class:`MAE` reads top to bottom like the reference ``models_mae.py``: :meth:`~MAE.forward_encoder` (embed, mask,
+encode the visible tokens), :meth:`~MAE.forward_decoder` (mask tokens back in, predict every token's pixels),
+:meth:`~MAE.forward_loss` (MSE on the masked tokens), then :meth:`~MAE.forward`, the training step and previews.
+
+Token layouts, one code path. ``plain`` and ``wavelength`` embeddings give one token per position that predicts
+every band of its patch (``T = N``; targets in :func:`~geomed_ssl.methods.masking.patchify`'s order, HF's).
+``grouped`` / ``spectral`` give ``U`` tokens per position (one per band group / chunk, unit-major, ``T = U * N``);
+token ``(u, n)`` predicts unit ``u``'s own bands at patch ``n`` (:func:`~geomed_ssl.methods.masking.unit_patchify`),
+so targets line up with tokens. The layout is data, not a second code path: ``units`` (each unit's input bands,
+:meth:`MAE.units_for`; None for plain tokens) selects the targets and the decoder's unit embedding and heads
+(:class:`~geomed_ssl.models.mae_decoder.MAEDecoder`). Masking is per token (``method.group_masking: independent``)
+or per position (``consistent``: every unit of a position together). With ``method.channel_sampling`` (spectral,
+wavelength) each step sees a random band subset (hierarchical sampling).
 """
 
 from __future__ import annotations
@@ -17,19 +25,17 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from geomed_ssl.config import MAX_DEPTH, MAX_EMBED_DIM, MAX_HEADS, MethodConfig, setting
+from geomed_ssl.config import MAX_DEPTH, MAX_EMBED_DIM, MAX_HEADS, MethodConfig, check_heads, setting
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.methods.base import (MethodContext, MethodOutput, MethodSettings, PerSample, SSLMethod, all_ranks,
                                      mean_over_ranks)
 from geomed_ssl.methods.registry import register_method
-from geomed_ssl.methods.masking import (consistent_noise, mask_to_image, patchify, random_masking, sample_units,
-                                        unit_patchify, unit_unpatchify, unpatchify)
-from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder, grid_pos_embed, init_mae_weights, make_blocks
-from geomed_ssl.models.mae_decoder import MAEDecoder
-from geomed_ssl.models.pos_embed import axis_dims, sincos_pos_embed
+from geomed_ssl.methods.masking import (consistent_noise, mask_to_image, random_masking, sample_units, token_patchify,
+                                        token_unpatchify, valid_values)
+from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
+from geomed_ssl.models.mae_decoder import DecoderUnits, MAEDecoder
+from geomed_ssl.models.pos_embed import check_sincos_dim
 from geomed_ssl.models.spectral import chunk_units, wavelength_sincos
 
 NORM_PIX_EPS = 1e-6
@@ -55,14 +61,10 @@ class MAESettings(MethodSettings):
     channel_sampling_min: int = setting(1, "fewest bands a channel_sampling step reads", bounds=">= 1")
 
     def check(self, source: str, context: MethodContext) -> None:
-        if self.decoder_embed_dim % self.decoder_num_heads:
-            raise ConfigError(f"{source}: method.decoder_embed_dim ({self.decoder_embed_dim}) must be divisible by "
-                              f"method.decoder_num_heads ({self.decoder_num_heads}).")
+        check_heads(self.decoder_embed_dim, self.decoder_num_heads, "method.decoder_embed_dim",
+                    "method.decoder_num_heads", source)
         if context.spatial_dims is not None:
-            try:
-                axis_dims(self.decoder_embed_dim, context.spatial_dims)
-            except ValueError as err:
-                raise ConfigError(f"{source}: method.decoder_embed_dim: {err}") from None
+            check_sincos_dim(self.decoder_embed_dim, context.spatial_dims, f"{source}: method.decoder_embed_dim")
         if self.channel_sampling and context.embedding not in (None, *CHANNEL_SAMPLING_KINDS):
             raise ConfigError(f"{source}: method.channel_sampling needs model.embedding=spectral or wavelength (a "
                               f"'{context.embedding}' embedding reads a fixed band set).")
@@ -84,71 +86,25 @@ class MAEOutput:
     units: list[list[int]] | None = None  # grouped/spectral: input channels of each unit (T = U * N tokens)
 
 
-class UnitMAEDecoder(nn.Module):
-    """MAE decoder for unit-major tokens (B, 1+K, E) -> (B, U*N, prod(patch) * cmax): mask tokens, spatial sin-cos
-    plus a unit embedding (the mean of its rows of a learned table, or a fixed wavelength sin-cos table), timm
-    blocks, and per-unit prediction heads (one per group, or one shared by every chunk) giving each token the
-    pixels of its own bands, channel-last and zero-padded to the largest unit (``cmax``)."""
-
-    def __init__(self, in_dim: int, dim: int, depth: int, num_heads: int, grid: tuple[int, ...], table_rows: int,
-                 head_channels: list[int], patch_numel: int, mlp_ratio: float = 4.0, norm_eps: float = 1e-6,
-                 fixed_table: torch.Tensor | None = None) -> None:
-        super().__init__()
-        self.dim, self.grid, self.patch_numel = dim, tuple(grid), patch_numel
-        self.embed = nn.Linear(in_dim, dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.register_buffer("pos_embed", sincos_pos_embed(self.grid, dim, cls_token=True)[None])  # (1, 1+N, d)
-        if fixed_table is None:
-            self.unit_embed = nn.Parameter(torch.zeros(table_rows, dim))  # (R, d)
-        else:
-            self.register_buffer("unit_table", fixed_table, persistent=False)  # (R, d)
-        self.blocks = make_blocks(dim, depth, num_heads, mlp_ratio, qkv_bias=True, norm_eps=norm_eps)
-        self.norm = nn.LayerNorm(dim, eps=norm_eps)
-        self.pred = nn.ModuleList(nn.Linear(dim, patch_numel * c) for c in head_channels)
-        init_mae_weights(self)
-        nn.init.normal_(self.mask_token, std=0.02)
-        if fixed_table is None:
-            nn.init.normal_(self.unit_embed, std=0.02)
-
-    def unit_embedding(self, unit_rows: list[list[int]]) -> torch.Tensor:
-        """(U, d): the mean of each unit's rows of the table."""
-        table = self.unit_embed if hasattr(self, "unit_embed") else self.unit_table
-        avg = torch.zeros(len(unit_rows), table.shape[0])
-        for u, rows in enumerate(unit_rows):
-            avg[u, rows] = 1.0 / len(rows)
-        return avg.to(device=table.device, dtype=table.dtype) @ table
-
-    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, ...],
-                unit_rows: list[list[int]], unit_heads: list[int], unit_sizes: list[int]) -> torch.Tensor:
-        """``latent`` (B, 1+K, E) CLS first, ``ids_restore`` (B, U*N) -> predictions (B, U*N, P*cmax)."""
-        x = self.embed(latent)  # (B, 1+K, d)
-        b, t = ids_restore.shape
-        u, n = len(unit_rows), t // len(unit_rows)
-        masks = self.mask_token.to(x.dtype).expand(b, t + 1 - x.shape[1], -1)  # (B, T-K, d)
-        seq = torch.cat([x[:, 1:], masks], dim=1)  # (B, T, d) shuffled order
-        seq = torch.gather(seq, 1, ids_restore[..., None].expand(-1, -1, self.dim))  # (B, T, d) token order
-        pos = self.pos_embed[:, 1:] if tuple(grid) == self.grid else grid_pos_embed(grid, self.dim, x)  # (1, N, d)
-        unit = self.unit_embedding(unit_rows)  # (U, d)
-        pos = (pos.to(x.dtype)[:, None] + unit.to(x.dtype)[None, :, None]).flatten(1, 2)  # (1, U*N, d)
-        x = torch.cat([x[:, :1], seq + pos], dim=1)  # (B, 1+T, d); the CLS position is zero
-        for blk in self.blocks:
-            x = blk(x)
-        h = self.norm(x[:, 1:]).unflatten(1, (u, n))  # (B, U, N, d)
-        cmax = max(unit_sizes)
-        if len(set(unit_heads)) == 1:  # one shared head (spectral): all units at once
-            out = self.pred[unit_heads[0]](h).unflatten(-1, (self.patch_numel, -1))[..., :cmax]  # (B, U, N, P, cmax)
-        else:
-            parts = [self.pred[hd](h[:, i]).unflatten(-1, (self.patch_numel, -1)) for i, hd in enumerate(unit_heads)]
-            out = torch.stack([F.pad(o, (0, cmax - o.shape[-1])) for o in parts], dim=1)  # (B, U, N, P, cmax)
-        return out.flatten(3).flatten(1, 2)  # (B, U*N, P*cmax)
-
-    def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "mask_token", "unit_embed"} if hasattr(self, "unit_embed") else {"pos_embed", "mask_token"}
+def patch_stats(target: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token mean and unbiased variance of ``target`` (B, T, V) -> (B, T, 1) each, over the values where
+    ``weights`` (B, T, V) bool is True, or over all of them when it is None."""
+    if weights is None:
+        return target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+    count = weights.sum(dim=-1, keepdim=True).to(target.dtype)  # (B, T, 1)
+    mean = torch.where(weights, target, 0.0).sum(dim=-1, keepdim=True) / count.clamp_min(1)
+    sq = torch.where(weights, (target - mean) ** 2, 0.0).sum(dim=-1, keepdim=True)
+    return mean, sq / (count - 1).clamp_min(1)
 
 
 @register_method
 class MAE(SSLMethod):
-    """Encoder on the visible ~25% of patches, light decoder on all, MSE on the masked patches' pixels."""
+    """Encoder on the visible ~25% of the tokens, light decoder on all, MSE on the masked tokens' pixels.
+
+    Shapes: image (B, C, *S); N = prod(S // patch) positions; T = N tokens (plain) or U * N (U units per position);
+    K = kept tokens; D encoder width; P = prod(patch); predictions and targets (B, T, P * c), c = C (plain) or the
+    largest unit's band count.
+    """
 
     name = "mae"
     view_kind = "mae"
@@ -169,108 +125,130 @@ class MAE(SSLMethod):
         self.channel_sampling = m.channel_sampling
         self.channel_sampling_min = m.channel_sampling_min
         self.encoder = ViTEncoder(encoder_cfg)
-        if self.kind in UNIT_KINDS:
-            self.decoder = self._unit_decoder(encoder_cfg, m)
-            return
-        self.decoder = MAEDecoder(
-            in_dim=encoder_cfg.embed_dim,
-            dim=m.decoder_embed_dim,
-            depth=m.decoder_depth,
-            num_heads=m.decoder_num_heads,
-            out_dim=math.prod(self.patch_size) * encoder_cfg.in_chans,
-            grid=encoder_cfg.grid,
-            mlp_ratio=encoder_cfg.mlp_ratio,
-            norm_eps=encoder_cfg.norm_eps,
-        )
+        self.decoder = self._build_decoder(encoder_cfg, m)
 
-    def _unit_decoder(self, cfg: EncoderConfig, m: MAESettings) -> UnitMAEDecoder:
-        """Grouped: a learned embedding and a head per group. Spectral: a channel table (learned, or sin-cos of the
-        wavelengths) and one head shared by every chunk."""
+    def _build_decoder(self, cfg: EncoderConfig, m: MAESettings) -> MAEDecoder:
+        """Plain tokens: one head of every band. Grouped: a learned embedding and a head per group. Spectral: a
+        channel table (learned, or sin-cos of the wavelengths) and one head shared by every chunk."""
+        dims = (cfg.embed_dim, m.decoder_embed_dim, m.decoder_depth, m.decoder_num_heads, cfg.grid,
+                math.prod(self.patch_size))
         if self.kind == "grouped":
-            rows, heads, fixed = len(cfg.band_groups), [len(g) for g in cfg.band_groups], None
-        else:
-            rows, heads = cfg.in_chans, [cfg.spectral_chunk]
-            wave = cfg.channel_embed == "wavelength"
-            fixed = wavelength_sincos(cfg.wavelengths, m.decoder_embed_dim) if wave else None
-        return UnitMAEDecoder(cfg.embed_dim, m.decoder_embed_dim, m.decoder_depth, m.decoder_num_heads, cfg.grid, rows,
-                              heads, math.prod(self.patch_size), cfg.mlp_ratio, cfg.norm_eps, fixed)
+            return MAEDecoder(*dims, [len(g) for g in cfg.band_groups], cfg.mlp_ratio, cfg.norm_eps,
+                              unit_rows=len(cfg.band_groups))
+        if self.kind == "spectral":
+            fixed = wavelength_sincos(cfg.wavelengths, m.decoder_embed_dim) if cfg.channel_embed == "wavelength" \
+                else None
+            return MAEDecoder(*dims, [cfg.spectral_chunk], cfg.mlp_ratio, cfg.norm_eps, unit_rows=cfg.in_chans,
+                              fixed_table=fixed)
+        return MAEDecoder(*dims, [cfg.in_chans], cfg.mlp_ratio, cfg.norm_eps)
+
+    def units_for(self, channels: int) -> list[list[int]] | None:
+        """The input bands each token unit predicts, for an input of ``channels`` bands (grouped: the groups;
+        spectral: chunks of them); None for plain tokens, which predict every band."""
+        return self.encoder.units(channels) if self.kind in UNIT_KINDS else None
+
+    def forward_encoder(self, x: torch.Tensor, noise: torch.Tensor | None = None,
+                        channel_ids: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, ...]]:
+        """Embed ``x`` (B, c, *S), mask, and encode the visible tokens.
+
+        ``noise``: (B, T) one value per token, or (B, N) one per position (every unit of a position masked together);
+        None: drawn with ``torch.rand`` as ``method.group_masking`` says. ``channel_ids`` (spectral, wavelength): the
+        encoder bands ``x`` holds. Returns ``latent`` (B, 1+K, D) CLS first, ``mask`` (B, T) float 1 = masked,
+        ``ids_restore`` (B, T) and the token grid."""
+        tokens, grid = self.encoder.embed(x, channel_ids)  # (B, T, D) with positions, unit-major
+        n = math.prod(grid)
+        noise, keep = self._token_noise(noise, x.shape[0], n, tokens.shape[1] // n, x.device)  # (B, T)
+        kept, mask, ids_restore = random_masking(tokens, self.mask_ratio, noise, keep)  # (B, K, D), (B, T), (B, T)
+        latent, _ = self.encoder.run_blocks(self.encoder.add_cls(kept))  # (B, 1+K, D)
+        return latent, mask, ids_restore, grid
+
+    def _token_noise(self, noise: torch.Tensor | None, batch: int, n: int, u: int, device: torch.device
+                     ) -> tuple[torch.Tensor, int | None]:
+        """Masking noise per token (B, U*N) and the tokens to keep (None: ``num_keep(U*N)``); per-position noise
+        (B, N) is repeated over the units and keeps ``U * num_keep(N)`` tokens, whole positions."""
+        if noise is None:
+            noise = torch.rand(batch, n if self.group_masking == "consistent" else u * n, device=device)
+        if noise.shape[1] == n and u > 1:
+            return consistent_noise(noise, u, self.mask_ratio)
+        if noise.shape[1] != u * n:
+            expected = f"{n}" if u == 1 else f"{n} (per position) or {u * n} (per token)"
+            raise ValueError(f"noise has {noise.shape[1]} values per sample; expected {expected}.")
+        return noise, None
+
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor, grid: tuple[int, ...],
+                        units: list[list[int]] | None = None, channel_ids: torch.Tensor | None = None
+                        ) -> torch.Tensor:
+        """``latent`` (B, 1+K, D), ``ids_restore`` (B, T) -> predicted pixels (B, T, P * c) of every token."""
+        return self.decoder(latent, ids_restore, grid, self._decoder_units(units, channel_ids))
+
+    def _decoder_units(self, units: list[list[int]] | None, channel_ids: torch.Tensor | None) -> DecoderUnits | None:
+        """Grouped: group ``g`` embeds with row ``g`` and predicts with head ``g``. Spectral: a chunk embeds with the
+        rows of its bands (encoder band ids, the table is the encoder's bands) and every chunk shares head 0."""
+        if units is None:
+            return None
+        sizes = [len(u) for u in units]
+        if self.kind == "grouped":
+            return DecoderUnits([[g] for g in range(len(units))], list(range(len(units))), sizes)
+        ids = None if channel_ids is None else channel_ids.tolist()  # the input's bands as encoder bands
+        rows = [list(unit) if ids is None else [ids[c] for c in unit] for unit in units]
+        return DecoderUnits(rows, [0] * len(units), sizes)
+
+    def forward_loss(self, image: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
+                     valid: torch.Tensor | None = None, units: list[list[int]] | None = None) -> torch.Tensor:
+        """MSE of ``pred`` (B, T, V) against the pixels of ``image`` (B, C, *S) on the masked tokens (``mask``
+        (B, T), 1 = masked); targets per-token normalised with ``norm_pix_loss``; nodata (``valid`` (B, *S) False)
+        and unit padding left out. In training the denominators are means over ranks (``methods.base``).
+
+        Every value real and valid (plain tokens, no nodata): the paper's loss, the mean per token, then over masked
+        tokens. Unit tokens with every pixel valid: the mean over each token's real values, then over masked tokens.
+        Nodata present: the mean over every masked, real, valid value."""
+        valid = None if valid is None else valid.bool()
+        target, weights, all_valid = self.targets(image, valid, units)  # (B, T, V), (B, T, V) bool or None
+        if self.norm_pix_loss:
+            mean, var = patch_stats(target, weights)
+            target = (target - mean) / (var + NORM_PIX_EPS) ** 0.5
+        err = (pred - target) ** 2  # (B, T, V)
+        if weights is None:
+            return (err.mean(dim=-1) * mask).sum() / self._global(mask.sum())
+        err = torch.where(weights, err, 0.0).sum(dim=-1)  # (B, T)
+        count = weights.sum(dim=-1).to(err.dtype)  # (B, T) values that count per token
+        if all_valid:
+            return (err / count.clamp_min(1) * mask).sum() / self._global(mask.sum())
+        return (err * mask).sum() / self._global((count * mask).sum()).clamp_min(1)
+
+    def targets(self, image: torch.Tensor, valid: torch.Tensor | None, units: list[list[int]] | None
+                ) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+        """Pixel targets in token order, not normalised (B, T, V); the bool (B, T, V) weights of the values that
+        count (real, not a unit's zero padding, and at valid pixels), None when all do (plain tokens, no nodata, so
+        an all-valid batch gets the paper's loss bit for bit); and whether every pixel is valid (on every rank in
+        training, so all ranks take the same loss formula; the check costs one host sync)."""
+        target, real = token_patchify(image, self.patch_size, units)  # (B, T, V), (T, V) bool or None
+        weights = None if real is None else real.expand_as(target)
+        all_valid = self._everywhere(valid is None or bool(valid.all()), image.device)
+        if not all_valid:
+            u = 1 if units is None else len(units)
+            pix = valid_values(valid, self.patch_size, u, target.shape[-1] // math.prod(self.patch_size))
+            weights = pix if weights is None else weights & pix
+        return target, weights, all_valid
 
     def forward(
         self, image: torch.Tensor, valid: torch.Tensor | None = None, noise: torch.Tensor | None = None,
         channel_ids: torch.Tensor | None = None,
     ) -> MAEOutput:
-        """``image`` (B, C, *S), ``valid`` (B, *S) bool or None, ``noise`` (B, N) or None -> MAEOutput.
+        """``image`` (B, C, *S), ``valid`` (B, *S) bool or None, ``noise`` (B, T) or (B, N) or None -> MAEOutput.
 
-        Grouped/spectral: ``noise`` (B, U*N) masks each token on its own, (B, N) whole positions (what
-        ``method.group_masking`` draws in training; previews pass (B, N)). ``channel_ids`` (spectral, wavelength):
-        the encoder reads only these bands; plain-style targets (wavelength) stay all bands."""
+        ``channel_ids`` (spectral, wavelength): the encoder reads only these bands. Plain tokens (wavelength) still
+        predict every band; unit tokens (spectral) the bands of their unit among those read."""
         if valid is not None:
             valid = valid.bool()
             image = torch.where(valid[:, None], image, 0.0)  # nodata never reaches the encoder
-        if self.kind in UNIT_KINDS:
-            return self._forward_units(image, valid, noise, channel_ids)
-        if channel_ids is None:
-            tokens, grid = self.encoder.embed(image)  # (B, N, D)
-        else:
-            tokens, grid = self.encoder.embed(image[:, channel_ids.to(image.device)], channel_ids)
-        kept, mask, ids_restore = random_masking(tokens, self.mask_ratio, noise)  # (B, K, D), (B, N), (B, N)
-        latent, _ = self.encoder.run_blocks(self.encoder.add_cls(kept))  # (B, 1+K, D)
-        pred = self.decoder(latent, ids_restore, grid)  # (B, N, P*C)
-        loss = self.loss(image, pred, mask, valid)
-        return MAEOutput(loss=loss, pred=pred, mask=mask, ids_restore=ids_restore, grid=grid)
-
-    def _forward_units(self, image: torch.Tensor, valid: torch.Tensor | None, noise: torch.Tensor | None,
-                       channel_ids: torch.Tensor | None) -> MAEOutput:
-        x = image if channel_ids is None else image[:, channel_ids.to(image.device)]  # (B, c, *S)
-        tokens, grid = self.encoder.embed(x, channel_ids)  # (B, U*N, D) unit-major
-        units = self.encoder.units(x.shape[1])
-        n, keep = math.prod(grid), None
-        if noise is None:
-            noise = torch.rand(x.shape[0], n if self.group_masking == "consistent" else len(units) * n,
-                               device=x.device)
-        if noise.shape[1] == n and len(units) > 1:  # one value per position: whole positions masked
-            noise, keep = consistent_noise(noise, len(units), self.mask_ratio)  # (B, U*N)
-        elif noise.shape[1] != len(units) * n:
-            raise ValueError(f"noise has {noise.shape[1]} values per sample; expected {n} (per position) or "
-                             f"{len(units) * n} (per token).")
-        kept, mask, ids_restore = random_masking(tokens, self.mask_ratio, noise, keep)  # (B, K, D), (B, U*N) x2
-        latent, _ = self.encoder.run_blocks(self.encoder.add_cls(kept))  # (B, 1+K, D)
-        if self.kind == "grouped":
-            rows, heads = [[g] for g in range(len(units))], list(range(len(units)))
-        else:  # the decoder's channel table is indexed by encoder band
-            ids = list(range(x.shape[1])) if channel_ids is None else channel_ids.tolist()
-            rows, heads = [[ids[c] for c in unit] for unit in units], [0] * len(units)
-        pred = self.decoder(latent, ids_restore, grid, rows, heads, [len(u) for u in units])  # (B, U*N, P*cmax)
-        target, weights, all_valid = self._unit_targets(x, valid, units)
-        loss = self._masked_mse(pred, target, weights, mask, all_valid)
+        x = image if channel_ids is None else image[:, channel_ids.to(image.device)]  # (B, c, *S) the bands read
+        latent, mask, ids_restore, grid = self.forward_encoder(x, noise, channel_ids)
+        units = self.units_for(x.shape[1])
+        pred = self.forward_decoder(latent, ids_restore, grid, units, channel_ids)  # (B, T, P*c)
+        loss = self.forward_loss(image if units is None else x, pred, mask, valid, units)
         return MAEOutput(loss=loss, pred=pred, mask=mask, ids_restore=ids_restore, grid=grid, units=units)
-
-    def _unit_targets(self, x: torch.Tensor, valid: torch.Tensor | None, units: list[list[int]],
-                      normalise: bool = True) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """Each token's own bands (B, U*N, P*cmax), the bool weights of its real, valid values, and whether every
-        pixel is valid; targets are per-token normalised with ``norm_pix_loss`` (unless ``normalise`` is False)."""
-        target, real = unit_patchify(x, self.patch_size, units)  # (B, T, V), (T, V)
-        weights = real.expand_as(target)
-        all_valid = self._everywhere(valid is None or bool(valid.all()), x.device)
-        if not all_valid:
-            pix = patchify(valid[:, None], self.patch_size)  # (B, N, P)
-            cmax = target.shape[-1] // pix.shape[-1]
-            pix = pix[:, None, :, :, None].expand(-1, len(units), -1, -1, cmax).reshape(target.shape)  # (B, T, V)
-            weights = weights & pix
-        if self.norm_pix_loss and normalise:
-            mean, var = self._patch_stats(target, weights)
-            target = (target - mean) / (var + NORM_PIX_EPS) ** 0.5
-        return target, weights, all_valid
-
-    def _masked_mse(self, pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor,
-                    all_valid: bool) -> torch.Tensor:
-        """Mean over masked tokens of each token's mean squared error over its weighted values (all pixels valid),
-        else the mean over every masked valid value (as the plain loss); over the global batch in training."""
-        err = torch.where(weights, (pred - target) ** 2, 0.0).sum(dim=-1)  # (B, T)
-        count = weights.sum(dim=-1).to(err.dtype)  # (B, T)
-        if all_valid:
-            return (err / count.clamp_min(1) * mask).sum() / self._global(mask.sum())
-        return (err * mask).sum() / self._global((count * mask).sum()).clamp_min(1)
 
     def _everywhere(self, flag: bool, device: torch.device) -> bool:
         """In training, ``flag`` on every rank (so all ranks pick the same loss formula); else ``flag``."""
@@ -280,54 +258,18 @@ class MAE(SSLMethod):
         """In training, the mean over ranks of a loss denominator (see ``methods.base``); else itself."""
         return mean_over_ranks(denominator) if self.training else denominator
 
-    def _pixel_weights(self, image: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor | None:
-        """(B, N, P*C) bool, True on valid pixels; None when every pixel is valid, so an all-valid batch gets the
-        paper's loss bit for bit (the check costs one host sync)."""
-        if self._everywhere(valid is None or bool(valid.all()), image.device):
-            return None
-        return patchify(valid[:, None].expand_as(image), self.patch_size)
-
-    @staticmethod
-    def _patch_stats(target: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-patch mean and unbiased variance (B, N, 1), over valid values only when ``weights`` is given."""
-        if weights is None:
-            return target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
-        count = weights.sum(dim=-1, keepdim=True).to(target.dtype)  # (B, N, 1)
-        mean = torch.where(weights, target, 0.0).sum(dim=-1, keepdim=True) / count.clamp_min(1)
-        sq = torch.where(weights, (target - mean) ** 2, 0.0).sum(dim=-1, keepdim=True)
-        return mean, sq / (count - 1).clamp_min(1)
-
-    def loss(
-        self, image: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """MSE on masked patches, per-patch normalised targets if ``norm_pix_loss``, nodata pixels left out."""
-        target = patchify(image, self.patch_size)  # (B, N, P*C)
-        weights = self._pixel_weights(image, valid)
-        if self.norm_pix_loss:
-            mean, var = self._patch_stats(target, weights)
-            target = (target - mean) / (var + NORM_PIX_EPS) ** 0.5
-        err = (pred - target) ** 2  # (B, N, P*C)
-        if weights is None:
-            per_patch = err.mean(dim=-1)  # (B, N)
-            return (per_patch * mask).sum() / self._global(mask.sum())
-        per_patch = torch.where(weights, err, 0.0).sum(dim=-1)  # (B, N)
-        count = weights.sum(dim=-1).to(err.dtype)  # (B, N) valid values per patch
-        return (per_patch * mask).sum() / self._global((count * mask).sum()).clamp_min(1)
-
     def training_loss(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> MethodOutput:
         """One step's loss: the band subset (``channel_sampling``) from ``generator``, each sample's masking noise
         from its own stream (:class:`PerSample`: the sample's global index), drawn on the CPU then moved."""
         image, valid = batch["image"], batch.get("valid")
         grid = self.encoder.patch_embed.grid_for(tuple(image.shape[2:]))
         channel_ids = self.sample_channels(generator) if self.channel_sampling else None
+        units = self.units_for(self.in_chans if channel_ids is None else len(channel_ids))
         n = math.prod(grid)
-        if self.kind in UNIT_KINDS and self.group_masking == "independent":
-            n *= len(self.encoder.units(self.in_chans if channel_ids is None else len(channel_ids)))
+        if units is not None and self.group_masking == "independent":
+            n *= len(units)
         noise = PerSample.from_batch(batch, generator, image.shape[0]).rand(n)  # (B, n): sample i's own draws
-        if channel_ids is None:
-            out = self(image, valid, noise.to(image.device))
-        else:
-            out = self(image, valid, noise.to(image.device), channel_ids=channel_ids)
+        out = self(image, valid, noise.to(image.device), channel_ids)
         logs = {"recon_loss": out.loss.detach()}
         if channel_ids is not None:
             logs["bands_seen"] = torch.tensor(float(len(channel_ids)))
@@ -351,7 +293,8 @@ class MAE(SSLMethod):
         self, image: torch.Tensor, valid: torch.Tensor | None = None, noise: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         """For previews, in eval mode: ``pred_image`` (B, C, *S) in the input's normalised space (norm_pix undone
-        with each target patch's mean/var), ``mask_image`` (B, *S) bool True where masked, ``loss`` scalar."""
+        with each target token's mean/var; bands no unit predicts stay 0), ``mask_image`` (B, *S) bool True where
+        masked (a position with units: where at least half of its tokens are), ``loss`` scalar."""
         was_training = self.training
         self.eval()  # also keeps the loss local: previews run on rank 0 alone
         try:
@@ -362,35 +305,17 @@ class MAE(SSLMethod):
     def _reconstruct(self, image: torch.Tensor, valid: torch.Tensor | None,
                      noise: torch.Tensor | None) -> dict[str, torch.Tensor]:
         out = self(image, valid, noise)
-        pred = out.pred
-        if out.units is not None:
-            return self._reconstruct_units(image, valid, out)
+        pred = out.pred  # (B, T, P*c)
         if self.norm_pix_loss:
             valid = None if valid is None else valid.bool()
             clean = image if valid is None else torch.where(valid[:, None], image, 0.0)
-            target = patchify(clean, self.patch_size)
-            mean, var = self._patch_stats(target, self._pixel_weights(clean, valid))
+            target, weights, _ = self.targets(clean, valid, out.units)
+            mean, var = patch_stats(target, weights)
             pred = pred * (var + NORM_PIX_EPS) ** 0.5 + mean
+        u = 1 if out.units is None else len(out.units)
+        masked = out.mask.unflatten(1, (u, -1)).mean(dim=1) >= 0.5  # (B, N)
         return {
-            "pred_image": unpatchify(pred, self.patch_size, out.grid, self.in_chans),
-            "mask_image": mask_to_image(out.mask, self.patch_size, out.grid),
-            "loss": out.loss,
-        }
-
-    def _reconstruct_units(self, image: torch.Tensor, valid: torch.Tensor | None,
-                           out: MAEOutput) -> dict[str, torch.Tensor]:
-        """Previews for grouped/spectral: each token's bands put back in place (bands in no group stay 0); a
-        position shows as masked when at least half of its tokens are."""
-        pred, units = out.pred, out.units
-        if self.norm_pix_loss:
-            valid = None if valid is None else valid.bool()
-            clean = image if valid is None else torch.where(valid[:, None], image, 0.0)
-            target, weights, _ = self._unit_targets(clean, valid, units, normalise=False)
-            mean, var = self._patch_stats(target, weights)
-            pred = pred * (var + NORM_PIX_EPS) ** 0.5 + mean
-        masked = out.mask.unflatten(1, (len(units), -1)).mean(dim=1) >= 0.5  # (B, N)
-        return {
-            "pred_image": unit_unpatchify(pred, self.patch_size, out.grid, units, self.in_chans),
+            "pred_image": token_unpatchify(pred, self.patch_size, out.grid, out.units, self.in_chans),
             "mask_image": mask_to_image(masked, self.patch_size, out.grid),
             "loss": out.loss,
         }

@@ -1,4 +1,5 @@
-"""Pure helpers for masked image modelling: random token masking and patchify/unpatchify in 2D and 3D.
+"""Pure helpers for masked image modelling, 2D and 3D: random token masking (MAE), blockwise masks (BEiT / iBOT),
+patchify/unpatchify.
 
 Patch values are laid out channel-last inside each patch (``n h w p q c`` in 2D, ``n d h w o p q c`` in 3D), the
 ordering of HF ``ViTMAEForPreTraining.patchify``, for any number of bands.
@@ -7,8 +8,11 @@ ordering of HF ``ViTMAEForPreTraining.patchify``, for any number of bands.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
+
+from geomed_ssl.models.tokens import token_grid
 
 
 def num_keep(num_tokens: int, mask_ratio: float) -> int:
@@ -47,17 +51,11 @@ def random_masking(
     return kept, mask, ids_restore
 
 
-def _grid(spatial: tuple[int, ...], patch: tuple[int, ...]) -> tuple[int, ...]:
-    if len(spatial) != len(patch) or any(s % p for s, p in zip(spatial, patch)):
-        raise ValueError(f"spatial shape {tuple(spatial)} is not a multiple of the patch size {tuple(patch)}.")
-    return tuple(s // p for s, p in zip(spatial, patch))
-
-
 def patchify(x: torch.Tensor, patch: tuple[int, ...]) -> torch.Tensor:
     """(B, C, *S) -> (B, N, prod(patch) * C), channel-last inside each patch, tokens in row-major grid order."""
     b, c, *spatial = x.shape
     nd = len(spatial)
-    grid = _grid(tuple(spatial), tuple(patch))
+    grid = token_grid(spatial, patch)
     split = [v for g, p in zip(grid, patch) for v in (g, p)]
     x = x.reshape(b, c, *split)  # (B, C, g0, p0, g1, p1, ...)
     perm = [0, *(2 + 2 * i for i in range(nd)), *(3 + 2 * i for i in range(nd)), 1]
@@ -124,6 +122,31 @@ def unit_unpatchify(pred: torch.Tensor, patch: tuple[int, ...], grid: tuple[int,
     return out
 
 
+def token_patchify(x: torch.Tensor, patch: tuple[int, ...], units: list[list[int]] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pixels in MAE's token order: plain tokens (``units`` None) :func:`patchify` (B, N, prod(patch) * C) with every
+    value real (None); unit-major tokens :func:`unit_patchify` (B, U*N, prod(patch) * cmax) and its ``real`` mask."""
+    if units is None:
+        return patchify(x, patch), None
+    return unit_patchify(x, patch, units)
+
+
+def token_unpatchify(pred: torch.Tensor, patch: tuple[int, ...], grid: tuple[int, ...],
+                     units: list[list[int]] | None, channels: int) -> torch.Tensor:
+    """Inverse of :func:`token_patchify`: (B, T, prod(patch) * c) -> (B, channels, *S)."""
+    if units is None:
+        return unpatchify(pred, patch, grid, channels)
+    return unit_unpatchify(pred, patch, grid, units, channels)
+
+
+def valid_values(valid: torch.Tensor, patch: tuple[int, ...], num_units: int, channels: int) -> torch.Tensor:
+    """Pixel mask (B, *S) bool -> (B, U*N, prod(patch) * channels) bool in :func:`token_patchify`'s layout: True on
+    every value of a token at a valid pixel (``num_units`` 1, ``channels`` C: plain tokens)."""
+    pix = patchify(valid[:, None], patch)  # (B, N, P)
+    b, n, p = pix.shape
+    return pix[:, None, :, :, None].expand(-1, num_units, -1, -1, channels).reshape(b, num_units * n, p * channels)
+
+
 def sample_units(num_units: int, min_units: int, generator: torch.Generator | None) -> torch.Tensor:
     """Hierarchical channel sampling (ChannelViT): a count ``m`` uniform in [min_units, num_units], then ``m``
     distinct units uniformly; returned sorted, as a CPU long tensor."""
@@ -131,3 +154,49 @@ def sample_units(num_units: int, min_units: int, generator: torch.Generator | No
     low = max(1, min(min_units, num_units))
     m = int(torch.randint(low, num_units + 1, (1,), generator=generator, device=device))
     return torch.randperm(num_units, generator=generator, device=device)[:m].sort().values.cpu()
+
+
+def block_mask(grid: tuple[int, ...], n_target: int, generator: torch.Generator, min_block: int = 4,
+               aspect: float = 0.3, max_attempts: int = 10) -> torch.Tensor:
+    """Blockwise (BEiT/iBOT) mask over a 2D or 3D token grid: boxes of random volume and aspect are added until
+    about ``n_target`` tokens are masked. Returns bool (*grid)."""
+    mask = torch.zeros(grid, dtype=torch.bool)
+    nd, log_aspect = len(grid), math.log(1.0 / aspect)
+    count = 0
+    while count < n_target:
+        remaining, grew = n_target - count, False
+        for _ in range(max_attempts):
+            u = torch.rand(1 + nd, generator=generator).tolist()
+            lo = min(min_block, remaining)
+            volume = lo + u[0] * (remaining - lo)
+            logs = [(v - 0.5) * log_aspect for v in u[1:]]  # per-axis log stretch, centred below
+            mean = sum(logs) / nd
+            sides = [min(g, max(1, round(volume ** (1 / nd) * math.exp(lg - mean)))) for lg, g in zip(logs, grid)]
+            start = [int(torch.randint(0, g - s + 1, (1,), generator=generator)) for s, g in zip(sides, grid)]
+            box = tuple(slice(a, a + s) for a, s in zip(start, sides))
+            new = int((~mask[box]).sum())
+            if 0 < new <= remaining:
+                mask[box] = True
+                count, grew = count + new, True
+                break
+        if not grew:
+            break
+    return mask
+
+
+def ibot_masks(n: int, grid: tuple[int, ...], ratio: tuple[float, float], prob: float,
+               generator: torch.Generator | Sequence[torch.Generator]) -> torch.Tensor:
+    """Per image, with probability ``prob``, a block mask of a ratio drawn in ``ratio``; else none: (n, *grid).
+
+    ``generator``: one for all images (drawn in turn), or one per image (each image's mask from its own)."""
+    total = math.prod(grid)
+    masks = torch.zeros((n, *grid), dtype=torch.bool)
+    per_image = not isinstance(generator, torch.Generator)
+    draws = None if per_image else torch.rand(n, 2, generator=generator)
+    for i in range(n):
+        g = generator[i] if per_image else generator
+        d = torch.rand(2, generator=g) if per_image else draws[i]
+        if d[0] < prob:
+            r = ratio[0] + float(d[1]) * (ratio[1] - ratio[0])
+            masks[i] = block_mask(grid, int(round(r * total)), g)
+    return masks

@@ -1,4 +1,5 @@
-"""Pure, step-based schedules (official DINO ``cosine_scheduler`` / ``linspace`` warmups, indexed by optimiser step).
+"""Pure, step-based schedules, indexed by optimiser step: one warmup-cosine (:func:`cosine`) for the learning rate
+and for DINO's values (official ``cosine_scheduler`` / ``linspace`` warmups), and DINO's linear warmup.
 
 Every function maps a step to a float without state, so a resumed run recomputes the exact same value. Steps are
 optimiser steps, or the float schedule steps of a :class:`ScheduleClock` when a resumed run was given another length.
@@ -19,20 +20,40 @@ def linear_warmup(step: float, start: float, end: float, warmup_steps: int) -> f
     return float(start + (end - start) * step / (warmup_steps - 1))
 
 
+WARMUPS = ("linspace", "ramp")
+
+
 def cosine(
-    step: float, base: float, final: float, total_steps: int, warmup_steps: int = 0, warmup_start: float = 0.0
+    step: float, base: float, final: float, total_steps: int, warmup_steps: int = 0, warmup_start: float = 0.0,
+    warmup: str = "linspace",
 ) -> float:
-    """DINO's ``cosine_scheduler`` at one step: ``linspace(warmup_start, base, warmup_steps)`` during warmup, then
-    ``final + (base - final) * (1 + cos(pi * t / T)) / 2`` with ``t = step - warmup_steps`` and
-    ``T = total_steps - warmup_steps``; ``final`` from ``total_steps`` on."""
+    """Warmup then cosine, at one step: the one schedule behind the learning rate and DINO's values.
+
+    Warmup (``step < warmup_steps``), two shapes:
+
+    - ``"linspace"`` (DINO's ``cosine_scheduler``): ``linspace(warmup_start, base, warmup_steps)[step]``, from
+      ``warmup_start`` at step 0 to ``base`` at the last warmup step;
+    - ``"ramp"`` (the learning rate): ``base * (step + 1) / warmup_steps``, so step 0 already trains at
+      ``base / warmup_steps`` (never 0) and the last warmup step reaches ``base``; ``warmup_start`` is unused.
+
+    Then ``final + (base - final) * (1 + cos(pi * p)) / 2`` with ``p = (step - warmup_steps) / T`` clipped to
+    [0, 1], ``T = max(1, total_steps - warmup_steps)``: ``final`` from ``total_steps`` on.
+    """
+    if warmup not in WARMUPS:
+        raise ValueError(f"warmup must be one of {', '.join(WARMUPS)}, got {warmup!r}")
     step = max(step, 0)
     if step < warmup_steps:
+        if warmup == "ramp":
+            return base * (step + 1) / warmup_steps
         return linear_warmup(step, warmup_start, base, warmup_steps)
-    span = total_steps - warmup_steps
-    if span <= 0 or step >= total_steps:
-        return float(final)
-    t = step - warmup_steps
-    return float(final + 0.5 * (base - final) * (1.0 + math.cos(math.pi * t / span)))
+    progress = min(max((step - warmup_steps) / max(1, total_steps - warmup_steps), 0.0), 1.0)
+    return float(final + (base - final) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def warmup_cosine(step: float, warmup_steps: int, max_steps: int, min_ratio: float = 0.0) -> float:
+    """Multiplier of the peak learning rate at ``step``: :func:`cosine` from 1 to ``min_ratio`` with the ``ramp``
+    warmup."""
+    return cosine(step, 1.0, min_ratio, max_steps, warmup_steps, warmup="ramp")
 
 
 def teacher_momentum(step: float, base: float, total_steps: int) -> float:

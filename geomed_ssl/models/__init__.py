@@ -1,4 +1,5 @@
-"""Patch embeddings, position embeddings, the ViT encoder and the MAE decoder."""
+"""Token grid, patch embeddings, position embeddings, transformer blocks, the ViT encoder and its config, the MAE
+decoder and the fine-tuning heads."""
 
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 from geomed_ssl.models.patch_embed import PATCH_EMBEDS, PlainPatchEmbed

@@ -12,11 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from geomed_ssl.config import CLS_HEADS, POOLS
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.models.encoder import ViTEncoder
-
-HEADS = ("linear", "mlp")
-POOLS = ("cls", "mean")
 
 
 def build_head(kind: str, dim: int, num_classes: int, dropout: float = 0.0) -> nn.Sequential:
@@ -29,7 +27,7 @@ def build_head(kind: str, dim: int, num_classes: int, dropout: float = 0.0) -> n
         return head
     if kind == "mlp":
         return nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, num_classes))
-    raise ConfigError(f"classification head '{kind}' is unknown; choose one of: {', '.join(HEADS)}.")
+    raise ConfigError(f"classification head '{kind}' is unknown; choose one of: {', '.join(CLS_HEADS)}.")
 
 
 class ClassificationModel(nn.Module):

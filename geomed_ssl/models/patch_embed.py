@@ -13,6 +13,7 @@ from torch import nn
 
 from geomed_ssl.errors import DataError
 from geomed_ssl.models.spectral import GroupedPatchEmbed, SpectralPatchEmbed, WavelengthPatchEmbed
+from geomed_ssl.models.tokens import token_grid
 
 
 class PlainPatchEmbed(nn.Module):
@@ -30,12 +31,7 @@ class PlainPatchEmbed(nn.Module):
 
     def grid_for(self, spatial_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Token grid for an input of this spatial shape; raises DataError if the patch does not divide it."""
-        if len(spatial_shape) != self.spatial_dims or any(s % p for s, p in zip(spatial_shape, self.patch_size)):
-            raise DataError(
-                f"input of spatial shape {tuple(spatial_shape)} is not a {self.spatial_dims}D multiple of the patch "
-                f"size {self.patch_size}; use windows whose sides are multiples of model.patch_size."
-            )
-        return tuple(s // p for s, p in zip(spatial_shape, self.patch_size))
+        return token_grid(spatial_shape, self.patch_size)
 
     def units(self, num_channels: int | None = None) -> list[list[int]]:
         """One spectral unit reading every band."""

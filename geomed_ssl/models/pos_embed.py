@@ -10,9 +10,21 @@ encodes the column (w) index, the second half the row (h) index, each half as ``
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
+
+from geomed_ssl.errors import ConfigError
+
+
+def check_sincos_dim(embed_dim: int, ndim: int, key: str) -> None:
+    """A ConfigError ``key: ...`` unless ``embed_dim`` channels split into sin-cos positions over ``ndim`` axes
+    (:func:`axis_dims`): the encoder's ``model.embed_dim``, MAE's decoder's."""
+    try:
+        axis_dims(embed_dim, ndim)
+    except ValueError as err:
+        raise ConfigError(f"{key}: {err}") from None
 
 
 def axis_dims(embed_dim: int, ndim: int) -> list[int]:
@@ -71,3 +83,14 @@ def interpolate_pos_embed(pos: torch.Tensor, old_grid: tuple[int, ...], new_grid
     x = pos.float().T.reshape(1, dim, *old_grid)  # (1, D, *old)
     x = F.interpolate(x, size=new_grid, mode=mode, align_corners=False)
     return x.reshape(dim, -1).T.to(pos.dtype)  # (N_new, D)
+
+
+@lru_cache(maxsize=32)
+def _cached_sincos(grid: tuple[int, ...], dim: int) -> torch.Tensor:
+    with torch.device("cpu"):  # never cache a meta tensor (models are built on the meta device to check exports)
+        return sincos_pos_embed(grid, dim)  # (N, D) float32, CPU; treat as read-only
+
+
+def grid_pos_embed(grid: tuple[int, ...], dim: int, ref: torch.Tensor) -> torch.Tensor:
+    """``(1, N, D)`` sin-cos positions for ``grid`` on ``ref``'s device and dtype (recomputed, cached on CPU)."""
+    return _cached_sincos(tuple(grid), dim).to(device=ref.device, dtype=ref.dtype)[None]

@@ -36,6 +36,7 @@ from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock,
 from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetResBlock, get_conv_layer
 from torch import nn
 
+from geomed_ssl.config import SEG_HEADS
 from geomed_ssl.errors import ConfigError, DataError
 from geomed_ssl.models.encoder import ViTEncoder
 
@@ -177,9 +178,6 @@ class LinearDecoder(nn.Module):
         tokens = torch.cat([*hidden, final], dim=-1)  # (B, N, D * (T + 1))
         logits = self.out(self.norm(tokens_to_map(tokens, grid)))  # (B, K, *grid)
         return nn.functional.interpolate(logits, size=tuple(x_in.shape[2:]), mode=self.mode, align_corners=False)
-
-
-SEG_HEADS = ("unetr", "linear")
 
 
 class SegmentationModel(nn.Module):

@@ -27,21 +27,12 @@ from torch import nn
 
 from geomed_ssl.errors import ConfigError, DataError
 from geomed_ssl.models.pos_embed import sincos_1d
+from geomed_ssl.models.tokens import token_grid
 
 NM_PER_UM = 1000.0  # wavelengths are stored in µm; sin-cos features take nanometres (periods 2π .. 2π·10⁴ nm)
 WAVE_DIM = 128  # sin-cos features per wavelength (and per band width) fed to the weight generator
 WAVE_HIDDEN = 128  # width of the weight generator's MLP
 MATCH_TOLERANCE_UM = 0.015  # bands with centres closer than this are taken as the same band (L8 B4 ~ S2 B04)
-
-
-def token_grid(spatial_shape: tuple[int, ...], patch_size: tuple[int, ...]) -> tuple[int, ...]:
-    """Token grid of an input; raises DataError if the patch does not divide its spatial shape."""
-    if len(spatial_shape) != len(patch_size) or any(s % p for s, p in zip(spatial_shape, patch_size)):
-        raise DataError(
-            f"input of spatial shape {tuple(spatial_shape)} is not a {len(patch_size)}D multiple of the patch "
-            f"size {tuple(patch_size)}; use windows whose sides are multiples of model.patch_size."
-        )
-    return tuple(s // p for s, p in zip(spatial_shape, patch_size))
 
 
 def default_band_groups(num_bands: int, size: int = 4) -> list[list[int]]:

@@ -11,16 +11,7 @@ import torch
 from geomed_ssl.config import Recipe
 from geomed_ssl.errors import TrainingError
 from geomed_ssl.methods.base import SSLMethod, mix_seed
-from geomed_ssl.methods.schedules import ScheduleClock
-
-
-def warmup_cosine(step: float, warmup_steps: int, max_steps: int, min_ratio: float = 0.0) -> float:
-    """Multiplier of the peak lr at ``step``: linear warmup from 0, then cosine down to ``min_ratio``."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
-    progress = min(max(progress, 0.0), 1.0)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+from geomed_ssl.methods.schedules import ScheduleClock, warmup_cosine
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, skip: set[str]) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +13,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from geomed_ssl.data.bands import false_colour_bands  # noqa: E402
+from geomed_ssl.models.tokens import token_grid  # noqa: E402
 
 
 def stretch(image: np.ndarray, bands: tuple[int, int, int], valid: np.ndarray) -> np.ndarray:
@@ -42,7 +44,7 @@ def render_reconstruction(method: torch.nn.Module, batch: dict, band_names: list
     image, valid = batch["image"], batch["valid"]
     device = next(method.parameters()).device
     patch = method.export_encoder().config.patch_size
-    noise_shape = (image.shape[0], int(np.prod([s // q for s, q in zip(image.shape[2:], patch)])))
+    noise_shape = (image.shape[0], math.prod(token_grid(image.shape[2:], patch)))
     noise = torch.rand(noise_shape, generator=torch.Generator().manual_seed(seed)).to(device)
     with torch.no_grad():
         out = method.reconstruct(image.to(device), valid.to(device), noise=noise)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from geomed_ssl.errors import ConfigError
-from geomed_ssl.methods.dino import DINO, CollapseWarning, DINOSettings, block_mask, ibot_masks
+from geomed_ssl.methods.dino import DINO, CollapseWarning, DINOSettings
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 
 SMALL = dict(out_dim=64, head_hidden_dim=32, head_bottleneck_dim=16)
@@ -157,22 +157,6 @@ def test_uniform_collapse_warns_without_centering_at_high_teacher_temperature() 
         out = m.training_loss(batch(), 0, gen())
     assert out.logs["collapse"] == 1
     assert out.logs["teacher_entropy"] > 0.99 * math.log(64)
-
-
-@pytest.mark.parametrize("grid", [(8, 8), (4, 6, 6)])
-def test_block_masks_reach_the_target_on_2d_and_3d_grids(grid: tuple[int, ...]) -> None:
-    n = math.prod(grid)
-    for target in (int(0.1 * n), int(0.5 * n)):
-        mask = block_mask(grid, target, gen(target))
-        assert mask.shape == grid and abs(int(mask.sum()) - target) <= max(2, target // 10)
-
-
-def test_ibot_masks_follow_probability_and_ratio_range() -> None:
-    masks = ibot_masks(400, (8, 8), (0.1, 0.5), 0.5, gen())
-    frac = masks.flatten(1).float().mean(1)
-    masked = frac > 0
-    assert 0.4 < masked.float().mean() < 0.6
-    assert frac[masked].min() >= 0.05 and frac[masked].max() <= 0.55
 
 
 # ---- spectral-aware embeddings -------------------------------------------------------------------------------

@@ -110,7 +110,7 @@ def test_wavelength_mae_predicts_all_bands_from_a_subset() -> None:
     x = torch.randn(2, 13, 16, 16)
     out = mae(x, channel_ids=torch.tensor([1, 2, 3, 7]))
     assert out.units is None and out.pred.shape == (2, 16, 16 * 13)  # plain targets: every band
-    torch.testing.assert_close(out.loss, mae.loss(x, out.pred, out.mask))
+    torch.testing.assert_close(out.loss, mae.forward_loss(x, out.pred, out.mask))
 
 
 def test_channel_sampling_is_refused_for_fixed_band_embeddings() -> None:

@@ -1,11 +1,14 @@
-"""Pure masking / patchify helpers: any band count, 2D and 3D."""
+"""Pure masking / patchify helpers: any band count, 2D and 3D; blockwise (BEiT / iBOT) masks."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
-from geomed_ssl.methods.masking import mask_to_image, num_keep, patchify, random_masking, unpatchify
+from geomed_ssl.methods.masking import (block_mask, ibot_masks, mask_to_image, num_keep, patchify, random_masking,
+                                        unpatchify)
 
 
 @pytest.mark.parametrize("bands", [1, 4, 13, 200])
@@ -72,3 +75,19 @@ def test_mask_to_image_marks_masked_patches():
     img = mask_to_image(mask, (2, 3), (2, 2))
     assert img.shape == (1, 4, 6) and img.dtype == torch.bool
     assert img[0, :2, :3].all() and not img[0, :2, 3:].any() and img[0, 2:, 3:].all()
+
+
+@pytest.mark.parametrize("grid", [(8, 8), (4, 6, 6)])
+def test_block_masks_reach_the_target_on_2d_and_3d_grids(grid: tuple[int, ...]) -> None:
+    n = math.prod(grid)
+    for target in (int(0.1 * n), int(0.5 * n)):
+        mask = block_mask(grid, target, torch.Generator().manual_seed(target))
+        assert mask.shape == grid and abs(int(mask.sum()) - target) <= max(2, target // 10)
+
+
+def test_ibot_masks_follow_probability_and_ratio_range() -> None:
+    masks = ibot_masks(400, (8, 8), (0.1, 0.5), 0.5, torch.Generator().manual_seed(0))
+    frac = masks.flatten(1).float().mean(1)
+    masked = frac > 0
+    assert 0.4 < masked.float().mean() < 0.6
+    assert frac[masked].min() >= 0.05 and frac[masked].max() <= 0.55

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from geomed_ssl.methods.schedules import ScheduleClock, cosine, linear_warmup, teacher_momentum
+from geomed_ssl.methods.schedules import ScheduleClock, cosine, linear_warmup, teacher_momentum, warmup_cosine
 
 
 def official_cosine_scheduler(base: float, final: float, total: int, warmup: int = 0, start: float = 0.0) -> np.ndarray:
@@ -41,6 +41,15 @@ def test_teacher_temperature_warmup_is_linspace_then_constant() -> None:
     np.testing.assert_allclose([linear_warmup(i, 0.04, 0.07, 30) for i in range(50)], ref, rtol=1e-12)
     assert linear_warmup(0, 0.04, 0.07, 0) == 0.07
     assert math.isclose(linear_warmup(15, 0.04, 0.07, 31), 0.055)
+
+
+def test_lr_ramp_warmup_trains_from_step_0_then_follows_the_same_cosine() -> None:
+    assert [warmup_cosine(s, 4, 100) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]  # (step + 1) / warmup
+    assert [warmup_cosine(s, 4, 100, 0.01) for s in range(4, 101)] == [cosine(s, 1.0, 0.01, 100, 4)
+                                                                        for s in range(4, 101)]
+    assert warmup_cosine(100, 4, 100, 0.01) == 0.01 and warmup_cosine(0, 0, 100) == 1.0
+    with pytest.raises(ValueError, match="warmup"):
+        cosine(0, 1.0, 0.0, 10, 2, warmup="exponential")
 
 
 def test_fresh_and_plainly_resumed_clocks_are_the_identity() -> None:

@@ -107,3 +107,10 @@ def test_mae_style_init():
     qkv = enc.blocks[0].attn.qkv
     assert torch.all(qkv.bias == 0) and qkv.weight.abs().max() <= math.sqrt(6 / (64 + 192)) + 1e-6
     assert enc.no_weight_decay() <= {n for n, _ in enc.named_parameters()} | {n for n, _ in enc.named_buffers()}
+
+
+def test_every_embedding_option_has_a_patch_embedding() -> None:
+    from geomed_ssl.config import EMBEDDINGS
+    from geomed_ssl.models.patch_embed import PATCH_EMBEDS
+
+    assert tuple(PATCH_EMBEDS) == EMBEDDINGS

@@ -9,7 +9,8 @@ The rule
 3. Every folder the toolkit creates holds ``.geomed-ssl.json``: tool, version, command, creation time and the
    top-level entries the command writes there (:func:`record_entries` adds more later). A folder without it counts
    as ours when an earlier version's files say so (``COMMANDS[...].legacy``: a run's ``config.yaml`` plus
-   ``checkpoints/`` or an encoder export, a fine-tune ``model/``, an embedding ``manifest.json``, a cluster
+   ``checkpoints/`` or an encoder export, with our recipe sections, encoder format or checkpoint section in
+   them; a fine-tune ``model/``, an embedding ``manifest.json``, a cluster
    ``summary.json``, the demo's ``.geomed-ssl-demo``, ...).
 4. An existing, non-empty folder is used only when it is ours and was made by the same command:
    ``resume`` continues it as it is (pretrain ``--resume``; embed, predict, evaluate and similar always continue or
@@ -66,10 +67,51 @@ def _json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+RUN_SECTIONS = ("data", "model", "method", "train")  # what every version's config.yaml holds (Recipe.save)
+
+
+def _our_recipe(path: Path) -> bool:
+    """``path`` is a recipe as geomed-ssl saves it: a mapping holding at least our four core sections, each a
+    mapping, and no top-level key that is not a section of ours (another tool's config.yaml has ``trainer``,
+    ``seed_everything``, ...)."""
+    import yaml
+
+    from geomed_ssl.config import SECTIONS
+
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return (isinstance(raw, dict) and set(RUN_SECTIONS) <= set(raw) and set(raw) <= set(SECTIONS)
+            and all(isinstance(v, dict) for v in raw.values()))
+
+
+def _our_checkpoint(folder: Path) -> bool:
+    """A checkpoint in ``folder`` holds our ``geomed_ssl`` section (read with weights_only and mmap, so nothing is
+    unpickled and the tensors are not read)."""
+    import torch
+
+    for path in sorted(folder.glob("*.ckpt")) if folder.is_dir() else []:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # unreadable, pickled or not a torch file: no evidence either way
+            continue
+        if isinstance(ckpt, dict) and isinstance(ckpt.get("geomed_ssl"), dict):
+            return True
+    return False
+
+
 def _legacy_run(folder: Path) -> bool:
-    encoder = _json(folder / "encoder" / "config.json") or {}
-    return (folder / "config.yaml").is_file() and ((folder / "checkpoints").is_dir()
-                                                    or encoder.get("format") == "geomed-ssl-encoder")
+    """An earlier version's pretraining run: ``config.yaml`` plus ``checkpoints/`` or an encoder export, with
+    geomed-ssl's own evidence (our encoder format, a checkpoint of ours or a recipe of ours); a fine-tune folder
+    (``model/``) is not one."""
+    if (folder / "model").exists() or not (folder / "config.yaml").is_file():
+        return False
+    our_encoder = (_json(folder / "encoder" / "config.json") or {}).get("format") == "geomed-ssl-encoder"
+    if our_encoder:
+        return True
+    return (folder / "checkpoints").is_dir() and (_our_recipe(folder / "config.yaml")
+                                                   or _our_checkpoint(folder / "checkpoints"))
 
 
 def _legacy_finetune(folder: Path) -> bool:

@@ -61,8 +61,8 @@ def made_by_older_version(folder: Path, kind: str, foreign: str | None = None) -
     import json
 
     folder.mkdir(parents=True, exist_ok=True)
-    if kind == "run":
-        (folder / "config.yaml").write_text("model: {}\n")
+    if kind == "run":  # every version's config.yaml holds these sections
+        (folder / "config.yaml").write_text("data: {}\nmodel: {}\nmethod: {name: mae}\ntrain: {}\n")
         (folder / "checkpoints").mkdir()
         (folder / "checkpoints" / "last.ckpt").write_bytes(b"ckpt")
     elif kind == "finetune":
@@ -83,6 +83,17 @@ def not_ours(root: Path) -> Path:
     folder = root / "mine"
     folder.mkdir()
     (folder / "thesis.tex").write_text("precious")
+    return folder
+
+
+def other_tools_run(root: Path) -> Path:
+    """Another tool's training run: a Lightning-CLI ``config.yaml`` and a checkpoint without our section."""
+    import torch
+
+    folder = root / "other"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "config.yaml").write_text("seed_everything: 0\ntrainer: {max_steps: 10}\nmodel: {lr: 0.1}\n")
+    torch.save({"state_dict": {}, "global_step": 10}, folder / "checkpoints" / "last.ckpt")
     return folder
 
 
@@ -133,6 +144,8 @@ OUTDIR_CASES: list[Case] = [
     Case("pretrain-overwrite-an-old-run-holding-a-foreign-file",
          lambda r: pretrain_args(rasters(r), made_by_older_version(r / "run", "run", "notes.txt"), "--overwrite"),
          "also holds 'notes.txt'"),
+    Case("pretrain-overwrite-another-tools-run", lambda r: pretrain_args(rasters(r), other_tools_run(r), "--overwrite"),
+         "was not made by geomed-ssl"),
     Case("pretrain-overwrite-a-folder-another-command-made",
          lambda r: pretrain_args(rasters(r), made_by_older_version(r / "emb", "embed"), "--overwrite"),
          "holds the output of `geomed-ssl embed`"),

@@ -65,6 +65,37 @@ def test_an_old_run_folder_with_only_an_encoder_export_is_ours(tmp_path: Path) -
     assert owner(run) is None
 
 
+def test_another_tools_run_with_config_and_checkpoints_is_not_ours(tmp_path: Path) -> None:
+    from tests.test_bad_input import other_tools_run
+
+    other = other_tools_run(tmp_path)
+    assert owner(other) is None
+    with pytest.raises(OutputError, match="was not made by geomed-ssl"):
+        prepare_out_dir(other, command="pretrain", overwrite=True)
+    assert (other / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_an_old_run_is_recognised_by_a_checkpoint_of_ours(tmp_path: Path) -> None:
+    import torch
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("a config.yaml an older version wrote differently\n")
+    assert owner(run) is None
+    torch.save({"state_dict": {}, "geomed_ssl": {"method": "mae"}}, run / "checkpoints" / "last.ckpt")
+    assert owner(run).command == "pretrain"
+
+
+def test_an_old_fine_tune_folder_with_config_and_checkpoints_is_a_fine_tune(tmp_path: Path) -> None:
+    ft = made_by_older_version(tmp_path / "ft", "finetune")
+    (ft / "config.yaml").write_text("data: {}\nmodel: {}\nmethod: {name: mae}\ntrain: {}\nfinetune: {}\n")
+    (ft / "checkpoints").mkdir()
+    (ft / "checkpoints" / "last.ckpt").write_bytes(b"ckpt")
+    assert owner(ft).command == "finetune"
+    with pytest.raises(OutputError, match="holds the output of `geomed-ssl finetune`"):
+        check_out_dir(ft, command="pretrain", overwrite=True)
+
+
 def test_an_old_demo_folder_is_replaced_by_the_next_demo(tmp_path: Path) -> None:
     demo = tmp_path / "demo"
     (demo / "pretrain").mkdir(parents=True)

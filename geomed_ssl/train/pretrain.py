@@ -91,17 +91,26 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool, inputs: Inputs | N
         prepare_out_dir(out, **kwargs)
 
 
+def probe_trainer(accelerator: str, devices: Any, strategy: str, num_nodes: int, precision: str) -> L.Trainer:
+    """A Trainer built with every launch and precision setting that Lightning can refuse (an unknown strategy, an
+    accelerator that is absent, a precision whose package is missing: ``transformer-engine``, ``tpu``'s
+    torch_xla), and nothing else, so a bad value is one ``ConfigError`` before any folder is made."""
+    try:
+        return L.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
+                         precision=resolve_precision(precision, accelerator), logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    except (MisconfigurationException, ValueError, RuntimeError, ImportError) as err:
+        raise ConfigError(f"train.accelerator / devices / strategy / num_nodes / precision ({accelerator} / "
+                          f"{devices} / {strategy} / {num_nodes} / {precision}): {str(err).splitlines()[0]}"
+                          ) from None
+
+
 def process_rank(t: Any) -> tuple[int, int]:
     """(global rank, world size) of this process under the recipe's devices / strategy / nodes, read from the launch
     environment before anything is written: with ``strategy=ddp`` Lightning runs the same command again for the
-    other ranks, and only rank 0 may create, check or delete folders."""
-    try:
-        probe = L.Trainer(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
-                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                          enable_model_summary=False)
-    except (MisconfigurationException, ValueError, RuntimeError) as err:
-        raise ConfigError(f"train.accelerator / devices / strategy / num_nodes ({t.accelerator} / {t.devices} / "
-                          f"{t.strategy} / {t.num_nodes}): {str(err).splitlines()[0]}") from None
+    other ranks, and only rank 0 may create, check or delete folders. Every Trainer setting that can fail is
+    tried here (:func:`probe_trainer`)."""
+    probe = probe_trainer(t.accelerator, t.devices, t.strategy, t.num_nodes, t.precision)
     return probe.global_rank, probe.world_size
 
 

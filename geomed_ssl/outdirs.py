@@ -28,7 +28,7 @@ API (other commands call these)::
 
     check_out_dir(out, *, command, inputs=None, overwrite=False, resume=False, allow_inside=()) -> str
     prepare_out_dir(out, *, command, inputs=None, overwrite=False, resume=False, allow_inside=()) -> Path
-    check_out_file(path, *, inputs=None, suffixes=(".png",)) -> None
+    check_out_file(path, *, inputs=None, suffixes=(".png",)) -> None  # refuses a file it did not record
     prepare_out_file(path, *, command, inputs=None, suffixes=(".png",)) -> Path
     record_entries(folder, names) -> None
     owner(folder) -> Owner | None
@@ -204,6 +204,11 @@ def read_manifest(folder: PathLike) -> dict[str, Any] | None:
     return data if data is not None and data.get("tool") == TOOL and "command" in data else None
 
 
+def _entry_names(manifest: dict[str, Any] | None) -> list[str]:
+    """The entries a manifest lists (none for an earlier version's folder)."""
+    return list((manifest or {}).get("entries", []))
+
+
 def owner(folder: PathLike) -> Owner | None:
     """Which command made ``folder`` (from its manifest, else from an earlier version's files) and which of its
     entries that command wrote; None when the toolkit did not make it."""
@@ -218,7 +223,7 @@ def owner(folder: PathLike) -> Owner | None:
         if command is None:
             return None
     spec = COMMANDS.get(command, CommandSpec())
-    names = set(spec.entries) | set((manifest or {}).get("entries", [])) | {MANIFEST}
+    names = set(spec.entries) | set(_entry_names(manifest)) | {MANIFEST}
     patterns = spec.patterns + COMMON_PATTERNS
     result = Owner(command, manifest)
     for entry in sorted(folder.iterdir()):
@@ -249,7 +254,7 @@ def record_entries(folder: PathLike, names: Sequence[str]) -> None:
     if found is None:
         return
     old = found.manifest or {}
-    entries = list(old.get("entries", [])) + (found.ours if found.manifest is None else []) + list(names)
+    entries = _entry_names(found.manifest) + (found.ours if found.manifest is None else []) + list(names)
     entries = [e for e in entries if e != MANIFEST]
     atomic_write_text(folder / MANIFEST, _manifest_text(found.command, entries, old.get("created")))
 
@@ -356,18 +361,36 @@ def prepare_out_dir(out: PathLike, *, command: str, inputs: Inputs | None = None
     return out
 
 
+def _recorded(path: Path) -> bool:
+    """``path`` is an output file the toolkit recorded in the manifest of its folder (``attention``'s PNGs): not
+    one of the names the folder's own command writes, which only that command replaces."""
+    manifest = read_manifest(path.parent)
+    if manifest is None or path.name not in _entry_names(manifest):
+        return False
+    spec = COMMANDS.get(str(manifest["command"]), CommandSpec())
+    return manifest["command"] == "attention" or not (path.name in spec.entries or _matches(path.name, spec.patterns))
+
+
 def check_out_file(path: PathLike, *, inputs: Inputs | None = None, suffixes: Sequence[str] = (".png",)) -> None:
-    """An output file (``attention --out PNG``) must end in one of ``suffixes`` and may not be an input or a
-    folder; nothing is touched. An existing file of that name is replaced when written."""
+    """An output file (``attention --out PNG``) must end in one of ``suffixes``; it may not be an input or lie
+    inside one (a file directly in an input folder the toolkit made, e.g. ``RUN/attention.png``, is recorded there
+    instead), nor be a folder or an existing file the toolkit did not record. Nothing is touched."""
     path = Path(path)
     target = _resolved(path)
     for role, p in _inputs(inputs):
-        if target == _resolved(p):
+        source = _resolved(p)
+        if target == source:
             raise OutputError(f"--out '{path}' is the {role} '{p}'; choose another --out.")
+        if source in target.parents and not (target.parent == source and owner(source) is not None):
+            raise OutputError(f"--out '{path}' lies inside the {role} '{p}', whose files the toolkit replaces; "
+                              f"choose an --out outside the {role}.")
     if path.is_dir():
         raise OutputError(f"--out '{path}' is a folder; name the file to write, e.g. --out {path / 'attention.png'}.")
     if not path.name.lower().endswith(tuple(s.lower() for s in suffixes)):
         raise ConfigError(f"--out '{path}' must name a {' or '.join(suffixes)} file, e.g. --out attention.png.")
+    if (path.exists() or path.is_symlink()) and not _recorded(path):
+        raise OutputError(f"--out '{path}' already exists and geomed-ssl did not write it; move it away or choose "
+                          "another --out.")
 
 
 def prepare_out_file(path: PathLike, *, command: str, inputs: Inputs | None = None,

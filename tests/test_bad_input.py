@@ -97,6 +97,13 @@ def other_tools_run(root: Path) -> Path:
     return folder
 
 
+def users_png(root: Path) -> Path:
+    """A figure of the user's."""
+    path = root / "figure.png"
+    path.write_bytes(b"\x89PNG the user's figure")
+    return path
+
+
 def pretrain_args(data: Path, out: Path, *extra: str) -> list[str]:
     return ["pretrain", "recipes/mae_sentinel2.yaml", "--data", str(data), "--out", str(out), *extra]
 
@@ -229,6 +236,12 @@ OUTDIR_CASES: list[Case] = [
     Case("attention-out-is-a-folder",
          lambda r: ["attention", str(encoder(r)), str(r / "data" / "scene_0.tif"), "--out", str(r / "data")],
          "is a folder"),
+    Case("attention-out-replaces-a-users-png",
+         lambda r: ["attention", str(encoder(r)), str(r / "data" / "scene_0.tif"), "--out", str(users_png(r))],
+         "already exists and geomed-ssl did not write it"),
+    Case("attention-out-inside-the-encoder",
+         lambda r: ["attention", str(encoder(r)), str(r / "data" / "scene_0.tif"), "--out", str(r / "enc" / "a.png")],
+         "lies inside the encoder"),
     # demo: replaces only a folder it made
     Case("demo-into-a-folder-not-ours", lambda r: ["demo", "--out", str(not_ours(r))], "was not made by geomed-ssl"),
     Case("demo-into-a-pretraining-run", lambda r: ["demo", "--out", str(made_by_older_version(r / "run", "run"))],

@@ -158,3 +158,48 @@ def test_an_output_file_must_be_a_png_and_not_an_input(tmp_path: Path) -> None:
         prepare_out_file(tmp_path / "a.png", command="attention", inputs={"image": tmp_path / "a.png"})
     made = prepare_out_file(tmp_path / "figs" / "a.png", command="attention")
     assert read_manifest(made.parent)["entries"] == ["a.png"]
+
+
+def test_an_output_file_never_replaces_a_file_the_toolkit_did_not_record(tmp_path: Path) -> None:
+    figure = tmp_path / "figs" / "figure1.png"
+    figure.parent.mkdir()
+    figure.write_bytes(b"the user's figure")
+    with pytest.raises(OutputError, match="already exists and geomed-ssl did not write it"):
+        prepare_out_file(figure, command="attention")
+    assert figure.read_bytes() == b"the user's figure"
+
+
+def test_an_output_file_the_toolkit_recorded_is_replaced(tmp_path: Path) -> None:
+    png = prepare_out_file(tmp_path / "figs" / "a.png", command="attention")
+    png.write_bytes(b"png")
+    assert prepare_out_file(png, command="attention") == png
+    run = prepare_out_dir(tmp_path / "run", command="pretrain")
+    prepare_out_file(run / "attention.png", command="attention").write_bytes(b"png")
+    assert prepare_out_file(run / "attention.png", command="attention") == run / "attention.png"
+
+
+def test_an_output_file_never_replaces_a_file_its_folders_command_wrote(tmp_path: Path) -> None:
+    cl = prepare_out_dir(tmp_path / "cl", command="cluster")
+    (cl / "scatter.png").write_bytes(b"png")
+    with pytest.raises(OutputError, match="did not write it"):
+        prepare_out_file(cl / "scatter.png", command="attention")
+
+
+def test_an_output_file_inside_an_input_folder_is_refused(tmp_path: Path) -> None:
+    run = prepare_out_dir(tmp_path / "run", command="pretrain")
+    (run / "encoder").mkdir()
+    with pytest.raises(OutputError, match="lies inside the encoder"):
+        check_out_file_(run / "encoder" / "a.png", inputs={"encoder": run})
+    with pytest.raises(OutputError, match="lies inside the encoder"):
+        check_out_file_(run / "encoder" / "a.png", inputs={"encoder": run / "encoder"})
+    check_out_file_(run / "a.png", inputs={"encoder": run})  # the top level of a run of ours: recorded there
+    data = tmp_path / "data"
+    data.mkdir()
+    with pytest.raises(OutputError, match="lies inside the image folder"):
+        check_out_file_(data / "a.png", inputs={"image folder": data})
+
+
+def check_out_file_(path: Path, **kwargs) -> None:
+    from geomed_ssl.outdirs import check_out_file
+
+    check_out_file(path, **kwargs)

@@ -198,10 +198,20 @@ class Owner:
     foreign: list[str] = field(default_factory=list)
 
 
+def _plain_name(name: Any) -> bool:
+    """A name of one entry of its folder: no path separator, not ``.`` / ``..``, not empty."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and os.sep not in name and "\0" not in name)
+
+
 def read_manifest(folder: PathLike) -> dict[str, Any] | None:
-    """The folder's ``.geomed-ssl.json`` (None when absent or not ours)."""
+    """The folder's ``.geomed-ssl.json`` (None when absent, not ours, or damaged: ``command`` not a string,
+    ``entries`` not a list of plain names of this folder)."""
     data = _json(Path(folder) / MANIFEST)
-    return data if data is not None and data.get("tool") == TOOL and "command" in data else None
+    if data is None or data.get("tool") != TOOL or not isinstance(data.get("command"), str):
+        return None
+    entries = data.get("entries", [])
+    return data if isinstance(entries, list) and all(_plain_name(e) for e in entries) else None
 
 
 def _entry_names(manifest: dict[str, Any] | None) -> list[str]:

@@ -203,3 +203,15 @@ def check_out_file_(path: Path, **kwargs) -> None:
     from geomed_ssl.outdirs import check_out_file
 
     check_out_file(path, **kwargs)
+
+
+@pytest.mark.parametrize("entries", ["data", ["../data"], ["sub/file"], [".."], [3], {"a": 1}])
+def test_a_manifest_whose_entries_are_not_plain_names_is_not_ours(tmp_path: Path, entries: object) -> None:
+    out = tmp_path / "out"
+    (out / "data").mkdir(parents=True)
+    (out / "d").write_text("the user's")
+    (out / MANIFEST).write_text(json.dumps({"tool": "geomed-ssl", "command": "cluster", "entries": entries}))
+    assert read_manifest(out) is None and owner(out) is None
+    with pytest.raises(OutputError, match="was not made by geomed-ssl"):
+        prepare_out_dir(out, command="cluster", overwrite=True)
+    assert (out / "d").is_file() and (out / "data").is_dir()

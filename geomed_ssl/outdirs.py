@@ -16,8 +16,10 @@ The rule
    ``resume`` continues it as it is (pretrain ``--resume``; embed, predict, evaluate and similar always continue or
    add to their own folder); ``overwrite`` deletes what it lists (the manifest's entries plus the names and
    temporary-file patterns the command is known to write) and starts again, and is refused, before anything is
-   deleted, when the folder also holds a file the toolkit did not write. Otherwise the command is refused, with
-   one line naming the way out (``--resume``, ``--overwrite``, another ``--out``).
+   deleted, when the folder also holds a file the toolkit did not write, at any depth (:func:`foreign_inside`:
+   its subfolders are checked against what the command writes there, ``CommandSpec.inside``, or by their own
+   manifest). Otherwise the command is refused, with one line naming the way out (``--resume``, ``--overwrite``,
+   another ``--out``).
 5. Commands check ``--out`` first (:func:`check_out_dir`, no side effects), then validate their inputs and
    settings, and only then create the folder (:func:`prepare_out_dir`), so a refused or failed command leaves
    nothing behind and the next try needs no ``--overwrite``.
@@ -154,21 +156,36 @@ class CommandSpec:
     patterns: tuple[str, ...] = ()  # fnmatch patterns: temporary files of its writers, outputs named per input
     flags: tuple[str, ...] = ("--overwrite",)  # the options its CLI offers to use an existing folder
     legacy: Callable[[Path], bool] | None = None  # recognises a folder an earlier version made (no manifest)
+    # what it writes inside its subfolders: {subfolder name or pattern: fnmatch patterns of paths relative to it}; a
+    # subfolder with a manifest of its own (the demo's pretrain/, FT_DIR/eval, EMB_DIR/search/<query>) follows the
+    # same rule instead
+    inside: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 COMMON_PATTERNS = (".partial-*",)  # atomic_path's temporary files
+CKPT_FILES = ("*.ckpt", ".*.ckpt.tmp-*")  # checkpoints (step-NNNNNN.ckpt, last.ckpt, Lightning's) and their temp files
+EXPORT_FILES = ("config.json", "model.safetensors")  # an encoder / model export
 COMMANDS: dict[str, CommandSpec] = {
     "pretrain": CommandSpec(("config.yaml", "catalog.json", "stats.json", "metrics.csv", "checkpoints", "encoder",
                              "previews", "tensorboard"), ("metrics.csv.tmp", ".encoder.*"), ("--resume", "--overwrite"),
-                            _legacy_run),
+                            _legacy_run, {"checkpoints": CKPT_FILES, "encoder": EXPORT_FILES, ".encoder.*": EXPORT_FILES,
+                                          "previews": ("step-*.png",),
+                                          "tensorboard": ("events.out.tfevents.*", "hparams.yaml",
+                                                          "*/events.out.tfevents.*", "*/hparams.yaml")}),
     "finetune": CommandSpec(("config.yaml", "labels_used.npz", "metrics_train.csv", "checkpoints", "model",
                              "metrics.json", "confusion.png", "eval"),
-                            ("metrics_train.csv.tmp", "labels_used.npz.tmp", ".model.*"), legacy=_legacy_finetune),
+                            ("metrics_train.csv.tmp", "labels_used.npz.tmp", ".model.*"), legacy=_legacy_finetune,
+                            inside={"checkpoints": CKPT_FILES, "model": EXPORT_FILES, ".model.*": EXPORT_FILES,
+                                    "eval": ("metrics.json", "confusion.png")}),
     "embed": CommandSpec(("manifest.json", "parts", "embeddings.parquet", "vectors.npy", "pca.npz", "maps",
                           "search"), (".manifest.json.*.tmp", ".embeddings.parquet.tmp", ".vectors.npy.tmp.npy"),
-                         legacy=_legacy_embed),
+                         legacy=_legacy_embed,
+                         inside={"parts": ("part-*/chunk-*.parquet", "part-*/files.json", ".tmp-*/*"),
+                                 "maps": ("*_embedding.tif", "*_embedding.nii.gz", "*.aux.xml"),
+                                 "search": ("*/similar.csv", "*/similar.png")}),
     "cluster": CommandSpec(("clusters.parquet", "clusters.csv", "summary.json", "scatter.png", "maps"),
-                           legacy=_legacy_cluster),
+                           legacy=_legacy_cluster,
+                           inside={"maps": ("*_clusters.tif", "*_clusters.nii.gz", "*_clusters.png", "*.aux.xml")}),
     "predict": CommandSpec(("predictions.csv",), ("*_pred.tif", "*_pred.nii.gz", "*_pred_proba.tif",
                                                   "*_pred_proba.nii.gz"), (), _legacy_predict),
     "evaluate": CommandSpec(("metrics.json", "confusion.png"), (), (), _legacy_evaluate),
@@ -239,6 +256,49 @@ def owner(folder: PathLike) -> Owner | None:
     for entry in sorted(folder.iterdir()):
         (result.ours if entry.name in names or _matches(entry.name, patterns) else result.foreign).append(entry.name)
     return result
+
+
+def foreign_inside(folder: PathLike, found: Owner | None = None) -> list[str]:
+    """Paths (relative to ``folder``, ``/``-separated) of what the toolkit did not write anywhere in ``folder``,
+    made by ``found.command``: its foreign top-level entries, then whatever inside its subfolders neither matches
+    what the command writes there (``CommandSpec.inside``, temporary files included) nor lies in a subfolder of
+    the toolkit's own (a manifest, or an earlier version's files) that passes the same test."""
+    folder = Path(folder)
+    found = found if found is not None else owner(folder)
+    if found is None:
+        return sorted(p.name for p in folder.iterdir())
+    spec = COMMANDS.get(found.command, CommandSpec())
+    bad = list(found.foreign)
+    for name in found.ours:
+        entry = folder / name
+        if entry.is_dir() and not entry.is_symlink():
+            patterns = next((v for k, v in spec.inside.items() if fnmatch.fnmatchcase(name, k)), None)
+            bad += [f"{name}/{p}" for p in _foreign_in_subfolder(entry, patterns)]
+    return bad
+
+
+def _foreign_in_subfolder(sub: Path, patterns: tuple[str, ...] | None) -> list[str]:
+    """What in ``sub`` (a subfolder of ours) the toolkit did not write; ``patterns``: what its command writes there
+    (None: nothing, unless ``sub`` is a folder of the toolkit's own)."""
+    if read_manifest(sub) is not None or patterns is None:
+        nested = owner(sub)
+        return foreign_inside(sub, nested) if nested is not None else sorted(p.name for p in sub.iterdir())
+    bad: list[str] = []
+    for root, dirs, files in os.walk(sub):
+        here = Path(root)
+        rel = here.relative_to(sub)
+        for d in list(dirs):
+            if (here / d).is_symlink():  # judged by name, as a file; never followed
+                files.append(d)
+                dirs.remove(d)
+            elif read_manifest(here / d) is not None:  # a folder of the toolkit's own: its own rule
+                dirs.remove(d)
+                bad += [(rel / d / p).as_posix() for p in foreign_inside(here / d)]
+        for f in files:
+            path = (rel / f).as_posix()
+            if not (_matches(path, patterns) or _matches(f, COMMON_PATTERNS)):
+                bad.append(path)
+    return sorted(bad)
 
 
 def _manifest_text(command: str, entries: Sequence[str], created: str | None = None) -> str:
@@ -338,8 +398,9 @@ def check_out_dir(out: PathLike, *, command: str, inputs: Inputs | None = None, 
         raise OutputError(f"output folder '{out}' holds the output of `geomed-ssl {found.command}`, not of "
                           f"`geomed-ssl {command}`; choose another --out.")
     if overwrite:
-        if found.foreign:
-            raise OutputError(f"output folder '{out}' also holds '{found.foreign[0]}', which geomed-ssl did not "
+        foreign = foreign_inside(out, found)
+        if foreign:
+            raise OutputError(f"output folder '{out}' also holds '{foreign[0]}', which geomed-ssl did not "
                               "write; --overwrite deletes only what geomed-ssl wrote, so move that file away or "
                               "choose another --out.")
         return "replace"

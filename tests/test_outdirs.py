@@ -215,3 +215,56 @@ def test_a_manifest_whose_entries_are_not_plain_names_is_not_ours(tmp_path: Path
     with pytest.raises(OutputError, match="was not made by geomed-ssl"):
         prepare_out_dir(out, command="cluster", overwrite=True)
     assert (out / "d").is_file() and (out / "data").is_dir()
+
+
+@pytest.mark.parametrize("command,placed", [
+    ("pretrain", "checkpoints/my_best_model.pt"),
+    ("pretrain", "encoder/notes.txt"),
+    ("pretrain", "previews/figure_for_paper.png"),
+    ("finetune", "model/weights_i_edited.safetensors"),
+    ("embed", "maps/overview.tif"),
+    ("cluster", "maps/sub/thesis.tex"),
+])
+def test_overwrite_refuses_a_foreign_file_inside_a_subfolder_of_ours(tmp_path: Path, command: str,
+                                                                     placed: str) -> None:
+    out = prepare_out_dir(tmp_path / "out", command=command)
+    (out / placed).parent.mkdir(parents=True)
+    (out / placed).write_text("the user's")
+    with pytest.raises(OutputError, match=f"also holds '{placed}'"):
+        prepare_out_dir(out, command=command, overwrite=True)
+    assert (out / placed).read_text() == "the user's"
+
+
+def test_overwrite_deletes_what_the_commands_write_inside_their_subfolders(tmp_path: Path) -> None:
+    run = prepare_out_dir(tmp_path / "run", command="pretrain")
+    for name in ("checkpoints/last.ckpt", "checkpoints/step-000100.ckpt", "checkpoints/.last.ckpt.tmp-12-a1b2c3",
+                 "encoder/config.json", "encoder/model.safetensors", "previews/step-000200.png",
+                 "previews/.partial-7-step-000400.png", "tensorboard/events.out.tfevents.1.host.2.0",
+                 "tensorboard/hparams.yaml", ".encoder.x1y2/config.json"):
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text("ours")
+    prepare_out_dir(run, command="pretrain", overwrite=True)
+    assert [p.name for p in run.iterdir()] == [MANIFEST]
+
+
+def test_a_subfolder_with_its_own_manifest_follows_its_own_rule(tmp_path: Path) -> None:
+    demo = prepare_out_dir(tmp_path / "demo", command="demo")
+    run = prepare_out_dir(demo / "pretrain", command="pretrain")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_text("ours")
+    (run / "my_notes.md").write_text("the user's")
+    with pytest.raises(OutputError, match="also holds 'pretrain/my_notes.md'"):
+        prepare_out_dir(demo, command="demo", overwrite=True)
+    (run / "my_notes.md").unlink()
+    prepare_out_dir(demo, command="demo", overwrite=True)
+    assert [p.name for p in demo.iterdir()] == [MANIFEST]
+
+
+def test_a_subfolder_of_a_nested_command_holding_a_foreign_file_is_refused(tmp_path: Path) -> None:
+    emb = prepare_out_dir(tmp_path / "emb", command="embed")
+    query = prepare_out_dir(emb / "search" / "q", command="similar")
+    (query / "similar.csv").write_text("rank,score,id,file\n")
+    prepare_out_dir(emb, command="embed", overwrite=False, resume=True)
+    (query / "draft.docx").write_text("the user's")
+    with pytest.raises(OutputError, match="also holds 'search/q/draft.docx'"):
+        prepare_out_dir(emb, command="embed", overwrite=True)

@@ -335,28 +335,59 @@ def _resolved(path: PathLike) -> Path:
 
 
 def _inputs(inputs: Inputs | None) -> Iterator[tuple[str, Path]]:
+    """(role, path) of every input given (None: not given; a command maps its own keywords, such as the encoder
+    ``none`` of ``finetune``, to None before calling)."""
     for role, value in (inputs or {}).items():
         if value is None:
             continue
         for item in ([value] if isinstance(value, (str, os.PathLike)) else value):
-            if item is not None and str(item).lower() != "none":
+            if item is not None:
                 yield role, Path(item)
 
 
+def _stat_id(path: Path) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of ``path`` when it exists (symlinks followed)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _ancestor_ids(path: Path) -> set[tuple[int, int]]:
+    """(st_dev, st_ino) of every existing strict ancestor of ``path``."""
+    return {i for p in path.parents if (i := _stat_id(p)) is not None}
+
+
+def _same(a: Path, b: Path) -> bool:
+    """``a`` and ``b`` (resolved) name the same file or folder: by path, or by device and inode when both exist (a
+    case-insensitive filesystem or a bind mount spells one folder two ways)."""
+    ida = _stat_id(a)
+    return a == b or (ida is not None and ida == _stat_id(b))
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    """``child`` (resolved; it may not exist yet) lies inside ``parent``: by path, or because ``parent`` is one of
+    the existing folders above ``child`` by device and inode."""
+    pid = _stat_id(parent)
+    return parent in child.parents or (pid is not None and pid in _ancestor_ids(child))
+
+
 def check_inputs(out: PathLike, inputs: Inputs | None, allow_inside: Sequence[PathLike] = ()) -> None:
-    """Refuse an ``out`` that is, contains or lies inside an input (symlinks resolved), except inside one of
+    """Refuse an ``out`` that is, contains or lies inside an input (symlinks resolved; the same folder spelt two
+    ways, through a bind mount or a case-insensitive filesystem, found by device and inode), except inside one of
     ``allow_inside`` (the place a command reserves inside its input for its outputs)."""
     target = _resolved(out)
     allowed = [_resolved(a) for a in allow_inside]
     for role, path in _inputs(inputs):
         p = _resolved(path)
-        if target == p:
+        if _same(target, p):
             raise OutputError(f"--out '{out}' is the {role} '{path}'; choose an --out outside the {role}.")
-        if target in p.parents:
+        if _inside(p, target):
             raise OutputError(f"--out '{out}' contains the {role} '{path}'; choose an --out that does not hold "
                               f"the {role}.")
-        if p in target.parents and not any(target == a or a in target.parents for a in allowed):
-            hint = "".join(f" (or inside '{a}')" for a in allow_inside if _resolved(a).parent == p)
+        if _inside(target, p) and not any(_same(target, a) or _inside(target, a) for a in allowed):
+            hint = "".join(f" (or inside '{a}')" for a in allow_inside if _same(_resolved(a).parent, p))
             raise OutputError(f"--out '{out}' lies inside the {role} '{path}'; choose an --out outside the "
                               f"{role}{hint}.")
 
@@ -450,9 +481,9 @@ def check_out_file(path: PathLike, *, inputs: Inputs | None = None, suffixes: Se
     target = _resolved(path)
     for role, p in _inputs(inputs):
         source = _resolved(p)
-        if target == source:
+        if _same(target, source):
             raise OutputError(f"--out '{path}' is the {role} '{p}'; choose another --out.")
-        if source in target.parents and not (target.parent == source and owner(source) is not None):
+        if _inside(target, source) and not (_same(target.parent, source) and owner(source) is not None):
             raise OutputError(f"--out '{path}' lies inside the {role} '{p}', whose files the toolkit replaces; "
                               f"choose an --out outside the {role}.")
     if path.is_dir():

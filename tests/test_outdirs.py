@@ -268,3 +268,34 @@ def test_a_subfolder_of_a_nested_command_holding_a_foreign_file_is_refused(tmp_p
     (query / "draft.docx").write_text("the user's")
     with pytest.raises(OutputError, match="also holds 'search/q/draft.docx'"):
         prepare_out_dir(emb, command="embed", overwrite=True)
+
+
+def test_an_input_folder_named_none_is_still_an_input(tmp_path: Path, monkeypatch) -> None:
+    from geomed_ssl.outdirs import check_inputs
+
+    monkeypatch.chdir(tmp_path)
+    Path("none").mkdir()
+    with pytest.raises(OutputError, match="lies inside the data folder 'none'"):
+        check_inputs("none/run", {"data folder": "none"})
+    from geomed_ssl.downstream.finetune import finetune_inputs
+
+    assert finetune_inputs(None, "none", images="imgs")["encoder"] is None  # the encoder keyword: no input
+
+
+@pytest.mark.parametrize("where", ["is", "inside", "contains"])
+def test_the_same_folder_spelt_another_way_is_found_by_device_and_inode(tmp_path: Path, monkeypatch,
+                                                                       where: str) -> None:
+    """A case-insensitive filesystem or a bind mount gives one folder two spellings that resolve() leaves apart;
+    simulated with a symbolic link that is not resolved."""
+    import geomed_ssl.outdirs as outdirs
+
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (tmp_path / "DATA").symlink_to(data, target_is_directory=True)
+    monkeypatch.setattr(outdirs, "_resolved", lambda p: Path(p).expanduser().absolute())
+    out, message = {"is": (tmp_path / "DATA", "is the data folder"),
+                    "inside": (tmp_path / "DATA" / "run", "lies inside the data folder"),
+                    "contains": (tmp_path / "DATA", "contains the data folder")}[where]
+    inputs = {"data folder": data if where != "contains" else data / "sub"}
+    with pytest.raises(OutputError, match=message):
+        outdirs.check_inputs(out, inputs)

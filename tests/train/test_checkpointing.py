@@ -85,6 +85,47 @@ def test_resume_skips_a_truncated_newest_checkpoint_and_replays_exactly(raster_d
     np.testing.assert_allclose([b[s]["loss"] for s in range(6, 11)], [a[s]["loss"] for s in range(6, 11)], atol=1e-5)
 
 
+def fake_checkpoint(path: Path, step: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {}, "global_step": step, "geomed_ssl": {"method": "mae"}}, path)
+    return path
+
+
+def test_resume_takes_the_checkpoint_with_the_highest_step_even_when_last_ckpt_is_older(tmp_path: Path,
+                                                                                       caplog) -> None:
+    from geomed_ssl.train.checkpointing import find_resume_checkpoint
+
+    ckpts = tmp_path / "run" / "checkpoints"
+    fake_checkpoint(ckpts / "step-000005.ckpt", 5)
+    fake_checkpoint(ckpts / "last.ckpt", 5)
+    fake_checkpoint(ckpts / "step-000010.ckpt", 10)  # killed before last.ckpt was linked to it
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        point = find_resume_checkpoint(tmp_path / "run")
+    assert point.path.name == "step-000010.ckpt" and point.step == 10
+    assert "step-000010.ckpt (step 10) is further than last.ckpt" in caplog.text
+
+
+def test_resume_prefers_last_ckpt_when_it_is_at_least_as_far(tmp_path: Path) -> None:
+    from geomed_ssl.train.checkpointing import find_resume_checkpoint
+
+    ckpts = tmp_path / "run" / "checkpoints"
+    fake_checkpoint(ckpts / "step-000010.ckpt", 10)
+    fake_checkpoint(ckpts / "last.ckpt", 10)
+    assert find_resume_checkpoint(tmp_path / "run").path.name == "last.ckpt"
+    fake_checkpoint(ckpts / "last.ckpt", 13)  # a timed or SIGTERM save after step 10
+    assert find_resume_checkpoint(tmp_path / "run").step == 13
+
+
+def test_linking_last_ckpt_syncs_its_folder(tmp_path: Path, monkeypatch) -> None:
+    import geomed_ssl.train.checkpointing as checkpointing
+
+    synced: list[Path] = []
+    monkeypatch.setattr(checkpointing, "_fsync_dir", synced.append)
+    step = fake_checkpoint(tmp_path / "step-000005.ckpt", 5)
+    checkpointing.replace_with_copy(step, tmp_path / "last.ckpt")
+    assert os.path.samefile(step, tmp_path / "last.ckpt") and synced == [tmp_path]
+
+
 class SendSignal(L.Callback):
     """Sends ``signum`` to this process after optimiser step ``step``, as a cluster scheduler would."""
 

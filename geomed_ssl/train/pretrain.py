@@ -68,13 +68,26 @@ class StepOffsetSampler(Sampler[int]):
         return self.total * self.batch_size
 
 
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """``auto``: 32-bit on CPU (bf16 autocast is slower there), bf16-mixed on GPUs that support it, else 16-mixed."""
+def forks(strategy: str) -> bool:
+    """``strategy`` starts its processes by forking this one (Lightning's ddp_fork / ddp_notebook and variants)."""
+    return str(strategy).startswith(("ddp_fork", "ddp_notebook"))
+
+
+def resolve_precision(precision: str, accelerator: str, strategy: str = "auto") -> str:
+    """``auto``: 32-bit on CPU (bf16 autocast is slower there), bf16-mixed on GPUs that support it, else 16-mixed.
+
+    Nothing here initialises CUDA in this process (``torch.cuda.is_available`` asks NVML under Lightning), except
+    the bf16 question, which must ask the GPU: with a forking strategy that would break the forked workers
+    ("Cannot re-initialize CUDA in forked subprocess"), so there ``auto`` on a GPU is refused in one line."""
     if precision != "auto":
         return precision
-    on_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     if not on_gpu:
         return "32-true"
+    if forks(strategy):
+        raise ConfigError(f"train.precision=auto with train.strategy={strategy} on GPUs: finding out whether they "
+                          "support bf16 would initialise CUDA before the processes fork; set train.precision="
+                          "bf16-mixed (Ampere or newer GPUs) or 16-mixed, or use train.strategy=ddp.")
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
@@ -95,9 +108,10 @@ def probe_trainer(accelerator: str, devices: Any, strategy: str, num_nodes: int,
     """A Trainer built with every launch and precision setting that Lightning can refuse (an unknown strategy, an
     accelerator that is absent, a precision whose package is missing: ``transformer-engine``, ``tpu``'s
     torch_xla), and nothing else, so a bad value is one ``ConfigError`` before any folder is made."""
+    resolved = resolve_precision(precision, accelerator, strategy)
     try:
         return L.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
-                         precision=resolve_precision(precision, accelerator), logger=False,
+                         precision=resolved, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     except (MisconfigurationException, ValueError, RuntimeError, ImportError) as err:
         raise ConfigError(f"train.accelerator / devices / strategy / num_nodes / precision ({accelerator} / "
@@ -229,7 +243,7 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     cbs = run_callbacks(out, recipe, method, catalog, stats, enc_cfg, stop, progress) + (callbacks or [])
     trainer = L.Trainer(
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
-        precision=resolve_precision(t.precision, t.accelerator), max_steps=t.max_steps, max_epochs=-1,
+        precision=resolve_precision(t.precision, t.accelerator, t.strategy), max_steps=t.max_steps, max_epochs=-1,
         gradient_clip_val=t.grad_clip, accumulate_grad_batches=t.accumulate_grad_batches, callbacks=cbs,
         logger=tensorboard_logger(out), log_every_n_steps=min(t.log_every, t.max_steps),
         enable_progress_bar=has_bar(cbs), enable_checkpointing=False, enable_model_summary=False,

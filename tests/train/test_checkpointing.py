@@ -200,3 +200,22 @@ def test_progress_bar_writes_to_stderr(capsys) -> None:
     bar.close()
     captured = capsys.readouterr()
     assert captured.out == "" and "1/3" in captured.err
+
+
+def test_resume_with_a_new_base_lr_trains_at_the_new_lr(raster_dir: Path, tmp_path: Path) -> None:
+    from geomed_ssl.train.module import warmup_cosine
+
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        pretrain("recipes/mae_sentinel2.yaml", raster_dir, out, overrides=OVERRIDES, progress=False,
+                 callbacks=[KillAt(6)])
+    pretrain(None, raster_dir, out, resume=True, progress=False, overrides=["train.base_lr=0.1"])
+    lr = {s: r["lr"] for s, r in rows(out).items()}
+
+    def expected(base_lr: float, step: int) -> float:  # the lr of update ``step`` (1-based) of this 10-step run
+        return base_lr * 8 / 256 * warmup_cosine(step - 1, 5, 10)
+
+    assert [lr[s] for s in range(1, 6)] == pytest.approx([expected(0.05, s) for s in range(1, 6)], rel=1e-6)
+    assert [lr[s] for s in range(6, 11)] == pytest.approx([expected(0.1, s) for s in range(6, 11)], rel=1e-6)
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)
+    assert ckpt["lr_schedulers"][0]["base_lrs"] == pytest.approx([0.1 * 8 / 256] * 2)

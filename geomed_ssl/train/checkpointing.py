@@ -208,7 +208,10 @@ def find_resume_checkpoint(run_dir: Path, announce: bool = True) -> ResumePoint:
 class StopRequest:
     """SIGTERM / SIGINT handlers that only set a flag: the run saves a checkpoint at the next step boundary and
     stops. A second SIGINT raises ``KeyboardInterrupt`` at once. Handlers can be installed only in the main
-    thread; elsewhere ``install`` does nothing."""
+    thread; elsewhere ``install`` does nothing. ``forward_to(send)``: the process that launched the workers
+    (``ddp_spawn`` / ``ddp_fork``) passes each signal on to them as ``send(SIGTERM)`` (so a Ctrl-C that reaches the
+    workers from the terminal too is still one stop, not an abort); a forked worker, which inherits these handlers,
+    never forwards."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -216,6 +219,13 @@ class StopRequest:
         self.signum: int | None = None
         self.announce = True  # rank 0 says what happens; the other ranks stay quiet
         self._previous: dict[int, Any] = {}
+        self._forward: Callable[[int], None] | None = None
+        self._forward_pid: int | None = None
+        self._sigints = 0
+
+    def forward_to(self, send: Callable[[int], None]) -> None:
+        """Pass every signal this process receives on with ``send(signum)`` (from this process only)."""
+        self._forward, self._forward_pid = send, os.getpid()
 
     @property
     def requested(self) -> bool:
@@ -241,16 +251,22 @@ class StopRequest:
         self._previous = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            self.restore()
-            raise KeyboardInterrupt
+        if self._forward is not None and os.getpid() == self._forward_pid:
+            self._forward(signal.SIGTERM)  # a stop, never an abort: a terminal's Ctrl-C reaches the workers too
+        if signum == signal.SIGINT:
+            self._sigints += 1
+            if self._sigints > 1:
+                self.restore()
+                raise KeyboardInterrupt
+        if self.signum is not None:  # already stopping; the first signal names the stop
+            return
         self.signum = signum
         if self.announce:
             log.warning(f"{signal.Signals(signum).name} received: saving a checkpoint at the end of this step, then "
                         "stopping (Ctrl-C again aborts without saving).")
 
-    def __getstate__(self) -> dict[str, Any]:  # handlers do not travel to spawned processes
-        return {**self.__dict__, "_previous": {}}
+    def __getstate__(self) -> dict[str, Any]:  # handlers and forwarding do not travel to spawned processes
+        return {**self.__dict__, "_previous": {}, "_forward": None, "_forward_pid": None}
 
 
 def any_rank(trainer: L.Trainer, *flags: bool) -> list[bool]:
@@ -302,12 +318,9 @@ class RunCheckpoints(L.Callback):
         else:
             trainer.save_checkpoint(last, weights_only=False)
         self._last_save = time.monotonic()
-        if stop and not final:
+        if stop and not final:  # the caller reports the stop (pretrain's RunResult.stopped; the CLI prints it)
             self.stopped_at = step
             trainer.should_stop = True
-            if trainer.is_global_zero:
-                log.warning(f"stopped at step {step} of {trainer.max_steps} ({self.stop.name or 'signal'}); "
-                            f"checkpoint saved: {last}. Continue with the same command and --resume.")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.stop.restore()

@@ -255,16 +255,25 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     data = PretrainData(dataset, t.batch_size, t.max_steps * t.accumulate_grad_batches, t.accumulate_grad_batches,
                         recipe.data.num_workers)
     steps = fit(trainer, module, data, point, stop, out)
-    stopped = stop.name or ("stopped" if steps < t.max_steps else None)
+    stopped = stopped_reason(steps, t.max_steps, stop)
     return RunResult(run_dir=out, encoder_dir=out / "encoder", steps=steps, catalog=catalog, stopped=stopped,
                      is_global_zero=rank == 0)
+
+
+def stopped_reason(steps: int, max_steps: int, stop: StopRequest) -> str | None:
+    """Why a run ended before ``max_steps`` (the signal's name, else "stopped"); None when it reached them, even
+    if a signal came after its last step."""
+    return (stop.name or "stopped") if steps < max_steps else None
 
 
 def fit(trainer: L.Trainer, module: PretrainModule, data: PretrainData, point: ResumePoint | None,
         stop: StopRequest, out: Path) -> int:
     """Train (from ``point`` when resuming); the optimiser steps done."""
-    spawned = isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
-    if spawned:  # this process only waits for the workers: a first Ctrl-C must not kill it while they save
+    launcher = trainer.strategy.launcher
+    spawned = isinstance(launcher, _MultiProcessingLauncher)
+    if spawned:  # this process only waits for the workers: a signal is passed on to them, which save and stop
+        stop.announce = False  # the workers' rank 0 says what happens
+        stop.forward_to(launcher.kill)
         stop.install()
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(point.path) if point else None, weights_only=True)

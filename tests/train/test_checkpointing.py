@@ -163,6 +163,44 @@ def test_a_second_ctrl_c_aborts_at_once() -> None:
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_the_launching_process_passes_each_signal_on_to_its_workers_as_a_stop() -> None:
+    stop, sent = StopRequest(), []
+    stop.announce = False
+    stop.forward_to(sent.append)
+    stop.install()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C after a SIGTERM is no abort: still one stop
+        assert sent == [signal.SIGTERM, signal.SIGTERM] and stop.name == "SIGTERM"
+    finally:
+        stop.restore()
+
+
+def test_a_forked_worker_never_forwards_the_signals_it_inherits() -> None:
+    stop, sent = StopRequest(), []
+    stop.announce = False
+    stop.forward_to(sent.append)
+    stop.install()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the worker: its copy of the handler only sets the flag
+            os.kill(os.getpid(), signal.SIGTERM)
+            os._exit(10 + len(sent) if stop.requested else 1)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        stop.restore()
+    assert os.waitstatus_to_exitcode(status) == 10 and sent == [] and not stop.requested
+
+
+def test_a_run_that_reached_max_steps_is_not_reported_stopped_whatever_signal_came() -> None:
+    from geomed_ssl.train.pretrain import stopped_reason
+
+    stop = StopRequest()
+    stop.signum = signal.SIGTERM  # arrived after the last step: the workers had finished
+    assert stopped_reason(10, 10, stop) is None
+    assert stopped_reason(7, 10, stop) == "SIGTERM" and stopped_reason(7, 10, StopRequest()) == "stopped"
+
+
 def test_lr_continues_without_a_jump_when_resumed_with_more_steps(raster_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match="simulated kill"):

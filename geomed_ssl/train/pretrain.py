@@ -95,7 +95,8 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool, inputs: Inputs | N
                     create: bool = True) -> None:
     """RUN_DIR under the output-folder rule (:mod:`geomed_ssl.outdirs`): ``--resume`` continues a run of ours
     (:func:`find_resume_checkpoint` checks it has a readable checkpoint), ``--overwrite`` replaces one, anything else
-    must be new or empty; ``create=False`` only checks (nothing is written). Rank 0 only."""
+    must be new or empty; ``create=False`` only checks (nothing is written). Any rank may check (every rank does, on
+    ``--resume``, before reading the run's config.yaml); only global rank 0 creates or replaces."""
     if resume and overwrite:
         raise GeomedError("--resume continues the run in --out and --overwrite replaces it; pass one of them.")
     kwargs = {"command": "pretrain", "inputs": inputs, "overwrite": overwrite, "resume": resume}

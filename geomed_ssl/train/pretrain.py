@@ -26,6 +26,7 @@ from geomed_ssl.methods.schedules import ScheduleClock
 from geomed_ssl.models.encoder import EncoderConfig
 from geomed_ssl.outdirs import Inputs, check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_path, atomic_write_text
+from geomed_ssl.train.agreement import agreement_for
 from geomed_ssl.train.callbacks import ExportEncoder, MetricsCSV, Previews
 from geomed_ssl.train.checkpointing import (AtomicCheckpointIO, ResumePoint, RunCheckpoints, StopRequest,
                                             find_resume_checkpoint, read_checkpoint_info, remove_stale_temp_files)
@@ -120,13 +121,12 @@ def probe_trainer(accelerator: str, devices: Any, strategy: str, num_nodes: int,
                           ) from None
 
 
-def process_rank(t: Any) -> tuple[int, int]:
-    """(global rank, world size) of this process under the recipe's devices / strategy / nodes, read from the launch
-    environment before anything is written: with ``strategy=ddp`` Lightning runs the same command again for the
-    other ranks, and only rank 0 may create, check or delete folders. Every Trainer setting that can fail is
-    tried here (:func:`probe_trainer`)."""
-    probe = probe_trainer(t.accelerator, t.devices, t.strategy, t.num_nodes, t.precision)
-    return probe.global_rank, probe.world_size
+def process_rank(t: Any) -> L.Trainer:
+    """A probe Trainer with the recipe's devices / strategy / nodes / precision, which knows this process's global
+    rank and the world size from the launch environment before anything is written: with ``strategy=ddp``
+    Lightning runs the same command again for the other ranks, and only rank 0 may create, check or delete
+    folders. Every Trainer setting that can fail is tried here (:func:`probe_trainer`)."""
+    return probe_trainer(t.accelerator, t.devices, t.strategy, t.num_nodes, t.precision)
 
 
 def resolve_recipe(recipe: Recipe | str | Path | None, out: Path, overrides: list[str] | None,
@@ -164,6 +164,52 @@ def resumed_clock(point: ResumePoint, max_steps: int) -> ScheduleClock:
             log.info(f"train.max_steps {clock.end} -> {max_steps}: the rest of the schedules (lr, and DINO's) "
                      f"stretches over steps {point.step}..{max_steps}, continuing from where it is.")
     return new
+
+
+def agreed_inputs(probe: L.Trainer, out: Path, data_dir: str | Path, recipe: Recipe, inputs: Inputs, *, resume: bool,
+                  overwrite: bool, strict: bool) -> tuple[ResumePoint | None, Catalog, BandStats]:
+    """What can fail before rank 0 writes, checked by every rank, which agree on it (:mod:`geomed_ssl.train
+    .agreement`): rank 0 checks ``--out`` and picks the checkpoint to resume from, then every rank reads that
+    checkpoint, the data and its statistics. A failure on any rank stops every rank with its message."""
+    agreement = agreement_for(probe)
+    rank = probe.global_rank
+    try:  # rank 0 refuses a used or forbidden --out (and changes nothing) and picks the checkpoint to resume from
+        if rank == 0:
+            prepare_run_dir(out, resume, overwrite, inputs, create=False)
+        found = find_resume_checkpoint(out, announce=rank == 0) if resume and agreement.chooses else None
+    except Exception as err:
+        agreement.failed(err)
+        raise
+    chosen = agreement.share_checkpoint(str(found.path) if found else None)
+    try:
+        point = found or (resume_point(Path(chosen)) if chosen else None)
+        catalog, stats = read_data(data_dir, out, recipe, resume, strict)
+    except Exception as err:
+        agreement.failed(err)
+        raise
+    agreement.all_passed()
+    return point, catalog, stats
+
+
+def resume_point(path: Path) -> ResumePoint:
+    """The checkpoint another rank chose, read on this one."""
+    try:
+        return ResumePoint(path, *read_checkpoint_info(path))
+    except (GeomedError, OSError) as reason:
+        raise GeomedError(f"--resume: rank 0 continues from '{path}', which this rank cannot read ({reason}); "
+                          "every rank must see the run folder on shared storage.") from None
+
+
+def read_data(data_dir: str | Path, out: Path, recipe: Recipe, resume: bool, strict: bool) -> tuple[Catalog,
+                                                                                                   BandStats]:
+    """The catalog of ``data_dir`` (summarised in the log) and the band statistics: a resumed run's own
+    ``stats.json``, else computed (seeded: every rank computes the same ones, none waits for another's file)."""
+    catalog = scan(data_dir, recipe.data, strict=strict, names_by_position="error" if strict else "warn")
+    log.info(catalog.summary())
+    stats_path = out / "stats.json"
+    if resume and stats_path.is_file():
+        return catalog, BandStats.load(stats_path)
+    return catalog, compute_stats(catalog, recipe.data, seed=recipe.train.seed)
 
 
 def write_run_files(out: Path, recipe: Recipe, catalog: Catalog, stats: BandStats) -> None:
@@ -212,21 +258,14 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
         prepare_run_dir(out, resume, overwrite, {"data folder": data_dir}, create=False)
     recipe = resolve_recipe(recipe, out, overrides, resume)
     t = recipe.train
-    rank, world = process_rank(t)
+    probe = process_rank(t)
+    rank, world = probe.global_rank, probe.world_size
     if rank != 0:
         log.setLevel(logging.WARNING)  # the other ranks' output repeats rank 0's
     inputs: dict[str, Any] = {"data folder": data_dir, "recipe": recipe_file,
                               "kNN labels folder": recipe.data.val_labels}
-    if rank == 0:  # refuses a used or forbidden --out (and changes nothing) before the slow part
-        prepare_run_dir(out, resume, overwrite, inputs, create=False)
-    point = find_resume_checkpoint(out, announce=rank == 0) if resume else None
-    catalog = scan(data_dir, recipe.data, strict=strict, names_by_position="error" if strict else "warn")
-    log.info(catalog.summary())
-    stats_path = out / "stats.json"
-    if resume and stats_path.is_file():
-        stats = BandStats.load(stats_path)
-    else:  # every rank computes the same statistics (seeded), none waits for another's file
-        stats = compute_stats(catalog, recipe.data, seed=t.seed)
+    point, catalog, stats = agreed_inputs(probe, out, data_dir, recipe, inputs, resume=resume, overwrite=overwrite,
+                                          strict=strict)
     clock = resumed_clock(point, t.max_steps) if point else ScheduleClock(t.max_steps)
 
     L.seed_everything(t.seed, workers=True, verbose=False)

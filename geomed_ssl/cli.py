@@ -145,9 +145,9 @@ def pretrain(
     result = run(recipe, data, out, overrides=overrides, resume=resume, overwrite=overwrite, strict=strict)
     if not result.is_global_zero:  # the other processes of a multi-process run: rank 0 reports
         return
-    if result.stopped:
-        typer.echo(f"stopped at step {result.steps} ({result.stopped}); the checkpoint is in "
-                   f"{result.run_dir / 'checkpoints'}. Continue with the same command and --resume.")
+    if result.stopped:  # said once, here (the library logs nothing about it)
+        typer.echo(f"stopped at step {result.steps} ({result.stopped}); checkpoint saved: "
+                   f"{result.run_dir / 'checkpoints' / 'last.ckpt'}. Continue with the same command and --resume.")
         raise typer.Exit(code={"SIGINT": 130, "SIGTERM": 143}.get(result.stopped, 1))
     typer.echo(f"done: {result.steps} steps. Encoder: {result.encoder_dir}  (load with geomed_ssl.load_encoder)")
     typer.echo(f"metrics: {result.run_dir / 'metrics.csv'}  previews: {result.run_dir / 'previews'}")

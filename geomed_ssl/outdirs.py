@@ -9,14 +9,17 @@ The rule
 3. Every folder the toolkit creates holds ``.geomed-ssl.json``: tool, version, command, creation time and the
    top-level entries the command writes there (:func:`record_entries` adds more later). A folder without it counts
    as ours when an earlier version's files say so (``COMMANDS[...].legacy``: a run's ``config.yaml`` plus
-   ``checkpoints/`` or an encoder export, a fine-tune ``model/``, an embedding ``manifest.json``, a cluster
+   ``checkpoints/`` or an encoder export, with our recipe sections, encoder format or checkpoint section in
+   them; a fine-tune ``model/``, an embedding ``manifest.json``, a cluster
    ``summary.json``, the demo's ``.geomed-ssl-demo``, ...).
 4. An existing, non-empty folder is used only when it is ours and was made by the same command:
    ``resume`` continues it as it is (pretrain ``--resume``; embed, predict, evaluate and similar always continue or
    add to their own folder); ``overwrite`` deletes what it lists (the manifest's entries plus the names and
    temporary-file patterns the command is known to write) and starts again, and is refused, before anything is
-   deleted, when the folder also holds a file the toolkit did not write. Otherwise the command is refused, with
-   one line naming the way out (``--resume``, ``--overwrite``, another ``--out``).
+   deleted, when the folder also holds a file the toolkit did not write, at any depth (:func:`foreign_inside`:
+   its subfolders are checked against what the command writes there, ``CommandSpec.inside``, or by their own
+   manifest). Otherwise the command is refused, with one line naming the way out (``--resume``, ``--overwrite``,
+   another ``--out``).
 5. Commands check ``--out`` first (:func:`check_out_dir`, no side effects), then validate their inputs and
    settings, and only then create the folder (:func:`prepare_out_dir`), so a refused or failed command leaves
    nothing behind and the next try needs no ``--overwrite``.
@@ -27,7 +30,7 @@ API (other commands call these)::
 
     check_out_dir(out, *, command, inputs=None, overwrite=False, resume=False, allow_inside=()) -> str
     prepare_out_dir(out, *, command, inputs=None, overwrite=False, resume=False, allow_inside=()) -> Path
-    check_out_file(path, *, inputs=None, suffixes=(".png",)) -> None
+    check_out_file(path, *, inputs=None, suffixes=(".png",)) -> None  # refuses a file it did not record
     prepare_out_file(path, *, command, inputs=None, suffixes=(".png",)) -> Path
     record_entries(folder, names) -> None
     owner(folder) -> Owner | None
@@ -66,10 +69,51 @@ def _json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+RUN_SECTIONS = ("data", "model", "method", "train")  # what every version's config.yaml holds (Recipe.save)
+
+
+def _our_recipe(path: Path) -> bool:
+    """``path`` is a recipe as geomed-ssl saves it: a mapping holding at least our four core sections, each a
+    mapping, and no top-level key that is not a section of ours (another tool's config.yaml has ``trainer``,
+    ``seed_everything``, ...)."""
+    import yaml
+
+    from geomed_ssl.config import SECTIONS
+
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return (isinstance(raw, dict) and set(RUN_SECTIONS) <= set(raw) and set(raw) <= set(SECTIONS)
+            and all(isinstance(v, dict) for v in raw.values()))
+
+
+def _our_checkpoint(folder: Path) -> bool:
+    """A checkpoint in ``folder`` holds our ``geomed_ssl`` section (read with weights_only and mmap, so nothing is
+    unpickled and the tensors are not read)."""
+    import torch
+
+    for path in sorted(folder.glob("*.ckpt")) if folder.is_dir() else []:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # unreadable, pickled or not a torch file: no evidence either way
+            continue
+        if isinstance(ckpt, dict) and isinstance(ckpt.get("geomed_ssl"), dict):
+            return True
+    return False
+
+
 def _legacy_run(folder: Path) -> bool:
-    encoder = _json(folder / "encoder" / "config.json") or {}
-    return (folder / "config.yaml").is_file() and ((folder / "checkpoints").is_dir()
-                                                    or encoder.get("format") == "geomed-ssl-encoder")
+    """An earlier version's pretraining run: ``config.yaml`` plus ``checkpoints/`` or an encoder export, with
+    geomed-ssl's own evidence (our encoder format, a checkpoint of ours or a recipe of ours); a fine-tune folder
+    (``model/``) is not one."""
+    if (folder / "model").exists() or not (folder / "config.yaml").is_file():
+        return False
+    our_encoder = (_json(folder / "encoder" / "config.json") or {}).get("format") == "geomed-ssl-encoder"
+    if our_encoder:
+        return True
+    return (folder / "checkpoints").is_dir() and (_our_recipe(folder / "config.yaml")
+                                                   or _our_checkpoint(folder / "checkpoints"))
 
 
 def _legacy_finetune(folder: Path) -> bool:
@@ -112,21 +156,36 @@ class CommandSpec:
     patterns: tuple[str, ...] = ()  # fnmatch patterns: temporary files of its writers, outputs named per input
     flags: tuple[str, ...] = ("--overwrite",)  # the options its CLI offers to use an existing folder
     legacy: Callable[[Path], bool] | None = None  # recognises a folder an earlier version made (no manifest)
+    # what it writes inside its subfolders: {subfolder name or pattern: fnmatch patterns of paths relative to it}; a
+    # subfolder with a manifest of its own (the demo's pretrain/, FT_DIR/eval, EMB_DIR/search/<query>) follows the
+    # same rule instead
+    inside: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 COMMON_PATTERNS = (".partial-*",)  # atomic_path's temporary files
+CKPT_FILES = ("*.ckpt", ".*.ckpt.tmp-*")  # checkpoints (step-NNNNNN.ckpt, last.ckpt, Lightning's) and their temp files
+EXPORT_FILES = ("config.json", "model.safetensors")  # an encoder / model export
 COMMANDS: dict[str, CommandSpec] = {
     "pretrain": CommandSpec(("config.yaml", "catalog.json", "stats.json", "metrics.csv", "checkpoints", "encoder",
                              "previews", "tensorboard"), ("metrics.csv.tmp", ".encoder.*"), ("--resume", "--overwrite"),
-                            _legacy_run),
+                            _legacy_run, {"checkpoints": CKPT_FILES, "encoder": EXPORT_FILES, ".encoder.*": EXPORT_FILES,
+                                          "previews": ("step-*.png",),
+                                          "tensorboard": ("events.out.tfevents.*", "hparams.yaml",
+                                                          "*/events.out.tfevents.*", "*/hparams.yaml")}),
     "finetune": CommandSpec(("config.yaml", "labels_used.npz", "metrics_train.csv", "checkpoints", "model",
                              "metrics.json", "confusion.png", "eval"),
-                            ("metrics_train.csv.tmp", "labels_used.npz.tmp", ".model.*"), legacy=_legacy_finetune),
+                            ("metrics_train.csv.tmp", "labels_used.npz.tmp", ".model.*"), legacy=_legacy_finetune,
+                            inside={"checkpoints": CKPT_FILES, "model": EXPORT_FILES, ".model.*": EXPORT_FILES,
+                                    "eval": ("metrics.json", "confusion.png")}),
     "embed": CommandSpec(("manifest.json", "parts", "embeddings.parquet", "vectors.npy", "pca.npz", "maps",
                           "search"), (".manifest.json.*.tmp", ".embeddings.parquet.tmp", ".vectors.npy.tmp.npy"),
-                         legacy=_legacy_embed),
+                         legacy=_legacy_embed,
+                         inside={"parts": ("part-*/chunk-*.parquet", "part-*/files.json", ".tmp-*/*"),
+                                 "maps": ("*_embedding.tif", "*_embedding.nii.gz", "*.aux.xml"),
+                                 "search": ("*/similar.csv", "*/similar.png")}),
     "cluster": CommandSpec(("clusters.parquet", "clusters.csv", "summary.json", "scatter.png", "maps"),
-                           legacy=_legacy_cluster),
+                           legacy=_legacy_cluster,
+                           inside={"maps": ("*_clusters.tif", "*_clusters.nii.gz", "*_clusters.png", "*.aux.xml")}),
     "predict": CommandSpec(("predictions.csv",), ("*_pred.tif", "*_pred.nii.gz", "*_pred_proba.tif",
                                                   "*_pred_proba.nii.gz"), (), _legacy_predict),
     "evaluate": CommandSpec(("metrics.json", "confusion.png"), (), (), _legacy_evaluate),
@@ -156,10 +215,25 @@ class Owner:
     foreign: list[str] = field(default_factory=list)
 
 
+def _plain_name(name: Any) -> bool:
+    """A name of one entry of its folder: no path separator, not ``.`` / ``..``, not empty."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and os.sep not in name and "\0" not in name)
+
+
 def read_manifest(folder: PathLike) -> dict[str, Any] | None:
-    """The folder's ``.geomed-ssl.json`` (None when absent or not ours)."""
+    """The folder's ``.geomed-ssl.json`` (None when absent, not ours, or damaged: ``command`` not a string,
+    ``entries`` not a list of plain names of this folder)."""
     data = _json(Path(folder) / MANIFEST)
-    return data if data is not None and data.get("tool") == TOOL and "command" in data else None
+    if data is None or data.get("tool") != TOOL or not isinstance(data.get("command"), str):
+        return None
+    entries = data.get("entries", [])
+    return data if isinstance(entries, list) and all(_plain_name(e) for e in entries) else None
+
+
+def _entry_names(manifest: dict[str, Any] | None) -> list[str]:
+    """The entries a manifest lists (none for an earlier version's folder)."""
+    return list((manifest or {}).get("entries", []))
 
 
 def owner(folder: PathLike) -> Owner | None:
@@ -176,12 +250,55 @@ def owner(folder: PathLike) -> Owner | None:
         if command is None:
             return None
     spec = COMMANDS.get(command, CommandSpec())
-    names = set(spec.entries) | set((manifest or {}).get("entries", [])) | {MANIFEST}
+    names = set(spec.entries) | set(_entry_names(manifest)) | {MANIFEST}
     patterns = spec.patterns + COMMON_PATTERNS
     result = Owner(command, manifest)
     for entry in sorted(folder.iterdir()):
         (result.ours if entry.name in names or _matches(entry.name, patterns) else result.foreign).append(entry.name)
     return result
+
+
+def foreign_inside(folder: PathLike, found: Owner | None = None) -> list[str]:
+    """Paths (relative to ``folder``, ``/``-separated) of what the toolkit did not write anywhere in ``folder``,
+    made by ``found.command``: its foreign top-level entries, then whatever inside its subfolders neither matches
+    what the command writes there (``CommandSpec.inside``, temporary files included) nor lies in a subfolder of
+    the toolkit's own (a manifest, or an earlier version's files) that passes the same test."""
+    folder = Path(folder)
+    found = found if found is not None else owner(folder)
+    if found is None:
+        return sorted(p.name for p in folder.iterdir())
+    spec = COMMANDS.get(found.command, CommandSpec())
+    bad = list(found.foreign)
+    for name in found.ours:
+        entry = folder / name
+        if entry.is_dir() and not entry.is_symlink():
+            patterns = next((v for k, v in spec.inside.items() if fnmatch.fnmatchcase(name, k)), None)
+            bad += [f"{name}/{p}" for p in _foreign_in_subfolder(entry, patterns)]
+    return bad
+
+
+def _foreign_in_subfolder(sub: Path, patterns: tuple[str, ...] | None) -> list[str]:
+    """What in ``sub`` (a subfolder of ours) the toolkit did not write; ``patterns``: what its command writes there
+    (None: nothing, unless ``sub`` is a folder of the toolkit's own)."""
+    if read_manifest(sub) is not None or patterns is None:
+        nested = owner(sub)
+        return foreign_inside(sub, nested) if nested is not None else sorted(p.name for p in sub.iterdir())
+    bad: list[str] = []
+    for root, dirs, files in os.walk(sub):
+        here = Path(root)
+        rel = here.relative_to(sub)
+        for d in list(dirs):
+            if (here / d).is_symlink():  # judged by name, as a file; never followed
+                files.append(d)
+                dirs.remove(d)
+            elif read_manifest(here / d) is not None:  # a folder of the toolkit's own: its own rule
+                dirs.remove(d)
+                bad += [(rel / d / p).as_posix() for p in foreign_inside(here / d)]
+        for f in files:
+            path = (rel / f).as_posix()
+            if not (_matches(path, patterns) or _matches(f, COMMON_PATTERNS)):
+                bad.append(path)
+    return sorted(bad)
 
 
 def _manifest_text(command: str, entries: Sequence[str], created: str | None = None) -> str:
@@ -207,7 +324,7 @@ def record_entries(folder: PathLike, names: Sequence[str]) -> None:
     if found is None:
         return
     old = found.manifest or {}
-    entries = list(old.get("entries", [])) + (found.ours if found.manifest is None else []) + list(names)
+    entries = _entry_names(found.manifest) + (found.ours if found.manifest is None else []) + list(names)
     entries = [e for e in entries if e != MANIFEST]
     atomic_write_text(folder / MANIFEST, _manifest_text(found.command, entries, old.get("created")))
 
@@ -218,28 +335,59 @@ def _resolved(path: PathLike) -> Path:
 
 
 def _inputs(inputs: Inputs | None) -> Iterator[tuple[str, Path]]:
+    """(role, path) of every input given (None: not given; a command maps its own keywords, such as the encoder
+    ``none`` of ``finetune``, to None before calling)."""
     for role, value in (inputs or {}).items():
         if value is None:
             continue
         for item in ([value] if isinstance(value, (str, os.PathLike)) else value):
-            if item is not None and str(item).lower() != "none":
+            if item is not None:
                 yield role, Path(item)
 
 
+def _stat_id(path: Path) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of ``path`` when it exists (symlinks followed)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _ancestor_ids(path: Path) -> set[tuple[int, int]]:
+    """(st_dev, st_ino) of every existing strict ancestor of ``path``."""
+    return {i for p in path.parents if (i := _stat_id(p)) is not None}
+
+
+def _same(a: Path, b: Path) -> bool:
+    """``a`` and ``b`` (resolved) name the same file or folder: by path, or by device and inode when both exist (a
+    case-insensitive filesystem or a bind mount spells one folder two ways)."""
+    ida = _stat_id(a)
+    return a == b or (ida is not None and ida == _stat_id(b))
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    """``child`` (resolved; it may not exist yet) lies inside ``parent``: by path, or because ``parent`` is one of
+    the existing folders above ``child`` by device and inode."""
+    pid = _stat_id(parent)
+    return parent in child.parents or (pid is not None and pid in _ancestor_ids(child))
+
+
 def check_inputs(out: PathLike, inputs: Inputs | None, allow_inside: Sequence[PathLike] = ()) -> None:
-    """Refuse an ``out`` that is, contains or lies inside an input (symlinks resolved), except inside one of
+    """Refuse an ``out`` that is, contains or lies inside an input (symlinks resolved; the same folder spelt two
+    ways, through a bind mount or a case-insensitive filesystem, found by device and inode), except inside one of
     ``allow_inside`` (the place a command reserves inside its input for its outputs)."""
     target = _resolved(out)
     allowed = [_resolved(a) for a in allow_inside]
     for role, path in _inputs(inputs):
         p = _resolved(path)
-        if target == p:
+        if _same(target, p):
             raise OutputError(f"--out '{out}' is the {role} '{path}'; choose an --out outside the {role}.")
-        if target in p.parents:
+        if _inside(p, target):
             raise OutputError(f"--out '{out}' contains the {role} '{path}'; choose an --out that does not hold "
                               f"the {role}.")
-        if p in target.parents and not any(target == a or a in target.parents for a in allowed):
-            hint = "".join(f" (or inside '{a}')" for a in allow_inside if _resolved(a).parent == p)
+        if _inside(target, p) and not any(_same(target, a) or _inside(target, a) for a in allowed):
+            hint = "".join(f" (or inside '{a}')" for a in allow_inside if _same(_resolved(a).parent, p))
             raise OutputError(f"--out '{out}' lies inside the {role} '{path}'; choose an --out outside the "
                               f"{role}{hint}.")
 
@@ -281,8 +429,9 @@ def check_out_dir(out: PathLike, *, command: str, inputs: Inputs | None = None, 
         raise OutputError(f"output folder '{out}' holds the output of `geomed-ssl {found.command}`, not of "
                           f"`geomed-ssl {command}`; choose another --out.")
     if overwrite:
-        if found.foreign:
-            raise OutputError(f"output folder '{out}' also holds '{found.foreign[0]}', which geomed-ssl did not "
+        foreign = foreign_inside(out, found)
+        if foreign:
+            raise OutputError(f"output folder '{out}' also holds '{foreign[0]}', which geomed-ssl did not "
                               "write; --overwrite deletes only what geomed-ssl wrote, so move that file away or "
                               "choose another --out.")
         return "replace"
@@ -314,18 +463,36 @@ def prepare_out_dir(out: PathLike, *, command: str, inputs: Inputs | None = None
     return out
 
 
+def _recorded(path: Path) -> bool:
+    """``path`` is an output file the toolkit recorded in the manifest of its folder (``attention``'s PNGs): not
+    one of the names the folder's own command writes, which only that command replaces."""
+    manifest = read_manifest(path.parent)
+    if manifest is None or path.name not in _entry_names(manifest):
+        return False
+    spec = COMMANDS.get(str(manifest["command"]), CommandSpec())
+    return manifest["command"] == "attention" or not (path.name in spec.entries or _matches(path.name, spec.patterns))
+
+
 def check_out_file(path: PathLike, *, inputs: Inputs | None = None, suffixes: Sequence[str] = (".png",)) -> None:
-    """An output file (``attention --out PNG``) must end in one of ``suffixes`` and may not be an input or a
-    folder; nothing is touched. An existing file of that name is replaced when written."""
+    """An output file (``attention --out PNG``) must end in one of ``suffixes``; it may not be an input or lie
+    inside one (a file directly in an input folder the toolkit made, e.g. ``RUN/attention.png``, is recorded there
+    instead), nor be a folder or an existing file the toolkit did not record. Nothing is touched."""
     path = Path(path)
     target = _resolved(path)
     for role, p in _inputs(inputs):
-        if target == _resolved(p):
+        source = _resolved(p)
+        if _same(target, source):
             raise OutputError(f"--out '{path}' is the {role} '{p}'; choose another --out.")
+        if _inside(target, source) and not (_same(target.parent, source) and owner(source) is not None):
+            raise OutputError(f"--out '{path}' lies inside the {role} '{p}', whose files the toolkit replaces; "
+                              f"choose an --out outside the {role}.")
     if path.is_dir():
         raise OutputError(f"--out '{path}' is a folder; name the file to write, e.g. --out {path / 'attention.png'}.")
     if not path.name.lower().endswith(tuple(s.lower() for s in suffixes)):
         raise ConfigError(f"--out '{path}' must name a {' or '.join(suffixes)} file, e.g. --out attention.png.")
+    if (path.exists() or path.is_symlink()) and not _recorded(path):
+        raise OutputError(f"--out '{path}' already exists and geomed-ssl did not write it; move it away or choose "
+                          "another --out.")
 
 
 def prepare_out_file(path: PathLike, *, command: str, inputs: Inputs | None = None,

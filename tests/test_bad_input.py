@@ -61,8 +61,8 @@ def made_by_older_version(folder: Path, kind: str, foreign: str | None = None) -
     import json
 
     folder.mkdir(parents=True, exist_ok=True)
-    if kind == "run":
-        (folder / "config.yaml").write_text("model: {}\n")
+    if kind == "run":  # every version's config.yaml holds these sections
+        (folder / "config.yaml").write_text("data: {}\nmodel: {}\nmethod: {name: mae}\ntrain: {}\n")
         (folder / "checkpoints").mkdir()
         (folder / "checkpoints" / "last.ckpt").write_bytes(b"ckpt")
     elif kind == "finetune":
@@ -84,6 +84,24 @@ def not_ours(root: Path) -> Path:
     folder.mkdir()
     (folder / "thesis.tex").write_text("precious")
     return folder
+
+
+def other_tools_run(root: Path) -> Path:
+    """Another tool's training run: a Lightning-CLI ``config.yaml`` and a checkpoint without our section."""
+    import torch
+
+    folder = root / "other"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "config.yaml").write_text("seed_everything: 0\ntrainer: {max_steps: 10}\nmodel: {lr: 0.1}\n")
+    torch.save({"state_dict": {}, "global_step": 10}, folder / "checkpoints" / "last.ckpt")
+    return folder
+
+
+def users_png(root: Path) -> Path:
+    """A figure of the user's."""
+    path = root / "figure.png"
+    path.write_bytes(b"\x89PNG the user's figure")
+    return path
 
 
 def pretrain_args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -133,6 +151,8 @@ OUTDIR_CASES: list[Case] = [
     Case("pretrain-overwrite-an-old-run-holding-a-foreign-file",
          lambda r: pretrain_args(rasters(r), made_by_older_version(r / "run", "run", "notes.txt"), "--overwrite"),
          "also holds 'notes.txt'"),
+    Case("pretrain-overwrite-another-tools-run", lambda r: pretrain_args(rasters(r), other_tools_run(r), "--overwrite"),
+         "was not made by geomed-ssl"),
     Case("pretrain-overwrite-a-folder-another-command-made",
          lambda r: pretrain_args(rasters(r), made_by_older_version(r / "emb", "embed"), "--overwrite"),
          "holds the output of `geomed-ssl embed`"),
@@ -216,6 +236,12 @@ OUTDIR_CASES: list[Case] = [
     Case("attention-out-is-a-folder",
          lambda r: ["attention", str(encoder(r)), str(r / "data" / "scene_0.tif"), "--out", str(r / "data")],
          "is a folder"),
+    Case("attention-out-replaces-a-users-png",
+         lambda r: ["attention", str(encoder(r)), str(r / "data" / "scene_0.tif"), "--out", str(users_png(r))],
+         "already exists and geomed-ssl did not write it"),
+    Case("attention-out-inside-the-encoder",
+         lambda r: ["attention", str(encoder(r)), str(r / "data" / "scene_0.tif"), "--out", str(r / "enc" / "a.png")],
+         "lies inside the encoder"),
     # demo: replaces only a folder it made
     Case("demo-into-a-folder-not-ours", lambda r: ["demo", "--out", str(not_ours(r))], "was not made by geomed-ssl"),
     Case("demo-into-a-pretraining-run", lambda r: ["demo", "--out", str(made_by_older_version(r / "run", "run"))],
@@ -253,23 +279,23 @@ def command(*args: str) -> Callable[[Path], list[str]]:
 CONFIG_CASES: list[Case] = [
     Case("unknown-model-key", pretrain_with("model.depthh=3"), "model.depthh"),
     Case("max-steps-not-a-number", pretrain_with("train.max_steps=abc"),
-         "train.max_steps must be an integer >= 1, got 'abc'"),
+         "train.max_steps must be an integer in [1, 1000000000], got 'abc'"),
     Case("num-heads-zero", pretrain_with("model.num_heads=0"), "model.num_heads must be an integer in [1, 256], got 0"),
     Case("embed-dim-a-word", pretrain_with("model.embed_dim=big"),
          "model.embed_dim must be an integer in [1, 8192], got 'big'"),
     Case("batch-size-fractional", pretrain_with("train.batch_size=2.5"),
-         "train.batch_size must be an integer >= 1, got 2.5"),
+         "train.batch_size must be an integer in [1, 1048576], got 2.5"),
     Case("batch-size-boolean", pretrain_with("train.batch_size=true"),
-         "train.batch_size must be an integer >= 1, got true"),
+         "train.batch_size must be an integer in [1, 1048576], got true"),
     Case("depth-negative", pretrain_with("model.depth=-1"), "model.depth must be an integer in [1, 128], got -1"),
     Case("choice-misspelt", pretrain_with("data.kind=rastr"), "data.kind must be one of raster, volume, got 'rastr'"),
     Case("recipe-top-level-list", pretrain_recipe("- data\n- model\n"), "a recipe is a mapping of sections"),
     Case("section-not-a-mapping", pretrain_recipe("data: 5\n"),
          "section 'data' must be a mapping of key: value, got 5"),
     Case("finetune-max-steps-negative", finetune_with("finetune.max_steps=-3"),
-         "finetune.max_steps must be an integer >= 1, got -3"),
+         "finetune.max_steps must be an integer in [1, 1000000000], got -3"),
     Case("finetune-batch-size-zero", finetune_with("finetune.batch_size=0"),
-         "finetune.batch_size must be an integer >= 1, got 0"),
+         "finetune.batch_size must be an integer in [1, 1048576], got 0"),
     # the method's own settings, checked by the named method before the run folder exists
     Case("mask-ratio-zero", pretrain_with("method.mask_ratio=0"),
          "method.mask_ratio must be a number in (0, 1), got 0"),
@@ -549,6 +575,27 @@ TRAINING_CASES: list[Case] = [
     Case("unknown-train-strategy",
          lambda r: ["pretrain", "recipes/mae_sentinel2.yaml", "--data", str(rasters(r)), "--out", str(r / "run"),
                     "--set", "train.strategy=ddp_sideways"], "train.accelerator / devices / strategy"),
+    # every Trainer setting Lightning can refuse is tried before the run folder exists (data.sensor=null: data that
+    # is fine, so only the setting can fail)
+    Case("precision-whose-package-is-missing", pretrain_with("data.sensor=null", "train.precision=transformer-engine"),
+         "train.accelerator / devices / strategy / num_nodes / precision"),
+    Case("accelerator-whose-package-is-missing", pretrain_with("data.sensor=null", "train.accelerator=tpu"),
+         "train.accelerator / devices / strategy / num_nodes / precision"),
+    Case("accelerator-lightning-does-not-have", pretrain_with("data.sensor=null", "train.accelerator=hpu"),
+         "train.accelerator must be one of auto, cpu, gpu, cuda, mps, tpu, got 'hpu'"),
+    Case("finetune-precision-whose-package-is-missing", finetune_with("data.sensor=null", "train.precision=transformer-engine"),
+         "train.accelerator / devices / strategy / num_nodes / precision"),
+    # seeds numpy / Lightning accept, step counts whose arithmetic fits 64 bits
+    Case("seed-above-32-bits", pretrain_with("data.sensor=null", "train.seed=4294967296"),
+         "train.seed must be an integer in [0, 4294967295], got 4294967296"),
+    Case("labels-seed-above-32-bits", finetune_with("data.sensor=null", "labels.seed=4294967296"),
+         "labels.seed must be an integer in [0, 4294967295], got 4294967296"),
+    Case("max-steps-astronomical", pretrain_with("data.sensor=null", "train.max_steps=1e300"),
+         "train.max_steps must be an integer in [1, 1000000000], got '1e300'"),
+    Case("finetune-max-steps-astronomical", finetune_with("data.sensor=null", "finetune.max_steps=1e300"),
+         "finetune.max_steps must be an integer in [1, 1000000000]"),
+    Case("batch-size-astronomical", pretrain_with("data.sensor=null", "train.batch_size=1e30"),
+         "train.batch_size must be an integer in [1, 1048576]"),
     Case("negative-checkpoint-minutes",
          lambda r: ["pretrain", "recipes/mae_sentinel2.yaml", "--data", str(rasters(r)), "--out", str(r / "run"),
                     "--set", "train.checkpoint_minutes=-1"], "train.checkpoint_minutes"),

@@ -65,6 +65,37 @@ def test_an_old_run_folder_with_only_an_encoder_export_is_ours(tmp_path: Path) -
     assert owner(run) is None
 
 
+def test_another_tools_run_with_config_and_checkpoints_is_not_ours(tmp_path: Path) -> None:
+    from tests.test_bad_input import other_tools_run
+
+    other = other_tools_run(tmp_path)
+    assert owner(other) is None
+    with pytest.raises(OutputError, match="was not made by geomed-ssl"):
+        prepare_out_dir(other, command="pretrain", overwrite=True)
+    assert (other / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_an_old_run_is_recognised_by_a_checkpoint_of_ours(tmp_path: Path) -> None:
+    import torch
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("a config.yaml an older version wrote differently\n")
+    assert owner(run) is None
+    torch.save({"state_dict": {}, "geomed_ssl": {"method": "mae"}}, run / "checkpoints" / "last.ckpt")
+    assert owner(run).command == "pretrain"
+
+
+def test_an_old_fine_tune_folder_with_config_and_checkpoints_is_a_fine_tune(tmp_path: Path) -> None:
+    ft = made_by_older_version(tmp_path / "ft", "finetune")
+    (ft / "config.yaml").write_text("data: {}\nmodel: {}\nmethod: {name: mae}\ntrain: {}\nfinetune: {}\n")
+    (ft / "checkpoints").mkdir()
+    (ft / "checkpoints" / "last.ckpt").write_bytes(b"ckpt")
+    assert owner(ft).command == "finetune"
+    with pytest.raises(OutputError, match="holds the output of `geomed-ssl finetune`"):
+        check_out_dir(ft, command="pretrain", overwrite=True)
+
+
 def test_an_old_demo_folder_is_replaced_by_the_next_demo(tmp_path: Path) -> None:
     demo = tmp_path / "demo"
     (demo / "pretrain").mkdir(parents=True)
@@ -127,3 +158,144 @@ def test_an_output_file_must_be_a_png_and_not_an_input(tmp_path: Path) -> None:
         prepare_out_file(tmp_path / "a.png", command="attention", inputs={"image": tmp_path / "a.png"})
     made = prepare_out_file(tmp_path / "figs" / "a.png", command="attention")
     assert read_manifest(made.parent)["entries"] == ["a.png"]
+
+
+def test_an_output_file_never_replaces_a_file_the_toolkit_did_not_record(tmp_path: Path) -> None:
+    figure = tmp_path / "figs" / "figure1.png"
+    figure.parent.mkdir()
+    figure.write_bytes(b"the user's figure")
+    with pytest.raises(OutputError, match="already exists and geomed-ssl did not write it"):
+        prepare_out_file(figure, command="attention")
+    assert figure.read_bytes() == b"the user's figure"
+
+
+def test_an_output_file_the_toolkit_recorded_is_replaced(tmp_path: Path) -> None:
+    png = prepare_out_file(tmp_path / "figs" / "a.png", command="attention")
+    png.write_bytes(b"png")
+    assert prepare_out_file(png, command="attention") == png
+    run = prepare_out_dir(tmp_path / "run", command="pretrain")
+    prepare_out_file(run / "attention.png", command="attention").write_bytes(b"png")
+    assert prepare_out_file(run / "attention.png", command="attention") == run / "attention.png"
+
+
+def test_an_output_file_never_replaces_a_file_its_folders_command_wrote(tmp_path: Path) -> None:
+    cl = prepare_out_dir(tmp_path / "cl", command="cluster")
+    (cl / "scatter.png").write_bytes(b"png")
+    with pytest.raises(OutputError, match="did not write it"):
+        prepare_out_file(cl / "scatter.png", command="attention")
+
+
+def test_an_output_file_inside_an_input_folder_is_refused(tmp_path: Path) -> None:
+    run = prepare_out_dir(tmp_path / "run", command="pretrain")
+    (run / "encoder").mkdir()
+    with pytest.raises(OutputError, match="lies inside the encoder"):
+        check_out_file_(run / "encoder" / "a.png", inputs={"encoder": run})
+    with pytest.raises(OutputError, match="lies inside the encoder"):
+        check_out_file_(run / "encoder" / "a.png", inputs={"encoder": run / "encoder"})
+    check_out_file_(run / "a.png", inputs={"encoder": run})  # the top level of a run of ours: recorded there
+    data = tmp_path / "data"
+    data.mkdir()
+    with pytest.raises(OutputError, match="lies inside the image folder"):
+        check_out_file_(data / "a.png", inputs={"image folder": data})
+
+
+def check_out_file_(path: Path, **kwargs) -> None:
+    from geomed_ssl.outdirs import check_out_file
+
+    check_out_file(path, **kwargs)
+
+
+@pytest.mark.parametrize("entries", ["data", ["../data"], ["sub/file"], [".."], [3], {"a": 1}])
+def test_a_manifest_whose_entries_are_not_plain_names_is_not_ours(tmp_path: Path, entries: object) -> None:
+    out = tmp_path / "out"
+    (out / "data").mkdir(parents=True)
+    (out / "d").write_text("the user's")
+    (out / MANIFEST).write_text(json.dumps({"tool": "geomed-ssl", "command": "cluster", "entries": entries}))
+    assert read_manifest(out) is None and owner(out) is None
+    with pytest.raises(OutputError, match="was not made by geomed-ssl"):
+        prepare_out_dir(out, command="cluster", overwrite=True)
+    assert (out / "d").is_file() and (out / "data").is_dir()
+
+
+@pytest.mark.parametrize("command,placed", [
+    ("pretrain", "checkpoints/my_best_model.pt"),
+    ("pretrain", "encoder/notes.txt"),
+    ("pretrain", "previews/figure_for_paper.png"),
+    ("finetune", "model/weights_i_edited.safetensors"),
+    ("embed", "maps/overview.tif"),
+    ("cluster", "maps/sub/thesis.tex"),
+])
+def test_overwrite_refuses_a_foreign_file_inside_a_subfolder_of_ours(tmp_path: Path, command: str,
+                                                                     placed: str) -> None:
+    out = prepare_out_dir(tmp_path / "out", command=command)
+    (out / placed).parent.mkdir(parents=True)
+    (out / placed).write_text("the user's")
+    with pytest.raises(OutputError, match=f"also holds '{placed}'"):
+        prepare_out_dir(out, command=command, overwrite=True)
+    assert (out / placed).read_text() == "the user's"
+
+
+def test_overwrite_deletes_what_the_commands_write_inside_their_subfolders(tmp_path: Path) -> None:
+    run = prepare_out_dir(tmp_path / "run", command="pretrain")
+    for name in ("checkpoints/last.ckpt", "checkpoints/step-000100.ckpt", "checkpoints/.last.ckpt.tmp-12-a1b2c3",
+                 "encoder/config.json", "encoder/model.safetensors", "previews/step-000200.png",
+                 "previews/.partial-7-step-000400.png", "tensorboard/events.out.tfevents.1.host.2.0",
+                 "tensorboard/hparams.yaml", ".encoder.x1y2/config.json"):
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text("ours")
+    prepare_out_dir(run, command="pretrain", overwrite=True)
+    assert [p.name for p in run.iterdir()] == [MANIFEST]
+
+
+def test_a_subfolder_with_its_own_manifest_follows_its_own_rule(tmp_path: Path) -> None:
+    demo = prepare_out_dir(tmp_path / "demo", command="demo")
+    run = prepare_out_dir(demo / "pretrain", command="pretrain")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_text("ours")
+    (run / "my_notes.md").write_text("the user's")
+    with pytest.raises(OutputError, match="also holds 'pretrain/my_notes.md'"):
+        prepare_out_dir(demo, command="demo", overwrite=True)
+    (run / "my_notes.md").unlink()
+    prepare_out_dir(demo, command="demo", overwrite=True)
+    assert [p.name for p in demo.iterdir()] == [MANIFEST]
+
+
+def test_a_subfolder_of_a_nested_command_holding_a_foreign_file_is_refused(tmp_path: Path) -> None:
+    emb = prepare_out_dir(tmp_path / "emb", command="embed")
+    query = prepare_out_dir(emb / "search" / "q", command="similar")
+    (query / "similar.csv").write_text("rank,score,id,file\n")
+    prepare_out_dir(emb, command="embed", overwrite=False, resume=True)
+    (query / "draft.docx").write_text("the user's")
+    with pytest.raises(OutputError, match="also holds 'search/q/draft.docx'"):
+        prepare_out_dir(emb, command="embed", overwrite=True)
+
+
+def test_an_input_folder_named_none_is_still_an_input(tmp_path: Path, monkeypatch) -> None:
+    from geomed_ssl.outdirs import check_inputs
+
+    monkeypatch.chdir(tmp_path)
+    Path("none").mkdir()
+    with pytest.raises(OutputError, match="lies inside the data folder 'none'"):
+        check_inputs("none/run", {"data folder": "none"})
+    from geomed_ssl.downstream.finetune import finetune_inputs
+
+    assert finetune_inputs(None, "none", images="imgs")["encoder"] is None  # the encoder keyword: no input
+
+
+@pytest.mark.parametrize("where", ["is", "inside", "contains"])
+def test_the_same_folder_spelt_another_way_is_found_by_device_and_inode(tmp_path: Path, monkeypatch,
+                                                                       where: str) -> None:
+    """A case-insensitive filesystem or a bind mount gives one folder two spellings that resolve() leaves apart;
+    simulated with a symbolic link that is not resolved."""
+    import geomed_ssl.outdirs as outdirs
+
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (tmp_path / "DATA").symlink_to(data, target_is_directory=True)
+    monkeypatch.setattr(outdirs, "_resolved", lambda p: Path(p).expanduser().absolute())
+    out, message = {"is": (tmp_path / "DATA", "is the data folder"),
+                    "inside": (tmp_path / "DATA" / "run", "lies inside the data folder"),
+                    "contains": (tmp_path / "DATA", "contains the data folder")}[where]
+    inputs = {"data folder": data if where != "contains" else data / "sub"}
+    with pytest.raises(OutputError, match=message):
+        outdirs.check_inputs(out, inputs)

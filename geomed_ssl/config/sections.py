@@ -27,6 +27,16 @@ MAX_MLP_RATIO = 16.0
 MAX_CHANNELS = 4096
 MAX_PATCH = 4096  # token patch side in pixels / voxels (embed's window level uses one token per window)
 MAX_TOKENS = 65536  # tokens per window (grid): attention is quadratic in them; 65536 is ~17 GB per score matrix
+# Step counts, batches and seeds: far above any real run, but small enough that step x micro-batch x batch index
+# arithmetic (samplers' lengths) stays inside 64 bits, and seeds are what numpy / Lightning accept.
+MAX_STEPS = 10**9
+MAX_BATCH = 2**20
+MAX_ACCUMULATE = 4096
+MAX_SEED = 2**32 - 1
+STEPS = f"[1, {MAX_STEPS}]"
+STEPS0 = f"[0, {MAX_STEPS}]"
+BATCH = f"[1, {MAX_BATCH}]"
+SEED = f"[0, {MAX_SEED}]"
 CROP_SCALE = "(0, 1]"
 # Option lists, each declared once here and read by the settings below, by validation and by the code (models,
 # checkpoints) that acts on them.
@@ -38,7 +48,7 @@ CLS_HEADS = ("linear", "mlp")
 POOLS = ("cls", "mean")  # classification token pooling
 PRECISIONS = ("auto", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true",
               "64", "transformer-engine", "transformer-engine-float16")  # Lightning's, plus our auto
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu", "hpu")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")  # Lightning >= 2.6 has no built-in "hpu"
 
 
 @dataclass
@@ -76,7 +86,7 @@ class DataConfig:
                                             "[min, max]", bounds=CROP_SCALE, length=2)
     # k-NN monitor during pretraining: a folder with one subfolder of images per class (a few per class suffice)
     val_labels: str | None = setting(None, "k-NN monitor: a folder with one subfolder of images per class")
-    knn_every: int = setting(0, "steps between k-NN accuracy evaluations (0: off)", bounds=">= 0")
+    knn_every: int = setting(0, "steps between k-NN accuracy evaluations (0: off)", bounds=STEPS0)
 
 
 @dataclass
@@ -128,28 +138,28 @@ class MethodConfig:
 class TrainConfig:
     """Optimisation and the Lightning Trainer."""
 
-    batch_size: int = setting(64, "windows per step on each device", bounds=">= 1")
-    max_steps: int = setting(1000, "optimiser steps", bounds=">= 1")
+    batch_size: int = setting(64, "windows per step on each device", bounds=BATCH)
+    max_steps: int = setting(1000, "optimiser steps", bounds=STEPS)
     base_lr: float = setting(1.5e-4, "lr = base_lr * effective_batch / 256", bounds=">= 0")
     min_lr: float = setting(0.0, "the cosine schedule's final lr", bounds=">= 0")
-    warmup_steps: int = setting(100, "linear lr warmup steps", bounds=">= 0")
+    warmup_steps: int = setting(100, "linear lr warmup steps", bounds=STEPS0)
     weight_decay: float = setting(0.05, "AdamW weight decay (not on norms, biases, tokens)", bounds=">= 0")
     betas: list[float] = setting([0.9, 0.95], "AdamW betas", bounds="[0, 1)", length=2)
     grad_clip: float | None = setting(1.0, "gradient norm clip (null: off)", bounds=">= 0")
-    accumulate_grad_batches: int = setting(1, "micro-batches per optimiser step", bounds=">= 1")
+    accumulate_grad_batches: int = setting(1, "micro-batches per optimiser step", bounds=f"[1, {MAX_ACCUMULATE}]")
     precision: str = setting("auto", "auto (32 on CPU, bf16-mixed on GPU) or a Lightning precision",
                              choices=PRECISIONS)
     accelerator: str = setting("auto", "Lightning accelerator", choices=ACCELERATORS)
     devices: int | str | list[int] = setting(1, "devices per node: a count, a list of device ids, -1 or auto (all)")
     strategy: str = setting("auto", "Lightning strategy: auto, ddp, ddp_spawn, ...")
     num_nodes: int = setting(1, "machines (multi-node DDP)", bounds=">= 1")
-    seed: int = setting(0, "sampling, masking and init seed", bounds=">= 0")
+    seed: int = setting(0, "sampling, masking and init seed", bounds=SEED)
     checkpoint_every: int = setting(100, "steps between kept checkpoints (step-NNNNNN.ckpt) and encoder exports",
-                                    bounds=">= 1")
+                                    bounds=STEPS)
     checkpoint_minutes: float = setting(5.0, "minutes of wall time between refreshes of last.ckpt (0: off)",
                                         bounds=">= 0")
-    preview_every: int = setting(200, "steps between previews (0: off)", bounds=">= 0")
-    log_every: int = setting(10, "steps between rows of metrics.csv", bounds=">= 1")
+    preview_every: int = setting(200, "steps between previews (0: off)", bounds=STEPS0)
+    log_every: int = setting(10, "steps between rows of metrics.csv", bounds=STEPS)
 
 
 @dataclass
@@ -163,13 +173,13 @@ class FinetuneConfig:
                                        "included", bounds=">= 0")
     freeze_encoder: bool = setting(False, "train the head only")
     unfreeze_after_steps: int = setting(0, "with freeze_encoder: train the encoder too after this many steps "
-                                        "(0: never)", bounds=">= 0")
+                                        "(0: never)", bounds=STEPS0)
     layer_decay: float = setting(0.75, "lr of block i = base_lr * layer_decay ** (depth - i)", bounds="(0, 1]")
-    max_steps: int = setting(500, "optimiser steps", bounds=">= 1")
-    batch_size: int = setting(16, "windows or images per step", bounds=">= 1")
+    max_steps: int = setting(500, "optimiser steps", bounds=STEPS)
+    batch_size: int = setting(16, "windows or images per step", bounds=BATCH)
     base_lr: float = setting(1e-3, "peak learning rate", bounds=">= 0")
     weight_decay: float = setting(0.05, "AdamW weight decay", bounds=">= 0")
-    warmup_steps: int = setting(50, "linear lr warmup steps", bounds=">= 0")
+    warmup_steps: int = setting(50, "linear lr warmup steps", bounds=STEPS0)
     loss: str = setting("ce+dice", "loss on the labelled pixels", choices=("ce", "dice", "ce+dice"))
     class_weights: str | list[float] | None = setting(None, "null, balanced, or one weight per class",
                                                       bounds=">= 0", choices=("balanced",))
@@ -177,7 +187,7 @@ class FinetuneConfig:
     pool: str = setting("cls", "classify: token pooling", choices=POOLS)
     window: IntOrSeq | None = setting(None, "training / prediction window; null: data.patch_size", bounds=">= 1")
     eval_every: int = setting(0, "not read yet (evaluation runs once, at the end); kept so saved configs load",
-                              bounds=">= 0")
+                              bounds=STEPS0)
 
     def __post_init__(self) -> None:
         if self.head is None:
@@ -197,7 +207,7 @@ class LabelsConfig:
     block_size: int = setting(16, "block side for the block split", bounds=">= 1")
     test_fraction: float | None = setting(None, "subsample the test set (speed); null: every remaining label",
                                           bounds="(0, 1]")
-    seed: int = setting(0, "label sampling seed", bounds=">= 0")
+    seed: int = setting(0, "label sampling seed", bounds=SEED)
     label_name: str | None = setting(None, "the label is this file beside each image (a folder per case, e.g. BraTS)")
     remap: dict[int, int] | None = setting(None, "merge / renumber classes on reading, e.g. {2: 1, 3: 1, 4: 1}")
 

@@ -19,8 +19,8 @@ from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import BandStats, normalize
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_path, atomic_write_text
-from geomed_ssl.downstream.finetune import (FinetuneResult, class_weights_from_counts, data_meta, encoder_and_stats,
-                                           finetune_inputs, fit_supervised, save_recipe)
+from geomed_ssl.downstream.finetune import (FinetuneResult, check_trainer_settings, class_weights_from_counts,
+                                           data_meta, encoder_and_stats, finetune_inputs, fit_supervised, save_recipe)
 from geomed_ssl.downstream.labels import sample_fraction, sample_images_per_class, scan_class_folders
 from geomed_ssl.downstream.metrics import classification_metrics, confusion_matrix, save_confusion_png
 from geomed_ssl.downstream.seg_data import augment
@@ -158,6 +158,7 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
                       wavelengths=records[0].wavelengths, bandwidths=records[0].bandwidths)
     enc, stats, source, catalog = encoder_and_stats(encoder, recipe, catalog)
     records = catalog.records  # read as the encoder needs (same order)
+    check_trainer_settings(recipe)
     prepare_out_dir(out, command="finetune", inputs=inputs, overwrite=overwrite)
     save_recipe(recipe, out / "config.yaml")
     save_selection(out / "labels_used.npz", [r.path for r in records], labels, train, test, names, notes)

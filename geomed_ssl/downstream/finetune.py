@@ -30,7 +30,7 @@ from geomed_ssl.models.seg_decoder import SegmentationModel
 from geomed_ssl.train.callbacks import MetricsCSV
 from geomed_ssl.train.checkpointing import AtomicCheckpointIO
 from geomed_ssl.train.console import has_bar, progress_callbacks, quiet_lightning
-from geomed_ssl.train.pretrain import resolve_precision
+from geomed_ssl.train.pretrain import probe_trainer, resolve_precision
 from geomed_ssl.train.supervised import SupervisedModule
 
 log = logging.getLogger("geomed_ssl")
@@ -115,6 +115,12 @@ def save_recipe(recipe: Recipe, path: Path) -> None:
         recipe.save(tmp)
 
 
+def check_trainer_settings(recipe: Recipe) -> None:
+    """The Trainer :func:`fit_supervised` builds (this process, one device), tried before FT_DIR is made: a
+    precision or accelerator Lightning refuses is one ``ConfigError``."""
+    probe_trainer(recipe.train.accelerator, 1, "auto", 1, recipe.train.precision)
+
+
 def fit_supervised(model: torch.nn.Module, dataset: Any, recipe: Recipe, num_classes: int, out: Path,
                    weights: torch.Tensor | None, input_key: str = "image", progress: bool = True) -> None:
     """Train with Lightning: layer-wise lr decay, warmup + cosine, checkpoints in ``out/checkpoints``; in this
@@ -170,6 +176,7 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     enc, stats, source, catalog = encoder_and_stats(encoder, recipe, catalog)
     by_path = {r.path: r for r in catalog.records}
 
+    check_trainer_settings(recipe)
     prepare_out_dir(out, command="finetune", inputs=inputs, overwrite=overwrite)
     save_recipe(recipe, out / "config.yaml")
     selection.save_npz(out / "labels_used.npz")

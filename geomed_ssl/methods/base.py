@@ -20,7 +20,9 @@ micro-step) and the same on every rank: draws that concern the whole global batc
 per image) come from :class:`PerSample`, which gives sample ``i`` a generator seeded by (one draw of ``generator``,
 the sample's global index ``batch["index"][i]``). The dataset derives a sample's window and augmentations from
 (seed, index) too, so a sample is the same whichever rank or batch position it lands on: N processes with batch B
-train exactly as one process with batch N*B (up to float rounding), and a resumed run replays exactly.
+train exactly as one process with batch N*B (up to float rounding), and a resumed run replays exactly. Two things
+are per rank and break that equality: the global torch RNG, which ``train.module`` reseeds each micro-step from
+(seed, step, rank) and which drop path (``model.drop_path`` > 0) draws from, and batch-local terms such as KoLeo.
 
 Losses under DDP. Gradients are averaged over ranks, so a loss that is a mean over the local batch with the same
 denominator on every rank is already the global mean. A loss normalised by a count that varies (valid pixels,

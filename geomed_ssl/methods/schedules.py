@@ -68,7 +68,8 @@ class ScheduleClock:
     keeps what it has done and maps its remaining steps linearly onto the remaining part of its schedules: step
     ``s`` stays where it was (schedule step ``v``) and step ``end`` reaches ``total``, so every value (learning
     rate, teacher momentum and temperature, weight decay) continues from where it was, without a jump, and ends at
-    its final value at the new end. Each resume adds a knot; the clock is stored in every checkpoint.
+    its final value at the new end. Each resume that changes the end adds a knot; the clock is stored in every
+    checkpoint.
     """
 
     def __init__(self, total: int, end: int | None = None, knots: list[list[float]] | None = None) -> None:
@@ -89,7 +90,10 @@ class ScheduleClock:
         return min(v + (step - s) * (v_next - v) / (s_next - s), v_next)
 
     def resumed(self, step: int, end: int) -> ScheduleClock:
-        """The clock for a run resumed at ``step`` that now ends at ``end``."""
+        """The clock for a run resumed at ``step`` that now ends at ``end`` (this clock itself when the end is
+        unchanged: a plain resume keeps every value bit for bit, and requeues add no knots)."""
+        if end == self.end:
+            return self
         knots = [k for k in self.knots if k[0] < step] + [[int(step), self(step)]]
         return ScheduleClock(self.total, end, knots)
 

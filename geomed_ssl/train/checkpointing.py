@@ -5,8 +5,8 @@ the user's umask), flushed and fsynced, then renamed over the old one, so a kill
 checkpoint whole. ``checkpoints/last.ckpt`` is refreshed every ``train.checkpoint_every`` steps (with a kept
 ``step-NNNNNN.ckpt``), every ``train.checkpoint_minutes`` of wall time, when SIGTERM or SIGINT arrives (cluster
 preemption, Ctrl-C: saved at the next step boundary, then the run stops; a second Ctrl-C aborts at once) and at the
-end. Only global rank 0 writes; every decision is taken by all ranks together. ``--resume`` takes the newest
-checkpoint that loads (``last.ckpt``, else the newest ``step-*.ckpt``) and says which it skipped and why.
+end. Only global rank 0 writes; every decision is taken by all ranks together. ``--resume`` takes the checkpoint
+that loads with the highest step (``last.ckpt`` or the newest ``step-*.ckpt``) and says which it skipped and why.
 """
 
 from __future__ import annotations
@@ -85,6 +85,7 @@ def replace_with_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, tmp)
         os.replace(tmp, dst)
+        _fsync_dir(dst.parent)  # the new name survives a power cut, as atomic_write's do
     except OSError:
         tmp.unlink(missing_ok=True)
 
@@ -162,22 +163,39 @@ def checkpoint_candidates(ckpt_dir: Path) -> list[Path]:
     return ([last] if last.is_file() else []) + [p for _, p in steps]
 
 
-def find_resume_checkpoint(run_dir: Path, announce: bool = True) -> ResumePoint:
-    """The newest readable checkpoint of ``run_dir``; each unreadable newer one is skipped with a one-line
-    message. No readable checkpoint: a ``GeomedError`` that names the way out."""
-    ckpt_dir = run_dir / "checkpoints"
-    if not run_dir.is_dir() or not any(run_dir.iterdir()):
-        raise GeomedError(f"--resume: there is no run in '{run_dir}' to continue; start it without --resume.")
-    skipped: list[str] = []
-    for path in checkpoint_candidates(ckpt_dir) if ckpt_dir.is_dir() else []:
+def _first_readable(paths: list[Path], skipped: list[str]) -> ResumePoint | None:
+    """The first of ``paths`` that reads as a pretraining checkpoint; each unreadable one is added to ``skipped``."""
+    for path in paths:
         try:
             step, info = read_checkpoint_info(path)
         except GeomedError as reason:
             skipped.append(f"{path.name}: {reason}")
             continue
-        if announce and skipped:
-            log.warning(f"--resume: skipping {'; '.join(skipped)}. Continuing from {path} (step {step}).")
         return ResumePoint(path, step, info)
+    return None
+
+
+def find_resume_checkpoint(run_dir: Path, announce: bool = True) -> ResumePoint:
+    """The readable checkpoint of ``run_dir`` with the highest global step: ``last.ckpt`` or the newest readable
+    ``step-*.ckpt``, whichever is further (a kill between writing ``step-N.ckpt`` and linking ``last.ckpt`` leaves
+    ``last.ckpt`` older; a tie goes to ``last.ckpt``). Each unreadable one is skipped with a one-line message. No
+    readable checkpoint: a ``GeomedError`` that names the way out (a folder with no run in it was refused before,
+    by ``pretrain.resolve_recipe``)."""
+    ckpt_dir = run_dir / "checkpoints"
+    candidates = checkpoint_candidates(ckpt_dir) if ckpt_dir.is_dir() else []
+    last = ckpt_dir / "last.ckpt"
+    skipped: list[str] = []
+    points = [_first_readable([p for p in candidates if p == last], skipped),
+              _first_readable([p for p in candidates if p != last], skipped)]
+    points = [p for p in points if p is not None]
+    if points:
+        best = max(points, key=lambda p: p.step)  # the first of equals: last.ckpt
+        if announce and skipped:
+            log.warning(f"--resume: skipping {'; '.join(skipped)}. Continuing from {best.path} (step {best.step}).")
+        elif announce and best.path != last and last.is_file():
+            log.warning(f"--resume: {best.path.name} (step {best.step}) is further than last.ckpt; continuing from "
+                        "it.")
+        return best
     if skipped:
         why = f"no readable checkpoint in '{ckpt_dir}' ({'; '.join(skipped)})"
     else:
@@ -190,7 +208,10 @@ def find_resume_checkpoint(run_dir: Path, announce: bool = True) -> ResumePoint:
 class StopRequest:
     """SIGTERM / SIGINT handlers that only set a flag: the run saves a checkpoint at the next step boundary and
     stops. A second SIGINT raises ``KeyboardInterrupt`` at once. Handlers can be installed only in the main
-    thread; elsewhere ``install`` does nothing."""
+    thread; elsewhere ``install`` does nothing. ``forward_to(send)``: the process that launched the workers
+    (``ddp_spawn`` / ``ddp_fork``) passes each signal on to them as ``send(SIGTERM)`` (so a Ctrl-C that reaches the
+    workers from the terminal too is still one stop, not an abort); a forked worker, which inherits these handlers,
+    never forwards."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -198,6 +219,13 @@ class StopRequest:
         self.signum: int | None = None
         self.announce = True  # rank 0 says what happens; the other ranks stay quiet
         self._previous: dict[int, Any] = {}
+        self._forward: Callable[[int], None] | None = None
+        self._forward_pid: int | None = None
+        self._sigints = 0
+
+    def forward_to(self, send: Callable[[int], None]) -> None:
+        """Pass every signal this process receives on with ``send(signum)`` (from this process only)."""
+        self._forward, self._forward_pid = send, os.getpid()
 
     @property
     def requested(self) -> bool:
@@ -223,16 +251,22 @@ class StopRequest:
         self._previous = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            self.restore()
-            raise KeyboardInterrupt
+        if self._forward is not None and os.getpid() == self._forward_pid:
+            self._forward(signal.SIGTERM)  # a stop, never an abort: a terminal's Ctrl-C reaches the workers too
+        if signum == signal.SIGINT:
+            self._sigints += 1
+            if self._sigints > 1:
+                self.restore()
+                raise KeyboardInterrupt
+        if self.signum is not None:  # already stopping; the first signal names the stop
+            return
         self.signum = signum
         if self.announce:
             log.warning(f"{signal.Signals(signum).name} received: saving a checkpoint at the end of this step, then "
                         "stopping (Ctrl-C again aborts without saving).")
 
-    def __getstate__(self) -> dict[str, Any]:  # handlers do not travel to spawned processes
-        return {**self.__dict__, "_previous": {}}
+    def __getstate__(self) -> dict[str, Any]:  # handlers and forwarding do not travel to spawned processes
+        return {**self.__dict__, "_previous": {}, "_forward": None, "_forward_pid": None}
 
 
 def any_rank(trainer: L.Trainer, *flags: bool) -> list[bool]:
@@ -284,12 +318,9 @@ class RunCheckpoints(L.Callback):
         else:
             trainer.save_checkpoint(last, weights_only=False)
         self._last_save = time.monotonic()
-        if stop and not final:
+        if stop and not final:  # the caller reports the stop (pretrain's RunResult.stopped; the CLI prints it)
             self.stopped_at = step
             trainer.should_stop = True
-            if trainer.is_global_zero:
-                log.warning(f"stopped at step {step} of {trainer.max_steps} ({self.stop.name or 'signal'}); "
-                            f"checkpoint saved: {last}. Continue with the same command and --resume.")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.stop.restore()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -12,6 +13,8 @@ from geomed_ssl.config import Recipe
 from geomed_ssl.errors import TrainingError
 from geomed_ssl.methods.base import SSLMethod, mix_seed
 from geomed_ssl.methods.schedules import ScheduleClock, warmup_cosine
+
+log = logging.getLogger("geomed_ssl")
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, skip: set[str]) -> list[dict[str, Any]]:
@@ -121,6 +124,33 @@ class PretrainModule(L.LightningModule):
             optimizer, lambda step: warmup_cosine(clock(step), t.warmup_steps, clock.total, min_ratio)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed run follows its recipe as it is now (``--resume --set train.base_lr=...``, another device
+        count or batch): Lightning would restore the saved peak lr, betas and weight decay with the optimiser and
+        the lr schedule, so they are replaced in the checkpoint before it is loaded (the step, the moments and the
+        schedule clock are kept). The lr of the next step follows in ``on_train_start``."""
+        t, peak = self.recipe.train, self.peak_lr
+        for state in checkpoint.get("optimizer_states", [])[:1]:
+            for group in state.get("param_groups", []):
+                group["initial_lr"], group["betas"] = peak, tuple(t.betas)
+                if group.get("decays"):
+                    group["weight_decay"] = t.weight_decay
+        for sched in checkpoint.get("lr_schedulers", [])[:1]:
+            old = sched.get("base_lrs") or [peak]
+            if any(abs(b - peak) > 1e-12 * max(abs(b), abs(peak)) for b in old):
+                log.info(f"--resume: peak lr {old[0]:.4g} -> {peak:.4g} (train.base_lr {t.base_lr:g} x effective "
+                         f"batch {self.effective_batch} / 256), from the recipe as it is now.")
+            sched["base_lrs"] = [peak] * len(old)
+        self._resumed = True
+
+    def on_train_start(self) -> None:
+        if not getattr(self, "_resumed", False):
+            return
+        scheduler = self.trainer.lr_scheduler_configs[0].scheduler
+        for group, base, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * fn(scheduler.last_epoch)  # what LambdaLR sets at this step, from the new peak
+        scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # JSON-safe description so a checkpoint is self-describing and loads with weights_only=True.

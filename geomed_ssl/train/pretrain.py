@@ -26,6 +26,7 @@ from geomed_ssl.methods.schedules import ScheduleClock
 from geomed_ssl.models.encoder import EncoderConfig
 from geomed_ssl.outdirs import Inputs, check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_path, atomic_write_text
+from geomed_ssl.train.agreement import agreement_for
 from geomed_ssl.train.callbacks import ExportEncoder, MetricsCSV, Previews
 from geomed_ssl.train.checkpointing import (AtomicCheckpointIO, ResumePoint, RunCheckpoints, StopRequest,
                                             find_resume_checkpoint, read_checkpoint_info, remove_stale_temp_files)
@@ -68,13 +69,26 @@ class StepOffsetSampler(Sampler[int]):
         return self.total * self.batch_size
 
 
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """``auto``: 32-bit on CPU (bf16 autocast is slower there), bf16-mixed on GPUs that support it, else 16-mixed."""
+def forks(strategy: str) -> bool:
+    """``strategy`` starts its processes by forking this one (Lightning's ddp_fork / ddp_notebook and variants)."""
+    return str(strategy).startswith(("ddp_fork", "ddp_notebook"))
+
+
+def resolve_precision(precision: str, accelerator: str, strategy: str = "auto") -> str:
+    """``auto``: 32-bit on CPU (bf16 autocast is slower there), bf16-mixed on GPUs that support it, else 16-mixed.
+
+    Nothing here initialises CUDA in this process (``torch.cuda.is_available`` asks NVML under Lightning), except
+    the bf16 question, which must ask the GPU: with a forking strategy that would break the forked workers
+    ("Cannot re-initialize CUDA in forked subprocess"), so there ``auto`` on a GPU is refused in one line."""
     if precision != "auto":
         return precision
-    on_gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     if not on_gpu:
         return "32-true"
+    if forks(strategy):
+        raise ConfigError(f"train.precision=auto with train.strategy={strategy} on GPUs: finding out whether they "
+                          "support bf16 would initialise CUDA before the processes fork; set train.precision="
+                          "bf16-mixed (Ampere or newer GPUs) or 16-mixed, or use train.strategy=ddp.")
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
@@ -82,7 +96,8 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool, inputs: Inputs | N
                     create: bool = True) -> None:
     """RUN_DIR under the output-folder rule (:mod:`geomed_ssl.outdirs`): ``--resume`` continues a run of ours
     (:func:`find_resume_checkpoint` checks it has a readable checkpoint), ``--overwrite`` replaces one, anything else
-    must be new or empty; ``create=False`` only checks (nothing is written). Rank 0 only."""
+    must be new or empty; ``create=False`` only checks (nothing is written). Any rank may check (every rank does, on
+    ``--resume``, before reading the run's config.yaml); only global rank 0 creates or replaces."""
     if resume and overwrite:
         raise GeomedError("--resume continues the run in --out and --overwrite replaces it; pass one of them.")
     kwargs = {"command": "pretrain", "inputs": inputs, "overwrite": overwrite, "resume": resume}
@@ -91,18 +106,27 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool, inputs: Inputs | N
         prepare_out_dir(out, **kwargs)
 
 
-def process_rank(t: Any) -> tuple[int, int]:
-    """(global rank, world size) of this process under the recipe's devices / strategy / nodes, read from the launch
-    environment before anything is written: with ``strategy=ddp`` Lightning runs the same command again for the
-    other ranks, and only rank 0 may create, check or delete folders."""
+def probe_trainer(accelerator: str, devices: Any, strategy: str, num_nodes: int, precision: str) -> L.Trainer:
+    """A Trainer built with every launch and precision setting that Lightning can refuse (an unknown strategy, an
+    accelerator that is absent, a precision whose package is missing: ``transformer-engine``, ``tpu``'s
+    torch_xla), and nothing else, so a bad value is one ``ConfigError`` before any folder is made."""
+    resolved = resolve_precision(precision, accelerator, strategy)
     try:
-        probe = L.Trainer(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
-                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                          enable_model_summary=False)
-    except (MisconfigurationException, ValueError, RuntimeError) as err:
-        raise ConfigError(f"train.accelerator / devices / strategy / num_nodes ({t.accelerator} / {t.devices} / "
-                          f"{t.strategy} / {t.num_nodes}): {str(err).splitlines()[0]}") from None
-    return probe.global_rank, probe.world_size
+        return L.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
+                         precision=resolved, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    except (MisconfigurationException, ValueError, RuntimeError, ImportError) as err:
+        raise ConfigError(f"train.accelerator / devices / strategy / num_nodes / precision ({accelerator} / "
+                          f"{devices} / {strategy} / {num_nodes} / {precision}): {str(err).splitlines()[0]}"
+                          ) from None
+
+
+def process_rank(t: Any) -> L.Trainer:
+    """A probe Trainer with the recipe's devices / strategy / nodes / precision, which knows this process's global
+    rank and the world size from the launch environment before anything is written: with ``strategy=ddp``
+    Lightning runs the same command again for the other ranks, and only rank 0 may create, check or delete
+    folders. Every Trainer setting that can fail is tried here (:func:`probe_trainer`)."""
+    return probe_trainer(t.accelerator, t.devices, t.strategy, t.num_nodes, t.precision)
 
 
 def resolve_recipe(recipe: Recipe | str | Path | None, out: Path, overrides: list[str] | None,
@@ -140,6 +164,52 @@ def resumed_clock(point: ResumePoint, max_steps: int) -> ScheduleClock:
             log.info(f"train.max_steps {clock.end} -> {max_steps}: the rest of the schedules (lr, and DINO's) "
                      f"stretches over steps {point.step}..{max_steps}, continuing from where it is.")
     return new
+
+
+def agreed_inputs(probe: L.Trainer, out: Path, data_dir: str | Path, recipe: Recipe, inputs: Inputs, *, resume: bool,
+                  overwrite: bool, strict: bool) -> tuple[ResumePoint | None, Catalog, BandStats]:
+    """What can fail before rank 0 writes, checked by every rank, which agree on it (:mod:`geomed_ssl.train
+    .agreement`): rank 0 checks ``--out`` and picks the checkpoint to resume from, then every rank reads that
+    checkpoint, the data and its statistics. A failure on any rank stops every rank with its message."""
+    agreement = agreement_for(probe)
+    rank = probe.global_rank
+    try:  # rank 0 refuses a used or forbidden --out (and changes nothing) and picks the checkpoint to resume from
+        if rank == 0:
+            prepare_run_dir(out, resume, overwrite, inputs, create=False)
+        found = find_resume_checkpoint(out, announce=rank == 0) if resume and agreement.chooses else None
+    except Exception as err:
+        agreement.failed(err)
+        raise
+    chosen = agreement.share_checkpoint(str(found.path) if found else None)
+    try:
+        point = found or (resume_point(Path(chosen)) if chosen else None)
+        catalog, stats = read_data(data_dir, out, recipe, resume, strict)
+    except Exception as err:
+        agreement.failed(err)
+        raise
+    agreement.all_passed()
+    return point, catalog, stats
+
+
+def resume_point(path: Path) -> ResumePoint:
+    """The checkpoint another rank chose, read on this one."""
+    try:
+        return ResumePoint(path, *read_checkpoint_info(path))
+    except (GeomedError, OSError) as reason:
+        raise GeomedError(f"--resume: rank 0 continues from '{path}', which this rank cannot read ({reason}); "
+                          "every rank must see the run folder on shared storage.") from None
+
+
+def read_data(data_dir: str | Path, out: Path, recipe: Recipe, resume: bool, strict: bool) -> tuple[Catalog,
+                                                                                                   BandStats]:
+    """The catalog of ``data_dir`` (summarised in the log) and the band statistics: a resumed run's own
+    ``stats.json``, else computed (seeded: every rank computes the same ones, none waits for another's file)."""
+    catalog = scan(data_dir, recipe.data, strict=strict, names_by_position="error" if strict else "warn")
+    log.info(catalog.summary())
+    stats_path = out / "stats.json"
+    if resume and stats_path.is_file():
+        return catalog, BandStats.load(stats_path)
+    return catalog, compute_stats(catalog, recipe.data, seed=recipe.train.seed)
 
 
 def write_run_files(out: Path, recipe: Recipe, catalog: Catalog, stats: BandStats) -> None:
@@ -188,21 +258,14 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
         prepare_run_dir(out, resume, overwrite, {"data folder": data_dir}, create=False)
     recipe = resolve_recipe(recipe, out, overrides, resume)
     t = recipe.train
-    rank, world = process_rank(t)
+    probe = process_rank(t)
+    rank, world = probe.global_rank, probe.world_size
     if rank != 0:
         log.setLevel(logging.WARNING)  # the other ranks' output repeats rank 0's
     inputs: dict[str, Any] = {"data folder": data_dir, "recipe": recipe_file,
                               "kNN labels folder": recipe.data.val_labels}
-    if rank == 0:  # refuses a used or forbidden --out (and changes nothing) before the slow part
-        prepare_run_dir(out, resume, overwrite, inputs, create=False)
-    point = find_resume_checkpoint(out, announce=rank == 0) if resume else None
-    catalog = scan(data_dir, recipe.data, strict=strict, names_by_position="error" if strict else "warn")
-    log.info(catalog.summary())
-    stats_path = out / "stats.json"
-    if resume and stats_path.is_file():
-        stats = BandStats.load(stats_path)
-    else:  # every rank computes the same statistics (seeded), none waits for another's file
-        stats = compute_stats(catalog, recipe.data, seed=t.seed)
+    point, catalog, stats = agreed_inputs(probe, out, data_dir, recipe, inputs, resume=resume, overwrite=overwrite,
+                                          strict=strict)
     clock = resumed_clock(point, t.max_steps) if point else ScheduleClock(t.max_steps)
 
     L.seed_everything(t.seed, workers=True, verbose=False)
@@ -220,7 +283,7 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     cbs = run_callbacks(out, recipe, method, catalog, stats, enc_cfg, stop, progress) + (callbacks or [])
     trainer = L.Trainer(
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
-        precision=resolve_precision(t.precision, t.accelerator), max_steps=t.max_steps, max_epochs=-1,
+        precision=resolve_precision(t.precision, t.accelerator, t.strategy), max_steps=t.max_steps, max_epochs=-1,
         gradient_clip_val=t.grad_clip, accumulate_grad_batches=t.accumulate_grad_batches, callbacks=cbs,
         logger=tensorboard_logger(out), log_every_n_steps=min(t.log_every, t.max_steps),
         enable_progress_bar=has_bar(cbs), enable_checkpointing=False, enable_model_summary=False,
@@ -232,16 +295,25 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     data = PretrainData(dataset, t.batch_size, t.max_steps * t.accumulate_grad_batches, t.accumulate_grad_batches,
                         recipe.data.num_workers)
     steps = fit(trainer, module, data, point, stop, out)
-    stopped = stop.name or ("stopped" if steps < t.max_steps else None)
+    stopped = stopped_reason(steps, t.max_steps, stop)
     return RunResult(run_dir=out, encoder_dir=out / "encoder", steps=steps, catalog=catalog, stopped=stopped,
                      is_global_zero=rank == 0)
+
+
+def stopped_reason(steps: int, max_steps: int, stop: StopRequest) -> str | None:
+    """Why a run ended before ``max_steps`` (the signal's name, else "stopped"); None when it reached them, even
+    if a signal came after its last step."""
+    return (stop.name or "stopped") if steps < max_steps else None
 
 
 def fit(trainer: L.Trainer, module: PretrainModule, data: PretrainData, point: ResumePoint | None,
         stop: StopRequest, out: Path) -> int:
     """Train (from ``point`` when resuming); the optimiser steps done."""
-    spawned = isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
-    if spawned:  # this process only waits for the workers: a first Ctrl-C must not kill it while they save
+    launcher = trainer.strategy.launcher
+    spawned = isinstance(launcher, _MultiProcessingLauncher)
+    if spawned:  # this process only waits for the workers: a signal is passed on to them, which save and stop
+        stop.announce = False  # the workers' rank 0 says what happens
+        stop.forward_to(launcher.kill)
         stop.install()
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(point.path) if point else None, weights_only=True)

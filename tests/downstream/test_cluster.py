@@ -61,6 +61,9 @@ def test_window_cluster_maps_align_with_their_inputs(window_embeddings: tuple[Pa
     cols = read_columns(emb, ["file", "grid_index", "x", "y"])
     path = out / "maps" / "scene_0_clusters.tif"
     assert str(path) in result.summary["maps"] and path.with_suffix(".png").is_file()
+    from geomed_ssl.outdirs import foreign_inside
+
+    assert foreign_inside(out) == []  # --overwrite may replace all of it
     with rasterio.open(path) as dst, rasterio.open(data / "scene_0.tif") as src:
         assert dst.crs == src.crs and dst.shape == (5, 5) and dst.nodata == -32768
         # cells are stride-sized (8 px) and centred on their 16 px windows: a 4 px offset

@@ -232,6 +232,9 @@ def test_embed_cli_end_to_end_from_a_pretrained_run(data: Path, pretrained: Path
     assert table.num_rows == 10 * 10 + 14 * 14 and np.load(out / "vectors.npy", mmap_mode="r").shape == (296, 32)
     assert {"id", "file", "box", "window", "x", "y", "footprint_wkt", "crs", "vector"} <= set(table.column_names)
     assert sorted(p.name for p in (out / "maps").iterdir()) == ["scene_1_embedding.tif", "scene_2_embedding.tif"]
+    from geomed_ssl.outdirs import foreign_inside
+
+    assert foreign_inside(out) == []  # --overwrite may replace all of it
     bad = scenes(tmp_path / "three_bands", [32], bands=3)
     refused = runner.invoke(app, ["embed", str(pretrained), str(bad), "--out", str(tmp_path / "x")])
     assert refused.exit_code == 2 and "missing ['band_4']" in refused.output

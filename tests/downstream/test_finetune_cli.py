@@ -67,6 +67,9 @@ def test_segment_from_pretrained_encoder_then_evaluate_and_predict(seg_scene, pr
     assert ev.exit_code == 0, ev.output
     assert "OA" in ev.output
     assert f"metrics: {ft / 'eval' / 'metrics.json'}" in ev.output and (ft / "eval" / "metrics.json").is_file()
+    from geomed_ssl.outdirs import foreign_inside
+
+    assert foreign_inside(ft) == []  # --overwrite may replace all of it, the evaluation inside included
 
     pred_dir = tmp_path / "pred"
     pr = runner.invoke(app, ["predict", str(ft), str(images / "scene.tif"), "--out", str(pred_dir), "--probabilities"])

@@ -74,3 +74,10 @@ def test_clock_survives_two_resumes_and_its_dict() -> None:
     again = ScheduleClock.from_dict(clock.to_dict())
     assert [again(s) for s in range(0, 401, 7)] == [clock(s) for s in range(0, 401, 7)]
     assert clock(145) == pytest.approx(70) and clock(400) == 100 and clock(100) == pytest.approx(100 - 60 * 150 / 210)
+
+
+def test_resuming_twice_with_the_same_end_keeps_every_value_bit_identical_and_adds_no_knot() -> None:
+    stretched = ScheduleClock(100).resumed(40, 250)
+    again = stretched.resumed(97, 250).resumed(163, 250)
+    assert again.knots == stretched.knots
+    assert [again(s) for s in range(251)] == [stretched(s) for s in range(251)]  # exact floats, not approx

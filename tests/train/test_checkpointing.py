@@ -85,6 +85,47 @@ def test_resume_skips_a_truncated_newest_checkpoint_and_replays_exactly(raster_d
     np.testing.assert_allclose([b[s]["loss"] for s in range(6, 11)], [a[s]["loss"] for s in range(6, 11)], atol=1e-5)
 
 
+def fake_checkpoint(path: Path, step: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {}, "global_step": step, "geomed_ssl": {"method": "mae"}}, path)
+    return path
+
+
+def test_resume_takes_the_checkpoint_with_the_highest_step_even_when_last_ckpt_is_older(tmp_path: Path,
+                                                                                       caplog) -> None:
+    from geomed_ssl.train.checkpointing import find_resume_checkpoint
+
+    ckpts = tmp_path / "run" / "checkpoints"
+    fake_checkpoint(ckpts / "step-000005.ckpt", 5)
+    fake_checkpoint(ckpts / "last.ckpt", 5)
+    fake_checkpoint(ckpts / "step-000010.ckpt", 10)  # killed before last.ckpt was linked to it
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        point = find_resume_checkpoint(tmp_path / "run")
+    assert point.path.name == "step-000010.ckpt" and point.step == 10
+    assert "step-000010.ckpt (step 10) is further than last.ckpt" in caplog.text
+
+
+def test_resume_prefers_last_ckpt_when_it_is_at_least_as_far(tmp_path: Path) -> None:
+    from geomed_ssl.train.checkpointing import find_resume_checkpoint
+
+    ckpts = tmp_path / "run" / "checkpoints"
+    fake_checkpoint(ckpts / "step-000010.ckpt", 10)
+    fake_checkpoint(ckpts / "last.ckpt", 10)
+    assert find_resume_checkpoint(tmp_path / "run").path.name == "last.ckpt"
+    fake_checkpoint(ckpts / "last.ckpt", 13)  # a timed or SIGTERM save after step 10
+    assert find_resume_checkpoint(tmp_path / "run").step == 13
+
+
+def test_linking_last_ckpt_syncs_its_folder(tmp_path: Path, monkeypatch) -> None:
+    import geomed_ssl.train.checkpointing as checkpointing
+
+    synced: list[Path] = []
+    monkeypatch.setattr(checkpointing, "_fsync_dir", synced.append)
+    step = fake_checkpoint(tmp_path / "step-000005.ckpt", 5)
+    checkpointing.replace_with_copy(step, tmp_path / "last.ckpt")
+    assert os.path.samefile(step, tmp_path / "last.ckpt") and synced == [tmp_path]
+
+
 class SendSignal(L.Callback):
     """Sends ``signum`` to this process after optimiser step ``step``, as a cluster scheduler would."""
 
@@ -120,6 +161,44 @@ def test_a_second_ctrl_c_aborts_at_once() -> None:
     finally:
         stop.restore()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_launching_process_passes_each_signal_on_to_its_workers_as_a_stop() -> None:
+    stop, sent = StopRequest(), []
+    stop.announce = False
+    stop.forward_to(sent.append)
+    stop.install()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)  # a Ctrl-C after a SIGTERM is no abort: still one stop
+        assert sent == [signal.SIGTERM, signal.SIGTERM] and stop.name == "SIGTERM"
+    finally:
+        stop.restore()
+
+
+def test_a_forked_worker_never_forwards_the_signals_it_inherits() -> None:
+    stop, sent = StopRequest(), []
+    stop.announce = False
+    stop.forward_to(sent.append)
+    stop.install()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the worker: its copy of the handler only sets the flag
+            os.kill(os.getpid(), signal.SIGTERM)
+            os._exit(10 + len(sent) if stop.requested else 1)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        stop.restore()
+    assert os.waitstatus_to_exitcode(status) == 10 and sent == [] and not stop.requested
+
+
+def test_a_run_that_reached_max_steps_is_not_reported_stopped_whatever_signal_came() -> None:
+    from geomed_ssl.train.pretrain import stopped_reason
+
+    stop = StopRequest()
+    stop.signum = signal.SIGTERM  # arrived after the last step: the workers had finished
+    assert stopped_reason(10, 10, stop) is None
+    assert stopped_reason(7, 10, stop) == "SIGTERM" and stopped_reason(7, 10, StopRequest()) == "stopped"
 
 
 def test_lr_continues_without_a_jump_when_resumed_with_more_steps(raster_dir: Path, tmp_path: Path) -> None:
@@ -159,3 +238,22 @@ def test_progress_bar_writes_to_stderr(capsys) -> None:
     bar.close()
     captured = capsys.readouterr()
     assert captured.out == "" and "1/3" in captured.err
+
+
+def test_resume_with_a_new_base_lr_trains_at_the_new_lr(raster_dir: Path, tmp_path: Path) -> None:
+    from geomed_ssl.train.module import warmup_cosine
+
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        pretrain("recipes/mae_sentinel2.yaml", raster_dir, out, overrides=OVERRIDES, progress=False,
+                 callbacks=[KillAt(6)])
+    pretrain(None, raster_dir, out, resume=True, progress=False, overrides=["train.base_lr=0.1"])
+    lr = {s: r["lr"] for s, r in rows(out).items()}
+
+    def expected(base_lr: float, step: int) -> float:  # the lr of update ``step`` (1-based) of this 10-step run
+        return base_lr * 8 / 256 * warmup_cosine(step - 1, 5, 10)
+
+    assert [lr[s] for s in range(1, 6)] == pytest.approx([expected(0.05, s) for s in range(1, 6)], rel=1e-6)
+    assert [lr[s] for s in range(6, 11)] == pytest.approx([expected(0.1, s) for s in range(6, 11)], rel=1e-6)
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)
+    assert ckpt["lr_schedulers"][0]["base_lrs"] == pytest.approx([0.1 * 8 / 256] * 2)

@@ -139,6 +139,30 @@ def test_ddp_run_stopped_by_sigterm_saves_and_resumes(nodata_rasters: Path, tmp_
     assert f"done: {step + 2} steps" in resumed.stdout and sorted(metrics(out)) == list(range(1, step + 3))
 
 
+def test_sigterm_to_the_process_that_spawned_the_workers_stops_them_all(nodata_rasters: Path,
+                                                                       tmp_path: Path) -> None:
+    out = tmp_path / "spawned"
+    sets = [*BASE, *DDP, "train.strategy=ddp_spawn", "train.max_steps=100000", "train.checkpoint_every=100000",
+            "train.checkpoint_minutes=0"]
+    proc = subprocess.Popen(cli_args(nodata_rasters, out, sets), cwd=ROOT, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "metrics.csv").is_file() and len(metrics(out)) >= 2:
+                break
+            time.sleep(0.5)
+        os.kill(proc.pid, signal.SIGTERM)  # the launching process only, not its workers
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert stdout.count("stopped at step") == 1 and "--resume" in stdout
+    step = ckpt(out / "checkpoints" / "last.ckpt")["global_step"]
+    assert 2 <= step < 100000 and f"stopped at step {step} " in stdout
+
+
 @pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_fork"])
 def test_spawn_and_fork_strategies_run_and_write_once(strategy: str, nodata_rasters: Path, tmp_path: Path) -> None:
     out = tmp_path / strategy
@@ -147,3 +171,33 @@ def test_spawn_and_fork_strategies_run_and_write_once(strategy: str, nodata_rast
     assert result.stdout.count("done: 2 steps") == 1
     assert {p.name for p in out.iterdir()} == RUN_FILES and sorted(metrics(out)) == [1, 2]
     assert ckpt(out / "checkpoints" / "last.ckpt")["global_step"] == 2
+
+
+def gpu_without_cuda_init(monkeypatch) -> list[str]:
+    """A machine with a GPU as NVML sees it (``is_available`` True) where anything that initialises CUDA in this
+    process is recorded instead of run; returns the record."""
+    calls: list[str] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name in ("is_bf16_supported", "_lazy_init", "init", "current_device", "get_device_capability"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, _n=name, **k: calls.append(_n) or True)
+    return calls
+
+
+@pytest.mark.parametrize("strategy", ["ddp_fork", "ddp_notebook", "ddp_fork_find_unused_parameters_true"])
+def test_auto_precision_under_a_forking_strategy_never_initialises_cuda_in_the_parent(strategy: str,
+                                                                                      monkeypatch) -> None:
+    from geomed_ssl.errors import ConfigError
+    from geomed_ssl.train.pretrain import resolve_precision
+
+    calls = gpu_without_cuda_init(monkeypatch)
+    with pytest.raises(ConfigError, match=f"train.precision=auto with train.strategy={strategy} on GPUs"):
+        resolve_precision("auto", "gpu", strategy)
+    assert resolve_precision("bf16-mixed", "gpu", strategy) == "bf16-mixed"
+    assert calls == []
+
+
+def test_auto_precision_asks_the_gpu_about_bf16_only_when_nothing_forks(monkeypatch) -> None:
+    from geomed_ssl.train.pretrain import resolve_precision
+
+    calls = gpu_without_cuda_init(monkeypatch)
+    assert resolve_precision("auto", "gpu", "ddp") == "bf16-mixed" and calls == ["is_bf16_supported"]

@@ -48,6 +48,9 @@ def test_pretrain_rasters_from_cli_loss_drops_and_exports_load(raster_dir: Path,
                  "encoder/config.json", "checkpoints/last.ckpt", "checkpoints/step-000020.ckpt"):
         assert (out / name).is_file(), name
     assert sorted(p.name for p in (out / "previews").glob("*.png")) == ["step-000020.png", "step-000040.png"]
+    from geomed_ssl.outdirs import foreign_inside
+
+    assert foreign_inside(out) == []  # --overwrite may replace all of it: every file, at any depth, is ours
 
     from geomed_ssl import load_encoder
 

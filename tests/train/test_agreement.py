@@ -1,0 +1,140 @@
+"""Ranks agree before rank 0 writes: a failure on any rank stops every rank at once with its message, and every
+rank resumes from rank 0's checkpoint (2 gloo processes on CPU, started together as a cluster would)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch.multiprocessing as mp
+
+from geomed_ssl.errors import GeomedError
+from geomed_ssl.train.agreement import RESUME_ENV, Agreement, ChildAgreement, LauncherAgreement
+
+# Lightning and the package are imported inside the tests that need them: the ranks spawned below import this
+# module again, and stay quick to start.
+
+
+def _rank(rank: int, init: str, case: str, results: str) -> None:
+    import torch.distributed as dist
+
+    from geomed_ssl.train.agreement import GroupAgreement
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    agreement = GroupAgreement(rank, 2, dist.new_group(backend="gloo"))
+    try:
+        if case == "checkpoint":  # each rank found another checkpoint (storage that lags behind)
+            chosen = agreement.share_checkpoint(f"/run/checkpoints/step-00000{rank + 5}.ckpt")
+            agreement.all_passed()
+            outcome = f"ok {chosen}"
+        else:  # rank 1 fails its checks, rank 0 passes them
+            if rank == 1:
+                err = GeomedError("no usable raster files under '/data'")
+                agreement.failed(err)
+                outcome = f"failed {err}"
+            else:
+                agreement.share_checkpoint(None)
+                outcome = "passed?"
+    except GeomedError as err:
+        outcome = f"stopped {err}"
+    Path(results, str(rank)).write_text(outcome)
+    dist.destroy_process_group()
+
+
+def run_two_ranks(tmp_path: Path, case: str) -> dict[int, str]:
+    (tmp_path / "results").mkdir()
+    mp.start_processes(_rank, args=(f"file://{tmp_path / 'rendezvous'}", case, str(tmp_path / "results")),
+                       nprocs=2, start_method="spawn")
+    return {r: (tmp_path / "results" / str(r)).read_text() for r in (0, 1)}
+
+
+def test_every_rank_resumes_from_the_checkpoint_rank_0_chose(tmp_path: Path) -> None:
+    assert run_two_ranks(tmp_path, "checkpoint") == {0: "ok /run/checkpoints/step-000005.ckpt",
+                                                     1: "ok /run/checkpoints/step-000005.ckpt"}
+
+
+def test_a_rank_that_fails_its_checks_stops_every_rank_with_its_message(tmp_path: Path) -> None:
+    results = run_two_ranks(tmp_path, "failure")
+    assert results[1] == "failed no usable raster files under '/data'"
+    assert results[0] == ("stopped rank 1 of the run failed, so every rank stops: no usable raster files under "
+                          "'/data'")
+
+
+def test_ranks_lightning_starts_take_the_launchers_checkpoint(monkeypatch) -> None:
+    monkeypatch.delenv(RESUME_ENV, raising=False)
+    assert LauncherAgreement(0).share_checkpoint("/run/checkpoints/last.ckpt") == "/run/checkpoints/last.ckpt"
+    assert os.environ[RESUME_ENV] == "/run/checkpoints/last.ckpt"  # what trainer.fit's ranks inherit
+    assert ChildAgreement(1).share_checkpoint("/run/checkpoints/step-000003.ckpt") == "/run/checkpoints/last.ckpt"
+    LauncherAgreement(0).share_checkpoint(None)
+    assert ChildAgreement(1).share_checkpoint("/run/checkpoints/step-000003.ckpt") is None
+
+
+LAUNCH_ENV = ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+              "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "SLURM_JOB_NAME", RESUME_ENV)
+
+
+@pytest.mark.parametrize("devices, strategy, nodes, launch, kind, rank, chooses", [
+    (1, "auto", 1, {}, Agreement, 0, True),  # one process
+    (2, "ddp", 1, {}, LauncherAgreement, 0, True),  # the command's process: Lightning starts rank 1 after its checks
+    (2, "ddp", 1, {"LOCAL_RANK": "1", "NODE_RANK": "0", "WORLD_SIZE": "2", RESUME_ENV: ""}, ChildAgreement, 1,
+     False),
+    (2, "ddp", 2, {"NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1"}, LauncherAgreement, 2, True),  # node 1, by hand
+    (2, "ddp_spawn", 1, {}, Agreement, 0, True),  # the launching process checks, then starts its workers
+])
+def test_how_ranks_agree_follows_how_lightning_started_them(monkeypatch, devices: int, strategy: str, nodes: int,
+                                                           launch: dict, kind: type, rank: int,
+                                                           chooses: bool) -> None:
+    from geomed_ssl.train.agreement import agreement_for
+    from geomed_ssl.train.pretrain import probe_trainer
+
+    for name in LAUNCH_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in launch.items():
+        monkeypatch.setenv(name, value)
+    agreement = agreement_for(probe_trainer("cpu", devices, strategy, nodes, "32-true"))
+    assert (type(agreement), agreement.rank, agreement.chooses) == (kind, rank, chooses)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ranks_started_together_stop_at_once_when_rank_0_refuses_the_out_folder(tmp_path: Path) -> None:
+    """Both ranks start at once, as SLURM or one torchrun per node starts them (each with its rank in the
+    environment): rank 0 refuses --out, rank 1 hears it and stops too, instead of waiting 30 minutes for a process
+    group rank 0 never joins."""
+    import numpy as np
+
+    from tests.conftest import structured_raster, write_geotiff
+    from tests.train.test_ddp import BASE, ROOT, cli_args, env
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        write_geotiff(data / f"scene_{i}.tif", structured_raster(rng, 4, 32))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    args = cli_args(data, mine, [*BASE, "train.devices=2", "train.strategy=ddp", "train.max_steps=2"])
+    launch = {**env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2",
+              "NODE_RANK": "0"}
+    launch.pop(RESUME_ENV, None)
+    procs = [subprocess.Popen(args, cwd=ROOT, env={**launch, "LOCAL_RANK": str(r), "RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        outs = [p.communicate(timeout=300) for p in procs]  # far less than the process group's 30 minutes
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [2, 2], [o[1][-2000:] for o in outs]
+    assert "error: output folder" in outs[0][1] and "was not made by geomed-ssl" in outs[0][1]
+    assert "error: rank 0 of the run failed, so every rank stops: output folder" in outs[1][1]
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]

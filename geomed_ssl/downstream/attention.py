@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from geomed_ssl.config import DataConfig
+from geomed_ssl.data.tiling import centre_start
 from geomed_ssl.outdirs import check_out_file, prepare_out_file
 from geomed_ssl.outfiles import atomic_path
 
@@ -129,7 +130,7 @@ def _start(size: int, want: int, offset: int | None, axis: str, path: Path) -> t
 
     length = min(size, want)
     if offset is None:
-        return (size - length) // 2, length
+        return centre_start(size, length), length
     if not 0 <= offset < size:
         raise DataError(f"--window {axis} {offset} lies outside '{path}' ({size} pixels along {axis}s).")
     return offset, min(length, size - offset)

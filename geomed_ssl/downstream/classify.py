@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from geomed_ssl.checkpoint import save_model
 from geomed_ssl.config import Recipe, load_recipe
 from geomed_ssl.data.catalog import Catalog
+from geomed_ssl.data.crops import crop_to_patch
 from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import BandStats, normalize
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
@@ -29,18 +30,6 @@ from geomed_ssl.errors import ConfigError
 from geomed_ssl.models.cls_heads import ClassificationModel
 
 log = logging.getLogger("geomed_ssl")
-
-
-def crop_to_patch(array: np.ndarray, patch: Sequence[int]) -> np.ndarray:
-    """Centre-crop the spatial axes of (C, *S) to the largest multiple of the token patch."""
-    slices = [slice(None)]
-    for size, p in zip(array.shape[1:], patch):
-        keep = (size // p) * p
-        if keep == 0:
-            raise ConfigError(f"an image of size {list(array.shape[1:])} is smaller than the token patch {list(patch)}.")
-        start = (size - keep) // 2
-        slices.append(slice(start, start + keep))
-    return array[tuple(slices)]
 
 
 class ImageDataset(Dataset):

@@ -34,7 +34,8 @@ import torch
 from geomed_ssl.checkpoint import find_encoder_dir, load_encoder, read_encoder_config
 from geomed_ssl.config import DataConfig, apply_overrides, recipe_from_dict
 from geomed_ssl.data.catalog import Catalog, scan
-from geomed_ssl.downstream.embed_maps import axis_starts, write_embedding_maps
+from geomed_ssl.data.tiling import grid_shape
+from geomed_ssl.downstream.embed_maps import write_embedding_maps
 from geomed_ssl.downstream.embed_store import EmbeddingStore, load_embeddings, read_columns
 from geomed_ssl.downstream.embedder import LEVELS, POOLS, Embedder  # noqa: F401  (re-exported)
 from geomed_ssl.data.stats import BandStats
@@ -181,7 +182,7 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
     if done:
         log.info("resuming: %d of %d files already embedded in %s", len(paths) - len(todo), len(paths), out_dir)
     total = len(todo) if level == "image" else sum(
-        math.prod(len(axis_starts(s, w, st)) for s, w, st in zip(r.shape, win, strd)) for r in todo)
+        math.prod(grid_shape(r.shape, win, strd)) for r in todo)
     bar = tqdm(total=total, unit="file" if level == "image" else "window", desc="embedding",
                disable=not progress or not sys.stderr.isatty())  # a bar only on a terminal (tqdm writes to stderr)
     root = catalog.root

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from geomed_ssl.data.tiling import grid_shape
 from geomed_ssl.errors import DataError
 from geomed_ssl.outfiles import atomic_path, remove_stale_partials
 
@@ -32,7 +33,7 @@ def map_geometry(kind: str, shape: Sequence[int], level: str, window: Sequence[i
     if level == "image":
         return {"grid": None}
     if level == "window":
-        grid = [len(axis_starts(s, w, st)) for s, w, st in zip(shape, window, stride)]
+        grid = grid_shape(shape, window, stride)
         cell, span = list(stride), list(window)  # cell k is the central stride-sized part of window k
     else:
         grid = [math.ceil(s / p) for s, p in zip(shape, patch)]
@@ -46,14 +47,6 @@ def map_geometry(kind: str, shape: Sequence[int], level: str, window: Sequence[i
     m[:3, :3] = np.diag(cell)
     m[:3, 3] = [(s - 1) / 2 for s in span]  # cell k's centre is voxel k * cell + (span - 1) / 2
     return {"grid": grid, "map_affine": (np.asarray(affine, np.float64) @ m).tolist()}
-
-
-def axis_starts(size: int, window: int, stride: int) -> list[int]:
-    """Window origins along one axis on a regular grid from 0; the last window may run past the edge (it is
-    padded with nodata) so every pixel is covered and every window sits on the grid."""
-    if size <= window:
-        return [0]
-    return [i * stride for i in range(math.ceil((size - window) / stride) + 1)]
 
 
 def grid_stem(file_meta: dict[str, Any]) -> str:

@@ -14,7 +14,8 @@ from geomed_ssl.data.catalog import FileRecord
 from geomed_ssl.data.conform import conform_record
 from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import BandStats, normalize
-from geomed_ssl.downstream.embed_maps import axis_starts, map_geometry
+from geomed_ssl.data.tiling import centre_start, grid_starts, inside_starts, patch_floor
+from geomed_ssl.downstream.embed_maps import map_geometry
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.models.encoder import ViTEncoder
 
@@ -111,10 +112,10 @@ class Embedder:
 
     def crop(self, start: Sequence[int], size: Sequence[int], where: str) -> list[int]:
         """The centre crop of a region to the largest multiple of the token patch: [*start, *size]."""
-        keep = [(int(s) // p) * p for s, p in zip(size, self.patch)]
+        keep = [patch_floor(int(s), p) for s, p in zip(size, self.patch)]
         if 0 in keep:
             raise ConfigError(f"{where} ({list(size)}) is smaller than the token patch {list(self.patch)}.")
-        return [int(a) + (int(s) - k) // 2 for a, s, k in zip(start, size, keep)] + keep
+        return [int(a) + centre_start(int(s), k) for a, s, k in zip(start, size, keep)] + keep
 
     def region_vector(self, record: FileRecord, box: Sequence[int]) -> tuple[np.ndarray, list[int], float]:
         """One vector for a region (the image-level rule): (vector (D,), the box actually encoded, valid fraction).
@@ -126,8 +127,7 @@ class Embedder:
             crop = self.crop(start, size, f"region {list(box)} of '{record.path}'")
             image, valid = self.read(record, crop)
             return self.encode(image[None], valid[None])[0][0], crop, float(valid.mean())
-        axes = [sorted({*range(0, max(s - w, 0), st), max(s - w, 0)})  # window origins kept inside the region
-                for s, w, st in zip(size, self.window, self.stride)]
+        axes = [inside_starts(s, w, st) for s, w, st in zip(size, self.window, self.stride)]
         offsets = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, self.nd).tolist()
         boxes = [[a + o for a, o in zip(start, offs)] + list(self.window) for offs in offsets]
         vecs, weights = [], []
@@ -177,7 +177,7 @@ class Embedder:
                 ) -> Iterator[tuple[list[int], list[int], np.ndarray, np.ndarray]]:
         """(grid index, box, image, valid) of every window of the grid (only those meeting ``restrict``, a box)."""
         shape = self.shape(record)
-        starts = [axis_starts(s, w, st) for s, w, st in zip(shape, self.window, self.stride)]
+        starts = [grid_starts(s, w, st) for s, w, st in zip(shape, self.window, self.stride)]
         if restrict is not None:
             lo, hi = restrict[: self.nd], [a + n for a, n in zip(restrict[: self.nd], restrict[self.nd:])]
             starts = [[s for s in ax if s < h and s + w > l] for ax, l, h, w in zip(starts, lo, hi, self.window)]

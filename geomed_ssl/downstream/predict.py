@@ -1,7 +1,8 @@
 """Prediction entry point: list the input files, name their outputs, send each to the raster or volume predictor.
 
 ``predict_raster`` (strips streamed to a GeoTIFF, ``predict_raster.py``), ``predict_volume`` (MONAI sliding window
-to NIfTI, ``predict_volume.py``) and the window geometry (``sliding.py``) are re-exported, so one import serves.
+to NIfTI, ``predict_volume.py``) and the blending weights (``sliding.py``) are re-exported, so one import serves;
+the windows come from :mod:`geomed_ssl.data.tiling`.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from geomed_ssl.downstream.predict_raster import RASTER_BLENDS, predict_raster
 from geomed_ssl.downstream.predict_volume import VOLUME_BLENDS, predict_volume
 from geomed_ssl.data.catalog import glob_match
 from geomed_ssl.downstream.sliding import (ModelFn, as_model, blend_weights, channel_records, check_input_kind,
-                                          input_kind, window_starts)
+                                          input_kind)
 from geomed_ssl.errors import DataError
 from geomed_ssl.outfiles import remove_stale_partials
 
 __all__ = ["ModelFn", "RASTER_BLENDS", "VOLUME_BLENDS", "blend_weights", "list_inputs", "plan_outputs", "predict_files",
-           "predict_raster", "predict_volume", "window_starts"]
+           "predict_raster", "predict_volume"]
 
 RASTER_EXT, VOLUME_EXT = (".tif", ".tiff"), (".nii.gz", ".nii")
 

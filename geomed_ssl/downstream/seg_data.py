@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from geomed_ssl.data.crops import pad_crop
 from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import BandStats, normalize
 
@@ -23,22 +24,6 @@ def sparse_target(shape: Sequence[int], flat_index: np.ndarray, classes: np.ndar
     target = np.full(int(np.prod(shape)), IGNORE, np.int16)
     target[flat_index] = classes
     return target.reshape(shape)
-
-
-def crop_padded(array: np.ndarray, start: Sequence[int], size: Sequence[int], fill: int) -> np.ndarray:
-    """``array[start:start+size]`` over the last ``len(size)`` axes, padded with ``fill`` outside the array."""
-    nd = len(size)
-    lead = array.shape[: array.ndim - nd]
-    out = np.full((*lead, *size), fill, dtype=array.dtype)
-    src, dst = [], []
-    for s, n, dim in zip(start, size, array.shape[-nd:]):
-        lo, hi = max(s, 0), min(s + n, dim)
-        if hi <= lo:
-            return out
-        src.append(slice(lo, hi))
-        dst.append(slice(lo - s, hi - s))
-    out[(..., *dst)] = array[(..., *src)]
-    return out
 
 
 def augment(image: np.ndarray, valid: np.ndarray, target: np.ndarray, rng: np.random.Generator,
@@ -99,7 +84,7 @@ class SparseLabelDataset(Dataset):
         record = self.records[f]
         nodata = self.data_cfg.nodata if self.data_cfg.nodata is not None else record.nodata
         image, valid = normalize(self.read(record, start), self.stats, nodata)
-        target = crop_padded(target_map, start, self.window, IGNORE)
+        target = pad_crop(target_map, start, self.window, IGNORE)
         target[~valid] = IGNORE
         if self.augment:
             image, valid, target = augment(image, valid, target, rng)

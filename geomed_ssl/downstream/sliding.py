@@ -1,4 +1,5 @@
-"""Sliding-window pieces both predictors share: window origins, blending weights, request checks, the model call."""
+"""Sliding-window pieces both predictors share: blending weights, request checks, the model call (the window origins
+are :func:`geomed_ssl.data.tiling.window_starts`)."""
 
 from __future__ import annotations
 
@@ -21,17 +22,6 @@ MIN_WEIGHT = 1e-3  # blending weights are floored at this fraction of the centre
 
 
 # -- geometry ---------------------------------------------------------------------------------------------------
-def window_starts(size: int, window: int, overlap: float) -> list[int]:
-    """Strictly increasing window origins along one axis; the last window is shifted back to end at the edge.
-
-    A window larger than the axis gives one origin (0); the window is then padded with nodata.
-    """
-    if size <= window:
-        return [0]
-    stride = max(1, int(round(window * (1.0 - overlap))))
-    return list(range(0, size - window, stride)) + [size - window]
-
-
 def blend_weights(window: Sequence[int], blend: str) -> np.ndarray:
     """Per-pixel blending weight of one window, max 1, floored at ``MIN_WEIGHT``: float32 ``window`` shape.
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from geomed_ssl.data.stats import BandStats, normalize
-from geomed_ssl.downstream.predict import predict_files, predict_raster, predict_volume, window_starts
+from geomed_ssl.data.tiling import window_starts
+from geomed_ssl.downstream.predict import predict_files, predict_raster, predict_volume
 from geomed_ssl.downstream.writers import GeoTiffWriter, write_nifti_like
 from geomed_ssl.errors import DataError
 from tests.conftest import structured_raster, write_geotiff

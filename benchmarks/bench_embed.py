@@ -158,7 +158,7 @@ def raw_means_scores(work: Path, data_cfg: DataConfig) -> list[str]:
     from geomed_ssl.data.readers import RasterReader
     from geomed_ssl.data.stats import normalize
     from geomed_ssl.downstream.cluster import silhouette
-    from geomed_ssl.downstream.labels import scan_class_folders
+    from geomed_ssl.data.labelled import scan_class_folders
 
     records, labels, _ = scan_class_folders(EUROSAT, data_cfg)
     stats = compute_stats(scan(EUROSAT, data_cfg), data_cfg)

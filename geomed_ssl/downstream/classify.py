@@ -15,52 +15,18 @@ from torch.utils.data import Dataset
 from geomed_ssl.checkpoint import save_model
 from geomed_ssl.config import Recipe, load_recipe
 from geomed_ssl.data.catalog import Catalog
-from geomed_ssl.data.crops import crop_to_patch
-from geomed_ssl.data.readers import RasterReader, VolumeReader
-from geomed_ssl.data.stats import BandStats, normalize
+from geomed_ssl.data.labelled import ImageDataset, scan_class_folders
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_path, atomic_write_text
 from geomed_ssl.downstream.finetune import (FinetuneResult, class_weights_from_counts, data_meta, encoder_and_stats,
                                            finetune_inputs, fit_supervised, save_recipe)
-from geomed_ssl.downstream.labels import sample_fraction, sample_images_per_class, scan_class_folders
+from geomed_ssl.downstream.labels import sample_fraction, sample_images_per_class
 from geomed_ssl.downstream.metrics import classification_metrics, confusion_matrix, save_confusion_png
-from geomed_ssl.downstream.seg_data import augment
 from geomed_ssl.downstream.sliding import model_device
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.models.cls_heads import ClassificationModel
 
 log = logging.getLogger("geomed_ssl")
-
-
-class ImageDataset(Dataset):
-    """Whole images (normalised, centre-cropped to the token patch) with their class index."""
-
-    def __init__(self, records: Sequence[Any], labels: np.ndarray, stats: BandStats, data_cfg: Any,
-                 patch: Sequence[int], augment: bool = False, seed: int = 0):
-        self.records, self.labels, self.stats, self.data_cfg = list(records), labels, stats, data_cfg
-        self.patch, self.augment, self.seed = tuple(patch), augment, seed
-        self.raster = RasterReader() if len(self.patch) == 2 else None
-        self.volume = VolumeReader(data_cfg) if len(self.patch) == 3 else None
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def image(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        r = self.records[i]
-        if self.raster is not None:
-            raw = self.raster.read_window(r, 0, 0, *r.shape)
-        else:
-            raw, _ = self.volume.load(r)
-        nodata = self.data_cfg.nodata if self.data_cfg.nodata is not None else r.nodata
-        image, valid = normalize(crop_to_patch(raw, self.patch), self.stats, nodata)
-        return image, valid
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        image, valid = self.image(i % len(self.records))
-        if self.augment:
-            rng = np.random.default_rng([self.seed, 777, int(i)])
-            image, valid, _ = augment(image, valid, np.zeros(valid.shape, np.int16), rng)
-        return {"image": torch.from_numpy(image), "target": torch.tensor(int(self.labels[i % len(self.records)]))}
 
 
 class Repeat(Dataset):

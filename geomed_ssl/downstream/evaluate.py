@@ -134,7 +134,8 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
     on ``device`` (auto: CUDA when available). ``strict``: problem files and band names assigned by position are
     errors (else skipped / warned about)."""
     from geomed_ssl.data.catalog import scan
-    from geomed_ssl.downstream.labels import labelled_pixels, read_label_pairs, scan_class_folders
+    from geomed_ssl.data.labelled import scan_class_folders
+    from geomed_ssl.downstream.labels import labelled_pixels, read_label_pairs
     from geomed_ssl.errors import DataError, GeomedError
 
     default = eval_out_dir(ft_dir, None)
@@ -164,7 +165,8 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
     if data is None:
         raise GeomedError("a classification model is evaluated with --data CLASS_FOLDERS_DIR.")
     from geomed_ssl.data.stats import BandStats
-    from geomed_ssl.downstream.classify import ImageDataset, evaluate_images
+    from geomed_ssl.data.labelled import ImageDataset
+    from geomed_ssl.downstream.classify import evaluate_images
     from geomed_ssl.downstream.model_data import records_for_stats
 
     records, labels_idx, folder_names = scan_class_folders(data, recipe.data, strict=strict)
@@ -246,7 +248,7 @@ def predict_classes(model: torch.nn.Module, meta: dict[str, Any], recipe: Any, r
     """One predicted class (and its probability) per image (catalog ``records``), in ``out/predictions.csv``."""
     import csv
 
-    from geomed_ssl.downstream.classify import ImageDataset
+    from geomed_ssl.data.labelled import ImageDataset
     from geomed_ssl.downstream.model_data import records_for_stats
     from geomed_ssl.downstream.sliding import model_device
 

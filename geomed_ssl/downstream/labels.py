@@ -19,14 +19,14 @@ import numpy as np
 from geomed_ssl.data.catalog import EXTENSIONS, FileRecord
 from geomed_ssl.downstream.sampling import (  # noqa: F401  (re-exported: the sampling half of this module)
     ClassMap, LabelSelection, Names, block_split, check_labels_config, class_ids, labelled_pixels, sample_fraction,
-    sample_images_per_class, sample_per_class, scan_class_folders, select_labels,
+    sample_images_per_class, sample_per_class, select_labels,
 )
 from geomed_ssl.errors import DataError
 
 __all__ = [
     "AFFINE_TOL", "LABEL_SUFFIXES", "check_grid", "match_labels", "read_label", "read_label_pairs",
     "ClassMap", "LabelSelection", "Names", "block_split", "check_labels_config", "class_ids", "labelled_pixels",
-    "sample_fraction", "sample_images_per_class", "sample_per_class", "scan_class_folders", "select_labels",
+    "sample_fraction", "sample_images_per_class", "sample_per_class", "select_labels",
 ]
 
 LABEL_SUFFIXES = ("gt", "label", "labels", "mask", "seg", "segmentation", "annotation", "annotations", "truth")

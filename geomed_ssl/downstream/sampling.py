@@ -1,5 +1,6 @@
 """Few-label sampling: class maps, the exact training / test pixels (voxels, images) drawn from label arrays, seeded,
-and saved to ``labels_used.npz``; class-folder (EuroSAT style) classification datasets.
+and saved to ``labels_used.npz``; k images per class of a class-folder dataset (scanned by
+:func:`geomed_ssl.data.labelled.scan_class_folders`).
 
 Rare classes keep half of their labels for testing: ``per_class=k`` takes ``min(k, n_c // 2)`` of a class with
 ``n_c`` labels and says so in the notes. ``split="blocks"`` tiles each image into blocks and trains only on pixels
@@ -17,14 +18,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from geomed_ssl.data.catalog import FileRecord, scan
 from geomed_ssl.errors import ConfigError, DataError
 
 Names = Mapping[int, str] | None
 
 __all__ = [
     "ClassMap", "LabelSelection", "Names", "block_split", "check_labels_config", "class_ids", "labelled_pixels",
-    "sample_fraction", "sample_images_per_class", "sample_per_class", "scan_class_folders", "select_labels",
+    "sample_fraction", "sample_images_per_class", "sample_per_class", "select_labels",
 ]
 
 
@@ -341,29 +341,6 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
 
 
 # -- classification datasets ------------------------------------------------------------------------------------
-def scan_class_folders(root: str | Path, data_cfg: Any, strict: bool = False,
-                       ) -> tuple[list[FileRecord], np.ndarray, list[str]]:
-    """A folder per class (EuroSAT style) of GeoTIFFs or NIfTIs: (records, class index per record (int64), class
-    names = sorted folder names). One scan of ``root``, so every class shares the band set; problem files are
-    skipped with a warning, and band names assigned by position warned about (both errors with ``strict``)."""
-    catalog = scan(root, data_cfg, strict=strict, names_by_position="error" if strict else "warn")
-    base = Path(catalog.root or root)
-    folder_of = {r.path: Path(os.path.relpath(r.path, base)).parts for r in catalog.records}
-    loose = [p for p, parts in folder_of.items() if len(parts) < 2]
-    if loose:
-        shown = ", ".join(map(os.path.basename, loose[:3]))
-        raise DataError(f"{len(loose)} images lie directly in '{base}' ({shown}); "
-                        "a classification dataset has one subfolder per class holding its images.")
-    names = sorted({parts[0] for parts in folder_of.values()})
-    if len(names) < 2:
-        raise DataError(f"'{base}' has images in {len(names)} class folder(s) ({', '.join(names)}); "
-                        "classification needs at least two class folders.")
-    catalog.warn_problems()
-    records = sorted(catalog.records, key=lambda r: (folder_of[r.path][0], r.path))
-    labels = np.array([names.index(folder_of[r.path][0]) for r in records], np.int64)
-    return records, labels, names
-
-
 def sample_images_per_class(labels: np.ndarray, k: int, seed: int,
                             names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(train indices, test indices, notes): k images per class (at most half of a class), the rest test."""

@@ -13,10 +13,9 @@ import torch
 from torch.utils.data import Dataset
 
 from geomed_ssl.data.crops import pad_crop
+from geomed_ssl.data.labelled import IGNORE, augment
 from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import BandStats, normalize
-
-IGNORE = -1
 
 
 def sparse_target(shape: Sequence[int], flat_index: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -24,19 +23,6 @@ def sparse_target(shape: Sequence[int], flat_index: np.ndarray, classes: np.ndar
     target = np.full(int(np.prod(shape)), IGNORE, np.int16)
     target[flat_index] = classes
     return target.reshape(shape)
-
-
-def augment(image: np.ndarray, valid: np.ndarray, target: np.ndarray, rng: np.random.Generator,
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Random flips on every spatial axis and (2D, square windows) a random multiple of 90° rotation."""
-    nd = target.ndim
-    for axis in range(nd):
-        if rng.random() < 0.5:
-            image, valid, target = (np.flip(image, axis + 1), np.flip(valid, axis), np.flip(target, axis))
-    if nd == 2 and target.shape[0] == target.shape[1]:
-        k = int(rng.integers(4))
-        image, valid, target = np.rot90(image, k, (1, 2)), np.rot90(valid, k), np.rot90(target, k)
-    return np.ascontiguousarray(image), np.ascontiguousarray(valid), np.ascontiguousarray(target)
 
 
 class SparseLabelDataset(Dataset):

@@ -16,8 +16,7 @@ from geomed_ssl.config import as_tuple
 from geomed_ssl.data.conform import conform_record
 from geomed_ssl.data.crops import centre_crop
 from geomed_ssl.data.stats import BandStats
-from geomed_ssl.downstream.classify import ImageDataset
-from geomed_ssl.downstream.labels import scan_class_folders
+from geomed_ssl.data.labelled import ImageDataset, scan_class_folders
 from geomed_ssl.train.knn import kfold_knn_accuracy
 
 log = logging.getLogger("geomed_ssl")

@@ -10,10 +10,11 @@ from affine import Affine
 
 from geomed_ssl.config import DataConfig, LabelsConfig
 from geomed_ssl.data.catalog import scan
+from geomed_ssl.data.labelled import scan_class_folders
 from geomed_ssl.downstream.labels import (
     ClassMap, LabelSelection, block_split, class_ids, labelled_pixels, match_labels, read_label, read_label_pairs,
     sample_fraction,
-    sample_images_per_class, sample_per_class, scan_class_folders, select_labels,
+    sample_images_per_class, sample_per_class, select_labels,
 )
 from geomed_ssl.errors import DataError
 from tests.conftest import structured_raster, write_geotiff
@@ -131,20 +132,6 @@ def test_a_few_fractional_labels_are_rounded_with_a_warning_naming_the_file(tmp_
     caplog.clear()
     read_label(_label(tmp_path / "noise.tif", np.full((4, 4), 2.0000001, np.float32)), "raster")
     assert not caplog.records  # float rounding noise is no warning
-
-
-def test_problem_files_in_class_folders_are_a_warning_and_an_error_under_strict(tmp_path, caplog):
-    rng = np.random.default_rng(0)
-    for name in ("Forest", "River"):
-        (tmp_path / name).mkdir()
-        for i in range(2):
-            write_geotiff(tmp_path / name / f"{name}_{i}.tif", structured_raster(rng, 3, 16))
-    (tmp_path / "River" / "broken.tif").write_bytes(b"not a tiff at all")
-    with caplog.at_level("WARNING", logger="geomed_ssl"):
-        records, _, _ = scan_class_folders(tmp_path, DataConfig(patch_size=16))
-    assert len(records) == 4 and any("broken.tif" in r.getMessage() for r in caplog.records)
-    with pytest.raises(DataError, match="broken.tif"):
-        scan_class_folders(tmp_path, DataConfig(patch_size=16), strict=True)
 
 
 def test_ignore_value_none_keeps_zero_as_a_class(tmp_path):

@@ -156,8 +156,8 @@ def attention_for_file(
     from geomed_ssl.data.catalog import scan
     from geomed_ssl.data.readers import RasterReader, VolumeReader
     from geomed_ssl.data.stats import BandStats, normalize
-    from geomed_ssl.downstream.model_data import catalog_for_encoder, check_value_ranges
-    from geomed_ssl.downstream.sliding import check_input_kind
+    from geomed_ssl.data.kinds import check_input_kind
+    from geomed_ssl.models.model_data import catalog_for_encoder, check_value_ranges
     from geomed_ssl.errors import DataError, GeomedError
 
     image_path = Path(image_path)

@@ -22,9 +22,9 @@ from geomed_ssl.downstream.finetune import (FinetuneResult, class_weights_from_c
                                            finetune_inputs, fit_supervised, save_recipe)
 from geomed_ssl.downstream.labels import sample_fraction, sample_images_per_class
 from geomed_ssl.downstream.metrics import classification_metrics, confusion_matrix, save_confusion_png
-from geomed_ssl.downstream.sliding import model_device
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.models.cls_heads import ClassificationModel
+from geomed_ssl.models.device import model_device
 
 log = logging.getLogger("geomed_ssl")
 

@@ -39,11 +39,11 @@ from geomed_ssl.downstream.embed_maps import write_embedding_maps
 from geomed_ssl.downstream.embed_store import EmbeddingStore, load_embeddings, read_columns
 from geomed_ssl.downstream.embedder import LEVELS, POOLS, Embedder  # noqa: F401  (re-exported)
 from geomed_ssl.data.stats import BandStats
-from geomed_ssl.downstream.model_data import catalog_for_encoder, check_value_ranges
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
-from geomed_ssl.downstream.sliding import resolve_device
 from geomed_ssl.errors import ConfigError, GeomedError
+from geomed_ssl.models.device import resolve_device
 from geomed_ssl.models.encoder import ViTEncoder
+from geomed_ssl.models.model_data import catalog_for_encoder, check_value_ranges
 
 log = logging.getLogger("geomed_ssl")
 DTYPES = ("float32", "float16")

@@ -53,7 +53,7 @@ def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Seque
     computed on the device the model is on. Band names assigned by position were reported when the images were
     scanned, so they are not reported again here."""
     from geomed_ssl.downstream.predict import predict_raster, predict_volume
-    from geomed_ssl.downstream.sliding import model_device
+    from geomed_ssl.models.device import model_device
 
     device = model_device(model)
     cfg = data_config(meta, recipe_data)
@@ -113,7 +113,7 @@ def load_run(ft_dir: str | Path, device: str | torch.device | None = "auto",
     """The fine-tuned model (on ``device``; auto: CUDA when available), its config.json and its recipe."""
     from geomed_ssl.checkpoint import load_model
     from geomed_ssl.config import load_recipe
-    from geomed_ssl.downstream.sliding import resolve_device
+    from geomed_ssl.models.device import resolve_device
 
     model, meta = load_model(ft_dir)
     model.to(resolve_device(device))
@@ -167,7 +167,7 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
     from geomed_ssl.data.stats import BandStats
     from geomed_ssl.data.labelled import ImageDataset
     from geomed_ssl.downstream.classify import evaluate_images
-    from geomed_ssl.downstream.model_data import records_for_stats
+    from geomed_ssl.models.model_data import records_for_stats
 
     records, labels_idx, folder_names = scan_class_folders(data, recipe.data, strict=strict)
     missing = [n for n in folder_names if n not in names]
@@ -203,7 +203,7 @@ def predict_dir(ft_dir: str | Path, inputs: Sequence[str | Path], out: str | Pat
     Folders are read with the model's data settings (band naming, data.include / data.exclude). ``strict``:
     problem files and band names assigned by position are errors. Returns printable lines."""
     from geomed_ssl.downstream.predict import plan_outputs, predict_files
-    from geomed_ssl.downstream.sliding import model_device
+    from geomed_ssl.models.device import model_device
 
     out = Path(out)
     rule = {"command": "predict", "resume": True, "inputs": {"fine-tune folder": ft_dir, "input": list(inputs)}}
@@ -229,7 +229,7 @@ def image_records(meta: dict[str, Any], recipe: Any, inputs: Sequence[str | Path
     """Catalog records of the images to classify: the given files, or the images under the given folders that the
     model's data settings select. Problem files are skipped with a warning (an error with ``strict``)."""
     from geomed_ssl.data.catalog import scan
-    from geomed_ssl.downstream.sliding import check_input_kind
+    from geomed_ssl.data.kinds import check_input_kind
 
     cfg = data_config(meta, recipe.data)
     records = []
@@ -249,8 +249,8 @@ def predict_classes(model: torch.nn.Module, meta: dict[str, Any], recipe: Any, r
     import csv
 
     from geomed_ssl.data.labelled import ImageDataset
-    from geomed_ssl.downstream.model_data import records_for_stats
-    from geomed_ssl.downstream.sliding import model_device
+    from geomed_ssl.models.device import model_device
+    from geomed_ssl.models.model_data import records_for_stats
 
     stats = BandStats.from_dict(meta["encoder"]["stats"])
     records = records_for_stats(records, stats)

@@ -18,14 +18,14 @@ from geomed_ssl.config import Recipe, as_tuple, load_recipe, spatial_dims
 from geomed_ssl.data.catalog import Catalog, scan
 from geomed_ssl.data.stats import BandStats, compute_stats
 from geomed_ssl.downstream.labels import LabelSelection, read_label_pairs, select_labels
-from geomed_ssl.downstream.model_data import catalog_for_encoder, check_value_ranges
 from geomed_ssl.downstream.seg_data import SparseLabelDataset
-from geomed_ssl.downstream.sliding import resolve_device
 from geomed_ssl.errors import ConfigError, GeomedError
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_path
 from geomed_ssl.models.cls_heads import layer_decay_groups
+from geomed_ssl.models.device import resolve_device
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
+from geomed_ssl.models.model_data import catalog_for_encoder, check_value_ranges
 from geomed_ssl.models.seg_decoder import SegmentationModel
 from geomed_ssl.train.callbacks import MetricsCSV
 from geomed_ssl.train.checkpointing import AtomicCheckpointIO

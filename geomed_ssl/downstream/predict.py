@@ -16,8 +16,8 @@ from geomed_ssl.data.stats import BandStats
 from geomed_ssl.downstream.predict_raster import RASTER_BLENDS, predict_raster
 from geomed_ssl.downstream.predict_volume import VOLUME_BLENDS, predict_volume
 from geomed_ssl.data.catalog import glob_match
-from geomed_ssl.downstream.sliding import (ModelFn, as_model, blend_weights, channel_records, check_input_kind,
-                                          input_kind)
+from geomed_ssl.data.kinds import check_input_kind, input_kind
+from geomed_ssl.downstream.sliding import ModelFn, as_model, blend_weights, channel_records
 from geomed_ssl.errors import DataError
 from geomed_ssl.outfiles import remove_stale_partials
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from geomed_ssl.errors import ConfigError, DataError, GeomedError
+from geomed_ssl.errors import ConfigError, DataError
 
 log = logging.getLogger("geomed_ssl")
 ModelFn = Callable[[torch.Tensor], torch.Tensor]  # (B, C, *S) float -> logits (B, K, *S)
@@ -76,28 +76,6 @@ def _proba_kind(probabilities: bool | str) -> str | None:
     return kind
 
 
-KIND_WORDS = {"raster": ("a GeoTIFF raster", "2D GeoTIFF rasters"), "volume": ("a NIfTI volume", "3D NIfTI volumes")}
-
-
-def input_kind(path: str | Path) -> str | None:
-    """``raster`` for .tif/.tiff, ``volume`` for .nii/.nii.gz, None for anything else (e.g. a folder)."""
-    low = Path(path).name.lower()
-    if low.endswith((".tif", ".tiff")):
-        return "raster"
-    if low.endswith((".nii", ".nii.gz")):
-        return "volume"
-    return None
-
-
-def check_input_kind(path: str | Path, expected: str | None, what: str) -> None:
-    """A one-line DataError when ``path`` is a raster and ``what`` (a model) reads volumes, or the reverse."""
-    kind = input_kind(path)
-    if kind is None or expected is None or kind == expected:
-        return
-    raise DataError(f"'{path}' is {KIND_WORDS[kind][0]} but {what} was trained on {KIND_WORDS[expected][1]}; give "
-                    f"it {expected} files, or use a model trained on {kind}s.")
-
-
 def warn_if_nothing_predicted(path: str | Path, valid: int, nodata: float | None, output: str | Path) -> None:
     """A warning when a prediction holds no valid pixel / voxel: the input was all nodata as read."""
     if valid:
@@ -114,25 +92,6 @@ def channel_records(folder: Path, data_cfg: Any, kind: str, strict: bool = False
 
     cfg = dataclasses.replace(data_cfg, kind=kind, include=["**/*"], exclude=[], patch_size=1)
     return scan(folder, cfg, strict=strict, names_by_position=names_by_position).records
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``auto`` (or None): CUDA when available, else the CPU; anything else as torch reads it."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise GeomedError(f"device '{device}' is not one torch knows ({err}); use auto, cpu or cuda[:N].") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GeomedError(f"device '{device}' was asked for but torch sees no CUDA device here; use --device cpu "
-                          "(or auto).")
-    return dev
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    """Where the model's parameters live."""
-    return next(model.parameters()).device
 
 
 def as_model(model_fn: ModelFn, device: str | torch.device) -> ModelFn:

@@ -296,18 +296,6 @@ def test_class_values_are_stored_instead_of_indices(scene, tmp_path):
     assert (labels[0][valid] == expected[valid]).mean() > 0.9999 and (labels[0][~valid] == 65535).all()
 
 
-def test_device_auto_falls_back_to_cpu_and_cuda_without_gpu_is_a_clear_error(monkeypatch):
-    from geomed_ssl.downstream.sliding import resolve_device
-    from geomed_ssl.errors import GeomedError
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_device("auto") == torch.device("cpu") and resolve_device(None) == torch.device("cpu")
-    with pytest.raises(GeomedError, match="no CUDA device"):
-        resolve_device("cuda")
-    with pytest.raises(GeomedError, match="auto, cpu or cuda"):
-        resolve_device("tpu-ish")
-
-
 KILLED_PREDICTION = """
 import os, signal, sys
 from geomed_ssl.config import DataConfig

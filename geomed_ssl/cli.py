@@ -288,7 +288,7 @@ def attention(
 ) -> None:
     """Per-head CLS attention of the encoder's last block over one window (rasters) or centre patch (volumes),
     beside a false-colour view of it (DINO's "heads look at objects"; any encoder works)."""
-    from geomed_ssl.downstream.attention import attention_for_file
+    from geomed_ssl.viz.attention import attention_for_file
 
     offsets = None
     if window is not None:

@@ -225,7 +225,7 @@ def contact_sheet(emb: Embedder, record: FileRecord, region: list[int], hits: li
     from matplotlib.patches import Rectangle
 
     from geomed_ssl.data.bands import false_colour_bands
-    from geomed_ssl.train.previews import middle_slice, stretch, to_rgb
+    from geomed_ssl.viz.previews import middle_slice, stretch, to_rgb
 
     cfg = emb.encoder.config
     bands = false_colour_bands(cfg.band_names or [f"b{i}" for i in range(cfg.in_chans)], cfg.wavelengths)

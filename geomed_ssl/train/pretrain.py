@@ -294,7 +294,7 @@ class ReconstructionPreview:
         self.band_names, self.wavelengths = enc_cfg.band_names, enc_cfg.wavelengths
 
     def __call__(self, pl_module: L.LightningModule, step: int, path: Path) -> None:
-        from geomed_ssl.train.previews import render_reconstruction
+        from geomed_ssl.viz.previews import render_reconstruction
 
         render_reconstruction(pl_module.method, self.batch, self.band_names, self.wavelengths, path)
 
@@ -308,6 +308,6 @@ class AttentionPreview:
         self.band_names, self.wavelengths = enc_cfg.band_names, enc_cfg.wavelengths
 
     def __call__(self, pl_module: L.LightningModule, step: int, path: Path) -> None:
-        from geomed_ssl.downstream.attention import save_attention_png
+        from geomed_ssl.viz.attention import save_attention_png
 
         save_attention_png(pl_module.method.export_encoder(), self.image, self.band_names, self.wavelengths, path)

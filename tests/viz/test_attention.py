@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from geomed_ssl.downstream.attention import cls_attention, save_attention_png
+from geomed_ssl.viz.attention import cls_attention, save_attention_png
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 
 
@@ -79,7 +79,7 @@ def test_maps_of_grouped_and_spectral_encoders_sum_units_per_position(kind: str,
 
 def test_attention_file_reads_bands_by_name_drops_extras_and_warns_on_far_values(tmp_path: Path, monkeypatch,
                                                                                caplog) -> None:
-    from geomed_ssl.downstream import attention as attention_mod
+    from geomed_ssl.viz import attention as attention_mod
     from tests.conftest import structured_raster
     from tests.downstream.test_embed import described, make_encoder
 

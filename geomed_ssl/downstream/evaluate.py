@@ -52,7 +52,7 @@ def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Seque
     """Class-index maps of whole images in the orientation ``read_label`` uses (rasters as stored, volumes RAS),
     computed on the device the model is on. Band names assigned by position were reported when the images were
     scanned, so they are not reported again here."""
-    from geomed_ssl.downstream.predict import predict_raster, predict_volume
+    from geomed_ssl.inference.predict import predict_raster, predict_volume
     from geomed_ssl.models.device import model_device
 
     device = model_device(model)
@@ -202,7 +202,7 @@ def predict_dir(ft_dir: str | Path, inputs: Sequence[str | Path], out: str | Pat
     Classification: ``predictions.csv`` with one row per image. Runs on ``device`` (auto: CUDA when available).
     Folders are read with the model's data settings (band naming, data.include / data.exclude). ``strict``:
     problem files and band names assigned by position are errors. Returns printable lines."""
-    from geomed_ssl.downstream.predict import plan_outputs, predict_files
+    from geomed_ssl.inference.predict import plan_outputs, predict_files
     from geomed_ssl.models.device import model_device
 
     out = Path(out)

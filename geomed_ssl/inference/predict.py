@@ -1,7 +1,7 @@
 """Prediction entry point: list the input files, name their outputs, send each to the raster or volume predictor.
 
-``predict_raster`` (strips streamed to a GeoTIFF, ``predict_raster.py``), ``predict_volume`` (MONAI sliding window
-to NIfTI, ``predict_volume.py``) and the blending weights (``sliding.py``) are re-exported, so one import serves;
+``predict_raster`` (strips streamed to a GeoTIFF, ``raster.py``), ``predict_volume`` (MONAI sliding window
+to NIfTI, ``volume.py``) and the blending weights (``sliding.py``) are re-exported, so one import serves;
 the windows come from :mod:`geomed_ssl.data.tiling`.
 """
 
@@ -12,13 +12,13 @@ from typing import Any, Sequence
 
 import torch
 
-from geomed_ssl.data.stats import BandStats
-from geomed_ssl.downstream.predict_raster import RASTER_BLENDS, predict_raster
-from geomed_ssl.downstream.predict_volume import VOLUME_BLENDS, predict_volume
 from geomed_ssl.data.catalog import glob_match
 from geomed_ssl.data.kinds import check_input_kind, input_kind
-from geomed_ssl.downstream.sliding import ModelFn, as_model, blend_weights, channel_records
+from geomed_ssl.data.stats import BandStats
 from geomed_ssl.errors import DataError
+from geomed_ssl.inference.raster import RASTER_BLENDS, predict_raster
+from geomed_ssl.inference.sliding import ModelFn, as_model, blend_weights, channel_records
+from geomed_ssl.inference.volume import VOLUME_BLENDS, predict_volume
 from geomed_ssl.outfiles import remove_stale_partials
 
 __all__ = ["ModelFn", "RASTER_BLENDS", "VOLUME_BLENDS", "blend_weights", "list_inputs", "plan_outputs", "predict_files",

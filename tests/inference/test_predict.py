@@ -12,9 +12,9 @@ import torch
 
 from geomed_ssl.data.stats import BandStats, normalize
 from geomed_ssl.data.tiling import window_starts
-from geomed_ssl.downstream.predict import predict_files, predict_raster, predict_volume
-from geomed_ssl.downstream.writers import GeoTiffWriter, write_nifti_like
 from geomed_ssl.errors import DataError
+from geomed_ssl.inference.predict import predict_files, predict_raster, predict_volume
+from geomed_ssl.inference.writers import GeoTiffWriter, write_nifti_like
 from tests.conftest import structured_raster, write_geotiff
 
 H, W, C, K = 1000, 700, 4, 4
@@ -300,7 +300,7 @@ KILLED_PREDICTION = """
 import os, signal, sys
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.stats import BandStats
-from geomed_ssl.downstream.predict import predict_files
+from geomed_ssl.inference.predict import predict_files
 
 def killed_on_first_window(x):
     os.kill(os.getpid(), signal.SIGKILL)

@@ -2,7 +2,7 @@
 written on the exact grid (shape, affine, header) of a reference file.
 
 Both write to a hidden partial file beside the target (``.partial-<pid>-<name>``, see
-:func:`geomed_ssl.outdirs.partial_path`) and rename it on success, so an interrupted prediction never leaves a
+:func:`geomed_ssl.outfiles.partial_path`) and rename it on success, so an interrupted prediction never leaves a
 half-written output under the final name; the next prediction into that folder deletes what a killed one left.
 """
 

@@ -325,7 +325,7 @@ def embed(
     strict: bool = StrictOpt,
 ) -> None:
     """Embed a folder with a pretrained encoder into a Parquet table + vectors.npy (resumes an interrupted run)."""
-    from geomed_ssl.downstream.embed import embed_folder
+    from geomed_ssl.embeddings.extract import embed_folder
 
     result = embed_folder(encoder, data_dir, out, level=level, window=window, stride=stride, pool=pool,
                           batch_size=batch_size, dtype=dtype, pca_dims=pca, min_valid=min_valid, overrides=overrides,
@@ -352,7 +352,7 @@ def cluster(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
 ) -> None:
     """Cluster stored embeddings (k-means or HDBSCAN): labels, maps on the inputs' grids, scatter plot, scores."""
-    from geomed_ssl.downstream.cluster import cluster_embeddings
+    from geomed_ssl.embeddings.cluster import cluster_embeddings
 
     s = cluster_embeddings(emb_dir, out, method=method, k=k, labels=labels, seed=seed,
                            min_cluster_size=min_cluster_size, overwrite=overwrite).summary
@@ -379,7 +379,7 @@ def similar(
     strict: bool = StrictOpt,
 ) -> None:
     """Nearest neighbours (cosine) of a file or a box in it among stored embeddings, with a contact sheet."""
-    from geomed_ssl.downstream.search import find_similar
+    from geomed_ssl.embeddings.search import find_similar
 
     for line in find_similar(emb_dir, query, box=box, top=top, out_dir=out, include_self=include_self,
                              encoder=encoder, strict=strict).lines:

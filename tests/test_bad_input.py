@@ -50,7 +50,7 @@ def recipe_file(root: Path, text: str) -> Path:
 # ---- output folders: refused before anything is created or deleted --------------------------------------------
 def encoder(root: Path) -> Path:
     """A tiny encoder export (random weights, statistics of ``rasters(root)``) in ``root/enc``."""
-    from tests.downstream.test_embed import make_encoder
+    from tests.embeddings.test_extract import make_encoder
 
     return make_encoder(rasters(root), root / "enc")
 
@@ -448,15 +448,15 @@ def described_rasters(root: Path, names: list[str], folder: str = "data") -> Pat
 
 
 def encoder_for_bands(root: Path, names: list[str]) -> Path:
-    from tests.downstream.test_embed import make_encoder
+    from tests.embeddings.test_extract import make_encoder
 
     return make_encoder(described_rasters(root, names, "train"), root / "encoder")
 
 
 def embedded(root: Path, folder: Path) -> Path:
     """An image-level embedding folder of ``folder`` made with a tiny encoder of its own data."""
-    from geomed_ssl.downstream.embed import embed_folder
-    from tests.downstream.test_embed import make_encoder
+    from geomed_ssl.embeddings.extract import embed_folder
+    from tests.embeddings.test_extract import make_encoder
 
     embed_folder(make_encoder(folder, root / "encoder"), folder, root / "emb", level="image", progress=False)
     return root / "emb"

@@ -13,7 +13,7 @@ from geomed_ssl.data.readers import RasterReader
 from geomed_ssl.downstream.finetune import encoder_and_stats
 from geomed_ssl.errors import DataError
 from tests.conftest import structured_raster
-from tests.downstream.test_embed import described, make_encoder
+from tests.embeddings.test_extract import described, make_encoder
 
 
 def test_fine_tuning_reads_another_band_order_by_name_and_refuses_only_missing_bands(tmp_path: Path) -> None:

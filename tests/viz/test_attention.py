@@ -81,7 +81,7 @@ def test_attention_file_reads_bands_by_name_drops_extras_and_warns_on_far_values
                                                                                caplog) -> None:
     from geomed_ssl.viz import attention as attention_mod
     from tests.conftest import structured_raster
-    from tests.downstream.test_embed import described, make_encoder
+    from tests.embeddings.test_extract import described, make_encoder
 
     arr = structured_raster(np.random.default_rng(2), 4, 32)
     train = described(tmp_path / "train", [arr], ["B02", "B03", "B04", "B08"])

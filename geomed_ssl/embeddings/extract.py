@@ -13,7 +13,7 @@ Levels (``level``):
 Pooling (``pool``) of a window: ``cls`` (the CLS token) or ``mean`` (mean of the tokens holding a valid pixel).
 Everything is normalised with the encoder's own statistics; bands are checked against the encoder's.
 Work is streamed (rasters one strip of windows at a time, volumes one at a time, batches of ``batch_size``) and
-stored in atomic parts (see :mod:`geomed_ssl.downstream.embed_store`): a killed run resumes where it stopped.
+stored in atomic parts (see :mod:`geomed_ssl.embeddings.store`): a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -34,16 +34,16 @@ import torch
 from geomed_ssl.checkpoint import find_encoder_dir, load_encoder, read_encoder_config
 from geomed_ssl.config import DataConfig, apply_overrides, recipe_from_dict
 from geomed_ssl.data.catalog import Catalog, scan
-from geomed_ssl.data.tiling import grid_shape
-from geomed_ssl.downstream.embed_maps import write_embedding_maps
-from geomed_ssl.downstream.embed_store import EmbeddingStore, load_embeddings, read_columns
-from geomed_ssl.downstream.embedder import LEVELS, POOLS, Embedder  # noqa: F401  (re-exported)
 from geomed_ssl.data.stats import BandStats
-from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
+from geomed_ssl.data.tiling import grid_shape
+from geomed_ssl.embeddings.embedder import LEVELS, POOLS, Embedder  # noqa: F401  (re-exported)
+from geomed_ssl.embeddings.maps import write_embedding_maps
+from geomed_ssl.embeddings.store import EmbeddingStore, load_embeddings, read_columns
 from geomed_ssl.errors import ConfigError, GeomedError
 from geomed_ssl.models.device import resolve_device
 from geomed_ssl.models.encoder import ViTEncoder
 from geomed_ssl.models.model_data import catalog_for_encoder, check_value_ranges
+from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 
 log = logging.getLogger("geomed_ssl")
 DTYPES = ("float32", "float16")

@@ -25,8 +25,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from geomed_ssl.downstream.embed_maps import fill_grid, grid_stem, save_label_png, write_grid
-from geomed_ssl.downstream.embed_store import fixed_list, load_embeddings, optional_module, read_columns
+from geomed_ssl.embeddings.maps import fill_grid, grid_stem, save_label_png, write_grid
+from geomed_ssl.embeddings.store import fixed_list, load_embeddings, optional_module, read_columns
 from geomed_ssl.errors import ConfigError, DataError
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_path, atomic_write_text

@@ -11,11 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 from geomed_ssl.cli import app
-from geomed_ssl.downstream import search as search_mod
-from geomed_ssl.downstream.embed import embed_folder
-from geomed_ssl.downstream.embed_store import read_columns
-from geomed_ssl.downstream.search import cosine_top_k, find_similar
-from tests.downstream.test_embed import make_encoder, scenes, volumes
+from geomed_ssl.embeddings import search as search_mod
+from geomed_ssl.embeddings.extract import embed_folder
+from geomed_ssl.embeddings.search import cosine_top_k, find_similar
+from geomed_ssl.embeddings.store import read_columns
+from tests.embeddings.test_extract import make_encoder, scenes, volumes
 
 runner = CliRunner()
 

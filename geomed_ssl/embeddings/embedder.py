@@ -1,5 +1,5 @@
 """The ``Embedder``: an encoder with its statistics and reading settings that turns files, windows and boxes into
-vectors at image, window or patch level (see :mod:`geomed_ssl.downstream.embed` for the levels and pooling)."""
+vectors at image, window or patch level (see :mod:`geomed_ssl.embeddings.extract` for the levels and pooling)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from geomed_ssl.data.conform import conform_record
 from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import BandStats, normalize
 from geomed_ssl.data.tiling import centre_start, grid_starts, inside_starts, patch_floor
-from geomed_ssl.downstream.embed_maps import map_geometry
+from geomed_ssl.embeddings.maps import map_geometry
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.models.encoder import ViTEncoder
 

@@ -13,11 +13,11 @@ from affine import Affine
 from typer.testing import CliRunner
 
 from geomed_ssl.cli import app
-from geomed_ssl.downstream.cluster import agreement, cluster_embeddings, fit_predict
-from geomed_ssl.downstream.embed import embed_folder
-from geomed_ssl.downstream.embed_store import read_columns
+from geomed_ssl.embeddings.cluster import agreement, cluster_embeddings, fit_predict
+from geomed_ssl.embeddings.extract import embed_folder
+from geomed_ssl.embeddings.store import read_columns
 from tests.conftest import write_class_folders, write_geotiff
-from tests.downstream.test_embed import make_encoder, scenes, volumes
+from tests.embeddings.test_extract import make_encoder, scenes, volumes
 
 runner = CliRunner()
 
@@ -145,7 +145,7 @@ def test_folder_labels_work_when_the_data_folder_is_reached_through_a_symlink(tm
 
 
 def test_an_old_manifest_with_a_resolved_data_dir_still_finds_the_class_folders(tmp_path: Path) -> None:
-    from geomed_ssl.downstream.cluster import true_labels
+    from geomed_ssl.embeddings.cluster import true_labels
 
     real = write_class_folders(tmp_path / "store" / "classes", ["Forest", "River"], per_class=1)
     link = tmp_path / "linked"

@@ -24,11 +24,12 @@ import numpy as np
 
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.catalog import FileRecord, scan
-from geomed_ssl.downstream.embed import Embedder, encoder_for
 from geomed_ssl.data.kinds import check_input_kind
-from geomed_ssl.models.device import resolve_device
-from geomed_ssl.downstream.embed_store import load_embeddings, optional_module, read_columns
+from geomed_ssl.embeddings.embedder import Embedder
+from geomed_ssl.embeddings.extract import encoder_for
+from geomed_ssl.embeddings.store import load_embeddings, optional_module, read_columns
 from geomed_ssl.errors import ConfigError, DataError, GeomedError
+from geomed_ssl.models.device import resolve_device
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_path
 

@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 from geomed_ssl.cli import app
 from geomed_ssl.config import DataConfig
-from geomed_ssl.downstream import embed as embed_mod
-from geomed_ssl.downstream.embed import Embedder, embed_folder
-from geomed_ssl.downstream.embed_store import footprint_wkb, load_embeddings, raster_corners, read_columns
-from geomed_ssl.downstream.search import embedder_for, record_for
+from geomed_ssl.embeddings import extract as embed_mod
+from geomed_ssl.embeddings.extract import Embedder, embed_folder
+from geomed_ssl.embeddings.search import embedder_for, record_for
+from geomed_ssl.embeddings.store import footprint_wkb, load_embeddings, raster_corners, read_columns
 from geomed_ssl.errors import GeomedError
 from tests.conftest import TINY, structured_raster, write_geotiff
 

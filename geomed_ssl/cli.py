@@ -191,8 +191,8 @@ def finetune_segment_cmd(
     strict: bool = StrictOpt,
 ) -> None:
     """Segmentation on the ViT encoder (UNETR-style decoder or linear head) from a few labelled pixels or voxels."""
-    from geomed_ssl.downstream.finetune import finetune_segment
-    from geomed_ssl.downstream.metrics import format_metrics
+    from geomed_ssl.finetune.fit import finetune_segment
+    from geomed_ssl.finetune.metrics import format_metrics
 
     flags = {"finetune.freeze_encoder": "true" if (freeze or unfreeze_after) else None,
              "finetune.unfreeze_after_steps": unfreeze_after, "finetune.head": head}
@@ -220,8 +220,8 @@ def finetune_classify_cmd(
     strict: bool = StrictOpt,
 ) -> None:
     """Image classification from k labelled images per class (folder-per-class datasets such as EuroSAT)."""
-    from geomed_ssl.downstream.classify import finetune_classify
-    from geomed_ssl.downstream.metrics import format_metrics
+    from geomed_ssl.finetune.classify import finetune_classify
+    from geomed_ssl.finetune.metrics import format_metrics
 
     if linear_probe + mlp + full > 1:
         raise GeomedError("choose one of --linear-probe, --mlp and --full.")
@@ -246,8 +246,8 @@ def evaluate(
     strict: bool = StrictOpt,
 ) -> None:
     """Metrics of a fine-tuned model on labelled data (every labelled pixel, voxel or image)."""
-    from geomed_ssl.downstream.evaluate import eval_out_dir, evaluate_dir
-    from geomed_ssl.downstream.metrics import format_metrics
+    from geomed_ssl.finetune.evaluate import eval_out_dir, evaluate_dir
+    from geomed_ssl.finetune.metrics import format_metrics
 
     result = evaluate_dir(ft_dir, images=images, labels=labels, data=data, out=out, device=device, strict=strict)
     typer.echo(format_metrics(result["test"], [c["name"] for c in result["classes"]]))
@@ -269,7 +269,7 @@ def predict(
     strict: bool = StrictOpt,
 ) -> None:
     """Predict whole scenes / volumes with sliding windows into georeferenced GeoTIFF / NIfTI class maps."""
-    from geomed_ssl.downstream.evaluate import predict_dir
+    from geomed_ssl.finetune.evaluate import predict_dir
 
     for line in predict_dir(ft_dir, inputs, out, overlap=overlap, blend=blend, probabilities=probabilities,
                             batch_size=batch_size, device=device, strict=strict):

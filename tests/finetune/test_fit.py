@@ -10,7 +10,7 @@ import pytest
 from geomed_ssl.config import Recipe
 from geomed_ssl.data.catalog import scan
 from geomed_ssl.data.readers import RasterReader
-from geomed_ssl.downstream.finetune import encoder_and_stats
+from geomed_ssl.finetune.fit import encoder_and_stats
 from geomed_ssl.errors import DataError
 from tests.conftest import structured_raster
 from tests.embeddings.test_extract import described, make_encoder

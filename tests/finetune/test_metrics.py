@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from geomed_ssl.downstream.metrics import classification_metrics, confusion_matrix, format_metrics, save_confusion_png
+from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix, format_metrics, save_confusion_png
 
 
 def test_confusion_matrix_counts_rows_true_columns_predicted_and_skips_unlabelled():

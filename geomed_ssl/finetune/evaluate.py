@@ -15,8 +15,8 @@ import torch
 
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.stats import BandStats
-from geomed_ssl.downstream.labels import LabelSelection, read_label
-from geomed_ssl.downstream.metrics import classification_metrics, confusion_matrix, save_confusion_png
+from geomed_ssl.finetune.labels import LabelSelection, read_label
+from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix, save_confusion_png
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_path, atomic_write_text
 
@@ -135,7 +135,7 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
     errors (else skipped / warned about)."""
     from geomed_ssl.data.catalog import scan
     from geomed_ssl.data.labelled import scan_class_folders
-    from geomed_ssl.downstream.labels import labelled_pixels, read_label_pairs
+    from geomed_ssl.finetune.labels import labelled_pixels, read_label_pairs
     from geomed_ssl.errors import DataError, GeomedError
 
     default = eval_out_dir(ft_dir, None)
@@ -166,7 +166,7 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
         raise GeomedError("a classification model is evaluated with --data CLASS_FOLDERS_DIR.")
     from geomed_ssl.data.stats import BandStats
     from geomed_ssl.data.labelled import ImageDataset
-    from geomed_ssl.downstream.classify import evaluate_images
+    from geomed_ssl.finetune.classify import evaluate_images
     from geomed_ssl.models.model_data import records_for_stats
 
     records, labels_idx, folder_names = scan_class_folders(data, recipe.data, strict=strict)

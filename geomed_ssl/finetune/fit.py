@@ -17,16 +17,16 @@ from geomed_ssl.checkpoint import load_encoder, read_encoder_config, save_model
 from geomed_ssl.config import Recipe, as_tuple, load_recipe, spatial_dims
 from geomed_ssl.data.catalog import Catalog, scan
 from geomed_ssl.data.stats import BandStats, compute_stats
-from geomed_ssl.downstream.labels import LabelSelection, read_label_pairs, select_labels
-from geomed_ssl.downstream.seg_data import SparseLabelDataset
 from geomed_ssl.errors import ConfigError, GeomedError
-from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
-from geomed_ssl.outfiles import atomic_path
+from geomed_ssl.finetune.labels import LabelSelection, read_label_pairs, select_labels
+from geomed_ssl.finetune.seg_data import SparseLabelDataset
 from geomed_ssl.models.cls_heads import layer_decay_groups
 from geomed_ssl.models.device import resolve_device
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 from geomed_ssl.models.model_data import catalog_for_encoder, check_value_ranges
 from geomed_ssl.models.seg_decoder import SegmentationModel
+from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
+from geomed_ssl.outfiles import atomic_path
 from geomed_ssl.train.callbacks import MetricsCSV
 from geomed_ssl.train.checkpointing import AtomicCheckpointIO
 from geomed_ssl.train.console import has_bar, progress_callbacks, quiet_lightning
@@ -154,7 +154,7 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     """Fine-tune a UNETR-style segmentation model with the labels the ``labels`` section selects, then evaluate
     on the held-out labelled positions. Writes the FT_DIR described in docs/cli.md. ``strict``: problem files and
     band names assigned by position are errors (else skipped / warned about)."""
-    from geomed_ssl.downstream.evaluate import evaluate_segmentation
+    from geomed_ssl.finetune.evaluate import evaluate_segmentation
 
     out = Path(out_dir)
     inputs = finetune_inputs(recipe, encoder, images=images, labels=labels)

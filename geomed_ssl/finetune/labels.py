@@ -1,7 +1,7 @@
 """Few-label supervision: label files matched to their images (grid-checked) and read as integer class maps.
 
-The sampling of training / test positions lives in ``geomed_ssl.downstream.sampling``; its public names are
-re-exported here, so ``from geomed_ssl.downstream.labels import select_labels`` keeps working.
+The sampling of training / test positions lives in ``geomed_ssl.finetune.sampling``; its public names are
+re-exported here, so ``from geomed_ssl.finetune.labels import select_labels`` keeps working.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from geomed_ssl.data.catalog import EXTENSIONS, FileRecord
-from geomed_ssl.downstream.sampling import (  # noqa: F401  (re-exported: the sampling half of this module)
+from geomed_ssl.finetune.sampling import (  # noqa: F401  (re-exported: the sampling half of this module)
     ClassMap, LabelSelection, Names, block_split, check_labels_config, class_ids, labelled_pixels, sample_fraction,
     sample_images_per_class, sample_per_class, select_labels,
 )

@@ -11,7 +11,7 @@ from affine import Affine
 from geomed_ssl.config import DataConfig, LabelsConfig
 from geomed_ssl.data.catalog import scan
 from geomed_ssl.data.labelled import scan_class_folders
-from geomed_ssl.downstream.labels import (
+from geomed_ssl.finetune.labels import (
     ClassMap, LabelSelection, block_split, class_ids, labelled_pixels, match_labels, read_label, read_label_pairs,
     sample_fraction,
     sample_images_per_class, sample_per_class, select_labels,

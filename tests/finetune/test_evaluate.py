@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from geomed_ssl.cli import app
 from geomed_ssl.config import Recipe
-from geomed_ssl.downstream.evaluate import data_config, unknown_classes
+from geomed_ssl.finetune.evaluate import data_config, unknown_classes
 from tests.conftest import structured_raster, write_geotiff
 
 runner = CliRunner()

@@ -16,15 +16,15 @@ from geomed_ssl.checkpoint import save_model
 from geomed_ssl.config import Recipe, load_recipe
 from geomed_ssl.data.catalog import Catalog
 from geomed_ssl.data.labelled import ImageDataset, scan_class_folders
-from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
-from geomed_ssl.outfiles import atomic_path, atomic_write_text
-from geomed_ssl.downstream.finetune import (FinetuneResult, class_weights_from_counts, data_meta, encoder_and_stats,
-                                           finetune_inputs, fit_supervised, save_recipe)
-from geomed_ssl.downstream.labels import sample_fraction, sample_images_per_class
-from geomed_ssl.downstream.metrics import classification_metrics, confusion_matrix, save_confusion_png
 from geomed_ssl.errors import ConfigError
+from geomed_ssl.finetune.fit import (FinetuneResult, class_weights_from_counts, data_meta, encoder_and_stats,
+                                     finetune_inputs, fit_supervised, save_recipe)
+from geomed_ssl.finetune.labels import sample_fraction, sample_images_per_class
+from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix, save_confusion_png
 from geomed_ssl.models.cls_heads import ClassificationModel
 from geomed_ssl.models.device import model_device
+from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
+from geomed_ssl.outfiles import atomic_path, atomic_write_text
 
 log = logging.getLogger("geomed_ssl")
 

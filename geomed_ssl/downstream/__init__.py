@@ -1,1 +1,0 @@
-"""Downstream use of a pretrained encoder: attention maps, fine-tuning, prediction, embeddings."""

@@ -26,8 +26,8 @@ import numpy as np
 
 from geomed_ssl.config import recipe_from_dict
 from geomed_ssl.demo import DEMO_RECIPE
-from geomed_ssl.finetune.fit import finetune_segment
 from geomed_ssl.finetune.labels import LabelSelection
+from geomed_ssl.finetune.segment import finetune_segment
 from geomed_ssl.sample import IMAGE, LABELS, SAMPLE_DIR
 from geomed_ssl.train.pretrain import pretrain
 

@@ -191,7 +191,7 @@ def finetune_segment_cmd(
     strict: bool = StrictOpt,
 ) -> None:
     """Segmentation on the ViT encoder (UNETR-style decoder or linear head) from a few labelled pixels or voxels."""
-    from geomed_ssl.finetune.fit import finetune_segment
+    from geomed_ssl.finetune.segment import finetune_segment
     from geomed_ssl.finetune.metrics import format_metrics
 
     flags = {"finetune.freeze_encoder": "true" if (freeze or unfreeze_after) else None,
@@ -269,7 +269,7 @@ def predict(
     strict: bool = StrictOpt,
 ) -> None:
     """Predict whole scenes / volumes with sliding windows into georeferenced GeoTIFF / NIfTI class maps."""
-    from geomed_ssl.finetune.evaluate import predict_dir
+    from geomed_ssl.inference.finetuned import predict_dir
 
     for line in predict_dir(ft_dir, inputs, out, overlap=overlap, blend=blend, probabilities=probabilities,
                             batch_size=batch_size, device=device, strict=strict):

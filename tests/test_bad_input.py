@@ -472,7 +472,7 @@ def one_class_embeddings(root: Path) -> list[str]:
 def nifti_for_raster_model(root: Path) -> list[str]:
     import nibabel as nib
 
-    from tests.finetune.test_evaluate import make_ft_dir
+    from tests.inference.test_finetuned import make_ft_dir
 
     ft = make_ft_dir(root)
     nib.save(nib.Nifti1Image(np.ones((16, 16, 16), np.float32), np.eye(4)), str(root / "ct.nii.gz"))
@@ -488,7 +488,7 @@ def nifti_for_raster_encoder(root: Path) -> list[str]:
 
 
 def corrupt_file_for_classifier(root: Path) -> list[str]:
-    from tests.finetune.test_evaluate import make_ft_dir
+    from tests.inference.test_finetuned import make_ft_dir
 
     ft = make_ft_dir(root, task="classify")
     data = rasters(root)

@@ -25,7 +25,7 @@ def versions() -> dict[str, str]:
     """Library versions recorded in every export."""
     import timm
 
-    from geomed_ssl import __version__
+    from geomed_ssl._version import __version__
 
     return {"geomed_ssl": __version__, "torch": torch.__version__, "timm": timm.__version__}
 

@@ -185,7 +185,7 @@ def owner(folder: PathLike) -> Owner | None:
 
 
 def _manifest_text(command: str, entries: Sequence[str], created: str | None = None) -> str:
-    from geomed_ssl import __version__
+    from geomed_ssl._version import __version__
 
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return json.dumps({"tool": TOOL, "version": __version__, "command": command, "created": created or now,

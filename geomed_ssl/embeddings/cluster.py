@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -62,66 +62,86 @@ def _chunks(n: int) -> list[slice]:
 def fit_predict(vectors: np.ndarray, method: str, k: int = 8, seed: int = 0, min_cluster_size: int | None = None,
                 normalize: bool = True, pca_dims: int | None = None,
                 fit_max: int | None = None) -> tuple[np.ndarray, dict]:
-    """Cluster every row of ``vectors`` (N, D) (a memory map is read in chunks): labels (N,) int64 and fit info."""
+    """Cluster every row of ``vectors`` (N, D) (a memory map is read in chunks): labels (N,) int64 and fit info.
+
+    The model is fitted on at most ``fit_max`` sampled rows (reduced by PCA to ``pca_dims`` first when asked,
+    HDBSCAN's default 32); every row is then assigned chunk by chunk."""
     if method not in METHODS:
         raise ConfigError(f"--method must be kmeans or hdbscan, got '{method}'.")
     n = vectors.shape[0]
     fit_max = fit_max or (200_000 if method == "kmeans" else 20_000)
     rng = np.random.default_rng(seed)
     fit_rows = np.sort(rng.choice(n, fit_max, replace=False)) if n > fit_max else np.arange(n)
-    x_fit = features(vectors, fit_rows, normalize)
     dims = pca_dims if pca_dims is not None else (32 if method == "hdbscan" else 0)
-    reducer = None
-    if dims and dims < x_fit.shape[1]:
-        from sklearn.decomposition import PCA
-
-        reducer = PCA(n_components=min(dims, len(x_fit)), random_state=seed).fit(x_fit)
-        x_fit = reducer.transform(x_fit).astype(np.float32)
-    project = lambda rows: (reducer.transform(features(vectors, rows, normalize)).astype(np.float32)  # noqa: E731
-                            if reducer is not None else features(vectors, rows, normalize))
-    info: dict[str, Any] = {"fit_rows": int(len(fit_rows)), "pca_dims": int(x_fit.shape[1]) if reducer else None}
-    labels = np.empty(n, np.int64)
+    x_fit, project = fit_projection(vectors, fit_rows, normalize, dims, seed)
+    reduced = bool(dims) and dims < vectors.shape[1]
+    info: dict[str, Any] = {"fit_rows": int(len(fit_rows)), "pca_dims": int(x_fit.shape[1]) if reduced else None}
     if method == "kmeans":
-        if not 2 <= k <= len(x_fit):
-            raise ConfigError(f"--k must be between 2 and the number of rows ({len(x_fit)}), got {k}.")
-        faiss = optional_module("faiss", "faiss-cpu", "scikit-learn k-means")
-        if faiss is not None:
-            km = faiss.Kmeans(x_fit.shape[1], k, niter=25, seed=seed, verbose=False)
-            km.train(np.ascontiguousarray(x_fit))
-            assign = lambda x: km.index.search(np.ascontiguousarray(x), 1)[1][:, 0]  # noqa: E731
-            info["backend"] = "faiss.Kmeans"
-        else:
-            from sklearn.cluster import KMeans, MiniBatchKMeans
+        fitted, assign = fit_kmeans(x_fit, k, seed, info)
+    else:
+        fitted, assign = fit_hdbscan(x_fit, min_cluster_size, len(fit_rows) < n, info)
+        if len(fit_rows) == n:
+            return fitted, info
+    labels = np.empty(n, np.int64)
+    for s in _chunks(n):
+        labels[s] = assign(project(np.arange(s.start, s.stop)))
+    if fitted is not None:
+        labels[fit_rows] = fitted
+    return labels, info
 
-            km = (KMeans(k, n_init=4, random_state=seed) if len(x_fit) <= 20_000 else
-                  MiniBatchKMeans(k, batch_size=4096, n_init=3, random_state=seed)).fit(x_fit)
-            assign = km.predict
-            info["backend"] = type(km).__name__
-        for s in _chunks(n):
-            labels[s] = assign(project(np.arange(s.start, s.stop)))
-        return labels, info
+
+def fit_projection(vectors: np.ndarray, fit_rows: np.ndarray, normalize: bool, dims: int,
+                   seed: int) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """The fitting rows as features (n, D') and the projection of any rows into the same space: L2-normalised
+    (unless ``normalize`` is False), then PCA to ``dims`` components when that is fewer than D."""
+    x_fit = features(vectors, fit_rows, normalize)
+    if not dims or dims >= x_fit.shape[1]:
+        return x_fit, lambda rows: features(vectors, rows, normalize)
+    from sklearn.decomposition import PCA
+
+    reducer = PCA(n_components=min(dims, len(x_fit)), random_state=seed).fit(x_fit)
+    return (reducer.transform(x_fit).astype(np.float32),
+            lambda rows: reducer.transform(features(vectors, rows, normalize)).astype(np.float32))
+
+
+def fit_kmeans(x_fit: np.ndarray, k: int, seed: int, info: dict[str, Any]) -> tuple[None, Callable]:
+    """k-means on the fitting rows (faiss when installed, else scikit-learn): (None: every row is assigned, the
+    assignment of rows to their nearest centre); the backend goes into ``info``."""
+    if not 2 <= k <= len(x_fit):
+        raise ConfigError(f"--k must be between 2 and the number of rows ({len(x_fit)}), got {k}.")
+    faiss = optional_module("faiss", "faiss-cpu", "scikit-learn k-means")
+    if faiss is not None:
+        km = faiss.Kmeans(x_fit.shape[1], k, niter=25, seed=seed, verbose=False)
+        km.train(np.ascontiguousarray(x_fit))
+        info["backend"] = "faiss.Kmeans"
+        return None, lambda x: km.index.search(np.ascontiguousarray(x), 1)[1][:, 0]
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
+    km = (KMeans(k, n_init=4, random_state=seed) if len(x_fit) <= 20_000 else
+          MiniBatchKMeans(k, batch_size=4096, n_init=3, random_state=seed)).fit(x_fit)
+    info["backend"] = type(km).__name__
+    return None, km.predict
+
+
+def fit_hdbscan(x_fit: np.ndarray, min_cluster_size: int | None, sampled: bool,
+                info: dict[str, Any]) -> tuple[np.ndarray, Callable]:
+    """HDBSCAN on the fitting rows: (their labels, the assignment of other rows: ``hdbscan.approximate_predict``
+    when that package is installed, else the cluster of the nearest fitted row); ``sampled``: other rows exist."""
     mcs = int(min_cluster_size or max(5, round(0.01 * len(x_fit))))
     info["min_cluster_size"] = mcs
     hdb = optional_module("hdbscan", "hdbscan",
                           "scikit-learn's HDBSCAN, unfitted rows take their nearest fitted row's cluster")
     if hdb is not None:
         model = hdb.HDBSCAN(min_cluster_size=mcs, prediction_data=True).fit(x_fit)
-        fitted, info["backend"] = model.labels_.astype(np.int64), "hdbscan.HDBSCAN"
-        assign = lambda x: hdb.approximate_predict(model, x)[0]  # noqa: E731
-    else:
-        from sklearn.cluster import HDBSCAN
-        from sklearn.neighbors import NearestNeighbors
+        info["backend"] = "hdbscan.HDBSCAN"
+        return model.labels_.astype(np.int64), lambda x: hdb.approximate_predict(model, x)[0]
+    from sklearn.cluster import HDBSCAN
+    from sklearn.neighbors import NearestNeighbors
 
-        fitted = HDBSCAN(min_cluster_size=mcs, copy=True).fit(x_fit).labels_.astype(np.int64)
-        info["backend"] = "sklearn.HDBSCAN"
-        nn = NearestNeighbors(n_neighbors=1).fit(x_fit) if len(fit_rows) < n else None
-        assign = lambda x: fitted[nn.kneighbors(x, return_distance=False)[:, 0]]  # noqa: E731
-    if len(fit_rows) == n:
-        return fitted, info
-    for s in _chunks(n):
-        labels[s] = assign(project(np.arange(s.start, s.stop)))
-    labels[fit_rows] = fitted
-    return labels, info
+    fitted = HDBSCAN(min_cluster_size=mcs, copy=True).fit(x_fit).labels_.astype(np.int64)
+    info["backend"] = "sklearn.HDBSCAN"
+    nn = NearestNeighbors(n_neighbors=1).fit(x_fit) if sampled else None
+    return fitted, lambda x: fitted[nn.kneighbors(x, return_distance=False)[:, 0]]
 
 
 # -- true labels --------------------------------------------------------------------------------------------------

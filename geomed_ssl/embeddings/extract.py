@@ -142,8 +142,6 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
                  device: str | None = "auto", strict: bool = False) -> EmbedResult:
     """Embed every file under ``data_dir`` into ``out_dir`` (see the module docstring); resumes an interrupted run
     made with the same settings."""
-    from tqdm.auto import tqdm
-
     t0 = time.perf_counter()
     rule = {"command": "embed", "inputs": {"encoder": encoder, "data folder": data_dir}, "overwrite": overwrite,
             "resume": True}
@@ -169,55 +167,76 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
     old = store.check(settings, overwrite)
     paths = [r.path for r in catalog.records]
     if old is not None and old.get("complete"):
-        new = sorted(set(paths) - {f["path"] for f in old["files"]})
-        if new:
-            raise GeomedError(f"'{out_dir}' is complete but {len(new)} file(s) are new (e.g. {new[0]}); embed them "
-                              "into another --out or pass --overwrite to redo everything.")
-        log.info("embeddings in %s are complete; nothing to do", out_dir)
-        return EmbedResult(Path(out_dir), ensure_maps(store, old), 0, len(paths), 0, time.perf_counter() - t0)
+        return finished_run(store, old, paths, out_dir, t0)
     prepare_out_dir(out_dir, **rule)
     store.start(settings, old)
     done = store.done_paths()
     todo = [r for r in catalog.records if r.path not in done]
     if done:
         log.info("resuming: %d of %d files already embedded in %s", len(paths) - len(todo), len(paths), out_dir)
-    total = len(todo) if level == "image" else sum(
-        math.prod(grid_shape(r.shape, win, strd)) for r in todo)
-    bar = tqdm(total=total, unit="file" if level == "image" else "window", desc="embedding",
-               disable=not progress or not sys.stderr.isatty())  # a bar only on a terminal (tqdm writes to stderr)
-    root = catalog.root
-    if level != "image":
-        emb.progress = bar.update
-    try:
-        if level == "image":
-            for i in range(0, len(todo), FILES_PER_PART):
-                part, group = store.part(dtype), todo[i:i + FILES_PER_PART]
-                try:
-                    metas, rows = [], []
-                    for meta, row in emb.image_rows(group, root):
-                        metas.append({**meta, "rows": 1})
-                        rows.append(row)
-                        bar.update(1)
-                    part.add({k: np.concatenate([r[k] for r in rows]) for k in rows[0]}, metas)
-                    part.commit(metas)
-                except BaseException:
-                    part.abort()
-                    raise
-        else:
-            for rec in todo:
-                part = store.part(dtype)
-                try:
-                    fmeta, n = emb.file_meta(rec, root), 0
-                    for rows in emb.window_rows(rec, fmeta):
-                        part.add(rows, fmeta)
-                        n += len(rows["vector"])
-                    part.commit([{**fmeta, "rows": n}])
-                except BaseException:
-                    part.abort()
-                    raise
-    finally:
-        bar.close()
+    embed_records(emb, store, todo, catalog.root, dtype, progress)
     seconds = time.perf_counter() - t0
     manifest = ensure_maps(store, store.finalize(paths, {"seconds_last_run": round(seconds, 3)}))
     return EmbedResult(Path(out_dir), manifest, len(todo), len(paths) - len(todo), emb.windows_encoded,
                        time.perf_counter() - t0)
+
+
+def finished_run(store: EmbeddingStore, manifest: dict[str, Any], paths: list[str], out_dir: str | Path,
+                 t0: float) -> EmbedResult:
+    """A complete embedding folder asked again with the same settings: nothing to do (its maps written if a killed
+    run left them out), unless the data folder holds files it does not, which is an error."""
+    new = sorted(set(paths) - {f["path"] for f in manifest["files"]})
+    if new:
+        raise GeomedError(f"'{out_dir}' is complete but {len(new)} file(s) are new (e.g. {new[0]}); embed them "
+                          "into another --out or pass --overwrite to redo everything.")
+    log.info("embeddings in %s are complete; nothing to do", out_dir)
+    return EmbedResult(Path(out_dir), ensure_maps(store, manifest), 0, len(paths), 0, time.perf_counter() - t0)
+
+
+def embed_records(emb: Embedder, store: EmbeddingStore, todo: Sequence[Any], root: str | None, dtype: str,
+                  progress: bool) -> None:
+    """Embed ``todo`` into committed parts of ``store``: image level ``FILES_PER_PART`` files a part, window and
+    patch levels one file a part. A progress bar (files or windows) shows on a terminal only (tqdm writes to
+    stderr)."""
+    from tqdm.auto import tqdm
+
+    image = emb.level == "image"
+    total = len(todo) if image else sum(math.prod(grid_shape(r.shape, emb.window, emb.stride)) for r in todo)
+    bar = tqdm(total=total, unit="file" if image else "window", desc="embedding",
+               disable=not progress or not sys.stderr.isatty())
+    if image:
+        groups = [todo[i:i + FILES_PER_PART] for i in range(0, len(todo), FILES_PER_PART)]
+    else:
+        groups = [[rec] for rec in todo]
+        emb.progress = bar.update
+    try:
+        for group in groups:
+            part = store.part(dtype)
+            try:
+                metas = _image_part(emb, part, group, root, bar) if image else _window_part(emb, part, group[0], root)
+                part.commit(metas)
+            except BaseException:
+                part.abort()
+                raise
+    finally:
+        bar.close()
+
+
+def _image_part(emb: Embedder, part: Any, group: Sequence[Any], root: str | None, bar: Any) -> list[dict[str, Any]]:
+    """One vector per file of ``group`` into ``part``; the files' meta to commit."""
+    metas, rows = [], []
+    for meta, row in emb.image_rows(group, root):
+        metas.append({**meta, "rows": 1})
+        rows.append(row)
+        bar.update(1)
+    part.add({k: np.concatenate([r[k] for r in rows]) for k in rows[0]}, metas)
+    return metas
+
+
+def _window_part(emb: Embedder, part: Any, record: Any, root: str | None) -> list[dict[str, Any]]:
+    """The window or patch rows of one file into ``part``; its meta (with the row count) to commit."""
+    fmeta, n = emb.file_meta(record, root), 0
+    for rows in emb.window_rows(record, fmeta):
+        part.add(rows, fmeta)
+        n += len(rows["vector"])
+    return [{**fmeta, "rows": n}]

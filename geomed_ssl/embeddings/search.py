@@ -177,17 +177,8 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
     box_list = parse_box(box, nd)
     qvec, region = query_vector(emb, record, box_list)
     cols = read_columns(emb_dir, ["id", "file", "box", "window", "x", "y", "z"])
-    exclude: set[int] = set()
-    if not include_self:
-        f = next((f for f in manifest["files"] if Path(f["path"]).resolve() == qpath), None)
-        if f is not None:
-            a, n = int(f["first_row"]), int(f["rows"])
-            b = cols["box"][a:a + n]
-            centre = b[:, :nd] + b[:, nd:] / 2.0
-            inside = np.all((centre >= region[:nd]) & (centre <= np.add(region[:nd], region[nd:])), axis=1)
-            exclude = set((np.flatnonzero(inside) + a).tolist())
+    exclude = set() if include_self else rows_of_region(manifest, cols, qpath, region, nd)
     idx, sims = cosine_top_k(vectors, qvec, top, exclude)
-    root = st["data_dir"]
     hits = [{"rank": r + 1, "score": round(float(s), 6), "id": int(i), "file": cols["file"][i],
              "box": [int(v) for v in cols["box"][i]], "window": [int(v) for v in cols["window"][i]],
              "x": float(cols["x"][i]), "y": float(cols["y"][i]),
@@ -195,26 +186,50 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
             for r, (i, s) in enumerate(zip(idx, sims))]
     name = qpath.name.split(".")[0] + ("_" + "-".join(map(str, box_list)) if box_list else "")
     out = prepare_out_dir(Path(out_dir) if out_dir is not None else search_dir / name, **rule)
-    with atomic_path(out / "similar.csv") as tmp, tmp.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["rank", "score", "id", "file", "box", "x", "y", "z"])
-        for h in hits:
-            w.writerow([h["rank"], h["score"], h["id"], h["file"], " ".join(map(str, h["box"])), h["x"], h["y"],
-                        "" if h["z"] is None else h["z"]])
-    z = nd == 3
+    write_hits_csv(hits, out / "similar.csv")
     lines = [f"query: {qpath}" + (f" box {box_list}" if box_list else "") + f"  ({st['level']} level, "
-             f"{vectors.shape[0]} rows)", f"{'rank':>4}  {'score':>7}  {'box':<24} {'x':>12} {'y':>12} "
-             + (f"{'z':>10} " if z else "") + " file"]
-    for h in hits:
-        rel = os.path.relpath(os.path.normpath(h["file"]), root)
-        rel = h["file"] if rel.startswith("..") else rel
-        lines.append(f"{h['rank']:>4}  {h['score']:7.4f}  {' '.join(map(str, h['box'])):<24} {h['x']:12.2f} "
-                     f"{h['y']:12.2f} " + (f"{h['z']:10.2f} " if z else "") + f" {rel}")
+             f"{vectors.shape[0]} rows)", *hit_lines(hits, st["data_dir"], nd)]
     if sheet and hits:
         contact_sheet(emb, record, region, hits, out / "similar.png")
     lines.append(f"table: {out / 'similar.csv'}"
                  + (f"  contact sheet: {out / 'similar.png'}" if sheet and hits else ""))
     return SearchResult(out, hits, lines)
+
+
+def rows_of_region(manifest: dict[str, Any], cols: dict[str, Any], path: Path, region: list[int],
+                   nd: int) -> set[int]:
+    """The stored rows of the file at ``path`` whose box centre lies in ``region`` (none when it was not
+    embedded): the query's own rows, left out of its hits."""
+    f = next((f for f in manifest["files"] if Path(f["path"]).resolve() == path), None)
+    if f is None:
+        return set()
+    a, n = int(f["first_row"]), int(f["rows"])
+    b = cols["box"][a:a + n]
+    centre = b[:, :nd] + b[:, nd:] / 2.0
+    inside = np.all((centre >= region[:nd]) & (centre <= np.add(region[:nd], region[nd:])), axis=1)
+    return set((np.flatnonzero(inside) + a).tolist())
+
+
+def write_hits_csv(hits: list[dict[str, Any]], path: Path) -> None:
+    """``similar.csv``: rank, score, id, file, box (space-separated), x, y, z (empty for rasters)."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["rank", "score", "id", "file", "box", "x", "y", "z"])
+        for h in hits:
+            w.writerow([h["rank"], h["score"], h["id"], h["file"], " ".join(map(str, h["box"])), h["x"], h["y"],
+                        "" if h["z"] is None else h["z"]])
+
+
+def hit_lines(hits: list[dict[str, Any]], root: str, nd: int) -> list[str]:
+    """The hits as a printed table (files relative to the embedded data folder when under it)."""
+    z = nd == 3
+    lines = [f"{'rank':>4}  {'score':>7}  {'box':<24} {'x':>12} {'y':>12} " + (f"{'z':>10} " if z else "") + " file"]
+    for h in hits:
+        rel = os.path.relpath(os.path.normpath(h["file"]), root)
+        rel = h["file"] if rel.startswith("..") else rel
+        lines.append(f"{h['rank']:>4}  {h['score']:7.4f}  {' '.join(map(str, h['box'])):<24} {h['x']:12.2f} "
+                     f"{h['y']:12.2f} " + (f"{h['z']:10.2f} " if z else "") + f" {rel}")
+    return lines
 
 
 def contact_sheet(emb: Embedder, record: FileRecord, region: list[int], hits: list[dict[str, Any]], path: Path,

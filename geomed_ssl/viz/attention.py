@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from geomed_ssl.config import DataConfig
-from geomed_ssl.data.tiling import centre_start
+from geomed_ssl.data.stats import BandStats, normalize
+from geomed_ssl.data.tiling import centre_start, patch_floor
 from geomed_ssl.outdirs import check_out_file, prepare_out_file
 from geomed_ssl.outfiles import atomic_path
 
@@ -152,19 +153,30 @@ def attention_for_file(
     is smaller, rounded down to the token patch): the centre window, or for rasters the one whose top-left pixel is
     ``window = (row, col)``. ``strict``: band names assigned by position are an error.
     """
-    from geomed_ssl.checkpoint import load_encoder, read_encoder_config
-    from geomed_ssl.data.catalog import scan
-    from geomed_ssl.data.readers import RasterReader, VolumeReader
-    from geomed_ssl.data.stats import BandStats, normalize
-    from geomed_ssl.data.kinds import check_input_kind
-    from geomed_ssl.models.model_data import catalog_for_encoder, check_value_ranges
-    from geomed_ssl.errors import DataError, GeomedError
+    from geomed_ssl.errors import DataError
 
     image_path = Path(image_path)
     rule = {"inputs": {"image": image_path, "encoder": encoder_path}}
     check_out_file(out_path, **rule)  # written (and its folder made) once the window is read
     if not image_path.is_file():
         raise DataError(f"image '{image_path}' not found; pass a GeoTIFF (.tif) or NIfTI (.nii, .nii.gz) file.")
+    cfg, encoder, record, data_cfg = _encoder_for_image(encoder_path, image_path, window, strict)
+    stats = BandStats.from_dict(encoder.config.stats, source=f"encoder {encoder_path}")
+    image = _read_window(cfg, record, data_cfg, stats, image_path, window)
+    prepare_out_file(out_path, command="attention", **rule)
+    return save_attention_png(encoder, image, encoder.config.band_names, encoder.config.wavelengths, out_path)
+
+
+def _encoder_for_image(encoder_path: str | Path, image_path: Path, window: Sequence[int] | None,
+                       strict: bool) -> tuple[Any, torch.nn.Module, Any, DataConfig]:
+    """The encoder's saved config, the encoder for the image's bands (by name), the image's catalog record and the
+    pretraining run's data settings it is read with; the image's values are checked against the statistics."""
+    from geomed_ssl.checkpoint import load_encoder, read_encoder_config
+    from geomed_ssl.data.catalog import scan
+    from geomed_ssl.data.kinds import check_input_kind
+    from geomed_ssl.errors import DataError, GeomedError
+    from geomed_ssl.models.model_data import catalog_for_encoder, check_value_ranges
+
     cfg, meta = read_encoder_config(encoder_path)
     if cfg.stats is None:
         raise GeomedError(f"encoder '{encoder_path}' carries no normalisation statistics; re-export it with "
@@ -181,10 +193,18 @@ def attention_for_file(
     catalog = catalog_for_encoder(cfg, catalog)
     encoder = load_encoder(encoder_path, bands=catalog.band_names, wavelengths=catalog.wavelengths,
                            bandwidths=catalog.bandwidths)
-    stats = BandStats.from_dict(encoder.config.stats, source=f"encoder {encoder_path}")
-    check_value_ranges(catalog.records, stats)
-    record = catalog.records[0]
+    check_value_ranges(catalog.records, BandStats.from_dict(encoder.config.stats, source=f"encoder {encoder_path}"))
+    return cfg, encoder, catalog.records[0], data_cfg
 
+
+def _read_window(cfg: Any, record: Any, data_cfg: DataConfig, stats: BandStats, image_path: Path,
+                 window: Sequence[int] | None) -> np.ndarray:
+    """The normalised window (C, *S) the maps are drawn on: the encoder's ``img_size`` (less where the image is
+    smaller, rounded down to the token patch), centred or (rasters) with its top-left pixel at ``window``."""
+    from geomed_ssl.data.readers import RasterReader, VolumeReader
+    from geomed_ssl.errors import DataError
+
+    nd, patch = cfg.spatial_dims, tuple(cfg.patch_size)
     volumes = VolumeReader(data_cfg) if nd == 3 else None
     if nd == 2:
         shape = tuple(record.shape[-2:])
@@ -193,7 +213,7 @@ def attention_for_file(
         shape = tuple(volumes.volume_shape(record))
         offsets = [None] * 3
     box = [_start(s, w, o, a, image_path) for s, w, o, a in zip(shape, cfg.img_size, offsets, ("row", "col", "z"))]
-    box = [(start, n // p * p) for (start, n), p in zip(box, patch)]
+    box = [(start, patch_floor(n, p)) for (start, n), p in zip(box, patch)]
     if any(n == 0 for _, n in box):
         raise DataError(f"'{image_path}' ({'x'.join(map(str, shape))}) is smaller than one token patch "
                         f"{list(patch)} at the chosen window.")
@@ -207,5 +227,4 @@ def attention_for_file(
     if not valid.any():
         raise DataError(f"the chosen window of '{image_path}' holds no valid pixels (all nodata); pick another "
                         "with --window ROW,COL.")
-    prepare_out_file(out_path, command="attention", **rule)
-    return save_attention_png(encoder, image, encoder.config.band_names, encoder.config.wavelengths, out_path)
+    return image

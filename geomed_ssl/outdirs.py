@@ -13,10 +13,10 @@ The rule
    ``summary.json``, the demo's ``.geomed-ssl-demo``, ...).
 4. An existing, non-empty folder is used only when it is ours and was made by the same command:
    ``resume`` continues it as it is (pretrain ``--resume``; embed, predict, evaluate and similar always continue or
-   add to their own folder); ``overwrite`` deletes what it lists (the manifest's entries plus the names and
-   temporary-file patterns the command is known to write) and starts again, and is refused, before anything is
-   deleted, when the folder also holds a file the toolkit did not write. Otherwise the command is refused, with
-   one line naming the way out (``--resume``, ``--overwrite``, another ``--out``).
+   add to their own folder); ``overwrite`` deletes what it lists (the manifest's entries plus the names the
+   command is known to write, and their temporary names: :mod:`geomed_ssl.outfiles`) and starts again, and is
+   refused, before anything is deleted, when the folder also holds a file the toolkit did not write. Otherwise
+   the command is refused, with one line naming the way out (``--resume``, ``--overwrite``, another ``--out``).
 5. Commands check ``--out`` first (:func:`check_out_dir`, no side effects), then validate their inputs and
    settings, and only then create the folder (:func:`prepare_out_dir`), so a refused or failed command leaves
    nothing behind and the next try needs no ``--overwrite``.
@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from geomed_ssl.errors import ConfigError, OutputError
-from geomed_ssl.outfiles import atomic_write_text
+from geomed_ssl.outfiles import TEMP_GLOBS, atomic_write_text, legacy_temp_globs
 
 MANIFEST = ".geomed-ssl.json"
 TOOL = "geomed-ssl"
@@ -109,22 +109,21 @@ class CommandSpec:
     """What one command writes at the top level of its output folder."""
 
     entries: tuple[str, ...] = ()  # exact names
-    patterns: tuple[str, ...] = ()  # fnmatch patterns: temporary files of its writers, outputs named per input
+    patterns: tuple[str, ...] = ()  # fnmatch patterns of outputs named per input (temporary names: outfiles)
     flags: tuple[str, ...] = ("--overwrite",)  # the options its CLI offers to use an existing folder
     legacy: Callable[[Path], bool] | None = None  # recognises a folder an earlier version made (no manifest)
 
 
-COMMON_PATTERNS = (".partial-*",)  # atomic_path's temporary files
+COMMON_PATTERNS = TEMP_GLOBS  # every writer's temporary names (geomed_ssl.outfiles); earlier versions' per entry
 COMMANDS: dict[str, CommandSpec] = {
     "pretrain": CommandSpec(("config.yaml", "catalog.json", "stats.json", "metrics.csv", "checkpoints", "encoder",
-                             "previews", "tensorboard"), ("metrics.csv.tmp", ".encoder.*"), ("--resume", "--overwrite"),
+                             "previews", "tensorboard"), (), ("--resume", "--overwrite"),
                             _legacy_run),
     "finetune": CommandSpec(("config.yaml", "labels_used.npz", "metrics_train.csv", "checkpoints", "model",
                              "metrics.json", "confusion.png", "eval"),
-                            ("metrics_train.csv.tmp", "labels_used.npz.tmp", ".model.*"), legacy=_legacy_finetune),
+                            legacy=_legacy_finetune),
     "embed": CommandSpec(("manifest.json", "parts", "embeddings.parquet", "vectors.npy", "pca.npz", "maps",
-                          "search"), (".manifest.json.*.tmp", ".embeddings.parquet.tmp", ".vectors.npy.tmp.npy"),
-                         legacy=_legacy_embed),
+                          "search"), legacy=_legacy_embed),
     "cluster": CommandSpec(("clusters.parquet", "clusters.csv", "summary.json", "scatter.png", "maps"),
                            legacy=_legacy_cluster),
     "predict": CommandSpec(("predictions.csv",), ("*_pred.tif", "*_pred.nii.gz", "*_pred_proba.tif",
@@ -177,7 +176,7 @@ def owner(folder: PathLike) -> Owner | None:
             return None
     spec = COMMANDS.get(command, CommandSpec())
     names = set(spec.entries) | set((manifest or {}).get("entries", [])) | {MANIFEST}
-    patterns = spec.patterns + COMMON_PATTERNS
+    patterns = spec.patterns + COMMON_PATTERNS + legacy_temp_globs(sorted(names))
     result = Owner(command, manifest)
     for entry in sorted(folder.iterdir()):
         (result.ours if entry.name in names or _matches(entry.name, patterns) else result.foreign).append(entry.name)

@@ -4,11 +4,11 @@ An embedding folder (EMB_DIR) while a run is going::
 
     manifest.json            settings, files done so far (rewritten atomically after every part)
     parts/part-000007/       one committed part: chunk-00000.parquet, ... and files.json (the files it holds)
-    parts/.tmp-...           a part being written (a killed run leaves it; the next run deletes it)
+    parts/.partial-...       a part being written (a killed run leaves it; the next run deletes it)
 
-A part holds whole files only and becomes visible by one ``os.rename``, so a killed run never leaves half a file
-behind and the next run skips exactly the files in committed parts (no duplicates). When every file is done the
-parts are concatenated, in catalog order, into::
+A part holds whole files only and becomes visible by one rename (:mod:`geomed_ssl.outfiles`), so a killed run
+never leaves half a file behind and the next run skips exactly the files in committed parts (no duplicates). When
+every file is done the parts are concatenated, in catalog order, into::
 
     embeddings.parquet       one row per image / window / patch cell (columns: see ``COLUMNS``)
     vectors.npy              (N, D) float32 or float16, row i = table row i (``np.load(..., mmap_mode="r")``)
@@ -23,7 +23,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import os
 import shutil
 import uuid
 from pathlib import Path
@@ -32,7 +31,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from geomed_ssl.errors import DataError, GeomedError
-from geomed_ssl.outfiles import atomic_write_text
+from geomed_ssl.outdirs import COMMANDS
+from geomed_ssl.outfiles import (atomic_path, atomic_write_text, commit_partial, partial_path,
+                                 remove_stale_partials)
 
 log = logging.getLogger("geomed_ssl")
 FORMAT, VERSION = "geomed-ssl-embeddings", 1
@@ -126,7 +127,7 @@ class PartWriter:
 
     def __init__(self, store: EmbeddingStore, dtype: str):
         self.store, self.dtype = store, np.dtype(dtype)
-        self.tmp = store.parts_dir / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.tmp = partial_path(store.parts_dir / f"part-{uuid.uuid4().hex[:8]}")
         self.tmp.mkdir(parents=True)
         self.files: list[dict[str, Any]] = []
         self.chunks = 0
@@ -206,10 +207,10 @@ class EmbeddingStore:
 
     def start(self, settings: dict[str, Any], old: dict[str, Any] | None) -> None:
         """Get the (existing) folder ready: a new manifest unless ``old`` (from :meth:`check`) is continued;
-        temporary parts a killed run left are deleted."""
+        temporary parts and partial files a killed run left are deleted."""
         self.parts_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.parts_dir.glob(".tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+        remove_stale_partials(self.parts_dir, ("part-*",))
+        remove_stale_partials(self.dir, COMMANDS["embed"].entries)
         if old is None:
             self.write_manifest({"format": FORMAT, "version": VERSION, "complete": False, "settings": settings,
                                   "files": []})
@@ -237,7 +238,7 @@ class EmbeddingStore:
     def _publish(self, tmp: Path, files: list[dict[str, Any]]) -> Path:
         ids = [int(p.name.split("-")[1]) for p in self.parts_dir.glob("part-*")]
         target = self.parts_dir / f"part-{max(ids, default=-1) + 1:06d}"
-        os.rename(tmp, target)
+        commit_partial(tmp, target)
         manifest = self.manifest() or {}
         manifest["files"] = [f for _, fs in self.committed() for f in fs]
         self.write_manifest(manifest)
@@ -269,27 +270,25 @@ class EmbeddingStore:
         if geo:
             meta[b"geo"] = json.dumps(geo).encode()
         schema = schema.with_metadata(meta)
-        tmp_table, tmp_vec = self.dir / f".{TABLE}.tmp", self.dir / f".{VECTORS}.tmp.npy"
-        vectors = np.lib.format.open_memmap(tmp_vec, mode="w+", dtype=dtype, shape=(total, dim))
-        row, meta_of = 0, {f["path"]: f for f in files}
-        with pq.ParquetWriter(tmp_table, schema) as writer:
-            for chunk in chunks:
-                t = pq.read_table(chunk)
-                n = t.num_rows
-                t = t.add_column(0, "id", pa.array(np.arange(row, row + n, dtype=np.int64)))
-                if geo:
-                    boxes = np.asarray(t.column("box").combine_chunks().flatten()).reshape(n, -1)
-                    paths = t.column("file").to_pylist()
-                    corners = np.concatenate([raster_corners(boxes[a:b], meta_of[paths[a]]["transform"])
-                                              for a, b in file_runs(paths)])
-                    t = t.append_column("geometry", footprint_wkb(corners))
-                writer.write_table(t)  # same fields as the schema; its metadata comes from the writer
-                vectors[row:row + n] = np.asarray(t.column("vector").combine_chunks().flatten()).reshape(n, dim)
-                row += n
-        vectors.flush()
-        del vectors
-        os.replace(tmp_table, self.dir / TABLE)
-        os.replace(tmp_vec, self.dir / VECTORS)
+        with atomic_path(self.dir / TABLE) as tmp_table, atomic_path(self.dir / VECTORS) as tmp_vec:
+            vectors = np.lib.format.open_memmap(tmp_vec, mode="w+", dtype=dtype, shape=(total, dim))
+            row, meta_of = 0, {f["path"]: f for f in files}
+            with pq.ParquetWriter(tmp_table, schema) as writer:
+                for chunk in chunks:
+                    t = pq.read_table(chunk)
+                    n = t.num_rows
+                    t = t.add_column(0, "id", pa.array(np.arange(row, row + n, dtype=np.int64)))
+                    if geo:
+                        boxes = np.asarray(t.column("box").combine_chunks().flatten()).reshape(n, -1)
+                        paths = t.column("file").to_pylist()
+                        corners = np.concatenate([raster_corners(boxes[a:b], meta_of[paths[a]]["transform"])
+                                                  for a, b in file_runs(paths)])
+                        t = t.append_column("geometry", footprint_wkb(corners))
+                    writer.write_table(t)  # same fields as the schema; its metadata comes from the writer
+                    vectors[row:row + n] = np.asarray(t.column("vector").combine_chunks().flatten()).reshape(n, dim)
+                    row += n
+            vectors.flush()
+            del vectors
         start = 0
         for f in files:
             f["first_row"], start = start, start + int(f["rows"])

@@ -11,7 +11,6 @@ training pixels and overstates accuracy.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -19,6 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from geomed_ssl.errors import ConfigError, DataError
+from geomed_ssl.outfiles import atomic_path
 
 Names = Mapping[int, str] | None
 
@@ -247,11 +247,8 @@ class LabelSelection:
                 "shapes": [list(s) for s in self.shapes], "split": self.split, "seed": self.seed, "paths": self.paths}
         arrays = {k: getattr(self, k) for k in ("train_file", "train_index", "train_value", "test_file",
                                                 "test_index", "test_value")}
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(fh, meta=np.array(json.dumps(meta)), **arrays)
-        os.replace(tmp, path)
 
     @classmethod
     def load_npz(cls, path: str | Path) -> LabelSelection:

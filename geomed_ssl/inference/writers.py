@@ -1,22 +1,21 @@
 """Georeferenced outputs written piece by piece: a GeoTIFF opened once and filled window by window, and a NIfTI
 written on the exact grid (shape, affine, header) of a reference file.
 
-Both write to a hidden partial file beside the target (``.partial-<pid>-<name>``, see
-:func:`geomed_ssl.outfiles.partial_path`) and rename it on success, so an interrupted prediction never leaves a
+Both write to a hidden partial file beside the target (``.partial-<pid>-<name>``, see :mod:`geomed_ssl.outfiles`)
+and flush and rename it on success, so an interrupted prediction never leaves a
 half-written output under the final name; the next prediction into that folder deletes what a killed one left.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from geomed_ssl.errors import ConfigError, DataError
-from geomed_ssl.outfiles import partial_path
+from geomed_ssl.outfiles import atomic_path, commit_partial, partial_path
 
 BLOCK = 256  # output tile side (pixels)
 PROBA_SCALE = 254  # uint8 probabilities store round(p * 254); 255 is nodata
@@ -149,8 +148,7 @@ class GeoTiffWriter:
         self._flush()
         self._ds.close()
         self._ds = None
-        os.replace(self._tmp, self.path)
-        return self.path
+        return commit_partial(self._tmp, self.path)
 
     def abort(self) -> None:
         """Close and delete the partial file (the final name is left untouched)."""
@@ -198,11 +196,9 @@ def write_nifti_like(array: np.ndarray, reference_path: str | Path, out_path: st
     img.header.set_xyzt_units(*ref.header.get_xyzt_units())
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(out)
     try:
-        nib.save(img, str(tmp))
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            nib.save(img, str(tmp))
     except Exception as err:
-        tmp.unlink(missing_ok=True)
         raise DataError(f"cannot write '{out}': {err}. Check the output folder is writable.") from None
     return out

@@ -1,11 +1,11 @@
 """Checkpoints that survive kills: atomic writes, the resume checkpoint, and saving on SIGTERM / SIGINT.
 
-Rules. A checkpoint is written to a temporary file in its own folder (``.partial-<pid>-last.ckpt``, created with
-the user's umask), flushed and fsynced, then renamed over the old one (:mod:`geomed_ssl.outfiles`), so a kill or a
-full disk leaves the previous checkpoint whole. ``checkpoints/last.ckpt`` is refreshed every ``train.checkpoint_every`` steps (with a kept
-``step-NNNNNN.ckpt``), every ``train.checkpoint_minutes`` of wall time, when SIGTERM or SIGINT arrives (cluster
-preemption, Ctrl-C: saved at the next step boundary, then the run stops; a second Ctrl-C aborts at once) and at the
-end. Only global rank 0 writes; every decision is taken by all ranks together. ``--resume`` takes the newest
+Rules. A checkpoint is written to a temporary file in its own folder (``.partial-<pid>-last.ckpt``, created with the
+user's umask), flushed and fsynced, then renamed over the old one (:mod:`geomed_ssl.outfiles`), so a kill or a full disk
+leaves the previous checkpoint whole. ``checkpoints/last.ckpt`` is refreshed every ``train.checkpoint_every`` steps
+(with a kept ``step-NNNNNN.ckpt``), every ``train.checkpoint_minutes`` of wall time, when SIGTERM or SIGINT arrives
+(cluster preemption, Ctrl-C: saved at the next step boundary, then the run stops; a second Ctrl-C aborts at once) and at
+the end. Only global rank 0 writes; every decision is taken by all ranks together. ``--resume`` takes the newest
 checkpoint that loads (``last.ckpt``, else the newest ``step-*.ckpt``) and says which it skipped and why.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import pickle
 import re
-import shutil
 import signal
 import time
 import zipfile
@@ -28,11 +27,11 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
 from geomed_ssl.errors import GeomedError
+from geomed_ssl.outdirs import COMMANDS
 from geomed_ssl.outfiles import atomic_write, remove_stale_partials, replace_with_copy
 
 log = logging.getLogger("geomed_ssl")
 
-LEGACY_TMP = re.compile(r"^\..+\.tmp-\d+-[0-9a-f]{6}$")  # what atomic_save left when killed, in earlier versions
 STEP_PATTERN = re.compile(r"^step-(\d+)\.ckpt$")
 
 
@@ -54,21 +53,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:
-    """Delete what killed writes of ours left in a run folder and its ``checkpoints/``: partial files of processes
-    that are gone (``.partial-<pid>-<name>``, :mod:`geomed_ssl.outfiles`), the ``.<name>.tmp-<pid>-<hex>`` files
-    earlier versions wrote, and ``.encoder.*`` folders of an interrupted encoder export."""
-    removed: list[Path] = []
-    for folder in (run_dir, run_dir / "checkpoints"):
-        if not folder.is_dir():
-            continue
-        removed += remove_stale_partials(folder)
-        for p in folder.iterdir():
-            if p.is_file() and LEGACY_TMP.match(p.name):
-                p.unlink(missing_ok=True)
-                removed.append(p)
-            elif folder == run_dir and p.is_dir() and p.name.startswith(".encoder."):
-                shutil.rmtree(p, ignore_errors=True)
-                removed.append(p)
+    """Delete what killed writes of ours left in a run folder and its ``checkpoints/``: partial files and folders of
+    processes that are gone, and the temporary names earlier versions wrote (``.<name>.tmp-<pid>-<hex>``,
+    ``.encoder.*``), all as :func:`geomed_ssl.outfiles.remove_stale_partials` knows them."""
+    removed = remove_stale_partials(run_dir, COMMANDS["pretrain"].entries)
+    removed += remove_stale_partials(run_dir / "checkpoints", ("*.ckpt",))
     if removed:
         log.info(f"removed {len(removed)} temporary file(s) left by an interrupted write: "
                  + ", ".join(p.name for p in removed[:3]) + (" ..." if len(removed) > 3 else ""))

@@ -16,10 +16,12 @@ from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import BandStats, normalize
 from geomed_ssl.data.tiling import centre_start, grid_starts, inside_starts, patch_floor
 from geomed_ssl.embeddings.maps import map_geometry
-from geomed_ssl.errors import ConfigError
+from geomed_ssl.errors import ConfigError, DataError
+from geomed_ssl.models.cls_heads import POOLS
 from geomed_ssl.models.encoder import ViTEncoder
+from geomed_ssl.models.tokens import token_grid
 
-LEVELS, POOLS = ("image", "window", "patch"), ("cls", "mean")
+LEVELS = ("image", "window", "patch")
 STRIP_BYTES = 256 * 2**20  # largest raster strip block read at once
 CHUNK_ROWS = 65_536  # rows per Parquet chunk
 
@@ -48,10 +50,12 @@ class Embedder:
         if self.level not in LEVELS:
             raise ConfigError(f"--level must be one of {', '.join(LEVELS)}, got '{self.level}'.")
         if self.pool not in POOLS:
-            raise ConfigError(f"--pool must be cls or mean, got '{self.pool}'.")
-        if len(self.window) != self.nd or any(w % p for w, p in zip(self.window, self.patch)):
+            raise ConfigError(f"--pool must be one of {', '.join(POOLS)}, got '{self.pool}'.")
+        try:
+            self.token_grid = token_grid(self.window, self.patch)  # tokens along each axis of a window
+        except DataError:
             raise ConfigError(f"--window {list(self.window)} must be a multiple of the encoder's token patch "
-                              f"{list(self.patch)} on each of its {self.nd} axes.")
+                              f"{list(self.patch)} on each of its {self.nd} axes.") from None
         if self.level == "patch" and self.stride != self.window:
             raise ConfigError("--level patch tiles each file with non-overlapping windows: leave --stride unset "
                               f"(or equal to --window {list(self.window)}).")
@@ -95,7 +99,7 @@ class Embedder:
         token valid fractions (B, N)."""
         out = self.encoder(torch.from_numpy(np.ascontiguousarray(images)).to(self.device)).float()  # (B, 1+N, D)
         tokens = out[:, 1:]  # (B, N, D)
-        grid = [s // p for s, p in zip(images.shape[2:], self.patch)]  # token grid
+        grid = token_grid(images.shape[2:], self.patch)
         shape = [valid.shape[0]] + [v for g, p in zip(grid, self.patch) for v in (g, p)]
         tv = valid.reshape(shape).mean(axis=tuple(range(2, 2 + 2 * self.nd, 2)), dtype=np.float32)  # (B, *grid)
         tv = tv.reshape(len(valid), -1)  # (B, N)
@@ -200,7 +204,7 @@ class Embedder:
                     chunk_rows: int = CHUNK_ROWS) -> Iterator[dict[str, np.ndarray]]:
         """Rows of one file at window or patch level, in chunks of about ``chunk_rows``."""
         grid, nd, batch, buf = np.asarray(meta["grid"]), self.nd, [], []
-        tgrid = np.asarray([w // p for w, p in zip(self.window, self.patch)])
+        tgrid = np.asarray(self.token_grid)
         cells = np.asarray(list(np.ndindex(*tgrid)), np.int64).reshape(-1, nd)  # (N, nd) token -> cell in window
 
         def run() -> None:

@@ -27,8 +27,7 @@ import torch
 from geomed_ssl.checkpoint import load_encoder
 from geomed_ssl.config import load_recipe
 from geomed_ssl.data.stats import BandStats
-from geomed_ssl.downstream.classify import ImageDataset
-from geomed_ssl.downstream.labels import scan_class_folders
+from geomed_ssl.data.labelled import ImageDataset, scan_class_folders
 from geomed_ssl.models.encoder import ViTEncoder
 from geomed_ssl.train.knn import kfold_knn_accuracy
 from geomed_ssl.train.pretrain import pretrain

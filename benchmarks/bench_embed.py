@@ -40,8 +40,8 @@ from geomed_ssl.checkpoint import save_encoder  # noqa: E402
 from geomed_ssl.config import DataConfig  # noqa: E402
 from geomed_ssl.data.catalog import scan  # noqa: E402
 from geomed_ssl.data.stats import compute_stats  # noqa: E402
-from geomed_ssl.downstream.cluster import agreement, cluster_embeddings, fit_predict  # noqa: E402
-from geomed_ssl.downstream.embed import embed_folder  # noqa: E402
+from geomed_ssl.embeddings.cluster import agreement, cluster_embeddings, fit_predict  # noqa: E402
+from geomed_ssl.embeddings.extract import embed_folder  # noqa: E402
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder  # noqa: E402
 
 EUROSAT = Path(__file__).resolve().parents[2] / "shared" / "data" / "eurosat_ms_200"
@@ -157,8 +157,8 @@ def eurosat(a: argparse.Namespace, work: Path) -> None:
 def raw_means_scores(work: Path, data_cfg: DataConfig) -> list[str]:
     from geomed_ssl.data.readers import RasterReader
     from geomed_ssl.data.stats import normalize
-    from geomed_ssl.downstream.cluster import silhouette
-    from geomed_ssl.downstream.labels import scan_class_folders
+    from geomed_ssl.embeddings.cluster import silhouette
+    from geomed_ssl.data.labelled import scan_class_folders
 
     records, labels, _ = scan_class_folders(EUROSAT, data_cfg)
     stats = compute_stats(scan(EUROSAT, data_cfg), data_cfg)

@@ -145,7 +145,7 @@ def cross_sensor(a: argparse.Namespace) -> None:
     if not EUROSAT.is_dir():
         print(f"\n(cross-sensor check skipped: {EUROSAT} not found)")
         return
-    from geomed_ssl.downstream.classify import finetune_classify
+    from geomed_ssl.finetune.classify import finetune_classify
     from geomed_ssl.errors import GeomedError
     from geomed_ssl.train.pretrain import pretrain
 
@@ -220,7 +220,7 @@ def few_label(a: argparse.Namespace) -> None:
 
     from geomed_ssl.config import recipe_from_dict
     from geomed_ssl.demo import DEMO_RECIPE
-    from geomed_ssl.downstream.finetune import finetune_segment
+    from geomed_ssl.finetune.segment import finetune_segment
     from geomed_ssl.sample import LABELS, SAMPLE_DIR
     from geomed_ssl.train.pretrain import pretrain
 

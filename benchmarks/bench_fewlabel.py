@@ -26,8 +26,8 @@ import numpy as np
 
 from geomed_ssl.config import recipe_from_dict
 from geomed_ssl.demo import DEMO_RECIPE
-from geomed_ssl.downstream.finetune import finetune_segment
-from geomed_ssl.downstream.labels import LabelSelection
+from geomed_ssl.finetune.labels import LabelSelection
+from geomed_ssl.finetune.segment import finetune_segment
 from geomed_ssl.sample import IMAGE, LABELS, SAMPLE_DIR
 from geomed_ssl.train.pretrain import pretrain
 
@@ -64,7 +64,7 @@ def rf_baseline(selection: LabelSelection, seed: int) -> dict[str, float]:
     from sklearn.decomposition import PCA
     from sklearn.ensemble import RandomForestClassifier
 
-    from geomed_ssl.downstream.metrics import classification_metrics, confusion_matrix
+    from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix
 
     with rasterio.open(IMAGE) as src:
         cube = src.read().astype(np.float32)  # (200, H, W)
@@ -109,7 +109,7 @@ def indian_pines(args: argparse.Namespace, tmp: Path) -> list[tuple]:
 
 
 def eurosat(args: argparse.Namespace, tmp: Path) -> list[tuple]:
-    from geomed_ssl.downstream.classify import finetune_classify
+    from geomed_ssl.finetune.classify import finetune_classify
 
     data = SHARED / "eurosat_ms_200"
     if not data.is_dir():
@@ -148,7 +148,7 @@ def eurosat(args: argparse.Namespace, tmp: Path) -> list[tuple]:
 
 
 def brats(args: argparse.Namespace, tmp: Path) -> list[tuple]:
-    from geomed_ssl.downstream.evaluate import evaluate_dir
+    from geomed_ssl.finetune.evaluate import evaluate_dir
 
     data = SHARED / "brats_subset"
     if not data.is_dir():

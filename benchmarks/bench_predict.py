@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from geomed_ssl.data.stats import BandStats
-from geomed_ssl.downstream.predict import predict_raster
+from geomed_ssl.inference.predict import predict_raster
 
 GEN_ROWS = 512  # rows generated and written per step
 

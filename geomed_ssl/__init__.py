@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from geomed_ssl._version import __version__
+
 __all__ = ["__version__", "load_encoder", "pretrain", "load_recipe", "export_timm"]
 
 if TYPE_CHECKING:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -17,7 +14,7 @@ from geomed_ssl.config import TASKS, Spec, check_value, show
 from geomed_ssl.config.fields import parse_bounds
 from geomed_ssl.errors import ConfigError, GeomedError
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder, check_encoder_bands
-from geomed_ssl.permissions import apply_umask
+from geomed_ssl.outfiles import atomic_write_dir
 
 FORMAT = "geomed-ssl-encoder"
 MODEL_FORMAT = "geomed-ssl-model"
@@ -28,31 +25,9 @@ def versions() -> dict[str, str]:
     """Library versions recorded in every export."""
     import timm
 
-    from geomed_ssl import __version__
+    from geomed_ssl._version import __version__
 
     return {"geomed_ssl": __version__, "torch": torch.__version__, "timm": timm.__version__}
-
-
-def atomic_write_dir(target: Path, write: Any) -> None:
-    """Call ``write(tmp_dir)`` then swap ``tmp_dir`` into ``target``, so a kill never leaves a half-written export.
-
-    The result has the modes the user's umask gives new files and folders (not mkdtemp's private 0700/0600)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        write(tmp)
-        apply_umask(tmp)
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def save_encoder(encoder: ViTEncoder, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:

@@ -191,8 +191,8 @@ def finetune_segment_cmd(
     strict: bool = StrictOpt,
 ) -> None:
     """Segmentation on the ViT encoder (UNETR-style decoder or linear head) from a few labelled pixels or voxels."""
-    from geomed_ssl.downstream.finetune import finetune_segment
-    from geomed_ssl.downstream.metrics import format_metrics
+    from geomed_ssl.finetune.segment import finetune_segment
+    from geomed_ssl.finetune.metrics import format_metrics
 
     flags = {"finetune.freeze_encoder": "true" if (freeze or unfreeze_after) else None,
              "finetune.unfreeze_after_steps": unfreeze_after, "finetune.head": head}
@@ -220,8 +220,8 @@ def finetune_classify_cmd(
     strict: bool = StrictOpt,
 ) -> None:
     """Image classification from k labelled images per class (folder-per-class datasets such as EuroSAT)."""
-    from geomed_ssl.downstream.classify import finetune_classify
-    from geomed_ssl.downstream.metrics import format_metrics
+    from geomed_ssl.finetune.classify import finetune_classify
+    from geomed_ssl.finetune.metrics import format_metrics
 
     if linear_probe + mlp + full > 1:
         raise GeomedError("choose one of --linear-probe, --mlp and --full.")
@@ -246,8 +246,8 @@ def evaluate(
     strict: bool = StrictOpt,
 ) -> None:
     """Metrics of a fine-tuned model on labelled data (every labelled pixel, voxel or image)."""
-    from geomed_ssl.downstream.evaluate import eval_out_dir, evaluate_dir
-    from geomed_ssl.downstream.metrics import format_metrics
+    from geomed_ssl.finetune.evaluate import eval_out_dir, evaluate_dir
+    from geomed_ssl.finetune.metrics import format_metrics
 
     result = evaluate_dir(ft_dir, images=images, labels=labels, data=data, out=out, device=device, strict=strict)
     typer.echo(format_metrics(result["test"], [c["name"] for c in result["classes"]]))
@@ -269,7 +269,7 @@ def predict(
     strict: bool = StrictOpt,
 ) -> None:
     """Predict whole scenes / volumes with sliding windows into georeferenced GeoTIFF / NIfTI class maps."""
-    from geomed_ssl.downstream.evaluate import predict_dir
+    from geomed_ssl.inference.finetuned import predict_dir
 
     for line in predict_dir(ft_dir, inputs, out, overlap=overlap, blend=blend, probabilities=probabilities,
                             batch_size=batch_size, device=device, strict=strict):
@@ -288,7 +288,7 @@ def attention(
 ) -> None:
     """Per-head CLS attention of the encoder's last block over one window (rasters) or centre patch (volumes),
     beside a false-colour view of it (DINO's "heads look at objects"; any encoder works)."""
-    from geomed_ssl.downstream.attention import attention_for_file
+    from geomed_ssl.viz.attention import attention_for_file
 
     offsets = None
     if window is not None:
@@ -325,7 +325,7 @@ def embed(
     strict: bool = StrictOpt,
 ) -> None:
     """Embed a folder with a pretrained encoder into a Parquet table + vectors.npy (resumes an interrupted run)."""
-    from geomed_ssl.downstream.embed import embed_folder
+    from geomed_ssl.embeddings.extract import embed_folder
 
     result = embed_folder(encoder, data_dir, out, level=level, window=window, stride=stride, pool=pool,
                           batch_size=batch_size, dtype=dtype, pca_dims=pca, min_valid=min_valid, overrides=overrides,
@@ -352,7 +352,7 @@ def cluster(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
 ) -> None:
     """Cluster stored embeddings (k-means or HDBSCAN): labels, maps on the inputs' grids, scatter plot, scores."""
-    from geomed_ssl.downstream.cluster import cluster_embeddings
+    from geomed_ssl.embeddings.cluster import cluster_embeddings
 
     s = cluster_embeddings(emb_dir, out, method=method, k=k, labels=labels, seed=seed,
                            min_cluster_size=min_cluster_size, overwrite=overwrite).summary
@@ -379,7 +379,7 @@ def similar(
     strict: bool = StrictOpt,
 ) -> None:
     """Nearest neighbours (cosine) of a file or a box in it among stored embeddings, with a contact sheet."""
-    from geomed_ssl.downstream.search import find_similar
+    from geomed_ssl.embeddings.search import find_similar
 
     for line in find_similar(emb_dir, query, box=box, top=top, out_dir=out, include_self=include_self,
                              encoder=encoder, strict=strict).lines:

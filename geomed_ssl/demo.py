@@ -32,8 +32,8 @@ DEMO_RECIPE = {
 def run_demo(out: Path = Path("geomed-ssl-demo"), steps: int = 150, finetune_steps: int = 150) -> Path:
     """Pretrain a small MAE on Indian Pines, fine-tune it with 5 labels per class (and the same model from random
     initialisation), print OA / AA / kappa of both, and write the predicted map as GeoTIFF and PNG."""
-    from geomed_ssl.downstream.evaluate import predict_dir
-    from geomed_ssl.downstream.finetune import finetune_segment
+    from geomed_ssl.inference.finetuned import predict_dir
+    from geomed_ssl.finetune.segment import finetune_segment
     from geomed_ssl.train.pretrain import pretrain
 
     raw = {k: dict(v) for k, v in DEMO_RECIPE.items()}

@@ -120,8 +120,9 @@ p1, p99): clip to [p1, p99], subtract mean, divide by std, and set pixels that a
 def export_timm(source: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Write a timm export of the encoder at ``source`` (RUN_DIR, RUN_DIR/encoder or a fine-tune folder) to
     ``out_dir``; returns ``out_dir``. Only ``plain`` 2D encoders have a timm equivalent (else an ExportError)."""
-    from geomed_ssl.checkpoint import atomic_write_dir, find_encoder_dir, load_encoder, read_encoder_config, versions
+    from geomed_ssl.checkpoint import find_encoder_dir, load_encoder, read_encoder_config, versions
     from geomed_ssl.outdirs import check_out_dir, write_manifest
+    from geomed_ssl.outfiles import atomic_write_dir
 
     folder = find_encoder_dir(source)
     cfg, _ = read_encoder_config(folder)

@@ -14,12 +14,12 @@ The rule
    ``summary.json``, the demo's ``.geomed-ssl-demo``, ...).
 4. An existing, non-empty folder is used only when it is ours and was made by the same command:
    ``resume`` continues it as it is (pretrain ``--resume``; embed, predict, evaluate and similar always continue or
-   add to their own folder); ``overwrite`` deletes what it lists (the manifest's entries plus the names and
-   temporary-file patterns the command is known to write) and starts again, and is refused, before anything is
-   deleted, when the folder also holds a file the toolkit did not write, at any depth (:func:`foreign_inside`:
-   its subfolders are checked against what the command writes there, ``CommandSpec.inside``, or by their own
-   manifest). Otherwise the command is refused, with one line naming the way out (``--resume``, ``--overwrite``,
-   another ``--out``).
+   add to their own folder); ``overwrite`` deletes what it lists (the manifest's entries plus the names the
+   command is known to write, and their temporary names: :mod:`geomed_ssl.outfiles`) and starts again, and is
+   refused, before anything is deleted, when the folder also holds a file the toolkit did not write, at any depth
+   (:func:`foreign_inside`: its subfolders are checked against what the command writes there,
+   ``CommandSpec.inside``, or by their own manifest). Otherwise the command is refused, with one line naming the
+   way out (``--resume``, ``--overwrite``, another ``--out``).
 5. Commands check ``--out`` first (:func:`check_out_dir`, no side effects), then validate their inputs and
    settings, and only then create the folder (:func:`prepare_out_dir`), so a refused or failed command leaves
    nothing behind and the next try needs no ``--overwrite``.
@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from geomed_ssl.errors import ConfigError, OutputError
-from geomed_ssl.outfiles import atomic_write_text
+from geomed_ssl.outfiles import TEMP_GLOBS, atomic_write_text, is_temp_name, legacy_temp_globs
 
 MANIFEST = ".geomed-ssl.json"
 TOOL = "geomed-ssl"
@@ -153,7 +153,7 @@ class CommandSpec:
     """What one command writes at the top level of its output folder."""
 
     entries: tuple[str, ...] = ()  # exact names
-    patterns: tuple[str, ...] = ()  # fnmatch patterns: temporary files of its writers, outputs named per input
+    patterns: tuple[str, ...] = ()  # fnmatch patterns of outputs named per input (temporary names: outfiles)
     flags: tuple[str, ...] = ("--overwrite",)  # the options its CLI offers to use an existing folder
     legacy: Callable[[Path], bool] | None = None  # recognises a folder an earlier version made (no manifest)
     # what it writes inside its subfolders: {subfolder name or pattern: fnmatch patterns of paths relative to it}; a
@@ -162,24 +162,23 @@ class CommandSpec:
     inside: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-COMMON_PATTERNS = (".partial-*",)  # atomic_path's temporary files
-CKPT_FILES = ("*.ckpt", ".*.ckpt.tmp-*")  # checkpoints (step-NNNNNN.ckpt, last.ckpt, Lightning's) and their temp files
+COMMON_PATTERNS = TEMP_GLOBS  # every writer's temporary names (geomed_ssl.outfiles); earlier versions' per entry
+CKPT_FILES = ("*.ckpt", ".*.ckpt.tmp-*")  # checkpoints (step-NNNNNN.ckpt, last.ckpt, Lightning's), earlier temp files
 EXPORT_FILES = ("config.json", "model.safetensors")  # an encoder / model export
 COMMANDS: dict[str, CommandSpec] = {
     "pretrain": CommandSpec(("config.yaml", "catalog.json", "stats.json", "metrics.csv", "checkpoints", "encoder",
-                             "previews", "tensorboard"), ("metrics.csv.tmp", ".encoder.*"), ("--resume", "--overwrite"),
+                             "previews", "tensorboard"), (), ("--resume", "--overwrite"),
                             _legacy_run, {"checkpoints": CKPT_FILES, "encoder": EXPORT_FILES, ".encoder.*": EXPORT_FILES,
                                           "previews": ("step-*.png",),
                                           "tensorboard": ("events.out.tfevents.*", "hparams.yaml",
                                                           "*/events.out.tfevents.*", "*/hparams.yaml")}),
     "finetune": CommandSpec(("config.yaml", "labels_used.npz", "metrics_train.csv", "checkpoints", "model",
                              "metrics.json", "confusion.png", "eval"),
-                            ("metrics_train.csv.tmp", "labels_used.npz.tmp", ".model.*"), legacy=_legacy_finetune,
+                            legacy=_legacy_finetune,
                             inside={"checkpoints": CKPT_FILES, "model": EXPORT_FILES, ".model.*": EXPORT_FILES,
                                     "eval": ("metrics.json", "confusion.png")}),
     "embed": CommandSpec(("manifest.json", "parts", "embeddings.parquet", "vectors.npy", "pca.npz", "maps",
-                          "search"), (".manifest.json.*.tmp", ".embeddings.parquet.tmp", ".vectors.npy.tmp.npy"),
-                         legacy=_legacy_embed,
+                          "search"), legacy=_legacy_embed,
                          inside={"parts": ("part-*/chunk-*.parquet", "part-*/files.json", ".tmp-*/*"),
                                  "maps": ("*_embedding.tif", "*_embedding.nii.gz", "*.aux.xml"),
                                  "search": ("*/similar.csv", "*/similar.png")}),
@@ -251,7 +250,7 @@ def owner(folder: PathLike) -> Owner | None:
             return None
     spec = COMMANDS.get(command, CommandSpec())
     names = set(spec.entries) | set(_entry_names(manifest)) | {MANIFEST}
-    patterns = spec.patterns + COMMON_PATTERNS
+    patterns = spec.patterns + COMMON_PATTERNS + legacy_temp_globs(sorted(names))
     result = Owner(command, manifest)
     for entry in sorted(folder.iterdir()):
         (result.ours if entry.name in names or _matches(entry.name, patterns) else result.foreign).append(entry.name)
@@ -271,7 +270,7 @@ def foreign_inside(folder: PathLike, found: Owner | None = None) -> list[str]:
     bad = list(found.foreign)
     for name in found.ours:
         entry = folder / name
-        if entry.is_dir() and not entry.is_symlink():
+        if entry.is_dir() and not entry.is_symlink() and not is_temp_name(name):  # a killed writer's folder: ours
             patterns = next((v for k, v in spec.inside.items() if fnmatch.fnmatchcase(name, k)), None)
             bad += [f"{name}/{p}" for p in _foreign_in_subfolder(entry, patterns)]
     return bad
@@ -288,7 +287,9 @@ def _foreign_in_subfolder(sub: Path, patterns: tuple[str, ...] | None) -> list[s
         here = Path(root)
         rel = here.relative_to(sub)
         for d in list(dirs):
-            if (here / d).is_symlink():  # judged by name, as a file; never followed
+            if is_temp_name(d) and not (here / d).is_symlink():  # a killed writer's folder: ours, not descended
+                dirs.remove(d)
+            elif (here / d).is_symlink():  # judged by name, as a file; never followed
                 files.append(d)
                 dirs.remove(d)
             elif read_manifest(here / d) is not None:  # a folder of the toolkit's own: its own rule
@@ -302,7 +303,7 @@ def _foreign_in_subfolder(sub: Path, patterns: tuple[str, ...] | None) -> list[s
 
 
 def _manifest_text(command: str, entries: Sequence[str], created: str | None = None) -> str:
-    from geomed_ssl import __version__
+    from geomed_ssl._version import __version__
 
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return json.dumps({"tool": TOOL, "version": __version__, "command": command, "created": created or now,

@@ -1,26 +1,50 @@
-"""Files that appear under their final name only when complete, and the clean-up of what a killed writer left.
+"""Files and folders that appear under their final name only when complete, and the clean-up of what a killed writer
+left. Every atomic write of the toolkit goes through here: outputs, metrics, checkpoints, exports, embedding parts.
 
-A file is written as ``.partial-<pid>-<name>`` in its own folder (same filesystem, so the final ``os.replace`` is
-atomic; the full suffix is kept so writers that go by the extension, GDAL, nibabel, matplotlib, still work) and
-renamed when complete. :func:`remove_stale_partials` deletes the partial files whose process is gone.
+Temporary names, the one rule (other modules ask :data:`TEMP_GLOBS`, :func:`legacy_temp_globs` and
+:func:`is_temp_name`, never spell a temporary name themselves):
+
+- ``.partial-<pid>-<name>``: ``name`` (a file or a folder) being written by process ``pid``, in the target's own
+  folder (same filesystem, so the final ``os.replace`` is atomic; the full suffix is kept so writers that go by the
+  extension, GDAL, nibabel, matplotlib, still work);
+- ``.replaced-<pid>-<name>``: the previous folder ``name`` for the instant a new one is swapped in
+  (:func:`atomic_write_dir`); deleted once the new one is in place, restored by the clean-up when a kill came in
+  between;
+- earlier versions' names, for the clean-up and for ``--overwrite`` only: ``.<name>.*`` (``.<name>.tmp-<pid>-<hex>``,
+  ``.<name>.<random>`` folders and ``.<name>.old``), ``<name>.tmp`` and ``.tmp-<pid>-<hex>`` (embedding parts).
+
+A file is flushed to disk (fsync) and renamed over the target, and the rename is made durable by syncing the
+folder. A failure at any point deletes the partial file and leaves the target as it was. Files get the modes a plain
+``open`` gives under the user's umask. :func:`remove_stale_partials` deletes what writers that are gone left.
 
 API::
 
     partial_path(path) -> Path
-    atomic_path(path) -> context manager yielding the temporary Path
+    commit_partial(tmp, path) -> Path (a finished partial file or folder flushed and renamed: for writers kept open)
+    atomic_path(path) -> context manager yielding the temporary Path (the caller creates the file)
+    atomic_write(path, write) -> Path (``write(binary file)``; the file is created here, never through a link)
     atomic_write_text(path, text) -> Path
-    remove_stale_partials(folder) -> list[Path]
+    replace_with_copy(src, dst) -> None (a hard link when possible, else a copy)
+    atomic_write_dir(target, write) -> None (``write(tmp_dir)``, then the folder is swapped in)
+    TEMP_GLOBS, legacy_temp_globs(names) -> tuple[str, ...], is_temp_name(name, names=()) -> bool
+    remove_stale_partials(folder, names=(), only=None) -> list[Path]
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
-PARTIAL = re.compile(r"^\.partial-(\d+)-(.+)$")
+from geomed_ssl.permissions import apply_umask
+
+PARTIAL, REPLACED = ".partial-", ".replaced-"
+TEMP_GLOBS = (f"{PARTIAL}*", f"{REPLACED}*")  # what this version's writers leave when killed
+_OURS = re.compile(rf"^({re.escape(PARTIAL)}|{re.escape(REPLACED)})(\d+)-(.+)$")
 PathLike = str | os.PathLike
 
 
@@ -28,7 +52,45 @@ def partial_path(path: PathLike) -> Path:
     """The temporary name of ``path`` while it is written: hidden, in the same folder, full suffix kept (.tif,
     .nii.gz, .png), with this process's id so a later run can tell a killed writer's leftovers."""
     path = Path(path)
-    return path.with_name(f".partial-{os.getpid()}-{path.name}")
+    return path.with_name(f"{PARTIAL}{os.getpid()}-{path.name}")
+
+
+def legacy_temp_globs(names: Iterable[str]) -> tuple[str, ...]:
+    """fnmatch patterns of what earlier versions' writers left in a folder of ours, for each of ``names`` (names or
+    globs of the entries a command writes there): ``.<name>.*`` and ``<name>.tmp``; and ``.tmp-<pid>-<hex>`` (an
+    embedding part being written)."""
+    return (".tmp-[0-9]*-*",) + tuple(g for n in names for g in (f".{n}.*", f"{n}.tmp"))
+
+
+def is_temp_name(name: str, names: Iterable[str] = ()) -> bool:
+    """Whether ``name`` is a temporary name of ours: this version's, or an earlier version's for one of ``names``."""
+    return any(fnmatch.fnmatchcase(name, g) for g in TEMP_GLOBS + legacy_temp_globs(names))
+
+
+def fsync_dir(folder: PathLike) -> None:
+    """Make a rename in ``folder`` durable (best effort: some filesystems cannot open or sync a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def commit_partial(tmp: PathLike, path: PathLike) -> Path:
+    """Flush the finished file ``tmp`` (a :func:`partial_path`) to disk and rename it to ``path``, durably. A
+    finished folder is renamed to ``path`` the same way, provided ``path`` does not exist or is an empty folder."""
+    tmp, path = Path(tmp), Path(path)
+    if not tmp.is_dir():
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return path
 
 
 @contextmanager
@@ -39,12 +101,21 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     tmp = partial_path(path)
     try:
         yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        commit_partial(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: PathLike, write: Callable[[BinaryIO], Any]) -> Path:
+    """``write(file)`` into a new temporary file beside ``path`` (created here with the umask's permissions, never
+    through an existing file or link), then fsync and rename it over ``path`` (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.unlink(missing_ok=True)  # a leftover of this very process (pid reuse): ours to replace
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+    return Path(path)
 
 
 def atomic_write_text(path: PathLike, text: str) -> Path:
@@ -52,6 +123,60 @@ def atomic_write_text(path: PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def replace_with_copy(src: PathLike, dst: PathLike) -> None:
+    """Make ``dst`` a copy of the finished file ``src``, atomically: a hard link when the filesystem has them (no
+    data copied; a later save of either replaces its own name only), else a copy."""
+    src, dst = Path(src), Path(dst)
+    tmp = partial_path(dst)
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+        def copy(f: BinaryIO) -> None:
+            with src.open("rb") as s:
+                shutil.copyfileobj(s, f, 16 * 2**20)
+
+        atomic_write(dst, copy)
+        return
+    fsync_dir(dst.parent)
+
+
+def atomic_write_dir(target: PathLike, write: Callable[[Path], Any]) -> None:
+    """Call ``write(tmp_dir)`` then swap ``tmp_dir`` into ``target``, so a kill never leaves a half-written folder.
+
+    The temporary folder is ``.partial-<pid>-<name>`` beside ``target``; an existing ``target`` is moved aside to
+    ``.replaced-<pid>-<name>`` for the swap and deleted after it, so on success only ``target`` is left. What a
+    killed swap of this target left is cleaned first (:func:`remove_stale_partials`). The result has the modes the
+    user's umask gives new files and folders (not safetensors' private 0600)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(target.parent, only=target.name)
+    tmp, old = partial_path(target), target.with_name(f"{REPLACED}{os.getpid()}-{target.name}")
+    for leftover in (tmp, old):  # this very process's (pid reuse): ours to replace
+        _remove(leftover)
+    tmp.mkdir()
+    try:
+        write(tmp)
+        apply_umask(tmp)
+        if target.exists() or target.is_symlink():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    finally:
+        _remove(tmp)
+        _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:
@@ -68,16 +193,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_partials(folder: PathLike) -> list[Path]:
-    """Delete the ``.partial-<pid>-<name>`` files in ``folder`` whose writing process is gone (a killed run's
-    leftovers); files of live processes and any other names are left alone. Returns the deleted paths."""
+def remove_stale_partials(folder: PathLike, names: Iterable[str] = (), only: str | None = None) -> list[Path]:
+    """Delete what killed writers left in ``folder``: ``.partial-<pid>-*`` files and folders whose process is gone
+    (a ``.replaced-<pid>-<name>`` folder is moved back to ``name`` when a kill left ``name`` missing, else deleted),
+    and earlier versions' temporary names of ``names`` (:func:`legacy_temp_globs`). Live processes' files and any
+    other names are left alone; ``only`` limits the clean-up to this version's temporary names of that one entry
+    (for a folder the toolkit does not own, such as the parent of an export). Returns the deleted paths."""
     folder = Path(folder)
-    removed = []
+    removed: list[Path] = []
     if not folder.is_dir():
         return removed
-    for entry in folder.iterdir():
-        match = PARTIAL.match(entry.name)
-        if match and entry.is_file() and not entry.is_symlink() and not _alive(int(match.group(1))):
-            entry.unlink(missing_ok=True)
-            removed.append(entry)
+    legacy = legacy_temp_globs(names) if only is None else ()
+    for entry in sorted(folder.iterdir()):
+        match = _OURS.match(entry.name)
+        if match and not _alive(int(match.group(2))) and only in (None, match.group(3)):
+            original = folder / match.group(3)
+            if match.group(1) == REPLACED and entry.is_dir() and not (original.exists() or original.is_symlink()):
+                os.replace(entry, original)  # killed mid-swap: the previous folder comes back
+                continue
+        elif match or not any(fnmatch.fnmatchcase(entry.name, g) for g in legacy):
+            continue
+        _remove(entry)
+        removed.append(entry)
     return removed

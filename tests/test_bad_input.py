@@ -50,7 +50,7 @@ def recipe_file(root: Path, text: str) -> Path:
 # ---- output folders: refused before anything is created or deleted --------------------------------------------
 def encoder(root: Path) -> Path:
     """A tiny encoder export (random weights, statistics of ``rasters(root)``) in ``root/enc``."""
-    from tests.downstream.test_embed import make_encoder
+    from tests.embeddings.test_extract import make_encoder
 
     return make_encoder(rasters(root), root / "enc")
 
@@ -474,15 +474,15 @@ def described_rasters(root: Path, names: list[str], folder: str = "data") -> Pat
 
 
 def encoder_for_bands(root: Path, names: list[str]) -> Path:
-    from tests.downstream.test_embed import make_encoder
+    from tests.embeddings.test_extract import make_encoder
 
     return make_encoder(described_rasters(root, names, "train"), root / "encoder")
 
 
 def embedded(root: Path, folder: Path) -> Path:
     """An image-level embedding folder of ``folder`` made with a tiny encoder of its own data."""
-    from geomed_ssl.downstream.embed import embed_folder
-    from tests.downstream.test_embed import make_encoder
+    from geomed_ssl.embeddings.extract import embed_folder
+    from tests.embeddings.test_extract import make_encoder
 
     embed_folder(make_encoder(folder, root / "encoder"), folder, root / "emb", level="image", progress=False)
     return root / "emb"
@@ -498,7 +498,7 @@ def one_class_embeddings(root: Path) -> list[str]:
 def nifti_for_raster_model(root: Path) -> list[str]:
     import nibabel as nib
 
-    from tests.downstream.test_evaluate import make_ft_dir
+    from tests.inference.test_finetuned import make_ft_dir
 
     ft = make_ft_dir(root)
     nib.save(nib.Nifti1Image(np.ones((16, 16, 16), np.float32), np.eye(4)), str(root / "ct.nii.gz"))
@@ -514,7 +514,7 @@ def nifti_for_raster_encoder(root: Path) -> list[str]:
 
 
 def corrupt_file_for_classifier(root: Path) -> list[str]:
-    from tests.downstream.test_evaluate import make_ft_dir
+    from tests.inference.test_finetuned import make_ft_dir
 
     ft = make_ft_dir(root, task="classify")
     data = rasters(root)

@@ -37,6 +37,16 @@ def test_overwrite_replaces_a_folder_of_ours(tmp_path: Path) -> None:
     assert [p.name for p in out.iterdir()] == [MANIFEST]
 
 
+
+def test_overwrite_deletes_what_killed_writers_of_this_and_earlier_versions_left(tmp_path: Path) -> None:
+    out = prepare_out_dir(tmp_path / "run", command="pretrain")
+    fill(out, "metrics.csv", ".partial-4242-metrics.csv", ".metrics.csv.tmp-17-00ff00", "metrics.csv.tmp")
+    (out / ".partial-4242-encoder").mkdir()  # an encoder export swapped in by a killed run
+    (out / ".replaced-4242-encoder").mkdir()
+    assert not owner(out).foreign  # type: ignore[union-attr]
+    prepare_out_dir(out, command="pretrain", overwrite=True)
+    assert [p.name for p in out.iterdir()] == [MANIFEST]
+
 def test_overwrite_deletes_only_the_entries_of_ours_and_refuses_before_deleting_any(tmp_path: Path) -> None:
     out = prepare_out_dir(tmp_path / "ft", command="finetune")
     fill(out, "metrics.json", "my_notes.md")
@@ -277,7 +287,7 @@ def test_an_input_folder_named_none_is_still_an_input(tmp_path: Path, monkeypatc
     Path("none").mkdir()
     with pytest.raises(OutputError, match="lies inside the data folder 'none'"):
         check_inputs("none/run", {"data folder": "none"})
-    from geomed_ssl.downstream.finetune import finetune_inputs
+    from geomed_ssl.finetune.fit import finetune_inputs
 
     assert finetune_inputs(None, "none", images="imgs")["encoder"] is None  # the encoder keyword: no input
 

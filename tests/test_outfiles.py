@@ -1,4 +1,5 @@
-"""Files written under a temporary name and renamed when complete; the clean-up of what a killed writer left."""
+"""Files and folders written under a temporary name and renamed when complete; the clean-up of what a killed writer
+left."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from geomed_ssl.outfiles import atomic_path, partial_path, remove_stale_partials
+from geomed_ssl.outfiles import (atomic_path, atomic_write, atomic_write_dir, is_temp_name, partial_path,
+                                 remove_stale_partials, replace_with_copy)
+
+
+def dead_pid() -> int:
+    """The id of a process that has exited."""
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
 
 
 def test_atomic_path_keeps_the_old_file_when_the_writer_fails(tmp_path: Path) -> None:
@@ -36,3 +44,93 @@ def test_stale_partials_of_dead_processes_are_removed_and_nothing_else(tmp_path:
     assert remove_stale_partials(tmp_path) == [stale]
     assert all(p.exists() for p in keep) and not stale.exists()
     assert os.getpid() != int(dead.stdout)
+
+
+def test_atomic_write_creates_a_file_with_the_umask_modes_and_no_leftover(tmp_path: Path) -> None:
+    target = tmp_path / "last.ckpt"
+    old = os.umask(0o027)
+    try:
+        atomic_write(target, lambda f: f.write(b"weights"))
+    finally:
+        os.umask(old)
+    assert target.read_bytes() == b"weights" and target.stat().st_mode & 0o777 == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_atomic_write_never_writes_through_a_link_at_its_temporary_name(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    partial_path(tmp_path / "out.bin").symlink_to(victim)  # planted where the write's temporary file goes
+    atomic_write(tmp_path / "out.bin", lambda f: f.write(b"new"))
+    assert victim.read_text() == "keep" and (tmp_path / "out.bin").read_bytes() == b"new"
+    assert not partial_path(tmp_path / "out.bin").exists()
+
+
+def test_replace_with_copy_gives_the_copy_the_finished_contents(tmp_path: Path) -> None:
+    step, last = tmp_path / "step-000005.ckpt", tmp_path / "last.ckpt"
+    step.write_bytes(b"step 5")
+    last.write_bytes(b"step 0")
+    replace_with_copy(step, last)
+    assert last.read_bytes() == b"step 5"
+    atomic_write(step, lambda f: f.write(b"rewritten"))  # a later save of one name leaves the other alone
+    assert last.read_bytes() == b"step 5"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "step-000005.ckpt"]
+
+
+def test_atomic_write_dir_swaps_a_complete_folder_in_with_umask_modes(tmp_path: Path) -> None:
+    target = tmp_path / "encoder"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+
+    def killed(folder: Path) -> None:
+        (folder / "half.txt").write_text("x")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write_dir(target, killed)
+    assert [p.name for p in target.iterdir()] == ["old.txt"] and [p.name for p in tmp_path.iterdir()] == ["encoder"]
+    old = os.umask(0o022)
+    try:
+        atomic_write_dir(target, lambda d: (d / "config.json").write_text("{}"))
+    finally:
+        os.umask(old)
+    assert [p.name for p in target.iterdir()] == ["config.json"] and [p.name for p in tmp_path.iterdir()] == ["encoder"]
+    assert target.stat().st_mode & 0o777 == 0o755 and (target / "config.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_atomic_write_dir_leaves_no_temporary_sibling_while_writing_or_after(tmp_path: Path) -> None:
+    target = tmp_path / "export"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    seen = []
+
+    def write(folder: Path) -> None:
+        seen.extend(p.name for p in tmp_path.iterdir() if p.name != "export")
+        (folder / "new.txt").write_text("new")
+
+    atomic_write_dir(target, write)
+    assert all(is_temp_name(name) for name in seen) and seen  # the temporary folder carries a temporary name
+    assert [p.name for p in tmp_path.iterdir()] == ["export"] and [p.name for p in target.iterdir()] == ["new.txt"]
+
+
+def test_a_swap_killed_midway_is_undone_by_the_next_write_of_that_folder(tmp_path: Path) -> None:
+    pid = dead_pid()
+    target, notes = tmp_path / "export", tmp_path / ".partial-notes.txt"
+    (tmp_path / f".replaced-{pid}-export").mkdir()  # killed after moving the old folder aside
+    (tmp_path / f".replaced-{pid}-export" / "old.txt").write_text("old")
+    (tmp_path / f".partial-{pid}-export").mkdir()
+    (tmp_path / f".partial-{pid}-other").mkdir()  # another target's: not this write's to clean
+    notes.write_text("not ours")
+    assert remove_stale_partials(tmp_path, only="export") == [tmp_path / f".partial-{pid}-export"]
+    assert (target / "old.txt").read_text() == "old"  # the previous folder is back under its name
+    atomic_write_dir(target, lambda d: (d / "new.txt").write_text("new"))
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([".partial-notes.txt", f".partial-{pid}-other", "export"])
+
+
+def test_earlier_versions_temporary_names_are_removed_only_for_the_names_given(tmp_path: Path) -> None:
+    old = [".metrics.csv.tmp-17-00ff00", "metrics.csv.tmp", ".encoder.k2j3h4", ".tmp-17-0a1b2c3d"]
+    for name in old + ["notes.tmp", ".hidden"]:
+        (tmp_path / name).write_text("x")
+    assert sorted(p.name for p in remove_stale_partials(tmp_path, ("metrics.csv", "encoder"))) == sorted(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "notes.tmp"]

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from geomed_ssl.data.conform import pick_bands
+from geomed_ssl.data.crops import pad_crop
 from geomed_ssl.errors import DataError
 
 Region = tuple[int, int, int, int]  # row_off, col_off, height, width (file pixels, inside the file)
@@ -334,7 +335,7 @@ class VolumeReader:
         """Box (C, di, dj, dk) float32 at RAS voxel ``(i, j, k)`` (i towards Right, j Anterior, k Superior); outside
         the volume is NaN."""
         vol, _ = self.load(record)
-        return cut_box(vol, (i, j, k), (di, dj, dk))
+        return pad_crop(vol, (i, j, k), (di, dj, dk), np.nan, np.float32)
 
 
 class _Volume:
@@ -360,17 +361,3 @@ def resample_to_spacing(arr: np.ndarray, affine: np.ndarray, spacing: list[float
     out = torch.nn.functional.interpolate(t, size=tuple(new), mode="trilinear", align_corners=True)[0].numpy()
     scale = [(n - 1) / (m - 1) if m > 1 else 1.0 for n, m in zip(old, new)]
     return out, affine @ np.diag([*scale, 1.0])
-
-
-def cut_box(arr: np.ndarray, start: tuple[int, ...], size: tuple[int, ...]) -> np.ndarray:
-    """Cut ``arr[:, start:start+size]`` over the trailing spatial axes, NaN outside (float32 copy)."""
-    out = np.full((arr.shape[0], *size), np.nan, dtype=np.float32)
-    src, dst = [slice(None)], [slice(None)]
-    for s, n, dim in zip(start, size, arr.shape[1:]):
-        a, b = max(s, 0), min(s + n, dim)
-        if b <= a:
-            return out
-        src.append(slice(a, b))
-        dst.append(slice(a - s, b - s))
-    out[tuple(dst)] = arr[tuple(src)]
-    return out

@@ -12,8 +12,7 @@ from typing import Any, Callable
 import lightning as L
 
 from geomed_ssl.checkpoint import save_encoder
-from geomed_ssl.outfiles import atomic_path
-from geomed_ssl.train.checkpointing import atomic_write
+from geomed_ssl.outfiles import atomic_path, atomic_write
 
 
 class MetricsCSV(L.Callback):

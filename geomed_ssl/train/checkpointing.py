@@ -1,11 +1,11 @@
 """Checkpoints that survive kills: atomic writes, the resume checkpoint, and saving on SIGTERM / SIGINT.
 
-Rules. A checkpoint is written to a temporary file in its own folder (``.last.ckpt.tmp-<pid>-<hex>``, created with
-the user's umask), flushed and fsynced, then renamed over the old one, so a kill or a full disk leaves the previous
-checkpoint whole. ``checkpoints/last.ckpt`` is refreshed every ``train.checkpoint_every`` steps (with a kept
-``step-NNNNNN.ckpt``), every ``train.checkpoint_minutes`` of wall time, when SIGTERM or SIGINT arrives (cluster
-preemption, Ctrl-C: saved at the next step boundary, then the run stops; a second Ctrl-C aborts at once) and at the
-end. Only global rank 0 writes; every decision is taken by all ranks together. ``--resume`` takes the checkpoint
+Rules. A checkpoint is written to a temporary file in its own folder (``.partial-<pid>-last.ckpt``, created with the
+user's umask), flushed and fsynced, then renamed over the old one (:mod:`geomed_ssl.outfiles`), so a kill or a full disk
+leaves the previous checkpoint whole. ``checkpoints/last.ckpt`` is refreshed every ``train.checkpoint_every`` steps
+(with a kept ``step-NNNNNN.ckpt``), every ``train.checkpoint_minutes`` of wall time, when SIGTERM or SIGINT arrives
+(cluster preemption, Ctrl-C: saved at the next step boundary, then the run stops; a second Ctrl-C aborts at once) and at
+the end. Only global rank 0 writes; every decision is taken by all ranks together. ``--resume`` takes the checkpoint
 that loads with the highest step (``last.ckpt`` or the newest ``step-*.ckpt``) and says which it skipped and why.
 """
 
@@ -15,8 +15,6 @@ import logging
 import os
 import pickle
 import re
-import secrets
-import shutil
 import signal
 import time
 import zipfile
@@ -30,70 +28,17 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
 from geomed_ssl.errors import GeomedError
+from geomed_ssl.outdirs import COMMANDS
+from geomed_ssl.outfiles import atomic_write, remove_stale_partials, replace_with_copy
 
 log = logging.getLogger("geomed_ssl")
 
-TMP_PATTERN = re.compile(r"^\..+\.tmp-\d+-[0-9a-f]{6}$")  # what atomic_save leaves when killed mid-write
 STEP_PATTERN = re.compile(r"^step-(\d+)\.ckpt$")
 
 
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (best effort: some filesystems cannot open or sync a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | Path, write: Callable[[Any], None]) -> None:
-    """``write(file)`` into a temporary file beside ``path`` (umask permissions), fsync, then rename it over
-    ``path``. On any failure the temporary file is removed and ``path`` is left as it was."""
-    path = Path(path)
-    tmp = _tmp_path(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` through :func:`atomic_write`."""
+    """``torch.save`` through :func:`geomed_ssl.outfiles.atomic_write`."""
     atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def replace_with_copy(src: Path, dst: Path) -> None:
-    """Make ``dst`` a copy of the finished file ``src``, atomically: a hard link when the filesystem has them (no
-    data copied; a later save of either replaces its own name only), else a copy."""
-    tmp = _tmp_path(dst)
-    try:
-        os.link(src, tmp)
-        os.replace(tmp, dst)
-        _fsync_dir(dst.parent)  # the new name survives a power cut, as atomic_write's do
-    except OSError:
-        tmp.unlink(missing_ok=True)
-
-        def copy(f: Any) -> None:
-            with src.open("rb") as s:
-                shutil.copyfileobj(s, f, 16 * 2**20)
-
-        atomic_write(dst, copy)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -109,19 +54,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:
-    """Delete what killed writes of ours left in a run folder: ``checkpoints/.<name>.tmp-<pid>-<hex>`` files, the
-    run's own ``.<name>.tmp-…`` files, and ``.encoder.*`` folders of an interrupted encoder export."""
-    removed: list[Path] = []
-    for folder in (run_dir, run_dir / "checkpoints"):
-        if not folder.is_dir():
-            continue
-        for p in folder.iterdir():
-            if p.is_file() and TMP_PATTERN.match(p.name):
-                p.unlink(missing_ok=True)
-                removed.append(p)
-            elif folder == run_dir and p.is_dir() and p.name.startswith(".encoder."):
-                shutil.rmtree(p, ignore_errors=True)
-                removed.append(p)
+    """Delete what killed writes of ours left in a run folder and its ``checkpoints/``: partial files and folders of
+    processes that are gone, and the temporary names earlier versions wrote (``.<name>.tmp-<pid>-<hex>``,
+    ``.encoder.*``), all as :func:`geomed_ssl.outfiles.remove_stale_partials` knows them."""
+    removed = remove_stale_partials(run_dir, COMMANDS["pretrain"].entries)
+    removed += remove_stale_partials(run_dir / "checkpoints", ("*.ckpt",))
     if removed:
         log.info(f"removed {len(removed)} temporary file(s) left by an interrupted write: "
                  + ", ".join(p.name for p in removed[:3]) + (" ..." if len(removed) > 3 else ""))

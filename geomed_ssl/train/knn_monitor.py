@@ -14,22 +14,12 @@ import torch
 
 from geomed_ssl.config import as_tuple
 from geomed_ssl.data.conform import conform_record
+from geomed_ssl.data.crops import centre_crop
 from geomed_ssl.data.stats import BandStats
-from geomed_ssl.downstream.classify import ImageDataset
-from geomed_ssl.downstream.labels import scan_class_folders
+from geomed_ssl.data.labelled import ImageDataset, scan_class_folders
 from geomed_ssl.train.knn import kfold_knn_accuracy
 
 log = logging.getLogger("geomed_ssl")
-
-
-def centre_crop(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """(C, *S) -> (C, *min(S, size)) around the centre (large images are cut to the encoder's window)."""
-    slices = [slice(None)]
-    for n, s in zip(image.shape[1:], size):
-        keep = min(n, s)
-        start = (n - keep) // 2
-        slices.append(slice(start, start + keep))
-    return image[tuple(slices)]
 
 
 @torch.no_grad()

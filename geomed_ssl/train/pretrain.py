@@ -281,15 +281,7 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
 
     stop = StopRequest()
     cbs = run_callbacks(out, recipe, method, catalog, stats, enc_cfg, stop, progress) + (callbacks or [])
-    trainer = L.Trainer(
-        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
-        precision=resolve_precision(t.precision, t.accelerator, t.strategy), max_steps=t.max_steps, max_epochs=-1,
-        gradient_clip_val=t.grad_clip, accumulate_grad_batches=t.accumulate_grad_batches, callbacks=cbs,
-        logger=tensorboard_logger(out), log_every_n_steps=min(t.log_every, t.max_steps),
-        enable_progress_bar=has_bar(cbs), enable_checkpointing=False, enable_model_summary=False,
-        default_root_dir=str(out), num_sanity_val_steps=0, use_distributed_sampler=False, deterministic=False,
-        plugins=[AtomicCheckpointIO()],
-    )
+    trainer = build_trainer(t, out, cbs)
     module = PretrainModule(method, recipe, effective_batch=t.batch_size * t.accumulate_grad_batches * world,
                             extra_state={"encoder": enc_cfg.to_dict(), "method": recipe.method.name}, clock=clock)
     data = PretrainData(dataset, t.batch_size, t.max_steps * t.accumulate_grad_batches, t.accumulate_grad_batches,
@@ -304,6 +296,20 @@ def stopped_reason(steps: int, max_steps: int, stop: StopRequest) -> str | None:
     """Why a run ended before ``max_steps`` (the signal's name, else "stopped"); None when it reached them, even
     if a signal came after its last step."""
     return (stop.name or "stopped") if steps < max_steps else None
+
+
+def build_trainer(t: Any, out: Path, cbs: list[L.Callback]) -> L.Trainer:
+    """The Lightning trainer of a run: the recipe's accelerator, devices, strategy, nodes, precision, steps and
+    clipping; checkpoints are written by our callbacks (``RunCheckpoints``, atomic), the data is sampled by ours."""
+    return L.Trainer(
+        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+        precision=resolve_precision(t.precision, t.accelerator, t.strategy), max_steps=t.max_steps, max_epochs=-1,
+        gradient_clip_val=t.grad_clip, accumulate_grad_batches=t.accumulate_grad_batches, callbacks=cbs,
+        logger=tensorboard_logger(out), log_every_n_steps=min(t.log_every, t.max_steps),
+        enable_progress_bar=has_bar(cbs), enable_checkpointing=False, enable_model_summary=False,
+        default_root_dir=str(out), num_sanity_val_steps=0, use_distributed_sampler=False, deterministic=False,
+        plugins=[AtomicCheckpointIO()],
+    )
 
 
 def fit(trainer: L.Trainer, module: PretrainModule, data: PretrainData, point: ResumePoint | None,
@@ -366,7 +372,7 @@ class ReconstructionPreview:
         self.band_names, self.wavelengths = enc_cfg.band_names, enc_cfg.wavelengths
 
     def __call__(self, pl_module: L.LightningModule, step: int, path: Path) -> None:
-        from geomed_ssl.train.previews import render_reconstruction
+        from geomed_ssl.viz.previews import render_reconstruction
 
         render_reconstruction(pl_module.method, self.batch, self.band_names, self.wavelengths, path)
 
@@ -380,6 +386,6 @@ class AttentionPreview:
         self.band_names, self.wavelengths = enc_cfg.band_names, enc_cfg.wavelengths
 
     def __call__(self, pl_module: L.LightningModule, step: int, path: Path) -> None:
-        from geomed_ssl.downstream.attention import save_attention_png
+        from geomed_ssl.viz.attention import save_attention_png
 
         save_attention_png(pl_module.method.export_encoder(), self.image, self.band_names, self.wavelengths, path)

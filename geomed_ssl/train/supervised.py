@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from geomed_ssl.config import FinetuneConfig
-from geomed_ssl.downstream.seg_data import IGNORE
+from geomed_ssl.data.labelled import IGNORE
 from geomed_ssl.errors import TrainingError
 from geomed_ssl.train.module import warmup_cosine
 

@@ -10,7 +10,7 @@ import pytest
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data import readers as readers_mod
 from geomed_ssl.data.catalog import FileRecord, scan
-from geomed_ssl.data.readers import RasterReader, VolumeReader, cut_box
+from geomed_ssl.data.readers import RasterReader, VolumeReader
 from tests.data.conftest import gradient, write_nii, write_tif
 
 TILED = dict(tiled=True, blockxsize=32, blockysize=32, compress="deflate")
@@ -176,11 +176,6 @@ def test_volume_cache_is_bounded(tmp_path):
     assert reader.counters == {"loads": 4, "hits": 0}
     reader.read_box(recs[1], 0, 0, 0, 2, 2, 2)
     assert reader.counters["hits"] == 1
-
-
-def test_cut_box_outside_is_all_nan():
-    out = cut_box(np.ones((1, 4, 4, 4), np.float32), (10, 0, 0), (2, 2, 2))
-    assert np.isnan(out).all()
 
 
 def test_scan_records_read_back_through_the_reader(tmp_path):

@@ -8,6 +8,8 @@ import errno
 import logging
 import os
 import signal
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -18,7 +20,8 @@ import torch
 from typer.testing import CliRunner
 
 from geomed_ssl.cli import app
-from geomed_ssl.train.checkpointing import StopRequest, atomic_save, atomic_write, remove_stale_temp_files
+from geomed_ssl.outfiles import atomic_write
+from geomed_ssl.train.checkpointing import StopRequest, atomic_save, remove_stale_temp_files
 from geomed_ssl.train.pretrain import pretrain
 from tests.conftest import TINY, KillAt
 
@@ -63,6 +66,18 @@ def test_only_our_stale_temporary_files_are_removed(tmp_path: Path) -> None:
     remove_stale_temp_files(tmp_path)
     assert not any(p.exists() for p in ours) and not (tmp_path / ".encoder.k2j3h4").exists()
     assert all(p.exists() for p in theirs)
+
+
+def test_partial_checkpoints_of_a_killed_process_are_removed_and_a_live_ones_kept(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "checkpoints").mkdir()
+    stale = [tmp_path / "checkpoints" / f".partial-{int(dead.stdout)}-last.ckpt",
+             tmp_path / f".partial-{int(dead.stdout)}-metrics.csv"]
+    live = tmp_path / "checkpoints" / f".partial-{os.getpid()}-step-000005.ckpt"  # a save in progress
+    for p in [*stale, live]:
+        p.write_bytes(b"x")
+    assert sorted(remove_stale_temp_files(tmp_path)) == sorted(stale)
+    assert live.exists()
 
 
 def test_resume_skips_a_truncated_newest_checkpoint_and_replays_exactly(raster_dir: Path, tmp_path: Path,
@@ -117,12 +132,12 @@ def test_resume_prefers_last_ckpt_when_it_is_at_least_as_far(tmp_path: Path) -> 
 
 
 def test_linking_last_ckpt_syncs_its_folder(tmp_path: Path, monkeypatch) -> None:
-    import geomed_ssl.train.checkpointing as checkpointing
+    import geomed_ssl.outfiles as outfiles
 
     synced: list[Path] = []
-    monkeypatch.setattr(checkpointing, "_fsync_dir", synced.append)
+    monkeypatch.setattr(outfiles, "fsync_dir", synced.append)
     step = fake_checkpoint(tmp_path / "step-000005.ckpt", 5)
-    checkpointing.replace_with_copy(step, tmp_path / "last.ckpt")
+    outfiles.replace_with_copy(step, tmp_path / "last.ckpt")
     assert os.path.samefile(step, tmp_path / "last.ckpt") and synced == [tmp_path]
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from geomed_ssl.config import FinetuneConfig
-from geomed_ssl.downstream.seg_data import IGNORE
+from geomed_ssl.data.labelled import IGNORE
 from geomed_ssl.train.supervised import SupervisedModule, sparse_dice_loss
 
 

@@ -1,0 +1,49 @@
+"""Cutting arrays: a box that may reach outside the array (padded with a fill value), and centred crops (to a size,
+or to the largest multiple of the token patch). Spatial axes are the trailing ones; leading axes (bands) are kept.
+Where the windows lie is :mod:`geomed_ssl.data.tiling`'s business; this module only cuts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from geomed_ssl.data.tiling import centre_start, patch_floor
+from geomed_ssl.errors import ConfigError
+
+
+def pad_crop(array: np.ndarray, start: Sequence[int], size: Sequence[int], fill: Any,
+             dtype: Any = None) -> np.ndarray:
+    """``array[..., start:start+size]`` over the last ``len(size)`` axes, ``fill`` outside the array: a new array of
+    shape ``(*lead, *size)`` and ``dtype`` (default the array's)."""
+    nd = len(size)
+    lead = array.shape[: array.ndim - nd]
+    out = np.full((*lead, *size), fill, dtype=dtype or array.dtype)
+    src, dst = [], []
+    for s, n, dim in zip(start, size, array.shape[-nd:]):
+        lo, hi = max(s, 0), min(s + n, dim)
+        if hi <= lo:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - s, hi - s))
+    out[(..., *dst)] = array[(..., *src)]
+    return out
+
+
+def centre_crop(array: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """(C, *S) -> (C, *min(S, size)) around the centre (a view)."""
+    slices = [slice(None)]
+    for n, s in zip(array.shape[1:], size):
+        keep = min(n, s)
+        start = centre_start(n, keep)
+        slices.append(slice(start, start + keep))
+    return array[tuple(slices)]
+
+
+def crop_to_patch(array: np.ndarray, patch: Sequence[int]) -> np.ndarray:
+    """Centre-crop the spatial axes of (C, *S) to the largest multiple of the token patch (a view)."""
+    keep = [patch_floor(n, p) for n, p in zip(array.shape[1:], patch)]
+    if 0 in keep:
+        raise ConfigError(f"an image of size {list(array.shape[1:])} is smaller than the token patch {list(patch)}.")
+    return centre_crop(array, keep)

@@ -1,0 +1,90 @@
+"""Labelled data shared by training and its applications: folder-per-class datasets (EuroSAT style) scanned into
+records and class indices, whole images read normalised with their class (``ImageDataset``: fine-tuned
+classifiers, their predictions, the k-NN monitor of pretraining), the random flips / rotations both fine-tuning
+datasets draw, and ``IGNORE``, the target of pixels without a label.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from geomed_ssl.data.catalog import FileRecord, scan
+from geomed_ssl.data.crops import crop_to_patch
+from geomed_ssl.data.readers import RasterReader, VolumeReader
+from geomed_ssl.data.stats import BandStats, normalize
+from geomed_ssl.errors import DataError
+
+IGNORE = -1  # the target of an unlabelled pixel / voxel (cross_entropy's ignore_index in fine-tuning)
+
+
+def scan_class_folders(root: str | Path, data_cfg: Any, strict: bool = False,
+                       ) -> tuple[list[FileRecord], np.ndarray, list[str]]:
+    """A folder per class (EuroSAT style) of GeoTIFFs or NIfTIs: (records, class index per record (int64), class
+    names = sorted folder names). One scan of ``root``, so every class shares the band set; problem files are
+    skipped with a warning, and band names assigned by position warned about (both errors with ``strict``)."""
+    catalog = scan(root, data_cfg, strict=strict, names_by_position="error" if strict else "warn")
+    base = Path(catalog.root or root)
+    folder_of = {r.path: Path(os.path.relpath(r.path, base)).parts for r in catalog.records}
+    loose = [p for p, parts in folder_of.items() if len(parts) < 2]
+    if loose:
+        shown = ", ".join(map(os.path.basename, loose[:3]))
+        raise DataError(f"{len(loose)} images lie directly in '{base}' ({shown}); "
+                        "a classification dataset has one subfolder per class holding its images.")
+    names = sorted({parts[0] for parts in folder_of.values()})
+    if len(names) < 2:
+        raise DataError(f"'{base}' has images in {len(names)} class folder(s) ({', '.join(names)}); "
+                        "classification needs at least two class folders.")
+    catalog.warn_problems()
+    records = sorted(catalog.records, key=lambda r: (folder_of[r.path][0], r.path))
+    labels = np.array([names.index(folder_of[r.path][0]) for r in records], np.int64)
+    return records, labels, names
+
+
+def augment(image: np.ndarray, valid: np.ndarray, target: np.ndarray, rng: np.random.Generator,
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random flips on every spatial axis and (2D, square windows) a random multiple of 90° rotation."""
+    nd = target.ndim
+    for axis in range(nd):
+        if rng.random() < 0.5:
+            image, valid, target = (np.flip(image, axis + 1), np.flip(valid, axis), np.flip(target, axis))
+    if nd == 2 and target.shape[0] == target.shape[1]:
+        k = int(rng.integers(4))
+        image, valid, target = np.rot90(image, k, (1, 2)), np.rot90(valid, k), np.rot90(target, k)
+    return np.ascontiguousarray(image), np.ascontiguousarray(valid), np.ascontiguousarray(target)
+
+
+class ImageDataset(Dataset):
+    """Whole images (normalised, centre-cropped to the token patch) with their class index."""
+
+    def __init__(self, records: Sequence[Any], labels: np.ndarray, stats: BandStats, data_cfg: Any,
+                 patch: Sequence[int], augment: bool = False, seed: int = 0):
+        self.records, self.labels, self.stats, self.data_cfg = list(records), labels, stats, data_cfg
+        self.patch, self.augment, self.seed = tuple(patch), augment, seed
+        self.raster = RasterReader() if len(self.patch) == 2 else None
+        self.volume = VolumeReader(data_cfg) if len(self.patch) == 3 else None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def image(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        r = self.records[i]
+        if self.raster is not None:
+            raw = self.raster.read_window(r, 0, 0, *r.shape)
+        else:
+            raw, _ = self.volume.load(r)
+        nodata = self.data_cfg.nodata if self.data_cfg.nodata is not None else r.nodata
+        image, valid = normalize(crop_to_patch(raw, self.patch), self.stats, nodata)
+        return image, valid
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        image, valid = self.image(i % len(self.records))
+        if self.augment:
+            rng = np.random.default_rng([self.seed, 777, int(i)])
+            image, valid, _ = augment(image, valid, np.zeros(valid.shape, np.int16), rng)
+        return {"image": torch.from_numpy(image), "target": torch.tensor(int(self.labels[i % len(self.records)]))}

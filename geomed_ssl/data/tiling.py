@@ -1,0 +1,55 @@
+"""Tiling a scene (a raster's rows and columns, a volume's voxel axes) into windows: where the windows of an axis
+start, the grid of windows over a file, and the centred window. Every command that walks a scene takes its windows
+from here: ``predict`` (overlapping windows kept inside the scene), ``embed`` / ``similar`` (a regular grid from the
+origin: the map grid of the embeddings; windows kept inside a region) and ``attention`` / whole-image
+classification (one centred window). Pure geometry on ints: no reading.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+
+def overlap_stride(window: int, overlap: float) -> int:
+    """The step between windows of side ``window`` that overlap by the fraction ``overlap`` in [0, 1); at least 1."""
+    return max(1, int(round(window * (1.0 - overlap))))
+
+
+def inside_starts(size: int, window: int, stride: int) -> list[int]:
+    """Strictly increasing window origins along one axis, every ``stride`` from 0, the last one shifted back to end
+    at the edge: every window lies inside the axis and every pixel is covered.
+
+    A window larger than the axis gives one origin (0); the window is then padded with nodata.
+    """
+    if size <= window:
+        return [0]
+    return list(range(0, size - window, stride)) + [size - window]
+
+
+def window_starts(size: int, window: int, overlap: float) -> list[int]:
+    """:func:`inside_starts` of windows that overlap by ``overlap`` (sliding-window prediction)."""
+    return inside_starts(size, window, overlap_stride(window, overlap))
+
+
+def grid_starts(size: int, window: int, stride: int) -> list[int]:
+    """Window origins along one axis on a regular grid from 0; the last window may run past the edge (it is
+    padded with nodata) so every pixel is covered and every window sits on the grid."""
+    if size <= window:
+        return [0]
+    return [i * stride for i in range(math.ceil((size - window) / stride) + 1)]
+
+
+def grid_shape(shape: Sequence[int], window: Sequence[int], stride: Sequence[int]) -> list[int]:
+    """Windows per axis of the :func:`grid_starts` grid over ``shape``."""
+    return [len(grid_starts(s, w, st)) for s, w, st in zip(shape, window, stride)]
+
+
+def centre_start(size: int, keep: int) -> int:
+    """Origin of the centred run of ``keep`` pixels along an axis of ``size`` (the extra pixel goes to the end)."""
+    return (size - keep) // 2
+
+
+def patch_floor(size: int, patch: int) -> int:
+    """The largest multiple of the token ``patch`` that fits in ``size`` (0 when the patch does not fit)."""
+    return (size // patch) * patch

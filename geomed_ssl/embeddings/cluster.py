@@ -1,0 +1,371 @@
+"""``geomed-ssl cluster``: k-means or HDBSCAN over stored embeddings, with maps, a 2D scatter and scores.
+
+Vectors are L2-normalised first (cosine geometry; ``normalize=False`` keeps them raw). HDBSCAN runs on a PCA
+reduction to ``pca_dims`` (default 32) since density estimates degrade in high dimensions. Large tables are fitted
+on a random subsample (``fit_max`` rows) and every row is then assigned: k-means by its nearest centre, HDBSCAN by
+``hdbscan.approximate_predict`` when that package is installed, else by the cluster of the nearest fitted row
+(scikit-learn's HDBSCAN has no predict). Noise (HDBSCAN) is cluster -1.
+
+Outputs in ``out_dir``: ``clusters.parquet`` and ``clusters.csv`` (id, file, box, grid_index, centre, cluster,
+label), ``summary.json`` (sizes, silhouette, NMI/ARI against labels when given), ``scatter.png`` (UMAP when
+umap-learn is installed, else PCA; coloured by cluster and by true label), and for window / patch levels
+``maps/<name>_clusters.tif|.nii.gz`` (int16 cluster per cell on the file's map grid, nodata -32768) with a PNG.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from geomed_ssl.embeddings.maps import fill_grid, grid_stem, save_label_png, write_grid
+from geomed_ssl.embeddings.store import fixed_list, load_embeddings, optional_module, read_columns
+from geomed_ssl.errors import ConfigError, DataError
+from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
+from geomed_ssl.outfiles import atomic_path, atomic_write_text
+
+log = logging.getLogger("geomed_ssl")
+METHODS = ("kmeans", "hdbscan")
+MAP_NODATA = -32768
+SAMPLE = 5000  # rows for the silhouette score and the scatter plot
+CHUNK = 65_536
+
+
+@dataclass
+class ClusterResult:
+    """What a clustering run produced."""
+
+    out_dir: Path
+    summary: dict[str, Any]
+    clusters: np.ndarray  # (N,) int, -1 = noise
+
+
+def features(vectors: np.ndarray, rows: np.ndarray | None = None, normalize: bool = True) -> np.ndarray:
+    """float32 (n, D) vectors of ``rows`` (all when None), L2-normalised unless ``normalize`` is False."""
+    x = np.asarray(vectors if rows is None else vectors[rows], dtype=np.float32)
+    if normalize:
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x
+
+
+def _chunks(n: int) -> list[slice]:
+    return [slice(s, min(s + CHUNK, n)) for s in range(0, n, CHUNK)]
+
+
+def fit_predict(vectors: np.ndarray, method: str, k: int = 8, seed: int = 0, min_cluster_size: int | None = None,
+                normalize: bool = True, pca_dims: int | None = None,
+                fit_max: int | None = None) -> tuple[np.ndarray, dict]:
+    """Cluster every row of ``vectors`` (N, D) (a memory map is read in chunks): labels (N,) int64 and fit info.
+
+    The model is fitted on at most ``fit_max`` sampled rows (reduced by PCA to ``pca_dims`` first when asked,
+    HDBSCAN's default 32); every row is then assigned chunk by chunk."""
+    if method not in METHODS:
+        raise ConfigError(f"--method must be kmeans or hdbscan, got '{method}'.")
+    n = vectors.shape[0]
+    fit_max = fit_max or (200_000 if method == "kmeans" else 20_000)
+    rng = np.random.default_rng(seed)
+    fit_rows = np.sort(rng.choice(n, fit_max, replace=False)) if n > fit_max else np.arange(n)
+    dims = pca_dims if pca_dims is not None else (32 if method == "hdbscan" else 0)
+    x_fit, project = fit_projection(vectors, fit_rows, normalize, dims, seed)
+    reduced = bool(dims) and dims < vectors.shape[1]
+    info: dict[str, Any] = {"fit_rows": int(len(fit_rows)), "pca_dims": int(x_fit.shape[1]) if reduced else None}
+    if method == "kmeans":
+        fitted, assign = fit_kmeans(x_fit, k, seed, info)
+    else:
+        fitted, assign = fit_hdbscan(x_fit, min_cluster_size, len(fit_rows) < n, info)
+        if len(fit_rows) == n:
+            return fitted, info
+    labels = np.empty(n, np.int64)
+    for s in _chunks(n):
+        labels[s] = assign(project(np.arange(s.start, s.stop)))
+    if fitted is not None:
+        labels[fit_rows] = fitted
+    return labels, info
+
+
+def fit_projection(vectors: np.ndarray, fit_rows: np.ndarray, normalize: bool, dims: int,
+                   seed: int) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """The fitting rows as features (n, D') and the projection of any rows into the same space: L2-normalised
+    (unless ``normalize`` is False), then PCA to ``dims`` components when that is fewer than D."""
+    x_fit = features(vectors, fit_rows, normalize)
+    if not dims or dims >= x_fit.shape[1]:
+        return x_fit, lambda rows: features(vectors, rows, normalize)
+    from sklearn.decomposition import PCA
+
+    reducer = PCA(n_components=min(dims, len(x_fit)), random_state=seed).fit(x_fit)
+    return (reducer.transform(x_fit).astype(np.float32),
+            lambda rows: reducer.transform(features(vectors, rows, normalize)).astype(np.float32))
+
+
+def fit_kmeans(x_fit: np.ndarray, k: int, seed: int, info: dict[str, Any]) -> tuple[None, Callable]:
+    """k-means on the fitting rows (faiss when installed, else scikit-learn): (None: every row is assigned, the
+    assignment of rows to their nearest centre); the backend goes into ``info``."""
+    if not 2 <= k <= len(x_fit):
+        raise ConfigError(f"--k must be between 2 and the number of rows ({len(x_fit)}), got {k}.")
+    faiss = optional_module("faiss", "faiss-cpu", "scikit-learn k-means")
+    if faiss is not None:
+        km = faiss.Kmeans(x_fit.shape[1], k, niter=25, seed=seed, verbose=False)
+        km.train(np.ascontiguousarray(x_fit))
+        info["backend"] = "faiss.Kmeans"
+        return None, lambda x: km.index.search(np.ascontiguousarray(x), 1)[1][:, 0]
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
+    km = (KMeans(k, n_init=4, random_state=seed) if len(x_fit) <= 20_000 else
+          MiniBatchKMeans(k, batch_size=4096, n_init=3, random_state=seed)).fit(x_fit)
+    info["backend"] = type(km).__name__
+    return None, km.predict
+
+
+def fit_hdbscan(x_fit: np.ndarray, min_cluster_size: int | None, sampled: bool,
+                info: dict[str, Any]) -> tuple[np.ndarray, Callable]:
+    """HDBSCAN on the fitting rows: (their labels, the assignment of other rows: ``hdbscan.approximate_predict``
+    when that package is installed, else the cluster of the nearest fitted row); ``sampled``: other rows exist."""
+    mcs = int(min_cluster_size or max(5, round(0.01 * len(x_fit))))
+    info["min_cluster_size"] = mcs
+    hdb = optional_module("hdbscan", "hdbscan",
+                          "scikit-learn's HDBSCAN, unfitted rows take their nearest fitted row's cluster")
+    if hdb is not None:
+        model = hdb.HDBSCAN(min_cluster_size=mcs, prediction_data=True).fit(x_fit)
+        info["backend"] = "hdbscan.HDBSCAN"
+        return model.labels_.astype(np.int64), lambda x: hdb.approximate_predict(model, x)[0]
+    from sklearn.cluster import HDBSCAN
+    from sklearn.neighbors import NearestNeighbors
+
+    fitted = HDBSCAN(min_cluster_size=mcs, copy=True).fit(x_fit).labels_.astype(np.int64)
+    info["backend"] = "sklearn.HDBSCAN"
+    nn = NearestNeighbors(n_neighbors=1).fit(x_fit) if sampled else None
+    return fitted, lambda x: fitted[nn.kneighbors(x, return_distance=False)[:, 0]]
+
+
+# -- true labels --------------------------------------------------------------------------------------------------
+def true_labels(spec: str | Path, manifest: dict[str, Any], cols: dict[str, Any],
+                ignore_value: int | None = 0) -> tuple[list[str | None], str]:
+    """A label per row (None = unknown) from ``spec``: ``folders`` (the class folder of each file), a CSV with
+    ``file,label`` columns (paths absolute, relative to the data folder, or bare file names), or a label
+    GeoTIFF/NIfTI on the grid of the embedded file(s), read at each row's centre (``ignore_value`` = unlabelled)."""
+    root = manifest["settings"]["data_dir"]
+    files = cols["file"]
+    if str(spec) == "folders":
+        rel = [relative_to_root(f, root) for f in files]
+        outside = [f for f, r in zip(files, rel) if r is None]
+        if outside:
+            raise DataError(f"--labels folders: '{outside[0]}' does not lie under the embedded data folder '{root}' "
+                            "(moved since embedding?); give a CSV of file,label instead.")
+        if any(os.sep not in r for r in rel):
+            raise DataError(f"--labels folders: files lie directly in '{root}'; class folders are subfolders of it.")
+        return [r.split(os.sep)[0] for r in rel], "class folders"
+    path = Path(spec)
+    if not path.is_file():
+        raise DataError(f"--labels '{spec}' is neither 'folders' nor an existing CSV / label raster / NIfTI file.")
+    if path.name.lower().endswith((".tif", ".tiff", ".nii", ".nii.gz")):
+        return _labels_from_map(path, manifest, cols, ignore_value), f"label map {path.name}"
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"file", "label"} <= set(reader.fieldnames):
+            raise DataError(f"labels CSV '{path}' needs a header with 'file' and 'label' columns; "
+                            f"got {reader.fieldnames}.")
+        table = {row["file"]: row["label"] for row in reader}
+    keys = lambda f: (f, os.path.relpath(f, root), os.path.basename(f))  # noqa: E731
+    out = [next((table[k] for k in keys(f) if k in table), None) for f in files]
+    if all(v is None for v in out):
+        raise DataError(f"no file of the embeddings is listed in '{path}' (e.g. {files[0]}); list paths absolute, "
+                        f"relative to {root}, or as file names.")
+    return out, f"CSV {path.name}"
+
+
+def relative_to_root(path: str, root: str) -> str | None:
+    """``path`` relative to ``root``, or None when it is not under it. Embedding manifests store file paths and
+    ``data_dir`` the same way (absolute, links kept); an older manifest stored ``data_dir`` with links resolved,
+    so a folder reached through a symlink is matched through the resolved paths too."""
+    for a, b in ((path, root), (os.path.realpath(path), os.path.realpath(root))):
+        rel = os.path.relpath(a, b)
+        if rel != os.pardir and not rel.startswith(os.pardir + os.sep):
+            return rel
+    return None
+
+
+def check_classes(truth: Sequence[str | None], source: str) -> None:
+    """A labels source that yields fewer than two classes over the labelled rows is an error, not a score."""
+    classes = sorted({str(t) for t in truth if t is not None})
+    if len(classes) < 2:
+        shown = f" ({', '.join(repr(c) for c in classes)})" if classes else ""
+        raise DataError(f"--labels ({source}) gives {len(classes)} class{'' if len(classes) == 1 else 'es'}{shown} "
+                        f"over {sum(t is not None for t in truth)} labelled rows; NMI and ARI need at least two "
+                        "classes. Check the labels source (class folders under the embedded data folder, the CSV's "
+                        "label column, the label map's values).")
+
+
+def _labels_from_map(path: Path, manifest: dict[str, Any], cols: dict[str, Any], ignore: int | None) -> list:
+    if manifest["settings"]["level"] == "image":
+        raise DataError("a label map labels windows or patch cells: embed with --level window or patch, or give a "
+                        "CSV of file,label for image-level embeddings.")
+    nd = len(manifest["settings"]["window"])
+    if path.name.lower().endswith((".tif", ".tiff")):
+        import rasterio
+
+        with rasterio.open(path) as src:
+            lab = src.read(1)
+    else:
+        import nibabel as nib
+
+        lab = np.asarray(nib.as_closest_canonical(nib.load(str(path))).dataobj)  # RAS, as the volume reader
+    out: list[Any] = [None] * len(cols["file"])
+    box = cols["box"]
+    centre = box[:, :nd] + box[:, nd:] // 2  # (N, nd) pixel / voxel at the box centre
+    used = False
+    for f in manifest["files"]:
+        if list(f["shape"]) != list(lab.shape[:nd]):
+            continue
+        used = True
+        a, n = int(f["first_row"]), int(f["rows"])
+        c = np.minimum(centre[a:a + n], np.asarray(lab.shape[:nd]) - 1)
+        vals = lab[tuple(c[:, i] for i in range(nd))]
+        out[a:a + n] = [None if (ignore is not None and v == ignore) else str(int(v)) for v in vals]
+    if not used:
+        raise DataError(f"label map '{path}' ({list(lab.shape)}) matches the grid of no embedded file; it must have "
+                        "the same size as the image it labels.")
+    return out
+
+
+def silhouette(x: np.ndarray, clusters: np.ndarray, seed: int) -> float | None:
+    """Cosine silhouette of the non-noise rows of ``x`` (at most ``SAMPLE`` of them); None with < 2 clusters."""
+    from sklearn.metrics import silhouette_score
+
+    keep = clusters >= 0
+    if len(np.unique(clusters[keep])) < 2 or keep.sum() <= len(np.unique(clusters[keep])):
+        return None
+    return float(silhouette_score(x[keep], clusters[keep], metric="cosine",
+                                  sample_size=min(SAMPLE, int(keep.sum())), random_state=seed))
+
+
+def agreement(clusters: np.ndarray, truth: Sequence[str | None]) -> dict[str, Any]:
+    """NMI and ARI of the clusters (noise counts as one more cluster) against the known labels."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    known = np.array([t is not None for t in truth])
+    if not known.any():
+        return {"labelled_rows": 0, "classes": 0, "nmi": None, "ari": None}
+    t = np.array([str(v) for v, k in zip(truth, known) if k], dtype=object)
+    return {"labelled_rows": int(known.sum()), "classes": int(len(set(t))),
+            "nmi": float(normalized_mutual_info_score(t, clusters[known])),
+            "ari": float(adjusted_rand_score(t, clusters[known]))}
+
+
+def scatter_png(x: np.ndarray, clusters: np.ndarray, truth: Sequence[str | None] | None, path: Path, seed: int,
+                title: str) -> str:
+    """2D UMAP (umap-learn) or PCA of ``x`` coloured by cluster, and by true label when given; returns the method."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    umap = optional_module("umap", "umap-learn", "the scatter plot uses PCA")
+    if umap is not None and len(x) > 15:
+        xy, how = umap.UMAP(n_components=2, random_state=seed, metric="cosine").fit_transform(x), "UMAP"
+    else:
+        from sklearn.decomposition import PCA
+
+        xy, how = PCA(n_components=2, random_state=seed).fit_transform(x), "PCA"
+    panels = [("cluster", [str(c) if c >= 0 else None for c in clusters])] + \
+        ([("true label", list(truth))] if truth is not None else [])
+    fig = Figure(figsize=(5.5 * len(panels), 5), dpi=100)
+    FigureCanvasAgg(fig)
+    for i, (name, values) in enumerate(panels, start=1):
+        ax = fig.add_subplot(1, len(panels), i)
+        cats = sorted({v for v in values if v is not None}, key=lambda v: (len(v), v))
+        idx = {c: j for j, c in enumerate(cats)}
+        code = np.array([idx[v] if v is not None else -1 for v in values])
+        if (code < 0).any():
+            ax.scatter(xy[code < 0, 0], xy[code < 0, 1], s=3, c="lightgrey",
+                       label="noise" if name == "cluster" else "unlabelled")
+        for j, c in enumerate(cats):
+            m = code == j
+            ax.scatter(xy[m, 0], xy[m, 1], s=3, color=colormaps["tab20"](j % 20), label=c)
+        ax.set_title(f"{title}: {how}, coloured by {name}", fontsize=9)
+        if len(cats) <= 20:
+            ax.legend(fontsize=6, markerscale=3, loc="best")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
+    return how
+
+
+def cluster_embeddings(emb_dir: str | Path, out_dir: str | Path, method: str = "kmeans", k: int = 8,
+                       labels: str | Path | None = None, seed: int = 0, min_cluster_size: int | None = None,
+                       normalize: bool = True, pca_dims: int | None = None, ignore_value: int | None = 0,
+                       overwrite: bool = False) -> ClusterResult:
+    """Cluster the embeddings of ``emb_dir`` into ``out_dir`` (see the module docstring)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    rule = {"command": "cluster", "overwrite": overwrite,
+            "inputs": {"embedding folder": emb_dir, "labels": None if str(labels) == "folders" else labels}}
+    check_out_dir(out, **rule)  # the folder is made once the embeddings, labels and settings are read
+    manifest, vectors = load_embeddings(emb_dir)
+    clusters, info = fit_predict(vectors, method, k, seed, min_cluster_size, normalize, pca_dims)
+    cols = read_columns(emb_dir, ["id", "file", "box", "grid_index", "x", "y", "z"])
+    truth_rows, truth_source = true_labels(labels, manifest, cols, ignore_value) if labels is not None else (None, None)
+    if truth_rows is not None:
+        check_classes(truth_rows, truth_source)  # before anything is written
+    prepare_out_dir(out, **rule)
+    n = len(clusters)
+    sample = np.sort(np.random.default_rng(seed).choice(n, SAMPLE, replace=False)) if n > SAMPLE else np.arange(n)
+    x = features(vectors, sample, normalize)
+    t_sample = [truth_rows[i] for i in sample] if truth_rows is not None else None
+    summary: dict[str, Any] = {"emb_dir": str(Path(emb_dir).resolve()), "level": manifest["settings"]["level"],
+                               "method": method, "k": k if method == "kmeans" else None, "rows": int(n),
+                               "normalized": normalize, "seed": seed, **info}
+    ids, counts = np.unique(clusters, return_counts=True)
+    summary.update(clusters=int((ids >= 0).sum()), noise_fraction=float((clusters < 0).mean()),
+                   sizes={str(int(i)): int(c) for i, c in zip(ids, counts)})
+    summary["silhouette"] = silhouette(x, clusters[sample], seed)
+    if truth_rows is not None:
+        summary.update(agreement(clusters, truth_rows))
+    if truth_source:
+        summary["labels"] = truth_source
+    summary["scatter"] = scatter_png(x, clusters[sample], t_sample, out / "scatter.png", seed,
+                                     f"{method} ({manifest['settings']['level']} level)")
+    table = {"id": cols["id"], "file": cols["file"], "cluster": clusters.astype(np.int32)}
+    if truth_rows is not None:
+        table["label"] = truth_rows
+    with atomic_path(out / "clusters.parquet") as tmp:
+        pq.write_table(pa.table({**table, "box": fixed_list(cols["box"]), "grid_index": fixed_list(cols["grid_index"]),
+                                 "x": cols["x"], "y": cols["y"], "z": pa.array(cols["z"], pa.float64())}), tmp)
+    with atomic_path(out / "clusters.csv") as tmp, tmp.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "file", "box", "x", "y", "z", "cluster"] + (["label"] if truth_rows is not None else []))
+        for i in range(n):
+            z = cols["z"][i]
+            w.writerow([int(cols["id"][i]), cols["file"][i], " ".join(map(str, cols["box"][i])), f"{cols['x'][i]:.6f}",
+                        f"{cols['y'][i]:.6f}", "" if z is None or z != z else f"{z:.6f}", int(clusters[i])]
+                       + ([truth_rows[i] if truth_rows[i] is not None else ""] if truth_rows is not None else []))
+    summary["maps"] = write_cluster_maps(out, manifest, cols["grid_index"], clusters)
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    return ClusterResult(out, summary, clusters)
+
+
+def write_cluster_maps(out: Path, manifest: dict[str, Any], grid_index: np.ndarray, clusters: np.ndarray) -> list[str]:
+    """Per file with a map grid of more than one cell: its cluster map (GeoTIFF / NIfTI, int16) and a PNG."""
+    written = []
+    for f in manifest["files"]:
+        if not f.get("grid") or np.prod(f["grid"]) <= 1 or not int(f["rows"]):
+            continue
+        a, n = int(f["first_row"]), int(f["rows"])
+        arr = fill_grid(f, grid_index[a:a + n], clusters[a:a + n, None], MAP_NODATA, np.int16)  # (1, *grid)
+        ext = ".tif" if f["kind"] == "raster" else ".nii.gz"
+        path = write_grid(f, arr, out / "maps" / f"{grid_stem(f)}_clusters{ext}", MAP_NODATA, ["cluster"])
+        save_label_png(arr[0], path.with_name(f"{grid_stem(f)}_clusters.png"),
+                       f"clusters of {os.path.basename(f['path'])}", MAP_NODATA)
+        written.append(str(path))
+    return written

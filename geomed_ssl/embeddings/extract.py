@@ -1,0 +1,242 @@
+"""``geomed-ssl embed``: stream a folder of rasters or volumes through a pretrained encoder into an embedding table.
+
+Levels (``level``):
+
+- ``image``: one vector per file. A file that fits in one window is centre-cropped to a multiple of the token patch
+  and encoded whole; a larger one is covered by windows (``window``/``stride``, kept inside the file) whose vectors
+  are averaged, weighted by their valid fraction.
+- ``window``: one vector per window of a regular grid (origins at multiples of ``stride``; the last window may run
+  past the edge and is padded with nodata); windows with no valid pixel are skipped.
+- ``patch``: one vector per encoder token (the normed final tokens of non-overlapping windows), i.e. a map at patch
+  resolution; also written as a PCA-reduced GeoTIFF / NIfTI per input.
+
+Pooling (``pool``) of a window: ``cls`` (the CLS token) or ``mean`` (mean of the tokens holding a valid pixel).
+Everything is normalised with the encoder's own statistics; bands are checked against the encoder's.
+Work is streamed (rasters one strip of windows at a time, volumes one at a time, batches of ``batch_size``) and
+stored in atomic parts (see :mod:`geomed_ssl.embeddings.store`): a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from geomed_ssl.checkpoint import find_encoder_dir, load_encoder, read_encoder_config
+from geomed_ssl.config import DataConfig, apply_overrides, recipe_from_dict
+from geomed_ssl.data.catalog import Catalog, scan
+from geomed_ssl.data.stats import BandStats
+from geomed_ssl.data.tiling import grid_shape
+from geomed_ssl.embeddings.embedder import LEVELS, POOLS, Embedder  # noqa: F401  (re-exported)
+from geomed_ssl.embeddings.maps import write_embedding_maps
+from geomed_ssl.embeddings.store import EmbeddingStore, load_embeddings, read_columns
+from geomed_ssl.errors import ConfigError, GeomedError
+from geomed_ssl.models.device import resolve_device
+from geomed_ssl.models.encoder import ViTEncoder
+from geomed_ssl.models.model_data import catalog_for_encoder, check_value_ranges
+from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
+
+log = logging.getLogger("geomed_ssl")
+DTYPES = ("float32", "float16")
+FILES_PER_PART = 256  # image level: files per atomic part
+
+
+@dataclass
+class EmbedResult:
+    """What an ``embed`` run did."""
+
+    out_dir: Path
+    manifest: dict[str, Any]
+    files_embedded: int  # in this run
+    files_skipped: int  # already done by an earlier (interrupted) run
+    windows: int  # encoder inputs of this run
+    seconds: float
+
+    @property
+    def windows_per_s(self) -> float:
+        return self.windows / max(self.seconds, 1e-9)
+
+
+def parse_size(value: str | int | Sequence[int] | None, ndim: int, name: str) -> tuple[int, ...] | None:
+    """``64`` / ``"64"`` / ``"64,64,32"`` / ``[64, 64]`` -> a tuple of ``ndim`` positive ints (None stays None)."""
+    if value is None:
+        return None
+    try:
+        items = [int(v) for v in str(value).split(",")] if isinstance(value, (str, int)) else [int(v) for v in value]
+    except ValueError:
+        raise ConfigError(f"{name} '{value}': expected an integer or {ndim} comma-separated integers.") from None
+    items = items * ndim if len(items) == 1 else items
+    if len(items) != ndim or any(v < 1 for v in items):
+        raise ConfigError(f"{name} '{value}': expected a positive integer or {ndim} comma-separated ones.")
+    return tuple(items)
+
+
+def data_config(meta: dict[str, Any], spatial_dims: int, patch_size: Sequence[int], overrides: list[str] | None,
+                include: Sequence[str] | None = None, exclude: Sequence[str] | None = None) -> DataConfig:
+    """The reading settings an encoder was trained with (its export's recipe ``data`` section: band names, sensor,
+    nodata, spacing, intensity), every file included unless ``include``/``--set data.include`` say otherwise,
+    the recipe's excludes plus ``exclude``."""
+    names = {f.name for f in dataclasses.fields(DataConfig)}
+    raw = {k: v for k, v in ((meta.get("recipe") or {}).get("data") or meta.get("data") or {}).items() if k in names}
+    raw.update(kind="raster" if spatial_dims == 2 else "volume", include=["**/*"], patch_size=list(patch_size))
+    recipe = recipe_from_dict(apply_overrides({"data": raw, "model": {"patch_size": list(patch_size)}}, overrides),
+                              "embedding data settings")
+    cfg = recipe.data
+    if include:
+        cfg.include = list(include)
+    cfg.exclude = list(cfg.exclude or []) + list(exclude or [])
+    return cfg
+
+
+def encoder_for(path: str | Path, catalog: Catalog, device: str | torch.device = "cpu",
+                ) -> tuple[ViTEncoder, Catalog]:
+    """The encoder for the catalog's data and the catalog read as it needs (``model_data.catalog_for_encoder``:
+    bands picked and ordered by name; plain/grouped: exactly the encoder's, spectral/wavelength: the matched ones),
+    with the one range check of the data against the encoder's statistics."""
+    cfg, _ = read_encoder_config(path)
+    if cfg.stats is None:
+        raise GeomedError(f"encoder '{path}' carries no normalisation statistics; re-export it with "
+                          "`geomed-ssl pretrain`.")
+    catalog = catalog_for_encoder(cfg, catalog)
+    enc = load_encoder(path, bands=catalog.band_names, wavelengths=catalog.wavelengths,
+                       bandwidths=catalog.bandwidths)
+    check_value_ranges(catalog.records, BandStats.from_dict(enc.config.stats, source=f"encoder {path}"))
+    return enc.to(device).eval(), catalog
+
+
+def encoder_fingerprint(path: str | Path) -> str:
+    """Hash of the export's config.json plus the weights' size and mtime: a re-exported encoder is another one."""
+    folder = find_encoder_dir(path)
+    st = (folder / "model.safetensors").stat()
+    text = (folder / "config.json").read_bytes() + f"{st.st_size}:{st.st_mtime_ns}".encode()
+    return hashlib.sha1(text).hexdigest()[:16]
+
+
+def ensure_maps(store: EmbeddingStore, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Patch level: write the PCA embedding maps unless the manifest lists them (a run killed while writing them
+    redoes them on its next call)."""
+    st = manifest["settings"]
+    if st["level"] != "patch" or st["pca_dims"] <= 0 or "maps" in manifest:
+        return manifest
+    _, vectors = load_embeddings(store.dir)
+    grid_index = read_columns(store.dir, ["grid_index"])["grid_index"]
+    manifest["maps"] = write_embedding_maps(store.dir, manifest, vectors, grid_index, st["pca_dims"])
+    store.write_manifest(manifest)
+    return manifest
+
+
+def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path, *, level: str = "image",
+                 window: Any = None, stride: Any = None, pool: str = "mean", batch_size: int = 32,
+                 dtype: str = "float32", pca_dims: int = 8, min_valid: float = 0.0,
+                 overrides: list[str] | None = None, include: Sequence[str] | None = None,
+                 exclude: Sequence[str] | None = None, overwrite: bool = False, progress: bool = True,
+                 device: str | None = "auto", strict: bool = False) -> EmbedResult:
+    """Embed every file under ``data_dir`` into ``out_dir`` (see the module docstring); resumes an interrupted run
+    made with the same settings."""
+    t0 = time.perf_counter()
+    rule = {"command": "embed", "inputs": {"encoder": encoder, "data folder": data_dir}, "overwrite": overwrite,
+            "resume": True}
+    check_out_dir(out_dir, **rule)  # the folder is made once everything is valid
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype must be float32 or float16, got '{dtype}'.")
+    cfg, meta = read_encoder_config(encoder)
+    win = parse_size(window, cfg.spatial_dims, "--window") or tuple(cfg.img_size)
+    strd = parse_size(stride, cfg.spatial_dims, "--stride") or win
+    data_cfg = data_config(meta, cfg.spatial_dims, cfg.patch_size if level == "image" else win, overrides, include,
+                           exclude)
+    catalog = scan(data_dir, data_cfg, strict=strict, names_by_position="error" if strict else "warn")
+    catalog.warn_problems()
+    dev = resolve_device(device)
+    enc, catalog = encoder_for(encoder, catalog, dev)
+    emb = Embedder(enc, data_cfg, level, win, strd, pool, batch_size, min_valid, dev)
+    settings = {"encoder": str(Path(encoder).resolve()), "encoder_fingerprint": encoder_fingerprint(encoder),
+                "data_dir": str(Path(data_dir).expanduser().absolute()),  # as the catalog's paths: links kept
+                "level": level, "window": list(win), "stride": list(strd),
+                "pool": pool, "dtype": dtype, "min_valid": float(min_valid), "pca_dims": int(pca_dims),
+                "patch": list(cfg.patch_size), "data": dataclasses.asdict(data_cfg)}
+    store = EmbeddingStore(out_dir)
+    old = store.check(settings, overwrite)
+    paths = [r.path for r in catalog.records]
+    if old is not None and old.get("complete"):
+        return finished_run(store, old, paths, out_dir, t0)
+    prepare_out_dir(out_dir, **rule)
+    store.start(settings, old)
+    done = store.done_paths()
+    todo = [r for r in catalog.records if r.path not in done]
+    if done:
+        log.info("resuming: %d of %d files already embedded in %s", len(paths) - len(todo), len(paths), out_dir)
+    embed_records(emb, store, todo, catalog.root, dtype, progress)
+    seconds = time.perf_counter() - t0
+    manifest = ensure_maps(store, store.finalize(paths, {"seconds_last_run": round(seconds, 3)}))
+    return EmbedResult(Path(out_dir), manifest, len(todo), len(paths) - len(todo), emb.windows_encoded,
+                       time.perf_counter() - t0)
+
+
+def finished_run(store: EmbeddingStore, manifest: dict[str, Any], paths: list[str], out_dir: str | Path,
+                 t0: float) -> EmbedResult:
+    """A complete embedding folder asked again with the same settings: nothing to do (its maps written if a killed
+    run left them out), unless the data folder holds files it does not, which is an error."""
+    new = sorted(set(paths) - {f["path"] for f in manifest["files"]})
+    if new:
+        raise GeomedError(f"'{out_dir}' is complete but {len(new)} file(s) are new (e.g. {new[0]}); embed them "
+                          "into another --out or pass --overwrite to redo everything.")
+    log.info("embeddings in %s are complete; nothing to do", out_dir)
+    return EmbedResult(Path(out_dir), ensure_maps(store, manifest), 0, len(paths), 0, time.perf_counter() - t0)
+
+
+def embed_records(emb: Embedder, store: EmbeddingStore, todo: Sequence[Any], root: str | None, dtype: str,
+                  progress: bool) -> None:
+    """Embed ``todo`` into committed parts of ``store``: image level ``FILES_PER_PART`` files a part, window and
+    patch levels one file a part. A progress bar (files or windows) shows on a terminal only (tqdm writes to
+    stderr)."""
+    from tqdm.auto import tqdm
+
+    image = emb.level == "image"
+    total = len(todo) if image else sum(math.prod(grid_shape(r.shape, emb.window, emb.stride)) for r in todo)
+    bar = tqdm(total=total, unit="file" if image else "window", desc="embedding",
+               disable=not progress or not sys.stderr.isatty())
+    if image:
+        groups = [todo[i:i + FILES_PER_PART] for i in range(0, len(todo), FILES_PER_PART)]
+    else:
+        groups = [[rec] for rec in todo]
+        emb.progress = bar.update
+    try:
+        for group in groups:
+            part = store.part(dtype)
+            try:
+                metas = _image_part(emb, part, group, root, bar) if image else _window_part(emb, part, group[0], root)
+                part.commit(metas)
+            except BaseException:
+                part.abort()
+                raise
+    finally:
+        bar.close()
+
+
+def _image_part(emb: Embedder, part: Any, group: Sequence[Any], root: str | None, bar: Any) -> list[dict[str, Any]]:
+    """One vector per file of ``group`` into ``part``; the files' meta to commit."""
+    metas, rows = [], []
+    for meta, row in emb.image_rows(group, root):
+        metas.append({**meta, "rows": 1})
+        rows.append(row)
+        bar.update(1)
+    part.add({k: np.concatenate([r[k] for r in rows]) for k in rows[0]}, metas)
+    return metas
+
+
+def _window_part(emb: Embedder, part: Any, record: Any, root: str | None) -> list[dict[str, Any]]:
+    """The window or patch rows of one file into ``part``; its meta (with the row count) to commit."""
+    fmeta, n = emb.file_meta(record, root), 0
+    for rows in emb.window_rows(record, fmeta):
+        part.add(rows, fmeta)
+        n += len(rows["vector"])
+    return [{**fmeta, "rows": n}]

@@ -1,0 +1,165 @@
+"""Maps of embedding rows on their files' grids: the grid geometry of window / patch levels, GeoTIFF / NIfTI writers
+for any per-cell array (PCA components of patch embeddings, cluster labels) and PNG previews of label maps.
+
+A level's map has one cell per window (window level; cell side = the stride, centred on its window) or per token
+(patch level; cell side = the token patch). Raster maps get the input's CRS and its transform scaled by the cell
+size (plus the half-window offset for overlapping windows). Volume maps are written in the orientation the volume
+reader uses (RAS: array axes i, j, k run towards Right, Anterior, Superior) with the reader's affine scaled by the
+cell size and shifted to the cell centre, so they overlay the input in world (scanner mm) coordinates.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from geomed_ssl.data.tiling import grid_shape
+from geomed_ssl.errors import DataError
+from geomed_ssl.outfiles import atomic_path, remove_stale_partials
+
+PCA_FIT_ROWS = 50_000  # rows sampled to fit the PCA of embedding maps
+ROW_CHUNK = 65_536
+
+
+def map_geometry(kind: str, shape: Sequence[int], level: str, window: Sequence[int], stride: Sequence[int],
+                 patch: Sequence[int], transform: Sequence[float] | None = None,
+                 affine: Any = None) -> dict[str, Any]:
+    """The map grid of one file at ``level``: ``grid`` (cells per axis) and ``map_transform`` (rasters, 6 floats)
+    or ``map_affine`` (volumes, 4x4); None entries at image level."""
+    if level == "image":
+        return {"grid": None}
+    if level == "window":
+        grid = grid_shape(shape, window, stride)
+        cell, span = list(stride), list(window)  # cell k is the central stride-sized part of window k
+    else:
+        grid = [math.ceil(s / p) for s, p in zip(shape, patch)]
+        cell, span = list(patch), list(patch)
+    if kind == "raster":
+        a, b, c, d, e, f = (float(v) for v in (transform or [1, 0, 0, 0, 1, 0])[:6])
+        (ch, cw), (oh, ow) = cell, [(s - k) / 2 for s, k in zip(span, cell)]
+        return {"grid": grid,
+                "map_transform": [a * cw, b * ch, a * ow + b * oh + c, d * cw, e * ch, d * ow + e * oh + f]}
+    m = np.eye(4)
+    m[:3, :3] = np.diag(cell)
+    m[:3, 3] = [(s - 1) / 2 for s in span]  # cell k's centre is voxel k * cell + (span - 1) / 2
+    return {"grid": grid, "map_affine": (np.asarray(affine, np.float64) @ m).tolist()}
+
+
+def grid_stem(file_meta: dict[str, Any]) -> str:
+    """A unique output name for a file: its path relative to the data folder, without extension, '/' -> '__'."""
+    rel = file_meta.get("rel") or os.path.basename(file_meta["path"])
+    for ext in (".nii.gz", ".nii", ".tiff", ".tif"):
+        if rel.lower().endswith(ext):
+            rel = rel[: -len(ext)]
+            break
+    return rel.replace(os.sep, "__").replace("/", "__")
+
+
+def write_grid(file_meta: dict[str, Any], array: np.ndarray, path: Path, nodata: float | None,
+               descriptions: Sequence[str] | None = None) -> Path:
+    """Write ``array`` (K, *grid) on the file's map grid: GeoTIFF (rasters; input CRS, map transform) or NIfTI
+    (volumes; map affine, RAS order, 4D when K > 1)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        if file_meta["kind"] == "raster":
+            import rasterio
+            from affine import Affine
+
+            k, h, w = array.shape
+            profile = {"driver": "GTiff", "height": h, "width": w, "count": k, "dtype": array.dtype.name,
+                       "crs": file_meta.get("crs"), "transform": Affine(*file_meta["map_transform"]),
+                       "nodata": nodata, "compress": "deflate"}
+            if h >= 256 and w >= 256:
+                profile.update(tiled=True, blockxsize=256, blockysize=256)
+            with rasterio.open(tmp, "w", **profile) as dst:
+                dst.write(array)
+                for i, name in enumerate(descriptions or [], start=1):
+                    dst.set_band_description(i, str(name))
+        else:
+            import nibabel as nib
+
+            data = array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)  # (X, Y, Z[, K])
+            affine = np.asarray(file_meta["map_affine"])
+            img = nib.Nifti1Image(np.ascontiguousarray(data), affine)
+            img.set_qform(affine, code=1)
+            img.set_sform(affine, code=1)
+            nib.save(img, str(tmp))
+    return path
+
+
+def fill_grid(file_meta: dict[str, Any], grid_index: np.ndarray, values: np.ndarray, fill: float,
+              dtype: Any) -> np.ndarray:
+    """(K, *grid) array with ``values`` (n, K) at the rows' ``grid_index`` (n, nd), ``fill`` elsewhere."""
+    grid = tuple(file_meta["grid"])
+    out = np.full((values.shape[1], *grid), fill, dtype=dtype)
+    idx = tuple(grid_index[:, a] for a in range(len(grid)))
+    out[(slice(None), *idx)] = values.T
+    return out
+
+
+def fit_pca(vectors: np.ndarray, dims: int, seed: int = 0) -> Any:
+    """sklearn PCA of at most ``PCA_FIT_ROWS`` rows sampled from ``vectors`` (read from the memory map in order)."""
+    from sklearn.decomposition import PCA
+
+    n = vectors.shape[0]
+    rows = np.sort(np.random.default_rng(seed).choice(n, PCA_FIT_ROWS, replace=False)) if n > PCA_FIT_ROWS \
+        else np.arange(n)
+    sample = np.asarray(vectors[rows], dtype=np.float32)
+    return PCA(n_components=max(1, min(dims, sample.shape[0], sample.shape[1])), random_state=seed).fit(sample)
+
+
+def write_embedding_maps(emb_dir: Path, manifest: dict[str, Any], vectors: np.ndarray, grid_index: np.ndarray,
+                         dims: int) -> list[str]:
+    """Per input with a map grid: its embedding map (float32 PCA components, NaN where no cell) as
+    ``maps/<name>_embedding.tif`` or ``.nii.gz``; the PCA is saved as ``pca.npz``. Returns the written paths."""
+    files = [f for f in manifest["files"] if f.get("grid") and int(f["rows"])]
+    if not files or dims <= 0:
+        return []
+    pca = fit_pca(vectors, dims)
+    with atomic_path(emb_dir / "pca.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, components=pca.components_, mean=pca.mean_, explained_variance_ratio=pca.explained_variance_ratio_)
+    remove_stale_partials(emb_dir / "maps")
+    names = [f"pc{i + 1}" for i in range(pca.n_components_)]
+    written = []
+    for f in files:
+        a, n = int(f["first_row"]), int(f["rows"])
+        proj = np.concatenate([pca.transform(np.asarray(vectors[s:min(s + ROW_CHUNK, a + n)], np.float32))
+                               for s in range(a, a + n, ROW_CHUNK)]).astype(np.float32)  # (n, K)
+        arr = fill_grid(f, grid_index[a:a + n], proj, np.nan, np.float32)
+        ext = ".tif" if f["kind"] == "raster" else ".nii.gz"
+        written.append(str(write_grid(f, arr, emb_dir / "maps" / f"{grid_stem(f)}_embedding{ext}", np.nan, names)))
+    return written
+
+
+def save_label_png(labels: np.ndarray, path: Path, title: str, nodata: int) -> Path:
+    """A label grid (2D, or 3D shown at its middle axial slice) as a PNG, one colour per label."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    grid = labels if labels.ndim == 2 else labels[:, :, labels.shape[2] // 2].T[::-1]  # axial slice, anterior up
+    shown = np.ma.masked_equal(grid, nodata)
+    if shown.count() == 0:
+        raise DataError(f"nothing to draw for {path}: every cell is nodata.")
+    from matplotlib import colormaps
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    top = int(shown.max())
+    colours = ["lightgrey"] + [colormaps["tab20"](i % 20) for i in range(top + 1)]  # -1 (noise) grey, then labels
+    norm = BoundaryNorm(np.arange(-1.5, top + 1.5), len(colours))
+    fig = Figure(figsize=(5, 5 * grid.shape[0] / max(grid.shape[1], 1) + 0.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(shown, cmap=ListedColormap(colours), norm=norm, interpolation="nearest")
+    bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_ticks(list(range(-1, top + 1)) if top < 20 else [])
+    ax.set_title(title, fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
+    return path

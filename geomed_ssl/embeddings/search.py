@@ -1,0 +1,291 @@
+"""``geomed-ssl similar``: cosine nearest neighbours of a query among stored embeddings, with a contact sheet.
+
+The query is embedded exactly as the stored rows were (same encoder, statistics, window, stride and pooling,
+read from the embedding manifest): a whole file (image level, or the average of a file's rows' space at the
+other levels) or a box in a file. At patch level a box query is the mean of the token vectors of the cells whose
+centre lies in the box, computed in context (the same grid-aligned windows as the stored rows), so a one-cell box
+gives exactly that cell's stored vector. Rows of the query file inside the query region are left out unless
+``include_self``.
+
+Search is exact: faiss (``IndexFlatIP`` on normalised vectors) when installed, else numpy over memory-mapped chunks.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from geomed_ssl.config import DataConfig
+from geomed_ssl.data.catalog import FileRecord, scan
+from geomed_ssl.data.kinds import check_input_kind
+from geomed_ssl.embeddings.embedder import Embedder
+from geomed_ssl.embeddings.extract import encoder_for
+from geomed_ssl.embeddings.store import load_embeddings, optional_module, read_columns
+from geomed_ssl.errors import ConfigError, DataError, GeomedError
+from geomed_ssl.models.device import resolve_device
+from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
+from geomed_ssl.outfiles import atomic_path
+
+CHUNK = 65_536
+MAX_VIEW = 512  # contact-sheet tiles larger than this (per side) show the centre window instead
+
+
+@dataclass
+class SearchResult:
+    """The hits of a query (best first) and where they were written."""
+
+    out_dir: Path
+    hits: list[dict[str, Any]]
+    lines: list[str]
+
+
+BOX_AXES = {2: ("row", "col"), 3: ("i", "j", "k")}
+BOX_FORMS = {2: "ROW,COL,H,W", 3: "I,J,K,DI,DJ,DK"}
+
+
+def parse_box(text: str | Sequence[int] | None, nd: int) -> list[int] | None:
+    """``"ROW,COL,H,W"`` (rasters: pixel row, column, height, width) or ``"I,J,K,DI,DJ,DK"`` (volumes: voxel
+    indices and sizes along the volume reader's RAS axes, i towards Right, j Anterior, k Superior) -> ints. Both
+    are the array order of the stored ``box`` column, so a box copied from ``embeddings.parquet`` or
+    ``similar.csv`` means the same region."""
+    if text is None:
+        return None
+    try:
+        box = [int(v) for v in (text.split(",") if isinstance(text, str) else text)]
+    except ValueError:
+        box = []
+    if len(box) != 2 * nd or any(v < 1 for v in box[nd:]):
+        raise ConfigError(f"--box '{text}': expected {BOX_FORMS[nd]} (integers, positive sizes) for these {nd}D "
+                          "embeddings" + (", along the RAS voxel axes i=Right, j=Anterior, k=Superior." if nd == 3
+                                          else "."))
+    return box
+
+
+def cosine_top_k(vectors: np.ndarray, query: np.ndarray, k: int,
+                 exclude: set[int] = frozenset()) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and cosine similarities of the ``k`` rows of ``vectors`` (N, D) most similar to ``query`` (D,),
+    best first, rows in ``exclude`` left out."""
+    q = np.asarray(query, np.float32)
+    q = q / max(float(np.linalg.norm(q)), 1e-12)
+    want = min(k + len(exclude), vectors.shape[0])
+    faiss = optional_module("faiss", "faiss-cpu", "exact numpy search over memory-mapped chunks")
+    if faiss is not None:
+        index = faiss.IndexFlatIP(vectors.shape[1])
+        for s in range(0, vectors.shape[0], CHUNK):
+            x = np.asarray(vectors[s:s + CHUNK], np.float32)
+            index.add(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12))
+        sims, idx = index.search(q[None], want)
+        pairs = list(zip(idx[0].tolist(), sims[0].tolist()))
+    else:
+        best_i, best_s = np.zeros(0, np.int64), np.zeros(0, np.float32)
+        for s in range(0, vectors.shape[0], CHUNK):
+            x = np.asarray(vectors[s:s + CHUNK], np.float32)
+            sim = (x @ q) / np.maximum(np.linalg.norm(x, axis=1), 1e-12)  # (n,)
+            top = np.argpartition(-sim, min(want, len(sim)) - 1)[:want]
+            best_i, best_s = np.concatenate([best_i, top + s]), np.concatenate([best_s, sim[top]])
+            keep = np.argsort(-best_s, kind="stable")[:want]
+            best_i, best_s = best_i[keep], best_s[keep]
+        pairs = list(zip(best_i.tolist(), best_s.tolist()))
+    pairs = [(i, s) for i, s in pairs if i >= 0 and i not in exclude][:k]
+    return np.asarray([p[0] for p in pairs], np.int64), np.asarray([p[1] for p in pairs], np.float32)
+
+
+def record_for(path: str | Path, data_cfg: DataConfig, names_by_position: str = "ignore") -> FileRecord:
+    """The catalog record of one file read with ``data_cfg`` (every file accepted, whatever the include globs);
+    band names assigned by position are reported as ``names_by_position`` says (``catalog.scan``)."""
+    path = Path(path)
+    cfg = dataclasses.replace(data_cfg, include=["**/*"], exclude=[])
+    if data_cfg.channels and path.is_file():  # stacked channels: the record is the folder (named by its first file)
+        path = path.parent
+    return scan(path, cfg, strict=True, names_by_position=names_by_position).records[0]
+
+
+def embedder_for(manifest: dict[str, Any], record: FileRecord, encoder: str | Path | None = None,
+                 device: str | None = "auto", batch_size: int = 32) -> Embedder:
+    """An Embedder configured as the one that made ``manifest``'s embeddings."""
+    st = manifest["settings"]
+    path = Path(encoder or st["encoder"])
+    if not path.exists():
+        raise GeomedError(f"the encoder these embeddings were made with ('{path}') is gone; pass --encoder with its "
+                          "new location.")
+    from geomed_ssl.data.catalog import Catalog
+
+    one = Catalog([record], [], record.kind, record.band_names, record.wavelengths, bandwidths=record.bandwidths)
+    dev = resolve_device(device)
+    enc, _ = encoder_for(path, one, dev)
+    return Embedder(enc, DataConfig(**st["data"]), st["level"], st["window"], st["stride"], st["pool"], batch_size,
+                    st["min_valid"], dev)
+
+
+def query_vector(emb: Embedder, record: FileRecord, box: list[int] | None) -> tuple[np.ndarray, list[int]]:
+    """The query's vector and the region it covers (``box``, or the whole file)."""
+    nd = emb.nd
+    shape = list(emb.shape(record))
+    region = box or [0] * nd + shape
+    outside = [f"{ax} {a}..{a + n - 1} (0..{s - 1})" for ax, a, n, s in zip(BOX_AXES[nd], box[:nd], box[nd:], shape)
+               if a < 0 or a + n > s] if box is not None else []
+    if outside:
+        raise DataError(f"--box {','.join(map(str, box))} ({BOX_FORMS[nd]}) reaches outside '{record.path}' along "
+                        f"{'; '.join(outside)}; the file is {'x'.join(map(str, shape))} "
+                        f"({' x '.join(BOX_AXES[nd])}).")
+    if emb.level != "patch":
+        if emb.level == "image" and box is None:
+            _, row = next(emb.image_rows([record]))
+            return row["vector"][0], region
+        return emb.region_vector(record, region)[0], region
+    vecs = []
+    for rows in emb.window_rows(record, emb.file_meta(record), restrict=region):
+        centre = rows["box"][:, :nd] + rows["box"][:, nd:] / 2.0
+        inside = np.all((centre >= region[:nd]) & (centre <= np.add(region[:nd], region[nd:])), axis=1)
+        vecs.append(rows["vector"][inside])
+    vecs = np.concatenate(vecs) if vecs else np.zeros((0, 1))
+    if not len(vecs):
+        raise DataError(f"no valid patch cell of '{record.path}' lies in {region}; choose a box over valid pixels.")
+    return vecs.mean(0), region
+
+
+def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int] | None = None, top: int = 10,
+                 out_dir: str | Path | None = None, include_self: bool = False, encoder: str | Path | None = None,
+                 device: str | None = "auto", sheet: bool = True, strict: bool = False) -> SearchResult:
+    """The ``top`` stored rows most similar (cosine) to ``query`` (a file, or ``box`` in it): ``similar.csv`` and a
+    contact sheet ``similar.png`` in ``out_dir`` (default ``EMB_DIR/search/<query name>``). ``strict``: the query's
+    band names assigned by position are an error, not a warning."""
+    search_dir = Path(emb_dir) / "search"
+    rule: dict[str, Any] = {"command": "similar", "resume": True, "allow_inside": [search_dir],
+                            "inputs": {"embedding folder": emb_dir, "query file": query, "encoder": encoder}}
+    if out_dir is not None:
+        check_out_dir(out_dir, **rule)  # the folder is made once the query is embedded
+    manifest, vectors = load_embeddings(emb_dir)
+    st = manifest["settings"]
+    rule["inputs"]["encoder"] = encoder or st["encoder"]
+    nd = len(st["window"])
+    if top < 1:
+        raise ConfigError(f"--top must be at least 1, got {top}.")
+    qpath = Path(query).resolve()
+    if not qpath.exists():
+        raise DataError(f"query file '{query}' does not exist.")
+    check_input_kind(qpath, "raster" if nd == 2 else "volume", "the encoder of these embeddings")
+    record = record_for(qpath, DataConfig(**st["data"]), "error" if strict else "warn")
+    emb = embedder_for(manifest, record, encoder, device)
+    box_list = parse_box(box, nd)
+    qvec, region = query_vector(emb, record, box_list)
+    cols = read_columns(emb_dir, ["id", "file", "box", "window", "x", "y", "z"])
+    exclude = set() if include_self else rows_of_region(manifest, cols, qpath, region, nd)
+    idx, sims = cosine_top_k(vectors, qvec, top, exclude)
+    hits = [{"rank": r + 1, "score": round(float(s), 6), "id": int(i), "file": cols["file"][i],
+             "box": [int(v) for v in cols["box"][i]], "window": [int(v) for v in cols["window"][i]],
+             "x": float(cols["x"][i]), "y": float(cols["y"][i]),
+             "z": None if cols["z"][i] is None or math.isnan(cols["z"][i]) else float(cols["z"][i])}
+            for r, (i, s) in enumerate(zip(idx, sims))]
+    name = qpath.name.split(".")[0] + ("_" + "-".join(map(str, box_list)) if box_list else "")
+    out = prepare_out_dir(Path(out_dir) if out_dir is not None else search_dir / name, **rule)
+    write_hits_csv(hits, out / "similar.csv")
+    lines = [f"query: {qpath}" + (f" box {box_list}" if box_list else "") + f"  ({st['level']} level, "
+             f"{vectors.shape[0]} rows)", *hit_lines(hits, st["data_dir"], nd)]
+    if sheet and hits:
+        contact_sheet(emb, record, region, hits, out / "similar.png")
+    lines.append(f"table: {out / 'similar.csv'}"
+                 + (f"  contact sheet: {out / 'similar.png'}" if sheet and hits else ""))
+    return SearchResult(out, hits, lines)
+
+
+def rows_of_region(manifest: dict[str, Any], cols: dict[str, Any], path: Path, region: list[int],
+                   nd: int) -> set[int]:
+    """The stored rows of the file at ``path`` whose box centre lies in ``region`` (none when it was not
+    embedded): the query's own rows, left out of its hits."""
+    f = next((f for f in manifest["files"] if Path(f["path"]).resolve() == path), None)
+    if f is None:
+        return set()
+    a, n = int(f["first_row"]), int(f["rows"])
+    b = cols["box"][a:a + n]
+    centre = b[:, :nd] + b[:, nd:] / 2.0
+    inside = np.all((centre >= region[:nd]) & (centre <= np.add(region[:nd], region[nd:])), axis=1)
+    return set((np.flatnonzero(inside) + a).tolist())
+
+
+def write_hits_csv(hits: list[dict[str, Any]], path: Path) -> None:
+    """``similar.csv``: rank, score, id, file, box (space-separated), x, y, z (empty for rasters)."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["rank", "score", "id", "file", "box", "x", "y", "z"])
+        for h in hits:
+            w.writerow([h["rank"], h["score"], h["id"], h["file"], " ".join(map(str, h["box"])), h["x"], h["y"],
+                        "" if h["z"] is None else h["z"]])
+
+
+def hit_lines(hits: list[dict[str, Any]], root: str, nd: int) -> list[str]:
+    """The hits as a printed table (files relative to the embedded data folder when under it)."""
+    z = nd == 3
+    lines = [f"{'rank':>4}  {'score':>7}  {'box':<24} {'x':>12} {'y':>12} " + (f"{'z':>10} " if z else "") + " file"]
+    for h in hits:
+        rel = os.path.relpath(os.path.normpath(h["file"]), root)
+        rel = h["file"] if rel.startswith("..") else rel
+        lines.append(f"{h['rank']:>4}  {h['score']:7.4f}  {' '.join(map(str, h['box'])):<24} {h['x']:12.2f} "
+                     f"{h['y']:12.2f} " + (f"{h['z']:10.2f} " if z else "") + f" {rel}")
+    return lines
+
+
+def contact_sheet(emb: Embedder, record: FileRecord, region: list[int], hits: list[dict[str, Any]], path: Path,
+                  cols: int = 6) -> Path:
+    """The query region and each hit's window in false colour (volumes: the first-axis slice through the middle of
+    the box), the hit's own box outlined, all with the query's display stretch so colours compare."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    from geomed_ssl.data.bands import false_colour_bands
+    from geomed_ssl.viz.previews import middle_slice, stretch, to_rgb
+
+    cfg = emb.encoder.config
+    bands = false_colour_bands(cfg.band_names or [f"b{i}" for i in range(cfg.in_chans)], cfg.wavelengths)
+    nd = emb.nd
+    records = {record.path: record}
+    ctx = [max(n, w) for n, w in zip(region[nd:], emb.window)]  # a small query box is shown in context
+    tiles = [("query", record, [a + (n - c) // 2 for a, n, c in zip(region[:nd], region[nd:], ctx)] + ctx, region)]
+    for h in hits:
+        if h["file"] not in records:
+            records[h["file"]] = record_for(h["file"], emb.data_cfg)
+        tiles.append((f"#{h['rank']}  {h['score']:.3f}\n{Path(h['file']).name}", records[h["file"]],
+                      h["window"], h["box"]))
+    def shown(view: list[int]) -> list[int]:
+        if all(n <= MAX_VIEW for n in view[nd:]):
+            return list(view)
+        size = [min(n, w) for n, w in zip(view[nd:], emb.window)]
+        return [a + (n - s) // 2 for a, n, s in zip(view[:nd], view[nd:], size)] + size
+
+    tiles = [(t, r, shown(list(v)), list(o)) for t, r, v, o in tiles]
+    rows = math.ceil(len(tiles) / cols)
+    fig = Figure(figsize=(2.2 * min(cols, len(tiles)), 2.6 * rows + 0.2), dpi=90)
+    FigureCanvasAgg(fig)
+    limits = None
+    for i, (title, rec, view, outline) in enumerate(tiles):
+        image, valid = emb.read(rec, view)
+        if nd == 3:  # the first-axis slice through the middle of the outlined box
+            k = int(np.clip(outline[0] + outline[3] // 2 - view[0], 0, image.shape[1] - 1))
+            img2, val2 = image[:, k], valid[k]
+        else:
+            img2, val2 = middle_slice(image), middle_slice(valid[None])[0]
+        limits = stretch(img2, bands, val2) if limits is None else limits
+        ax = fig.add_subplot(rows, min(cols, len(tiles)), i + 1)
+        rgb = to_rgb(img2, bands, limits, val2)
+        ax.imshow(np.rot90(rgb) if nd == 3 else rgb, interpolation="nearest")
+        if list(outline) != list(view) and all(n <= MAX_VIEW for n in outline[nd:]):
+            o = [a - b for a, b in zip(outline[:nd], view[:nd])][-2:]
+            size = list(outline[nd:])[-2:]
+            if nd == 3:  # the slice is shown rotated: superior up, anterior to the right
+                o, size = [img2.shape[2] - o[1] - size[1], o[0]], [size[1], size[0]]
+            ax.add_patch(Rectangle((o[1] - 0.5, o[0] - 0.5), size[1], size[0], fill=False, edgecolor="yellow", lw=1.5))
+        ax.set_title(title, fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
+    return path

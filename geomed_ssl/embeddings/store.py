@@ -1,0 +1,353 @@
+"""Where embeddings live: atomic parts while extracting, then one Parquet table + one ``.npy`` of vectors.
+
+An embedding folder (EMB_DIR) while a run is going::
+
+    manifest.json            settings, files done so far (rewritten atomically after every part)
+    parts/part-000007/       one committed part: chunk-00000.parquet, ... and files.json (the files it holds)
+    parts/.partial-...       a part being written (a killed run leaves it; the next run deletes it)
+
+A part holds whole files only and becomes visible by one rename (:mod:`geomed_ssl.outfiles`), so a killed run
+never leaves half a file behind and the next run skips exactly the files in committed parts (no duplicates). When
+every file is done the parts are concatenated, in catalog order, into::
+
+    embeddings.parquet       one row per image / window / patch cell (columns: see ``COLUMNS``)
+    vectors.npy              (N, D) float32 or float16, row i = table row i (``np.load(..., mmap_mode="r")``)
+    manifest.json            complete: true, plus per file its first row, row count and map grid
+
+Coordinates: rasters use the GDAL pixel-corner convention (window corners through the file's transform, in its
+CRS); volumes use voxel centres (box corners at index - 0.5 through the RAS affine of the volume reader, in mm).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from geomed_ssl.errors import DataError, GeomedError
+from geomed_ssl.outdirs import COMMANDS
+from geomed_ssl.outfiles import (atomic_path, atomic_write_text, commit_partial, partial_path,
+                                 remove_stale_partials)
+
+log = logging.getLogger("geomed_ssl")
+FORMAT, VERSION = "geomed-ssl-embeddings", 1
+TABLE, VECTORS, MANIFEST, PARTS = "embeddings.parquet", "vectors.npy", "manifest.json", "parts"
+COLUMNS = ("id", "file", "box", "window", "grid_index", "valid_fraction", "x", "y", "z", "minx", "miny", "minz",
+           "maxx", "maxy", "maxz", "footprint_wkt", "crs", "vector")
+_WARNED: set[str] = set()
+
+
+def optional_module(name: str, pip_name: str, fallback: str) -> Any:
+    """Import an optional dependency, or say once in one line which fallback is used instead and return None."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        if name not in _WARNED:
+            _WARNED.add(name)
+            log.info("%s is not installed: %s (pip install %s, or geomed-ssl[full])", pip_name, fallback, pip_name)
+        return None
+
+
+# -- geometry ---------------------------------------------------------------------------------------------------
+def raster_corners(boxes: np.ndarray, transform: Sequence[float]) -> np.ndarray:
+    """(n, 4) boxes [row, col, h, w] -> (n, 4, 2) map coordinates of the corners (pixel-corner convention),
+    clockwise from the top-left."""
+    a, b, c, d, e, f = (float(v) for v in transform[:6])
+    r, col, h, w = (boxes[:, i].astype(np.float64) for i in range(4))
+    cols = np.stack([col, col + w, col + w, col], axis=1)  # (n, 4)
+    rows = np.stack([r, r, r + h, r + h], axis=1)
+    return np.stack([a * cols + b * rows + c, d * cols + e * rows + f], axis=-1)
+
+
+def volume_corners(boxes: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """(n, 6) voxel boxes [i, j, k, di, dj, dk] -> (n, 8, 3) world (RAS mm) corners; voxel centres sit on integer
+    indices, so a box spans index - 0.5 .. index + size - 0.5."""
+    lo = boxes[:, :3].astype(np.float64) - 0.5
+    hi = lo + boxes[:, 3:].astype(np.float64)
+    sel = np.array([[(m >> a) & 1 for a in range(3)] for m in range(8)], bool)  # (8, 3) which end per axis
+    vox = np.where(sel[None], hi[:, None], lo[:, None])  # (n, 8, 3)
+    return vox @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
+
+
+def geo_columns(boxes: np.ndarray, file_meta: dict[str, Any]) -> dict[str, Any]:
+    """Centre, bounds, footprint polygon (WKT, rasters) and CRS of each box of one file."""
+    n = len(boxes)
+    if file_meta["kind"] == "raster":
+        corners = raster_corners(boxes, file_meta["transform"])  # (n, 4, 2)
+        ring = np.concatenate([corners, corners[:, :1]], axis=1)  # (n, 5, 2) closed
+        wkt = ["POLYGON ((" + ", ".join(f"{x:.12g} {y:.12g}" for x, y in pts) + "))" for pts in ring]
+        centre = corners.mean(axis=1)  # a parallelogram's centre is the mean of its corners
+        lo, hi = corners.min(axis=1), corners.max(axis=1)
+        none = [None] * n
+        return {"x": centre[:, 0], "y": centre[:, 1], "z": none, "minx": lo[:, 0], "miny": lo[:, 1], "minz": none,
+                "maxx": hi[:, 0], "maxy": hi[:, 1], "maxz": none, "footprint_wkt": wkt,
+                "crs": [file_meta.get("crs")] * n}
+    corners = volume_corners(boxes, np.asarray(file_meta["affine"]))  # (n, 8, 3)
+    centre, lo, hi = corners.mean(axis=1), corners.min(axis=1), corners.max(axis=1)
+    return {"x": centre[:, 0], "y": centre[:, 1], "z": centre[:, 2], "minx": lo[:, 0], "miny": lo[:, 1],
+            "minz": lo[:, 2], "maxx": hi[:, 0], "maxy": hi[:, 1], "maxz": hi[:, 2], "footprint_wkt": [None] * n,
+            "crs": [None] * n}
+
+
+def fixed_list(a: np.ndarray, t: Any = None) -> Any:
+    """(n, k) numpy array -> a pyarrow fixed-size list column (one list of k values per row)."""
+    import pyarrow as pa
+
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(a).ravel(), t), a.shape[1])
+
+
+def file_runs(paths: Sequence[str]) -> list[tuple[int, int]]:
+    """[start, end) ranges of consecutive equal paths."""
+    cuts = [i for i in range(1, len(paths)) if paths[i] != paths[i - 1]]
+    return list(zip([0, *cuts], [*cuts, len(paths)]))
+
+
+def footprint_wkb(corners: np.ndarray) -> Any:
+    """(n, 4, 2) raster corners -> a pyarrow binary array of little-endian WKB polygons (GeoParquet geometry)."""
+    import pyarrow as pa
+
+    n = len(corners)
+    rec = np.zeros(n, dtype=np.dtype([("order", "u1"), ("type", "<u4"), ("rings", "<u4"), ("points", "<u4"),
+                                      ("xy", "<f8", (10,))], align=False))
+    rec["order"], rec["type"], rec["rings"], rec["points"] = 1, 3, 1, 5
+    rec["xy"] = np.concatenate([corners, corners[:, :1]], axis=1).reshape(n, 10)
+    offsets = np.arange(n + 1, dtype=np.int32) * rec.dtype.itemsize
+    return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(rec.tobytes())])
+
+
+# -- a part being written -------------------------------------------------------------------------------------
+class PartWriter:
+    """Rows of whole files written as Parquet chunks into a hidden folder; ``commit`` publishes it atomically."""
+
+    def __init__(self, store: EmbeddingStore, dtype: str):
+        self.store, self.dtype = store, np.dtype(dtype)
+        self.tmp = partial_path(store.parts_dir / f"part-{uuid.uuid4().hex[:8]}")
+        self.tmp.mkdir(parents=True)
+        self.files: list[dict[str, Any]] = []
+        self.chunks = 0
+        self.rows = 0
+
+    def add(self, rows: dict[str, np.ndarray], metas: dict[str, Any] | Sequence[dict[str, Any]]) -> None:
+        """Write rows: ``box`` (n, 4|6), ``window`` (n, 4|6), ``grid_index`` (n, 2|3), ``valid_fraction`` (n,),
+        ``vector`` (n, D), with the file meta of all rows (one dict) or of each row (consecutive rows of one file
+        share it). Geometry columns are derived from the boxes."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        n = len(rows["vector"])
+        if n == 0:
+            return
+        metas = [metas] * n if isinstance(metas, dict) else list(metas)
+        vec = np.ascontiguousarray(rows["vector"], dtype=self.dtype)  # (n, D)
+        cols = {"file": pa.array([m["path"] for m in metas], pa.string()),
+                "box": fixed_list(rows["box"].astype(np.int64), pa.int64()),
+                "window": fixed_list(rows["window"].astype(np.int64), pa.int64()),
+                "grid_index": fixed_list(rows["grid_index"].astype(np.int32), pa.int32()),
+                "valid_fraction": pa.array(rows["valid_fraction"].astype(np.float32))}
+        geo = [geo_columns(rows["box"][a:b], metas[a]) for a, b in file_runs([m["path"] for m in metas])]
+        for key in geo[0]:
+            parts = [g[key] for g in geo]
+            value = np.concatenate(parts) if all(isinstance(v, np.ndarray) for v in parts) else \
+                [x for v in parts for x in v]
+            cols[key] = pa.array(value, pa.string() if key in ("footprint_wkt", "crs") else pa.float64())
+        cols["vector"] = fixed_list(vec, pa.from_numpy_dtype(self.dtype))
+        pq.write_table(pa.table(cols), self.tmp / f"chunk-{self.chunks:05d}.parquet")
+        self.chunks += 1
+        self.rows += n
+
+    def commit(self, files: list[dict[str, Any]]) -> Path:
+        """Publish the part holding ``files`` (each a file-meta dict with its ``rows`` count)."""
+        (self.tmp / "files.json").write_text(json.dumps(files))
+        return self.store._publish(self.tmp, files)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# -- the folder -----------------------------------------------------------------------------------------------
+class EmbeddingStore:
+    """An EMB_DIR: settings check and resume, atomic parts, the final table, vectors and manifest."""
+
+    def __init__(self, out_dir: str | Path):
+        self.dir = Path(out_dir)
+        self.parts_dir = self.dir / PARTS
+
+    def manifest(self) -> dict[str, Any] | None:
+        path = self.dir / MANIFEST
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as err:
+            raise GeomedError(f"{path} is not valid JSON ({err}); delete the folder or pass --overwrite.") from None
+        if data.get("format") != FORMAT:
+            raise GeomedError(f"{path} is not a geomed-ssl embedding manifest.")
+        return data
+
+    def check(self, settings: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+        """The manifest of the run this one continues (same ``settings``), or None when there is none or it is
+        to be replaced (``overwrite``); other settings are refused. Reads only: the output-folder rule
+        (:mod:`geomed_ssl.outdirs`) decides whether the folder may be used at all."""
+        old = self.manifest() if self.dir.is_dir() and not overwrite else None
+        if old is not None:
+            keys = sorted(set(settings) | set(old["settings"]))
+            diff = [k for k in keys if settings.get(k) != old["settings"].get(k)]
+            if diff:
+                k = diff[0]
+                raise GeomedError(f"'{self.dir}' holds embeddings made with other settings ({k}: "
+                                  f"{old['settings'].get(k)!r}, now {settings.get(k)!r}); pass --overwrite to replace "
+                                  "them or choose another --out.")
+        return old
+
+    def start(self, settings: dict[str, Any], old: dict[str, Any] | None) -> None:
+        """Get the (existing) folder ready: a new manifest unless ``old`` (from :meth:`check`) is continued;
+        temporary parts and partial files a killed run left are deleted."""
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(self.parts_dir, ("part-*",))
+        remove_stale_partials(self.dir, COMMANDS["embed"].entries)
+        if old is None:
+            self.write_manifest({"format": FORMAT, "version": VERSION, "complete": False, "settings": settings,
+                                  "files": []})
+
+    def write_manifest(self, data: dict[str, Any]) -> None:
+        atomic_write_text(self.dir / MANIFEST, json.dumps(data, indent=1))
+
+    def committed(self) -> list[tuple[Path, list[dict[str, Any]]]]:
+        """Committed parts and their files (the truth about what is done; the manifest mirrors it)."""
+        out = []
+        for part in sorted(self.parts_dir.glob("part-*")):
+            try:
+                out.append((part, json.loads((part / "files.json").read_text())))
+            except (OSError, ValueError):
+                raise GeomedError(f"embedding part '{part}' is damaged (no readable files.json); delete it and run "
+                                  "the command again to redo its files.") from None
+        return out
+
+    def done_paths(self) -> set[str]:
+        return {f["path"] for _, files in self.committed() for f in files}
+
+    def part(self, dtype: str) -> PartWriter:
+        return PartWriter(self, dtype)
+
+    def _publish(self, tmp: Path, files: list[dict[str, Any]]) -> Path:
+        ids = [int(p.name.split("-")[1]) for p in self.parts_dir.glob("part-*")]
+        target = self.parts_dir / f"part-{max(ids, default=-1) + 1:06d}"
+        commit_partial(tmp, target)
+        manifest = self.manifest() or {}
+        manifest["files"] = [f for _, fs in self.committed() for f in fs]
+        self.write_manifest(manifest)
+        return target
+
+    # -- finalising -------------------------------------------------------------------------------------------
+    def finalize(self, order: Sequence[str], extra: dict[str, Any], geoparquet: bool = True) -> dict[str, Any]:
+        """Concatenate the committed parts (files in ``order``, the catalog's) into the table and ``vectors.npy``,
+        mark the manifest complete and delete the parts. Streams chunk by chunk: memory is one chunk."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rank = {p: i for i, p in enumerate(order)}
+        parts = sorted(self.committed(), key=lambda pf: min([rank.get(f["path"], len(rank)) for f in pf[1]] or [0]))
+        files = [f for _, fs in parts for f in fs]
+        total = sum(int(f["rows"]) for f in files)
+        if total == 0:
+            raise DataError("no embeddings were produced: every window of every file was nodata; check data.nodata "
+                            "or lower --min-valid.")
+        chunks = [c for part, _ in parts for c in sorted(part.glob("chunk-*.parquet"))]
+        first = pq.read_table(chunks[0])
+        dim = first.schema.field("vector").type.list_size
+        dtype = np.asarray(first.column("vector").combine_chunks().flatten()).dtype
+        settings = (self.manifest() or {})["settings"]
+        geo = self._geo_metadata(files) if geoparquet else None
+        schema = pa.schema([pa.field("id", pa.int64()), *first.schema,
+                            *([pa.field("geometry", pa.binary())] if geo else [])])
+        meta = {b"geomed_ssl": json.dumps({"format": FORMAT, "settings": settings}).encode()}
+        if geo:
+            meta[b"geo"] = json.dumps(geo).encode()
+        schema = schema.with_metadata(meta)
+        with atomic_path(self.dir / TABLE) as tmp_table, atomic_path(self.dir / VECTORS) as tmp_vec:
+            vectors = np.lib.format.open_memmap(tmp_vec, mode="w+", dtype=dtype, shape=(total, dim))
+            row, meta_of = 0, {f["path"]: f for f in files}
+            with pq.ParquetWriter(tmp_table, schema) as writer:
+                for chunk in chunks:
+                    t = pq.read_table(chunk)
+                    n = t.num_rows
+                    t = t.add_column(0, "id", pa.array(np.arange(row, row + n, dtype=np.int64)))
+                    if geo:
+                        boxes = np.asarray(t.column("box").combine_chunks().flatten()).reshape(n, -1)
+                        paths = t.column("file").to_pylist()
+                        corners = np.concatenate([raster_corners(boxes[a:b], meta_of[paths[a]]["transform"])
+                                                  for a, b in file_runs(paths)])
+                        t = t.append_column("geometry", footprint_wkb(corners))
+                    writer.write_table(t)  # same fields as the schema; its metadata comes from the writer
+                    vectors[row:row + n] = np.asarray(t.column("vector").combine_chunks().flatten()).reshape(n, dim)
+                    row += n
+            vectors.flush()
+            del vectors
+        start = 0
+        for f in files:
+            f["first_row"], start = start, start + int(f["rows"])
+        manifest = {"format": FORMAT, "version": VERSION, "complete": True, "settings": settings, "count": total,
+                    "dim": int(dim), "dtype": str(dtype), "files": files, **extra,
+                    "geoparquet": bool(geo)}
+        self.write_manifest(manifest)
+        shutil.rmtree(self.parts_dir, ignore_errors=True)
+        return manifest
+
+    def _geo_metadata(self, files: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """GeoParquet 1.0 metadata for the footprint polygons when geopandas (hence pyproj) is installed and every
+        file is a raster in one CRS; else None (footprints stay WKT)."""
+        if not files or files[0]["kind"] != "raster":
+            return None
+        if optional_module("geopandas", "geopandas", "footprints stored as WKT text, not GeoParquet geometry") is None:
+            return None
+        crs = {f.get("crs") for f in files}
+        if len(crs) != 1 or None in crs:
+            log.info("files have %s CRS: footprints stored as WKT text only (GeoParquet needs one CRS)",
+                     "no" if None in crs else "several")
+            return None
+        import pyproj
+
+        return {"version": "1.0.0", "primary_column": "geometry",
+                "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Polygon"],
+                                         "crs": pyproj.CRS.from_wkt(crs.pop()).to_json_dict()}}}
+
+
+# -- reading ----------------------------------------------------------------------------------------------------
+def load_embeddings(emb_dir: str | Path, mmap: bool = True) -> tuple[dict[str, Any], np.ndarray]:
+    """The manifest of a complete EMB_DIR and its vectors (N, D), memory-mapped by default."""
+    store = EmbeddingStore(emb_dir)
+    manifest = store.manifest() if store.dir.is_dir() else None
+    if manifest is None:
+        raise GeomedError(f"'{emb_dir}' is not an embedding folder (no {MANIFEST}); run `geomed-ssl embed` first.")
+    if not manifest.get("complete"):
+        raise GeomedError(f"the embeddings in '{emb_dir}' are incomplete (an interrupted run); run the same "
+                          "`geomed-ssl embed` command again to finish them.")
+    vectors = np.load(store.dir / VECTORS, mmap_mode="r" if mmap else None)
+    if vectors.shape[0] != manifest["count"]:
+        raise GeomedError(f"{store.dir / VECTORS} has {vectors.shape[0]} rows but the manifest says "
+                          f"{manifest['count']}; re-run the embedding with --overwrite.")
+    return manifest, vectors
+
+
+def read_columns(emb_dir: str | Path, columns: Iterable[str]) -> dict[str, Any]:
+    """Some columns of ``embeddings.parquet`` as numpy arrays (list columns as (N, k)) or Python lists (strings)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(Path(emb_dir) / TABLE, columns=list(columns))
+    out: dict[str, Any] = {}
+    for name in table.column_names:
+        col = table.column(name).combine_chunks()
+        if pa.types.is_fixed_size_list(col.type):
+            out[name] = np.asarray(col.flatten()).reshape(len(col), col.type.list_size)
+        elif pa.types.is_string(col.type):
+            out[name] = col.to_pylist()
+        else:
+            out[name] = col.to_numpy(zero_copy_only=False)
+    return out

@@ -1,0 +1,162 @@
+"""``finetune classify``: folder-per-class images (EuroSAT style), k labelled images per class, a linear probe, an
+MLP head or a full fine-tune; evaluated on every image it did not train on."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from geomed_ssl.checkpoint import save_model
+from geomed_ssl.config import Recipe, load_recipe
+from geomed_ssl.data.catalog import Catalog
+from geomed_ssl.data.labelled import ImageDataset, scan_class_folders
+from geomed_ssl.errors import ConfigError
+from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, class_weights_from_counts, data_meta,
+                                     encoder_and_stats, finetune_inputs, fit_supervised, save_recipe)
+from geomed_ssl.finetune.labels import sample_fraction, sample_images_per_class
+from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix, save_confusion_png
+from geomed_ssl.models.cls_heads import ClassificationModel
+from geomed_ssl.models.device import model_device
+from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
+from geomed_ssl.outfiles import atomic_path, atomic_write_text
+
+log = logging.getLogger("geomed_ssl")
+
+
+class Repeat(Dataset):
+    """Index ``i`` → ``base[order[i % n]]`` with a seeded shuffle per pass: an endless stream for step-based training."""
+
+    def __init__(self, base: Dataset, indices: np.ndarray, seed: int):
+        self.base, self.indices, self.seed = base, np.asarray(indices), seed
+
+    def __len__(self) -> int:
+        return 10**9
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        n = len(self.indices)
+        order = np.random.default_rng([self.seed, i // n]).permutation(n)
+        item = self.base[int(self.indices[order[i % n]])]
+        return item
+
+
+def extract_features(model: ClassificationModel, dataset: ImageDataset, indices: np.ndarray, batch: int = 32,
+                     ) -> torch.Tensor:
+    """Pooled frozen-encoder features (N, D) of ``indices`` (images of one size are batched together)."""
+    feats = []
+    model.eval()
+    device = model_device(model)
+    with torch.no_grad():
+        for start in range(0, len(indices), batch):
+            images = [dataset.image(int(i))[0] for i in indices[start:start + batch]]
+            if len({im.shape for im in images}) == 1:
+                feats.append(model.features(torch.from_numpy(np.stack(images)).to(device)).cpu())
+            else:
+                feats += [model.features(torch.from_numpy(im)[None].to(device)).cpu() for im in images]
+    return torch.cat(feats)
+
+
+def train_probe(model: ClassificationModel, feats: torch.Tensor, labels: torch.Tensor, recipe: Recipe,
+                weights: torch.Tensor | None) -> None:
+    """Train only the head on cached features (full batch AdamW, warmup + cosine)."""
+    from geomed_ssl.train.module import warmup_cosine
+
+    f = recipe.finetune
+    torch.manual_seed(recipe.labels.seed)
+    head = model.head.train()
+    opt = torch.optim.AdamW(head.parameters(), lr=f.base_lr, weight_decay=f.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, f.warmup_steps, f.max_steps))
+    for _ in range(f.max_steps):
+        loss = torch.nn.functional.cross_entropy(head(feats), labels, weight=weights)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    head.eval()
+
+
+def save_selection(path: Path, paths: Sequence[str], labels: np.ndarray, train: np.ndarray, test: np.ndarray,
+                   names: Sequence[str], notes: Sequence[str]) -> None:
+    meta = {"version": 1, "task": "classify", "class_names": list(names), "notes": list(notes), "paths": list(paths)}
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, meta=np.array(json.dumps(meta)), labels=labels, train_index=train, test_index=test)
+
+
+def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | None, data: str | Path,
+                      out_dir: str | Path, *, overrides: list[str] | None = None, overwrite: bool = False,
+                      progress: bool = True, strict: bool = False) -> FinetuneResult:
+    """Train a classifier with the images the ``labels`` section selects per class folder; evaluate on the rest.
+    ``strict``: problem files and band names assigned by position are errors (else skipped / warned about)."""
+    inputs = finetune_inputs(recipe, encoder, data=data)
+    check_out_dir(out_dir, command="finetune", inputs=inputs, overwrite=overwrite)  # FT_DIR is made once all is valid
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides + ["finetune.task=classify"]
+                                                                   if overrides else ["finetune.task=classify"])
+    f, lab = recipe.finetune, recipe.labels
+    out = Path(out_dir)
+    records, labels, names = scan_class_folders(data, recipe.data, strict=strict)
+    mapping = dict(enumerate(names))
+    if lab.per_class is not None:
+        train, test, notes = sample_images_per_class(labels, int(lab.per_class), lab.seed, names)
+    elif lab.fraction is not None:
+        train, notes = sample_fraction(labels, float(lab.fraction), lab.seed, mapping, unit="image")
+        test = np.setdiff1d(np.arange(labels.size), train)
+    else:
+        raise ConfigError("classification needs labels.per_class (--labels-per-class K) or labels.fraction.")
+    for note in notes:
+        log.info("note: %s", note)
+    catalog = Catalog(records=records, problems=[], kind=recipe.data.kind, band_names=records[0].band_names,
+                      wavelengths=records[0].wavelengths, bandwidths=records[0].bandwidths)
+    enc, stats, source, catalog = encoder_and_stats(encoder, recipe, catalog)
+    records = catalog.records  # read as the encoder needs (same order)
+    check_trainer_settings(recipe)
+    prepare_out_dir(out, command="finetune", inputs=inputs, overwrite=overwrite)
+    save_recipe(recipe, out / "config.yaml")
+    save_selection(out / "labels_used.npz", [r.path for r in records], labels, train, test, names, notes)
+    model = ClassificationModel(enc, len(names), head=f.head, pool=f.pool)
+    dataset = ImageDataset(records, labels, stats, recipe.data, enc.config.patch_size)
+    counts = np.bincount(labels[train], minlength=len(names))
+    weights = class_weights_from_counts(counts, f.class_weights)
+    if f.freeze_encoder and not f.unfreeze_after_steps:
+        model.encoder.requires_grad_(False)
+        feats = extract_features(model, dataset, train)
+        train_probe(model, feats, torch.from_numpy(labels[train]), recipe, weights)
+        mode = f"{f.head} probe on frozen features"
+    else:
+        stream = Repeat(ImageDataset(records, labels, stats, recipe.data, enc.config.patch_size, augment=True,
+                                     seed=lab.seed), train, lab.seed)
+        fit_supervised(model, stream, recipe, len(names), out, weights, progress=progress)
+        mode = "full fine-tune" if not f.freeze_encoder else f"{f.head} head, encoder unfrozen after {f.unfreeze_after_steps} steps"
+    model.eval()
+    meta = {"task": "classify", "head": {"kind": f.head, "pool": f.pool, "mode": mode},
+            "classes": [{"index": i, "value": i, "name": n} for i, n in enumerate(names)],
+            "window": list(enc.config.img_size), "encoder_source": source, "data": data_meta(recipe.data)}
+    meta = save_model(model, out / "model", meta)
+    metrics = evaluate_images(model, dataset, labels, {"train": train, "test": test}, names, out, notes)
+    return FinetuneResult(out, metrics, None)
+
+
+def predict_images(model: ClassificationModel, dataset: ImageDataset, indices: np.ndarray) -> np.ndarray:
+    feats = extract_features(model, dataset, indices)
+    with torch.no_grad():
+        return model.head(feats.to(model_device(model))).argmax(1).cpu().numpy()
+
+
+def evaluate_images(model: ClassificationModel, dataset: ImageDataset, labels: np.ndarray,
+                    splits: dict[str, np.ndarray], names: Sequence[str], out: Path,
+                    notes: Sequence[str] = ()) -> dict[str, Any]:
+    """Metrics per split; ``metrics.json`` and ``confusion.png`` (test split) in ``out``."""
+    results: dict[str, Any] = {"classes": [{"value": i, "name": n} for i, n in enumerate(names)], "notes": list(notes)}
+    for which, idx in splits.items():
+        pred = predict_images(model, dataset, idx) if len(idx) else np.zeros(0, int)
+        cm = confusion_matrix(labels[idx], pred, len(names))
+        results[which] = {**classification_metrics(cm), "n": int(len(idx))}
+        if which == "test":
+            save_confusion_png(cm, names, out / "confusion.png")
+            results[which]["confusion"] = cm.tolist()
+    atomic_write_text(out / "metrics.json", json.dumps(results, indent=2))
+    return results

@@ -1,0 +1,156 @@
+"""Evaluate a fine-tuned model: predict whole images as ``predict`` does, compare at labelled positions, write
+``metrics.json`` and ``confusion.png``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from geomed_ssl.data.stats import BandStats
+from geomed_ssl.finetune.labels import LabelSelection, read_label
+from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix, save_confusion_png
+from geomed_ssl.inference.finetuned import data_config, load_run, model_fn
+from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
+from geomed_ssl.outfiles import atomic_write_text
+
+log = logging.getLogger("geomed_ssl")
+
+
+def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Sequence[str], overlap: float = 0.25,
+                      blend: str = "gaussian", recipe_data: Any = None) -> list[np.ndarray]:
+    """Class-index maps of whole images in the orientation ``read_label`` uses (rasters as stored, volumes RAS),
+    computed on the device the model is on. Band names assigned by position were reported when the images were
+    scanned, so they are not reported again here."""
+    from geomed_ssl.inference.predict import predict_raster, predict_volume
+    from geomed_ssl.models.device import model_device
+
+    device = model_device(model)
+    cfg = data_config(meta, recipe_data)
+    stats = BandStats.from_dict(meta["encoder"]["stats"])
+    k = len(meta["classes"])
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, path in enumerate(paths):
+            if cfg.kind == "raster":
+                target = Path(tmp) / f"pred_{i}.tif"
+                predict_raster(model_fn(model), path, target, stats, window=meta["window"], overlap=overlap,
+                               blend=blend, num_classes=k, data_cfg=cfg, device=device, names_by_position="ignore")
+            else:
+                target = Path(tmp) / f"pred_{i}.nii.gz"
+                predict_volume(model_fn(model), path, target, stats, roi_size=meta["window"], data_cfg=cfg,
+                               overlap=overlap, blend="gaussian" if blend != "constant" else blend, num_classes=k,
+                               device=device, names_by_position="ignore")
+            labels, _ = read_label(target, cfg.kind, ignore_value=None, spacing=cfg.spacing)
+            out.append(labels)
+    return out
+
+
+def metrics_at(predictions: Sequence[np.ndarray], selection: LabelSelection, which: str) -> np.ndarray:
+    """Confusion matrix at the ``which`` ("train" | "test") positions of ``selection``."""
+    files, index, values = (getattr(selection, f"{which}_{k}") for k in ("file", "index", "value"))
+    k = len(selection.classes)
+    if index.size == 0:
+        return np.zeros((k, k), np.int64)
+    pred = np.concatenate([predictions[f].reshape(-1)[index[files == f]] for f in range(len(predictions))])
+    true = np.concatenate([selection.class_map.encode(values[files == f]) for f in range(len(predictions))])
+    predicted = pred >= 0  # -1: the input was nodata there, so the model made no prediction
+    return confusion_matrix(true[predicted], pred[predicted], k)
+
+
+def evaluate_segmentation(model: torch.nn.Module, meta: dict[str, Any], records: Sequence[Any],
+                          label_arrays: Sequence[np.ndarray], selection: LabelSelection, out: Path,
+                          recipe_data: Any = None) -> dict[str, Any]:
+    """Metrics on the training and test positions; writes ``metrics.json`` and ``confusion.png`` (test split)."""
+    # a stacked-channel record (data.channels) is predicted from its folder, as `geomed-ssl predict` takes it
+    paths = [str(Path(r.path).parent) if len(r.paths) > 1 else r.path for r in records]
+    predictions = predict_to_arrays(model, meta, paths, recipe_data=recipe_data)
+    names = selection.class_names
+    results: dict[str, Any] = {"classes": [{"value": v, "name": n} for v, n in zip(selection.classes, names)],
+                               "notes": selection.notes, "split": selection.split}
+    for which in ("train", "test"):
+        cm = metrics_at(predictions, selection, which)
+        results[which] = {**classification_metrics(cm), "n": int(cm.sum())}
+        if which == "test":
+            save_confusion_png(cm, names, out / "confusion.png")
+            results[which]["confusion"] = cm.tolist()
+    atomic_write_text(out / "metrics.json", json.dumps(results, indent=2))
+    return results
+
+
+def eval_out_dir(ft_dir: str | Path, out: str | Path | None) -> Path:
+    """Where ``evaluate`` writes ``metrics.json`` and ``confusion.png``: ``out``, by default ``FT_DIR/eval``."""
+    return Path(out) if out is not None else Path(ft_dir) / "eval"
+
+
+def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: str | Path | None = None,
+                 data: str | Path | None = None, out: str | Path | None = None,
+                 device: str | None = "auto", strict: bool = False) -> dict[str, Any]:
+    """Metrics of a fine-tuned model on every labelled pixel/voxel (segmentation) or image (classification), run
+    on ``device`` (auto: CUDA when available). ``strict``: problem files and band names assigned by position are
+    errors (else skipped / warned about)."""
+    from geomed_ssl.data.catalog import scan
+    from geomed_ssl.data.labelled import scan_class_folders
+    from geomed_ssl.finetune.labels import labelled_pixels, read_label_pairs
+    from geomed_ssl.errors import DataError, GeomedError
+
+    default = eval_out_dir(ft_dir, None)
+    out = eval_out_dir(ft_dir, out)
+    rule = {"command": "evaluate", "resume": True, "allow_inside": [default],
+            "inputs": {"fine-tune folder": ft_dir, "images folder": images, "labels": labels, "data folder": data}}
+    check_out_dir(out, **rule)  # the folder is made once the inputs are read
+    model, meta, recipe = load_run(ft_dir, device)
+    values = [c["value"] for c in meta["classes"]]
+    names = [c["name"] for c in meta["classes"]]
+    position = "error" if strict else "warn"
+    if meta["task"] == "segment":
+        if images is None or (labels is None and recipe.labels.label_name is None):
+            raise GeomedError("a segmentation model is evaluated with --images IMG_DIR --labels LABELS (a folder, "
+                              "a label file or a CSV), or with labels.label_name set in its recipe.")
+        catalog = scan(images, recipe.data, strict=strict, names_by_position=position)
+        catalog.warn_problems()
+        pairs, arrays, masks = read_label_pairs(catalog.records, labels, recipe.labels, recipe.data)
+        files, flats, vals = labelled_pixels(arrays, masks)
+        notes = unknown_classes(vals, values, names)
+        empty = np.zeros(0, np.int64)
+        selection = LabelSelection(empty.astype(np.int32), empty, empty, files, flats, vals, values, names,
+                                   [a.shape for a in arrays], notes=notes, split="all labelled",
+                                   paths=[p for _, p in pairs])
+        prepare_out_dir(out, **rule)
+        return evaluate_segmentation(model, meta, [r for r, _ in pairs], arrays, selection, out, recipe.data)
+    if data is None:
+        raise GeomedError("a classification model is evaluated with --data CLASS_FOLDERS_DIR.")
+    from geomed_ssl.data.stats import BandStats
+    from geomed_ssl.data.labelled import ImageDataset
+    from geomed_ssl.finetune.classify import evaluate_images
+    from geomed_ssl.models.model_data import records_for_stats
+
+    records, labels_idx, folder_names = scan_class_folders(data, recipe.data, strict=strict)
+    missing = [n for n in folder_names if n not in names]
+    if missing:
+        raise DataError(f"class folders {missing} in '{data}' are not classes of this model ({', '.join(names)}).")
+    mapped = np.array([names.index(folder_names[i]) for i in labels_idx], np.int64)
+    stats = BandStats.from_dict(meta["encoder"]["stats"], source=f"model {ft_dir}")
+    dataset = ImageDataset(records_for_stats(records, stats), mapped, stats, recipe.data,
+                           meta["encoder"]["patch_size"])
+    prepare_out_dir(out, **rule)
+    return evaluate_images(model, dataset, mapped, {"test": np.arange(len(records))}, names, out)
+
+
+def unknown_classes(vals: np.ndarray, values: Sequence[int], names: Sequence[str]) -> list[str]:
+    """Notes (also printed as a warning) on labelled values that are no class of the model: left out of the
+    metrics, since a model cannot predict a class it never saw in training."""
+    found, counts = np.unique(vals, return_counts=True)
+    unknown = [(int(v), int(c)) for v, c in zip(found, counts) if int(v) not in set(values)]
+    if not unknown:
+        return []
+    note = (f"label values {[v for v, _ in unknown]} ({sum(c for _, c in unknown)} labelled positions) are not "
+            f"classes this model was trained on (its classes: {', '.join(f'{v}={n}' for v, n in zip(values, names))})"
+            "; they are left out of the metrics")
+    log.warning("warning: %s.", note)
+    return [note]

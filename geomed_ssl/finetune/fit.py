@@ -1,0 +1,146 @@
+"""What every fine-tuning run shares: the encoder it starts from (pretrained, or the same architecture at random
+initialisation) with its statistics, the inputs it reads, class weights, the data settings its model records, and
+the Lightning fit (layer-wise lr decay, warmup + cosine, checkpoints). ``segment.py`` and ``classify.py`` build
+their runs from these."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, SequentialSampler
+
+from geomed_ssl.checkpoint import load_encoder, read_encoder_config
+from geomed_ssl.config import Recipe, spatial_dims
+from geomed_ssl.data.catalog import Catalog
+from geomed_ssl.data.stats import BandStats, compute_stats
+from geomed_ssl.errors import ConfigError, GeomedError
+from geomed_ssl.finetune.labels import LabelSelection
+from geomed_ssl.models.cls_heads import layer_decay_groups
+from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
+from geomed_ssl.models.model_data import catalog_for_encoder, check_value_ranges
+from geomed_ssl.outfiles import atomic_path
+from geomed_ssl.train.callbacks import MetricsCSV
+from geomed_ssl.train.checkpointing import AtomicCheckpointIO
+from geomed_ssl.train.console import has_bar, progress_callbacks, quiet_lightning
+from geomed_ssl.train.pretrain import probe_trainer, resolve_precision
+from geomed_ssl.train.supervised import SupervisedModule
+
+log = logging.getLogger("geomed_ssl")
+
+
+@dataclass
+class FinetuneResult:
+    """What a fine-tuning run produced."""
+
+    out_dir: Path
+    metrics: dict[str, Any]
+    selection: LabelSelection | None
+
+
+def encoder_and_stats(encoder_path: str | Path | None, recipe: Recipe, catalog: Catalog,
+                      ) -> tuple[ViTEncoder, BandStats, str, Catalog]:
+    """The pretrained encoder with its statistics and the catalog read as it needs (bands picked and ordered by
+    name: ``model_data.catalog_for_encoder``; values checked against the statistics), or — with ``none`` — the
+    same architecture from the recipe at random initialisation, with statistics computed on the images."""
+    if encoder_path is None or str(encoder_path).lower() == "none":
+        stats = compute_stats(catalog, recipe.data, seed=recipe.labels.seed)
+        cfg = EncoderConfig.from_recipe(recipe.model, recipe.data, len(catalog.band_names), catalog.band_names,
+                                        catalog.wavelengths, stats.to_dict(), bandwidths=catalog.bandwidths)
+        torch.manual_seed(recipe.train.seed)
+        return ViTEncoder(cfg), stats, "none (random initialisation)", catalog
+    cfg, _ = read_encoder_config(encoder_path)
+    if cfg.stats is None:
+        raise GeomedError(f"encoder '{encoder_path}' carries no normalisation statistics; re-export it with "
+                          "`geomed-ssl pretrain`.")
+    if cfg.spatial_dims != spatial_dims(recipe.data):
+        raise ConfigError(f"encoder '{encoder_path}' is {cfg.spatial_dims}D but data.kind is "
+                          f"'{recipe.data.kind}'.")
+    catalog = catalog_for_encoder(cfg, catalog)
+    encoder = load_encoder(encoder_path, bands=catalog.band_names, wavelengths=catalog.wavelengths,
+                           bandwidths=catalog.bandwidths)
+    stats = BandStats.from_dict(encoder.config.stats, source=f"encoder {encoder_path}")
+    check_value_ranges(catalog.records, stats)
+    return encoder.train(), stats, str(encoder_path), catalog
+
+
+def data_meta(data: Any) -> dict[str, Any]:
+    """The ``data`` settings a fine-tuned model's config.json records: how to read its inputs (volumes: spacing,
+    intensity, CT window; nodata; stacked channels) and how to name their bands and pick a folder's files."""
+    return {"kind": data.kind, "spacing": data.spacing, "intensity": data.intensity, "ct_window": data.ct_window,
+            "nodata": data.nodata, "channels": data.channels, "sensor": data.sensor, "band_names": data.band_names,
+            "wavelengths": data.wavelengths, "include": data.include, "exclude": data.exclude}
+
+
+def class_weights_from_counts(counts: np.ndarray, mode: Any) -> torch.Tensor | None:
+    """Loss weights from the training counts per class: null → none; "balanced" → inverse frequency (mean 1 over
+    the classes present); a list → as given."""
+    if mode is None:
+        return None
+    k = len(counts)
+    if mode == "balanced":
+        counts = np.asarray(counts, float)
+        w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / k, 0.0)
+        return torch.tensor(w / w[w > 0].mean(), dtype=torch.float32)
+    if isinstance(mode, (list, tuple)) and len(mode) == k:
+        return torch.tensor([float(v) for v in mode], dtype=torch.float32)
+    raise ConfigError(f"finetune.class_weights must be null, 'balanced' or a list of {k} numbers; got {mode!r}.")
+
+
+def finetune_inputs(recipe: Any, encoder: str | Path | None, **paths: str | Path | None) -> dict[str, Any]:
+    """What a fine-tune reads, by role, for the output-folder rule (``--out`` may not be or hold any of them)."""
+    roles = {"images": "images folder", "labels": "labels", "data": "data folder"}
+    inputs: dict[str, Any] = {roles[k]: v for k, v in paths.items()}
+    inputs["encoder"] = None if encoder is None or str(encoder).lower() == "none" else encoder
+    inputs["recipe"] = None if isinstance(recipe, Recipe) else recipe
+    return inputs
+
+
+def save_recipe(recipe: Recipe, path: Path) -> None:
+    """``config.yaml``, complete or not at all."""
+    with atomic_path(path) as tmp:
+        recipe.save(tmp)
+
+
+def check_trainer_settings(recipe: Recipe) -> None:
+    """The Trainer :func:`fit_supervised` builds (this process, one device), tried before FT_DIR is made: a
+    precision or accelerator Lightning refuses is one ``ConfigError``."""
+    probe_trainer(recipe.train.accelerator, 1, "auto", 1, recipe.train.precision)
+
+
+def fit_supervised(model: torch.nn.Module, dataset: Any, recipe: Recipe, num_classes: int, out: Path,
+                   weights: torch.Tensor | None, input_key: str = "image", progress: bool = True) -> None:
+    """Train with Lightning: layer-wise lr decay, warmup + cosine, checkpoints in ``out/checkpoints``; in this
+    process, on one device (``train.devices`` / ``strategy`` / ``num_nodes`` are for ``pretrain``)."""
+    f, t = recipe.finetune, recipe.train
+    quiet_lightning()
+    if str(t.devices) not in ("1", "auto") or t.num_nodes != 1 or t.strategy != "auto":
+        log.warning(f"fine-tuning runs in one process on one device; train.devices={t.devices}, "
+                    f"train.strategy={t.strategy}, train.num_nodes={t.num_nodes} apply to pretrain only.")
+    L.seed_everything(recipe.labels.seed, workers=True, verbose=False)
+    encoder = getattr(model, "encoder", None)
+    if encoder is not None:
+        encoder.requires_grad_(True)  # the module freezes per step; groups must hold every parameter
+        groups = layer_decay_groups(model, encoder.config.depth, f.layer_decay, f.base_lr, f.weight_decay)
+    else:
+        groups = [{"params": list(model.parameters()), "lr": f.base_lr, "weight_decay": f.weight_decay}]
+    module = SupervisedModule(model, f, num_classes, groups, weights, input_key)
+    loader = DataLoader(dataset, batch_size=f.batch_size, num_workers=recipe.data.num_workers,
+                        sampler=SequentialSampler(range(f.max_steps * f.batch_size)), drop_last=True,
+                        persistent_workers=recipe.data.num_workers > 0)
+    cbs: list[L.Callback] = [*progress_callbacks(progress, t.log_every),
+                             MetricsCSV(out / "metrics_train.csv", t.log_every),
+                             L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
+                                                                 save_top_k=0, every_n_train_steps=t.checkpoint_every)]
+    trainer = L.Trainer(accelerator=t.accelerator, devices=1, strategy="auto", num_nodes=1,
+                        precision=resolve_precision(t.precision, t.accelerator), max_steps=f.max_steps, max_epochs=-1,
+                        gradient_clip_val=t.grad_clip, callbacks=cbs, logger=False, enable_progress_bar=has_bar(cbs),
+                        enable_model_summary=False, num_sanity_val_steps=0, plugins=[AtomicCheckpointIO()],
+                        log_every_n_steps=min(t.log_every, f.max_steps))
+    trainer.fit(module, train_dataloaders=loader)
+    model.eval()

@@ -1,0 +1,376 @@
+"""Few-label supervision: label files matched to their images (grid-checked) and read as integer class maps.
+
+The sampling of training / test positions lives in ``geomed_ssl.finetune.sampling``; its public names are
+re-exported here, so ``from geomed_ssl.finetune.labels import select_labels`` keeps working.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from geomed_ssl.data.catalog import EXTENSIONS, FileRecord
+from geomed_ssl.finetune.sampling import (  # noqa: F401  (re-exported: the sampling half of this module)
+    ClassMap, LabelSelection, Names, block_split, check_labels_config, class_ids, labelled_pixels, sample_fraction,
+    sample_images_per_class, sample_per_class, select_labels,
+)
+from geomed_ssl.errors import DataError
+
+__all__ = [
+    "AFFINE_TOL", "LABEL_SUFFIXES", "check_grid", "match_labels", "read_label", "read_label_pairs",
+    "ClassMap", "LabelSelection", "Names", "block_split", "check_labels_config", "class_ids", "labelled_pixels",
+    "sample_fraction", "sample_images_per_class", "sample_per_class", "select_labels",
+]
+
+LABEL_SUFFIXES = ("gt", "label", "labels", "mask", "seg", "segmentation", "annotation", "annotations", "truth")
+AFFINE_TOL = 1e-4
+log = logging.getLogger("geomed_ssl")
+
+
+# -- matching label files to images ---------------------------------------------------------------------------
+def _stem(path: str | Path) -> str:
+    name = os.path.basename(str(path))
+    for ext in (".nii.gz", ".nii", ".tiff", ".tif"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return os.path.splitext(name)[0]
+
+
+def _label_keys(stem: str) -> list[str]:
+    """Image stems a label file name can belong to: its own stem, and its stem without a known label suffix."""
+    low, keys = stem.lower(), [stem.lower()]
+    for sep in "_-.":
+        head, found, tail = low.rpartition(sep)
+        if found and head and tail in LABEL_SUFFIXES:
+            keys.append(head)
+    return keys
+
+
+def _shared_parents(a: str, b: str) -> int:
+    """How many trailing folder names the two paths share (labels/tile_3/x.tif ~ images/tile_3/x.tif -> 1)."""
+    n = 0
+    for x, y in zip(reversed(Path(a).parent.parts), reversed(Path(b).parent.parts)):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _by_name(records: list[FileRecord], label_dir: Path, kind: str) -> dict[str, str | None]:
+    images = {os.path.abspath(p) for r in records for p in r.paths}
+    index: dict[str, list[str]] = {}
+    for folder, dirs, files in os.walk(label_dir):
+        dirs.sort()
+        for f in sorted(files):
+            path = os.path.abspath(os.path.join(folder, f))
+            if f.lower().endswith(EXTENSIONS[kind]) and path not in images:
+                for key in _label_keys(_stem(f)):
+                    index.setdefault(key, []).append(path)
+    out: dict[str, str | None] = {}
+    for r in records:
+        found = index.get(_stem(r.path).lower(), [])
+        if len(found) > 1:
+            score = [_shared_parents(r.path, f) for f in found]
+            found = [f for f, s in zip(found, score) if s == max(score)]
+        if len(found) > 1:
+            raise DataError(f"image '{r.path}' matches {len(found)} label files ({', '.join(found[:4])}); "
+                            "keep one, or list image,label pairs in a labels CSV.")
+        out[r.path] = found[0] if found else None
+    return out
+
+
+def _by_csv(records: list[FileRecord], csv_path: Path, label_dir: Path | None) -> dict[str, str | None]:
+    try:
+        with open(csv_path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as err:
+        raise DataError(f"cannot read labels CSV '{csv_path}' ({err.strerror}).") from None
+    cols = {c.strip().lower(): c for c in (rows[0].keys() if rows else [])}
+    if "image" not in cols or "label" not in cols:
+        raise DataError(f"labels CSV '{csv_path}' needs a header with columns image,label; found {list(cols)}.")
+    base = csv_path.parent
+    label_base = label_dir if label_dir is not None and label_dir.is_dir() else base
+    by_path = {os.path.abspath(p): r.path for r in records for p in r.paths}
+    by_name: dict[str, list[str]] = {}
+    for r in records:
+        by_name.setdefault(os.path.basename(r.path).lower(), []).append(r.path)
+    out: dict[str, str | None] = {r.path: None for r in records}
+    for i, row in enumerate(rows, start=2):
+        image, label = (row[cols["image"]] or "").strip(), (row[cols["label"]] or "").strip()
+        if not image or not label:
+            raise DataError(f"labels CSV '{csv_path}' line {i}: empty image or label entry.")
+        key = by_path.get(os.path.abspath(base / image))
+        if key is None and os.path.basename(image) == image and len(by_name.get(image.lower(), [])) == 1:
+            key = by_name[image.lower()][0]
+        if key is None:
+            continue  # a row for an image outside this catalog
+        path = Path(label) if os.path.isabs(label) else label_base / label
+        if not path.is_file():
+            raise DataError(f"labels CSV '{csv_path}' line {i}: label file '{path}' does not exist.")
+        out[key] = str(path)
+    return out
+
+
+def _crs_text(wkt: str | None) -> str:
+    if not wkt:
+        return "none"
+    try:
+        from rasterio.crs import CRS
+
+        return CRS.from_wkt(wkt).to_string()
+    except Exception:
+        return wkt[:40] + "..."
+
+
+def _same_crs(a: str | None, b: str | None) -> bool:
+    if not a or not b:
+        return not a and not b
+    from rasterio.crs import CRS
+
+    return a == b or CRS.from_wkt(a) == CRS.from_wkt(b)
+
+
+def _raster_header(path: str) -> tuple[tuple[int, int], str | None, list[float], int]:
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            with rasterio.open(path) as src:
+                crs = src.crs.to_wkt() if src.crs else None
+                return (src.height, src.width), crs, [float(v) for v in list(src.transform)[:6]], src.count
+        except rasterio.errors.RasterioIOError as err:
+            raise DataError(f"cannot open label raster '{path}' ({err}); is it a GeoTIFF?") from None
+
+
+def _raster_diffs(record: FileRecord, label: str) -> list[str]:
+    from affine import Affine
+
+    shape, crs, tr, _ = _raster_header(label)
+    diffs = []
+    if tuple(shape) != tuple(record.shape):
+        diffs.append(f"size {shape[1]}x{shape[0]} vs {record.shape[1]}x{record.shape[0]} (width x height)")
+    if not _same_crs(crs, record.crs):
+        diffs.append(f"CRS {_crs_text(crs)} vs {_crs_text(record.crs)}")
+    img = list(record.transform or Affine.identity()[:6])
+    pix = max(abs(img[0]), abs(img[4]), 1e-12)
+    lin, img_lin = [tr[i] for i in (0, 1, 3, 4)], [img[i] for i in (0, 1, 3, 4)]
+    if not np.allclose(lin, img_lin, rtol=0, atol=1e-6 * pix):
+        diffs.append(f"pixel size {tr[0]:g} x {tr[4]:g} vs {img[0]:g} x {img[4]:g}")
+    else:
+        col, row = ~Affine(*img) @ (tr[2], tr[5])
+        if abs(col) > 1e-3 or abs(row) > 1e-3:
+            diffs.append(f"origin shifted by {col:+.3g} columns, {row:+.3g} rows "
+                         f"(({tr[2]:.10g}, {tr[5]:.10g}) vs ({img[2]:.10g}, {img[5]:.10g}))")
+    return diffs
+
+
+def _canonical(shape: Sequence[int], affine: np.ndarray) -> tuple[tuple[int, ...], np.ndarray]:
+    """(shape, affine) after nibabel's closest-canonical (RAS) reorientation, from the header alone."""
+    from nibabel.orientations import inv_ornt_aff, io_orientation
+
+    ornt = io_orientation(affine)
+    out = [0, 0, 0]
+    for src, (dst, _) in enumerate(ornt):
+        out[int(dst)] = int(shape[src])
+    return tuple(out), affine @ inv_ornt_aff(ornt, tuple(shape[:3]))
+
+
+def _volume_diffs(record: FileRecord, label: str) -> list[str]:
+    import nibabel as nib
+
+    try:
+        img = nib.load(label)
+    except Exception as err:
+        raise DataError(f"cannot open label volume '{label}' ({err}); is it a NIfTI file?") from None
+    shape = tuple(int(s) for s in img.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) != 3:
+        return [f"label shape {list(shape)} is not 3D"]
+    l_shape, l_aff = _canonical(shape, np.asarray(img.affine, np.float64))
+    i_shape, i_aff = _canonical(record.shape[:3], np.asarray(record.affine if record.affine is not None
+                                                              else np.eye(4), np.float64))
+    diffs = []
+    if l_shape != i_shape:
+        diffs.append(f"shape {'x'.join(map(str, l_shape))} vs {'x'.join(map(str, i_shape))} (RAS order)")
+    if not np.allclose(l_aff, i_aff, rtol=0, atol=AFFINE_TOL):
+        offset = np.round(np.linalg.solve(i_aff, l_aff[:, 3])[:3], 3).tolist()  # label origin in image voxels
+        sizes = [np.round(np.linalg.norm(a[:3, :3], axis=0), 4).tolist() for a in (l_aff, i_aff)]
+        diffs.append(f"affine differs by up to {np.abs(l_aff - i_aff).max():.4g} (label origin at image voxel "
+                     f"{offset}; voxel sizes {sizes[0]} vs {sizes[1]})")
+    return diffs
+
+
+def check_grid(record: FileRecord, label_path: str | Path, kind: str) -> None:
+    """DataError naming both files and each difference unless the label is on the image's pixel / voxel grid."""
+    label = str(label_path)
+    diffs = _raster_diffs(record, label) if kind == "raster" else _volume_diffs(record, label)
+    if diffs:
+        what = "pixel grid (size, CRS, transform)" if kind == "raster" else "voxel grid (shape, affine)"
+        raise DataError(f"label '{label}' is not on the {what} of image '{record.path}': {'; '.join(diffs)} "
+                        "(label vs image). Resample the label onto the image grid (nearest neighbour) or fix "
+                        "which label belongs to which image (labels CSV).")
+
+
+def match_labels(image_records: Sequence[FileRecord], label_dir: str | Path | None, kind: str,
+                 csv: str | Path | None = None, allow_unlabelled: bool = False,
+                 label_name: str | None = None) -> list[tuple[FileRecord, str]]:
+    """Pair each image with its label file and check they share one grid.
+
+    ``label_dir`` is a folder searched recursively for files named like the image (same stem, or the stem plus
+    ``_gt``/``_label``/``_mask``/``_seg``/...), or one label file shared by every image (one scene, many dates).
+    ``csv`` (columns image,label; relative paths from the CSV's folder, labels from ``label_dir`` if given) pairs
+    them explicitly; ``label_name`` is a fixed file name beside each image (one folder per case, e.g. BraTS).
+    Images without a label are a DataError unless ``allow_unlabelled`` (they are then left out).
+    """
+    records = list(image_records)
+    if label_name is not None:
+        beside = {r.path: os.path.join(os.path.dirname(r.path), label_name) for r in records}
+        found = {k: v if os.path.isfile(v) else None for k, v in beside.items()}
+    elif csv is not None:
+        found = _by_csv(records, Path(csv), Path(label_dir) if label_dir else None)
+    elif label_dir is None:
+        raise DataError("no labels given: pass a label folder, a label file or a labels CSV (image,label).")
+    elif Path(label_dir).is_file():
+        found = {r.path: str(label_dir) for r in records}
+    elif Path(label_dir).is_dir():
+        found = _by_name(records, Path(label_dir), kind)
+    else:
+        raise DataError(f"label folder '{label_dir}' does not exist.")
+    missing = [r.path for r in records if found[r.path] is None]
+    where = f"'{label_name}' beside each image" if label_name else f"'{csv or label_dir}'"
+    if missing and not allow_unlabelled:
+        common = os.path.commonpath([r.path for r in records]) if len(records) > 1 else os.path.dirname(missing[0])
+        names = ", ".join(os.path.relpath(p, common) for p in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        ext = EXTENSIONS[kind][-1]
+        raise DataError(f"{len(missing)} of {len(records)} images have no label file ({names}) in {where}. Name "
+                        f"labels like the image (x{ext} -> x{ext} or x_gt{ext} / x_mask{ext}), list pairs in a labels "
+                        "CSV (image,label), or allow unlabelled images.")
+    pairs = [(r, found[r.path]) for r in records if found[r.path] is not None]
+    if not pairs:
+        raise DataError(f"no image has a label file in {where}.")
+    for record, label in pairs:
+        check_grid(record, label, kind)
+    return pairs  # type: ignore[return-value]
+
+
+# -- reading ----------------------------------------------------------------------------------------------------
+def _to_labels(arr: np.ndarray, nodata: float | None, ignore_value: int | None,
+               path: str, remap: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    if arr.dtype.kind == "f":
+        labelled = np.isfinite(arr)
+        vals = arr[labelled]
+        fractional = np.abs(vals - np.rint(vals)) > 1e-3
+        off = np.count_nonzero(fractional) / max(vals.size, 1)
+        if off > 0.01:
+            raise DataError(f"label file '{path}' holds non-integer values ({off:.0%} of its pixels); labels are "
+                            "class ids. Is this an image rather than a label map?")
+        if off > 0:
+            examples = sorted({float(v) for v in vals[fractional][:1000]})[:3]
+            log.warning("warning: label file '%s' holds %d non-integer value(s) (e.g. %s); they were rounded to the "
+                        "nearest class id. Fix the label file if they are not rounding noise.", path,
+                        int(np.count_nonzero(fractional)), ", ".join(f"{v:g}" for v in examples))
+        labels = np.rint(np.where(labelled, arr, 0)).astype(np.int64)
+    elif arr.dtype.kind in "iub":
+        labelled, labels = np.ones(arr.shape, bool), arr.astype(np.int64)
+    else:
+        raise DataError(f"label file '{path}' has unsupported data type {arr.dtype}; use integer class ids.")
+    if nodata is not None and math.isfinite(nodata):
+        labelled &= arr != nodata
+    if remap:
+        lut_from = np.array([int(k) for k in remap], np.int64)
+        lut_to = np.array([int(v) for v in remap.values()], np.int64)
+        hit = np.isin(labels, lut_from) & labelled
+        order = np.argsort(lut_from)
+        labels[hit] = lut_to[order][np.searchsorted(lut_from[order], labels[hit])]
+    if ignore_value is not None:
+        labelled &= labels != ignore_value
+    labels[~labelled] = -1 if ignore_value is None else ignore_value
+    return labels, labelled
+
+
+def _resampled_shape(shape: Sequence[int], affine: np.ndarray, spacing: Sequence[float]) -> list[int]:
+    """The volume reader's grid for ``data.spacing``: round(extent / spacing) + 1 voxels per axis."""
+    current = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    return [max(1, int(round((n - 1) * c / s)) + 1) if n > 1 else 1 for n, c, s in zip(shape, current, spacing)]
+
+
+def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata: float | None = None,
+               spacing: Sequence[float] | None = None, window: tuple[int, int, int, int] | None = None,
+               remap: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A label file as (int64 labels, bool labelled): (H, W) for rasters, (D, H, W) RAS-oriented for volumes.
+
+    ``remap`` ({old: new}) merges or renumbers classes first (e.g. BraTS whole tumour: {2: 1, 3: 1, 4: 1}).
+    Unlabelled = NaN, the file's nodata (or ``nodata``) or ``ignore_value`` (after ``remap``, so a class mapped to
+    it is left out); those positions hold ``ignore_value`` (-1 if None). Float labels are rounded, with a warning
+    when some are not whole numbers (more than 1 % of them: a DataError, the file is no label map). Volumes follow
+    the volume reader: closest-canonical RAS, and with ``spacing`` the same resampled grid (nearest neighbour).
+    ``window`` = (row, col, h, w) reads part of a raster.
+    """
+    path = str(path)
+    if kind == "raster":
+        import rasterio
+        from rasterio.errors import NotGeoreferencedWarning
+        from rasterio.windows import Window
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            try:
+                with rasterio.open(path) as src:
+                    if src.count != 1:
+                        raise DataError(f"label raster '{path}' has {src.count} bands; a label raster holds one "
+                                        "band of class ids.")
+                    win = Window(window[1], window[0], window[3], window[2]) if window else None
+                    arr = src.read(1, window=win)  # (H, W)
+                    file_nodata = src.nodata
+            except rasterio.errors.RasterioIOError as err:
+                raise DataError(f"cannot read label raster '{path}' ({err}).") from None
+        return _to_labels(arr, nodata if nodata is not None else file_nodata, ignore_value, path, remap)
+    import nibabel as nib
+
+    try:
+        img = nib.as_closest_canonical(nib.load(path))
+        arr = np.asanyarray(img.dataobj)
+    except Exception as err:
+        raise DataError(f"cannot read label volume '{path}' ({err}); is it a NIfTI file?") from None
+    while arr.ndim > 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 3:
+        raise DataError(f"label volume '{path}' has shape {list(arr.shape)}; a label volume is 3D (one class id "
+                        "per voxel).")
+    labels, labelled = _to_labels(arr, nodata, ignore_value, path, remap)  # (D, H, W) RAS
+    if spacing is not None:
+        new = _resampled_shape(labels.shape, np.asarray(img.affine, np.float64), spacing)
+        idx = np.ix_(*[np.floor(np.arange(m) * ((n - 1) / (m - 1) if m > 1 else 0) + 0.5).astype(np.int64)
+                       for n, m in zip(labels.shape, new)])  # nearest on the reader's align-corners grid
+        labels, labelled = labels[idx], labelled[idx]
+    return labels, labelled
+
+
+def read_label_pairs(records: Sequence[FileRecord], labels: str | Path | None, lab: object, data: object,
+                     allow_unlabelled: bool = False,
+                     ) -> tuple[list[tuple[FileRecord, str]], list[np.ndarray], list[np.ndarray]]:
+    """Pair images with labels as the ``labels`` recipe section says and read them all.
+
+    ``labels`` is a label folder, one label file, or a ``.csv`` of image,label pairs; with ``lab.label_name`` it
+    may be None (the label is that file beside each image). Returns the pairs and, per pair, the label array and
+    its labelled mask (``lab.remap`` and ``lab.ignore_value`` applied; volumes on the ``data.spacing`` grid).
+    """
+    is_csv = labels is not None and str(labels).lower().endswith(".csv")
+    pairs = match_labels(records, None if is_csv else labels, data.kind, csv=labels if is_csv else None,
+                         allow_unlabelled=allow_unlabelled, label_name=lab.label_name)
+    arrays, masks = [], []
+    for _, path in pairs:
+        values, labelled = read_label(path, data.kind, lab.ignore_value, spacing=data.spacing, remap=lab.remap)
+        arrays.append(values)
+        masks.append(labelled)
+    return pairs, arrays, masks

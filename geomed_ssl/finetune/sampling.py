@@ -1,0 +1,349 @@
+"""Few-label sampling: class maps, the exact training / test pixels (voxels, images) drawn from label arrays, seeded,
+and saved to ``labels_used.npz``; k images per class of a class-folder dataset (scanned by
+:func:`geomed_ssl.data.labelled.scan_class_folders`).
+
+Rare classes keep half of their labels for testing: ``per_class=k`` takes ``min(k, n_c // 2)`` of a class with
+``n_c`` labels and says so in the notes. ``split="blocks"`` tiles each image into blocks and trains only on pixels
+of training blocks, tests only on the others: a random pixel split of one scene puts test pixels right next to
+training pixels and overstates accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from geomed_ssl.errors import ConfigError, DataError
+from geomed_ssl.outfiles import atomic_path
+
+Names = Mapping[int, str] | None
+
+__all__ = [
+    "ClassMap", "LabelSelection", "Names", "block_split", "check_labels_config", "class_ids", "labelled_pixels",
+    "sample_fraction", "sample_images_per_class", "sample_per_class", "select_labels",
+]
+
+
+# -- classes ----------------------------------------------------------------------------------------------------
+def class_ids(labels_list: Sequence[np.ndarray], ignore_value: int | None = 0,
+              masks: Sequence[np.ndarray] | None = None) -> list[int]:
+    """Sorted class values present (under ``masks`` if given, else every value but ``ignore_value``)."""
+    found: set[int] = set()
+    for i, labels in enumerate(labels_list):
+        vals = np.unique(labels[masks[i]] if masks is not None else labels)
+        found.update(int(v) for v in vals)
+    if masks is None and ignore_value is not None:
+        found.discard(int(ignore_value))
+    return sorted(found)
+
+
+@dataclass(frozen=True)
+class ClassMap:
+    """Class values <-> contiguous indices 0..K-1, with display names."""
+
+    values: tuple[int, ...]
+    names: tuple[str, ...]
+
+    @classmethod
+    def build(cls, values: Sequence[int], names: Names | Sequence[str] = None) -> ClassMap:
+        """``names``: a {value: name} mapping, or a list aligned with ``values``; missing names are the values."""
+        values = tuple(sorted(int(v) for v in values))
+        if names is not None and not isinstance(names, Mapping):
+            if len(names) != len(values):
+                raise DataError(f"{len(names)} class names for {len(values)} classes {list(values)}.")
+            names = dict(zip(values, names))
+        return cls(values, tuple(str((names or {}).get(v, v)) for v in values))
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def encode(self, labels: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """Class values -> indices (int64); unknown values and ``~mask`` -> -1."""
+        vals = np.asarray(self.values, np.int64)
+        idx = np.clip(np.searchsorted(vals, labels), 0, len(vals) - 1)
+        out = np.where(vals[idx] == labels, idx, -1).astype(np.int64)
+        if mask is not None:
+            out[~mask] = -1
+        return out
+
+    def decode(self, index: np.ndarray) -> np.ndarray:
+        """Indices 0..K-1 -> class values (int64)."""
+        return np.asarray(self.values, np.int64)[np.asarray(index)]
+
+    def label(self, value: int) -> str:
+        """'class 9 (Oats)' or 'class 9'."""
+        name = self.names[self.values.index(value)] if value in self.values else str(value)
+        return f"class {value}" + (f" ({name})" if name != str(value) else "")
+
+
+# -- sampling ---------------------------------------------------------------------------------------------------
+def labelled_pixels(labels_list: Sequence[np.ndarray],
+                    masks: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every labelled position of many label arrays: (file_index int32, flat_index int64 (C order), values int64)."""
+    files, flats, values = [], [], []
+    for i, (labels, mask) in enumerate(zip(labels_list, masks)):
+        flat = np.flatnonzero(mask).astype(np.int64)
+        files.append(np.full(flat.size, i, np.int32))
+        flats.append(flat)
+        values.append(labels.reshape(-1)[flat].astype(np.int64))
+    cat = lambda a, t: np.concatenate(a) if a else np.zeros(0, t)  # noqa: E731
+    return cat(files, np.int32), cat(flats, np.int64), cat(values, np.int64)
+
+
+def _groups(values: np.ndarray, pool: np.ndarray | None) -> dict[int, np.ndarray]:
+    """{class value: sorted indices into ``values`` (inside ``pool`` if given)}; every class present appears."""
+    order = np.argsort(values, kind="stable")
+    classes, starts = np.unique(values[order], return_index=True)
+    out = {}
+    for c, idx in zip(classes, np.split(order, starts[1:])):
+        out[int(c)] = idx[pool[idx]] if pool is not None else idx
+    return out
+
+
+def _take(idx: np.ndarray, n: int, seed: int, c: int) -> np.ndarray:
+    rng = np.random.default_rng((int(seed) & 0xFFFFFFFF, int(c) & 0xFFFFFFFF))
+    return np.sort(rng.choice(idx, size=n, replace=False)) if n < idx.size else idx
+
+
+def _plural(n: int, unit: str) -> str:
+    return f"{n} {unit}{'' if n == 1 else 's'}"
+
+
+def sample_per_class(values: np.ndarray, k: int, seed: int, names: Names | ClassMap = None, unit: str = "pixel",
+                     pool: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+    """Indices (sorted) of ``k`` labelled items per class, and notes on classes that got fewer.
+
+    Without ``pool`` the rest is the test set, so a class with n labels gives min(k, n // 2): half stay for testing.
+    With ``pool`` (bool per item: the training blocks) only pool items are drawn, up to all of them.
+    """
+    cmap = names if isinstance(names, ClassMap) else ClassMap.build(np.unique(values), names)
+    chosen, notes = [], []
+    for c, idx in _groups(np.asarray(values), pool).items():
+        n_c = idx.size
+        n = min(k, n_c // 2) if pool is None else min(k, n_c)
+        where = "" if pool is None else " in training blocks"
+        if n < k and n_c == 0:
+            notes.append(f"{cmap.label(c)}: no labelled {unit}s{where}, took none")
+        elif n < k and pool is None:
+            notes.append(f"{cmap.label(c)}: {_plural(n_c, 'labelled ' + unit)}, took {n} instead of {k} so half "
+                         "stay for testing")
+        elif n < k:
+            notes.append(f"{cmap.label(c)}: {_plural(n_c, 'labelled ' + unit)}{where}, took all {n} instead of {k}")
+        chosen.append(_take(idx, n, seed, c))
+    return (np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)), notes
+
+
+def sample_fraction(values: np.ndarray, fraction: float, seed: int, names: Names | ClassMap = None,
+                    unit: str = "pixel", pool: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+    """Indices of round(fraction * n_c) labelled items per class (at least 1 of each class present), and notes."""
+    cmap = names if isinstance(names, ClassMap) else ClassMap.build(np.unique(values), names)
+    chosen, notes = [], []
+    for c, idx in _groups(np.asarray(values), pool).items():
+        n_c = idx.size
+        n = min(max(1, int(round(fraction * n_c))), n_c)
+        if n_c == 0:
+            notes.append(f"{cmap.label(c)}: no labelled {unit}s in training blocks, took none")
+        elif n == n_c and pool is None:
+            notes.append(f"{cmap.label(c)}: {_plural(n_c, 'labelled ' + unit)}, took all; none left for testing")
+        elif n > fraction * n_c + 0.5:
+            notes.append(f"{cmap.label(c)}: {_plural(n_c, 'labelled ' + unit)}, took 1 (at least one per class)")
+        chosen.append(_take(idx, n, seed, c))
+    return (np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)), notes
+
+
+# -- block split ------------------------------------------------------------------------------------------------
+def _block_grid(shape: Sequence[int], block_size: int) -> tuple[int, ...]:
+    return tuple(-(-int(s) // block_size) for s in shape)
+
+
+def _block_of(flat_index: np.ndarray, shape: Sequence[int], block_size: int) -> np.ndarray:
+    """Block number (C order over the block grid) of each flat position of an array of ``shape``."""
+    coords = np.unravel_index(flat_index, tuple(shape))
+    return np.ravel_multi_index(tuple(c // block_size for c in coords), _block_grid(shape, block_size))
+
+
+def _assign_blocks(n_blocks: int, block: np.ndarray, values: np.ndarray, seed: int) -> np.ndarray:
+    """Half the blocks (seeded) to training, then repaired so each class spread over >= 2 blocks has a training
+    and a test block, and a class inside a single block trains (rarest classes decide last)."""
+    rng = np.random.default_rng((int(seed) & 0xFFFFFFFF, 0xB10C))
+    train = np.zeros(n_blocks, bool)
+    train[rng.permutation(n_blocks)[: (n_blocks + 1) // 2]] = True
+    classes, counts = np.unique(values, return_counts=True)
+    per_class = [np.unique(block[values == c]) for c in classes[np.argsort(-counts, kind="stable")]]
+    for _ in range(2):
+        for blocks in per_class:
+            if blocks.size == 1 or not train[blocks].any():
+                train[rng.choice(blocks)] = True
+            elif train[blocks].all():
+                train[rng.choice(blocks)] = False
+    return train
+
+
+def block_split(shape: Sequence[int], block_size: int, seed: int, labels: np.ndarray | None = None,
+                mask: np.ndarray | None = None) -> np.ndarray:
+    """Bool map of ``shape`` (2D or 3D): True inside training blocks, False inside test blocks.
+
+    The image is tiled into ``block_size`` blocks, half of them (seeded) for training; with ``labels`` (and their
+    labelled ``mask``) the assignment is repaired so every class can give training and test samples.
+    """
+    grid = _block_grid(shape, block_size)
+    n_blocks = int(np.prod(grid))
+    if labels is not None:
+        flat = np.flatnonzero(mask if mask is not None else np.ones(labels.shape, bool))
+        train = _assign_blocks(n_blocks, _block_of(flat, shape, block_size), labels.reshape(-1)[flat], seed)
+    else:
+        train = _assign_blocks(n_blocks, np.zeros(0, np.int64), np.zeros(0, np.int64), seed)
+    out = train.reshape(grid)
+    for axis in range(len(shape)):
+        out = np.repeat(out, block_size, axis=axis)
+    return out[tuple(slice(0, s) for s in shape)]
+
+
+# -- the selection ----------------------------------------------------------------------------------------------
+@dataclass
+class LabelSelection:
+    """The exact training and test positions: (file index, flat index into that file's label array, class value)."""
+
+    train_file: np.ndarray  # (Ntr,) int32
+    train_index: np.ndarray  # (Ntr,) int64
+    train_value: np.ndarray  # (Ntr,) int64
+    test_file: np.ndarray  # (Nte,) int32
+    test_index: np.ndarray  # (Nte,) int64
+    test_value: np.ndarray  # (Nte,) int64
+    classes: list[int]
+    class_names: list[str]
+    shapes: list[tuple[int, ...]]
+    notes: list[str] = field(default_factory=list)
+    split: str = "random"
+    seed: int = 0
+    paths: list[str] = field(default_factory=list)  # the label files, for the record
+
+    @property
+    def class_map(self) -> ClassMap:
+        return ClassMap(tuple(self.classes), tuple(self.class_names))
+
+    def target(self, file: int, which: str = "train") -> np.ndarray:
+        """Sparse target of one file: class indices 0..K-1 at the chosen positions, -1 elsewhere; its shape."""
+        f, idx, val = (getattr(self, f"{which}_{k}") for k in ("file", "index", "value"))
+        out = np.full(int(np.prod(self.shapes[file])), -1, np.int64)
+        keep = f == file
+        out[idx[keep]] = self.class_map.encode(val[keep])
+        return out.reshape(self.shapes[file])
+
+    def summary(self) -> str:
+        counts = np.bincount(self.class_map.encode(self.train_value), minlength=len(self.classes))
+        lines = [f"{self.train_value.size} training and {self.test_value.size} test positions over "
+                 f"{len(self.classes)} classes ({self.split} split, seed {self.seed})",
+                 "  train per class: " + ", ".join(f"{v}:{n}" for v, n in zip(self.classes, counts))]
+        return "\n".join(lines + [f"  note: {n}" for n in self.notes])
+
+    def save_npz(self, path: str | Path) -> None:
+        """Write ``labels_used.npz`` (arrays + a JSON 'meta' string; loads without pickle)."""
+        meta = {"version": 1, "classes": self.classes, "class_names": self.class_names, "notes": self.notes,
+                "shapes": [list(s) for s in self.shapes], "split": self.split, "seed": self.seed, "paths": self.paths}
+        arrays = {k: getattr(self, k) for k in ("train_file", "train_index", "train_value", "test_file",
+                                                "test_index", "test_value")}
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, meta=np.array(json.dumps(meta)), **arrays)
+
+    @classmethod
+    def load_npz(cls, path: str | Path) -> LabelSelection:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                arrays = {k: z[k] for k in z.files if k != "meta"}
+        except (OSError, KeyError, ValueError) as err:
+            raise DataError(f"cannot read label selection '{path}' ({err}); expected a labels_used.npz.") from None
+        return cls(**arrays, classes=[int(c) for c in meta["classes"]], class_names=list(meta["class_names"]),
+                   shapes=[tuple(s) for s in meta["shapes"]], notes=list(meta["notes"]), split=meta["split"],
+                   seed=int(meta["seed"]), paths=list(meta.get("paths", [])))
+
+
+def check_labels_config(cfg: Any) -> None:
+    """ConfigError for values of the ``labels`` section that cannot work."""
+    if cfg.per_class is not None and cfg.fraction is not None:
+        raise ConfigError("set labels.per_class or labels.fraction, not both.")
+    if cfg.per_class is not None and int(cfg.per_class) < 1:
+        raise ConfigError(f"labels.per_class must be >= 1, got {cfg.per_class}.")
+    if cfg.fraction is not None and not 0 < cfg.fraction <= 1:
+        raise ConfigError(f"labels.fraction must be in (0, 1], got {cfg.fraction}.")
+    if cfg.split not in ("random", "blocks"):
+        raise ConfigError(f"labels.split must be random or blocks, got '{cfg.split}'.")
+    if int(cfg.block_size) < 1:
+        raise ConfigError(f"labels.block_size must be >= 1, got {cfg.block_size}.")
+    if cfg.test_fraction is not None and not 0 < cfg.test_fraction <= 1:
+        raise ConfigError(f"labels.test_fraction must be in (0, 1], got {cfg.test_fraction}.")
+
+
+def _subsample(idx: np.ndarray, values: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Stratified subset of ``idx``: round(fraction * n_c) per class, at least 1."""
+    keep = [_take(g, min(max(1, int(round(fraction * g.size))), g.size), seed + 7919, c)
+            for c, g in _groups(values[idx], None).items()]
+    return np.sort(idx[np.concatenate(keep)]) if keep else idx
+
+
+def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray], cfg: Any,
+                  names: Names | Sequence[str] = None, paths: Sequence[str] = ()) -> LabelSelection:
+    """Draw the training positions from label arrays as the ``labels`` config says; the test set is the rest
+    (random split) or the labelled positions of the test blocks (block split), subsampled by ``test_fraction``.
+
+    Without per_class and fraction every labelled position of the training pool trains.
+    """
+    check_labels_config(cfg)
+    shapes = [tuple(int(s) for s in a.shape) for a in labels_list]
+    unit = "voxel" if shapes and len(shapes[0]) == 3 else "pixel"
+    files, flats, values = labelled_pixels(labels_list, masks)
+    if values.size == 0:
+        raise DataError(f"no labelled {unit}s in {len(shapes)} label file(s) (ignore value {cfg.ignore_value}); "
+                        "check labels.ignore_value and the label files' nodata.")
+    cmap = ClassMap.build(np.unique(values), names)
+    seed, notes = int(cfg.seed), []
+    pool = None
+    if cfg.split == "blocks":
+        grids = [int(np.prod(_block_grid(s, cfg.block_size))) for s in shapes]
+        if sum(grids) < 2:
+            raise ConfigError(f"labels.block_size {cfg.block_size} leaves one block on "
+                              f"{'x'.join(map(str, shapes[0]))}; "
+                              "lower labels.block_size so blocks can be split between training and testing.")
+        offsets = np.concatenate([[0], np.cumsum(grids)[:-1]]).astype(np.int64)
+        block = np.empty(values.size, np.int64)
+        for i, s in enumerate(shapes):
+            sel = files == i
+            block[sel] = offsets[i] + _block_of(flats[sel], s, cfg.block_size)
+        pool = _assign_blocks(sum(grids), block, values, seed)[block]  # (N,) in a training block
+    if cfg.per_class is not None:
+        train, notes = sample_per_class(values, int(cfg.per_class), seed, cmap, unit, pool)
+    elif cfg.fraction is not None:
+        train, notes = sample_fraction(values, float(cfg.fraction), seed, cmap, unit, pool)
+    else:
+        train = np.flatnonzero(pool) if pool is not None else np.arange(values.size)
+    if pool is None:
+        rest = np.ones(values.size, bool)
+        rest[train] = False
+        test = np.flatnonzero(rest)
+    else:
+        test = np.flatnonzero(~pool)
+    if cfg.test_fraction is not None and test.size:
+        test = _subsample(test, values, float(cfg.test_fraction), seed)
+    tested = set(np.unique(values[test]).tolist())
+    for c in cmap.values:
+        if c not in tested:
+            notes.append(f"{cmap.label(c)}: no test {unit}s left; it is not evaluated")
+    return LabelSelection(files[train], flats[train], values[train], files[test], flats[test], values[test],
+                          list(cmap.values), list(cmap.names), shapes, notes, cfg.split, seed, [str(p) for p in paths])
+
+
+# -- classification datasets ------------------------------------------------------------------------------------
+def sample_images_per_class(labels: np.ndarray, k: int, seed: int,
+                            names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(train indices, test indices, notes): k images per class (at most half of a class), the rest test."""
+    labels = np.asarray(labels, np.int64)
+    mapping = dict(enumerate(names)) if names is not None else None
+    train, notes = sample_per_class(labels, k, seed, mapping, unit="image")
+    rest = np.ones(labels.size, bool)
+    rest[train] = False
+    return train, np.flatnonzero(rest), notes

@@ -1,0 +1,76 @@
+"""``finetune segment``: a pretrained encoder (or none) + a few labelled pixels/voxels → a segmentation model,
+evaluated on every labelled position it did not train on."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from geomed_ssl.checkpoint import save_model
+from geomed_ssl.config import Recipe, as_tuple, load_recipe
+from geomed_ssl.data.catalog import scan
+from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, class_weights_from_counts, data_meta,
+                                     encoder_and_stats, finetune_inputs, fit_supervised, save_recipe)
+from geomed_ssl.finetune.labels import read_label_pairs, select_labels
+from geomed_ssl.finetune.seg_data import SparseLabelDataset
+from geomed_ssl.models.device import resolve_device
+from geomed_ssl.models.seg_decoder import SegmentationModel
+from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
+
+log = logging.getLogger("geomed_ssl")
+
+
+def default_layers(depth: int) -> list[int]:
+    """Three taps at 1/4, 1/2 and 3/4 of the depth (MONAI UNETR's 3, 6, 9 for 12 blocks); the decoder also reads
+    the encoder's normed final output."""
+    return sorted({max(0, min(depth - 1, round(depth * f))) for f in (0.25, 0.5, 0.75)})
+
+
+def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | None, images: str | Path,
+                     labels: str | Path | None, out_dir: str | Path, *, overrides: list[str] | None = None,
+                     overwrite: bool = False, progress: bool = True, strict: bool = False) -> FinetuneResult:
+    """Fine-tune a UNETR-style segmentation model with the labels the ``labels`` section selects, then evaluate
+    on the held-out labelled positions. Writes the FT_DIR described in docs/cli.md. ``strict``: problem files and
+    band names assigned by position are errors (else skipped / warned about)."""
+    from geomed_ssl.finetune.evaluate import evaluate_segmentation
+
+    out = Path(out_dir)
+    inputs = finetune_inputs(recipe, encoder, images=images, labels=labels)
+    check_out_dir(out, command="finetune", inputs=inputs, overwrite=overwrite)  # FT_DIR is made once all is valid
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+    catalog = scan(images, recipe.data, strict=strict, names_by_position="error" if strict else "warn")
+    log.info(catalog.summary())
+    catalog.warn_problems()
+    lab = recipe.labels
+    pairs, arrays, masks = read_label_pairs(catalog.records, labels, lab, recipe.data)
+    selection = select_labels(arrays, masks, lab, paths=[p for _, p in pairs])
+    log.info(selection.summary())
+    enc, stats, source, catalog = encoder_and_stats(encoder, recipe, catalog)
+    by_path = {r.path: r for r in catalog.records}
+    check_trainer_settings(recipe)
+
+    prepare_out_dir(out, command="finetune", inputs=inputs, overwrite=overwrite)
+    save_recipe(recipe, out / "config.yaml")
+    selection.save_npz(out / "labels_used.npz")
+    nd = enc.config.spatial_dims
+    window = as_tuple(recipe.finetune.window or list(enc.config.img_size), nd, "finetune.window")
+    layers = recipe.finetune.layers if recipe.finetune.layers is not None else default_layers(enc.config.depth)
+    k = len(selection.classes)
+    model = SegmentationModel(enc, k, layers, feature_size=recipe.finetune.feature_size, head=recipe.finetune.head)
+    records = [by_path[r.path] for r, _ in pairs]  # read as the encoder needs
+    targets = [selection.target(i, "train").astype(np.int16) for i in range(len(records))]
+    dataset = SparseLabelDataset(records, targets, stats, recipe.data, window, seed=lab.seed)
+    counts = np.bincount(selection.class_map.encode(selection.train_value), minlength=k)
+    fit_supervised(model, dataset, recipe, k, out, class_weights_from_counts(counts, recipe.finetune.class_weights),
+                   progress=progress)
+    meta = {"task": "segment", "head": {"kind": model.head, "layers": list(model.layers),
+                                        "feature_size": recipe.finetune.feature_size},
+            "classes": [{"index": i, "value": v, "name": n} for i, (v, n) in
+                        enumerate(zip(selection.classes, selection.class_names))],
+            "window": list(window), "encoder_source": source, "data": data_meta(recipe.data)}
+    meta = save_model(model, out / "model", meta)
+    model.to(resolve_device("cpu" if recipe.train.accelerator == "cpu" else "auto"))  # whole-image evaluation
+    metrics = evaluate_segmentation(model, meta, records, arrays, selection, out, recipe.data)
+    return FinetuneResult(out, metrics, selection)

@@ -1,0 +1,1 @@
+"""Whole-scene and whole-volume prediction: files listed and named, windows blended, georeferenced writers."""

@@ -1,0 +1,130 @@
+"""A fine-tuned model's folder (FT_DIR) put to work: the model with its data settings and recipe, and ``predict``:
+class maps on each input's own grid (segmentation) or ``predictions.csv`` (classification)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from geomed_ssl.config import DataConfig
+from geomed_ssl.data.stats import BandStats
+from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
+from geomed_ssl.outfiles import atomic_path
+
+NAMING_KEYS = ("sensor", "band_names", "wavelengths", "include", "exclude")  # older config.json: from the recipe
+
+
+def data_config(meta: dict[str, Any], recipe_data: Any = None) -> DataConfig:
+    """The data settings a model was trained with, from its config.json: volume orientation, spacing, intensity,
+    and how band names are resolved and which files a folder holds (sensor, band_names, wavelengths, include,
+    exclude; taken from ``recipe_data``, the FT_DIR's recipe, when an older config.json lacks them)."""
+    d = meta.get("data", {})
+    naming = {k: d[k] if k in d else getattr(recipe_data, k, None) for k in NAMING_KEYS}
+    naming["include"] = naming["include"] or ["**/*"]
+    naming["exclude"] = naming["exclude"] or []
+    return DataConfig(kind=d.get("kind", "raster"), spacing=d.get("spacing"), intensity=d.get("intensity", "auto"),
+                      ct_window=d.get("ct_window", [-1000.0, 1000.0]), nodata=d.get("nodata"),
+                      channels=d.get("channels"), patch_size=list(meta["window"]), **naming)
+
+
+def model_fn(model: torch.nn.Module) -> Any:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(x)
+
+    return run
+
+
+
+def load_run(ft_dir: str | Path, device: str | torch.device | None = "auto",
+             ) -> tuple[torch.nn.Module, dict[str, Any], Any]:
+    """The fine-tuned model (on ``device``; auto: CUDA when available), its config.json and its recipe."""
+    from geomed_ssl.checkpoint import load_model
+    from geomed_ssl.config import load_recipe
+    from geomed_ssl.models.device import resolve_device
+
+    model, meta = load_model(ft_dir)
+    model.to(resolve_device(device))
+    recipe_path = Path(ft_dir) / "config.yaml"
+    recipe = load_recipe(recipe_path if recipe_path.is_file() else None)
+    return model, meta, recipe
+
+
+
+def predict_dir(ft_dir: str | Path, inputs: Sequence[str | Path], out: str | Path, overlap: float = 0.25,
+                blend: str = "gaussian", probabilities: bool = False, batch_size: int = 8,
+                device: str | None = "auto", strict: bool = False) -> list[str]:
+    """Segmentation: class-map GeoTIFF/NIfTI per input on its own grid (values = the label values trained on).
+    Classification: ``predictions.csv`` with one row per image. Runs on ``device`` (auto: CUDA when available).
+    Folders are read with the model's data settings (band naming, data.include / data.exclude). ``strict``:
+    problem files and band names assigned by position are errors. Returns printable lines."""
+    from geomed_ssl.inference.predict import plan_outputs, predict_files
+    from geomed_ssl.models.device import model_device
+
+    out = Path(out)
+    rule = {"command": "predict", "resume": True, "inputs": {"fine-tune folder": ft_dir, "input": list(inputs)}}
+    check_out_dir(out, **rule)  # the folder is made once the inputs are listed
+    model, meta, recipe = load_run(ft_dir, device)
+    stats = BandStats.from_dict(meta["encoder"]["stats"], source=f"model {ft_dir}")
+    if meta["task"] != "segment":
+        records = image_records(meta, recipe, inputs, strict)
+        prepare_out_dir(out, **rule)
+        return predict_classes(model, meta, recipe, records, out)
+    cfg = data_config(meta, recipe.data)
+    plan_outputs([str(p) for p in inputs], out, cfg, meta["window"])
+    prepare_out_dir(out, **rule)
+    summaries = predict_files(model_fn(model), [str(p) for p in inputs], out, stats, num_classes=len(meta["classes"]),
+                              window=meta["window"], data_cfg=cfg, overlap=overlap, blend=blend,
+                              batch_size=batch_size, probabilities=probabilities,
+                              class_values=[c["value"] for c in meta["classes"]], device=model_device(model),
+                              names_by_position="error" if strict else "warn")
+    return [f"{s['input']} -> {s['output']}" for s in summaries]
+
+
+def image_records(meta: dict[str, Any], recipe: Any, inputs: Sequence[str | Path], strict: bool = False) -> list[Any]:
+    """Catalog records of the images to classify: the given files, or the images under the given folders that the
+    model's data settings select. Problem files are skipped with a warning (an error with ``strict``)."""
+    from geomed_ssl.data.catalog import scan
+    from geomed_ssl.data.kinds import check_input_kind
+
+    cfg = data_config(meta, recipe.data)
+    records = []
+    for item in inputs:
+        item = Path(item)
+        check_input_kind(item, cfg.kind, "this model")
+        data_cfg = recipe.data if item.is_dir() else dataclasses.replace(recipe.data, include=["**/*"], exclude=[])
+        catalog = scan(item, data_cfg, strict=strict, names_by_position="error" if strict else "warn")
+        catalog.warn_problems()
+        records += catalog.records
+    return records
+
+
+def predict_classes(model: torch.nn.Module, meta: dict[str, Any], recipe: Any, records: Sequence[Any],
+                    out: Path) -> list[str]:
+    """One predicted class (and its probability) per image (catalog ``records``), in ``out/predictions.csv``."""
+    import csv
+
+    from geomed_ssl.data.labelled import ImageDataset
+    from geomed_ssl.models.device import model_device
+    from geomed_ssl.models.model_data import records_for_stats
+
+    stats = BandStats.from_dict(meta["encoder"]["stats"])
+    records = records_for_stats(records, stats)
+    dataset = ImageDataset(records, np.zeros(len(records), np.int64), stats, recipe.data, meta["encoder"]["patch_size"])
+    names = [c["name"] for c in meta["classes"]]
+    device = model_device(model)
+    rows = []
+    with torch.no_grad():
+        for i in range(len(records)):
+            probs = model(torch.from_numpy(dataset.image(i)[0])[None].to(device)).softmax(1)[0].cpu()
+            k = int(probs.argmax())
+            rows.append({"file": records[i].path, "class": names[k], "probability": round(float(probs[k]), 4)})
+    with atomic_path(out / "predictions.csv") as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["file", "class", "probability"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return [f"{len(rows)} images -> {out / 'predictions.csv'}"]

@@ -1,0 +1,161 @@
+"""Prediction entry point: list the input files, name their outputs, send each to the raster or volume predictor.
+
+``predict_raster`` (strips streamed to a GeoTIFF, ``raster.py``), ``predict_volume`` (MONAI sliding window
+to NIfTI, ``volume.py``) and the blending weights (``sliding.py``) are re-exported, so one import serves;
+the windows come from :mod:`geomed_ssl.data.tiling`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from geomed_ssl.data.catalog import glob_match
+from geomed_ssl.data.kinds import check_input_kind, input_kind
+from geomed_ssl.data.stats import BandStats
+from geomed_ssl.errors import DataError
+from geomed_ssl.inference.raster import RASTER_BLENDS, predict_raster
+from geomed_ssl.inference.sliding import ModelFn, as_model, blend_weights, channel_records
+from geomed_ssl.inference.volume import VOLUME_BLENDS, predict_volume
+from geomed_ssl.outfiles import remove_stale_partials
+
+__all__ = ["ModelFn", "RASTER_BLENDS", "VOLUME_BLENDS", "blend_weights", "list_inputs", "plan_outputs", "predict_files",
+           "predict_raster", "predict_volume"]
+
+RASTER_EXT, VOLUME_EXT = (".tif", ".tiff"), (".nii.gz", ".nii")
+
+
+def _kind_and_stem(path: Path, data_cfg: Any) -> tuple[str, str]:
+    name = path.name
+    low = name.lower()
+    for ext in VOLUME_EXT:
+        if low.endswith(ext):
+            return "volume", name[: -len(ext)]
+    for ext in RASTER_EXT:
+        if low.endswith(ext):
+            return "raster", name[: -len(ext)]
+    if path.is_dir() and getattr(data_cfg, "channels", None):  # one folder of stacked channel files
+        return getattr(data_cfg, "kind", "volume"), name
+    raise DataError(f"'{path}' is neither a GeoTIFF (.tif/.tiff) nor a NIfTI (.nii/.nii.gz); nothing to predict.")
+
+
+def _stacked_folders(folder: Path, data_cfg: Any) -> list[Path]:
+    """The folders under ``folder`` that hold one stacked ``data.channels`` sample each (``folder`` itself when it
+    is one)."""
+    records = channel_records(folder, data_cfg, getattr(data_cfg, "kind", "volume"))
+    if not records:
+        raise DataError(f"no folder under '{folder}' holds the channel files {data_cfg.channels}.")
+    return sorted({Path(r.path).parent for r in records})
+
+
+def _folder_files(folder: Path, data_cfg: Any, kind: str | None) -> list[Path]:
+    """The GeoTIFF / NIfTI files under ``folder`` that ``data.include`` / ``data.exclude`` keep (the globs the
+    model was trained with, relative to ``folder``), of ``kind`` when known; previous ``*_pred`` outputs and
+    hidden files skipped."""
+    include = list(getattr(data_cfg, "include", None) or ["**/*"])
+    exclude = list(getattr(data_cfg, "exclude", None) or [])
+    typed = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith((*RASTER_EXT, *VOLUME_EXT))
+                   and "_pred" not in p.name and not p.name.startswith("."))
+    of_kind = [p for p in typed if kind is None or input_kind(p) == kind]
+    kept = [p for p in of_kind if any(glob_match(str(p.relative_to(folder)), g) for g in include)
+            and not any(glob_match(str(p.relative_to(folder)), g) for g in exclude)]
+    if not kept:
+        what = {"raster": "GeoTIFF", "volume": "NIfTI", None: "GeoTIFF or NIfTI"}[kind]
+        raise DataError(f"no {what} files to predict under '{folder}': {len(typed)} GeoTIFF/NIfTI files, "
+                        f"{len(of_kind)} of the model's kind, {len(kept)} left after the model's data.include "
+                        f"{include} and data.exclude {exclude}.")
+    return kept
+
+
+def list_inputs(inputs: str | Path | Sequence[str | Path], data_cfg: Any = None, kind: str | None = None,
+                ) -> list[Path]:
+    """Files to predict: the given files, or the GeoTIFF/NIfTI files under a folder that ``data.include`` /
+    ``data.exclude`` keep (previous ``*_pred`` outputs skipped; only ``kind``'s files when given); with
+    ``data.channels`` set, each folder of stacked channel files under a folder is one input. A file named
+    explicitly is predicted whatever the globs say."""
+    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    out: list[Path] = []
+    for item in map(Path, items):
+        if not item.exists():
+            raise DataError(f"input '{item}' does not exist.")
+        if item.is_dir() and getattr(data_cfg, "channels", None):
+            out += _stacked_folders(item, data_cfg)
+        elif item.is_dir():
+            out += _folder_files(item, data_cfg, kind)
+        else:
+            out.append(item)
+    return out
+
+
+def model_kind(window: int | Sequence[int] | None, data_cfg: Any) -> str | None:
+    """raster or volume: ``data.kind`` when a config is given, else from the window's length (None for an int)."""
+    if data_cfg is not None and getattr(data_cfg, "kind", None) in ("raster", "volume"):
+        return data_cfg.kind
+    if isinstance(window, (list, tuple)):
+        return "raster" if len(window) == 2 else "volume" if len(window) == 3 else None
+    return None
+
+
+def plan_outputs(inputs: str | Path | Sequence[str | Path], out_dir: str | Path, data_cfg: Any = None,
+                 window: int | Sequence[int] | None = None) -> dict[Path, Path]:
+    """Each input file (see :func:`list_inputs`) and the output it is predicted into. A file of the other kind than
+    the model's (a NIfTI for a raster model, or the reverse) is refused in one line, and two inputs with one output
+    name are an error."""
+    expected = model_kind(window, data_cfg)
+    planned: dict[Path, Path] = {}
+    for p in list_inputs(inputs, data_cfg, expected):
+        check_input_kind(p, expected, "this model")
+        kind, stem = _kind_and_stem(p, data_cfg)
+        out = Path(out_dir) / f"{stem}_pred{'.tif' if kind == 'raster' else '.nii.gz'}"
+        if out in planned.values():
+            other = next(k for k, v in planned.items() if v == out)
+            raise DataError(f"'{p}' and '{other}' would both be written to '{out}'; predict them into separate "
+                            "output folders.")
+        planned[p] = out
+    return planned
+
+
+def predict_files(
+    model_fn: ModelFn,
+    inputs: str | Path | Sequence[str | Path],
+    out_dir: str | Path,
+    stats: BandStats,
+    *,
+    num_classes: int,
+    window: int | Sequence[int],
+    data_cfg: Any = None,
+    band_names: Sequence[str] | None = None,
+    overlap: float = 0.25,
+    blend: str = "gaussian",
+    batch_size: int = 8,
+    probabilities: bool | str = False,
+    device: str | torch.device = "cpu",
+    class_values: Sequence[int] | None = None,
+    names_by_position: str = "warn",
+) -> list[dict[str, Any]]:
+    """Predict every input into ``out_dir/<stem>_pred.tif`` or ``<stem>_pred.nii.gz``; returns one summary each.
+
+    ``window`` is the raster window (2 ints) or the volume ROI (3 ints; an int serves both). A file of the other
+    kind than the model's is refused in one line before anything is written; partial files a killed earlier run
+    left in ``out_dir`` are deleted first.
+    """
+    planned = plan_outputs(inputs, out_dir, data_cfg, window)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(out_dir)
+    model = as_model(model_fn, device)
+    summaries = []
+    for p, out in planned.items():
+        kind, _ = _kind_and_stem(p, data_cfg)
+        if kind == "raster":
+            summaries.append(predict_raster(
+                model, p, out, stats, band_names, window, overlap, blend, batch_size, num_classes=num_classes,
+                probabilities=probabilities, device=device, data_cfg=data_cfg, class_values=class_values,
+                names_by_position=names_by_position))
+        else:
+            summaries.append(predict_volume(
+                model, p, out, stats, band_names, window, data_cfg, overlap, blend, num_classes=num_classes,
+                probabilities=probabilities, batch_size=batch_size, device=device, class_values=class_values,
+                names_by_position=names_by_position))
+    return summaries

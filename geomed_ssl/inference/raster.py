@@ -1,0 +1,320 @@
+"""Raster prediction: sliding windows with blending, streamed strip by strip into a GeoTIFF on the input's grid.
+
+Rasters are never held whole: windows are processed one row of windows at a time. The input strip (C, wh, W),
+the blended-probability strip (K, wh, W) and its weight strip (wh, W) cover rows [r_i, r_i + wh) of window row i;
+once row i is done, rows [r_i, r_{i+1}) are final (no later window reaches them), so they are normalised, written
+with a windowed write and the strips shift up. Softmax probabilities are blended, never logits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from geomed_ssl.config import DataConfig
+from geomed_ssl.data.bands import BandInfo, band_order, resolve_band_info
+from geomed_ssl.data.conform import report_positional_names
+from geomed_ssl.data.stats import BandStats, normalize, valid_mask, warn_far_from_stats
+from geomed_ssl.data.tiling import window_starts
+from geomed_ssl.errors import DataError
+from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, blend_weights, channel_records,
+                                          check_request, softmax_probs, warn_if_nothing_predicted)
+from geomed_ssl.inference.writers import PROBA_SCALE, GeoTiffWriter, class_lookup, proba_path
+
+RASTER_BLENDS = ("gaussian", "linear", "constant")
+
+
+def channel_files(path: Path, data_cfg: Any, names_by_position: str = "warn") -> tuple[list[str], Any]:
+    """The file(s) to read for ``path``: itself (and None), or, for a folder with ``data.channels`` set, its
+    stacked channel files in channel order and their catalog record (the catalog's grouping, grid checks
+    included)."""
+    if not path.is_dir():
+        return [str(path)], None
+    if not getattr(data_cfg, "channels", None):
+        raise DataError(f"'{path}' is a folder; predict_raster takes one GeoTIFF, or a folder of single-band files "
+                        "with data.channels set.")
+    records = channel_records(path, data_cfg, "raster", strict=True, names_by_position=names_by_position)
+    if len(records) != 1:
+        raise DataError(f"'{path}' holds {len(records)} stacked samples; predict_raster takes one folder of "
+                        "data.channels files.")
+    return list(records[0].paths), records[0]
+
+
+def file_bands(src: Any, path: Path, data_cfg: Any, names_by_position: str) -> BandInfo:
+    """Band names of an open single GeoTIFF as the catalog resolves them (descriptions, data.band_names, sensor
+    profile by position, ...), from its header only; names by position are reported (``names_by_position``)."""
+    tags = {b: {**src.tags(b), **src.tags(b, ns="IMAGERY")} for b in range(1, src.count + 1)}
+    info = resolve_band_info(src.count, src.descriptions, tags, data_cfg, str(path))
+    if info.source == "sensor":
+        report_positional_names([str(path)], getattr(data_cfg, "sensor", None), info.names, names_by_position)
+    return info
+
+
+class RangeSample:
+    """A strided sample of the valid values of every strip read (about ``per_band`` pixels, spread over the whole
+    scene; fewer for many bands), per band, for the range check: p1/p99 need no more."""
+
+    def __init__(self, bands: int, nodata: float | None, shape: tuple[int, int], per_band: int = 50_000):
+        self.parts: list[np.ndarray] = []
+        self.bands, self.nodata = bands, nodata
+        per_band = max(1000, min(per_band, 5_000_000 // max(bands, 1)))  # <= ~20 MB of float32 values
+        self.stride = max(1, math.ceil(math.sqrt(shape[0] * shape[1] / per_band)))
+
+    def add(self, strip: np.ndarray) -> None:
+        """``strip`` (C, h, W) raw values."""
+        sub = strip[:, ::self.stride, ::self.stride]
+        self.parts.append(sub[:, valid_mask(sub, self.nodata)].astype(np.float32))  # (C, n)
+
+    def value_range(self) -> list[list[float]]:
+        """Per band [nan, p1, p99, nan] (``FileRecord.value_range`` layout)."""
+        vals = np.concatenate(self.parts, axis=1) if self.parts else np.zeros((self.bands, 0))
+        if vals.shape[1] == 0:
+            return [[math.nan] * 4 for _ in range(self.bands)]
+        p1, p99 = np.percentile(vals, [1, 99], axis=1)
+        return [[math.nan, float(a), float(b), math.nan] for a, b in zip(p1, p99)]
+
+
+def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, stats: BandStats,
+                   band_names: Sequence[str] | None = None, window: int | Sequence[int] = (256, 256),
+                   overlap: float = 0.25, blend: str = "gaussian", batch_size: int = 8, *, num_classes: int,
+                   nodata: float | None = None, probabilities: bool | str = False, device: str | torch.device = "cpu",
+                   data_cfg: Any = None, class_values: Sequence[int] | None = None,
+                   names_by_position: str = "warn") -> dict[str, Any]:
+    """Predict a GeoTIFF (or a folder of ``data.channels`` single-band files, stacked) window by window into a
+    class-map GeoTIFF on the input's grid; returns a summary dict.
+
+    ``band_names`` are the file's bands (default: resolved as the catalog does, from descriptions or ``data_cfg``);
+    they are picked and ordered by name for ``stats.band_names`` (the one band rule: extra bands dropped, missing
+    ones refused). Names assigned by position are reported as ``names_by_position`` says (warn / error / ignore),
+    and values far from ``stats`` are warned about (sampled from the strips read: no extra read).
+    ``nodata``: explicit, else ``data_cfg.nodata``, else the file's.
+    Output: ``class_values[argmax]`` (default: the class index) as uint8 with nodata 255 where the input is
+    nodata (uint16 / 65535 when a value is >= 255); with ``probabilities`` ('float32'/True or 'uint8' =
+    round(p*254), nodata NaN / 255) also ``*_proba.tif``, one band per class.
+    """
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    t0 = time.perf_counter()
+    path, out_path = Path(path), Path(out_path)
+    win = as_window(window, 2, "window")
+    pkind = check_request(path, out_path, overlap, blend, RASTER_BLENDS, batch_size, num_classes, probabilities)
+    model = as_model(model_fn, device)
+    data_cfg = data_cfg if data_cfg is not None else DataConfig()
+    files, stacked = channel_files(path, data_cfg, names_by_position)
+    with warnings.catch_warnings(), contextlib.ExitStack() as stack:
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        scene = RasterInput.open(stack, path, files, stacked, stats, band_names, data_cfg, nodata, names_by_position)
+        lut, lnodata = class_lookup(int(num_classes), class_values)
+        outputs = open_outputs(out_path, scene.sources[0], int(num_classes), lut.dtype, lnodata, pkind)
+        try:
+            ranges = RangeSample(len(stats.band_names), scene.nodata, scene.shape)
+            with rasterio.Env(GDAL_CACHEMAX=scene.cache_bytes()):
+                info = _stream_raster(scene.strip_reader(ranges), scene.shape, len(stats.band_names), model, stats,
+                                      scene.nodata, win, overlap, blend, int(batch_size), lut, lnodata, outputs, pkind,
+                                      device)
+        except BaseException:
+            for w in outputs:
+                w.abort()
+            raise
+        for w in outputs:
+            w.close()
+    warn_far_from_stats([(str(path), ranges.value_range())], stats)
+    warn_if_nothing_predicted(path, info["valid_pixels"], scene.nodata, out_path)
+    seconds = time.perf_counter() - t0
+    (H, W), ppath = scene.shape, outputs[1].path if pkind else None
+    return {
+        "input": str(path), "output": str(out_path), "proba_output": str(ppath) if ppath else None,
+        "kind": "raster", "shape": [H, W], "band_names": list(stats.band_names), "num_classes": int(num_classes),
+        "window": list(win), "overlap": float(overlap), "blend": blend, "nodata": scene.nodata,
+        "nodata_label": lnodata, **info, "seconds": round(seconds, 3),
+        "pixels_per_s": round(H * W / max(seconds, 1e-9), 1),
+    }
+
+
+class RasterInput:
+    """An open input raster (one GeoTIFF, or the stacked ``data.channels`` files of a folder): its sources, the order
+    that picks the model's bands by name (None: as stored), its nodata and shape."""
+
+    def __init__(self, sources: list[Any], order: Any, nodata: float | None):
+        self.sources, self.order, self.nodata = sources, order, nodata
+        self.shape = (sources[0].height, sources[0].width)
+        self.count = sum(s.count for s in sources)
+
+    @classmethod
+    def open(cls, stack: contextlib.ExitStack, path: Path, files: list[str], stacked: Any, stats: BandStats,
+             band_names: Sequence[str] | None, data_cfg: Any, nodata: float | None,
+             names_by_position: str) -> RasterInput:
+        """Open ``files`` on ``stack``; the bands are named (``band_names``, the stacked record's, or as the catalog
+        resolves them) and ordered for ``stats``; ``nodata``: explicit, else ``data_cfg.nodata``, else the file's."""
+        import rasterio
+
+        try:
+            sources = [stack.enter_context(rasterio.open(f)) for f in files]
+        except Exception as err:
+            raise DataError(f"cannot open raster '{path}': {err}. Check it exists and is a GeoTIFF.") from None
+        src, count = sources[0], sum(s.count for s in sources)
+        if band_names is not None:
+            names, source = list(band_names), "caller"
+        elif stacked is not None:
+            names, source = list(stacked.band_names), stacked.band_source
+        else:
+            info = file_bands(src, path, data_cfg, names_by_position)
+            names, source = info.names, info.source
+        if len(names) != count:
+            raise DataError(f"'{path}' has {count} bands but {len(names)} band names were given.")
+        order = band_order(stats.band_names, names, str(path), source)
+        if nodata is None:
+            nodata = getattr(data_cfg, "nodata", None)
+        if nodata is None:
+            nodata = src.nodata
+        return cls(sources, order, None if nodata is None or not math.isfinite(float(nodata)) else float(nodata))
+
+    def cache_bytes(self) -> int:
+        """GDAL's block cache for the strip loop: two block rows of decoded tiles stay cached, so a tile row shared
+        by two strips is decoded once. (rasterio passes GDAL_CACHEMAX to GDALSetCacheMax64, which takes BYTES.)"""
+        src, (H, W) = self.sources[0], self.shape
+        block_rows = src.block_shapes[0][0] if src.block_shapes else 1
+        row_bytes = self.count * W * np.dtype(src.dtypes[0]).itemsize
+        return int(max(64 << 20, 2 * min(block_rows, H) * row_bytes + (16 << 20)))
+
+    def strip_reader(self, ranges: RangeSample) -> Callable[[int, int], np.ndarray]:
+        """``read(a, b)`` -> rows [a, b) of the model's bands, by name: (C, b-a, W); each strip also feeds ``ranges``."""
+        from rasterio.windows import Window
+
+        W = self.shape[1]
+
+        def read(a: int, b: int) -> np.ndarray:
+            parts = [s.read(window=Window(0, a, W, b - a)) for s in self.sources]
+            strip = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            strip = strip if self.order is None else strip[self.order]
+            ranges.add(strip)
+            return strip
+
+        return read
+
+
+def open_outputs(out_path: Path, src: Any, num_classes: int, dtype: Any, lnodata: int,
+                 pkind: str | None) -> list[GeoTiffWriter]:
+    """The class-map writer on ``src``'s grid and, with ``pkind``, the probability writer (one band per class);
+    a failure opening the second drops the first."""
+    like = {"height": src.height, "width": src.width, "crs": src.crs, "transform": src.transform}
+    outputs = [GeoTiffWriter(out_path, like, 1, dtype, lnodata, descriptions=["class"])]
+    if pkind:
+        try:
+            outputs.append(GeoTiffWriter(
+                proba_path(out_path), like, num_classes, pkind, math.nan if pkind == "float32" else 255,
+                descriptions=[f"p_class_{k}" for k in range(num_classes)],
+                scales=[1.0 / PROBA_SCALE] * num_classes if pkind == "uint8" else None))
+        except BaseException:
+            outputs[0].abort()
+            raise
+    return outputs
+
+
+class StripBuffers:
+    """The window-high strips of the strip loop, covering rows [top, top + wh) padded to ``Wp`` columns: the
+    normalised input (C, wh, Wp), its valid mask (wh, Wp), the weighted probability sums (K, wh, Wp) and the
+    weight sums (wh, Wp)."""
+
+    def __init__(self, bands: int, num_classes: int, wh: int, Wp: int, device: str | torch.device):
+        self.strip = np.zeros((bands, wh, Wp), np.float32)
+        self.valid = np.zeros((wh, Wp), bool)
+        self.acc = torch.zeros((num_classes, wh, Wp), dtype=torch.float32, device=device)
+        self.wsum = torch.zeros((wh, Wp), dtype=torch.float32, device=device)
+        self.top, self.wh = 0, wh
+
+    def move_to(self, r: int) -> None:
+        """Rows above ``r`` are written: move the strips up (the shift is at most the stride, at most wh)."""
+        shift = r - self.top
+        if not shift:
+            return
+        keep = self.wh - shift
+        self.strip[:, :keep] = self.strip[:, shift:]
+        self.strip[:, keep:] = 0.0
+        self.valid[:keep] = self.valid[shift:]
+        self.valid[keep:] = False
+        self.acc[:, :keep] = self.acc[:, shift:].clone()
+        self.acc[:, keep:] = 0.0
+        self.wsum[:keep] = self.wsum[shift:].clone()
+        self.wsum[keep:] = 0.0
+        self.top = r
+
+    def predict_row(self, model: ModelFn, cols: list[int], ww: int, weight: torch.Tensor, batch_size: int,
+                    device: str | torch.device) -> None:
+        """Blend the softmax probabilities of the windows at ``cols`` of the current row into the sums."""
+        K = self.acc.shape[0]
+        for j in range(0, len(cols), batch_size):
+            chunk = cols[j : j + batch_size]
+            batch = torch.from_numpy(np.stack([self.strip[:, :, c : c + ww] for c in chunk])).to(device)  # (B,C,wh,ww)
+            with torch.inference_mode():
+                probs = softmax_probs(model, batch, K) * weight  # (B, K, wh, ww)
+                for p, c in zip(probs, chunk):
+                    self.acc[:, :, c : c + ww] += p
+                    self.wsum[:, c : c + ww] += weight
+
+    @property
+    def nbytes(self) -> int:
+        return self.strip.nbytes + self.valid.nbytes + (self.acc.numel() + self.wsum.numel()) * 4
+
+
+def _stream_raster(read: Callable[[int, int], np.ndarray], shape: tuple[int, int], bands: int, model: ModelFn,
+                   stats: BandStats, nodata: float | None, win: tuple[int, ...], overlap: float, blend: str,
+                   batch_size: int, lut: np.ndarray, lnodata: int, outputs: list[GeoTiffWriter], pkind: str | None,
+                   device: str | torch.device) -> dict[str, Any]:
+    """The strip loop of ``predict_raster`` (see the module docstring). ``read(a, b)`` -> rows [a, b), (C, b-a, W)."""
+    H, W = shape
+    wh, ww = win
+    K = len(lut)
+    rows, cols = window_starts(H, wh, overlap), window_starts(W, ww, overlap)
+    Wp = max(W, ww)  # a window wider than the image is padded on the right
+    weight = torch.from_numpy(blend_weights(win, blend)).to(device)  # (wh, ww)
+    buf = StripBuffers(bands, K, wh, Wp, device)
+    counts = np.zeros(K, np.int64)
+    loaded = max_read_rows = 0
+    for i, r in enumerate(rows):
+        buf.move_to(r)
+        a, b = max(loaded, r), min(r + wh, H)
+        if b > a:  # only rows not read for the previous strip
+            x, v = normalize(read(a, b), stats, nodata)  # (C, b-a, W), (b-a, W)
+            buf.strip[:, a - r : b - r, :W] = x
+            buf.valid[a - r : b - r, :W] = v
+            loaded, max_read_rows = b, max(max_read_rows, b - a)
+            del x, v
+        buf.predict_row(model, cols, ww, weight, batch_size, device)
+        n = (rows[i + 1] if i + 1 < len(rows) else H) - r  # rows [r, r + n) are final
+        counts += write_final_rows(buf, r, n, W, lut, lnodata, outputs, pkind)
+    return {"windows": len(rows) * len(cols), "window_rows": len(rows), "window_cols": len(cols),
+            "valid_pixels": int(counts.sum()), "class_counts": counts.tolist(), "max_buffer_pixels": wh * Wp,
+            "max_read_pixels": max_read_rows * W, "strip_bytes": int(buf.nbytes),
+            "writer_buffer_bytes": int(sum(w.buffer_bytes for w in outputs))}
+
+
+def write_final_rows(buf: StripBuffers, r: int, n: int, W: int, lut: np.ndarray, lnodata: int,
+                     outputs: list[GeoTiffWriter], pkind: str | None) -> np.ndarray:
+    """Normalise the blended probabilities of the final rows [r, r + n), write their class labels (and
+    probabilities) and return the class counts of their valid pixels (K,)."""
+    K = len(lut)
+    with torch.inference_mode():
+        proba = buf.acc[:, :n, :W] / buf.wsum[:n, :W]  # (K, n, W)
+        index = proba.argmax(dim=0).cpu().numpy()  # (n, W) int64
+    ok = buf.valid[:n, :W]
+    labels = lut[index]  # (n, W) stored label values
+    labels[~ok] = lnodata
+    outputs[0].write(labels, (r, 0, n, W))
+    if pkind:
+        p = proba.cpu().numpy()  # (K, n, W) float32
+        if pkind == "uint8":
+            p = np.rint(p * PROBA_SCALE).astype(np.uint8)
+            p[:, ~ok] = 255
+        else:
+            p[:, ~ok] = np.nan
+        outputs[1].write(p, (r, 0, n, W))
+    return np.bincount(index[ok], minlength=K)[:K]

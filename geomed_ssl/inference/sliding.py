@@ -1,0 +1,116 @@
+"""Sliding-window pieces both predictors share: blending weights, request checks, the model call (the window origins
+are :func:`geomed_ssl.data.tiling.window_starts`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from functools import reduce
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from geomed_ssl.errors import ConfigError, DataError
+
+log = logging.getLogger("geomed_ssl")
+ModelFn = Callable[[torch.Tensor], torch.Tensor]  # (B, C, *S) float -> logits (B, K, *S)
+GAUSSIAN_SIGMA = 0.125  # sigma as a fraction of the window side (nnU-Net / MONAI default)
+MIN_WEIGHT = 1e-3  # blending weights are floored at this fraction of the centre weight
+
+
+# -- geometry ---------------------------------------------------------------------------------------------------
+def blend_weights(window: Sequence[int], blend: str) -> np.ndarray:
+    """Per-pixel blending weight of one window, max 1, floored at ``MIN_WEIGHT``: float32 ``window`` shape.
+
+    gaussian: sigma = 0.125 * side per axis; linear: a tent falling to the edges; constant: ones.
+    """
+    axes = []
+    for n in window:
+        i = np.arange(n, dtype=np.float64)
+        if blend == "gaussian":
+            w = np.exp(-0.5 * ((i - (n - 1) / 2) / (GAUSSIAN_SIGMA * n)) ** 2)
+        elif blend == "linear":
+            w = np.minimum(i + 1, n - i) / math.ceil(n / 2)
+        else:
+            w = np.ones(n)
+        axes.append(w)
+    out = reduce(np.multiply.outer, axes)
+    out /= out.max()
+    return np.maximum(out, MIN_WEIGHT).astype(np.float32)
+
+
+# -- checks -----------------------------------------------------------------------------------------------------
+def check_request(path: Path, out_path: Path, overlap: float, blend: str, blends: Sequence[str], batch_size: int,
+                  num_classes: int, probabilities: bool | str) -> str | None:
+    """Validate the arguments both predictors share; returns the probability output kind (None: no proba file)."""
+    if _same_file(path, out_path):
+        raise DataError(f"the output '{out_path}' would overwrite the input; choose another output path.")
+    if not 0.0 <= float(overlap) < 1.0:
+        raise ConfigError(f"overlap must be in [0, 1), got {overlap}.")
+    if blend not in blends:
+        raise ConfigError(f"blend must be one of {', '.join(blends)}, got '{blend}'.")
+    if int(batch_size) < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
+    if int(num_classes) < 1:
+        raise ConfigError(f"num_classes must be >= 1, got {num_classes}.")
+    return _proba_kind(probabilities)
+
+
+def as_window(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
+    """An int or per-axis sequence as ``ndim`` positive ints (``name`` is the argument named in the error)."""
+    out = (int(value),) * ndim if isinstance(value, (int, np.integer)) else tuple(int(v) for v in value)
+    if len(out) != ndim or any(v < 1 for v in out):
+        raise ConfigError(f"{name} must be a positive int or {ndim} positive ints, got {value!r}.")
+    return out
+
+
+def _proba_kind(probabilities: bool | str) -> str | None:
+    if probabilities in (False, None):
+        return None
+    kind = "float32" if probabilities is True else str(probabilities)
+    if kind not in ("float32", "uint8"):
+        raise ConfigError(f"probabilities must be False, True/'float32' or 'uint8', got {probabilities!r}.")
+    return kind
+
+
+def warn_if_nothing_predicted(path: str | Path, valid: int, nodata: float | None, output: str | Path) -> None:
+    """A warning when a prediction holds no valid pixel / voxel: the input was all nodata as read."""
+    if valid:
+        return
+    log.warning("warning: '%s' has no valid pixel or voxel as read (nodata=%s, NaN); '%s' holds only the nodata "
+                "label. Check data.nodata and that the file holds data.", path, nodata, output)
+
+
+def channel_records(folder: Path, data_cfg: Any, kind: str, strict: bool = False,
+                    names_by_position: str = "warn") -> list[Any]:
+    """The ``data.channels`` stacks under ``folder`` as catalog records (one per folder of channel files); the
+    channel globs alone pick the files, so ``data.include`` / ``data.exclude`` do not apply."""
+    from geomed_ssl.data.catalog import scan
+
+    cfg = dataclasses.replace(data_cfg, kind=kind, include=["**/*"], exclude=[], patch_size=1)
+    return scan(folder, cfg, strict=strict, names_by_position=names_by_position).records
+
+
+def as_model(model_fn: ModelFn, device: str | torch.device) -> ModelFn:
+    """An ``nn.Module`` moved to ``device`` in eval mode; any other callable as it is."""
+    if isinstance(model_fn, torch.nn.Module):
+        model_fn = model_fn.to(device).eval()
+    return model_fn
+
+
+def softmax_probs(model_fn: ModelFn, batch: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Run the model on (B, C, *S) and return float32 softmax probabilities (B, K, *S)."""
+    logits = model_fn(batch)
+    if not isinstance(logits, torch.Tensor) or logits.ndim != batch.ndim or logits.shape[0] != batch.shape[0] \
+            or logits.shape[1] != num_classes or logits.shape[2:] != batch.shape[2:]:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ConfigError(f"the model returned {got} for a batch of {tuple(batch.shape)}; expected logits "
+                          f"(B, {num_classes}, {', '.join(map(str, batch.shape[2:]))}) with num_classes={num_classes}.")
+    return torch.softmax(logits.float(), dim=1)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.expanduser().resolve() == b.expanduser().resolve()

@@ -1,0 +1,150 @@
+"""Volume prediction: MONAI sliding-window inference on a whole NIfTI volume, mapped back onto the input's own grid."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from geomed_ssl.data.conform import conform_record
+from geomed_ssl.data.stats import BandStats, normalize
+from geomed_ssl.errors import DataError
+from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, check_request, softmax_probs,
+                                          warn_if_nothing_predicted)
+from geomed_ssl.inference.writers import PROBA_SCALE, class_lookup, proba_path, write_nifti_like
+
+VOLUME_BLENDS = ("gaussian", "constant")
+
+
+def predict_volume(model_fn: ModelFn, path: str | Path, out_path: str | Path, stats: BandStats,
+                   band_names: Sequence[str] | None = None, roi_size: int | Sequence[int] = 96, data_cfg: Any = None,
+                   overlap: float = 0.25, blend: str = "gaussian", *, num_classes: int,
+                   probabilities: bool | str = False, batch_size: int = 4, device: str | torch.device = "cpu",
+                   class_values: Sequence[int] | None = None, names_by_position: str = "warn") -> dict[str, Any]:
+    """Predict a NIfTI volume (or a folder of ``data.channels`` files) into a label NIfTI on the input's own grid.
+
+    The volume is read as in training (``VolumeReader``: RAS, ``data.spacing`` resampling, intensity scaling),
+    normalised with ``stats`` and predicted with MONAI ``sliding_window_inference`` (blending softmax
+    probabilities). The probabilities are resampled back (trilinear) if the reader resampled, reoriented to the
+    file's axis order, then argmax'd, so the output has the input's shape and affine exactly. The volume's bands
+    (``band_names`` if given, else as the catalog names them) are picked and ordered by name for ``stats`` (the one
+    band rule). Labels are
+    ``class_values[argmax]`` (default the index), uint8 (uint16 when a value is >= 255); voxels invalid in the
+    input get 255 (65535). ``probabilities`` adds
+    ``*_proba.nii.gz`` (X, Y, Z, K): float32, or uint8 = round(p*254).
+    """
+    from geomed_ssl.config import DataConfig
+
+    t0 = time.perf_counter()
+    path, out_path = Path(path), Path(out_path)
+    roi = as_window(roi_size, 3, "roi_size")
+    pkind = check_request(path, out_path, overlap, blend, VOLUME_BLENDS, batch_size, num_classes, probabilities)
+    cfg = dataclasses.replace(data_cfg if data_cfg is not None else DataConfig(), kind="volume", patch_size=1)
+    if path.is_file():  # the named file is predicted whatever data.include / data.exclude say
+        cfg = dataclasses.replace(cfg, include=["**/*"], exclude=[], channels=None)
+    record = volume_record(path, cfg, stats, band_names, names_by_position)
+    model = as_model(model_fn, device)
+    grid = predict_on_file_grid(model, record, cfg, stats, roi, int(batch_size), int(num_classes), float(overlap),
+                                blend, device)
+    lut, lnodata = class_lookup(int(num_classes), class_values)
+    index = grid.proba.argmax(axis=-1)  # (x, y, z)
+    labels = lut[index]
+    labels[~grid.ok] = lnodata
+    write_nifti_like(labels, record.path, out_path)
+    ppath = write_probabilities(grid, record.path, out_path, pkind)
+    counts = np.bincount(index[grid.ok], minlength=num_classes)[:num_classes]
+    warn_if_nothing_predicted(record.path, int(counts.sum()), cfg.nodata, out_path)
+    seconds = time.perf_counter() - t0
+    return {
+        "input": record.path, "output": str(out_path), "proba_output": str(ppath) if ppath else None,
+        "kind": "volume", "shape": list(grid.shape), "model_grid": list(grid.model_grid), "resampled": grid.resampled,
+        "orientation": grid.orientation, "band_names": list(record.band_names), "num_classes": int(num_classes),
+        "roi_size": list(roi), "overlap": float(overlap), "blend": blend, "nodata_label": lnodata,
+        "valid_voxels": int(counts.sum()), "class_counts": counts.tolist(), "seconds": round(seconds, 3),
+    }
+
+
+def volume_record(path: Path, cfg: Any, stats: BandStats, band_names: Sequence[str] | None,
+                  names_by_position: str) -> Any:
+    """The catalog record of the one volume at ``path`` (a file, or a folder of ``data.channels`` files), its bands
+    named (``band_names`` if given) and picked and ordered by name for ``stats``."""
+    from geomed_ssl.data.catalog import scan
+
+    catalog = scan(path, cfg, strict=True, names_by_position=names_by_position)
+    if len(catalog.records) != 1:
+        raise DataError(f"'{path}' holds {len(catalog.records)} volumes; predict_volume takes one file "
+                        "(or one folder of data.channels files). Use predict_files for many.")
+    record = catalog.records[0]
+    if band_names is not None:
+        if len(band_names) != record.num_bands:
+            raise DataError(f"'{path}' has {record.num_bands} channels but {len(band_names)} band names were given.")
+        record = dataclasses.replace(record, band_names=list(band_names), band_source="caller")
+    return conform_record(record, list(stats.band_names))
+
+
+@dataclasses.dataclass
+class FileGridPrediction:
+    """Softmax probabilities on the file's own voxel grid and axis order: ``proba`` (x, y, z, K) and ``ok``
+    (x, y, z), the voxels valid in the input; with the grid the model saw and the file's orientation."""
+
+    proba: np.ndarray
+    ok: np.ndarray
+    shape: tuple[int, ...]
+    model_grid: tuple[int, ...]
+    resampled: bool
+    orientation: str
+
+
+def predict_on_file_grid(model: ModelFn, record: Any, cfg: Any, stats: BandStats, roi: tuple[int, ...],
+                         batch_size: int, num_classes: int, overlap: float, blend: str,
+                         device: str | torch.device) -> FileGridPrediction:
+    """Read the volume as in training, predict it with MONAI's sliding window (blending softmax probabilities), and
+    map the probabilities back: resampled to the RAS grid before resampling (trilinear, same first and last voxel
+    centres) and reoriented to the file's voxel order."""
+    import nibabel as nib
+    from monai.inferers import sliding_window_inference
+    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
+
+    from geomed_ssl.data.catalog import reoriented_shape
+    from geomed_ssl.data.readers import VolumeReader
+
+    vol, _ = VolumeReader(cfg, max_cached=1).load(record)  # (C, X, Y, Z) RAS, resampled, intensity-scaled
+    x, valid = normalize(vol, stats, cfg.nodata)  # (C, X, Y, Z) float32, (X, Y, Z)
+    del vol
+    model_grid = tuple(x.shape[1:])
+    with torch.inference_mode():
+        probs = sliding_window_inference(
+            torch.from_numpy(x)[None], roi, batch_size, lambda b: softmax_probs(model, b, num_classes),
+            overlap=overlap, mode=blend, sw_device=device, device="cpu")[0].float()  # (K, X, Y, Z)
+        del x
+        canon = tuple(reoriented_shape(record))  # RAS grid before resampling
+        resampled = model_grid != canon
+        stack = torch.cat([probs, torch.from_numpy(valid.astype(np.float32))[None]], 0)  # (K+1, X, Y, Z)
+        if resampled:  # undo resample_to_spacing: same first/last voxel centres (align_corners)
+            stack = torch.nn.functional.interpolate(stack[None], size=canon, mode="trilinear", align_corners=True)[0]
+        stack = stack.permute(1, 2, 3, 0).numpy()  # (X, Y, Z, K+1) RAS
+    ref = nib.load(record.path)
+    to_file = ornt_transform(axcodes2ornt(("R", "A", "S")), io_orientation(ref.affine))
+    stack = apply_orientation(stack, to_file)  # (x, y, z, K+1) in the file's voxel order
+    if stack.shape[:3] != tuple(ref.shape[:3]):
+        raise DataError(f"internal grid mismatch for '{record.path}': prediction {stack.shape[:3]} vs file "
+                        f"{tuple(ref.shape[:3])}; please report this.")
+    return FileGridPrediction(stack[..., :-1], stack[..., -1] >= 0.5, tuple(ref.shape[:3]), model_grid, resampled,
+                              "".join(nib.aff2axcodes(ref.affine)))
+
+
+def write_probabilities(grid: FileGridPrediction, reference: str, out_path: Path, pkind: str | None) -> Path | None:
+    """``*_proba.nii.gz`` (x, y, z, K) on the reference's grid: float32 (NaN where invalid), or uint8 =
+    round(p*254) (255 where invalid); None without ``pkind``."""
+    if not pkind:
+        return None
+    ppath = proba_path(out_path)
+    p = np.ascontiguousarray(grid.proba, dtype=np.float32)
+    p = np.rint(p * PROBA_SCALE).astype(np.uint8) if pkind == "uint8" else p
+    p[~grid.ok] = 255 if pkind == "uint8" else np.nan
+    write_nifti_like(p, reference, ppath)
+    return ppath

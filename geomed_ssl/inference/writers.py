@@ -1,0 +1,204 @@
+"""Georeferenced outputs written piece by piece: a GeoTIFF opened once and filled window by window, and a NIfTI
+written on the exact grid (shape, affine, header) of a reference file.
+
+Both write to a hidden partial file beside the target (``.partial-<pid>-<name>``, see :mod:`geomed_ssl.outfiles`)
+and flush and rename it on success, so an interrupted prediction never leaves a
+half-written output under the final name; the next prediction into that folder deletes what a killed one left.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from geomed_ssl.errors import ConfigError, DataError
+from geomed_ssl.outfiles import atomic_path, commit_partial, partial_path
+
+BLOCK = 256  # output tile side (pixels)
+PROBA_SCALE = 254  # uint8 probabilities store round(p * 254); 255 is nodata
+
+
+def proba_path(out_path: str | Path) -> Path:
+    """``X_pred.tif`` -> ``X_pred_proba.tif`` (and ``.nii.gz`` alike)."""
+    out = Path(out_path)
+    suffix = next((s for s in (".nii.gz", ".nii", ".tif", ".tiff") if out.name.lower().endswith(s)), out.suffix)
+    return out.with_name(out.name[: len(out.name) - len(suffix)] + "_proba" + suffix)
+
+
+def class_lookup(num_classes: int, class_values: Sequence[int] | None = None) -> tuple[np.ndarray, int]:
+    """Class index -> stored label value (``class_values``, default the index itself), and the nodata label.
+
+    uint8 with nodata 255 when every value fits below 255, else uint16 with nodata 65535.
+    """
+    values = list(range(num_classes)) if class_values is None else [int(v) for v in class_values]
+    if len(values) != num_classes or len(set(values)) != num_classes:
+        raise ConfigError(f"class_values must give {num_classes} distinct label values (one per class), got "
+                          f"{list(class_values or [])}.")
+    if min(values) < 0 or max(values) >= 65535:
+        raise ConfigError(f"class values must lie in [0, 65534] to fit a uint16 class map; got {min(values)}.."
+                          f"{max(values)}.")
+    dtype, nodata = (np.uint8, 255) if max(values) < 255 else (np.uint16, 65535)
+    return np.asarray(values, dtype=dtype), nodata
+
+
+def _window_tuple(window: Any) -> tuple[int, int, int, int]:
+    """(row_off, col_off, height, width) from a rasterio Window or a 4-sequence in that order."""
+    if hasattr(window, "row_off"):
+        return int(window.row_off), int(window.col_off), int(window.height), int(window.width)
+    r, c, h, w = (int(v) for v in window)
+    return r, c, h, w
+
+
+class GeoTiffWriter:
+    """A tiled (256x256), deflate-compressed GeoTIFF on the grid of ``like_profile`` (crs, transform, width, height).
+
+    ``write(array, window)`` puts ``array`` (count, h, w) or (h, w) at ``window`` ((row_off, col_off, h, w) or a
+    rasterio Window). Full-width row strips written top to bottom (what streaming prediction does) are gathered
+    into whole tile rows before they reach GDAL, so every tile is compressed exactly once; other windows are written
+    directly. ``scales`` (one per band) are stored as GDAL scale factors. Use as a context manager or call
+    ``close()``; ``abort()`` drops the partial file.
+    """
+
+    def __init__(self, path: str | Path, like_profile: dict[str, Any], count: int, dtype: str | np.dtype,
+                 nodata: float | None, descriptions: Sequence[str] | None = None,
+                 scales: Sequence[float] | None = None):
+        import rasterio
+
+        self.path = Path(path)
+        self.height, self.width = int(like_profile["height"]), int(like_profile["width"])
+        self.count, self.dtype = int(count), np.dtype(dtype)
+        kind = self.dtype.kind
+        profile = {
+            "driver": "GTiff", "height": self.height, "width": self.width, "count": self.count,
+            "dtype": self.dtype.name, "crs": like_profile.get("crs"), "transform": like_profile.get("transform"),
+            "nodata": nodata, "tiled": True, "blockxsize": BLOCK, "blockysize": BLOCK, "compress": "deflate",
+            "predictor": 3 if kind == "f" else 2, "interleave": "band" if self.count > 1 else "pixel",
+            "BIGTIFF": "IF_SAFER",
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = partial_path(self.path)
+        try:
+            self._ds = rasterio.open(self._tmp, "w", **profile)
+        except Exception as err:
+            raise DataError(f"cannot create '{self.path}': {err}. Check the output folder is writable.") from None
+        if descriptions is not None:
+            for i, name in enumerate(descriptions, start=1):
+                self._ds.set_band_description(i, str(name))
+        if scales is not None:
+            self._ds.scales = tuple(float(s) for s in scales)
+        self._pending = np.zeros((self.count, min(BLOCK, self.height), self.width), self.dtype)  # one tile row
+        self._pending_top = 0  # first row held in _pending
+        self._pending_rows = 0
+        self.rows_written = 0
+        self.buffer_bytes = int(self._pending.nbytes)  # bytes of the tile-row buffer (its largest size)
+
+    # -- writing ----------------------------------------------------------------------------------------------
+    def write(self, array: np.ndarray, window: Any) -> None:
+        """Write ``array`` (count, h, w) or (h, w) at ``window`` = (row_off, col_off, h, w) / rasterio Window."""
+        arr = np.asarray(array)
+        if arr.ndim == 2:
+            arr = arr[None]
+        r, c, h, w = _window_tuple(window)
+        if arr.shape != (self.count, h, w):
+            raise ValueError(f"array of shape {arr.shape} does not fit window {[r, c, h, w]} of a "
+                             f"{self.count}-band output")
+        if r < 0 or c < 0 or r + h > self.height or c + w > self.width:
+            raise ValueError(f"window {[r, c, h, w]} is outside the {self.height}x{self.width} output")
+        if c == 0 and w == self.width and r == self._pending_top + self._pending_rows:
+            self._append_rows(arr)
+        else:
+            self._flush()
+            self._write_direct(arr, (r, c, h, w))
+
+    def _append_rows(self, arr: np.ndarray) -> None:
+        done = 0
+        while done < arr.shape[1]:
+            room = self._pending.shape[1] - self._pending_rows
+            take = min(room, arr.shape[1] - done)
+            self._pending[:, self._pending_rows : self._pending_rows + take] = arr[:, done : done + take]
+            self._pending_rows += take
+            done += take
+            end = self._pending_top + self._pending_rows
+            if self._pending_rows == self._pending.shape[1] or end == self.height:
+                self._flush()
+
+    def _flush(self) -> None:
+        if self._pending_rows:
+            top, n = self._pending_top, self._pending_rows
+            self._write_direct(self._pending[:, :n], (top, 0, n, self.width))
+            self._pending_top, self._pending_rows = top + n, 0
+            self._pending = self._pending[:, : min(BLOCK, max(self.height - self._pending_top, 1))]
+
+    def _write_direct(self, arr: np.ndarray, win: tuple[int, int, int, int]) -> None:
+        from rasterio.windows import Window
+
+        r, c, h, w = win
+        for band in range(self.count):  # band by band: each (h, w) slice is contiguous, so nothing is copied
+            self._ds.write(np.ascontiguousarray(arr[band], dtype=self.dtype), band + 1, window=Window(c, r, w, h))
+        self.rows_written += h if (c == 0 and w == self.width) else 0
+
+    # -- finishing --------------------------------------------------------------------------------------------
+    def close(self) -> Path:
+        """Flush, close and move the file to its final name."""
+        if self._ds is None:
+            return self.path
+        self._flush()
+        self._ds.close()
+        self._ds = None
+        return commit_partial(self._tmp, self.path)
+
+    def abort(self) -> None:
+        """Close and delete the partial file (the final name is left untouched)."""
+        if self._ds is not None:
+            try:
+                self._ds.close()
+            finally:
+                self._ds = None
+                self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> GeoTiffWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_nifti_like(array: np.ndarray, reference_path: str | Path, out_path: str | Path) -> Path:
+    """Save ``array`` (X, Y, Z) or (X, Y, Z, K) in the reference file's voxel order with its affine and header.
+
+    The array must already be on the reference's grid (same spatial shape, same axis order); the output then
+    overlays the reference exactly (identical affine, sform/qform codes and zooms).
+    """
+    import nibabel as nib
+
+    ref = nib.load(str(reference_path))
+    arr = np.asarray(array)
+    if arr.shape[:3] != tuple(ref.shape[:3]) or arr.ndim not in (3, 4):
+        raise DataError(f"cannot write {list(arr.shape)} on the grid of '{reference_path}' "
+                        f"({list(ref.shape[:3])}): the prediction must be mapped back to the file's voxel grid first.")
+    cls = nib.Nifti2Image if isinstance(ref, nib.Nifti2Image) else nib.Nifti1Image
+    header = ref.header.copy()
+    header.set_data_dtype(arr.dtype)
+    img = cls(arr, ref.affine, header)
+    img.header.set_slope_inter(math.nan, math.nan)  # values are stored as they are (no scaling)
+    sform, scode = ref.header.get_sform(coded=True)
+    qform, qcode = ref.header.get_qform(coded=True)
+    if scode:
+        img.set_sform(sform, int(scode))
+    if qcode:
+        img.set_qform(qform, int(qcode))
+    img.header.set_xyzt_units(*ref.header.get_xyzt_units())
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_path(out) as tmp:
+            nib.save(img, str(tmp))
+    except Exception as err:
+        raise DataError(f"cannot write '{out}': {err}. Check the output folder is writable.") from None
+    return out

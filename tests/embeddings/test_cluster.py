@@ -1,0 +1,172 @@
+"""Clustering stored embeddings: planted clusters recovered, maps aligned with the inputs, scores, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from typer.testing import CliRunner
+
+from geomed_ssl.cli import app
+from geomed_ssl.embeddings.cluster import agreement, cluster_embeddings, fit_predict
+from geomed_ssl.embeddings.extract import embed_folder
+from geomed_ssl.embeddings.store import read_columns
+from tests.conftest import write_class_folders, write_geotiff
+from tests.embeddings.test_extract import make_encoder, scenes, volumes
+
+runner = CliRunner()
+
+
+def blobs(n_per: int = 60, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(3, dim)) * 5
+    truth = np.repeat(np.arange(3), n_per)
+    return (centres[truth] + rng.normal(size=(len(truth), dim))).astype(np.float32), truth
+
+
+@pytest.mark.parametrize("method", ["kmeans", "hdbscan"])
+def test_planted_clusters_are_recovered(method: str) -> None:
+    x, truth = blobs()
+    labels, info = fit_predict(x, method, k=3, min_cluster_size=10)
+    assert agreement(labels, [str(t) for t in truth])["nmi"] > 0.95
+    assert info["backend"] in ("KMeans", "sklearn.HDBSCAN", "faiss.Kmeans", "hdbscan.HDBSCAN")
+
+
+def test_rows_beyond_the_fit_sample_are_assigned_too() -> None:
+    x, truth = blobs(n_per=200)
+    labels, info = fit_predict(x, "hdbscan", min_cluster_size=10, fit_max=150, pca_dims=8)
+    assert info["fit_rows"] == 150 and info["pca_dims"] == 8
+    assert agreement(labels, [str(t) for t in truth])["nmi"] > 0.9
+
+
+@pytest.fixture(scope="module")
+def window_embeddings(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("cl")
+    data = scenes(root / "rasters", [48, 40])
+    enc = make_encoder(data, root / "enc")
+    out = root / "emb"
+    embed_folder(enc, data, out, level="window", window=16, stride=8, progress=False)
+    return data, out
+
+
+def test_window_cluster_maps_align_with_their_inputs(window_embeddings: tuple[Path, Path], tmp_path: Path) -> None:
+    data, emb = window_embeddings
+    out = tmp_path / "cl"
+    result = cluster_embeddings(emb, out, "kmeans", k=3)
+    cols = read_columns(emb, ["file", "grid_index", "x", "y"])
+    path = out / "maps" / "scene_0_clusters.tif"
+    assert str(path) in result.summary["maps"] and path.with_suffix(".png").is_file()
+    from geomed_ssl.outdirs import foreign_inside
+
+    assert foreign_inside(out) == []  # --overwrite may replace all of it
+    with rasterio.open(path) as dst, rasterio.open(data / "scene_0.tif") as src:
+        assert dst.crs == src.crs and dst.shape == (5, 5) and dst.nodata == -32768
+        # cells are stride-sized (8 px) and centred on their 16 px windows: a 4 px offset
+        assert dst.transform == src.transform @ Affine.translation(4, 4) @ Affine.scale(8)
+        grid = dst.read(1)
+        for i in range(len(cols["file"])):
+            if cols["file"][i].endswith("scene_0.tif"):
+                gi, gj = cols["grid_index"][i]
+                assert grid[gi, gj] == result.clusters[i]
+                assert dst.transform @ (gj + 0.5, gi + 0.5) == pytest.approx((cols["x"][i], cols["y"][i]))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["clusters"] == 3 and -1 <= summary["silhouette"] <= 1 and sum(summary["sizes"].values()) == 25 + 16
+    assert (out / "scatter.png").is_file() and summary["scatter"] in ("PCA", "UMAP")
+
+
+def test_volume_cluster_maps_are_nifti_on_the_patch_grid(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    vols = volumes(tmp_path / "vols", n=1)
+    enc = make_encoder(vols, tmp_path / "enc3d", kind="volume")
+    emb = tmp_path / "emb3d"
+    embed_folder(enc, vols, emb, level="patch", pca_dims=0, progress=False)
+    result = cluster_embeddings(emb, tmp_path / "cl3d", "hdbscan", min_cluster_size=20)
+    img = nib.load(tmp_path / "cl3d" / "maps" / "subject_0_clusters.nii.gz")
+    assert img.shape == (8, 6, 5) and img.get_data_dtype() == np.int16
+    cols = read_columns(emb, ["grid_index", "x", "y", "z"])
+    arr = np.asarray(img.dataobj)
+    for k in (0, 50, len(result.clusters) - 1):
+        g = cols["grid_index"][k]
+        assert arr[tuple(g)] == result.clusters[k]
+        np.testing.assert_allclose((img.affine @ np.r_[g, 1.0])[:3], [cols["x"][k], cols["y"][k], cols["z"][k]],
+                                   atol=1e-6)
+
+
+def test_label_map_gives_nmi_and_ari(window_embeddings: tuple[Path, Path], tmp_path: Path) -> None:
+    data, emb = window_embeddings
+    gt = np.zeros((1, 48, 48), np.uint8)
+    gt[0, :, :24], gt[0, :, 24:] = 1, 2
+    gt[0, :9] = 0  # unlabelled: the first row of window centres (row 8)
+    write_geotiff(tmp_path / "scene_0_gt.tif", gt)
+    s = cluster_embeddings(emb, tmp_path / "cl", "kmeans", k=2, labels=tmp_path / "scene_0_gt.tif").summary
+    assert s["labels"] == "label map scene_0_gt.tif" and s["classes"] == 2
+    assert s["labelled_rows"] == 20  # scene_0's 5x5 windows minus the first row of centres (unlabelled)
+    assert 0 <= s["nmi"] <= 1 and -1 <= s["ari"] <= 1
+
+
+def test_cluster_cli_with_class_folders_and_a_labels_csv(tmp_path: Path) -> None:
+    root = write_class_folders(tmp_path / "classes", ["Forest", "River", "Urban"], per_class=4)
+    enc = make_encoder(root, tmp_path / "enc")
+    emb = tmp_path / "emb"
+    assert runner.invoke(app, ["embed", str(enc), str(root), "--out", str(emb)]).exit_code == 0
+    result = runner.invoke(app, ["cluster", str(emb), "--method", "kmeans", "--k", "3", "--labels", "folders",
+                                 "--out", str(tmp_path / "cl")])
+    assert result.exit_code == 0, result.output
+    assert "3 clusters over 12 rows" in result.output and "NMI" in result.output
+    with (tmp_path / "cl" / "clusters.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 12 and {r["label"] for r in rows} == {"Forest", "River", "Urban"}
+    assert not (tmp_path / "cl" / "maps").exists()  # image level: one vector per file, no maps
+    table = tmp_path / "labels.csv"
+    table.write_text("file,label\n" + "".join(f"{Path(r['file']).name},{r['label'][0]}\n" for r in rows))
+    again = runner.invoke(app, ["cluster", str(emb), "--method", "hdbscan", "--min-cluster-size", "3",
+                                "--labels", str(table), "--out", str(tmp_path / "cl"), "--overwrite"])
+    assert again.exit_code == 0, again.output
+    s = json.loads((tmp_path / "cl" / "summary.json").read_text())
+    assert s["method"] == "hdbscan" and s["labels"] == "CSV labels.csv" and s["labelled_rows"] == 12
+    refused = runner.invoke(app, ["cluster", str(emb), "--out", str(tmp_path / "cl")])
+    assert refused.exit_code == 2 and "--overwrite" in refused.output
+
+
+def test_folder_labels_work_when_the_data_folder_is_reached_through_a_symlink(tmp_path: Path) -> None:
+    real = write_class_folders(tmp_path / "store" / "classes", ["Forest", "River"], per_class=3)
+    link = tmp_path / "linked"
+    link.symlink_to(real, target_is_directory=True)
+    enc = make_encoder(real, tmp_path / "enc")
+    emb = tmp_path / "emb"
+    embed_folder(enc, link, emb, level="image", progress=False)
+    result = cluster_embeddings(emb, tmp_path / "cl", k=2, labels="folders")
+    assert result.summary["classes"] == 2 and result.summary["labelled_rows"] == 6
+    manifest = json.loads((emb / "manifest.json").read_text())
+    assert all(f["path"].startswith(manifest["settings"]["data_dir"] + "/") for f in manifest["files"])
+
+
+def test_an_old_manifest_with_a_resolved_data_dir_still_finds_the_class_folders(tmp_path: Path) -> None:
+    from geomed_ssl.embeddings.cluster import true_labels
+
+    real = write_class_folders(tmp_path / "store" / "classes", ["Forest", "River"], per_class=1)
+    link = tmp_path / "linked"
+    link.symlink_to(real, target_is_directory=True)
+    files = [str(link / "Forest" / "Forest_0.tif"), str(link / "River" / "River_0.tif")]
+    truth, _ = true_labels("folders", {"settings": {"data_dir": str(real.resolve())}}, {"file": files})
+    assert truth == ["Forest", "River"]
+
+
+def test_a_labels_source_that_yields_one_class_is_an_error_not_a_score(tmp_path: Path) -> None:
+    from geomed_ssl.errors import DataError
+
+    root = write_class_folders(tmp_path / "classes", ["Forest", "River"], per_class=3)
+    enc = make_encoder(root, tmp_path / "enc")
+    emb = tmp_path / "emb"
+    embed_folder(enc, root / "Forest", emb, level="image", progress=False)
+    table = tmp_path / "labels.csv"
+    table.write_text("file,label\n" + "".join(f"Forest_{i}.tif,Forest\n" for i in range(3)))
+    with pytest.raises(DataError, match=r"gives 1 class \('Forest'\) over 3 labelled rows"):
+        cluster_embeddings(emb, tmp_path / "cl", k=2, labels=str(table))
+    assert not (tmp_path / "cl").exists()

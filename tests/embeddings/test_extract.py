@@ -1,0 +1,286 @@
+"""Embedding extraction: rows trace back to their windows, georeferenced patch maps, resume after a kill, CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import rasterio
+from affine import Affine
+from typer.testing import CliRunner
+
+from geomed_ssl.cli import app
+from geomed_ssl.config import DataConfig
+from geomed_ssl.embeddings import extract as embed_mod
+from geomed_ssl.embeddings.extract import Embedder, embed_folder
+from geomed_ssl.embeddings.search import embedder_for, record_for
+from geomed_ssl.embeddings.store import footprint_wkb, load_embeddings, raster_corners, read_columns
+from geomed_ssl.errors import GeomedError
+from tests.conftest import TINY, structured_raster, write_geotiff
+
+runner = CliRunner()
+TRANSFORM = Affine(10, 0, 500000, 0, -10, 5100000)  # write_geotiff's grid
+
+
+def make_encoder(data_dir: Path, out: Path, kind: str = "raster", window: int = 16, patch: int = 4) -> Path:
+    """A tiny random-init encoder export with statistics of ``data_dir`` (seconds, no pretraining)."""
+    import torch
+
+    from geomed_ssl.checkpoint import save_encoder
+    from geomed_ssl.data.catalog import scan
+    from geomed_ssl.data.stats import compute_stats
+    from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
+
+    nd = 2 if kind == "raster" else 3
+    cfg = DataConfig(kind=kind, patch_size=window, stats_windows=16)
+    catalog = scan(data_dir, cfg)
+    stats = compute_stats(catalog, cfg)
+    enc_cfg = EncoderConfig(in_chans=len(catalog.band_names), spatial_dims=nd, img_size=(window,) * nd,
+                            patch_size=(patch,) * nd, embed_dim=32, depth=2, num_heads=2,
+                            band_names=catalog.band_names, stats=stats.to_dict())
+    torch.manual_seed(0)
+    return save_encoder(ViTEncoder(enc_cfg), out, {"method": "mae", "recipe": {"data": dataclasses.asdict(cfg)}})
+
+
+def scenes(folder: Path, sizes: list[int], bands: int = 4, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, size in enumerate(sizes):
+        write_geotiff(folder / f"scene_{i}.tif", structured_raster(rng, bands, size))
+    return folder
+
+
+def volumes(folder: Path, n: int = 2, shape: tuple[int, int, int] = (32, 24, 20)) -> Path:
+    """Small NIfTI volumes stored LPS-like (x and y flipped), so the reader's RAS reorientation matters."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(1)
+    folder.mkdir(parents=True, exist_ok=True)
+    grids = np.mgrid[0:shape[0], 0:shape[1], 0:shape[2]].astype(np.float32)
+    for i in range(n):
+        vol = 100 + sum(rng.uniform(100, 500) * np.sin(grids[a] / rng.uniform(3, 8) + rng.uniform(0, 6)) ** 2
+                        for a in range(3))
+        affine = np.array([[-1.5, 0, 0, 40.0], [0, -1.5, 0, 30.0], [0, 0, 2.0, -20.0], [0, 0, 0, 1]])
+        nib.save(nib.Nifti1Image(vol.astype(np.float32), affine), str(folder / f"subject_{i}.nii.gz"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return scenes(tmp_path_factory.mktemp("emb") / "rasters", [40, 40, 56])
+
+
+@pytest.fixture(scope="module")
+def encoder(data: Path, tmp_path_factory) -> Path:
+    return make_encoder(data, tmp_path_factory.mktemp("enc") / "encoder")
+
+
+def reembed(emb_dir: Path, row: int) -> np.ndarray:
+    """Re-read row ``row``'s recorded box from its file and embed it again, as a user would."""
+    manifest, _ = load_embeddings(emb_dir)
+    cols = read_columns(emb_dir, ["file", "box"])
+    record = record_for(cols["file"][row], DataConfig(**manifest["settings"]["data"]))
+    return embedder_for(manifest, record, device="cpu").region_vector(record, cols["box"][row])[0]
+
+
+@pytest.mark.parametrize("level", ["window", "image"])
+def test_rows_trace_back_to_the_window_they_were_embedded_from(data: Path, encoder: Path, tmp_path: Path,
+                                                               level: str) -> None:
+    out = tmp_path / level
+    embed_folder(encoder, data, out, level=level, window=16, stride=8 if level == "window" else None,
+                 progress=False)
+    manifest, vectors = load_embeddings(out)
+    cols = read_columns(out, ["file", "box", "x", "y", "footprint_wkt", "crs"])
+    assert len(set(zip(cols["file"], map(tuple, cols["box"])))) == len(vectors)  # one row per box
+    rows = [0, len(vectors) // 2, len(vectors) - 1]
+    for i in rows:
+        np.testing.assert_allclose(reembed(out, i), vectors[i], atol=1e-4, rtol=1e-4)
+        r, c, h, w = cols["box"][i]
+        assert (cols["x"][i], cols["y"][i]) == pytest.approx(TRANSFORM @ (c + w / 2, r + h / 2))
+        x0, y0 = TRANSFORM @ (c, r)
+        assert cols["footprint_wkt"][i].startswith(f"POLYGON (({x0:.12g} {y0:.12g}, ")
+        assert "32633" in cols["crs"][i]
+    if level == "image":  # larger than the 16 px window: the whole file, its windows averaged
+        assert [list(b) for b in cols["box"]] == [[0, 0, 40, 40], [0, 0, 40, 40], [0, 0, 56, 56]]
+    else:  # 40 px: origins 0, 8, 16, 24 (the last reaches 40); 56 px: 0..40 -> 6
+        assert [f["grid"] for f in manifest["files"]] == [[4, 4], [4, 4], [6, 6]]
+
+
+def test_patch_level_geotiff_has_the_input_crs_and_a_transform_scaled_by_the_patch(data: Path, encoder: Path,
+                                                                                  tmp_path: Path) -> None:
+    out = tmp_path / "patch"
+    result = embed_folder(encoder, data, out, level="patch", pca_dims=3, progress=False)
+    manifest, vectors = load_embeddings(out)
+    assert len(vectors) == 10 * 10 * 2 + 14 * 14 and result.windows == 3 * 3 * 2 + 4 * 4
+    path = out / "maps" / "scene_2_embedding.tif"
+    assert str(path) in manifest["maps"]
+    with rasterio.open(path) as dst, rasterio.open(data / "scene_2.tif") as src:
+        assert dst.crs == src.crs and dst.count == 3 and dst.shape == (14, 14)
+        assert dst.transform == src.transform @ Affine.scale(4)
+        arr = dst.read()
+    assert np.isfinite(arr).all()
+    cols = read_columns(out, ["file", "box", "grid_index", "x", "y"])
+    i = next(i for i, f in enumerate(cols["file"]) if f.endswith("scene_2.tif"))
+    gi, gj = cols["grid_index"][i + 20]
+    assert list(cols["box"][i + 20]) == [gi * 4, gj * 4, 4, 4]
+    assert (cols["x"][i + 20], cols["y"][i + 20]) == pytest.approx(dst.transform @ (gj + 0.5, gi + 0.5))
+
+
+def test_volume_patch_nifti_affine_is_the_ras_affine_scaled_by_the_patch(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    vols = volumes(tmp_path / "vols")
+    enc = make_encoder(vols, tmp_path / "enc3d", kind="volume", window=16, patch=4)
+    out = tmp_path / "emb3d"
+    embed_folder(enc, vols, out, level="patch", pca_dims=2, progress=False)
+    manifest, vectors = load_embeddings(out)
+    f = manifest["files"][0]
+    ras = np.asarray(f["affine"])
+    assert f["shape"] == [32, 24, 20] and ras[0, 0] > 0 and ras[1, 1] > 0  # reoriented to RAS
+    img = nib.load(out / "maps" / "subject_0_embedding.nii.gz")
+    assert img.shape == (8, 6, 5, 2)
+    expected = ras @ np.array([[4, 0, 0, 1.5], [0, 4, 0, 1.5], [0, 0, 4, 1.5], [0, 0, 0, 1]])
+    np.testing.assert_allclose(img.affine, expected, atol=1e-5)
+    cols = read_columns(out, ["box", "grid_index", "x", "y", "z"])
+    k = 37
+    centre = img.affine @ np.r_[cols["grid_index"][k], 1.0]  # the map voxel of row k sits on the row's centre
+    np.testing.assert_allclose(centre[:3], [cols["x"][k], cols["y"][k], cols["z"][k]], atol=1e-6)
+    # and a window-level row of a volume re-embeds to the same vector
+    out_w = tmp_path / "emb3d_w"
+    embed_folder(enc, vols, out_w, level="window", stride=8, progress=False)
+    _, vw = load_embeddings(out_w)
+    np.testing.assert_allclose(reembed(out_w, 5), vw[5], atol=1e-4, rtol=1e-4)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_run_killed_midway_resumes_without_duplicates(data: Path, encoder: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    ref = tmp_path / "ref"
+    embed_folder(encoder, data, ref, level="window", batch_size=4, dtype="float16", progress=False)
+    out = tmp_path / "killed"
+    real, calls = Embedder.encode, {"n": 0}
+
+    def dying(self, images, valid):
+        calls["n"] += 1
+        if calls["n"] == 9:  # in the third file (the first two take 3 batches each)
+            raise Killed()
+        return real(self, images, valid)
+
+    monkeypatch.setattr(Embedder, "encode", dying)
+    with pytest.raises(Killed):
+        embed_folder(encoder, data, out, level="window", batch_size=4, dtype="float16", progress=False)
+    assert len(list((out / "parts").glob("part-*"))) == 2 and not (out / "embeddings.parquet").exists()
+    assert all(p.name.startswith("part-") for p in (out / "parts").iterdir())  # the unfinished part was dropped
+    monkeypatch.setattr(Embedder, "encode", real)
+    with pytest.raises(GeomedError, match="pool"):  # other settings are refused, not mixed in
+        embed_folder(encoder, data, out, level="window", batch_size=4, dtype="float16", pool="cls", progress=False)
+    result = embed_folder(encoder, data, out, level="window", batch_size=4, dtype="float16", progress=False)
+    assert result.files_skipped == 2 and result.files_embedded == 1
+    _, v_ref = load_embeddings(ref)
+    _, v = load_embeddings(out)
+    assert v.dtype == np.float16 and v.shape == v_ref.shape
+    np.testing.assert_array_equal(v, v_ref)
+    a, b = read_columns(ref, ["file", "box"]), read_columns(out, ["file", "box"])
+    assert a["file"] == b["file"] and (a["box"] == b["box"]).all()
+    assert not (out / "parts").exists()
+    again = embed_folder(encoder, data, out, level="window", batch_size=4, dtype="float16", progress=False)
+    assert again.files_embedded == 0  # complete: nothing to redo
+
+
+def test_footprint_wkb_is_a_closed_little_endian_polygon() -> None:
+    corners = raster_corners(np.array([[2, 3, 4, 5]]), list(TRANSFORM)[:6])
+    raw = footprint_wkb(corners)[0].as_py()
+    order, kind, rings, points = struct.unpack("<BIII", raw[:13])
+    xy = np.frombuffer(raw[13:], "<f8").reshape(5, 2)
+    assert (order, kind, rings, points) == (1, 3, 1, 5)
+    np.testing.assert_allclose(xy[0], TRANSFORM @ (3, 2))
+    np.testing.assert_allclose(xy[2], TRANSFORM @ (8, 6))
+    np.testing.assert_allclose(xy[0], xy[4])
+
+
+def test_geoparquet_when_geopandas_is_installed(data: Path, encoder: Path, tmp_path: Path) -> None:
+    gpd = pytest.importorskip("geopandas")
+    embed_folder(encoder, data, tmp_path / "g", level="window", progress=False)
+    frame = gpd.read_parquet(tmp_path / "g" / "embeddings.parquet")
+    assert frame.crs.to_epsg() == 32633 and frame.geometry.iloc[0].area == pytest.approx(160 * 160)
+
+
+@pytest.fixture(scope="module")
+def pretrained(data: Path, tmp_path_factory) -> Path:
+    from geomed_ssl.train.pretrain import pretrain
+
+    out = tmp_path_factory.mktemp("pre") / "run"
+    pretrain("recipes/mae_sentinel2.yaml", data, out, progress=False,
+             overrides=[*TINY, "data.sensor=null", "data.patch_size=16", "train.max_steps=2"])
+    return out
+
+
+def test_embed_cli_end_to_end_from_a_pretrained_run(data: Path, pretrained: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cli"
+    result = runner.invoke(app, ["embed", str(pretrained), str(data), "--out", str(out), "--level", "patch",
+                                 "--exclude", "scene_0*", "--pca", "4"])
+    assert result.exit_code == 0, result.output
+    assert "vectors of 32 dims from 2 files" in result.output
+    table = pq.read_table(out / "embeddings.parquet")
+    assert table.num_rows == 10 * 10 + 14 * 14 and np.load(out / "vectors.npy", mmap_mode="r").shape == (296, 32)
+    assert {"id", "file", "box", "window", "x", "y", "footprint_wkt", "crs", "vector"} <= set(table.column_names)
+    assert sorted(p.name for p in (out / "maps").iterdir()) == ["scene_1_embedding.tif", "scene_2_embedding.tif"]
+    from geomed_ssl.outdirs import foreign_inside
+
+    assert foreign_inside(out) == []  # --overwrite may replace all of it
+    bad = scenes(tmp_path / "three_bands", [32], bands=3)
+    refused = runner.invoke(app, ["embed", str(pretrained), str(bad), "--out", str(tmp_path / "x")])
+    assert refused.exit_code == 2 and "missing ['band_4']" in refused.output
+    assert embed_mod.LEVELS == ("image", "window", "patch")
+
+
+def described(folder: Path, arrays: list[np.ndarray], names: list[str]) -> Path:
+    """GeoTIFFs whose bands carry the descriptions ``names``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, arr in enumerate(arrays):
+        path = write_geotiff(folder / f"scene_{i}.tif", arr)
+        with rasterio.open(path, "r+") as ds:
+            for b, name in enumerate(names, start=1):
+                ds.set_band_description(b, name)
+    return folder
+
+
+def test_the_same_bands_in_another_order_with_an_extra_band_embed_by_name(tmp_path: Path, caplog) -> None:
+    rng = np.random.default_rng(4)
+    arrays = [structured_raster(rng, 4, 32) for _ in range(2)]
+    names = ["B02", "B03", "B04", "B08"]
+    train = described(tmp_path / "train", arrays, names)
+    enc = make_encoder(train, tmp_path / "enc")
+    order = [3, 0, 2, 1]  # B08 B02 B04 B03, then an extra B11 the encoder never saw
+    other = described(tmp_path / "other", [np.concatenate([a[order], a[:1] + 7]) for a in arrays],
+                      [names[i] for i in order] + ["B11"])
+    embed_folder(enc, train, tmp_path / "e1", level="image", progress=False)
+    with caplog.at_level("INFO", logger="geomed_ssl"):
+        embed_folder(enc, other, tmp_path / "e2", level="image", progress=False)
+    _, v1 = load_embeddings(tmp_path / "e1")
+    _, v2 = load_embeddings(tmp_path / "e2")
+    np.testing.assert_allclose(v2, v1, rtol=1e-5, atol=1e-5)
+    notes = " ".join(r.getMessage() for r in caplog.records)
+    assert "reordered by name" in notes and "['B11'] dropped" in notes
+
+
+def test_data_far_from_the_training_statistics_is_a_warning_naming_file_and_bands(tmp_path: Path, caplog) -> None:
+    rng = np.random.default_rng(5)
+    dn = scenes(tmp_path / "dn", [32, 32])  # digital numbers ~1000-3000
+    enc = make_encoder(dn, tmp_path / "enc")
+    refl = tmp_path / "refl"
+    refl.mkdir()
+    write_geotiff(refl / "reflectance.tif", (structured_raster(rng, 4, 32) / 20000.0).astype(np.float32))  # 0-0.15
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        embed_folder(enc, dn, tmp_path / "e_dn", level="image", progress=False)
+        assert not [r for r in caplog.records if "value range" in r.getMessage()]
+        embed_folder(enc, refl, tmp_path / "e_refl", level="image", progress=False)
+    (msg,) = [r.getMessage() for r in caplog.records if "value range" in r.getMessage()]
+    assert "reflectance.tif" in msg and "band_1" in msg and "trained on" in msg

@@ -1,0 +1,115 @@
+"""Nearest-neighbour search over stored embeddings: exact cosine top-k, queries embedded like the rows, CLI."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from geomed_ssl.cli import app
+from geomed_ssl.embeddings import search as search_mod
+from geomed_ssl.embeddings.extract import embed_folder
+from geomed_ssl.embeddings.search import cosine_top_k, find_similar
+from geomed_ssl.embeddings.store import read_columns
+from tests.embeddings.test_extract import make_encoder, scenes, volumes
+
+runner = CliRunner()
+
+
+def test_cosine_top_k_is_exact_across_chunks_and_skips_excluded(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(103, 8)).astype(np.float32)
+    q = rng.normal(size=8).astype(np.float32)
+    monkeypatch.setattr(search_mod, "CHUNK", 10)
+    idx, sims = cosine_top_k(x, q, 5, exclude={int(np.argmax(x @ q / np.linalg.norm(x, axis=1)))})
+    ref = (x @ q) / np.linalg.norm(x, axis=1) / np.linalg.norm(q)
+    order = np.argsort(-ref)[1:6]
+    assert idx.tolist() == order.tolist()
+    np.testing.assert_allclose(sims, ref[order], rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> tuple[Path, Path]:
+    """Three scenes plus an exact copy of scene_1 under another name, and a random-init encoder."""
+    root = tmp_path_factory.mktemp("search")
+    data = scenes(root / "rasters", [40, 40, 48])
+    shutil.copy(data / "scene_1.tif", data / "twin_of_1.tif")
+    return data, make_encoder(data, root / "enc")
+
+
+def test_image_query_finds_its_twin_first(archive: tuple[Path, Path], tmp_path: Path) -> None:
+    data, enc = archive
+    emb = tmp_path / "emb"
+    embed_folder(enc, data, emb, level="image", progress=False)
+    result = find_similar(emb, data / "scene_1.tif", top=2, out_dir=tmp_path / "q")
+    assert Path(result.hits[0]["file"]).name == "twin_of_1.tif"
+    assert result.hits[0]["score"] == pytest.approx(1, abs=1e-5)
+    assert all(Path(h["file"]).name != "scene_1.tif" for h in result.hits)  # its own row is left out
+    assert (tmp_path / "q" / "similar.png").is_file()
+
+
+def test_a_one_cell_patch_query_is_that_cells_stored_vector(archive: tuple[Path, Path], tmp_path: Path) -> None:
+    data, enc = archive
+    emb = tmp_path / "emb"
+    embed_folder(enc, data, emb, level="patch", pca_dims=0, progress=False)
+    cols = read_columns(emb, ["file", "box"])
+    i = next(i for i, (f, b) in enumerate(zip(cols["file"], cols["box"]))
+             if f.endswith("scene_2.tif") and list(b) == [20, 24, 4, 4])
+    result = find_similar(emb, data / "scene_2.tif", box="20,24,4,4", top=3, include_self=True, out_dir=tmp_path / "q")
+    assert result.hits[0]["id"] == i and result.hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    bigger = find_similar(emb, data / "scene_2.tif", box="16,16,12,12", top=3, out_dir=tmp_path / "q2", sheet=False)
+    inside = {h["id"] for h in bigger.hits if h["file"].endswith("scene_2.tif")}
+    assert all(not (16 <= cols["box"][j][0] + 2 <= 28 and 16 <= cols["box"][j][1] + 2 <= 28) for j in inside)
+
+
+def test_volume_box_query(tmp_path: Path) -> None:
+    vols = volumes(tmp_path / "vols")
+    enc = make_encoder(vols, tmp_path / "enc3d", kind="volume")
+    emb = tmp_path / "emb3d"
+    embed_folder(enc, vols, emb, level="window", stride=8, progress=False)
+    result = find_similar(emb, vols / "subject_1.nii.gz", box="8,8,0,16,16,16", top=4, include_self=True)
+    top = result.hits[0]
+    assert Path(top["file"]).name == "subject_1.nii.gz" and top["box"] == [8, 8, 0, 16, 16, 16]
+    assert top["score"] == pytest.approx(1.0, abs=1e-5) and top["z"] is not None
+    assert (emb / "search" / "subject_1_8-8-0-16-16-16" / "similar.png").is_file()
+
+
+def test_similar_cli_prints_the_table_and_writes_csv_and_contact_sheet(archive: tuple[Path, Path],
+                                                                       tmp_path: Path) -> None:
+    data, enc = archive
+    emb = tmp_path / "emb"
+    assert runner.invoke(app, ["embed", str(enc), str(data), "--out", str(emb), "--level", "window"]).exit_code == 0
+    out = tmp_path / "hits"
+    result = runner.invoke(app, ["similar", str(emb), "--query", str(data / "scene_0.tif"), "--box", "16,16,16,16",
+                                 "--top", "4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "rank" in result.output and "score" in result.output and "similar.png" in result.output
+    with (out / "similar.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["rank"]) for r in rows] == [1, 2, 3, 4]
+    assert [float(r["score"]) for r in rows] == sorted((float(r["score"]) for r in rows), reverse=True)
+    assert (out / "similar.png").stat().st_size > 1000
+    bad = runner.invoke(app, ["similar", str(emb), "--query", str(data / "scene_0.tif"), "--box", "1,2,3"])
+    assert bad.exit_code == 2 and "ROW,COL,H,W" in bad.output
+
+
+def test_volume_box_is_i_j_k_along_the_ras_axes_like_the_stored_box_column(tmp_path: Path) -> None:
+    from geomed_ssl.errors import DataError
+
+    vols = volumes(tmp_path / "vols", shape=(32, 24, 20))  # RAS shape 32 x 24 x 20: every axis tells apart
+    enc = make_encoder(vols, tmp_path / "enc3d", kind="volume")
+    emb = tmp_path / "emb3d"
+    embed_folder(enc, vols, emb, level="window", stride=8, progress=False)
+    result = find_similar(emb, vols / "subject_0.nii.gz", box="16,8,0,16,16,16", top=1, include_self=True,
+                          sheet=False)
+    assert result.hits[0]["box"] == [16, 8, 0, 16, 16, 16] and result.hits[0]["score"] == pytest.approx(1, abs=1e-5)
+    with pytest.raises(DataError, match=r"along k 8\.\.23 \(0\.\.19\); the file is 32x24x20 \(i x j x k\)"):
+        find_similar(emb, vols / "subject_0.nii.gz", box="0,0,8,16,16,16", top=1, sheet=False)
+    help_text = runner.invoke(app, ["similar", "--help"]).output
+    assert "I,J,K,DI,DJ,DK" in help_text and "Z,Y,X" not in help_text
+    bad = runner.invoke(app, ["similar", str(emb), "--query", str(vols / "subject_0.nii.gz"), "--box", "1,2,3"])
+    assert bad.exit_code == 2 and "I,J,K,DI,DJ,DK" in bad.output and "i=Right" in bad.output

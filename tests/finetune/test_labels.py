@@ -1,0 +1,345 @@
+"""Label files matched and grid-checked against their images, read as class maps, and few-label sampling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from affine import Affine
+
+from geomed_ssl.config import DataConfig, LabelsConfig
+from geomed_ssl.data.catalog import scan
+from geomed_ssl.data.labelled import scan_class_folders
+from geomed_ssl.finetune.labels import (
+    ClassMap, LabelSelection, block_split, class_ids, labelled_pixels, match_labels, read_label, read_label_pairs,
+    sample_fraction,
+    sample_images_per_class, sample_per_class, select_labels,
+)
+from geomed_ssl.errors import DataError
+from tests.conftest import structured_raster, write_geotiff
+
+GRID = Affine(10, 0, 500000, 0, -10, 5100000)
+
+
+def _images(tmp_path, n=2, size=32):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        write_geotiff(folder / f"scene_{i}.tif", structured_raster(rng, 3, size))
+    return scan(folder, DataConfig(patch_size=8)).records
+
+
+def _label(path, array, **extra):
+    return write_geotiff(path, np.asarray(array)[None], **extra)
+
+
+def _classes(size=32):
+    """Four quadrant classes 1..4 with an unlabelled (0) border."""
+    lab = np.zeros((size, size), np.uint8)
+    h = size // 2
+    lab[1:h, 1:h], lab[1:h, h:-1], lab[h:-1, 1:h], lab[h:-1, h:-1] = 1, 2, 3, 4
+    return lab
+
+
+# -- matching -------------------------------------------------------------------------------------------------
+def test_labels_match_images_by_stem_with_a_label_suffix(tmp_path):
+    records = _images(tmp_path)
+    (tmp_path / "labels").mkdir()
+    _label(tmp_path / "labels" / "scene_0_gt.tif", _classes())
+    _label(tmp_path / "labels" / "scene_1.tif", _classes())
+    pairs = match_labels(records, tmp_path / "labels", "raster")
+    assert [(r.path.rsplit("/", 1)[-1], lab.rsplit("/", 1)[-1]) for r, lab in pairs] == [
+        ("scene_0.tif", "scene_0_gt.tif"), ("scene_1.tif", "scene_1.tif")]
+
+
+def test_label_beside_its_image_is_found_and_the_image_never_matches_itself(tmp_path):
+    records = _images(tmp_path, n=1)
+    _label(tmp_path / "images" / "scene_0_mask.tif", _classes())
+    [(record, label)] = match_labels(records, tmp_path / "images", "raster")
+    assert label.endswith("scene_0_mask.tif")
+
+
+def test_missing_label_names_the_images_unless_allowed(tmp_path):
+    records = _images(tmp_path)
+    (tmp_path / "labels").mkdir()
+    _label(tmp_path / "labels" / "scene_0_label.tif", _classes())
+    with pytest.raises(DataError, match=r"1 of 2 images have no label file \(scene_1.tif\)"):
+        match_labels(records, tmp_path / "labels", "raster")
+    assert len(match_labels(records, tmp_path / "labels", "raster", allow_unlabelled=True)) == 1
+
+
+def test_labels_csv_and_one_label_file_for_every_image(tmp_path):
+    records = _images(tmp_path)
+    (tmp_path / "labels").mkdir()
+    _label(tmp_path / "labels" / "a.tif", _classes())
+    (tmp_path / "pairs.csv").write_text("image,label\nimages/scene_0.tif,labels/a.tif\nscene_1.tif,labels/a.tif\n")
+    pairs = match_labels(records, None, "raster", csv=tmp_path / "pairs.csv")
+    assert [lab.rsplit("/", 1)[-1] for _, lab in pairs] == ["a.tif", "a.tif"]
+    assert len(match_labels(records, tmp_path / "labels" / "a.tif", "raster")) == 2
+
+
+def test_fixed_label_name_beside_each_image(tmp_path):
+    rng = np.random.default_rng(0)
+    for case in ("case_1", "case_2"):
+        (tmp_path / case).mkdir()
+        write_geotiff(tmp_path / case / "image.tif", structured_raster(rng, 3, 32))
+        _label(tmp_path / case / "truth.tif", _classes())
+    records = scan(tmp_path, DataConfig(patch_size=8, include=["**/image.tif"])).records
+    pairs = match_labels(records, None, "raster", label_name="truth.tif")
+    assert [lab for _, lab in pairs] == [str(tmp_path / c / "truth.tif") for c in ("case_1", "case_2")]
+    with pytest.raises(DataError, match=r"case_1/image.tif, case_2/image.tif\) in 'seg.tif' beside each image"):
+        match_labels(records, None, "raster", label_name="seg.tif")
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"transform": GRID @ Affine.translation(1, 0)}, "origin shifted by +1 columns"),
+    ({"crs": "EPSG:4326"}, "CRS EPSG:4326 vs EPSG:32633"),
+    ({"size": 30}, "size 30x30 vs 32x32"),
+])
+def test_grid_mismatch_names_both_files_and_the_difference(tmp_path, change, expected):
+    records = _images(tmp_path, n=1)
+    (tmp_path / "labels").mkdir()
+    size = change.pop("size", 32)
+    _label(tmp_path / "labels" / "scene_0_gt.tif", _classes(size), **change)
+    with pytest.raises(DataError) as err:
+        match_labels(records, tmp_path / "labels", "raster")
+    msg = str(err.value)
+    assert "scene_0_gt.tif" in msg and "images/scene_0.tif" in msg and expected in msg
+
+
+# -- reading --------------------------------------------------------------------------------------------------
+def test_float_labels_with_nodata_and_nan_are_rounded_and_unlabelled(tmp_path):
+    lab = np.array([[1.0, 2.0000001, np.nan], [-9999.0, 0.0, 3.0]], np.float32)
+    path = _label(tmp_path / "f.tif", lab, nodata=-9999.0)
+    labels, mask = read_label(path, "raster")
+    assert labels.dtype == np.int64 and labels.shape == (2, 3)
+    assert mask.tolist() == [[True, True, False], [False, False, True]]
+    assert labels[mask].tolist() == [1, 2, 3]
+    assert class_ids([labels], 0) == [1, 2, 3]
+
+
+def test_a_few_fractional_labels_are_rounded_with_a_warning_naming_the_file(tmp_path, caplog):
+    lab = np.full((12, 12), 1.0, np.float32)
+    lab[0, 0] = 2.5  # under 1 % of the labels: rounded, not refused, but said
+    path = _label(tmp_path / "f.tif", lab)
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        labels, _ = read_label(path, "raster")
+    assert labels[0, 0] == 2
+    (msg,) = [r.getMessage() for r in caplog.records]
+    assert "f.tif" in msg and "1 non-integer value(s) (e.g. 2.5)" in msg and "rounded" in msg
+    caplog.clear()
+    read_label(_label(tmp_path / "noise.tif", np.full((4, 4), 2.0000001, np.float32)), "raster")
+    assert not caplog.records  # float rounding noise is no warning
+
+
+def test_ignore_value_none_keeps_zero_as_a_class(tmp_path):
+    path = _label(tmp_path / "l.tif", _classes())
+    _, mask0 = read_label(path, "raster", ignore_value=0)
+    labels, mask = read_label(path, "raster", ignore_value=None)
+    assert mask.all() and not mask0.all()
+    assert class_ids([labels], None) == [0, 1, 2, 3, 4]
+    assert class_ids([labels], None, masks=[mask0]) == [1, 2, 3, 4]
+
+
+def test_remap_merges_classes_before_ignore_value(tmp_path):
+    path = _label(tmp_path / "l.tif", _classes())
+    labels, mask = read_label(path, "raster", ignore_value=0, remap={2: 1, 3: 1, 4: 0})
+    assert class_ids([labels], 0, masks=[mask]) == [1]  # 4 -> 0 = ignore_value: unlabelled
+    assert mask.sum() == 3 * (15 * 15)
+    whole, _ = read_label(path, "raster", ignore_value=None, remap={2: 1, 3: 1, 4: 1})
+    assert np.unique(whole).tolist() == [0, 1]
+
+
+def test_label_pairs_from_a_csv_or_a_fixed_name_with_remap(tmp_path):
+    records = _images(tmp_path)
+    (tmp_path / "labels").mkdir()
+    _label(tmp_path / "labels" / "a.tif", _classes())
+    (tmp_path / "pairs.csv").write_text("image,label\nscene_0.tif,labels/a.tif\nscene_1.tif,labels/a.tif\n")
+    lab = LabelsConfig(remap={3: 2, 4: 2})
+    pairs, arrays, masks = read_label_pairs(records, tmp_path / "pairs.csv", lab, DataConfig(patch_size=8))
+    assert len(pairs) == 2 and class_ids(arrays, 0, masks=masks) == [1, 2]
+    for r in records:  # one label named truth.tif beside each image
+        _label(Path(r.path).parent / "truth.tif", _classes())
+    pairs, _, _ = read_label_pairs(records, None, LabelsConfig(label_name="truth.tif"), DataConfig(patch_size=8))
+    assert {Path(p).name for _, p in pairs} == {"truth.tif"}
+
+
+def test_continuous_values_are_refused_as_labels(tmp_path):
+    path = _label(tmp_path / "img.tif", np.random.default_rng(0).random((8, 8)).astype(np.float32))
+    with pytest.raises(DataError, match="non-integer"):
+        read_label(path, "raster")
+
+
+def test_class_map_encodes_to_contiguous_indices_and_back():
+    cmap = ClassMap.build([3, 7, 12], {7: "water"})
+    idx = cmap.encode(np.array([12, 3, 5, 7]))
+    assert idx.tolist() == [2, 0, -1, 1]
+    assert cmap.decode(np.array([2, 0])).tolist() == [12, 3]
+    assert cmap.label(7) == "class 7 (water)" and cmap.label(3) == "class 3"
+
+
+# -- sampling -------------------------------------------------------------------------------------------------
+def _values():
+    return np.repeat(np.array([1, 2, 9]), [100, 50, 20])  # class 9 is rare
+
+
+def test_per_class_takes_exactly_k_and_caps_rare_classes_with_a_note():
+    values = _values()
+    idx, notes = sample_per_class(values, 15, seed=0, names={9: "Oats"})
+    assert np.bincount(values[idx]).tolist()[1:] == [15, 15, 0, 0, 0, 0, 0, 0, 10]
+    assert notes == ["class 9 (Oats): 20 labelled pixels, took 10 instead of 15 so half stay for testing"]
+
+
+def test_sampling_is_reproducible_and_seed_dependent():
+    values = _values()
+    a, _ = sample_per_class(values, 5, seed=3)
+    b, _ = sample_per_class(values, 5, seed=3)
+    c, _ = sample_per_class(values, 5, seed=4)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_fraction_takes_a_share_of_each_class_and_at_least_one():
+    values = _values()
+    idx, notes = sample_fraction(values, 0.02, seed=0)
+    assert np.bincount(values[idx])[[1, 2, 9]].tolist() == [2, 1, 1]
+    assert any(n.startswith("class 9: 20 labelled pixels, took 1") for n in notes)
+
+
+def test_random_split_tests_on_every_other_labelled_pixel():
+    lab = _classes()
+    sel = select_labels([lab], [lab > 0], LabelsConfig(per_class=5, seed=1))
+    assert sel.train_value.size == 20 and sel.classes == [1, 2, 3, 4]
+    assert sel.train_value.size + sel.test_value.size == int((lab > 0).sum())
+    assert not set(sel.train_index) & set(sel.test_index)
+    target = sel.target(0)
+    assert target.shape == lab.shape and (target >= 0).sum() == 20
+    assert np.array_equal(lab.reshape(-1)[sel.train_index], sel.train_value)
+
+
+def test_block_split_keeps_training_and_test_pixels_in_different_blocks():
+    lab = np.random.default_rng(0).integers(0, 4, (64, 48))  # classes everywhere: leaks would show
+    cfg = LabelsConfig(per_class=30, split="blocks", block_size=8, seed=2)
+    sel = select_labels([lab], [lab > 0], cfg)
+    block = lambda idx: set(zip(*(c // 8 for c in np.unravel_index(idx, lab.shape))))  # noqa: E731
+    assert sel.train_value.size == 90 and sel.test_value.size > 0
+    assert not block(sel.train_index) & block(sel.test_index)
+    train_map = block_split(lab.shape, 8, 2, lab, lab > 0)
+    assert train_map.shape == lab.shape and 0.3 < train_map.mean() < 0.7
+    assert train_map.reshape(-1)[sel.train_index].all() and not train_map.reshape(-1)[sel.test_index].any()
+    again = select_labels([lab], [lab > 0], cfg)
+    assert np.array_equal(again.train_index, sel.train_index) and np.array_equal(again.test_index, sel.test_index)
+
+
+def test_block_split_gives_a_rare_class_training_and_test_blocks():
+    lab = np.ones((32, 32), np.int64)
+    lab[2, 2], lab[2, 30], lab[30, 2], lab[30, 30] = 5, 5, 5, 5  # class 5 in four corner blocks
+    for seed in range(6):
+        sel = select_labels([lab], [lab > 0], LabelsConfig(per_class=1, split="blocks", block_size=8, seed=seed))
+        assert 5 in sel.train_value.tolist() and 5 in sel.test_value.tolist()
+
+
+def test_test_fraction_subsamples_the_test_set_per_class():
+    lab = _classes()
+    full = select_labels([lab], [lab > 0], LabelsConfig(per_class=5))
+    part = select_labels([lab], [lab > 0], LabelsConfig(per_class=5, test_fraction=0.1))
+    assert np.array_equal(full.train_index, part.train_index)
+    assert abs(part.test_value.size - 0.1 * full.test_value.size) <= 4 and set(part.test_value) == {1, 2, 3, 4}
+
+
+def test_selection_round_trips_through_npz(tmp_path):
+    lab = _classes()
+    sel = select_labels([lab, lab[:20]], [lab > 0, lab[:20] > 0], LabelsConfig(per_class=3), names={1: "one"},
+                        paths=["a.tif", "b.tif"])
+    sel.save_npz(tmp_path / "labels_used.npz")
+    back = LabelSelection.load_npz(tmp_path / "labels_used.npz")
+    for key in ("train_file", "train_index", "train_value", "test_file", "test_index", "test_value"):
+        assert np.array_equal(getattr(back, key), getattr(sel, key))
+    assert (back.classes, back.class_names, back.shapes, back.notes, back.paths) == (
+        sel.classes, sel.class_names, sel.shapes, sel.notes, sel.paths)
+    assert back.class_names[0] == "one" and back.shapes == [(32, 32), (20, 32)]
+
+
+def test_labelled_pixels_cover_many_files():
+    a, b = np.array([[0, 1], [2, 0]]), np.array([[3, 3, 0]])
+    files, flat, values = labelled_pixels([a, b], [a > 0, b > 0])
+    assert files.tolist() == [0, 0, 1, 1] and flat.tolist() == [1, 2, 0, 1] and values.tolist() == [1, 2, 3, 3]
+
+
+def test_indian_pines_five_per_class_gives_80_pixels():
+    from geomed_ssl.sample import CLASS_NAMES, LABELS
+
+    labels, mask = read_label(LABELS, "raster")
+    sel = select_labels([labels], [mask], LabelsConfig(per_class=5), names=dict(enumerate(CLASS_NAMES, 1)))
+    assert sel.train_value.size == 80 and len(sel.classes) == 16 and sel.notes == []
+    sel = select_labels([labels], [mask], LabelsConfig(per_class=20), names=dict(enumerate(CLASS_NAMES, 1)))
+    assert "class 9 (Oats): 20 labelled pixels, took 10 instead of 20 so half stay for testing" in sel.notes
+
+
+# -- classification folders -----------------------------------------------------------------------------------
+def test_class_folders_scan_and_image_sampling(tmp_path):
+    rng = np.random.default_rng(0)
+    for name, n in (("Forest", 4), ("River", 4), ("Oats", 2)):
+        (tmp_path / name).mkdir()
+        for i in range(n):
+            write_geotiff(tmp_path / name / f"{name}_{i}.tif", structured_raster(rng, 3, 16))
+    records, labels, names = scan_class_folders(tmp_path, DataConfig(patch_size=16))
+    assert names == ["Forest", "Oats", "River"] and labels.tolist() == [0] * 4 + [1] * 2 + [2] * 4
+    assert all(names[c] in r.path for r, c in zip(records, labels))
+    train, test, notes = sample_images_per_class(labels, 2, seed=0, names=names)
+    assert np.bincount(labels[train]).tolist() == [2, 1, 2] and sorted([*train, *test]) == list(range(10))
+    assert notes == ["class 1 (Oats): 2 labelled images, took 1 instead of 2 so half stay for testing"]
+
+
+# -- volumes --------------------------------------------------------------------------------------------------
+def _nii(path, array, affine):
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+    return path
+
+
+def test_volume_labels_match_in_ras_and_a_shifted_affine_is_an_error(tmp_path):
+    folder, labels_dir = tmp_path / "vols", tmp_path / "labs"
+    folder.mkdir(), labels_dir.mkdir()
+    vol = np.random.default_rng(0).random((12, 10, 8)).astype(np.float32)
+    flip = np.diag([-2.0, 2.0, 2.0, 1.0])  # stored L->R: the reader flips axis 0 to reach RAS
+    flip[0, 3] = 22.0
+    _nii(folder / "a.nii.gz", vol, flip)
+    lab = np.zeros((12, 10, 8), np.int16)
+    lab[0, 0, 0], lab[3:6, 2:4, 1:3] = 7, 2
+    _nii(labels_dir / "a_seg.nii.gz", lab, flip)
+    records = scan(folder, DataConfig(kind="volume", patch_size=8)).records
+    [(record, path)] = match_labels(records, labels_dir, "volume")
+    labels, mask = read_label(path, "volume")
+    assert np.array_equal(labels, lab[::-1]) and labels[-1, 0, 0] == 7  # RAS, as the volume reader returns
+    assert class_ids([labels], 0) == [2, 7]
+    # the same grid stored in another axis order is still the same grid
+    _nii(labels_dir / "a_seg.nii.gz", lab[::-1].copy(), np.diag([2.0, 2.0, 2.0, 1.0]) @ np.eye(4))
+    assert len(match_labels(records, labels_dir, "volume")) == 1
+    shifted = flip.copy()
+    shifted[1, 3] += 2.0  # one voxel along y
+    _nii(labels_dir / "a_seg.nii.gz", lab, shifted)
+    with pytest.raises(DataError, match=r"a_seg.nii.gz.*vols/a.nii.gz.*affine differs"):
+        match_labels(records, labels_dir, "volume")
+
+
+def test_volume_labels_follow_the_readers_resampled_grid(tmp_path):
+    from geomed_ssl.data.readers import VolumeReader
+
+    lab = np.zeros((12, 10, 8), np.uint8)
+    lab[4:8] = 3
+    path = _nii(tmp_path / "a.nii.gz", lab, np.diag([2.0, 2.0, 3.0, 1.0]))
+    cfg = DataConfig(kind="volume", patch_size=8, spacing=[1.0, 1.0, 1.0])
+    record = scan(path, cfg).records[0]
+    labels, mask = read_label(path, "volume", spacing=cfg.spacing)
+    assert labels.shape == VolumeReader(cfg).volume_shape(record) == (23, 19, 22)
+    assert set(np.unique(labels)) == {0, 3} and mask.sum() == (labels == 3).sum()
+
+
+def test_raster_label_window_reads_part_of_the_file(tmp_path):
+    path = _label(tmp_path / "l.tif", _classes())
+    full, _ = read_label(path, "raster")
+    part, mask = read_label(path, "raster", window=(10, 12, 4, 6))
+    assert part.shape == (4, 6) and np.array_equal(part, full[10:14, 12:18])

@@ -1,0 +1,111 @@
+"""Predicting with a fine-tuned model's folder: what is skipped is said, the model's data settings (band naming,
+include / exclude) are the ones used, a file of the other kind is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from geomed_ssl.cli import app
+from geomed_ssl.config import Recipe
+from geomed_ssl.inference.finetuned import data_config
+from tests.conftest import structured_raster, write_geotiff
+
+runner = CliRunner()
+
+
+def make_ft_dir(root: Path, task: str = "segment", kind: str = "raster", bands: int = 4, data: dict | None = None,
+                ) -> Path:
+    """A fine-tune folder holding an untrained tiny model (no training: seconds) with statistics of DN-like data."""
+    import torch
+
+    from geomed_ssl.checkpoint import save_model
+    from geomed_ssl.data.stats import BandStats
+    from geomed_ssl.models.cls_heads import ClassificationModel
+    from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
+    from geomed_ssl.models.seg_decoder import SegmentationModel
+
+    nd = 2 if kind == "raster" else 3
+    names = [f"band_{i}" for i in range(1, bands + 1)]
+    stats = BandStats(names, [2000.0] * bands, [500.0] * bands, [1000.0] * bands, [3000.0] * bands, [1] * bands)
+    cfg = EncoderConfig(in_chans=bands, spatial_dims=nd, img_size=(16,) * nd, patch_size=(4,) * nd, embed_dim=32,
+                        depth=2, num_heads=2, band_names=names, stats=stats.to_dict())
+    torch.manual_seed(0)
+    enc = ViTEncoder(cfg)
+    if task == "segment":
+        model, head = SegmentationModel(enc, 2, [0, 1], feature_size=8), {"kind": "unetr", "layers": [0, 1],
+                                                                          "feature_size": 8}
+    else:
+        model, head = ClassificationModel(enc, 2), {"kind": "linear", "pool": "cls"}
+    recipe = Recipe()
+    recipe.data.kind, recipe.data.patch_size = kind, 16
+    for key, value in (data or {}).items():
+        setattr(recipe.data, key, value)
+    ft = root / "ft"
+    ft.mkdir(parents=True)
+    recipe.save(ft / "config.yaml")
+    meta = {"task": task, "head": head, "window": [16] * nd, "encoder_source": "none",
+            "classes": [{"index": i, "value": i + 1, "name": f"c{i + 1}"} for i in range(2)],
+            "data": {"kind": kind, "spacing": None, "intensity": "auto", "ct_window": [-1000.0, 1000.0],
+                     "nodata": None, "channels": None}}  # as an older version wrote it: no band naming, no globs
+    save_model(model, ft / "model", meta)
+    return ft
+
+
+def test_older_models_take_band_naming_and_file_globs_from_their_recipe(tmp_path: Path) -> None:
+    ft = make_ft_dir(tmp_path, data={"sensor": "sentinel2", "exclude": ["*lulc*"]})
+    from geomed_ssl.checkpoint import read_meta
+    from geomed_ssl.config import load_recipe
+
+    meta = read_meta(ft / "model")
+    cfg = data_config(meta, load_recipe(ft / "config.yaml").data)
+    assert cfg.sensor == "sentinel2" and cfg.exclude == ["*lulc*"] and cfg.patch_size == [16, 16]
+    newer = {**meta, "data": {**meta["data"], "sensor": None, "exclude": ["*mask*"]}}
+    assert data_config(newer, load_recipe(ft / "config.yaml").data).exclude == ["*mask*"]
+    assert data_config(meta).include == ["**/*"] and data_config(meta).exclude == []
+
+
+def test_classifying_a_folder_with_a_corrupt_file_warns_and_strict_refuses(tmp_path: Path) -> None:
+    ft = make_ft_dir(tmp_path, task="classify")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        write_geotiff(folder / f"img_{i}.tif", structured_raster(rng, 4, 16))
+    (folder / "broken.tif").write_bytes(b"not a tiff")
+    result = runner.invoke(app, ["predict", str(ft), str(folder), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "2 images" in result.output and "broken.tif" in result.output and "problem file" in result.output
+    strict = runner.invoke(app, ["predict", str(ft), str(folder), "--out", str(tmp_path / "out2"), "--strict"])
+    assert strict.exit_code == 2 and "broken.tif" in strict.output
+
+
+def test_segmentation_predict_on_a_folder_skips_what_the_recipe_excludes(tmp_path: Path) -> None:
+    ft = make_ft_dir(tmp_path, data={"exclude": ["*lulc*"]})
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    write_geotiff(folder / "scene.tif", structured_raster(np.random.default_rng(1), 4, 32))
+    write_geotiff(folder / "lulc_mask.tif", np.ones((1, 32, 32), np.uint8))
+    result = runner.invoke(app, ["predict", str(ft), str(folder), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".geomed-ssl.json", "scene_pred.tif"]
+
+
+@pytest.mark.parametrize("kind, other", [("raster", "volume"), ("volume", "raster")])
+def test_a_file_of_the_other_kind_is_refused_in_one_line(tmp_path: Path, kind: str, other: str) -> None:
+    import nibabel as nib
+
+    ft = make_ft_dir(tmp_path, kind=kind, bands=1)
+    path = tmp_path / ("x.nii.gz" if other == "volume" else "x.tif")
+    if other == "volume":
+        nib.save(nib.Nifti1Image(np.ones((16, 16, 16), np.float32), np.eye(4)), str(path))
+    else:
+        write_geotiff(path, np.ones((1, 16, 16), np.uint16))
+    result = runner.invoke(app, ["predict", str(ft), str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    (line,) = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
+    assert "roi_size" not in line and "window" not in line
+    assert f"trained on {'2D' if kind == 'raster' else '3D'}" in line

@@ -1,0 +1,398 @@
+"""Streaming sliding-window prediction: seamless blending, georeferenced outputs, bounded memory, band checks, and
+NIfTI outputs that overlay their input exactly."""
+
+from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from geomed_ssl.data.stats import BandStats, normalize
+from geomed_ssl.data.tiling import window_starts
+from geomed_ssl.errors import DataError
+from geomed_ssl.inference.predict import predict_files, predict_raster, predict_volume
+from geomed_ssl.inference.writers import GeoTiffWriter, write_nifti_like
+from tests.conftest import structured_raster, write_geotiff
+
+H, W, C, K = 1000, 700, 4, 4
+NODATA = 0
+TILED = dict(tiled=True, blockxsize=256, blockysize=256, compress="deflate")
+
+
+def stats_of(array: np.ndarray, names: list[str], nodata: float | None = None) -> BandStats:
+    """Band statistics of the valid pixels of (C, ...) ``array``."""
+    flat = array.reshape(array.shape[0], -1).astype(np.float64)
+    keep = ~(flat == nodata).all(axis=0) if nodata is not None else np.ones(flat.shape[1], bool)
+    v = flat[:, keep]
+    p1, p99 = np.percentile(v, [1, 99], axis=1)
+    return BandStats(names, v.mean(1).tolist(), v.std(1).tolist(), p1.tolist(), p99.tolist(), [v.shape[1]] * len(names))
+
+
+def conv_model(in_ch: int, classes: int, dims: int = 2, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    conv = (torch.nn.Conv2d if dims == 2 else torch.nn.Conv3d)(in_ch, classes, 1)
+    with torch.no_grad():
+        conv.weight.mul_(3.0)
+    return conv.eval()
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory) -> dict:
+    """A 1000x700 4-band uint16 deflate-tiled GeoTIFF with smooth structure and a nodata (0) rectangle."""
+    arr = structured_raster(np.random.default_rng(3), C, H)[:, :, :W].copy()  # (C, H, W)
+    arr[:, 100:180, 40:300] = NODATA
+    path = write_geotiff(tmp_path_factory.mktemp("scene") / "scene.tif", arr, nodata=NODATA, **TILED)
+    names = [f"band_{i}" for i in range(1, C + 1)]
+    stats = stats_of(arr, names, NODATA)
+    model = conv_model(C, K)
+    x, valid = normalize(arr, stats, NODATA)
+    with torch.no_grad():
+        proba = torch.softmax(model(torch.from_numpy(x)[None]), 1)[0].numpy()  # (K, H, W) whole image at once
+    return {"path": path, "array": arr, "stats": stats, "model": model, "proba": proba, "valid": valid}
+
+
+def read_tif(path: Path):
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        return ds.read(), ds.profile, ds
+
+
+def near_tie(proba: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    top2 = np.sort(proba, axis=0)[-2:]
+    return (top2[1] - top2[0]) < eps
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "linear"])
+@pytest.mark.parametrize("overlap", [0.0, 0.25])
+def test_sliding_window_output_equals_whole_image_prediction(scene, tmp_path, blend, overlap):
+    out = tmp_path / "scene_pred.tif"
+    summary = predict_raster(scene["model"], scene["path"], out, scene["stats"], window=(96, 80), overlap=overlap,
+                             blend=blend, batch_size=8, num_classes=K, probabilities=True)
+    labels, _, _ = read_tif(out)
+    proba, _, _ = read_tif(Path(summary["proba_output"]))
+    valid, ref = scene["valid"], scene["proba"]
+    assert summary["windows"] == len(window_starts(H, 96, overlap)) * len(window_starts(W, 80, overlap))
+    np.testing.assert_allclose(proba[:, valid], ref[:, valid], atol=1e-5, rtol=0)
+    ref_labels = ref.argmax(0)
+    differ = (labels[0] != ref_labels) & valid
+    assert not (differ & ~near_tie(ref)).any()  # identical wherever the two top classes are not tied to 1e-5
+    assert differ.sum() <= 3
+    assert (labels[0][~valid] == 255).all() and np.isnan(proba[:, ~valid]).all()
+    assert summary["class_counts"] == np.bincount(labels[0][valid], minlength=K).tolist()
+
+
+def test_output_grid_matches_input_and_is_tiled_deflate(scene, tmp_path):
+    import rasterio
+
+    out = tmp_path / "pred.tif"
+    summary = predict_raster(scene["model"], scene["path"], out, scene["stats"], window=(128, 128),
+                             num_classes=K, probabilities="uint8")
+    with rasterio.open(scene["path"]) as src, rasterio.open(out) as dst, \
+            rasterio.open(summary["proba_output"]) as pr:
+        for ds in (dst, pr):
+            assert (ds.crs, ds.transform, ds.width, ds.height) == (src.crs, src.transform, src.width, src.height)
+            assert ds.profile["tiled"] and ds.block_shapes[0] == (256, 256)
+            assert ds.profile["compress"] == "deflate"
+        assert dst.dtypes[0] == "uint8" and dst.nodata == 255 and dst.count == 1
+        assert pr.dtypes[0] == "uint8" and pr.nodata == 255 and pr.count == K
+        assert pr.scales[0] == pytest.approx(1 / 254)
+        labels, codes = dst.read(1), pr.read()
+    valid = scene["valid"]
+    assert (labels[~valid] == 255).all() and (labels[valid] < K).all()
+    assert (codes[:, ~valid] == 255).all()
+    np.testing.assert_allclose(codes[:, valid] / 254, scene["proba"][:, valid], atol=0.5 / 254 + 1e-5)
+    assert Path(summary["proba_output"]).name == "pred_proba.tif"
+
+
+@pytest.mark.parametrize("probabilities", [False, True])
+def test_prediction_streams_without_a_full_scene_buffer(scene, tmp_path, monkeypatch, probabilities):
+    import rasterio.io
+
+    reads = []
+    original = rasterio.io.DatasetReader.read
+
+    def spy(self, *args, **kwargs):
+        reads.append(kwargs.get("window"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(rasterio.io.DatasetReader, "read", spy)
+    wh = 64
+    tracemalloc.start()
+    try:
+        summary = predict_raster(scene["model"], scene["path"], tmp_path / "p.tif", scene["stats"],
+                                 window=(wh, 64), overlap=0.25, num_classes=K, probabilities=probabilities)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    full_scene = H * W * 4 * K  # float32 probabilities of the whole scene
+    # A 256-tile output needs one tile row (256 x W per band) gathered before compression; that is all the
+    # writers hold, whatever the scene height.
+    tile_rows = summary["writer_buffer_bytes"]
+    assert tile_rows <= (1 + (4 * K if probabilities else 0)) * 256 * W
+    assert peak < 0.4 * full_scene + tile_rows, f"peak traced memory {peak / 2**20:.1f} MiB"
+    assert summary["max_buffer_pixels"] <= wh * W < 2 * wh * W
+    assert summary["max_read_pixels"] <= wh * W
+    assert reads and all(w is not None and w.height <= wh and w.width == W for w in reads)
+    assert sum(w.height for w in reads) == H  # every row read once, never the whole file
+
+
+def test_image_smaller_than_window_is_padded(tmp_path):
+    arr = structured_raster(np.random.default_rng(5), 3, 40)[:, :40, :30].copy()
+    path = write_geotiff(tmp_path / "small.tif", arr)
+    stats = stats_of(arr, ["band_1", "band_2", "band_3"])
+    model = conv_model(3, 2, seed=1)
+    summary = predict_raster(model, path, tmp_path / "small_pred.tif", stats, window=64, num_classes=2,
+                             probabilities=True)
+    proba, _, _ = read_tif(Path(summary["proba_output"]))
+    x, _ = normalize(arr, stats, None)
+    with torch.no_grad():
+        ref = torch.softmax(model(torch.from_numpy(x)[None]), 1)[0].numpy()
+    assert proba.shape == (2, 40, 30) and summary["windows"] == 1
+    np.testing.assert_allclose(proba, ref, atol=1e-5)
+
+
+def test_band_mismatch_is_refused_naming_the_bands(tmp_path):
+    import rasterio
+
+    arr = structured_raster(np.random.default_rng(6), 4, 32)
+    path = write_geotiff(tmp_path / "s2.tif", arr)
+    with rasterio.open(path, "r+") as ds:
+        for i, name in enumerate(["B02", "B03", "B04", "B09"], start=1):
+            ds.set_band_description(i, name)
+    stats = stats_of(arr, ["B02", "B03", "B04", "B08"])
+    with pytest.raises(DataError, match=r"missing \['B08'\], extra \['B09'\]"):
+        predict_raster(conv_model(4, 2), path, tmp_path / "o.tif", stats, window=16, num_classes=2)
+    with pytest.raises(DataError, match="B08"):
+        predict_raster(conv_model(3, 2), path, tmp_path / "o.tif", stats, band_names=["B02", "B03", "B04", "X"],
+                       window=16, num_classes=2)
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_writer_gathers_row_strips_and_writes_other_windows(tmp_path):
+    from affine import Affine
+
+    like = {"height": 300, "width": 50, "crs": "EPSG:4326", "transform": Affine(1, 0, 0, 0, -1, 0)}
+    data = np.arange(300 * 50, dtype=np.uint16).reshape(1, 300, 50)
+    with GeoTiffWriter(tmp_path / "w.tif", like, 1, "uint16", 65535) as w:
+        for r0, r1 in [(0, 7), (7, 200), (200, 260), (260, 300)]:
+            w.write(data[:, r0:r1], (r0, 0, r1 - r0, 50))
+        w.write(np.zeros((5, 5), np.uint16), (10, 10, 5, 5))
+    out, profile, _ = read_tif(tmp_path / "w.tif")
+    data[:, 10:15, 10:15] = 0
+    assert (out == data).all() and profile["nodata"] == 65535
+    w2 = GeoTiffWriter(tmp_path / "x.tif", like, 1, "uint8", 255)
+    w2.abort()
+    assert not list(tmp_path.glob("*x.tif"))
+
+
+# -- volumes ----------------------------------------------------------------------------------------------------
+def threshold_model() -> torch.nn.Module:
+    """Class 0 where the normalised intensity x > 0.5, class 2 where x < -0.5, else class 1 (a 1x1x1 conv)."""
+    conv = torch.nn.Conv3d(1, 3, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([2.0, 0.0, -2.0]).reshape(3, 1, 1, 1, 1))
+        conv.bias.copy_(torch.tensor([-1.0, 0.0, -1.0]))
+    return conv.eval()
+
+
+def expected_labels(vol: np.ndarray, stats: BandStats) -> np.ndarray:
+    x, _ = normalize(vol[None], stats, None)
+    return np.where(x[0] > 0.5, 0, np.where(x[0] < -0.5, 2, 1))
+
+
+def asymmetric_volume(shape=(24, 24, 24)) -> np.ndarray:
+    """A ramp along every axis with different slopes plus an off-centre blob: flips and swaps all show."""
+    i, j, k = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
+    blob = np.exp(-((i - 6) ** 2 + (j - 15) ** 2 + (k - 9) ** 2) / 18.0)
+    return (100 + 3 * i + 7 * j + 1 * k + 150 * blob).astype(np.float32)
+
+
+NON_RAS = {
+    "LPS": np.array([[-1.5, 0, 0, 20.0], [0, -1.5, 0, 30.0], [0, 0, 1.5, -10.0], [0, 0, 0, 1]]),
+    "PLI": np.array([[0, -1.5, 0, 5.0], [-1.5, 0, 0, 8.0], [0, 0, -1.5, 40.0], [0, 0, 0, 1]]),
+}
+
+
+@pytest.mark.parametrize("orient", list(NON_RAS))
+def test_nifti_prediction_keeps_the_input_grid_and_voxels(tmp_path, orient):
+    import nibabel as nib
+
+    from geomed_ssl.config import DataConfig
+
+    vol = asymmetric_volume()
+    src = tmp_path / "case.nii.gz"
+    nib.save(nib.Nifti1Image(vol, NON_RAS[orient]), str(src))
+    assert "".join(nib.aff2axcodes(NON_RAS[orient])) == orient
+    stats = stats_of(vol[None], ["band_1"])
+    cfg = DataConfig(kind="volume", intensity="none")
+    out = tmp_path / "case_pred.nii.gz"
+    summary = predict_volume(threshold_model(), src, out, stats, roi_size=(16, 16, 16), data_cfg=cfg,
+                             overlap=0.25, blend="gaussian", num_classes=3, probabilities=True)
+    pred, ref = nib.load(str(out)), nib.load(str(src))
+    assert pred.shape == ref.shape and np.array_equal(pred.affine, ref.affine)
+    labels = np.asarray(pred.dataobj)
+    assert labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, expected_labels(vol, stats))
+    assert len(set(np.unique(labels))) == 3  # all three classes present, so misplaced voxels would show
+    proba = nib.load(summary["proba_output"])
+    assert proba.shape == (*ref.shape, 3) and np.array_equal(proba.affine, ref.affine)
+
+
+def test_nifti_prediction_after_resampling_maps_back_to_the_input_grid(tmp_path):
+    import nibabel as nib
+
+    from geomed_ssl.config import DataConfig
+
+    vol = asymmetric_volume()
+    src = tmp_path / "case.nii.gz"
+    nib.save(nib.Nifti1Image(vol, NON_RAS["LPS"]), str(src))
+    stats = stats_of(vol[None], ["band_1"])
+    cfg = DataConfig(kind="volume", intensity="none", spacing=[3.0, 3.0, 3.0])
+    out = tmp_path / "case_pred.nii.gz"
+    summary = predict_volume(threshold_model(), src, out, stats, roi_size=8, data_cfg=cfg, blend="constant",
+                             num_classes=3)
+    assert summary["resampled"] and summary["model_grid"] != [24, 24, 24]
+    pred = nib.load(str(out))
+    assert pred.shape == (24, 24, 24) and np.array_equal(pred.affine, nib.load(str(src)).affine)
+    agree = (np.asarray(pred.dataobj) == expected_labels(vol, stats)).mean()
+    assert agree > 0.95
+
+
+def test_predict_files_names_outputs_by_stem(scene, tmp_path):
+    import nibabel as nib
+
+    from geomed_ssl.config import DataConfig
+
+    small = structured_raster(np.random.default_rng(2), C, 48)
+    (tmp_path / "in").mkdir()
+    write_geotiff(tmp_path / "in" / "tile_a.tif", small)
+    results = predict_files(scene["model"], tmp_path / "in", tmp_path / "out", scene["stats"], num_classes=K,
+                            window=32, data_cfg=DataConfig())
+    assert [Path(r["output"]).name for r in results] == ["tile_a_pred.tif"]
+    vol = asymmetric_volume((12, 12, 12))
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / "in" / "ct_01.nii.gz"))
+    results = predict_files(threshold_model(), [tmp_path / "in" / "ct_01.nii.gz"], tmp_path / "out",
+                            stats_of(vol[None], ["band_1"]), num_classes=3, window=8,
+                            data_cfg=DataConfig(kind="volume", intensity="none"))
+    assert Path(results[0]["output"]) == tmp_path / "out" / "ct_01_pred.nii.gz"
+    assert nib.load(results[0]["output"]).shape == (12, 12, 12)
+    write_nifti_like(np.zeros((12, 12, 12), np.uint8), tmp_path / "in" / "ct_01.nii.gz", tmp_path / "z.nii.gz")
+    with pytest.raises(DataError, match="grid"):
+        write_nifti_like(np.zeros((5, 12, 12), np.uint8), tmp_path / "in" / "ct_01.nii.gz", tmp_path / "y.nii.gz")
+
+
+def test_class_values_are_stored_instead_of_indices(scene, tmp_path):
+    out = tmp_path / "values.tif"
+    predict_raster(scene["model"], scene["path"], out, scene["stats"], window=(256, 256), num_classes=K,
+                   class_values=[10, 20, 30, 300])
+    labels, profile, _ = read_tif(out)
+    valid = scene["valid"]
+    expected = np.array([10, 20, 30, 300])[scene["proba"].argmax(0)]
+    assert profile["dtype"] == "uint16" and profile["nodata"] == 65535
+    assert (labels[0][valid] == expected[valid]).mean() > 0.9999 and (labels[0][~valid] == 65535).all()
+
+
+KILLED_PREDICTION = """
+import os, signal, sys
+from geomed_ssl.config import DataConfig
+from geomed_ssl.data.stats import BandStats
+from geomed_ssl.inference.predict import predict_files
+
+def killed_on_first_window(x):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+predict_files(killed_on_first_window, sys.argv[1], sys.argv[2], BandStats.load(sys.argv[3]), num_classes=2,
+              window=32, data_cfg=DataConfig())
+"""
+
+
+def test_the_next_prediction_removes_the_partial_file_a_killed_one_left(tmp_path):
+    import subprocess
+    import sys
+
+    from geomed_ssl.config import DataConfig
+
+    (tmp_path / "in").mkdir()
+    arr = structured_raster(np.random.default_rng(4), C, 48)
+    write_geotiff(tmp_path / "in" / "tile.tif", arr)
+    stats = stats_of(arr, [f"band_{i}" for i in range(1, C + 1)])
+    stats.save(tmp_path / "stats.json")
+    out = tmp_path / "out"
+    killed = subprocess.run([sys.executable, "-c", KILLED_PREDICTION, str(tmp_path / "in"), str(out),
+                             str(tmp_path / "stats.json")], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    left = [p.name for p in out.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".partial-") and left[0].endswith("-tile_pred.tif")
+    (out / ".partial-notes.txt").write_text("not ours: no process id")
+    predict_files(conv_model(C, 2), tmp_path / "in", out, stats, num_classes=2, window=32, data_cfg=DataConfig())
+    assert sorted(p.name for p in out.iterdir()) == [".partial-notes.txt", "tile_pred.tif"]
+
+
+def describe_bands(path: Path, names: list[str]) -> Path:
+    import rasterio
+
+    with rasterio.open(path, "r+") as ds:
+        for i, name in enumerate(names, start=1):
+            ds.set_band_description(i, name)
+    return path
+
+
+def test_bands_are_read_by_name_in_the_models_order_and_extra_bands_dropped(tmp_path):
+    arr = structured_raster(np.random.default_rng(7), 4, 48)
+    names = ["B02", "B03", "B04", "B08"]
+    stats, model = stats_of(arr, names), conv_model(4, 3)
+    same = describe_bands(write_geotiff(tmp_path / "same.tif", arr), names)
+    order = [3, 1, 0, 2]
+    shuffled = np.concatenate([arr[order], arr[:1] // 2])  # B08 B03 B02 B04 and an extra B11
+    other = describe_bands(write_geotiff(tmp_path / "other.tif", shuffled), [names[i] for i in order] + ["B11"])
+    a = predict_raster(model, same, tmp_path / "a.tif", stats, window=16, num_classes=3, probabilities=True)
+    b = predict_raster(model, other, tmp_path / "b.tif", stats, window=16, num_classes=3, probabilities=True)
+    np.testing.assert_array_equal(read_tif(Path(a["proba_output"]))[0], read_tif(Path(b["proba_output"]))[0])
+    assert b["band_names"] == names
+
+
+def test_an_all_nodata_input_predicts_with_a_warning(tmp_path, caplog):
+    arr = np.zeros((4, 32, 32), np.uint16)
+    path = write_geotiff(tmp_path / "empty.tif", arr, nodata=0)
+    stats = stats_of(structured_raster(np.random.default_rng(1), 4, 32), [f"band_{i}" for i in range(1, 5)])
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        summary = predict_raster(conv_model(4, 2), path, tmp_path / "o.tif", stats, window=16, num_classes=2)
+    assert summary["valid_pixels"] == 0
+    assert any("no valid pixel" in r.getMessage() and "empty.tif" in r.getMessage() for r in caplog.records)
+
+
+def test_a_folder_is_predicted_as_the_models_include_and_exclude_say(scene, tmp_path):
+    from geomed_ssl.config import DataConfig
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    small = structured_raster(np.random.default_rng(2), C, 32)
+    write_geotiff(folder / "tile_a.tif", small)
+    write_geotiff(folder / "lulc_mask.tif", np.ones((1, 32, 32), np.uint8))  # a label beside the scenes
+    cfg = DataConfig(exclude=["*mask*", "*lulc*"])
+    results = predict_files(scene["model"], folder, tmp_path / "out", scene["stats"], num_classes=K, window=32,
+                            data_cfg=cfg)
+    assert [Path(r["input"]).name for r in results] == ["tile_a.tif"]
+    with pytest.raises(DataError, match=r"0 left after the model's data.include .* data.exclude \['\*'\]"):
+        predict_files(scene["model"], folder, tmp_path / "out", scene["stats"], num_classes=K, window=32,
+                      data_cfg=DataConfig(exclude=["*"]))
+
+
+def test_a_nifti_given_to_a_raster_model_is_one_clear_line(scene, tmp_path):
+    import nibabel as nib
+
+    from geomed_ssl.config import DataConfig
+
+    nii = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(asymmetric_volume((12, 12, 12)), np.eye(4)), str(nii))
+    with pytest.raises(DataError, match="is a NIfTI volume but this model was trained on 2D GeoTIFF rasters"):
+        predict_files(scene["model"], [nii], tmp_path / "out", scene["stats"], num_classes=K, window=[32, 32],
+                      data_cfg=DataConfig(kind="raster"))
+    with pytest.raises(DataError, match="is a GeoTIFF raster but this model was trained on 3D NIfTI volumes"):
+        predict_files(threshold_model(), [scene["path"]], tmp_path / "out", scene["stats"], num_classes=3,
+                      window=[8, 8, 8], data_cfg=DataConfig(kind="volume"))
+    assert not (tmp_path / "out").exists()

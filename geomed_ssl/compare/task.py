@@ -172,7 +172,7 @@ def warn_notes(splits: list[Split], task: Task) -> None:
             name = note.split(":", 1)[0]
             if name not in seen:
                 seen.add(name)
-                log.warning("warning: class %s (%s, seed %d)", note, split.budget.slug, split.seed)
+                log.warning("warning: %s (%s, seed %d)", note, split.budget.slug, split.seed)
 
 
 def settings_record(task: Task, split: str) -> str:

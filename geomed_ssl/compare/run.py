@@ -75,13 +75,13 @@ def plan(options: CompareOptions, task: Task, splits: list[Split]) -> list[Job]:
     return jobs + [Job(e, "finetune", i) for e in tuned for i in range(len(splits))]
 
 
-def check_baselines(options: CompareOptions, task: Task) -> None:
-    if task.kind == "segment" and options.baselines and "band_stats" in options.baselines:
+def check_baselines(options: CompareOptions, kind: str) -> None:
+    if kind == "segment" and options.baselines and "band_stats" in options.baselines:
         raise ConfigError("--baselines band_stats describes whole images and applies to classification (--data); "
                           f"for segmentation choose from {', '.join(SEGMENT_BASELINES)}.")
 
 
-def _load_task(recipe_file: Path, overrides: list[str] | None, images: Any, labels: Any, data: Any,
+def _load_task(options: CompareOptions, recipe_file: Path, overrides: list[str] | None, images: Any, labels: Any, data: Any,
                strict: bool) -> tuple[Recipe, Task]:
     if (images is None) == (data is None):
         raise ConfigError("give the labelled data as --images IMG_DIR --labels LABELS (segmentation) or as "
@@ -89,6 +89,7 @@ def _load_task(recipe_file: Path, overrides: list[str] | None, images: Any, labe
     if data is not None and labels is not None:
         raise ConfigError("--labels goes with --images (segmentation); class folders (--data) are their own labels.")
     kind = "segment" if images is not None else "classify"
+    check_baselines(options, kind)
     recipe = load_compare_recipe(recipe_file, overrides, kind)
     task = (load_segment_task(recipe, images, labels, strict) if kind == "segment"
             else load_classify_task(recipe, data, strict))
@@ -228,8 +229,7 @@ def run_compare(options: CompareOptions, *, out: str | Path, images: str | Path 
     inputs = {"images folder": images, "labels": labels, "data folder": data, "recipe": recipe,
               "encoder": options.pretrained}
     check_out_dir(out, command="compare", inputs=inputs, overwrite=overwrite, resume=True)
-    recipe_obj, task = _load_task(recipe_path(options, recipe), overrides, images, labels, data, strict)
-    check_baselines(options, task)
+    recipe_obj, task = _load_task(options, recipe_path(options, recipe), overrides, images, labels, data, strict)
     sources = {s.name: s for s in load_sources(options, recipe_obj, task)}
     splits = [make_split(task, recipe_obj, b, s, options.split) for b in options.budgets for s in options.seeds]
     record = settings_record(task, options.split)

@@ -1,6 +1,6 @@
 """The classifiers on frozen features (the same settings for every encoder and baseline) and the scores of a
 prediction: ``linear`` (logistic regression on standardised features, balanced class weights), ``knn`` (k nearest
-neighbours, cosine, k = min(5, training samples)) and ``forest`` (the random forest of the ``rf`` baseline)."""
+neighbours, cosine, distance-weighted votes, k = min(5, training samples)) and ``forest`` (the random forest of the ``rf`` baseline)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def classify(protocol: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np
     if protocol == "knn":
         from sklearn.neighbors import KNeighborsClassifier
 
-        model = KNeighborsClassifier(n_neighbors=min(KNN_K, len(y_train)), metric="cosine")
+        model = KNeighborsClassifier(n_neighbors=min(KNN_K, len(y_train)), metric="cosine", weights="distance")
         return model.fit(a, y_train).predict(b).astype(np.int64)
     if protocol == "linear":
         from sklearn.exceptions import ConvergenceWarning

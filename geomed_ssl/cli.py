@@ -269,7 +269,8 @@ def compare(
     from geomed_ssl.compare.run import run_compare
 
     options = parse_options(encoders, per_class, fraction, seeds, split, protocol, baselines, no_baselines)
-    result = run_compare(options, out=out, images=images, labels=labels, data=data, recipe=recipe, overrides=overrides, overwrite=overwrite, strict=strict,
+    result = run_compare(options, out=out, images=images, labels=labels, data=data, recipe=recipe,
+                         overrides=overrides, overwrite=overwrite, strict=strict,
                          progress=logging.getLogger().level <= logging.INFO)
     typer.echo(f"{result.metric}, mean ± std over seeds (* best protocol):")
     typer.echo(result.table)

@@ -1,6 +1,7 @@
 """The classifiers on frozen features (the same settings for every encoder and baseline) and the scores of a
 prediction: ``linear`` (logistic regression on standardised features, balanced class weights), ``knn`` (k nearest
-neighbours, cosine, distance-weighted votes, k = min(5, training samples)) and ``forest`` (the random forest of the ``rf`` baseline)."""
+neighbours, cosine, distance-weighted votes, k = min(5, training samples)) and ``forest`` (the random forest of
+the ``rf`` baseline)."""
 
 from __future__ import annotations
 

@@ -81,8 +81,8 @@ def check_baselines(options: CompareOptions, kind: str) -> None:
                           f"for segmentation choose from {', '.join(SEGMENT_BASELINES)}.")
 
 
-def _load_task(options: CompareOptions, recipe_file: Path, overrides: list[str] | None, images: Any, labels: Any, data: Any,
-               strict: bool) -> tuple[Recipe, Task]:
+def _load_task(options: CompareOptions, recipe_file: Path, overrides: list[str] | None, images: Any, labels: Any,
+               data: Any, strict: bool) -> tuple[Recipe, Task]:
     if (images is None) == (data is None):
         raise ConfigError("give the labelled data as --images IMG_DIR --labels LABELS (segmentation) or as "
                           "--data CLASS_FOLDERS_DIR (classification), one of the two.")

@@ -83,8 +83,9 @@ def labelled_volumes(root: Path, n: int = 2, size: int = 24) -> tuple[Path, Path
         c = rng.uniform(6, size - 6, size=3)
         vol = 100 + 500 * np.exp(-((xx - c[0]) ** 2 + (yy - c[1]) ** 2 + (zz - c[2]) ** 2) / 50.0)
         lab = (vol > np.median(vol)).astype(np.uint8) + 1
-        nib.save(nib.Nifti1Image(vol.astype(np.float32), np.diag([1.5, 1.5, 1.5, 1.0])), str(root / "vols" / f"s{i}.nii.gz"))
-        nib.save(nib.Nifti1Image(lab, np.diag([1.5, 1.5, 1.5, 1.0])), str(root / "labels" / f"s{i}.nii.gz"))
+        affine = np.diag([1.5, 1.5, 1.5, 1.0])
+        nib.save(nib.Nifti1Image(vol.astype(np.float32), affine), str(root / "vols" / f"s{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(lab, affine), str(root / "labels" / f"s{i}.nii.gz"))
     return root / "vols", root / "labels"
 
 

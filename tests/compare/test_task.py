@@ -4,7 +4,6 @@ test blocks, rare classes warned about once."""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +15,8 @@ from geomed_ssl.compare.task import load_segment_task, make_split, warn_notes
 from geomed_ssl.config import load_recipe
 from tests.compare.conftest import labelled_scene
 
-RECIPE = ["data.sensor=null", "data.stats_windows=16", "data.patch_size=16", "labels.block_size=8"]  # 8: the encoder's 16-px windows span blocks
+# block size 8: the encoder's 16-pixel windows span blocks
+RECIPE = ["data.sensor=null", "data.stats_windows=16", "data.patch_size=16", "labels.block_size=8"]
 
 
 @pytest.fixture(scope="module")

@@ -134,15 +134,21 @@ def band_stats_fn(load: Callable[[int], np.ndarray]) -> Callable[[int], np.ndarr
     return fn
 
 
+def baseline_dims(name: str, in_chans: int) -> int:
+    """How many features baseline ``name`` gives per sample (segmentation)."""
+    return 2 * CONV_WIDTH if name == "random_conv" else 2 * min(RF_COMPONENTS, in_chans)
+
+
 def baseline_features(name: str, task: Task, load: Callable[[int], np.ndarray], in_chans: int,
-                      ) -> SegmentFeatures | ImageFeatures:
-    """The features of baseline ``name`` (rf, random_conv, band_stats) on the task."""
+                      needed: np.ndarray | None = None) -> SegmentFeatures | ImageFeatures:
+    """The features of baseline ``name`` (rf, random_conv, band_stats) on the task (segmentation: of the
+    ``needed`` rows, default all)."""
     if name == "random_conv":
         net = RandomConv(in_chans, task.spatial_dims)
         if task.kind == "segment":
-            return SegmentFeatures(task, load, conv_points(net))
+            return SegmentFeatures(task, load, conv_points(net), needed)
         return ImageFeatures(task, conv_image_fn(net, load))
     if task.kind == "classify":  # rf and band_stats: band means and stds, another classifier
         return ImageFeatures(task, band_stats_fn(load))
     mean, comps = fit_pca(task, load)
-    return SegmentFeatures(task, load, rf_points(mean, comps))
+    return SegmentFeatures(task, load, rf_points(mean, comps), needed)

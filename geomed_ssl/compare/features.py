@@ -48,10 +48,13 @@ def read_image(record: Any, stats: BandStats, data_cfg: Any, nd: int,
 
 class SegmentFeatures:
     """Per-pixel features of a segmentation task: ``point_fn(image, points (n, nd), allowed) -> (n, F)`` applied
-    per image; the full view (nothing blanked) is computed once for every row and cached."""
+    per image; the full view (nothing blanked) is computed once for the ``needed`` rows (sorted: those some split
+    trains or tests on; default all) and cached."""
 
-    def __init__(self, task: Task, load: Callable[[int], np.ndarray], point_fn: PointFn):
+    def __init__(self, task: Task, load: Callable[[int], np.ndarray], point_fn: PointFn,
+                 needed: np.ndarray | None = None):
         self.task, self.load, self.point_fn = task, load, point_fn
+        self.needed = np.arange(task.values.size) if needed is None else np.asarray(needed)
         self._all: np.ndarray | None = None
 
     def _compute(self, rows: np.ndarray, allowed: list[np.ndarray] | None) -> np.ndarray:
@@ -71,8 +74,8 @@ class SegmentFeatures:
         if allowed is not None:
             return self._compute(np.asarray(rows), allowed)
         if self._all is None:
-            self._all = self._compute(np.arange(self.task.values.size), None)
-        return self._all[rows]
+            self._all = self._compute(self.needed, None)
+        return self._all[np.searchsorted(self.needed, rows)]
 
 
 class ImageFeatures:
@@ -156,11 +159,11 @@ def encoder_image_fn(encoder: ViTEncoder, layers: list[int], load: Callable[[int
 
 
 def encoder_features(task: Task, encoder: ViTEncoder, layers: list[int], load: Callable[[int], np.ndarray],
-                     ) -> SegmentFeatures | ImageFeatures:
+                     needed: np.ndarray | None = None) -> SegmentFeatures | ImageFeatures:
     """The frozen features of ``encoder`` on the task, ``load(i)`` giving image ``i`` as the encoder reads it."""
     encoder.eval()
     if task.kind == "segment":
-        return SegmentFeatures(task, load, encoder_points(encoder, layers))
+        return SegmentFeatures(task, load, encoder_points(encoder, layers), needed)
     return ImageFeatures(task, encoder_image_fn(encoder, layers, load))
 
 
@@ -176,9 +179,21 @@ def memo(load: Callable[[int], np.ndarray]) -> Callable[[int], np.ndarray]:
     return fn
 
 
-def feature_bytes(task: Task, dims: int) -> int:
-    """Memory the cached features of a task take (for the log)."""
-    return int(task.values.size * dims * 4 if task.kind == "segment" else len(task.records) * dims * 4)
+def check_feature_memory(rows: int, dims: int, name: str, unit: str) -> None:
+    """A DataError before frozen features of ``rows`` samples x ``dims`` float32 would take over half the memory."""
+    import os
+
+    need = rows * dims * 4
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > total / 2:
+        from geomed_ssl.errors import DataError
+
+        raise DataError(f"the frozen features of {name} for {rows} labelled {unit}s x {dims} dims need "
+                        f"{need / 2**30:.1f} GiB, over half of this machine's {total / 2**30:.0f} GiB; test on a "
+                        "subsample with --set labels.test_fraction=0.1 (or smaller), or use --protocol finetune.")
 
 
 def slab_rows(shape: Sequence[int], channels: int, budget: float = 2e7) -> int:

@@ -15,8 +15,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from geomed_ssl.compare.baselines import baseline_features
-from geomed_ssl.compare.features import encoder_features, memo, probe_layers, read_image
+from geomed_ssl.compare.baselines import baseline_dims, baseline_features
+from geomed_ssl.compare.features import (check_feature_memory, encoder_features, memo, probe_layers,
+                                         read_image)
 from geomed_ssl.compare.options import NONE, SEGMENT_BASELINES, BASELINES, CompareOptions
 from geomed_ssl.compare.probes import classify, scores, scores_from_metrics
 from geomed_ssl.compare.report import table, write_curve, write_summary
@@ -119,15 +120,39 @@ def _images(task: Task, source_records: list[Any], stats: Any, recipe: Recipe, p
     return memo(lambda i: read_image(source_records[i], stats, recipe.data, task.spatial_dims, volumes))
 
 
-def features_for(name: str, task: Task, sources: dict[str, EncoderSource], recipe: Recipe, base_stats: Any) -> Any:
+def needed_rows(splits: list[Split]) -> np.ndarray:
+    """Every row some split trains or tests on (sorted)."""
+    return np.unique(np.concatenate([np.concatenate([s.train, s.test]) for s in splits]))
+
+
+def feature_dims(name: str, sources: dict[str, EncoderSource], recipe: Recipe, in_chans: int) -> int:
+    if name in sources:
+        cfg = sources[name].encoder.config
+        return len(probe_layers(cfg.depth, recipe.finetune.layers)) * cfg.embed_dim
+    return baseline_dims(name, in_chans)
+
+
+def check_memory(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str, EncoderSource],
+                 recipe: Recipe) -> None:
+    """Refuse, before anything is written, frozen features that would not fit in memory."""
+    if task.kind != "segment":
+        return
+    rows = needed_rows(splits).size
+    for name in dict.fromkeys(j.source for j in jobs if j.protocol != "finetune"):
+        check_feature_memory(rows, feature_dims(name, sources, recipe, len(task.catalog.band_names)), name,
+                             task.unit)
+
+
+def features_for(name: str, task: Task, sources: dict[str, EncoderSource], recipe: Recipe, base_stats: Any,
+                 needed: np.ndarray) -> Any:
     """The frozen features of an encoder or a baseline (computed lazily, once, on first use)."""
     if name in sources:
         src = sources[name]
         load = _images(task, src.records, src.stats, recipe, tuple(src.encoder.config.patch_size))
         layers = probe_layers(src.encoder.config.depth, recipe.finetune.layers)
-        return encoder_features(task, src.encoder, layers, load)
+        return encoder_features(task, src.encoder, layers, load, needed)
     load = _images(task, task.records, base_stats, recipe, (1,) * task.spatial_dims)
-    return baseline_features(name, task, load, len(base_stats.band_names))
+    return baseline_features(name, task, load, len(base_stats.band_names), needed)
 
 
 def frozen_scores(feats: Any, task: Task, split: Split, protocol: str) -> dict[str, float | None]:
@@ -190,6 +215,7 @@ def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str,
         log.info("%d of %d runs are in results.csv already; running the other %d", len(jobs) - len(todo), len(jobs),
                  len(todo))
     base_stats = None
+    needed = needed_rows(splits)
     feats: dict[str, Any] = {}
     bar = progress_bar(len(todo), progress)
     for n, job in enumerate(todo, start=1):
@@ -203,8 +229,8 @@ def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str,
                 if job.source not in sources and base_stats is None:
                     base_stats = compute_stats(task.catalog, recipe.data, seed=recipe.labels.seed)
                 t0 = time.perf_counter()
-                feats[job.source] = features_for(job.source, task, sources, recipe, base_stats)
-                feats[job.source].features(np.arange(1))
+                feats[job.source] = features_for(job.source, task, sources, recipe, base_stats, needed)
+                feats[job.source].features(split.test[:1])
                 log.info("features of %s: %.1f s", job.source, time.perf_counter() - t0)
                 start = time.perf_counter()
             result = frozen_scores(feats[job.source], task, split, job.protocol)
@@ -232,6 +258,8 @@ def run_compare(options: CompareOptions, *, out: str | Path, images: str | Path 
     recipe_obj, task = _load_task(options, recipe_path(options, recipe), overrides, images, labels, data, strict)
     sources = {s.name: s for s in load_sources(options, recipe_obj, task)}
     splits = [make_split(task, recipe_obj, b, s, options.split) for b in options.budgets for s in options.seeds]
+    jobs = plan(options, task, splits)
+    check_memory(jobs, splits, task, sources, recipe_obj)
     record = settings_record(task, options.split)
     if not overwrite:
         _check_resumed(out, recipe_obj, record)
@@ -250,7 +278,7 @@ def run_compare(options: CompareOptions, *, out: str | Path, images: str | Path 
     for s in sources.values():
         s.encoder.to(device)
     run_inputs = {"images": images, "labels": labels, "data": data, "split": options.split}
-    done = execute(plan(options, task, splits), splits, task, sources, recipe_obj, results, run_inputs, strict,
+    done = execute(jobs, splits, task, sources, recipe_obj, results, run_inputs, strict,
                    progress)
     metric = headline_metric(task)
     write_summary(out / "summary.md", results.rows, metric, options.split, task.unit)

@@ -236,6 +236,49 @@ def finetune_classify_cmd(
 
 @app.command()
 @user_errors
+def compare(
+    encoders: list[str] = typer.Argument(..., help="Encoders: RUN_DIRs, exported encoder folders, or none (the first "
+                                         "encoder's architecture at random initialisation; always included)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Segmentation: folder of images."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Segmentation: label folder, label file or CSV "
+                                          "(as `finetune segment` takes them)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Classification: one subfolder of images per class."),
+    out: Path = typer.Option(..., "--out", help="Output folder (results.csv, summary.md, curve.png, selections)."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="Recipe YAML (default: the first "
+                                          "RUN_DIR's config.yaml)."),
+    per_class: Optional[str] = typer.Option(None, "--labels-per-class", help="Budgets: labels per class, e.g. "
+                                            "1,2,5,10,20 (the default)."),
+    fraction: Optional[str] = typer.Option(None, "--label-fraction", help="Or budgets as fractions of each "
+                                           "class's labels, e.g. 0.001,0.01."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Sampling seeds, e.g. 0,1,2."),
+    split: str = typer.Option("random", "--split", help="random, or blocks (training and test in separate "
+                              "blocks; training features never see test blocks)."),
+    protocol: str = typer.Option("linear,finetune", "--protocol", help="Any of linear, knn (frozen multi-layer "
+                                 "features) and finetune; none is always also fine-tuned."),
+    baselines: Optional[str] = typer.Option(None, "--baselines", help="Any of rf, random_conv, band_stats "
+                                            "(default: those that apply to the task)."),
+    no_baselines: bool = typer.Option(False, "--no-baselines", help="Run no baseline."),
+    overrides: Optional[list[str]] = SetOpt,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start again in an existing compare folder (it is "
+                                   "otherwise continued: finished rows are skipped)."),
+    strict: bool = StrictOpt,
+) -> None:
+    """Label-efficiency curves on your own labelled data: each encoder against random initialisation and
+    baselines that need no encoder, at several label budgets and seeds, on the same samples (resumable)."""
+    from geomed_ssl.compare.options import parse_options
+    from geomed_ssl.compare.run import run_compare
+
+    options = parse_options(encoders, per_class, fraction, seeds, split, protocol, baselines, no_baselines)
+    result = run_compare(options, out=out, images=images, labels=labels, data=data, recipe=recipe,
+                         overrides=overrides, overwrite=overwrite, strict=strict,
+                         progress=logging.getLogger().level <= logging.INFO)
+    typer.echo(f"{result.metric}, mean ± std over seeds (* best protocol):")
+    typer.echo(result.table)
+    typer.echo(f"results: {out / 'results.csv'}  summary: {out / 'summary.md'}  curve: {out / 'curve.png'}")
+
+
+@app.command()
+@user_errors
 def evaluate(
     ft_dir: Path = typer.Argument(..., help="A fine-tune output folder."),
     images: Optional[Path] = typer.Option(None, "--images", help="Segmentation: folder of images."),

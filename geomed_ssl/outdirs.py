@@ -193,6 +193,10 @@ COMMANDS: dict[str, CommandSpec] = {
     "export": CommandSpec(("model.safetensors", "config.json", "geomed_ssl.json", "README.txt"), (),
                           ("--overwrite",), lambda folder: (_json(folder / "geomed_ssl.json") or {}).get("format")
                           == "geomed-ssl-timm"),
+    "compare": CommandSpec(("results.csv", "summary.md", "curve.png", "config.yaml", "compare.json", "selections",
+                            "encoder_none"), (".encoder_none.*",),
+                           inside={"selections": ("*.npz",), "encoder_none": EXPORT_FILES,
+                                   ".encoder_none.*": EXPORT_FILES}),
     "demo": CommandSpec(("pretrain", "finetune_pretrained", "finetune_random", "prediction", ".geomed-ssl-demo"),
                         (), (), lambda folder: (folder / ".geomed-ssl-demo").is_file()),
 }

@@ -543,6 +543,52 @@ DATA_CASES: list[Case] = [
 ]
 
 
+# ---- `compare`: budgets, names, encoders and labels, refused before the output folder exists -------------------
+def labelled(root: Path, bands: int = 4, size: int = 32, label_size: int | None = None,
+             names: list[str] | None = None) -> tuple[Path, Path]:
+    """Two small scenes (``root/data``; band descriptions ``names`` if given) and label rasters in
+    ``root/labels`` (``label_size`` pixels a side: another grid when it differs)."""
+    data = described_rasters(root, names) if names else rasters(root, bands=bands, size=size)
+    (root / "labels").mkdir()
+    side = label_size or size
+    for i in range(2):
+        write_geotiff(root / "labels" / f"scene_{i}_gt.tif", (np.arange(side * side).reshape(1, side, side) % 3 + 1)
+                      .astype(np.uint8))
+    return data, root / "labels"
+
+
+def compare_args(root: Path, *extra: str, enc: str = "none", scene: tuple[Path, Path] | None = None) -> list[str]:
+    data, labels = scene or labelled(root)
+    return ["compare", enc, "--recipe", "recipes/mae_sentinel2.yaml", "--images", str(data), "--labels", str(labels),
+            "--out", str(root / "cmp"), "--set", "data.sensor=null", *extra]
+
+
+COMPARE_CASES: list[Case] = [
+    Case("compare-budget-zero", lambda r: compare_args(r, "--labels-per-class", "0,5"), "got '0'"),
+    Case("compare-budget-negative", lambda r: compare_args(r, "--labels-per-class=-2,5"), "got '-2'"),
+    Case("compare-budget-not-a-number", lambda r: compare_args(r, "--labels-per-class", "1,five"), "got 'five'"),
+    Case("compare-fraction-above-one", lambda r: compare_args(r, "--label-fraction", "0.1,1.5"), "got '1.5'"),
+    Case("compare-both-budget-kinds", lambda r: compare_args(r, "--labels-per-class", "5", "--label-fraction", "0.1"),
+         "not both"),
+    Case("compare-empty-budget-list", lambda r: compare_args(r, "--labels-per-class", "1,,5"), "without empty"),
+    Case("compare-unknown-protocol", lambda r: compare_args(r, "--protocol", "linear,svm"), "unknown name 'svm'"),
+    Case("compare-unknown-baseline", lambda r: compare_args(r, "--baselines", "rf,xgboost"), "unknown name 'xgboost'"),
+    Case("compare-band-stats-for-segmentation", lambda r: compare_args(r, "--baselines", "band_stats"),
+         "applies to classification"),
+    Case("compare-encoder-missing-a-band-of-the-data",
+         lambda r: compare_args(r, enc=str(encoder_for_bands(r, ["B02", "B03", "B04"])),
+                                scene=labelled(r, names=["B03", "B02", "B11"])), "missing ['B04']"),
+    Case("compare-label-map-on-another-grid", lambda r: compare_args(r, scene=labelled(r, label_size=24)),
+         "is not on the pixel grid"),
+    Case("compare-images-and-class-folders", lambda r: [*compare_args(r), "--data", str(class_folders(r))],
+         "one of the two"),
+    Case("compare-out-is-the-images", lambda r: [*compare_args(r), "--out", str(r / "data")],
+         "is the images folder"),
+    Case("compare-no-recipe-for-none", lambda r: [a for a in compare_args(r) if a not in
+                                                  ("--recipe", "recipes/mae_sentinel2.yaml")], "--recipe"),
+]
+
+
 # ---- training processes, checkpoints and resume ----------------------------------------------------------------
 class Pickled:
     """Any class: a checkpoint holding one is refused by ``torch.load(weights_only=True)``."""
@@ -602,7 +648,8 @@ TRAINING_CASES: list[Case] = [
 ]
 
 
-CASES = OUTDIR_CASES + CONFIG_CASES + EXPORT_CASES + TIMM_EXPORT_CASES + DATA_CASES + TRAINING_CASES
+CASES = (OUTDIR_CASES + CONFIG_CASES + EXPORT_CASES + TIMM_EXPORT_CASES + DATA_CASES + COMPARE_CASES
+         + TRAINING_CASES)
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:

@@ -22,7 +22,7 @@ LADDER: list[tuple[str, tuple[str, ...]]] = [
     ("interface", ("geomed_ssl", "cli")),
     ("demo", ("demo",)),
     ("compatibility", ("downstream",)),
-    ("applications", ("finetune", "inference", "embeddings", "export")),
+    ("applications", ("compare", "finetune", "inference", "embeddings", "export")),
     ("training", ("train",)),
     ("visualisation", ("viz",)),
     ("methods", ("methods",)),

@@ -257,6 +257,16 @@ def test_overwrite_deletes_what_the_commands_write_inside_their_subfolders(tmp_p
     assert [p.name for p in run.iterdir()] == [MANIFEST]
 
 
+def test_overwrite_deletes_a_compare_folder_with_its_selections_and_random_encoder(tmp_path: Path) -> None:
+    cmp_dir = prepare_out_dir(tmp_path / "cmp", command="compare")
+    for name in ("results.csv", "summary.md", "selections/5_seed0.npz", "encoder_none/config.json",
+                 "encoder_none/model.safetensors", ".partial-9-results.csv"):
+        (cmp_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (cmp_dir / name).write_text("ours")
+    prepare_out_dir(cmp_dir, command="compare", overwrite=True)
+    assert [p.name for p in cmp_dir.iterdir()] == [MANIFEST]
+
+
 def test_a_subfolder_with_its_own_manifest_follows_its_own_rule(tmp_path: Path) -> None:
     demo = prepare_out_dir(tmp_path / "demo", command="demo")
     run = prepare_out_dir(demo / "pretrain", command="pretrain")

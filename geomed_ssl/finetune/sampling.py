@@ -24,7 +24,7 @@ Names = Mapping[int, str] | None
 
 __all__ = [
     "ClassMap", "LabelSelection", "Names", "block_split", "check_labels_config", "class_ids", "labelled_pixels",
-    "sample_fraction", "sample_images_per_class", "sample_per_class", "select_labels",
+    "sample_fraction", "sample_images_per_class", "sample_per_class", "select_labels", "training_block_maps",
 ]
 
 
@@ -286,6 +286,40 @@ def _subsample(idx: np.ndarray, values: np.ndarray, fraction: float, seed: int) 
     return np.sort(idx[np.concatenate(keep)]) if keep else idx
 
 
+def _training_blocks(shapes: Sequence[Sequence[int]], block_size: int, seed: int, files: np.ndarray,
+                     flats: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(training flag per block over all files' block grids (file-major), the block of each labelled position)."""
+    grids = [int(np.prod(_block_grid(s, block_size))) for s in shapes]
+    if sum(grids) < 2:
+        raise ConfigError(f"labels.block_size {block_size} leaves one block on {'x'.join(map(str, shapes[0]))}; "
+                          "lower labels.block_size so blocks can be split between training and testing.")
+    offsets = np.concatenate([[0], np.cumsum(grids)[:-1]]).astype(np.int64)
+    block = np.empty(values.size, np.int64)
+    for i, s in enumerate(shapes):
+        sel = files == i
+        block[sel] = offsets[i] + _block_of(flats[sel], s, block_size)
+    return _assign_blocks(sum(grids), block, values, seed), block
+
+
+def training_block_maps(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray], block_size: int,
+                        seed: int) -> list[np.ndarray]:
+    """Per label array, a bool map of its shape: True inside the blocks ``select_labels`` (split ``blocks``, same
+    ``block_size`` and ``seed``) trains on, False inside its test blocks."""
+    shapes = [tuple(int(s) for s in a.shape) for a in labels_list]
+    files, flats, values = labelled_pixels(labels_list, masks)
+    train_blocks, _ = _training_blocks(shapes, block_size, seed, files, flats, values)
+    grids = [_block_grid(s, block_size) for s in shapes]
+    maps, start = [], 0
+    for shape, grid in zip(shapes, grids):
+        n = int(np.prod(grid))
+        out = train_blocks[start:start + n].reshape(grid)
+        start += n
+        for axis in range(len(shape)):
+            out = np.repeat(out, block_size, axis=axis)
+        maps.append(np.ascontiguousarray(out[tuple(slice(0, s) for s in shape)]))
+    return maps
+
+
 def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray], cfg: Any,
                   names: Names | Sequence[str] = None, paths: Sequence[str] = ()) -> LabelSelection:
     """Draw the training positions from label arrays as the ``labels`` config says; the test set is the rest
@@ -304,17 +338,8 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
     seed, notes = int(cfg.seed), []
     pool = None
     if cfg.split == "blocks":
-        grids = [int(np.prod(_block_grid(s, cfg.block_size))) for s in shapes]
-        if sum(grids) < 2:
-            raise ConfigError(f"labels.block_size {cfg.block_size} leaves one block on "
-                              f"{'x'.join(map(str, shapes[0]))}; "
-                              "lower labels.block_size so blocks can be split between training and testing.")
-        offsets = np.concatenate([[0], np.cumsum(grids)[:-1]]).astype(np.int64)
-        block = np.empty(values.size, np.int64)
-        for i, s in enumerate(shapes):
-            sel = files == i
-            block[sel] = offsets[i] + _block_of(flats[sel], s, cfg.block_size)
-        pool = _assign_blocks(sum(grids), block, values, seed)[block]  # (N,) in a training block
+        train_blocks, block = _training_blocks(shapes, cfg.block_size, seed, files, flats, values)
+        pool = train_blocks[block]  # (N,) in a training block
     if cfg.per_class is not None:
         train, notes = sample_per_class(values, int(cfg.per_class), seed, cmap, unit, pool)
     elif cfg.fraction is not None:

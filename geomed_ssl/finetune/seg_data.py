@@ -34,11 +34,15 @@ class SparseLabelDataset(Dataset):
             orientation the readers return (rasters as stored, volumes RAS).
         stats: normalisation statistics (from the encoder for a pretrained model).
         window: window / patch size in pixels or voxels.
+        allowed: per record, a bool map of the pixels a training window may show (the training blocks of a
+            ``blocks`` split): the others are blanked (0, not valid), so no window sees a test block.
     """
 
     def __init__(self, records: Sequence[Any], targets: Sequence[np.ndarray], stats: BandStats, data_cfg: Any,
-                 window: Sequence[int], seed: int = 0, augment: bool = True, length: int = 10**9):
+                 window: Sequence[int], seed: int = 0, augment: bool = True, length: int = 10**9,
+                 allowed: Sequence[np.ndarray] | None = None):
         self.records, self.targets, self.stats, self.data_cfg = list(records), list(targets), stats, data_cfg
+        self.allowed = list(allowed) if allowed is not None else None
         self.window, self.seed, self.augment, self.length = tuple(window), seed, augment, length
         self.points = [np.flatnonzero(t.reshape(-1) != IGNORE) for t in self.targets]
         counts = np.array([len(p) for p in self.points], float)
@@ -71,6 +75,10 @@ class SparseLabelDataset(Dataset):
         nodata = self.data_cfg.nodata if self.data_cfg.nodata is not None else record.nodata
         image, valid = normalize(self.read(record, start), self.stats, nodata)
         target = pad_crop(target_map, start, self.window, IGNORE)
+        if self.allowed is not None:  # blocks split: pixels of test blocks are blanked, never shown
+            shown = pad_crop(self.allowed[f], start, self.window, False)
+            image[:, ~shown] = 0.0
+            valid &= shown
         target[~valid] = IGNORE
         if self.augment:
             image, valid, target = augment(image, valid, target, rng)

@@ -14,6 +14,7 @@ from geomed_ssl.data.catalog import scan
 from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, class_weights_from_counts, data_meta,
                                      encoder_and_stats, finetune_inputs, fit_supervised, save_recipe)
 from geomed_ssl.finetune.labels import read_label_pairs, select_labels
+from geomed_ssl.finetune.sampling import training_block_maps
 from geomed_ssl.finetune.seg_data import SparseLabelDataset
 from geomed_ssl.models.device import resolve_device
 from geomed_ssl.models.seg_decoder import SegmentationModel
@@ -61,7 +62,8 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     model = SegmentationModel(enc, k, layers, feature_size=recipe.finetune.feature_size, head=recipe.finetune.head)
     records = [by_path[r.path] for r, _ in pairs]  # read as the encoder needs
     targets = [selection.target(i, "train").astype(np.int16) for i in range(len(records))]
-    dataset = SparseLabelDataset(records, targets, stats, recipe.data, window, seed=lab.seed)
+    allowed = training_block_maps(arrays, masks, lab.block_size, lab.seed) if lab.split == "blocks" else None
+    dataset = SparseLabelDataset(records, targets, stats, recipe.data, window, seed=lab.seed, allowed=allowed)
     counts = np.bincount(selection.class_map.encode(selection.train_value), minlength=k)
     fit_supervised(model, dataset, recipe, k, out, class_weights_from_counts(counts, recipe.finetune.class_weights),
                    progress=progress)

@@ -1,0 +1,160 @@
+"""What ``compare`` shows: the table of mean ± std per encoder / protocol / budget, the paired difference of each
+pretrained encoder against random initialisation with its 95 % t-interval (``summary.md``), and the curve."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from geomed_ssl.compare.results import Row
+from geomed_ssl.outfiles import atomic_path, atomic_write_text
+
+NONE = "none"
+BASELINE_NAMES = ("rf", "random_conv", "band_stats")
+
+
+def budget_of(row: Row) -> float:
+    return float(row["labels_per_class"] or row["label_fraction"])
+
+
+def budget_label(rows: Sequence[Row]) -> str:
+    return "labels per class" if any(r["labels_per_class"] for r in rows) else "label fraction"
+
+
+def grouped(rows: Sequence[Row], metric: str) -> dict[tuple[str, str], dict[float, dict[int, float]]]:
+    """{(encoder, protocol): {budget: {seed: metric}}} (rows whose metric is blank left out)."""
+    out: dict[tuple[str, str], dict[float, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    for r in rows:
+        if r[metric] != "":
+            out[(r["encoder"], r["protocol"])][budget_of(r)][int(r["seed"])] = float(r[metric])
+    return out
+
+
+def best_protocols(groups: dict[tuple[str, str], dict[float, dict[int, float]]]) -> dict[str, str]:
+    """Per encoder, the protocol with the highest mean over all its budgets and seeds (its headline)."""
+    best: dict[str, tuple[float, str]] = {}
+    for (enc, proto), by_budget in groups.items():
+        mean = float(np.mean([v for seeds in by_budget.values() for v in seeds.values()]))
+        if enc not in best or mean > best[enc][0]:
+            best[enc] = (mean, proto)
+    return {enc: proto for enc, (_, proto) in best.items()}
+
+
+def mean_std(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return f"{np.mean(values):.3f} ± {sd:.3f}"
+
+
+def t_interval(diffs: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, low, high) of the 95 % t-interval of the mean of ``diffs`` (nan bounds with one value)."""
+    from scipy import stats
+
+    d = np.asarray(diffs, float)
+    mean = float(d.mean())
+    if d.size < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size))
+    return mean, mean - half, mean + half
+
+
+def table(rows: Sequence[Row], metric: str) -> str:
+    """Markdown table: one line per encoder / protocol, one column per budget, mean ± std over seeds."""
+    groups = grouped(rows, metric)
+    budgets = sorted({b for g in groups.values() for b in g})
+    best = best_protocols(groups)
+    head = "| encoder | protocol | " + " | ".join(f"{b:g}" for b in budgets) + " |"
+    lines = [head, "|" + "---|" * (len(budgets) + 2)]
+    for (enc, proto), by_budget in groups.items():
+        mark = " *" if best.get(enc) == proto else ""
+        cells = [mean_std(list(by_budget.get(b, {}).values())) for b in budgets]
+        lines.append(f"| {enc} | {proto}{mark} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_lines(rows: Sequence[Row], metric: str) -> list[str]:
+    """Per pretrained encoder and budget: pretrained − none, per seed, for each protocol both have and for the
+    best protocols, as mean [95 % CI] (n seeds)."""
+    groups = grouped(rows, metric)
+    best = best_protocols(groups)
+    encoders = [e for e in dict.fromkeys(enc for enc, _ in groups) if e != NONE and e not in BASELINE_NAMES]
+    if NONE not in best:
+        return ["No `none` rows yet: nothing to pair with."]
+    lines = ["| encoder | protocol (vs none) | budget | difference | 95 % CI | seeds |", "|---|---|---|---|---|---|"]
+    for enc in encoders:
+        pairs = [(p, p) for (e, p) in groups if e == enc and (NONE, p) in groups]
+        pairs.append((best[enc], best[NONE]))
+        for mine, theirs in dict.fromkeys(pairs):
+            a, b = groups[(enc, mine)], groups[(NONE, theirs)]
+            for budget in sorted(set(a) & set(b)):
+                seeds = sorted(set(a[budget]) & set(b[budget]))
+                if not seeds:
+                    continue
+                mean, lo, hi = t_interval([a[budget][s] - b[budget][s] for s in seeds])
+                ci = "-" if math.isnan(lo) else f"[{lo:+.3f}, {hi:+.3f}]"
+                label = mine if mine == theirs else f"best: {mine} vs {theirs}"
+                lines.append(f"| {enc} | {label} | {budget:g} | {mean:+.3f} | {ci} | {len(seeds)} |")
+    return lines
+
+
+def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str) -> str:
+    """``summary.md``."""
+    return "\n".join([
+        "# geomed-ssl compare", "",
+        f"Metric: {metric} on the test {unit}s of each run; {split} split; "
+        f"{budget_label(rows)} across, mean ± std over seeds (sample std). `*`: the encoder's best protocol "
+        "(its line in curve.png).", "",
+        table(rows, metric), "",
+        "## Pretrained − random initialisation (paired by seed)", "",
+        "Difference of the metric between each pretrained encoder and `none` (same architecture, random weights) "
+        "on the same training and test samples, per seed; mean and 95 % t-interval over seeds.", "",
+        *paired_lines(rows, metric), "",
+    ])
+
+
+def write_summary(path: Path, rows: Sequence[Row], metric: str, split: str, unit: str) -> None:
+    atomic_write_text(path, summary_text(rows, metric, split, unit))
+
+
+def short_name(encoder: str) -> str:
+    """An encoder path as a legend shows it: its last two parts."""
+    parts = Path(encoder).parts
+    return encoder if len(parts) <= 2 else str(Path(*parts[-2:]))
+
+
+def write_curve(path: Path, rows: Sequence[Row], metric: str) -> None:
+    """``curve.png``: metric vs budget (log axis), one line per encoder / baseline at its best protocol, mean
+    over seeds with a ± std band."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    groups = grouped(rows, metric)
+    best = best_protocols(groups)
+    fig = Figure(figsize=(7.5, 4.8), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for enc, proto in best.items():
+        by_budget = groups[(enc, proto)]
+        xs = sorted(by_budget)
+        means = np.array([np.mean(list(by_budget[x].values())) for x in xs])
+        sds = np.array([np.std(list(by_budget[x].values()), ddof=1) if len(by_budget[x]) > 1 else 0.0 for x in xs])
+        style = "--" if enc in ("rf", "random_conv", "band_stats") else ("-." if enc == NONE else "-")
+        line = ax.plot(xs, means, style, marker="o", label=f"{short_name(enc)} ({proto})")[0]
+        ax.fill_between(xs, means - sds, means + sds, color=line.get_color(), alpha=0.15)
+    ax.set_xscale("log")
+    ticks = sorted({b for g in groups.values() for b in g})
+    ax.set_xticks(ticks, labels=[f"{b:g}" for b in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel(budget_label(rows))
+    ax.set_ylabel(metric)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(f"label efficiency ({metric}, mean ± std over seeds)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)

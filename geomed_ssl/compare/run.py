@@ -1,0 +1,286 @@
+"""``geomed-ssl compare``: every encoder x budget x seed x protocol plus the baselines, on the same training and
+test samples, into ``results.csv`` / ``summary.md`` / ``curve.png``; resumable (finished rows are skipped)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from geomed_ssl.compare.baselines import baseline_dims, baseline_features
+from geomed_ssl.compare.features import (check_feature_memory, encoder_features, memo, probe_layers,
+                                         read_image)
+from geomed_ssl.compare.options import NONE, SEGMENT_BASELINES, BASELINES, CompareOptions
+from geomed_ssl.compare.probes import classify, scores, scores_from_metrics
+from geomed_ssl.compare.report import table, write_curve, write_summary
+from geomed_ssl.compare.results import ResultsFile, make_row
+from geomed_ssl.compare.sources import (EncoderSource, load_compare_recipe, load_sources, recipe_path,
+                                        save_none)
+from geomed_ssl.compare.task import (Split, Task, check_saved_selection, labels_config, load_classify_task,
+                                     load_segment_task, make_split, save_split, settings_record, warn_notes)
+from geomed_ssl.config import Recipe
+from geomed_ssl.data.labelled import ImageDataset
+from geomed_ssl.data.readers import VolumeReader
+from geomed_ssl.data.stats import compute_stats
+from geomed_ssl.errors import ConfigError
+from geomed_ssl.finetune.fit import save_recipe
+from geomed_ssl.models.device import resolve_device
+from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
+from geomed_ssl.outfiles import atomic_write_text
+
+log = logging.getLogger("geomed_ssl")
+
+
+@dataclass
+class CompareResult:
+    """What a compare produced: its folder, every row of results.csv, the headline metric and the table."""
+
+    out_dir: Path
+    rows: list[dict[str, str]]
+    metric: str
+    table: str
+    runs_done: int
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row to compute: ``source`` is an encoder name or a baseline; ``split_index`` into the splits."""
+
+    source: str
+    protocol: str
+    split_index: int
+
+
+def headline_metric(task: Task) -> str:
+    """Dice for volumes (tumour-like targets), overall accuracy otherwise."""
+    return "dice" if task.kind == "segment" and task.spatial_dims == 3 else "oa"
+
+
+def plan(options: CompareOptions, task: Task, splits: list[Split]) -> list[Job]:
+    """Every (source, protocol, budget, seed) of the command, source-major (features are computed once per
+    source), fine-tuning last; ``none`` always also fine-tuned."""
+    frozen = [p for p in options.protocols if p != "finetune"]
+    chosen = options.baselines if options.baselines is not None else (
+        list(SEGMENT_BASELINES) if task.kind == "segment" else list(BASELINES))
+    jobs = [Job(e, p, i) for e in options.encoders for p in frozen for i in range(len(splits))]
+    jobs += [Job(b, "forest" if b == "rf" else "linear", i) for b in chosen for i in range(len(splits))]
+    tuned = [e for e in options.encoders if "finetune" in options.protocols or e == NONE]
+    return jobs + [Job(e, "finetune", i) for e in tuned for i in range(len(splits))]
+
+
+def check_baselines(options: CompareOptions, kind: str) -> None:
+    if kind == "segment" and options.baselines and "band_stats" in options.baselines:
+        raise ConfigError("--baselines band_stats describes whole images and applies to classification (--data); "
+                          f"for segmentation choose from {', '.join(SEGMENT_BASELINES)}.")
+
+
+def _load_task(options: CompareOptions, recipe_file: Path, overrides: list[str] | None, images: Any, labels: Any,
+               data: Any, strict: bool) -> tuple[Recipe, Task]:
+    if (images is None) == (data is None):
+        raise ConfigError("give the labelled data as --images IMG_DIR --labels LABELS (segmentation) or as "
+                          "--data CLASS_FOLDERS_DIR (classification), one of the two.")
+    if data is not None and labels is not None:
+        raise ConfigError("--labels goes with --images (segmentation); class folders (--data) are their own labels.")
+    kind = "segment" if images is not None else "classify"
+    check_baselines(options, kind)
+    recipe = load_compare_recipe(recipe_file, overrides, kind)
+    task = (load_segment_task(recipe, images, labels, strict) if kind == "segment"
+            else load_classify_task(recipe, data, strict))
+    return recipe, task
+
+
+def _check_resumed(out: Path, recipe: Recipe, record: str) -> None:
+    """A compare continued in ``out`` must use the recipe and data its rows were made with."""
+    if (out / "compare.json").is_file() and (out / "compare.json").read_text() != record:
+        raise ConfigError(f"'{out}' holds a compare of other data, classes or split (compare.json); choose another "
+                          "--out, or pass --overwrite to start again.")
+    if (out / "config.yaml").is_file():
+        with tempfile.TemporaryDirectory() as tmp:
+            recipe.save(Path(tmp) / "r.yaml")
+            same = (Path(tmp) / "r.yaml").read_text() == (out / "config.yaml").read_text()
+        if not same:
+            raise ConfigError(f"'{out}' holds a compare made with another recipe or --set values (config.yaml); "
+                              "choose another --out, or pass --overwrite to start again.")
+
+
+def _images(task: Task, source_records: list[Any], stats: Any, recipe: Recipe, patch: Any = None) -> Any:
+    """``load(i)``: image ``i`` of the task normalised with ``stats`` (classification: cropped to ``patch``)."""
+    if task.kind == "classify" and patch is not None:
+        ds = ImageDataset(source_records, task.values, stats, recipe.data, patch)
+        return memo(lambda i: ds.image(i)[0])
+    volumes = VolumeReader(recipe.data, max_cached=1) if task.spatial_dims == 3 else None
+    return memo(lambda i: read_image(source_records[i], stats, recipe.data, task.spatial_dims, volumes))
+
+
+def needed_rows(splits: list[Split]) -> np.ndarray:
+    """Every row some split trains or tests on (sorted)."""
+    return np.unique(np.concatenate([np.concatenate([s.train, s.test]) for s in splits]))
+
+
+def feature_dims(name: str, sources: dict[str, EncoderSource], recipe: Recipe, in_chans: int) -> int:
+    if name in sources:
+        cfg = sources[name].encoder.config
+        return len(probe_layers(cfg.depth, recipe.finetune.layers)) * cfg.embed_dim
+    return baseline_dims(name, in_chans)
+
+
+def check_memory(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str, EncoderSource],
+                 recipe: Recipe) -> None:
+    """Refuse, before anything is written, frozen features that would not fit in memory."""
+    if task.kind != "segment":
+        return
+    rows = needed_rows(splits).size
+    for name in dict.fromkeys(j.source for j in jobs if j.protocol != "finetune"):
+        check_feature_memory(rows, feature_dims(name, sources, recipe, len(task.catalog.band_names)), name,
+                             task.unit)
+
+
+def features_for(name: str, task: Task, sources: dict[str, EncoderSource], recipe: Recipe, base_stats: Any,
+                 needed: np.ndarray) -> Any:
+    """The frozen features of an encoder or a baseline (computed lazily, once, on first use)."""
+    if name in sources:
+        src = sources[name]
+        load = _images(task, src.records, src.stats, recipe, tuple(src.encoder.config.patch_size))
+        layers = probe_layers(src.encoder.config.depth, recipe.finetune.layers)
+        return encoder_features(task, src.encoder, layers, load, needed)
+    load = _images(task, task.records, base_stats, recipe, (1,) * task.spatial_dims)
+    return baseline_features(name, task, load, len(base_stats.band_names), needed)
+
+
+def frozen_scores(feats: Any, task: Task, split: Split, protocol: str) -> dict[str, float | None]:
+    """Train the protocol's classifier on the split's training rows, score it on its test rows."""
+    x_train = feats.features(split.train, split.allowed)
+    x_test = feats.features(split.test)
+    pred = classify(protocol, x_train, task.values[split.train], x_test, split.seed)
+    return scores(task.values[split.test], pred, len(task.class_names), task.kind == "segment")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The fine-tune's own progress lines are noise inside compare's (its warnings still show)."""
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def finetune_scores(source: EncoderSource, task: Task, split: Split, recipe: Recipe, inputs: dict[str, Any],
+                    strict: bool) -> dict[str, float | None]:
+    """The ``finetune`` protocol: ``finetune segment`` / ``classify`` (encoder trained too) with this split's
+    budget and seed, in a temporary folder; it draws the same samples, which is checked."""
+    from geomed_ssl.finetune.classify import finetune_classify
+    from geomed_ssl.finetune.segment import finetune_segment
+
+    tuned = dataclasses.replace(recipe, labels=labels_config(recipe, split.budget, split.seed, inputs["split"]),
+                                finetune=dataclasses.replace(recipe.finetune, task=task.kind, freeze_encoder=False,
+                                                             unfreeze_after_steps=0))
+    with tempfile.TemporaryDirectory(prefix="geomed-compare-") as tmp, _quiet():
+        out = Path(tmp) / "ft"
+        if task.kind == "segment":
+            result = finetune_segment(tuned, source.path, inputs["images"], inputs["labels"], out, progress=False,
+                                      strict=strict)
+            same = np.array_equal(task.rows(result.selection, "train"), split.train)
+        else:
+            result = finetune_classify(tuned, source.path, inputs["data"], out, progress=False, strict=strict)
+            with np.load(out / "labels_used.npz", allow_pickle=False) as z:
+                same = np.array_equal(np.sort(z["train_index"]), split.train)
+    if not same:
+        raise RuntimeError(f"the fine-tune of {source.name} drew other training samples than compare's selection")
+    return scores_from_metrics(result.metrics["test"], task.kind == "segment")
+
+
+def progress_bar(total: int, enabled: bool) -> Any:
+    """A bar over the runs on stderr when it is a terminal (as training's), else nothing."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="runs", file=sys.stderr, disable=not (enabled and sys.stderr.isatty()))
+
+
+def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str, EncoderSource], recipe: Recipe,
+            results: ResultsFile, inputs: dict[str, Any], strict: bool, progress: bool) -> int:
+    """Run the jobs whose rows are missing from results.csv, one row written after each; the number run."""
+    todo = [j for j in jobs if (j.source, *splits[j.split_index].budget.cells, str(splits[j.split_index].seed),
+                                j.protocol) not in results.done]
+    if len(todo) < len(jobs):
+        log.info("%d of %d runs are in results.csv already; running the other %d", len(jobs) - len(todo), len(jobs),
+                 len(todo))
+    base_stats = None
+    needed = needed_rows(splits)
+    feats: dict[str, Any] = {}
+    bar = progress_bar(len(todo), progress)
+    for n, job in enumerate(todo, start=1):
+        split = splits[job.split_index]
+        start = time.perf_counter()
+        if job.protocol == "finetune":
+            result = finetune_scores(sources[job.source], task, split, recipe, inputs, strict)
+        else:
+            if job.source not in feats:
+                feats.clear()  # one source's features in memory at a time (jobs are source-major)
+                if job.source not in sources and base_stats is None:
+                    base_stats = compute_stats(task.catalog, recipe.data, seed=recipe.labels.seed)
+                t0 = time.perf_counter()
+                feats[job.source] = features_for(job.source, task, sources, recipe, base_stats, needed)
+                feats[job.source].features(split.test[:1])
+                log.info("features of %s: %.1f s", job.source, time.perf_counter() - t0)
+                start = time.perf_counter()
+            result = frozen_scores(feats[job.source], task, split, job.protocol)
+        seconds = time.perf_counter() - start
+        results.add(make_row(job.source, split.budget.cells, split.seed, job.protocol, result, seconds))
+        bar.update(1)
+        shown = {k: v for k, v in result.items() if v is not None}
+        log.info("run %d/%d  %s %s %s seed %d: %s (%.1f s)", n, len(todo), job.source, job.protocol,
+                 split.budget.slug, split.seed, "  ".join(f"{k} {v:.3f}" for k, v in shown.items()), seconds)
+    bar.close()
+    return len(todo)
+
+
+def run_compare(options: CompareOptions, *, out: str | Path, images: str | Path | None = None,
+                labels: str | Path | None = None, data: str | Path | None = None, recipe: str | Path | None = None,
+                overrides: list[str] | None = None, overwrite: bool = False,
+                strict: bool = False, progress: bool = True) -> CompareResult:
+    """Score every encoder (and ``none``, and the baselines) at every budget and seed; see docs/label_efficiency.md.
+    Everything is checked (options, recipe, data, labels, encoders' bands, earlier rows in ``out``) before the
+    output folder is created or changed."""
+    out = Path(out)
+    inputs = {"images folder": images, "labels": labels, "data folder": data, "recipe": recipe,
+              "encoder": options.pretrained}
+    check_out_dir(out, command="compare", inputs=inputs, overwrite=overwrite, resume=True)
+    recipe_obj, task = _load_task(options, recipe_path(options, recipe), overrides, images, labels, data, strict)
+    sources = {s.name: s for s in load_sources(options, recipe_obj, task)}
+    splits = [make_split(task, recipe_obj, b, s, options.split) for b in options.budgets for s in options.seeds]
+    jobs = plan(options, task, splits)
+    check_memory(jobs, splits, task, sources, recipe_obj)
+    record = settings_record(task, options.split)
+    if not overwrite:
+        _check_resumed(out, recipe_obj, record)
+        for split in splits:
+            check_saved_selection(task, out, split)
+    results = ResultsFile(out / "results.csv") if not overwrite else None
+    warn_notes(splits, task)
+    prepare_out_dir(out, command="compare", inputs=inputs, overwrite=overwrite, resume=True)
+    results = results or ResultsFile(out / "results.csv")
+    save_recipe(recipe_obj, out / "config.yaml")
+    atomic_write_text(out / "compare.json", record)
+    for split in splits:
+        save_split(task, out, split)
+    save_none(sources[NONE], out / "encoder_none", recipe_obj)
+    device = resolve_device("cpu" if recipe_obj.train.accelerator == "cpu" else "auto")
+    for s in sources.values():
+        s.encoder.to(device)
+    run_inputs = {"images": images, "labels": labels, "data": data, "split": options.split}
+    done = execute(jobs, splits, task, sources, recipe_obj, results, run_inputs, strict,
+                   progress)
+    metric = headline_metric(task)
+    write_summary(out / "summary.md", results.rows, metric, options.split, task.unit)
+    write_curve(out / "curve.png", results.rows, metric)
+    return CompareResult(out, results.rows, metric, table(results.rows, metric), done)

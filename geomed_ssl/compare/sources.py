@@ -1,0 +1,83 @@
+"""Where ``compare``'s rows come from: the recipe (by default the first RUN_DIR's), the encoders (loaded and
+band-checked against the data before anything is written) and ``none``, the first encoder's architecture at
+random initialisation with the same normalisation statistics."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from geomed_ssl.checkpoint import save_encoder
+from geomed_ssl.compare.options import NONE, CompareOptions
+from geomed_ssl.compare.task import Task
+from geomed_ssl.config import Recipe, load_recipe
+from geomed_ssl.config.sections import section_dict
+from geomed_ssl.data.stats import BandStats
+from geomed_ssl.errors import ConfigError
+from geomed_ssl.finetune.fit import encoder_and_stats
+from geomed_ssl.models.encoder import ViTEncoder
+
+
+@dataclass
+class EncoderSource:
+    """One encoder as compare uses it: the module, its statistics and the task's records read as it needs."""
+
+    name: str  # as given on the command line, or "none"
+    encoder: ViTEncoder
+    stats: BandStats
+    records: list[Any]  # the task's records (same order), bands picked / ordered for this encoder
+    path: str | None = None  # what `finetune` loads it from (none: the export in CMP_DIR/encoder_none)
+
+
+def recipe_path(options: CompareOptions, recipe: str | Path | None) -> Path:
+    """``--recipe``, else the ``config.yaml`` of the first RUN_DIR (beside an exported ``encoder/`` too)."""
+    if recipe is not None:
+        return Path(recipe)
+    for enc in options.pretrained:
+        for folder in (Path(enc), Path(enc).parent):
+            if (folder / "config.yaml").is_file():
+                return folder / "config.yaml"
+    first = options.pretrained[0] if options.pretrained else None
+    where = f"the encoder '{first}' has no config.yaml beside it" if first else "only `none` is given"
+    raise ConfigError(f"{where}; give the recipe with --recipe RECIPE (the one the encoders were pretrained with).")
+
+
+def load_compare_recipe(path: Path, overrides: list[str] | None, task_kind: str) -> Recipe:
+    return load_recipe(path, [*(overrides or []), f"finetune.task={task_kind}"])
+
+
+def _task_records(task: Task, catalog: Any) -> list[Any]:
+    by_path = {r.path: r for r in catalog.records}
+    return [by_path[r.path] for r in task.records]
+
+
+def load_sources(options: CompareOptions, recipe: Recipe, task: Task) -> list[EncoderSource]:
+    """Every encoder of ``options`` loaded as ``finetune`` loads it (band rule, dimensionality, value ranges
+    checked; a mismatch is the usual one-line error), ``none`` last-built from the first one."""
+    sources: list[EncoderSource] = []
+    for name in options.pretrained:
+        enc, stats, _, catalog = encoder_and_stats(name, recipe, task.catalog)
+        sources.append(EncoderSource(name, enc.eval(), stats, _task_records(task, catalog), name))
+    if sources:
+        first = sources[0]
+        torch.manual_seed(recipe.train.seed)
+        none = ViTEncoder(dataclasses.replace(first.encoder.config))
+        none.data_settings = getattr(first.encoder, "data_settings", None)
+        sources.append(EncoderSource(NONE, none.eval(), first.stats, first.records))
+    else:
+        enc, stats, _, catalog = encoder_and_stats(None, recipe, task.catalog)
+        sources.append(EncoderSource(NONE, enc.eval(), stats, _task_records(task, catalog)))
+    order = {n: i for i, n in enumerate(options.encoders)}
+    return sorted(sources, key=lambda s: order[s.name])
+
+
+def save_none(source: EncoderSource, folder: Path, recipe: Recipe) -> None:
+    """``CMP_DIR/encoder_none``: the random-init encoder, so the ``finetune`` protocol starts from exactly it."""
+    source.path = str(folder)
+    if not (folder / "config.json").is_file():
+        save_encoder(source.encoder, folder, {"method": "none (random initialisation)",
+                                              "recipe": {"data": section_dict(recipe.data)}})

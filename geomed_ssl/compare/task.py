@@ -1,0 +1,181 @@
+"""The labelled data ``compare`` scores every encoder on, read once: a table of labelled samples (pixels / voxels
+of label maps, or class-folder images) and, per (budget, seed), the same training and test rows for everyone.
+
+Selections come from the ``finetune`` sampling functions with the same settings, so the ``finetune`` protocol
+(which samples again inside ``finetune segment`` / ``classify``) trains and tests on exactly these rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geomed_ssl.compare.options import Budget
+from geomed_ssl.config import Recipe
+from geomed_ssl.data.catalog import Catalog, scan
+from geomed_ssl.data.labelled import scan_class_folders
+from geomed_ssl.errors import DataError
+from geomed_ssl.finetune.classify import save_selection
+from geomed_ssl.finetune.labels import read_label_pairs
+from geomed_ssl.finetune.sampling import (ClassMap, LabelSelection, labelled_pixels, sample_fraction,
+                                          sample_images_per_class, select_labels, training_block_maps)
+
+log = logging.getLogger("geomed_ssl")
+
+
+@dataclass
+class Split:
+    """Training and test rows of the task's sample table (sorted, disjoint) for one (budget, seed)."""
+
+    budget: Budget
+    seed: int
+    train: np.ndarray  # (Ntr,) int64
+    test: np.ndarray  # (Nte,) int64
+    notes: list[str]
+    selection: Any = None  # the LabelSelection (segmentation) it was made from
+    allowed: list[np.ndarray] | None = None  # blocks split: per image, True inside its training blocks
+
+
+@dataclass
+class Task:
+    """What is classified: ``segment`` (labelled pixels / voxels of label maps) or ``classify`` (images).
+
+    ``values`` (N,) are the class indices 0..K-1 of the sample table; segmentation rows are (file, flat index)
+    positions of the label arrays, in ``labelled_pixels`` order."""
+
+    kind: str  # "segment" | "classify"
+    catalog: Catalog
+    records: list[Any]  # one per image (segment: per labelled image), in file order
+    values: np.ndarray  # (N,) int64 class index
+    class_names: list[str]
+    spatial_dims: int
+    files: np.ndarray | None = None  # segment: (N,) int32 image of each row
+    flats: np.ndarray | None = None  # segment: (N,) int64 flat position in its image
+    shapes: list[tuple[int, ...]] = field(default_factory=list)  # segment: label array shapes (reader grid)
+    arrays: list[np.ndarray] = field(default_factory=list)  # segment: label values per image
+    masks: list[np.ndarray] = field(default_factory=list)  # segment: labelled mask per image
+    label_paths: list[str] = field(default_factory=list)
+    class_map: ClassMap | None = None
+
+    @property
+    def unit(self) -> str:
+        return "image" if self.kind == "classify" else ("voxel" if self.spatial_dims == 3 else "pixel")
+
+    def rows(self, selection: LabelSelection, which: str) -> np.ndarray:
+        """Table rows of the ``which`` ("train" | "test") positions of a segmentation selection."""
+        offsets = np.concatenate([[0], np.cumsum([int(np.prod(s)) for s in self.shapes])[:-1]]).astype(np.int64)
+        table = offsets[self.files] + self.flats  # sorted: files ascending, flats ascending within a file
+        keys = offsets[getattr(selection, f"{which}_file")] + getattr(selection, f"{which}_index")
+        return np.searchsorted(table, np.sort(keys)).astype(np.int64)
+
+
+def load_segment_task(recipe: Recipe, images: str | Path, labels: str | Path | None, strict: bool) -> Task:
+    """Scan the images, pair and read their labels (grids checked), and build the table of labelled positions."""
+    catalog = scan(images, recipe.data, strict=strict, names_by_position="error" if strict else "warn")
+    catalog.warn_problems()
+    pairs, arrays, masks = read_label_pairs(catalog.records, labels, recipe.labels, recipe.data)
+    files, flats, vals = labelled_pixels(arrays, masks)
+    nd = 3 if recipe.data.kind == "volume" else 2
+    if vals.size == 0:
+        raise DataError(f"no labelled {'voxels' if nd == 3 else 'pixels'} in the label files of '{labels}'; check "
+                        "labels.ignore_value and the label files' nodata.")
+    cmap = ClassMap.build(np.unique(vals))
+    return Task("segment", catalog, [r for r, _ in pairs], cmap.encode(vals), list(cmap.names), nd, files, flats,
+                [tuple(a.shape) for a in arrays], arrays, masks, [p for _, p in pairs], cmap)
+
+
+def load_classify_task(recipe: Recipe, data: str | Path, strict: bool) -> Task:
+    """Scan a class-folder dataset: one row per image."""
+    records, labels, names = scan_class_folders(data, recipe.data, strict=strict)
+    catalog = Catalog(records=records, problems=[], kind=recipe.data.kind, band_names=records[0].band_names,
+                      wavelengths=records[0].wavelengths, bandwidths=records[0].bandwidths)
+    nd = 3 if recipe.data.kind == "volume" else 2
+    return Task("classify", catalog, records, labels, names, nd)
+
+
+def labels_config(recipe: Recipe, budget: Budget, seed: int, split: str) -> Any:
+    """The recipe's ``labels`` section for one run: this budget, seed and split."""
+    return dataclasses.replace(recipe.labels, per_class=budget.per_class, fraction=budget.fraction, seed=seed,
+                               split=split)
+
+
+def make_split(task: Task, recipe: Recipe, budget: Budget, seed: int, split: str) -> Split:
+    """The training and test rows of one (budget, seed), drawn as ``finetune`` draws them."""
+    if task.kind == "classify":
+        names = task.class_names
+        if budget.per_class is not None:
+            train, test, notes = sample_images_per_class(task.values, budget.per_class, seed, names)
+        else:
+            train, notes = sample_fraction(task.values, float(budget.fraction), seed, dict(enumerate(names)),
+                                           unit="image")
+            test = np.setdiff1d(np.arange(task.values.size), train)
+        return Split(budget, seed, np.sort(train).astype(np.int64), np.sort(test).astype(np.int64), notes)
+    lab = labels_config(recipe, budget, seed, split)
+    selection = select_labels(task.arrays, task.masks, lab, paths=task.label_paths)
+    allowed = training_block_maps(task.arrays, task.masks, lab.block_size, seed) if split == "blocks" else None
+    return Split(budget, seed, task.rows(selection, "train"), task.rows(selection, "test"), selection.notes,
+                 selection, allowed)
+
+
+def selection_path(folder: Path, split: Split) -> Path:
+    return folder / "selections" / f"{split.budget.slug}_seed{split.seed}.npz"
+
+
+def _saved_rows(task: Task, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if task.kind == "segment":
+        sel = LabelSelection.load_npz(path)
+        return task.rows(sel, "train"), task.rows(sel, "test")
+    with np.load(path, allow_pickle=False) as z:
+        return np.sort(z["train_index"]), np.sort(z["test_index"])
+
+
+def check_saved_selection(task: Task, folder: Path, split: Split) -> None:
+    """A DataError when ``folder`` holds another selection for this (budget, seed): the labels, the split or the
+    sampling changed since those rows were scored."""
+    path = selection_path(folder, split)
+    if not path.is_file():
+        return
+    try:
+        train, test = _saved_rows(task, path)
+    except (DataError, KeyError, ValueError, IndexError):
+        train, test = np.zeros(0), np.zeros(0)
+    if not (np.array_equal(train, split.train) and np.array_equal(test, split.test)):
+        raise DataError(f"'{path}' holds other training / test {task.unit}s than this command draws for "
+                        f"{split.budget.slug} seed {split.seed} (the labels, the images or labels.* settings "
+                        "changed); choose another --out, or pass --overwrite to start again.")
+
+
+def save_split(task: Task, folder: Path, split: Split) -> None:
+    """``selections/<budget>_seed<seed>.npz``: the rows every encoder and baseline used (written once)."""
+    path = selection_path(folder, split)
+    if path.is_file():
+        return
+    path.parent.mkdir(exist_ok=True)
+    if task.kind == "segment":
+        split.selection.save_npz(path)
+    else:
+        save_selection(path, [r.path for r in task.records], task.values, split.train, split.test,
+                       task.class_names, split.notes)
+
+
+def warn_notes(splits: list[Split], task: Task) -> None:
+    """Each class that got fewer labels than a budget asks for, once (the first note about it)."""
+    seen: set[str] = set()
+    for split in splits:
+        for note in split.notes:
+            name = note.split(":", 1)[0]
+            if name not in seen:
+                seen.add(name)
+                log.warning("warning: %s (%s, seed %d)", note, split.budget.slug, split.seed)
+
+
+def settings_record(task: Task, split: str) -> str:
+    """``compare.json``: what a resumed compare must share with the rows already in results.csv."""
+    return json.dumps({"task": task.kind, "split": split, "classes": task.class_names,
+                       "label_files": task.label_paths, "images": [r.path for r in task.records]}, indent=1) + "\n"

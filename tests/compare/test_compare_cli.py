@@ -1,0 +1,107 @@
+"""``geomed-ssl compare`` end to end through the CLI (in-process): files, one row per run, resume, volumes."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from geomed_ssl.cli import app
+from geomed_ssl.compare.results import COLUMNS
+from tests.compare.conftest import sets
+
+runner = CliRunner()
+
+
+def read(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def without_seconds(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def compare_args(encoders: list[str], scene: tuple[Path, Path], out: Path, *extra: str) -> list[str]:
+    images, labels = scene
+    return ["compare", *encoders, "--images", str(images), "--labels", str(labels), "--out", str(out),
+            "--labels-per-class", "3", "--seeds", "0,1", "--protocol", "linear,knn", *extra, *sets()]
+
+
+def test_compare_two_encoders_and_none_writes_every_row_and_resumes_only_missing_ones(
+        scene, run_dir: Path, exported: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    args = compare_args([str(run_dir), str(exported)], scene, out)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for name in ("results.csv", "summary.md", "curve.png", "config.yaml", "selections/k3_seed0.npz",
+                 "selections/k3_seed1.npz", "encoder_none/model.safetensors"):
+        assert (out / name).is_file(), name
+    rows = read(out / "results.csv")
+    assert tuple(rows[0]) == COLUMNS
+    keys = {(r["encoder"], r["protocol"], r["seed"]) for r in rows}
+    expected = {(e, p, s) for e in (str(run_dir), str(exported), "none") for p in ("linear", "knn") for s in "01"}
+    expected |= {("rf", "forest", s) for s in "01"} | {("random_conv", "linear", s) for s in "01"}
+    expected |= {("none", "finetune", s) for s in "01"}  # none is always fine-tuned too
+    assert keys == expected and len(rows) == len(expected)
+    for r in rows:
+        assert r["labels_per_class"] == "3" and r["label_fraction"] == ""
+        assert all(0 <= float(r[k]) <= 1 for k in ("oa", "aa", "miou", "dice"))
+    summary = (out / "summary.md").read_text()
+    assert "Pretrained − random initialisation" in summary and str(exported) in summary
+    assert "| rf | forest" in result.output  # the table is printed
+
+    kept = rows[:3] + rows[9:]  # a compare killed after some rows, or rows deleted by hand
+    with (out / "results.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(kept)
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    rerun = read(out / "results.csv")
+    assert rerun[: len(kept)] == kept  # finished rows untouched
+    by_key = {tuple(r[k] for k in COLUMNS[:5]): r for r in without_seconds(rerun)}
+    assert len(rerun) == len(rows)
+    assert [by_key[tuple(r[k] for k in COLUMNS[:5])] for r in without_seconds(rows)] == without_seconds(rows)
+
+    other = runner.invoke(app, [*args, "--split", "blocks", "--set", "labels.block_size=16"])
+    assert other.exit_code == 2 and "compare.json" in other.output  # rows of another split never mix
+    assert read(out / "results.csv") == rerun
+
+
+def labelled_volumes(root: Path, n: int = 2, size: int = 24) -> tuple[Path, Path]:
+    """``n`` smooth single-channel NIfTI volumes and their labels (1 below the median intensity, 2 above)."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(1)
+    (root / "vols").mkdir()
+    (root / "labels").mkdir()
+    zz, yy, xx = np.mgrid[0:size, 0:size, 0:size].astype(np.float32)
+    for i in range(n):
+        c = rng.uniform(6, size - 6, size=3)
+        vol = 100 + 500 * np.exp(-((xx - c[0]) ** 2 + (yy - c[1]) ** 2 + (zz - c[2]) ** 2) / 50.0)
+        lab = (vol > np.median(vol)).astype(np.uint8) + 1
+        affine = np.diag([1.5, 1.5, 1.5, 1.0])
+        nib.save(nib.Nifti1Image(vol.astype(np.float32), affine), str(root / "vols" / f"s{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(lab, affine), str(root / "labels" / f"s{i}.nii.gz"))
+    return root / "vols", root / "labels"
+
+
+def test_compare_on_volumes_scores_dice_with_none_and_baselines(tmp_path: Path) -> None:
+    from tests.conftest import TINY
+
+    volume_dir, labels = labelled_volumes(tmp_path)
+    out = tmp_path / "cmp"
+    tiny = [a for item in TINY if not item.startswith("method.") for a in ("--set", item)]
+    result = runner.invoke(app, ["compare", "none", "--recipe", "recipes/mae_mri.yaml", "--images", str(volume_dir),
+                                 "--labels", str(labels), "--out", str(out), "--labels-per-class", "4",
+                                 "--seeds", "0", "--protocol", "linear", *tiny, *sets("data.patch_size=16")])
+    assert result.exit_code == 0, result.output
+    rows = read(out / "results.csv")
+    assert {(r["encoder"], r["protocol"]) for r in rows} == {("none", "linear"), ("none", "finetune"),
+                                                            ("rf", "forest"), ("random_conv", "linear")}
+    assert "dice, mean ± std over seeds" in result.output
+    rf = next(r for r in rows if r["encoder"] == "rf")
+    assert float(rf["dice"]) > 0.7  # classes are intensity thresholds: the spectra alone separate them

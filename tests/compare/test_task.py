@@ -1,0 +1,84 @@
+"""The samples every encoder and baseline shares: train and test disjoint, blocks keep training features out of
+test blocks, rare classes warned about once."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from geomed_ssl.compare.baselines import RandomConv, conv_points, rf_points
+from geomed_ssl.compare.features import encoder_points
+from geomed_ssl.compare.options import Budget
+from geomed_ssl.compare.task import load_segment_task, make_split, warn_notes
+from geomed_ssl.config import load_recipe
+from tests.compare.conftest import labelled_scene
+
+# block size 8: the encoder's 16-pixel windows span blocks
+RECIPE = ["data.sensor=null", "data.stats_windows=16", "data.patch_size=16", "labels.block_size=8"]
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory: pytest.TempPathFactory):
+    images, labels = labelled_scene(tmp_path_factory.mktemp("task"))
+    recipe = load_recipe("recipes/mae_sentinel2.yaml", RECIPE)
+    return recipe, load_segment_task(recipe, images, labels, strict=False)
+
+
+@pytest.mark.parametrize("split", ["random", "blocks"])
+@pytest.mark.parametrize("budget", [Budget(per_class=5), Budget(fraction=0.05)])
+def test_train_and_test_are_disjoint_and_test_is_every_other_eligible_label(task, split: str, budget: Budget) -> None:
+    recipe, t = task
+    s = make_split(t, recipe, budget, 1, split)
+    assert s.train.size and s.test.size and np.intersect1d(s.train, s.test).size == 0
+    if split == "random":
+        assert s.train.size + s.test.size == t.values.size  # test = every labelled pixel not trained on
+    else:
+        inside = s.allowed[0].reshape(-1)[t.flats]
+        assert inside[s.train].all() and not inside[s.test].any()  # training blocks vs test blocks
+
+
+def test_same_seed_gives_the_same_split_and_another_seed_another(task) -> None:
+    recipe, t = task
+    a, b, c = (make_split(t, recipe, Budget(per_class=5), seed, "blocks") for seed in (0, 0, 1))
+    assert np.array_equal(a.train, b.train) and np.array_equal(a.test, b.test)
+    assert not np.array_equal(a.train, c.train)
+
+
+def point_functions():
+    import torch
+
+    from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
+
+    torch.manual_seed(0)
+    enc = ViTEncoder(EncoderConfig(in_chans=4, spatial_dims=2, img_size=(16, 16), patch_size=(4, 4), embed_dim=32,
+                                   depth=2, num_heads=2, band_names=["B1", "B2", "B3", "B4"]))
+    mean, comps = np.zeros(4, np.float32), np.eye(4, dtype=np.float32)
+    return {"encoder": encoder_points(enc.eval(), [0, 1]), "random_conv": conv_points(RandomConv(4, 2)),
+            "rf": rf_points(mean, comps)}
+
+
+@pytest.mark.parametrize("name", ["encoder", "random_conv", "rf"])
+def test_blocks_training_features_never_see_test_block_pixels(task, name: str) -> None:
+    recipe, t = task
+    s = make_split(t, recipe, Budget(per_class=5), 0, "blocks")
+    fn = point_functions()[name]
+    allowed = s.allowed[0]
+    points = np.stack(np.unravel_index(t.flats[s.train], t.shapes[0]), axis=1)
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(4, *t.shapes[0])).astype(np.float32)
+    changed = image.copy()
+    changed[:, ~allowed] = rng.normal(size=(4, int((~allowed).sum()))) * 5  # other test-block pixels
+    assert np.allclose(fn(image, points, allowed), fn(changed, points, allowed), atol=1e-5)
+    assert not np.allclose(fn(image, points, None), fn(changed, points, None), atol=1e-5)  # the full view sees them
+
+
+def test_a_class_with_fewer_labels_than_the_budget_is_warned_about_once(task, caplog) -> None:
+    recipe, t = task
+    splits = [make_split(t, recipe, Budget(per_class=k), seed, "random") for k in (5, 5000) for seed in (0, 1)]
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        warn_notes(splits, t)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == len(t.class_names)  # every class has < 10000 labels: one line each, not one per split
+    assert all("took" in line for line in lines)

@@ -66,7 +66,10 @@ def train_probe(model: ClassificationModel, feats: torch.Tensor, labels: torch.T
     """Train only the head on cached features (full batch AdamW, warmup + cosine)."""
     from geomed_ssl.train.module import warmup_cosine
 
+    from geomed_ssl.train.lr_check import warn_schedule
+
     f = recipe.finetune
+    warn_schedule(f.base_lr, f.warmup_steps, f.max_steps, "finetune")
     torch.manual_seed(recipe.labels.seed)
     head = model.head.train()
     opt = torch.optim.AdamW(head.parameters(), lr=f.base_lr, weight_decay=f.weight_decay)

@@ -28,6 +28,7 @@ from geomed_ssl.outfiles import atomic_path
 from geomed_ssl.train.callbacks import MetricsCSV
 from geomed_ssl.train.checkpointing import AtomicCheckpointIO
 from geomed_ssl.train.console import has_bar, progress_callbacks, quiet_lightning
+from geomed_ssl.train.lr_check import warn_schedule
 from geomed_ssl.train.pretrain import probe_trainer, resolve_precision
 from geomed_ssl.train.supervised import SupervisedModule
 
@@ -129,6 +130,7 @@ def fit_supervised(model: torch.nn.Module, dataset: Any, recipe: Recipe, num_cla
         groups = layer_decay_groups(model, encoder.config.depth, f.layer_decay, f.base_lr, f.weight_decay)
     else:
         groups = [{"params": list(model.parameters()), "lr": f.base_lr, "weight_decay": f.weight_decay}]
+    warn_schedule(f.base_lr, f.warmup_steps, f.max_steps, "finetune")
     module = SupervisedModule(model, f, num_classes, groups, weights, input_key)
     loader = DataLoader(dataset, batch_size=f.batch_size, num_workers=recipe.data.num_workers,
                         sampler=SequentialSampler(range(f.max_steps * f.batch_size)), drop_last=True,

@@ -31,6 +31,7 @@ from geomed_ssl.train.callbacks import ExportEncoder, MetricsCSV, Previews
 from geomed_ssl.train.checkpointing import (AtomicCheckpointIO, ResumePoint, RunCheckpoints, StopRequest,
                                             find_resume_checkpoint, read_checkpoint_info, remove_stale_temp_files)
 from geomed_ssl.train.console import ConsoleSettings, has_bar, progress_callbacks, quiet_lightning
+from geomed_ssl.train.lr_check import warn_schedule
 from geomed_ssl.train.module import PretrainModule
 
 log = logging.getLogger("geomed_ssl")
@@ -284,6 +285,9 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     trainer = build_trainer(t, out, cbs)
     module = PretrainModule(method, recipe, effective_batch=t.batch_size * t.accumulate_grad_batches * world,
                             extra_state={"encoder": enc_cfg.to_dict(), "method": recipe.method.name}, clock=clock)
+    if rank == 0:
+        warn_schedule(module.peak_lr, t.warmup_steps, t.max_steps, "train",
+                      f"train.base_lr {t.base_lr:g} x effective batch {module.effective_batch} / 256")
     data = PretrainData(dataset, t.batch_size, t.max_steps * t.accumulate_grad_batches, t.accumulate_grad_batches,
                         recipe.data.num_workers)
     steps = fit(trainer, module, data, point, stop, out)

@@ -1,0 +1,54 @@
+"""The start-of-run check of a learning-rate schedule: one warning line when a run cannot learn much.
+
+Two mistakes make a short run barely move while looking normal: a warmup at least as long as the run (the rate
+never reaches its peak; with ``warmup_steps = 2 * max_steps`` it tops out at half of it), and a peak rate far too
+small for AdamW. AdamW moves each weight by about the learning rate per step whatever the gradient's scale, so below
+``MIN_PEAK_LR`` (1e-5) a run of a few hundred or thousand steps shifts weights initialised at ~0.02 by at most
+~0.01: the loss stays where it started. The pretraining rate is ``train.base_lr * effective batch / 256``, so a
+recipe sized for batch 64 run at batch 2 lands there (1.5e-4 * 2 / 256 = 1.2e-6).
+"""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("geomed_ssl")
+
+MIN_PEAK_LR = 1e-5  # AdamW: a peak rate below this barely moves the weights in a short run (see the module docstring)
+
+
+def reached_lr(peak_lr: float, warmup_steps: int, max_steps: int) -> float:
+    """The highest rate the schedule (linear warmup from 0, then cosine) reaches within ``max_steps`` steps."""
+    if warmup_steps <= 0 or warmup_steps <= max_steps - 1:
+        return float(peak_lr)
+    return float(peak_lr) * max_steps / warmup_steps
+
+
+def schedule_problem(peak_lr: float, warmup_steps: int, max_steps: int, section: str, how: str = "") -> str | None:
+    """One line naming what is wrong with the schedule of ``section`` (``train`` or ``finetune``) and the fix, or
+    None when it can learn. ``how`` says how the peak rate was made (e.g. "train.base_lr 1.5e-04 x batch 2 / 256")."""
+    problems = []
+    if warmup_steps >= max_steps:
+        problems.append(f"{section}.warmup_steps {warmup_steps} >= {section}.max_steps {max_steps}: the rate never "
+                        f"finishes warming up (it tops out at {reached_lr(peak_lr, warmup_steps, max_steps):.2g})")
+    if peak_lr < MIN_PEAK_LR:
+        source = f" ({how})" if how else ""
+        problems.append(f"the peak learning rate {peak_lr:.2g}{source} is below {MIN_PEAK_LR:g}, too small for AdamW "
+                        "to move the weights much")
+    if not problems:
+        return None
+    fixes = []
+    if warmup_steps >= max_steps:
+        fixes.append(f"set {section}.warmup_steps to about 10 % of max_steps (e.g. {max(1, max_steps // 10)})")
+    if peak_lr < MIN_PEAK_LR:
+        fixes.append(f"raise {section}.base_lr" + (" (the rate scales with the batch size)" if section == "train"
+                                                   else ""))
+    return f"warning: {'; and '.join(problems)}; this run will barely learn. Fix: {' and '.join(fixes)}."
+
+
+def warn_schedule(peak_lr: float, warmup_steps: int, max_steps: int, section: str, how: str = "") -> str | None:
+    """Log :func:`schedule_problem`'s line (once, at the start of a run) and return it; None when all is well."""
+    line = schedule_problem(peak_lr, warmup_steps, max_steps, section, how)
+    if line:
+        log.warning(line)
+    return line

@@ -1,0 +1,42 @@
+"""Every shipped recipe learns at the budget its header states: warmup ends inside the run, the peak rate is one
+AdamW can move weights with, and the header says what budget it is sized for."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from geomed_ssl.config import load_recipe
+from geomed_ssl.train.lr_check import MIN_PEAK_LR, schedule_problem
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted(ROOT.joinpath("recipes").glob("*.yaml"))
+
+
+def test_recipes_are_found() -> None:
+    assert len(RECIPES) >= 6
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_recipe_warmup_ends_before_its_last_step(path: Path) -> None:
+    t = load_recipe(path).train
+    assert t.warmup_steps < t.max_steps
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_recipe_peak_rate_at_its_own_batch_can_move_adamw(path: Path) -> None:
+    t = load_recipe(path).train
+    peak = t.base_lr * t.batch_size * t.accumulate_grad_batches / 256
+    assert peak >= MIN_PEAK_LR, peak
+    assert schedule_problem(peak, t.warmup_steps, t.max_steps, "train") is None
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_recipe_header_states_the_budget_it_is_sized_for(path: Path) -> None:
+    t = load_recipe(path).train
+    header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    found = re.search(r"Budget: sized for train\.batch_size (\d+) x train\.max_steps (\d+)", header)
+    assert found, "the header says which batch and steps the recipe is sized for"
+    assert (int(found.group(1)), int(found.group(2))) == (t.batch_size, t.max_steps)

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from geomed_ssl.config.fields import Spec, check_instance, check_value, show
-from geomed_ssl.config.sections import (EMBEDDINGS, MAX_TOKENS, SECTIONS, DataConfig, MethodConfig, ModelConfig,
-                                        Recipe, TrainConfig, as_tuple, spatial_dims)
+from geomed_ssl.config.sections import (EMBEDDINGS, MAX_TOKENS, SECTIONS, AugmentConfig, DataConfig, MethodConfig,
+                                        ModelConfig, Recipe, TrainConfig, as_tuple, spatial_dims)
 from geomed_ssl.errors import ConfigError
 
 __all__ = ["EMBEDDINGS", "method_section", "validate"]
@@ -69,6 +69,15 @@ def _validate_crops(d: DataConfig, m: ModelConfig, t: TrainConfig, source: str) 
         if any(s % p for s, p in zip(size, patch)):
             raise ConfigError(f"{source}: data.{key} {list(size)} is not a multiple of model.patch_size "
                               f"{list(patch)}; pick a crop size that the token patch divides.")
+    window = as_tuple(d.patch_size, nd, "data.patch_size")
+    sizes = {"data.patch_size": window}
+    for key, within in (("global_crop_size", "data.patch_size"), ("local_crop_size", "data.global_crop_size")):
+        value = getattr(d, key)
+        size = as_tuple(value, nd, f"data.{key}") if value is not None else sizes[within]
+        if any(s > w for s, w in zip(size, sizes[within])):
+            raise ConfigError(f"{source}: data.{key} {list(size)} does not fit in {within} {list(sizes[within])}: "
+                              f"crops are cut from the window; make it at most {list(sizes[within])}.")
+        sizes[f"data.{key}"] = size
     for key in ("global_crop_scale", "local_crop_scale"):
         lo, hi = getattr(d, key)
         if lo > hi:
@@ -79,6 +88,14 @@ def _validate_crops(d: DataConfig, m: ModelConfig, t: TrainConfig, source: str) 
     if d.knn_every and d.knn_every % t.log_every:
         raise ConfigError(f"{source}: data.knn_every ({d.knn_every}) must be a multiple of train.log_every "
                           f"({t.log_every}) so metrics.csv has a row at each k-NN evaluation.")
+
+
+def _validate_augment(a: AugmentConfig, source: str) -> None:
+    """The [min, max] ranges of the augment section."""
+    for key in ("crop_ratio", "gamma", "blur_sigma", "noise_std"):
+        lo, hi = getattr(a, key)
+        if lo > hi:
+            raise ConfigError(f"{source}: augment.{key} must be [min, max] with min <= max, got {show([lo, hi])}.")
 
 
 def _validate_window(d: DataConfig, m: ModelConfig, source: str) -> None:
@@ -111,6 +128,7 @@ def validate(recipe: Recipe, source: str = "recipe") -> None:
                           f"({m.num_heads}).")
     _validate_embedding(m, source)
     _validate_crops(d, m, t, source)
+    _validate_augment(recipe.augment, source)
     if d.band_names is not None and d.wavelengths is not None and len(d.band_names) != len(d.wavelengths):
         raise ConfigError(f"{source}: data.band_names and data.wavelengths must have the same length.")
     if d.ct_window[0] >= d.ct_window[1]:

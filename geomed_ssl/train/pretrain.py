@@ -209,7 +209,8 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     enc_cfg = EncoderConfig.from_recipe(recipe.model, recipe.data, len(catalog.band_names), catalog.band_names,
                                         catalog.wavelengths, stats.to_dict(), bandwidths=catalog.bandwidths)
     method = build_method(recipe.method, enc_cfg, clock.total)
-    view = build_views(method.view_kind, recipe.data, spatial_dims(recipe.data), patch_size=recipe.model.patch_size)
+    view = build_views(method.view_kind, recipe.data, spatial_dims(recipe.data), recipe.augment,
+                       patch_size=recipe.model.patch_size, wavelengths=catalog.wavelengths)
     dataset = PretrainDataset(catalog, stats, recipe.data, view, seed=t.seed)
     if rank == 0:
         prepare_run_dir(out, resume, overwrite, inputs)

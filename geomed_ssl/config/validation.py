@@ -69,15 +69,6 @@ def _validate_crops(d: DataConfig, m: ModelConfig, t: TrainConfig, source: str) 
         if any(s % p for s, p in zip(size, patch)):
             raise ConfigError(f"{source}: data.{key} {list(size)} is not a multiple of model.patch_size "
                               f"{list(patch)}; pick a crop size that the token patch divides.")
-    window = as_tuple(d.patch_size, nd, "data.patch_size")
-    sizes = {"data.patch_size": window}
-    for key, within in (("global_crop_size", "data.patch_size"), ("local_crop_size", "data.global_crop_size")):
-        value = getattr(d, key)
-        size = as_tuple(value, nd, f"data.{key}") if value is not None else sizes[within]
-        if any(s > w for s, w in zip(size, sizes[within])):
-            raise ConfigError(f"{source}: data.{key} {list(size)} does not fit in {within} {list(sizes[within])}: "
-                              f"crops are cut from the window; make it at most {list(sizes[within])}.")
-        sizes[f"data.{key}"] = size
     for key in ("global_crop_scale", "local_crop_scale"):
         lo, hi = getattr(d, key)
         if lo > hi:

@@ -277,6 +277,13 @@ def build_views(spec: ViewSpec | str, data_cfg: Any, spatial_dims: int, augment:
     scale = opts.get("scale", spec.scale or getattr(data_cfg, "global_crop_scale", (0.4, 1.0)))
     scale = _scale(scale, "data.global_crop_scale" if "scale" not in opts and not spec.scale else "view scale")
     global_size, local_size = crop_sizes(data_cfg, spatial_dims, patch_size)
+    window = as_tuple(data_cfg.patch_size, spatial_dims, "data.patch_size")
+    fits = [("global_crop_size", global_size, "data.patch_size", window)]
+    fits += [("local_crop_size", local_size, "data.global_crop_size", global_size)] if spec.local_crops else []
+    for key, size, within, limit in fits:
+        if any(s > w for s, w in zip(size, limit)):
+            raise ConfigError(f"data.{key} {list(size)} does not fit in {within} {list(limit)}: crops are cut from "
+                              f"the window; make it at most {list(limit)}.")
     intensity = Intensity(augment, wavelengths) if spec.intensity else None
     if spec.intensity and spec.asymmetric:
         roles = ("global1", "global2") + ("view",) * (spec.crops - 2)

@@ -8,12 +8,12 @@ range, default and meaning); importing the file here registers it.
 
 from __future__ import annotations
 
-from geomed_ssl.methods.base import MethodContext, MethodOutput, MethodSettings, SSLMethod
+from geomed_ssl.methods.base import MethodCard, MethodContext, MethodOutput, MethodSettings, SSLMethod
 from geomed_ssl.methods.registry import (METHODS, build_method, describe_methods, method_class, method_settings,
                                          register_method, resolve_method_settings, with_method_settings)
 from geomed_ssl.methods.dino import DINO, DINOSettings  # noqa: E402  (registers "dino")
 from geomed_ssl.methods.mae import MAE, MAESettings  # noqa: E402  (registers "mae")
 
-__all__ = ["METHODS", "MethodContext", "MethodOutput", "MethodSettings", "SSLMethod", "MAE", "MAESettings", "DINO",
+__all__ = ["METHODS", "MethodCard", "MethodContext", "MethodOutput", "MethodSettings", "SSLMethod", "MAE", "MAESettings", "DINO",
            "DINOSettings", "build_method", "describe_methods", "method_class", "method_settings", "register_method",
            "resolve_method_settings", "with_method_settings"]

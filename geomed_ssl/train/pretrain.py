@@ -15,7 +15,8 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from torch.utils.data import DataLoader, Sampler
 
-from geomed_ssl.config import Recipe, apply_overrides, load_recipe, recipe_from_dict, spatial_dims, validate
+from geomed_ssl.config import (Recipe, apply_overrides, as_tuple, load_recipe, recipe_from_dict, spatial_dims,
+                               validate)
 from geomed_ssl.data.catalog import Catalog, scan
 from geomed_ssl.data.datasets import PretrainDataset, collate
 from geomed_ssl.data.stats import BandStats, compute_stats
@@ -127,6 +128,15 @@ def resolve_recipe(recipe: Recipe | str | Path | None, out: Path, overrides: lis
     return with_method_settings(recipe_from_dict(raw, source), source, saved=True)
 
 
+def fit_method_to_data(recipe: Recipe, catalog: Catalog, source: str, resume: bool) -> Recipe:
+    """The recipe with the method's data-dependent sizes checked against, and ``auto`` ones fitted to, the distinct
+    windows of the scanned data (each fitted value logged, and recorded in config.yaml)."""
+    nd = spatial_dims(recipe.data)
+    window = as_tuple(recipe.data.patch_size, nd, "data.patch_size")
+    samples = catalog.distinct_windows(window, recipe.data.spacing if nd == 3 else None)
+    return with_method_settings(recipe, source, saved=resume, samples=samples)
+
+
 def resumed_clock(point: ResumePoint, max_steps: int) -> ScheduleClock:
     """The schedule clock of a run resumed from ``point`` that now ends at ``max_steps`` (see ScheduleClock)."""
     saved = point.info.get("schedule")
@@ -198,6 +208,8 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     point = find_resume_checkpoint(out, announce=rank == 0) if resume else None
     catalog = scan(data_dir, recipe.data, strict=strict, names_by_position="error" if strict else "warn")
     log.info(catalog.summary())
+    recipe = fit_method_to_data(recipe, catalog, str(out / "config.yaml") if resume else str(recipe_file or "recipe"),
+                                resume)
     stats_path = out / "stats.json"
     if resume and stats_path.is_file():
         stats = BandStats.load(stats_path)
@@ -209,7 +221,7 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     enc_cfg = EncoderConfig.from_recipe(recipe.model, recipe.data, len(catalog.band_names), catalog.band_names,
                                         catalog.wavelengths, stats.to_dict(), bandwidths=catalog.bandwidths)
     method = build_method(recipe.method, enc_cfg, clock.total)
-    view = build_views(method.view_kind, recipe.data, spatial_dims(recipe.data), recipe.augment,
+    view = build_views(method.views, recipe.data, spatial_dims(recipe.data), recipe.augment,
                        patch_size=recipe.model.patch_size, wavelengths=catalog.wavelengths)
     dataset = PretrainDataset(catalog, stats, recipe.data, view, seed=t.seed)
     if rank == 0:
@@ -266,7 +278,7 @@ def run_callbacks(out: Path, recipe: Recipe, method: Any, catalog: Catalog, stat
     if t.preview_every:
         identity = build_views("none", recipe.data, spatial_dims(recipe.data))
         plain = PretrainDataset(catalog, stats, recipe.data, identity, seed=t.seed + 1)
-        renderer = ReconstructionPreview if hasattr(method, "reconstruct") else AttentionPreview
+        renderer = ReconstructionPreview if method.reconstructs() else AttentionPreview
         cbs.append(Previews(out / "previews", t.preview_every, renderer(plain, enc_cfg)))
     if recipe.data.val_labels and recipe.data.knn_every:
         from geomed_ssl.train.knn_monitor import KNNMonitor

@@ -154,10 +154,8 @@ def test_augment_section_turns_flips_and_rotations_off():
         np.testing.assert_array_equal(out["image"].numpy(), image)
 
 
-def test_global_crop_larger_than_the_window_is_refused():
-    from geomed_ssl.config import load_recipe
-
+def test_views_that_do_not_fit_the_window_are_refused():
     with pytest.raises(ConfigError, match=r"data.global_crop_size \[96, 96\] does not fit in data.patch_size"):
-        load_recipe(None, ["data.patch_size=64", "data.global_crop_size=96"])
+        build_views(ViewSpec(crops=2), DataConfig(patch_size=64, global_crop_size=96), 2)
     with pytest.raises(ConfigError, match="data.local_crop_size .* does not fit in data.global_crop_size"):
-        load_recipe(None, ["data.patch_size=64", "data.global_crop_size=32", "data.local_crop_size=48"])
+        build_views("dino", DataConfig(patch_size=64, global_crop_size=32, local_crop_size=48), 2)

@@ -279,7 +279,7 @@ CONFIG_CASES: list[Case] = [
     Case("method-unknown-key", pretrain_with("method.maskratio=0.5"),
          "unknown key 'method.maskratio'. Valid keys for method 'mae': mask_ratio,"),
     Case("method-unknown-name", pretrain_with("method.name=simclrr"),
-         "method.name 'simclrr' is unknown; available: byol, dino"),
+         "method.name 'simclrr' is unknown; available: barlow_twins, byol, deepcluster, dino"),
     Case("mae-key-in-dino-recipe", pretrain_with("method.mask_ratio=0.5", recipe="recipes/dino_sentinel2.yaml"),
          "unknown key 'method.mask_ratio'. Valid keys for method 'dino': out_dim,"),
     Case("dino-setting-out-of-range", pretrain_with("method.name=dino", "method.teacher_temp=0"),
@@ -340,7 +340,16 @@ METHOD_CASES: list[Case] = [
          "augment.spectral_shift_p needs every band's centre wavelength"),
     Case("augment-range-reversed", pretrain_with("augment.gamma=[1.5, 0.7]"),
          "augment.gamma must be [min, max] with min <= max, got [1.5, 0.7]"),
-    Case("methods-unknown-name", command("methods", "simclrr"), "method.name 'simclrr' is unknown; available: byol"),
+    Case("methods-unknown-name", command("methods", "simclrr"),
+         "method.name 'simclrr' is unknown; available: barlow_twins, byol"),
+    Case("prototypes-above-the-data", pretrain_with("method.name=swav", "method.n_prototypes=100", "data.sensor=null",
+                                                    "data.patch_size=16"),
+         "method.n_prototypes 100 is more than the data's 8 distinct windows"),
+    Case("memory-smaller-than-the-prototypes", pretrain_with("method.name=deepcluster", "method.n_prototypes=6",
+                                                             "method.memory_size=4"),
+         "method.memory_size 4 is smaller than method.n_prototypes 6: k-means needs a window per cluster"),
+    Case("clustering-batch-of-one", pretrain_with("method.name=deepcluster", "train.batch_size=1"),
+         "method 'deepcluster' compares the windows of a batch"),
 ]
 
 

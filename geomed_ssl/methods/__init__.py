@@ -18,6 +18,10 @@ from geomed_ssl.methods.moco_v2 import MoCoV2  # noqa: E402,F401  (registers "mo
 from geomed_ssl.methods.moco_v3 import MoCoV3  # noqa: E402,F401  (registers "moco_v3")
 from geomed_ssl.methods.byol import BYOL  # noqa: E402,F401  (registers "byol")
 from geomed_ssl.methods.simsiam import SimSiam  # noqa: E402,F401  (registers "simsiam")
+from geomed_ssl.methods.barlow_twins import BarlowTwins  # noqa: E402,F401  (registers "barlow_twins")
+from geomed_ssl.methods.vicreg import VICReg  # noqa: E402,F401  (registers "vicreg")
+from geomed_ssl.methods.swav import SwAV  # noqa: E402,F401  (registers "swav")
+from geomed_ssl.methods.deepcluster import DeepCluster  # noqa: E402,F401  (registers "deepcluster")
 
 __all__ = ["METHODS", "MethodCard", "MethodContext", "MethodOutput", "MethodSettings", "SSLMethod", "MAE", "MAESettings", "DINO",
            "DINOSettings", "build_method", "describe_methods", "method_class", "method_settings", "register_method",

@@ -1,4 +1,4 @@
-"""One harness for every self-supervised method that compares views (contrastive, siamese; later clustering): a
+"""One harness for every self-supervised method that compares views (contrastive, siamese, clustering): a
 method plugs in with one row of ``HARNESS`` (tiny head sizes) and gets, through the CLI on generated GeoTIFFs and
 NIfTIs: a loss that falls on rasters and on volumes, an exact ``--resume``, an exported encoder that ``embed`` and
 ``finetune classify`` accept, and a run that does not collapse.
@@ -66,6 +66,13 @@ HARNESS: dict[str, list[str]] = {
     "moco_v3": ["method.proj_hidden_dim=32", "method.proj_dim=16"],
     "byol": ["method.proj_hidden_dim=32", "method.proj_dim=16", "method.momentum=0.99"],
     "simsiam": ["method.proj_hidden_dim=32", "method.proj_dim=16", "method.pred_hidden_dim=8"],
+    "barlow_twins": ["method.proj_hidden_dim=32", "method.proj_dim=16"],
+    "vicreg": ["method.proj_hidden_dim=32", "method.proj_dim=16"],
+    # n_prototypes / memory_size stay auto: sized from the data and logged
+    "swav": ["method.proj_hidden_dim=32", "method.proj_dim=16", "method.freeze_prototypes_steps=5",
+             "data.n_local_crops=2"],
+    "deepcluster": ["method.proj_hidden_dim=32", "method.proj_dim=16", "method.heads=2", "method.recluster_every=10",
+                    "data.n_local_crops=2"],
 }
 # one window per read, so a batch holds different windows (8 crops of one 16 px image would be each other's
 # negatives); milder intensity ops than the recipes' so that 40 tiny steps show the loss falling
@@ -76,7 +83,9 @@ VOLUME = [*COMMON, "data.patch_size=16", "train.batch_size=4", "train.base_lr=0.
 # the 6 volumes are 6 distinct windows and a batch of 4 holds most of them: MoCo v2's auto queue (3 keys) is then
 # mostly the batch's own volumes, false negatives whose noise hides the trend in 30 steps; one queued key keeps the
 # queue path exercised without that
-VOLUME_ONLY: dict[str, list[str]] = {"moco_v2": ["method.queue_size=1"]}
+# likewise 6 windows give DeepCluster 2 auto prototypes, and each k-means re-fit relabels them: one fit (at step 0)
+# on volumes; the raster runs re-cluster every 10 steps, across the resume too
+VOLUME_ONLY: dict[str, list[str]] = {"moco_v2": ["method.queue_size=1"], "deepcluster": ["method.recluster_every=30"]}
 STEPS, VOLUME_STEPS, RESUME_AT = 40, 30, 30
 
 

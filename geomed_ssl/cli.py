@@ -448,6 +448,24 @@ def export(
 
 @app.command()
 @user_errors
+def methods(
+    names: Optional[list[str]] = typer.Argument(None, help="Methods to show (default: all)."),
+    markdown: bool = typer.Option(False, "--markdown", help="Print docs/methods.md (every method in one table, "
+                                  "then each one's settings)."),
+) -> None:
+    """List the self-supervised methods: what each learns, the views it needs, its cost, failure modes, recipes and
+    settings (defaults and meaning)."""
+    import geomed_ssl.methods  # noqa: F401  (registers the methods)
+    from geomed_ssl.methods.catalog import methods_markdown, methods_text
+    from geomed_ssl.methods.registry import method_class
+
+    for name in names or []:
+        method_class(name, "geomed-ssl methods")
+    typer.echo(methods_markdown() if markdown else methods_text(names), nl=False)
+
+
+@app.command()
+@user_errors
 def demo(
     out: Path = typer.Option(Path("geomed-ssl-demo"), "--out", help="Demo folder (replaced on each run)."),
     steps: int = typer.Option(150, "--steps", help="Pretraining steps."),

@@ -2,7 +2,7 @@
 exit with code 2, print one ``error:`` line containing the expected text (no traceback), and create, change or
 delete nothing under that folder.
 
-Each concern keeps its own list below (output folders, recipes, exports, data); ``CASES`` joins them.
+Each concern keeps its own list below (output folders, recipes, methods, exports, data); ``CASES`` joins them.
 """
 
 from __future__ import annotations
@@ -304,8 +304,8 @@ CONFIG_CASES: list[Case] = [
          "method.mask_ratio 0.8 hides every token of the 4 per window"),
     Case("method-unknown-key", pretrain_with("method.maskratio=0.5"),
          "unknown key 'method.maskratio'. Valid keys for method 'mae': mask_ratio,"),
-    Case("method-unknown-name", pretrain_with("method.name=simclr"),
-         "method.name 'simclr' is unknown; available: dino"),
+    Case("method-unknown-name", pretrain_with("method.name=simclrr"),
+         "method.name 'simclrr' is unknown; available: barlow_twins, byol, deepcluster, dino"),
     Case("mae-key-in-dino-recipe", pretrain_with("method.mask_ratio=0.5", recipe="recipes/dino_sentinel2.yaml"),
          "unknown key 'method.mask_ratio'. Valid keys for method 'dino': out_dim,"),
     Case("dino-setting-out-of-range", pretrain_with("method.name=dino", "method.teacher_temp=0"),
@@ -342,6 +342,40 @@ CONFIG_CASES: list[Case] = [
          "--label-fraction must be a number in (0, 1], got 0.0"),
     Case("demo-steps-zero", command("demo", "--out", "{r}/demo", "--steps", "0"),
          "--steps must be an integer >= 1, got 0"),
+]
+
+
+# ---- the contrastive / siamese methods: refused before training, naming the fix -----------------------------------
+METHOD_CASES: list[Case] = [
+    Case("method-setting-of-another-method", pretrain_with("method.name=simclr", "method.queue_size=10"),
+         "unknown key 'method.queue_size'. Valid keys for method 'simclr': temperature, proj_hidden_dim, proj_dim, "
+         "proj_layers."),
+    Case("queue-longer-than-the-data", pretrain_with("method.name=moco_v2", "method.queue_size=1000",
+                                                     "data.sensor=null", "data.patch_size=16"),
+         "method.queue_size 1000 is longer than the data, which holds 8 distinct windows"),
+    Case("contrastive-batch-of-one", pretrain_with("method.name=simclr", "train.batch_size=1"),
+         "method 'simclr' compares the windows of a batch (negatives and BatchNorm over the batch), so "
+         "train.batch_size must be at least 2 per device, got 1."),
+    Case("siamese-batch-of-one", pretrain_with("method.name=byol", "train.batch_size=1"),
+         "train.batch_size must be at least 2 per device, got 1."),
+    Case("views-do-not-fit-the-window", pretrain_with("method.name=simclr", "data.sensor=null", "data.patch_size=16",
+                                                      "data.global_crop_size=32"),
+         "data.global_crop_size [32, 32] does not fit in data.patch_size [16, 16]"),
+    Case("spectral-shift-without-wavelengths", pretrain_with("method.name=simclr", "data.sensor=null",
+                                                             "augment.spectral_shift_p=0.5"),
+         "augment.spectral_shift_p needs every band's centre wavelength"),
+    Case("augment-range-reversed", pretrain_with("augment.gamma=[1.5, 0.7]"),
+         "augment.gamma must be [min, max] with min <= max, got [1.5, 0.7]"),
+    Case("methods-unknown-name", command("methods", "simclrr"),
+         "method.name 'simclrr' is unknown; available: barlow_twins, byol"),
+    Case("prototypes-above-the-data", pretrain_with("method.name=swav", "method.n_prototypes=100", "data.sensor=null",
+                                                    "data.patch_size=16"),
+         "method.n_prototypes 100 is more than the data's 8 distinct windows"),
+    Case("memory-smaller-than-the-prototypes", pretrain_with("method.name=deepcluster", "method.n_prototypes=6",
+                                                             "method.memory_size=4"),
+         "method.memory_size 4 is smaller than method.n_prototypes 6: k-means needs a window per cluster"),
+    Case("clustering-batch-of-one", pretrain_with("method.name=deepcluster", "train.batch_size=1"),
+         "method 'deepcluster' compares the windows of a batch"),
 ]
 
 
@@ -648,7 +682,7 @@ TRAINING_CASES: list[Case] = [
 ]
 
 
-CASES = (OUTDIR_CASES + CONFIG_CASES + EXPORT_CASES + TIMM_EXPORT_CASES + DATA_CASES + COMPARE_CASES
+CASES = (OUTDIR_CASES + CONFIG_CASES + METHOD_CASES + EXPORT_CASES + TIMM_EXPORT_CASES + DATA_CASES + COMPARE_CASES
          + TRAINING_CASES)
 
 

@@ -1,6 +1,6 @@
 """Typed recipe objects: YAML load, ``section.key=value`` overrides, validation with clear errors.
 
-A recipe has four pretraining sections (``data``, ``model``, ``method``, ``train``) and two for fine-tuning
+A recipe has five pretraining sections (``data``, ``model``, ``method``, ``augment``, ``train``) and two for fine-tuning
 (``finetune``, ``labels``); every section is optional and missing keys take their defaults. Each key is declared
 once, with its type, default, allowed values and meaning (``fields.setting``); a value that does not fit, and an
 unknown key, is a one-line error naming the key, the value and what is allowed.
@@ -30,6 +30,7 @@ from geomed_ssl.config.sections import (
     SECTIONS,
     SEG_HEADS,
     TASKS,
+    AugmentConfig,
     DataConfig,
     FinetuneConfig,
     IntOrSeq,
@@ -47,7 +48,7 @@ from geomed_ssl.config.loading import apply_overrides, load_recipe, parse_overri
 __all__ = [
     "SECTIONS", "EMBEDDINGS", "CHANNEL_EMBEDS", "TASKS", "SEG_HEADS", "CLS_HEADS", "POOLS", "IntOrSeq",
     "MAX_EMBED_DIM", "MAX_DEPTH", "MAX_HEADS", "MAX_MLP_RATIO", "MAX_CHANNELS", "MAX_PATCH", "MAX_TOKENS",
-    "DataConfig", "ModelConfig", "MethodConfig", "TrainConfig", "FinetuneConfig", "LabelsConfig", "Recipe",
+    "AugmentConfig", "DataConfig", "ModelConfig", "MethodConfig", "TrainConfig", "FinetuneConfig", "LabelsConfig", "Recipe",
     "as_tuple", "spatial_dims",
     "setting", "Spec", "SettingInfo", "check_value", "check_values", "check_instance", "build_checked", "describe",
     "describe_settings", "show", "values_of",

@@ -75,11 +75,13 @@ class DataConfig:
                              choices=("auto", "ct", "mr", "none"))
     ct_window: list[float] = setting([-1000.0, 1000.0], "volumes: CT clip range in HU, [low, high]", length=2)
     cache_volumes: int = setting(4, "volumes: decoded volumes kept per worker", bounds=">= 1")
-    # DINO multi-crop (method.name=dino); sizes are int or per-axis lists, multiples of model.patch_size
-    global_crop_size: IntOrSeq | None = setting(None, "DINO global crop size; null: data.patch_size", bounds=">= 1")
-    local_crop_size: IntOrSeq | None = setting(None, "DINO local crop size; null: half the global crop",
+    # the crops a method's views are cut from (see geomed_ssl.data.views.ViewSpec); sizes are int or per-axis
+    # lists, multiples of model.patch_size, no larger than the window
+    global_crop_size: IntOrSeq | None = setting(None, "size of the global crops (every method's main views); null: "
+                                                "data.patch_size", bounds=">= 1")
+    local_crop_size: IntOrSeq | None = setting(None, "multi-crop (DINO) local crop size; null: half the global crop",
                                                bounds=">= 1")
-    n_local_crops: int = setting(6, "DINO local crops per window", bounds=">= 0")
+    n_local_crops: int = setting(6, "multi-crop (DINO) local crops per window", bounds=">= 0")
     global_crop_scale: list[float] = setting([0.4, 1.0], "area / volume fraction of the window a global crop covers, "
                                              "[min, max]", bounds=CROP_SCALE, length=2)
     local_crop_scale: list[float] = setting([0.05, 0.4], "area / volume fraction of the window a local crop covers, "
@@ -87,6 +89,41 @@ class DataConfig:
     # k-NN monitor during pretraining: a folder with one subfolder of images per class (a few per class suffice)
     val_labels: str | None = setting(None, "k-NN monitor: a folder with one subfolder of images per class")
     knn_every: int = setting(0, "steps between k-NN accuracy evaluations (0: off)", bounds=STEPS0)
+
+
+@dataclass
+class AugmentConfig:
+    """Band-safe augmentations of the views (any band count, 2D and 3D; geomed_ssl.data.augment): geometry for every
+    method's crops, intensity ops for the methods whose views ask for them (contrastive, siamese, DINO)."""
+
+    flip: bool = setting(True, "flip each spatial axis with probability 0.5")
+    rot90: bool = setting(True, "square 2D crops: 0-3 random quarter turns")
+    crop_ratio: list[float] = setting([0.75, 1.3333333333333333], "aspect range of the random resized crops, "
+                                      "[min, max], log-uniform (3D: each axis jittered within it)", bounds="> 0",
+                                      length=2)
+    jitter_p: float = setting(0.8, "probability of brightness / contrast jitter", bounds="[0, 1]")
+    brightness: float = setting(0.4, "brightness offset drawn in [-b, b], in band standard deviations",
+                                bounds=">= 0")
+    contrast: float = setting(0.4, "contrast gain drawn in [1 - c, 1 + c] about the band mean", bounds="[0, 1]")
+    per_band: bool = setting(True, "jitter and gamma draw each band's own factors (false: one for every band)")
+    gamma_p: float = setting(0.3, "probability of a gamma curve", bounds="[0, 1]")
+    gamma: list[float] = setting([0.7, 1.5], "gamma range, [min, max], log-uniform", bounds="> 0", length=2)
+    blur_p: float = setting(0.5, "probability of Gaussian blur (asymmetric views: 1.0 and 0.1 for the two global "
+                            "crops)", bounds="[0, 1]")
+    blur_sigma: list[float] = setting([0.1, 1.5], "blur sigma range in pixels / voxels, [min, max]", bounds=">= 0",
+                                      length=2)
+    noise_p: float = setting(0.2, "probability of additive Gaussian noise", bounds="[0, 1]")
+    noise_std: list[float] = setting([0.0, 0.1], "noise standard deviation range in band standard deviations",
+                                     bounds=">= 0", length=2)
+    solarize_p: float = setting(0.2, "probability of solarising the second global crop of asymmetric views (BYOL, "
+                                "MoCo v3, DINO)", bounds="[0, 1]")
+    band_dropout_p: float = setting(0.2, "probability that a crop loses bands (set to 0, the band mean)",
+                                    bounds="[0, 1]")
+    band_dropout_rate: float = setting(0.2, "share of bands dropped when it does (one band always survives)",
+                                       bounds="[0, 1]")
+    spectral_shift_p: float = setting(0.0, "probability of a spectral shift: each pixel's spectrum read at shifted "
+                                      "band centres (needs every band's wavelength)", bounds="[0, 1]")
+    spectral_shift: float = setting(0.01, "largest spectral shift in micrometres", bounds=">= 0")
 
 
 @dataclass
@@ -216,6 +253,7 @@ SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "model": ModelConfig,
     "method": MethodConfig,
+    "augment": AugmentConfig,
     "train": TrainConfig,
     "finetune": FinetuneConfig,
     "labels": LabelsConfig,
@@ -229,6 +267,7 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     labels: LabelsConfig = field(default_factory=LabelsConfig)

@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from geomed_ssl.config.fields import Spec, check_instance, check_value, show
-from geomed_ssl.config.sections import (CLS_HEADS, EMBEDDINGS, MAX_TOKENS, SECTIONS, SEG_HEADS, DataConfig,
-                                        MethodConfig, ModelConfig, Recipe, TrainConfig, as_tuple, spatial_dims)
+from geomed_ssl.config.sections import (CLS_HEADS, EMBEDDINGS, MAX_TOKENS, SECTIONS, SEG_HEADS, AugmentConfig,
+                                        DataConfig, MethodConfig, ModelConfig, Recipe, TrainConfig, as_tuple,
+                                        spatial_dims)
 from geomed_ssl.errors import ConfigError
 
 __all__ = ["EMBEDDINGS", "check_heads", "check_whole_tokens", "check_window", "method_section", "validate"]
@@ -115,6 +116,14 @@ def _validate_crops(d: DataConfig, m: ModelConfig, t: TrainConfig, source: str) 
                           f"({t.log_every}) so metrics.csv has a row at each k-NN evaluation.")
 
 
+def _validate_augment(a: AugmentConfig, source: str) -> None:
+    """The [min, max] ranges of the augment section."""
+    for key in ("crop_ratio", "gamma", "blur_sigma", "noise_std"):
+        lo, hi = getattr(a, key)
+        if lo > hi:
+            raise ConfigError(f"{source}: augment.{key} must be [min, max] with min <= max, got {show([lo, hi])}.")
+
+
 def _validate_window(d: DataConfig, m: ModelConfig, source: str) -> None:
     """The sampled window against the token patch: a whole number of tokens, and not too many."""
     nd = spatial_dims(d)
@@ -130,6 +139,7 @@ def validate(recipe: Recipe, source: str = "recipe") -> None:
     check_heads(m.embed_dim, m.num_heads, "model.embed_dim", "model.num_heads", source)
     _validate_embedding(m, source)
     _validate_crops(d, m, t, source)
+    _validate_augment(recipe.augment, source)
     if d.band_names is not None and d.wavelengths is not None and len(d.band_names) != len(d.wavelengths):
         raise ConfigError(f"{source}: data.band_names and data.wavelengths must have the same length.")
     if d.ct_window[0] >= d.ct_window[1]:

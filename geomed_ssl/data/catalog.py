@@ -16,7 +16,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -125,6 +125,18 @@ class Catalog:
         if w.sum() <= 0:
             raise DataError("the catalog has no valid pixels to sample from; check data.nodata.")
         return w / w.sum()
+
+    def distinct_windows(self, window: Sequence[int], spacing: Sequence[float] | None = None) -> int:
+        """How many non-overlapping ``window``s the records hold (at least one per record; volumes at ``spacing``
+        mm when given, as the reader resamples them): the number of different samples, for sizes that must not
+        exceed it (a negative queue)."""
+        total = 0
+        for r in self.records:
+            shape = reoriented_shape(r) if r.kind == "volume" else tuple(r.shape)
+            if spacing is not None and r.spacing:
+                shape = tuple(n * s / t for n, s, t in zip(shape, r.spacing, spacing))
+            total += max(1, int(np.prod([max(1, int(n // w)) for n, w in zip(shape, window)])))
+        return total
 
     def _rel(self, path: str) -> str:
         return os.path.relpath(path, self.root) if self.root and Path(path).is_relative_to(self.root) else path

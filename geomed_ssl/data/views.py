@@ -1,26 +1,95 @@
-"""Views: what a method asks of a sample (MAE: one randomly cropped/flipped view; DINO: multi-crop).
+"""Views: what a method asks of a sample, built by one builder from the :class:`ViewSpec` the method declares.
 
 A view is a callable ``view(image (C, *spatial) float32 np, valid (*spatial) bool np, rng) -> dict`` returning
-torch tensors. Every random choice is drawn from ``rng`` in a fixed order, so a sample stays a pure function of
-its seed. The geometric ops are dimension-generic and band-count-agnostic: 2D resizes run ``cv2.resize`` on each
-band plane (no HWC transposes; albumentations splits HWC images into 4-band chunks and was 3-5x slower at 13
-and 200 bands), 3D resizes run ``torch.nn.functional.interpolate`` (MONAI's dictionary transforms spent ~8 ms
-of metadata bookkeeping per patch). The ``valid`` mask follows the same geometry with nearest interpolation.
+torch tensors. One spec covers every method: one crop (MAE and other masked-image methods), two augmented global
+crops (SimCLR, MoCo, BYOL, SimSiam, ...), two global crops plus ``data.n_local_crops`` local crops (DINO, SwAV), or
+the window untouched. Every crop goes through the same steps, each random choice drawn from ``rng`` in a fixed
+order, so a sample stays a pure function of its seed:
+
+1. :func:`resized_crop`, the one random-resized-crop primitive for 2D and 3D: a crop covering a fraction ~U(scale)
+   of the window's area (2D) or volume (3D), of log-uniform aspect, resized to the crop size;
+2. a flip per spatial axis (``augment.flip``) and, on square 2D crops, quarter turns (``augment.rot90``);
+3. band-safe intensity ops (:mod:`geomed_ssl.data.augment`) when the spec asks for them.
+
+Geometry is band-count-agnostic: 2D resizes run ``cv2.resize`` on each band plane (no HWC transposes;
+albumentations splits HWC images into 4-band chunks and was 3-5x slower at 13 and 200 bands), 3D resizes run
+``torch.nn.functional.interpolate`` (MONAI's dictionary transforms spent ~8 ms of metadata bookkeeping per patch).
+The ``valid`` mask follows the same geometry with nearest interpolation.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from geomed_ssl.config import as_tuple
+from geomed_ssl.data.augment import Intensity, IntensityProbs
 from geomed_ssl.errors import ConfigError
 
 View = Callable[[np.ndarray, np.ndarray, np.random.Generator], dict]
-VIEW_KINDS = ("none", "mae", "dino")
+DEFAULT_RATIO = (3 / 4, 4 / 3)
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """What views of each sample a method needs; :func:`build_views` reads it with the recipe's ``data:`` (crop
+    sizes and scales) and ``augment:`` (flips, rotations, intensity ops) sections.
+
+    ``crops``: global crops of ``data.global_crop_size`` (null: the window), each covering a fraction ``scale`` of
+    the window (null: ``data.global_crop_scale``). ``local_crops``: also ``data.n_local_crops`` crops of
+    ``data.local_crop_size`` covering ``data.local_crop_scale`` (multi-crop). ``intensity``: band-safe intensity
+    ops on every crop (false: geometry only). ``asymmetric``: BYOL's pattern, the first global crop always blurred,
+    the second rarely but sometimes solarised. ``geometry=False``: the window as it is (no crop, flip or turn).
+
+    One crop and no local crops give a batch ``{"image": (B, C, *S), "valid": (B, *S)}``; anything more gives
+    ``{"views": {"global": [crops x (B, C, *G)], "local": [n x (B, C, *L)]}, "valid": {same keys, (B, *S) masks}}``.
+    """
+
+    crops: int = 1
+    local_crops: bool = False
+    intensity: bool = True
+    asymmetric: bool = False
+    scale: tuple[float, float] | None = None
+    geometry: bool = True
+
+    def __post_init__(self) -> None:
+        if self.crops < 1:
+            raise ValueError(f"ViewSpec.crops must be at least 1, got {self.crops}")
+        if self.scale is not None and not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ValueError(f"ViewSpec.scale must satisfy 0 < min <= max <= 1, got {self.scale}")
+
+    @property
+    def single(self) -> bool:
+        """One crop per sample, batched as ``image`` / ``valid``."""
+        return self.crops == 1 and not self.local_crops
+
+    def describe(self) -> str:
+        """The views in words (``geomed-ssl methods``, docs/methods.md)."""
+        if not self.geometry:
+            return "the window as it is"
+        what = "one crop" if self.crops == 1 else f"{self.crops} global crops"
+        scale = (f"{self.scale[0]:g}-{self.scale[1]:g} of the area / volume" if self.scale
+                 else "data.global_crop_scale")
+        text = f"{what} ({scale})"
+        if self.local_crops:
+            text += " + data.n_local_crops local crops"
+        text += ", flips / rot90"
+        if self.intensity:
+            text += ", band-safe intensity augment" + (" (asymmetric blur / solarize)" if self.asymmetric else "")
+        return text
+
+
+IDENTITY = ViewSpec(geometry=False, intensity=False)
+PRESETS: dict[str, ViewSpec] = {  # names for callers that are not methods (statistics, previews, tests)
+    "none": IDENTITY,
+    "mae": ViewSpec(intensity=False, scale=(0.2, 1.0)),
+    "dino": ViewSpec(crops=2, local_crops=True, asymmetric=True),
+}
+VIEW_KINDS = tuple(PRESETS)
 
 
 def _to_tensors(image: np.ndarray, valid: np.ndarray) -> dict[str, torch.Tensor]:
@@ -35,9 +104,9 @@ def sample_crop(
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Random crop ``(starts, sizes)`` of an array with spatial ``shape``.
 
-    The crop covers a fraction ~U(scale) of the area/volume; its aspect (relative to ``shape``) is log-uniform in
-    ``ratio`` (2D: width/height as in MAE/torchvision; 3D: each axis jittered by up to sqrt(ratio), product kept).
-    After 10 failed tries the whole array is taken.
+    The crop covers a fraction ~U(scale) of the area (2D) or volume (3D); its aspect (relative to ``shape``) is
+    log-uniform in ``ratio`` (2D: width/height as in MAE/torchvision; 3D: each axis jittered by up to sqrt(ratio),
+    product kept). After 10 failed tries the whole array is taken.
     """
     nd = len(shape)
     lo, hi = math.log(ratio[0]), math.log(ratio[1])
@@ -74,6 +143,39 @@ def resize(array: np.ndarray, size: tuple[int, ...], nearest: bool = False) -> n
     return torch.nn.functional.interpolate(t, size=tuple(size), mode=mode, **kwargs)[0].numpy()
 
 
+def resized_crop(image: np.ndarray, valid: np.ndarray, size: tuple[int, ...], scale: tuple[float, float],
+                 ratio: tuple[float, float], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The random resized crop, 2D and 3D alike: ``image`` (C, *S), ``valid`` (*S) -> (C, *size), (*size) bool;
+    the crop's area / volume fraction and aspect as :func:`sample_crop` draws them."""
+    starts, sizes = sample_crop(image.shape[1:], scale, ratio, rng)
+    box = tuple(slice(s, s + n) for s, n in zip(starts, sizes))
+    img = resize(image[(slice(None), *box)], size)  # (C, *size)
+    ok = resize(valid[box][None].astype(np.uint8), size, nearest=True)[0] > 0  # (*size)
+    return img, ok
+
+
+def flip_rotate(image: np.ndarray, valid: np.ndarray, rng: np.random.Generator, flip_p: float = 0.5,
+                rot90: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """A flip per spatial axis with probability ``flip_p``, then (``rot90``, square 2D only) 0-3 quarter turns."""
+    nd = valid.ndim
+    flips = [a for a in range(nd) if rng.random() < flip_p]
+    if flips:
+        image, valid = np.flip(image, [a + 1 for a in flips]), np.flip(valid, flips)
+    if rot90 and nd == 2 and valid.shape[0] == valid.shape[1]:
+        k = int(rng.integers(4))
+        image, valid = np.rot90(image, k, axes=(1, 2)), np.rot90(valid, k, axes=(0, 1))
+    return image, valid
+
+
+@dataclass(frozen=True)
+class CropSet:
+    """Crops of one size: how many, what fraction of the window each covers, and their intensity roles."""
+
+    size: tuple[int, ...]
+    scale: tuple[float, float]
+    roles: tuple[str, ...]  # one per crop: "none" (geometry only) or an Intensity.probs role
+
+
 class IdentityView:
     """No augmentation: the normalised window as tensors (inference, statistics, tests)."""
 
@@ -81,60 +183,117 @@ class IdentityView:
         return _to_tensors(image, valid)
 
 
-class MAEView:
-    """Random resized crop back to ``size`` + a flip per spatial axis (+ rot90 for square 2D windows)."""
+class CropView:
+    """Global (and local) crops of a window, each a :func:`resized_crop` then :func:`flip_rotate` then (per its
+    role) intensity ops. One global crop and no local ones give ``{"image", "valid"}``; otherwise
+    ``{"views": {"global", "local"}, "valid": {"global", "local"}}`` (see :class:`ViewSpec`)."""
 
-    def __init__(
-        self,
-        size: tuple[int, ...],
-        scale: tuple[float, float] = (0.2, 1.0),
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
-        flip_p: float = 0.5,
-        rot90: bool = True,
-    ):
-        self.size, self.scale, self.ratio, self.flip_p = tuple(size), tuple(scale), tuple(ratio), float(flip_p)
-        self.rot90 = bool(rot90) and len(self.size) == 2 and self.size[0] == self.size[1]
+    def __init__(self, global_crops: CropSet, local_crops: CropSet | None = None,
+                 ratio: tuple[float, float] = DEFAULT_RATIO, flip_p: float = 0.5, rot90: bool = True,
+                 intensity: Intensity | None = None) -> None:
+        self.global_crops, self.local_crops = global_crops, local_crops
+        self.ratio, self.flip_p, self.rot90 = tuple(ratio), float(flip_p), bool(rot90)
+        self.intensity = intensity or Intensity()
+        self.spatial_dims = len(global_crops.size)
+        self._probs: dict[str, IntensityProbs] = {}
+
+    def crop(self, image: np.ndarray, valid: np.ndarray, crops: CropSet, role: str,
+             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One crop of ``crops``' size and scale, with the intensity ops of ``role``."""
+        img, ok = resized_crop(image, valid, crops.size, crops.scale, self.ratio, rng)
+        img, ok = flip_rotate(img, ok, rng, self.flip_p, self.rot90)
+        if role != "none":
+            probs = self._probs.setdefault(role, self.intensity.probs(role))
+            img = self.intensity(np.ascontiguousarray(img), rng, probs)
+        return img, ok
 
     def __call__(self, image: np.ndarray, valid: np.ndarray, rng: np.random.Generator) -> dict:
-        nd = len(self.size)
+        nd = self.spatial_dims
         if image.ndim != nd + 1 or valid.shape != image.shape[1:]:
             raise ValueError(f"view expects image (C, *{nd} spatial) and a matching valid mask, got "
                              f"{image.shape} and {valid.shape}")
-        starts, sizes = sample_crop(image.shape[1:], self.scale, self.ratio, rng)
-        box = tuple(slice(s, s + n) for s, n in zip(starts, sizes))
-        img = resize(image[(slice(None), *box)], self.size)  # (C, *size)
-        ok = resize(valid[box][None].astype(np.uint8), self.size, nearest=True)[0] > 0  # (*size)
-        flips = [a for a in range(nd) if rng.random() < self.flip_p]
-        if flips:
-            img, ok = np.flip(img, [a + 1 for a in flips]), np.flip(ok, flips)
-        if self.rot90:
-            k = int(rng.integers(4))
-            img, ok = np.rot90(img, k, axes=(1, 2)), np.rot90(ok, k, axes=(0, 1))
-        return _to_tensors(img, ok)
+        g = [self.crop(image, valid, self.global_crops, r, rng) for r in self.global_crops.roles]
+        if self.local_crops is None and len(g) == 1:
+            return _to_tensors(*g[0])
+        loc = [self.crop(image, valid, self.local_crops, r, rng) for r in self.local_crops.roles] \
+            if self.local_crops else []
+        g_t, l_t = [_to_tensors(*c) for c in g], [_to_tensors(*c) for c in loc]
+        return {"views": {"global": [t["image"] for t in g_t], "local": [t["image"] for t in l_t]},
+                "valid": {"global": [t["valid"] for t in g_t], "local": [t["valid"] for t in l_t]}}
 
 
-def build_views(kind: str, data_cfg: Any, spatial_dims: int, **opts: Any) -> View:
-    """The view of ``kind`` for windows of ``data_cfg.patch_size``.
+class MAEView(CropView):
+    """One random resized crop back to ``size`` + a flip per spatial axis (+ rot90 for square 2D windows)."""
 
-    Options for "mae": ``scale`` (area/volume fraction of the crop, default (0.2, 1.0)), ``ratio`` (aspect range,
-    default (3/4, 4/3)), ``flip_p`` (per axis, 0.5), ``rot90`` (2D square windows only, True). "dino": the
-    ``data.*crop*`` keys (see :func:`geomed_ssl.data.multicrop.build_multicrop`); option ``patch_size`` (the model's
-    token patch) rounds the default local crop size.
+    def __init__(self, size: tuple[int, ...], scale: tuple[float, float] = (0.2, 1.0),
+                 ratio: tuple[float, float] = DEFAULT_RATIO, flip_p: float = 0.5, rot90: bool = True):
+        super().__init__(CropSet(tuple(size), tuple(scale), ("none",)), None, ratio, flip_p, rot90)
+        self.size, self.scale = tuple(size), tuple(scale)
+
+
+def crop_sizes(data_cfg: Any, spatial_dims: int, patch_size: Any = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(global, local) crop sizes: ``data.global_crop_size`` (null: the window) and ``data.local_crop_size`` (null:
+    half the global crop rounded down to a multiple of ``patch_size``, the model's token patch, at least one)."""
+    window = as_tuple(data_cfg.patch_size, spatial_dims, "data.patch_size")
+    g = getattr(data_cfg, "global_crop_size", None)
+    global_size = window if g is None else as_tuple(g, spatial_dims, "data.global_crop_size")
+    loc = getattr(data_cfg, "local_crop_size", None)
+    if loc is None:
+        p = as_tuple(patch_size if patch_size is not None else 1, spatial_dims, "model.patch_size")
+        return global_size, tuple(max(pi, (w // 2) // pi * pi) for w, pi in zip(global_size, p))
+    return global_size, as_tuple(loc, spatial_dims, "data.local_crop_size")
+
+
+def _scale(value: Sequence[float], key: str) -> tuple[float, float]:
+    lo, hi = (float(v) for v in value)
+    if not 0 < lo <= hi <= 1:
+        raise ConfigError(f"{key} must be [min, max] with 0 < min <= max <= 1, got {[lo, hi]}.")
+    return lo, hi
+
+
+def build_views(spec: ViewSpec | str, data_cfg: Any, spatial_dims: int, augment: Any = None,
+                patch_size: Any = None, wavelengths: Sequence[float | None] | None = None, **opts: Any) -> View:
+    """The view that ``spec`` (a method's :class:`ViewSpec`, or a preset name: ``none``, ``mae``, ``dino``) asks
+    for, for windows of ``data_cfg.patch_size``.
+
+    ``augment``: the recipe's ``augment:`` section (flips, rot90, crop aspect, intensity strengths; ``None``: the
+    defaults); ``patch_size``: the model's token patch (rounds the default local crop size); ``wavelengths``: the
+    bands' centre wavelengths (µm), for ``augment.spectral_shift_p``. Options ``scale`` (area / volume fraction of
+    a global crop), ``ratio``, ``flip_p`` and ``rot90`` override the spec and ``augment``.
     """
     if spatial_dims not in (2, 3):
         raise ConfigError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
-    size = as_tuple(data_cfg.patch_size, spatial_dims, "data.patch_size")
-    if kind == "none":
+    if isinstance(spec, str):
+        if spec not in PRESETS:
+            raise ConfigError(f"unknown view kind '{spec}'. Valid kinds: {', '.join(VIEW_KINDS)}.")
+        spec = PRESETS[spec]
+    as_tuple(data_cfg.patch_size, spatial_dims, "data.patch_size")
+    if not spec.geometry:
         return IdentityView()
-    if kind == "mae":
-        scale, ratio = tuple(opts.get("scale", (0.2, 1.0))), tuple(opts.get("ratio", (3 / 4, 4 / 3)))
-        if not 0 < scale[0] <= scale[1] <= 1:
-            raise ConfigError(f"view 'mae': scale must satisfy 0 < min <= max <= 1, got {list(scale)}.")
-        if not 0 < ratio[0] <= ratio[1]:
-            raise ConfigError(f"view 'mae': ratio must satisfy 0 < min <= max, got {list(ratio)}.")
-        return MAEView(size, scale, ratio, float(opts.get("flip_p", 0.5)), bool(opts.get("rot90", True)))
-    if kind == "dino":
-        from geomed_ssl.data.multicrop import build_multicrop
-
-        return build_multicrop(data_cfg, spatial_dims, patch_size=opts.get("patch_size"))
-    raise ConfigError(f"unknown view kind '{kind}'. Valid kinds: {', '.join(VIEW_KINDS)}.")
+    get = (lambda k, d: getattr(augment, k, d)) if augment is not None else (lambda k, d: d)
+    ratio = tuple(opts.get("ratio", get("crop_ratio", DEFAULT_RATIO)))
+    if not 0 < ratio[0] <= ratio[1]:
+        raise ConfigError(f"augment.crop_ratio must satisfy 0 < min <= max, got {list(ratio)}.")
+    scale = opts.get("scale", spec.scale or getattr(data_cfg, "global_crop_scale", (0.4, 1.0)))
+    scale = _scale(scale, "data.global_crop_scale" if "scale" not in opts and not spec.scale else "view scale")
+    global_size, local_size = crop_sizes(data_cfg, spatial_dims, patch_size)
+    window = as_tuple(data_cfg.patch_size, spatial_dims, "data.patch_size")
+    fits = [("global_crop_size", global_size, "data.patch_size", window)]
+    fits += [("local_crop_size", local_size, "data.global_crop_size", global_size)] if spec.local_crops else []
+    for key, size, within, limit in fits:
+        if any(s > w for s, w in zip(size, limit)):
+            raise ConfigError(f"data.{key} {list(size)} does not fit in {within} {list(limit)}: crops are cut from "
+                              f"the window; make it at most {list(limit)}.")
+    intensity = Intensity(augment, wavelengths) if spec.intensity else None
+    if spec.intensity and spec.asymmetric:
+        roles = ("global1", "global2") + ("view",) * (spec.crops - 2)
+    else:
+        roles = ("view" if spec.intensity else "none",) * spec.crops
+    local = None
+    if spec.local_crops:
+        n_local = int(getattr(data_cfg, "n_local_crops", 6))
+        local_scale = _scale(getattr(data_cfg, "local_crop_scale", (0.05, 0.4)), "data.local_crop_scale")
+        local = CropSet(local_size, local_scale, ("local" if spec.intensity else "none",) * n_local)
+    flip_p = float(opts.get("flip_p", 0.5 if get("flip", True) else 0.0))
+    return CropView(CropSet(global_size, scale, roles[: spec.crops]), local, ratio, flip_p,
+                    bool(opts.get("rot90", get("rot90", True))), intensity)

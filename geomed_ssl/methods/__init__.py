@@ -8,12 +8,21 @@ range, default and meaning); importing the file here registers it.
 
 from __future__ import annotations
 
-from geomed_ssl.methods.base import MethodContext, MethodOutput, MethodSettings, SSLMethod
+from geomed_ssl.methods.base import MethodCard, MethodContext, MethodOutput, MethodSettings, SSLMethod
 from geomed_ssl.methods.registry import (METHODS, build_method, describe_methods, method_class, method_settings,
                                          register_method, resolve_method_settings, with_method_settings)
 from geomed_ssl.methods.dino import DINO, DINOSettings  # noqa: E402  (registers "dino")
 from geomed_ssl.methods.mae import MAE, MAESettings  # noqa: E402  (registers "mae")
+from geomed_ssl.methods.simclr import SimCLR  # noqa: E402,F401  (registers "simclr")
+from geomed_ssl.methods.moco_v2 import MoCoV2  # noqa: E402,F401  (registers "moco_v2")
+from geomed_ssl.methods.moco_v3 import MoCoV3  # noqa: E402,F401  (registers "moco_v3")
+from geomed_ssl.methods.byol import BYOL  # noqa: E402,F401  (registers "byol")
+from geomed_ssl.methods.simsiam import SimSiam  # noqa: E402,F401  (registers "simsiam")
+from geomed_ssl.methods.barlow_twins import BarlowTwins  # noqa: E402,F401  (registers "barlow_twins")
+from geomed_ssl.methods.vicreg import VICReg  # noqa: E402,F401  (registers "vicreg")
+from geomed_ssl.methods.swav import SwAV  # noqa: E402,F401  (registers "swav")
+from geomed_ssl.methods.deepcluster import DeepCluster  # noqa: E402,F401  (registers "deepcluster")
 
-__all__ = ["METHODS", "MethodContext", "MethodOutput", "MethodSettings", "SSLMethod", "MAE", "MAESettings", "DINO",
+__all__ = ["METHODS", "MethodCard", "MethodContext", "MethodOutput", "MethodSettings", "SSLMethod", "MAE", "MAESettings", "DINO",
            "DINOSettings", "build_method", "describe_methods", "method_class", "method_settings", "register_method",
            "resolve_method_settings", "with_method_settings"]

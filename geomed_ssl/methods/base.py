@@ -3,7 +3,8 @@
 A method is one file: an :class:`SSLMethod` subclass registered with ``@register_method``
 (:mod:`geomed_ssl.methods.registry`) and its settings, a :class:`MethodSettings` dataclass whose fields are the
 keys of the recipe's ``method:`` section, each declared once with ``setting(default, meaning, bounds=...,
-choices=...)``::
+choices=...)``; the views it needs, a :class:`~geomed_ssl.data.views.ViewSpec` that the one view builder reads; and
+a :class:`MethodCard` for ``geomed-ssl methods`` and docs/methods.md::
 
     @dataclass
     class ToySettings(MethodSettings):
@@ -13,6 +14,23 @@ choices=...)``::
     class Toy(SSLMethod):
         name = "toy"
         Settings = ToySettings
+        views = ViewSpec(crops=2)  # two augmented global crops: batch["views"]["global"] == [x1, x2]
+        card = MethodCard(learns="...", cost="...", failure_modes="...")
+
+        def __init__(self, encoder_cfg, settings=None, max_steps=1000):
+            super().__init__(encoder_cfg, settings, max_steps)
+            self.encoder = ViTEncoder(encoder_cfg)  # every module attribute is the method's: heads included
+
+        def training_loss(self, batch, step, generator) -> MethodOutput: ...
+
+Hooks. Everything the trainer calls is declared on :class:`SSLMethod` with a default, and nothing else is called:
+``training_loss`` (every micro-batch), ``before_optimizer_step`` (gradients ready, before the update),
+``weight_decay`` (the decaying groups' weight decay at a step, or None), ``after_step`` (after the update; by
+default the EMA of the declared ``momentum_pairs`` at ``momentum(step)``), ``export_encoder``, ``no_weight_decay``,
+``reconstruct`` (previews; methods without it get attention-map previews). The optimiser trains every parameter of
+the method that requires grad: encoders, heads, prototypes and tokens are attributes of the method; momentum
+targets are made with :func:`~geomed_ssl.methods.momentum.momentum_copy` (frozen) and declared as pairs, never
+looped over by hand.
 
 Randomness. ``training_loss(batch, step, generator)`` gets the step's ``generator``, seeded from (train.seed,
 micro-step) and the same on every rank: draws that concern the whole global batch (e.g. the band subset of
@@ -43,7 +61,9 @@ import torch.distributed as dist
 from torch import nn
 
 from geomed_ssl.config import MethodConfig, Recipe, as_tuple, build_checked, check_instance, spatial_dims, values_of
+from geomed_ssl.data.views import ViewSpec
 from geomed_ssl.errors import ConfigError
+from geomed_ssl.methods.momentum import MomentumPair, check_momentum_pairs, ema_update_
 from geomed_ssl.methods.schedules import ScheduleClock
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 from geomed_ssl.models.tokens import token_grid
@@ -133,14 +153,15 @@ class MethodContext:
     tokens: int | None = None  # tokens per training window (the encoder's grid)
     max_steps: int | None = None
     batch_size: int | None = None  # per device
+    samples: int | None = None  # distinct (non-overlapping) training windows in the data, once it is scanned
 
     @classmethod
-    def from_recipe(cls, recipe: Recipe) -> MethodContext:
+    def from_recipe(cls, recipe: Recipe, samples: int | None = None) -> MethodContext:
         nd = spatial_dims(recipe.data)
         window = as_tuple(recipe.data.patch_size, nd, "data.patch_size")
         patch = as_tuple(recipe.model.patch_size, nd, "model.patch_size")
         return cls(recipe.model.embedding, nd, math.prod(token_grid(window, patch)),
-                   recipe.train.max_steps, recipe.train.batch_size)
+                   recipe.train.max_steps, recipe.train.batch_size, samples)
 
     @classmethod
     def from_encoder(cls, cfg: EncoderConfig, max_steps: int | None = None) -> MethodContext:
@@ -155,6 +176,12 @@ class MethodSettings:
     def check(self, source: str, context: MethodContext) -> None:
         """Raise a one-line ``ConfigError`` (prefixed with ``source``) when the settings cannot work together or
         with ``context``. Types and ranges of single settings are checked before this. Default: nothing."""
+
+    def resolve_auto(self, context: MethodContext) -> list[str]:
+        """Replace data-dependent ``auto`` values (a queue length, a number of prototypes) by sizes that
+        ``context.samples`` supports, in place, and return one note per value set (logged by the caller); called
+        once the data is scanned, after :meth:`check`. Default: nothing to resolve."""
+        return []
 
     @classmethod
     def from_section(cls, section: MethodConfig | Mapping[str, Any], source: str = "recipe",
@@ -178,6 +205,17 @@ class MethodSettings:
         return MethodConfig(name, **values_of(self))
 
 
+@dataclass(frozen=True)
+class MethodCard:
+    """What ``geomed-ssl methods`` and docs/methods.md say about a method besides its settings and views."""
+
+    learns: str = ""  # what the encoder learns, one line
+    cost: str = ""  # memory / compute per step relative to the encoder's forward-backward on one view
+    failure_modes: str = ""  # the known ways it fails, and what to watch
+    recipes: tuple[str, ...] = ()  # shipped recipes that use it (paths from the repository root)
+    dims: str = "2D, 3D"
+
+
 @dataclass
 class MethodOutput:
     """A training step's loss (scalar, with grad) and detached scalars to log."""
@@ -187,18 +225,20 @@ class MethodOutput:
 
 
 class SSLMethod(nn.Module):
-    """Base of all methods: owns its encoder(s), heads and loss.
+    """Base of all methods: owns its encoder(s), heads and loss; every hook the trainer calls is declared here.
 
-    Subclasses set ``name``, ``Settings`` (their :class:`MethodSettings`) and ``view_kind`` ("mae" | "dino") and
-    implement ``training_loss``; all randomness of a step comes from the ``generator`` passed in (per sample
-    through :class:`PerSample`), so a resumed run replays exactly and the split of the global batch over ranks does
-    not matter. Schedules read ``self.clock`` (a :class:`ScheduleClock` over ``max_steps``; the trainer replaces it
+    Subclasses set ``name``, ``Settings`` (their :class:`MethodSettings`), ``views`` (a :class:`ViewSpec`; the
+    default is one crop, geometry only, as masked-image methods want) and ``card``, and implement
+    ``training_loss``; all randomness of a step comes from the ``generator`` passed in (per sample through
+    :class:`PerSample`), so a resumed run replays exactly and the split of the global batch over ranks does not
+    matter. Schedules read ``self.clock`` (a :class:`ScheduleClock` over ``max_steps``; the trainer replaces it
     when a run is resumed with another length) so they continue without a jump.
     """
 
     name: ClassVar[str] = ""
-    view_kind: ClassVar[str] = "mae"
     Settings: ClassVar[type[MethodSettings]] = MethodSettings
+    views: ClassVar[ViewSpec] = ViewSpec(intensity=False, scale=(0.2, 1.0))
+    card: ClassVar[MethodCard] = MethodCard()
 
     def __init__(self, encoder_cfg: EncoderConfig,
                  settings: MethodSettings | MethodConfig | Mapping[str, Any] | None = None,
@@ -221,23 +261,73 @@ class SSLMethod(nn.Module):
                             f"not {type(settings).__name__}")
         self.clock = ScheduleClock(max_steps)
 
+    # ---- what the trainer calls ------------------------------------------------------------------------------
     def training_loss(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> MethodOutput:
-        raise NotImplementedError
+        """The loss of one micro-batch (scalar, with grad) and detached scalars to log (the same keys on every
+        rank; ``collapse`` also goes to the progress bar). ``batch`` holds what :attr:`views` asks for (see
+        :class:`ViewSpec`), ``index`` (B,) global sample indices and ``meta``; ``step`` is the optimiser step."""
+        raise NotImplementedError(f"{type(self).__name__} must implement training_loss().")
+
+    def before_optimizer_step(self, step: int) -> None:
+        """After the backward pass(es) of optimiser step ``step``, before the update: change gradients (drop those
+        of layers frozen for a while, e.g. DINO's prototypes). Default: nothing."""
+
+    def weight_decay(self, step: int) -> float | None:
+        """The weight decay of the decaying parameter groups at ``step`` (a schedule), or ``None`` to keep
+        ``train.weight_decay``. Default: ``None``."""
+        return None
+
+    def momentum_pairs(self) -> list[MomentumPair]:
+        """``(online, target)`` module pairs whose targets follow their online twins by EMA after every step
+        (teachers, key encoders, target networks); targets made with ``momentum_copy``. Default: none."""
+        return []
+
+    def momentum(self, step: int) -> float:
+        """The EMA momentum at ``step`` (read ``self.clock(step)``); methods with momentum pairs override it."""
+        raise NotImplementedError(f"{type(self).__name__} declares momentum pairs but no momentum(step).")
 
     def after_step(self, step: int) -> None:
-        """Update state after the optimiser step (EMA teachers, centres, schedules). Default: nothing."""
+        """After the update of optimiser step ``step``: state that follows the weights. Default: every target of
+        :meth:`momentum_pairs` <- ``momentum(step)`` * target + (1 - momentum) * online (one EMA helper for every
+        method). Overrides that add their own state call ``super().after_step(step)``."""
+        pairs = self.momentum_pairs()
+        if pairs:
+            ema_update_(pairs, self.momentum(step))
 
     def export_encoder(self) -> ViTEncoder:
-        """The encoder to keep for downstream use."""
+        """The encoder to keep for downstream use (default: the ``encoder`` attribute)."""
         encoder = getattr(self, "encoder", None)
         if not isinstance(encoder, ViTEncoder):
             raise NotImplementedError(f"{type(self).__name__} must implement export_encoder().")
         return encoder
 
     def no_weight_decay(self) -> set[str]:
-        """Full names of the tokens and position embeddings in every submodule that lists them."""
+        """Full names of parameters trained without weight decay besides norms and biases: the tokens and position
+        embeddings of every submodule that lists them (``module.no_weight_decay()``)."""
         names: set[str] = set()
         for prefix, module in self.named_modules():
             if module is not self and callable(getattr(module, "no_weight_decay", None)):
                 names |= {f"{prefix}.{n}" for n in module.no_weight_decay()}
         return names
+
+    def reconstruct(self, image: torch.Tensor, valid: torch.Tensor | None = None,
+                    noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """For methods that reconstruct their input, previews: ``image`` (B, C, *S) -> ``pred_image`` (B, C, *S),
+        ``mask_image`` (B, *S) bool, ``loss``; in eval mode, collectives off. Default: not available (previews show
+        the exported encoder's attention maps instead)."""
+        raise NotImplementedError(f"{type(self).__name__} does not reconstruct its input.")
+
+    @classmethod
+    def reconstructs(cls) -> bool:
+        """True when the method implements :meth:`reconstruct`."""
+        return cls.reconstruct is not SSLMethod.reconstruct
+
+    def check_contract(self) -> None:
+        """Raise ``TypeError`` when the method breaks the contract in ways the trainer cannot see: a momentum pair
+        whose twins differ, or a target that would be trained by the optimiser."""
+        pairs = self.momentum_pairs()
+        check_momentum_pairs(pairs)
+        trained = [n for _, target in pairs for n, p in target.named_parameters() if p.requires_grad]
+        if trained:
+            raise TypeError(f"{type(self).__name__}: momentum targets must not require grad (make them with "
+                            f"momentum_copy); {trained[0]} does.")

@@ -5,8 +5,9 @@ receives gradients. The student sees every crop (its global crops blockwise-mask
 only the unmasked global crops. Works on 2D and 3D token grids; every schedule is indexed by optimiser step (through
 ``self.clock``, which stretches the rest of a resumed run without a jump).
 
-Trainer hooks: ``before_optimizer_step(step)`` (drops last-layer grads while frozen), ``weight_decay(step)`` (set
-on the decaying param groups), ``after_step(step)`` (teacher EMA).
+Trainer hooks (declared on ``SSLMethod``): ``before_optimizer_step(step)`` (drops last-layer grads while frozen),
+``weight_decay(step)`` (set on the decaying param groups), ``momentum_pairs()`` / ``momentum(step)`` (the teacher
+EMA, applied by the base ``after_step`` with the shared ``ema_update_``).
 
 Spectral-aware embeddings: ``wavelength`` gives one token per position and runs as ``plain``. ``grouped`` and
 ``spectral`` give ``U`` tokens per position (band groups / chunks, unit-major). The iBOT mask is drawn on the
@@ -37,10 +38,12 @@ from torch import Tensor, nn
 
 from geomed_ssl.config import MethodConfig, setting
 from geomed_ssl.errors import ConfigError
-from geomed_ssl.methods.base import MethodContext, MethodOutput, MethodSettings, PerSample, SSLMethod
+from geomed_ssl.data.views import ViewSpec
+from geomed_ssl.methods.base import MethodCard, MethodContext, MethodOutput, MethodSettings, PerSample, SSLMethod
 from geomed_ssl.methods.dino_losses import CENTERINGS, DINOLoss, IBOTPatchLoss, KoLeoLoss
 from geomed_ssl.methods.heads import DINOHead
 from geomed_ssl.methods.masking import block_mask, ibot_masks  # noqa: F401  (block_mask: re-exported)
+from geomed_ssl.methods.momentum import MomentumPair
 from geomed_ssl.methods.registry import register_method
 from geomed_ssl.methods.schedules import cosine, linear_warmup, teacher_momentum
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
@@ -119,7 +122,14 @@ class DINO(SSLMethod):
     """DINO (+ iBOT, KoLeo, Sinkhorn-Knopp) over :class:`ViTEncoder` student / EMA teacher."""
 
     name = "dino"
-    view_kind = "dino"
+    views = ViewSpec(crops=2, local_crops=True, asymmetric=True)
+    card = MethodCard(
+        learns="to match an EMA teacher's prototype distribution across crops (+ iBOT: masked patch tokens)",
+        cost="~2x + 0.25x per local crop (student on every crop, teacher on the two global ones); the head's "
+             "out_dim x bottleneck prototypes",
+        failure_modes="collapse to a constant or uniform teacher (teacher_std, teacher_entropy, collapse); too "
+                      "many prototypes for a small archive; NaN in fp16 without float32 losses",
+        recipes=("recipes/dino_sentinel2.yaml", "recipes/dino_ct.yaml"))
     Settings = DINOSettings
     settings: DINOSettings
 
@@ -159,24 +169,25 @@ class DINO(SSLMethod):
         self._last_warning = -COLLAPSE_WARN_EVERY
 
     # ---- pairs and schedules -------------------------------------------------------------------------------
-    def _pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        pairs: list[tuple[nn.Module, nn.Module]] = [(self.student, self.teacher),
-                                                    (self.student_head, self.teacher_head)]
+    def momentum_pairs(self) -> list[MomentumPair]:
+        """Student -> teacher: encoder, head, and the separate iBOT patch head when there is one."""
+        pairs: list[MomentumPair] = [(self.student, self.teacher), (self.student_head, self.teacher_head)]
         if self.student_patch_head is not None:
             pairs.append((self.student_patch_head, self.teacher_patch_head))
         return pairs
 
     def _teacher_modules(self) -> nn.ModuleList:
-        return nn.ModuleList([t for _, t in self._pairs()])
+        return nn.ModuleList([t for _, t in self.momentum_pairs()])
 
     def teacher_temp(self, step: int) -> float:
         s = self.settings
         return linear_warmup(self.clock(step), s.warmup_teacher_temp, s.teacher_temp, self.teacher_temp_warmup_steps)
 
     def momentum(self, step: int) -> float:
+        """Teacher EMA momentum: cosine from ``momentum_teacher`` to 1 over the run."""
         return teacher_momentum(self.clock(step), self.settings.momentum_teacher, self.max_steps)
 
-    def weight_decay(self, step: int) -> float:
+    def weight_decay(self, step: int) -> float | None:
         """Weight decay of the decaying param groups at ``step`` (cosine 0.04 -> 0.4 by default)."""
         s = self.settings
         return cosine(self.clock(step), s.weight_decay_start, s.weight_decay_end, self.max_steps)
@@ -292,16 +303,6 @@ class DINO(SSLMethod):
             if head is not None:
                 for p in head.last_layer_parameters():
                     p.grad = None
-
-    @torch.no_grad()
-    def after_step(self, step: int) -> None:
-        """Teacher <- momentum * teacher + (1 - momentum) * student (parameters; buffers copied)."""
-        m = self.momentum(step)
-        for student, teacher in self._pairs():
-            for ps, pt in zip(student.parameters(), teacher.parameters()):
-                pt.lerp_(ps.detach().to(pt.dtype), 1.0 - m)
-            for bs, bt in zip(student.buffers(), teacher.buffers()):
-                bt.copy_(bs)
 
     def export_encoder(self) -> ViTEncoder:
         """The teacher encoder (as official DINO)."""

@@ -1,7 +1,8 @@
 """DINO / iBOT / KoLeo losses and Sinkhorn-Knopp centering: pure modules, no encoder knowledge.
 
 Shapes: ``V`` views, ``B`` images, ``K`` prototypes (head ``out_dim``), ``M`` masked patch tokens.
-All losses compute in float32 whatever the autocast dtype of their inputs (bf16/fp16 logits overflow in softmax).
+All losses compute in float32 with autocast off, whatever the dtype of their inputs (bf16/fp16 logits overflow in
+softmax, and under autocast the cross-entropy einsum would otherwise run as a bf16 matmul).
 The centers are EMA buffers updated from the teacher's raw logits after the loss is computed (official order) and
 all-reduced over ranks when ``torch.distributed`` is initialised.
 """
@@ -9,43 +10,21 @@ all-reduced over ranks when ``torch.distributed`` is initialised.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from geomed_ssl.methods.distributed import all_reduce_sum_
+from geomed_ssl.methods.losses.precision import float32_loss
+from geomed_ssl.methods.losses.sinkhorn import sinkhorn_knopp as _sinkhorn
 
 CENTERINGS = ("ema", "sinkhorn", "none")
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _all_reduce_(t: Tensor, op: str = "sum") -> Tensor:
-    if _distributed():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
-    return t
-
-
-@torch.no_grad()
 def sinkhorn_knopp(logits: Tensor, temp: float, n_iters: int = 3) -> Tensor:
-    """Teacher targets balanced over prototypes (DINOv2 / SwAV): ``(M, K)`` logits -> ``(M, K)`` probabilities.
-
-    Each row sums to 1; column masses become equal as ``n_iters`` grows. Samples are counted over all ranks.
-    """
-    x = logits.float() / temp  # (M, K)
-    local_max = x.max() if x.numel() else x.new_tensor(float("-inf"))
-    x = x - _all_reduce_(local_max.clone(), "max")  # exp() never overflows; a constant factor cancels below
-    q = torch.exp(x).t()  # (K, M)
-    k = q.shape[0]
-    m = torch.tensor(float(q.shape[1]), device=q.device)
-    _all_reduce_(m)
-    q = q / _all_reduce_(q.sum())
-    for _ in range(n_iters):
-        q = q / _all_reduce_(q.sum(dim=1, keepdim=True)).clamp_min(1e-30)  # each prototype gets mass 1/K
-        q = q / k
-        q = q / q.sum(dim=0, keepdim=True).clamp_min(1e-30)  # each sample gets mass 1/M
-        q = q / m
-    return (q * m).t()
+    """Teacher targets balanced over prototypes (DINOv2 / SwAV): ``(M, K)`` logits -> ``(M, K)`` probabilities,
+    each row summing to 1, column masses equal as ``n_iters`` grows, samples counted over all ranks. The shared
+    :func:`geomed_ssl.methods.losses.sinkhorn_knopp` with ``epsilon=temp``."""
+    return _sinkhorn(logits, epsilon=temp, iterations=n_iters)
 
 
 class _Centered(nn.Module):
@@ -77,8 +56,8 @@ class _Centered(nn.Module):
     def update_center(self, teacher_logits: Tensor) -> None:
         """``center <- m * center + (1 - m) * mean(teacher_logits)`` over every sample of every rank."""
         t = teacher_logits.float().reshape(-1, teacher_logits.shape[-1])  # (N, K)
-        total = _all_reduce_(t.sum(dim=0, keepdim=True))
-        count = _all_reduce_(torch.tensor(float(t.shape[0]), device=t.device))
+        total = all_reduce_sum_(t.sum(dim=0, keepdim=True))
+        count = all_reduce_sum_(torch.tensor(float(t.shape[0]), device=t.device))
         m = self.center_momentum
         updated = self.center * m + total / count.clamp_min(1.0) * (1.0 - m)
         self.center.copy_(torch.where(count > 0, updated, self.center))  # no tokens anywhere: keep the center
@@ -88,6 +67,7 @@ class DINOLoss(_Centered):
     """Cross-entropy between centred, sharpened teacher softmax on global crops and student log-softmax on all
     crops, skipping pairs of the same view; student views are ordered globals first, as the teacher's."""
 
+    @float32_loss
     def loss_from_probs(self, teacher_probs: Tensor, student_logits: list[Tensor] | Tensor) -> Tensor:
         """``teacher_probs`` (Vt, B, K) and Vs >= Vt student logits (B, K) each, or stacked (Vs, B, K) -> mean
         cross-entropy."""
@@ -120,6 +100,7 @@ class IBOTPatchLoss(_Centered):
     unmasked token and the student's of the masked one, averaged per image over its masked tokens, then over all
     images (images without masked tokens count as zero). Works for any token grid: ``mask`` is (B, *grid)."""
 
+    @float32_loss
     def loss_from_probs(self, teacher_probs: Tensor, student_logits: Tensor, mask: Tensor) -> Tensor:
         """``teacher_probs`` / ``student_logits`` (M, K) for the True entries of ``mask`` (B, *grid) in order."""
         flat = mask.reshape(mask.shape[0], -1)  # (B, N)
@@ -146,6 +127,7 @@ class KoLeoLoss(nn.Module):
         super().__init__()
         self.eps = eps
 
+    @float32_loss
     def forward(self, x: Tensor) -> Tensor:
         """``x`` (B, D) with B >= 2 -> scalar."""
         x = F.normalize(x.float(), dim=-1, eps=self.eps)

@@ -80,6 +80,17 @@ def local_offset(batch_size: int) -> int:
     return rank() * batch_size
 
 
+def all_reduce_sum(x: Tensor) -> Tensor:
+    """The sum of ``x`` over ranks, differentiable: the backward sums the gradient over ranks too, so each rank's
+    contribution receives the gradient of every rank's loss (global-batch statistics, e.g. BatchNorm). Returns
+    ``x`` itself in a single process."""
+    if not is_distributed():
+        return x
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(x, op=dist.ReduceOp.SUM)
+
+
 @torch.no_grad()
 def all_reduce_sum_(t: Tensor) -> Tensor:
     """Sum ``t`` over ranks in place and return it (no autograd; Sinkhorn sums, k-means sums and counts)."""

@@ -28,8 +28,8 @@ import torch
 
 from geomed_ssl.config import MAX_DEPTH, MAX_EMBED_DIM, MAX_HEADS, MethodConfig, check_heads, setting
 from geomed_ssl.errors import ConfigError
-from geomed_ssl.methods.base import (MethodContext, MethodOutput, MethodSettings, PerSample, SSLMethod, all_ranks,
-                                     mean_over_ranks)
+from geomed_ssl.methods.base import (MethodCard, MethodContext, MethodOutput, MethodSettings, PerSample, SSLMethod,
+                                     all_ranks, mean_over_ranks)
 from geomed_ssl.methods.registry import register_method
 from geomed_ssl.methods.masking import (consistent_noise, mask_to_image, random_masking, sample_units, token_patchify,
                                         token_unpatchify, valid_values)
@@ -106,8 +106,14 @@ class MAE(SSLMethod):
     largest unit's band count.
     """
 
-    name = "mae"
-    view_kind = "mae"
+    name = "mae"  # views: the default, one crop (0.2-1 of the window), flips / rot90, no intensity ops
+    card = MethodCard(
+        learns="to fill in ~75 % hidden patches from the visible ones: every band of every pixel",
+        cost="1x (the encoder sees a quarter of the tokens; a light decoder sees all)",
+        failure_modes="blurry reconstructions are normal; CLS / mean features need fine-tuning more than "
+                      "contrastive ones for linear probes; too small a decoder limits it",
+        recipes=("recipes/mae_sentinel2.yaml", "recipes/mae_hyperspectral.yaml", "recipes/mae_ct.yaml",
+                 "recipes/mae_mri.yaml"))
     Settings = MAESettings
     settings: MAESettings
 

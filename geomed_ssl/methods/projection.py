@@ -5,9 +5,10 @@ output widths are arguments: the paper sizes suit ResNet-50 on ImageNet, small V
 Hidden layers are ``Linear -> BatchNorm1d -> ReLU`` (``Linear`` without bias before a BatchNorm, which would undo
 it). Shapes: ``(B, in_dim) -> (B, out_dim)``.
 
-The BatchNorms normalise over the local batch; under DDP convert the method with
-``nn.SyncBatchNorm.convert_sync_batchnorm`` to normalise over the global batch, as the official SimCLR, MoCo v3,
-BYOL and Barlow Twins runs do. A BatchNorm in training mode needs at least 2 samples per rank.
+The BatchNorms are :class:`GlobalBatchNorm1d`: under DDP they normalise over the global batch, as the official
+SimCLR, MoCo v3, BYOL and Barlow Twins runs do with SyncBatchNorm (which runs on GPUs only), so N processes of batch
+B train as one of batch N*B; in one process they are ``nn.BatchNorm1d``. A BatchNorm in training mode needs at
+least 2 samples per rank.
 """
 
 from __future__ import annotations
@@ -18,7 +19,33 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from geomed_ssl.methods.distributed import all_reduce_sum, is_distributed
+
 LAST_NORMS = ("none", "affine", "plain")
+
+
+class GlobalBatchNorm1d(nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` whose training-mode statistics are those of the global batch under DDP: the per-rank
+    sums are all-reduced with gradients (:func:`all_reduce_sum`), on any device and backend (gloo on CPU too).
+    Outside a process group, or in eval mode, it is exactly ``nn.BatchNorm1d`` (same parameters and buffers)."""
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C) -> (B, C)
+        if not (self.training and is_distributed()):
+            return super().forward(x)
+        xf = x.float()
+        n = all_reduce_sum(xf.new_tensor(float(xf.shape[0])).detach())
+        mean = all_reduce_sum(xf.sum(dim=0)) / n  # (C,)
+        var = all_reduce_sum(((xf - mean) ** 2).sum(dim=0)) / n  # (C,) biased, as BatchNorm normalises
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach(), m)
+                self.running_var.lerp_(var.detach() * n / (n - 1).clamp_min(1), m)
+        y = (xf - mean) / torch.sqrt(var + self.eps)
+        if self.affine:
+            y = y * self.weight + self.bias
+        return y.to(x.dtype)
 
 
 class ProjectionMLP(nn.Sequential):
@@ -38,11 +65,11 @@ class ProjectionMLP(nn.Sequential):
         for d_in, d_out in zip(dims[:-2], dims[1:-1]):
             layers.append(nn.Linear(d_in, d_out, bias=not batch_norm))
             if batch_norm:
-                layers.append(nn.BatchNorm1d(d_out))
+                layers.append(GlobalBatchNorm1d(d_out))
             layers.append(nn.ReLU(inplace=True))
         layers.append(nn.Linear(dims[-2], dims[-1], bias=last_norm == "none"))
         if last_norm != "none":
-            layers.append(nn.BatchNorm1d(dims[-1], affine=last_norm == "affine"))
+            layers.append(GlobalBatchNorm1d(dims[-1], affine=last_norm == "affine"))
         super().__init__(*layers)
         self.in_dim, self.out_dim = int(dims[0]), int(dims[-1])
 

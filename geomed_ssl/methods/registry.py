@@ -60,30 +60,44 @@ def method_settings(section: MethodConfig, source: str = "recipe",
     return cls.Settings.from_section(values, source, context, owner=f"for method '{section.name}'")
 
 
-def resolve_method_settings(recipe: Recipe, source: str = "recipe", *, saved: bool = False) -> MethodSettings:
+def resolve_method_settings(recipe: Recipe, source: str = "recipe", *, saved: bool = False,
+                            samples: int | None = None) -> MethodSettings:
     """The recipe's method settings, checked by the named method (unknown keys, types, ranges, and rules across
-    settings and the recipe's data / model / train sections)."""
-    return method_settings(recipe.method, source, MethodContext.from_recipe(recipe), saved=saved)
+    settings and the recipe's data / model / train sections; with ``samples``, the distinct windows of the scanned
+    data, also the sizes the data must support)."""
+    return method_settings(recipe.method, source, MethodContext.from_recipe(recipe, samples), saved=saved)
 
 
-def with_method_settings(recipe: Recipe, source: str = "recipe", *, saved: bool = False) -> Recipe:
+def with_method_settings(recipe: Recipe, source: str = "recipe", *, saved: bool = False,
+                         samples: int | None = None) -> Recipe:
     """A copy of ``recipe`` whose ``method:`` section lists every setting of its method (defaults filled in, as
-    a run's config.yaml records them), after :func:`resolve_method_settings`."""
-    settings = resolve_method_settings(recipe, source, saved=saved)
+    a run's config.yaml records them), after :func:`resolve_method_settings`. With ``samples`` (the data is
+    scanned), ``auto`` sizes are replaced by the values the data supports, each logged in one line."""
+    settings = resolve_method_settings(recipe, source, saved=saved, samples=samples)
+    if samples is not None:
+        for note in settings.resolve_auto(MethodContext.from_recipe(recipe, samples)):
+            log.info(note)
     return dataclasses.replace(recipe, method=settings.to_section(recipe.method.name))
 
 
 def build_method(method: MethodConfig | MethodSettings, encoder_cfg: EncoderConfig, max_steps: int) -> SSLMethod:
     """Instantiate a method from a ``method:`` section (by its name) or from a method's own settings object."""
     if isinstance(method, MethodConfig):
-        return method_class(method.name, "method")(encoder_cfg, method, max_steps)
-    for cls in METHODS.values():
-        if type(method) is cls.Settings:
-            return cls(encoder_cfg, method, max_steps)
-    raise ConfigError(f"no registered method takes {type(method).__name__}; available: {', '.join(sorted(METHODS))}.")
+        built = method_class(method.name, "method")(encoder_cfg, method, max_steps)
+    else:
+        cls = next((c for c in METHODS.values() if type(method) is c.Settings), None)
+        if cls is None:
+            raise ConfigError(f"no registered method takes {type(method).__name__}; available: "
+                              f"{', '.join(sorted(METHODS))}.")
+        built = cls(encoder_cfg, method, max_steps)
+    built.check_contract()
+    return built
 
 
 def describe_methods() -> dict[str, Any]:
-    """Every registered method's settings (key, allowed values, default, meaning) and view kind, by name."""
-    return {name: {"view_kind": cls.view_kind, "settings": list(describe_settings(cls.Settings))}
+    """Every registered method by name: its settings (key, allowed values, default, meaning), the views it needs
+    (``views``: the ViewSpec, ``views_text``: in words) and its card (what it learns, cost, failure modes,
+    recipes, 2D/3D)."""
+    return {name: {"views": cls.views, "views_text": cls.views.describe(), "card": cls.card,
+                   "settings": list(describe_settings(cls.Settings))}
             for name, cls in sorted(METHODS.items())}

@@ -98,14 +98,14 @@ class PretrainModule(L.LightningModule):
         return dict(zip(keys, values.tolist()))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        hook = getattr(self.method, "before_optimizer_step", None)
-        if hook is not None:
-            hook(self.global_step)
-        wd_fn = getattr(self.method, "weight_decay", None)
-        if wd_fn is not None:
+        """The method's declared hooks: ``before_optimizer_step``, then its ``weight_decay`` schedule (if any) on
+        the decaying param groups."""
+        self.method.before_optimizer_step(self.global_step)
+        wd = self.method.weight_decay(self.global_step)
+        if wd is not None:
             for group in optimizer.param_groups:
                 if group.get("decays"):
-                    group["weight_decay"] = wd_fn(self.global_step)
+                    group["weight_decay"] = wd
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         """The update, then ``method.after_step`` with the index of the update just made (the one its loss was

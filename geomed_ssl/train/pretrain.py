@@ -15,7 +15,8 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from torch.utils.data import DataLoader, Sampler
 
-from geomed_ssl.config import Recipe, apply_overrides, load_recipe, recipe_from_dict, spatial_dims, validate
+from geomed_ssl.config import (Recipe, apply_overrides, as_tuple, load_recipe, recipe_from_dict, spatial_dims,
+                               validate)
 from geomed_ssl.data.catalog import Catalog, scan
 from geomed_ssl.data.datasets import PretrainDataset, collate
 from geomed_ssl.data.stats import BandStats, compute_stats
@@ -152,6 +153,15 @@ def resolve_recipe(recipe: Recipe | str | Path | None, out: Path, overrides: lis
     return with_method_settings(recipe_from_dict(raw, source), source, saved=True)
 
 
+def fit_method_to_data(recipe: Recipe, catalog: Catalog, source: str, resume: bool) -> Recipe:
+    """The recipe with the method's data-dependent sizes checked against, and ``auto`` ones fitted to, the distinct
+    windows of the scanned data (each fitted value logged, and recorded in config.yaml)."""
+    nd = spatial_dims(recipe.data)
+    window = as_tuple(recipe.data.patch_size, nd, "data.patch_size")
+    samples = catalog.distinct_windows(window, recipe.data.spacing if nd == 3 else None)
+    return with_method_settings(recipe, source, saved=resume, samples=samples)
+
+
 def resumed_clock(point: ResumePoint, max_steps: int) -> ScheduleClock:
     """The schedule clock of a run resumed from ``point`` that now ends at ``max_steps`` (see ScheduleClock)."""
     saved = point.info.get("schedule")
@@ -168,10 +178,12 @@ def resumed_clock(point: ResumePoint, max_steps: int) -> ScheduleClock:
 
 
 def agreed_inputs(probe: L.Trainer, out: Path, data_dir: str | Path, recipe: Recipe, inputs: Inputs, *, resume: bool,
-                  overwrite: bool, strict: bool) -> tuple[ResumePoint | None, Catalog, BandStats]:
+                  overwrite: bool, strict: bool, source: str
+                  ) -> tuple[ResumePoint | None, Catalog, BandStats, Recipe]:
     """What can fail before rank 0 writes, checked by every rank, which agree on it (:mod:`geomed_ssl.train
     .agreement`): rank 0 checks ``--out`` and picks the checkpoint to resume from, then every rank reads that
-    checkpoint, the data and its statistics. A failure on any rank stops every rank with its message."""
+    checkpoint, the data, its statistics and fits the method's data-dependent sizes (the recipe returned). A
+    failure on any rank stops every rank with its message."""
     agreement = agreement_for(probe)
     rank = probe.global_rank
     try:  # rank 0 refuses a used or forbidden --out (and changes nothing) and picks the checkpoint to resume from
@@ -184,12 +196,12 @@ def agreed_inputs(probe: L.Trainer, out: Path, data_dir: str | Path, recipe: Rec
     chosen = agreement.share_checkpoint(str(found.path) if found else None)
     try:
         point = found or (resume_point(Path(chosen)) if chosen else None)
-        catalog, stats = read_data(data_dir, out, recipe, resume, strict)
+        catalog, stats, recipe = read_data(data_dir, out, recipe, resume, strict, source)
     except Exception as err:
         agreement.failed(err)
         raise
     agreement.all_passed()
-    return point, catalog, stats
+    return point, catalog, stats, recipe
 
 
 def resume_point(path: Path) -> ResumePoint:
@@ -201,16 +213,18 @@ def resume_point(path: Path) -> ResumePoint:
                           "every rank must see the run folder on shared storage.") from None
 
 
-def read_data(data_dir: str | Path, out: Path, recipe: Recipe, resume: bool, strict: bool) -> tuple[Catalog,
-                                                                                                   BandStats]:
-    """The catalog of ``data_dir`` (summarised in the log) and the band statistics: a resumed run's own
-    ``stats.json``, else computed (seeded: every rank computes the same ones, none waits for another's file)."""
+def read_data(data_dir: str | Path, out: Path, recipe: Recipe, resume: bool, strict: bool, source: str
+              ) -> tuple[Catalog, BandStats, Recipe]:
+    """The catalog of ``data_dir`` (summarised in the log), the band statistics (a resumed run's own
+    ``stats.json``, else computed, seeded: every rank computes the same ones, none waits for another's file) and the
+    recipe with the method fitted to the data (:func:`fit_method_to_data`)."""
     catalog = scan(data_dir, recipe.data, strict=strict, names_by_position="error" if strict else "warn")
     log.info(catalog.summary())
+    recipe = fit_method_to_data(recipe, catalog, source, resume)
     stats_path = out / "stats.json"
     if resume and stats_path.is_file():
-        return catalog, BandStats.load(stats_path)
-    return catalog, compute_stats(catalog, recipe.data, seed=recipe.train.seed)
+        return catalog, BandStats.load(stats_path), recipe
+    return catalog, compute_stats(catalog, recipe.data, seed=recipe.train.seed), recipe
 
 
 def write_run_files(out: Path, recipe: Recipe, catalog: Catalog, stats: BandStats) -> None:
@@ -265,15 +279,17 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
         log.setLevel(logging.WARNING)  # the other ranks' output repeats rank 0's
     inputs: dict[str, Any] = {"data folder": data_dir, "recipe": recipe_file,
                               "kNN labels folder": recipe.data.val_labels}
-    point, catalog, stats = agreed_inputs(probe, out, data_dir, recipe, inputs, resume=resume, overwrite=overwrite,
-                                          strict=strict)
+    point, catalog, stats, recipe = agreed_inputs(
+        probe, out, data_dir, recipe, inputs, resume=resume, overwrite=overwrite, strict=strict,
+        source=str(out / "config.yaml") if resume else str(recipe_file or "recipe"))
     clock = resumed_clock(point, t.max_steps) if point else ScheduleClock(t.max_steps)
 
     L.seed_everything(t.seed, workers=True, verbose=False)
     enc_cfg = EncoderConfig.from_recipe(recipe.model, recipe.data, len(catalog.band_names), catalog.band_names,
                                         catalog.wavelengths, stats.to_dict(), bandwidths=catalog.bandwidths)
     method = build_method(recipe.method, enc_cfg, clock.total)
-    view = build_views(method.view_kind, recipe.data, spatial_dims(recipe.data), patch_size=recipe.model.patch_size)
+    view = build_views(method.views, recipe.data, spatial_dims(recipe.data), recipe.augment,
+                       patch_size=recipe.model.patch_size, wavelengths=catalog.wavelengths)
     dataset = PretrainDataset(catalog, stats, recipe.data, view, seed=t.seed)
     if rank == 0:
         prepare_run_dir(out, resume, overwrite, inputs)
@@ -347,7 +363,7 @@ def run_callbacks(out: Path, recipe: Recipe, method: Any, catalog: Catalog, stat
     if t.preview_every:
         identity = build_views("none", recipe.data, spatial_dims(recipe.data))
         plain = PretrainDataset(catalog, stats, recipe.data, identity, seed=t.seed + 1)
-        renderer = ReconstructionPreview if hasattr(method, "reconstruct") else AttentionPreview
+        renderer = ReconstructionPreview if method.reconstructs() else AttentionPreview
         cbs.append(Previews(out / "previews", t.preview_every, renderer(plain, enc_cfg)))
     if recipe.data.val_labels and recipe.data.knn_every:
         from geomed_ssl.train.knn_monitor import KNNMonitor

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from geomed_ssl.config import DataConfig
-from geomed_ssl.data.views import MAEView, build_views, resize, sample_crop
+from geomed_ssl.config import AugmentConfig, DataConfig
+from geomed_ssl.data.views import MAEView, ViewSpec, build_views, resize, sample_crop
 from geomed_ssl.errors import ConfigError
 
 
@@ -105,3 +105,57 @@ def test_unknown_view_kind_is_a_config_error():
         build_views("simclr", DataConfig(), 2)
     with pytest.raises(ConfigError, match="scale"):
         build_views("mae", DataConfig(), 2, scale=(0.5, 2.0))
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (32, 32, 32)])
+def test_resized_crop_draws_area_or_volume_fraction_the_same_way_in_2d_and_3d(shape):
+    fractions = []
+    for k in range(400):
+        _, sizes = sample_crop(shape, (0.2, 0.6), (1.0, 1.0), rng(k))
+        fractions.append(np.prod(sizes) / np.prod(shape))
+    fractions = np.array(fractions)
+    assert 0.15 < fractions.min() and fractions.max() < 0.68  # the area / volume fraction, not a per-axis scale
+    assert abs(fractions.mean() - 0.4) < 0.03  # uniform in [0.2, 0.6] up to rounding to whole pixels
+
+
+def test_dino_3d_crops_use_the_shared_primitive_and_its_volume_fraction(monkeypatch):
+    import geomed_ssl.data.views as views
+
+    seen = []
+    original = views.sample_crop
+
+    def spy(shape, scale, ratio, rng_):
+        seen.append((tuple(shape), tuple(scale)))
+        return original(shape, scale, ratio, rng_)
+
+    monkeypatch.setattr(views, "sample_crop", spy)
+    cfg = DataConfig(kind="volume", patch_size=16, global_crop_size=16, local_crop_size=8, n_local_crops=2)
+    out = build_views("dino", cfg, 3)(np.zeros((1, 16, 16, 16), np.float32), np.ones((16,) * 3, bool), rng(0))
+    assert [tuple(v.shape) for v in out["views"]["global"] + out["views"]["local"]] == [(1, 16, 16, 16)] * 2 + [
+        (1, 8, 8, 8)] * 2
+    assert seen == [((16, 16, 16), (0.4, 1.0))] * 2 + [((16, 16, 16), (0.05, 0.4))] * 2
+
+
+def test_view_spec_of_two_global_crops_gives_two_augmented_views():
+    spec = ViewSpec(crops=2)
+    out = build_views(spec, DataConfig(patch_size=16), 2)(np.random.default_rng(0).normal(size=(5, 16, 16)).astype(
+        np.float32), np.ones((16, 16), bool), rng(3))
+    a, b = out["views"]["global"]
+    assert a.shape == b.shape == (5, 16, 16) and not torch.equal(a, b) and out["views"]["local"] == []
+    assert [tuple(m.shape) for m in out["valid"]["global"]] == [(16, 16)] * 2
+
+
+def test_augment_section_turns_flips_and_rotations_off():
+    image, valid = corner_case((16, 16))
+    view = build_views("mae", DataConfig(patch_size=16), 2, AugmentConfig(flip=False, rot90=False), scale=(1.0, 1.0),
+                       ratio=(1.0, 1.0))
+    for k in range(5):
+        out = view(image, valid, rng(k))
+        np.testing.assert_array_equal(out["image"].numpy(), image)
+
+
+def test_views_that_do_not_fit_the_window_are_refused():
+    with pytest.raises(ConfigError, match=r"data.global_crop_size \[96, 96\] does not fit in data.patch_size"):
+        build_views(ViewSpec(crops=2), DataConfig(patch_size=64, global_crop_size=96), 2)
+    with pytest.raises(ConfigError, match="data.local_crop_size .* does not fit in data.global_crop_size"):
+        build_views("dino", DataConfig(patch_size=64, global_crop_size=32, local_crop_size=48), 2)

@@ -112,7 +112,7 @@ def test_registry_and_weight_decay_names():
     nwd = mae.no_weight_decay()
     assert {"encoder.cls_token", "decoder.mask_token", "encoder.pos_embed", "decoder.pos_embed"} == nwd <= names
     with pytest.raises(ConfigError, match="method.name"):
-        build_method(MethodConfig(name="simclr"), mae.encoder_cfg, 1)
+        build_method(MethodConfig(name="not_a_method"), mae.encoder_cfg, 1)
     with pytest.raises(ConfigError, match="decoder_embed_dim"):
         build_method(MethodConfig(decoder_embed_dim=30, decoder_num_heads=3), mae.encoder_cfg, 1)
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY, structured_raster, write_geotiff
+from tests.conftest import TINY, TINY_BASE, structured_raster, write_geotiff
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = [*TINY, "data.sensor=null", "data.patch_size=16", "train.accelerator=cpu", "train.checkpoint_every=1"]
@@ -201,3 +201,27 @@ def test_auto_precision_asks_the_gpu_about_bf16_only_when_nothing_forks(monkeypa
 
     calls = gpu_without_cuda_init(monkeypatch)
     assert resolve_precision("auto", "gpu", "ddp") == "bf16-mixed" and calls == ["is_bf16_supported"]
+
+
+SIMCLR = [*TINY_BASE, "data.sensor=null", "data.patch_size=16", "train.accelerator=cpu", "train.checkpoint_every=1",
+          "method.name=simclr", "method.proj_hidden_dim=32", "method.proj_dim=16", "data.windows_per_read=1"]
+
+
+def test_simclr_on_two_processes_trains_as_one_process_on_the_global_batch(nodata_rasters: Path,
+                                                                           tmp_path: Path) -> None:
+    """NT-Xent's negatives over the global batch (gathered with gradients), BatchNorm over the global batch and
+    per-sample views: one step of 2 x 4 windows equals one step of 8 (the loss, and every weight after the update)."""
+    from geomed_ssl.train.pretrain import pretrain
+
+    ddp = tmp_path / "ddp"
+    result = run(cli_args(nodata_rasters, ddp, [*SIMCLR, *DDP, "train.max_steps=1"]))
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = tmp_path / "one"
+    pretrain("recipes/mae_sentinel2.yaml", nodata_rasters, one, progress=False,
+             overrides=[*SIMCLR, "train.batch_size=8", "train.max_steps=1"])
+    assert metrics(one)[1]["loss"] == pytest.approx(metrics(ddp)[1]["loss"], rel=1e-5)
+    a = ckpt(one / "checkpoints" / "last.ckpt")["state_dict"]
+    b = ckpt(ddp / "checkpoints" / "last.ckpt")["state_dict"]
+    assert a.keys() == b.keys() and any("projector" in k for k in a)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)

@@ -1,0 +1,88 @@
+"""Methods under DDP: 2 processes (gloo, CPU) with half of a global batch each give the loss and the gradients of one
+process on the whole batch. SimCLR: negatives gathered with gradients from every rank, BatchNorm over the global
+batch, DDP's gradient average. SwAV: Sinkhorn codes over the global batch (sums all-reduced), multi-crop.
+DeepCluster-v2: every rank's embeddings in the memory bank, the same k-means centroids on every rank."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from geomed_ssl.methods import METHODS, SSLMethod
+from geomed_ssl.models.encoder import EncoderConfig
+
+ENC = EncoderConfig(in_chans=3, img_size=(8, 8), patch_size=(4, 4), embed_dim=16, depth=1, num_heads=2)
+SETTINGS = {
+    "simclr": {"proj_hidden_dim": 16, "proj_dim": 8, "temperature": 0.3},
+    "swav": {"proj_hidden_dim": 16, "proj_dim": 8, "n_prototypes": 5, "freeze_prototypes_steps": 0},
+    "deepcluster": {"proj_hidden_dim": 16, "proj_dim": 8, "n_prototypes": 3, "heads": 2, "memory_size": 16},
+}
+BATCH, WORLD, LOCALS = 8, 2, 2
+
+
+def global_batch(name: str) -> dict:
+    g = torch.Generator().manual_seed(1)
+    views = [torch.randn(BATCH, 3, 8, 8, generator=g) for _ in range(2)]
+    local = [torch.randn(BATCH, 3, 4, 4, generator=g) for _ in range(LOCALS)] if METHODS[name].views.local_crops else []
+    return {"views": {"global": views, "local": local}, "index": torch.arange(BATCH)}
+
+
+def part(batch: dict, rank: int) -> dict:
+    rows = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
+    return {"views": {k: [v[rows] for v in crops] for k, crops in batch["views"].items()},
+            "index": batch["index"][rows]}
+
+
+def loss_and_grads(method: SSLMethod, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    out = method.training_loss(batch, 0, torch.Generator().manual_seed(2))
+    out.loss.backward()
+    return out.loss.detach(), {n: p.grad.clone() for n, p in method.named_parameters() if p.grad is not None}
+
+
+def build(name: str) -> SSLMethod:
+    torch.manual_seed(0)
+    return METHODS[name](ENC, SETTINGS[name], max_steps=10)
+
+
+def worker(rank: int, name: str, folder: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["TEST_DDP_PORT"])
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        torch.set_num_threads(1)
+        loss, grads = loss_and_grads(build(name), part(global_batch(name), rank))
+        dist.all_reduce(loss)
+        for g in grads.values():  # what DistributedDataParallel does: the mean of the ranks' gradients
+            dist.all_reduce(g)
+            g /= WORLD
+        if rank == 0:
+            torch.save({"loss": loss / WORLD, "grads": grads}, Path(folder) / "ddp.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_two_processes_give_the_loss_and_gradients_of_one_process_on_the_global_batch(name: str,
+                                                                                       tmp_path: Path) -> None:
+    os.environ["TEST_DDP_PORT"] = free_port()
+    mp.spawn(worker, args=(name, str(tmp_path)), nprocs=WORLD, join=True)
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    loss, grads = loss_and_grads(build(name), global_batch(name))
+    assert loss > 0
+    torch.testing.assert_close(ddp["loss"], loss, rtol=1e-5, atol=1e-6)
+    assert ddp["grads"].keys() == grads.keys() and len(grads) > 10
+    for key, g in grads.items():  # the projector's BatchNorms, the prototypes and the encoder included
+        scale = max(1.0, float(g.abs().max()))  # float rounding grows with the tensor's largest entry
+        torch.testing.assert_close(ddp["grads"][key], g, rtol=1e-4, atol=1e-6 * scale, msg=key)

@@ -13,7 +13,8 @@ from geomed_ssl.methods.registry import (METHODS, build_method, describe_methods
                                          register_method, resolve_method_settings, with_method_settings)
 from geomed_ssl.methods.dino import DINO, DINOSettings  # noqa: E402  (registers "dino")
 from geomed_ssl.methods.mae import MAE, MAESettings  # noqa: E402  (registers "mae")
+from geomed_ssl.methods.vicreg_dense import VICRegDense, VICRegDenseSettings  # noqa: E402  (registers "vicreg_dense")
 
 __all__ = ["METHODS", "MethodCard", "MethodContext", "MethodOutput", "MethodSettings", "SSLMethod", "MAE", "MAESettings", "DINO",
            "DINOSettings", "build_method", "describe_methods", "method_class", "method_settings", "register_method",
-           "resolve_method_settings", "with_method_settings"]
+           "resolve_method_settings", "with_method_settings", "VICRegDense", "VICRegDenseSettings"]

@@ -16,7 +16,30 @@ benchmarks/research/ip_data.py (the library's ``select_labels``, 5 labels per cl
 Random init: ``ViTEncoder(config)`` under ``torch.manual_seed(--init-seed)``, same statistics. Prints a Markdown
 table and appends JSON lines to ``--out`` (default benchmarks/dense_pixels.jsonl).
 
-Measured (see the commit that added this file and the recipe's header for the numbers).
+Measured (2026-12-02, shared 2-core CPU machine; rows in dense_pixels.jsonl): `geomed-ssl pretrain
+recipes/mae_hyperspectral.yaml --data IP --out /tmp/ip_run` on a copy of the scene without band descriptions
+(1000 steps, 363 CPU-s with OMP_NUM_THREADS=1; 27 min wall at 22 % of a CPU on the loaded machine). Overall
+accuracy, 5 labels per class; "fine-tuned" is `geomed-ssl finetune segment recipes/mae_hyperspectral.yaml
+--encoder none|/tmp/ip_run --head linear --set finetune.max_steps=150 --set finetune.loss=ce --set labels.seed=S`
+(the same training pixels, checked in labels_used.npz; untuned fine-tuning settings, random split only):
+
+| split | encoder / protocol | selection seeds 10 11 | report seeds 0 1 2 |
+|---|---|---|---|
+| random | pretrained, linear probe | 0.750 ± 0.005 | 0.699 ± 0.040 (0.658 0.687 0.753) |
+| random | pretrained, k-NN probe | 0.737 ± 0.011 | 0.751 ± 0.043 (0.690 0.783 0.780) |
+| random | random init, linear probe | 0.567 ± 0.019 | 0.523 ± 0.030 |
+| random | random init, k-NN probe | 0.523 ± 0.037 | 0.473 ± 0.017 |
+| random | pretrained, fine-tuned | 0.746 ± 0.022 (0.769 0.724) | 0.692 ± 0.064 (0.642 0.652 0.782) |
+| random | random init, fine-tuned | 0.665 ± 0.016 (0.681 0.649) | 0.601 ± 0.040 (0.552 0.600 0.650) |
+| random | random forest | 0.682 ± 0.028 | 0.643 ± 0.047 (0.580 0.656 0.693) |
+| blocks | pretrained, linear probe | 0.568 ± 0.019 | 0.596 ± 0.104 |
+| blocks | pretrained, k-NN probe | 0.640 ± 0.029 | 0.622 ± 0.081 |
+| blocks | random init, linear / k-NN probe | 0.370 / 0.368 | 0.441 / 0.402 |
+| blocks | random forest | 0.520 ± 0.020 | 0.545 ± 0.031 |
+
+The selection seeds pick the linear probe (0.750 > 0.746 fine-tuned > 0.737 k-NN): on the report seeds it scores
+0.699, +0.099 over random init fine-tuned (paired, per seed +0.106 +0.087 +0.103) and +0.056 over the RF (+0.078
++0.031 +0.060); the issue's targets (>= 0.80, >= RF + 0.15) are not met.
 """
 
 from __future__ import annotations

@@ -181,8 +181,9 @@ def pines(a: argparse.Namespace, work: Path) -> None:
     from geomed_ssl.data.stats import normalize
     from geomed_ssl.sample import IMAGE, LABELS, SAMPLE_DIR
 
-    mae = pretrain_small(RECIPES + "/mae_hyperspectral.yaml", SAMPLE_DIR, work / "pines_mae", [
-        "data.include=[indian_pines.tif]", "data.patch_size=32", "data.num_workers=0", "model.patch_size=4",
+    # an MAE run (recipes/mae_hyperspectral.yaml is dense VICReg now): the Sentinel-2 MAE recipe, sensor off
+    mae = pretrain_small(RECIPES + "/mae_sentinel2.yaml", SAMPLE_DIR, work / "pines_mae", [
+        "data.sensor=null", "data.include=[indian_pines.tif]", "data.patch_size=32", "data.num_workers=0", "model.patch_size=4",
         "model.embed_dim=128", "model.depth=4", "model.num_heads=4", "method.decoder_embed_dim=64",
         "method.decoder_depth=2", "train.batch_size=32", f"train.max_steps={a.steps}", "train.warmup_steps=15",
         "train.base_lr=1.5e-3", "train.preview_every=0", f"train.checkpoint_every={a.steps}"])

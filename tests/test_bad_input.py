@@ -682,8 +682,24 @@ TRAINING_CASES: list[Case] = [
 ]
 
 
-CASES = (OUTDIR_CASES + CONFIG_CASES + METHOD_CASES + EXPORT_CASES + TIMM_EXPORT_CASES + DATA_CASES + COMPARE_CASES
-         + TRAINING_CASES)
+HS = "recipes/mae_hyperspectral.yaml"  # method vicreg_dense: two crops at a known offset
+DENSE_CASES: list[Case] = [
+    Case("dense-crops-and-shift-overflow-the-window",
+         pretrain_with("data.patch_size=20", "data.global_crop_size=18", recipe=HS),
+         "data.patch_size [20, 20] cannot hold two [18, 18] crops shifted by up to 4 px (method.max_shift)"),
+    Case("dense-shift-not-smaller-than-the-crop",
+         pretrain_with("data.patch_size=48", "data.global_crop_size=16", "method.max_shift=16", recipe=HS),
+         "data.global_crop_size [16, 16] must exceed the crop shift 16 px"),
+    Case("dense-crop-not-whole-tokens", pretrain_with("data.global_crop_size=31", recipe=HS),
+         "data.global_crop_size [31, 31] is not a multiple of model.patch_size [2, 2]"),
+    Case("dense-on-volumes", pretrain_with("data.kind=volume", recipe=HS), "method vicreg_dense is 2D only"),
+    Case("dense-negative-global-weight", pretrain_with("method.global_weight=-1", recipe=HS),
+         "method.global_weight must be a number >= 0, got -1"),
+]
+
+
+CASES = (OUTDIR_CASES + CONFIG_CASES + METHOD_CASES + DENSE_CASES + EXPORT_CASES + TIMM_EXPORT_CASES + DATA_CASES
+         + COMPARE_CASES + TRAINING_CASES)
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:

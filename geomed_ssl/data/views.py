@@ -2,8 +2,9 @@
 
 A view is a callable ``view(image (C, *spatial) float32 np, valid (*spatial) bool np, rng) -> dict`` returning
 torch tensors. One spec covers every method: one crop (MAE and other masked-image methods), two augmented global
-crops (SimCLR, MoCo, BYOL, SimSiam, ...), two global crops plus ``data.n_local_crops`` local crops (DINO, SwAV), or
-the window untouched. Every crop goes through the same steps, each random choice drawn from ``rng`` in a fixed
+crops (SimCLR, MoCo, BYOL, SimSiam, ...), two global crops plus ``data.n_local_crops`` local crops (DINO, SwAV),
+two unresized crops at a known pixel offset (:class:`ShiftedPairView`: dense methods that match the pixels both
+crops cover, VICRegL-style), or the window untouched. Every crop goes through the same steps, each random choice drawn from ``rng`` in a fixed
 order, so a sample stays a pure function of its seed:
 
 1. :func:`resized_crop`, the one random-resized-crop primitive for 2D and 3D: a crop covering a fraction ~U(scale)
@@ -44,6 +45,10 @@ class ViewSpec:
     ``data.local_crop_size`` covering ``data.local_crop_scale`` (multi-crop). ``intensity``: band-safe intensity
     ops on every crop (false: geometry only). ``asymmetric``: BYOL's pattern, the first global crop always blurred,
     the second rarely but sometimes solarised. ``geometry=False``: the window as it is (no crop, flip or turn).
+    ``shift`` > 0 (with ``crops=2``): the two global crops are cut from the window unresized, unflipped and unturned
+    (the method undoes its own geometry), their origins ``shift`` px apart at most per axis (uniform), and the batch
+    also holds ``offset`` (B, n_dims) long = origin of crop 2 - origin of crop 1: pixel ``p`` of crop 1 is pixel
+    ``p - offset`` of crop 2. Crops are ``data.global_crop_size`` (null: the window less ``shift``).
 
     One crop and no local crops give a batch ``{"image": (B, C, *S), "valid": (B, *S)}``; anything more gives
     ``{"views": {"global": [crops x (B, C, *G)], "local": [n x (B, C, *L)]}, "valid": {same keys, (B, *S) masks}}``.
@@ -55,10 +60,14 @@ class ViewSpec:
     asymmetric: bool = False
     scale: tuple[float, float] | None = None
     geometry: bool = True
+    shift: int = 0
 
     def __post_init__(self) -> None:
         if self.crops < 1:
             raise ValueError(f"ViewSpec.crops must be at least 1, got {self.crops}")
+        if self.shift < 0 or (self.shift and (self.crops != 2 or self.local_crops or not self.geometry)):
+            raise ValueError(f"ViewSpec.shift needs crops=2, no local crops and geometry, and must be >= 0; got "
+                             f"shift={self.shift}, crops={self.crops}")
         if self.scale is not None and not 0 < self.scale[0] <= self.scale[1] <= 1:
             raise ValueError(f"ViewSpec.scale must satisfy 0 < min <= max <= 1, got {self.scale}")
 
@@ -71,6 +80,9 @@ class ViewSpec:
         """The views in words (``geomed-ssl methods``, docs/methods.md)."""
         if not self.geometry:
             return "the window as it is"
+        if self.shift:
+            return (f"2 unresized crops whose origins differ by up to {self.shift} px per axis (the offset is known)"
+                    + (", band-safe intensity augment" if self.intensity else ""))
         what = "one crop" if self.crops == 1 else f"{self.crops} global crops"
         scale = (f"{self.scale[0]:g}-{self.scale[1]:g} of the area / volume" if self.scale
                  else "data.global_crop_scale")
@@ -231,6 +243,57 @@ class MAEView(CropView):
         self.size, self.scale = tuple(size), tuple(scale)
 
 
+class ShiftedPairView:
+    """Two crops of ``size`` cut unresized from the window, at origins whose difference (the ``offset``, crop 2 minus
+    crop 1) is uniform in [-shift, shift] per axis, each with its own intensity ops (``intensity``; None: none).
+    No flips or turns: methods that match pixels apply and undo their own. 2D and 3D alike."""
+
+    def __init__(self, size: tuple[int, ...], shift: int, intensity: Intensity | None = None) -> None:
+        self.size, self.shift, self.intensity = tuple(size), int(shift), intensity
+        self._probs = intensity.probs("view") if intensity is not None else None
+
+    def __call__(self, image: np.ndarray, valid: np.ndarray, rng: np.random.Generator) -> dict:
+        nd = len(self.size)
+        if image.ndim != nd + 1 or valid.shape != image.shape[1:]:
+            raise ValueError(f"view expects image (C, *{nd} spatial) and a matching valid mask, got "
+                             f"{image.shape} and {valid.shape}")
+        room = [w - s for w, s in zip(valid.shape, self.size)]  # free origins per axis, >= shift (build_views)
+        offset = [int(rng.integers(-min(self.shift, r), min(self.shift, r) + 1)) for r in room]
+        o1 = [int(rng.integers(max(0, -d), r - max(0, d) + 1)) for d, r in zip(offset, room)]
+        out = []
+        for origin in (o1, [a + d for a, d in zip(o1, offset)]):
+            box = tuple(slice(a, a + s) for a, s in zip(origin, self.size))
+            img, ok = image[(slice(None), *box)], valid[box]
+            if self.intensity is not None:
+                img = self.intensity(np.ascontiguousarray(img), rng, self._probs)
+            out.append(_to_tensors(img, ok))
+        return {"views": {"global": [t["image"] for t in out], "local": []},
+                "valid": {"global": [t["valid"] for t in out], "local": []},
+                "offset": torch.tensor(offset, dtype=torch.long)}
+
+
+def _shifted_pair(spec: ViewSpec, data_cfg: Any, spatial_dims: int, patch_size: Any,
+                  intensity: Intensity | None) -> ShiftedPairView:
+    """The :class:`ShiftedPairView` of ``spec`` for windows of ``data_cfg.patch_size``, after checking the crops fit
+    (window >= crop + shift), overlap (crop > shift) and hold whole tokens (multiples of ``patch_size``)."""
+    window = as_tuple(data_cfg.patch_size, spatial_dims, "data.patch_size")
+    g = getattr(data_cfg, "global_crop_size", None)
+    crop = tuple(w - spec.shift for w in window) if g is None else as_tuple(g, spatial_dims, "data.global_crop_size")
+    key = "data.patch_size less the shift" if g is None else "data.global_crop_size"
+    if any(c <= spec.shift for c in crop):
+        raise ConfigError(f"{key} {list(crop)} must exceed the crop shift {spec.shift} px (method.max_shift) so the "
+                          f"two crops share pixels; make the crops larger or the shift smaller.")
+    if any(c + spec.shift > w for c, w in zip(crop, window)):
+        raise ConfigError(f"data.patch_size {list(window)} cannot hold two {list(crop)} crops shifted by up to "
+                          f"{spec.shift} px (method.max_shift); make data.patch_size at least "
+                          f"{[c + spec.shift for c in crop]} or the crops / shift smaller.")
+    patch = as_tuple(patch_size if patch_size is not None else 1, spatial_dims, "model.patch_size")
+    if any(c % p for c, p in zip(crop, patch)):
+        raise ConfigError(f"{key} {list(crop)} must be a multiple of model.patch_size {list(patch)} (whole tokens "
+                          f"map back to pixels); e.g. {[c // p * p for c, p in zip(crop, patch)]}.")
+    return ShiftedPairView(crop, spec.shift, intensity)
+
+
 def crop_sizes(data_cfg: Any, spatial_dims: int, patch_size: Any = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(global, local) crop sizes: ``data.global_crop_size`` (null: the window) and ``data.local_crop_size`` (null:
     half the global crop rounded down to a multiple of ``patch_size``, the model's token patch, at least one)."""
@@ -270,6 +333,9 @@ def build_views(spec: ViewSpec | str, data_cfg: Any, spatial_dims: int, augment:
     as_tuple(data_cfg.patch_size, spatial_dims, "data.patch_size")
     if not spec.geometry:
         return IdentityView()
+    if spec.shift:
+        return _shifted_pair(spec, data_cfg, spatial_dims, patch_size,
+                             Intensity(augment, wavelengths) if spec.intensity else None)
     get = (lambda k, d: getattr(augment, k, d)) if augment is not None else (lambda k, d: d)
     ratio = tuple(opts.get("ratio", get("crop_ratio", DEFAULT_RATIO)))
     if not 0 < ratio[0] <= ratio[1]:

@@ -22,7 +22,8 @@ from geomed_ssl.methods.barlow_twins import BarlowTwins  # noqa: E402,F401  (reg
 from geomed_ssl.methods.vicreg import VICReg  # noqa: E402,F401  (registers "vicreg")
 from geomed_ssl.methods.swav import SwAV  # noqa: E402,F401  (registers "swav")
 from geomed_ssl.methods.deepcluster import DeepCluster  # noqa: E402,F401  (registers "deepcluster")
+from geomed_ssl.methods.vicreg_dense import VICRegDense, VICRegDenseSettings  # noqa: E402  (registers "vicreg_dense")
 
 __all__ = ["METHODS", "MethodCard", "MethodContext", "MethodOutput", "MethodSettings", "SSLMethod", "MAE", "MAESettings", "DINO",
            "DINOSettings", "build_method", "describe_methods", "method_class", "method_settings", "register_method",
-           "resolve_method_settings", "with_method_settings"]
+           "resolve_method_settings", "with_method_settings", "VICRegDense", "VICRegDenseSettings"]

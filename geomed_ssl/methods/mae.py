@@ -112,8 +112,7 @@ class MAE(SSLMethod):
         cost="1x (the encoder sees a quarter of the tokens; a light decoder sees all)",
         failure_modes="blurry reconstructions are normal; CLS / mean features need fine-tuning more than "
                       "contrastive ones for linear probes; too small a decoder limits it",
-        recipes=("recipes/mae_sentinel2.yaml", "recipes/mae_hyperspectral.yaml", "recipes/mae_ct.yaml",
-                 "recipes/mae_mri.yaml"))
+        recipes=("recipes/mae_sentinel2.yaml", "recipes/mae_ct.yaml", "recipes/mae_mri.yaml"))
     Settings = MAESettings
     settings: MAESettings
 

@@ -114,6 +114,19 @@ def test_padding_past_a_small_file_is_invalid_and_zero(tmp_path):
     assert s["valid"][-r : -r + 24, -c : -c + 20].all()
 
 
+def test_windows_of_a_small_scene_start_anywhere_uniformly(tmp_path):
+    """An Indian Pines-sized scene (145x145, 64-px blocks): every window position is drawn, uniformly, not a grid."""
+    write_tif(tmp_path / "scene.tif", gradient(2, 145, 145), **{**TILED, "blockxsize": 64, "blockysize": 64})
+    ds = make_dataset(tmp_path, DataConfig(patch_size=36, windows_per_read=8, stats_windows=8), "none")
+    ds.length = 2000
+    starts = np.array([ds[i]["meta"]["window"][:2] for i in range(2000)])  # (N, 2) row, col
+    for axis in range(2):
+        assert starts[:, axis].min() == 0 and starts[:, axis].max() == 145 - 36
+        counts = np.bincount(starts[:, axis] * 5 // (145 - 36 + 1), minlength=5)  # 5 equal bins of positions
+        assert np.all(np.abs(counts - 400) < 80), counts
+    assert len({tuple(s) for s in starts}) > 1500  # not a handful of grid positions
+
+
 def test_stacked_channel_records_give_all_channels(tmp_path):
     red, nir = gradient(1, 48, 48), gradient(1, 48, 48, scale=5000.0)
     pr, pn = write_tif(tmp_path / "red.tif", red), write_tif(tmp_path / "nir.tif", nir)

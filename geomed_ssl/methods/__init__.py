@@ -13,6 +13,16 @@ from geomed_ssl.methods.registry import (METHODS, build_method, describe_methods
                                          register_method, resolve_method_settings, with_method_settings)
 from geomed_ssl.methods.dino import DINO, DINOSettings  # noqa: E402  (registers "dino")
 from geomed_ssl.methods.mae import MAE, MAESettings  # noqa: E402  (registers "mae")
+# masked image modelling beyond MAE, and the classic pretext tasks (issue 14)
+from geomed_ssl.methods.simmim import SimMIM  # noqa: E402,F401
+from geomed_ssl.methods.maskfeat import MaskFeat  # noqa: E402,F401
+from geomed_ssl.methods.beit import BEiT  # noqa: E402,F401
+from geomed_ssl.methods.cae import CAE  # noqa: E402,F401
+from geomed_ssl.methods.inpainting import Inpainting  # noqa: E402,F401
+from geomed_ssl.methods.rotation import Rotation  # noqa: E402,F401
+from geomed_ssl.methods.jigsaw import Jigsaw  # noqa: E402,F401
+from geomed_ssl.methods.context import Context  # noqa: E402,F401
+from geomed_ssl.methods.cross_band import CrossBand  # noqa: E402,F401
 
 __all__ = ["METHODS", "MethodCard", "MethodContext", "MethodOutput", "MethodSettings", "SSLMethod", "MAE", "MAESettings", "DINO",
            "DINOSettings", "build_method", "describe_methods", "method_class", "method_settings", "register_method",

@@ -53,7 +53,7 @@ def losses(run_dir: Path) -> dict[int, float]:
         return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f)}
 
 
-def falls(curve: dict[int, float], steps: int, span: int = 8) -> tuple[float, float]:
+def falls(curve: dict[int, float], steps: int, span: int = 6) -> tuple[float, float]:
     first = float(np.mean([curve[s] for s in range(1, span + 1)]))
     last = float(np.mean([curve[s] for s in range(steps - span + 1, steps + 1)]))
     return first, last
@@ -71,15 +71,21 @@ def test_cli_run_loss_falls_resume_is_exact_and_the_export_is_usable(method: str
                                  str(full), *sets(items)])
     assert result.exit_code == 0, result.output
     curve = losses(full)
-    if method in SHORT_RUN_LEARNERS:
-        first, last = falls(curve, STEPS)
-        assert last < first, (method, first, last)  # windows vary a lot in difficulty: means of 8 steps
+    if method in SHORT_RUN_LEARNERS:  # windows vary a lot in difficulty, so compare with the untrained model on the
+        # same batches (the same masks: both come from the seed and the step): a run with base_lr 0
+        frozen = tmp_path / "frozen"
+        pretrain("recipes/mae_sentinel2.yaml", raster_dir, frozen, overrides=[*items, "train.base_lr=0"],
+                 progress=False)
+        untrained = losses(frozen)
+        late = range(STEPS - 7, STEPS + 1)
+        trained_late, untrained_late = np.mean([curve[s] for s in late]), np.mean([untrained[s] for s in late])
+        assert trained_late < 0.9 * untrained_late, (method, trained_late, untrained_late)
 
     killed = tmp_path / "killed"
     with pytest.raises(RuntimeError, match="simulated kill"):
         pretrain("recipes/mae_sentinel2.yaml", raster_dir, killed, overrides=items, progress=False,
                  callbacks=[KillAt(KILL)])
-    result = runner.invoke(app, ["pretrain", "--data", str(raster_dir), "--out", str(killed), "--resume"])
+    result = runner.invoke(app, ["pretrain", "recipes/mae_sentinel2.yaml", "--data", str(raster_dir), "--out", str(killed), "--resume"])
     assert result.exit_code == 0, result.output
     resumed = losses(killed)
     assert sorted(resumed) == list(range(1, STEPS + 1))
@@ -139,7 +145,7 @@ def test_beit_codebook_is_fitted_once_logged_and_restored_on_resume(raster_dir: 
     first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     codebook = next(v for k, v in first.items() if k.endswith("tokenizer.codebook"))
     assert codebook.abs().sum() > 0
-    result = runner.invoke(app, ["pretrain", "--data", str(raster_dir), "--out", str(run), "--resume"])
+    result = runner.invoke(app, ["pretrain", "recipes/mae_sentinel2.yaml", "--data", str(raster_dir), "--out", str(run), "--resume"])
     assert result.exit_code == 0, result.output
     assert "codebook of" not in result.output  # not fitted again: the checkpoint's is used
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]

@@ -698,8 +698,55 @@ DENSE_CASES: list[Case] = [
 ]
 
 
-CASES = (OUTDIR_CASES + CONFIG_CASES + METHOD_CASES + DENSE_CASES + EXPORT_CASES + TIMM_EXPORT_CASES + DATA_CASES
-         + COMPARE_CASES + TRAINING_CASES)
+# ---- masked-image-modelling variants and pretext tasks (issue 14): refused before training --------------------
+def volumes(root: Path) -> Path:
+    """Two 32^3 single-channel NIfTI volumes in ``root/vol``."""
+    import nibabel as nib
+
+    folder = root / "vol"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        nib.save(nib.Nifti1Image(rng.normal(500, 50, (32, 32, 32)).astype(np.float32), np.eye(4)),
+                 str(folder / f"v{i}.nii.gz"))
+    return folder
+
+
+def pretrain_volumes_with(*sets: str) -> Callable[[Path], list[str]]:
+    return lambda r: ["pretrain", "recipes/mae_mri.yaml", "--data", str(volumes(r)), "--out", str(r / "run"),
+                      "--set", "data.patch_size=16", "--set", "model.patch_size=4",
+                      *[a for s in sets for a in ("--set", s)]]
+
+
+def single_band_rasters_with(*sets: str) -> Callable[[Path], list[str]]:
+    return lambda r: ["pretrain", "recipes/pretext_sentinel2.yaml", "--data", str(rasters(r, bands=1)), "--out",
+                      str(r / "run"), "--set", "data.sensor=null", *[a for s in sets for a in ("--set", s)]]
+
+
+PRETEXT_CASES: list[Case] = [
+    Case("simmim-mask-patch-not-dividing-the-window",
+         pretrain_with("method.name=simmim", "method.mask_patch_size=24"),
+         "method.mask_patch_size (24, 24) does not divide the window (64, 64)"),
+    Case("jigsaw-grid-larger-than-the-window",
+         pretrain_with("method.name=jigsaw", "method.grid=4", "data.patch_size=3", "model.patch_size=1"),
+         "jigsaw grid 4x4 is larger than the (3, 3) window"),
+    Case("cross-band-split-leaves-a-side-empty",
+         pretrain_with("method.name=cross_band", "method.bands_a=[0,1,2,3]", "data.sensor=null"),
+         "cross_band split leaves group B empty"),
+    Case("cross-band-on-single-band-data", single_band_rasters_with(),
+         "cross_band needs at least 2 bands (one to see, one to predict); the data has 1"),
+    Case("beit-codebook-larger-than-the-patches",
+         pretrain_with("method.name=beit", "method.codebook_size=100000", "data.sensor=null"),
+         "method.codebook_size=100000 is larger than the"),
+    Case("jigsaw-on-volumes", pretrain_volumes_with("method.name=jigsaw"), "method 'jigsaw' is 2D-only"),
+    Case("context-on-volumes", pretrain_volumes_with("method.name=context"), "method 'context' is 2D-only"),
+    Case("cae-with-grouped-tokens", pretrain_with("method.name=cae", "model.embedding=grouped", "data.sensor=null"),
+         "method 'cae' needs one token per position"),
+]
+
+
+CASES = (OUTDIR_CASES + CONFIG_CASES + METHOD_CASES + DENSE_CASES + PRETEXT_CASES + EXPORT_CASES + TIMM_EXPORT_CASES
+         + DATA_CASES + COMPARE_CASES + TRAINING_CASES)
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:

@@ -45,6 +45,8 @@ class ViewSpec:
     ``data.local_crop_size`` covering ``data.local_crop_scale`` (multi-crop). ``intensity``: band-safe intensity
     ops on every crop (false: geometry only). ``asymmetric``: BYOL's pattern, the first global crop always blurred,
     the second rarely but sometimes solarised. ``geometry=False``: the window as it is (no crop, flip or turn).
+    ``orientation=False``: crops keep the window's orientation (no flips or quarter turns, whatever ``augment:``
+    says), for tasks that predict it (rotation).
     ``shift`` > 0 (with ``crops=2``): the two global crops are cut from the window unresized, unflipped and unturned
     (the method undoes its own geometry), their origins ``shift`` px apart at most per axis (uniform), and the batch
     also holds ``offset`` (B, n_dims) long = origin of crop 2 - origin of crop 1: pixel ``p`` of crop 1 is pixel
@@ -61,6 +63,7 @@ class ViewSpec:
     scale: tuple[float, float] | None = None
     geometry: bool = True
     shift: int = 0
+    orientation: bool = True
 
     def __post_init__(self) -> None:
         if self.crops < 1:
@@ -89,7 +92,8 @@ class ViewSpec:
         text = f"{what} ({scale})"
         if self.local_crops:
             text += " + data.n_local_crops local crops"
-        text += ", flips / rot90"
+        if self.orientation:
+            text += ", flips / rot90"
         if self.intensity:
             text += ", band-safe intensity augment" + (" (asymmetric blur / solarize)" if self.asymmetric else "")
         return text
@@ -360,6 +364,6 @@ def build_views(spec: ViewSpec | str, data_cfg: Any, spatial_dims: int, augment:
         n_local = int(getattr(data_cfg, "n_local_crops", 6))
         local_scale = _scale(getattr(data_cfg, "local_crop_scale", (0.05, 0.4)), "data.local_crop_scale")
         local = CropSet(local_size, local_scale, ("local" if spec.intensity else "none",) * n_local)
-    flip_p = float(opts.get("flip_p", 0.5 if get("flip", True) else 0.0))
-    return CropView(CropSet(global_size, scale, roles[: spec.crops]), local, ratio, flip_p,
-                    bool(opts.get("rot90", get("rot90", True))), intensity)
+    flip_p = float(opts.get("flip_p", 0.5 if get("flip", True) and spec.orientation else 0.0))
+    rot90 = bool(opts.get("rot90", get("rot90", True) and spec.orientation))
+    return CropView(CropSet(global_size, scale, roles[: spec.crops]), local, ratio, flip_p, rot90, intensity)

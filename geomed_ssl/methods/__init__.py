@@ -23,6 +23,16 @@ from geomed_ssl.methods.vicreg import VICReg  # noqa: E402,F401  (registers "vic
 from geomed_ssl.methods.swav import SwAV  # noqa: E402,F401  (registers "swav")
 from geomed_ssl.methods.deepcluster import DeepCluster  # noqa: E402,F401  (registers "deepcluster")
 from geomed_ssl.methods.vicreg_dense import VICRegDense, VICRegDenseSettings  # noqa: E402  (registers "vicreg_dense")
+# masked image modelling beyond MAE, and the classic pretext tasks (issue 14)
+from geomed_ssl.methods.simmim import SimMIM  # noqa: E402,F401
+from geomed_ssl.methods.maskfeat import MaskFeat  # noqa: E402,F401
+from geomed_ssl.methods.beit import BEiT  # noqa: E402,F401
+from geomed_ssl.methods.cae import CAE  # noqa: E402,F401
+from geomed_ssl.methods.inpainting import Inpainting  # noqa: E402,F401
+from geomed_ssl.methods.rotation import Rotation  # noqa: E402,F401
+from geomed_ssl.methods.jigsaw import Jigsaw  # noqa: E402,F401
+from geomed_ssl.methods.context import Context  # noqa: E402,F401
+from geomed_ssl.methods.cross_band import CrossBand  # noqa: E402,F401
 
 __all__ = ["METHODS", "MethodCard", "MethodContext", "MethodOutput", "MethodSettings", "SSLMethod", "MAE", "MAESettings", "DINO",
            "DINOSettings", "build_method", "describe_methods", "method_class", "method_settings", "register_method",

@@ -24,7 +24,7 @@ a :class:`MethodCard` for ``geomed-ssl methods`` and docs/methods.md::
         def training_loss(self, batch, step, generator) -> MethodOutput: ...
 
 Hooks. Everything the trainer calls is declared on :class:`SSLMethod` with a default, and nothing else is called:
-``training_loss`` (every micro-batch), ``before_optimizer_step`` (gradients ready, before the update),
+``fit_to_data`` (once, before a new run's first step), ``training_loss`` (every micro-batch), ``before_optimizer_step`` (gradients ready, before the update),
 ``weight_decay`` (the decaying groups' weight decay at a step, or None), ``after_step`` (after the update; by
 default the EMA of the declared ``momentum_pairs`` at ``momentum(step)``), ``export_encoder``, ``no_weight_decay``,
 ``reconstruct`` (previews; methods without it get attention-map previews). The optimiser trains every parameter of
@@ -154,6 +154,9 @@ class MethodContext:
     max_steps: int | None = None
     batch_size: int | None = None  # per device
     samples: int | None = None  # distinct (non-overlapping) training windows in the data, once it is scanned
+    window: tuple[int, ...] | None = None  # the training window per spatial axis (data.patch_size)
+    patch: tuple[int, ...] | None = None  # the token patch per spatial axis (model.patch_size)
+    bands: int | None = None  # input bands, once the data is scanned
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, samples: int | None = None) -> MethodContext:
@@ -161,11 +164,12 @@ class MethodContext:
         window = as_tuple(recipe.data.patch_size, nd, "data.patch_size")
         patch = as_tuple(recipe.model.patch_size, nd, "model.patch_size")
         return cls(recipe.model.embedding, nd, math.prod(token_grid(window, patch)),
-                   recipe.train.max_steps, recipe.train.batch_size, samples)
+                   recipe.train.max_steps, recipe.train.batch_size, samples, tuple(window), tuple(patch))
 
     @classmethod
     def from_encoder(cls, cfg: EncoderConfig, max_steps: int | None = None) -> MethodContext:
-        return cls(cfg.embedding, cfg.spatial_dims, cfg.num_patches, max_steps)
+        return cls(cfg.embedding, cfg.spatial_dims, cfg.num_patches, max_steps, window=tuple(cfg.img_size),
+                   patch=tuple(cfg.patch_size), bands=cfg.in_chans)
 
 
 @dataclass
@@ -267,6 +271,13 @@ class SSLMethod(nn.Module):
         rank; ``collapse`` also goes to the progress bar). ``batch`` holds what :attr:`views` asks for (see
         :class:`ViewSpec`), ``index`` (B,) global sample indices and ``meta``; ``step`` is the optimiser step."""
         raise NotImplementedError(f"{type(self).__name__} must implement training_loss().")
+
+    def fit_to_data(self, dataset: Sequence[dict[str, Any]], seed: int) -> list[str]:
+        """Before the first step of a new run (not when resumed: the checkpoint restores what it fitted), learn
+        what the method needs from the data itself, e.g. BEiT's visual-token codebook. ``dataset[i]`` is training
+        sample ``i`` as the views build it (``image`` (C, *S) normalised); every draw from ``seed``, so all ranks
+        fit the same. Returns one note per thing fitted (logged). Default: nothing."""
+        return []
 
     def before_optimizer_step(self, step: int) -> None:
         """After the backward pass(es) of optimiser step ``step``, before the update: change gradients (drop those

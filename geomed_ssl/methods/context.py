@@ -1,5 +1,6 @@
 """Context prediction (Doersch et al., 2015): where does a patch sit among the 8 neighbours of a centre patch?
-2D only: the 26 neighbours of a 3D patch would need windows far larger than volumes train on.
+The pieces and the registered method ``context`` (both patches encoded on their own, their CLS features
+concatenated through an MLP head, 8-way cross-entropy). 2D only: the 26 neighbours of a 3D patch would need windows far larger than volumes train on.
 
 A centre patch is drawn anywhere it leaves room for its neighbours, one of its 8 neighbours is chosen, and the
 neighbour is placed one patch plus ``gap`` away in that direction, then jittered by up to ``jitter`` pixels on each
@@ -11,13 +12,22 @@ window does not tell the direction either.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Any, Mapping, NamedTuple
 
 import torch
 
+from geomed_ssl.config import MethodConfig, setting
 from geomed_ssl.errors import ConfigError
+from geomed_ssl.methods.base import MethodCard, MethodContext, MethodOutput, PerSample, SSLMethod
+from geomed_ssl.methods.mim import prepare_image
+from geomed_ssl.methods.pretext import PretextSettings, classification_output, mlp_head, refuse_volumes
+from geomed_ssl.methods.registry import register_method
+from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 from geomed_ssl.methods.crops import crop_at, standardize
+from geomed_ssl.methods.rotation import uniform_ints
 
 # label -> (row step, column step): row-major around the centre, the centre itself skipped
 NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
@@ -46,22 +56,108 @@ def check_context(window: Sequence[int], patch: int, gap: int, jitter: int, mult
                           f"px, got {tuple(window)}: use a larger window or a smaller patch / gap.")
 
 
-def context_pairs(x: torch.Tensor, patch: int, gap: int, jitter: int, generator: torch.Generator,
+CONTEXT_DRAWS = 5  # uniform draws per sample: the label, the centre's row and column, the jitter's
+
+
+def context_pairs(x: torch.Tensor, patch: int, gap: int, jitter: int, draws: torch.Tensor,
                   normalize: bool = True, multiple_of: int = 1) -> ContextPair:
-    """One (centre, neighbour, label) pair per sample of (B, C, H, W); all draws from ``generator`` (its device)."""
+    """One (centre, neighbour, label) pair per sample of (B, C, H, W), from ``draws`` (B, 5) uniform [0, 1), each
+    sample's own (:class:`PerSample`)."""
     b, _, *window = x.shape
     check_context(window, patch, gap, jitter, multiple_of)
-    dev = generator.device
+    draws = draws.to(x.device)
+    if draws.shape != (b, CONTEXT_DRAWS):
+        raise ValueError(f"draws {tuple(draws.shape)} must be (B, {CONTEXT_DRAWS}).")
     reach = patch + gap + jitter  # furthest a neighbour's corner lies from the centre's, per axis
     h, w = window
-    label = torch.randint(0, len(NEIGHBOURS), (b,), generator=generator, device=dev).to(x.device)
-    u = torch.rand(b, 2, generator=generator, device=dev).to(x.device)
+    label = uniform_ints(draws[:, 0], len(NEIGHBOURS))
     span = torch.tensor([h - patch - 2 * reach, w - patch - 2 * reach], device=x.device)  # (2,)
-    centre = reach + (u * (span + 1)).long().clamp_max(span)  # (B, 2)
-    shake = torch.randint(-jitter, jitter + 1, (b, 2), generator=generator, device=dev).to(x.device)
+    centre = reach + uniform_ints(draws[:, 1:3], span + 1)  # (B, 2)
+    shake = uniform_ints(draws[:, 3:5], 2 * jitter + 1) - jitter  # (B, 2)
     steps = torch.tensor(NEIGHBOURS, device=x.device)[label]  # (B, 2)
     neighbour = centre + steps * (patch + gap) + shake  # (B, 2)
     crops = crop_at(x, torch.cat([centre, neighbour]), (patch, patch), torch.arange(b, device=x.device).repeat(2))
     if normalize:
         crops = standardize(crops)
     return ContextPair(crops[:b], crops[b:], label)
+
+
+def context_geometry(window: Sequence[int], token: int, patch: int | None = None, gap: int | None = None,
+                     jitter: int | None = None) -> tuple[int, int, int]:
+    """(patch, gap, jitter) in pixels, checked (:func:`check_context`). Unset values follow the paper's
+    proportions: gap half the patch, jitter an eighth of it (96 / 48 / 7 px), and the patch the largest multiple of
+    the ``token`` patch whose 3x3 layout fits the window."""
+    def layout(p: int) -> tuple[int, int, int]:
+        g = p // 2 if gap is None else gap
+        return p, g, (min(g, p // 8) if jitter is None else jitter)
+
+    if patch is None:
+        patch = token
+        side = min(int(w) for w in window)
+        while True:
+            p, g, j = layout(patch + token)
+            if 3 * p + 2 * g + 2 * j > side:
+                break
+            patch += token
+    p, g, j = layout(patch)
+    check_context(window, p, g, j, token)
+    return p, g, j
+
+
+@dataclass
+class ContextSettings(PretextSettings):
+    """The ``method:`` keys of ``name: context``."""
+
+    patch: int | None = setting(None, "side of the two patches in pixels, a multiple of model.patch_size; null: "
+                                "the largest whose 3x3 layout fits the window", bounds=">= 1")
+    gap: int | None = setting(None, "pixels between neighbouring patches; null: half the patch", bounds=">= 0")
+    jitter: int | None = setting(None, "random shift of the neighbour per axis, at most gap; null: an eighth of "
+                                 "the patch", bounds=">= 0")
+
+    def check(self, source: str, context: MethodContext) -> None:
+        refuse_volumes("context", context, "the 26 neighbours of a 3D patch need windows far larger than volumes "
+                       "train on", source)
+        if context.window is not None and context.patch is not None:
+            try:
+                context_geometry(context.window, math.lcm(*context.patch), self.patch, self.gap, self.jitter)
+            except ConfigError as err:
+                raise ConfigError(f"{source}: method 'context': {err}") from None
+
+
+@register_method
+class Context(SSLMethod):
+    """Say where a patch sits among the 8 neighbours of a centre patch."""
+
+    name = "context"
+    card = MethodCard(
+        learns="spatial layout: what lies above, below or beside what (object parts, roads leading to "
+               "settlements), from two patches encoded on their own",
+        cost="~2 / 9 of the encoder's cost on the window (two small patches per window)",
+        failure_modes="trivial shortcuts (continuing lines, chromatic aberration, vignetting) are blocked by the "
+                      "gap and jitter but may remain in stitched or striped products; homogeneous scenes give "
+                      "no answer; 2D only",
+        recipes=("recipes/pretext_sentinel2.yaml",), dims="2D")
+    Settings = ContextSettings
+    settings: ContextSettings
+
+    def __init__(self, encoder_cfg: EncoderConfig,
+                 settings: ContextSettings | MethodConfig | Mapping[str, Any] | None = None,
+                 max_steps: int = 1000) -> None:
+        super().__init__(encoder_cfg, settings, max_steps)
+        self.token = math.lcm(*encoder_cfg.patch_size)
+        self.encoder = ViTEncoder(encoder_cfg)
+        self.head = mlp_head(2 * encoder_cfg.embed_dim, self.settings.head_hidden_dim, len(NEIGHBOURS))
+
+    def forward(self, centre: torch.Tensor, neighbour: torch.Tensor) -> torch.Tensor:
+        """Two (B, C, p, p) patches -> (B, 8) logits."""
+        cls = self.encoder(torch.cat([centre, neighbour]))[:, 0]  # (2B, D)
+        b = centre.shape[0]
+        return self.head(torch.cat([cls[:b], cls[b:]], dim=-1))
+
+    def training_loss(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> MethodOutput:
+        image, _ = prepare_image(batch)
+        s = self.settings
+        p, g, j = context_geometry(tuple(image.shape[2:]), self.token, s.patch, s.gap, s.jitter)
+        draws = PerSample.from_batch(batch, generator).rand(CONTEXT_DRAWS)
+        pair = context_pairs(image, p, g, j, draws, multiple_of=self.token)
+        return classification_output(self(pair.centre, pair.neighbour), pair.label)

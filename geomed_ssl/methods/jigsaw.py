@@ -1,5 +1,6 @@
-"""Jigsaw puzzles (Noroozi & Favaro, 2016): a fixed permutation set of maximal Hamming distance, and shuffled
-tiles with random jitter, 2D only (a 3x3x3 puzzle would cut the small windows volumes train on into 27 tiles
+"""Jigsaw puzzles (Noroozi & Favaro, 2016): a fixed permutation set of maximal Hamming distance, shuffled
+tiles with random jitter, and the registered method ``jigsaw`` (each tile encoded on its own, the tiles' CLS
+features concatenated in puzzle order through an MLP head that names the permutation), 2D only (a 3x3x3 puzzle would cut the small windows volumes train on into 27 tiles
 too small to encode).
 
 The set is chosen greedily as in the paper: start from the identity, then repeatedly add the permutation whose
@@ -21,12 +22,21 @@ import functools
 import itertools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
+from geomed_ssl.config import MethodConfig, setting
 from geomed_ssl.errors import ConfigError
+from geomed_ssl.methods.base import MethodCard, MethodContext, MethodOutput, PerSample, SSLMethod
+from geomed_ssl.methods.mim import prepare_image
+from geomed_ssl.methods.pretext import PretextSettings, classification_output, mlp_head, refuse_volumes
+from geomed_ssl.methods.registry import register_method
+from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 from geomed_ssl.methods.crops import crop_at, standardize
+from geomed_ssl.methods.rotation import uniform_ints
 
 CANDIDATE_POOL = 100_000  # random candidates for grids above 3x3
 
@@ -116,14 +126,20 @@ def tile_size(window: Sequence[int], grid: int, tile: int | None = None, multipl
     return tile
 
 
-def jigsaw_tiles(x: torch.Tensor, perms: torch.Tensor, generator: torch.Generator, tile: int | None = None,
+def jigsaw_draws(grid: int) -> int:
+    """Uniform draws one sample's puzzle takes: its label, then a row and a column offset per tile."""
+    return 1 + 2 * grid * grid
+
+
+def jigsaw_tiles(x: torch.Tensor, perms: torch.Tensor, draws: torch.Tensor, tile: int | None = None,
                  multiple_of: int = 1, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Shuffled jittered tiles and their permutation labels.
 
     Args:
         x: (B, C, H, W); the grid is ``sqrt(perms.shape[1])``, over the top-left ``min(H, W)`` square.
         perms: (P, T) from :func:`permutation_set`.
-        generator: draws the labels and the per-tile offsets (on its device).
+        draws: (B, :func:`jigsaw_draws`) uniform [0, 1) draws, each sample's own (:class:`PerSample`): its label
+            and its tiles' offsets.
         tile, multiple_of: see :func:`tile_size`.
         normalize: standardise each tile per band (mean 0, std 1).
 
@@ -135,9 +151,11 @@ def jigsaw_tiles(x: torch.Tensor, perms: torch.Tensor, generator: torch.Generato
     grid = math.isqrt(perms.shape[1])
     t = tile_size(window, grid, tile, multiple_of)
     cell = min(window) // grid
-    dev = generator.device
-    labels = torch.randint(0, perms.shape[0], (b,), generator=generator, device=dev).to(x.device)
-    jitter = torch.randint(0, cell - t + 1, (b, grid * grid, 2), generator=generator, device=dev).to(x.device)
+    draws = draws.to(x.device)
+    if draws.shape != (b, jigsaw_draws(grid)):
+        raise ValueError(f"draws {tuple(draws.shape)} must be (B, {jigsaw_draws(grid)}) for a {grid}x{grid} puzzle.")
+    labels = uniform_ints(draws[:, 0], perms.shape[0])  # (B,)
+    jitter = uniform_ints(draws[:, 1:], cell - t + 1).reshape(b, grid * grid, 2)  # (B, T, 2)
     cells = torch.arange(grid * grid, device=x.device)
     origin = torch.stack([cells // grid, cells % grid], dim=1) * cell  # (T, 2) top-left of each cell
     order = perms.to(x.device)[labels]  # (B, T): the cell shown at each position
@@ -145,3 +163,64 @@ def jigsaw_tiles(x: torch.Tensor, perms: torch.Tensor, generator: torch.Generato
     source = torch.arange(b, device=x.device).repeat_interleave(grid * grid)  # (B*T,)
     tiles = crop_at(x, starts.reshape(-1, 2), (t, t), source).reshape(b, grid * grid, c, t, t)
     return (standardize(tiles) if normalize else tiles), labels
+
+
+@dataclass
+class JigsawSettings(PretextSettings):
+    """The ``method:`` keys of ``name: jigsaw``."""
+
+    grid: int = setting(3, "tiles per side (grid x grid puzzle)", bounds="[2, 4]")
+    permutations: int = setting(100, "classes: a fixed set of orders of maximal minimum Hamming distance",
+                                bounds="[2, 1000]")
+    tile: int | None = setting(None, "tile side in pixels, a multiple of model.patch_size inside its cell; null: "
+                               "the largest such multiple under 64/75 of the cell (the paper's ratio)", bounds=">= 1")
+
+    def check(self, source: str, context: MethodContext) -> None:
+        refuse_volumes("jigsaw", context, "a 3x3x3 puzzle cuts the small windows volumes train on into 27 tiles "
+                       "too small to encode", source)
+        if self.grid == 2 and self.permutations > 24:
+            raise ConfigError(f"{source}: method.permutations {self.permutations} exceeds the 24 orders of a 2x2 "
+                              "grid; use at most 24.")
+        if context.window is not None and context.patch is not None:
+            try:
+                tile_size(context.window, self.grid, self.tile, math.lcm(*context.patch))
+            except ConfigError as err:
+                raise ConfigError(f"{source}: method.grid / method.tile: {err}") from None
+
+
+@register_method
+class Jigsaw(SSLMethod):
+    """Name the permutation that shuffled a window's jittered tiles."""
+
+    name = "jigsaw"
+    card = MethodCard(
+        learns="how parts of a scene fit together: which tile lies above, below or beside which (object parts, "
+               "field layouts), from tiles encoded on their own",
+        cost="~1x (grid^2 tiles of ~1/grid^2 the window each, one encoder pass each)",
+        failure_modes="homogeneous or periodic textures (open water, large fields) give tiles with no order; "
+                      "tiles shorter than ~2 tokens per side hold too little; 2D only",
+        recipes=("recipes/pretext_sentinel2.yaml",), dims="2D")
+    Settings = JigsawSettings
+    settings: JigsawSettings
+
+    def __init__(self, encoder_cfg: EncoderConfig,
+                 settings: JigsawSettings | MethodConfig | Mapping[str, Any] | None = None,
+                 max_steps: int = 1000) -> None:
+        super().__init__(encoder_cfg, settings, max_steps)
+        s = self.settings
+        self.multiple_of = math.lcm(*encoder_cfg.patch_size)
+        self.register_buffer("perms", permutation_set(s.permutations, s.grid), persistent=False)  # (P, T)
+        self.encoder = ViTEncoder(encoder_cfg)
+        self.head = mlp_head(s.grid * s.grid * encoder_cfg.embed_dim, s.head_hidden_dim, s.permutations)
+
+    def forward(self, tiles: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, t, t) tiles in puzzle order -> (B, P) logits."""
+        b, t = tiles.shape[:2]
+        cls = self.encoder(tiles.flatten(0, 1))[:, 0]  # (B*T, D): each tile encoded on its own
+        return self.head(cls.reshape(b, -1))
+
+    def training_loss(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> MethodOutput:
+        image, _ = prepare_image(batch)
+        draws = PerSample.from_batch(batch, generator).rand(jigsaw_draws(self.settings.grid))
+        tiles, labels = jigsaw_tiles(image, self.perms, draws, self.settings.tile, self.multiple_of)
+        return classification_output(self(tiles), labels)

@@ -291,6 +291,9 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     view = build_views(method.views, recipe.data, spatial_dims(recipe.data), recipe.augment,
                        patch_size=recipe.model.patch_size, wavelengths=catalog.wavelengths)
     dataset = PretrainDataset(catalog, stats, recipe.data, view, seed=t.seed)
+    if point is None:  # a resumed run gets what was fitted back from its checkpoint
+        for note in method.fit_to_data(dataset, t.seed):
+            log.info(note)
     if rank == 0:
         prepare_run_dir(out, resume, overwrite, inputs)
         remove_stale_temp_files(out)

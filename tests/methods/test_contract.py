@@ -16,7 +16,7 @@ from geomed_ssl.methods.momentum import momentum_copy
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 
 ENC = EncoderConfig(in_chans=2, img_size=(8, 8), patch_size=(4, 4), embed_dim=16, depth=1, num_heads=2)
-TRAINER_HOOKS = ("training_loss", "before_optimizer_step", "weight_decay", "momentum_pairs", "momentum", "after_step",
+TRAINER_HOOKS = ("fit_to_data", "training_loss", "before_optimizer_step", "weight_decay", "momentum_pairs", "momentum", "after_step",
                  "export_encoder", "no_weight_decay", "reconstruct")
 
 

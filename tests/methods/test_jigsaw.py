@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from geomed_ssl.errors import ConfigError
-from geomed_ssl.methods.jigsaw import jigsaw_tiles, min_hamming, permutation_set, tile_size
+from geomed_ssl.methods.jigsaw import jigsaw_draws, jigsaw_tiles, min_hamming, permutation_set, tile_size
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -32,6 +32,10 @@ def test_more_permutations_than_the_grid_has_is_refused() -> None:
         permutation_set(25, grid=2)
 
 
+def draws(b: int, grid: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.rand(b, jigsaw_draws(grid), generator=gen(seed))
+
+
 def cell_index_image(b: int, size: int, grid: int = 3) -> torch.Tensor:
     """(b, 2, size, size): band 0 holds the 3x3 cell index of each pixel, band 1 its row (for offsets)."""
     rows = torch.arange(size).float()
@@ -42,7 +46,7 @@ def cell_index_image(b: int, size: int, grid: int = 3) -> torch.Tensor:
 
 def test_tiles_follow_their_label_and_stay_inside_their_cells() -> None:
     perms = permutation_set(100)
-    tiles, labels = jigsaw_tiles(cell_index_image(16, 48), perms, gen(), normalize=False)
+    tiles, labels = jigsaw_tiles(cell_index_image(16, 48), perms, draws(16), normalize=False)
     assert tiles.shape == (16, 9, 2, 13, 13) and labels.shape == (16,)  # int(16 * 64 / 75)
     # a constant cell index over the whole tile means the tile lies inside one cell; it is the labelled one
     assert torch.equal(tiles[:, :, 0].amin(dim=(2, 3)), tiles[:, :, 0].amax(dim=(2, 3)))
@@ -50,13 +54,13 @@ def test_tiles_follow_their_label_and_stay_inside_their_cells() -> None:
 
 
 def test_tile_offsets_are_jittered_within_the_cell() -> None:
-    tiles, _ = jigsaw_tiles(cell_index_image(64, 48), permutation_set(100), gen(1), tile=12, normalize=False)
+    tiles, _ = jigsaw_tiles(cell_index_image(64, 48), permutation_set(100), draws(64, seed=1), tile=12, normalize=False)
     first_row = tiles[:, :, 1, 0, 0] % 16  # offset of each tile's first row inside its 16 px cell
     assert first_row.min() == 0 and first_row.max() == 4 and len(first_row.unique()) == 5
 
 
 def test_tiles_are_standardised_per_band_by_default() -> None:
-    tiles, _ = jigsaw_tiles(torch.rand(2, 3, 64, 64) * 100, permutation_set(10), gen(), multiple_of=4)
+    tiles, _ = jigsaw_tiles(torch.rand(2, 3, 64, 64) * 100, permutation_set(10), draws(2), multiple_of=4)
     assert tiles.shape[-1] % 4 == 0
     torch.testing.assert_close(tiles.mean(dim=(-2, -1)), torch.zeros(2, 9, 3), atol=1e-4, rtol=0)
 
@@ -66,7 +70,7 @@ def test_grid_larger_than_the_window_is_refused_in_one_line() -> None:
         tile_size((4, 4), grid=5)
     assert "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="larger than the"):
-        jigsaw_tiles(torch.randn(1, 2, 4, 4), permutation_set(10, grid=5), gen())
+        jigsaw_tiles(torch.randn(1, 2, 4, 4), permutation_set(10, grid=5), draws(1, grid=5))
 
 
 def test_volumes_are_refused_as_2d_only() -> None:

@@ -163,9 +163,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from geomed_ssl.config import DataConfig
     from geomed_ssl.data.catalog import Catalog
-    from geomed_ssl.data.datasets import PretrainDataset
+    from geomed_ssl.views.datasets import PretrainDataset
     from geomed_ssl.data.stats import BandStats
-    from geomed_ssl.data.views import build_views
+    from geomed_ssl.views.builder import build_views
 
     baseline = rss_mb()
     print(f"file: {path} {path.stat().st_size / 2**20:.0f} MB")

@@ -21,9 +21,9 @@ import torch
 
 from geomed_ssl.config import load_recipe
 from geomed_ssl.data.catalog import scan
-from geomed_ssl.data.datasets import PretrainDataset, collate
+from geomed_ssl.views.datasets import PretrainDataset, collate
 from geomed_ssl.data.stats import compute_stats
-from geomed_ssl.data.views import build_views
+from geomed_ssl.views.builder import build_views
 from geomed_ssl.methods import build_method
 from geomed_ssl.models.encoder import EncoderConfig
 from geomed_ssl.train.pretrain import pretrain

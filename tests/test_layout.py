@@ -28,6 +28,7 @@ LADDER: list[tuple[str, tuple[str, ...]]] = [
     ("methods", ("methods",)),
     ("checkpoints", ("checkpoint",)),
     ("models", ("models",)),
+    ("views", ("views",)),
     ("data", ("data",)),
     ("outputs", ("outdirs",)),
     ("config", ("config",)),
@@ -37,8 +38,7 @@ RUNG = {unit: i for i, (_, units) in enumerate(LADDER) for unit in units}
 MAX_PACKAGE_LINES = 2500
 SIZE_EXEMPT = {"methods": "one file per SSL method, each small: the package grows with the methods"}
 # A package over the limit for now, with the lines it may hold until it is split and the plan for the split.
-SIZE_ALLOWANCE = {"data": (2650, "split datasets.py / views.py / multicrop.py / labelled.py (what a model is fed) "
-                                 "from files -> arrays once issue 13's one view builder has landed in views.py")}
+SIZE_ALLOWANCE: dict[str, tuple[int, str]] = {}
 
 
 def unit_of(module: str) -> str:

@@ -75,7 +75,7 @@ class DataConfig:
                              choices=("auto", "ct", "mr", "none"))
     ct_window: list[float] = setting([-1000.0, 1000.0], "volumes: CT clip range in HU, [low, high]", length=2)
     cache_volumes: int = setting(4, "volumes: decoded volumes kept per worker", bounds=">= 1")
-    # the crops a method's views are cut from (see geomed_ssl.data.views.ViewSpec); sizes are int or per-axis
+    # the crops a method's views are cut from (see geomed_ssl.views.builder.ViewSpec); sizes are int or per-axis
     # lists, multiples of model.patch_size, no larger than the window
     global_crop_size: IntOrSeq | None = setting(None, "size of the global crops (every method's main views); null: "
                                                 "data.patch_size", bounds=">= 1")
@@ -93,7 +93,7 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    """Band-safe augmentations of the views (any band count, 2D and 3D; geomed_ssl.data.augment): geometry for every
+    """Band-safe augmentations of the views (any band count, 2D and 3D; geomed_ssl.views.augment): geometry for every
     method's crops, intensity ops for the methods whose views ask for them (contrastive, siamese, DINO)."""
 
     flip: bool = setting(True, "flip each spatial axis with probability 0.5")

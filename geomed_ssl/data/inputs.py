@@ -1,6 +1,6 @@
 """Arrays in file units -> the normalised input an encoder was trained on, outside the datasets.
 
-The same steps as the pretraining pipeline (:class:`geomed_ssl.data.datasets.PretrainDataset`) after its read:
+The same steps as the pretraining pipeline (:class:`geomed_ssl.views.datasets.PretrainDataset`) after its read:
 volumes get the run's intensity preprocessing (CT window / MR percentile scaling), then every band is clipped to
 [p1, p99] and z-scored with the encoder's statistics (:func:`geomed_ssl.data.stats.normalize`); pixels that are
 nodata (or NaN) in every band become 0 and are marked invalid.

@@ -3,7 +3,7 @@
 A method is one file: an :class:`SSLMethod` subclass registered with ``@register_method``
 (:mod:`geomed_ssl.methods.registry`) and its settings, a :class:`MethodSettings` dataclass whose fields are the
 keys of the recipe's ``method:`` section, each declared once with ``setting(default, meaning, bounds=...,
-choices=...)``; the views it needs, a :class:`~geomed_ssl.data.views.ViewSpec` that the one view builder reads; and
+choices=...)``; the views it needs, a :class:`~geomed_ssl.views.builder.ViewSpec` that the one view builder reads; and
 a :class:`MethodCard` for ``geomed-ssl methods`` and docs/methods.md::
 
     @dataclass
@@ -61,7 +61,7 @@ import torch.distributed as dist
 from torch import nn
 
 from geomed_ssl.config import MethodConfig, Recipe, as_tuple, build_checked, check_instance, spatial_dims, values_of
-from geomed_ssl.data.views import ViewSpec
+from geomed_ssl.views.builder import ViewSpec
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.methods.momentum import MomentumPair, check_momentum_pairs, ema_update_
 from geomed_ssl.methods.schedules import ScheduleClock

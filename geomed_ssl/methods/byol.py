@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import torch
 
 from geomed_ssl.config import MethodConfig, setting
-from geomed_ssl.data.views import ViewSpec
+from geomed_ssl.views.builder import ViewSpec
 from geomed_ssl.methods.base import MethodCard, MethodContext, MethodOutput, MethodSettings
 from geomed_ssl.methods.losses import symmetric_negative_cosine
 from geomed_ssl.methods.momentum import MomentumPair, momentum_at, momentum_copy

@@ -1,5 +1,5 @@
 """What ``geomed-ssl methods`` prints and docs/methods.md holds, both rendered from the methods' own declarations
-(settings, :class:`~geomed_ssl.data.views.ViewSpec`, :class:`~geomed_ssl.methods.base.MethodCard`), so they cannot
+(settings, :class:`~geomed_ssl.views.builder.ViewSpec`, :class:`~geomed_ssl.methods.base.MethodCard`), so they cannot
 drift from the code. ``python -m geomed_ssl.methods.catalog > docs/methods.md`` regenerates the file.
 """
 

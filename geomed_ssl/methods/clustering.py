@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from geomed_ssl.data.views import ViewSpec
+from geomed_ssl.views.builder import ViewSpec
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.methods.base import MethodContext
 from geomed_ssl.methods.siamese import TwoViewMethod, zero_invalid

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from geomed_ssl.config import MethodConfig, setting
 from geomed_ssl.errors import ConfigError
-from geomed_ssl.data.views import ViewSpec
+from geomed_ssl.views.builder import ViewSpec
 from geomed_ssl.methods.base import MethodCard, MethodContext, MethodOutput, MethodSettings, PerSample, SSLMethod
 from geomed_ssl.methods.dino_losses import CENTERINGS, DINOLoss, IBOTPatchLoss, KoLeoLoss
 from geomed_ssl.methods.heads import DINOHead

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import torch
 
 from geomed_ssl.config import MethodConfig, setting
-from geomed_ssl.data.views import ViewSpec
+from geomed_ssl.views.builder import ViewSpec
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.methods.base import MethodCard, MethodContext, MethodOutput, PerSample, SSLMethod
 from geomed_ssl.methods.mim import prepare_image

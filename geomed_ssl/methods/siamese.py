@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from geomed_ssl.config import MethodConfig
-from geomed_ssl.data.views import ViewSpec
+from geomed_ssl.views.builder import ViewSpec
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.methods.base import MethodContext, MethodSettings, SSLMethod
 from geomed_ssl.methods.monitor import CollapseMonitor

@@ -9,7 +9,7 @@ pretraining among those measured that beat both the same network from random ini
 under a frozen per-pixel probe (``benchmarks/research/``: MAE on pixels, VICReg on centre tokens of neighbouring
 windows, strong augmentation, larger tokens all lost; numbers in ``recipes/mae_hyperspectral.yaml``).
 
-Views: :class:`~geomed_ssl.data.views.ViewSpec` with ``shift`` = ``method.max_shift`` (two unresized crops and
+Views: :class:`~geomed_ssl.views.builder.ViewSpec` with ``shift`` = ``method.max_shift`` (two unresized crops and
 their ``offset``, crop 2's origin minus crop 1's). Each crop gets its own random flip / quarter turn here
 (``dihedral``), drawn per sample (:class:`PerSample`) and undone on its token map before matching, so matched
 features describe the same ground pixels. 2D only: volumes are refused in one line (use mae or dino there).
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geomed_ssl.config import MethodConfig, setting
-from geomed_ssl.data.views import ViewSpec
+from geomed_ssl.views.builder import ViewSpec
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.methods.base import MethodCard, MethodContext, MethodOutput, MethodSettings, PerSample, SSLMethod
 from geomed_ssl.methods.losses import vicreg_terms

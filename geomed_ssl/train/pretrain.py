@@ -18,9 +18,9 @@ from torch.utils.data import DataLoader, Sampler
 from geomed_ssl.config import (Recipe, apply_overrides, as_tuple, load_recipe, recipe_from_dict, spatial_dims,
                                validate)
 from geomed_ssl.data.catalog import Catalog, scan
-from geomed_ssl.data.datasets import PretrainDataset, collate
+from geomed_ssl.views.datasets import PretrainDataset, collate
 from geomed_ssl.data.stats import BandStats, compute_stats
-from geomed_ssl.data.views import build_views
+from geomed_ssl.views.builder import build_views
 from geomed_ssl.errors import ConfigError, GeomedError
 from geomed_ssl.methods import build_method, with_method_settings
 from geomed_ssl.methods.schedules import ScheduleClock

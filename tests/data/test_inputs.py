@@ -13,9 +13,9 @@ from rasterio.windows import Window
 from geomed_ssl.checkpoint import load_encoder, save_encoder
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.catalog import scan
-from geomed_ssl.data.datasets import PretrainDataset
+from geomed_ssl.views.datasets import PretrainDataset
 from geomed_ssl.data.stats import compute_stats
-from geomed_ssl.data.views import build_views
+from geomed_ssl.views.builder import build_views
 from geomed_ssl.errors import DataError
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 from tests.data.conftest import gradient, write_nii, write_tif

@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from geomed_ssl.cli import app
 from geomed_ssl.config import setting
-from geomed_ssl.data.views import ViewSpec
+from geomed_ssl.views.builder import ViewSpec
 from geomed_ssl.methods import MethodCard, MethodOutput, MethodSettings, register_method
 from geomed_ssl.methods.losses import nt_xent_loss
 from geomed_ssl.methods.siamese import TwoViewMethod

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from geomed_ssl.cli import app
 from geomed_ssl.config import DataConfig
-from geomed_ssl.data.views import ShiftedPairView, ViewSpec, build_views
+from geomed_ssl.views.builder import ShiftedPairView, ViewSpec, build_views
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.methods.base import MethodContext, PerSample
 from geomed_ssl.methods.vicreg_dense import VICRegDense, VICRegDenseSettings, dihedral, match_pixels

@@ -10,10 +10,10 @@ from rasterio.windows import Window
 
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.catalog import Catalog, FileRecord, scan
-from geomed_ssl.data.datasets import PretrainDataset, collate
+from geomed_ssl.views.datasets import PretrainDataset, collate
 from geomed_ssl.data.readers import RasterReader
 from geomed_ssl.data.stats import BandStats, compute_stats, normalize
-from geomed_ssl.data.views import build_views
+from geomed_ssl.views.builder import build_views
 from tests.data.conftest import gradient, write_nii, write_tif
 
 TILED = dict(tiled=True, blockxsize=32, blockysize=32, compress="deflate")

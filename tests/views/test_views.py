@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from geomed_ssl.config import AugmentConfig, DataConfig
-from geomed_ssl.data.views import MAEView, ViewSpec, build_views, resize, sample_crop
+from geomed_ssl.views.builder import MAEView, ViewSpec, build_views, resize, sample_crop
 from geomed_ssl.errors import ConfigError
 
 
@@ -119,7 +119,7 @@ def test_resized_crop_draws_area_or_volume_fraction_the_same_way_in_2d_and_3d(sh
 
 
 def test_dino_3d_crops_use_the_shared_primitive_and_its_volume_fraction(monkeypatch):
-    import geomed_ssl.data.views as views
+    import geomed_ssl.views.builder as views
 
     seen = []
     original = views.sample_crop

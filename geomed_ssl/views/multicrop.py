@@ -1,8 +1,8 @@
 """Multi-crop views (DINO, SwAV): two global and ``n_local`` local crops of one window, any band count, 2D or 3D.
 
-Built from the same pieces as every view (:mod:`geomed_ssl.data.views`): the one random-resized-crop primitive
+Built from the same pieces as every view (:mod:`geomed_ssl.views.builder`): the one random-resized-crop primitive
 (area fraction in 2D, volume fraction in 3D), flips, rot90 on square 2D crops, and the band-safe intensity ops of
-:mod:`geomed_ssl.data.augment` (per-band brightness / contrast and gamma, blur, noise, solarize about a threshold,
+:mod:`geomed_ssl.views.augment` (per-band brightness / contrast and gamma, blur, noise, solarize about a threshold,
 band dropout). DINO's asymmetric pattern is kept: global crop 1 always blurred, global crop 2 rarely blurred but
 sometimes solarised, local crops blurred half the time. Every random choice comes from the ``rng`` passed in; the
 valid mask follows the geometry (nearest).
@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 from geomed_ssl.config import as_tuple
-from geomed_ssl.data.augment import (Intensity, IntensityProbs, band_dropout, band_gamma, band_intensity,  # noqa: F401
+from geomed_ssl.views.augment import (Intensity, IntensityProbs, band_dropout, band_gamma, band_intensity,  # noqa: F401
                                      band_jitter, gaussian_blur, gaussian_noise, solarize)
-from geomed_ssl.data.views import DEFAULT_RATIO, CropSet, CropView, crop_sizes
+from geomed_ssl.views.builder import DEFAULT_RATIO, CropSet, CropView, crop_sizes
 from geomed_ssl.errors import ConfigError
 
 GLOBAL1, GLOBAL2, LOCAL = (Intensity().probs(role) for role in ("global1", "global2", "local"))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from geomed_ssl.config import AugmentConfig
-from geomed_ssl.data.augment import Intensity, IntensityProbs, band_jitter, gaussian_blur, spectral_shift
+from geomed_ssl.views.augment import Intensity, IntensityProbs, band_jitter, gaussian_blur, spectral_shift
 from geomed_ssl.errors import ConfigError
 
 

@@ -10,7 +10,7 @@ order, so a sample stays a pure function of its seed:
 1. :func:`resized_crop`, the one random-resized-crop primitive for 2D and 3D: a crop covering a fraction ~U(scale)
    of the window's area (2D) or volume (3D), of log-uniform aspect, resized to the crop size;
 2. a flip per spatial axis (``augment.flip``) and, on square 2D crops, quarter turns (``augment.rot90``);
-3. band-safe intensity ops (:mod:`geomed_ssl.data.augment`) when the spec asks for them.
+3. band-safe intensity ops (:mod:`geomed_ssl.views.augment`) when the spec asks for them.
 
 Geometry is band-count-agnostic: 2D resizes run ``cv2.resize`` on each band plane (no HWC transposes;
 albumentations splits HWC images into 4-band chunks and was 3-5x slower at 13 and 200 bands), 3D resizes run
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from geomed_ssl.config import as_tuple
-from geomed_ssl.data.augment import Intensity, IntensityProbs
+from geomed_ssl.views.augment import Intensity, IntensityProbs
 from geomed_ssl.errors import ConfigError
 
 View = Callable[[np.ndarray, np.ndarray, np.random.Generator], dict]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from geomed_ssl.data.multicrop import (MultiCropView, band_dropout, band_gamma, band_intensity, band_jitter,
+from geomed_ssl.views.multicrop import (MultiCropView, band_dropout, band_gamma, band_intensity, band_jitter,
                                        build_multicrop, solarize, IntensityProbs)
 from geomed_ssl.errors import ConfigError
 

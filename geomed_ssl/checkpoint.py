@@ -203,6 +203,9 @@ def check_model_meta(meta: dict[str, Any], source: str) -> None:
         check_value(head.get("layers"), list[int], Spec(bounds=parse_bounds(">= 0")), "head.layers", source)
         check_value(head.get("feature_size"), int, Spec(bounds=parse_bounds(f"[1, {_MAX_FEATURE_SIZE}]")),
                     "head.feature_size", source)
+        if head.get("kind") == "probe":
+            check_value(head.get("probe"), str, Spec(choices=("linear", "knn")), "head.probe", source)
+            check_value(head.get("memory", 0), int, Spec(bounds=parse_bounds(">= 0")), "head.memory", source)
     else:
         check_value(head.get("pool"), str, Spec(), "head.pool", source)
 
@@ -221,7 +224,8 @@ def build_model(meta: dict[str, Any], source: str = "model config") -> torch.nn.
         encoder = ViTEncoder(encoder_cfg)
         if meta["task"] == "segment":
             return SegmentationModel(encoder, num_classes, head["layers"], feature_size=head["feature_size"],
-                                     head=head.get("kind", "unetr"))
+                                     head=head.get("kind", "unetr"), probe=str(head.get("probe", "linear")),
+                                     memory=int(head.get("memory", 0)))
         return ClassificationModel(encoder, num_classes, head=head["kind"], pool=head["pool"])
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None

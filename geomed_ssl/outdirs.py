@@ -194,10 +194,11 @@ COMMANDS: dict[str, CommandSpec] = {
                           ("--overwrite",), lambda folder: (_json(folder / "geomed_ssl.json") or {}).get("format")
                           == "geomed-ssl-timm"),
     "compare": CommandSpec(("results.csv", "summary.md", "curve.png", "config.yaml", "compare.json", "selections",
-                            "encoder_none"), (".encoder_none.*",),
+                            "encoder_none"), (".encoder_none.*", "finetuned_*"),
                            inside={"selections": ("*.npz",), "encoder_none": EXPORT_FILES,
                                    ".encoder_none.*": EXPORT_FILES}),
-    "demo": CommandSpec(("pretrain", "finetune_pretrained", "finetune_random", "prediction", ".geomed-ssl-demo"),
+    "demo": CommandSpec(("pretrain", "compare", "finetune_pretrained", "finetune_random", "prediction",
+                         ".geomed-ssl-demo"),
                         (), (), lambda folder: (folder / ".geomed-ssl-demo").is_file()),
 }
 

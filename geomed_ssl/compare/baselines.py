@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from geomed_ssl.compare.features import (ImageFeatures, PointFn, SegmentFeatures, blank, slab_rows)
+from geomed_ssl.compare.features import ImageFeatures, SegmentFeatures, slab_rows
 from geomed_ssl.compare.task import Task
+from geomed_ssl.models.probe import PointFn, blank
 
 RF_COMPONENTS, RF_WINDOW, RF_TREES = 30, 7, 200
 CONV_WIDTH, CONV_SEED, CONV_HALO = 64, 0, 3  # halo: rows one output pixel depends on (3x3, then 3x3 dilated 2)

@@ -16,34 +16,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from geomed_ssl.compare.task import Task
-from geomed_ssl.data.readers import RasterReader, VolumeReader
-from geomed_ssl.data.stats import BandStats, normalize
 from geomed_ssl.models.encoder import ViTEncoder
-
-PointFn = Callable[[np.ndarray, np.ndarray, "np.ndarray | None"], np.ndarray]
-
-
-def probe_layers(depth: int, layers: Sequence[int] | None = None) -> list[int]:
-    """The blocks a frozen probe reads: ``finetune.layers`` when set, else 1/4, 1/2, 3/4 of the depth and the
-    last block."""
-    if layers:
-        return sorted({int(i) for i in layers})
-    return sorted({max(0, min(depth - 1, round(depth * f))) for f in (0.25, 0.5, 0.75)} | {depth - 1})
-
-
-def read_image(record: Any, stats: BandStats, data_cfg: Any, nd: int,
-               volumes: VolumeReader | None = None) -> np.ndarray:
-    """A whole image, normalised with ``stats``: float32 (C, *S) on the grid the label arrays use."""
-    if nd == 2:
-        raw = RasterReader(max_open=2).read_window(record, 0, 0, *record.shape[-2:])
-    else:
-        raw, _ = (volumes or VolumeReader(data_cfg, max_cached=1)).load(record)
-    nodata = data_cfg.nodata if data_cfg.nodata is not None else record.nodata
-    image, _ = normalize(raw, stats, nodata)
-    return image
+from geomed_ssl.models.probe import PointFn, encoder_points
 
 
 class SegmentFeatures:
@@ -92,59 +68,7 @@ class ImageFeatures:
 
 
 # -- encoders ---------------------------------------------------------------------------------------------------
-def blank(image: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
-    """``image`` (C, *S) with the pixels outside ``allowed`` set to 0 (the normalised mean)."""
-    return image if allowed is None else image * allowed[None].astype(image.dtype)
-
-
-def window_starts(points: np.ndarray, shape: Sequence[int], window: Sequence[int]) -> np.ndarray:
-    """(n, nd) start of the tiling window holding each point: windows at multiples of the window size, the last
-    one moved back to end at the image's edge (an image smaller than the window gets one window, padded)."""
-    w = np.asarray(window)[None]
-    return np.minimum((points // w) * w, np.maximum(np.asarray(shape)[None] - w, 0))
-
-
-def crop(image: np.ndarray, start: Sequence[int], window: Sequence[int]) -> np.ndarray:
-    """``image[:, start:start+window]`` with zeros outside the image: (C, *window)."""
-    out = np.zeros((image.shape[0], *window), np.float32)
-    src = tuple(slice(s, min(s + w, n)) for s, w, n in zip(start, window, image.shape[1:]))
-    out[(slice(None), *[slice(0, sl.stop - sl.start) for sl in src])] = image[(slice(None), *src)]
-    return out
-
-
-def sample_grid(maps: torch.Tensor, rel: np.ndarray, window: Sequence[int]) -> torch.Tensor:
-    """Interpolate (F, *grid) token maps at pixel centres ``rel`` (n, nd) of a window: (n, F)."""
-    nd = len(window)
-    coords = (torch.as_tensor(rel, dtype=torch.float32) + 0.5) / torch.tensor(window, dtype=torch.float32) * 2 - 1
-    grid = coords.flip(-1).reshape((1,) + (1,) * (nd - 1) + (-1, nd)).to(maps.device)  # (x, y[, z]) order
-    out = F.grid_sample(maps[None], grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out.reshape(maps.shape[0], -1).T
-
-
-def encoder_points(encoder: ViTEncoder, layers: list[int], batch: int = 16) -> PointFn:
-    """The point function of a frozen encoder: tapped blocks' tokens, concatenated, interpolated per pixel."""
-    window = tuple(encoder.config.img_size)
-    device = encoder.cls_token.device
-
-    def fn(image: np.ndarray, points: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
-        image = blank(image, allowed)
-        starts = window_starts(points, image.shape[1:], window)
-        uniq, which = np.unique(starts, axis=0, return_inverse=True)
-        which = which.reshape(-1)
-        out = np.zeros((points.shape[0], len(layers) * encoder.embed_dim), np.float32)
-        with torch.no_grad():
-            for b0 in range(0, len(uniq), batch):
-                x = torch.from_numpy(np.stack([crop(image, s, window) for s in uniq[b0:b0 + batch]])).to(device)
-                feats, grid = encoder.forward_features(x, layers)  # L x (B, N, D)
-                maps = torch.cat([f.transpose(1, 2).reshape(f.shape[0], f.shape[2], *grid) for f in feats], 1)
-                for j in range(maps.shape[0]):
-                    idx = np.flatnonzero(which == b0 + j)
-                    out[idx] = sample_grid(maps[j], points[idx] - uniq[b0 + j], window).cpu().numpy()
-        return out
-
-    return fn
-
-
+# (per pixel: geomed_ssl.models.probe.encoder_points, shared with finetune's probe head)
 def encoder_image_fn(encoder: ViTEncoder, layers: list[int], load: Callable[[int], np.ndarray]
                      ) -> Callable[[int], np.ndarray]:
     """Per image: the mean of each tapped block's tokens, concatenated (L * D,)."""

@@ -16,9 +16,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from geomed_ssl.compare.baselines import baseline_dims, baseline_features
-from geomed_ssl.compare.features import (check_feature_memory, encoder_features, memo, probe_layers,
-                                         read_image)
-from geomed_ssl.compare.options import NONE, SEGMENT_BASELINES, BASELINES, CompareOptions
+from geomed_ssl.compare.features import check_feature_memory, encoder_features, memo
+from geomed_ssl.compare.options import NONE, SEGMENT_BASELINES, BASELINES, Budget, CompareOptions
 from geomed_ssl.compare.probes import classify, scores, scores_from_metrics
 from geomed_ssl.compare.report import table, write_curve, write_summary
 from geomed_ssl.compare.results import ResultsFile, make_row
@@ -33,6 +32,7 @@ from geomed_ssl.data.stats import compute_stats
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.finetune.fit import save_recipe
 from geomed_ssl.models.device import resolve_device
+from geomed_ssl.models.probe import probe_layers, read_image
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_write_text
 
@@ -174,10 +174,16 @@ def _quiet() -> Iterator[None]:
         log.setLevel(level)
 
 
+def kept_name(source: str, budget: Budget, seed: int) -> str:
+    """The folder name of a kept fine-tune: ``finetuned_<encoder folder name or none>_<budget>_seed<seed>``."""
+    return f"finetuned_{Path(source).name if source != NONE else NONE}_{budget.slug}_seed{seed}"
+
+
 def finetune_scores(source: EncoderSource, task: Task, split: Split, recipe: Recipe, inputs: dict[str, Any],
-                    strict: bool) -> dict[str, float | None]:
+                    strict: bool, keep: Path | None = None) -> dict[str, float | None]:
     """The ``finetune`` protocol: ``finetune segment`` / ``classify`` (encoder trained too) with this split's
-    budget and seed, in a temporary folder; it draws the same samples, which is checked."""
+    budget and seed, in a temporary folder (kept as ``keep / kept_name(...)`` when ``keep`` is given, e.g. for
+    ``predict``); it draws the same samples, which is checked."""
     from geomed_ssl.finetune.classify import finetune_classify
     from geomed_ssl.finetune.segment import finetune_segment
 
@@ -185,13 +191,14 @@ def finetune_scores(source: EncoderSource, task: Task, split: Split, recipe: Rec
                                 finetune=dataclasses.replace(recipe.finetune, task=task.kind, freeze_encoder=False,
                                                              unfreeze_after_steps=0))
     with tempfile.TemporaryDirectory(prefix="geomed-compare-") as tmp, _quiet():
-        out = Path(tmp) / "ft"
+        out = keep / kept_name(source.name, split.budget, split.seed) if keep is not None else Path(tmp) / "ft"
         if task.kind == "segment":
             result = finetune_segment(tuned, source.path, inputs["images"], inputs["labels"], out, progress=False,
-                                      strict=strict)
+                                      strict=strict, overwrite=keep is not None)  # a kept one of a killed run
             same = np.array_equal(task.rows(result.selection, "train"), split.train)
         else:
-            result = finetune_classify(tuned, source.path, inputs["data"], out, progress=False, strict=strict)
+            result = finetune_classify(tuned, source.path, inputs["data"], out, progress=False, strict=strict,
+                                       overwrite=keep is not None)
             with np.load(out / "labels_used.npz", allow_pickle=False) as z:
                 same = np.array_equal(np.sort(z["train_index"]), split.train)
     if not same:
@@ -207,7 +214,8 @@ def progress_bar(total: int, enabled: bool) -> Any:
 
 
 def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str, EncoderSource], recipe: Recipe,
-            results: ResultsFile, inputs: dict[str, Any], strict: bool, progress: bool) -> int:
+            results: ResultsFile, inputs: dict[str, Any], strict: bool, progress: bool, keep: Path | None = None
+            ) -> int:
     """Run the jobs whose rows are missing from results.csv, one row written after each; the number run."""
     todo = [j for j in jobs if (j.source, *splits[j.split_index].budget.cells, str(splits[j.split_index].seed),
                                 j.protocol) not in results.done]
@@ -222,7 +230,7 @@ def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str,
         split = splits[job.split_index]
         start = time.perf_counter()
         if job.protocol == "finetune":
-            result = finetune_scores(sources[job.source], task, split, recipe, inputs, strict)
+            result = finetune_scores(sources[job.source], task, split, recipe, inputs, strict, keep)
         else:
             if job.source not in feats:
                 feats.clear()  # one source's features in memory at a time (jobs are source-major)
@@ -247,10 +255,11 @@ def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str,
 def run_compare(options: CompareOptions, *, out: str | Path, images: str | Path | None = None,
                 labels: str | Path | None = None, data: str | Path | None = None, recipe: str | Path | None = None,
                 overrides: list[str] | None = None, overwrite: bool = False,
-                strict: bool = False, progress: bool = True) -> CompareResult:
+                strict: bool = False, progress: bool = True, keep_finetuned: bool = False) -> CompareResult:
     """Score every encoder (and ``none``, and the baselines) at every budget and seed; see docs/label_efficiency.md.
     Everything is checked (options, recipe, data, labels, encoders' bands, earlier rows in ``out``) before the
-    output folder is created or changed."""
+    output folder is created or changed. ``keep_finetuned``: the ``finetune`` protocol's FT_DIRs are kept in
+    ``out/finetuned_<encoder>_<budget>_seed<seed>`` (usable by ``predict``) instead of being deleted."""
     out = Path(out)
     inputs = {"images folder": images, "labels": labels, "data folder": data, "recipe": recipe,
               "encoder": options.pretrained}
@@ -278,8 +287,8 @@ def run_compare(options: CompareOptions, *, out: str | Path, images: str | Path 
     for s in sources.values():
         s.encoder.to(device)
     run_inputs = {"images": images, "labels": labels, "data": data, "split": options.split}
-    done = execute(jobs, splits, task, sources, recipe_obj, results, run_inputs, strict,
-                   progress)
+    keep = out if keep_finetuned else None
+    done = execute(jobs, splits, task, sources, recipe_obj, results, run_inputs, strict, progress, keep)
     metric = headline_metric(task)
     write_summary(out / "summary.md", results.rows, metric, options.split, task.unit)
     write_curve(out / "curve.png", results.rows, metric)

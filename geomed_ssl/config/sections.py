@@ -43,7 +43,7 @@ CROP_SCALE = "(0, 1]"
 EMBEDDINGS = ("plain", "grouped", "spectral", "wavelength")
 CHANNEL_EMBEDS = ("learned", "wavelength")  # spectral embedding's channel embedding
 TASKS = ("segment", "classify")
-SEG_HEADS = ("unetr", "linear")
+SEG_HEADS = ("unetr", "linear", "probe")
 CLS_HEADS = ("linear", "mlp")
 POOLS = ("cls", "mean")  # classification token pooling
 PRECISIONS = ("auto", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true",
@@ -204,10 +204,13 @@ class FinetuneConfig:
     """Supervised training of a head (and optionally the encoder) with few labels."""
 
     task: str = setting("segment", "segment or classify", choices=TASKS)
-    head: str | None = setting(None, "segment: unetr | linear; classify: linear | mlp; null: unetr / linear by task",
+    head: str | None = setting(None, "segment: unetr | linear | probe (frozen encoder, fitted finetune.probe); "
+                               "classify: linear | mlp; null: unetr / linear by task",
                                choices=tuple(dict.fromkeys(SEG_HEADS + CLS_HEADS)))
     layers: list[int] | None = setting(None, "0-based encoder blocks the decoder taps; null: 4 evenly spaced, last "
                                        "included", bounds=">= 0")
+    probe: str = setting("linear", "head=probe: linear (logistic regression) or knn (k = 5, cosine) on the "
+                         "concatenated tokens of finetune.layers, per pixel", choices=("linear", "knn"))
     freeze_encoder: bool = setting(False, "train the head only")
     unfreeze_after_steps: int = setting(0, "with freeze_encoder: train the encoder too after this many steps "
                                         "(0: never)", bounds=STEPS0)

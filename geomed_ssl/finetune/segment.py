@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,6 +15,7 @@ from geomed_ssl.data.catalog import scan
 from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, class_weights_from_counts, data_meta,
                                      encoder_and_stats, finetune_inputs, fit_supervised, save_recipe)
 from geomed_ssl.finetune.labels import read_label_pairs, select_labels
+from geomed_ssl.finetune.probe import fit_probe_model
 from geomed_ssl.finetune.sampling import training_block_maps
 from geomed_ssl.finetune.seg_data import SparseLabelDataset
 from geomed_ssl.models.device import resolve_device
@@ -27,6 +29,21 @@ def default_layers(depth: int) -> list[int]:
     """Three taps at 1/4, 1/2 and 3/4 of the depth (MONAI UNETR's 3, 6, 9 for 12 blocks); the decoder also reads
     the encoder's normed final output."""
     return sorted({max(0, min(depth - 1, round(depth * f))) for f in (0.25, 0.5, 0.75)})
+
+
+def _train(enc: Any, recipe: Recipe, selection: Any, records: list[Any], stats: Any, window: tuple[int, ...],
+           allowed: list[np.ndarray] | None, out: Path, progress: bool) -> SegmentationModel:
+    """The UNETR or linear head (and the encoder unless frozen) trained on windows around the training pixels."""
+    layers = recipe.finetune.layers if recipe.finetune.layers is not None else default_layers(enc.config.depth)
+    k = len(selection.classes)
+    model = SegmentationModel(enc, k, layers, feature_size=recipe.finetune.feature_size, head=recipe.finetune.head)
+    targets = [selection.target(i, "train").astype(np.int16) for i in range(len(records))]
+    dataset = SparseLabelDataset(records, targets, stats, recipe.data, window, seed=recipe.labels.seed,
+                                 allowed=allowed)
+    counts = np.bincount(selection.class_map.encode(selection.train_value), minlength=k)
+    fit_supervised(model, dataset, recipe, k, out, class_weights_from_counts(counts, recipe.finetune.class_weights),
+                   progress=progress)
+    return model
 
 
 def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | None, images: str | Path,
@@ -57,18 +74,17 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     selection.save_npz(out / "labels_used.npz")
     nd = enc.config.spatial_dims
     window = as_tuple(recipe.finetune.window or list(enc.config.img_size), nd, "finetune.window")
-    layers = recipe.finetune.layers if recipe.finetune.layers is not None else default_layers(enc.config.depth)
-    k = len(selection.classes)
-    model = SegmentationModel(enc, k, layers, feature_size=recipe.finetune.feature_size, head=recipe.finetune.head)
     records = [by_path[r.path] for r, _ in pairs]  # read as the encoder needs
-    targets = [selection.target(i, "train").astype(np.int16) for i in range(len(records))]
     allowed = training_block_maps(arrays, masks, lab.block_size, lab.seed) if lab.split == "blocks" else None
-    dataset = SparseLabelDataset(records, targets, stats, recipe.data, window, seed=lab.seed, allowed=allowed)
-    counts = np.bincount(selection.class_map.encode(selection.train_value), minlength=k)
-    fit_supervised(model, dataset, recipe, k, out, class_weights_from_counts(counts, recipe.finetune.class_weights),
-                   progress=progress)
-    meta = {"task": "segment", "head": {"kind": model.head, "layers": list(model.layers),
-                                        "feature_size": recipe.finetune.feature_size},
+    if recipe.finetune.head == "probe":
+        model = fit_probe_model(enc, recipe, records, selection, stats, allowed)
+    else:
+        model = _train(enc, recipe, selection, records, stats, window, allowed, out, progress)
+    head = {"kind": model.head, "layers": list(model.layers), "feature_size": recipe.finetune.feature_size}
+    if model.head == "probe":
+        knn = recipe.finetune.probe == "knn"
+        head.update(probe=recipe.finetune.probe, memory=int(model.decoder.memory.shape[0]) if knn else 0)
+    meta = {"task": "segment", "head": head,
             "classes": [{"index": i, "value": v, "name": n} for i, (v, n) in
                         enumerate(zip(selection.classes, selection.class_names))],
             "window": list(window), "encoder_source": source, "data": data_meta(recipe.data)}

@@ -185,9 +185,10 @@ class SegmentationModel(nn.Module):
 
     def __init__(self, encoder: ViTEncoder, num_classes: int, layers: list[int] | tuple[int, ...],
                  feature_size: int = 16, norm_name: str = "instance", res_block: bool = True,
-                 head: str = "unetr") -> None:
+                 head: str = "unetr", probe: str = "linear", memory: int = 0) -> None:
         """``layers``: 0-based block indices (negative count from the end), sorted shallow -> deep, duplicates
-        dropped; ``[3, 6, 9]`` on a 12-block encoder is MONAI UNETR's choice. ``head``: "unetr" or "linear"."""
+        dropped; ``[3, 6, 9]`` on a 12-block encoder is MONAI UNETR's choice. ``head``: "unetr", "linear" or
+        "probe" (a fitted frozen ``probe``, linear or knn, with ``memory`` training pixels for knn)."""
         super().__init__()
         cfg = encoder.config
         depth = len(encoder.blocks)
@@ -205,6 +206,10 @@ class SegmentationModel(nn.Module):
                                         cfg.in_chans, num_classes, feature_size, norm_name, res_block)
         elif head == "linear":
             self.decoder = LinearDecoder(cfg.spatial_dims, cfg.embed_dim, len(self.layers), num_classes)
+        elif head == "probe":
+            from geomed_ssl.models.probe import ProbeDecoder
+
+            self.decoder = ProbeDecoder(cfg.spatial_dims, cfg.embed_dim, len(self.layers), num_classes, probe, memory)
         else:
             raise ConfigError(f"segmentation head '{head}' is unknown; use one of {', '.join(SEG_HEADS)}.")
 

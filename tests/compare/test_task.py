@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from geomed_ssl.compare.baselines import RandomConv, conv_points, rf_points
-from geomed_ssl.compare.features import encoder_points
+from geomed_ssl.models.probe import encoder_points
 from geomed_ssl.compare.options import Budget
 from geomed_ssl.compare.task import load_segment_task, make_split, warn_notes
 from geomed_ssl.config import load_recipe

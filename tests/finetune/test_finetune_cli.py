@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import torch
 from typer.testing import CliRunner
 
 from geomed_ssl.cli import app
@@ -115,6 +116,34 @@ def test_segment_with_linear_head_saves_reloads_and_predicts(seg_scene, pretrain
     assert pr.exit_code == 0, pr.output
     with rasterio.open(tmp_path / "pred" / "scene_pred.tif") as dst:
         assert set(np.unique(dst.read(1))) <= {1, 2, 3}
+
+
+@pytest.mark.parametrize("probe", ["linear", "knn"])
+def test_segment_with_probe_head_fits_frozen_features_without_training_and_predicts(seg_scene, pretrained: Path,
+                                                                                   tmp_path: Path, probe: str) -> None:
+    images, labels = seg_scene
+    ft = tmp_path / f"ft_{probe}"
+    result = runner.invoke(app, ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", str(pretrained),
+                                 "--images", str(images), "--labels", str(labels), "--out", str(ft),
+                                 "--labels-per-class", "5", "--head", "probe",
+                                 *sets("data.sensor=null", f"finetune.probe={probe}")])
+    assert result.exit_code == 0, result.output
+    assert not (ft / "checkpoints").exists()  # nothing trained by gradient
+    cfg = json.loads((ft / "model" / "config.json").read_text())
+    assert cfg["head"]["kind"] == "probe" and cfg["head"]["probe"] == probe
+    assert cfg["head"]["memory"] == (15 if probe == "knn" else 0)
+    assert json.loads((ft / "metrics.json").read_text())["test"]["OA"] > 0.45  # 3 classes: chance 0.33
+    from geomed_ssl import load_encoder
+    from geomed_ssl.checkpoint import load_model
+
+    model, _ = load_model(ft / "model")
+    before = load_encoder(pretrained).state_dict()
+    assert all(torch.equal(v, before[k]) for k, v in model.encoder.state_dict().items())  # the encoder is frozen
+    pr = runner.invoke(app, ["predict", str(ft), str(images / "scene.tif"), "--out", str(tmp_path / "pred"),
+                             "--device", "cpu"])
+    assert pr.exit_code == 0, pr.output
+    with rasterio.open(tmp_path / "pred" / "scene_pred.tif") as dst:
+        assert dst.shape == (64, 64) and set(np.unique(dst.read(1))) <= {1, 2, 3}
 
 
 def test_segment_on_stacked_single_band_files_evaluates_and_predicts_each_folder(tmp_path: Path) -> None:

@@ -221,21 +221,6 @@ def test_pretrain_records_the_files_band_widths_for_the_wavelength_embedding(tmp
     assert enc.patch_embed.band_features[:, WAVE_DIM:].abs().sum(1).min() > 0
 
 
-def test_demo_runs_on_bundled_sample(tmp_path: Path) -> None:
-    out = tmp_path / "demo"
-    result = cli("demo", "--out", str(out), "--steps", "2", "--finetune-steps", "2")
-    assert result.exit_code == 0, result.output
-    assert "random init" in result.output and "kappa" in result.output
-    assert (out / "prediction" / "indian_pines_pred.tif").is_file() and (out / "prediction" / "indian_pines_pred.png").is_file()
-    from geomed_ssl import load_encoder
-
-    enc = load_encoder(out / "pretrain")
-    assert enc.config.in_chans == 200
-    assert enc.config.wavelengths is not None and abs(enc.config.wavelengths[0] - 0.40002) < 1e-4
-    # the demo owns its folder: a second run replaces it
-    assert cli("demo", "--out", str(out), "--steps", "1", "--finetune-steps", "1").exit_code == 0
-
-
 @pytest.mark.skipif(not (SHARED / "eurosat_ms_200").is_dir(), reason="shared EuroSAT-MS sample not present")
 def test_pretrain_on_real_eurosat_patches(tmp_path: Path) -> None:
     names = "[B01,B02,B03,B04,B05,B06,B07,B08,B09,B10,B11,B12,B8A]"  # EuroSAT-MS stores B8A last

@@ -1,0 +1,64 @@
+"""``geomed-ssl demo`` on the bundled sample: pretrained vs random init vs random forest on the same pixels, the
+curve, the table with an honest winner, and the predicted map."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from geomed_ssl.cli import app
+from geomed_ssl.demo import verdict
+
+runner = CliRunner()
+
+
+def row(encoder: str, protocol: str, oa: float, k: int = 5, seed: int = 0) -> dict[str, str]:
+    return {"encoder": encoder, "labels_per_class": str(k), "label_fraction": "", "seed": str(seed),
+            "protocol": protocol, "oa": str(oa), "aa": "", "kappa": "", "miou": "", "dice": "", "seconds": "1"}
+
+
+def test_demo_compares_pretrained_random_init_and_forest_on_bundled_sample(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = runner.invoke(app, ["demo", "--out", str(out), "--steps", "2", "--finetune-steps", "2"])
+    assert result.exit_code == 0, result.output
+    for name in ("| pretrained | linear", "| pretrained | finetune", "| random init | finetune",
+                 "| random forest | forest", "Winner:"):
+        assert name in result.output
+    with (out / "compare" / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    # 2 budgets x 1 seed x (pretrained linear + finetune, none linear + finetune, rf)
+    assert len(rows) == 10 and {r["labels_per_class"] for r in rows} == {"2", "5"}
+    assert (out / "compare" / "curve.png").stat().st_size > 0
+    assert (out / "prediction" / "indian_pines_pred.tif").is_file()
+    assert (out / "prediction" / "indian_pines_pred.png").is_file()
+    from geomed_ssl import load_encoder
+
+    enc = load_encoder(out / "pretrain")
+    assert enc.config.in_chans == 200
+    assert enc.config.wavelengths is not None and abs(enc.config.wavelengths[0] - 0.40002) < 1e-4
+
+
+def test_demo_replaces_its_own_folder_on_the_next_run(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--steps", "1", "--finetune-steps", "1", "--labels-per-class", "1"]
+    assert runner.invoke(app, args).exit_code == 0
+    (out / "compare" / "results.csv").write_text("stale\n")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "stale" not in (out / "compare" / "results.csv").read_text()
+
+
+def test_verdict_names_random_init_when_it_beats_the_pretrained_encoder() -> None:
+    rows = [row("RUN", "linear", 0.60), row("RUN", "finetune", 0.65), row("none", "finetune", 0.70),
+            row("none", "linear", 0.40), row("rf", "forest", 0.55), row("RUN", "linear", 0.99, k=2)]
+    line = verdict(rows, "oa", "RUN", 5)
+    assert "Winner: random init." in line and "does not pay off" in line
+    assert line.index("random init 0.700 (finetune)") < line.index("pretrained 0.650 (finetune)")
+
+
+def test_verdict_names_the_pretrained_encoder_when_it_wins() -> None:
+    rows = [row("RUN", "linear", 0.80), row("none", "finetune", 0.70), row("rf", "forest", 0.55)]
+    line = verdict(rows, "oa", "RUN", 5)
+    assert "Winner: pretrained." in line and "does not pay off" not in line

@@ -5,6 +5,7 @@ random initialisation with the same normalisation statistics."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,12 +15,14 @@ import torch
 from geomed_ssl.checkpoint import save_encoder
 from geomed_ssl.compare.options import NONE, CompareOptions
 from geomed_ssl.compare.task import Task
-from geomed_ssl.config import Recipe, load_recipe
+from geomed_ssl.config import CLS_HEADS, SEG_HEADS, Recipe, load_recipe
 from geomed_ssl.config.sections import section_dict
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.finetune.fit import encoder_and_stats
 from geomed_ssl.models.encoder import ViTEncoder
+
+log = logging.getLogger("geomed_ssl")
 
 
 @dataclass
@@ -47,7 +50,18 @@ def recipe_path(options: CompareOptions, recipe: str | Path | None) -> Path:
 
 
 def load_compare_recipe(path: Path, overrides: list[str] | None, task_kind: str) -> Recipe:
-    return load_recipe(path, [*(overrides or []), f"finetune.task={task_kind}"])
+    """The recipe for ``task_kind`` (segment / classify, from the labels given). A pretraining run's config.yaml
+    names a head for its own default task (a UNETR decoder for segmentation); when that head does not suit this task
+    and no ``--set finetune.head`` says otherwise, the task's first head is used and said so."""
+    overrides = list(overrides or [])
+    heads = SEG_HEADS if task_kind == "segment" else CLS_HEADS
+    if not any(o.split("=", 1)[0].strip() == "finetune.head" for o in overrides):
+        head = load_recipe(path, overrides).finetune.head
+        if head not in heads:
+            log.info(f"compare: {path}'s finetune.head '{head}' is not a {task_kind} head; using '{heads[0]}' "
+                     f"(--set finetune.head=... to choose: {', '.join(heads)}).")
+            overrides.append(f"finetune.head={heads[0]}")
+    return load_recipe(path, [*overrides, f"finetune.task={task_kind}"])
 
 
 def _task_records(task: Task, catalog: Any) -> list[Any]:

@@ -105,3 +105,19 @@ def test_compare_on_volumes_scores_dice_with_none_and_baselines(tmp_path: Path) 
     assert "dice, mean ± std over seeds" in result.output
     rf = next(r for r in rows if r["encoder"] == "rf")
     assert float(rf["dice"]) > 0.7  # classes are intensity thresholds: the spectra alone separate them
+
+
+def test_compare_on_class_folders_takes_a_pretraining_run_whose_recipe_names_a_segmentation_head(
+        run_dir: Path, tmp_path: Path) -> None:
+    from tests.conftest import write_class_folders
+
+    classes = write_class_folders(tmp_path / "classes", ["water", "field", "forest"], per_class=4)
+    out = tmp_path / "cmp"
+    result = runner.invoke(app, ["compare", str(run_dir), "--data", str(classes), "--out", str(out),
+                                 "--labels-per-class", "2", "--seeds", "0", "--protocol", "linear",
+                                 "--baselines", "band_stats"])
+    assert result.exit_code == 0, result.output
+    rows = read(out / "results.csv")
+    assert {(r["encoder"], r["protocol"]) for r in rows} >= {(str(run_dir), "linear"), ("none", "linear"),
+                                                               ("band_stats", "linear")}
+    assert all(0.0 <= float(r["oa"]) <= 1.0 for r in rows)

@@ -121,7 +121,7 @@ class Inpainting(SSLMethod):
         self.encoder = ViTEncoder(encoder_cfg)
         self.mask_token = MaskToken(encoder_cfg.embed_dim)
         self.decoder = MAEDecoder(encoder_cfg.embed_dim, s.decoder_embed_dim, s.decoder_depth, s.decoder_num_heads,
-                                  math.prod(self.patch_size) * self.in_chans, encoder_cfg.grid,
+                                  encoder_cfg.grid, math.prod(self.patch_size), [self.in_chans],
                                   encoder_cfg.mlp_ratio, encoder_cfg.norm_eps)
 
     def forward(self, image: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor,

@@ -26,7 +26,51 @@ set (``ru_maxrss``) from after the imports to after the last step (model, optimi
 
 Measured
 --------
-(filled in below)
+2026-12-02 (UTC), this project's shared CPU machine (2 cores, ~6 engineers; no GPU lent to this task), torch
+2.14.1+cu130, lightly 1.6.0. A reduced configuration so that all 25 rows fit in ~17 minutes: the
+issue's ViT-Ti, 13 bands, 64 px, batch 32, but 1 thread, 1 warmup step and the median of only 2 timed steps::
+
+    PYTHONPATH=. python benchmarks/bench_methods_step.py --steps 2 --warmup 1 --threads 1
+
+1-minute load average 6.0-12.0 during the run (10.7 at its start 03:09, 6.3 at its end 03:26), so other processes
+took a large, varying share of the cores. inpainting failed to build in that run (a bug fixed in the same branch,
+commit "inpainting: build MAEDecoder ..."); it and vicreg / lightly: vicreg (lightly's VICReg head import, fixed
+here) are from a second run at 03:30-03:32 (load 7.6-7.9) with ``--methods inpainting,vicreg`` and the same flags.
+vicreg took 5.754 s/step in the first run and 4.872 in the second: at this load and 2 steps, rows differ by ~20 %
+from run to run, so the lightly ratios (0.97, 0.99, 1.02, 1.23) say "no slower than lightly", not more.
+Peak RSS +MiB: growth of the row's process's peak RSS from after its imports (model, AdamW state, batch,
+activations). ``context`` encodes two small patches per window, hence its short step.
+
+| method                 | median s/step | min s/step | images/s | peak RSS +MiB | params M | vs ours |
+|------------------------|---------------|------------|----------|---------------|----------|---------|
+| barlow_twins           |         7.242 |      6.938 |      4.4 |          1329 |    14.29 |         |
+| lightly: barlow_twins  |         7.013 |      6.859 |      4.6 |          1266 |    14.29 |    0.97 |
+| beit                   |         3.417 |      3.100 |      9.4 |           687 |     5.60 |         |
+| byol                   |         8.362 |      7.766 |      3.8 |          1190 |     7.47 |         |
+| lightly: byol          |         8.296 |      7.557 |      3.9 |          1170 |     7.47 |    0.99 |
+| cae                    |         2.592 |      2.571 |     12.3 |           594 |     7.44 |         |
+| context                |         0.239 |      0.237 |    133.9 |           288 |     5.60 |         |
+| cross_band             |         6.825 |      6.459 |      4.7 |          1124 |     5.66 |         |
+| deepcluster            |         8.890 |      8.509 |      3.6 |          1437 |     7.31 |         |
+| dino                   |        13.432 |     12.758 |      2.4 |          1771 |    14.81 |         |
+| inpainting             |         2.593 |      2.397 |     12.3 |           740 |     6.03 |         |  (2nd run)
+| jigsaw                 |         2.117 |      2.066 |     15.1 |           543 |     5.97 |         |
+| mae                    |         1.765 |      1.598 |     18.1 |           506 |     6.42 |         |
+| maskfeat               |         2.994 |      2.844 |     10.7 |           702 |     5.59 |         |
+| moco_v2                |         3.570 |      3.344 |      9.0 |           750 |     6.16 |         |
+| moco_v3                |         7.783 |      7.337 |      4.1 |          1280 |    11.67 |         |
+| rotation               |         2.783 |      2.639 |     11.5 |           651 |     5.60 |         |
+| simclr                 |         6.444 |      6.345 |      5.0 |          1088 |     6.16 |         |
+| lightly: simclr        |         6.568 |      6.508 |      4.9 |          1089 |     6.16 |    1.02 |
+| simmim                 |         2.334 |      2.104 |     13.7 |           692 |     5.66 |         |
+| simsiam                |         5.659 |      5.320 |      5.7 |          1238 |    16.39 |         |
+| swav                   |         8.290 |      7.921 |      3.9 |          1345 |     6.54 |         |
+| vicreg                 |         5.754 |      5.346 |      5.6 |          1288 |    14.29 |         |
+| vicreg                 |         4.872 |      4.494 |      6.6 |          1296 |    14.29 |         |  (2nd run)
+| lightly: vicreg        |         5.981 |      5.796 |      5.4 |          1273 |    14.29 |    1.23 |  (2nd run)
+| vicreg_dense           |         6.179 |      5.483 |      5.2 |          1158 |     5.68 |         |
+
+vs ours: lightly's median s/step / ours (above 1: ours is faster).
 """
 
 from __future__ import annotations
@@ -186,12 +230,13 @@ def lightly_model(name: str, recipe: Any, enc: Any) -> tuple[Any, Callable[[Any,
     import torch
     from lightly import loss as L
     from lightly.models import modules as M
+    from lightly.models.modules import heads
     from lightly.models.utils import deactivate_requires_grad, update_momentum
     from lightly.utils.scheduler import cosine_schedule
 
     s, d = recipe.method.settings, enc.embed_dim
     nets = torch.nn.ModuleDict({"encoder": enc})
-    after: Callable[[int], None] = lambda i: None  # noqa: E731
+    ema: Callable[[int], None] | None = None
     if name == "simclr":
         nets["head"] = M.SimCLRProjectionHead(d, s["proj_hidden_dim"], s["proj_dim"], s["proj_layers"])
         crit = L.NTXentLoss(temperature=s["temperature"])
@@ -201,7 +246,7 @@ def lightly_model(name: str, recipe: Any, enc: Any) -> tuple[Any, Callable[[Any,
         crit = L.BarlowTwinsLoss(lambda_param=s["lambda_offdiag"])
         loss = lambda a, b, i: crit(*nets["head"](enc(torch.cat([a, b]))[:, 0]).chunk(2))  # noqa: E731
     elif name == "vicreg":
-        nets["head"] = M.VICRegProjectionHead(d, s["proj_hidden_dim"], s["proj_dim"], 3)
+        nets["head"] = heads.VICRegProjectionHead(d, s["proj_hidden_dim"], s["proj_dim"], 3)
         crit = L.VICRegLoss(s["invariance_weight"], s["variance_weight"], s["covariance_weight"])
         loss = lambda a, b, i: crit(*nets["head"](enc(torch.cat([a, b]))[:, 0]).chunk(2))  # noqa: E731
     elif name == "byol":
@@ -219,13 +264,13 @@ def lightly_model(name: str, recipe: Any, enc: Any) -> tuple[Any, Callable[[Any,
                 t1, t2 = target["head"](target["encoder"](x)[:, 0]).chunk(2)
             return 0.5 * (crit(p1, t2) + crit(p2, t1))
 
-        def after(i: int) -> None:
+        def ema(i: int) -> None:
             m = cosine_schedule(i, recipe.train.max_steps, s["momentum"], 1.0)
             update_momentum(enc, target["encoder"], m)
             update_momentum(nets["head"], target["head"], m)
     else:
         raise ValueError(f"no lightly counterpart for {name}; those with one: {', '.join(LIGHTLY)}")
-    return nets, loss, after
+    return nets, loss, ema or (lambda i: None)
 
 
 def lightly_step(name: str, recipe: Any, args: argparse.Namespace, device: Any) -> tuple[Callable[[int], float], Any]:
@@ -374,9 +419,9 @@ def main() -> None:
         p.error(f"unknown method(s) {', '.join(unknown)}; available: {', '.join(sorted(METHODS))}")
     lightly = not args.no_lightly
     if lightly:
-        try:
-            import lightly as _  # noqa: F401
-        except ImportError:
+        import importlib.util
+
+        if importlib.util.find_spec("lightly") is None:
             print("lightly is not installed: the 'lightly: NAME' rows are skipped", file=sys.stderr)
             lightly = False
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}

@@ -264,10 +264,12 @@ def lightly_model(name: str, recipe: Any, enc: Any) -> tuple[Any, Callable[[Any,
                 t1, t2 = target["head"](target["encoder"](x)[:, 0]).chunk(2)
             return 0.5 * (crit(p1, t2) + crit(p2, t1))
 
-        def ema(i: int) -> None:
+        def byol_ema(i: int) -> None:
             m = cosine_schedule(i, recipe.train.max_steps, s["momentum"], 1.0)
             update_momentum(enc, target["encoder"], m)
             update_momentum(nets["head"], target["head"], m)
+
+        ema = byol_ema
     else:
         raise ValueError(f"no lightly counterpart for {name}; those with one: {', '.join(LIGHTLY)}")
     return nets, loss, ema or (lambda i: None)

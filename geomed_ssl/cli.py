@@ -475,13 +475,17 @@ def demo(
 ) -> None:
     """Pretrain a small MAE on the bundled Indian Pines scene (AVIRIS, 200 bands), compare it with random init and
     a random forest on the same few labelled pixels, print which wins, and write the curve and the predicted map;
-    about 5 minutes on 2 CPU cores."""
+    a few minutes on 2 CPU cores. A stop during pretraining (Ctrl-C, SIGTERM) ends the demo there."""
     from geomed_ssl.compare.options import parse_budgets, parse_seeds
-    from geomed_ssl.demo import run_demo
+    from geomed_ssl.demo import DemoStopped, run_demo
 
     budgets = tuple(int(b.per_class) for b in parse_budgets(per_class, None))  # type: ignore[arg-type]
-    run_demo(out, steps=steps, finetune_steps=finetune_steps, labels_per_class=budgets,
-             seeds=tuple(parse_seeds(seeds)))
+    try:
+        run_demo(out, steps=steps, finetune_steps=finetune_steps, labels_per_class=budgets,
+                 seeds=tuple(parse_seeds(seeds)))
+    except DemoStopped as stop:
+        typer.echo(f"demo {stop}.", err=True)
+        raise typer.Exit(code={"SIGINT": 130, "SIGTERM": 143}.get(stop.signal, 1)) from None
 
 
 if __name__ == "__main__":

@@ -13,6 +13,15 @@ from geomed_ssl.sample import CLASS_NAMES, LABELS, SAMPLE_DIR
 
 log = logging.getLogger("geomed_ssl")
 
+
+class DemoStopped(Exception):
+    """Pretraining was stopped by a signal (Ctrl-C, SIGTERM): the demo compares nothing with a half-trained encoder.
+    ``signal`` and ``step`` say which and where; the run's checkpoint is saved."""
+
+    def __init__(self, signal: str, step: int) -> None:
+        super().__init__(f"stopped during pretraining at step {step} ({signal}); nothing was compared")
+        self.signal, self.step = signal, step
+
 DEMO_RECIPE = {
     "data": {"kind": "raster", "patch_size": 32, "include": ["indian_pines.tif"], "num_workers": 0,
              "windows_per_read": 8, "stats_windows": 128},
@@ -54,6 +63,8 @@ def run_demo(out: Path = Path("geomed-ssl-demo"), steps: int = 150, finetune_ste
              "CC BY 3.0, Purdue). See geomed_ssl/sample/ATTRIBUTION.txt.")
     start = time.time()
     result = pretrain(recipe, SAMPLE_DIR, out / "pretrain", overwrite=True)
+    if result.stopped:
+        raise DemoStopped(result.stopped, result.steps)
     budgets = sorted(set(labels_per_class))
     log.info("comparing the pretrained encoder, random init and the random forest at %s labelled pixels per class",
              ", ".join(map(str, budgets)))

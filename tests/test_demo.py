@@ -62,3 +62,19 @@ def test_verdict_names_the_pretrained_encoder_when_it_wins() -> None:
     rows = [row("RUN", "linear", 0.80), row("none", "finetune", 0.70), row("rf", "forest", 0.55)]
     line = verdict(rows, "oa", "RUN", 5)
     assert "Winner: pretrained." in line and "does not pay off" not in line
+
+
+def test_a_demo_stopped_during_pretraining_compares_nothing_and_exits_with_the_signal(tmp_path: Path,
+                                                                                       monkeypatch) -> None:
+    import geomed_ssl.train.pretrain as pretraining
+
+    def stopped(recipe, data, out, **kwargs):  # what a SIGTERM at step 3 leaves: a saved run, stopped early
+        return pretraining.RunResult(run_dir=Path(out), encoder_dir=Path(out) / "encoder", steps=3, catalog=None,
+                                     stopped="SIGTERM")
+
+    called: list[str] = []
+    monkeypatch.setattr(pretraining, "pretrain", stopped)
+    monkeypatch.setattr("geomed_ssl.compare.run.run_compare", lambda *a, **k: called.append("compare"))
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--steps", "5"])
+    assert result.exit_code == 143 and "stopped during pretraining at step 3 (SIGTERM)" in result.output
+    assert called == [] and not (tmp_path / "demo" / "compare").exists()

@@ -223,5 +223,14 @@ def test_simclr_on_two_processes_trains_as_one_process_on_the_global_batch(nodat
     a = ckpt(one / "checkpoints" / "last.ckpt")["state_dict"]
     b = ckpt(ddp / "checkpoints" / "last.ckpt")["state_dict"]
     assert a.keys() == b.keys() and any("projector" in k for k in a)
+    # two gradients are 0 in exact arithmetic, so Adam's first step turns their rounding noise into +-lr of either
+    # sign: the attention key bias (softmax ignores it) and the encoder's final norm bias (a constant shift of the CLS
+    # feature that the projector's BatchNorm removes); every other weight must agree
     for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+        x, y = a[key], b[key]
+        if key == "method.encoder.norm.bias":
+            continue
+        if key.endswith("attn.qkv.bias"):  # q and v parts only
+            d = x.shape[0] // 3
+            x, y = torch.cat([x[:d], x[2 * d:]]), torch.cat([y[:d], y[2 * d:]])
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=key)

@@ -40,6 +40,23 @@ def prototypes_note(n: int, samples: int) -> str:
             f"and {MAX_AUTO_PROTOTYPES}).")
 
 
+class PrototypeSettings:
+    """What SwAV's and DeepCluster's settings share about their ``n_prototypes`` (an int or ``auto``)."""
+
+    n_prototypes: int | str
+
+    def resolve_prototypes(self, context: MethodContext) -> list[str]:
+        """Fit an ``auto`` count to the scanned data (its note for the log; none when nothing was fitted)."""
+        if self.n_prototypes != "auto" or context.samples is None:
+            return []
+        self.n_prototypes = auto_prototypes(context.samples)
+        return [prototypes_note(self.n_prototypes, context.samples)]
+
+    def prototype_count(self) -> int:
+        """The prototypes (per head) to build (``auto`` before the data is known: the largest)."""
+        return self.n_prototypes if isinstance(self.n_prototypes, int) else MAX_AUTO_PROTOTYPES
+
+
 class MultiCropMethod(TwoViewMethod):
     """Base of the clustering methods: :meth:`crops` and :meth:`embed` over two global and N local crops."""
 

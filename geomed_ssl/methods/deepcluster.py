@@ -23,8 +23,7 @@ from torch import Tensor
 from geomed_ssl.config import MethodConfig, setting
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.methods.base import MethodCard, MethodContext, MethodOutput, MethodSettings
-from geomed_ssl.methods.clustering import (MAX_AUTO_PROTOTYPES, MultiCropMethod, auto_prototypes, check_prototypes,
-                                           prototypes_note)
+from geomed_ssl.methods.clustering import MultiCropMethod, PrototypeSettings, check_prototypes
 from geomed_ssl.methods.distributed import is_distributed
 from geomed_ssl.methods.kmeans import assign, kmeans, sample_centroids
 from geomed_ssl.methods.losses import IGNORE, deepcluster_loss
@@ -38,7 +37,7 @@ MAX_AUTO_MEMORY = 65536
 
 
 @dataclass
-class DeepClusterSettings(MethodSettings):
+class DeepClusterSettings(PrototypeSettings, MethodSettings):
     """The ``method:`` keys of ``name: deepcluster`` (defaults: DeepCluster-v2, sized for streams of windows)."""
 
     proj_hidden_dim: int = setting(2048, "projector hidden width", bounds=">= 1")
@@ -70,19 +69,12 @@ class DeepClusterSettings(MethodSettings):
     def resolve_auto(self, context: MethodContext) -> list[str]:
         if context.samples is None:
             return []
-        notes = []
-        if self.n_prototypes == "auto":
-            self.n_prototypes = auto_prototypes(context.samples)
-            notes.append(prototypes_note(self.n_prototypes, context.samples))
+        notes = self.resolve_prototypes(context)
         if self.memory_size == "auto":
             self.memory_size = max(self.prototype_count(), min(MAX_AUTO_MEMORY, context.samples))
             notes.append(f"method.memory_size auto: {self.memory_size} windows in the memory bank (the data's "
                          f"{context.samples} distinct windows, at most {MAX_AUTO_MEMORY}).")
         return notes
-
-    def prototype_count(self) -> int:
-        """The prototypes per head to build (``auto`` before the data is known: the largest)."""
-        return self.n_prototypes if isinstance(self.n_prototypes, int) else MAX_AUTO_PROTOTYPES
 
     def memory_length(self) -> int:
         """The memory bank to build (``auto`` before the data is known: the largest)."""

@@ -19,8 +19,7 @@ import torch
 from geomed_ssl.config import MethodConfig, setting
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.methods.base import MethodCard, MethodContext, MethodOutput, MethodSettings
-from geomed_ssl.methods.clustering import (MAX_AUTO_PROTOTYPES, MultiCropMethod, auto_prototypes, check_prototypes,
-                                           prototypes_note)
+from geomed_ssl.methods.clustering import MultiCropMethod, PrototypeSettings, check_prototypes
 from geomed_ssl.methods.losses import swav_loss
 from geomed_ssl.methods.projection import Prototypes, swav_projector
 from geomed_ssl.methods.queue import FeatureQueue
@@ -30,7 +29,7 @@ from geomed_ssl.models.encoder import EncoderConfig
 
 
 @dataclass
-class SwAVSettings(MethodSettings):
+class SwAVSettings(PrototypeSettings, MethodSettings):
     """The ``method:`` keys of ``name: swav`` (defaults: SwAV, official code)."""
 
     proj_hidden_dim: int = setting(2048, "projector hidden width", bounds=">= 1")
@@ -55,14 +54,7 @@ class SwAVSettings(MethodSettings):
                               f"use at most {context.samples} (or 0).")
 
     def resolve_auto(self, context: MethodContext) -> list[str]:
-        if self.n_prototypes != "auto" or context.samples is None:
-            return []
-        self.n_prototypes = auto_prototypes(context.samples)
-        return [prototypes_note(self.n_prototypes, context.samples)]
-
-    def prototype_count(self) -> int:
-        """The prototypes to build (``auto`` before the data is known: the largest)."""
-        return self.n_prototypes if isinstance(self.n_prototypes, int) else MAX_AUTO_PROTOTYPES
+        return self.resolve_prototypes(context)
 
 
 @register_method

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -114,22 +115,31 @@ def test_ddp_resume_with_more_steps_continues(ddp_run, tmp_path: Path, nodata_ra
     assert ckpt(copy / "checkpoints" / "last.ckpt")["global_step"] == 4
 
 
-def test_ddp_run_stopped_by_sigterm_saves_and_resumes(nodata_rasters: Path, tmp_path: Path) -> None:
-    out = tmp_path / "preempted"
-    sets = [*BASE, *DDP, "train.max_steps=100000", "train.checkpoint_every=100000", "train.checkpoint_minutes=0"]
-    proc = subprocess.Popen(cli_args(nodata_rasters, out, sets), cwd=ROOT, env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+def signalled_after_two_steps(args: list[str], out: Path, send: Callable[[int], None]
+                              ) -> tuple[subprocess.Popen, str, str]:
+    """Run the CLI ``args`` in its own session, ``send`` a signal to its process id once ``out/metrics.csv`` holds
+    two steps (a scheduler preempting the job), and return the finished process with its output."""
+    proc = subprocess.Popen(args, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
             if (out / "metrics.csv").is_file() and len(metrics(out)) >= 2:
                 break
             time.sleep(0.5)
-        os.killpg(proc.pid, signal.SIGTERM)  # a scheduler preempting the job: every process of it
+        send(proc.pid)
         stdout, stderr = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    return proc, stdout, stderr
+
+
+def test_ddp_run_stopped_by_sigterm_saves_and_resumes(nodata_rasters: Path, tmp_path: Path) -> None:
+    out = tmp_path / "preempted"
+    sets = [*BASE, *DDP, "train.max_steps=100000", "train.checkpoint_every=100000", "train.checkpoint_minutes=0"]
+    proc, stdout, stderr = signalled_after_two_steps(cli_args(nodata_rasters, out, sets), out,
+                                                     lambda pid: os.killpg(pid, signal.SIGTERM))  # every process
     assert proc.returncode == 143, stderr[-3000:]
     assert "stopped at step" in stdout and "--resume" in stdout
     step = ckpt(out / "checkpoints" / "last.ckpt")["global_step"]
@@ -144,19 +154,8 @@ def test_sigterm_to_the_process_that_spawned_the_workers_stops_them_all(nodata_r
     out = tmp_path / "spawned"
     sets = [*BASE, *DDP, "train.strategy=ddp_spawn", "train.max_steps=100000", "train.checkpoint_every=100000",
             "train.checkpoint_minutes=0"]
-    proc = subprocess.Popen(cli_args(nodata_rasters, out, sets), cwd=ROOT, env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (out / "metrics.csv").is_file() and len(metrics(out)) >= 2:
-                break
-            time.sleep(0.5)
-        os.kill(proc.pid, signal.SIGTERM)  # the launching process only, not its workers
-        stdout, stderr = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    proc, stdout, stderr = signalled_after_two_steps(cli_args(nodata_rasters, out, sets), out,
+                                                     lambda pid: os.kill(pid, signal.SIGTERM))  # the launcher only
     assert proc.returncode == 143, stderr[-3000:]
     assert stdout.count("stopped at step") == 1 and "--resume" in stdout
     step = ckpt(out / "checkpoints" / "last.ckpt")["global_step"]

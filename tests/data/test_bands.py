@@ -4,7 +4,7 @@ import pytest
 
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data import bands
-from geomed_ssl.data.bands import false_colour_bands, indian_pines_bands, resolve_bands, sensor_profile
+from geomed_ssl.data.bands import band_order, false_colour_bands, indian_pines_bands, resolve_bands, sensor_profile
 from geomed_ssl.errors import ConfigError, DataError
 
 EUROSAT_ORDER = "B01 B02 B03 B04 B05 B06 B07 B08 B09 B10 B11 B12 B8A".split()
@@ -146,3 +146,16 @@ def test_band_order_refuses_missing_bands_and_advises_band_names_only_when_files
     with pytest.raises(DataError, match="missing") as err:
         bands.band_order(["B02", "B03", "B04"], ["B02", "B03", "B08"], "f.tif", source="file")
     assert "data.band_names" not in str(err.value) and "band descriptions" in str(err.value)
+
+
+def test_band_mismatch_message_on_a_200_band_cube_stays_short_and_names_the_counts():
+    with pytest.raises(DataError) as err:
+        band_order([f"band_{i}" for i in range(1, 201)], [f"B{i:03d}" for i in range(1, 201)], "cube.tif")
+    message = str(err.value)
+    assert len(message) < 600 and message.count("\n") == 0
+    assert "'cube.tif'" in message and "(200 bands)" in message and "band_200" in message and "B001" in message
+
+
+def test_band_mismatch_message_lists_every_band_when_few():
+    with pytest.raises(DataError, match=r"missing \['B04'\], extra \[\] \(data: B02 B03; model: B02 B03 B04\)"):
+        band_order(["B02", "B03", "B04"], ["B02", "B03"], "x.tif")

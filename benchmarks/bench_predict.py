@@ -3,6 +3,11 @@ with streaming sliding windows (small conv net by default), printed as a table.
 
     python benchmarks/bench_predict.py                 # 8192 x 8192 (generated once under --data-dir)
     python benchmarks/bench_predict.py --size 4096 --device cuda --probabilities
+    python benchmarks/bench_predict.py --ft-dir FT_DIR --threads 1   # a fine-tuned model, as `predict` runs it
+
+With ``--ft-dir`` the model, its window and its normalisation come from a ``finetune segment`` output folder
+exactly as ``geomed-ssl predict`` loads them (the scene's bands must match the model's: 13 generic band names).
+"CPU seconds" is the process time of the prediction (all threads), which a shared machine does not inflate.
 
 Peak RSS growth is sampled from /proc/self/status every 5 ms during prediction, over a baseline taken just
 before it (scene generation is done strip by strip, so it does not raise the baseline).
@@ -87,6 +92,18 @@ def encoder_model(path: str, bands: int, classes: int) -> torch.nn.Module:
     return SegmentationModel(enc, classes, layers).eval()
 
 
+def finetuned_model(ft_dir: str, bands: int, device: str) -> tuple[torch.nn.Module, BandStats, list[int], int]:
+    """A ``finetune segment`` FT_DIR's model, normalisation, window and class count, as ``predict`` loads them."""
+    from geomed_ssl.inference.finetuned import load_run
+
+    model, meta, _ = load_run(ft_dir, device)
+    stats = BandStats.from_dict(meta["encoder"]["stats"], source=f"model {ft_dir}")
+    if len(stats.band_names) != bands:
+        raise SystemExit(f"the model takes {len(stats.band_names)} bands; pass --bands {len(stats.band_names)}.")
+    window = list(meta["window"])
+    return model.eval(), stats, window, len(meta["classes"])
+
+
 class RssSampler:
     """Peak resident set size (bytes) seen by a background thread while active."""
 
@@ -130,6 +147,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--probabilities", default="no", choices=["no", "float32", "uint8"])
     ap.add_argument("--encoder", default=None, help="encoder export (RUN_DIR) to time instead of the small conv net")
+    ap.add_argument("--ft-dir", default=None, help="finetune segment output folder to time (window from it)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "geomed_bench_predict"))
     args = ap.parse_args()
@@ -137,10 +155,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     src = scene_path(Path(args.data_dir), args.size, args.bands)
-    model = encoder_model(args.encoder, args.bands, args.classes) if args.encoder else \
-        small_model(args.bands, args.classes)
+    stats = scene_stats(args.bands)
+    if args.ft_dir:
+        model, stats, args.window, args.classes = finetuned_model(args.ft_dir, args.bands, args.device)
+    else:
+        model = encoder_model(args.encoder, args.bands, args.classes) if args.encoder else \
+            small_model(args.bands, args.classes)
     model = model.to(args.device)
-    batch = torch.zeros(args.batch_size, args.bands, args.window, args.window, device=args.device)
+    rows_cols = args.window if isinstance(args.window, list) else [args.window, args.window]
+    batch = torch.zeros(args.batch_size, args.bands, *rows_cols, device=args.device)
     base = RssSampler.rss()
     with RssSampler() as fwd, torch.inference_mode():  # warm-up outside the timing; the model's own memory
         torch.softmax(model(batch), 1)
@@ -149,24 +172,29 @@ def main() -> None:
     proba = False if args.probabilities == "no" else args.probabilities
     out_dir = Path(tempfile.mkdtemp(prefix="bench_predict_"))
     base = RssSampler.rss()
+    cpu0 = time.process_time()
     with RssSampler() as sampler:
-        summary = predict_raster(model, src, out_dir / "scene_pred.tif", scene_stats(args.bands), window=args.window,
+        summary = predict_raster(model, src, out_dir / "scene_pred.tif", stats, window=args.window,
                                  overlap=args.overlap, blend=args.blend, batch_size=args.batch_size,
                                  num_classes=args.classes, probabilities=proba, device=args.device)
     if str(args.device).startswith("cuda"):
         torch.cuda.synchronize()
+    cpu_s = time.process_time() - cpu0
     px = args.size * args.size
     full = px * args.classes * 4
     out_mb = sum(p.stat().st_size for p in out_dir.iterdir()) / 2**20
     rows = [
         ("scene", f"{args.size}x{args.size}x{args.bands} uint16 deflate 256-tiled"),
-        ("model", "encoder " + args.encoder if args.encoder else "3-layer conv (32 ch)"),
+        ("model", f"fine-tuned {args.ft_dir}" if args.ft_dir else "encoder " + args.encoder if args.encoder
+         else "3-layer conv (32 ch)"),
         ("window / overlap / blend", f"{args.window} / {args.overlap} / {args.blend}"),
         ("batch / device / threads", f"{args.batch_size} / {args.device} / {torch.get_num_threads()}"),
         ("windows", f"{summary['windows']}"),
         ("probabilities", args.probabilities),
         ("seconds", f"{summary['seconds']:.1f}"),
         ("throughput (Mpx/s)", f"{px / summary['seconds'] / 1e6:.2f}"),
+        ("CPU seconds (process time)", f"{cpu_s:.1f}"),
+        ("Mpx per CPU-second", f"{px / max(cpu_s, 1e-9) / 1e6:.3f}"),
         ("peak RSS growth (MiB, sampled)", f"{(sampler.peak - base) / 2**20:.0f}"),
         ("  of which model forward, one batch (MiB)", f"{model_mb:.0f}"),
         ("strip buffers (MiB)", f"{summary['strip_bytes'] / 2**20:.1f}"),

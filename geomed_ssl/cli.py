@@ -468,14 +468,14 @@ def methods(
 @user_errors
 def demo(
     out: Path = typer.Option(Path("geomed-ssl-demo"), "--out", help="Demo folder (replaced on each run)."),
-    steps: int = typer.Option(150, "--steps", help="Pretraining steps."),
-    finetune_steps: int = typer.Option(150, "--finetune-steps", help="Fine-tuning steps (each fine-tune run)."),
+    steps: int = typer.Option(300, "--steps", help="Pretraining steps."),
+    finetune_steps: int = typer.Option(150, "--finetune-steps", help="Fine-tuning steps of random init."),
     per_class: str = typer.Option("2,5", "--labels-per-class", help="Label budgets of the comparison, e.g. 2,5."),
     seeds: str = typer.Option("0", "--seeds", help="Label sampling seeds of the comparison, e.g. 0,1."),
 ) -> None:
-    """Pretrain a small MAE on the bundled Indian Pines scene (AVIRIS, 200 bands), compare it with random init and
-    a random forest on the same few labelled pixels, print which wins, and write the curve and the predicted map;
-    a few minutes on 2 CPU cores. A stop during pretraining (Ctrl-C, SIGTERM) ends the demo there."""
+    """Pretrain the dense hyperspectral configuration on the bundled Indian Pines scene (AVIRIS, 200 bands), compare
+    it with random init and a random forest on the same few labelled pixels, print which wins, and write the curve
+    and the predicted map; a few minutes on 2 CPU cores. A stop during pretraining (Ctrl-C, SIGTERM) ends it there."""
     from geomed_ssl.compare.options import parse_budgets, parse_seeds
     from geomed_ssl.demo import DemoStopped, run_demo
 

@@ -197,7 +197,7 @@ COMMANDS: dict[str, CommandSpec] = {
                             "encoder_none"), (".encoder_none.*", "finetuned_*"),
                            inside={"selections": ("*.npz",), "encoder_none": EXPORT_FILES,
                                    ".encoder_none.*": EXPORT_FILES}),
-    "demo": CommandSpec(("pretrain", "compare", "finetune_pretrained", "finetune_random", "prediction",
+    "demo": CommandSpec(("pretrain", "compare", "probe", "finetune_pretrained", "finetune_random", "prediction",
                          ".geomed-ssl-demo"),
                         (), (), lambda folder: (folder / ".geomed-ssl-demo").is_file()),
 }

@@ -23,13 +23,13 @@ def test_demo_compares_pretrained_random_init_and_forest_on_bundled_sample(tmp_p
     out = tmp_path / "demo"
     result = runner.invoke(app, ["demo", "--out", str(out), "--steps", "2", "--finetune-steps", "2"])
     assert result.exit_code == 0, result.output
-    for name in ("| pretrained | linear", "| pretrained | finetune", "| random init | finetune",
+    for name in ("| pretrained | linear", "| pretrained | knn", "| random init | finetune",
                  "| random forest | forest", "Winner:"):
         assert name in result.output
     with (out / "compare" / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
-    # 2 budgets x 1 seed x (pretrained linear + finetune, none linear + finetune, rf)
-    assert len(rows) == 10 and {r["labels_per_class"] for r in rows} == {"2", "5"}
+    # 2 budgets x 1 seed x (pretrained linear + knn, none linear + knn + finetune, rf)
+    assert len(rows) == 12 and {r["labels_per_class"] for r in rows} == {"2", "5"}
     assert (out / "compare" / "curve.png").stat().st_size > 0
     assert (out / "prediction" / "indian_pines_pred.tif").is_file()
     assert (out / "prediction" / "indian_pines_pred.png").is_file()
@@ -38,6 +38,22 @@ def test_demo_compares_pretrained_random_init_and_forest_on_bundled_sample(tmp_p
     enc = load_encoder(out / "pretrain")
     assert enc.config.in_chans == 200
     assert enc.config.wavelengths is not None and abs(enc.config.wavelengths[0] - 0.40002) < 1e-4
+
+
+def test_demo_pretrains_the_shipped_hyperspectral_recipe_configuration() -> None:
+    from geomed_ssl.config import load_recipe, recipe_from_dict
+    from geomed_ssl.demo import DEMO_RECIPE
+
+    shipped = load_recipe(Path(__file__).parents[1] / "recipes" / "mae_hyperspectral.yaml")
+    demo = recipe_from_dict({k: dict(v) for k, v in DEMO_RECIPE.items()}, "demo recipe")
+    for section in ("model", "method", "augment"):
+        assert getattr(demo, section) == getattr(shipped, section), section
+    for key in ("patch_size", "global_crop_size"):
+        assert getattr(demo.data, key) == getattr(shipped.data, key)
+    for key in ("batch_size", "base_lr", "weight_decay", "betas", "grad_clip"):
+        assert getattr(demo.train, key) == getattr(shipped.train, key)
+    for key in ("head", "max_steps", "batch_size", "base_lr", "loss"):
+        assert getattr(demo.finetune, key) == getattr(shipped.finetune, key)
 
 
 def test_demo_replaces_its_own_folder_on_the_next_run(tmp_path: Path) -> None:

@@ -148,7 +148,8 @@ class ModelConfig:
                                   bounds=f"[1, {MAX_CHANNELS}]")
     channel_embed: str = setting("learned", "spectral: learned (per band) or wavelength (sin-cos of the centre "
                                  "wavelength)", choices=CHANNEL_EMBEDS)
-    group_width: int = setting(GROUP_WIDTH, "grouped with band_groups null: adjacent bands per group",
+    group_width: int = setting(GROUP_WIDTH, "grouped: adjacent bands per default group (unread when band_groups "
+                               "lists them)",
                                bounds=f"[1, {MAX_CHANNELS}]")
     tokens_per_position: int | None = setting(
         None, "grouped / spectral: the band-group / chunk tokens of each position pooled into this many by attention "

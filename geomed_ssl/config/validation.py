@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from geomed_ssl.config.fields import Spec, check_instance, check_value, show
-from geomed_ssl.config.sections import (CLS_HEADS, EMBEDDINGS, GROUP_WIDTH, MAX_TOKENS, SECTIONS, SEG_HEADS,
+from geomed_ssl.config.sections import (CLS_HEADS, EMBEDDINGS, MAX_TOKENS, SECTIONS, SEG_HEADS,
                                         AugmentConfig, DataConfig, MethodConfig, ModelConfig, Recipe, TrainConfig,
                                         as_tuple, spatial_dims)
 from geomed_ssl.errors import ConfigError
@@ -93,9 +93,6 @@ def _validate_embedding(m: ModelConfig, source: str) -> None:
         if m.embedding != "grouped":
             raise ConfigError(f"{source}: model.band_groups is only read by model.embedding=grouped "
                               f"(embedding is '{m.embedding}'); remove it or set the embedding.")
-        if m.group_width != GROUP_WIDTH:
-            raise ConfigError(f"{source}: model.group_width ({m.group_width}) sizes the default groups, but "
-                              "model.band_groups lists them; remove one of the two.")
     k = m.tokens_per_position
     if k is not None and k > 1 and m.embedding not in ("grouped", "spectral"):
         raise ConfigError(f"{source}: model.tokens_per_position {k} needs model.embedding=grouped or spectral "

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from geomed_ssl.checkpoint import load_encoder, save_encoder
 from geomed_ssl.cli import app
-from geomed_ssl.config import DataConfig, MethodConfig, ModelConfig, load_recipe
+from geomed_ssl.config import DataConfig, MethodConfig, ModelConfig
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.methods import build_method
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
@@ -98,18 +98,6 @@ def test_more_pooled_tokens_than_units_is_refused() -> None:
 def test_an_export_config_with_tokens_per_position_on_plain_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"needs a grouped or spectral embedding \('plain'"):
         EncoderConfig.from_dict({**cfg_for("plain", None).to_dict(), "tokens_per_position": 1})
-
-
-@pytest.mark.parametrize("sets, message", [
-    (["model.tokens_per_position=0"], "model.tokens_per_position must be null or an integer in [1, 256], got 0"),
-    (["model.tokens_per_position=2"], "model.tokens_per_position 2 needs model.embedding=grouped or spectral"),
-    (["model.embedding=grouped", "model.band_groups=[[a]]", "model.group_width=8"],
-     "model.group_width (8) sizes the default groups, but model.band_groups lists them"),
-])
-def test_bad_pooling_settings_in_a_recipe_name_the_key(sets: list[str], message: str) -> None:
-    with pytest.raises(ConfigError) as err:
-        load_recipe("recipes/mae_sentinel2.yaml", sets)
-    assert message in str(err.value)
 
 
 def test_mae_with_pooled_tokens_predicts_every_band_per_position_and_refuses_several() -> None:

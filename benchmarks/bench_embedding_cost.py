@@ -9,8 +9,8 @@ builder (two shifted crops, weak spectral augmentation) and ``collate``; ``views
 ``pretrain`` a data worker pays it beside the training thread). A step is what ``PretrainModule`` + Lightning do
 (the helpers of ``bench_methods_step.py``): the step's seeded generator, ``training_loss``, backward, the recipe's
 gradient clipping, AdamW over ``param_groups`` with the warmup-cosine lr, ``after_step``; each timed step gets its
-own batch. ``wavelength`` rows give the 200 bands centres spaced evenly over 0.4-2.5 µm (AVIRIS' range; the cube
-carries none): only the cost is measured.
+own batch. The bands' centre wavelengths are AVIRIS' (``aviris_92av3c_bands``, matched by band name as ``pretrain``
+matches them), which the ``wavelength`` embedding reads.
 
 Every row runs in a fresh one-threaded subprocess (``torch.set_num_threads(1)``; run under ``OMP_NUM_THREADS=1``).
 CPU-s/step is ``time.process_time`` of that process around the step (robust to other processes sharing the
@@ -87,6 +87,7 @@ def build(row: str, args: argparse.Namespace) -> tuple[Any, Any, list[Any], floa
     import torch
 
     from geomed_ssl.config import load_recipe
+    from geomed_ssl.data.bands import aviris_92av3c_bands
     from geomed_ssl.methods import build_method
     from geomed_ssl.methods.registry import with_method_settings
     from geomed_ssl.models.encoder import EncoderConfig
@@ -98,7 +99,8 @@ def build(row: str, args: argparse.Namespace) -> tuple[Any, Any, list[Any], floa
     c, h, w = cube.shape
     size = recipe.data.patch_size
     recipe = with_method_settings(recipe, str(RECIPE), samples=(h // size) * (w // size))
-    wavelengths = [float(v) for v in np.linspace(0.4, 2.5, c)]
+    wavelengths = dict(zip(*aviris_92av3c_bands()))  # what pretrain reads from the band names, in µm
+    wavelengths = [wavelengths[n] for n in names]
     t = recipe.train
     torch.manual_seed(t.seed)
     enc_cfg = EncoderConfig.from_recipe(recipe.model, recipe.data, c, names, wavelengths, None)

@@ -25,7 +25,35 @@ recipe's ``train.max_steps`` from CPU-s/step: the training thread's CPU time (vi
 
 Measured
 --------
-See the table below (filled in from the run stated there).
+2026-12-02 04:46-05:10 UTC, this project's shared 2-core CPU machine (no GPU lent), torch 2.14.1, 1-minute load
+average 7-10 (other engineers' runs: CPU-s are the robust column, and memory-bound rows such as the pooled ones are
+still inflated by ~1.5x against a quiet machine, e.g. grouped-w4-k1 took 0.44 CPU-s/step at load 2 with an earlier, slower
+version of the pool)::
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 nice -n 5 python benchmarks/bench_embedding_cost.py --steps 5 --warmup 1
+    PYTHONPATH=. OMP_NUM_THREADS=1 nice -n 5 python benchmarks/bench_embedding_cost.py --rows grouped-w8,grouped-w4 \
+        --steps 1 --warmup 0    # the last rows: one step each (its first, so a little high)
+
+| row | units/pos | tokens/crop | CPU-s/step | wall-s/step | views CPU-s/batch | peak RSS +MiB | params M | 1000 steps (CPU min) |
+|---|---|---|---|---|---|---|---|---|
+| plain | 1 | 256 | 0.201 | 0.319 | 0.076 | 134 | 0.301 | 3.4 |
+| wavelength | 1 | 256 | 0.230 | 0.369 | 0.068 | 135 | 0.340 | 3.8 |
+| grouped-w4-k1 | 50 | 256 | 0.635 | 0.922 | 0.074 | 377 | 0.311 | 10.6 |
+| grouped-w8-k1 | 25 | 256 | 0.356 | 0.545 | 0.055 | 230 | 0.308 | 5.9 |
+| grouped-w20-k1 | 10 | 256 | 0.271 | 0.562 | 0.064 | 164 | 0.306 | 4.5 |
+| grouped-w20-k2 | 10 | 512 | 0.546 | 1.116 | 0.057 | 204 | 0.306 | 9.1 |
+| spectral-c1-k1 | 200 | 256 | 2.609 | 5.360 | 0.066 | 779 | 0.267 | 43.5 |
+| spectral-c4-k1 | 50 | 256 | 0.580 | 1.198 | 0.057 | 371 | 0.268 | 9.7 |
+| spectral-c8-k1 | 25 | 256 | 0.348 | 0.710 | 0.056 | 236 | 0.269 | 5.8 |
+| grouped-w20 | 10 | 2560 | 6.988 | 14.126 | 0.066 | 585 | 0.302 | 116.5 |
+| grouped-w8 | 25 | 6400 | 48.659 | 198.729 | 0.059 | 1134 | 0.304 | 811.0 |
+| grouped-w4 | 50 | 12800 | 177.378 | 914.643 | 0.056 | 2296 | 0.307 | 2956.3 |
+
+The recipe's defaults are the -w8-k1 / -c8-k1 rows (``model.group_width: 8``, ``model.spectral_chunk: 8``,
+``model.tokens_per_position: 1``): under 0.9 CPU-s/step with margin, so 1000 steps fit the 15-minute budget on 2
+cores (one training thread plus one data worker; ~6 training-thread CPU-minutes). Per-band spectral tokens
+(``spectral_chunk: 1``) stay over it even pooled: the embedding makes and pools 200 tokens per position. Before
+``model.tokens_per_position`` existed every grouped / spectral row was one of the unpooled kind (the last rows).
 """
 
 from __future__ import annotations

@@ -695,6 +695,16 @@ DENSE_CASES: list[Case] = [
     Case("dense-on-volumes", pretrain_with("data.kind=volume", recipe=HS), "method vicreg_dense is 2D only"),
     Case("dense-negative-global-weight", pretrain_with("method.global_weight=-1", recipe=HS),
          "method.global_weight must be a number >= 0, got -1"),
+    # model.tokens_per_position / group_width (the pooled spectral tokens the recipe's header recommends)
+    Case("tokens-per-position-zero", pretrain_with("model.tokens_per_position=0", recipe=HS),
+         "model.tokens_per_position must be null or an integer in [1, 256], got 0"),
+    Case("several-tokens-per-position-on-plain", pretrain_with("model.tokens_per_position=2", recipe=HS),
+         "model.tokens_per_position 2 needs model.embedding=grouped or spectral ('plain' gives one"),
+    Case("more-pooled-tokens-than-band-groups",  # 4 bands, 2 per group: 2 groups to pool into 3 tokens
+         pretrain_with("model.embedding=grouped", "model.group_width=2", "model.tokens_per_position=3", recipe=HS),
+         "model.tokens_per_position 3 is more than the 2 band groups / chunks per position"),
+    Case("mae-with-two-pooled-tokens", pretrain_with("model.embedding=spectral", "model.tokens_per_position=2"),
+         "method mae predicts each band group's / chunk's bands from its own token, or every band from one token"),
 ]
 
 

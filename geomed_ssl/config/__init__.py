@@ -26,6 +26,7 @@ from geomed_ssl.config.sections import (
     MAX_MLP_RATIO,
     MAX_PATCH,
     MAX_TOKENS,
+    MAX_UNIT_TOKENS,
     POOLS,
     SECTIONS,
     SEG_HEADS,
@@ -48,7 +49,7 @@ from geomed_ssl.config.loading import apply_overrides, load_recipe, parse_overri
 __all__ = [
     "SECTIONS", "EMBEDDINGS", "CHANNEL_EMBEDS", "TASKS", "SEG_HEADS", "CLS_HEADS", "POOLS", "IntOrSeq",
     "MAX_EMBED_DIM", "MAX_DEPTH", "MAX_HEADS", "MAX_MLP_RATIO", "MAX_CHANNELS", "MAX_PATCH", "MAX_TOKENS",
-    "AugmentConfig", "DataConfig", "ModelConfig", "MethodConfig", "TrainConfig", "FinetuneConfig", "LabelsConfig", "Recipe",
+    "MAX_UNIT_TOKENS", "AugmentConfig", "DataConfig", "ModelConfig", "MethodConfig", "TrainConfig", "FinetuneConfig", "LabelsConfig", "Recipe",
     "as_tuple", "spatial_dims",
     "setting", "Spec", "SettingInfo", "check_value", "check_values", "check_instance", "build_checked", "describe",
     "describe_settings", "show", "values_of",

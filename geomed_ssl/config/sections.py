@@ -25,6 +25,8 @@ MAX_DEPTH = 128
 MAX_HEADS = 256
 MAX_MLP_RATIO = 16.0
 MAX_CHANNELS = 4096
+MAX_UNIT_TOKENS = 256  # model.tokens_per_position
+GROUP_WIDTH = 4  # model.group_width's default: adjacent bands per default band group
 MAX_PATCH = 4096  # token patch side in pixels / voxels (embed's window level uses one token per window)
 MAX_TOKENS = 65536  # tokens per window (grid): attention is quadratic in them; 65536 is ~17 GB per score matrix
 # Step counts, batches and seeds: far above any real run, but small enough that step x micro-batch x batch index
@@ -146,6 +148,12 @@ class ModelConfig:
                                   bounds=f"[1, {MAX_CHANNELS}]")
     channel_embed: str = setting("learned", "spectral: learned (per band) or wavelength (sin-cos of the centre "
                                  "wavelength)", choices=CHANNEL_EMBEDS)
+    group_width: int = setting(GROUP_WIDTH, "grouped: adjacent bands per default group (unread when band_groups "
+                               "lists them)",
+                               bounds=f"[1, {MAX_CHANNELS}]")
+    tokens_per_position: int | None = setting(
+        None, "grouped / spectral: the band-group / chunk tokens of each position pooled into this many by attention "
+        "(1: plain's token count and cost); null: one token per group / chunk", bounds=f"[1, {MAX_UNIT_TOKENS}]")
 
 
 class MethodConfig:

@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from geomed_ssl.config.fields import Spec, check_instance, check_value, show
-from geomed_ssl.config.sections import (CLS_HEADS, EMBEDDINGS, MAX_TOKENS, SECTIONS, SEG_HEADS, AugmentConfig,
-                                        DataConfig, MethodConfig, ModelConfig, Recipe, TrainConfig, as_tuple,
-                                        spatial_dims)
+from geomed_ssl.config.sections import (CLS_HEADS, EMBEDDINGS, MAX_TOKENS, SECTIONS, SEG_HEADS,
+                                        AugmentConfig, DataConfig, MethodConfig, ModelConfig, Recipe, TrainConfig,
+                                        as_tuple, spatial_dims)
 from geomed_ssl.errors import ConfigError
 
 __all__ = ["EMBEDDINGS", "check_heads", "check_whole_tokens", "check_window", "method_section", "validate"]
@@ -93,6 +93,10 @@ def _validate_embedding(m: ModelConfig, source: str) -> None:
         if m.embedding != "grouped":
             raise ConfigError(f"{source}: model.band_groups is only read by model.embedding=grouped "
                               f"(embedding is '{m.embedding}'); remove it or set the embedding.")
+    k = m.tokens_per_position
+    if k is not None and k > 1 and m.embedding not in ("grouped", "spectral"):
+        raise ConfigError(f"{source}: model.tokens_per_position {k} needs model.embedding=grouped or spectral "
+                          f"('{m.embedding}' gives one token per position); set it to 1 or null.")
 
 
 def _validate_crops(d: DataConfig, m: ModelConfig, t: TrainConfig, source: str) -> None:

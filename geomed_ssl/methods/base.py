@@ -157,19 +157,23 @@ class MethodContext:
     window: tuple[int, ...] | None = None  # the training window per spatial axis (data.patch_size)
     patch: tuple[int, ...] | None = None  # the token patch per spatial axis (model.patch_size)
     bands: int | None = None  # input bands, once the data is scanned
+    tokens_per_position: int | None = None  # grouped / spectral with model.tokens_per_position: units pooled to this
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, samples: int | None = None) -> MethodContext:
         nd = spatial_dims(recipe.data)
         window = as_tuple(recipe.data.patch_size, nd, "data.patch_size")
         patch = as_tuple(recipe.model.patch_size, nd, "model.patch_size")
+        pooled = recipe.model.tokens_per_position if recipe.model.embedding in ("grouped", "spectral") else None
         return cls(recipe.model.embedding, nd, math.prod(token_grid(window, patch)),
-                   recipe.train.max_steps, recipe.train.batch_size, samples, tuple(window), tuple(patch))
+                   recipe.train.max_steps, recipe.train.batch_size, samples, tuple(window), tuple(patch),
+                   tokens_per_position=pooled)
 
     @classmethod
     def from_encoder(cls, cfg: EncoderConfig, max_steps: int | None = None) -> MethodContext:
         return cls(cfg.embedding, cfg.spatial_dims, cfg.num_patches, max_steps, window=tuple(cfg.img_size),
-                   patch=tuple(cfg.patch_size), bands=cfg.in_chans)
+                   patch=tuple(cfg.patch_size), bands=cfg.in_chans,
+                   tokens_per_position=cfg.tokens_per_position if cfg.pooled else None)
 
 
 @dataclass

@@ -68,6 +68,11 @@ class MAESettings(MethodSettings):
         if self.channel_sampling and context.embedding not in (None, *CHANNEL_SAMPLING_KINDS):
             raise ConfigError(f"{source}: method.channel_sampling needs model.embedding=spectral or wavelength (a "
                               f"'{context.embedding}' embedding reads a fixed band set).")
+        k = context.tokens_per_position
+        if context.embedding in UNIT_KINDS and k is not None and k > 1:
+            raise ConfigError(f"{source}: method mae predicts each band group's / chunk's bands from its own token, "
+                              f"or every band from one token per position; model.tokens_per_position {k} gives "
+                              "neither: set it to 1 or null.")
         if context.tokens is not None:
             kept = int(context.tokens * (1 - self.mask_ratio))
             if not 0 < kept < context.tokens:
@@ -126,6 +131,9 @@ class MAE(SSLMethod):
         self.patch_size = tuple(encoder_cfg.patch_size)
         self.in_chans = encoder_cfg.in_chans
         self.kind = encoder_cfg.embedding
+        # unit tokens (one per band group / chunk) predict their own bands; pooled ones (tokens_per_position 1)
+        # are one token per position and predict every band, as plain
+        self.unit_layout = self.kind in UNIT_KINDS and not encoder_cfg.pooled
         self.group_masking = m.group_masking
         self.channel_sampling = m.channel_sampling
         self.channel_sampling_min = m.channel_sampling_min
@@ -133,10 +141,13 @@ class MAE(SSLMethod):
         self.decoder = self._build_decoder(encoder_cfg, m)
 
     def _build_decoder(self, cfg: EncoderConfig, m: MAESettings) -> MAEDecoder:
-        """Plain tokens: one head of every band. Grouped: a learned embedding and a head per group. Spectral: a
-        channel table (learned, or sin-cos of the wavelengths) and one head shared by every chunk."""
+        """Plain tokens (plain, wavelength, pooled units): one head of every band. Grouped: a learned embedding and a
+        head per group. Spectral: a channel table (learned, or sin-cos of the wavelengths) and one head shared by
+        every chunk."""
         dims = (cfg.embed_dim, m.decoder_embed_dim, m.decoder_depth, m.decoder_num_heads, cfg.grid,
                 math.prod(self.patch_size))
+        if not self.unit_layout:
+            return MAEDecoder(*dims, [cfg.in_chans], cfg.mlp_ratio, cfg.norm_eps)
         if self.kind == "grouped":
             return MAEDecoder(*dims, [len(g) for g in cfg.band_groups], cfg.mlp_ratio, cfg.norm_eps,
                               unit_rows=len(cfg.band_groups))
@@ -149,8 +160,8 @@ class MAE(SSLMethod):
 
     def units_for(self, channels: int) -> list[list[int]] | None:
         """The input bands each token unit predicts, for an input of ``channels`` bands (grouped: the groups;
-        spectral: chunks of them); None for plain tokens, which predict every band."""
-        return self.encoder.units(channels) if self.kind in UNIT_KINDS else None
+        spectral: chunks of them); None for plain tokens (and pooled units), which predict every band."""
+        return self.encoder.units(channels) if self.unit_layout else None
 
     def forward_encoder(self, x: torch.Tensor, noise: torch.Tensor | None = None,
                         channel_ids: torch.Tensor | None = None

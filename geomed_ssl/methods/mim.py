@@ -83,8 +83,11 @@ def block_masks(samples: PerSample, grid: tuple[int, ...], ratio: float) -> torc
 
 
 def check_unit_free(method: str, context: MethodContext, why: str) -> str | None:
-    """A one-line refusal when ``context``'s embedding gives several tokens per position, else None."""
-    if context.embedding in ("grouped", "spectral"):
+    """A one-line refusal when ``context``'s embedding gives several tokens per position, else None (grouped /
+    spectral pooled to one token per position by ``model.tokens_per_position: 1`` pass)."""
+    if context.embedding in ("grouped", "spectral") and context.tokens_per_position != 1:
+        k = context.tokens_per_position
+        gives = f"{k} (model.tokens_per_position)" if k else "one per band group / chunk"
         return (f"method '{method}' needs one token per position ({why}); model.embedding={context.embedding} "
-                "gives one per band group / chunk: use plain or wavelength.")
+                f"gives {gives}: set model.tokens_per_position=1, or use plain or wavelength.")
     return None

@@ -12,8 +12,10 @@ resolution means (``pos_embed.interpolate_pos_embed`` is there for learned embed
 Spectral-aware embeddings (``grouped``, ``spectral``: see :mod:`geomed_ssl.models.spectral`) give ``U`` tokens per
 spatial position (unit-major, ``T = U * N``); the spatial sin-cos is added to each, the group/channel embedding
 comes from the patch embedding. ``forward`` and ``forward_features`` merge them back to one token per position
-(the mean over units), so heads and decoders always see the spatial grid. ``select_bands`` turns a ``spectral`` or
-``wavelength`` encoder into one for another band set.
+(the mean over units), so heads and decoders always see the spatial grid. With ``tokens_per_position: k`` a
+:class:`~geomed_ssl.models.spectral.UnitPool` (``unit_pool``) pools the ``U`` unit tokens of each position into
+``k`` before the positions are added, so the blocks see ``k * N`` tokens (``k = 1``: plain's cost).
+``select_bands`` turns a ``spectral`` or ``wavelength`` encoder into one for another band set.
 
 Its configuration (:class:`EncoderConfig`) is in :mod:`geomed_ssl.models.encoder_config`, the timm block stack and
 MAE init in :mod:`geomed_ssl.models.blocks`, the cached sin-cos positions in :mod:`geomed_ssl.models.pos_embed`;
@@ -35,7 +37,7 @@ from geomed_ssl.models.blocks import init_mae_weights, make_blocks
 from geomed_ssl.models.encoder_config import BAND_FLEXIBLE, MAX_SIDE, EncoderConfig, check_encoder_bands
 from geomed_ssl.models.patch_embed import build_patch_embed
 from geomed_ssl.models.pos_embed import grid_pos_embed, sincos_pos_embed
-from geomed_ssl.models.spectral import describe_matches, match_bands, matched_bandwidths, subset_stats
+from geomed_ssl.models.spectral import UnitPool, describe_matches, match_bands, matched_bandwidths, subset_stats
 
 __all__ = ["BAND_FLEXIBLE", "MAX_SIDE", "EncoderConfig", "ViTEncoder", "check_encoder_bands", "grid_pos_embed",
            "init_mae_weights", "make_blocks"]  # the config and shared pieces live in their own files
@@ -50,6 +52,8 @@ class ViTEncoder(nn.Module):
         self.cfg = cfg
         dim = cfg.embed_dim
         self.patch_embed = build_patch_embed(cfg)
+        if cfg.pooled:  # grouped / spectral with tokens_per_position: k tokens per position instead of U
+            self.unit_pool = UnitPool(dim, cfg.tokens_per_position, cfg.num_heads, cfg.norm_eps)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.register_buffer("pos_embed", sincos_pos_embed(cfg.grid, dim, cls_token=True)[None])  # (1, 1+N, D)
         self.blocks = make_blocks(dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.norm_eps,
@@ -68,6 +72,8 @@ class ViTEncoder(nn.Module):
             nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         else:
             self.patch_embed.reset_parameters()
+        if hasattr(self, "unit_pool"):
+            self.unit_pool.reset_parameters()
         nn.init.normal_(self.cls_token, std=0.02)
 
     @property
@@ -101,9 +107,13 @@ class ViTEncoder(nn.Module):
 
     def embed(self, x: torch.Tensor, channel_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, ...]]:
         """``x`` (B, C, *S) -> tokens (B, T, D) with positions added, and the spatial grid. ``T = N`` for plain and
-        wavelength, ``U * N`` (unit-major) for grouped and spectral. ``channel_ids`` (spectral, wavelength): ``x``
-        holds only these of the encoder's bands, in this order (random band subsets during pretraining)."""
-        if channel_ids is None:
+        wavelength, ``U * N`` (unit-major) for grouped and spectral, ``k * N`` when ``tokens_per_position`` pools
+        their units. ``channel_ids`` (spectral, wavelength): ``x`` holds only these of the encoder's bands, in this
+        order (random band subsets during pretraining)."""
+        if hasattr(self, "unit_pool"):
+            tokens, grid = self.patch_embed(x, channel_ids, by_position=True)  # (B, N, U, D)
+            tokens = self.unit_pool(tokens)  # (B, k*N, D)
+        elif channel_ids is None:
             tokens, grid = self.patch_embed(x)  # (B, T, D)
         else:
             tokens, grid = self.patch_embed(x, channel_ids)
@@ -123,7 +133,8 @@ class ViTEncoder(nn.Module):
 
     def units(self, num_channels: int | None = None) -> list[list[int]]:
         """Input channels read by each spectral unit (token group): the band groups (grouped), the band chunks
-        (spectral; of an input with ``num_channels`` bands), or one unit of all bands (plain, wavelength)."""
+        (spectral; of an input with ``num_channels`` bands), or one unit of all bands (plain, wavelength). With a
+        ``unit_pool`` these are what it pools, not the tokens the blocks see."""
         return self.patch_embed.units(num_channels)
 
     def add_cls(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -180,6 +191,8 @@ class ViTEncoder(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Names the optimiser should not decay (norms and biases are caught by ndim <= 1 in the trainer)."""
         names = {"pos_embed", "cls_token"}
+        if hasattr(self, "unit_pool"):
+            names |= {f"unit_pool.{n}" for n in self.unit_pool.no_weight_decay()}
         return names | {f"patch_embed.{n}" for n in ("group_embed", "channel_embed") if hasattr(self.patch_embed, n)}
 
     def select_bands(self, band_names: list[str], wavelengths: list[float | None] | None = None,

@@ -13,14 +13,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from geomed_ssl.config import (CHANNEL_EMBEDS, EMBEDDINGS, MAX_CHANNELS, MAX_DEPTH, MAX_EMBED_DIM, MAX_HEADS,
-                               MAX_MLP_RATIO, MAX_PATCH, DataConfig, ModelConfig, as_tuple, check_heads, check_instance,
-                               check_values, check_window, setting, spatial_dims)
+                               MAX_MLP_RATIO, MAX_PATCH, MAX_UNIT_TOKENS, DataConfig, ModelConfig, as_tuple,
+                               check_heads, check_instance, check_values, check_window, setting, spatial_dims)
 from geomed_ssl.errors import ConfigError, DataError
 from geomed_ssl.models.pos_embed import check_sincos_dim
 from geomed_ssl.models.spectral import default_band_groups, resolve_band_groups
 from geomed_ssl.models.tokens import token_grid
 
 BAND_FLEXIBLE = ("spectral", "wavelength")  # embeddings that run on other band sets
+UNIT_EMBEDDINGS = ("grouped", "spectral")  # embeddings with several tokens (band groups / chunks) per position
 
 
 def check_encoder_bands(cfg: EncoderConfig, band_names: list[str], where: str = "the data") -> None:
@@ -75,6 +76,9 @@ class EncoderConfig:
                                  choices=CHANNEL_EMBEDS)
     bandwidths: list[float | None] | None = setting(None, "band widths in µm (wavelength embedding), None where "
                                                     "unknown", bounds=">= 0")
+    tokens_per_position: int | None = setting(None, "grouped / spectral: the unit tokens of each position pooled "
+                                              "into this many (UnitPool); None: one per band group / chunk",
+                                              bounds=f"[1, {MAX_UNIT_TOKENS}]")
 
     def __post_init__(self) -> None:
         if isinstance(self.img_size, int) or isinstance(self.patch_size, int):
@@ -102,6 +106,32 @@ class EncoderConfig:
         if self.bandwidths is not None and len(self.bandwidths) != self.in_chans:
             raise ConfigError(f"bandwidths lists {len(self.bandwidths)} values but in_chans is {self.in_chans}.")
         self._validate_spectral()
+        self._validate_pooling()
+
+    @property
+    def units_per_position(self) -> int:
+        """Spectral units per position of the full band set: groups (grouped), chunks (spectral), else 1."""
+        if self.embedding == "grouped":
+            return len(self.band_groups or [])
+        if self.embedding == "spectral":
+            return math.ceil(self.in_chans / self.spectral_chunk)
+        return 1
+
+    @property
+    def pooled(self) -> bool:
+        """Whether a UnitPool merges the unit tokens of each position (grouped / spectral with tokens_per_position)."""
+        return self.tokens_per_position is not None and self.embedding in UNIT_EMBEDDINGS
+
+    def _validate_pooling(self) -> None:
+        k = self.tokens_per_position
+        if k is None:
+            return
+        if self.embedding not in UNIT_EMBEDDINGS:
+            raise ConfigError(f"model.tokens_per_position {k} needs a grouped or spectral embedding "
+                              f"('{self.embedding}' already gives one token per position); set it to null.")
+        if k > self.units_per_position:
+            raise ConfigError(f"model.tokens_per_position {k} is more than the {self.units_per_position} band groups / "
+                              "chunks per position it pools; pick at most that many (1: plain's token count).")
 
     def _validate_spectral(self) -> None:
         if self.embedding == "grouped":
@@ -181,9 +211,16 @@ class EncoderConfig:
             band_names=list(band_names or []),
             wavelengths=None if wavelengths is None else list(wavelengths),
             stats=stats,
-            band_groups=resolve_band_groups(model.band_groups, band_names, in_chans) if model.embedding == "grouped"
-            else None,
+            band_groups=grouped_bands(model, band_names, in_chans) if model.embedding == "grouped" else None,
             spectral_chunk=model.spectral_chunk,
             channel_embed=model.channel_embed,
             bandwidths=None if bandwidths is None else list(bandwidths),
+            tokens_per_position=model.tokens_per_position if model.embedding in UNIT_EMBEDDINGS else None,
         )
+
+
+def grouped_bands(model: ModelConfig, band_names: list[str] | None, in_chans: int) -> list[list[int]]:
+    """The band groups of a grouped embedding: ``model.band_groups`` by name, else ``model.group_width`` adjacent
+    bands per group."""
+    groups = resolve_band_groups(model.band_groups, band_names, in_chans)
+    return groups if groups is not None else default_band_groups(in_chans, model.group_width)

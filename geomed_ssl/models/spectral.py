@@ -12,6 +12,10 @@ Three kinds beside the plain conv (``patch_embed.PlainPatchEmbed``), all mapping
 Tokens are *unit-major*: token ``t = u * N + n`` is spectral unit ``u`` (a band group, a band chunk; wavelength and
 plain have a single unit of all bands) at spatial position ``n``, so ``T = U * N``. ``units(c)`` lists the input
 channels each unit reads, which is how MAE lines reconstruction targets up with tokens.
+
+``UnitPool`` (``model.tokens_per_position: k``) pools the ``U`` unit tokens of each position into ``k`` (attention
+over the units, per position): a factorised spectral embedding whose transformer sees ``k * N`` tokens, so with
+``k = 1`` it costs what ``plain`` costs after the embedding, whatever ``U`` is.
 """
 
 from __future__ import annotations
@@ -104,8 +108,9 @@ class GroupedPatchEmbed(SpectralEmbedBase):
     def units(self, num_channels: int | None = None) -> list[list[int]]:
         return [list(g) for g in self.groups]
 
-    def forward(self, x: torch.Tensor, channel_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, ...]]:
-        """``x`` (B, C, *S) -> tokens (B, G*N, D) group-major, grid."""
+    def forward(self, x: torch.Tensor, channel_ids: torch.Tensor | None = None,
+                by_position: bool = False) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """``x`` (B, C, *S) -> tokens (B, G*N, D) group-major (``by_position``: (B, N, G, D)), grid."""
         if channel_ids is not None:
             raise DataError("a grouped patch embedding reads exactly its training bands; band subsets need "
                             "model.embedding=spectral or wavelength.")
@@ -115,6 +120,8 @@ class GroupedPatchEmbed(SpectralEmbedBase):
             contiguous = g == list(range(g[0], g[0] + len(g)))
             xg = x[:, g[0]:g[0] + len(g)] if contiguous else x[:, g]  # (B, |g|, *S)
             parts.append(proj(xg).flatten(2).transpose(1, 2))  # (B, N, D)
+        if by_position:
+            return torch.stack(parts, dim=2) + self.group_embed.to(x.dtype), grid  # (B, N, G, D)
         tokens = torch.stack(parts, dim=1) + self.group_embed.to(x.dtype)[None, :, None]  # (B, G, N, D)
         return tokens.flatten(1, 2), grid
 
@@ -148,9 +155,10 @@ class SpectralPatchEmbed(SpectralEmbedBase):
     def units(self, num_channels: int | None = None) -> list[list[int]]:
         return chunk_units(self.in_chans if num_channels is None else num_channels, self.chunk)
 
-    def forward(self, x: torch.Tensor, channel_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, ...]]:
+    def forward(self, x: torch.Tensor, channel_ids: torch.Tensor | None = None,
+                by_position: bool = False) -> tuple[torch.Tensor, tuple[int, ...]]:
         """``x`` (B, c, *S) holding the encoder's bands (or ``channel_ids`` of them, in that order) -> tokens
-        (B, U*N, D) chunk-major with U = ceil(c / chunk), grid."""
+        (B, U*N, D) chunk-major with U = ceil(c / chunk) (``by_position``: (B, N, U, D)), grid."""
         grid = self._check(x, channel_ids)
         b, c, *spatial = x.shape
         k = self.chunk
@@ -158,11 +166,25 @@ class SpectralPatchEmbed(SpectralEmbedBase):
         emb = self.channel_embedding(channel_ids).to(x.dtype)  # (c, D)
         if u * k != c:  # pad the last chunk (input and its embedding weight)
             x = torch.cat([x, x.new_zeros(b, u * k - c, *spatial)], dim=1)
-        tokens = self.proj(x.reshape(b * u, k, *spatial)).flatten(2).transpose(1, 2)  # (B*U, N, D)
-        tokens = tokens.reshape(b, u, -1, self.embed_dim)  # (B, U, N, D)
         count = torch.tensor([len(unit) for unit in chunk_units(c, k)], device=x.device, dtype=x.dtype)  # (U,)
         unit_emb = F.pad(emb, (0, 0, 0, u * k - c)).reshape(u, k, -1).sum(1) / count[:, None]  # (U, D) mean
+        if by_position:
+            return self._by_position(x, grid, unit_emb + self.proj.bias.to(x.dtype)), grid  # (B, N, U, D)
+        tokens = self.proj(x.reshape(b * u, k, *spatial)).flatten(2).transpose(1, 2)  # (B*U, N, D)
+        tokens = tokens.reshape(b, u, -1, self.embed_dim)  # (B, U, N, D)
         return (tokens + unit_emb[None, :, None]).flatten(1, 2), grid
+
+    def _by_position(self, x: torch.Tensor, grid: tuple[int, ...], unit_bias: torch.Tensor) -> torch.Tensor:
+        """The conv as a matmul on patches already laid out by position, plus ``unit_bias`` (U, D) (the conv's bias
+        and each unit's embedding, added once): ``x`` (B, U*chunk, *S) -> (B, N, U, D), with no transpose of a
+        (B, U, N, D) tensor (the big one when U is large)."""
+        b, nd = x.shape[0], self.spatial_dims
+        u = x.shape[1] // self.chunk
+        split = [d for g, p in zip(grid, self.patch_size) for d in (g, p)]  # g0, p0, g1, p1[, g2, p2]
+        patches = x.reshape(b, u, self.chunk, *split)  # (B, U, chunk, g0, p0, g1, p1, ...)
+        order = [0, *(3 + 2 * i for i in range(nd)), 1, 2, *(4 + 2 * i for i in range(nd))]
+        patches = patches.permute(order).reshape(b, math.prod(grid), u, -1)  # (B, N, U, chunk * prod(patch))
+        return F.linear(patches, self.proj.weight.reshape(self.embed_dim, -1)) + unit_bias  # (B, N, U, D)
 
 
 class WavelengthPatchEmbed(SpectralEmbedBase):
@@ -206,6 +228,57 @@ class WavelengthPatchEmbed(SpectralEmbedBase):
         conv = F.conv2d if self.spatial_dims == 2 else F.conv3d
         out = conv(x, kernels.transpose(0, 1), biases.mean(0), stride=self.patch_size)  # (B, D, *grid)
         return out.flatten(2).transpose(1, 2), grid
+
+
+class UnitPool(nn.Module):
+    """The ``U`` unit tokens of each position -> ``k`` tokens: per head, ``k`` learned queries score every unit token
+    of the position (after a LayerNorm), a softmax over the units weights their sum, and a linear maps the result
+    (multi-head attention pooling with identity keys and values; any ``U``, so band subsets run too). With ``k > 1``
+    each output slot gets a learned embedding so the blocks can tell them apart. (B, N, U, D) -> (B, k*N, D),
+    slot-major like unit tokens."""
+
+    def __init__(self, dim: int, num_tokens: int, num_heads: int, norm_eps: float = 1e-6) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim {dim} is not a multiple of num_heads {num_heads}.")
+        self.num_tokens, self.num_heads = int(num_tokens), int(num_heads)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.query = nn.Parameter(torch.zeros(self.num_tokens, dim))  # (k, D): k queries per head of D / H
+        self.proj = nn.Linear(dim, dim)
+        if self.num_tokens > 1:
+            self.slot_embed = nn.Parameter(torch.zeros(self.num_tokens, dim))  # (k, D)
+
+    def reset_parameters(self) -> None:
+        """Queries (and slot embeddings) normal(0.02); the norm and linear keep the encoder's MAE init."""
+        nn.init.normal_(self.query, std=0.02)
+        if self.num_tokens > 1:
+            nn.init.normal_(self.slot_embed, std=0.02)
+
+    def query_matrix(self, dtype: torch.dtype) -> torch.Tensor:
+        """(D, k*H): column ``j * H + h`` holds query ``j``'s head-``h`` slice (scaled by 1/sqrt(D/H)) on that head's
+        rows and zeros elsewhere, so ``keys @ M`` is every head's score of every query in one matmul."""
+        d, h = self.query.shape[1], self.num_heads
+        rows = torch.arange(d, device=self.query.device) // (d // h)
+        mask = (rows[:, None] == torch.arange(h, device=self.query.device)[None]).to(dtype)  # (D, H)
+        q = self.query.to(dtype).t() * (d // h) ** -0.5  # (D, k)
+        return (q[:, :, None] * mask[:, None, :]).reshape(d, -1)  # (D, k*H)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``tokens`` (B, N, U, D), each position's unit tokens (``by_position`` of the patch embeddings) ->
+        (B, k*N, D) slot-major."""
+        b, n, u, d = tokens.shape
+        k, h = self.num_tokens, self.num_heads
+        x = tokens.reshape(b * n, u, d)  # (B*N, U, D): a position's units
+        w = (self.norm(x) @ self.query_matrix(x.dtype)).softmax(dim=1)  # (B*N, U, k*H) weights over the units
+        mixed = torch.bmm(w.transpose(1, 2), x)  # (B*N, k*H, D): each head's weights on every channel (cheap)
+        pooled = mixed.reshape(b * n, k, h, h, d // h).diagonal(dim1=2, dim2=3)  # (B*N, k, D/H, H): own head's
+        out = self.proj(pooled.transpose(-1, -2).reshape(b, n, k, d))  # (B, N, k, D)
+        if k > 1:
+            out = out + self.slot_embed.to(out.dtype)
+        return out.transpose(1, 2).reshape(b, k * n, d)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"query"} | ({"slot_embed"} if self.num_tokens > 1 else set())
 
 
 @dataclass

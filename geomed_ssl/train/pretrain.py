@@ -113,6 +113,7 @@ def probe_trainer(accelerator: str, devices: Any, strategy: str, num_nodes: int,
     accelerator that is absent, a precision whose package is missing: ``transformer-engine``, ``tpu``'s
     torch_xla), and nothing else, so a bad value is one ``ConfigError`` before any folder is made."""
     resolved = resolve_precision(precision, accelerator, strategy)
+    quiet_lightning()  # this may be the process's first Trainer: no GPU/TPU banners or tips (they printed twice)
     try:
         return L.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
                          precision=resolved, logger=False,

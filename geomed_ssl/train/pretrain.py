@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ from geomed_ssl.outfiles import atomic_path, atomic_write_text
 from geomed_ssl.train.agreement import agreement_for
 from geomed_ssl.train.callbacks import ExportEncoder, MetricsCSV, Previews
 from geomed_ssl.train.checkpointing import (AtomicCheckpointIO, ResumePoint, RunCheckpoints, StopRequest,
-                                            find_resume_checkpoint, read_checkpoint_info, remove_stale_temp_files)
+                                            find_resume_checkpoint, read_checkpoint_info, remove_stale_temp_files,
+                                            stop_safe_worker_init)
 from geomed_ssl.train.console import ConsoleSettings, has_bar, progress_callbacks, quiet_lightning
 from geomed_ssl.train.lr_check import warn_schedule
 from geomed_ssl.train.module import PretrainModule
@@ -257,7 +259,8 @@ class PretrainData(L.LightningDataModule):
                                     rank=self.trainer.global_rank, world=self.trainer.world_size)
         return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
                           collate_fn=collate, persistent_workers=self.num_workers > 0, drop_last=True,
-                          pin_memory=torch.cuda.is_available())
+                          pin_memory=torch.cuda.is_available(),
+                          worker_init_fn=functools.partial(stop_safe_worker_init, rank=self.trainer.global_rank))
 
 
 def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: str | Path, *,

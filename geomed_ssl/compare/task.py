@@ -118,7 +118,8 @@ def make_split(task: Task, recipe: Recipe, budget: Budget, seed: int, split: str
         return Split(budget, seed, np.sort(train).astype(np.int64), np.sort(test).astype(np.int64), notes)
     lab = labels_config(recipe, budget, seed, split)
     selection = select_labels(task.arrays, task.masks, lab, paths=task.label_paths)
-    allowed = training_block_maps(task.arrays, task.masks, lab.block_size, seed) if split == "blocks" else None
+    allowed = (training_block_maps(task.arrays, task.masks, lab.block_size, seed, task.label_paths)
+               if split == "blocks" else None)
     return Split(budget, seed, task.rows(selection, "train"), task.rows(selection, "test"), selection.notes,
                  selection, allowed)
 

@@ -6,11 +6,15 @@ Rare classes keep half of their labels for testing: ``per_class=k`` takes ``min(
 ``n_c`` labels and says so in the notes. ``split="blocks"`` tiles each image into blocks and trains only on pixels
 of training blocks, tests only on the others: a random pixel split of one scene puts test pixels right next to
 training pixels and overstates accuracy.
+
+Images that share one label file (one scene at several dates) share its positions: a position trained on at one date
+is tested at no other date, and ``blocks`` assigns a block to training or testing for all those dates at once.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -286,34 +290,59 @@ def _subsample(idx: np.ndarray, values: np.ndarray, fraction: float, seed: int) 
     return np.sort(idx[np.concatenate(keep)]) if keep else idx
 
 
+def _label_groups(paths: Sequence[str], n: int) -> np.ndarray:
+    """Per file, the index of the first file with the same label file: images sharing a label map show the same
+    ground (one scene, several dates). Each file is its own group when the paths are not given."""
+    if len(paths) != n:
+        return np.arange(n)
+    first: dict[str, int] = {}
+    return np.array([first.setdefault(os.path.abspath(str(p)), i) for i, p in enumerate(paths)], np.int64)
+
+
+def _block_offsets(shapes: Sequence[Sequence[int]], block_size: int,
+                   group: np.ndarray) -> tuple[np.ndarray, int]:
+    """(first block number of each file's block grid, total blocks): files of one label group share one grid."""
+    grids = np.array([int(np.prod(_block_grid(s, block_size))) for s in shapes], np.int64)
+    own = np.where(group == np.arange(len(shapes)), grids, 0)
+    offsets = np.concatenate([[0], np.cumsum(own)[:-1]]).astype(np.int64)
+    return offsets[group], int(own.sum())
+
+
 def _training_blocks(shapes: Sequence[Sequence[int]], block_size: int, seed: int, files: np.ndarray,
-                     flats: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(training flag per block over all files' block grids (file-major), the block of each labelled position)."""
-    grids = [int(np.prod(_block_grid(s, block_size))) for s in shapes]
-    if sum(grids) < 2:
+                     flats: np.ndarray, values: np.ndarray,
+                     group: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(training flag per block over all label groups' block grids (group-major), the block of each position)."""
+    group = np.arange(len(shapes)) if group is None else group
+    offsets, total = _block_offsets(shapes, block_size, group)
+    if total < 2:
         raise ConfigError(f"labels.block_size {block_size} leaves one block on {'x'.join(map(str, shapes[0]))}; "
                           "lower labels.block_size so blocks can be split between training and testing.")
-    offsets = np.concatenate([[0], np.cumsum(grids)[:-1]]).astype(np.int64)
     block = np.empty(values.size, np.int64)
     for i, s in enumerate(shapes):
         sel = files == i
         block[sel] = offsets[i] + _block_of(flats[sel], s, block_size)
-    return _assign_blocks(sum(grids), block, values, seed), block
+    return _assign_blocks(total, block, values, seed), block
+
+
+def _same_ground(files: np.ndarray, flats: np.ndarray, group: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """(N,) bool: the position shares its label file and flat index with a training position (itself included)."""
+    key = group[files] * (int(flats.max(initial=0)) + 1) + flats
+    return np.isin(key, key[train])
 
 
 def training_block_maps(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray], block_size: int,
-                        seed: int) -> list[np.ndarray]:
+                        seed: int, paths: Sequence[str] = ()) -> list[np.ndarray]:
     """Per label array, a bool map of its shape: True inside the blocks ``select_labels`` (split ``blocks``, same
-    ``block_size`` and ``seed``) trains on, False inside its test blocks."""
+    ``block_size``, ``seed`` and label ``paths``) trains on, False inside its test blocks."""
     shapes = [tuple(int(s) for s in a.shape) for a in labels_list]
+    group = _label_groups(paths, len(shapes))
     files, flats, values = labelled_pixels(labels_list, masks)
-    train_blocks, _ = _training_blocks(shapes, block_size, seed, files, flats, values)
-    grids = [_block_grid(s, block_size) for s in shapes]
-    maps, start = [], 0
-    for shape, grid in zip(shapes, grids):
-        n = int(np.prod(grid))
-        out = train_blocks[start:start + n].reshape(grid)
-        start += n
+    train_blocks, _ = _training_blocks(shapes, block_size, seed, files, flats, values, group)
+    offsets, _ = _block_offsets(shapes, block_size, group)
+    maps = []
+    for shape, start in zip(shapes, offsets):
+        grid = _block_grid(shape, block_size)
+        out = train_blocks[start:start + int(np.prod(grid))].reshape(grid)
         for axis in range(len(shape)):
             out = np.repeat(out, block_size, axis=axis)
         maps.append(np.ascontiguousarray(out[tuple(slice(0, s) for s in shape)]))
@@ -325,7 +354,9 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
     """Draw the training positions from label arrays as the ``labels`` config says; the test set is the rest
     (random split) or the labelled positions of the test blocks (block split), subsampled by ``test_fraction``.
 
-    Without per_class and fraction every labelled position of the training pool trains.
+    Without per_class and fraction every labelled position of the training pool trains. Images with the same label
+    file in ``paths`` are one ground at several dates: they share blocks, and a position that trains at one date is
+    tested at none.
     """
     check_labels_config(cfg)
     shapes = [tuple(int(s) for s in a.shape) for a in labels_list]
@@ -336,9 +367,10 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
                         "check labels.ignore_value and the label files' nodata.")
     cmap = ClassMap.build(np.unique(values), names)
     seed, notes = int(cfg.seed), []
+    group = _label_groups(paths, len(shapes))
     pool = None
     if cfg.split == "blocks":
-        train_blocks, block = _training_blocks(shapes, cfg.block_size, seed, files, flats, values)
+        train_blocks, block = _training_blocks(shapes, cfg.block_size, seed, files, flats, values, group)
         pool = train_blocks[block]  # (N,) in a training block
     if cfg.per_class is not None:
         train, notes = sample_per_class(values, int(cfg.per_class), seed, cmap, unit, pool)
@@ -347,9 +379,7 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
     else:
         train = np.flatnonzero(pool) if pool is not None else np.arange(values.size)
     if pool is None:
-        rest = np.ones(values.size, bool)
-        rest[train] = False
-        test = np.flatnonzero(rest)
+        test = np.flatnonzero(~_same_ground(files, flats, group, train))
     else:
         test = np.flatnonzero(~pool)
     if cfg.test_fraction is not None and test.size:

@@ -75,7 +75,8 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     nd = enc.config.spatial_dims
     window = as_tuple(recipe.finetune.window or list(enc.config.img_size), nd, "finetune.window")
     records = [by_path[r.path] for r, _ in pairs]  # read as the encoder needs
-    allowed = training_block_maps(arrays, masks, lab.block_size, lab.seed) if lab.split == "blocks" else None
+    allowed = (training_block_maps(arrays, masks, lab.block_size, lab.seed, [p for _, p in pairs])
+               if lab.split == "blocks" else None)
     if recipe.finetune.head == "probe":
         model = fit_probe_model(enc, recipe, records, selection, stats, allowed)
     else:

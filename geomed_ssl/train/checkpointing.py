@@ -206,6 +206,18 @@ class StopRequest:
         return {**self.__dict__, "_previous": {}, "_forward": None, "_forward_pid": None}
 
 
+def stop_safe_worker_init(worker_id: int, rank: int | None = None) -> None:
+    """``worker_init_fn`` of the pretraining DataLoader: its workers ignore SIGTERM, which ``timeout``, Slurm or
+    ``docker stop`` send to the whole process group; a worker killed by it made the training process fail with a
+    traceback instead of saving its stop checkpoint. The training process ends its workers itself. Lightning's
+    per-worker seeding (which it adds only when no ``worker_init_fn`` is set) still runs."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        from lightning.fabric.utilities.seed import pl_worker_init_function
+
+        pl_worker_init_function(worker_id, rank=rank)
+
+
 def any_rank(trainer: L.Trainer, *flags: bool) -> list[bool]:
     """Each flag OR-ed over all ranks (one collective when there are several), so every rank decides alike."""
     if trainer.world_size == 1:

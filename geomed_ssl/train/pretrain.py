@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ from geomed_ssl.outfiles import atomic_path, atomic_write_text
 from geomed_ssl.train.agreement import agreement_for
 from geomed_ssl.train.callbacks import ExportEncoder, MetricsCSV, Previews
 from geomed_ssl.train.checkpointing import (AtomicCheckpointIO, ResumePoint, RunCheckpoints, StopRequest,
-                                            find_resume_checkpoint, read_checkpoint_info, remove_stale_temp_files)
+                                            find_resume_checkpoint, read_checkpoint_info, remove_stale_temp_files,
+                                            stop_safe_worker_init)
 from geomed_ssl.train.console import ConsoleSettings, has_bar, progress_callbacks, quiet_lightning
 from geomed_ssl.train.lr_check import warn_schedule
 from geomed_ssl.train.module import PretrainModule
@@ -113,7 +115,7 @@ def probe_trainer(accelerator: str, devices: Any, strategy: str, num_nodes: int,
     accelerator that is absent, a precision whose package is missing: ``transformer-engine``, ``tpu``'s
     torch_xla), and nothing else, so a bad value is one ``ConfigError`` before any folder is made."""
     resolved = resolve_precision(precision, accelerator, strategy)
-    quiet_lightning()  # this is the first Trainer a command builds: its banners would print here
+    quiet_lightning()  # this may be the process's first Trainer: no GPU/TPU banners or tips (they printed twice)
     try:
         return L.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
                          precision=resolved, logger=False,
@@ -257,7 +259,8 @@ class PretrainData(L.LightningDataModule):
                                     rank=self.trainer.global_rank, world=self.trainer.world_size)
         return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
                           collate_fn=collate, persistent_workers=self.num_workers > 0, drop_last=True,
-                          pin_memory=torch.cuda.is_available())
+                          pin_memory=torch.cuda.is_available(),
+                          worker_init_fn=functools.partial(stop_safe_worker_init, rank=self.trainer.global_rank))
 
 
 def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: str | Path, *,

@@ -16,6 +16,7 @@ from geomed_ssl.finetune.labels import (
     sample_fraction,
     sample_images_per_class, sample_per_class, select_labels,
 )
+from geomed_ssl.finetune.sampling import training_block_maps
 from geomed_ssl.errors import DataError
 from tests.conftest import structured_raster, write_geotiff
 
@@ -238,6 +239,25 @@ def test_block_split_gives_a_rare_class_training_and_test_blocks():
     for seed in range(6):
         sel = select_labels([lab], [lab > 0], LabelsConfig(per_class=1, split="blocks", block_size=8, seed=seed))
         assert 5 in sel.train_value.tolist() and 5 in sel.test_value.tolist()
+
+
+def test_dates_sharing_one_label_file_never_test_a_trained_position():
+    lab = _classes()
+    sel = select_labels([lab] * 3, [lab > 0] * 3, LabelsConfig(per_class=5, seed=1), paths=["lulc.tif"] * 3)
+    assert sel.train_value.size == 20 and sel.test_value.size > 0
+    assert not set(sel.train_index) & set(sel.test_index)  # no date tests a position another date trained on
+    assert sel.train_value.size + sel.test_value.size == 3 * int((lab > 0).sum()) - 2 * 20
+
+
+def test_dates_sharing_one_label_file_share_their_training_blocks():
+    lab = np.random.default_rng(0).integers(0, 4, (64, 48))
+    cfg = LabelsConfig(per_class=30, split="blocks", block_size=8, seed=2)
+    sel = select_labels([lab] * 3, [lab > 0] * 3, cfg, paths=["lulc.tif"] * 3)
+    block = lambda idx: set(zip(*(c // 8 for c in np.unravel_index(idx, lab.shape))))  # noqa: E731
+    assert not block(sel.train_index) & block(sel.test_index)  # across dates too
+    maps = training_block_maps([lab] * 3, [lab > 0] * 3, 8, 2, paths=["lulc.tif"] * 3)
+    assert all(np.array_equal(m, maps[0]) for m in maps[1:]) and 0.3 < maps[0].mean() < 0.7
+    assert maps[0].reshape(-1)[sel.train_index].all() and not maps[0].reshape(-1)[sel.test_index].any()
 
 
 def test_test_fraction_subsamples_the_test_set_per_class():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import errno
 import logging
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -163,6 +164,27 @@ def test_sigterm_saves_a_checkpoint_stops_and_the_run_resumes(raster_dir: Path, 
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)["global_step"] == 4
     resumed = pretrain(None, raster_dir, out, resume=True, progress=False)
     assert resumed.steps == 10 and resumed.stopped is None and sorted(rows(out)) == list(range(1, 11))
+
+
+class SignalGroup(SendSignal):
+    """SIGTERM to this process and its DataLoader workers, as `timeout` or Slurm signal a whole process group."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            workers = multiprocessing.active_children()
+            assert workers  # the test needs data.num_workers > 0
+            for worker in workers:
+                os.kill(worker.pid, self.signum)
+            os.kill(os.getpid(), self.signum)
+
+
+def test_sigterm_to_the_process_group_still_saves_the_stop_checkpoint(raster_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    overrides = [*OVERRIDES, "train.checkpoint_every=1000", "data.num_workers=1"]
+    stopped = pretrain("recipes/mae_sentinel2.yaml", raster_dir, out, overrides=overrides, progress=False,
+                       callbacks=[SignalGroup(3, signal.SIGTERM)])
+    assert stopped.stopped == "SIGTERM" and stopped.steps == 4
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)["global_step"] == 4
 
 
 def test_a_second_ctrl_c_aborts_at_once() -> None:

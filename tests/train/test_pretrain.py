@@ -243,18 +243,3 @@ def test_pretrain_on_real_t1_volume(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "test_scan_aseg" not in (tmp_path / "t1" / "catalog.json").read_text()
 
-
-def test_the_first_trainer_a_command_builds_prints_no_lightning_banners() -> None:
-    from geomed_ssl.train.pretrain import probe_trainer
-
-    seen: list[str] = []
-    handler = logging.Handler(logging.DEBUG)
-    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
-    lightning_log = logging.getLogger("lightning.pytorch")
-    lightning_log.setLevel(logging.INFO)  # as a fresh process has it
-    lightning_log.addHandler(handler)
-    try:
-        probe_trainer("cpu", 1, "auto", 1, "32")
-    finally:
-        lightning_log.removeHandler(handler)
-    assert seen == []

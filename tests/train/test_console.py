@@ -1,0 +1,42 @@
+"""What the training commands print: Lightning's start-up banners stay quiet."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from geomed_ssl.train.pretrain import probe_trainer
+
+LIGHTNING = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+
+
+@pytest.fixture
+def loud_lightning():
+    """Lightning's loggers at INFO, as a fresh process has them (another test may already have quieted them)."""
+    loggers = [logging.getLogger(n) for n in LIGHTNING]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.INFO)  # as Lightning sets them on import
+    yield
+    for lg, level in zip(loggers, levels):
+        lg.setLevel(level)
+
+
+class Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_the_settings_check_trainer_prints_no_lightning_banner(loud_lightning) -> None:
+    seen = Collect()
+    logging.getLogger("lightning.pytorch").addHandler(seen)
+    try:
+        probe_trainer("cpu", 1, "auto", 1, "32-true")  # the first Trainer of `finetune` and of each compare fine-tune
+    finally:
+        logging.getLogger("lightning.pytorch").removeHandler(seen)
+    assert seen.messages == []

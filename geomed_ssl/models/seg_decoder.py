@@ -94,6 +94,22 @@ class UpBlockNoSkip(nn.Module):
         return self.conv_block(self.transp_conv(inp))
 
 
+def init_upsampling_without_checkerboard(module: nn.Module) -> None:
+    """Give every transposed convolution whose kernel equals its stride (the UNETR up-stages) the same weights at
+    each kernel offset, so at initialisation it is a 1x1 convolution followed by nearest upsampling.
+
+    With independent random weights per offset (PyTorch's default) the 2^d output voxels of each input voxel get
+    different filters: a period-2 (4, 8, 16 through the stages) pattern that a few-label fine-tune does not train
+    away; on BraTS it left predicted tumour in stripes along one axis (Aitken et al. 2017, "Checkerboard artifact
+    free sub-pixel convolution", the same remedy as ICNR). Training may still learn offset-specific weights."""
+    for m in module.modules():
+        if isinstance(m, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) and \
+                tuple(m.kernel_size) == tuple(m.stride):
+            with torch.no_grad():
+                first = m.weight[(Ellipsis, *([slice(0, 1)] * len(m.kernel_size)))]  # (in, out, 1, ..., 1)
+                m.weight.copy_(first.expand_as(m.weight))
+
+
 def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
     """Spatial tokens (B, N, D) -> a feature map (B, D, *grid)."""
     return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
@@ -132,6 +148,7 @@ class UNETRDecoder(nn.Module):
             else:
                 self.ups.append(UpBlockNoSkip(spatial_dims, in_ch, width[lvl], kernels[lvl], norm_name, res_block))
         self.out = UnetOutBlock(spatial_dims, feature_size, out_chans)
+        init_upsampling_without_checkerboard(self)
 
     def forward(self, x_in: torch.Tensor, hidden: list[torch.Tensor], grid: tuple[int, ...],
                 final: torch.Tensor) -> torch.Tensor:

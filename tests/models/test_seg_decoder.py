@@ -181,3 +181,21 @@ def test_linear_head_logits_are_bilinear_upsampled_token_logits():
 def test_unknown_head_is_refused():
     with pytest.raises(ConfigError, match="unetr, linear"):
         SegmentationModel(tiny_encoder(2, (4, 4)), num_classes=2, layers=[0], head="upernet")
+
+
+
+@pytest.mark.parametrize("nd", [3, 2])
+def test_fresh_unetr_up_stages_start_as_nearest_upsampling(nd):
+    """Each stride-k transposed conv starts with the same weights at all k^d offsets, so it upsamples without the
+    period-2 checkerboard that independent random offsets give (BraTS predictions came out striped along one axis
+    after a 150-step fine-tune)."""
+    torch.manual_seed(0)
+    model = SegmentationModel(tiny_encoder(nd, (8,) * nd), num_classes=2, layers=[0], feature_size=4)
+    ups = [m for m in model.decoder.modules() if isinstance(m, (nn.ConvTranspose2d, nn.ConvTranspose3d))]
+    assert len(ups) >= 3  # three x2 stages for patch 8, plus the skips' own
+    for m in ups:
+        y = m(torch.randn(1, m.in_channels, *(3,) * nd)).detach()  # (1, out, *(3 * k))
+        k = m.stride[0]
+        origin = y[(Ellipsis, *[slice(0, None, k)] * nd)]
+        nearest = nn.functional.interpolate(origin, scale_factor=k, mode="nearest")
+        torch.testing.assert_close(y, nearest)

@@ -1,0 +1,71 @@
+"""Check whole-tumour predictions of the BraTS subset's test patients for the artefacts of issue 12.
+
+    python benchmarks/brats_prediction_check.py PRED_DIR [--data ../shared/data/brats_subset/test] [--png OUT_DIR]
+
+PRED_DIR holds ``<patient>_pred.nii.gz`` from ``geomed-ssl predict`` (label 1 = tumour). Per patient: Dice against
+OTMultiClass > 0, predicted tumour voxels outside ``brainmask.nii.gz`` (in the air), and the false positives'
+share on even / odd indices of each file axis (1.00 / 1.00 = no period-2 stripes; a checkerboard shows as e.g.
+0.70 / 1.30). ``--png`` writes the three middle slices with the reference outline.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brats_subset" / "test"
+
+
+def check(pred: np.ndarray, truth: np.ndarray, brain: np.ndarray) -> dict:
+    """Dice, tumour voxels in the air and the false positives' parity shares per axis of one patient."""
+    t = pred == 1
+    fp = t & ~truth
+    parity = []
+    for ax in range(3):
+        odd = np.arange(pred.shape[ax]) % 2 == 1
+        n_odd = fp.compress(odd, axis=ax).sum()
+        total = max(int(fp.sum()), 1)
+        parity.append((round(float(2 * (total - n_odd) / total), 2), round(float(2 * n_odd / total), 2)))
+    return {"dice": round(float(2 * (t & truth).sum() / max(t.sum() + truth.sum(), 1)), 4), "predicted": int(t.sum()),
+            "reference": int(truth.sum()), "in_air": int((t & ~brain).sum()), "fp_even_odd_per_axis": parity}
+
+
+def save_png(path: Path, image: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axs = plt.subplots(1, 3, figsize=(13, 4.5))
+    for ax in range(3):
+        take = lambda a: np.take(a, a.shape[ax] // 2, axis=ax).T  # noqa: E731
+        axs[ax].imshow(take(image), cmap="gray", origin="lower")
+        axs[ax].imshow(np.ma.masked_where(~take(pred == 1), take(pred == 1)), cmap="autumn", alpha=0.6, origin="lower")
+        axs[ax].contour(take(truth), [0.5], colors="lime", linewidths=0.8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=70)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("pred_dir", type=Path)
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--png", type=Path, default=None)
+    args = ap.parse_args()
+    for case in sorted(p for p in args.data.iterdir() if p.is_dir()):
+        pred = np.asarray(nib.load(args.pred_dir / f"{case.name}_pred.nii.gz").dataobj)
+        truth = np.asarray(nib.load(case / "OTMultiClass.nii.gz").dataobj) > 0
+        brain = np.asarray(nib.load(case / "brainmask.nii.gz").dataobj) > 0.5
+        print(case.name, check(pred, truth, brain))
+        if args.png is not None:
+            args.png.mkdir(parents=True, exist_ok=True)
+            flair = np.asarray(nib.load(next(case.glob("*Flair*"))).dataobj)
+            save_png(args.png / f"{case.name}.png", flair, pred, truth)
+
+
+if __name__ == "__main__":
+    main()

@@ -9,10 +9,13 @@ With ``--ft-dir`` the model, its window and its normalisation come from a ``fine
 exactly as ``geomed-ssl predict`` loads them (the scene's bands must match the model's: 13 generic band names).
 "CPU seconds" is the process time of the prediction (all threads), which a shared machine does not inflate.
 
-Measured (2026-12-02, shared 2-core machine at load 4-7): ``--ft-dir`` of a ``finetune segment`` with
-recipes/mae_hyperspectral.yaml's architecture (2-px tokens, depth 3, width 64, UNETR head, 36-px windows) on the
-13-band 8192 x 8192 scene, ``--threads 1``: 92,416 windows, 502 CPU-s (0.134 Mpx per CPU-second), 824 s wall
-(0.08 Mpx/s), peak RSS growth 216 MiB.
+Measured (2026-12-02) on the 13-band 8192 x 8192 scene with ``--ft-dir`` of a ``finetune segment`` with
+recipes/mae_hyperspectral.yaml (2-px tokens, depth 3, width 64, 36-px windows, 92,416 windows):
+
+| head | threads | machine | wall s | Mpx/s | CPU-s | peak RSS growth |
+|---|---|---|---|---|---|---|
+| linear (the recipe's) | 2 | idle 2 cores | 271 | 0.25 | 512 | 173 MiB |
+| UNETR | 1 | shared, load 4-7 | 824 | 0.08 | 502 | 216 MiB |
 
 Peak RSS growth is sampled from /proc/self/status every 5 ms during prediction, over a baseline taken just
 before it (scene generation is done strip by strip, so it does not raise the baseline).

@@ -255,22 +255,15 @@ def positional_names_message(paths: Sequence[str], sensor: str | None, names: Se
             f"--set data.band_names=[{','.join(names[:3])},...].")
 
 
-def brief(names: Sequence[str], keep: int = 8) -> str:
-    """Band names for a message: all of them when few, else the first and last few and how many in all."""
-    names = [str(n) for n in names]
-    if len(names) <= keep:
-        return " ".join(names)
-    half = keep // 2
-    return f"{' '.join(names[:half])} ... {' '.join(names[-half:])} ({len(names)} bands)"
-
-
-def brief_list(names: Sequence[str], keep: int = 8) -> str:
-    """``brief`` in list form (``['B04']``, or ``['B01', ..., 'B12'] (200 bands)`` when long)."""
-    names = [str(n) for n in names]
-    if len(names) <= keep:
-        return str(names)
-    half = keep // 2
-    return f"{str(names[:half])[:-1]}, ..., {str(names[-half:])[1:]} ({len(names)} bands)"
+def brief(names: Sequence[str], keep: int = 8, as_list: bool = False) -> str:
+    """Band names for a message: all of them when few, else the first and last ``keep / 2`` and how many in all;
+    ``as_list``: in list form (``['B04']``, ``['B01', ..., 'B12'] (200 bands)``)."""
+    names, few = [str(n) for n in names], len(names) <= keep
+    sep, show = (", ", repr) if as_list else (" ", str)
+    body = sep.join(map(show, names)) if few else \
+        sep.join([*map(show, names[:keep // 2]), "...", *map(show, names[-(keep // 2):])])
+    text = f"[{body}]" if as_list else body
+    return text if few else f"{text} ({len(names)} bands)"
 
 
 def band_order(expected: Sequence[str], found: Sequence[str], where: str,
@@ -291,8 +284,8 @@ def band_order(expected: Sequence[str], found: Sequence[str], where: str,
         hint = ("the file's band descriptions name its bands, so use data that holds these bands"
                 if source == "file" else
                 "if the data holds them under other names, set data.band_names to its band names in order")
-        raise DataError(f"'{where}' bands do not cover the model's: missing {brief_list(missing)}, extra "
-                        f"{brief_list(extra)} (data: {brief(have)}; model: {brief(want)}); {hint}.")
+        raise DataError(f"'{where}' bands do not cover the model's: missing {brief(missing, as_list=True)}, extra "
+                        f"{brief(extra, as_list=True)} (data: {brief(have)}; model: {brief(want)}); {hint}.")
     return [have.index(n) for n in want]
 
 
@@ -304,7 +297,7 @@ def describe_order(expected: Sequence[str], found: Sequence[str]) -> str:
     if kept != list(expected):
         parts.append(f"reordered by name to the model's order ({brief(expected)})")
     if extra:
-        parts.append(f"extra band(s) {brief_list(extra)} dropped (the model does not read them)")
+        parts.append(f"extra band(s) {brief(extra, as_list=True)} dropped (the model does not read them)")
     return "; ".join(parts)
 
 

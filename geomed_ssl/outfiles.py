@@ -118,6 +118,14 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], Any]) -> Path:
     return Path(path)
 
 
+def save_figure(fig: Any, path: PathLike, **savefig: Any) -> Path:
+    """A matplotlib figure laid out (``tight_layout``) and saved to ``path`` through :func:`atomic_path`."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, **savefig)
+    return Path(path)
+
+
 def atomic_write_text(path: PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` through :func:`atomic_path`."""
     with atomic_path(path) as tmp:

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from geomed_ssl.compare.results import Row
-from geomed_ssl.outfiles import atomic_path, atomic_write_text
+from geomed_ssl.outfiles import atomic_write_text, save_figure
 
 NONE = "none"
 BASELINE_NAMES = ("rf", "random_conv", "band_stats")
@@ -155,6 +155,4 @@ def write_curve(path: Path, rows: Sequence[Row], metric: str) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     ax.set_title(f"label efficiency ({metric}, mean ± std over seeds)")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp)
+    save_figure(fig, path)

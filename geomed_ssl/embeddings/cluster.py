@@ -29,7 +29,7 @@ from geomed_ssl.embeddings.maps import fill_grid, grid_stem, save_label_png, wri
 from geomed_ssl.embeddings.store import fixed_list, load_embeddings, optional_module, read_columns
 from geomed_ssl.errors import ConfigError, DataError
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
-from geomed_ssl.outfiles import atomic_path, atomic_write_text
+from geomed_ssl.outfiles import atomic_path, atomic_write_text, save_figure
 
 log = logging.getLogger("geomed_ssl")
 METHODS = ("kmeans", "hdbscan")
@@ -292,9 +292,7 @@ def scatter_png(x: np.ndarray, clusters: np.ndarray, truth: Sequence[str | None]
             ax.legend(fontsize=6, markerscale=3, loc="best")
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp)
+    save_figure(fig, path)
     return how
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from geomed_ssl.data.tiling import grid_shape
 from geomed_ssl.errors import DataError
-from geomed_ssl.outfiles import atomic_path, remove_stale_partials
+from geomed_ssl.outfiles import atomic_path, remove_stale_partials, save_figure
 
 PCA_FIT_ROWS = 50_000  # rows sampled to fit the PCA of embedding maps
 ROW_CHUNK = 65_536
@@ -159,7 +159,4 @@ def save_label_png(labels: np.ndarray, path: Path, title: str, nodata: int) -> P
     ax.set_title(title, fontsize=8)
     ax.set_xticks([])
     ax.set_yticks([])
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp)
-    return path
+    return save_figure(fig, path)

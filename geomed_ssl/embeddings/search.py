@@ -31,7 +31,7 @@ from geomed_ssl.embeddings.store import load_embeddings, optional_module, read_c
 from geomed_ssl.errors import ConfigError, DataError, GeomedError
 from geomed_ssl.models.device import resolve_device
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
-from geomed_ssl.outfiles import atomic_path
+from geomed_ssl.outfiles import atomic_path, save_figure
 
 CHUNK = 65_536
 MAX_VIEW = 512  # contact-sheet tiles larger than this (per side) show the centre window instead
@@ -285,7 +285,4 @@ def contact_sheet(emb: Embedder, record: FileRecord, region: list[int], hits: li
         ax.set_title(title, fontsize=7)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp)
-    return path
+    return save_figure(fig, path)

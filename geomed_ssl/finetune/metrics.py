@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from geomed_ssl.outfiles import atomic_path
+from geomed_ssl.outfiles import save_figure
 
 
 def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> np.ndarray:
@@ -107,8 +107,4 @@ def save_confusion_png(cm: np.ndarray, class_names: Sequence[str], path: str | P
                     ax.text(j, i, text, ha="center", va="center", fontsize=6 if k > 10 else 8,
                             color="white" if shown[i, j] > 0.6 * vmax else "black")
     ax.set_title(title or f"confusion matrix ({int(cm.sum())} samples" + (", rows normalised)" if normalize else ")"))
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp)
-    return path
+    return save_figure(fig, path)

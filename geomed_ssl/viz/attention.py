@@ -15,7 +15,7 @@ from geomed_ssl.config import DataConfig
 from geomed_ssl.data.stats import BandStats, normalize
 from geomed_ssl.data.tiling import centre_start, patch_floor
 from geomed_ssl.outdirs import check_out_file, prepare_out_file
-from geomed_ssl.outfiles import atomic_path
+from geomed_ssl.outfiles import save_figure
 
 
 @torch.no_grad()
@@ -105,12 +105,8 @@ def save_attention_png(
         axes[0, h + 1].set_title(f"head {h}", fontsize=9)
     for ax in axes[0]:
         ax.axis("off")
-    fig.tight_layout()
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=100)
-    return out
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    return save_figure(fig, out_path, dpi=100)
 
 
 def _data_config(meta: dict, spatial_dims: int, patch: Sequence[int]) -> DataConfig:

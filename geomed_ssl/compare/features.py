@@ -3,7 +3,8 @@
 Segmentation: per labelled pixel / voxel. An encoder's features are multi-layer patch features: the tokens of
 several tapped blocks, concatenated and interpolated (bilinear / trilinear) at each pixel from the token grid of
 the window holding it, never the CLS token alone. Windows tile the image without overlap and only windows holding
-labelled pixels are run. Classification: per image, the mean of each tapped block's tokens, concatenated.
+labelled pixels are run. Classification: per image, the mean and the standard deviation over the image of each
+tapped block's tokens, concatenated (the spread matters: band means and stds alone are a strong baseline).
 
 For the ``blocks`` split the features of training pixels are computed from the image with its test blocks blanked
 (``allowed`` False set to 0, the normalised mean), so no training window sees a test-block pixel.
@@ -71,13 +72,14 @@ class ImageFeatures:
 # (per pixel: geomed_ssl.models.probe.encoder_points, shared with finetune's probe head)
 def encoder_image_fn(encoder: ViTEncoder, layers: list[int], load: Callable[[int], np.ndarray]
                      ) -> Callable[[int], np.ndarray]:
-    """Per image: the mean of each tapped block's tokens, concatenated (L * D,)."""
+    """Per image: the mean and the standard deviation of each tapped block's tokens, concatenated (2 * L * D,)."""
     device = encoder.cls_token.device
 
     def fn(i: int) -> np.ndarray:
         with torch.no_grad():
             feats, _ = encoder.forward_features(torch.from_numpy(load(i))[None].to(device), layers)
-        return torch.cat([f.mean(dim=1) for f in feats], dim=1)[0].cpu().numpy()
+        pooled = [torch.cat([f.mean(dim=1), f.std(dim=1, unbiased=False)], dim=1) for f in feats]
+        return torch.cat(pooled, dim=1)[0].cpu().numpy()
 
     return fn
 

@@ -1,0 +1,26 @@
+"""Frozen per-image features of an encoder (classification): each tapped block's token mean and spread."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from geomed_ssl.compare.features import encoder_image_fn
+from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
+
+
+def test_image_features_are_the_mean_and_std_of_each_tapped_blocks_tokens() -> None:
+    torch.manual_seed(0)
+    enc = ViTEncoder(EncoderConfig(in_chans=3, spatial_dims=2, img_size=(16, 16), patch_size=(4, 4), embed_dim=32,
+                                   depth=2, num_heads=2)).eval()
+    image = np.random.default_rng(0).normal(size=(3, 16, 16)).astype(np.float32)
+    got = encoder_image_fn(enc, [0, 1], lambda i: image)(0)
+    with torch.no_grad():
+        feats, _ = enc.forward_features(torch.from_numpy(image)[None], [0, 1])
+    assert got.shape == (2 * 2 * 32,)
+    for k, f in enumerate(feats):
+        tokens = f[0].numpy()  # (N, D) patch tokens only
+        assert tokens.shape == (16, 32)
+        np.testing.assert_allclose(got[k * 64:k * 64 + 32], tokens.mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got[k * 64 + 32:(k + 1) * 64], tokens.std(0), rtol=1e-5, atol=1e-6)
+

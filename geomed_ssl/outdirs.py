@@ -8,9 +8,9 @@ The rule
 2. A folder that does not exist, or is empty, is created (with its parents).
 3. Every folder the toolkit creates holds ``.geomed-ssl.json``: tool, version, command, creation time and the
    top-level entries the command writes there (:func:`record_entries` adds more later). A folder without it counts
-   as ours when an earlier version's files say so (``COMMANDS[...].legacy``: a run's ``config.yaml`` plus
-   ``checkpoints/`` or an encoder export, with our recipe sections, encoder format or checkpoint section in
-   them; a fine-tune ``model/``, an embedding ``manifest.json``, a cluster
+   as ours when an earlier version's files say so (``COMMANDS[...].legacy`` in :mod:`geomed_ssl.outcommands`: a
+   run's ``config.yaml`` plus ``checkpoints/`` or an encoder export, with our recipe sections, encoder format or
+   checkpoint section in them; a fine-tune ``model/``, an embedding ``manifest.json``, a cluster
    ``summary.json``, the demo's ``.geomed-ssl-demo``, ...).
 4. An existing, non-empty folder is used only when it is ours and was made by the same command:
    ``resume`` continues it as it is (pretrain ``--resume``; embed, predict, evaluate and similar always continue or
@@ -35,9 +35,9 @@ API (other commands call these)::
     record_entries(folder, names) -> None
     owner(folder) -> Owner | None
 
-``command`` is a key of :data:`COMMANDS` (add one there for a new command: the names it writes, its temporary
-names, the flags its CLI offers and how to recognise its folders from an earlier version). ``inputs`` maps a role
-("data folder", "encoder", ...) to a path, a list of paths or None.
+``command`` is a key of :data:`geomed_ssl.outcommands.COMMANDS` (add one there for a new command: the names it
+writes, its temporary names, the flags its CLI offers and how to recognise its folders from an earlier version).
+``inputs`` maps a role ("data folder", "encoder", ...) to a path, a list of paths or None.
 """
 
 from __future__ import annotations
@@ -49,162 +49,16 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from geomed_ssl.errors import ConfigError, OutputError
-from geomed_ssl.outfiles import TEMP_GLOBS, atomic_write_text, is_temp_name, legacy_temp_globs
+from geomed_ssl.outcommands import COMMANDS, COMMON_PATTERNS, CommandSpec, matches, read_json_object
+from geomed_ssl.outfiles import atomic_write_text, is_temp_name, legacy_temp_globs
 
 MANIFEST = ".geomed-ssl.json"
 TOOL = "geomed-ssl"
 PathLike = str | os.PathLike
 Inputs = Mapping[str, PathLike | Sequence[PathLike] | None]
-
-
-# -- what each command writes ----------------------------------------------------------------------------------
-def _json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-RUN_SECTIONS = ("data", "model", "method", "train")  # what every version's config.yaml holds (Recipe.save)
-
-
-def _our_recipe(path: Path) -> bool:
-    """``path`` is a recipe as geomed-ssl saves it: a mapping holding at least our four core sections, each a
-    mapping, and no top-level key that is not a section of ours (another tool's config.yaml has ``trainer``,
-    ``seed_everything``, ...)."""
-    import yaml
-
-    from geomed_ssl.config import SECTIONS
-
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, ValueError, yaml.YAMLError):
-        return False
-    return (isinstance(raw, dict) and set(RUN_SECTIONS) <= set(raw) and set(raw) <= set(SECTIONS)
-            and all(isinstance(v, dict) for v in raw.values()))
-
-
-def _our_checkpoint(folder: Path) -> bool:
-    """A checkpoint in ``folder`` holds our ``geomed_ssl`` section (read with weights_only and mmap, so nothing is
-    unpickled and the tensors are not read)."""
-    import torch
-
-    for path in sorted(folder.glob("*.ckpt")) if folder.is_dir() else []:
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # unreadable, pickled or not a torch file: no evidence either way
-            continue
-        if isinstance(ckpt, dict) and isinstance(ckpt.get("geomed_ssl"), dict):
-            return True
-    return False
-
-
-def _legacy_run(folder: Path) -> bool:
-    """An earlier version's pretraining run: ``config.yaml`` plus ``checkpoints/`` or an encoder export, with
-    geomed-ssl's own evidence (our encoder format, a checkpoint of ours or a recipe of ours); a fine-tune folder
-    (``model/``) is not one."""
-    if (folder / "model").exists() or not (folder / "config.yaml").is_file():
-        return False
-    our_encoder = (_json(folder / "encoder" / "config.json") or {}).get("format") == "geomed-ssl-encoder"
-    if our_encoder:
-        return True
-    return (folder / "checkpoints").is_dir() and (_our_recipe(folder / "config.yaml")
-                                                   or _our_checkpoint(folder / "checkpoints"))
-
-
-def _legacy_finetune(folder: Path) -> bool:
-    return (_json(folder / "model" / "config.json") or {}).get("format") == "geomed-ssl-model"
-
-
-def _legacy_embed(folder: Path) -> bool:
-    return (_json(folder / "manifest.json") or {}).get("format") == "geomed-ssl-embeddings"
-
-
-def _legacy_cluster(folder: Path) -> bool:
-    summary = _json(folder / "summary.json") or {}
-    return summary.get("method") in ("kmeans", "hdbscan") and "emb_dir" in summary
-
-
-def _legacy_evaluate(folder: Path) -> bool:
-    metrics = _json(folder / "metrics.json") or {}
-    return "classes" in metrics and "test" in metrics and not (folder / "model").exists()
-
-
-def _legacy_similar(folder: Path) -> bool:
-    try:
-        with (folder / "similar.csv").open() as fh:
-            return fh.readline().startswith("rank,score,id,file")
-    except OSError:
-        return False
-
-
-def _legacy_predict(folder: Path) -> bool:
-    names = [p.name for p in folder.iterdir()]
-    return bool(names) and all(_matches(n, COMMANDS["predict"].patterns + COMMON_PATTERNS) or n == "predictions.csv"
-                               for n in names)
-
-
-@dataclass(frozen=True)
-class CommandSpec:
-    """What one command writes at the top level of its output folder."""
-
-    entries: tuple[str, ...] = ()  # exact names
-    patterns: tuple[str, ...] = ()  # fnmatch patterns of outputs named per input (temporary names: outfiles)
-    flags: tuple[str, ...] = ("--overwrite",)  # the options its CLI offers to use an existing folder
-    legacy: Callable[[Path], bool] | None = None  # recognises a folder an earlier version made (no manifest)
-    # what it writes inside its subfolders: {subfolder name or pattern: fnmatch patterns of paths relative to it}; a
-    # subfolder with a manifest of its own (the demo's pretrain/, FT_DIR/eval, EMB_DIR/search/<query>) follows the
-    # same rule instead
-    inside: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-
-
-COMMON_PATTERNS = TEMP_GLOBS  # every writer's temporary names (geomed_ssl.outfiles); earlier versions' per entry
-CKPT_FILES = ("*.ckpt", ".*.ckpt.tmp-*")  # checkpoints (step-NNNNNN.ckpt, last.ckpt, Lightning's), earlier temp files
-EXPORT_FILES = ("config.json", "model.safetensors")  # an encoder / model export
-COMMANDS: dict[str, CommandSpec] = {
-    "pretrain": CommandSpec(("config.yaml", "catalog.json", "stats.json", "metrics.csv", "checkpoints", "encoder",
-                             "previews", "tensorboard"), (), ("--resume", "--overwrite"),
-                            _legacy_run, {"checkpoints": CKPT_FILES, "encoder": EXPORT_FILES, ".encoder.*": EXPORT_FILES,
-                                          "previews": ("step-*.png",),
-                                          "tensorboard": ("events.out.tfevents.*", "hparams.yaml",
-                                                          "*/events.out.tfevents.*", "*/hparams.yaml")}),
-    "finetune": CommandSpec(("config.yaml", "labels_used.npz", "metrics_train.csv", "checkpoints", "model",
-                             "metrics.json", "confusion.png", "eval"),
-                            legacy=_legacy_finetune,
-                            inside={"checkpoints": CKPT_FILES, "model": EXPORT_FILES, ".model.*": EXPORT_FILES,
-                                    "eval": ("metrics.json", "confusion.png")}),
-    "embed": CommandSpec(("manifest.json", "parts", "embeddings.parquet", "vectors.npy", "pca.npz", "maps",
-                          "search"), legacy=_legacy_embed,
-                         inside={"parts": ("part-*/chunk-*.parquet", "part-*/files.json", ".tmp-*/*"),
-                                 "maps": ("*_embedding.tif", "*_embedding.nii.gz", "*.aux.xml"),
-                                 "search": ("*/similar.csv", "*/similar.png")}),
-    "cluster": CommandSpec(("clusters.parquet", "clusters.csv", "summary.json", "scatter.png", "maps"),
-                           legacy=_legacy_cluster,
-                           inside={"maps": ("*_clusters.tif", "*_clusters.nii.gz", "*_clusters.png", "*.aux.xml")}),
-    "predict": CommandSpec(("predictions.csv",), ("*_pred.tif", "*_pred.nii.gz", "*_pred_proba.tif",
-                                                  "*_pred_proba.nii.gz"), (), _legacy_predict),
-    "evaluate": CommandSpec(("metrics.json", "confusion.png"), (), (), _legacy_evaluate),
-    "similar": CommandSpec(("similar.csv", "similar.png"), (), (), _legacy_similar),
-    "attention": CommandSpec((), ("*.png",), ()),
-    "export": CommandSpec(("model.safetensors", "config.json", "geomed_ssl.json", "README.txt"), (),
-                          ("--overwrite",), lambda folder: (_json(folder / "geomed_ssl.json") or {}).get("format")
-                          == "geomed-ssl-timm"),
-    "compare": CommandSpec(("results.csv", "summary.md", "curve.png", "config.yaml", "compare.json", "selections",
-                            "encoder_none"), (".encoder_none.*", "finetuned_*"),
-                           inside={"selections": ("*.npz",), "encoder_none": EXPORT_FILES,
-                                   ".encoder_none.*": EXPORT_FILES}),
-    "demo": CommandSpec(("pretrain", "compare", "probe", "finetune_pretrained", "finetune_random", "prediction",
-                         ".geomed-ssl-demo"),
-                        (), (), lambda folder: (folder / ".geomed-ssl-demo").is_file()),
-}
-
-
-def _matches(name: str, patterns: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 # -- who made a folder ------------------------------------------------------------------------------------------
@@ -228,7 +82,7 @@ def _plain_name(name: Any) -> bool:
 def read_manifest(folder: PathLike) -> dict[str, Any] | None:
     """The folder's ``.geomed-ssl.json`` (None when absent, not ours, or damaged: ``command`` not a string,
     ``entries`` not a list of plain names of this folder)."""
-    data = _json(Path(folder) / MANIFEST)
+    data = read_json_object(Path(folder) / MANIFEST)
     if data is None or data.get("tool") != TOOL or not isinstance(data.get("command"), str):
         return None
     entries = data.get("entries", [])
@@ -258,7 +112,7 @@ def owner(folder: PathLike) -> Owner | None:
     patterns = spec.patterns + COMMON_PATTERNS + legacy_temp_globs(sorted(names))
     result = Owner(command, manifest)
     for entry in sorted(folder.iterdir()):
-        (result.ours if entry.name in names or _matches(entry.name, patterns) else result.foreign).append(entry.name)
+        (result.ours if entry.name in names or matches(entry.name, patterns) else result.foreign).append(entry.name)
     return result
 
 
@@ -302,7 +156,7 @@ def _foreign_in_subfolder(sub: Path, patterns: tuple[str, ...] | None) -> list[s
                 bad += [(rel / d / p).as_posix() for p in foreign_inside(here / d)]
         for f in files:
             path = (rel / f).as_posix()
-            if not (_matches(path, patterns) or _matches(f, COMMON_PATTERNS)):
+            if not (matches(path, patterns) or matches(f, COMMON_PATTERNS)):
                 bad.append(path)
     return sorted(bad)
 
@@ -413,7 +267,7 @@ def check_out_dir(out: PathLike, *, command: str, inputs: Inputs | None = None, 
     :class:`OutputError` otherwise."""
     out = Path(out)
     if command not in COMMANDS:
-        raise ValueError(f"unknown command {command!r}; add it to geomed_ssl.outdirs.COMMANDS")
+        raise ValueError(f"unknown command {command!r}; add it to geomed_ssl.outcommands.COMMANDS")
     check_inputs(out, inputs, allow_inside)
     if not out.exists():
         if out.is_symlink():
@@ -476,7 +330,7 @@ def _recorded(path: Path) -> bool:
     if manifest is None or path.name not in _entry_names(manifest):
         return False
     spec = COMMANDS.get(str(manifest["command"]), CommandSpec())
-    return manifest["command"] == "attention" or not (path.name in spec.entries or _matches(path.name, spec.patterns))
+    return manifest["command"] == "attention" or not (path.name in spec.entries or matches(path.name, spec.patterns))
 
 
 def check_out_file(path: PathLike, *, inputs: Inputs | None = None, suffixes: Sequence[str] = (".png",)) -> None:

@@ -30,7 +30,7 @@ LADDER: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("models",)),
     ("views", ("views",)),
     ("data", ("data",)),
-    ("outputs", ("outdirs",)),
+    ("outputs", ("outdirs", "outcommands")),
     ("config", ("config",)),
     ("foundation", ("outfiles", "permissions", "errors", "sample", "_version")),
 ]

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from geomed_ssl.errors import DataError, GeomedError
-from geomed_ssl.outdirs import COMMANDS
+from geomed_ssl.outcommands import COMMANDS
 from geomed_ssl.outfiles import (atomic_path, atomic_write_text, commit_partial, partial_path,
                                  remove_stale_partials)
 

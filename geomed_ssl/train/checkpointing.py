@@ -28,7 +28,7 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
 from geomed_ssl.errors import GeomedError
-from geomed_ssl.outdirs import COMMANDS
+from geomed_ssl.outcommands import COMMANDS
 from geomed_ssl.outfiles import atomic_write, remove_stale_partials, replace_with_copy
 
 log = logging.getLogger("geomed_ssl")

@@ -1,0 +1,166 @@
+"""What each command writes in its output folder, and how to recognise a folder an earlier version made.
+
+:data:`COMMANDS` holds, for every command that writes an output folder, the top-level names and per-input patterns
+it writes there, the flags its CLI offers to use an existing folder, what it writes inside its subfolders and a test
+that recognises its folders from before manifests existed (``CommandSpec.legacy``). The rule that uses them (who
+made a folder, what ``--overwrite`` may delete): :mod:`geomed_ssl.outdirs`. Add a new command here.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from geomed_ssl.outfiles import TEMP_GLOBS
+
+
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+RUN_SECTIONS = ("data", "model", "method", "train")  # what every version's config.yaml holds (Recipe.save)
+
+
+def _our_recipe(path: Path) -> bool:
+    """``path`` is a recipe as geomed-ssl saves it: a mapping holding at least our four core sections, each a
+    mapping, and no top-level key that is not a section of ours (another tool's config.yaml has ``trainer``,
+    ``seed_everything``, ...)."""
+    import yaml
+
+    from geomed_ssl.config import SECTIONS
+
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return (isinstance(raw, dict) and set(RUN_SECTIONS) <= set(raw) and set(raw) <= set(SECTIONS)
+            and all(isinstance(v, dict) for v in raw.values()))
+
+
+def _our_checkpoint(folder: Path) -> bool:
+    """A checkpoint in ``folder`` holds our ``geomed_ssl`` section (read with weights_only and mmap, so nothing is
+    unpickled and the tensors are not read)."""
+    import torch
+
+    for path in sorted(folder.glob("*.ckpt")) if folder.is_dir() else []:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # unreadable, pickled or not a torch file: no evidence either way
+            continue
+        if isinstance(ckpt, dict) and isinstance(ckpt.get("geomed_ssl"), dict):
+            return True
+    return False
+
+
+def _legacy_run(folder: Path) -> bool:
+    """An earlier version's pretraining run: ``config.yaml`` plus ``checkpoints/`` or an encoder export, with
+    geomed-ssl's own evidence (our encoder format, a checkpoint of ours or a recipe of ours); a fine-tune folder
+    (``model/``) is not one."""
+    if (folder / "model").exists() or not (folder / "config.yaml").is_file():
+        return False
+    our_encoder = (read_json_object(folder / "encoder" / "config.json") or {}).get("format") == "geomed-ssl-encoder"
+    if our_encoder:
+        return True
+    return (folder / "checkpoints").is_dir() and (_our_recipe(folder / "config.yaml")
+                                                   or _our_checkpoint(folder / "checkpoints"))
+
+
+def _legacy_finetune(folder: Path) -> bool:
+    return (read_json_object(folder / "model" / "config.json") or {}).get("format") == "geomed-ssl-model"
+
+
+def _legacy_embed(folder: Path) -> bool:
+    return (read_json_object(folder / "manifest.json") or {}).get("format") == "geomed-ssl-embeddings"
+
+
+def _legacy_cluster(folder: Path) -> bool:
+    summary = read_json_object(folder / "summary.json") or {}
+    return summary.get("method") in ("kmeans", "hdbscan") and "emb_dir" in summary
+
+
+def _legacy_evaluate(folder: Path) -> bool:
+    metrics = read_json_object(folder / "metrics.json") or {}
+    return "classes" in metrics and "test" in metrics and not (folder / "model").exists()
+
+
+def _legacy_similar(folder: Path) -> bool:
+    try:
+        with (folder / "similar.csv").open() as fh:
+            return fh.readline().startswith("rank,score,id,file")
+    except OSError:
+        return False
+
+
+def _legacy_predict(folder: Path) -> bool:
+    names = [p.name for p in folder.iterdir()]
+    return bool(names) and all(matches(n, COMMANDS["predict"].patterns + COMMON_PATTERNS) or n == "predictions.csv"
+                               for n in names)
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    """What one command writes at the top level of its output folder."""
+
+    entries: tuple[str, ...] = ()  # exact names
+    patterns: tuple[str, ...] = ()  # fnmatch patterns of outputs named per input (temporary names: outfiles)
+    flags: tuple[str, ...] = ("--overwrite",)  # the options its CLI offers to use an existing folder
+    legacy: Callable[[Path], bool] | None = None  # recognises a folder an earlier version made (no manifest)
+    # what it writes inside its subfolders: {subfolder name or pattern: fnmatch patterns of paths relative to it}; a
+    # subfolder with a manifest of its own (the demo's pretrain/, FT_DIR/eval, EMB_DIR/search/<query>) follows the
+    # same rule instead
+    inside: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+COMMON_PATTERNS = TEMP_GLOBS  # every writer's temporary names (geomed_ssl.outfiles); earlier versions' per entry
+CKPT_FILES = ("*.ckpt", ".*.ckpt.tmp-*")  # checkpoints (step-NNNNNN.ckpt, last.ckpt, Lightning's), earlier temp files
+EXPORT_FILES = ("config.json", "model.safetensors")  # an encoder / model export
+COMMANDS: dict[str, CommandSpec] = {
+    "pretrain": CommandSpec(("config.yaml", "catalog.json", "stats.json", "metrics.csv", "checkpoints", "encoder",
+                             "previews", "tensorboard"), (), ("--resume", "--overwrite"),
+                            _legacy_run, {"checkpoints": CKPT_FILES, "encoder": EXPORT_FILES, ".encoder.*": EXPORT_FILES,
+                                          "previews": ("step-*.png",),
+                                          "tensorboard": ("events.out.tfevents.*", "hparams.yaml",
+                                                          "*/events.out.tfevents.*", "*/hparams.yaml")}),
+    "finetune": CommandSpec(("config.yaml", "labels_used.npz", "metrics_train.csv", "checkpoints", "model",
+                             "metrics.json", "confusion.png", "eval"),
+                            legacy=_legacy_finetune,
+                            inside={"checkpoints": CKPT_FILES, "model": EXPORT_FILES, ".model.*": EXPORT_FILES,
+                                    "eval": ("metrics.json", "confusion.png")}),
+    "embed": CommandSpec(("manifest.json", "parts", "embeddings.parquet", "vectors.npy", "pca.npz", "maps",
+                          "search"), legacy=_legacy_embed,
+                         inside={"parts": ("part-*/chunk-*.parquet", "part-*/files.json", ".tmp-*/*"),
+                                 "maps": ("*_embedding.tif", "*_embedding.nii.gz", "*.aux.xml"),
+                                 "search": ("*/similar.csv", "*/similar.png")}),
+    "cluster": CommandSpec(("clusters.parquet", "clusters.csv", "summary.json", "scatter.png", "maps"),
+                           legacy=_legacy_cluster,
+                           inside={"maps": ("*_clusters.tif", "*_clusters.nii.gz", "*_clusters.png", "*.aux.xml")}),
+    "predict": CommandSpec(("predictions.csv",), ("*_pred.tif", "*_pred.nii.gz", "*_pred_proba.tif",
+                                                  "*_pred_proba.nii.gz"), (), _legacy_predict),
+    "evaluate": CommandSpec(("metrics.json", "confusion.png"), (), (), _legacy_evaluate),
+    "similar": CommandSpec(("similar.csv", "similar.png"), (), (), _legacy_similar),
+    "attention": CommandSpec((), ("*.png",), ()),
+    "export": CommandSpec(("model.safetensors", "config.json", "geomed_ssl.json", "README.txt"), (),
+                          ("--overwrite",),
+                          lambda folder: (read_json_object(folder / "geomed_ssl.json") or {}).get("format")
+                          == "geomed-ssl-timm"),
+    "compare": CommandSpec(("results.csv", "summary.md", "curve.png", "config.yaml", "compare.json", "selections",
+                            "encoder_none"), (".encoder_none.*", "finetuned_*"),
+                           inside={"selections": ("*.npz",), "encoder_none": EXPORT_FILES,
+                                   ".encoder_none.*": EXPORT_FILES}),
+    "demo": CommandSpec(("pretrain", "compare", "probe", "finetune_pretrained", "finetune_random", "prediction",
+                         ".geomed-ssl-demo"),
+                        (), (), lambda folder: (folder / ".geomed-ssl-demo").is_file()),
+}
+
+
+def matches(name: str, patterns: Sequence[str]) -> bool:
+    """``name`` matches one of the fnmatch ``patterns`` (case-sensitive)."""
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)

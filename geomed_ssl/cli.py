@@ -1,87 +1,25 @@
-"""The ``geomed-ssl`` command line: thin commands that parse, load a recipe and call the library."""
+"""The ``geomed-ssl`` command line: thin commands that parse, load a recipe and call the library.
+
+Shared options and error handling: :mod:`geomed_ssl.cli_options`; the ``finetune`` group:
+:mod:`geomed_ssl.cli_finetune`."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
-from inspect import signature
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import typer
 
+from geomed_ssl.cli_finetune import finetune_app
+from geomed_ssl.cli_options import STATE, SetOpt, StrictOpt, user_errors
 from geomed_ssl.errors import GeomedError
 
 app = typer.Typer(
     help="Self-supervised ViT pretraining and few-label use for remote-sensing rasters and medical volumes.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
-STATE: dict[str, Any] = {"debug": False}
-
-SetOpt = typer.Option(None, "--set", help="Override a recipe key: section.key=value (repeatable).")
-StrictOpt = typer.Option(False, "--strict", help="Fail when any input file has a problem or band names are "
-                         "assigned by position (default: skip / warn).")
-
-# The values numeric options allow, by parameter name (one name is one option in every command); checked before
-# a command runs, with the same one-line message as recipe keys.
-OPTION_BOUNDS: dict[str, str] = {
-    "batch_size": ">= 1",  # embed, predict
-    "overlap": "[0, 1)",  # predict
-    "pca": ">= 0",  # embed
-    "min_valid": "[0, 1]",  # embed
-    "k": ">= 2",  # cluster
-    "min_cluster_size": ">= 2",  # cluster (HDBSCAN)
-    "seed": "[0, 4294967295]",  # cluster (numpy / scikit-learn seeds)
-    "top": ">= 1",  # similar
-    "per_class": ">= 1",  # finetune --labels-per-class
-    "fraction": "(0, 1]",  # finetune --label-fraction
-    "unfreeze_after": ">= 0",  # finetune segment
-    "steps": ">= 1",  # demo
-    "finetune_steps": ">= 1",  # demo
-}
-
-
-def option_flags(fn: Callable) -> dict[str, str]:
-    """``{parameter: its longest flag}`` of a command's options (``per_class`` -> ``--labels-per-class``)."""
-    flags = {}
-    for name, param in signature(fn).parameters.items():
-        decls = [d for d in getattr(param.default, "param_decls", None) or () if d.startswith("-")]
-        flags[name] = max(decls, key=len) if decls else f"--{name.replace('_', '-')}"
-    return flags
-
-
-def check_option_bounds(values: dict[str, Any], flags: dict[str, str]) -> None:
-    """A ConfigError naming the option (as typed on the command line) whose value is outside ``OPTION_BOUNDS``."""
-    from geomed_ssl.config import Spec, check_value
-    from geomed_ssl.config.fields import parse_bounds
-
-    for name, bounds in OPTION_BOUNDS.items():
-        value = values.get(name)
-        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        kind = int if isinstance(value, int) else float
-        check_value(value, kind, Spec(bounds=parse_bounds(bounds)), flags.get(name, name), "")
-
-
-def user_errors(fn: Callable) -> Callable:
-    """Check the numeric options, then run the command; print a GeomedError as one line and exit 2; show the
-    traceback only with --debug."""
-
-    flags = option_flags(fn)
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            check_option_bounds(kwargs, flags)
-            return fn(*args, **kwargs)
-        except GeomedError as err:
-            if STATE["debug"]:
-                raise
-            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(code=2) from None
-
-    return wrapper
 
 
 @app.callback()
@@ -153,85 +91,7 @@ def pretrain(
     typer.echo(f"metrics: {result.run_dir / 'metrics.csv'}  previews: {result.run_dir / 'previews'}")
 
 
-finetune_app = typer.Typer(help="Fine-tune a pretrained encoder with few labels.", no_args_is_help=True)
 app.add_typer(finetune_app, name="finetune")
-
-
-def finetune_sets(overrides: Optional[list[str]], per_class: Optional[int], fraction: Optional[float],
-                  **flags: Any) -> list[str]:
-    """CLI flags are aliases of --set keys; explicit --set values come last and win."""
-    sets: list[str] = []
-    if per_class is not None:
-        sets.append(f"labels.per_class={per_class}")
-    if fraction is not None:
-        sets.append(f"labels.fraction={fraction}")
-    for key, value in flags.items():
-        if value is not None:
-            sets.append(f"{key}={value}")
-    return sets + list(overrides or [])
-
-
-@finetune_app.command("segment")
-@user_errors
-def finetune_segment_cmd(
-    recipe: Path = typer.Argument(..., help="Recipe YAML (a pretraining recipe plus finetune/labels sections)."),
-    encoder: str = typer.Option(..., "--encoder", help="RUN_DIR, RUN_DIR/encoder, or 'none' (random init baseline)."),
-    images: Path = typer.Option(..., "--images", help="Folder of images (GeoTIFF or NIfTI)."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="Folder of label files named like the images, one "
-                                          "label file, or a CSV of image,label (or set labels.label_name)."),
-    out: Path = typer.Option(..., "--out", help="Output folder (model, metrics, labels used)."),
-    per_class: Optional[int] = typer.Option(None, "--labels-per-class", help="k labelled pixels/voxels per class."),
-    fraction: Optional[float] = typer.Option(None, "--label-fraction", help="Fraction of labelled pixels used."),
-    freeze: bool = typer.Option(False, "--freeze-encoder", help="Train the decoder only."),
-    unfreeze_after: Optional[int] = typer.Option(None, "--unfreeze-after", help="Freeze the encoder for N steps."),
-    head: Optional[str] = typer.Option(None, "--head", help="unetr (decoder with a skip from the pixels) or "
-                                       "linear (1x1 conv on the encoder's upsampled tokens)."),
-    overrides: Optional[list[str]] = SetOpt,
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
-    strict: bool = StrictOpt,
-) -> None:
-    """Segmentation on the ViT encoder (UNETR-style decoder or linear head) from a few labelled pixels or voxels."""
-    from geomed_ssl.finetune.segment import finetune_segment
-    from geomed_ssl.finetune.metrics import format_metrics
-
-    flags = {"finetune.freeze_encoder": "true" if (freeze or unfreeze_after) else None,
-             "finetune.unfreeze_after_steps": unfreeze_after, "finetune.head": head}
-    sets = ["finetune.task=segment", *finetune_sets(overrides, per_class, fraction, **flags)]
-    result = finetune_segment(recipe, encoder, images, labels, out, overrides=sets, overwrite=overwrite, strict=strict)
-    names = [c["name"] for c in result.metrics["classes"]]
-    typer.echo(format_metrics(result.metrics["test"], names))
-    typer.echo(f"model: {out / 'model'}  metrics: {out / 'metrics.json'}  confusion: {out / 'confusion.png'}")
-
-
-@finetune_app.command("classify")
-@user_errors
-def finetune_classify_cmd(
-    recipe: Path = typer.Argument(..., help="Recipe YAML."),
-    encoder: str = typer.Option(..., "--encoder", help="RUN_DIR, RUN_DIR/encoder, or 'none' (random init baseline)."),
-    data: Path = typer.Option(..., "--data", help="Folder with one subfolder of images per class."),
-    out: Path = typer.Option(..., "--out", help="Output folder."),
-    per_class: Optional[int] = typer.Option(None, "--labels-per-class", help="k labelled images per class."),
-    fraction: Optional[float] = typer.Option(None, "--label-fraction", help="Fraction of images used for training."),
-    linear_probe: bool = typer.Option(False, "--linear-probe", help="Frozen encoder, BatchNorm + linear head."),
-    mlp: bool = typer.Option(False, "--mlp", help="Frozen encoder, MLP head."),
-    full: bool = typer.Option(False, "--full", help="Fine-tune encoder and linear head together."),
-    overrides: Optional[list[str]] = SetOpt,
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
-    strict: bool = StrictOpt,
-) -> None:
-    """Image classification from k labelled images per class (folder-per-class datasets such as EuroSAT)."""
-    from geomed_ssl.finetune.classify import finetune_classify
-    from geomed_ssl.finetune.metrics import format_metrics
-
-    if linear_probe + mlp + full > 1:
-        raise GeomedError("choose one of --linear-probe, --mlp and --full.")
-    mode = {"finetune.head": "mlp" if mlp else "linear",
-            "finetune.freeze_encoder": "false" if full else "true"} if (linear_probe or mlp or full) else {}
-    sets = ["finetune.task=classify", *finetune_sets(overrides, per_class, fraction, **mode)]
-    result = finetune_classify(recipe, encoder, data, out, overrides=sets, overwrite=overwrite, strict=strict)
-    names = [c["name"] for c in result.metrics["classes"]]
-    typer.echo(format_metrics(result.metrics["test"], names))
-    typer.echo(f"model: {out / 'model'}  metrics: {out / 'metrics.json'}")
 
 
 @app.command()

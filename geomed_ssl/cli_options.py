@@ -1,0 +1,78 @@
+"""What every ``geomed-ssl`` command shares: the ``--set`` and ``--strict`` options, the numeric options' bounds
+and the one-line error handling (:func:`user_errors`)."""
+
+from __future__ import annotations
+
+import functools
+from inspect import signature
+from typing import Any, Callable
+
+import typer
+
+from geomed_ssl.errors import GeomedError
+
+STATE: dict[str, Any] = {"debug": False}  # the global --debug (set by geomed_ssl.cli.main)
+
+SetOpt = typer.Option(None, "--set", help="Override a recipe key: section.key=value (repeatable).")
+StrictOpt = typer.Option(False, "--strict", help="Fail when any input file has a problem or band names are "
+                         "assigned by position (default: skip / warn).")
+
+# The values numeric options allow, by parameter name (one name is one option in every command); checked before
+# a command runs, with the same one-line message as recipe keys.
+OPTION_BOUNDS: dict[str, str] = {
+    "batch_size": ">= 1",  # embed, predict
+    "overlap": "[0, 1)",  # predict
+    "pca": ">= 0",  # embed
+    "min_valid": "[0, 1]",  # embed
+    "k": ">= 2",  # cluster
+    "min_cluster_size": ">= 2",  # cluster (HDBSCAN)
+    "seed": "[0, 4294967295]",  # cluster (numpy / scikit-learn seeds)
+    "top": ">= 1",  # similar
+    "per_class": ">= 1",  # finetune --labels-per-class
+    "fraction": "(0, 1]",  # finetune --label-fraction
+    "unfreeze_after": ">= 0",  # finetune segment
+    "steps": ">= 1",  # demo
+    "finetune_steps": ">= 1",  # demo
+}
+
+
+def option_flags(fn: Callable) -> dict[str, str]:
+    """``{parameter: its longest flag}`` of a command's options (``per_class`` -> ``--labels-per-class``)."""
+    flags = {}
+    for name, param in signature(fn).parameters.items():
+        decls = [d for d in getattr(param.default, "param_decls", None) or () if d.startswith("-")]
+        flags[name] = max(decls, key=len) if decls else f"--{name.replace('_', '-')}"
+    return flags
+
+
+def check_option_bounds(values: dict[str, Any], flags: dict[str, str]) -> None:
+    """A ConfigError naming the option (as typed on the command line) whose value is outside ``OPTION_BOUNDS``."""
+    from geomed_ssl.config import Spec, check_value
+    from geomed_ssl.config.fields import parse_bounds
+
+    for name, bounds in OPTION_BOUNDS.items():
+        value = values.get(name)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        kind = int if isinstance(value, int) else float
+        check_value(value, kind, Spec(bounds=parse_bounds(bounds)), flags.get(name, name), "")
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Check the numeric options, then run the command; print a GeomedError as one line and exit 2; show the
+    traceback only with --debug."""
+
+    flags = option_flags(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            check_option_bounds(kwargs, flags)
+            return fn(*args, **kwargs)
+        except GeomedError as err:
+            if STATE["debug"]:
+                raise
+            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper

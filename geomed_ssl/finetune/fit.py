@@ -29,8 +29,8 @@ from geomed_ssl.train.callbacks import MetricsCSV
 from geomed_ssl.train.checkpointing import AtomicCheckpointIO
 from geomed_ssl.train.console import has_bar, progress_callbacks, quiet_lightning
 from geomed_ssl.train.lr_check import warn_schedule
-from geomed_ssl.train.pretrain import probe_trainer, resolve_precision
 from geomed_ssl.train.supervised import SupervisedModule
+from geomed_ssl.train.trainer import probe_trainer, resolve_precision
 
 log = logging.getLogger("geomed_ssl")
 

@@ -12,7 +12,6 @@ from typing import Any, Callable, Iterator
 import lightning as L
 import torch
 import yaml
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from torch.utils.data import DataLoader, Sampler
 
@@ -22,7 +21,7 @@ from geomed_ssl.data.catalog import Catalog, scan
 from geomed_ssl.views.datasets import PretrainDataset, collate
 from geomed_ssl.data.stats import BandStats, compute_stats
 from geomed_ssl.views.builder import build_views
-from geomed_ssl.errors import ConfigError, GeomedError
+from geomed_ssl.errors import GeomedError
 from geomed_ssl.methods import build_method, with_method_settings
 from geomed_ssl.methods.schedules import ScheduleClock
 from geomed_ssl.models.encoder import EncoderConfig
@@ -30,12 +29,12 @@ from geomed_ssl.outdirs import Inputs, check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_path, atomic_write_text
 from geomed_ssl.train.agreement import agreement_for
 from geomed_ssl.train.callbacks import ExportEncoder, MetricsCSV, Previews
-from geomed_ssl.train.checkpointing import (AtomicCheckpointIO, ResumePoint, RunCheckpoints, StopRequest,
-                                            find_resume_checkpoint, read_checkpoint_info, remove_stale_temp_files,
-                                            stop_safe_worker_init)
-from geomed_ssl.train.console import ConsoleSettings, has_bar, progress_callbacks, quiet_lightning
+from geomed_ssl.train.checkpointing import (ResumePoint, RunCheckpoints, StopRequest, find_resume_checkpoint,
+                                            read_checkpoint_info, remove_stale_temp_files, stop_safe_worker_init)
+from geomed_ssl.train.console import ConsoleSettings, progress_callbacks, quiet_lightning
 from geomed_ssl.train.lr_check import warn_schedule
 from geomed_ssl.train.module import PretrainModule
+from geomed_ssl.train.trainer import build_trainer, probe_trainer
 
 log = logging.getLogger("geomed_ssl")
 
@@ -73,29 +72,6 @@ class StepOffsetSampler(Sampler[int]):
         return self.total * self.batch_size
 
 
-def forks(strategy: str) -> bool:
-    """``strategy`` starts its processes by forking this one (Lightning's ddp_fork / ddp_notebook and variants)."""
-    return str(strategy).startswith(("ddp_fork", "ddp_notebook"))
-
-
-def resolve_precision(precision: str, accelerator: str, strategy: str = "auto") -> str:
-    """``auto``: 32-bit on CPU (bf16 autocast is slower there), bf16-mixed on GPUs that support it, else 16-mixed.
-
-    Nothing here initialises CUDA in this process (``torch.cuda.is_available`` asks NVML under Lightning), except
-    the bf16 question, which must ask the GPU: with a forking strategy that would break the forked workers
-    ("Cannot re-initialize CUDA in forked subprocess"), so there ``auto`` on a GPU is refused in one line."""
-    if precision != "auto":
-        return precision
-    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    if not on_gpu:
-        return "32-true"
-    if forks(strategy):
-        raise ConfigError(f"train.precision=auto with train.strategy={strategy} on GPUs: finding out whether they "
-                          "support bf16 would initialise CUDA before the processes fork; set train.precision="
-                          "bf16-mixed (Ampere or newer GPUs) or 16-mixed, or use train.strategy=ddp.")
-    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-
-
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool, inputs: Inputs | None = None,
                     create: bool = True) -> None:
     """RUN_DIR under the output-folder rule (:mod:`geomed_ssl.outdirs`): ``--resume`` continues a run of ours
@@ -108,22 +84,6 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool, inputs: Inputs | N
     check_out_dir(out, **kwargs)
     if create:
         prepare_out_dir(out, **kwargs)
-
-
-def probe_trainer(accelerator: str, devices: Any, strategy: str, num_nodes: int, precision: str) -> L.Trainer:
-    """A Trainer built with every launch and precision setting that Lightning can refuse (an unknown strategy, an
-    accelerator that is absent, a precision whose package is missing: ``transformer-engine``, ``tpu``'s
-    torch_xla), and nothing else, so a bad value is one ``ConfigError`` before any folder is made."""
-    resolved = resolve_precision(precision, accelerator, strategy)
-    quiet_lightning()  # this may be the process's first Trainer: no GPU/TPU banners or tips (they printed twice)
-    try:
-        return L.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
-                         precision=resolved, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    except (MisconfigurationException, ValueError, RuntimeError, ImportError) as err:
-        raise ConfigError(f"train.accelerator / devices / strategy / num_nodes / precision ({accelerator} / "
-                          f"{devices} / {strategy} / {num_nodes} / {precision}): {str(err).splitlines()[0]}"
-                          ) from None
 
 
 def process_rank(t: Any) -> L.Trainer:
@@ -325,20 +285,6 @@ def stopped_reason(steps: int, max_steps: int, stop: StopRequest) -> str | None:
     return (stop.name or "stopped") if steps < max_steps else None
 
 
-def build_trainer(t: Any, out: Path, cbs: list[L.Callback]) -> L.Trainer:
-    """The Lightning trainer of a run: the recipe's accelerator, devices, strategy, nodes, precision, steps and
-    clipping; checkpoints are written by our callbacks (``RunCheckpoints``, atomic), the data is sampled by ours."""
-    return L.Trainer(
-        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
-        precision=resolve_precision(t.precision, t.accelerator, t.strategy), max_steps=t.max_steps, max_epochs=-1,
-        gradient_clip_val=t.grad_clip, accumulate_grad_batches=t.accumulate_grad_batches, callbacks=cbs,
-        logger=tensorboard_logger(out), log_every_n_steps=min(t.log_every, t.max_steps),
-        enable_progress_bar=has_bar(cbs), enable_checkpointing=False, enable_model_summary=False,
-        default_root_dir=str(out), num_sanity_val_steps=0, use_distributed_sampler=False, deterministic=False,
-        plugins=[AtomicCheckpointIO()],
-    )
-
-
 def fit(trainer: L.Trainer, module: PretrainModule, data: PretrainData, point: ResumePoint | None,
         stop: StopRequest, out: Path) -> int:
     """Train (from ``point`` when resuming); the optimiser steps done."""
@@ -379,15 +325,6 @@ def run_callbacks(out: Path, recipe: Recipe, method: Any, catalog: Catalog, stat
                                      recipe.data.knn_every)
         cbs.insert(next(i for i, c in enumerate(cbs) if isinstance(c, MetricsCSV)), knn)  # MetricsCSV writes knn_acc
     return cbs
-
-
-def tensorboard_logger(out: Path) -> Any:
-    """TensorBoard events in ``out/tensorboard`` when tensorboard is installed, else no logger."""
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return False
-    return L.pytorch.loggers.TensorBoardLogger(str(out), name="tensorboard", version="")
 
 
 class ReconstructionPreview:

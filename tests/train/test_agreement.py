@@ -87,7 +87,7 @@ def test_how_ranks_agree_follows_how_lightning_started_them(monkeypatch, devices
                                                            launch: dict, kind: type, rank: int,
                                                            chooses: bool) -> None:
     from geomed_ssl.train.agreement import agreement_for
-    from geomed_ssl.train.pretrain import probe_trainer
+    from geomed_ssl.train.trainer import probe_trainer
 
     for name in LAUNCH_ENV:
         monkeypatch.delenv(name, raising=False)

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from geomed_ssl.train.pretrain import probe_trainer
+from geomed_ssl.train.trainer import probe_trainer
 
 LIGHTNING = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning")
 

@@ -186,7 +186,7 @@ def gpu_without_cuda_init(monkeypatch) -> list[str]:
 def test_auto_precision_under_a_forking_strategy_never_initialises_cuda_in_the_parent(strategy: str,
                                                                                       monkeypatch) -> None:
     from geomed_ssl.errors import ConfigError
-    from geomed_ssl.train.pretrain import resolve_precision
+    from geomed_ssl.train.trainer import resolve_precision
 
     calls = gpu_without_cuda_init(monkeypatch)
     with pytest.raises(ConfigError, match=f"train.precision=auto with train.strategy={strategy} on GPUs"):
@@ -196,7 +196,7 @@ def test_auto_precision_under_a_forking_strategy_never_initialises_cuda_in_the_p
 
 
 def test_auto_precision_asks_the_gpu_about_bf16_only_when_nothing_forks(monkeypatch) -> None:
-    from geomed_ssl.train.pretrain import resolve_precision
+    from geomed_ssl.train.trainer import resolve_precision
 
     calls = gpu_without_cuda_init(monkeypatch)
     assert resolve_precision("auto", "gpu", "ddp") == "bf16-mixed" and calls == ["is_bf16_supported"]

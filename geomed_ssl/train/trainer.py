@@ -1,0 +1,77 @@
+"""The Lightning Trainer: precision resolved for the hardware, the launch settings tried before anything is written
+(:func:`probe_trainer`, also used by fine-tuning) and the trainer of a pretraining run (:func:`build_trainer`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+from geomed_ssl.errors import ConfigError
+from geomed_ssl.train.checkpointing import AtomicCheckpointIO
+from geomed_ssl.train.console import has_bar, quiet_lightning
+
+
+def forks(strategy: str) -> bool:
+    """``strategy`` starts its processes by forking this one (Lightning's ddp_fork / ddp_notebook and variants)."""
+    return str(strategy).startswith(("ddp_fork", "ddp_notebook"))
+
+
+def resolve_precision(precision: str, accelerator: str, strategy: str = "auto") -> str:
+    """``auto``: 32-bit on CPU (bf16 autocast is slower there), bf16-mixed on GPUs that support it, else 16-mixed.
+
+    Nothing here initialises CUDA in this process (``torch.cuda.is_available`` asks NVML under Lightning), except
+    the bf16 question, which must ask the GPU: with a forking strategy that would break the forked workers
+    ("Cannot re-initialize CUDA in forked subprocess"), so there ``auto`` on a GPU is refused in one line."""
+    if precision != "auto":
+        return precision
+    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if not on_gpu:
+        return "32-true"
+    if forks(strategy):
+        raise ConfigError(f"train.precision=auto with train.strategy={strategy} on GPUs: finding out whether they "
+                          "support bf16 would initialise CUDA before the processes fork; set train.precision="
+                          "bf16-mixed (Ampere or newer GPUs) or 16-mixed, or use train.strategy=ddp.")
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+def probe_trainer(accelerator: str, devices: Any, strategy: str, num_nodes: int, precision: str) -> L.Trainer:
+    """A Trainer built with every launch and precision setting that Lightning can refuse (an unknown strategy, an
+    accelerator that is absent, a precision whose package is missing: ``transformer-engine``, ``tpu``'s
+    torch_xla), and nothing else, so a bad value is one ``ConfigError`` before any folder is made."""
+    resolved = resolve_precision(precision, accelerator, strategy)
+    quiet_lightning()  # this may be the process's first Trainer: no GPU/TPU banners or tips (they printed twice)
+    try:
+        return L.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
+                         precision=resolved, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    except (MisconfigurationException, ValueError, RuntimeError, ImportError) as err:
+        raise ConfigError(f"train.accelerator / devices / strategy / num_nodes / precision ({accelerator} / "
+                          f"{devices} / {strategy} / {num_nodes} / {precision}): {str(err).splitlines()[0]}"
+                          ) from None
+
+
+def build_trainer(t: Any, out: Path, cbs: list[L.Callback]) -> L.Trainer:
+    """The Lightning trainer of a run: the recipe's accelerator, devices, strategy, nodes, precision, steps and
+    clipping; checkpoints are written by our callbacks (``RunCheckpoints``, atomic), the data is sampled by ours."""
+    return L.Trainer(
+        accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
+        precision=resolve_precision(t.precision, t.accelerator, t.strategy), max_steps=t.max_steps, max_epochs=-1,
+        gradient_clip_val=t.grad_clip, accumulate_grad_batches=t.accumulate_grad_batches, callbacks=cbs,
+        logger=tensorboard_logger(out), log_every_n_steps=min(t.log_every, t.max_steps),
+        enable_progress_bar=has_bar(cbs), enable_checkpointing=False, enable_model_summary=False,
+        default_root_dir=str(out), num_sanity_val_steps=0, use_distributed_sampler=False, deterministic=False,
+        plugins=[AtomicCheckpointIO()],
+    )
+
+
+def tensorboard_logger(out: Path) -> Any:
+    """TensorBoard events in ``out/tensorboard`` when tensorboard is installed, else no logger."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return L.pytorch.loggers.TensorBoardLogger(str(out), name="tensorboard", version="")

@@ -64,12 +64,16 @@ def main() -> None:
         shift = mean / std
 
         def per_image(rows: np.ndarray, view: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
-            parts = []
+            parts, order = [], []
             for f in np.unique(task.files[rows]):
                 sel = rows[task.files[rows] == f]
                 pts = np.stack(np.unravel_index(task.flats[sel], task.shapes[f]), axis=1)
                 parts.append(view(load(int(f)), pts))
-            return np.concatenate(parts)
+                order.append(sel)
+            feats = np.concatenate(parts)
+            out = np.empty_like(feats)
+            out[np.searchsorted(rows, np.concatenate(order))] = feats  # back to the order of ``rows`` (sorted)
+            return out
 
         def transformed(t: int, s: int, scale: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
             def view(img: np.ndarray, pts: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from geomed_ssl.compare import run as compare_run
+from geomed_ssl.compare.features import SegmentFeatures
 from geomed_ssl.compare.options import Budget, CompareOptions
 from geomed_ssl.compare.probes import classify, scores
 from geomed_ssl.compare.sources import load_sources, recipe_path
@@ -64,16 +65,8 @@ def main() -> None:
         shift = mean / std
 
         def per_image(rows: np.ndarray, view: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
-            parts, order = [], []
-            for f in np.unique(task.files[rows]):
-                sel = rows[task.files[rows] == f]
-                pts = np.stack(np.unravel_index(task.flats[sel], task.shapes[f]), axis=1)
-                parts.append(view(load(int(f)), pts))
-                order.append(sel)
-            feats = np.concatenate(parts)
-            out = np.empty_like(feats)
-            out[np.searchsorted(rows, np.concatenate(order))] = feats  # back to the order of ``rows`` (sorted)
-            return out
+            """Features of table ``rows`` (sorted) under ``view``, grouped per image as compare computes them."""
+            return SegmentFeatures(task, load, lambda img, pts, _: view(img, pts), needed=rows).features(rows)
 
         def transformed(t: int, s: int, scale: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
             def view(img: np.ndarray, pts: np.ndarray) -> np.ndarray:

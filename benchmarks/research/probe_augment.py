@@ -24,10 +24,17 @@ from geomed_ssl.compare.options import Budget, CompareOptions
 from geomed_ssl.compare.probes import classify, scores
 from geomed_ssl.compare.sources import load_sources, recipe_path
 from geomed_ssl.compare.task import make_split
-from geomed_ssl.models.probe import encoder_points, probe_layers, window_starts
+from geomed_ssl.models.probe import encoder_points, probe_layers
 
 VIEWS = {"plain": [(0, 0, 1.0)], "d8": [(t, 0, 1.0) for t in range(8)], "shift": [(0, s, 1.0) for s in range(4)],
          "d8shift": [(t, s, 1.0) for t in range(8) for s in (0, 3)], "scale": [(0, 0, f) for f in (1.0, 0.9, 1.1)]}
+
+
+def window_starts(points: np.ndarray, shape: tuple[int, ...], window: tuple[int, ...]) -> np.ndarray:
+    """(n, nd) start of the tiling window holding each point (windows at multiples of the window, the last one
+    moved back to end at the image's edge)."""
+    w = np.asarray(window)[None]
+    return np.minimum((points // w) * w, np.maximum(np.asarray(shape)[None] - w, 0))
 
 
 def dihedral(img: np.ndarray, pts: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:

@@ -16,14 +16,15 @@ from geomed_ssl.data.stats import BandStats
 from geomed_ssl.finetune.labels import LabelSelection, read_label
 from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix, save_confusion_png
 from geomed_ssl.inference.finetuned import data_config, load_run, model_fn
+from geomed_ssl.inference.sliding import DEFAULT_OVERLAP
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_write_text
 
 log = logging.getLogger("geomed_ssl")
 
 
-def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Sequence[str], overlap: float = 0.25,
-                      blend: str = "gaussian", recipe_data: Any = None) -> list[np.ndarray]:
+def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Sequence[str],
+                      overlap: float = DEFAULT_OVERLAP, blend: str = "gaussian", recipe_data: Any = None) -> list[np.ndarray]:
     """Class-index maps of whole images in the orientation ``read_label`` uses (rasters as stored, volumes RAS),
     computed on the device the model is on. Band names assigned by position were reported when the images were
     scanned, so they are not reported again here."""

@@ -12,6 +12,7 @@ import torch
 
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.stats import BandStats
+from geomed_ssl.inference.sliding import DEFAULT_OVERLAP
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_path
 
@@ -55,7 +56,7 @@ def load_run(ft_dir: str | Path, device: str | torch.device | None = "auto",
 
 
 
-def predict_dir(ft_dir: str | Path, inputs: Sequence[str | Path], out: str | Path, overlap: float = 0.25,
+def predict_dir(ft_dir: str | Path, inputs: Sequence[str | Path], out: str | Path, overlap: float = DEFAULT_OVERLAP,
                 blend: str = "gaussian", probabilities: bool = False, batch_size: int = 8,
                 device: str | None = "auto", strict: bool = False) -> list[str]:
     """Segmentation: class-map GeoTIFF/NIfTI per input on its own grid (values = the label values trained on).

@@ -24,7 +24,7 @@ from geomed_ssl.data.conform import report_positional_names
 from geomed_ssl.data.stats import BandStats, normalize, valid_mask, warn_far_from_stats
 from geomed_ssl.data.tiling import window_starts
 from geomed_ssl.errors import DataError
-from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, blend_weights, channel_records,
+from geomed_ssl.inference.sliding import (DEFAULT_OVERLAP, ModelFn, as_model, as_window, blend_weights, channel_records,
                                           check_request, softmax_probs, warn_if_nothing_predicted)
 from geomed_ssl.inference.writers import PROBA_SCALE, GeoTiffWriter, class_lookup, proba_path
 
@@ -83,7 +83,7 @@ class RangeSample:
 
 def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, stats: BandStats,
                    band_names: Sequence[str] | None = None, window: int | Sequence[int] = (256, 256),
-                   overlap: float = 0.25, blend: str = "gaussian", batch_size: int = 8, *, num_classes: int,
+                   overlap: float = DEFAULT_OVERLAP, blend: str = "gaussian", batch_size: int = 8, *, num_classes: int,
                    nodata: float | None = None, probabilities: bool | str = False, device: str | torch.device = "cpu",
                    data_cfg: Any = None, class_values: Sequence[int] | None = None,
                    names_by_position: str = "warn") -> dict[str, Any]:

@@ -17,6 +17,7 @@ from geomed_ssl.errors import ConfigError, DataError
 
 log = logging.getLogger("geomed_ssl")
 ModelFn = Callable[[torch.Tensor], torch.Tensor]  # (B, C, *S) float -> logits (B, K, *S)
+DEFAULT_OVERLAP = 0.25  # window overlap of predict (and of the frozen probes' features: models.probe)
 GAUSSIAN_SIGMA = 0.125  # sigma as a fraction of the window side (nnU-Net / MONAI default)
 MIN_WEIGHT = 1e-3  # blending weights are floored at this fraction of the centre weight
 

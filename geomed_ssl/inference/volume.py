@@ -13,7 +13,7 @@ import torch
 from geomed_ssl.data.conform import conform_record
 from geomed_ssl.data.stats import BandStats, normalize
 from geomed_ssl.errors import DataError
-from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, check_request, softmax_probs,
+from geomed_ssl.inference.sliding import (DEFAULT_OVERLAP, ModelFn, as_model, as_window, check_request, softmax_probs,
                                           warn_if_nothing_predicted)
 from geomed_ssl.inference.writers import PROBA_SCALE, class_lookup, proba_path, write_nifti_like
 
@@ -22,7 +22,7 @@ VOLUME_BLENDS = ("gaussian", "constant")
 
 def predict_volume(model_fn: ModelFn, path: str | Path, out_path: str | Path, stats: BandStats,
                    band_names: Sequence[str] | None = None, roi_size: int | Sequence[int] = 96, data_cfg: Any = None,
-                   overlap: float = 0.25, blend: str = "gaussian", *, num_classes: int,
+                   overlap: float = DEFAULT_OVERLAP, blend: str = "gaussian", *, num_classes: int,
                    probabilities: bool | str = False, batch_size: int = 4, device: str | torch.device = "cpu",
                    class_values: Sequence[int] | None = None, names_by_position: str = "warn") -> dict[str, Any]:
     """Predict a NIfTI volume (or a folder of ``data.channels`` files) into a label NIfTI on the input's own grid.

@@ -1,13 +1,14 @@
 """Frozen multi-layer probes: per-pixel features of a frozen encoder (the tokens of several tapped blocks,
-concatenated and interpolated at each pixel from the token grid of the window holding it, never the CLS token
-alone), the classifiers fitted on them (``linear``: logistic regression on standardised features, balanced class
-weights; ``knn``: k nearest neighbours, cosine, distance-weighted votes) and the same classifiers as a
-segmentation head (:class:`ProbeDecoder`), so a fitted probe is saved, loaded and run on whole scenes like any
-fine-tuned model. ``compare``'s frozen protocols and ``finetune segment`` with ``finetune.head=probe`` share them.
-"""
+concatenated and interpolated at each pixel from the token grids of the windows holding it, blended as
+``predict`` blends its windows; never the CLS token alone), the classifiers fitted on them (``linear``: logistic
+regression on standardised features, balanced class weights; ``knn``: k nearest neighbours, cosine,
+distance-weighted votes) and the same classifiers as a segmentation head (:class:`ProbeDecoder`), so a fitted
+probe is saved, loaded and run on whole scenes like any fine-tuned model. ``compare``'s frozen protocols and
+``finetune segment`` with ``finetune.head=probe`` share them."""
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from typing import Any, Callable, Sequence
 
@@ -16,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geomed_ssl.data import tiling
 from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import BandStats, normalize
+from geomed_ssl.inference.sliding import DEFAULT_OVERLAP, blend_weights
 from geomed_ssl.models.encoder import ViTEncoder
 
 PROBES = ("linear", "knn")
@@ -51,13 +54,6 @@ def blank(image: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
     return image if allowed is None else image * allowed[None].astype(image.dtype)
 
 
-def window_starts(points: np.ndarray, shape: Sequence[int], window: Sequence[int]) -> np.ndarray:
-    """(n, nd) start of the tiling window holding each point: windows at multiples of the window size, the last
-    one moved back to end at the image's edge (an image smaller than the window gets one window, padded)."""
-    w = np.asarray(window)[None]
-    return np.minimum((points // w) * w, np.maximum(np.asarray(shape)[None] - w, 0))
-
-
 def crop(image: np.ndarray, start: Sequence[int], window: Sequence[int]) -> np.ndarray:
     """``image[:, start:start+window]`` with zeros outside the image: (C, *window)."""
     out = np.zeros((image.shape[0], *window), np.float32)
@@ -75,29 +71,60 @@ def sample_grid(maps: torch.Tensor, rel: np.ndarray, window: Sequence[int]) -> t
     return out.reshape(maps.shape[0], -1).T
 
 
-def encoder_points(encoder: ViTEncoder, layers: list[int], batch: int = 16) -> PointFn:
+def encoder_points(encoder: ViTEncoder, layers: list[int], batch: int = 16,
+                   overlap: float = DEFAULT_OVERLAP) -> PointFn:
     """The point function of a frozen encoder: ``fn(image (C, *S), points (n, nd), allowed) -> (n, L * D)``, the
-    tapped blocks' tokens concatenated and interpolated per pixel (pixels outside ``allowed`` blanked first)."""
+    tapped blocks' tokens concatenated and interpolated per pixel (pixels outside ``allowed`` blanked first).
+
+    Each pixel's features are the Gaussian-weighted mean over the windows holding it of ``predict``'s sliding
+    windows (the encoder's window, ``overlap``, the same weights), so a probe is fitted on the features it meets
+    when ``predict`` runs it on the scene. Only windows holding a point are computed."""
     window = tuple(encoder.config.img_size)
     device = encoder.cls_token.device
+    weights = blend_weights(window, "gaussian")
 
     def fn(image: np.ndarray, points: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
         image = blank(image, allowed)
-        starts = window_starts(points, image.shape[1:], window)
-        uniq, which = np.unique(starts, axis=0, return_inverse=True)
-        which = which.reshape(-1)
-        out = np.zeros((points.shape[0], len(layers) * encoder.embed_dim), np.float32)
+        windows, which, point = point_windows(points, image.shape[1:], window, overlap)
+        bounds = np.searchsorted(which, np.arange(len(windows) + 1))
+        out = np.zeros((points.shape[0], len(layers) * encoder.embed_dim), np.float64)
+        wsum = np.zeros(points.shape[0], np.float64)
         with torch.no_grad():
-            for b0 in range(0, len(uniq), batch):
-                x = torch.from_numpy(np.stack([crop(image, s, window) for s in uniq[b0:b0 + batch]])).to(device)
+            for b0 in range(0, len(windows), batch):
+                starts = windows[b0:b0 + batch]
+                x = torch.from_numpy(np.stack([crop(image, s, window) for s in starts])).to(device)
                 feats, grid = encoder.forward_features(x, layers)  # L x (B, N, D)
                 maps = torch.cat([f.transpose(1, 2).reshape(f.shape[0], f.shape[2], *grid) for f in feats], 1)
                 for j in range(maps.shape[0]):
-                    idx = np.flatnonzero(which == b0 + j)
-                    out[idx] = sample_grid(maps[j], points[idx] - uniq[b0 + j], window).cpu().numpy()
-        return out
+                    idx = point[bounds[b0 + j]:bounds[b0 + j + 1]]
+                    rel = points[idx] - starts[j]
+                    w = weights[tuple(rel.T)].astype(np.float64)
+                    out[idx] += w[:, None] * sample_grid(maps[j], rel, window).cpu().numpy()
+                    wsum[idx] += w
+        return (out / wsum[:, None]).astype(np.float32)
 
     return fn
+
+
+def point_windows(points: np.ndarray, shape: Sequence[int], window: Sequence[int], overlap: float
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The sliding windows (``predict``'s origins) holding each point: the origins (W, nd) of the windows holding
+    any point, and (window index, point index) pairs (m,), (m,) sorted by window."""
+    starts = [np.asarray(tiling.window_starts(int(n), int(w), overlap)) for n, w in zip(shape, window)]
+    last = [np.searchsorted(s, points[:, ax], side="right") - 1 for ax, s in enumerate(starts)]  # at or before p
+    reach = [int(np.ceil(w / tiling.overlap_stride(int(w), overlap))) + 1 for w in window]  # windows per pixel
+    found_points, found_origins = [], []
+    for back in itertools.product(*[range(r) for r in reach]):
+        ks = [lt - b for lt, b in zip(last, back)]
+        ok = np.ones(points.shape[0], bool)
+        for ax, (k, s, w) in enumerate(zip(ks, starts, window)):
+            ok &= (k >= 0) & (s[np.maximum(k, 0)] + w > points[:, ax])
+        found_points.append(np.flatnonzero(ok))
+        found_origins.append(np.stack([s[k[ok]] for k, s in zip(ks, starts)], 1))
+    windows, which = np.unique(np.concatenate(found_origins), axis=0, return_inverse=True)
+    which = which.reshape(-1)
+    order = np.argsort(which, kind="stable")
+    return windows, which[order], np.concatenate(found_points)[order]
 
 
 # -- the classifiers -------------------------------------------------------------------------------------------

@@ -2,13 +2,21 @@
 start, the grid of windows over a file, and the centred window. Every command that walks a scene takes its windows
 from here: ``predict`` (overlapping windows kept inside the scene), ``embed`` / ``similar`` (a regular grid from the
 origin: the map grid of the embeddings; windows kept inside a region) and ``attention`` / whole-image
-classification (one centred window). Pure geometry on ints: no reading.
+classification (one centred window); and the weights overlapping windows are blended with (``predict``, the
+frozen probes' features). Pure geometry: no reading.
 """
 
 from __future__ import annotations
 
 import math
+from functools import reduce
 from typing import Sequence
+
+import numpy as np
+
+DEFAULT_OVERLAP = 0.25  # window overlap of predict (and of the frozen probes' features: models.probe)
+GAUSSIAN_SIGMA = 0.125  # sigma as a fraction of the window side (nnU-Net / MONAI default)
+MIN_WEIGHT = 1e-3  # blending weights are floored at this fraction of the centre weight
 
 
 def overlap_stride(window: int, overlap: float) -> int:
@@ -53,3 +61,23 @@ def centre_start(size: int, keep: int) -> int:
 def patch_floor(size: int, patch: int) -> int:
     """The largest multiple of the token ``patch`` that fits in ``size`` (0 when the patch does not fit)."""
     return (size // patch) * patch
+
+
+def blend_weights(window: Sequence[int], blend: str) -> np.ndarray:
+    """Per-pixel blending weight of one window, max 1, floored at ``MIN_WEIGHT``: float32 ``window`` shape.
+
+    gaussian: sigma = 0.125 * side per axis; linear: a tent falling to the edges; constant: ones.
+    """
+    axes = []
+    for n in window:
+        i = np.arange(n, dtype=np.float64)
+        if blend == "gaussian":
+            w = np.exp(-0.5 * ((i - (n - 1) / 2) / (GAUSSIAN_SIGMA * n)) ** 2)
+        elif blend == "linear":
+            w = np.minimum(i + 1, n - i) / math.ceil(n / 2)
+        else:
+            w = np.ones(n)
+        axes.append(w)
+    out = reduce(np.multiply.outer, axes)
+    out /= out.max()
+    return np.maximum(out, MIN_WEIGHT).astype(np.float32)

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from geomed_ssl.data.stats import BandStats
+from geomed_ssl.data.tiling import DEFAULT_OVERLAP
 from geomed_ssl.finetune.labels import LabelSelection, read_label
 from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix, save_confusion_png
 from geomed_ssl.inference.finetuned import data_config, load_run, model_fn
-from geomed_ssl.inference.sliding import DEFAULT_OVERLAP
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_write_text
 

@@ -12,7 +12,7 @@ import torch
 
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.stats import BandStats
-from geomed_ssl.inference.sliding import DEFAULT_OVERLAP
+from geomed_ssl.data.tiling import DEFAULT_OVERLAP
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_path
 

@@ -17,7 +17,8 @@ from geomed_ssl.data.kinds import check_input_kind, input_kind
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.errors import DataError
 from geomed_ssl.inference.raster import RASTER_BLENDS, predict_raster
-from geomed_ssl.inference.sliding import DEFAULT_OVERLAP, ModelFn, as_model, blend_weights, channel_records
+from geomed_ssl.data.tiling import DEFAULT_OVERLAP, blend_weights
+from geomed_ssl.inference.sliding import ModelFn, as_model, channel_records
 from geomed_ssl.inference.volume import VOLUME_BLENDS, predict_volume
 from geomed_ssl.outfiles import remove_stale_partials
 

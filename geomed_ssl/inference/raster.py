@@ -22,9 +22,9 @@ from geomed_ssl.config import DataConfig
 from geomed_ssl.data.bands import BandInfo, band_order, resolve_band_info
 from geomed_ssl.data.conform import report_positional_names
 from geomed_ssl.data.stats import BandStats, normalize, valid_mask, warn_far_from_stats
-from geomed_ssl.data.tiling import window_starts
+from geomed_ssl.data.tiling import DEFAULT_OVERLAP, blend_weights, window_starts
 from geomed_ssl.errors import DataError
-from geomed_ssl.inference.sliding import (DEFAULT_OVERLAP, ModelFn, as_model, as_window, blend_weights, channel_records,
+from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, channel_records,
                                           check_request, softmax_probs, warn_if_nothing_predicted)
 from geomed_ssl.inference.writers import PROBA_SCALE, GeoTiffWriter, class_lookup, proba_path
 

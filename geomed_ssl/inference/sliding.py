@@ -1,12 +1,10 @@
-"""Sliding-window pieces both predictors share: blending weights, request checks, the model call (the window origins
-are :func:`geomed_ssl.data.tiling.window_starts`)."""
+"""Sliding-window pieces both predictors share: request checks, the model call (the window origins and blending
+weights are :mod:`geomed_ssl.data.tiling`'s)."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-from functools import reduce
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -17,30 +15,6 @@ from geomed_ssl.errors import ConfigError, DataError
 
 log = logging.getLogger("geomed_ssl")
 ModelFn = Callable[[torch.Tensor], torch.Tensor]  # (B, C, *S) float -> logits (B, K, *S)
-DEFAULT_OVERLAP = 0.25  # window overlap of predict (and of the frozen probes' features: models.probe)
-GAUSSIAN_SIGMA = 0.125  # sigma as a fraction of the window side (nnU-Net / MONAI default)
-MIN_WEIGHT = 1e-3  # blending weights are floored at this fraction of the centre weight
-
-
-# -- geometry ---------------------------------------------------------------------------------------------------
-def blend_weights(window: Sequence[int], blend: str) -> np.ndarray:
-    """Per-pixel blending weight of one window, max 1, floored at ``MIN_WEIGHT``: float32 ``window`` shape.
-
-    gaussian: sigma = 0.125 * side per axis; linear: a tent falling to the edges; constant: ones.
-    """
-    axes = []
-    for n in window:
-        i = np.arange(n, dtype=np.float64)
-        if blend == "gaussian":
-            w = np.exp(-0.5 * ((i - (n - 1) / 2) / (GAUSSIAN_SIGMA * n)) ** 2)
-        elif blend == "linear":
-            w = np.minimum(i + 1, n - i) / math.ceil(n / 2)
-        else:
-            w = np.ones(n)
-        axes.append(w)
-    out = reduce(np.multiply.outer, axes)
-    out /= out.max()
-    return np.maximum(out, MIN_WEIGHT).astype(np.float32)
 
 
 # -- checks -----------------------------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ import torch
 
 from geomed_ssl.data.conform import conform_record
 from geomed_ssl.data.stats import BandStats, normalize
+from geomed_ssl.data.tiling import DEFAULT_OVERLAP
 from geomed_ssl.errors import DataError
-from geomed_ssl.inference.sliding import (DEFAULT_OVERLAP, ModelFn, as_model, as_window, check_request, softmax_probs,
+from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, check_request, softmax_probs,
                                           warn_if_nothing_predicted)
 from geomed_ssl.inference.writers import PROBA_SCALE, class_lookup, proba_path, write_nifti_like
 

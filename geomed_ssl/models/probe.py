@@ -20,7 +20,7 @@ from torch import nn
 from geomed_ssl.data import tiling
 from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import BandStats, normalize
-from geomed_ssl.inference.sliding import DEFAULT_OVERLAP, blend_weights
+from geomed_ssl.data.tiling import DEFAULT_OVERLAP, blend_weights
 from geomed_ssl.models.encoder import ViTEncoder
 
 PROBES = ("linear", "knn")
@@ -78,7 +78,8 @@ def encoder_points(encoder: ViTEncoder, layers: list[int], batch: int = 16,
 
     Each pixel's features are the Gaussian-weighted mean over the windows holding it of ``predict``'s sliding
     windows (the encoder's window, ``overlap``, the same weights), so a probe is fitted on the features it meets
-    when ``predict`` runs it on the scene. Only windows holding a point are computed."""
+    when ``predict`` runs it on the scene (volumes: MONAI's sliding window places its own windows, with the same
+    overlap and Gaussian). Only windows holding a point are computed."""
     window = tuple(encoder.config.img_size)
     device = encoder.cls_token.device
     weights = blend_weights(window, "gaussian")

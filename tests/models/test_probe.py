@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from geomed_ssl.data.stats import BandStats
-from geomed_ssl.data.tiling import window_starts
+from geomed_ssl.data.tiling import DEFAULT_OVERLAP, blend_weights, window_starts
 from geomed_ssl.inference.predict import predict_raster
-from geomed_ssl.inference.sliding import DEFAULT_OVERLAP, blend_weights
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 from geomed_ssl.models.probe import encoder_points, fit_probe, predict_probe, probe_layers
 from geomed_ssl.models.seg_decoder import SegmentationModel

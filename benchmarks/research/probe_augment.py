@@ -8,33 +8,24 @@ quarter turns; ``shift``: 4 offsets of the window tiling; ``scale``: the raw spe
 training rows with the same label; test pixels keep the plain view. ``central``: every pixel (training and test)
 takes its features from the one of 4 half-window tilings it sits most centrally in. RUN_DIR and ``none`` (its
 architecture at random initialisation) are scored alike; one JSON line per (encoder, seed, variant).
+The results in docs/label_efficiency.md were measured on the probes' tiled features of before 2026-12-02
+(``probe_windows.py``'s ``tiles``); the script now reads the features ``predict`` blends, as ``compare`` does.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Callable
 
 import numpy as np
 
-from geomed_ssl.compare import run as compare_run
 from geomed_ssl.compare.features import SegmentFeatures
-from geomed_ssl.compare.options import Budget, CompareOptions
 from geomed_ssl.compare.probes import classify, scores
-from geomed_ssl.compare.sources import load_sources, recipe_path
-from geomed_ssl.compare.task import make_split
 from geomed_ssl.models.probe import encoder_points, probe_layers
+from probe_common import probe_args, probe_task, tile_starts  # beside this script
 
 VIEWS = {"plain": [(0, 0, 1.0)], "d8": [(t, 0, 1.0) for t in range(8)], "shift": [(0, s, 1.0) for s in range(4)],
          "d8shift": [(t, s, 1.0) for t in range(8) for s in (0, 3)], "scale": [(0, 0, f) for f in (1.0, 0.9, 1.1)]}
-
-
-def window_starts(points: np.ndarray, shape: tuple[int, ...], window: tuple[int, ...]) -> np.ndarray:
-    """(n, nd) start of the tiling window holding each point (windows at multiples of the window, the last one
-    moved back to end at the image's edge)."""
-    w = np.asarray(window)[None]
-    return np.minimum((points // w) * w, np.maximum(np.asarray(shape)[None] - w, 0))
 
 
 def dihedral(img: np.ndarray, pts: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
@@ -50,22 +41,10 @@ def dihedral(img: np.ndarray, pts: np.ndarray, t: int) -> tuple[np.ndarray, np.n
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("run_dir")
-    ap.add_argument("--images", required=True)
-    ap.add_argument("--labels", required=True)
-    ap.add_argument("--seeds", default="10,11")
-    ap.add_argument("--k", type=int, default=5)
-    ap.add_argument("--variants", default="plain,d8,shift,d8shift,scale,central")
-    args = ap.parse_args()
+    args = probe_args("plain,d8,shift,d8shift,scale,central")
     variants = args.variants.split(",")
-    opts = CompareOptions(encoders=[args.run_dir, "none"], budgets=[Budget(per_class=args.k)],
-                          seeds=[int(s) for s in args.seeds.split(",")], split="random", protocols=["linear"],
-                          baselines=[])
-    recipe, task = compare_run._load_task(opts, recipe_path(opts, None), None, args.images, args.labels, None, False)
-    splits = [make_split(task, recipe, b, s, "random") for b in opts.budgets for s in opts.seeds]
-    for src in load_sources(opts, recipe, task):
-        load = compare_run._images(task, src.records, src.stats, recipe, tuple(src.encoder.config.patch_size))
+    recipe, task, splits, sources = probe_task(args)
+    for src, load in sources:
         fn = encoder_points(src.encoder, probe_layers(src.encoder.config.depth, recipe.finetune.layers))
         win = src.encoder.config.img_size[0]
         mean, std = (np.asarray(v, np.float32)[:, None, None] for v in (src.stats.mean, src.stats.std))
@@ -90,7 +69,7 @@ def main() -> None:
             for oy in (0, win // 2):
                 for ox in (0, win // 2):
                     padded, p = np.pad(img, ((0, 0), (oy, 0), (ox, 0))), pts + np.array([oy, ox])
-                    rel = p - window_starts(p, padded.shape[1:], (win, win))
+                    rel = p - tile_starts(p, padded.shape[1:], (win, win))
                     m = np.minimum(rel, win - 1 - rel).min(1)
                     feats = fn(padded.astype(np.float32), p, None)
                     if best is None:

@@ -20,20 +20,16 @@ One JSON line per (encoder, seed, variant, probe) with the OA.
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Callable
 
 import numpy as np
 import torch
 
-from geomed_ssl.compare import run as compare_run
 from geomed_ssl.compare.features import SegmentFeatures
-from geomed_ssl.compare.options import Budget, CompareOptions
 from geomed_ssl.compare.probes import classify, scores
-from geomed_ssl.compare.sources import load_sources, recipe_path
-from geomed_ssl.compare.task import make_split
 from geomed_ssl.models.probe import crop, encoder_points, probe_layers, sample_grid
+from probe_common import probe_args, probe_task, tile_starts  # beside this script
 
 PointFn = Callable[[np.ndarray, np.ndarray, "np.ndarray | None"], np.ndarray]
 
@@ -62,8 +58,7 @@ def single_window_points(encoder, layers: list[int], starts_of: Callable[[np.nda
 
 def tiles(encoder, layers: list[int]) -> PointFn:
     w = tuple(encoder.config.img_size)
-    return single_window_points(encoder, layers, lambda p, shape: np.minimum(
-        (p // np.asarray(w)) * np.asarray(w), np.maximum(np.asarray(shape) - np.asarray(w), 0)), w)
+    return single_window_points(encoder, layers, lambda p, shape: tile_starts(p, shape, w), w)
 
 
 def central(encoder, layers: list[int], t: int) -> PointFn:
@@ -94,24 +89,12 @@ def propagate(z: np.ndarray, train: np.ndarray, y_train: np.ndarray, num_classes
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("run_dir")
-    ap.add_argument("--images", required=True)
-    ap.add_argument("--labels", required=True)
-    ap.add_argument("--seeds", default="10,11")
-    ap.add_argument("--k", type=int, default=5)
-    ap.add_argument("--variants", default="tiles,blend0.25,blend0.5,blend0.75,central32,central64,tiles>blend0.25,"
-                                          "blend0.75>blend0.25,lp,lp:tiles,lpall")
-    args = ap.parse_args()
-    opts = CompareOptions(encoders=[args.run_dir, "none"], budgets=[Budget(per_class=args.k)],
-                          seeds=[int(s) for s in args.seeds.split(",")], split="random", protocols=["linear"],
-                          baselines=[])
-    recipe, task = compare_run._load_task(opts, recipe_path(opts, None), None, args.images, args.labels, None, False)
-    splits = [make_split(task, recipe, b, s, "random") for b in opts.budgets for s in opts.seeds]
+    args = probe_args("tiles,blend0.25,blend0.5,blend0.75,central32,central64,tiles>blend0.25,blend0.75>blend0.25,lp,"
+                      "lp:tiles,lpall")
+    recipe, task, splits, sources = probe_task(args)
     k = len(task.class_names)
     rows = np.arange(task.values.size)
-    for src in load_sources(opts, recipe, task):
-        load = compare_run._images(task, src.records, src.stats, recipe, tuple(src.encoder.config.patch_size))
+    for src, load in sources:
         layers = probe_layers(src.encoder.config.depth, recipe.finetune.layers)
         cache: dict[str, np.ndarray] = {}
 
@@ -139,14 +122,14 @@ def main() -> None:
             y_train, y_test = task.values[split.train], task.values[split.test]
             for v in args.variants.split(","):
                 if v.startswith("lp"):
-                    if v == "lpall":
-                        x, train, test = whole_image(), task.flats[split.train], task.flats[split.test]
-                    else:
-                        x, train, test = feats(v[3:] or "blend0.25"), split.train, split.test
+                    if v == "lpall":  # graph nodes: every pixel (flat index)
+                        x, train_nodes, test_nodes = whole_image(), task.flats[split.train], task.flats[split.test]
+                    else:  # graph nodes: the task's rows
+                        x, train_nodes, test_nodes = feats(v[3:] or "blend0.25"), split.train, split.test
                     z = (x - x.mean(0)) / (x.std(0) + 1e-6)
                     values = np.unique(task.values)
-                    f = propagate(z, train, np.searchsorted(values, y_train), len(values))
-                    results = {"propagation": values[f[test].argmax(1)]}
+                    f = propagate(z, train_nodes, np.searchsorted(values, y_train), len(values))
+                    results = {"propagation": values[f[test_nodes].argmax(1)]}
                 else:
                     fit, test = (v.split(">") + [v])[:2]
                     results = {p: classify(p, feats(fit)[split.train], y_train, feats(test)[split.test], split.seed)

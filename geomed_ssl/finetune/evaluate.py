@@ -24,7 +24,8 @@ log = logging.getLogger("geomed_ssl")
 
 
 def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Sequence[str],
-                      overlap: float = DEFAULT_OVERLAP, blend: str = "gaussian", recipe_data: Any = None) -> list[np.ndarray]:
+                      overlap: float = DEFAULT_OVERLAP, blend: str = "gaussian",
+                      recipe_data: Any = None) -> list[np.ndarray]:
     """Class-index maps of whole images in the orientation ``read_label`` uses (rasters as stored, volumes RAS),
     computed on the device the model is on. Band names assigned by position were reported when the images were
     scanned, so they are not reported again here."""

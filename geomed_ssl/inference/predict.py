@@ -15,9 +15,9 @@ import torch
 from geomed_ssl.data.catalog import glob_match
 from geomed_ssl.data.kinds import check_input_kind, input_kind
 from geomed_ssl.data.stats import BandStats
+from geomed_ssl.data.tiling import DEFAULT_OVERLAP, blend_weights
 from geomed_ssl.errors import DataError
 from geomed_ssl.inference.raster import RASTER_BLENDS, predict_raster
-from geomed_ssl.data.tiling import DEFAULT_OVERLAP, blend_weights
 from geomed_ssl.inference.sliding import ModelFn, as_model, channel_records
 from geomed_ssl.inference.volume import VOLUME_BLENDS, predict_volume
 from geomed_ssl.outfiles import remove_stale_partials

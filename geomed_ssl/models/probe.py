@@ -17,10 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geomed_ssl.data import tiling
 from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import BandStats, normalize
-from geomed_ssl.data.tiling import DEFAULT_OVERLAP, blend_weights
+from geomed_ssl.data.tiling import DEFAULT_OVERLAP, blend_weights, overlap_stride, window_starts
 from geomed_ssl.models.encoder import ViTEncoder
 
 PROBES = ("linear", "knn")
@@ -111,9 +110,9 @@ def point_windows(points: np.ndarray, shape: Sequence[int], window: Sequence[int
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The sliding windows (``predict``'s origins) holding each point: the origins (W, nd) of the windows holding
     any point, and (window index, point index) pairs (m,), (m,) sorted by window."""
-    starts = [np.asarray(tiling.window_starts(int(n), int(w), overlap)) for n, w in zip(shape, window)]
+    starts = [np.asarray(window_starts(int(n), int(w), overlap)) for n, w in zip(shape, window)]
     last = [np.searchsorted(s, points[:, ax], side="right") - 1 for ax, s in enumerate(starts)]  # at or before p
-    reach = [int(np.ceil(w / tiling.overlap_stride(int(w), overlap))) + 1 for w in window]  # windows per pixel
+    reach = [int(np.ceil(w / overlap_stride(int(w), overlap))) + 1 for w in window]  # windows per pixel
     found_points, found_origins = [], []
     for back in itertools.product(*[range(r) for r in reach]):
         ks = [lt - b for lt, b in zip(last, back)]

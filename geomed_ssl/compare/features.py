@@ -3,8 +3,9 @@
 Segmentation: per labelled pixel / voxel. An encoder's features are multi-layer patch features: the tokens of
 several tapped blocks, concatenated and interpolated (bilinear / trilinear) at each pixel from the token grids of
 the windows holding it, never the CLS token alone. The windows are ``predict``'s (overlapping, Gaussian-weighted:
-``geomed_ssl.models.probe.encoder_points``) and only windows holding labelled pixels are run. Classification: per image, the mean and the standard deviation over the image of each
-tapped block's tokens, concatenated (the spread matters: band means and stds alone are a strong baseline).
+``geomed_ssl.models.probe.encoder_points``) and only windows holding labelled pixels are run. Classification: per
+image, the mean and the standard deviation over the image of each tapped block's tokens, concatenated (the spread
+matters: band means and stds alone are a strong baseline).
 
 For the ``blocks`` split the features of training pixels are computed from the image with its test blocks blanked
 (``allowed`` False set to 0, the normalised mean), so no training window sees a test-block pixel.

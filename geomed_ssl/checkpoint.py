@@ -204,7 +204,9 @@ def check_model_meta(meta: dict[str, Any], source: str) -> None:
         check_value(head.get("feature_size"), int, Spec(bounds=parse_bounds(f"[1, {_MAX_FEATURE_SIZE}]")),
                     "head.feature_size", source)
         if head.get("kind") == "probe":
-            check_value(head.get("probe"), str, Spec(choices=("linear", "knn")), "head.probe", source)
+            from geomed_ssl.models.probe import PROBES
+
+            check_value(head.get("probe"), str, Spec(choices=PROBES), "head.probe", source)
             check_value(head.get("memory", 0), int, Spec(bounds=parse_bounds(">= 0")), "head.memory", source)
     else:
         check_value(head.get("pool"), str, Spec(), "head.pool", source)

@@ -113,8 +113,9 @@ def compare(
     seeds: str = typer.Option("0,1,2", "--seeds", help="Sampling seeds, e.g. 0,1,2."),
     split: str = typer.Option("random", "--split", help="random, or blocks (training and test in separate "
                               "blocks; training features never see test blocks)."),
-    protocol: str = typer.Option("linear,finetune", "--protocol", help="Any of linear, knn (frozen multi-layer "
-                                 "features) and finetune; none is always also fine-tuned."),
+    protocol: str = typer.Option("linear,finetune", "--protocol", help="Any of linear, knn, propagate (frozen "
+                                 "multi-layer features; propagate spreads the labels over a graph of the images' "
+                                 "pixels) and finetune; none is always also fine-tuned."),
     baselines: Optional[str] = typer.Option(None, "--baselines", help="Any of rf, random_conv, band_stats "
                                             "(default: those that apply to the task)."),
     no_baselines: bool = typer.Option(False, "--no-baselines", help="Run no baseline."),

@@ -40,7 +40,7 @@ DEMO_RECIPE = {
               "seed": 0},
     # random init is also fine-tuned (a frozen random encoder is too easy to beat), as the recipe fine-tunes
     "finetune": {"task": "segment", "head": "linear", "max_steps": 150, "warmup_steps": 15, "batch_size": 16,
-                 "base_lr": 1e-3, "loss": "ce", "probe": "linear"},
+                 "base_lr": 1e-3, "loss": "ce", "probe": "propagate"},
     "labels": {"per_class": 5, "ignore_value": 0, "split": "random", "seed": 0},
 }
 
@@ -54,9 +54,9 @@ def run_demo(out: Path = Path("geomed-ssl-demo"), steps: int = DEMO_RECIPE["trai
              finetune_steps: int = DEMO_RECIPE["finetune"]["max_steps"],
              labels_per_class: tuple[int, ...] = DEMO_BUDGETS, seeds: tuple[int, ...] = DEMO_SEEDS) -> Path:
     """Pretrain the dense hyperspectral configuration on Indian Pines, then ``compare`` it with the same network
-    from random initialisation and the random forest on the same labelled and test pixels (frozen linear and k-NN
-    probes for both encoders, random init also fine-tuned; each budget and seed), print the table and which wins,
-    and write the curve and the pretrained encoder's predicted map (its frozen linear probe)."""
+    from random initialisation and the random forest on the same labelled and test pixels (frozen linear, k-NN and
+    propagate probes for both encoders, random init also fine-tuned; each budget and seed), print the table and
+    which wins, and write the curve and the pretrained encoder's predicted map (its propagate probe)."""
     from geomed_ssl.compare.options import Budget, CompareOptions
     from geomed_ssl.compare.run import run_compare
     from geomed_ssl.finetune.segment import finetune_segment
@@ -83,9 +83,9 @@ def run_demo(out: Path = Path("geomed-ssl-demo"), steps: int = DEMO_RECIPE["trai
              ", ".join(map(str, budgets)))
     encoder = str(result.run_dir)
     options = CompareOptions([encoder, "none"], [Budget(per_class=k) for k in budgets], list(seeds), "random",
-                             ["linear", "knn"], ["rf"])
+                             ["linear", "knn", "propagate"], ["rf"])
     cmp = run_compare(options, out=out / "compare", images=SAMPLE_DIR, labels=LABELS, progress=False)
-    probe_dir = out / "probe"  # the frozen linear probe on the largest budget, saved as a model predict runs
+    probe_dir = out / "probe"  # the frozen propagate probe on the largest budget, saved as a model predict runs
     probe = dataclasses.replace(recipe, finetune=dataclasses.replace(recipe.finetune, head="probe"),
                                 labels=dataclasses.replace(recipe.labels, per_class=budgets[-1], seed=seeds[0]))
     finetune_segment(probe, encoder, SAMPLE_DIR, LABELS, probe_dir, progress=False)
@@ -94,8 +94,8 @@ def run_demo(out: Path = Path("geomed-ssl-demo"), steps: int = DEMO_RECIPE["trai
     record_entries(png.parent, [png.name])
     minutes = (time.time() - start) / 60
     print(f"\nDemo done in {minutes:.1f} min: {result.steps} pretraining steps; each encoder probed frozen (linear, "
-          f"k-NN), random init also fine-tuned ({finetune_steps} steps), with {', '.join(map(str, budgets))} "
-          f"labelled pixels per class (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}), tested on "
+          f"k-NN, propagate), random init also fine-tuned ({finetune_steps} steps), with "
+          f"{', '.join(map(str, budgets))} labelled pixels per class (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}), tested on "
           "every other labelled pixel.")
     print(f"{cmp.metric.upper()}, mean ± std over seeds (* best protocol; pretrained = {encoder}):")
     print(demo_table(cmp.rows, cmp.metric, encoder))
@@ -103,7 +103,7 @@ def run_demo(out: Path = Path("geomed-ssl-demo"), steps: int = DEMO_RECIPE["trai
     print(f"  curve:       {cmp.out_dir / 'curve.png'}   (results.csv, summary.md beside it)")
     print(f"  encoder:     {result.encoder_dir}   (from geomed_ssl import load_encoder)")
     print(f"  probe:       {probe_dir}  (metrics.json, confusion.png, model/)")
-    print(f"  prediction:  {lines[0].split(' -> ')[-1]}  and  {png}  (the pretrained encoder's frozen linear probe, "
+    print(f"  prediction:  {lines[0].split(' -> ')[-1]}  and  {png}  (the pretrained encoder's frozen propagate probe, "
           f"{budgets[-1]} labels per class)")
     return out
 

@@ -23,13 +23,13 @@ def test_demo_compares_pretrained_random_init_and_forest_on_bundled_sample(tmp_p
     out = tmp_path / "demo"
     result = runner.invoke(app, ["demo", "--out", str(out), "--steps", "2", "--finetune-steps", "2"])
     assert result.exit_code == 0, result.output
-    for name in ("| pretrained | linear", "| pretrained | knn", "| random init | finetune",
+    for name in ("| pretrained | linear", "| pretrained | knn", "| pretrained | propagate", "| random init | finetune",
                  "| random forest | forest", "Winner:"):
         assert name in result.output
     with (out / "compare" / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
-    # 2 budgets x 1 seed x (pretrained linear + knn, none linear + knn + finetune, rf)
-    assert len(rows) == 12 and {r["labels_per_class"] for r in rows} == {"2", "5"}
+    # 2 budgets x 1 seed x (pretrained linear + knn + propagate, none linear + knn + propagate + finetune, rf)
+    assert len(rows) == 16 and {r["labels_per_class"] for r in rows} == {"2", "5"}
     assert (out / "compare" / "curve.png").stat().st_size > 0
     assert (out / "prediction" / "indian_pines_pred.tif").is_file()
     assert (out / "prediction" / "indian_pines_pred.png").is_file()
@@ -52,7 +52,7 @@ def test_demo_pretrains_the_shipped_hyperspectral_recipe_configuration() -> None
         assert getattr(demo.data, key) == getattr(shipped.data, key)
     for key in ("batch_size", "base_lr", "weight_decay", "betas", "grad_clip"):
         assert getattr(demo.train, key) == getattr(shipped.train, key)
-    for key in ("head", "max_steps", "batch_size", "base_lr", "loss"):
+    for key in ("head", "probe", "max_steps", "batch_size", "base_lr", "loss"):
         assert getattr(demo.finetune, key) == getattr(shipped.finetune, key)
 
 

@@ -14,7 +14,8 @@ Variants (training and test features alike unless ``A>B``: fitted on A, tested o
 - ``lp`` (``lp:VARIANT``): label propagation on the ``blend0.25`` (VARIANT's) features: a symmetric
   10-nearest-neighbour cosine graph over all labelled pixels (test pixels unlabelled: transductive), 50 iterations of
   F = 0.99 S F + 0.01 Y. The graph knows which pixels are annotated (the reference mask): an optimistic number;
-- ``lpall``: the same over every pixel of the image (annotated or not; single-image tasks), what a user would get.
+- ``lpall``: the same over every pixel of the image (annotated or not; single-image tasks), what a user would get
+  (``compare --protocol propagate`` now ships it, with a k-NN step for ``predict``: ``propagate_variants.py``).
 One JSON line per (encoder, seed, variant, probe) with the OA.
 """
 
@@ -29,6 +30,7 @@ import torch
 from geomed_ssl.compare.features import SegmentFeatures
 from geomed_ssl.compare.probes import classify, scores
 from geomed_ssl.models.probe import crop, encoder_points, probe_layers, sample_grid
+from geomed_ssl.models.propagate import propagate_labels
 from probe_common import probe_args, probe_task, tile_starts  # beside this script
 
 PointFn = Callable[[np.ndarray, np.ndarray, "np.ndarray | None"], np.ndarray]
@@ -64,28 +66,6 @@ def tiles(encoder, layers: list[int]) -> PointFn:
 def central(encoder, layers: list[int], t: int) -> PointFn:
     s, q = t // 2, t // 4  # windows start at -q + i * s (in the unpadded image); central half [i * s, i * s + s)
     return single_window_points(encoder, layers, lambda p, shape: (p - t) // s * s - q + t, (t, t), pad=t)
-
-
-def propagate(z: np.ndarray, train: np.ndarray, y_train: np.ndarray, num_classes: int, k: int = 10,
-              alpha: float = 0.99, iters: int = 50) -> np.ndarray:
-    """Class scores (n, K) of every row after label propagation from the ``train`` rows (Zhou et al. 2004)."""
-    import scipy.sparse as sp
-    from sklearn.neighbors import NearestNeighbors
-
-    d, idx = NearestNeighbors(n_neighbors=k + 1, metric="cosine").fit(z).kneighbors(z)
-    n = z.shape[0]
-    w = np.exp(-d[:, 1:].ravel() / max(float(np.median(d[:, 1:])), 1e-9))
-    graph = sp.csr_matrix((w, (np.repeat(np.arange(n), k), idx[:, 1:].ravel())), shape=(n, n))
-    graph = graph + graph.T
-    dinv = sp.diags(1 / np.sqrt(np.asarray(graph.sum(1)).ravel() + 1e-12))
-    s = dinv @ graph @ dinv
-    y = np.zeros((n, num_classes))
-    y[train, y_train] = 1
-    y /= np.maximum(y.sum(0, keepdims=True), 1)  # each class's labels weigh alike
-    f = y.copy()
-    for _ in range(iters):
-        f = alpha * (s @ f) + (1 - alpha) * y
-    return f
 
 
 def main() -> None:
@@ -128,7 +108,7 @@ def main() -> None:
                         x, train_nodes, test_nodes = feats(v[3:] or "blend0.25"), split.train, split.test
                     z = (x - x.mean(0)) / (x.std(0) + 1e-6)
                     values = np.unique(task.values)
-                    f = propagate(z, train_nodes, np.searchsorted(values, y_train), len(values))
+                    f = propagate_labels(z, train_nodes, np.searchsorted(values, y_train), len(values))
                     results = {"propagation": values[f[test_nodes].argmax(1)]}
                 else:
                     fit, test = (v.split(">") + [v])[:2]

@@ -8,7 +8,8 @@ image, the mean and the standard deviation over the image of each tapped block's
 matters: band means and stds alone are a strong baseline).
 
 For the ``blocks`` split the features of training pixels are computed from the image with its test blocks blanked
-(``allowed`` False set to 0, the normalised mean), so no training window sees a test-block pixel.
+(``allowed`` False set to 0, the normalised mean), so no training window sees a test-block pixel; so are the
+``propagate`` protocol's unlabelled nodes, drawn inside the training blocks only.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from geomed_ssl.compare.task import Task
 from geomed_ssl.models.encoder import ViTEncoder
 from geomed_ssl.models.probe import PointFn, encoder_points
+from geomed_ssl.models.propagate import sample_nodes
 
 
 class SegmentFeatures:
@@ -34,6 +36,7 @@ class SegmentFeatures:
         self.task, self.load, self.point_fn = task, load, point_fn
         self.needed = np.arange(task.values.size) if needed is None else np.asarray(needed)
         self._all: np.ndarray | None = None
+        self._nodes: np.ndarray | None = None
 
     def _compute(self, rows: np.ndarray, allowed: list[np.ndarray] | None) -> np.ndarray:
         task, parts, order = self.task, [], []
@@ -55,6 +58,20 @@ class SegmentFeatures:
             self._all = self._compute(self.needed, None)
         return self._all[np.searchsorted(self.needed, rows)]
 
+    def nodes(self, max_nodes: int, seed: int, allowed: list[np.ndarray] | None = None) -> np.ndarray:
+        """(m, F) features of the ``propagate`` protocol's unlabelled nodes: every pixel of the images (inside
+        ``allowed``, from the view it leaves), or a random sample of ``max_nodes`` (the same for every split
+        without ``allowed``; computed once then)."""
+        if allowed is None and self._nodes is not None:
+            return self._nodes
+        picks = sample_nodes(self.task.shapes, max_nodes, seed, allowed)
+        parts = [self.point_fn(self.load(f), np.stack(np.unravel_index(p, self.task.shapes[f]), axis=1),
+                               None if allowed is None else allowed[f]) for f, p in enumerate(picks) if p.size]
+        out = np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, 0), np.float32)
+        if allowed is None:
+            self._nodes = out
+        return out
+
 
 class ImageFeatures:
     """Per-image features of a classification task: ``image_fn(i) -> (F,)``, all computed once."""
@@ -67,6 +84,12 @@ class ImageFeatures:
         if self._all is None:
             self._all = np.stack([self.image_fn(i) for i in range(len(self.task.records))]).astype(np.float32)
         return self._all[rows]
+
+    def nodes(self, max_nodes: int, seed: int, allowed: Any = None) -> np.ndarray:
+        """(m, F) features of the ``propagate`` protocol's unlabelled nodes: every image of the task (test images
+        included, never their labels), or a random sample of ``max_nodes``."""
+        rows = sample_nodes([(len(self.task.records),)], max_nodes, seed)[0]
+        return self.features(rows)
 
 
 # -- encoders ---------------------------------------------------------------------------------------------------
@@ -118,9 +141,10 @@ def check_feature_memory(rows: int, dims: int, name: str, unit: str) -> None:
     if need > total / 2:
         from geomed_ssl.errors import DataError
 
-        raise DataError(f"the frozen features of {name} for {rows} labelled {unit}s x {dims} dims need "
-                        f"{need / 2**30:.1f} GiB, over half of this machine's {total / 2**30:.0f} GiB; test on a "
-                        "subsample with --set labels.test_fraction=0.1 (or smaller), or use --protocol finetune.")
+        raise DataError(f"the frozen features of {name} for {rows} {unit}s (the labelled ones and propagate's "
+                        f"nodes) x {dims} dims need {need / 2**30:.1f} GiB, over half of this machine's "
+                        f"{total / 2**30:.0f} GiB; test on a subsample with --set labels.test_fraction=0.1 (or "
+                        "smaller), lower finetune.probe_nodes for propagate, or use --protocol finetune.")
 
 
 def slab_rows(shape: Sequence[int], channels: int, budget: float = 2e7) -> int:

@@ -10,7 +10,7 @@ from typing import Sequence
 
 from geomed_ssl.errors import ConfigError
 
-PROTOCOLS = ("linear", "knn", "finetune")
+PROTOCOLS = ("linear", "knn", "propagate", "finetune")
 BASELINES = ("rf", "random_conv", "band_stats")
 SEGMENT_BASELINES = ("rf", "random_conv")  # band_stats describes whole images: classification only
 DEFAULT_PER_CLASS = "1,2,5,10,20"

@@ -138,6 +138,8 @@ def check_memory(jobs: list[Job], splits: list[Split], task: Task, sources: dict
     if task.kind != "segment":
         return
     rows = needed_rows(splits).size
+    if any(j.protocol == "propagate" for j in jobs):
+        rows += min(recipe.finetune.probe_nodes, sum(int(np.prod(s)) for s in task.shapes))
     for name in dict.fromkeys(j.source for j in jobs if j.protocol != "finetune"):
         check_feature_memory(rows, feature_dims(name, sources, recipe, len(task.catalog.band_names)), name,
                              task.unit)
@@ -155,11 +157,14 @@ def features_for(name: str, task: Task, sources: dict[str, EncoderSource], recip
     return baseline_features(name, task, load, len(base_stats.band_names), needed)
 
 
-def frozen_scores(feats: Any, task: Task, split: Split, protocol: str) -> dict[str, float | None]:
-    """Train the protocol's classifier on the split's training rows, score it on its test rows."""
+def frozen_scores(feats: Any, task: Task, split: Split, protocol: str, recipe: Recipe) -> dict[str, float | None]:
+    """Train the protocol's classifier on the split's training rows (``propagate``: and the unlabelled nodes),
+    score it on its test rows."""
     x_train = feats.features(split.train, split.allowed)
     x_test = feats.features(split.test)
-    pred = classify(protocol, x_train, task.values[split.train], x_test, split.seed)
+    x_nodes = (feats.nodes(recipe.finetune.probe_nodes, recipe.labels.seed, split.allowed)
+               if protocol == "propagate" else None)
+    pred = classify(protocol, x_train, task.values[split.train], x_test, split.seed, x_nodes)
     return scores(task.values[split.test], pred, len(task.class_names), task.kind == "segment")
 
 
@@ -241,7 +246,7 @@ def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str,
                 feats[job.source].features(split.test[:1])
                 log.info("features of %s: %.1f s", job.source, time.perf_counter() - t0)
                 start = time.perf_counter()
-            result = frozen_scores(feats[job.source], task, split, job.protocol)
+            result = frozen_scores(feats[job.source], task, split, job.protocol, recipe)
         seconds = time.perf_counter() - start
         results.add(make_row(job.source, split.budget.cells, split.seed, job.protocol, result, seconds))
         bar.update(1)

@@ -1,7 +1,8 @@
-"""``finetune segment`` with ``finetune.head=probe``: the encoder stays frozen and a linear or k-NN classifier is
-fitted on its multi-layer per-pixel features (the ``linear`` / ``knn`` protocol of ``compare``, the same code:
-``geomed_ssl.models.probe``) at the training pixels, then saved as the model's head so ``evaluate`` and
-``predict`` run it on whole scenes like any fine-tuned model."""
+"""``finetune segment`` with ``finetune.head=probe``: the encoder stays frozen and a linear, k-NN or propagated
+k-NN classifier is fitted on its multi-layer per-pixel features (the ``linear`` / ``knn`` / ``propagate`` protocol of
+``compare``, the same code: ``geomed_ssl.models.probe``) at the training pixels (``propagate``: and at a sample of
+the images' other pixels, unlabelled), then saved as the model's head so ``evaluate`` and ``predict`` run it on
+whole scenes like any fine-tuned model."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from geomed_ssl.data.stats import BandStats
 from geomed_ssl.finetune.sampling import LabelSelection
 from geomed_ssl.models.encoder import ViTEncoder
 from geomed_ssl.models.probe import encoder_points, fit_probe, probe_layers, read_image
+from geomed_ssl.models.propagate import sample_nodes
 from geomed_ssl.models.seg_decoder import SegmentationModel
 
 log = logging.getLogger("geomed_ssl")
@@ -29,21 +31,30 @@ def fit_probe_model(enc: ViTEncoder, recipe: Recipe, records: list[Any], selecti
     enc.eval()
     points_fn = encoder_points(enc, layers)
     nd = enc.config.spatial_dims
-    feats, values = [], []
+    nodes = (sample_nodes(selection.shapes, f.probe_nodes, recipe.labels.seed, allowed)
+             if f.probe == "propagate" else [np.zeros(0, np.int64)] * len(records))
+    feats, values, node_feats = [], [], []
     for i, record in enumerate(records):
         sel = selection.train_file == i
-        if not sel.any():
+        if not sel.any() and not nodes[i].size:
             continue
         image = read_image(record, stats, recipe.data, nd)  # (C, *S) normalised
+        view = None if allowed is None else allowed[i]
         points = np.stack(np.unravel_index(selection.train_index[sel], image.shape[1:]), axis=1)  # (n, nd)
-        feats.append(points_fn(image, points, None if allowed is None else allowed[i]))
+        feats.append(points_fn(image, points, view))
         values.append(selection.train_value[sel])
+        if nodes[i].size:
+            node_feats.append(points_fn(image, np.stack(np.unravel_index(nodes[i], image.shape[1:]), axis=1), view))
     x = np.concatenate(feats)  # (Ntr, L * D)
     y = selection.class_map.encode(np.concatenate(values))
     k = len(selection.classes)
-    state = fit_probe(f.probe, x, y, k)
-    model = SegmentationModel(enc, k, layers, head="probe", probe=f.probe, memory=len(y) if f.probe == "knn" else 0)
+    x_nodes = np.concatenate(node_feats) if node_feats else None
+    state = fit_probe(f.probe, x, y, k, x_nodes)
+    memory = state["memory"].shape[0] if "memory" in state else 0
+    model = SegmentationModel(enc, k, layers, head="probe", probe=f.probe, memory=memory)
     model.decoder.load_fitted(state)
-    log.info("probe head: %s on %d training %s x %d features (blocks %s)", f.probe, len(y),
-             "voxels" if nd == 3 else "pixels", x.shape[1], layers)
+    log.info("probe head: %s on %d training %s x %d features (blocks %s)%s", f.probe, len(y),
+             "voxels" if nd == 3 else "pixels", x.shape[1], layers,
+             f", {memory - len(y)} unlabelled {'voxels' if nd == 3 else 'pixels'} in the graph"
+             if f.probe == "propagate" else "")
     return model.eval()

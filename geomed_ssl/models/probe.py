@@ -2,8 +2,9 @@
 concatenated and interpolated at each pixel from the token grids of the windows holding it, blended as
 ``predict`` blends its windows; never the CLS token alone), the classifiers fitted on them (``linear``: logistic
 regression on standardised features, balanced class weights; ``knn``: k nearest neighbours, cosine,
-distance-weighted votes) and the same classifiers as a segmentation head (:class:`ProbeDecoder`), so a fitted
-probe is saved, loaded and run on whole scenes like any fine-tuned model. ``compare``'s frozen protocols and
+distance-weighted votes; ``propagate``: the labels spread over a graph of the scene's pixels, then a ``knn`` probe
+on the propagated labels, see :mod:`geomed_ssl.models.propagate`) and the same classifiers as a segmentation head
+(:class:`ProbeDecoder`), so a fitted probe is saved, loaded and run on whole scenes like any fine-tuned model. ``compare``'s frozen protocols and
 ``finetune segment`` with ``finetune.head=probe`` share them."""
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from geomed_ssl.data.stats import BandStats, normalize
 from geomed_ssl.data.tiling import DEFAULT_OVERLAP, blend_weights, overlap_stride, window_starts
 from geomed_ssl.models.encoder import ViTEncoder
 
-PROBES = ("linear", "knn")
+PROBES = ("linear", "knn", "propagate")
 KNN_K = 5
 PointFn = Callable[[np.ndarray, np.ndarray, "np.ndarray | None"], np.ndarray]
 
@@ -145,10 +146,17 @@ def _row_space(train: np.ndarray) -> np.ndarray:
     return train.T @ (u[:, keep] / np.sqrt(lam[keep]))
 
 
-def fit_probe(kind: str, x_train: np.ndarray, y_train: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
+def fit_probe(kind: str, x_train: np.ndarray, y_train: np.ndarray, num_classes: int,
+              x_nodes: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The fitted ``kind`` probe on (x_train (n, F), y_train (n,) in 0..K-1) as arrays: ``mean``, ``std`` (F,);
     linear: ``weight`` (K, F), ``bias`` (K,) on standardised features (classes without training samples never
-    win); knn: ``memory`` (n, F) standardised training features, ``memory_labels`` (n,)."""
+    win); knn: ``memory`` (n, F) standardised training features, ``memory_labels`` (n,); propagate: the same
+    with the unlabelled ``x_nodes`` (m, F) in the memory too, labelled by propagation."""
+    if kind == "propagate":
+        from geomed_ssl.models.propagate import fit_propagated
+
+        empty = np.zeros((0, x_train.shape[1]), np.float32)
+        return fit_propagated(x_train, y_train, empty if x_nodes is None else x_nodes, num_classes)
     x = x_train.astype(np.float64)
     mean, std = _standardiser(x)
     z = (x - mean) / std
@@ -180,15 +188,20 @@ def fit_probe(kind: str, x_train: np.ndarray, y_train: np.ndarray, num_classes: 
 
 
 def knn_scores(z: torch.Tensor, memory: torch.Tensor, labels: torch.Tensor, num_classes: int,
-               k: int = KNN_K) -> torch.Tensor:
+               k: int = KNN_K, chunk: int = 2048) -> torch.Tensor:
     """Distance-weighted votes (P, K) of the k nearest ``memory`` rows (cosine) of standardised features z (P, F);
-    a neighbour at distance 0 outvotes all others (scikit-learn's ``weights="distance"``)."""
-    sims = F.normalize(z, dim=1) @ F.normalize(memory, dim=1).T  # (P, n)
-    top, idx = sims.topk(min(k, memory.shape[0]), dim=1)
-    dist = (1 - top).clamp_min(0)
-    exact = dist <= 1e-7
-    weight = torch.where(exact.any(dim=1, keepdim=True), exact.to(z.dtype), 1 / dist.clamp_min(1e-7))
-    return torch.zeros(z.shape[0], num_classes, dtype=z.dtype, device=z.device).scatter_add_(1, labels[idx], weight)
+    a neighbour at distance 0 outvotes all others (scikit-learn's ``weights="distance"``). ``chunk`` rows at a
+    time, so a large memory (``propagate``'s nodes) never needs a (P, n) matrix."""
+    mem = F.normalize(memory, dim=1).T  # (F, n)
+    out = torch.zeros(z.shape[0], num_classes, dtype=z.dtype, device=z.device)
+    for a in range(0, z.shape[0], chunk):
+        sims = F.normalize(z[a:a + chunk], dim=1) @ mem  # (c, n)
+        top, idx = sims.topk(min(k, memory.shape[0]), dim=1)
+        dist = (1 - top).clamp_min(0)
+        exact = dist <= 1e-7
+        weight = torch.where(exact.any(dim=1, keepdim=True), exact.to(z.dtype), 1 / dist.clamp_min(1e-7))
+        out[a:a + chunk].scatter_add_(1, labels[idx], weight)
+    return out
 
 
 def predict_probe(state: dict[str, np.ndarray], x: np.ndarray, num_classes: int) -> np.ndarray:
@@ -205,7 +218,7 @@ def predict_probe(state: dict[str, np.ndarray], x: np.ndarray, num_classes: int)
 class ProbeDecoder(nn.Module):
     """A fitted frozen probe as a segmentation head: the taps' tokens concatenated (no final norm, no pixels),
     standardised, then ``linear``: class scores on the token grid, bilinearly (trilinearly) upsampled, or
-    ``knn``: the features upsampled to pixels and classified by their nearest training pixels. Its tensors are
+    ``knn`` / ``propagate``: the features upsampled to pixels and classified by their nearest memory pixels. Its tensors are
     buffers set by :meth:`load_fitted` (nothing here is trained by gradient)."""
 
     def __init__(self, spatial_dims: int, embed_dim: int, num_layers_tapped: int, num_classes: int,
@@ -215,6 +228,7 @@ class ProbeDecoder(nn.Module):
             from geomed_ssl.errors import ConfigError
 
             raise ConfigError(f"finetune.probe '{kind}' is unknown; use one of {', '.join(PROBES)}.")
+        # ``propagate`` is a knn probe whose memory holds the propagated nodes
         feats = embed_dim * num_layers_tapped
         self.kind, self.num_taps, self.num_classes = kind, num_layers_tapped, num_classes
         self.mode = "bilinear" if spatial_dims == 2 else "trilinear"

@@ -1,5 +1,5 @@
-"""The encoder-free baselines and the linear probe on scenes where the classes differ only in their spectrum
-(far above chance) and on pure noise (at chance)."""
+"""The encoder-free baselines, the linear probe and label propagation on scenes where the classes differ only in
+their spectrum (far above chance) and on pure noise (at chance)."""
 
 from __future__ import annotations
 
@@ -42,15 +42,18 @@ def oa_of(root: Path, name: str, protocol: str, informative: bool) -> float:
     stats = compute_stats(task.catalog, recipe.data)
     feats = baseline_features(name, task, _images(task, task.records, stats, recipe, (1, 1)), BANDS)
     split = make_split(task, recipe, Budget(per_class=20), 0, "random")
-    return float(frozen_scores(feats, task, split, protocol)["oa"])
+    return float(frozen_scores(feats, task, split, protocol, recipe)["oa"])
 
 
-@pytest.mark.parametrize("name,protocol", [("rf", "forest"), ("random_conv", "linear")])
+PAIRS = [("rf", "forest"), ("random_conv", "linear"), ("random_conv", "propagate")]
+
+
+@pytest.mark.parametrize("name,protocol", PAIRS)
 def test_baseline_separates_classes_that_differ_only_in_spectrum(tmp_path: Path, name: str, protocol: str) -> None:
     assert oa_of(tmp_path, name, protocol, informative=True) > 0.8  # chance: 0.25
 
 
-@pytest.mark.parametrize("name,protocol", [("rf", "forest"), ("random_conv", "linear")])
+@pytest.mark.parametrize("name,protocol", PAIRS)
 def test_baseline_stays_at_chance_on_pure_noise(tmp_path: Path, name: str, protocol: str) -> None:
     assert oa_of(tmp_path, name, protocol, informative=False) < 0.4
 
@@ -65,6 +68,6 @@ def test_band_stats_and_random_conv_classify_images_by_their_spectrum(tmp_path: 
     task = load_classify_task(recipe, data, strict=False)
     stats = compute_stats(task.catalog, recipe.data)
     split = make_split(task, recipe, Budget(per_class=2), 0, "random")
-    for name in ("band_stats", "random_conv"):
+    for name, protocol in (("band_stats", "linear"), ("random_conv", "linear"), ("band_stats", "propagate")):
         feats = baseline_features(name, task, _images(task, task.records, stats, recipe, (1, 1)), 4)
-        assert frozen_scores(feats, task, split, "linear")["oa"] > 0.8, name
+        assert frozen_scores(feats, task, split, protocol, recipe)["oa"] > 0.8, name

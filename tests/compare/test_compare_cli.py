@@ -97,11 +97,13 @@ def test_compare_on_volumes_scores_dice_with_none_and_baselines(tmp_path: Path) 
     tiny = [a for item in TINY if not item.startswith("method.") for a in ("--set", item)]
     result = runner.invoke(app, ["compare", "none", "--recipe", "recipes/mae_mri.yaml", "--images", str(volume_dir),
                                  "--labels", str(labels), "--out", str(out), "--labels-per-class", "4",
-                                 "--seeds", "0", "--protocol", "linear", *tiny, *sets("data.patch_size=16")])
+                                 "--seeds", "0", "--protocol", "linear,propagate", *tiny,
+                                 *sets("data.patch_size=16", "finetune.probe_nodes=2000")])
     assert result.exit_code == 0, result.output
     rows = read(out / "results.csv")
-    assert {(r["encoder"], r["protocol"]) for r in rows} == {("none", "linear"), ("none", "finetune"),
-                                                            ("rf", "forest"), ("random_conv", "linear")}
+    assert {(r["encoder"], r["protocol"]) for r in rows} == {("none", "linear"), ("none", "propagate"),
+                                                            ("none", "finetune"), ("rf", "forest"),
+                                                            ("random_conv", "linear")}
     assert "dice, mean ± std over seeds" in result.output
     rf = next(r for r in rows if r["encoder"] == "rf")
     assert float(rf["dice"]) > 0.7  # classes are intensity thresholds: the spectra alone separate them
@@ -114,10 +116,10 @@ def test_compare_on_class_folders_takes_a_pretraining_run_whose_recipe_names_a_s
     classes = write_class_folders(tmp_path / "classes", ["water", "field", "forest"], per_class=4)
     out = tmp_path / "cmp"
     result = runner.invoke(app, ["compare", str(run_dir), "--data", str(classes), "--out", str(out),
-                                 "--labels-per-class", "2", "--seeds", "0", "--protocol", "linear",
+                                 "--labels-per-class", "2", "--seeds", "0", "--protocol", "linear,propagate",
                                  "--baselines", "band_stats"])
     assert result.exit_code == 0, result.output
     rows = read(out / "results.csv")
     assert {(r["encoder"], r["protocol"]) for r in rows} >= {(str(run_dir), "linear"), ("none", "linear"),
-                                                               ("band_stats", "linear")}
+                                                               (str(run_dir), "propagate"), ("band_stats", "linear")}
     assert all(0.0 <= float(r["oa"]) <= 1.0 for r in rows)

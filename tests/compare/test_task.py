@@ -1,5 +1,5 @@
-"""The samples every encoder and baseline shares: train and test disjoint, blocks keep training features out of
-test blocks, rare classes warned about once."""
+"""The samples every encoder and baseline shares: train and test disjoint, blocks keep training features (and the
+propagation graph's nodes) out of test blocks, rare classes warned about once."""
 
 from __future__ import annotations
 
@@ -72,6 +72,25 @@ def test_blocks_training_features_never_see_test_block_pixels(task, name: str) -
     changed[:, ~allowed] = rng.normal(size=(4, int((~allowed).sum()))) * 5  # other test-block pixels
     assert np.allclose(fn(image, points, allowed), fn(changed, points, allowed), atol=1e-5)
     assert not np.allclose(fn(image, points, None), fn(changed, points, None), atol=1e-5)  # the full view sees them
+
+
+def test_blocks_propagation_nodes_lie_in_training_blocks_and_see_only_them(task) -> None:
+    from geomed_ssl.compare.features import SegmentFeatures
+
+    recipe, t = task
+    s = make_split(t, recipe, Budget(per_class=5), 0, "blocks")
+    calls = []
+
+    def fn(image: np.ndarray, points: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
+        calls.append((points, allowed))
+        return np.zeros((points.shape[0], 2), np.float32)
+
+    feats = SegmentFeatures(t, lambda i: np.zeros((4, *t.shapes[0]), np.float32), fn)
+    assert feats.nodes(50, 0, s.allowed).shape == (50, 2)
+    points, allowed = calls[-1]
+    assert allowed is s.allowed[0] and s.allowed[0][tuple(points.T)].all()
+    assert feats.nodes(10**6, 0).shape[0] == int(np.prod(t.shapes[0]))  # random split: every pixel, full view
+    assert calls[-1][1] is None
 
 
 def test_a_class_with_fewer_labels_than_the_budget_is_warned_about_once(task, caplog) -> None:

@@ -118,7 +118,7 @@ def test_segment_with_linear_head_saves_reloads_and_predicts(seg_scene, pretrain
         assert set(np.unique(dst.read(1))) <= {1, 2, 3}
 
 
-@pytest.mark.parametrize("probe", ["linear", "knn"])
+@pytest.mark.parametrize("probe", ["linear", "knn", "propagate"])
 def test_segment_with_probe_head_fits_frozen_features_without_training_and_predicts(seg_scene, pretrained: Path,
                                                                                    tmp_path: Path, probe: str) -> None:
     images, labels = seg_scene
@@ -131,7 +131,7 @@ def test_segment_with_probe_head_fits_frozen_features_without_training_and_predi
     assert not (ft / "checkpoints").exists()  # nothing trained by gradient
     cfg = json.loads((ft / "model" / "config.json").read_text())
     assert cfg["head"]["kind"] == "probe" and cfg["head"]["probe"] == probe
-    assert cfg["head"]["memory"] == (15 if probe == "knn" else 0)
+    assert cfg["head"]["memory"] == {"linear": 0, "knn": 15, "propagate": 15 + 64 * 64}[probe]  # + every pixel
     assert json.loads((ft / "metrics.json").read_text())["test"]["OA"] > 0.45  # 3 classes: chance 0.33
     from geomed_ssl import load_encoder
     from geomed_ssl.checkpoint import load_model

@@ -1,0 +1,95 @@
+"""Variants of ``compare``'s ``propagate`` protocol on a single-scene segmentation task (OA of the test pixels):
+
+- ``all``: the protocol as shipped when the scene holds at most ``finetune.probe_nodes`` pixels: every pixel a
+  node, test pixels classified by the k-NN memory of the propagated nodes;
+- ``nodesN``: N random pixels (plus the training pixels) as the nodes, as on a scene larger than the cap;
+- ``confM``: every pixel a node, but the memory keeps only each class's M most confident propagated pixels (and the
+  training pixels): a smaller, faster head;
+- ``rf``, ``random_conv``: the protocol on the encoder-free baselines' features (PCA + 7x7 means; random
+  convolutions) beside the classifier ``compare`` runs on them: how much of the gain is the graph's alone.
+
+    python benchmarks/research/propagate_variants.py RUN_DIR --images IMG_DIR --labels LABELS [--seeds 0,1,2]
+        [--variants all,nodes10000,nodes5000,nodes2000,conf200,conf500,conf1000,conf2000,rf,random_conv]
+
+Encoder variants run for RUN_DIR and ``none``; one JSON line per encoder/baseline x seed x variant.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from probe_common import probe_args, probe_task
+
+from geomed_ssl.compare.baselines import baseline_features
+from geomed_ssl.compare.probes import classify, scores
+from geomed_ssl.compare.run import _images
+from geomed_ssl.data.stats import compute_stats
+from geomed_ssl.models.probe import encoder_points, predict_probe, probe_layers
+from geomed_ssl.models.propagate import fit_propagated, propagate_labels
+
+BASELINES = ("rf", "random_conv")
+
+
+def confident_memory(state: dict[str, np.ndarray], n_train: int, per_class: int, num_classes: int,
+                     z_scores: np.ndarray) -> dict[str, np.ndarray]:
+    """``state`` with its memory cut to the training rows and each class's ``per_class`` most confident nodes."""
+    labels = state["memory_labels"]
+    conf = z_scores / np.maximum(z_scores.sum(1, keepdims=True), 1e-12)
+    keep = [np.arange(n_train)]
+    for c in range(num_classes):
+        rows = n_train + np.flatnonzero(labels[n_train:] == c)
+        keep.append(rows[np.argsort(-conf[rows, c])[:per_class]])
+    keep = np.concatenate(keep)
+    return {**state, "memory": state["memory"][keep], "memory_labels": labels[keep]}
+
+
+def main() -> None:
+    args = probe_args("all,nodes10000,nodes5000,nodes2000,conf200,conf500,conf1000,conf2000,rf,random_conv")
+    recipe, task, splits, sources = probe_task(args)
+    assert len(task.shapes) == 1, "one scene"
+    variants = args.variants.split(",")
+    values = np.unique(task.values)
+    k = len(values)
+    shape = tuple(task.shapes[0])
+    every = np.stack(np.unravel_index(np.arange(int(np.prod(shape))), shape), 1)
+
+    def show(name: str, seed: int, variant: str, pred: np.ndarray, y_test: np.ndarray) -> None:
+        oa = scores(y_test, pred, len(task.class_names), True)["oa"]
+        print(json.dumps({"encoder": name, "seed": seed, "k": args.k, "variant": variant, "oa": round(oa, 4)}),
+              flush=True)
+
+    for src, load in (sources if any(v not in BASELINES for v in variants) else []):
+        x = encoder_points(src.encoder, probe_layers(src.encoder.config.depth, recipe.finetune.layers))(
+            load(0), every, None)  # (pixels, F) in flat order
+        for split in splits:
+            rng = np.random.default_rng(split.seed)
+            train, test = task.flats[split.train], task.flats[split.test]
+            y_train = np.searchsorted(values, task.values[split.train])
+            y_test = task.values[split.test]
+            for v in variants:
+                if v in BASELINES:
+                    continue
+                nodes = (np.arange(x.shape[0]) if not v.startswith("nodes")
+                         else rng.choice(x.shape[0], int(v[5:]), replace=False))
+                state = fit_propagated(x[train], y_train, x[nodes], k)
+                if v.startswith("conf"):
+                    z = state["memory"]
+                    f = propagate_labels(z, np.arange(train.size), y_train, k)
+                    state = confident_memory(state, train.size, int(v[4:]), k, f)
+                show(src.name, split.seed, v, values[predict_probe(state, x[test], k)], y_test)
+    if any(v in BASELINES for v in variants):
+        stats = compute_stats(task.catalog, recipe.data, seed=recipe.labels.seed)
+        load = _images(task, task.records, stats, recipe, (1,) * task.spatial_dims)
+        for name in (v for v in variants if v in BASELINES):
+            feats = baseline_features(name, task, load, len(stats.band_names))
+            nodes = feats.nodes(recipe.finetune.probe_nodes, recipe.labels.seed)
+            for split in splits:
+                x_train, x_test = feats.features(split.train), feats.features(split.test)
+                for protocol in ("forest" if name == "rf" else "linear", "propagate"):
+                    pred = classify(protocol, x_train, task.values[split.train], x_test, split.seed, nodes)
+                    show(name, split.seed, f"{protocol}", pred, task.values[split.test])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The ``propagate`` probe: label propagation (Zhou et al., 2004) from the few labelled pixels over a k-NN graph
+of frozen features of the scene's pixels, stored as a k-NN probe.
+
+The graph's nodes are the training pixels and a random sample of the images' pixels (every pixel when there are
+at most ``finetune.probe_nodes``; the sample is unlabelled: test pixels may be among them, never their labels).
+Edges join each node to its ``K`` nearest (cosine on standardised features), weighted ``exp(-d / median d)``,
+symmetrised and normalised (``D^-1/2 W D^-1/2``); ``ITERATIONS`` steps of ``F <- ALPHA S F + (1 - ALPHA) Y`` spread
+the labels (each class's labels weigh alike). Each node takes its best class (training pixels keep theirs) and
+the nodes become the memory of a ``knn`` probe, so ``predict`` maps any pixel by its nearest nodes: a pixel that
+was a node gets its propagated class. Settings fixed before any score (docs/label_efficiency.md)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+K = 10
+ALPHA = 0.99
+ITERATIONS = 50
+
+
+def knn_graph(z: np.ndarray, k: int = K, chunk: int = 1024) -> "scipy.sparse.csr_matrix":  # noqa: F821
+    """The symmetric normalised affinity ``D^-1/2 W D^-1/2`` (n, n) of the ``k`` nearest rows (cosine) of z."""
+    import scipy.sparse as sp
+
+    n = z.shape[0]
+    k = min(k, n - 1)
+    if k < 1:
+        return sp.csr_matrix((n, n))
+    zn = F.normalize(torch.from_numpy(np.ascontiguousarray(z, np.float32)), dim=1)
+    dist, idx = np.empty((n, k), np.float32), np.empty((n, k), np.int64)
+    for a in range(0, n, chunk):
+        sims = zn[a:a + chunk] @ zn.T  # (c, n)
+        sims[torch.arange(sims.shape[0]), torch.arange(a, a + sims.shape[0])] = -2.0  # not its own neighbour
+        top, j = sims.topk(k, dim=1)
+        dist[a:a + chunk], idx[a:a + chunk] = (1 - top).clamp_min(0).numpy(), j.numpy()
+    w = np.exp(-dist.ravel() / max(float(np.median(dist)), 1e-9))
+    graph = sp.csr_matrix((w, (np.repeat(np.arange(n), k), idx.ravel())), shape=(n, n))
+    graph = graph + graph.T
+    dinv = sp.diags(1 / np.sqrt(np.asarray(graph.sum(1)).ravel() + 1e-12))
+    return (dinv @ graph @ dinv).tocsr()
+
+
+def propagate_labels(z: np.ndarray, train: np.ndarray, y_train: np.ndarray, num_classes: int, k: int = K,
+                     alpha: float = ALPHA, iterations: int = ITERATIONS) -> np.ndarray:
+    """Class scores (n, K) of every row of z (n, F) after propagating the labels y_train of rows ``train``."""
+    s = knn_graph(z, k)
+    y = np.zeros((z.shape[0], num_classes))
+    y[train, y_train] = 1
+    y /= np.maximum(y.sum(0, keepdims=True), 1)  # each class's labels weigh alike
+    f = y.copy()
+    for _ in range(iterations):
+        f = alpha * (s @ f) + (1 - alpha) * y
+    return f
+
+
+def fit_propagated(x_train: np.ndarray, y_train: np.ndarray, x_nodes: np.ndarray, num_classes: int
+                   ) -> dict[str, np.ndarray]:
+    """A ``knn`` probe's arrays (``mean``, ``std``, ``memory``, ``memory_labels``) whose memory is the training
+    rows and the unlabelled ``x_nodes``, labelled by propagation (training rows keep their labels)."""
+    x = np.concatenate([x_train, x_nodes]).astype(np.float64)
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    std[std < 1e-6] = 1.0
+    z = ((x - mean) / std).astype(np.float32)
+    train = np.arange(x_train.shape[0])
+    labels = propagate_labels(z, train, y_train, num_classes).argmax(axis=1)
+    labels[train] = y_train
+    return {"mean": mean.astype(np.float32), "std": std.astype(np.float32), "memory": z,
+            "memory_labels": labels.astype(np.int64)}
+
+
+def sample_nodes(shapes: Sequence[Sequence[int]], max_nodes: int, seed: int,
+                 allowed: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
+    """Per image, the sorted flat positions of the graph's unlabelled nodes: every pixel (inside ``allowed``)
+    when the images hold at most ``max_nodes``, else a uniform random sample of ``max_nodes`` of them."""
+    pools = [np.flatnonzero(a) if allowed is not None else None for a in (allowed or [None] * len(shapes))]
+    sizes = np.array([p.size if p is not None else int(np.prod(s)) for p, s in zip(pools, shapes)], np.int64)
+    total = int(sizes.sum())
+    if total <= max_nodes:
+        picks = [np.arange(n) for n in sizes]
+    else:
+        chosen = np.sort(np.random.default_rng(seed).choice(total, max_nodes, replace=False))
+        bounds = np.concatenate([[0], np.cumsum(sizes)])
+        picks = [chosen[(chosen >= lo) & (chosen < hi)] - lo for lo, hi in zip(bounds[:-1], bounds[1:])]
+    return [pick if pool is None else pool[pick] for pick, pool in zip(picks, pools)]

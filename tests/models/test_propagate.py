@@ -1,0 +1,85 @@
+"""The ``propagate`` probe: labels spread along a k-NN graph of unlabelled samples (a class's few labels reach
+its whole cluster, where a k-NN of the labels alone gets much of it wrong), and the graph's nodes are drawn as said."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from geomed_ssl.models.probe import fit_probe, predict_probe
+from geomed_ssl.models.propagate import knn_graph, propagate_labels, sample_nodes
+
+
+def two_arcs(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two opposite arcs of the unit circle (label 0: angles a..a+pi-0.4, label 1: the same + pi), jittered; the
+    first two points (labels 0, 1) sit at an end of each arc, where the nearest of them is the wrong one for about
+    40 % of the points (a = pi/4 - 0.05: both axes of the two points spread alike, so standardising keeps angles)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    a = np.pi / 4 - 0.05
+    t = a + rng.uniform(0, np.pi - 0.4, n) + np.pi * y
+    t[:2], y[:2] = [a + 0.05, a + np.pi + 0.05], [0, 1]
+    r = rng.normal(1, 0.02, n)
+    return np.stack([r * np.cos(t), r * np.sin(t)], 1).astype(np.float32), y
+
+
+def test_graph_is_symmetric_normalised_and_has_no_self_loops() -> None:
+    x, _ = two_arcs(100)
+    s = knn_graph(x, k=5)
+    dense = s.toarray()
+    assert np.allclose(dense, dense.T) and np.all(np.diag(dense) == 0)
+    assert ((dense > 0).sum(1) >= 5).all()
+    assert np.abs(np.linalg.eigvalsh(dense)).max() <= 1 + 1e-6  # D^-1/2 W D^-1/2: spectrum within [-1, 1]
+
+
+def test_one_label_per_arc_reaches_the_whole_arc_where_knn_of_the_labels_does_not() -> None:
+    x, y = two_arcs(200)  # 100 points an arc: the labels cross it within the 50 iterations
+    train = np.array([0, 1])
+    scores = propagate_labels(x, train, y[train], 2)
+    assert (scores.argmax(1) == y).mean() > 0.95
+    state = fit_probe("propagate", x[train], y[train], 2, x)
+    assert state["memory"].shape[0] == 2 + len(x) and (state["memory_labels"][:2] == y[train]).all()
+    new, y_new = two_arcs(300, seed=1)  # unseen samples: classified by their nearest propagated nodes
+    assert (predict_probe(state, new, 2) == y_new).mean() > 0.95
+    knn = predict_probe(fit_probe("knn", x[train], y[train], 2), new, 2)
+    assert (knn == y_new).mean() < 0.7  # what the unlabelled samples added
+
+
+def test_without_unlabelled_nodes_it_is_knn_on_the_training_samples() -> None:
+    x, y = two_arcs(60)
+    state = fit_probe("propagate", x[:20], y[:20], 2)
+    assert state["memory"].shape[0] == 20 and (state["memory_labels"] == y[:20]).all()
+
+
+def test_nodes_are_every_pixel_under_the_cap_else_a_seeded_sample_inside_allowed() -> None:
+    shapes = [(10, 10), (5, 8)]
+    every = sample_nodes(shapes, 1000, seed=0)
+    assert [p.tolist() for p in every] == [list(range(100)), list(range(40))]
+    a, b = sample_nodes(shapes, 50, seed=3), sample_nodes(shapes, 50, seed=3)
+    assert sum(p.size for p in a) == 50 and all(np.array_equal(p, q) for p, q in zip(a, b))
+    assert all(np.all(np.diff(p) > 0) for p in a) and a[1].max() < 40
+    allowed = [np.zeros((10, 10), bool), np.ones((5, 8), bool)]
+    allowed[0][:3] = True
+    inside = sample_nodes(shapes, 40, seed=0, allowed=allowed)
+    assert sum(p.size for p in inside) == 40 and inside[0].max() < 30
+    assert [p.size for p in sample_nodes(shapes, 1000, seed=0, allowed=allowed)] == [30, 40]
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_tiny_graphs_do_not_fail(n: int) -> None:
+    x = np.eye(3, dtype=np.float32)[:n]
+    assert propagate_labels(x, np.array([0]), np.array([1]), 2).argmax(1)[0] == 1
+
+
+def test_knn_votes_in_chunks_equal_one_pass() -> None:
+    import torch
+
+    from geomed_ssl.models.probe import knn_scores
+
+    g = torch.Generator().manual_seed(0)
+    z, memory = torch.randn(50, 6, generator=g), torch.randn(30, 6, generator=g)
+    labels = torch.randint(0, 3, (30,), generator=g)
+    memory[4] = z[9]  # an exact match outvotes the others
+    one = knn_scores(z, memory, labels, 3, chunk=1000)
+    assert torch.allclose(knn_scores(z, memory, labels, 3, chunk=7), one, rtol=1e-5)  # BLAS blocking aside
+    assert one[9].argmax() == labels[4] and one[9].sum() == 1

@@ -93,18 +93,19 @@ def run_demo(out: Path = Path("geomed-ssl-demo"), steps: int = DEMO_RECIPE["trai
     png = save_map_png(out / "prediction" / "indian_pines_pred.tif", out / "prediction" / "indian_pines_pred.png")
     record_entries(png.parent, [png.name])
     minutes = (time.time() - start) / 60
+    seed_list = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
     print(f"\nDemo done in {minutes:.1f} min: {result.steps} pretraining steps; each encoder probed frozen (linear, "
           f"k-NN, propagate), random init also fine-tuned ({finetune_steps} steps), with "
-          f"{', '.join(map(str, budgets))} labelled pixels per class (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}), tested on "
-          "every other labelled pixel.")
+          f"{', '.join(map(str, budgets))} labelled pixels per class ({seed_list}), tested on every other labelled "
+          "pixel.")
     print(f"{cmp.metric.upper()}, mean ± std over seeds (* best protocol; pretrained = {encoder}):")
     print(demo_table(cmp.rows, cmp.metric, encoder))
     print(verdict(cmp.rows, cmp.metric, encoder, budgets[-1]))
     print(f"  curve:       {cmp.out_dir / 'curve.png'}   (results.csv, summary.md beside it)")
     print(f"  encoder:     {result.encoder_dir}   (from geomed_ssl import load_encoder)")
     print(f"  probe:       {probe_dir}  (metrics.json, confusion.png, model/)")
-    print(f"  prediction:  {lines[0].split(' -> ')[-1]}  and  {png}  (the pretrained encoder's frozen propagate probe, "
-          f"{budgets[-1]} labels per class)")
+    print(f"  prediction:  {lines[0].split(' -> ')[-1]}  and  {png}  (the pretrained encoder's frozen propagate "
+          f"probe, {budgets[-1]} labels per class)")
     return out
 
 

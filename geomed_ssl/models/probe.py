@@ -4,8 +4,8 @@ concatenated and interpolated at each pixel from the token grids of the windows 
 regression on standardised features, balanced class weights; ``knn``: k nearest neighbours, cosine,
 distance-weighted votes; ``propagate``: the labels spread over a graph of the scene's pixels, then a ``knn`` probe
 on the propagated labels, see :mod:`geomed_ssl.models.propagate`) and the same classifiers as a segmentation head
-(:class:`ProbeDecoder`), so a fitted probe is saved, loaded and run on whole scenes like any fine-tuned model. ``compare``'s frozen protocols and
-``finetune segment`` with ``finetune.head=probe`` share them."""
+(:class:`ProbeDecoder`), so a fitted probe is saved, loaded and run on whole scenes like any fine-tuned model.
+``compare``'s frozen protocols and ``finetune segment`` with ``finetune.head=probe`` share them."""
 
 from __future__ import annotations
 
@@ -218,8 +218,8 @@ def predict_probe(state: dict[str, np.ndarray], x: np.ndarray, num_classes: int)
 class ProbeDecoder(nn.Module):
     """A fitted frozen probe as a segmentation head: the taps' tokens concatenated (no final norm, no pixels),
     standardised, then ``linear``: class scores on the token grid, bilinearly (trilinearly) upsampled, or
-    ``knn`` / ``propagate``: the features upsampled to pixels and classified by their nearest memory pixels. Its tensors are
-    buffers set by :meth:`load_fitted` (nothing here is trained by gradient)."""
+    ``knn`` / ``propagate``: the features upsampled to pixels and classified by their nearest memory pixels. Its
+    tensors are buffers set by :meth:`load_fitted` (nothing here is trained by gradient)."""
 
     def __init__(self, spatial_dims: int, embed_dim: int, num_layers_tapped: int, num_classes: int,
                  kind: str = "linear", memory: int = 0) -> None:

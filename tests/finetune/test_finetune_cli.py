@@ -178,16 +178,16 @@ def test_segment_on_stacked_single_band_files_evaluates_and_predicts_each_folder
             assert set(np.unique(dst.read(1))) <= {1, 2}
 
 
-def test_segment_volumes_per_case_folder_with_label_name_and_remap(tmp_path: Path) -> None:
-    """BraTS layout: a folder per case with one NIfTI per sequence and the label beside them; classes 1-4 merged
-    into one (whole tumour) with labels.remap, background a class (ignore_value null)."""
+def brats_like_cases(root: Path) -> np.ndarray:
+    """Two cases in the BraTS layout (a folder per case, one NIfTI per sequence, the label beside them, classes 1,
+    2, 4 nested spheres); returns the affine (2 mm)."""
     import nibabel as nib
 
     rng = np.random.default_rng(2)
     zz, yy, xx = np.mgrid[0:24, 0:24, 0:24].astype(np.float32)
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
     for i in range(2):
-        case = tmp_path / "cases" / f"case_{i}"
+        case = root / f"case_{i}"
         case.mkdir(parents=True)
         c = rng.uniform(8, 16, size=3)
         d2 = (xx - c[0]) ** 2 + (yy - c[1]) ** 2 + (zz - c[2]) ** 2
@@ -196,14 +196,25 @@ def test_segment_volumes_per_case_folder_with_label_name_and_remap(tmp_path: Pat
             vol = 100 + gain * 100 * (seg > 0) + rng.normal(0, 10, seg.shape)
             nib.save(nib.Nifti1Image(vol.astype(np.float32), affine), str(case / f"{name}.nii.gz"))
         nib.save(nib.Nifti1Image(seg, affine), str(case / "OTMultiClass.nii.gz"))
+    return affine
+
+
+VOLUME_SETS = ["data.kind=volume", "data.intensity=mr", "data.patch_size=16", "model.patch_size=8",
+               "data.channels=[*Flair*,*T1c*]", "labels.label_name=OTMultiClass.nii.gz",
+               "labels.remap={2: 1, 3: 1, 4: 1}", "labels.ignore_value=null", "finetune.max_steps=6",
+               "finetune.batch_size=2"]
+
+
+def test_segment_volumes_per_case_folder_with_label_name_and_remap(tmp_path: Path) -> None:
+    """BraTS layout; classes 1-4 merged into one (whole tumour) with labels.remap, background a class
+    (ignore_value null)."""
+    import nibabel as nib
+
+    affine = brats_like_cases(tmp_path / "cases")
     ft = tmp_path / "ft3d"
-    vol_sets = ["data.kind=volume", "data.intensity=mr", "data.patch_size=16", "model.patch_size=8",
-                "data.channels=[*Flair*,*T1c*]", "labels.label_name=OTMultiClass.nii.gz",
-                "labels.remap={2: 1, 3: 1, 4: 1}", "labels.ignore_value=null", "finetune.max_steps=6",
-                "finetune.batch_size=2"]
     result = runner.invoke(app, ["finetune", "segment", "recipes/mae_mri.yaml", "--encoder", "none",
                                  "--images", str(tmp_path / "cases"), "--out", str(ft), "--label-fraction", "0.05",
-                                 *[a for item in [*TINY, *vol_sets] for a in ("--set", item)]])
+                                 *[a for item in [*TINY, *VOLUME_SETS] for a in ("--set", item)]])
     assert result.exit_code == 0, result.output
     metrics = json.loads((ft / "metrics.json").read_text())
     assert [c["value"] for c in metrics["classes"]] == [0, 1] and len(metrics["test"]["per_class_dice"]) == 2
@@ -215,6 +226,25 @@ def test_segment_volumes_per_case_folder_with_label_name_and_remap(tmp_path: Pat
         assert set(np.unique(np.asarray(out.dataobj)).tolist()) <= {0, 1}
     ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(tmp_path / "cases")])
     assert ev.exit_code == 0, ev.output
+
+
+def test_segment_volumes_with_a_propagate_probe_head_keeps_its_nodes_and_predicts(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    affine = brats_like_cases(tmp_path / "cases")
+    ft = tmp_path / "ft3d"
+    sets = [*TINY, *VOLUME_SETS, "finetune.probe=propagate", "finetune.probe_nodes=3000"]
+    result = runner.invoke(app, ["finetune", "segment", "recipes/mae_mri.yaml", "--encoder", "none",
+                                 "--images", str(tmp_path / "cases"), "--out", str(ft), "--labels-per-class", "20",
+                                 "--head", "probe", *[a for item in sets for a in ("--set", item)]])
+    assert result.exit_code == 0, result.output
+    head = json.loads((ft / "model" / "config.json").read_text())["head"]
+    assert head["probe"] == "propagate" and head["memory"] == 40 + 3000  # 2 classes x 20 labels + the sampled voxels
+    assert json.loads((ft / "metrics.json").read_text())["test"]["OA"] > 0.6
+    pr = runner.invoke(app, ["predict", str(ft), str(tmp_path / "cases" / "case_0"), "--out", str(tmp_path / "p")])
+    assert pr.exit_code == 0, pr.output
+    out = nib.load(str(tmp_path / "p" / "case_0_pred.nii.gz"))
+    assert out.shape == (24, 24, 24) and np.allclose(out.affine, affine)
 
 
 def test_segment_refuses_labels_on_another_grid(seg_scene, pretrained: Path, tmp_path: Path) -> None:

@@ -19,7 +19,16 @@ def row(encoder: str, protocol: str, oa: float, k: int = 5, seed: int = 0) -> di
             "protocol": protocol, "oa": str(oa), "aa": "", "kappa": "", "miou": "", "dice": "", "seconds": "1"}
 
 
-def test_demo_compares_pretrained_random_init_and_forest_on_bundled_sample(tmp_path: Path) -> None:
+def small_graph(monkeypatch) -> None:
+    """The demo's propagate probe on 2,000 sampled pixels instead of all 21,025 (its graph and its predict cost
+    most of a 2-step demo)."""
+    from geomed_ssl.demo import DEMO_RECIPE
+
+    monkeypatch.setitem(DEMO_RECIPE["finetune"], "probe_nodes", 2000)
+
+
+def test_demo_compares_pretrained_random_init_and_forest_on_bundled_sample(tmp_path: Path, monkeypatch) -> None:
+    small_graph(monkeypatch)
     out = tmp_path / "demo"
     result = runner.invoke(app, ["demo", "--out", str(out), "--steps", "2", "--finetune-steps", "2"])
     assert result.exit_code == 0, result.output
@@ -56,7 +65,8 @@ def test_demo_pretrains_the_shipped_hyperspectral_recipe_configuration() -> None
         assert getattr(demo.finetune, key) == getattr(shipped.finetune, key)
 
 
-def test_demo_replaces_its_own_folder_on_the_next_run(tmp_path: Path) -> None:
+def test_demo_replaces_its_own_folder_on_the_next_run(tmp_path: Path, monkeypatch) -> None:
+    small_graph(monkeypatch)
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--steps", "1", "--finetune-steps", "1", "--labels-per-class", "1"]
     assert runner.invoke(app, args).exit_code == 0

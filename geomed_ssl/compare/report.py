@@ -110,6 +110,10 @@ def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str) -> str
         f"{budget_label(rows)} across, mean ± std over seeds (sample std). `*`: the encoder's best protocol "
         "(its line in curve.png).", "",
         table(rows, metric), "",
+        *(["`propagate` is transductive: its graph holds the images' unlabelled " + unit + "s, test ones included "
+           "(never their labels), as when you map the scene you labelled; on other images only its k-NN step "
+           "applies. With the blocks split its graph stays inside the training blocks.", ""]
+          if any(r["protocol"] == "propagate" for r in rows) else []),
         "## Pretrained − random initialisation (paired by seed)", "",
         "Difference of the metric between each pretrained encoder and `none` (same architecture, random weights) "
         "on the same training and test samples, per seed; mean and 95 % t-interval over seeds.", "",

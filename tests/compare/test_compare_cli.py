@@ -50,6 +50,7 @@ def test_compare_two_encoders_and_none_writes_every_row_and_resumes_only_missing
         assert r["labels_per_class"] == "3" and r["label_fraction"] == ""
         assert all(0 <= float(r[k]) <= 1 for k in ("oa", "aa", "miou", "dice"))
     summary = (out / "summary.md").read_text()
+    assert "transductive" not in summary  # said only when propagate ran
     assert "Pretrained − random initialisation" in summary and str(exported) in summary
     assert "| rf | forest" in result.output  # the table is printed
 
@@ -105,6 +106,7 @@ def test_compare_on_volumes_scores_dice_with_none_and_baselines(tmp_path: Path) 
                                                             ("none", "finetune"), ("rf", "forest"),
                                                             ("random_conv", "linear")}
     assert "dice, mean ± std over seeds" in result.output
+    assert "`propagate` is transductive" in (out / "summary.md").read_text()
     rf = next(r for r in rows if r["encoder"] == "rf")
     assert float(rf["dice"]) > 0.7  # classes are intensity thresholds: the spectra alone separate them
 

@@ -1,15 +1,16 @@
 """Variants of ``compare``'s ``propagate`` protocol on a single-scene segmentation task (OA of the test pixels):
 
 - ``all``: the protocol as shipped when the scene holds at most ``finetune.probe_nodes`` pixels: every pixel a
-  node, test pixels classified by the k-NN memory of the propagated nodes;
+  node, then the linear probe fitted on every node with its propagated class classifies the test pixels;
+- ``knn``: every pixel a node, the test pixels classified by a k-NN memory of all the propagated nodes (the
+  protocol's first form: as accurate, but its head is the whole memory and ``predict`` compares every pixel with it);
 - ``nodesN``: N random pixels (plus the training pixels) as the nodes, as on a scene larger than the cap;
-- ``confM``: every pixel a node, but the memory keeps only each class's M most confident propagated pixels (and the
-  training pixels): a smaller, faster head;
+- ``confM``: the k-NN memory of only each class's M most confident propagated pixels (and the training pixels);
 - ``rf``, ``random_conv``: the protocol on the encoder-free baselines' features (PCA + 7x7 means; random
   convolutions) beside the classifier ``compare`` runs on them: how much of the gain is the graph's alone.
 
     python benchmarks/research/propagate_variants.py RUN_DIR --images IMG_DIR --labels LABELS [--seeds 0,1,2]
-        [--variants all,nodes10000,nodes5000,nodes2000,conf200,conf500,conf1000,conf2000,rf,random_conv]
+        [--variants all,knn,nodes10000,nodes5000,nodes2000,conf200,conf500,conf1000,conf2000,rf,random_conv]
 
 Encoder variants run for RUN_DIR and ``none``; one JSON line per encoder/baseline x seed x variant.
 """
@@ -25,27 +26,28 @@ from geomed_ssl.compare.baselines import baseline_features
 from geomed_ssl.compare.probes import classify, scores
 from geomed_ssl.compare.run import _images
 from geomed_ssl.data.stats import compute_stats
-from geomed_ssl.models.probe import encoder_points, predict_probe, probe_layers
-from geomed_ssl.models.propagate import fit_propagated, propagate_labels
+from geomed_ssl.models.probe import encoder_points, fit_probe, predict_probe, probe_layers
+from geomed_ssl.models.propagate import propagate_labels, propagated
 
 BASELINES = ("rf", "random_conv")
 
 
-def confident_memory(state: dict[str, np.ndarray], n_train: int, per_class: int, num_classes: int,
-                     z_scores: np.ndarray) -> dict[str, np.ndarray]:
-    """``state`` with its memory cut to the training rows and each class's ``per_class`` most confident nodes."""
-    labels = state["memory_labels"]
-    conf = z_scores / np.maximum(z_scores.sum(1, keepdims=True), 1e-12)
+def confident_rows(x: np.ndarray, labels: np.ndarray, n_train: int, per_class: int, num_classes: int
+                   ) -> np.ndarray:
+    """The training rows and each class's ``per_class`` most confident propagated nodes (propagation rerun on the
+    standardised rows to get its scores)."""
+    z = ((x - x.mean(0)) / np.maximum(x.std(0), 1e-6)).astype(np.float32)
+    f = propagate_labels(z, np.arange(n_train), labels[:n_train], num_classes)
+    conf = f / np.maximum(f.sum(1, keepdims=True), 1e-12)
     keep = [np.arange(n_train)]
     for c in range(num_classes):
         rows = n_train + np.flatnonzero(labels[n_train:] == c)
         keep.append(rows[np.argsort(-conf[rows, c])[:per_class]])
-    keep = np.concatenate(keep)
-    return {**state, "memory": state["memory"][keep], "memory_labels": labels[keep]}
+    return np.concatenate(keep)
 
 
 def main() -> None:
-    args = probe_args("all,nodes10000,nodes5000,nodes2000,conf200,conf500,conf1000,conf2000,rf,random_conv")
+    args = probe_args("all,knn,nodes10000,nodes5000,nodes2000,conf200,conf500,conf1000,conf2000,rf,random_conv")
     recipe, task, splits, sources = probe_task(args)
     assert len(task.shapes) == 1, "one scene"
     variants = args.variants.split(",")
@@ -72,11 +74,12 @@ def main() -> None:
                     continue
                 nodes = (np.arange(x.shape[0]) if not v.startswith("nodes")
                          else rng.choice(x.shape[0], int(v[5:]), replace=False))
-                state = fit_propagated(x[train], y_train, x[nodes], k)
+                x_all, labels = propagated(x[train], y_train, x[nodes], k)
                 if v.startswith("conf"):
-                    z = state["memory"]
-                    f = propagate_labels(z, np.arange(train.size), y_train, k)
-                    state = confident_memory(state, train.size, int(v[4:]), k, f)
+                    keep = confident_rows(x_all, labels, train.size, int(v[4:]), k)
+                    state = fit_probe("knn", x_all[keep], labels[keep], k)
+                else:
+                    state = fit_probe("knn" if v == "knn" else "linear", x_all, labels, k)
                 show(src.name, split.seed, v, values[predict_probe(state, x[test], k)], y_test)
     if any(v in BASELINES for v in variants):
         stats = compute_stats(task.catalog, recipe.data, seed=recipe.labels.seed)

@@ -1,8 +1,8 @@
 """The classifiers on frozen features (the same settings for every encoder and baseline) and the scores of a
 prediction: ``linear`` (logistic regression on standardised features, balanced class weights), ``knn`` (k nearest
 neighbours, cosine, distance-weighted votes, k = min(5, training samples)), ``propagate`` (label propagation over a
-k-NN graph of the training and unlabelled samples, then ``knn`` on the propagated labels) and ``forest`` (the
-random forest of the ``rf`` baseline)."""
+k-NN graph of the training and unlabelled samples, then ``linear`` on all of them with their propagated classes)
+and ``forest`` (the random forest of the ``rf`` baseline)."""
 
 from __future__ import annotations
 

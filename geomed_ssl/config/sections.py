@@ -218,11 +218,10 @@ class FinetuneConfig:
     layers: list[int] | None = setting(None, "0-based encoder blocks the decoder taps; null: 4 evenly spaced, last "
                                        "included", bounds=">= 0")
     probe: str = setting("linear", "head=probe: linear (logistic regression), knn (k = 5, cosine) or propagate "
-                         "(labels spread over a k-NN graph of the images' pixels, then knn) on the concatenated "
-                         "tokens of finetune.layers, per pixel", choices=("linear", "knn", "propagate"))
+                         "(labels spread over a k-NN graph of the images' pixels, then linear on all of them) on the "
+                         "concatenated tokens of finetune.layers, per pixel", choices=("linear", "knn", "propagate"))
     probe_nodes: int = setting(25000, "probe=propagate: unlabelled pixels in the graph (all when the images hold "
-                               "fewer; else a random sample); also the head's memory, which predict compares "
-                               "every pixel with", bounds=">= 0")
+                               "fewer; else a random sample)", bounds=">= 0")
     freeze_encoder: bool = setting(False, "train the head only")
     unfreeze_after_steps: int = setting(0, "with freeze_encoder: train the encoder too after this many steps "
                                         "(0: never)", bounds=STEPS0)

@@ -1,8 +1,8 @@
 """``finetune segment`` with ``finetune.head=probe``: the encoder stays frozen and a linear, k-NN or propagated
-k-NN classifier is fitted on its multi-layer per-pixel features (the ``linear`` / ``knn`` / ``propagate`` protocol of
-``compare``, the same code: ``geomed_ssl.models.probe``) at the training pixels (``propagate``: and at a sample of
-the images' other pixels, unlabelled), then saved as the model's head so ``evaluate`` and ``predict`` run it on
-whole scenes like any fine-tuned model."""
+linear classifier is fitted on its multi-layer per-pixel features (the ``linear`` / ``knn`` / ``propagate``
+protocol of ``compare``, the same code: ``geomed_ssl.models.probe``) at the training pixels (``propagate``: and at
+a sample of the images' other pixels, unlabelled), then saved as the model's head so ``evaluate`` and ``predict``
+run it on whole scenes like any fine-tuned model."""
 
 from __future__ import annotations
 
@@ -53,8 +53,8 @@ def fit_probe_model(enc: ViTEncoder, recipe: Recipe, records: list[Any], selecti
     memory = state["memory"].shape[0] if "memory" in state else 0
     model = SegmentationModel(enc, k, layers, head="probe", probe=f.probe, memory=memory)
     model.decoder.load_fitted(state)
-    log.info("probe head: %s on %d training %s x %d features (blocks %s)%s", f.probe, len(y),
-             "voxels" if nd == 3 else "pixels", x.shape[1], layers,
-             f", {memory - len(y)} unlabelled {'voxels' if nd == 3 else 'pixels'} in the graph"
+    unit = "voxels" if nd == 3 else "pixels"
+    log.info("probe head: %s on %d training %s x %d features (blocks %s)%s", f.probe, len(y), unit, x.shape[1],
+             layers, f", {0 if x_nodes is None else len(x_nodes)} unlabelled {unit} in the graph"
              if f.probe == "propagate" else "")
     return model.eval()

@@ -83,7 +83,7 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
         model = _train(enc, recipe, selection, records, stats, window, allowed, out, progress)
     head = {"kind": model.head, "layers": list(model.layers), "feature_size": recipe.finetune.feature_size}
     if model.head == "probe":
-        knn = recipe.finetune.probe in ("knn", "propagate")
+        knn = recipe.finetune.probe == "knn"
         head.update(probe=recipe.finetune.probe, memory=int(model.decoder.memory.shape[0]) if knn else 0)
     meta = {"task": "segment", "head": head,
             "classes": [{"index": i, "value": v, "name": n} for i, (v, n) in

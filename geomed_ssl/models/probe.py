@@ -2,10 +2,10 @@
 concatenated and interpolated at each pixel from the token grids of the windows holding it, blended as
 ``predict`` blends its windows; never the CLS token alone), the classifiers fitted on them (``linear``: logistic
 regression on standardised features, balanced class weights; ``knn``: k nearest neighbours, cosine,
-distance-weighted votes; ``propagate``: the labels spread over a graph of the scene's pixels, then a ``knn`` probe
-on the propagated labels, see :mod:`geomed_ssl.models.propagate`) and the same classifiers as a segmentation head
-(:class:`ProbeDecoder`), so a fitted probe is saved, loaded and run on whole scenes like any fine-tuned model.
-``compare``'s frozen protocols and ``finetune segment`` with ``finetune.head=probe`` share them."""
+distance-weighted votes; ``propagate``: the labels spread over a graph of the scene's pixels, then the ``linear``
+probe on every node's propagated class, see :mod:`geomed_ssl.models.propagate`) and the same classifiers as a
+segmentation head (:class:`ProbeDecoder`), so a fitted probe is saved, loaded and run on whole scenes like any
+fine-tuned model. ``compare``'s frozen protocols and ``finetune segment`` with ``finetune.head=probe`` share them."""
 
 from __future__ import annotations
 
@@ -150,13 +150,14 @@ def fit_probe(kind: str, x_train: np.ndarray, y_train: np.ndarray, num_classes: 
               x_nodes: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The fitted ``kind`` probe on (x_train (n, F), y_train (n,) in 0..K-1) as arrays: ``mean``, ``std`` (F,);
     linear: ``weight`` (K, F), ``bias`` (K,) on standardised features (classes without training samples never
-    win); knn: ``memory`` (n, F) standardised training features, ``memory_labels`` (n,); propagate: the same
-    with the unlabelled ``x_nodes`` (m, F) in the memory too, labelled by propagation."""
+    win); knn: ``memory`` (n, F) standardised training features, ``memory_labels`` (n,); propagate: linear's,
+    fitted on the training rows and the unlabelled ``x_nodes`` (m, F) with their propagated classes."""
     if kind == "propagate":
-        from geomed_ssl.models.propagate import fit_propagated
+        from geomed_ssl.models.propagate import propagated
 
         empty = np.zeros((0, x_train.shape[1]), np.float32)
-        return fit_propagated(x_train, y_train, empty if x_nodes is None else x_nodes, num_classes)
+        x_train, y_train = propagated(x_train, y_train, empty if x_nodes is None else x_nodes, num_classes)
+        kind = "linear"
     x = x_train.astype(np.float64)
     mean, std = _standardiser(x)
     z = (x - mean) / std
@@ -191,7 +192,7 @@ def knn_scores(z: torch.Tensor, memory: torch.Tensor, labels: torch.Tensor, num_
                k: int = KNN_K, chunk: int = 2048) -> torch.Tensor:
     """Distance-weighted votes (P, K) of the k nearest ``memory`` rows (cosine) of standardised features z (P, F);
     a neighbour at distance 0 outvotes all others (scikit-learn's ``weights="distance"``). ``chunk`` rows at a
-    time, so a large memory (``propagate``'s nodes) never needs a (P, n) matrix."""
+    time, so a large memory never needs a (P, n) matrix."""
     mem = F.normalize(memory, dim=1).T  # (F, n)
     out = torch.zeros(z.shape[0], num_classes, dtype=z.dtype, device=z.device)
     for a in range(0, z.shape[0], chunk):
@@ -217,8 +218,8 @@ def predict_probe(state: dict[str, np.ndarray], x: np.ndarray, num_classes: int)
 
 class ProbeDecoder(nn.Module):
     """A fitted frozen probe as a segmentation head: the taps' tokens concatenated (no final norm, no pixels),
-    standardised, then ``linear``: class scores on the token grid, bilinearly (trilinearly) upsampled, or
-    ``knn`` / ``propagate``: the features upsampled to pixels and classified by their nearest memory pixels. Its
+    standardised, then ``linear`` / ``propagate``: class scores on the token grid, bilinearly (trilinearly)
+    upsampled, or ``knn``: the features upsampled to pixels and classified by their nearest training pixels. Its
     tensors are buffers set by :meth:`load_fitted` (nothing here is trained by gradient)."""
 
     def __init__(self, spatial_dims: int, embed_dim: int, num_layers_tapped: int, num_classes: int,
@@ -228,13 +229,12 @@ class ProbeDecoder(nn.Module):
             from geomed_ssl.errors import ConfigError
 
             raise ConfigError(f"finetune.probe '{kind}' is unknown; use one of {', '.join(PROBES)}.")
-        # ``propagate`` is a knn probe whose memory holds the propagated nodes
         feats = embed_dim * num_layers_tapped
         self.kind, self.num_taps, self.num_classes = kind, num_layers_tapped, num_classes
         self.mode = "bilinear" if spatial_dims == 2 else "trilinear"
         self.register_buffer("mean", torch.zeros(feats))
         self.register_buffer("std", torch.ones(feats))
-        if kind == "linear":
+        if kind != "knn":  # linear, and propagate's linear probe
             self.register_buffer("weight", torch.zeros(num_classes, feats))
             self.register_buffer("bias", torch.zeros(num_classes))
         else:
@@ -254,7 +254,7 @@ class ProbeDecoder(nn.Module):
         shape = (1, -1) + (1,) * len(grid)
         maps = (maps - self.mean.view(shape)) / self.std.view(shape)
         size = tuple(x_in.shape[2:])
-        if self.kind == "linear":
+        if self.kind != "knn":
             logits = torch.einsum("bf...,kf->bk...", maps, self.weight) + self.bias.view(shape)
             return F.interpolate(logits, size=size, mode=self.mode, align_corners=False)
         z = F.interpolate(maps, size=size, mode=self.mode, align_corners=False)  # (B, F, *S)

@@ -131,7 +131,7 @@ def test_segment_with_probe_head_fits_frozen_features_without_training_and_predi
     assert not (ft / "checkpoints").exists()  # nothing trained by gradient
     cfg = json.loads((ft / "model" / "config.json").read_text())
     assert cfg["head"]["kind"] == "probe" and cfg["head"]["probe"] == probe
-    assert cfg["head"]["memory"] == {"linear": 0, "knn": 15, "propagate": 15 + 64 * 64}[probe]  # + every pixel
+    assert cfg["head"]["memory"] == (15 if probe == "knn" else 0)  # knn keeps its training pixels
     assert json.loads((ft / "metrics.json").read_text())["test"]["OA"] > 0.45  # 3 classes: chance 0.33
     from geomed_ssl import load_encoder
     from geomed_ssl.checkpoint import load_model
@@ -228,7 +228,7 @@ def test_segment_volumes_per_case_folder_with_label_name_and_remap(tmp_path: Pat
     assert ev.exit_code == 0, ev.output
 
 
-def test_segment_volumes_with_a_propagate_probe_head_keeps_its_nodes_and_predicts(tmp_path: Path) -> None:
+def test_segment_volumes_with_a_propagate_probe_head_predicts_on_the_input_grid(tmp_path: Path) -> None:
     import nibabel as nib
 
     affine = brats_like_cases(tmp_path / "cases")
@@ -239,7 +239,8 @@ def test_segment_volumes_with_a_propagate_probe_head_keeps_its_nodes_and_predict
                                  "--head", "probe", *[a for item in sets for a in ("--set", item)]])
     assert result.exit_code == 0, result.output
     head = json.loads((ft / "model" / "config.json").read_text())["head"]
-    assert head["probe"] == "propagate" and head["memory"] == 40 + 3000  # 2 classes x 20 labels + the sampled voxels
+    assert head["probe"] == "propagate" and head["memory"] == 0
+    assert "3000 unlabelled voxels in the graph" in result.output
     assert json.loads((ft / "metrics.json").read_text())["test"]["OA"] > 0.6
     pr = runner.invoke(app, ["predict", str(ft), str(tmp_path / "cases" / "case_0"), "--out", str(tmp_path / "p")])
     assert pr.exit_code == 0, pr.output

@@ -27,7 +27,7 @@ def test_default_probe_layers_tap_quarters_and_the_last_block() -> None:
     assert probe_layers(8, [5, 1, 5]) == [1, 5]
 
 
-@pytest.mark.parametrize("kind", ["linear", "knn"])
+@pytest.mark.parametrize("kind", ["linear", "knn", "propagate"])
 def test_probe_head_on_a_window_predicts_as_the_probe_on_sampled_pixel_features(kind: str) -> None:
     enc = encoder()
     layers = probe_layers(enc.config.depth)
@@ -37,7 +37,7 @@ def test_probe_head_on_a_window_predicts_as_the_probe_on_sampled_pixel_features(
     feats = encoder_points(enc, layers)(image, points, None)  # (256, L * D)
     y = (image[0].reshape(-1) > 0).astype(np.int64) + 2 * (image[1].reshape(-1) > 0)  # 4 classes
     train = rng.choice(points.shape[0], 40, replace=False)
-    state = fit_probe(kind, feats[train], y[train], 4)
+    state = fit_probe(kind, feats[train], y[train], 4, feats if kind == "propagate" else None)
     expected = predict_probe(state, feats, 4)
     model = SegmentationModel(enc, 4, layers, head="probe", probe=kind, memory=40 if kind == "knn" else 0)
     model.decoder.load_fitted(state)

@@ -1,5 +1,6 @@
 """The ``propagate`` probe: labels spread along a k-NN graph of unlabelled samples (a class's few labels reach
-its whole cluster, where a k-NN of the labels alone gets much of it wrong), and the graph's nodes are drawn as said."""
+its whole cluster, where a probe of the labels alone gets much of it wrong), then a linear probe on every node; and
+the graph's nodes are drawn as said."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from geomed_ssl.models.probe import fit_probe, predict_probe
-from geomed_ssl.models.propagate import knn_graph, propagate_labels, sample_nodes
+from geomed_ssl.models.propagate import knn_graph, propagate_labels, propagated, sample_nodes
 
 
 def two_arcs(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -32,23 +33,25 @@ def test_graph_is_symmetric_normalised_and_has_no_self_loops() -> None:
     assert np.abs(np.linalg.eigvalsh(dense)).max() <= 1 + 1e-6  # D^-1/2 W D^-1/2: spectrum within [-1, 1]
 
 
-def test_one_label_per_arc_reaches_the_whole_arc_where_knn_of_the_labels_does_not() -> None:
+def test_one_label_per_arc_reaches_the_whole_arc_where_probes_of_the_labels_do_not() -> None:
     x, y = two_arcs(200)  # 100 points an arc: the labels cross it within the 50 iterations
     train = np.array([0, 1])
     scores = propagate_labels(x, train, y[train], 2)
     assert (scores.argmax(1) == y).mean() > 0.95
+    x_all, labels = propagated(x[train], y[train], x, 2)
+    assert len(x_all) == 2 + len(x) and (labels[:2] == y[train]).all() and (labels[2:] == y).mean() > 0.95
     state = fit_probe("propagate", x[train], y[train], 2, x)
-    assert state["memory"].shape[0] == 2 + len(x) and (state["memory_labels"][:2] == y[train]).all()
-    new, y_new = two_arcs(300, seed=1)  # unseen samples: classified by their nearest propagated nodes
+    assert set(state) == {"mean", "std", "weight", "bias"}  # a linear probe: as small and fast as linear's
+    new, y_new = two_arcs(300, seed=1)  # unseen samples
     assert (predict_probe(state, new, 2) == y_new).mean() > 0.95
-    knn = predict_probe(fit_probe("knn", x[train], y[train], 2), new, 2)
-    assert (knn == y_new).mean() < 0.7  # what the unlabelled samples added
+    for kind in ("knn", "linear"):  # what the unlabelled samples added
+        assert (predict_probe(fit_probe(kind, x[train], y[train], 2), new, 2) == y_new).mean() < 0.7, kind
 
 
-def test_without_unlabelled_nodes_it_is_knn_on_the_training_samples() -> None:
+def test_without_unlabelled_nodes_it_is_the_linear_probe_of_the_training_samples() -> None:
     x, y = two_arcs(60)
-    state = fit_probe("propagate", x[:20], y[:20], 2)
-    assert state["memory"].shape[0] == 20 and (state["memory_labels"] == y[:20]).all()
+    got, want = fit_probe("propagate", x[:20], y[:20], 2), fit_probe("linear", x[:20], y[:20], 2)
+    assert all(np.allclose(got[k], want[k]) for k in want)
 
 
 def test_nodes_are_every_pixel_under_the_cap_else_a_seeded_sample_inside_allowed() -> None:
@@ -71,7 +74,7 @@ def test_tiny_graphs_do_not_fail(n: int) -> None:
     assert propagate_labels(x, np.array([0]), np.array([1]), 2).argmax(1)[0] == 1
 
 
-def test_knn_votes_in_chunks_equal_one_pass() -> None:
+def test_knn_votes_in_chunks_equal_one_pass() -> None:  # (the knn probe's memory can be large)
     import torch
 
     from geomed_ssl.models.probe import knn_scores

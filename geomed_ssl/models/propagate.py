@@ -60,16 +60,20 @@ def propagate_labels(z: np.ndarray, train: np.ndarray, y_train: np.ndarray, num_
 
 def propagated(x_train: np.ndarray, y_train: np.ndarray, x_nodes: np.ndarray, num_classes: int
                ) -> tuple[np.ndarray, np.ndarray]:
-    """(x (n + m, F), labels (n + m,)): the training rows and the unlabelled ``x_nodes`` with their classes after
-    propagation over the standardised features (training rows keep their labels)."""
+    """(x (r, F), labels (r,)): the training rows and the unlabelled ``x_nodes`` with their classes after
+    propagation over the standardised features (training rows keep their labels; nodes no label reached within
+    the iterations, in a part of the graph cut off from every labelled row, are left out)."""
     x = np.concatenate([x_train, x_nodes]).astype(np.float32)
     mean, std = x.mean(axis=0, dtype=np.float64), x.std(axis=0, dtype=np.float64)
     std[std < 1e-6] = 1.0
     z = ((x - mean) / std).astype(np.float32)
     train = np.arange(x_train.shape[0])
-    labels = propagate_labels(z, train, y_train, num_classes).argmax(axis=1)
+    scores = propagate_labels(z, train, y_train, num_classes)
+    labels = scores.argmax(axis=1)
     labels[train] = y_train
-    return x, labels.astype(np.int64)
+    keep = scores.max(axis=1) > 0
+    keep[train] = True
+    return x[keep], labels[keep].astype(np.int64)
 
 
 def sample_nodes(shapes: Sequence[Sequence[int]], max_nodes: int, seed: int,

@@ -48,6 +48,15 @@ def test_one_label_per_arc_reaches_the_whole_arc_where_probes_of_the_labels_do_n
         assert (predict_probe(fit_probe(kind, x[train], y[train], 2), new, 2) == y_new).mean() < 0.7, kind
 
 
+def test_nodes_no_label_reaches_are_left_out_not_given_class_0() -> None:
+    rng = np.random.default_rng(0)
+    far = rng.normal([0.0, 0.0, 50.0], 0.1, size=(30, 3)).astype(np.float32)  # its own component of the graph
+    x, y = two_arcs(200)
+    x3 = np.concatenate([x, np.zeros((len(x), 1), np.float32)], 1)
+    x_all, labels = propagated(x3[:2], y[:2], np.concatenate([x3, far]), 2)
+    assert len(x_all) == 2 + len(x3) and np.array_equal(x_all[-1], x3[-1])  # the far cluster is gone
+
+
 def test_without_unlabelled_nodes_it_is_the_linear_probe_of_the_training_samples() -> None:
     x, y = two_arcs(60)
     got, want = fit_probe("propagate", x[:20], y[:20], 2), fit_probe("linear", x[:20], y[:20], 2)

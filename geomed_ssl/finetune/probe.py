@@ -40,9 +40,10 @@ def fit_probe_model(enc: ViTEncoder, recipe: Recipe, records: list[Any], selecti
             continue
         image = read_image(record, stats, recipe.data, nd)  # (C, *S) normalised
         view = None if allowed is None else allowed[i]
-        points = np.stack(np.unravel_index(selection.train_index[sel], image.shape[1:]), axis=1)  # (n, nd)
-        feats.append(points_fn(image, points, view))
-        values.append(selection.train_value[sel])
+        if sel.any():  # (an image may hold graph nodes only)
+            points = np.stack(np.unravel_index(selection.train_index[sel], image.shape[1:]), axis=1)  # (n, nd)
+            feats.append(points_fn(image, points, view))
+            values.append(selection.train_value[sel])
         if nodes[i].size:
             node_feats.append(points_fn(image, np.stack(np.unravel_index(nodes[i], image.shape[1:]), axis=1), view))
     x = np.concatenate(feats)  # (Ntr, L * D)

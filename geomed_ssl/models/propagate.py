@@ -5,7 +5,8 @@ The graph's nodes are the training pixels and a random sample of the images' pix
 at most ``finetune.probe_nodes``; the sample is unlabelled: test pixels may be among them, never their labels).
 Edges join each node to its ``K`` nearest (cosine on standardised features), weighted ``exp(-d / median d)``,
 symmetrised and normalised (``D^-1/2 W D^-1/2``); ``ITERATIONS`` steps of ``F <- ALPHA S F + (1 - ALPHA) Y`` spread
-the labels (each class's labels weigh alike). Each node takes its best class (training pixels keep theirs), and
+the labels (each label weighs alike: with k labels per class the classes weigh alike, with a fraction of the
+labels a class weighs as much as it is labelled). Each node takes its best class (training pixels keep theirs), and
 the ``linear`` probe is fitted on all nodes with those classes: a head as small and fast in ``predict`` as the plain
 linear probe's, which on Indian Pines scored as the k-NN memory of the nodes did (docs/label_efficiency.md).
 Graph settings fixed before any score."""
@@ -51,7 +52,6 @@ def propagate_labels(z: np.ndarray, train: np.ndarray, y_train: np.ndarray, num_
     s = knn_graph(z, k)
     y = np.zeros((z.shape[0], num_classes))
     y[train, y_train] = 1
-    y /= np.maximum(y.sum(0, keepdims=True), 1)  # each class's labels weigh alike
     f = y.copy()
     for _ in range(iterations):
         f = alpha * (s @ f) + (1 - alpha) * y

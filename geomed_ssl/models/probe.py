@@ -129,7 +129,8 @@ def point_windows(points: np.ndarray, shape: Sequence[int], window: Sequence[int
 
 
 # -- the classifiers -------------------------------------------------------------------------------------------
-def _standardiser(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def standardiser(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std of ``train`` (n, F) (a std under 1e-6 taken as 1): what the probes standardise by."""
     mean = train.mean(axis=0)
     std = train.std(axis=0)
     std[std < 1e-6] = 1.0
@@ -159,7 +160,7 @@ def fit_probe(kind: str, x_train: np.ndarray, y_train: np.ndarray, num_classes: 
         x_train, y_train = propagated(x_train, y_train, empty if x_nodes is None else x_nodes, num_classes)
         kind = "linear"
     x = x_train.astype(np.float64)
-    mean, std = _standardiser(x)
+    mean, std = standardiser(x)
     z = (x - mean) / std
     out = {"mean": mean.astype(np.float32), "std": std.astype(np.float32)}
     if kind == "knn":

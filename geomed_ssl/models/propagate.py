@@ -63,9 +63,10 @@ def propagated(x_train: np.ndarray, y_train: np.ndarray, x_nodes: np.ndarray, nu
     """(x (r, F), labels (r,)): the training rows and the unlabelled ``x_nodes`` with their classes after
     propagation over the standardised features (training rows keep their labels; nodes no label reached within
     the iterations, in a part of the graph cut off from every labelled row, are left out)."""
+    from geomed_ssl.models.probe import standardiser
+
     x = np.concatenate([x_train, x_nodes]).astype(np.float32)
-    mean, std = x.mean(axis=0, dtype=np.float64), x.std(axis=0, dtype=np.float64)
-    std[std < 1e-6] = 1.0
+    mean, std = standardiser(x.astype(np.float64))
     z = ((x - mean) / std).astype(np.float32)
     train = np.arange(x_train.shape[0])
     scores = propagate_labels(z, train, y_train, num_classes)
@@ -80,7 +81,7 @@ def sample_nodes(shapes: Sequence[Sequence[int]], max_nodes: int, seed: int,
                  allowed: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
     """Per image, the sorted flat positions of the graph's unlabelled nodes: every pixel (inside ``allowed``)
     when the images hold at most ``max_nodes``, else a uniform random sample of ``max_nodes`` of them."""
-    pools = [np.flatnonzero(a) if allowed is not None else None for a in (allowed or [None] * len(shapes))]
+    pools = [None] * len(shapes) if allowed is None else [np.flatnonzero(a) for a in allowed]
     sizes = np.array([p.size if p is not None else int(np.prod(s)) for p, s in zip(pools, shapes)], np.int64)
     total = int(sizes.sum())
     if total <= max_nodes:

@@ -38,6 +38,9 @@ WHOLE_VOLUME_BYTES = 1 << 30  # volumes up to this size are decoded once for all
 STATS_VERSION = 2  # 2: mean/std of the values clipped to [p1, p99] (what is fed); 1: of the unclipped values
 STATS_VERSIONS = (1, 2)
 MIN_RANGE_OVERLAP = 0.1  # a band whose [p1, p99] lies less than this fraction inside the training one is "far"
+# ... of the training [p1, p99] widened by this fraction of its span on each side: a dark or bright class (a forest
+# in B01, water in the NIR) lies just past the percentiles of every archive and is no sign of wrong units
+RANGE_MARGIN = 0.25
 _NOTED_V1: set[str] = set()
 
 ReadWindow = Callable[[Any, tuple[int, ...], tuple[int, ...]], np.ndarray]
@@ -132,14 +135,16 @@ def normalize(array: np.ndarray, stats: BandStats, nodata: float | None) -> tupl
 
 def far_from_stats(value_range: Sequence[Sequence[float]] | None, stats: BandStats) -> list[int]:
     """Bands whose data range is far from the training statistics: less than ``MIN_RANGE_OVERLAP`` of the data's
-    [p1, p99] lies inside the statistics' [p1, p99], so clipping flattens the band (e.g. reflectance 0-0.15 fed to
-    an encoder trained on DN 1000-2000: every pixel becomes p1). ``value_range`` is per band [min, p1, p99, max]
-    (``FileRecord.value_range``) in the statistics' band order; bands with no valid value are skipped."""
+    [p1, p99] lies inside the statistics' [p1, p99] widened by ``RANGE_MARGIN`` of its span on each side, so
+    clipping flattens the band (e.g. reflectance 0-0.15 fed to an encoder trained on DN 1000-2000: every pixel
+    becomes p1). ``value_range`` is per band [min, p1, p99, max] (``FileRecord.value_range``) in the statistics'
+    band order; bands with no valid value are skipped."""
     out = []
     for i, (row, lo, hi) in enumerate(zip(value_range or [], stats.p1, stats.p99)):
         a, b = float(row[1]), float(row[2])
         if not (math.isfinite(a) and math.isfinite(b)):
             continue
+        lo, hi = lo - RANGE_MARGIN * (hi - lo), hi + RANGE_MARGIN * (hi - lo)
         inside = max(0.0, min(b, hi) - max(a, lo))
         span = b - a
         fraction = inside / span if span > 0 else float(lo <= a <= hi)

@@ -168,6 +168,9 @@ def test_far_from_stats_flags_bands_whose_range_barely_meets_the_training_range(
     same_units = [[900.0, 1100.0, 1900.0, 2100.0], [0.0, 0.0, 20000.0, 20000.0], [1400.0, 1450.0, 1460.0, 1500.0]]
     assert far_from_stats(same_units, stats) == [1]  # only the band spread over 0..20000 (95 % clipped)
     assert far_from_stats([[float("nan")] * 4] * 3, stats) == []  # no valid value: nothing to say
+    # a dark class just under the training p1 (EuroSAT forests in B01: 958..983 against 997..2196) is no units error
+    dark = [[950.0, 958.0, 983.0, 990.0], [2100.0, 2150.0, 2240.0, 2300.0], [600.0, 650.0, 700.0, 710.0]]
+    assert far_from_stats(dark, stats) == [2]  # 650..700 lies more than a quarter of the span below 1000
 
 
 def test_far_from_stats_warning_names_the_file_and_bands(caplog):

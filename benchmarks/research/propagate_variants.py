@@ -1,16 +1,20 @@
 """Variants of ``compare``'s ``propagate`` protocol on a single-scene segmentation task (OA of the test pixels):
 
-- ``all``: the protocol as shipped when the scene holds at most ``finetune.probe_nodes`` pixels: every pixel a
-  node, then the linear probe fitted on every node with its propagated class classifies the test pixels;
+- ``all``: the protocol's first form when the scene holds at most ``finetune.probe_nodes`` pixels: every pixel a
+  node, then the linear probe fitted on every node with its propagated class (under the labels' class shares)
+  classifies the test pixels;
 - ``knn``: every pixel a node, the test pixels classified by a k-NN memory of all the propagated nodes (the
   protocol's first form: as accurate, but its head is the whole memory and ``predict`` compares every pixel with it);
 - ``nodesN``: N random pixels (plus the training pixels) as the nodes, as on a scene larger than the cap;
 - ``confM``: the k-NN memory of only each class's M most confident propagated pixels (and the training pixels);
+- ``em``: the protocol as shipped: ``all`` with the classes' shares re-estimated on the nodes (Saerens et al.
+  2002's EM for a prior shift: k labels per class say every class is as common, the scene does not), each node
+  then takes its best class under the estimated shares (``nodesN`` estimate them too);
 - ``rf``, ``random_conv``: the protocol on the encoder-free baselines' features (PCA + 7x7 means; random
   convolutions) beside the classifier ``compare`` runs on them: how much of the gain is the graph's alone.
 
     python benchmarks/research/propagate_variants.py RUN_DIR --images IMG_DIR --labels LABELS [--seeds 0,1,2]
-        [--variants all,knn,nodes10000,nodes5000,nodes2000,conf200,conf500,conf1000,conf2000,rf,random_conv]
+        [--variants all,em,knn,nodes10000,nodes5000,nodes2000,conf200,conf500,conf1000,conf2000,rf,random_conv]
 
 Encoder variants run for RUN_DIR and ``none``; one JSON line per encoder/baseline x seed x variant.
 """
@@ -47,7 +51,7 @@ def confident_rows(x: np.ndarray, labels: np.ndarray, n_train: int, per_class: i
 
 
 def main() -> None:
-    args = probe_args("all,knn,nodes10000,nodes5000,nodes2000,conf200,conf500,conf1000,conf2000,rf,random_conv")
+    args = probe_args("all,em,knn,nodes10000,nodes5000,nodes2000,conf200,conf500,conf1000,conf2000,rf,random_conv")
     recipe, task, splits, sources = probe_task(args)
     assert len(task.shapes) == 1, "one scene"
     variants = args.variants.split(",")
@@ -57,9 +61,9 @@ def main() -> None:
     every = np.stack(np.unravel_index(np.arange(int(np.prod(shape))), shape), 1)
 
     def show(name: str, seed: int, variant: str, pred: np.ndarray, y_test: np.ndarray) -> None:
-        oa = scores(y_test, pred, len(task.class_names), True)["oa"]
-        print(json.dumps({"encoder": name, "seed": seed, "k": args.k, "variant": variant, "oa": round(oa, 4)}),
-              flush=True)
+        m = scores(y_test, pred, len(task.class_names), True)
+        print(json.dumps({"encoder": name, "seed": seed, "k": args.k, "variant": variant,
+                          **{key: round(m[key], 4) for key in ("oa", "aa", "miou")}}), flush=True)
 
     for src, load in (sources if any(v not in BASELINES for v in variants) else []):
         x = encoder_points(src.encoder, probe_layers(src.encoder.config.depth, recipe.finetune.layers))(
@@ -74,7 +78,8 @@ def main() -> None:
                     continue
                 nodes = (np.arange(x.shape[0]) if not v.startswith("nodes")
                          else rng.choice(x.shape[0], int(v[5:]), replace=False))
-                x_all, labels = propagated(x[train], y_train, x[nodes], k)
+                x_all, labels = propagated(x[train], y_train, x[nodes], k,
+                                           "labels" if v in ("all", "knn") or v.startswith("conf") else "estimated")
                 if v.startswith("conf"):
                     keep = confident_rows(x_all, labels, train.size, int(v[4:]), k)
                     state = fit_probe("knn", x_all[keep], labels[keep], k)

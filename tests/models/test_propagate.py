@@ -1,6 +1,6 @@
 """The ``propagate`` probe: labels spread along a k-NN graph of unlabelled samples (a class's few labels reach
 its whole cluster, where a probe of the labels alone gets much of it wrong), then a linear probe on every node; and
-the graph's nodes are drawn as said."""
+the graph's nodes are drawn as said; the classes' shares are estimated on the nodes, not taken from the labels."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from geomed_ssl.models.probe import fit_probe, predict_probe
-from geomed_ssl.models.propagate import knn_graph, propagate_labels, propagated, sample_nodes
+from geomed_ssl.models.propagate import knn_graph, prior_shift, propagate_labels, propagated, sample_nodes
 
 
 def two_arcs(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -46,6 +46,33 @@ def test_one_label_per_arc_reaches_the_whole_arc_where_probes_of_the_labels_do_n
     assert (predict_probe(state, new, 2) == y_new).mean() > 0.95
     for kind in ("knn", "linear"):  # what the unlabelled samples added
         assert (predict_probe(fit_probe(kind, x[train], y[train], 2), new, 2) == y_new).mean() < 0.7, kind
+
+
+def test_prior_shift_recovers_the_scenes_class_shares_from_balanced_labels() -> None:
+    rng = np.random.default_rng(0)
+    y = (rng.random(4000) < 0.2).astype(int)  # the scene: 80 % class 0
+    x = rng.normal(y * 1.5, 1.0)  # two overlapping 1-D Gaussians
+    lik = np.stack([np.exp(-x ** 2 / 2), np.exp(-(x - 1.5) ** 2 / 2)], 1)  # posteriors under equal shares
+    post, shares = prior_shift(lik, np.array([0.5, 0.5]))
+    assert shares == pytest.approx([0.8, 0.2], abs=0.03)
+    assert (post.argmax(1) == y).mean() > (lik.argmax(1) == y).mean() + 0.05  # the Bayes rule under the true shares
+    same, kept = prior_shift(lik, np.array([0.8, 0.2]), iterations=0)  # no iteration: the scores as posteriors
+    assert kept == pytest.approx([0.8, 0.2]) and np.allclose(same.sum(1), 1)
+
+
+def test_propagated_classes_follow_the_estimated_shares_on_an_imbalanced_scene() -> None:
+    rng = np.random.default_rng(1)
+    y = (rng.random(3000) < 0.15).astype(int)  # 85 % class 0, overlapping clusters
+    x = rng.normal(0, 1, (3000, 4)).astype(np.float32)
+    x[:, 0] += 1.6 * y
+    train = np.concatenate([np.flatnonzero(y == 0)[:5], np.flatnonzero(y == 1)[:5]])  # 5 labels per class
+    nodes = np.setdiff1d(np.arange(3000), train)
+    _, est = propagated(x[train], y[train], x[nodes], 2)
+    _, plain = propagated(x[train], y[train], x[nodes], 2, shares="labels")
+    acc_est, acc_plain = (est[10:] == y[nodes]).mean(), (plain[10:] == y[nodes]).mean()
+    assert acc_est > acc_plain + 0.03 and (est[10:] == 1).mean() < (plain[10:] == 1).mean()
+    with pytest.raises(ValueError, match="shares"):
+        propagated(x[train], y[train], x[nodes], 2, shares="uniform")
 
 
 def test_nodes_no_label_reaches_are_left_out_not_given_class_0() -> None:

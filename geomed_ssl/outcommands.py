@@ -99,12 +99,6 @@ def _legacy_similar(folder: Path) -> bool:
         return False
 
 
-def _legacy_predict(folder: Path) -> bool:
-    names = [p.name for p in folder.iterdir()]
-    return bool(names) and all(matches(n, COMMANDS["predict"].patterns + COMMON_PATTERNS) or n == "predictions.csv"
-                               for n in names)
-
-
 @dataclass(frozen=True)
 class CommandSpec:
     """What one command writes at the top level of its output folder."""
@@ -143,7 +137,8 @@ COMMANDS: dict[str, CommandSpec] = {
                            legacy=_legacy_cluster,
                            inside={"maps": ("*_clusters.tif", "*_clusters.nii.gz", "*_clusters.png", "*.aux.xml")}),
     "predict": CommandSpec(("predictions.csv",), ("*_pred.tif", "*_pred.nii.gz", "*_pred_proba.tif",
-                                                  "*_pred_proba.nii.gz"), (), _legacy_predict),
+                                                  "*_pred_proba.nii.gz"), ()),  # no legacy rule: without a
+    # manifest a folder of *_pred.tif maps may be another tool's, so it is refused
     "evaluate": CommandSpec(("metrics.json", "confusion.png"), (), (), _legacy_evaluate),
     "similar": CommandSpec(("similar.csv", "similar.png"), (), (), _legacy_similar),
     "attention": CommandSpec((), ("*.png",), ()),

@@ -55,11 +55,17 @@ def partial_path(path: PathLike) -> Path:
     return path.with_name(f"{PARTIAL}{os.getpid()}-{path.name}")
 
 
+_MKDTEMP = "[a-z0-9_]" * 8  # tempfile.mkdtemp's random suffix (earlier versions' folder swaps)
+
+
 def legacy_temp_globs(names: Iterable[str]) -> tuple[str, ...]:
     """fnmatch patterns of what earlier versions' writers left in a folder of ours, for each of ``names`` (names or
-    globs of the entries a command writes there): ``.<name>.*`` and ``<name>.tmp``; and ``.tmp-<pid>-<hex>`` (an
-    embedding part being written)."""
-    return (".tmp-[0-9]*-*",) + tuple(g for n in names for g in (f".{n}.*", f"{n}.tmp"))
+    globs of the entries a command writes there): ``.<name>.tmp-<pid>-<hex>``, ``.<name>.<mkdtemp suffix>``,
+    ``.<name>.old``, ``.<name>.tmp``, ``.<name>.tmp.npy``, ``.<name>.<...>.tmp`` and ``<name>.tmp``; and
+    ``.tmp-<pid>-<hex>`` (an embedding part being written). Only these exact forms: an editor's ``.<name>.swp`` or
+    ``.<name>.un~`` beside our files is the user's."""
+    forms = (".{}.tmp-[0-9]*-[0-9a-f]*", ".{}." + _MKDTEMP, ".{}.old", ".{}.tmp", ".{}.tmp.npy", ".{}.*.tmp", "{}.tmp")
+    return (".tmp-[0-9]*-[0-9a-f]*",) + tuple(f.format(n) for n in names for f in forms)
 
 
 def is_temp_name(name: str, names: Iterable[str] = ()) -> bool:
@@ -81,13 +87,28 @@ def fsync_dir(folder: PathLike) -> None:
         os.close(fd)
 
 
+def fsync_tree(path: PathLike) -> None:
+    """Flush a finished file, or every file of a finished folder and the folders themselves, to disk: after a
+    power cut the final name never holds a truncated file."""
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink():
+        if not path.is_symlink():
+            with open(path, "rb+") as fh:
+                os.fsync(fh.fileno())
+        return
+    for root, _, files in os.walk(path):
+        for f in files:
+            if not os.path.islink(os.path.join(root, f)):
+                with open(os.path.join(root, f), "rb") as fh:
+                    os.fsync(fh.fileno())
+        fsync_dir(root)
+
+
 def commit_partial(tmp: PathLike, path: PathLike) -> Path:
     """Flush the finished file ``tmp`` (a :func:`partial_path`) to disk and rename it to ``path``, durably. A
     finished folder is renamed to ``path`` the same way, provided ``path`` does not exist or is an empty folder."""
     tmp, path = Path(tmp), Path(path)
-    if not tmp.is_dir():
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+    fsync_tree(tmp)
     os.replace(tmp, path)
     fsync_dir(path.parent)
     return path
@@ -158,7 +179,9 @@ def atomic_write_dir(target: PathLike, write: Callable[[Path], Any]) -> None:
     """Call ``write(tmp_dir)`` then swap ``tmp_dir`` into ``target``, so a kill never leaves a half-written folder.
 
     The temporary folder is ``.partial-<pid>-<name>`` beside ``target``; an existing ``target`` is moved aside to
-    ``.replaced-<pid>-<name>`` for the swap and deleted after it, so on success only ``target`` is left. What a
+    ``.replaced-<pid>-<name>`` for the swap and deleted after it, so on success only ``target`` is left. Entries of
+    the old ``target`` that ``write`` did not make (a user's notes) are carried into the new one first, as hard
+    links where the filesystem has them, so no kill at any point loses them. What a
     killed swap of this target left is cleaned first (:func:`remove_stale_partials`). The result has the modes the
     user's umask gives new files and folders (not safetensors' private 0600)."""
     target = Path(target)
@@ -171,6 +194,9 @@ def atomic_write_dir(target: PathLike, write: Callable[[Path], Any]) -> None:
     try:
         write(tmp)
         apply_umask(tmp)
+        if target.is_dir() and not target.is_symlink():
+            _carry_foreign(target, tmp)
+        fsync_tree(tmp)
         if target.exists() or target.is_symlink():
             os.replace(target, old)
         os.replace(tmp, target)
@@ -178,6 +204,28 @@ def atomic_write_dir(target: PathLike, write: Callable[[Path], Any]) -> None:
     finally:
         _remove(tmp)
         _remove(old)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _carry_foreign(old: Path, new: Path) -> None:
+    """Hard-link (else copy) into ``new`` every entry of ``old`` whose name ``new`` does not hold (a stale
+    temporary name of ours is not carried)."""
+    for entry in old.iterdir():
+        dst = new / entry.name
+        if dst.exists() or dst.is_symlink() or is_temp_name(entry.name):
+            continue
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry), dst)
+        elif entry.is_dir():
+            shutil.copytree(entry, dst, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(str(entry), str(dst))
 
 
 def _remove(path: Path) -> None:

@@ -655,6 +655,8 @@ TRAINING_CASES: list[Case] = [
     Case("unknown-train-strategy",
          lambda r: ["pretrain", "recipes/mae_sentinel2.yaml", "--data", str(rasters(r)), "--out", str(r / "run"),
                     "--set", "train.strategy=ddp_sideways"], "train.accelerator / devices / strategy"),
+    Case("strategy-that-writes-from-every-rank", pretrain_with("data.sensor=null", "train.strategy=deepspeed"),
+         "train.strategy 'deepspeed' is not supported: checkpoints and exports are written by rank 0 alone"),
     # every Trainer setting Lightning can refuse is tried before the run folder exists (data.sensor=null: data that
     # is fine, so only the setting can fail)
     Case("precision-whose-package-is-missing", pretrain_with("data.sensor=null", "train.precision=transformer-engine"),

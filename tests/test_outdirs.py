@@ -250,7 +250,7 @@ def test_overwrite_deletes_what_the_commands_write_inside_their_subfolders(tmp_p
     for name in ("checkpoints/last.ckpt", "checkpoints/step-000100.ckpt", "checkpoints/.last.ckpt.tmp-12-a1b2c3",
                  "encoder/config.json", "encoder/model.safetensors", "previews/step-000200.png",
                  "previews/.partial-7-step-000400.png", "tensorboard/events.out.tfevents.1.host.2.0",
-                 "tensorboard/hparams.yaml", ".encoder.x1y2/config.json"):
+                 "tensorboard/hparams.yaml", ".encoder.x1y2z3w4/config.json"):
         (run / name).parent.mkdir(parents=True, exist_ok=True)
         (run / name).write_text("ours")
     prepare_out_dir(run, command="pretrain", overwrite=True)

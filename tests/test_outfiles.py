@@ -80,7 +80,7 @@ def test_replace_with_copy_gives_the_copy_the_finished_contents(tmp_path: Path) 
 def test_atomic_write_dir_swaps_a_complete_folder_in_with_umask_modes(tmp_path: Path) -> None:
     target = tmp_path / "encoder"
     target.mkdir()
-    (target / "old.txt").write_text("old")
+    (target / "config.json").write_text("old")
 
     def killed(folder: Path) -> None:
         (folder / "half.txt").write_text("x")
@@ -88,20 +88,22 @@ def test_atomic_write_dir_swaps_a_complete_folder_in_with_umask_modes(tmp_path: 
 
     with pytest.raises(RuntimeError):
         atomic_write_dir(target, killed)
-    assert [p.name for p in target.iterdir()] == ["old.txt"] and [p.name for p in tmp_path.iterdir()] == ["encoder"]
+    assert [p.name for p in target.iterdir()] == ["config.json"] and [p.name for p in tmp_path.iterdir()] == ["encoder"]
+    assert (target / "config.json").read_text() == "old"
     old = os.umask(0o022)
     try:
         atomic_write_dir(target, lambda d: (d / "config.json").write_text("{}"))
     finally:
         os.umask(old)
     assert [p.name for p in target.iterdir()] == ["config.json"] and [p.name for p in tmp_path.iterdir()] == ["encoder"]
+    assert (target / "config.json").read_text() == "{}"
     assert target.stat().st_mode & 0o777 == 0o755 and (target / "config.json").stat().st_mode & 0o777 == 0o644
 
 
 def test_atomic_write_dir_leaves_no_temporary_sibling_while_writing_or_after(tmp_path: Path) -> None:
     target = tmp_path / "export"
     target.mkdir()
-    (target / "old.txt").write_text("old")
+    (target / "new.txt").write_text("old")
     seen = []
 
     def write(folder: Path) -> None:
@@ -129,8 +131,23 @@ def test_a_swap_killed_midway_is_undone_by_the_next_write_of_that_folder(tmp_pat
 
 
 def test_earlier_versions_temporary_names_are_removed_only_for_the_names_given(tmp_path: Path) -> None:
-    old = [".metrics.csv.tmp-17-00ff00", "metrics.csv.tmp", ".encoder.k2j3h4", ".tmp-17-0a1b2c3d"]
-    for name in old + ["notes.tmp", ".hidden"]:
+    old = [".metrics.csv.tmp-17-00ff00", "metrics.csv.tmp", ".encoder.k2j3h4_9", ".encoder.old", ".tmp-17-0a1b2c3d",
+           ".vectors.npy.tmp.npy", ".manifest.json.x1.tmp"]
+    users = ["notes.tmp", ".hidden", ".metrics.csv.swp", ".encoder.un~", ".encoder.backup", ".manifest.json.bak"]
+    for name in old + users:
         (tmp_path / name).write_text("x")
-    assert sorted(p.name for p in remove_stale_partials(tmp_path, ("metrics.csv", "encoder"))) == sorted(old)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "notes.tmp"]
+    names = ("metrics.csv", "encoder", "vectors.npy", "manifest.json")
+    assert sorted(p.name for p in remove_stale_partials(tmp_path, names)) == sorted(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(users)  # an editor's swap / undo files stay
+
+
+def test_atomic_write_dir_keeps_what_the_user_put_in_the_folder_it_replaces(tmp_path: Path) -> None:
+    target = tmp_path / "encoder"
+    atomic_write_dir(target, lambda d: (d / "model.safetensors").write_text("v1"))
+    (target / "my_notes.txt").write_text("mine")
+    (target / "figures").mkdir()
+    (target / "figures" / "a.png").write_text("png")
+    atomic_write_dir(target, lambda d: (d / "model.safetensors").write_text("v2"))
+    assert (target / "model.safetensors").read_text() == "v2"  # ours replaced
+    assert (target / "my_notes.txt").read_text() == "mine" and (target / "figures" / "a.png").read_text() == "png"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder"]

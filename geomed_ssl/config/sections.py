@@ -196,7 +196,7 @@ class TrainConfig:
                              choices=PRECISIONS)
     accelerator: str = setting("auto", "Lightning accelerator", choices=ACCELERATORS)
     devices: int | str | list[int] = setting(1, "devices per node: a count, a list of device ids, -1 or auto (all)")
-    strategy: str = setting("auto", "Lightning strategy: auto, ddp, ddp_spawn, ...")
+    strategy: str = setting("auto", "Lightning strategy: auto or a DDP one (ddp, ddp_spawn, ddp_fork, ...)")
     num_nodes: int = setting(1, "machines (multi-node DDP)", bounds=">= 1")
     seed: int = setting(0, "sampling, masking and init seed", bounds=SEED)
     checkpoint_every: int = setting(100, "steps between kept checkpoints (step-NNNNNN.ckpt) and encoder exports",

@@ -296,8 +296,19 @@ class EmbeddingStore:
                     "dim": int(dim), "dtype": str(dtype), "files": files, **extra,
                     "geoparquet": bool(geo)}
         self.write_manifest(manifest)
-        shutil.rmtree(self.parts_dir, ignore_errors=True)
+        self._remove_parts()
         return manifest
+
+    def _remove_parts(self) -> None:
+        """Delete the committed parts (now in the table) and their folder if nothing else is left in it: a file the
+        user put in ``parts/`` stays."""
+        for part in self.parts_dir.glob("part-*"):
+            if part.is_dir() and not part.is_symlink():
+                shutil.rmtree(part, ignore_errors=True)
+        try:
+            self.parts_dir.rmdir()
+        except OSError:
+            pass
 
     def _geo_metadata(self, files: list[dict[str, Any]]) -> dict[str, Any] | None:
         """GeoParquet 1.0 metadata for the footprint polygons when geopandas (hence pyproj) is installed and every

@@ -41,7 +41,12 @@ def resolve_precision(precision: str, accelerator: str, strategy: str = "auto") 
 def probe_trainer(accelerator: str, devices: Any, strategy: str, num_nodes: int, precision: str) -> L.Trainer:
     """A Trainer built with every launch and precision setting that Lightning can refuse (an unknown strategy, an
     accelerator that is absent, a precision whose package is missing: ``transformer-engine``, ``tpu``'s
-    torch_xla), and nothing else, so a bad value is one ``ConfigError`` before any folder is made."""
+    torch_xla), and nothing else, so a bad value is one ``ConfigError`` before any folder is made. Only ``auto``
+    and Lightning's DDP strategies are accepted: others (deepspeed, fsdp) write checkpoints from every rank,
+    around the atomic rank-0 writes this toolkit's promises rest on."""
+    if not (str(strategy) == "auto" or str(strategy).startswith("ddp")):
+        raise ConfigError(f"train.strategy '{strategy}' is not supported: checkpoints and exports are written by "
+                          "rank 0 alone, as Lightning's DDP strategies do; use auto, ddp, ddp_spawn or ddp_fork.")
     resolved = resolve_precision(precision, accelerator, strategy)
     quiet_lightning()  # this may be the process's first Trainer: no GPU/TPU banners or tips (they printed twice)
     try:

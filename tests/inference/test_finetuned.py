@@ -94,6 +94,24 @@ def test_segmentation_predict_on_a_folder_skips_what_the_recipe_excludes(tmp_pat
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".geomed-ssl.json", "scene_pred.tif"]
 
 
+def test_predict_refuses_a_folder_of_another_tools_maps_and_leaves_them(tmp_path: Path) -> None:
+    ft = make_ft_dir(tmp_path)
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    write_geotiff(folder / "scene.tif", structured_raster(np.random.default_rng(1), 4, 32))
+    theirs = tmp_path / "their_maps"
+    theirs.mkdir()
+    write_geotiff(theirs / "scene_pred.tif", np.full((1, 32, 32), 7, np.uint8))  # same name as ours would be
+    before = (theirs / "scene_pred.tif").read_bytes()
+    result = runner.invoke(app, ["predict", str(ft), str(folder), "--out", str(theirs)])
+    assert result.exit_code == 2 and "scene_pred.tif" in result.output and "not made by geomed-ssl" in result.output
+    assert (theirs / "scene_pred.tif").read_bytes() == before and sorted(p.name for p in theirs.iterdir()) == [
+        "scene_pred.tif"]
+    again = runner.invoke(app, ["predict", str(ft), str(folder), "--out", str(tmp_path / "ours")])
+    assert again.exit_code == 0, again.output  # our own folder, then continued: its manifest says it is ours
+    assert runner.invoke(app, ["predict", str(ft), str(folder), "--out", str(tmp_path / "ours")]).exit_code == 0
+
+
 @pytest.mark.parametrize("kind, other", [("raster", "volume"), ("volume", "raster")])
 def test_a_file_of_the_other_kind_is_refused_in_one_line(tmp_path: Path, kind: str, other: str) -> None:
     import nibabel as nib

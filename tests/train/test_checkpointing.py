@@ -63,9 +63,9 @@ def test_only_our_stale_temporary_files_are_removed(tmp_path: Path) -> None:
     theirs = [tmp_path / "checkpoints" / "notes.tmp", tmp_path / ".hidden", tmp_path / "checkpoints" / "last.ckpt"]
     for p in ours + theirs:
         p.write_bytes(b"x")
-    (tmp_path / ".encoder.k2j3h4").mkdir()  # an interrupted encoder export
+    (tmp_path / ".encoder.k2j3h4m5").mkdir()  # an interrupted encoder export
     remove_stale_temp_files(tmp_path)
-    assert not any(p.exists() for p in ours) and not (tmp_path / ".encoder.k2j3h4").exists()
+    assert not any(p.exists() for p in ours) and not (tmp_path / ".encoder.k2j3h4m5").exists()
     assert all(p.exists() for p in theirs)
 
 

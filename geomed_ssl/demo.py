@@ -90,8 +90,8 @@ def run_demo(out: Path = Path("geomed-ssl-demo"), steps: int = DEMO_RECIPE["trai
                                 labels=dataclasses.replace(recipe.labels, per_class=budgets[-1], seed=seeds[0]))
     finetune_segment(probe, encoder, SAMPLE_DIR, LABELS, probe_dir, progress=False)
     lines = predict_dir(probe_dir, [SAMPLE_DIR / "indian_pines.tif"], out / "prediction")
+    record_entries(out / "prediction", ["indian_pines_pred.png"])  # named before it exists: a kill leaves it ours
     png = save_map_png(out / "prediction" / "indian_pines_pred.tif", out / "prediction" / "indian_pines_pred.png")
-    record_entries(png.parent, [png.name])
     minutes = (time.time() - start) / 60
     seed_list = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
     print(f"\nDemo done in {minutes:.1f} min: {result.steps} pretraining steps; each encoder probed frozen (linear, "

@@ -291,7 +291,10 @@ class Recipe:
         return {name: section_dict(getattr(self, name)) for name in SECTIONS}
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Write the recipe as YAML, atomically (the file is the old one or the complete new one)."""
+        from geomed_ssl.outfiles import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def section_dict(section: Any) -> dict[str, Any]:

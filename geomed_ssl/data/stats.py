@@ -88,7 +88,10 @@ class BandStats:
                    col("count", int), version=int(d["version"]))
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+        """Write the statistics as JSON, atomically."""
+        from geomed_ssl.outfiles import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> BandStats:

@@ -16,7 +16,8 @@ from geomed_ssl.outfiles import atomic_path, atomic_write
 
 
 class MetricsCSV(L.Callback):
-    """Appends one row per ``every`` steps to ``metrics.csv``; on resume, rows after the resumed step are dropped."""
+    """One row per ``every`` steps in ``metrics.csv`` (the file rewritten atomically each time); on resume, rows
+    after the resumed step are dropped."""
 
     def __init__(self, path: str | Path, every: int = 10):
         self.path = Path(path)

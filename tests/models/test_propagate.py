@@ -73,6 +73,9 @@ def test_propagated_classes_follow_the_estimated_shares_on_an_imbalanced_scene()
     assert acc_est > acc_plain + 0.03 and (est[10:] == 1).mean() < (plain[10:] == 1).mean()
     with pytest.raises(ValueError, match="shares"):
         propagated(x[train], y[train], x[nodes], 2, shares="uniform")
+    few = nodes[:150]  # < 100 unlabelled nodes per class: too few for a stable estimate, the labels' shares stay
+    assert np.array_equal(propagated(x[train], y[train], x[few], 2)[1],
+                          propagated(x[train], y[train], x[few], 2, shares="labels")[1])
 
 
 def test_nodes_no_label_reaches_are_left_out_not_given_class_0() -> None:

@@ -44,6 +44,7 @@ from geomed_ssl.permissions import apply_umask
 
 PARTIAL, REPLACED = ".partial-", ".replaced-"
 TEMP_GLOBS = (f"{PARTIAL}*", f"{REPLACED}*")  # what this version's writers leave when killed
+_MKDTEMP = "[a-z0-9_]" * 8  # tempfile.mkdtemp's random suffix (earlier versions' folder swaps)
 _OURS = re.compile(rf"^({re.escape(PARTIAL)}|{re.escape(REPLACED)})(\d+)-(.+)$")
 PathLike = str | os.PathLike
 
@@ -53,9 +54,6 @@ def partial_path(path: PathLike) -> Path:
     .nii.gz, .png), with this process's id so a later run can tell a killed writer's leftovers."""
     path = Path(path)
     return path.with_name(f"{PARTIAL}{os.getpid()}-{path.name}")
-
-
-_MKDTEMP = "[a-z0-9_]" * 8  # tempfile.mkdtemp's random suffix (earlier versions' folder swaps)
 
 
 def legacy_temp_globs(names: Iterable[str]) -> tuple[str, ...]:

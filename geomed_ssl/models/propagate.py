@@ -97,6 +97,8 @@ def propagated(x_train: np.ndarray, y_train: np.ndarray, x_nodes: np.ndarray, nu
     labels' shares: the plain argmax; the protocol before the estimate)."""
     from geomed_ssl.models.probe import standardiser
 
+    if shares not in ("estimated", "labels"):
+        raise ValueError(f"shares must be 'estimated' or 'labels', not {shares!r}")
     x = np.concatenate([x_train, x_nodes]).astype(np.float32)
     mean, std = standardiser(x.astype(np.float64))
     z = ((x - mean) / std).astype(np.float32)
@@ -108,8 +110,6 @@ def propagated(x_train: np.ndarray, y_train: np.ndarray, x_nodes: np.ndarray, nu
     if shares == "estimated" and nodes.size >= EM_MIN_NODES_PER_CLASS * num_classes:
         label_shares = np.bincount(y_train, minlength=num_classes) / max(y_train.size, 1)
         labels[nodes] = prior_shift(scores[nodes], label_shares)[0].argmax(axis=1)
-    elif shares not in ("estimated", "labels"):
-        raise ValueError(f"shares must be 'estimated' or 'labels', not {shares!r}")
     labels[train] = y_train
     keep[train] = True
     return x[keep], labels[keep].astype(np.int64)

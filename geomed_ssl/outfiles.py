@@ -33,15 +33,18 @@ API::
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import re
 import shutil
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 from geomed_ssl.permissions import apply_umask
 
+log = logging.getLogger("geomed_ssl")
 PARTIAL, REPLACED = ".partial-", ".replaced-"
 TEMP_GLOBS = (f"{PARTIAL}*", f"{REPLACED}*")  # what this version's writers leave when killed
 _MKDTEMP = "[a-z0-9_]" * 8  # tempfile.mkdtemp's random suffix (earlier versions' folder swaps)
@@ -96,7 +99,7 @@ def fsync_tree(path: PathLike) -> None:
         return
     for root, _, files in os.walk(path):
         for f in files:
-            if not os.path.islink(os.path.join(root, f)):
+            if stat.S_ISREG(os.lstat(os.path.join(root, f)).st_mode):  # not a link, a pipe (open would block), ...
                 with open(os.path.join(root, f), "rb") as fh:
                     os.fsync(fh.fileno())
         fsync_dir(root)
@@ -192,9 +195,9 @@ def atomic_write_dir(target: PathLike, write: Callable[[Path], Any]) -> None:
     try:
         write(tmp)
         apply_umask(tmp)
+        fsync_tree(tmp)  # what ``write`` made; carried entries are the user's, already on disk
         if target.is_dir() and not target.is_symlink():
             _carry_foreign(target, tmp)
-        fsync_tree(tmp)
         if target.exists() or target.is_symlink():
             os.replace(target, old)
         os.replace(tmp, target)
@@ -212,18 +215,26 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 def _carry_foreign(old: Path, new: Path) -> None:
-    """Hard-link (else copy) into ``new`` every entry of ``old`` whose name ``new`` does not hold (a stale
-    temporary name of ours is not carried)."""
+    """Hard-link (else copy) into ``new`` every entry of ``old`` whose name ``new`` does not hold (a killed writer's
+    temporary entry of ours is not carried). What cannot be carried (a folder that cannot be read, a pipe on a
+    filesystem without hard links) is named in a warning: the export itself never fails for it."""
     for entry in old.iterdir():
         dst = new / entry.name
-        if dst.exists() or dst.is_symlink() or is_temp_name(entry.name):
+        if dst.exists() or dst.is_symlink() or _OURS.match(entry.name):
             continue
-        if entry.is_symlink():
-            os.symlink(os.readlink(entry), dst)
-        elif entry.is_dir():
-            shutil.copytree(entry, dst, symlinks=True, copy_function=_link_or_copy)
-        else:
-            _link_or_copy(str(entry), str(dst))
+        try:
+            mode = entry.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                os.symlink(os.readlink(entry), dst)
+            elif stat.S_ISDIR(mode):
+                shutil.copytree(entry, dst, symlinks=True, copy_function=_link_or_copy)
+            elif stat.S_ISREG(mode):
+                _link_or_copy(str(entry), str(dst))
+            else:  # a pipe or socket: a hard link only (a copy would read from it)
+                os.link(entry, dst)
+        except (OSError, shutil.Error) as err:
+            log.warning("warning: '%s' (not written by geomed-ssl) was not kept when '%s' was replaced (%s); keep "
+                        "your own files outside the toolkit's folders.", entry.name, old.name, err)
 
 
 def _remove(path: Path) -> None:

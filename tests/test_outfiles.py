@@ -151,3 +151,14 @@ def test_atomic_write_dir_keeps_what_the_user_put_in_the_folder_it_replaces(tmp_
     assert (target / "model.safetensors").read_text() == "v2"  # ours replaced
     assert (target / "my_notes.txt").read_text() == "mine" and (target / "figures" / "a.png").read_text() == "png"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["encoder"]
+
+
+def test_a_folder_swap_neither_hangs_on_a_pipe_nor_drops_a_users_partial_named_file(tmp_path: Path, caplog) -> None:
+    target = tmp_path / "encoder"
+    atomic_write_dir(target, lambda d: (d / "model.safetensors").write_text("v1"))
+    os.mkfifo(target / "pipe")  # open() on it would block the export forever
+    (target / ".partial-notes.txt").write_text("mine")  # no process id: not a writer's leftover
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        atomic_write_dir(target, lambda d: (d / "model.safetensors").write_text("v2"))
+    assert (target / "model.safetensors").read_text() == "v2" and (target / ".partial-notes.txt").read_text() == "mine"
+    assert os.path.exists(target / "pipe")  # hard-linked like any other entry

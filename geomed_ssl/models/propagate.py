@@ -73,13 +73,14 @@ def prior_shift(scores: np.ndarray, label_shares: np.ndarray, iterations: int = 
     """(posteriors (n, K), shares (K,)): the rows of ``scores`` (n, K) as posteriors under ``label_shares``,
     re-weighted to the class shares that EM estimates on these rows (Saerens et al. 2002: p(c|x) is rescaled by
     share(c) / label_share(c) and the shares are the mean of the rescaled posteriors, until they settle)."""
-    post = scores / np.maximum(scores.sum(axis=1, keepdims=True), 1e-12)
-    ratio_base = np.maximum(label_shares, 1e-12)
+    tiny = np.finfo(np.float64).tiny  # a node reached by a score of 1e-30 still counts as one node
+    post = scores / np.maximum(scores.sum(axis=1, keepdims=True), tiny)
+    ratio_base = np.maximum(label_shares, tiny)
     shares = label_shares.astype(np.float64)
     adjusted = post
     for _ in range(iterations):
         adjusted = post * (shares / ratio_base)
-        adjusted /= np.maximum(adjusted.sum(axis=1, keepdims=True), 1e-12)
+        adjusted /= np.maximum(adjusted.sum(axis=1, keepdims=True), tiny)
         new = adjusted.mean(axis=0)
         if np.abs(new - shares).max() < 1e-6:
             break

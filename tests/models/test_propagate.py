@@ -56,6 +56,9 @@ def test_prior_shift_recovers_the_scenes_class_shares_from_balanced_labels() -> 
     post, shares = prior_shift(lik, np.array([0.5, 0.5]))
     assert shares == pytest.approx([0.8, 0.2], abs=0.03)
     assert (post.argmax(1) == y).mean() > (lik.argmax(1) == y).mean() + 0.05  # the Bayes rule under the true shares
+    faint = lik.copy()
+    faint[y == 1] *= 1e-26  # nodes the propagation barely reached count as whole nodes
+    assert prior_shift(faint, np.array([0.5, 0.5]))[1] == pytest.approx(shares)
     same, kept = prior_shift(lik, np.array([0.8, 0.2]), iterations=0)  # no iteration: the scores as posteriors
     assert kept == pytest.approx([0.8, 0.2]) and np.allclose(same.sum(1), 1)
 

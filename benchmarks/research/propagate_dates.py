@@ -14,8 +14,7 @@ from probe_common import probe_args, probe_task
 
 from geomed_ssl.compare.probes import scores
 from geomed_ssl.models.probe import encoder_points, fit_probe, predict_probe, probe_layers, standardiser
-from geomed_ssl.models.propagate import (EM_MIN_NODES_PER_CLASS, knn_graph, prior_shift, propagate_labels,
-                                         propagated)
+from geomed_ssl.models.propagate import knn_graph, node_classes, propagated
 
 
 def centred_propagated(x_train: np.ndarray, y_train: np.ndarray, x_nodes: np.ndarray, groups: np.ndarray,
@@ -26,13 +25,7 @@ def centred_propagated(x_train: np.ndarray, y_train: np.ndarray, x_nodes: np.nda
     z = ((x - mean) / std).astype(np.float32)
     for g in np.unique(groups):
         z[groups == g] -= z[groups == g].mean(0)
-    train = np.arange(len(x_train))
-    f = propagate_labels(z, train, y_train, num_classes)
-    keep, labels = f.max(1) > 0, f.argmax(1)
-    nodes = np.flatnonzero(keep[train.size:]) + train.size
-    if nodes.size >= EM_MIN_NODES_PER_CLASS * num_classes:
-        labels[nodes] = prior_shift(f[nodes], np.bincount(y_train, minlength=num_classes) / y_train.size)[0].argmax(1)
-    labels[train], keep[train] = y_train, True
+    keep, labels = node_classes(z, y_train, num_classes)
     return x[keep], labels[keep]
 
 

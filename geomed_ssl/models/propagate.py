@@ -88,22 +88,17 @@ def prior_shift(scores: np.ndarray, label_shares: np.ndarray, iterations: int = 
     return adjusted, shares
 
 
-def propagated(x_train: np.ndarray, y_train: np.ndarray, x_nodes: np.ndarray, num_classes: int,
-               shares: str = "estimated") -> tuple[np.ndarray, np.ndarray]:
-    """(x (r, F), labels (r,)): the training rows and the unlabelled ``x_nodes`` with their classes after
-    propagation over the standardised features (training rows keep their labels; nodes no label reached within
-    the iterations, in a part of the graph cut off from every labelled row, are left out). ``shares``:
-    ``estimated`` (each node's best class under the class shares EM estimates on the nodes, :func:`prior_shift`,
-    when there are at least ``EM_MIN_NODES_PER_CLASS`` per class; else as ``labels``) or ``labels`` (under the
-    labels' shares: the plain argmax; the protocol before the estimate)."""
-    from geomed_ssl.models.probe import standardiser
-
+def node_classes(z: np.ndarray, y_train: np.ndarray, num_classes: int, shares: str = "estimated"
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(keep (n,) bool, labels (n,)) of the rows of z (n, F), the first ``len(y_train)`` of them labelled
+    ``y_train``, after propagating those labels over the graph of z: training rows keep their labels; nodes no
+    label reached within the iterations (a part of the graph cut off from every labelled row) are not kept.
+    ``shares``: ``estimated`` (each node's best class under the class shares EM estimates on the nodes,
+    :func:`prior_shift`, when there are at least ``EM_MIN_NODES_PER_CLASS`` per class; else as ``labels``) or
+    ``labels`` (under the labels' shares: the plain argmax; the protocol before the estimate)."""
     if shares not in ("estimated", "labels"):
         raise ValueError(f"shares must be 'estimated' or 'labels', not {shares!r}")
-    x = np.concatenate([x_train, x_nodes]).astype(np.float32)
-    mean, std = standardiser(x.astype(np.float64))
-    z = ((x - mean) / std).astype(np.float32)
-    train = np.arange(x_train.shape[0])
+    train = np.arange(y_train.size)
     scores = propagate_labels(z, train, y_train, num_classes)
     keep = scores.max(axis=1) > 0
     labels = scores.argmax(axis=1)
@@ -113,7 +108,19 @@ def propagated(x_train: np.ndarray, y_train: np.ndarray, x_nodes: np.ndarray, nu
         labels[nodes] = prior_shift(scores[nodes], label_shares)[0].argmax(axis=1)
     labels[train] = y_train
     keep[train] = True
-    return x[keep], labels[keep].astype(np.int64)
+    return keep, labels.astype(np.int64)
+
+
+def propagated(x_train: np.ndarray, y_train: np.ndarray, x_nodes: np.ndarray, num_classes: int,
+               shares: str = "estimated") -> tuple[np.ndarray, np.ndarray]:
+    """(x (r, F), labels (r,)): the training rows and the unlabelled ``x_nodes`` with their classes after
+    propagation over the standardised features (:func:`node_classes`; nodes no label reached are left out)."""
+    from geomed_ssl.models.probe import standardiser
+
+    x = np.concatenate([x_train, x_nodes]).astype(np.float32)
+    mean, std = standardiser(x.astype(np.float64))
+    keep, labels = node_classes(((x - mean) / std).astype(np.float32), y_train, num_classes, shares)
+    return x[keep], labels[keep]
 
 
 def sample_nodes(shapes: Sequence[Sequence[int]], max_nodes: int, seed: int,

@@ -18,7 +18,7 @@ from geomed_ssl.data.catalog import Catalog
 from geomed_ssl.data.labelled import ImageDataset, scan_class_folders
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, class_weights_from_counts, data_meta,
-                                     encoder_and_stats, finetune_inputs, fit_supervised, save_recipe)
+                                     encoder_and_stats, finetune_inputs, fit_supervised, save_recipe, seed_new_head)
 from geomed_ssl.finetune.labels import sample_fraction, sample_images_per_class
 from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix, save_confusion_png
 from geomed_ssl.models.cls_heads import ClassificationModel
@@ -120,6 +120,7 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
     prepare_out_dir(out, command="finetune", inputs=inputs, overwrite=overwrite)
     save_recipe(recipe, out / "config.yaml")
     save_selection(out / "labels_used.npz", [r.path for r in records], labels, train, test, names, notes)
+    seed_new_head(recipe)
     model = ClassificationModel(enc, len(names), head=f.head, pool=f.pool)
     dataset = ImageDataset(records, labels, stats, recipe.data, enc.config.patch_size)
     counts = np.bincount(labels[train], minlength=len(names))

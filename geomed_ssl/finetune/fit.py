@@ -108,6 +108,12 @@ def save_recipe(recipe: Recipe, path: Path) -> None:
         recipe.save(tmp)
 
 
+def seed_new_head(recipe: Recipe) -> None:
+    """Seed torch from ``labels.seed`` before a head is built: its first weights must not depend on what ran
+    earlier in this process (``compare`` runs many fine-tunes in one, and a resumed compare runs fewer)."""
+    torch.manual_seed(recipe.labels.seed)
+
+
 def check_trainer_settings(recipe: Recipe) -> None:
     """The Trainer :func:`fit_supervised` builds (this process, one device), tried before FT_DIR is made: a
     precision or accelerator Lightning refuses is one ``ConfigError``."""

@@ -13,7 +13,7 @@ from geomed_ssl.checkpoint import save_model
 from geomed_ssl.config import Recipe, as_tuple, load_recipe
 from geomed_ssl.data.catalog import scan
 from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, class_weights_from_counts, data_meta,
-                                     encoder_and_stats, finetune_inputs, fit_supervised, save_recipe)
+                                     encoder_and_stats, finetune_inputs, fit_supervised, save_recipe, seed_new_head)
 from geomed_ssl.finetune.labels import read_label_pairs, select_labels
 from geomed_ssl.finetune.probe import fit_probe_model
 from geomed_ssl.finetune.sampling import training_block_maps
@@ -36,6 +36,7 @@ def _train(enc: Any, recipe: Recipe, selection: Any, records: list[Any], stats: 
     """The UNETR or linear head (and the encoder unless frozen) trained on windows around the training pixels."""
     layers = recipe.finetune.layers if recipe.finetune.layers is not None else default_layers(enc.config.depth)
     k = len(selection.classes)
+    seed_new_head(recipe)
     model = SegmentationModel(enc, k, layers, feature_size=recipe.finetune.feature_size, head=recipe.finetune.head)
     targets = [selection.target(i, "train").astype(np.int16) for i in range(len(records))]
     dataset = SparseLabelDataset(records, targets, stats, recipe.data, window, seed=recipe.labels.seed,

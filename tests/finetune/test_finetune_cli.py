@@ -294,3 +294,32 @@ def test_finetune_runs_in_one_process_whatever_the_recipe_asks_for_pretraining(s
     assert result.exit_code == 0, result.output
     assert "fine-tuning runs in one process on one device" in result.output and "train.devices=2" in result.output
     assert (ft / "metrics.json").is_file()
+
+
+def test_a_fine_tune_does_not_depend_on_what_ran_before_it_in_the_process(seg_scene, class_folders: Path,
+                                                                          pretrained: Path, tmp_path: Path) -> None:
+    """``compare`` runs many fine-tunes in one process (a resumed one fewer): the same seed gives the same model
+    whatever torch's generator held before (the new head is seeded too, not only the training)."""
+    from safetensors.torch import load_file
+
+    images, labels = seg_scene
+    commands = {
+        "classify": ["finetune", "classify", "recipes/mae_sentinel2.yaml", "--encoder", str(pretrained),
+                     "--data", str(class_folders), "--labels-per-class", "2", "--mlp",
+                     *sets("data.sensor=null", "finetune.max_steps=5")],
+        "segment": ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", str(pretrained),
+                    "--images", str(images), "--labels", str(labels), "--labels-per-class", "5",
+                    *sets("data.sensor=null", "finetune.max_steps=3")],
+    }
+    differ = []
+    for task, command in commands.items():
+        weights = []
+        for before in (1, 2):
+            torch.manual_seed(before)
+            out = tmp_path / f"{task}{before}"
+            result = runner.invoke(app, [*command, "--out", str(out)])
+            assert result.exit_code == 0, result.output
+            weights.append(load_file(str(out / "model" / "model.safetensors")))
+        assert weights[0].keys() == weights[1].keys()
+        differ += [task] if not all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]) else []
+    assert differ == []

@@ -23,13 +23,18 @@ app = typer.Typer(
 
 
 @app.callback()
-def main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
+def main(ctx: typer.Context, debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
          quiet: bool = typer.Option(False, "--quiet", "-q", help="Less output.")) -> None:
+    from geomed_ssl.launch import runs_here
+
     STATE["debug"] = debug
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr,
                         force=True)
     # GDAL reports unreadable files itself; the catalog names them with the reason, so its log lines are noise.
     logging.getLogger("rasterio").setLevel(logging.CRITICAL)
+    command = ctx.invoked_subcommand
+    if command not in (None, "pretrain") and not runs_here(f"geomed-ssl {command}"):
+        raise typer.Exit(0)  # under torchrun / srun -n N only pretrain trains across ranks; the rest runs in rank 0
 
 
 @app.command()

@@ -116,7 +116,12 @@ def seed_new_head(recipe: Recipe) -> None:
 
 def check_trainer_settings(recipe: Recipe) -> None:
     """The Trainer :func:`fit_supervised` builds (this process, one device), tried before FT_DIR is made: a
-    precision or accelerator Lightning refuses is one ``ConfigError``."""
+    precision or accelerator Lightning refuses is one ``ConfigError``. Says so when the recipe asks for more
+    devices (every head: the probes too)."""
+    t = recipe.train
+    if str(t.devices) not in ("1", "auto") or t.num_nodes != 1 or t.strategy != "auto":
+        log.warning(f"fine-tuning runs in one process on one device; train.devices={t.devices}, "
+                    f"train.strategy={t.strategy}, train.num_nodes={t.num_nodes} apply to pretrain only.")
     probe_trainer(recipe.train.accelerator, 1, "auto", 1, recipe.train.precision)
 
 
@@ -126,9 +131,6 @@ def fit_supervised(model: torch.nn.Module, dataset: Any, recipe: Recipe, num_cla
     process, on one device (``train.devices`` / ``strategy`` / ``num_nodes`` are for ``pretrain``)."""
     f, t = recipe.finetune, recipe.train
     quiet_lightning()
-    if str(t.devices) not in ("1", "auto") or t.num_nodes != 1 or t.strategy != "auto":
-        log.warning(f"fine-tuning runs in one process on one device; train.devices={t.devices}, "
-                    f"train.strategy={t.strategy}, train.num_nodes={t.num_nodes} apply to pretrain only.")
     L.seed_everything(recipe.labels.seed, workers=True, verbose=False)
     encoder = getattr(model, "encoder", None)
     if encoder is not None:

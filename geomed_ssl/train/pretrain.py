@@ -22,6 +22,7 @@ from geomed_ssl.views.datasets import PretrainDataset, collate
 from geomed_ssl.data.stats import BandStats, compute_stats
 from geomed_ssl.views.builder import build_views
 from geomed_ssl.errors import GeomedError
+from geomed_ssl.launch import check_pretrain_world
 from geomed_ssl.methods import build_method, with_method_settings
 from geomed_ssl.methods.schedules import ScheduleClock
 from geomed_ssl.models.encoder import EncoderConfig
@@ -91,7 +92,9 @@ def process_rank(t: Any) -> L.Trainer:
     rank and the world size from the launch environment before anything is written: with ``strategy=ddp``
     Lightning runs the same command again for the other ranks, and only rank 0 may create, check or delete
     folders. Every Trainer setting that can fail is tried here (:func:`probe_trainer`)."""
-    return probe_trainer(t.accelerator, t.devices, t.strategy, t.num_nodes, t.precision)
+    probe = probe_trainer(t.accelerator, t.devices, t.strategy, t.num_nodes, t.precision)
+    check_pretrain_world(probe.world_size)  # torchrun / srun started N processes: the recipe must train N
+    return probe
 
 
 def resolve_recipe(recipe: Recipe | str | Path | None, out: Path, overrides: list[str] | None,

@@ -283,14 +283,16 @@ def test_classify_modes_from_cli(class_folders: Path, pretrained: Path, tmp_path
     assert len((tmp_path / "p" / "predictions.csv").read_text().splitlines()) == 1 + 18
 
 
-def test_finetune_runs_in_one_process_whatever_the_recipe_asks_for_pretraining(seg_scene, tmp_path: Path) -> None:
+@pytest.mark.parametrize("head", ["unetr", "probe"])
+def test_finetune_runs_in_one_process_whatever_the_recipe_asks_for_pretraining(seg_scene, tmp_path: Path,
+                                                                               head: str) -> None:
     images, labels = seg_scene
     ft = tmp_path / "ft_one"
     result = runner.invoke(app, ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", "none",
                                  "--images", str(images), "--labels", str(labels), "--out", str(ft),
                                  "--labels-per-class", "5",
                                  *sets("data.sensor=null", "finetune.max_steps=2", "train.devices=2",
-                                       "train.strategy=ddp", "train.accelerator=cpu")])
+                                       "train.strategy=ddp", "train.accelerator=cpu", f"finetune.head={head}")])
     assert result.exit_code == 0, result.output
     assert "fine-tuning runs in one process on one device" in result.output and "train.devices=2" in result.output
     assert (ft / "metrics.json").is_file()

@@ -1,0 +1,77 @@
+"""Whether a cluster launcher started this process as one of several (torchrun, ``srun -n N``), and what the
+commands do about it.
+
+``pretrain`` is the only command that trains across processes: it runs when the recipe's ``train.devices`` x
+``train.num_nodes`` equals the launcher's process count, and is refused on every rank otherwise (each process would
+train its own copy into one run folder). Every other command runs once, in the launcher's rank 0; the other ranks
+say so and exit 0 (a rank that failed would make torchrun stop rank 0 mid-run)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Launch:
+    """This process's place among the processes a launcher started."""
+
+    rank: int
+    world: int
+    launcher: str
+
+
+def launched() -> Launch | None:
+    """This process's rank among several that torchrun or another launcher (``RANK`` / ``WORLD_SIZE`` /
+    ``LOCAL_RANK``) or ``srun``
+    (``SLURM_PROCID`` / ``SLURM_STEP_NUM_TASKS``, set in a job step, not in the batch script) started; None when
+    it runs alone."""
+    env = os.environ
+    if {"RANK", "WORLD_SIZE", "LOCAL_RANK"} <= env.keys():  # Lightning's own ddp ranks have no RANK
+        found = Launch(_int(env["RANK"]), _int(env["WORLD_SIZE"], 1),
+                       "torchrun" if "TORCHELASTIC_RUN_ID" in env else "the launcher")
+    elif {"SLURM_PROCID", "SLURM_STEP_NUM_TASKS"} <= env.keys():
+        found = Launch(_int(env["SLURM_PROCID"]), _int(env["SLURM_STEP_NUM_TASKS"], 1), "srun")
+    else:
+        return None
+    return found if found.world > 1 else None
+
+
+def _int(text: str, default: int = 0) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return default
+
+
+def check_pretrain_world(trainer_world: int) -> None:
+    """A ``ConfigError`` when a launcher started several processes but the recipe trains ``trainer_world``
+    (``train.devices`` x ``train.num_nodes``) of another count: the same on every rank, before anything is
+    written."""
+    found = launched()
+    if found is None or found.world == trainer_world:
+        return
+    from geomed_ssl.errors import ConfigError
+
+    raise ConfigError(f"{found.launcher} started {found.world} processes (this is rank {found.rank}), but the "
+                      f"recipe trains with train.devices x train.num_nodes = {trainer_world}, so they would not "
+                      f"train one run together; set train.devices to the processes per node and train.num_nodes "
+                      f"to the nodes (train.strategy=ddp), or start one process.")
+
+
+def runs_here(command: str) -> bool:
+    """Whether a command that runs in one process (every command but ``pretrain``) runs in this one: always when
+    no launcher started several, else in rank 0 only; the others print why they leave (rank 0 warns too)."""
+    import logging
+
+    found = launched()
+    if found is None:
+        return True
+    log = logging.getLogger("geomed_ssl")
+    if found.rank == 0:
+        log.warning(f"{command} runs in one process: {found.launcher} started {found.world}, rank 0 does the "
+                    "work and the others exit.")
+        return True
+    log.warning(f"{command} runs in one process, in rank 0 of the {found.world} that {found.launcher} started; "
+                f"rank {found.rank} has nothing to do and exits.")
+    return False

@@ -1,0 +1,94 @@
+"""Commands started by torchrun or ``srun -n N`` as several processes: ``pretrain`` trains one run across them
+only when the recipe asks for that many, and every other command runs once, in rank 0 (the others exit 0)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from geomed_ssl.cli import app
+from geomed_ssl.launch import Launch, launched
+from tests.conftest import TINY, structured_raster, write_geotiff
+
+runner = CliRunner()
+LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID", "SLURM_PROCID", "SLURM_NTASKS",
+              "SLURM_STEP_NUM_TASKS", "NODE_RANK", "GROUP_RANK")
+
+
+def set_launch(monkeypatch, env: dict[str, str]) -> None:
+    for name in LAUNCH_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, None),
+    ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "TORCHELASTIC_RUN_ID": "x"}, Launch(1, 2, "torchrun")),
+    ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, Launch(0, 2, "the launcher")),
+    ({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "TORCHELASTIC_RUN_ID": "x"}, None),  # torchrun, 1 process
+    ({"WORLD_SIZE": "2", "LOCAL_RANK": "1", "NODE_RANK": "0"}, None),  # a rank Lightning's own ddp started
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, None),  # the batch script of a 4-task job: one process
+    ({"SLURM_PROCID": "2", "SLURM_NTASKS": "4", "SLURM_STEP_NUM_TASKS": "4"}, Launch(2, 4, "srun")),
+])
+def test_launched_reads_the_launchers_environment(monkeypatch, env: dict[str, str], expected: Launch | None) -> None:
+    set_launch(monkeypatch, env)
+    assert launched() == expected
+
+
+@pytest.fixture
+def scene(tmp_path: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    img = structured_raster(rng, 4, 32)
+    cls = (img[0] > np.median(img[0])).astype(np.uint8) + 1
+    for folder, array in (("images", img), ("labels", cls[None])):
+        (tmp_path / folder).mkdir()
+        write_geotiff(tmp_path / folder / "scene.tif", array)
+    return tmp_path / "images", tmp_path / "labels"
+
+
+def finetune_args(scene: tuple[Path, Path], out: Path) -> list[str]:
+    sets = [*TINY, "data.sensor=null", "data.patch_size=16", "finetune.max_steps=2", "finetune.batch_size=2",
+            "finetune.warmup_steps=1", "finetune.feature_size=8"]
+    return ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", "none", "--images", str(scene[0]),
+            "--labels", str(scene[1]), "--out", str(out), "--labels-per-class", "3",
+            *[a for s in sets for a in ("--set", s)]]
+
+
+@pytest.mark.parametrize("env", [{"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "TORCHELASTIC_RUN_ID": "x"},
+                                 {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2"}])
+def test_a_one_process_command_leaves_the_work_to_rank_0(monkeypatch, scene, tmp_path: Path,
+                                                         env: dict[str, str]) -> None:
+    set_launch(monkeypatch, env)
+    out = tmp_path / "ft"
+    result = runner.invoke(app, finetune_args(scene, out))
+    assert result.exit_code == 0, result.output
+    assert "rank 1 has nothing to do and exits" in result.output
+    assert not out.exists()  # nothing written by a rank other than 0
+
+
+def test_rank_0_runs_the_command_once_and_says_the_others_exit(monkeypatch, scene, tmp_path: Path) -> None:
+    set_launch(monkeypatch, {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "TORCHELASTIC_RUN_ID": "x"})
+    out = tmp_path / "ft"
+    result = runner.invoke(app, finetune_args(scene, out))
+    assert result.exit_code == 0, result.output
+    assert "torchrun started 2, rank 0 does the work" in result.output
+    assert (out / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_pretrain_refuses_a_launch_of_more_processes_than_the_recipe_trains(monkeypatch, scene, tmp_path: Path,
+                                                                            rank: str) -> None:
+    """Each of the N processes would otherwise train its own copy into one run folder (every one as rank 0)."""
+    set_launch(monkeypatch, {"RANK": rank, "WORLD_SIZE": "2", "LOCAL_RANK": rank, "TORCHELASTIC_RUN_ID": "x"})
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["pretrain", "recipes/mae_sentinel2.yaml", "--data", str(scene[0]), "--out",
+                                 str(out), *[a for s in [*TINY, "data.sensor=null", "train.max_steps=2"]
+                                             for a in ("--set", s)]])
+    assert result.exit_code == 2, result.output
+    assert f"torchrun started 2 processes (this is rank {rank})" in result.output
+    assert "train.devices x train.num_nodes = 1" in result.output
+    assert not out.exists()

@@ -276,11 +276,13 @@ class SSLMethod(nn.Module):
         :class:`ViewSpec`), ``index`` (B,) global sample indices and ``meta``; ``step`` is the optimiser step."""
         raise NotImplementedError(f"{type(self).__name__} must implement training_loss().")
 
-    def fit_to_data(self, dataset: Sequence[dict[str, Any]], seed: int) -> list[str]:
+    def fit_to_data(self, dataset: Sequence[dict[str, Any]], seed: int,
+                    device: torch.device | str = "cpu") -> list[str]:
         """Before the first step of a new run (not when resumed: the checkpoint restores what it fitted), learn
         what the method needs from the data itself, e.g. BEiT's visual-token codebook. ``dataset[i]`` is training
         sample ``i`` as the views build it (``image`` (C, *S) normalised); every draw from ``seed``, so all ranks
-        fit the same. Returns one note per thing fitted (logged). Default: nothing."""
+        fit the same; computed on ``device`` (this rank's, or the CPU where CUDA must not start before a fork),
+        the result kept on the CPU. Returns one note per thing fitted (logged). Default: nothing."""
         return []
 
     def before_optimizer_step(self, step: int) -> None:

@@ -113,9 +113,10 @@ class BEiT(SSLMethod):
         self.mask_token = MaskToken(encoder_cfg.embed_dim)
         self.head = nn.Linear(encoder_cfg.embed_dim, int(size))
 
-    def fit_to_data(self, dataset: Sequence[dict[str, Any]], seed: int) -> list[str]:
+    def fit_to_data(self, dataset: Sequence[dict[str, Any]], seed: int,
+                    device: torch.device | str = "cpu") -> list[str]:
         """Fit the codebook on the patches of the first ``tokenizer_windows`` training samples (nodata zeroed), on
-        a GPU when there is one; the generator is seeded from ``seed`` alone."""
+        ``device``; the generator is seeded from ``seed`` alone."""
         s = self.settings
         vectors = []
         for i in range(s.tokenizer_windows):
@@ -124,7 +125,7 @@ class BEiT(SSLMethod):
             image, _ = prepare_image({"image": sample["image"][None], "valid": None if valid is None else valid[None]})
             vectors.append(patchify(image, self.patch_size)[0])  # (N, P*C)
         v = torch.cat(vectors)  # (windows * N, P*C)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device(device)
         generator = torch.Generator(device).manual_seed(mix_seed(seed, TOKENIZER_STREAM))
         self.tokenizer.to(device).fit(v.to(device), generator, max_samples=s.tokenizer_patches)
         self.tokenizer.to("cpu")

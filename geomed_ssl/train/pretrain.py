@@ -35,7 +35,7 @@ from geomed_ssl.train.checkpointing import (ResumePoint, RunCheckpoints, StopReq
 from geomed_ssl.train.console import ConsoleSettings, progress_callbacks, quiet_lightning
 from geomed_ssl.train.lr_check import warn_schedule
 from geomed_ssl.train.module import PretrainModule
-from geomed_ssl.train.trainer import build_trainer, probe_trainer
+from geomed_ssl.train.trainer import build_trainer, forks, probe_trainer
 
 log = logging.getLogger("geomed_ssl")
 
@@ -95,6 +95,13 @@ def process_rank(t: Any) -> L.Trainer:
     probe = probe_trainer(t.accelerator, t.devices, t.strategy, t.num_nodes, t.precision)
     check_pretrain_world(probe.world_size)  # torchrun / srun started N processes: the recipe must train N
     return probe
+
+
+def fit_device(probe: L.Trainer, strategy: str) -> torch.device:
+    """Where a method fits what it learns from the data before training: this rank's device, except the CPU under
+    a forking strategy (CUDA started before the fork would break the forked workers)."""
+    device = probe.strategy.root_device
+    return torch.device("cpu") if forks(strategy) else device
 
 
 def resolve_recipe(recipe: Recipe | str | Path | None, out: Path, overrides: list[str] | None,
@@ -259,7 +266,7 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
                        patch_size=recipe.model.patch_size, wavelengths=catalog.wavelengths)
     dataset = PretrainDataset(catalog, stats, recipe.data, view, seed=t.seed)
     if point is None:  # a resumed run gets what was fitted back from its checkpoint
-        for note in method.fit_to_data(dataset, t.seed):
+        for note in method.fit_to_data(dataset, t.seed, fit_device(probe, t.strategy)):
             log.info(note)
     if rank == 0:
         prepare_run_dir(out, resume, overwrite, inputs)

@@ -243,3 +243,18 @@ def test_pretrain_on_real_t1_volume(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "test_scan_aseg" not in (tmp_path / "t1" / "catalog.json").read_text()
 
+
+
+def test_what_a_method_fits_before_training_stays_off_cuda_under_a_forking_strategy() -> None:
+    """BEiT's codebook is fitted before the workers start: on the rank's own device, but never on CUDA in the
+    parent of a forking strategy (its forked workers could not use CUDA afterwards)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from geomed_ssl.train.pretrain import fit_device
+
+    probe = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 1)))
+    assert fit_device(probe, "ddp") == torch.device("cuda", 1)  # this rank's GPU, not always cuda:0
+    assert fit_device(probe, "ddp_fork") == torch.device("cpu")
+    assert fit_device(probe, "ddp_notebook") == torch.device("cpu")

@@ -92,3 +92,13 @@ def test_pretrain_refuses_a_launch_of_more_processes_than_the_recipe_trains(monk
     assert f"torchrun started 2 processes (this is rank {rank})" in result.output
     assert "train.devices x train.num_nodes = 1" in result.output
     assert not out.exists()
+
+
+def test_a_rank_that_cannot_see_the_run_to_resume_says_why_and_that_the_others_wait(monkeypatch, scene,
+                                                                                      tmp_path: Path) -> None:
+    set_launch(monkeypatch, {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2"})
+    result = runner.invoke(app, ["pretrain", "recipes/mae_sentinel2.yaml", "--resume", "--data", str(scene[0]),
+                                 "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert "rank 1 of 2: --resume: there is no run in" in result.output
+    assert "Every rank must see the run folder on shared storage" in result.output

@@ -22,7 +22,7 @@ from geomed_ssl.views.datasets import PretrainDataset, collate
 from geomed_ssl.data.stats import BandStats, compute_stats
 from geomed_ssl.views.builder import build_views
 from geomed_ssl.errors import GeomedError
-from geomed_ssl.launch import check_pretrain_world
+from geomed_ssl.launch import check_pretrain_world, launched
 from geomed_ssl.methods import build_method, with_method_settings
 from geomed_ssl.methods.schedules import ScheduleClock
 from geomed_ssl.models.encoder import EncoderConfig
@@ -95,6 +95,18 @@ def process_rank(t: Any) -> L.Trainer:
     probe = probe_trainer(t.accelerator, t.devices, t.strategy, t.num_nodes, t.precision)
     check_pretrain_world(probe.world_size)  # torchrun / srun started N processes: the recipe must train N
     return probe
+
+
+def rank_failed_alone(err: GeomedError) -> GeomedError:
+    """``err`` as a rank other than 0 of a torchrun / srun launch says it: it fails before the ranks can tell
+    each other (the run's recipe, which says how they connect, is what it could not read), so the others wait for
+    the process group until its timeout; say that, and the likely cause."""
+    found = launched()
+    if found is None or found.rank == 0:
+        return err
+    return GeomedError(f"rank {found.rank} of {found.world}: {err} Every rank must see the run folder on shared "
+                       "storage; the other ranks wait for this one until the process group times out (30 min): "
+                       "stop them.")
 
 
 def fit_device(probe: L.Trainer, strategy: str) -> torch.device:
@@ -243,9 +255,12 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     out = Path(out_dir)
     quiet_lightning()
     recipe_file = None if isinstance(recipe, Recipe) or resume else recipe
-    if resume:  # a folder that is not a run of ours is refused before its config.yaml is looked for (any rank)
-        prepare_run_dir(out, resume, overwrite, {"data folder": data_dir}, create=False)
-    recipe = resolve_recipe(recipe, out, overrides, resume)
+    try:
+        if resume:  # a folder that is not a run of ours is refused before its config.yaml is looked for (any rank)
+            prepare_run_dir(out, resume, overwrite, {"data folder": data_dir}, create=False)
+        recipe = resolve_recipe(recipe, out, overrides, resume)
+    except GeomedError as err:
+        raise rank_failed_alone(err) from None
     t = recipe.train
     probe = process_rank(t)
     rank, world = probe.global_rank, probe.world_size

@@ -43,7 +43,9 @@ from geomed_ssl.methods.base import MethodCard, MethodContext, MethodOutput, Met
 from geomed_ssl.methods.dino_losses import CENTERINGS, DINOLoss, IBOTPatchLoss, KoLeoLoss
 from geomed_ssl.methods.heads import DINOHead
 from geomed_ssl.methods.masking import block_mask, ibot_masks  # noqa: F401  (block_mask: re-exported)
+from geomed_ssl.methods.distributed import all_reduce_sum_
 from geomed_ssl.methods.momentum import MomentumPair
+from geomed_ssl.methods.monitor import batch_std
 from geomed_ssl.methods.registry import register_method
 from geomed_ssl.methods.schedules import cosine, linear_warmup, teacher_momentum
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
@@ -273,8 +275,10 @@ class DINO(SSLMethod):
     def _monitor(self, t_logits: Tensor, t_probs: Tensor, dino: Tensor, step: int) -> dict[str, Tensor]:
         """Teacher entropy, KL(teacher || student), teacher std; warns when the outputs collapse."""
         k = t_logits.shape[-1]
-        entropy = -(t_probs * torch.log(t_probs.clamp_min(1e-30))).sum(-1).mean()
-        std = F.normalize(t_logits.float(), dim=-1).std(dim=0).mean()  # over the batch, mean over prototypes
+        per_row = -(t_probs * torch.log(t_probs.clamp_min(1e-30))).sum(-1)
+        total = all_reduce_sum_(torch.stack([per_row.sum().double(), per_row.new_tensor(per_row.numel()).double()]))
+        entropy = (total[0] / total[1]).float()  # over the global batch, as the std below
+        std = batch_std(F.normalize(t_logits.float(), dim=-1)).mean()  # over the global batch, mean over prototypes
         constant = bool(std * math.sqrt(k) < COLLAPSE_STD_TOL)
         uniform = bool(entropy > COLLAPSE_ENTROPY_FRAC * math.log(k))
         if (constant or uniform) and step - self._last_warning >= COLLAPSE_WARN_EVERY:

@@ -1,7 +1,7 @@
 """Collapse monitor for siamese, contrastive and clustering methods: the spread of the embeddings over the batch.
 
 A collapsed encoder maps every image to the same point; the loss of a non-contrastive method (BYOL, SimSiam) can
-still look fine then. The monitor logs ``embedding_std``, the standard deviation over the batch of the
+still look fine then. The monitor logs ``embedding_std``, the standard deviation over the (global) batch of the
 L2-normalised embeddings, averaged over dimensions (about ``1 / sqrt(D)`` for embeddings spread over the sphere, 0
 when collapsed; SimSiam's diagnostic), and ``collapse`` (1 when ``embedding_std * sqrt(D)`` falls below
 :data:`COLLAPSE_TOL`), which the progress bar shows; a collapse also warns in the log, at most every
@@ -17,12 +17,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from geomed_ssl.methods.distributed import rank
+from geomed_ssl.methods.distributed import all_reduce_sum_, rank
 
 log = logging.getLogger("geomed_ssl")
 
 COLLAPSE_TOL = 0.02  # embedding_std * sqrt(D) below this: the batch's embeddings are (nearly) one point
 COLLAPSE_WARN_EVERY = 100  # steps between two warnings
+
+
+@torch.no_grad()
+def batch_std(z: Tensor) -> Tensor:
+    """Per-dimension standard deviation (sample, as ``Tensor.std``) of z (B, D) over the global batch: every
+    rank's rows (sums over ranks, so a 2-process run logs what one process on both halves logs; 0 for one row)."""
+    z = z.double()
+    sums = all_reduce_sum_(torch.cat([z.sum(0), (z * z).sum(0), z.new_tensor([z.shape[0]])]))
+    d = z.shape[1]
+    n = sums[-1]
+    if n < 2:
+        return z.new_zeros(d).float()
+    mean = sums[:d] / n
+    return ((sums[d:2 * d] - n * mean * mean).clamp_min(0) / (n - 1)).sqrt().float()
 
 
 class CollapseWarning(UserWarning):
@@ -42,7 +56,7 @@ class CollapseMonitor:
     def __call__(self, z: Tensor, step: int) -> dict[str, Tensor]:
         zf = F.normalize(z.detach().float().flatten(1), dim=-1)  # (B, D)
         d = zf.shape[-1]
-        std = zf.std(dim=0).mean() if zf.shape[0] > 1 else zf.new_zeros(())
+        std = batch_std(zf).mean()  # the global batch's, the same on every rank
         collapsed = bool(std * math.sqrt(d) < self.tol)
         if collapsed and step - self.last_warning >= self.every:
             self.last_warning = step

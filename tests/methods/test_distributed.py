@@ -142,10 +142,19 @@ def case_deepcluster_memory(data: dict[str, Tensor], rank: int, world: int) -> R
     return {"memory": mem.embeddings.rows.clone(), "assignments": mem.assignments.clone(), "c0": centroids[0]}
 
 
+def case_collapse_monitor(data: dict[str, Tensor], rank: int, world: int) -> Result:
+    from geomed_ssl.methods.monitor import CollapseMonitor
+
+    z = _local(data["keys"], rank, world)
+    z = z * (1 + rank)  # the ranks' halves differ in spread (normalised: only their directions count)
+    logs = CollapseMonitor("test")(z, step=0)
+    return {"embedding_std": logs["embedding_std"], "collapse": logs["collapse"]}
+
+
 CASES: dict[str, Callable[[dict[str, Tensor], int, int], Result]] = {
     "nt_xent": case_nt_xent, "nt_xent_naive_gather": case_nt_xent_naive_gather, "moco_v3": case_moco_v3,
     "barlow_twins": case_barlow_twins, "vicreg": case_vicreg, "swav": case_swav, "queue": case_queue,
-    "kmeans": case_kmeans, "deepcluster_memory": case_deepcluster_memory,
+    "kmeans": case_kmeans, "deepcluster_memory": case_deepcluster_memory, "collapse_monitor": case_collapse_monitor,
 }
 
 
@@ -218,3 +227,11 @@ def test_deepcluster_memory_and_assignments_agree_across_ranks(runs: dict[str, A
         torch.testing.assert_close(got["memory"], ref["memory"])
         assert torch.equal(got["assignments"], ref["assignments"])
         torch.testing.assert_close(got["c0"], ref["c0"])
+
+
+def test_every_rank_logs_the_global_batchs_embedding_spread(runs: dict[str, Any]) -> None:
+    """``embedding_std`` / ``collapse`` are the global batch's on every rank (not each rank's half, averaged)."""
+    ref = runs["reference"]["collapse_monitor"]
+    for r in runs["ranks"]:
+        torch.testing.assert_close(r["collapse_monitor"]["embedding_std"], ref["embedding_std"])
+        assert float(r["collapse_monitor"]["collapse"]) == float(ref["collapse"])

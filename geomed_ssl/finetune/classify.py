@@ -30,7 +30,9 @@ log = logging.getLogger("geomed_ssl")
 
 
 class Repeat(Dataset):
-    """Index ``i`` → ``base[order[i % n]]`` with a seeded shuffle per pass: an endless stream for step-based training."""
+    """Index ``i`` → image ``order[i % n]`` with a seeded shuffle per pass: an endless stream for step-based
+    training. ``base`` is read at ``image + len(base) * pass`` (an ``ImageDataset`` reads the image modulo its
+    length and seeds its augmentation by that index), so each pass augments an image anew."""
 
     def __init__(self, base: Dataset, indices: np.ndarray, seed: int):
         self.base, self.indices, self.seed = base, np.asarray(indices), seed
@@ -41,8 +43,7 @@ class Repeat(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         n = len(self.indices)
         order = np.random.default_rng([self.seed, i // n]).permutation(n)
-        item = self.base[int(self.indices[order[i % n]])]
-        return item
+        return self.base[int(self.indices[order[i % n]]) + len(self.base) * (i // n)]
 
 
 def extract_features(model: ClassificationModel, dataset: ImageDataset, indices: np.ndarray, batch: int = 32,

@@ -29,3 +29,36 @@ def test_fine_tuning_reads_another_band_order_by_name_and_refuses_only_missing_b
     short = described(tmp_path / "short", [arr[:3]], ["B02", "B03", "B04"])
     with pytest.raises(DataError, match=r"missing \['B08'\]"):
         encoder_and_stats(enc, recipe, scan(short, recipe.data))
+
+
+def test_the_classification_stream_augments_each_image_anew_on_every_pass(tmp_path: Path) -> None:
+    """The stream of a classification fine-tune: every pass shows each training image once, with a new flip /
+    rotation / intensity draw each time (not the same augmented copy on every pass), the same for the same seed."""
+    from geomed_ssl.config import load_recipe
+    from geomed_ssl.data.labelled import ImageDataset, scan_class_folders
+    from geomed_ssl.data.stats import compute_stats
+    from geomed_ssl.data.catalog import Catalog
+    from geomed_ssl.finetune.classify import Repeat
+    from tests.conftest import write_class_folders
+
+    root = write_class_folders(tmp_path / "classes", ["a", "b"], per_class=2)
+    recipe = load_recipe("recipes/mae_sentinel2.yaml", ["data.sensor=null", "data.patch_size=16"])
+    records, labels, _ = scan_class_folders(root, recipe.data)
+    catalog = Catalog(records=records, problems=[], kind="raster", band_names=records[0].band_names,
+                      wavelengths=records[0].wavelengths, bandwidths=records[0].bandwidths)
+    stats = compute_stats(catalog, recipe.data, seed=0)
+    data = ImageDataset(records, labels, stats, recipe.data, (8, 8), augment=True, seed=3)
+    train = np.array([0, 3])
+
+    def passes(stream: Repeat) -> list[dict[int, np.ndarray]]:
+        out = []
+        for p in range(6):
+            items = [stream[p * 2 + j] for j in range(2)]
+            out.append({int(it["target"]): it["image"].numpy() for it in items})
+        return out
+
+    first, again = passes(Repeat(data, train, seed=3)), passes(Repeat(data, train, seed=3))
+    for label in first[0]:
+        views = [p[label] for p in first]
+        assert any(not np.array_equal(views[0], v) for v in views[1:])  # not one fixed copy
+        assert all(np.array_equal(a[label], b[label]) for a, b in zip(first, again))  # seeded

@@ -22,7 +22,7 @@ from geomed_ssl.compare.probes import classify, scores, scores_from_metrics
 from geomed_ssl.compare.report import table, write_curve, write_summary
 from geomed_ssl.compare.results import ResultsFile, make_row
 from geomed_ssl.compare.sources import (EncoderSource, load_compare_recipe, load_sources, recipe_path,
-                                        save_none)
+                                        reuse_none, save_none)
 from geomed_ssl.compare.task import (Split, Task, check_saved_selection, labels_config, load_classify_task,
                                      load_segment_task, make_split, save_split, settings_record, warn_notes)
 from geomed_ssl.config import Recipe
@@ -276,6 +276,7 @@ def run_compare(options: CompareOptions, *, out: str | Path, images: str | Path 
     check_memory(jobs, splits, task, sources, recipe_obj)
     record = settings_record(task, options.split)
     if not overwrite:
+        reuse_none(sources[NONE], out / "encoder_none")
         _check_resumed(out, recipe_obj, record)
         for split in splits:
             check_saved_selection(task, out, split)

@@ -12,13 +12,13 @@ from typing import Any
 
 import torch
 
-from geomed_ssl.checkpoint import save_encoder
+from geomed_ssl.checkpoint import load_encoder, read_encoder_config, save_encoder
 from geomed_ssl.compare.options import NONE, CompareOptions
 from geomed_ssl.compare.task import Task
 from geomed_ssl.config import CLS_HEADS, SEG_HEADS, Recipe, load_recipe
 from geomed_ssl.config.sections import section_dict
 from geomed_ssl.data.stats import BandStats
-from geomed_ssl.errors import ConfigError
+from geomed_ssl.errors import ConfigError, DataError
 from geomed_ssl.finetune.fit import encoder_and_stats
 from geomed_ssl.models.encoder import ViTEncoder
 
@@ -95,3 +95,18 @@ def save_none(source: EncoderSource, folder: Path, recipe: Recipe) -> None:
     if not (folder / "config.json").is_file():
         save_encoder(source.encoder, folder, {"method": "none (random initialisation)",
                                               "recipe": {"data": section_dict(recipe.data)}})
+
+
+def reuse_none(source: EncoderSource, folder: Path) -> None:
+    """Take the weights of an earlier run's ``CMP_DIR/encoder_none`` (when there is one), so every row of the
+    folder, frozen or fine-tuned, before or after a resume (or a torch upgrade), compares with one random
+    initialisation; a ``DataError`` when it was built for another architecture or other statistics than the first
+    encoder gives now (its rows would pair with another reference)."""
+    if not (folder / "config.json").is_file():
+        return
+    cfg, _ = read_encoder_config(folder)
+    if cfg.to_dict() != source.encoder.config.to_dict():
+        raise DataError(f"'{folder}' (the random initialisation this folder's rows compare with) was made for "
+                        "another architecture or other normalisation statistics than the first encoder given now "
+                        "has; list the same first encoder as before, or use another --out (or --overwrite).")
+    source.encoder.load_state_dict(load_encoder(folder).state_dict())

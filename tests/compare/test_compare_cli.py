@@ -125,3 +125,29 @@ def test_compare_on_class_folders_takes_a_pretraining_run_whose_recipe_names_a_s
     assert {(r["encoder"], r["protocol"]) for r in rows} >= {(str(run_dir), "linear"), ("none", "linear"),
                                                                (str(run_dir), "propagate"), ("band_stats", "linear")}
     assert all(0.0 <= float(r["oa"]) <= 1.0 for r in rows)
+
+
+def test_a_resumed_compare_keeps_the_random_initialisation_its_earlier_rows_used(
+        scene, run_dir: Path, exported: Path, tmp_path: Path) -> None:
+    """``none`` is CMP_DIR/encoder_none once it exists (every row of the folder pairs with one reference, also
+    after a torch upgrade changed what the same seed builds); another first encoder's architecture is refused."""
+    import shutil
+
+    out = tmp_path / "cmp"
+    first = runner.invoke(app, compare_args([str(run_dir)], scene, out, "--seeds", "0", "--no-baselines",
+                                            "--protocol", "linear"))
+    assert first.exit_code == 0, first.output
+    # stand-in for a random initialisation built differently since: the pretrained weights themselves
+    shutil.copy(run_dir / "encoder" / "model.safetensors", out / "encoder_none" / "model.safetensors")
+    more = runner.invoke(app, compare_args([str(run_dir)], scene, out, "--seeds", "0,1", "--no-baselines",
+                                           "--protocol", "linear"))
+    assert more.exit_code == 0, more.output
+    rows = {(r["encoder"], r["protocol"], r["seed"]): r for r in read(out / "results.csv")}
+    for key in ("oa", "aa", "miou"):  # the frozen none row of seed 1 read the saved weights: the same features
+        assert rows[("none", "linear", "1")][key] == rows[(str(run_dir), "linear", "1")][key]
+    before = (out / "results.csv").read_bytes()
+    other = runner.invoke(app, compare_args([str(exported)], scene, out, "--seeds", "0,1,2", "--no-baselines",
+                                            "--protocol", "linear", "--recipe", str(run_dir / "config.yaml")))
+    assert other.exit_code == 2, other.output
+    assert "encoder_none" in other.output and "list the same first encoder as before" in other.output
+    assert (out / "results.csv").read_bytes() == before

@@ -127,6 +127,8 @@ def compare(
     overrides: Optional[list[str]] = SetOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Start again in an existing compare folder (it is "
                                    "otherwise continued: finished rows are skipped)."),
+    keep_finetuned: bool = typer.Option(False, "--keep-finetuned", help="Keep each finetune run's FT_DIR in "
+                                        "CMP_DIR/finetuned_<encoder>_<budget>_seed<seed> (for predict)."),
     strict: bool = StrictOpt,
 ) -> None:
     """Label-efficiency curves on your own labelled data: each encoder against random initialisation and
@@ -137,7 +139,7 @@ def compare(
     options = parse_options(encoders, per_class, fraction, seeds, split, protocol, baselines, no_baselines)
     result = run_compare(options, out=out, images=images, labels=labels, data=data, recipe=recipe,
                          overrides=overrides, overwrite=overwrite, strict=strict,
-                         progress=logging.getLogger().level <= logging.INFO)
+                         progress=logging.getLogger().level <= logging.INFO, keep_finetuned=keep_finetuned)
     typer.echo(f"{result.metric}, mean ± std over seeds (* best protocol):")
     typer.echo(result.table)
     typer.echo(f"results: {out / 'results.csv'}  summary: {out / 'summary.md'}  curve: {out / 'curve.png'}")

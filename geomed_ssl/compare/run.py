@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -179,15 +181,30 @@ def _quiet() -> Iterator[None]:
         log.setLevel(level)
 
 
-def kept_name(source: str, budget: Budget, seed: int) -> str:
-    """The folder name of a kept fine-tune: ``finetuned_<encoder folder name or none>_<budget>_seed<seed>``."""
-    return f"finetuned_{Path(source).name if source != NONE else NONE}_{budget.slug}_seed{seed}"
+def kept_labels(names: Sequence[str]) -> dict[str, str]:
+    """Each encoder's part of its kept fine-tunes' folder names: its folder's name (``none`` for none), followed by
+    a short hash of its path when another encoder's folder has that name too (``runs/a/encoder``,
+    ``runs/b/encoder``) or it is ``none``, so no kept fine-tune replaces another's."""
+    short = {n: Path(n).name for n in names if n != NONE}
+    counts = Counter(short.values())
+    labels = {n: s if counts[s] == 1 and s != NONE else f"{s}-{path_hash(n)}" for n, s in short.items()}
+    return {**labels, **({NONE: NONE} if NONE in names else {})}
+
+
+def path_hash(path: str) -> str:
+    """6 hex digits of the resolved ``path``'s SHA-1: tells apart encoders whose folders share a name."""
+    return hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:6]
+
+
+def kept_name(label: str, budget: Budget, seed: int) -> str:
+    """The folder name of a kept fine-tune: ``finetuned_<label>_<budget>_seed<seed>`` (label: :func:`kept_labels`)."""
+    return f"finetuned_{label}_{budget.slug}_seed{seed}"
 
 
 def finetune_scores(source: EncoderSource, task: Task, split: Split, recipe: Recipe, inputs: dict[str, Any],
-                    strict: bool, keep: Path | None = None) -> dict[str, float | None]:
+                    strict: bool, keep_as: Path | None = None) -> dict[str, float | None]:
     """The ``finetune`` protocol: ``finetune segment`` / ``classify`` (encoder trained too) with this split's
-    budget and seed, in a temporary folder (kept as ``keep / kept_name(...)`` when ``keep`` is given, e.g. for
+    budget and seed, in a temporary folder (kept as ``keep_as`` when it is given, e.g. for
     ``predict``); it draws the same samples, which is checked."""
     from geomed_ssl.finetune.classify import finetune_classify
     from geomed_ssl.finetune.segment import finetune_segment
@@ -196,14 +213,14 @@ def finetune_scores(source: EncoderSource, task: Task, split: Split, recipe: Rec
                                 finetune=dataclasses.replace(recipe.finetune, task=task.kind, freeze_encoder=False,
                                                              unfreeze_after_steps=0))
     with tempfile.TemporaryDirectory(prefix="geomed-compare-") as tmp, _quiet():
-        out = keep / kept_name(source.name, split.budget, split.seed) if keep is not None else Path(tmp) / "ft"
+        out = keep_as if keep_as is not None else Path(tmp) / "ft"
         if task.kind == "segment":
             result = finetune_segment(tuned, source.path, inputs["images"], inputs["labels"], out, progress=False,
-                                      strict=strict, overwrite=keep is not None)  # a kept one of a killed run
+                                      strict=strict, overwrite=keep_as is not None)  # a kept one of a killed run
             same = np.array_equal(task.rows(result.selection, "train"), split.train)
         else:
             result = finetune_classify(tuned, source.path, inputs["data"], out, progress=False, strict=strict,
-                                       overwrite=keep is not None)
+                                       overwrite=keep_as is not None)
             with np.load(out / "labels_used.npz", allow_pickle=False) as z:
                 same = np.array_equal(np.sort(z["train_index"]), split.train)
     if not same:
@@ -230,12 +247,14 @@ def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str,
     base_stats = None
     needed = needed_rows(splits)
     feats: dict[str, Any] = {}
+    labels = kept_labels(list(sources))
     bar = progress_bar(len(todo), progress)
     for n, job in enumerate(todo, start=1):
         split = splits[job.split_index]
         start = time.perf_counter()
         if job.protocol == "finetune":
-            result = finetune_scores(sources[job.source], task, split, recipe, inputs, strict, keep)
+            keep_as = keep / kept_name(labels[job.source], split.budget, split.seed) if keep is not None else None
+            result = finetune_scores(sources[job.source], task, split, recipe, inputs, strict, keep_as)
         else:
             if job.source not in feats:
                 feats.clear()  # one source's features in memory at a time (jobs are source-major)

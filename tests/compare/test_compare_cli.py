@@ -151,3 +151,27 @@ def test_a_resumed_compare_keeps_the_random_initialisation_its_earlier_rows_used
     assert other.exit_code == 2, other.output
     assert "encoder_none" in other.output and "list the same first encoder as before" in other.output
     assert (out / "results.csv").read_bytes() == before
+
+
+def test_kept_fine_tunes_of_encoders_in_same_named_folders_keep_apart(scene, exported: Path, tmp_path: Path) -> None:
+    """``--keep-finetuned`` names each kept FT_DIR after its encoder's folder; two encoders in folders of one name
+    (runs/a/encoder, runs/b/encoder) get a hash of their path too, so neither replaces the other's."""
+    import shutil
+
+    from geomed_ssl.compare.run import kept_labels
+
+    first, second = tmp_path / "a" / "encoder", tmp_path / "b" / "encoder"
+    for folder in (first, second):
+        shutil.copytree(exported, folder)
+    labels = kept_labels([str(first), str(second), "none", str(tmp_path / "mae"), str(tmp_path / "c" / "none")])
+    assert labels["none"] == "none" and labels[str(tmp_path / "mae")] == "mae"
+    assert len(set(labels.values())) == 5 and labels[str(first)].startswith("encoder-")
+    assert labels[str(tmp_path / "c" / "none")].startswith("none-")  # a folder named none is not none
+    out = tmp_path / "cmp"
+    result = runner.invoke(app, compare_args([str(first), str(second)], scene, out, "--seeds", "0", "--protocol",
+                                             "finetune", "--no-baselines", "--keep-finetuned", "--recipe",
+                                             "recipes/mae_sentinel2.yaml", *sets("data.patch_size=16")))
+    assert result.exit_code == 0, result.output
+    kept = sorted(p.name for p in out.glob("finetuned_*"))
+    assert kept == sorted(f"finetuned_{labels[n]}_k3_seed0" for n in (str(first), str(second), "none"))
+    assert all((out / k / "metrics.json").is_file() for k in kept)

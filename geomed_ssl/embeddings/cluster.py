@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from geomed_ssl.embeddings.maps import fill_grid, grid_stem, save_label_png, write_grid
+from geomed_ssl.embeddings.maps import fill_grid, grid_stems, save_label_png, write_grid
 from geomed_ssl.embeddings.store import fixed_list, load_embeddings, optional_module, read_columns
 from geomed_ssl.errors import ConfigError, DataError
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
@@ -356,14 +356,15 @@ def cluster_embeddings(emb_dir: str | Path, out_dir: str | Path, method: str = "
 def write_cluster_maps(out: Path, manifest: dict[str, Any], grid_index: np.ndarray, clusters: np.ndarray) -> list[str]:
     """Per file with a map grid of more than one cell: its cluster map (GeoTIFF / NIfTI, int16) and a PNG."""
     written = []
+    stems = grid_stems(manifest["files"])
     for f in manifest["files"]:
         if not f.get("grid") or np.prod(f["grid"]) <= 1 or not int(f["rows"]):
             continue
         a, n = int(f["first_row"]), int(f["rows"])
         arr = fill_grid(f, grid_index[a:a + n], clusters[a:a + n, None], MAP_NODATA, np.int16)  # (1, *grid)
         ext = ".tif" if f["kind"] == "raster" else ".nii.gz"
-        path = write_grid(f, arr, out / "maps" / f"{grid_stem(f)}_clusters{ext}", MAP_NODATA, ["cluster"])
-        save_label_png(arr[0], path.with_name(f"{grid_stem(f)}_clusters.png"),
+        path = write_grid(f, arr, out / "maps" / f"{stems[f['path']]}_clusters{ext}", MAP_NODATA, ["cluster"])
+        save_label_png(arr[0], path.with_name(f"{stems[f['path']]}_clusters.png"),
                        f"clusters of {os.path.basename(f['path'])}", MAP_NODATA)
         written.append(str(path))
     return written

@@ -10,8 +10,10 @@ cell size and shifted to the cell centre, so they overlay the input in world (sc
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -50,13 +52,25 @@ def map_geometry(kind: str, shape: Sequence[int], level: str, window: Sequence[i
 
 
 def grid_stem(file_meta: dict[str, Any]) -> str:
-    """A unique output name for a file: its path relative to the data folder, without extension, '/' -> '__'."""
+    """An output name for a file: its path relative to the data folder, without extension, '/' -> '__' (not
+    unique alone: ``a/b.tif`` and ``a__b.tif``, ``s.tif`` and ``s.tiff``; see :func:`grid_stems`)."""
     rel = file_meta.get("rel") or os.path.basename(file_meta["path"])
     for ext in (".nii.gz", ".nii", ".tiff", ".tif"):
         if rel.lower().endswith(ext):
             rel = rel[: -len(ext)]
             break
     return rel.replace(os.sep, "__").replace("/", "__")
+
+
+def grid_stems(files: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """Each file's (by path) output name: :func:`grid_stem`, followed by 6 hex digits of its relative path's hash
+    where two files would share one (case-insensitively: one map must never replace another's)."""
+    stems = {f["path"]: grid_stem(f) for f in files}
+    counts = Counter(s.lower() for s in stems.values())
+    for f in files:
+        if counts[stems[f["path"]].lower()] > 1:
+            stems[f["path"]] += "-" + hashlib.sha1((f.get("rel") or f["path"]).encode()).hexdigest()[:6]
+    return stems
 
 
 def write_grid(file_meta: dict[str, Any], array: np.ndarray, path: Path, nodata: float | None,
@@ -125,13 +139,15 @@ def write_embedding_maps(emb_dir: Path, manifest: dict[str, Any], vectors: np.nd
     remove_stale_partials(emb_dir / "maps")
     names = [f"pc{i + 1}" for i in range(pca.n_components_)]
     written = []
+    stems = grid_stems(files)
     for f in files:
         a, n = int(f["first_row"]), int(f["rows"])
         proj = np.concatenate([pca.transform(np.asarray(vectors[s:min(s + ROW_CHUNK, a + n)], np.float32))
                                for s in range(a, a + n, ROW_CHUNK)]).astype(np.float32)  # (n, K)
         arr = fill_grid(f, grid_index[a:a + n], proj, np.nan, np.float32)
         ext = ".tif" if f["kind"] == "raster" else ".nii.gz"
-        written.append(str(write_grid(f, arr, emb_dir / "maps" / f"{grid_stem(f)}_embedding{ext}", np.nan, names)))
+        path = emb_dir / "maps" / f"{stems[f['path']]}_embedding{ext}"
+        written.append(str(write_grid(f, arr, path, np.nan, names)))
     return written
 
 

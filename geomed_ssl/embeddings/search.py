@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from geomed_ssl.data.catalog import FileRecord, scan
 from geomed_ssl.data.kinds import check_input_kind
 from geomed_ssl.embeddings.embedder import Embedder
 from geomed_ssl.embeddings.extract import encoder_for
+from geomed_ssl.embeddings.maps import grid_stem
 from geomed_ssl.embeddings.store import load_embeddings, optional_module, read_columns
 from geomed_ssl.errors import ConfigError, DataError, GeomedError
 from geomed_ssl.models.device import resolve_device
@@ -184,9 +186,11 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
              "x": float(cols["x"][i]), "y": float(cols["y"][i]),
              "z": None if cols["z"][i] is None or math.isnan(cols["z"][i]) else float(cols["z"][i])}
             for r, (i, s) in enumerate(zip(idx, sims))]
-    name = qpath.name.split(".")[0] + ("_" + "-".join(map(str, box_list)) if box_list else "")
+    name = query_name(qpath, st["data_dir"]) + ("_" + "-".join(map(str, box_list)) if box_list else "")
     out = prepare_out_dir(Path(out_dir) if out_dir is not None else search_dir / name, **rule)
     write_hits_csv(hits, out / "similar.csv")
+    if not (sheet and hits):
+        (out / "similar.png").unlink(missing_ok=True)  # an earlier query's sheet must not sit beside this table
     lines = [f"query: {qpath}" + (f" box {box_list}" if box_list else "") + f"  ({st['level']} level, "
              f"{vectors.shape[0]} rows)", *hit_lines(hits, st["data_dir"], nd)]
     if sheet and hits:
@@ -194,6 +198,16 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
     lines.append(f"table: {out / 'similar.csv'}"
                  + (f"  contact sheet: {out / 'similar.png'}" if sheet and hits else ""))
     return SearchResult(out, hits, lines)
+
+
+def query_name(query: Path, data_dir: str | Path) -> str:
+    """The default result folder's name of a query file: its path in the embedded data folder without extension,
+    '/' -> '__' (``S2A_2020.06.01.tif`` -> ``S2A_2020.06.01``); a file elsewhere adds 6 hex digits of its path's
+    hash, so queries of one name from two folders never share a folder."""
+    try:
+        return grid_stem({"rel": str(query.relative_to(Path(data_dir).resolve()))})
+    except ValueError:
+        return f"{grid_stem({'rel': query.name})}-{hashlib.sha1(str(query).encode()).hexdigest()[:6]}"
 
 
 def rows_of_region(manifest: dict[str, Any], cols: dict[str, Any], path: Path, region: list[int],

@@ -284,3 +284,23 @@ def test_data_far_from_the_training_statistics_is_a_warning_naming_file_and_band
         embed_folder(enc, refl, tmp_path / "e_refl", level="image", progress=False)
     (msg,) = [r.getMessage() for r in caplog.records if "value range" in r.getMessage()]
     assert "reflectance.tif" in msg and "band_1" in msg and "trained on" in msg
+
+
+def test_maps_of_files_whose_names_would_meet_are_kept_apart(encoder: Path, tmp_path: Path) -> None:
+    """``a/b.tif`` and ``a__b.tif`` (both ``a__b``), ``s.tif`` and ``s.tiff`` (both ``s``): each file gets its own
+    embedding map and cluster map, none replaces another's."""
+    from geomed_ssl.embeddings.cluster import cluster_embeddings
+
+    rng = np.random.default_rng(4)
+    data = tmp_path / "rasters"
+    (data / "a").mkdir(parents=True)
+    for rel in ("a/b.tif", "a__b.tif", "s.tif", "s.tiff", "t.tif"):
+        write_geotiff(data / rel, structured_raster(rng, 4, 40))
+    out = tmp_path / "patch"
+    embed_folder(encoder, data, out, level="patch", pca_dims=2, progress=False)
+    manifest, _ = load_embeddings(out)
+    maps = sorted(Path(p).name for p in manifest["maps"])
+    assert len(maps) == 5 and len(set(maps)) == 5 and "t_embedding.tif" in maps
+    assert sorted(p.name for p in (out / "maps").glob("*_embedding.tif")) == maps
+    clusters = cluster_embeddings(out, tmp_path / "clusters", k=2)
+    assert len(list((tmp_path / "clusters" / "maps").glob("*_clusters.tif"))) == 5, clusters

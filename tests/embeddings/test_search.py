@@ -113,3 +113,26 @@ def test_volume_box_is_i_j_k_along_the_ras_axes_like_the_stored_box_column(tmp_p
     assert "I,J,K,DI,DJ,DK" in help_text and "Z,Y,X" not in help_text
     bad = runner.invoke(app, ["similar", str(emb), "--query", str(vols / "subject_0.nii.gz"), "--box", "1,2,3"])
     assert bad.exit_code == 2 and "I,J,K,DI,DJ,DK" in bad.output and "i=Right" in bad.output
+
+
+def test_default_result_folders_of_different_queries_never_meet(archive: tuple[Path, Path], tmp_path: Path) -> None:
+    """Dated names keep their dots (``S2A_2020.06.01`` and ``S2A_2020.07.01`` are two folders), a query from
+    outside the embedded folder carries its path's hash, and a result without a contact sheet leaves no earlier
+    sheet beside its table."""
+    data, enc = archive
+    dated = tmp_path / "dated"
+    dated.mkdir()
+    for name in ("S2A_2020.06.01.tif", "S2A_2020.07.01.tif"):
+        shutil.copy(data / "scene_0.tif", dated / name)
+    emb = tmp_path / "emb"
+    embed_folder(enc, dated, emb, level="image", progress=False)
+    for name in ("S2A_2020.06.01.tif", "S2A_2020.07.01.tif"):
+        find_similar(emb, dated / name, top=1, include_self=True)
+    assert sorted(p.name for p in (emb / "search").iterdir()) == ["S2A_2020.06.01", "S2A_2020.07.01"]
+    elsewhere = tmp_path / "other"
+    elsewhere.mkdir()
+    shutil.copy(data / "scene_1.tif", elsewhere / "S2A_2020.06.01.tif")
+    outside = find_similar(emb, elsewhere / "S2A_2020.06.01.tif", top=1)
+    assert outside.out_dir.name.startswith("S2A_2020.06.01-") and outside.out_dir.parent == emb / "search"
+    again = find_similar(emb, dated / "S2A_2020.06.01.tif", top=1, include_self=True, sheet=False)
+    assert (again.out_dir / "similar.csv").is_file() and not (again.out_dir / "similar.png").exists()

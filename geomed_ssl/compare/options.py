@@ -31,13 +31,13 @@ class Budget:
 
     @property
     def slug(self) -> str:
-        return f"k{self.per_class}" if self.per_class is not None else f"f{self.fraction:g}"
+        return f"k{self.per_class}" if self.per_class is not None else f"f{self.fraction!r}"
 
     @property
     def cells(self) -> tuple[str, str]:
         """(labels_per_class, label_fraction) as results.csv writes them (blank where not used)."""
         return (str(self.per_class) if self.per_class is not None else "",
-                f"{self.fraction:g}" if self.fraction is not None else "")
+                repr(self.fraction) if self.fraction is not None else "")  # repr: two budgets never share it
 
 
 @dataclass

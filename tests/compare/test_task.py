@@ -101,3 +101,11 @@ def test_a_class_with_fewer_labels_than_the_budget_is_warned_about_once(task, ca
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == len(t.class_names)  # every class has < 10000 labels: one line each, not one per split
     assert all("took" in line for line in lines)
+
+
+def test_two_fraction_budgets_never_share_a_results_key_or_selection_file() -> None:
+    from geomed_ssl.compare.options import parse_budgets
+
+    budgets = parse_budgets(None, "0.1234561,0.1234564,0.01")
+    assert len({b.slug for b in budgets}) == 3 and len({b.cells for b in budgets}) == 3
+    assert Budget(fraction=0.01).cells == ("", "0.01") and Budget(fraction=0.01).slug == "f0.01"  # as before

@@ -9,12 +9,18 @@ made a folder, what ``--overwrite`` may delete): :mod:`geomed_ssl.outdirs`. Add 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from geomed_ssl.outfiles import TEMP_GLOBS
+
+
+def name_hash(text: str) -> str:
+    """6 hex digits of ``text``'s SHA-1 (a path): added to an output's name where two inputs would give one name."""
+    return hashlib.sha1(text.encode()).hexdigest()[:6]
 
 
 def read_json_object(path: Path) -> dict[str, Any] | None:

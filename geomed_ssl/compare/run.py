@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from geomed_ssl.errors import ConfigError
 from geomed_ssl.finetune.fit import save_recipe
 from geomed_ssl.models.device import resolve_device
 from geomed_ssl.models.probe import probe_layers, read_image
+from geomed_ssl.outcommands import name_hash
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_write_text
 
@@ -187,13 +187,9 @@ def kept_labels(names: Sequence[str]) -> dict[str, str]:
     ``runs/b/encoder``) or it is ``none``, so no kept fine-tune replaces another's."""
     short = {n: Path(n).name for n in names if n != NONE}
     counts = Counter(short.values())
-    labels = {n: s if counts[s] == 1 and s != NONE else f"{s}-{path_hash(n)}" for n, s in short.items()}
+    labels = {n: s if counts[s] == 1 and s != NONE else f"{s}-{name_hash(str(Path(n).resolve()))}"
+              for n, s in short.items()}
     return {**labels, **({NONE: NONE} if NONE in names else {})}
-
-
-def path_hash(path: str) -> str:
-    """6 hex digits of the resolved ``path``'s SHA-1: tells apart encoders whose folders share a name."""
-    return hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:6]
 
 
 def kept_name(label: str, budget: Budget, seed: int) -> str:

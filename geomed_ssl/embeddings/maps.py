@@ -10,7 +10,6 @@ cell size and shifted to the cell centre, so they overlay the input in world (sc
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections import Counter
@@ -21,6 +20,7 @@ import numpy as np
 
 from geomed_ssl.data.tiling import grid_shape
 from geomed_ssl.errors import DataError
+from geomed_ssl.outcommands import name_hash
 from geomed_ssl.outfiles import atomic_path, remove_stale_partials, save_figure
 
 PCA_FIT_ROWS = 50_000  # rows sampled to fit the PCA of embedding maps
@@ -69,7 +69,7 @@ def grid_stems(files: Sequence[dict[str, Any]]) -> dict[str, str]:
     counts = Counter(s.lower() for s in stems.values())
     for f in files:
         if counts[stems[f["path"]].lower()] > 1:
-            stems[f["path"]] += "-" + hashlib.sha1((f.get("rel") or f["path"]).encode()).hexdigest()[:6]
+            stems[f["path"]] += "-" + name_hash(f.get("rel") or f["path"])
     return stems
 
 

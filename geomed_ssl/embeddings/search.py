@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from geomed_ssl.embeddings.maps import grid_stem
 from geomed_ssl.embeddings.store import load_embeddings, optional_module, read_columns
 from geomed_ssl.errors import ConfigError, DataError, GeomedError
 from geomed_ssl.models.device import resolve_device
+from geomed_ssl.outcommands import name_hash
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_path, save_figure
 
@@ -207,7 +207,7 @@ def query_name(query: Path, data_dir: str | Path) -> str:
     try:
         return grid_stem({"rel": str(query.relative_to(Path(data_dir).resolve()))})
     except ValueError:
-        return f"{grid_stem({'rel': query.name})}-{hashlib.sha1(str(query).encode()).hexdigest()[:6]}"
+        return f"{grid_stem({'rel': query.name})}-{name_hash(str(query))}"
 
 
 def rows_of_region(manifest: dict[str, Any], cols: dict[str, Any], path: Path, region: list[int],

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from geomed_ssl.data.gdal_read import has_dataset_mask, read_masked
 from geomed_ssl.data.stats import valid_mask
 
 RASTER_PREVIEW = 256  # preview: at most this many pixels per side
@@ -125,7 +126,7 @@ def _chunk_window(cell: tuple[int, int], chunk: tuple[int, int], shape: tuple[in
 def _read(src: Any, win: tuple[int, ...]) -> np.ndarray:
     from rasterio.windows import Window
 
-    return src.read(window=Window(win[1], win[0], win[3], win[2]))  # (C, h, w)
+    return read_masked(src, Window(win[1], win[0], win[3], win[2]), src.nodata)  # (C, h, w); GDAL mask -> NaN
 
 
 def sample_windows(shape: tuple[int, int], block: tuple[int, int], n_random: int = SAMPLE_BLOCKS,
@@ -150,7 +151,8 @@ def _read_strided(src: Any, stride: int) -> np.ndarray:
     once and memory stays bounded: (C, ceil(H / stride), ceil(W / stride))."""
     shape = (src.height, src.width)
     chunk = _chunk_shape(tuple(int(v) for v in src.block_shapes[0]), shape)
-    out = np.empty((src.count, -(-shape[0] // stride), -(-shape[1] // stride)), np.result_type(*src.dtypes))
+    dtype = np.float32 if has_dataset_mask(src) else np.result_type(*src.dtypes)  # masked pixels are NaN
+    out = np.empty((src.count, -(-shape[0] // stride), -(-shape[1] // stride)), dtype)
     for i in range(-(-shape[0] // chunk[0])):
         for j in range(-(-shape[1] // chunk[1])):
             r, c, h, w = _chunk_window((i, j), chunk, shape)

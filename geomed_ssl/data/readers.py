@@ -21,6 +21,7 @@ import numpy as np
 
 from geomed_ssl.data.conform import pick_bands
 from geomed_ssl.data.crops import pad_crop
+from geomed_ssl.data.gdal_read import read_masked
 from geomed_ssl.errors import DataError
 
 Region = tuple[int, int, int, int]  # row_off, col_off, height, width (file pixels, inside the file)
@@ -100,13 +101,14 @@ class RasterReader:
         self.max_open, self.cache_bytes, self.min_region = max_open, cache_bytes, min_region
         self._pid: int | None = None
         self._handles = self._regions = None  # type: ignore[assignment]
-        self._env = None
+        self._env = self._sidecar_env = None
         self.counters = {"region_reads": 0, "region_hits": 0, "direct_reads": 0}
 
     # -- per-process state ------------------------------------------------------------------------------------
     def __getstate__(self) -> dict:
         # Handles and caches never travel to another process (spawned DataLoader workers start empty).
-        return {**self.__dict__, "_pid": None, "_handles": None, "_regions": None, "_env": None}
+        return {**self.__dict__, "_pid": None, "_handles": None, "_regions": None, "_env": None,
+                "_sidecar_env": None}
 
     def _check_pid(self) -> None:
         pid = os.getpid()
@@ -117,6 +119,7 @@ class RasterReader:
             import rasterio
 
             self._env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES, GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR")
+            self._sidecar_env = rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES)
 
     def handle(self, path: str) -> Any:
         """An open rasterio dataset for ``path`` (opened at most once per process while cached)."""
@@ -127,7 +130,9 @@ class RasterReader:
             from rasterio.errors import NotGeoreferencedWarning
 
             try:
-                with self._env, warnings.catch_warnings():
+                # not listing the folder on every open (thousands of files) hides a .msk mask sidecar: look for it
+                env = self._sidecar_env if os.path.exists(path + ".msk") else self._env
+                with env, warnings.catch_warnings():
                     warnings.simplefilter("ignore", NotGeoreferencedWarning)  # plain TIFFs are fine to train on
                     ds = rasterio.open(path)
             except Exception as err:
@@ -194,7 +199,7 @@ class RasterReader:
                 )
             try:
                 with self._env:
-                    parts.append(ds.read(window=Window(col, row, w, h)))
+                    parts.append(read_masked(ds, Window(col, row, w, h), record.nodata))
             except Exception as err:
                 raise DataError(f"cannot read window {[row, col, h, w]} of '{path}': {err}.") from None
         return pick_bands(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0), record)

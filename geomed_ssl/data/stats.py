@@ -26,6 +26,7 @@ import numpy as np
 
 from geomed_ssl.config import as_tuple, spatial_dims
 from geomed_ssl.data.conform import pick_bands
+from geomed_ssl.data.gdal_read import read_masked
 from geomed_ssl.errors import DataError
 
 log = logging.getLogger("geomed_ssl")
@@ -276,7 +277,7 @@ class _FileWindows:
             from rasterio.windows import Window
 
             win = Window(start[1], start[0], size[1], size[0])
-            return pick_bands(np.concatenate([d.read(window=win, boundless=False).astype(np.float32)
+            return pick_bands(np.concatenate([read_masked(d, win, self.record.nodata).astype(np.float32, copy=False)
                                               for d in self.ds], axis=0), self.record)
         box = tuple(slice(s, s + n) for s, n in zip(start, size))
         if self.volume is not None:

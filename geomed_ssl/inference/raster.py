@@ -21,6 +21,7 @@ import torch
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.bands import BandInfo, band_order, resolve_band_info
 from geomed_ssl.data.conform import report_positional_names
+from geomed_ssl.data.gdal_read import read_masked
 from geomed_ssl.data.stats import BandStats, normalize, valid_mask, warn_far_from_stats
 from geomed_ssl.data.tiling import DEFAULT_OVERLAP, blend_weights, window_starts
 from geomed_ssl.errors import DataError
@@ -192,7 +193,7 @@ class RasterInput:
         W = self.shape[1]
 
         def read(a: int, b: int) -> np.ndarray:
-            parts = [s.read(window=Window(0, a, W, b - a)) for s in self.sources]
+            parts = [read_masked(s, Window(0, a, W, b - a), self.nodata) for s in self.sources]
             strip = parts[0] if len(parts) == 1 else np.concatenate(parts)
             strip = strip if self.order is None else strip[self.order]
             ranges.add(strip)

@@ -1,0 +1,41 @@
+"""Raster reads that keep what GDAL says is missing: a per-dataset mask (an internal mask band or a ``.msk``
+sidecar, as GDAL writes for JPEG-compressed or clipped scenes) and, in a stack of single-band files, each file's
+own nodata value. The readers, the statistics, the catalog's probe and ``predict`` read through
+:func:`read_masked`, so such pixels are NaN (invalid) everywhere instead of data."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+
+def has_dataset_mask(ds: Any) -> bool:
+    """Whether the open rasterio dataset ``ds`` carries a per-dataset mask (internal, sidecar or alpha band)."""
+    from rasterio.enums import MaskFlags
+
+    return any(MaskFlags.per_dataset in flags for flags in ds.mask_flag_enums)
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def read_masked(ds: Any, window: Any = None, nodata: float | None = None) -> np.ndarray:
+    """``ds.read(window=window)`` (C, h, w) as stored, except where ``ds`` says pixels are missing beyond
+    ``nodata`` (the value the caller already treats as nodata): pixels its per-dataset mask hides and, when it is
+    another value, pixels equal to the file's own nodata come back NaN (the array then float32)."""
+    arr = ds.read(window=window)
+    masked = has_dataset_mask(ds)
+    own = ds.nodata if ds.nodata is not None and not _same(ds.nodata, nodata) else None
+    if not masked and own is None:
+        return arr
+    out = arr.astype(np.float32)
+    if masked:
+        out[ds.read_masks(window=window) == 0] = np.nan
+    if own is not None and not math.isnan(own):
+        out[arr == own] = np.nan
+    return out

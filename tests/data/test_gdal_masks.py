@@ -1,0 +1,73 @@
+"""Pixels GDAL marks missing without a nodata value (an internal mask band, a .msk sidecar) and a stacked file's
+own nodata are invalid everywhere: in the reader, the catalog's valid share and the prediction (nodata there)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from geomed_ssl.config import DataConfig
+from geomed_ssl.data.catalog import scan
+from geomed_ssl.data.gdal_read import read_masked
+from geomed_ssl.data.readers import RasterReader
+from tests.conftest import structured_raster
+
+
+def masked_tif(path: Path, internal: bool) -> np.ndarray:
+    """A 4-band uint16 64x64 GeoTIFF without nodata whose GDAL mask hides the left half (internal or .msk)."""
+    arr = (structured_raster(np.random.default_rng(0), 4, 64) + 500).astype(np.uint16)
+    mask = np.full((64, 64), 255, np.uint8)
+    mask[:, :32] = 0
+    profile = dict(driver="GTiff", height=64, width=64, count=4, dtype="uint16", crs="EPSG:32633",
+                   transform=from_origin(500000, 5000000, 10, 10))
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=internal):
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(arr)
+            dst.write_mask(mask)
+    assert Path(str(path) + ".msk").exists() != internal
+    return arr
+
+
+@pytest.mark.parametrize("internal", [True, False])
+def test_masked_pixels_are_invalid_in_reads_catalog_and_prediction(tmp_path: Path, internal: bool) -> None:
+    import torch
+
+    from geomed_ssl.data.stats import compute_stats
+    from geomed_ssl.inference.predict import predict_raster
+
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    arr = masked_tif(folder / "scene.tif", internal)
+    cfg = DataConfig(patch_size=32, exclude=["*.msk"])
+    catalog = scan(folder, cfg)
+    (record,) = catalog.records
+    assert record.valid_fraction == pytest.approx(0.5, abs=0.05)
+    window = RasterReader().read_window(record, 0, 0, 64, 64)
+    assert np.isnan(window[:, :, :32]).all() and np.array_equal(window[:, :, 32:], arr[:, :, 32:].astype(np.float32))
+    stats = compute_stats(catalog, cfg, seed=0)
+    assert min(stats.p1) >= float(arr[:, :, 32:].min())  # the hidden half never reaches the statistics
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(4, 3, 1).eval()
+    predict_raster(model, folder / "scene.tif", tmp_path / "pred.tif", stats, window=(32, 32), num_classes=3)
+    with rasterio.open(tmp_path / "pred.tif") as out:
+        labels = out.read(1)
+        assert out.nodata == 255
+    assert (labels[:, :32] == 255).all() and (labels[:, 32:] != 255).all()
+
+
+def test_a_files_own_nodata_is_nan_when_the_caller_reads_another(tmp_path: Path) -> None:
+    """A stack of single-band files takes the first file's nodata; the others' own values count too."""
+    arr = np.full((1, 8, 8), 7, np.uint16)
+    arr[0, :2] = 65535
+    path = tmp_path / "b03.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=8, width=8, count=1, dtype="uint16", nodata=65535) as dst:
+        dst.write(arr)
+    with rasterio.open(path) as ds:
+        same = read_masked(ds, None, 65535.0)
+        other = read_masked(ds, None, 0.0)
+    assert same.dtype == np.uint16 and np.array_equal(same, arr)  # nothing to add: read as stored
+    assert np.isnan(other[0, :2]).all() and (other[0, 2:] == 7).all()

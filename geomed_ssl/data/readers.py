@@ -294,6 +294,9 @@ class VolumeReader:
         arr = arr[None] if arr.ndim == 3 else np.moveaxis(arr, -1, 0)  # (C, D, H, W)
         affine = np.asarray(img.affine, dtype=np.float64)
         if self.data_cfg.spacing is not None:
+            nodata = self.data_cfg.nodata
+            if nodata is not None and not np.isnan(nodata):  # as NaN, so interpolation never blends it into data
+                arr = np.where(arr == nodata, np.float32(np.nan), arr.astype(np.float32, copy=False))
             arr, affine = resample_to_spacing(arr, affine, [float(v) for v in self.data_cfg.spacing])
         return arr, affine
 

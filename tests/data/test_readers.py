@@ -166,6 +166,21 @@ def test_spacing_resamples_shape_and_affine(tmp_path):
     np.testing.assert_allclose(np.diag(reader.affine(rec))[:3], [2.0, 2.0, 2.0])
 
 
+def test_spacing_never_blends_a_nodata_value_into_the_voxels_beside_it(tmp_path):
+    """4-mm slices resampled to 1 mm: nodata (0) in the bottom two slices must not become made-up valid intensities
+    (200, 400, 600) on the way to the 800 of the data; what touches nodata is nodata."""
+    from geomed_ssl.data.stats import valid_mask
+
+    vol = np.full((4, 4, 8), 800, np.float32)
+    vol[:, :, :2] = 0
+    path = write_nii(tmp_path / "v.nii.gz", vol, np.diag([1.0, 1.0, 4.0, 1.0]))
+    cfg = DataConfig(kind="volume", intensity="none", spacing=[1.0, 1.0, 1.0], nodata=0)
+    out, _ = VolumeReader(cfg).load(volume_record(path, (4, 4, 8)))
+    column = out[0, 1, 1]
+    valid = valid_mask(out, 0)[1, 1]
+    assert set(np.unique(column[valid]).tolist()) == {800.0}  # every valid voxel holds data, none a blend
+
+
 def test_volume_cache_is_bounded(tmp_path):
     reader = VolumeReader(DataConfig(kind="volume", intensity="none"), max_cached=1)
     recs = [volume_record(write_nii(tmp_path / f"{k}.nii", np.zeros((4, 4, 4), np.float32)), (4, 4, 4))

@@ -17,6 +17,7 @@ from geomed_ssl.data.tiling import DEFAULT_OVERLAP
 from geomed_ssl.finetune.labels import LabelSelection, read_label
 from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix, save_confusion_png
 from geomed_ssl.inference.finetuned import data_config, load_run, model_fn
+from geomed_ssl.inference.writers import class_lookup
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_write_text
 
@@ -36,6 +37,7 @@ def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Seque
     cfg = data_config(meta, recipe_data)
     stats = BandStats.from_dict(meta["encoder"]["stats"])
     k = len(meta["classes"])
+    _, nodata_label = class_lookup(k)  # what predict writes where the input is nodata
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, path in enumerate(paths):
@@ -49,7 +51,7 @@ def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Seque
                                overlap=overlap, blend="gaussian" if blend != "constant" else blend, num_classes=k,
                                device=device, names_by_position="ignore")
             labels, _ = read_label(target, cfg.kind, ignore_value=None, spacing=cfg.spacing)
-            out.append(labels)
+            out.append(np.where(labels == nodata_label, -1, labels))  # a NIfTI class map has no nodata field
     return out
 
 

@@ -14,3 +14,23 @@ def test_label_values_the_model_never_saw_are_a_warning_and_a_note(caplog) -> No
     assert len(notes) == 1 and "[5, 7] (3 labelled positions)" in notes[0] and "1=water, 2=forest" in notes[0]
     assert any("left out of the metrics" in r.getMessage() for r in caplog.records)
     assert unknown_classes(np.array([1, 2]), [1, 2], ["water", "forest"]) == []
+
+
+def test_a_volume_whose_input_has_no_data_somewhere_is_scored_where_it_has(tmp_path) -> None:
+    """predict writes 255 where the volume is nodata and NIfTI has no nodata field: evaluation reads it as 'no
+    prediction' (-1, left out of the metrics), as for rasters, instead of failing on class 255."""
+    import nibabel as nib
+    import torch
+
+    from geomed_ssl.data.stats import BandStats
+    from geomed_ssl.finetune.evaluate import predict_to_arrays
+
+    vol = np.random.default_rng(3).uniform(1, 1000, (12, 12, 12)).astype(np.float32)
+    vol[:3] = np.nan  # outside the field of view
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / "img.nii.gz"))
+    stats = BandStats(["band_1"], [500.0], [250.0], [0.0], [1000.0], [1])
+    meta = {"encoder": {"stats": stats.to_dict()}, "classes": [{"value": 1}, {"value": 2}], "window": [8, 8, 8],
+            "data": {"kind": "volume", "intensity": "none"}}
+    torch.manual_seed(0)
+    pred = predict_to_arrays(torch.nn.Conv3d(1, 2, 1).eval(), meta, [str(tmp_path / "img.nii.gz")])[0]
+    assert set(np.unique(pred[:3]).tolist()) == {-1} and set(np.unique(pred[3:]).tolist()) <= {0, 1}

@@ -206,7 +206,8 @@ def open_outputs(out_path: Path, src: Any, num_classes: int, dtype: Any, lnodata
                  pkind: str | None) -> list[GeoTiffWriter]:
     """The class-map writer on ``src``'s grid and, with ``pkind``, the probability writer (one band per class);
     a failure opening the second drops the first."""
-    like = {"height": src.height, "width": src.width, "crs": src.crs, "transform": src.transform}
+    like = {"height": src.height, "width": src.width, "crs": src.crs, "transform": src.transform, "gcps": src.gcps,
+            "rpcs": src.rpcs}
     outputs = [GeoTiffWriter(out_path, like, 1, dtype, lnodata, descriptions=["class"])]
     if pkind:
         try:

@@ -53,7 +53,8 @@ def _window_tuple(window: Any) -> tuple[int, int, int, int]:
 
 
 class GeoTiffWriter:
-    """A tiled (256x256), deflate-compressed GeoTIFF on the grid of ``like_profile`` (crs, transform, width, height).
+    """A tiled (256x256), deflate-compressed GeoTIFF on the grid of ``like_profile`` (crs, transform, width, height;
+    ``gcps`` / ``rpcs`` as rasterio gives them, for inputs georeferenced that way).
 
     ``write(array, window)`` puts ``array`` (count, h, w) or (h, w) at ``window`` ((row_off, col_off, h, w) or a
     rasterio Window). Full-width row strips written top to bottom (what streaming prediction does) are gathered
@@ -84,6 +85,11 @@ class GeoTiffWriter:
             self._ds = rasterio.open(self._tmp, "w", **profile)
         except Exception as err:
             raise DataError(f"cannot create '{self.path}': {err}. Check the output folder is writable.") from None
+        gcps, gcp_crs = like_profile.get("gcps") or ([], None)
+        if gcps:  # georeferenced by ground control points (e.g. Sentinel-1 GRD), not by a transform
+            self._ds.gcps = (gcps, gcp_crs)
+        if like_profile.get("rpcs") is not None:
+            self._ds.rpcs = like_profile["rpcs"]
         if descriptions is not None:
             for i, name in enumerate(descriptions, start=1):
                 self._ds.set_band_description(i, str(name))

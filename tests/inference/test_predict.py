@@ -396,3 +396,26 @@ def test_a_nifti_given_to_a_raster_model_is_one_clear_line(scene, tmp_path):
         predict_files(threshold_model(), [scene["path"]], tmp_path / "out", scene["stats"], num_classes=3,
                       window=[8, 8, 8], data_cfg=DataConfig(kind="volume"))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_scene_georeferenced_by_ground_control_points_keeps_them_in_its_prediction(tmp_path: Path) -> None:
+    """Sentinel-1 GRD-like files carry GCPs and no transform: the class map gets the same GCPs (else it could not
+    be placed on a map)."""
+    import rasterio
+    from rasterio.control import GroundControlPoint
+    from rasterio.crs import CRS
+
+    arr = structured_raster(np.random.default_rng(1), C, 48).astype(np.uint16)
+    gcps = [GroundControlPoint(row=r, col=c, x=10 + c / 1000, y=45 - r / 1000, z=0.0)
+            for r, c in ((0, 0), (0, 47), (47, 0), (47, 47))]
+    path = tmp_path / "grd.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=48, width=48, count=C, dtype="uint16",
+                       gcps=gcps, crs=CRS.from_epsg(4326)) as dst:
+        dst.write(arr)
+    names = [f"band_{i}" for i in range(1, C + 1)]
+    predict_raster(conv_model(C, K), path, tmp_path / "p.tif", stats_of(arr, names), window=(32, 32),
+                   num_classes=K)
+    with rasterio.open(tmp_path / "p.tif") as out:
+        got, crs = out.gcps
+    assert crs == CRS.from_epsg(4326) and [(g.row, g.col, g.x, g.y) for g in got] == \
+        [(g.row, g.col, g.x, g.y) for g in gcps]

@@ -82,14 +82,19 @@ class FileRecord:
 
 def reoriented_shape(record: FileRecord, axcodes: str = "RAS") -> tuple[int, ...]:
     """A volume's spatial shape after reorientation to ``axcodes`` (the volume reader's order before resampling)."""
+    return tuple(int(v) for v in reoriented_axes(record, record.shape, axcodes))
+
+
+def reoriented_axes(record: FileRecord, values: Sequence[Any], axcodes: str = "RAS") -> tuple[Any, ...]:
+    """Per-axis ``values`` of a volume in its file's axis order (shape, voxel sizes) in ``axcodes`` order."""
     from nibabel.orientations import axcodes2ornt, ornt_transform
 
     if record.kind != "volume" or not record.orientation:
-        return tuple(record.shape)
+        return tuple(values)
     ornt = ornt_transform(axcodes2ornt(tuple(record.orientation)), axcodes2ornt(tuple(axcodes)))
-    out = [0] * len(record.shape)
+    out: list[Any] = [0] * len(values)
     for src_axis, (dst_axis, _) in enumerate(ornt):
-        out[int(dst_axis)] = record.shape[src_axis]
+        out[int(dst_axis)] = values[src_axis]
     return tuple(out)
 
 
@@ -133,8 +138,8 @@ class Catalog:
         total = 0
         for r in self.records:
             shape = reoriented_shape(r) if r.kind == "volume" else tuple(r.shape)
-            if spacing is not None and r.spacing:
-                shape = tuple(n * s / t for n, s, t in zip(shape, r.spacing, spacing))
+            if spacing is not None and r.spacing:  # r.spacing is in the file's axis order, shape in RAS order
+                shape = tuple(n * s / t for n, s, t in zip(shape, reoriented_axes(r, r.spacing), spacing))
             total += max(1, int(np.prod([max(1, int(n // w)) for n, w in zip(shape, window)])))
         return total
 

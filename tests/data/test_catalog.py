@@ -266,3 +266,20 @@ def test_band_widths_of_the_bundled_sample_come_from_its_fwhm_tags():
     assert cat.bandwidths is not None and len(cat.bandwidths) == 200 and all(w is not None for w in cat.bandwidths)
     assert all(0.005 < w < 0.02 for w in cat.bandwidths)  # AVIRIS FWHM ~10 nm
     assert cat.records[0].bandwidths == cat.bandwidths and Catalog.from_dict(cat.to_dict()).bandwidths == cat.bandwidths
+
+
+def test_distinct_windows_pairs_each_voxel_size_with_its_own_axis(tmp_path) -> None:
+    """A PSR volume (file axes: posterior, superior, right) with 0.8 / 1.2 / 3 mm voxels, counted at 1 mm: the
+    catalog's shape is in RAS order, its voxel sizes in the file's; they must be paired on the same axis."""
+    import nibabel as nib
+
+    from geomed_ssl.config import DataConfig
+    from geomed_ssl.data.catalog import scan
+
+    affine = np.array([[0, 0, 3.0, 0], [-0.8, 0, 0, 0], [0, 1.2, 0, 0], [0, 0, 0, 1]])
+    vol = np.random.default_rng(0).random((30, 10, 4)).astype(np.float32)
+    (tmp_path / "v").mkdir()
+    nib.save(nib.Nifti1Image(vol, affine), str(tmp_path / "v" / "psr.nii.gz"))
+    catalog = scan(tmp_path / "v", DataConfig(kind="volume", patch_size=4, intensity="none"))
+    # at 1 mm: R 12, A 24, S 12 voxels -> 3 x 6 x 3 windows of 4
+    assert catalog.distinct_windows((4, 4, 4), spacing=(1.0, 1.0, 1.0)) == 54

@@ -62,6 +62,7 @@ class FileRecord:
     band_source: str | None = None
     bandwidths: list[float | None] | None = None
     band_index: list[int] | None = None
+    value_scaling: list[list[float]] | None = None  # [scales, offsets] per band when not 1 / 0 (not applied)
 
     @property
     def area(self) -> int:
@@ -270,6 +271,7 @@ def _record(probes: list[FileProbe], kind: str, data_cfg: Any, fallback: list[st
         crs=first.geo.get("crs"), transform=first.geo.get("transform"), affine=first.geo.get("affine"),
         spacing=first.geo.get("spacing"), valid_fraction=round(fraction, 6), block_shape=first.geo.get("block_shape"),
         orientation=first.geo.get("orientation"), value_range=[v for p in probes for v in p.value_range],
+        value_scaling=first.geo.get("value_scaling"),
     )
 
 
@@ -401,4 +403,21 @@ def scan(root: str | Path, data_cfg: Any, strict: bool = False, names_by_positio
                         + ". Fix or exclude them (data.exclude), or run without --strict to skip them.")
     report_positional_names([r.path for r in records if r.band_source == "sensor"], getattr(data_cfg, "sensor", None),
                             catalog.band_names, names_by_position)
+    warn_mixed_scaling(catalog)
     return catalog
+
+
+def warn_mixed_scaling(catalog: Catalog) -> None:
+    """One warning when the files' scale / offset tags differ: values are read as stored, so the same physical
+    value (a reflectance) would be two numbers far apart in one run's data (e.g. an archive with and without an
+    offset)."""
+    groups: dict[str, list[str]] = {}
+    for r in catalog.records:
+        key = "none (values as stored)" if r.value_scaling is None else \
+            f"scales {r.value_scaling[0]} offsets {r.value_scaling[1]}"
+        groups.setdefault(key, []).append(catalog._rel(r.path))
+    if len(groups) > 1:
+        shown = "; ".join(f"{key}: {len(paths)} file(s), e.g. {paths[0]}" for key, paths in groups.items())
+        log.warning(f"warning: the files carry different scale / offset tags ({shown}). The toolkit reads values "
+                    "as stored, so the same value on the ground reads as different numbers: convert the files to "
+                    "one scale first (e.g. gdal_translate -unscale -ot Float32), or train on one group at a time.")

@@ -215,6 +215,12 @@ def _raster_preview(path: str, src: Any, nodata: float | None) -> tuple[np.ndarr
     return arr, valid_mask(arr, nodata), how
 
 
+def _value_scaling(src: Any) -> list[list[float]] | None:
+    """The bands' [scales, offsets] tags when any differs from 1 / 0 (values are read as stored), else None."""
+    scales, offsets = [float(v) for v in src.scales], [float(v) for v in src.offsets]
+    return None if all(v == 1 for v in scales) and all(v == 0 for v in offsets) else [scales, offsets]
+
+
 def _probe_raster(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProbe:
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
@@ -239,7 +245,8 @@ def _probe_raster(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProb
                 raise ProbeError(f"truncated or corrupt pixel data ({_err_text(err)})") from None
             geo = {"crs": src.crs.to_wkt() if src.crs else None,
                    "transform": [float(v) for v in list(src.transform)[:6]],
-                   "block_shape": tuple(int(v) for v in src.block_shapes[0])}
+                   "block_shape": tuple(int(v) for v in src.block_shapes[0]),
+                   "value_scaling": _value_scaling(src)}
             dtype = str(np.result_type(*src.dtypes))
             return FileProbe(path, shape, count, dtype, nodata, list(src.descriptions), tags, valid,
                           _value_range(arr, valid), geo, how)

@@ -71,3 +71,26 @@ def test_a_files_own_nodata_is_nan_when_the_caller_reads_another(tmp_path: Path)
         other = read_masked(ds, None, 0.0)
     assert same.dtype == np.uint16 and np.array_equal(same, arr)  # nothing to add: read as stored
     assert np.isnan(other[0, :2]).all() and (other[0, 2:] == 7).all()
+
+
+def test_files_with_different_scale_tags_are_one_warning_naming_both(tmp_path: Path, caplog) -> None:
+    """One file stores reflectance as float, another as int16 with scale 0.0001 / offset -0.1: read as stored they
+    differ by 10^4, which the scan says."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    base = dict(driver="GTiff", height=32, width=32, count=1, crs="EPSG:32633",
+                transform=from_origin(500000, 5000000, 10, 10))
+    with rasterio.open(folder / "float_reflectance.tif", "w", dtype="float32", **base) as dst:
+        dst.write(np.full((1, 32, 32), 0.15, np.float32))
+    with rasterio.open(folder / "int_scaled.tif", "w", dtype="int16", **base) as dst:
+        dst.write(np.full((1, 32, 32), 2500, np.int16))
+        dst.scales, dst.offsets = (0.0001,), (-0.1,)
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        catalog = scan(folder, DataConfig(patch_size=16))
+    assert len(catalog.records) == 2
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "different scale / offset tags" in text and "int_scaled.tif" in text and "float_reflectance.tif" in text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        scan(folder, DataConfig(patch_size=16, include=["int_*"]))  # one scale throughout: nothing to say
+    assert "scale / offset" not in " ".join(r.getMessage() for r in caplog.records)

@@ -63,7 +63,11 @@ def inspect(
 
 
 def guess_kind(data_dir: Path) -> str:
-    """volume when the folder holds NIfTI files and no GeoTIFF, else raster."""
+    """volume when the folder holds NIfTI files and no GeoTIFF, else raster (a file: by its extension)."""
+    if data_dir.is_file():
+        from geomed_ssl.data.kinds import input_kind
+
+        return input_kind(data_dir) or "raster"
     if not data_dir.is_dir():
         raise GeomedError(f"data folder '{data_dir}' does not exist.")
     has_nii = any(data_dir.rglob("*.nii*"))

@@ -3,6 +3,7 @@ and the one-line error handling (:func:`user_errors`)."""
 
 from __future__ import annotations
 
+import errno
 import functools
 from inspect import signature
 from typing import Any, Callable
@@ -74,5 +75,22 @@ def user_errors(fn: Callable) -> Callable:
                 raise
             typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
             raise typer.Exit(code=2) from None
+        except OSError as err:
+            if STATE["debug"] or err.errno not in WRITE_ERRNOS:
+                raise
+            typer.secho(f"error: {write_failure(err)}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=2) from None
 
     return wrapper
+
+
+WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+def write_failure(err: OSError) -> str:
+    """One line for a file-system refusal (permission, read-only, full disk) naming the path and the way out."""
+    where = f" '{err.filename}'" if err.filename else ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left to write{where} ({err.strerror}); free some space or choose another --out."
+    return (f"cannot write{where}: {err.strerror}; choose a folder you can write to (--out), or change its "
+            "permissions.")

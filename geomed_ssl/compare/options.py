@@ -17,6 +17,13 @@ DEFAULT_PER_CLASS = "1,2,5,10,20"
 NONE = "none"
 
 
+def fraction_text(x: float) -> str:
+    """A label fraction as results.csv and file names write it: ``:g`` (0.01, 1, 1e-05, as always), or the exact
+    ``repr`` where ``:g`` would round it (0.1234561), so two budgets never share a text."""
+    short = f"{x:g}"
+    return short if float(short) == x else repr(float(x))
+
+
 @dataclass(frozen=True)
 class Budget:
     """One label budget: ``per_class`` labels of each class, or a ``fraction`` of every class's labels."""
@@ -31,13 +38,13 @@ class Budget:
 
     @property
     def slug(self) -> str:
-        return f"k{self.per_class}" if self.per_class is not None else f"f{self.fraction!r}"
+        return f"k{self.per_class}" if self.per_class is not None else f"f{fraction_text(self.fraction)}"
 
     @property
     def cells(self) -> tuple[str, str]:
         """(labels_per_class, label_fraction) as results.csv writes them (blank where not used)."""
         return (str(self.per_class) if self.per_class is not None else "",
-                repr(self.fraction) if self.fraction is not None else "")  # repr: two budgets never share it
+                fraction_text(self.fraction) if self.fraction is not None else "")
 
 
 @dataclass

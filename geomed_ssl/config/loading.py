@@ -16,6 +16,22 @@ from geomed_ssl.errors import ConfigError
 log = logging.getLogger("geomed_ssl")
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key written twice in one mapping (plain YAML keeps the last one, so a
+    recipe with two ``train:`` sections would silently lose the first)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"'{key}' is written twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _sections(raw: Any, source: str) -> dict[str, dict[str, Any]]:
     """A copy of ``raw`` after checking its shape: a mapping of known sections, each a mapping (or empty)."""
     raw = {} if raw is None else raw
@@ -63,7 +79,8 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         if inner.startswith("[") and inner.endswith("]"):  # a list of globs: YAML reads a leading * as an alias
             parsed = [item.strip().strip("'\"") for item in inner[1:-1].split(",") if item.strip()]
         else:
-            raise ConfigError(f"--set '{text}': the value is not valid YAML ({err}).") from None
+            raise ConfigError(f"--set '{text}': the value is not valid YAML ({' '.join(str(err).split())}); "
+                              "quote it, e.g. --set 'data.exclude=[\"*mask*\"]'.") from None
     return section.strip(), key.strip(), parsed
 
 
@@ -108,7 +125,15 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not path.is_file():
             raise ConfigError(f"recipe '{path}' not found. Pass a YAML file, e.g. recipes/mae_sentinel2.yaml.")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise ConfigError(f"recipe '{path}' is not a text (YAML) file; pass a recipe such as "
+                              "recipes/mae_sentinel2.yaml.") from None
+        if not text.strip():
+            raise ConfigError(f"recipe '{path}' is empty; copy one of recipes/*.yaml, or leave the recipe out "
+                              "where a command allows it.")
+        try:
+            raw = yaml.load(text, Loader=UniqueKeyLoader) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"recipe '{path}' is not valid YAML: {' '.join(str(err).split())}") from None
     return recipe_from_dict(apply_overrides(raw, overrides, source), source)

@@ -1,6 +1,6 @@
 """Raster reads that keep what GDAL says is missing: a per-dataset mask (an internal mask band or a ``.msk``
-sidecar, as GDAL writes for JPEG-compressed or clipped scenes) and, in a stack of single-band files, each file's
-own nodata value. The readers, the statistics, the catalog's probe and ``predict`` read through
+sidecar, as GDAL writes for JPEG-compressed or clipped scenes) and, in a stack of single-band files, the further
+files' own nodata values (the first file's, or ``data.nodata``, is the record's). The readers, the statistics, the catalog's probe and ``predict`` read through
 :func:`read_masked`, so such pixels are NaN (invalid) everywhere instead of data."""
 
 from __future__ import annotations
@@ -24,18 +24,21 @@ def _same(a: float | None, b: float | None) -> bool:
     return a == b or (math.isnan(a) and math.isnan(b))
 
 
-def read_masked(ds: Any, window: Any = None, nodata: float | None = None) -> np.ndarray:
+def read_masked(ds: Any, window: Any = None, nodata: float | None = None, stacked: bool = False) -> np.ndarray:
     """``ds.read(window=window)`` (C, h, w) as stored, except where ``ds`` says pixels are missing beyond
-    ``nodata`` (the value the caller already treats as nodata): pixels its per-dataset mask hides and, when it is
-    another value, pixels equal to the file's own nodata come back NaN (the array then float32)."""
+    ``nodata`` (the value the caller treats as nodata: the first file's, or ``data.nodata``, which overrides a
+    file's tag): pixels its per-dataset mask hides and, for a further file of a stack (``stacked``), pixels equal
+    to its own nodata tag when that is another value, come back NaN (the array then float32)."""
     arr = ds.read(window=window)
     masked = has_dataset_mask(ds)
-    own = ds.nodata if ds.nodata is not None and not _same(ds.nodata, nodata) else None
+    own = ds.nodata if stacked and ds.nodata is not None and not _same(ds.nodata, nodata) else None
+    if own is not None and math.isnan(own):
+        own = None  # NaN is missing already
     if not masked and own is None:
         return arr
     out = arr.astype(np.float32)
     if masked:
         out[ds.read_masks(window=window) == 0] = np.nan
-    if own is not None and not math.isnan(own):
+    if own is not None:
         out[arr == own] = np.nan
     return out

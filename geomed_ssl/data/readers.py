@@ -190,7 +190,7 @@ class RasterReader:
         from rasterio.windows import Window
 
         parts = []
-        for path in _paths(record):
+        for i, path in enumerate(_paths(record)):
             ds = self.handle(path)
             if (ds.height, ds.width) != tuple(record.shape[-2:]):
                 raise DataError(
@@ -199,7 +199,7 @@ class RasterReader:
                 )
             try:
                 with self._env:
-                    parts.append(read_masked(ds, Window(col, row, w, h), record.nodata))
+                    parts.append(read_masked(ds, Window(col, row, w, h), record.nodata, stacked=i > 0))
             except Exception as err:
                 raise DataError(f"cannot read window {[row, col, h, w]} of '{path}': {err}.") from None
         return pick_bands(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0), record)
@@ -296,7 +296,8 @@ class VolumeReader:
         if self.data_cfg.spacing is not None:
             nodata = self.data_cfg.nodata
             if nodata is not None and not np.isnan(nodata):  # as NaN, so interpolation never blends it into data
-                arr = np.where(arr == nodata, np.float32(np.nan), arr.astype(np.float32, copy=False))
+                arr = arr.astype(np.float32)  # a copy: the file's array may be read-only
+                arr[arr == np.float32(nodata)] = np.nan
             arr, affine = resample_to_spacing(arr, affine, [float(v) for v in self.data_cfg.spacing])
         return arr, affine
 

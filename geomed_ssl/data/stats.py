@@ -277,8 +277,8 @@ class _FileWindows:
             from rasterio.windows import Window
 
             win = Window(start[1], start[0], size[1], size[0])
-            return pick_bands(np.concatenate([read_masked(d, win, self.record.nodata).astype(np.float32, copy=False)
-                                              for d in self.ds], axis=0), self.record)
+            parts = [read_masked(d, win, self.record.nodata, stacked=i > 0) for i, d in enumerate(self.ds)]
+            return pick_bands(np.concatenate([p.astype(np.float32, copy=False) for p in parts], axis=0), self.record)
         box = tuple(slice(s, s + n) for s, n in zip(start, size))
         if self.volume is not None:
             return pick_bands(self.volume[(slice(None), *box)], self.record)

@@ -173,6 +173,8 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
     qpath = Path(query).resolve()
     if not qpath.exists():
         raise DataError(f"query file '{query}' does not exist.")
+    if qpath.is_dir():
+        raise DataError(f"--query '{query}' is a folder; give one file of it (and --box for a region).")
     check_input_kind(qpath, "raster" if nd == 2 else "volume", "the encoder of these embeddings")
     record = record_for(qpath, DataConfig(**st["data"]), "error" if strict else "warn")
     emb = embedder_for(manifest, record, encoder, device)

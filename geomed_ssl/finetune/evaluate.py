@@ -120,6 +120,10 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
         catalog.warn_problems()
         pairs, arrays, masks = read_label_pairs(catalog.records, labels, recipe.labels, recipe.data)
         files, flats, vals = labelled_pixels(arrays, masks)
+        if vals.size == 0:
+            raise DataError(f"no labelled pixels or voxels in the {len(arrays)} label file(s) of '{labels}' "
+                            f"(ignore value {recipe.labels.ignore_value}): nothing to score; check the labels and "
+                            "labels.ignore_value.")
         notes = unknown_classes(vals, values, names)
         empty = np.zeros(0, np.int64)
         selection = LabelSelection(empty.astype(np.int32), empty, empty, files, flats, vals, values, names,

@@ -366,6 +366,10 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
         raise DataError(f"no labelled {unit}s in {len(shapes)} label file(s) (ignore value {cfg.ignore_value}); "
                         "check labels.ignore_value and the label files' nodata.")
     cmap = ClassMap.build(np.unique(values), names)
+    if len(cmap.values) < 2:
+        raise DataError(f"the labels hold one class only ({cmap.label(cmap.values[0])}, {values.size} labelled "
+                        f"{unit}s in {len(shapes)} label file(s)); segmentation needs at least two: label another "
+                        f"class too (e.g. the background), or check labels.ignore_value ({cfg.ignore_value}).")
     seed, notes = int(cfg.seed), []
     group = _label_groups(paths, len(shapes))
     pool = None

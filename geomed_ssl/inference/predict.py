@@ -118,6 +118,39 @@ def plan_outputs(inputs: str | Path | Sequence[str | Path], out_dir: str | Path,
     return planned
 
 
+def usable_inputs(planned: dict[Path, Path], data_cfg: Any, window: int | Sequence[int], blend: str,
+                  strict: bool = False) -> dict[Path, Path]:
+    """The planned inputs ``predict`` can read, checked before its output folder is made: an unknown ``blend`` is
+    an error; a file the catalog's probe refuses (truncated, corrupt, not an image) is an error with ``strict``,
+    else skipped with a warning; none left is an error."""
+    import logging
+
+    from geomed_ssl.data.probe import ProbeError, probe_file
+    from geomed_ssl.errors import ConfigError
+
+    usable, bad = {}, []
+    for p, out in planned.items():
+        kind, _ = _kind_and_stem(p, data_cfg)
+        blends = RASTER_BLENDS if kind == "raster" else VOLUME_BLENDS
+        if blend not in blends:
+            raise ConfigError(f"--blend must be one of {', '.join(blends)}, got '{blend}'.")
+        if p.is_file():
+            nd = 2 if kind == "raster" else 3
+            size = tuple(window) if isinstance(window, (list, tuple)) else (int(window),) * nd
+            try:
+                probe_file(str(p), kind, data_cfg, size[:nd])
+            except ProbeError as err:
+                bad.append(f"'{p}': {str(err).rstrip('.')}")
+                continue
+        usable[p] = out
+    if bad and (strict or not usable):
+        raise DataError(f"cannot predict {'; '.join(bad)}. Replace or leave out "
+                        f"{'that file' if len(bad) == 1 else 'those files'}.")
+    if bad:
+        logging.getLogger("geomed_ssl").warning(f"warning: skipped {len(bad)} unreadable input(s): {'; '.join(bad)}.")
+    return usable
+
+
 def predict_files(
     model_fn: ModelFn,
     inputs: str | Path | Sequence[str | Path],

@@ -193,7 +193,8 @@ class RasterInput:
         W = self.shape[1]
 
         def read(a: int, b: int) -> np.ndarray:
-            parts = [read_masked(s, Window(0, a, W, b - a), self.nodata) for s in self.sources]
+            parts = [read_masked(s, Window(0, a, W, b - a), self.nodata, stacked=i > 0)
+                     for i, s in enumerate(self.sources)]
             strip = parts[0] if len(parts) == 1 else np.concatenate(parts)
             strip = strip if self.order is None else strip[self.order]
             ranges.add(strip)

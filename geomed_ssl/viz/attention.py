@@ -155,7 +155,8 @@ def attention_for_file(
     rule = {"inputs": {"image": image_path, "encoder": encoder_path}}
     check_out_file(out_path, **rule)  # written (and its folder made) once the window is read
     if not image_path.is_file():
-        raise DataError(f"image '{image_path}' not found; pass a GeoTIFF (.tif) or NIfTI (.nii, .nii.gz) file.")
+        what = "is a folder" if image_path.is_dir() else "not found"
+        raise DataError(f"image '{image_path}' {what}; pass one GeoTIFF (.tif) or NIfTI (.nii, .nii.gz) file.")
     cfg, encoder, record, data_cfg = _encoder_for_image(encoder_path, image_path, window, strict)
     stats = BandStats.from_dict(encoder.config.stats, source=f"encoder {encoder_path}")
     image = _read_window(cfg, record, data_cfg, stats, image_path, window)

@@ -109,3 +109,4 @@ def test_two_fraction_budgets_never_share_a_results_key_or_selection_file() -> N
     budgets = parse_budgets(None, "0.1234561,0.1234564,0.01")
     assert len({b.slug for b in budgets}) == 3 and len({b.cells for b in budgets}) == 3
     assert Budget(fraction=0.01).cells == ("", "0.01") and Budget(fraction=0.01).slug == "f0.01"  # as before
+    assert Budget(fraction=1.0).cells == ("", "1") and Budget(fraction=1e-05).slug == "f1e-05"

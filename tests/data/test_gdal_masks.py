@@ -67,10 +67,26 @@ def test_a_files_own_nodata_is_nan_when_the_caller_reads_another(tmp_path: Path)
     with rasterio.open(path, "w", driver="GTiff", height=8, width=8, count=1, dtype="uint16", nodata=65535) as dst:
         dst.write(arr)
     with rasterio.open(path) as ds:
-        same = read_masked(ds, None, 65535.0)
-        other = read_masked(ds, None, 0.0)
+        same = read_masked(ds, None, 65535.0, stacked=True)
+        other = read_masked(ds, None, 0.0, stacked=True)
+        override = read_masked(ds, None, 0.0)  # one file: data.nodata=0 overrides its tag, 65535 is data
     assert same.dtype == np.uint16 and np.array_equal(same, arr)  # nothing to add: read as stored
     assert np.isnan(other[0, :2]).all() and (other[0, 2:] == 7).all()
+    assert override.dtype == np.uint16 and np.array_equal(override, arr)
+
+
+def test_data_nodata_still_overrides_a_files_tag_in_the_reader_and_the_catalog(tmp_path: Path) -> None:
+    """A file tagged nodata=0 where 0 is real data, read with data.nodata=65535: 0 stays data everywhere."""
+    arr = np.full((1, 32, 32), 9, np.uint16)
+    arr[0, :16] = 0
+    (tmp_path / "d").mkdir()
+    with rasterio.open(tmp_path / "d" / "s.tif", "w", driver="GTiff", height=32, width=32, count=1, dtype="uint16",
+                       nodata=0) as dst:
+        dst.write(arr)
+    catalog = scan(tmp_path / "d", DataConfig(patch_size=16, nodata=65535))
+    (record,) = catalog.records
+    window = RasterReader().read_window(record, 0, 0, 32, 32)
+    assert record.valid_fraction == 1.0 and not np.isnan(window).any()
 
 
 def test_files_with_different_scale_tags_are_one_warning_naming_both(tmp_path: Path, caplog) -> None:
@@ -94,3 +110,20 @@ def test_files_with_different_scale_tags_are_one_warning_naming_both(tmp_path: P
     with caplog.at_level("WARNING", logger="geomed_ssl"):
         scan(folder, DataConfig(patch_size=16, include=["int_*"]))  # one scale throughout: nothing to say
     assert "scale / offset" not in " ".join(r.getMessage() for r in caplog.records)
+
+
+def test_a_stack_reads_each_files_own_nodata_as_missing(tmp_path: Path) -> None:
+    """data.channels stacks B02 (nodata 0) and B03 (nodata 65535): the left half, nodata in both, is missing in
+    both bands, not read as 65535 in the second."""
+    folder = tmp_path / "scenes" / "s1"
+    folder.mkdir(parents=True)
+    for name, nodata in (("B02", 0), ("B03", 65535)):
+        arr = np.full((1, 32, 32), 900, np.uint16)
+        arr[0, :, :16] = nodata
+        with rasterio.open(folder / f"{name}.tif", "w", driver="GTiff", height=32, width=32, count=1,
+                           dtype="uint16", nodata=nodata) as dst:
+            dst.write(arr)
+    catalog = scan(tmp_path / "scenes", DataConfig(patch_size=16, channels=["B02.tif", "B03.tif"]))
+    (record,) = catalog.records
+    window = RasterReader().read_window(record, 0, 0, 32, 32)
+    assert np.isnan(window[1, :, :16]).all() and (window[:, :, 16:] == 900).all()

@@ -139,7 +139,7 @@ def write_embedding_maps(emb_dir: Path, manifest: dict[str, Any], vectors: np.nd
     remove_stale_partials(emb_dir / "maps")
     names = [f"pc{i + 1}" for i in range(pca.n_components_)]
     written = []
-    stems = grid_stems(files)
+    stems = grid_stems(manifest["files"])  # over every file, as cluster names its maps
     for f in files:
         a, n = int(f["first_row"]), int(f["rows"])
         proj = np.concatenate([pca.transform(np.asarray(vectors[s:min(s + ROW_CHUNK, a + n)], np.float32))

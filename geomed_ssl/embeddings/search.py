@@ -27,7 +27,7 @@ from geomed_ssl.data.catalog import FileRecord, scan
 from geomed_ssl.data.kinds import check_input_kind
 from geomed_ssl.embeddings.embedder import Embedder
 from geomed_ssl.embeddings.extract import encoder_for
-from geomed_ssl.embeddings.maps import grid_stem
+from geomed_ssl.embeddings.maps import grid_stem, grid_stems
 from geomed_ssl.embeddings.store import load_embeddings, optional_module, read_columns
 from geomed_ssl.errors import ConfigError, DataError, GeomedError
 from geomed_ssl.models.device import resolve_device
@@ -188,7 +188,7 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
              "x": float(cols["x"][i]), "y": float(cols["y"][i]),
              "z": None if cols["z"][i] is None or math.isnan(cols["z"][i]) else float(cols["z"][i])}
             for r, (i, s) in enumerate(zip(idx, sims))]
-    name = query_name(qpath, st["data_dir"]) + ("_" + "-".join(map(str, box_list)) if box_list else "")
+    name = query_name(qpath, manifest) + ("_" + "-".join(map(str, box_list)) if box_list else "")
     out = prepare_out_dir(Path(out_dir) if out_dir is not None else search_dir / name, **rule)
     write_hits_csv(hits, out / "similar.csv")
     if not (sheet and hits):
@@ -202,14 +202,13 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
     return SearchResult(out, hits, lines)
 
 
-def query_name(query: Path, data_dir: str | Path) -> str:
-    """The default result folder's name of a query file: its path in the embedded data folder without extension,
-    '/' -> '__' (``S2A_2020.06.01.tif`` -> ``S2A_2020.06.01``); a file elsewhere adds 6 hex digits of its path's
-    hash, so queries of one name from two folders never share a folder."""
-    try:
-        return grid_stem({"rel": str(query.relative_to(Path(data_dir).resolve()))})
-    except ValueError:
-        return f"{grid_stem({'rel': query.name})}-{name_hash(str(query))}"
+def query_name(query: Path, manifest: dict[str, Any]) -> str:
+    """The default result folder's name of a query file: a file of the embedded archive is named as its maps are
+    (:func:`~geomed_ssl.embeddings.maps.grid_stems`: its path in the data folder without extension, '/' -> '__', a
+    hash where two files' names would meet; ``S2A_2020.06.01.tif`` -> ``S2A_2020.06.01``); a file from elsewhere
+    adds 6 hex digits of its path's hash, so two queries never share a folder."""
+    stems = {str(Path(p).resolve()): stem for p, stem in grid_stems(manifest["files"]).items()}
+    return stems.get(str(query)) or f"{grid_stem({'rel': query.name})}-{name_hash(str(query))}"
 
 
 def rows_of_region(manifest: dict[str, Any], cols: dict[str, Any], path: Path, region: list[int],

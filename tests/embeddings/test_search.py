@@ -134,5 +134,10 @@ def test_default_result_folders_of_different_queries_never_meet(archive: tuple[P
     shutil.copy(data / "scene_1.tif", elsewhere / "S2A_2020.06.01.tif")
     outside = find_similar(emb, elsewhere / "S2A_2020.06.01.tif", top=1)
     assert outside.out_dir.name.startswith("S2A_2020.06.01-") and outside.out_dir.parent == emb / "search"
+    for name in ("s.tif", "s.tiff"):  # names that meet without their extension
+        shutil.copy(data / "scene_0.tif", dated / name)
+    embed_folder(enc, dated, emb, level="image", progress=False, overwrite=True)
+    folders = {find_similar(emb, dated / n, top=1, include_self=True).out_dir.name for n in ("s.tif", "s.tiff")}
+    assert len(folders) == 2 and all(f.startswith("s-") for f in folders)
     again = find_similar(emb, dated / "S2A_2020.06.01.tif", top=1, include_self=True, sheet=False)
     assert (again.out_dir / "similar.csv").is_file() and not (again.out_dir / "similar.png").exists()

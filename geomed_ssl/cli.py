@@ -25,7 +25,7 @@ app = typer.Typer(
 @app.callback()
 def main(ctx: typer.Context, debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
          quiet: bool = typer.Option(False, "--quiet", "-q", help="Less output.")) -> None:
-    from geomed_ssl.launch import runs_here
+    from geomed_ssl.launch import runs_here, set_alone
 
     STATE["debug"] = debug
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr,
@@ -33,6 +33,7 @@ def main(ctx: typer.Context, debug: bool = typer.Option(False, "--debug", help="
     # GDAL reports unreadable files itself; the catalog names them with the reason, so its log lines are noise.
     logging.getLogger("rasterio").setLevel(logging.CRITICAL)
     command = ctx.invoked_subcommand
+    set_alone(False)
     if command not in (None, "pretrain") and not runs_here(f"geomed-ssl {command}"):
         raise typer.Exit(0)  # under torchrun / srun -n N only pretrain trains across ranks; the rest runs in rank 0
 

@@ -21,12 +21,23 @@ class Launch:
     launcher: str
 
 
+_alone = False  # set in rank 0 of a one-process command: the other ranks left, so its own runs are one process
+
+
+def set_alone(flag: bool) -> None:
+    """Whether this process now runs alone whatever the launcher's variables say (see :func:`runs_here`)."""
+    global _alone
+    _alone = flag
+
+
 def launched() -> Launch | None:
     """This process's rank among several that torchrun or another launcher (``RANK`` / ``WORLD_SIZE`` /
     ``LOCAL_RANK``) or ``srun``
     (``SLURM_PROCID`` / ``SLURM_STEP_NUM_TASKS``, set in a job step, not in the batch script) started; None when
     it runs alone."""
     env = os.environ
+    if _alone:
+        return None
     if {"RANK", "WORLD_SIZE", "LOCAL_RANK"} <= env.keys():  # Lightning's own ddp ranks have no RANK
         found = Launch(_int(env["RANK"]), _int(env["WORLD_SIZE"], 1),
                        "torchrun" if "TORCHELASTIC_RUN_ID" in env else "the launcher")
@@ -71,6 +82,7 @@ def runs_here(command: str) -> bool:
     if found.rank == 0:
         log.warning(f"{command} runs in one process: {found.launcher} started {found.world}, rank 0 does the "
                     "work and the others exit.")
+        set_alone(True)  # what it runs itself (the demo's pretraining) is then a one-process run
         return True
     log.warning(f"{command} runs in one process, in rank 0 of the {found.world} that {found.launcher} started; "
                 f"rank {found.rank} has nothing to do and exits.")

@@ -102,3 +102,17 @@ def test_a_rank_that_cannot_see_the_run_to_resume_says_why_and_that_the_others_w
     assert result.exit_code == 2, result.output
     assert "rank 1 of 2: --resume: there is no run in" in result.output
     assert "Every rank must see the run folder on shared storage" in result.output
+
+
+def test_rank_0_of_a_one_process_command_then_runs_alone(monkeypatch) -> None:
+    """The demo pretrains inside rank 0 after the other ranks left: that run is one process, not refused for the
+    launcher's count; the next command reads the launcher's variables again."""
+    from geomed_ssl.launch import check_pretrain_world, runs_here, set_alone
+
+    set_launch(monkeypatch, {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "TORCHELASTIC_RUN_ID": "x"})
+    try:
+        assert runs_here("geomed-ssl demo") and launched() is None
+        check_pretrain_world(1)  # no error: this process is alone now
+    finally:
+        set_alone(False)
+    assert launched() == Launch(0, 2, "torchrun")

@@ -50,8 +50,9 @@ def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Seque
                 predict_volume(model_fn(model), path, target, stats, roi_size=meta["window"], data_cfg=cfg,
                                overlap=overlap, blend="gaussian" if blend != "constant" else blend, num_classes=k,
                                device=device, names_by_position="ignore")
-            labels, _ = read_label(target, cfg.kind, ignore_value=None, spacing=cfg.spacing)
-            out.append(np.where(labels == nodata_label, -1, labels))  # a NIfTI class map has no nodata field
+            # a NIfTI class map has no nodata field: its nodata label is said here (-1: no prediction there)
+            labels, _ = read_label(target, cfg.kind, ignore_value=None, nodata=nodata_label, spacing=cfg.spacing)
+            out.append(labels)
     return out
 
 

@@ -276,8 +276,8 @@ class DINO(SSLMethod):
         """Teacher entropy, KL(teacher || student), teacher std; warns when the outputs collapse."""
         k = t_logits.shape[-1]
         per_row = -(t_probs * torch.log(t_probs.clamp_min(1e-30))).sum(-1)
-        total = all_reduce_sum_(torch.stack([per_row.sum().double(), per_row.new_tensor(per_row.numel()).double()]))
-        entropy = (total[0] / total[1]).float()  # over the global batch, as the std below
+        total = all_reduce_sum_(torch.stack([per_row.sum().float(), per_row.new_tensor(per_row.numel()).float()]))
+        entropy = total[0] / total[1]  # over the global batch, as the std below
         std = batch_std(F.normalize(t_logits.float(), dim=-1)).mean()  # over the global batch, mean over prototypes
         constant = bool(std * math.sqrt(k) < COLLAPSE_STD_TOL)
         uniform = bool(entropy > COLLAPSE_ENTROPY_FRAC * math.log(k))

@@ -29,14 +29,14 @@ COLLAPSE_WARN_EVERY = 100  # steps between two warnings
 def batch_std(z: Tensor) -> Tensor:
     """Per-dimension standard deviation (sample, as ``Tensor.std``) of z (B, D) over the global batch: every
     rank's rows (sums over ranks, so a 2-process run logs what one process on both halves logs; 0 for one row)."""
-    z = z.double()
-    sums = all_reduce_sum_(torch.cat([z.sum(0), (z * z).sum(0), z.new_tensor([z.shape[0]])]))
+    z = z.float()  # float32 throughout (MPS has no float64): the mean first, then the squared deviations
     d = z.shape[1]
+    sums = all_reduce_sum_(torch.cat([z.sum(0), z.new_tensor([z.shape[0]])]))
     n = sums[-1]
     if n < 2:
-        return z.new_zeros(d).float()
-    mean = sums[:d] / n
-    return ((sums[d:2 * d] - n * mean * mean).clamp_min(0) / (n - 1)).sqrt().float()
+        return z.new_zeros(d)
+    squares = all_reduce_sum_(((z - sums[:d] / n) ** 2).sum(0))
+    return (squares / (n - 1)).sqrt()
 
 
 class CollapseWarning(UserWarning):

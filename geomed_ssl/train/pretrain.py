@@ -260,7 +260,9 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
             prepare_run_dir(out, resume, overwrite, {"data folder": data_dir}, create=False)
         recipe = resolve_recipe(recipe, out, overrides, resume)
     except GeomedError as err:
-        raise rank_failed_alone(err) from None
+        if resume and not (out / "config.yaml").is_file():  # this rank cannot see the run (its config.yaml)
+            raise rank_failed_alone(err) from None
+        raise
     t = recipe.train
     probe = process_rank(t)
     rank, world = probe.global_rank, probe.world_size

@@ -434,6 +434,82 @@ def tiny_model(root: Path, head: dict | None = None) -> Path:
     return root / "ft"
 
 
+def predicting_model(root: Path) -> Path:
+    """A random-init fine-tuned segmentation model with statistics for 4 bands named band_1..band_4 (what
+    ``rasters`` writes): ``root/ftp``, ready for ``predict`` / ``evaluate``."""
+    from geomed_ssl.checkpoint import save_model
+    from geomed_ssl.data.stats import BandStats
+    from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
+    from geomed_ssl.models.seg_decoder import SegmentationModel
+
+    names = [f"band_{i}" for i in range(1, 5)]
+    stats = BandStats(names, [1000.0] * 4, [300.0] * 4, [100.0] * 4, [3000.0] * 4, [100] * 4).to_dict()
+    cfg = EncoderConfig(in_chans=4, img_size=(16, 16), patch_size=(4, 4), embed_dim=32, depth=2, num_heads=2,
+                        band_names=names, stats=stats)
+    meta = {"task": "segment", "classes": [{"name": "a", "value": 1}, {"name": "b", "value": 2}], "window": [16, 16],
+            "head": {"kind": "unetr", "layers": [0, 1], "feature_size": 8}}
+    save_model(SegmentationModel(ViTEncoder(cfg), 2, [0, 1], feature_size=8), root / "ftp" / "model", meta)
+    return root / "ftp"
+
+
+def truncated_scene(root: Path) -> Path:
+    """``rasters(root)``'s first scene cut to half its bytes (a download that stopped)."""
+    path = rasters(root) / "scene_0.tif"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def one_class_labels(root: Path) -> Path:
+    """Label rasters for ``rasters(root)`` that hold class 1 only."""
+    (root / "labels").mkdir(parents=True, exist_ok=True)
+    for i in range(2):
+        write_geotiff(root / "labels" / f"scene_{i}_gt.tif", np.ones((1, 32, 32), np.uint8))
+    return root / "labels"
+
+
+BAD_INPUT_CASES: list[Case] = [
+    Case("recipe-section-written-twice",
+         pretrain_recipe("train:\n  batch_size: 8\nmodel:\n  depth: 2\ntrain:\n  base_lr: 0.1\n"),
+         "'train' is written twice (lines 1 and 5)"),
+    Case("recipe-empty", pretrain_recipe("\n"), "is empty"),
+    Case("recipe-binary", lambda r: ["pretrain", str(_binary(r)), "--data", str(rasters(r)), "--out", str(r / "run")],
+         "is not a text (YAML) file"),
+    Case("set-invalid-yaml-is-one-line", pretrain_with("data.exclude=[a"), "the value is not valid YAML"),
+    Case("segment-labels-of-one-class",
+         lambda r: segment_args(r, r / "ft", "--labels-per-class", "2", "--set", "data.sensor=null",
+                                labels=one_class_labels(r)), "the labels hold one class only"),
+    Case("compare-labels-of-one-class",
+         lambda r: compare_args(r, scene=(rasters(r), one_class_labels(r))), "the labels hold one class only"),
+    Case("evaluate-labels-all-unlabelled",
+         lambda r: ["evaluate", str(predicting_model(r)), "--images", str(rasters(r)), "--labels",
+                    str(_zero_labels(r)), "--out", str(r / "ev")], "no labelled pixels or voxels"),
+    Case("similar-query-is-a-folder",
+         lambda r: ["similar", str(embedded(r, rasters(r))), "--query", str(r / "data")], "is a folder"),
+    Case("attention-image-is-a-folder",
+         lambda r: ["attention", str(encoder(r)), str(r / "data"), "--out", str(r / "a.png")], "is a folder"),
+    Case("predict-truncated-scene",
+         lambda r: ["predict", str(predicting_model(r)), str(truncated_scene(r)), "--out", str(r / "p")],
+         "cannot predict"),
+    Case("predict-unknown-blend",
+         lambda r: ["predict", str(predicting_model(r)), str(rasters(r)), "--out", str(r / "p"), "--blend", "gauss"],
+         "--blend must be one of"),
+]
+
+
+def _binary(root: Path) -> Path:
+    path = root / "recipe.yaml"
+    path.write_bytes(b"\xce\xff\x00 not text")
+    return path
+
+
+def _zero_labels(root: Path) -> Path:
+    (root / "zeros").mkdir(parents=True, exist_ok=True)
+    for i in range(2):
+        write_geotiff(root / "zeros" / f"scene_{i}_gt.tif", np.zeros((1, 32, 32), np.uint8))
+    return root / "zeros"
+
+
 EXPORT_CASES: list[Case] = [
     Case("export-embed-dim-huge", embed_export({"embed_dim": 131072}),
          "config.json: encoder.embed_dim must be an integer in [1, 8192], got 131072"),
@@ -758,7 +834,7 @@ PRETEXT_CASES: list[Case] = [
 
 
 CASES = (OUTDIR_CASES + CONFIG_CASES + METHOD_CASES + DENSE_CASES + PRETEXT_CASES + EXPORT_CASES + TIMM_EXPORT_CASES
-         + DATA_CASES + COMPARE_CASES + TRAINING_CASES)
+         + DATA_CASES + COMPARE_CASES + TRAINING_CASES + BAD_INPUT_CASES)
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
@@ -780,3 +856,21 @@ def test_bad_input_is_one_clear_line_exit_2_and_touches_nothing(case: Case, tmp_
     assert len(errors) == 1, result.output
     assert case.message in errors[0], result.output
     assert snapshot(root) == before, "the command created, changed or deleted files"
+
+
+@pytest.mark.parametrize("err", [PermissionError(13, "Permission denied", "/data/runs/x"),
+                                 OSError(30, "Read-only file system", "/mnt/ro/x")])
+def test_a_folder_the_user_cannot_write_is_one_line_not_a_traceback(monkeypatch, tmp_path: Path,
+                                                                    err: OSError) -> None:
+    """As root (these tests) chmod does not stop a write, so the refusal is played by the folder set-up."""
+    import geomed_ssl.train.pretrain as pretrain_mod
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise err
+
+    monkeypatch.setattr(pretrain_mod, "prepare_run_dir", refuse)
+    result = runner.invoke(app, pretrain_args(rasters(tmp_path), tmp_path / "run", "--set", "train.max_steps=1"))
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"cannot write '{err.filename}'" in errors[0] and err.strerror in errors[0]

@@ -491,10 +491,23 @@ BAD_INPUT_CASES: list[Case] = [
     Case("predict-truncated-scene",
          lambda r: ["predict", str(predicting_model(r)), str(truncated_scene(r)), "--out", str(r / "p")],
          "cannot predict"),
+    Case("cluster-truncated-vectors",
+         lambda r: ["cluster", str(_truncated_vectors(embedded(r, rasters(r)))), "--out", str(r / "cl")],
+         "cannot be read"),
+    Case("cluster-min-cluster-size-above-the-rows",
+         lambda r: ["cluster", str(embedded(r, rasters(r))), "--out", str(r / "cl"), "--method", "hdbscan",
+                    "--min-cluster-size", "100000"], "is larger than the 2 rows clustered"),
     Case("predict-unknown-blend",
          lambda r: ["predict", str(predicting_model(r)), str(rasters(r)), "--out", str(r / "p"), "--blend", "gauss"],
          "--blend must be one of"),
 ]
+
+
+def _truncated_vectors(emb: Path) -> Path:
+    path = emb / "vectors.npy"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return emb
 
 
 def _binary(root: Path) -> Path:
@@ -874,3 +887,9 @@ def test_a_folder_the_user_cannot_write_is_one_line_not_a_traceback(monkeypatch,
     assert "Traceback" not in result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"cannot write '{err.filename}'" in errors[0] and err.strerror in errors[0]
+
+
+def test_inspect_takes_one_file_too(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["inspect", str(rasters(tmp_path) / "scene_0.tif")])
+    assert result.exit_code == 0, result.output
+    assert "scene_0.tif" in result.output and "does not exist" not in result.output

@@ -128,6 +128,11 @@ def fit_hdbscan(x_fit: np.ndarray, min_cluster_size: int | None, sampled: bool,
     """HDBSCAN on the fitting rows: (their labels, the assignment of other rows: ``hdbscan.approximate_predict``
     when that package is installed, else the cluster of the nearest fitted row); ``sampled``: other rows exist."""
     mcs = int(min_cluster_size or max(5, round(0.01 * len(x_fit))))
+    if mcs > len(x_fit):
+        from geomed_ssl.errors import ConfigError
+
+        raise ConfigError(f"--min-cluster-size {mcs} is larger than the {len(x_fit)} rows clustered; choose at most "
+                          f"{len(x_fit)} (default: 1 % of the rows, at least 5).")
     info["min_cluster_size"] = mcs
     hdb = optional_module("hdbscan", "hdbscan",
                           "scikit-learn's HDBSCAN, unfitted rows take their nearest fitted row's cluster")
@@ -207,15 +212,19 @@ def _labels_from_map(path: Path, manifest: dict[str, Any], cols: dict[str, Any],
         raise DataError("a label map labels windows or patch cells: embed with --level window or patch, or give a "
                         "CSV of file,label for image-level embeddings.")
     nd = len(manifest["settings"]["window"])
-    if path.name.lower().endswith((".tif", ".tiff")):
-        import rasterio
+    try:
+        if path.name.lower().endswith((".tif", ".tiff")):
+            import rasterio
 
-        with rasterio.open(path) as src:
-            lab = src.read(1)
-    else:
-        import nibabel as nib
+            with rasterio.open(path) as src:
+                lab = src.read(1)
+        else:
+            import nibabel as nib
 
-        lab = np.asarray(nib.as_closest_canonical(nib.load(str(path))).dataobj)  # RAS, as the volume reader
+            lab = np.asarray(nib.as_closest_canonical(nib.load(str(path))).dataobj)  # RAS, as the volume reader
+    except Exception as err:  # not an image, truncated, corrupt: rasterio and nibabel raise their own kinds
+        raise DataError(f"label map '{path}' cannot be read ({' '.join(str(err).split())[:200]}); give a GeoTIFF or "
+                        "NIfTI label map, or a CSV of file,label.") from None
     out: list[Any] = [None] * len(cols["file"])
     box = cols["box"]
     centre = box[:, :nd] + box[:, nd:] // 2  # (N, nd) pixel / voxel at the box centre

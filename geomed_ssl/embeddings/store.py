@@ -339,7 +339,14 @@ def load_embeddings(emb_dir: str | Path, mmap: bool = True) -> tuple[dict[str, A
     if not manifest.get("complete"):
         raise GeomedError(f"the embeddings in '{emb_dir}' are incomplete (an interrupted run); run the same "
                           "`geomed-ssl embed` command again to finish them.")
-    vectors = np.load(store.dir / VECTORS, mmap_mode="r" if mmap else None)
+    for name in (VECTORS, TABLE):
+        if not (store.dir / name).is_file():
+            raise GeomedError(f"'{store.dir / name}' is missing; re-run the embedding with --overwrite.")
+    try:
+        vectors = np.load(store.dir / VECTORS, mmap_mode="r" if mmap else None)
+    except (ValueError, OSError, EOFError) as err:  # truncated or not an .npy file
+        raise GeomedError(f"'{store.dir / VECTORS}' cannot be read ({err}); re-run the embedding with --overwrite.") \
+            from None
     if vectors.shape[0] != manifest["count"]:
         raise GeomedError(f"{store.dir / VECTORS} has {vectors.shape[0]} rows but the manifest says "
                           f"{manifest['count']}; re-run the embedding with --overwrite.")

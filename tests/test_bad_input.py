@@ -892,4 +892,4 @@ def test_a_folder_the_user_cannot_write_is_one_line_not_a_traceback(monkeypatch,
 def test_inspect_takes_one_file_too(tmp_path: Path) -> None:
     result = runner.invoke(app, ["inspect", str(rasters(tmp_path) / "scene_0.tif")])
     assert result.exit_code == 0, result.output
-    assert "scene_0.tif" in result.output and "does not exist" not in result.output
+    assert "1 usable raster file" in result.output and "does not exist" not in result.output

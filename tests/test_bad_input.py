@@ -452,20 +452,19 @@ def predicting_model(root: Path) -> Path:
     return root / "ftp"
 
 
-def truncated_scene(root: Path) -> Path:
-    """``rasters(root)``'s first scene cut to half its bytes (a download that stopped)."""
-    path = rasters(root) / "scene_0.tif"
+def truncated(path: Path) -> Path:
+    """``path`` cut to half its bytes (a download or a write that stopped)."""
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     return path
 
 
-def one_class_labels(root: Path) -> Path:
-    """Label rasters for ``rasters(root)`` that hold class 1 only."""
-    (root / "labels").mkdir(parents=True, exist_ok=True)
+def constant_labels(root: Path, value: int, folder: str = "labels") -> Path:
+    """Label rasters for ``rasters(root)`` holding ``value`` everywhere (1: one class; 0: nothing labelled)."""
+    (root / folder).mkdir(parents=True, exist_ok=True)
     for i in range(2):
-        write_geotiff(root / "labels" / f"scene_{i}_gt.tif", np.ones((1, 32, 32), np.uint8))
-    return root / "labels"
+        write_geotiff(root / folder / f"scene_{i}_gt.tif", np.full((1, 32, 32), value, np.uint8))
+    return root / folder
 
 
 BAD_INPUT_CASES: list[Case] = [
@@ -478,21 +477,21 @@ BAD_INPUT_CASES: list[Case] = [
     Case("set-invalid-yaml-is-one-line", pretrain_with("data.exclude=[a"), "the value is not valid YAML"),
     Case("segment-labels-of-one-class",
          lambda r: segment_args(r, r / "ft", "--labels-per-class", "2", "--set", "data.sensor=null",
-                                labels=one_class_labels(r)), "the labels hold one class only"),
+                                labels=constant_labels(r, 1)), "the labels hold one class only"),
     Case("compare-labels-of-one-class",
-         lambda r: compare_args(r, scene=(rasters(r), one_class_labels(r))), "the labels hold one class only"),
+         lambda r: compare_args(r, scene=(rasters(r), constant_labels(r, 1))), "the labels hold one class only"),
     Case("evaluate-labels-all-unlabelled",
          lambda r: ["evaluate", str(predicting_model(r)), "--images", str(rasters(r)), "--labels",
-                    str(_zero_labels(r)), "--out", str(r / "ev")], "no labelled pixels or voxels"),
+                    str(constant_labels(r, 0, "zeros")), "--out", str(r / "ev")], "no labelled pixels or voxels"),
     Case("similar-query-is-a-folder",
          lambda r: ["similar", str(embedded(r, rasters(r))), "--query", str(r / "data")], "is a folder"),
     Case("attention-image-is-a-folder",
          lambda r: ["attention", str(encoder(r)), str(r / "data"), "--out", str(r / "a.png")], "is a folder"),
     Case("predict-truncated-scene",
-         lambda r: ["predict", str(predicting_model(r)), str(truncated_scene(r)), "--out", str(r / "p")],
+         lambda r: ["predict", str(predicting_model(r)), str(truncated(rasters(r) / "scene_0.tif")), "--out", str(r / "p")],
          "cannot predict"),
     Case("cluster-truncated-vectors",
-         lambda r: ["cluster", str(_truncated_vectors(embedded(r, rasters(r)))), "--out", str(r / "cl")],
+         lambda r: ["cluster", str(truncated(embedded(r, rasters(r)) / "vectors.npy").parent), "--out", str(r / "cl")],
          "cannot be read"),
     Case("cluster-min-cluster-size-above-the-rows",
          lambda r: ["cluster", str(embedded(r, rasters(r))), "--out", str(r / "cl"), "--method", "hdbscan",
@@ -503,24 +502,10 @@ BAD_INPUT_CASES: list[Case] = [
 ]
 
 
-def _truncated_vectors(emb: Path) -> Path:
-    path = emb / "vectors.npy"
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2])
-    return emb
-
-
 def _binary(root: Path) -> Path:
     path = root / "recipe.yaml"
     path.write_bytes(b"\xce\xff\x00 not text")
     return path
-
-
-def _zero_labels(root: Path) -> Path:
-    (root / "zeros").mkdir(parents=True, exist_ok=True)
-    for i in range(2):
-        write_geotiff(root / "zeros" / f"scene_{i}_gt.tif", np.zeros((1, 32, 32), np.uint8))
-    return root / "zeros"
 
 
 EXPORT_CASES: list[Case] = [

@@ -32,9 +32,8 @@ def set_alone(flag: bool) -> None:
 
 def launched() -> Launch | None:
     """This process's rank among several that torchrun or another launcher (``RANK`` / ``WORLD_SIZE`` /
-    ``LOCAL_RANK``) or ``srun``
-    (``SLURM_PROCID`` / ``SLURM_STEP_NUM_TASKS``, set in a job step, not in the batch script) started; None when
-    it runs alone."""
+    ``LOCAL_RANK``) or ``srun`` (``SLURM_PROCID`` / ``SLURM_STEP_NUM_TASKS``, set in a job step, not in the batch
+    script) started; None when it runs alone."""
     env = os.environ
     if _alone:
         return None

@@ -1,7 +1,7 @@
 """Raster reads that keep what GDAL says is missing: a per-dataset mask (an internal mask band or a ``.msk``
 sidecar, as GDAL writes for JPEG-compressed or clipped scenes) and, in a stack of single-band files, the further
-files' own nodata values (the first file's, or ``data.nodata``, is the record's). The readers, the statistics, the catalog's probe and ``predict`` read through
-:func:`read_masked`, so such pixels are NaN (invalid) everywhere instead of data."""
+files' own nodata values (the first file's, or ``data.nodata``, is the record's). The readers, the statistics, the
+catalog's probe and ``predict`` read through :func:`read_masked`, so such pixels are NaN (invalid) everywhere."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -21,6 +22,16 @@ from geomed_ssl.outfiles import TEMP_GLOBS
 def name_hash(text: str) -> str:
     """6 hex digits of ``text``'s SHA-1 (a path): added to an output's name where two inputs would give one name."""
     return hashlib.sha1(text.encode()).hexdigest()[:6]
+
+
+def distinct_names(items: Sequence[tuple[str, str]], taken: Sequence[str] = ()) -> list[str]:
+    """Output names for ``(name, identity)`` pairs, in order: each name, followed by ``-`` and :func:`name_hash` of
+    its identity (a path) where another pair's name or one of ``taken`` is the same name ignoring case (on a
+    case-insensitive filesystem they would be one file)."""
+    counts = Counter(name.lower() for name, _ in items)
+    reserved = {t.lower() for t in taken}
+    return [name if counts[name.lower()] == 1 and name.lower() not in reserved else f"{name}-{name_hash(identity)}"
+            for name, identity in items]
 
 
 def read_json_object(path: Path) -> dict[str, Any] | None:

@@ -9,7 +9,6 @@ import logging
 import sys
 import tempfile
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -34,7 +33,7 @@ from geomed_ssl.errors import ConfigError
 from geomed_ssl.finetune.fit import save_recipe
 from geomed_ssl.models.device import resolve_device
 from geomed_ssl.models.probe import probe_layers, read_image
-from geomed_ssl.outcommands import name_hash
+from geomed_ssl.outcommands import distinct_names
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_write_text
 
@@ -184,12 +183,10 @@ def _quiet() -> Iterator[None]:
 def kept_labels(names: Sequence[str]) -> dict[str, str]:
     """Each encoder's part of its kept fine-tunes' folder names: its folder's name (``none`` for none), followed by
     a short hash of its path when another encoder's folder has that name too (``runs/a/encoder``,
-    ``runs/b/encoder``) or it is ``none``, so no kept fine-tune replaces another's."""
-    short = {n: Path(n).name for n in names if n != NONE}
-    counts = Counter(short.values())
-    labels = {n: s if counts[s] == 1 and s != NONE else f"{s}-{name_hash(str(Path(n).resolve()))}"
-              for n, s in short.items()}
-    return {**labels, **({NONE: NONE} if NONE in names else {})}
+    ``runs/b/encoder``, also differing only in case) or it is ``none``, so no kept fine-tune replaces another's."""
+    others = [n for n in names if n != NONE]
+    labels = distinct_names([(Path(n).name, str(Path(n).resolve())) for n in others], taken=[NONE])
+    return {**dict(zip(others, labels)), **({NONE: NONE} if NONE in names else {})}
 
 
 def kept_name(label: str, budget: Budget, seed: int) -> str:

@@ -126,7 +126,7 @@ def _chunk_window(cell: tuple[int, int], chunk: tuple[int, int], shape: tuple[in
 def _read(src: Any, win: tuple[int, ...]) -> np.ndarray:
     from rasterio.windows import Window
 
-    return read_masked(src, Window(win[1], win[0], win[3], win[2]), src.nodata)  # (C, h, w); GDAL mask -> NaN
+    return read_masked(src, Window(win[1], win[0], win[3], win[2]))  # (C, h, w); GDAL mask -> NaN
 
 
 def sample_windows(shape: tuple[int, int], block: tuple[int, int], n_random: int = SAMPLE_BLOCKS,

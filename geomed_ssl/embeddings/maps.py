@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,7 +19,7 @@ import numpy as np
 
 from geomed_ssl.data.tiling import grid_shape
 from geomed_ssl.errors import DataError
-from geomed_ssl.outcommands import name_hash
+from geomed_ssl.outcommands import distinct_names
 from geomed_ssl.outfiles import atomic_path, remove_stale_partials, save_figure
 
 PCA_FIT_ROWS = 50_000  # rows sampled to fit the PCA of embedding maps
@@ -65,12 +64,8 @@ def grid_stem(file_meta: dict[str, Any]) -> str:
 def grid_stems(files: Sequence[dict[str, Any]]) -> dict[str, str]:
     """Each file's (by path) output name: :func:`grid_stem`, followed by 6 hex digits of its relative path's hash
     where two files would share one (case-insensitively: one map must never replace another's)."""
-    stems = {f["path"]: grid_stem(f) for f in files}
-    counts = Counter(s.lower() for s in stems.values())
-    for f in files:
-        if counts[stems[f["path"]].lower()] > 1:
-            stems[f["path"]] += "-" + name_hash(f.get("rel") or f["path"])
-    return stems
+    names = distinct_names([(grid_stem(f), f.get("rel") or f["path"]) for f in files])
+    return {f["path"]: name for f, name in zip(files, names)}
 
 
 def write_grid(file_meta: dict[str, Any], array: np.ndarray, path: Path, nodata: float | None,

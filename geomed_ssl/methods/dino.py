@@ -39,11 +39,11 @@ from torch import Tensor, nn
 from geomed_ssl.config import MethodConfig, setting
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.views.builder import ViewSpec
-from geomed_ssl.methods.base import MethodCard, MethodContext, MethodOutput, MethodSettings, PerSample, SSLMethod
+from geomed_ssl.methods.base import (MethodCard, MethodContext, MethodOutput, MethodSettings, PerSample, SSLMethod,
+                                     mean_over_ranks)
 from geomed_ssl.methods.dino_losses import CENTERINGS, DINOLoss, IBOTPatchLoss, KoLeoLoss
 from geomed_ssl.methods.heads import DINOHead
 from geomed_ssl.methods.masking import block_mask, ibot_masks  # noqa: F401  (block_mask: re-exported)
-from geomed_ssl.methods.distributed import all_reduce_sum_
 from geomed_ssl.methods.momentum import MomentumPair
 from geomed_ssl.methods.monitor import batch_std
 from geomed_ssl.methods.registry import register_method
@@ -275,9 +275,8 @@ class DINO(SSLMethod):
     def _monitor(self, t_logits: Tensor, t_probs: Tensor, dino: Tensor, step: int) -> dict[str, Tensor]:
         """Teacher entropy, KL(teacher || student), teacher std; warns when the outputs collapse."""
         k = t_logits.shape[-1]
-        per_row = -(t_probs * torch.log(t_probs.clamp_min(1e-30))).sum(-1)
-        total = all_reduce_sum_(torch.stack([per_row.sum().float(), per_row.new_tensor(per_row.numel()).float()]))
-        entropy = total[0] / total[1]  # over the global batch, as the std below
+        # the global batch's mean, as the std below (every rank holds as many rows)
+        entropy = mean_over_ranks(-(t_probs * torch.log(t_probs.clamp_min(1e-30))).sum(-1).mean())
         std = batch_std(F.normalize(t_logits.float(), dim=-1)).mean()  # over the global batch, mean over prototypes
         constant = bool(std * math.sqrt(k) < COLLAPSE_STD_TOL)
         uniform = bool(entropy > COLLAPSE_ENTROPY_FRAC * math.log(k))

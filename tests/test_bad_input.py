@@ -467,6 +467,22 @@ def constant_labels(root: Path, value: int, folder: str = "labels") -> Path:
     return root / folder
 
 
+def make_ft_dir(root: Path, **kwargs) -> Path:
+    from tests.inference.test_finetuned import make_ft_dir as make
+
+    return make(root, **kwargs)
+
+
+def volume_missing_a_channel(root: Path) -> list[str]:
+    """A two-channel volume model given a one-channel NIfTI."""
+    import nibabel as nib
+
+    ft = make_ft_dir(root, kind="volume", bands=2)
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(size=(20, 20, 20)).astype(np.float32), np.eye(4)),
+             str(root / "t1.nii.gz"))
+    return ["predict", str(ft), str(root / "t1.nii.gz"), "--out", str(root / "p")]
+
+
 BAD_INPUT_CASES: list[Case] = [
     Case("recipe-section-written-twice",
          pretrain_recipe("train:\n  batch_size: 8\nmodel:\n  depth: 2\ntrain:\n  base_lr: 0.1\n"),
@@ -499,7 +515,18 @@ BAD_INPUT_CASES: list[Case] = [
     Case("predict-unknown-blend",
          lambda r: ["predict", str(predicting_model(r)), str(rasters(r)), "--out", str(r / "p"), "--blend", "gauss"],
          "--blend must be one of"),
+    Case("predict-scene-missing-a-band-of-the-model",
+         lambda r: ["predict", str(predicting_model(r)), str(rasters(r, bands=3)), "--out", str(r / "p")],
+         "missing ['band_4']"),
+    Case("predict-volume-missing-a-channel-of-the-model", volume_missing_a_channel, "missing ['band_2']"),
+    Case("predict-classifier-images-missing-a-band",
+         lambda r: ["predict", str(make_ft_dir(r, task="classify")), str(rasters(r, bands=3)), "--out", str(r / "p")],
+         "missing ['band_4']"),
+    Case("evaluate-scene-missing-a-band-of-the-model",
+         lambda r: ["evaluate", str(predicting_model(r)), "--images", str(rasters(r, bands=3)), "--labels",
+                    str(constant_labels(r, 1)), "--out", str(r / "ev")], "missing ['band_4']"),
 ]
+
 
 
 def _binary(root: Path) -> Path:

@@ -100,6 +100,7 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
     on ``device`` (auto: CUDA when available). ``strict``: problem files and band names assigned by position are
     errors (else skipped / warned about)."""
     from geomed_ssl.data.catalog import scan
+    from geomed_ssl.data.conform import conform_record
     from geomed_ssl.data.labelled import scan_class_folders
     from geomed_ssl.finetune.labels import labelled_pixels, read_label_pairs
     from geomed_ssl.errors import DataError, GeomedError
@@ -130,11 +131,13 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
         selection = LabelSelection(empty.astype(np.int32), empty, empty, files, flats, vals, values, names,
                                    [a.shape for a in arrays], notes=notes, split="all labelled",
                                    paths=[p for _, p in pairs])
+        stats = BandStats.from_dict(meta["encoder"]["stats"], source=f"model {ft_dir}")
+        for record, _ in pairs:  # a scene without one of the model's bands: refused before OUT_DIR exists
+            conform_record(record, list(stats.band_names))
         prepare_out_dir(out, **rule)
         return evaluate_segmentation(model, meta, [r for r, _ in pairs], arrays, selection, out, recipe.data)
     if data is None:
         raise GeomedError("a classification model is evaluated with --data CLASS_FOLDERS_DIR.")
-    from geomed_ssl.data.stats import BandStats
     from geomed_ssl.data.labelled import ImageDataset
     from geomed_ssl.finetune.classify import evaluate_images
     from geomed_ssl.models.model_data import records_for_stats

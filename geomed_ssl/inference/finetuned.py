@@ -63,7 +63,8 @@ def predict_dir(ft_dir: str | Path, inputs: Sequence[str | Path], out: str | Pat
     Classification: ``predictions.csv`` with one row per image. Runs on ``device`` (auto: CUDA when available).
     Folders are read with the model's data settings (band naming, data.include / data.exclude). ``strict``:
     problem files and band names assigned by position are errors. Returns printable lines."""
-    from geomed_ssl.inference.predict import plan_outputs, predict_files, usable_inputs
+    from geomed_ssl.inference.predict import check_model_bands, plan_outputs, predict_files, usable_inputs
+    from geomed_ssl.models.model_data import records_for_stats
     from geomed_ssl.models.device import model_device
 
     out = Path(out)
@@ -72,12 +73,13 @@ def predict_dir(ft_dir: str | Path, inputs: Sequence[str | Path], out: str | Pat
     model, meta, recipe = load_run(ft_dir, device)
     stats = BandStats.from_dict(meta["encoder"]["stats"], source=f"model {ft_dir}")
     if meta["task"] != "segment":
-        records = image_records(meta, recipe, inputs, strict)
+        records = records_for_stats(image_records(meta, recipe, inputs, strict), stats)
         prepare_out_dir(out, **rule)
         return predict_classes(model, meta, recipe, records, out)
     cfg = data_config(meta, recipe.data)
     planned = usable_inputs(plan_outputs([str(p) for p in inputs], out, cfg, meta["window"]), cfg, meta["window"],
                             blend, strict)
+    check_model_bands(list(planned), cfg, stats, strict)
     prepare_out_dir(out, **rule)
     summaries = predict_files(model_fn(model), [str(p) for p in planned], out, stats, num_classes=len(meta["classes"]),
                               window=meta["window"], data_cfg=cfg, overlap=overlap, blend=blend,
@@ -107,15 +109,13 @@ def image_records(meta: dict[str, Any], recipe: Any, inputs: Sequence[str | Path
 
 def predict_classes(model: torch.nn.Module, meta: dict[str, Any], recipe: Any, records: Sequence[Any],
                     out: Path) -> list[str]:
-    """One predicted class (and its probability) per image (catalog ``records``), in ``out/predictions.csv``."""
+    """One predicted class (and its probability) per image (catalog ``records``, read as the model's bands:
+    ``records_for_stats``), in ``out/predictions.csv``."""
     import csv
 
     from geomed_ssl.data.labelled import ImageDataset
     from geomed_ssl.models.device import model_device
-    from geomed_ssl.models.model_data import records_for_stats
-
     stats = BandStats.from_dict(meta["encoder"]["stats"])
-    records = records_for_stats(records, stats)
     dataset = ImageDataset(records, np.zeros(len(records), np.int64), stats, recipe.data, meta["encoder"]["patch_size"])
     names = [c["name"] for c in meta["classes"]]
     device = model_device(model)

@@ -151,6 +151,26 @@ def usable_inputs(planned: dict[Path, Path], data_cfg: Any, window: int | Sequen
     return usable
 
 
+def check_model_bands(inputs: Sequence[Path], data_cfg: Any, stats: BandStats, strict: bool = False) -> None:
+    """Every input holds the model's bands (matched by name, as ``predict`` will read them), checked before the
+    output folder is made: a scene that lacks one is refused with nothing written. ``strict``: band names assigned
+    by position are errors too (else reported once, by the prediction itself)."""
+    import contextlib
+
+    from geomed_ssl.inference.raster import RasterInput, channel_files
+    from geomed_ssl.inference.volume import volume_record
+
+    position = "error" if strict else "ignore"
+    for p in inputs:
+        kind, _ = _kind_and_stem(p, data_cfg)
+        if kind == "raster":
+            files, stacked = channel_files(p, data_cfg, position)
+            with contextlib.ExitStack() as stack:
+                RasterInput.open(stack, p, files, stacked, stats, None, data_cfg, None, position)
+        else:
+            volume_record(p, data_cfg, stats, None, position)
+
+
 def predict_files(
     model_fn: ModelFn,
     inputs: str | Path | Sequence[str | Path],

@@ -719,6 +719,9 @@ COMPARE_CASES: list[Case] = [
          "one of the two"),
     Case("compare-out-is-the-images", lambda r: [*compare_args(r), "--out", str(r / "data")],
          "is the images folder"),
+    Case("compare-encoder-is-an-image-file",
+         lambda r: ["compare", str(rasters(r) / "scene_0.tif"), "--images", str(r / "data"), "--labels",
+                    str(constant_labels(r, 1)), "--out", str(r / "cmp")], "is a file, not a folder"),
     Case("compare-no-recipe-for-none", lambda r: [a for a in compare_args(r) if a not in
                                                   ("--recipe", "recipes/mae_sentinel2.yaml")], "--recipe"),
 ]

@@ -145,9 +145,10 @@ def parse_options(encoders: Sequence[str], per_class: str | None, fraction: str 
     for enc in names:
         if enc != NONE and enc.lower() in BASELINES:
             raise ConfigError(f"encoder '{enc}' has the name of a baseline; give it as ./{enc}.")
-        if enc != NONE and not Path(enc).exists():
-            raise ConfigError(f"encoder '{enc}' does not exist; give a RUN_DIR (from `geomed-ssl pretrain`), an "
-                              "exported encoder folder, or none.")
+        if enc != NONE and not Path(enc).is_dir():
+            what = "is a file, not a folder" if Path(enc).exists() else "does not exist"
+            raise ConfigError(f"encoder '{enc}' {what}; give a RUN_DIR (from `geomed-ssl pretrain`), an exported "
+                              "encoder folder, or none.")
     chosen = [] if no_baselines else (None if baselines is None else parse_names(baselines, "--baselines",
                                                                                   BASELINES))
     return CompareOptions(names, parse_budgets(per_class, fraction), parse_seeds(seeds), split,

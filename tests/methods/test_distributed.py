@@ -151,10 +151,23 @@ def case_collapse_monitor(data: dict[str, Tensor], rank: int, world: int) -> Res
     return {"embedding_std": logs["embedding_std"], "collapse": logs["collapse"]}
 
 
+def case_dino_monitor(data: dict[str, Tensor], rank: int, world: int) -> Result:
+    from types import SimpleNamespace
+
+    from geomed_ssl.methods.dino import DINO
+
+    sharpness = 1 + 3 * (torch.arange(WORLD * B) >= B).float()[:, None]  # rank 1's half is 4x sharper
+    logits = _local(data["keys"] * sharpness, rank, world)
+    logs = DINO._monitor(SimpleNamespace(_last_warning=-(10**9)), logits, (logits / 0.5).softmax(-1),
+                         torch.tensor(2.0), step=0)
+    return {k: logs[k] for k in ("teacher_entropy", "teacher_std", "kl_teacher_student", "collapse")}
+
+
 CASES: dict[str, Callable[[dict[str, Tensor], int, int], Result]] = {
     "nt_xent": case_nt_xent, "nt_xent_naive_gather": case_nt_xent_naive_gather, "moco_v3": case_moco_v3,
     "barlow_twins": case_barlow_twins, "vicreg": case_vicreg, "swav": case_swav, "queue": case_queue,
     "kmeans": case_kmeans, "deepcluster_memory": case_deepcluster_memory, "collapse_monitor": case_collapse_monitor,
+    "dino_monitor": case_dino_monitor,
 }
 
 
@@ -235,3 +248,11 @@ def test_every_rank_logs_the_global_batchs_embedding_spread(runs: dict[str, Any]
     for r in runs["ranks"]:
         torch.testing.assert_close(r["collapse_monitor"]["embedding_std"], ref["embedding_std"])
         assert float(r["collapse_monitor"]["collapse"]) == float(ref["collapse"])
+
+
+def test_every_rank_logs_the_global_batchs_dino_teacher_monitors(runs: dict[str, Any]) -> None:
+    """DINO's ``teacher_entropy`` / ``teacher_std`` (and the collapse flag they set) are the global batch's."""
+    ref = runs["reference"]["dino_monitor"]
+    for r in runs["ranks"]:
+        for key in ("teacher_entropy", "teacher_std", "kl_teacher_student", "collapse"):
+            torch.testing.assert_close(r["dino_monitor"][key], ref[key], rtol=1e-5, atol=1e-7)

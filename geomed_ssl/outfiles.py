@@ -4,18 +4,23 @@ left. Every atomic write of the toolkit goes through here: outputs, metrics, che
 Temporary names, the one rule (other modules ask :data:`TEMP_GLOBS`, :func:`legacy_temp_globs` and
 :func:`is_temp_name`, never spell a temporary name themselves):
 
-- ``.partial-<pid>-<name>``: ``name`` (a file or a folder) being written by process ``pid``, in the target's own
-  folder (same filesystem, so the final ``os.replace`` is atomic; the full suffix is kept so writers that go by the
-  extension, GDAL, nibabel, matplotlib, still work);
-- ``.replaced-<pid>-<name>``: the previous folder ``name`` for the instant a new one is swapped in
+- ``.partial-<pid>.<host>-<name>``: ``name`` (a file or a folder) being written by process ``pid`` on the machine
+  whose name hashes to ``host`` (8 hex digits), in the target's own folder (same filesystem, so the final
+  ``os.replace`` is atomic; the full suffix is kept so writers that go by the extension, GDAL, nibabel, matplotlib,
+  still work);
+- ``.replaced-<pid>.<host>-<name>``: the previous folder ``name`` for the instant a new one is swapped in
   (:func:`atomic_write_dir`); deleted once the new one is in place, restored by the clean-up when a kill came in
   between;
+- the same without ``.<host>``: what earlier versions wrote;
 - earlier versions' names, for the clean-up and for ``--overwrite`` only: ``.<name>.*`` (``.<name>.tmp-<pid>-<hex>``,
   ``.<name>.<random>`` folders and ``.<name>.old``), ``<name>.tmp`` and ``.tmp-<pid>-<hex>`` (embedding parts).
 
 A file is flushed to disk (fsync) and renamed over the target, and the rename is made durable by syncing the
 folder. A failure at any point deletes the partial file and leaves the target as it was. Files get the modes a plain
-``open`` gives under the user's umask. :func:`remove_stale_partials` deletes what writers that are gone left.
+``open`` gives under the user's umask. :func:`remove_stale_partials` deletes what writers that are gone left:
+on this machine, those of processes that no longer run (or of an earlier process that had this one's id: a
+container's pid 1); on another machine sharing the folder (a cluster's network filesystem), whose processes cannot
+be asked, only those untouched for :data:`FOREIGN_HOST_STALE_S`.
 
 API::
 
@@ -33,11 +38,14 @@ API::
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import logging
 import os
 import re
 import shutil
+import socket
 import stat
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator
@@ -48,15 +56,28 @@ log = logging.getLogger("geomed_ssl")
 PARTIAL, REPLACED = ".partial-", ".replaced-"
 TEMP_GLOBS = (f"{PARTIAL}*", f"{REPLACED}*")  # what this version's writers leave when killed
 _MKDTEMP = "[a-z0-9_]" * 8  # tempfile.mkdtemp's random suffix (earlier versions' folder swaps)
-_OURS = re.compile(rf"^({re.escape(PARTIAL)}|{re.escape(REPLACED)})(\d+)-(.+)$")
+_OURS = re.compile(rf"^({re.escape(PARTIAL)}|{re.escape(REPLACED)})(\d+)(?:\.([0-9a-f]{{8}}))?-(.+)$")
+FOREIGN_HOST_STALE_S = 24 * 3600  # another machine's temporary entry untouched this long: its writer is gone
 PathLike = str | os.PathLike
+_MINE: set[str] = set()  # temporary names this process made (another process with our id may have left others)
+
+
+def host_tag() -> str:
+    """8 hex digits of this machine's name, in every temporary name: a folder on a filesystem shared by several
+    machines holds other machines' writers, whose process ids mean nothing here."""
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _temp_name(kind: str, path: Path) -> Path:
+    tmp = path.with_name(f"{kind}{os.getpid()}.{host_tag()}-{path.name}")
+    _MINE.add(str(tmp.absolute()))
+    return tmp
 
 
 def partial_path(path: PathLike) -> Path:
     """The temporary name of ``path`` while it is written: hidden, in the same folder, full suffix kept (.tif,
-    .nii.gz, .png), with this process's id so a later run can tell a killed writer's leftovers."""
-    path = Path(path)
-    return path.with_name(f"{PARTIAL}{os.getpid()}-{path.name}")
+    .nii.gz, .png), with this process's id and machine so a later run can tell a killed writer's leftovers."""
+    return _temp_name(PARTIAL, Path(path))
 
 
 def legacy_temp_globs(names: Iterable[str]) -> tuple[str, ...]:
@@ -94,7 +115,11 @@ def fsync_tree(path: PathLike) -> None:
     path = Path(path)
     if not path.is_dir() or path.is_symlink():
         if not path.is_symlink():
-            with open(path, "rb+") as fh:
+            try:
+                fh = open(path, "rb+")  # Windows flushes only a handle open for writing
+            except PermissionError:  # a umask that leaves new files read-only: POSIX syncs a read handle too
+                fh = open(path, "rb")
+            with fh:
                 os.fsync(fh.fileno())
         return
     for root, _, files in os.walk(path):
@@ -179,16 +204,16 @@ def replace_with_copy(src: PathLike, dst: PathLike) -> None:
 def atomic_write_dir(target: PathLike, write: Callable[[Path], Any]) -> None:
     """Call ``write(tmp_dir)`` then swap ``tmp_dir`` into ``target``, so a kill never leaves a half-written folder.
 
-    The temporary folder is ``.partial-<pid>-<name>`` beside ``target``; an existing ``target`` is moved aside to
-    ``.replaced-<pid>-<name>`` for the swap and deleted after it, so on success only ``target`` is left. Entries of
-    the old ``target`` that ``write`` did not make (a user's notes) are carried into the new one first, as hard
-    links where the filesystem has them, so no kill at any point loses them. What a
+    The temporary folder is ``.partial-<pid>.<host>-<name>`` beside ``target``; an existing ``target`` is moved
+    aside to ``.replaced-<pid>.<host>-<name>`` for the swap and deleted after it, so on success only ``target`` is
+    left. Entries of the old ``target`` that ``write`` did not make (a user's notes) are carried into the new one
+    first, as hard links where the filesystem has them, so no kill at any point loses them. What a
     killed swap of this target left is cleaned first (:func:`remove_stale_partials`). The result has the modes the
     user's umask gives new files and folders (not safetensors' private 0600)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(target.parent, only=target.name)
-    tmp, old = partial_path(target), target.with_name(f"{REPLACED}{os.getpid()}-{target.name}")
+    tmp, old = partial_path(target), _temp_name(REPLACED, target)
     for leftover in (tmp, old):  # this very process's (pid reuse): ours to replace
         _remove(leftover)
     tmp.mkdir()
@@ -244,9 +269,19 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _writer_gone(entry: Path, pid: int, host: str | None) -> bool:
+    """Whether the process that named the temporary ``entry`` is gone (see the module's docstring)."""
+    if host is not None and host != host_tag():
+        try:
+            return time.time() - entry.lstat().st_mtime > FOREIGN_HOST_STALE_S
+        except OSError:
+            return False
+    if pid == os.getpid():  # ours, or left by an earlier process with our id (pid reuse, a container's pid 1)
+        return host is not None and str(entry.absolute()) not in _MINE
+    return not _alive(pid)
+
+
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -259,8 +294,9 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_partials(folder: PathLike, names: Iterable[str] = (), only: str | None = None) -> list[Path]:
-    """Delete what killed writers left in ``folder``: ``.partial-<pid>-*`` files and folders whose process is gone
-    (a ``.replaced-<pid>-<name>`` folder is moved back to ``name`` when a kill left ``name`` missing, else deleted),
+    """Delete what killed writers left in ``folder``: ``.partial-<pid>.<host>-*`` files and folders whose process
+    is gone (:func:`_writer_gone`; a ``.replaced-...-<name>`` folder is moved back to ``name`` when a kill left
+    ``name`` missing, else deleted),
     and earlier versions' temporary names of ``names`` (:func:`legacy_temp_globs`). Live processes' files and any
     other names are left alone; ``only`` limits the clean-up to this version's temporary names of that one entry
     (for a folder the toolkit does not own, such as the parent of an export). Returns the deleted paths."""
@@ -271,8 +307,8 @@ def remove_stale_partials(folder: PathLike, names: Iterable[str] = (), only: str
     legacy = legacy_temp_globs(names) if only is None else ()
     for entry in sorted(folder.iterdir()):
         match = _OURS.match(entry.name)
-        if match and not _alive(int(match.group(2))) and only in (None, match.group(3)):
-            original = folder / match.group(3)
+        if match and only in (None, match.group(4)) and _writer_gone(entry, int(match.group(2)), match.group(3)):
+            original = folder / match.group(4)
             if match.group(1) == REPLACED and entry.is_dir() and not (original.exists() or original.is_symlink()):
                 os.replace(entry, original)  # killed mid-swap: the previous folder comes back
                 continue

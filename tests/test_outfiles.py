@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from geomed_ssl.outfiles import (atomic_path, atomic_write, atomic_write_dir, is_temp_name, partial_path,
-                                 remove_stale_partials, replace_with_copy)
+from geomed_ssl.outfiles import (atomic_path, atomic_write, atomic_write_dir, atomic_write_text, is_temp_name,
+                                 partial_path, remove_stale_partials, replace_with_copy)
 
 
 def dead_pid() -> int:
@@ -162,3 +162,40 @@ def test_a_folder_swap_neither_hangs_on_a_pipe_nor_drops_a_users_partial_named_f
         atomic_write_dir(target, lambda d: (d / "model.safetensors").write_text("v2"))
     assert (target / "model.safetensors").read_text() == "v2" and (target / ".partial-notes.txt").read_text() == "mine"
     assert os.path.exists(target / "pipe")  # hard-linked like any other entry
+
+
+def test_another_machines_partials_are_kept_until_untouched_for_a_day(tmp_path: Path) -> None:
+    """On a filesystem shared by several machines a process id of another machine means nothing here: its
+    temporary files go only once nobody has touched them for FOREIGN_HOST_STALE_S."""
+    from geomed_ssl.outfiles import FOREIGN_HOST_STALE_S, host_tag
+
+    other = "0123abcd" if host_tag() != "0123abcd" else "fedc3210"
+    busy = tmp_path / f".partial-{dead_pid()}.{other}-a_pred.tif"  # another node's predict, writing now
+    old = tmp_path / f".partial-{dead_pid()}.{other}-b_pred.tif"  # a node that died yesterday
+    for path in (busy, old):
+        path.write_bytes(b"x")
+    day_ago = os.stat(old).st_mtime - FOREIGN_HOST_STALE_S - 60
+    os.utime(old, (day_ago, day_ago))
+    assert remove_stale_partials(tmp_path) == [old]
+    assert busy.exists()
+
+
+def test_a_leftover_under_this_processs_own_id_is_stale_unless_this_process_made_it(tmp_path: Path) -> None:
+    """A container's entry point is pid 1 in every run: what an earlier pid 1 left is not this process's."""
+    from geomed_ssl.outfiles import host_tag
+
+    leftover = tmp_path / f".partial-{os.getpid()}.{host_tag()}-scene_pred.tif"
+    leftover.write_bytes(b"killed run")
+    writing = partial_path(tmp_path / "other_pred.tif")
+    writing.write_bytes(b"in progress")
+    assert remove_stale_partials(tmp_path) == [leftover]
+    assert writing.exists()
+
+
+def test_atomic_write_works_under_a_umask_that_makes_files_read_only(tmp_path: Path) -> None:
+    old = os.umask(0o222)
+    try:
+        atomic_write_text(tmp_path / "summary.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "summary.json").read_text() == "{}"

@@ -208,9 +208,13 @@ def atomic_write_dir(target: PathLike, write: Callable[[Path], Any]) -> None:
     aside to ``.replaced-<pid>.<host>-<name>`` for the swap and deleted after it, so on success only ``target`` is
     left. Entries of the old ``target`` that ``write`` did not make (a user's notes) are carried into the new one
     first, as hard links where the filesystem has them, so no kill at any point loses them. What a
-    killed swap of this target left is cleaned first (:func:`remove_stale_partials`). The result has the modes the
-    user's umask gives new files and folders (not safetensors' private 0600)."""
+    killed swap of this target left is cleaned first (:func:`remove_stale_partials`). The files get the modes the
+    user's umask gives new files (not safetensors' private 0600); a replaced folder's own mode (a group's setgid
+    folder) is kept. A link is followed (the folder it names is written; the link stays), and an empty folder
+    (the user's, perhaps a mount point) is filled in place, entry by entry, ``config.json`` last."""
     target = Path(target)
+    if target.is_symlink():
+        target = target.resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(target.parent, only=target.name)
     tmp, old = partial_path(target), _temp_name(REPLACED, target)
@@ -221,9 +225,18 @@ def atomic_write_dir(target: PathLike, write: Callable[[Path], Any]) -> None:
         write(tmp)
         apply_umask(tmp)
         fsync_tree(tmp)  # what ``write`` made; carried entries are the user's, already on disk
-        if target.is_dir() and not target.is_symlink():
+        if target.is_dir() and not any(target.iterdir()):
+            for entry in sorted(tmp.iterdir(), key=lambda e: (e.name == "config.json", e.name)):
+                os.replace(entry, target / entry.name)
+            fsync_dir(target)
+            return
+        if target.is_dir():
             _carry_foreign(target, tmp)
-        if target.exists() or target.is_symlink():
+            try:
+                os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))
+            except OSError:  # a mode this user may not set (another group's setgid): the umask's stays
+                pass
+        if target.exists():
             os.replace(target, old)
         os.replace(tmp, target)
         fsync_dir(target.parent)

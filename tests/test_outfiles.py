@@ -4,6 +4,7 @@ left."""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -199,3 +200,28 @@ def test_atomic_write_works_under_a_umask_that_makes_files_read_only(tmp_path: P
     finally:
         os.umask(old)
     assert (tmp_path / "summary.json").read_text() == "{}"
+
+
+def test_atomic_write_dir_fills_an_empty_folder_in_place_and_writes_through_a_link(tmp_path: Path) -> None:
+    """`export --out` may name the user's own empty folder (a group's setgid folder, a mount point) or a link to
+    scratch storage: the folder itself and the link stay, and the files land where the link points."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o2770)
+    inode = shared.stat().st_ino
+    atomic_write_dir(shared, lambda d: [(d / n).write_text(n) for n in ("config.json", "model.safetensors")])
+    assert shared.stat().st_ino == inode and stat.S_IMODE(shared.stat().st_mode) == 0o2770
+    assert sorted(p.name for p in shared.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shared"]
+
+    scratch, link = tmp_path / "scratch" / "export", tmp_path / "export"
+    scratch.mkdir(parents=True)
+    (scratch / "config.json").write_text("old")  # an earlier export there: swapped as usual
+    link.symlink_to(scratch, target_is_directory=True)
+    atomic_write_dir(link, lambda d: (d / "config.json").write_text("new"))
+    assert link.is_symlink() and (scratch / "config.json").read_text() == "new"
+    assert sorted(p.name for p in scratch.parent.iterdir()) == ["export"]
+
+    os.chmod(shared, 0o2750)  # replacing a non-empty folder keeps its mode
+    atomic_write_dir(shared, lambda d: (d / "config.json").write_text("v2"))
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o2750 and (shared / "config.json").read_text() == "v2"

@@ -190,9 +190,8 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
             for r, (i, s) in enumerate(zip(idx, sims))]
     name = query_name(qpath, manifest) + ("_" + "-".join(map(str, box_list)) if box_list else "")
     out = prepare_out_dir(Path(out_dir) if out_dir is not None else search_dir / name, **rule)
+    (out / "similar.png").unlink(missing_ok=True)  # an earlier query's sheet never sits beside this table
     write_hits_csv(hits, out / "similar.csv")
-    if not (sheet and hits):
-        (out / "similar.png").unlink(missing_ok=True)  # an earlier query's sheet must not sit beside this table
     lines = [f"query: {qpath}" + (f" box {box_list}" if box_list else "") + f"  ({st['level']} level, "
              f"{vectors.shape[0]} rows)", *hit_lines(hits, st["data_dir"], nd)]
     if sheet and hits:

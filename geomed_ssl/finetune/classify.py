@@ -161,7 +161,10 @@ def evaluate_images(model: ClassificationModel, dataset: ImageDataset, labels: n
         cm = confusion_matrix(labels[idx], pred, len(names))
         results[which] = {**classification_metrics(cm), "n": int(len(idx))}
         if which == "test":
-            save_confusion_png(cm, names, out / "confusion.png")
             results[which]["confusion"] = cm.tolist()
+    for old in ("metrics.json", "confusion.png"):  # a kill below never leaves a new figure beside old metrics
+        (out / old).unlink(missing_ok=True)
+    if "test" in results:
+        save_confusion_png(np.array(results["test"]["confusion"]), names, out / "confusion.png")
     atomic_write_text(out / "metrics.json", json.dumps(results, indent=2))
     return results

@@ -78,6 +78,8 @@ def evaluate_segmentation(model: torch.nn.Module, meta: dict[str, Any], records:
     names = selection.class_names
     results: dict[str, Any] = {"classes": [{"value": v, "name": n} for v, n in zip(selection.classes, names)],
                                "notes": selection.notes, "split": selection.split}
+    for old in ("metrics.json", "confusion.png"):  # a kill below never leaves a new figure beside old metrics
+        (out / old).unlink(missing_ok=True)
     for which in ("train", "test"):
         cm = metrics_at(predictions, selection, which)
         results[which] = {**classification_metrics(cm), "n": int(cm.sum())}

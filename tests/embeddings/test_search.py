@@ -141,3 +141,22 @@ def test_default_result_folders_of_different_queries_never_meet(archive: tuple[P
     assert len(folders) == 2 and all(f.startswith("s-") for f in folders)
     again = find_similar(emb, dated / "S2A_2020.06.01.tif", top=1, include_self=True, sheet=False)
     assert (again.out_dir / "similar.csv").is_file() and not (again.out_dir / "similar.png").exists()
+
+
+def test_a_failed_contact_sheet_leaves_no_earlier_querys_sheet_beside_the_new_table(
+        archive: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data, enc = archive
+    emb = tmp_path / "emb"
+    embed_folder(enc, data, emb, level="image", progress=False)
+    find_similar(emb, data / "scene_0.tif", top=2, out_dir=tmp_path / "q")
+    assert (tmp_path / "q" / "similar.png").is_file()
+
+    def unreadable_hit(*args, **kwargs) -> None:
+        raise OSError("a hit's file was moved")
+
+    monkeypatch.setattr(search_mod, "contact_sheet", unreadable_hit)
+    with pytest.raises(OSError):
+        find_similar(emb, data / "scene_1.tif", top=2, out_dir=tmp_path / "q")
+    assert not (tmp_path / "q" / "similar.png").exists()
+    rows = list(csv.DictReader((tmp_path / "q" / "similar.csv").open()))
+    assert rows and all(r["file"] != str(data / "scene_1.tif") for r in rows)  # the new query's table

@@ -325,3 +325,21 @@ def test_a_fine_tune_does_not_depend_on_what_ran_before_it_in_the_process(seg_sc
         assert weights[0].keys() == weights[1].keys()
         differ += [task] if not all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0]) else []
     assert differ == []
+
+
+def test_an_evaluate_that_fails_midway_leaves_no_earlier_runs_metrics_or_figure(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from geomed_ssl.finetune import evaluate as ev
+    from tests.test_bad_input import labelled, predicting_model
+
+    ft, (images, labels) = predicting_model(tmp_path), labelled(tmp_path)
+    ev.evaluate_dir(ft, images, labels, out=tmp_path / "ev")
+    assert {p.name for p in (tmp_path / "ev").iterdir()} >= {"metrics.json", "confusion.png"}
+
+    def disk_full(*args, **kwargs) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ev, "save_confusion_png", disk_full)
+    with pytest.raises(OSError):
+        ev.evaluate_dir(ft, images, labels, out=tmp_path / "ev")
+    assert not (tmp_path / "ev" / "metrics.json").exists() and not (tmp_path / "ev" / "confusion.png").exists()

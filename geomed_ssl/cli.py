@@ -22,6 +22,16 @@ app = typer.Typer(
 )
 
 
+def signal_exit_code(name: str | None) -> int:
+    """The shell's code for a run stopped by signal ``name`` (128 + its number: SIGINT 130, SIGTERM 143)."""
+    import signal
+
+    try:
+        return 128 + int(signal.Signals[name or ""])
+    except KeyError:
+        return 1
+
+
 @app.callback()
 def main(ctx: typer.Context, debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
          quiet: bool = typer.Option(False, "--quiet", "-q", help="Less output.")) -> None:
@@ -96,7 +106,7 @@ def pretrain(
     if result.stopped:  # said once, here (the library logs nothing about it)
         typer.echo(f"stopped at step {result.steps} ({result.stopped}); checkpoint saved: "
                    f"{result.run_dir / 'checkpoints' / 'last.ckpt'}. Continue with the same command and --resume.")
-        raise typer.Exit(code={"SIGINT": 130, "SIGTERM": 143}.get(result.stopped, 1))
+        raise typer.Exit(code=signal_exit_code(result.stopped))
     typer.echo(f"done: {result.steps} steps. Encoder: {result.encoder_dir}  (load with geomed_ssl.load_encoder)")
     typer.echo(f"metrics: {result.run_dir / 'metrics.csv'}  previews: {result.run_dir / 'previews'}")
 
@@ -359,7 +369,7 @@ def demo(
                  seeds=tuple(parse_seeds(seeds)))
     except DemoStopped as stop:
         typer.echo(f"demo {stop}.", err=True)
-        raise typer.Exit(code={"SIGINT": 130, "SIGTERM": 143}.get(stop.signal, 1)) from None
+        raise typer.Exit(code=signal_exit_code(stop.signal)) from None
 
 
 if __name__ == "__main__":

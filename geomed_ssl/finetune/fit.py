@@ -30,7 +30,7 @@ from geomed_ssl.train.checkpointing import AtomicCheckpointIO
 from geomed_ssl.train.console import has_bar, progress_callbacks, quiet_lightning
 from geomed_ssl.train.lr_check import warn_schedule
 from geomed_ssl.train.supervised import SupervisedModule
-from geomed_ssl.train.trainer import probe_trainer, resolve_precision
+from geomed_ssl.train.trainer import cluster_plugins, probe_trainer, resolve_precision
 
 log = logging.getLogger("geomed_ssl")
 
@@ -150,7 +150,8 @@ def fit_supervised(model: torch.nn.Module, dataset: Any, recipe: Recipe, num_cla
     trainer = L.Trainer(accelerator=t.accelerator, devices=1, strategy="auto", num_nodes=1,
                         precision=resolve_precision(t.precision, t.accelerator), max_steps=f.max_steps, max_epochs=-1,
                         gradient_clip_val=t.grad_clip, callbacks=cbs, logger=False, enable_progress_bar=has_bar(cbs),
-                        enable_model_summary=False, num_sanity_val_steps=0, plugins=[AtomicCheckpointIO()],
+                        enable_model_summary=False, num_sanity_val_steps=0,
+                        plugins=[AtomicCheckpointIO(), *cluster_plugins()],
                         log_every_n_steps=min(t.log_every, f.max_steps))
     trainer.fit(module, train_dataloaders=loader)
     model.eval()

@@ -143,14 +143,15 @@ def find_resume_checkpoint(run_dir: Path, announce: bool = True) -> ResumePoint:
 
 # ---- stopping on signals -----------------------------------------------------------------------------------------
 class StopRequest:
-    """SIGTERM / SIGINT handlers that only set a flag: the run saves a checkpoint at the next step boundary and
-    stops. A second SIGINT raises ``KeyboardInterrupt`` at once. Handlers can be installed only in the main
+    """SIGTERM / SIGINT / SIGUSR1 handlers that only set a flag: the run saves a checkpoint at the next step
+    boundary and stops. A second SIGINT raises ``KeyboardInterrupt`` at once. Handlers can be installed only in the main
     thread; elsewhere ``install`` does nothing. ``forward_to(send)``: the process that launched the workers
     (``ddp_spawn`` / ``ddp_fork``) passes each signal on to them as ``send(SIGTERM)`` (so a Ctrl-C that reaches the
     workers from the terminal too is still one stop, not an abort); a forked worker, which inherits these handlers,
     never forwards."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    # SIGUSR1: Slurm's advance warning (``#SBATCH --signal=USR1@90``), where Lightning would requeue instead
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, *([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else []))
 
     def __init__(self) -> None:
         self.signum: int | None = None

@@ -69,8 +69,18 @@ def build_trainer(t: Any, out: Path, cbs: list[L.Callback]) -> L.Trainer:
         logger=tensorboard_logger(out), log_every_n_steps=min(t.log_every, t.max_steps),
         enable_progress_bar=has_bar(cbs), enable_checkpointing=False, enable_model_summary=False,
         default_root_dir=str(out), num_sanity_val_steps=0, use_distributed_sampler=False, deterministic=False,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *cluster_plugins()],
     )
+
+
+def cluster_plugins() -> list[Any]:
+    """Under Slurm, Lightning's Slurm environment without its auto-requeue: on the advance-warning signal it writes
+    an ``hpc_ckpt_N.ckpt`` into the run folder (the working directory for fine-tunes) and requeues a job whose
+    command cannot resume from it. Pretraining treats that signal as a stop instead (``last.ckpt`` saved, exit
+    138); resubmit with ``--resume``."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
 
 
 def tensorboard_logger(out: Path) -> Any:

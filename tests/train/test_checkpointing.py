@@ -295,3 +295,24 @@ def test_resume_with_a_new_base_lr_trains_at_the_new_lr(raster_dir: Path, tmp_pa
     assert [lr[s] for s in range(6, 11)] == pytest.approx([expected(0.1, s) for s in range(6, 11)], rel=1e-6)
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)
     assert ckpt["lr_schedulers"][0]["base_lrs"] == pytest.approx([0.1 * 8 / 256] * 2)
+
+
+def test_slurms_advance_warning_sigusr1_is_a_stop_with_a_checkpoint_and_lightning_never_requeues(
+        raster_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``#SBATCH --signal=USR1@90``: Lightning's auto-requeue would write hpc_ckpt_1.ckpt into the run folder and
+    requeue a command that cannot resume from it; the run saves last.ckpt and stops, like on SIGTERM."""
+    from geomed_ssl.cli import signal_exit_code
+    from geomed_ssl.train.trainer import cluster_plugins
+
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "pretrain.sbatch")
+    (plugin,) = cluster_plugins()
+    assert plugin.auto_requeue is False
+    out = tmp_path / "run"
+    stopped = pretrain("recipes/mae_sentinel2.yaml", raster_dir, out, overrides=[*OVERRIDES,
+                       "train.checkpoint_every=1000"], progress=False, callbacks=[SendSignal(3, signal.SIGUSR1)])
+    assert stopped.stopped == "SIGUSR1" and stopped.steps == 4 and signal_exit_code(stopped.stopped) == 138
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)["global_step"] == 4
+    assert not list(out.rglob("hpc_ckpt*")) and not list(Path.cwd().glob("hpc_ckpt*"))
+    monkeypatch.delenv("SLURM_NTASKS")
+    assert cluster_plugins() == []

@@ -131,7 +131,9 @@ class CommandSpec:
 
 
 COMMON_PATTERNS = TEMP_GLOBS  # every writer's temporary names (geomed_ssl.outfiles); earlier versions' per entry
-CKPT_FILES = ("*.ckpt", ".*.ckpt.tmp-*")  # checkpoints (step-NNNNNN.ckpt, last.ckpt, Lightning's), earlier temp files
+# checkpoints by the names ours and Lightning's callbacks give them (a copied-in best.ckpt is the user's), earlier
+# versions' temporary files
+CKPT_FILES = ("last.ckpt", "last-v[0-9]*.ckpt", "step-[0-9]*.ckpt", ".*.ckpt.tmp-*")
 EXPORT_FILES = ("config.json", "model.safetensors")  # an encoder / model export
 COMMANDS: dict[str, CommandSpec] = {
     "pretrain": CommandSpec(("config.yaml", "catalog.json", "stats.json", "metrics.csv", "checkpoints", "encoder",

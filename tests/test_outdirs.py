@@ -229,6 +229,8 @@ def test_a_manifest_whose_entries_are_not_plain_names_is_not_ours(tmp_path: Path
 
 @pytest.mark.parametrize("command,placed", [
     ("pretrain", "checkpoints/my_best_model.pt"),
+    ("pretrain", "checkpoints/best.ckpt"),  # a .ckpt copied in by hand: not a name our callbacks give
+    ("finetune", "checkpoints/epoch_3_for_paper.ckpt"),
     ("pretrain", "encoder/notes.txt"),
     ("pretrain", "previews/figure_for_paper.png"),
     ("finetune", "model/weights_i_edited.safetensors"),
@@ -248,6 +250,7 @@ def test_overwrite_refuses_a_foreign_file_inside_a_subfolder_of_ours(tmp_path: P
 def test_overwrite_deletes_what_the_commands_write_inside_their_subfolders(tmp_path: Path) -> None:
     run = prepare_out_dir(tmp_path / "run", command="pretrain")
     for name in ("checkpoints/last.ckpt", "checkpoints/step-000100.ckpt", "checkpoints/.last.ckpt.tmp-12-a1b2c3",
+                 "checkpoints/last-v1.ckpt", "checkpoints/step-000200-v1.ckpt",
                  "encoder/config.json", "encoder/model.safetensors", "previews/step-000200.png",
                  "previews/.partial-7-step-000400.png", "tensorboard/events.out.tfevents.1.host.2.0",
                  "tensorboard/hparams.yaml", ".encoder.x1y2z3w4/config.json"):

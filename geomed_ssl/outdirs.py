@@ -53,7 +53,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from geomed_ssl.errors import ConfigError, OutputError
 from geomed_ssl.outcommands import COMMANDS, COMMON_PATTERNS, CommandSpec, matches, read_json_object
-from geomed_ssl.outfiles import atomic_write_text, is_temp_name, legacy_temp_globs
+from geomed_ssl.outfiles import atomic_write_text, is_temp_name, legacy_temp_globs, remove_stale_partials
 
 MANIFEST = ".geomed-ssl.json"
 TOOL = "geomed-ssl"
@@ -303,13 +303,15 @@ def check_out_dir(out: PathLike, *, command: str, inputs: Inputs | None = None, 
 def prepare_out_dir(out: PathLike, *, command: str, inputs: Inputs | None = None, overwrite: bool = False,
                     resume: bool = False, allow_inside: Sequence[PathLike] = ()) -> Path:
     """Apply the rule (see the module docstring) and leave ``out`` ready: created (or emptied of what the toolkit
-    wrote, with ``overwrite``) with a fresh manifest, or kept as it is (``resume``). Returns ``out`` as a Path."""
+    wrote, with ``overwrite``) with a fresh manifest, or kept as it is (``resume``; what killed writers left at its
+    top level is deleted). Returns ``out`` as a Path."""
     out = Path(out)
     action = check_out_dir(out, command=command, inputs=inputs, overwrite=overwrite, resume=resume,
                            allow_inside=allow_inside)
     if action == "reuse":
         if read_manifest(out) is None:  # an earlier version's folder: it gets a manifest of its own entries
             record_entries(out, [])
+        remove_stale_partials(out)  # what a killed run of any command left at the top level
         return out
     if action == "replace":
         for name in owner(out).ours:  # type: ignore[union-attr]  (check_out_dir found it ours)
@@ -366,4 +368,5 @@ def prepare_out_file(path: PathLike, *, command: str, inputs: Inputs | None = No
         write_manifest(path.parent, command, [path.name])
     else:
         record_entries(path.parent, [path.name])
+        remove_stale_partials(path.parent, only=path.name)  # a killed write of this very file
     return path

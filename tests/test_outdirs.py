@@ -322,3 +322,24 @@ def test_the_same_folder_spelt_another_way_is_found_by_device_and_inode(tmp_path
     inputs = {"data folder": data if where != "contains" else data / "sub"}
     with pytest.raises(OutputError, match=message):
         outdirs.check_inputs(out, inputs)
+
+
+def test_reusing_a_folder_deletes_what_a_killed_writer_left_there_and_nothing_else(tmp_path: Path) -> None:
+    """evaluate / similar / compare reuse their folder: a kill's partial file goes with the next run."""
+    import subprocess
+    import sys
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    out = prepare_out_dir(tmp_path / "ev", command="evaluate")
+    (out / "metrics.json").write_text("{}")
+    left = out / f".partial-{dead}-confusion.png"
+    left.write_bytes(b"half")
+    prepare_out_dir(out, command="evaluate", resume=True)
+    assert not left.exists() and (out / "metrics.json").is_file()
+    figure = tmp_path / "figs" / "attention.png"
+    figure.parent.mkdir()
+    (figure.parent / f".partial-{dead}-attention.png").write_bytes(b"half")
+    (figure.parent / f".partial-{dead}-other.png").write_bytes(b"another file's")
+    prepare_out_file(figure, command="attention")
+    assert [p.name for p in figure.parent.iterdir()] == [f".partial-{dead}-other.png"]

@@ -121,12 +121,12 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
                 info = _stream_raster(scene.strip_reader(ranges), scene.shape, len(stats.band_names), model, stats,
                                       scene.nodata, win, overlap, blend, int(batch_size), lut, lnodata, outputs, pkind,
                                       device)
+            for w in outputs:  # a commit that fails (disk full) leaves no other partial file behind
+                w.close()
         except BaseException:
             for w in outputs:
-                w.abort()
+                w.abort()  # a writer already committed has nothing left to abort
             raise
-        for w in outputs:
-            w.close()
     warn_far_from_stats([(str(path), ranges.value_range())], stats)
     warn_if_nothing_predicted(path, info["valid_pixels"], scene.nodata, out_path)
     seconds = time.perf_counter() - t0

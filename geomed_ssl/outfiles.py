@@ -33,6 +33,7 @@ API::
     atomic_write_dir(target, write) -> None (``write(tmp_dir)``, then the folder is swapped in)
     TEMP_GLOBS, legacy_temp_globs(names) -> tuple[str, ...], is_temp_name(name, names=()) -> bool
     remove_stale_partials(folder, names=(), only=None) -> list[Path]
+    scratch_dir(tag) -> context manager yielding a private folder in the system's temporary folder
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import re
 import shutil
 import socket
 import stat
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -330,3 +332,19 @@ def remove_stale_partials(folder: PathLike, names: Iterable[str] = (), only: str
         _remove(entry)
         removed.append(entry)
     return removed
+
+
+@contextmanager
+def scratch_dir(tag: str) -> Iterator[Path]:
+    """A working folder ``geomed-<tag>-<pid>.<host>-*`` in the system's temporary folder, deleted when the block
+    ends; what killed processes (``kill -9``, the out-of-memory killer) left under the same tag is deleted first."""
+    root = Path(tempfile.gettempdir())
+    left = re.compile(rf"^geomed-{re.escape(tag)}-(\d+)\.([0-9a-f]{{8}})-")
+    for entry in root.glob(f"geomed-{tag}-*"):
+        match = left.match(entry.name)
+        if (match and entry.is_dir() and not entry.is_symlink()
+                and _writer_gone(entry, int(match.group(1)), match.group(2))):
+            shutil.rmtree(entry, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=f"geomed-{tag}-{os.getpid()}.{host_tag()}-") as tmp:
+        _MINE.add(str(Path(tmp).absolute()))
+        yield Path(tmp)

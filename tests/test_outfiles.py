@@ -225,3 +225,24 @@ def test_atomic_write_dir_fills_an_empty_folder_in_place_and_writes_through_a_li
     os.chmod(shared, 0o2750)  # replacing a non-empty folder keeps its mode
     atomic_write_dir(shared, lambda d: (d / "config.json").write_text("v2"))
     assert stat.S_IMODE(shared.stat().st_mode) == 0o2750 and (shared / "config.json").read_text() == "v2"
+
+
+def test_a_scratch_folder_killed_with_its_process_goes_with_the_next_one(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """compare fine-tunes in a scratch folder (checkpoints with optimizer state): kill -9 cannot delete it."""
+    import tempfile
+
+    from geomed_ssl.outfiles import host_tag, scratch_dir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    killed = tmp_path / f"geomed-compare-{dead_pid()}.{host_tag()}-k2j3h4m5"
+    running = tmp_path / f"geomed-compare-{os.getppid()}.{host_tag()}-a1b2c3d4"  # a live process's
+    other = tmp_path / "geomed-compare-notes"  # no process id: not a scratch folder
+    for folder in (killed, running, other):
+        folder.mkdir()
+    with scratch_dir("compare") as scratch:
+        assert scratch.parent == tmp_path and scratch.is_dir()
+        assert not killed.exists() and running.is_dir() and other.is_dir()
+        with scratch_dir("compare"):  # a second one of this process keeps the first
+            assert scratch.is_dir()
+    assert not scratch.exists()

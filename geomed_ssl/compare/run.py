@@ -35,7 +35,7 @@ from geomed_ssl.models.device import resolve_device
 from geomed_ssl.models.probe import probe_layers, read_image
 from geomed_ssl.outcommands import distinct_names
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
-from geomed_ssl.outfiles import atomic_write_text
+from geomed_ssl.outfiles import atomic_write_text, scratch_dir
 
 log = logging.getLogger("geomed_ssl")
 
@@ -205,8 +205,8 @@ def finetune_scores(source: EncoderSource, task: Task, split: Split, recipe: Rec
     tuned = dataclasses.replace(recipe, labels=labels_config(recipe, split.budget, split.seed, inputs["split"]),
                                 finetune=dataclasses.replace(recipe.finetune, task=task.kind, freeze_encoder=False,
                                                              unfreeze_after_steps=0))
-    with tempfile.TemporaryDirectory(prefix="geomed-compare-") as tmp, _quiet():
-        out = keep_as if keep_as is not None else Path(tmp) / "ft"
+    with scratch_dir("compare") as tmp, _quiet():  # a killed compare's fine-tune checkpoints go with the next one
+        out = keep_as if keep_as is not None else tmp / "ft"
         if task.kind == "segment":
             result = finetune_segment(tuned, source.path, inputs["images"], inputs["labels"], out, progress=False,
                                       strict=strict, overwrite=keep_as is not None)  # a kept one of a killed run

@@ -18,10 +18,11 @@ import re
 import signal
 import time
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import lightning as L
 import torch
@@ -208,11 +209,12 @@ class StopRequest:
 
 
 def stop_safe_worker_init(worker_id: int, rank: int | None = None) -> None:
-    """``worker_init_fn`` of the pretraining DataLoader: its workers ignore SIGTERM, which ``timeout``, Slurm or
-    ``docker stop`` send to the whole process group; a worker killed by it made the training process fail with a
-    traceback instead of saving its stop checkpoint. The training process ends its workers itself. Lightning's
+    """``worker_init_fn`` of the pretraining DataLoader: its workers ignore SIGTERM and SIGUSR1, which ``timeout``,
+    Slurm or ``docker stop`` send to the whole process group; a worker killed by one made the training process fail
+    with a traceback instead of saving its stop checkpoint. The training process ends its workers itself. Lightning's
     per-worker seeding (which it adds only when no ``worker_init_fn`` is set) still runs."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for signum in (signal.SIGTERM, *([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else [])):
+        signal.signal(signum, signal.SIG_IGN)
     if int(os.environ.get("PL_SEED_WORKERS", 0)):
         from lightning.fabric.utilities.seed import pl_worker_init_function
 
@@ -277,3 +279,21 @@ class RunCheckpoints(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self.stop.restore()
+
+
+@contextmanager
+def slurm_warning_ignored() -> Iterator[None]:
+    """SIGUSR1 (Slurm's advance warning, ``--signal=USR1@N``) ignored in the block, for trainings that cannot stop
+    early and resume (fine-tunes): its default action would kill them at once; Slurm's SIGTERM still ends them."""
+    if not hasattr(signal, "SIGUSR1"):
+        yield
+        return
+    try:
+        previous = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, previous if previous is not None else signal.SIG_DFL)

@@ -77,10 +77,13 @@ def cluster_plugins() -> list[Any]:
     """Under Slurm, Lightning's Slurm environment without its auto-requeue: on the advance-warning signal it writes
     an ``hpc_ckpt_N.ckpt`` into the run folder (the working directory for fine-tunes) and requeues a job whose
     command cannot resume from it. Pretraining treats that signal as a stop instead (``last.ckpt`` saved, exit
-    138); resubmit with ``--resume``."""
-    from lightning.pytorch.plugins.environments import SLURMEnvironment
+    128 + 10 on Linux); resubmit with ``--resume``. A torchrun launch inside a Slurm job keeps Lightning's choice
+    (torchrun's environment, which Lightning prefers to Slurm's), so its ranks stay ranks."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
-    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+    if TorchElasticEnvironment.detect() or not SLURMEnvironment.detect():
+        return []
+    return [SLURMEnvironment(auto_requeue=False)]
 
 
 def tensorboard_logger(out: Path) -> Any:

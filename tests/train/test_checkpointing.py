@@ -314,5 +314,28 @@ def test_slurms_advance_warning_sigusr1_is_a_stop_with_a_checkpoint_and_lightnin
     assert stopped.stopped == "SIGUSR1" and stopped.steps == 4 and signal_exit_code(stopped.stopped) == 138
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)["global_step"] == 4
     assert not list(out.rglob("hpc_ckpt*")) and not list(Path.cwd().glob("hpc_ckpt*"))
+    for key, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0",
+                       "TORCHELASTIC_RUN_ID": "x", "MASTER_ADDR": "localhost", "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(key, value)  # torchrun inside the Slurm job: its ranks, not Slurm's single task
+    assert cluster_plugins() == []
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
     monkeypatch.delenv("SLURM_NTASKS")
     assert cluster_plugins() == []
+
+
+def test_fine_tunes_and_data_workers_outlive_slurms_advance_warning() -> None:
+    """SIGUSR1's default action kills: a fine-tune (which cannot stop early and resume) and the pretraining
+    DataLoader's workers ignore it; the handler before is back afterwards."""
+    from geomed_ssl.train.checkpointing import slurm_warning_ignored, stop_safe_worker_init
+
+    before = signal.getsignal(signal.SIGUSR1)
+    with slurm_warning_ignored():
+        os.kill(os.getpid(), signal.SIGUSR1)  # would end this test process
+    assert signal.getsignal(signal.SIGUSR1) == before
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        stop_safe_worker_init(0)
+        assert all(signal.getsignal(s) == signal.SIG_IGN for s in saved)
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)

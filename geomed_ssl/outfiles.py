@@ -39,6 +39,7 @@ API::
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import logging
 import os
@@ -64,10 +65,18 @@ PathLike = str | os.PathLike
 _MINE: set[str] = set()  # temporary names this process made (another process with our id may have left others)
 
 
+@functools.lru_cache(maxsize=None)
 def host_tag() -> str:
-    """8 hex digits of this machine's name, in every temporary name: a folder on a filesystem shared by several
-    machines holds other machines' writers, whose process ids mean nothing here."""
-    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+    """8 hex digits naming where process ids mean something: this machine (its name and, on Linux, its boot) and
+    this process-id namespace (containers sharing the host's name have their own), in every temporary name. A
+    folder on a filesystem shared by several machines or containers holds writers whose ids mean nothing here."""
+    parts = [socket.gethostname()]
+    try:
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:
+        pass
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:8]
 
 
 def _temp_name(kind: str, path: Path) -> Path:
@@ -117,19 +126,26 @@ def fsync_tree(path: PathLike) -> None:
     path = Path(path)
     if not path.is_dir() or path.is_symlink():
         if not path.is_symlink():
-            try:
-                fh = open(path, "rb+")  # Windows flushes only a handle open for writing
-            except PermissionError:  # a umask that leaves new files read-only: POSIX syncs a read handle too
-                fh = open(path, "rb")
-            with fh:
-                os.fsync(fh.fileno())
+            _fsync_file(path)
         return
     for root, _, files in os.walk(path):
         for f in files:
             if stat.S_ISREG(os.lstat(os.path.join(root, f)).st_mode):  # not a link, a pipe (open would block), ...
-                with open(os.path.join(root, f), "rb") as fh:
-                    os.fsync(fh.fileno())
+                _fsync_file(Path(root) / f)
         fsync_dir(root)
+
+
+def _fsync_file(path: Path) -> None:
+    try:
+        fh = open(path, "rb+")  # Windows flushes only a handle open for writing
+    except PermissionError:  # a umask that leaves new files read-only: POSIX syncs a read handle too
+        fh = open(path, "rb")
+    with fh:
+        try:
+            os.fsync(fh.fileno())
+        except OSError:  # Windows refuses a read handle: best effort there, as for folders
+            if os.name != "nt":
+                raise
 
 
 def commit_partial(tmp: PathLike, path: PathLike) -> Path:
@@ -209,14 +225,17 @@ def atomic_write_dir(target: PathLike, write: Callable[[Path], Any]) -> None:
     The temporary folder is ``.partial-<pid>.<host>-<name>`` beside ``target``; an existing ``target`` is moved
     aside to ``.replaced-<pid>.<host>-<name>`` for the swap and deleted after it, so on success only ``target`` is
     left. Entries of the old ``target`` that ``write`` did not make (a user's notes) are carried into the new one
-    first, as hard links where the filesystem has them, so no kill at any point loses them. What a
-    killed swap of this target left is cleaned first (:func:`remove_stale_partials`). The files get the modes the
-    user's umask gives new files (not safetensors' private 0600); a replaced folder's own mode (a group's setgid
-    folder) is kept. A link is followed (the folder it names is written; the link stays), and an empty folder
-    (the user's, perhaps a mount point) is filled in place, entry by entry, ``config.json`` last."""
+    first, as hard links where the filesystem has them, so no kill at any point loses them. What a killed swap of
+    this target left is cleaned first (:func:`remove_stale_partials`). The files get the modes the user's umask
+    gives new files (not safetensors' private 0600); a replaced folder's own mode and group (a group's setgid
+    folder) are kept where this user may set them. A link is followed (the folder it names is written; the link
+    stays). An empty folder or a mount point is never swapped (:func:`_fill_in_place`)."""
     target = Path(target)
     if target.is_symlink():
         target = target.resolve()
+    if target.is_dir() and (os.path.ismount(target) or not any(target.iterdir())):
+        _fill_in_place(target, write)
+        return
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(target.parent, only=target.name)
     tmp, old = partial_path(target), _temp_name(REPLACED, target)
@@ -224,20 +243,15 @@ def atomic_write_dir(target: PathLike, write: Callable[[Path], Any]) -> None:
         _remove(leftover)
     tmp.mkdir()
     try:
+        previous = target.stat() if target.is_dir() else None
+        if previous is not None:  # before ``write``: its files take the folder's group where it is setgid
+            _keep_mode_and_group(tmp, previous)
         write(tmp)
         apply_umask(tmp)
         fsync_tree(tmp)  # what ``write`` made; carried entries are the user's, already on disk
-        if target.is_dir() and not any(target.iterdir()):
-            for entry in sorted(tmp.iterdir(), key=lambda e: (e.name == "config.json", e.name)):
-                os.replace(entry, target / entry.name)
-            fsync_dir(target)
-            return
-        if target.is_dir():
+        if previous is not None:
             _carry_foreign(target, tmp)
-            try:
-                os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))
-            except OSError:  # a mode this user may not set (another group's setgid): the umask's stays
-                pass
+            _keep_mode_and_group(tmp, previous)
         if target.exists():
             os.replace(target, old)
         os.replace(tmp, target)
@@ -245,6 +259,39 @@ def atomic_write_dir(target: PathLike, write: Callable[[Path], Any]) -> None:
     finally:
         _remove(tmp)
         _remove(old)
+
+
+STAGE = "staging"  # the temporary folder of an in-place fill, inside the target: .partial-<pid>.<host>-staging
+
+
+def _fill_in_place(target: Path, write: Callable[[Path], Any]) -> None:
+    """``write`` into a temporary folder inside ``target`` (same filesystem, so every rename is atomic), then move
+    its entries up one by one: the manifest first (a kill midway leaves a folder the toolkit knows as its own),
+    ``config.json``, what loaders look for, last. The folder itself (its mode, group, mount) is never replaced."""
+    remove_stale_partials(target, only=STAGE)
+    stage = partial_path(target / STAGE)
+    _remove(stage)
+    stage.mkdir()
+    try:
+        write(stage)
+        apply_umask(stage)
+        fsync_tree(stage)
+        for entry in sorted(stage.iterdir(), key=lambda e: (e.name == "config.json", e.name)):
+            dest = target / entry.name
+            if dest.is_dir() and not dest.is_symlink():  # a subfolder an earlier export wrote here
+                shutil.rmtree(dest)
+            os.replace(entry, dest)
+        fsync_dir(target)
+    finally:
+        _remove(stage)
+
+
+def _keep_mode_and_group(folder: Path, previous: os.stat_result) -> None:
+    try:
+        os.chown(folder, -1, previous.st_gid)
+        os.chmod(folder, stat.S_IMODE(previous.st_mode))
+    except (OSError, AttributeError):  # not this user's to set (another group), or no chown (Windows)
+        pass
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -297,6 +344,8 @@ def _writer_gone(entry: Path, pid: int, host: str | None) -> bool:
 
 
 def _alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT there: another process is never judged gone
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

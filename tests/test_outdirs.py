@@ -230,6 +230,7 @@ def test_a_manifest_whose_entries_are_not_plain_names_is_not_ours(tmp_path: Path
 @pytest.mark.parametrize("command,placed", [
     ("pretrain", "checkpoints/my_best_model.pt"),
     ("pretrain", "checkpoints/best.ckpt"),  # a .ckpt copied in by hand: not a name our callbacks give
+    ("pretrain", "checkpoints/step-1_best.ckpt"),
     ("finetune", "checkpoints/epoch_3_for_paper.ckpt"),
     ("pretrain", "encoder/notes.txt"),
     ("pretrain", "previews/figure_for_paper.png"),

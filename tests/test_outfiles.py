@@ -246,3 +246,37 @@ def test_a_scratch_folder_killed_with_its_process_goes_with_the_next_one(tmp_pat
         with scratch_dir("compare"):  # a second one of this process keeps the first
             assert scratch.is_dir()
     assert not scratch.exists()
+
+
+def test_an_in_place_fill_that_fails_leaves_the_empty_folder_empty_and_subfolders_arrive_whole(tmp_path: Path) -> None:
+    target = tmp_path / "mine"
+    target.mkdir()
+
+    def killed(folder: Path) -> None:
+        (folder / "model.safetensors").write_text("half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write_dir(target, killed)
+    assert list(target.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+    def with_subfolder(folder: Path) -> None:
+        (folder / "weights").mkdir()
+        (folder / "weights" / "a.bin").write_text("a")
+        (folder / "config.json").write_text("{}")
+
+    atomic_write_dir(target, with_subfolder)
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "weights"]
+    assert (target / "weights" / "a.bin").read_text() == "a"
+
+
+@pytest.mark.skipif(not hasattr(os, "chown") or os.geteuid() != 0, reason="needs to set another group (root)")
+def test_a_replaced_setgid_folder_keeps_its_group_for_the_new_files(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "config.json").write_text("v1")
+    os.chown(shared, -1, 1)
+    os.chmod(shared, 0o2775)
+    atomic_write_dir(shared, lambda d: (d / "config.json").write_text("v2"))
+    assert shared.stat().st_gid == 1 and (shared / "config.json").stat().st_gid == 1
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o2775

@@ -81,6 +81,7 @@ class GeoTiffWriter:
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = partial_path(self.path)
+        self._committed = False
         try:
             self._ds = rasterio.open(self._tmp, "w", **profile)
         except Exception as err:
@@ -154,15 +155,21 @@ class GeoTiffWriter:
         self._flush()
         self._ds.close()
         self._ds = None
-        return commit_partial(self._tmp, self.path)
+        commit_partial(self._tmp, self.path)
+        self._committed = True
+        return self.path
 
     def abort(self) -> None:
-        """Close and delete the partial file (the final name is left untouched)."""
-        if self._ds is not None:
-            try:
+        """Close and delete the partial file (the final name is left untouched); after a commit, nothing to do.
+        Never raises: callers abort every writer of a scene in turn."""
+        try:
+            if self._ds is not None:
                 self._ds.close()
-            finally:
-                self._ds = None
+        except Exception:  # noqa: BLE001 - the partial file is deleted below all the same
+            pass
+        finally:
+            self._ds = None
+            if not self._committed:
                 self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> GeoTiffWriter:

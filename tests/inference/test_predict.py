@@ -419,3 +419,20 @@ def test_a_scene_georeferenced_by_ground_control_points_keeps_them_in_its_predic
         got, crs = out.gcps
     assert crs == CRS.from_epsg(4326) and [(g.row, g.col, g.x, g.y) for g in got] == \
         [(g.row, g.col, g.x, g.y) for g in gcps]
+
+
+def test_a_commit_that_fails_leaves_no_partial_file_of_the_other_map(scene, tmp_path, monkeypatch):
+    """The class map's rename fails (disk full, a quota): the probability map's partial file goes too."""
+    from geomed_ssl.inference import writers
+
+    commits = []
+
+    def full_disk(tmp, final):
+        commits.append(final)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writers, "commit_partial", full_disk)
+    with pytest.raises(OSError):
+        predict_raster(scene["model"], scene["path"], tmp_path / "out" / "pred.tif", scene["stats"], window=(64, 64),
+                       num_classes=K, probabilities=True)
+    assert len(commits) == 1 and list((tmp_path / "out").iterdir()) == []

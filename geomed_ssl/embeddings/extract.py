@@ -83,11 +83,12 @@ def parse_size(value: str | int | Sequence[int] | None, ndim: int, name: str) ->
 def data_config(meta: dict[str, Any], spatial_dims: int, patch_size: Sequence[int], overrides: list[str] | None,
                 include: Sequence[str] | None = None, exclude: Sequence[str] | None = None) -> DataConfig:
     """The reading settings an encoder was trained with (its export's recipe ``data`` section: band names, sensor,
-    nodata, spacing, intensity), every file included unless ``include``/``--set data.include`` say otherwise,
+    nodata, spacing, intensity; not its pretraining crops), every file included unless ``include``/``--set data.include`` say otherwise,
     the recipe's excludes plus ``exclude``."""
     names = {f.name for f in dataclasses.fields(DataConfig)}
     raw = {k: v for k, v in ((meta.get("recipe") or {}).get("data") or meta.get("data") or {}).items() if k in names}
-    raw.update(kind="raster" if spatial_dims == 2 else "volume", include=["**/*"], patch_size=list(patch_size))
+    raw.update(kind="raster" if spatial_dims == 2 else "volume", include=["**/*"], patch_size=list(patch_size),
+               global_crop_size=None, local_crop_size=None)  # a pretraining method's crops: not read here
     recipe = recipe_from_dict(apply_overrides({"data": raw, "model": {"patch_size": list(patch_size)}}, overrides),
                               "embedding data settings")
     cfg = recipe.data

@@ -304,3 +304,13 @@ def test_maps_of_files_whose_names_would_meet_are_kept_apart(encoder: Path, tmp_
     assert sorted(p.name for p in (out / "maps").glob("*_embedding.tif")) == maps
     clusters = cluster_embeddings(out, tmp_path / "clusters", k=2)
     assert len(list((tmp_path / "clusters" / "maps").glob("*_clusters.tif"))) == 5, clusters
+
+
+def test_an_encoder_pretrained_on_crops_embeds_at_any_window() -> None:
+    """The hyperspectral recipe's encoders carry data.global_crop_size 32: a 36-px embedding window (the demo
+    encoder's) must not be checked against those pretraining crops."""
+    from geomed_ssl.embeddings.extract import data_config
+
+    meta = {"recipe": {"data": {"global_crop_size": 32, "local_crop_size": 12, "patch_size": 36}}}
+    cfg = data_config(meta, 2, (36, 36), None)
+    assert cfg.global_crop_size is None and cfg.local_crop_size is None and list(cfg.patch_size) == [36, 36]

@@ -4,10 +4,10 @@ left. Every atomic write of the toolkit goes through here: outputs, metrics, che
 Temporary names, the one rule (other modules ask :data:`TEMP_GLOBS`, :func:`legacy_temp_globs` and
 :func:`is_temp_name`, never spell a temporary name themselves):
 
-- ``.partial-<pid>.<host>-<name>``: ``name`` (a file or a folder) being written by process ``pid`` on the machine
-  whose name hashes to ``host`` (8 hex digits), in the target's own folder (same filesystem, so the final
-  ``os.replace`` is atomic; the full suffix is kept so writers that go by the extension, GDAL, nibabel, matplotlib,
-  still work);
+- ``.partial-<pid>.<host>-<name>``: ``name`` (a file or a folder) being written by process ``pid`` where
+  :func:`host_tag` is ``host`` (8 hex digits: the machine, its boot and process-id namespace), in the target's own
+  folder (same filesystem, so the final ``os.replace`` is atomic; the full suffix is kept so writers that go by the
+  extension, GDAL, nibabel, matplotlib, still work);
 - ``.replaced-<pid>.<host>-<name>``: the previous folder ``name`` for the instant a new one is swapped in
   (:func:`atomic_write_dir`); deleted once the new one is in place, restored by the clean-up when a kill came in
   between;
@@ -17,10 +17,10 @@ Temporary names, the one rule (other modules ask :data:`TEMP_GLOBS`, :func:`lega
 
 A file is flushed to disk (fsync) and renamed over the target, and the rename is made durable by syncing the
 folder. A failure at any point deletes the partial file and leaves the target as it was. Files get the modes a plain
-``open`` gives under the user's umask. :func:`remove_stale_partials` deletes what writers that are gone left:
-on this machine, those of processes that no longer run (or of an earlier process that had this one's id: a
-container's pid 1); on another machine sharing the folder (a cluster's network filesystem), whose processes cannot
-be asked, only those untouched for :data:`FOREIGN_HOST_STALE_S`.
+``open`` gives under the user's umask. :func:`remove_stale_partials` deletes what writers that are gone left: here,
+those of processes that no longer run (or of an earlier process that had this one's id in the same process-id
+namespace); from another machine or container sharing the folder (a cluster's network filesystem), whose processes
+cannot be asked, only those untouched for :data:`FOREIGN_HOST_STALE_S`.
 
 API::
 
@@ -360,10 +360,10 @@ def _alive(pid: int) -> bool:
 def remove_stale_partials(folder: PathLike, names: Iterable[str] = (), only: str | None = None) -> list[Path]:
     """Delete what killed writers left in ``folder``: ``.partial-<pid>.<host>-*`` files and folders whose process
     is gone (:func:`_writer_gone`; a ``.replaced-...-<name>`` folder is moved back to ``name`` when a kill left
-    ``name`` missing, else deleted),
-    and earlier versions' temporary names of ``names`` (:func:`legacy_temp_globs`). Live processes' files and any
-    other names are left alone; ``only`` limits the clean-up to this version's temporary names of that one entry
-    (for a folder the toolkit does not own, such as the parent of an export). Returns the deleted paths."""
+    ``name`` missing, else deleted), and earlier versions' temporary names of ``names`` (:func:`legacy_temp_globs`).
+    Live processes' files and any other names are left alone; ``only`` limits the clean-up to this version's
+    temporary names of that one entry (for a folder the toolkit does not own, such as the parent of an export).
+    Returns the deleted paths."""
     folder = Path(folder)
     removed: list[Path] = []
     if not folder.is_dir():

@@ -83,8 +83,8 @@ def parse_size(value: str | int | Sequence[int] | None, ndim: int, name: str) ->
 def data_config(meta: dict[str, Any], spatial_dims: int, patch_size: Sequence[int], overrides: list[str] | None,
                 include: Sequence[str] | None = None, exclude: Sequence[str] | None = None) -> DataConfig:
     """The reading settings an encoder was trained with (its export's recipe ``data`` section: band names, sensor,
-    nodata, spacing, intensity; not its pretraining crops), every file included unless ``include``/``--set data.include`` say otherwise,
-    the recipe's excludes plus ``exclude``."""
+    nodata, spacing, intensity; not its pretraining crops), every file included unless ``include``/``--set
+    data.include`` say otherwise, the recipe's excludes plus ``exclude``."""
     names = {f.name for f in dataclasses.fields(DataConfig)}
     raw = {k: v for k, v in ((meta.get("recipe") or {}).get("data") or meta.get("data") or {}).items() if k in names}
     raw.update(kind="raster" if spatial_dims == 2 else "volume", include=["**/*"], patch_size=list(patch_size),

@@ -64,8 +64,8 @@ def predict_dir(ft_dir: str | Path, inputs: Sequence[str | Path], out: str | Pat
     Folders are read with the model's data settings (band naming, data.include / data.exclude). ``strict``:
     problem files and band names assigned by position are errors. Returns printable lines."""
     from geomed_ssl.inference.predict import check_model_bands, plan_outputs, predict_files, usable_inputs
-    from geomed_ssl.models.model_data import records_for_stats
     from geomed_ssl.models.device import model_device
+    from geomed_ssl.models.model_data import records_for_stats
 
     out = Path(out)
     rule = {"command": "predict", "resume": True, "inputs": {"fine-tune folder": ft_dir, "input": list(inputs)}}
@@ -115,6 +115,7 @@ def predict_classes(model: torch.nn.Module, meta: dict[str, Any], recipe: Any, r
 
     from geomed_ssl.data.labelled import ImageDataset
     from geomed_ssl.models.device import model_device
+
     stats = BandStats.from_dict(meta["encoder"]["stats"])
     dataset = ImageDataset(records, np.zeros(len(records), np.int64), stats, recipe.data, meta["encoder"]["patch_size"])
     names = [c["name"] for c in meta["classes"]]

@@ -1,8 +1,8 @@
 """Georeferenced outputs written piece by piece: a GeoTIFF opened once and filled window by window, and a NIfTI
 written on the exact grid (shape, affine, header) of a reference file.
 
-Both write to a hidden partial file beside the target (``.partial-<pid>.<host>-<name>``, see :mod:`geomed_ssl.outfiles`)
-and flush and rename it on success, so an interrupted prediction never leaves a
+Both write to a hidden partial file beside the target (``.partial-<pid>.<host>-<name>``, see
+:mod:`geomed_ssl.outfiles`) and flush and rename it on success, so an interrupted prediction never leaves a
 half-written output under the final name; the next prediction into that folder deletes what a killed one left.
 """
 

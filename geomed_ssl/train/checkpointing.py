@@ -1,12 +1,13 @@
-"""Checkpoints that survive kills: atomic writes, the resume checkpoint, and saving on SIGTERM / SIGINT.
+"""Checkpoints that survive kills: atomic writes, the resume checkpoint, and saving on SIGTERM / SIGINT / SIGUSR1.
 
 Rules. A checkpoint is written to a temporary file in its own folder (``.partial-<pid>.<host>-last.ckpt``, created
 with the user's umask), flushed and fsynced, then renamed over the old one (:mod:`geomed_ssl.outfiles`), so a kill or
-a full disk leaves the previous checkpoint whole. ``checkpoints/last.ckpt`` is refreshed every ``train.checkpoint_every`` steps
-(with a kept ``step-NNNNNN.ckpt``), every ``train.checkpoint_minutes`` of wall time, when SIGTERM or SIGINT arrives
-(cluster preemption, Ctrl-C: saved at the next step boundary, then the run stops; a second Ctrl-C aborts at once) and at
-the end. Only global rank 0 writes; every decision is taken by all ranks together. ``--resume`` takes the checkpoint
-that loads with the highest step (``last.ckpt`` or the newest ``step-*.ckpt``) and says which it skipped and why.
+a full disk leaves the previous checkpoint whole. ``checkpoints/last.ckpt`` is refreshed every
+``train.checkpoint_every`` steps (with a kept ``step-NNNNNN.ckpt``), every ``train.checkpoint_minutes`` of wall time,
+when SIGTERM, SIGINT or SIGUSR1 arrives (cluster preemption, Ctrl-C, Slurm's advance warning: saved at the next step
+boundary, then the run stops; a second Ctrl-C aborts at once) and at the end. Only global rank 0 writes; every
+decision is taken by all ranks together. ``--resume`` takes the checkpoint that loads with the highest step
+(``last.ckpt`` or the newest ``step-*.ckpt``) and says which it skipped and why.
 """
 
 from __future__ import annotations

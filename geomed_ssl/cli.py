@@ -22,6 +22,19 @@ app = typer.Typer(
 )
 
 
+def ignore_slurm_warning() -> None:
+    """SIGUSR1, Slurm's advance warning (``--signal=USR1@N``), ignored for the whole command: its default action
+    would kill a fine-tune, a prediction or an export midway. Pretraining replaces this while it trains: there it
+    is a stop with a checkpoint (``train.checkpointing.StopRequest``)."""
+    import signal
+
+    if hasattr(signal, "SIGUSR1"):
+        try:
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        except ValueError:  # not the main thread (an embedding application's worker thread)
+            pass
+
+
 def signal_exit_code(name: str | None) -> int:
     """The shell's code for a run stopped by signal ``name`` (128 + its number: SIGINT 130, SIGTERM 143)."""
     import signal
@@ -43,6 +56,7 @@ def main(ctx: typer.Context, debug: bool = typer.Option(False, "--debug", help="
     # GDAL reports unreadable files itself; the catalog names them with the reason, so its log lines are noise.
     logging.getLogger("rasterio").setLevel(logging.CRITICAL)
     command = ctx.invoked_subcommand
+    ignore_slurm_warning()
     set_alone(False)
     if command not in (None, "pretrain") and not runs_here(f"geomed-ssl {command}"):
         raise typer.Exit(0)  # under torchrun / srun -n N only pretrain trains across ranks; the rest runs in rank 0

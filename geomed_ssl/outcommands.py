@@ -133,9 +133,9 @@ class CommandSpec:
 COMMON_PATTERNS = TEMP_GLOBS  # every writer's temporary names (geomed_ssl.outfiles); earlier versions' per entry
 # checkpoints by the names ours and Lightning's callbacks give them (a copied-in best.ckpt is the user's), earlier
 # versions' temporary files
-_STEP = "step-" + "[0-9]" * 6  # step-{step:06d}
-CKPT_FILES = ("last.ckpt", "last-v[0-9]*.ckpt", f"{_STEP}.ckpt", f"{_STEP}[0-9].ckpt", f"{_STEP}-v[0-9]*.ckpt",
-              ".*.ckpt.tmp-*")
+_STEPS = tuple("step-" + "[0-9]" * n for n in range(6, 11))  # step-{step:06d}, up to train.max_steps' 10^9
+CKPT_FILES = ("last.ckpt", "last-v[0-9]*.ckpt", *(f"{s}.ckpt" for s in _STEPS),
+              *(f"{s}-v[0-9]*.ckpt" for s in _STEPS), ".*.ckpt.tmp-*")
 EXPORT_FILES = ("config.json", "model.safetensors")  # an encoder / model export
 COMMANDS: dict[str, CommandSpec] = {
     "pretrain": CommandSpec(("config.yaml", "catalog.json", "stats.json", "metrics.csv", "checkpoints", "encoder",

@@ -233,7 +233,9 @@ def atomic_write_dir(target: PathLike, write: Callable[[Path], Any]) -> None:
     target = Path(target)
     if target.is_symlink():
         target = target.resolve()
-    if target.is_dir() and (os.path.ismount(target) or not any(target.iterdir())):
+    if target.is_dir():
+        remove_stale_partials(target, only=STAGE)  # a killed in-place fill's staging folder
+    if target.is_dir() and (os.path.ismount(target) or not any(not _OURS.match(e.name) for e in target.iterdir())):
         _fill_in_place(target, write)
         return
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -268,7 +270,6 @@ def _fill_in_place(target: Path, write: Callable[[Path], Any]) -> None:
     """``write`` into a temporary folder inside ``target`` (same filesystem, so every rename is atomic), then move
     its entries up one by one: the manifest first (a kill midway leaves a folder the toolkit knows as its own),
     ``config.json``, what loaders look for, last. The folder itself (its mode, group, mount) is never replaced."""
-    remove_stale_partials(target, only=STAGE)
     stage = partial_path(target / STAGE)
     _remove(stage)
     stage.mkdir()
@@ -276,6 +277,8 @@ def _fill_in_place(target: Path, write: Callable[[Path], Any]) -> None:
         write(stage)
         apply_umask(stage)
         fsync_tree(stage)
+        if (stage / "config.json").exists():  # a refill: never new weights beside the old config, even briefly
+            (target / "config.json").unlink(missing_ok=True)
         for entry in sorted(stage.iterdir(), key=lambda e: (e.name == "config.json", e.name)):
             dest = target / entry.name
             if dest.is_dir() and not dest.is_symlink():  # a subfolder an earlier export wrote here
@@ -289,8 +292,11 @@ def _fill_in_place(target: Path, write: Callable[[Path], Any]) -> None:
 def _keep_mode_and_group(folder: Path, previous: os.stat_result) -> None:
     try:
         os.chown(folder, -1, previous.st_gid)
+    except (OSError, AttributeError):  # not this user's group, or no chown (Windows): the mode is still kept
+        pass
+    try:
         os.chmod(folder, stat.S_IMODE(previous.st_mode))
-    except (OSError, AttributeError):  # not this user's to set (another group), or no chown (Windows)
+    except OSError:  # a bit this user may not set (another group's setgid)
         pass
 
 
@@ -332,8 +338,9 @@ def _remove(path: Path) -> None:
 
 
 def _writer_gone(entry: Path, pid: int, host: str | None) -> bool:
-    """Whether the process that named the temporary ``entry`` is gone (see the module's docstring)."""
-    if host is not None and host != host_tag():
+    """Whether the process that named the temporary ``entry`` is gone (see the module's docstring). Windows, where
+    processes are not asked (:func:`_alive`), goes by age alone."""
+    if (host is not None and host != host_tag()) or os.name == "nt":
         try:
             return time.time() - entry.lstat().st_mtime > FOREIGN_HOST_STALE_S
         except OSError:

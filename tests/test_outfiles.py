@@ -280,3 +280,19 @@ def test_a_replaced_setgid_folder_keeps_its_group_for_the_new_files(tmp_path: Pa
     atomic_write_dir(shared, lambda d: (d / "config.json").write_text("v2"))
     assert shared.stat().st_gid == 1 and (shared / "config.json").stat().st_gid == 1
     assert stat.S_IMODE(shared.stat().st_mode) == 0o2775
+
+
+def test_an_in_place_export_killed_midway_is_filled_in_place_again_by_the_next(tmp_path: Path) -> None:
+    """A kill during ``write`` leaves the staging folder inside the user's folder: the next export still takes
+    the folder as empty (same folder, not swapped), and the output-folder rule lets it."""
+    from geomed_ssl.outdirs import check_out_dir
+    from geomed_ssl.outfiles import host_tag
+
+    target = tmp_path / "mine"
+    stage = target / f".partial-{dead_pid()}.{host_tag()}-staging"
+    stage.mkdir(parents=True)
+    (stage / "model.safetensors").write_text("half")
+    inode = target.stat().st_ino
+    assert check_out_dir(target, command="export") == "create"
+    atomic_write_dir(target, lambda d: (d / "config.json").write_text("{}"))
+    assert target.stat().st_ino == inode and [p.name for p in target.iterdir()] == ["config.json"]

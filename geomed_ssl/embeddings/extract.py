@@ -38,7 +38,7 @@ from geomed_ssl.data.stats import BandStats
 from geomed_ssl.data.tiling import grid_shape
 from geomed_ssl.embeddings.embedder import LEVELS, POOLS, Embedder  # noqa: F401  (re-exported)
 from geomed_ssl.embeddings.maps import write_embedding_maps
-from geomed_ssl.embeddings.store import EmbeddingStore, load_embeddings, read_columns
+from geomed_ssl.embeddings.store import CROP_KEYS, EmbeddingStore, load_embeddings, read_columns
 from geomed_ssl.errors import ConfigError, GeomedError
 from geomed_ssl.models.device import resolve_device
 from geomed_ssl.models.encoder import ViTEncoder
@@ -88,7 +88,7 @@ def data_config(meta: dict[str, Any], spatial_dims: int, patch_size: Sequence[in
     names = {f.name for f in dataclasses.fields(DataConfig)}
     raw = {k: v for k, v in ((meta.get("recipe") or {}).get("data") or meta.get("data") or {}).items() if k in names}
     raw.update(kind="raster" if spatial_dims == 2 else "volume", include=["**/*"], patch_size=list(patch_size),
-               global_crop_size=None, local_crop_size=None)  # a pretraining method's crops: not read here
+               **dict.fromkeys(CROP_KEYS))  # a pretraining method's crops: not read here
     recipe = recipe_from_dict(apply_overrides({"data": raw, "model": {"patch_size": list(patch_size)}}, overrides),
                               "embedding data settings")
     cfg = recipe.data

@@ -171,6 +171,17 @@ class PartWriter:
 
 
 # -- the folder -----------------------------------------------------------------------------------------------
+CROP_KEYS = ("global_crop_size", "local_crop_size")  # data settings of a pretraining method, never read by embed
+
+
+def comparable(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` without the crop sizes in their ``data`` section, which earlier versions recorded too."""
+    data = settings.get("data")
+    if not isinstance(data, dict):
+        return settings
+    return {**settings, "data": {k: v for k, v in data.items() if k not in CROP_KEYS}}
+
+
 class EmbeddingStore:
     """An EMB_DIR: settings check and resume, atomic parts, the final table, vectors and manifest."""
 
@@ -196,8 +207,9 @@ class EmbeddingStore:
         (:mod:`geomed_ssl.outdirs`) decides whether the folder may be used at all."""
         old = self.manifest() if self.dir.is_dir() and not overwrite else None
         if old is not None:
-            keys = sorted(set(settings) | set(old["settings"]))
-            diff = [k for k in keys if settings.get(k) != old["settings"].get(k)]
+            now, then = comparable(settings), comparable(old["settings"])
+            keys = sorted(set(now) | set(then))
+            diff = [k for k in keys if now.get(k) != then.get(k)]
             if diff:
                 k = diff[0]
                 raise GeomedError(f"'{self.dir}' holds embeddings made with other settings ({k}: "

@@ -26,7 +26,7 @@ from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 from geomed_ssl.models.model_data import catalog_for_encoder, check_value_ranges
 from geomed_ssl.outfiles import atomic_path
 from geomed_ssl.train.callbacks import MetricsCSV
-from geomed_ssl.train.checkpointing import AtomicCheckpointIO, slurm_warning_ignored
+from geomed_ssl.train.checkpointing import AtomicCheckpointIO
 from geomed_ssl.train.console import has_bar, progress_callbacks, quiet_lightning
 from geomed_ssl.train.lr_check import warn_schedule
 from geomed_ssl.train.supervised import SupervisedModule
@@ -153,6 +153,5 @@ def fit_supervised(model: torch.nn.Module, dataset: Any, recipe: Recipe, num_cla
                         enable_model_summary=False, num_sanity_val_steps=0,
                         plugins=[AtomicCheckpointIO(), *cluster_plugins()],
                         log_every_n_steps=min(t.log_every, f.max_steps))
-    with slurm_warning_ignored():
-        trainer.fit(module, train_dataloaders=loader)
+    trainer.fit(module, train_dataloaders=loader)
     model.eval()

@@ -19,11 +19,10 @@ import re
 import signal
 import time
 import zipfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import lightning as L
 import torch
@@ -281,20 +280,3 @@ class RunCheckpoints(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self.stop.restore()
 
-
-@contextmanager
-def slurm_warning_ignored() -> Iterator[None]:
-    """SIGUSR1 (Slurm's advance warning, ``--signal=USR1@N``) ignored in the block, for trainings that cannot stop
-    early and resume (fine-tunes): its default action would kill them at once; Slurm's SIGTERM still ends them."""
-    if not hasattr(signal, "SIGUSR1"):
-        yield
-        return
-    try:
-        previous = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGUSR1, previous if previous is not None else signal.SIG_DFL)

@@ -51,7 +51,7 @@ def probe_trainer(accelerator: str, devices: Any, strategy: str, num_nodes: int,
     quiet_lightning()  # this may be the process's first Trainer: no GPU/TPU banners or tips (they printed twice)
     try:
         return L.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
-                         precision=resolved, logger=False,
+                         precision=resolved, logger=False, plugins=cluster_plugins(),
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     except (MisconfigurationException, ValueError, RuntimeError, ImportError) as err:
         raise ConfigError(f"train.accelerator / devices / strategy / num_nodes / precision ({accelerator} / "
@@ -74,15 +74,23 @@ def build_trainer(t: Any, out: Path, cbs: list[L.Callback]) -> L.Trainer:
 
 
 def cluster_plugins() -> list[Any]:
-    """Under Slurm, Lightning's Slurm environment without its auto-requeue: on the advance-warning signal it writes
-    an ``hpc_ckpt_N.ckpt`` into the run folder (the working directory for fine-tunes) and requeues a job whose
-    command cannot resume from it. Pretraining treats that signal as a stop instead (``last.ckpt`` saved, exit
-    128 + 10 on Linux); resubmit with ``--resume``. A torchrun launch inside a Slurm job keeps Lightning's choice
-    (torchrun's environment, which Lightning prefers to Slurm's), so its ranks stay ranks."""
-    from lightning.pytorch.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+    """The cluster environment under Slurm (elsewhere Lightning's own choice). srun's tasks of a multi-process launch
+    (``launch.launched``): Lightning's Slurm environment without its auto-requeue, which on the advance-warning
+    signal writes an ``hpc_ckpt_N.ckpt`` into the run folder (the working directory for fine-tunes) and requeues a
+    command that cannot resume from it; pretraining treats that signal as a stop instead (``last.ckpt`` saved, exit
+    128 + 10 on Linux), resubmit with ``--resume``. A process that runs alone (an sbatch script's, whatever its
+    ``--ntasks``, or rank 0 of a one-process command after the other ranks left): Lightning's plain environment, where
+    Slurm's would refuse ``--ntasks`` > 1 or count the other tasks. A torchrun launch inside a Slurm job keeps
+    Lightning's choice (torchrun's environment, which Lightning prefers to Slurm's)."""
+    from lightning.pytorch.plugins.environments import (LightningEnvironment, SLURMEnvironment,
+                                                        TorchElasticEnvironment)
+
+    from geomed_ssl.launch import launched
 
     if TorchElasticEnvironment.detect() or not SLURMEnvironment.detect():
         return []
+    if launched() is None:
+        return [LightningEnvironment()]
     return [SLURMEnvironment(auto_requeue=False)]
 
 

@@ -314,3 +314,16 @@ def test_an_encoder_pretrained_on_crops_embeds_at_any_window() -> None:
     meta = {"recipe": {"data": {"global_crop_size": 32, "local_crop_size": 12, "patch_size": 36}}}
     cfg = data_config(meta, 2, (36, 36), None)
     assert cfg.global_crop_size is None and cfg.local_crop_size is None and list(cfg.patch_size) == [36, 36]
+
+
+def test_a_folder_whose_settings_recorded_the_encoders_crop_sizes_still_resumes(tmp_path: Path) -> None:
+    """Folders written before embed ignored the pretraining crops recorded them: not a change of settings."""
+    from geomed_ssl.embeddings.store import EmbeddingStore
+
+    store = EmbeddingStore(tmp_path / "emb")
+    settings = {"level": "patch", "data": {"kind": "raster", "global_crop_size": None, "local_crop_size": None}}
+    old = {"level": "patch", "data": {"kind": "raster", "global_crop_size": [32, 32], "local_crop_size": [12, 12]}}
+    store.dir.mkdir(parents=True)
+    store.write_manifest({"format": "geomed-ssl-embeddings", "version": 1, "complete": False, "settings": old,
+                          "files": []})
+    assert store.check(settings, overwrite=False)["settings"] == old

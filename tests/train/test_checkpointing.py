@@ -297,43 +297,69 @@ def test_resume_with_a_new_base_lr_trains_at_the_new_lr(raster_dir: Path, tmp_pa
     assert ckpt["lr_schedulers"][0]["base_lrs"] == pytest.approx([0.1 * 8 / 256] * 2)
 
 
-def test_slurms_advance_warning_sigusr1_is_a_stop_with_a_checkpoint_and_lightning_never_requeues(
+def test_slurms_advance_warning_sigusr1_is_a_stop_with_a_checkpoint_and_no_hpc_checkpoint_appears(
         raster_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``#SBATCH --signal=USR1@90``: Lightning's auto-requeue would write hpc_ckpt_1.ckpt into the run folder and
-    requeue a command that cannot resume from it; the run saves last.ckpt and stops, like on SIGTERM."""
+    """``#SBATCH --signal=USR1@90`` in a batch script: Lightning's auto-requeue would write hpc_ckpt_1.ckpt into the
+    run folder and requeue a command that cannot resume from it; the run saves last.ckpt and stops, like on
+    SIGTERM."""
     from geomed_ssl.cli import signal_exit_code
-    from geomed_ssl.train.trainer import cluster_plugins
 
     monkeypatch.setenv("SLURM_NTASKS", "1")
     monkeypatch.setenv("SLURM_JOB_NAME", "pretrain.sbatch")
-    (plugin,) = cluster_plugins()
-    assert plugin.auto_requeue is False
     out = tmp_path / "run"
     stopped = pretrain("recipes/mae_sentinel2.yaml", raster_dir, out, overrides=[*OVERRIDES,
                        "train.checkpoint_every=1000"], progress=False, callbacks=[SendSignal(3, signal.SIGUSR1)])
     assert stopped.stopped == "SIGUSR1" and stopped.steps == 4 and signal_exit_code(stopped.stopped) == 138
     assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)["global_step"] == 4
     assert not list(out.rglob("hpc_ckpt*")) and not list(Path.cwd().glob("hpc_ckpt*"))
-    for key, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0",
-                       "TORCHELASTIC_RUN_ID": "x", "MASTER_ADDR": "localhost", "MASTER_PORT": "29500"}.items():
-        monkeypatch.setenv(key, value)  # torchrun inside the Slurm job: its ranks, not Slurm's single task
-    assert cluster_plugins() == []
-    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
-    monkeypatch.delenv("SLURM_NTASKS")
-    assert cluster_plugins() == []
 
 
-def test_fine_tunes_and_data_workers_outlive_slurms_advance_warning() -> None:
-    """SIGUSR1's default action kills: a fine-tune (which cannot stop early and resume) and the pretraining
-    DataLoader's workers ignore it; the handler before is back afterwards."""
-    from geomed_ssl.train.checkpointing import slurm_warning_ignored, stop_safe_worker_init
+SLURM_STEP = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "1",
+              "SLURM_STEP_NUM_TASKS": "2", "SLURM_NODELIST": "node1", "SLURM_JOB_NAME": "job"}
+TORCHRUN = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0",
+            "TORCHELASTIC_RUN_ID": "x", "MASTER_ADDR": "localhost", "MASTER_PORT": "29500"}
 
-    before = signal.getsignal(signal.SIGUSR1)
-    with slurm_warning_ignored():
-        os.kill(os.getpid(), signal.SIGUSR1)  # would end this test process
-    assert signal.getsignal(signal.SIGUSR1) == before
+
+@pytest.mark.parametrize("env,expected", [
+    ({}, None),  # no Slurm: Lightning's own choice
+    ({"SLURM_NTASKS": "4", "SLURM_JOB_NAME": "job.sbatch"}, "LightningEnvironment"),  # the batch script: one process
+    (SLURM_STEP, "SLURMEnvironment"),  # srun -n 2: its tasks are the ranks, without Lightning's requeue
+    ({**SLURM_STEP, **TORCHRUN}, None),  # torchrun inside the job: Lightning's choice (torchrun's ranks)
+    ({"SLURM_NTASKS": "2", "SLURM_JOB_NAME": "interactive"}, None),  # an salloc shell: not Slurm-managed
+])
+def test_the_cluster_environment_under_slurm(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
+                                             expected: str | None) -> None:
+    from geomed_ssl.launch import set_alone
+    from geomed_ssl.train.trainer import cluster_plugins
+
+    for key in {*SLURM_STEP, *TORCHRUN, "SLURM_JOB_NAME"}:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    plugins = cluster_plugins()
+    assert [type(p).__name__ for p in plugins] == ([expected] if expected else [])
+    if expected == "SLURMEnvironment":
+        assert plugins[0].auto_requeue is False
+        set_alone(True)  # rank 0 of a one-process command, the other ranks gone: Slurm's count no longer holds
+        try:
+            assert [type(p).__name__ for p in cluster_plugins()] == ["LightningEnvironment"]
+        finally:
+            set_alone(False)
+
+
+def test_a_command_and_its_data_workers_outlive_slurms_advance_warning() -> None:
+    """SIGUSR1's default action kills: every command ignores it (pretraining turns it into a stop while it trains,
+    above), and so do the pretraining DataLoader's workers."""
+    from typer.testing import CliRunner
+
+    from geomed_ssl.cli import app
+    from geomed_ssl.train.checkpointing import stop_safe_worker_init
+
     saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
     try:
+        assert CliRunner().invoke(app, ["methods"]).exit_code == 0
+        os.kill(os.getpid(), signal.SIGUSR1)  # would end this test process
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
         stop_safe_worker_init(0)
         assert all(signal.getsignal(s) == signal.SIG_IGN for s in saved)
     finally:

@@ -15,7 +15,7 @@ from geomed_ssl.data.conform import conform_record
 from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import BandStats, normalize
 from geomed_ssl.data.tiling import centre_start, grid_starts, inside_starts, patch_floor
-from geomed_ssl.embeddings.maps import map_geometry
+from geomed_ssl.embeddings.maps import map_geometry, raster_gcps
 from geomed_ssl.errors import ConfigError, DataError
 from geomed_ssl.models.cls_heads import POOLS
 from geomed_ssl.models.encoder import ViTEncoder
@@ -86,6 +86,8 @@ class Embedder:
                                 "shape": list(shape), "rel": os.path.relpath(record.path, root) if root else None}
         if self.nd == 2:
             meta.update(crs=record.crs, transform=list(record.transform or [1, 0, 0, 0, 1, 0]))
+            if record.crs is None:
+                meta.update(raster_gcps(record.paths[0]))
         else:
             meta.update(crs=None, affine=np.asarray(self.volume.affine(record)).tolist())
         meta.update(map_geometry(record.kind, shape, self.level, self.window, self.stride, self.patch,

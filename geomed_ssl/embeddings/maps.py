@@ -50,6 +50,38 @@ def map_geometry(kind: str, shape: Sequence[int], level: str, window: Sequence[i
     return {"grid": grid, "map_affine": (np.asarray(affine, np.float64) @ m).tolist()}
 
 
+def raster_gcps(path: str) -> dict[str, Any]:
+    """``{"gcps": [[row, col, x, y, z], ...], "gcp_crs": WKT}`` of a raster georeferenced by ground control points
+    (Sentinel-1 GRD: no transform, no CRS of its own), else ``{}``; the maps get them on their own grid."""
+    import rasterio
+
+    try:
+        with rasterio.open(path) as src:
+            gcps, crs = src.gcps
+    except rasterio.errors.RasterioError:
+        return {}
+    if not gcps:
+        return {}
+    return {"gcps": [[g.row, g.col, g.x, g.y, g.z or 0.0] for g in gcps], "gcp_crs": crs.to_wkt() if crs else None}
+
+
+def map_gcps(file_meta: dict[str, Any]) -> tuple[list[Any], Any] | None:
+    """The file's ground control points moved onto its map grid (a map pixel is the input area its
+    ``map_transform`` maps it to, the input's own transform being the identity), or None."""
+    if not file_meta.get("gcps"):
+        return None
+    from affine import Affine
+    from rasterio.control import GroundControlPoint
+    from rasterio.crs import CRS
+
+    to_map = ~Affine(*file_meta["map_transform"])
+    points = []
+    for row, col, x, y, z in file_meta["gcps"]:
+        mcol, mrow = to_map @ (col, row)
+        points.append(GroundControlPoint(row=mrow, col=mcol, x=x, y=y, z=z))
+    return points, CRS.from_wkt(file_meta["gcp_crs"]) if file_meta.get("gcp_crs") else None
+
+
 def grid_stem(file_meta: dict[str, Any]) -> str:
     """An output name for a file: its path relative to the data folder, without extension, '/' -> '__' (not
     unique alone: ``a/b.tif`` and ``a__b.tif``, ``s.tif`` and ``s.tiff``; see :func:`grid_stems`)."""
@@ -70,8 +102,8 @@ def grid_stems(files: Sequence[dict[str, Any]]) -> dict[str, str]:
 
 def write_grid(file_meta: dict[str, Any], array: np.ndarray, path: Path, nodata: float | None,
                descriptions: Sequence[str] | None = None) -> Path:
-    """Write ``array`` (K, *grid) on the file's map grid: GeoTIFF (rasters; input CRS, map transform) or NIfTI
-    (volumes; map affine, RAS order, 4D when K > 1)."""
+    """Write ``array`` (K, *grid) on the file's map grid: GeoTIFF (rasters; input CRS, map transform, or the input's
+    ground control points on the map grid) or NIfTI (volumes; map affine, RAS order, 4D when K > 1)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         if file_meta["kind"] == "raster":
@@ -84,6 +116,10 @@ def write_grid(file_meta: dict[str, Any], array: np.ndarray, path: Path, nodata:
                        "nodata": nodata, "compress": "deflate"}
             if h >= 256 and w >= 256:
                 profile.update(tiled=True, blockxsize=256, blockysize=256)
+            gcps = map_gcps(file_meta)
+            if gcps is not None:  # georeferenced by ground control points: those, on the map's grid
+                profile.pop("transform")
+                profile.update(gcps=gcps[0], crs=gcps[1])
             with rasterio.open(tmp, "w", **profile) as dst:
                 dst.write(array)
                 for i, name in enumerate(descriptions or [], start=1):

@@ -327,3 +327,27 @@ def test_a_folder_whose_settings_recorded_the_encoders_crop_sizes_still_resumes(
     store.write_manifest({"format": "geomed-ssl-embeddings", "version": 1, "complete": False, "settings": old,
                           "files": []})
     assert store.check(settings, overwrite=False)["settings"] == old
+
+
+def test_patch_maps_of_a_scene_georeferenced_by_ground_control_points_carry_them_on_their_grid(
+        tmp_path: Path) -> None:
+    """Sentinel-1 GRD-like files carry GCPs and no transform: the 4-px-cell map gets the same points at a quarter
+    of their pixel coordinates (else it could not be placed on a map)."""
+    from rasterio.control import GroundControlPoint
+    from rasterio.crs import CRS
+
+    data = tmp_path / "grd"
+    data.mkdir()
+    arr = structured_raster(np.random.default_rng(3), 4, 48).astype(np.float32)
+    gcps = [GroundControlPoint(row=r, col=c, x=10 + c / 1000, y=45 - r / 1000, z=0.0)
+            for r, c in ((0, 0), (0, 48), (48, 0), (48, 48))]
+    with rasterio.open(data / "grd.tif", "w", driver="GTiff", height=48, width=48, count=4, dtype="float32",
+                       gcps=gcps, crs=CRS.from_epsg(4326)) as dst:
+        dst.write(arr)
+    enc = make_encoder(data, tmp_path / "enc")
+    embed_folder(enc, data, tmp_path / "emb", level="patch", pca_dims=3, progress=False)
+    with rasterio.open(tmp_path / "emb" / "maps" / "grd_embedding.tif") as dst:
+        got, crs = dst.gcps
+        assert dst.shape == (12, 12) and crs == CRS.from_epsg(4326)
+    assert [(g.row, g.col, g.x, g.y) for g in got] == pytest.approx(
+        [(g.row / 4, g.col / 4, g.x, g.y) for g in gcps])

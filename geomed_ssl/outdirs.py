@@ -53,8 +53,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from geomed_ssl.errors import ConfigError, OutputError
 from geomed_ssl.outcommands import COMMANDS, COMMON_PATTERNS, CommandSpec, matches, read_json_object
-from geomed_ssl.outfiles import (TEMP_GLOBS, atomic_write_text, is_temp_name, legacy_temp_globs,
-                                 remove_stale_partials)
+from geomed_ssl.outfiles import atomic_write_text, is_temp_name, legacy_temp_globs, remove_stale_partials
 
 MANIFEST = ".geomed-ssl.json"
 TOOL = "geomed-ssl"
@@ -276,7 +275,7 @@ def check_out_dir(out: PathLike, *, command: str, inputs: Inputs | None = None, 
         return "create"
     if not out.is_dir():
         raise OutputError(f"--out '{out}' is a file, not a folder; choose another --out.")
-    if all(p.name == MANIFEST or matches(p.name, TEMP_GLOBS) for p in out.iterdir()):
+    if all(p.name == MANIFEST or matches(p.name, COMMON_PATTERNS) for p in out.iterdir()):
         return "create"  # empty but for our manifest, or what a killed in-place export left (atomic_write_dir)
     found = owner(out)
     if found is None:

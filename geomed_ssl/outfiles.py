@@ -235,7 +235,7 @@ def atomic_write_dir(target: PathLike, write: Callable[[Path], Any]) -> None:
         target = target.resolve()
     if target.is_dir():
         remove_stale_partials(target, only=STAGE)  # a killed in-place fill's staging folder
-    if target.is_dir() and (os.path.ismount(target) or not any(not _OURS.match(e.name) for e in target.iterdir())):
+    if target.is_dir() and (os.path.ismount(target) or all(_OURS.match(e.name) for e in target.iterdir())):
         _fill_in_place(target, write)
         return
     target.parent.mkdir(parents=True, exist_ok=True)

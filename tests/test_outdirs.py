@@ -327,11 +327,9 @@ def test_the_same_folder_spelt_another_way_is_found_by_device_and_inode(tmp_path
 
 def test_reusing_a_folder_deletes_what_a_killed_writer_left_there_and_nothing_else(tmp_path: Path) -> None:
     """evaluate / similar / compare reuse their folder: a kill's partial file goes with the next run."""
-    import subprocess
-    import sys
+    from tests.test_outfiles import dead_pid
 
-    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True).stdout)
+    dead = dead_pid()
     out = prepare_out_dir(tmp_path / "ev", command="evaluate")
     (out / "metrics.json").write_text("{}")
     left = out / f".partial-{dead}-confusion.png"

@@ -20,11 +20,11 @@ from geomed_ssl.errors import ConfigError
 from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, class_weights_from_counts, data_meta,
                                      encoder_and_stats, finetune_inputs, fit_supervised, save_recipe, seed_new_head)
 from geomed_ssl.finetune.labels import sample_fraction, sample_images_per_class
-from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix, save_confusion_png
+from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix, write_metrics
 from geomed_ssl.models.cls_heads import ClassificationModel
 from geomed_ssl.models.device import model_device
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
-from geomed_ssl.outfiles import atomic_path, atomic_write_text
+from geomed_ssl.outfiles import atomic_path
 
 log = logging.getLogger("geomed_ssl")
 
@@ -162,9 +162,5 @@ def evaluate_images(model: ClassificationModel, dataset: ImageDataset, labels: n
         results[which] = {**classification_metrics(cm), "n": int(len(idx))}
         if which == "test":
             results[which]["confusion"] = cm.tolist()
-    for old in ("metrics.json", "confusion.png"):  # a kill below never leaves a new figure beside old metrics
-        (out / old).unlink(missing_ok=True)
-    if "test" in results:
-        save_confusion_png(np.array(results["test"]["confusion"]), names, out / "confusion.png")
-    atomic_write_text(out / "metrics.json", json.dumps(results, indent=2))
+    write_metrics(out, results, names)
     return results

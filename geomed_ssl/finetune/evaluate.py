@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -15,11 +14,10 @@ import torch
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.data.tiling import DEFAULT_OVERLAP
 from geomed_ssl.finetune.labels import LabelSelection, read_label
-from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix, save_confusion_png
+from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix, write_metrics
 from geomed_ssl.inference.finetuned import data_config, load_run, model_fn
 from geomed_ssl.inference.writers import class_lookup
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
-from geomed_ssl.outfiles import atomic_write_text
 
 log = logging.getLogger("geomed_ssl")
 
@@ -78,15 +76,12 @@ def evaluate_segmentation(model: torch.nn.Module, meta: dict[str, Any], records:
     names = selection.class_names
     results: dict[str, Any] = {"classes": [{"value": v, "name": n} for v, n in zip(selection.classes, names)],
                                "notes": selection.notes, "split": selection.split}
-    for old in ("metrics.json", "confusion.png"):  # a kill below never leaves a new figure beside old metrics
-        (out / old).unlink(missing_ok=True)
     for which in ("train", "test"):
         cm = metrics_at(predictions, selection, which)
         results[which] = {**classification_metrics(cm), "n": int(cm.sum())}
         if which == "test":
-            save_confusion_png(cm, names, out / "confusion.png")
             results[which]["confusion"] = cm.tolist()
-    atomic_write_text(out / "metrics.json", json.dumps(results, indent=2))
+    write_metrics(out, results, names)
     return results
 
 
@@ -113,6 +108,7 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
             "inputs": {"fine-tune folder": ft_dir, "images folder": images, "labels": labels, "data folder": data}}
     check_out_dir(out, **rule)  # the folder is made once the inputs are read
     model, meta, recipe = load_run(ft_dir, device)
+    stats = BandStats.from_dict(meta["encoder"]["stats"], source=f"model {ft_dir}")
     values = [c["value"] for c in meta["classes"]]
     names = [c["name"] for c in meta["classes"]]
     position = "error" if strict else "warn"
@@ -133,7 +129,6 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
         selection = LabelSelection(empty.astype(np.int32), empty, empty, files, flats, vals, values, names,
                                    [a.shape for a in arrays], notes=notes, split="all labelled",
                                    paths=[p for _, p in pairs])
-        stats = BandStats.from_dict(meta["encoder"]["stats"], source=f"model {ft_dir}")
         for record, _ in pairs:  # a scene without one of the model's bands: refused before OUT_DIR exists
             conform_record(record, list(stats.band_names))
         prepare_out_dir(out, **rule)
@@ -149,7 +144,6 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
     if missing:
         raise DataError(f"class folders {missing} in '{data}' are not classes of this model ({', '.join(names)}).")
     mapped = np.array([names.index(folder_names[i]) for i in labels_idx], np.int64)
-    stats = BandStats.from_dict(meta["encoder"]["stats"], source=f"model {ft_dir}")
     dataset = ImageDataset(records_for_stats(records, stats), mapped, stats, recipe.data,
                            meta["encoder"]["patch_size"])
     prepare_out_dir(out, **rule)

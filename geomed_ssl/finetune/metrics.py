@@ -3,13 +3,14 @@ JSON-safe: a class absent from the test set gets null, and is left out of the me
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from geomed_ssl.outfiles import save_figure
+from geomed_ssl.outfiles import atomic_write_text, save_figure
 
 
 def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> np.ndarray:
@@ -108,3 +109,13 @@ def save_confusion_png(cm: np.ndarray, class_names: Sequence[str], path: str | P
                             color="white" if shown[i, j] > 0.6 * vmax else "black")
     ax.set_title(title or f"confusion matrix ({int(cm.sum())} samples" + (", rows normalised)" if normalize else ")"))
     return save_figure(fig, path)
+
+
+def write_metrics(out: Path, results: dict[str, Any], class_names: Sequence[str]) -> None:
+    """``out/metrics.json`` and, with a test split, its ``out/confusion.png``; the earlier ones are deleted first, so
+    a kill midway never leaves a new figure beside old metrics."""
+    for old in ("metrics.json", "confusion.png"):
+        (out / old).unlink(missing_ok=True)
+    if "test" in results:
+        save_confusion_png(np.asarray(results["test"]["confusion"]), class_names, out / "confusion.png")
+    atomic_write_text(out / "metrics.json", json.dumps(results, indent=2))

@@ -63,7 +63,7 @@ def predict_dir(ft_dir: str | Path, inputs: Sequence[str | Path], out: str | Pat
     Classification: ``predictions.csv`` with one row per image. Runs on ``device`` (auto: CUDA when available).
     Folders are read with the model's data settings (band naming, data.include / data.exclude). ``strict``:
     problem files and band names assigned by position are errors. Returns printable lines."""
-    from geomed_ssl.inference.predict import check_model_bands, plan_outputs, predict_files, usable_inputs
+    from geomed_ssl.inference.predict import plan_outputs, predict_files, usable_inputs
     from geomed_ssl.models.device import model_device
     from geomed_ssl.models.model_data import records_for_stats
 
@@ -78,8 +78,7 @@ def predict_dir(ft_dir: str | Path, inputs: Sequence[str | Path], out: str | Pat
         return predict_classes(model, meta, recipe, records, out)
     cfg = data_config(meta, recipe.data)
     planned = usable_inputs(plan_outputs([str(p) for p in inputs], out, cfg, meta["window"]), cfg, meta["window"],
-                            blend, strict)
-    check_model_bands(list(planned), cfg, stats, strict)
+                            blend, stats, strict)
     prepare_out_dir(out, **rule)
     summaries = predict_files(model_fn(model), [str(p) for p in planned], out, stats, num_classes=len(meta["classes"]),
                               window=meta["window"], data_cfg=cfg, overlap=overlap, blend=blend,

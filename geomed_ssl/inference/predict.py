@@ -119,10 +119,11 @@ def plan_outputs(inputs: str | Path | Sequence[str | Path], out_dir: str | Path,
 
 
 def usable_inputs(planned: dict[Path, Path], data_cfg: Any, window: int | Sequence[int], blend: str,
-                  strict: bool = False) -> dict[Path, Path]:
+                  stats: BandStats, strict: bool = False) -> dict[Path, Path]:
     """The planned inputs ``predict`` can read, checked before its output folder is made: an unknown ``blend`` is
     an error; a file the catalog's probe refuses (truncated, corrupt, not an image) is an error with ``strict``,
-    else skipped with a warning; none left is an error."""
+    else skipped with a warning; none left is an error; an input without one of the model's bands (matched by
+    name, as ``predict`` reads them: :func:`_check_bands`) is an error."""
     import logging
 
     from geomed_ssl.data.probe import ProbeError, probe_file
@@ -142,6 +143,7 @@ def usable_inputs(planned: dict[Path, Path], data_cfg: Any, window: int | Sequen
             except ProbeError as err:
                 bad.append(f"'{p}': {str(err).rstrip('.')}")
                 continue
+        _check_bands(p, kind, data_cfg, stats, "error" if strict else "ignore")
         usable[p] = out
     if bad and (strict or not usable):
         raise DataError(f"cannot predict {'; '.join(bad)}. Replace or leave out "
@@ -151,24 +153,21 @@ def usable_inputs(planned: dict[Path, Path], data_cfg: Any, window: int | Sequen
     return usable
 
 
-def check_model_bands(inputs: Sequence[Path], data_cfg: Any, stats: BandStats, strict: bool = False) -> None:
-    """Every input holds the model's bands (matched by name, as ``predict`` will read them), checked before the
-    output folder is made: a scene that lacks one is refused with nothing written. ``strict``: band names assigned
-    by position are errors too (else reported once, by the prediction itself)."""
+def _check_bands(path: Path, kind: str, data_cfg: Any, stats: BandStats, names_by_position: str) -> None:
+    """A DataError naming the missing bands when ``path`` lacks one of the model's (the header only, read as
+    ``predict`` will read it; band names assigned by position are reported once, by the prediction itself, unless
+    ``names_by_position`` is "error")."""
     import contextlib
 
     from geomed_ssl.inference.raster import RasterInput, channel_files
     from geomed_ssl.inference.volume import volume_record
 
-    position = "error" if strict else "ignore"
-    for p in inputs:
-        kind, _ = _kind_and_stem(p, data_cfg)
-        if kind == "raster":
-            files, stacked = channel_files(p, data_cfg, position)
-            with contextlib.ExitStack() as stack:
-                RasterInput.open(stack, p, files, stacked, stats, None, data_cfg, None, position)
-        else:
-            volume_record(p, data_cfg, stats, None, position)
+    if kind == "raster":
+        files, stacked = channel_files(path, data_cfg, names_by_position)
+        with contextlib.ExitStack() as stack:
+            RasterInput.open(stack, path, files, stacked, stats, None, data_cfg, None, names_by_position)
+    else:
+        volume_record(path, data_cfg, stats, None, names_by_position)
 
 
 def predict_files(

@@ -143,6 +143,10 @@ def find_resume_checkpoint(run_dir: Path, announce: bool = True) -> ResumePoint:
 
 
 # ---- stopping on signals -----------------------------------------------------------------------------------------
+# Slurm's advance warning (``#SBATCH --signal=USR1@90``; where Lightning would requeue): none on Windows
+SLURM_WARNING = (signal.SIGUSR1,) if hasattr(signal, "SIGUSR1") else ()
+
+
 class StopRequest:
     """SIGTERM / SIGINT / SIGUSR1 handlers that only set a flag: the run saves a checkpoint at the next step
     boundary and stops. A second SIGINT raises ``KeyboardInterrupt`` at once. Handlers can be installed only in the main
@@ -151,8 +155,7 @@ class StopRequest:
     workers from the terminal too is still one stop, not an abort); a forked worker, which inherits these handlers,
     never forwards."""
 
-    # SIGUSR1: Slurm's advance warning (``#SBATCH --signal=USR1@90``), where Lightning would requeue instead
-    SIGNALS = (signal.SIGTERM, signal.SIGINT, *([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else []))
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, *SLURM_WARNING)
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -213,7 +216,7 @@ def stop_safe_worker_init(worker_id: int, rank: int | None = None) -> None:
     Slurm or ``docker stop`` send to the whole process group; a worker killed by one made the training process fail
     with a traceback instead of saving its stop checkpoint. The training process ends its workers itself. Lightning's
     per-worker seeding (which it adds only when no ``worker_init_fn`` is set) still runs."""
-    for signum in (signal.SIGTERM, *([signal.SIGUSR1] if hasattr(signal, "SIGUSR1") else [])):
+    for signum in (signal.SIGTERM, *SLURM_WARNING):
         signal.signal(signum, signal.SIG_IGN)
     if int(os.environ.get("PL_SEED_WORKERS", 0)):
         from lightning.fabric.utilities.seed import pl_worker_init_function
@@ -279,4 +282,3 @@ class RunCheckpoints(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self.stop.restore()
-

@@ -330,6 +330,7 @@ def test_a_fine_tune_does_not_depend_on_what_ran_before_it_in_the_process(seg_sc
 def test_an_evaluate_that_fails_midway_leaves_no_earlier_runs_metrics_or_figure(tmp_path: Path,
                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     from geomed_ssl.finetune import evaluate as ev
+    from geomed_ssl.finetune import metrics
     from tests.test_bad_input import labelled, predicting_model
 
     ft, (images, labels) = predicting_model(tmp_path), labelled(tmp_path)
@@ -339,7 +340,7 @@ def test_an_evaluate_that_fails_midway_leaves_no_earlier_runs_metrics_or_figure(
     def disk_full(*args, **kwargs) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ev, "save_confusion_png", disk_full)
+    monkeypatch.setattr(metrics, "save_confusion_png", disk_full)
     with pytest.raises(OSError):
         ev.evaluate_dir(ft, images, labels, out=tmp_path / "ev")
     assert not (tmp_path / "ev" / "metrics.json").exists() and not (tmp_path / "ev" / "confusion.png").exists()

@@ -13,6 +13,8 @@ Views: :class:`~geomed_ssl.views.builder.ViewSpec` with ``shift`` = ``method.max
 their ``offset``, crop 2's origin minus crop 1's). Each crop gets its own random flip / quarter turn here
 (``dihedral``), drawn per sample (:class:`PerSample`) and undone on its token map before matching, so matched
 features describe the same ground pixels. 2D only: volumes are refused in one line (use mae or dino there).
+With ``data.date_pairs`` crop 2 comes from another date of the same ground (another file on the grid), so matched
+features are one place at two dates (``recipes/vicreg_dense_sentinel2.yaml``).
 
 Shapes: crops (B, C, T, T); tokens (B, N, D) with N = (T / p)^2; maps (B, D, T, T); matched features (B * m, D).
 """
@@ -135,7 +137,7 @@ class VICRegDense(SSLMethod):
         failure_modes="strong intensity augmentation erases the spectral differences it should keep (measured: "
                       "weak scale / noise wins); the loss plateaus high (~15-20 of ~50 at start) when it works; "
                       "2D only",
-        recipes=("recipes/mae_hyperspectral.yaml",),
+        recipes=("recipes/mae_hyperspectral.yaml", "recipes/vicreg_dense_sentinel2.yaml"),
         dims="2D")
 
     def __init__(self, encoder_cfg: EncoderConfig,

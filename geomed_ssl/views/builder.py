@@ -250,24 +250,32 @@ class MAEView(CropView):
 class ShiftedPairView:
     """Two crops of ``size`` cut unresized from the window, at origins whose difference (the ``offset``, crop 2 minus
     crop 1) is uniform in [-shift, shift] per axis, each with its own intensity ops (``intensity``; None: none).
-    No flips or turns: methods that match pixels apply and undo their own. 2D and 3D alike."""
+    No flips or turns: methods that match pixels apply and undo their own. 2D and 3D alike.
+
+    ``second``: the same window read from another file on the same grid (another date, ``data.date_pairs``); crop 2
+    is then cut from it, so the pixels the crops share are one place seen at two dates."""
+
+    pairs = True  # PretrainDataset may pass ``second``
 
     def __init__(self, size: tuple[int, ...], shift: int, intensity: Intensity | None = None) -> None:
         self.size, self.shift, self.intensity = tuple(size), int(shift), intensity
         self._probs = intensity.probs("view") if intensity is not None else None
 
-    def __call__(self, image: np.ndarray, valid: np.ndarray, rng: np.random.Generator) -> dict:
+    def __call__(self, image: np.ndarray, valid: np.ndarray, rng: np.random.Generator,
+                 second: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
         nd = len(self.size)
-        if image.ndim != nd + 1 or valid.shape != image.shape[1:]:
-            raise ValueError(f"view expects image (C, *{nd} spatial) and a matching valid mask, got "
-                             f"{image.shape} and {valid.shape}")
+        sources = [(image, valid), second or (image, valid)]
+        for img, ok in sources:
+            if img.ndim != nd + 1 or ok.shape != img.shape[1:] or ok.shape != valid.shape:
+                raise ValueError(f"view expects images (C, *{nd} spatial) of one window and matching valid masks, "
+                                 f"got {img.shape} and {ok.shape}")
         room = [w - s for w, s in zip(valid.shape, self.size)]  # free origins per axis, >= shift (build_views)
         offset = [int(rng.integers(-min(self.shift, r), min(self.shift, r) + 1)) for r in room]
         o1 = [int(rng.integers(max(0, -d), r - max(0, d) + 1)) for d, r in zip(offset, room)]
         out = []
-        for origin in (o1, [a + d for a, d in zip(o1, offset)]):
+        for origin, (src, src_ok) in zip((o1, [a + d for a, d in zip(o1, offset)]), sources):
             box = tuple(slice(a, a + s) for a, s in zip(origin, self.size))
-            img, ok = image[(slice(None), *box)], valid[box]
+            img, ok = src[(slice(None), *box)], src_ok[box]
             if self.intensity is not None:
                 img = self.intensity(np.ascontiguousarray(img), rng, self._probs)
             out.append(_to_tensors(img, ok))
@@ -334,6 +342,9 @@ def build_views(spec: ViewSpec | str, data_cfg: Any, spatial_dims: int, augment:
         if spec not in PRESETS:
             raise ConfigError(f"unknown view kind '{spec}'. Valid kinds: {', '.join(VIEW_KINDS)}.")
         spec = PRESETS[spec]
+    elif getattr(data_cfg, "date_pairs", False) and not spec.shift:
+        raise ConfigError("data.date_pairs pairs the two crops of a dense pair method (method.name: vicreg_dense); "
+                          "this method's views are not such a pair. Set data.date_pairs: false.")
     as_tuple(data_cfg.patch_size, spatial_dims, "data.patch_size")
     if not spec.geometry:
         return IdentityView()

@@ -21,12 +21,29 @@ from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import normalize
 from geomed_ssl.errors import DataError
 
-# Distinct seed-sequence tags so the streams for file, window and view choices never coincide.
-TAG_FILE, TAG_WINDOW, TAG_VIEW = 101, 202, 303
+# Distinct seed-sequence tags so the streams for file, window, view and date-pair choices never coincide.
+TAG_FILE, TAG_WINDOW, TAG_VIEW, TAG_MATE = 101, 202, 303, 404
 
 
 def _rng(*key: int) -> np.random.Generator:
     return np.random.default_rng([int(k) for k in key])
+
+
+def grid_key(record: Any) -> tuple:
+    """What two files must share for one window to be one place in both: kind, shape, CRS and transform (rasters)
+    or affine (volumes), and bands."""
+    def rounded(values: Any) -> tuple:
+        return tuple(round(float(v), 9) for v in np.ravel(values)) if values is not None else ()
+    return (record.kind, tuple(record.shape), record.crs, rounded(record.transform), rounded(record.affine),
+            tuple(record.band_names or ()))
+
+
+def same_grid_mates(records: Sequence[Any]) -> list[list[int]]:
+    """Per record, the indices of the other records on its grid (:func:`grid_key`): the dates of one scene."""
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(records):
+        groups.setdefault(grid_key(r), []).append(i)
+    return [[j for j in groups[grid_key(r)] if j != i] for i, r in enumerate(records)]
 
 
 def _offset(rng: np.random.Generator, start: int, extent: int, window: int) -> int:
@@ -42,7 +59,9 @@ class PretrainDataset(Dataset):
         catalog: a ``Catalog`` (``records`` of one kind).
         stats: ``BandStats`` for the catalog's bands (normalisation).
         data_cfg: ``DataConfig`` (patch_size, windows_per_read, min_valid_fraction, nodata, ...).
-        view: a view from ``build_views`` (called with ``rng(seed, i, view)``).
+        view: a view from ``build_views`` (called with ``rng(seed, i, view)``). With ``data_cfg.date_pairs`` and a
+            pair view (``view.pairs``), the window is also read from another file on the same grid, when there is
+            one (chosen by ``(seed, i)``), and given to the view as ``second``.
         seed: the sampling seed; ``length``: nominal number of samples.
         max_attempts: window draws per sample before the best one seen is taken despite low valid area;
             ``tries_per_region`` of them per region before the group's next region is tried.
@@ -84,6 +103,8 @@ class PretrainDataset(Dataset):
         self._cum = np.cumsum(catalog.weights())  # files weighted by area * valid_fraction
         self.raster_reader = raster_reader or (RasterReader() if self.ndim == 2 else None)
         self.volume_reader = volume_reader or (VolumeReader(data_cfg) if self.ndim == 3 else None)
+        pairs = getattr(data_cfg, "date_pairs", False) and getattr(view, "pairs", False)
+        self.mates = same_grid_mates(self.records) if pairs else [[] for _ in self.records]
 
     def _check_stats(self) -> None:
         n_stats = len(self.stats.mean)
@@ -170,7 +191,16 @@ class PretrainDataset(Dataset):
         fi, g_rng = self._pick_file(i // self.group)
         record = self.records[fi]
         image, valid, box = self._draw(record, g_rng, i)
-        sample = self.view(image, valid, _rng(self.seed, TAG_VIEW, i))
+        mates = self.mates[fi]
+        if mates:
+            other = self.records[mates[int(_rng(self.seed, TAG_MATE, i).integers(len(mates)))]]
+            pos = box[:self.ndim]
+            read = (self.raster_reader.read_window(other, *pos, *self.window) if self.ndim == 2
+                    else self.volume_reader.read_box(other, *pos, *self.window))
+            second = normalize(read, self.stats, self._nodata(other))
+            sample = self.view(image, valid, _rng(self.seed, TAG_VIEW, i), second=second)
+        else:
+            sample = self.view(image, valid, _rng(self.seed, TAG_VIEW, i))
         sample["meta"] = self._meta(record, box)
         sample["index"] = torch.tensor(i)  # the global sample index: methods draw per-sample randomness from it
         return sample

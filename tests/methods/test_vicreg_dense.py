@@ -145,3 +145,20 @@ def test_resume_after_kill_continues_the_same_loss_curve(raster_dir: Path, tmp_p
     a, b = losses(tmp_path / "full"), losses(killed)
     assert sorted(b) == list(range(1, 9))
     np.testing.assert_allclose([b[s] for s in range(5, 9)], [a[s] for s in range(5, 9)], rtol=0, atol=1e-5)
+
+
+def test_the_dates_recipe_trains_on_two_dates_of_one_grid(tmp_path: Path) -> None:
+    from tests.data.conftest import gradient, write_tif
+
+    rng = np.random.default_rng(0)
+    base = gradient(4, 40, 40, dtype="float32") + rng.normal(0, 5, (4, 40, 40)).astype("float32")
+    names = ["B02", "B03", "B04", "B08"]
+    write_tif(tmp_path / "scene" / "2020-05.tif", base, descriptions=names)
+    write_tif(tmp_path / "scene" / "2020-08.tif", base * 1.1 + 20, descriptions=names)
+    args = ["pretrain", "recipes/vicreg_dense_sentinel2.yaml", "--data", str(tmp_path / "scene"), "--out",
+            str(tmp_path / "run")]
+    for item in [*TINY_DENSE, "train.max_steps=4", "train.checkpoint_every=4", "train.warmup_steps=1"]:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert len(losses(tmp_path / "run")) == 4 and (tmp_path / "run" / "encoder").is_dir()

@@ -1,0 +1,130 @@
+"""``data.date_pairs``: a dense pair method's second crop is the same ground read from another file on the grid."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from geomed_ssl.config import DataConfig
+from geomed_ssl.data.catalog import scan
+from geomed_ssl.data.stats import BandStats
+from geomed_ssl.errors import ConfigError
+from geomed_ssl.views.builder import ViewSpec, build_views
+from geomed_ssl.views.datasets import PretrainDataset, same_grid_mates
+from tests.data.conftest import gradient, write_nii, write_tif
+
+PAIR = ViewSpec(crops=2, shift=3, intensity=False)
+OFFSET = 5000.0  # the second date's values: the first's plus this
+
+
+def identity_stats(names: list[str]) -> BandStats:
+    """Statistics that leave raw values unchanged (mean 0, std 1, no clipping), so crops can be compared raw."""
+    n = len(names)
+    return BandStats(list(names), [0.0] * n, [1.0] * n, [-1e9] * n, [1e9] * n, [1] * n)
+
+
+def pair_dataset(root, cfg: DataConfig, spec: ViewSpec = PAIR) -> PretrainDataset:
+    catalog = scan(root, cfg)
+    ndim = 2 if cfg.kind == "raster" else 3
+    view = build_views(spec, cfg, ndim, patch_size=1)
+    return PretrainDataset(catalog, identity_stats(catalog.band_names), cfg, view, seed=3, length=100)
+
+
+def shared_pixels(sample) -> tuple[np.ndarray, np.ndarray]:
+    """Values of the pixels both crops show, as seen in crop 1 and in crop 2 (pixel p of crop 1 is p - offset of
+    crop 2)."""
+    c1, c2 = (v.numpy() for v in sample["views"]["global"])
+    d = sample["offset"].tolist()
+    size = c1.shape[1:]
+    in1 = tuple(slice(max(0, k), s + min(0, k)) for k, s in zip(d, size))
+    in2 = tuple(slice(max(0, -k), s - max(0, k)) for k, s in zip(d, size))
+    return c1[(slice(None), *in1)], c2[(slice(None), *in2)]
+
+
+@pytest.fixture
+def dates(tmp_path):
+    """Two dates of one 2-band scene (the second = the first + OFFSET) and a scene on another grid."""
+    a = gradient(2, 40, 48, dtype="float32")
+    write_tif(tmp_path / "t1.tif", a)
+    write_tif(tmp_path / "t2.tif", a + OFFSET)
+    write_tif(tmp_path / "other.tif", gradient(2, 40, 40, dtype="float32"))
+    return tmp_path
+
+
+def test_second_crop_is_the_same_ground_at_the_other_date(dates) -> None:
+    cfg = DataConfig(kind="raster", patch_size=16, global_crop_size=12, date_pairs=True, windows_per_read=1)
+    ds = pair_dataset(dates, cfg)
+    names = [r.path.rsplit("/", 1)[-1] for r in ds.records]
+    assert {names[i]: sorted(names[j] for j in m) for i, m in enumerate(ds.mates)} == {
+        "t1.tif": ["t2.tif"], "t2.tif": ["t1.tif"], "other.tif": []}
+    seen = set()
+    for i in range(30):
+        s = ds[i]
+        first, second = shared_pixels(s)
+        assert first.size > 0
+        source = s["meta"]["path"].rsplit("/", 1)[-1]
+        seen.add(source)
+        expected = {"t1.tif": first + OFFSET, "t2.tif": first - OFFSET, "other.tif": first}[source]
+        np.testing.assert_allclose(second, expected)
+        again = ds[i]
+        assert all(torch.equal(x, y) for x, y in zip(s["views"]["global"], again["views"]["global"]))
+    assert seen == {"t1.tif", "t2.tif", "other.tif"}
+
+
+def test_without_date_pairs_both_crops_come_from_one_file(dates) -> None:
+    ds = pair_dataset(dates, DataConfig(kind="raster", patch_size=16, global_crop_size=12, windows_per_read=1))
+    assert ds.mates == [[], [], []]
+    for i in range(10):
+        first, second = shared_pixels(ds[i])
+        np.testing.assert_allclose(second, first)
+
+
+def test_nodata_of_the_other_date_is_invalid_in_crop_two(tmp_path) -> None:
+    a = gradient(1, 32, 32, dtype="float32") + 1
+    b = a.copy()
+    b[:, :, :16] = 0  # the second date has no data on its left half
+    write_tif(tmp_path / "t1.tif", a, nodata=0)
+    write_tif(tmp_path / "t2.tif", b, nodata=0)
+    cfg = DataConfig(kind="raster", patch_size=32, global_crop_size=28, date_pairs=True, min_valid_fraction=0.0)
+    ds = pair_dataset(tmp_path, cfg, ViewSpec(crops=2, shift=4, intensity=False))
+    for i in range(8):
+        s = ds[i]
+        v1, v2 = (v.numpy() for v in s["valid"]["global"])
+        from_t1 = s["meta"]["path"].endswith("t1.tif")
+        assert v1.all() if from_t1 else not v1.all()
+        assert not v2.all() if from_t1 else v2.all()
+
+
+def test_volumes_on_one_affine_are_paired(tmp_path) -> None:
+    vol = np.arange(16 * 16 * 16, dtype=np.float32).reshape(16, 16, 16)
+    for name, values in (("s1.nii.gz", vol), ("s2.nii.gz", vol + OFFSET)):
+        write_nii(tmp_path / name, values, np.eye(4))
+    cfg = DataConfig(kind="volume", patch_size=12, global_crop_size=8, intensity="none", date_pairs=True)
+    ds = pair_dataset(tmp_path, cfg, ViewSpec(crops=2, shift=2, intensity=False))
+    for i in range(5):
+        s = ds[i]
+        first, second = shared_pixels(s)
+        sign = 1.0 if s["meta"]["path"].endswith("s1.nii.gz") else -1.0
+        np.testing.assert_allclose(second, first + sign * OFFSET)
+
+
+def test_records_differing_in_transform_or_bands_are_not_mates(tmp_path) -> None:
+    a = gradient(2, 24, 24, dtype="float32")
+    write_tif(tmp_path / "a.tif", a)
+    write_tif(tmp_path / "b.tif", a, transform=(10.0, 0.0, 500.0, 0.0, -10.0, 900.0))  # shifted ground
+    write_tif(tmp_path / "c.tif", a)
+    records = scan(tmp_path, DataConfig(kind="raster", patch_size=16)).records
+    assert [r.path.rsplit("/", 1)[-1] for r in records] == ["a.tif", "b.tif", "c.tif"]
+    assert same_grid_mates(records) == [[2], [], [0]]
+    renamed = dataclasses.replace(records[2], band_names=["x", "y"])
+    assert same_grid_mates([records[0], renamed]) == [[], []]
+
+
+def test_date_pairs_with_a_method_that_has_no_pair_views_is_refused() -> None:
+    cfg = DataConfig(kind="raster", patch_size=32, date_pairs=True)
+    with pytest.raises(ConfigError, match="data.date_pairs"):
+        build_views(ViewSpec(crops=2), cfg, 2)
+    assert build_views("none", cfg, 2) is not None  # previews' plain windows are not pairs: allowed

@@ -1,14 +1,20 @@
-"""Label efficiency (issue 12's targets): ``geomed-ssl compare`` on the bundled Indian Pines scene and on
-EuroSAT-MS 200, for the encoders given, with random init and the baselines side by side.
+"""Label efficiency (issue 12's targets): ``geomed-ssl compare`` on the bundled Indian Pines scene, on
+EuroSAT-MS 200 and on the five-date Sentinel-2 Slovenia tile, for the encoders given, with random init and the
+baselines side by side.
 
     python benchmarks/bench_label_efficiency.py --ip RUN_DIR [RUN_DIR ...] [--eurosat RUN_DIR ...]
-        [--seeds selection|report] [--datasets ip,eurosat] [--ip-splits random,blocks] [--protocol linear,finetune]
-        [--baselines rf] [--out bench_label_efficiency] [--set k=v ...]
+        [--slovenia RUN_DIR ...] [--seeds selection|report] [--datasets ip,eurosat,slovenia]
+        [--ip-splits random,blocks] [--protocol linear,finetune] [--baselines rf] [--out bench_label_efficiency]
+        [--set k=v ...]
 
 - Indian Pines (``geomed_ssl/sample``): 5 labelled pixels per class, random and blocks splits, tested on every other
   labelled pixel (random) or on the held-out blocks (blocks); default baselines: rf, random_conv.
 - EuroSAT-MS 200 (``../shared/data/eurosat_ms_200``): 5 images per class, the linear probe (frozen multi-layer
   features); default baselines: rf, random_conv, band_stats.
+- Sentinel-2 Slovenia (``../shared/data/sentinel2_slovenia``, five dates sharing ``lulc_mask.tif``): 10 labelled
+  pixels per class, frozen linear and k-NN probes, random init also fine-tuned with a per-token linear head (150
+  steps, CE: ``SLOVENIA_FINETUNE``); default baselines: rf, random_conv. E.g. a RUN_DIR of
+  ``recipes/vicreg_dense_sentinel2.yaml`` (docs/label_efficiency.md).
 
 Seeds: ``--seeds selection`` (10, 11) is for choosing hyperparameters; ``--seeds report`` (0, 1, 2) only once
 they are fixed (issue 12: never tune on the reported seeds). ``none`` (random init of the first encoder's
@@ -39,6 +45,7 @@ from geomed_ssl.sample import LABELS, SAMPLE_DIR
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SEEDS = {"selection": "10,11", "report": "0,1,2"}
+SLOVENIA_FINETUNE = ["finetune.head=linear", "finetune.max_steps=150", "finetune.warmup_steps=15", "finetune.loss=ce"]
 
 
 def pretraining_budget(run_dir: Path) -> str:
@@ -92,8 +99,9 @@ def print_table(title: str, results: dict[str, list[dict[str, str]]], metric: st
 
 
 def compare_one(encoders: list[str], out: Path, seeds: str, split: str, protocol: str, baselines: str | None,
-                recipe: str | None, overrides: list[str], **data: Path) -> tuple[list[dict[str, str]], str]:
-    options = parse_options(encoders, "5", None, seeds, split, protocol, baselines, False)
+                recipe: str | None, overrides: list[str], budget: str = "5", **data: Path
+                ) -> tuple[list[dict[str, str]], str]:
+    options = parse_options(encoders, budget, None, seeds, split, protocol, baselines, False)
     start = time.time()
     result = run_compare(options, out=out, recipe=recipe, overrides=overrides, progress=False, **data)
     print(f"  {out}: {result.runs_done} runs in {(time.time() - start) / 60:.1f} min")
@@ -104,19 +112,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ip", nargs="*", default=[], help="Indian Pines encoders: RUN_DIRs and/or none.")
     ap.add_argument("--eurosat", nargs="*", default=[], help="EuroSAT-MS encoders: RUN_DIRs and/or none.")
+    ap.add_argument("--slovenia", nargs="*", default=[], help="Sentinel-2 Slovenia encoders: RUN_DIRs and/or none.")
     ap.add_argument("--seeds", choices=tuple(SEEDS), default="selection")
-    ap.add_argument("--datasets", default="ip,eurosat")
+    ap.add_argument("--datasets", default="ip,eurosat,slovenia")
     ap.add_argument("--ip-splits", default="random,blocks")
     ap.add_argument("--protocol", default=None, help="default: linear,finetune (IP), linear (EuroSAT)")
     ap.add_argument("--baselines", default=None, help="default: every baseline that applies")
     ap.add_argument("--ip-recipe", default=None)
     ap.add_argument("--eurosat-recipe", default=None)
+    ap.add_argument("--slovenia-recipe", default=None)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--out", type=Path, default=Path("bench_label_efficiency"))
     args = ap.parse_args()
     seeds = SEEDS[args.seeds]
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
-    print(f"label efficiency, {args.seeds} seeds ({seeds}), 5 labels per class / images per class")
+    print(f"label efficiency, {args.seeds} seeds ({seeds}), 5 labels per class / images per class (Slovenia: 10)")
     tables = []
     if "ip" in datasets and args.ip:
         results, metric = {}, "oa"
@@ -130,6 +140,14 @@ def main() -> None:
                                    args.protocol or "linear", args.baselines, args.eurosat_recipe, args.overrides,
                                    data=SHARED / "eurosat_ms_200")
         tables.append(("EuroSAT-MS 200, 5 images per class", {"random split": rows}, metric, args.eurosat))
+    if "slovenia" in datasets and args.slovenia:
+        scene = SHARED / "sentinel2_slovenia"
+        rows, metric = compare_one(args.slovenia, args.out / f"slovenia_{args.seeds}", seeds, "random",
+                                   args.protocol or "linear,knn", args.baselines, args.slovenia_recipe,
+                                   [*SLOVENIA_FINETUNE, *args.overrides], budget="10", images=scene,
+                                   labels=scene / "lulc_mask.tif")
+        tables.append(("Sentinel-2 Slovenia, 5 dates, 10 labelled pixels per class", {"random split": rows}, metric,
+                       args.slovenia))
     for title, results, metric, encoders in tables:
         print_table(title, results, metric, [e for e in encoders if e.lower() != "none"])
         for enc in encoders:

@@ -167,8 +167,8 @@ COMMANDS: dict[str, CommandSpec] = {
                           ("--overwrite",),
                           lambda folder: (read_json_object(folder / "geomed_ssl.json") or {}).get("format")
                           == "geomed-ssl-timm"),
-    "compare": CommandSpec(("results.csv", "summary.md", "curve.png", "config.yaml", "compare.json", "selections",
-                            "encoder_none"), (".encoder_none.*", "finetuned_*"),
+    "compare": CommandSpec(("results.csv", "summary.md", "curve.png", "config.yaml", "compare.json", "encoders.json",
+                            "selections", "encoder_none"), (".encoder_none.*", "finetuned_*"),
                            inside={"selections": ("*.npz",), "encoder_none": EXPORT_FILES,
                                    ".encoder_none.*": EXPORT_FILES}),
     "demo": CommandSpec(("pretrain", "compare", "probe", "finetune_pretrained", "finetune_random", "prediction",

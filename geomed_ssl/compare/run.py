@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import sys
 import tempfile
@@ -21,8 +22,8 @@ from geomed_ssl.compare.options import NONE, SEGMENT_BASELINES, BASELINES, Budge
 from geomed_ssl.compare.probes import classify, scores, scores_from_metrics
 from geomed_ssl.compare.report import table, write_curve, write_summary
 from geomed_ssl.compare.results import ResultsFile, make_row
-from geomed_ssl.compare.sources import (EncoderSource, load_compare_recipe, load_sources, recipe_path,
-                                        reuse_none, save_none)
+from geomed_ssl.compare.sources import (EncoderSource, check_encoders_unchanged, encoders_record,
+                                        load_compare_recipe, load_sources, recipe_path, reuse_none, save_none)
 from geomed_ssl.compare.task import (Split, Task, check_saved_selection, labels_config, load_classify_task,
                                      load_segment_task, make_split, save_split, settings_record, warn_notes)
 from geomed_ssl.config import Recipe
@@ -287,9 +288,11 @@ def run_compare(options: CompareOptions, *, out: str | Path, images: str | Path 
     jobs = plan(options, task, splits)
     check_memory(jobs, splits, task, sources, recipe_obj)
     record = settings_record(task, options.split)
+    weights = encoders_record(sources)
     if not overwrite:
         reuse_none(sources[NONE], out / "encoder_none")
         _check_resumed(out, recipe_obj, record)
+        weights = check_encoders_unchanged(out / "encoders.json", weights)
         for split in splits:
             check_saved_selection(task, out, split)
     results = ResultsFile(out / "results.csv") if not overwrite else None
@@ -298,6 +301,7 @@ def run_compare(options: CompareOptions, *, out: str | Path, images: str | Path 
     results = results or ResultsFile(out / "results.csv")
     save_recipe(recipe_obj, out / "config.yaml")
     atomic_write_text(out / "compare.json", record)
+    atomic_write_text(out / "encoders.json", json.dumps(weights, indent=1, sort_keys=True))
     for split in splits:
         save_split(task, out, split)
     save_none(sources[NONE], out / "encoder_none", recipe_obj)

@@ -5,6 +5,8 @@ random initialisation with the same normalisation statistics."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,3 +112,35 @@ def reuse_none(source: EncoderSource, folder: Path) -> None:
                         "another architecture or other normalisation statistics than the first encoder given now "
                         "has; list the same first encoder as before, or use another --out (or --overwrite).")
     source.encoder.load_state_dict(load_encoder(folder).state_dict())
+
+
+def weights_digest(encoder: ViTEncoder) -> str:
+    """SHA-256 of the encoder's weights (names, shapes, dtypes and values), whatever file they came from."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def encoders_record(sources: dict[str, EncoderSource]) -> dict[str, str]:
+    """``encoders.json``: the weights digest of every pretrained encoder whose rows the folder holds."""
+    return {name: weights_digest(s.encoder) for name, s in sources.items() if name != NONE}
+
+
+def check_encoders_unchanged(path: Path, record: dict[str, str]) -> dict[str, str]:
+    """Refuse to add to rows made from other weights under the same name (a RUN_DIR pretrained again since); the
+    record to save: the earlier one's encoders with this run's."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        earlier = None  # a folder from before encoders.json, or none yet
+    if not isinstance(earlier, dict):
+        return dict(record)
+    changed = [name for name, digest in record.items() if earlier.get(name, digest) != digest]
+    if changed:
+        raise ConfigError(f"'{changed[0]}' is not the encoder its rows in '{path.parent / 'results.csv'}' were "
+                          "computed with (its weights changed since: pretrained again?); choose another --out, or "
+                          "pass --overwrite to start again.")
+    return {**earlier, **record}

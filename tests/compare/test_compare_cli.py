@@ -175,3 +175,38 @@ def test_kept_fine_tunes_of_encoders_in_same_named_folders_keep_apart(scene, exp
     kept = sorted(p.name for p in out.glob("finetuned_*"))
     assert kept == sorted(f"finetuned_{labels[n]}_k3_seed0" for n in (str(first), str(second), "none"))
     assert all((out / k / "metrics.json").is_file() for k in kept)
+
+
+def test_a_resumed_compare_refuses_an_encoder_whose_weights_changed(scene, run_dir: Path, exported: Path,
+                                                                     tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+
+    from geomed_ssl.checkpoint import load_encoder, save_encoder
+
+    enc_dir = tmp_path / "encoder"
+    shutil.copytree(exported, enc_dir)
+    out = tmp_path / "cmp"
+    images, labels = scene
+    args = ["compare", str(enc_dir), "--images", str(images), "--labels", str(labels), "--out", str(out),
+            "--recipe", str(run_dir / "config.yaml"), "--labels-per-class", "3", "--seeds", "0", "--protocol",
+            "linear", "--no-baselines", *sets()]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    rows = read(out / "results.csv")
+    assert runner.invoke(app, args).exit_code == 0  # the same weights: resumed, nothing to do
+    assert read(out / "results.csv") == rows
+
+    encoder = load_encoder(enc_dir)
+    with torch.no_grad():
+        encoder.patch_embed.proj.weight.add_(1.0)  # the same name, pretrained again
+    config = (enc_dir / "config.json").read_text()
+    save_encoder(encoder, enc_dir, {})
+    (enc_dir / "config.json").write_text(config)
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "weights changed" in again.output and str(enc_dir) in again.output
+    assert read(out / "results.csv") == rows  # nothing touched
+    fresh = runner.invoke(app, [*args, "--overwrite"])
+    assert fresh.exit_code == 0, fresh.output
+    assert runner.invoke(app, args).exit_code == 0  # the new weights' rows resume as usual

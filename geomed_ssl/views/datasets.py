@@ -184,6 +184,20 @@ class PretrainDataset(Dataset):
             meta.update(box=box, transform=None, affine=self.volume_reader.affine(record).tolist())
         return meta
 
+    def _other_date(self, fi: int, box: list[int], i: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The window ``box`` read from another file on record ``fi``'s grid (chosen by ``(seed, i)``), normalised,
+        with its valid mask; None without one, or when less of it than ``data.min_valid_fraction`` is valid there
+        (a cloud-masked date): the window then pairs with itself."""
+        mates = self.mates[fi]
+        if not mates:
+            return None
+        other = self.records[mates[int(_rng(self.seed, TAG_MATE, i).integers(len(mates)))]]
+        pos = box[:self.ndim]
+        read = (self.raster_reader.read_window(other, *pos, *self.window) if self.ndim == 2
+                else self.volume_reader.read_box(other, *pos, *self.window))
+        image, valid = normalize(read, self.stats, self._nodata(other))
+        return (image, valid) if valid.mean() >= self.data_cfg.min_valid_fraction else None
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = int(i)
         if not 0 <= i < self.length:
@@ -191,13 +205,8 @@ class PretrainDataset(Dataset):
         fi, g_rng = self._pick_file(i // self.group)
         record = self.records[fi]
         image, valid, box = self._draw(record, g_rng, i)
-        mates = self.mates[fi]
-        if mates:
-            other = self.records[mates[int(_rng(self.seed, TAG_MATE, i).integers(len(mates)))]]
-            pos = box[:self.ndim]
-            read = (self.raster_reader.read_window(other, *pos, *self.window) if self.ndim == 2
-                    else self.volume_reader.read_box(other, *pos, *self.window))
-            second = normalize(read, self.stats, self._nodata(other))
+        second = self._other_date(fi, box, i)
+        if second is not None:
             sample = self.view(image, valid, _rng(self.seed, TAG_VIEW, i), second=second)
         else:
             sample = self.view(image, valid, _rng(self.seed, TAG_VIEW, i))

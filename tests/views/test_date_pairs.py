@@ -128,3 +128,20 @@ def test_date_pairs_with_a_method_that_has_no_pair_views_is_refused() -> None:
     with pytest.raises(ConfigError, match="data.date_pairs"):
         build_views(ViewSpec(crops=2), cfg, 2)
     assert build_views("none", cfg, 2) is not None  # previews' plain windows are not pairs: allowed
+
+
+def test_a_window_mostly_without_data_at_the_other_date_pairs_with_itself(tmp_path) -> None:
+    a = gradient(1, 32, 32, dtype="float32") + 1
+    write_tif(tmp_path / "t1.tif", a, nodata=0)
+    cloudy = a.copy()
+    cloudy[:, 6:] = 0  # a date masked out below its first 6 rows (clouds): 19 % of any window is valid
+    write_tif(tmp_path / "t2.tif", cloudy, nodata=0)
+    cfg = DataConfig(kind="raster", patch_size=32, global_crop_size=28, date_pairs=True)
+    ds = pair_dataset(tmp_path, cfg, ViewSpec(crops=2, shift=4, intensity=False))
+    assert ds.mates == [[1], [0]]
+    from_t1 = [ds[i] for i in range(12) if ds[i]["meta"]["path"].endswith("t1.tif")]
+    assert from_t1
+    for s in from_t1:
+        first, second = shared_pixels(s)
+        np.testing.assert_allclose(second, first)  # crop 2 from t1 itself, not the clouded date
+        assert s["valid"]["global"][1].all()

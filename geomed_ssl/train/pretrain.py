@@ -282,6 +282,8 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     view = build_views(method.views, recipe.data, spatial_dims(recipe.data), recipe.augment,
                        patch_size=recipe.model.patch_size, wavelengths=catalog.wavelengths)
     dataset = PretrainDataset(catalog, stats, recipe.data, view, seed=t.seed)
+    if (note := dataset.pairing_note()) is not None:
+        (log.warning if note.startswith("warning") else log.info)(note)
     if point is None:  # a resumed run gets what was fitted back from its checkpoint
         for note in method.fit_to_data(dataset, t.seed, fit_device(probe, t.strategy)):
             log.info(note)

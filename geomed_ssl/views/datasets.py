@@ -184,6 +184,17 @@ class PretrainDataset(Dataset):
             meta.update(box=box, transform=None, affine=self.volume_reader.affine(record).tolist())
         return meta
 
+    def pairing_note(self) -> str | None:
+        """With ``data.date_pairs``: how many files have another date on their grid (a warning text when none)."""
+        if not getattr(self.data_cfg, "date_pairs", False) or not getattr(self.view, "pairs", False):
+            return None
+        paired = sum(1 for m in self.mates if m)
+        if not paired:
+            return ("warning: data.date_pairs is on but no two files share a grid (same CRS, transform, size and "
+                    "bands), so every window pairs with itself; check that the dates are aligned on one grid")
+        grids = len({grid_key(r) for r, m in zip(self.records, self.mates) if m})
+        return f"date pairs: {paired} of {len(self.records)} files have another date on their grid ({grids} grid(s))"
+
     def _other_date(self, fi: int, box: list[int], i: int) -> tuple[np.ndarray, np.ndarray] | None:
         """The window ``box`` read from another file on record ``fi``'s grid (chosen by ``(seed, i)``), normalised,
         with its valid mask; None without one, or when less of it than ``data.min_valid_fraction`` is valid there

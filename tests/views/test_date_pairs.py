@@ -145,3 +145,14 @@ def test_a_window_mostly_without_data_at_the_other_date_pairs_with_itself(tmp_pa
         first, second = shared_pixels(s)
         np.testing.assert_allclose(second, first)  # crop 2 from t1 itself, not the clouded date
         assert s["valid"]["global"][1].all()
+
+
+def test_the_pairing_is_reported_and_a_folder_without_dates_is_warned_about(dates, tmp_path) -> None:
+    cfg = DataConfig(kind="raster", patch_size=16, global_crop_size=12, date_pairs=True)
+    note = pair_dataset(dates, cfg).pairing_note()
+    assert note == "date pairs: 2 of 3 files have another date on their grid (1 grid(s))"
+    alone = tmp_path / "alone"
+    write_tif(alone / "a.tif", gradient(2, 24, 24, dtype="float32"))
+    write_tif(alone / "b.tif", gradient(2, 24, 32, dtype="float32"))
+    assert pair_dataset(alone, cfg).pairing_note().startswith("warning: data.date_pairs is on but no two files")
+    assert pair_dataset(dates, DataConfig(kind="raster", patch_size=16, global_crop_size=12)).pairing_note() is None

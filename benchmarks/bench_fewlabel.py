@@ -14,7 +14,9 @@ baseline is a random forest on PCA + local-mean spectral features with exactly t
 optional 3D): FLAIR + T1c at 2 mm, MAE on the four non-test patients, then whole-tumour segmentation (classes 1-4
 merged, background a class) from 1 % of the voxels of the 2 training patients (150 steps: a 64³ UNETR step costs
 ~1-4 s on 2 CPU cores), scored on the 2 test patients (``--brats-split validation``: on the 2 validation patients,
-which is how the pretraining length and the fine-tune loss were chosen, with label seeds 10 and 11).
+which is how the pretraining length and the fine-tune loss were chosen, with label seeds 10 and 11). Its classical
+baseline: ``compare``'s rf features (PCA + 7x7x7 local means, 200 trees, balanced) on exactly the fine-tunes'
+training voxels.
 """
 
 from __future__ import annotations
@@ -149,6 +151,51 @@ def eurosat(args: argparse.Namespace, tmp: Path) -> list[tuple]:
     return rows
 
 
+def brats_rf(ft_dir: Path, train: Path, scored: Path) -> dict[str, float]:
+    """The ``compare`` rf baseline's features (PCA of the channels plus their 7x7x7 local means; 200 trees, balanced
+    classes) trained on exactly the fine-tune's training voxels (its ``labels_used.npz``), read as the fine-tune read
+    them; OA and Dice on every voxel of the ``scored`` patients."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    from geomed_ssl.compare.baselines import RF_TREES, local_mean
+    from geomed_ssl.config import load_recipe
+    from geomed_ssl.data.catalog import scan
+    from geomed_ssl.data.readers import VolumeReader
+    from geomed_ssl.data.stats import compute_stats
+    from geomed_ssl.finetune.labels import read_label_pairs
+    from geomed_ssl.models.probe import read_image
+
+    cfg = load_recipe(ft_dir / "config.yaml")
+    reader = VolumeReader(cfg.data, max_cached=1)
+
+    def volumes(folder: Path) -> tuple[list[np.ndarray], list[np.ndarray], object]:
+        catalog = scan(folder, cfg.data)
+        pairs, labels, _ = read_label_pairs(catalog.records, None, cfg.labels, cfg.data)
+        return [r for r, _ in pairs], labels, catalog
+
+    train_recs, train_labels, train_catalog = volumes(train)
+    scored_recs, scored_labels, _ = volumes(scored)
+    stats = compute_stats(train_catalog, cfg.data, seed=0)
+    train_img = [read_image(r, stats, cfg.data, 3, reader) for r in train_recs]
+    pixels = np.concatenate([im.reshape(im.shape[0], -1).T for im in train_img]).astype(np.float64)
+    mean = pixels.mean(axis=0)
+    comps = np.linalg.svd(pixels - mean, full_matrices=False)[2].astype(np.float32)
+
+    def features(im: np.ndarray) -> np.ndarray:  # (C, X, Y, Z) -> (X*Y*Z, 2K)
+        pcs = np.einsum("kc,c...->k...", comps, im - mean.astype(np.float32)[:, None, None, None])
+        return np.concatenate([pcs, local_mean(pcs, None)]).reshape(2 * len(comps), -1).T
+
+    used = np.load(ft_dir / "labels_used.npz")
+    train_f = [features(im) for im in train_img]
+    x = np.stack([train_f[f][i] for f, i in zip(used["train_file"], used["train_index"])])
+    forest = RandomForestClassifier(RF_TREES, class_weight="balanced", n_jobs=1, random_state=0)
+    forest.fit(x, used["train_value"])
+    pred = np.concatenate([forest.predict(features(read_image(r, stats, cfg.data, 3, reader))) for r in scored_recs])
+    truth = np.concatenate([a.reshape(-1) for a in scored_labels])
+    dice = [2 * np.sum((pred == c) & (truth == c)) / max(np.sum(pred == c) + np.sum(truth == c), 1) for c in (0, 1)]
+    return {"OA": float(np.mean(pred == truth)), "Dice (tumour)": float(dice[1]), "mean Dice": float(np.mean(dice))}
+
+
 def brats(args: argparse.Namespace, tmp: Path) -> list[tuple]:
     from geomed_ssl.finetune.evaluate import evaluate_dir
 
@@ -171,7 +218,7 @@ def brats(args: argparse.Namespace, tmp: Path) -> list[tuple]:
     ft = ["labels.label_name=OTMultiClass.nii.gz", "labels.remap={2: 1, 3: 1, 4: 1}", "labels.ignore_value=null",
           "labels.fraction=0.01", "finetune.max_steps=150", "finetune.batch_size=2", "finetune.base_lr=1e-3",
           "finetune.warmup_steps=15", f"finetune.loss={args.brats_loss}", "finetune.feature_size=8"]
-    scores: dict[str, list[dict]] = {"pretrained": [], "random init": []}
+    scores: dict[str, list[dict]] = {"pretrained": [], "random init": [], "random forest": []}
     for seed in args.seeds:
         for name, enc in (("pretrained", run.run_dir), ("random init", None)):
             out = tmp / f"brats_ft_{name.split()[0]}_{seed}"
@@ -179,6 +226,7 @@ def brats(args: argparse.Namespace, tmp: Path) -> list[tuple]:
                              overrides=[*common, *ft, f"labels.seed={seed}", f"train.seed={seed}"])
             m = evaluate_dir(out, images=data / args.brats_split)["test"]
             scores[name].append({"OA": m["OA"], "Dice (tumour)": m["per_class_dice"][1], "mean Dice": m["mean_dice"]})
+        scores["random forest"].append(brats_rf(out, data / "train", data / args.brats_split))  # the same voxels
     print(f"BraTS: MAE pretraining {args.brats_pretrain_steps} steps on 4 patients took {minutes:.1f} min; "
           f"fine-tuning 150 steps (UNETR, feature size 8, {args.brats_loss}) from 1 % of 2 patients' voxels; "
           f"scored on 2 {args.brats_split} patients")

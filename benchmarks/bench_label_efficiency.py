@@ -116,7 +116,7 @@ def main() -> None:
     ap.add_argument("--seeds", choices=tuple(SEEDS), default="selection")
     ap.add_argument("--datasets", default="ip,eurosat,slovenia")
     ap.add_argument("--ip-splits", default="random,blocks")
-    ap.add_argument("--protocol", default=None, help="default: linear,finetune (IP), linear (EuroSAT)")
+    ap.add_argument("--protocol", default=None, help="default: linear,finetune (IP), linear (EuroSAT), linear,knn (Slovenia)")
     ap.add_argument("--baselines", default=None, help="default: every baseline that applies")
     ap.add_argument("--ip-recipe", default=None)
     ap.add_argument("--eurosat-recipe", default=None)

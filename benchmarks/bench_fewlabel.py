@@ -196,37 +196,51 @@ def brats_rf(ft_dir: Path, train: Path, scored: Path) -> dict[str, float]:
     return {"OA": float(np.mean(pred == truth)), "Dice (tumour)": float(dice[1]), "mean Dice": float(np.mean(dice))}
 
 
-def brats(args: argparse.Namespace, tmp: Path) -> list[tuple]:
+BRATS = SHARED / "brats_subset"
+MRI_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "mae_mri.yaml"
+BRATS_MODEL = ["data.channels=[*Flair*,*T1c*]", "data.spacing=[2,2,2]", "data.patch_size=64", "model.patch_size=16",
+               "model.embed_dim=96", "model.depth=4", "model.num_heads=4", "method.decoder_embed_dim=64",
+               "method.decoder_depth=2", "method.decoder_num_heads=4"]
+
+
+def brats_pretrain(out: Path, steps: int, held_out: str, num_workers: int = 0) -> Path:
+    """The BraTS MAE on every patient outside the ``held_out`` folder (test, validation or train)."""
+    run = pretrain(str(MRI_RECIPE), BRATS, out, overwrite=True, progress=False, overrides=[
+        *BRATS_MODEL, f"data.num_workers={num_workers}",
+        f"data.exclude=[{held_out}/**,*OTMultiClass*,*mask*,*License*]", "train.batch_size=4",
+        f"train.max_steps={steps}", "train.base_lr=1.5e-3", f"train.warmup_steps={max(20, steps // 10)}",
+        "train.checkpoint_every=100000", "train.preview_every=0"])
+    return run.run_dir
+
+
+def brats_finetune(encoder: Path | None, fit: str, scored: str, out: Path, seed: int, loss: str = "ce",
+                   num_workers: int = 0) -> dict[str, float]:
+    """Whole tumour from 1 % of the voxels of the patients in ``fit`` (150 steps, UNETR), scored on ``scored``."""
     from geomed_ssl.finetune.evaluate import evaluate_dir
 
-    data = SHARED / "brats_subset"
-    if not data.is_dir():
+    finetune_segment(str(MRI_RECIPE), encoder, BRATS / fit, None, out, overwrite=True, progress=False, overrides=[
+        *BRATS_MODEL, f"data.num_workers={num_workers}", "labels.label_name=OTMultiClass.nii.gz",
+        "labels.remap={2: 1, 3: 1, 4: 1}", "labels.ignore_value=null", "labels.fraction=0.01",
+        "finetune.max_steps=150", "finetune.batch_size=2", "finetune.base_lr=1e-3", "finetune.warmup_steps=15",
+        f"finetune.loss={loss}", "finetune.feature_size=8", f"labels.seed={seed}", f"train.seed={seed}"])
+    m = evaluate_dir(out, images=BRATS / scored)["test"]
+    return {"OA": m["OA"], "Dice (tumour)": m["per_class_dice"][1], "mean Dice": m["mean_dice"]}
+
+
+def brats(args: argparse.Namespace, tmp: Path) -> list[tuple]:
+    if not BRATS.is_dir():
         print("BraTS subset not present; skipped")
         return []
-    mri = Path(__file__).resolve().parents[1] / "recipes" / "mae_mri.yaml"
-    common = ["data.channels=[*Flair*,*T1c*]", "data.spacing=[2,2,2]", "data.patch_size=64",
-              f"data.num_workers={args.num_workers}", "model.patch_size=16", "model.embed_dim=96", "model.depth=4",
-              "model.num_heads=4", "method.decoder_embed_dim=64", "method.decoder_depth=2",
-              "method.decoder_num_heads=4"]
     t0 = time.time()
-    run = pretrain(str(mri), data, tmp / "brats_pre", overwrite=True, progress=False, overrides=[
-        *common, "data.exclude=[test/**,*OTMultiClass*,*mask*,*License*]", "train.batch_size=4",
-        f"train.max_steps={args.brats_pretrain_steps}", "train.base_lr=1.5e-3",
-        f"train.warmup_steps={max(20, args.brats_pretrain_steps // 10)}",
-        "train.checkpoint_every=100000", "train.preview_every=0"])
+    run = brats_pretrain(tmp / "brats_pre", args.brats_pretrain_steps, "test", args.num_workers)
     minutes = (time.time() - t0) / 60
-    ft = ["labels.label_name=OTMultiClass.nii.gz", "labels.remap={2: 1, 3: 1, 4: 1}", "labels.ignore_value=null",
-          "labels.fraction=0.01", "finetune.max_steps=150", "finetune.batch_size=2", "finetune.base_lr=1e-3",
-          "finetune.warmup_steps=15", f"finetune.loss={args.brats_loss}", "finetune.feature_size=8"]
     scores: dict[str, list[dict]] = {"pretrained": [], "random init": [], "random forest": []}
     for seed in args.seeds:
-        for name, enc in (("pretrained", run.run_dir), ("random init", None)):
+        for name, enc in (("pretrained", run), ("random init", None)):
             out = tmp / f"brats_ft_{name.split()[0]}_{seed}"
-            finetune_segment(str(mri), enc, data / "train", None, out, overwrite=True, progress=False,
-                             overrides=[*common, *ft, f"labels.seed={seed}", f"train.seed={seed}"])
-            m = evaluate_dir(out, images=data / args.brats_split)["test"]
-            scores[name].append({"OA": m["OA"], "Dice (tumour)": m["per_class_dice"][1], "mean Dice": m["mean_dice"]})
-        scores["random forest"].append(brats_rf(out, data / "train", data / args.brats_split))  # the same voxels
+            scores[name].append(brats_finetune(enc, "train", args.brats_split, out, seed, args.brats_loss,
+                                               args.num_workers))
+        scores["random forest"].append(brats_rf(out, BRATS / "train", BRATS / args.brats_split))  # the same voxels
     print(f"BraTS: MAE pretraining {args.brats_pretrain_steps} steps on 4 patients took {minutes:.1f} min; "
           f"fine-tuning 150 steps (UNETR, feature size 8, {args.brats_loss}) from 1 % of 2 patients' voxels; "
           f"scored on 2 {args.brats_split} patients")

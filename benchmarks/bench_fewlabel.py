@@ -157,12 +157,13 @@ def brats_rf(ft_dir: Path, train: Path, scored: Path) -> dict[str, float]:
     them; OA and Dice on every voxel of the ``scored`` patients."""
     from sklearn.ensemble import RandomForestClassifier
 
-    from geomed_ssl.compare.baselines import RF_TREES, local_mean
+    from geomed_ssl.compare.baselines import RF_TREES, rf_points
     from geomed_ssl.config import load_recipe
     from geomed_ssl.data.catalog import scan
     from geomed_ssl.data.readers import VolumeReader
     from geomed_ssl.data.stats import compute_stats
     from geomed_ssl.finetune.labels import read_label_pairs
+    from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix
     from geomed_ssl.models.probe import read_image
 
     cfg = load_recipe(ft_dir / "config.yaml")
@@ -179,21 +180,21 @@ def brats_rf(ft_dir: Path, train: Path, scored: Path) -> dict[str, float]:
     train_img = [read_image(r, stats, cfg.data, 3, reader) for r in train_recs]
     pixels = np.concatenate([im.reshape(im.shape[0], -1).T for im in train_img]).astype(np.float64)
     mean = pixels.mean(axis=0)
-    comps = np.linalg.svd(pixels - mean, full_matrices=False)[2].astype(np.float32)
+    comps = np.linalg.svd(pixels - mean, full_matrices=False)[2]
+    features = rf_points(mean.astype(np.float32), comps.astype(np.float32))  # compare's rf features at points
 
-    def features(im: np.ndarray) -> np.ndarray:  # (C, X, Y, Z) -> (X*Y*Z, 2K)
-        pcs = np.einsum("kc,c...->k...", comps, im - mean.astype(np.float32)[:, None, None, None])
-        return np.concatenate([pcs, local_mean(pcs, None)]).reshape(2 * len(comps), -1).T
+    def at(im: np.ndarray, flat: np.ndarray) -> np.ndarray:
+        return features(im, np.stack(np.unravel_index(flat, im.shape[1:]), axis=1), None)
 
     used = np.load(ft_dir / "labels_used.npz")
-    train_f = [features(im) for im in train_img]
-    x = np.stack([train_f[f][i] for f, i in zip(used["train_file"], used["train_index"])])
-    forest = RandomForestClassifier(RF_TREES, class_weight="balanced", n_jobs=1, random_state=0)
-    forest.fit(x, used["train_value"])
-    pred = np.concatenate([forest.predict(features(read_image(r, stats, cfg.data, 3, reader))) for r in scored_recs])
+    x = np.concatenate([at(im, used["train_index"][used["train_file"] == f]) for f, im in enumerate(train_img)])
+    y = np.concatenate([used["train_value"][used["train_file"] == f] for f in range(len(train_img))])
+    forest = RandomForestClassifier(RF_TREES, class_weight="balanced", n_jobs=1, random_state=0).fit(x, y)
+    scored_img = [read_image(r, stats, cfg.data, 3, reader) for r in scored_recs]
+    pred = np.concatenate([forest.predict(at(im, np.arange(im[0].size))) for im in scored_img])
     truth = np.concatenate([a.reshape(-1) for a in scored_labels])
-    dice = [2 * np.sum((pred == c) & (truth == c)) / max(np.sum(pred == c) + np.sum(truth == c), 1) for c in (0, 1)]
-    return {"OA": float(np.mean(pred == truth)), "Dice (tumour)": float(dice[1]), "mean Dice": float(np.mean(dice))}
+    m = classification_metrics(confusion_matrix(truth, pred, 2))
+    return {"OA": m["OA"], "Dice (tumour)": m["per_class_dice"][1], "mean Dice": m["mean_dice"]}
 
 
 BRATS = SHARED / "brats_subset"

@@ -40,10 +40,11 @@ def grid_key(record: Any) -> tuple:
 
 def same_grid_mates(records: Sequence[Any]) -> list[list[int]]:
     """Per record, the indices of the other records on its grid (:func:`grid_key`): the dates of one scene."""
+    keys = [grid_key(r) for r in records]
     groups: dict[tuple, list[int]] = {}
-    for i, r in enumerate(records):
-        groups.setdefault(grid_key(r), []).append(i)
-    return [[j for j in groups[grid_key(r)] if j != i] for i, r in enumerate(records)]
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    return [[j for j in groups[key] if j != i] for i, key in enumerate(keys)]
 
 
 def _offset(rng: np.random.Generator, start: int, extent: int, window: int) -> int:

@@ -70,8 +70,9 @@ class DataConfig:
     min_valid_fraction: float = setting(0.5, "windows with less valid area are redrawn", bounds="[0, 1]")
     windows_per_read: int = setting(8, "windows cut from each block-aligned read (rasters)", bounds=">= 1")
     stats_windows: int = setting(256, "windows sampled to compute the band statistics", bounds=">= 1")
-    date_pairs: bool = setting(False, "pair methods (vicreg_dense): cut the second crop from another file on the same "
-                               "grid (another date of the same ground) when there is one")
+    date_pairs: bool = setting(False, "two-view methods (vicreg_dense, simclr, byol, dino...): cut every second crop "
+                               "from another file on the same grid (another date of the same ground) when there is "
+                               "one")
     # volumes only
     spacing: list[float] | None = setting(None, "volumes: resample to this voxel spacing (mm) before sampling",
                                           bounds="> 0")

@@ -202,7 +202,11 @@ class IdentityView:
 class CropView:
     """Global (and local) crops of a window, each a :func:`resized_crop` then :func:`flip_rotate` then (per its
     role) intensity ops. One global crop and no local ones give ``{"image", "valid"}``; otherwise
-    ``{"views": {"global", "local"}, "valid": {"global", "local"}}`` (see :class:`ViewSpec`)."""
+    ``{"views": {"global", "local"}, "valid": {"global", "local"}}`` (see :class:`ViewSpec`).
+
+    ``second`` (two or more global crops): the same window read from another file on the same grid (another date,
+    ``data.date_pairs``); global and local crops alternate between the two (crop 1 from this date, crop 2 from the
+    other, ...), so the positives are one place seen at two dates (seasonal positives, as in SeCo / SSL4EO-S12)."""
 
     def __init__(self, global_crops: CropSet, local_crops: CropSet | None = None,
                  ratio: tuple[float, float] = DEFAULT_RATIO, flip_p: float = 0.5, rot90: bool = True,
@@ -211,6 +215,7 @@ class CropView:
         self.ratio, self.flip_p, self.rot90 = tuple(ratio), float(flip_p), bool(rot90)
         self.intensity = intensity or Intensity()
         self.spatial_dims = len(global_crops.size)
+        self.pairs = len(global_crops.roles) >= 2  # PretrainDataset may pass ``second``
         self._probs: dict[str, IntensityProbs] = {}
 
     def crop(self, image: np.ndarray, valid: np.ndarray, crops: CropSet, role: str,
@@ -223,15 +228,20 @@ class CropView:
             img = self.intensity(np.ascontiguousarray(img), rng, probs)
         return img, ok
 
-    def __call__(self, image: np.ndarray, valid: np.ndarray, rng: np.random.Generator) -> dict:
+    def __call__(self, image: np.ndarray, valid: np.ndarray, rng: np.random.Generator,
+                 second: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
         nd = self.spatial_dims
-        if image.ndim != nd + 1 or valid.shape != image.shape[1:]:
-            raise ValueError(f"view expects image (C, *{nd} spatial) and a matching valid mask, got "
-                             f"{image.shape} and {valid.shape}")
-        g = [self.crop(image, valid, self.global_crops, r, rng) for r in self.global_crops.roles]
+        if second is not None and not self.pairs:
+            raise ValueError("a second date needs a view of two or more global crops")
+        sources = [(image, valid), second or (image, valid)]
+        for img, ok in sources:
+            if img.ndim != nd + 1 or ok.shape != img.shape[1:] or ok.shape != valid.shape:
+                raise ValueError(f"view expects image (C, *{nd} spatial) and a matching valid mask, got "
+                                 f"{img.shape} and {ok.shape}")
+        g = [self.crop(*sources[k % 2], self.global_crops, r, rng) for k, r in enumerate(self.global_crops.roles)]
         if self.local_crops is None and len(g) == 1:
             return _to_tensors(*g[0])
-        loc = [self.crop(image, valid, self.local_crops, r, rng) for r in self.local_crops.roles] \
+        loc = [self.crop(*sources[k % 2], self.local_crops, r, rng) for k, r in enumerate(self.local_crops.roles)] \
             if self.local_crops else []
         g_t, l_t = [_to_tensors(*c) for c in g], [_to_tensors(*c) for c in loc]
         return {"views": {"global": [t["image"] for t in g_t], "local": [t["image"] for t in l_t]},
@@ -342,9 +352,11 @@ def build_views(spec: ViewSpec | str, data_cfg: Any, spatial_dims: int, augment:
         if spec not in PRESETS:
             raise ConfigError(f"unknown view kind '{spec}'. Valid kinds: {', '.join(VIEW_KINDS)}.")
         spec = PRESETS[spec]
-    elif getattr(data_cfg, "date_pairs", False) and not spec.shift:
-        raise ConfigError("data.date_pairs pairs the two crops of a dense pair method (method.name: vicreg_dense); "
-                          "this method's views are not such a pair. Set data.date_pairs: false.")
+    elif getattr(data_cfg, "date_pairs", False) and (spec.crops < 2 or not spec.geometry):
+        raise ConfigError("data.date_pairs cuts a method's second crop from another date of the same ground, but this "
+                          "method takes one view of each window (masked-image and pretext methods: mae, simmim, beit, "
+                          "rotation...); use a method of two crops (vicreg_dense, simclr, vicreg, byol, moco_v2, dino, "
+                          "swav...) or set data.date_pairs: false.")
     as_tuple(data_cfg.patch_size, spatial_dims, "data.patch_size")
     if not spec.geometry:
         return IdentityView()

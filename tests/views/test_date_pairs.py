@@ -1,4 +1,4 @@
-"""``data.date_pairs``: a dense pair method's second crop is the same ground read from another file on the grid."""
+"""``data.date_pairs``: a two-view method's second crop is the same ground read from another file on the grid."""
 
 from __future__ import annotations
 
@@ -123,11 +123,49 @@ def test_records_differing_in_transform_or_bands_are_not_mates(tmp_path) -> None
     assert same_grid_mates([records[0], renamed]) == [[], []]
 
 
-def test_date_pairs_with_a_method_that_has_no_pair_views_is_refused() -> None:
+def test_date_pairs_with_a_method_of_one_view_is_refused() -> None:
     cfg = DataConfig(kind="raster", patch_size=32, date_pairs=True)
-    with pytest.raises(ConfigError, match="data.date_pairs"):
-        build_views(ViewSpec(crops=2), cfg, 2)
+    for one_view in (ViewSpec(), ViewSpec(intensity=False, scale=(0.2, 1.0), orientation=False)):
+        with pytest.raises(ConfigError, match="data.date_pairs .* one view of each window"):
+            build_views(one_view, cfg, 2)
     assert build_views("none", cfg, 2) is not None  # previews' plain windows are not pairs: allowed
+    assert build_views(ViewSpec(crops=2), cfg, 2).pairs
+
+
+def dates_of(crops: list[torch.Tensor]) -> list[int]:
+    """Which date each crop of a ``dates`` scene shows: 0 (values below OFFSET) or 1."""
+    out = []
+    for c in crops:
+        lo, hi = float(c.min()), float(c.max())
+        assert (hi < OFFSET) or (lo >= OFFSET), "a crop mixes dates"
+        out.append(int(lo >= OFFSET))
+    return out
+
+
+@pytest.mark.parametrize("local", [False, True])
+def test_two_view_methods_see_the_same_ground_at_two_dates(dates, local: bool) -> None:
+    """SimCLR / BYOL / MoCo / VICReg (two global crops) and DINO / SwAV (plus local crops): with date pairs the crops
+    alternate between the window's date and another date of the same ground; the 3rd file has no other date."""
+    cfg = DataConfig(kind="raster", patch_size=16, date_pairs=True, windows_per_read=1, n_local_crops=4,
+                     local_crop_size=8)
+    spec = ViewSpec(crops=2, local_crops=local, intensity=False, scale=(1.0, 1.0), orientation=False)
+    catalog = scan(dates, cfg)
+    view = build_views(spec, cfg, 2, patch_size=1, ratio=(1.0, 1.0))
+    ds = PretrainDataset(catalog, identity_stats(catalog.band_names), cfg, view, seed=3, length=100)
+    seen = set()
+    for i in range(20):
+        s = ds[i]
+        source = s["meta"]["path"].rsplit("/", 1)[-1]
+        seen.add(source)
+        g1, g2 = (v.numpy() for v in s["views"]["global"])
+        shift = {"t1.tif": OFFSET, "t2.tif": -OFFSET, "other.tif": 0.0}[source]
+        np.testing.assert_allclose(g2, g1 + shift)  # whole window, unflipped: the same pixels at the other date
+        if local:
+            first = 1 if source == "t2.tif" else 0
+            expected = [first, 1 - first] * 2 if source != "other.tif" else [0] * 4
+            assert dates_of(s["views"]["local"]) == expected
+            assert all(v.all() for v in s["valid"]["local"])
+    assert seen == {"t1.tif", "t2.tif", "other.tif"}
 
 
 def test_a_window_mostly_without_data_at_the_other_date_pairs_with_itself(tmp_path) -> None:
@@ -156,3 +194,32 @@ def test_the_pairing_is_reported_and_a_folder_without_dates_is_warned_about(date
     write_tif(alone / "b.tif", gradient(2, 24, 32, dtype="float32"))
     assert pair_dataset(alone, cfg).pairing_note().startswith("warning: data.date_pairs is on but no two files")
     assert pair_dataset(dates, DataConfig(kind="raster", patch_size=16, global_crop_size=12)).pairing_note() is None
+
+
+def test_a_contrastive_recipe_trains_across_dates_and_mae_refuses_them_before_making_a_folder(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from geomed_ssl.cli import app
+    from tests.conftest import TINY, TINY_BASE
+
+    rng = np.random.default_rng(0)
+    base = gradient(4, 40, 40, dtype="float32") + rng.normal(0, 5, (4, 40, 40)).astype("float32")
+    write_tif(tmp_path / "scene" / "2020-05.tif", base)
+    write_tif(tmp_path / "scene" / "2020-08.tif", base * 1.1 + 20)
+    common = ["data.sensor=null", "data.patch_size=32", "data.date_pairs=true", "train.max_steps=3",
+              "train.checkpoint_every=3", "train.warmup_steps=1"]
+
+    def run(recipe: str, out: str, tiny: list[str]):
+        args = ["pretrain", recipe, "--data", str(tmp_path / "scene"), "--out", str(tmp_path / out)]
+        for item in [*tiny, *common]:
+            args += ["--set", item]
+        return CliRunner().invoke(app, args)
+
+    result = run("recipes/simclr_sentinel2.yaml", "simclr", [*TINY_BASE, "data.global_crop_size=32"])
+    assert result.exit_code == 0, result.output
+    assert "date pairs: 2 of 2 files have another date on their grid" in result.output
+    assert (tmp_path / "simclr" / "encoder").is_dir()
+    refused = run("recipes/mae_sentinel2.yaml", "mae", TINY)
+    assert refused.exit_code != 0
+    assert "one view of each window" in refused.output and "Traceback" not in refused.output
+    assert not (tmp_path / "mae").exists()

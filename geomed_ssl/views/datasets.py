@@ -194,7 +194,12 @@ class PretrainDataset(Dataset):
             return ("warning: data.date_pairs is on but no two files share a grid (same CRS, transform, size and "
                     "bands), so every window pairs with itself; check that the dates are aligned on one grid")
         grids = len({grid_key(r) for r, m in zip(self.records, self.mates) if m})
-        return f"date pairs: {paired} of {len(self.records)} files have another date on their grid ({grids} grid(s))"
+        note = f"date pairs: {paired} of {len(self.records)} files have another date on their grid ({grids} grid(s))"
+        if self.ndim == 3:  # a raster's transform places it on Earth; a volume's affine does not name its subject
+            note = (f"warning: {note}; volumes registered to one space (an atlas or template, as in BraTS) share one "
+                    "affine across subjects, so these pairs may be different subjects: keep data.date_pairs for "
+                    "repeat scans of one subject on one grid")
+        return note
 
     def _other_date(self, fi: int, box: list[int], i: int) -> tuple[np.ndarray, np.ndarray] | None:
         """The window ``box`` read from another file on record ``fi``'s grid (chosen by ``(seed, i)``), normalised,

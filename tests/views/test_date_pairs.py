@@ -98,7 +98,7 @@ def test_nodata_of_the_other_date_is_invalid_in_crop_two(tmp_path) -> None:
         assert not v2.all() if from_t1 else v2.all()
 
 
-def test_volumes_on_one_affine_are_paired(tmp_path) -> None:
+def test_volumes_on_one_affine_are_paired_with_a_warning_about_subjects(tmp_path) -> None:
     vol = np.arange(16 * 16 * 16, dtype=np.float32).reshape(16, 16, 16)
     for name, values in (("s1.nii.gz", vol), ("s2.nii.gz", vol + OFFSET)):
         write_nii(tmp_path / name, values, np.eye(4))
@@ -109,6 +109,18 @@ def test_volumes_on_one_affine_are_paired(tmp_path) -> None:
         first, second = shared_pixels(s)
         sign = 1.0 if s["meta"]["path"].endswith("s1.nii.gz") else -1.0
         np.testing.assert_allclose(second, first + sign * OFFSET)
+    note = ds.pairing_note()
+    assert note.startswith("warning: date pairs: 2 of 2 files") and "different subjects" in note
+    whole = dataclasses.replace(cfg, global_crop_size=None)
+    catalog = scan(tmp_path, whole)
+    view = build_views(ViewSpec(crops=2, intensity=False, scale=(1.0, 1.0), orientation=False), whole, 3,
+                       ratio=(1.0, 1.0))
+    crops = PretrainDataset(catalog, identity_stats(catalog.band_names), whole, view, seed=3, length=100)
+    for i in range(5):
+        s = crops[i]
+        g1, g2 = (v.numpy() for v in s["views"]["global"])
+        sign = 1.0 if s["meta"]["path"].endswith("s1.nii.gz") else -1.0
+        np.testing.assert_allclose(g2, g1 + sign * OFFSET, rtol=1e-5)  # whole 12^3 window of both dates
 
 
 def test_records_differing_in_transform_or_bands_are_not_mates(tmp_path) -> None:
@@ -194,6 +206,37 @@ def test_the_pairing_is_reported_and_a_folder_without_dates_is_warned_about(date
     write_tif(alone / "b.tif", gradient(2, 24, 32, dtype="float32"))
     assert pair_dataset(alone, cfg).pairing_note().startswith("warning: data.date_pairs is on but no two files")
     assert pair_dataset(dates, DataConfig(kind="raster", patch_size=16, global_crop_size=12)).pairing_note() is None
+
+
+def test_each_crop_keeps_the_valid_mask_of_the_date_it_is_cut_from(tmp_path) -> None:
+    a = gradient(1, 32, 32, dtype="float32") + 1
+    b = a.copy()
+    b[:, :, :16] = 0  # the second date has no data on its left half
+    write_tif(tmp_path / "t1.tif", a, nodata=0)
+    write_tif(tmp_path / "t2.tif", b, nodata=0)
+    cfg = DataConfig(kind="raster", patch_size=32, date_pairs=True, min_valid_fraction=0.0, n_local_crops=2,
+                     local_crop_size=16)
+    spec = ViewSpec(crops=2, local_crops=True, intensity=False, scale=(1.0, 1.0), orientation=False)
+    ds = pair_dataset(tmp_path, cfg, spec)
+    for i in range(8):
+        s = ds[i]
+        from_t1 = s["meta"]["path"].endswith("t1.tif")
+        g1, g2 = (v.numpy() for v in s["valid"]["global"])
+        clear, holed = (g1, g2) if from_t1 else (g2, g1)
+        assert clear.all() and not holed[:, :16].any() and holed[:, 16:].all()
+        again = ds[i]
+        assert all(torch.equal(x, y) for x, y in zip(s["views"]["local"], again["views"]["local"]))
+
+
+def test_a_view_refuses_a_second_date_of_another_shape_or_without_two_crops() -> None:
+    cfg = DataConfig(kind="raster", patch_size=16)
+    rng = np.random.default_rng(0)
+    image, valid = np.zeros((2, 16, 16), np.float32), np.ones((16, 16), bool)
+    two = build_views(ViewSpec(crops=2, intensity=False), cfg, 2)
+    with pytest.raises(ValueError, match="matching valid mask"):
+        two(image, valid, rng, second=(np.zeros((2, 12, 12), np.float32), np.ones((12, 12), bool)))
+    with pytest.raises(ValueError, match="two or more global crops"):
+        build_views(ViewSpec(intensity=False), cfg, 2)(image, valid, rng, second=(image, valid))
 
 
 def test_a_contrastive_recipe_trains_across_dates_and_mae_refuses_them_before_making_a_folder(tmp_path) -> None:

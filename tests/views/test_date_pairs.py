@@ -82,14 +82,20 @@ def test_without_date_pairs_both_crops_come_from_one_file(dates) -> None:
         np.testing.assert_allclose(second, first)
 
 
-def test_nodata_of_the_other_date_is_invalid_in_crop_two(tmp_path) -> None:
+@pytest.fixture
+def holed(tmp_path):
+    """Two dates of a 1-band 32x32 scene; the second has no data (0) on its left half."""
     a = gradient(1, 32, 32, dtype="float32") + 1
     b = a.copy()
-    b[:, :, :16] = 0  # the second date has no data on its left half
+    b[:, :, :16] = 0
     write_tif(tmp_path / "t1.tif", a, nodata=0)
     write_tif(tmp_path / "t2.tif", b, nodata=0)
+    return tmp_path
+
+
+def test_nodata_of_the_other_date_is_invalid_in_crop_two(holed) -> None:
     cfg = DataConfig(kind="raster", patch_size=32, global_crop_size=28, date_pairs=True, min_valid_fraction=0.0)
-    ds = pair_dataset(tmp_path, cfg, ViewSpec(crops=2, shift=4, intensity=False))
+    ds = pair_dataset(holed, cfg, ViewSpec(crops=2, shift=4, intensity=False))
     for i in range(8):
         s = ds[i]
         v1, v2 = (v.numpy() for v in s["valid"]["global"])
@@ -208,16 +214,11 @@ def test_the_pairing_is_reported_and_a_folder_without_dates_is_warned_about(date
     assert pair_dataset(dates, DataConfig(kind="raster", patch_size=16, global_crop_size=12)).pairing_note() is None
 
 
-def test_each_crop_keeps_the_valid_mask_of_the_date_it_is_cut_from(tmp_path) -> None:
-    a = gradient(1, 32, 32, dtype="float32") + 1
-    b = a.copy()
-    b[:, :, :16] = 0  # the second date has no data on its left half
-    write_tif(tmp_path / "t1.tif", a, nodata=0)
-    write_tif(tmp_path / "t2.tif", b, nodata=0)
+def test_each_crop_keeps_the_valid_mask_of_the_date_it_is_cut_from(holed) -> None:
     cfg = DataConfig(kind="raster", patch_size=32, date_pairs=True, min_valid_fraction=0.0, n_local_crops=2,
                      local_crop_size=16)
     spec = ViewSpec(crops=2, local_crops=True, intensity=False, scale=(1.0, 1.0), orientation=False)
-    ds = pair_dataset(tmp_path, cfg, spec)
+    ds = pair_dataset(holed, cfg, spec)
     for i in range(8):
         s = ds[i]
         from_t1 = s["meta"]["path"].endswith("t1.tif")

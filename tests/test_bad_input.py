@@ -799,7 +799,6 @@ DENSE_CASES: list[Case] = [
          "data.global_crop_size [16, 16] must exceed the crop shift 16 px"),
     Case("dense-crop-not-whole-tokens", pretrain_with("data.global_crop_size=31", recipe=HS),
          "data.global_crop_size [31, 31] is not a multiple of model.patch_size [2, 2]"),
-    Case("dense-on-volumes", pretrain_with("data.kind=volume", recipe=HS), "method vicreg_dense is 2D only"),
     Case("dense-negative-global-weight", pretrain_with("method.global_weight=-1", recipe=HS),
          "method.global_weight must be a number >= 0, got -1"),
     # model.tokens_per_position / group_width (the pooled spectral tokens the recipe's header recommends)

@@ -12,27 +12,28 @@ windows, strong augmentation, larger tokens all lost; numbers in ``recipes/mae_h
 Views: :class:`~geomed_ssl.views.builder.ViewSpec` with ``shift`` = ``method.max_shift`` (two unresized crops and
 their ``offset``, crop 2's origin minus crop 1's). Each crop gets its own random flip / quarter turn here
 (``dihedral``), drawn per sample (:class:`PerSample`) and undone on its token map before matching, so matched
-features describe the same ground pixels. 2D only: volumes are refused in one line (use mae or dino there).
+features describe the same ground pixels. Volumes (3D) work the same way with a flip per axis instead (no turns)
+and trilinear upsampling; unmeasured on few-label 3D tasks so far.
 With ``data.date_pairs`` crop 2 comes from another date of the same ground (another file on the grid), so matched
 features are one place at two dates (``recipes/vicreg_dense_sentinel2.yaml``).
 
-Shapes: crops (B, C, T, T); tokens (B, N, D) with N = (T / p)^2; maps (B, D, T, T); matched features (B * m, D).
+Shapes: crops (B, C, *S), S = (T, T) or (T, T, T); tokens (B, N, D) with N = prod(S / p); maps (B, D, *S); matched
+features (B * m, D).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from geomed_ssl.config import MethodConfig, setting
 from geomed_ssl.views.builder import ViewSpec
-from geomed_ssl.errors import ConfigError
-from geomed_ssl.methods.base import MethodCard, MethodContext, MethodOutput, MethodSettings, PerSample, SSLMethod
+from geomed_ssl.methods.base import MethodCard, MethodOutput, MethodSettings, PerSample, SSLMethod
 from geomed_ssl.methods.losses import vicreg_terms
 from geomed_ssl.methods.projection import vicreg_expander
 from geomed_ssl.methods.registry import register_method
@@ -60,59 +61,64 @@ class VICRegDenseSettings(MethodSettings):
                                    bounds=">= 0")
     dihedral: bool = setting(True, "each crop gets its own random flip / quarter turn, undone before matching")
 
-    def check(self, source: str, context: MethodContext) -> None:
-        if context.spatial_dims == 3:
-            raise ConfigError(f"{source}: method vicreg_dense is 2D only (rasters): its pixel matching and "
-                              f"quarter turns are written for images; for volumes use method mae or dino.")
 
-
-def match_pixels(offset: torch.Tensor, size: tuple[int, int], matches: int, neighbourhood: int,
+def match_pixels(offset: torch.Tensor, size: tuple[int, ...], matches: int, neighbourhood: int,
                  per_sample: PerSample, valid1: torch.Tensor | None = None,
                  valid2: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel pairs to match, as flat indices (B, m) into crop 1 and crop 2 (both ``size`` = (T, T)).
+    """Pixel (voxel) pairs to match, as flat indices (B, m) into crop 1 and crop 2 (both ``size``: (T, T) or
+    (T, T, T)).
 
-    ``offset`` (B, 2) = origin of crop 2 - origin of crop 1, so pixel (a, b) of crop 1 is pixel (a - dy, b - dx)
-    of crop 2. Crop-1 pixels are drawn among those whose partner, moved by up to ``neighbourhood`` px per axis, is
-    still in crop 2 (where that leaves none: every shared pixel, partners clamped), and among them those valid in
-    both crops (``valid1``/``valid2`` (B, T, T) bool; none valid: all of them); each partner is moved by a uniform
-    draw in [-neighbourhood, neighbourhood] per axis. Every draw comes from the sample's own stream."""
-    t_y, t_x = size
-    nb = int(neighbourhood)
+    ``offset`` (B, n_dims) = origin of crop 2 - origin of crop 1, so pixel p of crop 1 is pixel p - offset of crop 2.
+    Crop-1 pixels are drawn among those whose partner, moved by up to ``neighbourhood`` px per axis, is still in
+    crop 2 (where that leaves none: every shared pixel, partners clamped), and among them those valid in both crops
+    (``valid1``/``valid2`` (B, *size) bool; none valid: all of them); each partner is moved by a uniform draw in
+    [-neighbourhood, neighbourhood] per axis. Every draw comes from the sample's own stream."""
+    nd, nb = len(size), int(neighbourhood)
+    coords = torch.meshgrid(*[torch.arange(t) for t in size], indexing="ij")
+    strides = [math.prod(size[k + 1:]) for k in range(nd)]  # row-major flat index
     idx1, idx2 = [], []
-    ys, xs = torch.arange(t_y)[:, None], torch.arange(t_x)[None, :]
     for i in range(len(per_sample)):
         g = per_sample.generator(i, STREAM_MATCH)
-        dy, dx = int(offset[i, 0]), int(offset[i, 1])
+        d = [int(v) for v in offset[i, :nd]]
         allowed = None
         for margin in (nb, 0):  # partners that stay inside crop 2 whatever the move; else the plain overlap
-            ok = ((ys >= dy + margin) & (ys < t_y + dy - margin) & (xs >= dx + margin) & (xs < t_x + dx - margin))
+            ok = torch.ones(size, dtype=torch.bool)
+            for c, dk, t in zip(coords, d, size):
+                ok &= (c >= dk + margin) & (c < t + dk - margin)
             if ok.any():
                 allowed = ok
                 break
         if allowed is None:
-            raise ValueError(f"crops of {list(size)} px shifted by {[dy, dx]} share no pixel")
+            raise ValueError(f"crops of {list(size)} px shifted by {d} share no pixel")
         if valid1 is not None and valid2 is not None:
             partner_ok = torch.zeros_like(allowed)
-            ay, ax = torch.nonzero(allowed, as_tuple=True)
-            partner_ok[ay, ax] = valid2[i].cpu()[ay - dy, ax - dx]
+            at = torch.nonzero(allowed, as_tuple=True)
+            partner_ok[at] = valid2[i].cpu()[tuple(a - dk for a, dk in zip(at, d))]
             both = allowed & valid1[i].cpu() & partner_ok
             if both.any():
                 allowed = both
         flat = torch.nonzero(allowed.reshape(-1), as_tuple=True)[0]  # candidate crop-1 pixels
         pick = flat[torch.randint(0, len(flat), (matches,), generator=g)]
-        a, b = pick // t_x, pick % t_x
-        move = torch.randint(-nb, nb + 1, (matches, 2), generator=g) if nb else torch.zeros(matches, 2, dtype=torch.long)
-        a2 = (a - dy + move[:, 0]).clamp(0, t_y - 1)
-        b2 = (b - dx + move[:, 1]).clamp(0, t_x - 1)
+        move = torch.randint(-nb, nb + 1, (matches, nd), generator=g) if nb else torch.zeros(matches, nd, dtype=torch.long)
+        partner = torch.zeros_like(pick)
+        for k in range(nd):
+            a_k = (pick // strides[k]) % size[k]
+            partner += (a_k - d[k] + move[:, k]).clamp(0, size[k] - 1) * strides[k]
         idx1.append(pick)
-        idx2.append(a2 * t_x + b2)
+        idx2.append(partner)
     return torch.stack(idx1), torch.stack(idx2)
 
 
 def dihedral(x: torch.Tensor, code: torch.Tensor, inverse: bool = False) -> torch.Tensor:
-    """Per-sample flip + quarter turns of the last two axes of ``x`` (B, C, H, W) (square): ``code`` (B, 2) long
-    holds (flip 0/1, turns 0-3); ``inverse`` undoes them."""
+    """Per-sample geometry of crops ``x``. 2D (B, C, H, W), square: ``code`` (B, 2) long holds (flip 0/1, quarter
+    turns 0-3) of the last two axes. 3D (B, C, D, H, W): ``code`` (B, 3) holds a flip 0/1 per spatial axis (no
+    turns: a volume's axes differ in spacing and anatomy). ``inverse`` undoes them."""
     out = []
+    if x.dim() == 5:
+        for xi, flips in zip(x, code.tolist()):
+            axes = [1 + k for k, f in enumerate(flips) if f]  # flips are their own inverse
+            out.append(xi.flip(axes) if axes else xi)
+        return torch.stack(out)
     for xi, (flip, k) in zip(x, code.tolist()):
         if inverse:
             xi = torch.rot90(xi, -k, (-2, -1))
@@ -136,16 +142,13 @@ class VICRegDense(SSLMethod):
         cost="2x (two crops through the encoder; a small projector on the matched pixels)",
         failure_modes="strong intensity augmentation erases the spectral differences it should keep (measured: "
                       "weak scale / noise wins); the loss plateaus high (~15-20 of ~50 at start) when it works; "
-                      "2D only",
-        recipes=("recipes/mae_hyperspectral.yaml", "recipes/vicreg_dense_sentinel2.yaml"),
-        dims="2D")
+                      "on volumes unmeasured with few labels, and small tokens on 3D crops cost memory fast",
+        recipes=("recipes/mae_hyperspectral.yaml", "recipes/vicreg_dense_sentinel2.yaml"))
 
     def __init__(self, encoder_cfg: EncoderConfig,
                  settings: VICRegDenseSettings | MethodConfig | Mapping[str, Any] | None = None,
                  max_steps: int = 1000) -> None:
         super().__init__(encoder_cfg, settings, max_steps)
-        if encoder_cfg.spatial_dims != 2:  # settings built without a context reach here
-            raise ConfigError("method vicreg_dense is 2D only (rasters); for volumes use method mae or dino.")
         m = self.settings
         self.views = dataclasses.replace(type(self).views, shift=int(m.max_shift))
         self.encoder = ViTEncoder(encoder_cfg)
@@ -155,13 +158,14 @@ class VICRegDense(SSLMethod):
                                  if m.global_weight > 0 else None)
 
     def pixel_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x`` (B, C, T, T) -> per-pixel features (B, D, T, T) (final normed tokens upsampled bilinearly) and the
-        tokens (B, N, D)."""
+        """``x`` (B, C, *S) -> per-pixel (voxel) features (B, D, *S) (final normed tokens upsampled bilinearly, or
+        trilinearly for volumes) and the tokens (B, N, D)."""
         tokens = self.encoder(x)[:, 1:]  # (B, N, D), CLS dropped
         grid = self.encoder.patch_embed.grid_for(tuple(x.shape[2:]))
-        fmap = tokens.transpose(1, 2).reshape(x.shape[0], -1, *grid)  # (B, D, g, g)
+        fmap = tokens.transpose(1, 2).reshape(x.shape[0], -1, *grid)  # (B, D, *g)
         if tuple(grid) != tuple(x.shape[2:]):
-            fmap = F.interpolate(fmap, size=tuple(x.shape[2:]), mode="bilinear", align_corners=False)
+            mode = "bilinear" if x.dim() == 4 else "trilinear"
+            fmap = F.interpolate(fmap, size=tuple(x.shape[2:]), mode=mode, align_corners=False)
         return fmap, tokens
 
     def _weighted(self, za: torch.Tensor, zb: torch.Tensor) -> tuple[torch.Tensor, Any]:
@@ -171,8 +175,8 @@ class VICRegDense(SSLMethod):
                 + m.covariance_weight * t.covariance), t
 
     def training_loss(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> MethodOutput:
-        """Loss of one micro-batch: ``batch["views"]["global"]`` two (B, C, T, T) crops, ``batch["offset"]`` (B, 2),
-        ``batch["valid"]["global"]`` two (B, T, T) masks; flips / turns and matched pixels drawn per sample."""
+        """Loss of one micro-batch: ``batch["views"]["global"]`` two (B, C, *S) crops, ``batch["offset"]`` (B, n_dims),
+        ``batch["valid"]["global"]`` two (B, *S) masks; flips / turns and matched pixels drawn per sample."""
         m = self.settings
         x1, x2 = batch["views"]["global"]
         valid = batch["valid"]["global"] if isinstance(batch.get("valid"), dict) else None
@@ -184,9 +188,12 @@ class VICRegDense(SSLMethod):
         maps, tokens = [], []
         for view, x in enumerate((x1, x2)):
             code = None
-            if m.dihedral:
+            if m.dihedral and x.dim() == 4:
                 r = per_sample.rand(2, stream=STREAM_DIHEDRAL + 10 * view)  # (B, 2)
                 code = torch.stack([(r[:, 0] < 0.5).long(), (r[:, 1] * 4).long().clamp(max=3)], 1)
+                x = dihedral(x, code)
+            elif m.dihedral:
+                code = (per_sample.rand(3, stream=STREAM_DIHEDRAL + 10 * view) < 0.5).long()  # (B, 3) flips
                 x = dihedral(x, code)
             fmap, tok = self.pixel_map(x)
             maps.append(dihedral(fmap, code, inverse=True) if code is not None else fmap)

@@ -1,5 +1,5 @@
 """vicreg_dense: the shifted-pair view and the pixel matching pick the same ground pixels; the method trains from
-the CLI (loss falls), resumes exactly, and refuses volumes."""
+the CLI (loss falls) on rasters and volumes, and resumes exactly."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ from typer.testing import CliRunner
 from geomed_ssl.cli import app
 from geomed_ssl.config import DataConfig
 from geomed_ssl.views.builder import ShiftedPairView, ViewSpec, build_views
-from geomed_ssl.errors import ConfigError
-from geomed_ssl.methods.base import MethodContext, PerSample
-from geomed_ssl.methods.vicreg_dense import VICRegDense, VICRegDenseSettings, dihedral, match_pixels
+from geomed_ssl.methods.base import PerSample
+from geomed_ssl.methods.vicreg_dense import VICRegDense, dihedral, match_pixels
 from geomed_ssl.models.encoder import EncoderConfig
 from tests.conftest import TINY_BASE, KillAt
 
@@ -90,9 +89,50 @@ def test_matching_skips_pixels_invalid_in_either_crop() -> None:
     assert valid1.reshape(1, -1).gather(1, i1).all() and valid2.reshape(1, -1).gather(1, i2).all()
 
 
-def test_volumes_are_refused_in_one_line() -> None:
-    with pytest.raises(ConfigError, match="2D only"):
-        VICRegDenseSettings().validated("recipe", MethodContext(spatial_dims=3))
+def volume_pair_batch(n: int, shift: int, size: int = 12) -> dict:
+    """``n`` shifted pairs of a (3, 20, 20, 20) volume whose bands hold each voxel's z, y and x."""
+    view = ShiftedPairView((size,) * 3, shift)
+    scene = np.stack(np.mgrid[0:20, 0:20, 0:20].astype(np.float32))
+    valid = np.ones(scene.shape[1:], bool)
+    samples = [view(scene, valid, np.random.default_rng([5, i])) for i in range(n)]
+    return {"views": {"global": [torch.stack([s["views"]["global"][k] for s in samples]) for k in (0, 1)]},
+            "offset": torch.stack([s["offset"] for s in samples]), "index": torch.arange(n)}
+
+
+@pytest.mark.parametrize("neighbourhood", [0, 2])
+def test_matched_voxels_are_the_same_place_or_within_the_neighbourhood(neighbourhood: int) -> None:
+    batch = volume_pair_batch(12, shift=3)
+    x1, x2 = batch["views"]["global"]
+    assert batch["offset"].shape == (12, 3) and batch["offset"].abs().max() > 0
+    i1, i2 = match_pixels(batch["offset"], (12, 12, 12), 200, neighbourhood,
+                          PerSample(torch.Generator().manual_seed(4), range(12)))
+    at1 = torch.gather(x1.flatten(2), 2, i1[:, None].expand(-1, 3, -1))  # (B, 3, m) z, y, x of each match
+    at2 = torch.gather(x2.flatten(2), 2, i2[:, None].expand(-1, 3, -1))
+    assert (at1 - at2).abs().max() == neighbourhood
+
+
+def test_a_volume_flip_per_axis_is_undone() -> None:
+    x = torch.randn(8, 2, 6, 6, 6)
+    codes = torch.tensor([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)])
+    flipped = dihedral(x, codes)
+    assert torch.equal(flipped[0], x[0]) and not torch.equal(flipped[7], x[7])
+    assert torch.equal(flipped[4], x[4].flip(1))  # code (1, 0, 0): the first spatial axis
+    assert torch.equal(dihedral(flipped, codes, inverse=True), x)
+
+
+def test_vicreg_dense_trains_on_volumes_from_the_cli(volume_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = cli_run(volume_dir, out, "data.kind=volume", "data.sensor=null", "model.patch_size=4",
+                     "train.max_steps=30", "train.checkpoint_every=30", "train.base_lr=0.5", "train.warmup_steps=5")
+    assert result.exit_code == 0, result.output
+    curve = losses(out)
+    assert len(curve) == 30 and all(np.isfinite(v) for v in curve.values())
+    first, last = np.mean([curve[s] for s in range(1, 6)]), np.mean([curve[s] for s in range(26, 31)])
+    assert last < first, (first, last)
+    from geomed_ssl import load_encoder
+
+    feats, grid = load_encoder(out).forward_features(torch.randn(1, 1, 16, 16, 16), layers=[0, 1])
+    assert grid == (4, 4, 4) and [f.shape for f in feats] == [(1, 64, 32)] * 2
 
 
 def test_the_method_view_carries_its_max_shift() -> None:

@@ -13,7 +13,7 @@ Views: :class:`~geomed_ssl.views.builder.ViewSpec` with ``shift`` = ``method.max
 their ``offset``, crop 2's origin minus crop 1's). Each crop gets its own random flip / quarter turn here
 (``dihedral``), drawn per sample (:class:`PerSample`) and undone on its token map before matching, so matched
 features describe the same ground pixels. Volumes (3D) work the same way with a flip per axis instead (no turns)
-and trilinear upsampling; unmeasured on few-label 3D tasks so far.
+and trilinear upsampling (BraTS numbers: docs/label_efficiency.md).
 With ``data.date_pairs`` crop 2 comes from another date of the same ground (another file on the grid), so matched
 features are one place at two dates (``recipes/vicreg_dense_sentinel2.yaml``).
 
@@ -143,7 +143,8 @@ class VICRegDense(SSLMethod):
         cost="2x (two crops through the encoder; a small projector on the matched pixels)",
         failure_modes="strong intensity augmentation erases the spectral differences it should keep (measured: "
                       "weak scale / noise wins); the loss plateaus high (~15-20 of ~50 at start) when it works; "
-                      "on volumes unmeasured with few labels, and small tokens on 3D crops cost memory fast",
+                      "on volumes (BraTS) it beat random init under a frozen probe but not a fine-tuned network; small "
+                      "tokens on 3D crops cost memory fast",
         recipes=("recipes/mae_hyperspectral.yaml", "recipes/vicreg_dense_sentinel2.yaml"))
 
     def __init__(self, encoder_cfg: EncoderConfig,

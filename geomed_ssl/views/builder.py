@@ -192,6 +192,18 @@ class CropSet:
     roles: tuple[str, ...]  # one per crop: "none" (geometry only) or an Intensity.probs role
 
 
+def _date_sources(image: np.ndarray, valid: np.ndarray, second: tuple[np.ndarray, np.ndarray] | None,
+                  spatial_dims: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[(image, valid), (second date's image, valid)] (the window itself twice without ``second``), after checking
+    each is (C, *spatial) with a matching mask, both of one window."""
+    sources = [(image, valid), second or (image, valid)]
+    for img, ok in sources:
+        if img.ndim != spatial_dims + 1 or ok.shape != img.shape[1:] or ok.shape != valid.shape:
+            raise ValueError(f"view expects images (C, *{spatial_dims} spatial) of one window and matching valid "
+                             f"masks, got {img.shape} and {ok.shape}")
+    return sources
+
+
 class IdentityView:
     """No augmentation: the normalised window as tensors (inference, statistics, tests)."""
 
@@ -230,14 +242,9 @@ class CropView:
 
     def __call__(self, image: np.ndarray, valid: np.ndarray, rng: np.random.Generator,
                  second: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
-        nd = self.spatial_dims
         if second is not None and not self.pairs:
             raise ValueError("a second date needs a view of two or more global crops")
-        sources = [(image, valid), second or (image, valid)]
-        for img, ok in sources:
-            if img.ndim != nd + 1 or ok.shape != img.shape[1:] or ok.shape != valid.shape:
-                raise ValueError(f"view expects image (C, *{nd} spatial) and a matching valid mask, got "
-                                 f"{img.shape} and {ok.shape}")
+        sources = _date_sources(image, valid, second, self.spatial_dims)
         g = [self.crop(*sources[k % 2], self.global_crops, r, rng) for k, r in enumerate(self.global_crops.roles)]
         if self.local_crops is None and len(g) == 1:
             return _to_tensors(*g[0])
@@ -273,12 +280,7 @@ class ShiftedPairView:
 
     def __call__(self, image: np.ndarray, valid: np.ndarray, rng: np.random.Generator,
                  second: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
-        nd = len(self.size)
-        sources = [(image, valid), second or (image, valid)]
-        for img, ok in sources:
-            if img.ndim != nd + 1 or ok.shape != img.shape[1:] or ok.shape != valid.shape:
-                raise ValueError(f"view expects images (C, *{nd} spatial) of one window and matching valid masks, "
-                                 f"got {img.shape} and {ok.shape}")
+        sources = _date_sources(image, valid, second, len(self.size))
         room = [w - s for w, s in zip(valid.shape, self.size)]  # free origins per axis, >= shift (build_views)
         offset = [int(rng.integers(-min(self.shift, r), min(self.shift, r) + 1)) for r in room]
         o1 = [int(rng.integers(max(0, -d), r - max(0, d) + 1)) for d, r in zip(offset, room)]

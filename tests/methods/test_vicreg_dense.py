@@ -30,10 +30,11 @@ def coordinate_scene(h: int = 30, w: int = 30) -> np.ndarray:
     return np.stack([rows, cols])
 
 
-def pair_batch(n: int, shift: int, size: int = 16, seed: int = 0) -> dict:
-    """``n`` shifted pairs of a coordinate scene, batched as the dataset does."""
-    view = ShiftedPairView((size, size), shift)
-    scene = coordinate_scene()
+def pair_batch(n: int, shift: int, size: int = 16, seed: int = 0, scene: np.ndarray | None = None) -> dict:
+    """``n`` shifted pairs of a coordinate scene (default: :func:`coordinate_scene`; a volume gives 3D pairs),
+    batched as the dataset does."""
+    scene = coordinate_scene() if scene is None else scene
+    view = ShiftedPairView((size,) * (scene.ndim - 1), shift)
     valid = np.ones(scene.shape[1:], bool)
     samples = [view(scene, valid, np.random.default_rng([seed, i])) for i in range(n)]
     return {"views": {"global": [torch.stack([s["views"]["global"][k] for s in samples]) for k in (0, 1)]},
@@ -89,19 +90,10 @@ def test_matching_skips_pixels_invalid_in_either_crop() -> None:
     assert valid1.reshape(1, -1).gather(1, i1).all() and valid2.reshape(1, -1).gather(1, i2).all()
 
 
-def volume_pair_batch(n: int, shift: int, size: int = 12) -> dict:
-    """``n`` shifted pairs of a (3, 20, 20, 20) volume whose bands hold each voxel's z, y and x."""
-    view = ShiftedPairView((size,) * 3, shift)
-    scene = np.stack(np.mgrid[0:20, 0:20, 0:20].astype(np.float32))
-    valid = np.ones(scene.shape[1:], bool)
-    samples = [view(scene, valid, np.random.default_rng([5, i])) for i in range(n)]
-    return {"views": {"global": [torch.stack([s["views"]["global"][k] for s in samples]) for k in (0, 1)]},
-            "offset": torch.stack([s["offset"] for s in samples]), "index": torch.arange(n)}
-
-
 @pytest.mark.parametrize("neighbourhood", [0, 2])
 def test_matched_voxels_are_the_same_place_or_within_the_neighbourhood(neighbourhood: int) -> None:
-    batch = volume_pair_batch(12, shift=3)
+    volume = np.stack(np.mgrid[0:20, 0:20, 0:20].astype(np.float32))  # bands: each voxel's z, y and x
+    batch = pair_batch(12, shift=3, size=12, seed=5, scene=volume)
     x1, x2 = batch["views"]["global"]
     assert batch["offset"].shape == (12, 3) and batch["offset"].abs().max() > 0
     i1, i2 = match_pixels(batch["offset"], (12, 12, 12), 200, neighbourhood,

@@ -17,6 +17,7 @@ from geomed_ssl.views.datasets import PretrainDataset, same_grid_mates
 from tests.data.conftest import gradient, write_nii, write_tif
 
 PAIR = ViewSpec(crops=2, shift=3, intensity=False)
+WHOLE = ViewSpec(crops=2, intensity=False, scale=(1.0, 1.0), orientation=False)  # with ratio 1: both crops = window
 OFFSET = 5000.0  # the second date's values: the first's plus this
 
 
@@ -26,10 +27,11 @@ def identity_stats(names: list[str]) -> BandStats:
     return BandStats(list(names), [0.0] * n, [1.0] * n, [-1e9] * n, [1e9] * n, [1] * n)
 
 
-def pair_dataset(root, cfg: DataConfig, spec: ViewSpec = PAIR) -> PretrainDataset:
+def pair_dataset(root, cfg: DataConfig, spec: ViewSpec = PAIR, **opts) -> PretrainDataset:
+    """Seeded windows of ``root`` with ``spec``'s views (``opts``: ``build_views`` options, e.g. ``ratio``)."""
     catalog = scan(root, cfg)
     ndim = 2 if cfg.kind == "raster" else 3
-    view = build_views(spec, cfg, ndim, patch_size=1)
+    view = build_views(spec, cfg, ndim, patch_size=1, **opts)
     return PretrainDataset(catalog, identity_stats(catalog.band_names), cfg, view, seed=3, length=100)
 
 
@@ -117,11 +119,7 @@ def test_volumes_on_one_affine_are_paired_with_a_warning_about_subjects(tmp_path
         np.testing.assert_allclose(second, first + sign * OFFSET)
     note = ds.pairing_note()
     assert note.startswith("warning: date pairs: 2 of 2 files") and "different subjects" in note
-    whole = dataclasses.replace(cfg, global_crop_size=None)
-    catalog = scan(tmp_path, whole)
-    view = build_views(ViewSpec(crops=2, intensity=False, scale=(1.0, 1.0), orientation=False), whole, 3,
-                       ratio=(1.0, 1.0))
-    crops = PretrainDataset(catalog, identity_stats(catalog.band_names), whole, view, seed=3, length=100)
+    crops = pair_dataset(tmp_path, dataclasses.replace(cfg, global_crop_size=None), WHOLE, ratio=(1.0, 1.0))
     for i in range(5):
         s = crops[i]
         g1, g2 = (v.numpy() for v in s["views"]["global"])
@@ -166,10 +164,7 @@ def test_two_view_methods_see_the_same_ground_at_two_dates(dates, local: bool) -
     alternate between the window's date and another date of the same ground; the 3rd file has no other date."""
     cfg = DataConfig(kind="raster", patch_size=16, date_pairs=True, windows_per_read=1, n_local_crops=4,
                      local_crop_size=8)
-    spec = ViewSpec(crops=2, local_crops=local, intensity=False, scale=(1.0, 1.0), orientation=False)
-    catalog = scan(dates, cfg)
-    view = build_views(spec, cfg, 2, patch_size=1, ratio=(1.0, 1.0))
-    ds = PretrainDataset(catalog, identity_stats(catalog.band_names), cfg, view, seed=3, length=100)
+    ds = pair_dataset(dates, cfg, dataclasses.replace(WHOLE, local_crops=local), ratio=(1.0, 1.0))
     seen = set()
     for i in range(20):
         s = ds[i]

@@ -1,5 +1,6 @@
 """The classifiers on frozen features (the same settings for every encoder and baseline) and the scores of a
-prediction: ``linear`` (logistic regression on standardised features, balanced class weights), ``knn`` (k nearest
+prediction: ``linear`` (logistic regression on standardised features, classes weighted by
+``finetune.class_weights``: by default each training sample alike), ``knn`` (k nearest
 neighbours, cosine, distance-weighted votes, k = min(5, training samples)), ``propagate`` (label propagation over a
 k-NN graph of the training and unlabelled samples, then ``linear`` on all of them with their propagated classes)
 and ``forest`` (the random forest of the ``rf`` baseline)."""
@@ -17,10 +18,10 @@ METRIC_KEYS = {"oa": "OA", "aa": "AA", "kappa": "kappa", "miou": "mIoU", "dice":
 
 
 def classify(protocol: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int,
-             x_nodes: np.ndarray | None = None) -> np.ndarray:
+             x_nodes: np.ndarray | None = None, class_weights: Any = None) -> np.ndarray:
     """Predicted class indices (Nte,) of ``x_test`` by the ``protocol`` classifier trained on (x_train, y_train)
     (``propagate``: and the unlabelled ``x_nodes``); ``linear``, ``knn`` and ``propagate`` are the probes of
-    ``geomed_ssl.models.probe`` (``finetune.head=probe`` fits the same)."""
+    ``geomed_ssl.models.probe`` (``finetune.head=probe`` fits the same, ``class_weights`` as there)."""
     classes = np.unique(y_train)
     if classes.size < 2:  # one class to learn from: it is the only answer
         return np.full(x_test.shape[0], classes[0] if classes.size else 0, np.int64)
@@ -33,7 +34,7 @@ def classify(protocol: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np
         return model.fit(x_train, y_train).predict(x_test).astype(np.int64)
     if protocol in PROBES:
         k = int(max(y_train.max(), classes.max())) + 1
-        return predict_probe(fit_probe(protocol, x_train, y_train, k, x_nodes), x_test, k)
+        return predict_probe(fit_probe(protocol, x_train, y_train, k, x_nodes, class_weights), x_test, k)
     raise ValueError(f"unknown protocol {protocol!r}")
 
 

@@ -166,7 +166,8 @@ def frozen_scores(feats: Any, task: Task, split: Split, protocol: str, recipe: R
     x_test = feats.features(split.test)
     x_nodes = (feats.nodes(recipe.finetune.probe_nodes, recipe.labels.seed, split.allowed)
                if protocol == "propagate" else None)
-    pred = classify(protocol, x_train, task.values[split.train], x_test, split.seed, x_nodes)
+    pred = classify(protocol, x_train, task.values[split.train], x_test, split.seed, x_nodes,
+                    recipe.finetune.class_weights)
     return scores(task.values[split.test], pred, len(task.class_names), task.kind == "segment")
 
 

@@ -235,7 +235,9 @@ class FinetuneConfig:
     weight_decay: float = setting(0.05, "AdamW weight decay", bounds=">= 0")
     warmup_steps: int = setting(50, "linear lr warmup steps", bounds=STEPS0)
     loss: str = setting("ce+dice", "loss on the labelled pixels", choices=("ce", "dice", "ce+dice"))
-    class_weights: str | list[float] | None = setting(None, "null, balanced, or one weight per class",
+    class_weights: str | list[float] | None = setting(None, "the fine-tune's loss and the frozen probes' logistic "
+                                                      "regression: null (each sample alike), balanced, or one "
+                                                      "weight per class",
                                                       bounds=">= 0", choices=("balanced",))
     feature_size: int = setting(16, "UNETR decoder width", bounds="[1, 1024]")
     pool: str = setting("cls", "classify: token pooling", choices=POOLS)

@@ -50,7 +50,7 @@ def fit_probe_model(enc: ViTEncoder, recipe: Recipe, records: list[Any], selecti
     y = selection.class_map.encode(np.concatenate(values))
     k = len(selection.classes)
     x_nodes = np.concatenate(node_feats) if node_feats else None
-    state = fit_probe(f.probe, x, y, k, x_nodes)
+    state = fit_probe(f.probe, x, y, k, x_nodes, f.class_weights)
     memory = state["memory"].shape[0] if "memory" in state else 0
     model = SegmentationModel(enc, k, layers, head="probe", probe=f.probe, memory=memory)
     model.decoder.load_fitted(state)

@@ -1,7 +1,7 @@
 """Frozen multi-layer probes: per-pixel features of a frozen encoder (the tokens of several tapped blocks,
 concatenated and interpolated at each pixel from the token grids of the windows holding it, blended as
 ``predict`` blends its windows; never the CLS token alone), the classifiers fitted on them (``linear``: logistic
-regression on standardised features, balanced class weights; ``knn``: k nearest neighbours, cosine,
+regression on standardised features, classes weighted by ``finetune.class_weights``; ``knn``: k nearest neighbours, cosine,
 distance-weighted votes; ``propagate``: the labels spread over a graph of the scene's pixels, then the ``linear``
 probe on every node's propagated class, see :mod:`geomed_ssl.models.propagate`) and the same classifiers as a
 segmentation head (:class:`ProbeDecoder`), so a fitted probe is saved, loaded and run on whole scenes like any
@@ -148,11 +148,13 @@ def _row_space(train: np.ndarray) -> np.ndarray:
 
 
 def fit_probe(kind: str, x_train: np.ndarray, y_train: np.ndarray, num_classes: int,
-              x_nodes: np.ndarray | None = None) -> dict[str, np.ndarray]:
+              x_nodes: np.ndarray | None = None, class_weights: Any = None) -> dict[str, np.ndarray]:
     """The fitted ``kind`` probe on (x_train (n, F), y_train (n,) in 0..K-1) as arrays: ``mean``, ``std`` (F,);
     linear: ``weight`` (K, F), ``bias`` (K,) on standardised features (classes without training samples never
-    win); knn: ``memory`` (n, F) standardised training features, ``memory_labels`` (n,); propagate: linear's,
-    fitted on the training rows and the unlabelled ``x_nodes`` (m, F) with their propagated classes."""
+    win), each training row weighted by ``class_weights`` (``finetune.class_weights``: None, alike, so the
+    classes keep the shares they have among the training rows; "balanced"; or one weight per class); knn:
+    ``memory`` (n, F) standardised training features, ``memory_labels`` (n,); propagate: linear's, fitted on the
+    training rows and the unlabelled ``x_nodes`` (m, F) with their propagated classes."""
     if kind == "propagate":
         from geomed_ssl.models.propagate import propagated
 
@@ -177,7 +179,14 @@ def fit_probe(kind: str, x_train: np.ndarray, y_train: np.ndarray, num_classes: 
         from sklearn.linear_model import LogisticRegression
 
         basis = _row_space(z)  # (F, r)
-        model = LogisticRegression(C=1.0, max_iter=1000, class_weight="balanced")
+        if isinstance(class_weights, (list, tuple)):
+            if len(class_weights) != num_classes:
+                from geomed_ssl.errors import ConfigError
+
+                raise ConfigError(f"finetune.class_weights must be null, 'balanced' or a list of {num_classes} "
+                                  f"numbers; got {list(class_weights)!r}.")
+            class_weights = {int(c): float(class_weights[c]) for c in classes}
+        model = LogisticRegression(C=1.0, max_iter=1000, class_weight=class_weights)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             model.fit(z @ basis, y_train)

@@ -47,6 +47,32 @@ def test_probe_head_on_a_window_predicts_as_the_probe_on_sampled_pixel_features(
     assert (expected[train] == y[train]).mean() > 0.5  # it learnt from its training pixels (chance 0.25)
 
 
+def test_linear_probe_keeps_the_training_rows_class_shares_unless_class_weights_say_otherwise() -> None:
+    """A fraction of the pixels labels a rare class (a tumour) in its true share: weighing the rows alike (the
+    default, as the fine-tune's CE) keeps that prior; "balanced" gives both classes the same total weight, so the
+    rare class is over-predicted (over-segmented)."""
+    rng = np.random.default_rng(5)
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = (rng.random(n) < 0.05).astype(np.int64)
+        return rng.normal(size=(n, 4)) + y[:, None], y  # overlapping classes
+
+    x, y = draw(2000)
+    x_test, _ = draw(4000)
+    ratio = float((y == 0).sum() / (y == 1).sum())  # what "balanced" weighs the rare class by
+    shares = {str(w): (predict_probe(fit_probe("linear", x, y, 2, class_weights=w), x_test, 2) == 1).mean()
+              for w in (None, "balanced", [1.0, ratio])}
+    assert shares["None"] < y.mean() < 0.15 < shares["balanced"]
+    assert shares[str([1.0, ratio])] == pytest.approx(shares["balanced"], abs=0.02)
+    even = np.repeat([0, 1], 20)
+    fits = [fit_probe("linear", x[:40], even, 2, class_weights=w) for w in (None, "balanced")]
+    np.testing.assert_allclose(fits[0]["weight"], fits[1]["weight"], rtol=1e-6)  # k per class: the same fit
+    from geomed_ssl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="list of 2 numbers"):
+        fit_probe("linear", x, y, 2, class_weights=[1.0, 2.0, 3.0])
+
+
 def test_linear_probe_never_predicts_a_class_it_had_no_training_samples_of() -> None:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(30, 8))

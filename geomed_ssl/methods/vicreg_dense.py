@@ -143,9 +143,10 @@ class VICRegDense(SSLMethod):
         cost="2x (two crops through the encoder; a small projector on the matched pixels)",
         failure_modes="strong intensity augmentation erases the spectral differences it should keep (measured: "
                       "weak scale / noise wins); the loss plateaus high (~15-20 of ~50 at start) when it works; "
-                      "on volumes (BraTS) it beat random init under a frozen probe but not a fine-tuned network; small "
-                      "tokens on 3D crops cost memory fast",
-        recipes=("recipes/mae_hyperspectral.yaml", "recipes/vicreg_dense_sentinel2.yaml"))
+                      "on volumes (BraTS, frozen linear probe) it ties random init of the same network, and UNETR "
+                      "fine-tunes of its 4-voxel tokens failed; small tokens on 3D crops cost memory fast",
+        recipes=("recipes/mae_hyperspectral.yaml", "recipes/vicreg_dense_sentinel2.yaml",
+                 "recipes/vicreg_dense_mri.yaml"))
 
     def __init__(self, encoder_cfg: EncoderConfig,
                  settings: VICRegDenseSettings | MethodConfig | Mapping[str, Any] | None = None,

@@ -112,10 +112,11 @@ def test_a_volume_flip_per_axis_is_undone() -> None:
     assert torch.equal(dihedral(flipped, codes, inverse=True), x)
 
 
-def test_vicreg_dense_trains_on_volumes_from_the_cli(volume_dir: Path, tmp_path: Path) -> None:
+def test_vicreg_dense_trains_on_volumes_from_the_cli_with_the_mri_recipe(volume_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = cli_run(volume_dir, out, "data.kind=volume", "data.sensor=null", "model.patch_size=4",
-                     "train.max_steps=30", "train.checkpoint_every=30", "train.base_lr=0.5", "train.warmup_steps=5")
+    result = cli_run(volume_dir, out, "model.patch_size=4", "train.max_steps=30",
+                     "train.checkpoint_every=30", "train.base_lr=0.5", "train.warmup_steps=5",
+                     recipe="recipes/vicreg_dense_mri.yaml")
     assert result.exit_code == 0, result.output
     curve = losses(out)
     assert len(curve) == 30 and all(np.isfinite(v) for v in curve.values())
@@ -136,8 +137,8 @@ def test_the_method_view_carries_its_max_shift() -> None:
     assert out["views"]["global"][0].shape == (3, 16, 16) and out["offset"].shape == (2,)
 
 
-def cli_run(data: Path, out: Path, *extra: str, resume: bool = False):
-    args = ["pretrain", RECIPE, "--data", str(data), "--out", str(out)]
+def cli_run(data: Path, out: Path, *extra: str, resume: bool = False, recipe: str = RECIPE):
+    args = ["pretrain", recipe, "--data", str(data), "--out", str(out)]
     for item in [*TINY_DENSE, *extra]:
         args += ["--set", item]
     return CliRunner().invoke(app, args)

@@ -98,7 +98,8 @@ def run_demo(out: Path = Path("geomed-ssl-demo"), steps: int = DEMO_RECIPE["trai
           f"k-NN, propagate), random init also fine-tuned ({finetune_steps} steps), with "
           f"{', '.join(map(str, budgets))} labelled pixels per class ({seed_list}), tested on every other labelled "
           "pixel.")
-    print(f"{cmp.metric.upper()}, mean ± std over seeds (* best protocol; pretrained = {encoder}):")
+    spread = "mean ± std over seeds" if len(seeds) > 1 else f"one label draw (seed {seeds[0]})"
+    print(f"{cmp.metric.upper()}, {spread} (* best protocol; pretrained = {encoder}):")
     print(demo_table(cmp.rows, cmp.metric, encoder))
     print(verdict(cmp.rows, cmp.metric, encoder, budgets[-1]))
     print(f"  curve:       {cmp.out_dir / 'curve.png'}   (results.csv, summary.md beside it)")

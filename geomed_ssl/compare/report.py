@@ -45,10 +45,12 @@ def best_protocols(groups: dict[tuple[str, str], dict[float, dict[int, float]]])
 
 
 def mean_std(values: Sequence[float]) -> str:
+    """"mean ± sample std"; one value alone (no spread to estimate from one seed); "-" for none."""
     if not values:
         return "-"
-    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return f"{np.mean(values):.3f} ± {sd:.3f}"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {float(np.std(values, ddof=1)):.3f}"
 
 
 def t_interval(diffs: Sequence[float]) -> tuple[float, float, float]:
@@ -107,8 +109,8 @@ def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str) -> str
     return "\n".join([
         "# geomed-ssl compare", "",
         f"Metric: {metric} on the test {unit}s of each run; {split} split; "
-        f"{budget_label(rows)} across, mean ± std over seeds (sample std). `*`: the encoder's best protocol "
-        "(its line in curve.png).", "",
+        f"{budget_label(rows)} across, mean ± std over seeds (sample std; one seed: its value). `*`: the encoder's "
+        "best protocol (its line in curve.png).", "",
         table(rows, metric), "",
         *(["`propagate` is transductive: its graph holds the images' unlabelled " + unit + "s, test ones included "
            "(never their labels), as when you map the scene you labelled; on other images it is the linear head "

@@ -106,6 +106,8 @@ def test_compare_on_volumes_scores_dice_with_none_and_baselines(tmp_path: Path) 
                                                             ("none", "finetune"), ("rf", "forest"),
                                                             ("random_conv", "linear")}
     assert "dice, mean ± std over seeds" in result.output
+    rf_line = next(line for line in result.output.splitlines() if line.startswith("| rf |"))
+    assert "±" not in rf_line  # one seed: its value, no spread to show
     assert "`propagate` is transductive" in (out / "summary.md").read_text()
     rf = next(r for r in rows if r["encoder"] == "rf")
     assert float(rf["dice"]) > 0.7  # classes are intensity thresholds: the spectra alone separate them

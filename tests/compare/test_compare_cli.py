@@ -212,3 +212,23 @@ def test_a_resumed_compare_refuses_an_encoder_whose_weights_changed(scene, run_d
     fresh = runner.invoke(app, [*args, "--overwrite"])
     assert fresh.exit_code == 0, fresh.output
     assert runner.invoke(app, args).exit_code == 0  # the new weights' rows resume as usual
+
+
+def test_the_frozen_protocols_weigh_classes_as_finetune_class_weights_says(scene, run_dir: Path, monkeypatch,
+                                                                            tmp_path: Path) -> None:
+    import geomed_ssl.compare.run as run_module
+
+    seen = []
+    classify = run_module.classify
+
+    def recording(*args, **kwargs):
+        seen.append(args[6] if len(args) > 6 else kwargs.get("class_weights"))
+        return classify(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "classify", recording)
+    for weights, expected in ((None, None), ("balanced", "balanced")):
+        seen.clear()
+        extra = ["--no-baselines"] + (["--set", f"finetune.class_weights={weights}"] if weights else [])
+        result = runner.invoke(app, compare_args([str(run_dir)], scene, tmp_path / f"cmp_{weights}", *extra))
+        assert result.exit_code == 0, result.output
+        assert seen and set(seen) == {expected}  # every linear / k-NN fit got the setting

@@ -1,10 +1,10 @@
 """Frozen multi-layer probes: per-pixel features of a frozen encoder (the tokens of several tapped blocks,
 concatenated and interpolated at each pixel from the token grids of the windows holding it, blended as
 ``predict`` blends its windows; never the CLS token alone), the classifiers fitted on them (``linear``: logistic
-regression on standardised features, classes weighted by ``finetune.class_weights``; ``knn``: k nearest neighbours, cosine,
-distance-weighted votes; ``propagate``: the labels spread over a graph of the scene's pixels, then the ``linear``
-probe on every node's propagated class, see :mod:`geomed_ssl.models.propagate`) and the same classifiers as a
-segmentation head (:class:`ProbeDecoder`), so a fitted probe is saved, loaded and run on whole scenes like any
+regression on standardised features, classes weighted by ``finetune.class_weights``; ``knn``: k nearest neighbours,
+cosine, distance-weighted votes; ``propagate``: the labels spread over a graph of the scene's pixels, then the
+``linear`` probe on every node's propagated class, see :mod:`geomed_ssl.models.propagate`) and the same classifiers
+as a segmentation head (:class:`ProbeDecoder`), so a fitted probe is saved, loaded and run on whole scenes like any
 fine-tuned model. ``compare``'s frozen protocols and ``finetune segment`` with ``finetune.head=probe`` share them."""
 
 from __future__ import annotations

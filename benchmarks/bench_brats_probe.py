@@ -1,5 +1,7 @@
-"""BraTS whole tumour from 1 % of the voxels, with `recipes/vicreg_dense_mri.yaml` and its frozen linear probe:
-pretrained, the same ViT at random initialisation and the random forest, on the same training voxels per label seed.
+"""BraTS whole tumour from 1 % of the voxels: the frozen linear probe of recipes/vicreg_dense_mri.yaml's encoder.
+
+Pretrained, the same ViT at random initialisation (seeded by the label seed, as ``train.seed``) and the random forest,
+on the same training voxels per label seed.
 
     python benchmarks/bench_brats_probe.py [--encoder RUN] [--split test|validation] [--seeds 0 1 2 3 4]
         [--steps 1000] [--work DIR]
@@ -30,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from bench_fewlabel import BRATS, brats_rf
 
+from geomed_ssl.compare.report import mean_std
 from geomed_ssl.finetune.evaluate import evaluate_dir
 from geomed_ssl.finetune.segment import finetune_segment
 from geomed_ssl.train.pretrain import pretrain
@@ -70,6 +73,7 @@ def main() -> None:
     if not BRATS.is_dir():
         raise SystemExit(f"{BRATS} is not present: this benchmark needs the shared BraTS subset.")
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_brats_probe_"))
+    print(f"runs in {work}")
     run = args.encoder
     if run is None:
         t0 = time.time()
@@ -79,15 +83,15 @@ def main() -> None:
     scores: dict[str, list[float]] = {"pretrained": [], "random init": [], "random forest": []}
     for seed in args.seeds:
         for name, enc in (("pretrained", run), ("random init", None)):
-            out = work / f"probe_{name.split()[0]}_{seed}"
+            out = work / f"probe_{name.replace(' ', '_')}_{seed}"
             scores[name].append(probe_dice(run / "config.yaml", enc, args.split, out, seed))
-        scores["random forest"].append(brats_rf(out, BRATS / "train", BRATS / args.split)["Dice (tumour)"])
+        same_voxels = work / f"probe_pretrained_{seed}"  # every probe of a seed trains on the same voxels
+        scores["random forest"].append(brats_rf(same_voxels, BRATS / "train", BRATS / args.split)["Dice (tumour)"])
         print(f"seed {seed}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in scores.items()), flush=True)
     print(f"\nBraTS whole tumour, 1 % of 2 train patients' voxels, frozen linear probe, {args.split} patients, "
           f"seeds {' '.join(map(str, args.seeds))}\n\n| encoder | Dice (mean ± sample std) |\n|---|---|")
     for name, values in scores.items():
-        sd = np.std(values, ddof=1) if len(values) > 1 else 0.0
-        print(f"| {name} | {np.mean(values):.3f} ± {sd:.3f} |")
+        print(f"| {name} | {mean_std(values)} |")
     print(f"| paired pretrained − random init | {paired(scores['pretrained'], scores['random init'])} |")
 
 

@@ -169,7 +169,8 @@ def compare(
     result = run_compare(options, out=out, images=images, labels=labels, data=data, recipe=recipe,
                          overrides=overrides, overwrite=overwrite, strict=strict,
                          progress=logging.getLogger().level <= logging.INFO, keep_finetuned=keep_finetuned)
-    typer.echo(f"{result.metric}, mean ± std over seeds (* best protocol):")
+    spread = "mean ± std over seeds" if len(options.seeds) > 1 else f"one label draw (seed {options.seeds[0]})"
+    typer.echo(f"{result.metric}, {spread} (* best protocol):")
     typer.echo(result.table)
     typer.echo(f"results: {out / 'results.csv'}  summary: {out / 'summary.md'}  curve: {out / 'curve.png'}")
 

@@ -18,10 +18,11 @@ METRIC_KEYS = {"oa": "OA", "aa": "AA", "kappa": "kappa", "miou": "mIoU", "dice":
 
 
 def classify(protocol: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int,
-             x_nodes: np.ndarray | None = None, class_weights: Any = None) -> np.ndarray:
+             x_nodes: np.ndarray | None = None, class_weights: Any = None, num_classes: int = 0) -> np.ndarray:
     """Predicted class indices (Nte,) of ``x_test`` by the ``protocol`` classifier trained on (x_train, y_train)
     (``propagate``: and the unlabelled ``x_nodes``); ``linear``, ``knn`` and ``propagate`` are the probes of
-    ``geomed_ssl.models.probe`` (``finetune.head=probe`` fits the same, ``class_weights`` as there)."""
+    ``geomed_ssl.models.probe`` (``finetune.head=probe`` fits the same, ``class_weights`` as there: one weight per
+    class of the task's ``num_classes``, also when a class has no training rows in this split)."""
     classes = np.unique(y_train)
     if classes.size < 2:  # one class to learn from: it is the only answer
         return np.full(x_test.shape[0], classes[0] if classes.size else 0, np.int64)
@@ -33,7 +34,7 @@ def classify(protocol: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np
         model = RandomForestClassifier(n_estimators=RF_TREES, class_weight="balanced", random_state=seed, n_jobs=-1)
         return model.fit(x_train, y_train).predict(x_test).astype(np.int64)
     if protocol in PROBES:
-        k = int(max(y_train.max(), classes.max())) + 1
+        k = max(int(num_classes), int(y_train.max()) + 1)
         return predict_probe(fit_probe(protocol, x_train, y_train, k, x_nodes, class_weights), x_test, k)
     raise ValueError(f"unknown protocol {protocol!r}")
 

@@ -33,7 +33,7 @@ from geomed_ssl.data.stats import compute_stats
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.finetune.fit import save_recipe
 from geomed_ssl.models.device import resolve_device
-from geomed_ssl.models.probe import probe_layers, read_image
+from geomed_ssl.models.probe import check_class_weights, probe_layers, read_image
 from geomed_ssl.outcommands import distinct_names
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_write_text, scratch_dir
@@ -102,8 +102,9 @@ def _load_task(options: CompareOptions, recipe_file: Path, overrides: list[str] 
 def _check_resumed(out: Path, recipe: Recipe, record: str) -> None:
     """A compare continued in ``out`` must use the recipe and data its rows were made with."""
     if (out / "compare.json").is_file() and (out / "compare.json").read_text() != record:
-        raise ConfigError(f"'{out}' holds a compare of other data, classes or split (compare.json); choose another "
-                          "--out, or pass --overwrite to start again.")
+        raise ConfigError(f"'{out}' holds a compare of other data, classes or split, or one whose probes an older "
+                          "geomed-ssl fitted (compare.json); choose another --out, or pass --overwrite to start "
+                          "again.")
     if (out / "config.yaml").is_file():
         with tempfile.TemporaryDirectory() as tmp:
             recipe.save(Path(tmp) / "r.yaml")
@@ -167,7 +168,7 @@ def frozen_scores(feats: Any, task: Task, split: Split, protocol: str, recipe: R
     x_nodes = (feats.nodes(recipe.finetune.probe_nodes, recipe.labels.seed, split.allowed)
                if protocol == "propagate" else None)
     pred = classify(protocol, x_train, task.values[split.train], x_test, split.seed, x_nodes,
-                    recipe.finetune.class_weights)
+                    recipe.finetune.class_weights, len(task.class_names))
     return scores(task.values[split.test], pred, len(task.class_names), task.kind == "segment")
 
 
@@ -284,6 +285,7 @@ def run_compare(options: CompareOptions, *, out: str | Path, images: str | Path 
               "encoder": options.pretrained}
     check_out_dir(out, command="compare", inputs=inputs, overwrite=overwrite, resume=True)
     recipe_obj, task = _load_task(options, recipe_path(options, recipe), overrides, images, labels, data, strict)
+    check_class_weights(recipe_obj.finetune.class_weights, len(task.class_names))
     sources = {s.name: s for s in load_sources(options, recipe_obj, task)}
     splits = [make_split(task, recipe_obj, b, s, options.split) for b in options.budgets for s in options.seeds]
     jobs = plan(options, task, splits)

@@ -176,7 +176,13 @@ def warn_notes(splits: list[Split], task: Task) -> None:
                 log.warning("warning: %s (%s, seed %d)", note, split.budget.slug, split.seed)
 
 
+# The frozen probes' fitting rules, recorded so a compare never mixes rows fitted under two of them: 2 = the
+# logistic regression weighs samples by finetune.class_weights (2026-12-03); folders without it were fitted balanced.
+PROBE_RULES = 2
+
+
 def settings_record(task: Task, split: str) -> str:
     """``compare.json``: what a resumed compare must share with the rows already in results.csv."""
     return json.dumps({"task": task.kind, "split": split, "classes": task.class_names,
-                       "label_files": task.label_paths, "images": [r.path for r in task.records]}, indent=1) + "\n"
+                       "label_files": task.label_paths, "images": [r.path for r in task.records],
+                       "probe_rules": PROBE_RULES}, indent=1) + "\n"

@@ -24,6 +24,7 @@ from geomed_ssl.finetune.labels import LabelSelection
 from geomed_ssl.models.cls_heads import layer_decay_groups
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 from geomed_ssl.models.model_data import catalog_for_encoder, check_value_ranges
+from geomed_ssl.models.probe import check_class_weights
 from geomed_ssl.outfiles import atomic_path
 from geomed_ssl.train.callbacks import MetricsCSV
 from geomed_ssl.train.checkpointing import AtomicCheckpointIO
@@ -81,6 +82,7 @@ def data_meta(data: Any) -> dict[str, Any]:
 def class_weights_from_counts(counts: np.ndarray, mode: Any) -> torch.Tensor | None:
     """Loss weights from the training counts per class: null → none; "balanced" → inverse frequency (mean 1 over
     the classes present); a list → as given."""
+    check_class_weights(mode, len(counts))
     if mode is None:
         return None
     k = len(counts)
@@ -88,9 +90,7 @@ def class_weights_from_counts(counts: np.ndarray, mode: Any) -> torch.Tensor | N
         counts = np.asarray(counts, float)
         w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / k, 0.0)
         return torch.tensor(w / w[w > 0].mean(), dtype=torch.float32)
-    if isinstance(mode, (list, tuple)) and len(mode) == k:
-        return torch.tensor([float(v) for v in mode], dtype=torch.float32)
-    raise ConfigError(f"finetune.class_weights must be null, 'balanced' or a list of {k} numbers; got {mode!r}.")
+    return torch.tensor([float(v) for v in mode], dtype=torch.float32)
 
 
 def finetune_inputs(recipe: Any, encoder: str | Path | None, **paths: str | Path | None) -> dict[str, Any]:

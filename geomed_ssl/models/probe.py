@@ -147,6 +147,17 @@ def _row_space(train: np.ndarray) -> np.ndarray:
     return train.T @ (u[:, keep] / np.sqrt(lam[keep]))
 
 
+def check_class_weights(class_weights: Any, num_classes: int) -> None:
+    """A ConfigError unless ``finetune.class_weights`` is null, "balanced" or one weight per class."""
+    if class_weights is None or class_weights == "balanced":
+        return
+    if not isinstance(class_weights, (list, tuple)) or len(class_weights) != num_classes:
+        from geomed_ssl.errors import ConfigError
+
+        raise ConfigError(f"finetune.class_weights must be null, 'balanced' or a list of {num_classes} numbers; "
+                          f"got {class_weights!r}.")
+
+
 def fit_probe(kind: str, x_train: np.ndarray, y_train: np.ndarray, num_classes: int,
               x_nodes: np.ndarray | None = None, class_weights: Any = None) -> dict[str, np.ndarray]:
     """The fitted ``kind`` probe on (x_train (n, F), y_train (n,) in 0..K-1) as arrays: ``mean``, ``std`` (F,);
@@ -155,6 +166,8 @@ def fit_probe(kind: str, x_train: np.ndarray, y_train: np.ndarray, num_classes: 
     classes keep the shares they have among the training rows; "balanced"; or one weight per class); knn:
     ``memory`` (n, F) standardised training features, ``memory_labels`` (n,); propagate: linear's, fitted on the
     training rows and the unlabelled ``x_nodes`` (m, F) with their propagated classes."""
+    if kind != "knn":
+        check_class_weights(class_weights, num_classes)
     if kind == "propagate":
         from geomed_ssl.models.propagate import propagated
 
@@ -180,11 +193,6 @@ def fit_probe(kind: str, x_train: np.ndarray, y_train: np.ndarray, num_classes: 
 
         basis = _row_space(z)  # (F, r)
         if isinstance(class_weights, (list, tuple)):
-            if len(class_weights) != num_classes:
-                from geomed_ssl.errors import ConfigError
-
-                raise ConfigError(f"finetune.class_weights must be null, 'balanced' or a list of {num_classes} "
-                                  f"numbers; got {list(class_weights)!r}.")
             class_weights = {int(c): float(class_weights[c]) for c in classes}
         model = LogisticRegression(C=1.0, max_iter=1000, class_weight=class_weights)
         with warnings.catch_warnings():

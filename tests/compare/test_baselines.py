@@ -71,3 +71,16 @@ def test_band_stats_and_random_conv_classify_images_by_their_spectrum(tmp_path: 
     for name, protocol in (("band_stats", "linear"), ("random_conv", "linear"), ("band_stats", "propagate")):
         feats = baseline_features(name, task, _images(task, task.records, stats, recipe, (1, 1)), 4)
         assert frozen_scores(feats, task, split, protocol, recipe)["oa"] > 0.8, name
+
+
+def test_a_class_weight_list_is_one_weight_per_task_class_even_when_a_split_lacks_one() -> None:
+    from geomed_ssl.compare.probes import classify
+    from geomed_ssl.errors import ConfigError
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 20)  # the task has 4 classes; this split drew none of class 3
+    x = rng.normal(size=(60, 5)) + 3 * np.eye(5)[y]
+    pred = classify("linear", x, y, x, 0, class_weights=[1.0, 1.0, 1.0, 5.0], num_classes=4)
+    assert set(np.unique(pred)) <= {0, 1, 2} and (pred == y).mean() > 0.9
+    with pytest.raises(ConfigError, match="list of 4 numbers"):
+        classify("linear", x, y, x, 0, class_weights=[1.0, 1.0, 1.0], num_classes=4)

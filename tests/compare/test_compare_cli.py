@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +106,7 @@ def test_compare_on_volumes_scores_dice_with_none_and_baselines(tmp_path: Path) 
     assert {(r["encoder"], r["protocol"]) for r in rows} == {("none", "linear"), ("none", "propagate"),
                                                             ("none", "finetune"), ("rf", "forest"),
                                                             ("random_conv", "linear")}
-    assert "dice, mean ± std over seeds" in result.output
+    assert "dice, one label draw (seed 0)" in result.output  # one seed: no spread to show
     rf_line = next(line for line in result.output.splitlines() if line.startswith("| rf |"))
     assert "±" not in rf_line  # one seed: its value, no spread to show
     assert "`propagate` is transductive" in (out / "summary.md").read_text()
@@ -231,4 +232,11 @@ def test_the_frozen_protocols_weigh_classes_as_finetune_class_weights_says(scene
         extra = ["--no-baselines"] + (["--set", f"finetune.class_weights={weights}"] if weights else [])
         result = runner.invoke(app, compare_args([str(run_dir)], scene, tmp_path / f"cmp_{weights}", *extra))
         assert result.exit_code == 0, result.output
-        assert seen and set(seen) == {expected}  # every linear / k-NN fit got the setting
+        assert seen and set(seen) == {expected}  # every frozen protocol's fit got the setting (k-NN ignores it)
+    # a folder whose rows an older geomed-ssl fitted (balanced, no probe_rules in compare.json) is not continued
+    record = tmp_path / "cmp_None" / "compare.json"
+    old = json.loads(record.read_text())
+    del old["probe_rules"]
+    record.write_text(json.dumps(old, indent=1) + "\n")
+    result = runner.invoke(app, compare_args([str(run_dir)], scene, tmp_path / "cmp_None", "--no-baselines"))
+    assert result.exit_code == 2 and "older" in result.output and "--overwrite" in result.output

@@ -12,7 +12,8 @@ suite). Each label seed draws 1 % of the voxels of the two ``train/`` patients; 
 probe``, ``finetune.probe=linear``, every voxel weighed alike) is fitted on their frozen features and scored with
 ``evaluate`` on every voxel of the ``--split`` patients (~20 s per probe); the random forest is ``compare``'s rf (PCA
 + 7x7x7 local means, 200 trees, balanced) on the same voxels. The settings were chosen on the validation patients
-(seeds 10 11) before the test patients were scored. Measured 2026-12-03 (2 CPU cores, one thread per process), test patients, seeds 0-4, whole-tumour Dice:
+(seeds 10 11) before the test patients were scored. Measured 2026-12-03 (2 CPU cores, one thread per process),
+test patients, seeds 0-4, whole-tumour Dice:
 
 | encoder | Dice (mean ± sample std) |
 |---|---|

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from bench_fewlabel import BRATS, brats_rf
 
-from geomed_ssl.compare.report import mean_std
+from geomed_ssl.compare.report import mean_std, t_interval
 from geomed_ssl.finetune.evaluate import evaluate_dir
 from geomed_ssl.finetune.segment import finetune_segment
 from geomed_ssl.train.pretrain import pretrain
@@ -57,14 +57,9 @@ def probe_dice(recipe: Path, encoder: Path | None, split: str, out: Path, seed: 
 
 
 def paired(a: list[float], b: list[float]) -> str:
-    """Mean of a - b and its 95 % t-interval."""
-    from scipy import stats
-
-    d = np.asarray(a) - np.asarray(b)
-    if d.size < 2:
-        return f"{d.mean():+.3f}"
-    half = stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size)
-    return f"{d.mean():+.3f}, 95 % CI [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]"
+    """Mean of a - b and its 95 % t-interval (``compare``'s)."""
+    mean, lo, hi = t_interval(np.asarray(a) - np.asarray(b))
+    return f"{mean:+.3f}" if len(a) < 2 else f"{mean:+.3f}, 95 % CI [{lo:+.3f}, {hi:+.3f}]"
 
 
 def main() -> None:

@@ -163,14 +163,14 @@ def compare(
     """Label-efficiency curves on your own labelled data: each encoder against random initialisation and
     baselines that need no encoder, at several label budgets and seeds, on the same samples (resumable)."""
     from geomed_ssl.compare.options import parse_options
+    from geomed_ssl.compare.report import spread_label
     from geomed_ssl.compare.run import run_compare
 
     options = parse_options(encoders, per_class, fraction, seeds, split, protocol, baselines, no_baselines)
     result = run_compare(options, out=out, images=images, labels=labels, data=data, recipe=recipe,
                          overrides=overrides, overwrite=overwrite, strict=strict,
                          progress=logging.getLogger().level <= logging.INFO, keep_finetuned=keep_finetuned)
-    spread = "mean ± std over seeds" if len(options.seeds) > 1 else f"one label draw (seed {options.seeds[0]})"
-    typer.echo(f"{result.metric}, {spread} (* best protocol):")
+    typer.echo(f"{result.metric}, {spread_label(options.seeds)} (* best protocol):")
     typer.echo(result.table)
     typer.echo(f"results: {out / 'results.csv'}  summary: {out / 'summary.md'}  curve: {out / 'curve.png'}")
 

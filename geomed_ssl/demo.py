@@ -58,6 +58,7 @@ def run_demo(out: Path = Path("geomed-ssl-demo"), steps: int = DEMO_RECIPE["trai
     propagate probes for both encoders, random init also fine-tuned; each budget and seed), print the table and
     which wins, and write the curve and the pretrained encoder's predicted map (its propagate probe)."""
     from geomed_ssl.compare.options import Budget, CompareOptions
+    from geomed_ssl.compare.report import spread_label
     from geomed_ssl.compare.run import run_compare
     from geomed_ssl.finetune.segment import finetune_segment
     from geomed_ssl.inference.finetuned import predict_dir
@@ -98,8 +99,7 @@ def run_demo(out: Path = Path("geomed-ssl-demo"), steps: int = DEMO_RECIPE["trai
           f"k-NN, propagate), random init also fine-tuned ({finetune_steps} steps), with "
           f"{', '.join(map(str, budgets))} labelled pixels per class ({seed_list}), tested on every other labelled "
           "pixel.")
-    spread = "mean ± std over seeds" if len(seeds) > 1 else f"one label draw (seed {seeds[0]})"
-    print(f"{cmp.metric.upper()}, {spread} (* best protocol; pretrained = {encoder}):")
+    print(f"{cmp.metric.upper()}, {spread_label(seeds)} (* best protocol; pretrained = {encoder}):")
     print(demo_table(cmp.rows, cmp.metric, encoder))
     print(verdict(cmp.rows, cmp.metric, encoder, budgets[-1]))
     print(f"  curve:       {cmp.out_dir / 'curve.png'}   (results.csv, summary.md beside it)")

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geomed_ssl.data.stats import normalize
 from geomed_ssl.methods import mae
 from geomed_ssl.train.pretrain import pretrain
 from geomed_ssl.views import datasets
@@ -29,19 +28,15 @@ SMALL = ["data.patch_size=32", "model.patch_size=2", "model.embed_dim=64", "mode
 
 
 def item_across_dates(self: datasets.PretrainDataset, i: int) -> dict:
-    """The window at one date as ``image``, the same window at another date as ``target`` (itself when the file
-    has no other date on its grid or the other date is mostly nodata there)."""
+    """The window at one date as ``image``, the same window at another date as ``target`` (the dataset's own
+    ``_other_date``; itself when the file has no other date on its grid or the other date is mostly nodata there)."""
     i = int(i)
+    if not getattr(self, "_mates_for_mae", False):  # the dataset fills its mates only for pair views: once, here
+        self.mates, self._mates_for_mae = datasets.same_grid_mates(self.records), True
     fi, g_rng = self._pick_file(i // self.group)
     record = self.records[fi]
     image, valid, box = self._draw(record, g_rng, i)
-    mates = datasets.same_grid_mates(self.records)[fi]
-    other = (image, valid)
-    if mates:
-        o = self.records[mates[int(datasets._rng(self.seed, datasets.TAG_MATE, i).integers(len(mates)))]]
-        read = normalize(self.raster_reader.read_window(o, *box[:2], *self.window), self.stats, self._nodata(o))
-        if read[1].mean() >= self.data_cfg.min_valid_fraction:
-            other = read
+    other = self._other_date(fi, box, i) or (image, valid)
     c = image.shape[0]
     both = np.concatenate([image, other[0]]).astype(np.float32)
     sample = self.view(both, valid & other[1], datasets._rng(self.seed, datasets.TAG_VIEW, i))

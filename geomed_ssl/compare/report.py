@@ -53,6 +53,11 @@ def mean_std(values: Sequence[float]) -> str:
     return f"{np.mean(values):.3f} ± {float(np.std(values, ddof=1)):.3f}"
 
 
+def spread_label(seeds: Sequence[int]) -> str:
+    """What the table's cells are: "mean ± std over seeds", or with one seed "one label draw (seed N)"."""
+    return "mean ± std over seeds" if len(seeds) > 1 else f"one label draw (seed {seeds[0]})"
+
+
 def t_interval(diffs: Sequence[float]) -> tuple[float, float, float]:
     """(mean, low, high) of the 95 % t-interval of the mean of ``diffs`` (nan bounds with one value)."""
     from scipy import stats

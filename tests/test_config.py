@@ -45,6 +45,12 @@ def test_malformed_override_says_the_expected_form() -> None:
         parse_override("max_steps")
 
 
+def test_a_bad_value_given_with_set_is_blamed_on_the_set_values_not_the_recipe_alone() -> None:
+    # YAML 1.1 reads 2:1 without a space as the base-60 number 121, so the remap gets a key with no value
+    with pytest.raises(ConfigError, match=r"recipes/mae_mri.yaml with its --set values: labels.remap"):
+        load_recipe("recipes/mae_mri.yaml", ["labels.remap={2:1}"])
+
+
 def test_window_must_be_a_multiple_of_the_token_patch() -> None:
     with pytest.raises(ConfigError, match="not a multiple"):
         load_recipe(None, ["data.patch_size=30", "model.patch_size=8"])

@@ -7,7 +7,7 @@ and ``forest`` (the random forest of the ``rf`` baseline)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -39,18 +39,29 @@ def classify(protocol: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np
     raise ValueError(f"unknown protocol {protocol!r}")
 
 
-def scores(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, dense: bool) -> dict[str, float | None]:
-    """oa, aa, kappa (and, for segmentation, miou and dice) of a prediction; None where undefined."""
-    metrics = classification_metrics(confusion_matrix(y_true, y_pred, num_classes))
-    out = {k: metrics[v] for k, v in METRIC_KEYS.items()}
-    if not dense:
-        out["miou"] = out["dice"] = None
-    return out
+def background_index(values: Sequence[int], spatial_dims: int) -> int | None:
+    """The class left out of a volume's ``dice``: the one of label value 0 (the background, by the convention of
+    medical label volumes), when a volume task has it and another class; None otherwise (every class counts)."""
+    values = [int(v) for v in values]
+    return values.index(0) if spatial_dims == 3 and 0 in values and len(values) > 1 else None
 
 
-def scores_from_metrics(metrics: dict[str, Any], dense: bool) -> dict[str, float | None]:
-    """The same figures from a fine-tune run's ``metrics.json`` ``test`` entry."""
+def scores_from_metrics(metrics: dict[str, Any], dense: bool, background: int | None = None
+                        ) -> dict[str, float | None]:
+    """oa, aa, kappa (and, for segmentation, miou and dice) from :func:`classification_metrics`' figures (a
+    fine-tune run's ``metrics.json`` ``test`` entry); ``dice`` is the mean over the classes other than
+    ``background`` (None: every class)."""
     out = {k: metrics.get(v) for k, v in METRIC_KEYS.items()}
     if not dense:
         out["miou"] = out["dice"] = None
+    elif background is not None:
+        fore = [d for i, d in enumerate(metrics["per_class_dice"]) if i != background and d is not None]
+        out["dice"] = float(np.mean(fore)) if fore else None
     return out
+
+
+def scores(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int, dense: bool, background: int | None = None
+           ) -> dict[str, float | None]:
+    """The figures of :func:`scores_from_metrics` for a prediction; None where undefined."""
+    return scores_from_metrics(classification_metrics(confusion_matrix(y_true, y_pred, num_classes)), dense,
+                               background)

@@ -19,7 +19,7 @@ import numpy as np
 from geomed_ssl.compare.baselines import baseline_dims, baseline_features
 from geomed_ssl.compare.features import check_feature_memory, encoder_features, memo
 from geomed_ssl.compare.options import NONE, SEGMENT_BASELINES, BASELINES, Budget, CompareOptions
-from geomed_ssl.compare.probes import classify, scores, scores_from_metrics
+from geomed_ssl.compare.probes import background_index, classify, scores, scores_from_metrics
 from geomed_ssl.compare.report import table, write_curve, write_summary
 from geomed_ssl.compare.results import ResultsFile, make_row
 from geomed_ssl.compare.sources import (EncoderSource, check_encoders_unchanged, encoders_record,
@@ -102,9 +102,9 @@ def _load_task(options: CompareOptions, recipe_file: Path, overrides: list[str] 
 def _check_resumed(out: Path, recipe: Recipe, record: str) -> None:
     """A compare continued in ``out`` must use the recipe and data its rows were made with."""
     if (out / "compare.json").is_file() and (out / "compare.json").read_text() != record:
-        raise ConfigError(f"'{out}' holds a compare of other data, classes or split, or one whose probes an older "
-                          "geomed-ssl fitted (compare.json); choose another --out, or pass --overwrite to start "
-                          "again.")
+        raise ConfigError(f"'{out}' holds a compare of other data, classes or split, or one an older geomed-ssl "
+                          "made (its probes fitted or its scores computed otherwise; compare.json); choose another "
+                          "--out, or pass --overwrite to start again.")
     if (out / "config.yaml").is_file():
         with tempfile.TemporaryDirectory() as tmp:
             recipe.save(Path(tmp) / "r.yaml")
@@ -169,7 +169,8 @@ def frozen_scores(feats: Any, task: Task, split: Split, protocol: str, recipe: R
                if protocol == "propagate" else None)
     pred = classify(protocol, x_train, task.values[split.train], x_test, split.seed, x_nodes,
                     recipe.finetune.class_weights, len(task.class_names))
-    return scores(task.values[split.test], pred, len(task.class_names), task.kind == "segment")
+    return scores(task.values[split.test], pred, len(task.class_names), task.kind == "segment",
+                  task.background)
 
 
 @contextlib.contextmanager
@@ -221,7 +222,9 @@ def finetune_scores(source: EncoderSource, task: Task, split: Split, recipe: Rec
                 same = np.array_equal(np.sort(z["train_index"]), split.train)
     if not same:
         raise RuntimeError(f"the fine-tune of {source.name} drew other training samples than compare's selection")
-    return scores_from_metrics(result.metrics["test"], task.kind == "segment")
+    values = [c["value"] for c in result.metrics["classes"]]  # the fine-tune's own class order
+    return scores_from_metrics(result.metrics["test"], task.kind == "segment",
+                               background_index(values, task.spatial_dims))
 
 
 def progress_bar(total: int, enabled: bool) -> Any:

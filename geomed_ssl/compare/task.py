@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from geomed_ssl.compare.options import Budget
+from geomed_ssl.compare.probes import background_index
 from geomed_ssl.config import Recipe
 from geomed_ssl.data.catalog import Catalog, scan
 from geomed_ssl.data.labelled import scan_class_folders
@@ -62,6 +63,13 @@ class Task:
     masks: list[np.ndarray] = field(default_factory=list)  # segment: labelled mask per image
     label_paths: list[str] = field(default_factory=list)
     class_map: ClassMap | None = None
+
+    @property
+    def background(self) -> int | None:
+        """The class index a volume's ``dice`` leaves out (label value 0), if any (see ``background_index``)."""
+        if self.kind != "segment" or self.class_map is None:
+            return None
+        return background_index(self.class_map.values, self.spatial_dims)
 
     @property
     def unit(self) -> str:
@@ -176,9 +184,10 @@ def warn_notes(splits: list[Split], task: Task) -> None:
                 log.warning("warning: %s (%s, seed %d)", note, split.budget.slug, split.seed)
 
 
-# The frozen probes' fitting rules, recorded so a compare never mixes rows fitted under two of them: 2 = the
-# logistic regression weighs samples by finetune.class_weights (2026-12-03); folders without it were fitted balanced.
-PROBE_RULES = 2
+# The rules the rows were made by, recorded so a compare never mixes rows of two of them: 2 = the logistic
+# regression weighs samples by finetune.class_weights (2026-12-03; folders without it were fitted balanced); 3 = a
+# volume's dice leaves out the background (label value 0; before, every class).
+PROBE_RULES = 3
 
 
 def settings_record(task: Task, split: str) -> str:

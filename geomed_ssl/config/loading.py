@@ -136,4 +136,5 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
             raw = yaml.load(text, Loader=UniqueKeyLoader) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"recipe '{path}' is not valid YAML: {' '.join(str(err).split())}") from None
-    return recipe_from_dict(apply_overrides(raw, overrides, source), source)
+    raw = apply_overrides(raw, overrides, source)
+    return recipe_from_dict(raw, f"{source} with its --set values" if overrides else source)

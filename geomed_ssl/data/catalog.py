@@ -391,7 +391,7 @@ def scan(root: str | Path, data_cfg: Any, strict: bool = False, names_by_positio
                f"{exclude}" + (f", channels {data_cfg.channels}" if data_cfg.channels else "")
                + f"; {len(problems)} with problems.")
         if problems:
-            msg += " Problems: " + "; ".join(str(p) for p in problems[:5]) + (" ..." if len(problems) > 5 else "")
+            msg += " Problems: " + "; ".join(str(p) for p in problems[:5]) + ("; ..." if len(problems) > 5 else ".")
         if data_cfg.channels and files and not problems:
             msg += f" No folder holds files whose names match data.channels {data_cfg.channels}."
         if n_other and not typed:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from geomed_ssl.cli import app
@@ -73,8 +74,9 @@ def test_compare_two_encoders_and_none_writes_every_row_and_resumes_only_missing
     assert read(out / "results.csv") == rerun
 
 
-def labelled_volumes(root: Path, n: int = 2, size: int = 24) -> tuple[Path, Path]:
-    """``n`` smooth single-channel NIfTI volumes and their labels (1 below the median intensity, 2 above)."""
+def labelled_volumes(root: Path, n: int = 2, size: int = 24, first: int = 1) -> tuple[Path, Path]:
+    """``n`` smooth single-channel NIfTI volumes and their labels (``first`` below the median intensity, one more
+    above)."""
     import nibabel as nib
 
     rng = np.random.default_rng(1)
@@ -84,7 +86,7 @@ def labelled_volumes(root: Path, n: int = 2, size: int = 24) -> tuple[Path, Path
     for i in range(n):
         c = rng.uniform(6, size - 6, size=3)
         vol = 100 + 500 * np.exp(-((xx - c[0]) ** 2 + (yy - c[1]) ** 2 + (zz - c[2]) ** 2) / 50.0)
-        lab = (vol > np.median(vol)).astype(np.uint8) + 1
+        lab = (vol > np.median(vol)).astype(np.uint8) + first
         affine = np.diag([1.5, 1.5, 1.5, 1.0])
         nib.save(nib.Nifti1Image(vol.astype(np.float32), affine), str(root / "vols" / f"s{i}.nii.gz"))
         nib.save(nib.Nifti1Image(lab, affine), str(root / "labels" / f"s{i}.nii.gz"))
@@ -112,6 +114,24 @@ def test_compare_on_volumes_scores_dice_with_none_and_baselines(tmp_path: Path) 
     assert "`propagate` is transductive" in (out / "summary.md").read_text()
     rf = next(r for r in rows if r["encoder"] == "rf")
     assert float(rf["dice"]) > 0.7  # classes are intensity thresholds: the spectra alone separate them
+
+
+def test_a_volume_dice_leaves_out_the_background_label_0(tmp_path: Path) -> None:
+    from tests.conftest import TINY
+
+    volume_dir, labels = labelled_volumes(tmp_path, first=0)  # 0 = background, 1 = the structure
+    out = tmp_path / "cmp"
+    tiny = [a for item in TINY if not item.startswith("method.") for a in ("--set", item)]
+    result = runner.invoke(app, ["compare", "none", "--recipe", "recipes/mae_mri.yaml", "--images", str(volume_dir),
+                                 "--labels", str(labels), "--out", str(out), "--labels-per-class", "4",
+                                 "--seeds", "0", "--protocol", "linear", "--no-baselines", "--keep-finetuned",
+                                 *tiny, *sets("data.patch_size=16", "labels.ignore_value=null")])
+    assert result.exit_code == 0, result.output
+    tuned = next(r for r in read(out / "results.csv") if r["protocol"] == "finetune")
+    metrics = json.loads((out / "finetuned_none_k4_seed0" / "metrics.json").read_text())
+    assert [c["value"] for c in metrics["classes"]] == [0, 1]
+    assert float(tuned["dice"]) == pytest.approx(metrics["test"]["per_class_dice"][1], abs=2e-6)
+    assert json.loads((out / "compare.json").read_text())["probe_rules"] == 3
 
 
 def test_compare_on_class_folders_takes_a_pretraining_run_whose_recipe_names_a_segmentation_head(

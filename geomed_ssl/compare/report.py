@@ -109,11 +109,12 @@ def paired_lines(rows: Sequence[Row], metric: str) -> list[str]:
     return lines
 
 
-def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str) -> str:
-    """``summary.md``."""
+def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str, background: bool = False) -> str:
+    """``summary.md``; ``background``: the volumes' ``dice`` leaves out label value 0 (said in the text)."""
+    fore = " (mean over the classes other than the background, label value 0)" if background else ""
     return "\n".join([
         "# geomed-ssl compare", "",
-        f"Metric: {metric} on the test {unit}s of each run; {split} split; "
+        f"Metric: {metric}{fore} on the test {unit}s of each run; {split} split; "
         f"{budget_label(rows)} across, mean ± std over seeds (sample std; one seed: its value). `*`: the encoder's "
         "best protocol (its line in curve.png).", "",
         table(rows, metric), "",
@@ -128,8 +129,9 @@ def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str) -> str
     ])
 
 
-def write_summary(path: Path, rows: Sequence[Row], metric: str, split: str, unit: str) -> None:
-    atomic_write_text(path, summary_text(rows, metric, split, unit))
+def write_summary(path: Path, rows: Sequence[Row], metric: str, split: str, unit: str, background: bool = False
+                  ) -> None:
+    atomic_write_text(path, summary_text(rows, metric, split, unit, background))
 
 
 def short_name(encoder: str) -> str:

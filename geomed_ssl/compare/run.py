@@ -318,6 +318,6 @@ def run_compare(options: CompareOptions, *, out: str | Path, images: str | Path 
     keep = out if keep_finetuned else None
     done = execute(jobs, splits, task, sources, recipe_obj, results, run_inputs, strict, progress, keep)
     metric = headline_metric(task)
-    write_summary(out / "summary.md", results.rows, metric, options.split, task.unit)
+    write_summary(out / "summary.md", results.rows, metric, options.split, task.unit, task.background is not None)
     write_curve(out / "curve.png", results.rows, metric)
     return CompareResult(out, results.rows, metric, table(results.rows, metric), done)

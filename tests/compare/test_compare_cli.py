@@ -112,6 +112,7 @@ def test_compare_on_volumes_scores_dice_with_none_and_baselines(tmp_path: Path) 
     rf_line = next(line for line in result.output.splitlines() if line.startswith("| rf |"))
     assert "±" not in rf_line  # one seed: its value, no spread to show
     assert "`propagate` is transductive" in (out / "summary.md").read_text()
+    assert "background" not in (out / "summary.md").read_text()  # labels 1 and 2: every class counts
     rf = next(r for r in rows if r["encoder"] == "rf")
     assert float(rf["dice"]) > 0.7  # classes are intensity thresholds: the spectra alone separate them
 
@@ -132,6 +133,7 @@ def test_a_volume_dice_leaves_out_the_background_label_0(tmp_path: Path) -> None
     assert [c["value"] for c in metrics["classes"]] == [0, 1]
     assert float(tuned["dice"]) == pytest.approx(metrics["test"]["per_class_dice"][1], abs=2e-6)
     assert json.loads((out / "compare.json").read_text())["probe_rules"] == 3
+    assert "other than the background, label value 0" in (out / "summary.md").read_text()
 
 
 def test_compare_on_class_folders_takes_a_pretraining_run_whose_recipe_names_a_segmentation_head(

@@ -49,6 +49,13 @@ def test_a_bad_value_given_with_set_is_blamed_on_the_set_values_not_the_recipe_a
     # YAML 1.1 reads 2:1 without a space as the base-60 number 121, so the remap gets a key with no value
     with pytest.raises(ConfigError, match=r"recipes/mae_mri.yaml with its --set values: labels.remap"):
         load_recipe("recipes/mae_mri.yaml", ["labels.remap={2:1}"])
+    # the same for a saved run's config.yaml read back with --set values (pretrain --resume)
+    from geomed_ssl.config import recipe_with_overrides
+
+    with pytest.raises(ConfigError, match=r"run/config.yaml with its --set values: labels.remap"):
+        recipe_with_overrides({"train": {"max_steps": 5}}, ["labels.remap={2:1}"], "run/config.yaml")
+    with pytest.raises(ConfigError, match=r"^run/config.yaml: labels.remap"):
+        recipe_with_overrides({"labels": {"remap": {121: None}}}, None, "run/config.yaml")
 
 
 def test_window_must_be_a_multiple_of_the_token_patch() -> None:

@@ -136,5 +136,11 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
             raw = yaml.load(text, Loader=UniqueKeyLoader) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"recipe '{path}' is not valid YAML: {' '.join(str(err).split())}") from None
+    return recipe_with_overrides(raw, overrides, source)
+
+
+def recipe_with_overrides(raw: dict[str, Any] | None, overrides: list[str] | None, source: str) -> Recipe:
+    """:func:`apply_overrides`, then :func:`recipe_from_dict`; its errors name the ``--set`` values beside
+    ``source`` when any were given (a bad value may come from either)."""
     raw = apply_overrides(raw, overrides, source)
     return recipe_from_dict(raw, f"{source} with its --set values" if overrides else source)

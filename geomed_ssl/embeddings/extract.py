@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from geomed_ssl.checkpoint import find_encoder_dir, load_encoder, read_encoder_config
-from geomed_ssl.config import DataConfig, apply_overrides, recipe_from_dict
+from geomed_ssl.config import DataConfig, recipe_with_overrides
 from geomed_ssl.data.catalog import Catalog, scan
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.data.tiling import grid_shape
@@ -89,8 +89,8 @@ def data_config(meta: dict[str, Any], spatial_dims: int, patch_size: Sequence[in
     raw = {k: v for k, v in ((meta.get("recipe") or {}).get("data") or meta.get("data") or {}).items() if k in names}
     raw.update(kind="raster" if spatial_dims == 2 else "volume", include=["**/*"], patch_size=list(patch_size),
                **dict.fromkeys(CROP_KEYS))  # a pretraining method's crops: not read here
-    recipe = recipe_from_dict(apply_overrides({"data": raw, "model": {"patch_size": list(patch_size)}}, overrides),
-                              "embedding data settings")
+    recipe = recipe_with_overrides({"data": raw, "model": {"patch_size": list(patch_size)}}, overrides,
+                                   "embedding data settings")
     cfg = recipe.data
     if include:
         cfg.include = list(include)

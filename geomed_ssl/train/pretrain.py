@@ -15,8 +15,7 @@ import yaml
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from torch.utils.data import DataLoader, Sampler
 
-from geomed_ssl.config import (Recipe, apply_overrides, as_tuple, load_recipe, recipe_from_dict, spatial_dims,
-                               validate)
+from geomed_ssl.config import Recipe, as_tuple, load_recipe, recipe_with_overrides, spatial_dims, validate
 from geomed_ssl.data.catalog import Catalog, scan
 from geomed_ssl.views.datasets import PretrainDataset, collate
 from geomed_ssl.data.stats import BandStats, compute_stats
@@ -134,8 +133,8 @@ def resolve_recipe(recipe: Recipe | str | Path | None, out: Path, overrides: lis
         raise GeomedError(f"--resume: '{saved}' is missing, so the run's recipe is unknown; start again with "
                           f"--overwrite (replaces '{out}') or choose another --out.")
     source = str(saved)
-    raw = apply_overrides(yaml.safe_load(saved.read_text()), overrides, source)
-    return with_method_settings(recipe_from_dict(raw, source), source, saved=True)
+    recipe = recipe_with_overrides(yaml.safe_load(saved.read_text()), overrides, source)
+    return with_method_settings(recipe, source, saved=True)
 
 
 def fit_method_to_data(recipe: Recipe, catalog: Catalog, source: str, resume: bool) -> Recipe:

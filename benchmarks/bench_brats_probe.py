@@ -53,6 +53,7 @@ from geomed_ssl.train.pretrain import pretrain
 FOLDERS = ("train", "validation", "test")
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "vicreg_dense_mri.yaml"
 DATA = ["data.channels=[*Flair*,*T1c*]", "data.spacing=[2,2,2]", "data.num_workers=0"]
+NOT_IMAGES = "*OTMultiClass*,*mask*,*License*"  # the label, brain-mask and licence files beside the sequences
 LABELS = ["labels.label_name=OTMultiClass.nii.gz", "labels.remap={2: 1, 3: 1, 4: 1}", "labels.ignore_value=null",
           "labels.fraction=0.01", "finetune.head=probe", "finetune.probe=linear"]
 
@@ -61,7 +62,7 @@ def probe_dice(recipe: Path, encoder: Path | None, fit: str, split: str, out: Pa
     """Whole-tumour Dice on the ``split`` patients of the probe fitted on seed ``seed``'s 1 % of the ``fit``
     patients' voxels."""
     finetune_segment(str(recipe), encoder, BRATS / fit, None, out, overwrite=True, progress=False,
-                     overrides=[*DATA, *LABELS, "data.exclude=[*OTMultiClass*,*mask*,*License*]",
+                     overrides=[*DATA, *LABELS, f"data.exclude=[{NOT_IMAGES}]",
                                 f"labels.seed={seed}", f"train.seed={seed}"])
     return float(evaluate_dir(out, images=BRATS / split)["test"]["per_class_dice"][1])
 
@@ -91,7 +92,7 @@ def main() -> None:
     if run is None:
         t0 = time.time()
         run = pretrain(str(RECIPE), BRATS, work / "pretrain", overwrite=True, progress=False, overrides=[
-            *DATA, f"data.exclude=[{args.split}/**,*OTMultiClass*,*mask*,*License*]",
+            *DATA, f"data.exclude=[{args.split}/**,{NOT_IMAGES}]",
             f"train.max_steps={args.steps}"]).run_dir
         print(f"pretraining: {args.steps} steps in {(time.time() - t0) / 60:.1f} min")
     scores: dict[str, list[float]] = {"pretrained": [], "random init": [], "random forest": []}

@@ -793,7 +793,7 @@ HS = "recipes/mae_hyperspectral.yaml"  # method vicreg_dense: two crops at a kno
 DENSE_CASES: list[Case] = [
     Case("dense-crops-and-shift-overflow-the-window",
          pretrain_with("data.patch_size=20", "data.global_crop_size=18", recipe=HS),
-         "data.patch_size [20, 20] cannot hold two [18, 18] crops shifted by up to 4 px (method.max_shift)"),
+         "data.patch_size [20, 20] cannot hold two [18, 18] crops shifted by up to 8 px (method.max_shift)"),
     Case("dense-shift-not-smaller-than-the-crop",
          pretrain_with("data.patch_size=48", "data.global_crop_size=16", "method.max_shift=16", recipe=HS),
          "data.global_crop_size [16, 16] must exceed the crop shift 16 px"),

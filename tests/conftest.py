@@ -56,6 +56,10 @@ TINY_BASE = [  # any method: a tiny encoder, batch and run
     "train.preview_every=0", "data.num_workers=0", "data.stats_windows=32",
 ]
 TINY = [*TINY_BASE, "method.decoder_embed_dim=32", "method.decoder_depth=1", "method.decoder_num_heads=2"]  # MAE
+# recipes/mae_hyperspectral.yaml (vicreg_dense) made tiny: 16-px crops of 2-px tokens from 20-px windows, so the
+# crops may sit at most 4 px apart
+TINY_DENSE = [*TINY_BASE, "model.patch_size=2", "data.patch_size=20", "data.global_crop_size=16",
+              "method.projector_dim=64", "method.matches=32", "method.max_shift=4", "train.batch_size=4"]
 
 
 class KillAt(L.Callback):

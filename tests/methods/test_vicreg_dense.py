@@ -17,11 +17,9 @@ from geomed_ssl.views.builder import ShiftedPairView, ViewSpec, build_views
 from geomed_ssl.methods.base import PerSample
 from geomed_ssl.methods.vicreg_dense import VICRegDense, dihedral, match_pixels
 from geomed_ssl.models.encoder import EncoderConfig
-from tests.conftest import TINY_BASE, KillAt
+from tests.conftest import TINY_DENSE, KillAt
 
 RECIPE = "recipes/mae_hyperspectral.yaml"
-TINY_DENSE = [*TINY_BASE, "model.patch_size=2", "data.patch_size=20", "data.global_crop_size=16",
-              "method.projector_dim=64", "method.matches=32", "method.max_shift=4", "train.batch_size=4"]
 
 
 def coordinate_scene(h: int = 30, w: int = 30) -> np.ndarray:

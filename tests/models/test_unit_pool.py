@@ -17,7 +17,7 @@ from geomed_ssl.config import DataConfig, MethodConfig, ModelConfig
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.methods import build_method
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
-from tests.conftest import TINY_BASE
+from tests.conftest import TINY_DENSE
 
 N_BANDS = 12
 
@@ -142,9 +142,8 @@ def test_an_export_written_before_the_setting_reloads_unpooled_with_the_same_out
 
 def test_hyperspectral_recipe_pretrains_pooled_grouped_tokens_and_the_export_embeds(raster_dir: Path,
                                                                                      tmp_path: Path) -> None:
-    sets = [*TINY_BASE, "model.patch_size=2", "data.patch_size=20", "data.global_crop_size=16",
-            "method.projector_dim=64", "method.matches=32", "method.max_shift=4", "train.batch_size=4", "train.max_steps=2",
-            "model.embedding=grouped", "model.group_width=2", "model.tokens_per_position=1"]
+    sets = [*TINY_DENSE, "train.max_steps=2", "model.embedding=grouped", "model.group_width=2",
+            "model.tokens_per_position=1"]
     args = ["pretrain", "recipes/mae_hyperspectral.yaml", "--data", str(raster_dir), "--out", str(tmp_path / "run")]
     result = CliRunner().invoke(app, args + [a for s in sets for a in ("--set", s)])
     assert result.exit_code == 0, result.output

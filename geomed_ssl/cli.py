@@ -145,8 +145,9 @@ def compare(
     fraction: Optional[str] = typer.Option(None, "--label-fraction", help="Or budgets as fractions of each "
                                            "class's labels, e.g. 0.001,0.01."),
     seeds: str = typer.Option("0,1,2", "--seeds", help="Sampling seeds, e.g. 0,1,2."),
-    split: str = typer.Option("random", "--split", help="random, or blocks (training and test in separate "
-                              "blocks; training features never see test blocks)."),
+    split: str = typer.Option("random", "--split", help="random; blocks (training and test in separate blocks; "
+                              "training features never see test blocks); or images (half the images / subjects "
+                              "train, the others are only tested: new subjects)."),
     protocol: str = typer.Option("linear,finetune", "--protocol", help="Any of linear, knn, propagate (frozen "
                                  "multi-layer features; propagate spreads the labels over a graph of the images' "
                                  "pixels) and finetune; none is always also fine-tuned."),

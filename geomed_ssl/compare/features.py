@@ -9,7 +9,8 @@ matters: band means and stds alone are a strong baseline).
 
 For the ``blocks`` split the features of training pixels are computed from the image with its test blocks blanked
 (``allowed`` False set to 0, the normalised mean), so no training window sees a test-block pixel; so are the
-``propagate`` protocol's unlabelled nodes, drawn inside the training blocks only.
+``propagate`` protocol's unlabelled nodes, drawn inside the training blocks only. The ``images`` split's ``allowed``
+maps are whole images (all True or all False): training pixels see their own image, nodes lie in training images.
 """
 
 from __future__ import annotations

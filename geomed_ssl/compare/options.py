@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from geomed_ssl.errors import ConfigError
+from geomed_ssl.finetune.splits import SPLITS
 
 PROTOCOLS = ("linear", "knn", "propagate", "finetune")
 BASELINES = ("rf", "random_conv", "band_stats")
@@ -130,8 +131,8 @@ def parse_options(encoders: Sequence[str], per_class: str | None, fraction: str 
     when missing (random initialisation is the reference every encoder is compared with)."""
     if not encoders:
         raise ConfigError("give at least one encoder: a RUN_DIR, an exported encoder folder, or none.")
-    if split not in ("random", "blocks"):
-        raise ConfigError(f"--split '{split}': choose random or blocks.")
+    if split not in SPLITS:
+        raise ConfigError(f"--split '{split}': choose random, blocks or images.")
     if baselines is not None and no_baselines:
         raise ConfigError("give --baselines or --no-baselines, not both.")
     names: list[str] = []

@@ -120,7 +120,8 @@ def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str, backgr
         table(rows, metric), "",
         *(["`propagate` is transductive: its graph holds the images' unlabelled " + unit + "s, test ones included "
            "(never their labels), as when you map the scene you labelled; on other images it is the linear head "
-           "fitted on this graph. With the blocks split its graph stays inside the training blocks.", ""]
+           "fitted on this graph. With the blocks / images split its graph stays inside the training blocks / "
+           "images.", ""]
           if any(r["protocol"] == "propagate" for r in rows) else []),
         "## Pretrained − random initialisation (paired by seed)", "",
         "Difference of the metric between each pretrained encoder and `none` (same architecture, random weights) "

@@ -92,6 +92,9 @@ def _load_task(options: CompareOptions, recipe_file: Path, overrides: list[str] 
     if data is not None and labels is not None:
         raise ConfigError("--labels goes with --images (segmentation); class folders (--data) are their own labels.")
     kind = "segment" if images is not None else "classify"
+    if kind == "classify" and options.split != "random":
+        raise ConfigError(f"--split {options.split} is for label maps (--images/--labels); class folders (--data) "
+                          "are split by image already: leave out --split.")
     check_baselines(options, kind)
     recipe = load_compare_recipe(recipe_file, overrides, kind)
     task = (load_segment_task(recipe, images, labels, strict) if kind == "segment"

@@ -25,7 +25,7 @@ from geomed_ssl.errors import DataError
 from geomed_ssl.finetune.classify import save_selection
 from geomed_ssl.finetune.labels import read_label_pairs
 from geomed_ssl.finetune.sampling import (ClassMap, LabelSelection, labelled_pixels, sample_fraction,
-                                          sample_images_per_class, select_labels, training_block_maps)
+                                          sample_images_per_class, select_labels, training_area_maps)
 
 log = logging.getLogger("geomed_ssl")
 
@@ -126,8 +126,7 @@ def make_split(task: Task, recipe: Recipe, budget: Budget, seed: int, split: str
         return Split(budget, seed, np.sort(train).astype(np.int64), np.sort(test).astype(np.int64), notes)
     lab = labels_config(recipe, budget, seed, split)
     selection = select_labels(task.arrays, task.masks, lab, paths=task.label_paths)
-    allowed = (training_block_maps(task.arrays, task.masks, lab.block_size, seed, task.label_paths)
-               if split == "blocks" else None)
+    allowed = training_area_maps(task.arrays, task.masks, lab, task.label_paths)
     return Split(budget, seed, task.rows(selection, "train"), task.rows(selection, "test"), selection.notes,
                  selection, allowed)
 

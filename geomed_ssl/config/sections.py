@@ -258,8 +258,9 @@ class LabelsConfig:
                                     bounds=">= 1")
     fraction: float | None = setting(None, "or a fraction of all labels", bounds="(0, 1]")
     ignore_value: int | None = setting(0, "label value meaning unlabelled")
-    split: str = setting("random", "random, or blocks (whole blocks held out: no test pixel shares a block with "
-                         "training)", choices=("random", "blocks"))
+    split: str = setting("random", "random, blocks (whole blocks held out: no test pixel shares a block with "
+                         "training) or images (whole images / subjects held out; the dates of one label file stay "
+                         "together)", choices=("random", "blocks", "images"))
     block_size: int = setting(16, "block side for the block split", bounds=">= 1")
     test_fraction: float | None = setting(None, "subsample the test set (speed); null: every remaining label",
                                           bounds="(0, 1]")

@@ -18,9 +18,10 @@ import numpy as np
 
 from geomed_ssl.data.catalog import EXTENSIONS, FileRecord
 from geomed_ssl.finetune.sampling import (  # noqa: F401  (re-exported: the sampling half of this module)
-    ClassMap, LabelSelection, Names, block_split, check_labels_config, class_ids, labelled_pixels, sample_fraction,
+    ClassMap, LabelSelection, Names, check_labels_config, class_ids, labelled_pixels, sample_fraction,
     sample_images_per_class, sample_per_class, select_labels,
 )
+from geomed_ssl.finetune.splits import block_split  # noqa: F401  (re-exported)
 from geomed_ssl.errors import DataError
 
 __all__ = [

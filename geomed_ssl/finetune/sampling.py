@@ -3,18 +3,16 @@ and saved to ``labels_used.npz``; k images per class of a class-folder dataset (
 :func:`geomed_ssl.data.labelled.scan_class_folders`).
 
 Rare classes keep half of their labels for testing: ``per_class=k`` takes ``min(k, n_c // 2)`` of a class with
-``n_c`` labels and says so in the notes. ``split="blocks"`` tiles each image into blocks and trains only on pixels
-of training blocks, tests only on the others: a random pixel split of one scene puts test pixels right next to
-training pixels and overstates accuracy.
+``n_c`` labels and says so in the notes. ``split="blocks"`` trains only on pixels of training blocks and tests only
+on the others, ``split="images"`` holds out whole images (:mod:`geomed_ssl.finetune.splits`).
 
 Images that share one label file (one scene at several dates) share its positions: a position trained on at one date
-is tested at no other date, and ``blocks`` assigns a block to training or testing for all those dates at once.
+is tested at no other date.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -22,13 +20,14 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from geomed_ssl.errors import ConfigError, DataError
+from geomed_ssl.finetune.splits import SPLITS, same_ground, training_maps, training_pool
 from geomed_ssl.outfiles import atomic_path
 
 Names = Mapping[int, str] | None
 
 __all__ = [
-    "ClassMap", "LabelSelection", "Names", "block_split", "check_labels_config", "class_ids", "labelled_pixels",
-    "sample_fraction", "sample_images_per_class", "sample_per_class", "select_labels", "training_block_maps",
+    "ClassMap", "LabelSelection", "Names", "check_labels_config", "class_ids", "labelled_pixels",
+    "sample_fraction", "sample_images_per_class", "sample_per_class", "select_labels", "training_area_maps",
 ]
 
 
@@ -118,18 +117,19 @@ def _plural(n: int, unit: str) -> str:
 
 
 def sample_per_class(values: np.ndarray, k: int, seed: int, names: Names | ClassMap = None, unit: str = "pixel",
-                     pool: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+                     pool: np.ndarray | None = None, pool_name: str = "blocks") -> tuple[np.ndarray, list[str]]:
     """Indices (sorted) of ``k`` labelled items per class, and notes on classes that got fewer.
 
     Without ``pool`` the rest is the test set, so a class with n labels gives min(k, n // 2): half stay for testing.
-    With ``pool`` (bool per item: the training blocks) only pool items are drawn, up to all of them.
+    With ``pool`` (bool per item: in the training ``pool_name``, blocks or images) only pool items are drawn, up to
+    all of them.
     """
     cmap = names if isinstance(names, ClassMap) else ClassMap.build(np.unique(values), names)
     chosen, notes = [], []
     for c, idx in _groups(np.asarray(values), pool).items():
         n_c = idx.size
         n = min(k, n_c // 2) if pool is None else min(k, n_c)
-        where = "" if pool is None else " in training blocks"
+        where = "" if pool is None else f" in training {pool_name}"
         if n < k and n_c == 0:
             notes.append(f"{cmap.label(c)}: no labelled {unit}s{where}, took none")
         elif n < k and pool is None:
@@ -142,7 +142,8 @@ def sample_per_class(values: np.ndarray, k: int, seed: int, names: Names | Class
 
 
 def sample_fraction(values: np.ndarray, fraction: float, seed: int, names: Names | ClassMap = None,
-                    unit: str = "pixel", pool: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+                    unit: str = "pixel", pool: np.ndarray | None = None,
+                    pool_name: str = "blocks") -> tuple[np.ndarray, list[str]]:
     """Indices of round(fraction * n_c) labelled items per class (at least 1 of each class present), and notes."""
     cmap = names if isinstance(names, ClassMap) else ClassMap.build(np.unique(values), names)
     chosen, notes = [], []
@@ -150,61 +151,13 @@ def sample_fraction(values: np.ndarray, fraction: float, seed: int, names: Names
         n_c = idx.size
         n = min(max(1, int(round(fraction * n_c))), n_c)
         if n_c == 0:
-            notes.append(f"{cmap.label(c)}: no labelled {unit}s in training blocks, took none")
+            notes.append(f"{cmap.label(c)}: no labelled {unit}s in training {pool_name}, took none")
         elif n == n_c and pool is None:
             notes.append(f"{cmap.label(c)}: {_plural(n_c, 'labelled ' + unit)}, took all; none left for testing")
         elif n > fraction * n_c + 0.5:
             notes.append(f"{cmap.label(c)}: {_plural(n_c, 'labelled ' + unit)}, took 1 (at least one per class)")
         chosen.append(_take(idx, n, seed, c))
     return (np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)), notes
-
-
-# -- block split ------------------------------------------------------------------------------------------------
-def _block_grid(shape: Sequence[int], block_size: int) -> tuple[int, ...]:
-    return tuple(-(-int(s) // block_size) for s in shape)
-
-
-def _block_of(flat_index: np.ndarray, shape: Sequence[int], block_size: int) -> np.ndarray:
-    """Block number (C order over the block grid) of each flat position of an array of ``shape``."""
-    coords = np.unravel_index(flat_index, tuple(shape))
-    return np.ravel_multi_index(tuple(c // block_size for c in coords), _block_grid(shape, block_size))
-
-
-def _assign_blocks(n_blocks: int, block: np.ndarray, values: np.ndarray, seed: int) -> np.ndarray:
-    """Half the blocks (seeded) to training, then repaired so each class spread over >= 2 blocks has a training
-    and a test block, and a class inside a single block trains (rarest classes decide last)."""
-    rng = np.random.default_rng((int(seed) & 0xFFFFFFFF, 0xB10C))
-    train = np.zeros(n_blocks, bool)
-    train[rng.permutation(n_blocks)[: (n_blocks + 1) // 2]] = True
-    classes, counts = np.unique(values, return_counts=True)
-    per_class = [np.unique(block[values == c]) for c in classes[np.argsort(-counts, kind="stable")]]
-    for _ in range(2):
-        for blocks in per_class:
-            if blocks.size == 1 or not train[blocks].any():
-                train[rng.choice(blocks)] = True
-            elif train[blocks].all():
-                train[rng.choice(blocks)] = False
-    return train
-
-
-def block_split(shape: Sequence[int], block_size: int, seed: int, labels: np.ndarray | None = None,
-                mask: np.ndarray | None = None) -> np.ndarray:
-    """Bool map of ``shape`` (2D or 3D): True inside training blocks, False inside test blocks.
-
-    The image is tiled into ``block_size`` blocks, half of them (seeded) for training; with ``labels`` (and their
-    labelled ``mask``) the assignment is repaired so every class can give training and test samples.
-    """
-    grid = _block_grid(shape, block_size)
-    n_blocks = int(np.prod(grid))
-    if labels is not None:
-        flat = np.flatnonzero(mask if mask is not None else np.ones(labels.shape, bool))
-        train = _assign_blocks(n_blocks, _block_of(flat, shape, block_size), labels.reshape(-1)[flat], seed)
-    else:
-        train = _assign_blocks(n_blocks, np.zeros(0, np.int64), np.zeros(0, np.int64), seed)
-    out = train.reshape(grid)
-    for axis in range(len(shape)):
-        out = np.repeat(out, block_size, axis=axis)
-    return out[tuple(slice(0, s) for s in shape)]
 
 
 # -- the selection ----------------------------------------------------------------------------------------------
@@ -275,8 +228,8 @@ def check_labels_config(cfg: Any) -> None:
         raise ConfigError(f"labels.per_class must be >= 1, got {cfg.per_class}.")
     if cfg.fraction is not None and not 0 < cfg.fraction <= 1:
         raise ConfigError(f"labels.fraction must be in (0, 1], got {cfg.fraction}.")
-    if cfg.split not in ("random", "blocks"):
-        raise ConfigError(f"labels.split must be random or blocks, got '{cfg.split}'.")
+    if cfg.split not in SPLITS:
+        raise ConfigError(f"labels.split must be {', '.join(SPLITS[:-1])} or {SPLITS[-1]}, got '{cfg.split}'.")
     if int(cfg.block_size) < 1:
         raise ConfigError(f"labels.block_size must be >= 1, got {cfg.block_size}.")
     if cfg.test_fraction is not None and not 0 < cfg.test_fraction <= 1:
@@ -290,73 +243,24 @@ def _subsample(idx: np.ndarray, values: np.ndarray, fraction: float, seed: int) 
     return np.sort(idx[np.concatenate(keep)]) if keep else idx
 
 
-def _label_groups(paths: Sequence[str], n: int) -> np.ndarray:
-    """Per file, the index of the first file with the same label file: images sharing a label map show the same
-    ground (one scene, several dates). Each file is its own group when the paths are not given."""
-    if len(paths) != n:
-        return np.arange(n)
-    first: dict[str, int] = {}
-    return np.array([first.setdefault(os.path.abspath(str(p)), i) for i, p in enumerate(paths)], np.int64)
-
-
-def _block_offsets(shapes: Sequence[Sequence[int]], block_size: int,
-                   group: np.ndarray) -> tuple[np.ndarray, int]:
-    """(first block number of each file's block grid, total blocks): files of one label group share one grid."""
-    grids = np.array([int(np.prod(_block_grid(s, block_size))) for s in shapes], np.int64)
-    own = np.where(group == np.arange(len(shapes)), grids, 0)
-    offsets = np.concatenate([[0], np.cumsum(own)[:-1]]).astype(np.int64)
-    return offsets[group], int(own.sum())
-
-
-def _training_blocks(shapes: Sequence[Sequence[int]], block_size: int, seed: int, files: np.ndarray,
-                     flats: np.ndarray, values: np.ndarray,
-                     group: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(training flag per block over all label groups' block grids (group-major), the block of each position)."""
-    group = np.arange(len(shapes)) if group is None else group
-    offsets, total = _block_offsets(shapes, block_size, group)
-    if total < 2:
-        raise ConfigError(f"labels.block_size {block_size} leaves one block on {'x'.join(map(str, shapes[0]))}; "
-                          "lower labels.block_size so blocks can be split between training and testing.")
-    block = np.empty(values.size, np.int64)
-    for i, s in enumerate(shapes):
-        sel = files == i
-        block[sel] = offsets[i] + _block_of(flats[sel], s, block_size)
-    return _assign_blocks(total, block, values, seed), block
-
-
-def _same_ground(files: np.ndarray, flats: np.ndarray, group: np.ndarray, train: np.ndarray) -> np.ndarray:
-    """(N,) bool: the position shares its label file and flat index with a training position (itself included)."""
-    key = group[files] * (int(flats.max(initial=0)) + 1) + flats
-    return np.isin(key, key[train])
-
-
-def training_block_maps(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray], block_size: int,
-                        seed: int, paths: Sequence[str] = ()) -> list[np.ndarray]:
-    """Per label array, a bool map of its shape: True inside the blocks ``select_labels`` (split ``blocks``, same
-    ``block_size``, ``seed`` and label ``paths``) trains on, False inside its test blocks."""
+def training_area_maps(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray], cfg: Any,
+                       paths: Sequence[str] = ()) -> list[np.ndarray] | None:
+    """Per label array, a bool map of its shape: True where ``select_labels`` with the same ``labels`` config and
+    ``paths`` may train (its training blocks or images), False where it only tests; None for the random split."""
     shapes = [tuple(int(s) for s in a.shape) for a in labels_list]
-    group = _label_groups(paths, len(shapes))
     files, flats, values = labelled_pixels(labels_list, masks)
-    train_blocks, _ = _training_blocks(shapes, block_size, seed, files, flats, values, group)
-    offsets, _ = _block_offsets(shapes, block_size, group)
-    maps = []
-    for shape, start in zip(shapes, offsets):
-        grid = _block_grid(shape, block_size)
-        out = train_blocks[start:start + int(np.prod(grid))].reshape(grid)
-        for axis in range(len(shape)):
-            out = np.repeat(out, block_size, axis=axis)
-        maps.append(np.ascontiguousarray(out[tuple(slice(0, s) for s in shape)]))
-    return maps
+    return training_maps(cfg.split, shapes, int(cfg.block_size), int(cfg.seed), files, flats, values, paths)
 
 
 def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray], cfg: Any,
                   names: Names | Sequence[str] = None, paths: Sequence[str] = ()) -> LabelSelection:
     """Draw the training positions from label arrays as the ``labels`` config says; the test set is the rest
-    (random split) or the labelled positions of the test blocks (block split), subsampled by ``test_fraction``.
+    (random split) or the labelled positions of the test blocks / images (``blocks`` / ``images`` split:
+    :mod:`geomed_ssl.finetune.splits`), subsampled by ``test_fraction``.
 
     Without per_class and fraction every labelled position of the training pool trains. Images with the same label
-    file in ``paths`` are one ground at several dates: they share blocks, and a position that trains at one date is
-    tested at none.
+    file in ``paths`` are one ground at several dates: they share blocks (and ``images`` keeps them together), and a
+    position that trains at one date is tested at none.
     """
     check_labels_config(cfg)
     shapes = [tuple(int(s) for s in a.shape) for a in labels_list]
@@ -371,19 +275,15 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
                         f"{unit}s in {len(shapes)} label file(s)); segmentation needs at least two: label another "
                         f"class too (e.g. the background), or check labels.ignore_value ({cfg.ignore_value}).")
     seed, notes = int(cfg.seed), []
-    group = _label_groups(paths, len(shapes))
-    pool = None
-    if cfg.split == "blocks":
-        train_blocks, block = _training_blocks(shapes, cfg.block_size, seed, files, flats, values, group)
-        pool = train_blocks[block]  # (N,) in a training block
+    pool = training_pool(cfg.split, shapes, cfg.block_size, seed, files, flats, values, paths)
     if cfg.per_class is not None:
-        train, notes = sample_per_class(values, int(cfg.per_class), seed, cmap, unit, pool)
+        train, notes = sample_per_class(values, int(cfg.per_class), seed, cmap, unit, pool, cfg.split)
     elif cfg.fraction is not None:
-        train, notes = sample_fraction(values, float(cfg.fraction), seed, cmap, unit, pool)
+        train, notes = sample_fraction(values, float(cfg.fraction), seed, cmap, unit, pool, cfg.split)
     else:
         train = np.flatnonzero(pool) if pool is not None else np.arange(values.size)
     if pool is None:
-        test = np.flatnonzero(~_same_ground(files, flats, group, train))
+        test = np.flatnonzero(~same_ground(files, flats, paths, len(shapes), train))
     else:
         test = np.flatnonzero(~pool)
     if cfg.test_fraction is not None and test.size:

@@ -16,7 +16,7 @@ from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, cla
                                      encoder_and_stats, finetune_inputs, fit_supervised, save_recipe, seed_new_head)
 from geomed_ssl.finetune.labels import read_label_pairs, select_labels
 from geomed_ssl.finetune.probe import fit_probe_model
-from geomed_ssl.finetune.sampling import training_block_maps
+from geomed_ssl.finetune.sampling import training_area_maps
 from geomed_ssl.finetune.seg_data import SparseLabelDataset
 from geomed_ssl.models.device import resolve_device
 from geomed_ssl.models.seg_decoder import SegmentationModel
@@ -76,8 +76,7 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     nd = enc.config.spatial_dims
     window = as_tuple(recipe.finetune.window or list(enc.config.img_size), nd, "finetune.window")
     records = [by_path[r.path] for r, _ in pairs]  # read as the encoder needs
-    allowed = (training_block_maps(arrays, masks, lab.block_size, lab.seed, [p for _, p in pairs])
-               if lab.split == "blocks" else None)
+    allowed = training_area_maps(arrays, masks, lab, [p for _, p in pairs])
     if recipe.finetune.head == "probe":
         model = fit_probe_model(enc, recipe, records, selection, stats, allowed)
     else:

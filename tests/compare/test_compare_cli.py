@@ -117,6 +117,33 @@ def test_compare_on_volumes_scores_dice_with_none_and_baselines(tmp_path: Path) 
     assert float(rf["dice"]) > 0.7  # classes are intensity thresholds: the spectra alone separate them
 
 
+def test_compare_with_the_images_split_scores_held_out_subjects_only(tmp_path: Path) -> None:
+    from geomed_ssl.finetune.sampling import LabelSelection
+    from tests.conftest import TINY
+
+    volume_dir, labels = labelled_volumes(tmp_path, n=4)
+    out = tmp_path / "cmp"
+    tiny = [a for item in TINY if not item.startswith("method.") for a in ("--set", item)]
+    result = runner.invoke(app, ["compare", "none", "--recipe", "recipes/mae_mri.yaml", "--images", str(volume_dir),
+                                 "--labels", str(labels), "--out", str(out), "--label-fraction", "0.01",
+                                 "--seeds", "0,1", "--split", "images", "--protocol", "linear,propagate",
+                                 "--baselines", "rf", *tiny, *sets("data.patch_size=16", "finetune.probe_nodes=500")])
+    assert result.exit_code == 0, result.output
+    rows = read(out / "results.csv")
+    assert {(r["encoder"], r["protocol"]) for r in rows} == {("none", "linear"), ("none", "propagate"),
+                                                            ("none", "finetune"), ("rf", "forest")}
+    assert len(rows) == 8 and all(0 <= float(r["dice"]) <= 1 for r in rows)
+    for seed in (0, 1):
+        sel = LabelSelection.load_npz(out / "selections" / f"f0.01_seed{seed}.npz")
+        trained, tested = set(sel.train_file.tolist()), set(sel.test_file.tolist())
+        assert len(tested) == 2 and trained and not trained & tested  # two subjects only ever tested
+        assert sel.test_value.size == 2 * 24 ** 3  # every voxel of the held-out subjects
+    assert "images split" in (out / "summary.md").read_text()
+    refused = runner.invoke(app, ["compare", "none", "--recipe", "recipes/mae_mri.yaml", "--data", str(volume_dir),
+                                  "--out", str(tmp_path / "cls"), "--split", "images"])
+    assert refused.exit_code == 2 and "class folders (--data) are split by image already" in refused.output
+
+
 def test_a_volume_dice_leaves_out_the_background_label_0(tmp_path: Path) -> None:
     from tests.conftest import TINY
 

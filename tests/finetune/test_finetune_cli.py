@@ -97,6 +97,28 @@ def test_segment_from_random_init_with_block_split(seg_scene, tmp_path: Path) ->
     assert cfg["encoder_source"].startswith("none")
 
 
+def test_segment_with_the_images_split_tests_only_on_held_out_scenes(seg_scene, tmp_path: Path) -> None:
+    from geomed_ssl.finetune.sampling import LabelSelection
+
+    images, labels = seg_scene
+    for i in (1, 2):  # three scenes, each with its own label file
+        with rasterio.open(images / "scene.tif") as src, rasterio.open(labels / "scene_gt.tif") as lab:
+            write_geotiff(images / f"scene{i}.tif", np.roll(src.read(), 9 * i, axis=2))
+            write_geotiff(labels / f"scene{i}_gt.tif", np.roll(lab.read(), 9 * i, axis=2))
+    ft = tmp_path / "ft_images"
+    result = runner.invoke(app, ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", "none",
+                                 "--images", str(images), "--labels", str(labels), "--out", str(ft),
+                                 "--labels-per-class", "5", "--head", "probe",
+                                 *sets("data.sensor=null", "labels.split=images", "finetune.probe=linear")])
+    assert result.exit_code == 0, result.output
+    sel = LabelSelection.load_npz(ft / "labels_used.npz")
+    trained, tested = set(sel.train_file.tolist()), set(sel.test_file.tolist())
+    assert len(tested) == 1 and not trained & tested
+    metrics = json.loads((ft / "metrics.json").read_text())
+    with rasterio.open(labels / "scene_gt.tif") as lab:
+        assert metrics["split"] == "images" and metrics["test"]["n"] == int((lab.read(1) > 0).sum())
+
+
 def test_segment_with_linear_head_saves_reloads_and_predicts(seg_scene, pretrained: Path, tmp_path: Path) -> None:
     images, labels = seg_scene
     ft = tmp_path / "ft_linear"

@@ -16,8 +16,8 @@ from geomed_ssl.finetune.labels import (
     sample_fraction,
     sample_images_per_class, sample_per_class, select_labels,
 )
-from geomed_ssl.finetune.sampling import training_block_maps
-from geomed_ssl.errors import DataError
+from geomed_ssl.finetune.sampling import training_area_maps
+from geomed_ssl.errors import ConfigError, DataError
 from tests.conftest import structured_raster, write_geotiff
 
 GRID = Affine(10, 0, 500000, 0, -10, 5100000)
@@ -255,9 +255,49 @@ def test_dates_sharing_one_label_file_share_their_training_blocks():
     sel = select_labels([lab] * 3, [lab > 0] * 3, cfg, paths=["lulc.tif"] * 3)
     block = lambda idx: set(zip(*(c // 8 for c in np.unravel_index(idx, lab.shape))))  # noqa: E731
     assert not block(sel.train_index) & block(sel.test_index)  # across dates too
-    maps = training_block_maps([lab] * 3, [lab > 0] * 3, 8, 2, paths=["lulc.tif"] * 3)
+    maps = training_area_maps([lab] * 3, [lab > 0] * 3, LabelsConfig(split="blocks", block_size=8, seed=2),
+                              paths=["lulc.tif"] * 3)
     assert all(np.array_equal(m, maps[0]) for m in maps[1:]) and 0.3 < maps[0].mean() < 0.7
     assert maps[0].reshape(-1)[sel.train_index].all() and not maps[0].reshape(-1)[sel.test_index].any()
+
+
+def test_images_split_holds_out_whole_images():
+    rng = np.random.default_rng(0)
+    labs = [rng.integers(0, 4, (16, 12 + i)) for i in range(6)]  # every class in every image
+    paths = [f"s{i}/seg.nii.gz" for i in range(6)]
+    cfg = LabelsConfig(per_class=10, split="images", seed=3)
+    sel = select_labels(labs, [lab > 0 for lab in labs], cfg, paths=paths)
+    trained, tested = set(sel.train_file.tolist()), set(sel.test_file.tolist())
+    assert len(trained) <= 3 and len(tested) == 3 and not trained & tested  # half the subjects, never both
+    assert sel.test_value.size == sum(int((labs[f] > 0).sum()) for f in tested)  # every label of a test image
+    assert sel.train_value.size == 30 and "images split" in sel.summary()
+    maps = training_area_maps(labs, [lab > 0 for lab in labs], cfg, paths)
+    assert [bool(m.all()) for m in maps] == [f not in tested for f in range(6)]
+    assert [bool(m.any()) for m in maps] == [f not in tested for f in range(6)]
+    others = {frozenset(select_labels(labs, [lab > 0 for lab in labs], LabelsConfig(per_class=10, split="images",
+                                                                                        seed=s), paths=paths)
+                        .test_file.tolist()) for s in range(6)}
+    assert len(others) > 1  # the seed rotates the held-out images
+
+
+def test_images_split_keeps_the_dates_of_one_ground_together_and_needs_two_grounds():
+    lab = _classes()
+    sel = select_labels([lab] * 4, [lab > 0] * 4, LabelsConfig(per_class=5, split="images", seed=0),
+                        paths=["a.tif", "a.tif", "b.tif", "b.tif"])
+    assert set(sel.train_file.tolist()) <= {0, 1} or set(sel.train_file.tolist()) <= {2, 3}
+    assert set(sel.test_file.tolist()) in ({0, 1}, {2, 3}) and not set(sel.train_file) & set(sel.test_file)
+    with pytest.raises(ConfigError, match="labels.split images holds out whole images.*one label file"):
+        select_labels([lab] * 3, [lab > 0] * 3, LabelsConfig(per_class=5, split="images"), paths=["l.tif"] * 3)
+
+
+def test_images_split_trains_a_class_found_in_one_image_and_notes_it_is_untested():
+    a, b = _classes(), _classes()
+    b[b == 4] = 3  # class 4 only in image 0
+    for seed in range(4):
+        sel = select_labels([a, b], [a > 0, b > 0], LabelsConfig(per_class=5, split="images", seed=seed),
+                            paths=["a.tif", "b.tif"])
+        assert set(sel.train_file.tolist()) == {0} and set(sel.test_file.tolist()) == {1}
+        assert any("4: no test pixels left" in n for n in sel.notes)
 
 
 def test_test_fraction_subsamples_the_test_set_per_class():

@@ -1,0 +1,155 @@
+"""Which labelled positions may train and which are held out for testing, beyond a random draw.
+
+``blocks`` tiles each image into ``block_size`` blocks, half of them (seeded) for training: a random pixel split of
+one scene puts test pixels right next to training pixels and overstates accuracy. ``images`` holds out whole
+images (subjects, scenes): half of them train, the others are only tested on, which is what a model meets on a new
+patient or a new scene. Both repair the draw so a class found in two or more units (blocks, images) has training
+and test ones, and a class found in one unit trains.
+
+Images that share one label file (one scene at several dates) are one ground: they share blocks, count as one image
+for ``images``, and a position trained on at one date is tested at no other date.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from geomed_ssl.errors import ConfigError
+
+SPLITS = ("random", "blocks", "images")
+
+
+def _block_grid(shape: Sequence[int], block_size: int) -> tuple[int, ...]:
+    return tuple(-(-int(s) // block_size) for s in shape)
+
+
+def _block_of(flat_index: np.ndarray, shape: Sequence[int], block_size: int) -> np.ndarray:
+    """Block number (C order over the block grid) of each flat position of an array of ``shape``."""
+    coords = np.unravel_index(flat_index, tuple(shape))
+    return np.ravel_multi_index(tuple(c // block_size for c in coords), _block_grid(shape, block_size))
+
+
+def _assign_blocks(n_blocks: int, block: np.ndarray, values: np.ndarray, seed: int) -> np.ndarray:
+    """Half the units (seeded) to training, then repaired so each class spread over >= 2 units has a training
+    and a test unit, and a class inside a single unit trains (rarest classes decide last)."""
+    rng = np.random.default_rng((int(seed) & 0xFFFFFFFF, 0xB10C))
+    train = np.zeros(n_blocks, bool)
+    train[rng.permutation(n_blocks)[: (n_blocks + 1) // 2]] = True
+    classes, counts = np.unique(values, return_counts=True)
+    per_class = [np.unique(block[values == c]) for c in classes[np.argsort(-counts, kind="stable")]]
+    for _ in range(2):
+        for blocks in per_class:
+            if blocks.size == 1 or not train[blocks].any():
+                train[rng.choice(blocks)] = True
+            elif train[blocks].all():
+                train[rng.choice(blocks)] = False
+    return train
+
+
+def _expand(flags: np.ndarray, shape: Sequence[int], block_size: int) -> np.ndarray:
+    """A block grid of flags repeated to a bool map of ``shape``."""
+    out = flags.reshape(_block_grid(shape, block_size))
+    for axis in range(len(shape)):
+        out = np.repeat(out, block_size, axis=axis)
+    return np.ascontiguousarray(out[tuple(slice(0, s) for s in shape)])
+
+
+def block_split(shape: Sequence[int], block_size: int, seed: int, labels: np.ndarray | None = None,
+                mask: np.ndarray | None = None) -> np.ndarray:
+    """Bool map of ``shape`` (2D or 3D): True inside training blocks, False inside test blocks.
+
+    The image is tiled into ``block_size`` blocks, half of them (seeded) for training; with ``labels`` (and their
+    labelled ``mask``) the assignment is repaired so every class can give training and test samples.
+    """
+    n_blocks = int(np.prod(_block_grid(shape, block_size)))
+    if labels is not None:
+        flat = np.flatnonzero(mask if mask is not None else np.ones(labels.shape, bool))
+        train = _assign_blocks(n_blocks, _block_of(flat, shape, block_size), labels.reshape(-1)[flat], seed)
+    else:
+        train = _assign_blocks(n_blocks, np.zeros(0, np.int64), np.zeros(0, np.int64), seed)
+    return _expand(train, shape, block_size)
+
+
+def label_groups(paths: Sequence[str], n: int) -> np.ndarray:
+    """Per file, the index of the first file with the same label file: images sharing a label map show the same
+    ground (one scene, several dates). Each file is its own group when the paths are not given."""
+    if len(paths) != n:
+        return np.arange(n)
+    first: dict[str, int] = {}
+    return np.array([first.setdefault(os.path.abspath(str(p)), i) for i, p in enumerate(paths)], np.int64)
+
+
+def _block_offsets(shapes: Sequence[Sequence[int]], block_size: int,
+                   group: np.ndarray) -> tuple[np.ndarray, int]:
+    """(first block number of each file's block grid, total blocks): files of one label group share one grid."""
+    grids = np.array([int(np.prod(_block_grid(s, block_size))) for s in shapes], np.int64)
+    own = np.where(group == np.arange(len(shapes)), grids, 0)
+    offsets = np.concatenate([[0], np.cumsum(own)[:-1]]).astype(np.int64)
+    return offsets[group], int(own.sum())
+
+
+def _training_blocks(shapes: Sequence[Sequence[int]], block_size: int, seed: int, files: np.ndarray,
+                     flats: np.ndarray, values: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(training flag per block over all label groups' block grids (group-major), the block of each position)."""
+    offsets, total = _block_offsets(shapes, block_size, group)
+    if total < 2:
+        raise ConfigError(f"labels.block_size {block_size} leaves one block on {'x'.join(map(str, shapes[0]))}; "
+                          "lower labels.block_size so blocks can be split between training and testing.")
+    block = np.empty(values.size, np.int64)
+    for i, s in enumerate(shapes):
+        sel = files == i
+        block[sel] = offsets[i] + _block_of(flats[sel], s, block_size)
+    return _assign_blocks(total, block, values, seed), block
+
+
+def _training_images(seed: int, files: np.ndarray, values: np.ndarray,
+                     group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(training flag per label group, the group number of each file)."""
+    _, unit = np.unique(group, return_inverse=True)
+    n = int(unit.max(initial=-1)) + 1
+    if n < 2:
+        raise ConfigError(f"labels.split images holds out whole images, and these labels cover {len(group)} "
+                          f"image(s) of one ground (one label file); give labels for two or more images, or use "
+                          "labels.split random or blocks.")
+    return _assign_blocks(n, unit[files], values, seed), unit
+
+
+def training_pool(split: str, shapes: Sequence[Sequence[int]], block_size: int, seed: int, files: np.ndarray,
+                  flats: np.ndarray, values: np.ndarray, paths: Sequence[str] = ()) -> np.ndarray | None:
+    """(N,) bool: the labelled position lies in a training block / image and may train (the others are tested);
+    None for the random split, where any position may train."""
+    group = label_groups(paths, len(shapes))
+    if split == "blocks":
+        train_blocks, block = _training_blocks(shapes, block_size, seed, files, flats, values, group)
+        return train_blocks[block]
+    if split == "images":
+        train_images, unit = _training_images(seed, files, values, group)
+        return train_images[unit][files]
+    return None
+
+
+def training_maps(split: str, shapes: Sequence[Sequence[int]], block_size: int, seed: int, files: np.ndarray,
+                  flats: np.ndarray, values: np.ndarray, paths: Sequence[str] = ()) -> list[np.ndarray] | None:
+    """Per label array, a bool map of its shape: True inside the training blocks / images ``training_pool`` draws
+    with the same arguments, False where it tests; None for the random split."""
+    group = label_groups(paths, len(shapes))
+    if split == "blocks":
+        train_blocks, _ = _training_blocks(shapes, block_size, seed, files, flats, values, group)
+        offsets, _ = _block_offsets(shapes, block_size, group)
+        return [_expand(train_blocks[start:start + int(np.prod(_block_grid(s, block_size)))], s, block_size)
+                for s, start in zip(shapes, offsets)]
+    if split == "images":
+        train_images, unit = _training_images(seed, files, values, group)
+        return [np.full(tuple(s), bool(train_images[unit[i]])) for i, s in enumerate(shapes)]
+    return None
+
+
+def same_ground(files: np.ndarray, flats: np.ndarray, paths: Sequence[str], n_files: int,
+                train: np.ndarray) -> np.ndarray:
+    """(N,) bool: the position shares its label file and flat index with a training position (itself included)."""
+    group = label_groups(paths, n_files)
+    key = group[files] * (int(flats.max(initial=0)) + 1) + flats
+    return np.isin(key, key[train])

@@ -23,7 +23,8 @@ from geomed_ssl.compare.probes import background_index, classify, scores, scores
 from geomed_ssl.compare.report import table, write_curve, write_summary
 from geomed_ssl.compare.results import ResultsFile, make_row
 from geomed_ssl.compare.sources import (EncoderSource, check_encoders_unchanged, encoders_record,
-                                        load_compare_recipe, load_sources, recipe_path, reuse_none, save_none)
+                                        load_compare_recipe, load_sources, recipe_path, reuse_none, save_none,
+                                        warn_fixed_windows)
 from geomed_ssl.compare.task import (Split, Task, check_saved_selection, labels_config, load_classify_task,
                                      load_segment_task, make_split, save_split, settings_record, warn_notes)
 from geomed_ssl.config import Recipe
@@ -292,7 +293,9 @@ def run_compare(options: CompareOptions, *, out: str | Path, images: str | Path 
     check_out_dir(out, command="compare", inputs=inputs, overwrite=overwrite, resume=True)
     recipe_obj, task = _load_task(options, recipe_path(options, recipe), overrides, images, labels, data, strict)
     check_class_weights(recipe_obj.finetune.class_weights, len(task.class_names))
-    sources = {s.name: s for s in load_sources(options, recipe_obj, task)}
+    loaded = load_sources(options, recipe_obj, task)
+    warn_fixed_windows(overrides, loaded)
+    sources = {s.name: s for s in loaded}
     splits = [make_split(task, recipe_obj, b, s, options.split) for b in options.budgets for s in options.seeds]
     jobs = plan(options, task, splits)
     check_memory(jobs, splits, task, sources, recipe_obj)

@@ -91,6 +91,19 @@ def load_sources(options: CompareOptions, recipe: Recipe, task: Task) -> list[En
     return sorted(sources, key=lambda s: order[s.name])
 
 
+def warn_fixed_windows(overrides: list[str] | None, sources: list[EncoderSource]) -> None:
+    """A warning when ``--set data.patch_size`` is given with a pretrained encoder: its windows are its own."""
+    if not any(o.split("=", 1)[0].strip() == "data.patch_size" for o in overrides or []):
+        return
+    pretrained = [s for s in sources if s.name != NONE]
+    if pretrained:
+        size = "x".join(str(v) for v in pretrained[0].encoder.config.img_size)
+        log.warning(f"warning: --set data.patch_size does not change a pretrained encoder's windows: every protocol "
+                    f"reads '{pretrained[0].name}' (and none, its architecture) in windows of its own {size}, as "
+                    "predict does (the fine-tune: finetune.window when set). To score other windows, pretrain with "
+                    "that data.patch_size.")
+
+
 def save_none(source: EncoderSource, folder: Path, recipe: Recipe) -> None:
     """``CMP_DIR/encoder_none``: the random-init encoder, so the ``finetune`` protocol starts from exactly it."""
     source.path = str(folder)

@@ -110,3 +110,19 @@ def test_two_fraction_budgets_never_share_a_results_key_or_selection_file() -> N
     assert len({b.slug for b in budgets}) == 3 and len({b.cells for b in budgets}) == 3
     assert Budget(fraction=0.01).cells == ("", "0.01") and Budget(fraction=0.01).slug == "f0.01"  # as before
     assert Budget(fraction=1.0).cells == ("", "1") and Budget(fraction=1e-05).slug == "f1e-05"
+
+
+def test_a_window_override_with_a_pretrained_encoder_is_warned_about(caplog) -> None:
+    from geomed_ssl.compare.sources import EncoderSource, warn_fixed_windows
+    from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
+
+    enc = ViTEncoder(EncoderConfig(in_chans=4, spatial_dims=2, img_size=(16, 16), patch_size=(4, 4), embed_dim=32,
+                                   depth=2, num_heads=2))
+    run = EncoderSource("runs/a", enc, None, [])
+    none = EncoderSource("none", enc, None, [])
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        warn_fixed_windows(["train.seed=1"], [run, none])
+        warn_fixed_windows(["data.patch_size=24"], [none])  # none alone takes the recipe's window: no warning
+        assert not caplog.records
+        warn_fixed_windows(["data.patch_size = 24"], [run, none])
+    assert len(caplog.records) == 1 and "windows of its own 16x16" in caplog.text and "'runs/a'" in caplog.text

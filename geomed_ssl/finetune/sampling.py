@@ -247,6 +247,8 @@ def training_area_maps(labels_list: Sequence[np.ndarray], masks: Sequence[np.nda
                        paths: Sequence[str] = ()) -> list[np.ndarray] | None:
     """Per label array, a bool map of its shape: True where ``select_labels`` with the same ``labels`` config and
     ``paths`` may train (its training blocks or images), False where it only tests; None for the random split."""
+    if cfg.split == "random":
+        return None
     shapes = [tuple(int(s) for s in a.shape) for a in labels_list]
     files, flats, values = labelled_pixels(labels_list, masks)
     return training_maps(cfg.split, shapes, int(cfg.block_size), int(cfg.seed), files, flats, values, paths)

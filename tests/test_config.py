@@ -46,7 +46,7 @@ def test_malformed_override_says_the_expected_form() -> None:
 
 
 def test_a_bad_value_given_with_set_is_blamed_on_the_set_values_not_the_recipe_alone() -> None:
-    # YAML 1.1 reads 2:1 without a space as the base-60 number 121, so the remap gets a key with no value
+    # 2:1 without the space after the colon is a string key with no value, not a pair
     with pytest.raises(ConfigError, match=r"recipes/mae_mri.yaml with its --set values: labels.remap"):
         load_recipe("recipes/mae_mri.yaml", ["labels.remap={2:1}"])
     # the same for a saved run's config.yaml read back with --set values (pretrain --resume)
@@ -56,6 +56,18 @@ def test_a_bad_value_given_with_set_is_blamed_on_the_set_values_not_the_recipe_a
         recipe_with_overrides({"train": {"max_steps": 5}}, ["labels.remap={2:1}"], "run/config.yaml")
     with pytest.raises(ConfigError, match=r"^run/config.yaml: labels.remap"):
         recipe_with_overrides({"labels": {"remap": {121: None}}}, None, "run/config.yaml")
+
+
+def test_numbers_are_never_read_in_base_60_and_an_unspaced_mapping_gets_a_hint(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"got \{'2:1': null, '3:1': null\}\. YAML needs a space after each "
+                                          r"colon of a mapping: write \{2: 1\}, not \{2:1\}"):
+        load_recipe("recipes/mae_mri.yaml", ["labels.remap={2:1, 3:1}"])  # YAML 1.1 would read {121: null, ...}
+    assert load_recipe(None, ["labels.remap={2: 1, 3: 1}"]).labels.remap == {2: 1, 3: 1}
+    path = tmp_path / "r.yaml"
+    path.write_text("labels:\n  remap: {2:1}\n")
+    with pytest.raises(ConfigError, match=r"r.yaml: labels.remap .* write \{2: 1\}, not \{2:1\}"):
+        load_recipe(path)
+    assert load_recipe(None, ["train.base_lr=1.5e-3", "train.max_steps=0x10"]).train.max_steps == 16
 
 
 def test_window_must_be_a_multiple_of_the_token_patch() -> None:

@@ -220,8 +220,21 @@ def check_value(value: Any, tp: Any, spec: Spec, key: str, source: str) -> Any:
         out = _Mismatch
     if out is _Mismatch:
         prefix = f"{source}: " if source else ""
-        raise ConfigError(f"{prefix}{key} must be {describe(tp, spec)}, got {show(value)}.")
+        hint = (" YAML needs a space after each colon of a mapping: write {2: 1}, not {2:1}."
+                if _unspaced_pair(value) else "")
+        raise ConfigError(f"{prefix}{key} must be {describe(tp, spec)}, got {show(value)}.{hint}")
     return out
+
+
+def _unspaced_pair(value: Any) -> bool:
+    """``value`` holds a string such as ``2:1``: a mapping entry written without the space YAML needs."""
+    if isinstance(value, str):
+        return re.fullmatch(r"[-+]?\d+:[-+]?\d+", value.strip()) is not None
+    if isinstance(value, dict):
+        return any(_unspaced_pair(k) or _unspaced_pair(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_unspaced_pair(v) for v in value)
+    return False
 
 
 # ---- words -----------------------------------------------------------------------------------------------------

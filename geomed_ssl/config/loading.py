@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,26 @@ class UniqueKeyLoader(yaml.SafeLoader):
                     key_node.start_mark)
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1's implicit int and float forms without the base-60 ones (YAML 1.2 has none): with them ``{2:1}``, a
+# mapping written without the space after its colon, reads as the number 121.
+_NUMBERS = {
+    "tag:yaml.org,2002:int": re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)"
+                                        r"|[-+]?0x[0-9a-fA-F_]+)$"),
+    "tag:yaml.org,2002:float": re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?"
+                                          r"|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?|[-+]?\.(?:inf|Inf|INF)"
+                                          r"|\.(?:nan|NaN|NAN))$"),
+}
+
+
+class RecipeLoader(UniqueKeyLoader):
+    """The loader of recipe files and ``--set`` values: safe, a key written twice refused, no base-60 numbers."""
+
+
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, _NUMBERS.get(tag, regexp)) for tag, regexp in pairs]
+    for first, pairs in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
 
 def _sections(raw: Any, source: str) -> dict[str, dict[str, Any]]:
@@ -73,7 +94,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     dotted, value = text.split("=", 1)
     section, key = dotted.split(".", 1)
     try:
-        parsed = yaml.safe_load(value) if value != "" else None
+        parsed = yaml.load(value, Loader=RecipeLoader) if value != "" else None
     except yaml.YAMLError as err:
         inner = value.strip()
         if inner.startswith("[") and inner.endswith("]"):  # a list of globs: YAML reads a leading * as an alias
@@ -133,7 +154,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"recipe '{path}' is empty; copy one of recipes/*.yaml, or leave the recipe out "
                               "where a command allows it.")
         try:
-            raw = yaml.load(text, Loader=UniqueKeyLoader) or {}
+            raw = yaml.load(text, Loader=RecipeLoader) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"recipe '{path}' is not valid YAML: {' '.join(str(err).split())}") from None
     return recipe_with_overrides(raw, overrides, source)

@@ -53,8 +53,9 @@ class SegmentFeatures:
 
     def features(self, rows: np.ndarray, allowed: list[np.ndarray] | None = None) -> np.ndarray:
         """(len(rows), F) float32 features of table ``rows`` (sorted), from the view ``allowed`` leaves."""
-        if allowed is not None:
-            return self._compute(np.asarray(rows), allowed)
+        rows = np.asarray(rows)
+        if allowed is not None and not all(allowed[f].all() for f in np.unique(self.task.files[rows])):
+            return self._compute(rows, allowed)  # blanked views (images wholly allowed: the full view, cached)
         if self._all is None:
             self._all = self._compute(self.needed, None)
         return self._all[np.searchsorted(self.needed, rows)]

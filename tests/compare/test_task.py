@@ -126,3 +126,23 @@ def test_a_window_override_with_a_pretrained_encoder_is_warned_about(caplog) -> 
         assert not caplog.records
         warn_fixed_windows(["data.patch_size = 24"], [run, none])
     assert len(caplog.records) == 1 and "windows of its own 16x16" in caplog.text and "'runs/a'" in caplog.text
+
+
+def test_rows_of_wholly_allowed_images_reuse_the_full_view(task) -> None:
+    from geomed_ssl.compare.features import SegmentFeatures
+
+    recipe, t = task
+    calls = []
+
+    def fn(image: np.ndarray, points: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
+        calls.append(allowed)
+        return points.astype(np.float32)
+
+    feats = SegmentFeatures(t, lambda i: np.zeros((4, *t.shapes[0]), np.float32), fn)
+    rows = np.arange(0, t.values.size, 7)
+    full = feats.features(rows)
+    whole = [np.ones(t.shapes[0], bool)]  # the images split's map of a training image
+    assert np.array_equal(feats.features(rows, whole), full) and calls == [None]  # computed once, full view
+    part = [np.arange(np.prod(t.shapes[0])).reshape(t.shapes[0]) % 2 == 0]
+    feats.features(rows, part)
+    assert calls[-1] is part[0]  # a blanked view is computed anew

@@ -17,6 +17,14 @@ recipes/mae_hyperspectral.yaml (2-px tokens, depth 3, width 64, 36-px windows, 9
 | linear (the recipe's) | 2 | idle 2 cores | 271 | 0.25 | 512 | 173 MiB |
 | UNETR | 1 | shared, load 4-7 | 824 | 0.08 | 502 | 216 MiB |
 
+2026-12-03, the recipe's 40-px windows (74,529 windows), the head of ``finetune segment ... --head probe`` (the
+recipe's ``finetune.probe: propagate``: a linear head on blocks 1-2 interpolated to pixels), a fine-tune of random
+init on a generated 128 x 128 13-band scene; two test runs shared the cores for about 2 of the minutes:
+
+| head | threads | machine | wall s | Mpx/s | CPU-s | peak RSS growth |
+|---|---|---|---|---|---|---|
+| probe (propagate) | 2 | 2 cores, mostly idle | 398 | 0.17 | 675 | 162 MiB |
+
 Peak RSS growth is sampled from /proc/self/status every 5 ms during prediction, over a baseline taken just
 before it (scene generation is done strip by strip, so it does not raise the baseline).
 """

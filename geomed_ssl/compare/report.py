@@ -109,8 +109,10 @@ def paired_lines(rows: Sequence[Row], metric: str) -> list[str]:
     return lines
 
 
-def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str, background: bool = False) -> str:
-    """``summary.md``; ``background``: the volumes' ``dice`` leaves out label value 0 (said in the text)."""
+def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str, background: bool = False,
+                 held_out: Sequence[str] = ()) -> str:
+    """``summary.md``; ``background``: the volumes' ``dice`` leaves out label value 0 (said in the text);
+    ``held_out``: the lines naming each seed's test images (``images`` split)."""
     fore = " (mean over the classes other than the background, label value 0)" if background else ""
     return "\n".join([
         "# geomed-ssl compare", "",
@@ -127,12 +129,14 @@ def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str, backgr
         "Difference of the metric between each pretrained encoder and `none` (same architecture, random weights) "
         "on the same training and test samples, per seed; mean and 95 % t-interval over seeds.", "",
         *paired_lines(rows, metric), "",
+        *(["## Held-out images", "", "The images whose labelled " + unit + "s each seed tests on (no label of theirs "
+           "trains); the others give the training labels.", "", *held_out, ""] if held_out else []),
     ])
 
 
-def write_summary(path: Path, rows: Sequence[Row], metric: str, split: str, unit: str, background: bool = False
-                  ) -> None:
-    atomic_write_text(path, summary_text(rows, metric, split, unit, background))
+def write_summary(path: Path, rows: Sequence[Row], metric: str, split: str, unit: str, background: bool = False,
+                  held_out: Sequence[str] = ()) -> None:
+    atomic_write_text(path, summary_text(rows, metric, split, unit, background, held_out))
 
 
 def short_name(encoder: str) -> str:

@@ -25,8 +25,9 @@ from geomed_ssl.compare.results import ResultsFile, make_row
 from geomed_ssl.compare.sources import (EncoderSource, check_encoders_unchanged, encoders_record,
                                         load_compare_recipe, load_sources, recipe_path, reuse_none, save_none,
                                         warn_fixed_windows)
-from geomed_ssl.compare.task import (Split, Task, check_saved_selection, labels_config, load_classify_task,
-                                     load_segment_task, make_split, save_split, settings_record, warn_notes)
+from geomed_ssl.compare.task import (Split, Task, check_saved_selection, held_out_lines, labels_config,
+                                     load_classify_task, load_segment_task, make_split, save_split, settings_record,
+                                     warn_notes)
 from geomed_ssl.config import Recipe
 from geomed_ssl.data.labelled import ImageDataset
 from geomed_ssl.data.readers import VolumeReader
@@ -324,6 +325,8 @@ def run_compare(options: CompareOptions, *, out: str | Path, images: str | Path 
     keep = out if keep_finetuned else None
     done = execute(jobs, splits, task, sources, recipe_obj, results, run_inputs, strict, progress, keep)
     metric = headline_metric(task)
-    write_summary(out / "summary.md", results.rows, metric, options.split, task.unit, task.background is not None)
+    held_out = held_out_lines(splits, task) if options.split == "images" else []
+    write_summary(out / "summary.md", results.rows, metric, options.split, task.unit, task.background is not None,
+                  held_out)
     write_curve(out / "curve.png", results.rows, metric)
     return CompareResult(out, results.rows, metric, table(results.rows, metric), done)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,22 @@ def save_split(task: Task, folder: Path, split: Split) -> None:
     else:
         save_selection(path, [r.path for r in task.records], task.values, split.train, split.test,
                        task.class_names, split.notes)
+
+
+def held_out_lines(splits: list[Split], task: Task) -> list[str]:
+    """``summary.md``'s list of the images each seed holds out (``images`` split; the same for every budget)."""
+    paths = [str(r.path) for r in task.records]
+    if len({os.path.basename(p) for p in paths}) == 1 < len(paths):  # a folder per subject: name the folders
+        paths = [os.path.dirname(p) for p in paths]
+    common = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
+    lines, seen = [], set()
+    for split in splits:
+        if split.seed in seen:
+            continue
+        seen.add(split.seed)
+        names = [os.path.relpath(paths[f], common) for f in np.unique(task.files[split.test])]
+        lines.append(f"- seed {split.seed}: {', '.join(names)}")
+    return lines
 
 
 def warn_notes(splits: list[Split], task: Task) -> None:

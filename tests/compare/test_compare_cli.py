@@ -138,7 +138,10 @@ def test_compare_with_the_images_split_scores_held_out_subjects_only(tmp_path: P
         trained, tested = set(sel.train_file.tolist()), set(sel.test_file.tolist())
         assert len(tested) == 2 and trained and not trained & tested  # two subjects only ever tested
         assert sel.test_value.size == 2 * 24 ** 3  # every voxel of the held-out subjects
-    assert "images split" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "images split" in summary and "## Held-out images" in summary
+    held = [line for line in summary.splitlines() if line.startswith("- seed ")]
+    assert len(held) == 2 and all(line.count(".nii.gz") == 2 for line in held)  # per seed, its two test subjects
     refused = runner.invoke(app, ["compare", "none", "--recipe", "recipes/mae_mri.yaml", "--data", str(volume_dir),
                                   "--out", str(tmp_path / "cls"), "--split", "images"])
     assert refused.exit_code == 2 and "class folders (--data) are split by image already" in refused.output

@@ -146,3 +146,15 @@ def test_rows_of_wholly_allowed_images_reuse_the_full_view(task) -> None:
     part = [np.arange(np.prod(t.shapes[0])).reshape(t.shapes[0]) % 2 == 0]
     feats.features(rows, part)
     assert calls[-1] is part[0]  # a blanked view is computed anew
+
+
+def test_held_out_images_are_named_by_their_subject_folder_when_every_file_has_one_name() -> None:
+    from types import SimpleNamespace
+
+    from geomed_ssl.compare.task import Split, held_out_lines
+
+    records = [SimpleNamespace(path=f"/data/{g}/pat{i}/flair.nii.gz") for i, g in enumerate(["a", "a", "b"])]
+    task = SimpleNamespace(records=records, files=np.array([0, 0, 1, 2, 2]))
+    splits = [Split(Budget(per_class=1), seed, np.array([0]), np.array(test), []) for seed, test in
+              ((0, [2, 3, 4]), (0, [2, 3, 4]), (1, [0, 1]))]
+    assert held_out_lines(splits, task) == ["- seed 0: a/pat1, b/pat2", "- seed 1: a/pat0"]

@@ -68,6 +68,11 @@ def test_numbers_are_never_read_in_base_60_and_an_unspaced_mapping_gets_a_hint(t
     with pytest.raises(ConfigError, match=r"r.yaml: labels.remap .* write \{2: 1\}, not \{2:1\}"):
         load_recipe(path)
     assert load_recipe(None, ["train.base_lr=1.5e-3", "train.max_steps=0x10"]).train.max_steps == 16
+    with pytest.raises(ConfigError, match=r"\[1, '2:1'\]\.$"):  # a list: no mapping hint
+        load_recipe(None, ["finetune.class_weights=[1, 2:1]"])
+    with pytest.raises(ConfigError, match=r"^--set 'labels.remap=\{2: 1, 2: 3\}': '2' is written twice; give each "
+                                          r"key once\.$"):
+        load_recipe(None, ["labels.remap={2: 1, 2: 3}"])
 
 
 def test_window_must_be_a_multiple_of_the_token_patch() -> None:

@@ -95,13 +95,12 @@ def warn_fixed_windows(overrides: list[str] | None, sources: list[EncoderSource]
     """A warning when ``--set data.patch_size`` is given with a pretrained encoder: its windows are its own."""
     if not any(o.split("=", 1)[0].strip() == "data.patch_size" for o in overrides or []):
         return
-    pretrained = [s for s in sources if s.name != NONE]
-    if pretrained:
-        size = "x".join(str(v) for v in pretrained[0].encoder.config.img_size)
+    sizes = [f"'{s.name}' {'x'.join(str(v) for v in s.encoder.config.img_size)}" for s in sources if s.name != NONE]
+    if sizes:
         log.warning(f"warning: --set data.patch_size does not change a pretrained encoder's windows: every protocol "
-                    f"reads '{pretrained[0].name}' (and none, its architecture) in windows of its own {size}, as "
-                    "predict does (the fine-tune: finetune.window when set). To score other windows, pretrain with "
-                    "that data.patch_size.")
+                    f"reads each encoder (and none, the first one's architecture) in windows of its own size "
+                    f"({', '.join(sizes)}), as predict does (the fine-tune: finetune.window when set). To score "
+                    "other windows, pretrain with that data.patch_size.")
 
 
 def save_none(source: EncoderSource, folder: Path, recipe: Recipe) -> None:

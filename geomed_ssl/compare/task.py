@@ -41,7 +41,7 @@ class Split:
     test: np.ndarray  # (Nte,) int64
     notes: list[str]
     selection: Any = None  # the LabelSelection (segmentation) it was made from
-    allowed: list[np.ndarray] | None = None  # blocks split: per image, True inside its training blocks
+    allowed: list[np.ndarray] | None = None  # blocks / images split: per image, True where it trains
 
 
 @dataclass

@@ -220,9 +220,10 @@ def check_value(value: Any, tp: Any, spec: Spec, key: str, source: str) -> Any:
         out = _Mismatch
     if out is _Mismatch:
         prefix = f"{source}: " if source else ""
+        wanted = describe(tp, spec)
         hint = (" YAML needs a space after each colon of a mapping: write {2: 1}, not {2:1}."
-                if _unspaced_pair(value) else "")
-        raise ConfigError(f"{prefix}{key} must be {describe(tp, spec)}, got {show(value)}.{hint}")
+                if "mapping" in wanted and _unspaced_pair(value) else "")
+        raise ConfigError(f"{prefix}{key} must be {wanted}, got {show(value)}.{hint}")
     return out
 
 

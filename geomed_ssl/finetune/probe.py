@@ -25,7 +25,8 @@ log = logging.getLogger("geomed_ssl")
 def fit_probe_model(enc: ViTEncoder, recipe: Recipe, records: list[Any], selection: LabelSelection,
                     stats: BandStats, allowed: list[np.ndarray] | None) -> SegmentationModel:
     """A ``SegmentationModel`` whose head is the ``finetune.probe`` classifier fitted on the frozen features of
-    the training pixels (with the ``blocks`` split, read from the image with its test blocks blanked)."""
+    the training pixels (with the ``blocks`` split, read from the image with its test blocks blanked; the ``images``
+    split's training images are wholly allowed)."""
     f = recipe.finetune
     layers = probe_layers(enc.config.depth, f.layers)
     enc.eval()

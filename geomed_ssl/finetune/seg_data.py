@@ -35,7 +35,8 @@ class SparseLabelDataset(Dataset):
         stats: normalisation statistics (from the encoder for a pretrained model).
         window: window / patch size in pixels or voxels.
         allowed: per record, a bool map of the pixels a training window may show (the training blocks of a
-            ``blocks`` split): the others are blanked (0, not valid), so no window sees a test block.
+            ``blocks`` split, the training images of an ``images`` one): the others are blanked (0, not valid),
+            so no window sees a test block.
     """
 
     def __init__(self, records: Sequence[Any], targets: Sequence[np.ndarray], stats: BandStats, data_cfg: Any,
@@ -75,7 +76,7 @@ class SparseLabelDataset(Dataset):
         nodata = self.data_cfg.nodata if self.data_cfg.nodata is not None else record.nodata
         image, valid = normalize(self.read(record, start), self.stats, nodata)
         target = pad_crop(target_map, start, self.window, IGNORE)
-        if self.allowed is not None:  # blocks split: pixels of test blocks are blanked, never shown
+        if self.allowed is not None:  # blocks / images split: test pixels are blanked, never shown
             shown = pad_crop(self.allowed[f], start, self.window, False)
             image[:, ~shown] = 0.0
             valid &= shown

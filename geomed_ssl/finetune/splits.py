@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from geomed_ssl.errors import ConfigError
+from geomed_ssl.errors import ConfigError, DataError
 
 SPLITS = ("random", "blocks", "images")
 
@@ -105,16 +105,24 @@ def _training_blocks(shapes: Sequence[Sequence[int]], block_size: int, seed: int
     return _assign_blocks(total, block, values, seed), block
 
 
-def _training_images(seed: int, files: np.ndarray, values: np.ndarray,
-                     group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(training flag per label group, the group number of each file)."""
-    _, unit = np.unique(group, return_inverse=True)
-    n = int(unit.max(initial=-1)) + 1
-    if n < 2:
-        raise ConfigError(f"labels.split images holds out whole images, and these labels cover {len(group)} "
-                          f"image(s) of one ground (one label file); give labels for two or more images, or use "
-                          "labels.split random or blocks.")
-    return _assign_blocks(n, unit[files], values, seed), unit
+def _training_images(seed: int, files: np.ndarray, values: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Per file, True when its ground (label group) trains; only grounds with labelled positions are drawn."""
+    grounds = np.unique(group[files])
+    if grounds.size < 2:
+        raise ConfigError(f"labels.split images (compare: --split images) holds out whole images, and these labels "
+                          f"cover {grounds.size} image(s) or one ground (the dates of one label file); give labels "
+                          "for two or more images, or use the random or blocks split.")
+    unit = np.searchsorted(grounds, group[files])
+    train = _assign_blocks(grounds.size, unit, values, seed)
+    if train.all():
+        alone = [int(c) for c in np.unique(values) if np.unique(unit[values == c]).size == 1]
+        raise DataError(f"labels.split images leaves no image to test on: a class found in one image only must "
+                        f"train, and classes {alone[:5]} leave every one of the {grounds.size} labelled images "
+                        "training. Label those classes in more images, or use the random or blocks split.")
+    out = np.zeros(group.size, bool)
+    labelled = np.isin(group, grounds)
+    out[labelled] = train[np.searchsorted(grounds, group[labelled])]
+    return out
 
 
 def training_pool(split: str, shapes: Sequence[Sequence[int]], block_size: int, seed: int, files: np.ndarray,
@@ -126,8 +134,7 @@ def training_pool(split: str, shapes: Sequence[Sequence[int]], block_size: int, 
         train_blocks, block = _training_blocks(shapes, block_size, seed, files, flats, values, group)
         return train_blocks[block]
     if split == "images":
-        train_images, unit = _training_images(seed, files, values, group)
-        return train_images[unit][files]
+        return _training_images(seed, files, values, group)[files]
     return None
 
 
@@ -142,8 +149,8 @@ def training_maps(split: str, shapes: Sequence[Sequence[int]], block_size: int, 
         return [_expand(train_blocks[start:start + int(np.prod(_block_grid(s, block_size)))], s, block_size)
                 for s, start in zip(shapes, offsets)]
     if split == "images":
-        train_images, unit = _training_images(seed, files, values, group)
-        return [np.full(tuple(s), bool(train_images[unit[i]])) for i, s in enumerate(shapes)]
+        train = _training_images(seed, files, values, group)
+        return [np.full(tuple(s), bool(train[i])) for i, s in enumerate(shapes)]
     return None
 
 

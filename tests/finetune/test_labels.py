@@ -286,7 +286,8 @@ def test_images_split_keeps_the_dates_of_one_ground_together_and_needs_two_groun
                         paths=["a.tif", "a.tif", "b.tif", "b.tif"])
     assert set(sel.train_file.tolist()) <= {0, 1} or set(sel.train_file.tolist()) <= {2, 3}
     assert set(sel.test_file.tolist()) in ({0, 1}, {2, 3}) and not set(sel.train_file) & set(sel.test_file)
-    with pytest.raises(ConfigError, match="labels.split images holds out whole images.*one label file"):
+    with pytest.raises(ConfigError, match=r"labels.split images \(compare: --split images\) holds out whole images"
+                                          r".*one label file"):
         select_labels([lab] * 3, [lab > 0] * 3, LabelsConfig(per_class=5, split="images"), paths=["l.tif"] * 3)
 
 
@@ -298,6 +299,19 @@ def test_images_split_trains_a_class_found_in_one_image_and_notes_it_is_untested
                             paths=["a.tif", "b.tif"])
         assert set(sel.train_file.tolist()) == {0} and set(sel.test_file.tolist()) == {1}
         assert any("4: no test pixels left" in n for n in sel.notes)
+
+
+def test_images_split_refuses_to_leave_nothing_to_test_and_skips_unlabelled_images():
+    a, b = np.full((8, 8), 1, np.uint8), np.full((8, 8), 2, np.uint8)  # each class in one image only: both train
+    with pytest.raises(DataError, match=r"leaves no image to test on.*classes \[1, 2\]"):
+        select_labels([a, b], [a > 0, b > 0], LabelsConfig(per_class=3, split="images"), paths=["a.tif", "b.tif"])
+    lab, empty = _classes(), np.zeros((32, 32), np.uint8)
+    for seed in range(4):  # the unlabelled image is never drawn as the test image
+        cfg = LabelsConfig(per_class=3, split="images", seed=seed)
+        sel = select_labels([lab, empty, lab], [lab > 0, empty > 0, lab > 0], cfg, paths=["a", "e", "c"])
+        assert {sel.train_file.tolist()[0], sel.test_file.tolist()[0]} == {0, 2} and sel.test_value.size
+        maps = training_area_maps([lab, empty, lab], [lab > 0, empty > 0, lab > 0], cfg, ["a", "e", "c"])
+        assert not maps[1].any()
 
 
 def test_test_fraction_subsamples_the_test_set_per_class():

@@ -109,8 +109,8 @@ def _training_images(seed: int, files: np.ndarray, values: np.ndarray, group: np
     """Per file, True when its ground (label group) trains; only grounds with labelled positions are drawn."""
     grounds = np.unique(group[files])
     if grounds.size < 2:
-        raise ConfigError(f"labels.split images (compare: --split images) holds out whole images, and these labels "
-                          f"cover {grounds.size} image(s) or one ground (the dates of one label file); give labels "
+        raise ConfigError("labels.split images (compare: --split images) holds out whole images, and the labelled "
+                          "images here are one ground (a single image, or the dates of one label file); give labels "
                           "for two or more images, or use the random or blocks split.")
     unit = np.searchsorted(grounds, group[files])
     train = _assign_blocks(grounds.size, unit, values, seed)

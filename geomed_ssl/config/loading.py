@@ -95,12 +95,10 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     section, key = dotted.split(".", 1)
     try:
         parsed = yaml.load(value, Loader=RecipeLoader) if value != "" else None
-    except yaml.constructor.ConstructorError as err:
-        if "written twice" not in str(err.problem):
-            raise ConfigError(f"--set '{text}': the value is not valid YAML ({' '.join(str(err).split())}).") from None
-        problem = re.sub(r" \(lines .*\)$", "", str(err.problem))  # one line: no line numbers to give
-        raise ConfigError(f"--set '{text}': {problem}; give each key once.") from None
     except yaml.YAMLError as err:
+        if "written twice" in str(getattr(err, "problem", "")):
+            problem = re.sub(r" \(lines .*\)$", "", str(err.problem))  # one line: no line numbers to give
+            raise ConfigError(f"--set '{text}': {problem}; give each key once.") from None
         inner = value.strip()
         if inner.startswith("[") and inner.endswith("]"):  # a list of globs: YAML reads a leading * as an alias
             parsed = [item.strip().strip("'\"") for item in inner[1:-1].split(",") if item.strip()]

@@ -101,6 +101,9 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides + ["finetune.task=classify"]
                                                                    if overrides else ["finetune.task=classify"])
     f, lab = recipe.finetune, recipe.labels
+    if lab.split != "random":
+        raise ConfigError(f"labels.split {lab.split} is for label maps (finetune segment); class folders are split by "
+                          "image already: leave labels.split at random.")
     out = Path(out_dir)
     records, labels, names = scan_class_folders(data, recipe.data, strict=strict)
     mapping = dict(enumerate(names))

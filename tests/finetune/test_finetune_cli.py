@@ -305,6 +305,15 @@ def test_classify_modes_from_cli(class_folders: Path, pretrained: Path, tmp_path
     assert len((tmp_path / "p" / "predictions.csv").read_text().splitlines()) == 1 + 18
 
 
+def test_classify_refuses_a_split_meant_for_label_maps(class_folders: Path, tmp_path: Path) -> None:
+    ft = tmp_path / "cls_split"
+    result = runner.invoke(app, ["finetune", "classify", "recipes/mae_sentinel2.yaml", "--encoder", "none",
+                                 "--data", str(class_folders), "--out", str(ft), "--labels-per-class", "2",
+                                 *sets("data.sensor=null", "labels.split=images")])
+    assert result.exit_code == 2 and "class folders are split by image already" in result.output
+    assert not ft.exists()
+
+
 @pytest.mark.parametrize("head", ["unetr", "probe"])
 def test_finetune_runs_in_one_process_whatever_the_recipe_asks_for_pretraining(seg_scene, tmp_path: Path,
                                                                                head: str) -> None:

@@ -277,7 +277,8 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
                         f"{unit}s in {len(shapes)} label file(s)); segmentation needs at least two: label another "
                         f"class too (e.g. the background), or check labels.ignore_value ({cfg.ignore_value}).")
     seed, notes = int(cfg.seed), []
-    pool = training_pool(cfg.split, shapes, cfg.block_size, seed, files, flats, values, paths)
+    maps = training_maps(cfg.split, shapes, int(cfg.block_size), seed, files, flats, values, paths)
+    pool = training_pool(maps, files, flats)  # (N,) may train; None: the random split
     if cfg.per_class is not None:
         train, notes = sample_per_class(values, int(cfg.per_class), seed, cmap, unit, pool, cfg.split)
     elif cfg.fraction is not None:

@@ -92,8 +92,8 @@ def _block_offsets(shapes: Sequence[Sequence[int]], block_size: int,
 
 
 def _training_blocks(shapes: Sequence[Sequence[int]], block_size: int, seed: int, files: np.ndarray,
-                     flats: np.ndarray, values: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(training flag per block over all label groups' block grids (group-major), the block of each position)."""
+                     flats: np.ndarray, values: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """The training flag of each block over all label groups' block grids (group-major)."""
     offsets, total = _block_offsets(shapes, block_size, group)
     if total < 2:
         raise ConfigError(f"labels.block_size {block_size} leaves one block on {'x'.join(map(str, shapes[0]))}; "
@@ -102,7 +102,7 @@ def _training_blocks(shapes: Sequence[Sequence[int]], block_size: int, seed: int
     for i, s in enumerate(shapes):
         sel = files == i
         block[sel] = offsets[i] + _block_of(flats[sel], s, block_size)
-    return _assign_blocks(total, block, values, seed), block
+    return _assign_blocks(total, block, values, seed)
 
 
 def _training_images(seed: int, files: np.ndarray, values: np.ndarray, group: np.ndarray) -> np.ndarray:
@@ -125,26 +125,14 @@ def _training_images(seed: int, files: np.ndarray, values: np.ndarray, group: np
     return out
 
 
-def training_pool(split: str, shapes: Sequence[Sequence[int]], block_size: int, seed: int, files: np.ndarray,
-                  flats: np.ndarray, values: np.ndarray, paths: Sequence[str] = ()) -> np.ndarray | None:
-    """(N,) bool: the labelled position lies in a training block / image and may train (the others are tested);
-    None for the random split, where any position may train."""
-    group = label_groups(paths, len(shapes))
-    if split == "blocks":
-        train_blocks, block = _training_blocks(shapes, block_size, seed, files, flats, values, group)
-        return train_blocks[block]
-    if split == "images":
-        return _training_images(seed, files, values, group)[files]
-    return None
-
-
 def training_maps(split: str, shapes: Sequence[Sequence[int]], block_size: int, seed: int, files: np.ndarray,
                   flats: np.ndarray, values: np.ndarray, paths: Sequence[str] = ()) -> list[np.ndarray] | None:
-    """Per label array, a bool map of its shape: True inside the training blocks / images ``training_pool`` draws
-    with the same arguments, False where it tests; None for the random split."""
+    """Per label array, a bool map of its shape: True inside its training blocks / in a training image, False where
+    it tests; None for the random split. The labelled positions (``files``, ``flats``, ``values``) decide the draw
+    (every class gets training and test units where it can)."""
     group = label_groups(paths, len(shapes))
     if split == "blocks":
-        train_blocks, _ = _training_blocks(shapes, block_size, seed, files, flats, values, group)
+        train_blocks = _training_blocks(shapes, block_size, seed, files, flats, values, group)
         offsets, _ = _block_offsets(shapes, block_size, group)
         return [_expand(train_blocks[start:start + int(np.prod(_block_grid(s, block_size)))], s, block_size)
                 for s, start in zip(shapes, offsets)]
@@ -152,6 +140,18 @@ def training_maps(split: str, shapes: Sequence[Sequence[int]], block_size: int, 
         train = _training_images(seed, files, values, group)
         return [np.full(tuple(s), bool(train[i])) for i, s in enumerate(shapes)]
     return None
+
+
+def training_pool(maps: list[np.ndarray] | None, files: np.ndarray, flats: np.ndarray) -> np.ndarray | None:
+    """(N,) bool: the labelled position (file, flat index) lies where ``maps`` (``training_maps``) train, so it may
+    train and the others are tested; None without maps (the random split: any position may train)."""
+    if maps is None:
+        return None
+    pool = np.empty(files.size, bool)
+    for i, train in enumerate(maps):
+        sel = files == i
+        pool[sel] = train.reshape(-1)[flats[sel]]
+    return pool
 
 
 def same_ground(files: np.ndarray, flats: np.ndarray, paths: Sequence[str], n_files: int,

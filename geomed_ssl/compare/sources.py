@@ -51,13 +51,18 @@ def recipe_path(options: CompareOptions, recipe: str | Path | None) -> Path:
     raise ConfigError(f"{where}; give the recipe with --recipe RECIPE (the one the encoders were pretrained with).")
 
 
+def sets_key(overrides: list[str] | None, key: str) -> bool:
+    """A ``--set key=...`` is among ``overrides``."""
+    return any(o.split("=", 1)[0].strip() == key for o in overrides or [])
+
+
 def load_compare_recipe(path: Path, overrides: list[str] | None, task_kind: str) -> Recipe:
     """The recipe for ``task_kind`` (segment / classify, from the labels given). A pretraining run's config.yaml
     names a head for its own default task (a UNETR decoder for segmentation); when that head does not suit this task
     and no ``--set finetune.head`` says otherwise, the task's first head is used and said so."""
     overrides = list(overrides or [])
     heads = SEG_HEADS if task_kind == "segment" else CLS_HEADS
-    if not any(o.split("=", 1)[0].strip() == "finetune.head" for o in overrides):
+    if not sets_key(overrides, "finetune.head"):
         head = load_recipe(path, overrides).finetune.head
         if head not in heads:
             log.info(f"compare: {path}'s finetune.head '{head}' is not a {task_kind} head; using '{heads[0]}' "
@@ -93,7 +98,7 @@ def load_sources(options: CompareOptions, recipe: Recipe, task: Task) -> list[En
 
 def warn_fixed_windows(overrides: list[str] | None, sources: list[EncoderSource]) -> None:
     """A warning when ``--set data.patch_size`` is given with a pretrained encoder: its windows are its own."""
-    if not any(o.split("=", 1)[0].strip() == "data.patch_size" for o in overrides or []):
+    if not sets_key(overrides, "data.patch_size"):
         return
     sizes = [f"'{s.name}' {'x'.join(str(v) for v in s.encoder.config.img_size)}" for s in sources if s.name != NONE]
     if sizes:

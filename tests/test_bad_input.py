@@ -747,6 +747,11 @@ def stopped_run(root: Path, last_ckpt: object | None = None) -> Path:
     return run
 
 
+def broken_config(run: Path) -> Path:
+    (run / "config.yaml").write_text((run / "config.yaml").read_text() + "train: {max_steps: 5}\n")
+    return run
+
+
 def resume_args(root: Path, run: Path) -> list[str]:
     return ["pretrain", "recipes/mae_sentinel2.yaml", "--data", str(rasters(root)), "--out", str(run), "--resume"]
 
@@ -754,6 +759,8 @@ def resume_args(root: Path, run: Path) -> list[str]:
 TRAINING_CASES: list[Case] = [
     Case("resume-without-checkpoint-names-the-way-out",
          lambda r: resume_args(r, stopped_run(r)), "Start it again with --overwrite"),
+    Case("resume-with-a-section-written-twice",  # a hand-edited config.yaml is read as recipes are, never guessed
+         lambda r: resume_args(r, broken_config(stopped_run(r))), "config.yaml' is not valid YAML"),
     Case("resume-from-pickled-last-ckpt",
          lambda r: resume_args(r, stopped_run(r, {"state_dict": {}, "geomed_ssl": {}, "obj": Pickled()})),
          "pickled Python objects, which are never loaded"),

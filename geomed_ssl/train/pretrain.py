@@ -11,11 +11,10 @@ from typing import Any, Callable, Iterator
 
 import lightning as L
 import torch
-import yaml
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from torch.utils.data import DataLoader, Sampler
 
-from geomed_ssl.config import Recipe, as_tuple, load_recipe, recipe_with_overrides, spatial_dims, validate
+from geomed_ssl.config import Recipe, as_tuple, load_recipe, spatial_dims, validate
 from geomed_ssl.data.catalog import Catalog, scan
 from geomed_ssl.views.datasets import PretrainDataset, collate
 from geomed_ssl.data.stats import BandStats, compute_stats
@@ -132,9 +131,7 @@ def resolve_recipe(recipe: Recipe | str | Path | None, out: Path, overrides: lis
             raise GeomedError(f"--resume: there is no run in '{out}' to continue; start it without --resume.")
         raise GeomedError(f"--resume: '{saved}' is missing, so the run's recipe is unknown; start again with "
                           f"--overwrite (replaces '{out}') or choose another --out.")
-    source = str(saved)
-    recipe = recipe_with_overrides(yaml.safe_load(saved.read_text()), overrides, source)
-    return with_method_settings(recipe, source, saved=True)
+    return with_method_settings(load_recipe(saved, overrides), str(saved), saved=True)
 
 
 def fit_method_to_data(recipe: Recipe, catalog: Catalog, source: str, resume: bool) -> Recipe:

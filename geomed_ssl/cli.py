@@ -255,7 +255,8 @@ def embed(
     window: Optional[str] = typer.Option(None, "--window", help="Window size, e.g. 64 or 64,64,32 (default: the "
                                          "encoder's training window)."),
     stride: Optional[str] = typer.Option(None, "--stride", help="Window stride (default: the window)."),
-    pool: str = typer.Option("mean", "--pool", help="cls or mean (of the tokens holding valid pixels)."),
+    pool: str = typer.Option("auto", "--pool", help="auto (what the encoder's training read), cls, or mean (of "
+                             "the tokens holding valid pixels)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Windows per forward pass."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or float16 vectors."),
     pca: int = typer.Option(8, "--pca", help="Patch level: bands (PCA components) of the embedding maps; 0: none."),

@@ -10,7 +10,8 @@ Levels (``level``):
 - ``patch``: one vector per encoder token (the normed final tokens of non-overlapping windows), i.e. a map at patch
   resolution; also written as a PCA-reduced GeoTIFF / NIfTI per input.
 
-Pooling (``pool``) of a window: ``cls`` (the CLS token) or ``mean`` (mean of the tokens holding a valid pixel).
+Pooling (``pool``) of a window: ``cls`` (the CLS token), ``mean`` (mean of the tokens holding a valid pixel) or
+``auto`` (the default: what the encoder's training read, see :func:`auto_pool`).
 Everything is normalised with the encoder's own statistics; bands are checked against the encoder's.
 Work is streamed (rasters one strip of windows at a time, volumes one at a time, batches of ``batch_size``) and
 stored in atomic parts (see :mod:`geomed_ssl.embeddings.store`): a killed run resumes where it stopped.
@@ -135,8 +136,20 @@ def ensure_maps(store: EmbeddingStore, manifest: dict[str, Any]) -> dict[str, An
     return manifest
 
 
+def auto_pool(meta: dict[str, Any]) -> str:
+    """``cls`` when the encoder's training read its CLS token (a pretraining method whose ``embedding_pool`` is
+    ``cls``: the two-view, self-distillation and CLS pretext methods; a classifier fine-tuned on the CLS token),
+    else ``mean`` (masked-image and dense methods, segmentation fine-tunes, random weights)."""
+    from geomed_ssl.methods import METHODS
+
+    if meta.get("task") == "classify":
+        return str((meta.get("head") or {}).get("pool") or "mean")
+    method = METHODS.get(str(meta.get("method")))
+    return method.embedding_pool if method is not None else "mean"
+
+
 def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path, *, level: str = "image",
-                 window: Any = None, stride: Any = None, pool: str = "mean", batch_size: int = 32,
+                 window: Any = None, stride: Any = None, pool: str = "auto", batch_size: int = 32,
                  dtype: str = "float32", pca_dims: int = 8, min_valid: float = 0.0,
                  overrides: list[str] | None = None, include: Sequence[str] | None = None,
                  exclude: Sequence[str] | None = None, overwrite: bool = False, progress: bool = True,
@@ -150,6 +163,10 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype must be float32 or float16, got '{dtype}'.")
     cfg, meta = read_encoder_config(encoder)
+    if pool == "auto":
+        pool = auto_pool(meta)
+        log.info("--pool auto: %s (the encoder was trained by %s)", pool,
+                 meta.get("method") or f"a {meta.get('task', 'pretraining')} fine-tune")
     win = parse_size(window, cfg.spatial_dims, "--window") or tuple(cfg.img_size)
     strd = parse_size(stride, cfg.spatial_dims, "--stride") or win
     data_cfg = data_config(meta, cfg.spatial_dims, cfg.patch_size if level == "image" else win, overrides, include,

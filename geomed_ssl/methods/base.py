@@ -247,6 +247,9 @@ class SSLMethod(nn.Module):
     Settings: ClassVar[type[MethodSettings]] = MethodSettings
     views: ClassVar[ViewSpec] = ViewSpec(intensity=False, scale=(0.2, 1.0))
     card: ClassVar[MethodCard] = MethodCard()
+    # The pooling that reads what the loss trains, for ``embed --pool auto``: ``cls`` where the loss reads the CLS
+    # token (two-view, self-distillation, CLS pretext tasks), ``mean`` of the tokens otherwise.
+    embedding_pool: ClassVar[str] = "mean"
 
     def __init__(self, encoder_cfg: EncoderConfig,
                  settings: MethodSettings | MethodConfig | Mapping[str, Any] | None = None,

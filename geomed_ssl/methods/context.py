@@ -129,6 +129,7 @@ class Context(SSLMethod):
     """Say where a patch sits among the 8 neighbours of a centre patch."""
 
     name = "context"
+    embedding_pool = "cls"
     card = MethodCard(
         learns="spatial layout: what lies above, below or beside what (object parts, roads leading to "
                "settlements), from two patches encoded on their own",

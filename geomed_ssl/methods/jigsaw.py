@@ -193,6 +193,7 @@ class Jigsaw(SSLMethod):
     """Name the permutation that shuffled a window's jittered tiles."""
 
     name = "jigsaw"
+    embedding_pool = "cls"
     card = MethodCard(
         learns="how parts of a scene fit together: which tile lies above, below or beside which (object parts, "
                "field layouts), from tiles encoded on their own",

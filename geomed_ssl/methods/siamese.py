@@ -36,6 +36,7 @@ class TwoViewMethod(SSLMethod):
     ``self.monitor`` (collapse), :meth:`two_views` and :meth:`represent`. Subclasses add heads and the loss."""
 
     views = ViewSpec(crops=2)
+    embedding_pool = "cls"  # :meth:`represent`
 
     def __init__(self, encoder_cfg: EncoderConfig, settings: MethodSettings | MethodConfig | Mapping[str, Any] | None
                  = None, max_steps: int = 1000) -> None:

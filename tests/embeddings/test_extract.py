@@ -212,6 +212,30 @@ def test_geoparquet_when_geopandas_is_installed(data: Path, encoder: Path, tmp_p
     assert frame.crs.to_epsg() == 32633 and frame.geometry.iloc[0].area == pytest.approx(160 * 160)
 
 
+@pytest.mark.parametrize("meta, pool", [
+    ({"method": "mae"}, "mean"), ({"method": "vicreg_dense"}, "mean"), ({"method": "simmim"}, "mean"),
+    ({"method": "dino"}, "cls"), ({"method": "moco_v3"}, "cls"), ({"method": "vicreg"}, "cls"),
+    ({"method": "swav"}, "cls"), ({"method": "jigsaw"}, "cls"), ({"method": "no_such_method"}, "mean"),
+    ({"task": "classify", "head": {"pool": "cls"}}, "cls"), ({"task": "classify", "head": {"pool": "mean"}}, "mean"),
+    ({"task": "segment", "head": {"kind": "unetr"}}, "mean"), ({}, "mean")])
+def test_auto_pool_reads_the_token_the_encoder_was_trained_on(meta: dict, pool: str) -> None:
+    assert embed_mod.auto_pool(meta) == pool
+
+
+def test_embed_pools_a_self_distilled_encoder_by_its_cls_token_by_default(data: Path, tmp_path: Path) -> None:
+    import json
+
+    enc = make_encoder(data, tmp_path / "encoder")
+    meta = json.loads((enc / "config.json").read_text())
+    (enc / "config.json").write_text(json.dumps({**meta, "method": "dino"}))
+    auto = embed_folder(enc, data, tmp_path / "auto", level="window", progress=False)
+    cls = embed_folder(enc, data, tmp_path / "cls", level="window", pool="cls", progress=False)
+    mean = embed_folder(enc, data, tmp_path / "mean", level="window", pool="mean", progress=False)
+    assert auto.manifest["settings"]["pool"] == "cls"
+    np.testing.assert_array_equal(load_embeddings(tmp_path / "auto")[1], load_embeddings(tmp_path / "cls")[1])
+    assert not np.allclose(load_embeddings(tmp_path / "auto")[1], load_embeddings(tmp_path / "mean")[1])
+
+
 @pytest.fixture(scope="module")
 def pretrained(data: Path, tmp_path_factory) -> Path:
     from geomed_ssl.train.pretrain import pretrain

@@ -1,0 +1,79 @@
+"""Which per-image features a classification probe should read (selection seeds only): the pooled tapped blocks
+``compare`` reads (mean and std of each block's tokens), the encoder's normed CLS token (what the siamese and
+self-distillation methods train: ``encoder(x)[:, 0]``), the normed tokens' mean, and their concatenations.
+
+    PYTHONPATH=$PWD python benchmarks/research/cls_probe.py RUN_DIR --data ../shared/data/eurosat_ms_200 [--k 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from geomed_ssl.compare import run as compare_run
+from geomed_ssl.compare.options import Budget, CompareOptions
+from geomed_ssl.compare.probes import classify, scores
+from geomed_ssl.compare.sources import load_sources, recipe_path
+from geomed_ssl.compare.task import make_split
+from geomed_ssl.models.probe import probe_layers
+
+
+def image_features(encoder, layers, load, n: int) -> dict[str, np.ndarray]:
+    """Per image, each candidate feature set."""
+    out: dict[str, list[np.ndarray]] = {"taps": [], "cls": [], "final_mean": []}
+    with torch.no_grad():
+        for i in range(n):
+            x = torch.from_numpy(load(i))[None]
+            feats, _ = encoder.forward_features(x, layers)
+            out["taps"].append(torch.cat([torch.cat([f.mean(1), f.std(1, unbiased=False)], 1) for f in feats], 1)[0]
+                               .numpy())
+            normed = encoder(x)[0]  # (1+N, D), after the final norm
+            out["cls"].append(normed[0].numpy())
+            out["final_mean"].append(normed[1:].mean(0).numpy())
+    feats = {k: np.stack(v).astype(np.float32) for k, v in out.items()}
+    feats["taps+cls"] = np.concatenate([feats["taps"], feats["cls"]], 1)
+    feats["taps+cls+final_mean"] = np.concatenate([feats["taps+cls"], feats["final_mean"]], 1)
+    feats["cls+final_mean"] = np.concatenate([feats["cls"], feats["final_mean"]], 1)
+    return feats
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run_dir")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--seeds", default="10,11")
+    ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--tag", default="")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    opts = CompareOptions(encoders=[a.run_dir, "none"], budgets=[Budget(per_class=a.k)],
+                          seeds=[int(s) for s in a.seeds.split(",")], split="random", protocols=["linear"],
+                          baselines=[])
+    recipe, task = compare_run._load_task(opts, recipe_path(opts, None), None, None, None, a.data, False)
+    splits = [make_split(task, recipe, b, s, "random") for b in opts.budgets for s in opts.seeds]
+    n = len(task.records)
+    for src, name in zip(load_sources(opts, recipe, task), ["pretrained", "random"]):
+        enc = src.encoder.eval()
+        load = compare_run._images(task, src.records, src.stats, recipe, tuple(enc.config.patch_size))
+        layers = probe_layers(enc.config.depth, recipe.finetune.layers)
+        feats = image_features(enc, layers, load, n)
+        for fname, x in feats.items():
+            for protocol in ("linear", "knn"):
+                oas = []
+                for sp in splits:
+                    pred = classify(protocol, x[sp.train], task.values[sp.train], x[sp.test], sp.seed, None,
+                                    recipe.finetune.class_weights, len(task.class_names))
+                    oas.append(scores(task.values[sp.test], pred, len(task.class_names), False, None)["oa"])
+                row = {"tag": a.tag, "run": a.run_dir, "encoder": name, "features": fname, "protocol": protocol,
+                       "oa": [round(v, 3) for v in oas], "mean": round(float(np.mean(oas)), 3)}
+                print(json.dumps(row), flush=True)
+                with open(Path(__file__).parent / "cls_probe.jsonl", "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,8 @@ several tapped blocks, concatenated and interpolated (bilinear / trilinear) at e
 the windows holding it, never the CLS token alone. The windows are ``predict``'s (overlapping, Gaussian-weighted:
 ``geomed_ssl.models.probe.encoder_points``) and only windows holding labelled pixels are run. Classification: per
 image, the mean and the standard deviation over the image of each tapped block's tokens, concatenated (the spread
-matters: band means and stds alone are a strong baseline).
+matters: band means and stds alone are a strong baseline), and the encoder's normed CLS token, the only output the
+two-view and self-distillation methods train (docs/label_efficiency.md, "Which token the probe reads").
 
 For the ``blocks`` split the features of training pixels are computed from the image with its test blocks blanked
 (``allowed`` False set to 0, the normalised mean), so no training window sees a test-block pixel; so are the
@@ -98,14 +99,17 @@ class ImageFeatures:
 # (per pixel: geomed_ssl.models.probe.encoder_points, shared with finetune's probe head)
 def encoder_image_fn(encoder: ViTEncoder, layers: list[int], load: Callable[[int], np.ndarray]
                      ) -> Callable[[int], np.ndarray]:
-    """Per image: the mean and the standard deviation of each tapped block's tokens, concatenated (2 * L * D,)."""
+    """Per image: the mean and the standard deviation of each tapped block's tokens and the normed CLS token,
+    concatenated ((2 * L + 1) * D,)."""
     device = encoder.cls_token.device
 
     def fn(i: int) -> np.ndarray:
+        x = torch.from_numpy(load(i))[None].to(device)
         with torch.no_grad():
-            feats, _ = encoder.forward_features(torch.from_numpy(load(i))[None].to(device), layers)
+            feats, _ = encoder.forward_features(x, layers)
+            cls = encoder(x)[:, 0]
         pooled = [torch.cat([f.mean(dim=1), f.std(dim=1, unbiased=False)], dim=1) for f in feats]
-        return torch.cat(pooled, dim=1)[0].cpu().numpy()
+        return torch.cat([*pooled, cls], dim=1)[0].cpu().numpy()
 
     return fn
 

@@ -202,12 +202,13 @@ def warn_notes(splits: list[Split], task: Task) -> None:
 
 # The rules the rows were made by, recorded so a compare never mixes rows of two of them: 2 = the logistic
 # regression weighs samples by finetune.class_weights (2026-12-03; folders without it were fitted balanced); 3 = a
-# volume's dice leaves out the background (label value 0; before, every class).
-PROBE_RULES = 3
+# volume's dice leaves out the background (label value 0; before, every class); 4 (class folders) = an image's
+# features hold the encoder's normed CLS token beside its pooled blocks (2026-12-03).
+PROBE_RULES = {"segment": 3, "classify": 4}
 
 
 def settings_record(task: Task, split: str) -> str:
     """``compare.json``: what a resumed compare must share with the rows already in results.csv."""
     return json.dumps({"task": task.kind, "split": split, "classes": task.class_names,
                        "label_files": task.label_paths, "images": [r.path for r in task.records],
-                       "probe_rules": PROBE_RULES}, indent=1) + "\n"
+                       "probe_rules": PROBE_RULES[task.kind]}, indent=1) + "\n"

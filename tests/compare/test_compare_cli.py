@@ -162,7 +162,7 @@ def test_a_volume_dice_leaves_out_the_background_label_0(tmp_path: Path) -> None
     metrics = json.loads((out / "finetuned_none_k4_seed0" / "metrics.json").read_text())
     assert [c["value"] for c in metrics["classes"]] == [0, 1]
     assert float(tuned["dice"]) == pytest.approx(metrics["test"]["per_class_dice"][1], abs=2e-6)
-    assert json.loads((out / "compare.json").read_text())["probe_rules"] == 3
+    assert json.loads((out / "compare.json").read_text())["probe_rules"] == 3  # class folders: 4
     assert "other than the background, label value 0" in (out / "summary.md").read_text()
 
 
@@ -180,6 +180,7 @@ def test_compare_on_class_folders_takes_a_pretraining_run_whose_recipe_names_a_s
     assert {(r["encoder"], r["protocol"]) for r in rows} >= {(str(run_dir), "linear"), ("none", "linear"),
                                                                (str(run_dir), "propagate"), ("band_stats", "linear")}
     assert all(0.0 <= float(r["oa"]) <= 1.0 for r in rows)
+    assert json.loads((out / "compare.json").read_text())["probe_rules"] == 4  # image features hold the CLS token
 
 
 def test_a_resumed_compare_keeps_the_random_initialisation_its_earlier_rows_used(

@@ -17,8 +17,12 @@ its output); `geomed-ssl methods` prints the same in plain text. Any recipe swit
 `--set method.name=NAME`, starting from that method's defaults (the previous method's settings are dropped with a
 note). Views are built by one builder from the `data:` crop keys and the `augment:` section
 ([concepts](concepts.md#views-and-augmentations)); the cost is per optimiser step relative to one
-forward-backward of the encoder on one crop.
+forward-backward of the encoder on one crop; the image vector is what `geomed-ssl embed --pool auto` reads of an
+encoder the method trained (the CLS token where the loss reads it, else the mean of the tokens).
 """
+
+
+VECTOR = {"cls": "CLS token", "mean": "tokens' mean"}  # embed --pool auto, per SSLMethod.embedding_pool
 
 
 def shipped() -> dict[str, Any]:
@@ -38,13 +42,13 @@ def _default(value: Any) -> str:
 def methods_markdown() -> str:
     """docs/methods.md: one table of every method, then each method's settings."""
     methods = shipped()
-    lines = [HEADER, "| method | what it learns | views | cost per step | 2D / 3D | known failure modes | recipes |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [HEADER, "| method | what it learns | views | cost per step | 2D / 3D | known failure modes | image vector "
+             "| recipes |", "|---|---|---|---|---|---|---|---|"]
     for name, d in methods.items():
         c = d["card"]
         recipes = ", ".join(f"`{r}`" for r in c.recipes) or "-"
         lines.append(f"| `{name}` | {_cell(c.learns)} | {_cell(d['views_text'])} | {_cell(c.cost)} | {c.dims} | "
-                     f"{_cell(c.failure_modes)} | {recipes} |")
+                     f"{_cell(c.failure_modes)} | {VECTOR[METHODS[name].embedding_pool]} | {recipes} |")
     for name, d in methods.items():
         cls = METHODS[name]
         lines += ["", f"## `{name}`", "", f"`method.name: {name}` (`{cls.Settings.__name__}`, "
@@ -65,7 +69,8 @@ def methods_text(names: list[str] | None = None) -> str:
             continue
         c = d["card"]
         out += [f"{name}  ({c.dims})", f"  learns:   {c.learns}", f"  views:    {d['views_text']}",
-                f"  cost:     {c.cost}", f"  watch:    {c.failure_modes}"]
+                f"  cost:     {c.cost}", f"  watch:    {c.failure_modes}",
+                f"  vector:   {VECTOR[METHODS[name].embedding_pool]} (embed --pool auto)"]
         if c.recipes:
             out.append(f"  recipes:  {', '.join(c.recipes)}")
         out.append("  settings (method.KEY, default, allowed: meaning):")

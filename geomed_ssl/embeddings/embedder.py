@@ -50,7 +50,7 @@ class Embedder:
         if self.level not in LEVELS:
             raise ConfigError(f"--level must be one of {', '.join(LEVELS)}, got '{self.level}'.")
         if self.pool not in POOLS:
-            raise ConfigError(f"--pool must be one of {', '.join(POOLS)}, got '{self.pool}'.")
+            raise ConfigError(f"--pool must be one of auto, {', '.join(POOLS)}, got '{self.pool}'.")
         try:
             self.token_grid = token_grid(self.window, self.patch)  # tokens along each axis of a window
         except DataError:

@@ -16,7 +16,8 @@ listed with their one-line error. vicreg_dense is skipped: it learns per-pixel (
 not image-level classification as EuroSAT needs.
 
 Measured before the frozen classification probes pooled each block's token standard deviation beside its mean
-(a 2000-step MAE and random init gained ~0.08 with it on EuroSAT-MS 200; this table was not re-run) on 2026-12-02
+(a 2000-step MAE and random init gained ~0.08 with it on EuroSAT-MS 200; this table was not re-run), and before
+they read the normed CLS token (since 2026-12-03; +0.01-0.05 for the two-view and DINO encoders), on 2026-12-02
 (2-core CPU box shared with other engineers' test suites; load average 10.7 / 9.4 / 9.2 at
 the start of pretraining, 7.7 / 7.8 / 8.8 during the rerun and compare; OMP_NUM_THREADS=1, nice 5):
 

@@ -229,8 +229,8 @@ def test_embed_pools_a_self_distilled_encoder_by_its_cls_token_by_default(data: 
     meta = json.loads((enc / "config.json").read_text())
     (enc / "config.json").write_text(json.dumps({**meta, "method": "dino"}))
     auto = embed_folder(enc, data, tmp_path / "auto", level="window", progress=False)
-    cls = embed_folder(enc, data, tmp_path / "cls", level="window", pool="cls", progress=False)
-    mean = embed_folder(enc, data, tmp_path / "mean", level="window", pool="mean", progress=False)
+    for pool in ("cls", "mean"):
+        embed_folder(enc, data, tmp_path / pool, level="window", pool=pool, progress=False)
     assert auto.manifest["settings"]["pool"] == "cls"
     np.testing.assert_array_equal(load_embeddings(tmp_path / "auto")[1], load_embeddings(tmp_path / "cls")[1])
     assert not np.allclose(load_embeddings(tmp_path / "auto")[1], load_embeddings(tmp_path / "mean")[1])

@@ -104,12 +104,12 @@ def encoder_image_fn(encoder: ViTEncoder, layers: list[int], load: Callable[[int
     device = encoder.cls_token.device
 
     def fn(i: int) -> np.ndarray:
-        x = torch.from_numpy(load(i))[None].to(device)
-        with torch.no_grad():
-            feats, _ = encoder.forward_features(x, layers)
-            cls = encoder(x)[:, 0]
+        with torch.no_grad():  # one pass: the tapped blocks' raw outputs and the normed final tokens
+            tokens, grid = encoder.embed(torch.from_numpy(load(i))[None].to(device))
+            out, taps = encoder.run_blocks(encoder.add_cls(tokens), layers)
+        feats = [encoder.spatial_tokens(t[:, 1:], grid) for t in taps]  # (1, N, D) each, CLS dropped
         pooled = [torch.cat([f.mean(dim=1), f.std(dim=1, unbiased=False)], dim=1) for f in feats]
-        return torch.cat([*pooled, cls], dim=1)[0].cpu().numpy()
+        return torch.cat([*pooled, out[:, 0]], dim=1)[0].cpu().numpy()
 
     return fn
 

@@ -1,9 +1,10 @@
 """Label efficiency (issue 12's targets): ``geomed-ssl compare`` on the bundled Indian Pines scene, on
-EuroSAT-MS 200 and on the five-date Sentinel-2 Slovenia tile, for the encoders given, with random init and the
-baselines side by side.
+EuroSAT-MS 200, on the five-date Sentinel-2 Slovenia tile and on a Sentinel-2-like resampling of Indian Pines, for
+the encoders given, with random init and the baselines side by side.
 
     python benchmarks/bench_label_efficiency.py --ip RUN_DIR [RUN_DIR ...] [--eurosat RUN_DIR ...]
-        [--slovenia RUN_DIR ...] [--seeds selection|report] [--datasets ip,eurosat,slovenia]
+        [--slovenia RUN_DIR ...] [--s2like RUN_DIR ...] [--seeds selection|report]
+        [--datasets ip,eurosat,slovenia,s2like]
         [--ip-splits random,blocks] [--protocol linear,finetune] [--baselines rf] [--out bench_label_efficiency]
         [--set k=v ...]
 
@@ -15,6 +16,10 @@ baselines side by side.
   pixels per class, frozen linear and k-NN probes, random init also fine-tuned with a per-token linear head (150
   steps, CE: ``SLOVENIA_FINETUNE``); default baselines: rf, random_conv. E.g. a RUN_DIR of
   ``recipes/vicreg_dense_sentinel2.yaml`` (docs/label_efficiency.md).
+- Sentinel-2-like Indian Pines (built under ``--out`` from the bundled cube by ``research/s2_like.py``: the 13 MSI
+  bands as Gaussian responses over the AVIRIS bands, one date, the 16-class map): 10 labelled pixels per class,
+  frozen linear, k-NN and propagate probes, the Slovenia fine-tune settings; default baselines: rf, random_conv.
+  Its RUN_DIRs are pretrained on that scene (``--data OUT/s2_like_scene``).
 
 Seeds: ``--seeds selection`` (10, 11) is for choosing hyperparameters; ``--seeds report`` (0, 1, 2) only once
 they are fixed (issue 12: never tune on the reported seeds). ``none`` (random init of the first encoder's
@@ -42,6 +47,7 @@ from geomed_ssl.compare.options import parse_options
 from geomed_ssl.compare.report import best_protocols, grouped
 from geomed_ssl.compare.run import run_compare
 from geomed_ssl.sample import LABELS, SAMPLE_DIR
+from research.s2_like import build as build_s2_like  # benchmarks/ is the script's folder, so on sys.path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SEEDS = {"selection": "10,11", "report": "0,1,2"}
@@ -113,20 +119,24 @@ def main() -> None:
     ap.add_argument("--ip", nargs="*", default=[], help="Indian Pines encoders: RUN_DIRs and/or none.")
     ap.add_argument("--eurosat", nargs="*", default=[], help="EuroSAT-MS encoders: RUN_DIRs and/or none.")
     ap.add_argument("--slovenia", nargs="*", default=[], help="Sentinel-2 Slovenia encoders: RUN_DIRs and/or none.")
+    ap.add_argument("--s2like", nargs="*", default=[], help="Sentinel-2-like Indian Pines encoders: RUN_DIRs / none.")
     ap.add_argument("--seeds", choices=tuple(SEEDS), default="selection")
-    ap.add_argument("--datasets", default="ip,eurosat,slovenia")
+    ap.add_argument("--datasets", default="ip,eurosat,slovenia,s2like")
     ap.add_argument("--ip-splits", default="random,blocks")
-    ap.add_argument("--protocol", default=None, help="default: linear,finetune (IP), linear (EuroSAT), linear,knn (Slovenia)")
+    ap.add_argument("--protocol", default=None, help="default: linear,finetune (IP), linear (EuroSAT), linear,knn "
+                    "(Slovenia), linear,knn,propagate (S2-like)")
     ap.add_argument("--baselines", default=None, help="default: every baseline that applies")
     ap.add_argument("--ip-recipe", default=None)
     ap.add_argument("--eurosat-recipe", default=None)
     ap.add_argument("--slovenia-recipe", default=None)
+    ap.add_argument("--s2like-recipe", default=None)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--out", type=Path, default=Path("bench_label_efficiency"))
     args = ap.parse_args()
     seeds = SEEDS[args.seeds]
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
-    print(f"label efficiency, {args.seeds} seeds ({seeds}), 5 labels per class / images per class (Slovenia: 10)")
+    print(f"label efficiency, {args.seeds} seeds ({seeds}), 5 labels per class / images per class "
+          "(Slovenia, S2-like: 10)")
     tables = []
     if "ip" in datasets and args.ip:
         results, metric = {}, "oa"
@@ -148,6 +158,13 @@ def main() -> None:
                                    labels=scene / "lulc_mask.tif")
         tables.append(("Sentinel-2 Slovenia, 5 dates, 10 labelled pixels per class", {"random split": rows}, metric,
                        args.slovenia))
+    if "s2like" in datasets and args.s2like:
+        images, labels = build_s2_like(args.out / "s2_like_scene")
+        rows, metric = compare_one(args.s2like, args.out / f"s2like_{args.seeds}", seeds, "random",
+                                   args.protocol or "linear,knn,propagate", args.baselines, args.s2like_recipe,
+                                   [*SLOVENIA_FINETUNE, *args.overrides], budget="10", images=images, labels=labels)
+        tables.append(("Sentinel-2-like Indian Pines, 10 labelled pixels per class", {"random split": rows}, metric,
+                       args.s2like))
     for title, results, metric, encoders in tables:
         print_table(title, results, metric, [e for e in encoders if e.lower() != "none"])
         for enc in encoders:

@@ -91,7 +91,8 @@ def main() -> None:
                                         recipe.finetune.class_weights, len(task.class_names))
                         oas.append(scores(task.values[sp.test], pred, len(task.class_names), False, None)["oa"])
                     row = {"tag": a.tag, "run": a.run_dir, "encoder": name, "size": size, "views": vname,
-                           "protocol": protocol, "oa": [round(v, 3) for v in oas], "mean": round(float(np.mean(oas)), 3)}
+                           "protocol": protocol, "oa": [round(v, 3) for v in oas],
+                           "mean": round(float(np.mean(oas)), 3)}
                     print(json.dumps(row), flush=True)
                     with open(Path(__file__).parent / "cls_scale.jsonl", "a") as fh:
                         fh.write(json.dumps(row) + "\n")

@@ -2,7 +2,8 @@
 to Sentinel-2 MSI's bands, each a Gaussian spectral response (band centre and FWHM of S2A's MSI) over the AVIRIS bands
 within one FWHM of its centre, in L1C order, described by name (``sensor: sentinel2`` matches them). B10 (1375 nm,
 cirrus) lies in the water-absorption bands the corrected cube drops: it is the one kept AVIRIS band within its FWHM
-(1353 nm), a stand-in. Writes OUT/indian_pines_s2.tif (float32, the cube's grid) and OUT/labels/indian_pines_s2.tif (the map).
+(1353 nm), a stand-in. Writes OUT/indian_pines_s2.tif (float32, the cube's grid) and OUT/labels/indian_pines_s2.tif
+(the map); ``bench_label_efficiency.py --s2like`` builds it under its ``--out``.
 
     PYTHONPATH=$PWD python benchmarks/research/s2_like.py /tmp/ip_s2
 """
@@ -33,9 +34,13 @@ def responses(centres_nm: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def main(out: str) -> None:
+def build(out: Path) -> tuple[Path, Path]:
+    """Write the scene and its map under ``out`` (kept when already there): (image folder, label folder)."""
     out_dir = Path(out)
-    (out_dir / "labels").mkdir(parents=True, exist_ok=True)
+    image, label_dir = out_dir / "indian_pines_s2.tif", out_dir / "labels"
+    if image.is_file() and (label_dir / image.name).is_file():
+        return out_dir, label_dir
+    label_dir.mkdir(parents=True, exist_ok=True)
     with rasterio.open(IMAGE) as src:
         cube = src.read().astype(np.float64)
         centres = np.array([float(src.tags(b, "IMAGERY")["CENTRAL_WAVELENGTH_UM"]) * 1000
@@ -44,19 +49,19 @@ def main(out: str) -> None:
     bands = responses(centres)
     s2 = np.stack([np.tensordot(w, cube, axes=(0, 0)) for w in bands.values()]).astype(np.float32)
     profile.update(count=len(bands), dtype="float32", predictor=3)
-    with rasterio.open(out_dir / "indian_pines_s2.tif", "w", **profile) as dst:
+    with rasterio.open(image, "w", **profile) as dst:
         dst.write(s2)
         for b, name in enumerate(bands, start=1):
             dst.set_band_description(b, name)
             dst.update_tags(b, ns="IMAGERY", CENTRAL_WAVELENGTH_UM=f"{S2_BANDS[name][0] / 1000:.4f}",
                             FWHM_UM=f"{S2_BANDS[name][1] / 1000:.4f}")
         dst.update_tags(SENSOR="Sentinel-2-like (Indian Pines AVIRIS resampled)")
-    with rasterio.open(LABELS) as src, rasterio.open(out_dir / "labels" / "indian_pines_s2.tif", "w",
-                                                      **src.profile) as dst:
+    with rasterio.open(LABELS) as src, rasterio.open(label_dir / image.name, "w", **src.profile) as dst:
         dst.write(src.read())
-    print(f"wrote {out_dir / 'indian_pines_s2.tif'}: {len(bands)} bands {' '.join(bands)}; "
+    print(f"wrote {image}: {len(bands)} bands {' '.join(bands)}; "
           f"AVIRIS bands per S2 band: {[int((w > 0).sum()) for w in bands.values()]}")
+    return out_dir, label_dir
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "/tmp/ip_s2")
+    build(Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/ip_s2"))

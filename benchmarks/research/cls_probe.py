@@ -7,19 +7,14 @@ self-distillation methods train: ``encoder(x)[:, 0]``), the normed tokens' mean,
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from geomed_ssl.compare import run as compare_run
-from geomed_ssl.compare.options import Budget, CompareOptions
-from geomed_ssl.compare.probes import classify, scores
-from geomed_ssl.compare.sources import load_sources, recipe_path
-from geomed_ssl.compare.task import make_split
 from geomed_ssl.models.probe import probe_layers
+from probe_common import class_probe_args, oa_per_split, probe_task  # beside this script
 
 
 def image_features(encoder, layers, load, n: int) -> dict[str, np.ndarray]:
@@ -42,32 +37,17 @@ def image_features(encoder, layers, load, n: int) -> dict[str, np.ndarray]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("run_dir")
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--seeds", default="10,11")
-    ap.add_argument("--k", type=int, default=5)
-    ap.add_argument("--tag", default="")
-    a = ap.parse_args()
+    a = class_probe_args()
     torch.set_num_threads(1)
-    opts = CompareOptions(encoders=[a.run_dir, "none"], budgets=[Budget(per_class=a.k)],
-                          seeds=[int(s) for s in a.seeds.split(",")], split="random", protocols=["linear"],
-                          baselines=[])
-    recipe, task = compare_run._load_task(opts, recipe_path(opts, None), None, None, None, a.data, False)
-    splits = [make_split(task, recipe, b, s, "random") for b in opts.budgets for s in opts.seeds]
+    recipe, task, splits, sources = probe_task(a)
     n = len(task.records)
-    for src, name in zip(load_sources(opts, recipe, task), ["pretrained", "random"]):
+    for (src, load), name in zip(sources, ["pretrained", "random"]):
         enc = src.encoder.eval()
-        load = compare_run._images(task, src.records, src.stats, recipe, tuple(enc.config.patch_size))
         layers = probe_layers(enc.config.depth, recipe.finetune.layers)
         feats = image_features(enc, layers, load, n)
         for fname, x in feats.items():
             for protocol in ("linear", "knn"):
-                oas = []
-                for sp in splits:
-                    pred = classify(protocol, x[sp.train], task.values[sp.train], x[sp.test], sp.seed, None,
-                                    recipe.finetune.class_weights, len(task.class_names))
-                    oas.append(scores(task.values[sp.test], pred, len(task.class_names), False, None)["oa"])
+                oas = oa_per_split(protocol, x, task, recipe, splits)
                 row = {"tag": a.tag, "run": a.run_dir, "encoder": name, "features": fname, "protocol": protocol,
                        "oa": [round(v, 3) for v in oas], "mean": round(float(np.mean(oas)), 3)}
                 print(json.dumps(row), flush=True)

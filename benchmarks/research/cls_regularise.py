@@ -7,19 +7,15 @@ cross-validation on the labelled images alone (no test label seen).
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from geomed_ssl.compare import run as compare_run
 from geomed_ssl.compare.features import encoder_image_fn
-from geomed_ssl.compare.options import Budget, CompareOptions
-from geomed_ssl.compare.sources import load_sources, recipe_path
-from geomed_ssl.compare.task import make_split
 from geomed_ssl.models.probe import _row_space, probe_layers, standardiser
+from probe_common import class_probe_args, probe_task  # beside this script
 
 CS = (0.001, 0.01, 0.1, 1.0, 10.0)
 
@@ -44,26 +40,15 @@ def cv_choice(x: np.ndarray, y: np.ndarray, seed: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("run_dir")
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--seeds", default="10,11")
-    ap.add_argument("--k", type=int, default=5)
-    ap.add_argument("--tag", default="")
-    a = ap.parse_args()
+    a = class_probe_args()
     torch.set_num_threads(1)
-    opts = CompareOptions(encoders=[a.run_dir, "none"], budgets=[Budget(per_class=a.k)],
-                          seeds=[int(s) for s in a.seeds.split(",")], split="random", protocols=["linear"],
-                          baselines=[])
-    recipe, task = compare_run._load_task(opts, recipe_path(opts, None), None, None, None, a.data, False)
-    splits = [make_split(task, recipe, b, s, "random") for b in opts.budgets for s in opts.seeds]
+    recipe, task, splits, sources = probe_task(a)
     y = task.values
-    for src, name in zip(load_sources(opts, recipe, task), ["pretrained", "random"]):
+    for (src, load), name in zip(sources, ["pretrained", "random"]):
         enc = src.encoder.eval()
-        load = compare_run._images(task, src.records, src.stats, recipe, tuple(enc.config.patch_size))
         fn = encoder_image_fn(enc, probe_layers(enc.config.depth, recipe.finetune.layers), load)
         x = np.stack([fn(i) for i in range(len(task.records))]).astype(np.float32)
-        row = {"tag": a.tag, "run": a.run_dir, "encoder": name, "seeds": opts.seeds}
+        row = {"tag": a.tag, "run": a.run_dir, "encoder": name, "seeds": [s.seed for s in splits]}
         for c in CS:
             row[f"C={c}"] = round(float(np.mean([(fit_predict(x[s.train], y[s.train], x[s.test], c) == y[s.test])
                                                   .mean() for s in splits])), 3)

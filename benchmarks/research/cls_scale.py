@@ -11,7 +11,6 @@ the mean of the features of the 8 flips / quarter turns (``--dihedral``), pretra
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -19,13 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from geomed_ssl.compare import run as compare_run
 from geomed_ssl.compare.features import encoder_image_fn
-from geomed_ssl.compare.options import Budget, CompareOptions
-from geomed_ssl.compare.probes import classify, scores
-from geomed_ssl.compare.sources import load_sources, recipe_path
-from geomed_ssl.compare.task import make_split
 from geomed_ssl.models.probe import probe_layers
+from probe_common import class_probe_args, oa_per_split, probe_task  # beside this script
 
 
 def resized(load, size: int, patch: int):
@@ -55,26 +50,17 @@ def dihedral_mean(encoder, layers, load):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("run_dir")
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--seeds", default="10,11")
-    ap.add_argument("--k", type=int, default=5)
-    ap.add_argument("--sizes", default="32,40,48,64")
-    ap.add_argument("--dihedral", action="store_true")
-    ap.add_argument("--tag", default="")
-    a = ap.parse_args()
+    def extra(ap) -> None:
+        ap.add_argument("--sizes", default="32,40,48,64")
+        ap.add_argument("--dihedral", action="store_true")
+
+    a = class_probe_args(extra)
     torch.set_num_threads(1)
-    opts = CompareOptions(encoders=[a.run_dir, "none"], budgets=[Budget(per_class=a.k)],
-                          seeds=[int(s) for s in a.seeds.split(",")], split="random", protocols=["linear"],
-                          baselines=[])
-    recipe, task = compare_run._load_task(opts, recipe_path(opts, None), None, None, None, a.data, False)
-    splits = [make_split(task, recipe, b, s, "random") for b in opts.budgets for s in opts.seeds]
+    recipe, task, splits, sources = probe_task(a)
     n = len(task.records)
-    for src, name in zip(load_sources(opts, recipe, task), ["pretrained", "random"]):
+    for (src, load), name in zip(sources, ["pretrained", "random"]):
         enc = src.encoder.eval()
         patch = int(enc.config.patch_size[0])
-        load = compare_run._images(task, src.records, src.stats, recipe, tuple(enc.config.patch_size))
         layers = probe_layers(enc.config.depth, recipe.finetune.layers)
         for size in [int(s) for s in a.sizes.split(",")]:
             scaled = resized(load, size, patch)
@@ -85,11 +71,7 @@ def main() -> None:
             for vname, vf in variants.items():
                 x = np.stack([vf(i) for i in range(n)]).astype(np.float32)
                 for protocol in ("linear", "knn"):
-                    oas = []
-                    for sp in splits:
-                        pred = classify(protocol, x[sp.train], task.values[sp.train], x[sp.test], sp.seed, None,
-                                        recipe.finetune.class_weights, len(task.class_names))
-                        oas.append(scores(task.values[sp.test], pred, len(task.class_names), False, None)["oa"])
+                    oas = oa_per_split(protocol, x, task, recipe, splits)
                     row = {"tag": a.tag, "run": a.run_dir, "encoder": name, "size": size, "views": vname,
                            "protocol": protocol, "oa": [round(v, 3) for v in oas],
                            "mean": round(float(np.mean(oas)), 3)}

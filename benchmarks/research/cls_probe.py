@@ -22,11 +22,10 @@ def image_features(encoder, layers, load, n: int) -> dict[str, np.ndarray]:
     out: dict[str, list[np.ndarray]] = {"taps": [], "cls": [], "final_mean": []}
     with torch.no_grad():
         for i in range(n):
-            x = torch.from_numpy(load(i))[None]
-            feats, _ = encoder.forward_features(x, layers)
+            final, feats, _ = encoder.forward_with_taps(torch.from_numpy(load(i))[None], layers)
             out["taps"].append(torch.cat([torch.cat([f.mean(1), f.std(1, unbiased=False)], 1) for f in feats], 1)[0]
                                .numpy())
-            normed = encoder(x)[0]  # (1+N, D), after the final norm
+            normed = final[0]  # (1+N, D), after the final norm
             out["cls"].append(normed[0].numpy())
             out["final_mean"].append(normed[1:].mean(0).numpy())
     feats = {k: np.stack(v).astype(np.float32) for k, v in out.items()}

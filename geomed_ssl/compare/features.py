@@ -105,9 +105,7 @@ def encoder_image_fn(encoder: ViTEncoder, layers: list[int], load: Callable[[int
 
     def fn(i: int) -> np.ndarray:
         with torch.no_grad():  # one pass: the tapped blocks' raw outputs and the normed final tokens
-            tokens, grid = encoder.embed(torch.from_numpy(load(i))[None].to(device))
-            out, taps = encoder.run_blocks(encoder.add_cls(tokens), layers)
-        feats = [encoder.spatial_tokens(t[:, 1:], grid) for t in taps]  # (1, N, D) each, CLS dropped
+            out, feats, _ = encoder.forward_with_taps(torch.from_numpy(load(i))[None].to(device), layers)
         pooled = [torch.cat([f.mean(dim=1), f.std(dim=1, unbiased=False)], dim=1) for f in feats]
         return torch.cat([*pooled, out[:, 0]], dim=1)[0].cpu().numpy()
 

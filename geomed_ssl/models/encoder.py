@@ -167,11 +167,18 @@ class ViTEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (B, C, *S) -> normed tokens (B, 1+N, D), CLS first."""
+        return self.forward_with_taps(x)[0]
+
+    def forward_with_taps(
+        self, x: torch.Tensor, layers: list[int] | tuple[int, ...] | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor], tuple[int, ...]]:
+        """One full pass: ``forward``'s normed tokens (B, 1+N, D), the spatial tokens (B, N, D) of the chosen blocks
+        as :meth:`forward_features` gives them (raw block outputs, CLS dropped, units merged), and the token grid."""
         tokens, grid = self.embed(x)
-        out, _ = self.run_blocks(self.add_cls(tokens))
-        if out.shape[1] - 1 == math.prod(grid):
-            return out
-        return torch.cat([out[:, :1], self.spatial_tokens(out[:, 1:], grid)], dim=1)  # (B, 1+N, D)
+        out, taps = self.run_blocks(self.add_cls(tokens), layers)
+        if out.shape[1] - 1 != math.prod(grid):
+            out = torch.cat([out[:, :1], self.spatial_tokens(out[:, 1:], grid)], dim=1)  # (B, 1+N, D)
+        return out, [self.spatial_tokens(t[:, 1:], grid) for t in taps], grid
 
     def forward_features(
         self, x: torch.Tensor, layers: list[int] | tuple[int, ...]

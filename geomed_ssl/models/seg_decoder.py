@@ -232,10 +232,8 @@ class SegmentationModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (B, C, *S) with S a multiple of the patch size -> logits (B, K, *S)."""
-        tokens, grid = self.encoder.embed(x)  # (B, T, D); T = U * N with grouped/spectral embeddings
-        final, taps = self.encoder.run_blocks(self.encoder.add_cls(tokens), self.layers)  # (B, 1+T, D), list
-        spatial = self.encoder.spatial_tokens  # (B, T, D) -> (B, N, D): units merged per position
-        return self.decoder(x, [spatial(t[:, 1:], grid) for t in taps], grid, spatial(final[:, 1:], grid))
+        final, taps, grid = self.encoder.forward_with_taps(x, self.layers)  # (B, 1+N, D), L x (B, N, D)
+        return self.decoder(x, taps, grid, final[:, 1:])
 
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.decoder.parameters())

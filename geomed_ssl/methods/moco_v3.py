@@ -33,6 +33,8 @@ class MoCoV3Settings(MethodSettings):
     proj_dim: int = setting(256, "projection output size", bounds=">= 1")
     momentum: float = setting(0.99, "momentum encoder EMA at step 0, cosine to 1 at train.max_steps",
                               bounds="[0, 1]")
+    freeze_patch_embed: bool = setting(False, "keep the patch projection at its random initialisation (the MoCo v3 "
+                                              "paper's stability measure)")
 
     def check(self, source: str, context: MethodContext) -> None:
         needs_batch_of_two(self, source, context, "moco_v3")
@@ -57,6 +59,8 @@ class MoCoV3(TwoViewMethod):
                  None = None, max_steps: int = 1000) -> None:
         super().__init__(encoder_cfg, settings, max_steps)
         s = self.settings
+        if s.freeze_patch_embed:
+            self.encoder.patch_embed.requires_grad_(False)
         self.projector = moco_v3_projector(encoder_cfg.embed_dim, s.proj_hidden_dim, s.proj_dim)
         self.predictor = moco_v3_predictor(s.proj_dim, s.proj_hidden_dim)
         self.momentum_encoder = momentum_copy(self.encoder)

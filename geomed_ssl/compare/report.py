@@ -1,5 +1,6 @@
 """What ``compare`` shows: the table of mean ± std per encoder / protocol / budget, the paired difference of each
-pretrained encoder against random initialisation with its 95 % t-interval (``summary.md``), and the curve."""
+pretrained encoder against random initialisation and of every encoder against the strongest baseline, with 95 %
+t-intervals (``summary.md``), and the curve."""
 
 from __future__ import annotations
 
@@ -109,11 +110,41 @@ def paired_lines(rows: Sequence[Row], metric: str) -> list[str]:
     return lines
 
 
+def baseline_lines(rows: Sequence[Row], metric: str) -> list[str]:
+    """Per encoder (its best protocol; ``none`` included) and budget: the encoder − the strongest baseline at that
+    budget (the highest mean over seeds there), per seed, as mean [95 % CI] (n seeds); empty without baselines."""
+    groups = grouped(rows, metric)
+    best = best_protocols(groups)
+    baselines = [key for key in groups if key[0] in BASELINE_NAMES]
+    encoders = [e for e in dict.fromkeys(enc for enc, _ in groups) if e not in BASELINE_NAMES]
+    if not baselines or not encoders:
+        return []
+    lines = ["| encoder | protocol | strongest baseline | budget | difference | 95 % CI | seeds |",
+             "|---|---|---|---|---|---|---|"]
+    for enc in sorted(encoders, key=lambda e: e == NONE):
+        mine = groups[(enc, best[enc])]
+        for budget in sorted(mine):
+            scored = [(float(np.mean(list(groups[k][budget].values()))), k) for k in baselines if groups[k].get(budget)]
+            if not scored:
+                continue
+            strongest = max(scored)[1]
+            theirs = groups[strongest][budget]
+            seeds = sorted(set(mine[budget]) & set(theirs))
+            if not seeds:
+                continue
+            mean, lo, hi = t_interval([mine[budget][s] - theirs[s] for s in seeds])
+            ci = "-" if math.isnan(lo) else f"[{lo:+.3f}, {hi:+.3f}]"
+            lines.append(f"| {enc} | {best[enc]} | {strongest[0]} ({strongest[1]}) | {budget:g} | {mean:+.3f} | "
+                         f"{ci} | {len(seeds)} |")
+    return lines
+
+
 def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str, background: bool = False,
                  held_out: Sequence[str] = ()) -> str:
     """``summary.md``; ``background``: the volumes' ``dice`` leaves out label value 0 (said in the text);
     ``held_out``: the lines naming each seed's test images (``images`` split)."""
     fore = " (mean over the classes other than the background, label value 0)" if background else ""
+    against = baseline_lines(rows, metric)
     return "\n".join([
         "# geomed-ssl compare", "",
         f"Metric: {metric}{fore} on the test {unit}s of each run; {split} split; "
@@ -127,8 +158,15 @@ def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str, backgr
           if any(r["protocol"] == "propagate" for r in rows) else []),
         "## Pretrained − random initialisation (paired by seed)", "",
         "Difference of the metric between each pretrained encoder and `none` (same architecture, random weights) "
-        "on the same training and test samples, per seed; mean and 95 % t-interval over seeds.", "",
+        "on the same training and test samples, per seed; mean and 95 % t-interval over seeds. `none` is one "
+        "random initialisation (seeded by `train.seed`, kept in `encoder_none/`); another draw moves its scores too "
+        "(`--set train.seed=K` with another --out), so a margin of a few test samples is not yet a gain: compare "
+        "several pretraining runs before relying on it.", "",
         *paired_lines(rows, metric), "",
+        *(["## Against the strongest baseline (paired by seed)", "",
+           "Difference between each encoder's best protocol and, at each budget, the baseline with the highest mean "
+           "there (the hardest of them to beat), on the same training and test samples, per seed; mean and 95 % "
+           "t-interval over seeds.", "", *against, ""] if against else []),
         *(["## Held-out images", "", "The images whose labelled " + unit + "s each seed tests on (no label of theirs "
            "trains); the others give the training labels.", "", *held_out, ""] if held_out else []),
     ])

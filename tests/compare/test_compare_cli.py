@@ -54,6 +54,9 @@ def test_compare_two_encoders_and_none_writes_every_row_and_resumes_only_missing
     summary = (out / "summary.md").read_text()
     assert "transductive" not in summary  # said only when propagate ran
     assert "Pretrained − random initialisation" in summary and str(exported) in summary
+    against = summary.split("## Against the strongest baseline")[1]
+    rows_against = [line.split("|")[1].strip() for line in against.splitlines() if line.startswith("| ")]
+    assert rows_against == ["encoder", str(run_dir), str(exported), "none"]  # pretrained first, none last
     assert "| rf | forest" in result.output  # the table is printed
 
     kept = rows[:3] + rows[9:]  # a compare killed after some rows, or rows deleted by hand

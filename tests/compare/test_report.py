@@ -1,0 +1,50 @@
+"""``summary.md``'s comparison with the strongest baseline: per budget the baseline with the highest mean, paired
+by seed with each encoder's best protocol (``none`` included)."""
+
+from __future__ import annotations
+
+from geomed_ssl.compare.report import baseline_lines, summary_text
+from geomed_ssl.compare.results import COLUMNS, Row
+
+SCORES = {  # (encoder, protocol): {budget: [oa of seed 0, seed 1, seed 2]}
+    ("run", "linear"): {1: [0.50, 0.60, 0.55], 5: [0.80, 0.82, 0.84]},
+    ("run", "knn"): {1: [0.40, 0.40, 0.40], 5: [0.70, 0.70, 0.70]},
+    ("none", "linear"): {1: [0.45, 0.45, 0.45], 5: [0.70, 0.72, 0.74]},
+    ("rf", "forest"): {1: [0.40, 0.50, 0.45], 5: [0.75, 0.75, 0.75]},
+    ("band_stats", "linear"): {1: [0.52, 0.52, 0.52], 5: [0.60, 0.60, 0.60]},
+}
+
+
+def rows(scores: dict = SCORES) -> list[Row]:
+    out = []
+    for (enc, proto), by_budget in scores.items():
+        for budget, values in by_budget.items():
+            for seed, v in enumerate(values):
+                row = dict.fromkeys(COLUMNS, "")
+                row.update(encoder=enc, labels_per_class=str(budget), seed=str(seed), protocol=proto, oa=str(v))
+                out.append(row)
+    return out
+
+
+def cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_each_budget_pairs_with_its_strongest_baseline() -> None:
+    lines = [cells(line) for line in baseline_lines(rows(), "oa")[2:]]
+    by = {(c[0], c[3]): c for c in lines}
+    assert set(by) == {("run", "1"), ("run", "5"), ("none", "1"), ("none", "5")}
+    assert [c[0] for c in lines] == ["run", "run", "none", "none"]  # pretrained encoders first
+    # budget 1: band_stats' mean 0.52 beats rf's 0.45; budget 5: rf's 0.75 beats band_stats' 0.60
+    assert by[("run", "1")][1:5] == ["linear", "band_stats (linear)", "1", "+0.030"]
+    assert by[("run", "5")][1:5] == ["linear", "rf (forest)", "5", "+0.070"]
+    assert by[("none", "5")][2:5] == ["rf (forest)", "5", "-0.030"]
+    low, high = (float(v) for v in by[("run", "5")][5].strip("[]").split(","))
+    assert low < 0.07 < high and by[("run", "5")][6] == "3"
+
+
+def test_without_baselines_the_section_is_left_out() -> None:
+    no_baselines = {k: v for k, v in SCORES.items() if k[0] in ("run", "none")}
+    assert baseline_lines(rows(no_baselines), "oa") == []
+    assert "strongest baseline" not in summary_text(rows(no_baselines), "oa", "random", "image")
+    assert "## Against the strongest baseline" in summary_text(rows(), "oa", "random", "image")

@@ -164,7 +164,7 @@ def compare(
     """Label-efficiency curves on your own labelled data: each encoder against random initialisation and
     baselines that need no encoder, at several label budgets and seeds, on the same samples (resumable)."""
     from geomed_ssl.compare.options import parse_options
-    from geomed_ssl.compare.report import spread_label
+    from geomed_ssl.compare.report import baseline_lines, paired_lines, spread_label
     from geomed_ssl.compare.run import run_compare
 
     options = parse_options(encoders, per_class, fraction, seeds, split, protocol, baselines, no_baselines)
@@ -173,6 +173,12 @@ def compare(
                          progress=logging.getLogger().level <= logging.INFO, keep_finetuned=keep_finetuned)
     typer.echo(f"{result.metric}, {spread_label(options.seeds)} (* best protocol):")
     typer.echo(result.table)
+    if options.pretrained:
+        typer.echo("pretrained − none, paired by seed (95 % t-interval):")
+        typer.echo("\n".join(paired_lines(result.rows, result.metric)))
+    if against := baseline_lines(result.rows, result.metric):
+        typer.echo("against the strongest baseline, paired by seed:")
+        typer.echo("\n".join(against))
     typer.echo(f"results: {out / 'results.csv'}  summary: {out / 'summary.md'}  curve: {out / 'curve.png'}")
 
 

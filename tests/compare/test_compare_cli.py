@@ -57,7 +57,8 @@ def test_compare_two_encoders_and_none_writes_every_row_and_resumes_only_missing
     against = summary.split("## Against the strongest baseline")[1]
     rows_against = [line.split("|")[1].strip() for line in against.splitlines() if line.startswith("| ")]
     assert rows_against == ["encoder", str(run_dir), str(exported), "none"]  # pretrained first, none last
-    assert "| rf | forest" in result.output  # the table is printed
+    assert "| rf | forest" in result.output  # the table is printed, and the paired differences
+    assert "pretrained − none, paired by seed" in result.output and "against the strongest baseline" in result.output
 
     kept = rows[:3] + rows[9:]  # a compare killed after some rows, or rows deleted by hand
     with (out / "results.csv").open("w", newline="") as fh:

@@ -85,6 +85,17 @@ def table(rows: Sequence[Row], metric: str) -> str:
     return "\n".join(lines)
 
 
+def paired_cells(mine: dict[int, float], theirs: dict[int, float]) -> str | None:
+    """"difference | 95 % CI | seeds" of ``mine`` − ``theirs`` over the seeds both have (None when they share none):
+    the mean of the per-seed differences and its t-interval ("-" with one seed)."""
+    seeds = sorted(set(mine) & set(theirs))
+    if not seeds:
+        return None
+    mean, lo, hi = t_interval([mine[s] - theirs[s] for s in seeds])
+    ci = "-" if math.isnan(lo) else f"[{lo:+.3f}, {hi:+.3f}]"
+    return f"{mean:+.3f} | {ci} | {len(seeds)}"
+
+
 def paired_lines(rows: Sequence[Row], metric: str) -> list[str]:
     """Per pretrained encoder and budget: pretrained − none, per seed, for each protocol both have and for the
     best protocols, as mean [95 % CI] (n seeds)."""
@@ -99,14 +110,10 @@ def paired_lines(rows: Sequence[Row], metric: str) -> list[str]:
         pairs.append((best[enc], best[NONE]))
         for mine, theirs in dict.fromkeys(pairs):
             a, b = groups[(enc, mine)], groups[(NONE, theirs)]
+            label = mine if mine == theirs else f"best: {mine} vs {theirs}"
             for budget in sorted(set(a) & set(b)):
-                seeds = sorted(set(a[budget]) & set(b[budget]))
-                if not seeds:
-                    continue
-                mean, lo, hi = t_interval([a[budget][s] - b[budget][s] for s in seeds])
-                ci = "-" if math.isnan(lo) else f"[{lo:+.3f}, {hi:+.3f}]"
-                label = mine if mine == theirs else f"best: {mine} vs {theirs}"
-                lines.append(f"| {enc} | {label} | {budget:g} | {mean:+.3f} | {ci} | {len(seeds)} |")
+                if cells := paired_cells(a[budget], b[budget]):
+                    lines.append(f"| {enc} | {label} | {budget:g} | {cells} |")
     return lines
 
 
@@ -119,23 +126,17 @@ def baseline_lines(rows: Sequence[Row], metric: str) -> list[str]:
     encoders = [e for e in dict.fromkeys(enc for enc, _ in groups) if e not in BASELINE_NAMES]
     if not baselines or not encoders:
         return []
+    budgets = {b for key in baselines for b in groups[key]}
+    strongest = {b: max((float(np.mean(list(groups[k][b].values()))), k) for k in baselines if groups[k].get(b))[1]
+                 for b in budgets}
     lines = ["| encoder | protocol | strongest baseline | budget | difference | 95 % CI | seeds |",
              "|---|---|---|---|---|---|---|"]
     for enc in sorted(encoders, key=lambda e: e == NONE):
         mine = groups[(enc, best[enc])]
-        for budget in sorted(mine):
-            scored = [(float(np.mean(list(groups[k][budget].values()))), k) for k in baselines if groups[k].get(budget)]
-            if not scored:
-                continue
-            strongest = max(scored)[1]
-            theirs = groups[strongest][budget]
-            seeds = sorted(set(mine[budget]) & set(theirs))
-            if not seeds:
-                continue
-            mean, lo, hi = t_interval([mine[budget][s] - theirs[s] for s in seeds])
-            ci = "-" if math.isnan(lo) else f"[{lo:+.3f}, {hi:+.3f}]"
-            lines.append(f"| {enc} | {best[enc]} | {strongest[0]} ({strongest[1]}) | {budget:g} | {mean:+.3f} | "
-                         f"{ci} | {len(seeds)} |")
+        for budget in sorted(set(mine) & budgets):
+            name, proto = strongest[budget]
+            if cells := paired_cells(mine[budget], groups[(name, proto)][budget]):
+                lines.append(f"| {enc} | {best[enc]} | {name} ({proto}) | {budget:g} | {cells} |")
     return lines
 
 

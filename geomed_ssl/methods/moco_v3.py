@@ -33,8 +33,9 @@ class MoCoV3Settings(MethodSettings):
     proj_dim: int = setting(256, "projection output size", bounds=">= 1")
     momentum: float = setting(0.99, "momentum encoder EMA at step 0, cosine to 1 at train.max_steps",
                               bounds="[0, 1]")
-    freeze_patch_embed: bool = setting(False, "keep the patch projection at its random initialisation (the MoCo v3 "
-                                              "paper's stability measure)")
+    freeze_patch_embed: bool = setting(False, "keep the patch embedding at its random initialisation (the MoCo v3 "
+                                              "paper's stability measure; with spectral, grouped or wavelength "
+                                              "embeddings their band / group embeddings too)")
 
     def check(self, source: str, context: MethodContext) -> None:
         needs_batch_of_two(self, source, context, "moco_v3")

@@ -19,7 +19,7 @@ from geomed_ssl.data.catalog import Catalog, scan
 from geomed_ssl.views.datasets import PretrainDataset, collate
 from geomed_ssl.data.stats import BandStats, compute_stats
 from geomed_ssl.views.builder import build_views
-from geomed_ssl.errors import GeomedError
+from geomed_ssl.errors import ConfigError, GeomedError
 from geomed_ssl.launch import check_pretrain_world, launched
 from geomed_ssl.methods import build_method, with_method_settings
 from geomed_ssl.methods.schedules import ScheduleClock
@@ -29,10 +29,11 @@ from geomed_ssl.outfiles import atomic_path, atomic_write_text
 from geomed_ssl.train.agreement import agreement_for
 from geomed_ssl.train.callbacks import ExportEncoder, MetricsCSV, Previews
 from geomed_ssl.train.checkpointing import (ResumePoint, RunCheckpoints, StopRequest, find_resume_checkpoint,
-                                            read_checkpoint_info, remove_stale_temp_files, stop_safe_worker_init)
+                                            read_checkpoint_info, remove_stale_temp_files, resume_misfit,
+                                            stop_safe_worker_init)
 from geomed_ssl.train.console import ConsoleSettings, progress_callbacks, quiet_lightning
 from geomed_ssl.train.lr_check import warn_schedule
-from geomed_ssl.train.module import PretrainModule
+from geomed_ssl.train.module import PretrainModule, param_groups
 from geomed_ssl.train.trainer import build_trainer, forks, probe_trainer
 
 log = logging.getLogger("geomed_ssl")
@@ -275,6 +276,8 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     enc_cfg = EncoderConfig.from_recipe(recipe.model, recipe.data, len(catalog.band_names), catalog.band_names,
                                         catalog.wavelengths, stats.to_dict(), bandwidths=catalog.bandwidths)
     method = build_method(recipe.method, enc_cfg, clock.total)
+    if point is not None:  # before anything in the run folder changes (config.yaml with this resume's --set values)
+        refuse_misfit(point.path, method, recipe)
     view = build_views(method.views, recipe.data, spatial_dims(recipe.data), recipe.augment,
                        patch_size=recipe.model.patch_size, wavelengths=catalog.wavelengths)
     dataset = PretrainDataset(catalog, stats, recipe.data, view, seed=t.seed)
@@ -302,6 +305,17 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     stopped = stopped_reason(steps, t.max_steps, stop)
     return RunResult(run_dir=out, encoder_dir=out / "encoder", steps=steps, catalog=catalog, stopped=stopped,
                      is_global_zero=rank == 0)
+
+
+def refuse_misfit(path: Path, method: Any, recipe: Recipe) -> None:
+    """Refuse, in words, to resume from the checkpoint at ``path`` with a method (built from the recipe with this
+    resume's ``--set`` values) whose weights or trainable groups no longer match it."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    groups = param_groups(method, recipe.train.weight_decay, method.no_weight_decay())
+    state = {f"method.{k}": v for k, v in method.state_dict().items()}  # PretrainModule holds only the method
+    misfit = resume_misfit(checkpoint, state, [len(g["params"]) for g in groups], recipe.to_dict())
+    if misfit:
+        raise ConfigError(misfit)
 
 
 def stopped_reason(steps: int, max_steps: int, stop: StopRequest) -> str | None:

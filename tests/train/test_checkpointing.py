@@ -24,7 +24,7 @@ from geomed_ssl.cli import app
 from geomed_ssl.outfiles import atomic_write
 from geomed_ssl.train.checkpointing import StopRequest, atomic_save, remove_stale_temp_files
 from geomed_ssl.train.pretrain import pretrain
-from tests.conftest import TINY, KillAt
+from tests.conftest import TINY, TINY_BASE, KillAt
 
 OVERRIDES = [*TINY, "data.sensor=null", "data.patch_size=16", "train.max_steps=10", "train.checkpoint_every=5"]
 
@@ -295,6 +295,27 @@ def test_resume_with_a_new_base_lr_trains_at_the_new_lr(raster_dir: Path, tmp_pa
     assert [lr[s] for s in range(6, 11)] == pytest.approx([expected(0.1, s) for s in range(6, 11)], rel=1e-6)
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)
     assert ckpt["lr_schedulers"][0]["base_lrs"] == pytest.approx([0.1 * 8 / 256] * 2)
+
+
+@pytest.mark.parametrize("change, named", [
+    (["method.freeze_patch_embed=true"], "method.freeze_patch_embed False -> True"),
+    (["method.proj_dim=8"], "method.proj_dim 16 -> 8"),
+])
+def test_resume_with_a_set_that_changes_the_network_is_refused_in_words_and_the_run_stays_resumable(
+        raster_dir: Path, tmp_path: Path, change: list[str], named: str) -> None:
+    out = tmp_path / "run"
+    moco = [*TINY_BASE, "data.sensor=null", "data.patch_size=16", "data.global_crop_size=16", "train.max_steps=10",
+            "train.checkpoint_every=5", "method.proj_hidden_dim=32", "method.proj_dim=16"]
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        pretrain("recipes/moco_v3_sentinel2.yaml", raster_dir, out, overrides=moco, progress=False,
+                 callbacks=[KillAt(6)])
+    before = (out / "checkpoints" / "last.ckpt").read_bytes()
+    result = CliRunner().invoke(app, ["pretrain", "--resume", "--out", str(out), "--data", str(raster_dir),
+                                      *[a for c in change for a in ("--set", c)], "recipes/moco_v3_sentinel2.yaml"])
+    assert result.exit_code == 2, result.output
+    assert "--resume: the checkpoint does not fit" in result.output and named in result.output
+    assert (out / "checkpoints" / "last.ckpt").read_bytes() == before
+    assert pretrain(None, raster_dir, out, resume=True, progress=False).steps == 10
 
 
 def test_slurms_advance_warning_sigusr1_is_a_stop_with_a_checkpoint_and_no_hpc_checkpoint_appears(

@@ -48,3 +48,15 @@ def test_without_baselines_the_section_is_left_out() -> None:
     assert baseline_lines(rows(no_baselines), "oa") == []
     assert "strongest baseline" not in summary_text(rows(no_baselines), "oa", "random", "image")
     assert "## Against the strongest baseline" in summary_text(rows(), "oa", "random", "image")
+
+
+def test_a_baseline_scored_on_fewer_seeds_is_not_the_strongest_on_one_lucky_seed() -> None:
+    # rows of an earlier compare with seed 0 only: rf scored once, high; band_stats on all three seeds
+    table = rows({("run", "linear"): {5: [0.60, 0.60, 0.60]}, ("band_stats", "linear"): {5: [0.50, 0.50, 0.50]}})
+    table += rows({("rf", "forest"): {5: [0.90]}})
+    (line,) = [cells(line) for line in baseline_lines(table, "oa")[2:] if line.startswith("| run")]
+    assert line[2:5] == ["band_stats (linear)", "5", "+0.100"] and line[6] == "3"
+    # with the same seeds, the higher mean wins
+    table += rows({("rf", "forest"): {5: [0.90, 0.90, 0.90]}})
+    (line,) = [cells(line) for line in baseline_lines(table, "oa")[2:] if line.startswith("| run")]
+    assert line[2:5] == ["rf (forest)", "5", "-0.300"]

@@ -179,7 +179,8 @@ def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str, backgr
         *(["## Against the strongest baseline (paired by seed)", "",
            "Difference between each encoder's best protocol and, at each budget, the baseline with the highest mean "
            "over the seeds it shares with the encoder (the hardest of them to beat; those scored on every seed "
-           "first), on the same training and test samples, per seed; mean and 95 % t-interval over seeds.", "", *against, ""] if against else []),
+           "first), on the same training and test samples, per seed; mean and 95 % t-interval over seeds.", "",
+           *against, ""] if against else []),
         *(["## Held-out images", "", "The images whose labelled " + unit + "s each seed tests on (no label of theirs "
            "trains); the others give the training labels.", "", *held_out, ""] if held_out else []),
     ])

@@ -309,12 +309,12 @@ def test_resume_with_a_set_that_changes_the_network_is_refused_in_words_and_the_
     with pytest.raises(RuntimeError, match="simulated kill"):
         pretrain("recipes/moco_v3_sentinel2.yaml", raster_dir, out, overrides=moco, progress=False,
                  callbacks=[KillAt(6)])
-    before = (out / "checkpoints" / "last.ckpt").read_bytes()
+    before = [(out / name).read_bytes() for name in ("checkpoints/last.ckpt", "config.yaml")]
     result = CliRunner().invoke(app, ["pretrain", "--resume", "--out", str(out), "--data", str(raster_dir),
                                       *[a for c in change for a in ("--set", c)], "recipes/moco_v3_sentinel2.yaml"])
     assert result.exit_code == 2, result.output
     assert "--resume: the checkpoint does not fit" in result.output and named in result.output
-    assert (out / "checkpoints" / "last.ckpt").read_bytes() == before
+    assert [(out / name).read_bytes() for name in ("checkpoints/last.ckpt", "config.yaml")] == before
     assert pretrain(None, raster_dir, out, resume=True, progress=False).steps == 10
 
 

@@ -66,7 +66,8 @@ class DataConfig:
     exclude: list[str] = setting([], "globs of files to skip")
     channels: list[str] | None = setting(None, "one glob per channel: stack single-channel files of one folder")
     nodata: float | None = setting(None, "nodata value (overrides the files'); may be nan", finite=False)
-    num_workers: int = setting(2, "DataLoader worker processes (0: in the main process)", bounds=">= 0")
+    num_workers: int = setting(2, "DataLoader worker processes (0: in the main process; at most the CPUs the "
+                                     "process may use)", bounds=">= 0")
     min_valid_fraction: float = setting(0.5, "windows with less valid area are redrawn", bounds="[0, 1]")
     windows_per_read: int = setting(8, "windows cut from each block-aligned read (rasters)", bounds=">= 1")
     stats_windows: int = setting(256, "windows sampled to compute the band statistics", bounds=">= 1")

@@ -31,7 +31,7 @@ from geomed_ssl.train.checkpointing import AtomicCheckpointIO
 from geomed_ssl.train.console import has_bar, progress_callbacks, quiet_lightning
 from geomed_ssl.train.lr_check import warn_schedule
 from geomed_ssl.train.supervised import SupervisedModule
-from geomed_ssl.train.trainer import cluster_plugins, probe_trainer, resolve_precision
+from geomed_ssl.train.trainer import cluster_plugins, loader_workers, probe_trainer, resolve_precision
 
 log = logging.getLogger("geomed_ssl")
 
@@ -140,9 +140,10 @@ def fit_supervised(model: torch.nn.Module, dataset: Any, recipe: Recipe, num_cla
         groups = [{"params": list(model.parameters()), "lr": f.base_lr, "weight_decay": f.weight_decay}]
     warn_schedule(f.base_lr, f.warmup_steps, f.max_steps, "finetune")
     module = SupervisedModule(model, f, num_classes, groups, weights, input_key)
-    loader = DataLoader(dataset, batch_size=f.batch_size, num_workers=recipe.data.num_workers,
+    workers = loader_workers(recipe.data.num_workers)
+    loader = DataLoader(dataset, batch_size=f.batch_size, num_workers=workers,
                         sampler=SequentialSampler(range(f.max_steps * f.batch_size)), drop_last=True,
-                        persistent_workers=recipe.data.num_workers > 0)
+                        persistent_workers=workers > 0)
     cbs: list[L.Callback] = [*progress_callbacks(progress, t.log_every),
                              MetricsCSV(out / "metrics_train.csv", t.log_every),
                              L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,

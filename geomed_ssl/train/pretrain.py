@@ -34,7 +34,7 @@ from geomed_ssl.train.checkpointing import (ResumePoint, RunCheckpoints, StopReq
 from geomed_ssl.train.console import ConsoleSettings, progress_callbacks, quiet_lightning
 from geomed_ssl.train.lr_check import warn_schedule
 from geomed_ssl.train.module import PretrainModule, param_groups
-from geomed_ssl.train.trainer import build_trainer, forks, probe_trainer
+from geomed_ssl.train.trainer import build_trainer, forks, loader_workers, probe_trainer
 
 log = logging.getLogger("geomed_ssl")
 
@@ -236,8 +236,9 @@ class PretrainData(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         sampler = StepOffsetSampler(self.batch_size, self.micro_batches, start=self.start,
                                     rank=self.trainer.global_rank, world=self.trainer.world_size)
-        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=collate, persistent_workers=self.num_workers > 0, drop_last=True,
+        workers = loader_workers(self.num_workers)
+        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=workers,
+                          collate_fn=collate, persistent_workers=workers > 0, drop_last=True,
                           pin_memory=torch.cuda.is_available(),
                           worker_init_fn=functools.partial(stop_safe_worker_init, rank=self.trainer.global_rank))
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,25 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.train.checkpointing import AtomicCheckpointIO
 from geomed_ssl.train.console import has_bar, quiet_lightning
+
+log = logging.getLogger("geomed_ssl")
+_capped: set[tuple[int, int]] = set()  # (asked, CPUs) already said, so a compare's many fine-tunes say it once
+
+
+def loader_workers(requested: int) -> int:
+    """``data.num_workers``, at most the CPUs this process may use. A run's config.yaml travels with it: one made on
+    a large GPU machine and resumed, fine-tuned or compared on a laptop would start more worker processes than
+    there are cores, which slow each other (torch warns). Batches do not depend on the worker count."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    if requested <= cpus:
+        return requested
+    if (requested, cpus) not in _capped:
+        _capped.add((requested, cpus))
+        log.info(f"data.num_workers {requested} lowered to {cpus}, the number of CPUs this process may use.")
+    return cpus
 
 
 def forks(strategy: str) -> bool:

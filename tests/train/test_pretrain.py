@@ -107,6 +107,26 @@ def test_resume_after_kill_continues_same_loss_curve(raster_dir: Path, tmp_path:
     np.testing.assert_allclose([b[s] for s in range(6, 11)], [a[s] for s in range(6, 11)], rtol=0, atol=1e-5)
 
 
+def test_more_workers_than_cpus_are_capped_and_the_run_is_the_same(raster_dir: Path, tmp_path: Path, monkeypatch,
+                                                                    caplog) -> None:
+    """A config.yaml made on a large machine (data.num_workers 6) on a 1-CPU process: one worker, the same losses."""
+    from geomed_ssl.train import trainer
+    from geomed_ssl.train.pretrain import pretrain
+
+    overrides = [*TINY, "data.sensor=null", "data.patch_size=16", "train.max_steps=6", "train.checkpoint_every=6"]
+    pretrain("recipes/mae_sentinel2.yaml", raster_dir, tmp_path / "main", overrides=overrides, progress=False)
+    monkeypatch.setattr(trainer.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert trainer.loader_workers(0) == 0 and trainer.loader_workers(1) == 1 and trainer.loader_workers(6) == 1
+    trainer._capped.clear()
+    with caplog.at_level(logging.INFO, logger="geomed_ssl"):
+        pretrain("recipes/mae_sentinel2.yaml", raster_dir, tmp_path / "capped", progress=False,
+                 overrides=[*overrides, "data.num_workers=6"])
+    assert "data.num_workers 6 lowered to 1, the number of CPUs this process may use." in caplog.text
+    a, b = losses(tmp_path / "main"), losses(tmp_path / "capped")
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=0, atol=1e-6)
+
+
 def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(raster_dir: Path, tmp_path: Path, monkeypatch) -> None:
     from geomed_ssl.errors import TrainingError
     from geomed_ssl.methods.mae import MAE

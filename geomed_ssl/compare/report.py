@@ -119,9 +119,7 @@ def paired_lines(rows: Sequence[Row], metric: str) -> list[str]:
 
 def baseline_lines(rows: Sequence[Row], metric: str) -> list[str]:
     """Per encoder (its best protocol; ``none`` included) and budget: the encoder − the strongest baseline there,
-    per seed, as mean [95 % CI] (n seeds); empty without baselines. The strongest is the one with the highest mean
-    over the seeds it shares with the encoder, among those sharing the most (a folder's rows can come from
-    compares with other seeds)."""
+    per seed, as mean [95 % CI] (n seeds); empty without baselines. The strongest: :func:`strongest`."""
     groups = grouped(rows, metric)
     best = best_protocols(groups)
     baselines = [key for key in groups if key[0] in BASELINE_NAMES]
@@ -142,14 +140,24 @@ def baseline_lines(rows: Sequence[Row], metric: str) -> list[str]:
 
 def strongest(mine: dict[int, float], baselines: Sequence[tuple[str, str]], groups: dict, budget: float
               ) -> tuple[str, str] | None:
-    """The (baseline, protocol) sharing the most of ``mine``'s seeds at ``budget``, the highest mean over them
-    among those; None when none shares a seed."""
-    ranked = []
+    """The (baseline, protocol) with the highest mean at ``budget`` over the seeds of ``mine`` that every baseline
+    sharing any of them has (all on equal terms; a folder's rows can come from compares with other seeds); where
+    they have none in common, the one sharing the most seeds, then the highest mean over them. Non-finite scores
+    are left out. None when no baseline shares a seed."""
+    scored = {}
     for key in baselines:
-        theirs = groups[key].get(budget) or {}
-        if shared := [seed for seed in mine if seed in theirs]:
-            ranked.append((len(shared), float(np.mean([theirs[seed] for seed in shared])), key))
-    return max(ranked)[2] if ranked else None
+        theirs = {seed: v for seed, v in (groups[key].get(budget) or {}).items() if math.isfinite(v)}
+        if any(seed in theirs for seed in mine):
+            scored[key] = theirs
+    if not scored:
+        return None
+    common = [seed for seed in mine if all(seed in theirs for theirs in scored.values())]
+
+    def rank(key: tuple[str, str]) -> tuple[int, float, tuple[str, str]]:
+        seeds = common or [seed for seed in mine if seed in scored[key]]
+        return (len(seeds), float(np.mean([scored[key][seed] for seed in seeds])), key)
+
+    return max(scored, key=rank)
 
 
 def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str, background: bool = False,
@@ -178,8 +186,8 @@ def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str, backgr
         *paired_lines(rows, metric), "",
         *(["## Against the strongest baseline (paired by seed)", "",
            "Difference between each encoder's best protocol and, at each budget, the baseline with the highest mean "
-           "over the seeds it shares with the encoder (the hardest of them to beat; those scored on every seed "
-           "first), on the same training and test samples, per seed; mean and 95 % t-interval over seeds.", "",
+           "over the seeds they all share with the encoder (the hardest of them to beat), on the same training and "
+           "test samples, per seed; mean and 95 % t-interval over seeds.", "",
            *against, ""] if against else []),
         *(["## Held-out images", "", "The images whose labelled " + unit + "s each seed tests on (no label of theirs "
            "trains); the others give the training labels.", "", *held_out, ""] if held_out else []),

@@ -50,13 +50,18 @@ def test_without_baselines_the_section_is_left_out() -> None:
     assert "## Against the strongest baseline" in summary_text(rows(), "oa", "random", "image")
 
 
-def test_a_baseline_scored_on_fewer_seeds_is_not_the_strongest_on_one_lucky_seed() -> None:
-    # rows of an earlier compare with seed 0 only: rf scored once, high; band_stats on all three seeds
+def test_baselines_are_ranked_on_the_seeds_they_all_share_with_the_encoder() -> None:
+    # an earlier compare into the folder scored rf on seeds 0 and 1 only; band_stats has all three
     table = rows({("run", "linear"): {5: [0.60, 0.60, 0.60]}, ("band_stats", "linear"): {5: [0.50, 0.50, 0.50]}})
-    table += rows({("rf", "forest"): {5: [0.90]}})
-    (line,) = [cells(line) for line in baseline_lines(table, "oa")[2:] if line.startswith("| run")]
+    strong = rows({("rf", "forest"): {5: [0.95, 0.95]}})
+    (line,) = [cells(line) for line in baseline_lines(table + strong, "oa")[2:] if line.startswith("| run")]
+    assert line[2:5] == ["rf (forest)", "5", "-0.350"] and line[6] == "2"  # never the weaker one because rf lacks a seed
+    # and a weak baseline with fewer seeds does not become the strongest either
+    weak = rows({("rf", "forest"): {5: [0.10]}})
+    (line,) = [cells(line) for line in baseline_lines(table + weak, "oa")[2:] if line.startswith("| run")]
     assert line[2:5] == ["band_stats (linear)", "5", "+0.100"] and line[6] == "3"
-    # with the same seeds, the higher mean wins
-    table += rows({("rf", "forest"): {5: [0.90, 0.90, 0.90]}})
-    (line,) = [cells(line) for line in baseline_lines(table, "oa")[2:] if line.startswith("| run")]
-    assert line[2:5] == ["rf (forest)", "5", "-0.300"]
+    # a non-finite score is left out, whatever the order of the rows
+    nan = rows({("rf", "forest"): {5: [float("nan"), 0.10, 0.10]}})
+    for order in (table + nan, nan + table):
+        (line,) = [cells(line) for line in baseline_lines(order, "oa")[2:] if line.startswith("| run")]
+        assert line[2:5] == ["band_stats (linear)", "5", "+0.100"]

@@ -78,6 +78,23 @@ def test_ibot_masks_follow_the_sample_index_so_the_batch_split_does_not_matter()
         torch.testing.assert_close(whole[key], (halves[0][key] + halves[1][key]) / 2)
 
 
+def test_the_method_pickles_for_spawned_workers_and_loads_checkpoints_of_torchs_weight_norm() -> None:
+    """``train.strategy=ddp_spawn`` sends the method to each worker pickled: a torch-parametrised weight norm
+    cannot be; ours pickles, computes the same, and takes the state of torch's parametrisation (older checkpoints)."""
+    import pickle
+
+    from torch.nn.utils.parametrizations import weight_norm
+
+    m = make()
+    clone = pickle.loads(pickle.dumps(m))
+    a, b = m.training_loss(batch(), 0, gen()), clone.training_loss(batch(), 0, gen())
+    assert torch.equal(a.loss, b.loss)
+    head = m.student_head
+    old = weight_norm(torch.nn.Linear(head.last_layer.weight.shape[1], head.out_dim, bias=False))
+    head.last_layer.load_state_dict(old.state_dict())
+    torch.testing.assert_close(head.last_layer.weight, old.weight, rtol=0, atol=0)
+
+
 def test_center_moves_towards_teacher_mean_after_a_step() -> None:
     m = make()
     assert torch.all(m.dino_loss.center == 0)

@@ -196,13 +196,21 @@ def _resolved(path: PathLike) -> Path:
 
 def _inputs(inputs: Inputs | None) -> Iterator[tuple[str, Path]]:
     """(role, path) of every input given (None: not given; a command maps its own keywords, such as the encoder
-    ``none`` of ``finetune``, to None before calling)."""
+    ``none`` of ``finetune``, to None before calling), and of the folder the toolkit made that holds it, if any
+    (``RUN`` for ``RUN/encoder``, ``FT_DIR`` for ``FT_DIR/model``): an output inside it would be a foreign file in
+    that folder."""
+    parents: set[Path] = set()  # each folder looked at once (predict may be given thousands of files of one folder)
     for role, value in (inputs or {}).items():
         if value is None:
             continue
         for item in ([value] if isinstance(value, (str, os.PathLike)) else value):
             if item is not None:
                 yield role, Path(item)
+                parent = _resolved(item).parent
+                if parent not in parents and parent != _resolved(item):
+                    parents.add(parent)
+                    if owner(parent) is not None:
+                        yield f"folder holding the {role}", parent
 
 
 def _stat_id(path: Path) -> tuple[int, int] | None:

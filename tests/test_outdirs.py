@@ -209,6 +209,26 @@ def test_an_output_file_inside_an_input_folder_is_refused(tmp_path: Path) -> Non
         check_out_file_(data / "a.png", inputs={"image folder": data})
 
 
+def test_an_output_inside_the_run_or_fine_tune_folder_holding_the_encoder_is_refused(tmp_path: Path) -> None:
+    """``export RUN/encoder --out RUN/timm``, ``embed FT/model ... --out FT/e``: the encoder's folder is inside a
+    folder of ours, where an output would be a foreign file (and block that folder's --overwrite)."""
+    run = prepare_out_dir(tmp_path / "run", command="pretrain")
+    (run / "encoder").mkdir()
+    for out in (run / "timm", run / "checkpoints" / "x"):
+        with pytest.raises(OutputError, match=r"lies inside the folder holding the encoder '.*run'"):
+            check_out_dir(out, command="export", inputs={"encoder": run / "encoder"})
+    with pytest.raises(OutputError, match="lies inside the folder holding the encoder"):
+        check_out_file_(run / "checkpoints" / "a.png", inputs={"encoder": run / "encoder"})
+    check_out_file_(run / "a.png", inputs={"encoder": run / "encoder"})  # the top level of a run: recorded there
+    ft = prepare_out_dir(tmp_path / "ft", command="finetune")
+    (ft / "model").mkdir()
+    with pytest.raises(OutputError, match="lies inside the folder holding the encoder"):
+        check_out_dir(ft / "e", command="embed", inputs={"encoder": ft / "model"})
+    plain = tmp_path / "exports" / "encoder"  # an export in a folder of the user's: only the export is an input
+    plain.mkdir(parents=True)
+    assert check_out_dir(tmp_path / "exports" / "e", command="embed", inputs={"encoder": plain}) == "create"
+
+
 def check_out_file_(path: Path, **kwargs) -> None:
     from geomed_ssl.outdirs import check_out_file
 

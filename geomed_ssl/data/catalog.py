@@ -25,6 +25,7 @@ from geomed_ssl.data.bands import resolve_band_info
 from geomed_ssl.data.conform import report_positional_names
 from geomed_ssl.data.probe import RASTER_PREVIEW, VOLUME_PREVIEW, FileProbe, ProbeError, probe_file  # noqa: F401
 from geomed_ssl.errors import DataError
+from geomed_ssl.outdirs import MANIFEST
 
 log = logging.getLogger("geomed_ssl")
 EXTENSIONS = {"raster": (".tif", ".tiff"), "volume": (".nii", ".nii.gz")}
@@ -212,12 +213,20 @@ def _has_ext(name: str, kind: str) -> bool:
 
 
 def _list_files(root: Path) -> list[Path]:
+    """The files under ``root`` (or ``root`` itself), leaving out the subfolders the toolkit wrote (they hold
+    ``.geomed-ssl.json``: a predict, embed or cluster folder placed inside the data must not be read back as data;
+    said once in the log)."""
     if root.is_file():
         return [root]
-    out = []
+    out, skipped = [], []
     for folder, dirs, files in os.walk(root):
-        dirs.sort()
+        ours = sorted(d for d in dirs if (Path(folder) / d / MANIFEST).is_file())
+        skipped += [Path(folder) / d for d in ours]
+        dirs[:] = sorted(d for d in dirs if d not in ours)
         out += [Path(folder) / f for f in sorted(files)]
+    if skipped:
+        log.info(f"skipped {len(skipped)} folder(s) under '{root}' that geomed-ssl wrote (outputs, not data): "
+                 + ", ".join(str(d.relative_to(root)) for d in skipped[:3]) + (", ..." if len(skipped) > 3 else ""))
     return out
 
 

@@ -130,6 +130,24 @@ def test_exclude_globs_drop_label_files_in_the_same_tree(tmp_path, make_tif, gra
     assert sorted(r.path[len(str(tmp_path)) + 1:] for r in cat.records) == ["x/scene.tif", "y/z/scene.tif"]
 
 
+def test_folders_the_toolkit_wrote_inside_the_data_are_not_read_as_data(tmp_path, make_tif, grad, caplog):
+    """``predict FT images/scene.tif --out images/p`` puts a one-band class map inside the images folder: the next
+    scan of that folder must not take it for an image (its own root is still read when given)."""
+    import logging
+
+    from geomed_ssl.outdirs import prepare_out_dir
+
+    make_tif(tmp_path / "scene.tif", grad(2, 32, 32))
+    out = prepare_out_dir(tmp_path / "p", command="predict")
+    make_tif(out / "scene_pred.tif", grad(1, 32, 32))
+    make_tif(tmp_path / "user" / "more.tif", grad(2, 32, 32))  # a plain subfolder of the user's is data
+    with caplog.at_level(logging.INFO, logger="geomed_ssl"):
+        cat = scan(tmp_path, DataConfig(patch_size=32))
+    assert sorted(r.path[len(str(tmp_path)) + 1:] for r in cat.records) == ["scene.tif", "user/more.tif"]
+    assert not cat.problems and "skipped 1 folder(s)" in caplog.text and "(outputs, not data): p" in caplog.text
+    assert [r.path for r in scan(out, DataConfig(patch_size=32)).records] == [str(out / "scene_pred.tif")]
+
+
 def test_include_double_star_matches_zero_or_more_folders():
     assert glob_match("a.tif", "**/*.tif") and glob_match("x/y/a.tif", "**/*.tif")
     assert glob_match("x/a.tif", "x/**/a.tif") and glob_match("x/y/z/a.tif", "x/**/a.tif")

@@ -20,6 +20,7 @@ from geomed_ssl.errors import DataError
 from geomed_ssl.inference.raster import RASTER_BLENDS, predict_raster
 from geomed_ssl.inference.sliding import ModelFn, as_model, channel_records
 from geomed_ssl.inference.volume import VOLUME_BLENDS, predict_volume
+from geomed_ssl.inference.writers import proba_path
 from geomed_ssl.outfiles import remove_stale_partials
 
 __all__ = ["ModelFn", "RASTER_BLENDS", "VOLUME_BLENDS", "blend_weights", "list_inputs", "plan_outputs", "predict_files",
@@ -192,7 +193,8 @@ def predict_files(
 
     ``window`` is the raster window (2 ints) or the volume ROI (3 ints; an int serves both). A file of the other
     kind than the model's is refused in one line before anything is written; partial files a killed earlier run
-    left in ``out_dir`` are deleted first.
+    left in ``out_dir`` are deleted first, and without ``probabilities`` the ``*_pred_proba`` file an earlier run
+    wrote for an input is deleted before its new class map is written.
     """
     planned = plan_outputs(inputs, out_dir, data_cfg, window)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -201,6 +203,8 @@ def predict_files(
     summaries = []
     for p, out in planned.items():
         kind, _ = _kind_and_stem(p, data_cfg)
+        if not probabilities:  # an earlier run's probabilities beside this class map would belong to another model
+            proba_path(out).unlink(missing_ok=True)
         if kind == "raster":
             summaries.append(predict_raster(
                 model, p, out, stats, band_names, window, overlap, blend, batch_size, num_classes=num_classes,

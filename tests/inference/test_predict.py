@@ -436,3 +436,19 @@ def test_a_commit_that_fails_leaves_no_partial_file_of_the_other_map(scene, tmp_
         predict_raster(scene["model"], scene["path"], tmp_path / "out" / "pred.tif", scene["stats"], window=(64, 64),
                        num_classes=K, probabilities=True)
     assert len(commits) == 1 and list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_class_map_without_probabilities_removes_an_earlier_runs_probabilities_beside_it(scene, tmp_path):
+    """An earlier run with --probabilities (another model, say) wrote ``*_pred_proba``: a new class map alone must
+    not leave it beside the new map as if it belonged to it."""
+    from geomed_ssl.config import DataConfig
+
+    (tmp_path / "in").mkdir()
+    write_geotiff(tmp_path / "in" / "tile_a.tif", structured_raster(np.random.default_rng(2), C, 48))
+    kwargs = {"num_classes": K, "window": 32, "data_cfg": DataConfig()}
+    first = predict_files(scene["model"], tmp_path / "in", tmp_path / "out", scene["stats"], probabilities=True,
+                          **kwargs)
+    assert Path(first[0]["proba_output"]).is_file()
+    second = predict_files(scene["model"], tmp_path / "in", tmp_path / "out", scene["stats"], **kwargs)
+    assert not Path(first[0]["proba_output"]).exists() and Path(second[0]["output"]).is_file()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tile_a_pred.tif"]

@@ -361,6 +361,10 @@ def check_out_file(path: PathLike, *, inputs: Inputs | None = None, suffixes: Se
     if not path.name.lower().endswith(tuple(s.lower() for s in suffixes)):
         raise ConfigError(f"--out '{path}' must name a {' or '.join(suffixes)} file, e.g. --out attention.png.")
     if (path.exists() or path.is_symlink()) and not _recorded(path):
+        manifest = read_manifest(path.parent)
+        if manifest is not None and path.name in _entry_names(manifest):  # e.g. a cluster folder's scatter.png
+            raise OutputError(f"--out '{path}' is a file `{manifest['command']}` wrote, which only that command "
+                              "replaces; choose another --out.")
         raise OutputError(f"--out '{path}' already exists and geomed-ssl did not write it; move it away or choose "
                           "another --out.")
 

@@ -191,7 +191,7 @@ def test_an_output_file_the_toolkit_recorded_is_replaced(tmp_path: Path) -> None
 def test_an_output_file_never_replaces_a_file_its_folders_command_wrote(tmp_path: Path) -> None:
     cl = prepare_out_dir(tmp_path / "cl", command="cluster")
     (cl / "scatter.png").write_bytes(b"png")
-    with pytest.raises(OutputError, match="did not write it"):
+    with pytest.raises(OutputError, match="is a file `cluster` wrote, which only that command replaces"):
         prepare_out_file(cl / "scatter.png", command="attention")
 
 

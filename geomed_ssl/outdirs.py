@@ -196,10 +196,12 @@ def _resolved(path: PathLike) -> Path:
 
 def _inputs(inputs: Inputs | None) -> Iterator[tuple[str, Path]]:
     """(role, path) of every input given (None: not given; a command maps its own keywords, such as the encoder
-    ``none`` of ``finetune``, to None before calling), and of the folder the toolkit made that holds it, if any
-    (``RUN`` for ``RUN/encoder``, ``FT_DIR`` for ``FT_DIR/model``): an output inside it would be a foreign file in
-    that folder."""
-    parents: set[Path] = set()  # each folder looked at once (predict may be given thousands of files of one folder)
+    ``none`` of ``finetune``, to None before calling), and, for an input that is a part of a folder the toolkit
+    made rather than a whole one (``RUN/encoder``, ``FT_DIR/model``, ``RUN/config.yaml``), that folder: an output
+    inside it would be a foreign file there. A whole folder of ours given as the input (a run inside the demo's
+    folder) protects only itself."""
+    ours: dict[Path, bool] = {}  # each folder looked at once (predict may be given thousands of files of one folder)
+    told: set[Path] = set()
     for role, value in (inputs or {}).items():
         if value is None:
             continue
@@ -207,10 +209,13 @@ def _inputs(inputs: Inputs | None) -> Iterator[tuple[str, Path]]:
             if item is not None:
                 yield role, Path(item)
                 parent = _resolved(item).parent
-                if parent not in parents and parent != _resolved(item):
-                    parents.add(parent)
-                    if owner(parent) is not None:
-                        yield f"folder holding the {role}", parent
+                if parent == _resolved(item) or parent in told:
+                    continue
+                if parent not in ours:
+                    ours[parent] = owner(parent) is not None
+                if ours[parent] and (Path(item).is_file() or owner(item) is None):
+                    told.add(parent)
+                    yield f"folder holding the {role}", parent
 
 
 def _stat_id(path: Path) -> tuple[int, int] | None:

@@ -224,6 +224,9 @@ def test_an_output_inside_the_run_or_fine_tune_folder_holding_the_encoder_is_ref
     (ft / "model").mkdir()
     with pytest.raises(OutputError, match="lies inside the folder holding the encoder"):
         check_out_dir(ft / "e", command="embed", inputs={"encoder": ft / "model"})
+    demo = prepare_out_dir(tmp_path / "demo", command="demo")  # a whole run inside another folder of ours
+    inner = prepare_out_dir(demo / "pretrain", command="pretrain")
+    assert check_out_dir(demo / "compare", command="compare", inputs={"encoder": inner}) == "create"
     plain = tmp_path / "exports" / "encoder"  # an export in a folder of the user's: only the export is an input
     plain.mkdir(parents=True)
     assert check_out_dir(tmp_path / "exports" / "e", command="embed", inputs={"encoder": plain}) == "create"

@@ -213,7 +213,7 @@ def _inputs(inputs: Inputs | None) -> Iterator[tuple[str, Path]]:
                     continue
                 if parent not in ours:
                     ours[parent] = owner(parent) is not None
-                if ours[parent] and (Path(item).is_file() or owner(item) is None):
+                if ours[parent] and owner(item) is None:  # a file, or a part such as RUN/encoder
                     told.add(parent)
                     yield f"folder holding the {role}", parent
 

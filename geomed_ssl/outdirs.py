@@ -196,10 +196,11 @@ def _resolved(path: PathLike) -> Path:
 
 def _inputs(inputs: Inputs | None) -> Iterator[tuple[str, Path]]:
     """(role, path) of every input given (None: not given; a command maps its own keywords, such as the encoder
-    ``none`` of ``finetune``, to None before calling), and, for an input that is a part of a folder the toolkit
-    made rather than a whole one (``RUN/encoder``, ``FT_DIR/model``, ``RUN/config.yaml``), that folder: an output
+    ``none`` of ``finetune``, to None before calling), and, for an input that is a part of a run or fine-tune
+    folder rather than a whole one (``RUN/encoder``, ``FT_DIR/model``, ``RUN/config.yaml``), that folder: an output
     inside it would be a foreign file there. A whole folder of ours given as the input (a run inside the demo's
-    folder) protects only itself."""
+    folder) protects only itself, and a compare folder's own ``encoder_none`` does not protect the compare folder
+    (its kept fine-tunes go there)."""
     ours: dict[Path, bool] = {}  # each folder looked at once (predict may be given thousands of files of one folder)
     told: set[Path] = set()
     for role, value in (inputs or {}).items():
@@ -212,7 +213,8 @@ def _inputs(inputs: Inputs | None) -> Iterator[tuple[str, Path]]:
                 if parent == _resolved(item) or parent in told:
                     continue
                 if parent not in ours:
-                    ours[parent] = owner(parent) is not None
+                    made = owner(parent)
+                    ours[parent] = made is not None and made.command in ("pretrain", "finetune")
                 if ours[parent] and owner(item) is None:  # a file, or a part such as RUN/encoder
                     told.add(parent)
                     yield f"folder holding the {role}", parent

@@ -224,6 +224,10 @@ def test_an_output_inside_the_run_or_fine_tune_folder_holding_the_encoder_is_ref
     (ft / "model").mkdir()
     with pytest.raises(OutputError, match="lies inside the folder holding the encoder"):
         check_out_dir(ft / "e", command="embed", inputs={"encoder": ft / "model"})
+    cmp = prepare_out_dir(tmp_path / "cmp", command="compare")  # compare keeps its fine-tunes of none beside it
+    (cmp / "encoder_none").mkdir()
+    assert check_out_dir(cmp / "finetuned_none_k5_seed0", command="finetune",
+                         inputs={"encoder": cmp / "encoder_none"}) == "create"
     demo = prepare_out_dir(tmp_path / "demo", command="demo")  # a whole run inside another folder of ours
     inner = prepare_out_dir(demo / "pretrain", command="pretrain")
     assert check_out_dir(demo / "compare", command="compare", inputs={"encoder": inner}) == "create"

@@ -209,8 +209,9 @@ def _inputs(inputs: Inputs | None) -> Iterator[tuple[str, Path]]:
         for item in ([value] if isinstance(value, (str, os.PathLike)) else value):
             if item is not None:
                 yield role, Path(item)
-                parent = _resolved(item).parent
-                if parent == _resolved(item) or parent in told:
+                resolved = _resolved(item)
+                parent = resolved.parent
+                if parent == resolved or parent in told:
                     continue
                 if parent not in ours:
                     made = owner(parent)

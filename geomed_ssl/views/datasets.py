@@ -243,8 +243,38 @@ def _collate(values: Sequence[Any]) -> Any:
     return list(values)
 
 
+class BatchMeta:
+    """A batch's per-sample ``meta`` dicts, in order (index, iterate, ``len``, compare with a list).
+
+    Not a ``list``: the DataLoader's pin-memory thread and Lightning's device transfer walk every list and dict of a
+    batch, and on a 200-band scene the band names made that ~2,000 objects a step, ~15 ms of the main process's
+    time (under the GIL) on a GPU run whose step takes 30 ms. This class is a leaf to both."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: Sequence[dict[str, Any]]) -> None:
+        self.items = list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.items[i]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.items)
+
+    def __eq__(self, other: object) -> bool:
+        return self.items == (other.items if isinstance(other, BatchMeta) else other)
+
+    def __repr__(self) -> str:
+        return f"BatchMeta({self.items!r})"
+
+
 def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Batch samples: tensors stacked, ``views`` dicts stacked per crop index, ``meta`` kept as a list."""
+    """Batch samples: tensors stacked, ``views`` dicts stacked per crop index, ``meta`` kept per sample
+    (:class:`BatchMeta`)."""
     if not samples:
         raise ValueError("collate needs at least one sample")
-    return {k: [s[k] for s in samples] if k == "meta" else _collate([s[k] for s in samples]) for k in samples[0]}
+    return {k: BatchMeta([s[k] for s in samples]) if k == "meta" else _collate([s[k] for s in samples])
+            for k in samples[0]}

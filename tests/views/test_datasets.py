@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import rasterio
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
 from rasterio.windows import Window
+from torch.utils.data._utils.pin_memory import pin_memory
 
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.catalog import Catalog, FileRecord, scan
@@ -167,12 +171,16 @@ def test_volume_patches_are_ras_boxes_with_affine(tmp_path):
     assert mae[0]["image"].shape == (1, 8, 8, 8) and mae[0]["valid"].dtype == torch.bool
 
 
-def test_collate_stacks_tensors_views_and_keeps_meta_as_list(rasters):
+def test_collate_stacks_tensors_views_and_keeps_meta_per_sample(rasters):
     cfg = DataConfig(patch_size=16)
     ds = make_dataset(rasters, cfg, "mae")
     batch = collate([ds[i] for i in range(3)])
     assert batch["image"].shape == (3, 4, 16, 16) and batch["valid"].shape == (3, 16, 16)
-    assert isinstance(batch["meta"], list) and len(batch["meta"]) == 3
+    assert len(batch["meta"]) == 3 and [m["path"] for m in batch["meta"]] == [ds[i]["meta"]["path"] for i in range(3)]
+    # a leaf to the pin-memory thread and to Lightning's device transfer, which would walk every band name
+    assert pin_memory({"meta": batch["meta"]})["meta"] is batch["meta"]
+    assert apply_to_collection(batch, torch.Tensor, lambda t: t)["meta"] is batch["meta"]
+    assert pickle.loads(pickle.dumps(batch["meta"])) == batch["meta"]
     multi = [{"views": {"global": [torch.zeros(2, 8, 8)] * 2, "local": [torch.ones(2, 4, 4)] * 3},
               "valid": {"global": [torch.ones(8, 8, dtype=torch.bool)] * 2, "local": []}, "meta": {"i": k}}
              for k in range(5)]

@@ -168,9 +168,10 @@ COMMANDS: dict[str, CommandSpec] = {
                           lambda folder: (read_json_object(folder / "geomed_ssl.json") or {}).get("format")
                           == "geomed-ssl-timm"),
     "compare": CommandSpec(("results.csv", "summary.md", "curve.png", "config.yaml", "compare.json", "encoders.json",
-                            "selections", "encoder_none"), (".encoder_none.*", "finetuned_*"),
-                           inside={"selections": ("*.npz",), "encoder_none": EXPORT_FILES,
-                                   ".encoder_none.*": EXPORT_FILES}),
+                            "selections", "encoder_none"),  # encoder_none: one for every seed, before 2026-12-04
+                           ("encoder_none_seed*", ".encoder_none*.*", "finetuned_*"),
+                           inside={"selections": ("*.npz",), "encoder_none*": EXPORT_FILES,
+                                   ".encoder_none*.*": EXPORT_FILES}),
     "demo": CommandSpec(("pretrain", "compare", "probe", "finetune_pretrained", "finetune_random", "prediction",
                          ".geomed-ssl-demo"),
                         (), (), lambda folder: (folder / ".geomed-ssl-demo").is_file()),

@@ -225,9 +225,9 @@ def test_an_output_inside_the_run_or_fine_tune_folder_holding_the_encoder_is_ref
     with pytest.raises(OutputError, match="lies inside the folder holding the encoder"):
         check_out_dir(ft / "e", command="embed", inputs={"encoder": ft / "model"})
     cmp = prepare_out_dir(tmp_path / "cmp", command="compare")  # compare keeps its fine-tunes of none beside it
-    (cmp / "encoder_none").mkdir()
+    (cmp / "encoder_none_seed0").mkdir()
     assert check_out_dir(cmp / "finetuned_none_k5_seed0", command="finetune",
-                         inputs={"encoder": cmp / "encoder_none"}) == "create"
+                         inputs={"encoder": cmp / "encoder_none_seed0"}) == "create"
     demo = prepare_out_dir(tmp_path / "demo", command="demo")  # a whole run inside another folder of ours
     inner = prepare_out_dir(demo / "pretrain", command="pretrain")
     assert check_out_dir(demo / "compare", command="compare", inputs={"encoder": inner}) == "create"
@@ -290,8 +290,10 @@ def test_overwrite_deletes_what_the_commands_write_inside_their_subfolders(tmp_p
 
 def test_overwrite_deletes_a_compare_folder_with_its_selections_and_random_encoder(tmp_path: Path) -> None:
     cmp_dir = prepare_out_dir(tmp_path / "cmp", command="compare")
-    for name in ("results.csv", "summary.md", "selections/5_seed0.npz", "encoder_none/config.json",
-                 "encoder_none/model.safetensors", ".partial-9-results.csv"):
+    for name in ("results.csv", "summary.md", "selections/5_seed0.npz", "encoder_none_seed0/config.json",
+                 "encoder_none_seed0/model.safetensors", "encoder_none/config.json",  # before 2026-12-04
+                 "encoder_none/model.safetensors", ".partial-12.host-encoder_none_seed1/config.json",
+                 ".partial-9-results.csv"):
         (cmp_dir / name).parent.mkdir(parents=True, exist_ok=True)
         (cmp_dir / name).write_text("ours")
     prepare_out_dir(cmp_dir, command="compare", overwrite=True)

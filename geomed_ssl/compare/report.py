@@ -179,10 +179,10 @@ def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str, backgr
           if any(r["protocol"] == "propagate" for r in rows) else []),
         "## Pretrained − random initialisation (paired by seed)", "",
         "Difference of the metric between each pretrained encoder and `none` (same architecture, random weights) "
-        "on the same training and test samples, per seed; mean and 95 % t-interval over seeds. `none` is one "
-        "random initialisation (seeded by `train.seed`, kept in `encoder_none/`); another draw moves its scores too "
-        "(`--set train.seed=K` with another --out), so a margin of a few test samples is not yet a gain: compare "
-        "several pretraining runs before relying on it.", "",
+        "on the same training and test samples, per seed; mean and 95 % t-interval over seeds. `none` is a new "
+        "random initialisation for each seed (drawn from `train.seed` and the seed, kept in "
+        "`encoder_none_seed<seed>/`), so the interval spreads over initialisations as well as samples. The "
+        "pretrained encoder is one pretraining run: compare several before relying on a small margin.", "",
         *paired_lines(rows, metric), "",
         *(["## Against the strongest baseline (paired by seed)", "",
            "Difference between each encoder's best protocol and, at each budget, the baseline with the highest mean "

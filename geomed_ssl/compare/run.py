@@ -23,8 +23,8 @@ from geomed_ssl.compare.probes import background_index, classify, scores, scores
 from geomed_ssl.compare.report import table, write_curve, write_summary
 from geomed_ssl.compare.results import ResultsFile, make_row
 from geomed_ssl.compare.sources import (EncoderSource, check_encoders_unchanged, encoders_record,
-                                        load_compare_recipe, load_sources, recipe_path, reuse_none, save_none,
-                                        warn_fixed_windows)
+                                        load_compare_recipe, load_sources, none_dir, none_sources, recipe_path,
+                                        save_none, warn_fixed_windows)
 from geomed_ssl.compare.task import (Split, Task, check_saved_selection, held_out_lines, labels_config,
                                      load_classify_task, load_segment_task, make_split, save_split, settings_record,
                                      warn_notes)
@@ -70,11 +70,16 @@ def headline_metric(task: Task) -> str:
 
 def plan(options: CompareOptions, task: Task, splits: list[Split]) -> list[Job]:
     """Every (source, protocol, budget, seed) of the command, source-major (features are computed once per
-    source), fine-tuning last; ``none`` always also fine-tuned."""
+    source; ``none``: per seed, its initialisation), fine-tuning last; ``none`` always also fine-tuned."""
     frozen = [p for p in options.protocols if p != "finetune"]
     chosen = options.baselines if options.baselines is not None else (
         list(SEGMENT_BASELINES) if task.kind == "segment" else list(BASELINES))
-    jobs = [Job(e, p, i) for e in options.encoders for p in frozen for i in range(len(splits))]
+    jobs = []
+    for e in options.encoders:
+        mine = [Job(e, p, i) for p in frozen for i in range(len(splits))]
+        if e == NONE:  # one initialisation per seed: its features once, so its jobs together
+            mine.sort(key=lambda j: splits[j.split_index].seed)
+        jobs += mine
     jobs += [Job(b, "forest" if b == "rf" else "linear", i) for b in chosen for i in range(len(splits))]
     tuned = [e for e in options.encoders if "finetune" in options.protocols or e == NONE]
     return jobs + [Job(e, "finetune", i) for e in tuned for i in range(len(splits))]
@@ -153,11 +158,10 @@ def check_memory(jobs: list[Job], splits: list[Split], task: Task, sources: dict
                              task.unit)
 
 
-def features_for(name: str, task: Task, sources: dict[str, EncoderSource], recipe: Recipe, base_stats: Any,
+def features_for(name: str, src: EncoderSource | None, task: Task, recipe: Recipe, base_stats: Any,
                  needed: np.ndarray) -> Any:
-    """The frozen features of an encoder or a baseline (computed lazily, once, on first use)."""
-    if name in sources:
-        src = sources[name]
+    """The frozen features of an encoder (``src``) or a baseline (``name``; computed lazily, once, on first use)."""
+    if src is not None:
         load = _images(task, src.records, src.stats, recipe, tuple(src.encoder.config.patch_size))
         layers = probe_layers(src.encoder.config.depth, recipe.finetune.layers)
         return encoder_features(task, src.encoder, layers, load, needed)
@@ -240,9 +244,10 @@ def progress_bar(total: int, enabled: bool) -> Any:
 
 
 def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str, EncoderSource], recipe: Recipe,
-            results: ResultsFile, inputs: dict[str, Any], strict: bool, progress: bool, keep: Path | None = None
-            ) -> int:
-    """Run the jobs whose rows are missing from results.csv, one row written after each; the number run."""
+            results: ResultsFile, inputs: dict[str, Any], strict: bool, progress: bool, keep: Path | None = None,
+            nones: dict[int, EncoderSource] | None = None) -> int:
+    """Run the jobs whose rows are missing from results.csv, one row written after each; the number run.
+    ``nones``: ``none`` per label seed (default: ``sources["none"]`` for every seed)."""
     todo = [j for j in jobs if (j.source, *splits[j.split_index].budget.cells, str(splits[j.split_index].seed),
                                 j.protocol) not in results.done]
     if len(todo) < len(jobs):
@@ -256,20 +261,23 @@ def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str,
     for n, job in enumerate(todo, start=1):
         split = splits[job.split_index]
         start = time.perf_counter()
+        src = (nones or {}).get(split.seed, sources.get(NONE)) if job.source == NONE else sources.get(job.source)
         if job.protocol == "finetune":
             keep_as = keep / kept_name(labels[job.source], split.budget, split.seed) if keep is not None else None
-            result = finetune_scores(sources[job.source], task, split, recipe, inputs, strict, keep_as)
+            result = finetune_scores(src, task, split, recipe, inputs, strict, keep_as)
         else:
-            if job.source not in feats:
+            key = (job.source, split.seed if job.source == NONE else None)
+            if key not in feats:
                 feats.clear()  # one source's features in memory at a time (jobs are source-major)
-                if job.source not in sources and base_stats is None:
+                if src is None and base_stats is None:
                     base_stats = compute_stats(task.catalog, recipe.data, seed=recipe.labels.seed)
                 t0 = time.perf_counter()
-                feats[job.source] = features_for(job.source, task, sources, recipe, base_stats, needed)
-                feats[job.source].features(split.test[:1])
-                log.info("features of %s: %.1f s", job.source, time.perf_counter() - t0)
+                feats[key] = features_for(job.source, src, task, recipe, base_stats, needed)
+                feats[key].features(split.test[:1])
+                what = f"{job.source} (initialisation of seed {split.seed})" if job.source == NONE else job.source
+                log.info("features of %s: %.1f s", what, time.perf_counter() - t0)
                 start = time.perf_counter()
-            result = frozen_scores(feats[job.source], task, split, job.protocol, recipe)
+            result = frozen_scores(feats[key], task, split, job.protocol, recipe)
         seconds = time.perf_counter() - start
         results.add(make_row(job.source, split.budget.cells, split.seed, job.protocol, result, seconds))
         bar.update(1)
@@ -302,8 +310,8 @@ def run_compare(options: CompareOptions, *, out: str | Path, images: str | Path 
     check_memory(jobs, splits, task, sources, recipe_obj)
     record = settings_record(task, options.split)
     weights = encoders_record(sources)
+    nones = none_sources(sources[NONE], options.seeds, recipe_obj.train.seed, out, reuse=not overwrite)
     if not overwrite:
-        reuse_none(sources[NONE], out / "encoder_none")
         _check_resumed(out, recipe_obj, record)
         weights = check_encoders_unchanged(out / "encoders.json", weights)
         for split in splits:
@@ -317,13 +325,14 @@ def run_compare(options: CompareOptions, *, out: str | Path, images: str | Path 
     atomic_write_text(out / "encoders.json", json.dumps(weights, indent=1, sort_keys=True))
     for split in splits:
         save_split(task, out, split)
-    save_none(sources[NONE], out / "encoder_none", recipe_obj)
+    for seed, none in nones.items():
+        save_none(none, none_dir(out, seed), recipe_obj)
     device = resolve_device("cpu" if recipe_obj.train.accelerator == "cpu" else "auto")
-    for s in sources.values():
+    for s in [*sources.values(), *nones.values()]:
         s.encoder.to(device)
     run_inputs = {"images": images, "labels": labels, "data": data, "split": options.split}
     keep = out if keep_finetuned else None
-    done = execute(jobs, splits, task, sources, recipe_obj, results, run_inputs, strict, progress, keep)
+    done = execute(jobs, splits, task, sources, recipe_obj, results, run_inputs, strict, progress, keep, nones)
     metric = headline_metric(task)
     held_out = held_out_lines(splits, task) if options.split == "images" else []
     write_summary(out / "summary.md", results.rows, metric, options.split, task.unit, task.background is not None,

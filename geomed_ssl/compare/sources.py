@@ -1,6 +1,6 @@
 """Where ``compare``'s rows come from: the recipe (by default the first RUN_DIR's), the encoders (loaded and
 band-checked against the data before anything is written) and ``none``, the first encoder's architecture at
-random initialisation with the same normalisation statistics."""
+random initialisation (a new one per label seed) with the same normalisation statistics."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -22,6 +22,7 @@ from geomed_ssl.config.sections import section_dict
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.errors import ConfigError, DataError
 from geomed_ssl.finetune.fit import encoder_and_stats
+from geomed_ssl.methods.base import mix_seed
 from geomed_ssl.models.encoder import ViTEncoder
 
 log = logging.getLogger("geomed_ssl")
@@ -35,7 +36,7 @@ class EncoderSource:
     encoder: ViTEncoder
     stats: BandStats
     records: list[Any]  # the task's records (same order), bands picked / ordered for this encoder
-    path: str | None = None  # what `finetune` loads it from (none: the export in CMP_DIR/encoder_none)
+    path: str | None = None  # what `finetune` loads it from (none: the export in CMP_DIR/encoder_none_seed<seed>)
 
 
 def recipe_path(options: CompareOptions, recipe: str | Path | None) -> Path:
@@ -108,8 +109,30 @@ def warn_fixed_windows(overrides: list[str] | None, sources: list[EncoderSource]
                     "other windows, pretrain with that data.patch_size.")
 
 
+def none_dir(out: Path, seed: int) -> Path:
+    """``CMP_DIR/encoder_none_seed<seed>``: the random initialisation that label seed ``seed``'s rows use."""
+    return out / f"encoder_none_seed{seed}"
+
+
+def none_sources(template: EncoderSource, seeds: Sequence[int], train_seed: int, out: Path, reuse: bool
+                 ) -> dict[int, EncoderSource]:
+    """``none`` for each label seed: the template's architecture and statistics at a random initialisation drawn
+    from (``train.seed``, seed), so the paired differences with ``none`` spread over initialisations as well as
+    samples; with ``reuse``, the weights an earlier run saved in the folder (:func:`reuse_none`)."""
+    nones: dict[int, EncoderSource] = {}
+    for seed in seeds:
+        torch.manual_seed(mix_seed(train_seed, seed))
+        encoder = ViTEncoder(dataclasses.replace(template.encoder.config))
+        encoder.data_settings = getattr(template.encoder, "data_settings", None)
+        nones[seed] = EncoderSource(NONE, encoder.eval(), template.stats, template.records)
+        if reuse:
+            reuse_none(nones[seed], none_dir(out, seed))
+    return nones
+
+
 def save_none(source: EncoderSource, folder: Path, recipe: Recipe) -> None:
-    """``CMP_DIR/encoder_none``: the random-init encoder, so the ``finetune`` protocol starts from exactly it."""
+    """``CMP_DIR/encoder_none_seed<seed>``: a random-init encoder, so the ``finetune`` protocol starts from exactly
+    it."""
     source.path = str(folder)
     if not (folder / "config.json").is_file():
         save_encoder(source.encoder, folder, {"method": "none (random initialisation)",
@@ -117,15 +140,15 @@ def save_none(source: EncoderSource, folder: Path, recipe: Recipe) -> None:
 
 
 def reuse_none(source: EncoderSource, folder: Path) -> None:
-    """Take the weights of an earlier run's ``CMP_DIR/encoder_none`` (when there is one), so every row of the
-    folder, frozen or fine-tuned, before or after a resume (or a torch upgrade), compares with one random
+    """Take the weights of an earlier run's ``CMP_DIR/encoder_none_seed<seed>`` (when there is one), so every row
+    of that seed, frozen or fine-tuned, before or after a resume (or a torch upgrade), compares with one random
     initialisation; a ``DataError`` when it was built for another architecture or other statistics than the first
     encoder gives now (its rows would pair with another reference)."""
     if not (folder / "config.json").is_file():
         return
     cfg, _ = read_encoder_config(folder)
     if cfg.to_dict() != source.encoder.config.to_dict():
-        raise DataError(f"'{folder}' (the random initialisation this folder's rows compare with) was made for "
+        raise DataError(f"'{folder}' (the random initialisation this seed's rows compare with) was made for "
                         "another architecture or other normalisation statistics than the first encoder given now "
                         "has; list the same first encoder as before, or use another --out (or --overwrite).")
     source.encoder.load_state_dict(load_encoder(folder).state_dict())

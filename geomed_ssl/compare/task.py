@@ -211,4 +211,5 @@ def settings_record(task: Task, split: str) -> str:
     """``compare.json``: what a resumed compare must share with the rows already in results.csv."""
     return json.dumps({"task": task.kind, "split": split, "classes": task.class_names,
                        "label_files": task.label_paths, "images": [r.path for r in task.records],
-                       "probe_rules": PROBE_RULES[task.kind]}, indent=1) + "\n"
+                       "probe_rules": PROBE_RULES[task.kind], "none": "one initialisation per seed"},
+                      indent=1) + "\n"

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from geomed_ssl.cli import app
@@ -39,8 +41,11 @@ def test_compare_two_encoders_and_none_writes_every_row_and_resumes_only_missing
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     for name in ("results.csv", "summary.md", "curve.png", "config.yaml", "selections/k3_seed0.npz",
-                 "selections/k3_seed1.npz", "encoder_none/model.safetensors"):
+                 "selections/k3_seed1.npz", "encoder_none_seed0/model.safetensors",
+                 "encoder_none_seed1/model.safetensors"):
         assert (out / name).is_file(), name
+    w0, w1 = (load_file(out / f"encoder_none_seed{s}" / "model.safetensors") for s in (0, 1))
+    assert w0.keys() == w1.keys() and any(not torch.equal(w0[k], w1[k]) for k in w0)  # a new init per seed
     rows = read(out / "results.csv")
     assert tuple(rows[0]) == COLUMNS
     keys = {(r["encoder"], r["protocol"], r["seed"]) for r in rows}
@@ -189,16 +194,20 @@ def test_compare_on_class_folders_takes_a_pretraining_run_whose_recipe_names_a_s
 
 def test_a_resumed_compare_keeps_the_random_initialisation_its_earlier_rows_used(
         scene, run_dir: Path, exported: Path, tmp_path: Path) -> None:
-    """``none`` is CMP_DIR/encoder_none once it exists (every row of the folder pairs with one reference, also
-    after a torch upgrade changed what the same seed builds); another first encoder's architecture is refused."""
+    """``none`` of seed S is CMP_DIR/encoder_none_seed<S> once it exists (every row of that seed pairs with one
+    reference, also after a torch upgrade changed what the same seed builds); another first encoder's architecture
+    is refused."""
     import shutil
 
     out = tmp_path / "cmp"
     first = runner.invoke(app, compare_args([str(run_dir)], scene, out, "--seeds", "0", "--no-baselines",
                                             "--protocol", "linear"))
     assert first.exit_code == 0, first.output
-    # stand-in for a random initialisation built differently since: the pretrained weights themselves
-    shutil.copy(run_dir / "encoder" / "model.safetensors", out / "encoder_none" / "model.safetensors")
+    assert not (out / "encoder_none_seed1").exists()
+    # stand-in for seed 1's random initialisation saved by an earlier run: the pretrained weights themselves
+    (out / "encoder_none_seed1").mkdir()
+    shutil.copy(out / "encoder_none_seed0" / "config.json", out / "encoder_none_seed1" / "config.json")
+    shutil.copy(run_dir / "encoder" / "model.safetensors", out / "encoder_none_seed1" / "model.safetensors")
     more = runner.invoke(app, compare_args([str(run_dir)], scene, out, "--seeds", "0,1", "--no-baselines",
                                            "--protocol", "linear"))
     assert more.exit_code == 0, more.output

@@ -6,7 +6,8 @@
 
 By default the bundled Indian Pines scene (145x145x200) with ``recipes/mae_hyperspectral.yaml``. Each row is one
 ``pretrain`` call (catalog, statistics, DataLoader workers, Lightning; no checkpoints written until the end) timed by
-a callback at each batch end (after a CUDA synchronise on a GPU), its rate taken over steps 50 to the last.
+a callback at each batch end (after a CUDA synchronise on a GPU), its rate taken from step 50 (a quarter of the
+steps when there are fewer than 200) to the last.
 ``--profile`` runs the last worker count again under ``cProfile`` (the main process only: the pin-memory thread
 shows, the workers do not) and writes the stats sorted by own time and by cumulative time.
 

@@ -137,6 +137,7 @@ _STEPS = tuple("step-" + "[0-9]" * n for n in range(6, 11))  # step-{step:06d}, 
 CKPT_FILES = ("last.ckpt", "last-v[0-9]*.ckpt", *(f"{s}.ckpt" for s in _STEPS),
               *(f"{s}-v[0-9]*.ckpt" for s in _STEPS), ".*.ckpt.tmp-*")
 EXPORT_FILES = ("config.json", "model.safetensors")  # an encoder / model export
+_NONE_SEEDS = tuple("encoder_none_seed" + "[0-9]" * n for n in range(1, 11))  # compare's none per seed (< 2^32)
 COMMANDS: dict[str, CommandSpec] = {
     "pretrain": CommandSpec(("config.yaml", "catalog.json", "stats.json", "metrics.csv", "checkpoints", "encoder",
                              "previews", "tensorboard"), (), ("--resume", "--overwrite"),
@@ -169,9 +170,9 @@ COMMANDS: dict[str, CommandSpec] = {
                           == "geomed-ssl-timm"),
     "compare": CommandSpec(("results.csv", "summary.md", "curve.png", "config.yaml", "compare.json", "encoders.json",
                             "selections", "encoder_none"),  # encoder_none: one for every seed, before 2026-12-04
-                           ("encoder_none_seed*", ".encoder_none*.*", "finetuned_*"),
-                           inside={"selections": ("*.npz",), "encoder_none*": EXPORT_FILES,
-                                   ".encoder_none*.*": EXPORT_FILES}),
+                           (*_NONE_SEEDS, ".encoder_none.*", "finetuned_*"),
+                           inside={"selections": ("*.npz",), "encoder_none": EXPORT_FILES,
+                                   **{name: EXPORT_FILES for name in _NONE_SEEDS}, ".encoder_none.*": EXPORT_FILES}),
     "demo": CommandSpec(("pretrain", "compare", "probe", "finetune_pretrained", "finetune_random", "prediction",
                          ".geomed-ssl-demo"),
                         (), (), lambda folder: (folder / ".geomed-ssl-demo").is_file()),

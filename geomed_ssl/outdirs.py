@@ -199,8 +199,8 @@ def _inputs(inputs: Inputs | None) -> Iterator[tuple[str, Path]]:
     ``none`` of ``finetune``, to None before calling), and, for an input that is a part of a run or fine-tune
     folder rather than a whole one (``RUN/encoder``, ``FT_DIR/model``, ``RUN/config.yaml``), that folder: an output
     inside it would be a foreign file there. A whole folder of ours given as the input (a run inside the demo's
-    folder) protects only itself, and a compare folder's own ``encoder_none`` does not protect the compare folder
-    (its kept fine-tunes go there)."""
+    folder) protects only itself, and a compare folder's own ``encoder_none_seed<seed>`` does not protect the compare
+    folder (its kept fine-tunes go there)."""
     ours: dict[Path, bool] = {}  # each folder looked at once (predict may be given thousands of files of one folder)
     told: set[Path] = set()
     for role, value in (inputs or {}).items():

@@ -298,6 +298,14 @@ def test_overwrite_deletes_a_compare_folder_with_its_selections_and_random_encod
         (cmp_dir / name).write_text("ours")
     prepare_out_dir(cmp_dir, command="compare", overwrite=True)
     assert [p.name for p in cmp_dir.iterdir()] == [MANIFEST]
+    for i, name in enumerate(("encoder_none_seed0.bak/model.safetensors", "encoder_none_seeds.txt",
+                              ".encoder_none_notes.md")):  # the user's, named like ours
+        theirs = prepare_out_dir(tmp_path / f"cmp{i}", command="compare") / name
+        theirs.parent.mkdir(exist_ok=True)
+        theirs.write_text("theirs")
+        with pytest.raises(OutputError, match=name.split("/")[0]):
+            prepare_out_dir(theirs.parents[len(Path(name).parts) - 1], command="compare", overwrite=True)
+        assert theirs.read_text() == "theirs"
 
 
 def test_a_subfolder_with_its_own_manifest_follows_its_own_rule(tmp_path: Path) -> None:

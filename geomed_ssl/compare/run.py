@@ -112,6 +112,12 @@ def _load_task(options: CompareOptions, recipe_file: Path, overrides: list[str] 
 def _check_resumed(out: Path, recipe: Recipe, record: str) -> None:
     """A compare continued in ``out`` must use the recipe and data its rows were made with."""
     if (out / "compare.json").is_file() and (out / "compare.json").read_text() != record:
+        with contextlib.suppress(ValueError):
+            if "none" not in json.loads((out / "compare.json").read_text()):
+                raise ConfigError(f"'{out}' holds a compare an older geomed-ssl made, whose `none` was one random "
+                                  "initialisation for every seed (encoder_none/); now each seed draws its own "
+                                  "(encoder_none_seed<seed>/), so its rows cannot be continued: choose another "
+                                  "--out, or pass --overwrite to start again.")
         raise ConfigError(f"'{out}' holds a compare of other data, classes or split, or one an older geomed-ssl "
                           "made (its probes fitted or its scores computed otherwise; compare.json); choose another "
                           "--out, or pass --overwrite to start again.")
@@ -243,11 +249,11 @@ def progress_bar(total: int, enabled: bool) -> Any:
     return tqdm(total=total, desc="runs", file=sys.stderr, disable=not (enabled and sys.stderr.isatty()))
 
 
-def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str, EncoderSource], recipe: Recipe,
-            results: ResultsFile, inputs: dict[str, Any], strict: bool, progress: bool, keep: Path | None = None,
-            nones: dict[int, EncoderSource] | None = None) -> int:
+def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str, EncoderSource],
+            nones: dict[int, EncoderSource], recipe: Recipe, results: ResultsFile, inputs: dict[str, Any],
+            strict: bool, progress: bool, keep: Path | None = None, device: Any = None) -> int:
     """Run the jobs whose rows are missing from results.csv, one row written after each; the number run.
-    ``nones``: ``none`` per label seed (default: ``sources["none"]`` for every seed)."""
+    ``nones``: ``none`` of each label seed, each moved to ``device`` only while its features are in use."""
     todo = [j for j in jobs if (j.source, *splits[j.split_index].budget.cells, str(splits[j.split_index].seed),
                                 j.protocol) not in results.done]
     if len(todo) < len(jobs):
@@ -255,13 +261,14 @@ def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str,
                  len(todo))
     base_stats = None
     needed = needed_rows(splits)
-    feats: dict[str, Any] = {}
+    feats: dict[tuple[str, int | None], Any] = {}
+    live: EncoderSource | None = None  # the none initialisation on the device
     labels = kept_labels(list(sources))
     bar = progress_bar(len(todo), progress)
     for n, job in enumerate(todo, start=1):
         split = splits[job.split_index]
         start = time.perf_counter()
-        src = (nones or {}).get(split.seed, sources.get(NONE)) if job.source == NONE else sources.get(job.source)
+        src = nones[split.seed] if job.source == NONE else sources.get(job.source)
         if job.protocol == "finetune":
             keep_as = keep / kept_name(labels[job.source], split.budget, split.seed) if keep is not None else None
             result = finetune_scores(src, task, split, recipe, inputs, strict, keep_as)
@@ -269,6 +276,12 @@ def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str,
             key = (job.source, split.seed if job.source == NONE else None)
             if key not in feats:
                 feats.clear()  # one source's features in memory at a time (jobs are source-major)
+                if live is not None:
+                    live.encoder.cpu()
+                    live = None
+                if job.source == NONE and device is not None:
+                    src.encoder.to(device)
+                    live = src
                 if src is None and base_stats is None:
                     base_stats = compute_stats(task.catalog, recipe.data, seed=recipe.labels.seed)
                 t0 = time.perf_counter()
@@ -328,11 +341,13 @@ def run_compare(options: CompareOptions, *, out: str | Path, images: str | Path 
     for seed, none in nones.items():
         save_none(none, none_dir(out, seed), recipe_obj)
     device = resolve_device("cpu" if recipe_obj.train.accelerator == "cpu" else "auto")
-    for s in [*sources.values(), *nones.values()]:
-        s.encoder.to(device)
+    for name, s in sources.items():
+        if name != NONE:  # the template of the per-seed nones computes nothing
+            s.encoder.to(device)
     run_inputs = {"images": images, "labels": labels, "data": data, "split": options.split}
     keep = out if keep_finetuned else None
-    done = execute(jobs, splits, task, sources, recipe_obj, results, run_inputs, strict, progress, keep, nones)
+    done = execute(jobs, splits, task, sources, nones, recipe_obj, results, run_inputs, strict, progress, keep,
+                   device)
     metric = headline_metric(task)
     held_out = held_out_lines(splits, task) if options.split == "images" else []
     write_summary(out / "summary.md", results.rows, metric, options.split, task.unit, task.background is not None,

@@ -373,6 +373,11 @@ def check_out_file(path: PathLike, *, inputs: Inputs | None = None, suffixes: Se
         if manifest is not None and path.name in _entry_names(manifest):  # e.g. a cluster folder's scatter.png
             raise OutputError(f"--out '{path}' is a file `{manifest['command']}` wrote, which only that command "
                               "replaces; choose another --out.")
+        for folder in list(path.parents)[1:]:  # e.g. a cluster folder's maps/*_clusters.png
+            found = read_manifest(folder)
+            if found is not None:
+                raise OutputError(f"--out '{path}' already exists inside the folder `{found['command']}` made "
+                                  f"('{folder}'), whose files only that command replaces; choose another --out.")
         raise OutputError(f"--out '{path}' already exists and geomed-ssl did not write it; move it away or choose "
                           "another --out.")
 

@@ -193,6 +193,11 @@ def test_an_output_file_never_replaces_a_file_its_folders_command_wrote(tmp_path
     (cl / "scatter.png").write_bytes(b"png")
     with pytest.raises(OutputError, match="is a file `cluster` wrote, which only that command replaces"):
         prepare_out_file(cl / "scatter.png", command="attention")
+    (cl / "maps").mkdir()
+    (cl / "maps" / "scene_clusters.png").write_bytes(b"png")
+    with pytest.raises(OutputError, match="inside the folder `cluster` made"):
+        prepare_out_file(cl / "maps" / "scene_clusters.png", command="attention")
+    assert (cl / "maps" / "scene_clusters.png").read_bytes() == b"png"
 
 
 def test_an_output_file_inside_an_input_folder_is_refused(tmp_path: Path) -> None:

@@ -51,10 +51,14 @@ def make_scene(folder: Path, size: int) -> Path:
 
 
 class StepTimer(L.Callback):
+    """Wall time at each batch end (after the GPU's queued work); the rate from step ``skip`` on."""
+
     def __init__(self, skip: int = 5):
         self.skip, self.times = skip, []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         self.times.append(time.perf_counter())
 
     def images_per_s(self, batch: int) -> float:

@@ -6,7 +6,7 @@
 
 By default the bundled Indian Pines scene (145x145x200) with ``recipes/mae_hyperspectral.yaml``. Each row is one
 ``pretrain`` call (catalog, statistics, DataLoader workers, Lightning; no checkpoints written until the end) timed by
-a callback at each batch end (after a CUDA synchronise on a GPU), its rate taken from step 50 (a quarter of the
+``bench_pretrain.StepTimer`` at each batch end (after a CUDA synchronise on a GPU), its rate taken from step 50 (a quarter of the
 steps when there are fewer than 200) to the last.
 ``--profile`` runs the last worker count again under ``cProfile`` (the main process only: the pin-memory thread
 shows, the workers do not) and writes the stats sorted by own time and by cumulative time.
@@ -42,41 +42,23 @@ import cProfile
 import io
 import pstats
 import tempfile
-import time
 from pathlib import Path
 
-import lightning as L
 import torch
 
 from geomed_ssl.sample import SAMPLE_DIR
 from geomed_ssl.train.pretrain import pretrain
-
-
-class StepClock(L.Callback):
-    """Wall time at each batch end (after the GPU's queued work)."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: object, batch: object,
-                           batch_idx: int) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.times.append(time.perf_counter())
-
-    def rate(self, skip: int) -> float:
-        t = self.times[skip:]
-        return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 else float("nan")
+from bench_pretrain import StepTimer  # benchmarks/ is the script's folder, so on sys.path
 
 
 def one_run(args: argparse.Namespace, data: Path, out: Path, workers: int, profile: str | None = None) -> float:
-    clock = StepClock()
+    timer = StepTimer(skip=min(50, args.steps // 4))
     sets = [f"train.max_steps={args.steps}", f"train.checkpoint_every={args.steps}", f"data.num_workers={workers}",
             *args.set]
     prof = cProfile.Profile() if profile else None
     if prof:
         prof.enable()
-    pretrain(args.recipe, data, out, overrides=sets, overwrite=True, callbacks=[clock], progress=False)
+    pretrain(args.recipe, data, out, overrides=sets, overwrite=True, callbacks=[timer], progress=False)
     if prof:
         prof.disable()
         text = io.StringIO()
@@ -84,7 +66,7 @@ def one_run(args: argparse.Namespace, data: Path, out: Path, workers: int, profi
         stats.sort_stats("tottime").print_stats(40)
         stats.sort_stats("cumulative").print_stats(60)
         Path(profile).write_text(text.getvalue())
-    return clock.rate(min(50, args.steps // 4))
+    return timer.images_per_s(1)  # one "image" a step: steps per second
 
 
 def main() -> None:

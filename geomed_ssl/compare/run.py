@@ -111,9 +111,10 @@ def _load_task(options: CompareOptions, recipe_file: Path, overrides: list[str] 
 
 def _check_resumed(out: Path, recipe: Recipe, record: str) -> None:
     """A compare continued in ``out`` must use the recipe and data its rows were made with."""
-    if (out / "compare.json").is_file() and (out / "compare.json").read_text() != record:
+    earlier = (out / "compare.json").read_text() if (out / "compare.json").is_file() else None
+    if earlier is not None and earlier != record:
         with contextlib.suppress(ValueError):
-            if "none" not in json.loads((out / "compare.json").read_text()):
+            if "none" not in json.loads(earlier):
                 raise ConfigError(f"'{out}' holds a compare an older geomed-ssl made, whose `none` was one random "
                                   "initialisation for every seed (encoder_none/); now each seed draws its own "
                                   "(encoder_none_seed<seed>/), so its rows cannot be continued: choose another "

@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from joblib import cpu_count
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from geomed_ssl.errors import ConfigError
@@ -23,11 +23,10 @@ _capped: set[tuple[int, int]] = set()  # (asked, CPUs) already said, so a compar
 def loader_workers(requested: int) -> int:
     """``data.num_workers``, at most the CPUs this process may use. A run's config.yaml travels with it: one made on
     a large GPU machine and resumed, fine-tuned or compared on a laptop would start more worker processes than
-    there are cores, which slow each other (torch warns). Batches do not depend on the worker count."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cpus = os.cpu_count() or 1
+    there are cores, which slow each other (torch warns). The CPUs are joblib's count: the affinity mask, lowered by
+    a container's CPU quota (docker --cpus, Kubernetes limits), which the mask does not show. Batches do not depend
+    on the worker count."""
+    cpus = cpu_count()
     if requested <= cpus:
         return requested
     if (requested, cpus) not in _capped:

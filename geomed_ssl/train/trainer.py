@@ -9,9 +9,9 @@ from typing import Any
 
 import lightning as L
 import torch
-from joblib import cpu_count
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+from geomed_ssl.cpus import usable_cpus
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.train.checkpointing import AtomicCheckpointIO
 from geomed_ssl.train.console import has_bar, quiet_lightning
@@ -23,10 +23,9 @@ _capped: set[tuple[int, int]] = set()  # (asked, CPUs) already said, so a compar
 def loader_workers(requested: int) -> int:
     """``data.num_workers``, at most the CPUs this process may use. A run's config.yaml travels with it: one made on
     a large GPU machine and resumed, fine-tuned or compared on a laptop would start more worker processes than
-    there are cores, which slow each other (torch warns). The CPUs are joblib's count: the affinity mask, lowered by
-    a container's CPU quota (docker --cpus, Kubernetes limits), which the mask does not show. Batches do not depend
-    on the worker count."""
-    cpus = cpu_count()
+    there are cores, which slow each other (torch warns); a container's CPU quota counts (:mod:`geomed_ssl.cpus`).
+    Batches do not depend on the worker count."""
+    cpus = usable_cpus()
     if requested <= cpus:
         return requested
     if (requested, cpus) not in _capped:

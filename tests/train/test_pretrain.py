@@ -115,7 +115,7 @@ def test_more_workers_than_cpus_are_capped_and_the_run_is_the_same(raster_dir: P
 
     overrides = [*TINY, "data.sensor=null", "data.patch_size=16", "train.max_steps=6", "train.checkpoint_every=6"]
     pretrain("recipes/mae_sentinel2.yaml", raster_dir, tmp_path / "main", overrides=overrides, progress=False)
-    monkeypatch.setattr(trainer, "cpu_count", lambda: 1)
+    monkeypatch.setattr(trainer, "usable_cpus", lambda: 1)
     assert trainer.loader_workers(0) == 0 and trainer.loader_workers(1) == 1 and trainer.loader_workers(6) == 1
     trainer._capped.clear()
     with caplog.at_level(logging.INFO, logger="geomed_ssl"):
@@ -279,15 +279,3 @@ def test_what_a_method_fits_before_training_stays_off_cuda_under_a_forking_strat
     assert fit_device(probe, "ddp_fork") == torch.device("cpu")
     assert fit_device(probe, "ddp_notebook") == torch.device("cpu")
 
-
-def test_a_container_cpu_quota_caps_the_workers(monkeypatch) -> None:
-    """A cgroup CPU quota (docker --cpus 2) lowers the count though the affinity mask shows every host CPU."""
-    import joblib.externals.loky.backend.context as loky_context
-
-    from geomed_ssl.train import trainer
-
-    monkeypatch.setattr(loky_context.os, "cpu_count", lambda: 64)
-    monkeypatch.setattr(loky_context, "_cpu_count_affinity", lambda n: 64)
-    monkeypatch.setattr(loky_context, "_cpu_count_cgroup", lambda n: 2)
-    monkeypatch.delenv("LOKY_MAX_CPU_COUNT", raising=False)
-    assert trainer.loader_workers(8) == 2 and trainer.loader_workers(2) == 2

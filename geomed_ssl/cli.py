@@ -14,7 +14,6 @@ import typer
 
 from geomed_ssl.cli_finetune import finetune_app
 from geomed_ssl.cli_options import STATE, SetOpt, StrictOpt, user_errors
-from geomed_ssl.cpus import limit_threads_to_quota
 from geomed_ssl.errors import GeomedError
 
 app = typer.Typer(
@@ -57,7 +56,6 @@ def main(ctx: typer.Context, debug: bool = typer.Option(False, "--debug", help="
     # GDAL reports unreadable files itself; the catalog names them with the reason, so its log lines are noise.
     logging.getLogger("rasterio").setLevel(logging.CRITICAL)
     command = ctx.invoked_subcommand
-    limit_threads_to_quota()
     ignore_slurm_warning()
     set_alone(False)
     if command not in (None, "pretrain") and not runs_here(f"geomed-ssl {command}"):

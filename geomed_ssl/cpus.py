@@ -1,46 +1,76 @@
-"""How many CPUs this process may use, and torch's thread count kept within them.
+"""How many CPUs this process may use: its affinity mask, lowered by a cgroup CPU quota (a container's
+``docker --cpus`` or Kubernetes limit, ``systemd-run -p CPUQuota``), which the mask does not show.
 
-Inside a container whose CPU quota (``docker --cpus``, a Kubernetes limit) is below the host's cores, the affinity
-mask still shows every host core, and torch starts one thread per core it sees: the threads then wait on each other
-while the kernel throttles the container. joblib's count (already installed with scikit-learn) takes the minimum of
-the affinity mask, the cgroup v1 / v2 quota (rounded up) and ``LOKY_MAX_CPU_COUNT``."""
+Read from the cgroup files themselves, not with joblib's count, which says 1 when joblib cannot use multiprocessing
+and follows ``LOKY_MAX_CPU_COUNT`` (a scikit-learn setting); a fractional quota rounds down, as Go's automaxprocs
+does (1.5 CPUs: one)."""
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
+from pathlib import Path
 
-log = logging.getLogger("geomed_ssl")
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def usable_cpus() -> int:
-    """The CPUs this process may use: affinity mask, container CPU quota and ``LOKY_MAX_CPU_COUNT`` (at least 1)."""
-    from joblib import cpu_count
-
-    return cpu_count()
+    """The CPUs this process may use: the affinity mask, at most the cgroup quota (at least 1)."""
+    cpus = visible_cpus()
+    quota = cgroup_cpu_limit()
+    return max(1, min(cpus, quota)) if quota else cpus
 
 
 def visible_cpus() -> int:
-    """The CPUs the affinity mask shows (what torch and OpenMP see)."""
+    """The CPUs the affinity mask shows (what torch and the OS scheduler see)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
 
 
-def limit_threads_to_quota() -> int | None:
-    """Before torch is imported: where a CPU quota allows fewer CPUs than the process sees, set ``OMP_NUM_THREADS``
-    and ``MKL_NUM_THREADS`` to the quota's count, unless the user set either or torch is already loaded (its pool is
-    sized then). Returns the count set, else None."""
-    if any(v in os.environ for v in THREAD_VARIABLES) or "torch" in sys.modules:
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT, membership: str | None = None) -> int | None:
+    """The CPUs the tightest CPU quota on this process's cgroup or its ancestors grants, rounded down (at least 1);
+    None without a quota or off Linux. cgroup v2: ``cpu.max``; v1: ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``.
+    ``membership``: the text of ``/proc/self/cgroup`` (read when None)."""
+    if membership is None:
+        try:
+            membership = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            return None
+    limits = []
+    for line in membership.splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, group = rest.partition(":")
+        if hierarchy == "0" and not controllers:
+            bases, read = [root, root / "unified"], _v2_quota
+        elif "cpu" in controllers.split(","):
+            bases, read = [root / controllers, root / "cpu"], _v1_quota
+        else:
+            continue
+        for base in bases:
+            folder = base / group.strip("/")
+            while True:  # the group, then its ancestors up to the mount (a container's mount is its own group)
+                quota = read(folder)
+                if quota is not None:
+                    limits.append(max(1, int(quota)))
+                if folder == base:
+                    break
+                folder = folder.parent
+    return min(limits) if limits else None
+
+
+def _v2_quota(folder: Path) -> float | None:
+    try:
+        quota, period = (folder / "cpu.max").read_text().split()
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
         return None
-    cpus, seen = usable_cpus(), visible_cpus()
-    if cpus >= seen:
+
+
+def _v1_quota(folder: Path) -> float | None:
+    try:
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
         return None
-    for variable in THREAD_VARIABLES:
-        os.environ[variable] = str(cpus)
-    log.info(f"{cpus} of the {seen} CPUs this process sees are usable (a container CPU quota): torch uses {cpus} "
-             f"threads (set OMP_NUM_THREADS to choose).")
-    return cpus

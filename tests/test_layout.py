@@ -32,7 +32,7 @@ LADDER: list[tuple[str, tuple[str, ...]]] = [
     ("data", ("data",)),
     ("outputs", ("outdirs", "outcommands")),
     ("config", ("config",)),
-    ("foundation", ("outfiles", "permissions", "errors", "launch", "sample", "_version")),
+    ("foundation", ("outfiles", "permissions", "errors", "launch", "cpus", "sample", "_version")),
 ]
 RUNG = {unit: i for i, (_, units) in enumerate(LADDER) for unit in units}
 MAX_PACKAGE_LINES = 2500

@@ -278,4 +278,3 @@ def test_what_a_method_fits_before_training_stays_off_cuda_under_a_forking_strat
     assert fit_device(probe, "ddp") == torch.device("cuda", 1)  # this rank's GPU, not always cuda:0
     assert fit_device(probe, "ddp_fork") == torch.device("cpu")
     assert fit_device(probe, "ddp_notebook") == torch.device("cpu")
-

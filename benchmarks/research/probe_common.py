@@ -4,14 +4,17 @@ by default), with a RUN_DIR and ``none`` as the encoders."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import torch
 
 from geomed_ssl.compare import run as compare_run
-from geomed_ssl.compare.options import Budget, CompareOptions
+from geomed_ssl.compare.options import NONE, Budget, CompareOptions
 from geomed_ssl.compare.sources import load_sources, recipe_path
 from geomed_ssl.compare.task import make_split
+from geomed_ssl.models.encoder import ViTEncoder
 
 
 def probe_args(variants: str) -> argparse.Namespace:
@@ -50,8 +53,19 @@ def probe_task(args: argparse.Namespace) -> tuple[Any, Any, list[Any], Iterator[
                                           getattr(args, "labels", None), getattr(args, "data", None), False)
     splits = [make_split(task, recipe, b, s, "random") for b in opts.budgets for s in opts.seeds]
     sources = ((src, compare_run._images(task, src.records, src.stats, recipe, tuple(src.encoder.config.patch_size)))
-               for src in load_sources(opts, recipe, task))
+               for src in map(lambda s: with_weights(s, recipe.train.seed), load_sources(opts, recipe, task)))
     return recipe, task, splits, sources
+
+
+def with_weights(src: Any, seed: int) -> Any:
+    """``none``'s template (no weights) drawn as these scripts measured it: one initialisation from ``train.seed``
+    for every split (``compare`` draws one per label seed); any other source as it is."""
+    if src.name != NONE:
+        return src
+    torch.manual_seed(seed)
+    encoder = ViTEncoder(dataclasses.replace(src.encoder.config))
+    encoder.data_settings = getattr(src.encoder, "data_settings", None)
+    return dataclasses.replace(src, encoder=encoder.eval())
 
 
 def oa_per_split(protocol: str, x: np.ndarray, task: Any, recipe: Any, splits: list[Any]) -> list[float]:

@@ -79,15 +79,16 @@ def _task_records(task: Task, catalog: Any) -> list[Any]:
 
 def load_sources(options: CompareOptions, recipe: Recipe, task: Task) -> list[EncoderSource]:
     """Every encoder of ``options`` loaded as ``finetune`` loads it (band rule, dimensionality, value ranges
-    checked; a mismatch is the usual one-line error), ``none`` last-built from the first one."""
+    checked; a mismatch is the usual one-line error), ``none`` last: the first one's architecture without weights
+    (``meta`` tensors), the template of :func:`none_sources`."""
     sources: list[EncoderSource] = []
     for name in options.pretrained:
         enc, stats, _, catalog = encoder_and_stats(name, recipe, task.catalog)
         sources.append(EncoderSource(name, enc.eval(), stats, _task_records(task, catalog), name))
     if sources:
         first = sources[0]
-        torch.manual_seed(recipe.train.seed)
-        none = ViTEncoder(dataclasses.replace(first.encoder.config))
+        with torch.device("meta"):  # a template: :func:`none_sources` draws each seed's weights
+            none = ViTEncoder(dataclasses.replace(first.encoder.config))
         none.data_settings = getattr(first.encoder, "data_settings", None)
         sources.append(EncoderSource(NONE, none.eval(), first.stats, first.records))
     else:

@@ -17,7 +17,7 @@ def usable_cpus() -> int:
     """The CPUs this process may use: the affinity mask, at most the cgroup quota (at least 1)."""
     cpus = visible_cpus()
     quota = cgroup_cpu_limit()
-    return max(1, min(cpus, quota)) if quota else cpus
+    return min(cpus, quota) if quota is not None else cpus
 
 
 def visible_cpus() -> int:

@@ -8,13 +8,11 @@ import dataclasses
 from typing import Any, Callable, Iterator
 
 import numpy as np
-import torch
 
 from geomed_ssl.compare import run as compare_run
 from geomed_ssl.compare.options import NONE, Budget, CompareOptions
-from geomed_ssl.compare.sources import load_sources, recipe_path
+from geomed_ssl.compare.sources import load_sources, random_like, recipe_path
 from geomed_ssl.compare.task import make_split
-from geomed_ssl.models.encoder import ViTEncoder
 
 
 def probe_args(variants: str) -> argparse.Namespace:
@@ -60,12 +58,7 @@ def probe_task(args: argparse.Namespace) -> tuple[Any, Any, list[Any], Iterator[
 def with_weights(src: Any, seed: int) -> Any:
     """``none``'s template (no weights) drawn as these scripts measured it: one initialisation from ``train.seed``
     for every split (``compare`` draws one per label seed); any other source as it is."""
-    if src.name != NONE:
-        return src
-    torch.manual_seed(seed)
-    encoder = ViTEncoder(dataclasses.replace(src.encoder.config))
-    encoder.data_settings = getattr(src.encoder, "data_settings", None)
-    return dataclasses.replace(src, encoder=encoder.eval())
+    return src if src.name != NONE else dataclasses.replace(src, encoder=random_like(src.encoder, seed))
 
 
 def oa_per_split(protocol: str, x: np.ndarray, task: Any, recipe: Any, splits: list[Any]) -> list[float]:

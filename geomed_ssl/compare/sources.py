@@ -87,10 +87,7 @@ def load_sources(options: CompareOptions, recipe: Recipe, task: Task) -> list[En
         sources.append(EncoderSource(name, enc.eval(), stats, _task_records(task, catalog), name))
     if sources:
         first = sources[0]
-        with torch.device("meta"):  # a template: :func:`none_sources` draws each seed's weights
-            none = ViTEncoder(dataclasses.replace(first.encoder.config))
-        none.data_settings = getattr(first.encoder, "data_settings", None)
-        sources.append(EncoderSource(NONE, none.eval(), first.stats, first.records))
+        sources.append(EncoderSource(NONE, random_like(first.encoder), first.stats, first.records))
     else:
         enc, stats, _, catalog = encoder_and_stats(None, recipe, task.catalog)
         sources.append(EncoderSource(NONE, enc.eval(), stats, _task_records(task, catalog)))
@@ -110,6 +107,19 @@ def warn_fixed_windows(overrides: list[str] | None, sources: list[EncoderSource]
                     "other windows, pretrain with that data.patch_size.")
 
 
+def random_like(encoder: ViTEncoder, seed: int | None = None) -> ViTEncoder:
+    """``encoder``'s architecture and data settings at a random initialisation drawn from ``seed``, in eval mode;
+    ``seed`` None: without weights (``meta`` tensors), a template whose architecture is all that is read."""
+    if seed is None:
+        with torch.device("meta"):
+            new = ViTEncoder(dataclasses.replace(encoder.config))
+    else:
+        torch.manual_seed(seed)
+        new = ViTEncoder(dataclasses.replace(encoder.config))
+    new.data_settings = getattr(encoder, "data_settings", None)
+    return new.eval()
+
+
 def none_dir(out: Path, seed: int) -> Path:
     """``CMP_DIR/encoder_none_seed<seed>``: the random initialisation that label seed ``seed``'s rows use."""
     return out / f"encoder_none_seed{seed}"
@@ -122,10 +132,8 @@ def none_sources(template: EncoderSource, seeds: Sequence[int], train_seed: int,
     samples; with ``reuse``, the weights an earlier run saved in the folder (:func:`reuse_none`)."""
     nones: dict[int, EncoderSource] = {}
     for seed in seeds:
-        torch.manual_seed(mix_seed(train_seed, seed))
-        encoder = ViTEncoder(dataclasses.replace(template.encoder.config))
-        encoder.data_settings = getattr(template.encoder, "data_settings", None)
-        nones[seed] = EncoderSource(NONE, encoder.eval(), template.stats, template.records)
+        nones[seed] = EncoderSource(NONE, random_like(template.encoder, mix_seed(train_seed, seed)), template.stats,
+                                    template.records)
         if reuse:
             reuse_none(nones[seed], none_dir(out, seed))
     return nones

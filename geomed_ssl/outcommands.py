@@ -78,16 +78,15 @@ def _our_checkpoint(folder: Path) -> bool:
 
 
 def _legacy_run(folder: Path) -> bool:
-    """An earlier version's pretraining run: ``config.yaml`` plus ``checkpoints/`` or an encoder export, with
-    geomed-ssl's own evidence (our encoder format, a checkpoint of ours or a recipe of ours); a fine-tune folder
-    (``model/``) is not one."""
+    """An earlier version's pretraining run: ``config.yaml`` beside a checkpoint of ours in ``checkpoints/``, or
+    beside our encoder export, a recipe of ours and ``metrics.csv`` (a user's recipe copied beside an exported
+    encoder is not a run); a fine-tune folder (``model/``) is not one."""
     if (folder / "model").exists() or not (folder / "config.yaml").is_file():
         return False
-    our_encoder = (read_json_object(folder / "encoder" / "config.json") or {}).get("format") == "geomed-ssl-encoder"
-    if our_encoder:
+    if _our_checkpoint(folder / "checkpoints"):
         return True
-    return (folder / "checkpoints").is_dir() and (_our_recipe(folder / "config.yaml")
-                                                   or _our_checkpoint(folder / "checkpoints"))
+    our_encoder = (read_json_object(folder / "encoder" / "config.json") or {}).get("format") == "geomed-ssl-encoder"
+    return our_encoder and (folder / "metrics.csv").is_file() and _our_recipe(folder / "config.yaml")
 
 
 def _legacy_finetune(folder: Path) -> bool:
@@ -104,8 +103,12 @@ def _legacy_cluster(folder: Path) -> bool:
 
 
 def _legacy_evaluate(folder: Path) -> bool:
+    """``metrics.json`` as ``evaluate`` writes it (``classes``, and a ``test`` section with its confusion matrix)
+    beside that matrix's ``confusion.png``."""
     metrics = read_json_object(folder / "metrics.json") or {}
-    return "classes" in metrics and "test" in metrics and not (folder / "model").exists()
+    test = metrics.get("test")
+    return ("classes" in metrics and isinstance(test, dict) and "confusion" in test
+            and (folder / "confusion.png").is_file() and not (folder / "model").exists())
 
 
 def _legacy_similar(folder: Path) -> bool:
@@ -128,33 +131,37 @@ class CommandSpec:
     # subfolder with a manifest of its own (the demo's pretrain/, FT_DIR/eval, EMB_DIR/search/<query>) follows the
     # same rule instead
     inside: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # where another command's output folder belongs inside its own: {relative path pattern: those commands}; any
+    # other nested output (a fine-tune written to RUN/previews) is the user's result, never deleted with this folder
+    nests: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-COMMON_PATTERNS = TEMP_GLOBS  # every writer's temporary names (geomed_ssl.outfiles); earlier versions' per entry
-# checkpoints by the names ours and Lightning's callbacks give them (a copied-in best.ckpt is the user's), earlier
-# versions' temporary files
+COMMON_PATTERNS = TEMP_GLOBS  # every writer's temporary names (geomed_ssl.outfiles)
+# checkpoints by the names ours and Lightning's callbacks give them (a copied-in best.ckpt is the user's)
 _STEPS = tuple("step-" + "[0-9]" * n for n in range(6, 11))  # step-{step:06d}, up to train.max_steps' 10^9
 CKPT_FILES = ("last.ckpt", "last-v[0-9]*.ckpt", *(f"{s}.ckpt" for s in _STEPS),
-              *(f"{s}-v[0-9]*.ckpt" for s in _STEPS), ".*.ckpt.tmp-*")
+              *(f"{s}-v[0-9]*.ckpt" for s in _STEPS))
 EXPORT_FILES = ("config.json", "model.safetensors")  # an encoder / model export
 _NONE_SEEDS = tuple("encoder_none_seed" + "[0-9]" * n for n in range(1, 11))  # compare's none per seed (< 2^32)
 COMMANDS: dict[str, CommandSpec] = {
     "pretrain": CommandSpec(("config.yaml", "catalog.json", "stats.json", "metrics.csv", "checkpoints", "encoder",
                              "previews", "tensorboard"), (), ("--resume", "--overwrite"),
-                            _legacy_run, {"checkpoints": CKPT_FILES, "encoder": EXPORT_FILES, ".encoder.*": EXPORT_FILES,
+                            _legacy_run, {"checkpoints": CKPT_FILES, "encoder": EXPORT_FILES,
                                           "previews": ("step-*.png",),
                                           "tensorboard": ("events.out.tfevents.*", "hparams.yaml",
                                                           "*/events.out.tfevents.*", "*/hparams.yaml")}),
     "finetune": CommandSpec(("config.yaml", "labels_used.npz", "metrics_train.csv", "checkpoints", "model",
                              "metrics.json", "confusion.png", "eval"),
                             legacy=_legacy_finetune,
-                            inside={"checkpoints": CKPT_FILES, "model": EXPORT_FILES, ".model.*": EXPORT_FILES,
-                                    "eval": ("metrics.json", "confusion.png")}),
+                            inside={"checkpoints": CKPT_FILES, "model": EXPORT_FILES,
+                                    "eval": ("metrics.json", "confusion.png")},
+                            nests={"eval": ("evaluate",)}),
     "embed": CommandSpec(("manifest.json", "parts", "embeddings.parquet", "vectors.npy", "pca.npz", "maps",
                           "search"), legacy=_legacy_embed,
-                         inside={"parts": ("part-*/chunk-*.parquet", "part-*/files.json", ".tmp-*/*"),
+                         inside={"parts": ("part-*/chunk-*.parquet", "part-*/files.json"),
                                  "maps": ("*_embedding.tif", "*_embedding.nii.gz", "*.aux.xml"),
-                                 "search": ("*/similar.csv", "*/similar.png")}),
+                                 "search": ("*/similar.csv", "*/similar.png")},
+                         nests={"search/*": ("similar",)}),
     "cluster": CommandSpec(("clusters.parquet", "clusters.csv", "summary.json", "scatter.png", "maps"),
                            legacy=_legacy_cluster,
                            inside={"maps": ("*_clusters.tif", "*_clusters.nii.gz", "*_clusters.png", "*.aux.xml")}),
@@ -170,12 +177,15 @@ COMMANDS: dict[str, CommandSpec] = {
                           == "geomed-ssl-timm"),
     "compare": CommandSpec(("results.csv", "summary.md", "curve.png", "config.yaml", "compare.json", "encoders.json",
                             "selections", "encoder_none"),  # encoder_none: one for every seed, before 2026-12-04
-                           (*_NONE_SEEDS, ".encoder_none.*", "finetuned_*"),
+                           (*_NONE_SEEDS, "finetuned_*"),
                            inside={"selections": ("*.npz",), "encoder_none": EXPORT_FILES,
-                                   **{name: EXPORT_FILES for name in _NONE_SEEDS}, ".encoder_none.*": EXPORT_FILES}),
+                                   **{name: EXPORT_FILES for name in _NONE_SEEDS}},
+                           nests={"finetuned_*": ("finetune",)}),
     "demo": CommandSpec(("pretrain", "compare", "probe", "finetune_pretrained", "finetune_random", "prediction",
                          ".geomed-ssl-demo"),
-                        (), (), lambda folder: (folder / ".geomed-ssl-demo").is_file()),
+                        (), (), lambda folder: (folder / ".geomed-ssl-demo").is_file(),
+                        nests={"pretrain": ("pretrain",), "compare": ("compare",), "probe": ("finetune",),
+                               "finetune_*": ("finetune",), "prediction": ("predict",)}),
 }
 
 

@@ -9,17 +9,18 @@ The rule
 3. Every folder the toolkit creates holds ``.geomed-ssl.json``: tool, version, command, creation time and the
    top-level entries the command writes there (:func:`record_entries` adds more later). A folder without it counts
    as ours when an earlier version's files say so (``COMMANDS[...].legacy`` in :mod:`geomed_ssl.outcommands`: a
-   run's ``config.yaml`` plus ``checkpoints/`` or an encoder export, with our recipe sections, encoder format or
-   checkpoint section in them; a fine-tune ``model/``, an embedding ``manifest.json``, a cluster
-   ``summary.json``, the demo's ``.geomed-ssl-demo``, ...).
+   run's ``config.yaml`` beside a checkpoint of ours, or beside our encoder export, recipe and ``metrics.csv``; a
+   fine-tune ``model/``, an embedding ``manifest.json``, a cluster ``summary.json``, the demo's
+   ``.geomed-ssl-demo``, ...).
 4. An existing, non-empty folder is used only when it is ours and was made by the same command:
    ``resume`` continues it as it is (pretrain ``--resume``; embed, predict, evaluate and similar always continue or
    add to their own folder); ``overwrite`` deletes what it lists (the manifest's entries plus the names the
    command is known to write, and their temporary names: :mod:`geomed_ssl.outfiles`) and starts again, and is
    refused, before anything is deleted, when the folder also holds a file the toolkit did not write, at any depth
    (:func:`foreign_inside`: its subfolders are checked against what the command writes there,
-   ``CommandSpec.inside``, or by their own manifest). Otherwise the command is refused, with one line naming the
-   way out (``--resume``, ``--overwrite``, another ``--out``).
+   ``CommandSpec.inside``, or by their own manifest), or when it holds another command's output where that
+   command's folder does not belong (``CommandSpec.nests``). Otherwise the command is refused, with one line
+   naming the way out (``--resume``, ``--overwrite``, another ``--out``).
 5. Commands check ``--out`` first (:func:`check_out_dir`, no side effects), then validate their inputs and
    settings, and only then create the folder (:func:`prepare_out_dir`), so a refused or failed command leaves
    nothing behind and the next try needs no ``--overwrite``.
@@ -53,7 +54,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from geomed_ssl.errors import ConfigError, OutputError
 from geomed_ssl.outcommands import COMMANDS, COMMON_PATTERNS, CommandSpec, matches, read_json_object
-from geomed_ssl.outfiles import atomic_write_text, is_temp_name, legacy_temp_globs, remove_stale_partials
+from geomed_ssl.outfiles import atomic_write_text, is_temp_name, remove_stale_partials
 
 MANIFEST = ".geomed-ssl.json"
 TOOL = "geomed-ssl"
@@ -109,7 +110,7 @@ def owner(folder: PathLike) -> Owner | None:
             return None
     spec = COMMANDS.get(command, CommandSpec())
     names = set(spec.entries) | set(_entry_names(manifest)) | {MANIFEST}
-    patterns = spec.patterns + COMMON_PATTERNS + legacy_temp_globs(sorted(names))
+    patterns = spec.patterns + COMMON_PATTERNS
     result = Owner(command, manifest)
     for entry in sorted(folder.iterdir()):
         (result.ours if entry.name in names or matches(entry.name, patterns) else result.foreign).append(entry.name)
@@ -120,7 +121,9 @@ def foreign_inside(folder: PathLike, found: Owner | None = None) -> list[str]:
     """Paths (relative to ``folder``, ``/``-separated) of what the toolkit did not write anywhere in ``folder``,
     made by ``found.command``: its foreign top-level entries, then whatever inside its subfolders neither matches
     what the command writes there (``CommandSpec.inside``, temporary files included) nor lies in a subfolder of
-    the toolkit's own (a manifest, or an earlier version's files) that passes the same test."""
+    the toolkit's own (a manifest, or an earlier version's files) that passes the same test. Such a subfolder made
+    by a command that does not belong there (``CommandSpec.nests``: a fine-tune written to ``RUN/previews``) is
+    listed itself, with a trailing ``/``: another command's complete output is the user's result."""
     folder = Path(folder)
     found = found if found is not None else owner(folder)
     if found is None:
@@ -131,20 +134,32 @@ def foreign_inside(folder: PathLike, found: Owner | None = None) -> list[str]:
         entry = folder / name
         if entry.is_dir() and not entry.is_symlink() and not is_temp_name(name):  # a killed writer's folder: ours
             patterns = next((v for k, v in spec.inside.items() if fnmatch.fnmatchcase(name, k)), None)
-            bad += [f"{name}/{p}" for p in _foreign_in_subfolder(entry, patterns)]
+            bad += [f"{name}/{p}" for p in _foreign_in_subfolder(entry, patterns, spec, name)]
     return bad
 
 
-def _foreign_in_subfolder(sub: Path, patterns: tuple[str, ...] | None) -> list[str]:
-    """What in ``sub`` (a subfolder of ours) the toolkit did not write; ``patterns``: what its command writes there
-    (None: nothing, unless ``sub`` is a folder of the toolkit's own)."""
+def _nested(folder: Path, spec: CommandSpec, rel: str) -> list[str]:
+    """What :func:`foreign_inside` reports for ``folder``, a folder of the toolkit's own at ``rel`` inside one
+    made by the command of ``spec``: its foreign contents, or ``[""]`` (the folder itself) when its command does
+    not belong there."""
+    found = owner(folder)
+    if found is None:
+        return sorted(p.name for p in folder.iterdir())
+    if not any(fnmatch.fnmatchcase(rel, k) and found.command in v for k, v in spec.nests.items()):
+        return [""]
+    return foreign_inside(folder, found)
+
+
+def _foreign_in_subfolder(sub: Path, patterns: tuple[str, ...] | None, spec: CommandSpec, rel: str) -> list[str]:
+    """What in ``sub`` (a subfolder of ours, at ``rel`` in a folder made by the command of ``spec``) the toolkit did
+    not write; ``patterns``: what its command writes there (None: nothing, unless ``sub`` is a folder of the
+    toolkit's own)."""
     if read_manifest(sub) is not None or patterns is None:
-        nested = owner(sub)
-        return foreign_inside(sub, nested) if nested is not None else sorted(p.name for p in sub.iterdir())
+        return _nested(sub, spec, rel)
     bad: list[str] = []
     for root, dirs, files in os.walk(sub):
         here = Path(root)
-        rel = here.relative_to(sub)
+        inner = here.relative_to(sub)
         for d in list(dirs):
             if is_temp_name(d) and not (here / d).is_symlink():  # a killed writer's folder: ours, not descended
                 dirs.remove(d)
@@ -153,9 +168,10 @@ def _foreign_in_subfolder(sub: Path, patterns: tuple[str, ...] | None) -> list[s
                 dirs.remove(d)
             elif read_manifest(here / d) is not None:  # a folder of the toolkit's own: its own rule
                 dirs.remove(d)
-                bad += [(rel / d / p).as_posix() for p in foreign_inside(here / d)]
+                at = (inner / d).as_posix()
+                bad += [f"{at}/{p}" for p in _nested(here / d, spec, f"{rel}/{at}")]
         for f in files:
-            path = (rel / f).as_posix()
+            path = (inner / f).as_posix()
             if not (matches(path, patterns) or matches(f, COMMON_PATTERNS)):
                 bad.append(path)
     return sorted(bad)
@@ -306,6 +322,12 @@ def check_out_dir(out: PathLike, *, command: str, inputs: Inputs | None = None, 
                           f"`geomed-ssl {command}`; choose another --out.")
     if overwrite:
         foreign = foreign_inside(out, found)
+        nested = [f for f in foreign if f.endswith("/")]
+        if nested:
+            other = owner(out / nested[0])
+            raise OutputError(f"output folder '{out}' also holds '{nested[0].rstrip('/')}', the output of "
+                              f"`geomed-ssl {other.command if other else '?'}` saved inside it; --overwrite would "
+                              "delete it, so move that folder away or choose another --out.")
         if foreign:
             raise OutputError(f"output folder '{out}' also holds '{foreign[0]}', which geomed-ssl did not "
                               "write; --overwrite deletes only what geomed-ssl wrote, so move that file away or "

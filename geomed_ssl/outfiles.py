@@ -1,8 +1,8 @@
 """Files and folders that appear under their final name only when complete, and the clean-up of what a killed writer
 left. Every atomic write of the toolkit goes through here: outputs, metrics, checkpoints, exports, embedding parts.
 
-Temporary names, the one rule (other modules ask :data:`TEMP_GLOBS`, :func:`legacy_temp_globs` and
-:func:`is_temp_name`, never spell a temporary name themselves):
+Temporary names, the one rule (other modules ask :data:`TEMP_GLOBS` and :func:`is_temp_name`, never spell a
+temporary name themselves):
 
 - ``.partial-<pid>.<host>-<name>``: ``name`` (a file or a folder) being written by process ``pid`` where
   :func:`host_tag` is ``host`` (8 hex digits: the machine, its boot and process-id namespace), in the target's own
@@ -11,9 +11,12 @@ Temporary names, the one rule (other modules ask :data:`TEMP_GLOBS`, :func:`lega
 - ``.replaced-<pid>.<host>-<name>``: the previous folder ``name`` for the instant a new one is swapped in
   (:func:`atomic_write_dir`); deleted once the new one is in place, restored by the clean-up when a kill came in
   between;
-- the same without ``.<host>``: what earlier versions wrote;
-- earlier versions' names, for the clean-up and for ``--overwrite`` only: ``.<name>.*`` (``.<name>.tmp-<pid>-<hex>``,
-  ``.<name>.<random>`` folders and ``.<name>.old``), ``<name>.tmp`` and ``.tmp-<pid>-<hex>`` (embedding parts).
+- the same without ``.<host>``: what earlier versions wrote.
+
+Nothing else counts as temporary. The development versions before 2026-12-03 also wrote ``.<name>.tmp-<pid>-<hex>``,
+``.<name>.<random>``, ``.<name>.old`` and ``<name>.tmp``; such names cannot tell their writer from a user's backup
+(``.config.yaml.original``, ``metrics.csv.tmp``), so they are never deleted: a leftover stays where it is, and
+``--overwrite`` names it and asks the user to move it.
 
 A file is flushed to disk (fsync) and renamed over the target, and the rename is made durable by syncing the
 folder. A failure at any point deletes the partial file and leaves the target as it was. Files get the modes a plain
@@ -31,8 +34,8 @@ API::
     atomic_write_text(path, text) -> Path
     replace_with_copy(src, dst) -> None (a hard link when possible, else a copy)
     atomic_write_dir(target, write) -> None (``write(tmp_dir)``, then the folder is swapped in)
-    TEMP_GLOBS, legacy_temp_globs(names) -> tuple[str, ...], is_temp_name(name, names=()) -> bool
-    remove_stale_partials(folder, names=(), only=None) -> list[Path]
+    TEMP_GLOBS, is_temp_name(name) -> bool
+    remove_stale_partials(folder, only=None) -> list[Path]
     scratch_dir(tag) -> context manager yielding a private folder in the system's temporary folder
 """
 
@@ -51,14 +54,13 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from geomed_ssl.permissions import apply_umask
 
 log = logging.getLogger("geomed_ssl")
 PARTIAL, REPLACED = ".partial-", ".replaced-"
-TEMP_GLOBS = (f"{PARTIAL}*", f"{REPLACED}*")  # what this version's writers leave when killed
-_MKDTEMP = "[a-z0-9_]" * 8  # tempfile.mkdtemp's random suffix (earlier versions' folder swaps)
+TEMP_GLOBS = (f"{PARTIAL}[0-9]*-*", f"{REPLACED}[0-9]*-*")  # what writers leave when killed (see _OURS)
 _OURS = re.compile(rf"^({re.escape(PARTIAL)}|{re.escape(REPLACED)})(\d+)(?:\.([0-9a-f]{{8}}))?-(.+)$")
 FOREIGN_HOST_STALE_S = 24 * 3600  # another machine's temporary entry untouched this long: its writer is gone
 PathLike = str | os.PathLike
@@ -91,19 +93,9 @@ def partial_path(path: PathLike) -> Path:
     return _temp_name(PARTIAL, Path(path))
 
 
-def legacy_temp_globs(names: Iterable[str]) -> tuple[str, ...]:
-    """fnmatch patterns of what earlier versions' writers left in a folder of ours, for each of ``names`` (names or
-    globs of the entries a command writes there): ``.<name>.tmp-<pid>-<hex>``, ``.<name>.<mkdtemp suffix>``,
-    ``.<name>.old``, ``.<name>.tmp``, ``.<name>.tmp.npy``, ``.<name>.<...>.tmp`` and ``<name>.tmp``; and
-    ``.tmp-<pid>-<hex>`` (an embedding part being written). Only these exact forms: an editor's ``.<name>.swp`` or
-    ``.<name>.un~`` beside our files is the user's."""
-    forms = (".{}.tmp-[0-9]*-[0-9a-f]*", ".{}." + _MKDTEMP, ".{}.old", ".{}.tmp", ".{}.tmp.npy", ".{}.*.tmp", "{}.tmp")
-    return (".tmp-[0-9]*-[0-9a-f]*",) + tuple(f.format(n) for n in names for f in forms)
-
-
-def is_temp_name(name: str, names: Iterable[str] = ()) -> bool:
-    """Whether ``name`` is a temporary name of ours: this version's, or an earlier version's for one of ``names``."""
-    return any(fnmatch.fnmatchcase(name, g) for g in TEMP_GLOBS + legacy_temp_globs(names))
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is a temporary name of ours (see the module docstring)."""
+    return any(fnmatch.fnmatchcase(name, g) for g in TEMP_GLOBS)
 
 
 def fsync_dir(folder: PathLike) -> None:
@@ -364,26 +356,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_partials(folder: PathLike, names: Iterable[str] = (), only: str | None = None) -> list[Path]:
+def remove_stale_partials(folder: PathLike, only: str | None = None) -> list[Path]:
     """Delete what killed writers left in ``folder``: ``.partial-<pid>.<host>-*`` files and folders whose process
     is gone (:func:`_writer_gone`; a ``.replaced-...-<name>`` folder is moved back to ``name`` when a kill left
-    ``name`` missing, else deleted), and earlier versions' temporary names of ``names`` (:func:`legacy_temp_globs`).
-    Live processes' files and any other names are left alone; ``only`` limits the clean-up to this version's
-    temporary names of that one entry (for a folder the toolkit does not own, such as the parent of an export).
-    Returns the deleted paths."""
+    ``name`` missing, else deleted). Live processes' files and any other names are left alone; ``only`` limits the
+    clean-up to the temporary names of that one entry (for a folder the toolkit does not own, such as the parent of
+    an export). Returns the deleted paths."""
     folder = Path(folder)
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
-    legacy = legacy_temp_globs(names) if only is None else ()
     for entry in sorted(folder.iterdir()):
         match = _OURS.match(entry.name)
-        if match and only in (None, match.group(4)) and _writer_gone(entry, int(match.group(2)), match.group(3)):
-            original = folder / match.group(4)
-            if match.group(1) == REPLACED and entry.is_dir() and not (original.exists() or original.is_symlink()):
-                os.replace(entry, original)  # killed mid-swap: the previous folder comes back
-                continue
-        elif match or not any(fnmatch.fnmatchcase(entry.name, g) for g in legacy):
+        if not (match and only in (None, match.group(4)) and _writer_gone(entry, int(match.group(2)),
+                                                                          match.group(3))):
+            continue
+        original = folder / match.group(4)
+        if match.group(1) == REPLACED and entry.is_dir() and not (original.exists() or original.is_symlink()):
+            os.replace(entry, original)  # killed mid-swap: the previous folder comes back
             continue
         _remove(entry)
         removed.append(entry)

@@ -61,10 +61,12 @@ def made_by_older_version(folder: Path, kind: str, foreign: str | None = None) -
     import json
 
     folder.mkdir(parents=True, exist_ok=True)
-    if kind == "run":  # every version's config.yaml holds these sections
+    if kind == "run":  # every version's config.yaml holds these sections, every checkpoint our section
+        import torch
+
         (folder / "config.yaml").write_text("data: {}\nmodel: {}\nmethod: {name: mae}\ntrain: {}\n")
         (folder / "checkpoints").mkdir()
-        (folder / "checkpoints" / "last.ckpt").write_bytes(b"ckpt")
+        torch.save({"state_dict": {}, "geomed_ssl": {"method": "mae"}}, folder / "checkpoints" / "last.ckpt")
     elif kind == "finetune":
         (folder / "model").mkdir()
         (folder / "model" / "config.json").write_text(json.dumps({"format": "geomed-ssl-model"}))
@@ -736,13 +738,16 @@ class Pickled:
 
 
 def stopped_run(root: Path, last_ckpt: object | None = None) -> Path:
-    """A run folder as a run stopped early leaves it: its config.yaml and checkpoints/ (with ``last_ckpt``)."""
+    """A run folder as a run stopped early leaves it: its manifest, config.yaml and checkpoints/ (with
+    ``last_ckpt``)."""
     import torch
 
     from geomed_ssl.config import load_recipe
+    from geomed_ssl.outdirs import write_manifest
 
     run = root / "run"
     (run / "checkpoints").mkdir(parents=True)
+    write_manifest(run, "pretrain")
     load_recipe("recipes/mae_sentinel2.yaml", ["data.sensor=null"]).save(run / "config.yaml")
     if last_ckpt is not None:
         torch.save(last_ckpt, run / "checkpoints" / "last.ckpt")

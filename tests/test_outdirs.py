@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from geomed_ssl.errors import OutputError
-from geomed_ssl.outdirs import MANIFEST, check_out_dir, owner, prepare_out_dir, prepare_out_file, read_manifest
+from geomed_ssl.outdirs import (MANIFEST, check_out_dir, foreign_inside, owner, prepare_out_dir, prepare_out_file,
+                                read_manifest)
 from tests.test_bad_input import made_by_older_version
 
 
@@ -38,14 +39,19 @@ def test_overwrite_replaces_a_folder_of_ours(tmp_path: Path) -> None:
 
 
 
-def test_overwrite_deletes_what_killed_writers_of_this_and_earlier_versions_left(tmp_path: Path) -> None:
+def test_overwrite_deletes_what_killed_writers_left_and_names_backup_like_files(tmp_path: Path) -> None:
     out = prepare_out_dir(tmp_path / "run", command="pretrain")
-    fill(out, "metrics.csv", ".partial-4242-metrics.csv", ".metrics.csv.tmp-17-00ff00", "metrics.csv.tmp")
+    fill(out, "metrics.csv", ".partial-4242-metrics.csv", ".partial-4242.0a1b2c3d-stats.json")
     (out / ".partial-4242-encoder").mkdir()  # an encoder export swapped in by a killed run
     (out / ".replaced-4242-encoder").mkdir()
     assert not owner(out).foreign  # type: ignore[union-attr]
+    fill(out, "metrics.csv.tmp")  # a backup-like name: a development version's leftover, or the user's copy
+    with pytest.raises(OutputError, match="also holds 'metrics.csv.tmp'"):
+        prepare_out_dir(out, command="pretrain", overwrite=True)
+    (out / "metrics.csv.tmp").unlink()
     prepare_out_dir(out, command="pretrain", overwrite=True)
     assert [p.name for p in out.iterdir()] == [MANIFEST]
+
 
 def test_overwrite_deletes_only_the_entries_of_ours_and_refuses_before_deleting_any(tmp_path: Path) -> None:
     out = prepare_out_dir(tmp_path / "ft", command="finetune")
@@ -65,14 +71,50 @@ def test_folders_of_earlier_versions_are_recognised_by_their_files(tmp_path: Pat
     assert [p.name for p in folder.iterdir()] == [MANIFEST]
 
 
-def test_an_old_run_folder_with_only_an_encoder_export_is_ours(tmp_path: Path) -> None:
+def test_an_old_run_folder_with_only_an_encoder_export_is_ours_when_its_run_files_say_so(tmp_path: Path) -> None:
     run = tmp_path / "run"
     (run / "encoder").mkdir(parents=True)
-    (run / "config.yaml").write_text("model: {}\n")
+    (run / "config.yaml").write_text("data: {}\nmodel: {}\nmethod: {name: mae}\ntrain: {}\n")
     (run / "encoder" / "config.json").write_text(json.dumps({"format": "geomed-ssl-encoder"}))
+    assert owner(run) is None  # a recipe copied beside an exported encoder: the user's project folder
+    (run / "metrics.csv").write_text("step,loss\n")
     assert owner(run).command == "pretrain"
     (run / "encoder" / "config.json").write_text(json.dumps({"format": "something-else"}))
     assert owner(run) is None
+
+
+def test_a_recipe_beside_an_empty_checkpoints_folder_is_not_a_run(tmp_path: Path) -> None:
+    proj = tmp_path / "proj"
+    (proj / "checkpoints").mkdir(parents=True)
+    (proj / "config.yaml").write_text("# my recipe\ndata: {}\nmodel: {}\nmethod: {name: mae}\ntrain: {}\n")
+    with pytest.raises(OutputError, match="was not made by geomed-ssl"):
+        prepare_out_dir(proj, command="pretrain", overwrite=True)
+    assert (proj / "config.yaml").read_text().startswith("# my recipe")
+
+
+def test_a_users_metrics_json_is_not_an_earlier_evaluate_folder(tmp_path: Path) -> None:
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "metrics.json").write_text(json.dumps({"classes": ["a"], "test": {"oa": 0.9}}))
+    with pytest.raises(OutputError, match="was not made by geomed-ssl"):
+        prepare_out_dir(report, command="evaluate", resume=True)
+    (report / "metrics.json").write_text(json.dumps({"classes": ["a"], "test": {"confusion": [[1]]}}))
+    (report / "confusion.png").write_bytes(b"png")
+    assert owner(report).command == "evaluate"
+
+
+def test_overwrite_refuses_a_folder_holding_another_commands_output(tmp_path: Path) -> None:
+    run = prepare_out_dir(tmp_path / "run", command="pretrain")
+    (run / "metrics.csv").write_text("step,loss\n")
+    prepare_out_dir(run / "previews", command="finetune")  # a fine-tune saved where previews go
+    (run / "previews" / "metrics.json").write_text("{}")
+    with pytest.raises(OutputError, match="holds 'previews', the output of `geomed-ssl finetune`"):
+        prepare_out_dir(run, command="pretrain", overwrite=True)
+    assert (run / "previews" / "metrics.json").is_file()
+    ft = prepare_out_dir(tmp_path / "ft", command="finetune")
+    prepare_out_dir(ft / "eval", command="evaluate")  # evaluate's own place: replaced with the fine-tune
+    (ft / "eval" / "metrics.json").write_text("{}")
+    assert foreign_inside(ft) == []
 
 
 def test_another_tools_run_with_config_and_checkpoints_is_not_ours(tmp_path: Path) -> None:
@@ -282,11 +324,11 @@ def test_overwrite_refuses_a_foreign_file_inside_a_subfolder_of_ours(tmp_path: P
 
 def test_overwrite_deletes_what_the_commands_write_inside_their_subfolders(tmp_path: Path) -> None:
     run = prepare_out_dir(tmp_path / "run", command="pretrain")
-    for name in ("checkpoints/last.ckpt", "checkpoints/step-000100.ckpt", "checkpoints/.last.ckpt.tmp-12-a1b2c3",
+    for name in ("checkpoints/last.ckpt", "checkpoints/step-000100.ckpt", "checkpoints/.partial-12-last.ckpt",
                  "checkpoints/last-v1.ckpt", "checkpoints/step-000200-v1.ckpt",
                  "encoder/config.json", "encoder/model.safetensors", "previews/step-000200.png",
                  "previews/.partial-7-step-000400.png", "tensorboard/events.out.tfevents.1.host.2.0",
-                 "tensorboard/hparams.yaml", ".encoder.x1y2z3w4/config.json"):
+                 "tensorboard/hparams.yaml", ".partial-12.0a1b2c3d-encoder/config.json"):
         (run / name).parent.mkdir(parents=True, exist_ok=True)
         (run / name).write_text("ours")
     prepare_out_dir(run, command="pretrain", overwrite=True)

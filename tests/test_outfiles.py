@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from geomed_ssl.outfiles import (atomic_path, atomic_write, atomic_write_dir, atomic_write_text, is_temp_name,
-                                 partial_path, remove_stale_partials, replace_with_copy)
+from geomed_ssl.outfiles import (atomic_path, atomic_write, atomic_write_dir, atomic_write_text, host_tag,
+                                 is_temp_name, partial_path, remove_stale_partials, replace_with_copy)
 
 
 def dead_pid() -> int:
@@ -131,15 +131,18 @@ def test_a_swap_killed_midway_is_undone_by_the_next_write_of_that_folder(tmp_pat
     assert left == sorted([".partial-notes.txt", f".partial-{pid}-other", "export"])
 
 
-def test_earlier_versions_temporary_names_are_removed_only_for_the_names_given(tmp_path: Path) -> None:
-    old = [".metrics.csv.tmp-17-00ff00", "metrics.csv.tmp", ".encoder.k2j3h4_9", ".encoder.old", ".tmp-17-0a1b2c3d",
-           ".vectors.npy.tmp.npy", ".manifest.json.x1.tmp"]
-    users = ["notes.tmp", ".hidden", ".metrics.csv.swp", ".encoder.un~", ".encoder.backup", ".manifest.json.bak"]
-    for name in old + users:
+def test_only_partial_names_of_gone_writers_are_removed_never_names_a_user_might_give(tmp_path: Path) -> None:
+    """Backup-like names (what development versions once wrote, or a user's own copies) are never deleted: their
+    writer cannot be told from the name."""
+    dead = dead_pid()
+    stale = [f".partial-{dead}.{host_tag()}-metrics.csv", f".replaced-{dead}.{host_tag()}-old_notes"]
+    users = [".config.yaml.original", ".metrics.csv.tmp-17-00ff00", "metrics.csv.tmp", ".encoder.k2j3h4_9",
+             ".encoder.old", ".tmp-17-0a1b2c3d", ".vectors.npy.tmp.npy", ".partial-notes.txt", ".hidden"]
+    for name in stale + users:
         (tmp_path / name).write_text("x")
-    names = ("metrics.csv", "encoder", "vectors.npy", "manifest.json")
-    assert sorted(p.name for p in remove_stale_partials(tmp_path, names)) == sorted(old)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(users)  # an editor's swap / undo files stay
+    assert sorted(p.name for p in remove_stale_partials(tmp_path)) == sorted(stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(users)
+    assert is_temp_name(stale[0]) and not any(is_temp_name(u) for u in users)
 
 
 def test_atomic_write_dir_keeps_what_the_user_put_in_the_folder_it_replaces(tmp_path: Path) -> None:

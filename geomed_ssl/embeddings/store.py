@@ -31,7 +31,6 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from geomed_ssl.errors import DataError, GeomedError
-from geomed_ssl.outcommands import COMMANDS
 from geomed_ssl.outfiles import (atomic_path, atomic_write_text, commit_partial, partial_path,
                                  remove_stale_partials)
 
@@ -221,8 +220,8 @@ class EmbeddingStore:
         """Get the (existing) folder ready: a new manifest unless ``old`` (from :meth:`check`) is continued;
         temporary parts and partial files a killed run left are deleted."""
         self.parts_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_partials(self.parts_dir, ("part-*",))
-        remove_stale_partials(self.dir, COMMANDS["embed"].entries)
+        remove_stale_partials(self.parts_dir)
+        remove_stale_partials(self.dir)
         if old is None:
             self.write_manifest({"format": FORMAT, "version": VERSION, "complete": False, "settings": settings,
                                   "files": []})

@@ -29,7 +29,6 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
 from geomed_ssl.errors import GeomedError
-from geomed_ssl.outcommands import COMMANDS
 from geomed_ssl.outfiles import atomic_write, remove_stale_partials, replace_with_copy
 
 log = logging.getLogger("geomed_ssl")
@@ -56,10 +55,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:
     """Delete what killed writes of ours left in a run folder and its ``checkpoints/``: partial files and folders of
-    processes that are gone, and the temporary names earlier versions wrote (``.<name>.tmp-<pid>-<hex>``,
-    ``.encoder.*``), all as :func:`geomed_ssl.outfiles.remove_stale_partials` knows them."""
-    removed = remove_stale_partials(run_dir, COMMANDS["pretrain"].entries)
-    removed += remove_stale_partials(run_dir / "checkpoints", ("*.ckpt",))
+    processes that are gone (:func:`geomed_ssl.outfiles.remove_stale_partials`)."""
+    removed = remove_stale_partials(run_dir)
+    removed += remove_stale_partials(run_dir / "checkpoints")
     if removed:
         log.info(f"removed {len(removed)} temporary file(s) left by an interrupted write: "
                  + ", ".join(p.name for p in removed[:3]) + (" ..." if len(removed) > 3 else ""))

@@ -57,16 +57,16 @@ def test_checkpoint_files_follow_the_umask(tmp_path: Path) -> None:
     assert (tmp_path / "last.ckpt").stat().st_mode & 0o777 == 0o644
 
 
-def test_only_our_stale_temporary_files_are_removed(tmp_path: Path) -> None:
+def test_names_that_only_look_temporary_are_never_removed(tmp_path: Path) -> None:
     (tmp_path / "checkpoints").mkdir()
-    ours = [tmp_path / "checkpoints" / ".last.ckpt.tmp-4242-a1b2c3", tmp_path / ".metrics.csv.tmp-17-00ff00"]
-    theirs = [tmp_path / "checkpoints" / "notes.tmp", tmp_path / ".hidden", tmp_path / "checkpoints" / "last.ckpt"]
-    for p in ours + theirs:
+    theirs = [tmp_path / "checkpoints" / "notes.tmp", tmp_path / ".hidden", tmp_path / "checkpoints" / "last.ckpt",
+              tmp_path / "checkpoints" / "mine.ckpt.tmp", tmp_path / "checkpoints" / ".best.ckpt.old",
+              tmp_path / ".config.yaml.original", tmp_path / "metrics.csv.tmp"]
+    for p in theirs:
         p.write_bytes(b"x")
-    (tmp_path / ".encoder.k2j3h4m5").mkdir()  # an interrupted encoder export
-    remove_stale_temp_files(tmp_path)
-    assert not any(p.exists() for p in ours) and not (tmp_path / ".encoder.k2j3h4m5").exists()
-    assert all(p.exists() for p in theirs)
+    (tmp_path / ".checkpoints.20240101").mkdir()  # a user's dated backup folder
+    assert remove_stale_temp_files(tmp_path) == []
+    assert all(p.exists() for p in theirs) and (tmp_path / ".checkpoints.20240101").is_dir()
 
 
 def test_partial_checkpoints_of_a_killed_process_are_removed_and_a_live_ones_kept(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from geomed_ssl.config import MethodConfig, setting
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.methods.base import MethodCard, MethodContext, MethodOutput, MethodSettings
 from geomed_ssl.methods.clustering import MultiCropMethod, PrototypeSettings, check_prototypes
+from geomed_ssl.methods.distributed import rank, world_size
 from geomed_ssl.methods.losses import swav_loss
 from geomed_ssl.methods.projection import Prototypes, swav_projector
 from geomed_ssl.methods.queue import FeatureQueue
@@ -86,8 +87,10 @@ class SwAV(MultiCropMethod):
         queue_scores = None
         if self.queue is not None and self.queue.is_full:
             with torch.no_grad():
-                queued = self.queue.contents()  # (Q, 2, P)
-                queue_scores = [self.prototypes(queued[:, i]) for i in range(2)]  # 2 x (Q, K)
+                # every rank holds the same queue (every rank's rows) and Sinkhorn sums over ranks: each takes its
+                # own share, so the queue enters the global batch once, as in one process
+                queued = self.queue.contents()[rank()::world_size()]  # (Q / world, 2, P)
+                queue_scores = [self.prototypes(queued[:, i]) for i in range(2)]  # 2 x (Q / world, K)
         s = self.settings
         loss = swav_loss(list(scores[:2]), list(scores[2:]), s.temperature, s.epsilon, s.sinkhorn_iterations,
                          queue_scores, distributed=True)

@@ -1,6 +1,7 @@
 """Methods under DDP: 2 processes (gloo, CPU) with half of a global batch each give the loss and the gradients of one
 process on the whole batch. SimCLR: negatives gathered with gradients from every rank, BatchNorm over the global
-batch, DDP's gradient average. SwAV: Sinkhorn codes over the global batch (sums all-reduced), multi-crop.
+batch, DDP's gradient average. SwAV: Sinkhorn codes over the global batch (sums all-reduced), multi-crop, and with a
+full queue (the same on every rank: it enters Sinkhorn's batch once, not once per rank).
 DeepCluster-v2: every rank's embeddings in the memory bank, the same k-means centroids on every rank."""
 
 from __future__ import annotations
@@ -20,15 +21,22 @@ ENC = EncoderConfig(in_chans=3, img_size=(8, 8), patch_size=(4, 4), embed_dim=16
 SETTINGS = {
     "simclr": {"proj_hidden_dim": 16, "proj_dim": 8, "temperature": 0.3},
     "swav": {"proj_hidden_dim": 16, "proj_dim": 8, "n_prototypes": 5, "freeze_prototypes_steps": 0},
+    "swav_queue": {"proj_hidden_dim": 16, "proj_dim": 8, "n_prototypes": 5, "freeze_prototypes_steps": 0,
+                   "queue_size": 6},
     "deepcluster": {"proj_hidden_dim": 16, "proj_dim": 8, "n_prototypes": 3, "heads": 2, "memory_size": 16},
 }
 BATCH, WORLD, LOCALS = 8, 2, 2
 
 
+def method_name(name: str) -> str:
+    return name.split("_")[0]
+
+
 def global_batch(name: str) -> dict:
     g = torch.Generator().manual_seed(1)
     views = [torch.randn(BATCH, 3, 8, 8, generator=g) for _ in range(2)]
-    local = [torch.randn(BATCH, 3, 4, 4, generator=g) for _ in range(LOCALS)] if METHODS[name].views.local_crops else []
+    crops = METHODS[method_name(name)].views.local_crops
+    local = [torch.randn(BATCH, 3, 4, 4, generator=g) for _ in range(LOCALS)] if crops else []
     return {"views": {"global": views, "local": local}, "index": torch.arange(BATCH)}
 
 
@@ -46,7 +54,13 @@ def loss_and_grads(method: SSLMethod, batch: dict) -> tuple[torch.Tensor, dict[s
 
 def build(name: str) -> SSLMethod:
     torch.manual_seed(0)
-    return METHODS[name](ENC, SETTINGS[name], max_steps=10)
+    method = METHODS[method_name(name)](ENC, SETTINGS[name], max_steps=10)
+    queue = getattr(method, "queue", None)
+    if queue is not None:  # full, as after earlier steps: every rank's rows, so the same on every rank
+        queue.enqueue(torch.randn(queue.size, *queue.row_shape, generator=torch.Generator().manual_seed(3)),
+                      gather=False)
+        assert queue.is_full
+    return method
 
 
 def worker(rank: int, name: str, folder: str) -> None:

@@ -143,7 +143,7 @@ class BEiT(SSLMethod):
         ce = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view_as(target)
         weights = token_weights(mask, valid, self.patch_size)
         hit = (logits.argmax(dim=-1) == target).float()
-        accuracy = (hit * weights).sum() / weights.sum().clamp_min(1)
+        accuracy = global_mean(hit, weights, self.training)  # logs are averaged over ranks: the global batch's
         return global_mean(ce, weights, self.training), accuracy.detach()
 
     def training_loss(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> MethodOutput:

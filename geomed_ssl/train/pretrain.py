@@ -108,11 +108,11 @@ def rank_failed_alone(err: GeomedError) -> GeomedError:
                        "stop them.")
 
 
-def fit_device(probe: L.Trainer, strategy: str) -> torch.device:
+def fit_device(probe: L.Trainer, strategy: str, devices: Any = 1) -> torch.device:
     """Where a method fits what it learns from the data before training: this rank's device, except the CPU under
     a forking strategy (CUDA started before the fork would break the forked workers)."""
     device = probe.strategy.root_device
-    return torch.device("cpu") if forks(strategy) else device
+    return torch.device("cpu") if forks(strategy, devices) else device
 
 
 def resolve_recipe(recipe: Recipe | str | Path | None, out: Path, overrides: list[str] | None,
@@ -285,7 +285,7 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     if (note := dataset.pairing_note()) is not None:
         (log.warning if note.startswith("warning") else log.info)(note)
     if point is None:  # a resumed run gets what was fitted back from its checkpoint
-        for note in method.fit_to_data(dataset, t.seed, fit_device(probe, t.strategy)):
+        for note in method.fit_to_data(dataset, t.seed, fit_device(probe, t.strategy, t.devices)):
             log.info(note)
     if rank == 0:
         prepare_run_dir(out, resume, overwrite, inputs)

@@ -34,12 +34,32 @@ def loader_workers(requested: int) -> int:
     return cpus
 
 
-def forks(strategy: str) -> bool:
-    """``strategy`` starts its processes by forking this one (Lightning's ddp_fork / ddp_notebook and variants)."""
-    return str(strategy).startswith(("ddp_fork", "ddp_notebook"))
+def forks(strategy: str, devices: Any = 1) -> bool:
+    """``strategy`` starts its processes by forking this one: Lightning's ddp_fork / ddp_notebook and variants, and
+    ``auto`` on more than one device in an interactive session (Jupyter, IPython), where Lightning picks
+    ddp_fork."""
+    if str(strategy).startswith(("ddp_fork", "ddp_notebook")):
+        return True
+    from lightning.fabric.utilities import imports
+
+    return str(strategy) == "auto" and bool(imports._IS_INTERACTIVE) and _several(devices)
 
 
-def resolve_precision(precision: str, accelerator: str, strategy: str = "auto") -> str:
+def _several(devices: Any) -> bool:
+    """``devices`` (Lightning's flag) asks for more than one device (``auto`` in an interactive session: one)."""
+    if isinstance(devices, (list, tuple)):
+        return len(devices) > 1
+    text = str(devices).strip()
+    if "," in text:
+        return len([d for d in text.split(",") if d.strip()]) > 1
+    try:
+        count = int(text)
+    except ValueError:
+        return False
+    return count == -1 or count > 1
+
+
+def resolve_precision(precision: str, accelerator: str, strategy: str = "auto", devices: Any = 1) -> str:
     """``auto``: 32-bit on CPU (bf16 autocast is slower there), bf16-mixed on GPUs that support it, else 16-mixed.
 
     Nothing here initialises CUDA in this process (``torch.cuda.is_available`` asks NVML under Lightning), except
@@ -50,10 +70,12 @@ def resolve_precision(precision: str, accelerator: str, strategy: str = "auto") 
     on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     if not on_gpu:
         return "32-true"
-    if forks(strategy):
-        raise ConfigError(f"train.precision=auto with train.strategy={strategy} on GPUs: finding out whether they "
-                          "support bf16 would initialise CUDA before the processes fork; set train.precision="
-                          "bf16-mixed (Ampere or newer GPUs) or 16-mixed, or use train.strategy=ddp.")
+    if forks(strategy, devices):
+        how = " (in a notebook Lightning runs several devices by forking)" if str(strategy) == "auto" else ""
+        raise ConfigError(f"train.precision=auto with train.strategy={strategy} on GPUs{how}: finding out whether "
+                          "they support bf16 would initialise CUDA before the processes fork; set train.precision="
+                          "bf16-mixed (Ampere or newer GPUs) or 16-mixed, or run it as a script with "
+                          "train.strategy=ddp.")
     return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
@@ -66,7 +88,7 @@ def probe_trainer(accelerator: str, devices: Any, strategy: str, num_nodes: int,
     if not (str(strategy) == "auto" or str(strategy).startswith("ddp")):
         raise ConfigError(f"train.strategy '{strategy}' is not supported: checkpoints and exports are written by "
                           "rank 0 alone, as Lightning's DDP strategies do; use auto, ddp, ddp_spawn or ddp_fork.")
-    resolved = resolve_precision(precision, accelerator, strategy)
+    resolved = resolve_precision(precision, accelerator, strategy, devices)
     quiet_lightning()  # this may be the process's first Trainer: no GPU/TPU banners or tips (they printed twice)
     try:
         return L.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
@@ -83,7 +105,7 @@ def build_trainer(t: Any, out: Path, cbs: list[L.Callback]) -> L.Trainer:
     clipping; checkpoints are written by our callbacks (``RunCheckpoints``, atomic), the data is sampled by ours."""
     return L.Trainer(
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
-        precision=resolve_precision(t.precision, t.accelerator, t.strategy), max_steps=t.max_steps, max_epochs=-1,
+        precision=resolve_precision(t.precision, t.accelerator, t.strategy, t.devices), max_steps=t.max_steps, max_epochs=-1,
         gradient_clip_val=t.grad_clip, accumulate_grad_batches=t.accumulate_grad_batches, callbacks=cbs,
         logger=tensorboard_logger(out), log_every_n_steps=min(t.log_every, t.max_steps),
         enable_progress_bar=has_bar(cbs), enable_checkpointing=False, enable_model_summary=False,

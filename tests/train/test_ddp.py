@@ -195,6 +195,24 @@ def test_auto_precision_under_a_forking_strategy_never_initialises_cuda_in_the_p
     assert calls == []
 
 
+def test_auto_strategy_on_several_devices_in_a_notebook_forks(monkeypatch) -> None:
+    """Lightning turns strategy auto into ddp_fork in Jupyter / IPython when more than one device is asked for:
+    auto precision then must not ask CUDA about bf16 in the parent either."""
+    from lightning.fabric.utilities import imports
+
+    from geomed_ssl.errors import ConfigError
+    from geomed_ssl.train.trainer import forks, resolve_precision
+
+    assert not forks("auto", 2)  # a script: Lightning picks ddp, which starts fresh processes
+    monkeypatch.setattr(imports, "_IS_INTERACTIVE", True)
+    assert forks("auto", 2) and forks("auto", -1) and forks("auto", "0,1") and forks("auto", [0, 1])
+    assert not forks("auto", 1) and not forks("auto", "auto") and not forks("auto", [3]) and not forks("ddp", 2)
+    calls = gpu_without_cuda_init(monkeypatch)
+    with pytest.raises(ConfigError, match="train.precision=auto with train.strategy=auto on GPUs"):
+        resolve_precision("auto", "gpu", "auto", 2)
+    assert calls == []
+
+
 def test_auto_precision_asks_the_gpu_about_bf16_only_when_nothing_forks(monkeypatch) -> None:
     from geomed_ssl.train.trainer import resolve_precision
 

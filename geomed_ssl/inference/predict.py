@@ -104,17 +104,18 @@ def plan_outputs(inputs: str | Path | Sequence[str | Path], out_dir: str | Path,
                  window: int | Sequence[int] | None = None) -> dict[Path, Path]:
     """Each input file (see :func:`list_inputs`) and the output it is predicted into. A file of the other kind than
     the model's (a NIfTI for a raster model, or the reverse) is refused in one line, and two inputs with one output
-    name are an error."""
+    name (ignoring case: on a case-insensitive filesystem, macOS's or Windows', they would be one file) are an
+    error."""
     expected = model_kind(window, data_cfg)
     planned: dict[Path, Path] = {}
     for p in list_inputs(inputs, data_cfg, expected):
         check_input_kind(p, expected, "this model")
         kind, stem = _kind_and_stem(p, data_cfg)
         out = Path(out_dir) / f"{stem}_pred{'.tif' if kind == 'raster' else '.nii.gz'}"
-        if out in planned.values():
-            other = next(k for k, v in planned.items() if v == out)
-            raise DataError(f"'{p}' and '{other}' would both be written to '{out}'; predict them into separate "
-                            "output folders.")
+        other = next((k for k, v in planned.items() if v.name.lower() == out.name.lower()), None)
+        if other is not None:
+            raise DataError(f"'{p}' and '{other}' would both be written to '{planned[other].name}' in "
+                            f"'{out_dir}'; predict them into separate output folders.")
         planned[p] = out
     return planned
 

@@ -285,6 +285,19 @@ def test_predict_files_names_outputs_by_stem(scene, tmp_path):
         write_nifti_like(np.zeros((5, 12, 12), np.uint8), tmp_path / "in" / "ct_01.nii.gz", tmp_path / "y.nii.gz")
 
 
+def test_two_inputs_whose_outputs_differ_only_by_case_are_refused(tmp_path):
+    """On a case-insensitive filesystem Scene_0_pred.tif and scene_0_pred.tif are one file: the second would
+    replace the first."""
+    from geomed_ssl.config import DataConfig
+    from geomed_ssl.inference.predict import plan_outputs
+
+    small = structured_raster(np.random.default_rng(2), C, 16)
+    a = write_geotiff((tmp_path / "a").mkdir() or tmp_path / "a" / "Scene_0.tif", small)
+    b = write_geotiff((tmp_path / "b").mkdir() or tmp_path / "b" / "scene_0.tif", small)
+    with pytest.raises(DataError, match="would both be written to 'Scene_0_pred.tif'"):
+        plan_outputs([a, b], tmp_path / "out", DataConfig(), window=16)
+
+
 def test_class_values_are_stored_instead_of_indices(scene, tmp_path):
     out = tmp_path / "values.tif"
     predict_raster(scene["model"], scene["path"], out, scene["stats"], window=(256, 256), num_classes=K,

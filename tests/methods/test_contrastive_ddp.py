@@ -1,7 +1,8 @@
 """Methods under DDP: 2 processes (gloo, CPU) with half of a global batch each give the loss and the gradients of one
 process on the whole batch. SimCLR: negatives gathered with gradients from every rank, BatchNorm over the global
 batch, DDP's gradient average. SwAV: Sinkhorn codes over the global batch (sums all-reduced), multi-crop, and with a
-full queue (the same on every rank: it enters Sinkhorn's batch once, not once per rank).
+full queue (the same on every rank: it enters Sinkhorn's batch once, not once per rank). MoCo v3: keys gathered
+from every rank. Barlow Twins: the cross-correlation of the global batch. DINO: multi-crop, the teacher's centring.
 DeepCluster-v2: every rank's embeddings in the memory bank, the same k-means centroids on every rank."""
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ SETTINGS = {
     "swav_queue": {"proj_hidden_dim": 16, "proj_dim": 8, "n_prototypes": 5, "freeze_prototypes_steps": 0,
                    "queue_size": 6},
     "deepcluster": {"proj_hidden_dim": 16, "proj_dim": 8, "n_prototypes": 3, "heads": 2, "memory_size": 16},
+    "moco_v3": {"proj_hidden_dim": 16, "proj_dim": 8},
+    "barlow_twins": {"proj_hidden_dim": 16, "proj_dim": 8},
+    "dino": {"head_hidden_dim": 16, "head_bottleneck_dim": 8, "out_dim": 12},
 }
 BATCH, WORLD, LOCALS = 8, 2, 2
 
 
 def method_name(name: str) -> str:
-    return name.split("_")[0]
+    return {"swav_queue": "swav"}.get(name, name)
 
 
 def global_batch(name: str) -> dict:
@@ -63,18 +67,20 @@ def build(name: str) -> SSLMethod:
     return method
 
 
-def worker(rank: int, name: str, folder: str) -> None:
+def worker(rank: int, folder: str) -> None:
+    """Every case in one pair of processes (each spawn costs seconds of imports)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["TEST_DDP_PORT"])
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         torch.set_num_threads(1)
-        loss, grads = loss_and_grads(build(name), part(global_batch(name), rank))
-        dist.all_reduce(loss)
-        for g in grads.values():  # what DistributedDataParallel does: the mean of the ranks' gradients
-            dist.all_reduce(g)
-            g /= WORLD
-        if rank == 0:
-            torch.save({"loss": loss / WORLD, "grads": grads}, Path(folder) / "ddp.pt")
+        for name in SETTINGS:
+            loss, grads = loss_and_grads(build(name), part(global_batch(name), rank))
+            dist.all_reduce(loss)
+            for g in grads.values():  # what DistributedDataParallel does: the mean of the ranks' gradients
+                dist.all_reduce(g)
+                g /= WORLD
+            if rank == 0:
+                torch.save({"loss": loss / WORLD, "grads": grads}, Path(folder) / f"{name}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -87,12 +93,18 @@ def free_port() -> str:
         return str(s.getsockname()[1])
 
 
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("ddp")
+    os.environ["TEST_DDP_PORT"] = free_port()
+    mp.spawn(worker, args=(str(folder),), nprocs=WORLD, join=True)
+    return folder
+
+
 @pytest.mark.parametrize("name", list(SETTINGS))
 def test_two_processes_give_the_loss_and_gradients_of_one_process_on_the_global_batch(name: str,
-                                                                                       tmp_path: Path) -> None:
-    os.environ["TEST_DDP_PORT"] = free_port()
-    mp.spawn(worker, args=(name, str(tmp_path)), nprocs=WORLD, join=True)
-    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+                                                                                       two_processes: Path) -> None:
+    ddp = torch.load(two_processes / f"{name}.pt", weights_only=True)
     loss, grads = loss_and_grads(build(name), global_batch(name))
     assert loss > 0
     torch.testing.assert_close(ddp["loss"], loss, rtol=1e-5, atol=1e-6)

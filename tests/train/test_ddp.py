@@ -104,6 +104,25 @@ def test_two_processes_of_batch_b_train_as_one_process_of_batch_2b(ddp_run, noda
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
+def test_torchrun_launch_trains_as_lightnings_own_launch(ddp_run, nodata_rasters: Path, tmp_path: Path) -> None:
+    """Clusters start the ranks themselves (``torchrun --nproc_per_node 2 -m geomed_ssl.cli pretrain ...``): the
+    same run, one set of files, the same weights as Lightning's launch of the same two processes."""
+    out, result = ddp_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    tr = tmp_path / "torchrun"
+    args = cli_args(nodata_rasters, tr, [*BASE, *DDP, "train.max_steps=2"])
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args[1:]]
+    done = run(launch)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("done: 2 steps") == 1  # rank 1 reports nothing
+    assert {p.name for p in tr.iterdir()} == RUN_FILES
+    assert {p.name for p in (tr / "checkpoints").iterdir()} == {"last.ckpt", "step-000001.ckpt", "step-000002.ckpt"}
+    a, b = ckpt(tr / "checkpoints" / "last.ckpt")["state_dict"], ckpt(out / "checkpoints" / "last.ckpt")["state_dict"]
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
 def test_ddp_resume_with_more_steps_continues(ddp_run, tmp_path: Path, nodata_rasters: Path) -> None:
     out, result = ddp_run
     assert result.returncode == 0, result.stderr[-3000:]

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from geomed_ssl.outfiles import TEMP_GLOBS
 
 
 def name_hash(text: str) -> str:
@@ -136,7 +135,6 @@ class CommandSpec:
     nests: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-COMMON_PATTERNS = TEMP_GLOBS  # every writer's temporary names (geomed_ssl.outfiles)
 # checkpoints by the names ours and Lightning's callbacks give them (a copied-in best.ckpt is the user's)
 _STEPS = tuple("step-" + "[0-9]" * n for n in range(6, 11))  # step-{step:06d}, up to train.max_steps' 10^9
 CKPT_FILES = ("last.ckpt", "last-v[0-9]*.ckpt", *(f"{s}.ckpt" for s in _STEPS),
@@ -155,20 +153,21 @@ COMMANDS: dict[str, CommandSpec] = {
                             legacy=_legacy_finetune,
                             inside={"checkpoints": CKPT_FILES, "model": EXPORT_FILES,
                                     "eval": ("metrics.json", "confusion.png")},
-                            nests={"eval": ("evaluate",)}),
+                            nests={"eval": ("evaluate",), "eval/*": ("evaluate",)}),
     "embed": CommandSpec(("manifest.json", "parts", "embeddings.parquet", "vectors.npy", "pca.npz", "maps",
                           "search"), legacy=_legacy_embed,
                          inside={"parts": ("part-*/chunk-*.parquet", "part-*/files.json"),
                                  "maps": ("*_embedding.tif", "*_embedding.nii.gz", "*.aux.xml"),
                                  "search": ("*/similar.csv", "*/similar.png")},
-                         nests={"search/*": ("similar",)}),
+                         nests={"search": ("similar",), "search/*": ("similar",)}),
     "cluster": CommandSpec(("clusters.parquet", "clusters.csv", "summary.json", "scatter.png", "maps"),
                            legacy=_legacy_cluster,
                            inside={"maps": ("*_clusters.tif", "*_clusters.nii.gz", "*_clusters.png", "*.aux.xml")}),
     "predict": CommandSpec(("predictions.csv",), ("*_pred.tif", "*_pred.nii.gz", "*_pred_proba.tif",
                                                   "*_pred_proba.nii.gz"), ()),  # no legacy rule: without a
     # manifest a folder of *_pred.tif maps may be another tool's, so it is refused
-    "evaluate": CommandSpec(("metrics.json", "confusion.png"), (), (), _legacy_evaluate),
+    "evaluate": CommandSpec(("metrics.json", "confusion.png"), (), (), _legacy_evaluate,
+                            nests={"*": ("evaluate",)}),  # FT_DIR/eval/<other evaluation>, allowed as FT_DIR/eval
     "similar": CommandSpec(("similar.csv", "similar.png"), (), (), _legacy_similar),
     "attention": CommandSpec((), ("*.png",), ()),
     "export": CommandSpec(("model.safetensors", "config.json", "geomed_ssl.json", "README.txt"), (),

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from geomed_ssl.errors import ConfigError, OutputError
-from geomed_ssl.outcommands import COMMANDS, COMMON_PATTERNS, CommandSpec, matches, read_json_object
+from geomed_ssl.outcommands import COMMANDS, CommandSpec, matches, read_json_object
 from geomed_ssl.outfiles import atomic_write_text, is_temp_name, remove_stale_partials
 
 MANIFEST = ".geomed-ssl.json"
@@ -110,11 +110,19 @@ def owner(folder: PathLike) -> Owner | None:
             return None
     spec = COMMANDS.get(command, CommandSpec())
     names = set(spec.entries) | set(_entry_names(manifest)) | {MANIFEST}
-    patterns = spec.patterns + COMMON_PATTERNS
+    patterns = spec.patterns
     result = Owner(command, manifest)
     for entry in sorted(folder.iterdir()):
-        (result.ours if entry.name in names or matches(entry.name, patterns) else result.foreign).append(entry.name)
+        nested = read_manifest(entry) if entry.is_dir() and not entry.is_symlink() else None
+        ours = (entry.name in names or matches(entry.name, patterns) or is_temp_name(entry.name)
+                or (nested is not None and _may_nest(spec, entry.name, str(nested["command"]))))
+        (result.ours if ours else result.foreign).append(entry.name)
     return result
+
+
+def _may_nest(spec: CommandSpec, rel: str, command: str) -> bool:
+    """An output folder of ``command`` belongs at ``rel`` inside a folder made by the command of ``spec``."""
+    return any(fnmatch.fnmatchcase(rel, k) and command in v for k, v in spec.nests.items())
 
 
 def foreign_inside(folder: PathLike, found: Owner | None = None) -> list[str]:
@@ -145,7 +153,7 @@ def _nested(folder: Path, spec: CommandSpec, rel: str) -> list[str]:
     found = owner(folder)
     if found is None:
         return sorted(p.name for p in folder.iterdir())
-    if not any(fnmatch.fnmatchcase(rel, k) and found.command in v for k, v in spec.nests.items()):
+    if not _may_nest(spec, rel, found.command):
         return [""]
     return foreign_inside(folder, found)
 
@@ -172,7 +180,7 @@ def _foreign_in_subfolder(sub: Path, patterns: tuple[str, ...] | None, spec: Com
                 bad += [f"{at}/{p}" for p in _nested(here / d, spec, f"{rel}/{at}")]
         for f in files:
             path = (inner / f).as_posix()
-            if not (matches(path, patterns) or matches(f, COMMON_PATTERNS)):
+            if not (matches(path, patterns) or is_temp_name(f)):
                 bad.append(path)
     return sorted(bad)
 
@@ -307,7 +315,7 @@ def check_out_dir(out: PathLike, *, command: str, inputs: Inputs | None = None, 
         return "create"
     if not out.is_dir():
         raise OutputError(f"--out '{out}' is a file, not a folder; choose another --out.")
-    if all(p.name == MANIFEST or matches(p.name, COMMON_PATTERNS) for p in out.iterdir()):
+    if all(p.name == MANIFEST or is_temp_name(p.name) for p in out.iterdir()):
         return "create"  # empty but for our manifest, or what a killed in-place export left (atomic_write_dir)
     found = owner(out)
     if found is None:
@@ -315,8 +323,8 @@ def check_out_dir(out: PathLike, *, command: str, inputs: Inputs | None = None, 
         flags = COMMANDS[command].flags
         refused = (f"; {' and '.join(flags)} never use{'s' if len(flags) == 1 else ''} such a folder" if flags
                    else "")
-        raise OutputError(f"output folder '{out}' was not made by geomed-ssl (it holds '{example}'){refused}; "
-                          "choose another --out, or empty it first.")
+        raise OutputError(f"output folder '{out}' was not made by geomed-ssl, as far as its files tell (it holds "
+                          f"'{example}'){refused}; choose another --out, or empty it first.")
     if found.command != command:
         raise OutputError(f"output folder '{out}' holds the output of `geomed-ssl {found.command}`, not of "
                           f"`geomed-ssl {command}`; choose another --out.")

@@ -1,8 +1,7 @@
 """Files and folders that appear under their final name only when complete, and the clean-up of what a killed writer
 left. Every atomic write of the toolkit goes through here: outputs, metrics, checkpoints, exports, embedding parts.
 
-Temporary names, the one rule (other modules ask :data:`TEMP_GLOBS` and :func:`is_temp_name`, never spell a
-temporary name themselves):
+Temporary names, the one rule (other modules ask :func:`is_temp_name`, never spell a temporary name themselves):
 
 - ``.partial-<pid>.<host>-<name>``: ``name`` (a file or a folder) being written by process ``pid`` where
   :func:`host_tag` is ``host`` (8 hex digits: the machine, its boot and process-id namespace), in the target's own
@@ -13,10 +12,10 @@ temporary name themselves):
   between;
 - the same without ``.<host>``: what earlier versions wrote.
 
-Nothing else counts as temporary. The development versions before 2026-12-03 also wrote ``.<name>.tmp-<pid>-<hex>``,
-``.<name>.<random>``, ``.<name>.old`` and ``<name>.tmp``; such names cannot tell their writer from a user's backup
-(``.config.yaml.original``, ``metrics.csv.tmp``), so they are never deleted: a leftover stays where it is, and
-``--overwrite`` names it and asks the user to move it.
+Nothing else counts as temporary. Development versions before 2026-12-02 also wrote ``.<name>.tmp-<pid>-<hex>``,
+``.<name>.<random>``, ``.<name>.old``, ``.<name>.tmp.npy``, ``<name>.tmp`` and ``.tmp-<pid>-<hex>`` (embedding
+parts); such names cannot tell their writer from a user's backup (``.config.yaml.original``, ``metrics.csv.tmp``),
+so they are never deleted: a leftover stays where it is, and ``--overwrite`` names it and asks the user to move it.
 
 A file is flushed to disk (fsync) and renamed over the target, and the rename is made durable by syncing the
 folder. A failure at any point deletes the partial file and leaves the target as it was. Files get the modes a plain
@@ -34,14 +33,13 @@ API::
     atomic_write_text(path, text) -> Path
     replace_with_copy(src, dst) -> None (a hard link when possible, else a copy)
     atomic_write_dir(target, write) -> None (``write(tmp_dir)``, then the folder is swapped in)
-    TEMP_GLOBS, is_temp_name(name) -> bool
+    is_temp_name(name) -> bool
     remove_stale_partials(folder, only=None) -> list[Path]
     scratch_dir(tag) -> context manager yielding a private folder in the system's temporary folder
 """
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import hashlib
 import logging
@@ -60,7 +58,6 @@ from geomed_ssl.permissions import apply_umask
 
 log = logging.getLogger("geomed_ssl")
 PARTIAL, REPLACED = ".partial-", ".replaced-"
-TEMP_GLOBS = (f"{PARTIAL}[0-9]*-*", f"{REPLACED}[0-9]*-*")  # what writers leave when killed (see _OURS)
 _OURS = re.compile(rf"^({re.escape(PARTIAL)}|{re.escape(REPLACED)})(\d+)(?:\.([0-9a-f]{{8}}))?-(.+)$")
 FOREIGN_HOST_STALE_S = 24 * 3600  # another machine's temporary entry untouched this long: its writer is gone
 PathLike = str | os.PathLike
@@ -94,8 +91,9 @@ def partial_path(path: PathLike) -> Path:
 
 
 def is_temp_name(name: str) -> bool:
-    """Whether ``name`` is a temporary name of ours (see the module docstring)."""
-    return any(fnmatch.fnmatchcase(name, g) for g in TEMP_GLOBS)
+    """Whether ``name`` is a temporary name of ours (see the module docstring): exactly that form, so a user's
+    ``.partial-1st-draft.md`` is not one."""
+    return _OURS.match(name) is not None
 
 
 def fsync_dir(folder: PathLike) -> None:

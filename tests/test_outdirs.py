@@ -114,7 +114,19 @@ def test_overwrite_refuses_a_folder_holding_another_commands_output(tmp_path: Pa
     ft = prepare_out_dir(tmp_path / "ft", command="finetune")
     prepare_out_dir(ft / "eval", command="evaluate")  # evaluate's own place: replaced with the fine-tune
     (ft / "eval" / "metrics.json").write_text("{}")
+    prepare_out_dir(ft / "eval" / "test_b", command="evaluate")  # evaluate --out FT/eval/test_b, allowed too
+    (ft / "eval" / "test_b" / "metrics.json").write_text("{}")
     assert foreign_inside(ft) == []
+    ft2 = prepare_out_dir(tmp_path / "ft2", command="finetune")
+    prepare_out_dir(ft2 / "eval" / "test_b", command="evaluate")  # FT/eval made as its parent, no manifest
+    (ft2 / "eval" / "test_b" / "metrics.json").write_text("{}")
+    assert foreign_inside(ft2) == []
+    emb = prepare_out_dir(tmp_path / "emb", command="embed")
+    prepare_out_dir(emb / "search", command="similar")  # similar --out EMB/search
+    (emb / "search" / "similar.csv").write_text("rank,score,id,file\n")
+    assert foreign_inside(emb) == []
+    (run / ".partial-1st-draft.md").write_text("the user's, whatever its name")
+    assert ".partial-1st-draft.md" in owner(run).foreign  # type: ignore[union-attr]
 
 
 def test_another_tools_run_with_config_and_checkpoints_is_not_ours(tmp_path: Path) -> None:
@@ -339,7 +351,7 @@ def test_overwrite_deletes_a_compare_folder_with_its_selections_and_random_encod
     cmp_dir = prepare_out_dir(tmp_path / "cmp", command="compare")
     for name in ("results.csv", "summary.md", "selections/5_seed0.npz", "encoder_none_seed0/config.json",
                  "encoder_none_seed0/model.safetensors", "encoder_none/config.json",  # before 2026-12-04
-                 "encoder_none/model.safetensors", ".partial-12.host-encoder_none_seed1/config.json",
+                 "encoder_none/model.safetensors", ".partial-12.0a1b2c3d-encoder_none_seed1/config.json",
                  ".partial-9-results.csv"):
         (cmp_dir / name).parent.mkdir(parents=True, exist_ok=True)
         (cmp_dir / name).write_text("ours")

@@ -114,8 +114,10 @@ def plan_outputs(inputs: str | Path | Sequence[str | Path], out_dir: str | Path,
         out = Path(out_dir) / f"{stem}_pred{'.tif' if kind == 'raster' else '.nii.gz'}"
         other = next((k for k, v in planned.items() if v.name.lower() == out.name.lower()), None)
         if other is not None:
+            same = ("" if planned[other].name == out.name
+                    else " (names that differ only in case: one file on macOS or Windows)")
             raise DataError(f"'{p}' and '{other}' would both be written to '{planned[other].name}' in "
-                            f"'{out_dir}'; predict them into separate output folders.")
+                            f"'{out_dir}'{same}; predict them into separate output folders.")
         planned[p] = out
     return planned
 

@@ -23,7 +23,7 @@ SETTINGS = {
     "simclr": {"proj_hidden_dim": 16, "proj_dim": 8, "temperature": 0.3},
     "swav": {"proj_hidden_dim": 16, "proj_dim": 8, "n_prototypes": 5, "freeze_prototypes_steps": 0},
     "swav_queue": {"proj_hidden_dim": 16, "proj_dim": 8, "n_prototypes": 5, "freeze_prototypes_steps": 0,
-                   "queue_size": 6},
+                   "queue_size": 5},  # not a multiple of the 2 ranks: their shares differ in size
     "deepcluster": {"proj_hidden_dim": 16, "proj_dim": 8, "n_prototypes": 3, "heads": 2, "memory_size": 16},
     "moco_v3": {"proj_hidden_dim": 16, "proj_dim": 8},
     "barlow_twins": {"proj_hidden_dim": 16, "proj_dim": 8},
@@ -81,8 +81,30 @@ def worker(rank: int, folder: str) -> None:
                 g /= WORLD
             if rank == 0:
                 torch.save({"loss": loss / WORLD, "grads": grads}, Path(folder) / f"{name}.pt")
+        loss, accuracy = beit_step(rank)
+        both = torch.stack([loss, accuracy]).detach()
+        dist.all_reduce(both)  # the training loop logs the mean over ranks
+        if rank == 0:
+            torch.save(both / WORLD, Path(folder) / "beit.pt")
     finally:
         dist.destroy_process_group()
+
+
+def beit_step(rank: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """BEiT's loss and masked-token accuracy on the global batch (``rank`` None) or a rank's half, with nodata in
+    rank 1's rows only, so the ranks' valid-token counts differ."""
+    g = torch.Generator().manual_seed(5)
+    image = torch.randn(BATCH, 3, 8, 8, generator=g)
+    valid = torch.ones(BATCH, 8, 8, dtype=torch.bool)
+    valid[BATCH // 2:, :, :6] = False
+    mask = torch.rand(BATCH, 4, generator=g) < 0.6
+    torch.manual_seed(0)
+    method = METHODS["beit"](ENC, {"codebook_size": 4}, max_steps=10)
+    method.tokenizer.fit(torch.randn(64, 48, generator=g), torch.Generator().manual_seed(6), max_samples=64)
+    if rank is not None:
+        rows = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
+        image, valid, mask = image[rows], valid[rows], mask[rows]
+    return method(image * valid[:, None], valid, mask)
 
 
 def free_port() -> str:
@@ -112,3 +134,11 @@ def test_two_processes_give_the_loss_and_gradients_of_one_process_on_the_global_
     for key, g in grads.items():  # the projector's BatchNorms, the prototypes and the encoder included
         scale = max(1.0, float(g.abs().max()))  # float rounding grows with the tensor's largest entry
         torch.testing.assert_close(ddp["grads"][key], g, rtol=1e-4, atol=1e-6 * scale, msg=key)
+
+
+def test_beit_logs_the_global_batchs_loss_and_token_accuracy(two_processes: Path) -> None:
+    """The ranks hold different numbers of valid tokens: the mean over ranks of their logged values must still be
+    the global batch's (a mean of per-rank ratios is not)."""
+    ddp = torch.load(two_processes / "beit.pt", weights_only=True)
+    loss, accuracy = beit_step(None)
+    torch.testing.assert_close(ddp, torch.stack([loss, accuracy]).detach(), rtol=1e-5, atol=1e-6)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 
-
 def name_hash(text: str) -> str:
     """6 hex digits of ``text``'s SHA-1 (a path): added to an output's name where two inputs would give one name."""
     return hashlib.sha1(text.encode()).hexdigest()[:6]

@@ -292,8 +292,10 @@ def test_two_inputs_whose_outputs_differ_only_by_case_are_refused(tmp_path):
     from geomed_ssl.inference.predict import plan_outputs
 
     small = structured_raster(np.random.default_rng(2), C, 16)
-    a = write_geotiff((tmp_path / "a").mkdir() or tmp_path / "a" / "Scene_0.tif", small)
-    b = write_geotiff((tmp_path / "b").mkdir() or tmp_path / "b" / "scene_0.tif", small)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    a = write_geotiff(tmp_path / "a" / "Scene_0.tif", small)
+    b = write_geotiff(tmp_path / "b" / "scene_0.tif", small)
     with pytest.raises(DataError, match="would both be written to 'Scene_0_pred.tif'"):
         plan_outputs([a, b], tmp_path / "out", DataConfig(), window=16)
 

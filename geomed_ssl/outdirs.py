@@ -113,9 +113,8 @@ def owner(folder: PathLike) -> Owner | None:
     patterns = spec.patterns
     result = Owner(command, manifest)
     for entry in sorted(folder.iterdir()):
-        nested = read_manifest(entry) if entry.is_dir() and not entry.is_symlink() else None
         ours = (entry.name in names or matches(entry.name, patterns) or is_temp_name(entry.name)
-                or (nested is not None and _may_nest(spec, entry.name, str(nested["command"]))))
+                or _nested_here(spec, entry))
         (result.ours if ours else result.foreign).append(entry.name)
     return result
 
@@ -123,6 +122,15 @@ def owner(folder: PathLike) -> Owner | None:
 def _may_nest(spec: CommandSpec, rel: str, command: str) -> bool:
     """An output folder of ``command`` belongs at ``rel`` inside a folder made by the command of ``spec``."""
     return any(fnmatch.fnmatchcase(rel, k) and command in v for k, v in spec.nests.items())
+
+
+def _nested_here(spec: CommandSpec, entry: Path) -> bool:
+    """``entry``, a top-level entry of a folder made by the command of ``spec``, is an output folder that belongs
+    there (its manifest's command, :func:`_may_nest`)."""
+    if not spec.nests or not entry.is_dir() or entry.is_symlink():
+        return False
+    nested = read_manifest(entry)
+    return nested is not None and _may_nest(spec, entry.name, str(nested["command"]))
 
 
 def foreign_inside(folder: PathLike, found: Owner | None = None) -> list[str]:

@@ -105,7 +105,8 @@ def build_trainer(t: Any, out: Path, cbs: list[L.Callback]) -> L.Trainer:
     clipping; checkpoints are written by our callbacks (``RunCheckpoints``, atomic), the data is sampled by ours."""
     return L.Trainer(
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
-        precision=resolve_precision(t.precision, t.accelerator, t.strategy, t.devices), max_steps=t.max_steps, max_epochs=-1,
+        precision=resolve_precision(t.precision, t.accelerator, t.strategy, t.devices), max_steps=t.max_steps,
+        max_epochs=-1,
         gradient_clip_val=t.grad_clip, accumulate_grad_batches=t.accumulate_grad_batches, callbacks=cbs,
         logger=tensorboard_logger(out), log_every_n_steps=min(t.log_every, t.max_steps),
         enable_progress_bar=has_bar(cbs), enable_checkpointing=False, enable_model_summary=False,

@@ -33,14 +33,21 @@ targets are made with :func:`~geomed_ssl.methods.momentum.momentum_copy` (frozen
 looped over by hand.
 
 Randomness. ``training_loss(batch, step, generator)`` gets the step's ``generator``, seeded from (train.seed,
-micro-step) and the same on every rank: draws that concern the whole global batch (e.g. the band subset of
-``method.channel_sampling``) come from it. Draws that concern one sample (MAE masking noise, iBOT masks, anything
-per image) come from :class:`PerSample`, which gives sample ``i`` a generator seeded by (one draw of ``generator``,
-the sample's global index ``batch["index"][i]``). The dataset derives a sample's window and augmentations from
-(seed, index) too, so a sample is the same whichever rank or batch position it lands on: N processes with batch B
-train exactly as one process with batch N*B (up to float rounding), and a resumed run replays exactly. Two things
-are per rank and break that equality: the global torch RNG, which ``train.module`` reseeds each micro-step from
-(seed, step, rank) and which drop path (``model.drop_path`` > 0) draws from, and batch-local terms such as KoLeo.
+optimiser step) and the same on every rank and every micro-batch of the step: draws that concern the whole global
+batch (e.g. the band subset of ``method.channel_sampling``) come from it. Draws that concern one sample (MAE masking
+noise, iBOT masks, anything per image) come from :class:`PerSample`, which gives sample ``i`` a generator seeded by
+(one draw of ``generator``, the sample's global index ``batch["index"][i]``). The dataset derives a sample's window
+and augmentations from (seed, index) too, so a sample is the same whichever rank, micro-batch or batch position it
+lands on: N processes with batch B train exactly as one process with batch N*B (up to float rounding), and a resumed
+run replays exactly. Two things are per rank and break that equality: the global torch RNG, which ``train.module``
+reseeds each micro-step from (seed, micro-step, rank) and which drop path (``model.drop_path`` > 0) draws from, and
+batch-local terms such as KoLeo.
+
+Gradient accumulation (``train.accumulate_grad_batches`` A) averages the gradients of A micro-batches, so a loss that
+is a mean over samples with a fixed denominator (MAE's masked tokens without nodata) trains as one batch A times
+larger. A method whose loss compares the samples of a batch (negatives, BatchNorm, batch statistics:
+:attr:`SSLMethod.compares_batch`) compares each micro-batch on its own, and a loss normalised by a varying count
+divides by each micro-batch's count.
 
 Losses under DDP. Gradients are averaged over ranks, so a loss that is a mean over the local batch with the same
 denominator on every rank is already the global mean. A loss normalised by a count that varies (valid pixels,
@@ -250,6 +257,9 @@ class SSLMethod(nn.Module):
     # The pooling that reads what the loss trains, for ``embed --pool auto``: ``cls`` where the loss reads the CLS
     # token (two-view, self-distillation, CLS pretext tasks), ``mean`` of the tokens otherwise.
     embedding_pool: ClassVar[str] = "mean"
+    # The loss compares the samples of a batch (negatives, BatchNorm, batch statistics, centring), so gradient
+    # accumulation does not enlarge the batch it sees; the trainer says so when accumulation is asked for.
+    compares_batch: ClassVar[bool] = False
 
     def __init__(self, encoder_cfg: EncoderConfig,
                  settings: MethodSettings | MethodConfig | Mapping[str, Any] | None = None,

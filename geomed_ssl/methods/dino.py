@@ -126,6 +126,7 @@ class DINO(SSLMethod):
     name = "dino"
     views = ViewSpec(crops=2, local_crops=True, asymmetric=True)
     embedding_pool = "cls"
+    compares_batch = True  # the teacher's centre (EMA or Sinkhorn) and KoLeo are batch statistics
     card = MethodCard(
         learns="to match an EMA teacher's prototype distribution across crops (+ iBOT: masked patch tokens)",
         cost="~2x + 0.25x per local crop (student on every crop, teacher on the two global ones); the head's "

@@ -37,6 +37,7 @@ class TwoViewMethod(SSLMethod):
 
     views = ViewSpec(crops=2)
     embedding_pool = "cls"  # :meth:`represent`
+    compares_batch = True  # negatives, BatchNorm over the batch or batch statistics
 
     def __init__(self, encoder_cfg: EncoderConfig, settings: MethodSettings | MethodConfig | Mapping[str, Any] | None
                  = None, max_steps: int = 1000) -> None:

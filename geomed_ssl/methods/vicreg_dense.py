@@ -137,6 +137,7 @@ class VICRegDense(SSLMethod):
     Settings = VICRegDenseSettings
     settings: VICRegDenseSettings
     views = ViewSpec(crops=2, shift=4, intensity=True)  # the instance's: shift = method.max_shift
+    compares_batch = True  # variance and covariance over the batch's matched pixels
     card = MethodCard(
         learns="per-pixel features that agree across two shifted, augmented crops of the same ground and differ "
                "between pixels (VICReg variance / covariance over every matched pixel of the batch)",

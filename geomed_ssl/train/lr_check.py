@@ -1,4 +1,5 @@
-"""The start-of-run check of a learning-rate schedule: one warning line when a run cannot learn much.
+"""The start-of-run checks of a schedule: one warning line when a run cannot learn much (and one when gradient
+accumulation cannot give a batch-comparing method the batch it seems to).
 
 Two mistakes make a short run barely move while looking normal: a warmup at least as long as the run (the rate
 never reaches its peak; with ``warmup_steps = 2 * max_steps`` it tops out at half of it), and a peak rate far too
@@ -52,3 +53,18 @@ def warn_schedule(peak_lr: float, warmup_steps: int, max_steps: int, section: st
     if line:
         log.warning(line)
     return line
+
+
+def warn_accumulation(method_name: str, compares_batch: bool, batch_size: int, accumulate: int) -> str | None:
+    """Log, once, that gradient accumulation does not enlarge the batch a batch-comparing method's loss sees (see
+    ``SSLMethod.compares_batch``) and return the line; None when accumulation is off or changes nothing."""
+    if accumulate <= 1 or not compares_batch:
+        return None
+    line = (f"warning: train.accumulate_grad_batches={accumulate} with method '{method_name}': its loss compares the samples "
+            f"of a batch (negatives, BatchNorm or batch statistics) and compares each micro-batch of {batch_size} "
+            f"on its own, so accumulation averages the gradients but the loss never sees a batch of "
+            f"{batch_size * accumulate}. For a larger compared batch raise train.batch_size or add devices (the "
+            f"batch is compared across devices).")
+    log.warning(line)
+    return line
+

@@ -33,20 +33,22 @@ def param_groups(model: torch.nn.Module, weight_decay: float, skip: set[str]) ->
     ]
 
 
-def step_seed(seed: int, micro_step: int) -> int:
-    """The seed of one micro-batch's step generator: the same on every rank (per-sample draws add the sample's
-    global index, see ``methods.base.PerSample``), independent of any global RNG state."""
-    return (seed * 1_000_003 + micro_step * 7_919 + 12_345) % (2**63 - 1)
+def step_seed(seed: int, step: int) -> int:
+    """The seed of step ``step``'s generator (an optimiser step, or a micro-step for the global RNG): the same on
+    every rank (per-sample draws add the sample's global index, see ``methods.base.PerSample``), independent of any
+    global RNG state."""
+    return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**63 - 1)
 
 
 class PretrainModule(L.LightningModule):
     """Runs ``method.training_loss`` each step; knows nothing method-specific.
 
-    Every random draw of a step comes from a generator seeded by (seed, micro-step), per sample from (that, the
-    sample's global index); the global torch RNG (drop path) is reseeded each micro-step from (seed, micro-step,
-    rank). So a resumed run continues exactly where the interrupted one stopped, and under DDP the ranks draw
-    different masks for different samples. Logged values are averaged over ranks. ``clock`` (a
-    :class:`ScheduleClock`) drives the lr and the method's schedules and is stored in every checkpoint.
+    Every random draw of a step comes from a generator seeded by (seed, optimiser step), per sample from (that,
+    the sample's global index), the same for every micro-batch of an accumulated step; the global torch RNG (drop
+    path) is reseeded each micro-step from (seed, micro-step, rank). So a resumed run continues exactly where the
+    interrupted one stopped, the ranks draw different masks for different samples, and a sample's draws do not
+    depend on how the global batch is split over ranks and micro-batches. Logged values are averaged over ranks.
+    ``clock`` (a :class:`ScheduleClock`) drives the lr and the method's schedules and is stored in every checkpoint.
     """
 
     def __init__(self, method: SSLMethod, recipe: Recipe, effective_batch: int, extra_state: dict | None = None,
@@ -67,9 +69,8 @@ class PretrainModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         t = self.recipe.train
         micro = self.global_step * t.accumulate_grad_batches + batch_idx % t.accumulate_grad_batches
-        seed = step_seed(t.seed, micro)
-        torch.manual_seed(mix_seed(seed, self.global_rank))
-        generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(mix_seed(step_seed(t.seed, micro), self.global_rank))
+        generator = torch.Generator().manual_seed(step_seed(t.seed, self.global_step))
         out = self.method.training_loss(batch, self.global_step, generator)
         logs = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in out.logs.items()}
         logs["loss"] = float(out.loss.detach())

@@ -32,7 +32,7 @@ from geomed_ssl.train.checkpointing import (ResumePoint, RunCheckpoints, StopReq
                                             read_checkpoint_info, remove_stale_temp_files, resume_misfit,
                                             stop_safe_worker_init)
 from geomed_ssl.train.console import ConsoleSettings, progress_callbacks, quiet_lightning
-from geomed_ssl.train.lr_check import warn_schedule
+from geomed_ssl.train.lr_check import warn_accumulation, warn_schedule
 from geomed_ssl.train.module import PretrainModule, param_groups
 from geomed_ssl.train.trainer import build_trainer, forks, loader_workers, probe_trainer
 
@@ -300,6 +300,7 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     if rank == 0:
         warn_schedule(module.peak_lr, t.warmup_steps, t.max_steps, "train",
                       f"train.base_lr {t.base_lr:g} x effective batch {module.effective_batch} / 256")
+        warn_accumulation(recipe.method.name, method.compares_batch, t.batch_size, t.accumulate_grad_batches)
     data = PretrainData(dataset, t.batch_size, t.max_steps * t.accumulate_grad_batches, t.accumulate_grad_batches,
                         recipe.data.num_workers)
     steps = fit(trainer, module, data, point, stop, out)

@@ -1,4 +1,5 @@
-"""The start-of-run schedule warning: warmup as long as the run, or a peak rate too small for AdamW."""
+"""The start-of-run schedule warnings: warmup as long as the run, a peak rate too small for AdamW, gradient
+accumulation that cannot enlarge the batch a method compares."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from geomed_ssl.cli import app
-from geomed_ssl.train.lr_check import MIN_PEAK_LR, reached_lr, schedule_problem
-from tests.conftest import TINY, structured_raster, write_geotiff
+from geomed_ssl.train.lr_check import MIN_PEAK_LR, reached_lr, schedule_problem, warn_accumulation
+from tests.conftest import TINY, TINY_BASE, structured_raster, write_geotiff
 
 runner = CliRunner()
 
@@ -84,3 +85,21 @@ def test_finetune_warns_when_its_peak_rate_is_implausibly_small(tmp_path: Path) 
     assert result.exit_code == 0, result.output
     lines = schedule_warnings(result.output)
     assert len(lines) == 1 and "1e-07" in lines[0] and "raise finetune.base_lr" in lines[0]
+
+
+def test_accumulation_with_a_batch_comparing_method_says_the_loss_sees_only_micro_batches(raster_dir: Path,
+                                                                                         tmp_path: Path) -> None:
+    result = runner.invoke(app, ["pretrain", "recipes/simclr_sentinel2.yaml", "--data", str(raster_dir), "--out",
+                                 str(tmp_path / "run"), *sets(*TINY_BASE, "data.sensor=null", "data.patch_size=16",
+                                                              "data.global_crop_size=16", "train.batch_size=4",
+                                                              "train.accumulate_grad_batches=2",
+                                                              "train.max_steps=2", "train.warmup_steps=1")])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "accumulate_grad_batches" in line]
+    assert len(lines) == 1 and "method 'simclr'" in lines[0] and "micro-batch of 4" in lines[0]
+    assert "a batch of 8" in lines[0] and "raise train.batch_size or add devices" in lines[0]
+
+
+def test_accumulation_of_a_per_sample_loss_or_no_accumulation_says_nothing() -> None:
+    assert warn_accumulation("mae", False, 4, 2) is None
+    assert warn_accumulation("simclr", True, 4, 1) is None

@@ -48,6 +48,7 @@ def signal_exit_code(name: str | None) -> int:
 @app.callback()
 def main(ctx: typer.Context, debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
          quiet: bool = typer.Option(False, "--quiet", "-q", help="Less output.")) -> None:
+    from geomed_ssl.cpus import fit_threads_to_quota
     from geomed_ssl.launch import runs_here, set_alone
 
     STATE["debug"] = debug
@@ -56,6 +57,8 @@ def main(ctx: typer.Context, debug: bool = typer.Option(False, "--debug", help="
     # GDAL reports unreadable files itself; the catalog names them with the reason, so its log lines are noise.
     logging.getLogger("rasterio").setLevel(logging.CRITICAL)
     command = ctx.invoked_subcommand
+    if (threads := fit_threads_to_quota()) is not None:
+        logging.getLogger("geomed_ssl").info(f"torch threads lowered to {threads}, the CPUs this process may use.")
     ignore_slurm_warning()
     set_alone(False)
     if command not in (None, "pretrain") and not runs_here(f"geomed-ssl {command}"):

@@ -20,6 +20,19 @@ def usable_cpus() -> int:
     return min(cpus, quota) if quota is not None else cpus
 
 
+def fit_threads_to_quota() -> int | None:
+    """Lower torch's thread pool to :func:`usable_cpus` where it is larger (torch sizes it from the affinity mask, so
+    in a container with a CPU quota, e.g. a Kubernetes notebook, it runs more threads than it has CPUs and they
+    stall each other), unless the user chose it with ``OMP_NUM_THREADS``. Returns the new size, or None."""
+    import torch
+
+    cpus = usable_cpus()
+    if os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads() <= cpus:
+        return None
+    torch.set_num_threads(cpus)
+    return cpus
+
+
 def visible_cpus() -> int:
     """The CPUs the affinity mask shows (what torch and the OS scheduler see)."""
     try:

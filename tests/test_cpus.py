@@ -47,3 +47,24 @@ def test_the_quota_caps_the_loader_workers_below_the_affinity_mask(monkeypatch) 
     assert trainer.loader_workers(8) == 2 and trainer.loader_workers(2) == 2 and trainer.loader_workers(0) == 0
     monkeypatch.setattr(cpus, "cgroup_cpu_limit", lambda: None)
     assert cpus.usable_cpus() == 64
+
+
+def test_a_quota_below_the_visible_cpus_lowers_torchs_thread_pool_unless_the_user_chose_it(monkeypatch) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    pool = type("Pool", (), {"size": 64})()  # torch's pool as the affinity mask sizes it
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: setattr(pool, "size", n))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: pool.size)
+    monkeypatch.setattr(cpus, "visible_cpus", lambda: 64)
+    monkeypatch.setattr(cpus, "cgroup_cpu_limit", lambda: 4)
+    monkeypatch.setenv("OMP_NUM_THREADS", "16")
+    assert cpus.fit_threads_to_quota() is None and pool.size == 64  # the user's choice
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert cpus.fit_threads_to_quota() == 4 and pool.size == 4
+    assert cpus.fit_threads_to_quota() is None  # already within the quota
+    monkeypatch.setattr(cpus, "cgroup_cpu_limit", lambda: None)
+    pool.size = 64
+    assert cpus.fit_threads_to_quota() is None and pool.size == 64  # no quota: torch's own choice stands
+    monkeypatch.undo()
+    assert torch.get_num_threads() == before

@@ -24,10 +24,12 @@ def fit_threads_to_quota() -> int | None:
     """Lower torch's thread pool to :func:`usable_cpus` where it is larger (torch sizes it from the affinity mask, so
     in a container with a CPU quota, e.g. a Kubernetes notebook, it runs more threads than it has CPUs and they
     stall each other), unless the user chose it with ``OMP_NUM_THREADS``. Returns the new size, or None."""
+    cpus = usable_cpus()
+    if os.environ.get("OMP_NUM_THREADS") or cpus >= visible_cpus():  # no quota below the mask: nothing to import
+        return None
     import torch
 
-    cpus = usable_cpus()
-    if os.environ.get("OMP_NUM_THREADS") or torch.get_num_threads() <= cpus:
+    if torch.get_num_threads() <= cpus:
         return None
     torch.set_num_threads(cpus)
     return cpus

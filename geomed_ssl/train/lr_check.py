@@ -60,9 +60,9 @@ def warn_accumulation(method_name: str, compares_batch: bool, batch_size: int, a
     ``SSLMethod.compares_batch``) and return the line; None when accumulation is off or changes nothing."""
     if accumulate <= 1 or not compares_batch:
         return None
-    line = (f"warning: train.accumulate_grad_batches={accumulate} with method '{method_name}': its loss compares the samples "
-            f"of a batch (negatives, BatchNorm or batch statistics) and compares each micro-batch of {batch_size} "
-            f"on its own, so accumulation averages the gradients but the loss never sees a batch of "
+    line = (f"warning: train.accumulate_grad_batches={accumulate} with method '{method_name}': its loss compares "
+            f"the samples of a batch (negatives, BatchNorm or batch statistics) and compares each micro-batch of "
+            f"{batch_size} on its own, so accumulation averages the gradients but the loss never sees a batch of "
             f"{batch_size * accumulate}. For a larger compared batch raise train.batch_size or add devices (the "
             f"batch is compared across devices).")
     log.warning(line)

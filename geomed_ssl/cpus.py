@@ -20,19 +20,30 @@ def usable_cpus() -> int:
     return min(cpus, quota) if quota is not None else cpus
 
 
-def fit_threads_to_quota() -> int | None:
-    """Lower torch's thread pool to :func:`usable_cpus` where it is larger (torch sizes it from the affinity mask, so
-    in a container with a CPU quota, e.g. a Kubernetes notebook, it runs more threads than it has CPUs and they
-    stall each other), unless the user chose it with ``OMP_NUM_THREADS``. Returns the new size, or None."""
+_exported: str | None = None  # the OMP_NUM_THREADS this process set itself (a later, finer fit may change it)
+
+
+def fit_threads_to_quota(processes: int = 1) -> int | None:
+    """Under a cgroup CPU quota below the affinity mask, size torch's thread pool to the quota shared by this node's
+    ``processes`` training processes, and export ``OMP_NUM_THREADS`` so Lightning (which sizes it from the mask) and
+    the processes it starts keep that. torch sizes its pool from the mask, so in a container with a quota (a
+    Kubernetes notebook) it runs more threads than it has CPUs and they stall each other. A value the user set is
+    left alone. Returns the new size, or None when nothing changed."""
+    global _exported
+    chosen = os.environ.get("OMP_NUM_THREADS")
+    if chosen is not None and chosen != _exported:
+        return None
     cpus = usable_cpus()
-    if os.environ.get("OMP_NUM_THREADS") or cpus >= visible_cpus():  # no quota below the mask: nothing to import
+    if cpus >= visible_cpus():  # no quota below the mask: nothing to import or change
+        return None
+    threads = str(max(1, cpus // max(1, processes)))
+    if threads == chosen:
         return None
     import torch
 
-    if torch.get_num_threads() <= cpus:
-        return None
-    torch.set_num_threads(cpus)
-    return cpus
+    torch.set_num_threads(int(threads))
+    os.environ["OMP_NUM_THREADS"] = _exported = threads
+    return int(threads)
 
 
 def visible_cpus() -> int:

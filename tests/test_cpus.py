@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from geomed_ssl import cpus
@@ -49,22 +50,29 @@ def test_the_quota_caps_the_loader_workers_below_the_affinity_mask(monkeypatch) 
     assert cpus.usable_cpus() == 64
 
 
-def test_a_quota_below_the_visible_cpus_lowers_torchs_thread_pool_unless_the_user_chose_it(monkeypatch) -> None:
+def test_a_quota_below_the_visible_cpus_sizes_torchs_pool_for_the_processes_unless_the_user_chose(monkeypatch
+                                                                                                  ) -> None:
     import torch
 
     before = torch.get_num_threads()
     pool = type("Pool", (), {"size": 64})()  # torch's pool as the affinity mask sizes it
     monkeypatch.setattr(torch, "set_num_threads", lambda n: setattr(pool, "size", n))
-    monkeypatch.setattr(torch, "get_num_threads", lambda: pool.size)
     monkeypatch.setattr(cpus, "visible_cpus", lambda: 64)
     monkeypatch.setattr(cpus, "cgroup_cpu_limit", lambda: 4)
+    monkeypatch.setattr(cpus, "_exported", None)
     monkeypatch.setenv("OMP_NUM_THREADS", "16")
     assert cpus.fit_threads_to_quota() is None and pool.size == 64  # the user's choice
     monkeypatch.delenv("OMP_NUM_THREADS")
-    assert cpus.fit_threads_to_quota() == 4 and pool.size == 4
-    assert cpus.fit_threads_to_quota() is None  # already within the quota
+    assert cpus.fit_threads_to_quota() == 4 and pool.size == 4 and os.environ["OMP_NUM_THREADS"] == "4"  # the CLI
+    assert cpus.fit_threads_to_quota() is None  # pretrain on one device: unchanged
+    assert cpus.fit_threads_to_quota(2) == 2 and pool.size == 2  # two training processes on this node share it
+    assert os.environ["OMP_NUM_THREADS"] == "2"  # so Lightning, and the ranks it starts, keep 2
+    monkeypatch.setattr(cpus, "_exported", None)  # a rank Lightning started: the variable came from its parent
+    assert cpus.fit_threads_to_quota(2) is None
+    monkeypatch.delenv("OMP_NUM_THREADS")
     monkeypatch.setattr(cpus, "cgroup_cpu_limit", lambda: None)
     pool.size = 64
     assert cpus.fit_threads_to_quota() is None and pool.size == 64  # no quota: torch's own choice stands
+    assert "OMP_NUM_THREADS" not in os.environ
     monkeypatch.undo()
     assert torch.get_num_threads() == before

@@ -65,6 +65,7 @@ class MoCoV2(TwoViewMethod):
     name = "moco_v2"
     Settings = MoCoV2Settings
     settings: MoCoV2Settings
+    compares_batch = False  # each query against its own key and the queue; no BatchNorm
     card = MethodCard(
         learns="to match each crop's key from a slowly moving encoder among thousands of queued negatives",
         cost="~2.5x (query pass with grad, key pass without); queue_size x proj_dim floats",

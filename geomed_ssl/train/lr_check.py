@@ -67,4 +67,3 @@ def warn_accumulation(method_name: str, compares_batch: bool, batch_size: int, a
             f"batch is compared across devices).")
     log.warning(line)
     return line
-

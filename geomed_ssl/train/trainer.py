@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-from geomed_ssl.cpus import usable_cpus
+from geomed_ssl.cpus import fit_threads_to_quota, usable_cpus
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.train.checkpointing import AtomicCheckpointIO
 from geomed_ssl.train.console import has_bar, quiet_lightning
@@ -102,8 +102,9 @@ def probe_trainer(accelerator: str, devices: Any, strategy: str, num_nodes: int,
 
 def build_trainer(t: Any, out: Path, cbs: list[L.Callback]) -> L.Trainer:
     """The Lightning trainer of a run: the recipe's accelerator, devices, strategy, nodes, precision, steps and
-    clipping; checkpoints are written by our callbacks (``RunCheckpoints``, atomic), the data is sampled by ours."""
-    return L.Trainer(
+    clipping; checkpoints are written by our callbacks (``RunCheckpoints``, atomic), the data is sampled by ours.
+    Under a container's CPU quota, this node's training processes share it (:func:`fit_threads_to_quota`)."""
+    trainer = L.Trainer(
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes,
         precision=resolve_precision(t.precision, t.accelerator, t.strategy, t.devices), max_steps=t.max_steps,
         max_epochs=-1,
@@ -113,6 +114,10 @@ def build_trainer(t: Any, out: Path, cbs: list[L.Callback]) -> L.Trainer:
         default_root_dir=str(out), num_sanity_val_steps=0, use_distributed_sampler=False, deterministic=False,
         plugins=[AtomicCheckpointIO(), *cluster_plugins()],
     )
+    if (threads := fit_threads_to_quota(trainer.num_devices)) is not None and trainer.is_global_zero:
+        log.info(f"torch threads set to {threads} per process: the CPUs this node may use, shared by "
+                 f"{trainer.num_devices} training process(es).")
+    return trainer
 
 
 def cluster_plugins() -> list[Any]:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -288,14 +289,32 @@ def test_accumulated_micro_batches_on_two_processes_train_as_one_batch(tmp_path:
                                       "train.accumulate_grad_batches=2", "train.max_steps=1"]))
     assert result.returncode == 0, result.stderr[-3000:]
     states = {"ddp": ckpt(ddp / "checkpoints" / "last.ckpt")["state_dict"]}
+    grads = {}
     for name, batch, accumulate in (("batch 8", 8, 1), ("2 x 4", 4, 2)):
-        out = tmp_path / name.replace(" ", "")
-        pretrain("recipes/mae_sentinel2.yaml", data, out, progress=False,
+        out, seen = tmp_path / name.replace(" ", ""), Gradients()
+        pretrain("recipes/mae_sentinel2.yaml", data, out, progress=False, callbacks=[seen],
                  overrides=[*BASE, f"train.batch_size={batch}", f"train.accumulate_grad_batches={accumulate}",
                             "train.max_steps=1"])
-        states[name] = ckpt(out / "checkpoints" / "last.ckpt")["state_dict"]
+        states[name], grads[name] = ckpt(out / "checkpoints" / "last.ckpt")["state_dict"], seen.grads
+    # AdamW's first update hardly depends on the gradient's scale, so the gradients themselves are compared too
+    # (micro-batch losses summed instead of averaged would double them)
+    assert grads["batch 8"].keys() == grads["2 x 4"].keys() and grads["batch 8"]
+    for key, grad in grads["batch 8"].items():
+        torch.testing.assert_close(grads["2 x 4"][key], grad, rtol=1e-4, atol=1e-7, msg=key)
     reference = states.pop("batch 8")
     for name, state in states.items():
         assert state.keys() == reference.keys(), name
         for key in reference:  # atol: as in the nodata test above (a key bias's zero gradient, scaled up by Adam)
             torch.testing.assert_close(state[key], reference[key], rtol=1e-4, atol=1e-5, msg=f"{name}: {key}")
+
+
+class Gradients(L.Callback):
+    """The gradients of the first optimiser step (after every micro-batch's backward pass, before clipping)."""
+
+    def __init__(self) -> None:
+        self.grads: dict[str, torch.Tensor] = {}
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        if not self.grads:
+            self.grads = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None}
+

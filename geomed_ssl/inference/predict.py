@@ -7,6 +7,8 @@ the windows come from :mod:`geomed_ssl.data.tiling`.
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,6 +29,7 @@ __all__ = ["ModelFn", "RASTER_BLENDS", "VOLUME_BLENDS", "blend_weights", "list_i
            "predict_raster", "predict_volume"]
 
 RASTER_EXT, VOLUME_EXT = (".tif", ".tiff"), (".nii.gz", ".nii")
+log = logging.getLogger("geomed_ssl")
 
 
 def _kind_and_stem(path: Path, data_cfg: Any) -> tuple[str, str]:
@@ -52,14 +55,22 @@ def _stacked_folders(folder: Path, data_cfg: Any) -> list[Path]:
     return sorted({Path(r.path).parent for r in records})
 
 
+OUTPUT_NAME = re.compile(r"_pred(_proba)?\.(tif|tiff|nii|nii\.gz)$", re.IGNORECASE)  # what predict names its outputs
+
+
 def _folder_files(folder: Path, data_cfg: Any, kind: str | None) -> list[Path]:
     """The GeoTIFF / NIfTI files under ``folder`` that ``data.include`` / ``data.exclude`` keep (the globs the
-    model was trained with, relative to ``folder``), of ``kind`` when known; previous ``*_pred`` outputs and
-    hidden files skipped."""
+    model was trained with, relative to ``folder``), of ``kind`` when known; hidden files skipped, and files named
+    as predict's outputs (``X_pred.tif``, ``X_pred_proba.nii.gz``) skipped with a warning naming them."""
     include = list(getattr(data_cfg, "include", None) or ["**/*"])
     exclude = list(getattr(data_cfg, "exclude", None) or [])
-    typed = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith((*RASTER_EXT, *VOLUME_EXT))
-                   and "_pred" not in p.name and not p.name.startswith("."))
+    found = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith((*RASTER_EXT, *VOLUME_EXT))
+                   and not p.name.startswith("."))
+    typed = [p for p in found if not OUTPUT_NAME.search(p.name)]
+    if skipped := [p for p in found if OUTPUT_NAME.search(p.name)]:
+        names = ", ".join(str(p.relative_to(folder)) for p in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
+        log.warning(f"warning: skipped {len(skipped)} file(s) under '{folder}' named as predict's outputs ({names}); "
+                    "name a file explicitly to predict it.")
     of_kind = [p for p in typed if kind is None or input_kind(p) == kind]
     kept = [p for p in of_kind if any(glob_match(str(p.relative_to(folder)), g) for g in include)
             and not any(glob_match(str(p.relative_to(folder)), g) for g in exclude)]
@@ -74,7 +85,7 @@ def _folder_files(folder: Path, data_cfg: Any, kind: str | None) -> list[Path]:
 def list_inputs(inputs: str | Path | Sequence[str | Path], data_cfg: Any = None, kind: str | None = None,
                 ) -> list[Path]:
     """Files to predict: the given files, or the GeoTIFF/NIfTI files under a folder that ``data.include`` /
-    ``data.exclude`` keep (previous ``*_pred`` outputs skipped; only ``kind``'s files when given); with
+    ``data.exclude`` keep (files named as predict's outputs skipped; only ``kind``'s files when given); with
     ``data.channels`` set, each folder of stacked channel files under a folder is one input. A file named
     explicitly is predicted whatever the globs say."""
     items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)

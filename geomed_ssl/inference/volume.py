@@ -147,5 +147,5 @@ def write_probabilities(grid: FileGridPrediction, reference: str, out_path: Path
     p = np.ascontiguousarray(grid.proba, dtype=np.float32)
     p = np.rint(p * PROBA_SCALE).astype(np.uint8) if pkind == "uint8" else p
     p[~grid.ok] = 255 if pkind == "uint8" else np.nan
-    write_nifti_like(p, reference, ppath)
+    write_nifti_like(p, reference, ppath, "geomed-ssl class probabilities")
     return ppath

@@ -182,11 +182,14 @@ class GeoTiffWriter:
             self.abort()
 
 
-def write_nifti_like(array: np.ndarray, reference_path: str | Path, out_path: str | Path) -> Path:
+def write_nifti_like(array: np.ndarray, reference_path: str | Path, out_path: str | Path,
+                     description: str = "geomed-ssl prediction") -> Path:
     """Save ``array`` (X, Y, Z) or (X, Y, Z, K) in the reference file's voxel order with its affine and header.
 
     The array must already be on the reference's grid (same spatial shape, same axis order); the output then
-    overlays the reference exactly (identical affine, sform/qform codes and zooms).
+    overlays the reference exactly (identical affine, sform/qform codes and zooms). The reference's display window
+    (``cal_min`` / ``cal_max``, an intensity range that would show a class map as blank in FSLeyes or MRIcron) is
+    not carried, and ``descrip`` says what the file is.
     """
     import nibabel as nib
 
@@ -200,6 +203,8 @@ def write_nifti_like(array: np.ndarray, reference_path: str | Path, out_path: st
     header.set_data_dtype(arr.dtype)
     img = cls(arr, ref.affine, header)
     img.header.set_slope_inter(math.nan, math.nan)  # values are stored as they are (no scaling)
+    img.header["cal_min"], img.header["cal_max"] = 0, 0  # 0 / 0: viewers window the values themselves
+    img.header["descrip"] = description.encode("ascii", "replace")[:79]
     sform, scode = ref.header.get_sform(coded=True)
     qform, qcode = ref.header.get_qform(coded=True)
     if scode:

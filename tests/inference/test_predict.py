@@ -285,6 +285,21 @@ def test_predict_files_names_outputs_by_stem(scene, tmp_path):
         write_nifti_like(np.zeros((5, 12, 12), np.uint8), tmp_path / "in" / "ct_01.nii.gz", tmp_path / "y.nii.gz")
 
 
+def test_a_nifti_output_keeps_the_grid_but_not_the_inputs_display_window(tmp_path):
+    """An intensity image's cal_min / cal_max (a window of 100-500) would show a class map of 1..K as blank in
+    FSLeyes or MRIcron; the output keeps the affine and codes and says what it is."""
+    import nibabel as nib
+
+    ref = nib.Nifti1Image(np.zeros((6, 7, 8), np.float32), np.diag([2.0, -1.0, 3.0, 1.0]))
+    ref.header["cal_min"], ref.header["cal_max"], ref.header["descrip"] = 100, 500, b"T1 scan"
+    ref.set_sform(ref.affine, 1)
+    nib.save(ref, str(tmp_path / "t1.nii.gz"))
+    out = nib.load(str(write_nifti_like(np.ones((6, 7, 8), np.uint8), tmp_path / "t1.nii.gz", tmp_path / "p.nii.gz")))
+    assert float(out.header["cal_min"]) == 0 and float(out.header["cal_max"]) == 0
+    assert out.header["descrip"].item() == b"geomed-ssl prediction"
+    assert np.array_equal(out.affine, ref.affine) and int(out.header["sform_code"]) == 1
+
+
 def test_two_inputs_whose_outputs_differ_only_by_case_are_refused(tmp_path):
     """On a case-insensitive filesystem Scene_0_pred.tif and scene_0_pred.tif are one file: the second would
     replace the first."""
@@ -395,6 +410,21 @@ def test_a_folder_is_predicted_as_the_models_include_and_exclude_say(scene, tmp_
     with pytest.raises(DataError, match=r"0 left after the model's data.include .* data.exclude \['\*'\]"):
         predict_files(scene["model"], folder, tmp_path / "out", scene["stats"], num_classes=K, window=32,
                       data_cfg=DataConfig(exclude=["*"]))
+
+
+def test_only_files_named_as_predicts_outputs_are_skipped_in_a_folder_and_the_warning_names_them(tmp_path, caplog):
+    """A user's field_pred2019.tif or a_prediction_area.tif is an input like any other; only X_pred.tif and
+    X_pred_proba.tif (what predict writes) are left out, and never silently."""
+    from geomed_ssl.inference.predict import list_inputs
+
+    names = ["a.tif", "field_pred2019.tif", "a_prediction_area.tif", "old_pred.tif", "old_pred_proba.TIF"]
+    for name in names:
+        write_geotiff(tmp_path / name, np.ones((1, 8, 8), np.uint8))
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        found = list_inputs(tmp_path)
+    assert sorted(p.name for p in found) == ["a.tif", "a_prediction_area.tif", "field_pred2019.tif"]
+    assert "skipped 2 file(s)" in caplog.text and "old_pred.tif" in caplog.text and "old_pred_proba.TIF" in caplog.text
+    assert [p.name for p in list_inputs(tmp_path / "old_pred.tif")] == ["old_pred.tif"]  # named: predicted
 
 
 def test_a_nifti_given_to_a_raster_model_is_one_clear_line(scene, tmp_path):

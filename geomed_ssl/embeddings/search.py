@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -180,13 +181,14 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
     emb = embedder_for(manifest, record, encoder, device)
     box_list = parse_box(box, nd)
     qvec, region = query_vector(emb, record, box_list)
-    cols = read_columns(emb_dir, ["id", "file", "box", "window", "x", "y", "z"])
+    cols = read_columns(emb_dir, ["id", "file", "box", "window", "x", "y", "z", "crs"])
     exclude = set() if include_self else rows_of_region(manifest, cols, qpath, region, nd)
     idx, sims = cosine_top_k(vectors, qvec, top, exclude)
     hits = [{"rank": r + 1, "score": round(float(s), 6), "id": int(i), "file": cols["file"][i],
              "box": [int(v) for v in cols["box"][i]], "window": [int(v) for v in cols["window"][i]],
              "x": float(cols["x"][i]), "y": float(cols["y"][i]),
-             "z": None if cols["z"][i] is None or math.isnan(cols["z"][i]) else float(cols["z"][i])}
+             "z": None if cols["z"][i] is None or math.isnan(cols["z"][i]) else float(cols["z"][i]),
+             "crs": crs_name(cols["crs"][i])}
             for r, (i, s) in enumerate(zip(idx, sims))]
     name = query_name(qpath, manifest) + ("_" + "-".join(map(str, box_list)) if box_list else "")
     out = prepare_out_dir(Path(out_dir) if out_dir is not None else search_dir / name, **rule)
@@ -224,14 +226,29 @@ def rows_of_region(manifest: dict[str, Any], cols: dict[str, Any], path: Path, r
     return set((np.flatnonzero(inside) + a).tolist())
 
 
+@functools.lru_cache(maxsize=64)
+def crs_name(wkt: str | None) -> str:
+    """A short name of a stored CRS (``EPSG:32633``), its WKT when it has no code, or "" (none: pixels or RAS mm)."""
+    if not wkt:
+        return ""
+    try:
+        from rasterio.crs import CRS
+
+        crs = CRS.from_wkt(wkt)
+        return crs.to_string() if crs.to_epsg() is not None else wkt
+    except Exception:  # an unparsable CRS is still reported as stored
+        return wkt
+
+
 def write_hits_csv(hits: list[dict[str, Any]], path: Path) -> None:
-    """``similar.csv``: rank, score, id, file, box (space-separated), x, y, z (empty for rasters)."""
+    """``similar.csv``: rank, score, id, file, box (space-separated), x, y, z (empty for rasters), crs (of x / y;
+    empty for volumes and rasters without one)."""
     with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["rank", "score", "id", "file", "box", "x", "y", "z"])
+        w.writerow(["rank", "score", "id", "file", "box", "x", "y", "z", "crs"])
         for h in hits:
             w.writerow([h["rank"], h["score"], h["id"], h["file"], " ".join(map(str, h["box"])), h["x"], h["y"],
-                        "" if h["z"] is None else h["z"]])
+                        "" if h["z"] is None else h["z"], h.get("crs", "")])
 
 
 def hit_lines(hits: list[dict[str, Any]], root: str, nd: int) -> list[str]:
@@ -241,8 +258,8 @@ def hit_lines(hits: list[dict[str, Any]], root: str, nd: int) -> list[str]:
     for h in hits:
         rel = os.path.relpath(os.path.normpath(h["file"]), root)
         rel = h["file"] if rel.startswith("..") else rel
-        lines.append(f"{h['rank']:>4}  {h['score']:7.4f}  {' '.join(map(str, h['box'])):<24} {h['x']:12.2f} "
-                     f"{h['y']:12.2f} " + (f"{h['z']:10.2f} " if z else "") + f" {rel}")
+        lines.append(f"{h['rank']:>4}  {h['score']:7.4f}  {' '.join(map(str, h['box'])):<24} {h['x']:12.9g} "
+                     f"{h['y']:12.9g} " + (f"{h['z']:10.2f} " if z else "") + f" {rel}")  # 9 digits: degrees too
     return lines
 
 

@@ -74,19 +74,43 @@ def volume_corners(boxes: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return vox @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3]
 
 
+def gcp_corners(boxes: np.ndarray, gcps: list[list[float]]) -> np.ndarray | None:
+    """(n, 4) pixel boxes -> (n, 4, 2) corners through a file's ground control points ``[row, col, x, y, z]``
+    (GDAL's polynomial fit, as a GIS places such a scene), or None when they cannot be fitted."""
+    from rasterio.control import GroundControlPoint
+    from rasterio.errors import RasterioError
+    from rasterio.transform import GCPTransformer
+
+    r, col, h, w = (boxes[:, i].astype(np.float64) for i in range(4))
+    cols = np.stack([col, col + w, col + w, col], axis=1)  # (n, 4)
+    rows = np.stack([r, r, r + h, r + h], axis=1)
+    points = [GroundControlPoint(row=pr, col=pc, x=x, y=y, z=z) for pr, pc, x, y, z in gcps]
+    try:
+        with GCPTransformer(points) as transformer:
+            xs, ys = transformer.xy(rows.ravel(), cols.ravel(), offset="ul")
+    except (RasterioError, ValueError):
+        return None
+    return np.stack([np.asarray(xs, np.float64), np.asarray(ys, np.float64)], axis=-1).reshape(len(boxes), 4, 2)
+
+
 def geo_columns(boxes: np.ndarray, file_meta: dict[str, Any]) -> dict[str, Any]:
-    """Centre, bounds, footprint polygon (WKT, rasters) and CRS of each box of one file."""
+    """Centre, bounds, footprint polygon (WKT, rasters) and CRS of each box of one file; a raster georeferenced by
+    ground control points only (Sentinel-1 GRD) is placed through them, in their CRS."""
     n = len(boxes)
     if file_meta["kind"] == "raster":
-        corners = raster_corners(boxes, file_meta["transform"])  # (n, 4, 2)
+        crs, corners = file_meta.get("crs"), None
+        if crs is None and file_meta.get("gcps") and n:
+            corners = gcp_corners(boxes, file_meta["gcps"])
+            crs = file_meta.get("gcp_crs") if corners is not None else None
+        if corners is None:
+            corners = raster_corners(boxes, file_meta["transform"])  # (n, 4, 2)
         ring = np.concatenate([corners, corners[:, :1]], axis=1)  # (n, 5, 2) closed
         wkt = ["POLYGON ((" + ", ".join(f"{x:.12g} {y:.12g}" for x, y in pts) + "))" for pts in ring]
         centre = corners.mean(axis=1)  # a parallelogram's centre is the mean of its corners
         lo, hi = corners.min(axis=1), corners.max(axis=1)
         none = [None] * n
         return {"x": centre[:, 0], "y": centre[:, 1], "z": none, "minx": lo[:, 0], "miny": lo[:, 1], "minz": none,
-                "maxx": hi[:, 0], "maxy": hi[:, 1], "maxz": none, "footprint_wkt": wkt,
-                "crs": [file_meta.get("crs")] * n}
+                "maxx": hi[:, 0], "maxy": hi[:, 1], "maxz": none, "footprint_wkt": wkt, "crs": [crs] * n}
     corners = volume_corners(boxes, np.asarray(file_meta["affine"]))  # (n, 8, 3)
     centre, lo, hi = corners.mean(axis=1), corners.min(axis=1), corners.max(axis=1)
     return {"x": centre[:, 0], "y": centre[:, 1], "z": centre[:, 2], "minx": lo[:, 0], "miny": lo[:, 1],

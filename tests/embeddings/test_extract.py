@@ -375,3 +375,10 @@ def test_patch_maps_of_a_scene_georeferenced_by_ground_control_points_carry_them
         assert dst.shape == (12, 12) and crs == CRS.from_epsg(4326)
     assert [(g.row, g.col, g.x, g.y) for g in got] == pytest.approx(
         [(g.row / 4, g.col / 4, g.x, g.y) for g in gcps])
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(tmp_path / "emb" / "embeddings.parquet").drop(["vector"]).to_pylist()
+    first = min(rows, key=lambda r: (-r["y"], r["x"]))  # the table is in map coordinates, not pixels
+    assert (first["x"], first["y"]) == pytest.approx((10.002, 44.998))
+    assert (first["minx"], first["maxy"], first["maxx"], first["miny"]) == pytest.approx((10.0, 45.0, 10.004, 44.996))
+    assert CRS.from_wkt(first["crs"]) == CRS.from_epsg(4326)

@@ -77,8 +77,8 @@ def predict_dir(ft_dir: str | Path, inputs: Sequence[str | Path], out: str | Pat
         prepare_out_dir(out, **rule)
         return predict_classes(model, meta, recipe, records, out)
     cfg = data_config(meta, recipe.data)
-    planned = usable_inputs(plan_outputs([str(p) for p in inputs], out, cfg, meta["window"]), cfg, meta["window"],
-                            blend, stats, strict)
+    planned = usable_inputs(plan_outputs([str(p) for p in inputs], out, cfg, meta["window"]), cfg, blend, stats,
+                            strict)
     prepare_out_dir(out, **rule)
     summaries = predict_files(model_fn(model), [str(p) for p in planned], out, stats, num_classes=len(meta["classes"]),
                               window=meta["window"], data_cfg=cfg, overlap=overlap, blend=blend,

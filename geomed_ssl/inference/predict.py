@@ -133,10 +133,11 @@ def plan_outputs(inputs: str | Path | Sequence[str | Path], out_dir: str | Path,
     return planned
 
 
-def usable_inputs(planned: dict[Path, Path], data_cfg: Any, window: int | Sequence[int], blend: str,
-                  stats: BandStats, strict: bool = False) -> dict[Path, Path]:
+def usable_inputs(planned: dict[Path, Path], data_cfg: Any, blend: str, stats: BandStats, strict: bool = False
+                  ) -> dict[Path, Path]:
     """The planned inputs ``predict`` can read, checked before its output folder is made: an unknown ``blend`` is
-    an error; a file the catalog's probe refuses (truncated, corrupt, not an image) is an error with ``strict``,
+    an error; a file the catalog's probe refuses (truncated, corrupt, not an image; any size is taken, the
+    predictor pads a scene smaller than its window) is an error with ``strict``,
     else skipped with a warning; none left is an error; an input without one of the model's bands (matched by
     name, as ``predict`` reads them: :func:`_check_bands`) is an error."""
     import logging
@@ -151,10 +152,8 @@ def usable_inputs(planned: dict[Path, Path], data_cfg: Any, window: int | Sequen
         if blend not in blends:
             raise ConfigError(f"--blend must be one of {', '.join(blends)}, got '{blend}'.")
         if p.is_file():
-            nd = 2 if kind == "raster" else 3
-            size = tuple(window) if isinstance(window, (list, tuple)) else (int(window),) * nd
-            try:
-                probe_file(str(p), kind, data_cfg, size[:nd])
+            try:  # any size: the predictor pads a scene smaller than its window (training needs half a window)
+                probe_file(str(p), kind, data_cfg, (1,) * (2 if kind == "raster" else 3))
             except ProbeError as err:
                 bad.append(f"'{p}': {str(err).rstrip('.')}")
                 continue

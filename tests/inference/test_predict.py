@@ -497,3 +497,20 @@ def test_a_class_map_without_probabilities_removes_an_earlier_runs_probabilities
     second = predict_files(scene["model"], tmp_path / "in", tmp_path / "out", scene["stats"], **kwargs)
     assert not Path(first[0]["proba_output"]).exists() and Path(second[0]["output"]).is_file()
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tile_a_pred.tif"]
+
+
+def test_a_scene_thinner_than_half_the_window_is_predicted_padded_not_skipped_as_unreadable(tmp_path):
+    """Training needs scenes of at least half a window; prediction pads, so a 5-px strip gets its 5-px map."""
+    import rasterio
+    from typer.testing import CliRunner
+
+    from geomed_ssl.cli import app
+    from tests.test_bad_input import predicting_model
+
+    strip = write_geotiff(tmp_path / "strip.tif", structured_raster(np.random.default_rng(1), 4, 40)[:, :5].copy())
+    result = CliRunner().invoke(app, ["predict", str(predicting_model(tmp_path)), str(strip), "--out",
+                                      str(tmp_path / "p")])  # the model's window: 16 x 16
+    assert result.exit_code == 0, result.output
+    assert "unreadable" not in result.output
+    with rasterio.open(tmp_path / "p" / "strip_pred.tif") as out, rasterio.open(strip) as src:
+        assert out.shape == (5, 40) and out.transform == src.transform and out.crs == src.crs

@@ -48,6 +48,20 @@ def conform_record(record: Any, names: list[str]) -> Any:
                                bandwidths=pick(record.bandwidths), value_range=pick(record.value_range))
 
 
+_noted: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()  # (model's bands, file's bands) already noted
+
+
+def note_band_order(path: str, names: list[str], found: list[str]) -> None:
+    """Log what reading the file at ``path`` (bands ``found``) as the bands ``names`` does, reordered and / or
+    extra bands dropped, once per distinct band list (one line for a folder of alike scenes)."""
+    key = (tuple(names), tuple(found))
+    note = describe_order(list(names), list(found)) if key not in _noted else ""
+    if note:
+        _noted.add(key)
+        log.info("note: bands of '%s' (%s): %s%s", path, " ".join(found), note,
+                 "; the same for any other file with these bands")
+
+
 def conform_catalog(catalog: Any, names: list[str]) -> Any:
     """Every record of ``catalog`` conformed to the bands ``names`` (:func:`conform_record`); what was reordered or
     dropped is logged once per distinct band list."""

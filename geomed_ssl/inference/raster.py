@@ -20,7 +20,7 @@ import torch
 
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.bands import BandInfo, band_order, resolve_band_info
-from geomed_ssl.data.conform import report_positional_names
+from geomed_ssl.data.conform import note_band_order, report_positional_names
 from geomed_ssl.data.gdal_read import read_masked
 from geomed_ssl.data.stats import BandStats, normalize, valid_mask, warn_far_from_stats
 from geomed_ssl.data.tiling import DEFAULT_OVERLAP, blend_weights, window_starts
@@ -172,6 +172,7 @@ class RasterInput:
         if len(names) != count:
             raise DataError(f"'{path}' has {count} bands but {len(names)} band names were given.")
         order = band_order(stats.band_names, names, str(path), source)
+        note_band_order(str(path), list(stats.band_names), names)
         if nodata is None:
             nodata = getattr(data_cfg, "nodata", None)
         if nodata is None:

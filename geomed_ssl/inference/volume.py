@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from geomed_ssl.data.conform import conform_record
+from geomed_ssl.data.conform import conform_record, note_band_order
 from geomed_ssl.data.stats import BandStats, normalize
 from geomed_ssl.data.tiling import DEFAULT_OVERLAP
 from geomed_ssl.errors import DataError
@@ -84,7 +84,9 @@ def volume_record(path: Path, cfg: Any, stats: BandStats, band_names: Sequence[s
         if len(band_names) != record.num_bands:
             raise DataError(f"'{path}' has {record.num_bands} channels but {len(band_names)} band names were given.")
         record = dataclasses.replace(record, band_names=list(band_names), band_source="caller")
-    return conform_record(record, list(stats.band_names))
+    conformed = conform_record(record, list(stats.band_names))  # missing bands: refused before any note
+    note_band_order(record.path, list(stats.band_names), list(record.band_names))
+    return conformed
 
 
 @dataclasses.dataclass

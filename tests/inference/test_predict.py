@@ -514,3 +514,22 @@ def test_a_scene_thinner_than_half_the_window_is_predicted_padded_not_skipped_as
     assert "unreadable" not in result.output
     with rasterio.open(tmp_path / "p" / "strip_pred.tif") as out, rasterio.open(strip) as src:
         assert out.shape == (5, 40) and out.transform == src.transform and out.crs == src.crs
+
+
+def test_predict_says_which_extra_bands_it_drops_once_for_alike_scenes(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from geomed_ssl.cli import app
+    from geomed_ssl.data import conform
+    from tests.test_bad_input import predicting_model
+
+    monkeypatch.setattr(conform, "_noted", set())
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    for i in range(2):  # 5 bands for a model of 4 (band_1..band_4): band_5 is not read
+        write_geotiff(scenes / f"s{i}.tif", structured_raster(np.random.default_rng(i), 5, 24))
+    result = CliRunner().invoke(app, ["predict", str(predicting_model(tmp_path)), str(scenes), "--out",
+                                      str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.output.splitlines() if "dropped" in line]
+    assert len(notes) == 1 and "['band_5']" in notes[0] and "s0.tif" in notes[0], result.output

@@ -107,14 +107,19 @@ def write_class_folders(root: Path, names: list[str], per_class: int, bands: int
     return root
 
 
+def structured_rasters(folder: Path, count: int, size: int = 48, seed: int = 0, bands: int = 4) -> Path:
+    """``folder`` (made) holding ``scene_0.tif`` .. ``scene_<count-1>.tif``: :func:`structured_raster` GeoTIFFs."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for i in range(count):
+        write_geotiff(folder / f"scene_{i}.tif", structured_raster(rng, bands, size))
+    return folder
+
+
 @pytest.fixture
 def raster_dir(tmp_path: Path) -> Path:
     """Six 4-band 48x48 uint16 GeoTIFFs with smooth structure, plus a label file the recipe must exclude."""
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "rasters"
-    folder.mkdir()
-    for i in range(6):
-        write_geotiff(folder / f"scene_{i}.tif", structured_raster(rng, 4, 48))
+    folder = structured_rasters(tmp_path / "rasters", 6)
     write_geotiff(folder / "scene_0_mask.tif", np.ones((1, 48, 48), np.uint8))
     return folder
 

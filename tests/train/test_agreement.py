@@ -109,16 +109,10 @@ def test_ranks_started_together_stop_at_once_when_rank_0_refuses_the_out_folder(
     """Both ranks start at once, as SLURM or one torchrun per node starts them (each with its rank in the
     environment): rank 0 refuses --out, rank 1 hears it and stops too, instead of waiting 30 minutes for a process
     group rank 0 never joins."""
-    import numpy as np
-
-    from tests.conftest import structured_raster, write_geotiff
+    from tests.conftest import structured_rasters
     from tests.train.test_ddp import BASE, ROOT, cli_args, env
 
-    data = tmp_path / "data"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        write_geotiff(data / f"scene_{i}.tif", structured_raster(rng, 4, 32))
+    data = structured_rasters(tmp_path / "data", 2, size=32)
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "thesis.tex").write_text("precious")

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY, TINY_BASE, structured_raster, write_geotiff
+from tests.conftest import TINY, TINY_BASE, structured_raster, structured_rasters, write_geotiff
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = [*TINY, "data.sensor=null", "data.patch_size=16", "train.accelerator=cpu", "train.checkpoint_every=1"]
@@ -279,11 +279,7 @@ def test_accumulated_micro_batches_on_two_processes_train_as_one_batch(tmp_path:
     batch of 8 make the same update (MAE without nodata: every micro-batch masks the same number of tokens)."""
     from geomed_ssl.train.pretrain import pretrain
 
-    data = tmp_path / "rasters"
-    data.mkdir()
-    rng = np.random.default_rng(5)
-    for i in range(4):
-        write_geotiff(data / f"scene_{i}.tif", structured_raster(rng, 4, 48))
+    data = structured_rasters(tmp_path / "rasters", 4, seed=5)
     ddp = tmp_path / "ddp"
     result = run(cli_args(data, ddp, [*BASE, "train.devices=2", "train.strategy=ddp", "train.batch_size=2",
                                       "train.accumulate_grad_batches=2", "train.max_steps=1"]))

@@ -149,7 +149,10 @@ def resumed_clock(point: ResumePoint, max_steps: int) -> ScheduleClock:
     saved = point.info.get("schedule")
     clock = ScheduleClock.from_dict(saved) if saved else ScheduleClock(int(point.info["recipe"]["train"]["max_steps"]))
     new = clock.resumed(point.step, max_steps)
-    if max_steps != clock.end and max_steps > point.step:
+    if point.step >= max_steps:
+        log.info(f"note: the run already finished its {max_steps} steps (checkpoint at step {point.step}), so nothing "
+                 f"is trained; to train longer, resume with --set train.max_steps=N (N > {point.step}).")
+    elif max_steps != clock.end:
         if clock(point.step) >= clock.total:
             log.warning(f"the run finished its schedules at step {point.step} (lr at train.min_lr): its "
                         f"{max_steps - point.step} extra steps run at their final values.")

@@ -318,6 +318,19 @@ def test_resume_with_a_set_that_changes_the_network_is_refused_in_words_and_the_
     assert pretrain(None, raster_dir, out, resume=True, progress=False).steps == 10
 
 
+def test_resuming_a_finished_run_says_nothing_was_trained_and_how_to_train_longer(raster_dir: Path,
+                                                                                      tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    sets = [*TINY, "data.sensor=null", "data.patch_size=16", "train.max_steps=2", "train.warmup_steps=1"]
+    pretrain("recipes/mae_sentinel2.yaml", raster_dir, out, overrides=sets, progress=False)
+    last = (out / "checkpoints" / "last.ckpt").read_bytes()
+    result = CliRunner().invoke(app, ["pretrain", "recipes/mae_sentinel2.yaml", "--resume", "--out", str(out),
+                                      "--data", str(raster_dir)])
+    assert result.exit_code == 0, result.output
+    assert "already finished its 2 steps" in result.output and "--set train.max_steps=N (N > 2)" in result.output
+    assert (out / "checkpoints" / "last.ckpt").read_bytes() == last
+
+
 def test_slurms_advance_warning_sigusr1_is_a_stop_with_a_checkpoint_and_no_hpc_checkpoint_appears(
         raster_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``#SBATCH --signal=USR1@90`` in a batch script: Lightning's auto-requeue would write hpc_ckpt_1.ckpt into the

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, SequentialSampler
 
 from geomed_ssl.checkpoint import load_encoder, read_encoder_config
 from geomed_ssl.config import Recipe, spatial_dims
+from geomed_ssl.cpus import fit_threads_to_quota
 from geomed_ssl.data.catalog import Catalog
 from geomed_ssl.data.stats import BandStats, compute_stats
 from geomed_ssl.errors import ConfigError, GeomedError
@@ -148,6 +149,7 @@ def fit_supervised(model: torch.nn.Module, dataset: Any, recipe: Recipe, num_cla
                              MetricsCSV(out / "metrics_train.csv", t.log_every),
                              L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
                                                                  save_top_k=0, every_n_train_steps=t.checkpoint_every)]
+    fit_threads_to_quota()  # from Python too, not only through the CLI (one process)
     trainer = L.Trainer(accelerator=t.accelerator, devices=1, strategy="auto", num_nodes=1,
                         precision=resolve_precision(t.precision, t.accelerator), max_steps=f.max_steps, max_epochs=-1,
                         gradient_clip_val=t.grad_clip, callbacks=cbs, logger=False, enable_progress_bar=has_bar(cbs),

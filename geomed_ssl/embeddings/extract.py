@@ -208,6 +208,7 @@ def finished_run(store: EmbeddingStore, manifest: dict[str, Any], paths: list[st
         raise GeomedError(f"'{out_dir}' is complete but {len(new)} file(s) are new (e.g. {new[0]}); embed them "
                           "into another --out or pass --overwrite to redo everything.")
     log.info("embeddings in %s are complete; nothing to do", out_dir)
+    store.remove_parts()  # a run killed between its complete manifest and this clean-up left them
     return EmbedResult(Path(out_dir), ensure_maps(store, manifest), 0, len(paths), 0, time.perf_counter() - t0)
 
 

@@ -331,12 +331,12 @@ class EmbeddingStore:
                     "dim": int(dim), "dtype": str(dtype), "files": files, **extra,
                     "geoparquet": bool(geo)}
         self.write_manifest(manifest)
-        self._remove_parts()
+        self.remove_parts()
         return manifest
 
-    def _remove_parts(self) -> None:
-        """Delete the committed parts (now in the table) and their folder if nothing else is left in it: a file the
-        user put in ``parts/`` stays."""
+    def remove_parts(self) -> None:
+        """Delete the committed parts (once in the table) and their folder if nothing else is left in it: a file the
+        user put in ``parts/`` stays. Also what a run killed after its table was complete left."""
         for part in self.parts_dir.glob("part-*"):
             if part.is_dir() and not part.is_symlink():
                 shutil.rmtree(part, ignore_errors=True)

@@ -194,6 +194,26 @@ def test_a_run_killed_midway_resumes_without_duplicates(data: Path, encoder: Pat
     assert again.files_embedded == 0  # complete: nothing to redo
 
 
+def test_a_run_killed_after_its_table_was_complete_drops_its_parts_on_the_rerun(data: Path, encoder: Path,
+                                                                                 tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch
+                                                                                 ) -> None:
+    """Killed between the complete manifest and the parts' deletion: the rerun has nothing to embed, and the parts
+    (a second copy of every vector) go; a file the user put in parts/ stays."""
+    from geomed_ssl.embeddings.store import EmbeddingStore
+
+    out = tmp_path / "emb"
+    monkeypatch.setattr(EmbeddingStore, "remove_parts", lambda self: (_ for _ in ()).throw(Killed()))
+    with pytest.raises(Killed):
+        embed_folder(encoder, data, out, level="window", batch_size=4, progress=False)
+    monkeypatch.undo()
+    assert (out / "embeddings.parquet").is_file() and list((out / "parts").glob("part-*"))
+    (out / "parts" / "notes.txt").write_text("mine")
+    again = embed_folder(encoder, data, out, level="window", batch_size=4, progress=False)
+    assert again.files_embedded == 0 and not list((out / "parts").glob("part-*"))
+    assert (out / "parts" / "notes.txt").read_text() == "mine"
+
+
 def test_footprint_wkb_is_a_closed_little_endian_polygon() -> None:
     corners = raster_corners(np.array([[2, 3, 4, 5]]), list(TRANSFORM)[:6])
     raw = footprint_wkb(corners)[0].as_py()

@@ -349,13 +349,14 @@ def fit(trainer: L.Trainer, module: PretrainModule, data: PretrainData, point: R
 
 def run_callbacks(out: Path, recipe: Recipe, method: Any, catalog: Catalog, stats: BandStats,
                   enc_cfg: EncoderConfig, stop: StopRequest, progress: bool) -> list[L.Callback]:
-    """Console, progress, checkpoints, metrics.csv, encoder export, previews and the k-NN monitor (each writes on
-    rank 0 only), in the order their batch-end hooks must run."""
+    """Console, progress, metrics.csv, checkpoints, encoder export, previews and the k-NN monitor (each writes on
+    rank 0 only), in the order their batch-end hooks must run: a step's metrics row before its checkpoint, so a kill
+    between the two never leaves a checkpoint whose row is lost (a resume rewrites the rows after its step)."""
     t = recipe.train
     extra = {"method": recipe.method.name, "recipe": recipe.to_dict()}
     cbs: list[L.Callback] = [ConsoleSettings(), *progress_callbacks(progress, t.log_every),
-                             RunCheckpoints(out / "checkpoints", t.checkpoint_every, t.checkpoint_minutes, stop),
                              MetricsCSV(out / "metrics.csv", t.log_every),
+                             RunCheckpoints(out / "checkpoints", t.checkpoint_every, t.checkpoint_minutes, stop),
                              ExportEncoder(out / "encoder", t.checkpoint_every, extra)]
     if t.preview_every:
         identity = build_views("none", recipe.data, spatial_dims(recipe.data))

@@ -318,6 +318,31 @@ def test_resume_with_a_set_that_changes_the_network_is_refused_in_words_and_the_
     assert pretrain(None, raster_dir, out, resume=True, progress=False).steps == 10
 
 
+def test_a_kill_around_a_checkpoint_never_loses_that_steps_metrics_row(raster_dir: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed while step 5's row is written: had step 5's checkpoint been saved first, the resume would start after
+    step 5 and its row would be missing for good."""
+    from geomed_ssl.train.callbacks import MetricsCSV
+
+    real = MetricsCSV._write
+
+    def dying(self: MetricsCSV) -> None:
+        if self.rows and int(self.rows[-1]["step"]) == 5:
+            raise RuntimeError("simulated kill")
+        real(self)
+
+    out = tmp_path / "run"
+    sets = [*TINY, "data.sensor=null", "data.patch_size=16", "train.max_steps=8", "train.warmup_steps=1",
+            "train.checkpoint_every=1"]
+    monkeypatch.setattr(MetricsCSV, "_write", dying)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        pretrain("recipes/mae_sentinel2.yaml", raster_dir, out, overrides=sets, progress=False)
+    monkeypatch.undo()
+    assert pretrain(None, raster_dir, out, resume=True, progress=False).steps == 8
+    with (out / "metrics.csv").open() as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, 9))
+
+
 def test_resuming_a_finished_run_says_nothing_was_trained_and_how_to_train_longer(raster_dir: Path,
                                                                                       tmp_path: Path) -> None:
     out = tmp_path / "run"

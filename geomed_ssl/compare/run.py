@@ -8,7 +8,6 @@ import dataclasses
 import json
 import logging
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,7 +122,7 @@ def _check_resumed(out: Path, recipe: Recipe, record: str) -> None:
                           "made (its probes fitted or its scores computed otherwise; compare.json); choose another "
                           "--out, or pass --overwrite to start again.")
     if (out / "config.yaml").is_file():
-        with tempfile.TemporaryDirectory() as tmp:
+        with scratch_dir("compare") as tmp:
             recipe.save(Path(tmp) / "r.yaml")
             same = (Path(tmp) / "r.yaml").read_text() == (out / "config.yaml").read_text()
         if not same:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,6 +17,7 @@ from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix
 from geomed_ssl.inference.finetuned import data_config, load_run, model_fn
 from geomed_ssl.inference.writers import class_lookup
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
+from geomed_ssl.outfiles import scratch_dir
 
 log = logging.getLogger("geomed_ssl")
 
@@ -37,7 +37,7 @@ def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Seque
     k = len(meta["classes"])
     _, nodata_label = class_lookup(k)  # what predict writes where the input is nodata
     out = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_dir("evaluate") as tmp:  # a killed run's class maps go with the next run
         for i, path in enumerate(paths):
             if cfg.kind == "raster":
                 target = Path(tmp) / f"pred_{i}.tif"

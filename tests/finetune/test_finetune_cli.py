@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,10 @@ def pretrained(raster_dir: Path, tmp_path: Path) -> Path:
     return out
 
 
-def test_segment_from_pretrained_encoder_then_evaluate_and_predict(seg_scene, pretrained: Path, tmp_path: Path) -> None:
+def test_segment_from_pretrained_encoder_then_evaluate_and_predict(seg_scene, pretrained: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from geomed_ssl.inference import predict as predict_module
+
     images, labels = seg_scene
     ft = tmp_path / "ft"
     result = runner.invoke(app, ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", str(pretrained),
@@ -64,9 +68,13 @@ def test_segment_from_pretrained_encoder_then_evaluate_and_predict(seg_scene, pr
     used = np.load(ft / "labels_used.npz", allow_pickle=False)
     assert np.bincount(used["train_value"]).tolist() == [0, 5, 5, 5]
 
+    written, real = [], predict_module.predict_raster
+    monkeypatch.setattr(predict_module, "predict_raster", lambda *a, **k: written.append(Path(a[2])) or real(*a, **k))
     ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(images), "--labels", str(labels)])
     assert ev.exit_code == 0, ev.output
     assert "OA" in ev.output
+    # the whole-image class maps go to a scratch folder a killed run's successor deletes, not a bare mkdtemp
+    assert written and all(p.parent.name.startswith(f"geomed-evaluate-{os.getpid()}.") for p in written)
     assert f"metrics: {ft / 'eval' / 'metrics.json'}" in ev.output and (ft / "eval" / "metrics.json").is_file()
     from geomed_ssl.outdirs import foreign_inside
 

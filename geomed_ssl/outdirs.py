@@ -110,10 +110,9 @@ def owner(folder: PathLike) -> Owner | None:
             return None
     spec = COMMANDS.get(command, CommandSpec())
     names = set(spec.entries) | set(_entry_names(manifest)) | {MANIFEST}
-    patterns = spec.patterns
     result = Owner(command, manifest)
     for entry in sorted(folder.iterdir()):
-        ours = (entry.name in names or matches(entry.name, patterns) or is_temp_name(entry.name)
+        ours = (entry.name in names or matches(entry.name, spec.patterns) or is_temp_name(entry.name)
                 or _nested_here(spec, entry))
         (result.ours if ours else result.foreign).append(entry.name)
     return result

@@ -54,13 +54,17 @@ def optional_module(name: str, pip_name: str, fallback: str) -> Any:
 
 
 # -- geometry ---------------------------------------------------------------------------------------------------
-def raster_corners(boxes: np.ndarray, transform: Sequence[float]) -> np.ndarray:
-    """(n, 4) boxes [row, col, h, w] -> (n, 4, 2) map coordinates of the corners (pixel-corner convention),
+def corner_pixels(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 4) boxes [row, col, h, w] -> rows and columns (n, 4) of their corners (pixel-corner convention),
     clockwise from the top-left."""
-    a, b, c, d, e, f = (float(v) for v in transform[:6])
     r, col, h, w = (boxes[:, i].astype(np.float64) for i in range(4))
-    cols = np.stack([col, col + w, col + w, col], axis=1)  # (n, 4)
-    rows = np.stack([r, r, r + h, r + h], axis=1)
+    return np.stack([r, r, r + h, r + h], axis=1), np.stack([col, col + w, col + w, col], axis=1)
+
+
+def raster_corners(boxes: np.ndarray, transform: Sequence[float]) -> np.ndarray:
+    """(n, 4) boxes [row, col, h, w] -> (n, 4, 2) map coordinates of the corners (:func:`corner_pixels`)."""
+    a, b, c, d, e, f = (float(v) for v in transform[:6])
+    rows, cols = corner_pixels(boxes)
     return np.stack([a * cols + b * rows + c, d * cols + e * rows + f], axis=-1)
 
 
@@ -81,9 +85,7 @@ def gcp_corners(boxes: np.ndarray, gcps: list[list[float]]) -> np.ndarray | None
     from rasterio.errors import RasterioError
     from rasterio.transform import GCPTransformer
 
-    r, col, h, w = (boxes[:, i].astype(np.float64) for i in range(4))
-    cols = np.stack([col, col + w, col + w, col], axis=1)  # (n, 4)
-    rows = np.stack([r, r, r + h, r + h], axis=1)
+    rows, cols = corner_pixels(boxes)
     points = [GroundControlPoint(row=pr, col=pc, x=x, y=y, z=z) for pr, pc, x, y, z in gcps]
     try:
         with GCPTransformer(points) as transformer:

@@ -64,10 +64,11 @@ def _folder_files(folder: Path, data_cfg: Any, kind: str | None) -> list[Path]:
     as predict's outputs (``X_pred.tif``, ``X_pred_proba.nii.gz``) skipped with a warning naming them."""
     include = list(getattr(data_cfg, "include", None) or ["**/*"])
     exclude = list(getattr(data_cfg, "exclude", None) or [])
-    found = sorted(p for p in folder.rglob("*") if p.is_file() and p.name.lower().endswith((*RASTER_EXT, *VOLUME_EXT))
-                   and not p.name.startswith("."))
-    typed = [p for p in found if not OUTPUT_NAME.search(p.name)]
-    if skipped := [p for p in found if OUTPUT_NAME.search(p.name)]:
+    typed, skipped = [], []
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name.lower().endswith((*RASTER_EXT, *VOLUME_EXT)) and not p.name.startswith("."):
+            (skipped if OUTPUT_NAME.search(p.name) else typed).append(p)
+    if skipped:
         names = ", ".join(str(p.relative_to(folder)) for p in skipped[:3]) + (" ..." if len(skipped) > 3 else "")
         log.warning(f"warning: skipped {len(skipped)} file(s) under '{folder}' named as predict's outputs ({names}); "
                     "name a file explicitly to predict it.")

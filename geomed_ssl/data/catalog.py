@@ -213,17 +213,21 @@ def _has_ext(name: str, kind: str) -> bool:
 
 
 def _list_files(root: Path) -> list[Path]:
-    """The files under ``root`` (or ``root`` itself), leaving out the subfolders the toolkit wrote (they hold
-    ``.geomed-ssl.json``: a predict, embed or cluster folder placed inside the data must not be read back as data;
-    said once in the log)."""
+    """The files under ``root`` (or ``root`` itself), leaving out hidden files and folders (``.ipynb_checkpoints``,
+    macOS ``._x.tif`` copies) and the subfolders the toolkit wrote (they hold ``.geomed-ssl.json``: a predict, embed
+    or cluster folder placed inside the data must not be read back as data); each said once in the log."""
     if root.is_file():
         return [root]
-    out, skipped = [], []
+    out, skipped, hidden = [], [], []
     for folder, dirs, files in os.walk(root):
         ours = sorted(d for d in dirs if (Path(folder) / d / MANIFEST).is_file())
         skipped += [Path(folder) / d for d in ours]
-        dirs[:] = sorted(d for d in dirs if d not in ours)
-        out += [Path(folder) / f for f in sorted(files)]
+        hidden += [Path(folder) / n for n in sorted(dirs) + sorted(files) if n.startswith(".") and n != MANIFEST]
+        dirs[:] = sorted(d for d in dirs if d not in ours and not d.startswith("."))
+        out += [Path(folder) / f for f in sorted(files) if not f.startswith(".")]
+    if hidden:
+        log.info(f"skipped {len(hidden)} hidden file(s) / folder(s) under '{root}': "
+                 + ", ".join(str(p.relative_to(root)) for p in hidden[:3]) + (", ..." if len(hidden) > 3 else ""))
     if skipped:
         log.info(f"skipped {len(skipped)} folder(s) under '{root}' that geomed-ssl wrote (outputs, not data): "
                  + ", ".join(str(d.relative_to(root)) for d in skipped[:3]) + (", ..." if len(skipped) > 3 else ""))

@@ -370,3 +370,24 @@ def resample_to_spacing(arr: np.ndarray, affine: np.ndarray, spacing: list[float
     out = torch.nn.functional.interpolate(t, size=tuple(new), mode="trilinear", align_corners=True)[0].numpy()
     scale = [(n - 1) / (m - 1) if m > 1 else 1.0 for n, m in zip(old, new)]
     return out, affine @ np.diag([*scale, 1.0])
+
+
+def valid_map(record: Any, data_cfg: Any, shape: tuple[int, ...], rows_per_read: int = 512) -> np.ndarray | None:
+    """Where the image of ``record`` has data, on the readers' grid of spatial ``shape`` (bool), as training and
+    prediction see it (``stats.valid_mask``: every band finite, not all bands at nodata); None when its type and
+    nodata leave no pixel invalid. Rasters are read in strips of ``rows_per_read`` rows."""
+    from geomed_ssl.data.stats import valid_mask
+
+    nodata = data_cfg.nodata if data_cfg.nodata is not None else record.nodata
+    if nodata is None and np.dtype(record.dtype).kind in "iub":
+        return None
+    if len(shape) == 3:
+        valid = valid_mask(VolumeReader(data_cfg, max_cached=1).load(record)[0], nodata)
+    else:
+        reader, (h, w) = RasterReader(max_open=1), shape
+        valid = np.concatenate([valid_mask(reader.read_window(record, r, 0, min(rows_per_read, h - r), w), nodata)
+                                for r in range(0, h, rows_per_read)]) if h else np.zeros(shape, bool)
+    if valid.shape != tuple(shape):
+        raise DataError(f"'{record.path}' reads as {list(valid.shape)} pixels but its labels are {list(shape)}; "
+                        "they must share one grid.")
+    return valid

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from geomed_ssl.data.catalog import EXTENSIONS, FileRecord
+from geomed_ssl.data.readers import valid_map
 from geomed_ssl.finetune.sampling import (  # noqa: F401  (re-exported: the sampling half of this module)
     ClassMap, LabelSelection, Names, check_labels_config, class_ids, labelled_pixels, sample_fraction,
     sample_images_per_class, sample_per_class, select_labels,
@@ -68,21 +69,29 @@ def _by_name(records: list[FileRecord], label_dir: Path, kind: str) -> dict[str,
     images = {os.path.abspath(p) for r in records for p in r.paths}
     index: dict[str, list[str]] = {}
     for folder, dirs, files in os.walk(label_dir):
-        dirs.sort()
-        for f in sorted(files):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for f in sorted(f for f in files if not f.startswith(".")):
             path = os.path.abspath(os.path.join(folder, f))
             if f.lower().endswith(EXTENSIONS[kind]) and path not in images:
                 for key in _label_keys(_stem(f)):
                     index.setdefault(key, []).append(path)
+    same_stem: dict[str, list[str]] = {}
+    for r in records:
+        same_stem.setdefault(_stem(r.path).lower(), []).append(r.path)
     out: dict[str, str | None] = {}
     for r in records:
-        found = index.get(_stem(r.path).lower(), [])
+        stem = _stem(r.path).lower()
+        found = index.get(stem, [])
         if len(found) > 1:
             score = [_shared_parents(r.path, f) for f in found]
             found = [f for f, s in zip(found, score) if s == max(score)]
         if len(found) > 1:
             raise DataError(f"image '{r.path}' matches {len(found)} label files ({', '.join(found[:4])}); "
                             "keep one, or list image,label pairs in a labels CSV.")
+        # labels/pat1/flair_seg.nii.gz is pat1's, not also pat2's flair: a label shared by several images of one
+        # stem (dates of one ground) must sit as near each of them as any other
+        if found and _shared_parents(r.path, found[0]) < max(_shared_parents(p, found[0]) for p in same_stem[stem]):
+            found = []
         out[r.path] = found[0] if found else None
     return out
 
@@ -364,14 +373,22 @@ def read_label_pairs(records: Sequence[FileRecord], labels: str | Path | None, l
 
     ``labels`` is a label folder, one label file, or a ``.csv`` of image,label pairs; with ``lab.label_name`` it
     may be None (the label is that file beside each image). Returns the pairs and, per pair, the label array and
-    its labelled mask (``lab.remap`` and ``lab.ignore_value`` applied; volumes on the ``data.spacing`` grid).
+    its labelled mask (``lab.remap`` and ``lab.ignore_value`` applied; volumes on the ``data.spacing`` grid; positions
+    where the image has no data left out, with a warning, so every protocol trains and tests on the same ones).
     """
     is_csv = labels is not None and str(labels).lower().endswith(".csv")
     pairs = match_labels(records, None if is_csv else labels, data.kind, csv=labels if is_csv else None,
                          allow_unlabelled=allow_unlabelled, label_name=lab.label_name)
     arrays, masks = [], []
-    for _, path in pairs:
+    for record, path in pairs:
         values, labelled = read_label(path, data.kind, lab.ignore_value, spacing=data.spacing, remap=lab.remap)
+        valid = valid_map(record, data, labelled.shape)
+        off = int(np.count_nonzero(labelled & ~valid)) if valid is not None else 0
+        if off:  # a label where the image has no data can neither train nor be predicted: left out of both
+            unit = "voxel" if labelled.ndim == 3 else "pixel"
+            log.warning("warning: %d labelled %s(s) of '%s' lie where '%s' has no data (nodata or NaN); they "
+                        "neither train nor test.", off, unit, path, record.path)
+            labelled = labelled & valid
         arrays.append(values)
         masks.append(labelled)
     return pairs, arrays, masks

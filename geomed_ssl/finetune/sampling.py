@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from geomed_ssl.errors import ConfigError, DataError
-from geomed_ssl.finetune.splits import SPLITS, same_ground, training_maps, training_pool
+from geomed_ssl.finetune.splits import SPLITS, ground_keys, same_ground, training_maps, training_pool
 from geomed_ssl.outfiles import atomic_path
 
 Names = Mapping[int, str] | None
@@ -196,6 +196,12 @@ class LabelSelection:
         lines = [f"{self.train_value.size} training and {self.test_value.size} test positions over "
                  f"{len(self.classes)} classes ({self.split} split, seed {self.seed})",
                  "  train per class: " + ", ".join(f"{v}:{n}" for v, n in zip(self.classes, counts))]
+        keys = ground_keys(self.train_file, self.train_index, self.paths, len(self.shapes))
+        _, first = np.unique(keys, return_index=True)
+        if first.size < keys.size:  # images sharing a label file: the budget counts places of the ground
+            places = np.bincount(self.class_map.encode(self.train_value[first]), minlength=len(self.classes))
+            lines.append("  places of the ground per class (each trained at every image of its label file): "
+                         + ", ".join(f"{v}:{n}" for v, n in zip(self.classes, places)))
         return "\n".join(lines + [f"  note: {n}" for n in self.notes])
 
     def save_npz(self, path: str | Path) -> None:
@@ -279,10 +285,16 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
     seed, notes = int(cfg.seed), []
     maps = training_maps(cfg.split, shapes, int(cfg.block_size), seed, files, flats, values, paths)
     pool = training_pool(maps, files, flats)  # (N,) may train; None: the random split
-    if cfg.per_class is not None:
-        train, notes = sample_per_class(values, int(cfg.per_class), seed, cmap, unit, pool, cfg.split)
-    elif cfg.fraction is not None:
-        train, notes = sample_fraction(values, float(cfg.fraction), seed, cmap, unit, pool, cfg.split)
+    if cfg.per_class is not None or cfg.fraction is not None:
+        # a budget counts places of the ground: a place drawn trains at every image (date) of its label file
+        keys = ground_keys(files, flats, paths, len(shapes))
+        first = np.sort(np.unique(keys, return_index=True)[1])  # each place's first position, in position order
+        sub = lambda x: x[first] if x is not None and first.size < x.size else x  # noqa: E731
+        if cfg.per_class is not None:
+            drawn, notes = sample_per_class(sub(values), int(cfg.per_class), seed, cmap, unit, sub(pool), cfg.split)
+        else:
+            drawn, notes = sample_fraction(sub(values), float(cfg.fraction), seed, cmap, unit, sub(pool), cfg.split)
+        train = drawn if first.size == values.size else np.flatnonzero(np.isin(keys, keys[first[drawn]]))
     else:
         train = np.flatnonzero(pool) if pool is not None else np.arange(values.size)
     if pool is None:

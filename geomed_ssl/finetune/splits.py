@@ -154,9 +154,14 @@ def training_pool(maps: list[np.ndarray] | None, files: np.ndarray, flats: np.nd
     return pool
 
 
+def ground_keys(files: np.ndarray, flats: np.ndarray, paths: Sequence[str], n_files: int) -> np.ndarray:
+    """(N,) int64: one key per place of the ground, shared by the positions of every image of one label file."""
+    group = label_groups(paths, n_files)
+    return group[files] * (int(flats.max(initial=0)) + 1) + flats
+
+
 def same_ground(files: np.ndarray, flats: np.ndarray, paths: Sequence[str], n_files: int,
                 train: np.ndarray) -> np.ndarray:
     """(N,) bool: the position shares its label file and flat index with a training position (itself included)."""
-    group = label_groups(paths, n_files)
-    key = group[files] * (int(flats.max(initial=0)) + 1) + flats
+    key = ground_keys(files, flats, paths, n_files)
     return np.isin(key, key[train])

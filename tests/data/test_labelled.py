@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.labelled import scan_class_folders
 from geomed_ssl.errors import DataError
-from tests.conftest import structured_raster, write_geotiff
+from tests.conftest import structured_raster, write_class_folders, write_geotiff
 
 
 def test_problem_files_in_class_folders_are_a_warning_and_an_error_under_strict(tmp_path, caplog):
@@ -41,3 +43,14 @@ def test_image_dataset_gives_whole_images_centre_cropped_to_the_patch_with_their
     item = ImageDataset(records, labels, identity, cfg, (8, 8))[1]
     assert int(item["target"]) == 1
     np.testing.assert_allclose(item["image"].numpy(), arrays["River"][:, 1:17, 1:17])
+
+
+def test_hidden_folders_and_files_are_neither_classes_nor_images(tmp_path, caplog):
+    root = write_class_folders(tmp_path / "classes", ["forest", "sea"], per_class=2)
+    (root / ".ipynb_checkpoints").mkdir()
+    shutil.copy(next((root / "forest").glob("*.tif")), root / ".ipynb_checkpoints" / "x.tif")
+    shutil.copy(next((root / "sea").glob("*.tif")), root / "sea" / "._copy.tif")
+    with caplog.at_level("INFO", logger="geomed_ssl"):
+        records, labels, names = scan_class_folders(root, DataConfig(patch_size=16))
+    assert names == ["forest", "sea"] and len(records) == 4 and np.bincount(labels).tolist() == [2, 2]
+    assert "skipped 2 hidden" in caplog.text

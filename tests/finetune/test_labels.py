@@ -71,6 +71,35 @@ def test_missing_label_names_the_images_unless_allowed(tmp_path):
     assert len(match_labels(records, tmp_path / "labels", "raster", allow_unlabelled=True)) == 1
 
 
+def _subjects(tmp_path, names):
+    """images/<name>/scene.tif for each name: one file name in every subject (or date) folder."""
+    rng = np.random.default_rng(0)
+    for name in names:
+        (tmp_path / "images" / name).mkdir(parents=True)
+        write_geotiff(tmp_path / "images" / name / "scene.tif", structured_raster(rng, 3, 32))
+    return scan(tmp_path / "images", DataConfig(patch_size=8)).records
+
+
+def test_a_label_in_one_subject_folder_is_not_given_to_another_subject(tmp_path):
+    records = _subjects(tmp_path, ["pat1", "pat2"])
+    (tmp_path / "labels" / "pat1").mkdir(parents=True)
+    _label(tmp_path / "labels" / "pat1" / "scene_seg.tif", _classes())
+    with pytest.raises(DataError, match=r"1 of 2 images have no label file \(pat2/scene.tif\)"):
+        match_labels(records, tmp_path / "labels", "raster")
+    [(record, label)] = match_labels(records, tmp_path / "labels", "raster", allow_unlabelled=True)
+    assert "pat1" in record.path and "pat1" in label
+
+
+def test_one_label_named_like_the_images_of_several_dates_serves_them_all(tmp_path):
+    records = _subjects(tmp_path, ["2019", "2020"])
+    (tmp_path / "labels").mkdir()
+    _label(tmp_path / "labels" / "scene_gt.tif", _classes())
+    (tmp_path / "labels" / ".ipynb_checkpoints").mkdir()  # hidden: never a second candidate
+    _label(tmp_path / "labels" / ".ipynb_checkpoints" / "scene_gt.tif", _classes())
+    pairs = match_labels(records, tmp_path / "labels", "raster")
+    assert [Path(label).relative_to(tmp_path).as_posix() for _, label in pairs] == ["labels/scene_gt.tif"] * 2
+
+
 def test_labels_csv_and_one_label_file_for_every_image(tmp_path):
     records = _images(tmp_path)
     (tmp_path / "labels").mkdir()
@@ -167,6 +196,26 @@ def test_label_pairs_from_a_csv_or_a_fixed_name_with_remap(tmp_path):
     assert {Path(p).name for _, p in pairs} == {"truth.tif"}
 
 
+@pytest.mark.parametrize("kind", ["nodata", "nan"])
+def test_labels_where_the_image_has_no_data_neither_train_nor_test(tmp_path, kind, caplog):
+    """A labelled pixel on the image's nodata (or NaN) is left out of the draw and of the test set alike, so k counts
+    pixels that train and every protocol scores the same test pixels."""
+    image = structured_raster(np.random.default_rng(0), 3, 32).astype(np.float32) + 1
+    image[:, :, :10] = np.nan if kind == "nan" else 0
+    (tmp_path / "images").mkdir()
+    write_geotiff(tmp_path / "images" / "scene.tif", image, nodata=None if kind == "nan" else 0)
+    records = scan(tmp_path / "images", DataConfig(patch_size=8)).records
+    label = _label(tmp_path / "scene_gt.tif", _classes())
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        _, arrays, masks = read_label_pairs(records, label, LabelsConfig(), DataConfig(patch_size=8))
+    off = (_classes()[:, :10] > 0).sum()
+    assert f"{off} labelled pixel(s)" in caplog.text and "scene.tif' has no data" in caplog.text
+    assert not masks[0][:, :10].any() and masks[0][:, 10:].sum() == (_classes()[:, 10:] > 0).sum()
+    sel = select_labels(arrays, masks, LabelsConfig(per_class=5, seed=3))
+    assert (sel.train_index % 32 >= 10).all() and (sel.test_index % 32 >= 10).all()
+    assert np.bincount(sel.train_value).tolist() == [0, 5, 5, 5, 5]
+
+
 def test_continuous_values_are_refused_as_labels(tmp_path):
     path = _label(tmp_path / "img.tif", np.random.default_rng(0).random((8, 8)).astype(np.float32))
     with pytest.raises(DataError, match="non-integer"):
@@ -242,11 +291,19 @@ def test_block_split_gives_a_rare_class_training_and_test_blocks():
 
 
 def test_dates_sharing_one_label_file_never_test_a_trained_position():
+    """A budget counts places of the ground: each place drawn trains at every date, and no date tests it."""
     lab = _classes()
-    sel = select_labels([lab] * 3, [lab > 0] * 3, LabelsConfig(per_class=5, seed=1), paths=["lulc.tif"] * 3)
-    assert sel.train_value.size == 20 and sel.test_value.size > 0
+    lab[0, :11] = 5  # a rare class: 11 places
+    sel = select_labels([lab] * 3, [lab > 0] * 3, LabelsConfig(per_class=8, seed=1), paths=["lulc.tif"] * 3)
+    places = np.unique(sel.train_index)
+    assert places.size == 4 * 8 + 5  # 8 of each class, the rare class half its 11 places
+    assert sorted(np.bincount(sel.train_file).tolist()) == [places.size] * 3  # every place at all three dates
     assert not set(sel.train_index) & set(sel.test_index)  # no date tests a position another date trained on
-    assert sel.train_value.size + sel.test_value.size == 3 * int((lab > 0).sum()) - 2 * 20
+    assert sel.train_value.size + sel.test_value.size == 3 * int((lab > 0).sum())
+    assert any("class 5: 11 labelled pixels, took 5 instead of 8" in n for n in sel.notes)
+    assert "places of the ground per class (each trained at every image of its label file): 1:8" in sel.summary()
+    fraction = select_labels([lab] * 3, [lab > 0] * 3, LabelsConfig(fraction=0.1, seed=1), paths=["lulc.tif"] * 3)
+    assert np.unique(fraction.train_index).size == sum(max(1, round(0.1 * (lab == c).sum())) for c in range(1, 6))
 
 
 def test_dates_sharing_one_label_file_share_their_training_blocks():

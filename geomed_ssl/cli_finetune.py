@@ -41,8 +41,9 @@ def finetune_segment_cmd(
     fraction: Optional[float] = typer.Option(None, "--label-fraction", help="Fraction of labelled pixels used."),
     freeze: bool = typer.Option(False, "--freeze-encoder", help="Train the decoder only."),
     unfreeze_after: Optional[int] = typer.Option(None, "--unfreeze-after", help="Freeze the encoder for N steps."),
-    head: Optional[str] = typer.Option(None, "--head", help="unetr (decoder with a skip from the pixels) or "
-                                       "linear (1x1 conv on the encoder's upsampled tokens)."),
+    head: Optional[str] = typer.Option(None, "--head", help="unetr (decoder with a skip from the pixels), "
+                                       "linear (1x1 conv on the encoder's upsampled tokens) or probe (a "
+                                       "classifier on frozen features: finetune.probe)."),
     overrides: Optional[list[str]] = SetOpt,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     strict: bool = StrictOpt,

@@ -382,6 +382,12 @@ def read_label_pairs(records: Sequence[FileRecord], labels: str | Path | None, l
     arrays, masks = [], []
     for record, path in pairs:
         values, labelled = read_label(path, data.kind, lab.ignore_value, spacing=data.spacing, remap=lab.remap)
+        held = values[labelled]
+        if held.size and (held.min() < 0 or held.max() > 65534):  # predict stores classes as uint8 / uint16
+            bad = int(held.min()) if held.min() < 0 else int(held.max())
+            raise DataError(f"label file '{path}' holds the value {bad} as a class; class values must lie in "
+                            "[0, 65534]. If it marks unlabelled pixels, set labels.ignore_value to it (or give the "
+                            "file that nodata); else renumber with labels.remap.")
         valid = valid_map(record, data, labelled.shape)
         off = int(np.count_nonzero(labelled & ~valid)) if valid is not None else 0
         if off:  # a label where the image has no data can neither train nor be predicted: left out of both

@@ -216,6 +216,17 @@ def test_labels_where_the_image_has_no_data_neither_train_nor_test(tmp_path, kin
     assert np.bincount(sel.train_value).tolist() == [0, 5, 5, 5, 5]
 
 
+def test_a_class_value_no_class_map_can_hold_is_refused_before_training(tmp_path):
+    records = _images(tmp_path, n=1)
+    lab = _classes().astype(np.int16)
+    lab[0] = -9999  # an untagged nodata value
+    label = _label(tmp_path / "scene_gt.tif", lab)
+    with pytest.raises(DataError, match=r"scene_gt.tif' holds the value -9999 as a class.*labels.ignore_value"):
+        read_label_pairs(records, label, LabelsConfig(), DataConfig(patch_size=8))
+    _, arrays, masks = read_label_pairs(records, label, LabelsConfig(ignore_value=-9999), DataConfig(patch_size=8))
+    assert class_ids(arrays, -9999, masks=masks) == [0, 1, 2, 3, 4]
+
+
 def test_continuous_values_are_refused_as_labels(tmp_path):
     path = _label(tmp_path / "img.tif", np.random.default_rng(0).random((8, 8)).astype(np.float32))
     with pytest.raises(DataError, match="non-integer"):

@@ -372,7 +372,7 @@ def resample_to_spacing(arr: np.ndarray, affine: np.ndarray, spacing: list[float
     return out, affine @ np.diag([*scale, 1.0])
 
 
-def valid_map(record: Any, data_cfg: Any, shape: tuple[int, ...], rows_per_read: int = 512) -> np.ndarray | None:
+def valid_map(record: Any, data_cfg: Any, shape: tuple[int, ...], rows_per_read: int = 256) -> np.ndarray | None:
     """Where the image of ``record`` has data, on the readers' grid of spatial ``shape`` (bool), as training and
     prediction see it (``stats.valid_mask``: every band finite, not all bands at nodata); None when its type and
     nodata leave no pixel invalid. Rasters are read in strips of ``rows_per_read`` rows."""

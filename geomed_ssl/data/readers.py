@@ -372,22 +372,32 @@ def resample_to_spacing(arr: np.ndarray, affine: np.ndarray, spacing: list[float
     return out, affine @ np.diag([*scale, 1.0])
 
 
-def valid_map(record: Any, data_cfg: Any, shape: tuple[int, ...], rows_per_read: int = 256) -> np.ndarray | None:
-    """Where the image of ``record`` has data, on the readers' grid of spatial ``shape`` (bool), as training and
-    prediction see it (``stats.valid_mask``: every band finite, not all bands at nodata); None when its type and
-    nodata leave no pixel invalid. Rasters are read in strips of ``rows_per_read`` rows."""
+def valid_map(record: Any, data_cfg: Any, labelled: np.ndarray, rows_per_read: int = 256) -> np.ndarray | None:
+    """Where the image of ``record`` has data, as training and prediction see it (``stats.valid_mask`` on the
+    readers' output: every band of the file finite, GDAL masks and a stack's own nodata included, not all bands at
+    nodata), on the grid of the bool map ``labelled``; None when nothing can be invalid. Only raster strips holding a
+    labelled pixel are read (whole tiles: ``rows_per_read`` is rounded to the tile height); elsewhere True."""
+    from geomed_ssl.data.gdal_read import has_dataset_mask
     from geomed_ssl.data.stats import valid_mask
 
     nodata = data_cfg.nodata if data_cfg.nodata is not None else record.nodata
-    if nodata is None and np.dtype(record.dtype).kind in "iub":
-        return None
+    shape = tuple(labelled.shape)
     if len(shape) == 3:
+        if nodata is None and np.dtype(record.dtype).kind in "iub":
+            return None
         valid = valid_mask(VolumeReader(data_cfg, max_cached=1).load(record)[0], nodata)
     else:
-        reader, (h, w) = RasterReader(max_open=1), shape
-        valid = np.concatenate([valid_mask(reader.read_window(record, r, 0, min(rows_per_read, h - r), w), nodata)
-                                for r in range(0, h, rows_per_read)]) if h else np.zeros(shape, bool)
-    if valid.shape != tuple(shape):
+        reader = RasterReader(max_open=1)
+        if (nodata is None and np.dtype(record.dtype).kind in "iub" and len(record.paths) == 1
+                and not has_dataset_mask(reader.handle(record.paths[0]))):
+            return None
+        (h, w), tile = shape, (record.block_shape or (rows_per_read, 0))[0]
+        step = max(1, rows_per_read // tile) * tile
+        valid = np.ones(shape, bool)
+        for r in range(0, h, step):
+            if labelled[r:r + step].any():
+                valid[r:r + step] = valid_mask(reader.read_window(record, r, 0, min(step, h - r), w), nodata)
+    if valid.shape != shape:
         raise DataError(f"'{record.path}' reads as {list(valid.shape)} pixels but its labels are {list(shape)}; "
                         "they must share one grid.")
     return valid

@@ -118,7 +118,8 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
                               "a label file or a CSV), or with labels.label_name set in its recipe.")
         catalog = scan(images, recipe.data, strict=strict, names_by_position=position)
         catalog.warn_problems()
-        pairs, arrays, masks = read_label_pairs(catalog.records, labels, recipe.labels, recipe.data)
+        pairs, arrays, masks = read_label_pairs(catalog.records, labels, recipe.labels, recipe.data,
+                                                class_range=False)  # unknown values are left out below
         files, flats, vals = labelled_pixels(arrays, masks)
         if vals.size == 0:
             raise DataError(f"no labelled pixels or voxels in the {len(arrays)} label file(s) of '{labels}' "

@@ -367,7 +367,7 @@ def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata
 
 
 def read_label_pairs(records: Sequence[FileRecord], labels: str | Path | None, lab: object, data: object,
-                     allow_unlabelled: bool = False,
+                     allow_unlabelled: bool = False, class_range: bool = True,
                      ) -> tuple[list[tuple[FileRecord, str]], list[np.ndarray], list[np.ndarray]]:
     """Pair images with labels as the ``labels`` recipe section says and read them all.
 
@@ -375,6 +375,7 @@ def read_label_pairs(records: Sequence[FileRecord], labels: str | Path | None, l
     may be None (the label is that file beside each image). Returns the pairs and, per pair, the label array and
     its labelled mask (``lab.remap`` and ``lab.ignore_value`` applied; volumes on the ``data.spacing`` grid; positions
     where the image has no data left out, with a warning, so every protocol trains and tests on the same ones).
+    ``class_range``: refuse class values a class map cannot store (training; ``evaluate`` scores known classes only).
     """
     is_csv = labels is not None and str(labels).lower().endswith(".csv")
     pairs = match_labels(records, None if is_csv else labels, data.kind, csv=labels if is_csv else None,
@@ -382,13 +383,13 @@ def read_label_pairs(records: Sequence[FileRecord], labels: str | Path | None, l
     arrays, masks = [], []
     for record, path in pairs:
         values, labelled = read_label(path, data.kind, lab.ignore_value, spacing=data.spacing, remap=lab.remap)
-        held = values[labelled]
+        held = values[labelled] if class_range else values[:0]
         if held.size and (held.min() < 0 or held.max() > 65534):  # predict stores classes as uint8 / uint16
             bad = int(held.min()) if held.min() < 0 else int(held.max())
             raise DataError(f"label file '{path}' holds the value {bad} as a class; class values must lie in "
                             "[0, 65534]. If it marks unlabelled pixels, set labels.ignore_value to it (or give the "
                             "file that nodata); else renumber with labels.remap.")
-        valid = valid_map(record, data, labelled.shape)
+        valid = valid_map(record, data, labelled)
         off = int(np.count_nonzero(labelled & ~valid)) if valid is not None else 0
         if off:  # a label where the image has no data can neither train nor be predicted: left out of both
             unit = "voxel" if labelled.ndim == 3 else "pixel"

@@ -290,6 +290,7 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
         keys = ground_keys(files, flats, paths, len(shapes))
         first = np.sort(np.unique(keys, return_index=True)[1])  # each place's first position, in position order
         sub = lambda x: x[first] if x is not None and first.size < x.size else x  # noqa: E731
+        unit = "place" if first.size < values.size else unit  # notes count places of the ground then
         if cfg.per_class is not None:
             drawn, notes = sample_per_class(sub(values), int(cfg.per_class), seed, cmap, unit, sub(pool), cfg.split)
         else:

@@ -196,14 +196,25 @@ def test_label_pairs_from_a_csv_or_a_fixed_name_with_remap(tmp_path):
     assert {Path(p).name for _, p in pairs} == {"truth.tif"}
 
 
-@pytest.mark.parametrize("kind", ["nodata", "nan"])
+@pytest.mark.parametrize("kind", ["nodata", "nan", "gdal_mask"])
 def test_labels_where_the_image_has_no_data_neither_train_nor_test(tmp_path, kind, caplog):
-    """A labelled pixel on the image's nodata (or NaN) is left out of the draw and of the test set alike, so k counts
-    pixels that train and every protocol scores the same test pixels."""
+    """A labelled pixel on the image's nodata (its tag, NaN, or an integer scene's GDAL mask) is left out of the draw
+    and of the test set alike, so k counts pixels that train and every protocol scores the same test pixels."""
+    import rasterio
+
     image = structured_raster(np.random.default_rng(0), 3, 32).astype(np.float32) + 1
     image[:, :, :10] = np.nan if kind == "nan" else 0
     (tmp_path / "images").mkdir()
-    write_geotiff(tmp_path / "images" / "scene.tif", image, nodata=None if kind == "nan" else 0)
+    path = tmp_path / "images" / "scene.tif"
+    if kind == "gdal_mask":  # a clipped uint16 scene: no nodata tag, an internal mask band
+        mask = np.full((32, 32), 255, np.uint8)
+        mask[:, :10] = 0
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+            write_geotiff(path, image.astype(np.uint16))
+            with rasterio.open(path, "r+") as ds:
+                ds.write_mask(mask)
+    else:
+        write_geotiff(path, image, nodata=None if kind == "nan" else 0)
     records = scan(tmp_path / "images", DataConfig(patch_size=8)).records
     label = _label(tmp_path / "scene_gt.tif", _classes())
     with caplog.at_level("WARNING", logger="geomed_ssl"):
@@ -225,6 +236,9 @@ def test_a_class_value_no_class_map_can_hold_is_refused_before_training(tmp_path
         read_label_pairs(records, label, LabelsConfig(), DataConfig(patch_size=8))
     _, arrays, masks = read_label_pairs(records, label, LabelsConfig(ignore_value=-9999), DataConfig(patch_size=8))
     assert class_ids(arrays, -9999, masks=masks) == [0, 1, 2, 3, 4]
+    # evaluate scores a model's known classes only, so it reads such a file and leaves the value out itself
+    _, arrays, masks = read_label_pairs(records, label, LabelsConfig(), DataConfig(patch_size=8), class_range=False)
+    assert -9999 in arrays[0][masks[0]]
 
 
 def test_continuous_values_are_refused_as_labels(tmp_path):
@@ -311,7 +325,7 @@ def test_dates_sharing_one_label_file_never_test_a_trained_position():
     assert sorted(np.bincount(sel.train_file).tolist()) == [places.size] * 3  # every place at all three dates
     assert not set(sel.train_index) & set(sel.test_index)  # no date tests a position another date trained on
     assert sel.train_value.size + sel.test_value.size == 3 * int((lab > 0).sum())
-    assert any("class 5: 11 labelled pixels, took 5 instead of 8" in n for n in sel.notes)
+    assert any("class 5: 11 labelled places, took 5 instead of 8" in n for n in sel.notes)
     assert "places of the ground per class (each trained at every image of its label file): 1:8" in sel.summary()
     fraction = select_labels([lab] * 3, [lab > 0] * 3, LabelsConfig(fraction=0.1, seed=1), paths=["lulc.tif"] * 3)
     assert np.unique(fraction.train_index).size == sum(max(1, round(0.1 * (lab == c).sum())) for c in range(1, 6))

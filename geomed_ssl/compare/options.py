@@ -4,6 +4,7 @@ from the command line's comma-separated lists and checked before anything is rea
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -94,7 +95,7 @@ def parse_budgets(per_class: str | None, fraction: str | None) -> list[Budget]:
         out = []
         text = DEFAULT_PER_CLASS if per_class is None else per_class
         for item in split_list(text, "--labels-per-class"):
-            if not item.isdigit() or int(item) < 1:
+            if not (item.isascii() and item.isdigit()) or int(item) < 1:
                 raise ConfigError(f"--labels-per-class '{text}': each entry must be a whole number >= 1, got "
                                   f"'{item}'.")
             out.append(Budget(per_class=int(item)))
@@ -105,7 +106,7 @@ def parse_seeds(text: str) -> list[int]:
     """``--seeds``: distinct whole numbers in [0, 2**32 - 1], in the order given."""
     out: list[int] = []
     for item in split_list(text, "--seeds"):
-        if not item.isdigit() or int(item) > 2**32 - 1:
+        if not (item.isascii() and item.isdigit()) or int(item) > 2**32 - 1:
             raise ConfigError(f"--seeds '{text}': each entry must be a whole number in [0, 4294967295], got "
                               f"'{item}'.")
         if int(item) not in out:
@@ -137,7 +138,7 @@ def parse_options(encoders: Sequence[str], per_class: str | None, fraction: str 
         raise ConfigError("give --baselines or --no-baselines, not both.")
     names: list[str] = []
     for enc in encoders:
-        key = NONE if enc.lower() == NONE else enc
+        key = NONE if enc.lower() == NONE else os.path.normpath(enc)  # runA/ and ./runA are runA's rows
         if key in names:
             raise ConfigError(f"encoder '{enc}' is given twice; give each encoder once.")
         names.append(key)

@@ -113,11 +113,21 @@ def _check_resumed(out: Path, recipe: Recipe, record: str) -> None:
     earlier = (out / "compare.json").read_text() if (out / "compare.json").is_file() else None
     if earlier is not None and earlier != record:
         with contextlib.suppress(ValueError):
-            if "none" not in json.loads(earlier):
+            before, now = json.loads(earlier), json.loads(record)
+            if "none" not in before:
                 raise ConfigError(f"'{out}' holds a compare an older geomed-ssl made, whose `none` was one random "
                                   "initialisation for every seed (encoder_none/); now each seed draws its own "
                                   "(encoder_none_seed<seed>/), so its rows cannot be continued: choose another "
                                   "--out, or pass --overwrite to start again.")
+            if before.get("budget") not in (None, now["budget"]):
+                other = "--labels-per-class" if before["budget"] == "per_class" else "--label-fraction"
+                raise ConfigError(f"'{out}' holds a curve of {other} budgets, and one curve has one kind of budget: "
+                                  f"give {other}, or choose another --out.")
+            changed = [k for k in ("labels_sha256", "image_files") if k in before and before[k] != now[k]]
+            if changed and all(before.get(k) == now.get(k) for k in ("task", "split", "label_files", "images")):
+                what = "label files' contents" if changed == ["labels_sha256"] else "image files (size or time)"
+                raise ConfigError(f"the {what} changed since '{out}' was made, so its rows were scored on other "
+                                  "data; choose another --out, or pass --overwrite to start again.")
         raise ConfigError(f"'{out}' holds a compare of other data, classes or split, or one an older geomed-ssl "
                           "made (its probes fitted or its scores computed otherwise; compare.json); choose another "
                           "--out, or pass --overwrite to start again.")
@@ -321,7 +331,11 @@ def run_compare(options: CompareOptions, *, out: str | Path, images: str | Path 
     splits = [make_split(task, recipe_obj, b, s, options.split) for b in options.budgets for s in options.seeds]
     jobs = plan(options, task, splits)
     check_memory(jobs, splits, task, sources, recipe_obj)
-    record = settings_record(task, options.split)
+    record = settings_record(task, options.split, "per_class" if options.budgets[0].per_class else "fraction")
+    for split in splits:
+        if split.test.size == 0:
+            raise ConfigError(f"budget {split.budget.slug} (seed {split.seed}) trains on every labelled {task.unit} "
+                              "and leaves none to test; give smaller budgets.")
     weights = encoders_record(sources)
     nones = none_sources(sources[NONE], options.seeds, recipe_obj.train.seed, out, reuse=not overwrite)
     if not overwrite:

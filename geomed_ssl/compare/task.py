@@ -8,6 +8,7 @@ Selections come from the ``finetune`` sampling functions with the same settings,
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -207,9 +208,26 @@ def warn_notes(splits: list[Split], task: Task) -> None:
 PROBE_RULES = {"segment": 3, "classify": 4}
 
 
-def settings_record(task: Task, split: str) -> str:
+def data_signature(task: Task) -> dict[str, Any]:
+    """What the rows were computed from beyond the paths: a digest of the labels as read (values at the labelled
+    positions) and each image file's size and modification time, so data changed in place is not mixed in."""
+    h = hashlib.sha256()
+    if task.kind == "segment":
+        for values, mask in zip(task.arrays, task.masks):
+            h.update(np.ascontiguousarray(mask).tobytes())
+            h.update(np.ascontiguousarray(values[mask], dtype=np.int64).tobytes())
+    else:
+        h.update(np.ascontiguousarray(task.values, dtype=np.int64).tobytes())
+    stamps = []
+    for path in sorted({p for r in task.records for p in r.paths}):
+        st = os.stat(path)
+        stamps.append([path, st.st_size, st.st_mtime_ns])
+    return {"labels_sha256": h.hexdigest(), "image_files": stamps}
+
+
+def settings_record(task: Task, split: str, budget_kind: str) -> str:
     """``compare.json``: what a resumed compare must share with the rows already in results.csv."""
-    return json.dumps({"task": task.kind, "split": split, "classes": task.class_names,
+    return json.dumps({"task": task.kind, "split": split, "budget": budget_kind, "classes": task.class_names,
                        "label_files": task.label_paths, "images": [r.path for r in task.records],
-                       "probe_rules": PROBE_RULES[task.kind], "none": "one initialisation per seed"},
-                      indent=1) + "\n"
+                       "probe_rules": PROBE_RULES[task.kind], "none": "one initialisation per seed",
+                       **data_signature(task)}, indent=1) + "\n"

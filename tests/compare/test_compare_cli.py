@@ -310,3 +310,45 @@ def test_the_frozen_protocols_weigh_classes_as_finetune_class_weights_says(scene
     record.write_text(json.dumps(old, indent=1) + "\n")
     result = runner.invoke(app, compare_args([str(run_dir)], scene, tmp_path / "cmp_None", "--no-baselines"))
     assert result.exit_code == 2 and "one random initialisation for every seed" in " ".join(result.output.split())
+
+
+def test_a_resumed_compare_refuses_data_changed_in_place_and_another_kind_of_budget(run_dir: Path,
+                                                                                     tmp_path: Path) -> None:
+    import rasterio
+
+    from tests.compare.conftest import labelled_scene
+
+    images, labels = labelled_scene(tmp_path / "data")
+    out = tmp_path / "cmp"
+    args = ["compare", f"{run_dir}/", "--images", str(images), "--labels", str(labels), "--out", str(out),
+            "--labels-per-class", "3", "--seeds", "0", "--protocol", "linear", "--no-baselines", *sets()]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    rows = read(out / "results.csv")
+    assert {r["encoder"] for r in rows} == {str(run_dir), "none"}  # one name for runA/ and runA
+    alias = runner.invoke(app, [*args[:1], str(run_dir), *args[2:]])
+    assert alias.exit_code == 0 and read(out / "results.csv") == rows  # resumed: nothing new to run
+
+    fraction = runner.invoke(app, [*args[:8], "--label-fraction", "0.05", *args[10:]])
+    assert fraction.exit_code == 2 and "one curve has one kind of budget" in fraction.output
+
+    path = labels / "scene_gt.tif"
+    with rasterio.open(path) as src:
+        lab, profile = src.read(), src.profile
+    with rasterio.open(path, "w", **profile) as dst:  # classes 1 and 2 swapped, same file, same grid
+        dst.write(np.where(lab == 1, 2, np.where(lab == 2, 1, lab)).astype(lab.dtype))
+    changed = runner.invoke(app, [*args, "--seeds", "0,1"])
+    assert changed.exit_code == 2 and "label files' contents changed" in changed.output
+    assert read(out / "results.csv") == rows  # no row of the new labels beside the old ones
+
+
+def test_a_budget_that_leaves_nothing_to_test_is_refused_before_anything_is_written(scene, run_dir: Path,
+                                                                                      tmp_path: Path) -> None:
+    images, labels = scene
+    out = tmp_path / "cmp"
+    args = ["compare", str(run_dir), "--images", str(images), "--labels", str(labels), "--out", str(out),
+            "--label-fraction", "0.1,1", "--seeds", "0", "--protocol", "linear", *sets()]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "leaves none to test" in result.output and not out.exists()
+    digits = runner.invoke(app, [*args[:8], "--labels-per-class", "\u00b2", *args[10:]])
+    assert digits.exit_code == 2 and "whole number" in digits.output

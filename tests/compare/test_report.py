@@ -65,3 +65,11 @@ def test_baselines_are_ranked_on_the_seeds_they_all_share_with_the_encoder() -> 
     for order in (table + nan, nan + table):
         (line,) = [cells(line) for line in baseline_lines(order, "oa")[2:] if line.startswith("| run")]
         assert line[2:5] == ["band_stats (linear)", "5", "+0.100"]
+
+
+def test_the_best_protocol_is_chosen_on_the_budgets_and_seeds_all_protocols_share() -> None:
+    from geomed_ssl.compare.report import best_protocols, grouped
+
+    scores = {("run", "knn"): {1: [0.70, 0.70, 0.70], 2: [0.66, 0.66, 0.66]},
+              ("run", "linear"): {1: [0.68, 0.68, 0.68], 2: [0.64, 0.64, 0.64], 20: [0.95, 0.95, 0.95]}}
+    assert best_protocols(grouped(rows(scores), "oa")) == {"run": "knn"}  # not linear for its one easy budget

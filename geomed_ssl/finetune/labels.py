@@ -264,7 +264,8 @@ def match_labels(image_records: Sequence[FileRecord], label_dir: str | Path | No
         ext = EXTENSIONS[kind][-1]
         raise DataError(f"{len(missing)} of {len(records)} images have no label file ({names}) in {where}. Name "
                         f"labels like the image (x{ext} -> x{ext} or x_gt{ext} / x_mask{ext}), list pairs in a labels "
-                        "CSV (image,label), or allow unlabelled images.")
+                        "CSV (image,label), give the one label file itself when it serves every image (dates of one "
+                        "ground), or allow unlabelled images.")
     pairs = [(r, found[r.path]) for r in records if found[r.path] is not None]
     if not pairs:
         raise DataError(f"no image has a label file in {where}.")

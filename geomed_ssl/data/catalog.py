@@ -357,10 +357,13 @@ def _majority(records: list[FileRecord], problems: list[Problem]) -> list[FileRe
     return out
 
 
-def scan(root: str | Path, data_cfg: Any, strict: bool = False, names_by_position: str = "warn") -> Catalog:
+def scan(root: str | Path, data_cfg: Any, strict: bool = False, names_by_position: str = "warn",
+         majority: bool = True) -> Catalog:
     """Scan ``root`` (a folder, recursively, or one file) for ``data_cfg.kind`` files and build a Catalog.
 
     Problem files are skipped and listed in ``catalog.problems``; with ``strict`` any problem is a DataError.
+    ``majority``: keep only the files with the most common band count and names (data that trains together);
+    False where each file meets a model that reads its bands by name (predict, evaluate).
     Nothing usable is always a DataError that says what was found and which settings to check.
     Band names given to undescribed files by position from ``data.sensor``'s profile are logged as a warning
     (``names_by_position="warn"``), a DataError (``"error"``: the CLI's ``--strict``) or not mentioned
@@ -390,7 +393,7 @@ def scan(root: str | Path, data_cfg: Any, strict: bool = False, names_by_positio
                 records.append(_record([probe_file(f, kind, data_cfg, window)], kind, data_cfg))
             except ProbeError as bad:
                 problems.append(Problem(f, str(bad)))
-    if records:
+    if records and majority:
         records = _majority(records, problems)
     problems.sort(key=lambda p: p.path)
     catalog = Catalog(records, problems, kind, list(records[0].band_names) if records else [],

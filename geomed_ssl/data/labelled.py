@@ -23,12 +23,15 @@ from geomed_ssl.errors import DataError
 IGNORE = -1  # the target of an unlabelled pixel / voxel (cross_entropy's ignore_index in fine-tuning)
 
 
-def scan_class_folders(root: str | Path, data_cfg: Any, strict: bool = False,
+def scan_class_folders(root: str | Path, data_cfg: Any, strict: bool = False, for_model: bool = False,
                        ) -> tuple[list[FileRecord], np.ndarray, list[str]]:
     """A folder per class (EuroSAT style) of GeoTIFFs or NIfTIs: (records, class index per record (int64), class
     names = sorted folder names). One scan of ``root``, so every class shares the band set; problem files are
-    skipped with a warning, and band names assigned by position warned about (both errors with ``strict``)."""
-    catalog = scan(root, data_cfg, strict=strict, names_by_position="error" if strict else "warn")
+    skipped with a warning, and band names assigned by position warned about (both errors with ``strict``).
+    ``for_model`` (scoring a trained model): each image keeps its own bands (read by name later) and one class
+    folder is enough."""
+    catalog = scan(root, data_cfg, strict=strict, names_by_position="error" if strict else "warn",
+                   majority=not for_model)
     base = Path(catalog.root or root)
     folder_of = {r.path: Path(os.path.relpath(r.path, base)).parts for r in catalog.records}
     loose = [p for p, parts in folder_of.items() if len(parts) < 2]
@@ -37,7 +40,7 @@ def scan_class_folders(root: str | Path, data_cfg: Any, strict: bool = False,
         raise DataError(f"{len(loose)} images lie directly in '{base}' ({shown}); "
                         "a classification dataset has one subfolder per class holding its images.")
     names = sorted({parts[0] for parts in folder_of.values()})
-    if len(names) < 2:
+    if len(names) < (1 if for_model else 2):
         raise DataError(f"'{base}' has images in {len(names)} class folder(s) ({', '.join(names)}); "
                         "classification needs at least two class folders.")
     catalog.warn_problems()

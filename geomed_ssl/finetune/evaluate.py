@@ -116,7 +116,7 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
         if images is None or (labels is None and recipe.labels.label_name is None):
             raise GeomedError("a segmentation model is evaluated with --images IMG_DIR --labels LABELS (a folder, "
                               "a label file or a CSV), or with labels.label_name set in its recipe.")
-        catalog = scan(images, recipe.data, strict=strict, names_by_position=position)
+        catalog = scan(images, recipe.data, strict=strict, names_by_position=position, majority=False)
         catalog.warn_problems()
         pairs, arrays, masks = read_label_pairs(catalog.records, labels, recipe.labels, recipe.data,
                                                 class_range=False)  # unknown values are left out below
@@ -140,7 +140,7 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
     from geomed_ssl.finetune.classify import evaluate_images
     from geomed_ssl.models.model_data import records_for_stats
 
-    records, labels_idx, folder_names = scan_class_folders(data, recipe.data, strict=strict)
+    records, labels_idx, folder_names = scan_class_folders(data, recipe.data, strict=strict, for_model=True)
     missing = [n for n in folder_names if n not in names]
     if missing:
         raise DataError(f"class folders {missing} in '{data}' are not classes of this model ({', '.join(names)}).")

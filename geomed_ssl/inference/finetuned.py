@@ -4,6 +4,7 @@ class maps on each input's own grid (segmentation) or ``predictions.csv`` (class
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,8 +14,11 @@ import torch
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.data.tiling import DEFAULT_OVERLAP
+from geomed_ssl.errors import DataError
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_path
+
+log = logging.getLogger("geomed_ssl")
 
 NAMING_KEYS = ("sensor", "band_names", "wavelengths", "include", "exclude")  # older config.json: from the recipe
 
@@ -100,9 +104,18 @@ def image_records(meta: dict[str, Any], recipe: Any, inputs: Sequence[str | Path
         item = Path(item)
         check_input_kind(item, cfg.kind, "this model")
         data_cfg = recipe.data if item.is_dir() else dataclasses.replace(recipe.data, include=["**/*"], exclude=[])
-        catalog = scan(item, data_cfg, strict=strict, names_by_position="error" if strict else "warn")
+        try:  # each image meets the model by band name: no majority of band counts among the inputs
+            catalog = scan(item, data_cfg, strict=strict, names_by_position="error" if strict else "warn",
+                           majority=False)
+        except DataError as err:
+            if strict or item.is_dir():
+                raise
+            log.warning("warning: skipped '%s': %s", item, err)  # a named file alone, as a folder's files are
+            continue
         catalog.warn_problems()
         records += catalog.records
+    if not records:
+        raise DataError(f"no image to classify in {', '.join(map(str, inputs))}; see the warnings above.")
     return records
 
 

@@ -83,6 +83,33 @@ def test_classifying_a_folder_with_a_corrupt_file_warns_and_strict_refuses(tmp_p
     assert strict.exit_code == 2 and "broken.tif" in strict.output
 
 
+def test_classifying_images_that_meet_the_model_by_band_name_each_on_its_own(tmp_path: Path) -> None:
+    """Every chip is read as the model's bands: a chip with an extra band is classified, not dropped for differing
+    from the folder's most common band count; an all-nodata chip named beside others is skipped with a warning;
+    evaluate scores a test set of one class folder."""
+    ft = make_ft_dir(tmp_path, task="classify")
+    folder = tmp_path / "images"
+    (folder / "c1").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        write_geotiff(folder / "c1" / f"img_{i}.tif", structured_raster(rng, 4, 16))
+    write_geotiff(folder / "c1" / "wide.tif", structured_raster(rng, 5, 16))  # band_1..band_5: one extra
+    result = runner.invoke(app, ["predict", str(ft), str(folder), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert len((tmp_path / "out" / "predictions.csv").read_text().splitlines()) == 1 + 3
+    blank = write_geotiff(tmp_path / "blank.tif", np.zeros((4, 16, 16), np.uint16), nodata=0)
+    named = runner.invoke(app, ["predict", str(ft), str(folder / "c1" / "img_0.tif"), str(blank), "--out",
+                                str(tmp_path / "out2")])
+    assert named.exit_code == 0 and "skipped" in named.output and "blank.tif" in named.output
+    assert len((tmp_path / "out2" / "predictions.csv").read_text().splitlines()) == 1 + 1
+    scored = runner.invoke(app, ["evaluate", str(ft), "--data", str(folder), "--out", str(tmp_path / "ev")])
+    assert scored.exit_code == 0, scored.output
+    import json
+
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["test"]["num_samples"] == 3 and metrics["test"]["confusion"][1] == [0, 0]  # all three are c1
+
+
 def test_segmentation_predict_on_a_folder_skips_what_the_recipe_excludes(tmp_path: Path) -> None:
     ft = make_ft_dir(tmp_path, data={"exclude": ["*lulc*"]})
     folder = tmp_path / "scenes"

@@ -108,7 +108,7 @@ def image_records(meta: dict[str, Any], recipe: Any, inputs: Sequence[str | Path
             catalog = scan(item, data_cfg, strict=strict, names_by_position="error" if strict else "warn",
                            majority=False)
         except DataError as err:
-            if strict or item.is_dir():
+            if strict or not item.is_file():
                 raise
             log.warning("warning: skipped '%s': %s", item, err)  # a named file alone, as a folder's files are
             continue

@@ -18,6 +18,7 @@ import numpy as np
 
 from geomed_ssl.data.catalog import EXTENSIONS, FileRecord
 from geomed_ssl.data.readers import valid_map
+from geomed_ssl.inference.writers import MAX_CLASS_VALUE
 from geomed_ssl.finetune.sampling import (  # noqa: F401  (re-exported: the sampling half of this module)
     ClassMap, LabelSelection, Names, check_labels_config, class_ids, labelled_pixels, sample_fraction,
     sample_images_per_class, sample_per_class, select_labels,
@@ -384,12 +385,12 @@ def read_label_pairs(records: Sequence[FileRecord], labels: str | Path | None, l
     arrays, masks = [], []
     for record, path in pairs:
         values, labelled = read_label(path, data.kind, lab.ignore_value, spacing=data.spacing, remap=lab.remap)
-        held = values[labelled] if class_range else values[:0]
-        if held.size and (held.min() < 0 or held.max() > 65534):  # predict stores classes as uint8 / uint16
+        held = values[labelled]
+        if class_range and held.size and (held.min() < 0 or held.max() > MAX_CLASS_VALUE):  # predict's class maps
             bad = int(held.min()) if held.min() < 0 else int(held.max())
             raise DataError(f"label file '{path}' holds the value {bad} as a class; class values must lie in "
-                            "[0, 65534]. If it marks unlabelled pixels, set labels.ignore_value to it (or give the "
-                            "file that nodata); else renumber with labels.remap.")
+                            f"[0, {MAX_CLASS_VALUE}]. If it marks unlabelled pixels, set labels.ignore_value to it "
+                            "(or give the file that nodata); else renumber with labels.remap.")
         valid = valid_map(record, data, labelled)
         off = int(np.count_nonzero(labelled & ~valid)) if valid is not None else 0
         if off:  # a label where the image has no data can neither train nor be predicted: left out of both

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from geomed_ssl.errors import ConfigError, DataError
-from geomed_ssl.finetune.splits import SPLITS, ground_keys, same_ground, training_maps, training_pool
+from geomed_ssl.finetune.splits import SPLITS, ground_keys, training_maps, training_pool
 from geomed_ssl.outfiles import atomic_path
 
 Names = Mapping[int, str] | None
@@ -285,9 +285,9 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
     seed, notes = int(cfg.seed), []
     maps = training_maps(cfg.split, shapes, int(cfg.block_size), seed, files, flats, values, paths)
     pool = training_pool(maps, files, flats)  # (N,) may train; None: the random split
+    keys = ground_keys(files, flats, paths, len(shapes))  # one per place of the ground, shared by its dates
     if cfg.per_class is not None or cfg.fraction is not None:
         # a budget counts places of the ground: a place drawn trains at every image (date) of its label file
-        keys = ground_keys(files, flats, paths, len(shapes))
         first = np.sort(np.unique(keys, return_index=True)[1])  # each place's first position, in position order
         sub = lambda x: x[first] if x is not None and first.size < x.size else x  # noqa: E731
         unit = "place" if first.size < values.size else unit  # notes count places of the ground then
@@ -299,7 +299,7 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
     else:
         train = np.flatnonzero(pool) if pool is not None else np.arange(values.size)
     if pool is None:
-        test = np.flatnonzero(~same_ground(files, flats, paths, len(shapes), train))
+        test = np.flatnonzero(~np.isin(keys, keys[train]))  # a place that trains at one date tests at none
     else:
         test = np.flatnonzero(~pool)
     if cfg.test_fraction is not None and test.size:

@@ -158,10 +158,3 @@ def ground_keys(files: np.ndarray, flats: np.ndarray, paths: Sequence[str], n_fi
     """(N,) int64: one key per place of the ground, shared by the positions of every image of one label file."""
     group = label_groups(paths, n_files)
     return group[files] * (int(flats.max(initial=0)) + 1) + flats
-
-
-def same_ground(files: np.ndarray, flats: np.ndarray, paths: Sequence[str], n_files: int,
-                train: np.ndarray) -> np.ndarray:
-    """(N,) bool: the position shares its label file and flat index with a training position (itself included)."""
-    key = ground_keys(files, flats, paths, n_files)
-    return np.isin(key, key[train])

@@ -19,6 +19,7 @@ from geomed_ssl.outfiles import atomic_path, commit_partial, partial_path
 
 BLOCK = 256  # output tile side (pixels)
 PROBA_SCALE = 254  # uint8 probabilities store round(p * 254); 255 is nodata
+MAX_CLASS_VALUE = 65534  # the largest label value a class map stores (uint16; 65535 is its nodata)
 
 
 def proba_path(out_path: str | Path) -> Path:
@@ -37,7 +38,7 @@ def class_lookup(num_classes: int, class_values: Sequence[int] | None = None) ->
     if len(values) != num_classes or len(set(values)) != num_classes:
         raise ConfigError(f"class_values must give {num_classes} distinct label values (one per class), got "
                           f"{list(class_values or [])}.")
-    if min(values) < 0 or max(values) >= 65535:
+    if min(values) < 0 or max(values) > MAX_CLASS_VALUE:
         raise ConfigError(f"class values must lie in [0, 65534] to fit a uint16 class map; got {min(values)}.."
                           f"{max(values)}.")
     dtype, nodata = (np.uint8, 255) if max(values) < 255 else (np.uint16, 65535)

@@ -11,7 +11,8 @@ import torch
 
 from geomed_ssl.config import Recipe
 from geomed_ssl.errors import TrainingError
-from geomed_ssl.methods.base import SSLMethod, mix_seed
+from geomed_ssl.methods.base import PerSample, SSLMethod, mix_seed
+from geomed_ssl.models.blocks import Draws, drop_path_draws
 from geomed_ssl.methods.schedules import ScheduleClock, warmup_cosine
 
 log = logging.getLogger("geomed_ssl")
@@ -40,12 +41,30 @@ def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + 12_345) % (2**63 - 1)
 
 
+def per_sample_draws(batch: dict, seed: int) -> Draws:
+    """Stochastic depth's draws for ``models.blocks.drop_path_draws``: a forward of R rows, R a multiple of the
+    batch's B samples (views stacked view by view), gives row r sample r % B's own draw (:class:`PerSample`, its
+    global index) for (layer, call, view r // B), so the ranks of a DDP run drop exactly what one process drops on
+    the global batch; any other row count, or a batch without indices, draws from the per-rank global RNG."""
+    index = batch.get("index")
+    samples = None if index is None else PerSample(torch.Generator().manual_seed(mix_seed(seed, 0xD207)),
+                                                   index.tolist() if torch.is_tensor(index) else list(index))
+
+    def draws(layer: int, call: int, rows: int) -> torch.Tensor | None:
+        if samples is None or not len(samples) or rows % len(samples):
+            return None
+        views = range(rows // len(samples))
+        return torch.cat([samples.rand(stream=mix_seed(layer, call, v)) for v in views])
+
+    return draws
+
+
 class PretrainModule(L.LightningModule):
     """Runs ``method.training_loss`` each step; knows nothing method-specific.
 
     Every random draw of a step comes from a generator seeded by (seed, optimiser step), per sample from (that,
-    the sample's global index), the same for every micro-batch of an accumulated step; the global torch RNG (drop
-    path) is reseeded each micro-step from (seed, micro-step, rank). So a resumed run continues exactly where the
+    the sample's global index), the same for every micro-batch of an accumulated step, stochastic depth's too
+    (:func:`per_sample_draws`); the global torch RNG is reseeded each micro-step from (seed, micro-step, rank). So a resumed run continues exactly where the
     interrupted one stopped, the ranks draw different masks for different samples, and a sample's draws do not
     depend on how the global batch is split over ranks and micro-batches. Logged values are averaged over ranks.
     ``clock`` (a :class:`ScheduleClock`) drives the lr and the method's schedules and is stored in every checkpoint.
@@ -71,7 +90,8 @@ class PretrainModule(L.LightningModule):
         micro = self.global_step * t.accumulate_grad_batches + batch_idx % t.accumulate_grad_batches
         torch.manual_seed(mix_seed(step_seed(t.seed, micro), self.global_rank))
         generator = torch.Generator().manual_seed(step_seed(t.seed, self.global_step))
-        out = self.method.training_loss(batch, self.global_step, generator)
+        with drop_path_draws(self.method, per_sample_draws(batch, step_seed(t.seed, self.global_step))):
+            out = self.method.training_loss(batch, self.global_step, generator)
         logs = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in out.logs.items()}
         logs["loss"] = float(out.loss.detach())
         logs = self._mean_over_ranks(logs)  # a non-finite loss on any rank stops every rank

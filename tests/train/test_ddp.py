@@ -23,7 +23,9 @@ import torch
 from tests.conftest import TINY, TINY_BASE, structured_raster, structured_rasters, write_geotiff
 
 ROOT = Path(__file__).resolve().parents[2]
-BASE = [*TINY, "data.sensor=null", "data.patch_size=16", "train.accelerator=cpu", "train.checkpoint_every=1"]
+# stochastic depth on: each sample's drops must follow it to whichever rank it lands on, as its masks do
+BASE = [*TINY, "data.sensor=null", "data.patch_size=16", "train.accelerator=cpu", "train.checkpoint_every=1",
+        "model.drop_path=0.5"]
 DDP = ["train.devices=2", "train.strategy=ddp", "train.batch_size=4"]
 RUN_FILES = {".geomed-ssl.json", "config.yaml", "catalog.json", "stats.json", "metrics.csv", "checkpoints", "encoder"}
 
@@ -241,7 +243,8 @@ def test_auto_precision_asks_the_gpu_about_bf16_only_when_nothing_forks(monkeypa
 
 
 SIMCLR = [*TINY_BASE, "data.sensor=null", "data.patch_size=16", "train.accelerator=cpu", "train.checkpoint_every=1",
-          "method.name=simclr", "method.proj_hidden_dim=32", "method.proj_dim=16", "data.windows_per_read=1"]
+          "method.name=simclr", "method.proj_hidden_dim=32", "method.proj_dim=16", "data.windows_per_read=1",
+          "model.drop_path=0.5"]
 
 
 def test_simclr_on_two_processes_trains_as_one_process_on_the_global_batch(nodata_rasters: Path,

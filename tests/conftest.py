@@ -62,6 +62,22 @@ TINY_DENSE = [*TINY_BASE, "model.patch_size=2", "data.patch_size=20", "data.glob
               "method.projector_dim=64", "method.matches=32", "method.max_shift=4", "train.batch_size=4"]
 
 
+class BarCapture(L.Callback):
+    """A progress bar (stderr) that keeps the metrics it shows at every step in ``bars``."""
+
+    def __init__(self) -> None:
+        from geomed_ssl.train.console import StderrProgressBar
+
+        self.bar = StderrProgressBar(refresh_rate=1)
+        self.bars: list[dict[str, float]] = []
+
+    def callbacks(self) -> list[L.Callback]:
+        return [self.bar, self]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.bars.append({k: float(v) for k, v in trainer.progress_bar_metrics.items()})
+
+
 class KillAt(L.Callback):
     """A Lightning callback that simulates a kill: raises just before the optimizer step ``step + 1`` runs."""
 

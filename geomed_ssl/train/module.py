@@ -13,6 +13,7 @@ from geomed_ssl.config import Recipe
 from geomed_ssl.errors import TrainingError
 from geomed_ssl.methods.base import PerSample, SSLMethod, mix_seed
 from geomed_ssl.models.blocks import Draws, drop_path_draws
+from geomed_ssl.train.console import lightning_reads_logs
 from geomed_ssl.methods.schedules import ScheduleClock, warmup_cosine
 
 log = logging.getLogger("geomed_ssl")
@@ -103,10 +104,11 @@ class PretrainModule(L.LightningModule):
             )
         logs["lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
         self.last_logs = logs
-        self.log("loss", logs["loss"], prog_bar=True, on_step=True, batch_size=t.batch_size)
-        for key, value in logs.items():
-            if key != "loss":
-                self.log(key, value, prog_bar=key in ("lr", "collapse"), on_step=True, batch_size=t.batch_size)
+        if lightning_reads_logs(self.trainer):
+            self.log("loss", logs["loss"], prog_bar=True, on_step=True, batch_size=t.batch_size)
+            for key, value in logs.items():
+                if key != "loss":
+                    self.log(key, value, prog_bar=key in ("lr", "collapse"), on_step=True, batch_size=t.batch_size)
         return out.loss
 
     def _mean_over_ranks(self, logs: dict[str, float]) -> dict[str, float]:

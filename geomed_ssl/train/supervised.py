@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from geomed_ssl.config import FinetuneConfig
 from geomed_ssl.data.labelled import IGNORE
 from geomed_ssl.errors import TrainingError
+from geomed_ssl.train.console import lightning_reads_logs
 from geomed_ssl.train.module import warmup_cosine
 
 
@@ -83,7 +84,8 @@ class SupervisedModule(L.LightningModule):
         logs["loss"] = float(loss.detach())
         logs["lr"] = self.trainer.optimizers[0].param_groups[-1]["lr"]
         self.last_logs = logs
-        self.log("loss", logs["loss"], prog_bar=True, batch_size=self.cfg.batch_size)
+        if lightning_reads_logs(self.trainer):
+            self.log("loss", logs["loss"], prog_bar=True, batch_size=self.cfg.batch_size)
         return loss
 
     def configure_optimizers(self) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -28,7 +27,7 @@ from geomed_ssl.views.builder import ViewSpec
 from geomed_ssl.methods import MethodCard, MethodOutput, MethodSettings, register_method
 from geomed_ssl.methods.losses import nt_xent_loss
 from geomed_ssl.methods.siamese import TwoViewMethod
-from tests.conftest import TINY_BASE, write_class_folders
+from tests.conftest import TINY_BASE, BarCapture, write_class_folders
 
 runner = CliRunner()
 
@@ -197,25 +196,15 @@ def test_embeddings_stay_spread_and_the_monitor_logs_them(method_runs) -> None:
     assert last["collapse"] == 0.0 and last["embedding_std"] > 0
 
 
-class Capture(L.Callback):
-    """Keeps the progress-bar metrics of every step."""
-
-    def __init__(self) -> None:
-        self.bars: list[dict[str, float]] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.bars.append({k: float(v) for k, v in trainer.progress_bar_metrics.items()})
-
-
 def test_forced_collapse_warns_in_the_log_and_the_progress_bar(data, tmp_path, monkeypatch, caplog) -> None:
     from geomed_ssl.train.pretrain import pretrain as run
 
     # every window represented by the same vector: the collapse a siamese method must not fall into
     monkeypatch.setattr(TwoViewMethod, "represent", staticmethod(lambda encoder, x: encoder(x)[:, 0] * 0))
-    capture = Capture()
+    capture = BarCapture()
     overrides = [*TINY_BASE, *RASTER, "method.name=simsiam", *HARNESS["simsiam"], "train.max_steps=2",
                  "train.checkpoint_every=2"]
     run("recipes/mae_sentinel2.yaml", data["classes"], tmp_path / "run", overrides=overrides, progress=False,
-        callbacks=[capture])
+        callbacks=capture.callbacks())
     assert any("simsiam collapse at step 0" in r.getMessage() for r in caplog.records)
     assert capture.bars and all(bar.get("collapse") == 1.0 for bar in capture.bars)

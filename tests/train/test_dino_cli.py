@@ -7,14 +7,13 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from geomed_ssl.cli import app
-from tests.conftest import TINY_BASE, KillAt, write_geotiff
+from tests.conftest import TINY_BASE, BarCapture, KillAt, write_geotiff
 
 runner = CliRunner()
 
@@ -67,16 +66,6 @@ def write_classes(root: Path, per_class: int = 3, size: int = 32, bands: int = 4
             image = 2000 + 1000 * signature * (1 + 0.5 * texture[None]) + rng.normal(0, 30, (bands, size, size))
             write_geotiff(root / f"class_{c}" / f"img_{i}.tif", image.astype(np.uint16))
     return root
-
-
-class Capture(L.Callback):
-    """Keeps the progress-bar metrics of every step."""
-
-    def __init__(self) -> None:
-        self.bars: list[dict[str, float]] = []
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.bars.append({k: float(v) for k, v in trainer.progress_bar_metrics.items()})
 
 
 
@@ -243,13 +232,13 @@ def test_forced_collapse_warns_and_shows_in_progress_bar(tmp_path: Path) -> None
     from geomed_ssl.train.pretrain import pretrain
 
     data = write_classes(tmp_path / "data", per_class=1)
-    capture = Capture()
+    capture = BarCapture()
     # a teacher temperature of 100 makes every teacher output uniform: the collapse DINO's sharpening prevents
     overrides = [*DINO_TINY, "data.sensor=null", "train.max_steps=3", "train.checkpoint_every=3",
                  "method.warmup_teacher_temp=100", "method.teacher_temp=100", "method.centering=none"]
     with pytest.warns(CollapseWarning, match="collapse at step 0"):
         pretrain("recipes/dino_sentinel2.yaml", data, tmp_path / "run", overrides=overrides, progress=False,
-                 callbacks=[capture])
+                 callbacks=capture.callbacks())
     assert capture.bars and all(bar.get("collapse") == 1.0 for bar in capture.bars)
     assert float(metrics(tmp_path / "run")[3]["collapse"]) == 1.0
 

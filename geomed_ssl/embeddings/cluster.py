@@ -212,35 +212,62 @@ def _labels_from_map(path: Path, manifest: dict[str, Any], cols: dict[str, Any],
         raise DataError("a label map labels windows or patch cells: embed with --level window or patch, or give a "
                         "CSV of file,label for image-level embeddings.")
     nd = len(manifest["settings"]["window"])
+    lab, nodata = _read_label_map(path)
+    out: list[Any] = [None] * len(cols["file"])
+    box = cols["box"]
+    centre = box[:, :nd] + box[:, nd:] // 2  # (N, nd) pixel / voxel at the box centre
+    for f in labelled_files(path, manifest["files"], nd):
+        a, n = int(f["first_row"]), int(f["rows"])
+        c = np.minimum(centre[a:a + n], np.asarray(lab.shape[:nd]) - 1)
+        vals = lab[tuple(c[:, i] for i in range(nd))]
+        out[a:a + n] = [None if not np.isfinite(v) or (nodata is not None and v == nodata)
+                        or (ignore is not None and v == ignore) else str(int(v)) for v in vals]
+    return out
+
+
+def _read_label_map(path: Path) -> tuple[np.ndarray, float | None]:
+    """The label map's array (a raster's first band; a volume in RAS, as the volume reader orients it) and its
+    nodata value (rasters; None for NIfTI, whose NaNs are unlabelled too)."""
     try:
         if path.name.lower().endswith((".tif", ".tiff")):
             import rasterio
 
             with rasterio.open(path) as src:
-                lab = src.read(1)
-        else:
-            import nibabel as nib
+                return src.read(1), src.nodata
+        import nibabel as nib
 
-            lab = np.asarray(nib.as_closest_canonical(nib.load(str(path))).dataobj)  # RAS, as the volume reader
+        return np.asarray(nib.as_closest_canonical(nib.load(str(path))).dataobj), None
     except Exception as err:  # not an image, truncated, corrupt: rasterio and nibabel raise their own kinds
         raise DataError(f"label map '{path}' cannot be read ({' '.join(str(err).split())[:200]}); give a GeoTIFF or "
                         "NIfTI label map, or a CSV of file,label.") from None
-    out: list[Any] = [None] * len(cols["file"])
-    box = cols["box"]
-    centre = box[:, :nd] + box[:, nd:] // 2  # (N, nd) pixel / voxel at the box centre
-    used = False
-    for f in manifest["files"]:
-        if list(f["shape"]) != list(lab.shape[:nd]):
-            continue
-        used = True
-        a, n = int(f["first_row"]), int(f["rows"])
-        c = np.minimum(centre[a:a + n], np.asarray(lab.shape[:nd]) - 1)
-        vals = lab[tuple(c[:, i] for i in range(nd))]
-        out[a:a + n] = [None if (ignore is not None and v == ignore) else str(int(v)) for v in vals]
-    if not used:
-        raise DataError(f"label map '{path}' ({list(lab.shape)}) matches the grid of no embedded file; it must have "
-                        "the same size as the image it labels.")
-    return out
+
+
+def labelled_files(path: Path, files: Sequence[dict[str, Any]], nd: int) -> list[dict[str, Any]]:
+    """The embedded files (manifest entries) the label map labels: those on its grid (rasters: size, CRS and
+    transform; volumes: RAS shape and affine), and of those, when they lie in different folders, the ones in the
+    folder nearest the map (patients of one atlas space share a grid; dates of one scene share the map's folder)."""
+    from geomed_ssl.finetune.labels import raster_grid_diffs, volume_grid_diffs
+
+    def diffs(f: dict[str, Any]) -> list[str]:
+        if nd == 2:
+            return raster_grid_diffs(f["shape"], f.get("crs"), f.get("transform"), str(path))
+        return volume_grid_diffs(f["shape"], np.asarray(f["affine"]), str(path))
+
+    found = [(f, diffs(f)) for f in files]
+    same = [f for f, d in found if not d]
+    if not same:
+        f, d = found[0]
+        raise DataError(f"label map '{path}' is on the grid of no embedded file (e.g. '{f['path']}': "
+                        f"{'; '.join(d)}, label vs image); it must share the size and georeferencing of the image "
+                        "it labels, or give a CSV of file,label.")
+    home = os.path.dirname(os.path.abspath(path))
+    depth = [len(os.path.commonpath([home, os.path.dirname(os.path.abspath(f["path"]))]).split(os.sep))
+             for f in same]
+    chosen = [f for f, d in zip(same, depth) if d == max(depth)]
+    names = ", ".join(os.path.basename(f["path"]) for f in chosen[:4]) + (" ..." if len(chosen) > 4 else "")
+    extra = f" (of {len(same)} on its grid: the ones in the folder nearest it)" if len(chosen) < len(same) else ""
+    log.info("label map %s labels %d embedded file(s)%s: %s", path.name, len(chosen), extra, names)
+    return chosen
 
 
 def silhouette(x: np.ndarray, clusters: np.ndarray, seed: int) -> float | None:

@@ -163,15 +163,22 @@ def _raster_header(path: str) -> tuple[tuple[int, int], str | None, list[float],
 
 
 def _raster_diffs(record: FileRecord, label: str) -> list[str]:
+    return raster_grid_diffs(record.shape, record.crs, record.transform, label)
+
+
+def raster_grid_diffs(image_shape: Sequence[int], image_crs: str | None, image_transform: Sequence[float] | None,
+                      label: str) -> list[str]:
+    """How the label raster's pixel grid differs from an image's (size (rows, cols), CRS WKT, transform): one
+    phrase per difference, label vs image; empty when they share the grid."""
     from affine import Affine
 
     shape, crs, tr, _ = _raster_header(label)
     diffs = []
-    if tuple(shape) != tuple(record.shape):
-        diffs.append(f"size {shape[1]}x{shape[0]} vs {record.shape[1]}x{record.shape[0]} (width x height)")
-    if not _same_crs(crs, record.crs):
-        diffs.append(f"CRS {_crs_text(crs)} vs {_crs_text(record.crs)}")
-    img = list(record.transform or Affine.identity()[:6])
+    if tuple(shape) != tuple(image_shape):
+        diffs.append(f"size {shape[1]}x{shape[0]} vs {image_shape[1]}x{image_shape[0]} (width x height)")
+    if not _same_crs(crs, image_crs):
+        diffs.append(f"CRS {_crs_text(crs)} vs {_crs_text(image_crs)}")
+    img = list(image_transform or Affine.identity()[:6])
     pix = max(abs(img[0]), abs(img[4]), 1e-12)
     lin, img_lin = [tr[i] for i in (0, 1, 3, 4)], [img[i] for i in (0, 1, 3, 4)]
     if not np.allclose(lin, img_lin, rtol=0, atol=1e-6 * pix):
@@ -196,6 +203,13 @@ def _canonical(shape: Sequence[int], affine: np.ndarray) -> tuple[tuple[int, ...
 
 
 def _volume_diffs(record: FileRecord, label: str) -> list[str]:
+    return volume_grid_diffs(*_canonical(record.shape[:3], np.asarray(
+        record.affine if record.affine is not None else np.eye(4), np.float64)), label)
+
+
+def volume_grid_diffs(ras_shape: Sequence[int], ras_affine: np.ndarray, label: str) -> list[str]:
+    """How the label volume's voxel grid, reoriented to RAS, differs from an image's RAS ``(shape, affine)``: one
+    phrase per difference, label vs image; empty when they share the grid."""
     import nibabel as nib
 
     try:
@@ -208,8 +222,7 @@ def _volume_diffs(record: FileRecord, label: str) -> list[str]:
     if len(shape) != 3:
         return [f"label shape {list(shape)} is not 3D"]
     l_shape, l_aff = _canonical(shape, np.asarray(img.affine, np.float64))
-    i_shape, i_aff = _canonical(record.shape[:3], np.asarray(record.affine if record.affine is not None
-                                                              else np.eye(4), np.float64))
+    i_shape, i_aff = tuple(int(v) for v in ras_shape), np.asarray(ras_affine, np.float64)
     diffs = []
     if l_shape != i_shape:
         diffs.append(f"shape {'x'.join(map(str, l_shape))} vs {'x'.join(map(str, i_shape))} (RAS order)")

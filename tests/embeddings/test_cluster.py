@@ -16,7 +16,8 @@ from geomed_ssl.cli import app
 from geomed_ssl.embeddings.cluster import agreement, cluster_embeddings, fit_predict
 from geomed_ssl.embeddings.extract import embed_folder
 from geomed_ssl.embeddings.store import read_columns
-from tests.conftest import write_class_folders, write_geotiff
+from geomed_ssl.errors import DataError
+from tests.conftest import structured_raster, write_class_folders, write_geotiff
 from tests.embeddings.test_extract import make_encoder, scenes, volumes
 
 runner = CliRunner()
@@ -108,6 +109,56 @@ def test_label_map_gives_nmi_and_ari(window_embeddings: tuple[Path, Path], tmp_p
     assert s["labels"] == "label map scene_0_gt.tif" and s["classes"] == 2
     assert s["labelled_rows"] == 20  # scene_0's 5x5 windows minus the first row of centres (unlabelled)
     assert 0 <= s["nmi"] <= 1 and -1 <= s["ari"] <= 1
+
+
+def test_a_label_map_labels_only_the_files_on_its_grid_and_in_its_folder(tmp_path: Path) -> None:
+    """Two dates of one scene beside their map are both labelled; a scene of the same size elsewhere on the ground
+    is not; patients of one atlas space (same grid) take only the map in their own folder."""
+    rng = np.random.default_rng(3)
+    scene = tmp_path / "data" / "scene"
+    scenes(scene, [32, 32])  # two dates: same size, CRS and transform
+    write_geotiff(tmp_path / "data" / "elsewhere.tif", structured_raster(rng, 4, 32),
+                  transform=Affine(10, 0, 550000, 0, -10, 5100000))
+    enc = make_encoder(tmp_path / "data", tmp_path / "enc")
+    emb = tmp_path / "emb"
+    embed_folder(enc, tmp_path / "data", emb, level="window", window=16, stride=16, progress=False)
+    gt = np.ones((1, 32, 32), np.uint8)
+    gt[0, :, 16:] = 2
+    write_geotiff(scene / "map.tif", gt)
+    s = cluster_embeddings(emb, tmp_path / "cl", "kmeans", k=2, labels=scene / "map.tif").summary
+    assert s["labelled_rows"] == 8  # 4 windows of each date, none of the scene 50 km east
+    write_geotiff(tmp_path / "shifted.tif", gt, transform=Affine(10, 0, 500005, 0, -10, 5100000))
+    with pytest.raises(DataError, match="grid of no embedded file.*origin shifted"):
+        cluster_embeddings(emb, tmp_path / "cl2", "kmeans", k=2, labels=tmp_path / "shifted.tif")
+
+    import nibabel as nib
+
+    for name in ("pat1", "pat2"):
+        volumes(tmp_path / "vols" / name, n=1)
+    venc = make_encoder(tmp_path / "vols", tmp_path / "enc3d", kind="volume")
+    vemb = tmp_path / "emb3d"
+    embed_folder(venc, tmp_path / "vols", vemb, level="patch", pca_dims=0, progress=False)
+    src = nib.load(tmp_path / "vols" / "pat1" / "subject_0.nii.gz")
+    lab = np.zeros(src.shape, np.uint8)
+    lab[:16], lab[16:] = 1, 2
+    nib.save(nib.Nifti1Image(lab, src.affine), str(tmp_path / "vols" / "pat1" / "seg.nii.gz"))
+    s = cluster_embeddings(vemb, tmp_path / "cl3d", "kmeans", k=2, labels=tmp_path / "vols" / "pat1" / "seg.nii.gz"
+                           ).summary
+    rows = read_columns(vemb, ["file"])["file"]
+    assert s["labelled_rows"] == sum("pat1" in f for f in rows) < len(rows)
+
+
+def test_a_label_maps_nodata_and_nan_are_unlabelled(window_embeddings: tuple[Path, Path], tmp_path: Path) -> None:
+    _, emb = window_embeddings
+    gt = np.ones((1, 48, 48), np.uint8)
+    gt[0, :, 24:] = 2
+    gt[0, :24] = 255  # the map's nodata: the first rows of window centres are unlabelled
+    write_geotiff(tmp_path / "nd.tif", gt, nodata=255)
+    s = cluster_embeddings(emb, tmp_path / "cl", "kmeans", k=2, labels=tmp_path / "nd.tif").summary
+    assert s["classes"] == 2 and s["labelled_rows"] == 15  # 25 windows, 10 centred on nodata
+    write_geotiff(tmp_path / "nan.tif", np.where(gt == 255, np.nan, gt).astype(np.float32), nodata=float("nan"))
+    s = cluster_embeddings(emb, tmp_path / "cl2", "kmeans", k=2, labels=tmp_path / "nan.tif").summary
+    assert s["classes"] == 2 and s["labelled_rows"] == 15  # 25 windows, 10 centred on nodata
 
 
 def test_cluster_cli_with_class_folders_and_a_labels_csv(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -55,6 +56,18 @@ def find_encoder_dir(path: str | Path) -> Path:
         "encoder/model.safetensors (written by `geomed-ssl pretrain`), a fine-tune folder (model/), or that "
         "folder itself."
     )
+
+
+def export_digest(path: str | Path) -> str:
+    """SHA-256 of an export's config.json and model.safetensors (a RUN_DIR, FT_DIR or the export folder): the same
+    for a copy anywhere, another for a re-export or other weights."""
+    folder = find_encoder_dir(path)
+    h = hashlib.sha256()
+    for name in ("config.json", "model.safetensors"):
+        with open(folder / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def read_meta(folder: Path) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from geomed_ssl.checkpoint import find_encoder_dir, load_encoder, read_encoder_config
+from geomed_ssl.checkpoint import export_digest, find_encoder_dir, load_encoder, read_encoder_config
 from geomed_ssl.config import DataConfig, recipe_with_overrides
 from geomed_ssl.data.catalog import Catalog, scan
 from geomed_ssl.data.stats import BandStats
@@ -176,7 +176,8 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
     dev = resolve_device(device)
     enc, catalog = encoder_for(encoder, catalog, dev)
     emb = Embedder(enc, data_cfg, level, win, strd, pool, batch_size, min_valid, dev)
-    settings = {"encoder": str(Path(encoder).resolve()), "encoder_fingerprint": encoder_fingerprint(encoder),
+    settings = {"encoder": str(find_encoder_dir(encoder).resolve()), "encoder_digest": export_digest(encoder),
+                "encoder_fingerprint": encoder_fingerprint(encoder),
                 "data_dir": str(Path(data_dir).expanduser().absolute()),  # as the catalog's paths: links kept
                 "level": level, "window": list(win), "stride": list(strd),
                 "pool": pool, "dtype": dtype, "min_valid": float(min_valid), "pca_dims": int(pca_dims),

@@ -110,6 +110,17 @@ def record_for(path: str | Path, data_cfg: DataConfig, names_by_position: str = 
     return scan(path, cfg, strict=True, names_by_position=names_by_position).records[0]
 
 
+def same_encoder(path: str | Path, settings: dict[str, Any]) -> bool:
+    """Whether the export at ``path`` is the one an embedding folder's ``settings`` were made with: by content
+    (a copy elsewhere counts), or for folders of earlier versions by their fingerprint (size and time)."""
+    from geomed_ssl.checkpoint import export_digest
+    from geomed_ssl.embeddings.extract import encoder_fingerprint
+
+    if "encoder_digest" in settings:
+        return export_digest(path) == settings["encoder_digest"]
+    return encoder_fingerprint(path) == settings.get("encoder_fingerprint")
+
+
 def embedder_for(manifest: dict[str, Any], record: FileRecord, encoder: str | Path | None = None,
                  device: str | None = "auto", batch_size: int = 32) -> Embedder:
     """An Embedder configured as the one that made ``manifest``'s embeddings."""
@@ -118,6 +129,11 @@ def embedder_for(manifest: dict[str, Any], record: FileRecord, encoder: str | Pa
     if not path.exists():
         raise GeomedError(f"the encoder these embeddings were made with ('{path}') is gone; pass --encoder with its "
                           "new location.")
+    if not same_encoder(path, st):
+        raise GeomedError(f"the encoder at '{path}' is not the one these embeddings were made with (its weights or "
+                          "configuration differ from when `geomed-ssl embed` ran), so their vectors cannot be compared; "
+                          "embed again with this encoder (`geomed-ssl embed ... --overwrite`), or pass --encoder with "
+                          "the one they were made with.")
     from geomed_ssl.data.catalog import Catalog
 
     one = Catalog([record], [], record.kind, record.band_names, record.wavelengths, bandwidths=record.bandwidths)

@@ -199,12 +199,27 @@ class PartWriter:
 CROP_KEYS = ("global_crop_size", "local_crop_size")  # data settings of a pretraining method, never read by embed
 
 
-def comparable(settings: dict[str, Any]) -> dict[str, Any]:
-    """``settings`` without the crop sizes in their ``data`` section, which earlier versions recorded too."""
-    data = settings.get("data")
-    if not isinstance(data, dict):
-        return settings
-    return {**settings, "data": {k: v for k, v in data.items() if k not in CROP_KEYS}}
+def comparable(settings: dict[str, Any], digests: bool) -> dict[str, Any]:
+    """``settings`` as a resume compares them: without the crop sizes in their ``data`` section (earlier versions
+    recorded them too) and the encoder's path (any spelling or copy of it will do); the encoder is compared by its
+    content digest when both runs recorded one (``digests``), else by the fingerprint of earlier versions."""
+    drop = {"encoder", "encoder_fingerprint"} if digests else {"encoder", "encoder_digest"}
+    out = {k: v for k, v in settings.items() if k not in drop}
+    data = out.get("data")
+    if isinstance(data, dict):
+        out["data"] = {k: v for k, v in data.items() if k not in CROP_KEYS}
+    return out
+
+
+def setting_change(key: str, then: Any, now: Any) -> str:
+    """``key: then, now now`` for a changed setting, naming the changed entries of a section (``data.include``)
+    rather than printing the whole section; an encoder's digest or fingerprint as 'another encoder'."""
+    if key in ("encoder_digest", "encoder_fingerprint"):
+        return "encoder: another encoder's weights or configuration than before"
+    if isinstance(then, dict) and isinstance(now, dict):
+        keys = [k for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
+        return "; ".join(f"{key}.{k}: {then.get(k)!r}, now {now.get(k)!r}" for k in keys[:3])
+    return f"{key}: {then!r}, now {now!r}"
 
 
 class EmbeddingStore:
@@ -232,14 +247,14 @@ class EmbeddingStore:
         (:mod:`geomed_ssl.outdirs`) decides whether the folder may be used at all."""
         old = self.manifest() if self.dir.is_dir() and not overwrite else None
         if old is not None:
-            now, then = comparable(settings), comparable(old["settings"])
-            keys = sorted(set(now) | set(then))
-            diff = [k for k in keys if now.get(k) != then.get(k)]
+            digests = "encoder_digest" in settings and "encoder_digest" in old["settings"]
+            now, then = comparable(settings, digests), comparable(old["settings"], digests)
+            diff = sorted((k for k in set(now) | set(then) if now.get(k) != then.get(k)),
+                          key=lambda k: (isinstance(now.get(k), dict), k))  # a level before the data it implies
             if diff:
-                k = diff[0]
-                raise GeomedError(f"'{self.dir}' holds embeddings made with other settings ({k}: "
-                                  f"{old['settings'].get(k)!r}, now {settings.get(k)!r}); pass --overwrite to replace "
-                                  "them or choose another --out.")
+                change = setting_change(diff[0], then.get(diff[0]), now.get(diff[0]))
+                raise GeomedError(f"'{self.dir}' holds embeddings made with other settings ({change}); pass "
+                                  "--overwrite to replace them or choose another --out.")
         return old
 
     def start(self, settings: dict[str, Any], old: dict[str, Any] | None) -> None:

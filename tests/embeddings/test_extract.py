@@ -402,3 +402,19 @@ def test_patch_maps_of_a_scene_georeferenced_by_ground_control_points_carry_them
     assert (first["x"], first["y"]) == pytest.approx((10.002, 44.998))
     assert (first["minx"], first["maxy"], first["maxx"], first["miny"]) == pytest.approx((10.0, 45.0, 10.004, 44.996))
     assert CRS.from_wkt(first["crs"]) == CRS.from_epsg(4326)
+
+
+def test_a_resume_takes_the_encoder_by_any_spelling_and_names_the_setting_that_changed(data: Path, encoder: Path,
+                                                                                         tmp_path: Path) -> None:
+    import shutil
+
+    from geomed_ssl.errors import GeomedError
+
+    run = tmp_path / "run"
+    shutil.copytree(encoder, run / "encoder")
+    out = tmp_path / "emb"
+    first = embed_folder(run, data, out, level="image", progress=False)
+    again = embed_folder(run / "encoder", data, out, level="image", progress=False)  # the same export
+    assert again.files_embedded == 0 and again.manifest["files"] == first.manifest["files"]
+    with pytest.raises(GeomedError, match=r"other settings \(level: 'image', now 'window'\)"):
+        embed_folder(run, data, out, level="window", progress=False)

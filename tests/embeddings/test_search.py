@@ -162,3 +162,24 @@ def test_a_failed_contact_sheet_leaves_no_earlier_querys_sheet_beside_the_new_ta
     assert not (tmp_path / "q" / "similar.png").exists()
     rows = list(csv.DictReader((tmp_path / "q" / "similar.csv").open()))
     assert rows and all(r["file"] != str(data / "scene_1.tif") for r in rows)  # the new query's table
+
+
+def test_similar_refuses_an_encoder_that_is_not_the_one_the_vectors_came_from(archive: tuple[Path, Path],
+                                                                               tmp_path: Path) -> None:
+    """Re-exported weights at the same path would rank the query's own file anywhere: refused; a copy of the
+    right encoder elsewhere (--encoder) is accepted."""
+    from geomed_ssl.errors import GeomedError
+
+    data, enc = archive
+    mine = tmp_path / "run" / "encoder"
+    shutil.copytree(enc, mine)
+    emb = tmp_path / "emb"
+    embed_folder(tmp_path / "run", data, emb, level="image", progress=False)
+    copy = tmp_path / "copy"
+    shutil.copytree(mine, copy)
+    hits = find_similar(emb, data / "scene_1.tif", top=1, out_dir=tmp_path / "q1", encoder=copy, sheet=False).hits
+    assert Path(hits[0]["file"]).name == "twin_of_1.tif"
+    make_encoder(data, mine, patch=8)  # pretraining went on: other weights under the same path
+    with pytest.raises(GeomedError, match="not the one these embeddings were made with"):
+        find_similar(emb, data / "scene_1.tif", top=1, out_dir=tmp_path / "q2", sheet=False)
+    assert not (tmp_path / "q2").exists()

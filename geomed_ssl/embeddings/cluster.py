@@ -171,7 +171,7 @@ def true_labels(spec: str | Path, manifest: dict[str, Any], cols: dict[str, Any]
         raise DataError(f"--labels '{spec}' is neither 'folders' nor an existing CSV / label raster / NIfTI file.")
     if path.name.lower().endswith((".tif", ".tiff", ".nii", ".nii.gz")):
         return _labels_from_map(path, manifest, cols, ignore_value), f"label map {path.name}"
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8-sig") as fh:  # Excel's "CSV UTF-8" starts with a BOM
         reader = csv.DictReader(fh)
         if not reader.fieldnames or not {"file", "label"} <= set(reader.fieldnames):
             raise DataError(f"labels CSV '{path}' needs a header with 'file' and 'label' columns; "

@@ -34,13 +34,13 @@ import torch
 
 from geomed_ssl.checkpoint import export_digest, find_encoder_dir, load_encoder, read_encoder_config
 from geomed_ssl.config import DataConfig, recipe_with_overrides
-from geomed_ssl.data.catalog import Catalog, scan
+from geomed_ssl.data.catalog import Catalog, Problem, scan
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.data.tiling import grid_shape
 from geomed_ssl.embeddings.embedder import LEVELS, POOLS, Embedder  # noqa: F401  (re-exported)
 from geomed_ssl.embeddings.maps import write_embedding_maps
 from geomed_ssl.embeddings.store import CROP_KEYS, EmbeddingStore, load_embeddings, read_columns
-from geomed_ssl.errors import ConfigError, GeomedError
+from geomed_ssl.errors import ConfigError, DataError, GeomedError
 from geomed_ssl.models.device import resolve_device
 from geomed_ssl.models.encoder import ViTEncoder
 from geomed_ssl.models.model_data import catalog_for_encoder, check_value_ranges
@@ -97,6 +97,26 @@ def data_config(meta: dict[str, Any], spatial_dims: int, patch_size: Sequence[in
         cfg.include = list(include)
     cfg.exclude = list(cfg.exclude or []) + list(exclude or [])
     return cfg
+
+
+def without_small_files(catalog: Catalog, patch: tuple[int, ...], strict: bool) -> Catalog:
+    """The catalog without the files smaller than one token along an axis (an image-level vector needs one), each
+    listed among its problems (``strict``: a DataError before any output is made). Volumes are judged on the file's
+    grid, before any resampling."""
+    small = [r for r in catalog.records if any(n < p for n, p in zip(r.shape, patch))]
+    if not small:
+        return catalog
+    token = "x".join(map(str, patch))
+    problems = [Problem(r.path, f"is {'x'.join(map(str, r.shape))}, smaller than one {token} token of the encoder; "
+                        "exclude it (--exclude) or embed at --level window") for r in small]
+    if strict:
+        raise DataError(f"{len(problems)} file(s) too small to embed (strict): "
+                        + "; ".join(str(p) for p in problems[:5]))
+    if len(small) == len(catalog.records):
+        raise DataError(f"every file is smaller than one {token} token of the encoder (e.g. {problems[0]}).")
+    dropped = {id(r) for r in small}
+    keep = [r for r in catalog.records if id(r) not in dropped]
+    return dataclasses.replace(catalog, records=keep, problems=[*catalog.problems, *problems])
 
 
 def encoder_for(path: str | Path, catalog: Catalog, device: str | torch.device = "cpu",
@@ -171,7 +191,12 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
     strd = parse_size(stride, cfg.spatial_dims, "--stride") or win
     data_cfg = data_config(meta, cfg.spatial_dims, cfg.patch_size if level == "image" else win, overrides, include,
                            exclude)
+    if data_cfg.exclude:
+        log.info("files matching data.exclude %s are left out (the encoder's recipe and --exclude); --set "
+                 "data.exclude=[] includes them", data_cfg.exclude)
     catalog = scan(data_dir, data_cfg, strict=strict, names_by_position="error" if strict else "warn")
+    if level == "image":
+        catalog = without_small_files(catalog, tuple(cfg.patch_size), strict)
     catalog.warn_problems()
     dev = resolve_device(device)
     enc, catalog = encoder_for(encoder, catalog, dev)

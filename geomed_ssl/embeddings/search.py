@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from geomed_ssl.models.device import resolve_device
 from geomed_ssl.outcommands import name_hash
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_path, save_figure
+
+log = logging.getLogger("geomed_ssl")
 
 CHUNK = 65_536
 MAX_VIEW = 512  # contact-sheet tiles larger than this (per side) show the centre window instead
@@ -148,10 +151,11 @@ def query_vector(emb: Embedder, record: FileRecord, box: list[int] | None) -> tu
     nd = emb.nd
     shape = list(emb.shape(record))
     region = box or [0] * nd + shape
+    # a box may run past the far edge (the stored edge windows and cells do: the reader pads them with nodata)
     outside = [f"{ax} {a}..{a + n - 1} (0..{s - 1})" for ax, a, n, s in zip(BOX_AXES[nd], box[:nd], box[nd:], shape)
-               if a < 0 or a + n > s] if box is not None else []
+               if a < 0 or a >= s] if box is not None else []
     if outside:
-        raise DataError(f"--box {','.join(map(str, box))} ({BOX_FORMS[nd]}) reaches outside '{record.path}' along "
+        raise DataError(f"--box {','.join(map(str, box))} ({BOX_FORMS[nd]}) starts outside '{record.path}' along "
                         f"{'; '.join(outside)}; the file is {'x'.join(map(str, shape))} "
                         f"({' x '.join(BOX_AXES[nd])}).")
     if emb.level != "patch":
@@ -296,9 +300,14 @@ def contact_sheet(emb: Embedder, record: FileRecord, region: list[int], hits: li
     records = {record.path: record}
     ctx = [max(n, w) for n, w in zip(region[nd:], emb.window)]  # a small query box is shown in context
     tiles = [("query", record, [a + (n - c) // 2 for a, n, c in zip(region[:nd], region[nd:], ctx)] + ctx, region)]
+    gone: list[str] = []
     for h in hits:
         if h["file"] not in records:
-            records[h["file"]] = record_for(h["file"], emb.data_cfg)
+            try:
+                records[h["file"]] = record_for(h["file"], emb.data_cfg)
+            except DataError:  # moved or deleted since it was embedded: its row still ranks, its tile is left out
+                gone.append(h["file"])
+                continue
         tiles.append((f"#{h['rank']}  {h['score']:.3f}\n{Path(h['file']).name}", records[h["file"]],
                       h["window"], h["box"]))
     def shown(view: list[int]) -> list[int]:
@@ -307,6 +316,9 @@ def contact_sheet(emb: Embedder, record: FileRecord, region: list[int], hits: li
         size = [min(n, w) for n, w in zip(view[nd:], emb.window)]
         return [a + (n - s) // 2 for a, n, s in zip(view[:nd], view[nd:], size)] + size
 
+    if gone:
+        log.warning("warning: %d hit(s) left off the contact sheet: their files are no longer where they were "
+                    "embedded (e.g. '%s'); the table lists them.", len(gone), gone[0])
     tiles = [(t, r, shown(list(v)), list(o)) for t, r, v, o in tiles]
     rows = math.ceil(len(tiles) / cols)
     fig = Figure(figsize=(2.2 * min(cols, len(tiles)), 2.6 * rows + 0.2), dpi=90)

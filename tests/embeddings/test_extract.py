@@ -418,3 +418,19 @@ def test_a_resume_takes_the_encoder_by_any_spelling_and_names_the_setting_that_c
     assert again.files_embedded == 0 and again.manifest["files"] == first.manifest["files"]
     with pytest.raises(GeomedError, match=r"other settings \(level: 'image', now 'window'\)"):
         embed_folder(run, data, out, level="window", progress=False)
+
+
+def test_a_file_smaller_than_one_token_is_skipped_at_image_level_before_any_output(data: Path, encoder: Path,
+                                                                                  tmp_path: Path, caplog) -> None:
+    import shutil
+
+    from geomed_ssl.errors import DataError
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(data, mixed)
+    write_geotiff(mixed / "tiny.tif", np.ones((4, 3, 3), np.uint16))  # 3x3 px, the encoder's tokens are 4x4
+    with pytest.raises(DataError, match="tiny.tif.*smaller than one 4x4 token"):
+        embed_folder(encoder, mixed, tmp_path / "strict", strict=True, progress=False)
+    assert not (tmp_path / "strict").exists()
+    result = embed_folder(encoder, mixed, tmp_path / "emb", progress=False)
+    assert len(result.manifest["files"]) == 3 and "tiny.tif" in caplog.text

@@ -109,8 +109,9 @@ def test_volume_box_is_i_j_k_along_the_ras_axes_like_the_stored_box_column(tmp_p
     result = find_similar(emb, vols / "subject_0.nii.gz", box="16,8,0,16,16,16", top=1, include_self=True,
                           sheet=False)
     assert result.hits[0]["box"] == [16, 8, 0, 16, 16, 16] and result.hits[0]["score"] == pytest.approx(1, abs=1e-5)
-    with pytest.raises(DataError, match=r"along k 8\.\.23 \(0\.\.19\); the file is 32x24x20 \(i x j x k\)"):
-        find_similar(emb, vols / "subject_0.nii.gz", box="0,0,8,16,16,16", top=1, sheet=False)
+    with pytest.raises(DataError, match=r"starts outside .* along k 20\.\.35 \(0\.\.19\); the file is 32x24x20 "
+                       r"\(i x j x k\)"):
+        find_similar(emb, vols / "subject_0.nii.gz", box="0,0,20,16,16,16", top=1, sheet=False)
     help_text = runner.invoke(app, ["similar", "--help"]).output
     assert "I,J,K,DI,DJ,DK" in help_text and "Z,Y,X" not in help_text
     bad = runner.invoke(app, ["similar", str(emb), "--query", str(vols / "subject_0.nii.gz"), "--box", "1,2,3"])
@@ -183,3 +184,23 @@ def test_similar_refuses_an_encoder_that_is_not_the_one_the_vectors_came_from(ar
     with pytest.raises(GeomedError, match="not the one these embeddings were made with"):
         find_similar(emb, data / "scene_1.tif", top=1, out_dir=tmp_path / "q2", sheet=False)
     assert not (tmp_path / "q2").exists()
+
+
+def test_an_edge_windows_stored_box_queries_itself_and_a_moved_hit_only_leaves_the_sheet(archive: tuple[Path, Path],
+                                                                                           tmp_path: Path) -> None:
+    """The last window of a 40-px scene (16-px windows every 16 px) runs past the edge, padded: its stored box is a
+    valid query and finds itself. A hit whose file moved after embedding is ranked and left off the sheet."""
+    data, enc = archive
+    mine = tmp_path / "data"
+    shutil.copytree(data, mine)
+    emb = tmp_path / "emb"
+    embed_folder(enc, mine, emb, level="window", window=16, stride=16, progress=False)
+    cols = read_columns(emb, ["file", "box"])
+    edge = next(b for f, b in zip(cols["file"], cols["box"]) if f.endswith("scene_0.tif") and b[0] + b[2] > 40)
+    (mine / "scene_2.tif").unlink()
+    result = find_similar(emb, mine / "scene_0.tif", box=[int(v) for v in edge], top=40, include_self=True,
+                          out_dir=tmp_path / "q")
+    assert Path(result.hits[0]["file"]).name == "scene_0.tif" and list(result.hits[0]["box"]) == list(edge)
+    assert result.hits[0]["score"] == pytest.approx(1, abs=1e-5)
+    assert any(Path(h["file"]).name == "scene_2.tif" for h in result.hits)
+    assert (tmp_path / "q" / "similar.png").is_file()

@@ -132,19 +132,25 @@ class CommandSpec:
     # where another command's output folder belongs inside its own: {relative path pattern: those commands}; any
     # other nested output (a fine-tune written to RUN/previews) is the user's result, never deleted with this folder
     nests: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # the patterns (of ``patterns``) that name folders: a file, or a link, of such a name is the user's
+    folders: tuple[str, ...] = ()
+    # a reuse writes the command's outputs over those there (evaluate, similar): a folder recognised only by an
+    # earlier version's files (``legacy``) that also holds the user's is refused, not taken over
+    reuse_replaces: bool = False
 
 
 # checkpoints by the names ours and Lightning's callbacks give them (a copied-in best.ckpt is the user's)
 _STEPS = tuple("step-" + "[0-9]" * n for n in range(6, 11))  # step-{step:06d}, up to train.max_steps' 10^9
-CKPT_FILES = ("last.ckpt", "last-v[0-9]*.ckpt", *(f"{s}.ckpt" for s in _STEPS),
-              *(f"{s}-v[0-9]*.ckpt" for s in _STEPS))
+_VERSIONS = tuple("-v" + "[0-9]" * n for n in range(1, 5))  # Lightning's last-v1.ckpt when a name is taken
+CKPT_FILES = ("last.ckpt", *(f"last{v}.ckpt" for v in _VERSIONS), *(f"{s}.ckpt" for s in _STEPS),
+              *(f"{s}{v}.ckpt" for s in _STEPS for v in _VERSIONS))
 EXPORT_FILES = ("config.json", "model.safetensors")  # an encoder / model export
 _NONE_SEEDS = tuple("encoder_none_seed" + "[0-9]" * n for n in range(1, 11))  # compare's none per seed (< 2^32)
 COMMANDS: dict[str, CommandSpec] = {
     "pretrain": CommandSpec(("config.yaml", "catalog.json", "stats.json", "metrics.csv", "checkpoints", "encoder",
                              "previews", "tensorboard"), (), ("--resume", "--overwrite"),
                             _legacy_run, {"checkpoints": CKPT_FILES, "encoder": EXPORT_FILES,
-                                          "previews": ("step-*.png",),
+                                          "previews": tuple(f"{s}.png" for s in _STEPS),
                                           "tensorboard": ("events.out.tfevents.*", "hparams.yaml",
                                                           "*/events.out.tfevents.*", "*/hparams.yaml")}),
     "finetune": CommandSpec(("config.yaml", "labels_used.npz", "metrics_train.csv", "checkpoints", "model",
@@ -166,8 +172,9 @@ COMMANDS: dict[str, CommandSpec] = {
                                                   "*_pred_proba.nii.gz"), ()),  # no legacy rule: without a
     # manifest a folder of *_pred.tif maps may be another tool's, so it is refused
     "evaluate": CommandSpec(("metrics.json", "confusion.png"), (), (), _legacy_evaluate,
-                            nests={"*": ("evaluate",)}),  # FT_DIR/eval/<other evaluation>, allowed as FT_DIR/eval
-    "similar": CommandSpec(("similar.csv", "similar.png"), (), (), _legacy_similar),
+                            nests={"*": ("evaluate",)},  # FT_DIR/eval/<other evaluation>, allowed as FT_DIR/eval
+                            reuse_replaces=True),
+    "similar": CommandSpec(("similar.csv", "similar.png"), (), (), _legacy_similar, reuse_replaces=True),
     "attention": CommandSpec((), ("*.png",), ()),
     "export": CommandSpec(("model.safetensors", "config.json", "geomed_ssl.json", "README.txt"), (),
                           ("--overwrite",),
@@ -175,10 +182,10 @@ COMMANDS: dict[str, CommandSpec] = {
                           == "geomed-ssl-timm"),
     "compare": CommandSpec(("results.csv", "summary.md", "curve.png", "config.yaml", "compare.json", "encoders.json",
                             "selections", "encoder_none"),  # encoder_none: one for every seed, before 2026-12-04
-                           (*_NONE_SEEDS, "finetuned_*"),
+                           _NONE_SEEDS,  # kept fine-tunes (finetuned_*) are ours by their own manifest: nests
                            inside={"selections": ("*.npz",), "encoder_none": EXPORT_FILES,
                                    **{name: EXPORT_FILES for name in _NONE_SEEDS}},
-                           nests={"finetuned_*": ("finetune",)}),
+                           nests={"finetuned_*": ("finetune",)}, folders=_NONE_SEEDS),
     "demo": CommandSpec(("pretrain", "compare", "probe", "finetune_pretrained", "finetune_random", "prediction",
                          ".geomed-ssl-demo"),
                         (), (), lambda folder: (folder / ".geomed-ssl-demo").is_file(),
@@ -188,5 +195,7 @@ COMMANDS: dict[str, CommandSpec] = {
 
 
 def matches(name: str, patterns: Sequence[str]) -> bool:
-    """``name`` matches one of the fnmatch ``patterns`` (case-sensitive)."""
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    """``name`` (a ``/``-separated relative path) matches one of the fnmatch ``patterns`` (case-sensitive) folder by
+    folder: a ``*`` never spans a ``/``, so ``previews/step-*.png`` is no pattern for ``previews/my/step-1.png``."""
+    depth = name.count("/")
+    return any(p.count("/") == depth and fnmatch.fnmatchcase(name, p) for p in patterns)

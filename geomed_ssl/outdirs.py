@@ -112,8 +112,9 @@ def owner(folder: PathLike) -> Owner | None:
     names = set(spec.entries) | set(_entry_names(manifest)) | {MANIFEST}
     result = Owner(command, manifest)
     for entry in sorted(folder.iterdir()):
-        ours = (entry.name in names or matches(entry.name, spec.patterns) or is_temp_name(entry.name)
-                or _nested_here(spec, entry))
+        named = matches(entry.name, spec.patterns) and (not matches(entry.name, spec.folders)
+                                                        or (entry.is_dir() and not entry.is_symlink()))
+        ours = entry.name in names or named or is_temp_name(entry.name) or _nested_here(spec, entry)
         (result.ours if ours else result.foreign).append(entry.name)
     return result
 
@@ -349,6 +350,10 @@ def check_out_dir(out: PathLike, *, command: str, inputs: Inputs | None = None, 
                               "choose another --out.")
         return "replace"
     if resume:
+        if found.manifest is None and found.foreign and COMMANDS[command].reuse_replaces:  # beside the user's
+            raise OutputError(f"output folder '{out}' holds files like those `geomed-ssl {command}` writes but was "
+                              f"not made by it as far as geomed-ssl can tell (no {MANIFEST}; it also holds "
+                              f"'{found.foreign[0]}'), so its files are not replaced; choose another --out.")
         return "reuse"
     raise OutputError(f"output folder '{out}' already exists and is not empty; {_ways_out(command)}.")
 

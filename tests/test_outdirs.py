@@ -323,11 +323,20 @@ def test_a_manifest_whose_entries_are_not_plain_names_is_not_ours(tmp_path: Path
     ("finetune", "model/weights_i_edited.safetensors"),
     ("embed", "maps/overview.tif"),
     ("cluster", "maps/sub/thesis.tex"),
+    # a pattern's * never spans a folder: these sit one level below the names the command writes
+    ("pretrain", "previews/step-by-step/my_annotated_figure.png"),
+    ("pretrain", "checkpoints/last-v2_backup/best_model.ckpt"),
+    ("pretrain", "previews/step-by-step.png"),  # not a step number
+    ("pretrain", "checkpoints/last-v2_mine.ckpt"),
+    ("cluster", "maps/old/scene_clusters.tif"),
+    # compare's per-seed random encoders and kept fine-tunes are folders: a file of such a name is the user's
+    ("compare", "finetuned_notes.md"),
+    ("compare", "encoder_none_seed3"),
 ])
 def test_overwrite_refuses_a_foreign_file_inside_a_subfolder_of_ours(tmp_path: Path, command: str,
                                                                      placed: str) -> None:
     out = prepare_out_dir(tmp_path / "out", command=command)
-    (out / placed).parent.mkdir(parents=True)
+    (out / placed).parent.mkdir(parents=True, exist_ok=True)
     (out / placed).write_text("the user's")
     with pytest.raises(OutputError, match=f"also holds '{placed}'"):
         prepare_out_dir(out, command=command, overwrite=True)
@@ -438,3 +447,19 @@ def test_reusing_a_folder_deletes_what_a_killed_writer_left_there_and_nothing_el
     (figure.parent / f".partial-{dead}-other.png").write_bytes(b"another file's")
     prepare_out_file(figure, command="attention")
     assert [p.name for p in figure.parent.iterdir()] == [f".partial-{dead}-other.png"]
+
+
+def test_a_users_folder_holding_copies_of_an_evaluation_is_not_taken_over(tmp_path: Path) -> None:
+    """evaluate and similar write over their outputs when they reuse a folder: one recognised only by such files
+    (no manifest) but holding the user's paper too is refused; a folder of theirs is still reused."""
+    def evaluation(folder: Path) -> Path:  # metrics.json and confusion.png as evaluate writes them
+        folder.mkdir()
+        (folder / "metrics.json").write_text(json.dumps({"classes": ["a", "b"], "test": {"confusion": [[1]]}}))
+        (folder / "confusion.png").write_bytes(b"png")
+        return folder
+
+    paper = evaluation(tmp_path / "paper")
+    fill(paper, "paper.tex")
+    with pytest.raises(OutputError, match="not made by it as far as geomed-ssl can tell.*paper.tex"):
+        check_out_dir(paper, command="evaluate", resume=True)
+    assert check_out_dir(evaluation(tmp_path / "old"), command="evaluate", resume=True) == "reuse"

@@ -35,7 +35,7 @@ from geomed_ssl.errors import ConfigError, DataError, GeomedError
 from geomed_ssl.models.device import resolve_device
 from geomed_ssl.outcommands import name_hash
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
-from geomed_ssl.outfiles import atomic_path, save_figure
+from geomed_ssl.outfiles import atomic_path, commit_partial, partial_path, save_figure
 
 log = logging.getLogger("geomed_ssl")
 
@@ -212,12 +212,18 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
             for r, (i, s) in enumerate(zip(idx, sims))]
     name = query_name(qpath, manifest) + ("_" + "-".join(map(str, box_list)) if box_list else "")
     out = prepare_out_dir(Path(out_dir) if out_dir is not None else search_dir / name, **rule)
-    (out / "similar.png").unlink(missing_ok=True)  # an earlier query's sheet never sits beside this table
-    write_hits_csv(hits, out / "similar.csv")
+    table, figure = partial_path(out / "similar.csv"), None
+    write_hits_csv(hits, table)
+    try:  # both complete before the earlier query's go: a kill leaves the earlier pair
+        if sheet and hits:
+            figure = contact_sheet(emb, record, region, hits, partial_path(out / "similar.png"))
+    finally:  # the table is the result: kept when only the sheet failed; an earlier sheet never sits beside it
+        (out / "similar.png").unlink(missing_ok=True)
+        if figure is not None:
+            commit_partial(figure, out / "similar.png")
+        commit_partial(table, out / "similar.csv")
     lines = [f"query: {qpath}" + (f" box {box_list}" if box_list else "") + f"  ({st['level']} level, "
              f"{vectors.shape[0]} rows)", *hit_lines(hits, st["data_dir"], nd)]
-    if sheet and hits:
-        contact_sheet(emb, record, region, hits, out / "similar.png")
     lines.append(f"table: {out / 'similar.csv'}"
                  + (f"  contact sheet: {out / 'similar.png'}" if sheet and hits else ""))
     return SearchResult(out, hits, lines)

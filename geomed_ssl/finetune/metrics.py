@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from geomed_ssl.outfiles import atomic_write_text, save_figure
+from geomed_ssl.outfiles import atomic_write_text, commit_partial, partial_path, save_figure
 
 
 def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> np.ndarray:
@@ -112,10 +112,17 @@ def save_confusion_png(cm: np.ndarray, class_names: Sequence[str], path: str | P
 
 
 def write_metrics(out: Path, results: dict[str, Any], class_names: Sequence[str]) -> None:
-    """``out/metrics.json`` and, with a test split, its ``out/confusion.png``; the earlier ones are deleted first, so
-    a kill midway never leaves a new figure beside old metrics."""
-    for old in ("metrics.json", "confusion.png"):
-        (out / old).unlink(missing_ok=True)
+    """``out/metrics.json`` and, with a test split, its ``out/confusion.png``. Both are complete under temporary
+    names before the earlier ones go, so a kill leaves the earlier evaluation or the new one, never a new figure
+    beside old metrics, nor neither."""
+    figure = None
     if "test" in results:
-        save_confusion_png(np.asarray(results["test"]["confusion"]), class_names, out / "confusion.png")
-    atomic_write_text(out / "metrics.json", json.dumps(results, indent=2))
+        figure = save_confusion_png(np.asarray(results["test"]["confusion"]), class_names,
+                                    partial_path(out / "confusion.png"))
+    table = atomic_write_text(partial_path(out / "metrics.json"), json.dumps(results, indent=2))
+    (out / "metrics.json").unlink(missing_ok=True)  # from here no stale pair: a figure without its table at worst
+    if figure is None:
+        (out / "confusion.png").unlink(missing_ok=True)
+    else:
+        commit_partial(figure, out / "confusion.png")
+    commit_partial(table, out / "metrics.json")

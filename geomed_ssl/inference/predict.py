@@ -208,7 +208,7 @@ def predict_files(
     ``window`` is the raster window (2 ints) or the volume ROI (3 ints; an int serves both). A file of the other
     kind than the model's is refused in one line before anything is written; partial files a killed earlier run
     left in ``out_dir`` are deleted first, and without ``probabilities`` the ``*_pred_proba`` file an earlier run
-    wrote for an input is deleted before its new class map is written.
+    wrote for an input is deleted once its new class map is in place (a killed run leaves the earlier pair).
     """
     planned = plan_outputs(inputs, out_dir, data_cfg, window)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -217,8 +217,6 @@ def predict_files(
     summaries = []
     for p, out in planned.items():
         kind, _ = _kind_and_stem(p, data_cfg)
-        if not probabilities:  # an earlier run's probabilities beside this class map would belong to another model
-            proba_path(out).unlink(missing_ok=True)
         if kind == "raster":
             summaries.append(predict_raster(
                 model, p, out, stats, band_names, window, overlap, blend, batch_size, num_classes=num_classes,
@@ -229,4 +227,6 @@ def predict_files(
                 model, p, out, stats, band_names, window, data_cfg, overlap, blend, num_classes=num_classes,
                 probabilities=probabilities, batch_size=batch_size, device=device, class_values=class_values,
                 names_by_position=names_by_position))
+        if not probabilities:  # an earlier run's probabilities beside the new class map would be another model's;
+            proba_path(out).unlink(missing_ok=True)  # kept until then, so a killed run leaves the earlier pair
     return summaries

@@ -366,15 +366,16 @@ def test_a_fine_tune_does_not_depend_on_what_ran_before_it_in_the_process(seg_sc
     assert differ == []
 
 
-def test_an_evaluate_that_fails_midway_leaves_no_earlier_runs_metrics_or_figure(tmp_path: Path,
-                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_evaluate_that_fails_midway_leaves_the_earlier_metrics_and_figure_as_they_were(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from geomed_ssl.finetune import evaluate as ev
     from geomed_ssl.finetune import metrics
     from tests.test_bad_input import labelled, predicting_model
 
     ft, (images, labels) = predicting_model(tmp_path), labelled(tmp_path)
     ev.evaluate_dir(ft, images, labels, out=tmp_path / "ev")
-    assert {p.name for p in (tmp_path / "ev").iterdir()} >= {"metrics.json", "confusion.png"}
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ev").iterdir()}
+    assert {"metrics.json", "confusion.png"} <= set(before)
 
     def disk_full(*args, **kwargs) -> None:
         raise OSError(28, "No space left on device")
@@ -382,4 +383,4 @@ def test_an_evaluate_that_fails_midway_leaves_no_earlier_runs_metrics_or_figure(
     monkeypatch.setattr(metrics, "save_confusion_png", disk_full)
     with pytest.raises(OSError):
         ev.evaluate_dir(ft, images, labels, out=tmp_path / "ev")
-    assert not (tmp_path / "ev" / "metrics.json").exists() and not (tmp_path / "ev" / "confusion.png").exists()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ev").iterdir()} == before  # no new figure, no partial

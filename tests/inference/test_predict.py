@@ -499,6 +499,25 @@ def test_a_class_map_without_probabilities_removes_an_earlier_runs_probabilities
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tile_a_pred.tif"]
 
 
+def test_a_rerun_that_fails_midway_leaves_the_earlier_class_map_and_probabilities(scene, tmp_path, monkeypatch):
+    from geomed_ssl.config import DataConfig
+    from geomed_ssl.inference import predict as predict_mod
+
+    (tmp_path / "in").mkdir()
+    write_geotiff(tmp_path / "in" / "tile_a.tif", structured_raster(np.random.default_rng(2), C, 48))
+    kwargs = {"num_classes": K, "window": 32, "data_cfg": DataConfig()}
+    predict_files(scene["model"], tmp_path / "in", tmp_path / "out", scene["stats"], probabilities=True, **kwargs)
+    before = sorted(p.name for p in (tmp_path / "out").iterdir())
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as a kill during the new prediction
+
+    monkeypatch.setattr(predict_mod, "predict_raster", killed)
+    with pytest.raises(KeyboardInterrupt):
+        predict_files(scene["model"], tmp_path / "in", tmp_path / "out", scene["stats"], **kwargs)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before and "tile_a_pred_proba.tif" in before
+
+
 def test_a_scene_thinner_than_half_the_window_is_predicted_padded_not_skipped_as_unreadable(tmp_path):
     """Training needs scenes of at least half a window; prediction pads, so a 5-px strip gets its 5-px map."""
     import rasterio

@@ -261,9 +261,11 @@ def progress_bar(total: int, enabled: bool) -> Any:
 
 def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str, EncoderSource],
             nones: dict[int, EncoderSource], recipe: Recipe, results: ResultsFile, inputs: dict[str, Any],
-            strict: bool, progress: bool, keep: Path | None = None, device: Any = None) -> int:
+            strict: bool, progress: bool, keep: Path | None = None, device: Any = None,
+            known: Sequence[str] = ()) -> int:
     """Run the jobs whose rows are missing from results.csv, one row written after each; the number run.
-    ``nones``: ``none`` of each label seed, each moved to ``device`` only while its features are in use."""
+    ``nones``: ``none`` of each label seed, each moved to ``device`` only while its features are in use.
+    ``known``: the encoders of the folder's earlier runs too, whose kept fine-tunes the names keep apart."""
     todo = [j for j in jobs if (j.source, *splits[j.split_index].budget.cells, str(splits[j.split_index].seed),
                                 j.protocol) not in results.done]
     if len(todo) < len(jobs):
@@ -273,7 +275,7 @@ def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str,
     needed = needed_rows(splits)
     feats: dict[tuple[str, int | None], Any] = {}
     live: EncoderSource | None = None  # the none initialisation on the device
-    labels = kept_labels(list(sources))
+    labels = kept_labels(list(dict.fromkeys([*sources, *known])))
     bar = progress_bar(len(todo), progress)
     for n, job in enumerate(todo, start=1):
         split = splits[job.split_index]
@@ -361,7 +363,7 @@ def run_compare(options: CompareOptions, *, out: str | Path, images: str | Path 
     run_inputs = {"images": images, "labels": labels, "data": data, "split": options.split}
     keep = out if keep_finetuned else None
     done = execute(jobs, splits, task, sources, nones, recipe_obj, results, run_inputs, strict, progress, keep,
-                   device)
+                   device, known=list(weights))
     metric = headline_metric(task)
     held_out = held_out_lines(splits, task) if options.split == "images" else []
     write_summary(out / "summary.md", results.rows, metric, options.split, task.unit, task.background is not None,

@@ -79,7 +79,7 @@ def predict_dir(ft_dir: str | Path, inputs: Sequence[str | Path], out: str | Pat
     if meta["task"] != "segment":
         records = records_for_stats(image_records(meta, recipe, inputs, strict), stats)
         prepare_out_dir(out, **rule)
-        return predict_classes(model, meta, recipe, records, out)
+        return predict_classes(model, meta, recipe, records, out, str(ft_dir))
     cfg = data_config(meta, recipe.data)
     planned = usable_inputs(plan_outputs([str(p) for p in inputs], out, cfg, meta["window"]), cfg, blend, stats,
                             strict)
@@ -119,10 +119,14 @@ def image_records(meta: dict[str, Any], recipe: Any, inputs: Sequence[str | Path
     return records
 
 
+PREDICTION_COLUMNS = ["file", "class", "probability", "model"]
+
+
 def predict_classes(model: torch.nn.Module, meta: dict[str, Any], recipe: Any, records: Sequence[Any],
-                    out: Path) -> list[str]:
+                    out: Path, model_name: str = "") -> list[str]:
     """One predicted class (and its probability) per image (catalog ``records``, read as the model's bands:
-    ``records_for_stats``), in ``out/predictions.csv``."""
+    ``records_for_stats``), in ``out/predictions.csv`` with the model (``model_name``, the FT_DIR) that made it;
+    the rows an earlier run wrote there for other images stay (predict adds to its folder)."""
     import csv
 
     from geomed_ssl.data.labelled import ImageDataset
@@ -137,9 +141,27 @@ def predict_classes(model: torch.nn.Module, meta: dict[str, Any], recipe: Any, r
         for i in range(len(records)):
             probs = model(torch.from_numpy(dataset.image(i)[0])[None].to(device)).softmax(1)[0].cpu()
             k = int(probs.argmax())
-            rows.append({"file": records[i].path, "class": names[k], "probability": round(float(probs[k]), 4)})
+            rows.append({"file": records[i].path, "class": names[k], "probability": round(float(probs[k]), 4),
+                         "model": model_name})
+    new = {r["file"] for r in rows}
+    kept = [r for r in earlier_predictions(out / "predictions.csv") if r.get("file") not in new]
     with atomic_path(out / "predictions.csv") as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["file", "class", "probability"])
+        writer = csv.DictWriter(f, fieldnames=PREDICTION_COLUMNS, restval="", extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
-    return [f"{len(rows)} images -> {out / 'predictions.csv'}"]
+        writer.writerows(kept + rows)
+    more = f" (and {len(kept)} earlier rows)" if kept else ""
+    return [f"{len(rows)} images -> {out / 'predictions.csv'}{more}"]
+
+
+def earlier_predictions(path: Path) -> list[dict[str, str]]:
+    """The rows of an earlier run's ``predictions.csv`` (none when there is none or it is not one of ours)."""
+    import csv
+
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"file", "class"} <= set(reader.fieldnames):
+                return []
+            return list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []

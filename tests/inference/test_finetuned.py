@@ -102,6 +102,15 @@ def test_classifying_images_that_meet_the_model_by_band_name_each_on_its_own(tmp
                                 str(tmp_path / "out2")])
     assert named.exit_code == 0 and "skipped" in named.output and "blank.tif" in named.output
     assert len((tmp_path / "out2" / "predictions.csv").read_text().splitlines()) == 1 + 1
+    # a later run into the same folder replaces the rows of the images it classifies and keeps the others
+    again = runner.invoke(app, ["predict", str(ft), str(folder / "c1" / "img_1.tif"), str(folder / "c1" / "img_0.tif"),
+                                "--out", str(tmp_path / "out2")])
+    assert again.exit_code == 0, again.output
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "out2" / "predictions.csv").open()))
+    assert sorted(Path(r["file"]).name for r in rows) == ["img_0.tif", "img_1.tif"] and {r["model"] for r in rows} == {
+        str(ft)}
     scored = runner.invoke(app, ["evaluate", str(ft), "--data", str(folder), "--out", str(tmp_path / "ev")])
     assert scored.exit_code == 0, scored.output
     import json

@@ -346,6 +346,8 @@ def cluster_embeddings(emb_dir: str | Path, out_dir: str | Path, method: str = "
             "inputs": {"embedding folder": emb_dir, "labels": None if str(labels) == "folders" else labels}}
     check_out_dir(out, **rule)  # the folder is made once the embeddings, labels and settings are read
     manifest, vectors = load_embeddings(emb_dir)
+    rule["inputs"]["embedded data folder"] = manifest["settings"].get("data_dir")  # read for labels and maps
+    check_out_dir(out, **rule)
     clusters, info = fit_predict(vectors, method, k, seed, min_cluster_size, normalize, pca_dims)
     cols = read_columns(emb_dir, ["id", "file", "box", "grid_index", "x", "y", "z"])
     truth_rows, truth_source = true_labels(labels, manifest, cols, ignore_value) if labels is not None else (None, None)

@@ -188,6 +188,9 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
     manifest, vectors = load_embeddings(emb_dir)
     st = manifest["settings"]
     rule["inputs"]["encoder"] = encoder or st["encoder"]
+    rule["inputs"]["embedded data folder"] = st.get("data_dir")  # the hits' files, read for the contact sheet
+    if out_dir is not None:
+        check_out_dir(out_dir, **rule)
     nd = len(st["window"])
     if top < 1:
         raise ConfigError(f"--top must be at least 1, got {top}.")

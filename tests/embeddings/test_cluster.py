@@ -221,3 +221,17 @@ def test_a_labels_source_that_yields_one_class_is_an_error_not_a_score(tmp_path:
     with pytest.raises(DataError, match=r"gives 1 class \('Forest'\) over 3 labelled rows"):
         cluster_embeddings(emb, tmp_path / "cl", k=2, labels=str(table))
     assert not (tmp_path / "cl").exists()
+
+
+def test_cluster_and_similar_never_write_inside_the_embedded_data_folder(window_embeddings: tuple[Path, Path],
+                                                                          tmp_path: Path) -> None:
+    """They read it (class folders, label maps beside it, the hits' files for the contact sheet): an input."""
+    from geomed_ssl.embeddings.search import find_similar
+    from geomed_ssl.errors import OutputError
+
+    data, emb = window_embeddings
+    with pytest.raises(OutputError, match="embedded data folder"):
+        cluster_embeddings(emb, data / "clusters", "kmeans", k=2)
+    with pytest.raises(OutputError, match="embedded data folder"):
+        find_similar(emb, data / "scene_0.tif", top=1, out_dir=data / "hits", sheet=False)
+    assert not (data / "clusters").exists() and not (data / "hits").exists()

@@ -134,9 +134,9 @@ def embedder_for(manifest: dict[str, Any], record: FileRecord, encoder: str | Pa
                           "new location.")
     if not same_encoder(path, st):
         raise GeomedError(f"the encoder at '{path}' is not the one these embeddings were made with (its weights or "
-                          "configuration differ from when `geomed-ssl embed` ran), so their vectors cannot be compared; "
-                          "embed again with this encoder (`geomed-ssl embed ... --overwrite`), or pass --encoder with "
-                          "the one they were made with.")
+                          "configuration differ from when `geomed-ssl embed` ran), so their vectors cannot be "
+                          "compared; embed again with this encoder (`geomed-ssl embed ... --overwrite`), or pass "
+                          "--encoder with the one they were made with.")
     from geomed_ssl.data.catalog import Catalog
 
     one = Catalog([record], [], record.kind, record.band_names, record.wavelengths, bandwidths=record.bandwidths)

@@ -66,8 +66,9 @@ class PretrainModule(L.LightningModule):
     Every random draw of a step comes from a generator seeded by (seed, optimiser step), per sample from (that,
     the sample's global index), the same for every micro-batch of an accumulated step, stochastic depth's too
     (:func:`per_sample_draws`); the global torch RNG is reseeded each micro-step from (seed, micro-step, rank). So
-    a resumed run continues exactly where the interrupted one stopped, the ranks draw different masks for different samples, and a sample's draws do not
-    depend on how the global batch is split over ranks and micro-batches. Logged values are averaged over ranks.
+    a resumed run continues exactly where the interrupted one stopped, the ranks draw different masks for different
+    samples, and a sample's draws do not depend on how the global batch is split over ranks and micro-batches.
+    Logged values are averaged over ranks.
     ``clock`` (a :class:`ScheduleClock`) drives the lr and the method's schedules and is stored in every checkpoint.
     """
 

@@ -252,6 +252,21 @@ def _probe_raster(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProb
                           _value_range(arr, valid), geo, how)
 
 
+def read_shape(spatial: tuple[int, ...], affine: np.ndarray, spacing: Any) -> tuple[int, ...]:
+    """The (x, y, z) shape the volume reader gives a file of ``spatial`` voxels: reoriented to RAS and, with
+    ``data.spacing`` (mm, RAS order), resampled to it (the windows' size is counted on that grid)."""
+    from nibabel.orientations import io_orientation
+
+    ornt = io_orientation(affine)
+    sizes = np.linalg.norm(affine[:3, :3], axis=0)  # mm per voxel along each file axis
+    shape, mm = [0, 0, 0], [1.0, 1.0, 1.0]
+    for axis, (ras, _) in enumerate(ornt):
+        shape[int(ras)], mm[int(ras)] = int(spatial[axis]), float(sizes[axis])
+    if spacing is None:
+        return tuple(shape)
+    return tuple(int(round((n - 1) * m / float(t))) + 1 if n > 1 else 1 for n, m, t in zip(shape, mm, spacing))
+
+
 def _probe_volume(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProbe:
     import nibabel as nib
 
@@ -266,7 +281,7 @@ def _probe_volume(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProb
     spatial, count = shape[:3], (shape[3] if len(shape) == 4 else 1)
     if count < 1:
         raise ProbeError("has an empty channel axis")
-    _check_size(spatial, window)
+    _check_size(read_shape(spatial, np.asarray(img.affine, np.float64), getattr(data_cfg, "spacing", None)), window)
     steps = tuple(max(1, math.ceil(s / VOLUME_PREVIEW)) for s in spatial)
     try:
         arr = np.asarray(img.dataobj[tuple(slice(None, None, s) for s in steps)])

@@ -175,14 +175,14 @@ def _check_bands(path: Path, kind: str, data_cfg: Any, stats: BandStats, names_b
     import contextlib
 
     from geomed_ssl.inference.raster import RasterInput, channel_files
-    from geomed_ssl.inference.volume import volume_record
+    from geomed_ssl.inference.volume import prediction_config, volume_record
 
     if kind == "raster":
         files, stacked = channel_files(path, data_cfg, names_by_position)
         with contextlib.ExitStack() as stack:
             RasterInput.open(stack, path, files, stacked, stats, None, data_cfg, None, names_by_position)
     else:
-        volume_record(path, data_cfg, stats, None, names_by_position)
+        volume_record(path, prediction_config(Path(path), data_cfg), stats, None, names_by_position)
 
 
 def predict_files(

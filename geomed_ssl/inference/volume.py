@@ -44,9 +44,7 @@ def predict_volume(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
     path, out_path = Path(path), Path(out_path)
     roi = as_window(roi_size, 3, "roi_size")
     pkind = check_request(path, out_path, overlap, blend, VOLUME_BLENDS, batch_size, num_classes, probabilities)
-    cfg = dataclasses.replace(data_cfg if data_cfg is not None else DataConfig(), kind="volume", patch_size=1)
-    if path.is_file():  # the named file is predicted whatever data.include / data.exclude say
-        cfg = dataclasses.replace(cfg, include=["**/*"], exclude=[], channels=None)
+    cfg = prediction_config(path, data_cfg if data_cfg is not None else DataConfig())
     record = volume_record(path, cfg, stats, band_names, names_by_position)
     model = as_model(model_fn, device)
     grid = predict_on_file_grid(model, record, cfg, stats, roi, int(batch_size), int(num_classes), float(overlap),
@@ -67,6 +65,15 @@ def predict_volume(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
         "roi_size": list(roi), "overlap": float(overlap), "blend": blend, "nodata_label": lnodata,
         "valid_voxels": int(counts.sum()), "class_counts": counts.tolist(), "seconds": round(seconds, 3),
     }
+
+
+def prediction_config(path: Path, data_cfg: Any) -> Any:
+    """``data_cfg`` as prediction reads the volume at ``path``: any size (windows are padded, training's half-window
+    rule does not apply) and, for a named file, whatever data.include / data.exclude / data.channels say."""
+    cfg = dataclasses.replace(data_cfg, kind="volume", patch_size=1)
+    if path.is_file():
+        cfg = dataclasses.replace(cfg, include=["**/*"], exclude=[], channels=None)
+    return cfg
 
 
 def volume_record(path: Path, cfg: Any, stats: BandStats, band_names: Sequence[str] | None,

@@ -301,3 +301,18 @@ def test_distinct_windows_pairs_each_voxel_size_with_its_own_axis(tmp_path) -> N
     catalog = scan(tmp_path / "v", DataConfig(kind="volume", patch_size=4, intensity="none"))
     # at 1 mm: R 12, A 24, S 12 voxels -> 3 x 6 x 3 windows of 4
     assert catalog.distinct_windows((4, 4, 4), spacing=(1.0, 1.0, 1.0)) == 54
+
+
+def test_a_volumes_size_is_judged_on_the_grid_the_reader_resamples_it_to(tmp_path, make_nii):
+    """A 3 mm CT of 20 slices is 39 slices at data.spacing 1.5 mm (over half a 64-voxel window); 40 slices of
+    0.5 mm are 14 at 1.5 mm (under half)."""
+    vol = np.random.default_rng(0).normal(100, 10, (20, 20, 20)).astype(np.float32)
+    make_nii(tmp_path / "coarse" / "ct.nii.gz", vol, np.diag([3.0, 3.0, 3.0, 1.0]))
+    fine = np.random.default_rng(1).normal(100, 10, (40, 40, 40)).astype(np.float32)
+    make_nii(tmp_path / "fine" / "ct.nii.gz", fine, np.diag([0.5, 0.5, 0.5, 1.0]))
+    resampled = DataConfig(kind="volume", patch_size=64, spacing=[1.5, 1.5, 1.5])
+    assert len(scan(tmp_path / "coarse", resampled).records) == 1
+    with pytest.raises(DataError, match="20x20x20, smaller than half"):  # nothing usable: an error
+        scan(tmp_path / "coarse", DataConfig(kind="volume", patch_size=64))
+    with pytest.raises(DataError, match="14x14x14, smaller than half"):
+        scan(tmp_path / "fine", resampled)

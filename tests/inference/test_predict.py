@@ -262,6 +262,24 @@ def test_nifti_prediction_after_resampling_maps_back_to_the_input_grid(tmp_path)
     assert agree > 0.95
 
 
+def test_a_volume_thinner_than_half_the_window_passes_the_input_check_and_is_predicted_padded(tmp_path):
+    """Training needs volumes of at least half a window; predict pads, so its up-front check takes any size."""
+    import nibabel as nib
+
+    from geomed_ssl.config import DataConfig
+    from geomed_ssl.inference.predict import usable_inputs
+
+    vol = asymmetric_volume((24, 24, 5))
+    src = tmp_path / "thin.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(src))
+    cfg = DataConfig(kind="volume", intensity="none", patch_size=16)
+    out = tmp_path / "thin_pred.nii.gz"
+    stats = stats_of(vol[None], ["band_1"])
+    assert usable_inputs({src: out}, cfg, "gaussian", stats, strict=True) == {src: out}
+    predict_files(threshold_model(), [src], tmp_path, stats, num_classes=3, window=16, data_cfg=cfg)
+    assert nib.load(str(out)).shape == (24, 24, 5)
+
+
 def test_predict_files_names_outputs_by_stem(scene, tmp_path):
     import nibabel as nib
 

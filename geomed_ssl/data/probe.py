@@ -264,7 +264,9 @@ def read_shape(spatial: tuple[int, ...], affine: np.ndarray, spacing: Any) -> tu
         shape[int(ras)], mm[int(ras)] = int(spatial[axis]), float(sizes[axis])
     if spacing is None:
         return tuple(shape)
-    return tuple(int(round((n - 1) * m / float(t))) + 1 if n > 1 else 1 for n, m, t in zip(shape, mm, spacing))
+    from geomed_ssl.data.readers import resampled_shape
+
+    return tuple(resampled_shape(shape, mm, [float(t) for t in spacing]))
 
 
 def _probe_volume(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProbe:

@@ -15,7 +15,7 @@ import math
 import os
 import warnings
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -354,22 +354,37 @@ class _Volume:
         self.array, self.affine, self.nbytes = array, affine, array.nbytes
 
 
+def resampled_shape(shape: Sequence[int], voxel_mm: Sequence[float], spacing: Sequence[float]) -> list[int]:
+    """The grid :func:`resample_to_spacing` gives ``shape`` voxels of ``voxel_mm``: round(extent / spacing) + 1 per
+    axis, the first and last voxel centres kept."""
+    return [max(1, int(round((n - 1) * c / s)) + 1) if n > 1 else 1 for n, c, s in zip(shape, voxel_mm, spacing)]
+
+
 def resample_to_spacing(arr: np.ndarray, affine: np.ndarray, spacing: list[float]) -> tuple[np.ndarray, np.ndarray]:
     """Trilinear resampling of (C, D, H, W) to about ``spacing`` mm, keeping the first and last voxel centres.
 
     The new grid has round(extent / spacing) + 1 voxels per axis; the returned affine is exact for that grid.
+    Voxels without data (NaN in a band) are left out of the interpolation rather than spread: a new voxel is the
+    weighted mean of the valid voxels around it, and NaN only where they weigh less than half.
     """
     import torch
 
     current = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))  # mm per voxel along each array axis
     old = arr.shape[1:]
-    new = [max(1, int(round((n - 1) * c / s)) + 1) if n > 1 else 1 for n, c, s in zip(old, current, spacing)]
+    new = resampled_shape(old, current, spacing)
     if list(old) == new:
         return arr, affine
-    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None]  # (1, C, D, H, W)
-    out = torch.nn.functional.interpolate(t, size=tuple(new), mode="trilinear", align_corners=True)[0].numpy()
+    valid = np.isfinite(arr).all(axis=0)  # (D, H, W)
+    data = np.ascontiguousarray(arr if valid.all() else np.where(valid[None], arr, 0), dtype=np.float32)
+    t = torch.from_numpy(data)[None]  # (1, C, D, H, W)
+    if not valid.all():
+        t = torch.cat([t, torch.from_numpy(valid.astype(np.float32))[None, None]], dim=1)
+    out = torch.nn.functional.interpolate(t, size=tuple(new), mode="trilinear", align_corners=True)[0]
+    if not valid.all():
+        weight = out[-1]
+        out = torch.where(weight >= 0.5, out[:-1] / weight.clamp_min(1e-6), torch.tensor(float("nan")))
     scale = [(n - 1) / (m - 1) if m > 1 else 1.0 for n, m in zip(old, new)]
-    return out, affine @ np.diag([*scale, 1.0])
+    return out.numpy(), affine @ np.diag([*scale, 1.0])
 
 
 def valid_map(record: Any, data_cfg: Any, labelled: np.ndarray, rows_per_read: int = 256) -> np.ndarray | None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,10 +25,11 @@ log = logging.getLogger("geomed_ssl")
 
 def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Sequence[str],
                       overlap: float = DEFAULT_OVERLAP, blend: str = "gaussian",
-                      recipe_data: Any = None) -> list[np.ndarray]:
+                      recipe_data: Any = None, native: bool = False) -> list[np.ndarray]:
     """Class-index maps of whole images in the orientation ``read_label`` uses (rasters as stored, volumes RAS),
-    computed on the device the model is on. Band names assigned by position were reported when the images were
-    scanned, so they are not reported again here."""
+    computed on the device the model is on; volumes on the model's ``data.spacing`` grid, or with ``native`` on
+    their own voxels (the map ``predict`` writes). Band names assigned by position were reported when the images
+    were scanned, so they are not reported again here."""
     from geomed_ssl.inference.predict import predict_raster, predict_volume
     from geomed_ssl.models.device import model_device
 
@@ -49,7 +51,8 @@ def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Seque
                                overlap=overlap, blend="gaussian" if blend != "constant" else blend, num_classes=k,
                                device=device, names_by_position="ignore")
             # a NIfTI class map has no nodata field: its nodata label is said here (-1: no prediction there)
-            labels, _ = read_label(target, cfg.kind, ignore_value=None, nodata=nodata_label, spacing=cfg.spacing)
+            labels, _ = read_label(target, cfg.kind, ignore_value=None, nodata=nodata_label,
+                                   spacing=None if native else cfg.spacing)
             out.append(labels)
     return out
 
@@ -68,11 +71,12 @@ def metrics_at(predictions: Sequence[np.ndarray], selection: LabelSelection, whi
 
 def evaluate_segmentation(model: torch.nn.Module, meta: dict[str, Any], records: Sequence[Any],
                           label_arrays: Sequence[np.ndarray], selection: LabelSelection, out: Path,
-                          recipe_data: Any = None) -> dict[str, Any]:
-    """Metrics on the training and test positions; writes ``metrics.json`` and ``confusion.png`` (test split)."""
+                          recipe_data: Any = None, native: bool = False) -> dict[str, Any]:
+    """Metrics on the training and test positions (``selection``'s, on the grid its labels were read on: the
+    training grid, or the volumes' own voxels with ``native``); writes ``metrics.json`` and ``confusion.png``."""
     # a stacked-channel record (data.channels) is predicted from its folder, as `geomed-ssl predict` takes it
     paths = [str(Path(r.path).parent) if len(r.paths) > 1 else r.path for r in records]
-    predictions = predict_to_arrays(model, meta, paths, recipe_data=recipe_data)
+    predictions = predict_to_arrays(model, meta, paths, recipe_data=recipe_data, native=native)
     names = selection.class_names
     results: dict[str, Any] = {"classes": [{"value": v, "name": n} for v, n in zip(selection.classes, names)],
                                "notes": selection.notes, "split": selection.split}
@@ -118,7 +122,8 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
                               "a label file or a CSV), or with labels.label_name set in its recipe.")
         catalog = scan(images, recipe.data, strict=strict, names_by_position=position, majority=False)
         catalog.warn_problems()
-        pairs, arrays, masks = read_label_pairs(catalog.records, labels, recipe.labels, recipe.data,
+        native = dataclasses.replace(recipe.data, spacing=None)  # every labelled voxel of the files, once
+        pairs, arrays, masks = read_label_pairs(catalog.records, labels, recipe.labels, native,
                                                 class_range=False)  # unknown values are left out below
         files, flats, vals = labelled_pixels(arrays, masks)
         if vals.size == 0:
@@ -133,7 +138,8 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
         for record, _ in pairs:  # a scene without one of the model's bands: refused before OUT_DIR exists
             conform_record(record, list(stats.band_names))
         prepare_out_dir(out, **rule)
-        return evaluate_segmentation(model, meta, [r for r, _ in pairs], arrays, selection, out, recipe.data)
+        return evaluate_segmentation(model, meta, [r for r, _ in pairs], arrays, selection, out, recipe.data,
+                                     native=True)
     if data is None:
         raise GeomedError("a classification model is evaluated with --data CLASS_FOLDERS_DIR.")
     from geomed_ssl.data.labelled import ImageDataset

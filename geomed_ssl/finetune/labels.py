@@ -324,9 +324,10 @@ def _to_labels(arr: np.ndarray, nodata: float | None, ignore_value: int | None,
 
 
 def _resampled_shape(shape: Sequence[int], affine: np.ndarray, spacing: Sequence[float]) -> list[int]:
-    """The volume reader's grid for ``data.spacing``: round(extent / spacing) + 1 voxels per axis."""
-    current = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    return [max(1, int(round((n - 1) * c / s)) + 1) if n > 1 else 1 for n, c, s in zip(shape, current, spacing)]
+    """The volume reader's grid for ``data.spacing`` (``readers.resampled_shape``)."""
+    from geomed_ssl.data.readers import resampled_shape
+
+    return resampled_shape(shape, np.sqrt((affine[:3, :3] ** 2).sum(axis=0)), spacing)
 
 
 def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata: float | None = None,

@@ -199,3 +199,19 @@ def test_scan_records_read_back_through_the_reader(tmp_path):
     rec = scan(tmp_path, DataConfig(patch_size=32)).records[0]
     assert rec.block_shape == (32, 32)
     np.testing.assert_array_equal(RasterReader().read_window(rec, 32, 0, 32, 32), arr[:, 32:, :32])
+
+
+def test_resampling_spreads_no_nodata_onto_valid_voxels() -> None:
+    """NaN slices stay NaN and their valid neighbours stay valid: a voxel on a valid slice is the mean of valid
+    voxels only (trilinear interpolation would give NaN wherever a NaN voxel has even a zero weight)."""
+    from geomed_ssl.data.readers import resample_to_spacing
+
+    arr = np.ones((1, 8, 8, 12), np.float32)
+    arr[0, :, :, 4:8] = np.nan  # slices 4-7 without data
+    out, _ = resample_to_spacing(arr, np.eye(4), [1.0, 1.0, 0.5])  # 23 slices: old slice s is new slice 2s
+    valid = np.isfinite(out[0]).all(axis=(0, 1))
+    assert valid[[0, 2, 6, 16, 18, 22]].all()  # old slices 0, 1, 3, 8, 9, 11: data
+    assert not valid[8:15].any()  # between old slices 4 and 7
+    assert np.allclose(out[0][:, :, valid], 1.0)
+    clean, _ = resample_to_spacing(np.ones((1, 8, 8, 12), np.float32), np.eye(4), [1.0, 1.0, 0.5])
+    assert np.isfinite(clean).all()

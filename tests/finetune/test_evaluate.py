@@ -34,3 +34,23 @@ def test_a_volume_whose_input_has_no_data_somewhere_is_scored_where_it_has(tmp_p
     torch.manual_seed(0)
     pred = predict_to_arrays(torch.nn.Conv3d(1, 2, 1).eval(), meta, [str(tmp_path / "img.nii.gz")])[0]
     assert set(np.unique(pred[:3]).tolist()) == {-1} and set(np.unique(pred[3:]).tolist()) <= {0, 1}
+
+
+def test_with_data_spacing_predict_to_arrays_reads_the_map_on_the_grid_asked_for(tmp_path) -> None:
+    """evaluate scores the volumes' own voxels (native: the map predict writes, against the label file as it is);
+    a fine-tune scores on its training grid (data.spacing)."""
+    import nibabel as nib
+    import torch
+
+    from geomed_ssl.data.stats import BandStats
+    from geomed_ssl.finetune.evaluate import predict_to_arrays
+
+    vol = np.random.default_rng(3).uniform(1, 1000, (12, 12, 12)).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, np.diag([2.0, 2.0, 2.0, 1.0])), str(tmp_path / "img.nii.gz"))
+    stats = BandStats(["band_1"], [500.0], [250.0], [0.0], [1000.0], [1])
+    meta = {"encoder": {"stats": stats.to_dict()}, "classes": [{"value": 1}, {"value": 2}], "window": [8, 8, 8],
+            "data": {"kind": "volume", "intensity": "none", "spacing": [1.0, 1.0, 1.0]}}
+    model = torch.nn.Conv3d(1, 2, 1).eval()
+    paths = [str(tmp_path / "img.nii.gz")]
+    assert predict_to_arrays(model, meta, paths)[0].shape == (23, 23, 23)
+    assert predict_to_arrays(model, meta, paths, native=True)[0].shape == (12, 12, 12)

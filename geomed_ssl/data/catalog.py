@@ -235,12 +235,22 @@ def _list_files(root: Path) -> list[Path]:
 
 
 # -- stacking ---------------------------------------------------------------------------------------------------
-def _same_grid(a: FileProbe, b: FileProbe, kind: str) -> bool:
+def _grid_difference(a: FileProbe, b: FileProbe, kind: str) -> str | None:
+    """What differs between two channel files' grids (None: one grid): shape, or the affine (volumes: how far,
+    and the orientations), or the CRS / transform (rasters)."""
     if a.shape != b.shape:
-        return False
+        return f"shapes {'x'.join(map(str, a.shape))} and {'x'.join(map(str, b.shape))}"
     if kind == "volume":
-        return np.allclose(a.geo["affine"], b.geo["affine"], atol=1e-4)
-    return a.geo["crs"] == b.geo["crs"] and np.allclose(a.geo["transform"], b.geo["transform"], atol=1e-6)
+        if np.allclose(a.geo["affine"], b.geo["affine"], atol=1e-4):
+            return None
+        gap = float(np.abs(np.asarray(a.geo["affine"]) - np.asarray(b.geo["affine"])).max())
+        return (f"affines differing by up to {gap:.4g} (orientations {a.geo.get('orientation')} and "
+                f"{b.geo.get('orientation')})")
+    if a.geo["crs"] != b.geo["crs"]:
+        return "CRSs"
+    if not np.allclose(a.geo["transform"], b.geo["transform"], atol=1e-6):
+        return f"transforms {list(a.geo['transform'])[:6]} and {list(b.geo['transform'])[:6]}"
+    return None
 
 
 def _channel_name(pattern: str) -> str:
@@ -319,12 +329,12 @@ def _stacked_records(files: list[str], root: Path, kind: str, data_cfg: Any, win
                     probes.append(probe_file(path, kind, data_cfg, window))
                 except ProbeError as bad:
                     raise ProbeError(f"channel file {os.path.basename(path)} {bad}") from None
-            grid = "voxel grid (shape/affine)" if kind == "volume" else "pixel grid (shape/CRS/transform)"
+            grid = "voxel grid" if kind == "volume" else "pixel grid"
             for p in probes[1:]:
-                if not _same_grid(probes[0], p, kind):
-                    a, b = probes[0], p
-                    raise ProbeError(f"channel files {os.path.basename(a.path)} ({'x'.join(map(str, a.shape))}) and "
-                               f"{os.path.basename(b.path)} ({'x'.join(map(str, b.shape))}) do not share one {grid}")
+                differ = _grid_difference(probes[0], p, kind)
+                if differ:
+                    raise ProbeError(f"channel files {os.path.basename(probes[0].path)} and {os.path.basename(p.path)} "
+                                     f"do not share one {grid}: {differ}; resample one onto the other's grid")
             names = [_channel_name(g) for g in channels]
             fallback = names if all(p.num_bands == 1 for p in probes) else None
             records.append(_record(probes, kind, data_cfg, fallback))

@@ -238,6 +238,10 @@ def check_grid(record: FileRecord, label_path: str | Path, kind: str) -> None:
     """DataError naming both files and each difference unless the label is on the image's pixel / voxel grid."""
     label = str(label_path)
     diffs = _raster_diffs(record, label) if kind == "raster" else _volume_diffs(record, label)
+    if diffs and diffs[0].endswith(" is not 3D"):  # e.g. two label maps stacked as frames
+        shape = diffs[0].removeprefix("label shape ").removesuffix(" is not 3D")
+        raise DataError(f"label '{label}' (of image '{record.path}') has shape {shape}: a label volume is 3D, one "
+                        "class id per voxel; save one label map per file.")
     if diffs:
         what = "pixel grid (size, CRS, transform)" if kind == "raster" else "voxel grid (shape, affine)"
         raise DataError(f"label '{label}' is not on the {what} of image '{record.path}': {'; '.join(diffs)} "

@@ -201,7 +201,8 @@ def test_folder_missing_a_channel_is_a_problem_naming_folder_and_glob(tmp_path, 
 def test_channels_on_different_grids_are_a_problem_naming_both_files(tmp_path, make_nii):
     make_nii(tmp_path / "p1" / "flair.nii.gz", np.ones((16, 16, 16), np.float32))
     make_nii(tmp_path / "p1" / "t1c.nii.gz", np.ones((16, 16, 16), np.float32), np.diag([2.0, 1, 1, 1]))
-    with pytest.raises(DataError, match=r"flair\.nii\.gz.*t1c\.nii\.gz.*voxel grid"):
+    with pytest.raises(DataError, match=r"flair\.nii\.gz and t1c\.nii\.gz do not share one voxel grid: affines "
+                                        r"differing by up to 1 \(orientations RAS and RAS\)"):
         scan(tmp_path, DataConfig(kind="volume", patch_size=16, channels=["*flair*", "*t1c*"]))
 
 

@@ -54,3 +54,4 @@ def test_with_data_spacing_predict_to_arrays_reads_the_map_on_the_grid_asked_for
     paths = [str(tmp_path / "img.nii.gz")]
     assert predict_to_arrays(model, meta, paths)[0].shape == (23, 23, 23)
     assert predict_to_arrays(model, meta, paths, native=True)[0].shape == (12, 12, 12)
+

@@ -499,3 +499,21 @@ def test_raster_label_window_reads_part_of_the_file(tmp_path):
     full, _ = read_label(path, "raster")
     part, mask = read_label(path, "raster", window=(10, 12, 4, 6))
     assert part.shape == (4, 6) and np.array_equal(part, full[10:14, 12:18])
+
+
+def test_a_label_volume_of_several_frames_is_refused_as_not_3d_not_as_another_grid(tmp_path) -> None:
+    import nibabel as nib
+    import pytest
+
+    from geomed_ssl.config import DataConfig
+    from geomed_ssl.data.catalog import scan
+    from geomed_ssl.errors import DataError
+    from geomed_ssl.finetune.labels import check_grid
+
+    (tmp_path / "img").mkdir()
+    nib.save(nib.Nifti1Image(np.ones((16, 16, 16), np.float32), np.eye(4)), str(tmp_path / "img" / "a.nii.gz"))
+    nib.save(nib.Nifti1Image(np.ones((16, 16, 16, 2), np.uint8), np.eye(4)), str(tmp_path / "lab.nii.gz"))
+    record = scan(tmp_path / "img", DataConfig(kind="volume", patch_size=8)).records[0]
+    with pytest.raises(DataError, match=r"has shape \[16, 16, 16, 2\]: a label volume is 3D") as err:
+        check_grid(record, tmp_path / "lab.nii.gz", "volume")
+    assert "Resample" not in str(err.value)

@@ -409,6 +409,8 @@ def scan(root: str | Path, data_cfg: Any, strict: bool = False, names_by_positio
     catalog = Catalog(records, problems, kind, list(records[0].band_names) if records else [],
                       records[0].wavelengths if records else None, root=str(base),
                       bandwidths=records[0].bandwidths if records else None)
+    if not records and Path(root).is_file() and len(problems) == 1:  # one named file: say what is wrong with it
+        raise DataError(f"cannot use '{root}': {problems[0].reason}.")
     if not records:
         other = "volume" if kind == "raster" else "raster"
         n_other = sum(_has_ext(p.name, other) for p in all_files)

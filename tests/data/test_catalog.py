@@ -317,3 +317,10 @@ def test_a_volumes_size_is_judged_on_the_grid_the_reader_resamples_it_to(tmp_pat
         scan(tmp_path / "coarse", DataConfig(kind="volume", patch_size=64))
     with pytest.raises(DataError, match="14x14x14, smaller than half"):
         scan(tmp_path / "fine", resampled)
+
+
+def test_one_named_file_that_cannot_be_used_says_why_not_which_globs_to_check(tmp_path):
+    (tmp_path / "scene.tif").write_bytes(b"II*\x00 not really a tiff")
+    with pytest.raises(DataError, match=r"^cannot use '.*scene\.tif': ") as err:
+        scan(tmp_path / "scene.tif", DataConfig(patch_size=32))
+    assert "data.include" not in str(err.value)

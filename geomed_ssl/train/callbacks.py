@@ -69,6 +69,10 @@ class ExportEncoder(L.Callback):
 
     def export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and trainer.global_step != self.done_step:
+            from geomed_ssl.train.checkpointing import all_finite
+
+            if not all_finite(pl_module.parameters()):  # diverged: the last good export stays (the run stops)
+                return
             self.done_step = trainer.global_step
             extra = {**self.extra, "step": trainer.global_step}
             save_encoder(pl_module.method.export_encoder(), self.out_dir, extra)

@@ -28,7 +28,7 @@ import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
-from geomed_ssl.errors import GeomedError
+from geomed_ssl.errors import GeomedError, TrainingError
 from geomed_ssl.outfiles import atomic_write, remove_stale_partials, replace_with_copy
 
 log = logging.getLogger("geomed_ssl")
@@ -74,9 +74,16 @@ class ResumePoint:
     info: dict[str, Any]  # the checkpoint's ``geomed_ssl`` section (recipe, schedule, encoder, method)
 
 
-def read_checkpoint_info(path: Path) -> tuple[int, dict[str, Any]]:
+def all_finite(tensors: Any) -> bool:
+    """Whether every floating-point tensor of ``tensors`` holds finite values only (one device sync)."""
+    flags = [torch.isfinite(t).all() for t in tensors if t is not None and t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def read_checkpoint_info(path: Path, finite: bool = False) -> tuple[int, dict[str, Any]]:
     """``(global_step, geomed_ssl section)`` of a pretraining checkpoint, loaded with ``weights_only=True``
-    (memory-mapped, so the tensors are not read). Raises ``GeomedError`` with the reason in words."""
+    (memory-mapped, so the tensors are not read unless ``finite`` asks that its weights hold no NaN or infinity).
+    Raises ``GeomedError`` with the reason in words."""
     if path.stat().st_size == 0:
         raise GeomedError("empty (0 bytes)")
     try:
@@ -88,6 +95,8 @@ def read_checkpoint_info(path: Path) -> tuple[int, dict[str, Any]]:
         raise GeomedError("truncated or damaged (not a complete checkpoint file)") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or not isinstance(ckpt.get("geomed_ssl"), dict):
         raise GeomedError("not a geomed-ssl pretraining checkpoint")
+    if finite and not all_finite(ckpt["state_dict"].values()):
+        raise GeomedError("its weights hold NaN or infinity (saved as the training diverged)")
     return int(ckpt.get("global_step", 0)), ckpt["geomed_ssl"]
 
 
@@ -139,7 +148,7 @@ def _first_readable(paths: list[Path], skipped: list[str]) -> ResumePoint | None
     """The first of ``paths`` that reads as a pretraining checkpoint; each unreadable one is added to ``skipped``."""
     for path in paths:
         try:
-            step, info = read_checkpoint_info(path)
+            step, info = read_checkpoint_info(path, finite=True)
         except GeomedError as reason:
             skipped.append(f"{path.name}: {reason}")
             continue
@@ -298,6 +307,11 @@ class RunCheckpoints(L.Callback):
         periodic, final = step % self.every == 0, step >= trainer.max_steps
         if not (periodic or final or timed or stop):
             return
+        if not all_finite(pl_module.parameters()):  # the same weights on every rank: every rank stops here
+            raise TrainingError(
+                f"the weights became NaN or infinite in step {step}, so no checkpoint was written for it and "
+                "training stopped; the earlier checkpoints are kept. Lower train.base_lr (or use "
+                "train.precision=32), then resume with --resume and --set train.base_lr=...")
         last = self.dirpath / "last.ckpt"
         if periodic:
             step_file = self.dirpath / f"step-{step:06d}.ckpt"

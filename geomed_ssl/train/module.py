@@ -13,6 +13,7 @@ from geomed_ssl.config import Recipe
 from geomed_ssl.errors import TrainingError
 from geomed_ssl.methods.base import PerSample, SSLMethod, mix_seed
 from geomed_ssl.models.blocks import Draws, drop_path_draws
+from geomed_ssl.train.checkpointing import all_finite
 from geomed_ssl.train.console import lightning_reads_logs
 from geomed_ssl.methods.schedules import ScheduleClock, warmup_cosine
 
@@ -60,6 +61,19 @@ def per_sample_draws(batch: dict, seed: int) -> Draws:
     return draws
 
 
+def diverged_advice(trainer: L.Trainer) -> str:
+    """What to do after training diverged: resume from the last checkpoint when there is one, else start again."""
+    from pathlib import Path
+
+    kept = any(Path(trainer.default_root_dir, "checkpoints").glob("*.ckpt"))
+    fix = ("lower train.base_lr, check the data (inspect it with `geomed-ssl inspect`), or use "
+           "train.precision=32")
+    if kept:
+        return (f"The checkpoints written before it are kept (none holds NaN weights); {fix}, then resume with "
+                "--resume, or start again with --overwrite if the last one trained with a rate far too high.")
+    return f"No checkpoint was written before it; {fix}, then start again with --overwrite."
+
+
 class PretrainModule(L.LightningModule):
     """Runs ``method.training_loss`` each step; knows nothing method-specific.
 
@@ -98,11 +112,8 @@ class PretrainModule(L.LightningModule):
         logs["loss"] = float(out.loss.detach())
         logs = self._mean_over_ranks(logs)  # a non-finite loss on any rank stops every rank
         if not math.isfinite(logs["loss"]):
-            raise TrainingError(
-                f"the loss became {logs['loss']} at step {self.global_step}; training stopped and the last good "
-                "checkpoint was kept. Lower train.base_lr, check the data (inspect it with `geomed-ssl inspect`), "
-                "or use train.precision=32, then resume with --resume."
-            )
+            raise TrainingError(f"the loss became {logs['loss']} in step {self.global_step + 1}; training stopped. "
+                                f"{diverged_advice(self.trainer)}")
         logs["lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
         self.last_logs = logs
         if lightning_reads_logs(self.trainer):
@@ -122,8 +133,13 @@ class PretrainModule(L.LightningModule):
         return dict(zip(keys, values.tolist()))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """The method's declared hooks: ``before_optimizer_step``, then its ``weight_decay`` schedule (if any) on
-        the decaying param groups."""
+        """Stop before an update with NaN or infinite gradients would write them into the weights (except under
+        float16 mixed precision, whose loss scaler skips such steps itself); then the method's declared hooks:
+        ``before_optimizer_step`` and its ``weight_decay`` schedule (if any) on the decaying param groups."""
+        fp16 = "16-mixed" in str(self.trainer.precision) and "bf16" not in str(self.trainer.precision)
+        if not fp16 and not all_finite(p.grad for p in self.method.parameters()):  # all-reduced: every rank
+            raise TrainingError(f"the gradients became NaN or infinite in step {self.global_step + 1}, before "
+                                f"the weights were updated; training stopped. {diverged_advice(self.trainer)}")
         self.method.before_optimizer_step(self.global_step)
         wd = self.method.weight_decay(self.global_step)
         if wd is not None:

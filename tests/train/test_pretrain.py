@@ -143,11 +143,38 @@ def test_nan_loss_stops_run_and_keeps_last_good_checkpoint(raster_dir: Path, tmp
     monkeypatch.setattr(MAE, "training_loss", poisoned)
     out = tmp_path / "nan"
     overrides = [*TINY, "data.sensor=null", "data.patch_size=16", "train.max_steps=10", "train.checkpoint_every=5"]
-    with pytest.raises(TrainingError, match="at step 6"):
+    with pytest.raises(TrainingError, match="in step 7; training stopped. The checkpoints written before it"):
         pretrain("recipes/mae_sentinel2.yaml", raster_dir, out, overrides=overrides, progress=False)
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert ckpt["global_step"] == 5
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_a_diverging_run_never_saves_nan_weights_and_resume_skips_a_checkpoint_that_holds_them(
+        raster_dir: Path, tmp_path: Path) -> None:
+    """A rate far too high makes the gradients overflow before the loss does: the step stops before the update, so
+    every checkpoint holds finite weights; a checkpoint that holds NaN anyway is skipped by --resume."""
+    from geomed_ssl.errors import TrainingError
+    from geomed_ssl.train.checkpointing import find_resume_checkpoint
+    from geomed_ssl.train.pretrain import pretrain
+
+    out = tmp_path / "diverged"
+    overrides = [*TINY, "data.sensor=null", "data.patch_size=16", "train.max_steps=20", "train.checkpoint_every=1",
+                 "train.warmup_steps=1", "train.base_lr=1e9"]
+    with pytest.raises(TrainingError, match="NaN or infinite|loss became"):
+        pretrain("recipes/mae_sentinel2.yaml", raster_dir, out, overrides=overrides, progress=False)
+    ckpts = sorted((out / "checkpoints").glob("*.ckpt"))
+    assert ckpts
+    for path in ckpts:
+        state = torch.load(path, weights_only=True, map_location="cpu")["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path.name
+    ckpt = torch.load(ckpts[-1], weights_only=True, map_location="cpu")
+    good = ckpt["global_step"]
+    ckpt["global_step"] = good + 5
+    next(v for v in ckpt["state_dict"].values() if v.is_floating_point()).fill_(float("nan"))
+    torch.save(ckpt, out / "checkpoints" / f"step-{good + 5:06d}.ckpt")
+    point = find_resume_checkpoint(out)
+    assert point.step == good
 
 
 def test_existing_run_dir_is_not_overwritten_without_flag(raster_dir: Path, tmp_path: Path) -> None:

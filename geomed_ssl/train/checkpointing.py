@@ -103,22 +103,29 @@ def read_checkpoint_info(path: Path, finite: bool = False) -> tuple[int, dict[st
 def resume_misfit(checkpoint: dict[str, Any], state: dict[str, torch.Tensor], group_sizes: list[int],
                   recipe: dict[str, Any]) -> str | None:
     """Why a resumed run's module (built from the recipe as it is now, ``--set`` values included) cannot take the
-    checkpoint's weights or optimiser state, in words naming the recipe keys that changed; None when it can.
-    Lightning would otherwise stop with a raw size-mismatch error from ``load_state_dict``."""
+    checkpoint's weights or optimiser state, or would compute other than the network that was trained (a
+    ``model.*`` setting changed, e.g. ``model.drop_path``), in words naming the recipe keys that changed; None when
+    it can. Lightning would otherwise stop with a raw size-mismatch error from ``load_state_dict``."""
     saved = checkpoint.get("state_dict", {})
     differ = sorted(k for k in set(saved) | set(state)
                     if k not in saved or k not in state or tuple(saved[k].shape) != tuple(state[k].shape))
     saved_groups = [len(g.get("params", [])) for g in (checkpoint.get("optimizer_states") or [{}])[0]
                     .get("param_groups", [])]
-    if not differ and (not saved_groups or saved_groups == group_sizes):
-        return None
-    what = (f"{len(differ)} weight tensor(s) differ in shape or presence, e.g. '{differ[0]}'" if differ else
-            f"the optimiser's groups hold {saved_groups} tensors in the checkpoint and {group_sizes} now (trainable "
-            "weights were frozen or unfrozen)")
     old = flat_settings((checkpoint.get("geomed_ssl") or {}).get("recipe") or {})
     new = flat_settings(recipe)
     changed = [f"{k} {old[k]!r} -> {new[k]!r}" for k in sorted(set(old) & set(new))
                if k.split(".")[0] in ("model", "method", "data") and old[k] != new[k]]
+    model = [c for c in changed if c.startswith("model.")]
+    groups_differ = bool(saved_groups) and saved_groups != group_sizes
+    if not differ and not groups_differ and not model:
+        return None
+    if differ:
+        what = f"{len(differ)} weight tensor(s) differ in shape or presence, e.g. '{differ[0]}'"
+    elif groups_differ:
+        what = (f"the optimiser's groups hold {saved_groups} tensors in the checkpoint and {group_sizes} now "
+                "(trainable weights were frozen or unfrozen)")
+    else:
+        what = "the network's settings (model.*) are those it was trained with, whatever --set says"
     hint = f"; changed since the checkpoint: {', '.join(changed)}" if changed else ""
     return (f"--resume: the checkpoint does not fit the network this recipe builds now ({what}{hint}). Resume "
             "without the --set values that change the model or the method's weights, or start a new run (another "

@@ -132,7 +132,24 @@ def resolve_recipe(recipe: Recipe | str | Path | None, out: Path, overrides: lis
             raise GeomedError(f"--resume: there is no run in '{out}' to continue; start it without --resume.")
         raise GeomedError(f"--resume: '{saved}' is missing, so the run's recipe is unknown; start again with "
                           f"--overwrite (replaces '{out}') or choose another --out.")
-    return with_method_settings(load_recipe(saved, overrides), str(saved), saved=True)
+    resumed = with_method_settings(load_recipe(saved, overrides), str(saved), saved=True)
+    note_unread_recipe(recipe, saved)
+    return resumed
+
+
+def note_unread_recipe(recipe: Recipe | str | Path | None, saved: Path) -> None:
+    """A note when ``--resume`` is given a RECIPE file other than the run's own ``config.yaml``: it is not read
+    (an edit there is not applied; ``--set`` changes a setting of the resumed run)."""
+    if recipe is None or isinstance(recipe, Recipe):
+        return
+    path = Path(recipe)
+    try:
+        same = path.is_file() and path.read_bytes() == saved.read_bytes()
+    except OSError:
+        same = False
+    if not same:
+        log.warning(f"note: --resume continues with the run's own {saved}; the recipe '{recipe}' given is not read "
+                    "(an edit there does not apply): change a setting of the resumed run with --set key=value.")
 
 
 def fit_method_to_data(recipe: Recipe, catalog: Catalog, source: str, resume: bool) -> Recipe:
@@ -144,8 +161,9 @@ def fit_method_to_data(recipe: Recipe, catalog: Catalog, source: str, resume: bo
     return with_method_settings(recipe, source, saved=resume, samples=samples)
 
 
-def resumed_clock(point: ResumePoint, max_steps: int) -> ScheduleClock:
-    """The schedule clock of a run resumed from ``point`` that now ends at ``max_steps`` (see ScheduleClock)."""
+def resumed_clock(point: ResumePoint, max_steps: int, min_lr: float = 0.0) -> ScheduleClock:
+    """The schedule clock of a run resumed from ``point`` that now ends at ``max_steps`` (see ScheduleClock);
+    ``min_lr``: the resumed recipe's final rate, where a finished schedule stays."""
     saved = point.info.get("schedule")
     clock = ScheduleClock.from_dict(saved) if saved else ScheduleClock(int(point.info["recipe"]["train"]["max_steps"]))
     new = clock.resumed(point.step, max_steps)
@@ -155,7 +173,10 @@ def resumed_clock(point: ResumePoint, max_steps: int) -> ScheduleClock:
     elif max_steps != clock.end:
         if clock(point.step) >= clock.total:
             log.warning(f"the run finished its schedules at step {point.step} (lr at train.min_lr): its "
-                        f"{max_steps - point.step} extra steps run at their final values.")
+                        f"{max_steps - point.step} extra steps run at their final values"
+                        + (", and with train.min_lr 0 they change no weight; to train on, resume with --set "
+                           "train.min_lr=... (e.g. a tenth of the peak rate) or start a longer run."
+                           if not min_lr else "."))
         else:
             log.info(f"train.max_steps {clock.end} -> {max_steps}: the rest of the schedules (lr, and DINO's) "
                      f"stretches over steps {point.step}..{max_steps}, continuing from where it is.")
@@ -274,7 +295,7 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     point, catalog, stats, recipe = agreed_inputs(
         probe, out, data_dir, recipe, inputs, resume=resume, overwrite=overwrite, strict=strict,
         source=str(out / "config.yaml") if resume else str(recipe_file or "recipe"))
-    clock = resumed_clock(point, t.max_steps) if point else ScheduleClock(t.max_steps)
+    clock = resumed_clock(point, t.max_steps, t.min_lr) if point else ScheduleClock(t.max_steps)
 
     L.seed_everything(t.seed, workers=True, verbose=False)
     enc_cfg = EncoderConfig.from_recipe(recipe.model, recipe.data, len(catalog.band_names), catalog.band_names,

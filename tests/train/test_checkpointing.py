@@ -300,6 +300,7 @@ def test_resume_with_a_new_base_lr_trains_at_the_new_lr(raster_dir: Path, tmp_pa
 @pytest.mark.parametrize("change, named", [
     (["method.freeze_patch_embed=true"], "method.freeze_patch_embed False -> True"),
     (["method.proj_dim=8"], "method.proj_dim 16 -> 8"),
+    (["model.drop_path=0.2"], "model.drop_path 0.0 -> 0.2"),  # same shapes, another network all the same
 ])
 def test_resume_with_a_set_that_changes_the_network_is_refused_in_words_and_the_run_stays_resumable(
         raster_dir: Path, tmp_path: Path, change: list[str], named: str) -> None:

@@ -305,3 +305,18 @@ def test_what_a_method_fits_before_training_stays_off_cuda_under_a_forking_strat
     assert fit_device(probe, "ddp") == torch.device("cuda", 1)  # this rank's GPU, not always cuda:0
     assert fit_device(probe, "ddp_fork") == torch.device("cpu")
     assert fit_device(probe, "ddp_notebook") == torch.device("cpu")
+
+
+def test_resume_says_that_a_recipe_given_beside_it_is_not_read(tmp_path: Path, caplog) -> None:
+    from geomed_ssl.train.pretrain import note_unread_recipe
+
+    saved = tmp_path / "run" / "config.yaml"
+    saved.parent.mkdir()
+    saved.write_text("train: {max_steps: 10}\n")
+    (tmp_path / "edited.yaml").write_text("train: {max_steps: 20}\n")
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        note_unread_recipe(saved, saved)  # the run's own: nothing to say
+        note_unread_recipe(tmp_path / "missing.yaml", saved)
+        note_unread_recipe(tmp_path / "edited.yaml", saved)
+    notes = [r.getMessage() for r in caplog.records]
+    assert len(notes) == 2 and all("is not read" in n and "--set key=value" in n for n in notes)

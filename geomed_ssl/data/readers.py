@@ -201,7 +201,10 @@ class RasterReader:
                 with self._env:
                     parts.append(read_masked(ds, Window(col, row, w, h), record.nodata, stacked=i > 0))
             except Exception as err:
-                raise DataError(f"cannot read window {[row, col, h, w]} of '{path}': {err}.") from None
+                raise DataError(f"cannot read window {[row, col, h, w]} (row, col, height, width) of '{path}': {err}. "
+                                "Part of its pixel data is corrupt (the scan checks only a sample of each file): "
+                                "replace the file, or leave it out with --set \"data.exclude=[...]\" (a "
+                                "resumed run continues without it).") from None
         return pick_bands(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0), record)
 
     def read_region(self, record: Any, region: Region) -> np.ndarray:

@@ -351,7 +351,9 @@ def _sample_file(rec: Any, windows: int, window: tuple[int, ...], data_cfg: Any,
     except DataError:
         raise
     except Exception as err:
-        raise DataError(f"cannot read windows from '{rec.path}' for statistics ({err}); rescan the data.") from None
+        raise DataError(f"cannot read windows from '{rec.path}' for statistics ({err}): part of its pixel data is "
+                        "corrupt (the scan checks only a sample of each file). Replace the file, or leave it out "
+                        "with --set \"data.exclude=[...]\" (its name or a glob).") from None
     finally:
         if source is not None:
             source.close()

@@ -88,6 +88,9 @@ def inspect(
     resolve_method_settings(cfg, str(recipe or "defaults"))  # the same recipe errors as pretrain, before scanning
     catalog = scan(data_dir, cfg.data, strict=strict, names_by_position="error" if strict else "warn")
     typer.echo(catalog.summary())
+    from geomed_ssl.data.survey import warn_survey
+
+    warn_survey(catalog)
 
 
 def guess_kind(data_dir: Path) -> str:

@@ -24,6 +24,7 @@ from geomed_ssl.config import as_tuple, spatial_dims
 from geomed_ssl.data.bands import resolve_band_info
 from geomed_ssl.data.conform import report_positional_names
 from geomed_ssl.data.probe import RASTER_PREVIEW, VOLUME_PREVIEW, FileProbe, ProbeError, probe_file  # noqa: F401
+from geomed_ssl.data.survey import grid_lines
 from geomed_ssl.errors import DataError
 from geomed_ssl.outdirs import MANIFEST
 
@@ -173,6 +174,7 @@ class Catalog:
             fmt = lambda s: "x".join(map(str, s))  # noqa: E731
             lines.append(f"  shapes: {fmt(shapes[0])}" + (f" .. {fmt(shapes[-1])}" if len(shapes) > 1 else "")
                          + f"; dtypes: {', '.join(sorted({r.dtype for r in self.records}))}")
+            lines += grid_lines(self.records)
             vf = [r.valid_fraction for r in self.records]
             lines.append(f"  valid fraction: mean {np.mean(vf):.3f}, min {min(vf):.3f}")
         if self.problems:

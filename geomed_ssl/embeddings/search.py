@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import logging
 import math
 import os
@@ -27,6 +26,7 @@ import numpy as np
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.catalog import FileRecord, scan
 from geomed_ssl.data.kinds import check_input_kind
+from geomed_ssl.data.survey import crs_name
 from geomed_ssl.embeddings.embedder import Embedder
 from geomed_ssl.embeddings.extract import encoder_for
 from geomed_ssl.embeddings.maps import grid_stem, grid_stems
@@ -253,20 +253,6 @@ def rows_of_region(manifest: dict[str, Any], cols: dict[str, Any], path: Path, r
     centre = b[:, :nd] + b[:, nd:] / 2.0
     inside = np.all((centre >= region[:nd]) & (centre <= np.add(region[:nd], region[nd:])), axis=1)
     return set((np.flatnonzero(inside) + a).tolist())
-
-
-@functools.lru_cache(maxsize=64)
-def crs_name(wkt: str | None) -> str:
-    """A short name of a stored CRS (``EPSG:32633``), its WKT when it has no code, or "" (none: pixels or RAS mm)."""
-    if not wkt:
-        return ""
-    try:
-        from rasterio.crs import CRS
-
-        crs = CRS.from_wkt(wkt)
-        return crs.to_string() if crs.to_epsg() is not None else wkt
-    except Exception:  # an unparsable CRS is still reported as stored
-        return wkt
 
 
 def write_hits_csv(hits: list[dict[str, Any]], path: Path) -> None:

@@ -130,14 +130,10 @@ def _by_csv(records: list[FileRecord], csv_path: Path, label_dir: Path | None) -
 
 
 def _crs_text(wkt: str | None) -> str:
-    if not wkt:
-        return "none"
-    try:
-        from rasterio.crs import CRS
+    from geomed_ssl.data.survey import crs_name
 
-        return CRS.from_wkt(wkt).to_string()
-    except Exception:
-        return wkt[:40] + "..."
+    text = crs_name(wkt, "none")
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _same_crs(a: str | None, b: str | None) -> bool:

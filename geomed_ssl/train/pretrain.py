@@ -18,6 +18,7 @@ from geomed_ssl.config import Recipe, as_tuple, load_recipe, spatial_dims, valid
 from geomed_ssl.data.catalog import Catalog, scan
 from geomed_ssl.views.datasets import PretrainDataset, collate
 from geomed_ssl.data.stats import BandStats, compute_stats
+from geomed_ssl.data.survey import warn_survey
 from geomed_ssl.views.builder import build_views
 from geomed_ssl.errors import ConfigError, GeomedError
 from geomed_ssl.launch import check_pretrain_world, launched
@@ -226,6 +227,7 @@ def read_data(data_dir: str | Path, out: Path, recipe: Recipe, resume: bool, str
     recipe with the method fitted to the data (:func:`fit_method_to_data`)."""
     catalog = scan(data_dir, recipe.data, strict=strict, names_by_position="error" if strict else "warn")
     log.info(catalog.summary())
+    warn_survey(catalog)
     recipe = fit_method_to_data(recipe, catalog, source, resume)
     stats_path = out / "stats.json"
     if resume and stats_path.is_file():

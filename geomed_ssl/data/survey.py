@@ -1,0 +1,139 @@
+"""What a catalog's files have in common, and the files that stand out: the grids of a raster archive (CRSs and pixel
+sizes, in ``inspect``'s summary, with a warning when the pixel sizes are mixed: UTM zones alone are not) and files whose values are far from the rest in
+some band (a fill value, another product level or scale factor), which would stretch the normalisation statistics of
+every file. Both work on what the scan already read (headers and each file's sampled value range)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections import Counter
+from typing import Any, Sequence
+
+import numpy as np
+
+log = logging.getLogger("geomed_ssl")
+
+FAR_SPANS = 5.0  # a file band this many archive spans (median p99 - median p1) above the archive ...
+FAR_FACTOR = 10.0  # ... and this many times its magnitude is far (a fill value such as 65535 or 3e38)
+
+
+@functools.lru_cache(maxsize=64)  # called per stored row by similar and per file by inspect
+def crs_name(wkt: str | None, none: str = "") -> str:
+    """A short name of a CRS stored as WKT (``EPSG:32633``), the WKT itself when it has no code (unparsable: as
+    stored), or ``none`` when there is none (pixels, or a volume's RAS millimetres)."""
+    if not wkt:
+        return none
+    try:
+        from rasterio.crs import CRS
+
+        crs = CRS.from_wkt(wkt)
+        return crs.to_string() if crs.to_epsg() is not None else wkt
+    except Exception:  # an unparsable CRS is still reported as stored
+        return wkt
+
+
+def _units(wkt: str | None) -> str:
+    if not wkt:
+        return "px"
+    try:
+        from rasterio.crs import CRS
+
+        crs = CRS.from_wkt(wkt)
+        return "°" if crs.is_geographic else {"metre": "m", "meter": "m"}.get(crs.linear_units, crs.linear_units)
+    except Exception:
+        return "?"
+
+
+def _pixel_size(record: Any) -> tuple[float, float, str]:
+    """(x, y, units) of a raster's pixel in its CRS's units."""
+    t = list(record.transform or [1, 0, 0, 0, 1, 0])
+    return math.hypot(t[0], t[3]), math.hypot(t[1], t[4]), _units(record.crs)
+
+
+def _size_groups(sizes: Sequence[tuple[float, float, str]], tolerance: float = 0.03) -> Counter:
+    """Pixel sizes counted in groups within ``tolerance`` of each other (a reprojected 9.97 m is 10 m), each named
+    by its members' median to 3 significant digits."""
+    groups: list[list[tuple[float, float, str]]] = []
+    for x, y, unit in sorted(sizes):
+        home = next((g for g in groups if g[0][2] == unit and abs(x - g[0][0]) <= tolerance * g[0][0]
+                     and abs(y - g[0][1]) <= tolerance * g[0][1]), None)
+        if home is None:
+            groups.append([(x, y, unit)])
+        else:
+            home.append((x, y, unit))
+    return Counter({f"{np.median([m[0] for m in g]):.3g} x {np.median([m[1] for m in g]):.3g} {g[0][2]}": len(g)
+                    for g in groups})
+
+
+def _counted(counts: Counter, limit: int = 4) -> str:
+    items = [f"{k} ({n} file{'s' if n != 1 else ''})" for k, n in counts.most_common(limit)]
+    return ", ".join(items) + (f", and {len(counts) - limit} more" if len(counts) > limit else "")
+
+
+def grid_counts(records: Sequence[Any]) -> tuple[Counter, Counter]:
+    """How many raster files share each CRS (short names; 'none') and each pixel size (the CRS's units per pixel,
+    within 3 %)."""
+    rasters = [r for r in records if r.kind == "raster"]
+    return Counter(crs_name(r.crs, "none") for r in rasters), _size_groups([_pixel_size(r) for r in rasters])
+
+
+def grid_lines(records: Sequence[Any]) -> list[str]:
+    """``inspect`` summary lines: the rasters' CRSs and pixel sizes (nothing for volumes)."""
+    crss, sizes = grid_counts(records)
+    if not crss:
+        return []
+    return [f"  CRS: {_counted(crss)}", f"  pixel size: {_counted(sizes)}"]
+
+
+def value_outliers(records: Sequence[Any], band_names: Sequence[str]) -> list[tuple[str, list[int], str]]:
+    """(path, bands, why) of the files whose sampled values stand out from the rest of the archive as a fill value
+    does: constant in every band while the others vary (an all-zero file with no nodata set), a band constant at a
+    value outside the archive's [median p1, median p99] widened by its span (65535, -9999), or a band wholly
+    ``FAR_SPANS`` spans above it and ``FAR_FACTOR`` times its magnitude (3e38). A hazy date or a dark class is
+    not one. Needs three files that hold the catalog's bands in its order."""
+    recs = [r for r in records if r.value_range and list(r.band_names) == list(band_names)]
+    if len(recs) < 3:
+        return []
+    lo = np.nanmedian(np.array([[row[1] for row in r.value_range] for r in recs], np.float64), axis=0)
+    hi = np.nanmedian(np.array([[row[2] for row in r.value_range] for r in recs], np.float64), axis=0)
+    span = hi - lo
+    varies = bool(np.nanmax(span) > 0)
+    out = []
+    for r in recs:
+        p1 = np.array([row[1] for row in r.value_range], np.float64)
+        p99 = np.array([row[2] for row in r.value_range], np.float64)
+        if varies and np.all(p1 == p99):
+            out.append((r.path, list(range(len(p1))), f"constant ({p1[0]:.6g}) in every band"))
+            continue
+        far = []
+        for i in range(len(p1)):
+            if not (span[i] > 0 and np.isfinite(p1[i])):
+                continue
+            constant_outside = p1[i] == p99[i] and not lo[i] - span[i] <= p1[i] <= hi[i] + span[i]
+            huge = p1[i] > hi[i] + FAR_SPANS * span[i] and abs(p1[i]) > FAR_FACTOR * max(abs(lo[i]), abs(hi[i]))
+            if constant_outside or huge:
+                far.append(i)
+        if far:
+            i = far[0]
+            out.append((r.path, far, f"{band_names[i]} {p1[i]:.6g}..{p99[i]:.6g} where most files lie in "
+                                     f"{lo[i]:.6g}..{hi[i]:.6g}"))
+    return out
+
+
+def warn_survey(catalog: Any) -> None:
+    """Warnings about the archive as a whole: rasters of several CRSs or pixel sizes, and files whose values are
+    far from the rest (:func:`value_outliers`), each with what to check."""
+    _, sizes = grid_counts(catalog.records)
+    if len(sizes) > 1:
+        log.warning("warning: the rasters have several pixel sizes (%s): windows are cut in pixels, so the model sees "
+                    "the ground at several scales. If that is not intended, resample them onto one pixel size or "
+                    "leave the others out with data.exclude.", _counted(sizes, 3))
+    odd = value_outliers(catalog.records, catalog.band_names)
+    if odd:
+        path, _, why = odd[0]
+        more = f" and {len(odd) - 1} more file(s)" if len(odd) > 1 else ""
+        log.warning("warning: '%s'%s hold values far from the rest of the archive (%s): they stretch the "
+                    "normalisation statistics of every file. Check them (a fill value that should be data.nodata, "
+                    "another product level or scale factor) or leave them out with data.exclude.", path, more, why)

@@ -1,0 +1,69 @@
+"""The archive as a whole: grids in the summary, mixed pixel sizes and fill-value files warned about, and no
+warning for what real archives hold (several UTM zones, hazy dates, dark classes)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from affine import Affine
+
+from geomed_ssl.config import DataConfig
+from geomed_ssl.data.catalog import scan
+from geomed_ssl.data.survey import crs_name, value_outliers, warn_survey
+from tests.data.conftest import SHARED
+
+
+def scenes(folder, make_tif, n: int = 4, seed: int = 0) -> list:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    return [make_tif(folder / f"s{i}.tif", rng.integers(800, 2200, (3, 32, 32)).astype(np.uint16))
+            for i in range(n)]
+
+
+def test_fill_value_files_are_named_and_natural_variety_is_not(tmp_path, make_tif, caplog) -> None:
+    scenes(tmp_path, make_tif)
+    make_tif(tmp_path / "dark.tif", np.random.default_rng(1).integers(30, 200, (3, 32, 32)).astype(np.uint16))
+    make_tif(tmp_path / "hazy.tif", np.random.default_rng(2).integers(2500, 4000, (3, 32, 32)).astype(np.uint16))
+    catalog = scan(tmp_path, DataConfig(patch_size=32))
+    assert value_outliers(catalog.records, catalog.band_names) == []  # a dark class, a hazy date: data
+    filled = np.random.default_rng(3).integers(800, 2200, (3, 32, 32)).astype(np.uint16)
+    filled[1] = 65535
+    make_tif(tmp_path / "filled.tif", filled)
+    make_tif(tmp_path / "zeros.tif", np.zeros((3, 32, 32), np.uint16))
+    catalog = scan(tmp_path, DataConfig(patch_size=32))
+    found = {p.rsplit("/", 1)[-1]: why for p, _, why in value_outliers(catalog.records, catalog.band_names)}
+    assert set(found) == {"filled.tif", "zeros.tif"}
+    assert found["filled.tif"].startswith("band_2 65535..65535") and "constant (0)" in found["zeros.tif"]
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        warn_survey(catalog)
+    assert "far from the rest of the archive" in caplog.text and "data.nodata" in caplog.text
+
+
+def test_the_summary_names_crss_and_pixel_sizes_and_mixed_sizes_are_warned_about(tmp_path, make_tif, caplog):
+    scenes(tmp_path, make_tif, n=2)
+    make_tif(tmp_path / "coarse.tif", np.full((3, 32, 32), 1000, np.uint16),
+             transform=Affine(20, 0, 500000, 0, -20, 5100000))
+    catalog = scan(tmp_path, DataConfig(patch_size=32))
+    summary = catalog.summary()
+    assert "CRS: EPSG:32633 (3 files)" in summary and "pixel size: 10 x 10 m (2 files), 20 x 20 m (1 file)" in summary
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        warn_survey(catalog)
+    assert "several pixel sizes" in caplog.text
+    assert crs_name(None, "none") == "none"
+
+
+def test_real_archives_raise_no_false_alarm(caplog) -> None:
+    """EuroSAT (eight UTM zones, reprojected pixels of 9.9-10.0 m, ten classes) and the Slovenia tile (a hazy date)
+    are data, not outliers; the Landsat-8 red patches hold three all-zero files without nodata."""
+    import pytest
+
+    if not SHARED.is_dir():
+        pytest.skip("shared sample data not available")
+    for name in ("eurosat_ms_200", "sentinel2_slovenia"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+            warn_survey(scan(SHARED / name, DataConfig(patch_size=32)))
+        assert "warning" not in caplog.text, name
+    red = scan(SHARED / "landsat8_clouds" / "train_red", DataConfig(patch_size=32))
+    assert len(value_outliers(red.records, red.band_names)) == 3

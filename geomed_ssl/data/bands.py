@@ -200,8 +200,9 @@ def _band_names(num_bands: int, descriptions: Sequence[str | None] | None, data_
         profile_names = list(sensor_profile(sensor))
         if len(profile_names) != num_bands:
             raise DataError(
-                f"'{path}' has {num_bands} bands but sensor profile '{sensor}' has {len(profile_names)}; "
-                f"set data.band_names to the file's {num_bands} band names in order (or fix data.sensor)."
+                f"'{path}' has {num_bands} bands but sensor profile '{sensor}' has {len(profile_names)}: if it is "
+                f"another product, leave it out (data.exclude); if every file has {num_bands} bands, name them in "
+                "order with data.band_names (or fix data.sensor)."
             )
         names, source = profile_names, "sensor"
     elif fallback_names is not None and len(fallback_names) == num_bands:

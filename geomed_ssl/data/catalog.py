@@ -363,9 +363,12 @@ def _majority(records: list[FileRecord], problems: list[Problem]) -> list[FileRe
         if tuple(r.band_names) == top:
             out.append(r)
         else:
-            how = "the same bands in another order" if set(r.band_names) == set(top) else "other band names"
+            reordered = set(r.band_names) == set(top)
+            how = "the same bands in another order" if reordered else "other band names"
+            fix = ("training reads one band order: write it in theirs or leave it out (data.exclude)" if reordered
+                   else "fix its band descriptions (or data.band_names) or leave it out (data.exclude)")
             problems.append(Problem(r.path, f"holds {how} ({' '.join(r.band_names)}) than most files "
-                                            f"({' '.join(top)}); fix its band descriptions or data.band_names"))
+                                            f"({' '.join(top)}); {fix}"))
     return out
 
 

@@ -1,6 +1,9 @@
 """End-to-end pretraining throughput vs model-only throughput (target: end-to-end >= 85 % of model-only).
 
-    python benchmarks/bench_pretrain.py [--steps 30] [--size 2048] [--workers 0 1 2]
+    python benchmarks/bench_pretrain.py [--steps 30] [--size 2048] [--workers 0 1 2] [--tiny]
+
+``--tiny`` (embed 32, depth 2, decoder 32/1/2, batch 8, 32-px windows, 300 steps by default) makes the training
+loop's own per-step cost (Lightning, logging, checkpoints) the visible part.
 
 Model-only: MAE steps (forward, backward, AdamW) on batches collated once up front. End-to-end: the real
 `geomed_ssl.pretrain` run (catalog, block-aligned reads from a deflate-tiled 13-band GeoTIFF, normalisation, MAE
@@ -31,6 +34,9 @@ from geomed_ssl.train.pretrain import pretrain
 BASE = ["data.sensor=sentinel2", "data.patch_size=64", "model.patch_size=8", "model.embed_dim=192", "model.depth=12",
         "model.num_heads=3", "method.decoder_embed_dim=128", "method.decoder_depth=4", "method.decoder_num_heads=4",
         "train.batch_size=64", "train.preview_every=0", "train.log_every=1", "data.stats_windows=64"]
+TINY = ["data.sensor=sentinel2", "data.patch_size=32", "model.patch_size=8", "model.embed_dim=32", "model.depth=2",
+        "model.num_heads=2", "method.decoder_embed_dim=32", "method.decoder_depth=1", "method.decoder_num_heads=2",
+        "train.batch_size=8", "train.preview_every=0", "train.log_every=10", "data.stats_windows=64"]
 
 
 def make_scene(folder: Path, size: int) -> Path:
@@ -66,12 +72,17 @@ class StepTimer(L.Callback):
         return batch * (len(t) - 1) / (t[-1] - t[0])
 
 
-def model_only(folder: Path, steps: int) -> float:
-    recipe = load_recipe(None, BASE)
+def batch_of(sets: list[str]) -> int:
+    return int(next(s for s in sets if s.startswith("train.batch_size=")).split("=")[1])
+
+
+def model_only(folder: Path, steps: int, sets: list[str] = BASE) -> float:
+    recipe = load_recipe(None, sets)
     catalog = scan(folder, recipe.data)
     stats = compute_stats(catalog, recipe.data)
     ds = PretrainDataset(catalog, stats, recipe.data, build_views("mae", recipe.data, 2))
-    batches = [collate([ds[b * 64 + i] for i in range(64)]) for b in range(3)]
+    batch = batch_of(sets)
+    batches = [collate([ds[b * batch + i] for i in range(batch)]) for b in range(3)]
     enc = EncoderConfig.from_recipe(recipe.model, recipe.data, 13, catalog.band_names, catalog.wavelengths)
     method = build_method(recipe.method, enc, steps)
     opt = torch.optim.AdamW(method.parameters(), lr=1e-4, betas=(0.9, 0.95))
@@ -84,15 +95,15 @@ def model_only(folder: Path, steps: int) -> float:
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter())
     t = times[5:]
-    return 64 * (len(t) - 1) / (t[-1] - t[0])
+    return batch * (len(t) - 1) / (t[-1] - t[0])
 
 
-def end_to_end(folder: Path, steps: int, workers: int, out: Path) -> float:
+def end_to_end(folder: Path, steps: int, workers: int, out: Path, sets: list[str] = BASE) -> float:
     timer = StepTimer()
-    pretrain(None, folder, out, overrides=[*BASE, f"train.max_steps={steps}", f"data.num_workers={workers}",
+    pretrain(None, folder, out, overrides=[*sets, f"train.max_steps={steps}", f"data.num_workers={workers}",
                                            f"train.checkpoint_every={steps}"],
              overwrite=True, callbacks=[timer], progress=False)
-    return timer.images_per_s(64)
+    return timer.images_per_s(batch_of(sets))
 
 
 def main() -> None:
@@ -100,18 +111,23 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--tiny", action="store_true", help="a tiny MAE: the loop's own cost shows")
     args = ap.parse_args()
+    sets = TINY if args.tiny else BASE
+    steps = args.steps if not args.tiny or args.steps != 30 else 300
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         data.mkdir()
         make_scene(data, args.size)
-        ref = model_only(data, args.steps)
+        ref = model_only(data, steps, sets)
         rows = [("model only (pre-collated batches)", ref, 1.0)]
         for w in args.workers:
-            ips = end_to_end(data, args.steps, w, Path(tmp) / f"run{w}")
+            ips = end_to_end(data, steps, w, Path(tmp) / f"run{w}", sets)
             rows.append((f"end to end, num_workers={w}", ips, ips / ref))
-    print(f"\nMAE pretraining throughput, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"13x64x64, patch 8, ViT 192/12/3, decoder 128/4/4, batch 64, fp32 CPU\n")
+    what = ("13x32x32, patch 8, ViT 32/2/2, decoder 32/1/2, batch 8" if args.tiny else
+            "13x64x64, patch 8, ViT 192/12/3, decoder 128/4/4, batch 64")
+    print(f"\nMAE pretraining throughput, torch {torch.__version__}, {torch.get_num_threads()} threads, {what}, "
+          f"fp32 CPU, {steps} steps\n")
     print(f"| {'setting':38s} | {'images/s':>9s} | {'of model-only':>13s} |")
     print(f"|{'-' * 40}|{'-' * 11}|{'-' * 15}|")
     for name, ips, frac in rows:

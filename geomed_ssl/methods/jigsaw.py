@@ -217,8 +217,10 @@ class Jigsaw(SSLMethod):
     def forward(self, tiles: torch.Tensor) -> torch.Tensor:
         """(B, T, C, t, t) tiles in puzzle order -> (B, P) logits."""
         b, t = tiles.shape[:2]
-        cls = self.encoder(tiles.flatten(0, 1))[:, 0]  # (B*T, D): each tile encoded on its own
-        return self.head(cls.reshape(b, -1))
+        # each tile encoded on its own, stacked tile by tile (T*B rows: row r is sample r % B, as views are stacked,
+        # so stochastic depth's per-sample draws follow each sample: train.module.per_sample_draws)
+        cls = self.encoder(tiles.transpose(0, 1).flatten(0, 1))[:, 0]  # (T*B, D)
+        return self.head(cls.reshape(t, b, -1).transpose(0, 1).reshape(b, -1))
 
     def training_loss(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> MethodOutput:
         image, _ = prepare_image(batch)

@@ -56,7 +56,7 @@ def per_sample_draws(batch: dict, seed: int) -> Draws:
         if samples is None or not len(samples) or rows % len(samples):
             return None
         views = range(rows // len(samples))
-        return torch.cat([samples.rand(stream=mix_seed(layer, call, v)) for v in views])
+        return torch.cat([samples.uniform(mix_seed(layer, call, v)) for v in views])
 
     return draws
 

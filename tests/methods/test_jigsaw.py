@@ -76,3 +76,22 @@ def test_grid_larger_than_the_window_is_refused_in_one_line() -> None:
 def test_volumes_are_refused_as_2d_only() -> None:
     with pytest.raises(ConfigError, match="2D-only"):
         jigsaw_tiles(torch.randn(1, 1, 24, 24, 24), permutation_set(10), gen())
+
+
+def test_the_encoder_sees_tiles_stacked_tile_by_tile_and_each_sample_keeps_its_own_tiles() -> None:
+    """Rows r of the encoder's batch belong to sample r % B (as stacked views do), so stochastic depth's per-sample
+    draws follow each sample under DDP; the head still reads each sample's tiles in puzzle order."""
+    from geomed_ssl.methods.jigsaw import Jigsaw
+    from geomed_ssl.models.encoder import EncoderConfig
+
+    enc = EncoderConfig(in_chans=2, img_size=(24, 24), patch_size=(4, 4), embed_dim=32, depth=1, num_heads=2)
+    method = Jigsaw(enc, {"head_hidden_dim": 16, "grid": 2, "permutations": 4}, max_steps=1).eval()
+    tiles = torch.randn(3, 4, 2, 8, 8, generator=gen())  # (B, T, C, t, t)
+    seen = []
+    method.encoder.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    with torch.no_grad():
+        logits = method(tiles)
+        rows = seen[0]
+        assert torch.equal(rows, tiles.transpose(0, 1).flatten(0, 1))  # row r: sample r % 3, tile r // 3
+        per_sample = method.encoder(tiles.flatten(0, 1))[:, 0].reshape(3, -1)  # the plain sample-major layout
+        assert torch.allclose(logits, method.head(per_sample), atol=1e-6)

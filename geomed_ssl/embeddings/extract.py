@@ -99,16 +99,26 @@ def data_config(meta: dict[str, Any], spatial_dims: int, patch_size: Sequence[in
     return cfg
 
 
-def without_small_files(catalog: Catalog, patch: tuple[int, ...], strict: bool) -> Catalog:
+def without_small_files(catalog: Catalog, patch: tuple[int, ...], strict: bool,
+                        spacing: Sequence[float] | None = None) -> Catalog:
     """The catalog without the files smaller than one token along an axis (an image-level vector needs one), each
-    listed among its problems (``strict``: a DataError before any output is made). Volumes are judged on the file's
-    grid, before any resampling."""
-    small = [r for r in catalog.records if any(n < p for n, p in zip(r.shape, patch))]
+    listed among its problems (``strict``: a DataError before any output is made). Volumes are judged on the grid
+    the reader gives them (RAS, resampled to ``spacing`` when set)."""
+    from geomed_ssl.data.probe import read_shape
+
+    def shape(r: Any) -> tuple[int, ...]:
+        if r.kind != "volume":
+            return tuple(r.shape)
+        affine = np.asarray(r.affine if r.affine is not None else np.eye(4), np.float64)
+        return read_shape(tuple(r.shape[:3]), affine, spacing)
+
+    sizes = {id(r): shape(r) for r in catalog.records}
+    small = [r for r in catalog.records if any(n < p for n, p in zip(sizes[id(r)], patch))]
     if not small:
         return catalog
     token = "x".join(map(str, patch))
-    problems = [Problem(r.path, f"is {'x'.join(map(str, r.shape))}, smaller than one {token} token of the encoder; "
-                        "exclude it (--exclude) or embed at --level window") for r in small]
+    problems = [Problem(r.path, f"is {'x'.join(map(str, sizes[id(r)]))}, smaller than one {token} token of the "
+                        "encoder; exclude it (--exclude) or embed at --level window") for r in small]
     if strict:
         raise DataError(f"{len(problems)} file(s) too small to embed (strict): "
                         + "; ".join(str(p) for p in problems[:5]))
@@ -196,7 +206,7 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
                  "data.exclude=[] includes them", data_cfg.exclude)
     catalog = scan(data_dir, data_cfg, strict=strict, names_by_position="error" if strict else "warn")
     if level == "image":
-        catalog = without_small_files(catalog, tuple(cfg.patch_size), strict)
+        catalog = without_small_files(catalog, tuple(cfg.patch_size), strict, data_cfg.spacing)
     catalog.warn_problems()
     dev = resolve_device(device)
     enc, catalog = encoder_for(encoder, catalog, dev)

@@ -114,14 +114,19 @@ def record_for(path: str | Path, data_cfg: DataConfig, names_by_position: str = 
 
 
 def same_encoder(path: str | Path, settings: dict[str, Any]) -> bool:
-    """Whether the export at ``path`` is the one an embedding folder's ``settings`` were made with: by content
-    (a copy elsewhere counts), or for folders of earlier versions by their fingerprint (size and time)."""
+    """Whether the export at ``path`` is the one an embedding folder's ``settings`` were made with, by content (a
+    copy elsewhere counts). A folder of an earlier version recorded only the export's size and time, which a copy
+    changes: there a mismatch is a warning, not a refusal."""
     from geomed_ssl.checkpoint import export_digest
     from geomed_ssl.embeddings.extract import encoder_fingerprint
 
     if "encoder_digest" in settings:
         return export_digest(path) == settings["encoder_digest"]
-    return encoder_fingerprint(path) == settings.get("encoder_fingerprint")
+    if encoder_fingerprint(path) != settings.get("encoder_fingerprint"):
+        log.warning("warning: these embeddings were made by an earlier version, which recorded only the encoder's "
+                    "file size and time; '%s' differs in them (a copy, or other weights), so it cannot be checked "
+                    "to be the encoder that made them. Embed again with it (--overwrite) to be sure.", path)
+    return True
 
 
 def embedder_for(manifest: dict[str, Any], record: FileRecord, encoder: str | Path | None = None,

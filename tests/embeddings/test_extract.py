@@ -434,3 +434,18 @@ def test_a_file_smaller_than_one_token_is_skipped_at_image_level_before_any_outp
     assert not (tmp_path / "strict").exists()
     result = embed_folder(encoder, mixed, tmp_path / "emb", progress=False)
     assert len(result.manifest["files"]) == 3 and "tiny.tif" in caplog.text
+
+
+def test_a_volumes_size_against_the_token_is_judged_on_the_resampled_grid() -> None:
+    """32x32x6 voxels of 4 mm slices are 21 slices at 1 mm (over an 8-voxel token); 16 voxels of 0.25 mm are 5."""
+    from types import SimpleNamespace
+
+    from geomed_ssl.data.catalog import Catalog
+    from geomed_ssl.embeddings.extract import without_small_files
+
+    thin = SimpleNamespace(path="thin.nii.gz", kind="volume", shape=(32, 32, 6), affine=np.diag([1.0, 1.0, 4.0, 1.0]))
+    fine = SimpleNamespace(path="fine.nii.gz", kind="volume", shape=(16, 16, 16), affine=np.diag([0.25] * 3 + [1.0]))
+    catalog = Catalog([thin, fine], [], "volume", ["band_1"], None)
+    kept = without_small_files(catalog, (8, 8, 8), strict=False, spacing=[1.0, 1.0, 1.0])
+    assert [r.path for r in kept.records] == ["thin.nii.gz"]
+    assert "is 5x5x5, smaller than one 8x8x8 token" in kept.problems[0].reason

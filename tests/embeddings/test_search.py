@@ -204,3 +204,21 @@ def test_an_edge_windows_stored_box_queries_itself_and_a_moved_hit_only_leaves_t
     assert result.hits[0]["score"] == pytest.approx(1, abs=1e-5)
     assert any(Path(h["file"]).name == "scene_2.tif" for h in result.hits)
     assert (tmp_path / "q" / "similar.png").is_file()
+
+
+def test_a_folder_of_an_earlier_version_warns_rather_than_refuses_a_copied_encoder(archive: tuple[Path, Path],
+                                                                                    tmp_path: Path, caplog) -> None:
+    """Earlier folders recorded the export's size and time only, which a copy changes: it cannot be checked, so it
+    is used with a warning."""
+    import json
+
+    data, enc = archive
+    emb = tmp_path / "emb"
+    embed_folder(enc, data, emb, level="image", progress=False)
+    manifest = json.loads((emb / "manifest.json").read_text())
+    del manifest["settings"]["encoder_digest"]
+    (emb / "manifest.json").write_text(json.dumps(manifest))
+    copy = tmp_path / "copy"
+    shutil.copytree(enc, copy, copy_function=shutil.copy)  # contents only: new modification times
+    result = find_similar(emb, data / "scene_1.tif", top=1, out_dir=tmp_path / "q", encoder=copy, sheet=False)
+    assert Path(result.hits[0]["file"]).name == "twin_of_1.tif" and "earlier version" in caplog.text

@@ -139,18 +139,27 @@ def resolve_recipe(recipe: Recipe | str | Path | None, out: Path, overrides: lis
 
 
 def note_unread_recipe(recipe: Recipe | str | Path | None, saved: Path) -> None:
-    """A note when ``--resume`` is given a RECIPE file other than the run's own ``config.yaml``: it is not read
-    (an edit there is not applied; ``--set`` changes a setting of the resumed run)."""
+    """A note when ``--resume`` is given a RECIPE whose settings differ from the run's own ``config.yaml`` (or that
+    cannot be read): it is not read again, so an edit there does not apply (``--set`` changes a setting)."""
     if recipe is None or isinstance(recipe, Recipe):
         return
-    path = Path(recipe)
+    from geomed_ssl.train.checkpointing import flat_settings
+
     try:
-        same = path.is_file() and path.read_bytes() == saved.read_bytes()
-    except OSError:
-        same = False
-    if not same:
-        log.warning(f"note: --resume continues with the run's own {saved}; the recipe '{recipe}' given is not read "
-                    "(an edit there does not apply): change a setting of the resumed run with --set key=value.")
+        given = flat_settings(load_recipe(recipe, None).to_dict())
+    except GeomedError:
+        given = None
+    if given is not None:
+        kept = flat_settings(load_recipe(saved, None).to_dict())
+        differ = [k for k in sorted(given) if k in kept and given[k] != kept[k] and given[k] not in (None, "auto")]
+        if not differ:
+            return
+        what = (f"it differs in {', '.join(differ[:4])}{' ...' if len(differ) > 4 else ''}: values set with --set "
+                "when the run started, or edits since")
+    else:
+        what = "it cannot be read"
+    log.info(f"note: --resume continues with the run's own {saved}; the recipe '{recipe}' given is not read again "
+             f"({what}): change a setting of the resumed run with --set key=value.")
 
 
 def fit_method_to_data(recipe: Recipe, catalog: Catalog, source: str, resume: bool) -> Recipe:

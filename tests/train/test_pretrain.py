@@ -308,15 +308,22 @@ def test_what_a_method_fits_before_training_stays_off_cuda_under_a_forking_strat
 
 
 def test_resume_says_that_a_recipe_given_beside_it_is_not_read(tmp_path: Path, caplog) -> None:
+    """Silent for the recipe the run was started with (config.yaml is its full dump, never the same bytes); a note
+    naming the settings an edited recipe changes, or saying a missing one cannot be read."""
+    from geomed_ssl.config import load_recipe
     from geomed_ssl.train.pretrain import note_unread_recipe
 
     saved = tmp_path / "run" / "config.yaml"
     saved.parent.mkdir()
-    saved.write_text("train: {max_steps: 10}\n")
-    (tmp_path / "edited.yaml").write_text("train: {max_steps: 20}\n")
-    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
-        note_unread_recipe(saved, saved)  # the run's own: nothing to say
+    load_recipe("recipes/mae_sentinel2.yaml", None).save(saved)
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(Path("recipes/mae_sentinel2.yaml").read_text().replace("mask_ratio: 0.75", "mask_ratio: 0.5"))
+    assert edited.read_text() != Path("recipes/mae_sentinel2.yaml").read_text()
+    with caplog.at_level(logging.INFO, logger="geomed_ssl"):
+        note_unread_recipe("recipes/mae_sentinel2.yaml", saved)  # the same settings: nothing to say
+        assert not caplog.records
         note_unread_recipe(tmp_path / "missing.yaml", saved)
-        note_unread_recipe(tmp_path / "edited.yaml", saved)
+        note_unread_recipe(edited, saved)
     notes = [r.getMessage() for r in caplog.records]
-    assert len(notes) == 2 and all("is not read" in n and "--set key=value" in n for n in notes)
+    assert len(notes) == 2 and "cannot be read" in notes[0] and "method.mask_ratio" in notes[1]
+    assert all("is not read again" in n and "--set key=value" in n for n in notes)

@@ -113,8 +113,8 @@ def save_confusion_png(cm: np.ndarray, class_names: Sequence[str], path: str | P
 
 def write_metrics(out: Path, results: dict[str, Any], class_names: Sequence[str]) -> None:
     """``out/metrics.json`` and, with a test split, its ``out/confusion.png``. Both are complete under temporary
-    names before the earlier ones go, so a kill leaves the earlier evaluation or the new one, never a new figure
-    beside old metrics, nor neither."""
+    names before the earlier ones go, so a kill during the evaluation leaves the earlier one as it was; a kill in the
+    instant between the final renames leaves the new figure without its table, never beside old metrics."""
     figure = None
     if "test" in results:
         figure = save_confusion_png(np.asarray(results["test"]["confusion"]), class_names,

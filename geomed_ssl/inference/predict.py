@@ -228,5 +228,6 @@ def predict_files(
                 probabilities=probabilities, batch_size=batch_size, device=device, class_values=class_values,
                 names_by_position=names_by_position))
         if not probabilities:  # an earlier run's probabilities beside the new class map would be another model's;
-            proba_path(out).unlink(missing_ok=True)  # kept until then, so a killed run leaves the earlier pair
+            proba_path(out).unlink(missing_ok=True)  # kept until now: a kill during the prediction leaves the
+            # earlier pair (only one in the instant since the map's rename leaves the new map beside them)
     return summaries

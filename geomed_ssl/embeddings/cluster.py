@@ -212,14 +212,16 @@ def _labels_from_map(path: Path, manifest: dict[str, Any], cols: dict[str, Any],
         raise DataError("a label map labels windows or patch cells: embed with --level window or patch, or give a "
                         "CSV of file,label for image-level embeddings.")
     nd = len(manifest["settings"]["window"])
+    resampled = nd == 3 and (manifest["settings"].get("data") or {}).get("spacing") is not None
     lab, nodata = _read_label_map(path)
     out: list[Any] = [None] * len(cols["file"])
     box = cols["box"]
     centre = box[:, :nd] + box[:, nd:] // 2  # (N, nd) pixel / voxel at the box centre
-    for f in labelled_files(path, manifest["files"], nd):
+    for f in labelled_files(path, manifest["files"], nd, native=resampled):
         a, n = int(f["first_row"]), int(f["rows"])
-        c = np.minimum(centre[a:a + n], np.asarray(lab.shape[:nd]) - 1)
-        vals = lab[tuple(c[:, i] for i in range(nd))]
+        grid = nearest_on(lab, f["shape"]) if resampled else lab  # the map on the grid the rows were embedded on
+        c = np.minimum(centre[a:a + n], np.asarray(grid.shape[:nd]) - 1)
+        vals = grid[tuple(c[:, i] for i in range(nd))]
         out[a:a + n] = [None if not np.isfinite(v) or (nodata is not None and v == nodata)
                         or (ignore is not None and v == ignore) else str(int(v)) for v in vals]
     return out
@@ -242,16 +244,37 @@ def _read_label_map(path: Path) -> tuple[np.ndarray, float | None]:
                         "NIfTI label map, or a CSV of file,label.") from None
 
 
-def labelled_files(path: Path, files: Sequence[dict[str, Any]], nd: int) -> list[dict[str, Any]]:
+def nearest_on(lab: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """A RAS label volume on the grid the volume reader resamples its image to (``shape`` voxels with the same first
+    and last voxel centres), nearest neighbour, as ``finetune.labels.read_label`` does for training."""
+    idx = np.ix_(*[np.floor(np.arange(m) * ((n - 1) / (m - 1) if m > 1 else 0) + 0.5).astype(np.int64)
+                   for n, m in zip(lab.shape[:3], shape)])
+    return lab[idx]
+
+
+def _native_grid(f: dict[str, Any]) -> tuple[tuple[int, ...], np.ndarray]:
+    """An embedded volume's own voxel grid in RAS (its file's header; the manifest holds the resampled one)."""
+    import nibabel as nib
+
+    try:
+        img = nib.as_closest_canonical(nib.load(f["paths"][0]))
+    except Exception:  # moved or unreadable: the recorded (resampled) grid, which the map will not match
+        return tuple(f["shape"]), np.asarray(f["affine"])
+    return tuple(int(v) for v in img.shape[:3]), np.asarray(img.affine, np.float64)
+
+
+def labelled_files(path: Path, files: Sequence[dict[str, Any]], nd: int, native: bool = False
+                   ) -> list[dict[str, Any]]:
     """The embedded files (manifest entries) the label map labels: those on its grid (rasters: size, CRS and
-    transform; volumes: RAS shape and affine), and of those, when they lie in different folders, the ones in the
-    folder nearest the map (patients of one atlas space share a grid; dates of one scene share the map's folder)."""
+    transform; volumes: RAS shape and affine, the files' own voxels with ``native``, when the encoder resampled them
+    to its data.spacing), and of those, when they lie in different folders, the ones in the folder nearest the map
+    (patients of one atlas space share a grid; dates of one scene share the map's folder)."""
     from geomed_ssl.finetune.labels import raster_grid_diffs, volume_grid_diffs
 
     def diffs(f: dict[str, Any]) -> list[str]:
         if nd == 2:
             return raster_grid_diffs(f["shape"], f.get("crs"), f.get("transform"), str(path))
-        return volume_grid_diffs(f["shape"], np.asarray(f["affine"]), str(path))
+        return volume_grid_diffs(*(_native_grid(f) if native else (f["shape"], np.asarray(f["affine"]))), str(path))
 
     found = [(f, diffs(f)) for f in files]
     same = [f for f, d in found if not d]

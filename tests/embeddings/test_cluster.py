@@ -235,3 +235,20 @@ def test_cluster_and_similar_never_write_inside_the_embedded_data_folder(window_
     with pytest.raises(OutputError, match="embedded data folder"):
         find_similar(emb, data / "scene_0.tif", top=1, out_dir=data / "hits", sheet=False)
     assert not (data / "clusters").exists() and not (data / "hits").exists()
+
+
+def test_a_label_map_on_a_volumes_own_grid_labels_embeddings_made_at_another_spacing(tmp_path: Path) -> None:
+    """The encoder resampled the volume to 3 mm; the segmentation lies on the scan's own 1.5 x 1.5 x 2 mm voxels, as
+    it was saved: it is matched on the native grid and read on the resampled one, where the rows were embedded."""
+    import nibabel as nib
+
+    vols = volumes(tmp_path / "vols", n=1)
+    enc = make_encoder(vols, tmp_path / "enc3d", kind="volume", window=8)
+    emb = tmp_path / "emb3d"
+    embed_folder(enc, vols, emb, level="patch", pca_dims=0, progress=False, overrides=["data.spacing=[3,3,3]"])
+    src = nib.load(tmp_path / "vols" / "subject_0.nii.gz")
+    lab = np.ones(src.shape, np.uint8)
+    lab[16:] = 2  # two halves along the file's first axis
+    nib.save(nib.Nifti1Image(lab, src.affine), str(tmp_path / "seg.nii.gz"))
+    s = cluster_embeddings(emb, tmp_path / "cl", "kmeans", k=2, labels=tmp_path / "seg.nii.gz").summary
+    assert s["labelled_rows"] == len(read_columns(emb, ["file"])["file"]) and s["classes"] == 2

@@ -248,8 +248,22 @@ def _probe_raster(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProb
                    "block_shape": tuple(int(v) for v in src.block_shapes[0]),
                    "value_scaling": _value_scaling(src)}
             dtype = str(np.result_type(*src.dtypes))
+            _check_empty_bands(arr, valid, list(src.descriptions))
             return FileProbe(path, shape, count, dtype, nodata, list(src.descriptions), tags, valid,
                           _value_range(arr, valid), geo, how)
+
+
+def _check_empty_bands(arr: np.ndarray, valid: np.ndarray, descriptions: list[str | None]) -> None:
+    """A ProbeError naming the bands without a finite value when they alone leave the file with no valid pixel (a
+    pixel needs every band: one all-NaN band makes the whole file nodata, whatever the others hold)."""
+    if arr.shape[0] < 2 or valid.any() or not np.isfinite(arr).any():
+        return
+    empty = [i for i in range(arr.shape[0]) if not np.isfinite(arr[i]).any()]
+    if empty:
+        names = ", ".join(descriptions[i] or f"band {i + 1}" for i in empty[:4])
+        raise ProbeError(f"{names} hold{'s' if len(empty) == 1 else ''} no finite value (NaN throughout), and a pixel "
+                         "needs every band, so the file has no valid pixel; drop that band (data.band_names / another "
+                         "export) or leave the file out (data.exclude)")
 
 
 def read_shape(spatial: tuple[int, ...], affine: np.ndarray, spacing: Any) -> tuple[int, ...]:

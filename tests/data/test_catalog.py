@@ -324,3 +324,12 @@ def test_one_named_file_that_cannot_be_used_says_why_not_which_globs_to_check(tm
     with pytest.raises(DataError, match=r"^cannot use '.*scene\.tif': ") as err:
         scan(tmp_path / "scene.tif", DataConfig(patch_size=32))
     assert "data.include" not in str(err.value)
+
+
+def test_a_file_made_nodata_by_one_empty_band_names_that_band(tmp_path, make_tif, grad):
+    make_tif(tmp_path / "good.tif", grad(3, 32, 32))
+    arr = grad(3, 32, 32).astype(np.float32)
+    arr[1] = np.nan
+    make_tif(tmp_path / "nanband.tif", arr)
+    reasons = _reasons(scan(tmp_path, DataConfig(patch_size=32)))
+    assert reasons["nanband.tif"].startswith("band 2 holds no finite value")

@@ -113,14 +113,17 @@ class PretrainDataset(Dataset):
             if r.num_bands != n_stats:
                 raise DataError(
                     f"'{r.path}' has {r.num_bands} bands but the statistics have {n_stats}; "
-                    "recompute the statistics for this catalog (delete the stale stats.json)."
+                    "the data and the statistics must hold the same bands. A resumed run keeps its stats.json: give it "
+                    "data with the bands it was trained on, or start a new run; otherwise recompute the statistics."
                 )
         names = list(getattr(self.stats, "band_names", None) or [])
         for r in self.records:
             if names and r.band_names and list(r.band_names) != names:
                 raise DataError(
                     f"'{r.path}' has bands {list(r.band_names)} but the statistics are for {names}; "
-                    "recompute the statistics or fix data.band_names / data.sensor."
+                    "a resumed run keeps its stats.json: give it the bands it was trained on, in that order (or leave "
+                    "such files out with data.exclude), or start a new run; otherwise fix data.band_names / "
+                    "data.sensor or recompute the statistics."
                 )
 
     def __len__(self) -> int:

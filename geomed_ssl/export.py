@@ -112,8 +112,9 @@ with dynamic_img_size=True, which interpolates the position embedding where geom
 positions, so features at other sizes differ.
 
 timm normalises nothing. Normalise each band as training did, with geomed_ssl.json's "stats" (per band mean, std,
-p1, p99): clip to [p1, p99], subtract mean, divide by std, and set pixels that are nodata (or NaN) in every band to
-0. With geomed-ssl installed, geomed_ssl.load_encoder(ORIGINAL_RUN).preprocess(array, nodata=...) does exactly this.
+p1, p99): clip to [p1, p99], subtract mean, divide by std, and set to 0 in every band the pixels that are NaN in any
+band or equal to nodata in every band. With geomed-ssl installed, geomed_ssl.load_encoder(ORIGINAL_RUN).preprocess(
+array, nodata=...) does exactly this.
 """
 
 
@@ -125,7 +126,7 @@ def export_timm(source: str | Path, out_dir: str | Path, overwrite: bool = False
     from geomed_ssl.outfiles import atomic_write_dir
 
     folder = find_encoder_dir(source)
-    cfg, _ = read_encoder_config(folder)
+    cfg, enc_meta = read_encoder_config(folder)
     check_timm_exportable(cfg, str(source))
     out = Path(out_dir)
     check_out_dir(out, command="export", inputs={"encoder": folder}, overwrite=overwrite)
@@ -133,10 +134,12 @@ def export_timm(source: str | Path, out_dir: str | Path, overwrite: bool = False
     name, kwargs = timm_model_args(cfg)
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
     meta = {
-        "format": TIMM_FORMAT, "format_version": TIMM_FORMAT_VERSION, "source": str(folder),
+        "format": TIMM_FORMAT, "format_version": TIMM_FORMAT_VERSION, "source": str(folder.resolve()),
+        "step": enc_meta.get("step"),
         "timm": {"model_name": name, "model_args": kwargs},
         "band_names": list(cfg.band_names), "wavelengths": cfg.wavelengths, "stats": cfg.stats,
-        "normalization": "per band: clip to [p1, p99], subtract mean, divide by std; nodata and NaN pixels -> 0",
+        "normalization": "per band: clip to [p1, p99], subtract mean, divide by std; then pixels NaN in any band or "
+                         "equal to nodata in every band -> 0 in every band",
         "encoder": cfg.to_dict(), "versions": versions(),
     }
 
@@ -148,7 +151,22 @@ def export_timm(source: str | Path, out_dir: str | Path, overwrite: bool = False
         write_manifest(tmp, "export")
 
     atomic_write_dir(out, write)  # the whole folder is swapped in complete (check_out_dir allowed replacing it)
+    warn_unfinished(enc_meta, folder)
     return out
+
+
+def warn_unfinished(meta: dict, folder: Path) -> None:
+    """A warning when the export was taken from a pretraining run stopped before its last step (its periodic
+    export: fine for a look, but not the encoder the recipe trains)."""
+    import logging
+
+    step = meta.get("step")
+    total = (((meta.get("recipe") or {}).get("train") or {}).get("max_steps"))
+    if isinstance(step, int) and isinstance(total, int) and step < total:
+        logging.getLogger("geomed_ssl").warning(
+            "warning: '%s' is the export of step %d of %d: the run stopped before its end (resume it with "
+            "`geomed-ssl pretrain ... --resume` for the encoder the recipe trains); geomed_ssl.json records the step.",
+            folder, step, total)
 
 
 def export(source: str | Path, out_dir: str | Path, fmt: str = "timm", overwrite: bool = False) -> Path:

@@ -262,6 +262,12 @@ def test_an_output_file_inside_an_input_folder_is_refused(tmp_path: Path) -> Non
     with pytest.raises(OutputError, match="lies inside the encoder"):
         check_out_file_(run / "encoder" / "a.png", inputs={"encoder": run / "encoder"})
     check_out_file_(run / "a.png", inputs={"encoder": run})  # the top level of a run of ours: recorded there
+    other = prepare_out_dir(tmp_path / "other_run", command="pretrain")  # not this command's input, still ours
+    (other / "encoder").mkdir()
+    with pytest.raises(OutputError, match=r"lies in 'encoder/' inside the folder `pretrain` made"):
+        check_out_file_(other / "encoder" / "a.png", inputs={"encoder": run})
+    with pytest.raises(OutputError, match=r"lies in 'deeper/' inside the folder `pretrain` made"):
+        check_out_file_(other / "previews" / "deeper" / "a.png", inputs={"encoder": run})
     data = tmp_path / "data"
     data.mkdir()
     with pytest.raises(OutputError, match="lies inside the image folder"):

@@ -99,7 +99,7 @@ def save_attention_png(
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, n, squeeze=False)
     axes[0, 0].imshow(rgb)
-    axes[0, 0].set_title("image" if image_np.ndim == 3 else "image (mid slice)", fontsize=9)
+    axes[0, 0].set_title("image" if image_np.ndim == 3 else "image (mid sagittal slice)", fontsize=9)
     for h in range(maps.shape[0]):
         axes[0, h + 1].imshow(maps[h], cmap="inferno")
         axes[0, h + 1].set_title(f"head {h}", fontsize=9)

@@ -345,8 +345,9 @@ def check_out_dir(out: PathLike, *, command: str, inputs: Inputs | None = None, 
                               f"`geomed-ssl {other.command if other else '?'}` saved inside it; --overwrite would "
                               "delete it, so move that folder away or choose another --out.")
         if foreign:
+            how = "--overwrite" if "--overwrite" in COMMANDS[command].flags else f"a new `{command}` run"
             raise OutputError(f"output folder '{out}' also holds '{foreign[0]}', which geomed-ssl did not "
-                              "write; --overwrite deletes only what geomed-ssl wrote, so move that file away or "
+                              f"write; {how} deletes only what geomed-ssl wrote, so move that file away or "
                               "choose another --out.")
         return "replace"
     if resume:

@@ -23,7 +23,8 @@ import numpy as np
 from geomed_ssl.config import as_tuple, spatial_dims
 from geomed_ssl.data.bands import resolve_band_info
 from geomed_ssl.data.conform import report_positional_names
-from geomed_ssl.data.probe import RASTER_PREVIEW, VOLUME_PREVIEW, FileProbe, ProbeError, probe_file  # noqa: F401
+from geomed_ssl.data.probe import (RASTER_PREVIEW, VOLUME_PREVIEW, FileProbe, ProbeError, probe_file,  # noqa: F401
+                                  reordered)
 from geomed_ssl.data.survey import grid_lines
 from geomed_ssl.errors import DataError
 from geomed_ssl.outdirs import MANIFEST
@@ -90,15 +91,9 @@ def reoriented_shape(record: FileRecord, axcodes: str = "RAS") -> tuple[int, ...
 
 def reoriented_axes(record: FileRecord, values: Sequence[Any], axcodes: str = "RAS") -> tuple[Any, ...]:
     """Per-axis ``values`` of a volume in its file's axis order (shape, voxel sizes) in ``axcodes`` order."""
-    from nibabel.orientations import axcodes2ornt, ornt_transform
-
     if record.kind != "volume" or not record.orientation:
         return tuple(values)
-    ornt = ornt_transform(axcodes2ornt(tuple(record.orientation)), axcodes2ornt(tuple(axcodes)))
-    out: list[Any] = [0] * len(values)
-    for src_axis, (dst_axis, _) in enumerate(ornt):
-        out[int(dst_axis)] = values[src_axis]
-    return tuple(out)
+    return reordered(record.orientation, values, axcodes)
 
 
 @dataclass

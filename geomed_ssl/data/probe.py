@@ -14,7 +14,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -266,18 +266,28 @@ def _check_empty_bands(arr: np.ndarray, valid: np.ndarray, descriptions: list[st
                          "export) or leave the file out (data.exclude)")
 
 
+def reordered(orientation: str, values: Sequence[Any], axcodes: str = "RAS") -> tuple[Any, ...]:
+    """Per-axis ``values`` of a volume whose file axes point to ``orientation`` (nibabel's axis codes, e.g. "LPS"),
+    in ``axcodes`` order (the volume reader's RAS)."""
+    from nibabel.orientations import axcodes2ornt, ornt_transform
+
+    ornt = ornt_transform(axcodes2ornt(tuple(orientation)), axcodes2ornt(tuple(axcodes)))
+    out: list[Any] = [0] * len(values)
+    for src_axis, (dst_axis, _) in enumerate(ornt):
+        out[int(dst_axis)] = values[src_axis]
+    return tuple(out)
+
+
 def read_shape(spatial: tuple[int, ...], affine: np.ndarray, spacing: Any) -> tuple[int, ...]:
     """The (x, y, z) shape the volume reader gives a file of ``spatial`` voxels: reoriented to RAS and, with
     ``data.spacing`` (mm, RAS order), resampled to it (the windows' size is counted on that grid)."""
-    from nibabel.orientations import io_orientation
+    import nibabel as nib
 
-    ornt = io_orientation(affine)
-    sizes = np.linalg.norm(affine[:3, :3], axis=0)  # mm per voxel along each file axis
-    shape, mm = [0, 0, 0], [1.0, 1.0, 1.0]
-    for axis, (ras, _) in enumerate(ornt):
-        shape[int(ras)], mm[int(ras)] = int(spatial[axis]), float(sizes[axis])
+    codes = "".join(nib.aff2axcodes(affine))
+    shape = [int(n) for n in reordered(codes, spatial)]
     if spacing is None:
         return tuple(shape)
+    mm = reordered(codes, [float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)])  # mm per voxel
     from geomed_ssl.data.readers import resampled_shape
 
     return tuple(resampled_shape(shape, mm, [float(t) for t in spacing]))

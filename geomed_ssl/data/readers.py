@@ -363,6 +363,13 @@ def resampled_shape(shape: Sequence[int], voxel_mm: Sequence[float], spacing: Se
     return [max(1, int(round((n - 1) * c / s)) + 1) if n > 1 else 1 for n, c, s in zip(shape, voxel_mm, spacing)]
 
 
+def nearest_index(shape: Sequence[int], new: Sequence[int]) -> tuple[np.ndarray, ...]:
+    """``np.ix_`` indices taking an array of ``shape`` onto the grid of ``new`` voxels :func:`resample_to_spacing`
+    gives it (first and last voxel centres kept), nearest neighbour: how label volumes follow their images."""
+    return np.ix_(*[np.floor(np.arange(m) * ((n - 1) / (m - 1) if m > 1 else 0) + 0.5).astype(np.int64)
+                    for n, m in zip(shape, new)])
+
+
 def resample_to_spacing(arr: np.ndarray, affine: np.ndarray, spacing: list[float]) -> tuple[np.ndarray, np.ndarray]:
     """Trilinear resampling of (C, D, H, W) to about ``spacing`` mm, keeping the first and last voxel centres.
 
@@ -378,12 +385,13 @@ def resample_to_spacing(arr: np.ndarray, affine: np.ndarray, spacing: list[float
     if list(old) == new:
         return arr, affine
     valid = np.isfinite(arr).all(axis=0)  # (D, H, W)
-    data = np.ascontiguousarray(arr if valid.all() else np.where(valid[None], arr, 0), dtype=np.float32)
+    holes = not valid.all()
+    data = np.ascontiguousarray(np.where(valid[None], arr, 0) if holes else arr, dtype=np.float32)
     t = torch.from_numpy(data)[None]  # (1, C, D, H, W)
-    if not valid.all():
+    if holes:  # the validity interpolated beside the data, as the weight each new voxel's value is divided by
         t = torch.cat([t, torch.from_numpy(valid.astype(np.float32))[None, None]], dim=1)
     out = torch.nn.functional.interpolate(t, size=tuple(new), mode="trilinear", align_corners=True)[0]
-    if not valid.all():
+    if holes:
         weight = out[-1]
         out = torch.where(weight >= 0.5, out[:-1] / weight.clamp_min(1e-6), torch.tensor(float("nan")))
     scale = [(n - 1) / (m - 1) if m > 1 else 1.0 for n, m in zip(old, new)]

@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from geomed_ssl.data.readers import nearest_index
 from geomed_ssl.embeddings.maps import fill_grid, grid_stems, save_label_png, write_grid
 from geomed_ssl.embeddings.store import fixed_list, load_embeddings, optional_module, read_columns
 from geomed_ssl.errors import ConfigError, DataError
@@ -217,9 +218,13 @@ def _labels_from_map(path: Path, manifest: dict[str, Any], cols: dict[str, Any],
     out: list[Any] = [None] * len(cols["file"])
     box = cols["box"]
     centre = box[:, :nd] + box[:, nd:] // 2  # (N, nd) pixel / voxel at the box centre
+    grids: dict[tuple[int, ...], np.ndarray] = {}  # the map on each grid rows were embedded on (one per shape)
     for f in labelled_files(path, manifest["files"], nd, native=resampled):
         a, n = int(f["first_row"]), int(f["rows"])
-        grid = nearest_on(lab, f["shape"]) if resampled else lab  # the map on the grid the rows were embedded on
+        key = tuple(f["shape"])
+        if key not in grids:
+            grids[key] = lab[nearest_index(lab.shape[:3], key)] if resampled else lab  # as training reads labels
+        grid = grids[key]
         c = np.minimum(centre[a:a + n], np.asarray(grid.shape[:nd]) - 1)
         vals = grid[tuple(c[:, i] for i in range(nd))]
         out[a:a + n] = [None if not np.isfinite(v) or (nodata is not None and v == nodata)
@@ -242,14 +247,6 @@ def _read_label_map(path: Path) -> tuple[np.ndarray, float | None]:
     except Exception as err:  # not an image, truncated, corrupt: rasterio and nibabel raise their own kinds
         raise DataError(f"label map '{path}' cannot be read ({' '.join(str(err).split())[:200]}); give a GeoTIFF or "
                         "NIfTI label map, or a CSV of file,label.") from None
-
-
-def nearest_on(lab: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """A RAS label volume on the grid the volume reader resamples its image to (``shape`` voxels with the same first
-    and last voxel centres), nearest neighbour, as ``finetune.labels.read_label`` does for training."""
-    idx = np.ix_(*[np.floor(np.arange(m) * ((n - 1) / (m - 1) if m > 1 else 0) + 0.5).astype(np.int64)
-                   for n, m in zip(lab.shape[:3], shape)])
-    return lab[idx]
 
 
 def _native_grid(f: dict[str, Any]) -> tuple[tuple[int, ...], np.ndarray]:

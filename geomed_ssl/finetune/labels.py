@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from geomed_ssl.data.catalog import EXTENSIONS, FileRecord
-from geomed_ssl.data.readers import valid_map
+from geomed_ssl.data.readers import nearest_index, valid_map
 from geomed_ssl.inference.writers import MAX_CLASS_VALUE
 from geomed_ssl.finetune.sampling import (  # noqa: F401  (re-exported: the sampling half of this module)
     ClassMap, LabelSelection, Names, check_labels_config, class_ids, labelled_pixels, sample_fraction,
@@ -376,8 +376,7 @@ def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata
     labels, labelled = _to_labels(arr, nodata, ignore_value, path, remap)  # (D, H, W) RAS
     if spacing is not None:
         new = _resampled_shape(labels.shape, np.asarray(img.affine, np.float64), spacing)
-        idx = np.ix_(*[np.floor(np.arange(m) * ((n - 1) / (m - 1) if m > 1 else 0) + 0.5).astype(np.int64)
-                       for n, m in zip(labels.shape, new)])  # nearest on the reader's align-corners grid
+        idx = nearest_index(labels.shape, new)  # nearest on the reader's align-corners grid
         labels, labelled = labels[idx], labelled[idx]
     return labels, labelled
 

@@ -34,6 +34,7 @@ def crs_name(wkt: str | None, none: str = "") -> str:
         return wkt
 
 
+@functools.lru_cache(maxsize=64)  # one parse per CRS, not per file (summary and warnings both ask)
 def _units(wkt: str | None) -> str:
     if not wkt:
         return "px"

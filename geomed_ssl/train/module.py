@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import Any
@@ -12,7 +13,7 @@ import torch
 from geomed_ssl.config import Recipe
 from geomed_ssl.errors import TrainingError
 from geomed_ssl.methods.base import PerSample, SSLMethod, mix_seed
-from geomed_ssl.models.blocks import Draws, drop_path_draws
+from geomed_ssl.models.blocks import Draws, SampleDropPath, drop_path_draws
 from geomed_ssl.train.checkpointing import all_finite
 from geomed_ssl.train.console import lightning_reads_logs
 from geomed_ssl.methods.schedules import ScheduleClock, warmup_cosine
@@ -96,6 +97,8 @@ class PretrainModule(L.LightningModule):
         self.last_logs: dict[str, float] = {}
         self.clock = clock if clock is not None else method.clock
         method.clock = self.clock
+        # whether any layer drops paths (the method's modules are fixed from here): else no per-step draws at all
+        self.drops_paths = any(isinstance(m, SampleDropPath) and m.drop_prob > 0 for m in method.modules())
 
     @property
     def peak_lr(self) -> float:
@@ -106,7 +109,9 @@ class PretrainModule(L.LightningModule):
         micro = self.global_step * t.accumulate_grad_batches + batch_idx % t.accumulate_grad_batches
         torch.manual_seed(mix_seed(step_seed(t.seed, micro), self.global_rank))
         generator = torch.Generator().manual_seed(step_seed(t.seed, self.global_step))
-        with drop_path_draws(self.method, per_sample_draws(batch, step_seed(t.seed, self.global_step))):
+        draws = (drop_path_draws(self.method, per_sample_draws(batch, step_seed(t.seed, self.global_step)))
+                 if self.drops_paths else contextlib.nullcontext())
+        with draws:
             out = self.method.training_loss(batch, self.global_step, generator)
         logs = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in out.logs.items()}
         logs["loss"] = float(out.loss.detach())

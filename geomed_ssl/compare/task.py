@@ -26,8 +26,8 @@ from geomed_ssl.data.labelled import scan_class_folders
 from geomed_ssl.errors import DataError
 from geomed_ssl.finetune.classify import save_selection
 from geomed_ssl.finetune.labels import read_label_pairs
-from geomed_ssl.finetune.sampling import (ClassMap, LabelSelection, labelled_pixels, sample_fraction,
-                                          sample_images_per_class, select_labels, training_area_maps)
+from geomed_ssl.finetune.sampling import (ClassMap, LabelSelection, labelled_pixels, select_labels, split_images,
+                                          training_area_maps)
 
 log = logging.getLogger("geomed_ssl")
 
@@ -118,14 +118,9 @@ def labels_config(recipe: Recipe, budget: Budget, seed: int, split: str) -> Any:
 def make_split(task: Task, recipe: Recipe, budget: Budget, seed: int, split: str) -> Split:
     """The training and test rows of one (budget, seed), drawn as ``finetune`` draws them."""
     if task.kind == "classify":
-        names = task.class_names
-        if budget.per_class is not None:
-            train, test, notes = sample_images_per_class(task.values, budget.per_class, seed, names)
-        else:
-            train, notes = sample_fraction(task.values, float(budget.fraction), seed, dict(enumerate(names)),
-                                           unit="image")
-            test = np.setdiff1d(np.arange(task.values.size), train)
-        return Split(budget, seed, np.sort(train).astype(np.int64), np.sort(test).astype(np.int64), notes)
+        train, test, notes = split_images(task.values, budget.per_class, budget.fraction, seed, task.class_names,
+                                          recipe.labels.test_fraction)
+        return Split(budget, seed, train, test, notes)
     lab = labels_config(recipe, budget, seed, split)
     selection = select_labels(task.arrays, task.masks, lab, paths=task.label_paths)
     allowed = training_area_maps(task.arrays, task.masks, lab, task.label_paths)

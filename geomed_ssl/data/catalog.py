@@ -103,6 +103,9 @@ class Problem:
     path: str
     reason: str
 
+    def __post_init__(self) -> None:
+        self.reason = self.reason.rstrip(". ")  # messages add their own full stop
+
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
 
@@ -203,6 +206,25 @@ def glob_match(rel_path: str, pattern: str) -> bool:
         if fnmatch.fnmatchcase(rel, variant):
             return True
     return "/" not in pattern and fnmatch.fnmatchcase(rel.rsplit("/", 1)[-1], pattern)
+
+
+def select(rel_paths: Sequence[str], include: Sequence[str], exclude: Sequence[str], root: str | Path) -> list[bool]:
+    """Which of ``rel_paths`` (relative to ``root``) ``include`` / ``exclude`` keep. A folder left out only because
+    its name matches an exclude pattern (``Unlabelled/`` under ``*label*``) is a warning naming it: such a folder
+    is more often data than labels."""
+    keep, by_folder = [], {}
+    for rel in rel_paths:
+        excluded = [g for g in exclude if glob_match(rel, g)]
+        keep.append(any(glob_match(rel, g) for g in include) and not excluded)
+        name = rel.replace(os.sep, "/").rsplit("/", 1)[-1]
+        if excluded and "/" in rel.replace(os.sep, "/") and not any(glob_match(name, g) for g in excluded):
+            by_folder.setdefault(os.path.dirname(rel), set()).update(excluded)
+    for folder, patterns in sorted(by_folder.items()):
+        n = sum(os.path.dirname(r) == folder for r in rel_paths)
+        log.warning(f"warning: data.exclude {sorted(patterns)} leaves out the {n} file(s) of folder '{folder}' under "
+                    f"'{root}' because the folder's name matches; if they are data, rename the folder or give "
+                    "data.exclude patterns that match only the label files' names (e.g. \"*_mask.tif\").")
+    return keep
 
 
 def _has_ext(name: str, kind: str) -> bool:
@@ -390,8 +412,7 @@ def scan(root: str | Path, data_cfg: Any, strict: bool = False, names_by_positio
     all_files = _list_files(root)
     typed = [str(p) for p in all_files if _has_ext(p.name, kind)]
     include, exclude = list(data_cfg.include or ["**/*"]), list(data_cfg.exclude or [])
-    files = [f for f in typed if any(glob_match(os.path.relpath(f, base), g) for g in include)
-             and not any(glob_match(os.path.relpath(f, base), g) for g in exclude)]
+    files = [f for f, k in zip(typed, select([os.path.relpath(f, base) for f in typed], include, exclude, root)) if k]
 
     problems: list[Problem] = []
     if data_cfg.channels:

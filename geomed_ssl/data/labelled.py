@@ -6,6 +6,7 @@ datasets draw, and ``IGNORE``, the target of pixels without a label.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,12 +15,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from geomed_ssl.data.catalog import FileRecord, scan
+from geomed_ssl.data.catalog import MANIFEST, FileRecord, scan
 from geomed_ssl.data.crops import crop_to_patch
 from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import BandStats, normalize
 from geomed_ssl.errors import DataError
 
+log = logging.getLogger("geomed_ssl")
 IGNORE = -1  # the target of an unlabelled pixel / voxel (cross_entropy's ignore_index in fine-tuning)
 
 
@@ -30,6 +32,10 @@ def scan_class_folders(root: str | Path, data_cfg: Any, strict: bool = False, fo
     skipped with a warning, and band names assigned by position warned about (both errors with ``strict``).
     ``for_model`` (scoring a trained model): each image keeps its own bands (read by name later) and one class
     folder is enough."""
+    if not Path(root).is_dir():
+        what = "does not exist" if not Path(root).exists() else "is a file"
+        raise DataError(f"'{root}' {what}: classification data is a folder with one subfolder of images per class "
+                        "(EuroSAT style), named after its class.")
     catalog = scan(root, data_cfg, strict=strict, names_by_position="error" if strict else "warn",
                    majority=not for_model)
     base = Path(catalog.root or root)
@@ -44,6 +50,11 @@ def scan_class_folders(root: str | Path, data_cfg: Any, strict: bool = False, fo
         raise DataError(f"'{base}' has images in {len(names)} class folder(s) ({', '.join(names)}); "
                         "classification needs at least two class folders.")
     catalog.warn_problems()
+    empty = sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")
+                   and d.name not in names and not (d / MANIFEST).is_file())
+    if empty:
+        log.warning(f"warning: {len(empty)} class folder(s) under '{base}' hold no usable image and are not classes "
+                    f"of the model: {', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}.")
     records = sorted(catalog.records, key=lambda r: (folder_of[r.path][0], r.path))
     labels = np.array([names.index(folder_of[r.path][0]) for r in records], np.int64)
     return records, labels, names

@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from geomed_ssl.data.readers import nearest_index
+from geomed_ssl.data.tables import read_rows
 from geomed_ssl.embeddings.maps import fill_grid, grid_stems, save_label_png, write_grid
 from geomed_ssl.embeddings.store import fixed_list, load_embeddings, optional_module, read_columns
 from geomed_ssl.errors import ConfigError, DataError
@@ -172,12 +173,8 @@ def true_labels(spec: str | Path, manifest: dict[str, Any], cols: dict[str, Any]
         raise DataError(f"--labels '{spec}' is neither 'folders' nor an existing CSV / label raster / NIfTI file.")
     if path.name.lower().endswith((".tif", ".tiff", ".nii", ".nii.gz")):
         return _labels_from_map(path, manifest, cols, ignore_value), f"label map {path.name}"
-    with path.open(newline="", encoding="utf-8-sig") as fh:  # Excel's "CSV UTF-8" starts with a BOM
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or not {"file", "label"} <= set(reader.fieldnames):
-            raise DataError(f"labels CSV '{path}' needs a header with 'file' and 'label' columns; "
-                            f"got {reader.fieldnames}.")
-        table = {row["file"]: row["label"] for row in reader}
+    table = {os.path.normpath(row["file"]): row["label"] for row in read_rows(path, ("file", "label"), "labels CSV")
+             if row["file"]}
     keys = lambda f: (f, os.path.relpath(f, root), os.path.basename(f))  # noqa: E731
     out = [next((table[k] for k in keys(f) if k in table), None) for f in files]
     if all(v is None for v in out):

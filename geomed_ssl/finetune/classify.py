@@ -19,7 +19,7 @@ from geomed_ssl.data.labelled import ImageDataset, scan_class_folders
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, class_weights_from_counts, data_meta,
                                      encoder_and_stats, finetune_inputs, fit_supervised, save_recipe, seed_new_head)
-from geomed_ssl.finetune.labels import sample_fraction, sample_images_per_class
+from geomed_ssl.finetune.sampling import split_images
 from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix, write_metrics
 from geomed_ssl.models.cls_heads import ClassificationModel
 from geomed_ssl.models.device import model_device
@@ -106,16 +106,13 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
                           "image already: leave labels.split at random.")
     out = Path(out_dir)
     records, labels, names = scan_class_folders(data, recipe.data, strict=strict)
-    mapping = dict(enumerate(names))
-    if lab.per_class is not None:
-        train, test, notes = sample_images_per_class(labels, int(lab.per_class), lab.seed, names)
-    elif lab.fraction is not None:
-        train, notes = sample_fraction(labels, float(lab.fraction), lab.seed, mapping, unit="image")
-        test = np.setdiff1d(np.arange(labels.size), train)
-    else:
-        raise ConfigError("classification needs labels.per_class (--labels-per-class K) or labels.fraction.")
+    train, test, notes = split_images(labels, lab.per_class, lab.fraction, lab.seed, names, lab.test_fraction)
     for note in notes:
         log.info("note: %s", note)
+    untrained = [n for n, c in zip(names, np.bincount(labels[train], minlength=len(names))) if c == 0]
+    if untrained:
+        log.warning(f"warning: no training image for class(es) {', '.join(untrained)} (a class needs at least two "
+                    "images: half stay for testing); the model cannot predict them: add images to their folders.")
     catalog = Catalog(records=records, problems=[], kind=recipe.data.kind, band_names=records[0].band_names,
                       wavelengths=records[0].wavelengths, bandwidths=records[0].bandwidths)
     enc, stats, source, catalog = encoder_and_stats(encoder, recipe, catalog)

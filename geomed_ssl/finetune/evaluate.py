@@ -131,10 +131,12 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
                             f"(ignore value {recipe.labels.ignore_value}): nothing to score; check the labels and "
                             "labels.ignore_value.")
         notes = unknown_classes(vals, values, names)
-        empty = np.zeros(0, np.int64)
-        selection = LabelSelection(empty.astype(np.int32), empty, empty, files, flats, vals, values, names,
-                                   [a.shape for a in arrays], notes=notes, split="all labelled",
-                                   paths=[p for _, p in pairs])
+        label_paths = [str(p) for _, p in pairs]
+        seen, note = trained_positions(ft_dir, label_paths, [a.shape for a in arrays], files, flats)
+        notes += [note] if note else []
+        selection = LabelSelection(files[seen], flats[seen], vals[seen], files[~seen], flats[~seen], vals[~seen],
+                                   values, names, [a.shape for a in arrays], notes=notes, split="all labelled",
+                                   paths=label_paths)
         for record, _ in pairs:  # a scene without one of the model's bands: refused before OUT_DIR exists
             conform_record(record, list(stats.band_names))
         prepare_out_dir(out, **rule)
@@ -153,8 +155,73 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
     mapped = np.array([names.index(folder_names[i]) for i in labels_idx], np.int64)
     dataset = ImageDataset(records_for_stats(records, stats), mapped, stats, recipe.data,
                            meta["encoder"]["patch_size"])
+    seen, note = trained_images(ft_dir, [r.path for r in records])
     prepare_out_dir(out, **rule)
-    return evaluate_images(model, dataset, mapped, {"test": np.arange(len(records))}, names, out)
+    return evaluate_images(model, dataset, mapped, {"test": np.flatnonzero(~seen), "train": np.flatnonzero(seen)},
+                           names, out, notes=[note] if note else [])
+
+
+def _used(ft_dir: str | Path) -> dict[str, Any] | None:
+    """The fine-tune's ``labels_used.npz`` (meta and arrays), or None when it has none."""
+    import json
+
+    path = Path(ft_dir) / "labels_used.npz"
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {"meta": json.loads(str(z["meta"])), **{k: z[k] for k in z.files if k != "meta"}}
+    except (OSError, KeyError, ValueError) as err:
+        log.warning(f"warning: cannot read '{path}' ({err}); positions the model trained on are not told apart.")
+        return None
+
+
+def _same_file(a: str, b: str) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def _scored_apart(n: int, total: int, unit: str) -> str:
+    note = (f"{n} of the {total} labelled {unit} trained this model; they are scored apart ('train' in "
+            "metrics.json) and left out of the test metrics")
+    log.warning("warning: %s.", note)
+    return note
+
+
+def trained_images(ft_dir: str | Path, paths: Sequence[str]) -> tuple[np.ndarray, str | None]:
+    """Which of ``paths`` a classification fine-tune trained on (its ``labels_used.npz``), and a note saying so."""
+    used = _used(ft_dir)
+    seen = np.zeros(len(paths), bool)
+    if used is None or "train_index" not in used:
+        return seen, None
+    trained = [used["meta"]["paths"][i] for i in used["train_index"]]
+    seen[:] = [any(_same_file(p, t) for t in trained) for p in paths]
+    return seen, (_scored_apart(int(seen.sum()), len(paths), "images") if seen.any() else None)
+
+
+def trained_positions(ft_dir: str | Path, label_paths: Sequence[str], shapes: Sequence[tuple[int, ...]],
+                      files: np.ndarray, flats: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """Which labelled positions (``files``, ``flats``) a segmentation fine-tune trained on: those of its
+    ``labels_used.npz`` in the same label file on the same grid (a label file shared by several images trains a
+    place at each of them). A label file it trained on at another grid (volumes resampled to ``data.spacing``)
+    cannot be told apart: a note says so."""
+    used = _used(ft_dir)
+    seen = np.zeros(files.size, bool)
+    if used is None or "train_file" not in used:
+        return seen, None
+    meta, regridded = used["meta"], 0
+    for i, (path, shape) in enumerate(zip(label_paths, shapes)):
+        same = [j for j, p in enumerate(meta.get("paths", [])) if _same_file(path, p)]
+        on_grid = [j for j in same if tuple(meta["shapes"][j]) == tuple(shape)]
+        regridded += bool(same) and not on_grid
+        if on_grid:
+            here = files == i
+            seen[here] = np.isin(flats[here], used["train_index"][np.isin(used["train_file"], on_grid)])
+    if regridded:
+        note = (f"{regridded} of these label files trained this model on its resampled grid; their voxels that "
+                "trained it cannot be told apart and are in the test metrics")
+        log.warning("warning: %s.", note)
+        return seen, note
+    return seen, (_scored_apart(int(seen.sum()), files.size, "positions") if seen.any() else None)
 
 
 def unknown_classes(vals: np.ndarray, values: Sequence[int], names: Sequence[str]) -> list[str]:

@@ -6,7 +6,6 @@ re-exported here, so ``from geomed_ssl.finetune.labels import select_labels`` ke
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
@@ -18,6 +17,7 @@ import numpy as np
 
 from geomed_ssl.data.catalog import EXTENSIONS, FileRecord
 from geomed_ssl.data.readers import nearest_index, valid_map
+from geomed_ssl.data.tables import read_rows
 from geomed_ssl.inference.writers import MAX_CLASS_VALUE
 from geomed_ssl.finetune.sampling import (  # noqa: F401  (re-exported: the sampling half of this module)
     ClassMap, LabelSelection, Names, check_labels_config, class_ids, labelled_pixels, sample_fraction,
@@ -98,14 +98,7 @@ def _by_name(records: list[FileRecord], label_dir: Path, kind: str) -> dict[str,
 
 
 def _by_csv(records: list[FileRecord], csv_path: Path, label_dir: Path | None) -> dict[str, str | None]:
-    try:
-        with open(csv_path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except OSError as err:
-        raise DataError(f"cannot read labels CSV '{csv_path}' ({err.strerror}).") from None
-    cols = {c.strip().lower(): c for c in (rows[0].keys() if rows else [])}
-    if "image" not in cols or "label" not in cols:
-        raise DataError(f"labels CSV '{csv_path}' needs a header with columns image,label; found {list(cols)}.")
+    rows = read_rows(csv_path, ("image", "label"), "labels CSV")
     base = csv_path.parent
     label_base = label_dir if label_dir is not None and label_dir.is_dir() else base
     by_path = {os.path.abspath(p): r.path for r in records for p in r.paths}
@@ -114,7 +107,7 @@ def _by_csv(records: list[FileRecord], csv_path: Path, label_dir: Path | None) -
         by_name.setdefault(os.path.basename(r.path).lower(), []).append(r.path)
     out: dict[str, str | None] = {r.path: None for r in records}
     for i, row in enumerate(rows, start=2):
-        image, label = (row[cols["image"]] or "").strip(), (row[cols["label"]] or "").strip()
+        image, label = row["image"], row["label"]
         if not image or not label:
             raise DataError(f"labels CSV '{csv_path}' line {i}: empty image or label entry.")
         key = by_path.get(os.path.abspath(base / image))

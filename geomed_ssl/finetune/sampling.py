@@ -322,3 +322,20 @@ def sample_images_per_class(labels: np.ndarray, k: int, seed: int,
     rest = np.ones(labels.size, bool)
     rest[train] = False
     return train, np.flatnonzero(rest), notes
+
+
+def split_images(labels: np.ndarray, per_class: int | None, fraction: float | None, seed: int,
+                 names: Sequence[str], test_fraction: float | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(train indices, test indices, notes) of a class-folder dataset: ``per_class`` images per class (at most half
+    of a class) or ``fraction`` of each class (at least one), the rest test, subsampled by ``test_fraction``."""
+    labels = np.asarray(labels, np.int64)
+    if per_class is not None:
+        train, test, notes = sample_images_per_class(labels, int(per_class), seed, names)
+    elif fraction is not None:
+        train, notes = sample_fraction(labels, float(fraction), seed, dict(enumerate(names)), unit="image")
+        test = np.setdiff1d(np.arange(labels.size), train)
+    else:
+        raise ConfigError("classification needs labels.per_class (--labels-per-class K) or labels.fraction.")
+    if test_fraction is not None and test.size:
+        test = _subsample(test, labels, float(test_fraction), seed)
+    return np.sort(train).astype(np.int64), np.sort(test).astype(np.int64), notes

@@ -79,7 +79,7 @@ def predict_dir(ft_dir: str | Path, inputs: Sequence[str | Path], out: str | Pat
     if meta["task"] != "segment":
         records = records_for_stats(image_records(meta, recipe, inputs, strict), stats)
         prepare_out_dir(out, **rule)
-        return predict_classes(model, meta, recipe, records, out, str(ft_dir))
+        return predict_classes(model, meta, recipe, records, out, str(ft_dir), probabilities=probabilities)
     cfg = data_config(meta, recipe.data)
     planned = usable_inputs(plan_outputs([str(p) for p in inputs], out, cfg, meta["window"]), cfg, blend, stats,
                             strict)
@@ -123,10 +123,11 @@ PREDICTION_COLUMNS = ["file", "class", "probability", "model"]
 
 
 def predict_classes(model: torch.nn.Module, meta: dict[str, Any], recipe: Any, records: Sequence[Any],
-                    out: Path, model_name: str = "") -> list[str]:
+                    out: Path, model_name: str = "", probabilities: bool = False) -> list[str]:
     """One predicted class (and its probability) per image (catalog ``records``, read as the model's bands:
-    ``records_for_stats``), in ``out/predictions.csv`` with the model (``model_name``, the FT_DIR) that made it;
-    the rows an earlier run wrote there for other images stay (predict adds to its folder)."""
+    ``records_for_stats``), in ``out/predictions.csv`` with the model (``model_name``, the FT_DIR) that made it,
+    and with ``probabilities`` one ``p_<class>`` column per class; the rows an earlier run wrote there for other
+    images stay (predict adds to its folder)."""
     import csv
 
     from geomed_ssl.data.labelled import ImageDataset
@@ -142,11 +143,13 @@ def predict_classes(model: torch.nn.Module, meta: dict[str, Any], recipe: Any, r
             probs = model(torch.from_numpy(dataset.image(i)[0])[None].to(device)).softmax(1)[0].cpu()
             k = int(probs.argmax())
             rows.append({"file": records[i].path, "class": names[k], "probability": round(float(probs[k]), 4),
-                         "model": model_name})
+                         "model": model_name,
+                         **({f"p_{n}": round(float(p), 4) for n, p in zip(names, probs)} if probabilities else {})})
     new = {r["file"] for r in rows}
     kept = [r for r in earlier_predictions(out / "predictions.csv") if r.get("file") not in new]
     with atomic_path(out / "predictions.csv") as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=PREDICTION_COLUMNS, restval="", extrasaction="ignore")
+        extra = [c for c in dict.fromkeys(c for r in kept + rows for c in r) if c.startswith("p_")]
+        writer = csv.DictWriter(f, fieldnames=PREDICTION_COLUMNS + extra, restval="", extrasaction="ignore")
         writer.writeheader()
         writer.writerows(kept + rows)
     more = f" (and {len(kept)} earlier rows)" if kept else ""

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
-from geomed_ssl.data.catalog import glob_match
+from geomed_ssl.data.catalog import select
 from geomed_ssl.data.kinds import check_input_kind, input_kind
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.data.tiling import DEFAULT_OVERLAP, blend_weights
@@ -73,8 +73,8 @@ def _folder_files(folder: Path, data_cfg: Any, kind: str | None) -> list[Path]:
         log.warning(f"warning: skipped {len(skipped)} file(s) under '{folder}' named as predict's outputs ({names}); "
                     "name a file explicitly to predict it.")
     of_kind = [p for p in typed if kind is None or input_kind(p) == kind]
-    kept = [p for p in of_kind if any(glob_match(str(p.relative_to(folder)), g) for g in include)
-            and not any(glob_match(str(p.relative_to(folder)), g) for g in exclude)]
+    kept = [p for p, k in zip(of_kind, select([str(p.relative_to(folder)) for p in of_kind], include, exclude, folder))
+            if k]
     if not kept:
         what = {"raster": "GeoTIFF", "volume": "NIfTI", None: "GeoTIFF or NIfTI"}[kind]
         raise DataError(f"no {what} files to predict under '{folder}': {len(typed)} GeoTIFF/NIfTI files, "

@@ -76,6 +76,9 @@ def test_segment_from_pretrained_encoder_then_evaluate_and_predict(seg_scene, pr
     # the whole-image class maps go to a scratch folder a killed run's successor deletes, not a bare mkdtemp
     assert written and all(p.parent.name.startswith(f"geomed-evaluate-{os.getpid()}.") for p in written)
     assert f"metrics: {ft / 'eval' / 'metrics.json'}" in ev.output and (ft / "eval" / "metrics.json").is_file()
+    scored = json.loads((ft / "eval" / "metrics.json").read_text())  # the 15 trained pixels are scored apart
+    assert scored["train"]["n"] == 15 and scored["test"]["n"] == metrics["test"]["n"]
+    assert "15 of the" in ev.output and "trained this model" in ev.output
     from geomed_ssl.outdirs import foreign_inside
 
     assert foreign_inside(ft) == []  # --overwrite may replace all of it, the evaluation inside included
@@ -311,6 +314,46 @@ def test_classify_modes_from_cli(class_folders: Path, pretrained: Path, tmp_path
     pr = runner.invoke(app, ["predict", str(ft), str(class_folders), "--out", str(tmp_path / "p")])
     assert pr.exit_code == 0, pr.output
     assert len((tmp_path / "p" / "predictions.csv").read_text().splitlines()) == 1 + 18
+
+
+def test_classify_warns_of_classes_it_cannot_learn_and_evaluate_scores_its_training_images_apart(
+        class_folders: Path, tmp_path: Path) -> None:
+    (class_folders / "Highway").mkdir()  # empty: no class of the model
+    (class_folders / "Solo").mkdir()
+    (class_folders / "Forest" / "Forest_0.tif").rename(class_folders / "Solo" / "Solo_0.tif")  # one image: none to train
+    (class_folders / "Unlabelled").mkdir()  # its name matches the recipe's '*label*' exclude pattern
+    (class_folders / "River" / "River_1.tif").rename(class_folders / "Unlabelled" / "u.tif")
+    ft = tmp_path / "cls_warn"
+    result = runner.invoke(app, ["finetune", "classify", "recipes/mae_sentinel2.yaml", "--encoder", "none",
+                                 "--data", str(class_folders), "--out", str(ft), "--labels-per-class", "2",
+                                 "--linear-probe", *sets("data.sensor=null")])
+    assert result.exit_code == 0, result.output
+    assert "hold no usable image and are not classes of the model: Highway" in result.output
+    assert "no training image for class(es) Solo" in result.output
+    assert "leaves out the 1 file(s) of folder 'Unlabelled'" in result.output
+    assert json.loads((ft / "metrics.json").read_text())["train"]["n"] == 6
+
+    ev = runner.invoke(app, ["evaluate", str(ft), "--data", str(class_folders)])
+    assert ev.exit_code == 0, ev.output
+    assert "6 of the 17 labelled images trained this model" in ev.output
+    metrics = json.loads((ft / "eval" / "metrics.json").read_text())
+    assert metrics["train"]["n"] == 6 and metrics["test"]["n"] == 11
+
+    pr = runner.invoke(app, ["predict", str(ft), str(class_folders), "--out", str(tmp_path / "p"), "--probabilities"])
+    assert pr.exit_code == 0, pr.output
+    lines = (tmp_path / "p" / "predictions.csv").read_text().splitlines()
+    assert lines[0] == "file,class,probability,model,p_Forest,p_River,p_Solo,p_Urban" and len(lines) == 1 + 17
+    probs = [float(v) for v in lines[1].split(",")[4:]]
+    assert abs(sum(probs) - 1) < 1e-3 and max(probs) == float(lines[1].split(",")[2])
+
+
+def test_classify_given_a_file_instead_of_class_folders_says_what_it_needs(tmp_path: Path) -> None:
+    table = tmp_path / "labels.csv"
+    table.write_text("file,label\na.tif,Forest\n")
+    result = runner.invoke(app, ["finetune", "classify", "recipes/mae_sentinel2.yaml", "--encoder", "none",
+                                 "--data", str(table), "--out", str(tmp_path / "ft"), "--labels-per-class", "2"])
+    assert result.exit_code == 2
+    assert "is a file: classification data is a folder with one subfolder of images per class" in result.output
 
 
 def test_classify_refuses_a_split_meant_for_label_maps(class_folders: Path, tmp_path: Path) -> None:

@@ -517,3 +517,15 @@ def test_a_label_volume_of_several_frames_is_refused_as_not_3d_not_as_another_gr
     with pytest.raises(DataError, match=r"has shape \[16, 16, 16, 2\]: a label volume is 3D") as err:
         check_grid(record, tmp_path / "lab.nii.gz", "volume")
     assert "Resample" not in str(err.value)
+
+
+def test_class_folder_splits_take_k_per_class_or_a_fraction_and_subsample_the_test_images() -> None:
+    from geomed_ssl.finetune.sampling import split_images
+
+    labels = np.repeat(np.arange(3), 20)
+    train, test, _ = split_images(labels, 2, None, 0, ["a", "b", "c"])
+    assert np.bincount(labels[train]).tolist() == [2, 2, 2] and test.size == 54
+    assert not set(train) & set(test)
+    train_f, test_f, _ = split_images(labels, None, 0.25, 0, ["a", "b", "c"], test_fraction=0.5)
+    assert np.bincount(labels[train_f]).tolist() == [5, 5, 5]
+    assert np.bincount(labels[test_f]).tolist() == [8, 8, 8] and not set(train_f) & set(test_f)

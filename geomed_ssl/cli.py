@@ -117,7 +117,7 @@ def pretrain(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
     strict: bool = StrictOpt,
 ) -> None:
-    """Pretrain a ViT encoder without labels (MAE or DINO, as the recipe says) on a folder of rasters or volumes."""
+    """Pretrain a ViT encoder without labels (the method the recipe names) on a folder of rasters or volumes."""
     from geomed_ssl.train.pretrain import pretrain as run
 
     result = run(recipe, data, out, overrides=overrides, resume=resume, overwrite=overwrite, strict=strict)
@@ -212,7 +212,7 @@ def evaluate(
 @app.command()
 @user_errors
 def predict(
-    ft_dir: Path = typer.Argument(..., help="A fine-tune output folder (segmentation)."),
+    ft_dir: Path = typer.Argument(..., help="A fine-tune output folder (segmentation or classification)."),
     inputs: list[Path] = typer.Argument(..., help="GeoTIFF / NIfTI files or folders of them."),
     out: Path = typer.Option(..., "--out", help="Output folder: <name>_pred.tif / <name>_pred.nii.gz."),
     # 0.25 = data.tiling.DEFAULT_OVERLAP (imported lazily, as the whole stack is)

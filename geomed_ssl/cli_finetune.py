@@ -89,4 +89,4 @@ def finetune_classify_cmd(
     result = finetune_classify(recipe, encoder, data, out, overrides=sets, overwrite=overwrite, strict=strict)
     names = [c["name"] for c in result.metrics["classes"]]
     typer.echo(format_metrics(result.metrics["test"], names))
-    typer.echo(f"model: {out / 'model'}  metrics: {out / 'metrics.json'}")
+    typer.echo(f"model: {out / 'model'}  metrics: {out / 'metrics.json'}  confusion: {out / 'confusion.png'}")

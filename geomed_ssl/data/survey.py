@@ -50,7 +50,10 @@ def _units(wkt: str | None) -> str:
 def _pixel_size(record: Any) -> tuple[float, float, str]:
     """(x, y, units) of a raster's pixel in its CRS's units."""
     t = list(record.transform or [1, 0, 0, 0, 1, 0])
-    return math.hypot(t[0], t[3]), math.hypot(t[1], t[4]), _units(record.crs)
+    x, y = math.hypot(t[0], t[3]), math.hypot(t[1], t[4])
+    if not record.crs and (x, y) != (1.0, 1.0):  # a transform without a CRS: its units are unknown, not pixels
+        return x, y, "(units of the transform; no CRS)"
+    return x, y, _units(record.crs)
 
 
 def _size_groups(sizes: Sequence[tuple[float, float, str]], tolerance: float = 0.03) -> Counter:

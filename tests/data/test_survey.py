@@ -53,6 +53,12 @@ def test_the_summary_names_crss_and_pixel_sizes_and_mixed_sizes_are_warned_about
     assert crs_name(None, "none") == "none"
 
 
+def test_a_transform_without_a_crs_is_not_said_to_be_in_pixels(tmp_path, make_tif) -> None:
+    make_tif(tmp_path / "a.tif", np.full((3, 32, 32), 1000, np.uint16), crs=None)
+    summary = scan(tmp_path, DataConfig(patch_size=32)).summary()
+    assert "pixel size: 10 x 10 (units of the transform; no CRS) (1 file)" in summary
+
+
 def test_real_archives_raise_no_false_alarm(caplog) -> None:
     """EuroSAT (eight UTM zones, reprojected pixels of 9.9-10.0 m, ten classes) and the Slovenia tile (a hazy date)
     are data, not outliers; the Landsat-8 red patches hold three all-zero files without nodata."""

@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 from geomed_ssl.cli_finetune import finetune_app
-from geomed_ssl.cli_options import STATE, SetOpt, StrictOpt, user_errors
+from geomed_ssl.cli_options import STATE, SetOpt, StrictOpt, signal_exit_code, user_errors
 from geomed_ssl.errors import GeomedError
 
 app = typer.Typer(
@@ -33,16 +33,6 @@ def ignore_slurm_warning() -> None:
             signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         except ValueError:  # not the main thread (an embedding application's worker thread)
             pass
-
-
-def signal_exit_code(name: str | None) -> int:
-    """The shell's code for a run stopped by signal ``name`` (128 + its number: SIGINT 130, SIGTERM 143)."""
-    import signal
-
-    try:
-        return 128 + int(signal.Signals[name or ""])
-    except KeyError:
-        return 1
 
 
 @app.callback()

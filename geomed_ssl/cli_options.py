@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import typer
 
-from geomed_ssl.errors import GeomedError
+from geomed_ssl.errors import GeomedError, RunStopped
 
 STATE: dict[str, Any] = {"debug": False}  # the global --debug (set by geomed_ssl.cli.main)
 
@@ -59,6 +59,16 @@ def check_option_bounds(values: dict[str, Any], flags: dict[str, str]) -> None:
         check_value(value, kind, Spec(bounds=parse_bounds(bounds)), flags.get(name, name), "")
 
 
+def signal_exit_code(name: str | None) -> int:
+    """The shell's code for a run stopped by signal ``name`` (128 + its number: SIGINT 130, SIGTERM 143)."""
+    import signal
+
+    try:
+        return 128 + int(signal.Signals[name or ""])
+    except KeyError:
+        return 1
+
+
 def user_errors(fn: Callable) -> Callable:
     """Check the numeric options, then run the command; print a GeomedError as one line and exit 2; show the
     traceback only with --debug."""
@@ -75,6 +85,9 @@ def user_errors(fn: Callable) -> Callable:
                 raise
             typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
             raise typer.Exit(code=2) from None
+        except RunStopped as stop:
+            typer.secho(f"stopped: {stop}", fg=typer.colors.YELLOW, err=True)
+            raise typer.Exit(code=signal_exit_code(stop.signal)) from None
         except OSError as err:
             if STATE["debug"] or err.errno not in WRITE_ERRNOS:
                 raise

@@ -20,3 +20,12 @@ class TrainingError(GeomedError):
 class OutputError(GeomedError):
     """An output path is refused: it is an input, holds one, or is a folder the toolkit did not make (or made for
     another command)."""
+
+
+class RunStopped(Exception):
+    """A run stopped by a signal (a scheduler's SIGTERM, Ctrl-C) before it finished. Not a user error: the CLI prints
+    the message, which says what was kept and how to go on, and exits 128 + the signal's number (143, 130)."""
+
+    def __init__(self, signal_name: str, message: str):
+        super().__init__(message)
+        self.signal = signal_name

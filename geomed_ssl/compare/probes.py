@@ -7,11 +7,11 @@ and ``forest`` (the random forest of the ``rf`` baseline)."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix
+from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix, foreground_dice
 from geomed_ssl.models.probe import PROBES, fit_probe, predict_probe
 
 METRIC_KEYS = {"oa": "OA", "aa": "AA", "kappa": "kappa", "miou": "mIoU", "dice": "mean_dice"}
@@ -39,13 +39,6 @@ def classify(protocol: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np
     raise ValueError(f"unknown protocol {protocol!r}")
 
 
-def background_index(values: Sequence[int], spatial_dims: int) -> int | None:
-    """The class left out of a volume's ``dice``: the one of label value 0 (the background, by the convention of
-    medical label volumes), when a volume task has it and another class; None otherwise (every class counts)."""
-    values = [int(v) for v in values]
-    return values.index(0) if spatial_dims == 3 and 0 in values and len(values) > 1 else None
-
-
 def scores_from_metrics(metrics: dict[str, Any], dense: bool, background: int | None = None
                         ) -> dict[str, float | None]:
     """oa, aa, kappa (and, for segmentation, miou and dice) from :func:`classification_metrics`' figures (a
@@ -55,8 +48,7 @@ def scores_from_metrics(metrics: dict[str, Any], dense: bool, background: int | 
     if not dense:
         out["miou"] = out["dice"] = None
     elif background is not None:
-        fore = [d for i, d in enumerate(metrics["per_class_dice"]) if i != background and d is not None]
-        out["dice"] = float(np.mean(fore)) if fore else None
+        out["dice"] = foreground_dice(metrics, background)
     return out
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from geomed_ssl.compare.baselines import baseline_dims, baseline_features
 from geomed_ssl.compare.features import check_feature_memory, encoder_features, memo
 from geomed_ssl.compare.options import NONE, SEGMENT_BASELINES, BASELINES, Budget, CompareOptions
-from geomed_ssl.compare.probes import background_index, classify, scores, scores_from_metrics
+from geomed_ssl.compare.probes import classify, scores, scores_from_metrics
 from geomed_ssl.compare.report import table, write_curve, write_summary
 from geomed_ssl.compare.results import ResultsFile, make_row
 from geomed_ssl.compare.sources import (EncoderSource, check_encoders_unchanged, encoders_record,
@@ -28,10 +28,12 @@ from geomed_ssl.compare.task import (Split, Task, check_saved_selection, held_ou
                                      load_classify_task, load_segment_task, make_split, save_split, settings_record,
                                      warn_notes)
 from geomed_ssl.config import Recipe
+from geomed_ssl.data.catalog import problems_reported
 from geomed_ssl.data.labelled import ImageDataset
 from geomed_ssl.data.readers import VolumeReader
 from geomed_ssl.data.stats import compute_stats
-from geomed_ssl.errors import ConfigError
+from geomed_ssl.errors import ConfigError, RunStopped
+from geomed_ssl.finetune.metrics import background_index
 from geomed_ssl.finetune.fit import save_recipe
 from geomed_ssl.models.device import resolve_device
 from geomed_ssl.models.probe import check_class_weights, probe_layers, read_image
@@ -108,6 +110,17 @@ def _load_task(options: CompareOptions, recipe_file: Path, overrides: list[str] 
     return recipe, task
 
 
+def _first_difference(before: dict[str, Any], now: dict[str, Any]) -> str | None:
+    """What a user changed between two compare records, in words ("split 'random', not 'blocks'"), or None."""
+    for key, what in (("split", "--split"), ("task", "the task"), ("images", "other images"),
+                      ("label_files", "other label files"), ("classes", "other classes")):
+        if before.get(key) != now.get(key):
+            if isinstance(before.get(key), str) and isinstance(now.get(key), str):
+                return f"{what} '{before[key]}', not '{now[key]}'"
+            return what
+    return None
+
+
 def _check_resumed(out: Path, recipe: Recipe, record: str) -> None:
     """A compare continued in ``out`` must use the recipe and data its rows were made with."""
     earlier = (out / "compare.json").read_text() if (out / "compare.json").is_file() else None
@@ -128,6 +141,10 @@ def _check_resumed(out: Path, recipe: Recipe, record: str) -> None:
                 what = "label files' contents" if changed == ["labels_sha256"] else "image files (size or time)"
                 raise ConfigError(f"the {what} changed since '{out}' was made, so its rows were scored on other "
                                   "data; choose another --out, or pass --overwrite to start again.")
+            named = _first_difference(before, now)
+            if named:
+                raise ConfigError(f"'{out}' holds a compare made with {named}; choose another --out, or pass "
+                                  "--overwrite to start again.")
         raise ConfigError(f"'{out}' holds a compare of other data, classes or split, or one an older geomed-ssl "
                           "made (its probes fitted or its scores computed otherwise; compare.json); choose another "
                           "--out, or pass --overwrite to start again.")
@@ -200,11 +217,13 @@ def frozen_scores(feats: Any, task: Task, split: Split, protocol: str, recipe: R
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """The fine-tune's own progress lines are noise inside compare's (its warnings still show)."""
+    """The fine-tune's own progress lines are noise inside compare's (its warnings still show, but not the problem
+    files compare named already)."""
     level = log.level
     log.setLevel(logging.WARNING)
     try:
-        yield
+        with problems_reported():
+            yield
     finally:
         log.setLevel(level)
 
@@ -283,7 +302,13 @@ def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str,
         src = nones[split.seed] if job.source == NONE else sources.get(job.source)
         if job.protocol == "finetune":
             keep_as = keep / kept_name(labels[job.source], split.budget, split.seed) if keep is not None else None
-            result = finetune_scores(src, task, split, recipe, inputs, strict, keep_as)
+            try:
+                result = finetune_scores(src, task, split, recipe, inputs, strict, keep_as)
+            except RunStopped as stop:
+                raise RunStopped(stop.signal, f"compare stopped by {stop.signal} in run {n}/{len(todo)} (the fine-tune "
+                                              f"of {job.source}, {split.budget.slug}, seed {split.seed}); the finished "
+                                              f"rows are in {results.path}: run the same command again to go "
+                                              "on from there.") from None
         else:
             key = (job.source, split.seed if job.source == NONE else None)
             if key not in feats:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from geomed_ssl.compare.options import Budget
-from geomed_ssl.compare.probes import background_index
+from geomed_ssl.finetune.metrics import background_index
 from geomed_ssl.config import Recipe
 from geomed_ssl.data.catalog import Catalog, scan
 from geomed_ssl.data.labelled import scan_class_folders

@@ -8,6 +8,8 @@ are never dropped silently: each becomes a ``Problem(path, reason)`` that ``scan
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import fnmatch
 import itertools
@@ -16,7 +18,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -110,6 +112,19 @@ class Problem:
         return f"{self.path}: {self.reason}"
 
 
+_PROBLEMS_REPORTED: contextvars.ContextVar[bool] = contextvars.ContextVar("problems_reported", default=False)
+
+
+@contextlib.contextmanager
+def problems_reported() -> Iterator[None]:
+    """Inside: the data's problem files were named already (compare's fine-tunes read the data compare read)."""
+    token = _PROBLEMS_REPORTED.set(True)
+    try:
+        yield
+    finally:
+        _PROBLEMS_REPORTED.reset(token)
+
+
 @dataclass
 class Catalog:
     """The usable records of a scan, the problems found, and the band set shared by all records."""
@@ -148,8 +163,9 @@ class Catalog:
         return os.path.relpath(path, self.root) if self.root and Path(path).is_relative_to(self.root) else path
 
     def warn_problems(self) -> None:
-        """The problem files a command skips, as one warning (``--strict`` makes them an error instead)."""
-        if self.problems:
+        """The problem files a command skips, as one warning (``--strict`` makes them an error instead); nothing
+        inside :func:`problems_reported` (the same files read again by a step of a command that named them)."""
+        if self.problems and not _PROBLEMS_REPORTED.get():
             log.warning("warning: %d problem file(s) skipped (--strict makes this an error):\n%s", len(self.problems),
                         "\n".join(f"  - {self._rel(p.path)}: {p.reason}" for p in self.problems))
 

@@ -14,7 +14,8 @@ import torch
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.data.tiling import DEFAULT_OVERLAP
 from geomed_ssl.finetune.labels import LabelSelection, read_label
-from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix, write_metrics
+from geomed_ssl.finetune.metrics import (background_index, classification_metrics, confusion_matrix,
+                                        foreground_dice, write_metrics)
 from geomed_ssl.inference.finetuned import data_config, load_run, model_fn
 from geomed_ssl.inference.writers import class_lookup
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
@@ -80,9 +81,12 @@ def evaluate_segmentation(model: torch.nn.Module, meta: dict[str, Any], records:
     names = selection.class_names
     results: dict[str, Any] = {"classes": [{"value": v, "name": n} for v, n in zip(selection.classes, names)],
                                "notes": selection.notes, "split": selection.split}
+    background = background_index(selection.classes, len(selection.shapes[0]) if selection.shapes else 2)
     for which in ("train", "test"):
         cm = metrics_at(predictions, selection, which)
         results[which] = {**classification_metrics(cm), "n": int(cm.sum())}
+        if background is not None:  # volumes: what compare's `dice` and the medical literature report
+            results[which]["mean_dice_foreground"] = foreground_dice(results[which], background)
         if which == "test":
             results[which]["confusion"] = cm.tolist()
     write_metrics(out, results, names)

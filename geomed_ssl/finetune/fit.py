@@ -20,7 +20,7 @@ from geomed_ssl.config import Recipe, spatial_dims
 from geomed_ssl.cpus import fit_threads_to_quota
 from geomed_ssl.data.catalog import Catalog
 from geomed_ssl.data.stats import BandStats, compute_stats
-from geomed_ssl.errors import ConfigError, GeomedError
+from geomed_ssl.errors import ConfigError, GeomedError, RunStopped
 from geomed_ssl.finetune.labels import LabelSelection
 from geomed_ssl.models.cls_heads import layer_decay_groups
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
@@ -156,5 +156,12 @@ def fit_supervised(model: torch.nn.Module, dataset: Any, recipe: Recipe, num_cla
                         enable_model_summary=False, num_sanity_val_steps=0,
                         plugins=[AtomicCheckpointIO(), *cluster_plugins()],
                         log_every_n_steps=min(t.log_every, f.max_steps))
-    trainer.fit(module, train_dataloaders=loader)
+    try:
+        trainer.fit(module, train_dataloaders=loader)
+    except SystemExit as stop:  # Lightning ends a SIGTERM (SIGTERMException) or a Ctrl-C (sys.exit(1)) this way
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        name = "SIGTERM" if isinstance(stop, SIGTERMException) else "SIGINT"
+        raise RunStopped(name, f"fine-tuning stopped by {name} at step {trainer.global_step} of {f.max_steps}; "
+                               f"'{out}' holds no model: run the same command again with --overwrite.") from None
     model.eval()

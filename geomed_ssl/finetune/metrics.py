@@ -60,6 +60,19 @@ def classification_metrics(cm: np.ndarray) -> dict[str, Any]:
     }
 
 
+def background_index(values: Sequence[int], spatial_dims: int) -> int | None:
+    """The class left out of a volume's foreground Dice: the one of label value 0 (the background, by the convention
+    of medical label volumes), when a volume task has it and another class; None otherwise (every class counts)."""
+    values = [int(v) for v in values]
+    return values.index(0) if spatial_dims == 3 and 0 in values and len(values) > 1 else None
+
+
+def foreground_dice(metrics: dict[str, Any], background: int) -> float | None:
+    """Mean Dice over the classes other than ``background`` (those with test samples)."""
+    fore = [d for i, d in enumerate(metrics["per_class_dice"]) if i != background and d is not None]
+    return float(np.mean(fore)) if fore else None
+
+
 segmentation_metrics = classification_metrics  # the same figures; the name the segmentation code reads best with
 
 
@@ -67,7 +80,9 @@ def format_metrics(metrics: dict[str, Any], class_names: Sequence[str]) -> str:
     """A short text table: the headline figures, then accuracy / IoU / Dice / support per class."""
     f = lambda v: "  -  " if v is None else f"{v:.3f}"  # noqa: E731
     lines = [f"OA {f(metrics['OA'])}  AA {f(metrics['AA'])}  kappa {f(metrics['kappa'])}  mIoU {f(metrics['mIoU'])}"
-             f"  mean Dice {f(metrics['mean_dice'])}  ({metrics['num_samples']} samples)"]
+             f"  mean Dice {f(metrics['mean_dice'])}"
+             + (f" (without the background {f(metrics['mean_dice_foreground'])})" if "mean_dice_foreground" in metrics
+                else "") + f"  ({metrics['num_samples']} samples)"]
     width = max([len(n) for n in class_names] + [5])
     lines.append(f"  {'class':<{width}}  acc    IoU    Dice   support")
     for i, name in enumerate(class_names):

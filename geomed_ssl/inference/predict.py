@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
-from geomed_ssl.data.catalog import select
+from geomed_ssl.data.catalog import glob_match, select
 from geomed_ssl.data.kinds import check_input_kind, input_kind
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.data.tiling import DEFAULT_OVERLAP, blend_weights
@@ -99,6 +99,10 @@ def list_inputs(inputs: str | Path | Sequence[str | Path], data_cfg: Any = None,
         elif item.is_dir():
             out += _folder_files(item, data_cfg, kind)
         else:
+            channels = list(getattr(data_cfg, "channels", None) or [])
+            if len(channels) > 1 and any(glob_match(item.name, g) for g in channels):
+                raise DataError(f"'{item}' is one of the {len(channels)} files this model stacks per case "
+                                f"(data.channels {channels}); give its folder '{item.parent}' instead.")
             out.append(item)
     return out
 

@@ -79,7 +79,7 @@ def test_compare_two_encoders_and_none_writes_every_row_and_resumes_only_missing
     assert [by_key[tuple(r[k] for k in COLUMNS[:5])] for r in without_seconds(rows)] == without_seconds(rows)
 
     other = runner.invoke(app, [*args, "--split", "blocks", "--set", "labels.block_size=16"])
-    assert other.exit_code == 2 and "compare.json" in other.output  # rows of another split never mix
+    assert other.exit_code == 2 and "made with --split 'random', not 'blocks'" in other.output  # never mixed
     assert read(out / "results.csv") == rerun
 
 
@@ -354,3 +354,34 @@ def test_a_budget_that_leaves_nothing_to_test_is_refused_before_anything_is_writ
     assert result.exit_code == 2 and "leaves none to test" in result.output and not out.exists()
     digits = runner.invoke(app, [*args[:8], "--labels-per-class", "\u00b2", *args[10:]])
     assert digits.exit_code == 2 and "whole number" in digits.output
+
+
+def test_a_sigterm_during_a_fine_tune_stops_compare_with_143_and_a_line_saying_how_to_go_on(
+        scene, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning ends a SIGTERM with a SystemExit without code: a scheduler would have recorded a success."""
+    import os
+    import signal
+
+    import lightning as L
+
+    from geomed_ssl.finetune import fit
+
+    class Preempt(L.Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:
+            if trainer.global_step == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(fit, "progress_callbacks", lambda *a: [Preempt()])
+    import shutil
+
+    scene = (shutil.copytree(scene[0], tmp_path / "images"), scene[1])  # the fixture is shared: a copy
+    (scene[0] / "broken.tif").write_bytes(b"II*\x00 not a tiff")  # named once, not again by each fine-tune
+    out = tmp_path / "cmp"
+    args = compare_args(["none"], scene, out, "--baselines", "rf", "--recipe", "recipes/mae_sentinel2.yaml")
+    args[args.index("0,1")] = "0"
+    result = runner.invoke(app, args)
+    assert result.exit_code == 143, result.output
+    assert "stopped: compare stopped by SIGTERM in run 4/4 (the fine-tune of none" in result.output
+    assert "run the same command again" in result.output
+    assert len(read(out / "results.csv")) == 3 and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert result.output.count("problem file(s) skipped") == 1 and "broken.tif" in result.output

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geomed_ssl.compare.probes import background_index, scores, scores_from_metrics
+from geomed_ssl.compare.probes import scores, scores_from_metrics
+from geomed_ssl.finetune.metrics import background_index
 
 
 @pytest.mark.parametrize(("values", "dims", "expected"), [

@@ -251,6 +251,8 @@ def test_segment_volumes_per_case_folder_with_label_name_and_remap(tmp_path: Pat
     assert result.exit_code == 0, result.output
     metrics = json.loads((ft / "metrics.json").read_text())
     assert [c["value"] for c in metrics["classes"]] == [0, 1] and len(metrics["test"]["per_class_dice"]) == 2
+    assert metrics["test"]["mean_dice_foreground"] == metrics["test"]["per_class_dice"][1]  # compare's `dice`
+    assert "(without the background " in result.output
     pr = runner.invoke(app, ["predict", str(ft), str(tmp_path / "cases"), "--out", str(tmp_path / "pred3d")])
     assert pr.exit_code == 0, pr.output
     for i in range(2):
@@ -259,6 +261,7 @@ def test_segment_volumes_per_case_folder_with_label_name_and_remap(tmp_path: Pat
         assert set(np.unique(np.asarray(out.dataobj)).tolist()) <= {0, 1}
     ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(tmp_path / "cases")])
     assert ev.exit_code == 0, ev.output
+    assert "1383 of the 27648 labelled positions trained this model" in ev.output  # the training grid is native
 
 
 def test_segment_volumes_with_a_propagate_probe_head_predicts_on_the_input_grid(tmp_path: Path) -> None:

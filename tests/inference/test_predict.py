@@ -445,6 +445,18 @@ def test_only_files_named_as_predicts_outputs_are_skipped_in_a_folder_and_the_wa
     assert [p.name for p in list_inputs(tmp_path / "old_pred.tif")] == ["old_pred.tif"]  # named: predicted
 
 
+def test_one_channel_file_of_a_model_that_stacks_channels_is_refused_naming_its_folder(tmp_path) -> None:
+    from geomed_ssl.config import DataConfig
+    from geomed_ssl.inference.predict import list_inputs
+
+    case = tmp_path / "pat1"
+    case.mkdir()
+    (case / "Flair_norm.nii.gz").write_bytes(b"")
+    cfg = DataConfig(kind="volume", channels=["*Flair*", "*T1c*"])
+    with pytest.raises(DataError, match=r"one of the 2 files this model stacks per case .* give its folder '.*pat1'"):
+        list_inputs(case / "Flair_norm.nii.gz", cfg)
+
+
 def test_a_nifti_given_to_a_raster_model_is_one_clear_line(scene, tmp_path):
     import nibabel as nib
 

@@ -131,7 +131,8 @@ class BEiT(SSLMethod):
         self.tokenizer.to("cpu")
         ids = self.tokenizer.encode(v[: s.tokenizer_patches])
         return [f"beit: codebook of {self.tokenizer.size} visual tokens fitted on {min(len(v), s.tokenizer_patches)} "
-                f"patches of {len(vectors)} windows; {self.tokenizer.perplexity(ids):.0f} codes in effective use."]
+                f"patches of {len(vectors)} sampled windows (a small archive repeats windows); "
+                f"{self.tokenizer.perplexity(ids):.0f} codes in effective use."]
 
     def forward(self, image: torch.Tensor, valid: torch.Tensor | None, mask: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:

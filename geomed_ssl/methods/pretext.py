@@ -18,15 +18,18 @@ from geomed_ssl.methods.base import MethodContext, MethodOutput, MethodSettings
 class PretextSettings(MethodSettings):
     """Keys every classification pretext task has."""
 
-    head_hidden_dim: int = setting(256, "hidden width of the classification head (an MLP on the encoder's CLS "
-                                   "features)", bounds=f"[1, {MAX_EMBED_DIM}]")
+    head_hidden_dim: int = setting(256, "hidden width of the classification head (an MLP on the CLS tokens of the "
+                                   "tiles or patches, concatenated)", bounds=f"[1, {MAX_EMBED_DIM}]")
 
 
 def refuse_volumes(method: str, context: MethodContext, why: str, source: str) -> None:
     """A one-line ConfigError when the data are volumes: ``method`` is 2D-only because ``why``."""
     if context.spatial_dims == 3:
-        raise ConfigError(f"{source}: method '{method}' is 2D-only ({why}); for volumes use mae, simmim, maskfeat, "
-                          "beit, cae, inpainting or dino.")
+        from geomed_ssl.methods.registry import METHODS
+
+        volumes = sorted(n for n, cls in METHODS.items() if "3D" in cls.card.dims and not n.startswith("_"))
+        raise ConfigError(f"{source}: method '{method}' is 2D-only ({why}); for volumes use one of "
+                          f"{', '.join(volumes)} (geomed-ssl methods says what each learns).")
 
 
 def mlp_head(in_dim: int, hidden: int, classes: int) -> nn.Sequential:

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import torch
 
-from geomed_ssl.config import MethodConfig, setting
+from geomed_ssl.config import MAX_EMBED_DIM, MethodConfig, setting
 from geomed_ssl.views.builder import ViewSpec
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.methods.base import MethodCard, MethodContext, MethodOutput, PerSample, SSLMethod
@@ -92,6 +92,8 @@ def rotation_batch(x: torch.Tensor, draws: torch.Tensor | None = None, axis: int
 class RotationSettings(PretextSettings):
     """The ``method:`` keys of ``name: rotation``."""
 
+    head_hidden_dim: int = setting(256, "hidden width of the classification head (an MLP on the CLS token and the "
+                                   "mean patch token, concatenated)", bounds=f"[1, {MAX_EMBED_DIM}]")
     axis: int = setting(0, "volumes: the spatial axis of (D, H, W) turned about (its plane must be square); "
                         "2D windows always turn in their plane", bounds="[0, 2]")
 

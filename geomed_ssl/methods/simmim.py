@@ -177,13 +177,18 @@ class SimMIM(SSLMethod):
     @torch.no_grad()
     def reconstruct(self, image: torch.Tensor, valid: torch.Tensor | None = None,
                     noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Previews: masked pixels predicted, visible ones as given; ``noise`` (B, M) per mask patch or None."""
+        """Previews: masked pixels predicted, visible ones as given; ``noise`` (B, M) per mask patch, (B, N) per
+        token (as for MAE: each mask patch takes its tokens' mean) or None."""
         was_training = self.training
         self.eval()
         try:
             window = tuple(image.shape[2:])
-            grid, _ = mask_patch_grid(window, self.patch_size, self.mask_patch(window))
+            grid, scale = mask_patch_grid(window, self.patch_size, self.mask_patch(window))
             noise = torch.rand(image.shape[0], math.prod(grid)) if noise is None else noise.cpu()
+            if noise.shape[1] != math.prod(grid) and noise.shape[1] == math.prod(grid) * math.prod(scale):
+                split = [v for g, s in zip(grid, scale) for v in (g, s)]  # token grid as (mask grid, within) pairs
+                blocks = noise.reshape(noise.shape[0], *split)
+                noise = blocks.mean(dim=tuple(range(2, 2 + 2 * len(grid), 2))).reshape(noise.shape[0], -1)
             mask = simmim_mask(noise, window, self.patch_size, self.mask_patch(window), self.settings.mask_ratio)
             clean, valid = prepare_image({"image": image, "valid": valid})
             loss, pred = self(clean, valid, mask.to(image.device))

@@ -115,7 +115,7 @@ def build(row: str, args: argparse.Namespace) -> tuple[Any, Any, list[Any], floa
     import torch
 
     from geomed_ssl.config import load_recipe
-    from geomed_ssl.data.bands import aviris_92av3c_bands
+    from geomed_ssl.bands.names import aviris_92av3c_bands
     from geomed_ssl.methods import build_method
     from geomed_ssl.methods.registry import with_method_settings
     from geomed_ssl.models.encoder import EncoderConfig

@@ -68,7 +68,7 @@ def peak_rss_mb() -> float:
 def step_worker(label: str, batch: int, steps: int, threads: int, queue: mp.Queue) -> None:
     """One kind's MAE steps in a fresh process: tokens, median step seconds, peak memory."""
     from geomed_ssl.config import MethodConfig
-    from geomed_ssl.data.bands import indian_pines_bands
+    from geomed_ssl.bands.names import indian_pines_bands
     from geomed_ssl.methods.mae import MAE
     from geomed_ssl.models.encoder import EncoderConfig
 

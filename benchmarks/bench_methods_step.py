@@ -175,7 +175,7 @@ def ours(name: str, recipe: Any, args: argparse.Namespace, device: Any) -> tuple
     """One training step of the registered method, as the trainer runs it."""
     import torch
 
-    from geomed_ssl.data.bands import sensor_profile
+    from geomed_ssl.bands.names import sensor_profile
     from geomed_ssl.methods import build_method
     from geomed_ssl.methods.base import mix_seed
     from geomed_ssl.models.encoder import EncoderConfig

@@ -30,6 +30,7 @@ LADDER: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("models",)),
     ("views", ("views",)),
     ("data", ("data",)),
+    ("bands", ("bands",)),
     ("outputs", ("outdirs", "outcommands")),
     ("config", ("config",)),
     ("foundation", ("outfiles", "permissions", "errors", "launch", "cpus", "sample", "_version")),

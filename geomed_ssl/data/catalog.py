@@ -23,8 +23,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from geomed_ssl.config import as_tuple, spatial_dims
-from geomed_ssl.data.bands import resolve_band_info
-from geomed_ssl.data.conform import report_positional_names
+from geomed_ssl.bands.names import resolve_band_info
+from geomed_ssl.bands.conform import report_positional_names
 from geomed_ssl.data.probe import (RASTER_PREVIEW, VOLUME_PREVIEW, FileProbe, ProbeError, probe_file,  # noqa: F401
                                   reordered)
 from geomed_ssl.data.survey import grid_lines
@@ -42,7 +42,7 @@ class FileRecord:
     ``shape`` is the spatial shape (H, W) of a raster or (X, Y, Z) of a volume in the FILE's array order (the volume
     reader reorients to RAS; ``orientation`` holds the file's axis codes). ``value_range`` is, per band,
     [min, p1, p99, max] of the valid pixels of the preview read (see ``geomed_ssl.data.probe``). ``band_source``
-    says where the band names came from (``geomed_ssl.data.bands.BAND_SOURCES``), ``bandwidths`` are the bands'
+    says where the band names came from (``geomed_ssl.bands.names.BAND_SOURCES``), ``bandwidths`` are the bands'
     FWHM in µm (None: unknown). ``band_index`` (set by :func:`conform_record`): the readers return these of the
     file's bands, in this order, and every per-band field describes them.
     """

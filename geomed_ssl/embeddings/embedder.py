@@ -11,7 +11,7 @@ import torch
 
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.catalog import FileRecord
-from geomed_ssl.data.conform import conform_record
+from geomed_ssl.bands.conform import conform_record
 from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import BandStats, normalize
 from geomed_ssl.data.tiling import centre_start, grid_starts, inside_starts, patch_floor

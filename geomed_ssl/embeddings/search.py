@@ -291,7 +291,7 @@ def contact_sheet(emb: Embedder, record: FileRecord, region: list[int], hits: li
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
-    from geomed_ssl.data.bands import false_colour_bands
+    from geomed_ssl.bands.names import false_colour_bands
     from geomed_ssl.viz.previews import middle_slice, stretch, to_rgb
 
     cfg = emb.encoder.config

@@ -105,7 +105,7 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
     on ``device`` (auto: CUDA when available). ``strict``: problem files and band names assigned by position are
     errors (else skipped / warned about)."""
     from geomed_ssl.data.catalog import scan
-    from geomed_ssl.data.conform import conform_record
+    from geomed_ssl.bands.conform import conform_record
     from geomed_ssl.data.labelled import scan_class_folders
     from geomed_ssl.finetune.labels import labelled_pixels, read_label_pairs
     from geomed_ssl.errors import DataError, GeomedError

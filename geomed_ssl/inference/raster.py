@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from geomed_ssl.config import DataConfig
-from geomed_ssl.data.bands import BandInfo, band_order, resolve_band_info
-from geomed_ssl.data.conform import note_band_order, report_positional_names
+from geomed_ssl.bands.names import BandInfo, band_order, resolve_band_info
+from geomed_ssl.bands.conform import note_band_order, report_positional_names
 from geomed_ssl.data.gdal_read import read_masked
 from geomed_ssl.data.stats import BandStats, normalize, valid_mask, warn_far_from_stats
 from geomed_ssl.data.tiling import DEFAULT_OVERLAP, blend_weights, window_starts

@@ -27,10 +27,10 @@ UNIT_EMBEDDINGS = ("grouped", "spectral")  # embeddings with several tokens (ban
 def check_encoder_bands(cfg: EncoderConfig, band_names: list[str], where: str = "the data") -> None:
     """For embeddings tied to their training bands (plain, grouped): a DataError unless ``band_names`` are the
     encoder's, in order. Missing bands are named; the same bands in another order (or with extra ones) must be
-    brought to the encoder's order first (``geomed_ssl.data.conform.conform_catalog``: every command does)."""
+    brought to the encoder's order first (``geomed_ssl.bands.conform.conform_catalog``: every command does)."""
     if cfg.embedding in BAND_FLEXIBLE:
         return
-    from geomed_ssl.data.bands import band_order
+    from geomed_ssl.bands.names import band_order
 
     try:
         order = band_order(cfg.band_names, list(band_names), where)
@@ -40,7 +40,7 @@ def check_encoder_bands(cfg: EncoderConfig, band_names: list[str], where: str = 
     if order is not None:
         raise DataError(f"{where}: the bands {' '.join(band_names)} are not in the encoder's order "
                         f"({' '.join(cfg.band_names)}); pick and order them by name first "
-                        "(geomed_ssl.data.conform.conform_catalog, as every command does).")
+                        "(geomed_ssl.bands.conform.conform_catalog, as every command does).")
 
 
 MAX_SIDE = 65536  # window side in pixels / voxels (tokens per window are bounded by MAX_TOKENS too)

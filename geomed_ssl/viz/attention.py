@@ -63,7 +63,7 @@ def _display_image(
     image_np: np.ndarray, band_names: Sequence[str], wavelengths: Sequence[float | None] | None
 ) -> np.ndarray:
     """(C, H, W) -> false-colour (H, W, 3); (C, D, H, W) -> middle depth slice of the same."""
-    from geomed_ssl.data.bands import false_colour_bands
+    from geomed_ssl.bands.names import false_colour_bands
 
     img = np.asarray(image_np, dtype=np.float32)
     if img.ndim == 4:

@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from geomed_ssl.data.bands import false_colour_bands  # noqa: E402
+from geomed_ssl.bands.names import false_colour_bands  # noqa: E402
 from geomed_ssl.models.tokens import token_grid  # noqa: E402
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.catalog import scan
-from geomed_ssl.data.conform import conform_catalog, conform_record
+from geomed_ssl.bands.conform import conform_catalog, conform_record
 from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import compute_stats
 from geomed_ssl.errors import DataError

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from geomed_ssl.config import MethodConfig
-from geomed_ssl.data.bands import lookup_wavelengths
+from geomed_ssl.bands.names import lookup_wavelengths
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.methods.mae import MAE
 from geomed_ssl.methods.masking import patchify, unit_patchify, unit_unpatchify

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from geomed_ssl.checkpoint import load_encoder, save_encoder
 from geomed_ssl.config import DataConfig, MethodConfig, ModelConfig
-from geomed_ssl.data.bands import aviris_92av3c_bands, lookup_wavelengths
+from geomed_ssl.bands.names import aviris_92av3c_bands, lookup_wavelengths
 from geomed_ssl.errors import ConfigError, DataError
 from geomed_ssl.methods.mae import MAE
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 from typing import Any
 
-from geomed_ssl.data.bands import band_order, describe_order, positional_names_message
+from geomed_ssl.bands.names import band_order, describe_order, positional_names_message
 from geomed_ssl.errors import DataError
 
 log = logging.getLogger("geomed_ssl")

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from geomed_ssl.config import DataConfig
-from geomed_ssl.data import bands
-from geomed_ssl.data.bands import band_order, false_colour_bands, indian_pines_bands, resolve_bands, sensor_profile
+from geomed_ssl.bands import names as bands
+from geomed_ssl.bands.names import band_order, false_colour_bands, indian_pines_bands, resolve_bands, sensor_profile
 from geomed_ssl.errors import ConfigError, DataError
 
 EUROSAT_ORDER = "B01 B02 B03 B04 B05 B06 B07 B08 B09 B10 B11 B12 B8A".split()

@@ -66,18 +66,27 @@ def inspect(
 ) -> None:
     """Show what the toolkit sees in a folder (files, bands, wavelengths, grids) and what is wrong with it."""
     from geomed_ssl.config import load_recipe
-    from geomed_ssl.data.catalog import scan
-    from geomed_ssl.methods import resolve_method_settings
+    from geomed_ssl.data.catalog import LABEL_GLOBS, label_like, scan
 
     sets = list(overrides or [])
     if kind is None and recipe is None:
         kind = guess_kind(data_dir)
     if kind:
         sets.append(f"data.kind={kind}")
-    cfg = load_recipe(recipe, sets)
-    resolve_method_settings(cfg, str(recipe or "defaults"))  # the same recipe errors as pretrain, before scanning
+    # without a recipe, label maps beside the images are left out as every shipped recipe leaves them out
+    labels_apart = recipe is None and not any(s.split("=", 1)[0].strip() == "data.exclude" for s in sets)
+    cfg = load_recipe(recipe, sets + ([f"data.exclude={LABEL_GLOBS}"] if labels_apart else []))
+    if recipe is not None:
+        from geomed_ssl.methods import resolve_method_settings  # imports torch: only for a recipe's method section
+
+        resolve_method_settings(cfg, str(recipe))  # the same recipe errors as pretrain, before scanning
     catalog = scan(data_dir, cfg.data, strict=strict, names_by_position="error" if strict else "warn")
     typer.echo(catalog.summary())
+    found = label_like(data_dir, cfg.data.kind) if labels_apart else []
+    if found:
+        typer.echo(f"  named like labels, not counted as images ({len(found)}): {', '.join(found[:4])}"
+                   f"{', ...' if len(found) > 4 else ''} (data.exclude {LABEL_GLOBS}, as the recipes have it; "
+                   "give them to finetune / compare with --labels)")
     from geomed_ssl.data.survey import warn_survey
 
     warn_survey(catalog)
@@ -363,7 +372,9 @@ def methods(
     from geomed_ssl.methods.registry import method_class
 
     for name in names or []:
-        method_class(name, "geomed-ssl methods")
+        method_class(name, "geomed-ssl methods", what="method")
+    if markdown and names:
+        raise GeomedError("--markdown prints the whole of docs/methods.md; give method names without it.")
     typer.echo(methods_markdown() if markdown else methods_text(names), nl=False)
 
 

@@ -102,7 +102,9 @@ WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQU
 
 def write_failure(err: OSError) -> str:
     """One line for a file-system refusal (permission, read-only, full disk) naming the path and the way out."""
-    where = f" '{err.filename}'" if err.filename else ""
+    from geomed_ssl.outfiles import final_name
+
+    where = f" '{final_name(err.filename)}'" if err.filename else ""  # the file the user asked for, not its draft
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"no space left to write{where} ({err.strerror}); free some space or choose another --out."
     return (f"cannot write{where}: {err.strerror}; choose a folder you can write to (--out), or change its "

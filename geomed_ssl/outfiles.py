@@ -96,6 +96,13 @@ def is_temp_name(name: str) -> bool:
     return _OURS.match(name) is not None
 
 
+def final_name(path: PathLike) -> Path:
+    """The path a temporary name stands for (``.partial-<pid>.<host>-x.tif`` -> ``x.tif``); other paths as given."""
+    path = Path(path)
+    found = _OURS.match(path.name)
+    return path.with_name(found.group(4)) if found else path
+
+
 def fsync_dir(folder: PathLike) -> None:
     """Make a rename in ``folder`` durable (best effort: some filesystems cannot open or sync a folder)."""
     try:

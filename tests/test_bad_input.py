@@ -901,7 +901,8 @@ def test_bad_input_is_one_clear_line_exit_2_and_touches_nothing(case: Case, tmp_
 
 
 @pytest.mark.parametrize("err", [PermissionError(13, "Permission denied", "/data/runs/x"),
-                                 OSError(30, "Read-only file system", "/mnt/ro/x")])
+                                 OSError(30, "Read-only file system", "/mnt/ro/x"),
+                                 OSError(30, "Read-only file system", "/mnt/ro/.partial-77.0a1b2c3d-x")])
 def test_a_folder_the_user_cannot_write_is_one_line_not_a_traceback(monkeypatch, tmp_path: Path,
                                                                     err: OSError) -> None:
     """As root (these tests) chmod does not stop a write, so the refusal is played by the folder set-up."""
@@ -915,10 +916,31 @@ def test_a_folder_the_user_cannot_write_is_one_line_not_a_traceback(monkeypatch,
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and f"cannot write '{err.filename}'" in errors[0] and err.strerror in errors[0]
+    named = err.filename.replace(".partial-77.0a1b2c3d-", "")  # the file asked for, not its temporary name
+    assert len(errors) == 1 and f"cannot write '{named}'" in errors[0] and err.strerror in errors[0]
 
 
 def test_inspect_takes_one_file_too(tmp_path: Path) -> None:
     result = runner.invoke(app, ["inspect", str(rasters(tmp_path) / "scene_0.tif")])
     assert result.exit_code == 0, result.output
     assert "1 usable raster file" in result.output and "does not exist" not in result.output
+
+
+def test_damaged_files_of_our_own_folders_are_one_line_naming_them(tmp_path: Path) -> None:
+    """An embedding table, a results.csv or a compare.json overwritten by garbage (a full disk, a bad copy)."""
+    from geomed_ssl.compare.results import read_rows
+    from geomed_ssl.compare.run import _check_resumed
+    from geomed_ssl.config import load_recipe
+    from geomed_ssl.embeddings.store import read_columns
+    from geomed_ssl.errors import GeomedError
+
+    garbage = bytes(range(256)) * 4
+    (tmp_path / "embeddings.parquet").write_bytes(garbage)
+    with pytest.raises(GeomedError, match=r"embeddings.parquet' cannot be read .*re-run the embedding"):
+        read_columns(tmp_path, ["file"])
+    (tmp_path / "results.csv").write_bytes(garbage)
+    with pytest.raises(GeomedError, match=r"results.csv' is damaged .*--overwrite"):
+        read_rows(tmp_path / "results.csv")
+    (tmp_path / "compare.json").write_text("{x")
+    with pytest.raises(GeomedError, match=r"compare.json' is damaged"):
+        _check_resumed(tmp_path, load_recipe(None), "{}")

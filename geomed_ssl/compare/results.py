@@ -37,12 +37,16 @@ def read_rows(path: Path) -> list[Row]:
     """The rows of an existing results.csv (none when absent); another header is a DataError."""
     if not path.is_file():
         return []
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        if tuple(reader.fieldnames or ()) != COLUMNS:
-            raise DataError(f"'{path}' has columns {reader.fieldnames}, not those of `geomed-ssl compare` "
-                            f"({','.join(COLUMNS)}); choose another --out.")
-        return [dict(r) for r in reader if all(r.get(k) is not None for k in COLUMNS)]
+    try:
+        with path.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            if tuple(reader.fieldnames or ()) != COLUMNS:
+                raise DataError(f"'{path}' has columns {reader.fieldnames}, not those of `geomed-ssl compare` "
+                                f"({','.join(COLUMNS)}); choose another --out.")
+            return [dict(r) for r in reader if all(r.get(k) is not None for k in COLUMNS)]
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"'{path}' is damaged ({err}); pass --overwrite to start the compare again, or choose "
+                        "another --out.") from None
 
 
 def write_rows(path: Path, rows: Iterable[Row]) -> None:

@@ -123,8 +123,13 @@ def _first_difference(before: dict[str, Any], now: dict[str, Any]) -> str | None
 
 def _check_resumed(out: Path, recipe: Recipe, record: str) -> None:
     """A compare continued in ``out`` must use the recipe and data its rows were made with."""
-    earlier = (out / "compare.json").read_text() if (out / "compare.json").is_file() else None
+    earlier = (out / "compare.json").read_text(errors="replace") if (out / "compare.json").is_file() else None
     if earlier is not None and earlier != record:
+        try:
+            json.loads(earlier)
+        except ValueError:
+            raise ConfigError(f"'{out / 'compare.json'}' is damaged; pass --overwrite to start the compare again, or "
+                              "choose another --out.") from None
         with contextlib.suppress(ValueError):
             before, now = json.loads(earlier), json.loads(record)
             if "none" not in before:

@@ -154,4 +154,5 @@ def validate(recipe: Recipe, source: str = "recipe") -> None:
         raise ConfigError(f"{source}: finetune.head for task '{f.task}' must be one of {', '.join(valid_heads)}; "
                           f"got '{f.head}'.")
     if lab.per_class is not None and lab.fraction is not None:
-        raise ConfigError(f"{source}: set labels.per_class or labels.fraction, not both.")
+        raise ConfigError(f"{source}: set labels.per_class (--labels-per-class) or labels.fraction "
+                          "(--label-fraction), not both.")

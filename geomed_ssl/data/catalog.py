@@ -243,6 +243,18 @@ def select(rel_paths: Sequence[str], include: Sequence[str], exclude: Sequence[s
     return keep
 
 
+# what the shipped recipes' data.exclude leaves out: label maps and masks kept beside the images
+LABEL_GLOBS = ["*mask*", "*label*", "*lulc*", "*_gt*", "*seg*", "*OTMultiClass*"]
+
+
+def label_like(root: str | Path, kind: str) -> list[str]:
+    """The ``kind`` files under ``root`` (relative paths) whose names :data:`LABEL_GLOBS` match."""
+    root = Path(root)
+    base = root if root.is_dir() else root.parent
+    return [os.path.relpath(p, base) for p in _list_files(root) if _has_ext(p.name, kind)
+            and any(glob_match(os.path.relpath(p, base), g) for g in LABEL_GLOBS)]
+
+
 def _has_ext(name: str, kind: str) -> bool:
     return name.lower().endswith(EXTENSIONS[kind])
 

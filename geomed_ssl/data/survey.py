@@ -84,11 +84,23 @@ def grid_counts(records: Sequence[Any]) -> tuple[Counter, Counter]:
 
 
 def grid_lines(records: Sequence[Any]) -> list[str]:
-    """``inspect`` summary lines: the rasters' CRSs and pixel sizes (nothing for volumes)."""
+    """``inspect`` summary lines: the rasters' CRSs and pixel sizes; the volumes' voxel spacings (mm, within 3 %)
+    and orientations (axis codes)."""
     crss, sizes = grid_counts(records)
-    if not crss:
-        return []
-    return [f"  CRS: {_counted(crss)}", f"  pixel size: {_counted(sizes)}"]
+    lines = [f"  CRS: {_counted(crss)}", f"  pixel size: {_counted(sizes)}"] if crss else []
+    volumes = [r for r in records if r.kind == "volume"]
+    spaced = [r for r in volumes if r.spacing]
+    if spaced:
+        groups = Counter()
+        for r in spaced:
+            home = next((k for k in groups if len(k) == len(r.spacing) and all(
+                abs(a - b) <= 0.03 * max(b, 1e-6) for a, b in zip(r.spacing, k))), tuple(r.spacing))
+            groups[home] += 1
+        lines.append("  voxel spacing: " + _counted(Counter({" x ".join(f"{v:.3g}" for v in k) + " mm": n
+                                                            for k, n in groups.items()})))
+    if volumes:
+        lines.append("  orientation: " + _counted(Counter(r.orientation or "unknown" for r in volumes)))
+    return lines
 
 
 def value_outliers(records: Sequence[Any], band_names: Sequence[str]) -> list[tuple[str, list[int], str]]:

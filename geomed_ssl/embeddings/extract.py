@@ -90,6 +90,10 @@ def data_config(meta: dict[str, Any], spatial_dims: int, patch_size: Sequence[in
     raw = {k: v for k, v in ((meta.get("recipe") or {}).get("data") or meta.get("data") or {}).items() if k in names}
     raw.update(kind="raster" if spatial_dims == 2 else "volume", include=["**/*"], patch_size=list(patch_size),
                **dict.fromkeys(CROP_KEYS))  # a pretraining method's crops: not read here
+    other = [o for o in overrides or [] if not o.split("=", 1)[0].strip().startswith("data.")]
+    if other:
+        raise ConfigError(f"embed --set takes data.* keys (how files are read; the encoder is as it was saved), "
+                          f"got {other[0]!r}.")
     recipe = recipe_with_overrides({"data": raw, "model": {"patch_size": list(patch_size)}}, overrides,
                                    "embedding data settings")
     cfg = recipe.data

@@ -410,7 +410,11 @@ def read_columns(emb_dir: str | Path, columns: Iterable[str]) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(Path(emb_dir) / TABLE, columns=list(columns))
+    try:
+        table = pq.read_table(Path(emb_dir) / TABLE, columns=list(columns))
+    except (pa.ArrowException, OSError) as err:
+        raise GeomedError(f"'{Path(emb_dir) / TABLE}' cannot be read ({str(err).splitlines()[0]}); re-run the "
+                          "embedding with --overwrite.") from None
     out: dict[str, Any] = {}
     for name in table.column_names:
         col = table.column(name).combine_chunks()

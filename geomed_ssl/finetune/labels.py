@@ -262,7 +262,7 @@ def match_labels(image_records: Sequence[FileRecord], label_dir: str | Path | No
     elif Path(label_dir).is_dir():
         found = _by_name(records, Path(label_dir), kind)
     else:
-        raise DataError(f"label folder '{label_dir}' does not exist.")
+        raise DataError(f"labels '{label_dir}' do not exist (give a label folder, a label file or a CSV).")
     missing = [r.path for r in records if found[r.path] is None]
     where = f"'{label_name}' beside each image" if label_name else f"'{csv or label_dir}'"
     if missing and not allow_unlabelled:

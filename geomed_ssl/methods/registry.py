@@ -38,11 +38,12 @@ def register_method(cls: type[SSLMethod]) -> type[SSLMethod]:
     return cls
 
 
-def method_class(name: str, source: str = "recipe") -> type[SSLMethod]:
-    """The registered method called ``name``, or a ConfigError listing the available ones."""
+def method_class(name: str, source: str = "recipe", what: str = "method.name") -> type[SSLMethod]:
+    """The registered method called ``name``, or a ConfigError listing the available ones (``what``: how the
+    message names the value)."""
     cls = METHODS.get(name)
     if cls is None:
-        raise ConfigError(f"{source}: method.name '{name}' is unknown; available: {', '.join(sorted(METHODS))}.")
+        raise ConfigError(f"{source}: {what} '{name}' is unknown; available: {', '.join(sorted(METHODS))}.")
     return cls
 
 

@@ -449,3 +449,13 @@ def test_a_volumes_size_against_the_token_is_judged_on_the_resampled_grid() -> N
     kept = without_small_files(catalog, (8, 8, 8), strict=False, spacing=[1.0, 1.0, 1.0])
     assert [r.path for r in kept.records] == ["thin.nii.gz"]
     assert "is 5x5x5, smaller than one 8x8x8 token" in kept.problems[0].reason
+
+
+def test_embed_set_takes_only_data_keys() -> None:
+    """The encoder is as it was saved: a model.* or train.* value would be accepted and ignored."""
+    from geomed_ssl.embeddings.extract import data_config
+    from geomed_ssl.errors import ConfigError
+
+    assert data_config({}, 2, (8, 8), ["data.nodata=0"]).nodata == 0
+    with pytest.raises(ConfigError, match=r"embed --set takes data\.\* keys .* got 'model.depth=7'"):
+        data_config({}, 2, (8, 8), ["model.depth=7"])

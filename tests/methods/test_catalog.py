@@ -33,6 +33,8 @@ def test_methods_command_lists_every_method_with_its_views_and_settings() -> Non
 def test_methods_markdown_option_prints_the_docs_table() -> None:
     result = runner.invoke(app, ["methods", "--markdown"])
     assert result.exit_code == 0 and result.output == methods_markdown()
+    named = runner.invoke(app, ["methods", "--markdown", "mae"])  # the names would be ignored: refused
+    assert named.exit_code == 2 and "give method names without it" in named.output
 
 
 def test_unknown_method_name_is_one_line_naming_the_available_ones() -> None:
@@ -40,7 +42,7 @@ def test_unknown_method_name_is_one_line_naming_the_available_ones() -> None:
     from geomed_ssl.methods.registry import METHODS
 
     available = ", ".join(sorted(METHODS))  # with any test module's own method (toy) registered before
-    assert result.exit_code == 2 and f"method.name 'simclrr' is unknown; available: {available}." in result.output
+    assert result.exit_code == 2 and f"method 'simclrr' is unknown; available: {available}." in result.output
 
 
 def test_every_recipe_a_method_names_ships() -> None:

@@ -224,6 +224,28 @@ def test_inspect_lists_files_bands_and_problems(raster_dir: Path) -> None:
     assert strict.exit_code == 2 and "broken.tif" in strict.output
 
 
+def test_inspect_without_a_recipe_sets_label_maps_apart_and_describes_volume_grids(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from tests.conftest import structured_raster, write_geotiff
+
+    (tmp_path / "r").mkdir()
+    write_geotiff(tmp_path / "r" / "scene.tif", structured_raster(np.random.default_rng(0), 4, 32))
+    write_geotiff(tmp_path / "r" / "lulc_mask.tif", np.ones((1, 32, 32), np.uint8))
+    result = cli("inspect", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    assert "1 usable raster file" in result.output and "problem" not in result.output
+    assert "named like labels, not counted as images (1): lulc_mask.tif" in result.output
+    (tmp_path / "v").mkdir()
+    for name, zooms in (("a.nii.gz", (1.0, 1.0, 1.0)), ("b.nii.gz", (3.0, 3.0, 3.0))):
+        nib.save(nib.Nifti1Image(np.random.rand(40, 40, 40).astype(np.float32), np.diag([*zooms, 1.0])),
+                 str(tmp_path / "v" / name))
+    volumes = cli("inspect", str(tmp_path / "v"), "--set", "data.patch_size=32")
+    assert volumes.exit_code == 0, volumes.output
+    assert "voxel spacing: 1 x 1 x 1 mm (1 file), 3 x 3 x 3 mm (1 file)" in volumes.output
+    assert "orientation: RAS (2 files)" in volumes.output
+
+
 def _undescribed_sentinel2(folder: Path, n: int = 2) -> Path:
     from tests.conftest import structured_raster, write_geotiff
 

@@ -17,6 +17,7 @@ data bands meet a model's: by name, reordered, extras dropped, missing ones refu
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -180,6 +181,20 @@ def resolve_band_info(
     return BandInfo(names, _band_wavelengths(names, tags, data_cfg, path), bandwidths, source)
 
 
+_DESCRIBED_NOTED: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
+
+
+def _note_described(path: str, described: tuple[str, ...], given: tuple[str, ...]) -> None:
+    """Warn, once per pair of name lists (not once per file), that a file's descriptions overrule band_names."""
+    if (described, given) in _DESCRIBED_NOTED:
+        return
+    _DESCRIBED_NOTED.add((described, given))
+    logging.getLogger("geomed_ssl").warning(
+        f"warning: '{path}' (and files like it) name their own bands ({', '.join(described[:6])}"
+        f"{', ...' if len(described) > 6 else ''}); data.band_names ({', '.join(given[:6])}"
+        f"{', ...' if len(given) > 6 else ''}) is not used for them: a file's own band descriptions win.")
+
+
 def _band_names(num_bands: int, descriptions: Sequence[str | None] | None, data_cfg: Any, path: str,
                 fallback_names: Sequence[str] | None) -> tuple[list[str], str]:
     """The band names of one file and their source, in :func:`resolve_band_info`'s order of preference; they must
@@ -189,6 +204,8 @@ def _band_names(num_bands: int, descriptions: Sequence[str | None] | None, data_
     cfg_names = getattr(data_cfg, "band_names", None)
     if len(descriptions) == num_bands and all(d is not None and str(d).strip() for d in descriptions):
         names, source = [str(d).strip() for d in descriptions], "file"
+        if cfg_names is not None and [str(n) for n in cfg_names] != names:
+            _note_described(path, tuple(names), tuple(str(n) for n in cfg_names))
     elif cfg_names is not None:
         if len(cfg_names) != num_bands:
             raise DataError(

@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -78,8 +79,17 @@ def fit_predict(vectors: np.ndarray, method: str, k: int = 8, seed: int = 0, min
     x_fit, project = fit_projection(vectors, fit_rows, normalize, dims, seed)
     reduced = bool(dims) and dims < vectors.shape[1]
     info: dict[str, Any] = {"fit_rows": int(len(fit_rows)), "pca_dims": int(x_fit.shape[1]) if reduced else None}
+    distinct = len(np.unique(np.round(x_fit, 6), axis=0))
+    if distinct < 2:
+        log.warning(f"warning: all {len(x_fit)} vectors are the same (an encoder that maps every input alike, or "
+                    "one input embedded many times): the clusters mean nothing.")
     if method == "kmeans":
-        fitted, assign = fit_kmeans(x_fit, k, seed, info)
+        with warnings.catch_warnings():
+            if distinct < k:  # scikit-learn's ConvergenceWarning with its file path: said below in one line
+                warnings.simplefilter("ignore", category=UserWarning)
+            fitted, assign = fit_kmeans(x_fit, k, seed, info)
+        if 2 <= distinct < k:
+            log.warning(f"warning: only {distinct} distinct vectors for --k {k}: some clusters stay empty.")
     else:
         fitted, assign = fit_hdbscan(x_fit, min_cluster_size, len(fit_rows) < n, info)
         if len(fit_rows) == n:
@@ -381,6 +391,9 @@ def cluster_embeddings(emb_dir: str | Path, out_dir: str | Path, method: str = "
     ids, counts = np.unique(clusters, return_counts=True)
     summary.update(clusters=int((ids >= 0).sum()), noise_fraction=float((clusters < 0).mean()),
                    sizes={str(int(i)): int(c) for i, c in zip(ids, counts)})
+    if method == "hdbscan" and summary["clusters"] == 0:
+        log.warning(f"warning: HDBSCAN found no cluster among {n} rows (all noise); lower --min-cluster-size (it was "
+                    f"{info.get('min_cluster_size')}) or use --method kmeans.")
     summary["silhouette"] = silhouette(x, clusters[sample], seed)
     if truth_rows is not None:
         summary.update(agreement(clusters, truth_rows))

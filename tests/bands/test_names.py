@@ -45,10 +45,13 @@ def test_unknown_sensor_is_a_config_error_listing_known_ones():
         sensor_profile("modis")
 
 
-def test_descriptions_win_over_config_band_names():
+def test_descriptions_win_over_config_band_names_and_a_warning_says_so(caplog):
     cfg = DataConfig(band_names=["x", "y"])
-    names, _ = resolve_bands(2, ["B04", "B08"], {}, cfg, "f.tif")
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        names, _ = resolve_bands(2, ["B04", "B08"], {}, cfg, "f.tif")
+        resolve_bands(2, ["B04", "B08"], {}, cfg, "g.tif")
     assert names == ["B04", "B08"]
+    assert caplog.text.count("data.band_names (x, y) is not used for them") == 1  # once, not per file
 
 
 def test_partial_descriptions_fall_back_to_config_names():

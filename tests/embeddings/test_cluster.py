@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -252,3 +253,13 @@ def test_a_label_map_on_a_volumes_own_grid_labels_embeddings_made_at_another_spa
     nib.save(nib.Nifti1Image(lab, src.affine), str(tmp_path / "seg.nii.gz"))
     s = cluster_embeddings(emb, tmp_path / "cl", "kmeans", k=2, labels=tmp_path / "seg.nii.gz").summary
     assert s["labelled_rows"] == len(read_columns(emb, ["file"])["file"]) and s["classes"] == 2
+
+
+def test_identical_vectors_are_one_warning_not_a_library_traceback_of_warnings(caplog) -> None:
+    from geomed_ssl.embeddings.cluster import fit_predict
+
+    vectors = np.ones((12, 8), np.float32)
+    with caplog.at_level("WARNING", logger="geomed_ssl"), warnings.catch_warnings():
+        warnings.simplefilter("error")  # a scikit-learn warning would fail here
+        labels, _ = fit_predict(vectors, "kmeans", k=3, seed=0)
+    assert "all 12 vectors are the same" in caplog.text and labels.shape == (12,)

@@ -371,7 +371,7 @@ METHOD_CASES: list[Case] = [
     Case("augment-range-reversed", pretrain_with("augment.gamma=[1.5, 0.7]"),
          "augment.gamma must be [min, max] with min <= max, got [1.5, 0.7]"),
     Case("methods-unknown-name", command("methods", "simclrr"),
-         "method.name 'simclrr' is unknown; available: barlow_twins, beit, byol"),
+         "method 'simclrr' is unknown; available: barlow_twins, beit, byol"),
     Case("prototypes-above-the-data", pretrain_with("method.name=swav", "method.n_prototypes=100", "data.sensor=null",
                                                     "data.patch_size=16"),
          "method.n_prototypes 100 is more than the data's 8 distinct windows"),

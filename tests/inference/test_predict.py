@@ -569,7 +569,7 @@ def test_predict_says_which_extra_bands_it_drops_once_for_alike_scenes(tmp_path,
     from typer.testing import CliRunner
 
     from geomed_ssl.cli import app
-    from geomed_ssl.data import conform
+    from geomed_ssl.bands import conform
     from tests.test_bad_input import predicting_model
 
     monkeypatch.setattr(conform, "_noted", set())

@@ -196,6 +196,10 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
     check_out_dir(out_dir, **rule)  # the folder is made once everything is valid
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype must be float32 or float16, got '{dtype}'.")
+    if level not in LEVELS:  # before the folder is scanned
+        raise ConfigError(f"--level must be one of {', '.join(LEVELS)}, got '{level}'.")
+    if pool != "auto" and pool not in POOLS:
+        raise ConfigError(f"--pool must be one of auto, {', '.join(POOLS)}, got '{pool}'.")
     cfg, meta = read_encoder_config(encoder)
     if pool == "auto":
         pool = auto_pool(meta)
@@ -203,6 +207,8 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
                  meta.get("method") or f"a {meta.get('task', 'pretraining')} fine-tune")
     win = parse_size(window, cfg.spatial_dims, "--window") or tuple(cfg.img_size)
     strd = parse_size(stride, cfg.spatial_dims, "--stride") or win
+    if max(win) > 4096:
+        raise ConfigError(f"--window {window}: at most 4096 pixels / voxels a side (embed reads windows whole).")
     data_cfg = data_config(meta, cfg.spatial_dims, cfg.patch_size if level == "image" else win, overrides, include,
                            exclude)
     if data_cfg.exclude:

@@ -459,3 +459,13 @@ def test_embed_set_takes_only_data_keys() -> None:
     assert data_config({}, 2, (8, 8), ["data.nodata=0"]).nodata == 0
     with pytest.raises(ConfigError, match=r"embed --set takes data\.\* keys .* got 'model.depth=7'"):
         data_config({}, 2, (8, 8), ["model.depth=7"])
+
+
+def test_embed_options_are_checked_before_the_folder_is_read(encoder: Path, tmp_path: Path) -> None:
+    from geomed_ssl.errors import ConfigError
+
+    missing = tmp_path / "not-scanned"  # a scan would fail first on this folder, with another message
+    for kwargs, message in (({"level": "tile"}, "--level must be one of"), ({"pool": "max"}, "--pool must be one of"),
+                            ({"level": "window", "window": "5000"}, "--window 5000: at most 4096")):
+        with pytest.raises(ConfigError, match=message):
+            embed_folder(encoder, missing, tmp_path / "emb", progress=False, **kwargs)

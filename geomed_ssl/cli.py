@@ -5,6 +5,7 @@ Shared options and error handling: :mod:`geomed_ssl.cli_options`; the ``finetune
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -66,7 +67,7 @@ def inspect(
 ) -> None:
     """Show what the toolkit sees in a folder (files, bands, wavelengths, grids) and what is wrong with it."""
     from geomed_ssl.config import load_recipe
-    from geomed_ssl.data.catalog import LABEL_GLOBS, label_like, scan
+    from geomed_ssl.data.catalog import LABEL_GLOBS, label_like, problems_reported, scan
 
     sets = list(overrides or [])
     if kind is None and recipe is None:
@@ -74,13 +75,15 @@ def inspect(
     if kind:
         sets.append(f"data.kind={kind}")
     # without a recipe, label maps beside the images are left out as every shipped recipe leaves them out
-    labels_apart = recipe is None and not any(s.split("=", 1)[0].strip() == "data.exclude" for s in sets)
+    labels_apart = recipe is None and data_dir.is_dir() and not any(s.split("=", 1)[0].strip() == "data.exclude"
+                                                                    for s in sets)
     cfg = load_recipe(recipe, sets + ([f"data.exclude={LABEL_GLOBS}"] if labels_apart else []))
     if recipe is not None:
         from geomed_ssl.methods import resolve_method_settings  # imports torch: only for a recipe's method section
 
         resolve_method_settings(cfg, str(recipe))  # the same recipe errors as pretrain, before scanning
-    catalog = scan(data_dir, cfg.data, strict=strict, names_by_position="error" if strict else "warn")
+    with problems_reported() if labels_apart else contextlib.nullcontext():  # the label-like files: listed below
+        catalog = scan(data_dir, cfg.data, strict=strict, names_by_position="error" if strict else "warn")
     typer.echo(catalog.summary())
     found = label_like(data_dir, cfg.data.kind) if labels_apart else []
     if found:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from geomed_ssl.config import recipe_from_dict
+from geomed_ssl.errors import RunStopped
 from geomed_ssl.outdirs import prepare_out_dir, record_entries
 from geomed_ssl.outfiles import atomic_path
 from geomed_ssl.sample import CLASS_NAMES, LABELS, SAMPLE_DIR
@@ -19,8 +20,9 @@ class DemoStopped(Exception):
     """Pretraining was stopped by a signal (Ctrl-C, SIGTERM): the demo compares nothing with a half-trained encoder.
     ``signal`` and ``step`` say which and where; the run's checkpoint is saved."""
 
-    def __init__(self, signal: str, step: int) -> None:
-        super().__init__(f"stopped during pretraining at step {step} ({signal}); nothing was compared")
+    def __init__(self, signal: str, step: int, during: str = "") -> None:
+        super().__init__(f"stopped during {during} ({signal}); the demo starts again from the beginning next time"
+                         if during else f"stopped during pretraining at step {step} ({signal}); nothing was compared")
         self.signal, self.step = signal, step
 
 # The configuration issue 12's measurements selected for hyperspectral scenes (recipes/mae_hyperspectral.yaml, kept
@@ -85,7 +87,10 @@ def run_demo(out: Path = Path("geomed-ssl-demo"), steps: int = DEMO_RECIPE["trai
     encoder = str(result.run_dir)
     options = CompareOptions([encoder, "none"], [Budget(per_class=k) for k in budgets], list(seeds), "random",
                              ["linear", "knn", "propagate"], ["rf"])
-    cmp = run_compare(options, out=out / "compare", images=SAMPLE_DIR, labels=LABELS, progress=False)
+    try:  # a stop in a fine-tune: the demo's own words (it has no resume, its folder is replaced on each run)
+        cmp = run_compare(options, out=out / "compare", images=SAMPLE_DIR, labels=LABELS, progress=False)
+    except RunStopped as stop:
+        raise DemoStopped(stop.signal, result.steps, "the comparison") from None
     probe_dir = out / "probe"  # the frozen propagate probe on the largest budget, saved as a model predict runs
     probe = dataclasses.replace(recipe, finetune=dataclasses.replace(recipe.finetune, head="probe"),
                                 labels=dataclasses.replace(recipe.labels, per_class=budgets[-1], seed=seeds[0]))

@@ -204,7 +204,10 @@ def _band_names(num_bands: int, descriptions: Sequence[str | None] | None, data_
     cfg_names = getattr(data_cfg, "band_names", None)
     if len(descriptions) == num_bands and all(d is not None and str(d).strip() for d in descriptions):
         names, source = [str(d).strip() for d in descriptions], "file"
-        if cfg_names is not None and [str(n) for n in cfg_names] != names:
+        # band_names naming as many bands, but others: meant for these files and not used (a model's own names in
+        # another order, or a subset, are the band rule at work, nothing to say)
+        if cfg_names is not None and len(cfg_names) == num_bands and \
+                sorted(map(_canon, cfg_names)) != sorted(map(_canon, names)):
             _note_described(path, tuple(names), tuple(str(n) for n in cfg_names))
     elif cfg_names is not None:
         if len(cfg_names) != num_bands:

@@ -310,10 +310,10 @@ def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str,
             try:
                 result = finetune_scores(src, task, split, recipe, inputs, strict, keep_as)
             except RunStopped as stop:
+                kept = (f"the finished rows are in {results.path}" if results.rows else "no run had finished")
                 raise RunStopped(stop.signal, f"compare stopped by {stop.signal} in run {n}/{len(todo)} (the fine-tune "
-                                              f"of {job.source}, {split.budget.slug}, seed {split.seed}); the finished "
-                                              f"rows are in {results.path}: run the same command again to go "
-                                              "on from there.") from None
+                                              f"of {job.source}, {split.budget.slug}, seed {split.seed}); {kept}: run "
+                                              "the same command again to go on from there.") from None
         else:
             key = (job.source, split.seed if job.source == NONE else None)
             if key not in feats:

@@ -115,6 +115,11 @@ class Problem:
 _PROBLEMS_REPORTED: contextvars.ContextVar[bool] = contextvars.ContextVar("problems_reported", default=False)
 
 
+def reported_already() -> bool:
+    """Inside :func:`problems_reported`: the data's problems were said by the command already."""
+    return _PROBLEMS_REPORTED.get()
+
+
 @contextlib.contextmanager
 def problems_reported() -> Iterator[None]:
     """Inside: the data's problem files were named already (compare's fine-tunes read the data compare read)."""
@@ -225,21 +230,27 @@ def glob_match(rel_path: str, pattern: str) -> bool:
 
 
 def select(rel_paths: Sequence[str], include: Sequence[str], exclude: Sequence[str], root: str | Path) -> list[bool]:
-    """Which of ``rel_paths`` (relative to ``root``) ``include`` / ``exclude`` keep. A folder left out only because
-    its name matches an exclude pattern (``Unlabelled/`` under ``*label*``) is a warning naming it: such a folder
-    is more often data than labels."""
-    keep, by_folder = [], {}
+    """Which of ``rel_paths`` (relative to ``root``) ``include`` / ``exclude`` keep. Files that include keeps and
+    a name pattern (no '/') leaves out only because a folder of theirs matches it (``Unlabelled/`` under
+    ``*label*``) are one warning naming those folders: such a folder is more often data than labels. A folder whose
+    files share the kept images' names (``labels/`` beside ``images/``) holds labels: nothing to say."""
+    keep, hidden = [], {}
     for rel in rel_paths:
+        included = any(glob_match(rel, g) for g in include)
         excluded = [g for g in exclude if glob_match(rel, g)]
-        keep.append(any(glob_match(rel, g) for g in include) and not excluded)
-        name = rel.replace(os.sep, "/").rsplit("/", 1)[-1]
-        if excluded and "/" in rel.replace(os.sep, "/") and not any(glob_match(name, g) for g in excluded):
-            by_folder.setdefault(os.path.dirname(rel), set()).update(excluded)
-    for folder, patterns in sorted(by_folder.items()):
-        n = sum(os.path.dirname(r) == folder for r in rel_paths)
-        log.warning(f"warning: data.exclude {sorted(patterns)} leaves out the {n} file(s) of folder '{folder}' under "
-                    f"'{root}' because the folder's name matches; if they are data, rename the folder or give "
-                    "data.exclude patterns that match only the label files' names (e.g. \"*_mask.tif\").")
+        keep.append(included and not excluded)
+        unix = rel.replace(os.sep, "/")
+        name = unix.rsplit("/", 1)[-1]
+        if included and excluded and "/" in unix and all("/" not in g and not glob_match(name, g) for g in excluded):
+            hidden.setdefault(unix.rsplit("/", 1)[0], []).append(name.lower())
+    kept_names = {r.replace(os.sep, "/").rsplit("/", 1)[-1].lower() for r, k in zip(rel_paths, keep) if k}
+    data_like = sorted(f for f, names in hidden.items() if not kept_names & set(names))
+    if data_like and not _PROBLEMS_REPORTED.get():
+        shown = ", ".join(f"'{f}' ({len(hidden[f])} file{'s' if len(hidden[f]) != 1 else ''})"
+                          for f in data_like[:3]) + (", ..." if len(data_like) > 3 else "")
+        log.warning(f"warning: data.exclude {list(exclude)} leaves out folder(s) under '{root}' because their names "
+                    f"match, not their files': {shown}; if they are data, rename them or give data.exclude patterns "
+                    "that match only the label files' names (e.g. \"*_mask.tif\").")
     return keep
 
 

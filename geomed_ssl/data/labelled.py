@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from geomed_ssl.data.catalog import MANIFEST, FileRecord, scan
+from geomed_ssl.data.catalog import MANIFEST, FileRecord, reported_already, scan
 from geomed_ssl.data.crops import crop_to_patch
 from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import BandStats, normalize
@@ -52,9 +52,9 @@ def scan_class_folders(root: str | Path, data_cfg: Any, strict: bool = False, fo
     catalog.warn_problems()
     empty = sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")
                    and d.name not in names and not (d / MANIFEST).is_file())
-    if empty:
-        log.warning(f"warning: {len(empty)} class folder(s) under '{base}' hold no usable image and are not classes "
-                    f"of the model: {', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}.")
+    if empty and not reported_already():
+        log.warning(f"warning: {len(empty)} class folder(s) under '{base}' hold no usable image, so they are no "
+                    f"class: {', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}.")
     records = sorted(catalog.records, key=lambda r: (folder_of[r.path][0], r.path))
     labels = np.array([names.index(folder_of[r.path][0]) for r in records], np.int64)
     return records, labels, names

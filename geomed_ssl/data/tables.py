@@ -25,10 +25,13 @@ def _text(path: Path) -> str:
     raise DataError(f"cannot read '{path}': it is neither UTF-8 nor Windows-1252 text; save it as CSV UTF-8.")
 
 
+LINE = "#line"  # each row's line number in the file (blank lines skipped), for messages
+
+
 def read_rows(path: str | Path, columns: Sequence[str], what: str = "CSV") -> list[dict[str, str]]:
     """The rows of a CSV whose header names ``columns`` (any case, spaces around ignored, other columns kept), as
-    dicts keyed by the lower-cased, stripped column names, values stripped. A DataError names the file and what is
-    missing."""
+    dicts keyed by the lower-cased, stripped column names (and :data:`LINE`), values stripped. A DataError names the
+    file and what is missing."""
     path = Path(path)
     text = _text(path)
     head = text.splitlines()[0] if text.strip() else ""
@@ -38,12 +41,13 @@ def read_rows(path: str | Path, columns: Sequence[str], what: str = "CSV") -> li
         dialect = csv.excel
     reader = csv.reader(io.StringIO(text), dialect)
     try:
-        rows = [r for r in reader if any(cell.strip() for cell in r)]
+        rows = [(reader.line_num, r) for r in reader if any(cell.strip() for cell in r)]
     except csv.Error as err:
         raise DataError(f"{what} '{path}' is not a readable CSV ({err}).") from None
-    header = [c.strip().lower() for c in rows[0]] if rows else []
+    header = [c.strip().lower() for c in rows[0][1]] if rows else []
     missing = [c for c in columns if c not in header]
     if missing:
         raise DataError(f"{what} '{path}' needs a header row with columns {', '.join(columns)}; found "
                         f"{', '.join(header) if header else 'nothing'}.")
-    return [{k: (row[i].strip() if i < len(row) else "") for i, k in enumerate(header)} for row in rows[1:]]
+    return [{LINE: str(n), **{k: (row[i].strip() if i < len(row) else "") for i, k in enumerate(header)}}
+            for n, row in rows[1:]]

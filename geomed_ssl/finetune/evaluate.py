@@ -180,8 +180,8 @@ def _used(ft_dir: str | Path) -> dict[str, Any] | None:
         return None
 
 
-def _same_file(a: str, b: str) -> bool:
-    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+def _key(path: str) -> Path:
+    return Path(path).expanduser().resolve()
 
 
 def _scored_apart(n: int, total: int, unit: str) -> str:
@@ -197,8 +197,8 @@ def trained_images(ft_dir: str | Path, paths: Sequence[str]) -> tuple[np.ndarray
     seen = np.zeros(len(paths), bool)
     if used is None or "train_index" not in used:
         return seen, None
-    trained = [used["meta"]["paths"][i] for i in used["train_index"]]
-    seen[:] = [any(_same_file(p, t) for t in trained) for p in paths]
+    trained = {_key(used["meta"]["paths"][i]) for i in used["train_index"]}
+    seen[:] = [_key(p) in trained for p in paths]
     return seen, (_scored_apart(int(seen.sum()), len(paths), "images") if seen.any() else None)
 
 
@@ -213,19 +213,22 @@ def trained_positions(ft_dir: str | Path, label_paths: Sequence[str], shapes: Se
     if used is None or "train_file" not in used:
         return seen, None
     meta, regridded = used["meta"], 0
+    stored: dict[Path, list[int]] = {}
+    for j, p in enumerate(meta.get("paths", [])):
+        stored.setdefault(_key(p), []).append(j)
     for i, (path, shape) in enumerate(zip(label_paths, shapes)):
-        same = [j for j, p in enumerate(meta.get("paths", [])) if _same_file(path, p)]
+        same = stored.get(_key(path), [])
         on_grid = [j for j in same if tuple(meta["shapes"][j]) == tuple(shape)]
         regridded += bool(same) and not on_grid
         if on_grid:
             here = files == i
             seen[here] = np.isin(flats[here], used["train_index"][np.isin(used["train_file"], on_grid)])
+    notes = [_scored_apart(int(seen.sum()), files.size, "positions")] if seen.any() else []
     if regridded:
-        note = (f"{regridded} of these label files trained this model on its resampled grid; their voxels that "
-                "trained it cannot be told apart and are in the test metrics")
-        log.warning("warning: %s.", note)
-        return seen, note
-    return seen, (_scored_apart(int(seen.sum()), files.size, "positions") if seen.any() else None)
+        notes.append(f"{regridded} of these label files trained this model on its resampled grid; their voxels "
+                     "that trained it cannot be told apart and are in the test metrics")
+        log.warning("warning: %s.", notes[-1])
+    return seen, "; ".join(notes) or None
 
 
 def unknown_classes(vals: np.ndarray, values: Sequence[int], names: Sequence[str]) -> list[str]:

@@ -17,7 +17,7 @@ import numpy as np
 
 from geomed_ssl.data.catalog import EXTENSIONS, FileRecord
 from geomed_ssl.data.readers import nearest_index, valid_map
-from geomed_ssl.data.tables import read_rows
+from geomed_ssl.data.tables import LINE, read_rows
 from geomed_ssl.inference.writers import MAX_CLASS_VALUE
 from geomed_ssl.finetune.sampling import (  # noqa: F401  (re-exported: the sampling half of this module)
     ClassMap, LabelSelection, Names, check_labels_config, class_ids, labelled_pixels, sample_fraction,
@@ -106,7 +106,8 @@ def _by_csv(records: list[FileRecord], csv_path: Path, label_dir: Path | None) -
     for r in records:
         by_name.setdefault(os.path.basename(r.path).lower(), []).append(r.path)
     out: dict[str, str | None] = {r.path: None for r in records}
-    for i, row in enumerate(rows, start=2):
+    for row in rows:
+        i = row[LINE]
         image, label = row["image"], row["label"]
         if not image or not label:
             raise DataError(f"labels CSV '{csv_path}' line {i}: empty image or label entry.")

@@ -4,6 +4,7 @@ evaluated on every labelled position it did not train on."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,7 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     catalog.warn_problems()
     lab = recipe.labels
     pairs, arrays, masks = read_label_pairs(catalog.records, labels, lab, recipe.data)
-    selection = select_labels(arrays, masks, lab, paths=[p for _, p in pairs])
+    selection = select_labels(arrays, masks, lab, paths=[os.path.abspath(p) for _, p in pairs])  # evaluate finds them
     log.info(selection.summary())
     enc, stats, source, catalog = encoder_and_stats(encoder, recipe, catalog)
     by_path = {r.path: r for r in catalog.records}

@@ -333,3 +333,17 @@ def test_a_file_made_nodata_by_one_empty_band_names_that_band(tmp_path, make_tif
     make_tif(tmp_path / "nanband.tif", arr)
     reasons = _reasons(scan(tmp_path, DataConfig(patch_size=32)))
     assert reasons["nanband.tif"].startswith("band 2 holds no finite value")
+
+
+def test_a_folder_hidden_by_its_name_is_said_once_but_a_label_folder_beside_the_images_is_not(caplog) -> None:
+    from geomed_ssl.data.catalog import select
+
+    exclude = ["*mask*", "*label*", "*lulc*"]
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        keep = select(["images/a.tif", "labels/a.tif", "masks/a.tif"], ["**/*"], exclude, "/r")  # labels mirror images
+        assert select(["images/a.tif", "labels/b.tif"], ["images/**"], exclude, "/r") == [True, False]
+        assert select(["a/x.tif", "labels/y.tif"], ["**/*"], ["labels/**"], "/r") == [True, False]  # asked for
+    assert keep == [True, False, False] and caplog.text == ""
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        keep = select(["Forest/a.tif", "Unlabelled/u.tif", "Unlabelled/v.tif"], ["**/*"], exclude, "/r")
+    assert keep == [True, False, False] and "'Unlabelled' (2 files)" in caplog.text

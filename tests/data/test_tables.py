@@ -15,7 +15,7 @@ def test_rows_are_read_whatever_excel_wrote(tmp_path: Path, encoding: str, sep: 
     path = tmp_path / "labels.csv"
     text = sep.join(["File", " Label ", "note"]) + "\r\n" + sep.join(["./a.tif", "Forêt", "x"]) + "\r\n\r\n"
     path.write_bytes(text.encode(encoding))
-    assert read_rows(path, ("file", "label")) == [{"file": "./a.tif", "label": "Forêt", "note": "x"}]
+    assert read_rows(path, ("file", "label")) == [{"#line": "2", "file": "./a.tif", "label": "Forêt", "note": "x"}]
 
 
 def test_a_missing_column_names_the_file_and_what_it_found(tmp_path: Path) -> None:

@@ -331,9 +331,9 @@ def test_classify_warns_of_classes_it_cannot_learn_and_evaluate_scores_its_train
                                  "--data", str(class_folders), "--out", str(ft), "--labels-per-class", "2",
                                  "--linear-probe", *sets("data.sensor=null")])
     assert result.exit_code == 0, result.output
-    assert "hold no usable image and are not classes of the model: Highway" in result.output
+    assert "hold no usable image, so they are no class: Highway" in result.output
     assert "no training image for class(es) Solo" in result.output
-    assert "leaves out the 1 file(s) of folder 'Unlabelled'" in result.output
+    assert "leaves out folder(s) under" in result.output and "'Unlabelled' (1 file)" in result.output
     assert json.loads((ft / "metrics.json").read_text())["train"]["n"] == 6
 
     ev = runner.invoke(app, ["evaluate", str(ft), "--data", str(class_folders)])

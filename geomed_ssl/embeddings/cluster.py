@@ -79,8 +79,10 @@ def fit_predict(vectors: np.ndarray, method: str, k: int = 8, seed: int = 0, min
     x_fit, project = fit_projection(vectors, fit_rows, normalize, dims, seed)
     reduced = bool(dims) and dims < vectors.shape[1]
     info: dict[str, Any] = {"fit_rows": int(len(fit_rows)), "pca_dims": int(x_fit.shape[1]) if reduced else None}
-    distinct = len(np.unique(np.round(x_fit, 6), axis=0))
-    if distinct < 2:
+    same = not bool(np.any(np.ptp(x_fit, axis=0) > 1e-6)) if len(x_fit) else False
+    # distinct rows counted where it is cheap (k-means' own warning otherwise comes with scikit-learn's file path)
+    distinct = 1 if same else len(np.unique(np.round(x_fit, 6), axis=0)) if len(x_fit) <= 8192 else len(x_fit)
+    if same:
         log.warning(f"warning: all {len(x_fit)} vectors are the same (an encoder that maps every input alike, or "
                     "one input embedded many times): the clusters mean nothing.")
     if method == "kmeans":

@@ -307,6 +307,17 @@ def _ways_out(command: str) -> str:
     return ", ".join(f"pass {verbs[f]}" for f in flags) + (", or " if flags else "") + "choose another --out"
 
 
+def check_writable(out: PathLike) -> None:
+    """An OutputError when ``out``, or the nearest folder above it that exists, cannot be written (a read-only
+    mount, another user's folder): said before a command computes for hours, not when it saves."""
+    place = Path(out).absolute()
+    while not place.exists() and place.parent != place:
+        place = place.parent
+    if place.is_dir() and not os.access(place, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write in '{place}' (read-only or not yours); choose a folder you can write to "
+                          "(--out), or change its permissions.")
+
+
 def check_out_dir(out: PathLike, *, command: str, inputs: Inputs | None = None, overwrite: bool = False,
                   resume: bool = False, allow_inside: Sequence[PathLike] = ()) -> str:
     """Check ``out`` against the rule (see the module docstring) without touching anything; returns what
@@ -317,6 +328,7 @@ def check_out_dir(out: PathLike, *, command: str, inputs: Inputs | None = None, 
     if command not in COMMANDS:
         raise ValueError(f"unknown command {command!r}; add it to geomed_ssl.outcommands.COMMANDS")
     check_inputs(out, inputs, allow_inside)
+    check_writable(out)
     if not out.exists():
         if out.is_symlink():
             raise OutputError(f"--out '{out}' is a broken symbolic link; choose another --out.")

@@ -469,3 +469,15 @@ def test_a_users_folder_holding_copies_of_an_evaluation_is_not_taken_over(tmp_pa
     with pytest.raises(OutputError, match="not made by it as far as geomed-ssl can tell.*paper.tex"):
         check_out_dir(paper, command="evaluate", resume=True)
     assert check_out_dir(evaluation(tmp_path / "old"), command="evaluate", resume=True) == "reuse"
+
+
+def test_a_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path: Path, monkeypatch) -> None:
+    """As root (these tests) a mode does not stop a write, so the read-only mount is played by os.access."""
+    import os
+
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != tmp_path and real(p, mode))
+    with pytest.raises(OutputError, match=rf"cannot write in '{tmp_path}' \(read-only or not yours\)"):
+        check_out_dir(tmp_path / "new" / "deeper", command="cluster")
+    monkeypatch.setattr(os, "access", real)
+    assert check_out_dir(tmp_path / "new" / "deeper", command="cluster") == "create"

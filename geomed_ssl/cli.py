@@ -290,7 +290,9 @@ def embed(
                           include=include, exclude=exclude, overwrite=overwrite, device=device,
                           progress=logging.getLogger().level <= logging.INFO, strict=strict)
     m = result.manifest
-    typer.echo(f"{m['count']} vectors of {m['dim']} dims from {len(m['files'])} files ({result.files_embedded} "
+    n_files = len(m["files"])
+    typer.echo(f"{m['count']} vector{'s' if m['count'] != 1 else ''} of {m['dim']} dims from {n_files} "
+               f"file{'s' if n_files != 1 else ''} ({result.files_embedded} "
                f"embedded now, {result.files_skipped} done before; {result.windows_per_s:.1f} windows/s)")
     typer.echo(f"table: {out / 'embeddings.parquet'}  vectors: {out / 'vectors.npy'}"
                + (f"  maps: {out / 'maps'}" if m.get("maps") else ""))

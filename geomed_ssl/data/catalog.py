@@ -474,7 +474,8 @@ def scan(root: str | Path, data_cfg: Any, strict: bool = False, names_by_positio
     if not records:
         other = "volume" if kind == "raster" else "raster"
         n_other = sum(_has_ext(p.name, other) for p in all_files)
-        msg = (f"no usable {kind} files under '{root}': {len(all_files)} files found, {len(typed)} with "
+        found = f"{len(all_files)} file{'s' if len(all_files) != 1 else ''}"
+        msg = (f"no usable {kind} files under '{root}': {found} found, {len(typed)} with "
                f"{'/'.join(EXTENSIONS[kind])}, {len(files)} left after data.include {include} and data.exclude "
                f"{exclude}" + (f", channels {data_cfg.channels}" if data_cfg.channels else "")
                + f"; {len(problems)} with problems.")

@@ -153,7 +153,7 @@ def predict_classes(model: torch.nn.Module, meta: dict[str, Any], recipe: Any, r
         writer.writeheader()
         writer.writerows(kept + rows)
     more = f" (and {len(kept)} earlier rows)" if kept else ""
-    return [f"{len(rows)} images -> {out / 'predictions.csv'}{more}"]
+    return [f"{len(rows)} image{'s' if len(rows) != 1 else ''} -> {out / 'predictions.csv'}{more}"]
 
 
 def earlier_predictions(path: Path) -> list[dict[str, str]]:

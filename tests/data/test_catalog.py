@@ -117,7 +117,7 @@ def test_missing_root_is_data_error(tmp_path):
 
 def test_nothing_usable_says_what_was_found_and_what_to_check(tmp_path, make_nii):
     make_nii(tmp_path / "a.nii.gz", np.ones((8, 8, 8), np.float32))
-    with pytest.raises(DataError, match=r"no usable raster files.*1 files found, 0 with .tif.*data.kind: volume"):
+    with pytest.raises(DataError, match=r"no usable raster files.*1 file found, 0 with .tif.*data.kind: volume"):
         scan(tmp_path, DataConfig(patch_size=8))
 
 

@@ -70,6 +70,8 @@ def inspect(
     from geomed_ssl.data.catalog import LABEL_GLOBS, label_like, problems_reported, scan
 
     sets = list(overrides or [])
+    if kind is not None and kind not in ("raster", "volume"):
+        raise GeomedError(f"--kind must be raster or volume, got '{kind}'.")
     if kind is None and recipe is None:
         kind = guess_kind(data_dir)
     if kind:

@@ -147,7 +147,8 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
         path = Path(path)
         source = str(path)
         if not path.is_file():
-            raise ConfigError(f"recipe '{path}' not found. Pass a YAML file, e.g. recipes/mae_sentinel2.yaml.")
+            what = "is a folder" if path.is_dir() else "not found"
+            raise ConfigError(f"recipe '{path}' {what}. Pass a YAML file, e.g. recipes/mae_sentinel2.yaml.")
         try:
             text = path.read_text()
         except UnicodeDecodeError:

@@ -238,6 +238,10 @@ def test_inspect_without_a_recipe_sets_label_maps_apart_and_describes_volume_gri
     assert "named like labels, not counted as images (1): lulc_mask.tif" in result.output
     one = cli("inspect", str(tmp_path / "r" / "lulc_mask.tif"))  # a label's own grid, checked before a fine-tune
     assert one.exit_code == 0 and "1 usable raster file" in one.output, one.output
+    bad = cli("inspect", str(tmp_path / "r"), "--kind", "image")
+    assert bad.exit_code == 2 and "--kind must be raster or volume, got 'image'" in bad.output
+    folder = cli("inspect", str(tmp_path / "r"), "--recipe", str(tmp_path))
+    assert folder.exit_code == 2 and "is a folder. Pass a YAML file" in folder.output
     (tmp_path / "v").mkdir()
     for name, zooms in (("a.nii.gz", (1.0, 1.0, 1.0)), ("b.nii.gz", (3.0, 3.0, 3.0))):
         nib.save(nib.Nifti1Image(np.random.rand(40, 40, 40).astype(np.float32), np.diag([*zooms, 1.0])),

@@ -357,6 +357,11 @@ class _Volume:
         self.array, self.affine, self.nbytes = array, affine, array.nbytes
 
 
+def voxel_mm(affine: np.ndarray) -> np.ndarray:
+    """The size of a voxel along each array axis (mm: the length of each column of the affine's 3x3 part)."""
+    return np.sqrt((np.asarray(affine, np.float64)[:3, :3] ** 2).sum(axis=0))
+
+
 def resampled_shape(shape: Sequence[int], voxel_mm: Sequence[float], spacing: Sequence[float]) -> list[int]:
     """The grid :func:`resample_to_spacing` gives ``shape`` voxels of ``voxel_mm``: round(extent / spacing) + 1 per
     axis, the first and last voxel centres kept."""
@@ -379,7 +384,7 @@ def resample_to_spacing(arr: np.ndarray, affine: np.ndarray, spacing: list[float
     """
     import torch
 
-    current = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))  # mm per voxel along each array axis
+    current = voxel_mm(affine)
     old = arr.shape[1:]
     new = resampled_shape(old, current, spacing)
     if list(old) == new:

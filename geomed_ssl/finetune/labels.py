@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from geomed_ssl.data.catalog import EXTENSIONS, FileRecord
-from geomed_ssl.data.readers import nearest_index, valid_map
+from geomed_ssl.data.readers import nearest_index, resampled_shape, valid_map, voxel_mm
 from geomed_ssl.data.tables import LINE, read_rows
 from geomed_ssl.inference.writers import MAX_CLASS_VALUE
 from geomed_ssl.finetune.sampling import (  # noqa: F401  (re-exported: the sampling half of this module)
@@ -317,13 +317,6 @@ def _to_labels(arr: np.ndarray, nodata: float | None, ignore_value: int | None,
     return labels, labelled
 
 
-def _resampled_shape(shape: Sequence[int], affine: np.ndarray, spacing: Sequence[float]) -> list[int]:
-    """The volume reader's grid for ``data.spacing`` (``readers.resampled_shape``)."""
-    from geomed_ssl.data.readers import resampled_shape
-
-    return resampled_shape(shape, np.sqrt((affine[:3, :3] ** 2).sum(axis=0)), spacing)
-
-
 def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata: float | None = None,
                spacing: Sequence[float] | None = None, window: tuple[int, int, int, int] | None = None,
                remap: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -369,7 +362,7 @@ def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata
                         "per voxel).")
     labels, labelled = _to_labels(arr, nodata, ignore_value, path, remap)  # (D, H, W) RAS
     if spacing is not None:
-        new = _resampled_shape(labels.shape, np.asarray(img.affine, np.float64), spacing)
+        new = resampled_shape(labels.shape, voxel_mm(img.affine), spacing)  # the volume reader's grid
         idx = nearest_index(labels.shape, new)  # nearest on the reader's align-corners grid
         labels, labelled = labels[idx], labelled[idx]
     return labels, labelled

@@ -56,19 +56,20 @@ def _pixel_size(record: Any) -> tuple[float, float, str]:
     return x, y, _units(record.crs)
 
 
-def _size_groups(sizes: Sequence[tuple[float, float, str]], tolerance: float = 0.03) -> Counter:
-    """Pixel sizes counted in groups within ``tolerance`` of each other (a reprojected 9.97 m is 10 m), each named
-    by its members' median to 3 significant digits."""
-    groups: list[list[tuple[float, float, str]]] = []
-    for x, y, unit in sorted(sizes):
-        home = next((g for g in groups if g[0][2] == unit and abs(x - g[0][0]) <= tolerance * g[0][0]
-                     and abs(y - g[0][1]) <= tolerance * g[0][1]), None)
+def _size_groups(sizes: Sequence[tuple[float, ...]], tolerance: float = 0.03) -> Counter:
+    """Pixel or voxel sizes ``(*per axis, unit)`` counted in groups within ``tolerance`` of each other (a
+    reprojected 9.97 m is 10 m), each named by its members' median per axis to 3 significant digits."""
+    groups: list[list[tuple[Any, ...]]] = []
+    for size in sorted(sizes):
+        *axes, unit = size
+        home = next((g for g in groups if g[0][-1] == unit and len(g[0]) == len(size) and all(
+            abs(v - w) <= tolerance * w for v, w in zip(axes, g[0][:-1]))), None)
         if home is None:
-            groups.append([(x, y, unit)])
+            groups.append([size])
         else:
-            home.append((x, y, unit))
-    return Counter({f"{np.median([m[0] for m in g]):.3g} x {np.median([m[1] for m in g]):.3g} {g[0][2]}": len(g)
-                    for g in groups})
+            home.append(size)
+    return Counter({" x ".join(f"{np.median([m[i] for m in g]):.3g}" for i in range(len(g[0]) - 1))
+                    + f" {g[0][-1]}": len(g) for g in groups})
 
 
 def _counted(counts: Counter, limit: int = 4) -> str:
@@ -89,15 +90,9 @@ def grid_lines(records: Sequence[Any]) -> list[str]:
     crss, sizes = grid_counts(records)
     lines = [f"  CRS: {_counted(crss)}", f"  pixel size: {_counted(sizes)}"] if crss else []
     volumes = [r for r in records if r.kind == "volume"]
-    spaced = [r for r in volumes if r.spacing]
+    spaced = [(*map(float, r.spacing), "mm") for r in volumes if r.spacing]
     if spaced:
-        groups = Counter()
-        for r in spaced:
-            home = next((k for k in groups if len(k) == len(r.spacing) and all(
-                abs(a - b) <= 0.03 * max(b, 1e-6) for a, b in zip(r.spacing, k))), tuple(r.spacing))
-            groups[home] += 1
-        lines.append("  voxel spacing: " + _counted(Counter({" x ".join(f"{v:.3g}" for v in k) + " mm": n
-                                                            for k, n in groups.items()})))
+        lines.append("  voxel spacing: " + _counted(_size_groups(spaced)))
     if volumes:
         lines.append("  orientation: " + _counted(Counter(r.orientation or "unknown" for r in volumes)))
     return lines

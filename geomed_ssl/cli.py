@@ -67,7 +67,7 @@ def inspect(
 ) -> None:
     """Show what the toolkit sees in a folder (files, bands, wavelengths, grids) and what is wrong with it."""
     from geomed_ssl.config import load_recipe
-    from geomed_ssl.data.catalog import LABEL_GLOBS, label_like, problems_reported, scan
+    from geomed_ssl.data.catalog import LABEL_GLOBS, problems_reported, scan
 
     sets = list(overrides or [])
     if kind is not None and kind not in ("raster", "volume"):
@@ -87,7 +87,7 @@ def inspect(
     with problems_reported() if labels_apart else contextlib.nullcontext():  # the label-like files: listed below
         catalog = scan(data_dir, cfg.data, strict=strict, names_by_position="error" if strict else "warn")
     typer.echo(catalog.summary())
-    found = label_like(data_dir, cfg.data.kind) if labels_apart else []
+    found = catalog.excluded if labels_apart else []  # data.exclude is LABEL_GLOBS alone
     if found:
         typer.echo(f"  named like labels, not counted as images ({len(found)}): {', '.join(found[:4])}"
                    f"{', ...' if len(found) > 4 else ''} (data.exclude {LABEL_GLOBS}, as the recipes have it; "

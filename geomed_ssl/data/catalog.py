@@ -141,6 +141,7 @@ class Catalog:
     wavelengths: list[float | None] | None
     root: str | None = None
     bandwidths: list[float | None] | None = None
+    excluded: list[str] = dataclasses.field(default_factory=list)  # files data.exclude left out (paths from root)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -257,13 +258,6 @@ def select(rel_paths: Sequence[str], include: Sequence[str], exclude: Sequence[s
 # what the shipped recipes' data.exclude leaves out: label maps and masks kept beside the images
 LABEL_GLOBS = ["*mask*", "*label*", "*lulc*", "*_gt*", "*seg*", "*OTMultiClass*"]
 
-
-def label_like(root: str | Path, kind: str) -> list[str]:
-    """The ``kind`` files under ``root`` (relative paths) whose names :data:`LABEL_GLOBS` match."""
-    root = Path(root)
-    base = root if root.is_dir() else root.parent
-    return [os.path.relpath(p, base) for p in _list_files(root) if _has_ext(p.name, kind)
-            and any(glob_match(os.path.relpath(p, base), g) for g in LABEL_GLOBS)]
 
 
 def _has_ext(name: str, kind: str) -> bool:
@@ -451,7 +445,10 @@ def scan(root: str | Path, data_cfg: Any, strict: bool = False, names_by_positio
     all_files = _list_files(root)
     typed = [str(p) for p in all_files if _has_ext(p.name, kind)]
     include, exclude = list(data_cfg.include or ["**/*"]), list(data_cfg.exclude or [])
-    files = [f for f, k in zip(typed, select([os.path.relpath(f, base) for f in typed], include, exclude, root)) if k]
+    rels = [os.path.relpath(f, base) for f in typed]
+    keep = select(rels, include, exclude, root)
+    files = [f for f, k in zip(typed, keep) if k]
+    excluded = [r for r, k in zip(rels, keep) if not k and any(glob_match(r, g) for g in include)]
 
     problems: list[Problem] = []
     if data_cfg.channels:
@@ -468,7 +465,7 @@ def scan(root: str | Path, data_cfg: Any, strict: bool = False, names_by_positio
     problems.sort(key=lambda p: p.path)
     catalog = Catalog(records, problems, kind, list(records[0].band_names) if records else [],
                       records[0].wavelengths if records else None, root=str(base),
-                      bandwidths=records[0].bandwidths if records else None)
+                      bandwidths=records[0].bandwidths if records else None, excluded=excluded)
     if not records and Path(root).is_file() and len(problems) == 1:  # one named file: say what is wrong with it
         raise DataError(f"cannot use '{root}': {problems[0].reason}.")
     if not records:

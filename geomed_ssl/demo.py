@@ -11,6 +11,7 @@ from geomed_ssl.config import recipe_from_dict
 from geomed_ssl.errors import RunStopped
 from geomed_ssl.outdirs import prepare_out_dir, record_entries
 from geomed_ssl.outfiles import atomic_path
+from geomed_ssl.process import keeps_process_state
 from geomed_ssl.sample import CLASS_NAMES, LABELS, SAMPLE_DIR
 
 log = logging.getLogger("geomed_ssl")
@@ -52,6 +53,7 @@ DEMO_SEEDS = (0,)
 NAMES = {"none": "random init", "rf": "random forest"}
 
 
+@keeps_process_state
 def run_demo(out: Path = Path("geomed-ssl-demo"), steps: int = DEMO_RECIPE["train"]["max_steps"],
              finetune_steps: int = DEMO_RECIPE["finetune"]["max_steps"],
              labels_per_class: tuple[int, ...] = DEMO_BUDGETS, seeds: tuple[int, ...] = DEMO_SEEDS) -> Path:

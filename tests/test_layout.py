@@ -33,7 +33,7 @@ LADDER: list[tuple[str, tuple[str, ...]]] = [
     ("bands", ("bands",)),
     ("outputs", ("outdirs", "outcommands")),
     ("config", ("config",)),
-    ("foundation", ("outfiles", "permissions", "errors", "launch", "cpus", "sample", "_version")),
+    ("foundation", ("outfiles", "permissions", "errors", "launch", "cpus", "process", "sample", "_version")),
 ]
 RUNG = {unit: i for i, (_, units) in enumerate(LADDER) for unit in units}
 MAX_PACKAGE_LINES = 2500

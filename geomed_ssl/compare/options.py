@@ -51,7 +51,10 @@ class Budget:
 
 @dataclass
 class CompareOptions:
-    """The parsed command line of ``compare`` (everything but the recipe and the data)."""
+    """What ``compare`` runs (everything but the recipe and the data), checked when made, so Python callers of
+    ``run_compare`` meet the command line's checks: ``none`` is added to the encoders when missing (random
+    initialisation is the reference every encoder is compared with), budgets and seeds are sorted / deduplicated,
+    and an unknown protocol, baseline or split is a ConfigError before anything is read or written."""
 
     encoders: list[str]
     budgets: list[Budget]
@@ -60,10 +63,89 @@ class CompareOptions:
     protocols: list[str] = field(default_factory=lambda: ["linear", "finetune"])
     baselines: list[str] | None = None  # None: every baseline that applies to the task
 
+    def __post_init__(self) -> None:
+        self.encoders = check_encoders([str(e) for e in self.encoders])
+        self.budgets = check_budgets(self.budgets)
+        self.seeds = check_seeds(self.seeds)
+        if self.split not in SPLITS:
+            raise ConfigError(f"--split '{self.split}': choose {', '.join(SPLITS[:-1])} or {SPLITS[-1]}.")
+        self.protocols = check_names(self.protocols, "--protocol", PROTOCOLS)
+        if self.baselines is not None:
+            self.baselines = check_names(self.baselines, "--baselines", BASELINES, allow_empty=True)
+
     @property
     def pretrained(self) -> list[str]:
         """The encoders that are not ``none``, as given."""
         return [e for e in self.encoders if e.lower() != NONE]
+
+
+def check_encoders(encoders: Sequence[str]) -> list[str]:
+    """The encoders as rows name them (paths normalised, ``none`` lower-case and added when missing); an encoder
+    given twice, named like a baseline, or not a folder is a ConfigError."""
+    if not encoders:
+        raise ConfigError("give at least one encoder: a RUN_DIR, an exported encoder folder, or none.")
+    names: list[str] = []
+    for enc in encoders:
+        key = NONE if enc.lower() == NONE else os.path.normpath(enc)  # runA/ and ./runA are runA's rows
+        if key in names:
+            raise ConfigError(f"encoder '{enc}' is given twice; give each encoder once.")
+        names.append(key)
+    if NONE not in names:
+        names.append(NONE)
+    for enc in names:
+        if enc != NONE and enc.lower() in BASELINES:
+            raise ConfigError(f"encoder '{enc}' has the name of a baseline; give it as ./{enc}.")
+        if enc != NONE and not Path(enc).is_dir():
+            what = "is a file, not a folder" if Path(enc).exists() else "does not exist"
+            raise ConfigError(f"encoder '{enc}' {what}; give a RUN_DIR (from `geomed-ssl pretrain`), an exported "
+                              "encoder folder, or none.")
+    return names
+
+
+def check_budgets(budgets: Sequence[Budget]) -> list[Budget]:
+    """Distinct budgets of one kind, each ``per_class`` a whole number >= 1 or ``fraction`` in (0, 1], sorted."""
+    if not budgets:
+        raise ConfigError("give at least one label budget (--labels-per-class or --label-fraction).")
+    for b in budgets:
+        per_class_ok = (b.fraction is None and isinstance(b.per_class, int) and not isinstance(b.per_class, bool)
+                        and b.per_class >= 1)
+        fraction_ok = (b.per_class is None and isinstance(b.fraction, (int, float))
+                       and not isinstance(b.fraction, bool) and math.isfinite(b.fraction) and 0 < b.fraction <= 1)
+        if not (per_class_ok or fraction_ok):
+            raise ConfigError(f"label budget {b}: give per_class, a whole number >= 1, or fraction, a number in "
+                              "(0, 1], not both.")
+    if len({b.per_class is None for b in budgets}) > 1:
+        raise ConfigError("give --labels-per-class or --label-fraction, not both (one curve has one kind of budget).")
+    return sorted(set(budgets), key=lambda b: b.x)
+
+
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    """Distinct whole numbers in [0, 2**32 - 1], in the order given."""
+    if not seeds:
+        raise ConfigError("give at least one seed (--seeds).")
+    out: list[int] = []
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1:
+            raise ConfigError(f"--seeds: each entry must be a whole number in [0, 4294967295], got {seed!r}.")
+        if seed not in out:
+            out.append(seed)
+    return out
+
+
+def check_names(names: Sequence[str], option: str, allowed: Sequence[str], allow_empty: bool = False) -> list[str]:
+    """Names from ``allowed`` (any case; duplicates dropped); an unknown one is a ConfigError listing them."""
+    if isinstance(names, str):
+        names = [names]
+    if not names and not allow_empty:
+        raise ConfigError(f"{option}: give at least one of {', '.join(allowed)}.")
+    out: list[str] = []
+    for item in names:
+        name = str(item).strip().lower()
+        if name not in allowed:
+            raise ConfigError(f"{option}: unknown name '{item}'; choose from {', '.join(allowed)}.")
+        if name not in out:
+            out.append(name)
+    return out
 
 
 def split_list(text: str, option: str) -> list[str]:
@@ -109,48 +191,26 @@ def parse_seeds(text: str) -> list[int]:
         if not (item.isascii() and item.isdigit()) or int(item) > 2**32 - 1:
             raise ConfigError(f"--seeds '{text}': each entry must be a whole number in [0, 4294967295], got "
                               f"'{item}'.")
-        if int(item) not in out:
-            out.append(int(item))
-    return out
+        out.append(int(item))
+    return check_seeds(out)
 
 
 def parse_names(text: str, option: str, allowed: Sequence[str]) -> list[str]:
     """A list of names from ``allowed`` (duplicates dropped); an unknown name is a ConfigError listing them."""
-    out: list[str] = []
-    for item in split_list(text, option):
-        name = item.lower()
-        if name not in allowed:
-            raise ConfigError(f"{option}: unknown name '{item}'; choose from {', '.join(allowed)}.")
-        if name not in out:
-            out.append(name)
-    return out
+    return check_names(split_list(text, option), option, allowed)
 
 
 def parse_options(encoders: Sequence[str], per_class: str | None, fraction: str | None, seeds: str, split: str,
                   protocols: str, baselines: str | None, no_baselines: bool) -> CompareOptions:
-    """Every option of ``compare`` checked, in the order the command line reads; ``none`` is added to the encoders
-    when missing (random initialisation is the reference every encoder is compared with)."""
+    """Every option of ``compare`` checked, in the order the command line reads (:class:`CompareOptions` checks the
+    parsed values)."""
     if not encoders:
         raise ConfigError("give at least one encoder: a RUN_DIR, an exported encoder folder, or none.")
     if split not in SPLITS:
-        raise ConfigError(f"--split '{split}': choose random, blocks or images.")
+        raise ConfigError(f"--split '{split}': choose {', '.join(SPLITS[:-1])} or {SPLITS[-1]}.")
     if baselines is not None and no_baselines:
         raise ConfigError("give --baselines or --no-baselines, not both.")
-    names: list[str] = []
-    for enc in encoders:
-        key = NONE if enc.lower() == NONE else os.path.normpath(enc)  # runA/ and ./runA are runA's rows
-        if key in names:
-            raise ConfigError(f"encoder '{enc}' is given twice; give each encoder once.")
-        names.append(key)
-    if NONE not in names:
-        names.append(NONE)
-    for enc in names:
-        if enc != NONE and enc.lower() in BASELINES:
-            raise ConfigError(f"encoder '{enc}' has the name of a baseline; give it as ./{enc}.")
-        if enc != NONE and not Path(enc).is_dir():
-            what = "is a file, not a folder" if Path(enc).exists() else "does not exist"
-            raise ConfigError(f"encoder '{enc}' {what}; give a RUN_DIR (from `geomed-ssl pretrain`), an exported "
-                              "encoder folder, or none.")
+    names = check_encoders(encoders)
     chosen = [] if no_baselines else (None if baselines is None else parse_names(baselines, "--baselines",
                                                                                   BASELINES))
     return CompareOptions(names, parse_budgets(per_class, fraction), parse_seeds(seeds), split,

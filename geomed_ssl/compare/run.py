@@ -40,6 +40,7 @@ from geomed_ssl.models.probe import check_class_weights, probe_layers, read_imag
 from geomed_ssl.outcommands import distinct_names
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_write_text, scratch_dir
+from geomed_ssl.process import keeps_process_state
 
 log = logging.getLogger("geomed_ssl")
 
@@ -343,6 +344,7 @@ def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str,
     return len(todo)
 
 
+@keeps_process_state
 def run_compare(options: CompareOptions, *, out: str | Path, images: str | Path | None = None,
                 labels: str | Path | None = None, data: str | Path | None = None, recipe: str | Path | None = None,
                 overrides: list[str] | None = None, overwrite: bool = False,

@@ -44,7 +44,7 @@ from geomed_ssl.config.sections import (
     spatial_dims,
 )
 from geomed_ssl.config.validation import check_heads, check_whole_tokens, check_window, method_section, validate
-from geomed_ssl.config.loading import (apply_overrides, load_recipe, parse_override, recipe_from_dict,
+from geomed_ssl.config.loading import (apply_overrides, as_recipe, load_recipe, parse_override, recipe_from_dict,
                                        recipe_with_overrides)
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "as_tuple", "spatial_dims",
     "setting", "Spec", "SettingInfo", "check_value", "check_values", "check_instance", "build_checked", "describe",
     "describe_settings", "show", "values_of",
-    "recipe_from_dict", "recipe_with_overrides", "parse_override", "apply_overrides", "load_recipe", "method_section",
+    "recipe_from_dict", "recipe_with_overrides", "parse_override", "apply_overrides", "load_recipe", "as_recipe",
+    "method_section",
     "validate", "check_heads", "check_whole_tokens", "check_window",
 ]

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from geomed_ssl.config.fields import build_checked, show
-from geomed_ssl.config.sections import SECTIONS, MethodConfig, Recipe
+from geomed_ssl.config.sections import CLS_HEADS, SECTIONS, SEG_HEADS, MethodConfig, Recipe
 from geomed_ssl.config.validation import method_section, validate
 from geomed_ssl.errors import ConfigError
 
@@ -162,6 +162,24 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
         except yaml.YAMLError as err:
             raise ConfigError(f"recipe '{path}' is not valid YAML: {' '.join(str(err).split())}") from None
     return recipe_with_overrides(raw, overrides, source)
+
+
+def as_recipe(recipe: Recipe | str | Path | None, overrides: list[str] | None = None,
+              task: str | None = None) -> Recipe:
+    """The recipe a Python caller passes, as a checked ``Recipe``: a ``Recipe`` (copied, never changed), a YAML
+    path or None (defaults), with ``overrides`` (``--set`` strings) applied to it either way. ``task`` sets
+    ``finetune.task``; a ``Recipe``'s head of the other task's default (``unetr``, what null resolves to for
+    segmentation) goes back to null, so the task's own default is taken."""
+    extra = [*(overrides or []), *([f"finetune.task={task}"] if task else [])]
+    if not isinstance(recipe, Recipe):
+        return load_recipe(recipe, extra)
+    raw = recipe.to_dict()
+    own = raw["finetune"]
+    if task and own["task"] != task:
+        default = (SEG_HEADS if own["task"] == "segment" else CLS_HEADS)[0]
+        if own["head"] == default and default not in (SEG_HEADS if task == "segment" else CLS_HEADS):
+            own["head"] = None
+    return recipe_with_overrides(raw, extra, "recipe")
 
 
 def recipe_with_overrides(raw: dict[str, Any] | None, overrides: list[str] | None, source: str) -> Recipe:

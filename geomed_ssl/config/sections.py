@@ -48,8 +48,10 @@ TASKS = ("segment", "classify")
 SEG_HEADS = ("unetr", "linear", "probe")
 CLS_HEADS = ("linear", "mlp")
 POOLS = ("cls", "mean")  # classification token pooling
-PRECISIONS = ("auto", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true",
-              "64", "transformer-engine", "transformer-engine-float16")  # Lightning's, plus our auto
+# Lightning's, plus our auto; not its "true" half / double precisions (16-true, bf16-true, 64-true), which cast the
+# model itself: previews, class weights and methods' float32 tensors would then meet weights of another dtype
+PRECISIONS = ("auto", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "transformer-engine",
+              "transformer-engine-float16")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")  # Lightning >= 2.6 has no built-in "hpu"
 
 

@@ -25,7 +25,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -56,7 +56,7 @@ class EmbedResult:
     """What an ``embed`` run did."""
 
     out_dir: Path
-    manifest: dict[str, Any]
+    manifest: dict[str, Any] = field(repr=False)  # one entry per file: too long to print
     files_embedded: int  # in this run
     files_skipped: int  # already done by an earlier (interrupted) run
     windows: int  # encoder inputs of this run

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from geomed_ssl.checkpoint import save_model
-from geomed_ssl.config import Recipe, load_recipe
+from geomed_ssl.config import Recipe, as_recipe
 from geomed_ssl.data.catalog import Catalog
 from geomed_ssl.data.labelled import ImageDataset, scan_class_folders
 from geomed_ssl.errors import ConfigError
@@ -25,6 +25,7 @@ from geomed_ssl.models.cls_heads import ClassificationModel
 from geomed_ssl.models.device import model_device
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_path
+from geomed_ssl.process import keeps_process_state
 
 log = logging.getLogger("geomed_ssl")
 
@@ -91,6 +92,7 @@ def save_selection(path: Path, paths: Sequence[str], labels: np.ndarray, train: 
         np.savez_compressed(fh, meta=np.array(json.dumps(meta)), labels=labels, train_index=train, test_index=test)
 
 
+@keeps_process_state
 def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | None, data: str | Path,
                       out_dir: str | Path, *, overrides: list[str] | None = None, overwrite: bool = False,
                       progress: bool = True, strict: bool = False) -> FinetuneResult:
@@ -98,8 +100,7 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
     ``strict``: problem files and band names assigned by position are errors (else skipped / warned about)."""
     inputs = finetune_inputs(recipe, encoder, data=data)
     check_out_dir(out_dir, command="finetune", inputs=inputs, overwrite=overwrite)  # FT_DIR is made once all is valid
-    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides + ["finetune.task=classify"]
-                                                                   if overrides else ["finetune.task=classify"])
+    recipe = as_recipe(recipe, overrides, task="classify")
     f, lab = recipe.finetune, recipe.labels
     if lab.split != "random":
         raise ConfigError(f"labels.split {lab.split} is for label maps (finetune segment); class folders are split by "

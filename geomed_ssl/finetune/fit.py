@@ -28,7 +28,7 @@ from geomed_ssl.models.model_data import catalog_for_encoder, check_value_ranges
 from geomed_ssl.models.probe import check_class_weights
 from geomed_ssl.outfiles import atomic_path
 from geomed_ssl.train.callbacks import MetricsCSV
-from geomed_ssl.train.checkpointing import AtomicCheckpointIO
+from geomed_ssl.train.checkpointing import AtomicCheckpointIO, stop_safe_worker_init
 from geomed_ssl.train.console import has_bar, progress_callbacks, quiet_lightning
 from geomed_ssl.train.lr_check import warn_schedule
 from geomed_ssl.train.supervised import SupervisedModule
@@ -144,7 +144,7 @@ def fit_supervised(model: torch.nn.Module, dataset: Any, recipe: Recipe, num_cla
     workers = loader_workers(recipe.data.num_workers)
     loader = DataLoader(dataset, batch_size=f.batch_size, num_workers=workers,
                         sampler=SequentialSampler(range(f.max_steps * f.batch_size)), drop_last=True,
-                        persistent_workers=workers > 0)
+                        persistent_workers=workers > 0, worker_init_fn=stop_safe_worker_init if workers else None)
     cbs: list[L.Callback] = [*progress_callbacks(progress, t.log_every),
                              MetricsCSV(out / "metrics_train.csv", t.log_every),
                              L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,

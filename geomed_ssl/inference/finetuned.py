@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -59,20 +60,21 @@ def load_run(ft_dir: str | Path, device: str | torch.device | None = "auto",
     return model, meta, recipe
 
 
-
-def predict_dir(ft_dir: str | Path, inputs: Sequence[str | Path], out: str | Path, overlap: float = DEFAULT_OVERLAP,
-                blend: str = "gaussian", probabilities: bool = False, batch_size: int = 8,
-                device: str | None = "auto", strict: bool = False) -> list[str]:
+def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], out: str | Path,
+                overlap: float = DEFAULT_OVERLAP, blend: str = "gaussian", probabilities: bool = False,
+                batch_size: int = 8, device: str | None = "auto", strict: bool = False) -> list[str]:
     """Segmentation: class-map GeoTIFF/NIfTI per input on its own grid (values = the label values trained on).
     Classification: ``predictions.csv`` with one row per image. Runs on ``device`` (auto: CUDA when available).
     Folders are read with the model's data settings (band naming, data.include / data.exclude). ``strict``:
-    problem files and band names assigned by position are errors. Returns printable lines."""
+    problem files and band names assigned by position are errors. ``inputs``: one file or folder, or a list of
+    them. Returns printable lines."""
     from geomed_ssl.inference.predict import plan_outputs, predict_files, usable_inputs
     from geomed_ssl.models.device import model_device
     from geomed_ssl.models.model_data import records_for_stats
 
     out = Path(out)
-    rule = {"command": "predict", "resume": True, "inputs": {"fine-tune folder": ft_dir, "input": list(inputs)}}
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    rule = {"command": "predict", "resume": True, "inputs": {"fine-tune folder": ft_dir, "input": inputs}}
     check_out_dir(out, **rule)  # the folder is made once the inputs are listed
     model, meta, recipe = load_run(ft_dir, device)
     stats = BandStats.from_dict(meta["encoder"]["stats"], source=f"model {ft_dir}")

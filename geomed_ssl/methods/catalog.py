@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from geomed_ssl.config import show
-from geomed_ssl.methods.registry import METHODS, describe_methods
+from geomed_ssl.methods.registry import METHODS, describe_methods, method_class
 
 HEADER = """# Self-supervised methods
 
@@ -59,9 +59,13 @@ def methods_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
-def methods_text(names: list[str] | None = None) -> str:
+def methods_text(names: str | list[str] | None = None) -> str:
     """The plain-text listing of ``geomed-ssl methods``: every method (or those in ``names``) with what it learns,
-    the views it needs, its cost, failure modes, recipes and settings (default, allowed values, meaning)."""
+    the views it needs, its cost, failure modes, recipes and settings (default, allowed values, meaning). An unknown
+    name is a ConfigError listing the methods."""
+    names = [names] if isinstance(names, str) else names
+    for name in names or []:
+        method_class(name, "geomed-ssl methods", what="method")
     methods = describe_methods()
     out: list[str] = []
     for name, d in methods.items():

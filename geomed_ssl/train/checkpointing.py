@@ -262,11 +262,12 @@ class StopRequest:
 
 
 def stop_safe_worker_init(worker_id: int, rank: int | None = None) -> None:
-    """``worker_init_fn`` of the pretraining DataLoader: its workers ignore SIGTERM and SIGUSR1, which ``timeout``,
-    Slurm or ``docker stop`` send to the whole process group; a worker killed by one made the training process fail
-    with a traceback instead of saving its stop checkpoint. The training process ends its workers itself. Lightning's
-    per-worker seeding (which it adds only when no ``worker_init_fn`` is set) still runs."""
-    for signum in (signal.SIGTERM, *SLURM_WARNING):
+    """``worker_init_fn`` of the training DataLoaders (pretraining and fine-tuning): their workers ignore SIGTERM,
+    SIGINT and SIGUSR1, which ``timeout``, Slurm, ``docker stop`` or a terminal's Ctrl-C send to the whole process
+    group; a worker killed by one made the training process fail with a traceback instead of stopping as asked
+    (saving its stop checkpoint). The training process ends its workers itself. Lightning's per-worker seeding
+    (which it adds only when no ``worker_init_fn`` is set) still runs."""
+    for signum in (signal.SIGTERM, signal.SIGINT, *SLURM_WARNING):
         signal.signal(signum, signal.SIG_IGN)
     if int(os.environ.get("PL_SEED_WORKERS", 0)):
         from lightning.fabric.utilities.seed import pl_worker_init_function

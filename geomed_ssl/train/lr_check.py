@@ -25,10 +25,15 @@ def reached_lr(peak_lr: float, warmup_steps: int, max_steps: int) -> float:
     return float(peak_lr) * max_steps / warmup_steps
 
 
-def schedule_problem(peak_lr: float, warmup_steps: int, max_steps: int, section: str, how: str = "") -> str | None:
+def schedule_problem(peak_lr: float, warmup_steps: int, max_steps: int, section: str, how: str = "",
+                     min_lr: float = 0.0) -> str | None:
     """One line naming what is wrong with the schedule of ``section`` (``train`` or ``finetune``) and the fix, or
-    None when it can learn. ``how`` says how the peak rate was made (e.g. "train.base_lr 1.5e-04 x batch 2 / 256")."""
+    None when it can learn. ``how`` says how the peak rate was made (e.g. "train.base_lr 1.5e-04 x batch 2 / 256");
+    ``min_lr``: the rate the cosine decays to (absolute, while the peak scales with the batch)."""
     problems = []
+    if min_lr > peak_lr:
+        problems.append(f"{section}.min_lr {min_lr:.2g} is above the peak rate {peak_lr:.2g}: after the warmup the "
+                        "'decay' climbs to it")
     if warmup_steps >= max_steps:
         problems.append(f"{section}.warmup_steps {warmup_steps} >= {section}.max_steps {max_steps}: the rate never "
                         f"finishes warming up (it tops out at {reached_lr(peak_lr, warmup_steps, max_steps):.2g})")
@@ -39,17 +44,22 @@ def schedule_problem(peak_lr: float, warmup_steps: int, max_steps: int, section:
     if not problems:
         return None
     fixes = []
+    if min_lr > peak_lr:
+        fixes.append(f"set {section}.min_lr below the peak, e.g. a tenth of it ({peak_lr / 10:.2g})")
     if warmup_steps >= max_steps:
         fixes.append(f"set {section}.warmup_steps to about 10 % of max_steps (e.g. {max(1, max_steps // 10)})")
     if peak_lr < MIN_PEAK_LR:
         fixes.append(f"raise {section}.base_lr" + (" (the rate scales with the batch size)" if section == "train"
                                                    else ""))
-    return f"warning: {'; and '.join(problems)}; this run will barely learn. Fix: {' and '.join(fixes)}."
+    learn = "this run will barely learn" if warmup_steps >= max_steps or peak_lr < MIN_PEAK_LR else \
+        "the schedule is not what the recipe meant"
+    return f"warning: {'; and '.join(problems)}; {learn}. Fix: {' and '.join(fixes)}."
 
 
-def warn_schedule(peak_lr: float, warmup_steps: int, max_steps: int, section: str, how: str = "") -> str | None:
+def warn_schedule(peak_lr: float, warmup_steps: int, max_steps: int, section: str, how: str = "",
+                  min_lr: float = 0.0) -> str | None:
     """Log :func:`schedule_problem`'s line (once, at the start of a run) and return it; None when all is well."""
-    line = schedule_problem(peak_lr, warmup_steps, max_steps, section, how)
+    line = schedule_problem(peak_lr, warmup_steps, max_steps, section, how, min_lr)
     if line:
         log.warning(line)
     return line

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -14,19 +14,20 @@ import torch
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from torch.utils.data import DataLoader, Sampler
 
-from geomed_ssl.config import Recipe, as_tuple, load_recipe, spatial_dims, validate
+from geomed_ssl.config import Recipe, as_recipe, as_tuple, load_recipe, spatial_dims
 from geomed_ssl.data.catalog import Catalog, scan
 from geomed_ssl.views.datasets import PretrainDataset, collate
 from geomed_ssl.data.stats import BandStats, compute_stats
 from geomed_ssl.data.survey import warn_survey
 from geomed_ssl.views.builder import build_views
-from geomed_ssl.errors import ConfigError, GeomedError
+from geomed_ssl.errors import ConfigError, GeomedError, RunStopped
 from geomed_ssl.launch import check_pretrain_world, launched
 from geomed_ssl.methods import build_method, with_method_settings
 from geomed_ssl.methods.schedules import ScheduleClock
 from geomed_ssl.models.encoder import EncoderConfig
 from geomed_ssl.outdirs import Inputs, check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_path, atomic_write_text
+from geomed_ssl.process import keeps_process_state
 from geomed_ssl.train.agreement import agreement_for
 from geomed_ssl.train.callbacks import ExportEncoder, MetricsCSV, Previews
 from geomed_ssl.train.checkpointing import (ResumePoint, RunCheckpoints, StopRequest, find_resume_checkpoint,
@@ -47,7 +48,7 @@ class RunResult:
     run_dir: Path
     encoder_dir: Path
     steps: int
-    catalog: Catalog
+    catalog: Catalog = field(repr=False)  # every file read: too long to print
     stopped: str | None = None  # SIGTERM / SIGINT (or "stopped") when the run ended before train.max_steps
     is_global_zero: bool = True  # False in the other processes of a multi-process run
 
@@ -122,11 +123,7 @@ def resolve_recipe(recipe: Recipe | str | Path | None, out: Path, overrides: lis
     the ``config.yaml`` it was started with (plus any overrides, e.g. more steps)."""
     if not resume:
         source = "recipe" if isinstance(recipe, Recipe) else str(recipe or "defaults")
-        if isinstance(recipe, Recipe):
-            validate(recipe, source)
-        else:
-            recipe = load_recipe(recipe, overrides)
-        return with_method_settings(recipe, source)
+        return with_method_settings(as_recipe(recipe, overrides), source)
     saved = out / "config.yaml"
     if not saved.is_file():
         if not out.is_dir() or not any(out.iterdir()):
@@ -278,6 +275,7 @@ class PretrainData(L.LightningDataModule):
                           worker_init_fn=functools.partial(stop_safe_worker_init, rank=self.trainer.global_rank))
 
 
+@keeps_process_state
 def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: str | Path, *,
              overrides: list[str] | None = None, resume: bool = False, overwrite: bool = False, strict: bool = False,
              callbacks: list[L.Callback] | None = None, progress: bool = True) -> RunResult:
@@ -334,7 +332,7 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
                             extra_state={"encoder": enc_cfg.to_dict(), "method": recipe.method.name}, clock=clock)
     if rank == 0:
         warn_schedule(module.peak_lr, t.warmup_steps, t.max_steps, "train",
-                      f"train.base_lr {t.base_lr:g} x effective batch {module.effective_batch} / 256")
+                      f"train.base_lr {t.base_lr:g} x effective batch {module.effective_batch} / 256", t.min_lr)
         warn_accumulation(recipe.method.name, method.compares_batch, t.batch_size, t.accumulate_grad_batches)
     data = PretrainData(dataset, t.batch_size, t.max_steps * t.accumulate_grad_batches, t.accumulate_grad_batches,
                         recipe.data.num_workers)
@@ -372,6 +370,12 @@ def fit(trainer: L.Trainer, module: PretrainModule, data: PretrainData, point: R
         stop.install()
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(point.path) if point else None, weights_only=True)
+    except SystemExit:  # Lightning ends a KeyboardInterrupt (a second Ctrl-C: abort without saving) with exit(1)
+        last = out / "checkpoints" / "last.ckpt"
+        kept = (f"'{last}' keeps the last checkpoint saved: the same command with --resume goes on from it"
+                if last.is_file() else "no checkpoint was saved yet: start again with --overwrite")
+        raise RunStopped("SIGINT", f"pretraining aborted by a second Ctrl-C at step {trainer.global_step}, without "
+                                   f"saving; {kept}.") from None
     finally:
         stop.restore()
     if spawned:  # the workers trained: the step is in their last checkpoint

@@ -17,6 +17,7 @@ from geomed_ssl.train.checkpointing import AtomicCheckpointIO
 from geomed_ssl.train.console import has_bar, quiet_lightning
 
 log = logging.getLogger("geomed_ssl")
+_SAID: dict[str, bool] = {}  # notes said once per process
 _capped: set[tuple[int, int]] = set()  # (asked, CPUs) already said, so a compare's many fine-tunes say it once
 
 
@@ -65,9 +66,15 @@ def resolve_precision(precision: str, accelerator: str, strategy: str = "auto", 
     Nothing here initialises CUDA in this process (``torch.cuda.is_available`` asks NVML under Lightning), except
     the bf16 question, which must ask the GPU: with a forking strategy that would break the forked workers
     ("Cannot re-initialize CUDA in forked subprocess"), so there ``auto`` on a GPU is refused in one line."""
+    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if precision in ("16-mixed", "16") and not on_gpu:  # Lightning would switch to bf16 with a warning, twice
+        if not _SAID.get("cpu16"):
+            log.info("train.precision %s: float16 autocast needs a GPU; on the CPU this run uses bf16-mixed.",
+                     precision)
+            _SAID["cpu16"] = True
+        return "bf16-mixed"
     if precision != "auto":
         return precision
-    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     if not on_gpu:
         return "32-true"
     if forks(strategy, devices):
@@ -94,7 +101,7 @@ def probe_trainer(accelerator: str, devices: Any, strategy: str, num_nodes: int,
         return L.Trainer(accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes,
                          precision=resolved, logger=False, plugins=cluster_plugins(),
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    except (MisconfigurationException, ValueError, RuntimeError, ImportError) as err:
+    except (MisconfigurationException, ValueError, TypeError, RuntimeError, ImportError) as err:
         raise ConfigError(f"train.accelerator / devices / strategy / num_nodes / precision ({accelerator} / "
                           f"{devices} / {strategy} / {num_nodes} / {precision}): {str(err).splitlines()[0]}"
                           ) from None

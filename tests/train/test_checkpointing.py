@@ -425,3 +425,24 @@ def test_a_command_and_its_data_workers_outlive_slurms_advance_warning() -> None
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler)
+
+
+def test_training_data_workers_outlive_a_signal_sent_to_the_whole_process_group() -> None:
+    """``timeout``, Slurm and a terminal's Ctrl-C signal every process of the group: the training process decides
+    when to stop (pretraining and fine-tuning alike); a worker that died first made its next batch a traceback."""
+    import time
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from geomed_ssl.train.checkpointing import stop_safe_worker_init
+
+    loader = DataLoader([torch.tensor(i) for i in range(6)], batch_size=1, num_workers=1,
+                        worker_init_fn=stop_safe_worker_init)
+    batches = iter(loader)
+    first = next(batches)
+    for worker in batches._workers:
+        os.kill(worker.pid, signal.SIGTERM)
+        os.kill(worker.pid, signal.SIGINT)
+    time.sleep(0.3)
+    assert [int(first)] + [int(b) for b in batches] == list(range(6))

@@ -40,3 +40,19 @@ def test_the_settings_check_trainer_prints_no_lightning_banner(loud_lightning) -
     finally:
         logging.getLogger("lightning.pytorch").removeHandler(seen)
     assert seen.messages == []
+
+
+def test_launch_settings_lightning_would_turn_into_a_traceback_or_a_silent_switch_are_one_line() -> None:
+    import torch
+
+    from geomed_ssl.config import load_recipe
+    from geomed_ssl.errors import ConfigError
+    from geomed_ssl.train.trainer import resolve_precision
+
+    for value in ("bf16-true", "16-true", "64"):  # they cast the model: previews and class weights would crash
+        with pytest.raises(ConfigError, match="train.precision"):
+            load_recipe(None, [f"train.precision={value}"])
+    if not torch.cuda.is_available():
+        assert resolve_precision("16-mixed", "auto") == "bf16-mixed"  # said once, not Lightning's warning twice
+        with pytest.raises(ConfigError, match="train.accelerator / devices"):
+            probe_trainer("cpu", [0], "auto", 1, "32-true")  # Lightning's TypeError

@@ -33,6 +33,13 @@ def test_peak_rate_below_the_threshold_names_how_it_was_made() -> None:
     assert "warmup" not in line
 
 
+def test_a_floor_above_the_peak_rate_is_named_with_a_floor_that_fits() -> None:
+    line = schedule_problem(4.7e-5, 1, 10, "train", min_lr=0.01)
+    assert line is not None and "train.min_lr 0.01 is above the peak rate 4.7e-05" in line
+    assert "e.g. a tenth of it (4.7e-06)" in line and "barely learn" not in line
+    assert schedule_problem(1e-3, 10, 100, "train", min_lr=1e-6) is None
+
+
 def test_both_problems_make_one_line() -> None:
     line = schedule_problem(1e-6, 100, 50, "train")
     assert line is not None and line.count("warning:") == 1 and "\n" not in line

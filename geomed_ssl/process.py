@@ -1,0 +1,82 @@
+"""What a command called from Python leaves behind: nothing. Training seeds the global random generators (Lightning's
+``seed_everything``, a reseed per step), exports ``PL_GLOBAL_SEED`` / ``PL_SEED_WORKERS`` and may size the thread
+pool to a CPU quota; a notebook that runs ``pretrain`` and then its own experiments must not find its random numbers
+fixed or its thread count changed. :func:`keeps_process_state` saves that state around a call and puts it back."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import random
+import signal
+import threading
+import warnings
+from typing import Any, Callable, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Variables the training stack sets for its own processes (Lightning's seed for the workers it starts; the thread
+# count sized to a CPU quota, see geomed_ssl.cpus).
+ENV_KEYS = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "OMP_NUM_THREADS")
+# Loggers whose levels the console settings change (geomed_ssl.train.console.quiet_lightning).
+LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+# Handlers a run replaces while it trains (save-and-stop) and Lightning sets to "ignore" when it aborts.
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class ProcessState:
+    """The random generators (Python, NumPy, torch CPU and initialised CUDA devices), ``ENV_KEYS``, torch's thread
+    count, the levels of ``LOGGERS`` and the handlers of ``SIGNALS`` (main thread only) at one moment;
+    :meth:`restore` puts them back."""
+
+    def __init__(self) -> None:
+        self.python = random.getstate()
+        self.env = {key: os.environ.get(key) for key in ENV_KEYS}
+        self.levels = {name: logging.getLogger(name).level for name in LOGGERS}
+        main = threading.current_thread() is threading.main_thread()
+        self.handlers = {s: signal.getsignal(s) for s in SIGNALS} if main else {}
+        import numpy as np  # imported here, before the call, so that even their first states come back
+        import torch
+
+        self.numpy = np.random.get_state()
+        self.torch, self.threads = torch.get_rng_state(), torch.get_num_threads()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+
+    def restore(self) -> None:
+        random.setstate(self.python)
+        for key, value in self.env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        for name, level in self.levels.items():
+            logging.getLogger(name).setLevel(level)
+        for signum, handler in self.handlers.items():
+            if handler is not None:  # None: set outside Python, which cannot be put back from here
+                signal.signal(signum, handler)
+        import numpy as np
+        import torch
+
+        np.random.set_state(self.numpy)
+        torch.set_rng_state(self.torch)
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+
+
+def keeps_process_state(fn: F) -> F:
+    """``fn`` run between a :class:`ProcessState` saved before it and restored after it (also when it raises), and
+    inside ``warnings.catch_warnings`` (the filters it adds go with it)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        state = ProcessState()
+        try:
+            with warnings.catch_warnings():
+                return fn(*args, **kwargs)
+        finally:
+            state.restore()
+
+    return wrapper  # type: ignore[return-value]

@@ -105,8 +105,10 @@ def guess_kind(data_dir: Path) -> str:
         return input_kind(data_dir) or "raster"
     if not data_dir.is_dir():
         raise GeomedError(f"data folder '{data_dir}' does not exist.")
-    has_nii = any(data_dir.rglob("*.nii*"))
-    has_tif = any(data_dir.rglob("*.tif")) or any(data_dir.rglob("*.tiff"))
+    from geomed_ssl.data.listing import has_ext, list_files
+
+    files = list_files(data_dir)
+    has_nii, has_tif = (any(has_ext(p.name, kind) for p in files) for kind in ("volume", "raster"))
     return "volume" if has_nii and not has_tif else "raster"
 
 
@@ -132,7 +134,8 @@ def pretrain(
                    f"{result.run_dir / 'checkpoints' / 'last.ckpt'}. Continue with the same command and --resume.")
         raise typer.Exit(code=signal_exit_code(result.stopped))
     typer.echo(f"done: {result.steps} steps. Encoder: {result.encoder_dir}  (load with geomed_ssl.load_encoder)")
-    typer.echo(f"metrics: {result.run_dir / 'metrics.csv'}  previews: {result.run_dir / 'previews'}")
+    previews = result.run_dir / "previews"
+    typer.echo(f"metrics: {result.run_dir / 'metrics.csv'}" + (f"  previews: {previews}" if previews.is_dir() else ""))
 
 
 app.add_typer(finetune_app, name="finetune")
@@ -376,10 +379,7 @@ def methods(
     settings (defaults and meaning)."""
     import geomed_ssl.methods  # noqa: F401  (registers the methods)
     from geomed_ssl.methods.catalog import methods_markdown, methods_text
-    from geomed_ssl.methods.registry import method_class
 
-    for name in names or []:
-        method_class(name, "geomed-ssl methods", what="method")
     if markdown and names:
         raise GeomedError("--markdown prints the whole of docs/methods.md; give method names without it.")
     typer.echo(methods_markdown() if markdown else methods_text(names), nl=False)

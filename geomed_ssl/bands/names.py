@@ -134,6 +134,22 @@ def _tag_um(tags: dict[str, Any] | None, key: str) -> float | None:
     return None
 
 
+# GDAL writes an ENVI header's wavelengths into the band descriptions it converts: "B01 (0.443 Micrometers)",
+# "Band 1 (443.0 Nanometers)". The name is the part before; the value is the band's centre wavelength.
+GDAL_WAVELENGTH = re.compile(r"^(?P<name>.*?)\s*\(\s*(?P<value>[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*"
+                             r"(?P<unit>micrometers?|microns?|um|µm|nanometers?|nm)\s*\)$", re.IGNORECASE)
+
+
+def split_wavelength_suffix(description: str) -> tuple[str, float | None]:
+    """``"B01 (0.443 Micrometers)"`` -> ``("B01", 0.443)``: the name without GDAL's wavelength suffix and that
+    wavelength in µm (a description without one comes back as it is, with None)."""
+    found = GDAL_WAVELENGTH.match(description.strip())
+    if not found or not found["name"]:
+        return description.strip(), None
+    value = float(found["value"]) / (1000.0 if found["unit"].lower().startswith(("n",)) else 1.0)
+    return found["name"], value if math.isfinite(value) and value > 0 else None
+
+
 def _tag_wavelength(tags: dict[str, Any] | None) -> float | None:
     """CENTRAL_WAVELENGTH_UM (GDAL IMAGERY domain) from one band's tags, or None."""
     return _tag_um(tags, "CENTRAL_WAVELENGTH_UM")
@@ -165,15 +181,21 @@ def resolve_band_info(
 ) -> BandInfo:
     """Band names, centre wavelengths and band widths (µm) of one file, and where the names came from.
 
-    Names: the file's band descriptions when every band has one ("file"); else ``data_cfg.band_names``
-    ("recipe"); else the ``data_cfg.sensor`` profile's names BY POSITION ("sensor"; only when its band count
-    matches: a mismatch is a DataError); else ``fallback_names`` (e.g. channel names, "channels"); else
-    "band_1".."band_N" ("index").
+    Names: the file's band descriptions when every band has one ("file"; GDAL's wavelength suffix of converted
+    ENVI files, "B01 (0.443 Micrometers)", taken off and read as the wavelength); else ``data_cfg.band_names``
+    ("recipe"); else ``fallback_names`` (the names of ``data.channels``' globs, "channels"); else the
+    ``data_cfg.sensor`` profile's names BY POSITION ("sensor"; only when its band count matches: a mismatch is a
+    DataError); else "band_1".."band_N" ("index").
     Wavelengths: ``data_cfg.wavelengths``; else the sensor profile matched by name; else each band's
     ``CENTRAL_WAVELENGTH_UM`` tag (``tags`` maps the 1-based band index to that band's IMAGERY/plain tags); None for
     the whole list when no band has one. Widths: each band's ``FWHM_UM`` tag (GDAL IMAGERY domain, as the bundled
     sample writes it); None for the whole list when no band has one.
     """
+    suffixed = [split_wavelength_suffix(str(d)) if d is not None else (None, None) for d in descriptions or []]
+    if suffixed and all(wl is not None for _, wl in suffixed):  # every band "NAME (VALUE UNIT)": GDAL's ENVI names
+        descriptions = [name for name, _ in suffixed]
+        tags = {i + 1: {**(tags or {}).get(i + 1, {}), "SUFFIX_WAVELENGTH_UM": wl}
+                for i, (_, wl) in enumerate(suffixed)}
     names, source = _band_names(num_bands, descriptions, data_cfg, path, fallback_names)
     tags = tags or {}
     widths = [_tag_um(tags.get(i + 1), "FWHM_UM") for i in range(num_bands)]
@@ -216,6 +238,8 @@ def _band_names(num_bands: int, descriptions: Sequence[str | None] | None, data_
                 f"give one name per band in the file's order."
             )
         names, source = [str(n) for n in cfg_names], "recipe"
+    elif fallback_names is not None and len(fallback_names) == num_bands:  # named by the user's globs: before
+        names, source = [str(n) for n in fallback_names], "channels"  # any guess by position
     elif sensor:
         profile_names = list(sensor_profile(sensor))
         if len(profile_names) != num_bands:
@@ -225,8 +249,6 @@ def _band_names(num_bands: int, descriptions: Sequence[str | None] | None, data_
                 "order with data.band_names (or fix data.sensor)."
             )
         names, source = profile_names, "sensor"
-    elif fallback_names is not None and len(fallback_names) == num_bands:
-        names, source = [str(n) for n in fallback_names], "channels"
     else:
         names, source = [f"band_{i}" for i in range(1, num_bands + 1)], "index"
     if len(set(names)) != len(names):
@@ -251,6 +273,7 @@ def _band_wavelengths(names: list[str], tags: dict[int, dict[str, Any]], data_cf
     sensor = getattr(data_cfg, "sensor", None)
     wl: list[float | None] = lookup_wavelengths(names, sensor) if sensor else [None] * num_bands
     wl = [w if w is not None else _tag_wavelength(tags.get(i + 1)) for i, w in enumerate(wl)]
+    wl = [w if w is not None else _tag_um(tags.get(i + 1), "SUFFIX_WAVELENGTH_UM") for i, w in enumerate(wl)]
     return wl if any(w is not None for w in wl) else None
 
 

@@ -22,17 +22,16 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from geomed_ssl.config import as_tuple, spatial_dims
+from geomed_ssl.config import DataConfig, as_tuple, spatial_dims
 from geomed_ssl.bands.names import resolve_band_info
 from geomed_ssl.bands.conform import report_positional_names
 from geomed_ssl.data.probe import (RASTER_PREVIEW, VOLUME_PREVIEW, FileProbe, ProbeError, probe_file,  # noqa: F401
                                   reordered)
+from geomed_ssl.data.listing import EXTENSIONS, has_ext, list_files, unread_formats
 from geomed_ssl.data.survey import grid_lines
 from geomed_ssl.errors import DataError
-from geomed_ssl.outdirs import MANIFEST
 
 log = logging.getLogger("geomed_ssl")
-EXTENSIONS = {"raster": (".tif", ".tiff"), "volume": (".nii", ".nii.gz")}
 
 
 @dataclass
@@ -260,32 +259,6 @@ LABEL_GLOBS = ["*mask*", "*label*", "*lulc*", "*_gt*", "*seg*", "*OTMultiClass*"
 
 
 
-def _has_ext(name: str, kind: str) -> bool:
-    return name.lower().endswith(EXTENSIONS[kind])
-
-
-def _list_files(root: Path) -> list[Path]:
-    """The files under ``root`` (or ``root`` itself), leaving out hidden files and folders (``.ipynb_checkpoints``,
-    macOS ``._x.tif`` copies) and the subfolders the toolkit wrote (they hold ``.geomed-ssl.json``: a predict, embed
-    or cluster folder placed inside the data must not be read back as data); each said once in the log."""
-    if root.is_file():
-        return [root]
-    out, skipped, hidden = [], [], []
-    for folder, dirs, files in os.walk(root):
-        ours = sorted(d for d in dirs if (Path(folder) / d / MANIFEST).is_file())
-        skipped += [Path(folder) / d for d in ours]
-        hidden += [Path(folder) / n for n in sorted(dirs) + sorted(files) if n.startswith(".") and n != MANIFEST]
-        dirs[:] = sorted(d for d in dirs if d not in ours and not d.startswith("."))
-        out += [Path(folder) / f for f in sorted(files) if not f.startswith(".")]
-    if hidden:
-        log.info(f"skipped {len(hidden)} hidden file(s) / folder(s) under '{root}': "
-                 + ", ".join(str(p.relative_to(root)) for p in hidden[:3]) + (", ..." if len(hidden) > 3 else ""))
-    if skipped:
-        log.info(f"skipped {len(skipped)} folder(s) under '{root}' that geomed-ssl wrote (outputs, not data): "
-                 + ", ".join(str(d.relative_to(root)) for d in skipped[:3]) + (", ..." if len(skipped) > 3 else ""))
-    return out
-
-
 # -- stacking ---------------------------------------------------------------------------------------------------
 def _grid_difference(a: FileProbe, b: FileProbe, kind: str) -> str | None:
     """What differs between two channel files' grids (None: one grid): shape, or the affine (volumes: how far,
@@ -416,15 +389,18 @@ def _majority(records: list[FileRecord], problems: list[Problem]) -> list[FileRe
             reordered = set(r.band_names) == set(top)
             how = "the same bands in another order" if reordered else "other band names"
             fix = ("training reads one band order: write it in theirs or leave it out (data.exclude)" if reordered
-                   else "fix its band descriptions (or data.band_names) or leave it out (data.exclude)")
+                   else "fix its band descriptions (a file's own names win over data.band_names) or leave it out "
+                   "(data.exclude)" if r.band_source == "file"
+                   else "fix data.band_names or the file, or leave it out (data.exclude)")
             problems.append(Problem(r.path, f"holds {how} ({' '.join(r.band_names)}) than most files "
                                             f"({' '.join(top)}); {fix}"))
     return out
 
 
-def scan(root: str | Path, data_cfg: Any, strict: bool = False, names_by_position: str = "warn",
+def scan(root: str | Path, data_cfg: Any = None, strict: bool = False, names_by_position: str = "warn",
          majority: bool = True) -> Catalog:
-    """Scan ``root`` (a folder, recursively, or one file) for ``data_cfg.kind`` files and build a Catalog.
+    """Scan ``root`` (a folder, recursively, or one file) for ``data_cfg.kind`` files and build a Catalog
+    (``data_cfg``: a recipe's ``data`` section, ``load_recipe(path).data``; None: the defaults, rasters).
 
     Problem files are skipped and listed in ``catalog.problems``; with ``strict`` any problem is a DataError.
     ``majority``: keep only the files with the most common band count and names (data that trains together);
@@ -437,13 +413,17 @@ def scan(root: str | Path, data_cfg: Any, strict: bool = False, names_by_positio
     root = Path(root).expanduser().absolute()
     if not root.exists():
         raise DataError(f"data folder '{root}' does not exist; check the path given for the data.")
+    data_cfg = DataConfig() if data_cfg is None else data_cfg
     kind = data_cfg.kind
     if kind not in EXTENSIONS:
         raise DataError(f"data.kind must be 'raster' or 'volume', got '{kind}'.")
     window = as_tuple(data_cfg.patch_size, spatial_dims(data_cfg), "data.patch_size")
     base = root if root.is_dir() else root.parent
-    all_files = _list_files(root)
-    typed = [str(p) for p in all_files if _has_ext(p.name, kind)]
+    all_files = list_files(root)
+    typed = [str(p) for p in all_files if has_ext(p.name, kind)]
+    unread = unread_formats(all_files, kind)
+    if unread and root.is_file():
+        raise DataError(f"cannot use '{root}': {unread}.")
     include, exclude = list(data_cfg.include or ["**/*"]), list(data_cfg.exclude or [])
     rels = [os.path.relpath(f, base) for f in typed]
     keep = select(rels, include, exclude, root)
@@ -470,7 +450,7 @@ def scan(root: str | Path, data_cfg: Any, strict: bool = False, names_by_positio
         raise DataError(f"cannot use '{root}': {problems[0].reason}.")
     if not records:
         other = "volume" if kind == "raster" else "raster"
-        n_other = sum(_has_ext(p.name, other) for p in all_files)
+        n_other = sum(has_ext(p.name, other) for p in all_files)
         found = f"{len(all_files)} file{'s' if len(all_files) != 1 else ''}"
         msg = (f"no usable {kind} files under '{root}': {found} found, {len(typed)} with "
                f"{'/'.join(EXTENSIONS[kind])}, {len(files)} left after data.include {include} and data.exclude "
@@ -482,7 +462,11 @@ def scan(root: str | Path, data_cfg: Any, strict: bool = False, names_by_positio
             msg += f" No folder holds files whose names match data.channels {data_cfg.channels}."
         if n_other and not typed:
             msg += f" Found {n_other} {other} files instead: set data.kind: {other}."
+        if unread and not typed:
+            raise DataError(f"{msg} {unread[0].upper()}{unread[1:]}.")
         raise DataError(msg + " Check data.kind, data.include, data.exclude and data.channels.")
+    if unread and not reported_already():
+        log.warning(f"warning: '{root}' holds {unread}.")
     if strict and problems:
         raise DataError(f"{len(problems)} problem file(s) under '{root}' (strict scan): "
                         + "; ".join(f"{catalog._rel(p.path)}: {p.reason}" for p in problems)

@@ -15,11 +15,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from geomed_ssl.data.catalog import MANIFEST, FileRecord, reported_already, scan
+from geomed_ssl.data.catalog import FileRecord, reported_already, scan
 from geomed_ssl.data.crops import crop_to_patch
 from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import BandStats, normalize
 from geomed_ssl.errors import DataError
+from geomed_ssl.outdirs import MANIFEST
 
 log = logging.getLogger("geomed_ssl")
 IGNORE = -1  # the target of an unlabelled pixel / voxel (cross_entropy's ignore_index in fine-tuning)

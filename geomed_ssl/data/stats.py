@@ -111,11 +111,21 @@ class BandStats:
 
 
 def valid_mask(array: np.ndarray, nodata: float | None) -> np.ndarray:
-    """(C, *spatial) -> (*spatial) bool: all bands finite and not all bands equal to ``nodata``."""
+    """(C, *spatial) -> (*spatial) bool: all bands finite and not all bands equal to ``nodata`` (GDAL's rule for a
+    nodata value the bands share: a pixel is missing when every band is; see :func:`band_gaps`)."""
     valid = np.isfinite(array).all(axis=0) if array.dtype.kind == "f" else np.ones(array.shape[1:], bool)
     if nodata is not None and math.isfinite(nodata):
         valid &= ~(array == nodata).all(axis=0)
     return valid
+
+
+def band_gaps(array: np.ndarray, nodata: float | None) -> np.ndarray | None:
+    """(C, *spatial) bool: the band values equal to ``nodata`` (None when there is no finite nodata value). In a
+    pixel :func:`valid_mask` keeps (some band holds data: e.g. a 60 m band's edge beside valid 10 m bands), they are
+    left out of that band's statistics and fed as its mean (0 after normalisation), never as the fill value."""
+    if nodata is None or not math.isfinite(nodata):
+        return None
+    return array == nodata
 
 
 def normalize(array: np.ndarray, stats: BandStats, nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
@@ -133,6 +143,9 @@ def normalize(array: np.ndarray, stats: BandStats, nodata: float | None) -> tupl
     np.clip(out, a["p1"], a["p99"], out=out)
     out -= a["mean"]
     out /= a["std"]
+    gaps = band_gaps(array, nodata)
+    if gaps is not None:
+        out[gaps] = 0.0
     out[:, ~valid] = 0.0
     return out, valid
 
@@ -339,10 +352,13 @@ def _sample_file(rec: Any, windows: int, window: tuple[int, ...], data_cfg: Any,
             arr = read_window(rec, start, size) if read_window is not None else source.read(start, size)
             arr = np.asarray(arr)
             valid = valid_mask(arr, rec.nodata)  # (*size)
+            gaps = band_gaps(arr, rec.nodata)
             if rec.kind == "volume":
                 arr = preprocess_intensity(arr, data_cfg, valid=valid, **intensity)
             vals = arr[:, valid].astype(np.float64)  # (C, n_valid)
-            count += vals.shape[1]
+            if gaps is not None:
+                vals[gaps[:, valid]] = np.nan  # a band's own gaps in a valid pixel: not a value of that band
+            count += np.isfinite(vals).sum(axis=1)
             if vals.shape[1]:
                 take = rng.random(vals.shape[1]) < keep_prob
                 if not take.any():
@@ -366,10 +382,12 @@ def _band_stats(names: list[str], count: np.ndarray, kept: list[np.ndarray], n_w
     if empty:
         raise DataError(f"band(s) {empty} have no valid pixels in {n_windows} sampled windows (nodata and NaN "
                         "excluded); check data.nodata and that the files hold data, or raise data.stats_windows.")
-    sample = np.concatenate(kept, axis=1).astype(np.float64)  # (C, m)
-    p1, p99 = np.percentile(sample, [1, 99], axis=1)
+    sample = np.concatenate(kept, axis=1).astype(np.float64)  # (C, m); NaN: a band's gap in a valid pixel
+    gappy = bool(np.isnan(sample).any())
+    p1, p99 = (np.nanpercentile if gappy else np.percentile)(sample, [1, 99], axis=1)
     clipped = np.clip(sample, p1[:, None], p99[:, None])  # what normalize feeds: its mean and std (version 2)
-    mean, std = clipped.mean(axis=1), clipped.std(axis=1)
+    mean, std = (np.nanmean(clipped, axis=1), np.nanstd(clipped, axis=1)) if gappy else \
+        (clipped.mean(axis=1), clipped.std(axis=1))
     return BandStats(
         band_names=names, mean=[float(v) for v in mean], std=[float(max(s, STD_FLOOR)) for s in std],
         p1=[float(v) for v in p1], p99=[float(v) for v in p99], count=[int(c) for c in count],

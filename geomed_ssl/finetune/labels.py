@@ -11,28 +11,32 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from geomed_ssl.data.catalog import EXTENSIONS, FileRecord
+from geomed_ssl.data.listing import walk
 from geomed_ssl.data.readers import nearest_index, resampled_shape, valid_map, voxel_mm
 from geomed_ssl.data.tables import LINE, read_rows
 from geomed_ssl.inference.writers import MAX_CLASS_VALUE
 from geomed_ssl.finetune.sampling import (  # noqa: F401  (re-exported: the sampling half of this module)
-    ClassMap, LabelSelection, Names, check_labels_config, class_ids, labelled_pixels, sample_fraction,
+    ClassMap, LabelSelection, Names, Sources, check_labels_config, class_ids, labelled_pixels, sample_fraction,
     sample_images_per_class, sample_per_class, select_labels,
 )
 from geomed_ssl.finetune.splits import block_split  # noqa: F401  (re-exported)
 from geomed_ssl.errors import DataError
 
 __all__ = [
-    "AFFINE_TOL", "LABEL_SUFFIXES", "check_grid", "match_labels", "read_label", "read_label_pairs",
+    "AFFINE_TOL", "LABEL_SUFFIXES", "check_grid", "match_labels", "read_label", "read_label_pairs", "label_sources",
     "ClassMap", "LabelSelection", "Names", "block_split", "check_labels_config", "class_ids", "labelled_pixels",
     "sample_fraction", "sample_images_per_class", "sample_per_class", "select_labels",
 ]
 
-LABEL_SUFFIXES = ("gt", "label", "labels", "mask", "seg", "segmentation", "annotation", "annotations", "truth")
+LABEL_SUFFIXES = ("gt", "label", "labels", "mask", "seg", "segmentation", "annotation", "annotations", "truth",
+                  "dseg", "gmseg", "wmseg")  # dseg: BIDS derivatives; gmseg / wmseg: the Spinal Cord Toolbox
+# words that may follow a label suffix: t1w_seg-manual, mt1_gmseg_goldstandard, t2_seg-manual_labeled
+LABEL_QUALIFIERS = ("manual", "goldstandard", "gold", "labeled", "labelled", "ref", "reference", "corrected")
 AFFINE_TOL = 1e-4
 log = logging.getLogger("geomed_ssl")
 
@@ -47,11 +51,18 @@ def _stem(path: str | Path) -> str:
 
 
 def _label_keys(stem: str) -> list[str]:
-    """Image stems a label file name can belong to: its own stem, and its stem without a known label suffix."""
-    low, keys = stem.lower(), [stem.lower()]
-    for sep in "_-.":
-        head, found, tail = low.rpartition(sep)
-        if found and head and tail in LABEL_SUFFIXES:
+    """Image stems a label file name can belong to: its own stem, and its stem without a known label suffix (and
+    the qualifiers after it: ``t1w_seg-manual`` -> ``t1w``)."""
+    low = stem.lower()
+    keys, head, labelled = [low], low, False
+    while (cut := max(head.rfind(sep) for sep in "_-.")) > 0:
+        tail = head[cut + 1:]
+        if tail in LABEL_SUFFIXES:
+            labelled = True
+        elif tail not in LABEL_QUALIFIERS:
+            break
+        head = head[:cut]
+        if labelled:
             keys.append(head)
     return keys
 
@@ -69,7 +80,7 @@ def _shared_parents(a: str, b: str) -> int:
 def _by_name(records: list[FileRecord], label_dir: Path, kind: str) -> dict[str, str | None]:
     images = {os.path.abspath(p) for r in records for p in r.paths}
     index: dict[str, list[str]] = {}
-    for folder, dirs, files in os.walk(label_dir):
+    for folder, dirs, files in walk(label_dir):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for f in sorted(f for f in files if not f.startswith(".")):
             path = os.path.abspath(os.path.join(folder, f))
@@ -172,13 +183,34 @@ def raster_grid_diffs(image_shape: Sequence[int], image_crs: str | None, image_t
     pix = max(abs(img[0]), abs(img[4]), 1e-12)
     lin, img_lin = [tr[i] for i in (0, 1, 3, 4)], [img[i] for i in (0, 1, 3, 4)]
     if not np.allclose(lin, img_lin, rtol=0, atol=1e-6 * pix):
-        diffs.append(f"pixel size {tr[0]:g} x {tr[4]:g} vs {img[0]:g} x {img[4]:g}")
+        diffs.append(_linear_difference(tr, img))
     else:
         col, row = ~Affine(*img) @ (tr[2], tr[5])
         if abs(col) > 1e-3 or abs(row) > 1e-3:
             diffs.append(f"origin shifted by {col:+.3g} columns, {row:+.3g} rows "
                          f"(({tr[2]:.10g}, {tr[5]:.10g}) vs ({img[2]:.10g}, {img[5]:.10g}))")
     return diffs
+
+
+def _linear_difference(label: Sequence[float], image: Sequence[float]) -> str:
+    """How two transforms' pixel sizes or rotations differ (GDAL order a, b, c, d, e, f): the pixel size as the
+    length of each pixel side, and the rotation of the rows, so a rotated grid is not reported as another size."""
+    def size(t: Sequence[float]) -> tuple[float, float]:
+        return float(np.hypot(t[0], t[3])), float(np.hypot(t[1], t[4]))
+
+    def angle(t: Sequence[float]) -> float:
+        return float(np.degrees(np.arctan2(t[3], t[0])))
+
+    (lw, lh), (iw, ih) = size(label), size(image)
+    parts = []
+    if not np.allclose((lw, lh), (iw, ih), rtol=1e-6, atol=0):
+        parts.append(f"pixel size {lw:g} x {lh:g} vs {iw:g} x {ih:g}")
+    if abs(angle(label) - angle(image)) > 1e-6:
+        parts.append(f"grid rotated by {angle(label):.4g}° vs {angle(image):.4g}°")
+    if not parts:  # a flip or a shear: the axes' directions differ
+        parts.append(f"pixel axes ({label[0]:g}, {label[1]:g}, {label[3]:g}, {label[4]:g}) vs ({image[0]:g}, "
+                     f"{image[1]:g}, {image[3]:g}, {image[4]:g})")
+    return ", ".join(parts)
 
 
 def _canonical(shape: Sequence[int], affine: np.ndarray) -> tuple[tuple[int, ...], np.ndarray]:
@@ -266,14 +298,19 @@ def match_labels(image_records: Sequence[FileRecord], label_dir: str | Path | No
         raise DataError(f"labels '{label_dir}' do not exist (give a label folder, a label file or a CSV).")
     missing = [r.path for r in records if found[r.path] is None]
     where = f"'{label_name}' beside each image" if label_name else f"'{csv or label_dir}'"
-    if missing and not allow_unlabelled:
+    if missing and (csv is not None or allow_unlabelled):
+        if csv is not None and len(missing) < len(records):  # the CSV says which images are labelled
+            log.info("%d of %d images are not in the labels CSV '%s'; only the images it lists are used.",
+                     len(missing), len(records), csv)
+    elif missing:
         common = os.path.commonpath([r.path for r in records]) if len(records) > 1 else os.path.dirname(missing[0])
         names = ", ".join(os.path.relpath(p, common) for p in missing[:5]) + (" ..." if len(missing) > 5 else "")
         ext = EXTENSIONS[kind][-1]
         raise DataError(f"{len(missing)} of {len(records)} images have no label file ({names}) in {where}. Name "
                         f"labels like the image (x{ext} -> x{ext} or x_gt{ext} / x_mask{ext}), list pairs in a labels "
-                        "CSV (image,label), give the one label file itself when it serves every image (dates of one "
-                        "ground), or allow unlabelled images.")
+                        "CSV (image,label; the images it leaves out are not used), give the one label file itself "
+                        "when it serves every image (dates of one ground), or leave the unlabelled images out with "
+                        "--set \"data.exclude=[...]\".")
     pairs = [(r, found[r.path]) for r in records if found[r.path] is not None]
     if not pairs:
         raise DataError(f"no image has a label file in {where}.")
@@ -366,6 +403,24 @@ def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata
         idx = nearest_index(labels.shape, new)  # nearest on the reader's align-corners grid
         labels, labelled = labels[idx], labelled[idx]
     return labels, labelled
+
+
+def label_sources(paths: Sequence[str], data: Any) -> list[Sources | None]:
+    """Per label file, where each position of its array was read from in the file, when :func:`read_label`
+    resampled it onto the ``data.spacing`` grid (volumes; None elsewhere): the per-axis indices into the file's
+    (RAS) grid and that grid's shape, from the header. The copies a finer grid makes of one voxel are one place of
+    the ground: :func:`select_labels` never trains on one and tests on another."""
+    if data.kind != "volume" or data.spacing is None:
+        return [None] * len(paths)
+    import nibabel as nib
+
+    out: list[Sources | None] = []
+    for path in paths:
+        img = nib.load(path)
+        shape, affine = _canonical(img.shape[:3], np.asarray(img.affine, np.float64))
+        new = resampled_shape(shape, voxel_mm(affine), data.spacing)
+        out.append((tuple(a.reshape(-1) for a in nearest_index(shape, new)), shape))
+    return out
 
 
 def read_label_pairs(records: Sequence[FileRecord], labels: str | Path | None, lab: object, data: object,

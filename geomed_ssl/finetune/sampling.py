@@ -24,6 +24,8 @@ from geomed_ssl.finetune.splits import SPLITS, ground_keys, training_maps, train
 from geomed_ssl.outfiles import atomic_path
 
 Names = Mapping[int, str] | None
+# Where a label array's positions come from in its file: per-axis indices into the file's grid, and its shape
+Sources = tuple[tuple[np.ndarray, ...], tuple[int, ...]]
 
 __all__ = [
     "ClassMap", "LabelSelection", "Names", "check_labels_config", "class_ids", "labelled_pixels",
@@ -260,15 +262,34 @@ def training_area_maps(labels_list: Sequence[np.ndarray], masks: Sequence[np.nda
     return training_maps(cfg.split, shapes, int(cfg.block_size), int(cfg.seed), files, flats, values, paths)
 
 
+def source_places(files: np.ndarray, flats: np.ndarray, shapes: Sequence[tuple[int, ...]],
+                  sources: Sequence[Sources | None] | None) -> np.ndarray:
+    """(N,) each position's flat index in its label file's own grid (``sources``: :func:`label_sources`; without
+    them, the position itself), so the copies a resampling made of one voxel share it."""
+    if not sources or all(src is None for src in sources):
+        return flats
+    out = flats.copy()
+    for f, src in enumerate(sources):
+        if src is None:
+            continue
+        rows = np.flatnonzero(files == f)
+        axes, shape = src
+        coords = np.unravel_index(flats[rows], shapes[f])
+        out[rows] = np.ravel_multi_index(tuple(a[c] for a, c in zip(axes, coords)), shape)
+    return out
+
+
 def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray], cfg: Any,
-                  names: Names | Sequence[str] = None, paths: Sequence[str] = ()) -> LabelSelection:
+                  names: Names | Sequence[str] = None, paths: Sequence[str] = (),
+                  sources: Sequence[Sources | None] | None = None) -> LabelSelection:
     """Draw the training positions from label arrays as the ``labels`` config says; the test set is the rest
     (random split) or the labelled positions of the test blocks / images (``blocks`` / ``images`` split:
     :mod:`geomed_ssl.finetune.splits`), subsampled by ``test_fraction``.
 
     Without per_class and fraction every labelled position of the training pool trains. Images with the same label
     file in ``paths`` are one ground at several dates: they share blocks (and ``images`` keeps them together), and a
-    position that trains at one date is tested at none.
+    position that trains at one date is tested at none. Likewise the copies of one label voxel that ``sources``
+    (:func:`label_sources`) names on a resampled grid: a budget counts them once, and they train or test together.
     """
     check_labels_config(cfg)
     shapes = [tuple(int(s) for s in a.shape) for a in labels_list]
@@ -285,7 +306,10 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
     seed, notes = int(cfg.seed), []
     maps = training_maps(cfg.split, shapes, int(cfg.block_size), seed, files, flats, values, paths)
     pool = training_pool(maps, files, flats)  # (N,) may train; None: the random split
-    keys = ground_keys(files, flats, paths, len(shapes))  # one per place of the ground, shared by its dates
+    keys = ground_keys(files, source_places(files, flats, shapes, sources), paths, len(shapes))  # one per place of
+    # the ground, shared by its dates and by the copies of one voxel
+    copies = np.unique(ground_keys(files, source_places(files, flats, shapes, sources), [], len(shapes))).size \
+        if sources and any(src is not None for src in sources) else values.size
     if cfg.per_class is not None or cfg.fraction is not None:
         # a budget counts places of the ground: a place drawn trains at every image (date) of its label file
         first = np.sort(np.unique(keys, return_index=True)[1])  # each place's first position, in position order
@@ -305,6 +329,10 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
     if cfg.test_fraction is not None and test.size:
         test = _subsample(test, values, float(cfg.test_fraction), seed)
     tested = set(np.unique(values[test]).tolist())
+    if copies < values.size:
+        notes.append(f"the labels were resampled onto data.spacing: {values.size} labelled voxels are copies of "
+                     f"{copies} voxels of the label files; budgets count those voxels, and the copies of one train "
+                     "or test together")
     for c in cmap.values:
         if c not in tested:
             notes.append(f"{cmap.label(c)}: no test {unit}s left; it is not evaluated")

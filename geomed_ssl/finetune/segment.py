@@ -3,6 +3,7 @@ evaluated on every labelled position it did not train on."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -11,17 +12,18 @@ from typing import Any
 import numpy as np
 
 from geomed_ssl.checkpoint import save_model
-from geomed_ssl.config import Recipe, as_tuple, load_recipe
+from geomed_ssl.config import Recipe, as_recipe, as_tuple, spatial_dims
 from geomed_ssl.data.catalog import scan
 from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, class_weights_from_counts, data_meta,
                                      encoder_and_stats, finetune_inputs, fit_supervised, save_recipe, seed_new_head)
-from geomed_ssl.finetune.labels import read_label_pairs, select_labels
+from geomed_ssl.finetune.labels import label_sources, read_label_pairs, select_labels
 from geomed_ssl.finetune.probe import fit_probe_model
 from geomed_ssl.finetune.sampling import training_area_maps
 from geomed_ssl.finetune.seg_data import SparseLabelDataset
 from geomed_ssl.models.device import resolve_device
 from geomed_ssl.models.seg_decoder import SegmentationModel
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
+from geomed_ssl.process import keeps_process_state
 
 log = logging.getLogger("geomed_ssl")
 
@@ -48,6 +50,20 @@ def _train(enc: Any, recipe: Recipe, selection: Any, records: list[Any], stats: 
     return model
 
 
+def training_window(recipe: Recipe, encoder: str | Path | None) -> list[int]:
+    """The window a segmentation fine-tune trains on: ``finetune.window``, else the encoder's, else (``none``)
+    ``data.patch_size``."""
+    from geomed_ssl.checkpoint import read_encoder_config
+
+    nd = spatial_dims(recipe.data)
+    if recipe.finetune.window:
+        return list(as_tuple(recipe.finetune.window, nd, "finetune.window"))
+    if encoder is None or str(encoder).lower() == "none":
+        return list(as_tuple(recipe.data.patch_size, nd, "data.patch_size"))
+    return [int(n) for n in read_encoder_config(encoder)[0].img_size]
+
+
+@keeps_process_state
 def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | None, images: str | Path,
                      labels: str | Path | None, out_dir: str | Path, *, overrides: list[str] | None = None,
                      overwrite: bool = False, progress: bool = True, strict: bool = False) -> FinetuneResult:
@@ -59,13 +75,15 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     out = Path(out_dir)
     inputs = finetune_inputs(recipe, encoder, images=images, labels=labels)
     check_out_dir(out, command="finetune", inputs=inputs, overwrite=overwrite)  # FT_DIR is made once all is valid
-    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
-    catalog = scan(images, recipe.data, strict=strict, names_by_position="error" if strict else "warn")
+    recipe = as_recipe(recipe, overrides)
+    catalog = scan(images, dataclasses.replace(recipe.data, patch_size=training_window(recipe, encoder)),
+                   strict=strict, names_by_position="error" if strict else "warn")  # too small: for that window
     log.info(catalog.summary())
     catalog.warn_problems()
     lab = recipe.labels
     pairs, arrays, masks = read_label_pairs(catalog.records, labels, lab, recipe.data)
-    selection = select_labels(arrays, masks, lab, paths=[os.path.abspath(p) for _, p in pairs])  # evaluate finds them
+    selection = select_labels(arrays, masks, lab, paths=[os.path.abspath(p) for _, p in pairs],  # evaluate finds them
+                              sources=label_sources([p for _, p in pairs], recipe.data))
     log.info(selection.summary())
     enc, stats, source, catalog = encoder_and_stats(encoder, recipe, catalog)
     by_path = {r.path: r for r in catalog.records}

@@ -16,6 +16,7 @@ import torch
 
 from geomed_ssl.data.catalog import glob_match, select
 from geomed_ssl.data.kinds import check_input_kind, input_kind
+from geomed_ssl.data.listing import list_files
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.data.tiling import DEFAULT_OVERLAP, blend_weights
 from geomed_ssl.errors import DataError
@@ -65,8 +66,8 @@ def _folder_files(folder: Path, data_cfg: Any, kind: str | None) -> list[Path]:
     include = list(getattr(data_cfg, "include", None) or ["**/*"])
     exclude = list(getattr(data_cfg, "exclude", None) or [])
     typed, skipped = [], []
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.name.lower().endswith((*RASTER_EXT, *VOLUME_EXT)) and not p.name.startswith("."):
+    for p in sorted(list_files(folder)):
+        if p.name.lower().endswith((*RASTER_EXT, *VOLUME_EXT)):
             (skipped if OUTPUT_NAME.search(p.name) else typed).append(p)
     if skipped:
         names = ", ".join(str(p.relative_to(folder)) for p in skipped[:3]) + (" ..." if len(skipped) > 3 else "")

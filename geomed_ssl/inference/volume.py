@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from geomed_ssl.bands.conform import conform_record, note_band_order
-from geomed_ssl.data.stats import BandStats, normalize
+from geomed_ssl.data.stats import BandStats, normalize, valid_mask
 from geomed_ssl.data.tiling import DEFAULT_OVERLAP
 from geomed_ssl.errors import DataError
 from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, check_request, softmax_probs,
@@ -143,8 +143,25 @@ def predict_on_file_grid(model: ModelFn, record: Any, cfg: Any, stats: BandStats
     if stack.shape[:3] != tuple(ref.shape[:3]):
         raise DataError(f"internal grid mismatch for '{record.path}': prediction {stack.shape[:3]} vs file "
                         f"{tuple(ref.shape[:3])}; please report this.")
-    return FileGridPrediction(stack[..., :-1], stack[..., -1] >= 0.5, tuple(ref.shape[:3]), model_grid, resampled,
+    ok = stack[..., -1] >= 0.5
+    if resampled:  # the validity went to the model's grid and back: a voxel without data on the file's stays out
+        ok &= file_valid(record, cfg.nodata)
+    return FileGridPrediction(stack[..., :-1], ok, tuple(ref.shape[:3]), model_grid, resampled,
                               "".join(nib.aff2axcodes(ref.affine)))
+
+
+def file_valid(record: Any, nodata: float | None) -> np.ndarray:
+    """(x, y, z) the voxels of the file's own grid (its voxel order) where every channel of every file of the
+    record holds data (finite, not all ``nodata``)."""
+    import nibabel as nib
+
+    ok = None
+    for path in record.paths:
+        arr = np.asanyarray(nib.load(path).dataobj)
+        arr = arr.reshape(arr.shape[:3] + (-1,))  # (x, y, z, C)
+        valid = valid_mask(np.moveaxis(arr, -1, 0), nodata)
+        ok = valid if ok is None else ok & valid
+    return ok
 
 
 def write_probabilities(grid: FileGridPrediction, reference: str, out_path: Path, pkind: str | None) -> Path | None:

@@ -110,6 +110,24 @@ def test_labels_csv_and_one_label_file_for_every_image(tmp_path):
     assert len(match_labels(records, tmp_path / "labels" / "a.tif", "raster")) == 2
 
 
+def test_a_labels_csv_says_which_images_are_used(tmp_path):
+    records = _images(tmp_path, n=3)
+    _label(tmp_path / "a.tif", _classes())
+    (tmp_path / "pairs.csv").write_text("image,label\nimages/scene_1.tif,a.tif\n")
+    pairs = match_labels(records, None, "raster", csv=tmp_path / "pairs.csv")
+    assert [Path(r.path).name for r, _ in pairs] == ["scene_1.tif"]  # the two images it does not list: left out
+
+
+def test_label_names_of_bids_and_the_spinal_cord_toolbox_find_their_images():
+    from geomed_ssl.finetune.labels import _label_keys
+
+    assert _label_keys("t1w_seg-manual")[-1] == "t1w"
+    assert _label_keys("mt1_gmseg_goldstandard")[-1] == "mt1"
+    assert _label_keys("sub-01_T1w_dseg")[-1] == "sub-01_t1w"
+    assert _label_keys("scene_gt") == ["scene_gt", "scene"]
+    assert _label_keys("t2_manual") == ["t2_manual"]  # a qualifier alone names no label
+
+
 def test_fixed_label_name_beside_each_image(tmp_path):
     rng = np.random.default_rng(0)
     for case in ("case_1", "case_2"):
@@ -529,3 +547,44 @@ def test_class_folder_splits_take_k_per_class_or_a_fraction_and_subsample_the_te
     train_f, test_f, _ = split_images(labels, None, 0.25, 0, ["a", "b", "c"], test_fraction=0.5)
     assert np.bincount(labels[train_f]).tolist() == [5, 5, 5]
     assert np.bincount(labels[test_f]).tolist() == [8, 8, 8] and not set(train_f) & set(test_f)
+
+
+def test_copies_of_one_label_voxel_on_a_finer_grid_train_or_test_together(tmp_path):
+    import nibabel as nib
+
+    from geomed_ssl.finetune.labels import label_sources, read_label
+
+    labels = np.zeros((5, 5, 5), np.uint8)
+    labels[:, :, 3:] = 1
+    path = tmp_path / "seg.nii.gz"
+    nib.save(nib.Nifti1Image(labels, np.diag([3.0, 3.0, 3.0, 1.0])), str(path))  # 3 mm labels
+    data = DataConfig(kind="volume", spacing=[1.5, 1.5, 1.5], patch_size=8)
+    values, labelled = read_label(str(path), "volume", None, spacing=data.spacing)
+    assert values.shape == (9, 9, 9)  # the training grid holds each 3 mm voxel about eight times
+    sources = label_sources([str(path)], data)
+    cfg = LabelsConfig(per_class=5, seed=0, ignore_value=None)
+    sel = select_labels([values], [labelled], cfg, paths=[str(path)], sources=sources)
+    (axes, shape), = sources
+
+    def places(index):
+        coords = np.unravel_index(index, values.shape)
+        return set(np.ravel_multi_index(tuple(a[c] for a, c in zip(axes, coords)), shape).tolist())
+
+    trained, tested = places(sel.train_index), places(sel.test_index)
+    assert len(trained) == 10 and not trained & tested  # five voxels of the file per class, never also tested
+    assert sel.train_index.size > 10  # every copy of a drawn voxel trains
+    assert any("729 labelled voxels are copies of 125 voxels of the label files" in n for n in sel.notes)
+    naive = select_labels([values], [labelled], cfg, paths=[str(path)])
+    assert places(naive.train_index) & places(naive.test_index)  # what counting copies apart did
+
+
+def test_a_segmentation_fine_tune_checks_image_sizes_against_the_window_it_trains_on(tmp_path):
+    from geomed_ssl.config import load_recipe
+    from geomed_ssl.finetune.segment import training_window
+    from tests.inference.test_finetuned import make_ft_dir
+
+    encoder = make_ft_dir(tmp_path)  # a 16-px encoder; the recipe's data.patch_size is 96
+    recipe = load_recipe("recipes/mae_sentinel2.yaml", ["data.patch_size=96"])
+    assert training_window(recipe, encoder) == [16, 16]
+    assert training_window(recipe, "none") == [96, 96]
+    assert training_window(load_recipe("recipes/mae_sentinel2.yaml", ["finetune.window=32"]), encoder) == [32, 32]

@@ -262,6 +262,26 @@ def test_nifti_prediction_after_resampling_maps_back_to_the_input_grid(tmp_path)
     assert agree > 0.95
 
 
+def test_voxels_without_data_stay_nodata_after_resampling_there_and_back(tmp_path):
+    import nibabel as nib
+
+    from geomed_ssl.config import DataConfig
+
+    vol = asymmetric_volume().astype(np.float32)
+    vol[:, :7] = np.nan  # a slab without data, its edge between two of the model's voxels
+    src = tmp_path / "case.nii.gz"
+    nib.save(nib.Nifti1Image(vol, NON_RAS["LPS"]), str(src))
+    stats = stats_of(np.nan_to_num(vol)[None], ["band_1"])
+    cfg = DataConfig(kind="volume", intensity="none", spacing=[2.5, 2.5, 2.5])  # the file's voxels are 1.5 mm
+    out = tmp_path / "case_pred.nii.gz"
+    summary = predict_volume(threshold_model(), src, out, stats, roi_size=8, data_cfg=cfg, blend="constant",
+                             num_classes=3)
+    assert summary["resampled"]
+    labels = np.asarray(nib.load(str(out)).dataobj)
+    assert (labels[:, :7] == 255).all() and (labels[:, 7:] != 255).mean() > 0.95  # without the file's own
+    # validity, the slab's last plane (576 voxels) took a class from its neighbours' interpolated validity
+
+
 def test_a_volume_thinner_than_half_the_window_passes_the_input_check_and_is_predicted_padded(tmp_path):
     """Training needs volumes of at least half a window; predict pads, so its up-front check takes any size."""
     import nibabel as nib

@@ -1,0 +1,111 @@
+"""Rasters as archives hold them: symlinked tile folders, formats the toolkit does not read, a nodata value in some
+bands only, GDAL's wavelength-suffixed band names of converted ENVI cubes, per-band files named by their globs."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pytest
+
+from geomed_ssl.bands.names import resolve_band_info, split_wavelength_suffix
+from geomed_ssl.config import DataConfig
+from geomed_ssl.data.catalog import scan
+from geomed_ssl.data.stats import compute_stats, normalize
+from geomed_ssl.errors import DataError
+
+
+def names(cat) -> list[str]:
+    return sorted(os.path.relpath(r.path, cat.root) for r in cat.records)
+
+
+def test_symlinked_tile_folders_are_read_once_and_a_link_loop_ends(tmp_path, make_tif, grad):
+    store, archive = tmp_path / "store", tmp_path / "archive"
+    make_tif(store / "tile_33TVM" / "a.tif", grad(2, 32, 32))
+    make_tif(store / "tile_33TVM" / "b.tif", grad(2, 32, 32))
+    make_tif(archive / "local.tif", grad(2, 32, 32))
+    (archive / "tile_33TVM").symlink_to(store / "tile_33TVM", target_is_directory=True)
+    (archive / "again").symlink_to(store / "tile_33TVM", target_is_directory=True)  # the same folder twice
+    (store / "tile_33TVM" / "up").symlink_to(archive, target_is_directory=True)  # a loop back up
+    cat = scan(archive, DataConfig(patch_size=32))
+    found = names(cat)
+    assert "local.tif" in found and len(found) == 3  # each real file once, whichever link reached it first
+    assert {os.path.basename(p) for p in found} == {"local.tif", "a.tif", "b.tif"}
+
+
+def test_formats_not_read_are_named_with_the_conversion(tmp_path, make_tif, grad, caplog):
+    make_tif(tmp_path / "mixed" / "a.tif", grad(2, 32, 32))
+    for name in ("b.jp2", "scene.img", "mosaic.vrt"):
+        (tmp_path / "mixed" / name).write_bytes(b"\0" * 64)
+    (tmp_path / "mixed" / "scene.hdr").write_text("ENVI\n")  # a sidecar: not counted
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        cat = scan(tmp_path / "mixed", DataConfig(patch_size=32))
+    assert names(cat) == ["a.tif"]
+    assert "3 files in formats not read (.img 1, .jp2 1, .vrt 1)" in caplog.text and "gdal_translate" in caplog.text
+
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / "T33TVM_B02.jp2").write_bytes(b"\0" * 64)
+    with pytest.raises(DataError, match=r"1 file in formats not read \(\.jp2 1\).*gdal_translate -of COG"):
+        scan(only, DataConfig(patch_size=32))
+    with pytest.raises(DataError, match=r"cannot use '.*T33TVM_B02.jp2': 1 file in formats not read"):
+        scan(only / "T33TVM_B02.jp2", DataConfig(patch_size=32))
+
+
+def test_a_band_at_nodata_in_a_pixel_other_bands_cover_is_no_value_of_that_band(tmp_path, make_tif):
+    rng = np.random.default_rng(0)
+    arr = rng.integers(1000, 2000, (3, 40, 40)).astype(np.int16)
+    arr[2, 25:, :] = -9999  # one band's gap (a coarser band's edge), the other bands valid there
+    arr[:, :, :3] = -9999  # a strip without data in every band
+    make_tif(tmp_path / "s.tif", arr, nodata=-9999)
+    cfg = DataConfig(patch_size=40, stats_windows=4)
+    cat = scan(tmp_path, cfg)
+    stats = compute_stats(cat, cfg)
+    assert min(stats.p1) >= 1000 and min(stats.mean) > 1000  # -9999 is no band's value
+    assert stats.count[2] < stats.count[0]
+    x, valid = normalize(arr, stats, -9999)
+    assert valid[30, 10] and not valid[10, 1]  # GDAL's rule: missing where every band is
+    assert x[2, 30, 10] == 0.0 and x[0, 30, 10] != 0.0  # the gap is fed as the band's mean
+
+
+def test_gdal_wavelength_suffixes_of_converted_envi_names_are_split_off():
+    assert split_wavelength_suffix("B01 (0.443 Micrometers)") == ("B01", 0.443)
+    assert split_wavelength_suffix("Band 12 (2190.0 Nanometers)") == ("Band 12", 2.19)
+    assert split_wavelength_suffix("NIR (broad)") == ("NIR (broad)", None)
+    info = resolve_band_info(2, ["Band 1 (0.4430 Micrometers)", "Band 2 (0.4901 Micrometers)"], None, DataConfig(),
+                             "cube.tif")
+    assert info.names == ["Band 1", "Band 2"] and info.wavelengths == [0.443, 0.4901] and info.source == "file"
+    tagged = resolve_band_info(2, ["B01 (0.443 Micrometers)", "B02 (0.49 Micrometers)"],
+                               {1: {"CENTRAL_WAVELENGTH_UM": "0.4427"}}, DataConfig(), "cube.tif")
+    assert tagged.wavelengths == [0.4427, 0.49]  # the IMAGERY tag, where there is one, is the more exact
+
+
+def test_per_band_files_take_their_globs_names_before_a_sensor_profile(tmp_path, make_tif, grad):
+    for band in ("B02", "B05"):
+        make_tif(tmp_path / "scene1" / f"T33TVM_{band}.tif", grad(1, 32, 32))
+    cfg = DataConfig(patch_size=32, sensor="sentinel2", channels=["*B02*", "*B05*"])
+    cat = scan(tmp_path, cfg)
+    assert cat.band_names == ["B02", "B05"] and cat.wavelengths == pytest.approx([0.49, 0.705], abs=0.01)
+
+
+def test_inspect_guesses_rasters_from_upper_case_extensions(tmp_path, make_tif, make_nii, grad):
+    from geomed_ssl.cli import guess_kind
+
+    make_tif(tmp_path / "SCENE1.TIF", grad(2, 32, 32))
+    make_nii(tmp_path / "atlas.nii.gz", np.zeros((8, 8, 8), np.float32))
+    assert guess_kind(tmp_path) == "raster"
+
+
+def test_a_rotated_label_grid_is_called_rotated_not_another_pixel_size(tmp_path, make_tif, grad):
+    from affine import Affine
+
+    from geomed_ssl.finetune.labels import raster_grid_diffs
+
+    north_up = Affine(10, 0, 500000, 0, -10, 5100000)
+    rotated = north_up * Affine.rotation(20)
+    make_tif(tmp_path / "lulc.tif", grad(1, 32, 32, dtype="uint8"), transform=north_up)
+    from rasterio.crs import CRS
+
+    diffs = raster_grid_diffs((32, 32), CRS.from_epsg(32633).to_wkt(), list(rotated)[:6], str(tmp_path / "lulc.tif"))
+    assert diffs == ["grid rotated by 0° vs -20°"]  # both grids have 10 m pixels

@@ -5,7 +5,7 @@ the encoders given, with random init and the baselines side by side.
     python benchmarks/bench_label_efficiency.py --ip RUN_DIR [RUN_DIR ...] [--eurosat RUN_DIR ...]
         [--slovenia RUN_DIR ...] [--s2like RUN_DIR ...] [--seeds selection|report]
         [--datasets ip,eurosat,slovenia,s2like]
-        [--ip-splits random,blocks] [--protocol linear,finetune] [--baselines rf] [--out bench_label_efficiency]
+        [--ip-splits random,blocks] [--protocol linear,finetune] [--baselines rf] [--out runs/bench_label_efficiency]
         [--set k=v ...]
 
 - Indian Pines (``geomed_ssl/sample``): 5 labelled pixels per class, random and blocks splits, tested on every other
@@ -131,7 +131,7 @@ def main() -> None:
     ap.add_argument("--slovenia-recipe", default=None)
     ap.add_argument("--s2like-recipe", default=None)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
-    ap.add_argument("--out", type=Path, default=Path("bench_label_efficiency"))
+    ap.add_argument("--out", type=Path, default=Path("runs/bench_label_efficiency"))
     args = ap.parse_args()
     seeds = SEEDS[args.seeds]
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]

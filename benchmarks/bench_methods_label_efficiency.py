@@ -209,6 +209,11 @@ def main() -> None:
         rows.append(pretrain(method, args.out, args.budget))
     print(f"load average after pretraining {os.getloadavg()}", flush=True)
     encoders = [r["run"] for r in rows if r["steps"] is not None]
+    if not encoders:  # compare `none` alone would need a recipe, and there is nothing to compare it with
+        print("no method exported an encoder; nothing to compare:")
+        for r in rows:
+            print(f"  {r['method']}: {r.get('error') or 'no encoder'}")
+        return
     cmp_dir = args.out / "compare"
     cmd = cli("compare", *encoders, "none", "--data", str(DATA), "--labels-per-class", "5", "--seeds", "0,1,2",
               "--protocol", "linear,knn", "--set", "finetune.max_steps=100",

@@ -24,11 +24,12 @@ def check(pred: np.ndarray, truth: np.ndarray, brain: np.ndarray) -> dict:
     t = pred == 1
     fp = t & ~truth
     parity = []
+    total = int(fp.sum())
     for ax in range(3):
         odd = np.arange(pred.shape[ax]) % 2 == 1
         n_odd = fp.compress(odd, axis=ax).sum()
-        total = max(int(fp.sum()), 1)
-        parity.append((round(float(2 * (total - n_odd) / total), 2), round(float(2 * n_odd / total), 2)))
+        parity.append(None if total == 0 else  # no false positive: no stripe to measure
+                      (round(float(2 * (total - n_odd) / total), 2), round(float(2 * n_odd / total), 2)))
     return {"dice": round(float(2 * (t & truth).sum() / max(t.sum() + truth.sum(), 1)), 4), "predicted": int(t.sum()),
             "reference": int(truth.sum()), "in_air": int((t & ~brain).sum()), "fp_even_odd_per_axis": parity}
 

@@ -14,7 +14,8 @@ benchmarks/research/research_pixels.py): 1-NN on L2-normalised features, and log
 standardised ones. Splits and the RF (PCA 30 + 7x7 local means, 200 trees, balanced) come from
 benchmarks/research/ip_data.py (the library's ``select_labels``, 5 labels per class, random and blocks splits).
 Random init: ``ViTEncoder(config)`` under ``torch.manual_seed(--init-seed)``, same statistics. Prints a Markdown
-table and appends JSON lines to ``--out`` (default benchmarks/dense_pixels.jsonl).
+table and appends JSON lines to ``--out`` (default runs/dense_pixels.jsonl; the rows quoted in the docs are in
+benchmarks/dense_pixels.jsonl).
 
 Measured (2026-12-02, shared 2-core CPU machine; rows in dense_pixels.jsonl): `geomed-ssl pretrain
 recipes/mae_hyperspectral.yaml --data IP --out /tmp/ip_run` on a copy of the scene without band descriptions
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-rf", action="store_true")
     ap.add_argument("--tag", default="")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "dense_pixels.jsonl"))
+    ap.add_argument("--out", default="runs/dense_pixels.jsonl")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
     def emit(**row) -> None:
         row = {"tag": args.tag, "run": str(args.run), "k": args.k, **row}
         rows.append(row)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "a") as fh:
             fh.write(json.dumps(row) + "\n")
 

@@ -151,8 +151,19 @@ def split_wavelength_suffix(description: str) -> tuple[str, float | None]:
 
 
 def _tag_wavelength(tags: dict[str, Any] | None) -> float | None:
-    """CENTRAL_WAVELENGTH_UM (GDAL IMAGERY domain) from one band's tags, or None."""
-    return _tag_um(tags, "CENTRAL_WAVELENGTH_UM")
+    """One band's centre wavelength (µm) from its tags, or None: CENTRAL_WAVELENGTH_UM (GDAL's IMAGERY domain),
+    else the ``wavelength`` / ``wavelength_units`` pair that GDAL before 3.10 (and many tools) write for ENVI
+    cubes (nanometres or micrometres; without units, a value above 100 is read as nanometres)."""
+    found = _tag_um(tags, "CENTRAL_WAVELENGTH_UM")
+    if found is not None:
+        return found
+    value = _tag_um(tags, "WAVELENGTH")
+    if value is None:
+        return None
+    units = next((str(v).strip().lower() for k, v in (tags or {}).items()
+                  if str(k).upper() in ("WAVELENGTH_UNITS", "IMAGERY:WAVELENGTH_UNITS")), "")
+    nanometres = units.startswith(("nano", "nm")) or (not units.startswith(("micro", "um", "µm")) and value > 100)
+    return value / 1000.0 if nanometres else value
 
 
 # Where a file's band names came from (``BandInfo.source``). Only "sensor" names are asserted without evidence: the

@@ -109,3 +109,10 @@ def test_a_rotated_label_grid_is_called_rotated_not_another_pixel_size(tmp_path,
 
     diffs = raster_grid_diffs((32, 32), CRS.from_epsg(32633).to_wkt(), list(rotated)[:6], str(tmp_path / "lulc.tif"))
     assert diffs == ["grid rotated by 0° vs -20°"]  # both grids have 10 m pixels
+
+
+def test_envi_style_wavelength_tags_give_the_bands_wavelengths(tmp_path, make_tif, grad):
+    tags = [{"wavelength": "443.0", "wavelength_units": "Nanometers"}, {"wavelength": "0.49", "wavelength_units":
+                                                                        "Micrometers"}]
+    make_tif(tmp_path / "cube.tif", grad(2, 32, 32), band_tags=tags)
+    assert scan(tmp_path, DataConfig(patch_size=32)).wavelengths == pytest.approx([0.443, 0.49])

@@ -105,11 +105,15 @@ def guess_kind(data_dir: Path) -> str:
         return input_kind(data_dir) or "raster"
     if not data_dir.is_dir():
         raise GeomedError(f"data folder '{data_dir}' does not exist.")
-    from geomed_ssl.data.listing import has_ext, list_files
+    from geomed_ssl.data.listing import has_ext, walk
 
-    files = list_files(data_dir)
-    has_nii, has_tif = (any(has_ext(p.name, kind) for p in files) for kind in ("volume", "raster"))
-    return "volume" if has_nii and not has_tif else "raster"
+    has_nii = False
+    for _, dirs, files in walk(data_dir):  # the scan walks and reports it; stop at the first GeoTIFF
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if any(has_ext(f, "raster") for f in files if not f.startswith(".")):
+            return "raster"
+        has_nii = has_nii or any(has_ext(f, "volume") for f in files if not f.startswith("."))
+    return "volume" if has_nii else "raster"
 
 
 @app.command()

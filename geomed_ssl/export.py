@@ -112,8 +112,8 @@ with dynamic_img_size=True, which interpolates the position embedding where geom
 positions, so features at other sizes differ.
 
 timm normalises nothing. Normalise each band as training did, with geomed_ssl.json's "stats" (per band mean, std,
-p1, p99): clip to [p1, p99], subtract mean, divide by std, and set to 0 in every band the pixels that are NaN in any
-band or equal to nodata in every band. With geomed-ssl installed, geomed_ssl.load_encoder(ORIGINAL_RUN).preprocess(
+p1, p99): clip to [p1, p99], subtract mean, divide by std, set to 0 each band's values equal to nodata, and set to 0
+in every band the pixels that are NaN in any band or equal to nodata in every band. With geomed-ssl installed, geomed_ssl.load_encoder(ORIGINAL_RUN).preprocess(
 array, nodata=...) does exactly this.
 """
 
@@ -138,8 +138,8 @@ def export_timm(source: str | Path, out_dir: str | Path, overwrite: bool = False
         "step": enc_meta.get("step"),
         "timm": {"model_name": name, "model_args": kwargs},
         "band_names": list(cfg.band_names), "wavelengths": cfg.wavelengths, "stats": cfg.stats,
-        "normalization": "per band: clip to [p1, p99], subtract mean, divide by std; then pixels NaN in any band or "
-                         "equal to nodata in every band -> 0 in every band",
+        "normalization": "per band: clip to [p1, p99], subtract mean, divide by std; values equal to nodata -> 0; "
+                         "then pixels NaN in any band or equal to nodata in every band -> 0 in every band",
         "encoder": cfg.to_dict(), "versions": versions(),
     }
 

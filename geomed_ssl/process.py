@@ -16,9 +16,11 @@ from typing import Any, Callable, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Variables the training stack sets for its own processes (Lightning's seed for the workers it starts; the thread
-# count sized to a CPU quota, see geomed_ssl.cpus).
-ENV_KEYS = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "OMP_NUM_THREADS")
+# Variables the training stack sets for its own processes: Lightning's seed for the workers it starts, the thread
+# count sized to a CPU quota (geomed_ssl.cpus), what Lightning's ddp launcher and geomed_ssl.train.agreement tell
+# the ranks they start (a second run in the process would otherwise take itself for one of those ranks).
+ENV_KEYS = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "OMP_NUM_THREADS", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE",
+            "MASTER_ADDR", "MASTER_PORT", "GEOMED_SSL_RESUME_FROM")
 # Loggers whose levels the console settings change (geomed_ssl.train.console.quiet_lightning).
 LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning")
 # Handlers a run replaces while it trains (save-and-stop) and Lightning sets to "ignore" when it aborts.
@@ -64,6 +66,8 @@ class ProcessState:
             torch.set_num_threads(self.threads)
         if self.cuda is not None:
             torch.cuda.set_rng_state_all(self.cuda)
+        elif torch.cuda.is_initialized():  # first used during the call, left seeded by it: a fresh random state
+            torch.cuda.seed_all()
 
 
 def keeps_process_state(fn: F) -> F:

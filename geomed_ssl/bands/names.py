@@ -204,7 +204,8 @@ def resolve_band_info(
     """
     suffixed = [split_wavelength_suffix(str(d)) if d is not None else (None, None) for d in descriptions or []]
     if suffixed and all(wl is not None for _, wl in suffixed):  # every band "NAME (VALUE UNIT)": GDAL's ENVI names
-        descriptions = [name for name, _ in suffixed]
+        if len({name for name, _ in suffixed}) == len(suffixed):  # "Reflectance (400 nm)", ... keep their names
+            descriptions = [name for name, _ in suffixed]
         tags = {i + 1: {**(tags or {}).get(i + 1, {}), "SUFFIX_WAVELENGTH_UM": wl}
                 for i, (_, wl) in enumerate(suffixed)}
     names, source = _band_names(num_bands, descriptions, data_cfg, path, fallback_names)
@@ -334,6 +335,11 @@ def band_order(expected: Sequence[str], found: Sequence[str], where: str,
     if want == have:
         return None
     missing = [n for n in want if n not in have]
+    if missing:  # names written another way: B1 / B01, or GDAL's "B01 (0.443 Micrometers)" (models named so before)
+        loose = {_canon(split_wavelength_suffix(n)[0]): i for i, n in enumerate(have)}
+        found_loosely = [loose.get(_canon(split_wavelength_suffix(n)[0])) for n in want]
+        if len(loose) == len(have) and all(i is not None for i in found_loosely):
+            return found_loosely  # type: ignore[return-value]
     if missing:
         extra = [n for n in have if n not in want]
         hint = ("the file's band descriptions name its bands, so use data that holds these bands"

@@ -4,6 +4,7 @@ from the command line's comma-separated lists and checked before anything is rea
 from __future__ import annotations
 
 import math
+import operator
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,17 +107,32 @@ def check_budgets(budgets: Sequence[Budget]) -> list[Budget]:
     """Distinct budgets of one kind, each ``per_class`` a whole number >= 1 or ``fraction`` in (0, 1], sorted."""
     if not budgets:
         raise ConfigError("give at least one label budget (--labels-per-class or --label-fraction).")
+    out = []
     for b in budgets:
-        per_class_ok = (b.fraction is None and isinstance(b.per_class, int) and not isinstance(b.per_class, bool)
-                        and b.per_class >= 1)
-        fraction_ok = (b.per_class is None and isinstance(b.fraction, (int, float))
-                       and not isinstance(b.fraction, bool) and math.isfinite(b.fraction) and 0 < b.fraction <= 1)
+        per_class, fraction = whole(b.per_class), b.fraction
+        per_class_ok = fraction is None and per_class is not None and per_class >= 1
+        try:
+            fraction = None if isinstance(fraction, bool) or fraction is None else float(fraction)
+        except (TypeError, ValueError):
+            fraction = math.nan
+        fraction_ok = b.per_class is None and fraction is not None and math.isfinite(fraction) and 0 < fraction <= 1
         if not (per_class_ok or fraction_ok):
             raise ConfigError(f"label budget {b}: give per_class, a whole number >= 1, or fraction, a number in "
                               "(0, 1], not both.")
-    if len({b.per_class is None for b in budgets}) > 1:
+        out.append(Budget(per_class=per_class) if per_class_ok else Budget(fraction=fraction))
+    if len({b.per_class is None for b in out}) > 1:
         raise ConfigError("give --labels-per-class or --label-fraction, not both (one curve has one kind of budget).")
-    return sorted(set(budgets), key=lambda b: b.x)
+    return sorted(set(out), key=lambda b: b.x)
+
+
+def whole(value: object) -> int | None:
+    """``value`` as a Python int when it is a whole number (numpy's too), else None; booleans are not numbers."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def check_seeds(seeds: Sequence[int]) -> list[int]:
@@ -124,9 +140,10 @@ def check_seeds(seeds: Sequence[int]) -> list[int]:
     if not seeds:
         raise ConfigError("give at least one seed (--seeds).")
     out: list[int] = []
-    for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1:
-            raise ConfigError(f"--seeds: each entry must be a whole number in [0, 4294967295], got {seed!r}.")
+    for given in seeds:
+        seed = whole(given)
+        if seed is None or not 0 <= seed <= 2**32 - 1:
+            raise ConfigError(f"--seeds: each entry must be a whole number in [0, 4294967295], got {given!r}.")
         if seed not in out:
             out.append(seed)
     return out

@@ -33,17 +33,13 @@ def walk(root: str | Path) -> Iterator[tuple[str, list[str], list[str]]]:
     """``os.walk(root)`` that follows symlinked folders (archives link tiles in from other disks), visiting each
     real folder once: a link back up the tree, or two links to one folder, never repeat files. Callers may prune
     ``dirs`` in place, as with ``os.walk``."""
-    seen: set[tuple[int, int]] = set()
+    seen: set[str] = set()  # real paths, not inode numbers: some network and cloud drives report 0 for every one
     for folder, dirs, files in os.walk(root, followlinks=True):
-        try:
-            st = os.stat(folder)
-        except OSError:
+        real = os.path.normcase(os.path.realpath(folder))
+        if real in seen:
             dirs[:] = []
             continue
-        if (st.st_dev, st.st_ino) in seen:
-            dirs[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
+        seen.add(real)
         yield folder, dirs, files
 
 

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from geomed_ssl.data.gdal_read import has_dataset_mask, read_masked
-from geomed_ssl.data.stats import valid_mask
+from geomed_ssl.data.stats import band_percentiles, valid_mask, valid_values
 
 RASTER_PREVIEW = 256  # preview: at most this many pixels per side
 VOLUME_PREVIEW = 64  # strided volume read: about this many voxels per side
@@ -84,13 +84,17 @@ def _open_failure(path: str, err: BaseException, kind: str) -> str:
     return f"not a readable {fmt}: unrecognised header bytes {head[:8].hex()} (corrupt or wrong extension)"
 
 
-def _value_range(arr: np.ndarray, valid: np.ndarray) -> list[list[float]]:
-    """Per band [min, p1, p99, max] of the valid pixels; ``arr`` (C, *S), ``valid`` (*S)."""
-    vals = arr[:, valid].astype(np.float64)  # (C, n_valid)
+def _value_range(arr: np.ndarray, valid: np.ndarray, nodata: float | None) -> list[list[float]]:
+    """Per band [min, p1, p99, max] of the valid pixels, a band's own gaps left out (NaN for a band without any);
+    ``arr`` (C, *S), ``valid`` (*S)."""
+    vals = valid_values(arr, valid, nodata)  # (C, n_valid)
     if vals.shape[1] == 0:
         return [[math.nan] * 4 for _ in range(arr.shape[0])]
-    p = np.percentile(vals, [1, 99], axis=1)
-    return [[round(float(v), 6) for v in row] for row in zip(vals.min(1), p[0], p[1], vals.max(1))]
+    p = band_percentiles(vals, [1, 99])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-gap band: NaN
+        low, high = np.nanmin(vals, axis=1), np.nanmax(vals, axis=1)
+    return [[round(float(v), 6) for v in row] for row in zip(low, p[0], p[1], high)]
 
 
 def _nodata(cfg_nodata: float | None, file_nodata: float | None) -> float | None:
@@ -250,7 +254,7 @@ def _probe_raster(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProb
             dtype = str(np.result_type(*src.dtypes))
             _check_empty_bands(arr, valid, list(src.descriptions))
             return FileProbe(path, shape, count, dtype, nodata, list(src.descriptions), tags, valid,
-                          _value_range(arr, valid), geo, how)
+                          _value_range(arr, valid, nodata), geo, how)
 
 
 def _check_empty_bands(arr: np.ndarray, valid: np.ndarray, descriptions: list[str | None]) -> None:
@@ -320,7 +324,7 @@ def _probe_volume(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProb
     geo = {"affine": affine.tolist(), "spacing": [float(z) for z in img.header.get_zooms()[:3]],
            "orientation": "".join(str(c) for c in nib.aff2axcodes(affine))}
     return FileProbe(path, spatial, count, str(arr.dtype), nodata, [None] * count, {}, valid,
-                  _value_range(arr, valid), geo, "strided")
+                  _value_range(arr, valid, nodata), geo, "strided")
 
 
 def probe_file(path: str, kind: str, data_cfg: Any, window: tuple[int, ...]) -> FileProbe:

@@ -128,6 +128,25 @@ def band_gaps(array: np.ndarray, nodata: float | None) -> np.ndarray | None:
     return array == nodata
 
 
+def valid_values(array: np.ndarray, valid: np.ndarray, nodata: float | None) -> np.ndarray:
+    """(C, n) float64: each band's values at the ``valid`` pixels, its own gaps (:func:`band_gaps`) NaN: what a
+    band's statistics and value range are taken from."""
+    vals = array[:, valid].astype(np.float64)
+    gaps = band_gaps(array, nodata)
+    if gaps is not None:
+        vals[gaps[:, valid]] = np.nan
+    return vals
+
+
+def band_percentiles(vals: np.ndarray, q: Sequence[float]) -> np.ndarray:
+    """(len(q), C) percentiles of (C, n) values, leaving NaN (a band's gaps) out; NaN for a band without values."""
+    if not np.isnan(vals).any():
+        return np.percentile(vals, q, axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-gap band: NaN, said by the callers
+        return np.nanpercentile(vals, q, axis=1)
+
+
 def normalize(array: np.ndarray, stats: BandStats, nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
     """Clip each band to [p1, p99], z-score with mean/std; invalid pixels become 0.
 
@@ -378,13 +397,19 @@ def _sample_file(rec: Any, windows: int, window: tuple[int, ...], data_cfg: Any,
 
 def _band_stats(names: list[str], count: np.ndarray, kept: list[np.ndarray], n_windows: int) -> BandStats:
     """Percentiles, and mean / std of the values clipped to them, from the sampled values (a list of (C, m))."""
-    empty = [n for n, c in zip(names, count) if c == 0]
-    if empty:
-        raise DataError(f"band(s) {empty} have no valid pixels in {n_windows} sampled windows (nodata and NaN "
+    if not kept or not any(k.shape[1] for k in kept):
+        raise DataError(f"band(s) {names} have no valid pixels in {n_windows} sampled windows (nodata and NaN "
                         "excluded); check data.nodata and that the files hold data, or raise data.stats_windows.")
     sample = np.concatenate(kept, axis=1).astype(np.float64)  # (C, m); NaN: a band's gap in a valid pixel
     gappy = bool(np.isnan(sample).any())
-    p1, p99 = (np.nanpercentile if gappy else np.percentile)(sample, [1, 99], axis=1)
+    if gappy:
+        blank = ~np.isfinite(sample).any(axis=1)  # a band holding only its nodata value where others hold data
+        if blank.any():
+            log.warning(f"warning: band(s) {[n for n, b in zip(names, blank) if b]} hold only their nodata value in "
+                        f"the {n_windows} sampled windows: they are fed as 0 (their mean) and carry nothing; leave "
+                        "them out of the files, or raise data.stats_windows if they hold data elsewhere.")
+            sample[blank] = 0.0
+    p1, p99 = band_percentiles(sample, [1, 99])
     clipped = np.clip(sample, p1[:, None], p99[:, None])  # what normalize feeds: its mean and std (version 2)
     mean, std = (np.nanmean(clipped, axis=1), np.nanstd(clipped, axis=1)) if gappy else \
         (clipped.mean(axis=1), clipped.std(axis=1))

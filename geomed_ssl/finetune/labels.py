@@ -279,8 +279,9 @@ def match_labels(image_records: Sequence[FileRecord], label_dir: str | Path | No
     ``label_dir`` is a folder searched recursively for files named like the image (same stem, or the stem plus
     ``_gt``/``_label``/``_mask``/``_seg``/...), or one label file shared by every image (one scene, many dates).
     ``csv`` (columns image,label; relative paths from the CSV's folder, labels from ``label_dir`` if given) pairs
-    them explicitly; ``label_name`` is a fixed file name beside each image (one folder per case, e.g. BraTS).
-    Images without a label are a DataError unless ``allow_unlabelled`` (they are then left out).
+    them explicitly, and says which images are used (the ones it does not list are left out); ``label_name`` is a
+    fixed file name beside each image (one folder per case, e.g. BraTS). Otherwise images without a label are a
+    DataError unless ``allow_unlabelled`` (they are then left out).
     """
     records = list(image_records)
     if label_name is not None:

@@ -269,10 +269,11 @@ def source_places(files: np.ndarray, flats: np.ndarray, shapes: Sequence[tuple[i
     if not sources or all(src is None for src in sources):
         return flats
     out = flats.copy()
+    bounds = np.searchsorted(files, np.arange(len(sources) + 1))  # files ascend (labelled_pixels)
     for f, src in enumerate(sources):
         if src is None:
             continue
-        rows = np.flatnonzero(files == f)
+        rows = np.arange(bounds[f], bounds[f + 1])
         axes, shape = src
         coords = np.unravel_index(flats[rows], shapes[f])
         out[rows] = np.ravel_multi_index(tuple(a[c] for a, c in zip(axes, coords)), shape)
@@ -306,10 +307,10 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
     seed, notes = int(cfg.seed), []
     maps = training_maps(cfg.split, shapes, int(cfg.block_size), seed, files, flats, values, paths)
     pool = training_pool(maps, files, flats)  # (N,) may train; None: the random split
-    keys = ground_keys(files, source_places(files, flats, shapes, sources), paths, len(shapes))  # one per place of
-    # the ground, shared by its dates and by the copies of one voxel
-    copies = np.unique(ground_keys(files, source_places(files, flats, shapes, sources), [], len(shapes))).size \
-        if sources and any(src is not None for src in sources) else values.size
+    places = source_places(files, flats, shapes, sources)
+    keys = ground_keys(files, places, paths, len(shapes))  # one per place of the ground, shared by its dates and by
+    # the copies of one voxel
+    copies = values.size if places is flats else np.unique(ground_keys(files, places, [], len(shapes))).size
     if cfg.per_class is not None or cfg.fraction is not None:
         # a budget counts places of the ground: a place drawn trains at every image (date) of its label file
         first = np.sort(np.unique(keys, return_index=True)[1])  # each place's first position, in position order
@@ -326,6 +327,9 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
         test = np.flatnonzero(~np.isin(keys, keys[train]))  # a place that trains at one date tests at none
     else:
         test = np.flatnonzero(~pool)
+        if copies < values.size:  # a voxel's copies may straddle a block edge: none trains outside its blocks,
+            train = train[pool[train]]  # and none of a trained voxel's copies is tested
+            test = test[~np.isin(keys[test], keys[train])]
     if cfg.test_fraction is not None and test.size:
         test = _subsample(test, values, float(cfg.test_fraction), seed)
     tested = set(np.unique(values[test]).tolist())

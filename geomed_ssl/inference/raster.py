@@ -22,7 +22,7 @@ from geomed_ssl.config import DataConfig
 from geomed_ssl.bands.names import BandInfo, band_order, resolve_band_info
 from geomed_ssl.bands.conform import note_band_order, report_positional_names
 from geomed_ssl.data.gdal_read import read_masked
-from geomed_ssl.data.stats import BandStats, normalize, valid_mask, warn_far_from_stats
+from geomed_ssl.data.stats import BandStats, band_percentiles, normalize, valid_mask, valid_values, warn_far_from_stats
 from geomed_ssl.data.tiling import DEFAULT_OVERLAP, blend_weights, window_starts
 from geomed_ssl.errors import DataError
 from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, channel_records,
@@ -71,14 +71,14 @@ class RangeSample:
     def add(self, strip: np.ndarray) -> None:
         """``strip`` (C, h, W) raw values."""
         sub = strip[:, ::self.stride, ::self.stride]
-        self.parts.append(sub[:, valid_mask(sub, self.nodata)].astype(np.float32))  # (C, n)
+        self.parts.append(valid_values(sub, valid_mask(sub, self.nodata), self.nodata).astype(np.float32))  # (C, n)
 
     def value_range(self) -> list[list[float]]:
         """Per band [nan, p1, p99, nan] (``FileRecord.value_range`` layout)."""
         vals = np.concatenate(self.parts, axis=1) if self.parts else np.zeros((self.bands, 0))
         if vals.shape[1] == 0:
             return [[math.nan] * 4 for _ in range(self.bands)]
-        p1, p99 = np.percentile(vals, [1, 99], axis=1)
+        p1, p99 = band_percentiles(vals, [1, 99])
         return [[math.nan, float(a), float(b), math.nan] for a, b in zip(p1, p99)]
 
 

@@ -224,6 +224,11 @@ class StopRequest:
         return self.signum is not None
 
     @property
+    def aborted(self) -> bool:
+        """A second SIGINT came: the run was aborted without saving."""
+        return self._sigints > 1
+
+    @property
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum is not None else ""
 

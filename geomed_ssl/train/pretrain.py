@@ -371,11 +371,13 @@ def fit(trainer: L.Trainer, module: PretrainModule, data: PretrainData, point: R
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(point.path) if point else None, weights_only=True)
     except SystemExit:  # Lightning ends a KeyboardInterrupt (a second Ctrl-C: abort without saving) with exit(1)
+        if not stop.aborted:
+            raise
         last = out / "checkpoints" / "last.ckpt"
         kept = (f"'{last}' keeps the last checkpoint saved: the same command with --resume goes on from it"
                 if last.is_file() else "no checkpoint was saved yet: start again with --overwrite")
-        raise RunStopped("SIGINT", f"pretraining aborted by a second Ctrl-C at step {trainer.global_step}, without "
-                                   f"saving; {kept}.") from None
+        at = "" if spawned else f" at step {trainer.global_step}"  # the launching process never steps
+        raise RunStopped("SIGINT", f"pretraining aborted by a second Ctrl-C{at}, without saving; {kept}.") from None
     finally:
         stop.restore()
     if spawned:  # the workers trained: the step is in their last checkpoint

@@ -67,7 +67,8 @@ def resolve_precision(precision: str, accelerator: str, strategy: str = "auto", 
     the bf16 question, which must ask the GPU: with a forking strategy that would break the forked workers
     ("Cannot re-initialize CUDA in forked subprocess"), so there ``auto`` on a GPU is refused in one line."""
     on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    if precision in ("16-mixed", "16") and not on_gpu:  # Lightning would switch to bf16 with a warning, twice
+    mps = accelerator in ("auto", "gpu", "mps") and torch.backends.mps.is_available()  # float16 autocast works there
+    if precision in ("16-mixed", "16") and not (on_gpu or mps):  # Lightning would switch to bf16, warning twice
         if not _SAID.get("cpu16"):
             log.info("train.precision %s: float16 autocast needs a GPU; on the CPU this run uses bf16-mixed.",
                      precision)

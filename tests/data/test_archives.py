@@ -116,3 +116,39 @@ def test_envi_style_wavelength_tags_give_the_bands_wavelengths(tmp_path, make_ti
                                                                         "Micrometers"}]
     make_tif(tmp_path / "cube.tif", grad(2, 32, 32), band_tags=tags)
     assert scan(tmp_path, DataConfig(patch_size=32)).wavelengths == pytest.approx([0.443, 0.49])
+
+
+def test_a_band_holding_only_its_nodata_value_trains_as_zero_with_a_warning(tmp_path, make_tif, caplog):
+    rng = np.random.default_rng(1)
+    arr = rng.integers(1000, 2000, (3, 40, 40)).astype(np.int16)
+    arr[1] = 0  # a zero-filled band (B10 of an L2A stack) with nodata 0
+    make_tif(tmp_path / "s.tif", arr, nodata=0)
+    cfg = DataConfig(patch_size=40, stats_windows=4)
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        stats = compute_stats(scan(tmp_path, cfg), cfg)
+    assert "hold only their nodata value" in caplog.text and "band_2" in caplog.text
+    assert all(np.isfinite(v) for v in [*stats.mean, *stats.std, *stats.p1, *stats.p99])
+    x, valid = normalize(arr, stats, 0)
+    assert valid.all() and (x[1] == 0).all()
+
+
+def test_a_band_gap_is_no_part_of_the_files_value_range(tmp_path, make_tif):
+    rng = np.random.default_rng(2)
+    arr = (rng.random((2, 40, 40)) * 0.4).astype(np.float32)
+    arr[1, :10] = -9999  # 25 % of one band
+    make_tif(tmp_path / "s.tif", arr, nodata=-9999)
+    (record,) = scan(tmp_path, DataConfig(patch_size=40)).records
+    assert min(row[0] for row in record.value_range) >= 0  # so no false "far from the statistics" warning
+
+
+def test_names_that_only_differ_by_a_wavelength_ending_or_zero_padding_still_meet_a_models_bands():
+    from geomed_ssl.bands.names import band_order
+
+    older_model = ["B01 (0.443 Micrometers)", "B02 (0.49 Micrometers)"]  # named before the ending was taken off
+    assert band_order(older_model, ["B02", "B01"], "scene.tif") == [1, 0]
+    assert band_order(["B01", "B02"], ["B1", "B2", "B3"], "scene.tif") == [0, 1]
+    with pytest.raises(DataError, match="missing"):
+        band_order(["B01", "B09"], ["B1", "B2"], "scene.tif")
+    same = resolve_band_info(2, ["Reflectance (400 nm)", "Reflectance (410 nm)"], None, DataConfig(), "c.tif")
+    assert same.names == ["Reflectance (400 nm)", "Reflectance (410 nm)"]  # would collide without the ending
+    assert same.wavelengths == pytest.approx([0.4, 0.41])

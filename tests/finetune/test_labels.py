@@ -588,3 +588,28 @@ def test_a_segmentation_fine_tune_checks_image_sizes_against_the_window_it_train
     assert training_window(recipe, encoder) == [16, 16]
     assert training_window(recipe, "none") == [96, 96]
     assert training_window(load_recipe("recipes/mae_sentinel2.yaml", ["finetune.window=32"]), encoder) == [32, 32]
+
+
+@pytest.mark.parametrize("per_class", [5, None])
+def test_copies_of_one_label_voxel_straddling_a_block_edge_never_train_and_test(tmp_path, per_class):
+    import nibabel as nib
+
+    from geomed_ssl.finetune.labels import label_sources, read_label
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "seg.nii.gz"
+    nib.save(nib.Nifti1Image(rng.integers(1, 3, (10, 10, 10)).astype(np.uint8), np.eye(4)), str(path))
+    data = DataConfig(kind="volume", spacing=[0.5, 0.5, 0.5], patch_size=8)
+    values, labelled = read_label(str(path), "volume", None, spacing=data.spacing)  # 19^3: copies at block edges
+    sources = label_sources([str(path)], data)
+    (axes, shape), = sources
+    cfg = LabelsConfig(per_class=per_class, seed=0, ignore_value=None, split="blocks", block_size=4)
+    sel = select_labels([values], [labelled], cfg, paths=[str(path)], sources=sources)
+
+    def places(index):
+        coords = np.unravel_index(index, values.shape)
+        return set(np.ravel_multi_index(tuple(a[c] for a, c in zip(axes, coords)), shape).tolist())
+
+    assert sel.train_index.size and sel.test_index.size
+    assert not places(sel.train_index) & places(sel.test_index)
+    assert not set(sel.train_index.tolist()) & set(sel.test_index.tolist())

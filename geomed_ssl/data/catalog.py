@@ -421,10 +421,12 @@ def scan(root: str | Path, data_cfg: Any = None, strict: bool = False, names_by_
     base = root if root.is_dir() else root.parent
     all_files = list_files(root)
     typed = [str(p) for p in all_files if has_ext(p.name, kind)]
-    unread = unread_formats(all_files, kind)
+    include, exclude = list(data_cfg.include or ["**/*"]), list(data_cfg.exclude or [])
+    unread = unread_formats([p for p in all_files if root.is_file() or (
+        any(glob_match(os.path.relpath(p, base), g) for g in include)
+        and not any(glob_match(os.path.relpath(p, base), g) for g in exclude))], kind)  # data.exclude silences it
     if unread and root.is_file():
         raise DataError(f"cannot use '{root}': {unread}.")
-    include, exclude = list(data_cfg.include or ["**/*"]), list(data_cfg.exclude or [])
     rels = [os.path.relpath(f, base) for f in typed]
     keep = select(rels, include, exclude, root)
     files = [f for f, k in zip(typed, keep) if k]

@@ -76,4 +76,4 @@ def unread_formats(files: Sequence[Path], kind: str) -> str | None:
     words = "GeoTIFF (.tif/.tiff)" if kind == "raster" else "NIfTI (.nii/.nii.gz)"
     total = sum(found.values())
     return (f"{total} file{'s' if total != 1 else ''} in formats not read ({counts}): geomed-ssl reads {kind}s as "
-            f"{words}; {advice}")
+            f"{words}; {advice} (or leave them out with data.exclude, e.g. \"*{min(found)}\")")

@@ -152,3 +152,14 @@ def test_names_that_only_differ_by_a_wavelength_ending_or_zero_padding_still_mee
     same = resolve_band_info(2, ["Reflectance (400 nm)", "Reflectance (410 nm)"], None, DataConfig(), "c.tif")
     assert same.names == ["Reflectance (400 nm)", "Reflectance (410 nm)"]  # would collide without the ending
     assert same.wavelengths == pytest.approx([0.4, 0.41])
+
+
+def test_quicklooks_a_recipe_leaves_out_raise_no_warning(tmp_path, make_tif, grad, caplog):
+    make_tif(tmp_path / "a.tif", grad(2, 32, 32))
+    (tmp_path / "a_quicklook.png").write_bytes(b"\x89PNG" + b"\0" * 60)
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        scan(tmp_path, DataConfig(patch_size=32))
+        assert 'data.exclude, e.g. "*.png"' in caplog.text
+        caplog.clear()
+        scan(tmp_path, DataConfig(patch_size=32, exclude=["*.png"]))
+    assert "formats not read" not in caplog.text

@@ -72,6 +72,7 @@ class Owner:
     manifest: dict[str, Any] | None
     ours: list[str] = field(default_factory=list)
     foreign: list[str] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)  # foreign links named like what the command writes
 
 
 def _plain_name(name: Any) -> bool:
@@ -115,6 +116,9 @@ def owner(folder: PathLike) -> Owner | None:
         named = matches(entry.name, spec.patterns) and (not matches(entry.name, spec.folders)
                                                         or (entry.is_dir() and not entry.is_symlink()))
         ours = entry.name in names or named or is_temp_name(entry.name) or _nested_here(spec, entry)
+        if ours and entry.is_symlink():  # the toolkit makes no links: a user's link is never written through
+            result.links.append(entry.name)
+            ours = False
         (result.ours if ours else result.foreign).append(entry.name)
     return result
 
@@ -363,6 +367,11 @@ def check_out_dir(out: PathLike, *, command: str, inputs: Inputs | None = None, 
                               "choose another --out.")
         return "replace"
     if resume:
+        if found.links:
+            raise OutputError(f"output folder '{out}' also holds '{found.links[0]}', which geomed-ssl did not "
+                              f"write: a link to another folder, named as `geomed-ssl {command}` names what it writes "
+                              "there; going on would write into the linked folder, so remove the link or choose "
+                              "another --out.")
         if found.manifest is None and found.foreign and COMMANDS[command].reuse_replaces:  # beside the user's
             raise OutputError(f"output folder '{out}' holds files like those `geomed-ssl {command}` writes but was "
                               f"not made by it as far as geomed-ssl can tell (no {MANIFEST}; it also holds "

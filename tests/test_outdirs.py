@@ -481,3 +481,18 @@ def test_a_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path: Pa
         check_out_dir(tmp_path / "new" / "deeper", command="cluster")
     monkeypatch.setattr(os, "access", real)
     assert check_out_dir(tmp_path / "new" / "deeper", command="cluster") == "create"
+
+
+@pytest.mark.parametrize("flag", ["resume", "overwrite"])
+def test_a_link_named_like_an_output_is_the_users_and_never_written_through(tmp_path: Path, flag: str) -> None:
+    """A user's ``encoder -> ../my_models/enc`` inside a run folder: --resume would have exported into their
+    folder, --overwrite removed the link; both are refused, naming it."""
+    run = prepare_out_dir(tmp_path / "run", command="pretrain")
+    (run / "config.yaml").write_text("train: {}\n")
+    mine = tmp_path / "my_models" / "enc"
+    mine.mkdir(parents=True)
+    (mine / "model.safetensors").write_bytes(b"the user's weights")
+    (run / "encoder").symlink_to(mine, target_is_directory=True)
+    with pytest.raises(OutputError, match="'encoder', which geomed-ssl did not"):
+        check_out_dir(run, command="pretrain", **{flag: True})
+    assert (mine / "model.safetensors").read_bytes() == b"the user's weights" and (run / "encoder").is_symlink()

@@ -29,39 +29,89 @@ def has_ext(name: str, kind: str) -> bool:
     return name.lower().endswith(EXTENSIONS[kind])
 
 
-def walk(root: str | Path) -> Iterator[tuple[str, list[str], list[str]]]:
-    """``os.walk(root)`` that follows symlinked folders (archives link tiles in from other disks), visiting each
-    real folder once: a link back up the tree, or two links to one folder, never repeat files. Callers may prune
-    ``dirs`` in place, as with ``os.walk``."""
+def _within(path: str, folder: str) -> bool:
+    """Whether the real path ``path`` is ``folder`` or lies under it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def walk(root: str | Path, skipped: list[str] | None = None,
+         errors: list[OSError] | None = None) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk(root)`` that follows symlinked folders whose target lies outside ``root`` (archives link tiles in
+    from other disks), visiting each real folder once. A link to a folder inside ``root`` is not followed (that
+    folder is reached under its own name, so ``data.include`` / ``data.exclude`` see its real path), nor one to a
+    folder holding ``root`` (it would read files outside the data, or loop); such links are added to ``skipped``.
+    Folders that cannot be listed are added to ``errors``. Callers may prune ``dirs`` in place, as with
+    ``os.walk``."""
+    top = os.path.realpath(root)
     seen: set[str] = set()  # real paths, not inode numbers: some network and cloud drives report 0 for every one
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        real = os.path.normcase(os.path.realpath(folder))
+    for folder, dirs, files in os.walk(root, followlinks=True, onerror=None if errors is None else errors.append):
+        real = os.path.realpath(folder)
         if real in seen:
             dirs[:] = []
             continue
         seen.add(real)
+        keep = []
+        for d in dirs:
+            path = os.path.join(folder, d)
+            if os.path.islink(path):
+                target = os.path.realpath(path)
+                if _within(target, top) or _within(top, target):
+                    if skipped is not None:
+                        skipped.append(path)
+                    continue
+            keep.append(d)
+        dirs[:] = keep
         yield folder, dirs, files
+
+
+def made_by_us(folder: Path) -> bool:
+    """A folder the toolkit wrote (it holds the manifest), or one reached through a link into such a folder."""
+    try:
+        if (folder / MANIFEST).is_file():
+            return True
+        return folder.is_symlink() and any((p / MANIFEST).is_file() for p in Path(os.path.realpath(folder)).parents)
+    except OSError:  # a folder this user may not look into: not ours
+        return False
 
 
 def list_files(root: Path) -> list[Path]:
     """The files under ``root`` (or ``root`` itself), leaving out hidden files and folders (``.ipynb_checkpoints``,
-    macOS ``._x.tif`` copies) and the subfolders the toolkit wrote (they hold ``.geomed-ssl.json``: a predict, embed
-    or cluster folder placed inside the data must not be read back as data); each said once in the log."""
+    macOS ``._x.tif`` copies), the subfolders the toolkit wrote (they hold ``.geomed-ssl.json``: a predict, embed
+    or cluster folder placed inside the data must not be read back as data) and second names of one file (links to
+    a file listed already, as datalad / git-annex datasets hold them); each said once in the log, with the links
+    :func:`walk` does not follow and the folders that cannot be listed (a warning)."""
     if root.is_file():
         return [root]
-    out, skipped, hidden = [], [], []
-    for folder, dirs, files in walk(root):
-        ours = sorted(d for d in dirs if (Path(folder) / d / MANIFEST).is_file())
+    out, skipped, hidden, links, errors, again = [], [], [], [], [], 0
+    seen: set[str] = set()
+    for folder, dirs, files in walk(root, links, errors):
+        ours = sorted(d for d in dirs if made_by_us(Path(folder) / d))
         skipped += [Path(folder) / d for d in ours]
         hidden += [Path(folder) / n for n in sorted(dirs) + sorted(files) if n.startswith(".") and n != MANIFEST]
         dirs[:] = sorted(d for d in dirs if d not in ours and not d.startswith("."))
-        out += [Path(folder) / f for f in sorted(files) if not f.startswith(".")]
+        for f in sorted(f for f in files if not f.startswith(".")):
+            real = os.path.realpath(os.path.join(folder, f))
+            if real in seen:
+                again += 1
+                continue
+            seen.add(real)
+            out.append(Path(folder) / f)
     if hidden:
         log.info(f"skipped {len(hidden)} hidden file(s) / folder(s) under '{root}': "
                  + ", ".join(str(p.relative_to(root)) for p in hidden[:3]) + (", ..." if len(hidden) > 3 else ""))
     if skipped:
         log.info(f"skipped {len(skipped)} folder(s) under '{root}' that geomed-ssl wrote (outputs, not data): "
                  + ", ".join(str(d.relative_to(root)) for d in skipped[:3]) + (", ..." if len(skipped) > 3 else ""))
+    if again:
+        log.info(f"{again} file(s) under '{root}' are links to files listed already; each file is read once.")
+    if links:
+        log.info(f"not followed: {len(links)} link(s) under '{root}' to folders inside it (read under their own "
+                 "names) or holding it: " + ", ".join(os.path.relpath(p, root) for p in links[:3])
+                 + (", ..." if len(links) > 3 else ""))
+    if errors:
+        log.warning(f"warning: {len(errors)} folder(s) under '{root}' could not be listed, so their files are not "
+                    f"read: {errors[0].filename} ({errors[0].strerror})" + (", ..." if len(errors) > 1 else "")
+                    + "; check their permissions.")
     return out
 
 

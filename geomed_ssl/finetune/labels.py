@@ -78,13 +78,16 @@ def _shared_parents(a: str, b: str) -> int:
 
 
 def _by_name(records: list[FileRecord], label_dir: Path, kind: str) -> dict[str, str | None]:
-    images = {os.path.abspath(p) for r in records for p in r.paths}
+    images = {os.path.realpath(p) for r in records for p in r.paths}  # real paths: a labels folder may link here
     index: dict[str, list[str]] = {}
+    seen: set[str] = set()  # one label file under two names (a link) is one candidate
     for folder, dirs, files in walk(label_dir):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for f in sorted(f for f in files if not f.startswith(".")):
             path = os.path.abspath(os.path.join(folder, f))
-            if f.lower().endswith(EXTENSIONS[kind]) and path not in images:
+            real = os.path.realpath(path)
+            if f.lower().endswith(EXTENSIONS[kind]) and real not in images and real not in seen:
+                seen.add(real)
                 for key in _label_keys(_stem(f)):
                     index.setdefault(key, []).append(path)
     same_stem: dict[str, list[str]] = {}
@@ -112,7 +115,7 @@ def _by_csv(records: list[FileRecord], csv_path: Path, label_dir: Path | None) -
     rows = read_rows(csv_path, ("image", "label"), "labels CSV")
     base = csv_path.parent
     label_base = label_dir if label_dir is not None and label_dir.is_dir() else base
-    by_path = {os.path.abspath(p): r.path for r in records for p in r.paths}
+    by_path = {os.path.realpath(p): r.path for r in records for p in r.paths}
     by_name: dict[str, list[str]] = {}
     for r in records:
         by_name.setdefault(os.path.basename(r.path).lower(), []).append(r.path)
@@ -122,7 +125,7 @@ def _by_csv(records: list[FileRecord], csv_path: Path, label_dir: Path | None) -
         image, label = row["image"], row["label"]
         if not image or not label:
             raise DataError(f"labels CSV '{csv_path}' line {i}: empty image or label entry.")
-        key = by_path.get(os.path.abspath(base / image))
+        key = by_path.get(os.path.realpath(base / image))
         if key is None and os.path.basename(image) == image and len(by_name.get(image.lower(), [])) == 1:
             key = by_name[image.lower()][0]
         if key is None:

@@ -79,7 +79,7 @@ def label_groups(paths: Sequence[str], n: int) -> np.ndarray:
     if len(paths) != n:
         return np.arange(n)
     first: dict[str, int] = {}
-    return np.array([first.setdefault(os.path.abspath(str(p)), i) for i, p in enumerate(paths)], np.int64)
+    return np.array([first.setdefault(os.path.realpath(str(p)), i) for i, p in enumerate(paths)], np.int64)
 
 
 def _block_offsets(shapes: Sequence[Sequence[int]], block_size: int,

@@ -163,3 +163,36 @@ def test_quicklooks_a_recipe_leaves_out_raise_no_warning(tmp_path, make_tif, gra
         caplog.clear()
         scan(tmp_path, DataConfig(patch_size=32, exclude=["*.png"]))
     assert "formats not read" not in caplog.text
+
+
+def test_links_inside_the_data_or_above_it_are_not_followed_and_a_linked_file_is_read_once(tmp_path, make_tif,
+                                                                                             grad):
+    data = tmp_path / "data"
+    make_tif(data / "real" / "a.tif", grad(2, 32, 32))
+    make_tif(data / "real" / "b.tif", grad(2, 32, 32))
+    (data / "alias").symlink_to(data / "real", target_is_directory=True)  # inside the data: read as real/
+    (data / "real" / "up").symlink_to(tmp_path, target_is_directory=True)  # holds the data: outside files, a loop
+    (data / "real" / "a_again.tif").symlink_to(data / "real" / "a.tif")  # datalad-style second name of one file
+    make_tif(tmp_path / "outside.tif", grad(2, 32, 32))
+    assert names(scan(data, DataConfig(patch_size=32))) == ["real/a.tif", "real/b.tif"]
+    assert names(scan(data, DataConfig(patch_size=32, include=["real/**"]))) == ["real/a.tif", "real/b.tif"]
+
+
+def test_a_link_into_an_output_folder_of_ours_is_not_read_as_data(tmp_path, make_tif, grad):
+    from geomed_ssl.outdirs import prepare_out_dir
+
+    make_tif(tmp_path / "data" / "a.tif", grad(2, 32, 32))
+    clusters = prepare_out_dir(tmp_path / "clu", command="cluster")
+    make_tif(clusters / "maps" / "a_clusters.tif", grad(2, 32, 32))
+    (tmp_path / "data" / "maps_link").symlink_to(clusters / "maps", target_is_directory=True)
+    assert names(scan(tmp_path / "data", DataConfig(patch_size=32))) == ["a.tif"]
+
+
+def test_a_labels_folder_that_links_to_the_images_gives_no_image_as_its_own_label(tmp_path, make_tif, grad):
+    from geomed_ssl.finetune.labels import match_labels
+
+    make_tif(tmp_path / "images" / "b7.tif", grad(1, 32, 32))
+    (tmp_path / "labels").symlink_to(tmp_path / "images", target_is_directory=True)
+    records = scan(tmp_path / "images", DataConfig(patch_size=32)).records
+    with pytest.raises(DataError, match="no label file"):
+        match_labels(records, tmp_path / "labels", "raster")

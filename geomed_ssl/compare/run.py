@@ -106,8 +106,14 @@ def _load_task(options: CompareOptions, recipe_file: Path, overrides: list[str] 
                           "are split by image already: leave out --split.")
     check_baselines(options, kind)
     recipe = load_compare_recipe(recipe_file, overrides, kind)
-    task = (load_segment_task(recipe, images, labels, strict) if kind == "segment"
-            else load_classify_task(recipe, data, strict))
+    if kind == "segment":
+        from geomed_ssl.finetune.segment import training_window
+
+        windows = [training_window(recipe, e) for e in options.pretrained] or [training_window(recipe, None)]
+        window = [max(w[i] for w in windows) for i in range(len(windows[0]))]  # too small: for every encoder
+        task = load_segment_task(recipe, images, labels, strict, window)
+    else:
+        task = load_classify_task(recipe, data, strict)
     return recipe, task
 
 

@@ -86,9 +86,13 @@ class Task:
         return np.searchsorted(table, np.sort(keys)).astype(np.int64)
 
 
-def load_segment_task(recipe: Recipe, images: str | Path, labels: str | Path | None, strict: bool) -> Task:
-    """Scan the images, pair and read their labels (grids checked), and build the table of labelled positions."""
-    catalog = scan(images, recipe.data, strict=strict, names_by_position="error" if strict else "warn")
+def load_segment_task(recipe: Recipe, images: str | Path, labels: str | Path | None, strict: bool,
+                      window: list[int] | None = None) -> Task:
+    """Scan the images, pair and read their labels (grids checked), and build the table of labelled positions.
+    ``window``: the fine-tunes' training window, which the images' sizes are checked against (default: the
+    recipe's ``data.patch_size``)."""
+    data = recipe.data if window is None else dataclasses.replace(recipe.data, patch_size=window)
+    catalog = scan(images, data, strict=strict, names_by_position="error" if strict else "warn")
     catalog.warn_problems()
     pairs, arrays, masks = read_label_pairs(catalog.records, labels, recipe.labels, recipe.data)
     files, flats, vals = labelled_pixels(arrays, masks)

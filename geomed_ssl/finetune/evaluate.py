@@ -136,7 +136,7 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
                             "labels.ignore_value.")
         notes = unknown_classes(vals, values, names)
         label_paths = [str(p) for _, p in pairs]
-        seen, note = trained_positions(ft_dir, label_paths, [a.shape for a in arrays], files, flats)
+        seen, note = trained_positions(ft_dir, label_paths, [a.shape for a in arrays], files, flats, recipe.data)
         notes += [note] if note else []
         selection = LabelSelection(files[seen], flats[seen], vals[seen], files[~seen], flats[~seen], vals[~seen],
                                    values, names, [a.shape for a in arrays], notes=notes, split="all labelled",
@@ -203,11 +203,14 @@ def trained_images(ft_dir: str | Path, paths: Sequence[str]) -> tuple[np.ndarray
 
 
 def trained_positions(ft_dir: str | Path, label_paths: Sequence[str], shapes: Sequence[tuple[int, ...]],
-                      files: np.ndarray, flats: np.ndarray) -> tuple[np.ndarray, str | None]:
+                      files: np.ndarray, flats: np.ndarray, data: Any = None) -> tuple[np.ndarray, str | None]:
     """Which labelled positions (``files``, ``flats``) a segmentation fine-tune trained on: those of its
     ``labels_used.npz`` in the same label file on the same grid (a label file shared by several images trains a
-    place at each of them). A label file it trained on at another grid (volumes resampled to ``data.spacing``)
-    cannot be told apart: a note says so."""
+    place at each of them), or, for a volume trained on its ``data.spacing`` grid (the fine-tune's ``data``), the
+    label-file voxels its training positions were read from. A label file whose grid no longer matches what was
+    stored cannot be told apart: a note says so."""
+    from geomed_ssl.finetune.labels import label_sources
+
     used = _used(ft_dir)
     seen = np.zeros(files.size, bool)
     if used is None or "train_file" not in used:
@@ -219,14 +222,24 @@ def trained_positions(ft_dir: str | Path, label_paths: Sequence[str], shapes: Se
     for i, (path, shape) in enumerate(zip(label_paths, shapes)):
         same = stored.get(_key(path), [])
         on_grid = [j for j in same if tuple(meta["shapes"][j]) == tuple(shape)]
+        if not on_grid and same and data is not None and data.kind == "volume" and data.spacing is not None:
+            (axes, file_shape), = label_sources([path], data)
+            resampled = [j for j in same if tuple(meta["shapes"][j]) == tuple(len(a) for a in axes)]
+            if resampled and tuple(file_shape) == tuple(shape):  # read at data.spacing then, at the file's grid now
+                coords = np.unravel_index(used["train_index"][np.isin(used["train_file"], resampled)],
+                                          tuple(meta["shapes"][resampled[0]]))
+                voxels = np.ravel_multi_index(tuple(a[c] for a, c in zip(axes, coords)), tuple(file_shape))
+                here = files == i
+                seen[here] = np.isin(flats[here], voxels)
+                continue
         regridded += bool(same) and not on_grid
         if on_grid:
             here = files == i
             seen[here] = np.isin(flats[here], used["train_index"][np.isin(used["train_file"], on_grid)])
     notes = [_scored_apart(int(seen.sum()), files.size, "positions")] if seen.any() else []
     if regridded:
-        notes.append(f"{regridded} of these label files trained this model on its resampled grid; their voxels "
-                     "that trained it cannot be told apart and are in the test metrics")
+        notes.append(f"{regridded} of these label files trained this model on another grid than theirs now; their "
+                     "voxels that trained it cannot be told apart and are in the test metrics")
         log.warning("warning: %s.", notes[-1])
     return seen, "; ".join(notes) or None
 

@@ -405,6 +405,14 @@ def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata
     if spacing is not None:
         new = resampled_shape(labels.shape, voxel_mm(img.affine), spacing)  # the volume reader's grid
         idx = nearest_index(labels.shape, new)  # nearest on the reader's align-corners grid
+        reached = np.zeros(labels.shape, bool)
+        reached[idx] = True
+        missed, total = int(np.count_nonzero(labelled & ~reached)), int(np.count_nonzero(labelled))
+        if missed:  # a grid coarser than the labels on some axis: nearest neighbour passes over voxels
+            mm = " x ".join(f"{v:.3g}" for v in voxel_mm(img.affine))
+            log.warning(f"warning: on the data.spacing {list(spacing)} mm grid, {total - missed} of the {total} "
+                        f"labelled voxels of '{path}' are read (nearest neighbour); the others neither train nor "
+                        f"test. A data.spacing as fine as the labels' ({mm} mm) reads them all.")
         labels, labelled = labels[idx], labelled[idx]
     return labels, labelled
 

@@ -334,9 +334,12 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
         test = _subsample(test, values, float(cfg.test_fraction), seed)
     tested = set(np.unique(values[test]).tolist())
     if copies < values.size:
+        first_of = np.unique(keys[train], return_index=True)[1]  # one training position per label-file voxel
+        per = np.bincount(cmap.encode(values[train][first_of]), minlength=len(cmap.values))
         notes.append(f"the labels were resampled onto data.spacing: {values.size} labelled voxels are copies of "
                      f"{copies} voxels of the label files; budgets count those voxels, and the copies of one train "
-                     "or test together")
+                     "or test together (label-file voxels training per class: "
+                     + ", ".join(f"{cmap.label(v)}:{n}" for v, n in zip(cmap.values, per)) + ")")
     for c in cmap.values:
         if c not in tested:
             notes.append(f"{cmap.label(c)}: no test {unit}s left; it is not evaluated")

@@ -573,7 +573,8 @@ def test_copies_of_one_label_voxel_on_a_finer_grid_train_or_test_together(tmp_pa
     trained, tested = places(sel.train_index), places(sel.test_index)
     assert len(trained) == 10 and not trained & tested  # five voxels of the file per class, never also tested
     assert sel.train_index.size > 10  # every copy of a drawn voxel trains
-    assert any("729 labelled voxels are copies of 125 voxels of the label files" in n for n in sel.notes)
+    assert any("729 labelled voxels are copies of 125 voxels of the label files" in n
+               and "label-file voxels training per class: class 0:5, class 1:5" in n for n in sel.notes)
     naive = select_labels([values], [labelled], cfg, paths=[str(path)])
     assert places(naive.train_index) & places(naive.test_index)  # what counting copies apart did
 
@@ -613,3 +614,40 @@ def test_copies_of_one_label_voxel_straddling_a_block_edge_never_train_and_test(
     assert sel.train_index.size and sel.test_index.size
     assert not places(sel.train_index) & places(sel.test_index)
     assert not set(sel.train_index.tolist()) & set(sel.test_index.tolist())
+
+
+def test_evaluate_tells_apart_the_label_voxels_a_model_trained_on_at_another_spacing(tmp_path):
+    import nibabel as nib
+
+    from geomed_ssl.finetune.evaluate import trained_positions
+    from geomed_ssl.finetune.labels import label_sources, read_label
+
+    labels = np.zeros((5, 5, 5), np.uint8)
+    labels[:, :, 3:] = 1
+    path = str(tmp_path / "seg.nii.gz")
+    nib.save(nib.Nifti1Image(labels, np.diag([3.0, 3.0, 3.0, 1.0])), path)
+    data = DataConfig(kind="volume", spacing=[1.5, 1.5, 1.5], patch_size=8)
+    values, labelled = read_label(path, "volume", None, spacing=data.spacing)
+    sel = select_labels([values], [labelled], LabelsConfig(per_class=3, seed=0, ignore_value=None), paths=[path],
+                        sources=label_sources([path], data))
+    (tmp_path / "ft").mkdir()
+    sel.save_npz(tmp_path / "ft" / "labels_used.npz")
+    native, mask = read_label(path, "volume", None)  # evaluate reads every labelled voxel of the file, once
+    files, flats, _ = labelled_pixels([native], [mask])
+    seen, note = trained_positions(tmp_path / "ft", [path], [native.shape], files, flats, data)
+    assert seen.sum() == 6 and "cannot be told apart" not in (note or "")  # three voxels of each class
+
+
+def test_a_grid_coarser_than_the_labels_says_how_many_labelled_voxels_it_reads(tmp_path, caplog):
+    import logging
+
+    import nibabel as nib
+
+    from geomed_ssl.finetune.labels import read_label
+
+    path = tmp_path / "seg.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((9, 9, 9), np.uint8), np.diag([0.5, 0.5, 0.5, 1.0])), str(path))
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        values, _ = read_label(str(path), "volume", None, spacing=[1.0, 1.0, 1.0])
+    assert values.shape == (5, 5, 5)
+    assert "125 of the 729 labelled voxels" in caplog.text and "0.5 x 0.5 x 0.5 mm" in caplog.text

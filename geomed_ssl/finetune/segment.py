@@ -58,9 +58,11 @@ def training_window(recipe: Recipe, encoder: str | Path | None) -> list[int]:
     nd = spatial_dims(recipe.data)
     if recipe.finetune.window:
         return list(as_tuple(recipe.finetune.window, nd, "finetune.window"))
+    own = list(as_tuple(recipe.data.patch_size, nd, "data.patch_size"))
     if encoder is None or str(encoder).lower() == "none":
-        return list(as_tuple(recipe.data.patch_size, nd, "data.patch_size"))
-    return [int(n) for n in read_encoder_config(encoder)[0].img_size]
+        return own
+    window = [int(n) for n in read_encoder_config(encoder)[0].img_size]
+    return window if len(window) == nd else own  # a 3D encoder for 2D data: refused later, in its own words
 
 
 @keeps_process_state

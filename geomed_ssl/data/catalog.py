@@ -27,7 +27,7 @@ from geomed_ssl.bands.names import resolve_band_info
 from geomed_ssl.bands.conform import report_positional_names
 from geomed_ssl.data.probe import (RASTER_PREVIEW, VOLUME_PREVIEW, FileProbe, ProbeError, probe_file,  # noqa: F401
                                   reordered)
-from geomed_ssl.data.listing import EXTENSIONS, has_ext, list_files, unread_formats
+from geomed_ssl.data.listing import EXTENSIONS, has_ext, list_files, once, unread_formats
 from geomed_ssl.data.survey import grid_lines
 from geomed_ssl.errors import DataError
 
@@ -429,7 +429,7 @@ def scan(root: str | Path, data_cfg: Any = None, strict: bool = False, names_by_
         raise DataError(f"cannot use '{root}': {unread}.")
     rels = [os.path.relpath(f, base) for f in typed]
     keep = select(rels, include, exclude, root)
-    files = [f for f, k in zip(typed, keep) if k]
+    files = once([f for f, k in zip(typed, keep) if k], root)  # a file under two names (links): read once
     excluded = [r for r, k in zip(rels, keep) if not k and any(glob_match(r, g) for g in include)]
 
     problems: list[Problem] = []

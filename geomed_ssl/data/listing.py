@@ -37,9 +37,10 @@ def _within(path: str, folder: str) -> bool:
 def walk(root: str | Path, skipped: list[str] | None = None,
          errors: list[OSError] | None = None) -> Iterator[tuple[str, list[str], list[str]]]:
     """``os.walk(root)`` that follows symlinked folders whose target lies outside ``root`` (archives link tiles in
-    from other disks), visiting each real folder once. A link to a folder inside ``root`` is not followed (that
-    folder is reached under its own name, so ``data.include`` / ``data.exclude`` see its real path), nor one to a
-    folder holding ``root`` (it would read files outside the data, or loop); such links are added to ``skipped``.
+    from other disks), visiting each real folder once. A link to a folder inside ``root`` is not followed when that
+    folder is reached under its own name (not hidden; so ``data.include`` / ``data.exclude`` see its real path),
+    nor one to a folder holding ``root`` (it would read files outside the data, or loop); such links are added to
+    ``skipped``.
     Folders that cannot be listed are added to ``errors``. Callers may prune ``dirs`` in place, as with
     ``os.walk``."""
     top = os.path.realpath(root)
@@ -55,7 +56,9 @@ def walk(root: str | Path, skipped: list[str] | None = None,
             path = os.path.join(folder, d)
             if os.path.islink(path):
                 target = os.path.realpath(path)
-                if _within(target, top) or _within(top, target):
+                inside = _within(target, top) and not any(  # reached under its own name unless hidden
+                    part.startswith(".") for part in Path(os.path.relpath(target, top)).parts)
+                if inside or _within(top, target):
                     if skipped is not None:
                         skipped.append(path)
                     continue
@@ -76,34 +79,26 @@ def made_by_us(folder: Path) -> bool:
 
 def list_files(root: Path) -> list[Path]:
     """The files under ``root`` (or ``root`` itself), leaving out hidden files and folders (``.ipynb_checkpoints``,
-    macOS ``._x.tif`` copies), the subfolders the toolkit wrote (they hold ``.geomed-ssl.json``: a predict, embed
-    or cluster folder placed inside the data must not be read back as data) and second names of one file (links to
-    a file listed already, as datalad / git-annex datasets hold them); each said once in the log, with the links
-    :func:`walk` does not follow and the folders that cannot be listed (a warning)."""
+    macOS ``._x.tif`` copies) and the subfolders the toolkit wrote (they hold ``.geomed-ssl.json``: a predict, embed
+    or cluster folder placed inside the data must not be read back as data); each said once in the log, with the
+    links :func:`walk` does not follow and the folders that cannot be listed (a warning). A file may be listed
+    under several names (links, as datalad / git-annex datasets hold them): :func:`once` keeps one after the
+    selection."""
     if root.is_file():
         return [root]
-    out, skipped, hidden, links, errors, again = [], [], [], [], [], 0
-    seen: set[str] = set()
+    out, skipped, hidden, links, errors = [], [], [], [], []
     for folder, dirs, files in walk(root, links, errors):
         ours = sorted(d for d in dirs if made_by_us(Path(folder) / d))
         skipped += [Path(folder) / d for d in ours]
         hidden += [Path(folder) / n for n in sorted(dirs) + sorted(files) if n.startswith(".") and n != MANIFEST]
         dirs[:] = sorted(d for d in dirs if d not in ours and not d.startswith("."))
-        for f in sorted(f for f in files if not f.startswith(".")):
-            real = os.path.realpath(os.path.join(folder, f))
-            if real in seen:
-                again += 1
-                continue
-            seen.add(real)
-            out.append(Path(folder) / f)
+        out += [Path(folder) / f for f in sorted(files) if not f.startswith(".")]
     if hidden:
         log.info(f"skipped {len(hidden)} hidden file(s) / folder(s) under '{root}': "
                  + ", ".join(str(p.relative_to(root)) for p in hidden[:3]) + (", ..." if len(hidden) > 3 else ""))
     if skipped:
         log.info(f"skipped {len(skipped)} folder(s) under '{root}' that geomed-ssl wrote (outputs, not data): "
                  + ", ".join(str(d.relative_to(root)) for d in skipped[:3]) + (", ..." if len(skipped) > 3 else ""))
-    if again:
-        log.info(f"{again} file(s) under '{root}' are links to files listed already; each file is read once.")
     if links:
         log.info(f"not followed: {len(links)} link(s) under '{root}' to folders inside it (read under their own "
                  "names) or holding it: " + ", ".join(os.path.relpath(p, root) for p in links[:3])
@@ -112,6 +107,21 @@ def list_files(root: Path) -> list[Path]:
         log.warning(f"warning: {len(errors)} folder(s) under '{root}' could not be listed, so their files are not "
                     f"read: {errors[0].filename} ({errors[0].strerror})" + (", ..." if len(errors) > 1 else "")
                     + "; check their permissions.")
+    return out
+
+
+def once(paths: Sequence[str], where: str | Path) -> list[str]:
+    """``paths`` with each real file once (the first of its names: links, as datalad / git-annex datasets hold
+    them, give one file several), said in the log."""
+    out, seen = [], set()
+    for path in paths:
+        real = os.path.realpath(path)
+        if real not in seen:
+            seen.add(real)
+            out.append(path)
+    if len(out) < len(paths):
+        log.info(f"{len(paths) - len(out)} file(s) under '{where}' are further names (links) of files listed "
+                 "already; each file is read once.")
     return out
 
 

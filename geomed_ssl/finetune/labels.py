@@ -80,16 +80,17 @@ def _shared_parents(a: str, b: str) -> int:
 def _by_name(records: list[FileRecord], label_dir: Path, kind: str) -> dict[str, str | None]:
     images = {os.path.realpath(p) for r in records for p in r.paths}  # real paths: a labels folder may link here
     index: dict[str, list[str]] = {}
-    seen: set[str] = set()  # one label file under two names (a link) is one candidate
+    reals: dict[str, set[str]] = {}  # per name key, the real files indexed: one file under two names is one
     for folder, dirs, files in walk(label_dir):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for f in sorted(f for f in files if not f.startswith(".")):
             path = os.path.abspath(os.path.join(folder, f))
             real = os.path.realpath(path)
-            if f.lower().endswith(EXTENSIONS[kind]) and real not in images and real not in seen:
-                seen.add(real)
+            if f.lower().endswith(EXTENSIONS[kind]) and real not in images:
                 for key in _label_keys(_stem(f)):
-                    index.setdefault(key, []).append(path)
+                    if real not in reals.setdefault(key, set()):
+                        reals[key].add(real)
+                        index.setdefault(key, []).append(path)
     same_stem: dict[str, list[str]] = {}
     for r in records:
         same_stem.setdefault(_stem(r.path).lower(), []).append(r.path)
@@ -360,8 +361,9 @@ def _to_labels(arr: np.ndarray, nodata: float | None, ignore_value: int | None,
 
 def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata: float | None = None,
                spacing: Sequence[float] | None = None, window: tuple[int, int, int, int] | None = None,
-               remap: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+               remap: dict | None = None, warn_coverage: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """A label file as (int64 labels, bool labelled): (H, W) for rasters, (D, H, W) RAS-oriented for volumes.
+    ``warn_coverage``: say when ``spacing`` makes a grid that passes over labelled voxels (users' labels).
 
     ``remap`` ({old: new}) merges or renumbers classes first (e.g. BraTS whole tumour: {2: 1, 3: 1, 4: 1}).
     Unlabelled = NaN, the file's nodata (or ``nodata``) or ``ignore_value`` (after ``remap``, so a class mapped to
@@ -408,7 +410,7 @@ def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata
         reached = np.zeros(labels.shape, bool)
         reached[idx] = True
         missed, total = int(np.count_nonzero(labelled & ~reached)), int(np.count_nonzero(labelled))
-        if missed:  # a grid coarser than the labels on some axis: nearest neighbour passes over voxels
+        if missed and warn_coverage:  # a grid coarser than the labels on some axis: nearest neighbour skips voxels
             mm = " x ".join(f"{v:.3g}" for v in voxel_mm(img.affine))
             log.warning(f"warning: on the data.spacing {list(spacing)} mm grid, {total - missed} of the {total} "
                         f"labelled voxels of '{path}' are read (nearest neighbour); the others neither train nor "
@@ -451,7 +453,8 @@ def read_label_pairs(records: Sequence[FileRecord], labels: str | Path | None, l
                          allow_unlabelled=allow_unlabelled, label_name=lab.label_name)
     arrays, masks = [], []
     for record, path in pairs:
-        values, labelled = read_label(path, data.kind, lab.ignore_value, spacing=data.spacing, remap=lab.remap)
+        values, labelled = read_label(path, data.kind, lab.ignore_value, spacing=data.spacing, remap=lab.remap,
+                                      warn_coverage=True)
         held = values[labelled]
         if class_range and held.size and (held.min() < 0 or held.max() > MAX_CLASS_VALUE):  # predict's class maps
             bad = int(held.min()) if held.min() < 0 else int(held.max())

@@ -16,7 +16,7 @@ import torch
 
 from geomed_ssl.data.catalog import glob_match, select
 from geomed_ssl.data.kinds import check_input_kind, input_kind
-from geomed_ssl.data.listing import list_files
+from geomed_ssl.data.listing import list_files, once
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.data.tiling import DEFAULT_OVERLAP, blend_weights
 from geomed_ssl.errors import DataError
@@ -74,8 +74,8 @@ def _folder_files(folder: Path, data_cfg: Any, kind: str | None) -> list[Path]:
         log.warning(f"warning: skipped {len(skipped)} file(s) under '{folder}' named as predict's outputs ({names}); "
                     "name a file explicitly to predict it.")
     of_kind = [p for p in typed if kind is None or input_kind(p) == kind]
-    kept = [p for p, k in zip(of_kind, select([str(p.relative_to(folder)) for p in of_kind], include, exclude, folder))
-            if k]
+    selected = select([str(p.relative_to(folder)) for p in of_kind], include, exclude, folder)
+    kept = [Path(p) for p in once([str(p) for p, k in zip(of_kind, selected) if k], folder)]  # links: once
     if not kept:
         what = {"raster": "GeoTIFF", "volume": "NIfTI", None: "GeoTIFF or NIfTI"}[kind]
         raise DataError(f"no {what} files to predict under '{folder}': {len(typed)} GeoTIFF/NIfTI files, "

@@ -196,3 +196,20 @@ def test_a_labels_folder_that_links_to_the_images_gives_no_image_as_its_own_labe
     records = scan(tmp_path / "images", DataConfig(patch_size=32)).records
     with pytest.raises(DataError, match="no label file"):
         match_labels(records, tmp_path / "labels", "raster")
+
+
+def test_split_folders_of_links_keep_the_name_the_selection_asks_for(tmp_path, make_tif, grad):
+    data = tmp_path / "d"
+    make_tif(data / "all" / "x1.tif", grad(2, 32, 32))
+    make_tif(data / "all" / "x2.tif", grad(2, 32, 32))
+    (data / "sel").mkdir()
+    (data / "sel" / "x1.tif").symlink_to(data / "all" / "x1.tif")
+    assert names(scan(data, DataConfig(patch_size=32, include=["sel/**"]))) == ["sel/x1.tif"]
+    assert names(scan(data, DataConfig(patch_size=32))) == ["all/x1.tif", "all/x2.tif"]  # one file, one name
+
+
+def test_a_link_to_a_hidden_store_inside_the_data_is_followed(tmp_path, make_tif, grad):
+    data = tmp_path / "d"
+    make_tif(data / ".store" / "c.tif", grad(2, 32, 32))
+    (data / "hid").symlink_to(data / ".store", target_is_directory=True)
+    assert names(scan(data, DataConfig(patch_size=32))) == ["hid/c.tif"]

@@ -648,6 +648,6 @@ def test_a_grid_coarser_than_the_labels_says_how_many_labelled_voxels_it_reads(t
     path = tmp_path / "seg.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((9, 9, 9), np.uint8), np.diag([0.5, 0.5, 0.5, 1.0])), str(path))
     with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
-        values, _ = read_label(str(path), "volume", None, spacing=[1.0, 1.0, 1.0])
+        values, _ = read_label(str(path), "volume", None, spacing=[1.0, 1.0, 1.0], warn_coverage=True)
     assert values.shape == (5, 5, 5)
     assert "125 of the 729 labelled voxels" in caplog.text and "0.5 x 0.5 x 0.5 mm" in caplog.text

@@ -78,7 +78,8 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     inputs = finetune_inputs(recipe, encoder, images=images, labels=labels)
     check_out_dir(out, command="finetune", inputs=inputs, overwrite=overwrite)  # FT_DIR is made once all is valid
     recipe = as_recipe(recipe, overrides)
-    catalog = scan(images, dataclasses.replace(recipe.data, patch_size=training_window(recipe, encoder)),
+    window = training_window(recipe, encoder)
+    catalog = scan(images, dataclasses.replace(recipe.data, patch_size=window),
                    strict=strict, names_by_position="error" if strict else "warn")  # too small: for that window
     log.info(catalog.summary())
     catalog.warn_problems()
@@ -94,8 +95,7 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     prepare_out_dir(out, command="finetune", inputs=inputs, overwrite=overwrite)
     save_recipe(recipe, out / "config.yaml")
     selection.save_npz(out / "labels_used.npz")
-    nd = enc.config.spatial_dims
-    window = as_tuple(recipe.finetune.window or list(enc.config.img_size), nd, "finetune.window")
+    window = tuple(window)  # encoder_and_stats refused an encoder of the other dimensionality
     records = [by_path[r.path] for r, _ in pairs]  # read as the encoder needs
     allowed = training_area_maps(arrays, masks, lab, [p for _, p in pairs])
     if recipe.finetune.head == "probe":

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from geomed_ssl.data.gdal_read import has_dataset_mask, read_masked
-from geomed_ssl.data.stats import band_percentiles, valid_mask, valid_values
+from geomed_ssl.data.stats import band_gaps, band_percentiles, valid_mask, valid_values
 
 RASTER_PREVIEW = 256  # preview: at most this many pixels per side
 VOLUME_PREVIEW = 64  # strided volume read: about this many voxels per side
@@ -87,7 +87,7 @@ def _open_failure(path: str, err: BaseException, kind: str) -> str:
 def _value_range(arr: np.ndarray, valid: np.ndarray, nodata: float | None) -> list[list[float]]:
     """Per band [min, p1, p99, max] of the valid pixels, a band's own gaps left out (NaN for a band without any);
     ``arr`` (C, *S), ``valid`` (*S)."""
-    vals = valid_values(arr, valid, nodata)  # (C, n_valid)
+    vals = valid_values(arr, valid, band_gaps(arr, nodata))  # (C, n_valid)
     if vals.shape[1] == 0:
         return [[math.nan] * 4 for _ in range(arr.shape[0])]
     p = band_percentiles(vals, [1, 99])

@@ -128,11 +128,10 @@ def band_gaps(array: np.ndarray, nodata: float | None) -> np.ndarray | None:
     return array == nodata
 
 
-def valid_values(array: np.ndarray, valid: np.ndarray, nodata: float | None) -> np.ndarray:
-    """(C, n) float64: each band's values at the ``valid`` pixels, its own gaps (:func:`band_gaps`) NaN: what a
-    band's statistics and value range are taken from."""
+def valid_values(array: np.ndarray, valid: np.ndarray, gaps: np.ndarray | None) -> np.ndarray:
+    """(C, n) float64: each band's values at the ``valid`` pixels, its own ``gaps`` (:func:`band_gaps` of the values
+    as read) NaN: what a band's statistics and value range are taken from."""
     vals = array[:, valid].astype(np.float64)
-    gaps = band_gaps(array, nodata)
     if gaps is not None:
         vals[gaps[:, valid]] = np.nan
     return vals
@@ -374,9 +373,7 @@ def _sample_file(rec: Any, windows: int, window: tuple[int, ...], data_cfg: Any,
             gaps = band_gaps(arr, rec.nodata)
             if rec.kind == "volume":
                 arr = preprocess_intensity(arr, data_cfg, valid=valid, **intensity)
-            vals = arr[:, valid].astype(np.float64)  # (C, n_valid)
-            if gaps is not None:
-                vals[gaps[:, valid]] = np.nan  # a band's own gaps in a valid pixel: not a value of that band
+            vals = valid_values(arr, valid, gaps)  # (C, n_valid); gaps of the values as read
             count += np.isfinite(vals).sum(axis=1)
             if vals.shape[1]:
                 take = rng.random(vals.shape[1]) < keep_prob

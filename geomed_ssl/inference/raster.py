@@ -22,7 +22,8 @@ from geomed_ssl.config import DataConfig
 from geomed_ssl.bands.names import BandInfo, band_order, resolve_band_info
 from geomed_ssl.bands.conform import note_band_order, report_positional_names
 from geomed_ssl.data.gdal_read import read_masked
-from geomed_ssl.data.stats import BandStats, band_percentiles, normalize, valid_mask, valid_values, warn_far_from_stats
+from geomed_ssl.data.stats import (BandStats, band_gaps, band_percentiles, normalize, valid_mask, valid_values,
+                                  warn_far_from_stats)
 from geomed_ssl.data.tiling import DEFAULT_OVERLAP, blend_weights, window_starts
 from geomed_ssl.errors import DataError
 from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, channel_records,
@@ -71,7 +72,8 @@ class RangeSample:
     def add(self, strip: np.ndarray) -> None:
         """``strip`` (C, h, W) raw values."""
         sub = strip[:, ::self.stride, ::self.stride]
-        self.parts.append(valid_values(sub, valid_mask(sub, self.nodata), self.nodata).astype(np.float32))  # (C, n)
+        valid, gaps = valid_mask(sub, self.nodata), band_gaps(sub, self.nodata)
+        self.parts.append(valid_values(sub, valid, gaps).astype(np.float32))  # (C, n)
 
     def value_range(self) -> list[list[float]]:
         """Per band [nan, p1, p99, nan] (``FileRecord.value_range`` layout)."""

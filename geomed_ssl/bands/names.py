@@ -289,19 +289,6 @@ def _band_wavelengths(names: list[str], tags: dict[int, dict[str, Any]], data_cf
     return wl if any(w is not None for w in wl) else None
 
 
-def resolve_bands(
-    num_bands: int,
-    descriptions: Sequence[str | None] | None,
-    tags: dict[int, dict[str, Any]] | None,
-    data_cfg: Any,
-    path: str,
-    fallback_names: Sequence[str] | None = None,
-) -> tuple[list[str], list[float | None] | None]:
-    """Band names and centre wavelengths (µm) of one file (see :func:`resolve_band_info`)."""
-    info = resolve_band_info(num_bands, descriptions, tags, data_cfg, path, fallback_names)
-    return info.names, info.wavelengths
-
-
 def positional_names_message(paths: Sequence[str], sensor: str | None, names: Sequence[str]) -> str:
     """One line: these files' band names were assigned by position from a sensor profile, and how to state them."""
     shown = ", ".join(f"'{p}'" for p in paths[:2]) + (f" and {len(paths) - 2} more" if len(paths) > 2 else "")

@@ -4,7 +4,8 @@ import pytest
 
 from geomed_ssl.config import DataConfig
 from geomed_ssl.bands import names as bands
-from geomed_ssl.bands.names import band_order, false_colour_bands, indian_pines_bands, resolve_bands, sensor_profile
+from geomed_ssl.bands.names import (band_order, false_colour_bands, indian_pines_bands, resolve_band_info,
+                                   sensor_profile)
 from geomed_ssl.errors import ConfigError, DataError
 
 EUROSAT_ORDER = "B01 B02 B03 B04 B05 B06 B07 B08 B09 B10 B11 B12 B8A".split()
@@ -48,34 +49,39 @@ def test_unknown_sensor_is_a_config_error_listing_known_ones():
 def test_descriptions_win_over_config_band_names_and_a_warning_says_so(caplog):
     cfg = DataConfig(band_names=["x", "y"])
     with caplog.at_level("WARNING", logger="geomed_ssl"):
-        names, _ = resolve_bands(2, ["B04", "B08"], {}, cfg, "f.tif")
-        resolve_bands(2, ["B04", "B08"], {}, cfg, "g.tif")
+        names = resolve_band_info(2, ["B04", "B08"], {}, cfg, "f.tif").names
+        resolve_band_info(2, ["B04", "B08"], {}, cfg, "g.tif")
     assert names == ["B04", "B08"]
     assert caplog.text.count("data.band_names (x, y) is not used for them") == 1  # once, not per file
 
 
 def test_partial_descriptions_fall_back_to_config_names():
-    names, wl = resolve_bands(2, ["B04", None], {}, DataConfig(band_names=["red", "nir"]), "f.tif")
+    info = resolve_band_info(2, ["B04", None], {}, DataConfig(band_names=["red", "nir"]), "f.tif")
+    names, wl = info.names, info.wavelengths
     assert names == ["red", "nir"] and wl is None
 
 
 def test_sensor_profile_names_bands_when_count_matches():
-    names, wl = resolve_bands(13, [None] * 13, {}, DataConfig(sensor="sentinel2"), "f.tif")
+    info = resolve_band_info(13, [None] * 13, {}, DataConfig(sensor="sentinel2"), "f.tif")
+    names, wl = info.names, info.wavelengths
     assert names == list(sensor_profile("sentinel2")) and wl[8] == pytest.approx(0.865)
 
 
 def test_sensor_profile_with_other_band_count_is_data_error_naming_file_count_and_fix():
     with pytest.raises(DataError, match=r"f\.tif.*4 bands.*sentinel2.*13.*data\.band_names"):
-        resolve_bands(4, [None] * 4, {}, DataConfig(sensor="sentinel2"), "f.tif")
+        resolve_band_info(4, [None] * 4, {}, DataConfig(sensor="sentinel2"), "f.tif")
 
 
 def test_generic_names_without_any_hint():
-    names, wl = resolve_bands(3, [None] * 3, {}, DataConfig(), "f.tif")
+    info = resolve_band_info(3, [None] * 3, {}, DataConfig(), "f.tif")
+    names, wl = info.names, info.wavelengths
     assert names == ["band_1", "band_2", "band_3"] and wl is None
 
 
 def test_wavelengths_follow_band_names_not_positions_for_eurosat_order():
-    names, wl = resolve_bands(13, [None] * 13, {}, DataConfig(sensor="sentinel2", band_names=EUROSAT_ORDER), "e.tif")
+    cfg = DataConfig(sensor="sentinel2", band_names=EUROSAT_ORDER)
+    info = resolve_band_info(13, [None] * 13, {}, cfg, "e.tif")
+    names, wl = info.names, info.wavelengths
     assert names[-1] == "B8A" and wl[-1] == pytest.approx(0.865) and wl[8] == pytest.approx(0.945)
 
 
@@ -85,20 +91,19 @@ def test_loose_name_matching_b1_equals_b01():
 
 def test_config_wavelengths_win_and_must_match_band_count():
     cfg = DataConfig(sensor="sentinel2", band_names=["B02", "B03"], wavelengths=[0.5, 0.6])
-    assert resolve_bands(2, [None, None], {}, cfg, "f.tif")[1] == [0.5, 0.6]
+    assert resolve_band_info(2, [None, None], {}, cfg, "f.tif").wavelengths == [0.5, 0.6]
     with pytest.raises(DataError, match="data.wavelengths lists 2"):
-        resolve_bands(3, [None] * 3, {}, DataConfig(wavelengths=[0.5, 0.6]), "f.tif")
+        resolve_band_info(3, [None] * 3, {}, DataConfig(wavelengths=[0.5, 0.6]), "f.tif")
 
 
 def test_central_wavelength_tag_used_when_no_profile():
     tags = {1: {"CENTRAL_WAVELENGTH_UM": "0.49"}, 2: {"CENTRAL_WAVELENGTH_UM": "0.56"}}
-    names, wl = resolve_bands(2, ["blue", "green"], tags, DataConfig(), "f.tif")
-    assert wl == [0.49, 0.56]
+    assert resolve_band_info(2, ["blue", "green"], tags, DataConfig(), "f.tif").wavelengths == [0.49, 0.56]
 
 
 def test_config_band_names_of_wrong_length_is_data_error():
     with pytest.raises(DataError, match="data.band_names lists 2"):
-        resolve_bands(3, [None] * 3, {}, DataConfig(band_names=["a", "b"]), "f.tif")
+        resolve_band_info(3, [None] * 3, {}, DataConfig(band_names=["a", "b"]), "f.tif")
 
 
 def test_false_colour_uses_sentinel2_names_in_any_order():

@@ -122,6 +122,13 @@ class DeepCluster(MultiCropMethod):
             self.prototypes.set_(h, fit.centroids)
         self.clustered_at.fill_(step)
 
+    def before_optimizer_step(self, step: int) -> None:
+        """Drop the prototypes' gradients at every step: they are the k-means centroids, changed only by
+        :meth:`recluster` (the official DeepCluster-v2 freezes them for all its iterations), so no optimiser step or
+        weight decay moves them off the centroids the labels come from."""
+        for p in self.prototypes.parameters():
+            p.grad = None
+
     def targets(self, z: Tensor) -> Tensor:
         """Labels (H, B) of the windows whose global-crop embeddings are ``z`` (2, B, P): the nearest centroid of
         head ``h`` to crop ``h % 2``; ``IGNORE`` everywhere before the first k-means."""

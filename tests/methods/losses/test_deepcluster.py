@@ -107,3 +107,31 @@ def test_loss_without_any_label_is_zero_and_keeps_the_graph() -> None:
     loss = deepcluster_loss([scores], torch.full((1, 4), IGNORE), 0.1)
     loss.backward()
     assert float(loss.detach()) == 0.0 and torch.equal(scores.grad, torch.zeros_like(scores))
+
+
+def test_prototypes_stay_the_kmeans_centroids_through_optimiser_steps() -> None:
+    """As in the official DeepCluster-v2 (prototypes frozen for every iteration): an AdamW step with weight decay
+    moves the projector but never the prototypes off the centroids that give the labels."""
+    from geomed_ssl.methods import METHODS
+    from geomed_ssl.models.encoder import EncoderConfig
+    from geomed_ssl.train.module import param_groups
+
+    torch.manual_seed(0)
+    enc = EncoderConfig(in_chans=3, img_size=(8, 8), patch_size=(4, 4), embed_dim=16, depth=1, num_heads=2)
+    method = METHODS["deepcluster"](enc, {"proj_hidden_dim": 16, "proj_dim": 8, "n_prototypes": 3, "heads": 1,
+                                          "memory_size": 8}, max_steps=10)
+    opt = torch.optim.AdamW(param_groups(method, 0.5, method.no_weight_decay()), lr=0.1)
+    g = torch.Generator().manual_seed(1)
+    for step in range(3):
+        views = [torch.randn(8, 3, 8, 8, generator=g) for _ in range(2)]
+        out = method.training_loss({"views": {"global": views, "local": []}, "index": torch.arange(8)}, step, g)
+        opt.zero_grad()
+        out.loss.backward()
+        method.before_optimizer_step(step)
+        projector_before = [p.detach().clone() for p in method.projector.parameters()]
+        opt.step()
+        method.after_step(step)
+        assert int(method.clustered_at) == 0 and out.loss > 0
+        weights = torch.cat([p.detach() for p in method.prototypes.parameters()])
+        torch.testing.assert_close(weights, method.centroids[0])
+        assert any(not torch.equal(a, b) for a, b in zip(projector_before, method.projector.parameters()))

@@ -16,15 +16,21 @@ import torch
 from torch import Tensor, nn
 
 from geomed_ssl.methods.schedules import cosine, teacher_momentum
+from geomed_ssl.models.blocks import SampleDropPath
 
 MomentumPair = tuple[nn.Module, nn.Module]
 
 
 def momentum_copy(online: nn.Module) -> nn.Module:
-    """A deep copy of ``online`` to serve as its EMA target: same weights, ``requires_grad=False`` everywhere."""
+    """A deep copy of ``online`` to serve as its EMA target: same weights, ``requires_grad=False`` everywhere, and
+    stochastic depth off, so the target is a fixed function of its weights (as the official MoCo v3 and BYOL targets
+    and DINO's teacher, built without drop path)."""
     target = copy.deepcopy(online)
     for p in target.parameters():
         p.requires_grad_(False)
+    for module in target.modules():
+        if isinstance(module, SampleDropPath):
+            module.drop_prob = 0.0
     return target
 
 

@@ -68,3 +68,20 @@ def test_mismatched_pair_is_refused() -> None:
     with pytest.raises(ValueError, match="parameters differ"):
         check_momentum_pairs([(_net(), nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3)))])
     check_momentum_pairs([(_net(), momentum_copy(_net()))])  # matching pair: no error
+
+
+@pytest.mark.parametrize(("name", "target"), [("moco_v3", "momentum_encoder"), ("byol", "target_encoder"),
+                                               ("moco_v2", "key_encoder")])
+def test_momentum_targets_have_no_stochastic_depth(name: str, target: str) -> None:
+    """The online encoder keeps ``model.drop_path``; its EMA target is deterministic given its weights."""
+    from geomed_ssl.methods import METHODS
+    from geomed_ssl.models.encoder import EncoderConfig
+
+    torch.manual_seed(0)
+    enc = EncoderConfig(in_chans=3, img_size=(8, 8), patch_size=(4, 4), embed_dim=16, depth=2, num_heads=2,
+                        drop_path=0.5)
+    method = METHODS[name](enc, {"proj_hidden_dim": 16, "proj_dim": 8}, max_steps=10).train()
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(getattr(method, target)(x), getattr(method, target)(x))
+        assert not torch.equal(method.encoder(x), method.encoder(x))

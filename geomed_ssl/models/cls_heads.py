@@ -61,11 +61,12 @@ class ClassificationModel(nn.Module):
 
 
 def _layer_id(name: str, depth: int) -> int:
-    """BEiT/MAE rule: patch embedding, CLS and positions -> 0, block i -> i + 1, everything else -> depth + 1."""
+    """BEiT/MAE rule: the embedding stage (patch embedding, the grouped / spectral tokens' ``unit_pool``, CLS and
+    positions) -> 0, block i -> i + 1, everything else -> depth + 1."""
     if not name.startswith("encoder."):
         return depth + 1
     name = name[len("encoder."):]
-    if name.startswith(("patch_embed.", "cls_token", "pos_embed", "mask_token")):
+    if name.startswith(("patch_embed.", "unit_pool.", "cls_token", "pos_embed", "mask_token")):
         return 0
     if name.startswith("blocks."):
         return int(name.split(".")[1]) + 1
@@ -77,8 +78,8 @@ def layer_decay_groups(model: nn.Module, encoder_depth: int, decay: float, base_
     """AdamW parameter groups with layer-wise lr decay for a model holding its ViT as ``model.encoder``
     (``SegmentationModel``, ``ClassificationModel``).
 
-    Layer ids: patch embedding / CLS / positions 0, block ``i`` ``i + 1``, the encoder's final norm and every
-    non-encoder parameter (decoder, head) ``depth + 1``; the lr scale is ``decay ** (depth + 1 - id)``, so the head
+    Layer ids: patch embedding (and ``unit_pool``) / CLS / positions 0, block ``i`` ``i + 1``, the encoder's final
+    norm and every non-encoder parameter (decoder, head) ``depth + 1``; the lr scale is ``decay ** (depth + 1 - id)``, so the head
     trains at ``base_lr``. Parameters with ndim <= 1 and the encoder's ``no_weight_decay()`` names get no weight
     decay. Frozen parameters (``requires_grad=False``) are left out. Each group carries ``lr`` (already scaled),
     ``lr_scale`` (for schedulers that set ``lr = schedule * lr_scale``), ``weight_decay`` and ``layer_id``.

@@ -98,3 +98,16 @@ def test_layer_decay_groups_skip_frozen_parameters():
     assert all(g["lr"] == 0.1 for g in groups)
     with pytest.raises(ConfigError, match="decay"):
         layer_decay_groups(model, 2, decay=1.5, base_lr=0.1, weight_decay=0.0)
+
+
+def test_layer_decay_puts_grouped_tokens_unit_pool_with_the_patch_embedding():
+    """``unit_pool`` runs in the embedding stage, before block 0: it trains at the patch embedding's rate."""
+    from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
+
+    enc = ViTEncoder(EncoderConfig(in_chans=4, img_size=(8, 8), patch_size=(4, 4), embed_dim=16, depth=3,
+                                   num_heads=2, embedding="grouped", band_groups=[[0, 1], [2, 3]],
+                                   tokens_per_position=1))
+    model = ClassificationModel(enc, 3)
+    by_name = _by_name(model, layer_decay_groups(model, 3, decay=0.5, base_lr=1e-3, weight_decay=0.05))
+    pooled = [n for n in by_name if n.startswith("encoder.unit_pool.")]
+    assert pooled and {by_name[n]["layer_id"] for n in pooled} == {0}

@@ -196,7 +196,8 @@ class TrainConfig:
     warmup_steps: int = setting(100, "linear lr warmup steps", bounds=STEPS0)
     weight_decay: float = setting(0.05, "AdamW weight decay (not on norms, biases, tokens)", bounds=">= 0")
     betas: list[float] = setting([0.9, 0.95], "AdamW betas", bounds="[0, 1)", length=2)
-    grad_clip: float | None = setting(1.0, "gradient norm clip (null: off)", bounds=">= 0")
+    grad_clip: float | None = setting(1.0, "gradient norm clip: the norm over all parameters together (null: off)",
+                                      bounds=">= 0")
     accumulate_grad_batches: int = setting(1, "micro-batches per optimiser step", bounds=f"[1, {MAX_ACCUMULATE}]")
     precision: str = setting("auto", "auto (32 on CPU, bf16-mixed on GPU) or a Lightning precision",
                              choices=PRECISIONS)

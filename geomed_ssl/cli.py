@@ -188,7 +188,8 @@ def compare(
     result = run_compare(options, out=out, images=images, labels=labels, data=data, recipe=recipe,
                          overrides=overrides, overwrite=overwrite, strict=strict,
                          progress=logging.getLogger().level <= logging.INFO, keep_finetuned=keep_finetuned)
-    typer.echo(f"{result.metric}, {spread_label(sorted({int(r['seed']) for r in result.rows}))} (* best protocol):")
+    seeds_text = spread_label(sorted({int(r["seed"]) for r in result.rows}))
+    typer.echo(f"{result.metric}, {seeds_text} (* best protocol, picked on these test numbers: optimistic):")
     typer.echo(result.table)
     if options.pretrained:
         typer.echo("pretrained − none, paired by seed (95 % t-interval):")

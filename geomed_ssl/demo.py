@@ -106,7 +106,8 @@ def run_demo(out: Path = Path("geomed-ssl-demo"), steps: int = DEMO_RECIPE["trai
           f"k-NN, propagate), random init also fine-tuned ({finetune_steps} steps), with "
           f"{', '.join(map(str, budgets))} labelled pixels per class ({seed_list}), tested on every other labelled "
           "pixel.")
-    print(f"{cmp.metric.upper()}, {spread_label(seeds)} (* best protocol; pretrained = {encoder}):")
+    print(f"{cmp.metric.upper()}, {spread_label(seeds)} (* best protocol, picked on these test numbers; pretrained = "
+          f"{encoder}):")
     print(demo_table(cmp.rows, cmp.metric, encoder))
     print(verdict(cmp.rows, cmp.metric, encoder, budgets[-1]))
     print(f"  curve:       {cmp.out_dir / 'curve.png'}   (results.csv, summary.md beside it)")
@@ -126,21 +127,22 @@ def demo_table(rows: list[dict[str, str]], metric: str, encoder: str) -> str:
 
 
 def verdict(rows: list[dict[str, str]], metric: str, encoder: str, budget: int) -> str:
-    """One line: at ``budget`` labels per class, each contender at its best protocol there, and which wins."""
-    from geomed_ssl.compare.report import grouped
+    """One line: at ``budget`` labels per class, each contender at its best protocol (the table's star, picked on
+    these test numbers), and which has the highest mean there."""
+    from geomed_ssl.compare.report import best_protocols, grouped
 
+    groups = grouped(rows, metric)
     best: dict[str, tuple[float, str]] = {}
-    for (enc, proto), by_budget in grouped(rows, metric).items():
-        seeds = by_budget.get(float(budget), {})
+    for enc, proto in best_protocols(groups).items():
+        seeds = groups[(enc, proto)].get(float(budget), {})
         if seeds:
-            mean = sum(seeds.values()) / len(seeds)
-            if enc not in best or mean > best[enc][0]:
-                best[enc] = (mean, proto)
+            best[enc] = (sum(seeds.values()) / len(seeds), proto)
     names = {encoder: "pretrained", **NAMES}
     ranked = sorted(best.items(), key=lambda kv: -kv[1][0])
     parts = ", ".join(f"{names.get(e, e)} {m:.3f} ({p})" for e, (m, p) in ranked)
     winner = names.get(ranked[0][0], ranked[0][0])
-    line = f"At {budget} labels per class ({metric}, best protocol of each): {parts}. Winner: {winner}."
+    line = (f"At {budget} labels per class ({metric}, each at its starred protocol, picked on these test numbers): "
+            f"{parts}. Highest mean: {winner}.")
     if winner != "pretrained":
         line += (" Pretraining does not pay off on this scene at this budget with the demo's short run; "
                  "see docs/label_efficiency.md.")

@@ -33,7 +33,7 @@ def test_demo_compares_pretrained_random_init_and_forest_on_bundled_sample(tmp_p
     result = runner.invoke(app, ["demo", "--out", str(out), "--steps", "2", "--finetune-steps", "2"])
     assert result.exit_code == 0, result.output
     for name in ("| pretrained | linear", "| pretrained | knn", "| pretrained | propagate", "| random init | finetune",
-                 "| random forest | forest", "Winner:"):
+                 "| random forest | forest", "Highest mean:"):
         assert name in result.output
     with (out / "compare" / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -80,14 +80,14 @@ def test_verdict_names_random_init_when_it_beats_the_pretrained_encoder() -> Non
     rows = [row("RUN", "linear", 0.60), row("RUN", "finetune", 0.65), row("none", "finetune", 0.70),
             row("none", "linear", 0.40), row("rf", "forest", 0.55), row("RUN", "linear", 0.99, k=2)]
     line = verdict(rows, "oa", "RUN", 5)
-    assert "Winner: random init." in line and "does not pay off" in line
+    assert "Highest mean: random init." in line and "does not pay off" in line
     assert line.index("random init 0.700 (finetune)") < line.index("pretrained 0.650 (finetune)")
 
 
 def test_verdict_names_the_pretrained_encoder_when_it_wins() -> None:
     rows = [row("RUN", "linear", 0.80), row("none", "finetune", 0.70), row("rf", "forest", 0.55)]
     line = verdict(rows, "oa", "RUN", 5)
-    assert "Winner: pretrained." in line and "does not pay off" not in line
+    assert "Highest mean: pretrained." in line and "does not pay off" not in line
 
 
 def test_a_demo_stopped_during_pretraining_compares_nothing_and_exits_with_the_signal(tmp_path: Path,
@@ -104,3 +104,11 @@ def test_a_demo_stopped_during_pretraining_compares_nothing_and_exits_with_the_s
     result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--steps", "5"])
     assert result.exit_code == 143 and "stopped during pretraining at step 3 (SIGTERM)" in result.output
     assert called == [] and not (tmp_path / "demo" / "compare").exists()
+
+
+def test_verdict_reads_each_contender_at_the_tables_starred_protocol() -> None:
+    """The starred protocol is the best over every budget; the line does not pick another one per budget."""
+    rows = [row("RUN", "linear", 0.70), row("RUN", "linear", 0.60, k=2), row("RUN", "knn", 0.62),
+            row("RUN", "knn", 0.65, k=2), row("none", "finetune", 0.50, k=2), row("none", "finetune", 0.50)]
+    line = verdict(rows, "oa", "RUN", 2)
+    assert "pretrained 0.600 (linear)" in line and "(knn)" not in line and "picked on these test numbers" in line

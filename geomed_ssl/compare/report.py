@@ -240,5 +240,6 @@ def write_curve(path: Path, rows: Sequence[Row], metric: str) -> None:
     ax.set_ylabel(metric)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    ax.set_title(f"label efficiency ({metric}, mean ± std over seeds)")
+    ax.set_title(f"label efficiency ({metric}, mean ± std over seeds)\neach line at its best protocol, picked on "
+                 "these test numbers", fontsize=10)
     save_figure(fig, path)

@@ -27,6 +27,7 @@ from geomed_ssl.bands.names import resolve_band_info
 from geomed_ssl.bands.conform import report_positional_names
 from geomed_ssl.data.probe import (RASTER_PREVIEW, VOLUME_PREVIEW, FileProbe, ProbeError, probe_file,  # noqa: F401
                                   reordered)
+from geomed_ssl.data.grids import grid_diffs
 from geomed_ssl.data.listing import EXTENSIONS, has_ext, list_files, once, unread_formats
 from geomed_ssl.data.survey import grid_lines
 from geomed_ssl.errors import DataError
@@ -271,11 +272,9 @@ def _grid_difference(a: FileProbe, b: FileProbe, kind: str) -> str | None:
         gap = float(np.abs(np.asarray(a.geo["affine"]) - np.asarray(b.geo["affine"])).max())
         return (f"affines differing by up to {gap:.4g} (orientations {a.geo.get('orientation')} and "
                 f"{b.geo.get('orientation')})")
-    if a.geo["crs"] != b.geo["crs"]:
-        return "CRSs"
-    if not np.allclose(a.geo["transform"], b.geo["transform"], atol=1e-6):
-        return f"transforms {list(a.geo['transform'])[:6]} and {list(b.geo['transform'])[:6]}"
-    return None
+    diffs = grid_diffs(a.shape[-2:], a.geo["crs"], a.geo["transform"], b.shape[-2:], b.geo["crs"],
+                       b.geo["transform"])
+    return ", ".join(diffs) or None
 
 
 def _channel_name(pattern: str) -> str:

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from geomed_ssl.data.catalog import EXTENSIONS, FileRecord
+from geomed_ssl.data.grids import grid_diffs
 from geomed_ssl.data.listing import walk
 from geomed_ssl.data.readers import nearest_index, resampled_shape, valid_map, voxel_mm
 from geomed_ssl.data.tables import LINE, read_rows
@@ -138,21 +139,6 @@ def _by_csv(records: list[FileRecord], csv_path: Path, label_dir: Path | None) -
     return out
 
 
-def _crs_text(wkt: str | None) -> str:
-    from geomed_ssl.data.survey import crs_name
-
-    text = crs_name(wkt, "none")
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _same_crs(a: str | None, b: str | None) -> bool:
-    if not a or not b:
-        return not a and not b
-    from rasterio.crs import CRS
-
-    return a == b or CRS.from_wkt(a) == CRS.from_wkt(b)
-
-
 def _raster_header(path: str) -> tuple[tuple[int, int], str | None, list[float], int]:
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
@@ -175,46 +161,8 @@ def raster_grid_diffs(image_shape: Sequence[int], image_crs: str | None, image_t
                       label: str) -> list[str]:
     """How the label raster's pixel grid differs from an image's (size (rows, cols), CRS WKT, transform): one
     phrase per difference, label vs image; empty when they share the grid."""
-    from affine import Affine
-
     shape, crs, tr, _ = _raster_header(label)
-    diffs = []
-    if tuple(shape) != tuple(image_shape):
-        diffs.append(f"size {shape[1]}x{shape[0]} vs {image_shape[1]}x{image_shape[0]} (width x height)")
-    if not _same_crs(crs, image_crs):
-        diffs.append(f"CRS {_crs_text(crs)} vs {_crs_text(image_crs)}")
-    img = list(image_transform or Affine.identity()[:6])
-    pix = max(abs(img[0]), abs(img[4]), 1e-12)
-    lin, img_lin = [tr[i] for i in (0, 1, 3, 4)], [img[i] for i in (0, 1, 3, 4)]
-    if not np.allclose(lin, img_lin, rtol=0, atol=1e-6 * pix):
-        diffs.append(_linear_difference(tr, img))
-    else:
-        col, row = ~Affine(*img) @ (tr[2], tr[5])
-        if abs(col) > 1e-3 or abs(row) > 1e-3:
-            diffs.append(f"origin shifted by {col:+.3g} columns, {row:+.3g} rows "
-                         f"(({tr[2]:.10g}, {tr[5]:.10g}) vs ({img[2]:.10g}, {img[5]:.10g}))")
-    return diffs
-
-
-def _linear_difference(label: Sequence[float], image: Sequence[float]) -> str:
-    """How two transforms' pixel sizes or rotations differ (GDAL order a, b, c, d, e, f): the pixel size as the
-    length of each pixel side, and the rotation of the rows, so a rotated grid is not reported as another size."""
-    def size(t: Sequence[float]) -> tuple[float, float]:
-        return float(np.hypot(t[0], t[3])), float(np.hypot(t[1], t[4]))
-
-    def angle(t: Sequence[float]) -> float:
-        return float(np.degrees(np.arctan2(t[3], t[0])))
-
-    (lw, lh), (iw, ih) = size(label), size(image)
-    parts = []
-    if not np.allclose((lw, lh), (iw, ih), rtol=1e-6, atol=0):
-        parts.append(f"pixel size {lw:g} x {lh:g} vs {iw:g} x {ih:g}")
-    if abs(angle(label) - angle(image)) > 1e-6:
-        parts.append(f"grid rotated by {angle(label):.4g}° vs {angle(image):.4g}°")
-    if not parts:  # a flip or a shear: the axes' directions differ
-        parts.append(f"pixel axes ({label[0]:g}, {label[1]:g}, {label[3]:g}, {label[4]:g}) vs ({image[0]:g}, "
-                     f"{image[1]:g}, {image[3]:g}, {image[4]:g})")
-    return ", ".join(parts)
+    return grid_diffs(shape, crs, tr, image_shape, image_crs, image_transform)
 
 
 def _canonical(shape: Sequence[int], affine: np.ndarray) -> tuple[tuple[int, ...], np.ndarray]:

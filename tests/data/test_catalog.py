@@ -206,6 +206,31 @@ def test_channels_on_different_grids_are_a_problem_naming_both_files(tmp_path, m
         scan(tmp_path, DataConfig(kind="volume", patch_size=16, channels=["*flair*", "*t1c*"]))
 
 
+@pytest.mark.parametrize(("crs", "origin", "step", "shift"), [
+    ("EPSG:32633", (500000.0, 5100000.0), 10.0, 30.0),  # 3 px at a UTM northing of 5.1e6 m (numpy's rtol: 51 m)
+    ("EPSG:4326", (14.0, 46.0), 1e-4, 1e-4),  # 1 px east at 14° of longitude
+])
+def test_band_files_a_few_pixels_apart_are_refused_at_any_coordinates(tmp_path, make_tif, crs, origin, step,
+                                                                      shift):
+    from rasterio.transform import from_origin
+
+    band = np.ones((1, 32, 32), np.float32)
+    make_tif(tmp_path / "s1" / "B1.tif", band, crs=crs, transform=from_origin(*origin, step, step))
+    moved = (origin[0] + shift, origin[1]) if crs == "EPSG:4326" else (origin[0], origin[1] + shift)
+    make_tif(tmp_path / "s1" / "B2.tif", band, crs=crs, transform=from_origin(*moved, step, step))
+    with pytest.raises(DataError, match=r"B1\.tif and B2\.tif do not share one pixel grid: origin shifted by"):
+        scan(tmp_path, DataConfig(patch_size=16, channels=["B1.tif", "B2.tif"]))
+
+
+def test_band_files_in_one_crs_written_two_ways_stack(tmp_path, make_tif):
+    from rasterio.crs import CRS
+
+    band = np.ones((1, 32, 32), np.float32)
+    make_tif(tmp_path / "s1" / "B1.tif", band)
+    make_tif(tmp_path / "s1" / "B2.tif", band, crs=CRS.from_epsg(32633).to_proj4())
+    assert len(scan(tmp_path, DataConfig(patch_size=16, channels=["B1.tif", "B2.tif"]))) == 1
+
+
 def test_catalog_json_round_trip_and_summary(tmp_path, make_tif, grad):
     make_tif(tmp_path / "a.tif", grad(3, 32, 32), tiled=True, blockxsize=16, blockysize=16)
     (tmp_path / "empty.tif").write_bytes(b"")

@@ -1,0 +1,78 @@
+"""Whether two rasters share one pixel grid, and how they differ when not: the one rule behind the label check
+(``finetune.labels``) and the per-band files stacked by ``data.channels`` (``data.catalog``).
+
+Sizes are compared exactly; CRSs as coordinate systems (``CRS ==``), not as WKT text; the pixel axes relative to the
+image's pixel size and the origin in pixels (a 1/1000-pixel tolerance), never relative to the coordinates' magnitude,
+so a shift of a few pixels is found at a UTM northing of 5,000,000 m or at 14° of longitude as well as near 0.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+PIXEL_TOL = 1e-3  # origins within a thousandth of a pixel are one grid
+
+
+def crs_text(wkt: str | None) -> str:
+    """A CRS's short name for a message (``none`` without one)."""
+    from geomed_ssl.data.survey import crs_name
+
+    text = crs_name(wkt, "none")
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def same_crs(a: str | None, b: str | None) -> bool:
+    """Two CRSs (WKT) are the same coordinate system; two missing CRSs are the same too."""
+    if not a or not b:
+        return not a and not b
+    from rasterio.crs import CRS
+
+    return a == b or CRS.from_wkt(a) == CRS.from_wkt(b)
+
+
+def linear_difference(a: Sequence[float], b: Sequence[float]) -> str:
+    """How two transforms' pixel sizes or rotations differ (GDAL order a, b, c, d, e, f): the pixel size as the
+    length of each pixel side, and the rotation of the rows, so a rotated grid is not reported as another size."""
+    def size(t: Sequence[float]) -> tuple[float, float]:
+        return float(np.hypot(t[0], t[3])), float(np.hypot(t[1], t[4]))
+
+    def angle(t: Sequence[float]) -> float:
+        return float(np.degrees(np.arctan2(t[3], t[0])))
+
+    (aw, ah), (bw, bh) = size(a), size(b)
+    parts = []
+    if not np.allclose((aw, ah), (bw, bh), rtol=1e-6, atol=0):
+        parts.append(f"pixel size {aw:g} x {ah:g} vs {bw:g} x {bh:g}")
+    if abs(angle(a) - angle(b)) > 1e-6:
+        parts.append(f"grid rotated by {angle(a):.4g}° vs {angle(b):.4g}°")
+    if not parts:  # a flip or a shear: the axes' directions differ
+        parts.append(f"pixel axes ({a[0]:g}, {a[1]:g}, {a[3]:g}, {a[4]:g}) vs ({b[0]:g}, {b[1]:g}, {b[3]:g}, "
+                     f"{b[4]:g})")
+    return ", ".join(parts)
+
+
+def grid_diffs(shape: Sequence[int], crs: str | None, transform: Sequence[float] | None,
+               ref_shape: Sequence[int], ref_crs: str | None, ref_transform: Sequence[float] | None) -> list[str]:
+    """How a raster's grid (size (rows, cols), CRS WKT, transform) differs from a reference's: one phrase per
+    difference, "this vs reference"; empty when they share the grid. A missing transform is the identity."""
+    from affine import Affine
+
+    diffs = []
+    if tuple(shape) != tuple(ref_shape):
+        diffs.append(f"size {shape[1]}x{shape[0]} vs {ref_shape[1]}x{ref_shape[0]} (width x height)")
+    if not same_crs(crs, ref_crs):
+        diffs.append(f"CRS {crs_text(crs)} vs {crs_text(ref_crs)}")
+    tr = [float(v) for v in list(transform or Affine.identity())[:6]]
+    ref = [float(v) for v in list(ref_transform or Affine.identity())[:6]]
+    pix = max(abs(ref[0]), abs(ref[4]), abs(ref[1]), abs(ref[3]), 1e-12)
+    lin, ref_lin = [tr[i] for i in (0, 1, 3, 4)], [ref[i] for i in (0, 1, 3, 4)]
+    if not np.allclose(lin, ref_lin, rtol=0, atol=1e-6 * pix):
+        diffs.append(linear_difference(tr, ref))
+    else:
+        col, row = ~Affine(*ref) @ (tr[2], tr[5])
+        if abs(col) > PIXEL_TOL or abs(row) > PIXEL_TOL:
+            diffs.append(f"origin shifted by {col:+.3g} columns, {row:+.3g} rows "
+                         f"(({tr[2]:.10g}, {tr[5]:.10g}) vs ({ref[2]:.10g}, {ref[5]:.10g}))")
+    return diffs

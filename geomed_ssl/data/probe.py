@@ -239,6 +239,7 @@ def _probe_raster(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProb
             shape, count = (src.height, src.width), src.count
             if count < 1:
                 raise ProbeError("has no bands")
+            _check_complex(str(np.result_type(*src.dtypes)))
             _check_size(shape, window)
             nodata = _nodata(data_cfg.nodata, src.nodata)
             tags = {b: {**src.tags(b), **src.tags(b, ns="IMAGERY")} for b in range(1, count + 1)}
@@ -255,6 +256,15 @@ def _probe_raster(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProb
             _check_empty_bands(arr, valid, list(src.descriptions))
             return FileProbe(path, shape, count, dtype, nodata, list(src.descriptions), tags, valid,
                           _value_range(arr, valid, nodata), geo, how)
+
+
+def _check_complex(dtype: str) -> None:
+    """A ProbeError for complex values (SAR single-look complex, MR phase data): read as they are, only their real
+    part would reach the encoder."""
+    if np.dtype(dtype).kind == "c":
+        raise ProbeError(f"holds complex values ({dtype}), of which only the real part could be read; convert it to "
+                         "amplitude or intensity (or to real and imaginary bands) first, e.g. with numpy or "
+                         "gdal_calc.py / nibabel, and point the command at the converted files")
 
 
 def _check_empty_bands(arr: np.ndarray, valid: np.ndarray, descriptions: list[str | None]) -> None:
@@ -311,6 +321,7 @@ def _probe_volume(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProb
     spatial, count = shape[:3], (shape[3] if len(shape) == 4 else 1)
     if count < 1:
         raise ProbeError("has an empty channel axis")
+    _check_complex(str(img.get_data_dtype()))
     _check_size(read_shape(spatial, np.asarray(img.affine, np.float64), getattr(data_cfg, "spacing", None)), window)
     steps = tuple(max(1, math.ceil(s / VOLUME_PREVIEW)) for s in spatial)
     try:

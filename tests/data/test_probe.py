@@ -8,6 +8,7 @@ import pytest
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data import probe
 from geomed_ssl.data.catalog import scan
+from geomed_ssl.errors import DataError
 
 BIG = 2048  # over probe.SMALL_RASTER_AREA pixels: the sampled path
 
@@ -101,3 +102,14 @@ def test_thin_strips_are_read_as_row_groups_of_bounded_size():
     assert probe._chunk_shape((1, 8192), (8192, 8192)) == (128, 8192)
     assert probe._chunk_shape((256, 256), (8192, 8192)) == (256, 256)
     assert probe._chunk_shape((8192, 8192), (8192, 8192)) == (512, 512)  # one strip: 512-px pieces
+
+
+def test_complex_rasters_and_volumes_are_refused_with_what_to_convert(tmp_path, make_tif, make_nii):
+    """Single-look complex SAR or MR phase: read as they are, only the real part would reach the encoder."""
+    slc = (np.random.default_rng(0).normal(size=(2, 32, 32)) + 200j).astype(np.complex64)
+    make_tif(tmp_path / "r" / "slc.tif", slc)
+    with pytest.raises(DataError, match=r"complex values \(complex64\), .*amplitude or intensity"):
+        scan(tmp_path / "r", DataConfig(patch_size=16))
+    make_nii(tmp_path / "v" / "phase.nii.gz", np.full((16, 16, 16), 1 + 1j, np.complex64))
+    with pytest.raises(DataError, match="complex values"):
+        scan(tmp_path / "v", DataConfig(kind="volume", patch_size=16))

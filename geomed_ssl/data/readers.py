@@ -130,8 +130,10 @@ class RasterReader:
             from rasterio.errors import NotGeoreferencedWarning
 
             try:
-                # not listing the folder on every open (thousands of files) hides a .msk mask sidecar: look for it
-                env = self._sidecar_env if os.path.exists(path + ".msk") else self._env
+                # not listing the folder on every open (thousands of files) hides a mask sidecar: look for it
+                # (GDAL takes NAME.msk, or NAME.MSK beside an upper-case NAME such as S.TIF)
+                sidecar = any(os.path.exists(path + ext) for ext in (".msk", ".MSK"))
+                env = self._sidecar_env if sidecar else self._env
                 with env, warnings.catch_warnings():
                     warnings.simplefilter("ignore", NotGeoreferencedWarning)  # plain TIFFs are fine to train on
                     ds = rasterio.open(path)

@@ -127,3 +127,16 @@ def test_a_stack_reads_each_files_own_nodata_as_missing(tmp_path: Path) -> None:
     (record,) = catalog.records
     window = RasterReader().read_window(record, 0, 0, 32, 32)
     assert np.isnan(window[1, :, :16]).all() and (window[:, :, 16:] == 900).all()
+
+
+def test_an_upper_case_msk_sidecar_masks_reads_as_in_the_catalog(tmp_path: Path) -> None:
+    """GDAL takes S.TIF.MSK beside an upper-case S.TIF: the window reader (which does not list folders) finds it
+    too, so training reads the pixels the catalog counted as missing as missing."""
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    masked_tif(folder / "S.TIF", internal=False)
+    Path(str(folder / "S.TIF") + ".msk").rename(str(folder / "S.TIF") + ".MSK")
+    (record,) = scan(folder, DataConfig(patch_size=32, exclude=["*.MSK"])).records
+    assert record.valid_fraction == pytest.approx(0.5, abs=0.05)
+    window = RasterReader().read_window(record, 0, 0, 64, 64)
+    assert np.isnan(window[:, :, :32]).all() and not np.isnan(window[:, :, 32:]).any()

@@ -105,7 +105,7 @@ def _nodata(cfg_nodata: float | None, file_nodata: float | None) -> float | None
 def _check_size(shape: tuple[int, ...], window: tuple[int, ...]) -> None:
     if any(2 * s < w for s, w in zip(shape, window)):
         raise ProbeError(f"is {'x'.join(map(str, shape))}, smaller than half the {'x'.join(map(str, window))} "
-                         "window (data.patch_size); lower data.patch_size or exclude it")
+                         "window (data.patch_size; embed's --window); lower it or exclude the file")
 
 
 # -- raster reads -----------------------------------------------------------------------------------------------

@@ -90,10 +90,14 @@ def data_config(meta: dict[str, Any], spatial_dims: int, patch_size: Sequence[in
     raw = {k: v for k, v in ((meta.get("recipe") or {}).get("data") or meta.get("data") or {}).items() if k in names}
     raw.update(kind="raster" if spatial_dims == 2 else "volume", include=["**/*"], patch_size=list(patch_size),
                **dict.fromkeys(CROP_KEYS))  # a pretraining method's crops: not read here
-    other = [o for o in overrides or [] if not o.split("=", 1)[0].strip().startswith("data.")]
+    keys = [o.split("=", 1)[0].strip() for o in overrides or []]
+    other = [o for o, k in zip(overrides or [], keys) if not k.startswith("data.")]
     if other:
         raise ConfigError(f"embed --set takes data.* keys (how files are read; the encoder is as it was saved), "
                           f"got {other[0]!r}.")
+    if "data.patch_size" in keys:
+        raise ConfigError("embed reads windows of --window (default: the encoder's input size), not "
+                          "data.patch_size: give --window N instead.")
     recipe = recipe_with_overrides({"data": raw, "model": {"patch_size": list(patch_size)}}, overrides,
                                    "embedding data settings")
     cfg = recipe.data
@@ -122,7 +126,8 @@ def without_small_files(catalog: Catalog, patch: tuple[int, ...], strict: bool,
         return catalog
     token = "x".join(map(str, patch))
     problems = [Problem(r.path, f"is {'x'.join(map(str, sizes[id(r)]))}, smaller than one {token} token of the "
-                        "encoder; exclude it (--exclude) or embed at --level window") for r in small]
+                        "encoder; exclude it (--exclude), or embed at --level window with a --window at most "
+                        "twice its size (the rest padded as nodata)") for r in small]
     if strict:
         raise DataError(f"{len(problems)} file(s) too small to embed (strict): "
                         + "; ".join(str(p) for p in problems[:5]))

@@ -459,6 +459,8 @@ def test_embed_set_takes_only_data_keys() -> None:
     assert data_config({}, 2, (8, 8), ["data.nodata=0"]).nodata == 0
     with pytest.raises(ConfigError, match=r"embed --set takes data\.\* keys .* got 'model.depth=7'"):
         data_config({}, 2, (8, 8), ["model.depth=7"])
+    with pytest.raises(ConfigError, match=r"embed reads windows of --window .* give --window N instead"):
+        data_config({}, 2, (16, 16), ["data.patch_size=8"])
 
 
 def test_embed_options_are_checked_before_the_folder_is_read(encoder: Path, tmp_path: Path) -> None:

@@ -294,6 +294,17 @@ def _valid_fraction(probes: list[FileProbe]) -> float:
     return min(float(m.mean()) if m.size else 0.0 for m in masks)
 
 
+_alpha_noted: set[tuple[int, ...]] = set()  # alpha band positions already noted
+
+
+def _note_alpha(path: str, bands: list[int]) -> None:
+    """Say once per layout that the alpha bands at ``bands`` (1-based) are read as the mask, not as bands."""
+    if tuple(bands) not in _alpha_noted:
+        _alpha_noted.add(tuple(bands))
+        log.info("note: band %s of '%s' (and of files like it) is an alpha band: read as the mask of missing pixels, "
+                 "not as a band to learn from", ", ".join(map(str, bands)), path)
+
+
 def _record(probes: list[FileProbe], kind: str, data_cfg: Any, fallback: list[str] | None = None) -> FileRecord:
     """Stack probes (one, or one per channel) into a FileRecord; raises ProbeError."""
     first = probes[0]
@@ -301,24 +312,34 @@ def _record(probes: list[FileProbe], kind: str, data_cfg: Any, fallback: list[st
     if fraction == 0.0:
         nd = f"nodata={first.nodata:g}" if first.nodata is not None else "no nodata value set"
         raise ProbeError(f"all pixels are nodata or NaN ({nd}, estimated from a decimated read)")
-    num_bands = sum(p.num_bands for p in probes)
+    keep, offset = [], 0  # the stack's bands but alpha bands (a mask GDAL applies, not a band to learn from)
+    for p in probes:
+        alpha = set(p.geo.get("alpha_bands") or [])
+        keep += [offset + i for i in range(p.num_bands) if i not in alpha]
+        offset += p.num_bands
     descriptions = [d for p in probes for d in p.descriptions]
     tags, offset = {}, 0
     for p in probes:  # 1-based band index in the stack -> that band's tags
         tags.update({offset + b: t for b, t in p.tags.items()})
         offset += p.num_bands
     try:
-        bands = resolve_band_info(num_bands, descriptions, tags, data_cfg, first.path, fallback_names=fallback)
+        bands = resolve_band_info(len(keep), [descriptions[i] for i in keep], {n + 1: tags.get(i + 1, {}) for n, i in
+                                  enumerate(keep)}, data_cfg, first.path, fallback_names=fallback)
     except DataError as err:
         raise ProbeError(str(err).replace(f"'{first.path}' ", "", 1)) from None
+    if len(keep) < offset:
+        _note_alpha(first.path, [i + 1 for i in range(offset) if i not in set(keep)])
+    value_range = [v for p in probes for v in p.value_range]
+    scaling = first.geo.get("value_scaling")
     return FileRecord(
-        path=first.path, paths=[p.path for p in probes], kind=kind, shape=tuple(first.shape), num_bands=num_bands,
+        path=first.path, paths=[p.path for p in probes], kind=kind, shape=tuple(first.shape), num_bands=len(keep),
         dtype=str(np.result_type(*[p.dtype for p in probes])), band_names=bands.names, wavelengths=bands.wavelengths,
         nodata=first.nodata, band_source=bands.source, bandwidths=bands.bandwidths,
         crs=first.geo.get("crs"), transform=first.geo.get("transform"), affine=first.geo.get("affine"),
         spacing=first.geo.get("spacing"), valid_fraction=round(fraction, 6), block_shape=first.geo.get("block_shape"),
-        orientation=first.geo.get("orientation"), value_range=[v for p in probes for v in p.value_range],
-        value_scaling=first.geo.get("value_scaling"),
+        orientation=first.geo.get("orientation"), value_range=[value_range[i] for i in keep],
+        value_scaling=None if scaling is None or len(probes) > 1 else [[row[i] for i in keep] for row in scaling],
+        band_index=None if len(keep) == offset else keep,
     )
 
 

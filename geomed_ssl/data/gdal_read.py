@@ -18,6 +18,27 @@ def has_dataset_mask(ds: Any) -> bool:
     return any(MaskFlags.per_dataset in flags for flags in ds.mask_flag_enums)
 
 
+def alpha_bands(ds: Any) -> list[int]:
+    """0-based indices of ``ds``'s alpha bands (colour interpretation alpha, e.g. an RGBA orthophoto's 4th band):
+    GDAL reads them as the per-dataset mask, so they are a mask, not a band to learn from; none when every band
+    is alpha (nothing else to read)."""
+    from rasterio.enums import ColorInterp
+
+    alpha = [i for i, ci in enumerate(ds.colorinterp) if ci == ColorInterp.alpha]
+    return [] if len(alpha) == ds.count else alpha
+
+
+def data_bands(sources: Any) -> list[int]:
+    """Positions, in the stack of ``sources`` (open datasets, band after band), of every band but the alpha
+    bands."""
+    keep, offset = [], 0
+    for ds in sources:
+        alpha = set(alpha_bands(ds))
+        keep += [offset + i for i in range(ds.count) if i not in alpha]
+        offset += ds.count
+    return keep
+
+
 def _same(a: float | None, b: float | None) -> bool:
     if a is None or b is None:
         return a is b

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from geomed_ssl.data.gdal_read import has_dataset_mask, read_masked
+from geomed_ssl.data.gdal_read import alpha_bands, has_dataset_mask, read_masked
 from geomed_ssl.data.stats import band_gaps, band_percentiles, valid_mask, valid_values
 
 RASTER_PREVIEW = 256  # preview: at most this many pixels per side
@@ -251,7 +251,7 @@ def _probe_raster(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProb
             geo = {"crs": src.crs.to_wkt() if src.crs else None,
                    "transform": [float(v) for v in list(src.transform)[:6]],
                    "block_shape": tuple(int(v) for v in src.block_shapes[0]),
-                   "value_scaling": _value_scaling(src)}
+                   "value_scaling": _value_scaling(src), "alpha_bands": alpha_bands(src)}
             dtype = str(np.result_type(*src.dtypes))
             _check_empty_bands(arr, valid, list(src.descriptions))
             return FileProbe(path, shape, count, dtype, nodata, list(src.descriptions), tags, valid,

@@ -21,7 +21,7 @@ import torch
 from geomed_ssl.config import DataConfig
 from geomed_ssl.bands.names import BandInfo, band_order, resolve_band_info
 from geomed_ssl.bands.conform import note_band_order, report_positional_names
-from geomed_ssl.data.gdal_read import read_masked
+from geomed_ssl.data.gdal_read import data_bands, read_masked
 from geomed_ssl.data.stats import (BandStats, band_gaps, band_percentiles, normalize, valid_mask, valid_values,
                                   warn_far_from_stats)
 from geomed_ssl.data.tiling import DEFAULT_OVERLAP, blend_weights, window_starts
@@ -50,10 +50,12 @@ def channel_files(path: Path, data_cfg: Any, names_by_position: str = "warn") ->
 
 
 def file_bands(src: Any, path: Path, data_cfg: Any, names_by_position: str) -> BandInfo:
-    """Band names of an open single GeoTIFF as the catalog resolves them (descriptions, data.band_names, sensor
-    profile by position, ...), from its header only; names by position are reported (``names_by_position``)."""
-    tags = {b: {**src.tags(b), **src.tags(b, ns="IMAGERY")} for b in range(1, src.count + 1)}
-    info = resolve_band_info(src.count, src.descriptions, tags, data_cfg, str(path))
+    """Band names of an open single GeoTIFF's bands but its alpha bands (``data_bands``), as the catalog resolves
+    them (descriptions, data.band_names, sensor profile by position, ...), from its header only; names by position
+    are reported (``names_by_position``)."""
+    keep = data_bands([src])
+    tags = {n + 1: {**src.tags(b + 1), **src.tags(b + 1, ns="IMAGERY")} for n, b in enumerate(keep)}
+    info = resolve_band_info(len(keep), [src.descriptions[b] for b in keep], tags, data_cfg, str(path))
     if info.source == "sensor":
         report_positional_names([str(path)], getattr(data_cfg, "sensor", None), info.names, names_by_position)
     return info
@@ -163,7 +165,8 @@ class RasterInput:
             sources = [stack.enter_context(rasterio.open(f)) for f in files]
         except Exception as err:
             raise DataError(f"cannot open raster '{path}': {err}. Check it exists and is a GeoTIFF.") from None
-        src, count = sources[0], sum(s.count for s in sources)
+        src, keep = sources[0], data_bands(sources)  # the stack's bands but alpha bands (GDAL's mask)
+        count = len(keep)
         if band_names is not None:
             names, source = list(band_names), "caller"
         elif stacked is not None:
@@ -174,6 +177,8 @@ class RasterInput:
         if len(names) != count:
             raise DataError(f"'{path}' has {count} bands but {len(names)} band names were given.")
         order = band_order(stats.band_names, names, str(path), source)
+        if len(keep) < sum(s.count for s in sources):
+            order = [keep[i] for i in (range(count) if order is None else order)]
         note_band_order(str(path), list(stats.band_names), names)
         if nodata is None:
             nodata = getattr(data_cfg, "nodata", None)

@@ -140,3 +140,48 @@ def test_an_upper_case_msk_sidecar_masks_reads_as_in_the_catalog(tmp_path: Path)
     assert record.valid_fraction == pytest.approx(0.5, abs=0.05)
     window = RasterReader().read_window(record, 0, 0, 64, 64)
     assert np.isnan(window[:, :, :32]).all() and not np.isnan(window[:, :, 32:]).any()
+
+
+def rgba_tif(path: Path, alpha: bool = True) -> np.ndarray:
+    """An RGB uint8 64x64 GeoTIFF, with (``alpha``) a 4th alpha band hiding its left quarter, as drone orthophotos
+    come."""
+    rgb = (structured_raster(np.random.default_rng(1), 3, 64) % 200 + 20).astype(np.uint8)
+    band4 = np.full((1, 64, 64), 255, np.uint8)
+    band4[:, :, :16] = 0
+    profile = dict(driver="GTiff", height=64, width=64, count=4 if alpha else 3, dtype="uint8", crs="EPSG:32633",
+                   transform=from_origin(500000, 5000000, 10, 10), photometric="RGB")
+    with rasterio.open(path, "w", **profile, **({"alpha": "YES"} if alpha else {})) as dst:
+        dst.write(np.concatenate([rgb, band4]) if alpha else rgb)
+    return rgb
+
+
+def test_an_alpha_band_is_the_mask_not_a_band_in_the_catalog_reads_and_prediction(tmp_path: Path) -> None:
+    """An RGBA orthophoto trains as its 3 colour bands with the alpha band as the mask, and its model predicts the
+    same map on the RGBA file and on an RGB copy of it."""
+    import torch
+
+    from geomed_ssl.data.stats import compute_stats
+    from geomed_ssl.inference.raster import predict_raster
+
+    (tmp_path / "rgba").mkdir()
+    rgb = rgba_tif(tmp_path / "rgba" / "ortho.tif")
+    rgba_tif(tmp_path / "ortho_rgb.tif", alpha=False)
+    cfg = DataConfig(patch_size=32)
+    catalog = scan(tmp_path / "rgba", cfg)
+    (record,) = catalog.records
+    assert record.num_bands == 3 and catalog.band_names == ["band_1", "band_2", "band_3"]
+    assert record.valid_fraction == pytest.approx(0.75, abs=0.05)
+    window = RasterReader().read_window(record, 0, 0, 64, 64)
+    assert window.shape[0] == 3 and np.isnan(window[:, :, :16]).all()
+    assert np.array_equal(window[:, :, 16:], rgb[:, :, 16:].astype(np.float32))
+    stats = compute_stats(catalog, cfg, seed=0)
+    assert stats.band_names == ["band_1", "band_2", "band_3"]
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 3, 1).eval()
+    maps = []
+    for src in (tmp_path / "rgba" / "ortho.tif", tmp_path / "ortho_rgb.tif"):
+        out = tmp_path / f"{src.stem}_pred.tif"
+        predict_raster(model, src, out, stats, window=(32, 32), num_classes=3)
+        with rasterio.open(out) as f:
+            maps.append(f.read(1))
+    assert (maps[0][:, :16] == 255).all() and np.array_equal(maps[0][:, 16:], maps[1][:, 16:])

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import typer
 
-from geomed_ssl.errors import GeomedError, RunStopped
+from geomed_ssl.errors import WRITE_ERRNOS, GeomedError, RunStopped
 
 STATE: dict[str, Any] = {"debug": False}  # the global --debug (set by geomed_ssl.cli.main)
 
@@ -97,9 +97,6 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
-
-
 def write_failure(err: OSError) -> str:
     """One line for a file-system refusal (permission, read-only, full disk) naming the path and the way out."""
     from geomed_ssl.outfiles import final_name
@@ -107,5 +104,14 @@ def write_failure(err: OSError) -> str:
     where = f" '{final_name(err.filename)}'" if err.filename else ""  # the file the user asked for, not its draft
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"no space left to write{where} ({err.strerror}); free some space or choose another --out."
+    if err.errno == errno.EFBIG:
+        return (f"cannot write{where}: {err.strerror} for this file system (FAT32 / exFAT drives hold files of at "
+                "most 4 GB) or for your `ulimit -f`; choose another --out.")
+    if err.errno == errno.EIO:
+        return (f"cannot write{where}: {err.strerror} (the file came out unreadable: a full disk, or a failing or "
+                "disconnected drive); free some space or choose another --out.")
+    if err.errno in (errno.EISDIR, errno.ENOTDIR):
+        return (f"cannot write{where}: {err.strerror} (a folder stands where a file is to be written, or a file "
+                "where a folder is); move it away or choose another --out.")
     return (f"cannot write{where}: {err.strerror}; choose a folder you can write to (--out), or change its "
             "permissions.")

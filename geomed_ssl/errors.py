@@ -1,4 +1,9 @@
-"""User-facing errors: the CLI prints their message (no traceback) and exits with code 2."""
+"""User-facing errors: the CLI prints their message (no traceback) and exits with code 2; and which file-system
+failures while writing an output it prints as one line naming the file (:func:`write_error`)."""
+
+import errno as _errno
+import os as _os
+import shutil as _shutil
 
 
 class GeomedError(Exception):
@@ -29,3 +34,37 @@ class RunStopped(Exception):
     def __init__(self, signal_name: str, message: str):
         super().__init__(message)
         self.signal = signal_name
+
+
+# -- file-system failures while writing an output ------------------------------------------------------------------
+# refusals the CLI prints as one line naming the file (permission, read-only, full disk, quota, a size limit, a
+# folder or a file standing where the other is to be written)
+WRITE_ERRNOS = {_errno.EACCES, _errno.EPERM, _errno.EROFS, _errno.ENOSPC, _errno.EDQUOT, _errno.EFBIG, _errno.EIO,
+                _errno.EISDIR, _errno.ENOTDIR}
+# what libraries that wrap the OSError (torch, safetensors, GDAL) leave of it in their messages
+_WRAPPED = (("no space left on device", _errno.ENOSPC), ("os error 28", _errno.ENOSPC),
+            ("disk quota exceeded", _errno.EDQUOT), ("file too large", _errno.EFBIG))
+FULL_DISK_BYTES = 1 << 20  # a write that failed with less free space than this is taken for a full disk
+
+
+def write_error(err: BaseException, path: str | _os.PathLike) -> OSError | None:
+    """The file-system failure behind ``err``, raised while writing ``path``, as an OSError naming ``path`` (the CLI
+    prints it as one line): ``err`` or an OSError in its chain, or what a library wrapping one says of it (torch,
+    safetensors and GDAL keep only its text), or, when nothing says why, a disk left with almost no free space;
+    None when it is none of these (a bug, a bad input: let it show)."""
+    if not isinstance(err, Exception):
+        return None  # an interruption, not a failure
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in WRITE_ERRNOS:
+            return OSError(seen.errno, seen.strerror or _os.strerror(seen.errno), str(path))
+        text = str(seen).lower()
+        for needle, code in _WRAPPED:
+            if needle in text:
+                return OSError(code, _os.strerror(code), str(path))
+        seen = seen.__cause__ or seen.__context__
+    try:
+        full = _shutil.disk_usage(_os.path.dirname(_os.path.abspath(path)) or ".").free < FULL_DISK_BYTES
+    except OSError:
+        return None
+    return OSError(_errno.ENOSPC, _os.strerror(_errno.ENOSPC), str(path)) if full else None

@@ -54,6 +54,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
+from geomed_ssl.errors import write_error
 from geomed_ssl.permissions import apply_umask
 
 log = logging.getLogger("geomed_ssl")
@@ -155,18 +156,46 @@ def commit_partial(tmp: PathLike, path: PathLike) -> Path:
     return path
 
 
+def raise_write_error(err: BaseException, path: PathLike) -> None:
+    """Raise the file-system failure behind ``err`` (a full disk, also one a library reports only in words) as an
+    OSError naming the final file: ``err``'s own file, or ``path`` (:func:`geomed_ssl.errors.write_error`); return
+    when ``err`` is not one."""
+    named = getattr(err, "filename", None)
+    failure = write_error(err, final_name(named) if isinstance(err, OSError) and named else path)
+    if failure is not None:
+        raise failure from err
+
+
+@contextmanager
+def atomic_paths(paths: list[PathLike]) -> Iterator[list[Path]]:
+    """Yield a temporary path beside each of ``paths``; when the block ends without error every file is flushed to
+    disk and only then are all renamed to their final names (files that belong together, a class map and its
+    probabilities, never stand as a new one beside an old one), else all are deleted. A file-system failure is
+    raised as an OSError naming the final file (:func:`raise_write_error`)."""
+    finals = [Path(p) for p in paths]
+    tmps = [partial_path(p) for p in finals]
+    try:
+        yield tmps
+        for tmp in tmps:
+            fsync_tree(tmp)
+        for tmp, path in zip(tmps, finals):
+            os.replace(tmp, path)
+        for folder in dict.fromkeys(path.parent for path in finals):
+            fsync_dir(folder)
+    except BaseException as err:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+        raise_write_error(err, finals[0])
+        raise
+
+
 @contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block ends without error the file is flushed to disk and
-    renamed to ``path`` (so ``path`` is either the old file or the complete new one), else it is deleted."""
-    path = Path(path)
-    tmp = partial_path(path)
-    try:
+    renamed to ``path`` (so ``path`` is either the old file or the complete new one), else it is deleted; a
+    file-system failure is raised as an OSError naming ``path`` (:func:`atomic_paths`)."""
+    with atomic_paths([path]) as (tmp,):
         yield tmp
-        commit_partial(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def atomic_write(path: PathLike, write: Callable[[BinaryIO], Any]) -> Path:
@@ -245,9 +274,13 @@ def atomic_write_dir(target: PathLike, write: Callable[[Path], Any]) -> None:
         previous = target.stat() if target.is_dir() else None
         if previous is not None:  # before ``write``: its files take the folder's group where it is setgid
             _keep_mode_and_group(tmp, previous)
-        write(tmp)
-        apply_umask(tmp)
-        fsync_tree(tmp)  # what ``write`` made; carried entries are the user's, already on disk
+        try:
+            write(tmp)
+            apply_umask(tmp)
+            fsync_tree(tmp)  # what ``write`` made; carried entries are the user's, already on disk
+        except Exception as err:
+            raise_write_error(err, target)
+            raise
         if previous is not None:
             _carry_foreign(target, tmp)
             _keep_mode_and_group(tmp, previous)
@@ -271,9 +304,13 @@ def _fill_in_place(target: Path, write: Callable[[Path], Any]) -> None:
     _remove(stage)
     stage.mkdir()
     try:
-        write(stage)
-        apply_umask(stage)
-        fsync_tree(stage)
+        try:
+            write(stage)
+            apply_umask(stage)
+            fsync_tree(stage)
+        except Exception as err:
+            raise_write_error(err, target)
+            raise
         if (stage / "config.json").exists():  # a refill: never new weights beside the old config, even briefly
             (target / "config.json").unlink(missing_ok=True)
         for entry in sorted(stage.iterdir(), key=lambda e: (e.name == "config.json", e.name)):

@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+from collections import namedtuple
 from pathlib import Path
 
 import pytest
@@ -299,3 +300,62 @@ def test_an_in_place_export_killed_midway_is_filled_in_place_again_by_the_next(t
     assert check_out_dir(target, command="export") == "create"
     atomic_write_dir(target, lambda d: (d / "config.json").write_text("{}"))
     assert target.stat().st_ino == inode and [p.name for p in target.iterdir()] == ["config.json"]
+
+
+Usage = namedtuple("Usage", "total used free")  # shutil.disk_usage's result
+
+
+def test_write_errors_wrapped_by_libraries_name_the_final_file(tmp_path: Path, monkeypatch) -> None:
+    """torch, safetensors and GDAL keep only the words of a full disk; an interruption is never a write error."""
+    import errno
+
+    from geomed_ssl import errors
+
+    wrapped = RuntimeError("writing failed")
+    wrapped.__context__ = OSError(errno.ENOSPC, "No space left on device")
+    cases = [(RuntimeError("[enforce fail] unexpected pos"), None),
+             (RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"), errno.ENOSPC),
+             (wrapped, errno.ENOSPC), (OSError(errno.EFBIG, "File too large"), errno.EFBIG)]
+    for err, code in cases:
+        found = errors.write_error(err, tmp_path / "x.tif")
+        assert (found and found.errno, found and found.filename) == ((code, str(tmp_path / "x.tif")) if code else
+                                                                     (None, None))
+    assert errors.write_error(KeyboardInterrupt(), tmp_path / "x.tif") is None
+    monkeypatch.setattr(errors._shutil, "disk_usage", lambda _p: Usage(10, 10, 0))  # a full disk
+    assert errors.write_error(RuntimeError("unexpected pos"), tmp_path / "x.tif").errno == errno.ENOSPC
+
+
+def test_a_failed_save_on_a_full_disk_keeps_the_old_file_and_says_which(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    from geomed_ssl import errors
+
+    target = tmp_path / "last.ckpt"
+    target.write_bytes(b"good")
+    monkeypatch.setattr(errors._shutil, "disk_usage", lambda _p: Usage(10, 10, 0))
+
+    def fails(f) -> None:
+        f.write(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64")
+
+    with pytest.raises(OSError) as caught:
+        atomic_write(target, fails)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
+    assert target.read_bytes() == b"good" and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+def test_files_written_together_appear_together_or_not_at_all(tmp_path: Path) -> None:
+    from geomed_ssl.outfiles import atomic_paths
+
+    a, b = tmp_path / "x_pred.nii.gz", tmp_path / "x_pred_proba.nii.gz"
+    a.write_text("old map")
+    b.write_text("old proba")
+    with pytest.raises(OSError):
+        with atomic_paths([a, b]) as (ta, tb):
+            ta.write_text("new map")
+            raise OSError(28, "No space left on device", str(tb))
+    assert (a.read_text(), b.read_text()) == ("old map", "old proba") and len(list(tmp_path.iterdir())) == 2
+    with atomic_paths([a, b]) as (ta, tb):
+        ta.write_text("new map")
+        tb.write_text("new proba")
+    assert (a.read_text(), b.read_text()) == ("new map", "new proba") and len(list(tmp_path.iterdir())) == 2

@@ -6,6 +6,7 @@ catalog's probe and ``predict`` read through :func:`read_masked`, so such pixels
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -63,3 +64,24 @@ def read_masked(ds: Any, window: Any = None, nodata: float | None = None, stacke
     if own is not None:
         out[arr == own] = np.nan
     return out
+
+
+def check_written(path: Any, final: Any) -> None:
+    """Read back every block of the raster just written at ``path`` (GDAL's band checksums) before it takes the
+    name ``final``: GDAL writes its cached tiles when a dataset closes, and rasterio does not raise when those writes
+    fail (a full disk), which would leave an unreadable file under the final name. A failure is an OSError naming
+    ``final`` (ENOSPC when the disk is full, else EIO)."""
+    import errno
+
+    import rasterio
+
+    from geomed_ssl.errors import write_error
+
+    try:
+        with rasterio.open(path) as src:
+            for band in range(1, src.count + 1):
+                src.checksum(band)
+    except Exception as err:
+        failure = write_error(err, str(final))
+        raise (failure or OSError(errno.EIO, f"{os.strerror(errno.EIO)}, the file came out unreadable ({err})",
+                                  str(final))) from None

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from geomed_ssl.data.gdal_read import check_written
 from geomed_ssl.data.tiling import grid_shape
 from geomed_ssl.errors import DataError
 from geomed_ssl.outcommands import distinct_names
@@ -124,6 +125,7 @@ def write_grid(file_meta: dict[str, Any], array: np.ndarray, path: Path, nodata:
                 dst.write(array)
                 for i, name in enumerate(descriptions or [], start=1):
                     dst.set_band_description(i, str(name))
+            check_written(tmp, path)
         else:
             import nibabel as nib
 

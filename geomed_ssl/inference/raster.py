@@ -125,8 +125,10 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
                 info = _stream_raster(scene.strip_reader(ranges), scene.shape, len(stats.band_names), model, stats,
                                       scene.nodata, win, overlap, blend, int(batch_size), lut, lnodata, outputs, pkind,
                                       device)
-            for w in outputs:  # a commit that fails (disk full) leaves no other partial file behind
-                w.close()
+            for w in outputs:  # every file written and read back whole before either takes its final name
+                w.finish()
+            for w in outputs:
+                w.commit()
         except BaseException:
             for w in outputs:
                 w.abort()  # a writer already committed has nothing left to abort

@@ -16,7 +16,8 @@ from geomed_ssl.data.tiling import DEFAULT_OVERLAP
 from geomed_ssl.errors import DataError
 from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, check_request, softmax_probs,
                                           warn_if_nothing_predicted)
-from geomed_ssl.inference.writers import PROBA_SCALE, class_lookup, proba_path, write_nifti_like
+from geomed_ssl.inference.writers import PROBA_SCALE, class_lookup, nifti_like, proba_path, save_nifti
+from geomed_ssl.outfiles import atomic_paths
 
 VOLUME_BLENDS = ("gaussian", "constant")
 
@@ -53,8 +54,13 @@ def predict_volume(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
     index = grid.proba.argmax(axis=-1)  # (x, y, z)
     labels = lut[index]
     labels[~grid.ok] = lnodata
-    write_nifti_like(labels, record.path, out_path)
-    ppath = write_probabilities(grid, record.path, out_path, pkind)
+    ppath = proba_path(out_path) if pkind else None
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_paths([out_path] + ([ppath] if ppath else [])) as tmps:  # both files appear together, or neither
+        save_nifti(nifti_like(labels, record.path), tmps[0], out_path)
+        if ppath:
+            save_nifti(nifti_like(proba_array(grid, pkind), record.path, "geomed-ssl class probabilities"), tmps[1],
+                       ppath)
     counts = np.bincount(index[grid.ok], minlength=num_classes)[:num_classes]
     warn_if_nothing_predicted(record.path, int(counts.sum()), cfg.nodata, out_path)
     seconds = time.perf_counter() - t0
@@ -164,14 +170,10 @@ def file_valid(record: Any, nodata: float | None) -> np.ndarray:
     return ok
 
 
-def write_probabilities(grid: FileGridPrediction, reference: str, out_path: Path, pkind: str | None) -> Path | None:
-    """``*_proba.nii.gz`` (x, y, z, K) on the reference's grid: float32 (NaN where invalid), or uint8 =
-    round(p*254) (255 where invalid); None without ``pkind``."""
-    if not pkind:
-        return None
-    ppath = proba_path(out_path)
+def proba_array(grid: FileGridPrediction, pkind: str) -> np.ndarray:
+    """The ``*_proba.nii.gz`` array (x, y, z, K) on the reference's grid: float32 (NaN where invalid), or uint8 =
+    round(p*254) (255 where invalid)."""
     p = np.ascontiguousarray(grid.proba, dtype=np.float32)
     p = np.rint(p * PROBA_SCALE).astype(np.uint8) if pkind == "uint8" else p
     p[~grid.ok] = 255 if pkind == "uint8" else np.nan
-    write_nifti_like(p, reference, ppath, "geomed-ssl class probabilities")
-    return ppath
+    return p

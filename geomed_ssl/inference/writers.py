@@ -15,7 +15,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from geomed_ssl.errors import ConfigError, DataError
-from geomed_ssl.outfiles import atomic_path, commit_partial, partial_path
+from geomed_ssl.data.gdal_read import check_written
+from geomed_ssl.outfiles import atomic_path, commit_partial, partial_path, raise_write_error
 
 BLOCK = 256  # output tile side (pixels)
 PROBA_SCALE = 254  # uint8 probabilities store round(p * 254); 255 is nodata
@@ -82,7 +83,7 @@ class GeoTiffWriter:
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = partial_path(self.path)
-        self._committed = False
+        self._committed = self._finished = False
         try:
             self._ds = rasterio.open(self._tmp, "w", **profile)
         except Exception as err:
@@ -144,21 +145,44 @@ class GeoTiffWriter:
         from rasterio.windows import Window
 
         r, c, h, w = win
-        for band in range(self.count):  # band by band: each (h, w) slice is contiguous, so nothing is copied
-            self._ds.write(np.ascontiguousarray(arr[band], dtype=self.dtype), band + 1, window=Window(c, r, w, h))
+        try:
+            for band in range(self.count):  # band by band: each (h, w) slice is contiguous, so nothing is copied
+                self._ds.write(np.ascontiguousarray(arr[band], dtype=self.dtype), band + 1,
+                               window=Window(c, r, w, h))
+        except Exception as err:
+            raise_write_error(err, self.path)
+            raise
         self.rows_written += h if (c == 0 and w == self.width) else 0
 
     # -- finishing --------------------------------------------------------------------------------------------
-    def close(self) -> Path:
-        """Flush, close and move the file to its final name."""
+    def finish(self) -> None:
+        """Flush and close the temporary file and check it reads back whole (:func:`check_written`); a write that
+        failed (a full disk) is an OSError naming the final file. The final name is left as it was."""
         if self._ds is None:
-            return self.path
-        self._flush()
-        self._ds.close()
-        self._ds = None
-        commit_partial(self._tmp, self.path)
-        self._committed = True
+            return
+        try:
+            self._flush()
+            self._ds.close()
+        except Exception as err:
+            raise_write_error(err, self.path)
+            raise
+        finally:
+            self._ds = None
+        check_written(self._tmp, self.path)
+        self._finished = True
+
+    def commit(self) -> Path:
+        """Move the finished file to its final name (after :meth:`finish`, for every file of a result first)."""
+        if not self._committed:
+            if not self._finished:
+                self.finish()
+            commit_partial(self._tmp, self.path)
+            self._committed = True
         return self.path
+
+    def close(self) -> Path:
+        """Flush, close, check and move the file to its final name."""
+        return self.commit()
 
     def abort(self) -> None:
         """Close and delete the partial file (the final name is left untouched); after a commit, nothing to do.
@@ -183,9 +207,9 @@ class GeoTiffWriter:
             self.abort()
 
 
-def write_nifti_like(array: np.ndarray, reference_path: str | Path, out_path: str | Path,
-                     description: str = "geomed-ssl prediction") -> Path:
-    """Save ``array`` (X, Y, Z) or (X, Y, Z, K) in the reference file's voxel order with its affine and header.
+def nifti_like(array: np.ndarray, reference_path: str | Path, description: str = "geomed-ssl prediction") -> Any:
+    """A NIfTI image of ``array`` (X, Y, Z) or (X, Y, Z, K) in the reference file's voxel order with its affine and
+    header.
 
     The array must already be on the reference's grid (same spatial shape, same axis order); the output then
     overlays the reference exactly (identical affine, sform/qform codes and zooms). The reference's display window
@@ -213,11 +237,28 @@ def write_nifti_like(array: np.ndarray, reference_path: str | Path, out_path: st
     if qcode:
         img.set_qform(qform, int(qcode))
     img.header.set_xyzt_units(*ref.header.get_xyzt_units())
+    return img
+
+
+def save_nifti(img: Any, path: Path, final: Path) -> None:
+    """``nib.save`` to ``path`` (a temporary name of ``final``); a failure that is not the file system's (which
+    the caller's atomic write reports) is a DataError naming ``final``."""
+    import nibabel as nib
+
+    try:
+        nib.save(img, str(path))
+    except OSError:
+        raise
+    except Exception as err:
+        raise DataError(f"cannot write '{final}': {err}.") from None
+
+
+def write_nifti_like(array: np.ndarray, reference_path: str | Path, out_path: str | Path,
+                     description: str = "geomed-ssl prediction") -> Path:
+    """Save :func:`nifti_like` at ``out_path``, atomically."""
+    img = nifti_like(array, reference_path, description)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with atomic_path(out) as tmp:
-            nib.save(img, str(tmp))
-    except Exception as err:
-        raise DataError(f"cannot write '{out}': {err}. Check the output folder is writable.") from None
+    with atomic_path(out) as tmp:
+        save_nifti(img, tmp, out)
     return out

@@ -602,3 +602,57 @@ def test_predict_says_which_extra_bands_it_drops_once_for_alike_scenes(tmp_path,
     assert result.exit_code == 0, result.output
     notes = [line for line in result.output.splitlines() if "dropped" in line]
     assert len(notes) == 1 and "['band_5']" in notes[0] and "s0.tif" in notes[0], result.output
+
+
+def test_a_geotiff_whose_tiles_fail_to_reach_the_disk_never_takes_the_final_name(tmp_path, monkeypatch):
+    """GDAL writes cached tiles when the file closes and rasterio does not raise when that fails (a full disk): the
+    file is read back whole before it replaces the earlier one."""
+    import errno
+
+    from affine import Affine
+
+    like = {"height": 300, "width": 300, "crs": "EPSG:32633", "transform": Affine(10, 0, 0, 0, -10, 0)}
+    (tmp_path / "w.tif").write_bytes(b"the earlier map")
+    w = GeoTiffWriter(tmp_path / "w.tif", like, 1, "uint8", 255)
+    w.write(np.random.default_rng(0).integers(0, 9, (300, 300), dtype=np.uint8), (0, 0, 300, 300))
+    close, tmp = w._ds.close, w._tmp
+
+    def close_losing_tiles() -> None:
+        close()
+        with open(tmp, "r+b") as f:  # what a failed flush leaves: the header and only part of the tiles
+            f.truncate(600)
+
+    monkeypatch.setattr(w._ds, "close", close_losing_tiles)
+    with pytest.raises(OSError) as caught:
+        w.close()
+    w.abort()
+    assert caught.value.errno in (errno.EIO, errno.ENOSPC) and caught.value.filename == str(tmp_path / "w.tif")
+    assert (tmp_path / "w.tif").read_bytes() == b"the earlier map" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_volume_whose_probabilities_fail_keeps_the_earlier_class_map_and_probabilities(tmp_path, monkeypatch):
+    """The class map and its probabilities appear together: a failure writing the second leaves both earlier files."""
+    import nibabel as nib
+
+    from geomed_ssl.config import DataConfig
+    from geomed_ssl.inference import volume as volume_mod
+
+    vol = asymmetric_volume()
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / "case.nii.gz"))
+    stats = stats_of(vol[None], ["band_1"])
+    kwargs = {"roi_size": (16, 16, 16), "data_cfg": DataConfig(kind="volume", intensity="none"), "num_classes": 3,
+              "probabilities": True}
+    out = tmp_path / "out" / "case_pred.nii.gz"
+    predict_volume(threshold_model(), tmp_path / "case.nii.gz", out, stats, **kwargs)
+    before = {p.name: p.read_bytes() for p in out.parent.iterdir()}
+    save = volume_mod.save_nifti
+
+    def full_disk_on_probabilities(img, path, final):
+        if final.name.endswith("_proba.nii.gz"):
+            raise OSError(28, "No space left on device", str(path))
+        save(img, path, final)
+
+    monkeypatch.setattr(volume_mod, "save_nifti", full_disk_on_probabilities)
+    with pytest.raises(OSError):
+        predict_volume(lambda x: -threshold_model()(x), tmp_path / "case.nii.gz", out, stats, **kwargs)
+    assert {p.name: p.read_bytes() for p in out.parent.iterdir()} == before and len(before) == 2

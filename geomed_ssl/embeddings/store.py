@@ -31,7 +31,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from geomed_ssl.errors import DataError, GeomedError
-from geomed_ssl.outfiles import (atomic_path, atomic_write_text, commit_partial, partial_path,
+from geomed_ssl.outfiles import (atomic_paths, atomic_write_text, commit_partial, partial_path,
                                  remove_stale_partials)
 
 log = logging.getLogger("geomed_ssl")
@@ -322,8 +322,11 @@ class EmbeddingStore:
         if geo:
             meta[b"geo"] = json.dumps(geo).encode()
         schema = schema.with_metadata(meta)
-        with atomic_path(self.dir / TABLE) as tmp_table, atomic_path(self.dir / VECTORS) as tmp_vec:
-            vectors = np.lib.format.open_memmap(tmp_vec, mode="w+", dtype=dtype, shape=(total, dim))
+        # plain writes, not a memory map: a full disk is then an error to report, not a SIGBUS that kills the process
+        with atomic_paths([self.dir / TABLE, self.dir / VECTORS]) as (tmp_table, tmp_vec), \
+                open(tmp_vec, "wb") as vectors:
+            np.lib.format.write_array_header_1_0(vectors, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                           "fortran_order": False, "shape": (total, dim)})
             row, meta_of = 0, {f["path"]: f for f in files}
             with pq.ParquetWriter(tmp_table, schema) as writer:
                 for chunk in chunks:
@@ -337,10 +340,12 @@ class EmbeddingStore:
                                                   for a, b in file_runs(paths)])
                         t = t.append_column("geometry", footprint_wkb(corners))
                     writer.write_table(t)  # same fields as the schema; its metadata comes from the writer
-                    vectors[row:row + n] = np.asarray(t.column("vector").combine_chunks().flatten()).reshape(n, dim)
+                    block = np.asarray(t.column("vector").combine_chunks().flatten()).reshape(n, dim)
+                    vectors.write(np.ascontiguousarray(block, dtype=dtype).tobytes())
                     row += n
-            vectors.flush()
-            del vectors
+            if row != total:
+                raise DataError(f"the embedding parts of '{self.dir}' hold {row} rows, their manifest says {total}; "
+                                "embed again with --overwrite.")
         start = 0
         for f in files:
             f["first_row"], start = start, start + int(f["rows"])

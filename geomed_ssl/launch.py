@@ -54,15 +54,24 @@ def _int(text: str, default: int = 0) -> int:
         return default
 
 
-def check_pretrain_world(trainer_world: int) -> None:
+SPAWNING_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")  # start their own worker processes
+
+
+def check_pretrain_world(trainer_world: int, strategy: str = "ddp") -> None:
     """A ``ConfigError`` when a launcher started several processes but the recipe trains ``trainer_world``
-    (``train.devices`` x ``train.num_nodes``) of another count: the same on every rank, before anything is
-    written."""
+    (``train.devices`` x ``train.num_nodes``) of another count, or with a strategy that would start workers of its
+    own in each of them: the same on every rank, before anything is written."""
     found = launched()
-    if found is None or found.world == trainer_world:
+    if found is None:
         return
     from geomed_ssl.errors import ConfigError
 
+    if str(strategy).startswith(SPAWNING_STRATEGIES):
+        raise ConfigError(f"{found.launcher} started {found.world} processes itself (this is rank {found.rank}), "
+                          f"but train.strategy={strategy} would start more workers inside each of them; use "
+                          f"train.strategy=ddp (or auto) under {found.launcher}.")
+    if found.world == trainer_world:
+        return
     raise ConfigError(f"{found.launcher} started {found.world} processes (this is rank {found.rank}), but the "
                       f"recipe trains with train.devices x train.num_nodes = {trainer_world}, so they would not "
                       f"train one run together; set train.devices to the processes per node and train.num_nodes "

@@ -116,3 +116,18 @@ def test_rank_0_of_a_one_process_command_then_runs_alone(monkeypatch) -> None:
     finally:
         set_alone(False)
     assert launched() == Launch(0, 2, "torchrun")
+
+
+@pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_fork"])
+def test_pretrain_under_torchrun_refuses_a_strategy_that_starts_its_own_workers(monkeypatch, scene, tmp_path: Path,
+                                                                               strategy: str) -> None:
+    """Each torchrun rank would start two more workers: four processes on two ranks hang or crash in gloo."""
+    set_launch(monkeypatch, {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "TORCHELASTIC_RUN_ID": "x"})
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["pretrain", "recipes/mae_sentinel2.yaml", "--data", str(scene[0]), "--out",
+                                 str(out), *[a for s in [*TINY, "data.sensor=null", "train.max_steps=2",
+                                                         "train.accelerator=cpu", "train.devices=2",
+                                                         f"train.strategy={strategy}"] for a in ("--set", s)]])
+    assert result.exit_code == 2, result.output
+    assert f"train.strategy={strategy} would start more workers" in result.output
+    assert "use train.strategy=ddp (or auto) under torchrun" in result.output and not out.exists()

@@ -94,7 +94,8 @@ def process_rank(t: Any) -> L.Trainer:
     Lightning runs the same command again for the other ranks, and only rank 0 may create, check or delete
     folders. Every Trainer setting that can fail is tried here (:func:`probe_trainer`)."""
     probe = probe_trainer(t.accelerator, t.devices, t.strategy, t.num_nodes, t.precision)
-    check_pretrain_world(probe.world_size)  # torchrun / srun started N processes: the recipe must train N
+    check_pretrain_world(probe.world_size, t.strategy)  # torchrun / srun started N: the recipe must train N,
+    # with a strategy that starts no workers of its own
     return probe
 
 

@@ -110,7 +110,7 @@ def write_failure(err: OSError) -> str:
     if err.errno == errno.EIO:
         return (f"cannot write{where}: {err.strerror} (the file came out unreadable: a full disk, or a failing or "
                 "disconnected drive); free some space or choose another --out.")
-    if err.errno in (errno.EISDIR, errno.ENOTDIR):
+    if err.errno in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST):
         return (f"cannot write{where}: {err.strerror} (a folder stands where a file is to be written, or a file "
                 "where a folder is); move it away or choose another --out.")
     return (f"cannot write{where}: {err.strerror}; choose a folder you can write to (--out), or change its "

@@ -944,3 +944,16 @@ def test_damaged_files_of_our_own_folders_are_one_line_naming_them(tmp_path: Pat
     (tmp_path / "compare.json").write_text("{x")
     with pytest.raises(GeomedError, match=r"compare.json' is damaged"):
         _check_resumed(tmp_path, load_recipe(None), "{}")
+
+
+def test_a_folder_standing_at_an_output_files_name_is_one_line(tmp_path: Path) -> None:
+    """predict computes the scene, then meets a folder named like its class map: one line, exit 2."""
+    args = ["predict", str(predicting_model(tmp_path)), str(rasters(tmp_path) / "scene_0.tif"), "--out",
+            str(tmp_path / "pred")]
+    assert runner.invoke(app, args).exit_code == 0  # the folder is the toolkit's
+    (tmp_path / "pred" / "scene_0_pred.tif").unlink()
+    (tmp_path / "pred" / "scene_0_pred.tif").mkdir()
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "a folder stands where a file is to be written" in result.output and "Traceback" not in result.output
+    assert "scene_0_pred.tif" in result.output

@@ -8,6 +8,7 @@ so a shift of a few pixels is found at a UTM northing of 5,000,000 m or at 14° 
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -53,10 +54,29 @@ def linear_difference(a: Sequence[float], b: Sequence[float]) -> str:
     return ", ".join(parts)
 
 
+def gcp_grid(path: str) -> tuple[str | None, list[float]] | None:
+    """A raster georeferenced by ground control points only (no transform; Sentinel-1 GRD, scanned maps): their
+    CRS and the affine transform fitted to them; None for any other raster."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.transform import from_gcps
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            gcps, gcp_crs = src.gcps
+            if src.crs or not gcps:
+                return None
+            return (gcp_crs.to_wkt() if gcp_crs else None), [float(v) for v in list(from_gcps(gcps))[:6]]
+
+
 def grid_diffs(shape: Sequence[int], crs: str | None, transform: Sequence[float] | None,
-               ref_shape: Sequence[int], ref_crs: str | None, ref_transform: Sequence[float] | None) -> list[str]:
+               ref_shape: Sequence[int], ref_crs: str | None, ref_transform: Sequence[float] | None,
+               tolerance: float = PIXEL_TOL) -> list[str]:
     """How a raster's grid (size (rows, cols), CRS WKT, transform) differs from a reference's: one phrase per
-    difference, "this vs reference"; empty when they share the grid. A missing transform is the identity."""
+    difference, "this vs reference"; empty when they share the grid. A missing transform is the identity.
+    ``tolerance``: how far (pixels) the origins may lie apart, the pixel axes a thousandth of that (transforms
+    fitted to ground control points are compared with half a pixel)."""
     from affine import Affine
 
     diffs = []
@@ -68,11 +88,11 @@ def grid_diffs(shape: Sequence[int], crs: str | None, transform: Sequence[float]
     ref = [float(v) for v in list(ref_transform or Affine.identity())[:6]]
     pix = max(abs(ref[0]), abs(ref[4]), abs(ref[1]), abs(ref[3]), 1e-12)
     lin, ref_lin = [tr[i] for i in (0, 1, 3, 4)], [ref[i] for i in (0, 1, 3, 4)]
-    if not np.allclose(lin, ref_lin, rtol=0, atol=1e-6 * pix):
+    if not np.allclose(lin, ref_lin, rtol=0, atol=tolerance * 1e-3 * pix):
         diffs.append(linear_difference(tr, ref))
     else:
         col, row = ~Affine(*ref) @ (tr[2], tr[5])
-        if abs(col) > PIXEL_TOL or abs(row) > PIXEL_TOL:
+        if abs(col) > tolerance or abs(row) > tolerance:
             diffs.append(f"origin shifted by {col:+.3g} columns, {row:+.3g} rows "
                          f"(({tr[2]:.10g}, {tr[5]:.10g}) vs ({ref[2]:.10g}, {ref[5]:.10g}))")
     return diffs

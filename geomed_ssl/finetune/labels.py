@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from geomed_ssl.data.catalog import EXTENSIONS, FileRecord
-from geomed_ssl.data.grids import grid_diffs
+from geomed_ssl.data.grids import gcp_grid, grid_diffs
 from geomed_ssl.data.listing import walk
 from geomed_ssl.data.readers import nearest_index, resampled_shape, valid_map, voxel_mm
 from geomed_ssl.data.tables import LINE, read_rows
@@ -154,7 +154,12 @@ def _raster_header(path: str) -> tuple[tuple[int, int], str | None, list[float],
 
 
 def _raster_diffs(record: FileRecord, label: str) -> list[str]:
-    return raster_grid_diffs(record.shape, record.crs, record.transform, label)
+    label_gcps, image_gcps = gcp_grid(label), gcp_grid(record.path)
+    if label_gcps is None and image_gcps is None:
+        return raster_grid_diffs(record.shape, record.crs, record.transform, label)
+    if label_gcps is None or image_gcps is None:
+        return [f"georeferenced by ground control points in the {'label' if label_gcps else 'image'} only"]
+    return grid_diffs(_raster_header(label)[0], *label_gcps, record.shape, *image_gcps, tolerance=0.5)
 
 
 def raster_grid_diffs(image_shape: Sequence[int], image_crs: str | None, image_transform: Sequence[float] | None,

@@ -651,3 +651,29 @@ def test_a_grid_coarser_than_the_labels_says_how_many_labelled_voxels_it_reads(t
         values, _ = read_label(str(path), "volume", None, spacing=[1.0, 1.0, 1.0], warn_coverage=True)
     assert values.shape == (5, 5, 5)
     assert "125 of the 729 labelled voxels" in caplog.text and "0.5 x 0.5 x 0.5 mm" in caplog.text
+
+
+def test_labels_georeferenced_by_ground_control_points_are_checked_against_the_images(tmp_path: Path) -> None:
+    """Sentinel-1 GRD-like files carry GCPs, not a transform: a label whose GCPs put it 1° away is refused, one
+    with the image's GCPs is taken."""
+    import rasterio
+    from rasterio.control import GroundControlPoint
+    from rasterio.crs import CRS
+
+    from geomed_ssl.finetune.labels import check_grid
+
+    def write(path: Path, east: float, bands: int) -> None:
+        corners = [(0, 0, 14.0, 46.01), (0, 48, 14.01, 46.01), (48, 0, 14.0, 46.0), (48, 48, 14.01, 46.0)]
+        gcps = [GroundControlPoint(row=r, col=c, x=x + east, y=y) for r, c, x, y in corners]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with rasterio.open(path, "w", driver="GTiff", height=48, width=48, count=bands, dtype="uint8") as dst:
+            dst.write(np.ones((bands, 48, 48), np.uint8))
+            dst.gcps = (gcps, CRS.from_epsg(4326))
+
+    write(tmp_path / "img" / "s1.tif", 0.0, 2)
+    (record,) = scan(tmp_path / "img", DataConfig(patch_size=16)).records
+    write(tmp_path / "same.tif", 0.0, 1)
+    check_grid(record, tmp_path / "same.tif", "raster")
+    write(tmp_path / "east.tif", 1.0, 1)
+    with pytest.raises(DataError, match=r"origin shifted by \+4\.8e\+03 columns"):
+        check_grid(record, tmp_path / "east.tif", "raster")

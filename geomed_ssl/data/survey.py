@@ -47,13 +47,22 @@ def _units(wkt: str | None) -> str:
         return "?"
 
 
+M_PER_DEGREE = (111_320.0, 110_574.0)  # along a parallel at the equator (times cos(latitude)), along a meridian
+
+
 def _pixel_size(record: Any) -> tuple[float, float, str]:
-    """(x, y, units) of a raster's pixel in its CRS's units."""
+    """(x, y, units) of a raster's pixel in its CRS's units; in a geographic CRS, metres on the ground at the
+    raster's centre (0.0001° is 11 m wide at the equator, 3.8 m at 70° N: degrees alone would hide that)."""
     t = list(record.transform or [1, 0, 0, 0, 1, 0])
     x, y = math.hypot(t[0], t[3]), math.hypot(t[1], t[4])
     if not record.crs and (x, y) != (1.0, 1.0):  # a transform without a CRS: its units are unknown, not pixels
         return x, y, "(units of the transform; no CRS)"
-    return x, y, _units(record.crs)
+    units = _units(record.crs)
+    if units == "°":
+        h, w = record.shape[-2:]
+        lat = t[3] * w / 2 + t[4] * h / 2 + t[5]
+        return x * M_PER_DEGREE[0] * math.cos(math.radians(max(-90.0, min(90.0, lat)))), y * M_PER_DEGREE[1], "m"
+    return x, y, units
 
 
 def _size_groups(sizes: Sequence[tuple[float, ...]], tolerance: float = 0.03) -> Counter:
@@ -89,6 +98,8 @@ def grid_lines(records: Sequence[Any]) -> list[str]:
     and orientations (axis codes)."""
     crss, sizes = grid_counts(records)
     lines = [f"  CRS: {_counted(crss)}", f"  pixel size: {_counted(sizes)}"] if crss else []
+    if any(r.kind == "raster" and _units(r.crs) == "°" for r in records):
+        lines[-1] += " (degrees as metres on the ground at each file's centre)"
     volumes = [r for r in records if r.kind == "volume"]
     spaced = [(*map(float, r.spacing), "mm") for r in volumes if r.spacing]
     if spaced:
@@ -137,6 +148,7 @@ def warn_survey(catalog: Any) -> None:
     """Warnings about the archive as a whole: rasters of several CRSs or pixel sizes, and files whose values are
     far from the rest (:func:`value_outliers`), each with what to check."""
     _, sizes = grid_counts(catalog.records)
+    sizes = Counter({k: n for k, n in sizes.items() if not k.endswith(" px")})  # no ground size to compare
     if len(sizes) > 1:
         log.warning("warning: the rasters have several pixel sizes (%s): windows are cut in pixels, so the model sees "
                     "the ground at several scales. If that is not intended, resample them onto one pixel size or "

@@ -59,6 +59,36 @@ def test_a_transform_without_a_crs_is_not_said_to_be_in_pixels(tmp_path, make_ti
     assert "pixel size: 10 x 10 (units of the transform; no CRS) (1 file)" in summary
 
 
+def test_pixel_sizes_in_degrees_are_compared_on_the_ground(tmp_path, make_tif, caplog) -> None:
+    """0.0001° is 11 m wide at the equator and 3.8 m at 70° N: the same degrees are two ground sizes, and a 10 m UTM
+    file beside 9e-5° at the equator is one."""
+    tile = np.full((3, 32, 32), 1000, np.uint16)
+    make_tif(tmp_path / "a" / "equator.tif", tile, crs="EPSG:4326", transform=Affine(1e-4, 0, 14, 0, -1e-4, 0.5))
+    make_tif(tmp_path / "a" / "north.tif", tile, crs="EPSG:4326", transform=Affine(1e-4, 0, 14, 0, -1e-4, 70))
+    catalog = scan(tmp_path / "a", DataConfig(patch_size=32))
+    summary = catalog.summary()
+    assert "11.1 x 11.1 m (1 file)" in summary and "3.81 x 11.1 m (1 file)" in summary
+    assert "degrees as metres on the ground" in summary
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        warn_survey(catalog)
+    assert "several pixel sizes" in caplog.text
+    make_tif(tmp_path / "b" / "utm.tif", tile)
+    make_tif(tmp_path / "b" / "wgs84.tif", tile, crs="EPSG:4326", transform=Affine(9e-5, 0, 14, 0, -9e-5, 0.1))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        warn_survey(scan(tmp_path / "b", DataConfig(patch_size=32)))
+    assert "several pixel sizes" not in caplog.text
+
+
+def test_rasters_without_georeferencing_are_left_out_of_the_pixel_size_warning(tmp_path, make_tif, caplog) -> None:
+    """A plain TIFF (or one placed by GCPs / RPCs only) has no ground pixel size to compare."""
+    make_tif(tmp_path / "utm.tif", np.full((3, 32, 32), 1000, np.uint16))
+    make_tif(tmp_path / "plain.tif", np.full((3, 32, 32), 1000, np.uint16), crs=None, transform=Affine.identity())
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        warn_survey(scan(tmp_path, DataConfig(patch_size=32)))
+    assert "several pixel sizes" not in caplog.text
+
+
 def test_real_archives_raise_no_false_alarm(caplog) -> None:
     """EuroSAT (eight UTM zones, reprojected pixels of 9.9-10.0 m, ten classes) and the Slovenia tile (a hazy date)
     are data, not outliers; the Landsat-8 red patches hold three all-zero files without nodata."""

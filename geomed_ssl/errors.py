@@ -45,6 +45,8 @@ WRITE_ERRNOS = {_errno.EACCES, _errno.EPERM, _errno.EROFS, _errno.ENOSPC, _errno
 _WRAPPED = (("no space left on device", _errno.ENOSPC), ("os error 28", _errno.ENOSPC),
             ("disk quota exceeded", _errno.EDQUOT), ("file too large", _errno.EFBIG))
 FULL_DISK_BYTES = 1 << 20  # a write that failed with less free space than this is taken for a full disk
+# the writers whose failures on a full disk may carry neither an errno nor its words (torch raises RuntimeError)
+_LIBRARIES = {"torch", "safetensors", "rasterio", "pyarrow", "nibabel", "PIL", "matplotlib", "numpy"}
 
 
 def write_error(err: BaseException, path: str | _os.PathLike) -> OSError | None:
@@ -52,8 +54,8 @@ def write_error(err: BaseException, path: str | _os.PathLike) -> OSError | None:
     prints it as one line): ``err`` or an OSError in its chain, or what a library wrapping one says of it (torch,
     safetensors and GDAL keep only its text), or, when nothing says why, a disk left with almost no free space;
     None when it is none of these (a bug, a bad input: let it show)."""
-    if not isinstance(err, Exception):
-        return None  # an interruption, not a failure
+    if not isinstance(err, Exception) or isinstance(err, (GeomedError, RunStopped)):
+        return None  # an interruption, or a failure that says what it is already
     seen: BaseException | None = err
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno in WRITE_ERRNOS:
@@ -63,6 +65,9 @@ def write_error(err: BaseException, path: str | _os.PathLike) -> OSError | None:
             if needle in text:
                 return OSError(code, _os.strerror(code), str(path))
         seen = seen.__cause__ or seen.__context__
+    library = type(err).__module__.split(".")[0] in _LIBRARIES
+    if not (library or isinstance(err, (RuntimeError, OSError))):
+        return None  # a TypeError, a KeyError: a bug to show, whatever the free space
     try:
         full = _shutil.disk_usage(_os.path.dirname(_os.path.abspath(path)) or ".").free < FULL_DISK_BYTES
     except OSError:

@@ -40,6 +40,7 @@ API::
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import logging
@@ -156,12 +157,17 @@ def commit_partial(tmp: PathLike, path: PathLike) -> Path:
     return path
 
 
-def raise_write_error(err: BaseException, path: PathLike) -> None:
-    """Raise the file-system failure behind ``err`` (a full disk, also one a library reports only in words) as an
-    OSError naming the final file: ``err``'s own file, or ``path`` (:func:`geomed_ssl.errors.write_error`); return
+def as_write_error(err: BaseException, path: PathLike) -> OSError | None:
+    """The file-system failure behind ``err`` (a full disk, also one a library reports only in words) as an
+    OSError naming the final file: ``err``'s own file, or ``path`` (:func:`geomed_ssl.errors.write_error`); None
     when ``err`` is not one."""
     named = getattr(err, "filename", None)
-    failure = write_error(err, final_name(named) if isinstance(err, OSError) and named else path)
+    return write_error(err, final_name(named) if isinstance(err, OSError) and named else path)
+
+
+def raise_write_error(err: BaseException, path: PathLike) -> None:
+    """Raise :func:`as_write_error` of ``err`` when there is one; return otherwise."""
+    failure = as_write_error(err, path)
     if failure is not None:
         raise failure from err
 
@@ -178,14 +184,22 @@ def atomic_paths(paths: list[PathLike]) -> Iterator[list[Path]]:
         yield tmps
         for tmp in tmps:
             fsync_tree(tmp)
+        for path in finals:  # checked before any rename: a folder in one file's place keeps every old file
+            if path.is_dir() and not path.is_symlink():
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
         for tmp, path in zip(tmps, finals):
             os.replace(tmp, path)
         for folder in dict.fromkeys(path.parent for path in finals):
             fsync_dir(folder)
     except BaseException as err:
+        failure = as_write_error(err, finals[0])  # before the drafts go: their space is not the disk's
         for tmp in tmps:
-            tmp.unlink(missing_ok=True)
-        raise_write_error(err, finals[0])
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:  # a draft name the file system refused was never made
+                pass
+        if failure is not None:
+            raise failure from err
         raise
 
 

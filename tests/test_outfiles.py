@@ -323,6 +323,9 @@ def test_write_errors_wrapped_by_libraries_name_the_final_file(tmp_path: Path, m
     assert errors.write_error(KeyboardInterrupt(), tmp_path / "x.tif") is None
     monkeypatch.setattr(errors._shutil, "disk_usage", lambda _p: Usage(10, 10, 0))  # a full disk
     assert errors.write_error(RuntimeError("unexpected pos"), tmp_path / "x.tif").errno == errno.ENOSPC
+    for own in (errors.DataError("the parts hold 3 rows"), errors.RunStopped("SIGTERM", "stopped"),
+                TypeError("a bug")):  # say what they are, full disk or not
+        assert errors.write_error(own, tmp_path / "x.tif") is None
 
 
 def test_a_failed_save_on_a_full_disk_keeps_the_old_file_and_says_which(tmp_path: Path, monkeypatch) -> None:
@@ -359,3 +362,10 @@ def test_files_written_together_appear_together_or_not_at_all(tmp_path: Path) ->
         ta.write_text("new map")
         tb.write_text("new proba")
     assert (a.read_text(), b.read_text()) == ("new map", "new proba") and len(list(tmp_path.iterdir())) == 2
+    b.unlink()
+    b.mkdir()  # a folder in the second file's place: the first keeps its old contents too
+    with pytest.raises(IsADirectoryError):
+        with atomic_paths([a, b]) as (ta, tb):
+            ta.write_text("newer map")
+            tb.write_text("newer proba")
+    assert a.read_text() == "new map" and sorted(p.name for p in tmp_path.iterdir()) == [a.name, b.name]

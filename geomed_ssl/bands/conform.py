@@ -38,7 +38,10 @@ def conform_record(record: Any, names: list[str]) -> Any:
     """``record`` read as the bands ``names`` in that order, matched by name (see ``bands.band_order``): the
     same record when its bands already are ``names``, else a copy whose ``band_index`` makes the readers return
     them (extra bands dropped) and whose per-band fields follow. Missing bands are a DataError."""
-    order = band_order(names, record.band_names, record.path, record.band_source)
+    try:
+        order = band_order(names, record.band_names, record.path, record.band_source)
+    except DataError as err:
+        raise DataError(f"{err}{alpha_note(record.paths if record.kind == 'raster' else [])}") from None
     if order is None:
         return record
     base = record.band_index if record.band_index is not None else list(range(record.num_bands))
@@ -46,6 +49,26 @@ def conform_record(record: Any, names: list[str]) -> Any:
     return dataclasses.replace(record, band_index=[base[i] for i in order], num_bands=len(order),
                                band_names=[record.band_names[i] for i in order], wavelengths=pick(record.wavelengths),
                                bandwidths=pick(record.bandwidths), value_range=pick(record.value_range))
+
+
+def alpha_note(paths: list[str]) -> str:
+    """What to add to a band mismatch when a raster of ``paths`` has alpha bands (read as the mask, not as bands:
+    a model trained before that read them as bands); empty otherwise."""
+    import rasterio
+    from rasterio.enums import ColorInterp
+
+    for path in paths:
+        try:
+            with rasterio.open(path) as src:
+                alpha = [i + 1 for i, ci in enumerate(src.colorinterp) if ci == ColorInterp.alpha]
+        except Exception:  # noqa: BLE001 - only a hint: the mismatch itself is the error
+            continue
+        if alpha and len(alpha) < src.count:
+            n = alpha[0]
+            return (f" Band {n} of '{path}' is an alpha band, read as the mask of missing pixels and not as a band; a "
+                    f"model that took it as a band (trained before 2026-12-05) reads copies made without the flag "
+                    f"(gdal_translate -colorinterp_{n} undefined IN OUT), or pretrain again.")
+    return ""
 
 
 _noted: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()  # (model's bands, file's bands) already noted

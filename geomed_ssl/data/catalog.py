@@ -326,11 +326,18 @@ def _record(probes: list[FileProbe], kind: str, data_cfg: Any, fallback: list[st
         bands = resolve_band_info(len(keep), [descriptions[i] for i in keep], {n + 1: tags.get(i + 1, {}) for n, i in
                                   enumerate(keep)}, data_cfg, first.path, fallback_names=fallback)
     except DataError as err:
-        raise ProbeError(str(err).replace(f"'{first.path}' ", "", 1)) from None
+        hidden = ", ".join(str(i + 1) for i in range(offset) if i not in set(keep))
+        alpha = f" (not counting its alpha band {hidden}: the mask of missing pixels)" if hidden else ""
+        raise ProbeError(str(err).replace(f"'{first.path}' ", "", 1) + alpha) from None
     if len(keep) < offset:
         _note_alpha(first.path, [i + 1 for i in range(offset) if i not in set(keep)])
     value_range = [v for p in probes for v in p.value_range]
-    scaling = first.geo.get("value_scaling")
+    scales, offsets = [], []  # the stack's [scales, offsets], 1 / 0 for a file without them
+    for p in probes:
+        s, o = p.geo.get("value_scaling") or ([1.0] * p.num_bands, [0.0] * p.num_bands)
+        scales, offsets = scales + list(s), offsets + list(o)
+    scales, offsets = [scales[i] for i in keep], [offsets[i] for i in keep]
+    scaling = None if all(v == 1 for v in scales) and all(v == 0 for v in offsets) else [scales, offsets]
     return FileRecord(
         path=first.path, paths=[p.path for p in probes], kind=kind, shape=tuple(first.shape), num_bands=len(keep),
         dtype=str(np.result_type(*[p.dtype for p in probes])), band_names=bands.names, wavelengths=bands.wavelengths,
@@ -338,7 +345,7 @@ def _record(probes: list[FileProbe], kind: str, data_cfg: Any, fallback: list[st
         crs=first.geo.get("crs"), transform=first.geo.get("transform"), affine=first.geo.get("affine"),
         spacing=first.geo.get("spacing"), valid_fraction=round(fraction, 6), block_shape=first.geo.get("block_shape"),
         orientation=first.geo.get("orientation"), value_range=[value_range[i] for i in keep],
-        value_scaling=None if scaling is None or len(probes) > 1 else [[row[i] for i in keep] for row in scaling],
+        value_scaling=scaling,
         band_index=None if len(keep) == offset else keep,
     )
 

@@ -12,11 +12,18 @@ from typing import Any
 import numpy as np
 
 
-def has_dataset_mask(ds: Any) -> bool:
-    """Whether the open rasterio dataset ``ds`` carries a per-dataset mask (internal, sidecar or alpha band)."""
+def _gdal_mask(ds: Any) -> bool:
+    """Whether GDAL gives ``ds`` a per-dataset mask (internal, sidecar, or an alpha band in the layouts GDAL reads
+    as one: 2 or 4 bands of Byte / UInt16)."""
     from rasterio.enums import MaskFlags
 
     return any(MaskFlags.per_dataset in flags for flags in ds.mask_flag_enums)
+
+
+def has_dataset_mask(ds: Any) -> bool:
+    """Whether the open rasterio dataset ``ds`` carries a per-dataset mask: GDAL's (internal, sidecar, alpha band)
+    or an alpha band GDAL does not read as one (float RGBA, a 6-band mosaic with alpha), which reads mask too."""
+    return _gdal_mask(ds) or bool(alpha_bands(ds))
 
 
 def alpha_bands(ds: Any) -> list[int]:
@@ -49,18 +56,22 @@ def _same(a: float | None, b: float | None) -> bool:
 def read_masked(ds: Any, window: Any = None, nodata: float | None = None, stacked: bool = False) -> np.ndarray:
     """``ds.read(window=window)`` (C, h, w) as stored, except where ``ds`` says pixels are missing beyond
     ``nodata`` (the value the caller treats as nodata: the first file's, or ``data.nodata``, which overrides a
-    file's tag): pixels its per-dataset mask hides and, for a further file of a stack (``stacked``), pixels equal
-    to its own nodata tag when that is another value, come back NaN (the array then float32)."""
+    file's tag): pixels its per-dataset mask or its alpha band (at 0) hides and, for a further file of a stack
+    (``stacked``), pixels equal to its own nodata tag when that is another value, come back NaN (the array then
+    float32)."""
     arr = ds.read(window=window)
-    masked = has_dataset_mask(ds)
+    masked = _gdal_mask(ds)
+    alpha = [] if masked else alpha_bands(ds)  # an alpha band GDAL does not read as the mask: zero is missing
     own = ds.nodata if stacked and ds.nodata is not None and not _same(ds.nodata, nodata) else None
     if own is not None and math.isnan(own):
         own = None  # NaN is missing already
-    if not masked and own is None:
+    if not masked and not alpha and own is None:
         return arr
     out = arr.astype(np.float32)
     if masked:
         out[ds.read_masks(window=window) == 0] = np.nan
+    if alpha:
+        out[:, (arr[alpha] == 0).any(axis=0)] = np.nan
     if own is not None:
         out[arr == own] = np.nan
     return out

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from geomed_ssl.errors import DataError, GeomedError
-from geomed_ssl.outfiles import (atomic_paths, atomic_write_text, commit_partial, partial_path,
+from geomed_ssl.outfiles import (atomic_paths, atomic_write_text, commit_partial, partial_path, raise_write_error,
                                  remove_stale_partials)
 
 log = logging.getLogger("geomed_ssl")
@@ -182,13 +182,22 @@ class PartWriter:
                 [x for v in parts for x in v]
             cols[key] = pa.array(value, pa.string() if key in ("footprint_wkt", "crs") else pa.float64())
         cols["vector"] = fixed_list(vec, pa.from_numpy_dtype(self.dtype))
-        pq.write_table(pa.table(cols), self.tmp / f"chunk-{self.chunks:05d}.parquet")
+        chunk = self.tmp / f"chunk-{self.chunks:05d}.parquet"
+        try:
+            pq.write_table(pa.table(cols), chunk)
+        except Exception as err:  # pyarrow's OSError names no file: name the output being made
+            raise_write_error(err, self.store.dir / TABLE)
+            raise
         self.chunks += 1
         self.rows += n
 
     def commit(self, files: list[dict[str, Any]]) -> Path:
         """Publish the part holding ``files`` (each a file-meta dict with its ``rows`` count)."""
-        (self.tmp / "files.json").write_text(json.dumps(files))
+        try:
+            (self.tmp / "files.json").write_text(json.dumps(files))
+        except OSError as err:
+            raise_write_error(err, self.store.dir / TABLE)
+            raise
         return self.store._publish(self.tmp, files)
 
     def abort(self) -> None:

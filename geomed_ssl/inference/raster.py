@@ -20,7 +20,7 @@ import torch
 
 from geomed_ssl.config import DataConfig
 from geomed_ssl.bands.names import BandInfo, band_order, resolve_band_info
-from geomed_ssl.bands.conform import note_band_order, report_positional_names
+from geomed_ssl.bands.conform import alpha_note, note_band_order, report_positional_names
 from geomed_ssl.data.gdal_read import data_bands, read_masked
 from geomed_ssl.data.stats import (BandStats, band_gaps, band_percentiles, normalize, valid_mask, valid_values,
                                   warn_far_from_stats)
@@ -178,7 +178,10 @@ class RasterInput:
             names, source = info.names, info.source
         if len(names) != count:
             raise DataError(f"'{path}' has {count} bands but {len(names)} band names were given.")
-        order = band_order(stats.band_names, names, str(path), source)
+        try:
+            order = band_order(stats.band_names, names, str(path), source)
+        except DataError as err:
+            raise DataError(f"{err}{alpha_note(list(files))}") from None
         if len(keep) < sum(s.count for s in sources):
             order = [keep[i] for i in (range(count) if order is None else order)]
         note_band_order(str(path), list(stats.band_names), names)

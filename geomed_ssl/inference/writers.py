@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from geomed_ssl.errors import ConfigError, DataError
+from geomed_ssl.errors import WRITE_ERRNOS, ConfigError, DataError
 from geomed_ssl.data.gdal_read import check_written
 from geomed_ssl.outfiles import atomic_path, commit_partial, partial_path, raise_write_error
 
@@ -158,8 +158,10 @@ class GeoTiffWriter:
     def finish(self) -> None:
         """Flush and close the temporary file and check it reads back whole (:func:`check_written`); a write that
         failed (a full disk) is an OSError naming the final file. The final name is left as it was."""
-        if self._ds is None:
+        if self._finished or self._committed:
             return
+        if self._ds is None:
+            raise ValueError(f"the writer of '{self.path}' was aborted or failed: nothing to finish")
         try:
             self._flush()
             self._ds.close()
@@ -172,10 +174,10 @@ class GeoTiffWriter:
         self._finished = True
 
     def commit(self) -> Path:
-        """Move the finished file to its final name (after :meth:`finish`, for every file of a result first)."""
+        """Move the finished file to its final name (after :meth:`finish`, for every file of a result first); a
+        writer whose finish failed, or that was aborted, never commits."""
         if not self._committed:
-            if not self._finished:
-                self.finish()
+            self.finish()
             commit_partial(self._tmp, self.path)
             self._committed = True
         return self.path
@@ -202,7 +204,11 @@ class GeoTiffWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.close()
+            try:
+                self.close()
+            except BaseException:
+                self.abort()
+                raise
         else:
             self.abort()
 
@@ -241,14 +247,16 @@ def nifti_like(array: np.ndarray, reference_path: str | Path, description: str =
 
 
 def save_nifti(img: Any, path: Path, final: Path) -> None:
-    """``nib.save`` to ``path`` (a temporary name of ``final``); a failure that is not the file system's (which
-    the caller's atomic write reports) is a DataError naming ``final``."""
+    """``nib.save`` to ``path`` (a temporary name of ``final``); a failure other than a file-system refusal (which
+    the caller's atomic write reports), a name too long for the file system say, is a DataError naming ``final``."""
     import nibabel as nib
 
     try:
         nib.save(img, str(path))
-    except OSError:
-        raise
+    except OSError as err:
+        if err.errno in WRITE_ERRNOS:
+            raise  # the caller's atomic write names the final file in one line
+        raise DataError(f"cannot write '{final}': {err.strerror or err}.") from None
     except Exception as err:
         raise DataError(f"cannot write '{final}': {err}.") from None
 

@@ -112,6 +112,20 @@ def test_files_with_different_scale_tags_are_one_warning_naming_both(tmp_path: P
     assert "scale / offset" not in " ".join(r.getMessage() for r in caplog.records)
 
 
+def test_stacked_band_files_keep_their_scale_tags(tmp_path: Path) -> None:
+    """data.channels stacks: the record carries each file's scale / offset (1 / 0 for a file without), so the
+    mixed-scaling warning sees them too."""
+    base = dict(driver="GTiff", height=32, width=32, count=1, dtype="int16", crs="EPSG:32633",
+                transform=from_origin(500000, 5000000, 10, 10))
+    (tmp_path / "s1").mkdir()
+    for name, offset in (("B1.tif", 0.0), ("B2.tif", -1000.0)):
+        with rasterio.open(tmp_path / "s1" / name, "w", **base) as dst:
+            dst.write(np.full((1, 32, 32), 2500, np.int16))
+            dst.offsets = (offset,)
+    (record,) = scan(tmp_path, DataConfig(patch_size=16, channels=["B1.tif", "B2.tif"])).records
+    assert record.value_scaling == [[1.0, 1.0], [0.0, -1000.0]]
+
+
 def test_a_stack_reads_each_files_own_nodata_as_missing(tmp_path: Path) -> None:
     """data.channels stacks B02 (nodata 0) and B03 (nodata 65535): the left half, nodata in both, is missing in
     both bands, not read as 65535 in the second."""
@@ -185,3 +199,40 @@ def test_an_alpha_band_is_the_mask_not_a_band_in_the_catalog_reads_and_predictio
         with rasterio.open(out) as f:
             maps.append(f.read(1))
     assert (maps[0][:, :16] == 255).all() and np.array_equal(maps[0][:, 16:], maps[1][:, 16:])
+
+
+@pytest.mark.parametrize(("bands", "dtype"), [(4, "float32"), (6, "uint8")])
+def test_an_alpha_band_gdal_does_not_read_as_a_mask_still_masks(tmp_path: Path, bands: int, dtype: str) -> None:
+    """GDAL reads alpha as the mask only for 2 or 4 bands of Byte / UInt16: a float RGBA mosaic or a 5-band drone
+    mosaic with alpha is masked where alpha is 0 all the same, and the alpha band is not read as a band."""
+    from rasterio.enums import ColorInterp
+
+    data = np.full((bands, 32, 32), 100, dtype)
+    data[-1] = 255
+    data[-1, :, :8] = 0
+    (tmp_path / "m").mkdir()
+    with rasterio.open(tmp_path / "m" / "mosaic.tif", "w", driver="GTiff", height=32, width=32, count=bands,
+                       dtype=dtype, crs="EPSG:32633", transform=from_origin(500000, 5000000, 10, 10)) as dst:
+        dst.colorinterp = [ColorInterp.undefined] * (bands - 1) + [ColorInterp.alpha]  # before the pixels: kept
+        dst.write(data)
+    (record,) = scan(tmp_path / "m", DataConfig(patch_size=16)).records
+    assert record.num_bands == bands - 1 and record.valid_fraction == pytest.approx(0.75, abs=0.05)
+    window = RasterReader().read_window(record, 0, 0, 32, 32)
+    assert np.isnan(window[:, :, :8]).all() and (window[:, :, 8:] == 100).all()
+
+
+def test_a_model_that_took_the_alpha_band_as_a_band_is_told_why_the_file_now_lacks_it(tmp_path: Path) -> None:
+    """Models trained before alpha bands were masks list band_4: the mismatch says it is the alpha band and how to
+    read such files again."""
+    import torch
+
+    from geomed_ssl.data.stats import BandStats
+    from geomed_ssl.errors import DataError
+    from geomed_ssl.inference.raster import predict_raster
+
+    rgba_tif(tmp_path / "ortho.tif")
+    names = [f"band_{i}" for i in range(1, 5)]
+    stats = BandStats(names, [100.0] * 4, [30.0] * 4, [0.0] * 4, [255.0] * 4, [100] * 4)
+    with pytest.raises(DataError, match=r"Band 4 of .* is an alpha band.*gdal_translate -colorinterp_4 undefined"):
+        predict_raster(torch.nn.Conv2d(4, 3, 1), tmp_path / "ortho.tif", tmp_path / "p.tif", stats, window=(32, 32),
+                       num_classes=3)

@@ -625,6 +625,8 @@ def test_a_geotiff_whose_tiles_fail_to_reach_the_disk_never_takes_the_final_name
     monkeypatch.setattr(w._ds, "close", close_losing_tiles)
     with pytest.raises(OSError) as caught:
         w.close()
+    with pytest.raises(ValueError, match="failed: nothing to finish"):
+        w.commit()  # a failed finish never commits the unreadable draft
     w.abort()
     assert caught.value.errno in (errno.EIO, errno.ENOSPC) and caught.value.filename == str(tmp_path / "w.tif")
     assert (tmp_path / "w.tif").read_bytes() == b"the earlier map" and len(list(tmp_path.iterdir())) == 1
@@ -656,3 +658,15 @@ def test_a_volume_whose_probabilities_fail_keeps_the_earlier_class_map_and_proba
     with pytest.raises(OSError):
         predict_volume(lambda x: -threshold_model()(x), tmp_path / "case.nii.gz", out, stats, **kwargs)
     assert {p.name: p.read_bytes() for p in out.parent.iterdir()} == before and len(before) == 2
+
+
+def test_an_output_name_the_file_system_refuses_is_one_line_naming_it(tmp_path):
+    """A name whose draft (.partial-...) is too long for the file system: a DataError naming the file asked for."""
+    ref = tmp_path / "t1.nii.gz"
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((6, 7, 8), np.float32), np.eye(4)), str(ref))
+    out = tmp_path / ("p" * 240 + ".nii.gz")
+    with pytest.raises(DataError, match=r"cannot write '.*pppp\.nii\.gz'"):
+        write_nifti_like(np.ones((6, 7, 8), np.uint8), ref, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t1.nii.gz"]

@@ -58,7 +58,7 @@ class BarlowTwins(TwoViewMethod):
 
     def training_loss(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> MethodOutput:
         x1, x2 = self.two_views(batch)
-        z1, z2 = self.per_view(self.projector, self.represent(self.encoder, torch.cat([x1, x2]))).chunk(2)  # (B, P) each
+        z1, z2 = self.projector(self.represent(self.encoder, torch.cat([x1, x2]))).chunk(2)  # (B, P) each
         terms = barlow_twins_terms(z1, z2, gather_distributed=True)
         loss = terms.invariance + self.settings.lambda_offdiag * terms.redundancy
         return MethodOutput(loss, {"invariance": terms.invariance.detach(), "redundancy": terms.redundancy.detach(),

@@ -72,9 +72,9 @@ class BYOL(TwoViewMethod):
     def training_loss(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> MethodOutput:
         x1, x2 = self.two_views(batch)
         x = torch.cat([x1, x2])  # (2B, C, *G)
-        z = self.per_view(self.projector, self.represent(self.encoder, x))  # (2B, P)
-        p1, p2 = self.per_view(self.predictor, z).chunk(2)
+        z = self.projector(self.represent(self.encoder, x))  # (2B, P)
+        p1, p2 = self.predictor(z).chunk(2)
         with torch.no_grad():
-            t1, t2 = self.per_view(self.target_projector, self.represent(self.target_encoder, x)).chunk(2)
+            t1, t2 = self.target_projector(self.represent(self.target_encoder, x)).chunk(2)
         loss = symmetric_negative_cosine(p1, p2, t1, t2)
         return MethodOutput(loss, {"similarity_loss": loss.detach(), **self.monitor(z[: len(x1)], step)})

@@ -77,9 +77,8 @@ class MoCoV3(TwoViewMethod):
     def training_loss(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> MethodOutput:
         x1, x2 = self.two_views(batch)
         x = torch.cat([x1, x2])  # (2B, C, *G): one pass per network
-        z = self.per_view(self.projector, self.represent(self.encoder, x))  # (2B, P)
-        q1, q2 = self.per_view(self.predictor, z).chunk(2)  # (B, P) each
+        q1, q2 = self.predictor(self.projector(self.represent(self.encoder, x))).chunk(2)  # (B, P) each
         with torch.no_grad():
-            k1, k2 = self.per_view(self.momentum_projector, self.represent(self.momentum_encoder, x)).chunk(2)
+            k1, k2 = self.momentum_projector(self.represent(self.momentum_encoder, x)).chunk(2)
         loss = moco_v3_loss(q1, q2, k1, k2, self.settings.temperature)
         return MethodOutput(loss, {"contrastive_loss": loss.detach(), **self.monitor(q1, step)})

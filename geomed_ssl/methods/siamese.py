@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from geomed_ssl.config import MethodConfig
 from geomed_ssl.views.builder import ViewSpec
@@ -55,10 +55,3 @@ class TwoViewMethod(SSLMethod):
     def represent(encoder: ViTEncoder, x: Tensor) -> Tensor:
         """The representation of ``x`` (B, C, *S): the encoder's CLS token (B, D)."""
         return encoder(x)[:, 0]
-
-    @staticmethod
-    def per_view(head: nn.Module, z: Tensor) -> Tensor:
-        """``head`` on each view's half of ``z`` (2B, D) on its own, so its BatchNorms normalise one view at a time,
-        as the official MoCo v3, BYOL, SimSiam, Barlow Twins and VICReg code (one forward pass per view) does; the
-        encoder (LayerNorm, per sample) may still take both views in one pass. (2B, D) -> (2B, P)."""
-        return torch.cat([head(half) for half in z.chunk(2)])

@@ -57,8 +57,8 @@ class SimSiam(TwoViewMethod):
 
     def training_loss(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> MethodOutput:
         x1, x2 = self.two_views(batch)
-        z = self.per_view(self.projector, self.represent(self.encoder, torch.cat([x1, x2])))  # (2B, P)
+        z = self.projector(self.represent(self.encoder, torch.cat([x1, x2])))  # (2B, P)
         z1, z2 = z.chunk(2)
-        p1, p2 = self.per_view(self.predictor, z).chunk(2)
+        p1, p2 = self.predictor(z).chunk(2)
         loss = symmetric_negative_cosine(p1, p2, z1, z2)
         return MethodOutput(loss, {"similarity_loss": loss.detach(), **self.monitor(z1, step)})

@@ -62,7 +62,7 @@ class VICReg(TwoViewMethod):
 
     def training_loss(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> MethodOutput:
         x1, x2 = self.two_views(batch)
-        z1, z2 = self.per_view(self.projector, self.represent(self.encoder, torch.cat([x1, x2]))).chunk(2)  # (B, P) each
+        z1, z2 = self.projector(self.represent(self.encoder, torch.cat([x1, x2]))).chunk(2)  # (B, P) each
         t = vicreg_terms(z1, z2, gather_distributed=True)
         s = self.settings
         loss = s.invariance_weight * t.invariance + s.variance_weight * t.variance + s.covariance_weight * t.covariance

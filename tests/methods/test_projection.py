@@ -77,24 +77,17 @@ def test_bad_head_arguments_are_refused() -> None:
         P.Prototypes(4, 0)
 
 
-@pytest.mark.parametrize(("name", "settings"), [
-    ("moco_v3", {"proj_hidden_dim": 16, "proj_dim": 8}),
-    ("byol", {"proj_hidden_dim": 16, "proj_dim": 8}),
-    ("simsiam", {"proj_hidden_dim": 16, "proj_dim": 8}),
-    ("barlow_twins", {"proj_hidden_dim": 16, "proj_dim": 8}),
-    ("vicreg", {"proj_hidden_dim": 16, "proj_dim": 8}),
-    ("simclr", {"proj_hidden_dim": 16, "proj_dim": 8}),
-])
-def test_two_view_heads_normalise_each_view_on_its_own_as_the_official_code(name: str, settings: dict) -> None:
-    """MoCo v3, BYOL, SimSiam, Barlow Twins and VICReg run their heads once per view, so every BatchNorm sees one
-    view's B rows (a view-wide shift such as view 2's solarisation is normalised away); SimCLR's official code
-    projects both views in one batch of 2B."""
+@pytest.mark.parametrize("name", ["moco_v3", "byol", "simsiam", "barlow_twins", "vicreg", "simclr"])
+def test_two_view_heads_normalise_both_views_in_one_batch(name: str) -> None:
+    """The heads take both views in one batch of 2B (SimCLR's official way; MoCo v3's, BYOL's, SimSiam's and the
+    redundancy methods' official code runs one pass per view). Measured (docs/benchmarks_eurosat.md): per-view
+    BatchNorm was level on EuroSAT and stopped MoCo v3's and SimSiam's losses falling at 4-6 samples per view."""
     from geomed_ssl.methods import METHODS
     from geomed_ssl.models.encoder import EncoderConfig
 
     torch.manual_seed(0)
     enc = EncoderConfig(in_chans=3, img_size=(8, 8), patch_size=(4, 4), embed_dim=16, depth=1, num_heads=2)
-    method = METHODS[name](enc, settings, max_steps=10)
+    method = METHODS[name](enc, {"proj_hidden_dim": 16, "proj_dim": 8}, max_steps=10)
     seen: list[int] = []
     for module in method.modules():
         if isinstance(module, nn.BatchNorm1d):
@@ -102,4 +95,4 @@ def test_two_view_heads_normalise_each_view_on_its_own_as_the_official_code(name
     g = torch.Generator().manual_seed(1)
     views = [torch.randn(6, 3, 8, 8, generator=g), torch.randn(6, 3, 8, 8, generator=g) + 3.0]
     method.training_loss({"views": {"global": views, "local": []}, "index": torch.arange(6)}, 0, g)
-    assert seen and set(seen) == ({12} if name == "simclr" else {6})
+    assert seen and set(seen) == {12}

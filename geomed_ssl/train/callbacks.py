@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -84,6 +85,21 @@ class ExportEncoder(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.export(trainer, pl_module)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A resume with nothing left to train (a run killed after its last checkpoint, before the export) skips
+        the training hooks: export the checkpoint's weights here when the folder's encoder is of another step."""
+        if trainer.is_global_zero and trainer.global_step != self.done_step \
+                and exported_step(self.out_dir) != trainer.global_step:
+            self.export(trainer, pl_module)
+
+
+def exported_step(folder: Path) -> int | None:
+    """The step of the encoder exported in ``folder`` (its config.json), None when there is none readable."""
+    try:
+        return int(json.loads((Path(folder) / "config.json").read_text()).get("step"))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
 
 
 class Previews(L.Callback):

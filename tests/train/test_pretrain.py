@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import csv
+import json
+import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +107,30 @@ def test_resume_after_kill_continues_same_loss_curve(raster_dir: Path, tmp_path:
     a, b = losses(tmp_path / "full"), losses(killed)
     assert sorted(b) == list(range(1, 11))
     np.testing.assert_allclose([b[s] for s in range(6, 11)], [a[s] for s in range(6, 11)], rtol=0, atol=1e-5)
+
+
+def test_a_run_killed_between_its_last_checkpoint_and_its_export_gets_the_final_encoder_on_resume(
+        raster_dir: Path, tmp_path: Path) -> None:
+    """The resume has nothing left to train (Lightning skips the training hooks): it still exports the final
+    checkpoint's encoder when the folder holds an earlier one."""
+    from safetensors.torch import load_file
+
+    from geomed_ssl.train.pretrain import pretrain
+
+    overrides = [*TINY, "data.sensor=null", "data.patch_size=16", "train.max_steps=6", "train.checkpoint_every=4"]
+    run = tmp_path / "run"
+    pretrain("recipes/mae_sentinel2.yaml", raster_dir, run, overrides=overrides, progress=False)
+    final = load_file(run / "encoder" / "model.safetensors")
+    earlier = tmp_path / "earlier"  # what the export of step 4 left, as a kill before the final export leaves it
+    pretrain("recipes/mae_sentinel2.yaml", raster_dir, earlier, overrides=[*overrides, "train.max_steps=4"],
+             progress=False)
+    shutil.rmtree(run / "encoder")
+    shutil.copytree(earlier / "encoder", run / "encoder")
+    assert json.loads((run / "encoder" / "config.json").read_text())["step"] == 4
+    pretrain(None, raster_dir, run, resume=True, progress=False)
+    assert json.loads((run / "encoder" / "config.json").read_text())["step"] == 6
+    again = load_file(run / "encoder" / "model.safetensors")
+    assert all(torch.equal(final[k], again[k]) for k in final)
 
 
 def test_more_workers_than_cpus_are_capped_and_the_run_is_the_same(raster_dir: Path, tmp_path: Path, monkeypatch,

@@ -205,7 +205,8 @@ class TrainConfig:
     devices: int | str | list[int] = setting(1, "devices per node: a count, a list of device ids, -1 or auto (all)")
     strategy: str = setting("auto", "Lightning strategy: auto or a DDP one (ddp, ddp_spawn, ddp_fork, ...)")
     num_nodes: int = setting(1, "machines (multi-node DDP)", bounds=">= 1")
-    seed: int = setting(0, "sampling, masking and init seed", bounds=SEED)
+    seed: int = setting(0, "pretraining's sampling, masking and init seed (a fine-tune's only with --encoder none: "
+                              "its head, views and batches follow labels.seed)", bounds=SEED)
     checkpoint_every: int = setting(100, "steps between kept checkpoints (step-NNNNNN.ckpt) and encoder exports",
                                     bounds=STEPS)
     checkpoint_minutes: float = setting(5.0, "minutes of wall time between refreshes of last.ckpt (0: off)",
@@ -268,7 +269,8 @@ class LabelsConfig:
     block_size: int = setting(16, "block side for the block split", bounds=">= 1")
     test_fraction: float | None = setting(None, "subsample the test set (speed); null: every remaining label",
                                           bounds="(0, 1]")
-    seed: int = setting(0, "label sampling seed", bounds=SEED)
+    seed: int = setting(0, "label sampling seed; also a fine-tune's new head, augmentations and batch order",
+                        bounds=SEED)
     label_name: str | None = setting(None, "the label is this file beside each image (a folder per case, e.g. BraTS)")
     remap: dict[int, int] | None = setting(None, "merge / renumber classes on reading, e.g. {2: 1, 3: 1, 4: 1}")
 

@@ -436,5 +436,5 @@ def write_cluster_maps(out: Path, manifest: dict[str, Any], grid_index: np.ndarr
         path = write_grid(f, arr, out / "maps" / f"{stems[f['path']]}_clusters{ext}", MAP_NODATA, ["cluster"])
         save_label_png(arr[0], path.with_name(f"{stems[f['path']]}_clusters.png"),
                        f"clusters of {os.path.basename(f['path'])}", MAP_NODATA)
-        written.append(str(path))
+        written.append(str(path.absolute()))  # the same from any folder
     return written

@@ -180,7 +180,7 @@ def write_embedding_maps(emb_dir: Path, manifest: dict[str, Any], vectors: np.nd
         arr = fill_grid(f, grid_index[a:a + n], proj, np.nan, np.float32)
         ext = ".tif" if f["kind"] == "raster" else ".nii.gz"
         path = emb_dir / "maps" / f"{stems[f['path']]}_embedding{ext}"
-        written.append(str(write_grid(f, arr, path, np.nan, names)))
+        written.append(str(write_grid(f, arr, path, np.nan, names).absolute()))  # the same from any folder
     return written
 
 

@@ -263,3 +263,12 @@ def test_identical_vectors_are_one_warning_not_a_library_traceback_of_warnings(c
         warnings.simplefilter("error")  # a scikit-learn warning would fail here
         labels, _ = fit_predict(vectors, "kmeans", k=3, seed=0)
     assert "all 12 vectors are the same" in caplog.text and labels.shape == (12,)
+
+
+def test_maps_are_recorded_by_absolute_path_whatever_the_working_folder(window_embeddings: tuple[Path, Path],
+                                                                         tmp_path: Path, monkeypatch) -> None:
+    """A relative --out gives the same summary.json as an absolute one, readable from any folder."""
+    _, emb = window_embeddings
+    monkeypatch.chdir(tmp_path)
+    result = cluster_embeddings(emb, Path("cl"), "kmeans", k=3)
+    assert result.summary["maps"] and all(Path(p).is_absolute() and Path(p).is_file() for p in result.summary["maps"])

@@ -30,6 +30,7 @@ LADDER: list[tuple[str, tuple[str, ...]]] = [
     ("models", ("models",)),
     ("views", ("views",)),
     ("data", ("data",)),
+    ("geo", ("geo",)),
     ("bands", ("bands",)),
     ("outputs", ("outdirs", "outcommands")),
     ("config", ("config",)),

@@ -27,7 +27,7 @@ from geomed_ssl.bands.names import resolve_band_info
 from geomed_ssl.bands.conform import report_positional_names
 from geomed_ssl.data.probe import (RASTER_PREVIEW, VOLUME_PREVIEW, FileProbe, ProbeError, probe_file,  # noqa: F401
                                   reordered)
-from geomed_ssl.data.grids import grid_diffs
+from geomed_ssl.geo.grids import grid_diffs
 from geomed_ssl.data.listing import EXTENSIONS, has_ext, list_files, once, unread_formats
 from geomed_ssl.data.survey import grid_lines
 from geomed_ssl.errors import DataError

@@ -21,7 +21,7 @@ import numpy as np
 
 from geomed_ssl.bands.conform import pick_bands
 from geomed_ssl.data.crops import pad_crop
-from geomed_ssl.data.gdal_read import read_masked
+from geomed_ssl.geo.gdal_read import read_masked
 from geomed_ssl.errors import DataError
 
 Region = tuple[int, int, int, int]  # row_off, col_off, height, width (file pixels, inside the file)
@@ -410,7 +410,7 @@ def valid_map(record: Any, data_cfg: Any, labelled: np.ndarray, rows_per_read: i
     readers' output: every band of the file finite, GDAL masks and a stack's own nodata included, not all bands at
     nodata), on the grid of the bool map ``labelled``; None when nothing can be invalid. Only raster strips holding a
     labelled pixel are read (whole tiles: ``rows_per_read`` is rounded to the tile height); elsewhere True."""
-    from geomed_ssl.data.gdal_read import has_dataset_mask
+    from geomed_ssl.geo.gdal_read import has_dataset_mask
     from geomed_ssl.data.stats import valid_mask
 
     nodata = data_cfg.nodata if data_cfg.nodata is not None else record.nodata

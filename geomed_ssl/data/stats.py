@@ -26,7 +26,7 @@ import numpy as np
 
 from geomed_ssl.config import as_tuple, spatial_dims
 from geomed_ssl.bands.conform import pick_bands
-from geomed_ssl.data.gdal_read import read_masked
+from geomed_ssl.geo.gdal_read import read_masked
 from geomed_ssl.errors import DataError
 
 log = logging.getLogger("geomed_ssl")

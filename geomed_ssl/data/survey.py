@@ -13,25 +13,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from geomed_ssl.geo.grids import crs_name
+
 log = logging.getLogger("geomed_ssl")
 
 FAR_SPANS = 5.0  # a file band this many archive spans (median p99 - median p1) above the archive ...
 FAR_FACTOR = 10.0  # ... and this many times its magnitude is far (a fill value such as 65535 or 3e38)
-
-
-@functools.lru_cache(maxsize=64)  # called per stored row by similar and per file by inspect
-def crs_name(wkt: str | None, none: str = "") -> str:
-    """A short name of a CRS stored as WKT (``EPSG:32633``), the WKT itself when it has no code (unparsable: as
-    stored), or ``none`` when there is none (pixels, or a volume's RAS millimetres)."""
-    if not wkt:
-        return none
-    try:
-        from rasterio.crs import CRS
-
-        crs = CRS.from_wkt(wkt)
-        return crs.to_string() if crs.to_epsg() is not None else wkt
-    except Exception:  # an unparsable CRS is still reported as stored
-        return wkt
 
 
 @functools.lru_cache(maxsize=64)  # one parse per CRS, not per file (summary and warnings both ask)

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from geomed_ssl.data.gdal_read import check_written
+from geomed_ssl.geo.gdal_read import check_written
 from geomed_ssl.data.tiling import grid_shape
 from geomed_ssl.errors import DataError
 from geomed_ssl.outcommands import distinct_names

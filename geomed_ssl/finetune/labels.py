@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from geomed_ssl.data.catalog import EXTENSIONS, FileRecord
-from geomed_ssl.data.grids import gcp_grid, grid_diffs
+from geomed_ssl.geo.grids import gcp_grid, grid_diffs
 from geomed_ssl.data.listing import walk
 from geomed_ssl.data.readers import nearest_index, resampled_shape, valid_map, voxel_mm
 from geomed_ssl.data.tables import LINE, read_rows

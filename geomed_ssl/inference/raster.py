@@ -21,7 +21,7 @@ import torch
 from geomed_ssl.config import DataConfig
 from geomed_ssl.bands.names import BandInfo, band_order, resolve_band_info
 from geomed_ssl.bands.conform import alpha_note, note_band_order, report_positional_names
-from geomed_ssl.data.gdal_read import data_bands, read_masked
+from geomed_ssl.geo.gdal_read import data_bands, read_masked
 from geomed_ssl.data.stats import (BandStats, band_gaps, band_percentiles, normalize, valid_mask, valid_values,
                                   warn_far_from_stats)
 from geomed_ssl.data.tiling import DEFAULT_OVERLAP, blend_weights, window_starts

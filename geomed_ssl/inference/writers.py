@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from geomed_ssl.errors import WRITE_ERRNOS, ConfigError, DataError
-from geomed_ssl.data.gdal_read import check_written
+from geomed_ssl.geo.gdal_read import check_written
 from geomed_ssl.outfiles import atomic_path, commit_partial, partial_path, raise_write_error
 
 BLOCK = 256  # output tile side (pixels)

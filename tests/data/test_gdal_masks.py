@@ -12,7 +12,7 @@ from rasterio.transform import from_origin
 
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.catalog import scan
-from geomed_ssl.data.gdal_read import read_masked
+from geomed_ssl.geo.gdal_read import read_masked
 from geomed_ssl.data.readers import RasterReader
 from tests.conftest import structured_raster
 

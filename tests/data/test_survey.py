@@ -10,7 +10,8 @@ from affine import Affine
 
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.catalog import scan
-from geomed_ssl.data.survey import crs_name, value_outliers, warn_survey
+from geomed_ssl.data.survey import value_outliers, warn_survey
+from geomed_ssl.geo.grids import crs_name
 from tests.data.conftest import SHARED
 
 

@@ -1,5 +1,5 @@
-"""Whether two rasters share one pixel grid, and how they differ when not: the one rule behind the label check
-(``finetune.labels``) and the per-band files stacked by ``data.channels`` (``data.catalog``).
+"""CRS names, and whether two rasters share one pixel grid and how they differ when not: the one rule behind the
+label check (``finetune.labels``) and the per-band files stacked by ``data.channels`` (``data.catalog``).
 
 Sizes are compared exactly; CRSs as coordinate systems (``CRS ==``), not as WKT text; the pixel axes relative to the
 image's pixel size and the origin in pixels (a 1/1000-pixel tolerance), never relative to the coordinates' magnitude,
@@ -8,6 +8,7 @@ so a shift of a few pixels is found at a UTM northing of 5,000,000 m or at 14° 
 
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Sequence
 
@@ -16,10 +17,23 @@ import numpy as np
 PIXEL_TOL = 1e-3  # origins within a thousandth of a pixel are one grid
 
 
+@functools.lru_cache(maxsize=64)  # called per stored row by similar and per file by inspect
+def crs_name(wkt: str | None, none: str = "") -> str:
+    """A short name of a CRS stored as WKT (``EPSG:32633``), the WKT itself when it has no code (unparsable: as
+    stored), or ``none`` when there is none (pixels, or a volume's RAS millimetres)."""
+    if not wkt:
+        return none
+    try:
+        from rasterio.crs import CRS
+
+        crs = CRS.from_wkt(wkt)
+        return crs.to_string() if crs.to_epsg() is not None else wkt
+    except Exception:  # an unparsable CRS is still reported as stored
+        return wkt
+
+
 def crs_text(wkt: str | None) -> str:
     """A CRS's short name for a message (``none`` without one)."""
-    from geomed_ssl.data.survey import crs_name
-
     text = crs_name(wkt, "none")
     return text if len(text) <= 60 else text[:57] + "..."
 

@@ -48,7 +48,8 @@ from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 
 log = logging.getLogger("geomed_ssl")
 DTYPES = ("float32", "float16")
-FILES_PER_PART = 256  # image level: files per atomic part
+FILES_PER_PART = 256  # files per atomic part (at most)
+WINDOWS_PER_PART = 4096  # window / patch level: small files share a part up to this many windows
 
 
 @dataclass
@@ -266,8 +267,9 @@ def finished_run(store: EmbeddingStore, manifest: dict[str, Any], paths: list[st
 def embed_records(emb: Embedder, store: EmbeddingStore, todo: Sequence[Any], root: str | None, dtype: str,
                   progress: bool) -> None:
     """Embed ``todo`` into committed parts of ``store``: image level ``FILES_PER_PART`` files a part, window and
-    patch levels one file a part. A progress bar (files or windows) shows on a terminal only (tqdm writes to
-    stderr)."""
+    patch levels consecutive files up to ``WINDOWS_PER_PART`` windows a part (a larger file alone): every commit
+    rewrites the manifest, so one part per small file made an archive of chips quadratic. A progress bar (files or
+    windows) shows on a terminal only (tqdm writes to stderr)."""
     from tqdm.auto import tqdm
 
     image = emb.level == "image"
@@ -277,19 +279,36 @@ def embed_records(emb: Embedder, store: EmbeddingStore, todo: Sequence[Any], roo
     if image:
         groups = [todo[i:i + FILES_PER_PART] for i in range(0, len(todo), FILES_PER_PART)]
     else:
-        groups = [[rec] for rec in todo]
+        groups = window_groups(todo, emb.window, emb.stride)
         emb.progress = bar.update
     try:
         for group in groups:
             part = store.part(dtype)
             try:
-                metas = _image_part(emb, part, group, root, bar) if image else _window_part(emb, part, group[0], root)
+                metas = _image_part(emb, part, group, root, bar) if image else \
+                    [m for rec in group for m in _window_part(emb, part, rec, root)]
                 part.commit(metas)
             except BaseException:
                 part.abort()
                 raise
     finally:
         bar.close()
+
+
+def window_groups(todo: Sequence[Any], window: Sequence[int], stride: Sequence[int]) -> list[list[Any]]:
+    """``todo`` cut into consecutive groups of at most ``FILES_PER_PART`` files and ``WINDOWS_PER_PART`` windows (a
+    file with more windows is a group alone): the files of one part."""
+    groups: list[list[Any]] = []
+    current: list[Any] = []
+    windows = 0
+    for rec in todo:
+        n = math.prod(grid_shape(rec.shape, window, stride))
+        if current and (windows + n > WINDOWS_PER_PART or len(current) >= FILES_PER_PART):
+            groups.append(current)
+            current, windows = [], 0
+        current.append(rec)
+        windows += n
+    return groups + ([current] if current else [])
 
 
 def _image_part(emb: Embedder, part: Any, group: Sequence[Any], root: str | None, bar: Any) -> list[dict[str, Any]]:

@@ -162,6 +162,9 @@ class Killed(Exception):
 
 def test_a_run_killed_midway_resumes_without_duplicates(data: Path, encoder: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from geomed_ssl.embeddings import extract
+
+    monkeypatch.setattr(extract, "WINDOWS_PER_PART", 1)  # a part per file, as a large file makes
     ref = tmp_path / "ref"
     embed_folder(encoder, data, ref, level="window", batch_size=4, dtype="float16", progress=False)
     out = tmp_path / "killed"
@@ -471,3 +474,16 @@ def test_embed_options_are_checked_before_the_folder_is_read(encoder: Path, tmp_
                             ({"level": "window", "window": "5000"}, "--window 5000: at most 4096")):
         with pytest.raises(ConfigError, match=message):
             embed_folder(encoder, missing, tmp_path / "emb", progress=False, **kwargs)
+
+
+def test_small_files_share_window_level_parts_and_a_large_one_stands_alone() -> None:
+    """One part (and one manifest rewrite) per small file made an archive of chips quadratic."""
+    from types import SimpleNamespace
+
+    from geomed_ssl.embeddings.extract import FILES_PER_PART, WINDOWS_PER_PART, window_groups
+
+    chips = [SimpleNamespace(shape=(64, 64)) for _ in range(600)]  # one 64-px window each
+    big = SimpleNamespace(shape=(64 * 80, 64 * 80))  # 6,400 windows
+    groups = window_groups([*chips[:10], big, *chips[10:]], (64, 64), (64, 64))
+    assert [len(g) for g in groups] == [10, 1, FILES_PER_PART, FILES_PER_PART, 590 - 2 * FILES_PER_PART]
+    assert groups[1] == [big] and sum(len(g) for g in groups) == 601 and WINDOWS_PER_PART >= FILES_PER_PART

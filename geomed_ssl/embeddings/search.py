@@ -30,7 +30,7 @@ from geomed_ssl.geo.grids import crs_name
 from geomed_ssl.embeddings.embedder import Embedder
 from geomed_ssl.embeddings.extract import encoder_for
 from geomed_ssl.embeddings.maps import grid_stem, grid_stems
-from geomed_ssl.embeddings.store import load_embeddings, optional_module, read_columns
+from geomed_ssl.embeddings.store import load_embeddings, optional_module, read_rows
 from geomed_ssl.errors import ConfigError, DataError, GeomedError
 from geomed_ssl.models.device import resolve_device
 from geomed_ssl.outcommands import name_hash
@@ -209,14 +209,14 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
     emb = embedder_for(manifest, record, encoder, device)
     box_list = parse_box(box, nd)
     qvec, region = query_vector(emb, record, box_list)
-    cols = read_columns(emb_dir, ["id", "file", "box", "window", "x", "y", "z", "crs"])
-    exclude = set() if include_self else rows_of_region(manifest, cols, qpath, region, nd)
+    exclude = set() if include_self else rows_of_region(emb_dir, manifest, qpath, region, nd)
     idx, sims = cosine_top_k(vectors, qvec, top, exclude)
-    hits = [{"rank": r + 1, "score": round(float(s), 6), "id": int(i), "file": cols["file"][i],
-             "box": [int(v) for v in cols["box"][i]], "window": [int(v) for v in cols["window"][i]],
-             "x": float(cols["x"][i]), "y": float(cols["y"][i]),
-             "z": None if cols["z"][i] is None or math.isnan(cols["z"][i]) else float(cols["z"][i]),
-             "crs": crs_name(cols["crs"][i])}
+    cols = read_rows(emb_dir, ["id", "file", "box", "window", "x", "y", "z", "crs"], [int(i) for i in idx])
+    hits = [{"rank": r + 1, "score": round(float(s), 6), "id": int(i), "file": cols["file"][r],
+             "box": [int(v) for v in cols["box"][r]], "window": [int(v) for v in cols["window"][r]],
+             "x": float(cols["x"][r]), "y": float(cols["y"][r]),
+             "z": None if cols["z"][r] is None or math.isnan(cols["z"][r]) else float(cols["z"][r]),
+             "crs": crs_name(cols["crs"][r])}
             for r, (i, s) in enumerate(zip(idx, sims))]
     name = query_name(qpath, manifest) + ("_" + "-".join(map(str, box_list)) if box_list else "")
     out = prepare_out_dir(Path(out_dir) if out_dir is not None else search_dir / name, **rule)
@@ -246,15 +246,15 @@ def query_name(query: Path, manifest: dict[str, Any]) -> str:
     return stems.get(str(query)) or f"{grid_stem({'rel': query.name})}-{name_hash(str(query))}"
 
 
-def rows_of_region(manifest: dict[str, Any], cols: dict[str, Any], path: Path, region: list[int],
+def rows_of_region(emb_dir: str | Path, manifest: dict[str, Any], path: Path, region: list[int],
                    nd: int) -> set[int]:
     """The stored rows of the file at ``path`` whose box centre lies in ``region`` (none when it was not
-    embedded): the query's own rows, left out of its hits."""
+    embedded): the query's own rows, left out of its hits. Reads that file's boxes only."""
     f = next((f for f in manifest["files"] if Path(f["path"]).resolve() == path), None)
-    if f is None:
+    if f is None or not int(f["rows"]):
         return set()
     a, n = int(f["first_row"]), int(f["rows"])
-    b = cols["box"][a:a + n]
+    b = read_rows(emb_dir, ["box"], range(a, a + n))["box"]
     centre = b[:, :nd] + b[:, nd:] / 2.0
     inside = np.all((centre >= region[:nd]) & (centre <= np.add(region[:nd], region[nd:])), axis=1)
     return set((np.flatnonzero(inside) + a).tolist())

@@ -429,6 +429,40 @@ def read_columns(emb_dir: str | Path, columns: Iterable[str]) -> dict[str, Any]:
     except (pa.ArrowException, OSError) as err:
         raise GeomedError(f"'{Path(emb_dir) / TABLE}' cannot be read ({str(err).splitlines()[0]}); re-run the "
                           "embedding with --overwrite.") from None
+    return _as_columns(table)
+
+
+def read_rows(emb_dir: str | Path, columns: Iterable[str], rows: Sequence[int]) -> dict[str, Any]:
+    """Some columns of the rows ``rows`` (ids, in this order) of ``embeddings.parquet``, as :func:`read_columns`
+    gives them, reading only the row groups that hold them: a few hits of millions of rows never load the rest
+    (their file names and CRSs as Python strings took gigabytes)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(emb_dir) / TABLE
+    try:
+        pf = pq.ParquetFile(path)
+        sizes = [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
+        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        ids = np.asarray(list(rows), np.int64)
+        if len(ids) and (ids.min() < 0 or ids.max() >= starts[-1]):
+            raise IndexError(f"rows outside the table's {int(starts[-1])}")
+        group_of = np.searchsorted(starts, ids, side="right") - 1
+        groups = sorted(set(group_of.tolist()))
+        table = pf.read_row_groups(groups, columns=list(columns)) if groups else \
+            pf.schema_arrow.empty_table().select(list(columns))
+    except (pa.ArrowException, OSError, IndexError) as err:
+        raise GeomedError(f"'{path}' cannot be read ({str(err).splitlines()[0]}); re-run the embedding with "
+                          "--overwrite.") from None
+    begin = {g: int(b) for g, b in zip(groups, np.concatenate([[0], np.cumsum([sizes[g] for g in groups])]))}
+    local = [begin[g] + int(i - starts[g]) for i, g in zip(ids.tolist(), group_of.tolist())]
+    return _as_columns(table.take(pa.array(local, pa.int64())))
+
+
+def _as_columns(table: Any) -> dict[str, Any]:
+    """A pyarrow table as numpy arrays (list columns as (N, k)) or Python lists (strings)."""
+    import pyarrow as pa
+
     out: dict[str, Any] = {}
     for name in table.column_names:
         col = table.column(name).combine_chunks()

@@ -222,3 +222,22 @@ def test_a_folder_of_an_earlier_version_warns_rather_than_refuses_a_copied_encod
     shutil.copytree(enc, copy, copy_function=shutil.copy)  # contents only: new modification times
     result = find_similar(emb, data / "scene_1.tif", top=1, out_dir=tmp_path / "q", encoder=copy, sheet=False)
     assert Path(result.hits[0]["file"]).name == "twin_of_1.tif" and "earlier version" in caplog.text
+
+
+def test_read_rows_gives_the_rows_asked_for_in_their_order_from_their_row_groups(tmp_path) -> None:
+    """similar reads its hits' metadata by id, not every row's (gigabytes of strings on millions of rows)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from geomed_ssl.embeddings.store import TABLE, read_columns, read_rows
+
+    with pq.ParquetWriter(tmp_path / TABLE, pa.schema([("id", pa.int64()), ("file", pa.string())])) as w:
+        for start in (0, 5, 12):  # three row groups of 5, 7 and 3 rows
+            n = {0: 5, 5: 7, 12: 3}[start]
+            w.write_table(pa.table({"id": list(range(start, start + n)), "file": [f"f{i}" for i in
+                                                                                  range(start, start + n)]}))
+    assert pq.ParquetFile(tmp_path / TABLE).num_row_groups == 3
+    got = read_rows(tmp_path, ["id", "file"], [13, 0, 7, 6])
+    assert got["id"].tolist() == [13, 0, 7, 6] and got["file"] == ["f13", "f0", "f7", "f6"]
+    every = read_columns(tmp_path, ["file"])["file"]
+    assert read_rows(tmp_path, ["file"], range(15))["file"] == every and read_rows(tmp_path, ["file"], [])["file"] == []

@@ -165,11 +165,17 @@ def as_write_error(err: BaseException, path: PathLike) -> OSError | None:
     return write_error(err, final_name(named) if isinstance(err, OSError) and named else path)
 
 
-def raise_write_error(err: BaseException, path: PathLike) -> None:
-    """Raise :func:`as_write_error` of ``err`` when there is one; return otherwise."""
-    failure = as_write_error(err, path)
-    if failure is not None:
-        raise failure from err
+@contextmanager
+def naming_write_errors(path: PathLike) -> Iterator[None]:
+    """Within the block, a file-system failure (:func:`as_write_error`) is raised as an OSError naming ``path``;
+    anything else passes as it is."""
+    try:
+        yield
+    except Exception as err:
+        failure = as_write_error(err, path)
+        if failure is not None:
+            raise failure from err
+        raise
 
 
 @contextmanager
@@ -288,13 +294,10 @@ def atomic_write_dir(target: PathLike, write: Callable[[Path], Any]) -> None:
         previous = target.stat() if target.is_dir() else None
         if previous is not None:  # before ``write``: its files take the folder's group where it is setgid
             _keep_mode_and_group(tmp, previous)
-        try:
+        with naming_write_errors(target):
             write(tmp)
             apply_umask(tmp)
             fsync_tree(tmp)  # what ``write`` made; carried entries are the user's, already on disk
-        except Exception as err:
-            raise_write_error(err, target)
-            raise
         if previous is not None:
             _carry_foreign(target, tmp)
             _keep_mode_and_group(tmp, previous)
@@ -318,13 +321,10 @@ def _fill_in_place(target: Path, write: Callable[[Path], Any]) -> None:
     _remove(stage)
     stage.mkdir()
     try:
-        try:
+        with naming_write_errors(target):
             write(stage)
             apply_umask(stage)
             fsync_tree(stage)
-        except Exception as err:
-            raise_write_error(err, target)
-            raise
         if (stage / "config.json").exists():  # a refill: never new weights beside the old config, even briefly
             (target / "config.json").unlink(missing_ok=True)
         for entry in sorted(stage.iterdir(), key=lambda e: (e.name == "config.json", e.name)):

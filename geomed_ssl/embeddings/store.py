@@ -31,7 +31,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from geomed_ssl.errors import DataError, GeomedError
-from geomed_ssl.outfiles import (atomic_paths, atomic_write_text, commit_partial, partial_path, raise_write_error,
+from geomed_ssl.outfiles import (atomic_paths, atomic_write_text, commit_partial, naming_write_errors, partial_path,
                                  remove_stale_partials)
 
 log = logging.getLogger("geomed_ssl")
@@ -183,21 +183,15 @@ class PartWriter:
             cols[key] = pa.array(value, pa.string() if key in ("footprint_wkt", "crs") else pa.float64())
         cols["vector"] = fixed_list(vec, pa.from_numpy_dtype(self.dtype))
         chunk = self.tmp / f"chunk-{self.chunks:05d}.parquet"
-        try:
+        with naming_write_errors(self.store.dir / TABLE):  # pyarrow's OSError names no file: name the output
             pq.write_table(pa.table(cols), chunk)
-        except Exception as err:  # pyarrow's OSError names no file: name the output being made
-            raise_write_error(err, self.store.dir / TABLE)
-            raise
         self.chunks += 1
         self.rows += n
 
     def commit(self, files: list[dict[str, Any]]) -> Path:
         """Publish the part holding ``files`` (each a file-meta dict with its ``rows`` count)."""
-        try:
+        with naming_write_errors(self.store.dir / TABLE):
             (self.tmp / "files.json").write_text(json.dumps(files))
-        except OSError as err:
-            raise_write_error(err, self.store.dir / TABLE)
-            raise
         return self.store._publish(self.tmp, files)
 
     def abort(self) -> None:

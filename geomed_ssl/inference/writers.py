@@ -16,7 +16,7 @@ import numpy as np
 
 from geomed_ssl.errors import WRITE_ERRNOS, ConfigError, DataError
 from geomed_ssl.geo.gdal_read import check_written
-from geomed_ssl.outfiles import atomic_path, commit_partial, partial_path, raise_write_error
+from geomed_ssl.outfiles import atomic_path, commit_partial, naming_write_errors, partial_path
 
 BLOCK = 256  # output tile side (pixels)
 PROBA_SCALE = 254  # uint8 probabilities store round(p * 254); 255 is nodata
@@ -145,13 +145,10 @@ class GeoTiffWriter:
         from rasterio.windows import Window
 
         r, c, h, w = win
-        try:
+        with naming_write_errors(self.path):
             for band in range(self.count):  # band by band: each (h, w) slice is contiguous, so nothing is copied
                 self._ds.write(np.ascontiguousarray(arr[band], dtype=self.dtype), band + 1,
                                window=Window(c, r, w, h))
-        except Exception as err:
-            raise_write_error(err, self.path)
-            raise
         self.rows_written += h if (c == 0 and w == self.width) else 0
 
     # -- finishing --------------------------------------------------------------------------------------------
@@ -163,11 +160,9 @@ class GeoTiffWriter:
         if self._ds is None:
             raise ValueError(f"the writer of '{self.path}' was aborted or failed: nothing to finish")
         try:
-            self._flush()
-            self._ds.close()
-        except Exception as err:
-            raise_write_error(err, self.path)
-            raise
+            with naming_write_errors(self.path):
+                self._flush()
+                self._ds.close()
         finally:
             self._ds = None
         check_written(self._tmp, self.path)

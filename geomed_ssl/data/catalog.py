@@ -312,31 +312,30 @@ def _record(probes: list[FileProbe], kind: str, data_cfg: Any, fallback: list[st
     if fraction == 0.0:
         nd = f"nodata={first.nodata:g}" if first.nodata is not None else "no nodata value set"
         raise ProbeError(f"all pixels are nodata or NaN ({nd}, estimated from a decimated read)")
-    keep, offset = [], 0  # the stack's bands but alpha bands (a mask GDAL applies, not a band to learn from)
+    descriptions, tags, alpha, scales, offsets = [], [], [], [], []  # every band of the stack, file after file
     for p in probes:
-        alpha = set(p.geo.get("alpha_bands") or [])
-        keep += [offset + i for i in range(p.num_bands) if i not in alpha]
-        offset += p.num_bands
-    descriptions = [d for p in probes for d in p.descriptions]
-    tags, offset = {}, 0
-    for p in probes:  # 1-based band index in the stack -> that band's tags
-        tags.update({offset + b: t for b, t in p.tags.items()})
-        offset += p.num_bands
-    try:
-        bands = resolve_band_info(len(keep), [descriptions[i] for i in keep], {n + 1: tags.get(i + 1, {}) for n, i in
-                                  enumerate(keep)}, data_cfg, first.path, fallback_names=fallback)
-    except DataError as err:
-        hidden = ", ".join(str(i + 1) for i in range(offset) if i not in set(keep))
-        alpha = f" (not counting its alpha band {hidden}: the mask of missing pixels)" if hidden else ""
-        raise ProbeError(str(err).replace(f"'{first.path}' ", "", 1) + alpha) from None
-    if len(keep) < offset:
-        _note_alpha(first.path, [i + 1 for i in range(offset) if i not in set(keep)])
-    value_range = [v for p in probes for v in p.value_range]
-    scales, offsets = [], []  # the stack's [scales, offsets], 1 / 0 for a file without them
-    for p in probes:
-        s, o = p.geo.get("value_scaling") or ([1.0] * p.num_bands, [0.0] * p.num_bands)
+        masks = set(p.geo.get("alpha_bands") or [])
+        s, o = p.geo.get("value_scaling") or ([1.0] * p.num_bands, [0.0] * p.num_bands)  # 1 / 0: none
+        descriptions += p.descriptions
+        tags += [p.tags.get(b + 1, {}) for b in range(p.num_bands)]
+        alpha += [b in masks for b in range(p.num_bands)]
         scales, offsets = scales + list(s), offsets + list(o)
-    scales, offsets = [scales[i] for i in keep], [offsets[i] for i in keep]
+    keep = [i for i, a in enumerate(alpha) if not a]  # the bands read: alpha bands are a mask, not bands to learn
+    hidden = [i + 1 for i, a in enumerate(alpha) if a]
+
+    def pick(seq: list[Any]) -> list[Any]:
+        return [seq[i] for i in keep]
+
+    try:
+        bands = resolve_band_info(len(keep), pick(descriptions), dict(enumerate(pick(tags), start=1)), data_cfg,
+                                  first.path, fallback_names=fallback)
+    except DataError as err:
+        alpha_text = (f" (not counting its alpha band {', '.join(map(str, hidden))}: the mask of missing pixels)"
+                      if hidden else "")
+        raise ProbeError(str(err).replace(f"'{first.path}' ", "", 1) + alpha_text) from None
+    if hidden:
+        _note_alpha(first.path, hidden)
+    scales, offsets = pick(scales), pick(offsets)
     scaling = None if all(v == 1 for v in scales) and all(v == 0 for v in offsets) else [scales, offsets]
     return FileRecord(
         path=first.path, paths=[p.path for p in probes], kind=kind, shape=tuple(first.shape), num_bands=len(keep),
@@ -344,9 +343,8 @@ def _record(probes: list[FileProbe], kind: str, data_cfg: Any, fallback: list[st
         nodata=first.nodata, band_source=bands.source, bandwidths=bands.bandwidths,
         crs=first.geo.get("crs"), transform=first.geo.get("transform"), affine=first.geo.get("affine"),
         spacing=first.geo.get("spacing"), valid_fraction=round(fraction, 6), block_shape=first.geo.get("block_shape"),
-        orientation=first.geo.get("orientation"), value_range=[value_range[i] for i in keep],
-        value_scaling=scaling,
-        band_index=None if len(keep) == offset else keep,
+        orientation=first.geo.get("orientation"), value_range=pick([v for p in probes for v in p.value_range]),
+        value_scaling=scaling, band_index=keep if hidden else None,
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from geomed_ssl.bands.names import band_order, describe_order, positional_names_message
 from geomed_ssl.errors import DataError
+from geomed_ssl.geo.gdal_read import alpha_bands
 
 log = logging.getLogger("geomed_ssl")
 POSITION_POLICIES = ("warn", "error", "ignore")  # band names assigned by position from a sensor profile
@@ -55,16 +56,15 @@ def alpha_note(paths: list[str]) -> str:
     """What to add to a band mismatch when a raster of ``paths`` has alpha bands (read as the mask, not as bands:
     a model trained before that read them as bands); empty otherwise."""
     import rasterio
-    from rasterio.enums import ColorInterp
 
     for path in paths:
         try:
             with rasterio.open(path) as src:
-                alpha = [i + 1 for i, ci in enumerate(src.colorinterp) if ci == ColorInterp.alpha]
+                alpha = alpha_bands(src)
         except Exception:  # noqa: BLE001 - only a hint: the mismatch itself is the error
             continue
-        if alpha and len(alpha) < src.count:
-            n = alpha[0]
+        if alpha:
+            n = alpha[0] + 1
             return (f" Band {n} of '{path}' is an alpha band, read as the mask of missing pixels and not as a band; a "
                     f"model that took it as a band (trained before 2026-12-05) reads copies made without the flag "
                     f"(gdal_translate -colorinterp_{n} undefined IN OUT), or pretrain again.")

@@ -154,12 +154,15 @@ def _raster_header(path: str) -> tuple[tuple[int, int], str | None, list[float],
 
 
 def _raster_diffs(record: FileRecord, label: str) -> list[str]:
-    label_gcps, image_gcps = gcp_grid(label), gcp_grid(record.path)
+    shape, crs, tr, _ = _raster_header(label)
+    # only a file without a CRS can be placed by ground control points: the others are not opened again
+    label_gcps = gcp_grid(label) if crs is None else None
+    image_gcps = gcp_grid(record.path) if record.crs is None else None
     if label_gcps is None and image_gcps is None:
-        return raster_grid_diffs(record.shape, record.crs, record.transform, label)
+        return grid_diffs(shape, crs, tr, record.shape, record.crs, record.transform)
     if label_gcps is None or image_gcps is None:
         return [f"georeferenced by ground control points in the {'label' if label_gcps else 'image'} only"]
-    return grid_diffs(_raster_header(label)[0], *label_gcps, record.shape, *image_gcps, tolerance=0.5)
+    return grid_diffs(shape, *label_gcps, record.shape, *image_gcps, tolerance=0.5)
 
 
 def raster_grid_diffs(image_shape: Sequence[int], image_crs: str | None, image_transform: Sequence[float] | None,

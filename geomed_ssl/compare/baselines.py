@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from geomed_ssl.compare.features import ImageFeatures, SegmentFeatures, slab_rows
+from geomed_ssl.compare.features import ImageFeatures, SegmentFeatures
 from geomed_ssl.compare.task import Task
+from geomed_ssl.data.tiling import slab_rows
 from geomed_ssl.models.probe import PointFn, blank
 
 RF_COMPONENTS, RF_WINDOW, RF_TREES = 30, 7, 200
@@ -49,26 +50,35 @@ class RandomConv(nn.Module):
         return torch.cat([h1, torch.relu(self.c2(h1))], dim=1)
 
 
+def slab_points(image: np.ndarray, points: np.ndarray, allowed: np.ndarray | None, dims: int, halo: int,
+                maps_fn: Callable[[np.ndarray, np.ndarray | None], np.ndarray], channels: int) -> np.ndarray:
+    """(n, dims) values at ``points`` of per-pixel maps ``maps_fn(image part, allowed part) -> (dims, *part)``
+    computed slab by slab along the first axis, each slab with ``halo`` rows of context on either side (the rows
+    one output pixel depends on), so exactly as on the whole image while only a slab's ``channels`` maps are held."""
+    n0 = image.shape[1]
+    rows = slab_rows(image.shape[1:], channels)
+    out = np.zeros((points.shape[0], dims), np.float32)
+    for s0 in range(0, n0, rows):
+        idx = np.flatnonzero((points[:, 0] >= s0) & (points[:, 0] < s0 + rows))
+        if idx.size == 0:
+            continue
+        lo, hi = max(0, s0 - halo), min(n0, s0 + rows + halo)
+        maps = maps_fn(image[:, lo:hi], None if allowed is None else allowed[lo:hi])
+        p = points[idx].copy()
+        p[:, 0] -= lo
+        out[idx] = maps[(slice(None), *p.T)].T
+    return out
+
+
 def conv_points(net: RandomConv) -> PointFn:
-    """Per-pixel random conv features, computed in slabs along the first axis (with a halo, so exactly as on
-    the whole image) to bound memory on large volumes."""
+    """Per-pixel random conv features, computed in slabs (``slab_points``) to bound memory on large scenes."""
+
+    def maps(part: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
+        with torch.no_grad():
+            return net(torch.from_numpy(np.ascontiguousarray(blank(part, allowed)))[None])[0].numpy()
 
     def fn(image: np.ndarray, points: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
-        image = blank(image, allowed)
-        n0 = image.shape[1]
-        rows = slab_rows(image.shape[1:], 2 * CONV_WIDTH)
-        out = np.zeros((points.shape[0], 2 * CONV_WIDTH), np.float32)
-        with torch.no_grad():
-            for s0 in range(0, n0, rows):
-                idx = np.flatnonzero((points[:, 0] >= s0) & (points[:, 0] < s0 + rows))
-                if idx.size == 0:
-                    continue
-                lo, hi = max(0, s0 - CONV_HALO), min(n0, s0 + rows + CONV_HALO)
-                maps = net(torch.from_numpy(np.ascontiguousarray(image[:, lo:hi]))[None])[0]  # (F, hi-lo, ...)
-                p = points[idx].copy()
-                p[:, 0] -= lo
-                out[idx] = maps[(slice(None), *p.T)].T.numpy()
-        return out
+        return slab_points(image, points, allowed, 2 * CONV_WIDTH, CONV_HALO, maps, 2 * CONV_WIDTH)
 
     return fn
 
@@ -86,11 +96,11 @@ def fit_pca(task: Task, load: Callable[[int], np.ndarray]) -> tuple[np.ndarray, 
     """(mean (C,), components (K, C)) of the pixel spectra of every image (a seeded sample of up to 100k pixels;
     no labels are used), K = min(30, C)."""
     rng = np.random.default_rng(0)
-    images = [load(i) for i in range(len(task.records))]
-    total = sum(int(np.prod(im.shape[1:])) for im in images)
+    total = sum(int(np.prod(shape)) for shape in task.shapes)
     take = min(1.0, PCA_PIXELS / max(total, 1))
     pixels = []
-    for im in images:
+    for i in range(len(task.records)):  # one image at a time: a large task's scenes are not all held at once
+        im = load(i)
         flat = im.reshape(im.shape[0], -1).T  # (P, C)
         pick = rng.random(flat.shape[0]) < take
         pixels.append(flat[pick])
@@ -103,24 +113,40 @@ def fit_pca(task: Task, load: Callable[[int], np.ndarray]) -> tuple[np.ndarray, 
     return mean.astype(np.float32), comps.astype(np.float32)
 
 
+def box_sum(a: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """Sums of ``a`` over windows of ``size`` centred on each element along ``axis`` (zeros outside), added in a
+    fixed order, so a slab of rows gives exactly the whole array's sums at the rows its halo covers."""
+    r = size // 2
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (r, r)
+    padded = np.pad(a, pad)
+    n = a.shape[axis]
+    out = np.take(padded, range(0, n), axis=axis)
+    for k in range(1, size):
+        out += np.take(padded, range(k, k + n), axis=axis)
+    return out
+
+
 def local_mean(maps: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
     """Mean of (K, *S) maps over each pixel's 7x7 (7x7x7) neighbourhood inside the image (and ``allowed``)."""
-    from scipy.ndimage import uniform_filter
-
     weight = np.ones(maps.shape[1:], np.float32) if allowed is None else allowed.astype(np.float32)
-    size = (1,) + (RF_WINDOW,) * (maps.ndim - 1)
-    num = uniform_filter(maps * weight[None], size=size, mode="constant")
-    den = uniform_filter(weight, size=size[1:], mode="constant")
+    num, den = maps * weight[None], weight
+    for axis in range(1, maps.ndim):
+        num, den = box_sum(num, axis, RF_WINDOW), box_sum(den, axis - 1, RF_WINDOW)
     return num / np.maximum(den, 1e-6)[None]
 
 
 def rf_points(mean: np.ndarray, comps: np.ndarray) -> PointFn:
+    """Per-pixel principal components and their local means, computed in slabs (``slab_points``)."""
+    k = comps.shape[0]
+
+    def maps(part: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
+        flat = part.reshape(part.shape[0], -1)  # (C, P)
+        pcs = (comps @ (flat - mean[:, None])).reshape(k, *part.shape[1:])  # (K, *S)
+        return np.concatenate([pcs, local_mean(pcs, allowed)])
+
     def fn(image: np.ndarray, points: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
-        flat = image.reshape(image.shape[0], -1)  # (C, P)
-        pcs = (comps @ (flat - mean[:, None])).reshape(comps.shape[0], *image.shape[1:])  # (K, *S)
-        means = local_mean(pcs, allowed)
-        at = (slice(None), *points.T)
-        return np.concatenate([pcs[at], means[at]]).T
+        return slab_points(image, points, allowed, 2 * k, RF_WINDOW // 2, maps, 6 * k)
 
     return fn
 

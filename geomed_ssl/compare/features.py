@@ -16,8 +16,8 @@ maps are whole images (all True or all False): training pixels see their own ima
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Sequence
+from collections import OrderedDict
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -121,36 +121,46 @@ def encoder_features(task: Task, encoder: ViTEncoder, layers: list[int], load: C
     return ImageFeatures(task, encoder_image_fn(encoder, layers, load))
 
 
-def memo(load: Callable[[int], np.ndarray]) -> Callable[[int], np.ndarray]:
-    """``load`` with its results kept (each image is read once per feature set)."""
-    cache: dict[int, np.ndarray] = {}
+def memo(load: Callable[[int], np.ndarray], max_bytes: int | None = None) -> Callable[[int], np.ndarray]:
+    """``load`` with its results kept while they hold under ``max_bytes`` together (default: an eighth of this
+    machine's memory), the least recently used dropped first, before the next read when it would not fit: the
+    images of a small task are read once per feature set, and a large one holds one scene at a time."""
+    limit = max_bytes if max_bytes is not None else physical_memory() // 8
+    cache: OrderedDict[int, np.ndarray] = OrderedDict()
+    largest = 0
 
     def fn(i: int) -> np.ndarray:
-        if i not in cache:
-            cache[i] = load(i)
-        return cache[i]
+        nonlocal largest
+        if i in cache:
+            cache.move_to_end(i)
+            return cache[i]
+        while cache and sum(a.nbytes for a in cache.values()) + largest > limit:
+            cache.popitem(last=False)
+        image = cache[i] = load(i)
+        largest = max(largest, image.nbytes)
+        return image
 
     return fn
 
 
-def check_feature_memory(rows: int, dims: int, name: str, unit: str) -> None:
-    """A DataError before frozen features of ``rows`` samples x ``dims`` float32 would take over half the memory."""
+def physical_memory(default: int = 16 * 2**30) -> int:
+    """This machine's memory in bytes (``default`` where the system does not say)."""
     import os
 
-    need = rows * dims * 4
     try:
-        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
-        return
-    if need > total / 2:
+        return default
+
+
+def check_feature_memory(rows: int, dims: int, name: str, unit: str) -> None:
+    """A DataError before frozen features of ``rows`` samples x ``dims`` float32 would take over half the memory."""
+    need = rows * dims * 4
+    total = physical_memory(default=0)
+    if total and need > total / 2:
         from geomed_ssl.errors import DataError
 
         raise DataError(f"the frozen features of {name} for {rows} {unit}s (the labelled ones and propagate's "
                         f"nodes) x {dims} dims need {need / 2**30:.1f} GiB, over half of this machine's "
                         f"{total / 2**30:.0f} GiB; test on a subsample with --set labels.test_fraction=0.1 (or "
                         "smaller), lower finetune.probe_nodes for propagate, or use --protocol finetune.")
-
-
-def slab_rows(shape: Sequence[int], channels: int, budget: float = 2e7) -> int:
-    """Rows (first spatial axis) per slab so one slab of ``channels`` maps holds about ``budget`` values."""
-    return max(1, int(budget // max(1, channels * math.prod(shape[1:]))))

@@ -81,3 +81,10 @@ def blend_weights(window: Sequence[int], blend: str) -> np.ndarray:
     out = reduce(np.multiply.outer, axes)
     out /= out.max()
     return np.maximum(out, MIN_WEIGHT).astype(np.float32)
+
+
+def slab_rows(shape: Sequence[int], channels: int, budget: float = 2e7) -> int:
+    """Rows (first spatial axis) per slab of a scene of ``shape`` so one slab of ``channels`` maps holds about
+    ``budget`` values: what the whole-scene passes that cannot hold a scene's maps at once (the frozen probes'
+    reads, the baselines' features) walk it by."""
+    return max(1, int(budget // max(1, channels * math.prod(shape[1:]))))

@@ -20,11 +20,12 @@ from torch import nn
 
 from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import BandStats, normalize
-from geomed_ssl.data.tiling import DEFAULT_OVERLAP, blend_weights, overlap_stride, window_starts
+from geomed_ssl.data.tiling import DEFAULT_OVERLAP, blend_weights, overlap_stride, slab_rows, window_starts
 from geomed_ssl.models.encoder import ViTEncoder
 
 PROBES = ("linear", "knn", "propagate")
 KNN_K = 5
+READ_ROWS = 512  # at least this many rows per read of a whole raster (a tiled GeoTIFF's usual block height)
 PointFn = Callable[[np.ndarray, np.ndarray, "np.ndarray | None"], np.ndarray]
 
 
@@ -39,13 +40,19 @@ def probe_layers(depth: int, layers: Sequence[int] | None = None) -> list[int]:
 # -- per-pixel features ----------------------------------------------------------------------------------------
 def read_image(record: Any, stats: BandStats, data_cfg: Any, nd: int,
                volumes: VolumeReader | None = None) -> np.ndarray:
-    """A whole image, normalised with ``stats``: float32 (C, *S) on the grid the label arrays use."""
-    if nd == 2:
-        raw = RasterReader(max_open=2).read_window(record, 0, 0, *record.shape[-2:])
-    else:
-        raw, _ = (volumes or VolumeReader(data_cfg, max_cached=1)).load(record)
+    """A whole image, normalised with ``stats``: float32 (C, *S) on the grid the label arrays use (a raster read
+    and normalised in slabs of rows, so only the normalised image and one slab are held)."""
     nodata = data_cfg.nodata if data_cfg.nodata is not None else record.nodata
-    image, _ = normalize(raw, stats, nodata)
+    if nd == 3:
+        raw, _ = (volumes or VolumeReader(data_cfg, max_cached=1)).load(record)
+        return normalize(raw, stats, nodata)[0]
+    h, w = record.shape[-2:]
+    reader = RasterReader(max_open=2)
+    image = np.empty((len(stats.band_names), h, w), np.float32)
+    rows = max(READ_ROWS, slab_rows((h, w), record.num_bands))
+    for r0 in range(0, h, rows):
+        part = reader.read_window(record, r0, 0, min(rows, h - r0), w)
+        image[:, r0:r0 + part.shape[1]] = normalize(part, stats, nodata)[0]
     return image
 
 
@@ -54,11 +61,16 @@ def blank(image: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
     return image if allowed is None else image * allowed[None].astype(image.dtype)
 
 
-def crop(image: np.ndarray, start: Sequence[int], window: Sequence[int]) -> np.ndarray:
-    """``image[:, start:start+window]`` with zeros outside the image: (C, *window)."""
+def crop(image: np.ndarray, start: Sequence[int], window: Sequence[int],
+         allowed: np.ndarray | None = None) -> np.ndarray:
+    """``image[:, start:start+window]`` with zeros outside the image (and, with ``allowed``, outside it: as
+    :func:`blank` would set them): (C, *window)."""
     out = np.zeros((image.shape[0], *window), np.float32)
     src = tuple(slice(s, min(s + w, n)) for s, w, n in zip(start, window, image.shape[1:]))
-    out[(slice(None), *[slice(0, sl.stop - sl.start) for sl in src])] = image[(slice(None), *src)]
+    dst = (slice(None), *[slice(0, sl.stop - sl.start) for sl in src])
+    out[dst] = image[(slice(None), *src)]
+    if allowed is not None:
+        out[dst] *= allowed[src]
     return out
 
 
@@ -74,7 +86,8 @@ def sample_grid(maps: torch.Tensor, rel: np.ndarray, window: Sequence[int]) -> t
 def encoder_points(encoder: ViTEncoder, layers: list[int], batch: int = 16,
                    overlap: float = DEFAULT_OVERLAP) -> PointFn:
     """The point function of a frozen encoder: ``fn(image (C, *S), points (n, nd), allowed) -> (n, L * D)``, the
-    tapped blocks' tokens concatenated and interpolated per pixel (pixels outside ``allowed`` blanked first).
+    tapped blocks' tokens concatenated and interpolated per pixel (pixels outside ``allowed`` blanked in
+    each window).
 
     Each pixel's features are the Gaussian-weighted mean over the windows holding it of ``predict``'s sliding
     windows (the encoder's window, ``overlap``, the same weights), so a probe is fitted on the features it meets
@@ -85,7 +98,6 @@ def encoder_points(encoder: ViTEncoder, layers: list[int], batch: int = 16,
     weights = blend_weights(window, "gaussian")
 
     def fn(image: np.ndarray, points: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
-        image = blank(image, allowed)
         windows, which, point = point_windows(points, image.shape[1:], window, overlap)
         bounds = np.searchsorted(which, np.arange(len(windows) + 1))
         out = np.zeros((points.shape[0], len(layers) * encoder.embed_dim), np.float64)
@@ -93,7 +105,7 @@ def encoder_points(encoder: ViTEncoder, layers: list[int], batch: int = 16,
         with torch.no_grad():
             for b0 in range(0, len(windows), batch):
                 starts = windows[b0:b0 + batch]
-                x = torch.from_numpy(np.stack([crop(image, s, window) for s in starts])).to(device)
+                x = torch.from_numpy(np.stack([crop(image, s, window, allowed) for s in starts])).to(device)
                 feats, grid = encoder.forward_features(x, layers)  # L x (B, N, D)
                 maps = torch.cat([f.transpose(1, 2).reshape(f.shape[0], f.shape[2], *grid) for f in feats], 1)
                 for j in range(maps.shape[0]):

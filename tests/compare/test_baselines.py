@@ -84,3 +84,48 @@ def test_a_class_weight_list_is_one_weight_per_task_class_even_when_a_split_lack
     assert set(np.unique(pred)) <= {0, 1, 2} and (pred == y).mean() > 0.9
     with pytest.raises(ConfigError, match="list of 4 numbers"):
         classify("linear", x, y, x, 0, class_weights=[1.0, 1.0, 1.0], num_classes=4)
+
+
+@pytest.mark.parametrize("shape", [(23, 17), (9, 8, 7)])
+def test_baseline_maps_computed_in_slabs_of_rows_equal_the_whole_scenes(shape, monkeypatch) -> None:
+    """rf's and random_conv's per-pixel features are computed slab by slab with a halo (so a large scene is never
+    held as maps): the same values as one pass over the whole scene, with and without blanked test blocks."""
+    from geomed_ssl.compare import baselines
+    from geomed_ssl.compare.baselines import RandomConv, conv_points, rf_points
+
+    rng = np.random.default_rng(3)
+    image = rng.normal(size=(5, *shape)).astype(np.float32)
+    allowed = rng.random(shape) > 0.3
+    points = np.stack(np.unravel_index(rng.choice(image[0].size, 40, replace=False), shape), 1)
+    mean = image.reshape(5, -1).mean(axis=1)
+    comps = np.linalg.qr(rng.normal(size=(5, 5)))[0][:3].astype(np.float32)
+    for name, fn in (("rf", rf_points(mean, comps)), ("random_conv", conv_points(RandomConv(5, len(shape))))):
+        for view in (None, allowed):
+            whole = fn(image, points, view)  # a scene this small is one slab
+            with monkeypatch.context() as m:
+                m.setattr(baselines, "slab_rows", lambda s, channels: 2)
+                slabbed = fn(image, points, view)
+            if name == "rf":  # sums in a fixed order: exactly equal
+                np.testing.assert_array_equal(slabbed, whole)
+            else:  # a convolution's arithmetic may depend on its input's size
+                np.testing.assert_allclose(slabbed, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_local_mean_is_the_mean_over_the_window_inside_the_scene_and_the_allowed_pixels() -> None:
+    from scipy.ndimage import uniform_filter
+
+    from geomed_ssl.compare.baselines import RF_WINDOW, local_mean
+
+    rng = np.random.default_rng(4)
+    for shape in [(20, 13), (9, 10, 8)]:
+        maps = rng.normal(size=(2, *shape)).astype(np.float32)
+        allowed = rng.random(shape) > 0.5
+        w = allowed.astype(np.float64)
+        num = uniform_filter(maps * w[None], size=(1,) + (RF_WINDOW,) * len(shape), mode="constant")
+        den = uniform_filter(w, size=RF_WINDOW, mode="constant")
+        np.testing.assert_allclose(local_mean(maps, allowed), num / np.maximum(den, 1e-6)[None], rtol=1e-4,
+                                   atol=1e-5)
+        one = tuple(s // 2 for s in shape)  # one pixel by hand: the mean of its allowed neighbours
+        box = tuple(slice(max(0, c - 3), c + 4) for c in one)
+        expected = maps[(slice(None), *box)][:, allowed[box]].mean(axis=1)
+        np.testing.assert_allclose(local_mean(maps, allowed)[(slice(None), *one)], expected, rtol=1e-5, atol=1e-6)

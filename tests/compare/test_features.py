@@ -27,3 +27,23 @@ def test_image_features_are_the_mean_and_std_of_each_tapped_blocks_tokens_and_th
     with torch.no_grad():  # what the two-view and self-distillation losses read: the CLS token after the final norm
         cls = enc.norm(enc.blocks[1](enc.blocks[0](enc.add_cls(enc.embed(torch.from_numpy(image)[None])[0]))))[0, 0]
     np.testing.assert_allclose(got[128:], cls.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_memo_reads_each_image_once_while_they_fit_and_one_at_a_time_when_they_do_not() -> None:
+    from geomed_ssl.compare.features import memo
+
+    reads: list[int] = []
+
+    def load(i: int) -> np.ndarray:
+        reads.append(i)
+        return np.zeros(250, np.float32)  # 1000 bytes
+
+    small = memo(load, max_bytes=10_000)
+    for i in [0, 1, 2, 0, 1, 2]:
+        small(i)
+    assert reads == [0, 1, 2]
+    reads.clear()
+    tight = memo(load, max_bytes=1_500)  # room for one: the one held is dropped before the next is read
+    for i in [0, 0, 1, 1, 0]:
+        tight(i)
+    assert reads == [0, 1, 0]

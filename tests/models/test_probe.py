@@ -126,3 +126,36 @@ def test_a_fitted_linear_probe_maps_a_scene_through_predict_as_it_classified_its
         got = ds.read(1)
     # predict blends the windows' class probabilities, the probe was fitted on blended features: near ties differ
     assert (got == expected).mean() > 0.97
+
+
+def test_a_whole_raster_read_in_slabs_of_rows_equals_one_read(tmp_path, monkeypatch) -> None:
+    from geomed_ssl.config import DataConfig
+    from geomed_ssl.data.catalog import scan
+    from geomed_ssl.data.readers import RasterReader
+    from geomed_ssl.data.stats import normalize
+    from geomed_ssl.models import probe
+
+    raw = np.random.default_rng(5).normal(100, 20, size=(3, 41, 19)).astype(np.float32)
+    raw[:, 7, 3] = -9999  # a missing pixel and a band gap: normalised per pixel, slab or not
+    raw[1, 30, 10] = -9999
+    write_geotiff(tmp_path / "scene.tif", raw, nodata=-9999)
+    cfg = DataConfig(kind="raster", patch_size=16)
+    record = scan(tmp_path, cfg).records[0]
+    stats = BandStats(record.band_names, [100.0] * 3, [20.0] * 3, [60.0] * 3, [140.0] * 3, [1] * 3)
+    whole = normalize(RasterReader().read_window(record, 0, 0, 41, 19), stats, -9999)[0]
+    monkeypatch.setattr(probe, "READ_ROWS", 1)
+    monkeypatch.setattr(probe, "slab_rows", lambda shape, channels: 6)  # 41 rows: six slabs of 6 and one of 5
+    np.testing.assert_array_equal(probe.read_image(record, stats, cfg, 2), whole)
+
+
+def test_blanked_pixel_features_blank_each_window_as_blanking_the_image_would() -> None:
+    from geomed_ssl.models.probe import blank
+
+    enc = encoder()
+    layers = probe_layers(enc.config.depth)
+    rng = np.random.default_rng(6)
+    image = rng.normal(size=(3, 30, 23)).astype(np.float32)
+    allowed = rng.random((30, 23)) > 0.4
+    points = np.argwhere(allowed)[::7]
+    fn = encoder_points(enc, layers)
+    np.testing.assert_array_equal(fn(image, points, allowed), fn(blank(image, allowed), points, None))

@@ -27,7 +27,7 @@ from geomed_ssl.errors import DataError
 from geomed_ssl.finetune.classify import save_selection
 from geomed_ssl.finetune.labels import label_sources, read_label_pairs
 from geomed_ssl.finetune.sampling import (ClassMap, LabelSelection, labelled_pixels, select_labels, split_images,
-                                          training_area_maps)
+                                          training_area_maps, unique_ints)
 
 log = logging.getLogger("geomed_ssl")
 
@@ -100,7 +100,7 @@ def load_segment_task(recipe: Recipe, images: str | Path, labels: str | Path | N
     if vals.size == 0:
         raise DataError(f"no labelled {'voxels' if nd == 3 else 'pixels'} in the label files of '{labels}'; check "
                         "labels.ignore_value and the label files' nodata.")
-    cmap = ClassMap.build(np.unique(vals))
+    cmap = ClassMap.build(unique_ints(vals))
     return Task("segment", catalog, [r for r, _ in pairs], cmap.encode(vals), list(cmap.names), nd, files, flats,
                 [tuple(a.shape) for a in arrays], arrays, masks, [p for _, p in pairs], cmap,
                 label_sources([p for _, p in pairs], recipe.data))

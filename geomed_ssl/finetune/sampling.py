@@ -39,7 +39,7 @@ def class_ids(labels_list: Sequence[np.ndarray], ignore_value: int | None = 0,
     """Sorted class values present (under ``masks`` if given, else every value but ``ignore_value``)."""
     found: set[int] = set()
     for i, labels in enumerate(labels_list):
-        vals = np.unique(labels[masks[i]] if masks is not None else labels)
+        vals = unique_ints(labels[masks[i]] if masks is not None else labels)
         found.update(int(v) for v in vals)
     if masks is None and ignore_value is not None:
         found.discard(int(ignore_value))
@@ -99,12 +99,36 @@ def labelled_pixels(labels_list: Sequence[np.ndarray],
     return cat(files, np.int32), cat(flats, np.int64), cat(values, np.int64)
 
 
+def unique_ints(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)`` of integer values, by counting where their range is small (a dense label map of a whole
+    scene holds tens of millions of labels of a few classes: counting them is far faster than sorting them)."""
+    v = np.asarray(values).reshape(-1)
+    if v.size and v.dtype.kind in "iu" and v.dtype != np.uint64:  # (bincount takes what casts to int64)
+        lo, hi = int(v.min()), int(v.max())
+        if hi - lo < 1 << 20:
+            return np.flatnonzero(np.bincount(v - lo if lo else v)).astype(v.dtype) + v.dtype.type(lo)
+    return np.unique(v)
+
+
+def _narrow(values: np.ndarray) -> np.ndarray:
+    """Integer ``values`` in the narrowest dtype of 16 bits or fewer that holds them, else as they are: a stable sort
+    of those is a radix sort (the same order, a stable order being unique, far faster)."""
+    if values.size and values.dtype.kind in "iu":
+        lo, hi = int(values.min()), int(values.max())
+        for dtype in (np.uint8, np.int8, np.uint16, np.int16):
+            if np.iinfo(dtype).min <= lo and hi <= np.iinfo(dtype).max:
+                return values.astype(dtype)
+    return values
+
+
 def _groups(values: np.ndarray, pool: np.ndarray | None) -> dict[int, np.ndarray]:
     """{class value: sorted indices into ``values`` (inside ``pool`` if given)}; every class present appears."""
-    order = np.argsort(values, kind="stable")
-    classes, starts = np.unique(values[order], return_index=True)
+    narrow = _narrow(np.asarray(values))
+    order = np.argsort(narrow, kind="stable")
+    ordered = narrow[order]
+    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]])) if ordered.size else order[:0]
     out = {}
-    for c, idx in zip(classes, np.split(order, starts[1:])):
+    for c, idx in zip(ordered[starts], np.split(order, starts[1:])):
         out[int(c)] = idx[pool[idx]] if pool is not None else idx
     return out
 
@@ -126,7 +150,7 @@ def sample_per_class(values: np.ndarray, k: int, seed: int, names: Names | Class
     With ``pool`` (bool per item: in the training ``pool_name``, blocks or images) only pool items are drawn, up to
     all of them.
     """
-    cmap = names if isinstance(names, ClassMap) else ClassMap.build(np.unique(values), names)
+    cmap = names if isinstance(names, ClassMap) else ClassMap.build(unique_ints(values), names)
     chosen, notes = [], []
     for c, idx in _groups(np.asarray(values), pool).items():
         n_c = idx.size
@@ -147,7 +171,7 @@ def sample_fraction(values: np.ndarray, fraction: float, seed: int, names: Names
                     unit: str = "pixel", pool: np.ndarray | None = None,
                     pool_name: str = "blocks") -> tuple[np.ndarray, list[str]]:
     """Indices of round(fraction * n_c) labelled items per class (at least 1 of each class present), and notes."""
-    cmap = names if isinstance(names, ClassMap) else ClassMap.build(np.unique(values), names)
+    cmap = names if isinstance(names, ClassMap) else ClassMap.build(unique_ints(values), names)
     chosen, notes = [], []
     for c, idx in _groups(np.asarray(values), pool).items():
         n_c = idx.size
@@ -299,7 +323,7 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
     if values.size == 0:
         raise DataError(f"no labelled {unit}s in {len(shapes)} label file(s) (ignore value {cfg.ignore_value}); "
                         "check labels.ignore_value and the label files' nodata.")
-    cmap = ClassMap.build(np.unique(values), names)
+    cmap = ClassMap.build(unique_ints(values), names)
     if len(cmap.values) < 2:
         raise DataError(f"the labels hold one class only ({cmap.label(cmap.values[0])}, {values.size} labelled "
                         f"{unit}s in {len(shapes)} label file(s)); segmentation needs at least two: label another "
@@ -311,9 +335,11 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
     keys = ground_keys(files, places, paths, len(shapes))  # one per place of the ground, shared by its dates and by
     # the copies of one voxel
     copies = values.size if places is flats else np.unique(ground_keys(files, places, [], len(shapes))).size
+    distinct = bool((keys[1:] > keys[:-1]).all())  # one position per place (no dates, no copies): keys ascend
     if cfg.per_class is not None or cfg.fraction is not None:
         # a budget counts places of the ground: a place drawn trains at every image (date) of its label file
-        first = np.sort(np.unique(keys, return_index=True)[1])  # each place's first position, in position order
+        first = (np.arange(keys.size) if distinct else  # each place's first position, in position order
+                 np.sort(np.unique(keys, return_index=True)[1]))
         sub = lambda x: x[first] if x is not None and first.size < x.size else x  # noqa: E731
         unit = "place" if first.size < values.size else unit  # notes count places of the ground then
         if cfg.per_class is not None:
@@ -324,7 +350,12 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
     else:
         train = np.flatnonzero(pool) if pool is not None else np.arange(values.size)
     if pool is None:
-        test = np.flatnonzero(~np.isin(keys, keys[train]))  # a place that trains at one date tests at none
+        if distinct:
+            untrained = np.ones(keys.size, bool)
+            untrained[train] = False
+            test = np.flatnonzero(untrained)
+        else:
+            test = np.flatnonzero(~np.isin(keys, keys[train]))  # a place that trains at one date tests at none
     else:
         test = np.flatnonzero(~pool)
         if copies < values.size:  # a voxel's copies may straddle a block edge: none trains outside its blocks,
@@ -332,7 +363,7 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
             test = test[~np.isin(keys[test], keys[train])]
     if cfg.test_fraction is not None and test.size:
         test = _subsample(test, values, float(cfg.test_fraction), seed)
-    tested = set(np.unique(values[test]).tolist())
+    tested = set(unique_ints(values[test]).tolist())
     if copies < values.size:
         first_of = np.unique(keys[train], return_index=True)[1]  # one training position per label-file voxel
         per = np.bincount(cmap.encode(values[train][first_of]), minlength=len(cmap.values))

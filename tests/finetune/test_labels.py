@@ -677,3 +677,25 @@ def test_labels_georeferenced_by_ground_control_points_are_checked_against_the_i
     write(tmp_path / "east.tif", 1.0, 1)
     with pytest.raises(DataError, match=r"origin shifted by \+4\.8e\+03 columns"):
         check_grid(record, tmp_path / "east.tif", "raster")
+
+
+def test_counting_and_radix_shortcuts_give_what_unique_and_a_stable_argsort_give() -> None:
+    """unique_ints and _groups take shortcuts for dense label maps of few classes (counting, narrow dtypes); the
+    draws depend on their exact output, so it must be numpy's."""
+    from geomed_ssl.finetune.sampling import _groups, unique_ints
+
+    rng = np.random.default_rng(0)
+    cases = [rng.integers(0, 5, 1000), rng.integers(-3, 4, (20, 30)), rng.integers(0, 40000, 500),
+             rng.integers(-2**40, 2**40, 300), np.zeros(0, np.int64), rng.integers(0, 7, 100).astype(np.uint8),
+             np.array([2**63 + 5, 3], np.uint64)]
+    for values in cases:
+        got = unique_ints(values)
+        assert got.dtype == np.unique(values).dtype and np.array_equal(got, np.unique(values))
+        flat = values.reshape(-1)
+        groups = _groups(flat, None)
+        assert list(groups) == [int(c) for c in np.unique(flat)]
+        for c, idx in groups.items():
+            assert np.array_equal(idx, np.flatnonzero(flat == c))
+        pool = rng.random(flat.size) < 0.5
+        for c, idx in _groups(flat, pool).items():
+            assert np.array_equal(idx, np.flatnonzero((flat == c) & pool))

@@ -26,11 +26,13 @@ log = logging.getLogger("geomed_ssl")
 
 def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Sequence[str],
                       overlap: float = DEFAULT_OVERLAP, blend: str = "gaussian",
-                      recipe_data: Any = None, native: bool = False) -> list[np.ndarray]:
+                      recipe_data: Any = None, native: bool = False,
+                      only: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
     """Class-index maps of whole images in the orientation ``read_label`` uses (rasters as stored, volumes RAS),
     computed on the device the model is on; volumes on the model's ``data.spacing`` grid, or with ``native`` on
     their own voxels (the map ``predict`` writes). Band names assigned by position were reported when the images
-    were scanned, so they are not reported again here."""
+    were scanned, so they are not reported again here. ``only`` (rasters): per image, a bool map of the pixels
+    wanted; the windows holding none are skipped and the pixels they alone cover are -1."""
     from geomed_ssl.inference.predict import predict_raster, predict_volume
     from geomed_ssl.models.device import model_device
 
@@ -45,7 +47,8 @@ def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Seque
             if cfg.kind == "raster":
                 target = Path(tmp) / f"pred_{i}.tif"
                 predict_raster(model_fn(model), path, target, stats, window=meta["window"], overlap=overlap,
-                               blend=blend, num_classes=k, data_cfg=cfg, device=device, names_by_position="ignore")
+                               blend=blend, num_classes=k, data_cfg=cfg, device=device, names_by_position="ignore",
+                               only=None if only is None else only[i])
             else:
                 target = Path(tmp) / f"pred_{i}.nii.gz"
                 predict_volume(model_fn(model), path, target, stats, roi_size=meta["window"], data_cfg=cfg,
@@ -70,6 +73,16 @@ def metrics_at(predictions: Sequence[np.ndarray], selection: LabelSelection, whi
     return confusion_matrix(true[predicted], pred[predicted], k)
 
 
+def scored_pixels(selection: LabelSelection) -> list[np.ndarray]:
+    """Per image, a bool map (on the grid its labels were read on) of the training and test positions: the pixels
+    an evaluation scores, so only the windows holding them need predicting."""
+    maps = [np.zeros(int(np.prod(shape)), bool) for shape in selection.shapes]
+    for files, index in ((selection.train_file, selection.train_index), (selection.test_file, selection.test_index)):
+        for f in np.unique(files):
+            maps[f][index[files == f]] = True
+    return [m.reshape(shape) for m, shape in zip(maps, selection.shapes)]
+
+
 def evaluate_segmentation(model: torch.nn.Module, meta: dict[str, Any], records: Sequence[Any],
                           label_arrays: Sequence[np.ndarray], selection: LabelSelection, out: Path,
                           recipe_data: Any = None, native: bool = False) -> dict[str, Any]:
@@ -77,7 +90,9 @@ def evaluate_segmentation(model: torch.nn.Module, meta: dict[str, Any], records:
     training grid, or the volumes' own voxels with ``native``); writes ``metrics.json`` and ``confusion.png``."""
     # a stacked-channel record (data.channels) is predicted from its folder, as `geomed-ssl predict` takes it
     paths = [str(Path(r.path).parent) if len(r.paths) > 1 else r.path for r in records]
-    predictions = predict_to_arrays(model, meta, paths, recipe_data=recipe_data, native=native)
+    predictions = predict_to_arrays(model, meta, paths, recipe_data=recipe_data, native=native,
+                                    only=scored_pixels(selection) if data_config(meta, recipe_data).kind == "raster"
+                                    else None)
     names = selection.class_names
     results: dict[str, Any] = {"classes": [{"value": v, "name": n} for v, n in zip(selection.classes, names)],
                                "notes": selection.notes, "split": selection.split}

@@ -91,7 +91,7 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
                    overlap: float = DEFAULT_OVERLAP, blend: str = "gaussian", batch_size: int = 8, *, num_classes: int,
                    nodata: float | None = None, probabilities: bool | str = False, device: str | torch.device = "cpu",
                    data_cfg: Any = None, class_values: Sequence[int] | None = None,
-                   names_by_position: str = "warn") -> dict[str, Any]:
+                   names_by_position: str = "warn", only: np.ndarray | None = None) -> dict[str, Any]:
     """Predict a GeoTIFF (or a folder of ``data.channels`` single-band files, stacked) window by window into a
     class-map GeoTIFF on the input's grid; returns a summary dict.
 
@@ -103,6 +103,9 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
     Output: ``class_values[argmax]`` (default: the class index) as uint8 with nodata 255 where the input is
     nodata (uint16 / 65535 when a value is >= 255); with ``probabilities`` ('float32'/True or 'uint8' =
     round(p*254), nodata NaN / 255) also ``*_proba.tif``, one band per class.
+    ``only`` (bool (H, W)): compute only the windows that hold a True pixel, and write nodata where none of them
+    reaches: every window holding a True pixel is computed, so there the map is the whole scene's (what
+    ``evaluate`` scores its labelled pixels with).
     """
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
@@ -117,6 +120,8 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
     with warnings.catch_warnings(), contextlib.ExitStack() as stack:
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         scene = RasterInput.open(stack, path, files, stacked, stats, band_names, data_cfg, nodata, names_by_position)
+        if only is not None and tuple(only.shape) != tuple(scene.shape):
+            raise ValueError(f"only: a mask of shape {tuple(only.shape)} for a scene of {tuple(scene.shape)}")
         lut, lnodata = class_lookup(int(num_classes), class_values)
         outputs = open_outputs(out_path, scene.sources[0], int(num_classes), lut.dtype, lnodata, pkind)
         try:
@@ -124,7 +129,7 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
             with rasterio.Env(GDAL_CACHEMAX=scene.cache_bytes()):
                 info = _stream_raster(scene.strip_reader(ranges), scene.shape, len(stats.band_names), model, stats,
                                       scene.nodata, win, overlap, blend, int(batch_size), lut, lnodata, outputs, pkind,
-                                      device)
+                                      device, only)
             for w in outputs:  # every file written and read back whole before either takes its final name
                 w.finish()
             for w in outputs:
@@ -284,8 +289,9 @@ class StripBuffers:
 def _stream_raster(read: Callable[[int, int], np.ndarray], shape: tuple[int, int], bands: int, model: ModelFn,
                    stats: BandStats, nodata: float | None, win: tuple[int, ...], overlap: float, blend: str,
                    batch_size: int, lut: np.ndarray, lnodata: int, outputs: list[GeoTiffWriter], pkind: str | None,
-                   device: str | torch.device) -> dict[str, Any]:
-    """The strip loop of ``predict_raster`` (see the module docstring). ``read(a, b)`` -> rows [a, b), (C, b-a, W)."""
+                   device: str | torch.device, only: np.ndarray | None = None) -> dict[str, Any]:
+    """The strip loop of ``predict_raster`` (see the module docstring). ``read(a, b)`` -> rows [a, b), (C, b-a, W);
+    ``only``: the windows holding none of its True pixels are skipped."""
     H, W = shape
     wh, ww = win
     K = len(lut)
@@ -294,7 +300,7 @@ def _stream_raster(read: Callable[[int, int], np.ndarray], shape: tuple[int, int
     weight = torch.from_numpy(blend_weights(win, blend)).to(device)  # (wh, ww)
     buf = StripBuffers(bands, K, wh, Wp, device)
     counts = np.zeros(K, np.int64)
-    loaded = max_read_rows = 0
+    loaded = max_read_rows = computed = 0
     for i, r in enumerate(rows):
         buf.move_to(r)
         a, b = max(loaded, r), min(r + wh, H)
@@ -304,24 +310,37 @@ def _stream_raster(read: Callable[[int, int], np.ndarray], shape: tuple[int, int
             buf.valid[a - r : b - r, :W] = v
             loaded, max_read_rows = b, max(max_read_rows, b - a)
             del x, v
-        buf.predict_row(model, cols, ww, weight, batch_size, device)
+        todo = cols if only is None else holding(only[r : r + wh], cols, ww)
+        buf.predict_row(model, todo, ww, weight, batch_size, device)
+        computed += len(todo)
         n = (rows[i + 1] if i + 1 < len(rows) else H) - r  # rows [r, r + n) are final
-        counts += write_final_rows(buf, r, n, W, lut, lnodata, outputs, pkind)
-    return {"windows": len(rows) * len(cols), "window_rows": len(rows), "window_cols": len(cols),
+        counts += write_final_rows(buf, r, n, W, lut, lnodata, outputs, pkind, covered_only=only is not None)
+    return {"windows": len(rows) * len(cols), "windows_computed": computed, "window_rows": len(rows),
+            "window_cols": len(cols),
             "valid_pixels": int(counts.sum()), "class_counts": counts.tolist(), "max_buffer_pixels": wh * Wp,
             "max_read_pixels": max_read_rows * W, "strip_bytes": int(buf.nbytes),
             "writer_buffer_bytes": int(sum(w.buffer_bytes for w in outputs))}
 
 
+def holding(strip: np.ndarray, cols: list[int], ww: int) -> list[int]:
+    """The window origins of ``cols`` whose columns [c, c + ww) of the bool ``strip`` (rows of a window row) hold a
+    True pixel."""
+    total = np.concatenate([[0], np.cumsum(strip.any(axis=0))])
+    return [c for c in cols if total[min(c + ww, strip.shape[1])] > total[c]]
+
+
 def write_final_rows(buf: StripBuffers, r: int, n: int, W: int, lut: np.ndarray, lnodata: int,
-                     outputs: list[GeoTiffWriter], pkind: str | None) -> np.ndarray:
+                     outputs: list[GeoTiffWriter], pkind: str | None, covered_only: bool = False) -> np.ndarray:
     """Normalise the blended probabilities of the final rows [r, r + n), write their class labels (and
-    probabilities) and return the class counts of their valid pixels (K,)."""
+    probabilities) and return the class counts of their valid pixels (K,); ``covered_only``: pixels no computed
+    window reached are nodata too."""
     K = len(lut)
     with torch.inference_mode():
         proba = buf.acc[:, :n, :W] / buf.wsum[:n, :W]  # (K, n, W)
         index = proba.argmax(dim=0).cpu().numpy()  # (n, W) int64
     ok = buf.valid[:n, :W]
+    if covered_only:
+        ok = ok & (buf.wsum[:n, :W] > 0).cpu().numpy()
     labels = lut[index]  # (n, W) stored label values
     labels[~ok] = lnodata
     outputs[0].write(labels, (r, 0, n, W))

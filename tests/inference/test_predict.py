@@ -670,3 +670,28 @@ def test_an_output_name_the_file_system_refuses_is_one_line_naming_it(tmp_path):
     with pytest.raises(DataError, match=r"cannot write '.*pppp\.nii\.gz'"):
         write_nifti_like(np.ones((6, 7, 8), np.uint8), ref, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t1.nii.gz"]
+
+
+def test_predicting_only_the_windows_that_hold_wanted_pixels_gives_the_whole_scenes_map_there(scene, tmp_path):
+    """``only`` (what evaluate asks for its labelled pixels): a model with spatial context, so a pixel's value is
+    a blend of every window holding it; they are all computed, so the wanted pixels match the whole prediction."""
+    torch.manual_seed(1)
+    model = torch.nn.Conv2d(C, K, 5, padding=2).eval()  # zero padding: each window's edge pixels differ
+    full = predict_raster(model, scene["path"], tmp_path / "full.tif", scene["stats"], window=(96, 80), num_classes=K,
+                          probabilities=True)
+    rng = np.random.default_rng(0)
+    only = np.zeros((H, W), bool)
+    only[rng.integers(0, H, 30), rng.integers(0, W, 30)] = True
+    part = predict_raster(model, scene["path"], tmp_path / "part.tif", scene["stats"], window=(96, 80),
+                          num_classes=K, probabilities=True, only=only)
+    assert 0 < part["windows_computed"] < part["windows"] == full["windows"] == full["windows_computed"]
+    (got,), _, _ = read_tif(tmp_path / "part.tif")
+    (want,), _, _ = read_tif(tmp_path / "full.tif")
+    got_p, _, _ = read_tif(Path(part["proba_output"]))
+    want_p, _, _ = read_tif(Path(full["proba_output"]))
+    assert np.array_equal(got[only], want[only])
+    np.testing.assert_array_equal(got_p[:, only], want_p[:, only])
+    assert (got != 255).mean() < 0.5  # pixels no computed window reaches are nodata (the others are partial blends)
+    with pytest.raises(ValueError, match="shape"):
+        predict_raster(model, scene["path"], tmp_path / "bad.tif", scene["stats"], window=(96, 80), num_classes=K,
+                       only=only[:-1])

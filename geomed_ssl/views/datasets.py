@@ -39,8 +39,10 @@ def grid_key(record: Any) -> tuple:
 
 
 def same_grid_mates(records: Sequence[Any]) -> list[list[int]]:
-    """Per record, the indices of the other records on its grid (:func:`grid_key`): the dates of one scene."""
-    keys = [grid_key(r) for r in records]
+    """Per record, the indices of the other records on its grid (:func:`grid_key`): the dates of one scene. A raster
+    without a CRS has none: nothing places it on the ground, and unrelated patches (38-Cloud's, tiles cut from
+    pictures) share the identity transform and a size."""
+    keys = [grid_key(r) if r.kind != "raster" or r.crs else ("ungeoreferenced", i) for i, r in enumerate(records)]
     groups: dict[tuple, list[int]] = {}
     for i, key in enumerate(keys):
         groups.setdefault(key, []).append(i)
@@ -193,11 +195,19 @@ class PretrainDataset(Dataset):
         if not getattr(self.data_cfg, "date_pairs", False) or not getattr(self.view, "pairs", False):
             return None
         paired = sum(1 for m in self.mates if m)
+        unplaced = sum(1 for r in self.records if r.kind == "raster" and not r.crs)
+        why = (f"; {unplaced} file(s) have no CRS and pair with none (nothing says two of them show one ground)"
+               if unplaced else "")
         if not paired:
-            return ("warning: data.date_pairs is on but no two files share a grid (same CRS, transform, size and "
-                    "bands), so every window pairs with itself; check that the dates are aligned on one grid")
+            one = "there is one file" if len(self.records) == 1 else "no two files share a grid"
+            return (f"warning: data.date_pairs is on but {one} (same CRS, transform, size and bands), so every "
+                    f"window pairs with itself; check that the dates are aligned on one grid{why}")
         grids = len({grid_key(r) for r, m in zip(self.records, self.mates) if m})
+        alone = [r.path for r, m in zip(self.records, self.mates) if not m]
         note = f"date pairs: {paired} of {len(self.records)} files have another date on their grid ({grids} grid(s))"
+        if alone:
+            note += (f"; alone on their grid, so paired with themselves: {', '.join(map(str, alone[:3]))}"
+                     + (f" and {len(alone) - 3} more" if len(alone) > 3 else "") + why)
         if self.ndim == 3:  # a raster's transform places it on Earth; a volume's affine does not name its subject
             note = (f"warning: {note}; volumes registered to one space (an atlas or template, as in BraTS) share one "
                     "affine across subjects, so these pairs may be different subjects: keep data.date_pairs for "

@@ -201,11 +201,18 @@ def test_a_window_mostly_without_data_at_the_other_date_pairs_with_itself(tmp_pa
 def test_the_pairing_is_reported_and_a_folder_without_dates_is_warned_about(dates, tmp_path) -> None:
     cfg = DataConfig(kind="raster", patch_size=16, global_crop_size=12, date_pairs=True)
     note = pair_dataset(dates, cfg).pairing_note()
-    assert note == "date pairs: 2 of 3 files have another date on their grid (1 grid(s))"
+    assert note == ("date pairs: 2 of 3 files have another date on their grid (1 grid(s)); alone on their grid, so "
+                    f"paired with themselves: {dates / 'other.tif'}")
     alone = tmp_path / "alone"
     write_tif(alone / "a.tif", gradient(2, 24, 24, dtype="float32"))
     write_tif(alone / "b.tif", gradient(2, 24, 32, dtype="float32"))
     assert pair_dataset(alone, cfg).pairing_note().startswith("warning: data.date_pairs is on but no two files")
+    more = tmp_path / "more"
+    for name in ("early.tif", "late.tif", "lone.tif"):
+        write_tif(more / name, gradient(2, 40, 44 if name == "lone.tif" else 40, dtype="float32"))
+    note = pair_dataset(more, cfg).pairing_note()
+    assert note == ("date pairs: 2 of 3 files have another date on their grid (1 grid(s)); alone on their grid, so "
+                    f"paired with themselves: {more / 'lone.tif'}")
     assert pair_dataset(dates, DataConfig(kind="raster", patch_size=16, global_crop_size=12)).pairing_note() is None
 
 
@@ -262,3 +269,19 @@ def test_a_contrastive_recipe_trains_across_dates_and_mae_refuses_them_before_ma
     assert refused.exit_code != 0
     assert "one view of each window" in refused.output and "Traceback" not in refused.output
     assert not (tmp_path / "mae").exists()
+
+
+def test_rasters_without_a_crs_are_never_dates_of_one_ground(tmp_path) -> None:
+    """Unrelated patches without georeference (38-Cloud's, tiles cut from pictures) share the identity transform
+    and a size: nothing says they show one ground, so they pair with none, and the note says why."""
+    from affine import Affine
+
+    for name, seed in (("crops.tif", 0), ("highway.tif", 1), ("houses.tif", 2)):
+        write_tif(tmp_path / name, gradient(2, 24, 24, dtype="float32") * (seed + 1), crs=None,
+                  transform=Affine.identity())
+    records = scan(tmp_path, DataConfig(kind="raster", patch_size=16)).records
+    assert same_grid_mates(records) == [[], [], []]
+    cfg = DataConfig(kind="raster", patch_size=16, global_crop_size=12, date_pairs=True)
+    note = pair_dataset(tmp_path, cfg).pairing_note()
+    assert note.startswith("warning: data.date_pairs is on but no two files share a grid")
+    assert note.endswith("3 file(s) have no CRS and pair with none (nothing says two of them show one ground)")

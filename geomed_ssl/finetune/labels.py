@@ -393,6 +393,21 @@ def label_sources(paths: Sequence[str], data: Any) -> list[Sources | None]:
     return out
 
 
+def one_ground(seen: dict[Any, str], record: FileRecord, path: str, values: np.ndarray, labelled: np.ndarray) -> str:
+    """The label path that stands for ``path``: the first label file read (kept in ``seen``) holding the same labels
+    for an image on the same georeferenced grid, so copies of one label map beside each date of a scene make one
+    ground (a place trained at one date is tested at none; budgets count places) as one shared file does."""
+    if record.kind != "raster" or not record.crs:
+        return path
+    import hashlib
+
+    digest = hashlib.sha256(np.ascontiguousarray(labelled).tobytes())
+    digest.update(np.ascontiguousarray(np.where(labelled, values, 0), dtype=np.int64).tobytes())
+    key = (tuple(record.shape), record.crs, tuple(round(float(v), 9) for v in record.transform or ()),
+           digest.hexdigest())
+    return seen.setdefault(key, path)
+
+
 def read_label_pairs(records: Sequence[FileRecord], labels: str | Path | None, lab: object, data: object,
                      allow_unlabelled: bool = False, class_range: bool = True,
                      ) -> tuple[list[tuple[FileRecord, str]], list[np.ndarray], list[np.ndarray]]:
@@ -405,12 +420,13 @@ def read_label_pairs(records: Sequence[FileRecord], labels: str | Path | None, l
     ``class_range``: refuse class values a class map cannot store (training; ``evaluate`` scores known classes only).
     """
     is_csv = labels is not None and str(labels).lower().endswith(".csv")
-    pairs = match_labels(records, None if is_csv else labels, data.kind, csv=labels if is_csv else None,
-                         allow_unlabelled=allow_unlabelled, label_name=lab.label_name)
-    arrays, masks = [], []
-    for record, path in pairs:
+    pairs = list(match_labels(records, None if is_csv else labels, data.kind, csv=labels if is_csv else None,
+                              allow_unlabelled=allow_unlabelled, label_name=lab.label_name))
+    arrays, masks, seen, read = [], [], {}, list(pairs)
+    for n, (record, path) in enumerate(read):
         values, labelled = read_label(path, data.kind, lab.ignore_value, spacing=data.spacing, remap=lab.remap,
                                       warn_coverage=True)
+        pairs[n] = (record, one_ground(seen, record, path, values, labelled))
         held = values[labelled]
         if class_range and held.size and (held.min() < 0 or held.max() > MAX_CLASS_VALUE):  # predict's class maps
             bad = int(held.min()) if held.min() < 0 else int(held.max())
@@ -426,4 +442,9 @@ def read_label_pairs(records: Sequence[FileRecord], labels: str | Path | None, l
             labelled = labelled & valid
         arrays.append(values)
         masks.append(labelled)
+    copies = [(p, q) for (_, p), (_, q) in zip(read, pairs) if os.path.realpath(p) != os.path.realpath(q)]
+    if copies:
+        log.info("%d label file(s) hold the same labels as another on the same grid ('%s' as '%s'%s): their images "
+                 "are taken as dates of one ground, so a place that trains at one date is tested at none",
+                 len(copies), *copies[0], ", ..." if len(copies) > 1 else "")
     return pairs, arrays, masks

@@ -699,3 +699,43 @@ def test_counting_and_radix_shortcuts_give_what_unique_and_a_stable_argsort_give
         pool = rng.random(flat.size) < 0.5
         for c, idx in _groups(flat, pool).items():
             assert np.array_equal(idx, np.flatnonzero((flat == c) & pool))
+
+
+def test_copies_of_one_label_map_beside_each_date_make_one_ground(tmp_path, caplog):
+    """Dates in folders of their own, each with a copy of the scene's label map (labels.label_name): the copies
+    stand for one label file, so no place trains at one date and tests at another. A map that differs, or images
+    without a CRS (nothing places them on one ground), keep their own."""
+    import logging
+
+    from affine import Affine
+
+    rng = np.random.default_rng(0)
+    lab = _classes()
+    for d in ("d1", "d2", "d3", "d4"):
+        (tmp_path / d).mkdir()
+        write_geotiff(tmp_path / d / "tile.tif", structured_raster(rng, 3, 32))
+        _label(tmp_path / d / "lulc.tif", lab)
+    changed = lab.copy()
+    changed[5, 5] = 2  # land cover changed at one place: another map
+    _label(tmp_path / "d4" / "lulc.tif", changed)
+    records = scan(tmp_path, DataConfig(patch_size=8)).records
+    with caplog.at_level(logging.INFO, logger="geomed_ssl"):
+        pairs, arrays, masks = read_label_pairs(records, None, LabelsConfig(label_name="lulc.tif"),
+                                                DataConfig(patch_size=8))
+    paths = [p for _, p in pairs]
+    assert [Path(p).parent.name for p in paths] == ["d1", "d1", "d1", "d4"]
+    assert "2 label file(s) hold the same labels as another on the same grid" in caplog.text
+    sel = select_labels(arrays, masks, LabelsConfig(per_class=5, seed=0), paths=paths)
+    trained = set(zip(sel.train_file.tolist(), sel.train_index.tolist()))
+    same_ground = {(f, i) for f in (0, 1, 2) for i in sel.train_index[sel.train_file < 3].tolist()}
+    assert trained >= same_ground  # each place drawn trains at the three dates of the copies
+    tested = set(zip(sel.test_file.tolist(), sel.test_index.tolist()))
+    assert not {(f, i) for f, i in tested if f < 3} & same_ground
+    plain = tmp_path / "plain"
+    for d in ("p1", "p2"):
+        (plain / d).mkdir(parents=True)
+        write_geotiff(plain / d / "tile.tif", structured_raster(rng, 3, 32), crs=None, transform=Affine.identity())
+        _label(plain / d / "lulc.tif", lab, crs=None, transform=Affine.identity())
+    records = scan(plain, DataConfig(patch_size=8)).records
+    pairs, _, _ = read_label_pairs(records, None, LabelsConfig(label_name="lulc.tif"), DataConfig(patch_size=8))
+    assert [Path(p).parent.name for _, p in pairs] == ["p1", "p2"]

@@ -216,8 +216,9 @@ def volume_grid_diffs(ras_shape: Sequence[int], ras_affine: np.ndarray, label: s
     return diffs
 
 
-def check_grid(record: FileRecord, label_path: str | Path, kind: str) -> None:
-    """DataError naming both files and each difference unless the label is on the image's pixel / voxel grid."""
+def check_grid(record: FileRecord, label_path: str | Path, kind: str, shared: int = 1) -> None:
+    """DataError naming both files and each difference unless the label is on the image's pixel / voxel grid
+    (``shared``: how many images the label serves; resampling it would then break it for the others)."""
     label = str(label_path)
     diffs = _raster_diffs(record, label) if kind == "raster" else _volume_diffs(record, label)
     if diffs and diffs[0].endswith(" is not 3D"):  # e.g. two label maps stacked as frames
@@ -227,8 +228,11 @@ def check_grid(record: FileRecord, label_path: str | Path, kind: str) -> None:
     if diffs:
         what = "pixel grid (size, CRS, transform)" if kind == "raster" else "voxel grid (shape, affine)"
         raise DataError(f"label '{label}' is not on the {what} of image '{record.path}': {'; '.join(diffs)} "
-                        "(label vs image). Resample the label onto the image grid (nearest neighbour) or fix "
-                        "which label belongs to which image (labels CSV).")
+                        + ("(label vs image). Resample the label onto the image grid (nearest neighbour) or fix "
+                           "which label belongs to which image (labels CSV)." if shared < 2 else
+                           f"(label vs image). The label serves {shared} images (dates of one ground): resample this "
+                           "image onto their grid (gdalwarp with their -te and -tr), or leave it out with --set "
+                           "\"data.exclude=[...]\"."))
 
 
 def match_labels(image_records: Sequence[FileRecord], label_dir: str | Path | None, kind: str,
@@ -275,8 +279,11 @@ def match_labels(image_records: Sequence[FileRecord], label_dir: str | Path | No
     pairs = [(r, found[r.path]) for r in records if found[r.path] is not None]
     if not pairs:
         raise DataError(f"no image has a label file in {where}.")
+    served: dict[str, int] = {}
+    for _, label in pairs:
+        served[os.path.realpath(label)] = served.get(os.path.realpath(label), 0) + 1
     for record, label in pairs:
-        check_grid(record, label, kind)
+        check_grid(record, label, kind, served[os.path.realpath(label)])
     return pairs  # type: ignore[return-value]
 
 

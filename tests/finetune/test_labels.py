@@ -739,3 +739,17 @@ def test_copies_of_one_label_map_beside_each_date_make_one_ground(tmp_path, capl
     records = scan(plain, DataConfig(patch_size=8)).records
     pairs, _, _ = read_label_pairs(records, None, LabelsConfig(label_name="lulc.tif"), DataConfig(patch_size=8))
     assert [Path(p).parent.name for _, p in pairs] == ["p1", "p2"]
+
+
+def test_a_date_off_the_grid_of_its_shared_label_is_told_to_be_resampled_not_the_label(tmp_path):
+    from affine import Affine
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    write_geotiff(tmp_path / "images" / "t1.tif", structured_raster(rng, 3, 32))
+    write_geotiff(tmp_path / "images" / "t2.tif", structured_raster(rng, 3, 32),
+                  transform=Affine(10, 0, 500010, 0, -10, 5100000))  # shifted by one column
+    _label(tmp_path / "lulc.tif", _classes())
+    records = scan(tmp_path / "images", DataConfig(patch_size=8)).records
+    with pytest.raises(DataError, match=r"t2.tif.*origin shifted.*serves 2 images.*resample this image"):
+        match_labels(records, tmp_path / "lulc.tif", "raster")

@@ -224,7 +224,7 @@ class ViTEncoder(nn.Module):
             return self  # same names, other wavelengths: the conv does not read them
         matches = match_bands(cfg.band_names, cfg.wavelengths, names, wavelengths)
         log.info("encoder bands for this data (%s embedding):\n%s", cfg.embedding,
-                 describe_matches(matches, cfg.band_names))
+                 describe_matches(matches, cfg.band_names, cfg.wavelengths))
         learned = cfg.embedding == "spectral" and cfg.channel_embed == "learned"
         needs_match = learned or cfg.stats is not None
         unmatched = [m.name for m in matches if m.index is None and (needs_match or m.wavelength is None)]

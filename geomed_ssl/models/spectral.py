@@ -295,7 +295,9 @@ def match_bands(enc_names: Sequence[str], enc_wavelengths: Sequence[float | None
                 wavelengths: Sequence[float | None] | None = None,
                 tolerance: float = MATCH_TOLERANCE_UM) -> list[BandMatch]:
     """Match data bands to the encoder's: by exact name, else by the nearest centre wavelength within
-    ``tolerance`` µm. A data band's wavelength defaults to its name-matched encoder band's."""
+    ``tolerance`` µm. A data band's wavelength defaults to its name-matched encoder band's; a name match whose
+    wavelengths are both known and differ by more than ``tolerance`` is another sensor's band of that name (Landsat-8
+    B10 is thermal, Sentinel-2 B10 cirrus) and is matched by wavelength instead."""
     enc_wl = list(enc_wavelengths) if enc_wavelengths is not None else [None] * len(enc_names)
     data_wl = list(wavelengths) if wavelengths is not None else [None] * len(names)
     if len(data_wl) != len(names):
@@ -303,8 +305,8 @@ def match_bands(enc_names: Sequence[str], enc_wavelengths: Sequence[float | None
     by_name = {n: i for i, n in enumerate(enc_names)}
     out = []
     for name, wl in zip(names, data_wl):
-        if name in by_name:
-            i = by_name[name]
+        i = by_name.get(name)
+        if i is not None and (wl is None or enc_wl[i] is None or abs(wl - enc_wl[i]) <= tolerance):
             out.append(BandMatch(name, wl if wl is not None else enc_wl[i], i, "name"))
             continue
         near = [(abs(w - wl), i) for i, w in enumerate(enc_wl) if wl is not None and w is not None]
@@ -316,12 +318,15 @@ def match_bands(enc_names: Sequence[str], enc_wavelengths: Sequence[float | None
     return out
 
 
-def describe_matches(matches: Sequence[BandMatch], enc_names: Sequence[str]) -> str:
-    """One readable line per data band: ``B04 (0.665 µm) <- B04 [name]``."""
+def describe_matches(matches: Sequence[BandMatch], enc_names: Sequence[str],
+                     enc_wavelengths: Sequence[float | None] | None = None) -> str:
+    """One readable line per data band: ``B04 (0.665 µm) <- B04 (0.665 µm) [name]``."""
     lines = []
+    enc_wl = list(enc_wavelengths) if enc_wavelengths is not None else [None] * len(enc_names)
     for m in matches:
         wl = f" ({m.wavelength:g} µm)" if m.wavelength is not None else ""
-        src = f"{enc_names[m.index]} [{m.how}]" if m.index is not None else "no encoder band"
+        at = f" ({enc_wl[m.index]:g} µm)" if m.index is not None and enc_wl[m.index] is not None else ""
+        src = f"{enc_names[m.index]}{at} [{m.how}]" if m.index is not None else "no encoder band"
         lines.append(f"  {m.name}{wl} <- {src}")
     return "\n".join(lines)
 

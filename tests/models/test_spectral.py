@@ -174,7 +174,7 @@ def test_spectral_encoder_on_a_subset_equals_its_channel_ids_path(tmp_path: Path
     save_encoder(enc, tmp_path / "encoder")
     with caplog.at_level("INFO", logger="geomed_ssl"):
         sub = load_encoder(tmp_path, bands=SUBSET)
-    assert "B11 (1.61 µm) <- B11 [name]" in caplog.text  # the mapping is logged
+    assert "B11 (1.61 µm) <- B11 (1.61 µm) [name]" in caplog.text  # the mapping is logged
     idx = torch.tensor([S2.index(n) for n in SUBSET])
     torch.testing.assert_close(sub.patch_embed.channel_embed, enc.patch_embed.channel_embed[idx])
     x6 = torch.randn(1, 6, 16, 16)
@@ -191,6 +191,21 @@ def test_bands_of_another_sensor_are_matched_by_wavelength() -> None:
     assert sub(torch.randn(1, 4, 16, 16)).shape == (1, 17, 32)
     with pytest.raises(DataError, match=r"\['TIR'\] match none"):
         ViTEncoder(cfg_for("spectral", 13)).select_bands(["B02", "TIR"], [0.49, 10.9])
+
+
+def test_a_name_another_sensor_gives_another_wavelength_is_matched_by_wavelength() -> None:
+    """Landsat-8 B10 / B11 are thermal (10.9 / 12.0 µm), Sentinel-2's cirrus and SWIR: a name match that the known
+    wavelengths contradict is not taken; Landsat-8 B8 (panchromatic, 0.59 µm) matches no Sentinel-2 B08."""
+    from geomed_ssl.models.spectral import match_bands
+
+    s2 = ["B02", "B03", "B04", "B08", "B10", "B11"]
+    s2_wl = lookup_wavelengths(s2, "sentinel2")
+    l8 = ["B4", "B10", "B11", "B6"]
+    matches = match_bands(s2, s2_wl, l8, lookup_wavelengths(l8, "landsat8"))
+    assert [(m.index, m.how) for m in matches] == [(2, "wavelength"), (None, "none"), (None, "none"),
+                                                   (5, "wavelength")]
+    same = match_bands(s2, s2_wl, ["B10", "B04"], [1.3735, None])  # the same band, or no wavelength given
+    assert [(m.index, m.how) for m in same] == [(4, "name"), (2, "name")]
 
 
 def test_wavelength_embedding_reads_band_widths_from_the_recipe_and_the_data() -> None:

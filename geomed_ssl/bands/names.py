@@ -316,13 +316,15 @@ def band_order(expected: Sequence[str], found: Sequence[str], where: str,
     None when ``found`` already equals ``expected``. Bands of ``found`` that ``expected`` lacks are dropped (the
     caller notes it); a band of ``expected`` that ``found`` lacks is a DataError naming the missing and extra bands.
     ``source`` (``BandInfo.source`` of ``found``) shapes the advice: data.band_names can rename bands only when the
-    files do not describe them themselves.
+    files do not describe them themselves. Names written another way (``B8`` for ``B08``) match only when the two
+    lists hold as many bands: picking some of another sensor's bands by a look-alike name reads the wrong ones.
     """
     want, have = [str(n) for n in expected], [str(n) for n in found]
     if want == have:
         return None
     missing = [n for n in want if n not in have]
-    if missing:  # names written another way: B1 / B01, or GDAL's "B01 (0.443 Micrometers)" (models named so before)
+    if missing and len(want) == len(have):  # the same bands written another way: B1 / B01, or GDAL's "B01 (0.443
+        # Micrometers)" (models named so before); never with bands left over: another sensor's B8 is not this B08
         loose = {_canon(split_wavelength_suffix(n)[0]): i for i, n in enumerate(have)}
         found_loosely = [loose.get(_canon(split_wavelength_suffix(n)[0])) for n in want]
         if len(loose) == len(have) and all(i is not None for i in found_loosely):
@@ -338,12 +340,21 @@ def band_order(expected: Sequence[str], found: Sequence[str], where: str,
 
 
 def describe_order(expected: Sequence[str], found: Sequence[str]) -> str:
-    """A short note of what ``band_order`` did: reordered by name and/or which extra bands were dropped."""
-    extra = [n for n in found if n not in expected]
-    kept = [n for n in found if n in expected]
+    """A short note of what ``band_order`` did: reordered by name, names matched written another way, and which
+    extra bands were dropped."""
+    try:
+        order = band_order(expected, found, "")
+    except DataError:  # bands missing: the error says it where they are read
+        return ""
+    if order is None:
+        return ""
     parts = []
-    if kept != list(expected):
+    if order != sorted(order):
         parts.append(f"reordered by name to the model's order ({brief(expected)})")
+    renamed = [f"{found[i]} as {want}" for want, i in zip(expected, order) if str(found[i]) != str(want)]
+    if renamed:
+        parts.append(f"matched {', '.join(renamed[:4])}{' ...' if len(renamed) > 4 else ''}")
+    extra = [str(n) for i, n in enumerate(found) if i not in set(order)]
     if extra:
         parts.append(f"extra band(s) {brief(extra, as_list=True)} dropped (the model does not read them)")
     return "; ".join(parts)

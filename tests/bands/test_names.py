@@ -146,6 +146,7 @@ def test_band_order_reorders_by_name_and_drops_extra_bands():
     assert bands.band_order(["B02", "B04"], ["B01", "B04", "B02", "B09"], "f.tif") == [2, 1]
     note = bands.describe_order(["B02", "B04"], ["B01", "B04", "B02", "B09"])
     assert "reordered by name" in note and "['B01', 'B09'] dropped" in note
+    assert bands.describe_order(["B01", "B02"], ["B1", "B2"]) == "matched B1 as B01, B2 as B02"  # nothing dropped
 
 
 def test_band_order_refuses_missing_bands_and_advises_band_names_only_when_files_do_not_name_them():

@@ -2,7 +2,8 @@
 
 ``catalog_for_encoder`` picks and orders the catalog's bands by name for an encoder (``plain`` / ``grouped``:
 exactly the encoder's bands, reordered, extras dropped, missing ones refused; ``spectral`` / ``wavelength``: every
-data band the encoder knows by name or centre wavelength, in the data's order, the others dropped with a note).
+data band the encoder knows by name or centre wavelength, in the order of the encoder bands they match, the others
+dropped with a note).
 ``check_value_ranges`` warns when the data's values are far from the statistics the model normalises with.
 """
 
@@ -25,7 +26,9 @@ def encoder_data_bands(cfg: EncoderConfig, catalog: Any) -> list[str]:
     if cfg.embedding not in BAND_FLEXIBLE:
         return list(cfg.band_names)
     matches = match_bands(cfg.band_names, cfg.wavelengths, catalog.band_names, catalog.wavelengths)
-    kept = [m.name for m in matches if m.index is not None]
+    # in the encoder's order: a spectral embedding that tokenises chunks of adjacent bands (model.spectral_chunk)
+    # must see them as in pretraining, whatever order a file stores them in
+    kept = [m.name for m in sorted((m for m in matches if m.index is not None), key=lambda m: m.index)]
     dropped = [m.name for m in matches if m.index is None]
     if not kept:
         raise DataError(f"none of the data's bands ({' '.join(catalog.band_names)}) matches the encoder's "

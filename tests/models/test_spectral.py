@@ -227,3 +227,17 @@ def test_wavelength_embedding_reads_band_widths_from_the_recipe_and_the_data() -
         assert not torch.allclose(enc.patch_embed(x)[0], blind.patch_embed(x)[0])
     sub = enc.select_bands(names[:2], wl[:2], [0.06, None])  # the data's width where known, else the encoder's
     assert sub.config.bandwidths == [0.06, 0.035]
+
+
+def test_a_flexible_encoder_reads_a_files_bands_in_its_own_order_so_band_chunks_stay_those_of_pretraining() -> None:
+    """Slovenia's files store B8A after B08, EuroSAT's last: a spectral embedding with spectral_chunk=4 tokenises
+    chunks of adjacent bands, so the data's bands are read in the encoder's order (the same tokens either way)."""
+    from types import SimpleNamespace
+
+    from geomed_ssl.models.model_data import encoder_data_bands
+
+    slovenia = S2[:8] + ["B8A"] + S2[8:12]
+    catalog = SimpleNamespace(band_names=slovenia, wavelengths=lookup_wavelengths(slovenia, "sentinel2"))
+    assert encoder_data_bands(cfg_for("spectral", 13, spectral_chunk=4), catalog) == S2
+    catalog = SimpleNamespace(band_names=["B12", "B02", "B04"], wavelengths=None)
+    assert encoder_data_bands(cfg_for("wavelength", 13), catalog) == ["B02", "B04", "B12"]

@@ -24,7 +24,7 @@ import numpy as np
 
 from geomed_ssl.config import DataConfig, as_tuple, spatial_dims
 from geomed_ssl.bands.names import resolve_band_info
-from geomed_ssl.bands.conform import report_positional_names
+from geomed_ssl.bands.conform import conform_record, report_positional_names
 from geomed_ssl.data.probe import (RASTER_PREVIEW, VOLUME_PREVIEW, FileProbe, ProbeError, probe_file,  # noqa: F401
                                   reordered)
 from geomed_ssl.geo.grids import grid_diffs
@@ -394,7 +394,8 @@ def _stacked_records(files: list[str], root: Path, kind: str, data_cfg: Any, win
 
 
 def _majority(records: list[FileRecord], problems: list[Problem]) -> list[FileRecord]:
-    """Keep the records with the most common band count, then the most common band names; the rest are problems."""
+    """Keep the records with the most common band count, then the most common band names (files holding the same
+    bands in another order are kept, read by name in that order); the rest are problems."""
     counts = Counter(r.num_bands for r in records)
     best = max(counts, key=lambda c: (counts[c], c))
     kept = []
@@ -406,19 +407,23 @@ def _majority(records: list[FileRecord], problems: list[Problem]) -> list[FileRe
             kept.append(r)
     names = Counter(tuple(r.band_names) for r in kept)
     top = max(names, key=lambda n: names[n])
-    out = []
+    out, reordered = [], []
     for r in kept:
         if tuple(r.band_names) == top:
             out.append(r)
+        elif set(r.band_names) == set(top) and len(set(top)) == len(top):  # the same bands in another order
+            out.append(conform_record(r, list(top)))
+            reordered.append(r.path)
         else:
-            reordered = set(r.band_names) == set(top)
-            how = "the same bands in another order" if reordered else "other band names"
-            fix = ("training reads one band order: write it in theirs or leave it out (data.exclude)" if reordered
-                   else "fix its band descriptions (a file's own names win over data.band_names) or leave it out "
+            fix = ("fix its band descriptions (a file's own names win over data.band_names) or leave it out "
                    "(data.exclude)" if r.band_source == "file"
                    else "fix data.band_names or the file, or leave it out (data.exclude)")
-            problems.append(Problem(r.path, f"holds {how} ({' '.join(r.band_names)}) than most files "
+            problems.append(Problem(r.path, f"holds other band names ({' '.join(r.band_names)}) than most files "
                                             f"({' '.join(top)}); {fix}"))
+    if reordered:
+        log.info("note: %d file(s) store the same bands as the others in another order ('%s'%s); they are read by "
+                 "name in the others' order (%s)", len(reordered), reordered[0], ", ..." if len(reordered) > 1 else "",
+                 " ".join(top))
     return out
 
 

@@ -95,11 +95,25 @@ def test_mixed_band_counts_keep_majority_and_name_the_counts(tmp_path, make_tif,
     assert "has 1 band(s)" in _reasons(cat)["mask.tif"] and "3 of 4 files have 4" in _reasons(cat)["mask.tif"]
 
 
-def test_same_bands_in_another_order_is_a_problem(tmp_path, make_tif, grad):
+def test_same_bands_in_another_order_are_read_by_name_in_the_others_order(tmp_path, make_tif, grad, caplog):
+    """A file storing the described bands in another order is not skipped (half an archive of mixed exports would
+    drop out): it is read by name, as the other files' order."""
+    import logging
+
+    from geomed_ssl.data.readers import RasterReader
+
+    arr = grad(2, 32, 32)
     for i in range(2):
-        make_tif(tmp_path / f"s{i}.tif", grad(2, 32, 32), descriptions=["B04", "B08"])
-    make_tif(tmp_path / "swapped.tif", grad(2, 32, 32), descriptions=["B08", "B04"])
-    assert "another order" in _reasons(scan(tmp_path, DataConfig(patch_size=32)))["swapped.tif"]
+        make_tif(tmp_path / f"s{i}.tif", arr, descriptions=["B04", "B08"])
+    make_tif(tmp_path / "swapped.tif", arr[::-1].copy(), descriptions=["B08", "B04"])
+    make_tif(tmp_path / "other.tif", arr, descriptions=["B04", "B05"])
+    with caplog.at_level(logging.INFO, logger="geomed_ssl"):
+        catalog = scan(tmp_path, DataConfig(patch_size=32))
+    assert "1 file(s) store the same bands as the others in another order" in caplog.text
+    assert "other band names" in _reasons(catalog)["other.tif"] and "swapped.tif" not in _reasons(catalog)
+    swapped = next(r for r in catalog.records if r.path.endswith("swapped.tif"))
+    assert swapped.band_names == ["B04", "B08"]
+    np.testing.assert_array_equal(RasterReader().read_window(swapped, 0, 0, 32, 32), arr.astype(np.float32))
 
 
 def test_strict_scan_raises_listing_every_problem(tmp_path, make_tif, grad):

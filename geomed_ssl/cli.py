@@ -209,13 +209,17 @@ def evaluate(
     data: Optional[Path] = typer.Option(None, "--data", help="Classification: folder-per-class images."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where metrics.json and confusion.png go (default FT_DIR/eval)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda[:N]."),
+    band_names: Optional[str] = typer.Option(None, "--band-names", help="The bands of files without band "
+                                             "descriptions, in order, comma-separated (default: the model's "
+                                             "data.band_names, else its sensor profile's)."),
     strict: bool = StrictOpt,
 ) -> None:
     """Metrics of a fine-tuned model on labelled data (every labelled pixel, voxel or image)."""
     from geomed_ssl.finetune.evaluate import eval_out_dir, evaluate_dir
     from geomed_ssl.finetune.metrics import format_metrics
 
-    result = evaluate_dir(ft_dir, images=images, labels=labels, data=data, out=out, device=device, strict=strict)
+    result = evaluate_dir(ft_dir, images=images, labels=labels, data=data, out=out, device=device, strict=strict,
+                          band_names=band_names.split(",") if band_names else None)
     typer.echo(format_metrics(result["test"], [c["name"] for c in result["classes"]]))
     where = eval_out_dir(ft_dir, out)
     typer.echo(f"metrics: {where / 'metrics.json'}  confusion: {where / 'confusion.png'}")
@@ -233,13 +237,17 @@ def predict(
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write per-class probabilities."),
     batch_size: int = typer.Option(8, "--batch-size", help="Windows per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda[:N]."),
+    band_names: Optional[str] = typer.Option(None, "--band-names", help="The bands of files without band "
+                                             "descriptions, in order, comma-separated (default: the model's "
+                                             "data.band_names, else its sensor profile's)."),
     strict: bool = StrictOpt,
 ) -> None:
     """Predict whole scenes / volumes with sliding windows into georeferenced GeoTIFF / NIfTI class maps."""
     from geomed_ssl.inference.finetuned import predict_dir
 
     for line in predict_dir(ft_dir, inputs, out, overlap=overlap, blend=blend, probabilities=probabilities,
-                            batch_size=batch_size, device=device, strict=strict):
+                            batch_size=batch_size, device=device, strict=strict,
+                            band_names=band_names.split(",") if band_names else None):
         typer.echo(line)
 
 

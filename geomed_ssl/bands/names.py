@@ -294,8 +294,9 @@ def positional_names_message(paths: Sequence[str], sensor: str | None, names: Se
     shown = ", ".join(f"'{p}'" for p in paths[:2]) + (f" and {len(paths) - 2} more" if len(paths) > 2 else "")
     return (f"band names of {len(paths)} file(s) ({shown}) were assigned by position from sensor profile "
             f"'{sensor}' ({' '.join(names)}): the files carry no band descriptions. If they store their bands in "
-            "another order (EuroSAT-MS keeps B8A last), state the order with data.band_names in the recipe or "
-            f"--set data.band_names=[{','.join(names[:3])},...].")
+            "another order (EuroSAT-MS keeps B8A last), state the order with data.band_names in the recipe, "
+            f"--set data.band_names=[{','.join(names[:3])},...] (predict, evaluate: --band-names "
+            f"{','.join(names[:3])},...).")
 
 
 def brief(names: Sequence[str], keep: int = 8, as_list: bool = False) -> str:

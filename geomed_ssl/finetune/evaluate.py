@@ -16,7 +16,7 @@ from geomed_ssl.data.tiling import DEFAULT_OVERLAP
 from geomed_ssl.finetune.labels import LabelSelection, read_label
 from geomed_ssl.finetune.metrics import (background_index, classification_metrics, confusion_matrix,
                                         foreground_dice, write_metrics)
-from geomed_ssl.inference.finetuned import data_config, load_run, model_fn
+from geomed_ssl.inference.finetuned import data_config, load_run, model_fn, with_band_names
 from geomed_ssl.inference.writers import class_lookup
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import scratch_dir
@@ -115,10 +115,12 @@ def eval_out_dir(ft_dir: str | Path, out: str | Path | None) -> Path:
 
 def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: str | Path | None = None,
                  data: str | Path | None = None, out: str | Path | None = None,
-                 device: str | None = "auto", strict: bool = False) -> dict[str, Any]:
+                 device: str | None = "auto", strict: bool = False,
+                 band_names: Sequence[str] | None = None) -> dict[str, Any]:
     """Metrics of a fine-tuned model on every labelled pixel/voxel (segmentation) or image (classification), run
     on ``device`` (auto: CUDA when available). ``strict``: problem files and band names assigned by position are
-    errors (else skipped / warned about)."""
+    errors (else skipped / warned about). ``band_names``: the bands of files without band descriptions, in order
+    (default: the model's ``data.band_names``, else its sensor profile's)."""
     from geomed_ssl.data.catalog import scan
     from geomed_ssl.bands.conform import conform_record
     from geomed_ssl.data.labelled import scan_class_folders
@@ -131,6 +133,7 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
             "inputs": {"fine-tune folder": ft_dir, "images folder": images, "labels": labels, "data folder": data}}
     check_out_dir(out, **rule)  # the folder is made once the inputs are read
     model, meta, recipe = load_run(ft_dir, device)
+    meta, recipe = with_band_names(meta, recipe, band_names)
     stats = BandStats.from_dict(meta["encoder"]["stats"], source=f"model {ft_dir}")
     values = [c["value"] for c in meta["classes"]]
     names = [c["name"] for c in meta["classes"]]

@@ -60,14 +60,26 @@ def load_run(ft_dir: str | Path, device: str | torch.device | None = "auto",
     return model, meta, recipe
 
 
+def with_band_names(meta: dict[str, Any], recipe: Any, band_names: Sequence[str] | None) -> tuple[dict[str, Any], Any]:
+    """The model's config and recipe with ``data.band_names`` set to ``band_names`` (the order of the bands of files
+    without band descriptions: ``predict`` / ``evaluate --band-names``); as they are when None."""
+    if not band_names:
+        return meta, recipe
+    names = [str(n).strip() for n in band_names]
+    meta = {**meta, "data": {**meta.get("data", {}), "band_names": names}}
+    return meta, dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, band_names=names))
+
+
 def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], out: str | Path,
                 overlap: float = DEFAULT_OVERLAP, blend: str = "gaussian", probabilities: bool = False,
-                batch_size: int = 8, device: str | None = "auto", strict: bool = False) -> list[str]:
+                batch_size: int = 8, device: str | None = "auto", strict: bool = False,
+                band_names: Sequence[str] | None = None) -> list[str]:
     """Segmentation: class-map GeoTIFF/NIfTI per input on its own grid (values = the label values trained on).
     Classification: ``predictions.csv`` with one row per image. Runs on ``device`` (auto: CUDA when available).
     Folders are read with the model's data settings (band naming, data.include / data.exclude). ``strict``:
     problem files and band names assigned by position are errors. ``inputs``: one file or folder, or a list of
-    them. Returns printable lines."""
+    them. ``band_names``: the bands of files without band descriptions, in order (default: the model's
+    ``data.band_names``, else its sensor profile's). Returns printable lines."""
     from geomed_ssl.inference.predict import plan_outputs, predict_files, usable_inputs
     from geomed_ssl.models.device import model_device
     from geomed_ssl.models.model_data import records_for_stats
@@ -77,6 +89,7 @@ def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], o
     rule = {"command": "predict", "resume": True, "inputs": {"fine-tune folder": ft_dir, "input": inputs}}
     check_out_dir(out, **rule)  # the folder is made once the inputs are listed
     model, meta, recipe = load_run(ft_dir, device)
+    meta, recipe = with_band_names(meta, recipe, band_names)
     stats = BandStats.from_dict(meta["encoder"]["stats"], source=f"model {ft_dir}")
     if meta["task"] != "segment":
         records = records_for_stats(image_records(meta, recipe, inputs, strict), stats)

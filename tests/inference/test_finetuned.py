@@ -163,3 +163,27 @@ def test_a_file_of_the_other_kind_is_refused_in_one_line(tmp_path: Path, kind: s
     (line,) = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
     assert "roi_size" not in line and "window" not in line
     assert f"trained on {'2D' if kind == 'raster' else '3D'}" in line
+
+
+def test_band_names_stated_for_undescribed_files_read_them_in_the_models_order(tmp_path: Path) -> None:
+    """Files without band descriptions are named by position; predict / evaluate --band-names states their order,
+    so a scene storing the model's bands reversed is predicted as the same scene stored in the model's order."""
+    ft = make_ft_dir(tmp_path)
+    scene = 1000 + structured_raster(np.random.default_rng(1), 4, 40).astype(np.float32) * 2000
+    for folder in ("in", "rev"):
+        (tmp_path / folder).mkdir()
+    write_geotiff(tmp_path / "in" / "ordered.tif", scene)
+    write_geotiff(tmp_path / "rev" / "reversed.tif", scene[::-1].copy())
+    res = runner.invoke(app, ["predict", str(ft), str(tmp_path / "in"), "--out", str(tmp_path / "p1")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["predict", str(ft), str(tmp_path / "rev"), "--out", str(tmp_path / "p2"),
+                              "--band-names", "band_4,band_3,band_2,band_1"])
+    assert res.exit_code == 0, res.output
+    import rasterio
+
+    with rasterio.open(tmp_path / "p1" / "ordered_pred.tif") as a:
+        with rasterio.open(tmp_path / "p2" / "reversed_pred.tif") as b:
+            assert np.array_equal(a.read(), b.read())
+    res = runner.invoke(app, ["predict", str(ft), str(tmp_path / "rev"), "--out", str(tmp_path / "p3"),
+                              "--band-names", "band_1,band_2,band_5,band_4"])
+    assert res.exit_code != 0 and "missing ['band_3']" in res.output

@@ -265,7 +265,10 @@ def _band_names(num_bands: int, descriptions: Sequence[str | None] | None, data_
         names, source = [f"band_{i}" for i in range(1, num_bands + 1)], "index"
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
-        raise DataError(f"'{path}': band names must be unique, {dup} repeat; set data.band_names to distinct names.")
+        fix = ("the file's own band descriptions name them and win over data.band_names: write distinct "
+               "descriptions (in rasterio: dataset.set_band_description(band, name), opened in r+ mode) or leave the "
+               "file out (data.exclude)" if source == "file" else "set data.band_names to distinct names")
+        raise DataError(f"'{path}': band names must be unique, {dup} repeat; {fix}.")
     return names, source
 
 

@@ -168,3 +168,10 @@ def test_band_mismatch_message_on_a_200_band_cube_stays_short_and_names_the_coun
 def test_band_mismatch_message_lists_every_band_when_few():
     with pytest.raises(DataError, match=r"missing \['B04'\], extra \[\] \(data: B02 B03; model: B02 B03 B04\)"):
         band_order(["B02", "B03", "B04"], ["B02", "B03"], "x.tif")
+
+
+def test_repeated_band_names_get_the_fix_that_works_for_where_they_come_from():
+    with pytest.raises(DataError, match=r"\['B04'\] repeat; the file's own band descriptions .*set_band_description"):
+        bands.resolve_band_info(3, ["B04", "B04", "B08"], {}, DataConfig(band_names=["a", "b", "c"]), "f.tif")
+    with pytest.raises(DataError, match=r"\['x'\] repeat; set data.band_names to distinct names"):
+        bands.resolve_band_info(2, [None, None], {}, DataConfig(band_names=["x", "x"]), "f.tif")

@@ -220,7 +220,20 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
     if data_cfg.exclude:
         log.info("files matching data.exclude %s are left out (the encoder's recipe and --exclude); --set "
                  "data.exclude=[] includes them", data_cfg.exclude)
-    catalog = scan(data_dir, data_cfg, strict=strict, names_by_position="error" if strict else "warn")
+    inherited = data_cfg.band_names is not None and not any(o.split("=", 1)[0].strip() == "data.band_names"
+                                                              for o in overrides or [])
+    try:
+        catalog = scan(data_dir, data_cfg, strict=strict, names_by_position="error" if strict else "warn")
+    except DataError as err:
+        if inherited and "data.band_names lists" in str(err):
+            raise DataError(f"{err} (data.band_names is the encoder's recipe's: --set data.band_names=[...] names "
+                            "this data's bands)") from None
+        raise
+    named = [r.path for r in catalog.records if r.band_source == "recipe"]
+    if inherited and named:
+        log.info("note: the bands of %d file(s) without band descriptions ('%s'%s) are named by the encoder's recipe "
+                 "(data.band_names: %s); --set data.band_names=[...] if they store their bands otherwise", len(named),
+                 named[0], ", ..." if len(named) > 1 else "", " ".join(data_cfg.band_names))
     if level == "image":
         catalog = without_small_files(catalog, tuple(cfg.patch_size), strict, data_cfg.spacing)
     catalog.warn_problems()

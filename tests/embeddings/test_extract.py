@@ -19,15 +19,17 @@ from geomed_ssl.embeddings import extract as embed_mod
 from geomed_ssl.embeddings.extract import Embedder, embed_folder
 from geomed_ssl.embeddings.search import embedder_for, record_for
 from geomed_ssl.embeddings.store import footprint_wkb, load_embeddings, raster_corners, read_columns
-from geomed_ssl.errors import GeomedError
+from geomed_ssl.errors import DataError, GeomedError
 from tests.conftest import TINY, structured_raster, write_geotiff
 
 runner = CliRunner()
 TRANSFORM = Affine(10, 0, 500000, 0, -10, 5100000)  # write_geotiff's grid
 
 
-def make_encoder(data_dir: Path, out: Path, kind: str = "raster", window: int = 16, patch: int = 4) -> Path:
-    """A tiny random-init encoder export with statistics of ``data_dir`` (seconds, no pretraining)."""
+def make_encoder(data_dir: Path, out: Path, kind: str = "raster", window: int = 16, patch: int = 4,
+                 band_names: list[str] | None = None) -> Path:
+    """A tiny random-init encoder export with statistics of ``data_dir`` (seconds, no pretraining), its recipe
+    naming the bands ``band_names`` when given."""
     import torch
 
     from geomed_ssl.checkpoint import save_encoder
@@ -36,7 +38,7 @@ def make_encoder(data_dir: Path, out: Path, kind: str = "raster", window: int = 
     from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 
     nd = 2 if kind == "raster" else 3
-    cfg = DataConfig(kind=kind, patch_size=window, stats_windows=16)
+    cfg = DataConfig(kind=kind, patch_size=window, stats_windows=16, band_names=band_names)
     catalog = scan(data_dir, cfg)
     stats = compute_stats(catalog, cfg)
     enc_cfg = EncoderConfig(in_chans=len(catalog.band_names), spatial_dims=nd, img_size=(window,) * nd,
@@ -411,7 +413,7 @@ def test_a_resume_takes_the_encoder_by_any_spelling_and_names_the_setting_that_c
                                                                                          tmp_path: Path) -> None:
     import shutil
 
-    from geomed_ssl.errors import GeomedError
+    from geomed_ssl.errors import DataError, GeomedError
 
     run = tmp_path / "run"
     shutil.copytree(encoder, run / "encoder")
@@ -487,3 +489,19 @@ def test_small_files_share_window_level_parts_and_a_large_one_stands_alone() -> 
     groups = window_groups([*chips[:10], big, *chips[10:]], (64, 64), (64, 64))
     assert [len(g) for g in groups] == [10, 1, FILES_PER_PART, FILES_PER_PART, 590 - 2 * FILES_PER_PART]
     assert groups[1] == [big] and sum(len(g) for g in groups) == 601 and WINDOWS_PER_PART >= FILES_PER_PART
+
+
+def test_embed_says_when_the_encoders_recipe_names_undescribed_bands(tmp_path, caplog) -> None:
+    """Files without band descriptions are named by the encoder's recipe's data.band_names: a note says so (and how
+    to state another order); a file with another band count is told where the names came from."""
+    import logging
+
+    data = scenes(tmp_path / "data", [40])
+    enc = make_encoder(data, tmp_path / "enc", band_names=["B02", "B03", "B04", "B08"])
+    with caplog.at_level(logging.INFO, logger="geomed_ssl"):
+        embed_folder(enc, data, tmp_path / "e1", level="image", progress=False)
+    notes = " ".join(r.getMessage() for r in caplog.records)
+    assert "named by the encoder's recipe (data.band_names: B02 B03 B04 B08)" in notes
+    three = scenes(tmp_path / "three", [40], bands=3)
+    with pytest.raises(DataError, match=r"lists 4.*the encoder's recipe's: --set data.band_names"):
+        embed_folder(enc, three, tmp_path / "e2", level="image", progress=False)

@@ -25,7 +25,7 @@ from geomed_ssl.data.catalog import Catalog, scan
 from geomed_ssl.data.labelled import scan_class_folders
 from geomed_ssl.errors import DataError
 from geomed_ssl.finetune.classify import save_selection
-from geomed_ssl.finetune.labels import label_sources, read_label_pairs
+from geomed_ssl.finetune.labels import label_grounds, label_sources, read_label_pairs
 from geomed_ssl.finetune.sampling import (ClassMap, LabelSelection, labelled_pixels, select_labels, split_images,
                                           training_area_maps, unique_ints)
 
@@ -66,6 +66,7 @@ class Task:
     label_paths: list[str] = field(default_factory=list)
     class_map: ClassMap | None = None
     sources: list[Any] = field(default_factory=list)  # segment: label_sources (copies of one voxel are one place)
+    grounds: list[str] | None = None  # segment: label_grounds (copies of one label map beside each date: one ground)
 
     @property
     def background(self) -> int | None:
@@ -103,7 +104,7 @@ def load_segment_task(recipe: Recipe, images: str | Path, labels: str | Path | N
     cmap = ClassMap.build(unique_ints(vals))
     return Task("segment", catalog, [r for r, _ in pairs], cmap.encode(vals), list(cmap.names), nd, files, flats,
                 [tuple(a.shape) for a in arrays], arrays, masks, [p for _, p in pairs], cmap,
-                label_sources([p for _, p in pairs], recipe.data))
+                label_sources([p for _, p in pairs], recipe.data), label_grounds(pairs, arrays))
 
 
 def load_classify_task(recipe: Recipe, data: str | Path, strict: bool) -> Task:
@@ -128,8 +129,9 @@ def make_split(task: Task, recipe: Recipe, budget: Budget, seed: int, split: str
                                           recipe.labels.test_fraction)
         return Split(budget, seed, train, test, notes)
     lab = labels_config(recipe, budget, seed, split)
-    selection = select_labels(task.arrays, task.masks, lab, paths=task.label_paths, sources=task.sources)
-    allowed = training_area_maps(task.arrays, task.masks, lab, task.label_paths)
+    selection = select_labels(task.arrays, task.masks, lab, paths=task.label_paths, sources=task.sources,
+                              grounds=task.grounds)
+    allowed = training_area_maps(task.arrays, task.masks, lab, task.grounds or task.label_paths)
     return Split(budget, seed, task.rows(selection, "train"), task.rows(selection, "test"), selection.notes,
                  selection, allowed)
 

@@ -216,23 +216,26 @@ def volume_grid_diffs(ras_shape: Sequence[int], ras_affine: np.ndarray, label: s
     return diffs
 
 
-def check_grid(record: FileRecord, label_path: str | Path, kind: str, shared: int = 1) -> None:
+def check_grid(record: FileRecord, label_path: str | Path, kind: str, peers: Sequence[FileRecord] = ()) -> None:
     """DataError naming both files and each difference unless the label is on the image's pixel / voxel grid
-    (``shared``: how many images the label serves; resampling it would then break it for the others)."""
+    (``peers``: the other images the label serves; when one of them is on its grid, the image is the one to
+    resample, as resampling the label would break it for them)."""
     label = str(label_path)
-    diffs = _raster_diffs(record, label) if kind == "raster" else _volume_diffs(record, label)
+    differ = _raster_diffs if kind == "raster" else _volume_diffs
+    diffs = differ(record, label)
     if diffs and diffs[0].endswith(" is not 3D"):  # e.g. two label maps stacked as frames
         shape = diffs[0].removeprefix("label shape ").removesuffix(" is not 3D")
         raise DataError(f"label '{label}' (of image '{record.path}') has shape {shape}: a label volume is 3D, one "
                         "class id per voxel; save one label map per file.")
     if diffs:
         what = "pixel grid (size, CRS, transform)" if kind == "raster" else "voxel grid (shape, affine)"
+        fitting = [p for p in peers if not differ(p, label)]
         raise DataError(f"label '{label}' is not on the {what} of image '{record.path}': {'; '.join(diffs)} "
                         + ("(label vs image). Resample the label onto the image grid (nearest neighbour) or fix "
-                           "which label belongs to which image (labels CSV)." if shared < 2 else
-                           f"(label vs image). The label serves {shared} images (dates of one ground): resample this "
-                           "image onto their grid (gdalwarp with their -te and -tr), or leave it out with --set "
-                           "\"data.exclude=[...]\"."))
+                           "which label belongs to which image (labels CSV)." if not fitting else
+                           f"(label vs image). The label serves {len(peers) + 1} images (dates of one ground) and "
+                           f"'{fitting[0].path}' is on its grid: resample this image onto theirs (gdalwarp with "
+                           "their -te and -tr), or leave it out with --set \"data.exclude=[...]\"."))
 
 
 def match_labels(image_records: Sequence[FileRecord], label_dir: str | Path | None, kind: str,
@@ -279,11 +282,11 @@ def match_labels(image_records: Sequence[FileRecord], label_dir: str | Path | No
     pairs = [(r, found[r.path]) for r in records if found[r.path] is not None]
     if not pairs:
         raise DataError(f"no image has a label file in {where}.")
-    served: dict[str, int] = {}
-    for _, label in pairs:
-        served[os.path.realpath(label)] = served.get(os.path.realpath(label), 0) + 1
+    served: dict[str, list[FileRecord]] = {}
     for record, label in pairs:
-        check_grid(record, label, kind, served[os.path.realpath(label)])
+        served.setdefault(os.path.realpath(label), []).append(record)
+    for record, label in pairs:
+        check_grid(record, label, kind, [r for r in served[os.path.realpath(label)] if r is not record])
     return pairs  # type: ignore[return-value]
 
 
@@ -400,19 +403,28 @@ def label_sources(paths: Sequence[str], data: Any) -> list[Sources | None]:
     return out
 
 
-def one_ground(seen: dict[Any, str], record: FileRecord, path: str, values: np.ndarray, labelled: np.ndarray) -> str:
-    """The label path that stands for ``path``: the first label file read (kept in ``seen``) holding the same labels
-    for an image on the same georeferenced grid, so copies of one label map beside each date of a scene make one
-    ground (a place trained at one date is tested at none; budgets count places) as one shared file does."""
-    if record.kind != "raster" or not record.crs:
-        return path
+def label_grounds(pairs: Sequence[tuple[FileRecord, str]], arrays: Sequence[np.ndarray]) -> list[str]:
+    """Per pair, the label path that stands for its ground: the first label file holding the same labels (``arrays``,
+    as read) for an image on the same georeferenced grid, so copies of one label map beside each date of a scene
+    are one ground (a place trained at one date is tested at none; budgets count places) as one shared file is.
+    Only for grouping: selections keep each image's own label path (what ``evaluate`` matches)."""
     import hashlib
 
-    digest = hashlib.sha256(np.ascontiguousarray(labelled).tobytes())
-    digest.update(np.ascontiguousarray(np.where(labelled, values, 0), dtype=np.int64).tobytes())
-    key = (tuple(record.shape), record.crs, tuple(round(float(v), 9) for v in record.transform or ()),
-           digest.hexdigest())
-    return seen.setdefault(key, path)
+    seen: dict[Any, str] = {}
+    out = []
+    for (record, path), values in zip(pairs, arrays):
+        if record.kind != "raster" or not record.crs:
+            out.append(str(path))
+            continue
+        digest = hashlib.sha256(np.ascontiguousarray(values, dtype=np.int64).tobytes()).hexdigest()
+        key = (tuple(record.shape), record.crs, tuple(round(float(v), 9) for v in record.transform or ()), digest)
+        out.append(seen.setdefault(key, str(path)))
+    copies = [(str(p), g) for (_, p), g in zip(pairs, out) if os.path.realpath(str(p)) != os.path.realpath(g)]
+    if copies:
+        log.info("%d label file(s) hold the same labels as another on the same grid ('%s' as '%s'%s): their images "
+                 "are taken as dates of one ground, so a place that trains at one date is tested at none",
+                 len(copies), *copies[0], ", ..." if len(copies) > 1 else "")
+    return out
 
 
 def read_label_pairs(records: Sequence[FileRecord], labels: str | Path | None, lab: object, data: object,
@@ -427,13 +439,12 @@ def read_label_pairs(records: Sequence[FileRecord], labels: str | Path | None, l
     ``class_range``: refuse class values a class map cannot store (training; ``evaluate`` scores known classes only).
     """
     is_csv = labels is not None and str(labels).lower().endswith(".csv")
-    pairs = list(match_labels(records, None if is_csv else labels, data.kind, csv=labels if is_csv else None,
-                              allow_unlabelled=allow_unlabelled, label_name=lab.label_name))
-    arrays, masks, seen, read = [], [], {}, list(pairs)
-    for n, (record, path) in enumerate(read):
+    pairs = match_labels(records, None if is_csv else labels, data.kind, csv=labels if is_csv else None,
+                         allow_unlabelled=allow_unlabelled, label_name=lab.label_name)
+    arrays, masks = [], []
+    for record, path in pairs:
         values, labelled = read_label(path, data.kind, lab.ignore_value, spacing=data.spacing, remap=lab.remap,
                                       warn_coverage=True)
-        pairs[n] = (record, one_ground(seen, record, path, values, labelled))
         held = values[labelled]
         if class_range and held.size and (held.min() < 0 or held.max() > MAX_CLASS_VALUE):  # predict's class maps
             bad = int(held.min()) if held.min() < 0 else int(held.max())
@@ -449,9 +460,4 @@ def read_label_pairs(records: Sequence[FileRecord], labels: str | Path | None, l
             labelled = labelled & valid
         arrays.append(values)
         masks.append(labelled)
-    copies = [(p, q) for (_, p), (_, q) in zip(read, pairs) if os.path.realpath(p) != os.path.realpath(q)]
-    if copies:
-        log.info("%d label file(s) hold the same labels as another on the same grid ('%s' as '%s'%s): their images "
-                 "are taken as dates of one ground, so a place that trains at one date is tested at none",
-                 len(copies), *copies[0], ", ..." if len(copies) > 1 else "")
     return pairs, arrays, masks

@@ -106,7 +106,7 @@ def unique_ints(values: np.ndarray) -> np.ndarray:
     if v.size and v.dtype.kind in "iu" and v.dtype != np.uint64:  # (bincount takes what casts to int64)
         lo, hi = int(v.min()), int(v.max())
         if hi - lo < 1 << 20:
-            return np.flatnonzero(np.bincount(v - lo if lo else v)).astype(v.dtype) + v.dtype.type(lo)
+            return (np.flatnonzero(np.bincount(v.astype(np.int64) - lo if lo else v)) + lo).astype(v.dtype)
     return np.unique(v)
 
 
@@ -204,6 +204,7 @@ class LabelSelection:
     split: str = "random"
     seed: int = 0
     paths: list[str] = field(default_factory=list)  # the label files, for the record
+    grounds: list[str] | None = None  # per file, what stands for its ground (copies of one map: one path); None: paths
 
     @property
     def class_map(self) -> ClassMap:
@@ -222,7 +223,7 @@ class LabelSelection:
         lines = [f"{self.train_value.size} training and {self.test_value.size} test positions over "
                  f"{len(self.classes)} classes ({self.split} split, seed {self.seed})",
                  "  train per class: " + ", ".join(f"{v}:{n}" for v, n in zip(self.classes, counts))]
-        keys = ground_keys(self.train_file, self.train_index, self.paths, len(self.shapes))
+        keys = ground_keys(self.train_file, self.train_index, self.grounds or self.paths, len(self.shapes))
         _, first = np.unique(keys, return_index=True)
         if first.size < keys.size:  # images sharing a label file: the budget counts places of the ground
             places = np.bincount(self.class_map.encode(self.train_value[first]), minlength=len(self.classes))
@@ -233,7 +234,8 @@ class LabelSelection:
     def save_npz(self, path: str | Path) -> None:
         """Write ``labels_used.npz`` (arrays + a JSON 'meta' string; loads without pickle)."""
         meta = {"version": 1, "classes": self.classes, "class_names": self.class_names, "notes": self.notes,
-                "shapes": [list(s) for s in self.shapes], "split": self.split, "seed": self.seed, "paths": self.paths}
+                "shapes": [list(s) for s in self.shapes], "split": self.split, "seed": self.seed, "paths": self.paths,
+                **({"grounds": self.grounds} if self.grounds is not None else {})}
         arrays = {k: getattr(self, k) for k in ("train_file", "train_index", "train_value", "test_file",
                                                 "test_index", "test_value")}
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -249,7 +251,8 @@ class LabelSelection:
             raise DataError(f"cannot read label selection '{path}' ({err}); expected a labels_used.npz.") from None
         return cls(**arrays, classes=[int(c) for c in meta["classes"]], class_names=list(meta["class_names"]),
                    shapes=[tuple(s) for s in meta["shapes"]], notes=list(meta["notes"]), split=meta["split"],
-                   seed=int(meta["seed"]), paths=list(meta.get("paths", [])))
+                   seed=int(meta["seed"]), paths=list(meta.get("paths", [])),
+                   grounds=list(meta["grounds"]) if meta.get("grounds") is not None else None)
 
 
 def check_labels_config(cfg: Any) -> None:
@@ -278,7 +281,8 @@ def _subsample(idx: np.ndarray, values: np.ndarray, fraction: float, seed: int) 
 def training_area_maps(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray], cfg: Any,
                        paths: Sequence[str] = ()) -> list[np.ndarray] | None:
     """Per label array, a bool map of its shape: True where ``select_labels`` with the same ``labels`` config and
-    ``paths`` may train (its training blocks or images), False where it only tests; None for the random split."""
+    ``paths`` (its ``grounds`` when it was given them) may train (its training blocks or images), False where it
+    only tests; None for the random split."""
     if cfg.split == "random":
         return None
     shapes = [tuple(int(s) for s in a.shape) for a in labels_list]
@@ -306,15 +310,19 @@ def source_places(files: np.ndarray, flats: np.ndarray, shapes: Sequence[tuple[i
 
 def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray], cfg: Any,
                   names: Names | Sequence[str] = None, paths: Sequence[str] = (),
-                  sources: Sequence[Sources | None] | None = None) -> LabelSelection:
+                  sources: Sequence[Sources | None] | None = None,
+                  grounds: Sequence[str] | None = None) -> LabelSelection:
     """Draw the training positions from label arrays as the ``labels`` config says; the test set is the rest
     (random split) or the labelled positions of the test blocks / images (``blocks`` / ``images`` split:
     :mod:`geomed_ssl.finetune.splits`), subsampled by ``test_fraction``.
 
     Without per_class and fraction every labelled position of the training pool trains. Images with the same label
     file in ``paths`` are one ground at several dates: they share blocks (and ``images`` keeps them together), and a
-    position that trains at one date is tested at none. Likewise the copies of one label voxel that ``sources``
-    (:func:`label_sources`) names on a resampled grid: a budget counts them once, and they train or test together.
+    position that trains at one date is tested at none; ``grounds`` (:func:`geomed_ssl.finetune.labels.label_grounds`:
+    copies of one label map beside each date stand for one file) group the images in the place of ``paths``, which
+    the selection keeps as the record of each image's own label file. Likewise the copies of one label voxel that
+    ``sources`` (:func:`label_sources`) names on a resampled grid: a budget counts them once, and they train or test
+    together.
     """
     check_labels_config(cfg)
     shapes = [tuple(int(s) for s in a.shape) for a in labels_list]
@@ -329,10 +337,11 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
                         f"{unit}s in {len(shapes)} label file(s)); segmentation needs at least two: label another "
                         f"class too (e.g. the background), or check labels.ignore_value ({cfg.ignore_value}).")
     seed, notes = int(cfg.seed), []
-    maps = training_maps(cfg.split, shapes, int(cfg.block_size), seed, files, flats, values, paths)
+    group = list(grounds) if grounds is not None else paths
+    maps = training_maps(cfg.split, shapes, int(cfg.block_size), seed, files, flats, values, group)
     pool = training_pool(maps, files, flats)  # (N,) may train; None: the random split
     places = source_places(files, flats, shapes, sources)
-    keys = ground_keys(files, places, paths, len(shapes))  # one per place of the ground, shared by its dates and by
+    keys = ground_keys(files, places, group, len(shapes))  # one per place of the ground, shared by its dates and by
     # the copies of one voxel
     copies = values.size if places is flats else np.unique(ground_keys(files, places, [], len(shapes))).size
     distinct = bool((keys[1:] > keys[:-1]).all())  # one position per place (no dates, no copies): keys ascend
@@ -375,7 +384,8 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
         if c not in tested:
             notes.append(f"{cmap.label(c)}: no test {unit}s left; it is not evaluated")
     return LabelSelection(files[train], flats[train], values[train], files[test], flats[test], values[test],
-                          list(cmap.values), list(cmap.names), shapes, notes, cfg.split, seed, [str(p) for p in paths])
+                          list(cmap.values), list(cmap.names), shapes, notes, cfg.split, seed, [str(p) for p in paths],
+                          [str(g) for g in grounds] if grounds is not None else None)
 
 
 # -- classification datasets ------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from geomed_ssl.config import Recipe, as_recipe, as_tuple, spatial_dims
 from geomed_ssl.data.catalog import scan
 from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, class_weights_from_counts, data_meta,
                                      encoder_and_stats, finetune_inputs, fit_supervised, save_recipe, seed_new_head)
-from geomed_ssl.finetune.labels import label_sources, read_label_pairs, select_labels
+from geomed_ssl.finetune.labels import label_grounds, label_sources, read_label_pairs, select_labels
 from geomed_ssl.finetune.probe import fit_probe_model
 from geomed_ssl.finetune.sampling import training_area_maps
 from geomed_ssl.finetune.seg_data import SparseLabelDataset
@@ -85,8 +85,9 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     catalog.warn_problems()
     lab = recipe.labels
     pairs, arrays, masks = read_label_pairs(catalog.records, labels, lab, recipe.data)
+    grounds = label_grounds(pairs, arrays)  # copies of one label map beside each date: one ground
     selection = select_labels(arrays, masks, lab, paths=[os.path.abspath(p) for _, p in pairs],  # evaluate finds them
-                              sources=label_sources([p for _, p in pairs], recipe.data))
+                              sources=label_sources([p for _, p in pairs], recipe.data), grounds=grounds)
     log.info(selection.summary())
     enc, stats, source, catalog = encoder_and_stats(encoder, recipe, catalog)
     by_path = {r.path: r for r in catalog.records}
@@ -97,7 +98,7 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     selection.save_npz(out / "labels_used.npz")
     window = tuple(window)  # encoder_and_stats refused an encoder of the other dimensionality
     records = [by_path[r.path] for r, _ in pairs]  # read as the encoder needs
-    allowed = training_area_maps(arrays, masks, lab, [p for _, p in pairs])
+    allowed = training_area_maps(arrays, masks, lab, grounds)
     if recipe.finetune.head == "probe":
         model = fit_probe_model(enc, recipe, records, selection, stats, allowed)
     else:

@@ -430,3 +430,39 @@ def test_an_evaluate_that_fails_midway_leaves_the_earlier_metrics_and_figure_as_
     with pytest.raises(OSError):
         ev.evaluate_dir(ft, images, labels, out=tmp_path / "ev")
     assert {p.name: p.read_bytes() for p in (tmp_path / "ev").iterdir()} == before  # no new figure, no partial
+
+
+def test_dates_with_copies_of_one_label_map_train_as_one_ground_and_evaluate_finds_every_trained_place(
+        tmp_path: Path) -> None:
+    """Three dates in folders of their own, each with a copy of the label map: a place drawn trains at all three
+    and is tested at none; evaluate on two of the dates (a CSV) finds the trained places there and scores them
+    apart, as each image keeps its own label path in labels_used.npz."""
+    rng = np.random.default_rng(3)
+    img = structured_raster(rng, 4, 48)
+    level = img[0].astype(float)
+    cls = (np.digitize(level, np.quantile(level, [1 / 3, 2 / 3])) + 1).astype(np.uint8)
+    rows = ["image,label"]
+    for d in ("d1", "d2", "d3"):
+        (tmp_path / "dates" / d).mkdir(parents=True)
+        write_geotiff(tmp_path / "dates" / d / "tile.tif", img + rng.integers(0, 20, img.shape).astype(img.dtype))
+        write_geotiff(tmp_path / "dates" / d / "lulc.tif", cls[None])
+        rows.append(f"dates/{d}/tile.tif,dates/{d}/lulc.tif")
+    (tmp_path / "all.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "later.csv").write_text("\n".join([rows[0], *rows[2:]]) + "\n")
+    ft = tmp_path / "ft"
+    result = runner.invoke(app, ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", "none",
+                                 "--images", str(tmp_path / "dates"), "--labels", str(tmp_path / "all.csv"),
+                                 "--out", str(ft), "--labels-per-class", "4",
+                                 *sets("data.sensor=null", "data.exclude=[\"*lulc*\"]", "finetune.head=probe")])
+    assert result.exit_code == 0, result.output
+    from geomed_ssl.finetune.sampling import LabelSelection
+
+    used = LabelSelection.load_npz(ft / "labels_used.npz")
+    assert [Path(p).parent.name for p in used.paths] == ["d1", "d2", "d3"]
+    places = {int(i) for i in used.train_index}
+    assert len(places) == 12 and all(set(used.train_index[used.train_file == f].tolist()) == places for f in range(3))
+    assert not places & set(used.test_index.tolist())  # no date tests a place another date trains
+    ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(tmp_path / "dates"), "--labels",
+                             str(tmp_path / "later.csv"), "--out", str(tmp_path / "ev")])
+    assert ev.exit_code == 0, ev.output
+    assert "24 of the" in ev.output and "trained this model" in ev.output  # 12 places at the two later dates

@@ -12,9 +12,8 @@ from geomed_ssl.config import DataConfig, LabelsConfig
 from geomed_ssl.data.catalog import scan
 from geomed_ssl.data.labelled import scan_class_folders
 from geomed_ssl.finetune.labels import (
-    ClassMap, LabelSelection, block_split, class_ids, labelled_pixels, match_labels, read_label, read_label_pairs,
-    sample_fraction,
-    sample_images_per_class, sample_per_class, select_labels,
+    ClassMap, LabelSelection, block_split, class_ids, label_grounds, labelled_pixels, match_labels, read_label,
+    read_label_pairs, sample_fraction, sample_images_per_class, sample_per_class, select_labels,
 )
 from geomed_ssl.finetune.sampling import training_area_maps
 from geomed_ssl.errors import ConfigError, DataError
@@ -687,7 +686,8 @@ def test_counting_and_radix_shortcuts_give_what_unique_and_a_stable_argsort_give
     rng = np.random.default_rng(0)
     cases = [rng.integers(0, 5, 1000), rng.integers(-3, 4, (20, 30)), rng.integers(0, 40000, 500),
              rng.integers(-2**40, 2**40, 300), np.zeros(0, np.int64), rng.integers(0, 7, 100).astype(np.uint8),
-             np.array([2**63 + 5, 3], np.uint64)]
+             np.array([2**63 + 5, 3], np.uint64), np.array([[-100, 50]], np.int8),
+             np.array([-30000, 30000, 7], np.int16)]
     for values in cases:
         got = unique_ints(values)
         assert got.dtype == np.unique(values).dtype and np.array_equal(got, np.unique(values))
@@ -719,13 +719,15 @@ def test_copies_of_one_label_map_beside_each_date_make_one_ground(tmp_path, capl
     changed[5, 5] = 2  # land cover changed at one place: another map
     _label(tmp_path / "d4" / "lulc.tif", changed)
     records = scan(tmp_path, DataConfig(patch_size=8)).records
-    with caplog.at_level(logging.INFO, logger="geomed_ssl"):
-        pairs, arrays, masks = read_label_pairs(records, None, LabelsConfig(label_name="lulc.tif"),
-                                                DataConfig(patch_size=8))
+    pairs, arrays, masks = read_label_pairs(records, None, LabelsConfig(label_name="lulc.tif"), DataConfig(patch_size=8))
     paths = [p for _, p in pairs]
-    assert [Path(p).parent.name for p in paths] == ["d1", "d1", "d1", "d4"]
+    assert [Path(p).parent.name for p in paths] == ["d1", "d2", "d3", "d4"]  # each image keeps its own label file
+    with caplog.at_level(logging.INFO, logger="geomed_ssl"):
+        grounds = label_grounds(pairs, arrays)
+    assert [Path(p).parent.name for p in grounds] == ["d1", "d1", "d1", "d4"]
     assert "2 label file(s) hold the same labels as another on the same grid" in caplog.text
-    sel = select_labels(arrays, masks, LabelsConfig(per_class=5, seed=0), paths=paths)
+    sel = select_labels(arrays, masks, LabelsConfig(per_class=5, seed=0), paths=paths, grounds=grounds)
+    assert sel.paths == paths and sel.grounds == grounds
     trained = set(zip(sel.train_file.tolist(), sel.train_index.tolist()))
     same_ground = {(f, i) for f in (0, 1, 2) for i in sel.train_index[sel.train_file < 3].tolist()}
     assert trained >= same_ground  # each place drawn trains at the three dates of the copies
@@ -737,8 +739,8 @@ def test_copies_of_one_label_map_beside_each_date_make_one_ground(tmp_path, capl
         write_geotiff(plain / d / "tile.tif", structured_raster(rng, 3, 32), crs=None, transform=Affine.identity())
         _label(plain / d / "lulc.tif", lab, crs=None, transform=Affine.identity())
     records = scan(plain, DataConfig(patch_size=8)).records
-    pairs, _, _ = read_label_pairs(records, None, LabelsConfig(label_name="lulc.tif"), DataConfig(patch_size=8))
-    assert [Path(p).parent.name for _, p in pairs] == ["p1", "p2"]
+    pairs, arrays, _ = read_label_pairs(records, None, LabelsConfig(label_name="lulc.tif"), DataConfig(patch_size=8))
+    assert [Path(p).parent.name for p in label_grounds(pairs, arrays)] == ["p1", "p2"]
 
 
 def test_a_date_off_the_grid_of_its_shared_label_is_told_to_be_resampled_not_the_label(tmp_path):
@@ -751,5 +753,11 @@ def test_a_date_off_the_grid_of_its_shared_label_is_told_to_be_resampled_not_the
                   transform=Affine(10, 0, 500010, 0, -10, 5100000))  # shifted by one column
     _label(tmp_path / "lulc.tif", _classes())
     records = scan(tmp_path / "images", DataConfig(patch_size=8)).records
-    with pytest.raises(DataError, match=r"t2.tif.*origin shifted.*serves 2 images.*resample this image"):
+    with pytest.raises(DataError, match=r"t2.tif.*origin shifted.*serves 2 images .*t1.tif' is on its grid: "
+                                         "resample this image"):
+        match_labels(records, tmp_path / "lulc.tif", "raster")
+    _label(tmp_path / "lulc.tif", _classes(), transform=Affine(10, 0, 500030, 0, -10, 5100000))  # the label is off
+    write_geotiff(tmp_path / "images" / "t2.tif", structured_raster(rng, 3, 32))
+    records = scan(tmp_path / "images", DataConfig(patch_size=8)).records
+    with pytest.raises(DataError, match=r"origin shifted.*Resample the label onto the image grid"):
         match_labels(records, tmp_path / "lulc.tif", "raster")

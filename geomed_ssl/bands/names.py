@@ -327,19 +327,28 @@ def band_order(expected: Sequence[str], found: Sequence[str], where: str,
     if want == have:
         return None
     missing = [n for n in want if n not in have]
-    if missing and len(want) == len(have):  # the same bands written another way: B1 / B01, or GDAL's "B01 (0.443
-        # Micrometers)" (models named so before); never with bands left over: another sensor's B8 is not this B08
+    look_alike = ""
+    if missing:  # the same bands written another way: B1 / B01, or GDAL's "B01 (0.443 Micrometers)" (models named
+        # so before); never with bands left over: another sensor's B8 is not this B08
         loose = {_canon(split_wavelength_suffix(n)[0]): i for i, n in enumerate(have)}
         found_loosely = [loose.get(_canon(split_wavelength_suffix(n)[0])) for n in want]
         if len(loose) == len(have) and all(i is not None for i in found_loosely):
-            return found_loosely  # type: ignore[return-value]
+            if len(want) == len(have):
+                return found_loosely  # type: ignore[return-value]
+            pairs = [f"{have[i]} ~ {n}" for n, i in zip(want, found_loosely) if have[i] != n]
+            shown = ", ".join(pairs[:4]) + (" ..." if len(pairs) > 4 else "")
+            look_alike = (f" The data names bands like the model's ({shown}) but holds others too, and a look-alike "
+                          "name may be another sensor's band (Landsat-8's B8 is panchromatic, Sentinel-2's B08 "
+                          "near-infrared), so they are not taken by their look: if they are these bands, name them as "
+                          "the model does or give a file of the model's bands only.")
     if missing:
         extra = [n for n in have if n not in want]
         hint = ("the file's band descriptions name its bands, so use data that holds these bands"
                 if source == "file" else
                 "if the data holds them under other names, set data.band_names to its band names in order")
         raise DataError(f"'{where}' bands do not cover the model's: missing {brief(missing, as_list=True)}, extra "
-                        f"{brief(extra, as_list=True)} (data: {brief(have)}; model: {brief(want)}); {hint}.")
+                        f"{brief(extra, as_list=True)} (data: {brief(have)}; model: {brief(want)}); {hint}."
+                        f"{look_alike}")
     return [have.index(n) for n in want]
 
 

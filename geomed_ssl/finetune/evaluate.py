@@ -44,6 +44,9 @@ def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Seque
     out = []
     with scratch_dir("evaluate") as tmp:  # a killed run's class maps go with the next run
         for i, path in enumerate(paths):
+            if only is not None and only[i] is not None and not only[i].any():  # nothing of it is scored
+                out.append(np.full(only[i].shape, -1, np.int64))
+                continue
             if cfg.kind == "raster":
                 target = Path(tmp) / f"pred_{i}.tif"
                 predict_raster(model_fn(model), path, target, stats, window=meta["window"], overlap=overlap,

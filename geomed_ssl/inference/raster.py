@@ -139,7 +139,8 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
                 w.abort()  # a writer already committed has nothing left to abort
             raise
     warn_far_from_stats([(str(path), ranges.value_range())], stats)
-    warn_if_nothing_predicted(path, info["valid_pixels"], scene.nodata, out_path)
+    if only is None or only.any():  # (nothing asked for: nothing predicted, rightly)
+        warn_if_nothing_predicted(path, info["valid_pixels"], scene.nodata, out_path)
     seconds = time.perf_counter() - t0
     (H, W), ppath = scene.shape, outputs[1].path if pkind else None
     return {

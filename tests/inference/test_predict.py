@@ -672,7 +672,8 @@ def test_an_output_name_the_file_system_refuses_is_one_line_naming_it(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t1.nii.gz"]
 
 
-def test_predicting_only_the_windows_that_hold_wanted_pixels_gives_the_whole_scenes_map_there(scene, tmp_path):
+def test_predicting_only_the_windows_that_hold_wanted_pixels_gives_the_whole_scenes_map_there(scene, tmp_path,
+                                                                                              caplog):
     """``only`` (what evaluate asks for its labelled pixels): a model with spatial context, so a pixel's value is
     a blend of every window holding it; they are all computed, so the wanted pixels match the whole prediction."""
     torch.manual_seed(1)
@@ -695,3 +696,9 @@ def test_predicting_only_the_windows_that_hold_wanted_pixels_gives_the_whole_sce
     with pytest.raises(ValueError, match="shape"):
         predict_raster(model, scene["path"], tmp_path / "bad.tif", scene["stats"], window=(96, 80), num_classes=K,
                        only=only[:-1])
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):  # nothing asked for: no "no valid pixel" warning
+        none = predict_raster(model, scene["path"], tmp_path / "none.tif", scene["stats"], window=(96, 80),
+                              num_classes=K, only=np.zeros((H, W), bool))
+    assert none["windows_computed"] == 0 and "no valid pixel" not in caplog.text

@@ -137,6 +137,9 @@ def test_records_differing_in_transform_or_bands_are_not_mates(tmp_path) -> None
     assert same_grid_mates(records) == [[2], [], [0]]
     renamed = dataclasses.replace(records[2], band_names=["x", "y"])
     assert same_grid_mates([records[0], renamed]) == [[], []]
+    c, f = records[0].transform[2], records[0].transform[5]  # a date reprojected apart: float noise in its origin
+    noisy = dataclasses.replace(records[2], transform=(10.0, 0.0, c + 1e-6, 0.0, -10.0, f - 1e-6))
+    assert same_grid_mates([records[0], noisy]) == [[1], [0]]
 
 
 def test_date_pairs_with_a_method_of_one_view_is_refused() -> None:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from geomed_ssl.data.catalog import EXTENSIONS, FileRecord
-from geomed_ssl.geo.grids import gcp_grid, grid_diffs
+from geomed_ssl.geo.grids import gcp_grid, grid_diffs, grid_identity
 from geomed_ssl.data.listing import walk
 from geomed_ssl.data.readers import nearest_index, resampled_shape, valid_map, voxel_mm
 from geomed_ssl.data.tables import LINE, read_rows
@@ -417,7 +417,7 @@ def label_grounds(pairs: Sequence[tuple[FileRecord, str]], arrays: Sequence[np.n
             out.append(str(path))
             continue
         digest = hashlib.sha256(np.ascontiguousarray(values, dtype=np.int64).tobytes()).hexdigest()
-        key = (tuple(record.shape), record.crs, tuple(round(float(v), 9) for v in record.transform or ()), digest)
+        key = (grid_identity(record.shape, record.crs, record.transform), digest)
         out.append(seen.setdefault(key, str(path)))
     copies = [(str(p), g) for (_, p), g in zip(pairs, out) if os.path.realpath(str(p)) != os.path.realpath(g)]
     if copies:

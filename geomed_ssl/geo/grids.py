@@ -110,3 +110,14 @@ def grid_diffs(shape: Sequence[int], crs: str | None, transform: Sequence[float]
             diffs.append(f"origin shifted by {col:+.3g} columns, {row:+.3g} rows "
                          f"(({tr[2]:.10g}, {tr[5]:.10g}) vs ({ref[2]:.10g}, {ref[5]:.10g}))")
     return diffs
+
+
+def grid_identity(shape: Sequence[int], crs: str | None, transform: Sequence[float] | None) -> tuple:
+    """A hashable key two rasters on one pixel grid share: size, CRS (by its code when it has one: two writers' WKT
+    of one CRS differ in text) and transform, the origin in thousandths of a pixel (``PIXEL_TOL``), so float noise
+    in a reprojected date's origin does not set it apart."""
+    values = tuple(round(float(v), 9) for v in list(transform or ())[:6])
+    if len(values) == 6 and values[0] and values[4]:  # (a, b, c, d, e, f): the origin (c, f) in pixels
+        a, b, c, d, e, f = values
+        values = (a, b, round(c / a / PIXEL_TOL), d, e, round(f / e / PIXEL_TOL))
+    return tuple(int(n) for n in shape), crs_name(crs), values

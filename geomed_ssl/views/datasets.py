@@ -20,7 +20,7 @@ from geomed_ssl.config import as_tuple, spatial_dims
 from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import normalize
 from geomed_ssl.errors import DataError
-from geomed_ssl.geo.grids import PIXEL_TOL, crs_name
+from geomed_ssl.geo.grids import grid_identity
 
 # Distinct seed-sequence tags so the streams for file, window, view and date-pair choices never coincide.
 TAG_FILE, TAG_WINDOW, TAG_VIEW, TAG_MATE = 101, 202, 303, 404
@@ -31,18 +31,10 @@ def _rng(*key: int) -> np.random.Generator:
 
 
 def grid_key(record: Any) -> tuple:
-    """What two files must share for one window to be one place in both: kind, shape, CRS (by its code when it has
-    one: two writers' WKT of one CRS differ in text) and transform (rasters: the origin in pixels to a thousandth,
-    as ``geo.grids.PIXEL_TOL``, so float noise in a reprojected date's origin does not split it from the others) or
-    affine (volumes), and bands."""
-    def rounded(values: Any) -> tuple:
-        return tuple(round(float(v), 9) for v in np.ravel(values)) if values is not None else ()
-
-    transform = rounded(record.transform)
-    if len(transform) >= 6 and transform[0] and transform[4]:  # (a, b, c, d, e, f): origin (c, f) in pixels
-        a, b, c, d, e, f = transform[:6]
-        transform = (a, b, round(c / a / PIXEL_TOL), d, e, round(f / e / PIXEL_TOL))  # thousandths of pixels
-    return (record.kind, tuple(record.shape), crs_name(record.crs), transform, rounded(record.affine),
+    """What two files must share for one window to be one place in both: kind, the pixel grid (rasters:
+    ``geo.grids.grid_identity``, origins to a thousandth of a pixel) or affine (volumes), and bands."""
+    affine = tuple(round(float(v), 9) for v in np.ravel(record.affine)) if record.affine is not None else ()
+    return (record.kind, grid_identity(record.shape, record.crs, record.transform), affine,
             tuple(record.band_names or ()))
 
 

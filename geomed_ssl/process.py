@@ -5,6 +5,7 @@ fixed or its thread count changed. :func:`keeps_process_state` saves that state 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -84,3 +85,34 @@ def keeps_process_state(fn: F) -> F:
             state.restore()
 
     return wrapper  # type: ignore[return-value]
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised as a Ctrl-C raises KeyboardInterrupt, inside :func:`stops_as`."""
+
+
+@contextlib.contextmanager
+def stops_as(message: Callable[[str], str]) -> Any:
+    """Inside, a Ctrl-C (KeyboardInterrupt) or a SIGTERM ends the block with ``RunStopped(name, message(name))``:
+    the line saying what a stop there leaves and how to go on, and the shell's code (130, 143), for the phases a
+    Lightning loop does not guard (fitting a probe head, the final evaluation). Not around ``trainer.fit``: Lightning
+    handles SIGTERM there itself (a checkpoint at the next step)."""
+    from geomed_ssl.errors import RunStopped
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    if main:
+        signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise RunStopped("SIGINT", message("SIGINT")) from None
+    except _Terminated:
+        raise RunStopped("SIGTERM", message("SIGTERM")) from None
+    finally:
+        if main and previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -18,14 +18,15 @@ from geomed_ssl.data.catalog import Catalog
 from geomed_ssl.data.labelled import ImageDataset, scan_class_folders
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, class_weights_from_counts, data_meta,
-                                     encoder_and_stats, finetune_inputs, fit_supervised, save_recipe, seed_new_head)
+                                     encoder_and_stats, finetune_inputs, fit_supervised, no_model, not_evaluated,
+                                     save_recipe, seed_new_head)
 from geomed_ssl.finetune.sampling import split_images
 from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix, write_metrics
 from geomed_ssl.models.cls_heads import ClassificationModel
 from geomed_ssl.models.device import model_device
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_path
-from geomed_ssl.process import keeps_process_state
+from geomed_ssl.process import keeps_process_state, stops_as
 
 log = logging.getLogger("geomed_ssl")
 
@@ -129,8 +130,9 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
     weights = class_weights_from_counts(counts, f.class_weights)
     if f.freeze_encoder and not f.unfreeze_after_steps:
         model.encoder.requires_grad_(False)
-        feats = extract_features(model, dataset, train)
-        train_probe(model, feats, torch.from_numpy(labels[train]), recipe, weights)
+        with stops_as(no_model(out)):
+            feats = extract_features(model, dataset, train)
+            train_probe(model, feats, torch.from_numpy(labels[train]), recipe, weights)
         mode = f"{f.head} probe on frozen features"
     else:
         stream = Repeat(ImageDataset(records, labels, stats, recipe.data, enc.config.patch_size, augment=True,
@@ -141,8 +143,10 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
     meta = {"task": "classify", "head": {"kind": f.head, "pool": f.pool, "mode": mode},
             "classes": [{"index": i, "value": i, "name": n} for i, n in enumerate(names)],
             "window": list(enc.config.img_size), "encoder_source": source, "data": data_meta(recipe.data)}
-    meta = save_model(model, out / "model", meta)
-    metrics = evaluate_images(model, dataset, labels, {"train": train, "test": test}, names, out, notes)
+    with stops_as(no_model(out)):
+        meta = save_model(model, out / "model", meta)
+    with stops_as(not_evaluated(out, f"--data {data}")):
+        metrics = evaluate_images(model, dataset, labels, {"train": train, "test": test}, names, out, notes)
     return FinetuneResult(out, metrics, None)
 
 

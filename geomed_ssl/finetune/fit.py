@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
 import numpy as np
@@ -165,3 +165,17 @@ def fit_supervised(model: torch.nn.Module, dataset: Any, recipe: Recipe, num_cla
         raise RunStopped(name, f"fine-tuning stopped by {name} at step {trainer.global_step} of {f.max_steps}; "
                                f"'{out}' holds no model: run the same command again with --overwrite.") from None
     model.eval()
+
+
+def no_model(out: Path) -> Callable[[str], str]:
+    """The line of a fine-tune stopped (by the signal named) before its model was saved."""
+    return lambda name: (f"fine-tuning stopped by {name} before its model was saved; '{out}' holds no model: run the "
+                         "same command again with --overwrite.")
+
+
+def not_evaluated(out: Path, data_args: str) -> Callable[[str], str]:
+    """The line of a fine-tune stopped (by the signal named) during its final evaluation, the model saved:
+    ``data_args`` are what ``evaluate`` takes to score it (``--images ... --labels ...`` / ``--data ...``)."""
+    return lambda name: (f"fine-tuning stopped by {name} during its final evaluation: the model in '{out / 'model'}' "
+                         f"is complete, its metrics.json is not written; `geomed-ssl evaluate {out} {data_args}` "
+                         "scores it (or run the same command again with --overwrite).")

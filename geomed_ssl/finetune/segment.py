@@ -15,7 +15,8 @@ from geomed_ssl.checkpoint import save_model
 from geomed_ssl.config import Recipe, as_recipe, as_tuple, spatial_dims
 from geomed_ssl.data.catalog import scan
 from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, class_weights_from_counts, data_meta,
-                                     encoder_and_stats, finetune_inputs, fit_supervised, save_recipe, seed_new_head)
+                                     encoder_and_stats, finetune_inputs, fit_supervised, no_model, not_evaluated,
+                                     save_recipe, seed_new_head)
 from geomed_ssl.finetune.labels import label_grounds, label_sources, read_label_pairs, select_labels
 from geomed_ssl.finetune.probe import fit_probe_model
 from geomed_ssl.finetune.sampling import training_area_maps
@@ -23,7 +24,7 @@ from geomed_ssl.finetune.seg_data import SparseLabelDataset
 from geomed_ssl.models.device import resolve_device
 from geomed_ssl.models.seg_decoder import SegmentationModel
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
-from geomed_ssl.process import keeps_process_state
+from geomed_ssl.process import keeps_process_state, stops_as
 
 log = logging.getLogger("geomed_ssl")
 
@@ -100,7 +101,8 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     records = [by_path[r.path] for r, _ in pairs]  # read as the encoder needs
     allowed = training_area_maps(arrays, masks, lab, grounds)
     if recipe.finetune.head == "probe":
-        model = fit_probe_model(enc, recipe, records, selection, stats, allowed)
+        with stops_as(no_model(out)):
+            model = fit_probe_model(enc, recipe, records, selection, stats, allowed)
     else:
         model = _train(enc, recipe, selection, records, stats, window, allowed, out, progress)
     head = {"kind": model.head, "layers": list(model.layers), "feature_size": recipe.finetune.feature_size}
@@ -111,7 +113,10 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
             "classes": [{"index": i, "value": v, "name": n} for i, (v, n) in
                         enumerate(zip(selection.classes, selection.class_names))],
             "window": list(window), "encoder_source": source, "data": data_meta(recipe.data)}
-    meta = save_model(model, out / "model", meta)
+    with stops_as(no_model(out)):
+        meta = save_model(model, out / "model", meta)
     model.to(resolve_device("cpu" if recipe.train.accelerator == "cpu" else "auto"))  # whole-image evaluation
-    metrics = evaluate_segmentation(model, meta, records, arrays, selection, out, recipe.data)
+    scored_by = f"--images {images}" + (f" --labels {labels}" if labels is not None else "")
+    with stops_as(not_evaluated(out, scored_by)):
+        metrics = evaluate_segmentation(model, meta, records, arrays, selection, out, recipe.data)
     return FinetuneResult(out, metrics, selection)

@@ -466,3 +466,46 @@ def test_dates_with_copies_of_one_label_map_train_as_one_ground_and_evaluate_fin
                              str(tmp_path / "later.csv"), "--out", str(tmp_path / "ev")])
     assert ev.exit_code == 0, ev.output
     assert "24 of the" in ev.output and "trained this model" in ev.output  # 12 places at the two later dates
+
+
+@pytest.mark.parametrize("where", ["probe", "evaluation"])
+def test_a_fine_tune_stopped_outside_its_training_loop_says_what_it_left(seg_scene, tmp_path, monkeypatch,
+                                                                         where: str) -> None:
+    """Ctrl-C while fitting a probe head: no model, a line saying so, exit 130; during the final evaluation: the
+    saved model is complete, the line says metrics.json is missing and which evaluate command scores it."""
+    from geomed_ssl.finetune import evaluate, segment
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(segment if where == "probe" else evaluate,
+                        "fit_probe_model" if where == "probe" else "evaluate_segmentation", interrupt)
+    images, labels = seg_scene
+    ft = tmp_path / "ft"
+    result = runner.invoke(app, ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", "none",
+                                 "--images", str(images), "--labels", str(labels), "--out", str(ft),
+                                 "--labels-per-class", "5", *sets("data.sensor=null", "finetune.head=probe")])
+    assert result.exit_code == 130, result.output
+    if where == "probe":
+        assert f"stopped by SIGINT before its model was saved; '{ft}' holds no model" in result.output
+        assert not (ft / "model").exists()
+    else:
+        assert "during its final evaluation" in result.output and f"geomed-ssl evaluate {ft} --images" in result.output
+        assert (ft / "model" / "model.safetensors").is_file() and not (ft / "metrics.json").exists()
+
+
+def test_sigterm_outside_a_training_loop_stops_with_the_line_and_the_previous_handler_comes_back() -> None:
+    import os
+    import signal
+
+    from geomed_ssl.errors import RunStopped
+    from geomed_ssl.process import stops_as
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(RunStopped, match="stopped by SIGTERM here") as stop:
+        with stops_as(lambda name: f"stopped by {name} here"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            import time
+
+            time.sleep(5)  # the handler raises first
+    assert stop.value.signal == "SIGTERM" and signal.getsignal(signal.SIGTERM) is before

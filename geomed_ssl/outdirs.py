@@ -401,6 +401,7 @@ def prepare_out_dir(out: PathLike, *, command: str, inputs: Inputs | None = None
             else:
                 entry.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(out)  # a folder a killed first run made holds only its manifest and such names
     write_manifest(out, command)
     return out
 

@@ -39,6 +39,17 @@ def test_overwrite_replaces_a_folder_of_ours(tmp_path: Path) -> None:
 
 
 
+def test_a_folder_a_killed_first_run_made_is_taken_again_without_what_its_writers_left(tmp_path: Path) -> None:
+    """A first evaluate / similar killed while writing leaves its manifest and a temporary file: the next run
+    creates the folder as new and deletes the dead writer's file, which would otherwise stay until a third run."""
+    from geomed_ssl.outfiles import host_tag
+
+    out = prepare_out_dir(tmp_path / "ev", command="evaluate")
+    fill(out, f".partial-999999.{host_tag()}-confusion.png")  # a writer on this machine that is gone
+    prepare_out_dir(out, command="evaluate")
+    assert [p.name for p in out.iterdir()] == [MANIFEST]
+
+
 def test_overwrite_deletes_what_killed_writers_left_and_names_backup_like_files(tmp_path: Path) -> None:
     out = prepare_out_dir(tmp_path / "run", command="pretrain")
     fill(out, "metrics.csv", ".partial-4242-metrics.csv", ".partial-4242.0a1b2c3d-stats.json")

@@ -413,8 +413,6 @@ def test_a_resume_takes_the_encoder_by_any_spelling_and_names_the_setting_that_c
                                                                                          tmp_path: Path) -> None:
     import shutil
 
-    from geomed_ssl.errors import DataError, GeomedError
-
     run = tmp_path / "run"
     shutil.copytree(encoder, run / "encoder")
     out = tmp_path / "emb"

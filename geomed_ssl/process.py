@@ -99,13 +99,13 @@ def stops_as(message: Callable[[str], str]) -> Any:
     handles SIGTERM there itself (a checkpoint at the next step)."""
     from geomed_ssl.errors import RunStopped
 
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGTERM) if main else None
+    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    catch = previous not in (None, signal.SIG_IGN)  # a parent that ignores SIGTERM keeps it ignored
 
     def on_term(signum: int, frame: Any) -> None:
         raise _Terminated()
 
-    if main:
+    if catch:
         signal.signal(signal.SIGTERM, on_term)
     try:
         yield
@@ -114,5 +114,5 @@ def stops_as(message: Callable[[str], str]) -> Any:
     except _Terminated:
         raise RunStopped("SIGTERM", message("SIGTERM")) from None
     finally:
-        if main and previous is not None:
+        if catch:
             signal.signal(signal.SIGTERM, previous)

@@ -145,7 +145,7 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
             "window": list(enc.config.img_size), "encoder_source": source, "data": data_meta(recipe.data)}
     with stops_as(no_model(out)):
         meta = save_model(model, out / "model", meta)
-    with stops_as(not_evaluated(out, f"--data {data}")):
+    with stops_as(not_evaluated(out, ["--data", data])):
         metrics = evaluate_images(model, dataset, labels, {"train": train, "test": test}, names, out, notes)
     return FinetuneResult(out, metrics, None)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import lightning as L
 import numpy as np
@@ -173,9 +173,14 @@ def no_model(out: Path) -> Callable[[str], str]:
                          "same command again with --overwrite.")
 
 
-def not_evaluated(out: Path, data_args: str) -> Callable[[str], str]:
+def not_evaluated(out: Path, data_args: Sequence[str]) -> Callable[[str], str]:
     """The line of a fine-tune stopped (by the signal named) during its final evaluation, the model saved:
-    ``data_args`` are what ``evaluate`` takes to score it (``--images ... --labels ...`` / ``--data ...``)."""
+    ``data_args`` are what ``evaluate`` takes to score it (``--images``, IMG_DIR, ... / ``--data``, DIR)."""
+    import shlex
+
+    command = shlex.join(["geomed-ssl", "evaluate", str(out), *map(str, data_args)])
     return lambda name: (f"fine-tuning stopped by {name} during its final evaluation: the model in '{out / 'model'}' "
-                         f"is complete, its metrics.json is not written; `geomed-ssl evaluate {out} {data_args}` "
-                         "scores it (or run the same command again with --overwrite).")
+                         f"is complete, its metrics.json is not written. `{command}` scores it on every labelled "
+                         "sample it did not train on (its held-out test set too, and with a blocks or images split "
+                         "or labels.test_fraction more than that); the same command again with --overwrite gives "
+                         "the fine-tune's own metrics.")

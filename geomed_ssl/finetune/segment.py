@@ -116,7 +116,7 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     with stops_as(no_model(out)):
         meta = save_model(model, out / "model", meta)
     model.to(resolve_device("cpu" if recipe.train.accelerator == "cpu" else "auto"))  # whole-image evaluation
-    scored_by = f"--images {images}" + (f" --labels {labels}" if labels is not None else "")
+    scored_by = ["--images", images, *(["--labels", labels] if labels is not None else [])]
     with stops_as(not_evaluated(out, scored_by)):
         metrics = evaluate_segmentation(model, meta, records, arrays, selection, out, recipe.data)
     return FinetuneResult(out, metrics, selection)

@@ -509,3 +509,10 @@ def test_sigterm_outside_a_training_loop_stops_with_the_line_and_the_previous_ha
 
             time.sleep(5)  # the handler raises first
     assert stop.value.signal == "SIGTERM" and signal.getsignal(signal.SIGTERM) is before
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a parent that ignores SIGTERM: it stays ignored
+    try:
+        with stops_as(lambda name: "never"):
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, before)

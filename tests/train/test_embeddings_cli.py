@@ -94,7 +94,7 @@ def test_wavelength_encoder_classifies_data_with_fewer_bands_and_plain_refuses(r
                                      "--linear-probe", *sets(*FT, *subset, "finetune.max_steps=20")])
         if kind == "wavelength":
             assert result.exit_code == 0, result.output
-            assert "band_4 (0.842 µm) <- band_4 [name]" in result.output  # the band mapping is shown
+            assert "band_4 (0.842 µm) <- band_4 (0.842 µm) [name]" in result.output  # the band mapping is shown
             cfg = json.loads((out / "model" / "config.json").read_text())["encoder"]
             assert cfg["in_chans"] == 3 and [b["name"] for b in cfg["stats"]["bands"]] == ["band_1", "band_2", "band_4"]
             pr = runner.invoke(app, ["predict", str(out), str(folders), "--out", str(tmp_path / "pred")])

@@ -153,6 +153,11 @@ def _check_resumed(out: Path, recipe: Recipe, record: str) -> None:
                 what = "label files' contents" if changed == ["labels_sha256"] else "image files (size or time)"
                 raise ConfigError(f"the {what} changed since '{out}' was made, so its rows were scored on other "
                                   "data; choose another --out, or pass --overwrite to start again.")
+            if before.get("grounds") != now.get("grounds") and all(before.get(k) == now.get(k) for k in
+                                                                  ("task", "split", "label_files", "images")):
+                raise ConfigError(f"'{out}' holds a compare that took the copies of one label map beside each date "
+                                  "as separate grounds (an older geomed-ssl), where they are now one ground, so its "
+                                  "draws differ: choose another --out, or pass --overwrite to start again.")
             named = _first_difference(before, now)
             if named:
                 raise ConfigError(f"'{out}' holds a compare made with {named}; choose another --out, or pass "

@@ -26,6 +26,7 @@ from geomed_ssl.data.labelled import scan_class_folders
 from geomed_ssl.errors import DataError
 from geomed_ssl.finetune.classify import save_selection
 from geomed_ssl.finetune.labels import label_grounds, label_sources, read_label_pairs
+from geomed_ssl.finetune.splits import label_groups
 from geomed_ssl.finetune.sampling import (ClassMap, LabelSelection, labelled_pixels, select_labels, split_images,
                                           training_area_maps, unique_ints)
 
@@ -230,7 +231,13 @@ def data_signature(task: Task) -> dict[str, Any]:
 
 def settings_record(task: Task, split: str, budget_kind: str) -> str:
     """``compare.json``: what a resumed compare must share with the rows already in results.csv."""
+    grouped = {}
+    if task.grounds is not None:  # copies of one label map grouped as one ground (since 2026-12-05): the draws
+        # differ from a folder that took them apart, so such a folder is refused, not continued
+        by_content = label_groups(task.grounds, len(task.grounds))
+        if not np.array_equal(by_content, label_groups(task.label_paths, len(task.label_paths))):
+            grouped = {"grounds": by_content.tolist()}
     return json.dumps({"task": task.kind, "split": split, "budget": budget_kind, "classes": task.class_names,
                        "label_files": task.label_paths, "images": [r.path for r in task.records],
                        "probe_rules": PROBE_RULES[task.kind], "none": "one initialisation per seed",
-                       **data_signature(task)}, indent=1) + "\n"
+                       **grouped, **data_signature(task)}, indent=1) + "\n"

@@ -25,11 +25,12 @@ from geomed_ssl.finetune.sampling import (  # noqa: F401  (re-exported: the samp
     ClassMap, LabelSelection, Names, Sources, check_labels_config, class_ids, labelled_pixels, sample_fraction,
     sample_images_per_class, sample_per_class, select_labels,
 )
-from geomed_ssl.finetune.splits import block_split  # noqa: F401  (re-exported)
+from geomed_ssl.finetune.splits import GROUND_PREFIX, block_split  # noqa: F401  (block_split re-exported)
 from geomed_ssl.errors import DataError
 
 __all__ = [
     "AFFINE_TOL", "LABEL_SUFFIXES", "check_grid", "match_labels", "read_label", "read_label_pairs", "label_sources",
+    "ground_key", "label_grounds",
     "ClassMap", "LabelSelection", "Names", "block_split", "check_labels_config", "class_ids", "labelled_pixels",
     "sample_fraction", "sample_images_per_class", "sample_per_class", "select_labels",
 ]
@@ -403,23 +404,27 @@ def label_sources(paths: Sequence[str], data: Any) -> list[Sources | None]:
     return out
 
 
-def label_grounds(pairs: Sequence[tuple[FileRecord, str]], arrays: Sequence[np.ndarray]) -> list[str]:
-    """Per pair, the label path that stands for its ground: the first label file holding the same labels (``arrays``,
-    as read) for an image on the same georeferenced grid, so copies of one label map beside each date of a scene
-    are one ground (a place trained at one date is tested at none; budgets count places) as one shared file is.
-    Only for grouping: selections keep each image's own label path (what ``evaluate`` matches)."""
+def ground_key(record: FileRecord, values: np.ndarray) -> str | None:
+    """``ground:<digest>`` of a georeferenced raster's pixel grid and label values: what copies of one label map
+    beside each date of a scene share; None for a volume or a raster without a CRS (nothing places it)."""
+    if record.kind != "raster" or not record.crs:
+        return None
     import hashlib
 
-    seen: dict[Any, str] = {}
-    out = []
-    for (record, path), values in zip(pairs, arrays):
-        if record.kind != "raster" or not record.crs:
-            out.append(str(path))
-            continue
-        digest = hashlib.sha256(np.ascontiguousarray(values, dtype=np.int64).tobytes()).hexdigest()
-        key = (grid_identity(record.shape, record.crs, record.transform), digest)
-        out.append(seen.setdefault(key, str(path)))
-    copies = [(str(p), g) for (_, p), g in zip(pairs, out) if os.path.realpath(str(p)) != os.path.realpath(g)]
+    digest = hashlib.sha256(repr(grid_identity(record.shape, record.crs, record.transform)).encode())
+    digest.update(np.ascontiguousarray(values, dtype=np.int64).tobytes())
+    return GROUND_PREFIX + digest.hexdigest()
+
+
+def label_grounds(pairs: Sequence[tuple[FileRecord, str]], arrays: Sequence[np.ndarray]) -> list[str]:
+    """Per pair, what stands for its ground when images are grouped: the :func:`ground_key` of its label values on
+    its grid (copies of one label map beside each date of a scene are one ground: a place trained at one date is
+    tested at none; budgets count places), else its label path. Only for grouping and for ``evaluate`` to find the
+    places a model trained on at another date: selections keep each image's own label path."""
+    out = [ground_key(record, values) or str(path) for (record, path), values in zip(pairs, arrays)]
+    firsts: dict[str, str] = {}
+    copies = [(str(p), firsts.setdefault(g, str(p))) for (_, p), g in zip(pairs, out) if g.startswith(GROUND_PREFIX)]
+    copies = [(p, q) for p, q in copies if os.path.realpath(p) != os.path.realpath(q)]
     if copies:
         log.info("%d label file(s) hold the same labels as another on the same grid ('%s' as '%s'%s): their images "
                  "are taken as dates of one ground, so a place that trains at one date is tested at none",

@@ -73,13 +73,17 @@ def block_split(shape: Sequence[int], block_size: int, seed: int, labels: np.nda
     return _expand(train, shape, block_size)
 
 
+GROUND_PREFIX = "ground:"  # a ground key (finetune.labels.ground_key) given in the place of a label path
+
+
 def label_groups(paths: Sequence[str], n: int) -> np.ndarray:
-    """Per file, the index of the first file with the same label file: images sharing a label map show the same
-    ground (one scene, several dates). Each file is its own group when the paths are not given."""
+    """Per file, the index of the first file with the same label file (or ground key): images sharing a label map
+    show the same ground (one scene, several dates). Each file is its own group when the paths are not given."""
     if len(paths) != n:
         return np.arange(n)
     first: dict[str, int] = {}
-    return np.array([first.setdefault(os.path.realpath(str(p)), i) for i, p in enumerate(paths)], np.int64)
+    keys = [str(p) if str(p).startswith(GROUND_PREFIX) else os.path.realpath(str(p)) for p in paths]
+    return np.array([first.setdefault(k, i) for i, k in enumerate(keys)], np.int64)
 
 
 def _block_offsets(shapes: Sequence[Sequence[int]], block_size: int,

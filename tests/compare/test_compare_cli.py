@@ -385,3 +385,35 @@ def test_a_sigterm_during_a_fine_tune_stops_compare_with_143_and_a_line_saying_h
     assert "run the same command again" in result.output
     assert len(read(out / "results.csv")) == 3 and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     assert result.output.count("problem file(s) skipped") == 1 and "broken.tif" in result.output
+
+
+def test_a_compare_that_took_label_copies_apart_is_not_continued_with_them_as_one_ground(run_dir: Path,
+                                                                                        tmp_path: Path) -> None:
+    """Two dates, each with its own copy of the label map: one ground since 2026-12-05 (compare.json says how they
+    are grouped). A folder an older version made (no grouping recorded, its draws took the copies apart) is
+    refused, never continued with draws of the other rule."""
+    import json
+    import shutil
+
+    from tests.compare.conftest import labelled_scene
+
+    images, labels = labelled_scene(tmp_path / "data")
+    dates = tmp_path / "dates"
+    for d in ("d1", "d2"):
+        (dates / d).mkdir(parents=True)
+        shutil.copy(images / "scene.tif", dates / d / "tile.tif")
+        shutil.copy(labels / "scene_gt.tif", dates / d / "lulc.tif")
+    (tmp_path / "pairs.csv").write_text("image,label\n" + "".join(f"dates/{d}/tile.tif,dates/{d}/lulc.tif\n"
+                                                                  for d in ("d1", "d2")))
+    out = tmp_path / "cmp"
+    args = ["compare", str(run_dir), "--images", str(dates), "--labels", str(tmp_path / "pairs.csv"), "--out",
+            str(out), "--labels-per-class", "3", "--seeds", "0", "--protocol", "linear", "--no-baselines",
+            *sets("data.exclude=[\"*lulc*\"]")]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    record = json.loads((out / "compare.json").read_text())
+    assert record["grounds"] == [0, 0]
+    del record["grounds"]  # as an older version wrote it
+    (out / "compare.json").write_text(json.dumps(record, indent=1) + "\n")
+    again = runner.invoke(app, [*args[:10], "--seeds", "0,1", *args[12:]])
+    assert again.exit_code == 2 and "took the copies of one label map beside each date as separate" in again.output

@@ -466,6 +466,13 @@ def test_dates_with_copies_of_one_label_map_train_as_one_ground_and_evaluate_fin
                              str(tmp_path / "later.csv"), "--out", str(tmp_path / "ev")])
     assert ev.exit_code == 0, ev.output
     assert "24 of the" in ev.output and "trained this model" in ev.output  # 12 places at the two later dates
+    (tmp_path / "new" / "d4").mkdir(parents=True)  # a date the fine-tune never saw, with its own copy of the map
+    write_geotiff(tmp_path / "new" / "d4" / "tile.tif", img)
+    write_geotiff(tmp_path / "new" / "d4" / "lulc.tif", cls[None])
+    ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(tmp_path / "new"), "--out", str(tmp_path / "ev4"),
+                             "--labels", str(tmp_path / "new" / "d4" / "lulc.tif")])
+    assert ev.exit_code == 0, ev.output
+    assert "12 of the" in ev.output and "trained this model" in ev.output  # its trained places, at the new date
 
 
 @pytest.mark.parametrize("where", ["probe", "evaluation"])

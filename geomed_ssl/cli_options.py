@@ -70,8 +70,8 @@ def signal_exit_code(name: str | None) -> int:
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Check the numeric options, then run the command; print a GeomedError as one line and exit 2; show the
-    traceback only with --debug."""
+    """Check the numeric options, then run the command; print a GeomedError as one line and exit 2, a stop (a
+    RunStopped, a Ctrl-C) as one line and exit 130 / 143; show the traceback only with --debug."""
 
     flags = option_flags(fn)
 
@@ -88,6 +88,13 @@ def user_errors(fn: Callable) -> Callable:
         except RunStopped as stop:
             typer.secho(f"stopped: {stop}", fg=typer.colors.YELLOW, err=True)
             raise typer.Exit(code=signal_exit_code(stop.signal)) from None
+        except KeyboardInterrupt:  # a command without a stop of its own (embed, predict, evaluate, cluster, ...)
+            if STATE["debug"]:
+                raise
+            typer.secho("stopped: interrupted (Ctrl-C). Every output file written so far is complete (none takes its "
+                        "final name before it is); run the same command again to go on, with --overwrite where it "
+                        "asks for it.", fg=typer.colors.YELLOW, err=True)
+            raise typer.Exit(code=signal_exit_code("SIGINT")) from None
         except OSError as err:
             if STATE["debug"] or err.errno not in WRITE_ERRNOS:
                 raise

@@ -957,3 +957,18 @@ def test_a_folder_standing_at_an_output_files_name_is_one_line(tmp_path: Path) -
     assert result.exit_code == 2, result.output
     assert "a folder stands where a file is to be written" in result.output and "Traceback" not in result.output
     assert "scene_0_pred.tif" in result.output
+
+
+def test_a_ctrl_c_in_a_command_without_a_stop_of_its_own_is_one_line_and_exit_130(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    """embed, predict, evaluate, cluster, similar, inspect: a Ctrl-C ends them with a line saying what is kept, not
+    silently (Typer's own handling) or with a traceback."""
+    from geomed_ssl.data import catalog
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    write_geotiff(tmp_path / "a.tif", structured_raster(np.random.default_rng(0), 3, 32))
+    monkeypatch.setattr(catalog, "scan", interrupted)
+    result = runner.invoke(app, ["inspect", str(tmp_path / "a.tif")])
+    assert result.exit_code == 130 and "stopped: interrupted (Ctrl-C). Every output file written" in result.output

@@ -103,7 +103,7 @@ def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], o
                               window=meta["window"], data_cfg=cfg, overlap=overlap, blend=blend,
                               batch_size=batch_size, probabilities=probabilities,
                               class_values=[c["value"] for c in meta["classes"]], device=model_device(model),
-                              names_by_position="error" if strict else "warn")
+                              names_by_position="error" if strict else "warn", made_by=str(Path(ft_dir).resolve()))
     return [f"{s['input']} -> {s['output']}" for s in summaries]
 
 

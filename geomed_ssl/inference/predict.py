@@ -207,8 +207,10 @@ def predict_files(
     device: str | torch.device = "cpu",
     class_values: Sequence[int] | None = None,
     names_by_position: str = "warn",
+    made_by: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Predict every input into ``out_dir/<stem>_pred.tif`` or ``<stem>_pred.nii.gz``; returns one summary each.
+    """Predict every input into ``out_dir/<stem>_pred.tif`` or ``<stem>_pred.nii.gz``; returns one summary each;
+    ``made_by`` (the model's folder) is recorded in each output (GeoTIFF metadata, NIfTI ``descrip``).
 
     ``window`` is the raster window (2 ints) or the volume ROI (3 ints; an int serves both). A file of the other
     kind than the model's is refused in one line before anything is written; partial files a killed earlier run
@@ -226,12 +228,12 @@ def predict_files(
             summaries.append(predict_raster(
                 model, p, out, stats, band_names, window, overlap, blend, batch_size, num_classes=num_classes,
                 probabilities=probabilities, device=device, data_cfg=data_cfg, class_values=class_values,
-                names_by_position=names_by_position))
+                names_by_position=names_by_position, made_by=made_by))
         else:
             summaries.append(predict_volume(
                 model, p, out, stats, band_names, window, data_cfg, overlap, blend, num_classes=num_classes,
                 probabilities=probabilities, batch_size=batch_size, device=device, class_values=class_values,
-                names_by_position=names_by_position))
+                names_by_position=names_by_position, made_by=made_by))
         if not probabilities:  # an earlier run's probabilities beside the new class map would be another model's;
             proba_path(out).unlink(missing_ok=True)  # kept until now: a kill during the prediction leaves the
             # earlier pair (only one in the instant since the map's rename leaves the new map beside them)

@@ -91,7 +91,8 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
                    overlap: float = DEFAULT_OVERLAP, blend: str = "gaussian", batch_size: int = 8, *, num_classes: int,
                    nodata: float | None = None, probabilities: bool | str = False, device: str | torch.device = "cpu",
                    data_cfg: Any = None, class_values: Sequence[int] | None = None,
-                   names_by_position: str = "warn", only: np.ndarray | None = None) -> dict[str, Any]:
+                   names_by_position: str = "warn", only: np.ndarray | None = None,
+                   made_by: str | None = None) -> dict[str, Any]:
     """Predict a GeoTIFF (or a folder of ``data.channels`` single-band files, stacked) window by window into a
     class-map GeoTIFF on the input's grid; returns a summary dict.
 
@@ -105,7 +106,8 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
     round(p*254), nodata NaN / 255) also ``*_proba.tif``, one band per class.
     ``only`` (bool (H, W)): compute only the windows that hold a True pixel, and write nodata where none of them
     reaches: every window holding a True pixel is computed, so there the map is the whole scene's (what
-    ``evaluate`` scores its labelled pixels with).
+    ``evaluate`` scores its labelled pixels with). ``made_by`` (the model's folder) is written into the outputs'
+    metadata as ``GEOMED_SSL_MODEL``, beside ``GEOMED_SSL_VERSION``.
     """
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
@@ -123,7 +125,8 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
         if only is not None and tuple(only.shape) != tuple(scene.shape):
             raise ValueError(f"only: a mask of shape {tuple(only.shape)} for a scene of {tuple(scene.shape)}")
         lut, lnodata = class_lookup(int(num_classes), class_values)
-        outputs = open_outputs(out_path, scene.sources[0], int(num_classes), lut.dtype, lnodata, pkind)
+        outputs = open_outputs(out_path, scene.sources[0], int(num_classes), lut.dtype, lnodata, pkind,
+                               provenance(made_by))
         try:
             ranges = RangeSample(len(stats.band_names), scene.nodata, scene.shape)
             with rasterio.Env(GDAL_CACHEMAX=scene.cache_bytes()):
@@ -222,19 +225,26 @@ class RasterInput:
         return read
 
 
+def provenance(made_by: str | None) -> dict[str, str]:
+    """The metadata a prediction carries: the toolkit's version and, when known, the model's folder."""
+    from geomed_ssl._version import __version__
+
+    return {"GEOMED_SSL_VERSION": __version__, **({"GEOMED_SSL_MODEL": str(made_by)} if made_by else {})}
+
+
 def open_outputs(out_path: Path, src: Any, num_classes: int, dtype: Any, lnodata: int,
-                 pkind: str | None) -> list[GeoTiffWriter]:
-    """The class-map writer on ``src``'s grid and, with ``pkind``, the probability writer (one band per class);
-    a failure opening the second drops the first."""
+                 pkind: str | None, tags: dict[str, str] | None = None) -> list[GeoTiffWriter]:
+    """The class-map writer on ``src``'s grid and, with ``pkind``, the probability writer (one band per class),
+    both with ``tags``; a failure opening the second drops the first."""
     like = {"height": src.height, "width": src.width, "crs": src.crs, "transform": src.transform, "gcps": src.gcps,
             "rpcs": src.rpcs}
-    outputs = [GeoTiffWriter(out_path, like, 1, dtype, lnodata, descriptions=["class"])]
+    outputs = [GeoTiffWriter(out_path, like, 1, dtype, lnodata, descriptions=["class"], tags=tags)]
     if pkind:
         try:
             outputs.append(GeoTiffWriter(
                 proba_path(out_path), like, num_classes, pkind, math.nan if pkind == "float32" else 255,
                 descriptions=[f"p_class_{k}" for k in range(num_classes)],
-                scales=[1.0 / PROBA_SCALE] * num_classes if pkind == "uint8" else None))
+                scales=[1.0 / PROBA_SCALE] * num_classes if pkind == "uint8" else None, tags=tags))
         except BaseException:
             outputs[0].abort()
             raise

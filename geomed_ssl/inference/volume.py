@@ -26,7 +26,8 @@ def predict_volume(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
                    band_names: Sequence[str] | None = None, roi_size: int | Sequence[int] = 96, data_cfg: Any = None,
                    overlap: float = DEFAULT_OVERLAP, blend: str = "gaussian", *, num_classes: int,
                    probabilities: bool | str = False, batch_size: int = 4, device: str | torch.device = "cpu",
-                   class_values: Sequence[int] | None = None, names_by_position: str = "warn") -> dict[str, Any]:
+                   class_values: Sequence[int] | None = None, names_by_position: str = "warn",
+                   made_by: str | None = None) -> dict[str, Any]:
     """Predict a NIfTI volume (or a folder of ``data.channels`` files) into a label NIfTI on the input's own grid.
 
     The volume is read as in training (``VolumeReader``: RAS, ``data.spacing`` resampling, intensity scaling),
@@ -37,7 +38,8 @@ def predict_volume(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
     band rule). Labels are
     ``class_values[argmax]`` (default the index), uint8 (uint16 when a value is >= 255); voxels invalid in the
     input get 255 (65535). ``probabilities`` adds
-    ``*_proba.nii.gz`` (X, Y, Z, K): float32, or uint8 = round(p*254).
+    ``*_proba.nii.gz`` (X, Y, Z, K): float32, or uint8 = round(p*254). The header's ``descrip`` names the model's
+    folder ``made_by`` (the end of its path when the 79 characters the field holds are too few).
     """
     from geomed_ssl.config import DataConfig
 
@@ -57,10 +59,10 @@ def predict_volume(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
     ppath = proba_path(out_path) if pkind else None
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_paths([out_path] + ([ppath] if ppath else [])) as tmps:  # both files appear together, or neither
-        save_nifti(nifti_like(labels, record.path), tmps[0], out_path)
+        save_nifti(nifti_like(labels, record.path, made("geomed-ssl prediction", made_by)), tmps[0], out_path)
         if ppath:
-            save_nifti(nifti_like(proba_array(grid, pkind), record.path, "geomed-ssl class probabilities"), tmps[1],
-                       ppath)
+            save_nifti(nifti_like(proba_array(grid, pkind), record.path, made("geomed-ssl probabilities", made_by)),
+                       tmps[1], ppath)
     counts = np.bincount(index[grid.ok], minlength=num_classes)[:num_classes]
     warn_if_nothing_predicted(record.path, int(counts.sum()), cfg.nodata, out_path)
     seconds = time.perf_counter() - t0
@@ -177,3 +179,12 @@ def proba_array(grid: FileGridPrediction, pkind: str) -> np.ndarray:
     p = np.rint(p * PROBA_SCALE).astype(np.uint8) if pkind == "uint8" else p
     p[~grid.ok] = 255 if pkind == "uint8" else np.nan
     return p
+
+
+def made(what: str, made_by: str | None, room: int = 79) -> str:
+    """A NIfTI ``descrip``: ``what`` and, when known, the model folder that made it (the end of its path when the
+    field's ``room`` is too small)."""
+    if not made_by:
+        return what
+    text = f"{what} by {made_by}"
+    return text if len(text) <= room else f"{what} by ...{str(made_by)[-(room - len(what) - 7):]}"

@@ -61,13 +61,14 @@ class GeoTiffWriter:
     ``write(array, window)`` puts ``array`` (count, h, w) or (h, w) at ``window`` ((row_off, col_off, h, w) or a
     rasterio Window). Full-width row strips written top to bottom (what streaming prediction does) are gathered
     into whole tile rows before they reach GDAL, so every tile is compressed exactly once; other windows are written
-    directly. ``scales`` (one per band) are stored as GDAL scale factors. Use as a context manager or call
+    directly. ``scales`` (one per band) are stored as GDAL scale factors, ``tags`` as dataset metadata (what made
+    the file). Use as a context manager or call
     ``close()``; ``abort()`` drops the partial file.
     """
 
     def __init__(self, path: str | Path, like_profile: dict[str, Any], count: int, dtype: str | np.dtype,
                  nodata: float | None, descriptions: Sequence[str] | None = None,
-                 scales: Sequence[float] | None = None):
+                 scales: Sequence[float] | None = None, tags: dict[str, str] | None = None):
         import rasterio
 
         self.path = Path(path)
@@ -98,6 +99,8 @@ class GeoTiffWriter:
                 self._ds.set_band_description(i, str(name))
         if scales is not None:
             self._ds.scales = tuple(float(s) for s in scales)
+        if tags:
+            self._ds.update_tags(**{str(k): str(v) for k, v in tags.items()})
         self._pending = np.zeros((self.count, min(BLOCK, self.height), self.width), self.dtype)  # one tile row
         self._pending_top = 0  # first row held in _pending
         self._pending_rows = 0

@@ -187,3 +187,26 @@ def test_band_names_stated_for_undescribed_files_read_them_in_the_models_order(t
     res = runner.invoke(app, ["predict", str(ft), str(tmp_path / "rev"), "--out", str(tmp_path / "p3"),
                               "--band-names", "band_1,band_2,band_5,band_4"])
     assert res.exit_code != 0 and "missing ['band_3']" in res.output
+
+
+def test_a_prediction_names_the_model_that_made_it(tmp_path: Path) -> None:
+    """A class map (and its probabilities) carry the model's folder and the toolkit's version, so maps of two models
+    in one folder, or of a re-prediction a kill cut short, can be told apart; a volume's header says it too."""
+    import rasterio
+
+    from geomed_ssl._version import __version__
+    from geomed_ssl.inference.volume import made
+
+    ft = make_ft_dir(tmp_path)
+    (tmp_path / "in").mkdir()
+    write_geotiff(tmp_path / "in" / "scene.tif", 1000 + structured_raster(np.random.default_rng(0), 4, 40) * 2000)
+    res = runner.invoke(app, ["predict", str(ft), str(tmp_path / "in"), "--out", str(tmp_path / "p"),
+                              "--probabilities"])
+    assert res.exit_code == 0, res.output
+    for name in ("scene_pred.tif", "scene_pred_proba.tif"):
+        with rasterio.open(tmp_path / "p" / name) as ds:
+            tags = ds.tags()
+        assert tags["GEOMED_SSL_MODEL"] == str(ft.resolve()) and tags["GEOMED_SSL_VERSION"] == __version__
+    assert made("geomed-ssl prediction", "/runs/ft") == "geomed-ssl prediction by /runs/ft"
+    long = made("geomed-ssl prediction", "/" + "a" * 100 + "/ft_brats")
+    assert len(long) == 79 and long.endswith("/ft_brats") and "by ..." in long

@@ -182,5 +182,5 @@ def not_evaluated(out: Path, data_args: Sequence[str]) -> Callable[[str], str]:
     return lambda name: (f"fine-tuning stopped by {name} during its final evaluation: the model in '{out / 'model'}' "
                          f"is complete, its metrics.json is not written. `{command}` scores it on every labelled "
                          "sample it did not train on (its held-out test set too, and with a blocks or images split "
-                         "or labels.test_fraction more than that); the same command again with --overwrite gives "
-                         "the fine-tune's own metrics.")
+                         "or labels.test_fraction more than that); the finetune command again with --overwrite "
+                         "trains it afresh and writes the fine-tune's own metrics.")

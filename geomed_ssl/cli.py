@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from geomed_ssl.cli_finetune import finetune_app
-from geomed_ssl.cli_options import STATE, SetOpt, StrictOpt, signal_exit_code, user_errors
+from geomed_ssl.cli_options import STATE, SetOpt, StrictOpt, signal_exit_code, terminable, user_errors
 from geomed_ssl.errors import GeomedError
 
 app = typer.Typer(
@@ -58,6 +58,7 @@ def main(ctx: typer.Context, debug: bool = typer.Option(False, "--debug", help="
 
 @app.command()
 @user_errors
+@terminable
 def inspect(
     data_dir: Path = typer.Argument(..., help="Folder of GeoTIFFs (.tif) or NIfTI volumes (.nii, .nii.gz)."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="Recipe YAML (data section used)."),
@@ -202,6 +203,7 @@ def compare(
 
 @app.command()
 @user_errors
+@terminable
 def evaluate(
     ft_dir: Path = typer.Argument(..., help="A fine-tune output folder."),
     images: Optional[Path] = typer.Option(None, "--images", help="Segmentation: folder of images."),
@@ -227,6 +229,7 @@ def evaluate(
 
 @app.command()
 @user_errors
+@terminable
 def predict(
     ft_dir: Path = typer.Argument(..., help="A fine-tune output folder (segmentation or classification)."),
     inputs: list[Path] = typer.Argument(..., help="GeoTIFF / NIfTI files or folders of them."),
@@ -253,6 +256,7 @@ def predict(
 
 @app.command()
 @user_errors
+@terminable
 def attention(
     encoder: Path = typer.Argument(..., help="RUN_DIR, RUN_DIR/encoder or a fine-tune folder."),
     image: Path = typer.Argument(..., help="A GeoTIFF or NIfTI file with the encoder's bands."),
@@ -279,6 +283,7 @@ def attention(
 
 @app.command()
 @user_errors
+@terminable
 def embed(
     encoder: Path = typer.Argument(..., help="RUN_DIR, RUN_DIR/encoder or a fine-tune folder."),
     data_dir: Path = typer.Argument(..., help="Folder of GeoTIFFs or NIfTI volumes (or one file)."),
@@ -318,6 +323,7 @@ def embed(
 
 @app.command()
 @user_errors
+@terminable
 def cluster(
     emb_dir: Path = typer.Argument(..., help="An embedding folder (from `geomed-ssl embed`)."),
     out: Path = typer.Option(..., "--out", help="Output folder (clusters, summary, scatter, maps)."),
@@ -344,6 +350,7 @@ def cluster(
 
 @app.command()
 @user_errors
+@terminable
 def similar(
     emb_dir: Path = typer.Argument(..., help="An embedding folder (from `geomed-ssl embed`)."),
     query: Path = typer.Option(..., "--query", help="The query file (GeoTIFF or NIfTI)."),
@@ -366,6 +373,7 @@ def similar(
 
 @app.command()
 @user_errors
+@terminable
 def export(
     encoder: Path = typer.Argument(..., help="RUN_DIR, RUN_DIR/encoder or a fine-tune folder."),
     fmt: str = typer.Option("timm", "--format", help="timm: a VisionTransformer state dict and its create_model "

@@ -88,18 +88,37 @@ def user_errors(fn: Callable) -> Callable:
         except RunStopped as stop:
             typer.secho(f"stopped: {stop}", fg=typer.colors.YELLOW, err=True)
             raise typer.Exit(code=signal_exit_code(stop.signal)) from None
-        except KeyboardInterrupt:  # a command without a stop of its own (embed, predict, evaluate, cluster, ...)
+        except KeyboardInterrupt:  # a command without a stop of its own
             if STATE["debug"]:
                 raise
-            typer.secho("stopped: interrupted (Ctrl-C). Every output file written so far is complete (none takes its "
-                        "final name before it is); run the same command again to go on, with --overwrite where it "
-                        "asks for it.", fg=typer.colors.YELLOW, err=True)
+            typer.secho(f"stopped: {interrupted('SIGINT')}", fg=typer.colors.YELLOW, err=True)
             raise typer.Exit(code=signal_exit_code("SIGINT")) from None
         except OSError as err:
             if STATE["debug"] or err.errno not in WRITE_ERRNOS:
                 raise
             typer.secho(f"error: {write_failure(err)}", fg=typer.colors.RED, err=True)
             raise typer.Exit(code=2) from None
+
+    return wrapper
+
+
+def interrupted(name: str) -> str:
+    """The line of a command without a training loop stopped by signal ``name``."""
+    how = "Ctrl-C" if name == "SIGINT" else name
+    return (f"interrupted ({how}). Every output file written so far is complete (none takes its final name before "
+            "it is); run the same command again to go on, with --overwrite where it asks for it.")
+
+
+def terminable(fn: Callable) -> Callable:
+    """A SIGTERM (a scheduler's, ``kill``) ends the command as a Ctrl-C does: one line and exit 143, not a silent
+    kill. For the commands without a training loop (Lightning handles SIGTERM in those itself)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from geomed_ssl.process import stops_as
+
+        with stops_as(interrupted):
+            return fn(*args, **kwargs)
 
     return wrapper
 

@@ -972,3 +972,25 @@ def test_a_ctrl_c_in_a_command_without_a_stop_of_its_own_is_one_line_and_exit_13
     monkeypatch.setattr(catalog, "scan", interrupted)
     result = runner.invoke(app, ["inspect", str(tmp_path / "a.tif")])
     assert result.exit_code == 130 and "stopped: interrupted (Ctrl-C). Every output file written" in result.output
+
+
+def test_a_sigterm_in_a_command_without_a_training_loop_is_one_line_and_exit_143(tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    """A scheduler's SIGTERM (or `kill`) to inspect / embed / predict / evaluate / cluster / similar: the line and
+    143, not a silent kill; the process's own SIGTERM handler comes back after the command."""
+    import os
+    import signal
+    import time
+
+    from geomed_ssl.data import catalog
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises first
+
+    before = signal.getsignal(signal.SIGTERM)
+    write_geotiff(tmp_path / "a.tif", structured_raster(np.random.default_rng(0), 3, 32))
+    monkeypatch.setattr(catalog, "scan", terminated)
+    result = runner.invoke(app, ["inspect", str(tmp_path / "a.tif")])
+    assert result.exit_code == 143 and "stopped: interrupted (SIGTERM). Every output file written" in result.output
+    assert signal.getsignal(signal.SIGTERM) is before

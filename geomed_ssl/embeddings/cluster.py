@@ -275,7 +275,7 @@ def labelled_files(path: Path, files: Sequence[dict[str, Any]], nd: int, native:
     transform; volumes: RAS shape and affine, the files' own voxels with ``native``, when the encoder resampled them
     to its data.spacing), and of those, when they lie in different folders, the ones in the folder nearest the map
     (patients of one atlas space share a grid; dates of one scene share the map's folder)."""
-    from geomed_ssl.finetune.labels import raster_grid_diffs, volume_grid_diffs
+    from geomed_ssl.finetune.label_grids import raster_grid_diffs, volume_grid_diffs
 
     def diffs(f: dict[str, Any]) -> list[str]:
         if nd == 2:

@@ -26,7 +26,7 @@ from geomed_ssl.finetune.sampling import (  # noqa: F401  (re-exported: the samp
     ClassMap, LabelSelection, Names, Sources, check_labels_config, class_ids, labelled_pixels, sample_fraction,
     sample_images_per_class, sample_per_class, select_labels,
 )
-from geomed_ssl.finetune.label_grids import AFFINE_TOL, ras_grid, check_grid  # noqa: F401 (re-exported)
+from geomed_ssl.finetune.label_grids import AFFINE_TOL, check_grid, ras_grid  # noqa: F401 (re-exported)
 from geomed_ssl.finetune.splits import GROUND_PREFIX, block_split  # noqa: F401  (block_split re-exported)
 from geomed_ssl.errors import DataError
 

@@ -100,7 +100,7 @@ def test_inspect_guesses_rasters_from_upper_case_extensions(tmp_path, make_tif, 
 def test_a_rotated_label_grid_is_called_rotated_not_another_pixel_size(tmp_path, make_tif, grad):
     from affine import Affine
 
-    from geomed_ssl.finetune.labels import raster_grid_diffs
+    from geomed_ssl.finetune.label_grids import raster_grid_diffs
 
     north_up = Affine(10, 0, 500000, 0, -10, 5100000)
     rotated = north_up * Affine.rotation(20)

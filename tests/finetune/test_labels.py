@@ -525,7 +525,7 @@ def test_a_label_volume_of_several_frames_is_refused_as_not_3d_not_as_another_gr
     from geomed_ssl.config import DataConfig
     from geomed_ssl.data.catalog import scan
     from geomed_ssl.errors import DataError
-    from geomed_ssl.finetune.labels import check_grid
+    from geomed_ssl.finetune.label_grids import check_grid
 
     (tmp_path / "img").mkdir()
     nib.save(nib.Nifti1Image(np.ones((16, 16, 16), np.float32), np.eye(4)), str(tmp_path / "img" / "a.nii.gz"))
@@ -659,7 +659,7 @@ def test_labels_georeferenced_by_ground_control_points_are_checked_against_the_i
     from rasterio.control import GroundControlPoint
     from rasterio.crs import CRS
 
-    from geomed_ssl.finetune.labels import check_grid
+    from geomed_ssl.finetune.label_grids import check_grid
 
     def write(path: Path, east: float, bands: int) -> None:
         corners = [(0, 0, 14.0, 46.01), (0, 48, 14.01, 46.01), (48, 0, 14.0, 46.0), (48, 48, 14.01, 46.0)]

@@ -67,7 +67,7 @@ def inspect(
     strict: bool = StrictOpt,
 ) -> None:
     """Show what the toolkit sees in a folder (files, bands, wavelengths, grids) and what is wrong with it."""
-    from geomed_ssl.config import load_recipe
+    from geomed_ssl.config import load_recipe, sets_key
     from geomed_ssl.data.catalog import LABEL_GLOBS, problems_reported, scan
 
     sets = list(overrides or [])
@@ -78,8 +78,7 @@ def inspect(
     if kind:
         sets.append(f"data.kind={kind}")
     # without a recipe, label maps beside the images are left out as every shipped recipe leaves them out
-    labels_apart = recipe is None and data_dir.is_dir() and not any(s.split("=", 1)[0].strip() == "data.exclude"
-                                                                    for s in sets)
+    labels_apart = recipe is None and data_dir.is_dir() and not sets_key(sets, "data.exclude")
     cfg = load_recipe(recipe, sets + ([f"data.exclude={LABEL_GLOBS}"] if labels_apart else []))
     if recipe is not None:
         from geomed_ssl.methods import resolve_method_settings  # imports torch: only for a recipe's method section

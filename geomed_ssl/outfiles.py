@@ -183,7 +183,7 @@ def atomic_paths(paths: list[PathLike]) -> Iterator[list[Path]]:
     """Yield a temporary path beside each of ``paths``; when the block ends without error every file is flushed to
     disk and only then are all renamed to their final names (files that belong together, a class map and its
     probabilities, never stand as a new one beside an old one), else all are deleted. A file-system failure is
-    raised as an OSError naming the final file (:func:`raise_write_error`)."""
+    raised as an OSError naming the final file (:func:`as_write_error`)."""
     finals = [Path(p) for p in paths]
     tmps = [partial_path(p) for p in finals]
     try:

@@ -17,7 +17,7 @@ import torch
 from geomed_ssl.checkpoint import load_encoder, read_encoder_config, save_encoder
 from geomed_ssl.compare.options import NONE, CompareOptions
 from geomed_ssl.compare.task import Task
-from geomed_ssl.config import CLS_HEADS, SEG_HEADS, Recipe, load_recipe
+from geomed_ssl.config import CLS_HEADS, SEG_HEADS, Recipe, load_recipe, sets_key
 from geomed_ssl.config.sections import section_dict
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.errors import ConfigError, DataError
@@ -50,11 +50,6 @@ def recipe_path(options: CompareOptions, recipe: str | Path | None) -> Path:
     first = options.pretrained[0] if options.pretrained else None
     where = f"the encoder '{first}' has no config.yaml beside it" if first else "only `none` is given"
     raise ConfigError(f"{where}; give the recipe with --recipe RECIPE (the one the encoders were pretrained with).")
-
-
-def sets_key(overrides: list[str] | None, key: str) -> bool:
-    """A ``--set key=...`` is among ``overrides``."""
-    return any(o.split("=", 1)[0].strip() == key for o in overrides or [])
 
 
 def load_compare_recipe(path: Path, overrides: list[str] | None, task_kind: str) -> Recipe:

@@ -45,7 +45,7 @@ from geomed_ssl.config.sections import (
 )
 from geomed_ssl.config.validation import check_heads, check_whole_tokens, check_window, method_section, validate
 from geomed_ssl.config.loading import (apply_overrides, as_recipe, load_recipe, parse_override, recipe_from_dict,
-                                       recipe_with_overrides)
+                                       recipe_with_overrides, sets_key)
 
 __all__ = [
     "SECTIONS", "EMBEDDINGS", "CHANNEL_EMBEDS", "TASKS", "SEG_HEADS", "CLS_HEADS", "POOLS", "IntOrSeq",
@@ -55,6 +55,6 @@ __all__ = [
     "setting", "Spec", "SettingInfo", "check_value", "check_values", "check_instance", "build_checked", "describe",
     "describe_settings", "show", "values_of",
     "recipe_from_dict", "recipe_with_overrides", "parse_override", "apply_overrides", "load_recipe", "as_recipe",
-    "method_section",
+    "sets_key", "method_section",
     "validate", "check_heads", "check_whole_tokens", "check_window",
 ]

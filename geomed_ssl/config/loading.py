@@ -87,6 +87,11 @@ def recipe_from_dict(raw: dict[str, Any] | None, source: str = "recipe") -> Reci
     return recipe
 
 
+def sets_key(overrides: list[str] | None, key: str) -> bool:
+    """A ``--set key=...`` is among ``overrides``."""
+    return any(o.split("=", 1)[0].strip() == key for o in overrides or [])
+
+
 def parse_override(text: str) -> tuple[str, str, Any]:
     """Split ``section.key=value``; the value is parsed as YAML (numbers, lists, null, booleans)."""
     if "=" not in text or "." not in text.split("=", 1)[0]:

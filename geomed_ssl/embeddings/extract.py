@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from geomed_ssl.checkpoint import export_digest, find_encoder_dir, load_encoder, read_encoder_config
-from geomed_ssl.config import DataConfig, recipe_with_overrides
+from geomed_ssl.config import DataConfig, recipe_with_overrides, sets_key
 from geomed_ssl.data.catalog import Catalog, Problem, scan
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.data.tiling import grid_shape
@@ -91,12 +91,11 @@ def data_config(meta: dict[str, Any], spatial_dims: int, patch_size: Sequence[in
     raw = {k: v for k, v in ((meta.get("recipe") or {}).get("data") or meta.get("data") or {}).items() if k in names}
     raw.update(kind="raster" if spatial_dims == 2 else "volume", include=["**/*"], patch_size=list(patch_size),
                **dict.fromkeys(CROP_KEYS))  # a pretraining method's crops: not read here
-    keys = [o.split("=", 1)[0].strip() for o in overrides or []]
-    other = [o for o, k in zip(overrides or [], keys) if not k.startswith("data.")]
+    other = [o for o in overrides or [] if not o.split("=", 1)[0].strip().startswith("data.")]
     if other:
         raise ConfigError(f"embed --set takes data.* keys (how files are read; the encoder is as it was saved), "
                           f"got {other[0]!r}.")
-    if "data.patch_size" in keys:
+    if sets_key(overrides, "data.patch_size"):
         raise ConfigError("embed reads windows of --window (default: the encoder's input size), not "
                           "data.patch_size: give --window N instead.")
     recipe = recipe_with_overrides({"data": raw, "model": {"patch_size": list(patch_size)}}, overrides,
@@ -220,8 +219,7 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
     if data_cfg.exclude:
         log.info("files matching data.exclude %s are left out (the encoder's recipe and --exclude); --set "
                  "data.exclude=[] includes them", data_cfg.exclude)
-    inherited = data_cfg.band_names is not None and not any(o.split("=", 1)[0].strip() == "data.band_names"
-                                                              for o in overrides or [])
+    inherited = data_cfg.band_names is not None and not sets_key(overrides, "data.band_names")
     try:
         catalog = scan(data_dir, data_cfg, strict=strict, names_by_position="error" if strict else "warn")
     except DataError as err:

@@ -40,9 +40,9 @@ noise, iBOT masks, anything per image) come from :class:`PerSample`, which gives
 and augmentations from (seed, index) too, so a sample is the same whichever rank, micro-batch or batch position it
 lands on: N processes with batch B train exactly as one process with batch N*B (up to float rounding), and a resumed
 run replays exactly. Stochastic depth (``model.drop_path`` > 0) draws per sample too (``train.module.per_sample_draws``)
-when the encoder's rows are whole views of the batch. Two things are per rank and break that equality: the global
+when the encoder's rows are whole views of the batch. One thing is per rank and breaks that equality: the global
 torch RNG, which ``train.module`` reseeds each micro-step from (seed, micro-step, rank) (drop path on a forward of
-any other row count draws from it), and batch-local terms such as KoLeo.
+any other row count draws from it). Batch terms (negatives, BatchNorm, KoLeo's neighbours) see the global batch.
 
 Gradient accumulation (``train.accumulate_grad_batches`` A) averages the gradients of A micro-batches, so a loss that
 is a mean over samples with a fixed denominator (MAE's masked tokens without nodata) trains as one batch A times

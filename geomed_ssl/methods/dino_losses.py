@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from geomed_ssl.methods.distributed import all_reduce_sum_
+from geomed_ssl.methods.distributed import all_reduce_sum_, gather, local_offset
 from geomed_ssl.methods.losses.precision import float32_loss
 from geomed_ssl.methods.losses.sinkhorn import sinkhorn_knopp as _sinkhorn
 
@@ -121,7 +121,11 @@ class IBOTPatchLoss(_Centered):
 
 
 class KoLeoLoss(nn.Module):
-    """Kozachenko-Leonenko entropy regulariser (DINOv2): ``-mean(log(d_nn + eps))`` over L2-normalised rows."""
+    """Kozachenko-Leonenko entropy regulariser (DINOv2): ``-mean(log(d_nn + eps))`` over L2-normalised rows.
+
+    Under DDP each rank's rows look for their nearest neighbour among the rows of every rank (gathered with
+    gradients, :func:`~geomed_ssl.methods.distributed.gather`), so the mean of the per-rank losses is the loss of the
+    global batch and N processes of batch B train as one of batch N*B (DINOv2 searches each GPU's batch alone)."""
 
     def __init__(self, eps: float = 1e-8) -> None:
         super().__init__()
@@ -129,10 +133,12 @@ class KoLeoLoss(nn.Module):
 
     @float32_loss
     def forward(self, x: Tensor) -> Tensor:
-        """``x`` (B, D) with B >= 2 -> scalar."""
+        """``x`` (B, D), with >= 2 rows in the global batch -> scalar."""
         x = F.normalize(x.float(), dim=-1, eps=self.eps)
-        sim = x @ x.t()  # (B, B)
-        sim = sim.masked_fill(torch.eye(len(x), dtype=torch.bool, device=x.device), -2.0)
+        rows = gather(x)  # (N, D), this rank's rows from local_offset(B)
+        own = local_offset(len(x)) + torch.arange(len(x), device=x.device)
+        sim = x.detach() @ rows.detach().t()  # (B, N), only to find the neighbours
+        sim[torch.arange(len(x), device=x.device), own] = -2.0  # never its own neighbour
         nn_idx = sim.argmax(dim=1)
-        dist_nn = torch.linalg.vector_norm(x - x[nn_idx] + self.eps, dim=-1)  # as torch.pairwise_distance
+        dist_nn = torch.linalg.vector_norm(x - rows[nn_idx] + self.eps, dim=-1)  # as torch.pairwise_distance
         return -torch.log(dist_nn + self.eps).mean()

@@ -2,8 +2,8 @@
 process on the whole batch. SimCLR: negatives gathered with gradients from every rank, BatchNorm over the global
 batch, DDP's gradient average. SwAV: Sinkhorn codes over the global batch (sums all-reduced), multi-crop, and with a
 full queue (the same on every rank: it enters Sinkhorn's batch once, not once per rank). MoCo v3: keys gathered
-from every rank. Barlow Twins: the cross-correlation of the global batch. DINO: multi-crop, the teacher's centring.
-DeepCluster-v2: every rank's embeddings in the memory bank, the same k-means centroids on every rank."""
+from every rank. Barlow Twins: the cross-correlation of the global batch. DINO: multi-crop, the teacher's centring,
+KoLeo's neighbours. DeepCluster-v2: every rank's embeddings in the memory bank, the same k-means centroids on every rank."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ SETTINGS = {
     "deepcluster": {"proj_hidden_dim": 16, "proj_dim": 8, "n_prototypes": 3, "heads": 2, "memory_size": 16},
     "moco_v3": {"proj_hidden_dim": 16, "proj_dim": 8},
     "barlow_twins": {"proj_hidden_dim": 16, "proj_dim": 8},
-    "dino": {"head_hidden_dim": 16, "head_bottleneck_dim": 8, "out_dim": 12},
+    "dino": {"head_hidden_dim": 16, "head_bottleneck_dim": 8, "out_dim": 12, "koleo_loss_weight": 0.1},
 }
 BATCH, WORLD, LOCALS = 8, 2, 2
 

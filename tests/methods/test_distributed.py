@@ -116,6 +116,13 @@ def case_swav(data: dict[str, Tensor], rank: int, world: int) -> Result:
     return _backward(net, swav_loss(scores[:2], scores[2:], temperature=0.1))
 
 
+def case_koleo(data: dict[str, Tensor], rank: int, world: int) -> Result:
+    from geomed_ssl.methods.dino_losses import KoLeoLoss
+
+    net, (z,) = _embed(data, rank, world, ("x0",))  # a row's nearest neighbour may sit on the other rank
+    return _backward(net, KoLeoLoss()(z))
+
+
 def case_queue(data: dict[str, Tensor], rank: int, world: int) -> Result:
     loss_fn = QueueInfoNCELoss(queue_size=data["queue"].shape[0], dim=D_OUT, temperature=0.2)
     loss_fn.queue.rows.copy_(data["queue"])
@@ -165,7 +172,8 @@ def case_dino_monitor(data: dict[str, Tensor], rank: int, world: int) -> Result:
 
 CASES: dict[str, Callable[[dict[str, Tensor], int, int], Result]] = {
     "nt_xent": case_nt_xent, "nt_xent_naive_gather": case_nt_xent_naive_gather, "moco_v3": case_moco_v3,
-    "barlow_twins": case_barlow_twins, "vicreg": case_vicreg, "swav": case_swav, "queue": case_queue,
+    "barlow_twins": case_barlow_twins, "vicreg": case_vicreg, "swav": case_swav, "koleo": case_koleo,
+    "queue": case_queue,
     "kmeans": case_kmeans, "deepcluster_memory": case_deepcluster_memory, "collapse_monitor": case_collapse_monitor,
     "dino_monitor": case_dino_monitor,
 }
@@ -208,7 +216,7 @@ def _check_loss_and_grads(runs: dict[str, Any], name: str) -> None:
         torch.testing.assert_close(r["grad_b"], ref["grad_b"], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["nt_xent", "moco_v3", "barlow_twins", "vicreg", "swav", "queue"])
+@pytest.mark.parametrize("name", ["nt_xent", "moco_v3", "barlow_twins", "vicreg", "swav", "koleo", "queue"])
 def test_two_ranks_give_the_single_process_loss_and_gradients(runs: dict[str, Any], name: str) -> None:
     _check_loss_and_grads(runs, name)
 

@@ -32,10 +32,11 @@ from geomed_ssl.data.catalog import problems_reported
 from geomed_ssl.data.labelled import ImageDataset
 from geomed_ssl.data.readers import VolumeReader
 from geomed_ssl.data.stats import compute_stats
-from geomed_ssl.errors import ConfigError, RunStopped
+from geomed_ssl.errors import ConfigError, DataError, RunStopped
 from geomed_ssl.finetune.metrics import background_index
 from geomed_ssl.finetune.fit import save_recipe
 from geomed_ssl.models.device import resolve_device
+from geomed_ssl.models.model_data import naming_hint, note_encoder_naming, with_encoder_naming
 from geomed_ssl.models.probe import check_class_weights, probe_layers, read_image
 from geomed_ssl.outcommands import distinct_names
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
@@ -105,15 +106,20 @@ def _load_task(options: CompareOptions, recipe_file: Path, overrides: list[str] 
         raise ConfigError(f"--split {options.split} is for label maps (--images/--labels); class folders (--data) "
                           "are split by image already: leave out --split.")
     check_baselines(options, kind)
-    recipe = load_compare_recipe(recipe_file, overrides, kind)
-    if kind == "segment":
-        from geomed_ssl.finetune.segment import training_window
+    recipe, naming = with_encoder_naming(load_compare_recipe(recipe_file, overrides, kind),
+                                         options.pretrained[0] if options.pretrained else None, overrides)
+    try:
+        if kind == "segment":
+            from geomed_ssl.finetune.segment import training_window
 
-        windows = [training_window(recipe, e) for e in options.pretrained] or [training_window(recipe, None)]
-        window = [max(w[i] for w in windows) for i in range(len(windows[0]))]  # too small: for every encoder
-        task = load_segment_task(recipe, images, labels, strict, window)
-    else:
-        task = load_classify_task(recipe, data, strict)
+            windows = [training_window(recipe, e) for e in options.pretrained] or [training_window(recipe, None)]
+            window = [max(w[i] for w in windows) for i in range(len(windows[0]))]  # too small: for every encoder
+            task = load_segment_task(recipe, images, labels, strict, window)
+        else:
+            task = load_classify_task(recipe, data, strict)
+    except DataError as err:
+        raise naming_hint(err, naming) from None
+    note_encoder_naming(task.records, naming)
     return recipe, task
 
 

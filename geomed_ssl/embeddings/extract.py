@@ -43,7 +43,7 @@ from geomed_ssl.embeddings.store import CROP_KEYS, EmbeddingStore, load_embeddin
 from geomed_ssl.errors import ConfigError, DataError, GeomedError
 from geomed_ssl.models.device import resolve_device
 from geomed_ssl.models.encoder import ViTEncoder
-from geomed_ssl.models.model_data import catalog_for_encoder, check_value_ranges
+from geomed_ssl.models.model_data import catalog_for_encoder, check_value_ranges, naming_hint, note_encoder_naming
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 
 log = logging.getLogger("geomed_ssl")
@@ -219,19 +219,13 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
     if data_cfg.exclude:
         log.info("files matching data.exclude %s are left out (the encoder's recipe and --exclude); --set "
                  "data.exclude=[] includes them", data_cfg.exclude)
-    inherited = data_cfg.band_names is not None and not sets_key(overrides, "data.band_names")
+    taken = ({"band_names": list(data_cfg.band_names)}
+             if data_cfg.band_names is not None and not sets_key(overrides, "data.band_names") else {})
     try:
         catalog = scan(data_dir, data_cfg, strict=strict, names_by_position="error" if strict else "warn")
     except DataError as err:
-        if inherited and "data.band_names lists" in str(err):
-            raise DataError(f"{err} (data.band_names is the encoder's recipe's: --set data.band_names=[...] names "
-                            "this data's bands)") from None
-        raise
-    named = [r.path for r in catalog.records if r.band_source == "recipe"]
-    if inherited and named:
-        log.info("note: the bands of %d file(s) without band descriptions ('%s'%s) are named by the encoder's recipe "
-                 "(data.band_names: %s); --set data.band_names=[...] if they store their bands otherwise", len(named),
-                 named[0], ", ..." if len(named) > 1 else "", " ".join(data_cfg.band_names))
+        raise naming_hint(err, taken) from None
+    note_encoder_naming(catalog.records, taken)
     if level == "image":
         catalog = without_small_files(catalog, tuple(cfg.patch_size), strict, data_cfg.spacing)
     catalog.warn_problems()

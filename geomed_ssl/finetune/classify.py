@@ -16,7 +16,8 @@ from geomed_ssl.checkpoint import save_model
 from geomed_ssl.config import Recipe, as_recipe
 from geomed_ssl.data.catalog import Catalog
 from geomed_ssl.data.labelled import ImageDataset, scan_class_folders
-from geomed_ssl.errors import ConfigError
+from geomed_ssl.errors import ConfigError, DataError
+from geomed_ssl.models.model_data import naming_hint, note_encoder_naming, with_encoder_naming
 from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, class_weights_from_counts, data_meta,
                                      encoder_and_stats, finetune_inputs, fit_supervised, no_model, not_evaluated,
                                      save_recipe, seed_new_head)
@@ -101,13 +102,17 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
     ``strict``: problem files and band names assigned by position are errors (else skipped / warned about)."""
     inputs = finetune_inputs(recipe, encoder, data=data)
     check_out_dir(out_dir, command="finetune", inputs=inputs, overwrite=overwrite)  # FT_DIR is made once all is valid
-    recipe = as_recipe(recipe, overrides, task="classify")
+    recipe, naming = with_encoder_naming(as_recipe(recipe, overrides, task="classify"), encoder, overrides)
     f, lab = recipe.finetune, recipe.labels
     if lab.split != "random":
         raise ConfigError(f"labels.split {lab.split} is for label maps (finetune segment); class folders are split by "
                           "image already: leave labels.split at random.")
     out = Path(out_dir)
-    records, labels, names = scan_class_folders(data, recipe.data, strict=strict)
+    try:
+        records, labels, names = scan_class_folders(data, recipe.data, strict=strict)
+    except DataError as err:
+        raise naming_hint(err, naming) from None
+    note_encoder_naming(records, naming)
     train, test, notes = split_images(labels, lab.per_class, lab.fraction, lab.seed, names, lab.test_fraction)
     for note in notes:
         log.info("note: %s", note)

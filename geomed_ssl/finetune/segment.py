@@ -21,7 +21,9 @@ from geomed_ssl.finetune.labels import label_grounds, label_sources, read_label_
 from geomed_ssl.finetune.probe import fit_probe_model
 from geomed_ssl.finetune.sampling import training_area_maps
 from geomed_ssl.finetune.seg_data import SparseLabelDataset
+from geomed_ssl.errors import DataError
 from geomed_ssl.models.device import resolve_device
+from geomed_ssl.models.model_data import naming_hint, note_encoder_naming, with_encoder_naming
 from geomed_ssl.models.seg_decoder import SegmentationModel
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.process import keeps_process_state, stops_as
@@ -78,11 +80,15 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     out = Path(out_dir)
     inputs = finetune_inputs(recipe, encoder, images=images, labels=labels)
     check_out_dir(out, command="finetune", inputs=inputs, overwrite=overwrite)  # FT_DIR is made once all is valid
-    recipe = as_recipe(recipe, overrides)
+    recipe, naming = with_encoder_naming(as_recipe(recipe, overrides), encoder, overrides)
     window = training_window(recipe, encoder)
-    catalog = scan(images, dataclasses.replace(recipe.data, patch_size=window),
-                   strict=strict, names_by_position="error" if strict else "warn")  # too small: for that window
+    try:
+        catalog = scan(images, dataclasses.replace(recipe.data, patch_size=window),
+                       strict=strict, names_by_position="error" if strict else "warn")  # too small: for that window
+    except DataError as err:
+        raise naming_hint(err, naming) from None
     log.info(catalog.summary())
+    note_encoder_naming(catalog.records, naming)
     catalog.warn_problems()
     lab = recipe.labels
     pairs, arrays, masks = read_label_pairs(catalog.records, labels, lab, recipe.data)

@@ -5,11 +5,15 @@ exactly the encoder's bands, reordered, extras dropped, missing ones refused; ``
 data band the encoder knows by name or centre wavelength, in the order of the encoder bands they match, the others
 dropped with a note).
 ``check_value_ranges`` warns when the data's values are far from the statistics the model normalises with.
+``with_encoder_naming`` names the bands of files without descriptions as the encoder's pretraining named them
+(its recipe's ``data.band_names`` / ``data.wavelengths``) when the recipe at hand names none itself.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from pathlib import Path
 from typing import Any, Sequence
 
 from geomed_ssl.bands.conform import conform_catalog, conform_record
@@ -19,6 +23,49 @@ from geomed_ssl.models.encoder import BAND_FLEXIBLE, EncoderConfig
 from geomed_ssl.models.spectral import match_bands
 
 log = logging.getLogger("geomed_ssl")
+
+NAMING_KEYS = ("band_names", "wavelengths")  # how files without band metadata are named
+
+
+def encoder_naming(meta: dict[str, Any]) -> dict[str, list[Any]]:
+    """The band naming an export's recipe set (``data.band_names`` / ``data.wavelengths``; a pretrained encoder's
+    ``recipe.data``, a fine-tuned model's ``data``): only the keys it set."""
+    data = (meta.get("recipe") or {}).get("data") or meta.get("data") or {}
+    return {k: list(data[k]) for k in NAMING_KEYS if isinstance(data, dict) and data.get(k)}
+
+
+def with_encoder_naming(recipe: Any, encoder: str | Path | None, overrides: Sequence[str] | None = None,
+                        ) -> tuple[Any, dict[str, list[Any]]]:
+    """``recipe`` with the encoder's band naming (:func:`encoder_naming`) for each key it and its ``--set`` values
+    leave unset, and the keys taken. Without it a recipe of another run (a shipped one) names the bands of files
+    without descriptions by its sensor's order, which need not be the order the encoder was pretrained with."""
+    from geomed_ssl.checkpoint import read_encoder_config
+    from geomed_ssl.config import sets_key
+
+    if encoder is None or str(encoder).lower() == "none":
+        return recipe, {}
+    taken = {k: v for k, v in encoder_naming(read_encoder_config(encoder)[1]).items()
+             if getattr(recipe.data, k) is None and not sets_key(overrides, f"data.{k}")}
+    if not taken:
+        return recipe, {}
+    return dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, **taken)), taken
+
+
+def note_encoder_naming(records: Sequence[Any], taken: dict[str, list[Any]]) -> None:
+    """Say which files were named by the encoder's recipe (``taken``, from :func:`with_encoder_naming`)."""
+    named = [r.path for r in records if r.band_source == "recipe"]
+    if "band_names" in taken and named:
+        log.info("note: the bands of %d file(s) without band descriptions ('%s'%s) are named by the encoder's recipe "
+                 "(data.band_names: %s); --set data.band_names=[...] if they store their bands otherwise", len(named),
+                 named[0], ", ..." if len(named) > 1 else "", " ".join(map(str, taken["band_names"])))
+
+
+def naming_hint(err: Exception, taken: dict[str, list[Any]]) -> Exception:
+    """A band-count error about names the encoder's recipe gave, saying where they came from."""
+    if taken and "data.band_names lists" in str(err):
+        return type(err)(f"{err} (data.band_names is the encoder's recipe's: --set data.band_names=[...] names "
+                         "this data's bands)")
+    return err
 
 
 def encoder_data_bands(cfg: EncoderConfig, catalog: Any) -> list[str]:

@@ -523,3 +523,32 @@ def test_sigterm_outside_a_training_loop_stops_with_the_line_and_the_previous_ha
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_a_fine_tune_names_undescribed_bands_as_the_encoders_pretraining_did(raster_dir: Path, class_folders: Path,
+                                                                              tmp_path: Path) -> None:
+    """An encoder pretrained with data.band_names on files without band descriptions, fine-tuned with another recipe
+    (a shipped one, naming none): the files' bands are named as in pretraining, not by the recipe's sensor order,
+    and the fine-tuned model records those names for predict; an explicit --set data.band_names still wins."""
+    from geomed_ssl.train.pretrain import pretrain
+
+    order = "data.band_names=[B08,B04,B03,B02]"
+    pre = tmp_path / "pre"
+    pretrain("recipes/mae_sentinel2.yaml", raster_dir, pre, progress=False,
+             overrides=[*TINY, "data.sensor=null", order, "data.patch_size=16", "train.max_steps=2"])
+    ft = tmp_path / "ft"
+    result = runner.invoke(app, ["finetune", "classify", "recipes/mae_sentinel2.yaml", "--encoder", str(pre),
+                                 "--data", str(class_folders), "--out", str(ft), "--labels-per-class", "2",
+                                 "--linear-probe", *sets("data.sensor=null", "finetune.max_steps=5")])
+    assert result.exit_code == 0, result.output
+    assert "named by the encoder's recipe (data.band_names: B08 B04 B03 B02)" in result.output
+    saved = json.loads((ft / "model" / "config.json").read_text())
+    assert saved["data"]["band_names"] == ["B08", "B04", "B03", "B02"]
+    own = tmp_path / "own"
+    result = runner.invoke(app, ["finetune", "classify", "recipes/mae_sentinel2.yaml", "--encoder", str(pre),
+                                 "--data", str(class_folders), "--out", str(own), "--labels-per-class", "2",
+                                 "--linear-probe", *sets("data.sensor=null", "finetune.max_steps=5",
+                                                         "data.band_names=[B02,B03,B04,B08]")])
+    assert result.exit_code == 0, result.output
+    assert "named by the encoder's recipe" not in result.output
+    assert json.loads((own / "model" / "config.json").read_text())["data"]["band_names"] == ["B02", "B03", "B04", "B08"]

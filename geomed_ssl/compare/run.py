@@ -34,9 +34,9 @@ from geomed_ssl.data.readers import VolumeReader
 from geomed_ssl.data.stats import compute_stats
 from geomed_ssl.errors import ConfigError, DataError, RunStopped
 from geomed_ssl.finetune.metrics import background_index
-from geomed_ssl.finetune.fit import save_recipe
+from geomed_ssl.finetune.fit import save_recipe, with_encoder_naming
 from geomed_ssl.models.device import resolve_device
-from geomed_ssl.models.model_data import naming_hint, note_encoder_naming, with_encoder_naming
+from geomed_ssl.models.model_data import naming_hint, note_encoder_naming
 from geomed_ssl.models.probe import check_class_weights, probe_layers, read_image
 from geomed_ssl.outcommands import distinct_names
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir

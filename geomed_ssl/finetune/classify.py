@@ -17,10 +17,10 @@ from geomed_ssl.config import Recipe, as_recipe
 from geomed_ssl.data.catalog import Catalog
 from geomed_ssl.data.labelled import ImageDataset, scan_class_folders
 from geomed_ssl.errors import ConfigError, DataError
-from geomed_ssl.models.model_data import naming_hint, note_encoder_naming, with_encoder_naming
+from geomed_ssl.models.model_data import naming_hint, note_encoder_naming
 from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, class_weights_from_counts, data_meta,
                                      encoder_and_stats, finetune_inputs, fit_supervised, no_model, not_evaluated,
-                                     save_recipe, seed_new_head)
+                                     save_recipe, seed_new_head, with_encoder_naming)
 from geomed_ssl.finetune.sampling import split_images
 from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix, write_metrics
 from geomed_ssl.models.cls_heads import ClassificationModel

@@ -5,6 +5,7 @@ their runs from these."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, SequentialSampler
 
 from geomed_ssl.checkpoint import load_encoder, read_encoder_config
-from geomed_ssl.config import Recipe, spatial_dims
+from geomed_ssl.config import Recipe, sets_key, spatial_dims
 from geomed_ssl.cpus import fit_threads_to_quota
 from geomed_ssl.data.catalog import Catalog
 from geomed_ssl.data.stats import BandStats, compute_stats
@@ -24,7 +25,7 @@ from geomed_ssl.errors import ConfigError, GeomedError, RunStopped
 from geomed_ssl.finetune.labels import LabelSelection
 from geomed_ssl.models.cls_heads import layer_decay_groups
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
-from geomed_ssl.models.model_data import catalog_for_encoder, check_value_ranges
+from geomed_ssl.models.model_data import catalog_for_encoder, check_value_ranges, encoder_naming
 from geomed_ssl.models.probe import check_class_weights
 from geomed_ssl.outfiles import atomic_path
 from geomed_ssl.train.callbacks import MetricsCSV
@@ -70,6 +71,20 @@ def encoder_and_stats(encoder_path: str | Path | None, recipe: Recipe, catalog: 
     stats = BandStats.from_dict(encoder.config.stats, source=f"encoder {encoder_path}")
     check_value_ranges(catalog.records, stats)
     return encoder.train(), stats, str(encoder_path), catalog
+
+
+def with_encoder_naming(recipe: Any, encoder: str | Path | None, overrides: Sequence[str] | None = None,
+                        ) -> tuple[Any, dict[str, list[Any]]]:
+    """``recipe`` with the encoder's band naming (:func:`encoder_naming`) for each key it and its ``--set`` values
+    leave unset, and the keys taken. Without it a recipe of another run (a shipped one) names the bands of files
+    without descriptions by its sensor's order, which need not be the order the encoder was pretrained with."""
+    if encoder is None or str(encoder).lower() == "none":
+        return recipe, {}
+    taken = {k: v for k, v in encoder_naming(read_encoder_config(encoder)[1]).items()
+             if getattr(recipe.data, k) is None and not sets_key(overrides, f"data.{k}")}
+    if not taken:
+        return recipe, {}
+    return dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, **taken)), taken
 
 
 def data_meta(data: Any) -> dict[str, Any]:

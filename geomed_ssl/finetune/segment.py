@@ -16,14 +16,14 @@ from geomed_ssl.config import Recipe, as_recipe, as_tuple, spatial_dims
 from geomed_ssl.data.catalog import scan
 from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, class_weights_from_counts, data_meta,
                                      encoder_and_stats, finetune_inputs, fit_supervised, no_model, not_evaluated,
-                                     save_recipe, seed_new_head)
+                                     save_recipe, seed_new_head, with_encoder_naming)
 from geomed_ssl.finetune.labels import label_grounds, label_sources, read_label_pairs, select_labels
 from geomed_ssl.finetune.probe import fit_probe_model
 from geomed_ssl.finetune.sampling import training_area_maps
 from geomed_ssl.finetune.seg_data import SparseLabelDataset
 from geomed_ssl.errors import DataError
 from geomed_ssl.models.device import resolve_device
-from geomed_ssl.models.model_data import naming_hint, note_encoder_naming, with_encoder_naming
+from geomed_ssl.models.model_data import naming_hint, note_encoder_naming
 from geomed_ssl.models.seg_decoder import SegmentationModel
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.process import keeps_process_state, stops_as

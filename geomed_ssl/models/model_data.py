@@ -5,15 +5,13 @@ exactly the encoder's bands, reordered, extras dropped, missing ones refused; ``
 data band the encoder knows by name or centre wavelength, in the order of the encoder bands they match, the others
 dropped with a note).
 ``check_value_ranges`` warns when the data's values are far from the statistics the model normalises with.
-``with_encoder_naming`` names the bands of files without descriptions as the encoder's pretraining named them
-(its recipe's ``data.band_names`` / ``data.wavelengths``) when the recipe at hand names none itself.
+``encoder_naming`` is how an export's recipe named the bands of files without descriptions (``data.band_names`` /
+``data.wavelengths``), which a recipe that names none takes (``finetune.fit.with_encoder_naming``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from pathlib import Path
 from typing import Any, Sequence
 
 from geomed_ssl.bands.conform import conform_catalog, conform_record
@@ -32,23 +30,6 @@ def encoder_naming(meta: dict[str, Any]) -> dict[str, list[Any]]:
     ``recipe.data``, a fine-tuned model's ``data``): only the keys it set."""
     data = (meta.get("recipe") or {}).get("data") or meta.get("data") or {}
     return {k: list(data[k]) for k in NAMING_KEYS if isinstance(data, dict) and data.get(k)}
-
-
-def with_encoder_naming(recipe: Any, encoder: str | Path | None, overrides: Sequence[str] | None = None,
-                        ) -> tuple[Any, dict[str, list[Any]]]:
-    """``recipe`` with the encoder's band naming (:func:`encoder_naming`) for each key it and its ``--set`` values
-    leave unset, and the keys taken. Without it a recipe of another run (a shipped one) names the bands of files
-    without descriptions by its sensor's order, which need not be the order the encoder was pretrained with."""
-    from geomed_ssl.checkpoint import read_encoder_config
-    from geomed_ssl.config import sets_key
-
-    if encoder is None or str(encoder).lower() == "none":
-        return recipe, {}
-    taken = {k: v for k, v in encoder_naming(read_encoder_config(encoder)[1]).items()
-             if getattr(recipe.data, k) is None and not sets_key(overrides, f"data.{k}")}
-    if not taken:
-        return recipe, {}
-    return dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, **taken)), taken
 
 
 def note_encoder_naming(records: Sequence[Any], taken: dict[str, list[Any]]) -> None:

@@ -8,126 +8,28 @@ are never dropped silently: each becomes a ``Problem(path, reason)`` that ``scan
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
-import fnmatch
-import itertools
 import logging
 import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from geomed_ssl.config import DataConfig, as_tuple, spatial_dims
-from geomed_ssl.bands.names import resolve_band_info
 from geomed_ssl.bands.conform import conform_record, report_positional_names
-from geomed_ssl.data.probe import (RASTER_PREVIEW, VOLUME_PREVIEW, FileProbe, ProbeError, probe_file,  # noqa: F401
-                                  reordered)
+from geomed_ssl.data.probe import RASTER_PREVIEW, VOLUME_PREVIEW, FileProbe, ProbeError, probe_file  # noqa: F401
 from geomed_ssl.geo.grids import grid_diffs
-from geomed_ssl.data.listing import EXTENSIONS, has_ext, list_files, once, unread_formats
+from geomed_ssl.data.listing import (EXTENSIONS, LABEL_GLOBS, glob_match, has_ext, list_files,  # noqa: F401
+                                    once, problems_reported, reported_already, select, unread_formats)
+from geomed_ssl.data.records import (FileRecord, Problem, record_from_probes, reoriented_axes,  # noqa: F401
+                                    reoriented_shape)
 from geomed_ssl.data.survey import grid_lines
 from geomed_ssl.errors import DataError
 
 log = logging.getLogger("geomed_ssl")
-
-
-@dataclass
-class FileRecord:
-    """One usable sample source: a file, or several single-channel files stacked by ``data.channels``.
-
-    ``shape`` is the spatial shape (H, W) of a raster or (X, Y, Z) of a volume in the FILE's array order (the volume
-    reader reorients to RAS; ``orientation`` holds the file's axis codes). ``value_range`` is, per band,
-    [min, p1, p99, max] of the valid pixels of the preview read (see ``geomed_ssl.data.probe``). ``band_source``
-    says where the band names came from (``geomed_ssl.bands.names.BAND_SOURCES``), ``bandwidths`` are the bands'
-    FWHM in µm (None: unknown). ``band_index`` (set by :func:`conform_record`): the readers return these of the
-    file's bands, in this order, and every per-band field describes them.
-    """
-
-    path: str
-    paths: list[str]
-    kind: str
-    shape: tuple[int, ...]
-    num_bands: int
-    dtype: str
-    band_names: list[str]
-    wavelengths: list[float | None] | None
-    nodata: float | None
-    crs: str | None = None
-    transform: list[float] | None = None
-    affine: list[list[float]] | None = None
-    spacing: list[float] | None = None
-    valid_fraction: float = 1.0
-    block_shape: tuple[int, int] | None = None
-    orientation: str | None = None
-    value_range: list[list[float]] | None = None
-    band_source: str | None = None
-    bandwidths: list[float | None] | None = None
-    band_index: list[int] | None = None
-    value_scaling: list[list[float]] | None = None  # [scales, offsets] per band when not 1 / 0 (not applied)
-
-    @property
-    def area(self) -> int:
-        """Number of pixels / voxels."""
-        return int(np.prod(self.shape))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) | {"shape": list(self.shape),
-                                           "block_shape": list(self.block_shape) if self.block_shape else None}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FileRecord:
-        d = dict(d)
-        d["shape"] = tuple(d["shape"])
-        d["block_shape"] = tuple(d["block_shape"]) if d.get("block_shape") else None
-        return cls(**d)
-
-
-def reoriented_shape(record: FileRecord, axcodes: str = "RAS") -> tuple[int, ...]:
-    """A volume's spatial shape after reorientation to ``axcodes`` (the volume reader's order before resampling)."""
-    return tuple(int(v) for v in reoriented_axes(record, record.shape, axcodes))
-
-
-def reoriented_axes(record: FileRecord, values: Sequence[Any], axcodes: str = "RAS") -> tuple[Any, ...]:
-    """Per-axis ``values`` of a volume in its file's axis order (shape, voxel sizes) in ``axcodes`` order."""
-    if record.kind != "volume" or not record.orientation:
-        return tuple(values)
-    return reordered(record.orientation, values, axcodes)
-
-
-@dataclass
-class Problem:
-    """A file (or folder, for stacked channels) that cannot be used, and why."""
-
-    path: str
-    reason: str
-
-    def __post_init__(self) -> None:
-        self.reason = self.reason.rstrip(". ")  # messages add their own full stop
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
-
-
-_PROBLEMS_REPORTED: contextvars.ContextVar[bool] = contextvars.ContextVar("problems_reported", default=False)
-
-
-def reported_already() -> bool:
-    """Inside :func:`problems_reported`: the data's problems were said by the command already."""
-    return _PROBLEMS_REPORTED.get()
-
-
-@contextlib.contextmanager
-def problems_reported() -> Iterator[None]:
-    """Inside: the data's problem files were named already (compare's fine-tunes read the data compare read)."""
-    token = _PROBLEMS_REPORTED.set(True)
-    try:
-        yield
-    finally:
-        _PROBLEMS_REPORTED.reset(token)
 
 
 @dataclass
@@ -171,7 +73,7 @@ class Catalog:
     def warn_problems(self) -> None:
         """The problem files a command skips, as one warning (``--strict`` makes them an error instead); nothing
         inside :func:`problems_reported` (the same files read again by a step of a command that named them)."""
-        if self.problems and not _PROBLEMS_REPORTED.get():
+        if self.problems and not reported_already():
             log.warning("warning: %d problem file(s) skipped (--strict makes this an error):\n%s", len(self.problems),
                         "\n".join(f"  - {self._rel(p.path)}: {p.reason}" for p in self.problems))
 
@@ -217,49 +119,6 @@ class Catalog:
                    bandwidths=d.get("bandwidths"))
 
 
-# -- matching ---------------------------------------------------------------------------------------------------
-def glob_match(rel_path: str, pattern: str) -> bool:
-    """fnmatch on a '/'-separated relative path, case-insensitive; ``**/`` also matches zero folders, and a pattern
-    without '/' is also tried against the file name alone."""
-    rel, pattern = rel_path.replace(os.sep, "/").lower(), pattern.lower()
-    parts = pattern.split("**/")
-    for keep in itertools.product((True, False), repeat=min(len(parts) - 1, 6)):
-        variant = parts[0] + "".join(("**/" if k else "") + p for k, p in zip(keep, parts[1:]))
-        if fnmatch.fnmatchcase(rel, variant):
-            return True
-    return "/" not in pattern and fnmatch.fnmatchcase(rel.rsplit("/", 1)[-1], pattern)
-
-
-def select(rel_paths: Sequence[str], include: Sequence[str], exclude: Sequence[str], root: str | Path) -> list[bool]:
-    """Which of ``rel_paths`` (relative to ``root``) ``include`` / ``exclude`` keep. Files that include keeps and
-    a name pattern (no '/') leaves out only because a folder of theirs matches it (``Unlabelled/`` under
-    ``*label*``) are one warning naming those folders: such a folder is more often data than labels. A folder whose
-    files share the kept images' names (``labels/`` beside ``images/``) holds labels: nothing to say."""
-    keep, hidden = [], {}
-    for rel in rel_paths:
-        included = any(glob_match(rel, g) for g in include)
-        excluded = [g for g in exclude if glob_match(rel, g)]
-        keep.append(included and not excluded)
-        unix = rel.replace(os.sep, "/")
-        name = unix.rsplit("/", 1)[-1]
-        if included and excluded and "/" in unix and all("/" not in g and not glob_match(name, g) for g in excluded):
-            hidden.setdefault(unix.rsplit("/", 1)[0], []).append(name.lower())
-    kept_names = {r.replace(os.sep, "/").rsplit("/", 1)[-1].lower() for r, k in zip(rel_paths, keep) if k}
-    data_like = sorted(f for f, names in hidden.items() if not kept_names & set(names))
-    if data_like and not _PROBLEMS_REPORTED.get():
-        shown = ", ".join(f"'{f}' ({len(hidden[f])} file{'s' if len(hidden[f]) != 1 else ''})"
-                          for f in data_like[:3]) + (", ..." if len(data_like) > 3 else "")
-        log.warning(f"warning: data.exclude {list(exclude)} leaves out folder(s) under '{root}' because their names "
-                    f"match, not their files': {shown}; if they are data, rename them or give data.exclude patterns "
-                    "that match only the label files' names (e.g. \"*_mask.tif\").")
-    return keep
-
-
-# what the shipped recipes' data.exclude leaves out: label maps and masks kept beside the images
-LABEL_GLOBS = ["*mask*", "*label*", "*lulc*", "*_gt*", "*seg*", "*OTMultiClass*"]
-
-
-
 # -- stacking ---------------------------------------------------------------------------------------------------
 def _grid_difference(a: FileProbe, b: FileProbe, kind: str) -> str | None:
     """What differs between two channel files' grids (None: one grid): shape, or the affine (volumes: how far,
@@ -280,72 +139,6 @@ def _grid_difference(a: FileProbe, b: FileProbe, kind: str) -> str | None:
 def _channel_name(pattern: str) -> str:
     name = "".join(c for c in pattern.rsplit("/", 1)[-1] if c not in "*?[]").strip("._-")
     return name or pattern
-
-
-def _valid_fraction(probes: list[FileProbe]) -> float:
-    """Valid fraction of the stack: pixels valid in every channel file when their previews cover the same pixels,
-    else (channel files sampled differently, e.g. other block layouts) the lowest fraction of any file."""
-    masks = [p.valid for p in probes]
-    same = all(m.shape == masks[0].shape and p.preview == probes[0].preview
-               and p.geo.get("block_shape") == probes[0].geo.get("block_shape") for p, m in zip(probes, masks))
-    if same:
-        valid = np.logical_and.reduce(masks) if len(masks) > 1 else masks[0]
-        return float(valid.mean()) if valid.size else 0.0
-    return min(float(m.mean()) if m.size else 0.0 for m in masks)
-
-
-_alpha_noted: set[tuple[int, ...]] = set()  # alpha band positions already noted
-
-
-def _note_alpha(path: str, bands: list[int]) -> None:
-    """Say once per layout that the alpha bands at ``bands`` (1-based) are read as the mask, not as bands."""
-    if tuple(bands) not in _alpha_noted:
-        _alpha_noted.add(tuple(bands))
-        log.info("note: band %s of '%s' (and of files like it) is an alpha band: read as the mask of missing pixels, "
-                 "not as a band to learn from", ", ".join(map(str, bands)), path)
-
-
-def _record(probes: list[FileProbe], kind: str, data_cfg: Any, fallback: list[str] | None = None) -> FileRecord:
-    """Stack probes (one, or one per channel) into a FileRecord; raises ProbeError."""
-    first = probes[0]
-    fraction = _valid_fraction(probes)
-    if fraction == 0.0:
-        nd = f"nodata={first.nodata:g}" if first.nodata is not None else "no nodata value set"
-        raise ProbeError(f"all pixels are nodata or NaN ({nd}, estimated from a decimated read)")
-    descriptions, tags, alpha, scales, offsets = [], [], [], [], []  # every band of the stack, file after file
-    for p in probes:
-        masks = set(p.geo.get("alpha_bands") or [])
-        s, o = p.geo.get("value_scaling") or ([1.0] * p.num_bands, [0.0] * p.num_bands)  # 1 / 0: none
-        descriptions += p.descriptions
-        tags += [p.tags.get(b + 1, {}) for b in range(p.num_bands)]
-        alpha += [b in masks for b in range(p.num_bands)]
-        scales, offsets = scales + list(s), offsets + list(o)
-    keep = [i for i, a in enumerate(alpha) if not a]  # the bands read: alpha bands are a mask, not bands to learn
-    hidden = [i + 1 for i, a in enumerate(alpha) if a]
-
-    def pick(seq: list[Any]) -> list[Any]:
-        return [seq[i] for i in keep]
-
-    try:
-        bands = resolve_band_info(len(keep), pick(descriptions), dict(enumerate(pick(tags), start=1)), data_cfg,
-                                  first.path, fallback_names=fallback)
-    except DataError as err:
-        alpha_text = (f" (not counting its alpha band {', '.join(map(str, hidden))}: the mask of missing pixels)"
-                      if hidden else "")
-        raise ProbeError(str(err).replace(f"'{first.path}' ", "", 1) + alpha_text) from None
-    if hidden:
-        _note_alpha(first.path, hidden)
-    scales, offsets = pick(scales), pick(offsets)
-    scaling = None if all(v == 1 for v in scales) and all(v == 0 for v in offsets) else [scales, offsets]
-    return FileRecord(
-        path=first.path, paths=[p.path for p in probes], kind=kind, shape=tuple(first.shape), num_bands=len(keep),
-        dtype=str(np.result_type(*[p.dtype for p in probes])), band_names=bands.names, wavelengths=bands.wavelengths,
-        nodata=first.nodata, band_source=bands.source, bandwidths=bands.bandwidths,
-        crs=first.geo.get("crs"), transform=first.geo.get("transform"), affine=first.geo.get("affine"),
-        spacing=first.geo.get("spacing"), valid_fraction=round(fraction, 6), block_shape=first.geo.get("block_shape"),
-        orientation=first.geo.get("orientation"), value_range=pick([v for p in probes for v in p.value_range]),
-        value_scaling=scaling, band_index=keep if hidden else None,
-    )
 
 
 def _stacked_records(files: list[str], root: Path, kind: str, data_cfg: Any, window: tuple[int, ...],
@@ -387,7 +180,7 @@ def _stacked_records(files: list[str], root: Path, kind: str, data_cfg: Any, win
                                      f"do not share one {grid}: {differ}; resample one onto the other's grid")
             names = [_channel_name(g) for g in channels]
             fallback = names if all(p.num_bands == 1 for p in probes) else None
-            records.append(_record(probes, kind, data_cfg, fallback))
+            records.append(record_from_probes(probes, kind, data_cfg, fallback))
         except ProbeError as bad:
             problems.append(Problem(folder, str(bad)))
     return records
@@ -469,7 +262,7 @@ def scan(root: str | Path, data_cfg: Any = None, strict: bool = False, names_by_
         records = []
         for f in files:
             try:
-                records.append(_record([probe_file(f, kind, data_cfg, window)], kind, data_cfg))
+                records.append(record_from_probes([probe_file(f, kind, data_cfg, window)], kind, data_cfg))
             except ProbeError as bad:
                 problems.append(Problem(f, str(bad)))
     if records and majority:

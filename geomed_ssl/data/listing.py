@@ -1,9 +1,15 @@
 """The files of a data folder: walked recursively with symlinked folders followed (each real folder once, so a link
 loop ends), hidden files and the folders geomed-ssl wrote left out, and the files in image formats the toolkit does
-not read named, with the conversion that makes them readable."""
+not read named, with the conversion that makes them readable; which of them ``data.include`` / ``data.exclude``
+keep (:func:`select`, :func:`glob_match`); and whether a command named the data's problems already
+(:func:`problems_reported`)."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import fnmatch
+import itertools
 import logging
 import os
 from collections import Counter
@@ -137,3 +143,64 @@ def unread_formats(files: Sequence[Path], kind: str) -> str | None:
     total = sum(found.values())
     return (f"{total} file{'s' if total != 1 else ''} in formats not read ({counts}): geomed-ssl reads {kind}s as "
             f"{words}; {advice} (or leave them out with data.exclude, e.g. \"*{min(found)}\")")
+
+
+# -- reporting once ---------------------------------------------------------------------------------------------
+_PROBLEMS_REPORTED: contextvars.ContextVar[bool] = contextvars.ContextVar("problems_reported", default=False)
+
+
+def reported_already() -> bool:
+    """Inside :func:`problems_reported`: the data's problems were said by the command already."""
+    return _PROBLEMS_REPORTED.get()
+
+
+@contextlib.contextmanager
+def problems_reported() -> Iterator[None]:
+    """Inside: the data's problem files were named already (compare's fine-tunes read the data compare read)."""
+    token = _PROBLEMS_REPORTED.set(True)
+    try:
+        yield
+    finally:
+        _PROBLEMS_REPORTED.reset(token)
+
+
+# -- matching ---------------------------------------------------------------------------------------------------
+def glob_match(rel_path: str, pattern: str) -> bool:
+    """fnmatch on a '/'-separated relative path, case-insensitive; ``**/`` also matches zero folders, and a pattern
+    without '/' is also tried against the file name alone."""
+    rel, pattern = rel_path.replace(os.sep, "/").lower(), pattern.lower()
+    parts = pattern.split("**/")
+    for keep in itertools.product((True, False), repeat=min(len(parts) - 1, 6)):
+        variant = parts[0] + "".join(("**/" if k else "") + p for k, p in zip(keep, parts[1:]))
+        if fnmatch.fnmatchcase(rel, variant):
+            return True
+    return "/" not in pattern and fnmatch.fnmatchcase(rel.rsplit("/", 1)[-1], pattern)
+
+
+def select(rel_paths: Sequence[str], include: Sequence[str], exclude: Sequence[str], root: str | Path) -> list[bool]:
+    """Which of ``rel_paths`` (relative to ``root``) ``include`` / ``exclude`` keep. Files that include keeps and
+    a name pattern (no '/') leaves out only because a folder of theirs matches it (``Unlabelled/`` under
+    ``*label*``) are one warning naming those folders: such a folder is more often data than labels. A folder whose
+    files share the kept images' names (``labels/`` beside ``images/``) holds labels: nothing to say."""
+    keep, hidden = [], {}
+    for rel in rel_paths:
+        included = any(glob_match(rel, g) for g in include)
+        excluded = [g for g in exclude if glob_match(rel, g)]
+        keep.append(included and not excluded)
+        unix = rel.replace(os.sep, "/")
+        name = unix.rsplit("/", 1)[-1]
+        if included and excluded and "/" in unix and all("/" not in g and not glob_match(name, g) for g in excluded):
+            hidden.setdefault(unix.rsplit("/", 1)[0], []).append(name.lower())
+    kept_names = {r.replace(os.sep, "/").rsplit("/", 1)[-1].lower() for r, k in zip(rel_paths, keep) if k}
+    data_like = sorted(f for f, names in hidden.items() if not kept_names & set(names))
+    if data_like and not _PROBLEMS_REPORTED.get():
+        shown = ", ".join(f"'{f}' ({len(hidden[f])} file{'s' if len(hidden[f]) != 1 else ''})"
+                          for f in data_like[:3]) + (", ..." if len(data_like) > 3 else "")
+        log.warning(f"warning: data.exclude {list(exclude)} leaves out folder(s) under '{root}' because their names "
+                    f"match, not their files': {shown}; if they are data, rename them or give data.exclude patterns "
+                    "that match only the label files' names (e.g. \"*_mask.tif\").")
+    return keep
+
+
+# what the shipped recipes' data.exclude leaves out: label maps and masks kept beside the images
+LABEL_GLOBS = ["*mask*", "*label*", "*lulc*", "*_gt*", "*seg*", "*OTMultiClass*"]

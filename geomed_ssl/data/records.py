@@ -1,0 +1,162 @@
+"""What one usable sample source is: :class:`FileRecord` (a file, or single-channel files stacked by
+``data.channels``) built from the probes of its files (:func:`record_from_probes`: band names, alpha bands, value
+scaling, validity), and :class:`Problem`, a file that cannot be used and why. ``geomed_ssl.data.catalog`` scans
+folders into them."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from geomed_ssl.bands.names import resolve_band_info
+from geomed_ssl.data.probe import FileProbe, ProbeError, reordered
+from geomed_ssl.errors import DataError
+
+log = logging.getLogger("geomed_ssl")
+
+
+@dataclass
+class FileRecord:
+    """One usable sample source: a file, or several single-channel files stacked by ``data.channels``.
+
+    ``shape`` is the spatial shape (H, W) of a raster or (X, Y, Z) of a volume in the FILE's array order (the volume
+    reader reorients to RAS; ``orientation`` holds the file's axis codes). ``value_range`` is, per band,
+    [min, p1, p99, max] of the valid pixels of the preview read (see ``geomed_ssl.data.probe``). ``band_source``
+    says where the band names came from (``geomed_ssl.bands.names.BAND_SOURCES``), ``bandwidths`` are the bands'
+    FWHM in µm (None: unknown). ``band_index`` (set by :func:`conform_record`): the readers return these of the
+    file's bands, in this order, and every per-band field describes them.
+    """
+
+    path: str
+    paths: list[str]
+    kind: str
+    shape: tuple[int, ...]
+    num_bands: int
+    dtype: str
+    band_names: list[str]
+    wavelengths: list[float | None] | None
+    nodata: float | None
+    crs: str | None = None
+    transform: list[float] | None = None
+    affine: list[list[float]] | None = None
+    spacing: list[float] | None = None
+    valid_fraction: float = 1.0
+    block_shape: tuple[int, int] | None = None
+    orientation: str | None = None
+    value_range: list[list[float]] | None = None
+    band_source: str | None = None
+    bandwidths: list[float | None] | None = None
+    band_index: list[int] | None = None
+    value_scaling: list[list[float]] | None = None  # [scales, offsets] per band when not 1 / 0 (not applied)
+
+    @property
+    def area(self) -> int:
+        """Number of pixels / voxels."""
+        return int(np.prod(self.shape))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"shape": list(self.shape),
+                                           "block_shape": list(self.block_shape) if self.block_shape else None}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FileRecord:
+        d = dict(d)
+        d["shape"] = tuple(d["shape"])
+        d["block_shape"] = tuple(d["block_shape"]) if d.get("block_shape") else None
+        return cls(**d)
+
+
+def reoriented_shape(record: FileRecord, axcodes: str = "RAS") -> tuple[int, ...]:
+    """A volume's spatial shape after reorientation to ``axcodes`` (the volume reader's order before resampling)."""
+    return tuple(int(v) for v in reoriented_axes(record, record.shape, axcodes))
+
+
+def reoriented_axes(record: FileRecord, values: Sequence[Any], axcodes: str = "RAS") -> tuple[Any, ...]:
+    """Per-axis ``values`` of a volume in its file's axis order (shape, voxel sizes) in ``axcodes`` order."""
+    if record.kind != "volume" or not record.orientation:
+        return tuple(values)
+    return reordered(record.orientation, values, axcodes)
+
+
+@dataclass
+class Problem:
+    """A file (or folder, for stacked channels) that cannot be used, and why."""
+
+    path: str
+    reason: str
+
+    def __post_init__(self) -> None:
+        self.reason = self.reason.rstrip(". ")  # messages add their own full stop
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+def _valid_fraction(probes: list[FileProbe]) -> float:
+    """Valid fraction of the stack: pixels valid in every channel file when their previews cover the same pixels,
+    else (channel files sampled differently, e.g. other block layouts) the lowest fraction of any file."""
+    masks = [p.valid for p in probes]
+    same = all(m.shape == masks[0].shape and p.preview == probes[0].preview
+               and p.geo.get("block_shape") == probes[0].geo.get("block_shape") for p, m in zip(probes, masks))
+    if same:
+        valid = np.logical_and.reduce(masks) if len(masks) > 1 else masks[0]
+        return float(valid.mean()) if valid.size else 0.0
+    return min(float(m.mean()) if m.size else 0.0 for m in masks)
+
+
+_alpha_noted: set[tuple[int, ...]] = set()  # alpha band positions already noted
+
+
+def _note_alpha(path: str, bands: list[int]) -> None:
+    """Say once per layout that the alpha bands at ``bands`` (1-based) are read as the mask, not as bands."""
+    if tuple(bands) not in _alpha_noted:
+        _alpha_noted.add(tuple(bands))
+        log.info("note: band %s of '%s' (and of files like it) is an alpha band: read as the mask of missing pixels, "
+                 "not as a band to learn from", ", ".join(map(str, bands)), path)
+
+
+def record_from_probes(probes: list[FileProbe], kind: str, data_cfg: Any, fallback: list[str] | None = None) -> FileRecord:
+    """Stack probes (one, or one per channel) into a FileRecord; raises ProbeError."""
+    first = probes[0]
+    fraction = _valid_fraction(probes)
+    if fraction == 0.0:
+        nd = f"nodata={first.nodata:g}" if first.nodata is not None else "no nodata value set"
+        raise ProbeError(f"all pixels are nodata or NaN ({nd}, estimated from a decimated read)")
+    descriptions, tags, alpha, scales, offsets = [], [], [], [], []  # every band of the stack, file after file
+    for p in probes:
+        masks = set(p.geo.get("alpha_bands") or [])
+        s, o = p.geo.get("value_scaling") or ([1.0] * p.num_bands, [0.0] * p.num_bands)  # 1 / 0: none
+        descriptions += p.descriptions
+        tags += [p.tags.get(b + 1, {}) for b in range(p.num_bands)]
+        alpha += [b in masks for b in range(p.num_bands)]
+        scales, offsets = scales + list(s), offsets + list(o)
+    keep = [i for i, a in enumerate(alpha) if not a]  # the bands read: alpha bands are a mask, not bands to learn
+    hidden = [i + 1 for i, a in enumerate(alpha) if a]
+
+    def pick(seq: list[Any]) -> list[Any]:
+        return [seq[i] for i in keep]
+
+    try:
+        bands = resolve_band_info(len(keep), pick(descriptions), dict(enumerate(pick(tags), start=1)), data_cfg,
+                                  first.path, fallback_names=fallback)
+    except DataError as err:
+        alpha_text = (f" (not counting its alpha band {', '.join(map(str, hidden))}: the mask of missing pixels)"
+                      if hidden else "")
+        raise ProbeError(str(err).replace(f"'{first.path}' ", "", 1) + alpha_text) from None
+    if hidden:
+        _note_alpha(first.path, hidden)
+    scales, offsets = pick(scales), pick(offsets)
+    scaling = None if all(v == 1 for v in scales) and all(v == 0 for v in offsets) else [scales, offsets]
+    return FileRecord(
+        path=first.path, paths=[p.path for p in probes], kind=kind, shape=tuple(first.shape), num_bands=len(keep),
+        dtype=str(np.result_type(*[p.dtype for p in probes])), band_names=bands.names, wavelengths=bands.wavelengths,
+        nodata=first.nodata, band_source=bands.source, bandwidths=bands.bandwidths,
+        crs=first.geo.get("crs"), transform=first.geo.get("transform"), affine=first.geo.get("affine"),
+        spacing=first.geo.get("spacing"), valid_fraction=round(fraction, 6), block_shape=first.geo.get("block_shape"),
+        orientation=first.geo.get("orientation"), value_range=pick([v for p in probes for v in p.value_range]),
+        value_scaling=scaling, band_index=keep if hidden else None,
+    )

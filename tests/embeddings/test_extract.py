@@ -18,7 +18,8 @@ from geomed_ssl.config import DataConfig
 from geomed_ssl.embeddings import extract as embed_mod
 from geomed_ssl.embeddings.extract import Embedder, embed_folder
 from geomed_ssl.embeddings.search import embedder_for, record_for
-from geomed_ssl.embeddings.store import footprint_wkb, load_embeddings, raster_corners, read_columns
+from geomed_ssl.embeddings.geometry import footprint_wkb, raster_corners
+from geomed_ssl.embeddings.store import load_embeddings, read_columns
 from geomed_ssl.errors import DataError, GeomedError
 from tests.conftest import TINY, structured_raster, write_geotiff
 

@@ -6,8 +6,8 @@ The rule
    folder, embedding folder, query file, ...), symlinks resolved; only the place a command reserves inside its
    input for its own outputs (``FT_DIR/eval``, ``EMB_DIR/search``) is allowed (``allow_inside``).
 2. A folder that does not exist, or is empty, is created (with its parents).
-3. Every folder the toolkit creates holds ``.geomed-ssl.json``: tool, version, command, creation time and the
-   top-level entries the command writes there (:func:`record_entries` adds more later). A folder without it counts
+3. Every folder the toolkit creates holds ``.geomed-ssl.json`` (:mod:`geomed_ssl.outowners`): tool, version,
+   command, creation time and the top-level entries the command writes there (:func:`record_entries` adds more). A folder without it counts
    as ours when an earlier version's files say so (``COMMANDS[...].legacy`` in :mod:`geomed_ssl.outcommands`: a
    run's ``config.yaml`` beside a checkpoint of ours, or beside our encoder export, recipe and ``metrics.csv``; a
    fine-tune ``model/``, an embedding ``manifest.json``, a cluster ``summary.json``, the demo's
@@ -43,186 +43,17 @@ writes, its temporary names, the flags its CLI offers and how to recognise its f
 
 from __future__ import annotations
 
-import datetime
-import fnmatch
-import json
 import os
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from geomed_ssl.errors import ConfigError, OutputError
-from geomed_ssl.outcommands import COMMANDS, CommandSpec, matches, read_json_object
-from geomed_ssl.outfiles import atomic_write_text, is_temp_name, remove_stale_partials
-
-MANIFEST = ".geomed-ssl.json"
-TOOL = "geomed-ssl"
-PathLike = str | os.PathLike
+from geomed_ssl.outcommands import COMMANDS, CommandSpec, matches
+from geomed_ssl.outfiles import is_temp_name, remove_stale_partials
+from geomed_ssl.outowners import (MANIFEST, TOOL, Owner, PathLike, entry_names, foreign_inside,  # noqa: F401
+                                  owner, read_manifest, record_entries, write_manifest)
 Inputs = Mapping[str, PathLike | Sequence[PathLike] | None]
-
-
-# -- who made a folder ------------------------------------------------------------------------------------------
-@dataclass
-class Owner:
-    """A folder the toolkit made: by which command, its manifest (None: an earlier version's folder), which of its
-    top-level entries are ours and which are not."""
-
-    command: str
-    manifest: dict[str, Any] | None
-    ours: list[str] = field(default_factory=list)
-    foreign: list[str] = field(default_factory=list)
-    links: list[str] = field(default_factory=list)  # foreign links named like what the command writes
-
-
-def _plain_name(name: Any) -> bool:
-    """A name of one entry of its folder: no path separator, not ``.`` / ``..``, not empty."""
-    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
-            and os.sep not in name and "\0" not in name)
-
-
-def read_manifest(folder: PathLike) -> dict[str, Any] | None:
-    """The folder's ``.geomed-ssl.json`` (None when absent, not ours, or damaged: ``command`` not a string,
-    ``entries`` not a list of plain names of this folder)."""
-    data = read_json_object(Path(folder) / MANIFEST)
-    if data is None or data.get("tool") != TOOL or not isinstance(data.get("command"), str):
-        return None
-    entries = data.get("entries", [])
-    return data if isinstance(entries, list) and all(_plain_name(e) for e in entries) else None
-
-
-def _entry_names(manifest: dict[str, Any] | None) -> list[str]:
-    """The entries a manifest lists (none for an earlier version's folder)."""
-    return list((manifest or {}).get("entries", []))
-
-
-def owner(folder: PathLike) -> Owner | None:
-    """Which command made ``folder`` (from its manifest, else from an earlier version's files) and which of its
-    entries that command wrote; None when the toolkit did not make it."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return None
-    manifest = read_manifest(folder)
-    if manifest is not None:
-        command = str(manifest["command"])
-    else:
-        command = next((c for c, s in COMMANDS.items() if s.legacy is not None and s.legacy(folder)), None)
-        if command is None:
-            return None
-    spec = COMMANDS.get(command, CommandSpec())
-    names = set(spec.entries) | set(_entry_names(manifest)) | {MANIFEST}
-    result = Owner(command, manifest)
-    for entry in sorted(folder.iterdir()):
-        named = matches(entry.name, spec.patterns) and (not matches(entry.name, spec.folders)
-                                                        or (entry.is_dir() and not entry.is_symlink()))
-        ours = entry.name in names or named or is_temp_name(entry.name) or _nested_here(spec, entry)
-        if ours and entry.is_symlink() and entry.is_dir():  # the toolkit makes no links, and writes into folders
-            result.links.append(entry.name)
-            ours = False
-        (result.ours if ours else result.foreign).append(entry.name)
-    return result
-
-
-def _may_nest(spec: CommandSpec, rel: str, command: str) -> bool:
-    """An output folder of ``command`` belongs at ``rel`` inside a folder made by the command of ``spec``."""
-    return any(fnmatch.fnmatchcase(rel, k) and command in v for k, v in spec.nests.items())
-
-
-def _nested_here(spec: CommandSpec, entry: Path) -> bool:
-    """``entry``, a top-level entry of a folder made by the command of ``spec``, is an output folder that belongs
-    there (its manifest's command, :func:`_may_nest`)."""
-    if not spec.nests or not entry.is_dir() or entry.is_symlink():
-        return False
-    nested = read_manifest(entry)
-    return nested is not None and _may_nest(spec, entry.name, str(nested["command"]))
-
-
-def foreign_inside(folder: PathLike, found: Owner | None = None) -> list[str]:
-    """Paths (relative to ``folder``, ``/``-separated) of what the toolkit did not write anywhere in ``folder``,
-    made by ``found.command``: its foreign top-level entries, then whatever inside its subfolders neither matches
-    what the command writes there (``CommandSpec.inside``, temporary files included) nor lies in a subfolder of
-    the toolkit's own (a manifest, or an earlier version's files) that passes the same test. Such a subfolder made
-    by a command that does not belong there (``CommandSpec.nests``: a fine-tune written to ``RUN/previews``) is
-    listed itself, with a trailing ``/``: another command's complete output is the user's result."""
-    folder = Path(folder)
-    found = found if found is not None else owner(folder)
-    if found is None:
-        return sorted(p.name for p in folder.iterdir())
-    spec = COMMANDS.get(found.command, CommandSpec())
-    bad = list(found.foreign)
-    for name in found.ours:
-        entry = folder / name
-        if entry.is_dir() and not entry.is_symlink() and not is_temp_name(name):  # a killed writer's folder: ours
-            patterns = next((v for k, v in spec.inside.items() if fnmatch.fnmatchcase(name, k)), None)
-            bad += [f"{name}/{p}" for p in _foreign_in_subfolder(entry, patterns, spec, name)]
-    return bad
-
-
-def _nested(folder: Path, spec: CommandSpec, rel: str) -> list[str]:
-    """What :func:`foreign_inside` reports for ``folder``, a folder of the toolkit's own at ``rel`` inside one
-    made by the command of ``spec``: its foreign contents, or ``[""]`` (the folder itself) when its command does
-    not belong there."""
-    found = owner(folder)
-    if found is None:
-        return sorted(p.name for p in folder.iterdir())
-    if not _may_nest(spec, rel, found.command):
-        return [""]
-    return foreign_inside(folder, found)
-
-
-def _foreign_in_subfolder(sub: Path, patterns: tuple[str, ...] | None, spec: CommandSpec, rel: str) -> list[str]:
-    """What in ``sub`` (a subfolder of ours, at ``rel`` in a folder made by the command of ``spec``) the toolkit did
-    not write; ``patterns``: what its command writes there (None: nothing, unless ``sub`` is a folder of the
-    toolkit's own)."""
-    if read_manifest(sub) is not None or patterns is None:
-        return _nested(sub, spec, rel)
-    bad: list[str] = []
-    for root, dirs, files in os.walk(sub):
-        here = Path(root)
-        inner = here.relative_to(sub)
-        for d in list(dirs):
-            if is_temp_name(d) and not (here / d).is_symlink():  # a killed writer's folder: ours, not descended
-                dirs.remove(d)
-            elif (here / d).is_symlink():  # judged by name, as a file; never followed
-                files.append(d)
-                dirs.remove(d)
-            elif read_manifest(here / d) is not None:  # a folder of the toolkit's own: its own rule
-                dirs.remove(d)
-                at = (inner / d).as_posix()
-                bad += [f"{at}/{p}" for p in _nested(here / d, spec, f"{rel}/{at}")]
-        for f in files:
-            path = (inner / f).as_posix()
-            if not (matches(path, patterns) or is_temp_name(f)):
-                bad.append(path)
-    return sorted(bad)
-
-
-def _manifest_text(command: str, entries: Sequence[str], created: str | None = None) -> str:
-    from geomed_ssl._version import __version__
-
-    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    return json.dumps({"tool": TOOL, "version": __version__, "command": command, "created": created or now,
-                       "entries": sorted(set(entries))}, indent=1) + "\n"
-
-
-def write_manifest(folder: PathLike, command: str, entries: Sequence[str] | None = None) -> Path:
-    """Mark ``folder`` as made by ``command`` (entries: the command's known names unless given)."""
-    spec = COMMANDS.get(command, CommandSpec())
-    return atomic_write_text(Path(folder) / MANIFEST, _manifest_text(command, spec.entries if entries is None
-                                                                      else entries))
-
-
-def record_entries(folder: PathLike, names: Sequence[str]) -> None:
-    """Add top-level ``names`` to the manifest of ``folder`` when the toolkit made it (an earlier version's folder
-    gets a manifest listing its own entries too); a folder the toolkit did not make is left alone."""
-    folder = Path(folder)
-    found = owner(folder)
-    if found is None:
-        return
-    old = found.manifest or {}
-    entries = _entry_names(found.manifest) + (found.ours if found.manifest is None else []) + list(names)
-    entries = [e for e in entries if e != MANIFEST]
-    atomic_write_text(folder / MANIFEST, _manifest_text(found.command, entries, old.get("created")))
 
 
 # -- inputs -----------------------------------------------------------------------------------------------------
@@ -410,7 +241,7 @@ def _recorded(path: Path) -> bool:
     """``path`` is an output file the toolkit recorded in the manifest of its folder (``attention``'s PNGs): not
     one of the names the folder's own command writes, which only that command replaces."""
     manifest = read_manifest(path.parent)
-    if manifest is None or path.name not in _entry_names(manifest):
+    if manifest is None or path.name not in entry_names(manifest):
         return False
     spec = COMMANDS.get(str(manifest["command"]), CommandSpec())
     return manifest["command"] == "attention" or not (path.name in spec.entries or matches(path.name, spec.patterns))
@@ -442,7 +273,7 @@ def check_out_file(path: PathLike, *, inputs: Inputs | None = None, suffixes: Se
         raise ConfigError(f"--out '{path}' must name a {' or '.join(suffixes)} file, e.g. --out attention.png.")
     if (path.exists() or path.is_symlink()) and not _recorded(path):
         manifest = read_manifest(path.parent)
-        if manifest is not None and path.name in _entry_names(manifest):  # e.g. a cluster folder's scatter.png
+        if manifest is not None and path.name in entry_names(manifest):  # e.g. a cluster folder's scatter.png
             raise OutputError(f"--out '{path}' is a file `{manifest['command']}` wrote, which only that command "
                               "replaces; choose another --out.")
         for folder in list(path.parents)[1:]:  # e.g. a cluster folder's maps/*_clusters.png

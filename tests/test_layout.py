@@ -32,7 +32,7 @@ LADDER: list[tuple[str, tuple[str, ...]]] = [
     ("data", ("data",)),
     ("bands", ("bands",)),
     ("geo", ("geo",)),
-    ("outputs", ("outdirs", "outcommands")),
+    ("outputs", ("outdirs", "outowners", "outcommands")),
     ("config", ("config",)),
     ("foundation", ("outfiles", "permissions", "errors", "launch", "cpus", "process", "sample", "_version")),
 ]

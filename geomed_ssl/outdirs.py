@@ -9,9 +9,9 @@ The rule
 3. Every folder the toolkit creates holds ``.geomed-ssl.json`` (:mod:`geomed_ssl.outowners`): tool, version,
    command, creation time and the top-level entries the command writes there (:func:`record_entries` adds more).
    A folder without it counts as ours when an earlier version's files say so (``COMMANDS[...].legacy`` in
-   :mod:`geomed_ssl.outcommands`: a run's ``config.yaml`` beside a checkpoint of ours, or beside our encoder export, recipe and ``metrics.csv``; a
-   fine-tune ``model/``, an embedding ``manifest.json``, a cluster ``summary.json``, the demo's
-   ``.geomed-ssl-demo``, ...).
+   :mod:`geomed_ssl.outcommands`: a run's ``config.yaml`` beside a checkpoint of ours, or beside our encoder
+   export, recipe and ``metrics.csv``; a fine-tune ``model/``, an embedding ``manifest.json``, a cluster
+   ``summary.json``, the demo's ``.geomed-ssl-demo``, ...).
 4. An existing, non-empty folder is used only when it is ours and was made by the same command:
    ``resume`` continues it as it is (pretrain ``--resume``; embed, predict, evaluate and similar always continue or
    add to their own folder); ``overwrite`` deletes what it lists (the manifest's entries plus the names the

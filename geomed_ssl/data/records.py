@@ -119,7 +119,8 @@ def _note_alpha(path: str, bands: list[int]) -> None:
                  "not as a band to learn from", ", ".join(map(str, bands)), path)
 
 
-def record_from_probes(probes: list[FileProbe], kind: str, data_cfg: Any, fallback: list[str] | None = None) -> FileRecord:
+def record_from_probes(probes: list[FileProbe], kind: str, data_cfg: Any,
+                       fallback: list[str] | None = None) -> FileRecord:
     """Stack probes (one, or one per channel) into a FileRecord; raises ProbeError."""
     first = probes[0]
     fraction = _valid_fraction(probes)

@@ -1,5 +1,5 @@
 """Confusion matrices and the accuracy figures of remote-sensing and medical papers (OA, AA, kappa, IoU, Dice),
-JSON-safe: a class absent from the test set gets null, and is left out of the means."""
+JSON-safe: a class absent from the test set and never predicted gets null, and is left out of the means."""
 
 from __future__ import annotations
 
@@ -39,16 +39,18 @@ def _mean(x: np.ndarray) -> float | None:
 def classification_metrics(cm: np.ndarray) -> dict[str, Any]:
     """OA, AA (mean per-class recall), Cohen's kappa, per-class accuracy / IoU / Dice with their means, support.
 
-    Per-class values of a class with no test samples are None and left out of AA, mIoU and mean Dice.
+    A class with no test samples has no accuracy (None, left out of AA); its IoU and Dice are 0 when it was
+    predicted (false positives only, as scikit-learn's and mmseg's macro IoU count it) and None, left out of mIoU
+    and mean Dice, when it was not.
     """
     cm = np.asarray(cm, dtype=np.float64)
     total = cm.sum()
     tp, support, predicted = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
-    present = support > 0
+    present, seen = support > 0, support + predicted > 0
     with np.errstate(divide="ignore", invalid="ignore"):
         acc = np.where(present, tp / support, np.nan)
-        iou = np.where(present, tp / (support + predicted - tp), np.nan)
-        dice = np.where(present, 2 * tp / (support + predicted), np.nan)
+        iou = np.where(seen, tp / (support + predicted - tp), np.nan)
+        dice = np.where(seen, 2 * tp / (support + predicted), np.nan)
     oa = tp.sum() / total if total else math.nan
     pe = (support * predicted).sum() / total**2 if total else math.nan
     kappa = (oa - pe) / (1 - pe) if total and pe < 1 else math.nan  # undefined when one class is all there is
@@ -68,7 +70,7 @@ def background_index(values: Sequence[int], spatial_dims: int) -> int | None:
 
 
 def foreground_dice(metrics: dict[str, Any], background: int) -> float | None:
-    """Mean Dice over the classes other than ``background`` (those with test samples)."""
+    """Mean Dice over the classes other than ``background`` (those with test samples or predicted)."""
     fore = [d for i, d in enumerate(metrics["per_class_dice"]) if i != background and d is not None]
     return float(np.mean(fore)) if fore else None
 

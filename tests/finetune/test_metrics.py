@@ -56,15 +56,24 @@ def test_kappa_agrees_with_sklearn():
     assert m["OA"] == pytest.approx((t == p).mean())
 
 
-def test_absent_class_is_null_and_left_out_of_the_means():
-    cm = np.array([[3, 1, 0], [0, 0, 0], [0, 1, 5]])  # class 1 never occurs in the test set (but is predicted)
+def test_a_class_absent_from_the_test_set_has_no_accuracy_and_counts_in_miou_only_when_predicted():
+    """As scikit-learn's macro IoU / F1 over the classes of the truth or the predictions: a class predicted where
+    it does not occur has IoU and Dice 0 (its false positives), not null; one neither present nor predicted is null
+    and left out of every mean."""
+    from sklearn.metrics import f1_score, jaccard_score
+
+    cm = np.array([[3, 1, 0, 0], [0, 0, 0, 0], [0, 1, 5, 0], [0, 0, 0, 0]])  # class 1 only predicted; 3 nowhere
     m = classification_metrics(cm)
-    assert m["per_class_accuracy"][1] is None and m["per_class_iou"][1] is None and m["per_class_dice"][1] is None
+    assert m["per_class_accuracy"][1] is None and m["per_class_iou"][1] == 0.0 and m["per_class_dice"][1] == 0.0
+    assert m["per_class_accuracy"][3] is None and m["per_class_iou"][3] is None and m["per_class_dice"][3] is None
+    t = np.repeat(np.arange(4), cm.sum(axis=1))
+    p = np.concatenate([np.repeat(np.arange(4), row) for row in cm])
     assert m["AA"] == pytest.approx((3 / 4 + 5 / 6) / 2)
-    assert m["mIoU"] == pytest.approx((3 / 4 + 5 / 6) / 2)
-    assert m["support"] == [4, 0, 6]
+    assert m["mIoU"] == pytest.approx(jaccard_score(t, p, average="macro")) == pytest.approx((3 / 4 + 0 + 5 / 6) / 3)
+    assert m["mean_dice"] == pytest.approx(f1_score(t, p, average="macro"))
+    assert m["support"] == [4, 0, 6, 0]
     json.dumps(m, allow_nan=False)  # JSON-safe: no NaN anywhere
-    assert "  -  " in format_metrics(m, ["a", "b", "c"]).splitlines()[3]  # class b row shows no value
+    assert format_metrics(m, ["a", "b", "c", "d"]).splitlines()[5].count("  -  ") == 3  # class d shows no value
 
 
 def test_empty_matrix_gives_nulls_not_nan():

@@ -1,5 +1,5 @@
 """Few-label supervision: label files matched to their images (grid-checked: ``geomed_ssl.finetune.label_grids``) and
-read as integer class maps.
+read as integer class maps (``geomed_ssl.finetune.label_read``).
 
 The sampling of training / test positions lives in ``geomed_ssl.finetune.sampling``; its public names are
 re-exported here, so ``from geomed_ssl.finetune.labels import select_labels`` keeps working.
@@ -8,9 +8,7 @@ re-exported here, so ``from geomed_ssl.finetune.labels import select_labels`` ke
 from __future__ import annotations
 
 import logging
-import math
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,6 +25,7 @@ from geomed_ssl.finetune.sampling import (  # noqa: F401  (re-exported: the samp
     sample_images_per_class, sample_per_class, select_labels,
 )
 from geomed_ssl.finetune.label_grids import AFFINE_TOL, check_grid, ras_grid  # noqa: F401 (re-exported)
+from geomed_ssl.finetune.label_read import UnlabelledFacts, read_label  # noqa: F401 (re-exported)
 from geomed_ssl.finetune.splits import GROUND_PREFIX, block_split  # noqa: F401  (block_split re-exported)
 from geomed_ssl.errors import DataError
 
@@ -193,101 +192,6 @@ def match_labels(image_records: Sequence[FileRecord], label_dir: str | Path | No
     return pairs  # type: ignore[return-value]
 
 
-# -- reading ----------------------------------------------------------------------------------------------------
-def _to_labels(arr: np.ndarray, nodata: float | None, ignore_value: int | None,
-               path: str, remap: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-    if arr.dtype.kind == "f":
-        labelled = np.isfinite(arr)
-        vals = arr[labelled]
-        fractional = np.abs(vals - np.rint(vals)) > 1e-3
-        off = np.count_nonzero(fractional) / max(vals.size, 1)
-        if off > 0.01:
-            raise DataError(f"label file '{path}' holds non-integer values ({off:.0%} of its pixels); labels are "
-                            "class ids. Is this an image rather than a label map?")
-        if off > 0:
-            examples = sorted({float(v) for v in vals[fractional][:1000]})[:3]
-            log.warning("warning: label file '%s' holds %d non-integer value(s) (e.g. %s); they were rounded to the "
-                        "nearest class id. Fix the label file if they are not rounding noise.", path,
-                        int(np.count_nonzero(fractional)), ", ".join(f"{v:g}" for v in examples))
-        labels = np.rint(np.where(labelled, arr, 0)).astype(np.int64)
-    elif arr.dtype.kind in "iub":
-        labelled, labels = np.ones(arr.shape, bool), arr.astype(np.int64)
-    else:
-        raise DataError(f"label file '{path}' has unsupported data type {arr.dtype}; use integer class ids.")
-    if nodata is not None and math.isfinite(nodata):
-        labelled &= arr != nodata
-    if remap:
-        lut_from = np.array([int(k) for k in remap], np.int64)
-        lut_to = np.array([int(v) for v in remap.values()], np.int64)
-        hit = np.isin(labels, lut_from) & labelled
-        order = np.argsort(lut_from)
-        labels[hit] = lut_to[order][np.searchsorted(lut_from[order], labels[hit])]
-    if ignore_value is not None:
-        labelled &= labels != ignore_value
-    labels[~labelled] = -1 if ignore_value is None else ignore_value
-    return labels, labelled
-
-
-def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata: float | None = None,
-               spacing: Sequence[float] | None = None, window: tuple[int, int, int, int] | None = None,
-               remap: dict | None = None, warn_coverage: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """A label file as (int64 labels, bool labelled): (H, W) for rasters, (D, H, W) RAS-oriented for volumes.
-    ``warn_coverage``: say when ``spacing`` makes a grid that passes over labelled voxels (users' labels).
-
-    ``remap`` ({old: new}) merges or renumbers classes first (e.g. BraTS whole tumour: {2: 1, 3: 1, 4: 1}).
-    Unlabelled = NaN, the file's nodata (or ``nodata``) or ``ignore_value`` (after ``remap``, so a class mapped to
-    it is left out); those positions hold ``ignore_value`` (-1 if None). Float labels are rounded, with a warning
-    when some are not whole numbers (more than 1 % of them: a DataError, the file is no label map). Volumes follow
-    the volume reader: closest-canonical RAS, and with ``spacing`` the same resampled grid (nearest neighbour).
-    ``window`` = (row, col, h, w) reads part of a raster.
-    """
-    path = str(path)
-    if kind == "raster":
-        import rasterio
-        from rasterio.errors import NotGeoreferencedWarning
-        from rasterio.windows import Window
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            try:
-                with rasterio.open(path) as src:
-                    if src.count != 1:
-                        raise DataError(f"label raster '{path}' has {src.count} bands; a label raster holds one "
-                                        "band of class ids.")
-                    win = Window(window[1], window[0], window[3], window[2]) if window else None
-                    arr = src.read(1, window=win)  # (H, W)
-                    file_nodata = src.nodata
-            except rasterio.errors.RasterioIOError as err:
-                raise DataError(f"cannot read label raster '{path}' ({err}).") from None
-        return _to_labels(arr, nodata if nodata is not None else file_nodata, ignore_value, path, remap)
-    import nibabel as nib
-
-    try:
-        img = nib.as_closest_canonical(nib.load(path))
-        arr = np.asanyarray(img.dataobj)
-    except Exception as err:
-        raise DataError(f"cannot read label volume '{path}' ({err}); is it a NIfTI file?") from None
-    while arr.ndim > 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim != 3:
-        raise DataError(f"label volume '{path}' has shape {list(arr.shape)}; a label volume is 3D (one class id "
-                        "per voxel).")
-    labels, labelled = _to_labels(arr, nodata, ignore_value, path, remap)  # (D, H, W) RAS
-    if spacing is not None:
-        new = resampled_shape(labels.shape, voxel_mm(img.affine), spacing)  # the volume reader's grid
-        idx = nearest_index(labels.shape, new)  # nearest on the reader's align-corners grid
-        reached = np.zeros(labels.shape, bool)
-        reached[idx] = True
-        missed, total = int(np.count_nonzero(labelled & ~reached)), int(np.count_nonzero(labelled))
-        if missed and warn_coverage:  # a grid coarser than the labels on some axis: nearest neighbour skips voxels
-            mm = " x ".join(f"{v:.3g}" for v in voxel_mm(img.affine))
-            log.warning(f"warning: on the data.spacing {list(spacing)} mm grid, {total - missed} of the {total} "
-                        f"labelled voxels of '{path}' are read (nearest neighbour); the others neither train nor "
-                        f"test. A data.spacing as fine as the labels' ({mm} mm) reads them all.")
-        labels, labelled = labels[idx], labelled[idx]
-    return labels, labelled
-
-
 def label_sources(paths: Sequence[str], data: Any) -> list[Sources | None]:
     """Per label file, where each position of its array was read from in the file, when :func:`read_label`
     resampled it onto the ``data.spacing`` grid (volumes; None elsewhere): the per-axis indices into the file's
@@ -348,10 +252,10 @@ def read_label_pairs(records: Sequence[FileRecord], labels: str | Path | None, l
     is_csv = labels is not None and str(labels).lower().endswith(".csv")
     pairs = match_labels(records, None if is_csv else labels, data.kind, csv=labels if is_csv else None,
                          allow_unlabelled=allow_unlabelled, label_name=lab.label_name)
-    arrays, masks = [], []
+    arrays, masks, facts = [], [], UnlabelledFacts()
     for record, path in pairs:
         values, labelled = read_label(path, data.kind, lab.ignore_value, spacing=data.spacing, remap=lab.remap,
-                                      warn_coverage=True)
+                                      warn_coverage=True, facts=facts)
         held = values[labelled]
         if class_range and held.size and (held.min() < 0 or held.max() > MAX_CLASS_VALUE):  # predict's class maps
             bad = int(held.min()) if held.min() < 0 else int(held.max())
@@ -367,4 +271,5 @@ def read_label_pairs(records: Sequence[FileRecord], labels: str | Path | None, l
             labelled = labelled & valid
         arrays.append(values)
         masks.append(labelled)
+    facts.warn(lab.ignore_value)
     return pairs, arrays, masks

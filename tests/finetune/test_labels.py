@@ -761,3 +761,71 @@ def test_a_date_off_the_grid_of_its_shared_label_is_told_to_be_resampled_not_the
     records = scan(tmp_path / "images", DataConfig(patch_size=8)).records
     with pytest.raises(DataError, match=r"origin shifted.*Resample the label onto the image grid"):
         match_labels(records, tmp_path / "lulc.tif", "raster")
+
+
+def test_float_labels_with_a_fractional_nodata_value_are_read_as_labels(tmp_path: Path) -> None:
+    """The nodata value of a float label raster (-9999.9) is no class id: it is left out before the whole-number
+    check, which took it for 'non-integer values' and refused the file (or 'rounded' it)."""
+    lab = np.full((16, 16), -9999.9, np.float32)
+    lab[:4, :4], lab[10:, 10:] = 1.0, 2.0
+    path = _label(tmp_path / "f.tif", lab, nodata=-9999.9)
+    values, labelled = read_label(path, "raster", ignore_value=None)
+    assert labelled.sum() == 16 + 36 and sorted(np.unique(values[labelled])) == [1, 2]
+
+
+def test_a_label_rasters_gdal_mask_hides_its_pixels(tmp_path: Path) -> None:
+    """An internal mask (as GDAL writes for clipped or JPEG-compressed files) marks missing pixels of a label
+    raster too: they are unlabelled, not class 0."""
+    import rasterio
+
+    lab = np.zeros((16, 16), np.uint8)
+    lab[:8] = 1
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(tmp_path / "m.tif", "w", driver="GTiff", height=16, width=16, count=1, dtype="uint8",
+                           crs="EPSG:32633", transform=GRID) as dst:
+            dst.write(lab[None])
+            mask = np.full((16, 16), 255, np.uint8)
+            mask[:, :4] = 0
+            dst.write_mask(mask)
+    values, labelled = read_label(tmp_path / "m.tif", "raster", ignore_value=None)
+    assert labelled.sum() == 16 * 12 and not labelled[:, :4].any()
+    assert sorted(np.unique(values[labelled])) == [0, 1]
+
+
+def test_a_class_0_beside_a_nodata_tag_and_a_255_background_are_each_said_once(tmp_path: Path, caplog) -> None:
+    """labels.ignore_value 0 (the default) on files whose nodata tag (255) marks the unlabelled pixels leaves out a
+    class 0 (water in many land-cover maps): one warning naming the fix, for all the files; 255 filling most of an
+    untagged file is trained as a class: one warning too. Nothing is said when the conventions agree."""
+    import logging
+
+    records = _images(tmp_path, n=2)
+    water = np.full((32, 32), 255, np.uint8)
+    water[:16], water[16:, :16] = 0, 1  # classes 0 and 1, nodata 255 elsewhere
+    (tmp_path / "a").mkdir()
+    for r in records:
+        _label(tmp_path / "a" / Path(r.path).name, water, nodata=255)
+    lab, data = LabelsConfig(), DataConfig(patch_size=8)
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        read_label_pairs(records, tmp_path / "a", lab, data)
+    said = [r.getMessage() for r in caplog.records if "ignore_value" in r.getMessage()]
+    assert len(said) == 1 and "(and 1 more file(s))" in said[0] and "512 pixel(s) of value 0" in said[0]
+    assert "set labels.ignore_value=null" in said[0]
+    caplog.clear()
+    sparse = np.full((32, 32), 255, np.uint8)
+    sparse[:4, :4], sparse[-4:, -4:] = 1, 2
+    (tmp_path / "b").mkdir()
+    for r in records:
+        _label(tmp_path / "b" / Path(r.path).name, sparse)
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        read_label_pairs(records, tmp_path / "b", lab, data)
+    said = [r.getMessage() for r in caplog.records if "255" in r.getMessage()]
+    assert len(said) == 1 and "fills 97% of the labelled pixels" in said[0] and "labels.ignore_value=255" in said[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        read_label_pairs(records, tmp_path / "b", LabelsConfig(ignore_value=255), data)
+        quadrants = _classes()
+        (tmp_path / "c").mkdir()
+        for r in records:
+            _label(tmp_path / "c" / Path(r.path).name, quadrants)  # 0 = unlabelled, no tag: nothing to say
+        read_label_pairs(records, tmp_path / "c", lab, data)
+    assert not [r for r in caplog.records if "ignore_value" in r.getMessage()]

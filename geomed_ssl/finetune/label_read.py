@@ -1,0 +1,159 @@
+"""One label file read as an integer class map: rasters (a window of one too) and NIfTI volumes (RAS, on the
+``data.spacing`` grid of the volume reader), unlabelled positions (NaN, nodata, GDAL's mask, ``labels.ignore_value``)
+left out, float labels rounded, and what the files suggest about how they mark unlabelled pixels said once
+(:class:`UnlabelledFacts`). ``geomed_ssl.finetune.labels`` pairs label files with images and reads them here."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from geomed_ssl.data.readers import nearest_index, resampled_shape, voxel_mm
+from geomed_ssl.errors import DataError
+from geomed_ssl.geo.gdal_read import has_dataset_mask
+
+log = logging.getLogger("geomed_ssl")
+
+
+@dataclass
+class UnlabelledFacts:
+    """What users' label files suggest about how they mark unlabelled pixels, gathered over the files of a command
+    and said once (:meth:`warn`): values ``labels.ignore_value`` leaves out of files whose nodata tag marks the
+    unlabelled pixels already (a class 0 beside a nodata tag of 255), and 255 trained as a class where it fills
+    most of an untagged file (the usual "ignore" value of segmentation label maps)."""
+
+    beside_nodata: list[tuple[str, int, float]] = field(default_factory=list)  # (path, pixels left out, nodata)
+    background_255: list[tuple[str, float]] = field(default_factory=list)  # (path, share of the labelled pixels)
+
+    def warn(self, ignore_value: int | None) -> None:
+        if self.beside_nodata:
+            path, count, nodata = self.beside_nodata[0]
+            more = f" (and {len(self.beside_nodata) - 1} more file(s))" if len(self.beside_nodata) > 1 else ""
+            log.warning(f"warning: label file '{path}'{more} marks its unlabelled pixels with its nodata value "
+                        f"{nodata:g}, yet labels.ignore_value {ignore_value} also leaves out its {count} pixel(s) of "
+                        f"value {ignore_value}: if {ignore_value} is a class there, set labels.ignore_value=null.")
+        if self.background_255:
+            path, share = self.background_255[0]
+            more = f" (and {len(self.background_255) - 1} more file(s))" if len(self.background_255) > 1 else ""
+            log.warning(f"warning: the value 255 fills {share:.0%} of the labelled pixels of '{path}'{more}, which "
+                        "has no nodata value, and is trained as a class; if 255 marks unlabelled pixels, set "
+                        "labels.ignore_value=255 (or give the file that nodata).")
+
+
+def _to_labels(arr: np.ndarray, nodata: float | None, ignore_value: int | None,
+               path: str, remap: dict | None = None, valid: np.ndarray | None = None,
+               facts: UnlabelledFacts | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``valid``: False where GDAL's per-dataset mask says the pixel is missing (None: no such mask); ``facts``
+    gathers what the file suggests about its unlabelled pixels (users' labels)."""
+    missing = (arr == nodata) if nodata is not None and math.isfinite(nodata) else None
+    if valid is not None:
+        missing = ~valid if missing is None else missing | ~valid
+    if arr.dtype.kind == "f":
+        labelled = np.isfinite(arr) if missing is None else np.isfinite(arr) & ~missing  # nodata: no class id
+        vals = arr[labelled]
+        fractional = np.abs(vals - np.rint(vals)) > 1e-3
+        off = np.count_nonzero(fractional) / max(vals.size, 1)
+        if off > 0.01:
+            raise DataError(f"label file '{path}' holds non-integer values ({off:.0%} of its pixels); labels are "
+                            "class ids. Is this an image rather than a label map?")
+        if off > 0:
+            examples = sorted({float(v) for v in vals[fractional][:1000]})[:3]
+            log.warning("warning: label file '%s' holds %d non-integer value(s) (e.g. %s); they were rounded to the "
+                        "nearest class id. Fix the label file if they are not rounding noise.", path,
+                        int(np.count_nonzero(fractional)), ", ".join(f"{v:g}" for v in examples))
+        labels = np.rint(np.where(labelled, arr, 0)).astype(np.int64)
+    elif arr.dtype.kind in "iub":
+        labelled = np.ones(arr.shape, bool) if missing is None else ~missing
+        labels = arr.astype(np.int64)
+    else:
+        raise DataError(f"label file '{path}' has unsupported data type {arr.dtype}; use integer class ids.")
+    if remap:
+        lut_from = np.array([int(k) for k in remap], np.int64)
+        lut_to = np.array([int(v) for v in remap.values()], np.int64)
+        hit = np.isin(labels, lut_from) & labelled
+        order = np.argsort(lut_from)
+        labels[hit] = lut_to[order][np.searchsorted(lut_from[order], labels[hit])]
+    if facts is not None:
+        tagged = nodata is not None and math.isfinite(nodata)
+        if ignore_value is not None and tagged and ignore_value != nodata:
+            left_out = int(np.count_nonzero(labelled & (labels == ignore_value)))
+            if left_out and path not in {f[0] for f in facts.beside_nodata}:
+                facts.beside_nodata.append((path, left_out, float(nodata)))
+        if not tagged and ignore_value != 255 and labelled.any():
+            share = np.count_nonzero(labelled & (labels == 255)) / np.count_nonzero(labelled)
+            if share > 0.5 and path not in {f[0] for f in facts.background_255}:
+                facts.background_255.append((path, float(share)))
+    if ignore_value is not None:
+        labelled &= labels != ignore_value
+    labels[~labelled] = -1 if ignore_value is None else ignore_value
+    return labels, labelled
+
+
+def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata: float | None = None,
+               spacing: Sequence[float] | None = None, window: tuple[int, int, int, int] | None = None,
+               remap: dict | None = None, warn_coverage: bool = False, facts: UnlabelledFacts | None = None,
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """A label file as (int64 labels, bool labelled): (H, W) for rasters, (D, H, W) RAS-oriented for volumes.
+    ``warn_coverage``: say when ``spacing`` makes a grid that passes over labelled voxels (users' labels);
+    ``facts``: gather what the file suggests about its unlabelled pixels (:class:`UnlabelledFacts`).
+
+    ``remap`` ({old: new}) merges or renumbers classes first (e.g. BraTS whole tumour: {2: 1, 3: 1, 4: 1}).
+    Unlabelled = NaN, the file's nodata (or ``nodata``), a pixel its GDAL mask (internal or ``.msk``) hides, or
+    ``ignore_value`` (after ``remap``, so a class mapped to
+    it is left out); those positions hold ``ignore_value`` (-1 if None). Float labels are rounded, with a warning
+    when some are not whole numbers (more than 1 % of them: a DataError, the file is no label map). Volumes follow
+    the volume reader: closest-canonical RAS, and with ``spacing`` the same resampled grid (nearest neighbour).
+    ``window`` = (row, col, h, w) reads part of a raster.
+    """
+    path = str(path)
+    if kind == "raster":
+        import rasterio
+        from rasterio.errors import NotGeoreferencedWarning
+        from rasterio.windows import Window
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            try:
+                with rasterio.open(path) as src:
+                    if src.count != 1:
+                        raise DataError(f"label raster '{path}' has {src.count} bands; a label raster holds one "
+                                        "band of class ids.")
+                    win = Window(window[1], window[0], window[3], window[2]) if window else None
+                    arr = src.read(1, window=win)  # (H, W)
+                    file_nodata = src.nodata
+                    valid = src.read_masks(1, window=win) > 0 if has_dataset_mask(src) else None
+            except rasterio.errors.RasterioIOError as err:
+                raise DataError(f"cannot read label raster '{path}' ({err}).") from None
+        return _to_labels(arr, nodata if nodata is not None else file_nodata, ignore_value, path, remap, valid, facts)
+    import nibabel as nib
+
+    try:
+        img = nib.as_closest_canonical(nib.load(path))
+        arr = np.asanyarray(img.dataobj)
+    except Exception as err:
+        raise DataError(f"cannot read label volume '{path}' ({err}); is it a NIfTI file?") from None
+    while arr.ndim > 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 3:
+        raise DataError(f"label volume '{path}' has shape {list(arr.shape)}; a label volume is 3D (one class id "
+                        "per voxel).")
+    labels, labelled = _to_labels(arr, nodata, ignore_value, path, remap, facts=facts)  # (D, H, W) RAS
+    if spacing is not None:
+        new = resampled_shape(labels.shape, voxel_mm(img.affine), spacing)  # the volume reader's grid
+        idx = nearest_index(labels.shape, new)  # nearest on the reader's align-corners grid
+        reached = np.zeros(labels.shape, bool)
+        reached[idx] = True
+        missed, total = int(np.count_nonzero(labelled & ~reached)), int(np.count_nonzero(labelled))
+        if missed and warn_coverage:  # a grid coarser than the labels on some axis: nearest neighbour skips voxels
+            mm = " x ".join(f"{v:.3g}" for v in voxel_mm(img.affine))
+            log.warning(f"warning: on the data.spacing {list(spacing)} mm grid, {total - missed} of the {total} "
+                        f"labelled voxels of '{path}' are read (nearest neighbour); the others neither train nor "
+                        f"test. A data.spacing as fine as the labels' ({mm} mm) reads them all.")
+        labels, labelled = labels[idx], labelled[idx]
+    return labels, labelled

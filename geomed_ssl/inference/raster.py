@@ -125,7 +125,7 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
         if only is not None and tuple(only.shape) != tuple(scene.shape):
             raise ValueError(f"only: a mask of shape {tuple(only.shape)} for a scene of {tuple(scene.shape)}")
         lut, lnodata = class_lookup(int(num_classes), class_values)
-        outputs = open_outputs(out_path, scene.sources[0], int(num_classes), lut.dtype, lnodata, pkind,
+        outputs = open_outputs(out_path, scene.sources[0], [int(v) for v in lut], lut.dtype, lnodata, pkind,
                                provenance(made_by))
         try:
             ranges = RangeSample(len(stats.band_names), scene.nodata, scene.shape)
@@ -232,10 +232,12 @@ def provenance(made_by: str | None) -> dict[str, str]:
     return {"GEOMED_SSL_VERSION": __version__, **({"GEOMED_SSL_MODEL": str(made_by)} if made_by else {})}
 
 
-def open_outputs(out_path: Path, src: Any, num_classes: int, dtype: Any, lnodata: int,
+def open_outputs(out_path: Path, src: Any, values: Sequence[int], dtype: Any, lnodata: int,
                  pkind: str | None, tags: dict[str, str] | None = None) -> list[GeoTiffWriter]:
-    """The class-map writer on ``src``'s grid and, with ``pkind``, the probability writer (one band per class),
-    both with ``tags``; a failure opening the second drops the first."""
+    """The class-map writer on ``src``'s grid and, with ``pkind``, the probability writer (one band per class, in
+    the order of ``values``, the label values of the classes, and named ``p_class_<value>``), both with ``tags``; a
+    failure opening the second drops the first."""
+    num_classes = len(values)
     like = {"height": src.height, "width": src.width, "crs": src.crs, "transform": src.transform, "gcps": src.gcps,
             "rpcs": src.rpcs}
     outputs = [GeoTiffWriter(out_path, like, 1, dtype, lnodata, descriptions=["class"], tags=tags)]
@@ -243,7 +245,7 @@ def open_outputs(out_path: Path, src: Any, num_classes: int, dtype: Any, lnodata
         try:
             outputs.append(GeoTiffWriter(
                 proba_path(out_path), like, num_classes, pkind, math.nan if pkind == "float32" else 255,
-                descriptions=[f"p_class_{k}" for k in range(num_classes)],
+                descriptions=[f"p_class_{v}" for v in values],
                 scales=[1.0 / PROBA_SCALE] * num_classes if pkind == "uint8" else None, tags=tags))
         except BaseException:
             outputs[0].abort()

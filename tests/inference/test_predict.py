@@ -353,15 +353,19 @@ def test_two_inputs_whose_outputs_differ_only_by_case_are_refused(tmp_path):
         plan_outputs([a, b], tmp_path / "out", DataConfig(), window=16)
 
 
-def test_class_values_are_stored_instead_of_indices(scene, tmp_path):
+def test_class_values_are_stored_instead_of_indices_and_name_the_probability_bands(scene, tmp_path):
     out = tmp_path / "values.tif"
     predict_raster(scene["model"], scene["path"], out, scene["stats"], window=(256, 256), num_classes=K,
-                   class_values=[10, 20, 30, 300])
+                   class_values=[10, 20, 30, 300], probabilities="uint8")
     labels, profile, _ = read_tif(out)
     valid = scene["valid"]
     expected = np.array([10, 20, 30, 300])[scene["proba"].argmax(0)]
     assert profile["dtype"] == "uint16" and profile["nodata"] == 65535
     assert (labels[0][valid] == expected[valid]).mean() > 0.9999 and (labels[0][~valid] == 65535).all()
+    import rasterio
+
+    with rasterio.open(tmp_path / "values_proba.tif") as src:  # bands named by the label values, not the indices
+        assert src.descriptions == ("p_class_10", "p_class_20", "p_class_30", "p_class_300")
 
 
 KILLED_PREDICTION = """

@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import skimage.feature as skimage_feature  # a [dev] extra: never skipped
 
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.methods.hog import (cell_histograms, hog, hog_target_dim, hog_targets, icosahedral_axes)
-
-skimage_feature = pytest.importorskip("skimage.feature")
 
 
 @pytest.mark.parametrize("shape,orientations,ppc,cpb,norm", [

@@ -36,7 +36,14 @@ def our_model(norm_pix_loss: bool) -> MAE:
                         num_heads=4, mlp_ratio=4.0, qkv_bias=True, norm_eps=1e-6)
     method = MethodConfig(mask_ratio=0.75, norm_pix_loss=norm_pix_loss, decoder_embed_dim=32, decoder_depth=2,
                           decoder_num_heads=4)
-    return MAE(enc, method, max_steps=1).eval()
+    model = MAE(enc, method, max_steps=1).eval()
+    # as after training: the initialisation's zero biases and unit LayerNorm scales would hide a dropped bias or scale
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:  # the fixed sin-cos tables stay as they are
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model
 
 
 # HF layer parameter names: transformers 5 (first) and 4.x (second).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+import lightly.loss as lightly_loss  # a [dev] extra: never skipped (conftest stops a run without it)
 
 from geomed_ssl.methods.losses.contrastive import (
     QueueInfoNCELoss,
@@ -13,8 +14,6 @@ from geomed_ssl.methods.losses.contrastive import (
     moco_v3_loss,
     nt_xent_loss,
 )
-
-lightly_loss = pytest.importorskip("lightly.loss")
 
 
 def _pair(b: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

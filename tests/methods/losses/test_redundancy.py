@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import lightly.loss as lightly_loss  # a [dev] extra: never skipped (conftest stops a run without it)
 
 from geomed_ssl.methods.losses.redundancy import (
     barlow_twins_loss,
@@ -12,8 +13,6 @@ from geomed_ssl.methods.losses.redundancy import (
     vicreg_loss,
     vicreg_terms,
 )
-
-lightly_loss = pytest.importorskip("lightly.loss")
 
 
 def _views(b: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import lightly.loss as lightly_loss  # a [dev] extra: never skipped (conftest stops a run without it)
 
 from geomed_ssl.methods.losses.siamese import negative_cosine_similarity, symmetric_negative_cosine
-
-lightly_loss = pytest.importorskip("lightly.loss")
 
 
 @pytest.mark.parametrize("batch", [1, 5, 32])

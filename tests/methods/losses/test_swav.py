@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+import lightly.loss.swav_loss as lightly_swav  # a [dev] extra: never skipped
 
 from geomed_ssl.methods.dino_losses import sinkhorn_knopp as dino_sinkhorn
 from geomed_ssl.methods.losses.sinkhorn import sinkhorn_knopp
 from geomed_ssl.methods.losses.swav import swav_loss
-
-lightly_swav = pytest.importorskip("lightly.loss.swav_loss")
 
 
 def _scores(n_crops: int, b: int, k: int, d: int = 16, seed: int = 0) -> list[torch.Tensor]:

@@ -119,6 +119,8 @@ def test_head_matches_lightly_dino_projection_head_with_same_weights() -> None:
     linears = [m for m in ref.layers if isinstance(m, torch.nn.Linear)]
     ours_linears = [m for m in ours.mlp if isinstance(m, torch.nn.Linear)]
     for a, b in zip(ours_linears, linears, strict=True):
+        with torch.no_grad():
+            b.bias.add_(0.1 * torch.randn_like(b.bias))  # nonzero, as after training: a dropped bias shows
         a.load_state_dict(b.state_dict())
     ours.last_layer_parameters()[1].data.copy_(ref.last_layer.weight_v.data)
     x = torch.randn(5, 24)

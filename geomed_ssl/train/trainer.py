@@ -60,15 +60,19 @@ def _several(devices: Any) -> bool:
     return count == -1 or count > 1
 
 
+PRECISION_ALIASES = {"16": "16-mixed", "bf16": "bf16-mixed", "32": "32-true"}
+
+
 def resolve_precision(precision: str, accelerator: str, strategy: str = "auto", devices: Any = 1) -> str:
     """``auto``: 32-bit on CPU (bf16 autocast is slower there), bf16-mixed on GPUs that support it, else 16-mixed.
 
     Nothing here initialises CUDA in this process (``torch.cuda.is_available`` asks NVML under Lightning), except
     the bf16 question, which must ask the GPU: with a forking strategy that would break the forked workers
     ("Cannot re-initialize CUDA in forked subprocess"), so there ``auto`` on a GPU is refused in one line."""
+    precision = PRECISION_ALIASES.get(str(precision), precision)  # Lightning's short names warn of their history
     on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     mps = accelerator in ("auto", "gpu", "mps") and torch.backends.mps.is_available()  # float16 autocast works there
-    if precision in ("16-mixed", "16") and not (on_gpu or mps):  # Lightning would switch to bf16, warning twice
+    if precision == "16-mixed" and not (on_gpu or mps):  # Lightning would switch to bf16, warning twice
         if not _SAID.get("cpu16"):
             log.info("train.precision %s: float16 autocast needs a GPU; on the CPU this run uses bf16-mixed.",
                      precision)

@@ -54,5 +54,7 @@ def test_launch_settings_lightning_would_turn_into_a_traceback_or_a_silent_switc
             load_recipe(None, [f"train.precision={value}"])
     if not torch.cuda.is_available():
         assert resolve_precision("16-mixed", "auto") == "bf16-mixed"  # said once, not Lightning's warning twice
+        # Lightning's short names, read as what they mean (Lightning itself warns "for historical reasons")
+        assert [resolve_precision(p, "cpu") for p in ("16", "bf16", "32")] == ["bf16-mixed", "bf16-mixed", "32-true"]
         with pytest.raises(ConfigError, match="train.accelerator / devices"):
             probe_trainer("cpu", [0], "auto", 1, "32-true")  # Lightning's TypeError

@@ -137,6 +137,9 @@ class CommandSpec:
     # a reuse writes the command's outputs over those there (evaluate, similar): a folder recognised only by an
     # earlier version's files (``legacy``) that also holds the user's is refused, not taken over
     reuse_replaces: bool = False
+    # one process at a time writes its folder (geomed_ssl.outlocks); False: several jobs may add to one folder
+    # (predict, evaluate, similar), which lock only around the files they share
+    exclusive: bool = True
 
 
 # checkpoints by the names ours and Lightning's callbacks give them (a copied-in best.ckpt is the user's)
@@ -169,12 +172,13 @@ COMMANDS: dict[str, CommandSpec] = {
                            legacy=_legacy_cluster,
                            inside={"maps": ("*_clusters.tif", "*_clusters.nii.gz", "*_clusters.png", "*.aux.xml")}),
     "predict": CommandSpec(("predictions.csv",), ("*_pred.tif", "*_pred.nii.gz", "*_pred_proba.tif",
-                                                  "*_pred_proba.nii.gz"), ()),  # no legacy rule: without a
+                                                  "*_pred_proba.nii.gz"), (), exclusive=False),  # no legacy rule: without a
     # manifest a folder of *_pred.tif maps may be another tool's, so it is refused
     "evaluate": CommandSpec(("metrics.json", "confusion.png"), (), (), _legacy_evaluate,
                             nests={"*": ("evaluate",)},  # FT_DIR/eval/<other evaluation>, allowed as FT_DIR/eval
-                            reuse_replaces=True),
-    "similar": CommandSpec(("similar.csv", "similar.png"), (), (), _legacy_similar, reuse_replaces=True),
+                            reuse_replaces=True, exclusive=False),
+    "similar": CommandSpec(("similar.csv", "similar.png"), (), (), _legacy_similar, reuse_replaces=True,
+                           exclusive=False),
     "attention": CommandSpec((), ("*.png",), ()),
     "export": CommandSpec(("model.safetensors", "config.json", "geomed_ssl.json", "README.txt"), (),
                           ("--overwrite",),

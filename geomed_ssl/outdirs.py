@@ -51,6 +51,7 @@ from typing import Iterator, Mapping, Sequence
 from geomed_ssl.errors import ConfigError, OutputError
 from geomed_ssl.outcommands import COMMANDS, CommandSpec, matches
 from geomed_ssl.outfiles import is_temp_name, remove_stale_partials
+from geomed_ssl.outlocks import LOCK, lock_folder
 from geomed_ssl.outowners import (MANIFEST, TOOL, Owner, PathLike, entry_names, foreign_inside,  # noqa: F401
                                   owner, read_manifest, record_entries, write_manifest)
 Inputs = Mapping[str, PathLike | Sequence[PathLike] | None]
@@ -170,7 +171,7 @@ def check_out_dir(out: PathLike, *, command: str, inputs: Inputs | None = None, 
         return "create"
     if not out.is_dir():
         raise OutputError(f"--out '{out}' is a file, not a folder; choose another --out.")
-    if all(p.name == MANIFEST or is_temp_name(p.name) for p in out.iterdir()):
+    if all(p.name in (MANIFEST, LOCK) or is_temp_name(p.name) for p in out.iterdir()):
         return "create"  # empty but for our manifest, or what a killed in-place export left (atomic_write_dir)
     found = owner(out)
     if found is None:
@@ -219,6 +220,9 @@ def prepare_out_dir(out: PathLike, *, command: str, inputs: Inputs | None = None
     out = Path(out)
     action = check_out_dir(out, command=command, inputs=inputs, overwrite=overwrite, resume=resume,
                            allow_inside=allow_inside)
+    exclusive = COMMANDS[command].exclusive
+    if exclusive and action in ("reuse", "replace"):  # before anything there is touched: another run may be live
+        lock_folder(out, command)
     if action == "reuse":
         if read_manifest(out) is None:  # an earlier version's folder: it gets a manifest of its own entries
             record_entries(out, [])
@@ -226,12 +230,16 @@ def prepare_out_dir(out: PathLike, *, command: str, inputs: Inputs | None = None
         return out
     if action == "replace":
         for name in owner(out).ours:  # type: ignore[union-attr]  (check_out_dir found it ours)
+            if name == LOCK:  # held: a new file would let a second writer lock it
+                continue
             entry = out / name
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
             else:
                 entry.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    if exclusive:
+        lock_folder(out, command)  # two new runs into one new folder: the second stops here
     remove_stale_partials(out)  # a folder a killed first run made holds only its manifest and such names
     write_manifest(out, command)
     return out

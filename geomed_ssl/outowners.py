@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from geomed_ssl.outcommands import COMMANDS, CommandSpec, matches, read_json_object
 from geomed_ssl.outfiles import atomic_write_text, is_temp_name
+from geomed_ssl.outlocks import LOCK
 
 MANIFEST = ".geomed-ssl.json"
 TOOL = "geomed-ssl"
@@ -68,7 +69,7 @@ def owner(folder: PathLike) -> Owner | None:
         if command is None:
             return None
     spec = COMMANDS.get(command, CommandSpec())
-    names = set(spec.entries) | set(entry_names(manifest)) | {MANIFEST}
+    names = set(spec.entries) | set(entry_names(manifest)) | {MANIFEST, LOCK}
     result = Owner(command, manifest)
     for entry in sorted(folder.iterdir()):
         named = matches(entry.name, spec.patterns) and (not matches(entry.name, spec.folders)
@@ -179,5 +180,5 @@ def record_entries(folder: PathLike, names: Sequence[str]) -> None:
         return
     old = found.manifest or {}
     entries = entry_names(found.manifest) + (found.ours if found.manifest is None else []) + list(names)
-    entries = [e for e in entries if e != MANIFEST]
+    entries = [e for e in entries if e not in (MANIFEST, LOCK)]
     atomic_write_text(folder / MANIFEST, _manifest_text(found.command, entries, old.get("created")))

@@ -72,14 +72,17 @@ class ProcessState:
 
 
 def keeps_process_state(fn: F) -> F:
-    """``fn`` run between a :class:`ProcessState` saved before it and restored after it (also when it raises), and
-    inside ``warnings.catch_warnings`` (the filters it adds go with it)."""
+    """``fn`` run between a :class:`ProcessState` saved before it and restored after it (also when it raises),
+    inside ``warnings.catch_warnings`` (the filters it adds go with it), its output folders' locks let go after it
+    (:mod:`geomed_ssl.outlocks`)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from geomed_ssl.outlocks import released_after
+
         state = ProcessState()
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), released_after():  # its output folders are free once it returns
                 return fn(*args, **kwargs)
         finally:
             state.restore()

@@ -132,6 +132,15 @@ def structured_rasters(folder: Path, count: int, size: int = 48, seed: int = 0, 
     return folder
 
 
+@pytest.fixture(autouse=True)
+def _output_folder_locks():
+    """Output folders a test prepared directly (not through a command, which lets go itself) are unlocked after it."""
+    from geomed_ssl.outlocks import released_after
+
+    with released_after():
+        yield
+
+
 @pytest.fixture
 def raster_dir(tmp_path: Path) -> Path:
     """Six 4-band 48x48 uint16 GeoTIFFs with smooth structure, plus a label file the recipe must exclude."""

@@ -34,7 +34,8 @@ LADDER: list[tuple[str, tuple[str, ...]]] = [
     ("geo", ("geo",)),
     ("outputs", ("outdirs", "outowners", "outcommands")),
     ("config", ("config",)),
-    ("foundation", ("outfiles", "permissions", "errors", "launch", "cpus", "process", "sample", "_version")),
+    ("foundation", ("outfiles", "outlocks", "permissions", "errors", "launch", "cpus", "process", "sample",
+                    "_version")),
 ]
 RUNG = {unit: i for i, (_, units) in enumerate(LADDER) for unit in units}
 MAX_PACKAGE_LINES = 2500

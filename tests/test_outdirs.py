@@ -8,9 +8,16 @@ from pathlib import Path
 import pytest
 
 from geomed_ssl.errors import OutputError
-from geomed_ssl.outdirs import (MANIFEST, check_out_dir, foreign_inside, owner, prepare_out_dir, prepare_out_file,
-                                read_manifest)
+from geomed_ssl.outdirs import MANIFEST, check_out_dir, foreign_inside, owner, prepare_out_file, read_manifest
+from geomed_ssl.outdirs import prepare_out_dir as prepare_and_lock
+from geomed_ssl.outlocks import released_after
 from tests.test_bad_input import made_by_older_version
+
+
+def prepare_out_dir(*args, **kwargs) -> Path:
+    """The folder as a command leaves it once it returns: prepared, then its lock let go."""
+    with released_after():
+        return prepare_and_lock(*args, **kwargs)
 
 
 def fill(folder: Path, *names: str) -> None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import Any, Sequence
 
-from geomed_ssl.bands.names import band_order, describe_order, positional_names_message
+from geomed_ssl.bands.names import band_order, check_band_wavelengths, describe_order, positional_names_message
 from geomed_ssl.errors import DataError
 from geomed_ssl.geo.gdal_read import alpha_bands
 
@@ -35,14 +35,16 @@ def report_positional_names(paths: list[str], sensor: str | None, names: list[st
 
 
 # -- the one band rule ------------------------------------------------------------------------------------------
-def conform_record(record: Any, names: list[str]) -> Any:
+def conform_record(record: Any, names: list[str], wavelengths: Sequence[float | None] | None = None) -> Any:
     """``record`` read as the bands ``names`` in that order, matched by name (see ``bands.band_order``): the
     same record when its bands already are ``names``, else a copy whose ``band_index`` makes the readers return
-    them (extra bands dropped) and whose per-band fields follow. Missing bands are a DataError."""
+    them (extra bands dropped) and whose per-band fields follow. Missing bands are a DataError, and so are bands
+    more than 15 nm from the model's ``wavelengths`` of their names (``bands.check_band_wavelengths``)."""
     try:
         order = band_order(names, record.band_names, record.path, record.band_source)
     except DataError as err:
         raise DataError(f"{err}{alpha_note(record.paths if record.kind == 'raster' else [])}") from None
+    check_band_wavelengths(names, wavelengths, record.wavelengths, order, record.path)
     if order is None:
         return record
     base = record.band_index if record.band_index is not None else list(range(record.num_bands))
@@ -85,10 +87,10 @@ def note_band_order(path: str, names: list[str], found: list[str]) -> None:
                  "; the same for any other file with these bands")
 
 
-def conform_catalog(catalog: Any, names: list[str]) -> Any:
-    """Every record of ``catalog`` conformed to the bands ``names`` (:func:`conform_record`); what was reordered or
-    dropped is logged once per distinct band list."""
-    records = [conform_record(r, list(names)) for r in catalog.records]
+def conform_catalog(catalog: Any, names: list[str], wavelengths: Sequence[float | None] | None = None) -> Any:
+    """Every record of ``catalog`` conformed to the bands ``names`` (:func:`conform_record`, with the model's
+    ``wavelengths`` of them when known); what was reordered or dropped is logged once per distinct band list."""
+    records = [conform_record(r, list(names), wavelengths) for r in catalog.records]
     for found in dict.fromkeys(tuple(r.band_names) for r in catalog.records):
         note = describe_order(list(names), list(found))
         if note:

@@ -138,14 +138,22 @@ def _tag_um(tags: dict[str, Any] | None, key: str) -> float | None:
 # "Band 1 (443.0 Nanometers)". The name is the part before; the value is the band's centre wavelength.
 GDAL_WAVELENGTH = re.compile(r"^(?P<name>.*?)\s*\(\s*(?P<value>[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*"
                              r"(?P<unit>micrometers?|microns?|um|µm|nanometers?|nm)\s*\)$", re.IGNORECASE)
+# a description that is only the wavelength: GDAL's ENVI driver when the header has wavelengths but no band names
+BARE_WAVELENGTH = re.compile(r"^\s*(?P<value>[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*"
+                             r"(?P<unit>micrometers?|microns?|um|µm|nanometers?|nm)\s*$", re.IGNORECASE)
 
 
 def split_wavelength_suffix(description: str) -> tuple[str, float | None]:
     """``"B01 (0.443 Micrometers)"`` -> ``("B01", 0.443)``: the name without GDAL's wavelength suffix and that
-    wavelength in µm (a description without one comes back as it is, with None)."""
+    wavelength in µm; ``"377.00 Nanometers"`` -> itself and 0.377 (a description without one comes back as it is,
+    with None)."""
     found = GDAL_WAVELENGTH.match(description.strip())
     if not found or not found["name"]:
-        return description.strip(), None
+        found = BARE_WAVELENGTH.match(description)
+        if not found:
+            return description.strip(), None
+        value = float(found["value"]) / (1000.0 if found["unit"].lower().startswith(("n",)) else 1.0)
+        return description.strip(), value if math.isfinite(value) and value > 0 else None
     value = float(found["value"]) / (1000.0 if found["unit"].lower().startswith(("n",)) else 1.0)
     return found["name"], value if math.isfinite(value) and value > 0 else None
 
@@ -274,10 +282,17 @@ def _band_names(num_bands: int, descriptions: Sequence[str | None] | None, data_
 
 def _band_wavelengths(names: list[str], tags: dict[int, dict[str, Any]], data_cfg: Any,
                       path: str) -> list[float | None] | None:
-    """Centre wavelengths (µm) of the named bands: the recipe's, else the sensor profile's by name, else each band's
-    tag; None when no band has one."""
+    """Centre wavelengths (µm) of the named bands: the file's own when every band carries one (as a file's own band
+    descriptions win over data.band_names; a differing recipe list is warned about once), else the recipe's, else
+    the sensor profile's by name, else each band's tag; None when no band has one."""
     num_bands = len(names)
+    own = [_tag_wavelength(tags.get(i + 1)) for i in range(num_bands)]
+    own = [w if w is not None else _tag_um(tags.get(i + 1), "SUFFIX_WAVELENGTH_UM") for i, w in enumerate(own)]
     cfg_wl = getattr(data_cfg, "wavelengths", None)
+    if cfg_wl is not None and all(w is not None for w in own):
+        if len(cfg_wl) != num_bands or max(abs(a - float(b)) for a, b in zip(own, cfg_wl)) > 0.001:
+            _note_own_wavelengths(path, own, cfg_wl)
+        return own  # type: ignore[return-value]
     if cfg_wl is not None:
         if len(cfg_wl) != num_bands:
             raise DataError(
@@ -287,9 +302,23 @@ def _band_wavelengths(names: list[str], tags: dict[int, dict[str, Any]], data_cf
         return [float(w) for w in cfg_wl]
     sensor = getattr(data_cfg, "sensor", None)
     wl: list[float | None] = lookup_wavelengths(names, sensor) if sensor else [None] * num_bands
-    wl = [w if w is not None else _tag_wavelength(tags.get(i + 1)) for i, w in enumerate(wl)]
-    wl = [w if w is not None else _tag_um(tags.get(i + 1), "SUFFIX_WAVELENGTH_UM") for i, w in enumerate(wl)]
+    wl = [w if w is not None else o for w, o in zip(wl, own)]
     return wl if any(w is not None for w in wl) else None
+
+
+_OWN_WAVELENGTHS_NOTED: set[tuple[int, int]] = set()
+
+
+def _note_own_wavelengths(path: str, own: list[float | None], given: Sequence[float]) -> None:
+    """Warn, once per pair of band counts, that a file's own wavelengths overrule data.wavelengths."""
+    key = (len(own), len(given))
+    if key in _OWN_WAVELENGTHS_NOTED:
+        return
+    _OWN_WAVELENGTHS_NOTED.add(key)
+    logging.getLogger("geomed_ssl").warning(
+        f"warning: '{path}' (and files like it) carries its own band wavelengths ({own[0]:.4g}-{own[-1]:.4g} µm, "
+        f"{len(own)} bands); data.wavelengths ({len(given)} values) is not used for them: a file's own metadata "
+        "wins.")
 
 
 def positional_names_message(paths: Sequence[str], sensor: str | None, names: Sequence[str]) -> str:
@@ -311,6 +340,29 @@ def brief(names: Sequence[str], keep: int = 8, as_list: bool = False) -> str:
         sep.join([*map(show, names[:keep // 2]), "...", *map(show, names[-(keep // 2):])])
     text = f"[{body}]" if as_list else body
     return text if few else f"{text} ({len(names)} bands)"
+
+
+WAVELENGTH_TOLERANCE_UM = 0.015  # as models.spectral.MATCH_TOLERANCE_UM: closer centres are the same band
+
+
+def check_band_wavelengths(expected: Sequence[str], expected_wl: Sequence[float | None] | None,
+                           found_wl: Sequence[float | None] | None, order: Sequence[int] | None, where: str) -> None:
+    """A DataError when a band matched by name (``order``, as :func:`band_order` gave it) lies more than 15 nm
+    from the model's band of that name, both centres known: another sensor's bands under the same names (GDAL's
+    ``Band 92`` of two cubes, Landsat-7's B4 (NIR) and Landsat-8's B4 (red)), which a model reading bands by name
+    would take for its own."""
+    if not expected_wl or not found_wl:
+        return
+    picked = list(found_wl) if order is None else [found_wl[i] for i in order]
+    far = [(str(n), a, b) for n, a, b in zip(expected, expected_wl, picked)
+           if a is not None and b is not None and abs(float(a) - float(b)) > WAVELENGTH_TOLERANCE_UM]
+    if far:
+        name, model_at, data_at = far[0]
+        more = f" (and {len(far) - 1} more band(s) more than 15 nm apart)" if len(far) > 1 else ""
+        raise DataError(f"'{where}' band '{name}' lies at {data_at:.4g} µm, the model's band '{name}' at "
+                        f"{model_at:.4g} µm{more}: the same names for another sensor's bands. This model reads "
+                        "bands by name, so give it data of the sensor it was trained on (or bands named as that "
+                        "sensor's), or pretrain with model.embedding=wavelength, which reads bands by wavelength.")
 
 
 def band_order(expected: Sequence[str], found: Sequence[str], where: str,

@@ -63,7 +63,8 @@ class DataConfig:
     patch_size: IntOrSeq = setting(64, "sampled window in pixels / voxels, int or per-axis list", bounds=">= 1")
     sensor: str | None = setting(None, "sensor profile for band names and wavelengths (sentinel2, landsat8, ...)")
     band_names: list[str] | None = setting(None, "band names in the files' order (files without descriptions)")
-    wavelengths: list[float] | None = setting(None, "centre wavelengths in micrometres, one per band", bounds="> 0")
+    wavelengths: list[float] | None = setting(None, "centre wavelengths in micrometres (not nanometres), one per band",
+                                              bounds="(0, 20]")
     include: list[str] = setting(["**/*"], "globs of files to read, relative to the data folder")
     exclude: list[str] = setting([], "globs of files to skip")
     channels: list[str] | None = setting(None, "one glob per channel: stack single-channel files of one folder")

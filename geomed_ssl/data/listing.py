@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from geomed_ssl.outdirs import MANIFEST
+from geomed_ssl.outlocks import LOCK
 
 log = logging.getLogger("geomed_ssl")
 EXTENSIONS = {"raster": (".tif", ".tiff"), "volume": (".nii", ".nii.gz")}
@@ -96,7 +97,8 @@ def list_files(root: Path) -> list[Path]:
     for folder, dirs, files in walk(root, links, errors):
         ours = sorted(d for d in dirs if made_by_us(Path(folder) / d))
         skipped += [Path(folder) / d for d in ours]
-        hidden += [Path(folder) / n for n in sorted(dirs) + sorted(files) if n.startswith(".") and n != MANIFEST]
+        hidden += [Path(folder) / n for n in sorted(dirs) + sorted(files)
+                   if n.startswith(".") and n not in (MANIFEST, LOCK)]
         dirs[:] = sorted(d for d in dirs if d not in ours and not d.startswith("."))
         out += [Path(folder) / f for f in sorted(files) if not f.startswith(".")]
     if hidden:

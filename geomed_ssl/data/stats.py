@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -59,6 +59,9 @@ class BandStats:
     p99: list[float]
     count: list[int]
     version: int = STATS_VERSION
+    # the model's centre wavelengths (µm) of these bands, when known (from its encoder config; not in stats.json):
+    # the band rule refuses data whose same-named bands lie elsewhere (bands.names.check_band_wavelengths)
+    wavelengths: list[float | None] | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``stats.json`` schema: {"bands": [{"name", "mean", "std", "p1", "p99", "count"}, ...], "version": 2}

@@ -32,6 +32,7 @@ from geomed_ssl.embeddings.maps import fill_grid, grid_stems, save_label_png, wr
 from geomed_ssl.embeddings.store import fixed_list, load_embeddings, optional_module, read_columns
 from geomed_ssl.errors import ConfigError, DataError
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
+from geomed_ssl.outlocks import released_after
 from geomed_ssl.outfiles import atomic_path, atomic_write_text, save_figure
 
 log = logging.getLogger("geomed_ssl")
@@ -361,6 +362,7 @@ def scatter_png(x: np.ndarray, clusters: np.ndarray, truth: Sequence[str | None]
     return how
 
 
+@released_after()  # the folder's lock (geomed_ssl.outlocks) is let go when it returns
 def cluster_embeddings(emb_dir: str | Path, out_dir: str | Path, method: str = "kmeans", k: int = 8,
                        labels: str | Path | None = None, seed: int = 0, min_cluster_size: int | None = None,
                        normalize: bool = True, pca_dims: int | None = None, ignore_value: int | None = 0,

@@ -11,13 +11,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from geomed_ssl.data.stats import BandStats
 from geomed_ssl.data.tiling import DEFAULT_OVERLAP
 from geomed_ssl.finetune.labels import LabelSelection, read_label
 from geomed_ssl.finetune.splits import GROUND_PREFIX
 from geomed_ssl.finetune.metrics import (background_index, classification_metrics, confusion_matrix,
                                         foreground_dice, write_metrics)
-from geomed_ssl.inference.finetuned import data_config, load_run, model_fn, with_band_names
+from geomed_ssl.inference.finetuned import data_config, load_run, model_fn, model_stats, with_band_names
 from geomed_ssl.inference.writers import class_lookup
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import scratch_dir
@@ -39,7 +38,7 @@ def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Seque
 
     device = model_device(model)
     cfg = data_config(meta, recipe_data)
-    stats = BandStats.from_dict(meta["encoder"]["stats"])
+    stats = model_stats(meta)
     k = len(meta["classes"])
     _, nodata_label = class_lookup(k)  # what predict writes where the input is nodata
     out = []
@@ -138,7 +137,7 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
     check_out_dir(out, **rule)  # the folder is made once the inputs are read
     model, meta, recipe = load_run(ft_dir, device)
     meta, recipe = with_band_names(meta, recipe, band_names)
-    stats = BandStats.from_dict(meta["encoder"]["stats"], source=f"model {ft_dir}")
+    stats = model_stats(meta, f"model {ft_dir}")
     values = [c["value"] for c in meta["classes"]]
     names = [c["name"] for c in meta["classes"]]
     position = "error" if strict else "warn"
@@ -165,7 +164,7 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
                                    values, names, [a.shape for a in arrays], notes=notes, split="all labelled",
                                    paths=label_paths)
         for record, _ in pairs:  # a scene without one of the model's bands: refused before OUT_DIR exists
-            conform_record(record, list(stats.band_names))
+            conform_record(record, list(stats.band_names), stats.wavelengths)
         prepare_out_dir(out, **rule)
         return evaluate_segmentation(model, meta, [r for r, _ in pairs], arrays, selection, out, recipe.data,
                                      native=True)

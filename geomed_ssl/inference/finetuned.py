@@ -18,6 +18,7 @@ from geomed_ssl.data.tiling import DEFAULT_OVERLAP
 from geomed_ssl.errors import DataError
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_path
+from geomed_ssl.outlocks import locked_briefly
 
 log = logging.getLogger("geomed_ssl")
 
@@ -35,6 +36,14 @@ def data_config(meta: dict[str, Any], recipe_data: Any = None) -> DataConfig:
     return DataConfig(kind=d.get("kind", "raster"), spacing=d.get("spacing"), intensity=d.get("intensity", "auto"),
                       ct_window=d.get("ct_window", [-1000.0, 1000.0]), nodata=d.get("nodata"),
                       channels=d.get("channels"), patch_size=list(meta["window"]), **naming)
+
+
+def model_stats(meta: dict[str, Any], source: str = "stats") -> BandStats:
+    """A fine-tuned model's band statistics, with its encoder's band wavelengths (the band rule refuses data whose
+    same-named bands lie elsewhere)."""
+    stats = BandStats.from_dict(meta["encoder"]["stats"], source=source)
+    stats.wavelengths = meta["encoder"].get("wavelengths")
+    return stats
 
 
 def model_fn(model: torch.nn.Module) -> Any:
@@ -90,7 +99,7 @@ def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], o
     check_out_dir(out, **rule)  # the folder is made once the inputs are listed
     model, meta, recipe = load_run(ft_dir, device)
     meta, recipe = with_band_names(meta, recipe, band_names)
-    stats = BandStats.from_dict(meta["encoder"]["stats"], source=f"model {ft_dir}")
+    stats = model_stats(meta, f"model {ft_dir}")
     if meta["task"] != "segment":
         records = records_for_stats(image_records(meta, recipe, inputs, strict), stats)
         prepare_out_dir(out, **rule)
@@ -148,7 +157,7 @@ def predict_classes(model: torch.nn.Module, meta: dict[str, Any], recipe: Any, r
     from geomed_ssl.data.labelled import ImageDataset
     from geomed_ssl.models.device import model_device
 
-    stats = BandStats.from_dict(meta["encoder"]["stats"])
+    stats = model_stats(meta)
     dataset = ImageDataset(records, np.zeros(len(records), np.int64), stats, recipe.data, meta["encoder"]["patch_size"])
     names = [c["name"] for c in meta["classes"]]
     device = model_device(model)
@@ -161,12 +170,13 @@ def predict_classes(model: torch.nn.Module, meta: dict[str, Any], recipe: Any, r
                          "model": model_name,
                          **({f"p_{n}": round(float(p), 4) for n, p in zip(names, probs)} if probabilities else {})})
     new = {r["file"] for r in rows}
-    kept = [r for r in earlier_predictions(out / "predictions.csv") if r.get("file") not in new]
-    with atomic_path(out / "predictions.csv") as tmp, tmp.open("w", newline="") as f:
-        extra = [c for c in dict.fromkeys(c for r in kept + rows for c in r) if c.startswith("p_")]
-        writer = csv.DictWriter(f, fieldnames=PREDICTION_COLUMNS + extra, restval="", extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(kept + rows)
+    with locked_briefly(out):  # several predict jobs may share OUT_DIR: one read-merge-write at a time
+        kept = [r for r in earlier_predictions(out / "predictions.csv") if r.get("file") not in new]
+        with atomic_path(out / "predictions.csv") as tmp, tmp.open("w", newline="") as f:
+            extra = [c for c in dict.fromkeys(c for r in kept + rows for c in r) if c.startswith("p_")]
+            writer = csv.DictWriter(f, fieldnames=PREDICTION_COLUMNS + extra, restval="", extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(kept + rows)
     more = f" (and {len(kept)} earlier rows)" if kept else ""
     return [f"{len(rows)} image{'s' if len(rows) != 1 else ''} -> {out / 'predictions.csv'}{more}"]
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from geomed_ssl.config import DataConfig
-from geomed_ssl.bands.names import BandInfo, band_order, resolve_band_info
+from geomed_ssl.bands.names import BandInfo, band_order, check_band_wavelengths, resolve_band_info
 from geomed_ssl.bands.conform import alpha_note, note_band_order, report_positional_names
 from geomed_ssl.geo.gdal_read import data_bands, read_masked
 from geomed_ssl.data.stats import (BandStats, band_gaps, band_percentiles, normalize, valid_mask, valid_values,
@@ -178,19 +178,21 @@ class RasterInput:
             raise DataError(f"cannot open raster '{path}': {err}. Check it exists and is a GeoTIFF.") from None
         src, keep = sources[0], data_bands(sources)  # the stack's bands but alpha bands (GDAL's mask)
         count = len(keep)
+        wavelengths = None
         if band_names is not None:
             names, source = list(band_names), "caller"
         elif stacked is not None:
-            names, source = list(stacked.band_names), stacked.band_source
+            names, source, wavelengths = list(stacked.band_names), stacked.band_source, stacked.wavelengths
         else:
             info = file_bands(src, path, data_cfg, names_by_position)
-            names, source = info.names, info.source
+            names, source, wavelengths = info.names, info.source, info.wavelengths
         if len(names) != count:
             raise DataError(f"'{path}' has {count} bands but {len(names)} band names were given.")
         try:
             order = band_order(stats.band_names, names, str(path), source)
         except DataError as err:
             raise DataError(f"{err}{alpha_note(list(files))}") from None
+        check_band_wavelengths(stats.band_names, stats.wavelengths, wavelengths, order, str(path))
         if len(keep) < sum(s.count for s in sources):
             order = [keep[i] for i in (range(count) if order is None else order)]
         note_band_order(str(path), list(stats.band_names), names)

@@ -34,6 +34,9 @@ def encoder_naming(meta: dict[str, Any]) -> dict[str, list[Any]]:
 
 def note_encoder_naming(records: Sequence[Any], taken: dict[str, list[Any]]) -> None:
     """Say which files were named by the encoder's recipe (``taken``, from :func:`with_encoder_naming`)."""
+    if "wavelengths" in taken:
+        log.info("note: bands without wavelength metadata get the encoder's recipe's data.wavelengths (%d values); "
+                 "files that carry their own keep them", len(taken["wavelengths"]))
     named = [r.path for r in records if r.band_source == "recipe"]
     if "band_names" in taken and named:
         log.info("note: the bands of %d file(s) without band descriptions ('%s'%s) are named by the encoder's recipe "
@@ -68,14 +71,16 @@ def encoder_data_bands(cfg: EncoderConfig, catalog: Any) -> list[str]:
 
 
 def catalog_for_encoder(cfg: EncoderConfig, catalog: Any) -> Any:
-    """``catalog`` with every record read as :func:`encoder_data_bands` says (``conform_catalog``)."""
-    return conform_catalog(catalog, encoder_data_bands(cfg, catalog))
+    """``catalog`` with every record read as :func:`encoder_data_bands` says (``conform_catalog``; an encoder that
+    reads bands by name refuses same-named bands at other wavelengths)."""
+    by_name = cfg.embedding not in BAND_FLEXIBLE  # the others were matched by wavelength already
+    return conform_catalog(catalog, encoder_data_bands(cfg, catalog), cfg.wavelengths if by_name else None)
 
 
 def records_for_stats(records: Sequence[Any], stats: BandStats) -> list[Any]:
     """Records read as the statistics' bands (by name), checked against their value range: for models whose
     bands are their statistics' (fine-tuned models, ``predict``, ``evaluate``)."""
-    out = [conform_record(r, list(stats.band_names)) for r in records]
+    out = [conform_record(r, list(stats.band_names), stats.wavelengths) for r in records]
     check_value_ranges(out, stats)
     return out
 

@@ -54,7 +54,9 @@ class KNNMonitor(L.Callback):
     @classmethod
     def from_folder(cls, root: str | Path, data_cfg: Any, stats: BandStats, patch_size: Sequence[int], every: int,
                     window: Sequence[int] | None = None) -> KNNMonitor:
-        """Scan ``root`` (one subfolder per class) with the run's ``data`` settings; its bands must be the run's."""
+        """Scan ``root`` (one subfolder per class; ``~`` expanded, as for the data folder) with the run's ``data``
+        settings; its bands must be the run's."""
+        root = Path(root).expanduser()
         records, labels, names = scan_class_folders(root, data_cfg)
         records = [conform_record(r, list(stats.band_names)) for r in records]  # by name, as every command
         log.info(f"k-NN monitor: {len(records)} labelled images in {len(names)} classes from {root}, "

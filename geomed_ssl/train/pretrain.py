@@ -321,13 +321,14 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     if point is None:  # a resumed run gets what was fitted back from its checkpoint
         for note in method.fit_to_data(dataset, t.seed, fit_device(probe, t.strategy, t.devices)):
             log.info(note)
+    knn = knn_monitor(recipe, stats, enc_cfg)  # its folder read (and refused) before RUN_DIR is made
     if rank == 0:
         prepare_run_dir(out, resume, overwrite, inputs)
         remove_stale_temp_files(out)
         write_run_files(out, recipe, catalog, stats)
 
     stop = StopRequest()
-    cbs = run_callbacks(out, recipe, method, catalog, stats, enc_cfg, stop, progress) + (callbacks or [])
+    cbs = run_callbacks(out, recipe, method, catalog, stats, enc_cfg, stop, progress, knn) + (callbacks or [])
     trainer = build_trainer(t, out, cbs)
     module = PretrainModule(method, recipe, effective_batch=t.batch_size * t.accumulate_grad_batches * world,
                             extra_state={"encoder": enc_cfg.to_dict(), "method": recipe.method.name}, clock=clock)
@@ -386,8 +387,19 @@ def fit(trainer: L.Trainer, module: PretrainModule, data: PretrainData, point: R
     return trainer.global_step
 
 
+def knn_monitor(recipe: Recipe, stats: BandStats, enc_cfg: EncoderConfig) -> L.Callback | None:
+    """The k-NN monitor of ``data.val_labels`` every ``data.knn_every`` steps (None: off)."""
+    if not (recipe.data.val_labels and recipe.data.knn_every):
+        return None
+    from geomed_ssl.train.knn_monitor import KNNMonitor
+
+    return KNNMonitor.from_folder(recipe.data.val_labels, recipe.data, stats, enc_cfg.patch_size,
+                                  recipe.data.knn_every)
+
+
 def run_callbacks(out: Path, recipe: Recipe, method: Any, catalog: Catalog, stats: BandStats,
-                  enc_cfg: EncoderConfig, stop: StopRequest, progress: bool) -> list[L.Callback]:
+                  enc_cfg: EncoderConfig, stop: StopRequest, progress: bool,
+                  knn: L.Callback | None = None) -> list[L.Callback]:
     """Console, progress, metrics.csv, checkpoints, encoder export, previews and the k-NN monitor (each writes on
     rank 0 only), in the order their batch-end hooks must run: a step's metrics row before its checkpoint, so a kill
     between the two never leaves a checkpoint whose row is lost (a resume rewrites the rows after its step)."""
@@ -402,11 +414,7 @@ def run_callbacks(out: Path, recipe: Recipe, method: Any, catalog: Catalog, stat
         plain = PretrainDataset(catalog, stats, recipe.data, identity, seed=t.seed + 1)
         renderer = ReconstructionPreview if method.reconstructs() else AttentionPreview
         cbs.append(Previews(out / "previews", t.preview_every, renderer(plain, enc_cfg)))
-    if recipe.data.val_labels and recipe.data.knn_every:
-        from geomed_ssl.train.knn_monitor import KNNMonitor
-
-        knn = KNNMonitor.from_folder(recipe.data.val_labels, recipe.data, stats, enc_cfg.patch_size,
-                                     recipe.data.knn_every)
+    if knn is not None:
         cbs.insert(next(i for i, c in enumerate(cbs) if isinstance(c, MetricsCSV)), knn)  # MetricsCSV writes knn_acc
     return cbs
 

@@ -96,6 +96,23 @@ def test_config_wavelengths_win_and_must_match_band_count():
         resolve_band_info(3, [None] * 3, {}, DataConfig(wavelengths=[0.5, 0.6]), "f.tif")
 
 
+def test_a_files_own_wavelengths_win_over_data_wavelengths_as_its_own_names_win(caplog):
+    """data.wavelengths (the user's, or an encoder's taken over by finetune / compare / embed) names the bands of
+    files without wavelengths; a file whose every band carries one keeps its own, with one warning, whatever its
+    band count: another sensor's cube is read at its own wavelengths, not refused or shifted."""
+    import logging
+
+    tags = {i + 1: {"CENTRAL_WAVELENGTH_UM": str(0.405 + 0.01 * i)} for i in range(3)}
+    given = DataConfig(wavelengths=[0.4, 0.41, 0.42])
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        info = resolve_band_info(3, [None] * 3, tags, given, "shifted.tif")
+        assert resolve_band_info(2, [None] * 2, {k: tags[k] for k in (1, 2)}, given, "fewer.tif").wavelengths == \
+            [pytest.approx(0.405), pytest.approx(0.415)]
+    assert info.wavelengths == [pytest.approx(0.405), pytest.approx(0.415), pytest.approx(0.425)]
+    assert "carries its own band wavelengths" in caplog.text and "data.wavelengths (3 values) is not used" in caplog.text
+    assert resolve_band_info(3, [None] * 3, {1: tags[1]}, given, "partly.tif").wavelengths == [0.4, 0.41, 0.42]
+
+
 def test_central_wavelength_tag_used_when_no_profile():
     tags = {1: {"CENTRAL_WAVELENGTH_UM": "0.49"}, 2: {"CENTRAL_WAVELENGTH_UM": "0.56"}}
     assert resolve_band_info(2, ["blue", "green"], tags, DataConfig(), "f.tif").wavelengths == [0.49, 0.56]
@@ -175,3 +192,35 @@ def test_repeated_band_names_get_the_fix_that_works_for_where_they_come_from():
         bands.resolve_band_info(3, ["B04", "B04", "B08"], {}, DataConfig(band_names=["a", "b", "c"]), "f.tif")
     with pytest.raises(DataError, match=r"\['x'\] repeat; set data.band_names to distinct names"):
         bands.resolve_band_info(2, [None, None], {}, DataConfig(band_names=["x", "x"]), "f.tif")
+
+
+def test_same_named_bands_of_another_sensor_are_refused_by_a_model_that_reads_by_name(tmp_path):
+    """GDAL names every converted ENVI cube's bands "Band 1" ...: two sensors' cubes share the names, not the
+    bands. A band matched by name that lies more than 15 nm from the model's band of that name is refused, naming
+    both wavelengths; a few nm (one sensor's nominal and measured centres) are the same band."""
+    import numpy as np
+
+    import rasterio
+
+    from geomed_ssl.bands.names import check_band_wavelengths
+    from geomed_ssl.data.catalog import scan
+    from geomed_ssl.models.encoder import EncoderConfig
+    from geomed_ssl.models.model_data import catalog_for_encoder
+    from tests.conftest import write_geotiff
+
+    names = ["Band 1", "Band 2", "Band 3"]
+    check_band_wavelengths(names, [0.45, 0.55, 0.65], [0.455, 0.549, 0.66], None, "near.tif")  # within 15 nm
+    with pytest.raises(DataError, match=r"'far.tif' band 'Band 1' lies at 0.4 µm, the model's band 'Band 1' at "
+                                        r"0.45 µm \(and 1 more band\(s\) more than 15 nm apart\).*embedding=wavelength"):
+        check_band_wavelengths(names, [0.45, 0.55, 0.65], [0.65, 0.9, 0.40], [2, 1, 0], "far.tif")
+    (tmp_path / "cube").mkdir()
+    path = write_geotiff(tmp_path / "cube" / "other.tif", np.ones((3, 16, 16), np.uint16))
+
+    with rasterio.open(path, "r+") as dst:
+        for i, wl in enumerate((0.9, 1.6, 2.2), start=1):
+            dst.set_band_description(i, f"Band {i} ({wl} Micrometers)")
+    catalog = scan(tmp_path / "cube", DataConfig(patch_size=8))
+    cfg = EncoderConfig(in_chans=3, img_size=(8, 8), patch_size=(4, 4), embed_dim=16, depth=1, num_heads=2,
+                        band_names=names, wavelengths=[0.45, 0.55, 0.65])
+    with pytest.raises(DataError, match="the same names for another sensor's bands"):
+        catalog_for_encoder(cfg, catalog)

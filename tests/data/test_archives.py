@@ -73,6 +73,9 @@ def test_gdal_wavelength_suffixes_of_converted_envi_names_are_split_off():
     assert split_wavelength_suffix("B01 (0.443 Micrometers)") == ("B01", 0.443)
     assert split_wavelength_suffix("Band 12 (2190.0 Nanometers)") == ("Band 12", 2.19)
     assert split_wavelength_suffix("NIR (broad)") == ("NIR (broad)", None)
+    assert split_wavelength_suffix("377.00 Nanometers") == ("377.00 Nanometers", 0.377)  # ENVI: wavelengths only
+    bare = resolve_band_info(2, ["377.00 Nanometers", "382.01 Nanometers"], None, DataConfig(), "avng.tif")
+    assert bare.names == ["377.00 Nanometers", "382.01 Nanometers"] and bare.wavelengths == [0.377, 0.38201]
     info = resolve_band_info(2, ["Band 1 (0.4430 Micrometers)", "Band 2 (0.4901 Micrometers)"], None, DataConfig(),
                              "cube.tif")
     assert info.names == ["Band 1", "Band 2"] and info.wavelengths == [0.443, 0.4901] and info.source == "file"

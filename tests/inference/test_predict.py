@@ -706,3 +706,23 @@ def test_predicting_only_the_windows_that_hold_wanted_pixels_gives_the_whole_sce
         none = predict_raster(model, scene["path"], tmp_path / "none.tif", scene["stats"], window=(96, 80),
                               num_classes=K, only=np.zeros((H, W), bool))
     assert none["windows_computed"] == 0 and "no valid pixel" not in caplog.text
+
+
+def test_a_scene_whose_same_named_bands_lie_at_other_wavelengths_is_refused(tmp_path):
+    """A fine-tuned model knows its bands' wavelengths (its encoder config): a scene of another sensor whose bands
+    carry the same names (GDAL's "Band 1" ...) is refused before any window is computed, naming the band."""
+    import rasterio
+
+    path = write_geotiff(tmp_path / "other.tif", structured_raster(np.random.default_rng(0), 3, 32))
+    with rasterio.open(path, "r+") as dst:
+        for i, wl in enumerate((0.9, 1.6, 2.2), start=1):
+            dst.set_band_description(i, f"Band {i} ({wl} Micrometers)")
+    stats = BandStats([f"Band {i}" for i in (1, 2, 3)], [0.0] * 3, [1.0] * 3, [0.0] * 3, [1.0] * 3, [1] * 3)
+    stats.wavelengths = [0.45, 0.55, 0.65]
+    with pytest.raises(DataError, match="band 'Band 1' lies at 0.9 µm, the model's band 'Band 1' at 0.45 µm"):
+        predict_raster(lambda x: torch.zeros(x.shape[0], 2, *x.shape[2:]), path, tmp_path / "p.tif", stats,
+                       window=(16, 16), num_classes=2)
+    assert not (tmp_path / "p.tif").exists()
+    stats.wavelengths = [0.9, 1.6, 2.2]  # its own sensor: read
+    predict_raster(lambda x: torch.zeros(x.shape[0], 2, *x.shape[2:]), path, tmp_path / "p.tif", stats,
+                   window=(16, 16), num_classes=2)

@@ -251,3 +251,21 @@ def test_dino_config_errors_name_the_key(tmp_path: Path) -> None:
                                      str(tmp_path / "x"), *sets(bad)])
         assert result.exit_code == 2 and key in result.output, result.output
         assert "Traceback" not in result.output
+
+
+def test_a_missing_knn_labels_folder_is_refused_before_the_run_folder_is_made(tmp_path: Path, monkeypatch) -> None:
+    """data.val_labels is read before RUN_DIR exists (a wrong one left a folder the corrected retry was refused
+    into), and `~` in it means the home folder, as in --data."""
+    data = write_classes(tmp_path / "data", per_class=1)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    result = runner.invoke(app, ["pretrain", "recipes/dino_sentinel2.yaml", "--data", str(data), "--out",
+                                 str(tmp_path / "run"), *sets("data.val_labels=~/classes", "data.knn_every=5",
+                                                               "train.max_steps=2", "data.sensor=null")])
+    assert result.exit_code == 2 and "classes" in result.output, result.output
+    assert not (tmp_path / "run").exists()
+    write_classes(tmp_path / "home" / "classes", per_class=2)
+    result = runner.invoke(app, ["pretrain", "recipes/dino_sentinel2.yaml", "--data", str(data), "--out",
+                                 str(tmp_path / "run"), *sets("data.val_labels=~/classes", "data.knn_every=1",
+                                                               "train.max_steps=2", "data.sensor=null")])
+    assert result.exit_code == 0, result.output
+    assert "k-NN monitor:" in result.output and "home/classes" in result.output

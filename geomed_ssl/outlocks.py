@@ -1,0 +1,152 @@
+"""One writer per output folder: a command that owns its folder (pretrain, finetune, compare, embed, cluster, export,
+demo) holds ``.geomed-ssl.lock`` there for as long as it runs, so a second process that would resume, replace or add
+to the same folder is refused instead of interleaving with it (two embeds finalising each other's parts, an
+``--overwrite`` deleting a live run's checkpoints). Commands several jobs may share a folder with (predict, evaluate,
+similar) take the lock only around the read-merge-write of a file they share (``predictions.csv``).
+
+The lock is an advisory ``flock`` on that file: the kernel releases it when its process ends, however it ends, so a
+killed run never leaves a stale lock (only, at most, an unlocked file that the next command takes). The file holds
+who took it (command, process id, machine tag, time) for the refusal message and is deleted when the command lets
+go of it; a process that waited on a file deleted meanwhile locks the new one instead. Where ``flock`` is missing
+(Windows) or the filesystem refuses it (some network mounts), folders are not guarded and commands run as before.
+A lock taken inside a call from Python is let go when that call returns (:func:`released_after`)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+from typing import Iterator
+
+from geomed_ssl.errors import OutputError
+from geomed_ssl.outfiles import host_tag
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, folders unguarded
+    fcntl = None  # type: ignore[assignment]
+
+LOCK = ".geomed-ssl.lock"
+PathLike = str | os.PathLike
+_HELD: dict[str, int] = {}  # real path of a folder -> the open lock file this process holds there
+
+
+def _flock(fd: int, blocking: bool) -> bool:
+    """Lock ``fd`` exclusively; False when another process holds it (non-blocking); raises OSError when locks are
+    not available here."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, as its file says."""
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (OSError, ValueError):
+        info = {}
+    if not isinstance(info, dict) or "pid" not in info:
+        return "another geomed-ssl process"
+    where = "on this machine" if info.get("host") == host_tag() else "on another machine or container"
+    since = str(info.get("since", ""))[11:19]
+    return (f"`geomed-ssl {info.get('command', '?')}` (process {info['pid']} {where}"
+            + (f", since {since} UTC" if since else "") + ")")
+
+
+def _acquire(folder: str, blocking: bool) -> int | None:
+    """The open, locked lock file of ``folder``; None when another process holds it (non-blocking). A lock file its
+    last holder deleted while this one waited for it is left for the new one. OSError: no locks here."""
+    path = os.path.join(folder, LOCK)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            if not _flock(fd, blocking):
+                os.close(fd)
+                return None
+            now = os.stat(path)
+        except FileNotFoundError:
+            os.close(fd)
+            continue
+        except BaseException:
+            os.close(fd)
+            raise
+        here = os.fstat(fd)
+        if (here.st_dev, here.st_ino) == (now.st_dev, now.st_ino):
+            return fd
+        os.close(fd)
+
+
+def _release(folder: str, fd: int) -> None:
+    """Delete the lock file, then let go of it (a process waiting on it finds it deleted and takes a new one)."""
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join(folder, LOCK))
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_UN)  # forked workers share the open file: unlock it for all of them
+    os.close(fd)
+
+
+def lock_folder(folder: PathLike, command: str) -> None:
+    """Hold ``folder``'s lock for ``command`` until this process ends or :func:`released_after` lets it go; nothing
+    when this process holds it already. An ``OutputError`` naming the holder when another process does."""
+    key = os.path.realpath(folder)
+    if key in _HELD or fcntl is None:
+        return
+    try:
+        fd = _acquire(key, blocking=False)
+    except OSError:  # a filesystem without locks: unguarded, as before
+        return
+    if fd is None:
+        try:
+            with open(os.path.join(key, LOCK), "rb") as f:
+                holder = _holder(f.fileno())
+        except OSError:
+            holder = "another geomed-ssl process"
+        raise OutputError(f"output folder '{folder}' is in use by {holder}; wait for it to finish, or choose another "
+                          "--out.")
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    text = json.dumps({"command": command, "pid": os.getpid(), "host": host_tag(), "since": now}).encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, text, 0)
+    _HELD[key] = fd
+
+
+def unlock_folder(folder: PathLike) -> None:
+    """Let go of ``folder``'s lock if this process holds it."""
+    key = os.path.realpath(folder)
+    fd = _HELD.pop(key, None)
+    if fd is not None:
+        _release(key, fd)
+
+
+@contextlib.contextmanager
+def released_after() -> Iterator[None]:
+    """Inside, the folder locks taken are let go when the block ends (a command called from Python: the folder is
+    free for another process once the call returns); locks held before it stay held."""
+    before = set(_HELD)
+    try:
+        yield
+    finally:
+        for key in [k for k in _HELD if k not in before]:
+            unlock_folder(key)
+
+
+@contextlib.contextmanager
+def locked_briefly(folder: PathLike) -> Iterator[None]:
+    """Inside, ``folder``'s lock is held, waiting for another process's brief hold to end (a shared file's
+    read-merge-write); nothing to wait for where this process holds it, or where locks are not available."""
+    key = os.path.realpath(folder)
+    if key in _HELD or fcntl is None:
+        yield
+        return
+    try:
+        fd = _acquire(key, blocking=True)
+    except OSError:  # a filesystem without locks: unguarded, as before
+        fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            _release(key, fd)

@@ -1,0 +1,90 @@
+"""One writer per output folder: a second process that would resume, replace or add to a folder another command is
+writing is refused, naming it; a killed holder leaves no stale lock; jobs that share a folder (predict) take turns
+at the file they share."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from geomed_ssl.errors import OutputError
+from geomed_ssl.outdirs import prepare_out_dir
+from geomed_ssl.outlocks import LOCK, locked_briefly, released_after
+
+HOLD = """
+import sys, time
+from geomed_ssl.outdirs import prepare_out_dir
+prepare_out_dir(sys.argv[1], command=sys.argv[2], resume=sys.argv[2] == "embed")
+print("held", flush=True)
+time.sleep(float(sys.argv[3]))
+"""
+
+
+def holder(folder: Path, command: str, seconds: float = 60) -> subprocess.Popen:
+    """A process that prepares ``folder`` for ``command`` (taking its lock) and keeps it ``seconds``."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), command, str(seconds)], stdout=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).resolve().parents[1])
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_folder_in_use_is_refused_for_resume_and_overwrite_and_free_once_its_holder_is_killed(tmp_path) -> None:
+    emb = tmp_path / "emb"
+    proc = holder(emb, "embed")
+    try:
+        (emb / "manifest.json").write_text("{}")  # what the live run wrote
+        with pytest.raises(OutputError, match=r"'.*emb' is in use by `geomed-ssl embed` \(process \d+ on this "
+                                              r"machine, since .* UTC\); wait for it to finish, or choose another"):
+            prepare_out_dir(emb, command="embed", resume=True)
+        with pytest.raises(OutputError, match="in use by `geomed-ssl embed`"):
+            prepare_out_dir(emb, command="embed", overwrite=True)
+        assert (emb / "manifest.json").read_text() == "{}"  # nothing of the live run deleted
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with released_after():
+        prepare_out_dir(emb, command="embed", resume=True)  # the kernel let go of the killed holder's lock
+    assert not (emb / LOCK).exists()  # and a command that returns deletes its lock file
+
+
+def test_two_new_runs_into_one_folder_the_second_stops_before_writing(tmp_path) -> None:
+    run = tmp_path / "run"
+    proc = holder(run, "pretrain")
+    try:
+        with pytest.raises(OutputError, match="in use by `geomed-ssl pretrain`"):
+            prepare_out_dir(run, command="pretrain")  # the folder holds only a manifest yet: it looked new
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_command_called_from_python_lets_its_folder_go_when_it_returns(tmp_path) -> None:
+    with released_after():
+        prepare_out_dir(tmp_path / "cmp", command="compare")
+        assert (tmp_path / "cmp" / LOCK).is_file()
+        prepare_out_dir(tmp_path / "cmp", command="compare", resume=True)  # this process holds it: no refusal
+    proc = holder(tmp_path / "cmp", "compare", seconds=0)  # another process takes it at once
+    proc.wait()
+
+
+def test_jobs_sharing_a_folder_are_not_refused_and_take_turns_at_its_shared_file(tmp_path) -> None:
+    out = tmp_path / "pred"
+    prepare_out_dir(out, command="predict")
+    proc = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom geomed_ssl.outdirs import prepare_out_dir\nfrom geomed_ssl.outlocks import "
+        "locked_briefly\nprepare_out_dir(sys.argv[1], command='predict', resume=True)\n"
+        "with locked_briefly(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(1.5)\n"), str(out)],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert proc.stdout.readline().strip() == "held"
+    start = time.monotonic()
+    with locked_briefly(out):  # waits for the other job's read-merge-write to end
+        waited = time.monotonic() - start
+    proc.wait()
+    assert waited > 0.5 and proc.returncode == 0
+    assert sorted(os.listdir(out)) == [".geomed-ssl.json"]

@@ -22,6 +22,21 @@ def name_hash(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:6]
 
 
+# a file name may hold 255 bytes; an output named after its input keeps room for a temporary prefix
+# (outfiles: ".partial-<pid>.<host>-") and the longest suffix added to it ("_pred_proba.nii.gz")
+MAX_STEM_BYTES = 180
+
+
+def fitted_stem(stem: str, identity: str) -> str:
+    """``stem`` (an output named after an input) as it is when short enough, else cut to ``MAX_STEM_BYTES`` (whole
+    characters) and followed by ``-`` and :func:`name_hash` of ``identity`` (its path), so a long input name never
+    makes an output name the filesystem refuses."""
+    raw = stem.encode()
+    if len(raw) <= MAX_STEM_BYTES:
+        return stem
+    return f"{raw[:MAX_STEM_BYTES - 7].decode(errors='ignore')}-{name_hash(identity)}"
+
+
 def distinct_names(items: Sequence[tuple[str, str]], taken: Sequence[str] = ()) -> list[str]:
     """Output names for ``(name, identity)`` pairs, in order: each name, followed by ``-`` and :func:`name_hash` of
     its identity (a path) where another pair's name or one of ``taken`` is the same name ignoring case (on a

@@ -20,7 +20,7 @@ import numpy as np
 from geomed_ssl.geo.gdal_read import check_written
 from geomed_ssl.data.tiling import grid_shape
 from geomed_ssl.errors import DataError
-from geomed_ssl.outcommands import distinct_names
+from geomed_ssl.outcommands import distinct_names, fitted_stem
 from geomed_ssl.outfiles import atomic_path, remove_stale_partials, save_figure
 
 PCA_FIT_ROWS = 50_000  # rows sampled to fit the PCA of embedding maps
@@ -91,7 +91,7 @@ def grid_stem(file_meta: dict[str, Any]) -> str:
         if rel.lower().endswith(ext):
             rel = rel[: -len(ext)]
             break
-    return rel.replace(os.sep, "__").replace("/", "__")
+    return fitted_stem(rel.replace(os.sep, "__").replace("/", "__"), file_meta.get("rel") or file_meta["path"])
 
 
 def grid_stems(files: Sequence[dict[str, Any]]) -> dict[str, str]:

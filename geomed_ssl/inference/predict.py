@@ -24,6 +24,7 @@ from geomed_ssl.inference.raster import RASTER_BLENDS, predict_raster
 from geomed_ssl.inference.sliding import ModelFn, as_model, channel_records
 from geomed_ssl.inference.volume import VOLUME_BLENDS, predict_volume
 from geomed_ssl.inference.writers import proba_path
+from geomed_ssl.outcommands import fitted_stem
 from geomed_ssl.outfiles import remove_stale_partials
 
 __all__ = ["ModelFn", "RASTER_BLENDS", "VOLUME_BLENDS", "blend_weights", "list_inputs", "plan_outputs", "predict_files",
@@ -128,7 +129,7 @@ def plan_outputs(inputs: str | Path | Sequence[str | Path], out_dir: str | Path,
     for p in list_inputs(inputs, data_cfg, expected):
         check_input_kind(p, expected, "this model")
         kind, stem = _kind_and_stem(p, data_cfg)
-        out = Path(out_dir) / f"{stem}_pred{'.tif' if kind == 'raster' else '.nii.gz'}"
+        out = Path(out_dir) / f"{fitted_stem(stem, str(p))}_pred{'.tif' if kind == 'raster' else '.nii.gz'}"
         other = next((k for k, v in planned.items() if v.name.lower() == out.name.lower()), None)
         if other is not None:
             same = ("" if planned[other].name == out.name

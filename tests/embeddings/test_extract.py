@@ -504,3 +504,16 @@ def test_embed_says_when_the_encoders_recipe_names_undescribed_bands(tmp_path, c
     three = scenes(tmp_path / "three", [40], bands=3)
     with pytest.raises(DataError, match=r"lists 4.*the encoder's recipe's: --set data.band_names"):
         embed_folder(enc, three, tmp_path / "e2", level="image", progress=False)
+
+
+def test_map_names_of_deep_long_paths_stay_within_the_file_name_limit() -> None:
+    """A map is named after the file's path under the data folder ('/' -> '__'): five 45-character folder names
+    made a name whose temporary form passed 255 bytes. Long names are cut and told apart by their path's hash."""
+    from geomed_ssl.embeddings.maps import grid_stems
+    from geomed_ssl.outcommands import MAX_STEM_BYTES
+
+    deep = "/".join(["S2A_MSIL2A_20200101T101031_N0213_R022_T32TQM_" + str(i) for i in range(5)])
+    files = [{"path": f"/d/{deep}/{name}.tif", "rel": f"{deep}/{name}.tif"} for name in ("a", "b")]
+    names = list(grid_stems(files).values())
+    assert len(set(names)) == 2 and all(len(n.encode()) <= MAX_STEM_BYTES for n in names)
+    assert grid_stems([{"path": "/d/x/y.tif", "rel": "x/y.tif"}]) == {"/d/x/y.tif": "x__y"}  # short: as before

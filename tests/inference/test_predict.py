@@ -726,3 +726,18 @@ def test_a_scene_whose_same_named_bands_lie_at_other_wavelengths_is_refused(tmp_
     stats.wavelengths = [0.9, 1.6, 2.2]  # its own sensor: read
     predict_raster(lambda x: torch.zeros(x.shape[0], 2, *x.shape[2:]), path, tmp_path / "p.tif", stats,
                    window=(16, 16), num_classes=2)
+
+
+def test_an_input_with_a_very_long_name_gets_an_output_name_the_filesystem_takes(tmp_path):
+    """A 244-character input name (legal) made a 249-character output name whose temporary name (.partial-...)
+    passed 255 bytes: the stem is cut and made unique with a hash of the input's path."""
+    from geomed_ssl.inference.predict import plan_outputs
+
+    long = tmp_path / ("S2A_MSIL2A_" + "x" * 229 + ".tif")
+    write_geotiff(long, structured_raster(np.random.default_rng(0), 3, 16))
+    (out,) = plan_outputs([long], tmp_path / "out", window=16).values()
+    assert len(out.name.encode()) <= 200 and out.name.startswith("S2A_MSIL2A_xxx") and out.name.endswith("_pred.tif")
+    stats = BandStats([f"band_{i}" for i in (1, 2, 3)], [0.0] * 3, [1.0] * 3, [0.0] * 3, [1.0] * 3, [1] * 3)
+    (summary,) = predict_files(lambda x: torch.zeros(x.shape[0], 2, *x.shape[2:]), [long], tmp_path / "out", stats,
+                               num_classes=2, window=16, probabilities=True)
+    assert Path(summary["output"]) == out and out.is_file()

@@ -13,7 +13,8 @@ import dataclasses
 import logging
 from typing import Any, Sequence
 
-from geomed_ssl.bands.names import band_order, check_band_wavelengths, describe_order, positional_names_message
+from geomed_ssl.bands.names import (band_order, brief, check_band_wavelengths, describe_order,
+                                   positional_names_message)
 from geomed_ssl.errors import DataError
 from geomed_ssl.geo.gdal_read import alpha_bands
 
@@ -83,7 +84,7 @@ def note_band_order(path: str, names: list[str], found: list[str]) -> None:
     note = describe_order(list(names), list(found)) if key not in _noted else ""
     if note:
         _noted.add(key)
-        log.info("note: bands of '%s' (%s): %s%s", path, " ".join(found), note,
+        log.info("note: bands of '%s' (%s): %s%s", path, brief(found), note,
                  "; the same for any other file with these bands")
 
 
@@ -95,7 +96,7 @@ def conform_catalog(catalog: Any, names: list[str], wavelengths: Sequence[float 
         note = describe_order(list(names), list(found))
         if note:
             n = sum(tuple(r.band_names) == found for r in catalog.records)
-            log.info("note: bands of %d file(s) (%s): %s", n, " ".join(found), note)
+            log.info("note: bands of %d file(s) (%s): %s", n, brief(found), note)
     first = records[0] if records else None
     return dataclasses.replace(catalog, records=records, band_names=list(names),
                                wavelengths=first.wavelengths if first else catalog.wavelengths,

@@ -21,6 +21,7 @@ over the units, per position): a factorised spectral embedding whose transformer
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -319,8 +320,9 @@ def match_bands(enc_names: Sequence[str], enc_wavelengths: Sequence[float | None
 
 
 def describe_matches(matches: Sequence[BandMatch], enc_names: Sequence[str],
-                     enc_wavelengths: Sequence[float | None] | None = None) -> str:
-    """One readable line per data band: ``B04 (0.665 µm) <- B04 (0.665 µm) [name]``."""
+                     enc_wavelengths: Sequence[float | None] | None = None, keep: int = 12) -> str:
+    """One readable line per data band: ``B04 (0.665 µm) <- B04 (0.665 µm) [name]``; of more than ``keep`` bands
+    (a hyperspectral cube's hundreds), the first and last ``keep / 2`` and how the others were matched."""
     lines = []
     enc_wl = list(enc_wavelengths) if enc_wavelengths is not None else [None] * len(enc_names)
     for m in matches:
@@ -328,6 +330,12 @@ def describe_matches(matches: Sequence[BandMatch], enc_names: Sequence[str],
         at = f" ({enc_wl[m.index]:g} µm)" if m.index is not None and enc_wl[m.index] is not None else ""
         src = f"{enc_names[m.index]}{at} [{m.how}]" if m.index is not None else "no encoder band"
         lines.append(f"  {m.name}{wl} <- {src}")
+    if len(lines) > keep:
+        hidden = matches[keep // 2:-(keep // 2)]
+        how = Counter(m.how if m.index is not None else "no encoder band" for m in hidden)
+        summary = ", ".join(f"{n} by {h}" if h != "no encoder band" else f"{n} with no encoder band"
+                            for h, n in how.items())
+        lines = [*lines[:keep // 2], f"  ... {len(hidden)} more ({summary})", *lines[-(keep // 2):]]
     return "\n".join(lines)
 
 

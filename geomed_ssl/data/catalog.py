@@ -20,6 +20,7 @@ import numpy as np
 
 from geomed_ssl.config import DataConfig, as_tuple, spatial_dims
 from geomed_ssl.bands.conform import conform_record, report_positional_names
+from geomed_ssl.bands.names import WAVELENGTH_TOLERANCE_UM, brief, check_band_wavelengths
 from geomed_ssl.data.probe import RASTER_PREVIEW, VOLUME_PREVIEW, FileProbe, ProbeError, probe_file  # noqa: F401
 from geomed_ssl.geo.grids import grid_diffs
 from geomed_ssl.data.listing import (EXTENSIONS, LABEL_GLOBS, glob_match, has_ext, list_files,  # noqa: F401
@@ -211,12 +212,38 @@ def _majority(records: list[FileRecord], problems: list[Problem]) -> list[FileRe
             fix = ("fix its band descriptions (a file's own names win over data.band_names) or leave it out "
                    "(data.exclude)" if r.band_source == "file"
                    else "fix data.band_names or the file, or leave it out (data.exclude)")
-            problems.append(Problem(r.path, f"holds other band names ({' '.join(r.band_names)}) than most files "
-                                            f"({' '.join(top)}); {fix}"))
+            problems.append(Problem(r.path, f"holds other band names ({brief(r.band_names)}) than most files "
+                                            f"({brief(top)}); {fix}"))
     if reordered:
         log.info("note: %d file(s) store the same bands as the others in another order ('%s'%s); they are read by "
                  "name in the others' order (%s)", len(reordered), reordered[0], ", ..." if len(reordered) > 1 else "",
-                 " ".join(top))
+                 brief(top))
+    return _one_sensor(out, list(top), problems)
+
+
+def _one_sensor(records: list[FileRecord], names: list[str], problems: list[Problem]) -> list[FileRecord]:
+    """The records whose bands lie where most files' bands of those names lie (centres within 15 nm, where both are
+    known); the others hold another sensor's bands under the same names (GDAL's "Band 1" ... of two cubes) and are
+    problems, never learnt as one sensor."""
+    known = [r for r in records if r.wavelengths and all(w is not None for w in r.wavelengths)]
+    if len(known) < 2:
+        return records
+    common = Counter(tuple(round(float(w), 2) for w in r.wavelengths) for r in known)  # type: ignore[union-attr]
+    reference = next(r.wavelengths for r in known
+                     if tuple(round(float(w), 2) for w in r.wavelengths) == common.most_common(1)[0][0])
+    out = []
+    for r in records:
+        try:
+            check_band_wavelengths(names, reference, r.wavelengths, None, r.path)
+        except DataError:
+            far = next(i for i, (a, b) in enumerate(zip(reference, r.wavelengths))
+                       if a is not None and b is not None and abs(a - b) > WAVELENGTH_TOLERANCE_UM)
+            problems.append(Problem(r.path, f"names its bands as most files do but holds others: {names[far]} at "
+                                            f"{r.wavelengths[far]:.4g} µm, not {reference[far]:.4g} µm (another "
+                                            "sensor's bands under the same names); leave it out (data.exclude) or "
+                                            "pretrain on each sensor's files apart"))
+            continue
+        out.append(r)
     return out
 
 

@@ -69,6 +69,22 @@ def test_a_band_at_nodata_in_a_pixel_other_bands_cover_is_no_value_of_that_band(
     assert x[2, 30, 10] == 0.0 and x[0, 30, 10] != 0.0  # the gap is fed as the band's mean
 
 
+def test_a_folder_mixing_two_sensors_under_the_same_band_names_keeps_the_majoritys(tmp_path, make_tif, grad):
+    """GDAL names every converted ENVI cube's bands "Band 1" ...: an EnMAP-like cube beside two AVIRIS-like ones
+    passed the catalog as one sensor. Files whose same-named bands lie elsewhere are problems, naming a band."""
+    def cube(name: str, centres: tuple[float, ...]) -> None:
+        make_tif(tmp_path / name, grad(3, 32, 32), descriptions=[f"Band {i + 1} ({c} Micrometers)"
+                                                                  for i, c in enumerate(centres)])
+
+    cube("a1.tif", (0.40, 0.50, 0.60))
+    cube("a2.tif", (0.405, 0.5, 0.6))  # the same sensor, measured centres a few nm off
+    cube("enmap.tif", (0.42, 0.9, 1.6))
+    catalog = scan(tmp_path, DataConfig(patch_size=16))
+    assert sorted(os.path.basename(r.path) for r in catalog.records) == ["a1.tif", "a2.tif"]
+    (problem,) = catalog.problems
+    assert problem.path.endswith("enmap.tif") and "Band 1 at 0.42 µm, not 0.4 µm (another sensor's" in problem.reason
+
+
 def test_gdal_wavelength_suffixes_of_converted_envi_names_are_split_off():
     assert split_wavelength_suffix("B01 (0.443 Micrometers)") == ("B01", 0.443)
     assert split_wavelength_suffix("Band 12 (2190.0 Nanometers)") == ("Band 12", 2.19)

@@ -26,6 +26,7 @@ import json
 import logging
 import shutil
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -231,6 +232,11 @@ class EmbeddingStore:
         rank = {p: i for i, p in enumerate(order)}
         parts = sorted(self.committed(), key=lambda pf: min([rank.get(f["path"], len(rank)) for f in pf[1]] or [0]))
         files = [f for _, fs in parts for f in fs]
+        twice = [p for p, n in Counter(f["path"] for f in files).items() if n > 1]
+        if twice:  # two runs wrote this folder at once (where the filesystem has no locks): never a table of both
+            raise GeomedError(f"'{twice[0]}' (and {len(twice) - 1} more file(s)) is embedded in two parts of "
+                              f"'{self.parts_dir}', as two embed runs writing this folder at once leave it; run the "
+                              "command again with --overwrite to embed every file once.")
         total = sum(int(f["rows"]) for f in files)
         if total == 0:
             raise DataError("no embeddings were produced: every window of every file was nodata; check data.nodata "

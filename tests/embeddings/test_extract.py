@@ -517,3 +517,21 @@ def test_map_names_of_deep_long_paths_stay_within_the_file_name_limit() -> None:
     names = list(grid_stems(files).values())
     assert len(set(names)) == 2 and all(len(n.encode()) <= MAX_STEM_BYTES for n in names)
     assert grid_stems([{"path": "/d/x/y.tif", "rel": "x/y.tif"}]) == {"/d/x/y.tif": "x__y"}  # short: as before
+
+
+def test_a_file_embedded_in_two_parts_is_never_finalised_into_one_table(tmp_path: Path) -> None:
+    """Two embed runs writing one folder at once (where the filesystem has no locks) each commit a part holding the
+    same file: the table would hold its rows twice and look complete. Finalising refuses, naming the way out."""
+    from geomed_ssl.embeddings.store import EmbeddingStore
+    from geomed_ssl.errors import GeomedError
+
+    store = EmbeddingStore(tmp_path / "emb")
+    store.dir.mkdir(parents=True)
+    store.start({"level": "image"}, None)
+    for _ in range(2):
+        part = store.parts_dir / f".partial-1-{_}"
+        part.mkdir()
+        (part / "files.json").write_text('[{"path": "/d/a.tif", "rows": 1, "kind": "raster"}]')
+        store._publish(part, [])
+    with pytest.raises(GeomedError, match=r"'/d/a.tif' \(and 0 more file\(s\)\) is embedded in two parts.*--overwrite"):
+        store.finalize(["/d/a.tif"], {})

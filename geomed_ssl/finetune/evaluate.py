@@ -91,8 +91,10 @@ def evaluate_segmentation(model: torch.nn.Module, meta: dict[str, Any], records:
                           recipe_data: Any = None, native: bool = False) -> dict[str, Any]:
     """Metrics on the training and test positions (``selection``'s, on the grid its labels were read on: the
     training grid, or the volumes' own voxels with ``native``); writes ``metrics.json`` and ``confusion.png``."""
-    # a stacked-channel record (data.channels) is predicted from its folder, as `geomed-ssl predict` takes it
-    paths = [str(Path(r.path).parent) if len(r.paths) > 1 else r.path for r in records]
+    # a stacked-channel record (data.channels, one glob or several) is predicted from its folder, as `geomed-ssl
+    # predict` takes it: a file alone would be read without the channel names
+    stacked = bool(data_config(meta, recipe_data).channels)
+    paths = [str(Path(r.path).parent) if stacked or len(r.paths) > 1 else r.path for r in records]
     predictions = predict_to_arrays(model, meta, paths, recipe_data=recipe_data, native=native,
                                     only=scored_pixels(selection) if data_config(meta, recipe_data).kind == "raster"
                                     else None)

@@ -6,7 +6,8 @@ data band the encoder knows by name or centre wavelength, in the order of the en
 dropped with a note).
 ``check_value_ranges`` warns when the data's values are far from the statistics the model normalises with.
 ``encoder_naming`` is how an export's recipe named the bands of files without descriptions (``data.band_names`` /
-``data.wavelengths``), which a recipe that names none takes (``finetune.fit.with_encoder_naming``).
+``data.wavelengths``) and stacked single-channel files (``data.channels``), which a recipe that sets none of them
+takes (``finetune.fit.with_encoder_naming``).
 """
 
 from __future__ import annotations
@@ -22,18 +23,22 @@ from geomed_ssl.models.spectral import match_bands
 
 log = logging.getLogger("geomed_ssl")
 
-NAMING_KEYS = ("band_names", "wavelengths")  # how files without band metadata are named
+NAMING_KEYS = ("band_names", "wavelengths", "channels")  # how files are named and stacked into a model's bands
 
 
 def encoder_naming(meta: dict[str, Any]) -> dict[str, list[Any]]:
-    """The band naming an export's recipe set (``data.band_names`` / ``data.wavelengths``; a pretrained encoder's
-    ``recipe.data``, a fine-tuned model's ``data``): only the keys it set."""
+    """The band naming an export's recipe set (``data.band_names`` / ``data.wavelengths``, and ``data.channels``,
+    which stacks single-channel files into its bands; a pretrained encoder's ``recipe.data``, a fine-tuned model's
+    ``data``): only the keys it set."""
     data = (meta.get("recipe") or {}).get("data") or meta.get("data") or {}
     return {k: list(data[k]) for k in NAMING_KEYS if isinstance(data, dict) and data.get(k)}
 
 
 def note_encoder_naming(records: Sequence[Any], taken: dict[str, list[Any]]) -> None:
     """Say which files were named by the encoder's recipe (``taken``, from :func:`with_encoder_naming`)."""
+    if "channels" in taken:
+        log.info("note: data.channels is the encoder's recipe's (%s): each folder's files matching them are stacked "
+                 "as in pretraining; --set data.channels=null reads every file alone", taken["channels"])
     if "wavelengths" in taken:
         log.info("note: bands without wavelength metadata get the encoder's recipe's data.wavelengths (%d values); "
                  "files that carry their own keep them", len(taken["wavelengths"]))

@@ -109,16 +109,30 @@ def save_attention_png(
     return save_figure(fig, out_path, dpi=100)
 
 
-def _data_config(meta: dict, spatial_dims: int, patch: Sequence[int]) -> DataConfig:
-    """The pretraining run's ``data`` settings (band names, nodata, spacing, intensity) for reading one file."""
+def _saved_data(meta: dict) -> dict:
+    """The pretraining run's ``data`` section, as its export recorded it."""
+    return dict((meta.get("recipe") or {}).get("data") or {})
+
+
+def _data_config(meta: dict, spatial_dims: int, patch: Sequence[int], stacked: bool = False) -> DataConfig:
+    """The pretraining run's ``data`` settings (band names, nodata, spacing, intensity) for reading one file, or
+    with ``stacked`` one folder of its ``data.channels`` files."""
     import dataclasses
 
-    saved = dict((meta.get("recipe") or {}).get("data") or {})
+    saved = _saved_data(meta)
     known = {f.name for f in dataclasses.fields(DataConfig)}
     values = {k: v for k, v in saved.items() if k in known}
-    values.update(kind="raster" if spatial_dims == 2 else "volume", include=["**/*"], exclude=[], channels=None,
-                  patch_size=list(patch), val_labels=None, knn_every=0)
+    values.update(kind="raster" if spatial_dims == 2 else "volume", include=["**/*"], exclude=[],
+                  channels=saved.get("channels") if stacked else None, patch_size=list(patch), val_labels=None,
+                  knn_every=0)
     return DataConfig(**values)
+
+
+def _stacks_channels(encoder_path: str | Path) -> bool:
+    """Whether the encoder was pretrained on stacked ``data.channels`` files (one sample is a folder)."""
+    from geomed_ssl.checkpoint import read_encoder_config
+
+    return bool(_saved_data(read_encoder_config(encoder_path)[1]).get("channels"))
 
 
 def _start(size: int, want: int, offset: int | None, axis: str, path: Path) -> tuple[int, int]:
@@ -154,9 +168,10 @@ def attention_for_file(
     image_path = Path(image_path)
     rule = {"inputs": {"image": image_path, "encoder": encoder_path}}
     check_out_file(out_path, **rule)  # written (and its folder made) once the window is read
-    if not image_path.is_file():
+    if not image_path.is_file() and not (image_path.is_dir() and _stacks_channels(encoder_path)):
         what = "is a folder" if image_path.is_dir() else "not found"
-        raise DataError(f"image '{image_path}' {what}; pass one GeoTIFF (.tif) or NIfTI (.nii, .nii.gz) file.")
+        raise DataError(f"image '{image_path}' {what}; pass one GeoTIFF (.tif) or NIfTI (.nii, .nii.gz) file (or, "
+                        "for an encoder pretrained on data.channels, one folder of those files).")
     cfg, encoder, record, data_cfg = _encoder_for_image(encoder_path, image_path, window, strict)
     stats = BandStats.from_dict(encoder.config.stats, source=f"encoder {encoder_path}")
     image = _read_window(cfg, record, data_cfg, stats, image_path, window)
@@ -179,14 +194,19 @@ def _encoder_for_image(encoder_path: str | Path, image_path: Path, window: Seque
         raise GeomedError(f"encoder '{encoder_path}' carries no normalisation statistics; re-export it with "
                           "`geomed-ssl pretrain`.")
     nd, patch = cfg.spatial_dims, tuple(cfg.patch_size)
-    check_input_kind(image_path, "raster" if nd == 2 else "volume", f"encoder '{encoder_path}'")
+    stacked = image_path.is_dir()  # one sample of data.channels files (checked by the caller)
+    if not stacked:
+        check_input_kind(image_path, "raster" if nd == 2 else "volume", f"encoder '{encoder_path}'")
     if window is not None and (nd != 2 or len(window) != 2):
         raise DataError("--window ROW,COL applies to rasters (2D encoders); volumes use their centre patch.")
-    data_cfg = _data_config(meta, nd, patch)
+    data_cfg = _data_config(meta, nd, patch, stacked)
     try:
         catalog = scan(image_path, data_cfg, strict=True, names_by_position="error" if strict else "warn")
     except DataError as err:
         raise DataError(f"reading the image with the encoder's pretraining data settings: {err}") from None
+    if len(catalog.records) != 1:
+        raise DataError(f"'{image_path}' holds {len(catalog.records)} samples of the encoder's data.channels "
+                        f"{data_cfg.channels}; pass the folder of one.")
     catalog = catalog_for_encoder(cfg, catalog)
     encoder = load_encoder(encoder_path, bands=catalog.band_names, wavelengths=catalog.wavelengths,
                            bandwidths=catalog.bandwidths)

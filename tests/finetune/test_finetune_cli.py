@@ -552,3 +552,47 @@ def test_a_fine_tune_names_undescribed_bands_as_the_encoders_pretraining_did(ras
     assert result.exit_code == 0, result.output
     assert "named by the encoder's recipe" not in result.output
     assert json.loads((own / "model" / "config.json").read_text())["data"]["band_names"] == ["B02", "B03", "B04", "B08"]
+
+
+def test_an_encoder_pretrained_on_stacked_channel_files_is_fine_tuned_evaluated_and_drawn_per_folder(
+        tmp_path: Path) -> None:
+    """data.channels (one file per band or sequence, a folder per sample): the fine-tune takes the encoder's
+    channels when its recipe sets none (it read each file alone and refused them with advice about band names),
+    a single glob evaluates from each folder (a bare file lost the channel's name), and `attention` takes a sample's
+    folder."""
+    from geomed_ssl.train.pretrain import pretrain
+
+    rng = np.random.default_rng(5)
+    rows = ["image,label"]
+    for i in range(2):
+        scene = tmp_path / "scenes" / f"scene_{i}"
+        scene.mkdir(parents=True)
+        img = structured_raster(rng, 2, 48)
+        for b, name in enumerate(("red", "nir")):
+            write_geotiff(scene / f"{name}.tif", img[b:b + 1])
+        write_geotiff(tmp_path / f"gt_{i}.tif", ((img[0] > np.median(img[0])).astype(np.uint8) + 1)[None])
+        rows.append(f"scenes/scene_{i}/red.tif,gt_{i}.tif")
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    pre = tmp_path / "pre"
+    pretrain("recipes/mae_sentinel2.yaml", tmp_path / "scenes", pre, progress=False,
+             overrides=[*TINY, "data.sensor=null", "data.channels=[*red*,*nir*]", "data.patch_size=16",
+                        "train.max_steps=2"])
+    ft = tmp_path / "ft"
+    result = runner.invoke(app, ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", str(pre),
+                                 "--images", str(tmp_path / "scenes"), "--labels", str(tmp_path / "pairs.csv"),
+                                 "--out", str(ft), "--labels-per-class", "5", "--head", "linear",
+                                 *sets("data.sensor=null")])
+    assert result.exit_code == 0, result.output
+    assert "data.channels is the encoder's recipe's" in result.output and (ft / "metrics.json").is_file()
+    attention = runner.invoke(app, ["attention", str(pre), str(tmp_path / "scenes" / "scene_0"), "--out",
+                                    str(tmp_path / "att.png")])
+    assert attention.exit_code == 0 and (tmp_path / "att.png").is_file(), attention.output
+    one = tmp_path / "one"  # a single glob: one channel of each folder
+    result = runner.invoke(app, ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", "none",
+                                 "--images", str(tmp_path / "scenes"), "--labels", str(tmp_path / "pairs.csv"),
+                                 "--out", str(one), "--labels-per-class", "5", "--head", "linear",
+                                 *sets("data.sensor=null", "data.channels=[*red*]")])
+    assert result.exit_code == 0 and (one / "metrics.json").is_file(), result.output
+    again = runner.invoke(app, ["evaluate", str(one), "--images", str(tmp_path / "scenes"), "--labels",
+                                str(tmp_path / "pairs.csv"), "--out", str(tmp_path / "ev")])
+    assert again.exit_code == 0, again.output

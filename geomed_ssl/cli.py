@@ -94,7 +94,7 @@ def inspect(
                    "give them to finetune / compare with --labels)")
     from geomed_ssl.data.survey import warn_survey
 
-    warn_survey(catalog)
+    warn_survey(catalog, cfg.data.spacing)
 
 
 def guess_kind(data_dir: Path) -> str:

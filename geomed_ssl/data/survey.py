@@ -1,7 +1,8 @@
 """What a catalog's files have in common, and the files that stand out: the grids of a raster archive (CRSs and pixel
-sizes, in ``inspect``'s summary, with a warning when the pixel sizes are mixed: UTM zones alone are not) and files whose values are far from the rest in
-some band (a fill value, another product level or scale factor), which would stretch the normalisation statistics of
-every file. Both work on what the scan already read (headers and each file's sampled value range)."""
+sizes, in ``inspect``'s summary, with a warning when the pixel sizes are mixed: UTM zones alone are not), files whose
+values are far from the rest in some band (a fill value, another product level or scale factor), which would stretch
+the normalisation statistics of every file, and volumes whose voxels are much longer along one axis. All work on what
+the scan already read (headers and each file's sampled value range)."""
 
 from __future__ import annotations
 
@@ -131,9 +132,53 @@ def value_outliers(records: Sequence[Any], band_names: Sequence[str]) -> list[tu
     return out
 
 
-def warn_survey(catalog: Any) -> None:
-    """Warnings about the archive as a whole: rasters of several CRSs or pixel sizes, and files whose values are
-    far from the rest (:func:`value_outliers`), each with what to check."""
+ANISOTROPY = 3.0  # voxels this many times longer along one axis: windows and tokens are that much longer in mm
+ROTATION_SQUARE = 1.1  # a quarter turn in a plane of voxels this unequal changes what the voxels look like
+
+
+def _mm(size: Sequence[float]) -> str:
+    return " x ".join(f"{v:.3g}" for v in size)
+
+
+def voxel_warnings(records: Sequence[Any], spacing: Sequence[float] | None = None,
+                   rotation_axis: int | None = None) -> list[str]:
+    """Warnings about the voxels the volumes are read at (``spacing``, ``data.spacing``; else each volume's own, in
+    RAS order): much longer along one axis (thick slices read at their own grid), and for rotation prediction
+    (``rotation_axis``) unequal in the plane it turns in, where a quarter turn shows itself by the voxels' shape."""
+    from geomed_ssl.data.records import reoriented_axes
+
+    volumes = [r for r in records if r.kind == "volume" and r.spacing]
+    if not volumes:
+        return []
+    sizes = Counter(tuple(round(float(v), 3) for v in (spacing or reoriented_axes(r, r.spacing))) for r in volumes)
+    typical = sizes.most_common(1)[0][0]
+    out = []
+    ratio = max(typical) / max(min(typical), 1e-9)
+    if spacing is None and ratio > ANISOTROPY:
+        out.append(f"warning: most volumes have voxels of {_mm(typical)} mm (R, A, S) and data.spacing is null: "
+                   f"windows and tokens are cut in voxels, so they are {ratio:.0f}x longer in mm along one axis and "
+                   "much of a window can lie outside a thin slab. Set data.spacing (e.g. [1, 1, 1], or the finest of "
+                   "these sizes) to read them at one voxel size.")
+
+    def square(axis: int) -> bool:
+        a, b = (typical[i] for i in range(3) if i != axis)
+        return max(a, b) / max(min(a, b), 1e-9) <= ROTATION_SQUARE
+
+    if rotation_axis is not None and len(typical) == 3 and not square(rotation_axis):
+        other = next((a for a in range(3) if square(a)), None)
+        out.append(f"warning: rotation turns windows about axis {rotation_axis} (of R, A, S), in a plane of voxels "
+                   f"of {_mm([typical[i] for i in range(3) if i != rotation_axis])} mm: a quarter turn changes how "
+                   "the voxels look, which the model can learn to tell instead of the content. Set data.spacing to "
+                   "equal voxel sides" + (f", or method.axis={other}, whose plane is square" if other is not None
+                                          else "") + ".")
+    return out
+
+
+def warn_survey(catalog: Any, spacing: Sequence[float] | None = None, rotation_axis: int | None = None) -> None:
+    """Warnings about the archive as a whole: rasters of several CRSs or pixel sizes, files whose values are far
+    from the rest (:func:`value_outliers`), volumes' voxels (:func:`voxel_warnings`), each with what to check."""
+    for line in voxel_warnings(catalog.records, spacing, rotation_axis):
+        log.warning(line)
     _, sizes = grid_counts(catalog.records)
     sizes = Counter({k: n for k, n in sizes.items() if not k.endswith(" px")})  # no ground size to compare
     if len(sizes) > 1:

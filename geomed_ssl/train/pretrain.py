@@ -234,7 +234,8 @@ def read_data(data_dir: str | Path, out: Path, recipe: Recipe, resume: bool, str
     recipe with the method fitted to the data (:func:`fit_method_to_data`)."""
     catalog = scan(data_dir, recipe.data, strict=strict, names_by_position="error" if strict else "warn")
     log.info(catalog.summary())
-    warn_survey(catalog)
+    warn_survey(catalog, recipe.data.spacing,
+                int(recipe.method.settings.get("axis", 0)) if recipe.method.name == "rotation" else None)
     recipe = fit_method_to_data(recipe, catalog, source, resume)
     stats_path = out / "stats.json"
     if resume and stats_path.is_file():

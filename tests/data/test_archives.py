@@ -235,3 +235,17 @@ def test_a_link_to_a_hidden_store_inside_the_data_is_followed(tmp_path, make_tif
     make_tif(data / ".store" / "c.tif", grad(2, 32, 32))
     (data / "hid").symlink_to(data / ".store", target_is_directory=True)
     assert names(scan(data, DataConfig(patch_size=32))) == ["hid/c.tif"]
+
+
+def test_thick_slices_read_at_their_own_grid_and_rotation_in_an_unequal_plane_are_warned_about(tmp_path, make_nii):
+    """0.5 x 0.5 x 5 mm volumes with data.spacing null: windows are 10x longer in mm along one axis (one warning);
+    rotation prediction about axis 0 turns in the A-S plane, 0.5 x 5 mm voxels, whose quarter turns show by the voxels'
+    shape (one warning naming the axis whose plane is square); at data.spacing [1, 1, 1] neither applies."""
+    from geomed_ssl.data.survey import voxel_warnings
+
+    make_nii(tmp_path / "a.nii.gz", np.ones((16, 16, 8), np.float32), np.diag([0.5, 0.5, 5.0, 1.0]))
+    records = scan(tmp_path, DataConfig(kind="volume", patch_size=4)).records
+    lines = voxel_warnings(records, None, rotation_axis=0)
+    assert len(lines) == 2 and "0.5 x 0.5 x 5 mm" in lines[0] and "10x longer" in lines[0]
+    assert "plane of voxels of 0.5 x 5 mm" in lines[1] and "method.axis=2" in lines[1]
+    assert voxel_warnings(records, [1.0, 1.0, 1.0], rotation_axis=0) == []

@@ -147,15 +147,15 @@ def split_wavelength_suffix(description: str) -> tuple[str, float | None]:
     """``"B01 (0.443 Micrometers)"`` -> ``("B01", 0.443)``: the name without GDAL's wavelength suffix and that
     wavelength in µm; ``"377.00 Nanometers"`` -> itself and 0.377 (a description without one comes back as it is,
     with None)."""
-    found = GDAL_WAVELENGTH.match(description.strip())
-    if not found or not found["name"]:
-        found = BARE_WAVELENGTH.match(description)
-        if not found:
-            return description.strip(), None
-        value = float(found["value"]) / (1000.0 if found["unit"].lower().startswith(("n",)) else 1.0)
-        return description.strip(), value if math.isfinite(value) and value > 0 else None
+    text = description.strip()
+    found = GDAL_WAVELENGTH.match(text)
+    name = found["name"] if found else ""
+    if not name:  # no name before the value: the value alone, or no wavelength at all
+        found, name = BARE_WAVELENGTH.match(text), text
+    if not found:
+        return text, None
     value = float(found["value"]) / (1000.0 if found["unit"].lower().startswith(("n",)) else 1.0)
-    return found["name"], value if math.isfinite(value) and value > 0 else None
+    return name, value if math.isfinite(value) and value > 0 else None
 
 
 def _tag_wavelength(tags: dict[str, Any] | None) -> float | None:

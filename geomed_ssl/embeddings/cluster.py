@@ -294,10 +294,29 @@ def labelled_files(path: Path, files: Sequence[dict[str, Any]], nd: int, native:
     depth = [len(os.path.commonpath([home, os.path.dirname(os.path.abspath(f["path"]))]).split(os.sep))
              for f in same]
     chosen = [f for f, d in zip(same, depth) if d == max(depth)]
+    if nd == 3 and len(chosen) > 1:  # subjects of one atlas space share a grid and often a folder
+        chosen = _named_after(path, chosen)
     names = ", ".join(os.path.basename(f["path"]) for f in chosen[:4]) + (" ..." if len(chosen) > 4 else "")
     extra = f" (of {len(same)} on its grid: the ones in the folder nearest it)" if len(chosen) < len(same) else ""
     log.info("label map %s labels %d embedded file(s)%s: %s", path.name, len(chosen), extra, names)
     return chosen
+
+
+def _named_after(path: Path, files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Of volumes sharing a label volume's grid and folder, those it is named after (``case0_seg`` labels ``case0``
+    and its sequences ``case0_t1``, ``case0_flair``), as ``finetune`` pairs them; all of them, with a warning, when
+    it is named after none (then nothing tells one subject from another)."""
+    from geomed_ssl.finetune.labels import _label_keys, _stem
+
+    keys = _label_keys(_stem(path))
+    named = [f for f in files if any(_stem(f["path"]).lower() == k or _stem(f["path"]).lower().startswith(k + s)
+                                     for k in keys for s in "_-.")]
+    if named:
+        return named
+    log.warning(f"warning: label volume '{path}' shares its grid and folder with {len(files)} embedded volumes and is "
+                "named after none of them, so it labels them all; if they are different subjects (one atlas space), "
+                "name it after its scan (case0.nii.gz -> case0_seg.nii.gz) or give a CSV of file,label.")
+    return files
 
 
 def silhouette(x: np.ndarray, clusters: np.ndarray, seed: int) -> float | None:

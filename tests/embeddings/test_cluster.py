@@ -272,3 +272,31 @@ def test_maps_are_recorded_by_absolute_path_whatever_the_working_folder(window_e
     monkeypatch.chdir(tmp_path)
     result = cluster_embeddings(emb, Path("cl"), "kmeans", k=3)
     assert result.summary["maps"] and all(Path(p).is_absolute() and Path(p).is_file() for p in result.summary["maps"])
+
+
+def test_a_label_volume_among_subjects_of_one_atlas_space_labels_the_subject_it_is_named_after(tmp_path: Path,
+                                                                                               caplog) -> None:
+    """An images folder of subjects registered to one atlas (one grid, one folder, as nnU-Net's imagesTr): a label
+    volume named after one of them labels that subject only (it labelled them all, and NMI was scored against
+    another subject's labels); one named after none labels them all, with a warning."""
+    import logging
+
+    import nibabel as nib
+
+    volumes(tmp_path / "vols", n=3)
+    enc = make_encoder(tmp_path / "vols", tmp_path / "enc3d", kind="volume")
+    emb = tmp_path / "emb3d"
+    embed_folder(enc, tmp_path / "vols", emb, level="patch", pca_dims=0, progress=False)
+    src = nib.load(tmp_path / "vols" / "subject_1.nii.gz")
+    lab = np.zeros(src.shape, np.uint8)
+    lab[:16], lab[16:] = 1, 2
+    for name in ("subject_1_seg.nii.gz", "atlas_labels.nii.gz"):
+        nib.save(nib.Nifti1Image(lab, src.affine), str(tmp_path / "vols" / name))
+    rows = read_columns(emb, ["file"])["file"]
+    s = cluster_embeddings(emb, tmp_path / "cl1", "kmeans", k=2,
+                           labels=tmp_path / "vols" / "subject_1_seg.nii.gz").summary
+    assert s["labelled_rows"] == sum(f.endswith("subject_1.nii.gz") for f in rows)
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        s = cluster_embeddings(emb, tmp_path / "cl2", "kmeans", k=2,
+                               labels=tmp_path / "vols" / "atlas_labels.nii.gz").summary
+    assert s["labelled_rows"] == len(rows) and "named after none of them" in caplog.text

@@ -41,7 +41,7 @@ from geomed_ssl.models.probe import check_class_weights, probe_layers, read_imag
 from geomed_ssl.outcommands import distinct_names
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_write_text, scratch_dir
-from geomed_ssl.process import keeps_process_state
+from geomed_ssl.process import keeps_process_state, stops_as
 
 log = logging.getLogger("geomed_ssl")
 
@@ -328,29 +328,29 @@ def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str,
             try:
                 result = finetune_scores(src, task, split, recipe, inputs, strict, keep_as)
             except RunStopped as stop:
-                kept = (f"the finished rows are in {results.path}" if results.rows else "no run had finished")
-                raise RunStopped(stop.signal, f"compare stopped by {stop.signal} in run {n}/{len(todo)} (the fine-tune "
-                                              f"of {job.source}, {split.budget.slug}, seed {split.seed}); {kept}: run "
-                                              "the same command again to go on from there.") from None
+                raise RunStopped(stop.signal, _stopped(stop.signal, n, len(todo), job, split, results)) from None
         else:
-            key = (job.source, split.seed if job.source == NONE else None)
-            if key not in feats:
-                feats.clear()  # one source's features in memory at a time (jobs are source-major)
-                if live is not None:
-                    live.encoder.cpu()
-                    live = None
-                if job.source == NONE and device is not None:
-                    src.encoder.to(device)
-                    live = src
-                if src is None and base_stats is None:
-                    base_stats = compute_stats(task.catalog, recipe.data, seed=recipe.labels.seed)
-                t0 = time.perf_counter()
-                feats[key] = features_for(job.source, src, task, recipe, base_stats, needed)
-                feats[key].features(split.test[:1])
-                what = f"{job.source} (initialisation of seed {split.seed})" if job.source == NONE else job.source
-                log.info("features of %s: %.1f s", what, time.perf_counter() - t0)
-                start = time.perf_counter()
-            result = frozen_scores(feats[key], task, split, job.protocol, recipe)
+            # a stop here is one line and 143 / 130 (inside a fine-tune, Lightning handles it: above)
+            with stops_as(lambda sig: _stopped(sig, n, len(todo), job, split, results)):
+                key = (job.source, split.seed if job.source == NONE else None)
+                if key not in feats:
+                    feats.clear()  # one source's features in memory at a time (jobs are source-major)
+                    if live is not None:
+                        live.encoder.cpu()
+                        live = None
+                    if job.source == NONE and device is not None:
+                        src.encoder.to(device)
+                        live = src
+                    if src is None and base_stats is None:
+                        base_stats = compute_stats(task.catalog, recipe.data, seed=recipe.labels.seed)
+                    t0 = time.perf_counter()
+                    feats[key] = features_for(job.source, src, task, recipe, base_stats, needed)
+                    feats[key].features(split.test[:1])
+                    what = (f"{job.source} (initialisation of seed {split.seed})" if job.source == NONE
+                            else job.source)
+                    log.info("features of %s: %.1f s", what, time.perf_counter() - t0)
+                    start = time.perf_counter()
+                result = frozen_scores(feats[key], task, split, job.protocol, recipe)
         seconds = time.perf_counter() - start
         results.add(make_row(job.source, split.budget.cells, split.seed, job.protocol, result, seconds))
         bar.update(1)
@@ -359,6 +359,18 @@ def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str,
                  split.budget.slug, split.seed, "  ".join(f"{k} {v:.3f}" for k, v in shown.items()), seconds)
     bar.close()
     return len(todo)
+
+
+def _preparing(signal_name: str) -> str:
+    return (f"compare stopped by {signal_name} while it prepared its runs; rows already in results.csv are kept: run "
+            "the same command again to go on.")
+
+
+def _stopped(signal_name: str, n: int, total: int, job: Job, split: Split, results: ResultsFile) -> str:
+    """The line of a compare stopped outside a fine-tune."""
+    kept = f"the finished rows are in {results.path}" if results.rows else "no run had finished"
+    return (f"compare stopped by {signal_name} in run {n}/{total} ({job.source} {job.protocol}, "
+            f"{split.budget.slug}, seed {split.seed}); {kept}: run the same command again to go on from there.")
 
 
 @keeps_process_state
@@ -374,41 +386,42 @@ def run_compare(options: CompareOptions, *, out: str | Path, images: str | Path 
     inputs = {"images folder": images, "labels": labels, "data folder": data, "recipe": recipe,
               "encoder": options.pretrained}
     check_out_dir(out, command="compare", inputs=inputs, overwrite=overwrite, resume=True)
-    recipe_obj, task = _load_task(options, recipe_path(options, recipe), overrides, images, labels, data, strict)
-    check_class_weights(recipe_obj.finetune.class_weights, len(task.class_names))
-    loaded = load_sources(options, recipe_obj, task)
-    warn_fixed_windows(overrides, loaded)
-    sources = {s.name: s for s in loaded}
-    splits = [make_split(task, recipe_obj, b, s, options.split) for b in options.budgets for s in options.seeds]
-    jobs = plan(options, task, splits)
-    check_memory(jobs, splits, task, sources, recipe_obj)
-    record = settings_record(task, options.split, "per_class" if options.budgets[0].per_class else "fraction")
-    for split in splits:
-        if split.test.size == 0:
-            raise ConfigError(f"budget {split.budget.slug} (seed {split.seed}) trains on every labelled {task.unit} "
-                              "and leaves none to test; give smaller budgets.")
-    weights = encoders_record(sources)
-    nones = none_sources(sources[NONE], options.seeds, recipe_obj.train.seed, out, reuse=not overwrite)
-    if not overwrite:
-        _check_resumed(out, recipe_obj, record)
-        weights = check_encoders_unchanged(out / "encoders.json", weights)
+    with stops_as(_preparing):  # a stop before the first run: one line and 143 / 130
+        recipe_obj, task = _load_task(options, recipe_path(options, recipe), overrides, images, labels, data, strict)
+        check_class_weights(recipe_obj.finetune.class_weights, len(task.class_names))
+        loaded = load_sources(options, recipe_obj, task)
+        warn_fixed_windows(overrides, loaded)
+        sources = {s.name: s for s in loaded}
+        splits = [make_split(task, recipe_obj, b, s, options.split) for b in options.budgets for s in options.seeds]
+        jobs = plan(options, task, splits)
+        check_memory(jobs, splits, task, sources, recipe_obj)
+        record = settings_record(task, options.split, "per_class" if options.budgets[0].per_class else "fraction")
         for split in splits:
-            check_saved_selection(task, out, split)
-    results = ResultsFile(out / "results.csv") if not overwrite else None
-    warn_notes(splits, task)
-    prepare_out_dir(out, command="compare", inputs=inputs, overwrite=overwrite, resume=True)
-    results = results or ResultsFile(out / "results.csv")
-    save_recipe(recipe_obj, out / "config.yaml")
-    atomic_write_text(out / "compare.json", record)
-    atomic_write_text(out / "encoders.json", json.dumps(weights, indent=1, sort_keys=True))
-    for split in splits:
-        save_split(task, out, split)
-    for seed, none in nones.items():
-        save_none(none, none_dir(out, seed), recipe_obj)
-    device = resolve_device("cpu" if recipe_obj.train.accelerator == "cpu" else "auto")
-    for name, s in sources.items():
-        if name != NONE:  # the template of the per-seed nones computes nothing
-            s.encoder.to(device)
+            if split.test.size == 0:
+                raise ConfigError(f"budget {split.budget.slug} (seed {split.seed}) trains on every labelled "
+                                  f"{task.unit} and leaves none to test; give smaller budgets.")
+        weights = encoders_record(sources)
+        nones = none_sources(sources[NONE], options.seeds, recipe_obj.train.seed, out, reuse=not overwrite)
+        if not overwrite:
+            _check_resumed(out, recipe_obj, record)
+            weights = check_encoders_unchanged(out / "encoders.json", weights)
+            for split in splits:
+                check_saved_selection(task, out, split)
+        results = ResultsFile(out / "results.csv") if not overwrite else None
+        warn_notes(splits, task)
+        prepare_out_dir(out, command="compare", inputs=inputs, overwrite=overwrite, resume=True)
+        results = results or ResultsFile(out / "results.csv")
+        save_recipe(recipe_obj, out / "config.yaml")
+        atomic_write_text(out / "compare.json", record)
+        atomic_write_text(out / "encoders.json", json.dumps(weights, indent=1, sort_keys=True))
+        for split in splits:
+            save_split(task, out, split)
+        for seed, none in nones.items():
+            save_none(none, none_dir(out, seed), recipe_obj)
+        device = resolve_device("cpu" if recipe_obj.train.accelerator == "cpu" else "auto")
+        for name, s in sources.items():
+            if name != NONE:  # the template of the per-seed nones computes nothing
+                s.encoder.to(device)
     run_inputs = {"images": images, "labels": labels, "data": data, "split": options.split}
     keep = out if keep_finetuned else None
     done = execute(jobs, splits, task, sources, nones, recipe_obj, results, run_inputs, strict, progress, keep,

@@ -181,7 +181,8 @@ def save_split(task: Task, folder: Path, split: Split) -> None:
 def held_out_lines(splits: list[Split], task: Task) -> list[str]:
     """``summary.md``'s list of the images each seed holds out (``images`` split; the same for every budget)."""
     paths = [str(r.path) for r in task.records]
-    if len({os.path.basename(p) for p in paths}) == 1 < len(paths):  # a folder per subject: name the folders
+    stacked = any(len(getattr(r, "paths", [])) > 1 for r in task.records)  # data.channels: a sample is a folder
+    if stacked or len({os.path.basename(p) for p in paths}) == 1 < len(paths):  # a folder per subject: name it
         paths = [os.path.dirname(p) for p in paths]
     common = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
     lines, seen = [], set()

@@ -381,10 +381,41 @@ def test_a_sigterm_during_a_fine_tune_stops_compare_with_143_and_a_line_saying_h
     args[args.index("0,1")] = "0"
     result = runner.invoke(app, args)
     assert result.exit_code == 143, result.output
-    assert "stopped: compare stopped by SIGTERM in run 4/4 (the fine-tune of none" in result.output
+    assert "stopped: compare stopped by SIGTERM in run 4/4 (none finetune" in result.output
     assert "run the same command again" in result.output
     assert len(read(out / "results.csv")) == 3 and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     assert result.output.count("problem file(s) skipped") == 1 and "broken.tif" in result.output
+
+
+def test_a_sigterm_outside_a_fine_tune_stops_compare_with_143_and_the_same_line(scene, tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    """Frozen probes and baselines run outside Lightning: a SIGTERM there ended compare silently (exit 143, no
+    line); it says where it stopped, and the rows before it are kept."""
+    import os
+    import signal
+    import time
+
+    from geomed_ssl.compare import run as compare_run
+
+    scores = compare_run.frozen_scores
+    calls = []
+
+    def preempted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises first
+        return scores(*args, **kwargs)
+
+    monkeypatch.setattr(compare_run, "frozen_scores", preempted)
+    out = tmp_path / "cmp"
+    args = compare_args(["none"], scene, out, "--baselines", "rf", "--recipe", "recipes/mae_sentinel2.yaml")
+    args[args.index("linear,knn")] = "linear"
+    result = runner.invoke(app, args)
+    assert result.exit_code == 143, result.output
+    assert "stopped: compare stopped by SIGTERM in run 2/" in result.output and "run the same command again" in \
+        result.output
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_a_compare_that_took_label_copies_apart_is_not_continued_with_them_as_one_ground(run_dir: Path,

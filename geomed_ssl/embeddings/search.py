@@ -175,7 +175,9 @@ def query_vector(emb: Embedder, record: FileRecord, box: list[int] | None) -> tu
         vecs.append(rows["vector"][inside])
     vecs = np.concatenate(vecs) if vecs else np.zeros((0, 1))
     if not len(vecs):
-        raise DataError(f"no valid patch cell of '{record.path}' lies in {region}; choose a box over valid pixels.")
+        raise DataError(f"no valid patch cell of '{record.path}' has its centre in {region} (cells of "
+                        f"{' x '.join(map(str, emb.patch))} px); choose a box that holds a cell's centre over valid "
+                        "pixels.")
     return vecs.mean(0), region
 
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import json
 import os
+import stat
 from typing import Iterator
 
 from geomed_ssl.errors import OutputError
@@ -56,12 +58,30 @@ def _holder(fd: int) -> str:
             + (f", since {since} UTC" if since else "") + ")")
 
 
+def _open_lock(path: str) -> int:
+    """The lock file, opened (made) without following a link: a link planted under its name would have the lock's
+    text written into the file it points to. Anything but a regular file there is an OutputError."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0), 0o666)
+    except OSError as err:
+        if os.path.islink(path) or err.errno in (errno.ELOOP, errno.ENXIO):
+            raise OutputError(f"'{path}' is a link or a special file, not geomed-ssl's lock file; remove it (and "
+                              "check who put it there), or choose another --out.") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OutputError(f"'{path}' is not a regular file, not geomed-ssl's lock file; remove it, or choose another "
+                          "--out.")
+    return fd
+
+
 def _acquire(folder: str, blocking: bool) -> int | None:
     """The open, locked lock file of ``folder``; None when another process holds it (non-blocking). A lock file its
     last holder deleted while this one waited for it is left for the new one. OSError: no locks here."""
     path = os.path.join(folder, LOCK)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = _open_lock(path)
         try:
             if not _flock(fd, blocking):
                 os.close(fd)
@@ -100,8 +120,11 @@ def lock_folder(folder: PathLike, command: str) -> None:
         return
     if fd is None:
         try:
-            with open(os.path.join(key, LOCK), "rb") as f:
-                holder = _holder(f.fileno())
+            fd = os.open(os.path.join(key, LOCK), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            try:
+                holder = _holder(fd)
+            finally:
+                os.close(fd)
         except OSError:
             holder = "another geomed-ssl process"
         raise OutputError(f"output folder '{folder}' is in use by {holder}; wait for it to finish, or choose another "

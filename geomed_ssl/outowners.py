@@ -75,6 +75,8 @@ def owner(folder: PathLike) -> Owner | None:
         named = matches(entry.name, spec.patterns) and (not matches(entry.name, spec.folders)
                                                         or (entry.is_dir() and not entry.is_symlink()))
         ours = entry.name in names or named or is_temp_name(entry.name) or _nested_here(spec, entry)
+        if entry.name == LOCK and entry.is_symlink():  # the toolkit's lock is a plain file: a link is planted
+            ours = False
         if ours and entry.is_symlink() and entry.is_dir():  # the toolkit makes no links, and writes into folders
             result.links.append(entry.name)
             ours = False

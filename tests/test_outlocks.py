@@ -88,3 +88,19 @@ def test_jobs_sharing_a_folder_are_not_refused_and_take_turns_at_its_shared_file
     proc.wait()
     assert waited > 0.5 and proc.returncode == 0
     assert sorted(os.listdir(out)) == [".geomed-ssl.json"]
+
+
+def test_a_link_planted_as_the_lock_file_is_refused_and_its_target_untouched(tmp_path) -> None:
+    """The lock file is opened without following links: a link under its name would have had the lock's text
+    written into the file it points to (any file the user may write)."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious data")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK).symlink_to(victim)
+    with pytest.raises(OutputError, match="is a link or a special file, not geomed-ssl's lock file"):
+        prepare_out_dir(out, command="pretrain")
+    assert victim.read_text() == "precious data"
+    with released_after():
+        prepare_out_dir(tmp_path / "fine", command="pretrain")  # a plain lock file, made and removed
+    assert not (tmp_path / "fine" / LOCK).exists()

@@ -230,3 +230,25 @@ def test_every_recipe_key_is_in_the_cli_reference() -> None:
     missing = [f"{name}.{info.key}" for name, cls in SECTIONS.items() if cls is not MethodConfig
                for info in describe_settings(cls) if f"`{name}.{info.key}`" not in doc and f"`{info.key}`" not in doc]
     assert not missing, f"docs/cli.md does not list {missing}"
+
+
+def test_a_recipe_whose_yaml_aliases_expand_past_a_limit_is_refused_at_once(tmp_path) -> None:
+    """A 'billion laughs' recipe (nine levels of ten aliases, under 500 bytes) hung inspect / predict / evaluate
+    (an FT_DIR's config.yaml is read by both) while its error message rendered 10^9 values; refused on loading.
+    Aliases that stay small are fine."""
+    import time
+
+    from geomed_ssl.config import load_recipe
+    from geomed_ssl.errors import ConfigError
+
+    levels = ["&a0 [" + ", ".join(["lol"] * 10) + "]"]
+    levels += [f"&a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("data:\n  band_names: [" + ", ".join(levels) + "]\n")
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match="more than 100,000 values once its YAML aliases"):
+        load_recipe(bomb)
+    assert time.monotonic() - start < 5
+    small = tmp_path / "small.yaml"
+    small.write_text("data:\n  exclude: &ex ['*mask*']\n  include: ['**/*']\nlabels:\n  ignore_value: 0\n")
+    assert load_recipe(small).data.exclude == ["*mask*"]

@@ -53,6 +53,35 @@ RecipeLoader.yaml_implicit_resolvers = {
     for first, pairs in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
 
+MAX_VALUES = 100_000  # values a recipe may hold once YAML aliases are expanded (a real one holds a few hundred)
+
+
+def expanded_size(value: Any, memo: dict[int, int] | None = None) -> int:
+    """How many values ``value`` holds with its shared parts (YAML aliases) counted at every place they appear,
+    computed once per shared part: a "billion laughs" recipe of 444 bytes is 10^9 values."""
+    memo = {} if memo is None else memo
+    if id(value) in memo:
+        return memo[id(value)]
+    memo[id(value)] = 1  # a cycle (a recursive alias) counts once
+    if isinstance(value, dict):
+        size = 1 + sum(expanded_size(k, memo) + expanded_size(v, memo) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        size = 1 + sum(expanded_size(v, memo) for v in value)
+    else:
+        size = 1
+    memo[id(value)] = size
+    return size
+
+
+def _check_expansion(raw: Any, source: str) -> Any:
+    """``raw``, or a ConfigError when its aliases expand it past ``MAX_VALUES`` (every later walk of the recipe,
+    validation and its messages included, would expand them)."""
+    if isinstance(raw, (dict, list)) and expanded_size(raw) > MAX_VALUES:
+        raise ConfigError(f"{source} holds more than {MAX_VALUES:,} values once its YAML aliases (*name) are "
+                          "expanded; write the recipe without nested aliases.")
+    return raw
+
+
 def _sections(raw: Any, source: str) -> dict[str, dict[str, Any]]:
     """A copy of ``raw`` after checking its shape: a mapping of known sections, each a mapping (or empty)."""
     raw = {} if raw is None else raw
@@ -99,7 +128,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     dotted, value = text.split("=", 1)
     section, key = dotted.split(".", 1)
     try:
-        parsed = yaml.load(value, Loader=RecipeLoader) if value != "" else None
+        parsed = _check_expansion(yaml.load(value, Loader=RecipeLoader), f"--set '{dotted}'") if value != "" else None
     except yaml.YAMLError as err:
         if "written twice" in str(getattr(err, "problem", "")):
             problem = re.sub(r" \(lines .*\)$", "", str(err.problem))  # one line: no line numbers to give
@@ -163,7 +192,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"recipe '{path}' is empty; copy one of recipes/*.yaml, or leave the recipe out "
                               "where a command allows it.")
         try:
-            raw = yaml.load(text, Loader=RecipeLoader) or {}
+            raw = _check_expansion(yaml.load(text, Loader=RecipeLoader), f"recipe '{path}'") or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"recipe '{path}' is not valid YAML: {' '.join(str(err).split())}") from None
     return recipe_with_overrides(raw, overrides, source)

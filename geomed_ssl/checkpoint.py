@@ -11,7 +11,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from geomed_ssl.config import TASKS, Spec, check_value, show
+from geomed_ssl.config import MAX_TOKENS, TASKS, Spec, check_value, show
 from geomed_ssl.config.fields import parse_bounds
 from geomed_ssl.errors import ConfigError, GeomedError
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder, check_encoder_bands
@@ -77,6 +77,8 @@ def read_meta(folder: Path) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise GeomedError(f"{path} is not valid JSON ({err}); re-export the model.") from None
+    except RecursionError:  # nested beyond what a config holds: damaged or crafted
+        raise GeomedError(f"{path} is nested too deeply to be a geomed-ssl export; re-export the model.") from None
     if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, MODEL_FORMAT):
         fmt = meta.get("format") if isinstance(meta, dict) else None
         raise GeomedError(f"{path} is not a geomed-ssl export (format={fmt!r}).")
@@ -199,15 +201,35 @@ def save_model(model: torch.nn.Module, out_dir: str | Path, meta: dict[str, Any]
 # A fine-tuned model's head, as config.json records it (checked before anything is built).
 _MAX_CLASSES = 65536
 _MAX_FEATURE_SIZE = 1024  # UNETR decoder width (finetune.feature_size)
+_MAX_WINDOW = 65536  # pixels / voxels a side of the window a model predicts with
 
 
 def check_model_meta(meta: dict[str, Any], source: str) -> None:
-    """A fine-tuned model's ``task``, ``classes`` and ``head`` in config.json: types and bounds, one line each."""
+    """A fine-tuned model's ``task``, ``classes`` (their label values), ``window`` and ``head`` in config.json: types
+    and bounds, one line each, before anything is built or allocated."""
     check_value(meta.get("task"), str, Spec(choices=TASKS), "task", source)
     classes = meta.get("classes")
     if not isinstance(classes, list) or not 1 <= len(classes) <= _MAX_CLASSES:
         raise GeomedError(f"{source}: 'classes' must be a list of 1 to {_MAX_CLASSES} classes, got "
                           f"{show(classes)}.")
+    for i, c in enumerate(classes):  # the label values a class map stores (uint16, 65535 its nodata)
+        if not isinstance(c, dict):
+            raise GeomedError(f"{source}: classes[{i}] must be a mapping of value and name, got {show(c)}.")
+        check_value(c.get("value"), int, Spec(bounds=parse_bounds("[0, 65534]")), f"classes[{i}].value", source)
+        check_value(c.get("name", ""), str, Spec(), f"classes[{i}].name", source)
+    encoder = meta.get("encoder") if isinstance(meta.get("encoder"), dict) else {}
+    nd = int(encoder.get("spatial_dims", 2)) if isinstance(encoder.get("spatial_dims", 2), int) else 2
+    window = check_value(meta.get("window"), list[int], Spec(bounds=parse_bounds(f"[1, {_MAX_WINDOW}]")), "window",
+                         source)
+    if len(window) != nd:
+        raise GeomedError(f"{source}: 'window' must give {nd} sizes (the encoder is {nd}D), got {show(window)}.")
+    patch = encoder.get("patch_size") if isinstance(encoder.get("patch_size"), list) else [1] * nd
+    tokens = 1
+    for w, p in zip(window, patch):
+        tokens *= -(-w // max(int(p), 1)) if isinstance(p, int) else w
+    if tokens > MAX_TOKENS:
+        raise GeomedError(f"{source}: 'window' {window} holds {tokens} tokens of {patch} px, more than {MAX_TOKENS}; "
+                          "the model's config.json is damaged or not a geomed-ssl model's.")
     head = meta.get("head")
     if not isinstance(head, dict):
         raise GeomedError(f"{source}: 'head' must be a mapping (the head's kind and size), got {show(head)}.")

@@ -994,3 +994,39 @@ def test_a_sigterm_in_a_command_without_a_training_loop_is_one_line_and_exit_143
     result = runner.invoke(app, ["inspect", str(tmp_path / "a.tif")])
     assert result.exit_code == 143 and "stopped: interrupted (SIGTERM). Every output file written" in result.output
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_crafted_or_damaged_model_config_is_one_line_before_anything_is_allocated(tmp_path: Path) -> None:
+    """A fine-tuned model's config.json from someone else: a window of 30000 px allocated 8 GB of blending weights
+    before failing, a class value that is no number and statistics with a NaN std (every vector NaN, exit 0) went
+    through, a config nested 200,000 deep crashed with a RecursionError. Each is one line now."""
+    import json
+
+    from geomed_ssl.errors import GeomedError
+    from geomed_ssl.inference.finetuned import predict_dir
+
+    scenes = rasters(tmp_path / "data")
+
+    def crafted(name: str, change) -> Path:
+        ft = predicting_model(tmp_path / name)
+        path = ft / "model" / "config.json"
+        meta = json.loads(path.read_text())
+        change(meta)
+        path.write_text(json.dumps(meta))
+        return ft
+
+    cases = [
+        (lambda m: m.update(window=[30000, 30000]), "'window' .* holds 56250000 tokens"),
+        (lambda m: m.update(window=[16]), "'window' must give 2 sizes"),
+        (lambda m: m["classes"][0].update(value="x"), r"classes\[0\].value"),
+        (lambda m: m["encoder"]["stats"]["bands"][0].update(std=float("nan")), "statistics of band 'band_1' are not"),
+        (lambda m: m["encoder"]["stats"]["bands"][1].update(mean="abc"), "not a number"),
+    ]
+    for i, (change, message) in enumerate(cases):
+        with pytest.raises(GeomedError, match=message):
+            predict_dir(crafted(f"c{i}", change), scenes, tmp_path / f"p{i}", device="cpu")
+        assert not (tmp_path / f"p{i}").exists()
+    deep = predicting_model(tmp_path / "deep")
+    (deep / "model" / "config.json").write_text("[" * 200000 + "]" * 200000)
+    with pytest.raises(GeomedError, match="nested too deeply"):
+        predict_dir(deep, scenes, tmp_path / "pd", device="cpu")

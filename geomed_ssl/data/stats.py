@@ -87,9 +87,21 @@ class BandStats:
             log.info("note: %s: version-1 band statistics (mean/std of the unclipped values), used as they are so data "
                      "is normalised exactly as when this model was trained; pretraining again stores version 2 "
                      "(mean/std of the values clipped to [p1, p99]).", source)
-        col = lambda k, t: [t(b[k]) for b in d["bands"]]  # noqa: E731
-        return cls(col("name", str), col("mean", float), col("std", float), col("p1", float), col("p99", float),
-                   col("count", int), version=int(d["version"]))
+        try:
+            col = lambda k, t: [t(b[k]) for b in d["bands"]]  # noqa: E731
+            stats = cls(col("name", str), col("mean", float), col("std", float), col("p1", float),
+                        col("p99", float), col("count", int), version=int(d["version"]))
+        except (TypeError, ValueError):
+            raise DataError(f"{source}: band statistics hold a value that is not a number; recompute them.") from None
+        bad = next((i for i in range(len(stats.band_names)) if not all(math.isfinite(v) for v in (
+            stats.mean[i], stats.std[i], stats.p1[i], stats.p99[i])) or stats.std[i] <= 0
+            or stats.p1[i] > stats.p99[i] or stats.count[i] < 0), None)
+        if bad is not None:  # normalising by them would turn every pixel into NaN / inf without a word
+            raise DataError(f"{source}: the statistics of band '{stats.band_names[bad]}' are not usable (mean "
+                            f"{stats.mean[bad]:g}, std {stats.std[bad]:g}, p1 {stats.p1[bad]:g}, p99 "
+                            f"{stats.p99[bad]:g}, "
+                            f"count {stats.count[bad]}: finite, std > 0, p1 <= p99 expected); recompute them.")
+        return stats
 
     def save(self, path: str | Path) -> None:
         """Write the statistics as JSON, atomically."""

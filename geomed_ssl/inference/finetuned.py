@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from geomed_ssl.config import DataConfig
+from geomed_ssl.config import DataConfig, build_checked
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.data.tiling import DEFAULT_OVERLAP
 from geomed_ssl.errors import DataError
@@ -33,9 +33,10 @@ def data_config(meta: dict[str, Any], recipe_data: Any = None) -> DataConfig:
     naming = {k: d[k] if k in d else getattr(recipe_data, k, None) for k in NAMING_KEYS}
     naming["include"] = naming["include"] or ["**/*"]
     naming["exclude"] = naming["exclude"] or []
-    return DataConfig(kind=d.get("kind", "raster"), spacing=d.get("spacing"), intensity=d.get("intensity", "auto"),
-                      ct_window=d.get("ct_window", [-1000.0, 1000.0]), nodata=d.get("nodata"),
-                      channels=d.get("channels"), patch_size=list(meta["window"]), **naming)
+    values = {"kind": d.get("kind", "raster"), "spacing": d.get("spacing"), "intensity": d.get("intensity", "auto"),
+              "ct_window": d.get("ct_window", [-1000.0, 1000.0]), "nodata": d.get("nodata"),
+              "channels": d.get("channels"), "patch_size": list(meta["window"]), **naming}
+    return build_checked(DataConfig, values, "data", "the model's config.json")  # a damaged one: one line
 
 
 def model_stats(meta: dict[str, Any], source: str = "stats") -> BandStats:

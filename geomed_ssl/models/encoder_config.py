@@ -105,6 +105,9 @@ class EncoderConfig:
             raise ConfigError(f"wavelengths lists {len(self.wavelengths)} values but in_chans is {self.in_chans}.")
         if self.bandwidths is not None and len(self.bandwidths) != self.in_chans:
             raise ConfigError(f"bandwidths lists {len(self.bandwidths)} values but in_chans is {self.in_chans}.")
+        bands = self.stats.get("bands") if isinstance(self.stats, dict) else None
+        if isinstance(bands, list) and bands and len(bands) != self.in_chans:
+            raise ConfigError(f"stats describe {len(bands)} bands but in_chans is {self.in_chans}.")
         self._validate_spectral()
         self._validate_pooling()
 

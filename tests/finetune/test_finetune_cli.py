@@ -179,21 +179,26 @@ def test_segment_with_probe_head_fits_frozen_features_without_training_and_predi
         assert dst.shape == (64, 64) and set(np.unique(dst.read(1))) <= {1, 2, 3}
 
 
-def test_segment_on_stacked_single_band_files_evaluates_and_predicts_each_folder(tmp_path: Path) -> None:
-    """One folder per scene with a file per band (Landsat / 38-Cloud style) stacked by data.channels; labels from
-    a CSV; prediction of the parent folder writes one map per scene folder."""
+def band_file_scenes(root: Path, bands: tuple[str, ...]) -> None:
+    """``root/scenes/scene_{0,1}/<band>.tif`` (one file per band, 48 px), ``root/gt_{i}.tif`` (classes 1, 2 by the
+    first band's median) and ``root/pairs.csv`` pairing each scene's first band file with its labels."""
     rng = np.random.default_rng(5)
     rows = ["image,label"]
     for i in range(2):
-        scene = tmp_path / "scenes" / f"scene_{i}"
+        scene = root / "scenes" / f"scene_{i}"
         scene.mkdir(parents=True)
-        img = structured_raster(rng, 3, 48)
-        for b, name in enumerate(("red", "green", "nir")):
+        img = structured_raster(rng, len(bands), 48)
+        for b, name in enumerate(bands):
             write_geotiff(scene / f"{name}.tif", img[b:b + 1])
-        cls = (img[0] > np.median(img[0])).astype(np.uint8) + 1
-        write_geotiff(tmp_path / f"gt_{i}.tif", cls[None])
-        rows.append(f"scenes/scene_{i}/red.tif,gt_{i}.tif")
-    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+        write_geotiff(root / f"gt_{i}.tif", ((img[0] > np.median(img[0])).astype(np.uint8) + 1)[None])
+        rows.append(f"scenes/scene_{i}/{bands[0]}.tif,gt_{i}.tif")
+    (root / "pairs.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_segment_on_stacked_single_band_files_evaluates_and_predicts_each_folder(tmp_path: Path) -> None:
+    """One folder per scene with a file per band (Landsat / 38-Cloud style) stacked by data.channels; labels from
+    a CSV; prediction of the parent folder writes one map per scene folder."""
+    band_file_scenes(tmp_path, ("red", "green", "nir"))
     ft = tmp_path / "ft"
     common = ["data.sensor=null", "data.channels=[*red*,*green*,*nir*]"]
     result = runner.invoke(app, ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", "none",
@@ -562,17 +567,7 @@ def test_an_encoder_pretrained_on_stacked_channel_files_is_fine_tuned_evaluated_
     folder."""
     from geomed_ssl.train.pretrain import pretrain
 
-    rng = np.random.default_rng(5)
-    rows = ["image,label"]
-    for i in range(2):
-        scene = tmp_path / "scenes" / f"scene_{i}"
-        scene.mkdir(parents=True)
-        img = structured_raster(rng, 2, 48)
-        for b, name in enumerate(("red", "nir")):
-            write_geotiff(scene / f"{name}.tif", img[b:b + 1])
-        write_geotiff(tmp_path / f"gt_{i}.tif", ((img[0] > np.median(img[0])).astype(np.uint8) + 1)[None])
-        rows.append(f"scenes/scene_{i}/red.tif,gt_{i}.tif")
-    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    band_file_scenes(tmp_path, ("red", "nir"))
     pre = tmp_path / "pre"
     pretrain("recipes/mae_sentinel2.yaml", tmp_path / "scenes", pre, progress=False,
              overrides=[*TINY, "data.sensor=null", "data.channels=[*red*,*nir*]", "data.patch_size=16",

@@ -170,7 +170,9 @@ def _tag_wavelength(tags: dict[str, Any] | None) -> float | None:
         return None
     units = next((str(v).strip().lower() for k, v in (tags or {}).items()
                   if str(k).upper() in ("WAVELENGTH_UNITS", "IMAGERY:WAVELENGTH_UNITS")), "")
-    nanometres = units.startswith(("nano", "nm")) or (not units.startswith(("micro", "um", "µm")) and value > 100)
+    if units and not units.startswith(("nano", "nm", "micro", "um", "µm")):  # ENVI's Index, Unknown, Wavenumber
+        return None
+    nanometres = units.startswith(("nano", "nm")) or (not units and value > 100)
     return value / 1000.0 if nanometres else value
 
 
@@ -282,17 +284,12 @@ def _band_names(num_bands: int, descriptions: Sequence[str | None] | None, data_
 
 def _band_wavelengths(names: list[str], tags: dict[int, dict[str, Any]], data_cfg: Any,
                       path: str) -> list[float | None] | None:
-    """Centre wavelengths (µm) of the named bands: the file's own when every band carries one (as a file's own band
-    descriptions win over data.band_names; a differing recipe list is warned about once), else the recipe's, else
-    the sensor profile's by name, else each band's tag; None when no band has one."""
+    """Centre wavelengths (µm) of the named bands: the recipe's (``data.wavelengths`` corrects a file's wrong or
+    missing ones), else the sensor profile's by name, else each band's own; None when no band has one."""
     num_bands = len(names)
     own = [_tag_wavelength(tags.get(i + 1)) for i in range(num_bands)]
     own = [w if w is not None else _tag_um(tags.get(i + 1), "SUFFIX_WAVELENGTH_UM") for i, w in enumerate(own)]
     cfg_wl = getattr(data_cfg, "wavelengths", None)
-    if cfg_wl is not None and all(w is not None for w in own):
-        if len(cfg_wl) != num_bands or max(abs(a - float(b)) for a, b in zip(own, cfg_wl)) > 0.001:
-            _note_own_wavelengths(path, own, cfg_wl)
-        return own  # type: ignore[return-value]
     if cfg_wl is not None:
         if len(cfg_wl) != num_bands:
             raise DataError(
@@ -304,21 +301,6 @@ def _band_wavelengths(names: list[str], tags: dict[int, dict[str, Any]], data_cf
     wl: list[float | None] = lookup_wavelengths(names, sensor) if sensor else [None] * num_bands
     wl = [w if w is not None else o for w, o in zip(wl, own)]
     return wl if any(w is not None for w in wl) else None
-
-
-_OWN_WAVELENGTHS_NOTED: set[tuple[int, int]] = set()
-
-
-def _note_own_wavelengths(path: str, own: list[float | None], given: Sequence[float]) -> None:
-    """Warn, once per pair of band counts, that a file's own wavelengths overrule data.wavelengths."""
-    key = (len(own), len(given))
-    if key in _OWN_WAVELENGTHS_NOTED:
-        return
-    _OWN_WAVELENGTHS_NOTED.add(key)
-    logging.getLogger("geomed_ssl").warning(
-        f"warning: '{path}' (and files like it) carries its own band wavelengths ({own[0]:.4g}-{own[-1]:.4g} µm, "
-        f"{len(own)} bands); data.wavelengths ({len(given)} values) is not used for them: a file's own metadata "
-        "wins.")
 
 
 def positional_names_message(paths: Sequence[str], sensor: str | None, names: Sequence[str]) -> str:
@@ -342,23 +324,30 @@ def brief(names: Sequence[str], keep: int = 8, as_list: bool = False) -> str:
     return text if few else f"{text} ({len(names)} bands)"
 
 
-WAVELENGTH_TOLERANCE_UM = 0.015  # as models.spectral.MATCH_TOLERANCE_UM: closer centres are the same band
+WAVELENGTH_TOLERANCE_UM = 0.015  # as models.spectral.MATCH_TOLERANCE_UM: closer centres are the same band ...
+WAVELENGTH_TOLERANCE_REL = 0.02  # ... or within 2 % of the wavelength: one sensor's platforms (S2A / S2B B12:
+# 2202 / 2186 nm) differ by more than 15 nm in the SWIR; other sensors' bands of one name lie far apart
+
+
+def same_band(a: float, b: float) -> bool:
+    """Two centre wavelengths (µm) of one band name that are one band (see the tolerances above)."""
+    return abs(a - b) <= max(WAVELENGTH_TOLERANCE_UM, WAVELENGTH_TOLERANCE_REL * max(a, b))
 
 
 def check_band_wavelengths(expected: Sequence[str], expected_wl: Sequence[float | None] | None,
                            found_wl: Sequence[float | None] | None, order: Sequence[int] | None, where: str) -> None:
-    """A DataError when a band matched by name (``order``, as :func:`band_order` gave it) lies more than 15 nm
-    from the model's band of that name, both centres known: another sensor's bands under the same names (GDAL's
+    """A DataError when a band matched by name (``order``, as :func:`band_order` gave it) is not the model's band
+    of that name by centre wavelength (:func:`same_band`: more than 15 nm or 2 % apart), both centres known: another sensor's bands under the same names (GDAL's
     ``Band 92`` of two cubes, Landsat-7's B4 (NIR) and Landsat-8's B4 (red)), which a model reading bands by name
     would take for its own."""
     if not expected_wl or not found_wl:
         return
     picked = list(found_wl) if order is None else [found_wl[i] for i in order]
     far = [(str(n), a, b) for n, a, b in zip(expected, expected_wl, picked)
-           if a is not None and b is not None and abs(float(a) - float(b)) > WAVELENGTH_TOLERANCE_UM]
+           if a is not None and b is not None and not same_band(float(a), float(b))]
     if far:
         name, model_at, data_at = far[0]
-        more = f" (and {len(far) - 1} more band(s) more than 15 nm apart)" if len(far) > 1 else ""
+        more = f" (and {len(far) - 1} more band(s) as far apart)" if len(far) > 1 else ""
         raise DataError(f"'{where}' band '{name}' lies at {data_at:.4g} µm, the model's band '{name}' at "
                         f"{model_at:.4g} µm{more}: the same names for another sensor's bands. This model reads "
                         "bands by name, so give it data of the sensor it was trained on (or bands named as that "

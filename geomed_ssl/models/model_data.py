@@ -5,9 +5,9 @@ exactly the encoder's bands, reordered, extras dropped, missing ones refused; ``
 data band the encoder knows by name or centre wavelength, in the order of the encoder bands they match, the others
 dropped with a note).
 ``check_value_ranges`` warns when the data's values are far from the statistics the model normalises with.
-``encoder_naming`` is how an export's recipe named the bands of files without descriptions (``data.band_names`` /
-``data.wavelengths``) and stacked single-channel files (``data.channels``), which a recipe that sets none of them
-takes (``finetune.fit.with_encoder_naming``).
+``encoder_naming`` is how an export's recipe named the bands of files without descriptions (``data.band_names``) and
+stacked single-channel files (``data.channels``), which a recipe that sets neither takes
+(``finetune.fit.with_encoder_naming``).
 """
 
 from __future__ import annotations
@@ -23,13 +23,15 @@ from geomed_ssl.models.spectral import match_bands
 
 log = logging.getLogger("geomed_ssl")
 
-NAMING_KEYS = ("band_names", "wavelengths", "channels")  # how files are named and stacked into a model's bands
+# how files without band descriptions are named and single-channel files stacked into a model's bands (not
+# data.wavelengths: a recipe's overrides files' own, which another sensor's cube must keep)
+NAMING_KEYS = ("band_names", "channels")
 
 
 def encoder_naming(meta: dict[str, Any]) -> dict[str, list[Any]]:
-    """The band naming an export's recipe set (``data.band_names`` / ``data.wavelengths``, and ``data.channels``,
-    which stacks single-channel files into its bands; a pretrained encoder's ``recipe.data``, a fine-tuned model's
-    ``data``): only the keys it set."""
+    """The band naming an export's recipe set (``data.band_names``, and ``data.channels``, which stacks
+    single-channel files into its bands; a pretrained encoder's ``recipe.data``, a fine-tuned model's ``data``): only
+    the keys it set."""
     data = (meta.get("recipe") or {}).get("data") or meta.get("data") or {}
     return {k: list(data[k]) for k in NAMING_KEYS if isinstance(data, dict) and data.get(k)}
 
@@ -39,9 +41,6 @@ def note_encoder_naming(records: Sequence[Any], taken: dict[str, list[Any]]) -> 
     if "channels" in taken:
         log.info("note: data.channels is the encoder's recipe's (%s): each folder's files matching them are stacked "
                  "as in pretraining; --set data.channels=null reads every file alone", taken["channels"])
-    if "wavelengths" in taken:
-        log.info("note: bands without wavelength metadata get the encoder's recipe's data.wavelengths (%d values); "
-                 "files that carry their own keep them", len(taken["wavelengths"]))
     named = [r.path for r in records if r.band_source == "recipe"]
     if "band_names" in taken and named:
         log.info("note: the bands of %d file(s) without band descriptions ('%s'%s) are named by the encoder's recipe "
@@ -50,10 +49,16 @@ def note_encoder_naming(records: Sequence[Any], taken: dict[str, list[Any]]) -> 
 
 
 def naming_hint(err: Exception, taken: dict[str, list[Any]]) -> Exception:
-    """A band-count error about names the encoder's recipe gave, saying where they came from."""
-    if taken and "data.band_names lists" in str(err):
+    """An error about band names or channel files the encoder's recipe gave (``taken``), saying where they came
+    from and how to read this data otherwise."""
+    text = str(err)
+    if "band_names" in taken and "data.band_names lists" in text:
         return type(err)(f"{err} (data.band_names is the encoder's recipe's: --set data.band_names=[...] names "
                          "this data's bands)")
+    if "channels" in taken and "channels" in text:
+        return type(err)(f"{err} (data.channels {taken['channels']} is the encoder's recipe's, which stacked one "
+                         "file per band or sequence: --set data.channels=null reads each file alone, as files that "
+                         "hold their bands already)")
     return err
 
 

@@ -96,21 +96,16 @@ def test_config_wavelengths_win_and_must_match_band_count():
         resolve_band_info(3, [None] * 3, {}, DataConfig(wavelengths=[0.5, 0.6]), "f.tif")
 
 
-def test_a_files_own_wavelengths_win_over_data_wavelengths_as_its_own_names_win(caplog):
-    """data.wavelengths (the user's, or an encoder's taken over by finetune / compare / embed) names the bands of
-    files without wavelengths; a file whose every band carries one keeps its own, with one warning, whatever its
-    band count: another sensor's cube is read at its own wavelengths, not refused or shifted."""
-    import logging
-
-    tags = {i + 1: {"CENTRAL_WAVELENGTH_UM": str(0.405 + 0.01 * i)} for i in range(3)}
+def test_data_wavelengths_correct_a_files_tags_and_tags_in_no_length_unit_give_none():
+    """data.wavelengths wins over a file's own (it corrects wrong ones); ENVI's "Index" / "Unknown" / "Wavenumber"
+    units are no lengths: such tags give no wavelength (band numbers 1..4 were read as 1-4 µm)."""
+    tags = {i + 1: {"wavelength": str(i + 1), "wavelength_units": "Index"} for i in range(3)}
+    assert resolve_band_info(3, [None] * 3, tags, DataConfig(), "index.tif").wavelengths is None
     given = DataConfig(wavelengths=[0.4, 0.41, 0.42])
-    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
-        info = resolve_band_info(3, [None] * 3, tags, given, "shifted.tif")
-        assert resolve_band_info(2, [None] * 2, {k: tags[k] for k in (1, 2)}, given, "fewer.tif").wavelengths == \
-            [pytest.approx(0.405), pytest.approx(0.415)]
-    assert info.wavelengths == [pytest.approx(0.405), pytest.approx(0.415), pytest.approx(0.425)]
-    assert "carries its own band wavelengths" in caplog.text and "data.wavelengths (3 values) is not used" in caplog.text
-    assert resolve_band_info(3, [None] * 3, {1: tags[1]}, given, "partly.tif").wavelengths == [0.4, 0.41, 0.42]
+    assert resolve_band_info(3, [None] * 3, tags, given, "index.tif").wavelengths == [0.4, 0.41, 0.42]
+    nm = {i + 1: {"wavelength": str(400 + 10 * i), "wavelength_units": "Nanometers"} for i in range(3)}
+    assert resolve_band_info(3, [None] * 3, nm, DataConfig(), "nm.tif").wavelengths == \
+        [pytest.approx(0.4), pytest.approx(0.41), pytest.approx(0.42)]
 
 
 def test_central_wavelength_tag_used_when_no_profile():
@@ -210,8 +205,9 @@ def test_same_named_bands_of_another_sensor_are_refused_by_a_model_that_reads_by
 
     names = ["Band 1", "Band 2", "Band 3"]
     check_band_wavelengths(names, [0.45, 0.55, 0.65], [0.455, 0.549, 0.66], None, "near.tif")  # within 15 nm
+    check_band_wavelengths(["B12"], [2.2024], [2.1857], None, "s2b.tif")  # S2A / S2B: 16.7 nm, 0.8 % apart
     with pytest.raises(DataError, match=r"'far.tif' band 'Band 1' lies at 0.4 µm, the model's band 'Band 1' at "
-                                        r"0.45 µm \(and 1 more band\(s\) more than 15 nm apart\).*embedding=wavelength"):
+                                        r"0.45 µm \(and 1 more band\(s\) as far apart\).*embedding=wavelength"):
         check_band_wavelengths(names, [0.45, 0.55, 0.65], [0.65, 0.9, 0.40], [2, 1, 0], "far.tif")
     (tmp_path / "cube").mkdir()
     path = write_geotiff(tmp_path / "cube" / "other.tif", np.ones((3, 16, 16), np.uint16))

@@ -591,3 +591,30 @@ def test_an_encoder_pretrained_on_stacked_channel_files_is_fine_tuned_evaluated_
     again = runner.invoke(app, ["evaluate", str(one), "--images", str(tmp_path / "scenes"), "--labels",
                                 str(tmp_path / "pairs.csv"), "--out", str(tmp_path / "ev")])
     assert again.exit_code == 0, again.output
+
+
+def test_files_that_hold_their_bands_already_are_told_how_to_leave_the_encoders_channels(tmp_path: Path) -> None:
+    """An encoder pretrained on a file per band, fine-tuned on files holding both bands: the channels taken from
+    the encoder match no folder, and the error says where they came from and that data.channels=null reads each
+    file alone (which then trains)."""
+    from geomed_ssl.train.pretrain import pretrain
+
+    band_file_scenes(tmp_path, ("red", "nir"))
+    pre = tmp_path / "pre"
+    pretrain("recipes/mae_sentinel2.yaml", tmp_path / "scenes", pre, progress=False,
+             overrides=[*TINY, "data.sensor=null", "data.channels=[*red*,*nir*]", "data.patch_size=16",
+                        "train.max_steps=2"])
+    (tmp_path / "stacked").mkdir()
+    img = structured_raster(np.random.default_rng(2), 2, 48)
+    with rasterio.open(write_geotiff(tmp_path / "stacked" / "s.tif", img), "r+") as dst:
+        dst.descriptions = ("red", "nir")
+    write_geotiff(tmp_path / "stacked_gt.tif", ((img[0] > np.median(img[0])).astype(np.uint8) + 1)[None])
+    args = ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", str(pre), "--images",
+            str(tmp_path / "stacked"), "--labels", str(tmp_path / "stacked_gt.tif"), "--labels-per-class", "5",
+            "--head", "linear"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "ft"), *sets("data.sensor=null")])
+    assert result.exit_code == 2 and "is the encoder's recipe's" in result.output, result.output
+    assert "--set data.channels=null reads each file alone" in result.output
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "ft2"), *sets("data.sensor=null",
+                                                                               "data.channels=null")])
+    assert result.exit_code == 0, result.output

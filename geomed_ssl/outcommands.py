@@ -187,8 +187,8 @@ COMMANDS: dict[str, CommandSpec] = {
                            legacy=_legacy_cluster,
                            inside={"maps": ("*_clusters.tif", "*_clusters.nii.gz", "*_clusters.png", "*.aux.xml")}),
     "predict": CommandSpec(("predictions.csv",), ("*_pred.tif", "*_pred.nii.gz", "*_pred_proba.tif",
-                                                  "*_pred_proba.nii.gz"), (), exclusive=False),  # no legacy rule: without a
-    # manifest a folder of *_pred.tif maps may be another tool's, so it is refused
+                                                  "*_pred_proba.nii.gz"), (), exclusive=False),
+    # (no legacy rule for predict: without a manifest a folder of *_pred.tif maps may be another tool's: refused)
     "evaluate": CommandSpec(("metrics.json", "confusion.png"), (), (), _legacy_evaluate,
                             nests={"*": ("evaluate",)},  # FT_DIR/eval/<other evaluation>, allowed as FT_DIR/eval
                             reuse_replaces=True, exclusive=False),

@@ -13,8 +13,8 @@ import dataclasses
 import logging
 from typing import Any, Sequence
 
-from geomed_ssl.bands.names import (band_order, brief, check_band_wavelengths, describe_order,
-                                   positional_names_message)
+from geomed_ssl.bands.matching import check_band_wavelengths
+from geomed_ssl.bands.names import band_order, brief, describe_order, positional_names_message
 from geomed_ssl.errors import DataError
 from geomed_ssl.geo.gdal_read import alpha_bands
 

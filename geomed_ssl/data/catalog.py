@@ -20,7 +20,8 @@ import numpy as np
 
 from geomed_ssl.config import DataConfig, as_tuple, spatial_dims
 from geomed_ssl.bands.conform import conform_record, report_positional_names
-from geomed_ssl.bands.names import brief, check_band_wavelengths, same_band
+from geomed_ssl.bands.matching import sensor_outliers
+from geomed_ssl.bands.names import brief
 from geomed_ssl.data.probe import RASTER_PREVIEW, VOLUME_PREVIEW, FileProbe, ProbeError, probe_file  # noqa: F401
 from geomed_ssl.geo.grids import grid_diffs
 from geomed_ssl.data.listing import (EXTENSIONS, LABEL_GLOBS, glob_match, has_ext, list_files,  # noqa: F401
@@ -222,29 +223,11 @@ def _majority(records: list[FileRecord], problems: list[Problem]) -> list[FileRe
 
 
 def _one_sensor(records: list[FileRecord], names: list[str], problems: list[Problem]) -> list[FileRecord]:
-    """The records whose bands lie where most files' bands of those names lie (``bands.names.same_band``, where both
-    centres are known); the others hold another sensor's bands under the same names (GDAL's "Band 1" ... of two cubes) and are
-    problems, never learnt as one sensor."""
-    known = [r for r in records if r.wavelengths and all(w is not None for w in r.wavelengths)]
-    if len(known) < 2:
-        return records
-    common = Counter(tuple(round(float(w), 2) for w in r.wavelengths) for r in known)  # type: ignore[union-attr]
-    reference = next(r.wavelengths for r in known
-                     if tuple(round(float(w), 2) for w in r.wavelengths) == common.most_common(1)[0][0])
-    out = []
-    for r in records:
-        try:
-            check_band_wavelengths(names, reference, r.wavelengths, None, r.path)
-        except DataError:
-            far = next(i for i, (a, b) in enumerate(zip(reference, r.wavelengths))
-                       if a is not None and b is not None and not same_band(a, b))
-            problems.append(Problem(r.path, f"names its bands as most files do but holds others: {names[far]} at "
-                                            f"{r.wavelengths[far]:.4g} µm, not {reference[far]:.4g} µm (another "
-                                            "sensor's bands under the same names); leave it out (data.exclude) or "
-                                            "pretrain on each sensor's files apart"))
-            continue
-        out.append(r)
-    return out
+    """The records whose bands lie where most files' bands of those names lie; the others are problems
+    (``bands.matching.sensor_outliers``: another sensor's bands under the same names), never learnt as one sensor."""
+    odd = sensor_outliers(names, [r.wavelengths for r in records])
+    problems += [Problem(records[i].path, reason) for i, reason in odd.items()]
+    return [r for i, r in enumerate(records) if i not in odd]
 
 
 def scan(root: str | Path, data_cfg: Any = None, strict: bool = False, names_by_position: str = "warn",

@@ -60,7 +60,7 @@ class BandStats:
     count: list[int]
     version: int = STATS_VERSION
     # the model's centre wavelengths (µm) of these bands, when known (from its encoder config; not in stats.json):
-    # the band rule refuses data whose same-named bands lie elsewhere (bands.names.check_band_wavelengths)
+    # the band rule refuses data whose same-named bands lie elsewhere (bands.matching.check_band_wavelengths)
     wavelengths: list[float | None] | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from geomed_ssl.config import DataConfig
-from geomed_ssl.bands.names import BandInfo, band_order, check_band_wavelengths, resolve_band_info
+from geomed_ssl.bands.matching import check_band_wavelengths
+from geomed_ssl.bands.names import BandInfo, band_order, resolve_band_info
 from geomed_ssl.bands.conform import alpha_note, note_band_order, report_positional_names
 from geomed_ssl.geo.gdal_read import data_bands, read_masked
 from geomed_ssl.data.stats import (BandStats, band_gaps, band_percentiles, normalize, valid_mask, valid_values,

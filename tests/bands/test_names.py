@@ -197,7 +197,7 @@ def test_same_named_bands_of_another_sensor_are_refused_by_a_model_that_reads_by
 
     import rasterio
 
-    from geomed_ssl.bands.names import check_band_wavelengths
+    from geomed_ssl.bands.matching import check_band_wavelengths
     from geomed_ssl.data.catalog import scan
     from geomed_ssl.models.encoder import EncoderConfig
     from geomed_ssl.models.model_data import catalog_for_encoder

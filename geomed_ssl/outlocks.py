@@ -1,6 +1,6 @@
 """One writer per output folder: a command that owns its folder (pretrain, finetune, compare, embed, cluster, demo)
-demo) holds ``.geomed-ssl.lock`` there for as long as it runs, so a second process that would resume, replace or add
-to the same folder is refused instead of interleaving with it (two embeds finalising each other's parts, an
+holds ``.geomed-ssl.lock`` there for as long as it runs, so a second process that would resume, replace or add to
+the same folder is refused instead of interleaving with it (two embeds finalising each other's parts, an
 ``--overwrite`` deleting a live run's checkpoints). Commands several jobs may share a folder with (predict, evaluate,
 similar) take the lock only around the read-merge-write of a file they share (``predictions.csv``).
 

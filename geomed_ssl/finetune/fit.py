@@ -21,7 +21,7 @@ from geomed_ssl.config import Recipe, sets_key, spatial_dims
 from geomed_ssl.cpus import fit_threads_to_quota
 from geomed_ssl.data.catalog import Catalog
 from geomed_ssl.data.stats import BandStats, compute_stats
-from geomed_ssl.errors import ConfigError, GeomedError, RunStopped
+from geomed_ssl.errors import ConfigError, DataError, GeomedError, RunStopped
 from geomed_ssl.finetune.labels import LabelSelection
 from geomed_ssl.models.cls_heads import layer_decay_groups
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
@@ -58,14 +58,22 @@ def encoder_and_stats(encoder_path: str | Path | None, recipe: Recipe, catalog: 
                                         catalog.wavelengths, stats.to_dict(), bandwidths=catalog.bandwidths)
         torch.manual_seed(recipe.train.seed)
         return ViTEncoder(cfg), stats, "none (random initialisation)", catalog
-    cfg, _ = read_encoder_config(encoder_path)
+    cfg, meta = read_encoder_config(encoder_path)
     if cfg.stats is None:
         raise GeomedError(f"encoder '{encoder_path}' carries no normalisation statistics; re-export it with "
                           "`geomed-ssl pretrain`.")
     if cfg.spatial_dims != spatial_dims(recipe.data):
         raise ConfigError(f"encoder '{encoder_path}' is {cfg.spatial_dims}D but data.kind is "
                           f"'{recipe.data.kind}'.")
-    catalog = catalog_for_encoder(cfg, catalog)
+    try:
+        catalog = catalog_for_encoder(cfg, catalog)
+    except DataError as err:
+        given = ((meta.get("recipe") or {}).get("data") or {}).get("wavelengths")
+        if given and "another sensor's bands" in str(err):  # wavelengths the pretraining recipe set, not the files'
+            raise DataError(f"{err} If these are the files it was pretrained on, whose wavelengths its recipe set "
+                            f"(data.wavelengths {given}), give them again: --set \"data.wavelengths={given}\".") \
+                from None
+        raise
     encoder = load_encoder(encoder_path, bands=catalog.band_names, wavelengths=catalog.wavelengths,
                            bandwidths=catalog.bandwidths)
     stats = BandStats.from_dict(encoder.config.stats, source=f"encoder {encoder_path}")

@@ -95,7 +95,8 @@ class RotationSettings(PretextSettings):
     head_hidden_dim: int = setting(256, "hidden width of the classification head (an MLP on the CLS token and the "
                                    "mean patch token, concatenated)", bounds=f"[1, {MAX_EMBED_DIM}]")
     axis: int = setting(0, "volumes: the spatial axis of (D, H, W), i.e. R, A, S, turned about (its plane must be "
-                        "square, in voxels and in mm); 2D windows always turn in their plane", bounds="[0, 2]")
+                        "square in voxels; pretrain warns when its voxels are not square in mm); 2D windows always "
+                        "turn in their plane", bounds="[0, 2]")
 
     def check(self, source: str, context: MethodContext) -> None:
         if context.window is not None:

@@ -110,8 +110,8 @@ def save_attention_png(
 
 
 def _saved_data(meta: dict) -> dict:
-    """The pretraining run's ``data`` section, as its export recorded it."""
-    return dict((meta.get("recipe") or {}).get("data") or {})
+    """The ``data`` section an export recorded: a pretrained encoder's recipe's, a fine-tuned model's own."""
+    return dict((meta.get("recipe") or {}).get("data") or meta.get("data") or {})
 
 
 def _data_config(meta: dict, spatial_dims: int, patch: Sequence[int], stacked: bool = False) -> DataConfig:

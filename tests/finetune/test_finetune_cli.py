@@ -618,3 +618,38 @@ def test_files_that_hold_their_bands_already_are_told_how_to_leave_the_encoders_
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "ft2"), *sets("data.sensor=null",
                                                                                "data.channels=null")])
     assert result.exit_code == 0, result.output
+
+
+def test_files_whose_pretraining_recipe_set_their_wavelengths_are_told_to_give_them_again(tmp_path: Path) -> None:
+    """data.wavelengths corrects a file's own tags at pretraining; finetune does not take it over (another sensor's
+    cube must keep its own), so the same files are refused as another sensor's, with the --set that reads them."""
+    import rasterio
+
+    from geomed_ssl.train.pretrain import pretrain
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        img = structured_raster(np.random.default_rng(i), 3, 48)
+        with rasterio.open(write_geotiff(data / f"s{i}.tif", img), "r+") as dst:
+            for b, (name, wl) in enumerate(zip("ABC", (0.5, 0.6, 0.7)), start=1):
+                dst.set_band_description(b, f"{name} ({wl} Micrometers)")
+        write_geotiff(tmp_path / f"s{i}_gt.tif", ((img[0] > np.median(img[0])).astype(np.uint8) + 1)[None])
+    (tmp_path / "labels").mkdir()
+    for i in range(2):
+        (tmp_path / f"s{i}_gt.tif").rename(tmp_path / "labels" / f"s{i}_gt.tif")
+    pre = tmp_path / "pre"
+    pretrain("recipes/mae_sentinel2.yaml", data, pre, progress=False,
+             overrides=[*TINY, "data.sensor=null", "data.wavelengths=[0.45,0.55,0.85]", "data.patch_size=16",
+                        "train.max_steps=2"])
+    args = ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", str(pre), "--images", str(data),
+            "--labels", str(tmp_path / "labels"), "--labels-per-class", "5", "--head", "linear"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "ft"), *sets("data.sensor=null")])
+    assert result.exit_code == 2 and "another sensor's bands" in result.output, result.output
+    assert '--set "data.wavelengths=[0.45, 0.55, 0.85]"' in result.output
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "ft2"),
+                                 *sets("data.sensor=null", "data.wavelengths=[0.45,0.55,0.85]")])
+    assert result.exit_code == 0, result.output
+    attention = runner.invoke(app, ["attention", str(tmp_path / "ft2"), str(data / "s0.tif"), "--out",
+                                    str(tmp_path / "a.png")])
+    assert attention.exit_code == 0, attention.output

@@ -165,14 +165,29 @@ def _tag_wavelength(tags: dict[str, Any] | None) -> float | None:
     found = _tag_um(tags, "CENTRAL_WAVELENGTH_UM")
     if found is not None:
         return found
-    value = _tag_um(tags, "WAVELENGTH")
+    return _tag_length(tags, "WAVELENGTH", 100.0)
+
+
+def _tag_width(tags: dict[str, Any] | None) -> float | None:
+    """One band's width (FWHM, µm) from its tags, or None: FWHM_UM (GDAL's IMAGERY domain), else the ``fwhm`` tag
+    that tools writing ENVI cubes give in the wavelengths' units (``fwhm_units`` or ``wavelength_units``; without
+    units, a value above 1 is read as nanometres)."""
+    found = _tag_um(tags, "FWHM_UM")
+    return found if found is not None else _tag_length(tags, "FWHM", 1.0)
+
+
+def _tag_length(tags: dict[str, Any] | None, key: str, nm_above: float) -> float | None:
+    """The tag ``key`` in µm, its unit from ``<key>_units`` or else ``wavelength_units`` (nanometres or micrometres;
+    units that are no length, ENVI's Index, Unknown or Wavenumber, give None; without units, a value above
+    ``nm_above`` is read as nanometres)."""
+    value = _tag_um(tags, key)
     if value is None:
         return None
-    units = next((str(v).strip().lower() for k, v in (tags or {}).items()
-                  if str(k).upper() in ("WAVELENGTH_UNITS", "IMAGERY:WAVELENGTH_UNITS")), "")
+    found = {str(k).upper().removeprefix("IMAGERY:"): str(v).strip().lower() for k, v in (tags or {}).items()}
+    units = found.get(f"{key}_UNITS") or found.get("WAVELENGTH_UNITS", "")
     if units and not units.startswith(("nano", "nm", "micro", "um", "µm")):  # ENVI's Index, Unknown, Wavenumber
         return None
-    nanometres = units.startswith(("nano", "nm")) or (not units and value > 100)
+    nanometres = units.startswith(("nano", "nm")) or (not units and value > nm_above)
     return value / 1000.0 if nanometres else value
 
 
@@ -210,7 +225,7 @@ def resolve_band_info(
     Wavelengths: ``data_cfg.wavelengths``; else the sensor profile matched by name; else each band's
     ``CENTRAL_WAVELENGTH_UM`` tag (``tags`` maps the 1-based band index to that band's IMAGERY/plain tags); None for
     the whole list when no band has one. Widths: each band's ``FWHM_UM`` tag (GDAL IMAGERY domain, as the bundled
-    sample writes it); None for the whole list when no band has one.
+    sample writes it), else its ``fwhm`` tag (:func:`_tag_width`); None for the whole list when no band has one.
     """
     suffixed = [split_wavelength_suffix(str(d)) if d is not None else (None, None) for d in descriptions or []]
     if suffixed and all(wl is not None for _, wl in suffixed):  # every band "NAME (VALUE UNIT)": GDAL's ENVI names
@@ -220,7 +235,7 @@ def resolve_band_info(
                 for i, (_, wl) in enumerate(suffixed)}
     names, source = _band_names(num_bands, descriptions, data_cfg, path, fallback_names)
     tags = tags or {}
-    widths = [_tag_um(tags.get(i + 1), "FWHM_UM") for i in range(num_bands)]
+    widths = [_tag_width(tags.get(i + 1)) for i in range(num_bands)]
     bandwidths = widths if any(w is not None for w in widths) else None
     return BandInfo(names, _band_wavelengths(names, tags, data_cfg, path), bandwidths, source)
 

@@ -108,6 +108,16 @@ def test_data_wavelengths_correct_a_files_tags_and_tags_in_no_length_unit_give_n
         [pytest.approx(0.4), pytest.approx(0.41), pytest.approx(0.42)]
 
 
+def test_band_widths_come_from_fwhm_um_or_a_fwhm_tag_in_the_wavelengths_units():
+    """GDAL writes FWHM_UM; tools writing ENVI cubes a plain ``fwhm`` in the wavelengths' units (nanometres here)."""
+    tags = {1: {"FWHM_UM": "0.01"}, 2: {"fwhm": "12", "wavelength": "500", "wavelength_units": "Nanometers"},
+            3: {"fwhm": "9.5"}}
+    info = resolve_band_info(3, [None] * 3, tags, DataConfig(), "cube.tif")
+    assert info.bandwidths == [pytest.approx(0.01), pytest.approx(0.012), pytest.approx(0.0095)]
+    index = {1: {"fwhm": "1", "wavelength_units": "Index"}}
+    assert resolve_band_info(1, [None], index, DataConfig(), "cube.tif").bandwidths is None
+
+
 def test_central_wavelength_tag_used_when_no_profile():
     tags = {1: {"CENTRAL_WAVELENGTH_UM": "0.49"}, 2: {"CENTRAL_WAVELENGTH_UM": "0.56"}}
     assert resolve_band_info(2, ["blue", "green"], tags, DataConfig(), "f.tif").wavelengths == [0.49, 0.56]

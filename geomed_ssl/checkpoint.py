@@ -15,6 +15,7 @@ from geomed_ssl.config import MAX_TOKENS, TASKS, Spec, check_value, show
 from geomed_ssl.config.fields import parse_bounds
 from geomed_ssl.errors import ConfigError, GeomedError
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder, check_encoder_bands
+from geomed_ssl.models.model_data import export_data
 from geomed_ssl.outfiles import atomic_write_dir
 
 FORMAT = "geomed-ssl-encoder"
@@ -177,8 +178,8 @@ def load_encoder(path: str | Path, bands: Sequence[str] | None = None,
 def data_settings(meta: dict[str, Any]) -> dict[str, Any] | None:
     """The data settings ``ViTEncoder.preprocess`` follows (nodata; volumes: intensity, ct_window), from an
     export's config.json: a fine-tuned model's ``data``, a pretrained encoder's ``recipe.data``."""
-    data = meta.get("data") or (meta.get("recipe") or {}).get("data")
-    if not isinstance(data, dict):
+    data = export_data(meta)
+    if not data:
         return None
     return {k: data[k] for k in ("nodata", "intensity", "ct_window") if k in data}
 

@@ -43,7 +43,8 @@ from geomed_ssl.embeddings.store import CROP_KEYS, EmbeddingStore, load_embeddin
 from geomed_ssl.errors import ConfigError, DataError, GeomedError
 from geomed_ssl.models.device import resolve_device
 from geomed_ssl.models.encoder import ViTEncoder
-from geomed_ssl.models.model_data import catalog_for_encoder, check_value_ranges, naming_hint, note_encoder_naming
+from geomed_ssl.models.model_data import (catalog_for_encoder, check_value_ranges, export_data, naming_hint,
+                                          note_encoder_naming)
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outlocks import released_after
 
@@ -89,7 +90,7 @@ def data_config(meta: dict[str, Any], spatial_dims: int, patch_size: Sequence[in
     nodata, spacing, intensity; not its pretraining crops), every file included unless ``include``/``--set
     data.include`` say otherwise, the recipe's excludes plus ``exclude``."""
     names = {f.name for f in dataclasses.fields(DataConfig)}
-    raw = {k: v for k, v in ((meta.get("recipe") or {}).get("data") or meta.get("data") or {}).items() if k in names}
+    raw = {k: v for k, v in export_data(meta).items() if k in names}
     raw.update(kind="raster" if spatial_dims == 2 else "volume", include=["**/*"], patch_size=list(patch_size),
                **dict.fromkeys(CROP_KEYS))  # a pretraining method's crops: not read here
     other = [o for o in overrides or [] if not o.split("=", 1)[0].strip().startswith("data.")]

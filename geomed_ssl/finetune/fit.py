@@ -25,7 +25,7 @@ from geomed_ssl.errors import ConfigError, DataError, GeomedError, RunStopped
 from geomed_ssl.finetune.labels import LabelSelection
 from geomed_ssl.models.cls_heads import layer_decay_groups
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
-from geomed_ssl.models.model_data import catalog_for_encoder, check_value_ranges, encoder_naming
+from geomed_ssl.models.model_data import catalog_for_encoder, check_value_ranges, encoder_naming, export_data
 from geomed_ssl.models.probe import check_class_weights
 from geomed_ssl.outfiles import atomic_path
 from geomed_ssl.train.callbacks import MetricsCSV
@@ -68,7 +68,7 @@ def encoder_and_stats(encoder_path: str | Path | None, recipe: Recipe, catalog: 
     try:
         catalog = catalog_for_encoder(cfg, catalog)
     except DataError as err:
-        given = ((meta.get("recipe") or {}).get("data") or {}).get("wavelengths")
+        given = export_data(meta).get("wavelengths")
         if given and "another sensor's bands" in str(err):  # wavelengths the pretraining recipe set, not the files'
             raise DataError(f"{err} If these are the files it was pretrained on, whose wavelengths its recipe set "
                             f"(data.wavelengths {given}), give them again: --set \"data.wavelengths={given}\".") \

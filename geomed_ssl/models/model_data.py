@@ -28,12 +28,18 @@ log = logging.getLogger("geomed_ssl")
 NAMING_KEYS = ("band_names", "channels")
 
 
+def export_data(meta: dict[str, Any]) -> dict[str, Any]:
+    """The ``data`` section an export's config.json recorded: a pretrained encoder's ``recipe.data``, a fine-tuned
+    model's own ``data`` (empty when it has none)."""
+    data = (meta.get("recipe") or {}).get("data") or meta.get("data")
+    return data if isinstance(data, dict) else {}
+
+
 def encoder_naming(meta: dict[str, Any]) -> dict[str, list[Any]]:
     """The band naming an export's recipe set (``data.band_names``, and ``data.channels``, which stacks
-    single-channel files into its bands; a pretrained encoder's ``recipe.data``, a fine-tuned model's ``data``): only
-    the keys it set."""
-    data = (meta.get("recipe") or {}).get("data") or meta.get("data") or {}
-    return {k: list(data[k]) for k in NAMING_KEYS if isinstance(data, dict) and data.get(k)}
+    single-channel files into its bands; :func:`export_data`): only the keys it set."""
+    data = export_data(meta)
+    return {k: list(data[k]) for k in NAMING_KEYS if data.get(k)}
 
 
 def note_encoder_naming(records: Sequence[Any], taken: dict[str, list[Any]]) -> None:

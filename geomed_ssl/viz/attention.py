@@ -109,17 +109,14 @@ def save_attention_png(
     return save_figure(fig, out_path, dpi=100)
 
 
-def _saved_data(meta: dict) -> dict:
-    """The ``data`` section an export recorded: a pretrained encoder's recipe's, a fine-tuned model's own."""
-    return dict((meta.get("recipe") or {}).get("data") or meta.get("data") or {})
-
-
 def _data_config(meta: dict, spatial_dims: int, patch: Sequence[int], stacked: bool = False) -> DataConfig:
     """The pretraining run's ``data`` settings (band names, nodata, spacing, intensity) for reading one file, or
     with ``stacked`` one folder of its ``data.channels`` files."""
     import dataclasses
 
-    saved = _saved_data(meta)
+    from geomed_ssl.models.model_data import export_data
+
+    saved = export_data(meta)
     known = {f.name for f in dataclasses.fields(DataConfig)}
     values = {k: v for k, v in saved.items() if k in known}
     values.update(kind="raster" if spatial_dims == 2 else "volume", include=["**/*"], exclude=[],
@@ -131,8 +128,9 @@ def _data_config(meta: dict, spatial_dims: int, patch: Sequence[int], stacked: b
 def _stacks_channels(encoder_path: str | Path) -> bool:
     """Whether the encoder was pretrained on stacked ``data.channels`` files (one sample is a folder)."""
     from geomed_ssl.checkpoint import read_encoder_config
+    from geomed_ssl.models.model_data import export_data
 
-    return bool(_saved_data(read_encoder_config(encoder_path)[1]).get("channels"))
+    return bool(export_data(read_encoder_config(encoder_path)[1]).get("channels"))
 
 
 def _start(size: int, want: int, offset: int | None, axis: str, path: Path) -> tuple[int, int]:

@@ -26,7 +26,7 @@ import numpy as np
 
 from geomed_ssl.config import as_tuple, spatial_dims
 from geomed_ssl.bands.conform import pick_bands
-from geomed_ssl.geo.gdal_read import read_masked
+from geomed_ssl.geo.gdal_read import window_reads
 from geomed_ssl.errors import DataError
 
 log = logging.getLogger("geomed_ssl")
@@ -295,9 +295,10 @@ def preprocess_intensity(
 
 
 class _FileWindows:
-    """Window reads from one record: rasterio windowed reads, or a nibabel volume (decoded once when small)."""
+    """Window reads from one record: rasterio windowed reads (``window_reads``: a striped raster whose windows ask
+    for more than its rows, ``rows_wanted``, is read once), or a nibabel volume (decoded once when small)."""
 
-    def __init__(self, record: Any):
+    def __init__(self, record: Any, rows_wanted: int = 0):
         self.record, self.ds, self.volume, self.proxies = record, None, None, None
         if record.kind == "raster":
             import rasterio
@@ -306,6 +307,7 @@ class _FileWindows:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self.ds = [rasterio.open(p) for p in record.paths]
+            self.reads = [window_reads(d, record.nodata, i > 0, rows_wanted) for i, d in enumerate(self.ds)]
         else:
             import nibabel as nib
 
@@ -323,7 +325,7 @@ class _FileWindows:
             from rasterio.windows import Window
 
             win = Window(start[1], start[0], size[1], size[0])
-            parts = [read_masked(d, win, self.record.nodata, stacked=i > 0) for i, d in enumerate(self.ds)]
+            parts = [read(win) for read in self.reads]
             return pick_bands(np.concatenate([p.astype(np.float32, copy=False) for p in parts], axis=0), self.record)
         box = tuple(slice(s, s + n) for s, n in zip(start, size))
         if self.volume is not None:
@@ -377,7 +379,7 @@ def _sample_file(rec: Any, windows: int, window: tuple[int, ...], data_cfg: Any,
     count, kept = np.zeros(rec.num_bands, np.int64), []
     source = None
     try:
-        source = None if read_window is not None else _FileWindows(rec)
+        source = None if read_window is not None else _FileWindows(rec, windows * window[-2])
         intensity = intensity_args(rec, data_cfg) if rec.kind == "volume" else {}
         for _ in range(windows):
             start = tuple(int(rng.integers(0, max(s - w, 0) + 1)) for s, w in zip(rec.shape, window))

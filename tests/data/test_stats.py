@@ -245,3 +245,30 @@ def test_volume_stats_describe_the_intensities_the_reader_gives(tmp_path, make_n
     loaded, _ = VolumeReader(cfg).load(catalog.records[0])  # (1, 16, 16, 16), same voxels (no reorientation)
     assert stats.mean[0] == pytest.approx(float(loaded.mean()), rel=1e-5)
     assert stats.p99[0] == pytest.approx(float(np.percentile(loaded, 99)), rel=1e-4)
+
+
+def test_a_striped_raster_read_over_and_over_is_read_once_with_the_same_statistics(tmp_path, monkeypatch):
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from geomed_ssl.geo import gdal_read
+
+    arr = np.random.default_rng(0).normal(1000, 200, (5, 48, 40)).astype(np.int16)
+    arr[:, :6, :9] = -9999  # nodata
+    arr[2, 30:33, 4:20] = -9999  # one band's gap inside valid pixels
+    path = tmp_path / "cube.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=48, width=40, count=5, dtype="int16", nodata=-9999,
+                       transform=from_origin(0, 0, 20, 20), crs="EPSG:32615", interleave="pixel") as ds:
+        ds.write(arr)  # not tiled: strips one row high spanning the width
+    cfg = DataConfig(patch_size=12, stats_windows=40)  # 40 windows x 12 rows = 10 times the file's rows
+    reads = []
+    real = gdal_read.read_masked
+    monkeypatch.setattr(gdal_read, "read_masked",
+                        lambda ds, win=None, *a, **k: reads.append(win) or real(ds, win, *a, **k))
+    once = compute_stats(scan(path, cfg), cfg, seed=3)
+    assert reads == [None]  # the whole file, once
+    monkeypatch.setattr(gdal_read, "WHOLE_RASTER_BYTES", 0)  # too large to hold: a read per window, as before
+    reads.clear()
+    windowed = compute_stats(scan(path, cfg), cfg, seed=3)
+    assert None not in reads and len(reads) >= 40
+    assert once.to_dict() == windowed.to_dict()

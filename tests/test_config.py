@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from geomed_ssl.config import (SECTIONS, MethodConfig, Recipe, TrainConfig, as_tuple, describe_settings, load_recipe,
+from geomed_ssl.config import (recipe_from_dict, SECTIONS, MethodConfig, Recipe, TrainConfig, as_tuple, describe_settings, load_recipe,
                                parse_override, validate)
 from geomed_ssl.errors import ConfigError
 
@@ -252,3 +252,13 @@ def test_a_recipe_whose_yaml_aliases_expand_past_a_limit_is_refused_at_once(tmp_
     small = tmp_path / "small.yaml"
     small.write_text("data:\n  exclude: &ex ['*mask*']\n  include: ['**/*']\nlabels:\n  ignore_value: 0\n")
     assert load_recipe(small).data.exclude == ["*mask*"]
+
+
+def test_wavelengths_in_nanometres_are_refused_with_the_micrometres_they_mean() -> None:
+    with pytest.raises(ConfigError, match=r"data.wavelengths must be .* each in \(0, 20\].*look like nanometres: "
+                                          r"give micrometres, e.g. 443 nm is 0.443"):
+        recipe_from_dict({"data": {"wavelengths": [443, 490, 560]}})
+    with pytest.raises(ConfigError) as err:
+        recipe_from_dict({"data": {"wavelengths": [0.4, -1]}})
+    assert "nanometres" not in str(err.value)
+    assert recipe_from_dict({"data": {"wavelengths": [0.443, 14.5]}}).data.wavelengths == [0.443, 14.5]

@@ -222,9 +222,17 @@ def check_value(value: Any, tp: Any, spec: Spec, key: str, source: str) -> Any:
         prefix = f"{source}: " if source else ""
         wanted = describe(tp, spec)
         hint = (" YAML needs a space after each colon of a mapping: write {2: 1}, not {2:1}."
-                if "mapping" in wanted and _unspaced_pair(value) else "")
+                if "mapping" in wanted and _unspaced_pair(value) else _nanometre_hint(key, value))
         raise ConfigError(f"{prefix}{key} must be {wanted}, got {show(value)}.{hint}")
     return out
+
+
+def _nanometre_hint(key: str, value: Any) -> str:
+    """A hint for wavelengths given in nanometres where micrometres are asked for (443 for 0.443)."""
+    numbers = [v for v in value if isinstance(v, (int, float))] if isinstance(value, (list, tuple)) else []
+    if not key.endswith("wavelengths") or not any(20 < v <= 20_000 for v in numbers):
+        return ""
+    return f" They look like nanometres: give micrometres, e.g. {numbers[0]:g} nm is {numbers[0] / 1000:g}."
 
 
 def _unspaced_pair(value: Any) -> bool:

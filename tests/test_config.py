@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from geomed_ssl.config import (recipe_from_dict, SECTIONS, MethodConfig, Recipe, TrainConfig, as_tuple, describe_settings, load_recipe,
-                               parse_override, validate)
+from geomed_ssl.config import (SECTIONS, MethodConfig, Recipe, TrainConfig, as_tuple, describe_settings, load_recipe,
+                               parse_override, recipe_from_dict, validate)
 from geomed_ssl.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,6 +11,7 @@ The export folder::
 
     model.safetensors   timm state dict (tensors named as in timm's VisionTransformer)
     config.json         timm's own config (architecture, model_args, pretrained_cfg): timm.create_model("local-dir:DIR")
+                        (timm >= 1.0.16)
     geomed_ssl.json     format, the create_model name and arguments, band names, wavelengths, statistics, source
     README.txt          how to load and normalise
 """
@@ -92,7 +93,8 @@ def readme_text(cfg: EncoderConfig, name: str, kwargs: dict[str, Any]) -> str:
     bands = " ".join(cfg.band_names) or f"{cfg.in_chans} unnamed bands"
     return f"""A geomed-ssl encoder exported for timm (format {TIMM_FORMAT} v{TIMM_FORMAT_VERSION}).
 
-Load (timm >= 1.0; the folder also loads with timm.create_model("local-dir:THIS_FOLDER", pretrained=True)):
+Load (timm >= 1.0; with timm >= 1.0.16 the folder also loads with
+timm.create_model("local-dir:THIS_FOLDER", pretrained=True)):
 
     import json, timm
     from safetensors.torch import load_file

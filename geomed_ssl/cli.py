@@ -119,7 +119,8 @@ def guess_kind(data_dir: Path) -> str:
 @app.command()
 @user_errors
 def pretrain(
-    recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/mae_sentinel2.yaml."),
+    recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/mae_sentinel2.yaml "
+                                "(or a bundled recipe's name: mae_sentinel2)."),
     data: Path = typer.Option(..., "--data", help="Folder of unlabeled GeoTIFFs or NIfTI volumes."),
     out: Path = typer.Option(..., "--out", help="Run folder (config, stats, checkpoints, encoder, previews)."),
     overrides: Optional[list[str]] = SetOpt,

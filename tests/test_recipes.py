@@ -40,3 +40,33 @@ def test_recipe_header_states_the_budget_it_is_sized_for(path: Path) -> None:
     found = re.search(r"Budget: sized for train\.batch_size (\d+) x train\.max_steps (\d+)", header)
     assert found, "the header says which batch and steps the recipe is sized for"
     assert (int(found.group(1)), int(found.group(2))) == (t.batch_size, t.max_steps)
+
+
+def test_the_package_carries_the_recipes_folder_and_the_wheel_takes_them() -> None:
+    from geomed_ssl.config.loading import BUNDLED_RECIPES, bundled_recipes
+
+    assert BUNDLED_RECIPES.resolve() == ROOT / "recipes"  # geomed_ssl/recipes links the top-level folder
+    assert bundled_recipes() == [p.stem for p in RECIPES]
+    assert '"recipes/*.yaml"' in (ROOT / "pyproject.toml").read_text()  # package data: in every wheel
+
+
+def test_a_recipe_path_that_is_not_there_is_the_bundled_recipe_of_that_name(tmp_path, monkeypatch, caplog) -> None:
+    import logging
+
+    from geomed_ssl.config.loading import BUNDLED_RECIPES, find_recipe
+    from geomed_ssl.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)  # a folder with no recipes/ in it, as after `pip install geomed-ssl`
+    with caplog.at_level(logging.INFO, logger="geomed_ssl"):
+        for given in ("recipes/mae_sentinel2.yaml", "mae_sentinel2.yaml", "mae_sentinel2", "recipes/mae_sentinel2"):
+            assert find_recipe(given) == BUNDLED_RECIPES / "mae_sentinel2.yaml"
+    assert "using the bundled mae_sentinel2" in caplog.text
+    assert load_recipe("mae_hyperspectral").to_dict() == load_recipe(ROOT / "recipes/mae_hyperspectral.yaml").to_dict()
+    (tmp_path / "recipes").mkdir()
+    own = tmp_path / "recipes" / "mae_sentinel2.yaml"
+    own.write_text("method: {name: dino}\n")
+    assert find_recipe("recipes/mae_sentinel2.yaml") == Path("recipes/mae_sentinel2.yaml")  # a file there wins
+    assert load_recipe("recipes/mae_sentinel2.yaml").method.name == "dino"
+    for missing in ("elsewhere/mae_sentinel2.yaml", "no_such_recipe.yaml", "recipes"):
+        with pytest.raises(ConfigError, match="bundled recipe by name: .*mae_sentinel2"):
+            find_recipe(missing)

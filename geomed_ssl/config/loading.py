@@ -173,16 +173,38 @@ def _drop_previous_method(method: dict[str, Any], written: dict[str, Any], set_k
                 f"{', '.join(dropped)} are dropped ('{new}' starts from its defaults and your --set values).")
 
 
+BUNDLED_RECIPES = Path(__file__).resolve().parents[1] / "recipes"  # the repository's recipes/, in every install
+
+
+def bundled_recipes() -> list[str]:
+    """Names of the recipes that come with the package (``mae_sentinel2``, ...)."""
+    return sorted(p.stem for p in BUNDLED_RECIPES.glob("*.yaml"))
+
+
+def find_recipe(path: str | Path) -> Path:
+    """``path`` when it is a file; else, for a bare name or ``recipes/NAME`` (``.yaml`` optional), the bundled
+    recipe of that name (what the docs' ``recipes/...`` commands mean wherever the package was installed)."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        return path
+    name = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
+    bundled = BUNDLED_RECIPES / name
+    if not path.is_dir() and path.parent in (Path("."), Path("recipes")) and bundled.is_file():
+        log.info(f"recipe '{path}' is not here: using the bundled {bundled.stem} ({bundled}); copy it to change it.")
+        return bundled
+    what = "is a folder" if path.is_dir() else "not found"
+    raise ConfigError(f"recipe '{path}' {what}. Pass a YAML file, or a bundled recipe by name: "
+                      f"{', '.join(bundled_recipes()) or 'none found (reinstall geomed-ssl)'}.")
+
+
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
-    """Load a YAML recipe (``None``: all defaults), apply overrides, validate."""
+    """Load a YAML recipe (a file, or a bundled recipe's name: :func:`find_recipe`; ``None``: all defaults),
+    apply overrides, validate."""
     raw: Any = {}
     source = "defaults"
     if path is not None:
-        path = Path(path)
+        path = find_recipe(path)
         source = str(path)
-        if not path.is_file():
-            what = "is a folder" if path.is_dir() else "not found"
-            raise ConfigError(f"recipe '{path}' {what}. Pass a YAML file, e.g. recipes/mae_sentinel2.yaml.")
         try:
             text = path.read_text()
         except UnicodeDecodeError:

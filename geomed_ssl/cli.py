@@ -73,10 +73,10 @@ def inspect(
     sets = list(overrides or [])
     if kind is not None and kind not in ("raster", "volume"):
         raise GeomedError(f"--kind must be raster or volume, got '{kind}'.")
-    if kind is None and recipe is None:
-        kind = guess_kind(data_dir)
     if kind:
         sets.append(f"data.kind={kind}")
+    elif recipe is None:  # guessed: before the --set values, so a data.kind among them wins
+        sets.insert(0, f"data.kind={guess_kind(data_dir)}")
     # without a recipe, label maps beside the images are left out as every shipped recipe leaves them out
     labels_apart = recipe is None and data_dir.is_dir() and not sets_key(sets, "data.exclude")
     cfg = load_recipe(recipe, sets + ([f"data.exclude={LABEL_GLOBS}"] if labels_apart else []))

@@ -250,6 +250,13 @@ def test_inspect_lists_files_bands_and_problems(raster_dir: Path) -> None:
     assert strict.exit_code == 2 and "broken.tif" in strict.output
 
 
+def test_inspect_takes_data_kind_from_set_over_its_guess(raster_dir: Path) -> None:
+    as_volumes = cli("inspect", str(raster_dir), "--set", "data.kind=volume")
+    assert as_volumes.exit_code == 2 and "raster" not in as_volumes.output.split("error:")[0]  # no raster summary
+    bogus = cli("inspect", str(raster_dir), "--set", "data.kind=bogus")
+    assert bogus.exit_code == 2 and "data.kind must be one of" in bogus.output
+
+
 def test_inspect_without_a_recipe_sets_label_maps_apart_and_describes_volume_grids(tmp_path: Path) -> None:
     import nibabel as nib
 

@@ -163,6 +163,8 @@ def query_vector(emb: Embedder, record: FileRecord, box: list[int] | None) -> tu
         raise DataError(f"--box {','.join(map(str, box))} ({BOX_FORMS[nd]}) starts outside '{record.path}' along "
                         f"{'; '.join(outside)}; the file is {'x'.join(map(str, shape))} "
                         f"({' x '.join(BOX_AXES[nd])}).")
+    if box is not None:  # beyond a window past the far edge there is only padding: the box ends there
+        region = box[:nd] + [min(n, s - a + w) for a, n, s, w in zip(box[:nd], box[nd:], shape, emb.window)]
     if emb.level != "patch":
         if emb.level == "image" and box is None:
             _, row = next(emb.image_rows([record]))

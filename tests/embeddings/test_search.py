@@ -206,6 +206,19 @@ def test_an_edge_windows_stored_box_queries_itself_and_a_moved_hit_only_leaves_t
     assert (tmp_path / "q" / "similar.png").is_file()
 
 
+def test_a_box_far_past_the_edge_ends_a_window_past_it(archive: tuple[Path, Path], tmp_path: Path) -> None:
+    """A box's far side beyond the file only adds padding: it ends one window past the edge, instead of reading a
+    window for every 16 px of a box 10^20 px tall (a MemoryError before)."""
+    data, enc = archive
+    emb = tmp_path / "emb"
+    embed_folder(enc, data, emb, level="window", window=16, stride=16, progress=False)
+    huge = find_similar(emb, data / "scene_0.tif", box="0,0,99999999999999999999,16", top=3, out_dir=tmp_path / "q",
+                        sheet=False)
+    ends = find_similar(emb, data / "scene_0.tif", box="0,0,56,16", top=3, out_dir=tmp_path / "q2", sheet=False)
+    assert [h["id"] for h in huge.hits] == [h["id"] for h in ends.hits]
+    assert [h["score"] for h in huge.hits] == pytest.approx([h["score"] for h in ends.hits])
+
+
 def test_a_folder_of_an_earlier_version_warns_rather_than_refuses_a_copied_encoder(archive: tuple[Path, Path],
                                                                                     tmp_path: Path, caplog) -> None:
     """Earlier folders recorded the export's size and time only, which a copy changes: it cannot be checked, so it

@@ -42,10 +42,11 @@ def window_starts(size: int, window: int, overlap: float) -> list[int]:
 
 def grid_starts(size: int, window: int, stride: int) -> list[int]:
     """Window origins along one axis on a regular grid from 0; the last window may run past the edge (it is
-    padded with nodata) so every pixel is covered and every window sits on the grid."""
+    padded with nodata) so every pixel is covered (with ``stride <= window``) and every window sits on the grid. No
+    origin lies beyond the edge: a stride longer than the axis gives one window."""
     if size <= window:
         return [0]
-    return [i * stride for i in range(math.ceil((size - window) / stride) + 1)]
+    return [i * stride for i in range(math.ceil((size - window) / stride) + 1) if i * stride < size]
 
 
 def grid_shape(shape: Sequence[int], window: Sequence[int], stride: Sequence[int]) -> list[int]:

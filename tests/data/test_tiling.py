@@ -33,6 +33,8 @@ def test_grid_starts_sit_on_the_grid_and_the_last_may_run_past_the_edge():
     assert grid_starts(96, 32, 32) == [0, 32, 64]
     assert grid_starts(10, 32, 8) == [0]
     assert grid_shape((100, 96, 10), (32, 32, 32), (24, 32, 8)) == [4, 3, 1]
+    assert grid_starts(48, 16, 40) == [0, 40] and grid_starts(48, 16, 100) == [0]  # never an origin past the edge
+    assert grid_starts(48, 16, 10**10) == [0]
 
 
 def test_centred_window_and_patch_multiple():

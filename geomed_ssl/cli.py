@@ -328,10 +328,11 @@ def cluster(
     emb_dir: Path = typer.Argument(..., help="An embedding folder (from `geomed-ssl embed`)."),
     out: Path = typer.Option(..., "--out", help="Output folder (clusters, summary, scatter, maps)."),
     method: str = typer.Option("kmeans", "--method", help="kmeans or hdbscan."),
-    k: int = typer.Option(8, "--k", help="k-means: number of clusters."),
+    k: Optional[int] = typer.Option(None, "--k", help="k-means: number of clusters (default 8)."),
     labels: Optional[str] = typer.Option(None, "--labels", help="True labels: a CSV of file,label; 'folders' "
                                          "(class folder names); or a label GeoTIFF/NIfTI on the image's grid."),
-    min_cluster_size: Optional[int] = typer.Option(None, "--min-cluster-size", help="HDBSCAN (default 1% of rows)."),
+    min_cluster_size: Optional[int] = typer.Option(None, "--min-cluster-size", help="HDBSCAN (default 1% of the "
+                                                   "rows it is fitted on, at least 5)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
 ) -> None:

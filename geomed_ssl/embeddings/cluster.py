@@ -382,14 +382,21 @@ def scatter_png(x: np.ndarray, clusters: np.ndarray, truth: Sequence[str | None]
 
 
 @released_after()  # the folder's lock (geomed_ssl.outlocks) is let go when it returns
-def cluster_embeddings(emb_dir: str | Path, out_dir: str | Path, method: str = "kmeans", k: int = 8,
+def cluster_embeddings(emb_dir: str | Path, out_dir: str | Path, method: str = "kmeans", k: int | None = None,
                        labels: str | Path | None = None, seed: int = 0, min_cluster_size: int | None = None,
                        normalize: bool = True, pca_dims: int | None = None, ignore_value: int | None = 0,
                        overwrite: bool = False) -> ClusterResult:
-    """Cluster the embeddings of ``emb_dir`` into ``out_dir`` (see the module docstring)."""
+    """Cluster the embeddings of ``emb_dir`` into ``out_dir`` (see the module docstring). ``k``: k-means' number
+    of clusters (default 8); ``min_cluster_size``: HDBSCAN's; each is refused with the other method."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if method == "hdbscan" and k is not None:
+        raise ConfigError("--k is k-means' number of clusters; HDBSCAN finds its own number: leave --k out (its "
+                          "knob is --min-cluster-size), or use --method kmeans.")
+    if method == "kmeans" and min_cluster_size is not None:
+        raise ConfigError("--min-cluster-size is HDBSCAN's; k-means takes --k: leave it out, or use --method hdbscan.")
+    k = 8 if k is None else k
     t0 = time.perf_counter()
     out = Path(out_dir)
     rule = {"command": "cluster", "overwrite": overwrite,

@@ -97,6 +97,8 @@ def data_config(meta: dict[str, Any], spatial_dims: int, patch_size: Sequence[in
     if other:
         raise ConfigError(f"embed --set takes data.* keys (how files are read; the encoder is as it was saved), "
                           f"got {other[0]!r}.")
+    if include and sets_key(overrides, "data.include"):
+        raise ConfigError("give the files to embed with --include or with --set data.include=[...], not both.")
     if sets_key(overrides, "data.patch_size"):
         raise ConfigError("embed reads windows of --window (default: the encoder's input size), not "
                           "data.patch_size: give --window N instead.")

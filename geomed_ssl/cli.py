@@ -14,7 +14,8 @@ from typing import Optional
 import typer
 
 from geomed_ssl.cli_finetune import finetune_app
-from geomed_ssl.cli_options import STATE, SetOpt, StrictOpt, signal_exit_code, terminable, user_errors
+from geomed_ssl.cli_options import (STATE, SetOpt, StrictOpt, name_list, signal_exit_code, terminable,
+                                    user_errors)
 from geomed_ssl.errors import GeomedError
 
 app = typer.Typer(
@@ -221,7 +222,7 @@ def evaluate(
     from geomed_ssl.finetune.metrics import format_metrics
 
     result = evaluate_dir(ft_dir, images=images, labels=labels, data=data, out=out, device=device, strict=strict,
-                          band_names=band_names.split(",") if band_names else None)
+                          band_names=name_list(band_names, "--band-names"))
     typer.echo(format_metrics(result["test"], [c["name"] for c in result["classes"]]))
     where = eval_out_dir(ft_dir, out)
     typer.echo(f"metrics: {where / 'metrics.json'}  confusion: {where / 'confusion.png'}")
@@ -250,7 +251,7 @@ def predict(
 
     for line in predict_dir(ft_dir, inputs, out, overlap=overlap, blend=blend, probabilities=probabilities,
                             batch_size=batch_size, device=device, strict=strict,
-                            band_names=band_names.split(",") if band_names else None):
+                            band_names=name_list(band_names, "--band-names")):
         typer.echo(line)
 
 

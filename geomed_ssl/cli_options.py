@@ -141,3 +141,13 @@ def write_failure(err: OSError) -> str:
                 "where a folder is); move it away or choose another --out.")
     return (f"cannot write{where}: {err.strerror}; choose a folder you can write to (--out), or change its "
             "permissions.")
+
+
+def name_list(text: str | None, option: str) -> list[str] | None:
+    """A comma-separated option (``--band-names B02,B03``) as its stripped entries; an empty entry is an error."""
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise GeomedError(f"{option} '{text}': give a comma-separated list without empty entries, e.g. B02,B03,B04.")
+    return names

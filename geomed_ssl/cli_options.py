@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import typer
 
+from geomed_ssl.config.sections import STEPS
 from geomed_ssl.errors import WRITE_ERRNOS, GeomedError, RunStopped
 
 STATE: dict[str, Any] = {"debug": False}  # the global --debug (set by geomed_ssl.cli.main)
@@ -32,8 +33,8 @@ OPTION_BOUNDS: dict[str, str] = {
     "per_class": ">= 1",  # finetune --labels-per-class
     "fraction": "(0, 1]",  # finetune --label-fraction
     "unfreeze_after": ">= 0",  # finetune segment
-    "steps": ">= 1",  # demo
-    "finetune_steps": ">= 1",  # demo
+    "steps": STEPS,  # demo (its train.max_steps)
+    "finetune_steps": STEPS,  # demo (its finetune.max_steps)
 }
 
 

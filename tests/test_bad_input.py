@@ -358,8 +358,10 @@ CONFIG_CASES: list[Case] = [
     Case("finetune-label-fraction-zero", command("finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder",
                                                  "none", "--images", "{r}", "--out", "{r}/ft", "--label-fraction", "0"),
          "--label-fraction must be a number in (0, 1], got 0.0"),
+    Case("demo-steps-huge", command("demo", "--out", "{r}/demo", "--steps", "99999999999999999999"),
+         "--steps must be an integer in [1, 1000000000]"),
     Case("demo-steps-zero", command("demo", "--out", "{r}/demo", "--steps", "0"),
-         "--steps must be an integer >= 1, got 0"),
+         "--steps must be an integer in [1, 1000000000], got 0"),
 ]
 
 

@@ -61,7 +61,8 @@ def main(ctx: typer.Context, debug: bool = typer.Option(False, "--debug", help="
 @user_errors
 @terminable
 def inspect(
-    data_dir: Path = typer.Argument(..., help="Folder of GeoTIFFs (.tif) or NIfTI volumes (.nii, .nii.gz)."),
+    data_dir: Path = typer.Argument(..., metavar="DATA_DIR",
+                                    help="Folder of GeoTIFFs (.tif) or NIfTI volumes (.nii, .nii.gz)."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="Recipe YAML (data section used)."),
     kind: Optional[str] = typer.Option(None, help="raster or volume (default: the recipe's, else guessed)."),
     overrides: Optional[list[str]] = SetOpt,
@@ -120,7 +121,7 @@ def guess_kind(data_dir: Path) -> str:
 @app.command()
 @user_errors
 def pretrain(
-    recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/mae_sentinel2.yaml "
+    recipe: Path = typer.Argument(..., metavar="RECIPE", help="Recipe YAML, e.g. recipes/mae_sentinel2.yaml "
                                 "(or a bundled recipe's name: mae_sentinel2)."),
     data: Path = typer.Option(..., "--data", help="Folder of unlabeled GeoTIFFs or NIfTI volumes."),
     out: Path = typer.Option(..., "--out", help="Run folder (config, stats, checkpoints, encoder, previews)."),
@@ -150,7 +151,8 @@ app.add_typer(finetune_app, name="finetune")
 @app.command()
 @user_errors
 def compare(
-    encoders: list[str] = typer.Argument(..., help="Encoders: RUN_DIRs, exported encoder folders, or none (the first "
+    encoders: list[str] = typer.Argument(..., metavar="ENC",
+                                         help="Encoders: RUN_DIRs, exported encoder folders, or none (the first "
                                          "encoder's architecture at random initialisation; always included)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Segmentation: folder of images."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Segmentation: label folder, label file or CSV "
@@ -206,11 +208,12 @@ def compare(
 @user_errors
 @terminable
 def evaluate(
-    ft_dir: Path = typer.Argument(..., help="A fine-tune output folder."),
+    ft_dir: Path = typer.Argument(..., metavar="FT_DIR", help="A fine-tune output folder."),
     images: Optional[Path] = typer.Option(None, "--images", help="Segmentation: folder of images."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Segmentation: their labels."),
     data: Optional[Path] = typer.Option(None, "--data", help="Classification: folder-per-class images."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where metrics.json and confusion.png go (default FT_DIR/eval)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where metrics.json and confusion.png go (default "
+                                       "FT_DIR/eval)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda[:N]."),
     band_names: Optional[str] = typer.Option(None, "--band-names", help="The bands of files without band "
                                              "descriptions, in order, comma-separated (default: the model's "
@@ -232,8 +235,9 @@ def evaluate(
 @user_errors
 @terminable
 def predict(
-    ft_dir: Path = typer.Argument(..., help="A fine-tune output folder (segmentation or classification)."),
-    inputs: list[Path] = typer.Argument(..., help="GeoTIFF / NIfTI files or folders of them."),
+    ft_dir: Path = typer.Argument(..., metavar="FT_DIR",
+                                  help="A fine-tune output folder (segmentation or classification)."),
+    inputs: list[Path] = typer.Argument(..., metavar="INPUT", help="GeoTIFF / NIfTI files or folders of them."),
     out: Path = typer.Option(..., "--out", help="Output folder: <name>_pred.tif / <name>_pred.nii.gz."),
     # 0.25 = data.tiling.DEFAULT_OVERLAP (imported lazily, as the whole stack is)
     overlap: float = typer.Option(0.25, "--overlap", help="Window overlap fraction in [0, 1)."),
@@ -259,8 +263,8 @@ def predict(
 @user_errors
 @terminable
 def attention(
-    encoder: Path = typer.Argument(..., help="RUN_DIR, RUN_DIR/encoder or a fine-tune folder."),
-    image: Path = typer.Argument(..., help="A GeoTIFF or NIfTI file with the encoder's bands."),
+    encoder: Path = typer.Argument(..., metavar="ENCODER", help="RUN_DIR, RUN_DIR/encoder or a fine-tune folder."),
+    image: Path = typer.Argument(..., metavar="IMAGE", help="A GeoTIFF or NIfTI file with the encoder's bands."),
     out: Path = typer.Option(..., "--out", help="PNG to write."),
     window: Optional[str] = typer.Option(None, "--window", help="ROW,COL: top-left pixel of the raster window "
                                          "(default: the centre window of the encoder's size)."),
@@ -286,8 +290,8 @@ def attention(
 @user_errors
 @terminable
 def embed(
-    encoder: Path = typer.Argument(..., help="RUN_DIR, RUN_DIR/encoder or a fine-tune folder."),
-    data_dir: Path = typer.Argument(..., help="Folder of GeoTIFFs or NIfTI volumes (or one file)."),
+    encoder: Path = typer.Argument(..., metavar="ENC", help="RUN_DIR, RUN_DIR/encoder or a fine-tune folder."),
+    data_dir: Path = typer.Argument(..., metavar="DATA_DIR", help="Folder of GeoTIFFs or NIfTI volumes (or one file)."),
     out: Path = typer.Option(..., "--out", help="Embedding folder (embeddings.parquet, vectors.npy, manifest.json)."),
     level: str = typer.Option("image", "--level", help="image (one vector per file), window, or patch (per token)."),
     window: Optional[str] = typer.Option(None, "--window", help="Window size, e.g. 64 or 64,64,32 (default: the "
@@ -326,7 +330,7 @@ def embed(
 @user_errors
 @terminable
 def cluster(
-    emb_dir: Path = typer.Argument(..., help="An embedding folder (from `geomed-ssl embed`)."),
+    emb_dir: Path = typer.Argument(..., metavar="EMB_DIR", help="An embedding folder (from `geomed-ssl embed`)."),
     out: Path = typer.Option(..., "--out", help="Output folder (clusters, summary, scatter, maps)."),
     method: str = typer.Option("kmeans", "--method", help="kmeans or hdbscan."),
     k: Optional[int] = typer.Option(None, "--k", help="k-means: number of clusters (default 8)."),
@@ -354,7 +358,7 @@ def cluster(
 @user_errors
 @terminable
 def similar(
-    emb_dir: Path = typer.Argument(..., help="An embedding folder (from `geomed-ssl embed`)."),
+    emb_dir: Path = typer.Argument(..., metavar="EMB_DIR", help="An embedding folder (from `geomed-ssl embed`)."),
     query: Path = typer.Option(..., "--query", help="The query file (GeoTIFF or NIfTI)."),
     box: Optional[str] = typer.Option(None, "--box", help="A box in it: ROW,COL,H,W (rasters) or I,J,K,DI,DJ,DK "
                                       "(volumes: voxel indices and sizes along the RAS axes i=Right, j=Anterior, "
@@ -377,7 +381,7 @@ def similar(
 @user_errors
 @terminable
 def export(
-    encoder: Path = typer.Argument(..., help="RUN_DIR, RUN_DIR/encoder or a fine-tune folder."),
+    encoder: Path = typer.Argument(..., metavar="ENC", help="RUN_DIR, RUN_DIR/encoder or a fine-tune folder."),
     fmt: str = typer.Option("timm", "--format", help="timm: a VisionTransformer state dict and its create_model "
                             "arguments (plain-embedding 2D encoders)."),
     out: Path = typer.Option(..., "--out", help="Export folder (model.safetensors, config.json, geomed_ssl.json, "
@@ -394,7 +398,7 @@ def export(
 @app.command()
 @user_errors
 def methods(
-    names: Optional[list[str]] = typer.Argument(None, help="Methods to show (default: all)."),
+    names: Optional[list[str]] = typer.Argument(None, metavar="NAME", help="Methods to show (default: all)."),
     markdown: bool = typer.Option(False, "--markdown", help="Print docs/methods.md (every method in one table, "
                                   "then each one's settings)."),
 ) -> None:

@@ -31,7 +31,8 @@ def finetune_sets(overrides: Optional[list[str]], per_class: Optional[int], frac
 @finetune_app.command("segment")
 @user_errors
 def finetune_segment_cmd(
-    recipe: Path = typer.Argument(..., help="Recipe YAML (a pretraining recipe plus finetune/labels sections)."),
+    recipe: Path = typer.Argument(..., metavar="RECIPE",
+                                  help="Recipe YAML (a pretraining recipe plus finetune/labels sections)."),
     encoder: str = typer.Option(..., "--encoder", help="RUN_DIR, RUN_DIR/encoder, or 'none' (random init baseline)."),
     images: Path = typer.Option(..., "--images", help="Folder of images (GeoTIFF or NIfTI)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Folder of label files named like the images, one "
@@ -64,7 +65,7 @@ def finetune_segment_cmd(
 @finetune_app.command("classify")
 @user_errors
 def finetune_classify_cmd(
-    recipe: Path = typer.Argument(..., help="Recipe YAML."),
+    recipe: Path = typer.Argument(..., metavar="RECIPE", help="Recipe YAML."),
     encoder: str = typer.Option(..., "--encoder", help="RUN_DIR, RUN_DIR/encoder, or 'none' (random init baseline)."),
     data: Path = typer.Option(..., "--data", help="Folder with one subfolder of images per class."),
     out: Path = typer.Option(..., "--out", help="Output folder."),

@@ -16,7 +16,8 @@ import logging
 from typing import Any, Sequence
 
 from geomed_ssl.bands.conform import conform_catalog, conform_record
-from geomed_ssl.data.stats import BandStats, warn_far_from_stats
+from geomed_ssl.bands.ranges import warn_far_from_stats
+from geomed_ssl.data.stats import BandStats
 from geomed_ssl.errors import DataError
 from geomed_ssl.models.encoder import BAND_FLEXIBLE, EncoderConfig
 from geomed_ssl.models.spectral import match_bands

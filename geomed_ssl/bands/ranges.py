@@ -1,0 +1,56 @@
+"""Whether new data is in the units a model was trained on: each band's robust value range against the model's
+band statistics (``data.stats.BandStats``: their p1 / p99), the check every command applying a model to new data
+makes before clipping to the training range flattens a band."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Sequence
+
+log = logging.getLogger("geomed_ssl")
+
+MIN_RANGE_OVERLAP = 0.1  # a band whose [p1, p99] lies less than this fraction inside the training one is "far"
+# ... of the training [p1, p99] widened by this fraction of its span on each side: a dark or bright class (a forest
+# in B01, water in the NIR) lies just past the percentiles of every archive and is no sign of wrong units
+RANGE_MARGIN = 0.25
+
+
+def far_from_stats(value_range: Sequence[Sequence[float]] | None, stats: Any) -> list[int]:
+    """Bands whose data range is far from the training statistics: less than ``MIN_RANGE_OVERLAP`` of the data's
+    [p1, p99] lies inside the statistics' [p1, p99] widened by ``RANGE_MARGIN`` of its span on each side, so
+    clipping flattens the band (e.g. reflectance 0-0.15 fed to an encoder trained on DN 1000-2000: every pixel
+    becomes p1). ``value_range`` is per band [min, p1, p99, max] (``FileRecord.value_range``) in the statistics'
+    band order; bands with no valid value are skipped."""
+    out = []
+    for i, (row, lo, hi) in enumerate(zip(value_range or [], stats.p1, stats.p99)):
+        a, b = float(row[1]), float(row[2])
+        if not (math.isfinite(a) and math.isfinite(b)):
+            continue
+        lo, hi = lo - RANGE_MARGIN * (hi - lo), hi + RANGE_MARGIN * (hi - lo)
+        inside = max(0.0, min(b, hi) - max(a, lo))
+        span = b - a
+        fraction = inside / span if span > 0 else float(lo <= a <= hi)
+        if fraction < MIN_RANGE_OVERLAP:
+            out.append(i)
+    return out
+
+
+def warn_far_from_stats(items: Sequence[tuple[str, Sequence[Sequence[float]] | None]], stats: Any) -> list[str]:
+    """The one range check of every command that applies a model's statistics to new data: for ``items`` (path,
+    value range in the statistics' band order), one warning naming the files and bands far from the statistics
+    (:func:`far_from_stats`). Returns the paths named."""
+    far = [(path, far_from_stats(vr, stats)) for path, vr in items]
+    far = [(p, bands) for p, bands in far if bands]
+    if not far:
+        return []
+    first_path, first_bands = far[0]
+    vr = dict(items)[first_path]
+    shown = ", ".join(f"{stats.band_names[i]} {float(vr[i][1]):.4g}..{float(vr[i][2]):.4g} (trained on "
+                      f"{stats.p1[i]:.4g}..{stats.p99[i]:.4g})" for i in first_bands[:4])
+    more = f" and {len(far) - 1} more file(s)" if len(far) > 1 else ""
+    log.warning("warning: the value range of '%s'%s is far from the model's training statistics in band(s) %s "
+                "(p1..p99): clipping to the training range flattens them, so the model sees almost constant "
+                "input. Check the units (reflectance vs digital numbers, a scale factor) and data.nodata.",
+                first_path, more, shown)
+    return [p for p, _ in far]

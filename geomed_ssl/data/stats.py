@@ -4,12 +4,16 @@ The statistics are computed once per dataset, stored as ``stats.json`` and in ev
 normalises exactly as training did. They are always computed from the data (16-bit rasters get their real range,
 never a 0/255 default).
 
-Format versions: normalisation clips each band to [p1, p99] and then z-scores it. Version 2 (now) stores the mean
-and std of the CLIPPED values, i.e. of what the network is actually fed, so normalised data has mean 0 and std 1.
-Version 1 stored the mean and std of the unclipped values. Version-1 statistics (older ``stats.json``, checkpoints
-and encoder exports) are still read and used exactly as they are: a model trained with them was fed data
-normalised with them, and only the same numbers reproduce its inputs (recomputing would shift every input the
-model sees). A one-time note says so; pretraining again gives version-2 statistics.
+The range check of new data against these statistics is :mod:`geomed_ssl.bands.ranges`.
+
+Format versions: normalisation clips each band to [p1, p99] and then z-scores it. Version 3 (now) stores the mean
+and std of the CLIPPED values, i.e. of what the network is actually fed, so normalised data has mean 0 and std 1,
+and leaves a band's own nodata values (gaps in pixels other bands cover) out of them; those are fed as 0. Version 2
+counted such gaps in the band's statistics and fed them as read (clipped); version 1 also stored the mean and std
+of the unclipped values. Older statistics (``stats.json``, checkpoints and encoder exports) are still read and
+used exactly as they are, gaps included: a model trained with them was fed data normalised with them, and only the
+same numbers and rule reproduce its inputs (recomputing would shift every input the model sees). A one-time note
+says so; pretraining again gives version-3 statistics.
 """
 
 from __future__ import annotations
@@ -36,13 +40,10 @@ PERCENTILE_SAMPLE = 200_000  # values per band kept (in expectation at most) for
 MAX_KEPT_VALUES = 20_000_000  # ... and over all bands (float32), so 200-band data stays under ~80 MB
 CT_LOOKING_MIN = -500.0  # a volume whose minimum is below this looks like CT (Hounsfield units)
 WHOLE_VOLUME_BYTES = 1 << 30  # volumes up to this size are decoded once for all their windows
-STATS_VERSION = 2  # 2: mean/std of the values clipped to [p1, p99] (what is fed); 1: of the unclipped values
-STATS_VERSIONS = (1, 2)
-MIN_RANGE_OVERLAP = 0.1  # a band whose [p1, p99] lies less than this fraction inside the training one is "far"
-# ... of the training [p1, p99] widened by this fraction of its span on each side: a dark or bright class (a forest
-# in B01, water in the NIR) lies just past the percentiles of every archive and is no sign of wrong units
-RANGE_MARGIN = 0.25
+STATS_VERSION = 3  # 3: a band's own nodata left out and fed as 0; 2: mean/std of the values clipped to [p1, p99]
+STATS_VERSIONS = (1, 2, 3)  # (what is fed); 1: of the unclipped values
 _NOTED_V1: set[str] = set()
+_NOTED_GAPS: list[bool] = []  # the note on statistics older than version 3 meeting a band's own nodata: said once
 
 ReadWindow = Callable[[Any, tuple[int, ...], tuple[int, ...]], np.ndarray]
 
@@ -64,18 +65,18 @@ class BandStats:
     wavelengths: list[float | None] | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``stats.json`` schema: {"bands": [{"name", "mean", "std", "p1", "p99", "count"}, ...], "version": 2}
-        (1 for statistics read from version 1: they keep their meaning)."""
+        """The ``stats.json`` schema: {"bands": [{"name", "mean", "std", "p1", "p99", "count"}, ...], "version": 3}
+        (1 or 2 for statistics read from those versions: they keep their meaning)."""
         bands = [{"name": n, "mean": m, "std": s, "p1": a, "p99": b, "count": c}
                  for n, m, s, a, b, c in zip(self.band_names, self.mean, self.std, self.p1, self.p99, self.count)]
         return {"bands": bands, "version": self.version}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "stats") -> BandStats:
-        """Read version 2, or version 1 (used as it is, with a one-time note per source)."""
+        """Read version 3, 2 or 1 (the older ones used as they are, version 1 with a one-time note per source)."""
         if not isinstance(d, dict) or d.get("version") not in STATS_VERSIONS or not isinstance(d.get("bands"), list) \
                 or not d["bands"]:
-            raise DataError(f"{source}: not a band statistics dict of version 1 or 2 ({{'bands': [...], 'version': "
+            raise DataError(f"{source}: not a band statistics dict of version 1, 2 or 3 ({{'bands': [...], 'version': "
                             f"{STATS_VERSION}}}); recompute the statistics.")
         keys = ("name", "mean", "std", "p1", "p99", "count")
         for i, band in enumerate(d["bands"]):
@@ -85,7 +86,7 @@ class BandStats:
         if d["version"] == 1 and source not in _NOTED_V1:
             _NOTED_V1.add(source)
             log.info("note: %s: version-1 band statistics (mean/std of the unclipped values), used as they are so data "
-                     "is normalised exactly as when this model was trained; pretraining again stores version 2 "
+                     "is normalised exactly as when this model was trained; pretraining again stores version 3 "
                      "(mean/std of the values clipped to [p1, p99]).", source)
         try:
             col = lambda k, t: [t(b[k]) for b in d["bands"]]  # noqa: E731
@@ -177,50 +178,16 @@ def normalize(array: np.ndarray, stats: BandStats, nodata: float | None) -> tupl
     out -= a["mean"]
     out /= a["std"]
     gaps = band_gaps(array, nodata)
-    if gaps is not None:
+    if gaps is not None and stats.version >= 3:
         out[gaps] = 0.0
+    elif gaps is not None and not _NOTED_GAPS and gaps[:, valid].any():
+        _NOTED_GAPS.append(True)
+        log.info("note: a band's own nodata value (%g) lies in pixels other bands cover; the model's band statistics "
+                 "(version %d) predate version 3, so it is fed as read, as when the model was trained. Pretraining "
+                 "again leaves such gaps out of the statistics and feeds them as the band's mean.", nodata,
+                 stats.version)
     out[:, ~valid] = 0.0
     return out, valid
-
-
-def far_from_stats(value_range: Sequence[Sequence[float]] | None, stats: BandStats) -> list[int]:
-    """Bands whose data range is far from the training statistics: less than ``MIN_RANGE_OVERLAP`` of the data's
-    [p1, p99] lies inside the statistics' [p1, p99] widened by ``RANGE_MARGIN`` of its span on each side, so
-    clipping flattens the band (e.g. reflectance 0-0.15 fed to an encoder trained on DN 1000-2000: every pixel
-    becomes p1). ``value_range`` is per band [min, p1, p99, max] (``FileRecord.value_range``) in the statistics'
-    band order; bands with no valid value are skipped."""
-    out = []
-    for i, (row, lo, hi) in enumerate(zip(value_range or [], stats.p1, stats.p99)):
-        a, b = float(row[1]), float(row[2])
-        if not (math.isfinite(a) and math.isfinite(b)):
-            continue
-        lo, hi = lo - RANGE_MARGIN * (hi - lo), hi + RANGE_MARGIN * (hi - lo)
-        inside = max(0.0, min(b, hi) - max(a, lo))
-        span = b - a
-        fraction = inside / span if span > 0 else float(lo <= a <= hi)
-        if fraction < MIN_RANGE_OVERLAP:
-            out.append(i)
-    return out
-
-
-def warn_far_from_stats(items: Sequence[tuple[str, Sequence[Sequence[float]] | None]], stats: BandStats) -> list[str]:
-    """The one range check of every command that applies a model's statistics to new data: for ``items`` (path,
-    value range in the statistics' band order), one warning naming the files and bands far from the statistics
-    (:func:`far_from_stats`). Returns the paths named."""
-    far = [(path, far_from_stats(vr, stats)) for path, vr in items]
-    far = [(p, bands) for p, bands in far if bands]
-    if not far:
-        return []
-    first_path, first_bands = far[0]
-    vr = dict(items)[first_path]
-    shown = ", ".join(f"{stats.band_names[i]} {float(vr[i][1]):.4g}..{float(vr[i][2]):.4g} (trained on "
-                      f"{stats.p1[i]:.4g}..{stats.p99[i]:.4g})" for i in first_bands[:4])
-    more = f" and {len(far) - 1} more file(s)" if len(far) > 1 else ""
-    log.warning("warning: the value range of '%s'%s is far from the model's training statistics in band(s) %s "
-                "(p1..p99): clipping to the training range flattens them, so the model sees almost constant "
-                "input. Check the units (reflectance vs digital numbers, a scale factor) and data.nodata.",
-                first_path, more, shown)
-    return [p for p, _ in far]
 
 
 def intensity_kind(data_cfg: Any, minimum: float | None) -> str:
@@ -345,7 +312,8 @@ def compute_stats(catalog: Any, data_cfg: Any, seed: int = 0, read_window: ReadW
     ``preprocess_intensity`` first (voxel order of the file; ``data.spacing`` resampling is not applied).
     p1/p99 come from a uniform sample of the valid values (all of them when few: at most ``PERCENTILE_SAMPLE`` per
     band), and mean/std from the same sample clipped to [p1, p99]: the statistics of what ``normalize`` feeds
-    (format version 2). ``read_window(record, start, size) -> (C, *size)`` replaces the built-in reader.
+    (format version 3: a band's own nodata values left out). ``read_window(record, start, size) -> (C, *size)``
+    replaces the built-in reader.
     """
     records = list(catalog.records)
     if not records:
@@ -424,7 +392,7 @@ def _band_stats(names: list[str], count: np.ndarray, kept: list[np.ndarray], n_w
                         "them out of the files, or raise data.stats_windows if they hold data elsewhere.")
             sample[blank] = 0.0
     p1, p99 = band_percentiles(sample, [1, 99])
-    clipped = np.clip(sample, p1[:, None], p99[:, None])  # what normalize feeds: its mean and std (version 2)
+    clipped = np.clip(sample, p1[:, None], p99[:, None])  # what normalize feeds: its mean and std (version 2 on)
     mean, std = (np.nanmean(clipped, axis=1), np.nanstd(clipped, axis=1)) if gappy else \
         (clipped.mean(axis=1), clipped.std(axis=1))
     return BandStats(

@@ -69,6 +69,26 @@ def test_a_band_at_nodata_in_a_pixel_other_bands_cover_is_no_value_of_that_band(
     assert x[2, 30, 10] == 0.0 and x[0, 30, 10] != 0.0  # the gap is fed as the band's mean
 
 
+def test_statistics_of_version_2_feed_a_band_gap_as_read_as_their_models_were_trained(caplog, monkeypatch):
+    """Version 2 counted a band's own nodata in its statistics and fed it as read (clipped to p1): a model trained
+    so is fed the same, not the version-3 rule's 0, with one note; a resumed run keeps that rule too."""
+    import geomed_ssl.data.stats as stats_mod
+    from geomed_ssl.data.stats import BandStats
+
+    monkeypatch.setattr(stats_mod, "_NOTED_GAPS", [])
+    arr = np.full((2, 4, 4), 1500, np.int16)
+    arr[1, 0, :] = -9999  # band 2's gap in pixels band 1 covers
+    bands = [{"name": n, "mean": 0.0, "std": 1000.0, "p1": -9999.0, "p99": 2000.0, "count": 10} for n in "ab"]
+    v2 = BandStats.from_dict({"version": 2, "bands": bands})
+    with caplog.at_level("INFO", logger="geomed_ssl"):
+        x2, valid = normalize(arr, v2, -9999)
+        normalize(arr, v2, -9999)
+    assert valid.all() and x2[1, 0, 0] == pytest.approx(-9.999)  # as read: (-9999 - 0) / 1000
+    assert len([r for r in caplog.records if "predate version 3" in r.getMessage()]) == 1  # once
+    v3 = BandStats.from_dict({"version": 3, "bands": bands})
+    assert normalize(arr, v3, -9999)[0][1, 0, 0] == 0.0 and v2.to_dict()["version"] == 2
+
+
 def test_a_folder_mixing_two_sensors_under_the_same_band_names_keeps_the_majoritys(tmp_path, make_tif, grad):
     """GDAL names every converted ENVI cube's bands "Band 1" ...: an EnMAP-like cube beside two AVIRIS-like ones
     passed the catalog as one sensor. Files whose same-named bands lie elsewhere are problems, naming a band."""

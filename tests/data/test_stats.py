@@ -5,9 +5,9 @@ import pytest
 
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.catalog import Catalog, FileRecord, scan
+from geomed_ssl.bands.ranges import far_from_stats, warn_far_from_stats
 from geomed_ssl.data.stats import (
-    BandStats, compute_stats, far_from_stats, intensity_args, normalize, preprocess_intensity, valid_mask,
-    warn_far_from_stats,
+    BandStats, compute_stats, intensity_args, normalize, preprocess_intensity, valid_mask,
 )
 from geomed_ssl.errors import DataError
 
@@ -47,7 +47,7 @@ def test_mean_and_std_are_those_of_the_clipped_values_so_normalised_data_is_stan
     out, _ = normalize(arr, stats, None)  # what the network is fed
     np.testing.assert_allclose(out.reshape(2, -1).mean(1), 0.0, atol=1e-4)
     np.testing.assert_allclose(out.reshape(2, -1).std(1), 1.0, atol=1e-4)
-    assert stats.version == 2
+    assert stats.version == 3
 
 
 def test_stats_exclude_nodata_and_nan(tmp_path, make_tif, grad):
@@ -134,7 +134,7 @@ def test_stats_json_round_trip_and_bad_files(tmp_path):
     stats = BandStats(["B02", "B8A"], [1.5, 2.0], [0.5, 1e-6], [0.0, 1.0], [3.0, 4.0], [10, 10])
     stats.save(tmp_path / "stats.json")
     assert BandStats.load(tmp_path / "stats.json") == stats
-    assert stats.to_dict()["version"] == 2 and stats.to_dict()["bands"][1]["name"] == "B8A"
+    assert stats.to_dict()["version"] == 3 and stats.to_dict()["bands"][1]["name"] == "B8A"
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(DataError, match="not valid JSON"):
         BandStats.load(tmp_path / "bad.json")
@@ -157,8 +157,8 @@ def test_version_1_statistics_are_used_as_they_are_with_a_one_time_note(caplog, 
     assert a.to_dict()["version"] == 1  # re-saved (a resumed run, a fine-tuned model) it keeps its meaning
     notes = [r.getMessage() for r in caplog.records if "version-1" in r.getMessage()]
     assert len(notes) == 1 and "encoder x" in notes[0] and "used as they are" in notes[0]
-    with pytest.raises(DataError, match="version 1 or 2"):
-        BandStats.from_dict({**old, "version": 3})
+    with pytest.raises(DataError, match="version 1, 2 or 3"):
+        BandStats.from_dict({**old, "version": 4})
 
 
 def test_far_from_stats_flags_bands_whose_range_barely_meets_the_training_range():

@@ -21,6 +21,7 @@ affine of the volume reader, in mm).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import logging
@@ -127,13 +128,17 @@ CROP_KEYS = ("global_crop_size", "local_crop_size")  # data settings of a pretra
 
 def comparable(settings: dict[str, Any], digests: bool) -> dict[str, Any]:
     """``settings`` as a resume compares them: without the crop sizes in their ``data`` section (earlier versions
-    recorded them too) and the encoder's path (any spelling or copy of it will do); the encoder is compared by its
+    recorded them too), its settings at their defaults (so one that an earlier version did not have yet compares
+    equal at its default) and the encoder's path (any spelling or copy of it will do); the encoder is compared by its
     content digest when both runs recorded one (``digests``), else by the fingerprint of earlier versions."""
+    from geomed_ssl.config import DataConfig
+
     drop = {"encoder", "encoder_fingerprint"} if digests else {"encoder", "encoder_digest"}
     out = {k: v for k, v in settings.items() if k not in drop}
     data = out.get("data")
     if isinstance(data, dict):
-        out["data"] = {k: v for k, v in data.items() if k not in CROP_KEYS}
+        default = json.loads(json.dumps(dataclasses.asdict(DataConfig())))  # as a manifest holds them
+        out["data"] = {k: v for k, v in data.items() if k not in CROP_KEYS and not (k in default and v == default[k])}
     return out
 
 

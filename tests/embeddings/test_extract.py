@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import struct
 from pathlib import Path
 
@@ -386,6 +387,51 @@ def test_a_folder_whose_settings_recorded_the_encoders_crop_sizes_still_resumes(
     store.write_manifest({"format": "geomed-ssl-embeddings", "version": 1, "complete": False, "settings": old,
                           "files": []})
     assert store.check(settings, overwrite=False)["settings"] == old
+
+
+def test_a_folder_of_a_version_without_a_data_setting_resumes_when_it_is_at_its_default(tmp_path: Path) -> None:
+    """data.date_pairs came after some folders were made: absent there, and at its default (False) now, it is no
+    change of settings; set otherwise it is."""
+    from geomed_ssl.embeddings.store import EmbeddingStore
+
+    store = EmbeddingStore(tmp_path / "emb")
+    old = {"level": "patch", "data": {"kind": "raster", "patch_size": 64}}
+    store.dir.mkdir(parents=True)
+    store.write_manifest({"format": "geomed-ssl-embeddings", "version": 1, "complete": False, "settings": old,
+                          "files": []})
+    now = {"level": "patch", "data": {"kind": "raster", "patch_size": 64, "date_pairs": False}}
+    assert store.check(now, overwrite=False)["settings"] == old
+    with pytest.raises(GeomedError, match="data.date_pairs"):
+        store.check({**now, "data": {**now["data"], "date_pairs": True}}, overwrite=False)
+
+
+def test_a_resume_refuses_files_embedded_before_that_are_no_longer_to_embed(data: Path, encoder: Path,
+                                                                             tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Their rows would have joined the table beside the files embedded now (a table of neither run's files)."""
+    from geomed_ssl.embeddings import extract
+
+    monkeypatch.setattr(extract, "WINDOWS_PER_PART", 1)
+    mine = tmp_path / "data"
+    shutil.copytree(data, mine)
+    out = tmp_path / "emb"
+    real, calls = Embedder.encode, {"n": 0}
+
+    def dying(self, images, valid):
+        calls["n"] += 1
+        if calls["n"] == 7:  # in the third file
+            raise Killed()
+        return real(self, images, valid)
+
+    monkeypatch.setattr(Embedder, "encode", dying)
+    with pytest.raises(Killed):
+        embed_folder(encoder, mine, out, level="window", batch_size=4, progress=False)
+    monkeypatch.setattr(Embedder, "encode", real)
+    first = sorted(mine.glob("*.tif"))[0]
+    first.rename(mine / "renamed.tif")
+    with pytest.raises(DataError, match=f"'{first}' was embedded into .* not among the files to embed now"):
+        embed_folder(encoder, mine, out, level="window", batch_size=4, progress=False)
+    assert not (out / "embeddings.parquet").exists()
 
 
 def test_patch_maps_of_a_scene_georeferenced_by_ground_control_points_carry_them_on_their_grid(

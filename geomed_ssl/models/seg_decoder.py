@@ -32,8 +32,6 @@ from __future__ import annotations
 import math
 
 import torch
-from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
-from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetResBlock, get_conv_layer
 from torch import nn
 
 from geomed_ssl.config import SEG_HEADS
@@ -64,14 +62,16 @@ def tap_levels(num_taps: int, n_up: int) -> list[int]:
 
 
 def _transposed(spatial_dims: int, in_ch: int, out_ch: int, kernel: tuple[int, ...]) -> nn.Module:
+    from monai.networks.blocks.dynunet_block import get_conv_layer  # monai (~4 s to import): the UNETR head only
     return get_conv_layer(spatial_dims, in_ch, out_ch, kernel_size=kernel, stride=kernel, conv_only=True,
                           is_transposed=True)
 
 
 def _pr_up_block(spatial_dims: int, in_ch: int, out_ch: int, kernels: list[tuple[int, ...]], norm_name: str,
-                 res_block: bool) -> UnetrPrUpBlock:
+                 res_block: bool) -> nn.Module:
     """MONAI ``UnetrPrUpBlock`` with ``len(kernels)`` transposed convs; a stage whose kernel differs from the
     first (anisotropic patches) gets its transposed conv rebuilt with its own kernel, keeping MONAI's layout."""
+    from monai.networks.blocks import UnetrPrUpBlock
     block = UnetrPrUpBlock(spatial_dims, in_ch, out_ch, num_layer=len(kernels) - 1, kernel_size=3, stride=1,
                            upsample_kernel_size=kernels[0], norm_name=norm_name, conv_block=True, res_block=res_block)
     for seq, kernel in zip(block.blocks, kernels[1:]):
@@ -86,6 +86,7 @@ class UpBlockNoSkip(nn.Module):
     def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, kernel: tuple[int, ...], norm_name: str,
                  res_block: bool) -> None:
         super().__init__()
+        from monai.networks.blocks.dynunet_block import UnetBasicBlock, UnetResBlock
         self.transp_conv = _transposed(spatial_dims, in_ch, out_ch, kernel)
         block = UnetResBlock if res_block else UnetBasicBlock
         self.conv_block = block(spatial_dims, out_ch, out_ch, kernel_size=3, stride=1, norm_name=norm_name)
@@ -122,6 +123,7 @@ class UNETRDecoder(nn.Module):
                  in_chans: int, out_chans: int, feature_size: int = 16, norm_name: str = "instance",
                  res_block: bool = True) -> None:
         super().__init__()
+        from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
         if len(patch_size) != spatial_dims:
             raise ConfigError(f"model.patch_size {list(patch_size)} does not have {spatial_dims} axes.")
         self.spatial_dims, self.embed_dim, self.patch_size = spatial_dims, embed_dim, tuple(patch_size)

@@ -58,6 +58,11 @@ class SparseLabelDataset(Dataset):
 
     def read(self, record: Any, start: Sequence[int]) -> np.ndarray:
         if self.raster_reader is not None:
+            # a raster that fits the reader's region cache is read once, whole, and each window cut from it
+            H, W = record.shape[-2:]
+            whole = (0, 0, int(H), int(W))
+            if H * W * record.num_bands * 8 <= self.raster_reader.cache_bytes:
+                return self.raster_reader.read_window(record, *start, *self.window, region=whole)
             return self.raster_reader.read_window(record, *start, *self.window)
         return self.volume_reader.read_box(record, *start, *self.window)
 

@@ -144,10 +144,11 @@ def band_gaps(array: np.ndarray, nodata: float | None) -> np.ndarray | None:
     return array == nodata
 
 
-def valid_values(array: np.ndarray, valid: np.ndarray, gaps: np.ndarray | None) -> np.ndarray:
-    """(C, n) float64: each band's values at the ``valid`` pixels, its own ``gaps`` (:func:`band_gaps` of the values
-    as read) NaN: what a band's statistics and value range are taken from."""
-    vals = array[:, valid].astype(np.float64)
+def valid_values(array: np.ndarray, valid: np.ndarray, gaps: np.ndarray | None,
+                 dtype: Any = np.float64) -> np.ndarray:
+    """(C, n) ``dtype``: each band's values at the ``valid`` pixels, its own ``gaps`` (:func:`band_gaps` of the
+    values as read) NaN: what a band's statistics and value range are taken from."""
+    vals = array[:, valid].astype(dtype)
     if gaps is not None:
         vals[gaps[:, valid]] = np.nan
     return vals
@@ -262,10 +263,10 @@ def preprocess_intensity(
 
 
 class _FileWindows:
-    """Window reads from one record: rasterio windowed reads (``window_reads``: a striped raster whose windows ask
-    for more than its rows, ``rows_wanted``, is read once), or a nibabel volume (decoded once when small)."""
+    """Window reads from one record: rasterio windowed reads (``window_reads``: a raster that ``windows`` windows of
+    ``size`` would read over is read once), or a nibabel volume (decoded once when small)."""
 
-    def __init__(self, record: Any, rows_wanted: int = 0):
+    def __init__(self, record: Any, windows: int = 0, size: tuple[int, ...] = (0, 0)):
         self.record, self.ds, self.volume, self.proxies = record, None, None, None
         if record.kind == "raster":
             import rasterio
@@ -274,7 +275,7 @@ class _FileWindows:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self.ds = [rasterio.open(p) for p in record.paths]
-            self.reads = [window_reads(d, record.nodata, i > 0, rows_wanted) for i, d in enumerate(self.ds)]
+            self.reads = [window_reads(d, record.nodata, i > 0, windows, size[-2:]) for i, d in enumerate(self.ds)]
         else:
             import nibabel as nib
 
@@ -347,7 +348,7 @@ def _sample_file(rec: Any, windows: int, window: tuple[int, ...], data_cfg: Any,
     count, kept = np.zeros(rec.num_bands, np.int64), []
     source = None
     try:
-        source = None if read_window is not None else _FileWindows(rec, windows * window[-2])
+        source = None if read_window is not None else _FileWindows(rec, windows, window)
         intensity = intensity_args(rec, data_cfg) if rec.kind == "volume" else {}
         for _ in range(windows):
             start = tuple(int(rng.integers(0, max(s - w, 0) + 1)) for s, w in zip(rec.shape, window))
@@ -358,7 +359,7 @@ def _sample_file(rec: Any, windows: int, window: tuple[int, ...], data_cfg: Any,
             gaps = band_gaps(arr, rec.nodata)
             if rec.kind == "volume":
                 arr = preprocess_intensity(arr, data_cfg, valid=valid, **intensity)
-            vals = valid_values(arr, valid, gaps)  # (C, n_valid); gaps of the values as read
+            vals = valid_values(arr, valid, gaps, np.float32)  # (C, n_valid); gaps of the values as read
             count += np.isfinite(vals).sum(axis=1)
             if vals.shape[1]:
                 take = rng.random(vals.shape[1]) < keep_prob
@@ -392,7 +393,7 @@ def _band_stats(names: list[str], count: np.ndarray, kept: list[np.ndarray], n_w
                         "them out of the files, or raise data.stats_windows if they hold data elsewhere.")
             sample[blank] = 0.0
     p1, p99 = band_percentiles(sample, [1, 99])
-    clipped = np.clip(sample, p1[:, None], p99[:, None])  # what normalize feeds: its mean and std (version 2 on)
+    clipped = np.clip(sample, p1[:, None], p99[:, None], out=sample)  # what normalize feeds: its mean and std
     mean, std = (np.nanmean(clipped, axis=1), np.nanstd(clipped, axis=1)) if gappy else \
         (clipped.mean(axis=1), clipped.std(axis=1))
     return BandStats(

@@ -79,14 +79,16 @@ def read_masked(ds: Any, window: Any = None, nodata: float | None = None, stacke
     return out
 
 
-def window_reads(ds: Any, nodata: float | None = None, stacked: bool = False,
-                 rows_wanted: int = 0) -> Callable[[Any], np.ndarray]:
-    """A reader of windows of ``ds`` (a rasterio ``Window`` -> what :func:`read_masked` gives for it). A striped
-    raster (each block spans its width, as most hyperspectral cubes are written) decodes whole rows for any window,
-    so when windows will ask for more rows than it has (``rows_wanted``) it is read once, whole, if it fits in
-    ``WHOLE_RASTER_BYTES``, and its windows are cut from that: the same values at a fraction of the reading."""
+def window_reads(ds: Any, nodata: float | None = None, stacked: bool = False, windows: int = 0,
+                 size: tuple[int, int] = (0, 0)) -> Callable[[Any], np.ndarray]:
+    """A reader of windows of ``ds`` (a rasterio ``Window`` -> what :func:`read_masked` gives for it). When
+    ``windows`` windows of ``size`` (rows, columns) would decode more pixels than the raster holds, it is read once,
+    whole, if it fits in ``WHOLE_RASTER_BYTES``, and its windows are cut from that: the same values at a fraction of
+    the reading. A striped raster (each block spans its width, as most hyperspectral cubes are written) decodes whole
+    rows for any window."""
     striped = all(bw >= ds.width for _, bw in ds.block_shapes)
-    if not (striped and rows_wanted > ds.height and ds.width * ds.height * ds.count * 4 <= WHOLE_RASTER_BYTES):
+    decoded = windows * size[0] * (ds.width if striped else size[1])
+    if decoded <= ds.width * ds.height or ds.width * ds.height * ds.count * 4 > WHOLE_RASTER_BYTES:
         return lambda win: read_masked(ds, win, nodata, stacked)
     whole = read_masked(ds, None, nodata, stacked)
     return lambda win: whole[:, win.row_off:win.row_off + win.height, win.col_off:win.col_off + win.width]

@@ -247,7 +247,9 @@ def test_volume_stats_describe_the_intensities_the_reader_gives(tmp_path, make_n
     assert stats.p99[0] == pytest.approx(float(np.percentile(loaded, 99)), rel=1e-4)
 
 
-def test_a_striped_raster_read_over_and_over_is_read_once_with_the_same_statistics(tmp_path, monkeypatch):
+@pytest.mark.parametrize("layout", [{"interleave": "pixel"}, {"tiled": True, "blockxsize": 16, "blockysize": 16}],
+                         ids=["strips", "tiles"])
+def test_a_raster_read_over_and_over_is_read_once_with_the_same_statistics(tmp_path, monkeypatch, layout):
     import rasterio
     from rasterio.transform import from_origin
 
@@ -258,9 +260,9 @@ def test_a_striped_raster_read_over_and_over_is_read_once_with_the_same_statisti
     arr[2, 30:33, 4:20] = -9999  # one band's gap inside valid pixels
     path = tmp_path / "cube.tif"
     with rasterio.open(path, "w", driver="GTiff", height=48, width=40, count=5, dtype="int16", nodata=-9999,
-                       transform=from_origin(0, 0, 20, 20), crs="EPSG:32615", interleave="pixel") as ds:
-        ds.write(arr)  # not tiled: strips one row high spanning the width
-    cfg = DataConfig(patch_size=12, stats_windows=40)  # 40 windows x 12 rows = 10 times the file's rows
+                       transform=from_origin(0, 0, 20, 20), crs="EPSG:32615", **layout) as ds:
+        ds.write(arr)  # strips one row high spanning the width, or 16x16 tiles
+    cfg = DataConfig(patch_size=12, stats_windows=40)  # 40 windows of 12x12 px: 3 times the file's pixels
     reads = []
     real = gdal_read.read_masked
     monkeypatch.setattr(gdal_read, "read_masked",

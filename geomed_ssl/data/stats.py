@@ -90,8 +90,11 @@ class BandStats:
                      "(mean/std of the values clipped to [p1, p99]).", source)
         try:
             col = lambda k, t: [t(b[k]) for b in d["bands"]]  # noqa: E731
+            # version 2 with counts that differ by band was written under version 3's rule (2026-12-05, before the
+            # version was raised): only leaving a band's own gaps out gives bands unequal counts
+            version = 3 if d["version"] == 2 and len(set(col("count", int))) > 1 else int(d["version"])
             stats = cls(col("name", str), col("mean", float), col("std", float), col("p1", float),
-                        col("p99", float), col("count", int), version=int(d["version"]))
+                        col("p99", float), col("count", int), version=version)
         except (TypeError, ValueError):
             raise DataError(f"{source}: band statistics hold a value that is not a number; recompute them.") from None
         bad = next((i for i in range(len(stats.band_names)) if not all(math.isfinite(v) for v in (

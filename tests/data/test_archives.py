@@ -87,6 +87,9 @@ def test_statistics_of_version_2_feed_a_band_gap_as_read_as_their_models_were_tr
     assert len([r for r in caplog.records if "predate version 3" in r.getMessage()]) == 1  # once
     v3 = BandStats.from_dict({"version": 3, "bands": bands})
     assert normalize(arr, v3, -9999)[0][1, 0, 0] == 0.0 and v2.to_dict()["version"] == 2
+    # version 2 written under version 3's rule (before the version was raised): its gappy band counts fewer values
+    early = BandStats.from_dict({"version": 2, "bands": [bands[0], {**bands[1], "count": 8}]})
+    assert early.version == 3 and normalize(arr, early, -9999)[0][1, 0, 0] == 0.0
 
 
 def test_a_folder_mixing_two_sensors_under_the_same_band_names_keeps_the_majoritys(tmp_path, make_tif, grad):

@@ -52,18 +52,19 @@ class SparseLabelDataset(Dataset):
         self.file_p = counts / counts.sum()
         self.raster_reader = RasterReader() if len(self.window) == 2 else None
         self.volume_reader = VolumeReader(data_cfg) if len(self.window) == 3 else None
+        # scenes that fit the reader's region cache together are read once, whole, and each window cut from them
+        # (one that fits alone would evict another's on every few samples, a whole scene read per window)
+        self.whole = self.raster_reader is not None and sum(
+            int(np.prod(r.shape[-2:])) * max(r.num_bands, 1 + max(r.band_index or [0])) * 8 for r in self.records
+        ) <= self.raster_reader.cache_bytes
 
     def __len__(self) -> int:
         return self.length
 
     def read(self, record: Any, start: Sequence[int]) -> np.ndarray:
         if self.raster_reader is not None:
-            # a raster that fits the reader's region cache is read once, whole, and each window cut from it
-            H, W = record.shape[-2:]
-            whole = (0, 0, int(H), int(W))
-            if H * W * record.num_bands * 8 <= self.raster_reader.cache_bytes:
-                return self.raster_reader.read_window(record, *start, *self.window, region=whole)
-            return self.raster_reader.read_window(record, *start, *self.window)
+            whole = (0, 0, *map(int, record.shape[-2:])) if self.whole else None
+            return self.raster_reader.read_window(record, *start, *self.window, region=whole)
         return self.volume_reader.read_box(record, *start, *self.window)
 
     def __getitem__(self, i: int) -> dict[str, Any]:

@@ -261,4 +261,6 @@ def test_wavelengths_in_nanometres_are_refused_with_the_micrometres_they_mean() 
     with pytest.raises(ConfigError) as err:
         recipe_from_dict({"data": {"wavelengths": [0.4, -1]}})
     assert "nanometres" not in str(err.value)
+    with pytest.raises(ConfigError, match="e.g. 560 nm is 0.56"):
+        recipe_from_dict({"data": {"wavelengths": [0.443, 0.49, 560]}})
     assert recipe_from_dict({"data": {"wavelengths": [0.443, 14.5]}}).data.wavelengths == [0.443, 14.5]

@@ -67,6 +67,8 @@ def test_a_recipe_path_that_is_not_there_is_the_bundled_recipe_of_that_name(tmp_
     own.write_text("method: {name: dino}\n")
     assert find_recipe("recipes/mae_sentinel2.yaml") == Path("recipes/mae_sentinel2.yaml")  # a file there wins
     assert load_recipe("recipes/mae_sentinel2.yaml").method.name == "dino"
+    (tmp_path / "mae_hyperspectral").mkdir()  # a run folder named after its recipe
+    assert find_recipe("mae_hyperspectral") == BUNDLED_RECIPES / "mae_hyperspectral.yaml"
     for missing in ("elsewhere/mae_sentinel2.yaml", "no_such_recipe.yaml", "recipes"):
         with pytest.raises(ConfigError, match="bundled recipe by name: .*mae_sentinel2"):
             find_recipe(missing)

@@ -230,9 +230,8 @@ def check_value(value: Any, tp: Any, spec: Spec, key: str, source: str) -> Any:
 def _nanometre_hint(key: str, value: Any) -> str:
     """A hint for wavelengths given in nanometres where micrometres are asked for (443 for 0.443)."""
     numbers = [v for v in value if isinstance(v, (int, float))] if isinstance(value, (list, tuple)) else []
-    if not key.endswith("wavelengths") or not any(20 < v <= 20_000 for v in numbers):
-        return ""
-    return f" They look like nanometres: give micrometres, e.g. {numbers[0]:g} nm is {numbers[0] / 1000:g}."
+    nm = next((v for v in numbers if 20 < v <= 20_000), None) if key.endswith("wavelengths") else None
+    return "" if nm is None else f" They look like nanometres: give micrometres, e.g. {nm:g} nm is {nm / 1000:g}."
 
 
 def _unspaced_pair(value: Any) -> bool:

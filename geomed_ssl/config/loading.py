@@ -189,8 +189,9 @@ def find_recipe(path: str | Path) -> Path:
         return path
     name = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
     bundled = BUNDLED_RECIPES / name
-    if not path.is_dir() and path.parent in (Path("."), Path("recipes")) and bundled.is_file():
-        log.info(f"recipe '{path}' is not here: using the bundled {bundled.stem} ({bundled}); copy it to change it.")
+    if path.parent in (Path("."), Path("recipes")) and bundled.is_file():
+        here = "is a folder here" if path.is_dir() else "is not here"  # a run folder named after its recipe
+        log.info(f"recipe '{path}' {here}: using the bundled {bundled.stem} ({bundled}); copy it to change it.")
         return bundled
     what = "is a folder" if path.is_dir() else "not found"
     raise ConfigError(f"recipe '{path}' {what}. Pass a YAML file, or a bundled recipe by name: "

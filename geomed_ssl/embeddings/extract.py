@@ -253,9 +253,10 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
     done = store.done_paths()
     gone = sorted(set(done) - set(paths))
     if gone:  # their rows would go into the table beside files embedded now: neither run's set of files
-        raise DataError(f"'{gone[0]}'{f' (and {len(gone) - 1} more)' if len(gone) > 1 else ''} was embedded into '{out_dir}' by the interrupted run "
-                        "but is not among the files to embed now (removed, renamed, or another name of a file now "
-                        "read once); embed again with --overwrite.")
+        more = f" (and {len(gone) - 1} more)" if len(gone) > 1 else ""
+        raise DataError(f"'{gone[0]}'{more} was embedded into '{out_dir}' by the interrupted run but is not among "
+                        "the files to embed now (removed, renamed, or another name of a file now read once); embed "
+                        "again with --overwrite.")
     todo = [r for r in catalog.records if r.path not in done]
     if done:
         log.info("resuming: %d of %d files already embedded in %s", len(paths) - len(todo), len(paths), out_dir)

@@ -134,7 +134,8 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
 
     if data is not None and (images is not None or labels is not None):
         raise GeomedError("give the labelled data as --images IMG_DIR --labels LABELS (segmentation) or as --data "
-                          "CLASS_FOLDERS_DIR (classification), not both: the model uses one and would ignore the other.")
+                          "CLASS_FOLDERS_DIR (classification), not both: the model uses one and would ignore the "
+                          "other.")
     default = eval_out_dir(ft_dir, None)
     out = eval_out_dir(ft_dir, out)
     rule = {"command": "evaluate", "resume": True, "allow_inside": [default],

@@ -100,7 +100,8 @@ def inspect(
 
 
 def guess_kind(data_dir: Path) -> str:
-    """volume when the folder holds NIfTI files and no GeoTIFF, else raster (a file: by its extension)."""
+    """volume when the folder holds NIfTI (or DICOM, to be told to convert) files and no GeoTIFF, else raster (a
+    file: by its extension)."""
     if data_dir.is_file():
         from geomed_ssl.data.kinds import input_kind
 
@@ -114,7 +115,8 @@ def guess_kind(data_dir: Path) -> str:
         dirs[:] = [d for d in dirs if not d.startswith(".") and not made_by_us(Path(folder) / d)]
         if any(has_ext(f, "raster") for f in files if not f.startswith(".")):
             return "raster"
-        has_nii = has_nii or any(has_ext(f, "volume") for f in files if not f.startswith("."))
+        has_nii = has_nii or any(has_ext(f, "volume") or f.lower().endswith(".dcm") for f in files
+                                 if not f.startswith("."))
     return "volume" if has_nii else "raster"
 
 

@@ -139,6 +139,18 @@ def test_inspect_guesses_rasters_from_upper_case_extensions(tmp_path, make_tif, 
     assert guess_kind(tmp_path) == "raster"
 
 
+def test_a_dicom_series_is_taken_for_volumes_so_the_error_says_to_convert_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from geomed_ssl.cli import app
+
+    (tmp_path / "series").mkdir()
+    for i in range(2):
+        (tmp_path / "series" / f"IM{i:04d}.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path)])
+    assert result.exit_code == 2 and "no usable volume files" in result.output and "dcm2niix" in result.output
+
+
 def test_a_rotated_label_grid_is_called_rotated_not_another_pixel_size(tmp_path, make_tif, grad):
     from affine import Affine
 

@@ -39,6 +39,7 @@ def scan_class_folders(root: str | Path, data_cfg: Any, strict: bool = False, fo
                         "(EuroSAT style), named after its class.")
     catalog = scan(root, data_cfg, strict=strict, names_by_position="error" if strict else "warn",
                    majority=not for_model)
+    catalog.warn_problems()  # first: a class whose files were all skipped is named in them
     base = Path(catalog.root or root)
     folder_of = {r.path: Path(os.path.relpath(r.path, base)).parts for r in catalog.records}
     loose = [p for p, parts in folder_of.items() if len(parts) < 2]
@@ -50,7 +51,6 @@ def scan_class_folders(root: str | Path, data_cfg: Any, strict: bool = False, fo
     if len(names) < (1 if for_model else 2):
         raise DataError(f"'{base}' has images in {len(names)} class folder(s) ({', '.join(names)}); "
                         "classification needs at least two class folders.")
-    catalog.warn_problems()
     empty = sorted(d.name for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")
                    and d.name not in names and not (d / MANIFEST).is_file())
     if empty and not reported_already():
@@ -75,12 +75,14 @@ def augment(image: np.ndarray, valid: np.ndarray, target: np.ndarray, rng: np.ra
 
 
 class ImageDataset(Dataset):
-    """Whole images (normalised, centre-cropped to the token patch) with their class index."""
+    """Whole images (normalised, centre-cropped to the token patch) with their class index; with ``size``, cut to
+    that size (at random with ``augment``, else centred), so images of several sizes can share a batch."""
 
     def __init__(self, records: Sequence[Any], labels: np.ndarray, stats: BandStats, data_cfg: Any,
-                 patch: Sequence[int], augment: bool = False, seed: int = 0):
+                 patch: Sequence[int], augment: bool = False, seed: int = 0, size: Sequence[int] | None = None):
         self.records, self.labels, self.stats, self.data_cfg = list(records), labels, stats, data_cfg
         self.patch, self.augment, self.seed = tuple(patch), augment, seed
+        self.size = tuple(size) if size is not None else None
         self.raster = RasterReader() if len(self.patch) == 2 else None
         self.volume = VolumeReader(data_cfg) if len(self.patch) == 3 else None
 
@@ -99,7 +101,12 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         image, valid = self.image(i % len(self.records))
+        rng = np.random.default_rng([self.seed, 777, int(i)])
+        if self.size is not None and image.shape[1:] != self.size:
+            box = tuple(slice(a, a + w) for a, w in zip(
+                [int(rng.integers(0, s - w + 1)) if self.augment else (s - w) // 2
+                 for s, w in zip(image.shape[1:], self.size)], self.size))
+            image, valid = image[(slice(None), *box)], valid[box]
         if self.augment:
-            rng = np.random.default_rng([self.seed, 777, int(i)])
             image, valid, _ = augment(image, valid, np.zeros(valid.shape, np.int16), rng)
         return {"image": torch.from_numpy(image), "target": torch.tensor(int(self.labels[i % len(self.records)]))}

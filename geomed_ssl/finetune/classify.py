@@ -116,6 +116,13 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
     train, test, notes = split_images(labels, lab.per_class, lab.fraction, lab.seed, names, lab.test_fraction)
     for note in notes:
         log.info("note: %s", note)
+    if len(train) < 2:
+        raise DataError(f"{len(train)} training image(s) under '{data}': a classifier needs at least two (each "
+                          "class keeps half its images for testing); give more images per class or raise "
+                          "--labels-per-class / --label-fraction.")
+    if f.head == "linear" and not (f.freeze_encoder and not f.unfreeze_after_steps) and f.batch_size < 2:
+        raise ConfigError("finetune.batch_size must be at least 2 to train the linear head (its BatchNorm "
+                          f"normalises over the batch), got {f.batch_size}.")
     untrained = [n for n, c in zip(names, np.bincount(labels[train], minlength=len(names))) if c == 0]
     if untrained:
         log.warning(f"warning: no training image for class(es) {', '.join(untrained)} (a class needs at least two "
@@ -141,7 +148,7 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
         mode = f"{f.head} probe on frozen features"
     else:
         stream = Repeat(ImageDataset(records, labels, stats, recipe.data, enc.config.patch_size, augment=True,
-                                     seed=lab.seed), train, lab.seed)
+                                     seed=lab.seed, size=common_size(dataset, train)), train, lab.seed)
         fit_supervised(model, stream, recipe, len(names), out, weights, progress=progress)
         mode = "full fine-tune" if not f.freeze_encoder else f"{f.head} head, encoder unfrozen after {f.unfreeze_after_steps} steps"
     model.eval()
@@ -153,6 +160,19 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
     with stops_as(not_evaluated(out, ["--data", data])):
         metrics = evaluate_images(model, dataset, labels, {"train": train, "test": test}, names, out, notes)
     return FinetuneResult(out, metrics, None)
+
+
+def common_size(dataset: ImageDataset, indices: np.ndarray) -> tuple[int, ...] | None:
+    """The per-axis smallest shape of the training images as read (volumes resampled) when they differ, else None:
+    each training step then sees a crop of that size of every image, so images of several sizes share a batch
+    (evaluation and probes read the whole images)."""
+    sizes = {dataset.image(int(i))[0].shape[1:] for i in indices}
+    if len(sizes) < 2:
+        return None
+    size = tuple(map(min, zip(*sizes)))
+    log.info("note: the %d training images come in %d sizes; each training step sees a %s crop of them (the "
+             "smallest size), evaluation the whole images.", len(indices), len(sizes), "x".join(map(str, size)))
+    return size
 
 
 def predict_images(model: ClassificationModel, dataset: ImageDataset, indices: np.ndarray) -> np.ndarray:

@@ -227,6 +227,13 @@ def trained_images(ft_dir: str | Path, paths: Sequence[str]) -> tuple[np.ndarray
         return seen, None
     trained = {_key(used["meta"]["paths"][i]) for i in used["train_index"]}
     seen[:] = [_key(p) in trained for p in paths]
+    if not seen.any():  # a copy or another mount of the folder: the same images by class folder and file name
+        tails = {Path(used["meta"]["paths"][i]).parts[-2:] for i in used["train_index"]}
+        seen[:] = [Path(p).parts[-2:] in tails for p in paths]
+        if seen.any():
+            log.warning("warning: none of these images is at the path the fine-tune trained on; %d match its training "
+                        "images by class folder and file name (a copy of the folder?) and are scored apart as "
+                        "trained.", int(seen.sum()))
     return seen, (_scored_apart(int(seen.sum()), len(paths), "images") if seen.any() else None)
 
 

@@ -6,6 +6,8 @@ import json
 import os
 from pathlib import Path
 
+import shutil
+
 import numpy as np
 import pytest
 import rasterio
@@ -346,6 +348,11 @@ def test_classify_warns_of_classes_it_cannot_learn_and_evaluate_scores_its_train
     assert "6 of the 17 labelled images trained this model" in ev.output
     metrics = json.loads((ft / "eval" / "metrics.json").read_text())
     assert metrics["train"]["n"] == 6 and metrics["test"]["n"] == 11
+    copy = tmp_path / "copied_classes"  # the same images elsewhere: still scored apart, by class folder and name
+    shutil.copytree(class_folders, copy)
+    ev = runner.invoke(app, ["evaluate", str(ft), "--data", str(copy), "--out", str(tmp_path / "ev_copy")])
+    assert ev.exit_code == 0 and "6 match its training images by class folder and file name" in ev.output
+    assert json.loads((tmp_path / "ev_copy" / "metrics.json").read_text())["test"]["n"] == 11
 
     pr = runner.invoke(app, ["predict", str(ft), str(class_folders), "--out", str(tmp_path / "p"), "--probabilities"])
     assert pr.exit_code == 0, pr.output
@@ -353,6 +360,45 @@ def test_classify_warns_of_classes_it_cannot_learn_and_evaluate_scores_its_train
     assert lines[0] == "file,class,probability,model,p_Forest,p_River,p_Solo,p_Urban" and len(lines) == 1 + 17
     probs = [float(v) for v in lines[1].split(",")[4:]]
     assert abs(sum(probs) - 1) < 1e-3 and max(probs) == float(lines[1].split(",")[2])
+
+
+def test_classify_fine_tunes_images_of_several_sizes_on_crops_of_the_smallest(class_folders: Path,
+                                                                              tmp_path: Path) -> None:
+    """Torch's batches need one size: whole images of several sizes crashed --full and every compare --data (which
+    always fine-tunes random init)."""
+    from tests.conftest import structured_raster, write_geotiff
+
+    rng = np.random.default_rng(1)
+    for name, size in (("Forest", 24), ("River", 32), ("Urban", 40)):
+        for i in range(2):
+            write_geotiff(class_folders / name / f"big_{i}.tif", structured_raster(rng, 4, size).astype(np.uint16))
+    ft = tmp_path / "sizes"
+    result = runner.invoke(app, ["finetune", "classify", "recipes/mae_sentinel2.yaml", "--encoder", "none",
+                                 "--data", str(class_folders), "--out", str(ft), "--labels-per-class", "4", "--full",
+                                 *sets("data.sensor=null", "finetune.max_steps=4", "finetune.batch_size=4",
+                                       "data.num_workers=0")])
+    assert result.exit_code == 0, result.output
+    assert "training images come in 3 sizes; each training step sees a 16x16 crop of them" in result.output
+    assert json.loads((ft / "metrics.json").read_text())["test"]["n"] == 12
+
+
+def test_classify_refuses_one_training_image_and_a_batch_of_one_for_the_linear_head(class_folders: Path,
+                                                                                   tmp_path: Path) -> None:
+    """A BatchNorm head cannot train on one sample: a traceback before."""
+    batch = runner.invoke(app, ["finetune", "classify", "recipes/mae_sentinel2.yaml", "--encoder", "none", "--data",
+                                str(class_folders), "--out", str(tmp_path / "b"), "--labels-per-class", "1",
+                                "--full", *sets("data.sensor=null", "finetune.batch_size=1")])
+    assert batch.exit_code == 2 and "finetune.batch_size must be at least 2" in batch.output
+    shutil.rmtree(class_folders / "Urban")
+    for i in range(1, 6):
+        (class_folders / "River" / f"River_{i}.tif").unlink()  # River: one image, which stays for testing
+    for i in range(2, 6):
+        (class_folders / "Forest" / f"Forest_{i}.tif").unlink()  # Forest: two, one trains
+    one = runner.invoke(app, ["finetune", "classify", "recipes/mae_sentinel2.yaml", "--encoder", "none", "--data",
+                              str(class_folders), "--out", str(tmp_path / "a"), "--labels-per-class", "1",
+                              "--linear-probe", *sets("data.sensor=null")])
+    assert one.exit_code == 2 and "1 training image(s)" in one.output and "needs at least two" in one.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_classify_given_a_file_instead_of_class_folders_says_what_it_needs(tmp_path: Path) -> None:
@@ -653,3 +699,19 @@ def test_files_whose_pretraining_recipe_set_their_wavelengths_are_told_to_give_t
     attention = runner.invoke(app, ["attention", str(tmp_path / "ft2"), str(data / "s0.tif"), "--out",
                                     str(tmp_path / "a.png")])
     assert attention.exit_code == 0, attention.output
+
+
+def test_classify_fine_tunes_volumes_of_several_sizes(tmp_path: Path) -> None:
+    """Volumes of several sizes (as almost every 3D dataset has) share the fine-tune's batches: a traceback before."""
+    from tests.embeddings.test_extract import make_encoder, volumes
+
+    data = tmp_path / "cls"
+    volumes(data / "healthy", 3, (16, 16, 16))
+    volumes(data / "lesion", 3, (24, 16, 16))
+    enc = make_encoder(data, tmp_path / "enc", kind="volume", window=16, patch=8)
+    result = runner.invoke(app, ["finetune", "classify", "recipes/mae_ct.yaml", "--encoder", str(enc), "--data",
+                                 str(data), "--out", str(tmp_path / "ft"), "--labels-per-class", "1", "--full",
+                                 *sets("finetune.max_steps=2", "finetune.batch_size=2", "data.num_workers=0",
+                                       )])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "ft" / "metrics.json").read_text())["test"]["n"] == 4

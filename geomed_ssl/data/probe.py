@@ -239,7 +239,7 @@ def _probe_raster(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProb
             shape, count = (src.height, src.width), src.count
             if count < 1:
                 raise ProbeError("has no bands")
-            _check_complex(str(np.result_type(*src.dtypes)))
+            _check_complex(next((d for d in src.dtypes if d.startswith("complex")), src.dtypes[0]))
             _check_size(shape, window)
             nodata = _nodata(data_cfg.nodata, src.nodata)
             tags = {b: {**src.tags(b), **src.tags(b, ns="IMAGERY")} for b in range(1, count + 1)}
@@ -261,7 +261,7 @@ def _probe_raster(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProb
 def _check_complex(dtype: str) -> None:
     """A ProbeError for complex values (SAR single-look complex, MR phase data): read as they are, only their real
     part would reach the encoder."""
-    if np.dtype(dtype).kind == "c":
+    if dtype.startswith("complex"):  # GDAL's complex_int16 is no numpy type
         raise ProbeError(f"holds complex values ({dtype}), of which only the real part could be read; convert it to "
                          "amplitude or intensity (or to real and imaginary bands) first, e.g. with numpy or "
                          "gdal_calc.py / nibabel, and point the command at the converted files")

@@ -284,3 +284,23 @@ def test_thick_slices_read_at_their_own_grid_and_rotation_in_an_unequal_plane_ar
     assert len(lines) == 2 and "0.5 x 0.5 x 5 mm" in lines[0] and "10x longer" in lines[0]
     assert "plane of voxels of 0.5 x 5 mm" in lines[1] and "method.axis=2" in lines[1]
     assert voxel_warnings(records, [1.0, 1.0, 1.0], rotation_axis=0) == []
+
+
+def test_a_complex_int16_sar_file_is_refused_like_other_complex_data(tmp_path):
+    """GDAL's CInt16 (Sentinel-1 SLC as some tools write it) has no numpy type: a TypeError traceback before."""
+    import rasterio
+    import rasterio.shutil
+    from rasterio.transform import from_origin
+
+    cf32 = tmp_path / "cf32.tif"
+    with rasterio.open(cf32, "w", driver="GTiff", height=32, width=32, count=1, dtype="complex64",
+                       transform=from_origin(0, 0, 10, 10), crs="EPSG:32633") as ds:
+        ds.write((np.ones((1, 32, 32)) * (1 + 2j)).astype(np.complex64))
+    vrt = tmp_path / "ci16.vrt"
+    vrt.write_text(f'<VRTDataset rasterXSize="32" rasterYSize="32"><VRTRasterBand dataType="CInt16" band="1">'
+                   f'<SimpleSource><SourceFilename relativeToVRT="0">{cf32}</SourceFilename><SourceBand>1</SourceBand>'
+                   '</SimpleSource></VRTRasterBand></VRTDataset>')
+    (tmp_path / "slc").mkdir()
+    rasterio.shutil.copy(vrt, tmp_path / "slc" / "slc_ci16.tif", driver="GTiff")
+    with pytest.raises(DataError, match=r"slc_ci16.tif.*holds complex values \(complex_int16\)"):
+        scan(tmp_path / "slc", DataConfig(patch_size=32), strict=True)

@@ -185,6 +185,13 @@ def warn_survey(catalog: Any, spacing: Sequence[float] | None = None, rotation_a
         log.warning("warning: the rasters have several pixel sizes (%s): windows are cut in pixels, so the model sees "
                     "the ground at several scales. If that is not intended, resample them onto one pixel size or "
                     "leave the others out with data.exclude.", _counted(sizes, 3))
+    collars = [r.path for r in catalog.records if r.kind == "raster" and r.nodata is None and r.value_range
+               and all(row[1] == 0 < row[2] for row in r.value_range)]
+    if collars:  # an orthophoto's or a swath's fill outside its footprint, with no tag saying so
+        log.warning("warning: '%s'%s has 0 at its 1st percentile in every band and no nodata value or mask: if that is "
+                    "a no-data collar (outside an orthophoto's or a SAR swath's footprint), set data.nodata=0 or tag "
+                    "the files (gdal_edit.py -a_nodata 0), else it is trained and scored as data.", collars[0],
+                    f" (and {len(collars) - 1} more file(s))" if len(collars) > 1 else "")
     odd = value_outliers(catalog.records, catalog.band_names)
     if odd:
         path, _, why = odd[0]

@@ -104,3 +104,24 @@ def test_real_archives_raise_no_false_alarm(caplog) -> None:
         assert "warning" not in caplog.text, name
     red = scan(SHARED / "landsat8_clouds" / "train_red", DataConfig(patch_size=32))
     assert len(value_outliers(red.records, red.band_names)) == 3
+
+
+def test_a_zero_collar_without_a_nodata_tag_or_mask_is_warned_about(tmp_path, make_tif, caplog) -> None:
+    """Orthophotos and SAR GRD files are distributed with a 0 fill outside their footprint and often no tag: it was
+    trained and scored as data, without a word."""
+    rng = np.random.default_rng(4)
+    scenes(tmp_path / "plain", make_tif, n=2)
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        warn_survey(scan(tmp_path / "plain", DataConfig(patch_size=32)))
+    assert "collar" not in caplog.text
+    ortho = rng.integers(20, 255, (3, 32, 32)).astype(np.uint8)
+    ortho[:, :, :6] = 0  # the collar, no nodata tag
+    (tmp_path / "ortho").mkdir()
+    make_tif(tmp_path / "ortho" / "tile.tif", ortho)
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        warn_survey(scan(tmp_path / "ortho", DataConfig(patch_size=32)))
+    assert "tile.tif' has 0 at its 1st percentile in every band" in caplog.text and "data.nodata=0" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        warn_survey(scan(tmp_path / "ortho", DataConfig(patch_size=32, nodata=0)))
+    assert "collar" not in caplog.text

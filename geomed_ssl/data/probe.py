@@ -240,6 +240,10 @@ def _probe_raster(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProb
             if count < 1:
                 raise ProbeError("has no bands")
             _check_complex(next((d for d in src.dtypes if d.startswith("complex")), src.dtypes[0]))
+            if count == 1 and src.colorinterp[0].name == "palette":
+                raise ProbeError("holds palette indices, not intensities (a colour-mapped image): expand it to RGB "
+                                 "bands first (gdal_translate -expand rgb IN OUT), or give it as --labels if it is a "
+                                 "label map")
             _check_size(shape, window)
             nodata = _nodata(data_cfg.nodata, src.nodata)
             tags = {b: {**src.tags(b), **src.tags(b, ns="IMAGERY")} for b in range(1, count + 1)}

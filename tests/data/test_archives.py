@@ -304,3 +304,17 @@ def test_a_complex_int16_sar_file_is_refused_like_other_complex_data(tmp_path):
     rasterio.shutil.copy(vrt, tmp_path / "slc" / "slc_ci16.tif", driver="GTiff")
     with pytest.raises(DataError, match=r"slc_ci16.tif.*holds complex values \(complex_int16\)"):
         scan(tmp_path / "slc", DataConfig(patch_size=32), strict=True)
+
+
+def test_a_palette_image_is_refused_as_indices_not_intensities(tmp_path):
+    """A colour-mapped GeoTIFF was read as its index numbers, z-scored and trained on, without a word."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    (tmp_path / "pal").mkdir()
+    with rasterio.open(tmp_path / "pal" / "map.tif", "w", driver="GTiff", height=32, width=32, count=1,
+                       dtype="uint8", transform=from_origin(0, 0, 10, 10), crs="EPSG:32633") as ds:
+        ds.write(np.random.default_rng(0).integers(0, 6, (1, 32, 32)).astype(np.uint8))
+        ds.write_colormap(1, {i: (40 * i, 255 - 40 * i, 0, 255) for i in range(6)})
+    with pytest.raises(DataError, match=r"map.tif.*palette indices, not intensities.*gdal_translate -expand rgb"):
+        scan(tmp_path / "pal", DataConfig(patch_size=32), strict=True)

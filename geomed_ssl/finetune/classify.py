@@ -118,8 +118,8 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
         log.info("note: %s", note)
     if len(train) < 2:
         raise DataError(f"{len(train)} training image(s) under '{data}': a classifier needs at least two (each "
-                          "class keeps half its images for testing); give more images per class or raise "
-                          "--labels-per-class / --label-fraction.")
+                        "class keeps half its images for testing); give more images per class or raise "
+                        "--labels-per-class / --label-fraction.")
     if f.head == "linear" and not (f.freeze_encoder and not f.unfreeze_after_steps) and f.batch_size < 2:
         raise ConfigError("finetune.batch_size must be at least 2 to train the linear head (its BatchNorm "
                           f"normalises over the batch), got {f.batch_size}.")

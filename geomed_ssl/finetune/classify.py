@@ -3,6 +3,7 @@ MLP head or a full fine-tune; evaluated on every image it did not train on."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -109,7 +110,7 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
                           "image already: leave labels.split at random.")
     out = Path(out_dir)
     try:
-        records, labels, names = scan_class_folders(data, recipe.data, strict=strict)
+        records, labels, names = scan_class_folders(data, scan_config(recipe.data, encoder), strict=strict)
     except DataError as err:
         raise naming_hint(err, naming) from None
     note_encoder_naming(records, naming)
@@ -160,6 +161,20 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
     with stops_as(not_evaluated(out, ["--data", data])):
         metrics = evaluate_images(model, dataset, labels, {"train": train, "test": test}, names, out, notes)
     return FinetuneResult(out, metrics, None)
+
+
+def scan_config(data_cfg: Any, encoder: str | Path | None) -> Any:
+    """``data_cfg`` as the class folders are scanned: with a pretrained encoder, its window is the one images must
+    be large enough for (the recipe's ``data.patch_size`` is no window of a classifier, which reads whole images)."""
+    if encoder is None or str(encoder).lower() == "none":
+        return data_cfg
+    from geomed_ssl.checkpoint import read_encoder_config
+
+    try:
+        window = list(read_encoder_config(encoder)[0].img_size)
+    except Exception:  # said when the encoder is loaded, with the reason
+        return data_cfg
+    return dataclasses.replace(data_cfg, patch_size=window)
 
 
 def common_size(dataset: ImageDataset, indices: np.ndarray) -> tuple[int, ...] | None:

@@ -715,3 +715,19 @@ def test_classify_fine_tunes_volumes_of_several_sizes(tmp_path: Path) -> None:
                                        )])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "ft" / "metrics.json").read_text())["test"]["n"] == 4
+
+
+def test_classify_sizes_volumes_against_the_encoders_window_not_the_recipes(tmp_path: Path) -> None:
+    """A classifier reads whole volumes; the recipe's 64-voxel data.patch_size refused every 16-voxel volume of an
+    encoder whose window is 16."""
+    from tests.embeddings.test_extract import make_encoder, volumes
+
+    data = tmp_path / "cls"
+    volumes(data / "healthy", 3, (16, 16, 16))
+    volumes(data / "lesion", 3, (16, 16, 16))
+    enc = make_encoder(data, tmp_path / "enc", kind="volume", window=16, patch=8)
+    result = runner.invoke(app, ["finetune", "classify", "recipes/mae_ct.yaml", "--encoder", str(enc), "--data",
+                                 str(data), "--out", str(tmp_path / "ft"), "--labels-per-class", "1", "--linear-probe",
+                                 "--set", "data.num_workers=0", "--set", "finetune.max_steps=2"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "ft" / "metrics.json").read_text())["test"]["n"] == 4

@@ -701,31 +701,31 @@ def test_files_whose_pretraining_recipe_set_their_wavelengths_are_told_to_give_t
     assert attention.exit_code == 0, attention.output
 
 
-def test_classify_fine_tunes_volumes_of_several_sizes(tmp_path: Path) -> None:
-    """Volumes of several sizes (as almost every 3D dataset has) share the fine-tune's batches: a traceback before."""
+def volume_classes(root: Path, lesion_shape: tuple[int, int, int]) -> tuple[Path, Path]:
+    """Two class folders of three small NIfTI volumes (healthy 16^3, lesion ``lesion_shape``) and a random-init
+    encoder export with a 16-voxel window."""
     from tests.embeddings.test_extract import make_encoder, volumes
 
-    data = tmp_path / "cls"
+    data = root / "cls"
     volumes(data / "healthy", 3, (16, 16, 16))
-    volumes(data / "lesion", 3, (24, 16, 16))
-    enc = make_encoder(data, tmp_path / "enc", kind="volume", window=16, patch=8)
+    volumes(data / "lesion", 3, lesion_shape)
+    return data, make_encoder(data, root / "enc", kind="volume", window=16, patch=8)
+
+
+def test_classify_fine_tunes_volumes_of_several_sizes(tmp_path: Path) -> None:
+    """Volumes of several sizes (as almost every 3D dataset has) share the fine-tune's batches: a traceback before."""
+    data, enc = volume_classes(tmp_path, (24, 16, 16))
     result = runner.invoke(app, ["finetune", "classify", "recipes/mae_ct.yaml", "--encoder", str(enc), "--data",
                                  str(data), "--out", str(tmp_path / "ft"), "--labels-per-class", "1", "--full",
-                                 *sets("finetune.max_steps=2", "finetune.batch_size=2", "data.num_workers=0",
-                                       )])
+                                 *sets("finetune.max_steps=2", "finetune.batch_size=2", "data.num_workers=0")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "ft" / "metrics.json").read_text())["test"]["n"] == 4
 
 
 def test_classify_sizes_volumes_against_the_encoders_window_not_the_recipes(tmp_path: Path) -> None:
-    """A classifier reads whole volumes; the recipe's 64-voxel data.patch_size refused every 16-voxel volume of an
-    encoder whose window is 16."""
-    from tests.embeddings.test_extract import make_encoder, volumes
-
-    data = tmp_path / "cls"
-    volumes(data / "healthy", 3, (16, 16, 16))
-    volumes(data / "lesion", 3, (16, 16, 16))
-    enc = make_encoder(data, tmp_path / "enc", kind="volume", window=16, patch=8)
+    """A classifier reads whole volumes; the recipe's 64-voxel data.patch_size (not overridden here, unlike
+    ``sets``) refused every 16-voxel volume of an encoder whose window is 16."""
+    data, enc = volume_classes(tmp_path, (16, 16, 16))
     result = runner.invoke(app, ["finetune", "classify", "recipes/mae_ct.yaml", "--encoder", str(enc), "--data",
                                  str(data), "--out", str(tmp_path / "ft"), "--labels-per-class", "1", "--linear-probe",
                                  "--set", "data.num_workers=0", "--set", "finetune.max_steps=2"])

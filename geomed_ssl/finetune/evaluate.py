@@ -180,7 +180,8 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
     from geomed_ssl.finetune.classify import evaluate_images
     from geomed_ssl.models.model_data import records_for_stats
 
-    records, labels_idx, folder_names = scan_class_folders(data, recipe.data, strict=strict, for_model=True)
+    sized = dataclasses.replace(recipe.data, patch_size=list(meta["window"]))  # whole images, read by the model
+    records, labels_idx, folder_names = scan_class_folders(data, sized, strict=strict, for_model=True)
     missing = [n for n in folder_names if n not in names]
     if missing:
         raise DataError(f"class folders {missing} in '{data}' are not classes of this model ({', '.join(names)}).")
@@ -227,13 +228,14 @@ def trained_images(ft_dir: str | Path, paths: Sequence[str]) -> tuple[np.ndarray
         return seen, None
     trained = {_key(used["meta"]["paths"][i]) for i in used["train_index"]}
     seen[:] = [_key(p) in trained for p in paths]
-    if not seen.any():  # a copy or another mount of the folder: the same images by class folder and file name
+    if not seen.any():  # a copy of the training folder, or a test folder named alike: names cannot tell them apart
         tails = {Path(used["meta"]["paths"][i]).parts[-2:] for i in used["train_index"]}
-        seen[:] = [Path(p).parts[-2:] in tails for p in paths]
-        if seen.any():
-            log.warning("warning: none of these images is at the path the fine-tune trained on; %d match its training "
-                        "images by class folder and file name (a copy of the folder?) and are scored apart as "
-                        "trained.", int(seen.sum()))
+        alike = sum(Path(p).parts[-2:] in tails for p in paths)
+        if alike:
+            log.warning("warning: none of these images is at a path the fine-tune trained on, but %d share a folder "
+                        "and file name with its training images: if this folder is a copy of the training data, "
+                        "those were trained on and are scored here as test; evaluate the folder the model was "
+                        "fine-tuned on to score them apart.", alike)
     return seen, (_scored_apart(int(seen.sum()), len(paths), "images") if seen.any() else None)
 
 

@@ -128,7 +128,8 @@ def image_records(meta: dict[str, Any], recipe: Any, inputs: Sequence[str | Path
     for item in inputs:
         item = Path(item)
         check_input_kind(item, cfg.kind, "this model")
-        data_cfg = recipe.data if item.is_dir() else dataclasses.replace(recipe.data, include=["**/*"], exclude=[])
+        data_cfg = dataclasses.replace(recipe.data, patch_size=cfg.patch_size,  # the model's window, not the recipe's
+                                       **({} if item.is_dir() else {"include": ["**/*"], "exclude": []}))
         try:  # each image meets the model by band name: no majority of band counts among the inputs
             catalog = scan(item, data_cfg, strict=strict, names_by_position="error" if strict else "warn",
                            majority=False)

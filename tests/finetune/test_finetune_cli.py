@@ -348,11 +348,13 @@ def test_classify_warns_of_classes_it_cannot_learn_and_evaluate_scores_its_train
     assert "6 of the 17 labelled images trained this model" in ev.output
     metrics = json.loads((ft / "eval" / "metrics.json").read_text())
     assert metrics["train"]["n"] == 6 and metrics["test"]["n"] == 11
-    copy = tmp_path / "copied_classes"  # the same images elsewhere: still scored apart, by class folder and name
+    # another folder whose images are named like the training ones (a copy, or a test set numbered alike): names
+    # cannot tell which, so nothing is scored apart and a warning says what to do
+    copy = tmp_path / "copied_classes"
     shutil.copytree(class_folders, copy)
     ev = runner.invoke(app, ["evaluate", str(ft), "--data", str(copy), "--out", str(tmp_path / "ev_copy")])
-    assert ev.exit_code == 0 and "6 match its training images by class folder and file name" in ev.output
-    assert json.loads((tmp_path / "ev_copy" / "metrics.json").read_text())["test"]["n"] == 11
+    assert ev.exit_code == 0 and "6 share a folder and file name with its training images" in ev.output
+    assert json.loads((tmp_path / "ev_copy" / "metrics.json").read_text())["test"]["n"] == 17
 
     pr = runner.invoke(app, ["predict", str(ft), str(class_folders), "--out", str(tmp_path / "p"), "--probabilities"])
     assert pr.exit_code == 0, pr.output
@@ -731,3 +733,12 @@ def test_classify_sizes_volumes_against_the_encoders_window_not_the_recipes(tmp_
                                  "--set", "data.num_workers=0", "--set", "finetune.max_steps=2"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "ft" / "metrics.json").read_text())["test"]["n"] == 4
+    ev = runner.invoke(app, ["evaluate", str(tmp_path / "ft"), "--data", str(data)])  # the model's window too
+    assert ev.exit_code == 0, ev.output
+    pr = runner.invoke(app, ["predict", str(tmp_path / "ft"), str(data), "--out", str(tmp_path / "pred")])
+    assert pr.exit_code == 0 and len((tmp_path / "pred" / "predictions.csv").read_text().splitlines()) == 1 + 6
+    cmp = runner.invoke(app, ["compare", str(enc), "--data", str(data), "--out", str(tmp_path / "cmp"), "--recipe",
+                              "recipes/mae_ct.yaml", "--labels-per-class", "1", "--seeds", "0", "--protocol",
+                              "linear", "--no-baselines", "--set", "data.num_workers=0", "--set",
+                              "finetune.max_steps=2"])
+    assert cmp.exit_code == 0, cmp.output

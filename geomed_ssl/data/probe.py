@@ -265,7 +265,7 @@ def _probe_raster(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProb
 def _check_complex(dtype: str) -> None:
     """A ProbeError for complex values (SAR single-look complex, MR phase data): read as they are, only their real
     part would reach the encoder."""
-    if dtype.startswith("complex"):  # GDAL's complex_int16 is no numpy type
+    if dtype.startswith("complex") or np.dtype(dtype).kind == "c":  # GDAL's complex_int16 is no numpy type
         raise ProbeError(f"holds complex values ({dtype}), of which only the real part could be read; convert it to "
                          "amplitude or intensity (or to real and imaginary bands) first, e.g. with numpy or "
                          "gdal_calc.py / nibabel, and point the command at the converted files")

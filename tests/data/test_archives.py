@@ -318,3 +318,16 @@ def test_a_palette_image_is_refused_as_indices_not_intensities(tmp_path):
         ds.write_colormap(1, {i: (40 * i, 255 - 40 * i, 0, 255) for i in range(6)})
     with pytest.raises(DataError, match=r"map.tif.*palette indices, not intensities.*gdal_translate -expand rgb"):
         scan(tmp_path / "pal", DataConfig(patch_size=32), strict=True)
+
+
+def test_a_big_endian_complex_nifti_is_refused(tmp_path):
+    """Its dtype reads '>c8', not 'complex64': the check by name let it through, its imaginary part dropped."""
+    import nibabel as nib
+
+    (tmp_path / "vol").mkdir()
+    header = nib.Nifti1Header(endianness=">")
+    header.set_data_dtype(np.dtype(">c8"))
+    data = (np.ones((16, 16, 16)) * (1 + 2j)).astype(np.complex64)
+    nib.save(nib.Nifti1Image(data, np.eye(4), header), str(tmp_path / "vol" / "phase.nii.gz"))
+    with pytest.raises(DataError, match=r"phase.nii.gz.*holds complex values"):
+        scan(tmp_path / "vol", DataConfig(kind="volume", patch_size=16), strict=True)

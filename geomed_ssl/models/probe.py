@@ -197,13 +197,13 @@ def fit_probe(kind: str, x_train: np.ndarray, y_train: np.ndarray, num_classes: 
     weight = np.zeros((num_classes, x.shape[1]))
     bias = np.full(num_classes, -1e4)
     classes = np.unique(y_train)
-    if classes.size == 1:
-        bias[classes[0]] = 0.0
+    basis = _row_space(z) if classes.size > 1 else None  # (F, r)
+    if classes.size == 1 or basis.shape[1] == 0:  # one class, or every training feature alike: nothing to fit
+        bias[classes] = 0.0
     else:
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.linear_model import LogisticRegression
 
-        basis = _row_space(z)  # (F, r)
         if isinstance(class_weights, (list, tuple)):
             class_weights = {int(c): float(class_weights[c]) for c in classes}
         model = LogisticRegression(C=1.0, max_iter=1000, class_weight=class_weights)

@@ -159,3 +159,14 @@ def test_blanked_pixel_features_blank_each_window_as_blanking_the_image_would() 
     points = np.argwhere(allowed)[::7]
     fn = encoder_points(enc, layers)
     np.testing.assert_array_equal(fn(image, points, allowed), fn(blank(image, allowed), points, None))
+
+
+def test_a_linear_probe_on_training_features_all_alike_predicts_without_failing() -> None:
+    """Two classes whose training images are identical (one per class, the same scan filed twice): no direction
+    separates them; a ValueError traceback from scikit-learn before."""
+    from geomed_ssl.models.probe import fit_probe, predict_probe
+
+    x = np.ones((2, 6), np.float32)
+    fitted = fit_probe("linear", x, np.array([0, 1]), 3)
+    pred = predict_probe(fitted, np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32), 3)
+    assert pred.shape == (5,) and set(pred.tolist()) <= {0, 1}  # a class it saw, never the unseen class 2

@@ -165,16 +165,13 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
 
 def scan_config(data_cfg: Any, encoder: str | Path | None) -> Any:
     """``data_cfg`` as the class folders are scanned: with a pretrained encoder, its window is the one images must
-    be large enough for (the recipe's ``data.patch_size`` is no window of a classifier, which reads whole images)."""
+    be large enough for (the recipe's ``data.patch_size`` is no window of a classifier, which reads whole images).
+    Its callers read the encoder's config already (``with_encoder_naming``), so a broken one is refused there."""
     if encoder is None or str(encoder).lower() == "none":
         return data_cfg
     from geomed_ssl.checkpoint import read_encoder_config
 
-    try:
-        window = list(read_encoder_config(encoder)[0].img_size)
-    except Exception:  # said when the encoder is loaded, with the reason
-        return data_cfg
-    return dataclasses.replace(data_cfg, patch_size=window)
+    return dataclasses.replace(data_cfg, patch_size=list(read_encoder_config(encoder)[0].img_size))
 
 
 def common_size(dataset: ImageDataset, indices: np.ndarray) -> tuple[int, ...] | None:

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-WHOLE_RASTER_BYTES = 1 << 30  # a striped raster up to this size as float32 is read once for many windows
+WHOLE_RASTER_BYTES = 1 << 30  # a raster up to this size as float32 is read once when windows would read it over
 
 
 def _gdal_mask(ds: Any) -> bool:

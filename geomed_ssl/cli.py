@@ -108,15 +108,15 @@ def guess_kind(data_dir: Path) -> str:
         return input_kind(data_dir) or "raster"
     if not data_dir.is_dir():
         raise GeomedError(f"data folder '{data_dir}' does not exist.")
-    from geomed_ssl.data.listing import has_ext, made_by_us, walk
+    from geomed_ssl.data.listing import has_ext, is_dicom, made_by_us, walk
 
     has_nii = False
     for folder, dirs, files in walk(data_dir):  # the scan walks and reports it; stop at the first GeoTIFF
         dirs[:] = [d for d in dirs if not d.startswith(".") and not made_by_us(Path(folder) / d)]
         if any(has_ext(f, "raster") for f in files if not f.startswith(".")):
             return "raster"
-        has_nii = has_nii or any(has_ext(f, "volume") or f.lower().endswith(".dcm") for f in files
-                                 if not f.startswith("."))
+        has_nii = has_nii or any(has_ext(f, "volume") or f.lower().endswith((".dcm", ".ima"))
+                                 or is_dicom(Path(folder) / f) for f in files if not f.startswith("."))
     return "volume" if has_nii else "raster"
 
 

@@ -26,7 +26,7 @@ UNREAD = {
     "raster": ((".jp2", ".j2k", ".img", ".vrt", ".png", ".jpg", ".jpeg", ".bsq", ".bil", ".bip", ".nc", ".h5",
                 ".hdf", ".he5", ".grd", ".asc", ".ecw", ".sid"),
                "convert them to GeoTIFF, e.g. `gdal_translate -of COG IN OUT.tif` (a .vrt mosaic becomes one scene)"),
-    "volume": ((".mgz", ".mgh", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".img", ".npz"),
+    "volume": ((".mgz", ".mgh", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".ima", ".img", ".npz"),
                "convert them to NIfTI, e.g. with nibabel, SimpleITK, or dcm2niix for DICOM series"),
 }
 
@@ -138,13 +138,30 @@ def unread_formats(files: Sequence[Path], kind: str) -> str | None:
     read (None: there are none): how many of each extension, and how to convert them."""
     extensions, advice = UNREAD[kind]
     found = Counter(ext for p in files for ext in extensions if p.name.lower().endswith(ext))
+    if kind == "volume":  # scanners name DICOM files IM0001 or by UID (1.2.840...5): told apart by content
+        unnamed = [p for p in files if not p.suffix or p.suffix[1:].isdigit()][:20]  # opened: a few
+        found.update(["DICOM without .dcm"] * sum(map(is_dicom, unnamed)))
     if not found:
         return None
     counts = ", ".join(f"{ext} {n}" for ext, n in sorted(found.items()))
     words = "GeoTIFF (.tif/.tiff)" if kind == "raster" else "NIfTI (.nii/.nii.gz)"
     total = sum(found.values())
     return (f"{total} file{'s' if total != 1 else ''} in formats not read ({counts}): geomed-ssl reads {kind}s as "
-            f"{words}; {advice} (or leave them out with data.exclude, e.g. \"*{min(found)}\")")
+            f"{words}; {advice}" + (f" (or leave them out with data.exclude, e.g. \"*{min(found)}\")"
+                                    if min(found).startswith(".") else ""))
+
+
+def is_dicom(path: str | Path) -> bool:
+    """Whether a file named as scanners name DICOM files (IM0001, 1.2.840...5: no suffix or a number) is DICOM by
+    its content: "DICM" after the 128-byte preamble."""
+    suffix = Path(path).suffix
+    if suffix and not suffix[1:].isdigit():
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
 
 
 # -- reporting once ---------------------------------------------------------------------------------------------

@@ -151,6 +151,21 @@ def test_a_dicom_series_is_taken_for_volumes_so_the_error_says_to_convert_it(tmp
     assert result.exit_code == 2 and "no usable volume files" in result.output and "dcm2niix" in result.output
 
 
+@pytest.mark.parametrize("name", ["IM0001", "1.2.840.113619.2.55.3.320"])
+def test_dicom_files_named_without_dcm_are_told_apart_by_content(tmp_path, name):
+    """Scanners write DICOM series as IM0001 or by UID: the error names them, not "0 with .nii" alone."""
+    from typer.testing import CliRunner
+
+    from geomed_ssl.cli import app
+
+    (tmp_path / "series").mkdir()
+    (tmp_path / "series" / name).write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
+    (tmp_path / "series" / "README").write_bytes(b"not an image at all, and long enough to hold 132 bytes " * 4)
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path)])
+    assert result.exit_code == 2 and "no usable volume files" in result.output
+    assert "1 file in formats not read (DICOM without .dcm 1)" in result.output and "dcm2niix" in result.output
+
+
 def test_a_rotated_label_grid_is_called_rotated_not_another_pixel_size(tmp_path, make_tif, grad):
     from affine import Affine
 

@@ -34,7 +34,7 @@ LADDER: list[tuple[str, tuple[str, ...]]] = [
     ("geo", ("geo",)),
     ("outputs", ("outdirs", "outowners", "outcommands")),
     ("config", ("config",)),
-    ("foundation", ("outfiles", "outlocks", "permissions", "errors", "launch", "cpus", "process", "sample",
+    ("foundation", ("outfiles", "outlocks", "permissions", "errors", "launch", "cpus", "process", "tables", "sample",
                     "_version")),
 ]
 RUNG = {unit: i for i, (_, units) in enumerate(LADDER) for unit in units}

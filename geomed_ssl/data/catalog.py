@@ -193,10 +193,13 @@ def _majority(records: list[FileRecord], problems: list[Problem]) -> list[FileRe
     bands in another order are kept, read by name in that order); the rest are problems."""
     counts = Counter(r.num_bands for r in records)
     best = max(counts, key=lambda c: (counts[c], c))
+    tied = sorted(c for c in counts if counts[c] == counts[best] and c != best)
     kept = []
     for r in records:
         if r.num_bands != best:
-            why = f"{counts[best]} of {len(records)} files have {best} (the most common count)"
+            why = f"{counts[best]} of {len(records)} files have {best} (the most common count)" if not tied else (
+                f"as many files have {best} as {'/'.join(map(str, tied))}, and the larger count is kept (choose "
+                "with data.include)")
             problems.append(Problem(r.path, f"has {r.num_bands} band(s) but {why}; mixed band counts, skipped"))
         else:
             kept.append(r)

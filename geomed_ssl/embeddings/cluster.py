@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from geomed_ssl.data.readers import nearest_index
-from geomed_ssl.data.tables import read_rows
+from geomed_ssl.tables import read_rows
 from geomed_ssl.embeddings.maps import fill_grid, grid_stems, save_label_png, write_grid
 from geomed_ssl.embeddings.store import fixed_list, load_embeddings, optional_module, read_columns
 from geomed_ssl.errors import ConfigError, DataError

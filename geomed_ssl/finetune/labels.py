@@ -18,7 +18,7 @@ from geomed_ssl.data.catalog import EXTENSIONS, FileRecord
 from geomed_ssl.geo.grids import grid_identity
 from geomed_ssl.data.listing import walk
 from geomed_ssl.data.readers import nearest_index, resampled_shape, valid_map, voxel_mm
-from geomed_ssl.data.tables import LINE, read_rows
+from geomed_ssl.tables import LINE, read_rows
 from geomed_ssl.inference.writers import MAX_CLASS_VALUE
 from geomed_ssl.finetune.sampling import (  # noqa: F401  (re-exported: the sampling half of this module)
     ClassMap, LabelSelection, Names, Sources, check_labels_config, class_ids, labelled_pixels, sample_fraction,

@@ -386,3 +386,11 @@ def test_a_folder_hidden_by_its_name_is_said_once_but_a_label_folder_beside_the_
     with caplog.at_level("WARNING", logger="geomed_ssl"):
         keep = select(["Forest/a.tif", "Unlabelled/u.tif", "Unlabelled/v.tif"], ["**/*"], exclude, "/r")
     assert keep == [True, False, False] and "'Unlabelled' (2 files)" in caplog.text
+
+
+def test_a_tie_between_band_counts_says_which_is_kept_and_how_to_choose(tmp_path, make_tif, grad):
+    make_tif(tmp_path / "s2.tif", grad(4, 32, 32))
+    make_tif(tmp_path / "l8.tif", grad(3, 32, 32))
+    cat = scan(tmp_path, DataConfig(patch_size=16))
+    assert [r.num_bands for r in cat.records] == [4]
+    assert "as many files have 4 as 3, and the larger count is kept (choose with data.include)" in _reasons(cat)["l8.tif"]

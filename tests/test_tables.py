@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from geomed_ssl.data.tables import read_rows
+from geomed_ssl.tables import read_rows
 from geomed_ssl.errors import DataError
 
 

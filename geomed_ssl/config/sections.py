@@ -72,7 +72,8 @@ class DataConfig:
     num_workers: int = setting(2, "DataLoader worker processes (0: in the main process; at most the CPUs the "
                                      "process may use)", bounds=">= 0")
     min_valid_fraction: float = setting(0.5, "windows with less valid area are redrawn", bounds="[0, 1]")
-    windows_per_read: int = setting(8, "windows cut from each block-aligned read (rasters)", bounds=">= 1")
+    windows_per_read: int = setting(8, "windows cut from each block-aligned read (volumes: consecutive samples from "
+                                    "one volume)", bounds=">= 1")
     stats_windows: int = setting(256, "windows sampled to compute the band statistics", bounds=">= 1")
     date_pairs: bool = setting(False, "two-view methods (vicreg_dense, simclr, byol, dino...): cut every second crop "
                                "from another file on the same grid (another date of the same ground) when there is "

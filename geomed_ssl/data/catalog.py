@@ -50,24 +50,30 @@ class Catalog:
     def __len__(self) -> int:
         return len(self.records)
 
-    def weights(self) -> np.ndarray:
-        """Sampling probability per record, proportional to area * valid_fraction."""
-        w = np.array([r.area * max(r.valid_fraction, 0.0) for r in self.records], dtype=np.float64)
+    def weights(self, spacing: Sequence[float] | None = None) -> np.ndarray:
+        """Sampling probability per record, proportional to area * valid_fraction (volumes: their voxels at
+        ``spacing`` mm when given, as the reader resamples them, so a thin-slice scan is not drawn more often than a
+        thick-slice one of the same body)."""
+        w = np.array([np.prod(self._sampled_shape(r, spacing)) * max(r.valid_fraction, 0.0) for r in self.records],
+                     dtype=np.float64)
         if w.sum() <= 0:
             raise DataError("the catalog has no valid pixels to sample from; check data.nodata.")
         return w / w.sum()
+
+    @staticmethod
+    def _sampled_shape(r: FileRecord, spacing: Sequence[float] | None) -> tuple[float, ...]:
+        """A record's spatial shape as sampled: volumes in RAS order, at ``spacing`` mm when given."""
+        shape = reoriented_shape(r) if r.kind == "volume" else tuple(r.shape)
+        if spacing is not None and r.spacing and r.kind == "volume":  # r.spacing: the file's axis order
+            shape = tuple(n * s / t for n, s, t in zip(shape, reoriented_axes(r, r.spacing), spacing))
+        return shape
 
     def distinct_windows(self, window: Sequence[int], spacing: Sequence[float] | None = None) -> int:
         """How many non-overlapping ``window``s the records hold (at least one per record; volumes at ``spacing``
         mm when given, as the reader resamples them): the number of different samples, for sizes that must not
         exceed it (a negative queue)."""
-        total = 0
-        for r in self.records:
-            shape = reoriented_shape(r) if r.kind == "volume" else tuple(r.shape)
-            if spacing is not None and r.spacing:  # r.spacing is in the file's axis order, shape in RAS order
-                shape = tuple(n * s / t for n, s, t in zip(shape, reoriented_axes(r, r.spacing), spacing))
-            total += max(1, int(np.prod([max(1, int(n // w)) for n, w in zip(shape, window)])))
-        return total
+        return sum(max(1, int(np.prod([max(1, int(n // w)) for n, w in zip(self._sampled_shape(r, spacing), window)])))
+                   for r in self.records)
 
     def _rel(self, path: str) -> str:
         return os.path.relpath(path, self.root) if self.root and Path(path).is_relative_to(self.root) else path

@@ -134,13 +134,15 @@ def _read(src: Any, win: tuple[int, ...]) -> np.ndarray:
 
 
 def sample_windows(shape: tuple[int, int], block: tuple[int, int], n_random: int = SAMPLE_BLOCKS,
-                   seed: int = SAMPLE_SEED) -> list[tuple[int, ...]]:
+                   seed: int = SAMPLE_SEED, corners: bool = True) -> list[tuple[int, ...]]:
     """Chunk windows (row, col, h, w) of a large raster: the four corners (bottom-right last of them, the end of a
-    truncated file), the centre, and one seeded chunk in each cell of a 4x4 split of the chunk grid (``n_random``
-    cells at most), without repeats."""
+    truncated file; left out without ``corners``: where a nodata collar lies, four of 21 chunks would count it
+    for a fifth of the file), the centre, and one seeded chunk in each cell of a 4x4 split of the chunk grid
+    (``n_random`` cells at most), without repeats."""
     chunk = _chunk_shape(block, shape)
     ny, nx = -(-shape[0] // chunk[0]), -(-shape[1] // chunk[1])
-    cells = [(0, 0), (0, nx - 1), (ny - 1, 0), (ny - 1, nx - 1), (ny // 2, nx // 2)]
+    cells = [(0, 0), (0, nx - 1), (ny - 1, 0), (ny - 1, nx - 1)] if corners else []
+    cells.append((ny // 2, nx // 2))
     rng = np.random.default_rng(seed)
     side = math.isqrt(n_random) if n_random > 0 else 0
     if side:
@@ -213,7 +215,10 @@ def _raster_preview(path: str, src: Any, nodata: float | None) -> tuple[np.ndarr
                 arr = _read_strided(ovr, max(1, math.ceil(max(ovr.height, ovr.width) / RASTER_PREVIEW)))
             how = "overview"
         else:
-            arr, how = _read_samples(src, sample_windows(shape, block)), "blocks"
+            windows = sample_windows(shape, block, corners=False)  # the file as it is, its collar no more
+            for end in (w for w in sample_windows(shape, block, n_random=0) if w not in windows):
+                _read(src, end)  # the corners: where a truncated file fails
+            arr, how = _read_samples(src, windows), "blocks"
         if not valid_mask(arr, nodata).any():  # a small patch of data the sample missed: look everywhere
             arr, how = _read_strided(src, whole_stride), "decimated"
     return arr, valid_mask(arr, nodata), how

@@ -160,30 +160,43 @@ class RasterReader:
 
     # -- geometry ---------------------------------------------------------------------------------------------
     def _axes(self, record: Any, window: tuple[int, int]) -> list[tuple[int, int, int]]:
-        """Per axis (rows, cols): region size, origin step and number of origins.
+        """Per axis (rows, cols): region size, run length and number of runs.
 
-        A region is the smallest whole number of blocks >= max(window, ``min_region``); origins sit on every
-        block boundary, so multi-block regions overlap and any window position is reachable. Axes whose block is
-        much larger than that (strips spanning a wide file) are not aligned: regions there tile the axis.
+        The window starts along an axis, 0 to n - window, are cut into runs of ``step`` (a whole number of blocks
+        holding at least ``min_region`` - window + 1 starts; axes whose block is much larger, strips spanning a wide
+        file, in pixels), and a run's region is the run plus the window. So every start lies in exactly one run,
+        a start drawn uniformly picks run and region (:meth:`draw_region`: every window position equally likely,
+        block seams included), and neighbouring regions overlap by window - 1 pixels.
         """
         out = []
         for n, b, win in zip(record.shape[-2:], record.block_shape or (1, 1), window):
-            want = max(int(win), self.min_region)
-            size, step = (int(math.ceil(want / b)) * b, int(b)) if b <= 2 * want else (want, want)
-            size = min(size, int(n))
-            out.append((size, step, max(1, int(math.ceil((n - size) / step)) + 1)))
+            n, win, side = int(n), int(win), max(int(win), self.min_region)
+            want = side - win + 1
+            step = int(math.ceil(want / b)) * int(b) if b <= 2 * side else want
+            out.append((min(step + win - 1, n), step, int(math.ceil(max(1, n - win + 1) / step))))
         return out
 
-    def region_grid(self, record: Any, window: tuple[int, int]) -> tuple[int, int]:
-        """Number of region origins along rows and columns."""
-        (_, _, nr), (_, _, nc) = self._axes(record, window)
-        return nr, nc
-
     def region_at(self, record: Any, window: tuple[int, int], index: tuple[int, int]) -> Region:
-        """The region with origin ``index``; the last one along an axis is shifted back to end at the file edge."""
+        """The region of run ``index``; the last one along an axis is shifted back to end at the file edge."""
         (sr, tr, _), (sc, tc, _) = self._axes(record, window)
         H, W = record.shape[-2:]
         return max(0, min(index[0] * tr, H - sr)), max(0, min(index[1] * tc, W - sc)), sr, sc
+
+    def draw_region(self, record: Any, window: tuple[int, int],
+                    rng: np.random.Generator) -> tuple[Region, list[tuple[int, int]]]:
+        """A region drawn with the odds of a uniformly placed window, and per axis the first and last window start
+        (inclusive) of its run; along an axis where the file is smaller than the window, the starts that keep the
+        file inside the window (the rest is padding)."""
+        axes, index, starts = self._axes(record, window), [], []
+        for (_, step, runs), n, win in zip(axes, record.shape[-2:], window):
+            if n <= win:
+                index.append(0)
+                starts.append((int(n) - int(win), 0))
+                continue
+            k = min(int(rng.integers(int(n) - int(win) + 1)) // step, runs - 1)
+            index.append(k)
+            starts.append((k * step, min(k * step + step - 1, int(n) - int(win))))
+        return self.region_at(record, window, tuple(index)), starts
 
     # -- reads ------------------------------------------------------------------------------------------------
     def _read_clipped(self, record: Any, row: int, col: int, h: int, w: int) -> np.ndarray:

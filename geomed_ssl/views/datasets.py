@@ -18,12 +18,13 @@ from torch.utils.data import Dataset
 
 from geomed_ssl.config import as_tuple, spatial_dims
 from geomed_ssl.data.readers import RasterReader, VolumeReader
-from geomed_ssl.data.stats import normalize
+from geomed_ssl.data.stats import normalize, valid_mask
 from geomed_ssl.errors import DataError
 from geomed_ssl.geo.grids import grid_identity
 
 # Distinct seed-sequence tags so the streams for file, window, view and date-pair choices never coincide.
-TAG_FILE, TAG_WINDOW, TAG_VIEW, TAG_MATE = 101, 202, 303, 404
+TAG_FILE, TAG_WINDOW, TAG_VIEW, TAG_MATE, TAG_REFILE = 101, 202, 303, 404, 505
+REFILES = 4  # other files tried: for a window when the drawn file's regions hold no valid pixel; for a date pair
 
 
 def _rng(*key: int) -> np.random.Generator:
@@ -47,12 +48,6 @@ def same_grid_mates(records: Sequence[Any]) -> list[list[int]]:
     for i, key in enumerate(keys):
         groups.setdefault(key, []).append(i)
     return [[j for j in groups[key] if j != i] for i, key in enumerate(keys)]
-
-
-def _offset(rng: np.random.Generator, start: int, extent: int, window: int) -> int:
-    """A window start inside ``[start, start+extent)``; when the window is larger, place the extent inside it."""
-    lo, hi = (start, start + extent - window) if extent >= window else (start + extent - window, start)
-    return int(rng.integers(lo, hi + 1))
 
 
 class PretrainDataset(Dataset):
@@ -103,7 +98,8 @@ class PretrainDataset(Dataset):
                 "set data.kind to match the folder or narrow data.include."
             )
         self._check_stats()
-        self._cum = np.cumsum(catalog.weights())  # files weighted by area * valid_fraction
+        spacing = getattr(data_cfg, "spacing", None) if self.ndim == 3 else None
+        self._cum = np.cumsum(catalog.weights(spacing))  # files weighted by valid area, volumes as resampled
         self.raster_reader = raster_reader or (RasterReader() if self.ndim == 2 else None)
         self.volume_reader = volume_reader or (VolumeReader(data_cfg) if self.ndim == 3 else None)
         pairs = getattr(data_cfg, "date_pairs", False) and getattr(view, "pairs", False)
@@ -139,34 +135,38 @@ class PretrainDataset(Dataset):
         idx = int(np.searchsorted(self._cum, rng.random(), side="right"))
         return min(idx, len(self.records) - 1), rng
 
-    def _regions(self, record: Any, g_rng: np.random.Generator) -> Iterator[tuple[tuple, tuple, Callable]]:
-        """The group's region sequence: (starts, extents, read(pos)). Every index of a group walks the same
-        sequence, so a region found poor is left for the same next region by all of them (still cached)."""
+    def _regions(self, record: Any, g_rng: np.random.Generator) -> Iterator[tuple[list[tuple[int, int]], Callable]]:
+        """The group's region sequence: (per axis the first and last window start, read(pos)). Every index of a
+        group walks the same sequence, so a region found poor is left for the same next region by all of them (still
+        cached)."""
         if self.ndim == 3:
             shape = self.volume_reader.volume_shape(record)
             read = lambda pos: self.volume_reader.read_box(record, *pos, *self.window)  # noqa: E731
+            starts = [(0, n - w) if n >= w else (n - w, 0) for n, w in zip(shape, self.window)]
             while True:
-                yield (0, 0, 0), shape, read
-        reader = self.raster_reader
-        grid = reader.region_grid(record, self.window)
+                yield starts, read
+        reader, nodata, empty = self.raster_reader, self._nodata(record), 0
         while True:
-            region = reader.region_at(record, self.window, tuple(int(g_rng.integers(n)) for n in grid))
-            yield region[:2], region[2:], (
-                lambda pos, region=region: reader.read_window(record, *pos, *self.window, region=region))
+            region, starts = reader.draw_region(record, self.window, g_rng)
+            if empty < self.max_attempts and not valid_mask(reader.read_region(record, region), nodata).any():
+                empty += 1  # no valid pixel in it (a swath edge, a nodata collar): the next region, with no try spent
+                continue
+            yield starts, (lambda pos, region=region: reader.read_window(record, *pos, *self.window, region=region))
 
     def _draw(self, record: Any, g_rng: np.random.Generator, i: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Normalised (C, *window) array, valid mask and [*start, *size] of the chosen window.
 
         Windows with valid fraction below ``data.min_valid_fraction`` are redrawn: ``tries_per_region`` positions
-        per region, then the group's next region, ``max_attempts`` in all; then the best window seen is used.
+        per region, then the group's next region, ``max_attempts`` in all; then the best window seen is used. Raster
+        regions without a valid pixel are passed over (up to ``max_attempts`` of them) without spending a try.
         """
         rng = _rng(self.seed, TAG_WINDOW, i)
         nodata, best = self._nodata(record), None
         regions = self._regions(record, g_rng)
         for attempt in range(self.max_attempts):
             if attempt % self.tries_per_region == 0:
-                starts, extents, read = next(regions)
-            pos = [_offset(rng, s, e, w) for s, e, w in zip(starts, extents, self.window)]
+                starts, read = next(regions)
+            pos = [int(rng.integers(lo, hi + 1)) for lo, hi in starts]
             image, valid = normalize(read(pos), self.stats, nodata)
             frac = float(valid.mean())
             if best is None or frac > best[0]:
@@ -215,26 +215,32 @@ class PretrainDataset(Dataset):
         return note
 
     def _other_date(self, fi: int, box: list[int], i: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """The window ``box`` read from another file on record ``fi``'s grid (chosen by ``(seed, i)``), normalised,
-        with its valid mask; None without one, or when less of it than ``data.min_valid_fraction`` is valid there
-        (a cloud-masked date): the window then pairs with itself."""
-        mates = self.mates[fi]
-        if not mates:
-            return None
-        other = self.records[mates[int(_rng(self.seed, TAG_MATE, i).integers(len(mates)))]]
-        pos = box[:self.ndim]
-        read = (self.raster_reader.read_window(other, *pos, *self.window) if self.ndim == 2
-                else self.volume_reader.read_box(other, *pos, *self.window))
-        image, valid = normalize(read, self.stats, self._nodata(other))
-        return (image, valid) if valid.mean() >= self.data_cfg.min_valid_fraction else None
+        """The window ``box`` read from another file on record ``fi``'s grid (the first of up to ``REFILES`` of them,
+        in an order drawn from ``(seed, i)``, where at least ``data.min_valid_fraction`` of it is valid: not a
+        cloud-masked date), normalised, with its valid mask; None without one: the window then pairs with itself."""
+        mates, pos = self.mates[fi], box[:self.ndim]
+        for j in _rng(self.seed, TAG_MATE, i).permutation(len(mates))[:REFILES]:
+            other = self.records[mates[j]]
+            read = (self.raster_reader.read_window(other, *pos, *self.window) if self.ndim == 2
+                    else self.volume_reader.read_box(other, *pos, *self.window))
+            image, valid = normalize(read, self.stats, self._nodata(other))
+            if valid.mean() >= self.data_cfg.min_valid_fraction:
+                return image, valid
+        return None
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = int(i)
         if not 0 <= i < self.length:
             raise IndexError(f"index {i} out of range for a dataset of length {self.length}")
         fi, g_rng = self._pick_file(i // self.group)
+        image, valid, box = self._draw(self.records[fi], g_rng, i)
+        for k in range(REFILES):  # not one valid pixel where the file was tried: another file, never a blank window
+            if valid.any():
+                break
+            rng = _rng(self.seed, TAG_REFILE, i, k)
+            fi = min(int(np.searchsorted(self._cum, rng.random(), side="right")), len(self.records) - 1)
+            image, valid, box = self._draw(self.records[fi], rng, i)
         record = self.records[fi]
-        image, valid, box = self._draw(record, g_rng, i)
         second = self._other_date(fi, box, i)
         if second is not None:
             sample = self.view(image, valid, _rng(self.seed, TAG_VIEW, i), second=second)

@@ -394,3 +394,18 @@ def test_a_tie_between_band_counts_says_which_is_kept_and_how_to_choose(tmp_path
     cat = scan(tmp_path, DataConfig(patch_size=16))
     assert [r.num_bands for r in cat.records] == [4]
     assert "as many files have 4 as 3, and the larger count is kept (choose with data.include)" in _reasons(cat)["l8.tif"]
+
+
+def test_one_body_scanned_thin_and_thick_is_drawn_equally_once_resampled(tmp_path):
+    """Weights counted the file's voxels: the 1.5 mm scan of a body was drawn 8 times as often as the 3 mm scan of
+    the same body, though data.spacing resamples both to one grid."""
+    import nibabel as nib
+
+    (tmp_path / "v").mkdir()
+    for name, mm in (("thin", 1.5), ("thick", 3.0)):
+        n = int(24 / mm)
+        nib.save(nib.Nifti1Image(np.random.default_rng(0).random((n, n, n)).astype(np.float32), np.diag([mm] * 3 + [1])),
+                 str(tmp_path / "v" / f"{name}.nii.gz"))
+    catalog = scan(tmp_path / "v", DataConfig(kind="volume", patch_size=4, intensity="none"))
+    assert sorted(catalog.weights()) == pytest.approx([1 / 9, 8 / 9])  # file voxels, as statistics sample them
+    assert catalog.weights(spacing=(2.0, 2.0, 2.0)) == pytest.approx([0.5, 0.5])

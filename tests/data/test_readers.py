@@ -69,13 +69,30 @@ def test_file_smaller_than_window_is_padded_inside_region(tmp_path):
 def test_regions_are_block_aligned_and_inside_the_file(tif):
     rec, _ = tif
     reader = RasterReader(min_region=48)
-    nr, nc = reader.region_grid(rec, (16, 16))
+    (sr, tr, nr), (sc, tc, nc) = reader._axes(rec, (16, 16))
+    assert (tr, tc) == (64, 64) and (sr, sc) == (79, 79)  # runs of whole 32-px blocks >= 48 - 16 + 1 starts
     for i in range(nr):
         for j in range(nc):
             r, c, h, w = reader.region_at(rec, (16, 16), (i, j))
-            assert (h, w) == (64, 64)  # 48 rounded up to whole 32-pixel blocks
             assert 0 <= r and r + h <= 96 and 0 <= c and c + w <= 80
             assert r % 32 == 0 or r + h == 96  # the last origin is shifted to end at the edge
+
+
+@pytest.mark.parametrize("block", [(32, 32), (1, 80), (256, 256)])
+def test_every_window_position_is_equally_likely_block_seams_included(tif, block):
+    """Regions of one block each tiled the axis: no window ever crossed a block seam (a grid of lines of a tiled
+    scene never seen whole). Each window start now lies in one run, drawn with the odds of a uniform start."""
+    rec, _ = tif
+    rec.block_shape = block
+    reader, rng = RasterReader(min_region=32), np.random.default_rng(0)
+    counts = np.zeros((96 - 16 + 1, 80 - 16 + 1))
+    for _ in range(20000):
+        (r, c, h, w), starts = reader.draw_region(rec, (16, 16), rng)
+        (r0, r1), (c0, c1) = starts
+        assert r <= r0 and r1 + 16 <= r + h and c <= c0 and c1 + 16 <= c + w  # every window of the run fits
+        counts[r0:r1 + 1, c0:c1 + 1] += 1 / ((r1 - r0 + 1) * (c1 - c0 + 1))  # the run's starts, each as likely
+    assert counts.min() > 0.7 * counts.mean() and counts.max() < 1.3 * counts.mean()
+    assert counts[32 - 16 + 1:32].sum() > 0  # windows across the first row seam
 
 
 def test_stacked_channel_record_concatenates_files(tmp_path):

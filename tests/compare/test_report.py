@@ -3,7 +3,7 @@ by seed with each encoder's best protocol (``none`` included)."""
 
 from __future__ import annotations
 
-from geomed_ssl.compare.report import baseline_lines, summary_text
+from geomed_ssl.compare.report import baseline_lines, paired_cells, paired_lines, summary_text
 from geomed_ssl.compare.results import COLUMNS, Row
 
 SCORES = {  # (encoder, protocol): {budget: [oa of seed 0, seed 1, seed 2]}
@@ -73,3 +73,15 @@ def test_the_best_protocol_is_chosen_on_the_budgets_and_seeds_all_protocols_shar
     scores = {("run", "knn"): {1: [0.70, 0.70, 0.70], 2: [0.66, 0.66, 0.66]},
               ("run", "linear"): {1: [0.68, 0.68, 0.68], 2: [0.64, 0.64, 0.64], 20: [0.95, 0.95, 0.95]}}
     assert best_protocols(grouped(rows(scores), "oa")) == {"run": "knn"}  # not linear for its one easy budget
+
+
+def test_pretrained_minus_none_has_the_sign_of_pretrained_being_better() -> None:
+    """The headline: "run" linear 0.80/0.82/0.84 against "none" linear 0.70/0.72/0.74 is +0.100 on every seed."""
+    by = {tuple(c[:3]): c for c in map(cells, paired_lines(rows(), "oa")[2:])}
+    assert by[("run", "linear", "5")][3:6] == ["+0.100", "[+0.100, +0.100]", "3"]
+
+
+def test_the_interval_is_the_95_percent_t_interval_of_the_seed_differences() -> None:
+    """Differences 0.05, 0.07, 0.09: mean 0.07, sample sd 0.02, t(0.975, 2 dof) 4.303: half-width 0.0497."""
+    assert paired_cells({0: 0.85, 1: 0.87, 2: 0.89}, {0: 0.80, 1: 0.80, 2: 0.80}) == "+0.070 | [+0.020, +0.120] | 3"
+    assert paired_cells({0: 0.85}, {0: 0.80}) == "+0.050 | - | 1"

@@ -158,3 +158,25 @@ def test_held_out_images_are_named_by_their_subject_folder_when_every_file_has_o
     splits = [Split(Budget(per_class=1), seed, np.array([0]), np.array(test), []) for seed, test in
               ((0, [2, 3, 4]), (0, [2, 3, 4]), (1, [0, 1]))]
     assert held_out_lines(splits, task) == ["- seed 0: a/pat1, b/pat2", "- seed 1: a/pat0"]
+
+
+@pytest.mark.parametrize("protocol", ["linear", "propagate"])
+def test_frozen_scores_train_on_features_that_never_saw_test_blocks(task, protocol: str) -> None:
+    """Each point function keeps to ``allowed``; this checks the protocol hands it the split's map: the classifier's
+    training rows (and propagate's nodes) from the test-blocks-blanked view, the test rows from the full view."""
+    from geomed_ssl.compare.features import SegmentFeatures
+    from geomed_ssl.compare.run import frozen_scores
+
+    recipe, t = task
+    s = make_split(t, recipe, Budget(per_class=5), 0, "blocks")
+    views = []
+
+    def fn(image: np.ndarray, points: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
+        views.append(allowed)
+        return np.random.default_rng(len(views)).normal(size=(points.shape[0], 3)).astype(np.float32)
+
+    feats = SegmentFeatures(t, lambda i: np.zeros((4, *t.shapes[0]), np.float32), fn)
+    frozen_scores(feats, t, s, protocol, recipe)
+    blanked = [v for v in views if v is not None]
+    assert len(blanked) == (2 if protocol == "propagate" else 1) and all(v is s.allowed[0] for v in blanked)
+    assert sum(v is None for v in views) == 1  # the test rows

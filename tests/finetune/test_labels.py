@@ -332,6 +332,16 @@ def test_block_split_gives_a_rare_class_training_and_test_blocks():
         assert 5 in sel.train_value.tolist() and 5 in sel.test_value.tolist()
 
 
+def test_a_class_in_two_blocks_both_drawn_for_training_gives_one_back_for_testing():
+    """Half the blocks train: a class in two of them has both training in about a quarter of the seeds, and
+    would then drop out of that seed's AA / mIoU unless one of its blocks is given to the test set."""
+    lab = np.ones((32, 32), np.int64)
+    lab[2, 2], lab[2, 30] = 5, 5
+    for seed in range(40):
+        sel = select_labels([lab], [lab > 0], LabelsConfig(per_class=1, split="blocks", block_size=8, seed=seed))
+        assert 5 in sel.train_value.tolist() and 5 in sel.test_value.tolist(), seed
+
+
 def test_dates_sharing_one_label_file_never_test_a_trained_position():
     """A budget counts places of the ground: each place drawn trains at every date, and no date tests it."""
     lab = _classes()

@@ -211,14 +211,16 @@ class GeoTiffWriter:
             self.abort()
 
 
-def nifti_like(array: np.ndarray, reference_path: str | Path, description: str = "geomed-ssl prediction") -> Any:
+def nifti_like(array: np.ndarray, reference_path: str | Path, description: str = "geomed-ssl prediction",
+               intent: str = "none") -> Any:
     """A NIfTI image of ``array`` (X, Y, Z) or (X, Y, Z, K) in the reference file's voxel order with its affine and
     header.
 
     The array must already be on the reference's grid (same spatial shape, same axis order); the output then
     overlays the reference exactly (identical affine, sform/qform codes and zooms). The reference's display window
-    (``cal_min`` / ``cal_max``, an intensity range that would show a class map as blank in FSLeyes or MRIcron) is
-    not carried, and ``descrip`` says what the file is.
+    (``cal_min`` / ``cal_max``, an intensity range that would show a class map as blank in FSLeyes or MRIcron), its
+    intent (a z-score map's) and its time step (a 4D series') are not carried: ``intent`` is the output's ("label"
+    for a class map), a fourth axis holds classes, and ``descrip`` says what the file is.
     """
     import nibabel as nib
 
@@ -240,7 +242,11 @@ def nifti_like(array: np.ndarray, reference_path: str | Path, description: str =
         img.set_sform(sform, int(scode))
     if qcode:
         img.set_qform(qform, int(qcode))
-    img.header.set_xyzt_units(*ref.header.get_xyzt_units())
+    img.header.set_xyzt_units(ref.header.get_xyzt_units()[0], "unknown")
+    img.header.set_intent(intent)
+    img.header["toffset"] = 0
+    if arr.ndim == 4:
+        img.header.set_zooms((*ref.header.get_zooms()[:3], 1.0))
     return img
 
 
@@ -260,9 +266,9 @@ def save_nifti(img: Any, path: Path, final: Path) -> None:
 
 
 def write_nifti_like(array: np.ndarray, reference_path: str | Path, out_path: str | Path,
-                     description: str = "geomed-ssl prediction") -> Path:
+                     description: str = "geomed-ssl prediction", intent: str = "none") -> Path:
     """Save :func:`nifti_like` at ``out_path``, atomically."""
-    img = nifti_like(array, reference_path, description)
+    img = nifti_like(array, reference_path, description, intent)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:

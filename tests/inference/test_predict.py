@@ -338,6 +338,37 @@ def test_a_nifti_output_keeps_the_grid_but_not_the_inputs_display_window(tmp_pat
     assert np.array_equal(out.affine, ref.affine) and int(out.header["sform_code"]) == 1
 
 
+def test_a_nifti_output_is_not_a_statistic_nor_a_time_series_because_its_input_was(tmp_path):
+    """A z-score map's intent and a 4D series' TR were copied: the class map claimed to be a 'z score' map and the
+    probabilities' class axis was 2.5 s apart."""
+    import nibabel as nib
+
+    ref = nib.Nifti1Image(np.zeros((6, 7, 8, 3), np.float32), np.diag([2.0, 2.0, 3.0, 1.0]))
+    ref.header.set_intent("z score", name="zstat1")
+    ref.header.set_zooms((2.0, 2.0, 3.0, 2.5))
+    ref.header.set_xyzt_units("mm", "sec")
+    nib.save(ref, str(tmp_path / "bold.nii.gz"))
+    labels = nib.load(str(write_nifti_like(np.ones((6, 7, 8), np.uint8), tmp_path / "bold.nii.gz",
+                                           tmp_path / "p.nii.gz", intent="label")))
+    assert labels.header.get_intent()[0] == "label" and labels.header.get_xyzt_units() == ("mm", "unknown")
+    proba = nib.load(str(write_nifti_like(np.ones((6, 7, 8, 4), np.float32), tmp_path / "bold.nii.gz",
+                                          tmp_path / "q.nii.gz")))
+    assert proba.header.get_intent()[0] == "none" and proba.header.get_zooms() == (2.0, 2.0, 3.0, 1.0)
+
+
+def test_a_reference_without_sform_or_qform_codes_keeps_its_affine(tmp_path):
+    """ANALYZE-style NIfTI (both codes 0: the affine comes from the zooms): the output must overlay it too."""
+    import nibabel as nib
+
+    ref = nib.Nifti1Image(np.zeros((6, 7, 8), np.float32), np.diag([1.5, 2.0, 2.5, 1.0]))
+    ref.set_sform(None, 0)
+    ref.set_qform(None, 0)
+    nib.save(ref, str(tmp_path / "ref.nii.gz"))
+    back = nib.load(str(tmp_path / "ref.nii.gz"))
+    out = nib.load(str(write_nifti_like(np.zeros((6, 7, 8), np.uint8), tmp_path / "ref.nii.gz", tmp_path / "o.nii.gz")))
+    assert np.allclose(out.affine, back.affine) and out.header.get_zooms() == back.header.get_zooms()
+
+
 def test_two_inputs_whose_outputs_differ_only_by_case_are_refused(tmp_path):
     """On a case-insensitive filesystem Scene_0_pred.tif and scene_0_pred.tif are one file: the second would
     replace the first."""

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from geomed_ssl.geo.gdal_read import check_written
+from geomed_ssl.geo.grids import placed
 from geomed_ssl.data.tiling import grid_shape
 from geomed_ssl.errors import DataError
 from geomed_ssl.outcommands import distinct_names, fitted_stem
@@ -121,6 +122,8 @@ def write_grid(file_meta: dict[str, Any], array: np.ndarray, path: Path, nodata:
             if gcps is not None:  # georeferenced by ground control points: those, on the map's grid
                 profile.pop("transform")
                 profile.update(gcps=gcps[0], crs=gcps[1])
+            elif not placed(file_meta.get("crs"), file_meta.get("transform")):
+                profile.pop("transform")  # an input placed nowhere: its map is not placed either
             with rasterio.open(tmp, "w", **profile) as dst:
                 dst.write(array)
                 for i, name in enumerate(descriptions or [], start=1):
@@ -134,6 +137,7 @@ def write_grid(file_meta: dict[str, Any], array: np.ndarray, path: Path, nodata:
             img = nib.Nifti1Image(np.ascontiguousarray(data), affine)
             img.set_qform(affine, code=1)
             img.set_sform(affine, code=1)
+            img.header.set_xyzt_units("mm")  # the map affine is the input's world mm
             nib.save(img, str(tmp))
     return path
 

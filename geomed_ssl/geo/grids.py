@@ -122,3 +122,9 @@ def grid_identity(shape: Sequence[int], crs: str | None, transform: Sequence[flo
         a, b, c, d, e, f = values
         values = (a, b, round(c / a / PIXEL_TOL), d, e, round(f / e / PIXEL_TOL))
     return tuple(int(n) for n in shape), crs_name(crs), values
+
+
+def placed(crs: object, transform: Sequence[float] | None) -> bool:
+    """Whether a raster's CRS and transform place it anywhere: GDAL reports the identity transform (and no CRS) for
+    a file that has none, and an output given that transform would claim one (a ModelTransformation tag)."""
+    return crs is not None or (transform is not None and [float(v) for v in list(transform)[:6]] != [1, 0, 0, 0, 1, 0])

@@ -104,7 +104,8 @@ def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], o
     if meta["task"] != "segment":
         records = records_for_stats(image_records(meta, recipe, inputs, strict), stats)
         prepare_out_dir(out, **rule)
-        return predict_classes(model, meta, recipe, records, out, str(ft_dir), probabilities=probabilities)
+        return predict_classes(model, meta, recipe, records, out, str(Path(ft_dir).resolve()),
+                               probabilities=probabilities)
     cfg = data_config(meta, recipe.data)
     planned = usable_inputs(plan_outputs([str(p) for p in inputs], out, cfg, meta["window"]), cfg, blend, stats,
                             strict)

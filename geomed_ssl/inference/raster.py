@@ -242,7 +242,7 @@ def open_outputs(out_path: Path, src: Any, values: Sequence[int], dtype: Any, ln
     failure opening the second drops the first."""
     num_classes = len(values)
     like = {"height": src.height, "width": src.width, "crs": src.crs, "transform": src.transform, "gcps": src.gcps,
-            "rpcs": src.rpcs}
+            "rpcs": src.rpcs, "area_or_point": src.tags().get("AREA_OR_POINT")}
     outputs = [GeoTiffWriter(out_path, like, 1, dtype, lnodata, descriptions=["class"], tags=tags)]
     if pkind:
         try:

@@ -16,6 +16,7 @@ import numpy as np
 
 from geomed_ssl.errors import WRITE_ERRNOS, ConfigError, DataError
 from geomed_ssl.geo.gdal_read import check_written
+from geomed_ssl.geo.grids import placed
 from geomed_ssl.outfiles import atomic_path, commit_partial, naming_write_errors, partial_path
 
 BLOCK = 256  # output tile side (pixels)
@@ -74,10 +75,11 @@ class GeoTiffWriter:
         self.path = Path(path)
         self.height, self.width = int(like_profile["height"]), int(like_profile["width"])
         self.count, self.dtype = int(count), np.dtype(dtype)
-        kind = self.dtype.kind
+        kind, transform = self.dtype.kind, like_profile.get("transform")
         profile = {
             "driver": "GTiff", "height": self.height, "width": self.width, "count": self.count,
-            "dtype": self.dtype.name, "crs": like_profile.get("crs"), "transform": like_profile.get("transform"),
+            "dtype": self.dtype.name, "crs": like_profile.get("crs"),
+            "transform": transform if placed(like_profile.get("crs"), transform) else None,
             "nodata": nodata, "tiled": True, "blockxsize": BLOCK, "blockysize": BLOCK, "compress": "deflate",
             "predictor": 3 if kind == "f" else 2, "interleave": "band" if self.count > 1 else "pixel",
             "BIGTIFF": "IF_SAFER",
@@ -99,8 +101,10 @@ class GeoTiffWriter:
                 self._ds.set_band_description(i, str(name))
         if scales is not None:
             self._ds.scales = tuple(float(s) for s in scales)
-        if tags:
-            self._ds.update_tags(**{str(k): str(v) for k, v in tags.items()})
+        if tags or like_profile.get("area_or_point"):  # "Point": the input's pixel-is-point convention (DEMs)
+            self._ds.update_tags(**{str(k): str(v) for k, v in (tags or {}).items()},
+                                 **({"AREA_OR_POINT": like_profile["area_or_point"]}
+                                    if like_profile.get("area_or_point") else {}))
         self._pending = np.zeros((self.count, min(BLOCK, self.height), self.width), self.dtype)  # one tile row
         self._pending_top = 0  # first row held in _pending
         self._pending_rows = 0

@@ -300,3 +300,26 @@ def test_a_label_volume_among_subjects_of_one_atlas_space_labels_the_subject_it_
         s = cluster_embeddings(emb, tmp_path / "cl2", "kmeans", k=2,
                                labels=tmp_path / "vols" / "atlas_labels.nii.gz").summary
     assert s["labelled_rows"] == len(rows) and "named after none of them" in caplog.text
+
+
+def test_a_map_of_an_unplaced_input_is_not_placed_either(tmp_path):
+    """A map of a patch without georeferencing was given the cell scaling (8, 0, 0, 0, 8, 0) as its transform: a
+    place on no map, which GIS read as one."""
+    import warnings
+
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    from geomed_ssl.embeddings.maps import write_grid
+
+    meta = {"kind": "raster", "path": "patch.tif", "crs": None, "transform": [1, 0, 0, 0, 1, 0],
+            "map_transform": [8, 0, 0, 0, 8, 0]}
+    out = write_grid(meta, np.zeros((1, 4, 4), np.float32), tmp_path / "m.tif", None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rasterio.open(out).close()
+    assert any(issubclass(w.category, NotGeoreferencedWarning) for w in caught)
+    placed = write_grid({**meta, "transform": [10, 0, 5e5, 0, -10, 5e6], "map_transform": [80, 0, 5e5, 0, -80, 5e6]},
+                        np.zeros((1, 4, 4), np.float32), tmp_path / "p.tif", None)
+    with rasterio.open(placed) as ds:
+        assert tuple(ds.transform)[:6] == (80, 0, 5e5, 0, -80, 5e6)

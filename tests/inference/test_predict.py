@@ -551,6 +551,38 @@ def test_a_scene_georeferenced_by_ground_control_points_keeps_them_in_its_predic
         [(g.row, g.col, g.x, g.y) for g in gcps]
 
 
+def test_an_unplaced_scene_gets_an_unplaced_map_and_a_pixel_is_point_one_keeps_its_convention(tmp_path: Path) -> None:
+    """A 38-Cloud patch has no georeferencing: its map was given GDAL's identity transform as a ModelTransformation
+    tag (a place it does not have); a DEM's pixel-is-point tag was written back as pixel-is-area."""
+    import warnings
+
+    import rasterio
+    from rasterio.crs import CRS
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.transform import from_origin
+
+    arr = structured_raster(np.random.default_rng(1), C, 48).astype(np.uint16)
+    names = [f"band_{i}" for i in range(1, C + 1)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(tmp_path / "patch.tif", "w", driver="GTiff", height=48, width=48, count=C,
+                           dtype="uint16") as dst:
+            dst.write(arr)
+    with rasterio.open(tmp_path / "dem.tif", "w", driver="GTiff", height=48, width=48, count=C, dtype="uint16",
+                       crs=CRS.from_epsg(32633), transform=from_origin(500000, 5000000, 30, 30)) as dst:
+        dst.write(arr)
+        dst.update_tags(AREA_OR_POINT="Point")
+    for name in ("patch", "dem"):
+        predict_raster(conv_model(C, K), tmp_path / f"{name}.tif", tmp_path / f"{name}_pred.tif",
+                       stats_of(arr, names), window=(32, 32), num_classes=K)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rasterio.open(tmp_path / "patch_pred.tif").close()
+    assert any(issubclass(w.category, NotGeoreferencedWarning) for w in caught)  # as its input: placed nowhere
+    with rasterio.open(tmp_path / "dem_pred.tif") as out, rasterio.open(tmp_path / "dem.tif") as src:
+        assert out.tags()["AREA_OR_POINT"] == "Point" and out.transform == src.transform
+
+
 def test_a_commit_that_fails_leaves_no_partial_file_of_the_other_map(scene, tmp_path, monkeypatch):
     """The class map's rename fails (disk full, a quota): the probability map's partial file goes too."""
     from geomed_ssl.inference import writers

@@ -94,7 +94,8 @@ def conform_catalog(catalog: Any, names: list[str], wavelengths: Sequence[float 
     records = [conform_record(r, list(names), wavelengths) for r in catalog.records]
     for found in dict.fromkeys(tuple(r.band_names) for r in catalog.records):
         note = describe_order(list(names), list(found))
-        if note:
+        if note and (tuple(names), found) not in _noted:
+            _noted.add((tuple(names), found))  # a file read again (a fine-tune's evaluation) is not noted again
             n = sum(tuple(r.band_names) == found for r in catalog.records)
             log.info("note: bands of %d file(s) (%s): %s", n, brief(found), note)
     first = records[0] if records else None

@@ -243,15 +243,24 @@ def frozen_scores(feats: Any, task: Task, split: Split, protocol: str, recipe: R
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """The fine-tune's own progress lines are noise inside compare's (its warnings still show, but not the problem
-    files compare named already)."""
-    level = log.level
+    """The fine-tune's own progress lines are noise inside compare's (its warnings still show, once each, but not the
+    problem files compare named already: each of 30 fine-tunes said the same value-range warning twice)."""
+    level, said = log.level, set()
+
+    def once(record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        fresh = text not in said
+        said.add(text)
+        return fresh
+
     log.setLevel(logging.WARNING)
+    log.addFilter(once)
     try:
         with problems_reported():
             yield
     finally:
         log.setLevel(level)
+        log.removeFilter(once)
 
 
 def kept_labels(names: Sequence[str]) -> dict[str, str]:
@@ -304,6 +313,14 @@ def progress_bar(total: int, enabled: bool) -> Any:
     return tqdm(total=total, desc="runs", file=sys.stderr, disable=not (enabled and sys.stderr.isatty()))
 
 
+def logs_above(bar: Any) -> Any:
+    """While ``bar`` is shown, log lines are printed above it (else they are glued to its frame: "...2.91it/s]r"
+    "un 1/7 ...")."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return contextlib.nullcontext() if bar.disable else logging_redirect_tqdm()
+
+
 def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str, EncoderSource],
             nones: dict[int, EncoderSource], recipe: Recipe, results: ResultsFile, inputs: dict[str, Any],
             strict: bool, progress: bool, keep: Path | None = None, device: Any = None,
@@ -322,44 +339,45 @@ def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str,
     live: EncoderSource | None = None  # the none initialisation on the device
     labels = kept_labels(list(dict.fromkeys([*sources, *known])))
     bar = progress_bar(len(todo), progress)
-    for n, job in enumerate(todo, start=1):
-        split = splits[job.split_index]
-        start = time.perf_counter()
-        src = nones[split.seed] if job.source == NONE else sources.get(job.source)
-        if job.protocol == "finetune":
-            keep_as = keep / kept_name(labels[job.source], split.budget, split.seed) if keep is not None else None
-            try:
-                result = finetune_scores(src, task, split, recipe, inputs, strict, keep_as)
-            except RunStopped as stop:
-                raise RunStopped(stop.signal, _stopped(stop.signal, n, len(todo), job, split, results)) from None
-        else:
-            # a stop here is one line and 143 / 130 (inside a fine-tune, Lightning handles it: above)
-            with stops_as(lambda sig: _stopped(sig, n, len(todo), job, split, results)):
-                key = (job.source, split.seed if job.source == NONE else None)
-                if key not in feats:
-                    feats.clear()  # one source's features in memory at a time (jobs are source-major)
-                    if live is not None:
-                        live.encoder.cpu()
-                        live = None
-                    if job.source == NONE and device is not None:
-                        src.encoder.to(device)
-                        live = src
-                    if src is None and base_stats is None:
-                        base_stats = compute_stats(task.catalog, recipe.data, seed=recipe.labels.seed)
-                    t0 = time.perf_counter()
-                    feats[key] = features_for(job.source, src, task, recipe, base_stats, needed)
-                    feats[key].features(split.test[:1])
-                    what = (f"{job.source} (initialisation of seed {split.seed})" if job.source == NONE
-                            else job.source)
-                    log.info("features of %s: %.1f s", what, time.perf_counter() - t0)
-                    start = time.perf_counter()
-                result = frozen_scores(feats[key], task, split, job.protocol, recipe)
-        seconds = time.perf_counter() - start
-        results.add(make_row(job.source, split.budget.cells, split.seed, job.protocol, result, seconds))
-        bar.update(1)
-        shown = {k: v for k, v in result.items() if v is not None}
-        log.info("run %d/%d  %s %s %s seed %d: %s (%.1f s)", n, len(todo), job.source, job.protocol,
-                 split.budget.slug, split.seed, "  ".join(f"{k} {v:.3f}" for k, v in shown.items()), seconds)
+    with logs_above(bar):
+        for n, job in enumerate(todo, start=1):
+            split = splits[job.split_index]
+            start = time.perf_counter()
+            src = nones[split.seed] if job.source == NONE else sources.get(job.source)
+            if job.protocol == "finetune":
+                keep_as = keep / kept_name(labels[job.source], split.budget, split.seed) if keep is not None else None
+                try:
+                    result = finetune_scores(src, task, split, recipe, inputs, strict, keep_as)
+                except RunStopped as stop:
+                    raise RunStopped(stop.signal, _stopped(stop.signal, n, len(todo), job, split, results)) from None
+            else:
+                # a stop here is one line and 143 / 130 (inside a fine-tune, Lightning handles it: above)
+                with stops_as(lambda sig: _stopped(sig, n, len(todo), job, split, results)):
+                    key = (job.source, split.seed if job.source == NONE else None)
+                    if key not in feats:
+                        feats.clear()  # one source's features in memory at a time (jobs are source-major)
+                        if live is not None:
+                            live.encoder.cpu()
+                            live = None
+                        if job.source == NONE and device is not None:
+                            src.encoder.to(device)
+                            live = src
+                        if src is None and base_stats is None:
+                            base_stats = compute_stats(task.catalog, recipe.data, seed=recipe.labels.seed)
+                        t0 = time.perf_counter()
+                        feats[key] = features_for(job.source, src, task, recipe, base_stats, needed)
+                        feats[key].features(split.test[:1])
+                        what = (f"{job.source} (initialisation of seed {split.seed})" if job.source == NONE
+                                else job.source)
+                        log.info("features of %s: %.1f s", what, time.perf_counter() - t0)
+                        start = time.perf_counter()
+                    result = frozen_scores(feats[key], task, split, job.protocol, recipe)
+            seconds = time.perf_counter() - start
+            results.add(make_row(job.source, split.budget.cells, split.seed, job.protocol, result, seconds))
+            bar.update(1)
+            shown = {k: v for k, v in result.items() if v is not None}
+            log.info("run %d/%d  %s %s %s seed %d: %s (%.1f s)", n, len(todo), job.source, job.protocol,
+                     split.budget.slug, split.seed, "  ".join(f"{k} {v:.3f}" for k, v in shown.items()), seconds)
     bar.close()
     return len(todo)
 

@@ -27,7 +27,7 @@ log = logging.getLogger("geomed_ssl")
 def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Sequence[str],
                       overlap: float = DEFAULT_OVERLAP, blend: str = "gaussian",
                       recipe_data: Any = None, native: bool = False,
-                      only: Sequence[np.ndarray | None] | None = None) -> list[np.ndarray]:
+                      only: Sequence[np.ndarray | None] | None = None, check_ranges: bool = True) -> list[np.ndarray]:
     """Class-index maps of whole images in the orientation ``read_label`` uses (rasters as stored, volumes RAS),
     computed on the device the model is on; volumes on the model's ``data.spacing`` grid, or with ``native`` on
     their own voxels (the map ``predict`` writes). Band names assigned by position were reported when the images
@@ -51,7 +51,7 @@ def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Seque
                 target = Path(tmp) / f"pred_{i}.tif"
                 predict_raster(model_fn(model), path, target, stats, window=meta["window"], overlap=overlap,
                                blend=blend, num_classes=k, data_cfg=cfg, device=device, names_by_position="ignore",
-                               only=None if only is None else only[i])
+                               only=None if only is None else only[i], check_ranges=check_ranges)
             else:
                 target = Path(tmp) / f"pred_{i}.nii.gz"
                 predict_volume(model_fn(model), path, target, stats, roi_size=meta["window"], data_cfg=cfg,
@@ -88,16 +88,17 @@ def scored_pixels(selection: LabelSelection) -> list[np.ndarray]:
 
 def evaluate_segmentation(model: torch.nn.Module, meta: dict[str, Any], records: Sequence[Any],
                           label_arrays: Sequence[np.ndarray], selection: LabelSelection, out: Path,
-                          recipe_data: Any = None, native: bool = False) -> dict[str, Any]:
+                          recipe_data: Any = None, native: bool = False, check_ranges: bool = True) -> dict[str, Any]:
     """Metrics on the training and test positions (``selection``'s, on the grid its labels were read on: the
-    training grid, or the volumes' own voxels with ``native``); writes ``metrics.json`` and ``confusion.png``."""
+    training grid, or the volumes' own voxels with ``native``); writes ``metrics.json`` and ``confusion.png``.
+    ``check_ranges``: warn about images whose values are far from the model's statistics (a fine-tune did)."""
     # a stacked-channel record (data.channels, one glob or several) is predicted from its folder, as `geomed-ssl
     # predict` takes it: a file alone would be read without the channel names
     stacked = bool(data_config(meta, recipe_data).channels)
     paths = [str(Path(r.path).parent) if stacked or len(r.paths) > 1 else r.path for r in records]
+    raster = data_config(meta, recipe_data).kind == "raster"
     predictions = predict_to_arrays(model, meta, paths, recipe_data=recipe_data, native=native,
-                                    only=scored_pixels(selection) if data_config(meta, recipe_data).kind == "raster"
-                                    else None)
+                                    only=scored_pixels(selection) if raster else None, check_ranges=check_ranges)
     names = selection.class_names
     results: dict[str, Any] = {"classes": [{"value": v, "name": n} for v, n in zip(selection.classes, names)],
                                "notes": selection.notes, "split": selection.split}

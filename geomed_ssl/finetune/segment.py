@@ -124,5 +124,6 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     model.to(resolve_device("cpu" if recipe.train.accelerator == "cpu" else "auto"))  # whole-image evaluation
     scored_by = ["--images", images, *(["--labels", labels] if labels is not None else [])]
     with stops_as(not_evaluated(out, scored_by)):
-        metrics = evaluate_segmentation(model, meta, records, arrays, selection, out, recipe.data)
+        metrics = evaluate_segmentation(model, meta, records, arrays, selection, out, recipe.data,
+                                        check_ranges=False)  # said when training began
     return FinetuneResult(out, metrics, selection)

@@ -93,7 +93,7 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
                    nodata: float | None = None, probabilities: bool | str = False, device: str | torch.device = "cpu",
                    data_cfg: Any = None, class_values: Sequence[int] | None = None,
                    names_by_position: str = "warn", only: np.ndarray | None = None,
-                   made_by: str | None = None) -> dict[str, Any]:
+                   made_by: str | None = None, check_ranges: bool = True) -> dict[str, Any]:
     """Predict a GeoTIFF (or a folder of ``data.channels`` single-band files, stacked) window by window into a
     class-map GeoTIFF on the input's grid; returns a summary dict.
 
@@ -142,7 +142,8 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
             for w in outputs:
                 w.abort()  # a writer already committed has nothing left to abort
             raise
-    warn_far_from_stats([(str(path), ranges.value_range())], stats)
+    if check_ranges:  # (False: a fine-tune evaluating the files it trained on, whose ranges it checked)
+        warn_far_from_stats([(str(path), ranges.value_range())], stats)
     if only is None or only.any():  # (nothing asked for: nothing predicted, rightly)
         warn_if_nothing_predicted(path, info["valid_pixels"], scene.nodata, out_path)
     seconds = time.perf_counter() - t0

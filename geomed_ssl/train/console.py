@@ -48,6 +48,29 @@ class StderrProgressBar(TQDMProgressBar):
         super().on_train_epoch_start(trainer, *args)
         self.train_progress_bar.set_description("steps")
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        self._logs = contextlib.ExitStack()  # log lines above the bar, not glued to its frame ("...lr=4.69e-5]S")
+        self._logs.enter_context(logging_redirect_tqdm())
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "_logs": None}  # (ddp_spawn pickles the callbacks)
+
+    def _logs_back(self) -> None:
+        if getattr(self, "_logs", None) is not None:
+            self._logs.close()
+            self._logs = None
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._logs_back()
+        super().on_train_end(trainer, pl_module)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._logs_back()
+        super().on_exception(trainer, pl_module, exception)
+
 
 class PlainProgress(L.Callback):
     """One log line every ``every`` optimiser steps and at the last: step, loss, lr and steps per second."""

@@ -96,6 +96,24 @@ def test_segment_from_pretrained_encoder_then_evaluate_and_predict(seg_scene, pr
     assert load_encoder(ft).config.in_chans == 4  # a fine-tune dir holds its encoder too
 
 
+def test_a_fine_tune_warns_once_of_images_far_from_its_encoders_statistics(seg_scene, pretrained: Path,
+                                                                            tmp_path: Path) -> None:
+    """Said when training began and again by the fine-tune's own evaluation of the same images."""
+    import rasterio
+
+    images, labels = seg_scene
+    with rasterio.open(images / "scene.tif") as src:
+        far = src.read().astype(np.float32) * 50 + 10000  # in other units than the pretraining data
+    (tmp_path / "far").mkdir()
+    write_geotiff(tmp_path / "far" / "scene.tif", far)
+    result = runner.invoke(app, ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", str(pretrained),
+                                 "--images", str(tmp_path / "far"), "--labels", str(labels), "--out",
+                                 str(tmp_path / "ft"), "--labels-per-class", "5", "--head", "linear",
+                                 *sets("data.sensor=null", "finetune.max_steps=3")])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("value range of") == 1, result.output
+
+
 def test_segment_from_random_init_with_block_split(seg_scene, tmp_path: Path) -> None:
     images, labels = seg_scene
     ft = tmp_path / "ft_none"

@@ -70,7 +70,7 @@ def inspect(
 ) -> None:
     """Show what the toolkit sees in a folder (files, bands, wavelengths, grids) and what is wrong with it."""
     from geomed_ssl.config import load_recipe, sets_key
-    from geomed_ssl.data.catalog import LABEL_GLOBS, problems_reported, scan
+    from geomed_ssl.data.catalog import LABEL_GLOBS, QUALITY_GLOBS, problems_reported, scan
 
     sets = list(overrides or [])
     if kind is not None and kind not in ("raster", "volume"):
@@ -81,7 +81,7 @@ def inspect(
         sets.insert(0, f"data.kind={guess_kind(data_dir)}")
     # without a recipe, label maps beside the images are left out as every shipped recipe leaves them out
     labels_apart = recipe is None and data_dir.is_dir() and not sets_key(sets, "data.exclude")
-    cfg = load_recipe(recipe, sets + ([f"data.exclude={LABEL_GLOBS}"] if labels_apart else []))
+    cfg = load_recipe(recipe, sets + ([f"data.exclude={LABEL_GLOBS + QUALITY_GLOBS}"] if labels_apart else []))
     if recipe is not None:
         from geomed_ssl.methods import resolve_method_settings  # imports torch: only for a recipe's method section
 
@@ -89,11 +89,12 @@ def inspect(
     with problems_reported() if labels_apart else contextlib.nullcontext():  # the label-like files: listed below
         catalog = scan(data_dir, cfg.data, strict=strict, names_by_position="error" if strict else "warn")
     typer.echo(catalog.summary())
-    found = catalog.excluded if labels_apart else []  # data.exclude is LABEL_GLOBS alone
+    found = catalog.excluded if labels_apart else []  # data.exclude is LABEL_GLOBS + QUALITY_GLOBS alone
     if found:
-        typer.echo(f"  named like labels, not counted as images ({len(found)}): {', '.join(found[:4])}"
-                   f"{', ...' if len(found) > 4 else ''} (data.exclude {LABEL_GLOBS}, as the recipes have it; "
-                   "give them to finetune / compare with --labels)")
+        typer.echo(f"  named like labels or quality masks, not counted as images ({len(found)}): "
+                   f"{', '.join(found[:4])}{', ...' if len(found) > 4 else ''} (data.exclude "
+                   f"{LABEL_GLOBS + QUALITY_GLOBS}, as the recipes have it; give labels to finetune / compare with "
+                   "--labels)")
     from geomed_ssl.data.survey import warn_survey
 
     warn_survey(catalog, cfg.data.spacing)

@@ -24,7 +24,7 @@ from geomed_ssl.bands.matching import sensor_outliers
 from geomed_ssl.bands.names import brief
 from geomed_ssl.data.probe import RASTER_PREVIEW, VOLUME_PREVIEW, FileProbe, ProbeError, probe_file  # noqa: F401
 from geomed_ssl.geo.grids import grid_diffs
-from geomed_ssl.data.listing import (EXTENSIONS, LABEL_GLOBS, glob_match, has_ext, list_files,  # noqa: F401
+from geomed_ssl.data.listing import (EXTENSIONS, LABEL_GLOBS, QUALITY_GLOBS, glob_match, has_ext, list_files,  # noqa: F401
                                     once, problems_reported, reported_already, select, unread_formats)
 from geomed_ssl.data.records import (FileRecord, Problem, record_from_probes, reoriented_axes,  # noqa: F401
                                     reoriented_shape)
@@ -199,13 +199,17 @@ def _majority(records: list[FileRecord], problems: list[Problem]) -> list[FileRe
     bands in another order are kept, read by name in that order); the rest are problems."""
     counts = Counter(r.num_bands for r in records)
     best = max(counts, key=lambda c: (counts[c], c))
-    tied = sorted(c for c in counts if counts[c] == counts[best] and c != best)
+    tied = sorted(c for c in counts if counts[c] == counts[best])
+    if len(tied) > 1:  # which are the images? (PlanetScope: 4-band scenes beside 8-band *_udm2 masks, one each)
+        groups = "; ".join(f"{counts[c]} with {c} band(s), e.g. '{next(r.path for r in records if r.num_bands == c)}'"
+                           for c in tied)
+        raise DataError(f"as many files hold one band count as another ({groups}), so which are the images is not "
+                        "clear: keep them with data.include, or leave the others out with data.exclude (quality "
+                        "masks beside the images, e.g. \"*_udm2*\").")
     kept = []
     for r in records:
         if r.num_bands != best:
-            why = f"{counts[best]} of {len(records)} files have {best} (the most common count)" if not tied else (
-                f"as many files have {best} as {'/'.join(map(str, tied))}, and the larger count is kept (choose "
-                "with data.include)")
+            why = f"{counts[best]} of {len(records)} files have {best} (the most common count)"
             problems.append(Problem(r.path, f"has {r.num_bands} band(s) but {why}; mixed band counts, skipped"))
         else:
             kept.append(r)

@@ -388,24 +388,26 @@ def test_a_folder_hidden_by_its_name_is_said_once_but_a_label_folder_beside_the_
     assert keep == [True, False, False] and "'Unlabelled' (2 files)" in caplog.text
 
 
-def test_a_tie_between_band_counts_says_which_is_kept_and_how_to_choose(tmp_path, make_tif, grad):
-    make_tif(tmp_path / "s2.tif", grad(4, 32, 32))
-    make_tif(tmp_path / "l8.tif", grad(3, 32, 32))
-    cat = scan(tmp_path, DataConfig(patch_size=16))
-    assert [r.num_bands for r in cat.records] == [4]
-    assert "as many files have 4 as 3, and the larger count is kept (choose with data.include)" in _reasons(cat)["l8.tif"]
+def test_a_tie_between_band_counts_is_refused_naming_both_groups(tmp_path, make_tif, grad):
+    """A PlanetScope delivery holds one 8-band *_udm2 mask beside each 4-band scene: the tie was broken for the larger
+    count, so the encoder trained on cloud-mask bits and every scene was skipped."""
+    make_tif(tmp_path / "20230601_3B_AnalyticMS_SR.tif", grad(4, 32, 32))
+    make_tif(tmp_path / "20230601_3B_udm2_like.tif", grad(8, 32, 32))
+    with pytest.raises(DataError, match=r"1 with 4 band\(s\).*1 with 8 band\(s\).*data.include.*data.exclude"):
+        scan(tmp_path, DataConfig(patch_size=16))
 
 
-def test_one_body_scanned_thin_and_thick_is_drawn_equally_once_resampled(tmp_path):
-    """Weights counted the file's voxels: the 1.5 mm scan of a body was drawn 8 times as often as the 3 mm scan of
-    the same body, though data.spacing resamples both to one grid."""
-    import nibabel as nib
+@pytest.mark.parametrize("name", ["LC08_L2SP_190027_20230601_20230607_02_T1_QA_PIXEL.TIF",
+                                  "LC08_L2SP_190027_20230601_20230607_02_T1_ST_QA.TIF",
+                                  "20230601_101010_3B_udm2.tif", "T33TVM_20230601T100559_SCL_20m.tif",
+                                  "MSK_CLDPRB_20m.tif", "T33TVM_20230601T100559_TCI_10m.tif"])
+def test_providers_quality_layers_are_left_out_by_the_raster_recipes(tmp_path, make_tif, grad, name):
+    from geomed_ssl.config import load_recipe
 
-    (tmp_path / "v").mkdir()
-    for name, mm in (("thin", 1.5), ("thick", 3.0)):
-        n = int(24 / mm)
-        nib.save(nib.Nifti1Image(np.random.default_rng(0).random((n, n, n)).astype(np.float32), np.diag([mm] * 3 + [1])),
-                 str(tmp_path / "v" / f"{name}.nii.gz"))
-    catalog = scan(tmp_path / "v", DataConfig(kind="volume", patch_size=4, intensity="none"))
-    assert sorted(catalog.weights()) == pytest.approx([1 / 9, 8 / 9])  # file voxels, as statistics sample them
-    assert catalog.weights(spacing=(2.0, 2.0, 2.0)) == pytest.approx([0.5, 0.5])
+    make_tif(tmp_path / "scene.tif", grad(4, 32, 32))
+    make_tif(tmp_path / name, grad(4, 32, 32))
+    for recipe in ("mae_sentinel2", "mae_hyperspectral", "vicreg_dense_sentinel2", "moco_v3_sentinel2_small"):
+        data = load_recipe(f"recipes/{recipe}.yaml", ["data.sensor=null", "data.patch_size=16",
+                                                      "data.band_names=null"]).data
+        cat = scan(tmp_path, data)
+        assert [r.path.rsplit("/", 1)[-1] for r in cat.records] == ["scene.tif"] and name in cat.excluded[0], recipe

@@ -268,7 +268,7 @@ def test_inspect_without_a_recipe_sets_label_maps_apart_and_describes_volume_gri
     result = cli("inspect", str(tmp_path / "r"))
     assert result.exit_code == 0, result.output
     assert "1 usable raster file" in result.output and "problem" not in result.output
-    assert "named like labels, not counted as images (1): lulc_mask.tif" in result.output
+    assert "named like labels or quality masks, not counted as images (1): lulc_mask.tif" in result.output
     one = cli("inspect", str(tmp_path / "r" / "lulc_mask.tif"))  # a label's own grid, checked before a fine-tune
     assert one.exit_code == 0 and "1 usable raster file" in one.output, one.output
     bad = cli("inspect", str(tmp_path / "r"), "--kind", "image")

@@ -23,7 +23,7 @@ from geomed_ssl.errors import DataError
 from geomed_ssl.inference.raster import RASTER_BLENDS, predict_raster
 from geomed_ssl.inference.sliding import ModelFn, as_model, channel_records
 from geomed_ssl.inference.volume import VOLUME_BLENDS, predict_volume
-from geomed_ssl.inference.writers import proba_path
+from geomed_ssl.inference.writers import proba_path, recorded_input
 from geomed_ssl.outcommands import fitted_stem
 from geomed_ssl.outfiles import remove_stale_partials
 
@@ -136,6 +136,10 @@ def plan_outputs(inputs: str | Path | Sequence[str | Path], out_dir: str | Path,
                     else " (names that differ only in case: one file on macOS or Windows)")
             raise DataError(f"'{p}' and '{other}' would both be written to '{planned[other].name}' in "
                             f"'{out_dir}'{same}; predict them into separate output folders.")
+        earlier = recorded_input(out) if out.exists() else None
+        if earlier is not None and earlier != str(Path(p).resolve()):  # a run before this one, on another input
+            raise DataError(f"'{out}' holds the prediction of '{earlier}', and '{p}' would replace it (their outputs "
+                            "share one name): predict it into another --out folder.")
         planned[p] = out
     return planned
 

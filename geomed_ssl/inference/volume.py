@@ -59,11 +59,12 @@ def predict_volume(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
     ppath = proba_path(out_path) if pkind else None
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_paths([out_path] + ([ppath] if ppath else [])) as tmps:  # both files appear together, or neither
-        save_nifti(nifti_like(labels, record.path, made("geomed-ssl prediction", made_by), "label"), tmps[0],
+        source = str(path.resolve())
+        save_nifti(nifti_like(labels, record.path, made("geomed-ssl prediction", made_by), "label", source), tmps[0],
                    out_path)
         if ppath:
-            save_nifti(nifti_like(proba_array(grid, pkind), record.path, made("geomed-ssl probabilities", made_by)),
-                       tmps[1], ppath)
+            save_nifti(nifti_like(proba_array(grid, pkind), record.path, made("geomed-ssl probabilities", made_by),
+                                  source=source), tmps[1], ppath)
     counts = np.bincount(index[grid.ok], minlength=num_classes)[:num_classes]
     warn_if_nothing_predicted(record.path, int(counts.sum()), cfg.nodata, out_path)
     seconds = time.perf_counter() - t0

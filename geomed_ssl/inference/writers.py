@@ -8,6 +8,7 @@ half-written output under the final name; the next prediction into that folder d
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -215,8 +216,29 @@ class GeoTiffWriter:
             self.abort()
 
 
+INPUT_TAG = "GEOMED_SSL_INPUT"  # a prediction's record of the input it was made from (GeoTIFF tag, NIfTI comment)
+
+
+def recorded_input(path: str | Path) -> str | None:
+    """The input an earlier prediction at ``path`` says it was made from (None: it says none, or cannot be read)."""
+    try:
+        if str(path).lower().endswith((".tif", ".tiff")):
+            import rasterio
+
+            with rasterio.open(path) as ds:
+                return ds.tags().get(INPUT_TAG)
+        import nibabel as nib
+
+        for ext in nib.load(str(path)).header.extensions:
+            if ext.get_code() == 6 and INPUT_TAG.encode() in ext.get_content():
+                return json.loads(ext.get_content()).get(INPUT_TAG)
+    except Exception:  # noqa: BLE001 - a file that cannot say is not known to be another input's
+        return None
+    return None
+
+
 def nifti_like(array: np.ndarray, reference_path: str | Path, description: str = "geomed-ssl prediction",
-               intent: str = "none") -> Any:
+               intent: str = "none", source: str | None = None) -> Any:
     """A NIfTI image of ``array`` (X, Y, Z) or (X, Y, Z, K) in the reference file's voxel order with its affine and
     header.
 
@@ -224,7 +246,8 @@ def nifti_like(array: np.ndarray, reference_path: str | Path, description: str =
     overlays the reference exactly (identical affine, sform/qform codes and zooms). The reference's display window
     (``cal_min`` / ``cal_max``, an intensity range that would show a class map as blank in FSLeyes or MRIcron), its
     intent (a z-score map's) and its time step (a 4D series') are not carried: ``intent`` is the output's ("label"
-    for a class map), a fourth axis holds classes, and ``descrip`` says what the file is.
+    for a class map), a fourth axis holds classes, and ``descrip`` says what the file is; ``source``, the input it
+    was predicted from, is kept in a comment extension (:func:`recorded_input`).
     """
     import nibabel as nib
 
@@ -251,6 +274,10 @@ def nifti_like(array: np.ndarray, reference_path: str | Path, description: str =
     img.header["toffset"] = 0
     if arr.ndim == 4:
         img.header.set_zooms((*ref.header.get_zooms()[:3], 1.0))
+    img.header.extensions[:] = [e for e in img.header.extensions  # the reference's own record, if it was one
+                                if not (e.get_code() == 6 and INPUT_TAG.encode() in e.get_content())]
+    if source is not None:
+        img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", json.dumps({INPUT_TAG: source}).encode()))
     return img
 
 

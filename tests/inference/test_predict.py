@@ -323,6 +323,31 @@ def test_predict_files_names_outputs_by_stem(scene, tmp_path):
         write_nifti_like(np.zeros((5, 12, 12), np.uint8), tmp_path / "in" / "ct_01.nii.gz", tmp_path / "y.nii.gz")
 
 
+def test_a_later_run_refuses_to_replace_the_prediction_of_another_input_with_the_same_name(scene, tmp_path):
+    """Subjects predicted one at a time into one folder (BIDS sub-01/anat/..., TotalSegmentator s0001/ct.nii.gz):
+    each run replaced the last one's map of the same name, which then held another subject's prediction."""
+    import nibabel as nib
+
+    from geomed_ssl.config import DataConfig
+
+    small = structured_raster(np.random.default_rng(2), C, 48)
+    vol = asymmetric_volume((12, 12, 12))
+    for sub in ("s0001", "s0002"):
+        (tmp_path / sub).mkdir()
+        write_geotiff(tmp_path / sub / "scene.tif", small)
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / sub / "ct.nii.gz"))
+    raster = dict(num_classes=K, window=32, data_cfg=DataConfig())
+    volume = dict(num_classes=3, window=8, data_cfg=DataConfig(kind="volume", intensity="none"))
+    vstats = stats_of(vol[None], ["band_1"])
+    for _ in range(2):  # the same input again: its own map is replaced
+        predict_files(scene["model"], [tmp_path / "s0001" / "scene.tif"], tmp_path / "out", scene["stats"], **raster)
+        predict_files(threshold_model(), [tmp_path / "s0001" / "ct.nii.gz"], tmp_path / "out", vstats, **volume)
+    with pytest.raises(DataError, match=r"scene_pred.tif' holds the prediction of '.*s0001/scene.tif'.*another --out"):
+        predict_files(scene["model"], [tmp_path / "s0002" / "scene.tif"], tmp_path / "out", scene["stats"], **raster)
+    with pytest.raises(DataError, match=r"ct_pred.nii.gz' holds the prediction of '.*s0001/ct.nii.gz'"):
+        predict_files(threshold_model(), [tmp_path / "s0002" / "ct.nii.gz"], tmp_path / "out", vstats, **volume)
+
+
 def test_a_nifti_output_keeps_the_grid_but_not_the_inputs_display_window(tmp_path):
     """An intensity image's cal_min / cal_max (a window of 100-500) would show a class map of 1..K as blank in
     FSLeyes or MRIcron; the output keeps the affine and codes and says what it is."""

@@ -221,15 +221,16 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
         raise ConfigError(f"--window {window}: at most 4096 pixels / voxels a side (embed reads windows whole).")
     data_cfg = data_config(meta, cfg.spatial_dims, cfg.patch_size if level == "image" else win, overrides, include,
                            exclude)
-    if data_cfg.exclude:
-        log.info("files matching data.exclude %s are left out (the encoder's recipe and --exclude); --set "
-                 "data.exclude=[] includes them", data_cfg.exclude)
     taken = ({"band_names": list(data_cfg.band_names)}
              if data_cfg.band_names is not None and not sets_key(overrides, "data.band_names") else {})
     try:
         catalog = scan(data_dir, data_cfg, strict=strict, names_by_position="error" if strict else "warn")
     except DataError as err:
         raise naming_hint(err, taken) from None
+    if catalog.excluded:  # (said only when some file is left out)
+        log.info("%d file(s) matching data.exclude %s are left out (the encoder's recipe and --exclude; --set "
+                 "data.exclude=[] includes them), e.g. %s", len(catalog.excluded), data_cfg.exclude,
+                 catalog.excluded[0])
     note_encoder_naming(catalog.records, taken)
     if level == "image":
         catalog = without_small_files(catalog, tuple(cfg.patch_size), strict, data_cfg.spacing)

@@ -53,7 +53,8 @@ def optional_module(name: str, pip_name: str, fallback: str) -> Any:
     except ImportError:
         if name not in _WARNED:
             _WARNED.add(name)
-            log.info("%s is not installed: %s (pip install %s, or geomed-ssl[full])", pip_name, fallback, pip_name)
+            log.info("note: %s is not installed: %s (pip install %s, or geomed-ssl[full])", pip_name, fallback,
+                     pip_name)
         return None
 
 

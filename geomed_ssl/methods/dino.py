@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -45,6 +45,7 @@ from geomed_ssl.methods.dino_losses import CENTERINGS, DINOLoss, IBOTPatchLoss, 
 from geomed_ssl.methods.heads import DINOHead
 from geomed_ssl.methods.masking import block_mask, ibot_masks  # noqa: F401  (block_mask: re-exported)
 from geomed_ssl.methods.momentum import MomentumPair
+from geomed_ssl.methods.distributed import rank
 from geomed_ssl.methods.monitor import batch_std
 from geomed_ssl.methods.registry import register_method
 from geomed_ssl.methods.schedules import cosine, linear_warmup, teacher_momentum
@@ -101,11 +102,9 @@ class DINOSettings(MethodSettings):
 COLLAPSE_STD_TOL = 1e-3  # teacher_std * sqrt(K) below this: every image gives the same output
 COLLAPSE_ENTROPY_FRAC = 0.99  # teacher entropy above this fraction of log(K): uniform outputs
 COLLAPSE_WARN_EVERY = 100  # steps between two collapse warnings
+log = logging.getLogger("geomed_ssl")
 MIN_TOKEN_VALID = 0.5  # a masked patch token counts in the iBOT loss when at least this fraction of it is valid
 
-
-class CollapseWarning(UserWarning):
-    """The teacher's outputs collapsed (constant or uniform): the DINO loss carries no signal."""
 
 
 def zero_invalid(x: Tensor, valid: Tensor | None) -> Tensor:
@@ -285,13 +284,11 @@ class DINO(SSLMethod):
         if (constant or uniform) and step - self._last_warning >= COLLAPSE_WARN_EVERY:
             self._last_warning = step
             kind = "constant (every image gives the same output)" if constant else "uniform (teacher entropy ~ log K)"
-            warnings.warn(
-                f"DINO collapse at step {step}: teacher outputs are {kind}; teacher_std={float(std):.2e}, "
-                f"teacher_entropy={float(entropy):.3f} of log(K)={math.log(k):.3f}. Keep centering on, lower "
-                "method.teacher_temp, raise method.momentum_teacher or lower train.base_lr.",
-                CollapseWarning,
-                stacklevel=3,  # the line in training_loss (no_grad wraps _monitor in one frame)
-            )
+            if rank() == 0:  # a warning line as every other (the collapse monitor's too), said once, not per rank
+                log.warning(f"warning: DINO collapse at step {step}: teacher outputs are {kind}; teacher_std="
+                            f"{float(std):.2e}, teacher_entropy={float(entropy):.3f} of log(K)={math.log(k):.3f}. Keep "
+                            "centering on, lower method.teacher_temp, raise method.momentum_teacher or lower "
+                            "train.base_lr.")
         return {
             "teacher_entropy": entropy,
             "kl_teacher_student": dino - entropy,  # the loss is CE(teacher, student) averaged like the entropy

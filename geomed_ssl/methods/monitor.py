@@ -39,10 +39,6 @@ def batch_std(z: Tensor) -> Tensor:
     return (squares / (n - 1)).sqrt()
 
 
-class CollapseWarning(UserWarning):
-    """The outputs collapsed (constant or uniform): the loss carries no signal."""
-
-
 class CollapseMonitor:
     """``monitor(z (B, D), step) -> {"embedding_std", "collapse"}`` (detached scalars); warns on rank 0 when the
     embeddings collapse. ``advice``: what to change, for the warning."""

@@ -260,7 +260,7 @@ class StopRequest:
         self.signum = signum
         if self.announce:
             log.warning(f"{signal.Signals(signum).name} received: saving a checkpoint at the end of this step, then "
-                        "stopping (Ctrl-C again aborts without saving).")
+                        "stopping" + (" (Ctrl-C again aborts without saving)." if signum == signal.SIGINT else "."))
 
     def __getstate__(self) -> dict[str, Any]:  # handlers and forwarding do not travel to spawned processes
         return {**self.__dict__, "_previous": {}, "_forward": None, "_forward_pid": None}

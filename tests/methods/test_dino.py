@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import math
-import warnings
 
 import pytest
 import torch
 
 from geomed_ssl.errors import ConfigError
-from geomed_ssl.methods.dino import DINO, CollapseWarning, DINOSettings
+from geomed_ssl.methods.dino import DINO, DINOSettings
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 
 SMALL = dict(out_dim=64, head_hidden_dim=32, head_bottleneck_dim=16)
@@ -151,27 +151,29 @@ def test_bad_settings_raise_config_error() -> None:
         make(ibot_mask_ratio=[0.5, 0.2])
 
 
-def test_healthy_init_does_not_warn() -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", CollapseWarning)
+def test_healthy_init_does_not_warn(caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
         assert make().training_loss(batch(), 0, gen()).logs["collapse"] == 0
+    assert "collapse" not in caplog.text
 
 
-def test_constant_collapse_warns_when_every_image_maps_to_one_output() -> None:
+def test_constant_collapse_warns_when_every_image_maps_to_one_output(caplog) -> None:
     m = make()
     with torch.no_grad():
         for head in (m.student_head, m.teacher_head):
             head.mlp[-1].weight.zero_()  # bottleneck = bias for every image
             head.mlp[-1].bias.normal_()
-    with pytest.warns(CollapseWarning, match="constant"):
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
         out = m.training_loss(batch(), 0, gen())
+    assert "warning: DINO collapse at step 0: teacher outputs are constant" in caplog.text
     assert out.logs["collapse"] == 1 and out.logs["teacher_std"] < 1e-6
 
 
-def test_uniform_collapse_warns_without_centering_at_high_teacher_temperature() -> None:
+def test_uniform_collapse_warns_without_centering_at_high_teacher_temperature(caplog) -> None:
     m = make(centering="none", warmup_teacher_temp=50.0, teacher_temp=50.0)
-    with pytest.warns(CollapseWarning, match="uniform"):
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
         out = m.training_loss(batch(), 0, gen())
+    assert "teacher outputs are uniform" in caplog.text
     assert out.logs["collapse"] == 1
     assert out.logs["teacher_entropy"] > 0.99 * math.log(64)
 
@@ -271,6 +273,4 @@ def test_masked_tokens_that_are_mostly_nodata_stay_out_of_the_ibot_loss(monkeypa
     frac = token_valid_fraction(torch.cat(b["valid"]["global"]), (8, 8))  # (2B, 16)
     assert seen["mask"].any() and (frac[seen["mask"]] >= MIN_TOKEN_VALID).all()
     everything_invalid = with_valid(batch(), lambda shape: torch.zeros(shape, dtype=torch.bool))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CollapseWarning)  # all-zero crops: every image gives the same output
-        assert float(m.training_loss(everything_invalid, 0, gen(3)).logs["ibot_loss"]) == 0.0
+    assert float(m.training_loss(everything_invalid, 0, gen(3)).logs["ibot_loss"]) == 0.0  # (a collapse warning)

@@ -41,11 +41,13 @@ def ignore_slurm_warning() -> None:
 def main(ctx: typer.Context, debug: bool = typer.Option(False, "--debug", help="Show full tracebacks."),
          quiet: bool = typer.Option(False, "--quiet", "-q", help="Less output.")) -> None:
     from geomed_ssl.cpus import fit_threads_to_quota
-    from geomed_ssl.launch import runs_here, set_alone
+    from geomed_ssl.launch import further_rank, runs_here, set_alone
 
     STATE["debug"] = debug
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr,
                         force=True)
+    if further_rank():  # rank 0 says the notes and warnings, the same on every rank (the recipe, the data)
+        logging.getLogger("geomed_ssl").setLevel(logging.ERROR)
     # GDAL reports unreadable files itself; the catalog names them with the reason, so its log lines are noise.
     logging.getLogger("rasterio").setLevel(logging.CRITICAL)
     command = ctx.invoked_subcommand

@@ -47,6 +47,16 @@ def launched() -> Launch | None:
     return found if found.world > 1 else None
 
 
+def further_rank() -> bool:
+    """Whether this process is a rank other than 0 of a multi-process run: one torchrun or ``srun`` started
+    (:func:`launched`), or one Lightning's ``ddp`` strategy started beside rank 0 (``LOCAL_RANK`` / ``NODE_RANK``
+    with the process group's address)."""
+    env = os.environ
+    if (found := launched()) is not None:
+        return found.rank != 0
+    return "MASTER_PORT" in env and (_int(env.get("LOCAL_RANK", "0")) != 0 or _int(env.get("NODE_RANK", "0")) != 0)
+
+
 def _int(text: str, default: int = 0) -> int:
     try:
         return int(text)

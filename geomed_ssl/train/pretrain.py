@@ -300,7 +300,7 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     probe = process_rank(t)
     rank, world = probe.global_rank, probe.world_size
     if rank != 0:
-        log.setLevel(logging.WARNING)  # the other ranks' output repeats rank 0's
+        log.setLevel(logging.ERROR)  # the other ranks' notes and warnings repeat rank 0's
     inputs: dict[str, Any] = {"data folder": data_dir, "recipe": recipe_file,
                               "kNN labels folder": recipe.data.val_labels}
     point, catalog, stats, recipe = agreed_inputs(

@@ -30,9 +30,9 @@ DDP = ["train.devices=2", "train.strategy=ddp", "train.batch_size=4"]
 RUN_FILES = {".geomed-ssl.json", "config.yaml", "catalog.json", "stats.json", "metrics.csv", "checkpoints", "encoder"}
 
 
-def cli_args(data: Path, out: Path, sets: list[str], *extra: str) -> list[str]:
-    args = [sys.executable, "-m", "geomed_ssl.cli", "pretrain", "recipes/mae_sentinel2.yaml", "--data", str(data),
-            "--out", str(out), *extra]
+def cli_args(data: Path, out: Path, sets: list[str], *extra: str,
+             recipe: str = "recipes/mae_sentinel2.yaml") -> list[str]:
+    args = [sys.executable, "-m", "geomed_ssl.cli", "pretrain", recipe, "--data", str(data), "--out", str(out), *extra]
     for item in sets:
         args += ["--set", item]
     return args
@@ -74,13 +74,15 @@ def nodata_rasters(tmp_path_factory) -> Path:
 def ddp_run(nodata_rasters: Path) -> tuple[Path, subprocess.CompletedProcess]:
     """A 2-step run on 2 processes (strategy ddp) with a checkpoint after each step."""
     out = nodata_rasters.parent / "run"
-    return out, run(cli_args(nodata_rasters, out, [*BASE, *DDP, "train.max_steps=2"]))
+    return out, run(cli_args(nodata_rasters, out, [*BASE, *DDP, "train.max_steps=2"], recipe="mae_sentinel2"))
 
 
 def test_ddp_run_finishes_with_its_checkpoints_and_one_set_of_files(ddp_run) -> None:
     out, result = ddp_run
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("done: 2 steps") == 1  # rank 1 reports nothing
+    assert result.stderr.count("warning: train.warmup_steps") == 1, result.stderr  # nor repeats rank 0's notes
+    assert result.stderr.count("using the bundled mae_sentinel2") == 1, result.stderr
     assert {p.name for p in out.iterdir()} == RUN_FILES
     assert {p.name for p in (out / "checkpoints").iterdir()} == {"last.ckpt", "step-000001.ckpt", "step-000002.ckpt"}
     assert ckpt(out / "checkpoints" / "last.ckpt")["global_step"] == 2 and sorted(metrics(out)) == [1, 2]

@@ -69,6 +69,19 @@ def _label_keys(stem: str) -> list[str]:
     return keys
 
 
+# BIDS entities a derivative keeps from its source image (its own: space-, desc-, res-, den-, label-)
+BIDS_SOURCE = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo", "flip", "inv", "mt", "part")
+
+
+def _bids_key(stem: str) -> str | None:
+    """``sub-01_ses-1_T1w`` and its derivative ``sub-01_ses-1_space-orig_desc-tumor_dseg`` -> ``sub-01_ses-1``
+    (None: not a BIDS name); a BIDS label drops the image's suffix (T1w), so names alone never pair them."""
+    parts = stem.lower().split("_")
+    if not parts[0].startswith("sub-"):
+        return None
+    return "_".join(p for p in parts if p.split("-", 1)[0] in BIDS_SOURCE and "-" in p)
+
+
 def _shared_parents(a: str, b: str) -> int:
     """How many trailing folder names the two paths share (labels/tile_3/x.tif ~ images/tile_3/x.tif -> 1)."""
     n = 0
@@ -89,7 +102,9 @@ def _by_name(records: list[FileRecord], label_dir: Path, kind: str) -> dict[str,
             path = os.path.abspath(os.path.join(folder, f))
             real = os.path.realpath(path)
             if f.lower().endswith(EXTENSIONS[kind]) and real not in images:
-                for key in _label_keys(_stem(f)):
+                keys = _label_keys(_stem(f))
+                bids = _bids_key(_stem(f)) if len(keys) > 1 else None  # a BIDS label (…_dseg): its entities
+                for key in keys + ([f"bids:{bids}"] if bids else []):
                     if real not in reals.setdefault(key, set()):
                         reals[key].add(real)
                         index.setdefault(key, []).append(path)
@@ -99,7 +114,7 @@ def _by_name(records: list[FileRecord], label_dir: Path, kind: str) -> dict[str,
     out: dict[str, str | None] = {}
     for r in records:
         stem = _stem(r.path).lower()
-        found = index.get(stem, [])
+        found = index.get(stem) or index.get(f"bids:{_bids_key(stem)}", [])
         if len(found) > 1:
             score = [_shared_parents(r.path, f) for f in found]
             found = [f for f, s in zip(found, score) if s == max(score)]

@@ -127,6 +127,26 @@ def test_label_names_of_bids_and_the_spinal_cord_toolbox_find_their_images():
     assert _label_keys("t2_manual") == ["t2_manual"]  # a qualifier alone names no label
 
 
+def test_bids_derivative_labels_find_their_subjects_images(tmp_path):
+    """BIDS drops the image's suffix from a derivative's name (sub-01_T1w -> sub-01_desc-tumor_dseg): it paired with
+    nothing though the docs name BIDS' _dseg; the subject / session entities pair them."""
+    import nibabel as nib
+
+    vol = np.random.default_rng(0).random((8, 8, 8)).astype(np.float32)
+    for sub, ses in (("01", "1"), ("01", "2"), ("02", "1")):
+        anat = tmp_path / "bids" / f"sub-{sub}" / f"ses-{ses}" / "anat"
+        anat.mkdir(parents=True)
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), str(anat / f"sub-{sub}_ses-{ses}_T1w.nii.gz"))
+        seg = tmp_path / "derivatives" / f"sub-{sub}" / f"ses-{ses}" / "anat"
+        seg.mkdir(parents=True)
+        nib.save(nib.Nifti1Image((vol > 0.5).astype(np.uint8), np.eye(4)),
+                 str(seg / f"sub-{sub}_ses-{ses}_space-orig_desc-tumor_dseg.nii.gz"))
+    records = scan(tmp_path / "bids", DataConfig(kind="volume", patch_size=4, intensity="none")).records
+    pairs = match_labels(records, tmp_path / "derivatives", "volume")
+    assert {Path(r.path).name.split("_T1w")[0]: Path(lab).name.split("_space")[0] for r, lab in pairs} == {
+        "sub-01_ses-1": "sub-01_ses-1", "sub-01_ses-2": "sub-01_ses-2", "sub-02_ses-1": "sub-02_ses-1"}
+
+
 def test_fixed_label_name_beside_each_image(tmp_path):
     rng = np.random.default_rng(0)
     for case in ("case_1", "case_2"):

@@ -171,7 +171,10 @@ def _stacked_records(files: list[str], root: Path, kind: str, data_cfg: Any, win
         if many:
             g, m = many[0]
             problems.append(Problem(folder, f"channel glob {g!r} matches {len(m)} files "
-                                            f"({', '.join(os.path.basename(f) for f in m)}); make it specific"))
+                                            f"({', '.join(os.path.basename(f) for f in m[:3])}"
+                                            f"{', ...' if len(m) > 3 else ''}); make it specific: data.channels "
+                                            "stacks one sample per folder, so cases sharing a folder (nnU-Net's "
+                                            "imagesTr/case_000_0000.nii.gz) go into a folder each first"))
             continue
         try:
             probes = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -114,7 +115,9 @@ def _by_name(records: list[FileRecord], label_dir: Path, kind: str) -> dict[str,
     out: dict[str, str | None] = {}
     for r in records:
         stem = _stem(r.path).lower()
-        found = index.get(stem) or index.get(f"bids:{_bids_key(stem)}", [])
+        found = (index.get(stem) or index.get(f"bids:{_bids_key(stem)}")
+                 or (index.get(Path(r.path).parent.name.lower()) if len(r.paths) > 1 else None)  # a stack: its folder
+                 or (index.get(stem[:-5]) if re.fullmatch(r".+_\d{4}", stem) else None) or [])  # nnU-Net's _0000
         if len(found) > 1:
             score = [_shared_parents(r.path, f) for f in found]
             found = [f for f, s in zip(found, score) if s == max(score)]

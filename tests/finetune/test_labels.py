@@ -147,6 +147,37 @@ def test_bids_derivative_labels_find_their_subjects_images(tmp_path):
         "sub-01_ses-1": "sub-01_ses-1", "sub-01_ses-2": "sub-01_ses-2", "sub-02_ses-1": "sub-02_ses-1"}
 
 
+def test_a_stack_of_band_files_pairs_with_a_label_named_after_its_folder_and_nnunet_cases_with_theirs(tmp_path):
+    """A Landsat scene's per-band files stacked by data.channels were paired by the first band file's name only
+    (LC08_..._SR_B2_mask.tif), not by the scene's (LC08_..._mask.tif, the name predict gives the scene's map);
+    nnU-Net's imagesTr/case_000_0000.nii.gz never found labelsTr/case_000.nii.gz."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    for scene in ("LC08_L2SP_190027_20230601", "LC08_L2SP_190027_20230617"):
+        (tmp_path / "l8" / scene).mkdir(parents=True)
+        for band in ("SR_B2", "SR_B3"):
+            write_geotiff(tmp_path / "l8" / scene / f"{scene}_{band}.TIF", structured_raster(rng, 1, 32))
+        (tmp_path / "l8_labels").mkdir(exist_ok=True)
+        _label(tmp_path / "l8_labels" / f"{scene}_mask.tif", _classes())
+    cfg = DataConfig(patch_size=8, channels=["*_SR_B2.TIF", "*_SR_B3.TIF"])
+    pairs = match_labels(scan(tmp_path / "l8", cfg).records, tmp_path / "l8_labels", "raster")
+    assert [(Path(r.path).parent.name, Path(lab).name) for r, lab in pairs] == [
+        ("LC08_L2SP_190027_20230601", "LC08_L2SP_190027_20230601_mask.tif"),
+        ("LC08_L2SP_190027_20230617", "LC08_L2SP_190027_20230617_mask.tif")]
+    vol = rng.random((8, 8, 8)).astype(np.float32)
+    for d in ("imagesTr", "labelsTr"):
+        (tmp_path / "nnunet" / d).mkdir(parents=True)
+    for case in ("case_000", "case_001"):
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / "nnunet" / "imagesTr" / f"{case}_0000.nii.gz"))
+        nib.save(nib.Nifti1Image((vol > 0.5).astype(np.uint8), np.eye(4)),
+                 str(tmp_path / "nnunet" / "labelsTr" / f"{case}.nii.gz"))
+    records = scan(tmp_path / "nnunet" / "imagesTr", DataConfig(kind="volume", patch_size=4, intensity="none")).records
+    pairs = match_labels(records, tmp_path / "nnunet" / "labelsTr", "volume")
+    assert [(Path(r.path).name, Path(lab).name) for r, lab in pairs] == [
+        ("case_000_0000.nii.gz", "case_000.nii.gz"), ("case_001_0000.nii.gz", "case_001.nii.gz")]
+
+
 def test_fixed_label_name_beside_each_image(tmp_path):
     rng = np.random.default_rng(0)
     for case in ("case_1", "case_2"):

@@ -218,6 +218,9 @@ def check_model_meta(meta: dict[str, Any], source: str) -> None:
             raise GeomedError(f"{source}: classes[{i}] must be a mapping of value and name, got {show(c)}.")
         check_value(c.get("value"), int, Spec(bounds=parse_bounds("[0, 65534]")), f"classes[{i}].value", source)
         check_value(c.get("name", ""), str, Spec(), f"classes[{i}].name", source)
+        if c.get("color") is not None and len(check_value(c["color"], list[int], Spec(bounds=parse_bounds("[0, 255]")),
+                                                          f"classes[{i}].color", source)) != 3:
+            raise GeomedError(f"{source}: classes[{i}].color must be [red, green, blue], got {show(c['color'])}.")
     encoder = meta.get("encoder") if isinstance(meta.get("encoder"), dict) else {}
     nd = int(encoder.get("spatial_dims", 2)) if isinstance(encoder.get("spatial_dims", 2), int) else 2
     window = check_value(meta.get("window"), list[int], Spec(bounds=parse_bounds(f"[1, {_MAX_WINDOW}]")), "window",

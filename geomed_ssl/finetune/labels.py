@@ -291,3 +291,20 @@ def read_label_pairs(records: Sequence[FileRecord], labels: str | Path | None, l
         masks.append(labelled)
     facts.warn(lab.ignore_value)
     return pairs, arrays, masks
+
+
+def label_colors(paths: Sequence[str], values: Sequence[int]) -> list[list[int] | None] | None:
+    """The RGB the first label raster with a colour table (a land-cover map's palette) gives each class value, for
+    the class maps ``predict`` writes; None when no label file has one."""
+    import rasterio
+
+    for path in dict.fromkeys(str(p) for p in paths):
+        if not path.lower().endswith((".tif", ".tiff")):
+            continue
+        try:
+            with rasterio.open(path) as ds:
+                table = ds.colormap(1)
+        except Exception:  # noqa: BLE001 - no colour table (GDAL: "NULL color table"), or unreadable: none taken
+            continue
+        return [list(table[v][:3]) if v in table else None for v in values]
+    return None

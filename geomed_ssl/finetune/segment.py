@@ -17,7 +17,7 @@ from geomed_ssl.data.catalog import scan
 from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, class_weights_from_counts, data_meta,
                                      encoder_and_stats, finetune_inputs, fit_supervised, no_model, not_evaluated,
                                      save_recipe, seed_new_head, with_encoder_naming)
-from geomed_ssl.finetune.labels import label_grounds, label_sources, read_label_pairs, select_labels
+from geomed_ssl.finetune.labels import label_colors, label_grounds, label_sources, read_label_pairs, select_labels
 from geomed_ssl.finetune.probe import fit_probe_model
 from geomed_ssl.finetune.sampling import training_area_maps
 from geomed_ssl.finetune.seg_data import SparseLabelDataset
@@ -115,9 +115,11 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     if model.head == "probe":
         knn = recipe.finetune.probe == "knn"
         head.update(probe=recipe.finetune.probe, memory=int(model.decoder.memory.shape[0]) if knn else 0)
+    colors = ((label_colors([p for _, p in pairs], selection.classes) if not recipe.labels.remap else None)
+              or [None] * len(selection.classes))  # a land-cover map's palette, for the class maps predict writes
     meta = {"task": "segment", "head": head,
-            "classes": [{"index": i, "value": v, "name": n} for i, (v, n) in
-                        enumerate(zip(selection.classes, selection.class_names))],
+            "classes": [{"index": i, "value": v, "name": n} | ({"color": c} if c else {})
+                        for i, (v, n, c) in enumerate(zip(selection.classes, selection.class_names, colors))],
             "window": list(window), "encoder_source": source, "data": data_meta(recipe.data)}
     with stops_as(no_model(out)):
         meta = save_model(model, out / "model", meta)

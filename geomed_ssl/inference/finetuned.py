@@ -114,6 +114,7 @@ def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], o
                               window=meta["window"], data_cfg=cfg, overlap=overlap, blend=blend,
                               batch_size=batch_size, probabilities=probabilities,
                               class_values=[c["value"] for c in meta["classes"]], device=model_device(model),
+                              class_colors=[c.get("color") for c in meta["classes"]],
                               names_by_position="error" if strict else "warn", made_by=str(Path(ft_dir).resolve()))
     return [f"{s['input']} -> {s['output']}" for s in summaries]
 

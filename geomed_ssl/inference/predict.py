@@ -213,9 +213,11 @@ def predict_files(
     class_values: Sequence[int] | None = None,
     names_by_position: str = "warn",
     made_by: str | None = None,
+    class_colors: Sequence[Sequence[int] | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Predict every input into ``out_dir/<stem>_pred.tif`` or ``<stem>_pred.nii.gz``; returns one summary each;
-    ``made_by`` (the model's folder) is recorded in each output (GeoTIFF metadata, NIfTI ``descrip``).
+    ``made_by`` (the model's folder) is recorded in each output (GeoTIFF metadata, NIfTI ``descrip``), and a
+    GeoTIFF class map gets a colour table (``class_colors``, per class: its RGB, else a palette's).
 
     ``window`` is the raster window (2 ints) or the volume ROI (3 ints; an int serves both). A file of the other
     kind than the model's is refused in one line before anything is written; partial files a killed earlier run
@@ -233,7 +235,7 @@ def predict_files(
             summaries.append(predict_raster(
                 model, p, out, stats, band_names, window, overlap, blend, batch_size, num_classes=num_classes,
                 probabilities=probabilities, device=device, data_cfg=data_cfg, class_values=class_values,
-                names_by_position=names_by_position, made_by=made_by))
+                names_by_position=names_by_position, made_by=made_by, class_colors=class_colors))
         else:
             summaries.append(predict_volume(
                 model, p, out, stats, band_names, window, data_cfg, overlap, blend, num_classes=num_classes,

@@ -29,7 +29,8 @@ from geomed_ssl.data.tiling import DEFAULT_OVERLAP, blend_weights, window_starts
 from geomed_ssl.errors import DataError
 from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, channel_records,
                                           check_request, softmax_probs, warn_if_nothing_predicted)
-from geomed_ssl.inference.writers import INPUT_TAG, PROBA_SCALE, GeoTiffWriter, class_lookup, proba_path
+from geomed_ssl.inference.writers import (INPUT_TAG, PROBA_SCALE, GeoTiffWriter, class_colormap, class_lookup,
+                                         proba_path)
 
 RASTER_BLENDS = ("gaussian", "linear", "constant")
 
@@ -93,7 +94,8 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
                    nodata: float | None = None, probabilities: bool | str = False, device: str | torch.device = "cpu",
                    data_cfg: Any = None, class_values: Sequence[int] | None = None,
                    names_by_position: str = "warn", only: np.ndarray | None = None,
-                   made_by: str | None = None, check_ranges: bool = True) -> dict[str, Any]:
+                   made_by: str | None = None, check_ranges: bool = True,
+                   class_colors: Sequence[Sequence[int] | None] | None = None) -> dict[str, Any]:
     """Predict a GeoTIFF (or a folder of ``data.channels`` single-band files, stacked) window by window into a
     class-map GeoTIFF on the input's grid; returns a summary dict.
 
@@ -127,7 +129,7 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
             raise ValueError(f"only: a mask of shape {tuple(only.shape)} for a scene of {tuple(scene.shape)}")
         lut, lnodata = class_lookup(int(num_classes), class_values)
         outputs = open_outputs(out_path, scene.sources[0], [int(v) for v in lut], lut.dtype, lnodata, pkind,
-                               provenance(made_by, path))
+                               provenance(made_by, path), class_colormap(lut, class_colors, lnodata))
         try:
             ranges = RangeSample(len(stats.band_names), scene.nodata, scene.shape)
             with rasterio.Env(GDAL_CACHEMAX=scene.cache_bytes()):
@@ -239,14 +241,15 @@ def provenance(made_by: str | None, source: str | Path | None = None) -> dict[st
 
 
 def open_outputs(out_path: Path, src: Any, values: Sequence[int], dtype: Any, lnodata: int,
-                 pkind: str | None, tags: dict[str, str] | None = None) -> list[GeoTiffWriter]:
+                 pkind: str | None, tags: dict[str, str] | None = None,
+                 colormap: dict[int, tuple[int, ...]] | None = None) -> list[GeoTiffWriter]:
     """The class-map writer on ``src``'s grid and, with ``pkind``, the probability writer (one band per class, in
     the order of ``values``, the label values of the classes, and named ``p_class_<value>``), both with ``tags``; a
     failure opening the second drops the first."""
     num_classes = len(values)
     like = {"height": src.height, "width": src.width, "crs": src.crs, "transform": src.transform, "gcps": src.gcps,
             "rpcs": src.rpcs, "area_or_point": src.tags().get("AREA_OR_POINT")}
-    outputs = [GeoTiffWriter(out_path, like, 1, dtype, lnodata, descriptions=["class"], tags=tags)]
+    outputs = [GeoTiffWriter(out_path, like, 1, dtype, lnodata, descriptions=["class"], tags=tags, colormap=colormap)]
     if pkind:
         try:
             outputs.append(GeoTiffWriter(

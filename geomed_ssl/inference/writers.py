@@ -48,6 +48,23 @@ def class_lookup(num_classes: int, class_values: Sequence[int] | None = None) ->
     return np.asarray(values, dtype=dtype), nodata
 
 
+# A qualitative palette for class maps whose labels carried no colours (matplotlib's tab20, reordered: strong first).
+PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (174, 199, 232), (255, 187, 120),
+           (152, 223, 138), (255, 152, 150), (197, 176, 213), (196, 156, 148), (247, 182, 210), (199, 199, 199),
+           (219, 219, 141), (158, 218, 229)]
+
+
+def class_colormap(values: Sequence[int], colors: Sequence[Sequence[int] | None] | None,
+                   nodata: int) -> dict[int, tuple[int, ...]]:
+    """A GDAL colour table for a class map: each class value's colour (the training labels' own, else
+    ``PALETTE``'s), nodata transparent."""
+    colors = list(colors or [None] * len(values))
+    table = {int(v): tuple(int(x) for x in (c or PALETTE[i % len(PALETTE)]))[:3] + (255,)
+             for i, (v, c) in enumerate(zip(values, colors))}
+    return {**table, int(nodata): (0, 0, 0, 0)}
+
+
 def _window_tuple(window: Any) -> tuple[int, int, int, int]:
     """(row_off, col_off, height, width) from a rasterio Window or a 4-sequence in that order."""
     if hasattr(window, "row_off"):
@@ -70,7 +87,8 @@ class GeoTiffWriter:
 
     def __init__(self, path: str | Path, like_profile: dict[str, Any], count: int, dtype: str | np.dtype,
                  nodata: float | None, descriptions: Sequence[str] | None = None,
-                 scales: Sequence[float] | None = None, tags: dict[str, str] | None = None):
+                 scales: Sequence[float] | None = None, tags: dict[str, str] | None = None,
+                 colormap: dict[int, tuple[int, ...]] | None = None):
         import rasterio
 
         self.path = Path(path)
@@ -97,6 +115,8 @@ class GeoTiffWriter:
             self._ds.gcps = (gcps, gcp_crs)
         if like_profile.get("rpcs") is not None:
             self._ds.rpcs = like_profile["rpcs"]
+        if colormap is not None:  # a class map: GIS show it in its classes' colours
+            self._ds.write_colormap(1, colormap)
         if descriptions is not None:
             for i, name in enumerate(descriptions, start=1):
                 self._ds.set_band_description(i, str(name))

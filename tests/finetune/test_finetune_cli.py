@@ -114,6 +114,36 @@ def test_a_fine_tune_warns_once_of_images_far_from_its_encoders_statistics(seg_s
     assert result.output.count("value range of") == 1, result.output
 
 
+def test_a_class_map_is_drawn_in_the_colours_of_its_labels_palette_else_a_palette_of_ours(seg_scene,
+                                                                                           tmp_path: Path) -> None:
+    """Class maps had no colour table: a land-cover map's palette was lost, and GIS showed the classes in grey."""
+    from geomed_ssl.inference.writers import PALETTE
+
+    images, labels = seg_scene
+    with rasterio.open(labels / "scene_gt.tif") as src:
+        profile, values = src.profile, src.read()
+    (tmp_path / "painted").mkdir()
+    with rasterio.open(tmp_path / "painted" / "scene_gt.tif", "w", **profile) as dst:
+        dst.write(values)
+        dst.write_colormap(1, {1: (0, 100, 0, 255), 2: (255, 255, 0, 255), 3: (200, 0, 0, 255)})
+    for name, label_dir in (("painted", tmp_path / "painted"), ("plain", labels)):
+        ft = tmp_path / f"ft_{name}"
+        result = runner.invoke(app, ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", "none",
+                                     "--images", str(images), "--labels", str(label_dir), "--out", str(ft),
+                                     "--labels-per-class", "5", "--head", "linear",
+                                     *sets("data.sensor=null", "finetune.max_steps=2")])
+        assert result.exit_code == 0, result.output
+        pr = runner.invoke(app, ["predict", str(ft), str(images / "scene.tif"), "--out", str(tmp_path / f"p_{name}")])
+        assert pr.exit_code == 0, pr.output
+        with rasterio.open(tmp_path / f"p_{name}" / "scene_pred.tif") as dst:
+            table = dst.colormap(1)
+        if name == "painted":
+            assert [table[v][:3] for v in (1, 2, 3)] == [(0, 100, 0), (255, 255, 0), (200, 0, 0)]
+        else:
+            assert [table[v][:3] for v in (1, 2, 3)] == PALETTE[:3]
+        assert table[255][3] == 0  # nodata: transparent
+
+
 def test_segment_from_random_init_with_block_split(seg_scene, tmp_path: Path) -> None:
     images, labels = seg_scene
     ft = tmp_path / "ft_none"

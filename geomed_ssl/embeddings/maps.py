@@ -54,17 +54,34 @@ def map_geometry(kind: str, shape: Sequence[int], level: str, window: Sequence[i
 
 def raster_gcps(path: str) -> dict[str, Any]:
     """``{"gcps": [[row, col, x, y, z], ...], "gcp_crs": WKT}`` of a raster georeferenced by ground control points
-    (Sentinel-1 GRD: no transform, no CRS of its own), else ``{}``; the maps get them on their own grid."""
+    (Sentinel-1 GRD: no transform, no CRS of its own), ``{"rpcs": {...}}`` of one georeferenced by rational
+    polynomial coefficients (raw optical scenes), else ``{}``; the maps get them on their own grid."""
     import rasterio
 
     try:
         with rasterio.open(path) as src:
-            gcps, crs = src.gcps
+            (gcps, crs), rpcs = src.gcps, src.rpcs
     except rasterio.errors.RasterioError:
         return {}
-    if not gcps:
-        return {}
-    return {"gcps": [[g.row, g.col, g.x, g.y, g.z or 0.0] for g in gcps], "gcp_crs": crs.to_wkt() if crs else None}
+    if gcps:
+        return {"gcps": [[g.row, g.col, g.x, g.y, g.z or 0.0] for g in gcps],
+                "gcp_crs": crs.to_wkt() if crs else None}
+    return {"rpcs": rpcs.to_dict()} if rpcs is not None else {}
+
+
+def map_rpcs(file_meta: dict[str, Any]) -> Any:
+    """The file's RPCs for its map grid (None without): line and sample rescaled to map pixels, whose ``map_transform``
+    places them on the input's pixels (the input's own transform being the identity); RPC line / sample count from
+    pixel centres."""
+    if not file_meta.get("rpcs"):
+        return None
+    from rasterio.rpc import RPC
+
+    cw, _, ow, _, ch, oh = (float(v) for v in file_meta["map_transform"][:6])
+    rpc = dict(file_meta["rpcs"])
+    rpc.update(line_off=(rpc["line_off"] + 0.5 - oh) / ch - 0.5, line_scale=rpc["line_scale"] / ch,
+               samp_off=(rpc["samp_off"] + 0.5 - ow) / cw - 0.5, samp_scale=rpc["samp_scale"] / cw)
+    return RPC(**rpc)
 
 
 def map_gcps(file_meta: dict[str, Any]) -> tuple[list[Any], Any] | None:
@@ -125,6 +142,8 @@ def write_grid(file_meta: dict[str, Any], array: np.ndarray, path: Path, nodata:
             elif not placed(file_meta.get("crs"), file_meta.get("transform")):
                 profile.pop("transform")  # an input placed nowhere: its map is not placed either
             with rasterio.open(tmp, "w", **profile) as dst:
+                if (rpcs := map_rpcs(file_meta)) is not None:  # georeferenced by RPCs: those, on the map's grid
+                    dst.rpcs = rpcs
                 dst.write(array)
                 for i, name in enumerate(descriptions or [], start=1):
                     dst.set_band_description(i, str(name))

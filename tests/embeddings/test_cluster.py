@@ -323,3 +323,34 @@ def test_a_map_of_an_unplaced_input_is_not_placed_either(tmp_path):
                         np.zeros((1, 4, 4), np.float32), tmp_path / "p.tif", None)
     with rasterio.open(placed) as ds:
         assert tuple(ds.transform)[:6] == (80, 0, 5e5, 0, -80, 5e6)
+
+
+def test_a_map_of_an_rpc_scene_carries_its_rpcs_on_the_map_grid(tmp_path):
+    """A raw optical scene placed only by RPCs: predict kept them, but embedding and cluster maps had none."""
+    import rasterio
+    from rasterio.rpc import RPC
+    from rasterio.transform import RPCTransformer
+
+    from geomed_ssl.embeddings.maps import map_geometry, raster_gcps, write_grid
+
+    coeffs = lambda *pairs: [dict(pairs).get(i, 0.0) for i in range(20)]  # noqa: E731
+    rpc = RPC(height_off=0, height_scale=100, lat_off=46.0, lat_scale=0.05, long_off=14.5, long_scale=0.05,
+              line_off=63.5, line_scale=64, samp_off=47.5, samp_scale=48, line_num_coeff=coeffs((2, -1.0)),
+              line_den_coeff=coeffs((0, 1.0)), samp_num_coeff=coeffs((1, 1.0), (2, 0.1)),
+              samp_den_coeff=coeffs((0, 1.0)), err_bias=0, err_rand=0)
+    with rasterio.open(tmp_path / "raw.tif", "w", driver="GTiff", height=128, width=96, count=1, dtype="uint8",
+                       rpcs=rpc) as dst:
+        dst.write(np.zeros((1, 128, 96), np.uint8))
+    meta = {"kind": "raster", "path": str(tmp_path / "raw.tif"), "crs": None, "transform": [1, 0, 0, 0, 1, 0],
+            **raster_gcps(str(tmp_path / "raw.tif"))}
+    for level, window in (("patch", (16, 16)), ("window", (32, 32))):
+        meta.update(map_geometry("raster", (128, 96), level, window, (16, 16), (8, 8), meta["transform"], None))
+        out = write_grid(meta, np.zeros((1, *meta["grid"]), np.float32), tmp_path / f"{level}.tif", None)
+        with rasterio.open(out) as ds:
+            on_map = RPCTransformer(ds.rpcs)
+        on_input = RPCTransformer(rpc)
+        a, _, ow, _, e, oh = meta["map_transform"]
+        for r, c in ((0, 0), (3, 2), (meta["grid"][0] - 1, meta["grid"][1] - 1)):
+            centre = (oh + e * (r + 0.5), ow + a * (c + 0.5))  # the map cell's centre on the input's pixels
+            np.testing.assert_allclose(on_map.xy(r, c, offset="center"),
+                                       on_input.xy(*centre, offset="ul"), atol=1e-9)

@@ -138,7 +138,8 @@ def pretrain(
     """Pretrain a ViT encoder without labels (the method the recipe names) on a folder of rasters or volumes."""
     from geomed_ssl.train.pretrain import pretrain as run
 
-    result = run(recipe, data, out, overrides=overrides, resume=resume, overwrite=overwrite, strict=strict)
+    result = run(recipe, data, out, overrides=overrides, resume=resume, overwrite=overwrite, strict=strict,
+                 progress=logging.getLogger().level <= logging.INFO)  # --quiet: no bar either
     if not result.is_global_zero:  # the other processes of a multi-process run: rank 0 reports
         return
     if result.stopped:  # said once, here (the library logs nothing about it)

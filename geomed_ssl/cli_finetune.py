@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Optional
 
@@ -56,7 +57,8 @@ def finetune_segment_cmd(
     flags = {"finetune.freeze_encoder": "true" if (freeze or unfreeze_after) else None,
              "finetune.unfreeze_after_steps": unfreeze_after, "finetune.head": head}
     sets = ["finetune.task=segment", *finetune_sets(overrides, per_class, fraction, **flags)]
-    result = finetune_segment(recipe, encoder, images, labels, out, overrides=sets, overwrite=overwrite, strict=strict)
+    result = finetune_segment(recipe, encoder, images, labels, out, overrides=sets, overwrite=overwrite, strict=strict,
+                              progress=logging.getLogger().level <= logging.INFO)
     names = [c["name"] for c in result.metrics["classes"]]
     typer.echo(format_metrics(result.metrics["test"], names))
     typer.echo(f"model: {out / 'model'}  metrics: {out / 'metrics.json'}  confusion: {out / 'confusion.png'}")
@@ -87,7 +89,8 @@ def finetune_classify_cmd(
     mode = {"finetune.head": "mlp" if mlp else "linear",
             "finetune.freeze_encoder": "false" if full else "true"} if (linear_probe or mlp or full) else {}
     sets = ["finetune.task=classify", *finetune_sets(overrides, per_class, fraction, **mode)]
-    result = finetune_classify(recipe, encoder, data, out, overrides=sets, overwrite=overwrite, strict=strict)
+    result = finetune_classify(recipe, encoder, data, out, overrides=sets, overwrite=overwrite, strict=strict,
+                               progress=logging.getLogger().level <= logging.INFO)
     names = [c["name"] for c in result.metrics["classes"]]
     typer.echo(format_metrics(result.metrics["test"], names))
     typer.echo(f"model: {out / 'model'}  metrics: {out / 'metrics.json'}  confusion: {out / 'confusion.png'}")

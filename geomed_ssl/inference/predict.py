@@ -241,6 +241,9 @@ def predict_files(
                 model, p, out, stats, band_names, window, data_cfg, overlap, blend, num_classes=num_classes,
                 probabilities=probabilities, batch_size=batch_size, device=device, class_values=class_values,
                 names_by_position=names_by_position, made_by=made_by))
+        if len(planned) > 1:  # a folder of large scenes is not silent until the last is done
+            log.info("predicted %d/%d: %s (%.1f s)", len(summaries), len(planned), Path(p).name,
+                     summaries[-1].get("seconds", 0.0))
         if not probabilities:  # an earlier run's probabilities beside the new class map would be another model's;
             proba_path(out).unlink(missing_ok=True)  # kept until now: a kill during the prediction leaves the
             # earlier pair (only one in the instant since the map's rename leaves the new map beside them)

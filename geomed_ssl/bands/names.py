@@ -237,10 +237,19 @@ def resolve_band_info(
     tags = tags or {}
     widths = [_tag_width(tags.get(i + 1)) for i in range(num_bands)]
     bandwidths = widths if any(w is not None for w in widths) else None
-    return BandInfo(names, _band_wavelengths(names, tags, data_cfg, path), bandwidths, source)
+    wavelengths = _band_wavelengths(names, tags, data_cfg, path)
+    sensor = getattr(data_cfg, "sensor", None)
+    if source == "channels" and sensor and wavelengths is None and (sensor, tuple(names)) not in _CHANNELS_NOTED:
+        _CHANNELS_NOTED.add((sensor, tuple(names)))  # the profile said nothing: say so, once per name list
+        logging.getLogger("geomed_ssl").warning(
+            f"warning: data.channels names the bands after its globs ({', '.join(names[:4])}"
+            f"{', ...' if len(names) > 4 else ''}), which are not band names of data.sensor '{sensor}', so they "
+            "have no wavelengths: name them as the sensor does with data.band_names (e.g. [B2, B3, B4, B5]).")
+    return BandInfo(names, wavelengths, bandwidths, source)
 
 
 _DESCRIBED_NOTED: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
+_CHANNELS_NOTED: set[tuple[str, tuple[str, ...]]] = set()
 
 
 def _note_described(path: str, described: tuple[str, ...], given: tuple[str, ...]) -> None:
@@ -282,8 +291,10 @@ def _band_names(num_bands: int, descriptions: Sequence[str | None] | None, data_
         if len(profile_names) != num_bands:
             raise DataError(
                 f"'{path}' has {num_bands} bands but sensor profile '{sensor}' has {len(profile_names)}: if it is "
-                f"another product, leave it out (data.exclude); if every file has {num_bands} bands, name them in "
-                "order with data.band_names (or fix data.sensor)."
+                f"another product, leave it out (data.exclude); " + (
+                    "if each file holds one band of a scene, stack a scene's files with data.channels (globs, one "
+                    "per band)." if num_bands == 1 else f"if every file has {num_bands} bands, name them in order "
+                    "with data.band_names (or fix data.sensor).")
             )
         names, source = profile_names, "sensor"
     else:

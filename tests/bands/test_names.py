@@ -230,3 +230,17 @@ def test_same_named_bands_of_another_sensor_are_refused_by_a_model_that_reads_by
                         band_names=names, wavelengths=[0.45, 0.55, 0.65])
     with pytest.raises(DataError, match="the same names for another sensor's bands"):
         catalog_for_encoder(cfg, catalog)
+
+
+def test_channel_globs_that_are_not_the_sensors_band_names_are_warned_about(caplog):
+    """Landsat per-band files stacked by "*_SR_B2.TIF" ... got no wavelengths from data.sensor, and nothing said so."""
+    import logging
+
+    cfg = DataConfig(sensor="landsat8")
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        info = resolve_band_info(2, None, {}, cfg, "x.tif", fallback_names=["SR_B2.TIF", "SR_B3.TIF"])
+        named = resolve_band_info(2, None, {}, cfg, "x.tif", fallback_names=["B2", "B3"])
+    assert info.wavelengths is None and named.wavelengths == [0.482, 0.561]
+    assert caplog.text.count("not band names of data.sensor 'landsat8'") == 1 and "data.band_names" in caplog.text
+    with pytest.raises(DataError, match="stack a scene's files with data.channels"):
+        resolve_band_info(1, None, {}, cfg, "LC08_SR_B2.TIF")

@@ -46,11 +46,13 @@ def main(ctx: typer.Context, debug: bool = typer.Option(False, "--debug", help="
     STATE["debug"] = debug
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr,
                         force=True)
-    if further_rank():  # rank 0 says the notes and warnings, the same on every rank (the recipe, the data)
-        logging.getLogger("geomed_ssl").setLevel(logging.ERROR)
     # GDAL reports unreadable files itself; the catalog names them with the reason, so its log lines are noise.
     logging.getLogger("rasterio").setLevel(logging.CRITICAL)
     command = ctx.invoked_subcommand
+    # a pretrain's rank 0 says the notes and warnings, the same on every rank (the recipe, the data); NOTSET: the
+    # root's level (the other commands' further ranks say they exit, below)
+    logging.getLogger("geomed_ssl").setLevel(logging.ERROR if command == "pretrain" and further_rank()
+                                             else logging.NOTSET)
     if (threads := fit_threads_to_quota()) is not None:
         logging.getLogger("geomed_ssl").info(f"torch threads lowered to {threads}, the CPUs this process may use.")
     ignore_slurm_warning()

@@ -4,6 +4,7 @@ test samples, into ``results.csv`` / ``summary.md`` / ``curve.png``; resumable (
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import json
 import logging
@@ -241,11 +242,15 @@ def frozen_scores(feats: Any, task: Task, split: Split, protocol: str, recipe: R
                   task.background)
 
 
+_SAID: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("compare_said", default=None)
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """The fine-tune's own progress lines are noise inside compare's (its warnings still show, once each, but not the
-    problem files compare named already: each of 30 fine-tunes said the same value-range warning twice)."""
-    level, said = log.level, set()
+    """The fine-tune's own progress lines are noise inside compare's (its warnings still show, once in the whole
+    compare (``_SAID``), but not the problem files compare named already: each of 30 fine-tunes said the same
+    value-range warning twice)."""
+    level, said = log.level, _SAID.get() if _SAID.get() is not None else set()
 
     def once(record: logging.LogRecord) -> bool:
         text = record.getMessage()
@@ -339,7 +344,9 @@ def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str,
     live: EncoderSource | None = None  # the none initialisation on the device
     labels = kept_labels(list(dict.fromkeys([*sources, *known])))
     bar = progress_bar(len(todo), progress)
-    with logs_above(bar):
+    said = _SAID.set(set())  # the warnings the fine-tunes said: each once in the whole compare
+    with contextlib.ExitStack() as undo, logs_above(bar):
+        undo.callback(_SAID.reset, said)
         for n, job in enumerate(todo, start=1):
             split = splits[job.split_index]
             start = time.perf_counter()

@@ -202,9 +202,9 @@ def _majority(records: list[FileRecord], problems: list[Problem]) -> list[FileRe
     bands in another order are kept, read by name in that order); the rest are problems."""
     counts = Counter(r.num_bands for r in records)
     best = max(counts, key=lambda c: (counts[c], c))
-    tied = sorted(c for c in counts if counts[c] == counts[best])
+    tied = sorted(c for c in counts if counts[c] == counts[best] and c > 1)  # single-band ones: label maps
     if len(tied) > 1:  # which are the images? (PlanetScope: 4-band scenes beside 8-band *_udm2 masks, one each)
-        groups = "; ".join(f"{counts[c]} with {c} band(s), e.g. '{next(r.path for r in records if r.num_bands == c)}'"
+        groups = "; ".join(f"{counts[c]} with {c} bands, e.g. '{next(r.path for r in records if r.num_bands == c)}'"
                            for c in tied)
         raise DataError(f"as many files hold one band count as another ({groups}), so which are the images is not "
                         "clear: keep them with data.include, or leave the others out with data.exclude (quality "
@@ -212,7 +212,8 @@ def _majority(records: list[FileRecord], problems: list[Problem]) -> list[FileRe
     kept = []
     for r in records:
         if r.num_bands != best:
-            why = f"{counts[best]} of {len(records)} files have {best} (the most common count)"
+            why = (f"{counts[best]} of {len(records)} files have {best} (the most common count)"
+                   if counts[r.num_bands] < counts[best] else f"as many files have {best}, taken for the images")
             problems.append(Problem(r.path, f"has {r.num_bands} band(s) but {why}; mixed band counts, skipped"))
         else:
             kept.append(r)

@@ -224,6 +224,7 @@ def select(rel_paths: Sequence[str], include: Sequence[str], exclude: Sequence[s
 # what the shipped recipes' data.exclude leaves out: label maps and masks kept beside the images
 LABEL_GLOBS = ["*mask*", "*label*", "*lulc*", "*_gt*", "*seg*", "*OTMultiClass*"]
 # Providers' quality and ancillary layers shipped beside the bands: PlanetScope UDM2; Landsat Collection 2 QA_PIXEL,
-# QA_RADSAT, SR_QA_AEROSOL, ST_QA; Sentinel-2 L2A scene classification, cloud / snow probabilities, aerosol, water
-# vapour and the true-colour preview. Left out by the raster recipes and by inspect.
-QUALITY_GLOBS = ["*_udm*", "*_QA_*", "*_QA.*", "*_SCL_*", "*MSK_*", "*_AOT_*", "*_WVP_*", "*_TCI_*"]
+# QA_RADSAT, SR_QA_AEROSOL, ST_QA (Collection 1: BQA); Sentinel-2 L2A scene classification, cloud / snow
+# probabilities, aerosol, water vapour and the true-colour preview. Left out by the raster recipes and by inspect.
+QUALITY_GLOBS = ["*_udm*", "*_QA_*", "*_QA.*", "*_BQA*", "*_SCL_*", "*MSK_*", "*_AOT_*", "*_WVP_*", "*_TCI_*",
+                 "*_TCI.*"]

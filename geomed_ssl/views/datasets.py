@@ -102,6 +102,7 @@ class PretrainDataset(Dataset):
         self._cum = np.cumsum(catalog.weights(spacing))  # files weighted by valid area, volumes as resampled
         self.raster_reader = raster_reader or (RasterReader() if self.ndim == 2 else None)
         self.volume_reader = volume_reader or (VolumeReader(data_cfg) if self.ndim == 3 else None)
+        self._valid_regions: dict[tuple, bool] = {}
         pairs = getattr(data_cfg, "date_pairs", False) and getattr(view, "pairs", False)
         self.mates = same_grid_mates(self.records) if pairs else [[] for _ in self.records]
 
@@ -146,12 +147,23 @@ class PretrainDataset(Dataset):
             while True:
                 yield starts, read
         reader, nodata, empty = self.raster_reader, self._nodata(record), 0
+        gaps = record.valid_fraction < 1  # (where the scan found no gap, no check: the fallback to another file stays)
         while True:
             region, starts = reader.draw_region(record, self.window, g_rng)
-            if empty < self.max_attempts and not valid_mask(reader.read_region(record, region), nodata).any():
+            if gaps and empty < self.max_attempts and not self._holds_valid(record, region, nodata):
                 empty += 1  # no valid pixel in it (a swath edge, a nodata collar): the next region, with no try spent
                 continue
             yield starts, (lambda pos, region=region: reader.read_window(record, *pos, *self.window, region=region))
+
+    def _holds_valid(self, record: Any, region: tuple[int, ...], nodata: float | None) -> bool:
+        """Whether the region holds a valid pixel (kept per process: a fact of the file, so no sample depends on
+        which process asked first)."""
+        key = (record.path, tuple(region))
+        if key not in self._valid_regions:
+            if len(self._valid_regions) > 100_000:
+                self._valid_regions.clear()
+            self._valid_regions[key] = bool(valid_mask(self.raster_reader.read_region(record, region), nodata).any())
+        return self._valid_regions[key]
 
     def _draw(self, record: Any, g_rng: np.random.Generator, i: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Normalised (C, *window) array, valid mask and [*start, *size] of the chosen window.

@@ -393,8 +393,20 @@ def test_a_tie_between_band_counts_is_refused_naming_both_groups(tmp_path, make_
     count, so the encoder trained on cloud-mask bits and every scene was skipped."""
     make_tif(tmp_path / "20230601_3B_AnalyticMS_SR.tif", grad(4, 32, 32))
     make_tif(tmp_path / "20230601_3B_udm2_like.tif", grad(8, 32, 32))
-    with pytest.raises(DataError, match=r"1 with 4 band\(s\).*1 with 8 band\(s\).*data.include.*data.exclude"):
+    with pytest.raises(DataError, match=r"1 with 4 bands.*1 with 8 bands.*data.include.*data.exclude"):
         scan(tmp_path, DataConfig(patch_size=16))
+
+
+def test_a_scene_beside_its_single_band_label_map_keeps_the_scene(tmp_path, make_tif, grad):
+    """The bundled sample (indian_pines.tif, 200 bands, beside indian_pines_gt.tif) under a recipe that does not
+    exclude *_gt*: the label map is a problem file, not a reason to stop."""
+    from geomed_ssl.sample import SAMPLE_DIR
+
+    make_tif(tmp_path / "scene.tif", grad(4, 32, 32))
+    make_tif(tmp_path / "gt.tif", grad(1, 32, 32))
+    cat = scan(tmp_path, DataConfig(patch_size=16))
+    assert [r.num_bands for r in cat.records] == [4] and "taken for the images" in _reasons(cat)["gt.tif"]
+    assert [r.num_bands for r in scan(SAMPLE_DIR, DataConfig(patch_size=16)).records] == [200]
 
 
 @pytest.mark.parametrize("name", ["LC08_L2SP_190027_20230601_20230607_02_T1_QA_PIXEL.TIF",

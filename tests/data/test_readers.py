@@ -68,9 +68,10 @@ def test_file_smaller_than_window_is_padded_inside_region(tmp_path):
 
 def test_regions_are_block_aligned_and_inside_the_file(tif):
     rec, _ = tif
-    reader = RasterReader(min_region=48)
+    reader = RasterReader(min_region=48, cache_bytes=40_000)  # too small a cache to grow regions to 96 px
     (sr, tr, nr), (sc, tc, nc) = reader._axes(rec, (16, 16))
     assert (tr, tc) == (64, 64) and (sr, sc) == (79, 79)  # runs of whole 32-px blocks >= 48 - 16 + 1 starts
+    assert RasterReader(min_region=48)._axes(rec, (16, 16))[1][:2] == (80, 96)  # 96 px a side, clipped to the file
     for i in range(nr):
         for j in range(nc):
             r, c, h, w = reader.region_at(rec, (16, 16), (i, j))

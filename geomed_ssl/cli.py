@@ -6,6 +6,7 @@ Shared options and error handling: :mod:`geomed_ssl.cli_options`; the ``finetune
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sys
 from pathlib import Path
@@ -49,10 +50,10 @@ def main(ctx: typer.Context, debug: bool = typer.Option(False, "--debug", help="
     # GDAL reports unreadable files itself; the catalog names them with the reason, so its log lines are noise.
     logging.getLogger("rasterio").setLevel(logging.CRITICAL)
     command = ctx.invoked_subcommand
-    # a pretrain's rank 0 says the notes and warnings, the same on every rank (the recipe, the data); NOTSET: the
-    # root's level (the other commands' further ranks say they exit, below)
-    logging.getLogger("geomed_ssl").setLevel(logging.ERROR if command == "pretrain" and further_rank()
-                                             else logging.NOTSET)
+    if command == "pretrain" and further_rank():  # rank 0 says the notes and warnings, the same on every rank (the
+        package = logging.getLogger("geomed_ssl")  # recipe, the data); the other commands' further ranks say they
+        ctx.call_on_close(functools.partial(package.setLevel, package.level))  # exit (below); put back after
+        package.setLevel(logging.ERROR)
     if (threads := fit_threads_to_quota()) is not None:
         logging.getLogger("geomed_ssl").info(f"torch threads lowered to {threads}, the CPUs this process may use.")
     ignore_slurm_warning()

@@ -22,8 +22,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 # the ranks they start (a second run in the process would otherwise take itself for one of those ranks).
 ENV_KEYS = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "OMP_NUM_THREADS", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE",
             "MASTER_ADDR", "MASTER_PORT", "GEOMED_SSL_RESUME_FROM")
-# Loggers whose levels the console settings change (geomed_ssl.train.console.quiet_lightning).
-LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+# Loggers whose levels the console settings change (geomed_ssl.train.console.quiet_lightning; the package's own on a
+# further rank of a multi-process run, which says nothing but errors).
+LOGGERS = ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "geomed_ssl")
 # Handlers a run replaces while it trains (save-and-stop) and Lightning sets to "ignore" when it aborts.
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

@@ -131,3 +131,22 @@ def test_pretrain_under_torchrun_refuses_a_strategy_that_starts_its_own_workers(
     assert result.exit_code == 2, result.output
     assert f"train.strategy={strategy} would start more workers" in result.output
     assert "use train.strategy=ddp (or auto) under torchrun" in result.output and not out.exists()
+
+
+def test_a_further_rank_of_a_pretrain_says_only_errors_and_the_callers_level_comes_back(monkeypatch, tmp_path) -> None:
+    """Lightning's ddp starts rank 1 with LOCAL_RANK=1: its recipe note and data warnings repeated rank 0's."""
+    import logging
+
+    from geomed_ssl.launch import further_rank
+
+    package = logging.getLogger("geomed_ssl")
+    set_launch(monkeypatch, {"LOCAL_RANK": "1", "NODE_RANK": "0", "MASTER_PORT": "12345"})
+    assert further_rank()
+    monkeypatch.setattr(package, "level", logging.WARNING)
+    seen = []
+    monkeypatch.setattr("geomed_ssl.train.pretrain.pretrain", lambda *a, **k: seen.append(package.level) or 1 / 0)
+    result = runner.invoke(app, ["pretrain", "mae_sentinel2", "--data", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert seen == [logging.ERROR] and result.exit_code != 0
+    assert package.level == logging.WARNING  # put back for whatever the caller runs next
+    set_launch(monkeypatch, {"LOCAL_RANK": "0", "NODE_RANK": "0", "MASTER_PORT": "12345"})
+    assert not further_rank()

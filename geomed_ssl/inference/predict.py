@@ -136,10 +136,13 @@ def plan_outputs(inputs: str | Path | Sequence[str | Path], out_dir: str | Path,
                     else " (names that differ only in case: one file on macOS or Windows)")
             raise DataError(f"'{p}' and '{other}' would both be written to '{planned[other].name}' in "
                             f"'{out_dir}'{same}; predict them into separate output folders.")
-        earlier = recorded_input(out) if out.exists() else None
-        if earlier is not None and earlier != str(Path(p).resolve()):  # a run before this one, on another input
-            raise DataError(f"'{out}' holds the prediction of '{earlier}', and '{p}' would replace it (their outputs "
-                            "share one name): predict it into another --out folder.")
+        if out.exists() and (earlier := recorded_input(out)) != str(Path(p).resolve()):  # an earlier run's
+            held = (f"the prediction of '{earlier}'" if earlier is not None else
+                    "a prediction of an earlier geomed-ssl, which did not record its input")
+            raise DataError(f"'{out}' holds {held}, and '{p}' would replace it (their outputs share one name): "
+                            "predict it into another --out folder" + ("" if earlier is not None else
+                                                                     ", or delete that map first if it is this "
+                                                                     "input's") + ".")
         planned[p] = out
     return planned
 

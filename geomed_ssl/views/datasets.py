@@ -147,10 +147,9 @@ class PretrainDataset(Dataset):
             while True:
                 yield starts, read
         reader, nodata, empty = self.raster_reader, self._nodata(record), 0
-        gaps = record.valid_fraction < 1  # (where the scan found no gap, no check: the fallback to another file stays)
         while True:
             region, starts = reader.draw_region(record, self.window, g_rng)
-            if gaps and empty < self.max_attempts and not self._holds_valid(record, region, nodata):
+            if empty < self.max_attempts and not self._holds_valid(record, region, nodata):
                 empty += 1  # no valid pixel in it (a swath edge, a nodata collar): the next region, with no try spent
                 continue
             yield starts, (lambda pos, region=region: reader.read_window(record, *pos, *self.window, region=region))

@@ -346,6 +346,10 @@ def test_a_later_run_refuses_to_replace_the_prediction_of_another_input_with_the
         predict_files(scene["model"], [tmp_path / "s0002" / "scene.tif"], tmp_path / "out", scene["stats"], **raster)
     with pytest.raises(DataError, match=r"ct_pred.nii.gz' holds the prediction of '.*s0001/ct.nii.gz'"):
         predict_files(threshold_model(), [tmp_path / "s0002" / "ct.nii.gz"], tmp_path / "out", vstats, **volume)
+    (tmp_path / "old").mkdir()  # a map an earlier version wrote: its input unknown, so not replaced either
+    write_geotiff(tmp_path / "old" / "scene_pred.tif", small[:1])
+    with pytest.raises(DataError, match="earlier geomed-ssl, which did not record its input.*delete that map first"):
+        predict_files(scene["model"], [tmp_path / "s0002" / "scene.tif"], tmp_path / "old", scene["stats"], **raster)
 
 
 def test_a_nifti_output_keeps_the_grid_but_not_the_inputs_display_window(tmp_path):

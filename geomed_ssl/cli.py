@@ -248,7 +248,7 @@ def predict(
                                   help="A fine-tune output folder (segmentation or classification)."),
     inputs: list[Path] = typer.Argument(..., metavar="INPUT", help="GeoTIFF / NIfTI files or folders of them."),
     out: Path = typer.Option(..., "--out", help="Output folder: <name>_pred.tif / <name>_pred.nii.gz."),
-    # 0.25 = data.tiling.DEFAULT_OVERLAP (imported lazily, as the whole stack is)
+    # 0.25 = windows.tiling.DEFAULT_OVERLAP (imported lazily, as the whole stack is)
     overlap: float = typer.Option(0.25, "--overlap", help="Window overlap fraction in [0, 1)."),
     blend: str = typer.Option("gaussian", "--blend", help="gaussian or linear (constant for plain averaging)."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write per-class probabilities."),

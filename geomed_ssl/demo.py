@@ -64,6 +64,7 @@ def run_demo(out: Path = Path("geomed-ssl-demo"), steps: int = DEMO_RECIPE["trai
     from geomed_ssl.compare.options import Budget, CompareOptions
     from geomed_ssl.compare.report import spread_label
     from geomed_ssl.compare.run import run_compare
+    from geomed_ssl.data.catalog import problems_reported
     from geomed_ssl.finetune.segment import finetune_segment
     from geomed_ssl.inference.finetuned import predict_dir
     from geomed_ssl.train.pretrain import pretrain
@@ -96,7 +97,8 @@ def run_demo(out: Path = Path("geomed-ssl-demo"), steps: int = DEMO_RECIPE["trai
     probe_dir = out / "probe"  # the frozen propagate probe on the largest budget, saved as a model predict runs
     probe = dataclasses.replace(recipe, finetune=dataclasses.replace(recipe.finetune, head="probe"),
                                 labels=dataclasses.replace(recipe.labels, per_class=budgets[-1], seed=seeds[0]))
-    finetune_segment(probe, encoder, SAMPLE_DIR, LABELS, probe_dir, progress=False)
+    with problems_reported():  # the files and their problems were listed by the pretraining
+        finetune_segment(probe, encoder, SAMPLE_DIR, LABELS, probe_dir, progress=False)
     lines = predict_dir(probe_dir, [SAMPLE_DIR / "indian_pines.tif"], out / "prediction")
     record_entries(out / "prediction", ["indian_pines_pred.png"])  # named before it exists: a kill leaves it ours
     png = save_map_png(out / "prediction" / "indian_pines_pred.tif", out / "prediction" / "indian_pines_pred.png")

@@ -34,6 +34,7 @@ LADDER: list[tuple[str, tuple[str, ...]]] = [
     ("geo", ("geo",)),
     ("outputs", ("outdirs", "outowners", "outcommands")),
     ("config", ("config",)),
+    ("windows", ("windows",)),
     ("foundation", ("outfiles", "outlocks", "permissions", "errors", "launch", "cpus", "process", "tables", "sample",
                     "_version")),
 ]

@@ -20,7 +20,7 @@ from torch import nn
 
 from geomed_ssl.compare.features import ImageFeatures, SegmentFeatures
 from geomed_ssl.compare.task import Task
-from geomed_ssl.data.tiling import slab_rows
+from geomed_ssl.windows.tiling import slab_rows
 from geomed_ssl.models.probe import PointFn, blank
 
 RF_COMPONENTS, RF_WINDOW, RF_TREES = 30, 7, 200

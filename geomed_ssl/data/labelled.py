@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from geomed_ssl.data.catalog import FileRecord, reported_already, scan
-from geomed_ssl.data.crops import crop_to_patch
+from geomed_ssl.windows.crops import crop_to_patch
 from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import BandStats, normalize
 from geomed_ssl.errors import DataError

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from geomed_ssl.bands.conform import pick_bands
-from geomed_ssl.data.crops import pad_crop
+from geomed_ssl.windows.crops import pad_crop
 from geomed_ssl.geo.gdal_read import read_masked
 from geomed_ssl.errors import DataError
 

@@ -14,7 +14,7 @@ from geomed_ssl.data.catalog import FileRecord
 from geomed_ssl.bands.conform import conform_record
 from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import BandStats, normalize
-from geomed_ssl.data.tiling import centre_start, grid_starts, inside_starts, patch_floor
+from geomed_ssl.windows.tiling import centre_start, grid_starts, inside_starts, patch_floor
 from geomed_ssl.embeddings.maps import map_geometry, raster_gcps
 from geomed_ssl.errors import ConfigError, DataError
 from geomed_ssl.models.cls_heads import POOLS

@@ -36,7 +36,7 @@ from geomed_ssl.checkpoint import export_digest, find_encoder_dir, load_encoder,
 from geomed_ssl.config import DataConfig, recipe_with_overrides, sets_key
 from geomed_ssl.data.catalog import Catalog, Problem, scan
 from geomed_ssl.data.stats import BandStats
-from geomed_ssl.data.tiling import grid_shape
+from geomed_ssl.windows.tiling import grid_shape
 from geomed_ssl.embeddings.embedder import LEVELS, POOLS, Embedder  # noqa: F401  (re-exported)
 from geomed_ssl.embeddings.maps import write_embedding_maps
 from geomed_ssl.embeddings.store import CROP_KEYS, EmbeddingStore, load_embeddings, read_columns

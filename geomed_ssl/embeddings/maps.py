@@ -19,7 +19,7 @@ import numpy as np
 
 from geomed_ssl.geo.gdal_read import check_written
 from geomed_ssl.geo.grids import placed
-from geomed_ssl.data.tiling import grid_shape
+from geomed_ssl.windows.tiling import grid_shape
 from geomed_ssl.errors import DataError
 from geomed_ssl.outcommands import distinct_names, fitted_stem
 from geomed_ssl.outfiles import atomic_path, remove_stale_partials, save_figure

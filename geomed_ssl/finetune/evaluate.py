@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from geomed_ssl.data.tiling import DEFAULT_OVERLAP
+from geomed_ssl.windows.tiling import DEFAULT_OVERLAP
 from geomed_ssl.finetune.labels import LabelSelection, read_label
 from geomed_ssl.finetune.splits import GROUND_PREFIX
 from geomed_ssl.finetune.metrics import (background_index, classification_metrics, confusion_matrix,

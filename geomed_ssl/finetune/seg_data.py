@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from geomed_ssl.data.crops import pad_crop
+from geomed_ssl.windows.crops import pad_crop
 from geomed_ssl.data.labelled import IGNORE, augment
 from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import BandStats, normalize

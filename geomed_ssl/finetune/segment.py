@@ -13,7 +13,7 @@ import numpy as np
 
 from geomed_ssl.checkpoint import save_model
 from geomed_ssl.config import Recipe, as_recipe, as_tuple, spatial_dims
-from geomed_ssl.data.catalog import scan
+from geomed_ssl.data.catalog import reported_already, scan
 from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, class_weights_from_counts, data_meta,
                                      encoder_and_stats, finetune_inputs, fit_supervised, no_model, not_evaluated,
                                      save_recipe, seed_new_head, with_encoder_naming)
@@ -87,7 +87,8 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
                        strict=strict, names_by_position="error" if strict else "warn")  # too small: for that window
     except DataError as err:
         raise naming_hint(err, naming) from None
-    log.info(catalog.summary())
+    if not reported_already():  # (the demo's probe: its pretraining listed the files)
+        log.info(catalog.summary())
     note_encoder_naming(catalog.records, naming)
     catalog.warn_problems()
     lab = recipe.labels

@@ -14,7 +14,7 @@ import torch
 
 from geomed_ssl.config import DataConfig, build_checked
 from geomed_ssl.data.stats import BandStats
-from geomed_ssl.data.tiling import DEFAULT_OVERLAP
+from geomed_ssl.windows.tiling import DEFAULT_OVERLAP
 from geomed_ssl.errors import DataError
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_path

@@ -2,7 +2,7 @@
 
 ``predict_raster`` (strips streamed to a GeoTIFF, ``raster.py``), ``predict_volume`` (MONAI sliding window
 to NIfTI, ``volume.py``) and the blending weights (``sliding.py``) are re-exported, so one import serves;
-the windows come from :mod:`geomed_ssl.data.tiling`.
+the windows come from :mod:`geomed_ssl.windows.tiling`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from geomed_ssl.data.catalog import glob_match, select
 from geomed_ssl.data.kinds import check_input_kind, input_kind
 from geomed_ssl.data.listing import list_files, once
 from geomed_ssl.data.stats import BandStats
-from geomed_ssl.data.tiling import DEFAULT_OVERLAP, blend_weights
+from geomed_ssl.windows.tiling import DEFAULT_OVERLAP, blend_weights
 from geomed_ssl.errors import DataError
 from geomed_ssl.inference.raster import RASTER_BLENDS, predict_raster
 from geomed_ssl.inference.sliding import ModelFn, as_model, channel_records

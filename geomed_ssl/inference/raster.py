@@ -25,7 +25,7 @@ from geomed_ssl.bands.conform import alpha_note, note_band_order, report_positio
 from geomed_ssl.geo.gdal_read import data_bands, read_masked
 from geomed_ssl.bands.ranges import warn_far_from_stats
 from geomed_ssl.data.stats import BandStats, band_gaps, band_percentiles, normalize, valid_mask, valid_values
-from geomed_ssl.data.tiling import DEFAULT_OVERLAP, blend_weights, window_starts
+from geomed_ssl.windows.tiling import DEFAULT_OVERLAP, blend_weights, window_starts
 from geomed_ssl.errors import DataError
 from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, channel_records,
                                           check_request, softmax_probs, warn_if_nothing_predicted)

@@ -1,5 +1,5 @@
 """Sliding-window pieces both predictors share: request checks, the model call (the window origins and blending
-weights are :mod:`geomed_ssl.data.tiling`'s)."""
+weights are :mod:`geomed_ssl.windows.tiling`'s)."""
 
 from __future__ import annotations
 

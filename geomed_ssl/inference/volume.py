@@ -12,7 +12,7 @@ import torch
 
 from geomed_ssl.bands.conform import conform_record, note_band_order
 from geomed_ssl.data.stats import BandStats, normalize, valid_mask
-from geomed_ssl.data.tiling import DEFAULT_OVERLAP
+from geomed_ssl.windows.tiling import DEFAULT_OVERLAP
 from geomed_ssl.errors import DataError
 from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, check_request, softmax_probs,
                                           warn_if_nothing_predicted)

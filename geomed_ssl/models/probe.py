@@ -20,7 +20,7 @@ from torch import nn
 
 from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import BandStats, normalize
-from geomed_ssl.data.tiling import DEFAULT_OVERLAP, blend_weights, overlap_stride, slab_rows, window_starts
+from geomed_ssl.windows.tiling import DEFAULT_OVERLAP, blend_weights, overlap_stride, slab_rows, window_starts
 from geomed_ssl.models.encoder import ViTEncoder
 
 PROBES = ("linear", "knn", "propagate")

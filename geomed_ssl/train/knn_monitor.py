@@ -14,7 +14,7 @@ import torch
 
 from geomed_ssl.config import as_tuple
 from geomed_ssl.bands.conform import conform_record
-from geomed_ssl.data.crops import centre_crop
+from geomed_ssl.windows.crops import centre_crop
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.data.labelled import ImageDataset, scan_class_folders
 from geomed_ssl.train.knn import kfold_knn_accuracy

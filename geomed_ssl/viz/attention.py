@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.stats import BandStats, normalize
-from geomed_ssl.data.tiling import centre_start, patch_floor
+from geomed_ssl.windows.tiling import centre_start, patch_floor
 from geomed_ssl.outdirs import check_out_file, prepare_out_file
 from geomed_ssl.outfiles import save_figure
 

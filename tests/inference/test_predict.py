@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from geomed_ssl.data.stats import BandStats, normalize
-from geomed_ssl.data.tiling import window_starts
+from geomed_ssl.windows.tiling import window_starts
 from geomed_ssl.errors import DataError
 from geomed_ssl.inference.predict import predict_files, predict_raster, predict_volume
 from geomed_ssl.inference.writers import GeoTiffWriter, write_nifti_like

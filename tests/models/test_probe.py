@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from geomed_ssl.data.stats import BandStats
-from geomed_ssl.data.tiling import DEFAULT_OVERLAP, blend_weights, window_starts
+from geomed_ssl.windows.tiling import DEFAULT_OVERLAP, blend_weights, window_starts
 from geomed_ssl.inference.predict import predict_raster
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 from geomed_ssl.models.probe import encoder_points, fit_probe, predict_probe, probe_layers

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geomed_ssl.data.tiling import (centre_start, grid_shape, grid_starts, inside_starts, overlap_stride,
+from geomed_ssl.windows.tiling import (centre_start, grid_shape, grid_starts, inside_starts, overlap_stride,
                                     patch_floor, window_starts)
 
 

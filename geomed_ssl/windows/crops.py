@@ -1,6 +1,6 @@
 """Cutting arrays: a box that may reach outside the array (padded with a fill value), and centred crops (to a size,
 or to the largest multiple of the token patch). Spatial axes are the trailing ones; leading axes (bands) are kept.
-Where the windows lie is :mod:`geomed_ssl.data.tiling`'s business; this module only cuts.
+Where the windows lie is :mod:`geomed_ssl.windows.tiling`'s business; this module only cuts.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from geomed_ssl.data.tiling import centre_start, patch_floor
+from geomed_ssl.windows.tiling import centre_start, patch_floor
 from geomed_ssl.errors import ConfigError
 
 

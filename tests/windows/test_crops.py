@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geomed_ssl.data.crops import centre_crop, crop_to_patch, pad_crop
+from geomed_ssl.windows.crops import centre_crop, crop_to_patch, pad_crop
 from geomed_ssl.errors import ConfigError
 
 

@@ -31,6 +31,9 @@ UNREAD = {
 }
 
 
+QUICKLOOKS = ("thumb", "quicklook", "browse")  # Landsat's *_thumb_small.jpeg, Sentinel-2's *_PVI / quicklooks
+
+
 def has_ext(name: str, kind: str) -> bool:
     """Whether a file name has one of ``kind``'s extensions (any case)."""
     return name.lower().endswith(EXTENSIONS[kind])
@@ -137,6 +140,7 @@ def unread_formats(files: Sequence[Path], kind: str) -> str | None:
     """What to say of the ``files`` in image formats that ``kind`` data could be kept in but the toolkit does not
     read (None: there are none): how many of each extension, and how to convert them."""
     extensions, advice = UNREAD[kind]
+    files = [p for p in files if not any(w in p.name.lower() for w in QUICKLOOKS)]  # pictures of a scene, not data
     found = Counter(ext for p in files for ext in extensions if p.name.lower().endswith(ext))
     if kind == "volume":  # scanners name DICOM files IM0001 or by UID (1.2.840...5): told apart by content
         unnamed = [p for p in files if not p.suffix or p.suffix[1:].isdigit()][:20]  # opened: a few

@@ -228,7 +228,7 @@ def test_names_that_only_differ_by_a_wavelength_ending_or_zero_padding_still_mee
 
 def test_quicklooks_a_recipe_leaves_out_raise_no_warning(tmp_path, make_tif, grad, caplog):
     make_tif(tmp_path / "a.tif", grad(2, 32, 32))
-    (tmp_path / "a_quicklook.png").write_bytes(b"\x89PNG" + b"\0" * 60)
+    (tmp_path / "a_rgb.png").write_bytes(b"\x89PNG" + b"\0" * 60)
     with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
         scan(tmp_path, DataConfig(patch_size=32))
         assert 'data.exclude, e.g. "*.png"' in caplog.text
@@ -346,3 +346,14 @@ def test_a_big_endian_complex_nifti_is_refused(tmp_path):
     nib.save(nib.Nifti1Image(data, np.eye(4), header), str(tmp_path / "vol" / "phase.nii.gz"))
     with pytest.raises(DataError, match=r"phase.nii.gz.*holds complex values"):
         scan(tmp_path / "vol", DataConfig(kind="volume", patch_size=16), strict=True)
+
+
+def test_quicklook_pictures_beside_a_scene_are_not_called_data_to_convert(tmp_path, make_tif, grad, caplog):
+    import logging
+
+    make_tif(tmp_path / "LC08_SR_B2.TIF", grad(1, 32, 32))
+    for name in ("LC08_thumb_small.jpeg", "LC08_thumb_large.jpeg", "quicklook.png"):
+        (tmp_path / name).write_bytes(b"\xff\xd8\xff")
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        scan(tmp_path, DataConfig(patch_size=16))
+    assert "formats not read" not in caplog.text

@@ -200,6 +200,10 @@ def glob_match(rel_path: str, pattern: str) -> bool:
     return "/" not in pattern and fnmatch.fnmatchcase(rel.rsplit("/", 1)[-1], pattern)
 
 
+# folders named as label folders are (TotalSegmentator's segmentations/, nnU-Net's labelsTr/): no warning
+LABEL_FOLDERS = {"segmentations", "labels", "labelstr", "labelsts", "masks", "mask", "label", "seg", "gt"}
+
+
 def select(rel_paths: Sequence[str], include: Sequence[str], exclude: Sequence[str], root: str | Path) -> list[bool]:
     """Which of ``rel_paths`` (relative to ``root``) ``include`` / ``exclude`` keep. Files that include keeps and
     a name pattern (no '/') leaves out only because a folder of theirs matches it (``Unlabelled/`` under
@@ -215,7 +219,8 @@ def select(rel_paths: Sequence[str], include: Sequence[str], exclude: Sequence[s
         if included and excluded and "/" in unix and all("/" not in g and not glob_match(name, g) for g in excluded):
             hidden.setdefault(unix.rsplit("/", 1)[0], []).append(name.lower())
     kept_names = {r.replace(os.sep, "/").rsplit("/", 1)[-1].lower() for r, k in zip(rel_paths, keep) if k}
-    data_like = sorted(f for f, names in hidden.items() if not kept_names & set(names))
+    data_like = sorted(f for f, names in hidden.items() if not kept_names & set(names)
+                       and f.rsplit("/", 1)[-1].lower() not in LABEL_FOLDERS)
     if data_like and not _PROBLEMS_REPORTED.get():
         shown = ", ".join(f"'{f}' ({len(hidden[f])} file{'s' if len(hidden[f]) != 1 else ''})"
                           for f in data_like[:3]) + (", ..." if len(data_like) > 3 else "")

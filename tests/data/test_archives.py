@@ -357,3 +357,19 @@ def test_quicklook_pictures_beside_a_scene_are_not_called_data_to_convert(tmp_pa
     with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
         scan(tmp_path, DataConfig(patch_size=16))
     assert "formats not read" not in caplog.text
+
+
+def test_a_totalsegmentator_subject_does_not_warn_that_its_segmentations_folder_may_be_data(tmp_path, caplog):
+    import logging
+
+    import nibabel as nib
+
+    vol = np.zeros((8, 8, 8), np.float32)
+    (tmp_path / "s0001" / "segmentations").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / "s0001" / "ct.nii.gz"))
+    for organ in ("liver", "spleen"):
+        nib.save(nib.Nifti1Image(vol.astype(np.uint8), np.eye(4)), str(tmp_path / "s0001" / "segmentations" /
+                                                                       f"{organ}.nii.gz"))
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        cat = scan(tmp_path, DataConfig(kind="volume", patch_size=4, intensity="none", exclude=["*seg*"]))
+    assert [r.path.rsplit("/", 1)[-1] for r in cat.records] == ["ct.nii.gz"] and "leaves out folder" not in caplog.text

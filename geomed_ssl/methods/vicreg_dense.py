@@ -73,7 +73,8 @@ def match_pixels(offset: torch.Tensor, size: tuple[int, ...], matches: int, neig
     Crop-1 pixels are drawn among those whose partner, moved by up to ``neighbourhood`` px per axis, is still in
     crop 2 (where that leaves none: every shared pixel, partners clamped), and among them those valid in both crops
     (``valid1``/``valid2`` (B, *size) bool; none valid: all of them); each partner is moved by a uniform draw in
-    [-neighbourhood, neighbourhood] per axis. Every draw comes from the sample's own stream."""
+    [-neighbourhood, neighbourhood] per axis, or not at all where the move would land on crop 2's nodata. Every draw
+    comes from the sample's own stream."""
     nd, nb = len(size), int(neighbourhood)
     coords = torch.meshgrid(*[torch.arange(t) for t in size], indexing="ij")
     strides = [math.prod(size[k + 1:]) for k in range(nd)]  # row-major flat index
@@ -100,11 +101,15 @@ def match_pixels(offset: torch.Tensor, size: tuple[int, ...], matches: int, neig
                 allowed = both
         flat = torch.nonzero(allowed.reshape(-1), as_tuple=True)[0]  # candidate crop-1 pixels
         pick = flat[torch.randint(0, len(flat), (matches,), generator=g)]
-        move = torch.randint(-nb, nb + 1, (matches, nd), generator=g) if nb else torch.zeros(matches, nd, dtype=torch.long)
-        partner = torch.zeros_like(pick)
+        move = (torch.randint(-nb, nb + 1, (matches, nd), generator=g) if nb
+                else torch.zeros(matches, nd, dtype=torch.long))
+        partner, still = torch.zeros_like(pick), torch.zeros_like(pick)  # moved, and where the shift alone puts it
         for k in range(nd):
             a_k = (pick // strides[k]) % size[k]
             partner += (a_k - d[k] + move[:, k]).clamp(0, size[k] - 1) * strides[k]
+            still += (a_k - d[k]).clamp(0, size[k] - 1) * strides[k]
+        if valid2 is not None:  # a move onto crop 2's nodata: the unmoved partner (valid where any pair was)
+            partner = torch.where(valid2[i].cpu().reshape(-1)[partner], partner, still)
         idx1.append(pick)
         idx2.append(partner)
     return torch.stack(idx1), torch.stack(idx2)
@@ -195,7 +200,10 @@ class VICRegDense(SSLMethod):
             code = None
             if m.dihedral and x.dim() == 4:
                 r = per_sample.rand(2, stream=STREAM_DIHEDRAL + 10 * view)  # (B, 2)
-                code = torch.stack([(r[:, 0] < 0.5).long(), (r[:, 1] * 4).long().clamp(max=3)], 1)
+                turns = (r[:, 1] * 4).long().clamp(max=3)
+                if size[0] != size[1]:  # an odd quarter turn would make a non-square crop another shape
+                    turns = 2 * (turns // 2)
+                code = torch.stack([(r[:, 0] < 0.5).long(), turns], 1)
                 x = dihedral(x, code)
             elif m.dihedral:
                 code = (per_sample.rand(3, stream=STREAM_DIHEDRAL + 10 * view) < 0.5).long()  # (B, 3) flips

@@ -88,6 +88,36 @@ def test_matching_skips_pixels_invalid_in_either_crop() -> None:
     assert valid1.reshape(1, -1).gather(1, i1).all() and valid2.reshape(1, -1).gather(1, i2).all()
 
 
+def test_a_neighbour_move_never_lands_on_nodata() -> None:
+    """The partner was checked before its move by up to neighbourhood px: 10 % of partners sat on crop 2's nodata
+    (zeroed pixels) at the recipes' neighbourhood 3 with blob-shaped gaps."""
+    gen = torch.Generator().manual_seed(0)
+    valid1 = torch.rand(8, 32, 32, generator=gen) > 0.05
+    valid2 = torch.ones(8, 32, 32, dtype=torch.bool)
+    valid2[:, 10:14, :] = False  # a band of cloud across crop 2
+    valid2[:, :, 20:23] = False
+    offset = torch.randint(-3, 4, (8, 2), generator=gen)
+    i1, i2 = match_pixels(offset, (32, 32), 128, 3, PerSample(torch.Generator().manual_seed(4), list(range(8))),
+                          valid1, valid2)
+    assert valid1.reshape(8, -1).gather(1, i1).all() and valid2.reshape(8, -1).gather(1, i2).all()
+    rows1, rows2 = i1 // 32, i2 // 32
+    assert ((rows1 - offset[:, :1] - rows2).abs() <= 3).all()  # still within the neighbourhood
+
+
+def test_non_square_crops_turn_only_by_half_turns_so_the_batch_keeps_one_shape() -> None:
+    """An odd quarter turn made a 32x48 crop 48x32 and the batch failed to stack at the first step."""
+    torch.manual_seed(0)
+    method = VICRegDense(EncoderConfig(in_chans=2, spatial_dims=2, img_size=(32, 48), patch_size=(2, 2), embed_dim=32,
+                                       depth=1, num_heads=2), {"max_shift": 2, "projector_dim": 32, "matches": 16})
+    scene = np.stack(np.mgrid[0:40, 0:60].astype(np.float32))
+    view = ShiftedPairView((32, 48), 2)
+    samples = [view(scene, np.ones(scene.shape[1:], bool), np.random.default_rng([0, i])) for i in range(8)]
+    batch = {"views": {"global": [torch.stack([s["views"]["global"][k] for s in samples]) for k in (0, 1)]},
+             "offset": torch.stack([s["offset"] for s in samples]), "index": torch.arange(8)}
+    out = method.training_loss(batch, 0, torch.Generator().manual_seed(0))
+    assert torch.isfinite(out.loss)
+
+
 @pytest.mark.parametrize("neighbourhood", [0, 2])
 def test_matched_voxels_are_the_same_place_or_within_the_neighbourhood(neighbourhood: int) -> None:
     volume = np.stack(np.mgrid[0:20, 0:20, 0:20].astype(np.float32))  # bands: each voxel's z, y and x

@@ -59,8 +59,8 @@ class VICRegDenseSettings(MethodSettings):
     covariance_weight: float = setting(1.0, "VICReg weight of the off-diagonal covariance", bounds=">= 0")
     global_weight: float = setting(0.0, "weight of a VICReg term on the two crops' mean tokens (0: dense only)",
                                    bounds=">= 0")
-    dihedral: bool = setting(True, "each crop gets its own random flip / quarter turn (volumes: a flip per axis), "
-                             "undone before matching")
+    dihedral: bool = setting(True, "each crop gets its own random flip / quarter turn (non-square crops: half "
+                             "turns; volumes: a flip per axis), undone before matching")
 
 
 def match_pixels(offset: torch.Tensor, size: tuple[int, ...], matches: int, neighbourhood: int,

@@ -32,12 +32,20 @@ def _draw(rng: np.random.Generator, lo: float, hi: float, c: int, per_band: bool
     return rng.uniform(lo, hi, c) if per_band else np.repeat(rng.uniform(lo, hi), c)
 
 
+def _valid_values(x: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """(C, n): each band's values at the valid pixels (all of them when ``valid`` is None or holds none): nodata,
+    fed as 0, must not move a band's mean or range."""
+    if valid is None or valid.all() or not valid.any():
+        return x.reshape(x.shape[0], -1)
+    return x[:, valid]
+
+
 def band_jitter(x: np.ndarray, rng: np.random.Generator, brightness: float = 0.4, contrast: float = 0.4,
-                per_band: bool = True) -> np.ndarray:
-    """Contrast about each band's mean (gain in [1 - contrast, 1 + contrast]) and a brightness offset in
-    [-brightness, brightness] (z units); per band, or one gain and offset for every band."""
+                per_band: bool = True, valid: np.ndarray | None = None) -> np.ndarray:
+    """Contrast about each band's mean over the ``valid`` pixels (gain in [1 - contrast, 1 + contrast]) and a
+    brightness offset in [-brightness, brightness] (z units); per band, or one gain and offset for every band."""
     c = x.shape[0]
-    mean = x.reshape(c, -1).mean(axis=1)
+    mean = _valid_values(x, valid).mean(axis=1)
     gain = _per_band(x, _draw(rng, 1 - contrast, 1 + contrast, c, per_band))
     shift = _per_band(x, _draw(rng, -brightness, brightness, c, per_band))
     m = _per_band(x, mean)
@@ -45,11 +53,11 @@ def band_jitter(x: np.ndarray, rng: np.random.Generator, brightness: float = 0.4
 
 
 def band_gamma(x: np.ndarray, rng: np.random.Generator, gamma: tuple[float, float] = (0.7, 1.5),
-               per_band: bool = True) -> np.ndarray:
-    """Gamma (log-uniform in ``gamma``) on each band rescaled to [0, 1] by its min/max, mapped back: finite on any
-    real input, a constant band unchanged."""
+               per_band: bool = True, valid: np.ndarray | None = None) -> np.ndarray:
+    """Gamma (log-uniform in ``gamma``) on each band rescaled to [0, 1] by its min/max over the ``valid`` pixels,
+    mapped back: finite on any real input, a constant band unchanged."""
     c = x.shape[0]
-    flat = x.reshape(c, -1)
+    flat = _valid_values(x, valid)
     lo, hi = _per_band(x, flat.min(axis=1)), _per_band(x, flat.max(axis=1))
     span = np.maximum(hi - lo, 1e-6)
     g = _per_band(x, np.exp(_draw(rng, np.log(gamma[0]), np.log(gamma[1]), c, per_band)))
@@ -57,9 +65,7 @@ def band_gamma(x: np.ndarray, rng: np.random.Generator, gamma: tuple[float, floa
     return np.power(u, g) * span + lo
 
 
-def gaussian_blur(x: np.ndarray, rng: np.random.Generator, sigma: tuple[float, float] = (0.1, 1.5)) -> np.ndarray:
-    """The same isotropic Gaussian blur on every band, sigma in pixels / voxels (reflecting borders)."""
-    s = float(rng.uniform(*sigma))
+def _blur(x: np.ndarray, s: float) -> np.ndarray:
     if x.ndim == 3:  # 2D: OpenCV per band plane, ~3x scipy's speed
         import cv2
 
@@ -69,6 +75,18 @@ def gaussian_blur(x: np.ndarray, rng: np.random.Generator, sigma: tuple[float, f
                              sigmaY=s, borderType=cv2.BORDER_REFLECT)
         return out
     return gaussian_filter(x, sigma=(0.0,) + (s,) * (x.ndim - 1), mode="reflect").astype(np.float32)
+
+
+def gaussian_blur(x: np.ndarray, rng: np.random.Generator, sigma: tuple[float, float] = (0.1, 1.5),
+                  valid: np.ndarray | None = None) -> np.ndarray:
+    """The same isotropic Gaussian blur on every band, sigma in pixels / voxels (reflecting borders); beside
+    nodata (``valid`` False), over the valid pixels only (normalised convolution: the fill does not darken them)."""
+    s = float(rng.uniform(*sigma))
+    if valid is None or valid.all() or not valid.any():
+        return _blur(x, s)
+    weight = _blur(valid[None].astype(np.float32), s)  # (1, *S)
+    out = _blur(np.where(valid, x, np.float32(0)), s) / np.maximum(weight, 1e-6)
+    return np.where(weight > 1e-6, out, x).astype(np.float32)
 
 
 def gaussian_noise(x: np.ndarray, rng: np.random.Generator, std: tuple[float, float] = (0.0, 0.1)) -> np.ndarray:
@@ -166,15 +184,16 @@ class Intensity:
         solar = b.solarize if role == "global2" else 0.0
         return IntensityProbs(b.jitter, b.gamma, blur, b.noise, solar, b.dropout, b.spectral)
 
-    def __call__(self, x: np.ndarray, rng: np.random.Generator, p: IntensityProbs) -> np.ndarray:
-        """``x`` (C, *S) -> augmented copy, float32."""
+    def __call__(self, x: np.ndarray, rng: np.random.Generator, p: IntensityProbs,
+                 valid: np.ndarray | None = None) -> np.ndarray:
+        """``x`` (C, *S) -> augmented copy, float32; band statistics and blurs over the ``valid`` (*S) pixels."""
         x = x.astype(np.float32, copy=False)
         if rng.random() < p.jitter:
-            x = band_jitter(x, rng, self.brightness, self.contrast, self.per_band)
+            x = band_jitter(x, rng, self.brightness, self.contrast, self.per_band, valid)
         if rng.random() < p.gamma:
-            x = band_gamma(x, rng, self.gamma, self.per_band)
+            x = band_gamma(x, rng, self.gamma, self.per_band, valid)
         if rng.random() < p.blur:
-            x = gaussian_blur(x, rng, self.blur_sigma)
+            x = gaussian_blur(x, rng, self.blur_sigma, valid)
         if rng.random() < p.noise:
             x = gaussian_noise(x, rng, self.noise_std)
         if rng.random() < p.solarize:

@@ -165,8 +165,14 @@ def resized_crop(image: np.ndarray, valid: np.ndarray, size: tuple[int, ...], sc
     the crop's area / volume fraction and aspect as :func:`sample_crop` draws them."""
     starts, sizes = sample_crop(image.shape[1:], scale, ratio, rng)
     box = tuple(slice(s, s + n) for s, n in zip(starts, sizes))
-    img = resize(image[(slice(None), *box)], size)  # (C, *size)
-    ok = resize(valid[box][None].astype(np.uint8), size, nearest=True)[0] > 0  # (*size)
+    crop_ok = valid[box]
+    if crop_ok.all() or not crop_ok.any() or tuple(sizes) == tuple(size):
+        img = resize(image[(slice(None), *box)], size)  # (C, *size)
+    else:  # weighed by validity, so the nodata fill (0) is not blended into the valid pixels beside it
+        weight = resize(crop_ok[None].astype(np.float32), size)  # (1, *size)
+        img = resize(np.where(crop_ok, image[(slice(None), *box)], np.float32(0)), size) / np.maximum(weight, 1e-6)
+        img = np.where(weight > 1e-6, img, np.float32(0)).astype(np.float32)
+    ok = resize(crop_ok[None].astype(np.uint8), size, nearest=True)[0] > 0  # (*size)
     return img, ok
 
 
@@ -237,7 +243,7 @@ class CropView:
         img, ok = flip_rotate(img, ok, rng, self.flip_p, self.rot90)
         if role != "none":
             probs = self._probs.setdefault(role, self.intensity.probs(role))
-            img = self.intensity(np.ascontiguousarray(img), rng, probs)
+            img = self.intensity(np.ascontiguousarray(img), rng, probs, np.ascontiguousarray(ok))
         return img, ok
 
     def __call__(self, image: np.ndarray, valid: np.ndarray, rng: np.random.Generator,
@@ -289,7 +295,7 @@ class ShiftedPairView:
             box = tuple(slice(a, a + s) for a, s in zip(origin, self.size))
             img, ok = src[(slice(None), *box)], src_ok[box]
             if self.intensity is not None:
-                img = self.intensity(np.ascontiguousarray(img), rng, self._probs)
+                img = self.intensity(np.ascontiguousarray(img), rng, self._probs, ok)
             out.append(_to_tensors(img, ok))
         return {"views": {"global": [t["image"] for t in out], "local": []},
                 "valid": {"global": [t["valid"] for t in out], "local": []},

@@ -59,3 +59,34 @@ def test_blur_smooths_every_band_alike_in_2d() -> None:
     y = gaussian_blur(x, np.random.default_rng(0), sigma=(1.0, 1.0))
     np.testing.assert_allclose(y[0], y[1])
     assert y[0, 7, 7] < 0.5 and y.sum() == pytest.approx(2.0, rel=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(2, 24, 24), (2, 12, 12, 12)])
+def test_the_nodata_fill_does_not_darken_valid_pixels_or_move_a_bands_statistics(shape):
+    """Blur convolved over the 0-filled nodata (valid 2.0 became 1.27 beside it), and jitter / gamma took their
+    pivot and range from means and extremes that counted the fill."""
+    from geomed_ssl.views.augment import band_gamma
+
+    x = np.full(shape, 2.0, np.float32)
+    valid = np.ones(shape[1:], bool)
+    valid[:shape[1] // 3] = False
+    x[:, ~valid] = 0.0  # as normalise feeds nodata
+    blurred = gaussian_blur(x, np.random.default_rng(0), (1.5, 1.5), valid)
+    np.testing.assert_allclose(blurred[:, valid], 2.0, rtol=1e-5)
+    jittered = band_jitter(x, np.random.default_rng(0), brightness=0.0, contrast=0.5, valid=valid)
+    np.testing.assert_allclose(jittered[:, valid], 2.0, rtol=1e-5)  # a constant band about its own mean: unchanged
+    x[1, valid] = np.linspace(1.0, 3.0, int(valid.sum()), dtype=np.float32)
+    gamma = band_gamma(x, np.random.default_rng(0), (2.0, 2.0), valid=valid)
+    assert gamma[1, valid].min() == pytest.approx(1.0) and gamma[1, valid].max() == pytest.approx(3.0)
+
+
+def test_a_resized_crop_beside_nodata_keeps_the_valid_pixels_values():
+    from geomed_ssl.views.builder import resized_crop
+
+    image = np.full((1, 32, 32), 5.0, np.float32)
+    valid = np.ones((32, 32), bool)
+    valid[:, :10] = False
+    image[:, ~valid] = 0.0
+    for k in range(10):
+        img, ok = resized_crop(image, valid, (24, 24), (0.3, 0.9), (0.75, 1.333), np.random.default_rng(k))
+        np.testing.assert_allclose(img[0][ok], 5.0, rtol=1e-5)

@@ -136,7 +136,7 @@ def plan_outputs(inputs: str | Path | Sequence[str | Path], out_dir: str | Path,
                     else " (names that differ only in case: one file on macOS or Windows)")
             raise DataError(f"'{p}' and '{other}' would both be written to '{planned[other].name}' in "
                             f"'{out_dir}'{same}; predict them into separate output folders.")
-        if out.exists() and (earlier := recorded_input(out)) != str(Path(p).resolve()):  # an earlier run's
+        if out.is_file() and (earlier := recorded_input(out)) != str(Path(p).resolve()):  # an earlier run's
             held = (f"the prediction of '{earlier}'" if earlier is not None else
                     "a prediction of an earlier geomed-ssl, which did not record its input")
             raise DataError(f"'{out}' holds {held}, and '{p}' would replace it (their outputs share one name): "

@@ -28,7 +28,7 @@ import numpy as np
 
 from geomed_ssl.data.readers import nearest_index
 from geomed_ssl.tables import read_rows
-from geomed_ssl.embeddings.maps import fill_grid, grid_stems, save_label_png, write_grid
+from geomed_ssl.embeddings.maps import fill_grid, grid_stems, map_tags, save_label_png, write_grid
 from geomed_ssl.embeddings.store import fixed_list, load_embeddings, optional_module, read_columns
 from geomed_ssl.errors import ConfigError, DataError
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
@@ -461,7 +461,8 @@ def write_cluster_maps(out: Path, manifest: dict[str, Any], grid_index: np.ndarr
         a, n = int(f["first_row"]), int(f["rows"])
         arr = fill_grid(f, grid_index[a:a + n], clusters[a:a + n, None], MAP_NODATA, np.int16)  # (1, *grid)
         ext = ".tif" if f["kind"] == "raster" else ".nii.gz"
-        path = write_grid(f, arr, out / "maps" / f"{stems[f['path']]}_clusters{ext}", MAP_NODATA, ["cluster"])
+        path = write_grid(f, arr, out / "maps" / f"{stems[f['path']]}_clusters{ext}", MAP_NODATA, ["cluster"],
+                          map_tags(manifest, f))
         save_label_png(arr[0], path.with_name(f"{stems[f['path']]}_clusters.png"),
                        f"clusters of {os.path.basename(f['path'])}", MAP_NODATA)
         written.append(str(path.absolute()))  # the same from any folder

@@ -119,8 +119,17 @@ def grid_stems(files: Sequence[dict[str, Any]]) -> dict[str, str]:
     return {f["path"]: name for f, name in zip(files, names)}
 
 
+def map_tags(manifest: dict[str, Any], file_meta: dict[str, Any]) -> dict[str, str]:
+    """What a map was made from, as predict's outputs say it: the toolkit's version, the encoder, the input."""
+    from geomed_ssl._version import __version__
+
+    encoder = (manifest.get("settings") or {}).get("encoder")
+    return {"GEOMED_SSL_VERSION": __version__, **({"GEOMED_SSL_ENCODER": str(encoder)} if encoder else {}),
+            "GEOMED_SSL_INPUT": str(file_meta["path"])}
+
+
 def write_grid(file_meta: dict[str, Any], array: np.ndarray, path: Path, nodata: float | None,
-               descriptions: Sequence[str] | None = None) -> Path:
+               descriptions: Sequence[str] | None = None, tags: dict[str, str] | None = None) -> Path:
     """Write ``array`` (K, *grid) on the file's map grid: GeoTIFF (rasters; input CRS, map transform, or the input's
     ground control points on the map grid) or NIfTI (volumes; map affine, RAS order, 4D when K > 1)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,6 +156,8 @@ def write_grid(file_meta: dict[str, Any], array: np.ndarray, path: Path, nodata:
                 dst.write(array)
                 for i, name in enumerate(descriptions or [], start=1):
                     dst.set_band_description(i, str(name))
+                if tags:
+                    dst.update_tags(**tags)
             check_written(tmp, path)
         else:
             import nibabel as nib
@@ -157,6 +168,9 @@ def write_grid(file_meta: dict[str, Any], array: np.ndarray, path: Path, nodata:
             img.set_qform(affine, code=1)
             img.set_sform(affine, code=1)
             img.header.set_xyzt_units("mm")  # the map affine is the input's world mm
+            if tags:
+                img.header["descrip"] = f"geomed-ssl map of {os.path.basename(tags['GEOMED_SSL_INPUT'])}".encode(
+                    "ascii", "replace")[:79]
             nib.save(img, str(tmp))
     return path
 
@@ -203,7 +217,7 @@ def write_embedding_maps(emb_dir: Path, manifest: dict[str, Any], vectors: np.nd
         arr = fill_grid(f, grid_index[a:a + n], proj, np.nan, np.float32)
         ext = ".tif" if f["kind"] == "raster" else ".nii.gz"
         path = emb_dir / "maps" / f"{stems[f['path']]}_embedding{ext}"
-        written.append(str(write_grid(f, arr, path, np.nan, names).absolute()))  # the same from any folder
+        written.append(str(write_grid(f, arr, path, np.nan, names, map_tags(manifest, f)).absolute()))  # any folder
     return written
 
 

@@ -454,6 +454,8 @@ def test_patch_maps_of_a_scene_georeferenced_by_ground_control_points_carry_them
     with rasterio.open(tmp_path / "emb" / "maps" / "grd_embedding.tif") as dst:
         got, crs = dst.gcps
         assert dst.shape == (12, 12) and crs == CRS.from_epsg(4326)
+        tags = dst.tags()  # what made the map, as predict's outputs say it
+        assert tags["GEOMED_SSL_INPUT"].endswith("grd.tif") and Path(tags["GEOMED_SSL_ENCODER"]).name == "enc"
     assert [(g.row, g.col, g.x, g.y) for g in got] == pytest.approx(
         [(g.row / 4, g.col / 4, g.x, g.y) for g in gcps])
     import pyarrow.parquet as pq

@@ -161,14 +161,15 @@ def save_map_png(pred_tif: Path, png: Path) -> Path:
     import rasterio
 
     with rasterio.open(pred_tif) as src:
-        pred = src.read(1)
+        pred, table = src.read(1), src.colormap(1)
     with rasterio.open(LABELS) as src:
         truth = src.read(1)
-    cmap = matplotlib.colormaps["tab20"].resampled(17)
+    # the map's own colour table (as a GIS shows the GeoTIFF), class values 0-16
+    cmap = matplotlib.colors.ListedColormap([np.array(table.get(v, (0, 0, 0, 0))) / 255 for v in range(17)])
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.6))
     for ax, arr, title in zip(axes, (truth, pred), ("ground truth (0 = unlabelled)", "prediction")):
-        ax.imshow(np.ma.masked_equal(arr, 0) if title.startswith("ground") else arr, cmap=cmap, vmin=0, vmax=16,
-                  interpolation="nearest")
+        ax.imshow(np.ma.masked_equal(arr, 0) if title.startswith("ground") else np.ma.masked_equal(arr, 255),
+                  cmap=cmap, vmin=-0.5, vmax=16.5, interpolation="nearest")
         ax.set_title(title, fontsize=9)
         ax.set_axis_off()
     handles = [matplotlib.patches.Patch(color=cmap(i + 1), label=n) for i, n in enumerate(CLASS_NAMES)]

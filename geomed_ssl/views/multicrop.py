@@ -53,10 +53,12 @@ class MultiCropView(CropView):
                          0.5 if get("flip", True) else 0.0, bool(get("rot90", True)), Intensity(augment, wavelengths))
 
 
-def build_multicrop(data_cfg: Any, spatial_dims: int, patch_size: Any = None, augment: Any = None) -> MultiCropView:
+def build_multicrop(data_cfg: Any, spatial_dims: int, patch_size: Any = None, augment: Any = None,
+                    wavelengths: Any = None) -> MultiCropView:
     """A :class:`MultiCropView` from the recipe's ``data`` section (keys missing there take the defaults below) and
     ``augment`` section. ``global_crop_size`` defaults to ``data.patch_size``; ``local_crop_size`` to half of it
-    rounded down to a multiple of ``patch_size`` (the model's token patch), at least one patch."""
+    rounded down to a multiple of ``patch_size`` (the model's token patch), at least one patch. ``wavelengths``
+    (µm, one per band): for ``augment.spectral_shift_p``."""
     global_size, local_size = crop_sizes(data_cfg, spatial_dims, patch_size)
     return MultiCropView(
         global_size,
@@ -67,4 +69,5 @@ def build_multicrop(data_cfg: Any, spatial_dims: int, patch_size: Any = None, au
         spatial_dims=spatial_dims,
         ratio=tuple(getattr(augment, "crop_ratio", DEFAULT_RATIO)) if augment is not None else DEFAULT_RATIO,
         augment=augment,
+        wavelengths=wavelengths,
     )

@@ -97,3 +97,16 @@ def test_build_multicrop_from_data_config_defaults() -> None:
     assert view3.local_size == (16, 16, 16) and view3.n_local == 4
     with pytest.raises(ConfigError, match="local_crop_scale"):
         MultiCropView((32, 32), (16, 16), local_scale=(0.5, 0.1))
+
+
+def test_build_multicrop_takes_the_bands_wavelengths_for_the_spectral_shift():
+    """It never passed them on, so augment.spectral_shift_p > 0 was refused even with every wavelength known."""
+    from geomed_ssl.config import AugmentConfig, DataConfig
+    from geomed_ssl.errors import ConfigError
+    from geomed_ssl.views.multicrop import build_multicrop
+
+    augment = AugmentConfig(spectral_shift_p=0.5)
+    view = build_multicrop(DataConfig(patch_size=32), 2, 4, augment, wavelengths=[0.49, 0.56, 0.66])
+    assert view.intensity.wavelengths == [0.49, 0.56, 0.66]
+    with pytest.raises(ConfigError, match="spectral_shift_p needs every band's centre wavelength"):
+        build_multicrop(DataConfig(patch_size=32), 2, 4, augment)

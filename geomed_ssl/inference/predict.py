@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
+from geomed_ssl.bands.ranges import warn_far_from_stats
 from geomed_ssl.data.catalog import glob_match, select
 from geomed_ssl.data.kinds import check_input_kind, input_kind
 from geomed_ssl.data.listing import list_files, once
@@ -238,7 +239,8 @@ def predict_files(
             summaries.append(predict_raster(
                 model, p, out, stats, band_names, window, overlap, blend, batch_size, num_classes=num_classes,
                 probabilities=probabilities, device=device, data_cfg=data_cfg, class_values=class_values,
-                names_by_position=names_by_position, made_by=made_by, class_colors=class_colors))
+                names_by_position=names_by_position, made_by=made_by, class_colors=class_colors,
+                check_ranges=len(planned) == 1))
         else:
             summaries.append(predict_volume(
                 model, p, out, stats, band_names, window, data_cfg, overlap, blend, num_classes=num_classes,
@@ -250,4 +252,6 @@ def predict_files(
         if not probabilities:  # an earlier run's probabilities beside the new class map would be another model's;
             proba_path(out).unlink(missing_ok=True)  # kept until now: a kill during the prediction leaves the
             # earlier pair (only one in the instant since the map's rename leaves the new map beside them)
+    if len(planned) > 1:  # one warning for the folder, naming the first file far from the statistics and the count
+        warn_far_from_stats([(s["input"], s["value_range"]) for s in summaries if s.get("value_range")], stats)
     return summaries

@@ -144,8 +144,9 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
             for w in outputs:
                 w.abort()  # a writer already committed has nothing left to abort
             raise
-    if check_ranges:  # (False: a fine-tune evaluating the files it trained on, whose ranges it checked)
-        warn_far_from_stats([(str(path), ranges.value_range())], stats)
+    value_range = ranges.value_range()
+    if check_ranges:  # (False: a fine-tune evaluating the files it trained on, or predict_files, which says it once)
+        warn_far_from_stats([(str(path), value_range)], stats)
     if only is None or only.any():  # (nothing asked for: nothing predicted, rightly)
         warn_if_nothing_predicted(path, info["valid_pixels"], scene.nodata, out_path)
     seconds = time.perf_counter() - t0
@@ -155,7 +156,7 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
         "kind": "raster", "shape": [H, W], "band_names": list(stats.band_names), "num_classes": int(num_classes),
         "window": list(win), "overlap": float(overlap), "blend": blend, "nodata": scene.nodata,
         "nodata_label": lnodata, **info, "seconds": round(seconds, 3),
-        "pixels_per_s": round(H * W / max(seconds, 1e-9), 1),
+        "pixels_per_s": round(H * W / max(seconds, 1e-9), 1), "value_range": value_range,
     }
 
 

@@ -352,6 +352,23 @@ def test_a_later_run_refuses_to_replace_the_prediction_of_another_input_with_the
         predict_files(scene["model"], [tmp_path / "s0002" / "scene.tif"], tmp_path / "old", scene["stats"], **raster)
 
 
+def test_a_folder_far_from_the_statistics_is_one_warning_not_one_per_file(scene, tmp_path, caplog):
+    import logging
+
+    from geomed_ssl.config import DataConfig
+
+    far = structured_raster(np.random.default_rng(2), C, 48).astype(np.float32) * 100 + 50000
+    (tmp_path / "in").mkdir()
+    for k in range(3):
+        write_geotiff(tmp_path / "in" / f"tile_{k}.tif", far)
+    with caplog.at_level(logging.INFO, logger="geomed_ssl"):
+        predict_files(scene["model"], tmp_path / "in", tmp_path / "out", scene["stats"], num_classes=K, window=32,
+                      data_cfg=DataConfig())
+    warnings = [r.getMessage() for r in caplog.records if "far from" in r.getMessage()]
+    assert len(warnings) == 1 and "and 2 more file(s)" in warnings[0]
+    assert sum("predicted " in r.getMessage() and "/3:" in r.getMessage() for r in caplog.records) == 3
+
+
 def test_a_nifti_output_keeps_the_grid_but_not_the_inputs_display_window(tmp_path):
     """An intensity image's cal_min / cal_max (a window of 100-500) would show a class map of 1..K as blank in
     FSLeyes or MRIcron; the output keeps the affine and codes and says what it is."""

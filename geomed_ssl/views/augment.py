@@ -15,7 +15,7 @@ Strengths and probabilities come from the recipe's ``augment:`` section (:class:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -77,16 +77,24 @@ def _blur(x: np.ndarray, s: float) -> np.ndarray:
     return gaussian_filter(x, sigma=(0.0,) + (s,) * (x.ndim - 1), mode="reflect").astype(np.float32)
 
 
+def over_valid(op: Callable[[np.ndarray], np.ndarray], x: np.ndarray, valid: np.ndarray,
+               empty: Any) -> np.ndarray:
+    """A linear spatial ``op`` (a blur, a resize) of ``x`` (C, *S) over its ``valid`` (*S) pixels only:
+    ``op(x * valid) / op(valid)`` (normalised convolution / interpolation, so the nodata fill never darkens the
+    valid pixels beside it), ``empty`` where no valid pixel contributes."""
+    weight = op(valid[None].astype(np.float32))  # (1, *S')
+    out = op(np.where(valid, x, np.float32(0))) / np.maximum(weight, 1e-6)
+    return np.where(weight > 1e-6, out, empty).astype(np.float32)
+
+
 def gaussian_blur(x: np.ndarray, rng: np.random.Generator, sigma: tuple[float, float] = (0.1, 1.5),
                   valid: np.ndarray | None = None) -> np.ndarray:
     """The same isotropic Gaussian blur on every band, sigma in pixels / voxels (reflecting borders); beside
-    nodata (``valid`` False), over the valid pixels only (normalised convolution: the fill does not darken them)."""
+    nodata (``valid`` False), over the valid pixels only (:func:`over_valid`)."""
     s = float(rng.uniform(*sigma))
     if valid is None or valid.all() or not valid.any():
         return _blur(x, s)
-    weight = _blur(valid[None].astype(np.float32), s)  # (1, *S)
-    out = _blur(np.where(valid, x, np.float32(0)), s) / np.maximum(weight, 1e-6)
-    return np.where(weight > 1e-6, out, x).astype(np.float32)
+    return over_valid(lambda a: _blur(a, s), x, valid, x)
 
 
 def gaussian_noise(x: np.ndarray, rng: np.random.Generator, std: tuple[float, float] = (0.0, 0.1)) -> np.ndarray:

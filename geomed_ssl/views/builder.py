@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from geomed_ssl.config import as_tuple
-from geomed_ssl.views.augment import Intensity, IntensityProbs
+from geomed_ssl.views.augment import Intensity, IntensityProbs, over_valid
 from geomed_ssl.errors import ConfigError
 
 View = Callable[[np.ndarray, np.ndarray, np.random.Generator], dict]
@@ -169,9 +169,7 @@ def resized_crop(image: np.ndarray, valid: np.ndarray, size: tuple[int, ...], sc
     if crop_ok.all() or not crop_ok.any() or tuple(sizes) == tuple(size):
         img = resize(image[(slice(None), *box)], size)  # (C, *size)
     else:  # weighed by validity, so the nodata fill (0) is not blended into the valid pixels beside it
-        weight = resize(crop_ok[None].astype(np.float32), size)  # (1, *size)
-        img = resize(np.where(crop_ok, image[(slice(None), *box)], np.float32(0)), size) / np.maximum(weight, 1e-6)
-        img = np.where(weight > 1e-6, img, np.float32(0)).astype(np.float32)
+        img = over_valid(lambda a: resize(a, size), image[(slice(None), *box)], crop_ok, np.float32(0))
     ok = resize(crop_ok[None].astype(np.uint8), size, nearest=True)[0] > 0  # (*size)
     return img, ok
 

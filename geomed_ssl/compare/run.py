@@ -250,7 +250,8 @@ def _quiet() -> Iterator[None]:
     """The fine-tune's own progress lines are noise inside compare's (its warnings still show, once in the whole
     compare (``_SAID``), but not the problem files compare named already: each of 30 fine-tunes said the same
     value-range warning twice)."""
-    level, said = log.level, _SAID.get() if _SAID.get() is not None else set()
+    level, said = log.level, _SAID.get()
+    said = set() if said is None else said
 
     def once(record: logging.LogRecord) -> bool:
         text = record.getMessage()
@@ -318,12 +319,18 @@ def progress_bar(total: int, enabled: bool) -> Any:
     return tqdm(total=total, desc="runs", file=sys.stderr, disable=not (enabled and sys.stderr.isatty()))
 
 
-def logs_above(bar: Any) -> Any:
-    """While ``bar`` is shown, log lines are printed above it (else they are glued to its frame: "...2.91it/s]r"
-    "un 1/7 ...")."""
+@contextlib.contextmanager
+def _run_logs(bar: Any) -> Iterator[None]:
+    """While the runs go: log lines printed above ``bar`` when it is shown (else they are glued to its frame:
+    "...2.91it/s]r" "un 1/7 ..."), and each warning the fine-tunes say kept to once in the whole compare (``_SAID``)."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    return contextlib.nullcontext() if bar.disable else logging_redirect_tqdm()
+    token = _SAID.set(set())
+    try:
+        with contextlib.nullcontext() if bar.disable else logging_redirect_tqdm():
+            yield
+    finally:
+        _SAID.reset(token)
 
 
 def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str, EncoderSource],
@@ -344,9 +351,7 @@ def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str,
     live: EncoderSource | None = None  # the none initialisation on the device
     labels = kept_labels(list(dict.fromkeys([*sources, *known])))
     bar = progress_bar(len(todo), progress)
-    said = _SAID.set(set())  # the warnings the fine-tunes said: each once in the whole compare
-    with contextlib.ExitStack() as undo, logs_above(bar):
-        undo.callback(_SAID.reset, said)
+    with _run_logs(bar):
         for n, job in enumerate(todo, start=1):
             split = splits[job.split_index]
             start = time.perf_counter()

@@ -143,7 +143,7 @@ def unread_formats(files: Sequence[Path], kind: str) -> str | None:
     files = [p for p in files if not any(w in p.name.lower() for w in QUICKLOOKS)]  # pictures of a scene, not data
     found = Counter(ext for p in files for ext in extensions if p.name.lower().endswith(ext))
     if kind == "volume":  # scanners name DICOM files IM0001 or by UID (1.2.840...5): told apart by content
-        unnamed = [p for p in files if not p.suffix or p.suffix[1:].isdigit()][:20]  # opened: a few
+        unnamed = [p for p in files if scanner_named(p)][:20]  # opened: a few
         found.update(["DICOM without .dcm"] * sum(map(is_dicom, unnamed)))
     if not found:
         return None
@@ -155,11 +155,16 @@ def unread_formats(files: Sequence[Path], kind: str) -> str | None:
                                     if min(found).startswith(".") else ""))
 
 
-def is_dicom(path: str | Path) -> bool:
-    """Whether a file named as scanners name DICOM files (IM0001, 1.2.840...5: no suffix or a number) is DICOM by
-    its content: "DICM" after the 128-byte preamble."""
+def scanner_named(path: str | Path) -> bool:
+    """Whether a file is named as scanners name DICOM files: no suffix (IM0001) or a number (a UID, 1.2.840...5)."""
     suffix = Path(path).suffix
-    if suffix and not suffix[1:].isdigit():
+    return not suffix or suffix[1:].isdigit()
+
+
+def is_dicom(path: str | Path) -> bool:
+    """Whether a file named as scanners name DICOM files (:func:`scanner_named`) is DICOM by its content: "DICM"
+    after the 128-byte preamble."""
+    if not scanner_named(path):
         return False
     try:
         with open(path, "rb") as f:

@@ -218,3 +218,16 @@ def matches(name: str, patterns: Sequence[str]) -> bool:
     folder: a ``*`` never spans a ``/``, so ``previews/step-*.png`` is no pattern for ``previews/my/step-1.png``."""
     depth = name.count("/")
     return any(p.count("/") == depth and fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+INPUT_TAG = "GEOMED_SSL_INPUT"  # an output's record of the input it was made from (GeoTIFF tag, NIfTI comment)
+
+
+def provenance_tags(source: str | None = None, **made_by: str | None) -> dict[str, str]:
+    """The metadata an output file carries: the toolkit's version, what made it (``model=`` the fine-tune folder,
+    ``encoder=``: GEOMED_SSL_MODEL, GEOMED_SSL_ENCODER, when known) and the input it was made from (``INPUT_TAG``)."""
+    from geomed_ssl._version import __version__
+
+    tags = {"GEOMED_SSL_VERSION": __version__}
+    tags.update({f"GEOMED_SSL_{key.upper()}": str(value) for key, value in made_by.items() if value})
+    return {**tags, **({INPUT_TAG: str(source)} if source is not None else {})}

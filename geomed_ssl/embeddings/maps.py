@@ -21,7 +21,7 @@ from geomed_ssl.geo.gdal_read import check_written
 from geomed_ssl.geo.grids import placed
 from geomed_ssl.windows.tiling import grid_shape
 from geomed_ssl.errors import DataError
-from geomed_ssl.outcommands import distinct_names, fitted_stem
+from geomed_ssl.outcommands import INPUT_TAG, distinct_names, fitted_stem, provenance_tags
 from geomed_ssl.outfiles import atomic_path, remove_stale_partials, save_figure
 
 PCA_FIT_ROWS = 50_000  # rows sampled to fit the PCA of embedding maps
@@ -121,11 +121,7 @@ def grid_stems(files: Sequence[dict[str, Any]]) -> dict[str, str]:
 
 def map_tags(manifest: dict[str, Any], file_meta: dict[str, Any]) -> dict[str, str]:
     """What a map was made from, as predict's outputs say it: the toolkit's version, the encoder, the input."""
-    from geomed_ssl._version import __version__
-
-    encoder = (manifest.get("settings") or {}).get("encoder")
-    return {"GEOMED_SSL_VERSION": __version__, **({"GEOMED_SSL_ENCODER": str(encoder)} if encoder else {}),
-            "GEOMED_SSL_INPUT": str(file_meta["path"])}
+    return provenance_tags(str(file_meta["path"]), encoder=(manifest.get("settings") or {}).get("encoder"))
 
 
 def write_grid(file_meta: dict[str, Any], array: np.ndarray, path: Path, nodata: float | None,
@@ -169,7 +165,7 @@ def write_grid(file_meta: dict[str, Any], array: np.ndarray, path: Path, nodata:
             img.set_sform(affine, code=1)
             img.header.set_xyzt_units("mm")  # the map affine is the input's world mm
             if tags:
-                img.header["descrip"] = f"geomed-ssl map of {os.path.basename(tags['GEOMED_SSL_INPUT'])}".encode(
+                img.header["descrip"] = f"geomed-ssl map of {os.path.basename(tags[INPUT_TAG])}".encode(
                     "ascii", "replace")[:79]
             nib.save(img, str(tmp))
     return path

@@ -29,8 +29,8 @@ from geomed_ssl.windows.tiling import DEFAULT_OVERLAP, blend_weights, window_sta
 from geomed_ssl.errors import DataError
 from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, channel_records,
                                           check_request, softmax_probs, warn_if_nothing_predicted)
-from geomed_ssl.inference.writers import (INPUT_TAG, PROBA_SCALE, GeoTiffWriter, class_colormap, class_lookup,
-                                         proba_path)
+from geomed_ssl.inference.writers import PROBA_SCALE, GeoTiffWriter, class_colormap, class_lookup, proba_path
+from geomed_ssl.outcommands import provenance_tags
 
 RASTER_BLENDS = ("gaussian", "linear", "constant")
 
@@ -129,7 +129,8 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
             raise ValueError(f"only: a mask of shape {tuple(only.shape)} for a scene of {tuple(scene.shape)}")
         lut, lnodata = class_lookup(int(num_classes), class_values)
         outputs = open_outputs(out_path, scene.sources[0], [int(v) for v in lut], lut.dtype, lnodata, pkind,
-                               provenance(made_by, path), class_colormap(lut, class_colors, lnodata))
+                               provenance_tags(str(Path(path).resolve()), model=made_by),
+                               class_colormap(lut, class_colors, lnodata))
         try:
             ranges = RangeSample(len(stats.band_names), scene.nodata, scene.shape)
             with rasterio.Env(GDAL_CACHEMAX=scene.cache_bytes()):
@@ -230,15 +231,6 @@ class RasterInput:
             return strip
 
         return read
-
-
-def provenance(made_by: str | None, source: str | Path | None = None) -> dict[str, str]:
-    """The metadata a prediction carries: the toolkit's version and, when known, the model's folder and the input
-    it was made from (``INPUT_TAG``)."""
-    from geomed_ssl._version import __version__
-
-    return {"GEOMED_SSL_VERSION": __version__, **({"GEOMED_SSL_MODEL": str(made_by)} if made_by else {}),
-            **({INPUT_TAG: str(Path(source).resolve())} if source is not None else {})}
 
 
 def open_outputs(out_path: Path, src: Any, values: Sequence[int], dtype: Any, lnodata: int,

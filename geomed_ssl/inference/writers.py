@@ -18,6 +18,7 @@ import numpy as np
 from geomed_ssl.errors import WRITE_ERRNOS, ConfigError, DataError
 from geomed_ssl.geo.gdal_read import check_written
 from geomed_ssl.geo.grids import placed
+from geomed_ssl.outcommands import INPUT_TAG
 from geomed_ssl.outfiles import atomic_path, commit_partial, naming_write_errors, partial_path
 
 BLOCK = 256  # output tile side (pixels)
@@ -234,9 +235,6 @@ class GeoTiffWriter:
                 raise
         else:
             self.abort()
-
-
-INPUT_TAG = "GEOMED_SSL_INPUT"  # a prediction's record of the input it was made from (GeoTIFF tag, NIfTI comment)
 
 
 def recorded_input(path: str | Path) -> str | None:

@@ -188,7 +188,11 @@ class RasterReader:
 
     def region_at(self, record: Any, window: tuple[int, int], index: tuple[int, int]) -> Region:
         """The region of run ``index``; the last one along an axis is shifted back to end at the file edge."""
-        (sr, tr, _), (sc, tc, _) = self._axes(record, window)
+        return self._region(record, self._axes(record, window), index)
+
+    @staticmethod
+    def _region(record: Any, axes: list[tuple[int, int, int]], index: Sequence[int]) -> Region:
+        (sr, tr, _), (sc, tc, _) = axes
         H, W = record.shape[-2:]
         return max(0, min(index[0] * tr, H - sr)), max(0, min(index[1] * tc, W - sc)), sr, sc
 
@@ -206,7 +210,7 @@ class RasterReader:
             k = min(int(rng.integers(int(n) - int(win) + 1)) // step, runs - 1)
             index.append(k)
             starts.append((k * step, min(k * step + step - 1, int(n) - int(win))))
-        return self.region_at(record, window, tuple(index)), starts
+        return self._region(record, axes, index), starts
 
     # -- reads ------------------------------------------------------------------------------------------------
     def _read_clipped(self, record: Any, row: int, col: int, h: int, w: int) -> np.ndarray:

@@ -30,7 +30,7 @@ def test_a_missing_column_names_the_file_and_what_it_found(tmp_path: Path) -> No
 
 
 def test_cluster_finds_files_listed_with_a_leading_dot_slash(tmp_path: Path) -> None:
-    from geomed_ssl.embeddings.cluster import true_labels
+    from geomed_ssl.embeddings.truth import true_labels
 
     files = [str(tmp_path / "data" / "River" / "r.tif"), str(tmp_path / "data" / "Forest" / "f.tif")]
     table = tmp_path / "labels.csv"

@@ -26,11 +26,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from geomed_ssl.data.readers import nearest_index
-from geomed_ssl.tables import read_rows
 from geomed_ssl.embeddings.maps import fill_grid, grid_stems, map_tags, save_label_png, write_grid
 from geomed_ssl.embeddings.store import fixed_list, load_embeddings, optional_module, read_columns
-from geomed_ssl.errors import ConfigError, DataError
+from geomed_ssl.embeddings.truth import check_classes, true_labels
+from geomed_ssl.errors import ConfigError
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outlocks import released_after
 from geomed_ssl.outfiles import atomic_path, atomic_write_text, save_figure
@@ -162,161 +161,6 @@ def fit_hdbscan(x_fit: np.ndarray, min_cluster_size: int | None, sampled: bool,
     info["backend"] = "sklearn.HDBSCAN"
     nn = NearestNeighbors(n_neighbors=1).fit(x_fit) if sampled else None
     return fitted, lambda x: fitted[nn.kneighbors(x, return_distance=False)[:, 0]]
-
-
-# -- true labels --------------------------------------------------------------------------------------------------
-def true_labels(spec: str | Path, manifest: dict[str, Any], cols: dict[str, Any],
-                ignore_value: int | None = 0) -> tuple[list[str | None], str]:
-    """A label per row (None = unknown) from ``spec``: ``folders`` (the class folder of each file), a CSV with
-    ``file,label`` columns (paths absolute, relative to the data folder, or bare file names), or a label
-    GeoTIFF/NIfTI on the grid of the embedded file(s), read at each row's centre (``ignore_value`` = unlabelled)."""
-    root = manifest["settings"]["data_dir"]
-    files = cols["file"]
-    if str(spec) == "folders":
-        rel = [relative_to_root(f, root) for f in files]
-        outside = [f for f, r in zip(files, rel) if r is None]
-        if outside:
-            raise DataError(f"--labels folders: '{outside[0]}' does not lie under the embedded data folder '{root}' "
-                            "(moved since embedding?); give a CSV of file,label instead.")
-        if any(os.sep not in r for r in rel):
-            raise DataError(f"--labels folders: files lie directly in '{root}'; class folders are subfolders of it.")
-        return [r.split(os.sep)[0] for r in rel], "class folders"
-    path = Path(spec)
-    if not path.is_file():
-        raise DataError(f"--labels '{spec}' is neither 'folders' nor an existing CSV / label raster / NIfTI file.")
-    if path.name.lower().endswith((".tif", ".tiff", ".nii", ".nii.gz")):
-        return _labels_from_map(path, manifest, cols, ignore_value), f"label map {path.name}"
-    table = {os.path.normpath(row["file"]): row["label"] for row in read_rows(path, ("file", "label"), "labels CSV")
-             if row["file"]}
-    keys = lambda f: (f, os.path.relpath(f, root), os.path.basename(f))  # noqa: E731
-    out = [next((table[k] for k in keys(f) if k in table), None) for f in files]
-    if all(v is None for v in out):
-        raise DataError(f"no file of the embeddings is listed in '{path}' (e.g. {files[0]}); list paths absolute, "
-                        f"relative to {root}, or as file names.")
-    return out, f"CSV {path.name}"
-
-
-def relative_to_root(path: str, root: str) -> str | None:
-    """``path`` relative to ``root``, or None when it is not under it. Embedding manifests store file paths and
-    ``data_dir`` the same way (absolute, links kept); an older manifest stored ``data_dir`` with links resolved,
-    so a folder reached through a symlink is matched through the resolved paths too."""
-    for a, b in ((path, root), (os.path.realpath(path), os.path.realpath(root))):
-        rel = os.path.relpath(a, b)
-        if rel != os.pardir and not rel.startswith(os.pardir + os.sep):
-            return rel
-    return None
-
-
-def check_classes(truth: Sequence[str | None], source: str) -> None:
-    """A labels source that yields fewer than two classes over the labelled rows is an error, not a score."""
-    classes = sorted({str(t) for t in truth if t is not None})
-    if len(classes) < 2:
-        shown = f" ({', '.join(repr(c) for c in classes)})" if classes else ""
-        raise DataError(f"--labels ({source}) gives {len(classes)} class{'' if len(classes) == 1 else 'es'}{shown} "
-                        f"over {sum(t is not None for t in truth)} labelled rows; NMI and ARI need at least two "
-                        "classes. Check the labels source (class folders under the embedded data folder, the CSV's "
-                        "label column, the label map's values).")
-
-
-def _labels_from_map(path: Path, manifest: dict[str, Any], cols: dict[str, Any], ignore: int | None) -> list:
-    if manifest["settings"]["level"] == "image":
-        raise DataError("a label map labels windows or patch cells: embed with --level window or patch, or give a "
-                        "CSV of file,label for image-level embeddings.")
-    nd = len(manifest["settings"]["window"])
-    resampled = nd == 3 and (manifest["settings"].get("data") or {}).get("spacing") is not None
-    lab, nodata = _read_label_map(path)
-    out: list[Any] = [None] * len(cols["file"])
-    box = cols["box"]
-    centre = box[:, :nd] + box[:, nd:] // 2  # (N, nd) pixel / voxel at the box centre
-    grids: dict[tuple[int, ...], np.ndarray] = {}  # the map on each grid rows were embedded on (one per shape)
-    for f in labelled_files(path, manifest["files"], nd, native=resampled):
-        a, n = int(f["first_row"]), int(f["rows"])
-        key = tuple(f["shape"])
-        if key not in grids:
-            grids[key] = lab[nearest_index(lab.shape[:3], key)] if resampled else lab  # as training reads labels
-        grid = grids[key]
-        c = np.minimum(centre[a:a + n], np.asarray(grid.shape[:nd]) - 1)
-        vals = grid[tuple(c[:, i] for i in range(nd))]
-        out[a:a + n] = [None if not np.isfinite(v) or (nodata is not None and v == nodata)
-                        or (ignore is not None and v == ignore) else str(int(v)) for v in vals]
-    return out
-
-
-def _read_label_map(path: Path) -> tuple[np.ndarray, float | None]:
-    """The label map's array (a raster's first band; a volume in RAS, as the volume reader orients it) and its
-    nodata value (rasters; None for NIfTI, whose NaNs are unlabelled too)."""
-    try:
-        if path.name.lower().endswith((".tif", ".tiff")):
-            import rasterio
-
-            with rasterio.open(path) as src:
-                return src.read(1), src.nodata
-        import nibabel as nib
-
-        return np.asarray(nib.as_closest_canonical(nib.load(str(path))).dataobj), None
-    except Exception as err:  # not an image, truncated, corrupt: rasterio and nibabel raise their own kinds
-        raise DataError(f"label map '{path}' cannot be read ({' '.join(str(err).split())[:200]}); give a GeoTIFF or "
-                        "NIfTI label map, or a CSV of file,label.") from None
-
-
-def _native_grid(f: dict[str, Any]) -> tuple[tuple[int, ...], np.ndarray]:
-    """An embedded volume's own voxel grid in RAS (its file's header; the manifest holds the resampled one)."""
-    import nibabel as nib
-
-    try:
-        img = nib.as_closest_canonical(nib.load(f["paths"][0]))
-    except Exception:  # moved or unreadable: the recorded (resampled) grid, which the map will not match
-        return tuple(f["shape"]), np.asarray(f["affine"])
-    return tuple(int(v) for v in img.shape[:3]), np.asarray(img.affine, np.float64)
-
-
-def labelled_files(path: Path, files: Sequence[dict[str, Any]], nd: int, native: bool = False
-                   ) -> list[dict[str, Any]]:
-    """The embedded files (manifest entries) the label map labels: those on its grid (rasters: size, CRS and
-    transform; volumes: RAS shape and affine, the files' own voxels with ``native``, when the encoder resampled them
-    to its data.spacing), and of those, when they lie in different folders, the ones in the folder nearest the map
-    (patients of one atlas space share a grid; dates of one scene share the map's folder)."""
-    from geomed_ssl.finetune.label_grids import raster_grid_diffs, volume_grid_diffs
-
-    def diffs(f: dict[str, Any]) -> list[str]:
-        if nd == 2:
-            return raster_grid_diffs(f["shape"], f.get("crs"), f.get("transform"), str(path))
-        return volume_grid_diffs(*(_native_grid(f) if native else (f["shape"], np.asarray(f["affine"]))), str(path))
-
-    found = [(f, diffs(f)) for f in files]
-    same = [f for f, d in found if not d]
-    if not same:
-        f, d = found[0]
-        raise DataError(f"label map '{path}' is on the grid of no embedded file (e.g. '{f['path']}': "
-                        f"{'; '.join(d)}, label vs image); it must share the size and georeferencing of the image "
-                        "it labels, or give a CSV of file,label.")
-    home = os.path.dirname(os.path.abspath(path))
-    depth = [len(os.path.commonpath([home, os.path.dirname(os.path.abspath(f["path"]))]).split(os.sep))
-             for f in same]
-    chosen = [f for f, d in zip(same, depth) if d == max(depth)]
-    if nd == 3 and len(chosen) > 1:  # subjects of one atlas space share a grid and often a folder
-        chosen = _named_after(path, chosen)
-    names = ", ".join(os.path.basename(f["path"]) for f in chosen[:4]) + (" ..." if len(chosen) > 4 else "")
-    extra = f" (of {len(same)} on its grid: the ones in the folder nearest it)" if len(chosen) < len(same) else ""
-    log.info("label map %s labels %d embedded file(s)%s: %s", path.name, len(chosen), extra, names)
-    return chosen
-
-
-def _named_after(path: Path, files: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Of volumes sharing a label volume's grid and folder, those it is named after (``case0_seg`` labels ``case0``
-    and its sequences ``case0_t1``, ``case0_flair``), as ``finetune`` pairs them; all of them, with a warning, when
-    it is named after none (then nothing tells one subject from another)."""
-    from geomed_ssl.finetune.labels import _label_keys, _stem
-
-    keys = _label_keys(_stem(path))
-    named = [f for f in files if any(_stem(f["path"]).lower() == k or _stem(f["path"]).lower().startswith(k + s)
-                                     for k in keys for s in "_-.")]
-    if named:
-        return named
-    log.warning(f"warning: label volume '{path}' shares its grid and folder with {len(files)} embedded volumes and is "
-                "named after none of them, so it labels them all; if they are different subjects (one atlas space), "
-                "name it after its scan (case0.nii.gz -> case0_seg.nii.gz) or give a CSV of file,label.")
-    return files
 
 
 def silhouette(x: np.ndarray, clusters: np.ndarray, seed: int) -> float | None:

@@ -200,7 +200,7 @@ def test_folder_labels_work_when_the_data_folder_is_reached_through_a_symlink(tm
 
 
 def test_an_old_manifest_with_a_resolved_data_dir_still_finds_the_class_folders(tmp_path: Path) -> None:
-    from geomed_ssl.embeddings.cluster import true_labels
+    from geomed_ssl.embeddings.truth import true_labels
 
     real = write_class_folders(tmp_path / "store" / "classes", ["Forest", "River"], per_class=1)
     link = tmp_path / "linked"

@@ -4,7 +4,6 @@ test samples, into ``results.csv`` / ``summary.md`` / ``curve.png``; resumable (
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import json
 import logging
@@ -12,34 +11,32 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from geomed_ssl.compare.baselines import baseline_dims, baseline_features
 from geomed_ssl.compare.features import check_feature_memory, encoder_features, memo
-from geomed_ssl.compare.options import NONE, SEGMENT_BASELINES, BASELINES, Budget, CompareOptions
-from geomed_ssl.compare.probes import classify, scores, scores_from_metrics
+from geomed_ssl.compare.options import NONE, SEGMENT_BASELINES, BASELINES, CompareOptions
+from geomed_ssl.compare.probes import classify, scores
 from geomed_ssl.compare.report import table, write_curve, write_summary
 from geomed_ssl.compare.results import ResultsFile, make_row
 from geomed_ssl.compare.sources import (EncoderSource, check_encoders_unchanged, encoders_record,
                                         load_compare_recipe, load_sources, none_dir, none_sources, recipe_path,
                                         save_none, warn_fixed_windows)
-from geomed_ssl.compare.task import (Split, Task, check_saved_selection, held_out_lines, labels_config,
+from geomed_ssl.compare.task import (Split, Task, check_saved_selection, held_out_lines,
                                      load_classify_task, load_segment_task, make_split, save_split, settings_record,
                                      warn_notes)
+from geomed_ssl.compare.tuned import finetune_scores, kept_labels, kept_name, run_logs
 from geomed_ssl.config import Recipe
-from geomed_ssl.data.catalog import problems_reported
 from geomed_ssl.data.labelled import ImageDataset
 from geomed_ssl.data.readers import VolumeReader
 from geomed_ssl.data.stats import compute_stats
 from geomed_ssl.errors import ConfigError, DataError, RunStopped
-from geomed_ssl.finetune.metrics import background_index
 from geomed_ssl.finetune.fit import save_recipe, with_encoder_naming
 from geomed_ssl.models.device import resolve_device
 from geomed_ssl.models.model_data import naming_hint, note_encoder_naming
 from geomed_ssl.models.probe import check_class_weights, probe_layers, read_image
-from geomed_ssl.outcommands import distinct_names
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_write_text, scratch_dir
 from geomed_ssl.process import keeps_process_state, stops_as
@@ -242,95 +239,11 @@ def frozen_scores(feats: Any, task: Task, split: Split, protocol: str, recipe: R
                   task.background)
 
 
-_SAID: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("compare_said", default=None)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """The fine-tune's own progress lines are noise inside compare's (its warnings still show, once in the whole
-    compare (``_SAID``), but not the problem files compare named already: each of 30 fine-tunes said the same
-    value-range warning twice)."""
-    level, said = log.level, _SAID.get()
-    said = set() if said is None else said
-
-    def once(record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        fresh = text not in said
-        said.add(text)
-        return fresh
-
-    log.setLevel(logging.WARNING)
-    log.addFilter(once)
-    try:
-        with problems_reported():
-            yield
-    finally:
-        log.setLevel(level)
-        log.removeFilter(once)
-
-
-def kept_labels(names: Sequence[str]) -> dict[str, str]:
-    """Each encoder's part of its kept fine-tunes' folder names: its folder's name (``none`` for none), followed by
-    a short hash of its path when another encoder's folder has that name too (``runs/a/encoder``,
-    ``runs/b/encoder``, also differing only in case) or it is ``none``, so no kept fine-tune replaces another's."""
-    others = [n for n in names if n != NONE]
-    labels = distinct_names([(Path(n).name, str(Path(n).resolve())) for n in others], taken=[NONE])
-    return {**dict(zip(others, labels)), **({NONE: NONE} if NONE in names else {})}
-
-
-def kept_name(label: str, budget: Budget, seed: int) -> str:
-    """The folder name of a kept fine-tune: ``finetuned_<label>_<budget>_seed<seed>`` (label: :func:`kept_labels`)."""
-    return f"finetuned_{label}_{budget.slug}_seed{seed}"
-
-
-def finetune_scores(source: EncoderSource, task: Task, split: Split, recipe: Recipe, inputs: dict[str, Any],
-                    strict: bool, keep_as: Path | None = None) -> dict[str, float | None]:
-    """The ``finetune`` protocol: ``finetune segment`` / ``classify`` (encoder trained too) with this split's
-    budget and seed, in a temporary folder (kept as ``keep_as`` when it is given, e.g. for
-    ``predict``); it draws the same samples, which is checked."""
-    from geomed_ssl.finetune.classify import finetune_classify
-    from geomed_ssl.finetune.segment import finetune_segment
-
-    tuned = dataclasses.replace(recipe, labels=labels_config(recipe, split.budget, split.seed, inputs["split"]),
-                                finetune=dataclasses.replace(recipe.finetune, task=task.kind, freeze_encoder=False,
-                                                             unfreeze_after_steps=0))
-    with scratch_dir("compare") as tmp, _quiet():  # a killed compare's fine-tune checkpoints go with the next one
-        out = keep_as if keep_as is not None else tmp / "ft"
-        if task.kind == "segment":
-            result = finetune_segment(tuned, source.path, inputs["images"], inputs["labels"], out, progress=False,
-                                      strict=strict, overwrite=keep_as is not None)  # a kept one of a killed run
-            same = np.array_equal(task.rows(result.selection, "train"), split.train)
-        else:
-            result = finetune_classify(tuned, source.path, inputs["data"], out, progress=False, strict=strict,
-                                       overwrite=keep_as is not None)
-            with np.load(out / "labels_used.npz", allow_pickle=False) as z:
-                same = np.array_equal(np.sort(z["train_index"]), split.train)
-    if not same:
-        raise RuntimeError(f"the fine-tune of {source.name} drew other training samples than compare's selection")
-    values = [c["value"] for c in result.metrics["classes"]]  # the fine-tune's own class order
-    return scores_from_metrics(result.metrics["test"], task.kind == "segment",
-                               background_index(values, task.spatial_dims))
-
-
 def progress_bar(total: int, enabled: bool) -> Any:
     """A bar over the runs on stderr when it is a terminal (as training's), else nothing."""
     from tqdm import tqdm
 
     return tqdm(total=total, desc="runs", file=sys.stderr, disable=not (enabled and sys.stderr.isatty()))
-
-
-@contextlib.contextmanager
-def _run_logs(bar: Any) -> Iterator[None]:
-    """While the runs go: log lines printed above ``bar`` when it is shown (else they are glued to its frame:
-    "...2.91it/s]r" "un 1/7 ..."), and each warning the fine-tunes say kept to once in the whole compare (``_SAID``)."""
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    token = _SAID.set(set())
-    try:
-        with contextlib.nullcontext() if bar.disable else logging_redirect_tqdm():
-            yield
-    finally:
-        _SAID.reset(token)
 
 
 def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str, EncoderSource],
@@ -351,7 +264,7 @@ def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str,
     live: EncoderSource | None = None  # the none initialisation on the device
     labels = kept_labels(list(dict.fromkeys([*sources, *known])))
     bar = progress_bar(len(todo), progress)
-    with _run_logs(bar):
+    with run_logs(bar):
         for n, job in enumerate(todo, start=1):
             split = splits[job.split_index]
             start = time.perf_counter()

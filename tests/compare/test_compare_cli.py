@@ -227,7 +227,7 @@ def test_kept_fine_tunes_of_encoders_in_same_named_folders_keep_apart(scene, exp
     (runs/a/encoder, runs/b/encoder) get a hash of their path too, so neither replaces the other's."""
     import shutil
 
-    from geomed_ssl.compare.run import kept_labels
+    from geomed_ssl.compare.tuned import kept_labels
 
     first, second = tmp_path / "a" / "encoder", tmp_path / "b" / "encoder"
     for folder in (first, second):

@@ -185,7 +185,7 @@ def test_frozen_scores_train_on_features_that_never_saw_test_blocks(task, protoc
 def test_a_warning_every_fine_tune_of_a_compare_repeats_is_shown_once(caplog) -> None:
     """Each fine-tune warned about the same file's value range in training and again in its evaluation: 61 copies
     in a default compare, burying the one line that mattered."""
-    from geomed_ssl.compare.run import _SAID, _quiet
+    from geomed_ssl.compare.tuned import _SAID, _quiet
 
     log = logging.getLogger("geomed_ssl")
     token = _SAID.set(set())  # as execute sets it around the runs

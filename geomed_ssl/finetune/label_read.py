@@ -28,16 +28,16 @@ class UnlabelledFacts:
     unlabelled pixels already (a class 0 beside a nodata tag of 255), and 255 trained as a class where it fills
     most of an untagged file (the usual "ignore" value of segmentation label maps)."""
 
-    beside_nodata: list[tuple[str, int, float]] = field(default_factory=list)  # (path, pixels left out, nodata)
+    beside_nodata: list[tuple[str, int, str]] = field(default_factory=list)  # (path, pixels left out, its mark)
     background_255: list[tuple[str, float]] = field(default_factory=list)  # (path, share of the labelled pixels)
 
     def warn(self, ignore_value: int | None) -> None:
         if self.beside_nodata:
-            path, count, nodata = self.beside_nodata[0]
+            path, count, mark = self.beside_nodata[0]
             more = f" (and {len(self.beside_nodata) - 1} more file(s))" if len(self.beside_nodata) > 1 else ""
-            log.warning(f"warning: label file '{path}'{more} marks its unlabelled pixels with its nodata value "
-                        f"{nodata:g}, yet labels.ignore_value {ignore_value} also leaves out its {count} pixel(s) of "
-                        f"value {ignore_value}: if {ignore_value} is a class there, set labels.ignore_value=null.")
+            log.warning(f"warning: label file '{path}'{more} marks its unlabelled pixels with {mark}, yet "
+                        f"labels.ignore_value {ignore_value} also leaves out its {count} pixel(s) of value "
+                        f"{ignore_value}: if {ignore_value} is a class there, set labels.ignore_value=null.")
         if self.background_255:
             path, share = self.background_255[0]
             more = f" (and {len(self.background_255) - 1} more file(s))" if len(self.background_255) > 1 else ""
@@ -80,12 +80,12 @@ def _to_labels(arr: np.ndarray, nodata: float | None, ignore_value: int | None,
         order = np.argsort(lut_from)
         labels[hit] = lut_to[order][np.searchsorted(lut_from[order], labels[hit])]
     if facts is not None:
-        tagged = nodata is not None and math.isfinite(nodata)
-        if ignore_value is not None and tagged and ignore_value != nodata:
+        mark = _unlabelled_mark(arr, nodata, valid)
+        if ignore_value is not None and mark is not None and ignore_value != nodata:
             left_out = int(np.count_nonzero(labelled & (labels == ignore_value)))
             if left_out and path not in {f[0] for f in facts.beside_nodata}:
-                facts.beside_nodata.append((path, left_out, float(nodata)))
-        if not tagged and ignore_value != 255 and labelled.any():
+                facts.beside_nodata.append((path, left_out, mark))
+        if mark is None and ignore_value != 255 and labelled.any():
             share = np.count_nonzero(labelled & (labels == 255)) / np.count_nonzero(labelled)
             if share > 0.5 and path not in {f[0] for f in facts.background_255}:
                 facts.background_255.append((path, float(share)))
@@ -93,6 +93,19 @@ def _to_labels(arr: np.ndarray, nodata: float | None, ignore_value: int | None,
         labelled &= labels != ignore_value
     labels[~labelled] = -1 if ignore_value is None else ignore_value
     return labels, labelled
+
+
+def _unlabelled_mark(arr: np.ndarray, nodata: float | None, valid: np.ndarray | None) -> str | None:
+    """How a label file marks its unlabelled pixels itself, in words (None: it does not): a finite nodata value,
+    NaN (a NaN nodata tag, or NaNs in a float file: rasterised points often fill the rest with NaN), or a GDAL mask
+    that hides some pixels."""
+    if nodata is not None and math.isfinite(nodata):
+        return f"its nodata value {nodata:g}"
+    if arr.dtype.kind == "f" and (nodata is not None or not np.isfinite(arr).all()):
+        return "NaN"
+    if valid is not None and not valid.all():
+        return "its GDAL mask"
+    return None
 
 
 def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata: float | None = None,

@@ -890,3 +890,31 @@ def test_a_class_0_beside_a_nodata_tag_and_a_255_background_are_each_said_once(t
             _label(tmp_path / "c" / Path(r.path).name, quadrants)  # 0 = unlabelled, no tag: nothing to say
         read_label_pairs(records, tmp_path / "c", lab, data)
     assert not [r for r in caplog.records if "ignore_value" in r.getMessage()]
+
+
+def test_a_class_0_beside_nan_or_a_mask_marking_the_unlabelled_pixels_is_said_too(tmp_path: Path, caplog) -> None:
+    """Points rasterised the Python way (a float grid of NaN, classes 0..k-1 from a label encoder) or a uint8 map
+    whose GDAL mask hides its unlabelled pixels mark them already, as a nodata tag does: labels.ignore_value 0 (the
+    default) leaving out their class 0 gets the same warning, not silence."""
+    import logging
+
+    import rasterio
+
+    records = _images(tmp_path, n=1)
+    name = Path(records[0].path).name
+    points = np.full((32, 32), np.nan, np.float32)
+    points[2:6, 2:6], points[20:24, 20:24] = 0, 1
+    (tmp_path / "nan").mkdir()
+    _label(tmp_path / "nan" / name, points)
+    (tmp_path / "mask").mkdir()
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(tmp_path / "mask" / name, "w", driver="GTiff", height=32, width=32, count=1,
+                           dtype="uint8", crs="EPSG:32633", transform=GRID) as dst:
+            dst.write(np.nan_to_num(points, nan=0).astype(np.uint8)[None])
+            dst.write_mask(np.where(np.isfinite(points), 255, 0).astype(np.uint8))
+    for folder, mark in (("nan", "with NaN"), ("mask", "with its GDAL mask")):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+            read_label_pairs(records, tmp_path / folder, LabelsConfig(), DataConfig(patch_size=8))
+        said = [r.getMessage() for r in caplog.records if "ignore_value" in r.getMessage()]
+        assert len(said) == 1 and mark in said[0] and "16 pixel(s) of value 0" in said[0], (folder, said)

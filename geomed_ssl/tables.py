@@ -25,6 +25,19 @@ def _text(path: Path) -> str:
     raise DataError(f"cannot read '{path}': it is neither UTF-8 nor Windows-1252 text; save it as CSV UTF-8.")
 
 
+def header_names(path: str | Path) -> list[str]:
+    """The lower-cased, stripped names of a table's header row (empty when it cannot be read), for advice."""
+    try:
+        head = _text(Path(path)).splitlines()[0]
+    except (DataError, IndexError):
+        return []
+    try:
+        dialect = csv.Sniffer().sniff(head, delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    return [c.strip().lower() for c in next(csv.reader([head], dialect), [])]
+
+
 LINE = "#line"  # each row's line number in the file (blank lines skipped), for messages
 
 

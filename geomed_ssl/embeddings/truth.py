@@ -12,7 +12,7 @@ import numpy as np
 
 from geomed_ssl.data.readers import nearest_index
 from geomed_ssl.errors import DataError
-from geomed_ssl.tables import read_rows
+from geomed_ssl.tables import LINE, read_rows
 
 log = logging.getLogger("geomed_ssl")
 
@@ -38,13 +38,27 @@ def true_labels(spec: str | Path, manifest: dict[str, Any], cols: dict[str, Any]
         raise DataError(f"--labels '{spec}' is neither 'folders' nor an existing CSV / label raster / NIfTI file.")
     if path.name.lower().endswith((".tif", ".tiff", ".nii", ".nii.gz")):
         return _labels_from_map(path, manifest, cols, ignore_value), f"label map {path.name}"
-    table = {os.path.normpath(row["file"]): row["label"] for row in read_rows(path, ("file", "label"), "labels CSV")
-             if row["file"]}
+    table: dict[str, str] = {}
+    line_of: dict[str, str] = {}
+    for row in read_rows(path, ("file", "label"), "labels CSV"):
+        name = os.path.normpath(row["file"]) if row["file"] else ""
+        if name in table and table[name] != row["label"]:
+            raise DataError(f"labels CSV '{path}' lists '{row['file']}' twice with different labels (line "
+                            f"{line_of[name]}: '{table[name]}', line {row[LINE]}: '{row['label']}'); keep one row per "
+                            "file.")
+        if name:
+            table[name], line_of[name] = row["label"], row[LINE]
     keys = lambda f: (f, os.path.relpath(f, root), os.path.basename(f))  # noqa: E731
-    out = [next((table[k] for k in keys(f) if k in table), None) for f in files]
+    found = [next((k for k in keys(f) if k in table), None) for f in files]
+    out = [None if k is None else table[k] for k in found]
     if all(v is None for v in out):
         raise DataError(f"no file of the embeddings is listed in '{path}' (e.g. {files[0]}); list paths absolute, "
                         f"relative to {root}, or as file names.")
+    unused = sorted(set(table) - set(found), key=lambda k: int(line_of[k]))
+    if unused:
+        shown = "; ".join(f"line {line_of[k]} ('{k}')" for k in unused[:4]) + (" ..." if len(unused) > 4 else "")
+        log.warning(f"warning: labels CSV '{path}': {len(unused)} row(s) name no embedded file ({shown}); they are "
+                    f"not used (paths absolute, relative to {root}, or file names).")
     return out, f"CSV {path.name}"
 
 

@@ -19,7 +19,7 @@ from geomed_ssl.data.catalog import EXTENSIONS, FileRecord
 from geomed_ssl.geo.grids import grid_identity
 from geomed_ssl.data.listing import walk
 from geomed_ssl.data.readers import nearest_index, resampled_shape, valid_map, voxel_mm
-from geomed_ssl.tables import LINE, read_rows
+from geomed_ssl.tables import LINE, header_names, read_rows
 from geomed_ssl.inference.writers import MAX_CLASS_VALUE
 from geomed_ssl.finetune.sampling import (  # noqa: F401  (re-exported: the sampling half of this module)
     ClassMap, LabelSelection, Names, Sources, check_labels_config, class_ids, labelled_pixels, sample_fraction,
@@ -42,6 +42,8 @@ LABEL_SUFFIXES = ("gt", "label", "labels", "mask", "seg", "segmentation", "annot
 # words that may follow a label suffix: t1w_seg-manual, mt1_gmseg_goldstandard, t2_seg-manual_labeled
 LABEL_QUALIFIERS = ("manual", "goldstandard", "gold", "labeled", "labelled", "ref", "reference", "corrected")
 log = logging.getLogger("geomed_ssl")
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt")  # --labels read as an image,label table, not a raster
+POINT_COLUMNS = {"x", "y", "lon", "lat", "long", "longitude", "latitude", "easting", "northing", "row", "col"}
 
 
 # -- matching label files to images ---------------------------------------------------------------------------
@@ -133,29 +135,72 @@ def _by_name(records: list[FileRecord], label_dir: Path, kind: str) -> dict[str,
 
 
 def _by_csv(records: list[FileRecord], csv_path: Path, label_dir: Path | None) -> dict[str, str | None]:
-    rows = read_rows(csv_path, ("image", "label"), "labels CSV")
+    """Each image's label file from a labels CSV (image,label). An image path is absolute, relative to the CSV's
+    folder or to the working folder, or the tail of one image's path under the images folder (``2019/tile.tif``, a
+    bare file name); ``\\`` separators are read as ``/``. A row for a file that exists outside the catalog (one CSV for
+    several folders) is passed over; a row whose image exists nowhere, or names one image twice with two labels, is
+    said, never guessed at."""
+    try:
+        rows = read_rows(csv_path, ("image", "label"), "labels CSV")
+    except DataError as err:
+        if len(POINT_COLUMNS & set(header_names(csv_path))) >= 2:
+            raise DataError(f"{err} Its columns look like points (coordinates and a class): segmentation labels are "
+                            "label rasters on the image grid; rasterise the points onto it first (docs/cli.md, "
+                            "'Point labels').") from None
+        raise
     base = csv_path.parent
     label_base = label_dir if label_dir is not None and label_dir.is_dir() else base
     by_path = {os.path.realpath(p): r.path for r in records for p in r.paths}
-    by_name: dict[str, list[str]] = {}
+    by_name: dict[str, list[tuple[str, str]]] = {}
     for r in records:
-        by_name.setdefault(os.path.basename(r.path).lower(), []).append(r.path)
+        for p in dict.fromkeys([r.path, *r.paths]):
+            by_name.setdefault(os.path.basename(p).lower(), []).append((p, r.path))
     out: dict[str, str | None] = {r.path: None for r in records}
+    line_of: dict[str, str] = {}
+    unknown: list[str] = []
     for row in rows:
         i = row[LINE]
-        image, label = row["image"], row["label"]
+        image, label = (row[k].replace("\\", "/") if os.sep == "/" else row[k] for k in ("image", "label"))
         if not image or not label:
             raise DataError(f"labels CSV '{csv_path}' line {i}: empty image or label entry.")
-        key = by_path.get(os.path.realpath(base / image))
-        if key is None and os.path.basename(image) == image and len(by_name.get(image.lower(), [])) == 1:
-            key = by_name[image.lower()][0]
+        key = _csv_image(image, base, by_path, by_name, csv_path, i)
         if key is None:
+            if not any(os.path.exists(c) for c in (base / image, image)):
+                unknown.append(f"line {i} ('{image}')")
             continue  # a row for an image outside this catalog
         path = Path(label) if os.path.isabs(label) else label_base / label
         if not path.is_file():
             raise DataError(f"labels CSV '{csv_path}' line {i}: label file '{path}' does not exist.")
-        out[key] = str(path)
+        if out[key] is not None and os.path.realpath(out[key]) != os.path.realpath(path):
+            raise DataError(f"labels CSV '{csv_path}' lists image '{key}' twice with different labels (line "
+                            f"{line_of[key]}: '{out[key]}', line {i}: '{path}'); keep one row per image.")
+        out[key], line_of[key] = str(path), i
+    if unknown:
+        shown = "; ".join(unknown[:4]) + (f"; and {len(unknown) - 4} more" if len(unknown) > 4 else "")
+        log.warning(f"warning: labels CSV '{csv_path}': {len(unknown)} row(s) name an image that is neither among the "
+                    f"images nor on disk ({shown}); they are not used. Image paths are absolute, relative to the "
+                    f"CSV's folder ({base}) or the working folder, or a file name / the end of a path under the "
+                    "images folder.")
     return out
+
+
+def _csv_image(image: str, base: Path, by_path: dict[str, str], by_name: dict[str, list[tuple[str, str]]],
+               csv_path: Path, line: str) -> str | None:
+    """The catalog image a labels-CSV row names (see :func:`_by_csv`), None when it names none. ``by_name``: each
+    lower-cased file name's (path, record path) pairs."""
+    for candidate in (base / image, Path(image)):
+        key = by_path.get(os.path.realpath(candidate))
+        if key is not None:
+            return key
+    parts = [p for p in image.lower().split("/") if p not in ("", ".")]
+    if os.path.isabs(image) or not parts or ".." in parts:
+        return None
+    tail = "/" + "/".join(parts)
+    hits = sorted({r for p, r in by_name.get(parts[-1], []) if ("/" + p.replace(os.sep, "/").lower()).endswith(tail)})
+    if len(hits) > 1:
+        raise DataError(f"labels CSV '{csv_path}' line {line}: '{image}' matches {len(hits)} images "
+                        f"({', '.join(hits[:3])}{' ...' if len(hits) > 3 else ''}); give more of its path.")
+    return hits[0] if hits else None
 
 
 def match_labels(image_records: Sequence[FileRecord], label_dir: str | Path | None, kind: str,
@@ -267,7 +312,7 @@ def read_label_pairs(records: Sequence[FileRecord], labels: str | Path | None, l
     where the image has no data left out, with a warning, so every protocol trains and tests on the same ones).
     ``class_range``: refuse class values a class map cannot store (training; ``evaluate`` scores known classes only).
     """
-    is_csv = labels is not None and str(labels).lower().endswith(".csv")
+    is_csv = labels is not None and str(labels).lower().endswith(TABLE_SUFFIXES)
     pairs = match_labels(records, None if is_csv else labels, data.kind, csv=labels if is_csv else None,
                          allow_unlabelled=allow_unlabelled, label_name=lab.label_name)
     arrays, masks, facts = [], [], UnlabelledFacts()

@@ -354,3 +354,25 @@ def test_a_map_of_an_rpc_scene_carries_its_rpcs_on_the_map_grid(tmp_path):
             centre = (oh + e * (r + 0.5), ow + a * (c + 0.5))  # the map cell's centre on the input's pixels
             np.testing.assert_allclose(on_map.xy(r, c, offset="center"),
                                        on_input.xy(*centre, offset="ul"), atol=1e-9)
+
+
+def test_a_labels_csv_with_one_file_labelled_twice_is_refused_and_rows_naming_nothing_are_said(tmp_path: Path,
+                                                                                                caplog) -> None:
+    import logging
+
+    from geomed_ssl.embeddings.truth import true_labels
+    from geomed_ssl.errors import DataError
+
+    root = tmp_path / "data"
+    files = [str(root / "Forest" / "Forest_0.tif"), str(root / "River" / "River_0.tif")]
+    manifest = {"settings": {"data_dir": str(root)}}
+    (tmp_path / "twice.csv").write_text("file,label\nForest/Forest_0.tif,forest\nForest/Forest_0.tif,water\n")
+    with pytest.raises(DataError, match=r"twice with different labels \(line 2: 'forest', line 3: 'water'\)"):
+        true_labels(tmp_path / "twice.csv", manifest, {"file": files})
+    (tmp_path / "typo.csv").write_text("file,label\nForest/Forest_0.tif,forest\nForest/Forest_0.tif,forest\n"
+                                       "river_0.tif,river\n")
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        truth, _ = true_labels(tmp_path / "typo.csv", manifest, {"file": files})
+    assert truth == ["forest", None]
+    said = [r.getMessage() for r in caplog.records if "name no embedded file" in r.getMessage()]
+    assert len(said) == 1 and "line 4 ('river_0.tif')" in said[0]

@@ -918,3 +918,51 @@ def test_a_class_0_beside_nan_or_a_mask_marking_the_unlabelled_pixels_is_said_to
             read_label_pairs(records, tmp_path / folder, LabelsConfig(), DataConfig(patch_size=8))
         said = [r.getMessage() for r in caplog.records if "ignore_value" in r.getMessage()]
         assert len(said) == 1 and mark in said[0] and "16 pixel(s) of value 0" in said[0], (folder, said)
+
+
+def test_a_labels_csv_row_is_matched_by_any_path_a_user_writes_or_said_when_it_names_nothing(tmp_path, caplog,
+                                                                                             monkeypatch):
+    """Image paths relative to the working folder, Windows separators and the end of a path under the images folder
+    find their image; a row whose image exists nowhere is warned about by line (not taken for an image outside the
+    catalog); a bare name two images share and one image listed with two labels are errors naming the lines."""
+    import logging
+
+    records = _images(tmp_path, n=3)
+    _label(tmp_path / "a.tif", _classes())
+    _label(tmp_path / "b.tif", _classes())
+    (tmp_path / "meta").mkdir()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "meta" / "pairs.csv").write_text(
+        f"image,label\nimages/scene_0.tif,{tmp_path}/a.tif\nimages\\scene_1.tif,{tmp_path}/a.tif\n"
+        f"IMAGES/Scene_2.tif,{tmp_path}/b.tif\nimages/scene_3.tiff,{tmp_path}/b.tif\n")
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        pairs = match_labels(records, None, "raster", csv=tmp_path / "meta" / "pairs.csv")
+    assert [(Path(r.path).name, Path(lab).name) for r, lab in pairs] == [
+        ("scene_0.tif", "a.tif"), ("scene_1.tif", "a.tif"), ("scene_2.tif", "b.tif")]
+    said = [r.getMessage() for r in caplog.records if "neither among the images nor on disk" in r.getMessage()]
+    assert len(said) == 1 and "line 5 ('images/scene_3.tiff')" in said[0]
+    (tmp_path / "twice.csv").write_text("image,label\nscene_0.tif,a.tif\nimages/scene_0.tif,b.tif\n")
+    with pytest.raises(DataError, match=r"twice with different labels \(line 2: .*a.tif', line 3: .*b.tif'\)"):
+        match_labels(records, None, "raster", csv=tmp_path / "twice.csv")
+    (tmp_path / "same.csv").write_text("image,label\nscene_0.tif,a.tif\nimages/scene_0.tif,a.tif\n")
+    assert len(match_labels(records, None, "raster", csv=tmp_path / "same.csv")) == 1
+    (tmp_path / "more").mkdir()
+    write_geotiff(tmp_path / "more" / "scene_0.tif", structured_raster(np.random.default_rng(1), 3, 32))
+    both = scan(tmp_path, DataConfig(patch_size=8, exclude=["*.csv", "a.tif", "b.tif"])).records
+    (tmp_path / "bare.csv").write_text("image,label\nscene_0.tif,a.tif\n")
+    with pytest.raises(DataError, match="line 2: 'scene_0.tif' matches 2 images"):
+        match_labels(both, None, "raster", csv=tmp_path / "bare.csv")
+
+
+def test_point_labels_and_tab_separated_pairs_are_told_apart_from_label_rasters(tmp_path):
+    """Survey points as a CSV (x, y, class) are refused saying they look like points and how to rasterise them; a
+    .tsv / .txt of image,label pairs is read as a table, not opened as a raster (GDAL's XYZ driver)."""
+    records = _images(tmp_path)
+    lab = LabelsConfig()
+    (tmp_path / "points.csv").write_text("x,y,class\n500015,4999985,1\n")
+    with pytest.raises(DataError, match=r"look like points .* rasterise the points onto it first"):
+        read_label_pairs(records, tmp_path / "points.csv", lab, DataConfig(patch_size=8))
+    _label(tmp_path / "a.tif", _classes())
+    (tmp_path / "pairs.txt").write_text("image\tlabel\nimages/scene_0.tif\ta.tif\n")
+    pairs, _, _ = read_label_pairs(records, tmp_path / "pairs.txt", lab, DataConfig(patch_size=8))
+    assert [Path(r.path).name for r, _ in pairs] == ["scene_0.tif"]

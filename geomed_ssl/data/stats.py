@@ -129,12 +129,25 @@ class BandStats:
         return {k: np.asarray(getattr(self, k), np.float32).reshape(shape) for k in ("mean", "std", "p1", "p99")}
 
 
+HUGE_FILL = 1e38  # float fills near +-FLT_MAX: no measurement lies beyond
+
+
+def is_fill(array: np.ndarray, nodata: float) -> np.ndarray:
+    """``array == nodata``; a float fill near +-FLT_MAX also matches every value beyond +-1e38 of its sign, as GDAL's
+    mask does: tools write that tag and that fill rounded differently (a tag of -3.4e+38 beside a fill of
+    -3.4028235e+38), and a missed fill would enter the statistics as -3.4e38."""
+    hit = array == nodata
+    if array.dtype.kind == "f" and abs(nodata) >= HUGE_FILL:
+        hit |= (array <= -HUGE_FILL) if nodata < 0 else (array >= HUGE_FILL)
+    return hit
+
+
 def valid_mask(array: np.ndarray, nodata: float | None) -> np.ndarray:
     """(C, *spatial) -> (*spatial) bool: all bands finite and not all bands equal to ``nodata`` (GDAL's rule for a
     nodata value the bands share: a pixel is missing when every band is; see :func:`band_gaps`)."""
     valid = np.isfinite(array).all(axis=0) if array.dtype.kind == "f" else np.ones(array.shape[1:], bool)
     if nodata is not None and math.isfinite(nodata):
-        valid &= ~(array == nodata).all(axis=0)
+        valid &= ~is_fill(array, nodata).all(axis=0)
     return valid
 
 
@@ -144,7 +157,7 @@ def band_gaps(array: np.ndarray, nodata: float | None) -> np.ndarray | None:
     left out of that band's statistics and fed as its mean (0 after normalisation), never as the fill value."""
     if nodata is None or not math.isfinite(nodata):
         return None
-    return array == nodata
+    return is_fill(array, nodata)
 
 
 def valid_values(array: np.ndarray, valid: np.ndarray, gaps: np.ndarray | None,
@@ -242,7 +255,7 @@ def preprocess_intensity(
     out = arr.astype(np.float32, copy=True)
     if mode == "none":
         return out
-    keep = (arr == nodata) if nodata is not None and math.isfinite(nodata) else None
+    keep = is_fill(arr, nodata) if nodata is not None and math.isfinite(nodata) else None
     if mode == "ct":
         lo, hi = (float(v) for v in data_cfg.ct_window)
         np.clip(out, lo, hi, out=out)

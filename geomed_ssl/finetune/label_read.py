@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from geomed_ssl.data.readers import nearest_index, resampled_shape, voxel_mm
+from geomed_ssl.data.stats import is_fill
 from geomed_ssl.errors import DataError
 from geomed_ssl.geo.gdal_read import has_dataset_mask
 
@@ -51,7 +52,7 @@ def _to_labels(arr: np.ndarray, nodata: float | None, ignore_value: int | None,
                facts: UnlabelledFacts | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``valid``: False where GDAL's per-dataset mask says the pixel is missing (None: no such mask); ``facts``
     gathers what the file suggests about its unlabelled pixels (users' labels)."""
-    missing = (arr == nodata) if nodata is not None and math.isfinite(nodata) else None
+    missing = is_fill(arr, nodata) if nodata is not None and math.isfinite(nodata) else None
     if valid is not None:
         missing = ~valid if missing is None else missing | ~valid
     if arr.dtype.kind == "f":

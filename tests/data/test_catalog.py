@@ -423,3 +423,17 @@ def test_providers_quality_layers_are_left_out_by_the_raster_recipes(tmp_path, m
                                                       "data.band_names=null"]).data
         cat = scan(tmp_path, data)
         assert [r.path.rsplit("/", 1)[-1] for r in cat.records] == ["scene.tif"] and name in cat.excluded[0], recipe
+
+
+def test_a_float_fill_near_flt_max_is_nodata_whichever_way_the_tag_was_rounded(tmp_path, make_tif, grad):
+    """A tag written as -3.4e+38 (R, %g) beside a fill of -3.4028235e+38 (numpy's float32 min) marks the fill, as
+    GDAL's mask says: the collar is neither valid nor in the statistics."""
+    from geomed_ssl.data.stats import compute_stats
+
+    arr = grad(2, 32, 32).astype(np.float32) + 1
+    arr[:, :, :8] = np.finfo(np.float32).min
+    make_tif(tmp_path / "a.tif", arr, nodata=-3.4e38)
+    catalog = scan(tmp_path, DataConfig(patch_size=16))
+    assert catalog.records[0].valid_fraction == pytest.approx(0.75)
+    stats = compute_stats(catalog, DataConfig(patch_size=16))
+    assert min(stats.p1) > 0 and max(abs(m) for m in stats.mean) < 1e6

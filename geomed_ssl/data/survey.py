@@ -132,6 +132,16 @@ def value_outliers(records: Sequence[Any], band_names: Sequence[str]) -> list[tu
     return out
 
 
+def untagged_fill(value_range: Sequence[Sequence[float]]) -> float | None:
+    """The value a file with no nodata tag seems to fill its collar with: at the 1st percentile of every band below
+    its 99th, 0 (a dark class keeps some band above 0), or any other value that is also every band's minimum
+    (-9999, -32768, -3.4e38: no measurement is the same in every band). None when there is none."""
+    v = value_range[0][1]
+    if all(row[1] == v < row[2] for row in value_range) and (v == 0 or all(row[0] == v for row in value_range)):
+        return float(v)
+    return None
+
+
 ANISOTROPY = 3.0  # voxels this many times longer along one axis: windows and tokens are that much longer in mm
 ROTATION_SQUARE = 1.1  # a quarter turn in a plane of voxels this unequal changes what the voxels look like
 
@@ -185,13 +195,14 @@ def warn_survey(catalog: Any, spacing: Sequence[float] | None = None, rotation_a
         log.warning("warning: the rasters have several pixel sizes (%s): windows are cut in pixels, so the model sees "
                     "the ground at several scales. If that is not intended, resample them onto one pixel size or "
                     "leave the others out with data.exclude.", _counted(sizes, 3))
-    collars = [r.path for r in catalog.records if r.kind == "raster" and r.nodata is None and r.value_range
-               and all(row[1] == 0 < row[2] for row in r.value_range)]
+    collars = [(r.path, v) for r in catalog.records if r.kind == "raster" and r.nodata is None and r.value_range
+               for v in [untagged_fill(r.value_range)] if v is not None]
     if collars:  # an orthophoto's or a swath's fill outside its footprint, with no tag saying so
-        log.warning("warning: '%s'%s has 0 at its 1st percentile in every band and no nodata value or mask: if that is "
-                    "a no-data collar (outside an orthophoto's or a SAR swath's footprint), set data.nodata=0 or tag "
-                    "the files (gdal_edit.py -a_nodata 0), else it is trained and scored as data.", collars[0],
-                    f" (and {len(collars) - 1} more file(s))" if len(collars) > 1 else "")
+        path, v = collars[0]
+        log.warning("warning: '%s'%s has %g at its 1st percentile in every band and no nodata value or mask: if that "
+                    "is a no-data collar (outside an orthophoto's or a SAR swath's footprint), set data.nodata=%g or "
+                    "tag the files (gdal_edit.py -a_nodata %g), else it is trained and scored as data.", path,
+                    f" (and {len(collars) - 1} more file(s))" if len(collars) > 1 else "", v, v, v)
     odd = value_outliers(catalog.records, catalog.band_names)
     if odd:
         path, _, why = odd[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pytest
 from affine import Affine
 
 from geomed_ssl.config import DataConfig
@@ -125,3 +126,21 @@ def test_a_zero_collar_without_a_nodata_tag_or_mask_is_warned_about(tmp_path, ma
     with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
         warn_survey(scan(tmp_path / "ortho", DataConfig(patch_size=32, nodata=0)))
     assert "collar" not in caplog.text
+
+
+@pytest.mark.parametrize("fill", [-9999.0, float(np.finfo(np.float32).min)])
+def test_a_collar_of_another_fill_value_without_a_tag_is_warned_about_with_that_value(tmp_path, make_tif, caplog,
+                                                                                      fill) -> None:
+    """-9999 or -3.4e38 filling a float file's collar with no tag: the same warning, naming the value to set; a dark
+    class that is each band's minimum but differs between bands is not one."""
+    rng = np.random.default_rng(5)
+    scene = rng.uniform(900, 4000, (3, 32, 32)).astype(np.float32)
+    scene[:, :, :6] = fill
+    make_tif(tmp_path / "tile.tif", scene)
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        warn_survey(scan(tmp_path, DataConfig(patch_size=32)))
+    assert f"has {fill:g} at its 1st percentile in every band" in caplog.text
+    assert f"data.nodata={fill:g}" in caplog.text
+    from geomed_ssl.data.survey import untagged_fill
+
+    assert untagged_fill([[5.0, 5.0, 90.0, 99.0], [7.0, 7.0, 80.0, 85.0]]) is None

@@ -341,5 +341,7 @@ def warn_mixed_scaling(catalog: Catalog) -> None:
     if len(groups) > 1:
         shown = "; ".join(f"{key}: {len(paths)} file(s), e.g. {paths[0]}" for key, paths in groups.items())
         log.warning(f"warning: the files carry different scale / offset tags ({shown}). The toolkit reads values "
-                    "as stored, so the same value on the ground reads as different numbers: convert the files to "
-                    "one scale first (e.g. gdal_translate -unscale -ot Float32), or train on one group at a time.")
+                    "as stored, so the same value on the ground reads as different numbers: convert every file to "
+                    "one unit first (gdal_translate -unscale -ot Float32 applies a file's tags; an untagged file of "
+                    "digital numbers needs the same tags set first, gdal_edit.py -scale S -offset O), or train on "
+                    "one group at a time.")

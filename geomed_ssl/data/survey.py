@@ -142,6 +142,25 @@ def untagged_fill(value_range: Sequence[Sequence[float]]) -> float | None:
     return None
 
 
+UNIT_FACTOR = 1000.0  # files whose typical values differ this much are in different units (reflectance vs DN)
+
+
+def unit_mismatch(records: Sequence[Any], band_names: Sequence[str]) -> list[tuple[float, Any]] | None:
+    """[(level, file) of the smallest values, (level, file) of the largest] when files holding the same bands differ in magnitude
+    by ``UNIT_FACTOR`` or more (the median over bands of each file's 99th percentile): reflectance beside digital
+    numbers, whichever are more. A dark scene beside a bright one differs by a factor of ten or so."""
+    level = []
+    for r in records:
+        if r.value_range and list(r.band_names) == list(band_names):
+            top = [row[2] for row in r.value_range if np.isfinite(row[2]) and row[2] > 0]
+            if top:
+                level.append((float(np.median(top)), r))
+    if len(level) < 2:
+        return None
+    low, high = min(level, key=lambda t: t[0]), max(level, key=lambda t: t[0])
+    return [low, high] if high[0] >= UNIT_FACTOR * low[0] else None
+
+
 ANISOTROPY = 3.0  # voxels this many times longer along one axis: windows and tokens are that much longer in mm
 ROTATION_SQUARE = 1.1  # a quarter turn in a plane of voxels this unequal changes what the voxels look like
 
@@ -203,6 +222,14 @@ def warn_survey(catalog: Any, spacing: Sequence[float] | None = None, rotation_a
                     "is a no-data collar (outside an orthophoto's or a SAR swath's footprint), set data.nodata=%g or "
                     "tag the files (gdal_edit.py -a_nodata %g), else it is trained and scored as data.", path,
                     f" (and {len(collars) - 1} more file(s))" if len(collars) > 1 else "", v, v, v)
+    units = unit_mismatch(catalog.records, catalog.band_names)
+    if units:
+        (low, a), (high, b) = units
+        log.warning("warning: the files' values differ by a factor of %.0f ('%s' reaches %.6g in a typical band, "
+                    "'%s' %.6g): reflectance beside digital numbers, or another product level? One set of statistics "
+                    "cannot normalise both (the smaller ones read as nearly constant). Convert every file to one "
+                    "unit first (e.g. reflectance = DN / 10000), or leave one group out with data.exclude.",
+                    high / low, a.path, low, b.path, high)
     odd = value_outliers(catalog.records, catalog.band_names)
     if odd:
         path, _, why = odd[0]

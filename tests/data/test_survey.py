@@ -144,3 +144,23 @@ def test_a_collar_of_another_fill_value_without_a_tag_is_warned_about_with_that_
     from geomed_ssl.data.survey import untagged_fill
 
     assert untagged_fill([[5.0, 5.0, 90.0, 99.0], [7.0, 7.0, 80.0, 85.0]]) is None
+
+
+@pytest.mark.parametrize("n_reflectance", [1, 3, 5])
+def test_files_in_reflectance_beside_files_in_digital_numbers_are_warned_about_whichever_are_more(
+        tmp_path, make_tif, caplog, n_reflectance) -> None:
+    """DN (0..10000) and reflectance (0..1) in one folder: said whichever group is larger (the archive's median
+    hides the minority only when it is small); dark and bright scenes of one unit are not."""
+    rng = np.random.default_rng(6)
+    for i in range(6):
+        dn = rng.uniform(300, 4000 if i % 2 else 900, (3, 32, 32)).astype(np.float32)
+        make_tif(tmp_path / f"s{i}.tif", dn / 10000 if i < n_reflectance else dn)
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        warn_survey(scan(tmp_path, DataConfig(patch_size=32)))
+    assert "reflectance beside digital numbers" in caplog.text
+    caplog.clear()
+    for i in range(n_reflectance):
+        (tmp_path / f"s{i}.tif").unlink()
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        warn_survey(scan(tmp_path, DataConfig(patch_size=32)))
+    assert "reflectance beside digital numbers" not in caplog.text

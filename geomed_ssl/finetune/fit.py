@@ -1,6 +1,6 @@
 """What every fine-tuning run shares: the encoder it starts from (pretrained, or the same architecture at random
 initialisation) with its statistics, the inputs it reads, class weights, the data settings its model records, and
-the Lightning fit (layer-wise lr decay, warmup + cosine, checkpoints). ``segment.py`` and ``classify.py`` build
+the Lightning fit (layer-wise lr decay, warmup + cosine). ``segment.py`` and ``classify.py`` build
 their runs from these."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from geomed_ssl.models.model_data import catalog_for_encoder, check_value_ranges
 from geomed_ssl.models.probe import check_class_weights
 from geomed_ssl.outfiles import atomic_path
 from geomed_ssl.train.callbacks import MetricsCSV
-from geomed_ssl.train.checkpointing import AtomicCheckpointIO, stop_safe_worker_init
+from geomed_ssl.train.checkpointing import stop_safe_worker_init
 from geomed_ssl.train.console import has_bar, progress_callbacks, quiet_lightning
 from geomed_ssl.train.lr_check import warn_schedule
 from geomed_ssl.train.supervised import SupervisedModule
@@ -151,8 +151,7 @@ def check_trainer_settings(recipe: Recipe) -> None:
 
 def fit_supervised(model: torch.nn.Module, dataset: Any, recipe: Recipe, num_classes: int, out: Path,
                    weights: torch.Tensor | None, input_key: str = "image", progress: bool = True) -> None:
-    """Train with Lightning: layer-wise lr decay, warmup + cosine, checkpoints in ``out/checkpoints``; in this
-    process, on one device (``train.devices`` / ``strategy`` / ``num_nodes`` are for ``pretrain``)."""
+    """Train with Lightning: layer-wise lr decay, warmup + cosine; in this process, on one device (``train.devices`` / ``strategy`` / ``num_nodes`` are for ``pretrain``)."""
     f, t = recipe.finetune, recipe.train
     quiet_lightning()
     L.seed_everything(recipe.labels.seed, workers=True, verbose=False)
@@ -169,15 +168,14 @@ def fit_supervised(model: torch.nn.Module, dataset: Any, recipe: Recipe, num_cla
                         sampler=SequentialSampler(range(f.max_steps * f.batch_size)), drop_last=True,
                         persistent_workers=workers > 0, worker_init_fn=stop_safe_worker_init if workers else None)
     cbs: list[L.Callback] = [*progress_callbacks(progress, t.log_every),
-                             MetricsCSV(out / "metrics_train.csv", t.log_every),
-                             L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
-                                                                 save_top_k=0, every_n_train_steps=t.checkpoint_every)]
+                             MetricsCSV(out / "metrics_train.csv", t.log_every)]  # no checkpoints: nothing resumes a
+    # fine-tune (a stopped one starts again), and a ViT-B's optimiser state would be 3x its model, per kept fine-tune
     fit_threads_to_quota()  # from Python too, not only through the CLI (one process)
     trainer = L.Trainer(accelerator=t.accelerator, devices=1, strategy="auto", num_nodes=1,
                         precision=resolve_precision(t.precision, t.accelerator), max_steps=f.max_steps, max_epochs=-1,
                         gradient_clip_val=t.grad_clip, callbacks=cbs, logger=False, enable_progress_bar=has_bar(cbs),
-                        enable_model_summary=False, num_sanity_val_steps=0,
-                        plugins=[AtomicCheckpointIO(), *cluster_plugins()],
+                        enable_model_summary=False, num_sanity_val_steps=0, enable_checkpointing=False,
+                        plugins=[*cluster_plugins()],
                         log_every_n_steps=min(t.log_every, f.max_steps))
     try:
         trainer.fit(module, train_dataloaders=loader)

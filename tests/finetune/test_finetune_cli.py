@@ -144,9 +144,12 @@ def test_a_class_map_is_drawn_in_the_colours_of_its_labels_palette_else_a_palett
         assert table[255][3] == 0  # nodata: transparent
 
 
-def test_segment_from_random_init_with_block_split(seg_scene, tmp_path: Path) -> None:
+def test_segment_from_random_init_with_block_split(seg_scene, tmp_path: Path, monkeypatch) -> None:
+    """Also: no checkpoint is written, in FT_DIR or the working folder (nothing resumes a fine-tune; a ViT-B's
+    would be 1 GB per fine-tune of a compare)."""
     images, labels = seg_scene
     ft = tmp_path / "ft_none"
+    monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", "none",
                                  "--images", str(images), "--labels", str(labels), "--out", str(ft),
                                  "--labels-per-class", "5", "--freeze-encoder",
@@ -156,6 +159,7 @@ def test_segment_from_random_init_with_block_split(seg_scene, tmp_path: Path) ->
     assert metrics["split"] == "blocks" and metrics["test"]["n"] > 0
     cfg = json.loads((ft / "model" / "config.json").read_text())
     assert cfg["encoder_source"].startswith("none")
+    assert not list(tmp_path.rglob("*.ckpt"))
 
 
 def test_segment_with_the_images_split_tests_only_on_held_out_scenes(seg_scene, tmp_path: Path) -> None:

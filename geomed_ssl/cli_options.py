@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
+import tempfile
 from inspect import signature
+from pathlib import Path
 from typing import Any, Callable
 
 import typer
@@ -124,12 +127,28 @@ def terminable(fn: Callable) -> Callable:
     return wrapper
 
 
+def _under(path: str, folder: str) -> bool:
+    """Whether ``path`` lies inside ``folder`` (links resolved)."""
+    try:
+        return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+    except (OSError, ValueError):
+        return False
+
+
 def write_failure(err: OSError) -> str:
     """One line for a file-system refusal (permission, read-only, full disk) naming the path and the way out."""
     from geomed_ssl.outfiles import final_name
 
     where = f" '{final_name(err.filename)}'" if err.filename else ""  # the file the user asked for, not its draft
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        name = str(final_name(err.filename)) if err.filename else ""
+        if name and _under(name, tempfile.gettempdir()):
+            return (f"no space left to write{where} ({err.strerror}) in the temporary folder; point TMPDIR at a "
+                    "disk with room (export TMPDIR=/path/with/space) and run the command again.")
+        if name.endswith(".ckpt") or "checkpoints" in Path(name).parts:
+            return (f"no space left to write{where} ({err.strerror}); free some space (older "
+                    "checkpoints/step-*.ckpt of a run can go; train.keep_checkpoints keeps fewer), then continue "
+                    "the run with --resume.")
         return f"no space left to write{where} ({err.strerror}); free some space or choose another --out."
     if err.errno == errno.EFBIG:
         return (f"cannot write{where}: {err.strerror} for this file system (FAT32 / exFAT drives hold files of at "

@@ -211,6 +211,8 @@ class TrainConfig:
                               "its head, views and batches follow labels.seed)", bounds=SEED)
     checkpoint_every: int = setting(100, "steps between kept checkpoints (step-NNNNNN.ckpt) and encoder exports",
                                     bounds=STEPS)
+    keep_checkpoints: int | None = setting(3, "step-NNNNNN.ckpt files kept, the newest (older ones are deleted once "
+                                                 "a newer one is written); null keeps every one", bounds=">= 1")
     checkpoint_minutes: float = setting(5.0, "minutes of wall time between refreshes of last.ckpt (0: off)",
                                         bounds=">= 0")
     preview_every: int = setting(200, "steps between previews (0: off)", bounds=STEPS0)

@@ -289,14 +289,33 @@ def any_rank(trainer: L.Trainer, *flags: bool) -> list[bool]:
     return [bool(v > 0) for v in t.tolist()]
 
 
-class RunCheckpoints(L.Callback):
-    """Writes ``last.ckpt`` every ``every`` steps (plus a kept ``step-NNNNNN.ckpt``), every ``minutes`` of wall
-    time, on a stop request (then stops the run) and at the last step. Saving goes through ``trainer
-    .save_checkpoint`` (every rank calls it, rank 0 writes through :class:`AtomicCheckpointIO`)."""
+STEP_FILE = re.compile(r"step-(\d{6,})\.ckpt")
 
-    def __init__(self, dirpath: str | Path, every: int, minutes: float, stop: StopRequest | None = None):
+
+def prune_step_files(dirpath: Path, step: int, keep: int | None) -> None:
+    """Delete the ``step-NNNNNN.ckpt`` files of steps up to ``step`` but the newest ``keep`` (None: none deleted);
+    called once ``last.ckpt`` holds the newest, so the checkpoint a resume reads is never among them. Files of later
+    steps (a longer run's, before a resume from an earlier step) and other names are left alone."""
+    if keep is None:
+        return
+    steps = sorted(int(m.group(1)) for f in os.listdir(dirpath) if (m := STEP_FILE.fullmatch(f)))
+    for old in [s for s in steps if s <= step][:-keep]:
+        try:
+            (dirpath / f"step-{old:06d}.ckpt").unlink()
+        except FileNotFoundError:  # gone already (removed by hand)
+            pass
+
+
+class RunCheckpoints(L.Callback):
+    """Writes ``last.ckpt`` every ``every`` steps (plus a kept ``step-NNNNNN.ckpt``, the newest ``keep`` of them
+    kept; None: all), every ``minutes`` of wall time, on a stop request (then stops the run) and at the last step.
+    Saving goes through ``trainer.save_checkpoint`` (every rank calls it, rank 0 writes through
+    :class:`AtomicCheckpointIO`)."""
+
+    def __init__(self, dirpath: str | Path, every: int, minutes: float, stop: StopRequest | None = None,
+                 keep: int | None = None):
         self.dirpath = Path(dirpath)
-        self.every, self.minutes = int(every), float(minutes)
+        self.every, self.minutes, self.keep = int(every), float(minutes), keep
         self.stop = stop if stop is not None else StopRequest()
         self.stopped_at: int | None = None
         self._seen = -1
@@ -331,6 +350,7 @@ class RunCheckpoints(L.Callback):
             trainer.save_checkpoint(step_file, weights_only=False)
             if trainer.is_global_zero:
                 replace_with_copy(step_file, last)
+                prune_step_files(self.dirpath, step, self.keep)
         else:
             trainer.save_checkpoint(last, weights_only=False)
         self._last_save = time.monotonic()

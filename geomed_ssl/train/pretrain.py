@@ -408,7 +408,8 @@ def run_callbacks(out: Path, recipe: Recipe, method: Any, catalog: Catalog, stat
     extra = {"method": recipe.method.name, "recipe": recipe.to_dict()}
     cbs: list[L.Callback] = [ConsoleSettings(), *progress_callbacks(progress, t.log_every),
                              MetricsCSV(out / "metrics.csv", t.log_every),
-                             RunCheckpoints(out / "checkpoints", t.checkpoint_every, t.checkpoint_minutes, stop),
+                             RunCheckpoints(out / "checkpoints", t.checkpoint_every, t.checkpoint_minutes, stop,
+                                            t.keep_checkpoints),
                              ExportEncoder(out / "encoder", t.checkpoint_every, extra)]
     if t.preview_every:
         identity = build_views("none", recipe.data, spatial_dims(recipe.data))

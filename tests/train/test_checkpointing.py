@@ -251,6 +251,23 @@ def test_lr_continues_without_a_jump_when_resumed_with_more_steps(raster_dir: Pa
     assert np.all(np.diff(lr[5:]) <= 1e-12) and lr[-1] < 0.01 * max(lr)  # cosine down to min_lr at the new end
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True, mmap=True)
     assert ckpt["geomed_ssl"]["schedule"]["end"] == 30 and ckpt["geomed_ssl"]["schedule"]["total"] == 10
+    kept = sorted(p.name for p in (out / "checkpoints").glob("step-*.ckpt"))  # train.keep_checkpoints: 3
+    assert kept == ["step-000020.ckpt", "step-000025.ckpt", "step-000030.ckpt"]
+
+
+def test_only_the_newest_step_files_up_to_this_step_are_pruned(tmp_path: Path) -> None:
+    """A later step's file (a longer run's, before a resume from an earlier step) and names of the user's stay;
+    null keeps every file."""
+    from geomed_ssl.train.checkpointing import prune_step_files
+
+    for name in ["step-000010.ckpt", "step-000020.ckpt", "step-000030.ckpt", "step-000090.ckpt", "step-10.ckpt",
+                 "best.ckpt", "last.ckpt"]:
+        (tmp_path / name).write_bytes(b"x")
+    prune_step_files(tmp_path, 30, None)
+    assert len(list(tmp_path.iterdir())) == 7
+    prune_step_files(tmp_path, 30, 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt", "step-000030.ckpt",
+                                                          "step-000090.ckpt", "step-10.ckpt"]
 
 
 def test_redirected_output_has_plain_progress_lines_and_no_lightning_noise(raster_dir: Path, tmp_path: Path) -> None:

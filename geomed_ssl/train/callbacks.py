@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -17,20 +18,24 @@ from geomed_ssl.outfiles import atomic_path, atomic_write
 
 
 class MetricsCSV(L.Callback):
-    """One row per ``every`` steps in ``metrics.csv`` (the file rewritten atomically each time); on resume, rows
-    after the resumed step are dropped."""
+    """One row per ``every`` steps in ``metrics.csv``: the file written whole (atomically) at the start and
+    when a column appears, each other row appended and synced (rewriting 30,000 rows every 10 steps of a long run
+    cost a third of a second each time); on resume, rows after the resumed step are dropped, and a row a kill cut
+    short with them."""
 
     def __init__(self, path: str | Path, every: int = 10):
         self.path = Path(path)
         self.every = every
         self.rows: list[dict[str, Any]] = []
+        self._keys: list[str] = ["step"]
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         if self.path.exists():
             with self.path.open(newline="") as f:
-                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= trainer.global_step]
+                self.rows = [r for r in csv.DictReader(f) if None not in r.values() and None not in r
+                             and r["step"].isdigit() and int(r["step"]) <= trainer.global_step]
         self._write()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
@@ -42,11 +47,28 @@ class MetricsCSV(L.Callback):
             if self.rows and int(self.rows[-1]["step"]) == step:
                 return  # several micro-batches of one accumulated step
             self.rows.append({"step": step, **pl_module.last_logs})
-            self._write()
+            self._append(self.rows[-1])
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
             self._write()
+
+    def _append(self, row: dict[str, Any]) -> None:
+        if any(k not in self._keys for k in row):  # a new column: a new header, so the whole file
+            self._write()
+            return
+        buffer = io.StringIO()
+        csv.DictWriter(buffer, fieldnames=self._keys).writerow(row)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        except FileNotFoundError:  # removed while the run goes: written whole again
+            self._write()
+            return
+        try:
+            os.write(fd, buffer.getvalue().encode())
+            os.fsync(fd)  # before the step's checkpoint: a resume never lacks the row of its step
+        finally:
+            os.close(fd)
 
     def _write(self) -> None:
         keys: list[str] = ["step"]
@@ -57,6 +79,7 @@ class MetricsCSV(L.Callback):
         writer.writeheader()
         writer.writerows(self.rows)
         atomic_write(self.path, lambda f: f.write(buffer.getvalue().encode()))
+        self._keys = keys
 
 
 class ExportEncoder(L.Callback):

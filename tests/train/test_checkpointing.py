@@ -338,27 +338,33 @@ def test_resume_with_a_set_that_changes_the_network_is_refused_in_words_and_the_
 
 def test_a_kill_around_a_checkpoint_never_loses_that_steps_metrics_row(raster_dir: Path, tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Killed while step 5's row is written: had step 5's checkpoint been saved first, the resume would start after
-    step 5 and its row would be missing for good."""
+    """Killed while step 11's row is appended, after its first character ("1", which reads as a row of step 1):
+    had step 11's checkpoint been saved first, the resume would start after step 11 and its row would be missing
+    for good; the cut row is dropped, not read as step 1's. Rows are appended, not the file rewritten per row."""
     from geomed_ssl.train.callbacks import MetricsCSV
 
-    real = MetricsCSV._write
+    real, whole = MetricsCSV._append, []
 
-    def dying(self: MetricsCSV) -> None:
-        if self.rows and int(self.rows[-1]["step"]) == 5:
+    def dying(self: MetricsCSV, row: dict) -> None:
+        if int(row["step"]) == 11:
+            with self.path.open("a") as f:
+                f.write("1")
             raise RuntimeError("simulated kill")
-        real(self)
+        real(self, row)
 
     out = tmp_path / "run"
-    sets = [*TINY, "data.sensor=null", "data.patch_size=16", "train.max_steps=8", "train.warmup_steps=1",
+    sets = [*TINY, "data.sensor=null", "data.patch_size=16", "train.max_steps=12", "train.warmup_steps=1",
             "train.checkpoint_every=1"]
-    monkeypatch.setattr(MetricsCSV, "_write", dying)
+    monkeypatch.setattr(MetricsCSV, "_append", dying)
+    write = MetricsCSV._write
+    monkeypatch.setattr(MetricsCSV, "_write", lambda self: (whole.append(len(self.rows)), write(self)))
     with pytest.raises(RuntimeError, match="simulated kill"):
         pretrain("recipes/mae_sentinel2.yaml", raster_dir, out, overrides=sets, progress=False)
+    assert whole == [0, 1]  # written whole at the start and with the first row (its columns); rows 2-10 appended
     monkeypatch.undo()
-    assert pretrain(None, raster_dir, out, resume=True, progress=False).steps == 8
+    assert pretrain(None, raster_dir, out, resume=True, progress=False).steps == 12
     with (out / "metrics.csv").open() as f:
-        assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, 9))
+        assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, 13))
 
 
 def test_resuming_a_finished_run_says_nothing_was_trained_and_how_to_train_longer(raster_dir: Path,

@@ -52,7 +52,9 @@ def conform_record(record: Any, names: list[str], wavelengths: Sequence[float | 
     pick = lambda seq: None if seq is None else [seq[i] for i in order]  # noqa: E731
     return dataclasses.replace(record, band_index=[base[i] for i in order], num_bands=len(order),
                                band_names=[record.band_names[i] for i in order], wavelengths=pick(record.wavelengths),
-                               bandwidths=pick(record.bandwidths), value_range=pick(record.value_range))
+                               bandwidths=pick(record.bandwidths), value_range=pick(record.value_range),
+                               value_scaling=None if record.value_scaling is None else
+                               [pick(record.value_scaling[0]), pick(record.value_scaling[1])])
 
 
 def alpha_note(paths: list[str]) -> str:

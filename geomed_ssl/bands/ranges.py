@@ -54,3 +54,41 @@ def warn_far_from_stats(items: Sequence[tuple[str, Sequence[Sequence[float]] | N
                 "input. Check the units (reflectance vs digital numbers, a scale factor) and data.nodata.",
                 first_path, more, shown)
     return [p for p, _ in far]
+
+
+def _scaling_text(scaling: Sequence[Sequence[float]] | None) -> str:
+    if scaling is None or (all(v == 1 for v in scaling[0]) and all(v == 0 for v in scaling[1])):
+        return "none: values as stored"
+    scales, offsets = (sorted(set(float(v) for v in row)) for row in scaling)
+    show = lambda vals: f"{vals[0]:g}" if len(vals) == 1 else "/".join(f"{v:g}" for v in vals[:3])  # noqa: E731
+    return f"scale {show(scales)}, offset {show(offsets)}"
+
+
+def other_scaling(scaling: Sequence[Sequence[float]] | None, stats: Any) -> bool:
+    """Whether a file's [scales, offsets] (None: untagged) differ from those the statistics were computed on
+    (``stats.scaling``; never, when that is unknown: statistics of older versions, or of a mixed archive)."""
+    trained = getattr(stats, "scaling", None)
+    if trained is None:
+        return False
+    n = len(trained[0])
+    mine = scaling if scaling is not None else [[1.0] * n, [0.0] * n]
+    return any(not math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-12)
+               for row_a, row_b in zip(mine, trained) for a, b in zip(row_a, row_b))
+
+
+def warn_other_scaling(items: Sequence[tuple[str, Sequence[Sequence[float]] | None]], stats: Any) -> list[str]:
+    """One warning naming the files (``items``: path, [scales, offsets] in the statistics' band order, None when
+    untagged) whose GeoTIFF scale / offset tags differ from those of the files the model was trained on. Values are
+    read as stored, so such a file's numbers mean something else (Sentinel-2 L2A from processing baseline 04.00, in
+    2022, adds an offset of -1000 to every band: one shift the range check cannot see). Returns the paths named."""
+    odd = [(p, sc) for p, sc in items if other_scaling(sc, stats)]
+    if odd:
+        path, scaling = odd[0]
+        more = f" and {len(odd) - 1} more file(s)" if len(odd) > 1 else ""
+        log.warning("warning: '%s'%s %s scale / offset tags (%s) other than the files this model was trained on "
+                    "(%s): values are read as stored, so the same ground reads as other numbers. Bring the files to "
+                    "one unit (gdal_translate -unscale -ot Float32 applies a file's tags; an untagged file of "
+                    "digital numbers needs its tags set first, gdal_edit.py -scale S -offset O), or train on files "
+                    "like these.", path, more, "carry" if more else "carries", _scaling_text(scaling),
+                    _scaling_text(stats.scaling))
+    return [p for p, _ in odd]

@@ -63,12 +63,19 @@ class BandStats:
     # the model's centre wavelengths (µm) of these bands, when known (from its encoder config; not in stats.json):
     # the band rule refuses data whose same-named bands lie elsewhere (bands.matching.check_band_wavelengths)
     wavelengths: list[float | None] | None = field(default=None, compare=False)
+    # [scales, offsets] of these bands in the GeoTIFF tags of the files they were computed on (1 / 0: none), when
+    # those files agreed (None: unknown, or mixed): values are read as stored, so a model meets other numbers in files
+    # tagged otherwise (bands.ranges.warn_other_scaling)
+    scaling: list[list[float]] | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``stats.json`` schema: {"bands": [{"name", "mean", "std", "p1", "p99", "count"}, ...], "version": 3}
         (1 or 2 for statistics read from those versions: they keep their meaning)."""
         bands = [{"name": n, "mean": m, "std": s, "p1": a, "p99": b, "count": c}
                  for n, m, s, a, b, c in zip(self.band_names, self.mean, self.std, self.p1, self.p99, self.count)]
+        if self.scaling is not None:
+            for band, scale, offset in zip(bands, *self.scaling):
+                band.update(scale=scale, offset=offset)
         return {"bands": bands, "version": self.version}
 
     @classmethod
@@ -95,6 +102,8 @@ class BandStats:
             version = 3 if d["version"] == 2 and len(set(col("count", int))) > 1 else int(d["version"])
             stats = cls(col("name", str), col("mean", float), col("std", float), col("p1", float),
                         col("p99", float), col("count", int), version=version)
+            if all("scale" in b and "offset" in b for b in d["bands"]):
+                stats.scaling = [col("scale", float), col("offset", float)]
         except (TypeError, ValueError):
             raise DataError(f"{source}: band statistics hold a value that is not a number; recompute them.") from None
         bad = next((i for i in range(len(stats.band_names)) if not all(math.isfinite(v) for v in (
@@ -353,7 +362,19 @@ def compute_stats(catalog: Any, data_cfg: Any, seed: int = 0, read_window: ReadW
                                              read_window)
         count += file_count
         kept.extend(file_kept)
-    return _band_stats(names, count, kept, n_windows)
+    stats = _band_stats(names, count, kept, n_windows)
+    stats.scaling = shared_scaling(records)
+    return stats
+
+
+def shared_scaling(records: Sequence[Any]) -> list[list[float]] | None:
+    """The [scales, offsets] every raster of ``records`` carries in its tags (1 / 0 for none), None when they
+    differ (warned about when the catalog is read) or the files are volumes (nibabel applies NIfTI's scaling)."""
+    seen = {json.dumps(r.value_scaling or [[1.0] * r.num_bands, [0.0] * r.num_bands]) for r in records
+            if r.kind == "raster"}
+    if len(seen) != 1 or any(r.kind != "raster" for r in records):
+        return None
+    return [[float(v) for v in row] for row in json.loads(seen.pop())]
 
 
 def _sample_file(rec: Any, windows: int, window: tuple[int, ...], data_cfg: Any, rng: np.random.Generator,

@@ -23,7 +23,7 @@ from geomed_ssl.bands.matching import check_band_wavelengths
 from geomed_ssl.bands.names import BandInfo, band_order, resolve_band_info
 from geomed_ssl.bands.conform import alpha_note, note_band_order, report_positional_names
 from geomed_ssl.geo.gdal_read import data_bands, read_masked
-from geomed_ssl.bands.ranges import warn_far_from_stats
+from geomed_ssl.bands.ranges import warn_far_from_stats, warn_other_scaling
 from geomed_ssl.data.stats import BandStats, band_gaps, band_percentiles, normalize, valid_mask, valid_values
 from geomed_ssl.windows.tiling import DEFAULT_OVERLAP, blend_weights, window_starts
 from geomed_ssl.errors import DataError
@@ -145,8 +145,9 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
             for w in outputs:
                 w.abort()  # a writer already committed has nothing left to abort
             raise
-    value_range = ranges.value_range()
+    value_range, scaling = ranges.value_range(), scene.scaling
     if check_ranges:  # (False: a fine-tune evaluating the files it trained on, or predict_files, which says it once)
+        warn_other_scaling([(str(path), scaling)], stats)
         warn_far_from_stats([(str(path), value_range)], stats)
     if only is None or only.any():  # (nothing asked for: nothing predicted, rightly)
         warn_if_nothing_predicted(path, info["valid_pixels"], scene.nodata, out_path)
@@ -157,7 +158,7 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
         "kind": "raster", "shape": [H, W], "band_names": list(stats.band_names), "num_classes": int(num_classes),
         "window": list(win), "overlap": float(overlap), "blend": blend, "nodata": scene.nodata,
         "nodata_label": lnodata, **info, "seconds": round(seconds, 3),
-        "pixels_per_s": round(H * W / max(seconds, 1e-9), 1), "value_range": value_range,
+        "pixels_per_s": round(H * W / max(seconds, 1e-9), 1), "value_range": value_range, "value_scaling": scaling,
     }
 
 
@@ -169,6 +170,17 @@ class RasterInput:
         self.sources, self.order, self.nodata = sources, order, nodata
         self.shape = (sources[0].height, sources[0].width)
         self.count = sum(s.count for s in sources)
+
+    @property
+    def scaling(self) -> list[list[float]] | None:
+        """[scales, offsets] of the bands read, from the files' GeoTIFF tags (None: untagged, values as stored)."""
+        scales = [float(v) for s in self.sources for v in s.scales]
+        offsets = [float(v) for s in self.sources for v in s.offsets]
+        if self.order is not None:
+            scales, offsets = [scales[i] for i in self.order], [offsets[i] for i in self.order]
+        if all(v == 1 for v in scales) and all(v == 0 for v in offsets):
+            return None
+        return [scales, offsets]
 
     @classmethod
     def open(cls, stack: contextlib.ExitStack, path: Path, files: list[str], stacked: Any, stats: BandStats,

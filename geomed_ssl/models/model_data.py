@@ -16,7 +16,7 @@ import logging
 from typing import Any, Sequence
 
 from geomed_ssl.bands.conform import conform_catalog, conform_record
-from geomed_ssl.bands.ranges import warn_far_from_stats
+from geomed_ssl.bands.ranges import warn_far_from_stats, warn_other_scaling
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.errors import DataError
 from geomed_ssl.models.encoder import BAND_FLEXIBLE, EncoderConfig
@@ -107,5 +107,6 @@ def check_value_ranges(records: Sequence[Any], stats: BandStats) -> list[str]:
 
     Rasters only: a volume's statistics describe intensities after CT windowing / MR scaling, not the values the
     catalog's preview saw."""
+    warn_other_scaling([(r.path, r.value_scaling) for r in records if r.kind == "raster"], stats)
     items = [(r.path, r.value_range) for r in records if r.kind == "raster" and r.value_range]
     return warn_far_from_stats(items, stats)

@@ -48,10 +48,12 @@ def model_stats(meta: dict[str, Any], source: str = "stats") -> BandStats:
 
 
 def model_fn(model: torch.nn.Module) -> Any:
+    """``model`` as the sliding-window predictors call it: without gradients, telling them what it blends."""
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return model(x)
 
+    run.blend_logits = bool(getattr(model, "blend_logits", False))  # type: ignore[attr-defined]
     return run
 
 

@@ -3,7 +3,8 @@
 Rasters are never held whole: windows are processed one row of windows at a time. The input strip (C, wh, W),
 the blended-probability strip (K, wh, W) and its weight strip (wh, W) cover rows [r_i, r_i + wh) of window row i;
 once row i is done, rows [r_i, r_{i+1}) are final (no later window reaches them), so they are normalised, written
-with a windowed write and the strips shift up. Softmax probabilities are blended, never logits.
+with a windowed write and the strips shift up. Softmax probabilities are blended, never logits (but for a linear
+probe head, whose logits are blended as ``compare`` blends its features: ``sliding.blends_logits``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from geomed_ssl.data.stats import BandStats, band_gaps, band_percentiles, normal
 from geomed_ssl.windows.tiling import DEFAULT_OVERLAP, blend_weights, window_starts
 from geomed_ssl.errors import DataError
 from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, channel_records,
-                                          check_request, softmax_probs, warn_if_nothing_predicted)
+                                          blends_logits, check_request, warn_if_nothing_predicted, window_scores)
 from geomed_ssl.inference.writers import PROBA_SCALE, GeoTiffWriter, class_colormap, class_lookup, proba_path
 from geomed_ssl.outcommands import provenance_tags
 
@@ -170,9 +171,9 @@ class RasterInput:
         self.sources, self.order, self.nodata = sources, order, nodata
         self.shape = (sources[0].height, sources[0].width)
         self.count = sum(s.count for s in sources)
+        self.scaling = self._scaling()  # read while the files are open
 
-    @property
-    def scaling(self) -> list[list[float]] | None:
+    def _scaling(self) -> list[list[float]] | None:
         """[scales, offsets] of the bands read, from the files' GeoTIFF tags (None: untagged, values as stored)."""
         scales = [float(v) for s in self.sources for v in s.scales]
         offsets = [float(v) for s in self.sources for v in s.offsets]
@@ -270,9 +271,11 @@ def open_outputs(out_path: Path, src: Any, values: Sequence[int], dtype: Any, ln
 class StripBuffers:
     """The window-high strips of the strip loop, covering rows [top, top + wh) padded to ``Wp`` columns: the
     normalised input (C, wh, Wp), its valid mask (wh, Wp), the weighted probability sums (K, wh, Wp) and the
-    weight sums (wh, Wp)."""
+    weight sums (wh, Wp); with ``logits``, the weighted logit sums instead."""
 
-    def __init__(self, bands: int, num_classes: int, wh: int, Wp: int, device: str | torch.device):
+    def __init__(self, bands: int, num_classes: int, wh: int, Wp: int, device: str | torch.device,
+                 logits: bool = False):
+        self.logits = logits  # the sums are of logits (blends_logits): softmax after blending
         self.strip = np.zeros((bands, wh, Wp), np.float32)
         self.valid = np.zeros((wh, Wp), bool)
         self.acc = torch.zeros((num_classes, wh, Wp), dtype=torch.float32, device=device)
@@ -297,13 +300,13 @@ class StripBuffers:
 
     def predict_row(self, model: ModelFn, cols: list[int], ww: int, weight: torch.Tensor, batch_size: int,
                     device: str | torch.device) -> None:
-        """Blend the softmax probabilities of the windows at ``cols`` of the current row into the sums."""
+        """Blend the softmax probabilities (or logits) of the windows at ``cols`` of the current row into the sums."""
         K = self.acc.shape[0]
         for j in range(0, len(cols), batch_size):
             chunk = cols[j : j + batch_size]
             batch = torch.from_numpy(np.stack([self.strip[:, :, c : c + ww] for c in chunk])).to(device)  # (B,C,wh,ww)
             with torch.inference_mode():
-                probs = softmax_probs(model, batch, K) * weight  # (B, K, wh, ww)
+                probs = window_scores(model, batch, K) * weight  # (B, K, wh, ww)
                 for p, c in zip(probs, chunk):
                     self.acc[:, :, c : c + ww] += p
                     self.wsum[:, c : c + ww] += weight
@@ -325,7 +328,7 @@ def _stream_raster(read: Callable[[int, int], np.ndarray], shape: tuple[int, int
     rows, cols = window_starts(H, wh, overlap), window_starts(W, ww, overlap)
     Wp = max(W, ww)  # a window wider than the image is padded on the right
     weight = torch.from_numpy(blend_weights(win, blend)).to(device)  # (wh, ww)
-    buf = StripBuffers(bands, K, wh, Wp, device)
+    buf = StripBuffers(bands, K, wh, Wp, device, logits=blends_logits(model))
     counts = np.zeros(K, np.int64)
     loaded = max_read_rows = computed = 0
     for i, r in enumerate(rows):
@@ -364,6 +367,8 @@ def write_final_rows(buf: StripBuffers, r: int, n: int, W: int, lut: np.ndarray,
     K = len(lut)
     with torch.inference_mode():
         proba = buf.acc[:, :n, :W] / buf.wsum[:n, :W]  # (K, n, W)
+        if buf.logits:
+            proba = torch.softmax(proba, dim=0)
         index = proba.argmax(dim=0).cpu().numpy()  # (n, W) int64
     ok = buf.valid[:n, :W]
     if covered_only:

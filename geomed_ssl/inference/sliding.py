@@ -76,15 +76,36 @@ def as_model(model_fn: ModelFn, device: str | torch.device) -> ModelFn:
     return model_fn
 
 
+def blends_logits(model_fn: ModelFn) -> bool:
+    """Whether overlapping windows blend the model's logits (softmax taken after blending) rather than its
+    probabilities: a model whose scores are linear in its features says so (``blend_logits``: a fitted linear
+    probe head), so its whole-scene prediction is the probe applied to the blended features, as ``compare`` scores
+    it."""
+    return bool(getattr(model_fn, "blend_logits", False))
+
+
+def window_scores(model_fn: ModelFn, batch: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """What overlapping windows blend: float32 logits for a model that :func:`blends_logits`, else softmax
+    probabilities (B, K, *S)."""
+    if blends_logits(model_fn):
+        return checked_logits(model_fn, batch, num_classes).float()
+    return softmax_probs(model_fn, batch, num_classes)
+
+
 def softmax_probs(model_fn: ModelFn, batch: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Run the model on (B, C, *S) and return float32 softmax probabilities (B, K, *S)."""
+    return torch.softmax(checked_logits(model_fn, batch, num_classes).float(), dim=1)
+
+
+def checked_logits(model_fn: ModelFn, batch: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The model's output on (B, C, *S), checked to be logits (B, K, *S)."""
     logits = model_fn(batch)
     if not isinstance(logits, torch.Tensor) or logits.ndim != batch.ndim or logits.shape[0] != batch.shape[0] \
             or logits.shape[1] != num_classes or logits.shape[2:] != batch.shape[2:]:
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ConfigError(f"the model returned {got} for a batch of {tuple(batch.shape)}; expected logits "
                           f"(B, {num_classes}, {', '.join(map(str, batch.shape[2:]))}) with num_classes={num_classes}.")
-    return torch.softmax(logits.float(), dim=1)
+    return logits
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -14,7 +14,7 @@ from geomed_ssl.bands.conform import conform_record, note_band_order
 from geomed_ssl.data.stats import BandStats, normalize, valid_mask
 from geomed_ssl.windows.tiling import DEFAULT_OVERLAP
 from geomed_ssl.errors import DataError
-from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, check_request, softmax_probs,
+from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, check_request, blends_logits, window_scores,
                                           warn_if_nothing_predicted)
 from geomed_ssl.inference.writers import PROBA_SCALE, class_lookup, nifti_like, proba_path, save_nifti
 from geomed_ssl.outfiles import atomic_paths
@@ -138,8 +138,10 @@ def predict_on_file_grid(model: ModelFn, record: Any, cfg: Any, stats: BandStats
     model_grid = tuple(x.shape[1:])
     with torch.inference_mode():
         probs = sliding_window_inference(
-            torch.from_numpy(x)[None], roi, batch_size, lambda b: softmax_probs(model, b, num_classes),
+            torch.from_numpy(x)[None], roi, batch_size, lambda b: window_scores(model, b, num_classes),
             overlap=overlap, mode=blend, sw_device=device, device="cpu")[0].float()  # (K, X, Y, Z)
+        if blends_logits(model):
+            probs = torch.softmax(probs, dim=0)
         del x
         canon = tuple(reoriented_shape(record))  # RAS grid before resampling
         resampled = model_grid != canon

@@ -232,6 +232,13 @@ class SegmentationModel(nn.Module):
         else:
             raise ConfigError(f"segmentation head '{head}' is unknown; use one of {', '.join(SEG_HEADS)}.")
 
+    @property
+    def blend_logits(self) -> bool:
+        """Whether prediction blends this model's logits over overlapping windows (``inference.sliding
+        .blends_logits``): a fitted linear / propagate probe's scores are linear in the features, so blending them
+        is the probe applied to the blended features, what ``compare``'s frozen protocols score."""
+        return self.head == "probe" and getattr(self.decoder, "kind", "knn") != "knn"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (B, C, *S) with S a multiple of the patch size -> logits (B, K, *S)."""
         final, taps, grid = self.encoder.forward_with_taps(x, self.layers)  # (B, 1+N, D), L x (B, N, D)

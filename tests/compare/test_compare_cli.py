@@ -448,3 +448,23 @@ def test_a_compare_that_took_label_copies_apart_is_not_continued_with_them_as_on
     (out / "compare.json").write_text(json.dumps(record, indent=1) + "\n")
     again = runner.invoke(app, [*args[:10], "--seeds", "0,1", *args[12:]])
     assert again.exit_code == 2 and "took the copies of one label map beside each date as separate" in again.output
+
+
+def test_the_linear_probe_compare_scores_is_the_one_finetune_deploys(scene, run_dir: Path, tmp_path: Path) -> None:
+    """``compare --protocol linear`` and ``finetune --head probe`` (finetune.probe linear) on the same encoder and
+    samples: the same test scores, since whole-scene prediction blends a linear probe's logits over the overlapping
+    windows as compare blends the features it fits on (blending probabilities differed on ~2 % of pixels)."""
+    out = tmp_path / "cmp"
+    args = ["compare", str(run_dir), "--images", str(scene[0]), "--labels", str(scene[1]), "--out", str(out),
+            "--labels-per-class", "3", "--seeds", "0", "--protocol", "linear", "--no-baselines", *sets()]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    row = next(r for r in read(out / "results.csv") if r["encoder"] == str(run_dir) and r["protocol"] == "linear")
+    ft = tmp_path / "ft"
+    result = runner.invoke(app, ["finetune", "segment", str(run_dir / "config.yaml"), "--encoder", str(run_dir),
+                                 "--images", str(scene[0]), "--labels", str(scene[1]), "--out", str(ft),
+                                 "--labels-per-class", "3", "--head", "probe", *sets("finetune.probe=linear")])
+    assert result.exit_code == 0, result.output
+    test = json.loads((ft / "metrics.json").read_text())["test"]
+    assert test["OA"] == pytest.approx(float(row["oa"]), abs=1e-6)
+    assert test["kappa"] == pytest.approx(float(row["kappa"]), abs=1e-6)

@@ -231,11 +231,18 @@ class LabelSelection:
                          + ", ".join(f"{v}:{n}" for v, n in zip(self.classes, places)))
         return "\n".join(lines + [f"  note: {n}" for n in self.notes])
 
+    def grid_text(self) -> str:
+        """What ``*_index`` counts, in words, for the file's readers (``meta["grid"]``)."""
+        if self.shapes and len(self.shapes[0]) == 3:
+            return ("C-order position in the label volume as read: reoriented to RAS (nibabel.as_closest_canonical) "
+                    "and, with data.spacing, resampled to it (shapes), not the file's own voxel order")
+        return "C-order position (row * width + column) on the label raster's grid (shapes: height, width)"
+
     def save_npz(self, path: str | Path) -> None:
         """Write ``labels_used.npz`` (arrays + a JSON 'meta' string; loads without pickle)."""
         meta = {"version": 1, "classes": self.classes, "class_names": self.class_names, "notes": self.notes,
                 "shapes": [list(s) for s in self.shapes], "split": self.split, "seed": self.seed, "paths": self.paths,
-                **({"grounds": self.grounds} if self.grounds is not None else {})}
+                **({"grounds": self.grounds} if self.grounds is not None else {}), "grid": self.grid_text()}
         arrays = {k: getattr(self, k) for k in ("train_file", "train_index", "train_value", "test_file",
                                                 "test_index", "test_value")}
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:

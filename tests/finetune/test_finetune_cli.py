@@ -321,6 +321,14 @@ def test_segment_volumes_per_case_folder_with_label_name_and_remap(tmp_path: Pat
     ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(tmp_path / "cases")])
     assert ev.exit_code == 0, ev.output
     assert "1383 of the 27648 labelled positions trained this model" in ev.output  # the training grid is native
+    used = np.load(ft / "labels_used.npz", allow_pickle=False)
+    meta = json.loads(str(used["meta"]))
+    assert "reoriented to RAS" in meta["grid"]  # what the indices count, for a user reading them
+    remap = {0: 0, 1: 1, 2: 1, 3: 1, 4: 1}
+    for f, path in enumerate(meta["paths"]):  # each test index holds its value in the label as read (RAS)
+        ras = np.asarray(nib.as_closest_canonical(nib.load(path)).dataobj).ravel()
+        keep = used["test_file"] == f
+        assert all(remap[int(v)] == t for v, t in zip(ras[used["test_index"][keep]], used["test_value"][keep]))
 
 
 def test_segment_volumes_with_a_propagate_probe_head_predicts_on_the_input_grid(tmp_path: Path) -> None:

@@ -326,7 +326,20 @@ def scan(root: str | Path, data_cfg: Any = None, strict: bool = False, names_by_
     report_positional_names([r.path for r in records if r.band_source == "sensor"], getattr(data_cfg, "sensor", None),
                             catalog.band_names, names_by_position)
     warn_mixed_scaling(catalog)
+    warn_replaced_nodata(catalog, data_cfg.nodata)
     return catalog
+
+
+def warn_replaced_nodata(catalog: Catalog, nodata: float | None) -> None:
+    """One warning when ``data.nodata`` replaces the nodata value of files that hold it: their own fill is read as
+    data (set to mend other files, it silently undid these files' tags)."""
+    hit = [r for r in catalog.records if r.replaced_nodata is not None]
+    if hit:
+        more = f" (and {len(hit) - 1} more file(s))" if len(hit) > 1 else ""
+        log.warning(f"warning: data.nodata={nodata:g} replaces the nodata value {hit[0].replaced_nodata:g} of "
+                    f"'{catalog._rel(hit[0].path)}'{more}, whose pixels of {hit[0].replaced_nodata:g} are now read as "
+                    "data. Give every file one fill value (gdal_translate -a_nodata, or rewrite the fill), or leave "
+                    "data.nodata unset where the files' own tags are right.")
 
 
 def warn_mixed_scaling(catalog: Catalog) -> None:

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from geomed_ssl.geo.gdal_read import alpha_bands, has_dataset_mask, read_masked
-from geomed_ssl.data.stats import band_gaps, band_percentiles, valid_mask, valid_values
+from geomed_ssl.data.stats import band_gaps, band_percentiles, is_fill, valid_mask, valid_values
 
 RASTER_PREVIEW = 256  # preview: at most this many pixels per side
 VOLUME_PREVIEW = 64  # strided volume read: about this many voxels per side
@@ -261,6 +261,10 @@ def _probe_raster(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProb
                    "transform": [float(v) for v in list(src.transform)[:6]],
                    "block_shape": tuple(int(v) for v in src.block_shapes[0]),
                    "value_scaling": _value_scaling(src), "alpha_bands": alpha_bands(src)}
+            own = src.nodata
+            if nodata is not None and own is not None and math.isfinite(own) and own != nodata \
+                    and bool(is_fill(arr, own).all(axis=0).any()):  # data.nodata replaces a fill the file holds
+                geo["replaced_nodata"] = float(own)
             dtype = str(np.result_type(*src.dtypes))
             _check_empty_bands(arr, valid, list(src.descriptions))
             return FileProbe(path, shape, count, dtype, nodata, list(src.descriptions), tags, valid,

@@ -52,6 +52,7 @@ class FileRecord:
     bandwidths: list[float | None] | None = None
     band_index: list[int] | None = None
     value_scaling: list[list[float]] | None = None  # [scales, offsets] per band when not 1 / 0 (not applied)
+    replaced_nodata: float | None = None  # the file's own nodata value, which data.nodata replaced, found in it
 
     @property
     def area(self) -> int:
@@ -159,5 +160,5 @@ def record_from_probes(probes: list[FileProbe], kind: str, data_cfg: Any,
         crs=first.geo.get("crs"), transform=first.geo.get("transform"), affine=first.geo.get("affine"),
         spacing=first.geo.get("spacing"), valid_fraction=round(fraction, 6), block_shape=first.geo.get("block_shape"),
         orientation=first.geo.get("orientation"), value_range=pick([v for p in probes for v in p.value_range]),
-        value_scaling=scaling, band_index=keep if hidden else None,
+        value_scaling=scaling, band_index=keep if hidden else None, replaced_nodata=first.geo.get("replaced_nodata"),
     )

@@ -437,3 +437,26 @@ def test_a_float_fill_near_flt_max_is_nodata_whichever_way_the_tag_was_rounded(t
     assert catalog.records[0].valid_fraction == pytest.approx(0.75)
     stats = compute_stats(catalog, DataConfig(patch_size=16))
     assert min(stats.p1) > 0 and max(abs(m) for m in stats.mean) < 1e6
+
+
+def test_data_nodata_replacing_a_files_own_fill_is_said(tmp_path, make_tif, grad, caplog):
+    """One folder of -9999-tagged files and 0-collared untagged ones: data.nodata=0 mends the untagged files and
+    undoes the tagged ones' tags; said once, naming the file and both values. Nothing when the file holds no -9999."""
+    import logging
+
+    tagged = grad(2, 32, 32).astype(np.float32) + 1
+    tagged[:, :, :8] = -9999
+    make_tif(tmp_path / "tagged.tif", tagged, nodata=-9999)
+    plain = grad(2, 32, 32).astype(np.float32) + 1
+    plain[:, :, :8] = 0
+    make_tif(tmp_path / "untagged.tif", plain)
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        scan(tmp_path, DataConfig(patch_size=16, nodata=0))
+    said = [r.getMessage() for r in caplog.records if "replaces the nodata value" in r.getMessage()]
+    assert len(said) == 1 and "data.nodata=0 replaces the nodata value -9999 of 'tagged.tif'" in said[0]
+    caplog.clear()
+    (tmp_path / "tagged.tif").unlink()
+    make_tif(tmp_path / "tagged.tif", grad(2, 32, 32).astype(np.float32) + 1, nodata=-9999)
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        scan(tmp_path, DataConfig(patch_size=16, nodata=0))
+    assert "replaces the nodata value" not in caplog.text

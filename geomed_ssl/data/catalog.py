@@ -107,6 +107,7 @@ class Catalog:
             lines += grid_lines(self.records)
             vf = [r.valid_fraction for r in self.records]
             lines.append(f"  valid fraction: mean {np.mean(vf):.3f}, min {min(vf):.3f}")
+            lines.append("  " + _value_lines(self.records))
         if self.problems:
             lines.append(f"  problems ({len(self.problems)}):")
             lines += [f"    - {self._rel(p.path)}: {p.reason}" for p in self.problems]
@@ -328,6 +329,20 @@ def scan(root: str | Path, data_cfg: Any = None, strict: bool = False, names_by_
     warn_mixed_scaling(catalog)
     warn_replaced_nodata(catalog, data_cfg.nodata)
     return catalog
+
+
+def _value_lines(records: Sequence[FileRecord]) -> str:
+    """What the toolkit takes as missing and how it reads values: the nodata values (or none) and the scale / offset
+    tags (not applied) over the files, with counts."""
+    fmt = lambda v: "none" if v is None else f"{v:g}"  # noqa: E731
+    nodata = Counter(fmt(r.nodata) for r in records)
+    scaling = Counter("none" if r.value_scaling is None else
+                      "scale " + "/".join(f"{v:g}" for v in sorted(set(r.value_scaling[0])))
+                      + " offset " + "/".join(f"{v:g}" for v in sorted(set(r.value_scaling[1]))) for r in records)
+    show = lambda c: ", ".join(k if len(c) == 1 else f"{k} ({n})" for k, n in c.most_common(4))  # noqa: E731
+    return (f"nodata value: {show(nodata)} (NaN and GDAL-masked pixels are missing too); scale / offset tags: "
+            f"{show(scaling)}"
+            + (" (values read as stored)" if list(scaling) != ["none"] else ""))
 
 
 def warn_replaced_nodata(catalog: Catalog, nodata: float | None) -> None:

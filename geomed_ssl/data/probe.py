@@ -245,6 +245,9 @@ def _probe_raster(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProb
             if count < 1:
                 raise ProbeError("has no bands")
             _check_complex(next((d for d in src.dtypes if d.startswith("complex")), src.dtypes[0]))
+            if count == 1 and src.tags(1, ns="IMAGE_STRUCTURE").get("NBITS") == "1":
+                raise ProbeError("holds 1-bit values (a mask or binary map; GDAL gives such files a palette): give "
+                                 "it as --labels if it labels the images, else leave it out (data.exclude)")
             if count == 1 and src.colorinterp[0].name == "palette":
                 raise ProbeError("holds palette indices, not intensities (a colour-mapped image): expand it to RGB "
                                  "bands first (gdal_translate -expand rgb IN OUT), or give it as --labels if it is a "

@@ -333,6 +333,12 @@ def test_a_palette_image_is_refused_as_indices_not_intensities(tmp_path):
         ds.write_colormap(1, {i: (40 * i, 255 - 40 * i, 0, 255) for i in range(6)})
     with pytest.raises(DataError, match=r"map.tif.*palette indices, not intensities.*gdal_translate -expand rgb"):
         scan(tmp_path / "pal", DataConfig(patch_size=32), strict=True)
+    (tmp_path / "bits").mkdir()  # a 1-bit mask: GDAL gives it a palette too, but it is no colour-mapped image
+    with rasterio.open(tmp_path / "bits" / "cloud.tif", "w", driver="GTiff", height=32, width=32, count=1,
+                       dtype="uint8", nbits=1, transform=from_origin(0, 0, 10, 10), crs="EPSG:32633") as ds:
+        ds.write(np.random.default_rng(0).integers(0, 2, (1, 32, 32)).astype(np.uint8))
+    with pytest.raises(DataError, match=r"cloud.tif.*holds 1-bit values \(a mask or binary map.*--labels"):
+        scan(tmp_path / "bits", DataConfig(patch_size=32), strict=True)
 
 
 def test_a_big_endian_complex_nifti_is_refused(tmp_path):

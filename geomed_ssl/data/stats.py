@@ -430,6 +430,11 @@ def _band_stats(names: list[str], count: np.ndarray, kept: list[np.ndarray], n_w
                         "them out of the files, or raise data.stats_windows if they hold data elsewhere.")
             sample[blank] = 0.0
     p1, p99 = band_percentiles(sample, [1, 99])
+    flat = [n for n, a, b, g in zip(names, p1, p99, blank if gappy else [False] * len(names)) if a == b and not g]
+    if flat:  # normalised to 0 everywhere; new data with another value there reads as far from the statistics
+        log.warning(f"warning: band(s) {flat} are (nearly) constant in the {n_windows} sampled windows (e.g. "
+                    f"{flat[0]}: {float(p1[names.index(flat[0])]):g} at both its 1st and 99th percentile): they carry "
+                    "little to learn from; leave them out of the files if that is so everywhere.")
     clipped = np.clip(sample, p1[:, None], p99[:, None], out=sample)  # what normalize feeds: its mean and std
     mean, std = (np.nanmean(clipped, axis=1), np.nanstd(clipped, axis=1)) if gappy else \
         (clipped.mean(axis=1), clipped.std(axis=1))

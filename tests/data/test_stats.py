@@ -274,3 +274,19 @@ def test_a_raster_read_over_and_over_is_read_once_with_the_same_statistics(tmp_p
     windowed = compute_stats(scan(path, cfg), cfg, seed=3)
     assert None not in reads and len(reads) >= 40
     assert once.to_dict() == windowed.to_dict()
+
+
+def test_a_constant_band_is_said_once_when_the_statistics_are_computed(tmp_path, make_tif, grad, caplog) -> None:
+    import logging
+
+    from geomed_ssl.data.catalog import scan
+    from geomed_ssl.data.stats import compute_stats
+
+    arr = grad(3, 32, 32).astype(np.float32) + 1
+    arr[2] = 7.0
+    make_tif(tmp_path / "a.tif", arr)
+    cfg = DataConfig(patch_size=16, band_names=["B1", "B2", "B3"])
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        stats = compute_stats(scan(tmp_path, cfg), cfg)
+    said = [r.getMessage() for r in caplog.records if "(nearly) constant" in r.getMessage()]
+    assert len(said) == 1 and "['B3']" in said[0] and "B3: 7 at both" in said[0] and stats.std[2] > 0

@@ -19,7 +19,7 @@ import re
 import signal
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any, Callable
@@ -304,6 +304,29 @@ def prune_step_files(dirpath: Path, step: int, keep: int | None) -> None:
             (dirpath / f"step-{old:06d}.ckpt").unlink()
         except FileNotFoundError:  # gone already (removed by hand)
             pass
+
+
+def kept_as_started(recipe: Any, saved: Path, overrides: list[str] | None) -> Any:
+    """A run started before ``train.keep_checkpoints`` existed (its config.yaml has no such key) kept every
+    ``step-*.ckpt``: resumed, it keeps them all (null) unless ``--set`` says otherwise, so none is deleted unasked."""
+    import yaml
+
+    from geomed_ssl.config.loading import RecipeLoader, sets_key
+
+    key = "train.keep_checkpoints"
+    if sets_key(overrides, key) or recipe.train.keep_checkpoints is None:
+        return recipe
+    try:
+        raw = yaml.load(saved.read_text(), Loader=RecipeLoader) or {}
+    except (OSError, yaml.YAMLError):  # read whole by load_recipe a moment ago
+        return recipe
+    if "keep_checkpoints" in (raw.get("train") or {}):
+        return recipe
+    log.info("note: this run was started when every step-*.ckpt was kept, so it keeps them all (%s=null); "
+             "--set %s=N keeps only the newest N.", key, key)
+    return replace(recipe, train=replace(recipe.train, keep_checkpoints=None))
+
+
 
 
 class RunCheckpoints(L.Callback):

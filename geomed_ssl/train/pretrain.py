@@ -31,8 +31,8 @@ from geomed_ssl.process import keeps_process_state
 from geomed_ssl.train.agreement import agreement_for
 from geomed_ssl.train.callbacks import ExportEncoder, MetricsCSV, Previews
 from geomed_ssl.train.checkpointing import (ResumePoint, RunCheckpoints, StopRequest, find_resume_checkpoint,
-                                            read_checkpoint_info, remove_stale_temp_files, resume_misfit,
-                                            stop_safe_worker_init)
+                                            kept_as_started, read_checkpoint_info, remove_stale_temp_files,
+                                            resume_misfit, stop_safe_worker_init)
 from geomed_ssl.train.console import ConsoleSettings, progress_callbacks, quiet_lightning
 from geomed_ssl.train.lr_check import warn_accumulation, warn_schedule
 from geomed_ssl.train.module import PretrainModule, param_groups
@@ -133,7 +133,7 @@ def resolve_recipe(recipe: Recipe | str | Path | None, out: Path, overrides: lis
                           f"--overwrite (replaces '{out}') or choose another --out.")
     resumed = with_method_settings(load_recipe(saved, overrides), str(saved), saved=True)
     note_unread_recipe(recipe, saved)
-    return resumed
+    return kept_as_started(resumed, saved, overrides)
 
 
 def note_unread_recipe(recipe: Recipe | str | Path | None, saved: Path) -> None:

@@ -469,3 +469,23 @@ def test_training_data_workers_outlive_a_signal_sent_to_the_whole_process_group(
         os.kill(worker.pid, signal.SIGINT)
     time.sleep(0.3)
     assert [int(first)] + [int(b) for b in batches] == list(range(6))
+
+
+def test_a_run_started_before_keep_checkpoints_keeps_every_step_file_when_resumed(raster_dir: Path,
+                                                                                   tmp_path: Path) -> None:
+    """Its config.yaml has no train.keep_checkpoints: resumed, it keeps all (none deleted unasked); --set prunes."""
+    import yaml
+
+    out = tmp_path / "run"
+    sets = [*TINY, "data.sensor=null", "data.patch_size=16", "train.max_steps=6", "train.checkpoint_every=2",
+            "train.keep_checkpoints=null"]
+    pretrain("recipes/mae_sentinel2.yaml", raster_dir, out, overrides=sets, progress=False)
+    raw = yaml.safe_load((out / "config.yaml").read_text())
+    del raw["train"]["keep_checkpoints"]  # as an earlier version wrote it
+    (out / "config.yaml").write_text(yaml.safe_dump(raw))
+    pretrain(None, raster_dir, out, resume=True, progress=False, overrides=["train.max_steps=10"])
+    steps = lambda: sorted(p.name for p in (out / "checkpoints").glob("step-*.ckpt"))  # noqa: E731
+    assert len(steps()) == 5
+    pretrain(None, raster_dir, out, resume=True, progress=False,
+             overrides=["train.max_steps=12", "train.keep_checkpoints=2"])
+    assert steps() == ["step-000010.ckpt", "step-000012.ckpt"]

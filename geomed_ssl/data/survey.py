@@ -132,12 +132,21 @@ def value_outliers(records: Sequence[Any], band_names: Sequence[str]) -> list[tu
     return out
 
 
+KNOWN_FILLS = (-9999.0, -32768.0, -32767.0, -3.4e38)  # fill values of common tools (-3.4e38: any beyond -1e38)
+
+
 def untagged_fill(value_range: Sequence[Sequence[float]]) -> float | None:
     """The value a file with no nodata tag seems to fill its collar with: at the 1st percentile of every band below
-    its 99th, 0 (a dark class keeps some band above 0), or any other value that is also every band's minimum
-    (-9999, -32768, -3.4e38: no measurement is the same in every band). None when there is none."""
+    its 99th, 0 (a dark class keeps some band above 0), or another value that is also every band's minimum and a
+    fill value (:data:`KNOWN_FILLS`) or, in two bands or more, any (no measurement is the same in every band; one
+    band's flat minimum can be ground: a lake in a DEM). None when there is none."""
     v = value_range[0][1]
-    if all(row[1] == v < row[2] for row in value_range) and (v == 0 or all(row[0] == v for row in value_range)):
+    if not all(row[1] == v < row[2] for row in value_range):
+        return None
+    if v == 0:
+        return 0.0
+    known = v in KNOWN_FILLS or v <= -1e38
+    if all(row[0] == v for row in value_range) and (known or len(value_range) >= 2):
         return float(v)
     return None
 
@@ -146,12 +155,13 @@ UNIT_FACTOR = 1000.0  # files whose typical values differ this much are in diffe
 
 
 def unit_mismatch(records: Sequence[Any], band_names: Sequence[str]) -> list[tuple[float, Any]] | None:
-    """[(level, file) of the smallest values, (level, file) of the largest] when files holding the same bands differ in magnitude
-    by ``UNIT_FACTOR`` or more (the median over bands of each file's 99th percentile): reflectance beside digital
-    numbers, whichever are more. A dark scene beside a bright one differs by a factor of ten or so."""
+    """[(level, file) of the smallest values, (level, file) of the largest] when multi-band rasters holding the same
+    bands differ in magnitude by ``UNIT_FACTOR`` or more (the median over bands of each file's 99th percentile):
+    reflectance beside digital numbers, whichever are more. A dark scene beside a bright one differs by a factor of
+    ten or so."""
     level = []
-    for r in records:
-        if r.value_range and list(r.band_names) == list(band_names):
+    for r in records:  # rasters of several bands: volumes are scaled one by one, and one band may span 1000x (a DEM)
+        if r.kind == "raster" and len(band_names) >= 2 and r.value_range and list(r.band_names) == list(band_names):
             top = [row[2] for row in r.value_range if np.isfinite(row[2]) and row[2] > 0]
             if top:
                 level.append((float(np.median(top)), r))

@@ -144,6 +144,8 @@ def test_a_collar_of_another_fill_value_without_a_tag_is_warned_about_with_that_
     from geomed_ssl.data.survey import untagged_fill
 
     assert untagged_fill([[5.0, 5.0, 90.0, 99.0], [7.0, 7.0, 80.0, 85.0]]) is None
+    assert untagged_fill([[372.0, 372.0, 900.0, 1200.0]]) is None  # one band: a lake flattened in a DEM
+    assert untagged_fill([[-32767.0, -32767.0, 900.0, 1200.0]]) == -32767.0  # one band, a known fill
 
 
 @pytest.mark.parametrize("n_reflectance", [1, 3, 5])
@@ -161,6 +163,17 @@ def test_files_in_reflectance_beside_files_in_digital_numbers_are_warned_about_w
     caplog.clear()
     for i in range(n_reflectance):
         (tmp_path / f"s{i}.tif").unlink()
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        warn_survey(scan(tmp_path, DataConfig(patch_size=32)))
+    assert "reflectance beside digital numbers" not in caplog.text
+
+
+def test_one_band_spanning_a_thousandfold_is_no_unit_mismatch(tmp_path, make_tif, caplog) -> None:
+    """Elevation tiles (a coast at 0.2-2.7 m, an alpine one at 1800-3300 m) differ 1000-fold in one band: no
+    reflectance-beside-DN warning for single-band rasters."""
+    rng = np.random.default_rng(7)
+    make_tif(tmp_path / "coast.tif", rng.uniform(0.2, 2.7, (1, 32, 32)).astype(np.float32))
+    make_tif(tmp_path / "alps.tif", rng.uniform(1800, 3300, (1, 32, 32)).astype(np.float32))
     with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
         warn_survey(scan(tmp_path, DataConfig(patch_size=32)))
     assert "reflectance beside digital numbers" not in caplog.text

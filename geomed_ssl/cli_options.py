@@ -127,12 +127,14 @@ def terminable(fn: Callable) -> Callable:
     return wrapper
 
 
-def _under(path: str, folder: str) -> bool:
-    """Whether ``path`` lies inside ``folder`` (links resolved)."""
+def _in_scratch(path: str) -> bool:
+    """Whether ``path`` lies in one of the toolkit's working folders in the temporary folder
+    (``outfiles.scratch_dir``: ``geomed-<tag>-*``), not merely under it (an --out in /tmp is the user's)."""
     try:
-        return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+        rel = Path(os.path.realpath(path)).relative_to(os.path.realpath(tempfile.gettempdir()))
     except (OSError, ValueError):
         return False
+    return bool(rel.parts) and rel.parts[0].startswith("geomed-")
 
 
 def write_failure(err: OSError) -> str:
@@ -142,13 +144,13 @@ def write_failure(err: OSError) -> str:
     where = f" '{final_name(err.filename)}'" if err.filename else ""  # the file the user asked for, not its draft
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         name = str(final_name(err.filename)) if err.filename else ""
-        if name and _under(name, tempfile.gettempdir()):
-            return (f"no space left to write{where} ({err.strerror}) in the temporary folder; point TMPDIR at a "
-                    "disk with room (export TMPDIR=/path/with/space) and run the command again.")
         if name.endswith(".ckpt") or "checkpoints" in Path(name).parts:
             return (f"no space left to write{where} ({err.strerror}); free some space (older "
                     "checkpoints/step-*.ckpt of a run can go; train.keep_checkpoints keeps fewer), then continue "
                     "the run with --resume.")
+        if name and _in_scratch(name):
+            return (f"no space left to write{where} ({err.strerror}) in the temporary folder; point TMPDIR at a "
+                    "disk with room (export TMPDIR=/path/with/space) and run the command again.")
         return f"no space left to write{where} ({err.strerror}); free some space or choose another --out."
     if err.errno == errno.EFBIG:
         return (f"cannot write{where}: {err.strerror} for this file system (FAT32 / exFAT drives hold files of at "

@@ -373,7 +373,8 @@ def test_files_written_together_appear_together_or_not_at_all(tmp_path: Path) ->
 
 def test_a_full_disk_line_says_where_the_way_out_is(tmp_path: Path, monkeypatch) -> None:
     """A full temporary folder (compare's scratch fine-tunes) names TMPDIR, not --out; a full disk under a run's
-    checkpoints says old step files can go and --resume continues; anything else: free space or another --out."""
+    checkpoints says old step files can go and --resume continues (an --out in /tmp too); anything else: free space
+    or another --out."""
     import errno
     import tempfile
 
@@ -382,7 +383,9 @@ def test_a_full_disk_line_says_where_the_way_out_is(tmp_path: Path, monkeypatch)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
     (tmp_path / "scratch").mkdir()
     full = lambda p: OSError(errno.ENOSPC, "No space left on device", str(p))  # noqa: E731
-    assert "TMPDIR" in write_failure(full(tmp_path / "scratch" / "ft" / "model.safetensors"))
+    assert "TMPDIR" in write_failure(full(tmp_path / "scratch" / "geomed-compare-1.ab-x" / "ft" / "model.safetensors"))
+    assert write_failure(full(tmp_path / "scratch" / "myrun" / "a.tif")).endswith("or choose another --out.")
+    assert "--resume" in write_failure(full(tmp_path / "scratch" / "myrun" / "checkpoints" / "last.ckpt"))
     said = write_failure(full(tmp_path / "run" / "checkpoints" / f".partial-{os.getpid()}-step-000300.ckpt"))
     assert "step-*.ckpt" in said and "--resume" in said and "step-000300.ckpt'" in said
     assert write_failure(full(tmp_path / "pred" / "a.tif")).endswith("free some space or choose another --out.")

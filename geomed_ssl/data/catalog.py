@@ -107,7 +107,8 @@ class Catalog:
             lines += grid_lines(self.records)
             vf = [r.valid_fraction for r in self.records]
             lines.append(f"  valid fraction: mean {np.mean(vf):.3f}, min {min(vf):.3f}")
-            lines.append("  " + _value_lines(self.records))
+            if self.kind != "volume":  # (nibabel applies a NIfTI's own scaling; volumes have no GDAL masks)
+                lines.append("  " + _value_lines(self.records))
         if self.problems:
             lines.append(f"  problems ({len(self.problems)}):")
             lines += [f"    - {self._rel(p.path)}: {p.reason}" for p in self.problems]

@@ -41,7 +41,8 @@ def true_labels(spec: str | Path, manifest: dict[str, Any], cols: dict[str, Any]
     table: dict[str, str] = {}
     line_of: dict[str, str] = {}
     for row in read_rows(path, ("file", "label"), "labels CSV"):
-        name = os.path.normpath(row["file"]) if row["file"] else ""
+        spelled = row["file"].replace("\\", "/") if os.sep == "/" else row["file"]  # a CSV written on Windows
+        name = os.path.normpath(spelled) if spelled else ""
         if name in table and table[name] != row["label"]:
             raise DataError(f"labels CSV '{path}' lists '{row['file']}' twice with different labels (line "
                             f"{line_of[name]}: '{table[name]}', line {row[LINE]}: '{row['label']}'); keep one row per "

@@ -150,10 +150,12 @@ def _by_csv(records: list[FileRecord], csv_path: Path, label_dir: Path | None) -
         raise
     base = csv_path.parent
     label_base = label_dir if label_dir is not None and label_dir.is_dir() else base
+    stacks = {r.path: os.path.dirname(r.paths[0]) for r in records if len(r.paths) > 1}  # a stack: its folder
     by_path = {os.path.realpath(p): r.path for r in records for p in r.paths}
+    by_path.update({os.path.realpath(folder): path for path, folder in stacks.items()})
     by_name: dict[str, list[tuple[str, str]]] = {}
     for r in records:
-        for p in dict.fromkeys([r.path, *r.paths]):
+        for p in dict.fromkeys([r.path, *r.paths, *([stacks[r.path]] if r.path in stacks else [])]):
             by_name.setdefault(os.path.basename(p).lower(), []).append((p, r.path))
     out: dict[str, str | None] = {r.path: None for r in records}
     line_of: dict[str, str] = {}
@@ -165,7 +167,7 @@ def _by_csv(records: list[FileRecord], csv_path: Path, label_dir: Path | None) -
             raise DataError(f"labels CSV '{csv_path}' line {i}: empty image or label entry.")
         key = _csv_image(image, base, by_path, by_name, csv_path, i)
         if key is None:
-            if not any(os.path.exists(c) for c in (base / image, image)):
+            if not any(os.path.isfile(c) for c in (base / image, image)):  # nowhere, or a folder that is no stack
                 unknown.append(f"line {i} ('{image}')")
             continue  # a row for an image outside this catalog
         path = Path(label) if os.path.isabs(label) else label_base / label
@@ -178,9 +180,9 @@ def _by_csv(records: list[FileRecord], csv_path: Path, label_dir: Path | None) -
     if unknown:
         shown = "; ".join(unknown[:4]) + (f"; and {len(unknown) - 4} more" if len(unknown) > 4 else "")
         log.warning(f"warning: labels CSV '{csv_path}': {len(unknown)} row(s) name an image that is neither among the "
-                    f"images nor on disk ({shown}); they are not used. Image paths are absolute, relative to the "
-                    f"CSV's folder ({base}) or the working folder, or a file name / the end of a path under the "
-                    "images folder.")
+                    f"images nor a file on disk ({shown}); they are not used. Image paths are absolute, relative to "
+                    f"the CSV's folder ({base}) or the working folder, or a file name / the end of a path under the "
+                    "images folder (a stack of band files: its folder).")
     return out
 
 

@@ -376,3 +376,5 @@ def test_a_labels_csv_with_one_file_labelled_twice_is_refused_and_rows_naming_no
     assert truth == ["forest", None]
     said = [r.getMessage() for r in caplog.records if "name no embedded file" in r.getMessage()]
     assert len(said) == 1 and "line 4 ('river_0.tif')" in said[0]
+    (tmp_path / "windows.csv").write_text("file,label\nForest\\Forest_0.tif,forest\nRiver\\River_0.tif,river\n")
+    assert true_labels(tmp_path / "windows.csv", manifest, {"file": files})[0] == ["forest", "river"]

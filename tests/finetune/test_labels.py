@@ -939,7 +939,7 @@ def test_a_labels_csv_row_is_matched_by_any_path_a_user_writes_or_said_when_it_n
         pairs = match_labels(records, None, "raster", csv=tmp_path / "meta" / "pairs.csv")
     assert [(Path(r.path).name, Path(lab).name) for r, lab in pairs] == [
         ("scene_0.tif", "a.tif"), ("scene_1.tif", "a.tif"), ("scene_2.tif", "b.tif")]
-    said = [r.getMessage() for r in caplog.records if "neither among the images nor on disk" in r.getMessage()]
+    said = [r.getMessage() for r in caplog.records if "neither among the images nor a file on disk" in r.getMessage()]
     assert len(said) == 1 and "line 5 ('images/scene_3.tiff')" in said[0]
     (tmp_path / "twice.csv").write_text("image,label\nscene_0.tif,a.tif\nimages/scene_0.tif,b.tif\n")
     with pytest.raises(DataError, match=r"twice with different labels \(line 2: .*a.tif', line 3: .*b.tif'\)"):
@@ -966,3 +966,19 @@ def test_point_labels_and_tab_separated_pairs_are_told_apart_from_label_rasters(
     (tmp_path / "pairs.txt").write_text("image\tlabel\nimages/scene_0.tif\ta.tif\n")
     pairs, _, _ = read_label_pairs(records, tmp_path / "pairs.txt", lab, DataConfig(patch_size=8))
     assert [Path(r.path).name for r, _ in pairs] == ["scene_0.tif"]
+
+
+def test_a_labels_csv_names_a_stack_of_band_files_by_its_folder(tmp_path):
+    """A data.channels stack is one image, named by its folder (``stack/s1``, absolute, with a trailing slash, or
+    ``s1``), as the name matching pairs it."""
+    rng = np.random.default_rng(2)
+    for case in ("s1", "s2"):
+        (tmp_path / "stack" / case).mkdir(parents=True)
+        for band in ("B02", "B03"):
+            write_geotiff(tmp_path / "stack" / case / f"{band}.tif", structured_raster(rng, 1, 32))
+    records = scan(tmp_path / "stack", DataConfig(patch_size=8, channels=["B02.tif", "B03.tif"])).records
+    _label(tmp_path / "a.tif", _classes())
+    for name in ("stack/s1", f"{tmp_path}/stack/s1/", "s1"):
+        (tmp_path / "pairs.csv").write_text(f"image,label\n{name},a.tif\n")
+        pairs = match_labels(records, None, "raster", csv=tmp_path / "pairs.csv")
+        assert [Path(r.paths[0]).parent.name for r, _ in pairs] == ["s1"], name

@@ -317,7 +317,7 @@ def read_shape(spatial: tuple[int, ...], affine: np.ndarray, spacing: Any) -> tu
     shape = [int(n) for n in reordered(codes, spatial)]
     if spacing is None:
         return tuple(shape)
-    from geomed_ssl.data.readers import resampled_shape, voxel_mm
+    from geomed_ssl.geo.voxels import resampled_shape, voxel_mm
 
     mm = reordered(codes, [float(v) for v in voxel_mm(affine)])
     return tuple(resampled_shape(shape, mm, [float(t) for t in spacing]))

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from geomed_ssl.data.readers import nearest_index
+from geomed_ssl.geo.voxels import nearest_index
 from geomed_ssl.errors import DataError
 from geomed_ssl.tables import LINE, read_rows
 

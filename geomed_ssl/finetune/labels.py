@@ -18,7 +18,8 @@ import numpy as np
 from geomed_ssl.data.catalog import EXTENSIONS, FileRecord
 from geomed_ssl.geo.grids import grid_identity
 from geomed_ssl.data.listing import walk
-from geomed_ssl.data.readers import nearest_index, resampled_shape, valid_map, voxel_mm
+from geomed_ssl.data.readers import valid_map
+from geomed_ssl.geo.voxels import nearest_index, resampled_shape, voxel_mm
 from geomed_ssl.tables import LINE, header_names, read_rows
 from geomed_ssl.inference.writers import MAX_CLASS_VALUE
 from geomed_ssl.finetune.sampling import (  # noqa: F401  (re-exported: the sampling half of this module)

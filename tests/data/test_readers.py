@@ -222,7 +222,7 @@ def test_scan_records_read_back_through_the_reader(tmp_path):
 def test_resampling_spreads_no_nodata_onto_valid_voxels() -> None:
     """NaN slices stay NaN and their valid neighbours stay valid: a voxel on a valid slice is the mean of valid
     voxels only (trilinear interpolation would give NaN wherever a NaN voxel has even a zero weight)."""
-    from geomed_ssl.data.readers import resample_to_spacing
+    from geomed_ssl.geo.voxels import resample_to_spacing
 
     arr = np.ones((1, 8, 8, 12), np.float32)
     arr[0, :, :, 4:8] = np.nan  # slices 4-7 without data

@@ -1,0 +1,54 @@
+"""Voxel grids of volumes: a voxel's size from its affine, the grid a target spacing gives, and the resampling onto
+it (trilinear for images, nearest-neighbour indices for label volumes), first and last voxel centres kept."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def voxel_mm(affine: np.ndarray) -> np.ndarray:
+    """The size of a voxel along each array axis (mm: the length of each column of the affine's 3x3 part)."""
+    return np.sqrt((np.asarray(affine, np.float64)[:3, :3] ** 2).sum(axis=0))
+
+
+def resampled_shape(shape: Sequence[int], voxel_mm: Sequence[float], spacing: Sequence[float]) -> list[int]:
+    """The grid :func:`resample_to_spacing` gives ``shape`` voxels of ``voxel_mm``: round(extent / spacing) + 1 per
+    axis, the first and last voxel centres kept."""
+    return [max(1, int(round((n - 1) * c / s)) + 1) if n > 1 else 1 for n, c, s in zip(shape, voxel_mm, spacing)]
+
+
+def nearest_index(shape: Sequence[int], new: Sequence[int]) -> tuple[np.ndarray, ...]:
+    """``np.ix_`` indices taking an array of ``shape`` onto the grid of ``new`` voxels :func:`resample_to_spacing`
+    gives it (first and last voxel centres kept), nearest neighbour: how label volumes follow their images."""
+    return np.ix_(*[np.floor(np.arange(m) * ((n - 1) / (m - 1) if m > 1 else 0) + 0.5).astype(np.int64)
+                    for n, m in zip(shape, new)])
+
+
+def resample_to_spacing(arr: np.ndarray, affine: np.ndarray, spacing: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Trilinear resampling of (C, D, H, W) to about ``spacing`` mm, keeping the first and last voxel centres.
+
+    The new grid has round(extent / spacing) + 1 voxels per axis; the returned affine is exact for that grid.
+    Voxels without data (NaN in a band) are left out of the interpolation rather than spread: a new voxel is the
+    weighted mean of the valid voxels around it, and NaN only where they weigh less than half.
+    """
+    import torch
+
+    current = voxel_mm(affine)
+    old = arr.shape[1:]
+    new = resampled_shape(old, current, spacing)
+    if list(old) == new:
+        return arr, affine
+    valid = np.isfinite(arr).all(axis=0)  # (D, H, W)
+    holes = not valid.all()
+    data = np.ascontiguousarray(np.where(valid[None], arr, 0) if holes else arr, dtype=np.float32)
+    t = torch.from_numpy(data)[None]  # (1, C, D, H, W)
+    if holes:  # the validity interpolated beside the data, as the weight each new voxel's value is divided by
+        t = torch.cat([t, torch.from_numpy(valid.astype(np.float32))[None, None]], dim=1)
+    out = torch.nn.functional.interpolate(t, size=tuple(new), mode="trilinear", align_corners=True)[0]
+    if holes:
+        weight = out[-1]
+        out = torch.where(weight >= 0.5, out[:-1] / weight.clamp_min(1e-6), torch.tensor(float("nan")))
+    scale = [(n - 1) / (m - 1) if m > 1 else 1.0 for n, m in zip(old, new)]
+    return out.numpy(), affine @ np.diag([*scale, 1.0])

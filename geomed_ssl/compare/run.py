@@ -28,11 +28,11 @@ from geomed_ssl.compare.task import (Split, Task, check_saved_selection, held_ou
                                      load_classify_task, load_segment_task, make_split, save_split, settings_record,
                                      warn_notes)
 from geomed_ssl.compare.tuned import finetune_scores, kept_labels, kept_name, run_logs
-from geomed_ssl.config import Recipe
+from geomed_ssl.config import Recipe, load_recipe
 from geomed_ssl.data.labelled import ImageDataset
 from geomed_ssl.data.readers import VolumeReader
 from geomed_ssl.data.stats import compute_stats
-from geomed_ssl.errors import ConfigError, DataError, RunStopped
+from geomed_ssl.errors import ConfigError, DataError, GeomedError, RunStopped
 from geomed_ssl.finetune.fit import save_recipe, with_encoder_naming
 from geomed_ssl.models.device import resolve_device
 from geomed_ssl.models.model_data import naming_hint, note_encoder_naming
@@ -176,6 +176,10 @@ def _check_resumed(out: Path, recipe: Recipe, record: str) -> None:
         with scratch_dir("compare") as tmp:
             recipe.save(Path(tmp) / "r.yaml")
             same = (Path(tmp) / "r.yaml").read_text() == (out / "config.yaml").read_text()
+            if not same:  # one an older geomed-ssl wrote, without the settings added since (at their defaults)
+                with contextlib.suppress(GeomedError):
+                    load_recipe(out / "config.yaml").save(Path(tmp) / "s.yaml")
+                    same = (Path(tmp) / "r.yaml").read_text() == (Path(tmp) / "s.yaml").read_text()
         if not same:
             raise ConfigError(f"'{out}' holds a compare made with another recipe or --set values (config.yaml); "
                               "choose another --out, or pass --overwrite to start again.")

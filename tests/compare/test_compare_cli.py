@@ -70,6 +70,9 @@ def test_compare_two_encoders_and_none_writes_every_row_and_resumes_only_missing
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(kept)
+    saved = (out / "config.yaml").read_text()  # as a version without train.keep_checkpoints wrote it:
+    (out / "config.yaml").write_text("".join(line for line in saved.splitlines(keepends=True)
+                                             if "keep_checkpoints" not in line))  # a setting added since
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
     rerun = read(out / "results.csv")

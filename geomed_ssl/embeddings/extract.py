@@ -92,6 +92,7 @@ def data_config(meta: dict[str, Any], spatial_dims: int, patch_size: Sequence[in
     names = {f.name for f in dataclasses.fields(DataConfig)}
     raw = {k: v for k, v in export_data(meta).items() if k in names}
     raw.update(kind="raster" if spatial_dims == 2 else "volume", include=["**/*"], patch_size=list(patch_size),
+               val_labels=None, knn_every=0,  # pretraining's k-NN monitor: not run here
                **dict.fromkeys(CROP_KEYS))  # a pretraining method's crops: not read here
     other = [o for o in overrides or [] if not o.split("=", 1)[0].strip().startswith("data.")]
     if other:

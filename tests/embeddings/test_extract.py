@@ -592,3 +592,14 @@ def test_a_file_embedded_in_two_parts_is_never_finalised_into_one_table(tmp_path
         store._publish(part, [])
     with pytest.raises(GeomedError, match=r"'/d/a.tif' \(and 0 more file\(s\)\) is embedded in two parts.*--overwrite"):
         store.finalize(["/d/a.tif"], {})
+
+
+def test_an_encoder_pretrained_with_the_knn_monitor_reads_its_data_settings_without_it() -> None:
+    """A DINO run with data.knn_every 5 (train.log_every 1): embed took its data section with the default log_every
+    10 and refused it (knn_every must be a multiple of log_every); the monitor is no reading setting."""
+    from geomed_ssl.embeddings.extract import data_config
+
+    meta = {"method": "dino", "recipe": {"data": {"knn_every": 5, "val_labels": "/somewhere/classes"},
+                                         "train": {"log_every": 1}}}
+    cfg = data_config(meta, 2, (16, 16), None)
+    assert cfg.knn_every == 0 and cfg.val_labels is None

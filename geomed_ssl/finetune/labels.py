@@ -161,6 +161,8 @@ def _by_csv(records: list[FileRecord], csv_path: Path, label_dir: Path | None) -
     out: dict[str, str | None] = {r.path: None for r in records}
     line_of: dict[str, str] = {}
     unknown: list[str] = []
+    left_out: list[str] = []
+    roots = {os.path.realpath(os.path.dirname(p)) for r in records for p in r.paths}
     for row in rows:
         i = row[LINE]
         image, label = (row[k].replace("\\", "/") if os.sep == "/" else row[k] for k in ("image", "label"))
@@ -168,12 +170,18 @@ def _by_csv(records: list[FileRecord], csv_path: Path, label_dir: Path | None) -
             raise DataError(f"labels CSV '{csv_path}' line {i}: empty image or label entry.")
         key = _csv_image(image, base, by_path, by_name, csv_path, i)
         if key is None:
-            if not any(os.path.isfile(c) for c in (base / image, image)):  # nowhere, or a folder that is no stack
+            found = next((c for c in (base / image, Path(image)) if os.path.isfile(c)), None)
+            if found is None:  # nowhere, or a folder that is no stack
                 unknown.append(f"line {i} ('{image}')")
+            elif _under_any(found, roots):  # among the images' folders, yet not read as an image
+                left_out.append(f"line {i} ('{image}')")
             continue  # a row for an image outside this catalog
         path = Path(label) if os.path.isabs(label) else label_base / label
+        if not path.is_file() and Path(label).is_file():  # relative to the working folder, as its image may be
+            path = Path(label).absolute()
         if not path.is_file():
-            raise DataError(f"labels CSV '{csv_path}' line {i}: label file '{path}' does not exist.")
+            raise DataError(f"labels CSV '{csv_path}' line {i}: label file '{path}' does not exist (label paths are "
+                            "absolute, or relative to the CSV's folder or the working folder).")
         if out[key] is not None and os.path.realpath(out[key]) != os.path.realpath(path):
             raise DataError(f"labels CSV '{csv_path}' lists image '{key}' twice with different labels (line "
                             f"{line_of[key]}: '{out[key]}', line {i}: '{path}'); keep one row per image.")
@@ -184,7 +192,17 @@ def _by_csv(records: list[FileRecord], csv_path: Path, label_dir: Path | None) -
                     f"images nor a file on disk ({shown}); they are not used. Image paths are absolute, relative to "
                     f"the CSV's folder ({base}) or the working folder, or a file name / the end of a path under the "
                     "images folder (a stack of band files: its folder).")
+    if left_out:
+        shown = "; ".join(left_out[:4]) + (f"; and {len(left_out) - 4} more" if len(left_out) > 4 else "")
+        log.warning(f"warning: labels CSV '{csv_path}': {len(left_out)} row(s) name a file beside the images that is "
+                    f"not read as one ({shown}): left out by data.include / data.exclude (the recipe's label and "
+                    "mask patterns among them) or as a problem file (see the scan's lines); they are not used.")
     return out
+
+
+def _under_any(path: str | Path, folders: set[str]) -> bool:
+    """Whether ``path`` lies directly in one of ``folders`` (real paths)."""
+    return os.path.dirname(os.path.realpath(path)) in folders
 
 
 def _csv_image(image: str, base: Path, by_path: dict[str, str], by_name: dict[str, list[tuple[str, str]]],

@@ -946,6 +946,9 @@ def test_a_labels_csv_row_is_matched_by_any_path_a_user_writes_or_said_when_it_n
         match_labels(records, None, "raster", csv=tmp_path / "twice.csv")
     (tmp_path / "same.csv").write_text("image,label\nscene_0.tif,a.tif\nimages/scene_0.tif,a.tif\n")
     assert len(match_labels(records, None, "raster", csv=tmp_path / "same.csv")) == 1
+    (tmp_path / "meta" / "cwd.csv").write_text("image,label\nimages/scene_0.tif,b.tif\n")  # both from the cwd
+    assert [Path(lab).name for _, lab in match_labels(records, None, "raster", csv=tmp_path / "meta" / "cwd.csv")] \
+        == ["b.tif"]
     (tmp_path / "more").mkdir()
     write_geotiff(tmp_path / "more" / "scene_0.tif", structured_raster(np.random.default_rng(1), 3, 32))
     both = scan(tmp_path, DataConfig(patch_size=8, exclude=["*.csv", "a.tif", "b.tif"])).records
@@ -982,3 +985,19 @@ def test_a_labels_csv_names_a_stack_of_band_files_by_its_folder(tmp_path):
         (tmp_path / "pairs.csv").write_text(f"image,label\n{name},a.tif\n")
         pairs = match_labels(records, None, "raster", csv=tmp_path / "pairs.csv")
         assert [Path(r.paths[0]).parent.name for r, _ in pairs] == ["s1"], name
+
+
+def test_a_labels_csv_row_naming_a_file_beside_the_images_that_was_left_out_is_said(tmp_path, caplog):
+    """data.exclude (e.g. the recipe's *mask* for S2_cloudmasked.tif) left the file out of the images: its row was
+    skipped in silence as one for another folder, and the run trained on fewer images than the CSV lists."""
+    import logging
+
+    records = _images(tmp_path, n=2)
+    write_geotiff(tmp_path / "images" / "S2_cloudmasked.tif", structured_raster(np.random.default_rng(3), 3, 32))
+    _label(tmp_path / "a.tif", _classes())
+    (tmp_path / "pairs.csv").write_text("image,label\nimages/scene_0.tif,a.tif\nimages/S2_cloudmasked.tif,a.tif\n")
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        pairs = match_labels(records, None, "raster", csv=tmp_path / "pairs.csv")
+    assert len(pairs) == 1
+    said = [r.getMessage() for r in caplog.records if "not read as one" in r.getMessage()]
+    assert len(said) == 1 and "line 3 ('images/S2_cloudmasked.tif')" in said[0] and "data.exclude" in said[0]

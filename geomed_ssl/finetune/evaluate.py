@@ -33,6 +33,7 @@ def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Seque
     their own voxels (the map ``predict`` writes). Band names assigned by position were reported when the images
     were scanned, so they are not reported again here. ``only`` (rasters): per image, a bool map of the pixels
     wanted; the windows holding none are skipped and the pixels they alone cover are -1."""
+    from geomed_ssl.bands.ranges import warn_far_from_stats, warn_other_scaling
     from geomed_ssl.inference.predict import predict_raster, predict_volume
     from geomed_ssl.models.device import model_device
 
@@ -41,7 +42,7 @@ def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Seque
     stats = model_stats(meta)
     k = len(meta["classes"])
     _, nodata_label = class_lookup(k)  # what predict writes where the input is nodata
-    out = []
+    out, read = [], []
     with scratch_dir("evaluate") as tmp:  # a killed run's class maps go with the next run
         for i, path in enumerate(paths):
             if only is not None and only[i] is not None and not only[i].any():  # nothing of it is scored
@@ -49,9 +50,10 @@ def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Seque
                 continue
             if cfg.kind == "raster":
                 target = Path(tmp) / f"pred_{i}.tif"
-                predict_raster(model_fn(model), path, target, stats, window=meta["window"], overlap=overlap,
-                               blend=blend, num_classes=k, data_cfg=cfg, device=device, names_by_position="ignore",
-                               only=None if only is None else only[i], check_ranges=check_ranges)
+                read.append(predict_raster(
+                    model_fn(model), path, target, stats, window=meta["window"], overlap=overlap, blend=blend,
+                    num_classes=k, data_cfg=cfg, device=device, names_by_position="ignore",
+                    only=None if only is None else only[i], check_ranges=check_ranges and len(paths) == 1))
             else:
                 target = Path(tmp) / f"pred_{i}.nii.gz"
                 predict_volume(model_fn(model), path, target, stats, roi_size=meta["window"], data_cfg=cfg,
@@ -61,6 +63,9 @@ def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Seque
             labels, _ = read_label(target, cfg.kind, ignore_value=None, nodata=nodata_label,
                                    spacing=None if native else cfg.spacing)
             out.append(labels)
+    if check_ranges and len(read) > 1:  # one warning each for all the files, as predict says it for a folder
+        warn_other_scaling([(r["input"], r.get("value_scaling")) for r in read], stats)
+        warn_far_from_stats([(r["input"], r["value_range"]) for r in read if r.get("value_range")], stats)
     return out
 
 

@@ -112,6 +112,16 @@ def test_a_fine_tune_warns_once_of_images_far_from_its_encoders_statistics(seg_s
                                  *sets("data.sensor=null", "finetune.max_steps=3")])
     assert result.exit_code == 0, result.output
     assert result.output.count("value range of") == 1, result.output
+    import shutil  # evaluate on two such images: one warning for both, not one per file
+
+    shutil.copy(tmp_path / "far" / "scene.tif", tmp_path / "far" / "scene2.tif")
+    (tmp_path / "lab").mkdir()
+    for name in ("scene_gt.tif", "scene2_gt.tif"):
+        shutil.copy(next(labels.glob("*.tif")), tmp_path / "lab" / name)
+    ev = runner.invoke(app, ["evaluate", str(tmp_path / "ft"), "--images", str(tmp_path / "far"), "--labels",
+                             str(tmp_path / "lab")])
+    assert ev.exit_code == 0, ev.output
+    assert ev.output.count("value range of") == 1 and "and 1 more file(s)" in ev.output, ev.output
 
 
 def test_a_class_map_is_drawn_in_the_colours_of_its_labels_palette_else_a_palette_of_ours(seg_scene,

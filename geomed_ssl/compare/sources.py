@@ -52,11 +52,19 @@ def recipe_path(options: CompareOptions, recipe: str | Path | None) -> Path:
     raise ConfigError(f"{where}; give the recipe with --recipe RECIPE (the one the encoders were pretrained with).")
 
 
+OWN_OPTIONS = {"labels.split": "--split", "labels.per_class": "--labels-per-class",
+               "labels.fraction": "--label-fraction", "labels.seed": "--seeds"}  # recipe keys compare's options set
+
+
 def load_compare_recipe(path: Path, overrides: list[str] | None, task_kind: str) -> Recipe:
     """The recipe for ``task_kind`` (segment / classify, from the labels given). A pretraining run's config.yaml
     names a head for its own default task (a UNETR decoder for segmentation); when that head does not suit this task
     and no ``--set finetune.head`` says otherwise, the task's first head is used and said so."""
     overrides = list(overrides or [])
+    for key, option in OWN_OPTIONS.items():
+        if sets_key(overrides, key):  # each run sets it from compare's own option: a --set would be dropped
+            raise ConfigError(f"compare sets {key} for each run from {option}; give {option} instead of --set "
+                              f"{key}=....")
     heads = SEG_HEADS if task_kind == "segment" else CLS_HEADS
     if not sets_key(overrides, "finetune.head"):
         head = load_recipe(path, overrides).finetune.head

@@ -471,3 +471,12 @@ def test_the_linear_probe_compare_scores_is_the_one_finetune_deploys(scene, run_
     test = json.loads((ft / "metrics.json").read_text())["test"]
     assert test["OA"] == pytest.approx(float(row["oa"]), abs=1e-6)
     assert test["kappa"] == pytest.approx(float(row["kappa"]), abs=1e-6)
+
+
+def test_a_set_of_what_compares_own_options_decide_is_refused_naming_the_option(scene, tmp_path: Path) -> None:
+    """--set labels.split=blocks was recorded in config.yaml and dropped: every run drew the random split."""
+    result = runner.invoke(app, ["compare", "none", "--images", str(scene[0]), "--labels", str(scene[1]), "--out",
+                                 str(tmp_path / "cmp"), "--recipe", "recipes/mae_sentinel2.yaml",
+                                 *sets("labels.split=blocks")])
+    assert result.exit_code == 2 and "give --split instead of --set labels.split" in result.output, result.output
+    assert not (tmp_path / "cmp").exists()

@@ -38,29 +38,50 @@ def true_labels(spec: str | Path, manifest: dict[str, Any], cols: dict[str, Any]
         raise DataError(f"--labels '{spec}' is neither 'folders' nor an existing CSV / label raster / NIfTI file.")
     if path.name.lower().endswith((".tif", ".tiff", ".nii", ".nii.gz")):
         return _labels_from_map(path, manifest, cols, ignore_value), f"label map {path.name}"
-    table: dict[str, str] = {}
-    line_of: dict[str, str] = {}
+    return _labels_from_csv(path, root, files), f"CSV {path.name}"
+
+
+def _labels_from_csv(path: Path, root: str, files: Sequence[str]) -> list[str | None]:
+    """Each row's label from a file,label CSV, its file named as ``finetune`` reads labels CSVs: absolute, relative
+    to the CSV's folder, the working folder or the data folder, or by the end of its path (a file name) when that
+    names one embedded file; one file under two labels is refused, rows naming no embedded file are said."""
+    unique = list(dict.fromkeys(files))
+    by_real = {os.path.realpath(f): f for f in unique}
+    by_name: dict[str, list[str]] = {}
+    for f in unique:
+        by_name.setdefault(os.path.basename(f).lower(), []).append(f)
+    label_of: dict[str, tuple[str, str]] = {}  # embedded file -> (label, line)
+    unused: list[str] = []
     for row in read_rows(path, ("file", "label"), "labels CSV"):
         spelled = row["file"].replace("\\", "/") if os.sep == "/" else row["file"]  # a CSV written on Windows
-        name = os.path.normpath(spelled) if spelled else ""
-        if name in table and table[name] != row["label"]:
-            raise DataError(f"labels CSV '{path}' lists '{row['file']}' twice with different labels (line "
-                            f"{line_of[name]}: '{table[name]}', line {row[LINE]}: '{row['label']}'); keep one row per "
-                            "file.")
-        if name:
-            table[name], line_of[name] = row["label"], row[LINE]
-    keys = lambda f: (f, os.path.relpath(f, root), os.path.basename(f))  # noqa: E731
-    found = [next((k for k in keys(f) if k in table), None) for f in files]
-    out = [None if k is None else table[k] for k in found]
+        if not spelled:
+            continue
+        hit = next((by_real[r] for r in (os.path.realpath(os.path.join(d, spelled)) for d in (path.parent, ".", root))
+                    if r in by_real), None)
+        if hit is None:
+            tail = "/" + "/".join(p for p in spelled.lower().split("/") if p not in ("", "."))
+            hits = [f for f in by_name.get(tail.rsplit("/", 1)[-1], []) if ("/" + f.lower()).endswith(tail)]
+            if len(hits) > 1:
+                raise DataError(f"labels CSV '{path}' line {row[LINE]}: '{row['file']}' names {len(hits)} embedded "
+                                f"files ({', '.join(hits[:3])}); give more of its path.")
+            hit = hits[0] if hits else None
+        if hit is None:
+            unused.append(f"line {row[LINE]} ('{row['file']}')")
+        elif hit in label_of and label_of[hit][0] != row["label"]:
+            raise DataError(f"labels CSV '{path}' lists '{hit}' twice with different labels (line {label_of[hit][1]}: "
+                            f"'{label_of[hit][0]}', line {row[LINE]}: '{row['label']}'); keep one row per file.")
+        else:
+            label_of[hit] = (row["label"], row[LINE])
+    out = [label_of[f][0] if f in label_of else None for f in files]
     if all(v is None for v in out):
         raise DataError(f"no file of the embeddings is listed in '{path}' (e.g. {files[0]}); list paths absolute, "
-                        f"relative to {root}, or as file names.")
-    unused = sorted(set(table) - set(found), key=lambda k: int(line_of[k]))
+                        f"relative to the CSV's folder, the working folder or {root}, or as file names.")
     if unused:
-        shown = "; ".join(f"line {line_of[k]} ('{k}')" for k in unused[:4]) + (" ..." if len(unused) > 4 else "")
+        shown = "; ".join(unused[:4]) + (" ..." if len(unused) > 4 else "")
         log.warning(f"warning: labels CSV '{path}': {len(unused)} row(s) name no embedded file ({shown}); they are "
-                    f"not used (paths absolute, relative to {root}, or file names).")
-    return out, f"CSV {path.name}"
+                    f"not used (paths absolute, relative to the CSV's folder, the working folder or {root}, or file "
+                    "names).")
+    return out
 
 
 def relative_to_root(path: str, root: str) -> str | None:

@@ -370,11 +370,21 @@ def test_a_labels_csv_with_one_file_labelled_twice_is_refused_and_rows_naming_no
     with pytest.raises(DataError, match=r"twice with different labels \(line 2: 'forest', line 3: 'water'\)"):
         true_labels(tmp_path / "twice.csv", manifest, {"file": files})
     (tmp_path / "typo.csv").write_text("file,label\nForest/Forest_0.tif,forest\nForest/Forest_0.tif,forest\n"
-                                       "river_0.tif,river\n")
+                                       "ghost.tif,river\n")
     with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
         truth, _ = true_labels(tmp_path / "typo.csv", manifest, {"file": files})
     assert truth == ["forest", None]
     said = [r.getMessage() for r in caplog.records if "name no embedded file" in r.getMessage()]
-    assert len(said) == 1 and "line 4 ('river_0.tif')" in said[0]
+    assert len(said) == 1 and "line 4 ('ghost.tif')" in said[0]
+    (tmp_path / "sub").mkdir()  # as finetune reads its CSV: relative to the CSV's folder, a path's end, any case
+    (tmp_path / "sub" / "rel.csv").write_text("file,label\n../data/Forest/Forest_0.tif,forest\nriver_0.tif,river\n")
+    assert true_labels(tmp_path / "sub" / "rel.csv", manifest, {"file": files})[0] == ["forest", "river"]
+    (tmp_path / "spelled.csv").write_text("file,label\nForest_0.tif,forest\nForest/Forest_0.tif,water\n")
+    with pytest.raises(DataError, match="twice with different labels"):  # one file, two spellings
+        true_labels(tmp_path / "spelled.csv", manifest, {"file": files})
+    two = [str(root / "2019" / "tile.tif"), str(root / "2020" / "tile.tif")]
+    (tmp_path / "bare.csv").write_text("file,label\ntile.tif,forest\n")
+    with pytest.raises(DataError, match="line 2: 'tile.tif' names 2 embedded files"):
+        true_labels(tmp_path / "bare.csv", manifest, {"file": two})
     (tmp_path / "windows.csv").write_text("file,label\nForest\\Forest_0.tif,forest\nRiver\\River_0.tif,river\n")
     assert true_labels(tmp_path / "windows.csv", manifest, {"file": files})[0] == ["forest", "river"]

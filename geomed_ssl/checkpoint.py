@@ -52,6 +52,9 @@ def find_encoder_dir(path: str | Path) -> Path:
     for candidate in (path, path / "encoder", path / "model"):
         if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
             return candidate
+    if (path / "labels_used.npz").is_file() and (path / "config.yaml").is_file():  # a fine-tune that saved no model
+        raise GeomedError(f"'{path}' is a fine-tune folder without a model: the fine-tune stopped (or failed) before "
+                          "saving it; run its finetune command again with --overwrite.")
     raise GeomedError(
         f"no encoder found at '{path}': expected a run folder with encoder/config.json and "
         "encoder/model.safetensors (written by `geomed-ssl pretrain`), a fine-tune folder (model/), or that "

@@ -619,6 +619,8 @@ def test_a_fine_tune_stopped_outside_its_training_loop_says_what_it_left(seg_sce
     if where == "probe":
         assert f"stopped by SIGINT before its model was saved; '{ft}' holds no model" in result.output
         assert not (ft / "model").exists()
+        pr = runner.invoke(app, ["predict", str(ft), str(images), "--out", str(tmp_path / "p")])
+        assert pr.exit_code == 2 and "a fine-tune folder without a model" in pr.output, pr.output
     else:
         assert "during its final evaluation" in result.output and f"geomed-ssl evaluate {ft} --images" in result.output
         assert (ft / "model" / "model.safetensors").is_file() and not (ft / "metrics.json").exists()

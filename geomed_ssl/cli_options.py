@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import re
 import tempfile
 from inspect import signature
 from pathlib import Path
@@ -134,7 +135,7 @@ def _in_scratch(path: str) -> bool:
         rel = Path(os.path.realpath(path)).relative_to(os.path.realpath(tempfile.gettempdir()))
     except (OSError, ValueError):
         return False
-    return bool(rel.parts) and rel.parts[0].startswith("geomed-")
+    return bool(rel.parts) and re.match(r"geomed-[A-Za-z0-9_]+-\d+\.[0-9a-f]{8}-", rel.parts[0]) is not None
 
 
 def write_failure(err: OSError) -> str:

@@ -106,6 +106,9 @@ def _load_task(options: CompareOptions, recipe_file: Path, overrides: list[str] 
     check_baselines(options, kind)
     recipe, naming = with_encoder_naming(load_compare_recipe(recipe_file, overrides, kind),
                                          options.pretrained[0] if options.pretrained else None, overrides)
+    if kind == "segment" and recipe.labels.split != options.split:  # a recipe made for finetune --split blocks
+        log.warning(f"warning: the recipe's labels.split '{recipe.labels.split}' is not used: compare draws with "
+                    f"--split ({options.split}); give --split {recipe.labels.split} if that is the split you meant.")
     try:
         if kind == "segment":
             from geomed_ssl.finetune.segment import training_window

@@ -53,7 +53,7 @@ def recipe_path(options: CompareOptions, recipe: str | Path | None) -> Path:
 
 
 OWN_OPTIONS = {"labels.split": "--split", "labels.per_class": "--labels-per-class",
-               "labels.fraction": "--label-fraction", "labels.seed": "--seeds"}  # recipe keys compare's options set
+               "labels.fraction": "--label-fraction"}  # recipe keys compare's options set for each run
 
 
 def load_compare_recipe(path: Path, overrides: list[str] | None, task_kind: str) -> Recipe:

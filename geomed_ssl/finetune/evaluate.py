@@ -63,7 +63,7 @@ def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Seque
             labels, _ = read_label(target, cfg.kind, ignore_value=None, nodata=nodata_label,
                                    spacing=None if native else cfg.spacing)
             out.append(labels)
-    if check_ranges and len(read) > 1:  # one warning each for all the files, as predict says it for a folder
+    if check_ranges and len(paths) > 1 and read:  # one warning each for all the files, as predict says it for a folder
         warn_other_scaling([(r["input"], r.get("value_scaling")) for r in read], stats)
         warn_far_from_stats([(r["input"], r["value_range"]) for r in read if r.get("value_range")], stats)
     return out

@@ -480,3 +480,10 @@ def test_a_set_of_what_compares_own_options_decide_is_refused_naming_the_option(
                                  *sets("labels.split=blocks")])
     assert result.exit_code == 2 and "give --split instead of --set labels.split" in result.output, result.output
     assert not (tmp_path / "cmp").exists()
+    blocks = tmp_path / "blocks.yaml"  # the same split in a recipe file: said, not silently dropped
+    blocks.write_text(Path("recipes/mae_sentinel2.yaml").read_text() + "\nlabels:\n  split: blocks\n")
+    result = runner.invoke(app, ["compare", "none", "--images", str(scene[0]), "--labels", str(scene[1]), "--out",
+                                 str(tmp_path / "cmp2"), "--recipe", str(blocks), "--labels-per-class", "3",
+                                 "--seeds", "0", "--protocol", "linear", "--no-baselines", *sets()])
+    assert result.exit_code == 0, result.output
+    assert "labels.split 'blocks' is not used: compare draws with --split (random)" in result.output

@@ -122,6 +122,12 @@ def test_a_fine_tune_warns_once_of_images_far_from_its_encoders_statistics(seg_s
                              str(tmp_path / "lab")])
     assert ev.exit_code == 0, ev.output
     assert ev.output.count("value range of") == 1 and "and 1 more file(s)" in ev.output, ev.output
+    with rasterio.open(tmp_path / "lab" / "scene2_gt.tif", "r+") as dst:  # scene2 scored nowhere: skipped
+        dst.write(np.zeros((1, dst.height, dst.width), dst.dtypes[0]))
+    ev = runner.invoke(app, ["evaluate", str(tmp_path / "ft"), "--images", str(tmp_path / "far"), "--labels",
+                             str(tmp_path / "lab")])
+    assert ev.exit_code == 0, ev.output
+    assert ev.output.count("value range of") == 1, ev.output  # the one image predicted is still checked
 
 
 def test_a_class_map_is_drawn_in_the_colours_of_its_labels_palette_else_a_palette_of_ours(seg_scene,

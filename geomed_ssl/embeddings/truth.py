@@ -10,8 +10,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from geomed_ssl.geo.voxels import nearest_index
 from geomed_ssl.errors import DataError
+from geomed_ssl.geo.voxels import nearest_index
 from geomed_ssl.tables import LINE, read_rows
 
 log = logging.getLogger("geomed_ssl")
@@ -20,7 +20,7 @@ log = logging.getLogger("geomed_ssl")
 def true_labels(spec: str | Path, manifest: dict[str, Any], cols: dict[str, Any],
                 ignore_value: int | None = 0) -> tuple[list[str | None], str]:
     """A label per row (None = unknown) from ``spec``: ``folders`` (the class folder of each file), a CSV with
-    ``file,label`` columns (paths absolute, relative to the data folder, or bare file names), or a label
+    ``file,label`` columns (files named as :func:`_labels_from_csv` reads them), or a label
     GeoTIFF/NIfTI on the grid of the embedded file(s), read at each row's centre (``ignore_value`` = unlabelled)."""
     root = manifest["settings"]["data_dir"]
     files = cols["file"]

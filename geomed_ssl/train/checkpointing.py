@@ -327,8 +327,6 @@ def kept_as_started(recipe: Any, saved: Path, overrides: list[str] | None) -> An
     return replace(recipe, train=replace(recipe.train, keep_checkpoints=None))
 
 
-
-
 class RunCheckpoints(L.Callback):
     """Writes ``last.ckpt`` every ``every`` steps (plus a kept ``step-NNNNNN.ckpt``, the newest ``keep`` of them
     kept; None: all), every ``minutes`` of wall time, on a stop request (then stops the run) and at the last step.

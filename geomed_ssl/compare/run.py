@@ -27,7 +27,7 @@ from geomed_ssl.compare.sources import (EncoderSource, check_encoders_unchanged,
 from geomed_ssl.compare.task import (Split, Task, check_saved_selection, held_out_lines,
                                      load_classify_task, load_segment_task, make_split, save_split, settings_record,
                                      warn_notes)
-from geomed_ssl.compare.tuned import finetune_scores, kept_labels, kept_name, run_logs
+from geomed_ssl.compare.tuned import finetune_scores, kept_labels, kept_name, run_logs, said_once
 from geomed_ssl.config import Recipe, load_recipe
 from geomed_ssl.data.labelled import ImageDataset
 from geomed_ssl.data.readers import VolumeReader
@@ -339,6 +339,14 @@ def run_compare(options: CompareOptions, *, out: str | Path, images: str | Path 
     inputs = {"images folder": images, "labels": labels, "data folder": data, "recipe": recipe,
               "encoder": options.pretrained}
     check_out_dir(out, command="compare", inputs=inputs, overwrite=overwrite, resume=True)
+    with said_once():
+        return _run_compare(options, out, inputs, images, labels, data, recipe, overrides, overwrite, strict, progress,
+                            keep_finetuned)
+
+
+def _run_compare(options: CompareOptions, out: Path, inputs: dict[str, Any], images: Any, labels: Any, data: Any,
+                 recipe: Any, overrides: list[str] | None, overwrite: bool, strict: bool, progress: bool,
+                 keep_finetuned: bool) -> CompareResult:
     with stops_as(_preparing):  # a stop before the first run: one line and 143 / 130
         recipe_obj, task = _load_task(options, recipe_path(options, recipe), overrides, images, labels, data, strict)
         check_class_weights(recipe_obj.finetune.class_weights, len(task.class_names))

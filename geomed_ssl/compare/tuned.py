@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import logging
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -28,6 +29,18 @@ log = logging.getLogger("geomed_ssl")
 _SAID: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("compare_said", default=None)
 
 
+def _once(record: logging.LogRecord, said: set[str]) -> bool:
+    """A logging filter: a warning whose text was said already in this compare is dropped (decided once per record,
+    however many such filters it meets); lines below warnings pass."""
+    fresh = getattr(record, "compare_fresh", None)
+    if fresh is None:
+        text = record.getMessage()
+        fresh = record.levelno < logging.WARNING or text not in said
+        said.add(text)
+        record.compare_fresh = fresh
+    return fresh
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """The fine-tune's own progress lines are noise inside compare's (its warnings still show, once in the whole
@@ -35,13 +48,7 @@ def _quiet() -> Iterator[None]:
     value-range warning twice)."""
     level, said = log.level, _SAID.get()
     said = set() if said is None else said
-
-    def once(record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        fresh = text not in said
-        said.add(text)
-        return fresh
-
+    once = functools.partial(_once, said=said)
     log.setLevel(logging.WARNING)
     log.addFilter(once)
     try:
@@ -101,9 +108,25 @@ def run_logs(bar: Any) -> Iterator[None]:
     "...2.91it/s]r" "un 1/7 ..."), and each warning the fine-tunes say kept to once in the whole compare (``_SAID``)."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    token = _SAID.set(set())
+    token = _SAID.set(set()) if _SAID.get() is None else None  # (inside said_once: its set)
     try:
         with contextlib.nullcontext() if bar.disable else logging_redirect_tqdm():
             yield
     finally:
+        if token is not None:
+            _SAID.reset(token)
+
+
+@contextlib.contextmanager
+def said_once() -> Iterator[None]:
+    """A whole compare: each warning said once, those of its preparation included (the range and scale / offset
+    warnings for the frozen features named the same files again in the first fine-tune)."""
+    said: set[str] = set()
+    token = _SAID.set(said)
+    once = functools.partial(_once, said=said)
+    log.addFilter(once)
+    try:
+        yield
+    finally:
+        log.removeFilter(once)
         _SAID.reset(token)

@@ -487,3 +487,20 @@ def test_a_set_of_what_compares_own_options_decide_is_refused_naming_the_option(
                                  "--seeds", "0", "--protocol", "linear", "--no-baselines", *sets()])
     assert result.exit_code == 0, result.output
     assert "labels.split 'blocks' is not used: compare draws with --split (random)" in result.output
+
+
+def test_a_range_warning_is_said_once_in_a_compare_that_also_fine_tunes(scene, run_dir: Path, tmp_path: Path) -> None:
+    """Said for the frozen features while the compare prepares, it was said again by the first fine-tune."""
+    import rasterio
+
+    from tests.conftest import write_geotiff
+
+    with rasterio.open(next(scene[0].glob("*.tif"))) as src:
+        far = src.read().astype(np.float32) * 50 + 10000  # other units than the encoder's pretraining data
+    (tmp_path / "far").mkdir()
+    write_geotiff(tmp_path / "far" / "scene.tif", far)
+    result = runner.invoke(app, ["compare", str(run_dir), "--images", str(tmp_path / "far"), "--labels",
+                                 str(scene[1]), "--out", str(tmp_path / "cmp"), "--labels-per-class", "3", "--seeds",
+                                 "0", "--protocol", "linear,finetune", "--no-baselines", *sets()])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("value range of") == 1, result.output

@@ -12,7 +12,7 @@ import numpy as np
 
 from geomed_ssl.errors import DataError
 from geomed_ssl.geo.voxels import nearest_index
-from geomed_ssl.tables import LINE, read_rows
+from geomed_ssl.tables import LINE, FileIndex, read_rows
 
 log = logging.getLogger("geomed_ssl")
 
@@ -45,26 +45,15 @@ def _labels_from_csv(path: Path, root: str, files: Sequence[str]) -> list[str | 
     """Each row's label from a file,label CSV, its file named as ``finetune`` reads labels CSVs: absolute, relative
     to the CSV's folder, the working folder or the data folder, or by the end of its path (a file name) when that
     names one embedded file; one file under two labels is refused, rows naming no embedded file are said."""
-    unique = list(dict.fromkeys(files))
-    by_real = {os.path.realpath(f): f for f in unique}
-    by_name: dict[str, list[str]] = {}
-    for f in unique:
-        by_name.setdefault(os.path.basename(f).lower(), []).append(f)
+    index = FileIndex((f, f) for f in dict.fromkeys(files))
     label_of: dict[str, tuple[str, str]] = {}  # embedded file -> (label, line)
     unused: list[str] = []
     for row in read_rows(path, ("file", "label"), "labels CSV"):
         spelled = row["file"].replace("\\", "/") if os.sep == "/" else row["file"]  # a CSV written on Windows
         if not spelled:
             continue
-        hit = next((by_real[r] for r in (os.path.realpath(os.path.join(d, spelled)) for d in (path.parent, ".", root))
-                    if r in by_real), None)
-        if hit is None:
-            tail = "/" + "/".join(p for p in spelled.lower().split("/") if p not in ("", "."))
-            hits = [f for f in by_name.get(tail.rsplit("/", 1)[-1], []) if ("/" + f.lower()).endswith(tail)]
-            if len(hits) > 1:
-                raise DataError(f"labels CSV '{path}' line {row[LINE]}: '{row['file']}' names {len(hits)} embedded "
-                                f"files ({', '.join(hits[:3])}); give more of its path.")
-            hit = hits[0] if hits else None
+        hit = index.find(spelled, (path.parent, ".", root), f"labels CSV '{path}' line {row[LINE]}",
+                         "names {} embedded files", absolute_tails=True)
         if hit is None:
             unused.append(f"line {row[LINE]} ('{row['file']}')")
         elif hit in label_of and label_of[hit][0] != row["label"]:

@@ -20,7 +20,7 @@ from geomed_ssl.geo.grids import grid_identity
 from geomed_ssl.data.listing import walk
 from geomed_ssl.data.readers import valid_map
 from geomed_ssl.geo.voxels import nearest_index, resampled_shape, voxel_mm
-from geomed_ssl.tables import LINE, header_names, read_rows
+from geomed_ssl.tables import LINE, FileIndex, header_names, read_rows
 from geomed_ssl.inference.writers import MAX_CLASS_VALUE
 from geomed_ssl.finetune.sampling import (  # noqa: F401  (re-exported: the sampling half of this module)
     ClassMap, LabelSelection, Names, Sources, check_labels_config, class_ids, labelled_pixels, sample_fraction,
@@ -152,12 +152,8 @@ def _by_csv(records: list[FileRecord], csv_path: Path, label_dir: Path | None) -
     base = csv_path.parent
     label_base = label_dir if label_dir is not None and label_dir.is_dir() else base
     stacks = {r.path: os.path.dirname(r.paths[0]) for r in records if len(r.paths) > 1}  # a stack: its folder
-    by_path = {os.path.realpath(p): r.path for r in records for p in r.paths}
-    by_path.update({os.path.realpath(folder): path for path, folder in stacks.items()})
-    by_name: dict[str, list[tuple[str, str]]] = {}
-    for r in records:
-        for p in dict.fromkeys([r.path, *r.paths, *([stacks[r.path]] if r.path in stacks else [])]):
-            by_name.setdefault(os.path.basename(p).lower(), []).append((p, r.path))
+    index = FileIndex((p, r.path) for r in records
+                      for p in dict.fromkeys([r.path, *r.paths, *([stacks[r.path]] if r.path in stacks else [])]))
     out: dict[str, str | None] = {r.path: None for r in records}
     line_of: dict[str, str] = {}
     unknown: list[str] = []
@@ -168,7 +164,7 @@ def _by_csv(records: list[FileRecord], csv_path: Path, label_dir: Path | None) -
         image, label = (row[k].replace("\\", "/") if os.sep == "/" else row[k] for k in ("image", "label"))
         if not image or not label:
             raise DataError(f"labels CSV '{csv_path}' line {i}: empty image or label entry.")
-        key = _csv_image(image, base, by_path, by_name, csv_path, i)
+        key = index.find(image, (base, ""), f"labels CSV '{csv_path}' line {i}", "matches {} images")
         if key is None:
             found = next((c for c in (base / image, Path(image)) if os.path.isfile(c)), None)
             if found is None:  # nowhere, or a folder that is no stack
@@ -203,25 +199,6 @@ def _by_csv(records: list[FileRecord], csv_path: Path, label_dir: Path | None) -
 def _under_any(path: str | Path, folders: set[str]) -> bool:
     """Whether ``path`` lies directly in one of ``folders`` (real paths)."""
     return os.path.dirname(os.path.realpath(path)) in folders
-
-
-def _csv_image(image: str, base: Path, by_path: dict[str, str], by_name: dict[str, list[tuple[str, str]]],
-               csv_path: Path, line: str) -> str | None:
-    """The catalog image a labels-CSV row names (see :func:`_by_csv`), None when it names none. ``by_name``: each
-    lower-cased file name's (path, record path) pairs."""
-    for candidate in (base / image, Path(image)):
-        key = by_path.get(os.path.realpath(candidate))
-        if key is not None:
-            return key
-    parts = [p for p in image.lower().split("/") if p not in ("", ".")]
-    if os.path.isabs(image) or not parts or ".." in parts:
-        return None
-    tail = "/" + "/".join(parts)
-    hits = sorted({r for p, r in by_name.get(parts[-1], []) if ("/" + p.replace(os.sep, "/").lower()).endswith(tail)})
-    if len(hits) > 1:
-        raise DataError(f"labels CSV '{csv_path}' line {line}: '{image}' matches {len(hits)} images "
-                        f"({', '.join(hits[:3])}{' ...' if len(hits) > 3 else ''}); give more of its path.")
-    return hits[0] if hits else None
 
 
 def match_labels(image_records: Sequence[FileRecord], label_dir: str | Path | None, kind: str,

@@ -92,3 +92,10 @@ def warn_other_scaling(items: Sequence[tuple[str, Sequence[Sequence[float]] | No
                     "like these.", path, more, "carry" if more else "carries", _scaling_text(scaling),
                     _scaling_text(stats.scaling))
     return [p for p, _ in odd]
+
+
+def warn_summaries(summaries: Sequence[dict[str, Any]], stats: Any) -> None:
+    """The scale / offset and range checks over predictions' summaries (``predict_raster``'s: ``input``,
+    ``value_scaling``, ``value_range``), one warning each for all of them."""
+    warn_other_scaling([(s["input"], s["value_scaling"]) for s in summaries if "value_scaling" in s], stats)
+    warn_far_from_stats([(s["input"], s["value_range"]) for s in summaries if s.get("value_range")], stats)

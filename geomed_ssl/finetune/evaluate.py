@@ -33,7 +33,7 @@ def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Seque
     their own voxels (the map ``predict`` writes). Band names assigned by position were reported when the images
     were scanned, so they are not reported again here. ``only`` (rasters): per image, a bool map of the pixels
     wanted; the windows holding none are skipped and the pixels they alone cover are -1."""
-    from geomed_ssl.bands.ranges import warn_far_from_stats, warn_other_scaling
+    from geomed_ssl.bands.ranges import warn_summaries
     from geomed_ssl.inference.predict import predict_raster, predict_volume
     from geomed_ssl.models.device import model_device
 
@@ -64,8 +64,7 @@ def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Seque
                                    spacing=None if native else cfg.spacing)
             out.append(labels)
     if check_ranges and len(paths) > 1 and read:  # one warning each for all the files, as predict says it for a folder
-        warn_other_scaling([(r["input"], r.get("value_scaling")) for r in read], stats)
-        warn_far_from_stats([(r["input"], r["value_range"]) for r in read if r.get("value_range")], stats)
+        warn_summaries(read, stats)
     return out
 
 

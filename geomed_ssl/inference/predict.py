@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
-from geomed_ssl.bands.ranges import warn_far_from_stats, warn_other_scaling
+from geomed_ssl.bands.ranges import warn_summaries
 from geomed_ssl.data.catalog import glob_match, select
 from geomed_ssl.data.kinds import check_input_kind, input_kind
 from geomed_ssl.data.listing import list_files, once
@@ -253,6 +253,5 @@ def predict_files(
             proba_path(out).unlink(missing_ok=True)  # kept until now: a kill during the prediction leaves the
             # earlier pair (only one in the instant since the map's rename leaves the new map beside them)
     if len(planned) > 1:  # one warning for the folder, naming the first file far from the statistics and the count
-        warn_other_scaling([(s["input"], s["value_scaling"]) for s in summaries if "value_scaling" in s], stats)
-        warn_far_from_stats([(s["input"], s["value_range"]) for s in summaries if s.get("value_range")], stats)
+        warn_summaries(summaries, stats)
     return summaries

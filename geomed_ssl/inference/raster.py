@@ -24,7 +24,7 @@ from geomed_ssl.bands.matching import check_band_wavelengths
 from geomed_ssl.bands.names import BandInfo, band_order, resolve_band_info
 from geomed_ssl.bands.conform import alpha_note, note_band_order, report_positional_names
 from geomed_ssl.geo.gdal_read import data_bands, read_masked
-from geomed_ssl.bands.ranges import warn_far_from_stats, warn_other_scaling
+from geomed_ssl.bands.ranges import warn_summaries
 from geomed_ssl.data.stats import BandStats, band_gaps, band_percentiles, normalize, valid_mask, valid_values
 from geomed_ssl.windows.tiling import DEFAULT_OVERLAP, blend_weights, window_starts
 from geomed_ssl.errors import DataError
@@ -146,21 +146,21 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
             for w in outputs:
                 w.abort()  # a writer already committed has nothing left to abort
             raise
-    value_range, scaling = ranges.value_range(), scene.scaling
-    if check_ranges:  # (False: a fine-tune evaluating the files it trained on, or predict_files, which says it once)
-        warn_other_scaling([(str(path), scaling)], stats)
-        warn_far_from_stats([(str(path), value_range)], stats)
-    if only is None or only.any():  # (nothing asked for: nothing predicted, rightly)
-        warn_if_nothing_predicted(path, info["valid_pixels"], scene.nodata, out_path)
     seconds = time.perf_counter() - t0
     (H, W), ppath = scene.shape, outputs[1].path if pkind else None
-    return {
+    summary = {
         "input": str(path), "output": str(out_path), "proba_output": str(ppath) if ppath else None,
         "kind": "raster", "shape": [H, W], "band_names": list(stats.band_names), "num_classes": int(num_classes),
         "window": list(win), "overlap": float(overlap), "blend": blend, "nodata": scene.nodata,
         "nodata_label": lnodata, **info, "seconds": round(seconds, 3),
-        "pixels_per_s": round(H * W / max(seconds, 1e-9), 1), "value_range": value_range, "value_scaling": scaling,
+        "pixels_per_s": round(H * W / max(seconds, 1e-9), 1), "value_range": ranges.value_range(),
+        "value_scaling": scene.scaling,
     }
+    if check_ranges:  # (False: a fine-tune evaluating the files it trained on, or predict_files, which says it once)
+        warn_summaries([summary], stats)
+    if only is None or only.any():  # (nothing asked for: nothing predicted, rightly)
+        warn_if_nothing_predicted(path, info["valid_pixels"], scene.nodata, out_path)
+    return summary
 
 
 class RasterInput:

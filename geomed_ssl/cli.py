@@ -15,8 +15,8 @@ from typing import Optional
 import typer
 
 from geomed_ssl.cli_finetune import finetune_app
-from geomed_ssl.cli_options import (STATE, SetOpt, StrictOpt, name_list, signal_exit_code, terminable,
-                                    user_errors)
+from geomed_ssl.cli_options import (STATE, SetOpt, StrictOpt, name_list, progress_shown, signal_exit_code,
+                                    terminable, user_errors)
 from geomed_ssl.errors import GeomedError
 
 app = typer.Typer(
@@ -142,7 +142,7 @@ def pretrain(
     from geomed_ssl.train.pretrain import pretrain as run
 
     result = run(recipe, data, out, overrides=overrides, resume=resume, overwrite=overwrite, strict=strict,
-                 progress=logging.getLogger().level <= logging.INFO)  # --quiet: no bar either
+                 progress=progress_shown())
     if not result.is_global_zero:  # the other processes of a multi-process run: rank 0 reports
         return
     if result.stopped:  # said once, here (the library logs nothing about it)
@@ -200,7 +200,7 @@ def compare(
     options = parse_options(encoders, per_class, fraction, seeds, split, protocol, baselines, no_baselines)
     result = run_compare(options, out=out, images=images, labels=labels, data=data, recipe=recipe,
                          overrides=overrides, overwrite=overwrite, strict=strict,
-                         progress=logging.getLogger().level <= logging.INFO, keep_finetuned=keep_finetuned)
+                         progress=progress_shown(), keep_finetuned=keep_finetuned)
     seeds_text = spread_label(sorted({int(r["seed"]) for r in result.rows}))
     typer.echo(f"{result.metric}, {seeds_text} (* best protocol, picked on these test numbers: optimistic):")
     typer.echo(result.table)
@@ -325,7 +325,7 @@ def embed(
     result = embed_folder(encoder, data_dir, out, level=level, window=window, stride=stride, pool=pool,
                           batch_size=batch_size, dtype=dtype, pca_dims=pca, min_valid=min_valid, overrides=overrides,
                           include=include, exclude=exclude, overwrite=overwrite, device=device,
-                          progress=logging.getLogger().level <= logging.INFO, strict=strict)
+                          progress=progress_shown(), strict=strict)
     m = result.manifest
     n_files = len(m["files"])
     typer.echo(f"{m['count']} vector{'s' if m['count'] != 1 else ''} of {m['dim']} dims from {n_files} "

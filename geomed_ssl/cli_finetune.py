@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from geomed_ssl.cli_options import SetOpt, StrictOpt, user_errors
+from geomed_ssl.cli_options import SetOpt, StrictOpt, progress_shown, user_errors
 from geomed_ssl.errors import GeomedError
 
 finetune_app = typer.Typer(help="Fine-tune a pretrained encoder with few labels.", no_args_is_help=True)
@@ -58,7 +57,7 @@ def finetune_segment_cmd(
              "finetune.unfreeze_after_steps": unfreeze_after, "finetune.head": head}
     sets = ["finetune.task=segment", *finetune_sets(overrides, per_class, fraction, **flags)]
     result = finetune_segment(recipe, encoder, images, labels, out, overrides=sets, overwrite=overwrite, strict=strict,
-                              progress=logging.getLogger().level <= logging.INFO)
+                              progress=progress_shown())
     names = [c["name"] for c in result.metrics["classes"]]
     typer.echo(format_metrics(result.metrics["test"], names))
     typer.echo(f"model: {out / 'model'}  metrics: {out / 'metrics.json'}  confusion: {out / 'confusion.png'}")
@@ -90,7 +89,7 @@ def finetune_classify_cmd(
             "finetune.freeze_encoder": "false" if full else "true"} if (linear_probe or mlp or full) else {}
     sets = ["finetune.task=classify", *finetune_sets(overrides, per_class, fraction, **mode)]
     result = finetune_classify(recipe, encoder, data, out, overrides=sets, overwrite=overwrite, strict=strict,
-                               progress=logging.getLogger().level <= logging.INFO)
+                               progress=progress_shown())
     names = [c["name"] for c in result.metrics["classes"]]
     typer.echo(format_metrics(result.metrics["test"], names))
     typer.echo(f"model: {out / 'model'}  metrics: {out / 'metrics.json'}  confusion: {out / 'confusion.png'}")

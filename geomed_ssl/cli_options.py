@@ -138,6 +138,13 @@ def _in_scratch(path: str) -> bool:
     return bool(rel.parts) and re.match(r"geomed-[A-Za-z0-9_]+-\d+\.[0-9a-f]{8}-", rel.parts[0]) is not None
 
 
+def progress_shown() -> bool:
+    """Whether a command shows its progress bars: not under ``--quiet`` (which sets the root logger to warnings)."""
+    import logging
+
+    return logging.getLogger().level <= logging.INFO
+
+
 def write_failure(err: OSError) -> str:
     """One line for a file-system refusal (permission, read-only, full disk) naming the path and the way out."""
     from geomed_ssl.outfiles import final_name

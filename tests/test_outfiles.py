@@ -383,7 +383,8 @@ def test_a_full_disk_line_says_where_the_way_out_is(tmp_path: Path, monkeypatch)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
     (tmp_path / "scratch").mkdir()
     full = lambda p: OSError(errno.ENOSPC, "No space left on device", str(p))  # noqa: E731
-    assert "TMPDIR" in write_failure(full(tmp_path / "scratch" / "geomed-compare-1.0a1b2c3d-x" / "ft" / "model.safetensors"))
+    scratch = tmp_path / "scratch" / "geomed-compare-1.0a1b2c3d-x"  # outfiles.scratch_dir's name
+    assert "TMPDIR" in write_failure(full(scratch / "ft" / "model.safetensors"))
     assert write_failure(full(tmp_path / "scratch" / "myrun" / "a.tif")).endswith("or choose another --out.")
     assert write_failure(full(tmp_path / "scratch" / "geomed-ssl-demo" / "a.csv")).endswith("another --out.")
     assert "--resume" in write_failure(full(tmp_path / "scratch" / "myrun" / "checkpoints" / "last.ckpt"))

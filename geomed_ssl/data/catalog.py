@@ -24,8 +24,8 @@ from geomed_ssl.bands.matching import sensor_outliers
 from geomed_ssl.bands.names import brief
 from geomed_ssl.data.probe import RASTER_PREVIEW, VOLUME_PREVIEW, FileProbe, ProbeError, probe_file  # noqa: F401
 from geomed_ssl.geo.grids import grid_diffs
-from geomed_ssl.data.listing import (EXTENSIONS, LABEL_GLOBS, QUALITY_GLOBS, glob_match, has_ext, list_files,  # noqa: F401
-                                    once, problems_reported, reported_already, select, unread_formats)
+from geomed_ssl.data.listing import (EXTENSIONS, LABEL_GLOBS, QUALITY_GLOBS, glob_match, has_ext,  # noqa: F401
+                                    list_files, once, problems_reported, reported_already, select, unread_formats)
 from geomed_ssl.data.records import (FileRecord, Problem, record_from_probes, reoriented_axes,  # noqa: F401
                                     reoriented_shape)
 from geomed_ssl.data.survey import grid_lines

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from geomed_ssl.data.stats import HUGE_FILL
 from geomed_ssl.geo.grids import crs_name
 
 log = logging.getLogger("geomed_ssl")
@@ -132,7 +133,7 @@ def value_outliers(records: Sequence[Any], band_names: Sequence[str]) -> list[tu
     return out
 
 
-KNOWN_FILLS = (-9999.0, -32768.0, -32767.0, -3.4e38)  # fill values of common tools (-3.4e38: any beyond -1e38)
+KNOWN_FILLS = (-9999.0, -32768.0, -32767.0)  # fill values of common tools, and any float fill near -FLT_MAX
 
 
 def untagged_fill(value_range: Sequence[Sequence[float]]) -> float | None:
@@ -145,7 +146,7 @@ def untagged_fill(value_range: Sequence[Sequence[float]]) -> float | None:
         return None
     if v == 0:
         return 0.0
-    known = v in KNOWN_FILLS or v <= -1e38
+    known = v in KNOWN_FILLS or v <= -HUGE_FILL
     if all(row[0] == v for row in value_range) and (known or len(value_range) >= 2):
         return float(v)
     return None

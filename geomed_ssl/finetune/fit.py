@@ -151,7 +151,8 @@ def check_trainer_settings(recipe: Recipe) -> None:
 
 def fit_supervised(model: torch.nn.Module, dataset: Any, recipe: Recipe, num_classes: int, out: Path,
                    weights: torch.Tensor | None, input_key: str = "image", progress: bool = True) -> None:
-    """Train with Lightning: layer-wise lr decay, warmup + cosine; in this process, on one device (``train.devices`` / ``strategy`` / ``num_nodes`` are for ``pretrain``)."""
+    """Train with Lightning: layer-wise lr decay, warmup + cosine; in this process, on one device
+    (``train.devices`` / ``strategy`` / ``num_nodes`` are for ``pretrain``)."""
     f, t = recipe.finetune, recipe.train
     quiet_lightning()
     L.seed_everything(recipe.labels.seed, workers=True, verbose=False)

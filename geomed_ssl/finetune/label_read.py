@@ -14,10 +14,10 @@ from typing import Sequence
 
 import numpy as np
 
-from geomed_ssl.geo.voxels import nearest_index, resampled_shape, voxel_mm
 from geomed_ssl.data.stats import is_fill
 from geomed_ssl.errors import DataError
 from geomed_ssl.geo.gdal_read import has_dataset_mask
+from geomed_ssl.geo.voxels import nearest_index, resampled_shape, voxel_mm
 
 log = logging.getLogger("geomed_ssl")
 

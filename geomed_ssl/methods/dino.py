@@ -42,10 +42,10 @@ from geomed_ssl.views.builder import ViewSpec
 from geomed_ssl.methods.base import (MethodCard, MethodContext, MethodOutput, MethodSettings, PerSample, SSLMethod,
                                      mean_over_ranks)
 from geomed_ssl.methods.dino_losses import CENTERINGS, DINOLoss, IBOTPatchLoss, KoLeoLoss
+from geomed_ssl.methods.distributed import rank
 from geomed_ssl.methods.heads import DINOHead
 from geomed_ssl.methods.masking import block_mask, ibot_masks  # noqa: F401  (block_mask: re-exported)
 from geomed_ssl.methods.momentum import MomentumPair
-from geomed_ssl.methods.distributed import rank
 from geomed_ssl.methods.monitor import batch_std
 from geomed_ssl.methods.registry import register_method
 from geomed_ssl.methods.schedules import cosine, linear_warmup, teacher_momentum
@@ -104,7 +104,6 @@ COLLAPSE_ENTROPY_FRAC = 0.99  # teacher entropy above this fraction of log(K): u
 COLLAPSE_WARN_EVERY = 100  # steps between two collapse warnings
 log = logging.getLogger("geomed_ssl")
 MIN_TOKEN_VALID = 0.5  # a masked patch token counts in the iBOT loss when at least this fraction of it is valid
-
 
 
 def zero_invalid(x: Tensor, valid: Tensor | None) -> Tensor:

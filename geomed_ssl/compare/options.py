@@ -95,7 +95,8 @@ def check_encoders(encoders: Sequence[str]) -> list[str]:
         names.append(NONE)
     for enc in names:
         if enc != NONE and enc.lower() in BASELINES:
-            raise ConfigError(f"encoder '{enc}' has the name of a baseline; give it as ./{enc}.")
+            raise ConfigError(f"encoder '{enc}' has the name of a baseline, which names the baseline's rows; "
+                              f"give its absolute path ({Path(enc).absolute()}) or rename the folder.")
         if enc != NONE and not Path(enc).is_dir():
             what = "is a file, not a folder" if Path(enc).exists() else "does not exist"
             raise ConfigError(f"encoder '{enc}' {what}; give a RUN_DIR (from `geomed-ssl pretrain`), an exported "

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from geomed_ssl.compare.options import fraction_text
 from geomed_ssl.compare.results import Row
 from geomed_ssl.outfiles import atomic_write_text, save_figure
 
@@ -35,29 +36,39 @@ def grouped(rows: Sequence[Row], metric: str) -> dict[tuple[str, str], dict[floa
     return out
 
 
+def budget_text(budget: float) -> str:
+    """A budget as results.csv writes it (5, 0.01, or a fraction's exact digits), so two never share a label."""
+    return fraction_text(budget)
+
+
 def best_protocols(groups: dict[tuple[str, str], dict[float, dict[int, float]]]) -> dict[str, str]:
-    """Per encoder, the protocol with the highest mean over the (budget, seed) cells all its protocols share (all
-    of each protocol's cells where they share none), so a protocol run at one more, easier budget is not favoured."""
+    """Per encoder, the protocol with the highest mean over the (budget, seed) cells all its protocols share; where
+    they share none (rows of two compares into one folder), over the budgets they share, each protocol's seeds
+    there; where they share no budget either, over each protocol's own cells. So a protocol run at one more, easier
+    budget is not favoured while a fair ranking exists."""
     cells: dict[str, list[set[tuple[float, int]]]] = defaultdict(list)
     for (enc, _), by_budget in groups.items():
         cells[enc].append({(b, s) for b, seeds in by_budget.items() for s in seeds})
     best: dict[str, tuple[float, str]] = {}
     for (enc, proto), by_budget in groups.items():
         shared = set.intersection(*cells[enc])
+        budgets = set.intersection(*({b for b, _ in c} for c in cells[enc]))
         mean = float(np.mean([v for b, seeds in by_budget.items() for s, v in seeds.items()
-                              if not shared or (b, s) in shared]))
+                              if (b, s) in shared or (not shared and (not budgets or b in budgets))]))
         if enc not in best or mean > best[enc][0]:
             best[enc] = (mean, proto)
     return {enc: proto for enc, (_, proto) in best.items()}
 
 
-def mean_std(values: Sequence[float]) -> str:
-    """"mean ± sample std"; one value alone (no spread to estimate from one seed); "-" for none."""
+def mean_std(values: Sequence[float], of: int = 0) -> str:
+    """"mean ± sample std"; one value alone (no spread to estimate from one seed); "-" for none; with fewer values
+    than ``of`` (seeds the other cells have), how many it holds, e.g. "0.650 ± 0.071 (2 seeds)"."""
     if not values:
         return "-"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{np.mean(values):.3f} ± {float(np.std(values, ddof=1)):.3f}"
+    text = f"{values[0]:.3f}" if len(values) == 1 else f"{np.mean(values):.3f} ± {float(np.std(values, ddof=1)):.3f}"
+    if len(values) < of:
+        text += f" ({len(values)} seed{'s' if len(values) > 1 else ''})"
+    return text
 
 
 def spread_label(seeds: Sequence[int]) -> str:
@@ -82,11 +93,12 @@ def table(rows: Sequence[Row], metric: str) -> str:
     groups = grouped(rows, metric)
     budgets = sorted({b for g in groups.values() for b in g})
     best = best_protocols(groups)
-    head = "| encoder | protocol | " + " | ".join(f"{b:g}" for b in budgets) + " |"
+    most = max((len(seeds) for g in groups.values() for seeds in g.values()), default=0)
+    head = "| encoder | protocol | " + " | ".join(budget_text(b) for b in budgets) + " |"
     lines = [head, "|" + "---|" * (len(budgets) + 2)]
     for (enc, proto), by_budget in groups.items():
         mark = " *" if best.get(enc) == proto else ""
-        cells = [mean_std(list(by_budget.get(b, {}).values())) for b in budgets]
+        cells = [mean_std(list(by_budget.get(b, {}).values()), most) for b in budgets]
         lines.append(f"| {enc} | {proto}{mark} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -102,12 +114,17 @@ def paired_cells(mine: dict[int, float], theirs: dict[int, float]) -> str | None
     return f"{mean:+.3f} | {ci} | {len(seeds)}"
 
 
+def pretrained(rows: Sequence[Row]) -> list[str]:
+    """The encoders of ``rows`` that are neither ``none`` nor a baseline, in order of appearance."""
+    return [e for e in dict.fromkeys(r["encoder"] for r in rows) if e != NONE and e not in BASELINE_NAMES]
+
+
 def paired_lines(rows: Sequence[Row], metric: str) -> list[str]:
     """Per pretrained encoder and budget: pretrained − none, per seed, for each protocol both have and for the
     best protocols, as mean [95 % CI] (n seeds)."""
     groups = grouped(rows, metric)
     best = best_protocols(groups)
-    encoders = [e for e in dict.fromkeys(enc for enc, _ in groups) if e != NONE and e not in BASELINE_NAMES]
+    encoders = [e for e in pretrained(rows) if any(enc == e for enc, _ in groups)]
     if NONE not in best:
         return ["No `none` rows yet: nothing to pair with."]
     lines = ["| encoder | protocol (vs none) | budget | difference | 95 % CI | seeds |", "|---|---|---|---|---|---|"]
@@ -119,7 +136,7 @@ def paired_lines(rows: Sequence[Row], metric: str) -> list[str]:
             label = mine if mine == theirs else f"best: {mine} vs {theirs}"
             for budget in sorted(set(a) & set(b)):
                 if cells := paired_cells(a[budget], b[budget]):
-                    lines.append(f"| {enc} | {label} | {budget:g} | {cells} |")
+                    lines.append(f"| {enc} | {label} | {budget_text(budget)} | {cells} |")
     return lines
 
 
@@ -140,7 +157,7 @@ def baseline_lines(rows: Sequence[Row], metric: str) -> list[str]:
             if (key := strongest(mine[budget], baselines, groups, budget)) is None:
                 continue
             if cells := paired_cells(mine[budget], groups[key][budget]):
-                lines.append(f"| {enc} | {best[enc]} | {key[0]} ({key[1]}) | {budget:g} | {cells} |")
+                lines.append(f"| {enc} | {best[enc]} | {key[0]} ({key[1]}) | {budget_text(budget)} | {cells} |")
     return lines
 
 
@@ -185,13 +202,13 @@ def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str, backgr
            "fitted on this graph. With the blocks / images split its graph stays inside the training blocks / "
            "images.", ""]
           if any(r["protocol"] == "propagate" for r in rows) else []),
-        "## Pretrained − random initialisation (paired by seed)", "",
-        "Difference of the metric between each pretrained encoder and `none` (same architecture, random weights) "
-        "on the same training and test samples, per seed; mean and 95 % t-interval over seeds. `none` is a new "
-        "random initialisation for each seed (drawn from `train.seed` and the seed, kept in "
-        "`encoder_none_seed<seed>/`), so the interval spreads over initialisations as well as samples. The "
-        "pretrained encoder is one pretraining run: compare several before relying on a small margin.", "",
-        *paired_lines(rows, metric), "",
+        *(["## Pretrained − random initialisation (paired by seed)", "",
+           "Difference of the metric between each pretrained encoder and `none` (same architecture, random "
+           "weights) on the same training and test samples, per seed; mean and 95 % t-interval over seeds. `none` "
+           "is a new random initialisation for each seed (drawn from `train.seed` and the seed, kept in "
+           "`encoder_none_seed<seed>/`), so the interval spreads over initialisations as well as samples. The "
+           "pretrained encoder is one pretraining run: compare several before relying on a small margin.", "",
+           *paired_lines(rows, metric), ""] if pretrained(rows) else []),
         *(["## Against the strongest baseline (paired by seed)", "",
            "Difference between each encoder's best protocol and, at each budget, the baseline with the highest mean "
            "over the seeds they all share with the encoder (the hardest of them to beat), on the same training and "
@@ -234,7 +251,7 @@ def write_curve(path: Path, rows: Sequence[Row], metric: str) -> None:
         ax.fill_between(xs, means - sds, means + sds, color=line.get_color(), alpha=0.15)
     ax.set_xscale("log")
     ticks = sorted({b for g in groups.values() for b in g})
-    ax.set_xticks(ticks, labels=[f"{b:g}" for b in ticks])
+    ax.set_xticks(ticks, labels=[budget_text(b) for b in ticks])
     ax.minorticks_off()
     ax.set_xlabel(budget_label(rows))
     ax.set_ylabel(metric)

@@ -85,3 +85,55 @@ def test_the_interval_is_the_95_percent_t_interval_of_the_seed_differences() -> 
     """Differences 0.05, 0.07, 0.09: mean 0.07, sample sd 0.02, t(0.975, 2 dof) 4.303: half-width 0.0497."""
     assert paired_cells({0: 0.85, 1: 0.87, 2: 0.89}, {0: 0.80, 1: 0.80, 2: 0.80}) == "+0.070 | [+0.020, +0.120] | 3"
     assert paired_cells({0: 0.85}, {0: 0.80}) == "+0.050 | - | 1"
+
+
+def test_fraction_budgets_that_round_alike_keep_their_own_labels() -> None:
+    from geomed_ssl.compare.report import table
+
+    table_rows = []
+    for fraction, v in (("0.1234561", 0.6), ("0.1234564", 0.7)):
+        for (enc, proto), value in ((("run", "linear"), v), (("none", "linear"), 0.5)):
+            row = dict.fromkeys(COLUMNS, "")
+            row.update(encoder=enc, label_fraction=fraction, seed="0", protocol=proto, oa=str(value))
+            table_rows.append(row)
+    assert "| 0.1234561 | 0.1234564 |" in table(table_rows, "oa").splitlines()[0]
+    budgets = [cells(line)[2] for line in paired_lines(table_rows, "oa")[2:]]
+    assert budgets == ["0.1234561", "0.1234564"]
+
+
+def test_protocols_that_share_no_cell_are_ranked_on_the_budgets_they_share() -> None:
+    from geomed_ssl.compare.report import best_protocols, grouped
+
+    # two compares into one folder: linear on seeds 0-2, knn on seeds 3-5; only knn ran the easy budget 20
+    linear = rows({("run", "linear"): {1: [0.60, 0.60, 0.60]}})
+    knn = [dict(r, seed=str(int(r["seed"]) + 3)) for r in rows({("run", "knn"): {1: [0.50] * 3, 20: [0.95] * 3}})]
+    assert best_protocols(grouped(linear + knn, "oa")) == {"run": "linear"}
+
+
+def test_a_cell_with_fewer_seeds_than_the_others_says_how_many() -> None:
+    from geomed_ssl.compare.report import table
+
+    partial = rows({("run", "linear"): {1: [0.60, 0.70, 0.65]}, ("none", "linear"): {1: [0.60, 0.70]}})
+    by = {tuple(c[:2]): c[2] for c in map(cells, table(partial, "oa").splitlines()[2:])}
+    assert by[("run", "linear *")] == "0.650 ± 0.050"
+    assert by[("none", "linear *")] == "0.650 ± 0.071 (2 seeds)"
+
+
+def test_without_a_pretrained_encoder_the_paired_section_is_left_out() -> None:
+    only_none = rows({("none", "linear"): {1: [0.5, 0.6]}, ("rf", "forest"): {1: [0.4, 0.5]}})
+    assert "Pretrained − random initialisation" not in summary_text(only_none, "oa", "random", "pixel")
+    assert "Pretrained − random initialisation" in summary_text(rows(), "oa", "random", "pixel")
+
+
+def test_an_encoder_folder_named_like_a_baseline_is_refused_with_a_way_that_works(tmp_path, monkeypatch) -> None:
+    import pytest
+
+    from geomed_ssl.compare.options import check_encoders
+    from geomed_ssl.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rf").mkdir()
+    with pytest.raises(ConfigError, match="absolute path") as err:
+        check_encoders(["./rf"])
+    assert str(tmp_path / "rf") in str(err.value)
+    assert check_encoders([str(tmp_path / "rf")]) == [str(tmp_path / "rf"), "none"]

@@ -156,7 +156,8 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
         if images is None or (labels is None and recipe.labels.label_name is None):
             raise GeomedError("a segmentation model is evaluated with --images IMG_DIR --labels LABELS (a folder, "
                               "a label file or a CSV), or with labels.label_name set in its recipe.")
-        catalog = scan(images, recipe.data, strict=strict, names_by_position=position, majority=False)
+        sized = dataclasses.replace(recipe.data, patch_size=list(meta["window"]))  # what the model reads
+        catalog = scan(images, sized, strict=strict, names_by_position=position, majority=False)
         catalog.warn_problems()
         native = dataclasses.replace(recipe.data, spacing=None)  # every labelled voxel of the files, once
         pairs, arrays, masks = read_label_pairs(catalog.records, labels, recipe.labels, native,

@@ -820,3 +820,31 @@ def test_classify_sizes_volumes_against_the_encoders_window_not_the_recipes(tmp_
                               "linear", "--no-baselines", "--set", "data.num_workers=0", "--set",
                               "finetune.max_steps=2"])
     assert cmp.exit_code == 0, cmp.output
+
+
+def test_evaluate_reads_volumes_at_the_models_window_not_the_recipes(tmp_path: Path) -> None:
+    """The fine-tune took the encoder's 16-voxel window while its recipe kept mae_mri's 64: evaluate left out (or
+    refused) every volume under half of 64 voxels along an axis, volumes the model trained and was scored on."""
+    import nibabel as nib
+
+    from tests.embeddings.test_extract import make_encoder, volumes
+
+    images = volumes(tmp_path / "images", 2, (24, 24, 20))
+    (tmp_path / "labels").mkdir()
+    for path in sorted(images.iterdir()):
+        img = nib.load(str(path))
+        seg = (np.asarray(img.dataobj) > np.median(np.asarray(img.dataobj))).astype(np.uint8)
+        nib.save(nib.Nifti1Image(seg, img.affine), str(tmp_path / "labels" / path.name))
+    enc = make_encoder(images, tmp_path / "enc", kind="volume", window=16, patch=8)
+    ft = tmp_path / "ft"
+    result = runner.invoke(app, ["finetune", "segment", "recipes/mae_mri.yaml", "--encoder", str(enc), "--images",
+                                 str(images), "--labels", str(tmp_path / "labels"), "--out", str(ft),
+                                 "--labels-per-class", "5", "--head", "probe", "--set", "labels.ignore_value=null",
+                                 "--set", "data.num_workers=0"])
+    assert result.exit_code == 0, result.output
+    tested = json.loads((ft / "metrics.json").read_text())["test"]
+    ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(images), "--labels", str(tmp_path / "labels")])
+    assert ev.exit_code == 0, ev.output
+    assert "smaller than half" not in ev.output
+    scored = json.loads((ft / "eval" / "metrics.json").read_text())["test"]
+    assert scored["OA"] == pytest.approx(tested["OA"]) and scored["n"] == tested["n"]

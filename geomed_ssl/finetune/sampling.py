@@ -365,6 +365,7 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
         train = drawn if first.size == values.size else np.flatnonzero(np.isin(keys, keys[first[drawn]]))
     else:
         train = np.flatnonzero(pool) if pool is not None else np.arange(values.size)
+    check_drew_some(train, unit, cfg.per_class, cfg.fraction, notes)
     if pool is None:
         if distinct:
             untrained = np.ones(keys.size, bool)
@@ -419,6 +420,20 @@ def split_images(labels: np.ndarray, per_class: int | None, fraction: float | No
         test = np.setdiff1d(np.arange(labels.size), train)
     else:
         raise ConfigError("classification needs labels.per_class (--labels-per-class K) or labels.fraction.")
+    check_drew_some(train, "image", per_class, fraction, notes)
     if test_fraction is not None and test.size:
         test = _subsample(test, labels, float(test_fraction), seed)
     return np.sort(train).astype(np.int64), np.sort(test).astype(np.int64), notes
+
+
+def check_drew_some(train: np.ndarray, unit: str, per_class: int | None, fraction: float | None,
+                    notes: Sequence[str]) -> None:
+    """A DataError when a budget drew nothing to train on (every class too small for it), with each class's note;
+    fitting on nothing failed with a traceback, or scored a constant map as a model."""
+    if train.size:
+        return
+    budget = (f"{per_class} per class" if per_class is not None else
+              f"fraction {fraction}" if fraction is not None else "the split")
+    raise DataError(f"no labelled {unit} is left to train on with {budget}: " + "; ".join(notes)
+                    + f". Label more {unit}s per class, e.g. a mask of each structure rather than a few landmark "
+                    "points.")

@@ -557,6 +557,14 @@ def test_volume_labels_match_in_ras_and_a_shifted_affine_is_an_error(tmp_path):
     _nii(labels_dir / "a_seg.nii.gz", lab, shifted)
     with pytest.raises(DataError, match=r"a_seg.nii.gz.*vols/a.nii.gz.*affine differs"):
         match_labels(records, labels_dir, "volume")
+    rounded = flip.copy()  # float32 header rounding (SCT's gold-standard GM mask beside its MT image): one grid
+    rounded[0, 0], rounded[1, 3] = -2.0002, 0.0003
+    _nii(labels_dir / "a_seg.nii.gz", lab, rounded)
+    assert len(match_labels(records, labels_dir, "volume")) == 1
+    shifted[1, 3] = 0.1  # a twentieth of a voxel: another grid
+    _nii(labels_dir / "a_seg.nii.gz", lab, shifted)
+    with pytest.raises(DataError, match="affine differs"):
+        match_labels(records, labels_dir, "volume")
 
 
 def test_volume_labels_follow_the_readers_resampled_grid(tmp_path):
@@ -1001,3 +1009,18 @@ def test_a_labels_csv_row_naming_a_file_beside_the_images_that_was_left_out_is_s
     assert len(pairs) == 1
     said = [r.getMessage() for r in caplog.records if "not read as one" in r.getMessage()]
     assert len(said) == 1 and "line 3 ('images/S2_cloudmasked.tif')" in said[0] and "data.exclude" in said[0]
+
+
+def test_a_budget_that_draws_nothing_to_train_on_is_one_clear_error() -> None:
+    """Landmark points (one voxel per class) as a label map: every class keeps its one voxel for testing, and
+    fitting on nothing was a traceback (finetune) or a constant map scored as a model (compare)."""
+    from geomed_ssl.finetune.sampling import split_images
+
+    lab = np.zeros((6, 6, 6), np.int64)
+    lab[1, 1, 1], lab[4, 4, 4] = 3, 5
+    with pytest.raises(DataError, match="no labelled voxel is left to train on with 1 per class: class 3: 1 labelled"):
+        select_labels([lab], [lab > 0], LabelsConfig(per_class=1))
+    with pytest.raises(DataError, match="no labelled image is left to train on with 2 per class"):
+        split_images(np.array([0, 1]), 2, None, 0, ["a", "b"])
+    lab[2, 2, 2], lab[3, 3, 3] = 3, 5  # two per class: one trains, one tests
+    assert select_labels([lab], [lab > 0], LabelsConfig(per_class=1)).train_value.size == 2

@@ -24,6 +24,7 @@ from geomed_ssl.bands.matching import sensor_outliers
 from geomed_ssl.bands.names import brief
 from geomed_ssl.data.probe import RASTER_PREVIEW, VOLUME_PREVIEW, FileProbe, ProbeError, probe_file  # noqa: F401
 from geomed_ssl.geo.grids import grid_diffs
+from geomed_ssl.geo.voxels import GRID_TOLERANCE, grid_gap
 from geomed_ssl.data.listing import (EXTENSIONS, LABEL_GLOBS, QUALITY_GLOBS, glob_match, has_ext,  # noqa: F401
                                     list_files, once, problems_reported, reported_already, select, unread_formats)
 from geomed_ssl.data.records import (FileRecord, Problem, record_from_probes, reoriented_axes,  # noqa: F401
@@ -136,7 +137,7 @@ def _grid_difference(a: FileProbe, b: FileProbe, kind: str) -> str | None:
     if a.shape != b.shape:
         return f"shapes {'x'.join(map(str, a.shape))} and {'x'.join(map(str, b.shape))}"
     if kind == "volume":
-        if np.allclose(a.geo["affine"], b.geo["affine"], atol=1e-4):
+        if grid_gap(a.shape[-3:], a.geo["affine"], b.geo["affine"]) <= GRID_TOLERANCE:
             return None
         gap = float(np.abs(np.asarray(a.geo["affine"]) - np.asarray(b.geo["affine"])).max())
         return (f"affines differing by up to {gap:.4g} (orientations {a.geo.get('orientation')} and "

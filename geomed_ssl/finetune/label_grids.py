@@ -12,8 +12,7 @@ import numpy as np
 from geomed_ssl.data.catalog import FileRecord
 from geomed_ssl.errors import DataError
 from geomed_ssl.geo.grids import gcp_grid, grid_diffs
-
-AFFINE_TOL = 1e-4
+from geomed_ssl.geo.voxels import GRID_TOLERANCE, grid_gap
 
 
 def _raster_header(path: str) -> tuple[tuple[int, int], str | None, list[float], int]:
@@ -85,7 +84,7 @@ def volume_grid_diffs(ras_shape: Sequence[int], ras_affine: np.ndarray, label: s
     diffs = []
     if l_shape != i_shape:
         diffs.append(f"shape {'x'.join(map(str, l_shape))} vs {'x'.join(map(str, i_shape))} (RAS order)")
-    if not np.allclose(l_aff, i_aff, rtol=0, atol=AFFINE_TOL):
+    if grid_gap(i_shape, i_aff, l_aff) > GRID_TOLERANCE:
         offset = np.round(np.linalg.solve(i_aff, l_aff[:, 3])[:3], 3).tolist()  # label origin in image voxels
         sizes = [np.round(np.linalg.norm(a[:3, :3], axis=0), 4).tolist() for a in (l_aff, i_aff)]
         diffs.append(f"affine differs by up to {np.abs(l_aff - i_aff).max():.4g} (label origin at image voxel "

@@ -26,13 +26,13 @@ from geomed_ssl.finetune.sampling import (  # noqa: F401  (re-exported: the samp
     ClassMap, LabelSelection, Names, Sources, check_labels_config, class_ids, labelled_pixels, sample_fraction,
     sample_images_per_class, sample_per_class, select_labels,
 )
-from geomed_ssl.finetune.label_grids import AFFINE_TOL, check_grid, ras_grid  # noqa: F401 (re-exported)
+from geomed_ssl.finetune.label_grids import check_grid, ras_grid  # noqa: F401 (re-exported)
 from geomed_ssl.finetune.label_read import UnlabelledFacts, read_label  # noqa: F401 (re-exported)
 from geomed_ssl.finetune.splits import GROUND_PREFIX, block_split  # noqa: F401  (block_split re-exported)
 from geomed_ssl.errors import DataError
 
 __all__ = [
-    "AFFINE_TOL", "LABEL_SUFFIXES", "check_grid", "match_labels", "read_label", "read_label_pairs", "label_sources",
+    "LABEL_SUFFIXES", "check_grid", "match_labels", "read_label", "read_label_pairs", "label_sources",
     "ground_key", "label_grounds",
     "ClassMap", "LabelSelection", "Names", "block_split", "check_labels_config", "class_ids", "labelled_pixels",
     "sample_fraction", "sample_images_per_class", "sample_per_class", "select_labels",

@@ -13,6 +13,23 @@ def voxel_mm(affine: np.ndarray) -> np.ndarray:
     return np.sqrt((np.asarray(affine, np.float64)[:3, :3] ** 2).sum(axis=0))
 
 
+GRID_TOLERANCE = 0.01  # voxels: two affines closer than this everywhere on a grid place its voxels alike
+
+
+def grid_gap(shape: Sequence[int], affine: np.ndarray, other: np.ndarray) -> float:
+    """How far apart, in voxels of ``affine``, the grid of ``shape`` voxels lands under ``other`` than under
+    ``affine`` at its farthest corner: under :data:`GRID_TOLERANCE` the two affines place every voxel alike (float32
+    header rounding between an image and its label, or two contrasts of one acquisition, is far below it)."""
+    corners = np.array(np.meshgrid(*[[0, max(int(n) - 1, 0)] for n in shape[:3]], indexing="ij")).reshape(3, -1)
+    points = np.vstack([corners, np.ones(corners.shape[1])])
+    a, b = np.asarray(affine, np.float64), np.asarray(other, np.float64)
+    try:
+        moved = np.linalg.solve(a, b @ points)[:3]
+    except np.linalg.LinAlgError:
+        return float("inf")
+    return float(np.abs(moved - corners).max())
+
+
 def resampled_shape(shape: Sequence[int], voxel_mm: Sequence[float], spacing: Sequence[float]) -> list[int]:
     """The grid :func:`resample_to_spacing` gives ``shape`` voxels of ``voxel_mm``: round(extent / spacing) + 1 per
     axis, the first and last voxel centres kept."""

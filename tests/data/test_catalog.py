@@ -218,6 +218,10 @@ def test_channels_on_different_grids_are_a_problem_naming_both_files(tmp_path, m
     with pytest.raises(DataError, match=r"flair\.nii\.gz and t1c\.nii\.gz do not share one voxel grid: affines "
                                         r"differing by up to 1 \(orientations RAS and RAS\)"):
         scan(tmp_path, DataConfig(kind="volume", patch_size=16, channels=["*flair*", "*t1c*"]))
+    rounded = np.diag([1.0001, 1, 1, 1])
+    rounded[1, 3] = 0.0004  # float32 header rounding between two contrasts of one session: one grid
+    make_nii(tmp_path / "p1" / "t1c.nii.gz", np.ones((16, 16, 16), np.float32), rounded)
+    assert len(scan(tmp_path, DataConfig(kind="volume", patch_size=16, channels=["*flair*", "*t1c*"]))) == 1
 
 
 @pytest.mark.parametrize(("crs", "origin", "step", "shift"), [

@@ -102,7 +102,9 @@ def inspect(
                    "--labels)")
     from geomed_ssl.data.survey import warn_survey
 
-    warn_survey(catalog, cfg.data.spacing)
+    chosen = recipe is not None or sets_key(sets, "data.patch_size")  # else sizes nobody chose: cubes
+    warn_survey(catalog, cfg.data.spacing, window=cfg.data.patch_size if chosen else None,
+                tokens=cfg.model.patch_size if chosen else None)
 
 
 def guess_kind(data_dir: Path) -> str:

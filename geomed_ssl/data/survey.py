@@ -173,6 +173,7 @@ def unit_mismatch(records: Sequence[Any], band_names: Sequence[str]) -> list[tup
 
 
 ANISOTROPY = 3.0  # voxels this many times longer along one axis: windows and tokens are that much longer in mm
+VOXEL_SPREAD = 1.5  # voxel sizes this far apart along an axis: the volumes show anatomy at different scales
 ROTATION_SQUARE = 1.1  # a quarter turn in a plane of voxels this unequal changes what the voxels look like
 
 
@@ -180,25 +181,59 @@ def _mm(size: Sequence[float]) -> str:
     return " x ".join(f"{v:.3g}" for v in size)
 
 
+def _per_axis(value: Any, n: int) -> tuple[int, ...] | None:
+    """An int or per-axis list of voxel counts as ``n`` counts (None when it is neither)."""
+    if isinstance(value, int):
+        return (value,) * n
+    return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) and len(value) == n else None
+
+
 def voxel_warnings(records: Sequence[Any], spacing: Sequence[float] | None = None,
-                   rotation_axis: int | None = None) -> list[str]:
+                   rotation_axis: int | None = None, window: Sequence[int] | None = None,
+                   tokens: Sequence[int] | None = None) -> list[str]:
     """Warnings about the voxels the volumes are read at (``spacing``, ``data.spacing``; else each volume's own, in
-    RAS order): much longer along one axis (thick slices read at their own grid), and for rotation prediction
-    (``rotation_axis``) unequal in the plane it turns in, where a quarter turn shows itself by the voxels' shape."""
+    RAS order): windows or tokens (``window``, ``tokens``: voxels per axis; cubes when not given) much longer in mm
+    along one axis (thick slices read at their own grid), volumes of several voxel sizes read at their own grids,
+    and for rotation prediction (``rotation_axis``) voxels unequal in the plane it turns in, where a quarter turn
+    shows itself by the voxels' shape."""
     from geomed_ssl.data.records import reoriented_axes
 
     volumes = [r for r in records if r.kind == "volume" and r.spacing]
     if not volumes:
         return []
-    sizes = Counter(tuple(round(float(v), 3) for v in (spacing or reoriented_axes(r, r.spacing))) for r in volumes)
+    size_of = {r.path: tuple(round(float(v), 3) for v in (spacing or reoriented_axes(r, r.spacing))) for r in volumes}
+    sizes = Counter(size_of.values())
     typical = sizes.most_common(1)[0][0]
     out = []
-    ratio = max(typical) / max(min(typical), 1e-9)
-    if spacing is None and ratio > ANISOTROPY:
-        out.append(f"warning: most volumes have voxels of {_mm(typical)} mm (R, A, S) and data.spacing is null: "
-                   f"windows and tokens are cut in voxels, so they are {ratio:.0f}x longer in mm along one axis and "
-                   "much of a window can lie outside a thin slab. Set data.spacing (e.g. [1, 1, 1], or the finest of "
-                   "these sizes) to read them at one voxel size.")
+
+    window, tokens = _per_axis(window, len(typical)), _per_axis(tokens, len(typical))
+
+    def extent(counts: Sequence[int] | None, size: tuple[float, ...]) -> tuple[float, ...]:
+        return tuple(float(c) * v for c, v in zip(counts or (1,) * len(size), size))
+
+    def ratio(mm: Sequence[float]) -> float:
+        return max(mm) / max(min(mm), 1e-9)
+
+    long = {size: max(ratio(extent(window, size)), ratio(extent(tokens, size))) for size in sizes}
+    long = {size: r for size, r in long.items() if r > ANISOTROPY}
+    if spacing is None and long:
+        worst = max(long, key=long.get)
+        n = sum(sizes[size] for size in long)
+        shapes = (f"windows are {_mm(extent(window, worst))} mm and tokens {_mm(extent(tokens, worst))} mm, "
+                  if window and tokens else "windows and tokens are ")
+        out.append(f"warning: {n} of {len(volumes)} volumes have voxels of {_mm(worst)} mm (R, A, S) and "
+                   f"data.spacing is null: windows and tokens are cut in voxels, so there {shapes}up to "
+                   f"{long[worst]:.0f}x longer in mm along one axis, and much of a window can lie outside a thin "
+                   "slab. Set data.spacing to read the volumes at one voxel size (not much finer than their thickest "
+                   "slices: thin slices interpolated from thick ones add no detail), or give data.patch_size and "
+                   "model.patch_size per axis, about equal in mm.")
+    spread = max(max(k[a] for k in sizes) / max(min(k[a] for k in sizes), 1e-9) for a in range(len(typical)))
+    if spacing is None and spread > VOXEL_SPREAD:
+        listed = _counted(Counter({f"{_mm(k)} mm": n for k, n in sizes.items()}), 3)
+        out.append(f"warning: the volumes have several voxel sizes ({listed}) and data.spacing is null: windows are "
+                   f"cut in voxels, so the model sees anatomy at several scales (up to {spread:.1f}x apart along "
+                   "one axis). If that is not intended, set data.spacing to read them at one voxel size, or leave the "
+                   "others out with data.exclude.")
 
     def square(axis: int) -> bool:
         a, b = (typical[i] for i in range(3) if i != axis)
@@ -214,10 +249,11 @@ def voxel_warnings(records: Sequence[Any], spacing: Sequence[float] | None = Non
     return out
 
 
-def warn_survey(catalog: Any, spacing: Sequence[float] | None = None, rotation_axis: int | None = None) -> None:
+def warn_survey(catalog: Any, spacing: Sequence[float] | None = None, rotation_axis: int | None = None,
+                window: Sequence[int] | None = None, tokens: Sequence[int] | None = None) -> None:
     """Warnings about the archive as a whole: rasters of several CRSs or pixel sizes, files whose values are far
     from the rest (:func:`value_outliers`), volumes' voxels (:func:`voxel_warnings`), each with what to check."""
-    for line in voxel_warnings(catalog.records, spacing, rotation_axis):
+    for line in voxel_warnings(catalog.records, spacing, rotation_axis, window, tokens):
         log.warning(line)
     _, sizes = grid_counts(catalog.records)
     sizes = Counter({k: n for k, n in sizes.items() if not k.endswith(" px")})  # no ground size to compare

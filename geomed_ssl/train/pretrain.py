@@ -235,7 +235,8 @@ def read_data(data_dir: str | Path, out: Path, recipe: Recipe, resume: bool, str
     catalog = scan(data_dir, recipe.data, strict=strict, names_by_position="error" if strict else "warn")
     log.info(catalog.summary())
     warn_survey(catalog, recipe.data.spacing,
-                int(recipe.method.settings.get("axis", 0)) if recipe.method.name == "rotation" else None)
+                int(recipe.method.settings.get("axis", 0)) if recipe.method.name == "rotation" else None,
+                window=recipe.data.patch_size, tokens=recipe.model.patch_size)
     recipe = fit_method_to_data(recipe, catalog, source, resume)
     stats_path = out / "stats.json"
     if resume and stats_path.is_file():

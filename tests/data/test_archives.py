@@ -301,6 +301,28 @@ def test_thick_slices_read_at_their_own_grid_and_rotation_in_an_unequal_plane_ar
     assert voxel_warnings(records, [1.0, 1.0, 1.0], rotation_axis=0) == []
 
 
+def test_thick_volumes_are_warned_about_whatever_the_file_order_and_mixed_voxel_sizes_too(tmp_path, make_nii):
+    """One 1 mm volume beside one of 0.5 x 0.5 x 7.5 mm (spinal-cord T2 and T2*): the warning followed whichever
+    file sorted first (a tie of the most common size), and volumes of several voxel sizes were never warned about
+    (rasters of several pixel sizes were). The window and tokens the recipe gives are measured in mm as chosen."""
+    from geomed_ssl.data.survey import voxel_warnings
+
+    for first, second in (("a", "z"), ("z", "a")):
+        folder = tmp_path / first
+        make_nii(folder / f"{first}_iso.nii.gz", np.ones((32, 32, 32), np.float32), np.eye(4))
+        make_nii(folder / f"{second}_thick.nii.gz", np.ones((32, 32, 9), np.float32), np.diag([0.5, 0.5, 7.5, 1.0]))
+        records = scan(folder, DataConfig(kind="volume", patch_size=4)).records
+        lines = voxel_warnings(records, None, window=16, tokens=4)
+        assert len(lines) == 2, lines
+        assert "1 of 2 volumes have voxels of 0.5 x 0.5 x 7.5 mm" in lines[0]
+        assert "windows are 8 x 8 x 120 mm and tokens 2 x 2 x 30 mm, up to 15x longer" in lines[0]
+        assert "several voxel sizes" in lines[1] and "7.5x apart" in lines[1]
+        chosen = voxel_warnings(records, None, window=[16, 16, 2], tokens=[8, 8, 1])  # 8 x 8 x 15 mm: 1.9x
+        assert "1 of 2 volumes have voxels of 1 x 1 x 1 mm" in chosen[0]  # and there the window is flat
+        assert "windows are 16 x 16 x 2 mm" in chosen[0] and "several voxel sizes" in chosen[1]
+        assert voxel_warnings(records, [1.0, 1.0, 1.0]) == []
+
+
 def test_a_complex_int16_sar_file_is_refused_like_other_complex_data(tmp_path):
     """GDAL's CInt16 (Sentinel-1 SLC as some tools write it) has no numpy type: a TypeError traceback before."""
     import rasterio

@@ -362,9 +362,19 @@ def compute_stats(catalog: Any, data_cfg: Any, seed: int = 0, read_window: ReadW
                                              read_window)
         count += file_count
         kept.extend(file_kept)
-    stats = _band_stats(names, count, kept, n_windows)
+    stats = _band_stats(names, count, kept, n_windows, ct_bounds(records, data_cfg))
     stats.scaling = shared_scaling(records)
     return stats
+
+
+def ct_bounds(records: Sequence[Any], data_cfg: Any) -> tuple[float, float] | None:
+    """``data.ct_window`` when every record is a volume read as CT, else None: CT's clip is its window, so the
+    percentiles of windows that are mostly air (p99 near 250 HU over an abdomen) do not flatten bone above them."""
+    kinds = {intensity_args(r, data_cfg)["kind_hint"] if r.kind == "volume" else None for r in records}
+    if kinds != {"ct"}:
+        return None
+    lo, hi = (float(v) for v in data_cfg.ct_window)
+    return lo, hi
 
 
 def shared_scaling(records: Sequence[Any]) -> list[list[float]] | None:
@@ -415,8 +425,10 @@ def _sample_file(rec: Any, windows: int, window: tuple[int, ...], data_cfg: Any,
     return count, kept
 
 
-def _band_stats(names: list[str], count: np.ndarray, kept: list[np.ndarray], n_windows: int) -> BandStats:
-    """Percentiles, and mean / std of the values clipped to them, from the sampled values (a list of (C, m))."""
+def _band_stats(names: list[str], count: np.ndarray, kept: list[np.ndarray], n_windows: int,
+                bounds: tuple[float, float] | None = None) -> BandStats:
+    """Percentiles, and mean / std of the values clipped to them, from the sampled values (a list of (C, m));
+    ``bounds``: the clip of every band instead of its percentiles (CT's window)."""
     if not kept or not any(k.shape[1] for k in kept):
         raise DataError(f"band(s) {names} have no valid pixels in {n_windows} sampled windows (nodata and NaN "
                         "excluded); check data.nodata and that the files hold data, or raise data.stats_windows.")
@@ -430,6 +442,8 @@ def _band_stats(names: list[str], count: np.ndarray, kept: list[np.ndarray], n_w
                         "them out of the files, or raise data.stats_windows if they hold data elsewhere.")
             sample[blank] = 0.0
     p1, p99 = band_percentiles(sample, [1, 99])
+    if bounds is not None:
+        p1, p99 = np.full(len(names), bounds[0]), np.full(len(names), bounds[1])
     flat = [n for n, a, b, g in zip(names, p1, p99, blank if gappy else [False] * len(names)) if a == b and not g]
     if flat:  # normalised to 0 everywhere; new data with another value there reads as far from the statistics
         log.warning(f"warning: band(s) {flat} are (nearly) constant in the {n_windows} sampled windows (e.g. "

@@ -290,3 +290,18 @@ def test_a_constant_band_is_said_once_when_the_statistics_are_computed(tmp_path,
         stats = compute_stats(scan(tmp_path, cfg), cfg)
     said = [r.getMessage() for r in caplog.records if "(nearly) constant" in r.getMessage()]
     assert len(said) == 1 and "['B3']" in said[0] and "B3: 7 at both" in said[0] and stats.std[2] > 0
+
+
+def test_ct_statistics_clip_at_the_window_not_at_percentiles_of_mostly_air(tmp_path, make_nii):
+    """An abdomen is mostly air and soft tissue: the 99th percentile of its windows sat near 250 HU, and normalize
+    clipped there again, so bone at 400 and 800 HU (ribs, vertebrae) fed the model one and the same value."""
+    vol = np.full((32, 32, 32), -1000.0, np.float32)
+    vol[4:28, 4:28, 4:28] = 40.0  # soft tissue
+    vol[14:18, 14:18, 4:28] = 400.0  # a spine of two bone densities, ~1 % of the voxels
+    vol[15:17, 15:17, 4:28] = 800.0
+    make_nii(tmp_path / "ct.nii.gz", vol)
+    cfg = DataConfig(kind="volume", patch_size=32, stats_windows=4, ct_window=[-1000.0, 1000.0])
+    stats = compute_stats(scan(tmp_path, cfg), cfg)
+    assert (stats.p1, stats.p99) == ([-1000.0], [1000.0])
+    out, _ = normalize(np.array([[-1000.0, 40.0, 400.0, 800.0, 1500.0]], np.float32), stats, None)
+    assert np.all(np.diff(out[0][:4]) > 0) and out[0][3] < out[0][4] + 1e-6  # distinct up to the window's top

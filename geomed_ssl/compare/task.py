@@ -23,6 +23,7 @@ from geomed_ssl.finetune.metrics import background_index
 from geomed_ssl.config import Recipe
 from geomed_ssl.data.catalog import Catalog, scan
 from geomed_ssl.data.labelled import scan_class_folders
+from geomed_ssl.data.listing import file_stamps
 from geomed_ssl.errors import DataError
 from geomed_ssl.finetune.classify import save_selection
 from geomed_ssl.finetune.labels import label_grounds, label_sources, read_label_pairs
@@ -223,11 +224,8 @@ def data_signature(task: Task) -> dict[str, Any]:
             h.update(np.ascontiguousarray(values[mask], dtype=np.int64).tobytes())
     else:
         h.update(np.ascontiguousarray(task.values, dtype=np.int64).tobytes())
-    stamps = []
-    for path in sorted({p for r in task.records for p in r.paths}):
-        st = os.stat(path)
-        stamps.append([path, st.st_size, st.st_mtime_ns])
-    return {"labels_sha256": h.hexdigest(), "image_files": stamps}
+    paths = sorted({p for r in task.records for p in r.paths})
+    return {"labels_sha256": h.hexdigest(), "image_files": [[p, *s] for p, s in zip(paths, file_stamps(paths))]}
 
 
 def settings_record(task: Task, split: str, budget_kind: str) -> str:

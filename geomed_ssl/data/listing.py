@@ -242,3 +242,13 @@ LABEL_GLOBS = ["*mask*", "*label*", "*lulc*", "*_gt*", "*seg*", "*OTMultiClass*"
 # probabilities, aerosol, water vapour and the true-colour preview. Left out by the raster recipes and by inspect.
 QUALITY_GLOBS = ["*_udm*", "*_QA_*", "*_QA.*", "*_BQA*", "*_SCL_*", "*MSK_*", "*_AOT_*", "*_WVP_*", "*_TCI_*",
                  "*_TCI.*"]
+
+
+def file_stamps(paths: Sequence[str]) -> list[list[int]]:
+    """[size, modification time in ns] of each file: what tells a file replaced or rewritten in place since an
+    output was computed from it (compare's rows, embed's parts)."""
+    stamps = []
+    for path in paths:
+        st = os.stat(path)
+        stamps.append([int(st.st_size), int(st.st_mtime_ns)])
+    return stamps

@@ -11,6 +11,7 @@ import torch
 
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.catalog import FileRecord
+from geomed_ssl.data.listing import file_stamps
 from geomed_ssl.bands.conform import conform_record
 from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import BandStats, normalize
@@ -83,7 +84,8 @@ class Embedder:
         """Path, grid and georeferencing of a file, and its map grid at this level."""
         shape = self.shape(record)
         meta: dict[str, Any] = {"path": record.path, "paths": list(record.paths), "kind": record.kind,
-                                "shape": list(shape), "rel": os.path.relpath(record.path, root) if root else None}
+                                "shape": list(shape), "rel": os.path.relpath(record.path, root) if root else None,
+                                "stamps": file_stamps(record.paths)}
         if self.nd == 2:
             meta.update(crs=record.crs, transform=list(record.transform or [1, 0, 0, 0, 1, 0]))
             if record.crs is None:

@@ -35,6 +35,7 @@ import torch
 from geomed_ssl.checkpoint import export_digest, find_encoder_dir, load_encoder, read_encoder_config
 from geomed_ssl.config import DataConfig, recipe_with_overrides, sets_key
 from geomed_ssl.data.catalog import Catalog, Problem, scan
+from geomed_ssl.data.listing import file_stamps
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.windows.tiling import grid_shape
 from geomed_ssl.embeddings.embedder import LEVELS, POOLS, Embedder  # noqa: F401  (re-exported)
@@ -259,6 +260,7 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
         raise DataError(f"'{gone[0]}'{more} was embedded into '{out_dir}' by the interrupted run but is not among "
                         "the files to embed now (removed, renamed, or another name of a file now read once); embed "
                         "again with --overwrite.")
+    refuse_changed(store.done_files(), out_dir, "by the interrupted run")
     todo = [r for r in catalog.records if r.path not in done]
     if done:
         log.info("resuming: %d of %d files already embedded in %s", len(paths) - len(todo), len(paths), out_dir)
@@ -277,9 +279,35 @@ def finished_run(store: EmbeddingStore, manifest: dict[str, Any], paths: list[st
     if new:
         raise GeomedError(f"'{out_dir}' is complete but {len(new)} file(s) are new (e.g. {new[0]}); embed them "
                           "into another --out or pass --overwrite to redo everything.")
+    gone = sorted({f["path"] for f in manifest["files"]} - set(paths))
+    if gone:
+        raise GeomedError(f"'{out_dir}' is complete but {len(gone)} of its file(s) are no longer in the data folder "
+                          f"(e.g. {gone[0]}: removed, renamed or left out now); its table still holds their rows: "
+                          "pass --overwrite to embed the files there are now, or restore them.")
+    refuse_changed(manifest["files"], out_dir, "")
     log.info("embeddings in %s are complete; nothing to do", out_dir)
     store.remove_parts()  # a run killed between its complete manifest and this clean-up left them
     return EmbedResult(Path(out_dir), ensure_maps(store, manifest), 0, len(paths), 0, time.perf_counter() - t0)
+
+
+def refuse_changed(files: Sequence[dict[str, Any]], out_dir: str | Path, when: str) -> None:
+    """A GeomedError when a file embedded into ``out_dir`` (its manifest entries ``files``) was replaced or rewritten
+    since (size or modification time; folders of an earlier version, without stamps, are not checked): its rows
+    would be kept beside embeddings of what the file holds now."""
+    changed = []
+    for f in files:
+        if "stamps" in f:
+            try:
+                now = file_stamps(f["paths"])
+            except OSError:
+                continue  # gone: said by the caller, which knows the files to embed now
+            if now != f["stamps"]:
+                changed.append(f["path"])
+    if changed:
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise GeomedError(f"'{changed[0]}'{more} changed (size or modification time) since it was embedded into "
+                          f"'{out_dir}'{' ' + when if when else ''}: its rows describe what it held then; embed again "
+                          "with --overwrite.")
 
 
 def embed_records(emb: Embedder, store: EmbeddingStore, todo: Sequence[Any], root: str | None, dtype: str,

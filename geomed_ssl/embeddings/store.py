@@ -213,8 +213,12 @@ class EmbeddingStore:
                                   "the command again to redo its files.") from None
         return out
 
+    def done_files(self) -> list[dict[str, Any]]:
+        """The manifest entries of the files the committed parts hold."""
+        return [f for _, files in self.committed() for f in files]
+
     def done_paths(self) -> set[str]:
-        return {f["path"] for _, files in self.committed() for f in files}
+        return {f["path"] for f in self.done_files()}
 
     def part(self, dtype: str) -> PartWriter:
         return PartWriter(self, dtype)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import struct
 from pathlib import Path
@@ -432,6 +433,27 @@ def test_a_resume_refuses_files_embedded_before_that_are_no_longer_to_embed(data
     with pytest.raises(DataError, match=f"'{first}' was embedded into .* not among the files to embed now"):
         embed_folder(encoder, mine, out, level="window", batch_size=4, progress=False)
     assert not (out / "embeddings.parquet").exists()
+    (mine / "renamed.tif").rename(first)
+    replaced = scenes(tmp_path / "other", [40], seed=5) / "scene_0.tif"
+    shutil.copyfile(replaced, first)  # replaced by other data: its rows would be kept as they are
+    with pytest.raises(GeomedError, match=f"'{first}' changed .* since it was embedded .* by the interrupted run"):
+        embed_folder(encoder, mine, out, level="window", batch_size=4, progress=False)
+
+
+def test_a_complete_folder_refuses_files_replaced_or_gone_since(data: Path, encoder: Path, tmp_path: Path) -> None:
+    """"Complete; nothing to do" kept a replaced file's old vectors, and a removed file's rows, without a word."""
+    mine = tmp_path / "data"
+    shutil.copytree(data, mine)
+    out = tmp_path / "emb"
+    embed_folder(encoder, mine, out, level="image", progress=False)
+    first = sorted(mine.glob("*.tif"))[0]
+    os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))  # rewritten in place
+    with pytest.raises(GeomedError, match=f"'{first}' changed .* since it was embedded into"):
+        embed_folder(encoder, mine, out, level="image", progress=False)
+    first.unlink()
+    with pytest.raises(GeomedError, match="1 of its file.* are no longer in the data folder"):
+        embed_folder(encoder, mine, out, level="image", progress=False)
+    assert embed_folder(encoder, mine, out, level="image", progress=False, overwrite=True).files_embedded == 2
 
 
 def test_patch_maps_of_a_scene_georeferenced_by_ground_control_points_carry_them_on_their_grid(

@@ -36,6 +36,8 @@ from geomed_ssl.train.checkpointing import (ResumePoint, RunCheckpoints, StopReq
 from geomed_ssl.train.console import ConsoleSettings, progress_callbacks, quiet_lightning
 from geomed_ssl.train.lr_check import warn_accumulation, warn_schedule
 from geomed_ssl.train.module import PretrainModule, param_groups
+from geomed_ssl.train.resumed import (catalog_changes, resumed_stats, saved_catalog, stats_file_holds,
+                                      warn_data_changed)
 from geomed_ssl.train.trainer import build_trainer, forks, loader_workers, probe_trainer
 
 log = logging.getLogger("geomed_ssl")
@@ -210,7 +212,7 @@ def agreed_inputs(probe: L.Trainer, out: Path, data_dir: str | Path, recipe: Rec
     chosen = agreement.share_checkpoint(str(found.path) if found else None)
     try:
         point = found or (resume_point(Path(chosen)) if chosen else None)
-        catalog, stats, recipe = read_data(data_dir, out, recipe, resume, strict, source)
+        catalog, stats, recipe = read_data(data_dir, out, recipe, resume, strict, source, point)
     except Exception as err:
         agreement.failed(err)
         raise
@@ -227,30 +229,41 @@ def resume_point(path: Path) -> ResumePoint:
                           "every rank must see the run folder on shared storage.") from None
 
 
-def read_data(data_dir: str | Path, out: Path, recipe: Recipe, resume: bool, strict: bool, source: str
-              ) -> tuple[Catalog, BandStats, Recipe]:
-    """The catalog of ``data_dir`` (summarised in the log), the band statistics (a resumed run's own
-    ``stats.json``, else computed, seeded: every rank computes the same ones, none waits for another's file) and the
-    recipe with the method fitted to the data (:func:`fit_method_to_data`)."""
+def read_data(data_dir: str | Path, out: Path, recipe: Recipe, resume: bool, strict: bool, source: str,
+              point: ResumePoint | None = None) -> tuple[Catalog, BandStats, Recipe]:
+    """The catalog of ``data_dir`` (summarised in the log), the band statistics (a resumed run's: those its
+    checkpoint ``point`` trained with, :func:`resumed_stats`; else computed, seeded: every rank computes the same
+    ones, none waits for another's file) and the recipe with the method fitted to the data
+    (:func:`fit_method_to_data`)."""
     catalog = scan(data_dir, recipe.data, strict=strict, names_by_position="error" if strict else "warn")
     log.info(catalog.summary())
     warn_survey(catalog, recipe.data.spacing,
                 int(recipe.method.settings.get("axis", 0)) if recipe.method.name == "rotation" else None,
                 window=recipe.data.patch_size, tokens=recipe.model.patch_size)
     recipe = fit_method_to_data(recipe, catalog, source, resume)
-    stats_path = out / "stats.json"
-    if resume and stats_path.is_file():
-        return catalog, BandStats.load(stats_path), recipe
+    if resume:
+        if (stats := resumed_stats(out, point, catalog)) is not None:
+            warn_data_changed(out, catalog, point)
+            return catalog, stats, recipe
+        if (out / "stats.json").is_file():  # a checkpoint of before the statistics were kept in it
+            return catalog, BandStats.load(out / "stats.json"), recipe
     return catalog, compute_stats(catalog, recipe.data, seed=recipe.train.seed), recipe
 
 
-def write_run_files(out: Path, recipe: Recipe, catalog: Catalog, stats: BandStats) -> None:
-    """``config.yaml``, ``catalog.json`` and (unless a resumed run has it) ``stats.json``, each complete or not at
-    all (rank 0 only)."""
+def write_run_files(out: Path, recipe: Recipe, catalog: Catalog, stats: BandStats, step: int | None = None
+                    ) -> None:
+    """``config.yaml``, ``catalog.json`` (a resumed run's at step ``step``: kept, and the data as read now beside
+    it when it changed) and ``stats.json`` (written again when it is not ``stats``), each complete or not at all
+    (rank 0 only)."""
     with atomic_path(out / "config.yaml") as tmp:
         recipe.save(tmp)
-    atomic_write_text(out / "catalog.json", json.dumps(catalog.to_dict(), indent=1))
-    if not (out / "stats.json").is_file():
+    text = json.dumps(catalog.to_dict(), indent=1)
+    started = saved_catalog(out) if step is not None else None
+    if started is None:
+        atomic_write_text(out / "catalog.json", text)
+    elif any(catalog_changes(started, catalog)):
+        atomic_write_text(out / f"catalog-resumed-step-{step:06d}.json", text)
+    if not stats_file_holds(out / "stats.json", stats):
         with atomic_path(out / "stats.json") as tmp:
             stats.save(tmp)
 
@@ -327,7 +340,7 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     if rank == 0:
         prepare_run_dir(out, resume, overwrite, inputs)
         remove_stale_temp_files(out)
-        write_run_files(out, recipe, catalog, stats)
+        write_run_files(out, recipe, catalog, stats, point.step if point is not None else None)
 
     stop = StopRequest()
     cbs = run_callbacks(out, recipe, method, catalog, stats, enc_cfg, stop, progress, knn) + (callbacks or [])

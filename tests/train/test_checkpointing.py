@@ -489,3 +489,45 @@ def test_a_run_started_before_keep_checkpoints_keeps_every_step_file_when_resume
     pretrain(None, raster_dir, out, resume=True, progress=False,
              overrides=["train.max_steps=12", "train.keep_checkpoints=2"])
     assert steps() == ["step-000010.ckpt", "step-000012.ckpt"]
+
+
+def test_a_resumed_run_keeps_the_statistics_it_trained_with_and_names_the_data_that_changed(
+        raster_dir: Path, tmp_path: Path, caplog) -> None:
+    """stats.json edited or deleted since the start normalised the rest of the run (and its export) otherwise, and
+    files added or replaced in the data folder were read without a word, catalog.json rewritten over the record
+    of what the run started on."""
+    import json
+    import shutil
+
+    from tests.conftest import structured_raster, write_geotiff
+
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        pretrain("recipes/mae_sentinel2.yaml", raster_dir, out, overrides=OVERRIDES, progress=False,
+                 callbacks=[KillAt(6)])
+    started = (out / "stats.json").read_text()
+    catalog = (out / "catalog.json").read_text()
+    edited = json.loads(started)
+    edited["bands"][0]["mean"] *= 10
+    (out / "stats.json").write_text(json.dumps(edited))
+    rng = np.random.default_rng(7)
+    write_geotiff(raster_dir / "scene_9.tif", structured_raster(rng, 4, 48) + 20000)  # added
+    write_geotiff(raster_dir / "scene_1.tif", structured_raster(rng, 4, 48) + 20000)  # replaced
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        pretrain(None, raster_dir, out, resume=True, progress=False)
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "stats.json' is not what this run trained with" in said
+    assert "1 added (scene_9.tif); 1 changed (scene_1.tif) files" in said
+    assert (out / "stats.json").read_text() != json.dumps(edited)
+    assert json.loads((out / "stats.json").read_text()) == json.loads(started)
+    exported = json.loads((out / "encoder" / "config.json").read_text())["encoder"]["stats"]
+    assert exported["bands"][0]["mean"] == pytest.approx(json.loads(started)["bands"][0]["mean"])
+    assert (out / "catalog.json").read_text() == catalog  # what the run started on
+    assert (out / "checkpoints" / "last.ckpt").is_file() and (out / "catalog-resumed-step-000005.json").is_file()
+    shutil.rmtree(raster_dir)
+    raster_dir.mkdir()
+    for i in range(3):
+        write_geotiff(raster_dir / f"scene_{i}.tif", structured_raster(rng, 3, 48))
+    with pytest.raises(Exception, match=r"--resume: the data's bands \(3: .*\) are not those this run trained on "
+                                        r"\(4: "):
+        pretrain(None, raster_dir, out, resume=True, progress=False, overrides=["train.max_steps=12"])

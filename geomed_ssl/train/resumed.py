@@ -1,0 +1,92 @@
+"""What a resumed pretraining run takes from its start, not from the folders as they are now: the statistics it
+trained with (its checkpoint's), and a warning naming the data files added, gone or changed since its
+``catalog.json``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from geomed_ssl.bands.names import brief
+from geomed_ssl.data.catalog import Catalog
+from geomed_ssl.data.stats import BandStats
+from geomed_ssl.errors import DataError
+from geomed_ssl.train.checkpointing import ResumePoint
+
+log = logging.getLogger("geomed_ssl")
+
+
+def resumed_stats(out: Path, point: ResumePoint | None, catalog: Catalog) -> BandStats | None:
+    """The statistics the resumed run trained with, from its checkpoint (None when it has none): ``stats.json``
+    edited or deleted since would otherwise normalise the rest of the run, and the export, otherwise than its start,
+    or be computed again on whatever the data folder holds now. Data with other bands is refused here, in words."""
+    saved = ((point.info.get("encoder") or {}).get("stats") if point is not None else None)
+    if not saved:
+        return None
+    stats = BandStats.from_dict(saved, source=f"checkpoint '{point.path}'")
+    if list(catalog.band_names) != list(stats.band_names):
+        raise DataError(f"--resume: the data's bands ({len(catalog.band_names)}: {brief(catalog.band_names)}) are "
+                        f"not those this run trained on ({len(stats.band_names)}: {brief(stats.band_names)}, its "
+                        f"checkpoint '{point.path}'): resume on the data it started with, or start a new run with "
+                        "another --out.")
+    path = out / "stats.json"
+    if not stats_file_holds(path, stats):
+        log.warning(f"warning: '{path}' is {'missing' if not path.is_file() else 'not what this run trained with'}: "
+                    "the run goes on with the statistics in its checkpoint, and stats.json is written again from "
+                    "them.")
+    return stats
+
+
+def warn_data_changed(out: Path, catalog: Catalog, point: ResumePoint | None) -> None:
+    """A warning naming the files added, gone or changed (shape, bands, data type, nodata, value range) since the
+    run's ``catalog.json`` was written: the resumed run reads the data as it is now, so it no longer computes what
+    an uninterrupted run would have."""
+    if (before := saved_catalog(out)) is None:
+        return
+    added, gone, changed = catalog_changes(before, catalog)
+    if not (added or gone or changed):
+        return
+    parts = [f"{len(names)} {what} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+             for what, names in (("added", added), ("gone", gone), ("changed", changed)) if names]
+    step = point.step if point is not None else 0
+    log.warning(f"warning: the data changed since this run's catalog.json was written: {'; '.join(parts)} files. "
+                "The run goes on with the statistics it started with and reads the files as they are now, so it no "
+                "longer computes what an uninterrupted run would have; restore the files, or pretrain on the new "
+                f"data with another --out. The catalog read now is kept as catalog-resumed-step-{step:06d}.json.")
+
+
+def stats_file_holds(path: Path, stats: BandStats) -> bool:
+    """Whether ``path`` is a readable ``stats.json`` holding ``stats``."""
+    try:
+        return path.is_file() and BandStats.load(path) == stats
+    except DataError:
+        return False
+
+
+def saved_catalog(out: Path) -> Catalog | None:
+    """The run's ``catalog.json`` (None when it is missing or unreadable)."""
+    try:
+        return Catalog.from_dict(json.loads((out / "catalog.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def catalog_changes(before: Catalog, now: Catalog) -> tuple[list[str], list[str], list[str]]:
+    """(added, gone, changed) files of ``now`` against ``before``, by their paths under each catalog's root."""
+    def keyed(catalog: Catalog) -> dict[str, Any]:
+        root = catalog.root or ""
+        return {os.path.relpath(r.path, root) if root else r.path: r for r in catalog.records}
+
+    old, new = keyed(before), keyed(now)
+    fields = ("shape", "num_bands", "dtype", "band_names", "nodata", "value_range")
+    changed = [k for k in new if k in old and any(
+        _plain(getattr(new[k], f)) != _plain(getattr(old[k], f)) for f in fields)]
+    return [k for k in new if k not in old], [k for k in old if k not in new], changed
+
+
+def _plain(value: Any) -> Any:
+    """A record field as JSON gives it back (tuples as lists), to compare a scan with a saved catalog."""
+    return json.loads(json.dumps(value))

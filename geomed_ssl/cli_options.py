@@ -15,7 +15,7 @@ from typing import Any, Callable
 import typer
 
 from geomed_ssl.config.sections import STEPS
-from geomed_ssl.errors import WRITE_ERRNOS, GeomedError, RunStopped
+from geomed_ssl.errors import WRITE_ERRNOS, GeomedError, RunStopped, message_of
 
 STATE: dict[str, Any] = {"debug": False}  # the global --debug (set by geomed_ssl.cli.main)
 
@@ -88,7 +88,7 @@ def user_errors(fn: Callable) -> Callable:
         except GeomedError as err:
             if STATE["debug"]:
                 raise
-            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+            typer.secho(f"error: {message_of(err)}", fg=typer.colors.RED, err=True)
             raise typer.Exit(code=2) from None
         except RunStopped as stop:
             typer.secho(f"stopped: {stop}", fg=typer.colors.YELLOW, err=True)

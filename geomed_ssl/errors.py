@@ -27,6 +27,16 @@ class OutputError(GeomedError):
     another command)."""
 
 
+def message_of(err: BaseException) -> str:
+    """``err``'s message; for one a DataLoader worker raised, which PyTorch raises again in the main process with
+    the worker's whole traceback as its message, only the message the worker's error had."""
+    text = str(err)
+    if not (text.startswith("Caught ") and "\nOriginal Traceback" in text):
+        return text
+    tail = f"{type(err).__module__}.{type(err).__qualname__}: "
+    return text[text.rindex(tail) + len(tail):].strip() if tail in text else text
+
+
 class RunStopped(Exception):
     """A run stopped by a signal (a scheduler's SIGTERM, Ctrl-C) before it finished. Not a user error: the CLI prints
     the message, which says what was kept and how to go on, and exits 128 + the signal's number (143, 130)."""

@@ -1046,3 +1046,24 @@ def test_a_crafted_or_damaged_model_config_is_one_line_before_anything_is_alloca
     (deep / "model" / "config.json").write_text("[" * 200000 + "]" * 200000)
     with pytest.raises(GeomedError, match="nested too deeply"):
         predict_dir(deep, scenes, tmp_path / "pd", device="cpu")
+
+
+def test_an_error_a_data_loader_worker_raised_is_shown_as_its_own_message() -> None:
+    """PyTorch raises a worker's error again with the worker's traceback as its message: the CLI printed ~30 lines
+    with the useful sentence last."""
+    from torch.utils.data import DataLoader, Dataset
+
+    from geomed_ssl.errors import DataError, message_of
+
+    class Damaged(Dataset):
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, i: int) -> None:
+            raise DataError("cannot read window (0, 0) of 's3.tif'; leave it out with data.exclude.")
+
+    with pytest.raises(DataError) as err:
+        list(DataLoader(Damaged(), num_workers=1))
+    assert str(err.value).startswith("Caught DataError in DataLoader worker")
+    assert message_of(err.value) == "cannot read window (0, 0) of 's3.tif'; leave it out with data.exclude."
+    assert message_of(DataError("plain")) == "plain"

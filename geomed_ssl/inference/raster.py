@@ -236,8 +236,14 @@ class RasterInput:
         W = self.shape[1]
 
         def read(a: int, b: int) -> np.ndarray:
-            parts = [read_masked(s, Window(0, a, W, b - a), self.nodata, stacked=i > 0)
-                     for i, s in enumerate(self.sources)]
+            parts = []
+            for i, s in enumerate(self.sources):
+                try:
+                    parts.append(read_masked(s, Window(0, a, W, b - a), self.nodata, stacked=i > 0))
+                except Exception as err:  # a file truncated or damaged where the scan did not look
+                    raise DataError(f"cannot read rows {a}-{b} of '{s.name}': {err}. Part of its pixel data is "
+                                    "corrupt or missing (was it changed while being read?): replace the file, or "
+                                    "predict the others without it.") from None
             strip = parts[0] if len(parts) == 1 else np.concatenate(parts)
             strip = strip if self.order is None else strip[self.order]
             ranges.add(strip)

@@ -850,3 +850,24 @@ def test_an_input_with_a_very_long_name_gets_an_output_name_the_filesystem_takes
     (summary,) = predict_files(lambda x: torch.zeros(x.shape[0], 2, *x.shape[2:]), [long], tmp_path / "out", stats,
                                num_classes=2, window=16, probabilities=True)
     assert Path(summary["output"]) == out and out.is_file()
+
+
+def test_a_scene_that_fails_to_read_mid_prediction_is_one_error_naming_it(tmp_path: Path, monkeypatch) -> None:
+    """A scene truncated while it was predicted gave rasterio's traceback, not a line naming the file."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    from geomed_ssl.inference import raster as raster_mod
+
+    path = tmp_path / "scene.tif"
+    write_geotiff(path, np.ones((2, 16, 16), np.uint16))
+
+    def damaged(*args, **kwargs):
+        raise RasterioIOError("Read failed. See previous exception for details.")
+
+    monkeypatch.setattr(raster_mod, "read_masked", damaged)
+    with rasterio.open(path) as src:
+        scene = raster_mod.RasterInput([src], None, None)
+        read = scene.strip_reader(raster_mod.RangeSample(2, None, scene.shape))
+        with pytest.raises(DataError, match=r"cannot read rows 0-8 of '.*scene.tif': Read failed"):
+            read(0, 8)

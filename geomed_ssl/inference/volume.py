@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -140,25 +141,31 @@ def predict_on_file_grid(model: ModelFn, record: Any, cfg: Any, stats: BandStats
         probs = sliding_window_inference(
             torch.from_numpy(x)[None], roi, batch_size, lambda b: window_scores(model, b, num_classes),
             overlap=overlap, mode=blend, sw_device=device, device="cpu")[0].float()  # (K, X, Y, Z)
-        if blends_logits(model):
-            probs = torch.softmax(probs, dim=0)
         del x
+        if blends_logits(model):  # a softmax in place: one volume per class is the largest thing held here
+            probs -= probs.amax(dim=0, keepdim=True)
+            probs.exp_()
+            probs /= probs.sum(dim=0, keepdim=True)
         canon = tuple(reoriented_shape(record))  # RAS grid before resampling
         resampled = model_grid != canon
-        stack = torch.cat([probs, torch.from_numpy(valid.astype(np.float32))[None]], 0)  # (K+1, X, Y, Z)
-        if resampled:  # undo resample_to_spacing: same first/last voxel centres (align_corners)
-            stack = torch.nn.functional.interpolate(stack[None], size=canon, mode="trilinear", align_corners=True)[0]
-        stack = stack.permute(1, 2, 3, 0).numpy()  # (X, Y, Z, K+1) RAS
+        inside = torch.from_numpy(valid.astype(np.float32))[None]
+        if resampled:  # undo resample_to_spacing: same first/last voxel centres (align_corners); the classes and
+            back = functools.partial(torch.nn.functional.interpolate, size=canon, mode="trilinear",  # the validity
+                                     align_corners=True)  # apart: no (K + 1)-volume copy of them together
+            probs = back(probs[None])[0]
+            inside = back(inside[None])[0]
+        probs = probs.permute(1, 2, 3, 0).numpy()  # (X, Y, Z, K) RAS
+        inside = inside[0].numpy() >= 0.5
     ref = nib.load(record.path)
     to_file = ornt_transform(axcodes2ornt(("R", "A", "S")), io_orientation(ref.affine))
-    stack = apply_orientation(stack, to_file)  # (x, y, z, K+1) in the file's voxel order
-    if stack.shape[:3] != tuple(ref.shape[:3]):
-        raise DataError(f"internal grid mismatch for '{record.path}': prediction {stack.shape[:3]} vs file "
+    probs = apply_orientation(probs, to_file)  # (x, y, z, K) in the file's voxel order
+    ok = apply_orientation(inside, to_file)
+    if probs.shape[:3] != tuple(ref.shape[:3]):
+        raise DataError(f"internal grid mismatch for '{record.path}': prediction {probs.shape[:3]} vs file "
                         f"{tuple(ref.shape[:3])}; please report this.")
-    ok = stack[..., -1] >= 0.5
     if resampled:  # the validity went to the model's grid and back: a voxel without data on the file's stays out
         ok &= file_valid(record, cfg.nodata)
-    return FileGridPrediction(stack[..., :-1], ok, tuple(ref.shape[:3]), model_grid, resampled,
+    return FileGridPrediction(probs, ok, tuple(ref.shape[:3]), model_grid, resampled,
                               "".join(nib.aff2axcodes(ref.affine)))
 
 

@@ -33,7 +33,8 @@ from geomed_ssl.train.checkpointing import stop_safe_worker_init
 from geomed_ssl.train.console import has_bar, progress_callbacks, quiet_lightning
 from geomed_ssl.train.lr_check import warn_schedule
 from geomed_ssl.train.supervised import SupervisedModule
-from geomed_ssl.train.trainer import cluster_plugins, loader_workers, probe_trainer, resolve_precision
+from geomed_ssl.train.trainer import (cluster_plugins, loader_workers, probe_trainer, resolve_precision,
+                                      worker_death, worker_died)
 
 log = logging.getLogger("geomed_ssl")
 
@@ -186,6 +187,10 @@ def fit_supervised(model: torch.nn.Module, dataset: Any, recipe: Recipe, num_cla
         name = "SIGTERM" if isinstance(stop, SIGTERMException) else "SIGINT"
         raise RunStopped(name, f"fine-tuning stopped by {name} at step {trainer.global_step} of {f.max_steps}; "
                                f"'{out}' holds no model: run the same command again with --overwrite.") from None
+    except RuntimeError as err:
+        if not worker_died(err):
+            raise
+        raise worker_death(err, f"'{out}' holds no model: run the same command again with --overwrite.") from None
     model.eval()
 
 

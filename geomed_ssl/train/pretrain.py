@@ -38,7 +38,8 @@ from geomed_ssl.train.lr_check import warn_accumulation, warn_schedule
 from geomed_ssl.train.module import PretrainModule, param_groups
 from geomed_ssl.train.resumed import (catalog_changes, resumed_stats, saved_catalog, stats_file_holds,
                                       warn_data_changed)
-from geomed_ssl.train.trainer import build_trainer, forks, loader_workers, probe_trainer
+from geomed_ssl.train.trainer import (build_trainer, forks, loader_workers, probe_trainer, worker_death,
+                                      worker_died)
 
 log = logging.getLogger("geomed_ssl")
 
@@ -395,6 +396,12 @@ def fit(trainer: L.Trainer, module: PretrainModule, data: PretrainData, point: R
                 if last.is_file() else "no checkpoint was saved yet: start again with --overwrite")
         at = "" if spawned else f" at step {trainer.global_step}"  # the launching process never steps
         raise RunStopped("SIGINT", f"pretraining aborted by a second Ctrl-C{at}, without saving; {kept}.") from None
+    except RuntimeError as err:
+        if not worker_died(err):
+            raise
+        last = out / "checkpoints" / "last.ckpt"
+        raise worker_death(err, f"'{last}' keeps the last checkpoint saved: the same command with --resume goes on "
+                                "from it." if last.is_file() else "No checkpoint was saved yet.") from None
     finally:
         stop.restore()
     if spawned:  # the workers trained: the step is in their last checkpoint

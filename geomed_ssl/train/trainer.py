@@ -12,7 +12,7 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from geomed_ssl.cpus import fit_threads_to_quota, usable_cpus
-from geomed_ssl.errors import ConfigError
+from geomed_ssl.errors import ConfigError, TrainingError
 from geomed_ssl.train.checkpointing import AtomicCheckpointIO
 from geomed_ssl.train.console import has_bar, quiet_lightning
 
@@ -33,6 +33,33 @@ def loader_workers(requested: int) -> int:
         _capped.add((requested, cpus))
         log.info(f"data.num_workers {requested} lowered to {cpus}, the number of CPUs this process may use.")
     return cpus
+
+
+def worker_died(err: BaseException) -> bool:
+    """Whether ``err`` is PyTorch's word that a DataLoader worker process died (killed by the out-of-memory killer
+    or by hand, or exited)."""
+    return isinstance(err, RuntimeError) and "DataLoader worker (pid" in str(err)
+
+
+def end_loader_workers() -> None:
+    """Kill the DataLoader workers (this process's daemonic children) still alive after one died: they ignore
+    SIGTERM (:func:`geomed_ssl.train.checkpointing.stop_safe_worker_init`), so the exit's join of a survivor could
+    wait forever."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+            child.join(timeout=5)
+
+
+def worker_death(err: BaseException, resume: str) -> TrainingError:
+    """The one-line error of a run whose data worker died (its workers ended): ``err``'s reason, and ``resume``,
+    what the user can go on from."""
+    end_loader_workers()
+    reason = str(err).strip().rstrip(".").replace("DataLoader worker", "a data-loading worker")
+    return TrainingError(f"{reason} (out of memory? `dmesg` says). {resume} Short of memory, lower "
+                         "data.num_workers or train.batch_size.")
 
 
 def forks(strategy: str, devices: Any = 1) -> bool:

@@ -531,3 +531,30 @@ def test_a_resumed_run_keeps_the_statistics_it_trained_with_and_names_the_data_t
     with pytest.raises(Exception, match=r"--resume: the data's bands \(3: .*\) are not those this run trained on "
                                         r"\(4: "):
         pretrain(None, raster_dir, out, resume=True, progress=False, overrides=["train.max_steps=12"])
+
+
+def test_a_data_worker_killed_mid_run_is_one_error_and_leaves_no_worker_behind(raster_dir: Path,
+                                                                                tmp_path: Path) -> None:
+    """The out-of-memory killer ending a DataLoader worker gave a ~130-line traceback, and a surviving worker (which
+    ignores SIGTERM) could keep the exiting process waiting forever."""
+    import time
+
+    from geomed_ssl.errors import TrainingError
+
+    class KillWorker(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if trainer.global_step == 6:
+                workers = [c for c in multiprocessing.active_children() if c.daemon]
+                os.kill(workers[0].pid, signal.SIGKILL)
+                time.sleep(1.0)  # PyTorch's SIGCHLD handler raises here
+
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"a data-loading worker \(pid.*\) (is killed by signal: Killed|exited "
+                                            r"unexpectedly) .*"
+                                            r"last.ckpt' keeps the last checkpoint saved: the same command with "
+                                            r"--resume goes on from it"):
+        pretrain("recipes/mae_sentinel2.yaml", raster_dir, out, progress=False, callbacks=[KillWorker()],
+                 overrides=[*OVERRIDES, "train.max_steps=40", "data.num_workers=2"])
+    assert not [c for c in multiprocessing.active_children() if c.daemon]
+    pretrain(None, raster_dir, out, resume=True, progress=False, overrides=["data.num_workers=0"])
+    assert (out / "encoder" / "model.safetensors").is_file()

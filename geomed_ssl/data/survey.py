@@ -6,9 +6,7 @@ the scan already read (headers and each file's sampled value range)."""
 
 from __future__ import annotations
 
-import functools
 import logging
-import math
 from collections import Counter
 from typing import Any, Sequence
 
@@ -16,58 +14,12 @@ import numpy as np
 
 from geomed_ssl.data.stats import HUGE_FILL
 from geomed_ssl.geo.grids import crs_name
+from geomed_ssl.geo.pixel_size import crs_units, pixel_size, size_groups
 
 log = logging.getLogger("geomed_ssl")
 
 FAR_SPANS = 5.0  # a file band this many archive spans (median p99 - median p1) above the archive ...
 FAR_FACTOR = 10.0  # ... and this many times its magnitude is far (a fill value such as 65535 or 3e38)
-
-
-@functools.lru_cache(maxsize=64)  # one parse per CRS, not per file (summary and warnings both ask)
-def _units(wkt: str | None) -> str:
-    if not wkt:
-        return "px"
-    try:
-        from rasterio.crs import CRS
-
-        crs = CRS.from_wkt(wkt)
-        return "°" if crs.is_geographic else {"metre": "m", "meter": "m"}.get(crs.linear_units, crs.linear_units)
-    except Exception:
-        return "?"
-
-
-M_PER_DEGREE = (111_320.0, 110_574.0)  # along a parallel at the equator (times cos(latitude)), along a meridian
-
-
-def _pixel_size(record: Any) -> tuple[float, float, str]:
-    """(x, y, units) of a raster's pixel in its CRS's units; in a geographic CRS, metres on the ground at the
-    raster's centre (0.0001° is 11 m wide at the equator, 3.8 m at 70° N: degrees alone would hide that)."""
-    t = list(record.transform or [1, 0, 0, 0, 1, 0])
-    x, y = math.hypot(t[0], t[3]), math.hypot(t[1], t[4])
-    if not record.crs and (x, y) != (1.0, 1.0):  # a transform without a CRS: its units are unknown, not pixels
-        return x, y, "(units of the transform; no CRS)"
-    units = _units(record.crs)
-    if units == "°":
-        h, w = record.shape[-2:]
-        lat = t[3] * w / 2 + t[4] * h / 2 + t[5]
-        return x * M_PER_DEGREE[0] * math.cos(math.radians(max(-90.0, min(90.0, lat)))), y * M_PER_DEGREE[1], "m"
-    return x, y, units
-
-
-def _size_groups(sizes: Sequence[tuple[float, ...]], tolerance: float = 0.03) -> Counter:
-    """Pixel or voxel sizes ``(*per axis, unit)`` counted in groups within ``tolerance`` of each other (a
-    reprojected 9.97 m is 10 m), each named by its members' median per axis to 3 significant digits."""
-    groups: list[list[tuple[Any, ...]]] = []
-    for size in sorted(sizes):
-        *axes, unit = size
-        home = next((g for g in groups if g[0][-1] == unit and len(g[0]) == len(size) and all(
-            abs(v - w) <= tolerance * w for v, w in zip(axes, g[0][:-1]))), None)
-        if home is None:
-            groups.append([size])
-        else:
-            home.append(size)
-    return Counter({" x ".join(f"{np.median([m[i] for m in g]):.3g}" for i in range(len(g[0]) - 1))
-                    + f" {g[0][-1]}": len(g) for g in groups})
 
 
 def _counted(counts: Counter, limit: int = 4) -> str:
@@ -79,7 +31,7 @@ def grid_counts(records: Sequence[Any]) -> tuple[Counter, Counter]:
     """How many raster files share each CRS (short names; 'none') and each pixel size (the CRS's units per pixel,
     within 3 %)."""
     rasters = [r for r in records if r.kind == "raster"]
-    return Counter(crs_name(r.crs, "none") for r in rasters), _size_groups([_pixel_size(r) for r in rasters])
+    return Counter(crs_name(r.crs, "none") for r in rasters), size_groups([pixel_size(r) for r in rasters])
 
 
 def grid_lines(records: Sequence[Any]) -> list[str]:
@@ -87,12 +39,12 @@ def grid_lines(records: Sequence[Any]) -> list[str]:
     and orientations (axis codes)."""
     crss, sizes = grid_counts(records)
     lines = [f"  CRS: {_counted(crss)}", f"  pixel size: {_counted(sizes)}"] if crss else []
-    if any(r.kind == "raster" and _units(r.crs) == "°" for r in records):
+    if any(r.kind == "raster" and crs_units(r.crs) == "°" for r in records):
         lines[-1] += " (degrees as metres on the ground at each file's centre)"
     volumes = [r for r in records if r.kind == "volume"]
     spaced = [(*map(float, r.spacing), "mm") for r in volumes if r.spacing]
     if spaced:
-        lines.append("  voxel spacing: " + _counted(_size_groups(spaced)))
+        lines.append("  voxel spacing: " + _counted(size_groups(spaced)))
     if volumes:
         lines.append("  orientation: " + _counted(Counter(r.orientation or "unknown" for r in volumes)))
     return lines

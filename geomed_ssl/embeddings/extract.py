@@ -45,7 +45,7 @@ from geomed_ssl.errors import ConfigError, DataError, GeomedError
 from geomed_ssl.models.device import resolve_device
 from geomed_ssl.models.encoder import ViTEncoder
 from geomed_ssl.models.model_data import (catalog_for_encoder, check_value_ranges, export_data, naming_hint,
-                                          note_encoder_naming)
+                                          note_encoder_naming, warn_other_scale)
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outlocks import released_after
 
@@ -145,10 +145,11 @@ def without_small_files(catalog: Catalog, patch: tuple[int, ...], strict: bool,
 
 
 def encoder_for(path: str | Path, catalog: Catalog, device: str | torch.device = "cpu",
-                ) -> tuple[ViTEncoder, Catalog]:
+                spacing: Sequence[float] | None = None) -> tuple[ViTEncoder, Catalog]:
     """The encoder for the catalog's data and the catalog read as it needs (``model_data.catalog_for_encoder``:
     bands picked and ordered by name; plain/grouped: exactly the encoder's, spectral/wavelength: the matched ones),
-    with the one range check of the data against the encoder's statistics."""
+    with the one range check of the data against the encoder's statistics and the check of its pixel / voxel size
+    (read at ``spacing``, ``data.spacing``) against the encoder's training size."""
     cfg, _ = read_encoder_config(path)
     if cfg.stats is None:
         raise GeomedError(f"encoder '{path}' carries no normalisation statistics; re-export it with "
@@ -157,6 +158,7 @@ def encoder_for(path: str | Path, catalog: Catalog, device: str | torch.device =
     enc = load_encoder(path, bands=catalog.band_names, wavelengths=catalog.wavelengths,
                        bandwidths=catalog.bandwidths)
     check_value_ranges(catalog.records, BandStats.from_dict(enc.config.stats, source=f"encoder {path}"))
+    warn_other_scale(catalog.records, cfg.scale, spacing, f"encoder '{path}'")
     return enc.to(device).eval(), catalog
 
 
@@ -238,7 +240,7 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
         catalog = without_small_files(catalog, tuple(cfg.patch_size), strict, data_cfg.spacing)
     catalog.warn_problems()
     dev = resolve_device(device)
-    enc, catalog = encoder_for(encoder, catalog, dev)
+    enc, catalog = encoder_for(encoder, catalog, dev, data_cfg.spacing)
     emb = Embedder(enc, data_cfg, level, win, strd, pool, batch_size, min_valid, dev)
     settings = {"encoder": str(find_encoder_dir(encoder).resolve()), "encoder_digest": export_digest(encoder),
                 "encoder_fingerprint": encoder_fingerprint(encoder),

@@ -146,7 +146,7 @@ def embedder_for(manifest: dict[str, Any], record: FileRecord, encoder: str | Pa
 
     one = Catalog([record], [], record.kind, record.band_names, record.wavelengths, bandwidths=record.bandwidths)
     dev = resolve_device(device)
-    enc, _ = encoder_for(path, one, dev)
+    enc, _ = encoder_for(path, one, dev, st["data"].get("spacing"))
     return Embedder(enc, DataConfig(**st["data"]), st["level"], st["window"], st["stride"], st["pool"], batch_size,
                     st["min_valid"], dev)
 

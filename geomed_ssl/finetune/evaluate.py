@@ -18,6 +18,7 @@ from geomed_ssl.finetune.metrics import (background_index, classification_metric
                                         foreground_dice, write_metrics)
 from geomed_ssl.inference.finetuned import data_config, load_run, model_fn, model_stats, with_band_names
 from geomed_ssl.inference.writers import class_lookup
+from geomed_ssl.models.model_data import warn_other_scale
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import scratch_dir
 
@@ -149,6 +150,7 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
     model, meta, recipe = load_run(ft_dir, device)
     meta, recipe = with_band_names(meta, recipe, band_names)
     stats = model_stats(meta, f"model {ft_dir}")
+    scale = (meta.get("encoder") or {}).get("scale")
     values = [c["value"] for c in meta["classes"]]
     names = [c["name"] for c in meta["classes"]]
     position = "error" if strict else "warn"
@@ -177,6 +179,7 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
                                    paths=label_paths)
         for record, _ in pairs:  # a scene without one of the model's bands: refused before OUT_DIR exists
             conform_record(record, list(stats.band_names), stats.wavelengths)
+        warn_other_scale([r for r, _ in pairs], scale, recipe.data.spacing, f"model '{ft_dir}'")
         prepare_out_dir(out, **rule)
         return evaluate_segmentation(model, meta, [r for r, _ in pairs], arrays, selection, out, recipe.data,
                                      native=True)
@@ -192,8 +195,9 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
     if missing:
         raise DataError(f"class folders {missing} in '{data}' are not classes of this model ({', '.join(names)}).")
     mapped = np.array([names.index(folder_names[i]) for i in labels_idx], np.int64)
-    dataset = ImageDataset(records_for_stats(records, stats), mapped, stats, recipe.data,
-                           meta["encoder"]["patch_size"])
+    records = records_for_stats(records, stats)
+    warn_other_scale(records, scale, recipe.data.spacing, f"model '{ft_dir}'")
+    dataset = ImageDataset(records, mapped, stats, recipe.data, meta["encoder"]["patch_size"])
     seen, note = trained_images(ft_dir, [r.path for r in records])
     prepare_out_dir(out, **rule)
     return evaluate_images(model, dataset, mapped, {"test": np.flatnonzero(~seen), "train": np.flatnonzero(seen)},

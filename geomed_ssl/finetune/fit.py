@@ -25,7 +25,8 @@ from geomed_ssl.errors import ConfigError, DataError, GeomedError, RunStopped
 from geomed_ssl.finetune.labels import LabelSelection
 from geomed_ssl.models.cls_heads import layer_decay_groups
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
-from geomed_ssl.models.model_data import catalog_for_encoder, check_value_ranges, encoder_naming, export_data
+from geomed_ssl.models.model_data import (catalog_for_encoder, check_value_ranges, encoder_naming, export_data,
+                                         training_scale, warn_other_scale)
 from geomed_ssl.models.probe import check_class_weights
 from geomed_ssl.outfiles import atomic_path
 from geomed_ssl.train.callbacks import MetricsCSV
@@ -56,7 +57,8 @@ def encoder_and_stats(encoder_path: str | Path | None, recipe: Recipe, catalog: 
     if encoder_path is None or str(encoder_path).lower() == "none":
         stats = compute_stats(catalog, recipe.data, seed=recipe.labels.seed)
         cfg = EncoderConfig.from_recipe(recipe.model, recipe.data, len(catalog.band_names), catalog.band_names,
-                                        catalog.wavelengths, stats.to_dict(), bandwidths=catalog.bandwidths)
+                                        catalog.wavelengths, stats.to_dict(), bandwidths=catalog.bandwidths,
+                                        scale=training_scale(catalog.records, recipe.data.spacing))
         torch.manual_seed(recipe.train.seed)
         return ViTEncoder(cfg), stats, "none (random initialisation)", catalog
     cfg, meta = read_encoder_config(encoder_path)
@@ -79,6 +81,7 @@ def encoder_and_stats(encoder_path: str | Path | None, recipe: Recipe, catalog: 
                            bandwidths=catalog.bandwidths)
     stats = BandStats.from_dict(encoder.config.stats, source=f"encoder {encoder_path}")
     check_value_ranges(catalog.records, stats)
+    warn_other_scale(catalog.records, cfg.scale, recipe.data.spacing, f"encoder '{encoder_path}'")
     return encoder.train(), stats, str(encoder_path), catalog
 
 

@@ -94,7 +94,7 @@ def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], o
     ``data.band_names``, else its sensor profile's). Returns printable lines."""
     from geomed_ssl.inference.predict import plan_outputs, predict_files, usable_inputs
     from geomed_ssl.models.device import model_device
-    from geomed_ssl.models.model_data import records_for_stats
+    from geomed_ssl.models.model_data import records_for_stats, warn_other_scale
 
     out = Path(out)
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
@@ -103,14 +103,16 @@ def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], o
     model, meta, recipe = load_run(ft_dir, device)
     meta, recipe = with_band_names(meta, recipe, band_names)
     stats = model_stats(meta, f"model {ft_dir}")
+    scale, name = (meta.get("encoder") or {}).get("scale"), f"model '{ft_dir}'"
     if meta["task"] != "segment":
         records = records_for_stats(image_records(meta, recipe, inputs, strict), stats)
+        warn_other_scale(records, scale, recipe.data.spacing, name)
         prepare_out_dir(out, **rule)
         return predict_classes(model, meta, recipe, records, out, str(Path(ft_dir).resolve()),
                                probabilities=probabilities)
     cfg = data_config(meta, recipe.data)
     planned = usable_inputs(plan_outputs([str(p) for p in inputs], out, cfg, meta["window"]), cfg, blend, stats,
-                            strict)
+                            strict, scale=scale, model=name)
     prepare_out_dir(out, **rule)
     summaries = predict_files(model_fn(model), [str(p) for p in planned], out, stats, num_classes=len(meta["classes"]),
                               window=meta["window"], data_cfg=cfg, overlap=overlap, blend=blend,

@@ -148,19 +148,21 @@ def plan_outputs(inputs: str | Path | Sequence[str | Path], out_dir: str | Path,
     return planned
 
 
-def usable_inputs(planned: dict[Path, Path], data_cfg: Any, blend: str, stats: BandStats, strict: bool = False
-                  ) -> dict[Path, Path]:
+def usable_inputs(planned: dict[Path, Path], data_cfg: Any, blend: str, stats: BandStats, strict: bool = False,
+                  scale: dict[str, Any] | None = None, model: str = "the model") -> dict[Path, Path]:
     """The planned inputs ``predict`` can read, checked before its output folder is made: an unknown ``blend`` is
     an error; a file the catalog's probe refuses (truncated, corrupt, not an image; any size is taken, the
     predictor pads a scene smaller than its window) is an error with ``strict``,
     else skipped with a warning; none left is an error; an input without one of the model's bands (matched by
-    name, as ``predict`` reads them: :func:`_check_bands`) is an error."""
+    name, as ``predict`` reads them: :func:`_check_bands`) is an error. Files whose pixels / voxels are far from
+    ``scale``, the size ``model`` was trained at, are warned about (``model_data.warn_other_scale``)."""
     import logging
 
     from geomed_ssl.data.probe import ProbeError, probe_file
     from geomed_ssl.errors import ConfigError
+    from geomed_ssl.models.model_data import as_record, warn_other_scale
 
-    usable, bad = {}, []
+    usable, bad, probed = {}, [], []
     for p, out in planned.items():
         kind, _ = _kind_and_stem(p, data_cfg)
         blends = RASTER_BLENDS if kind == "raster" else VOLUME_BLENDS
@@ -168,7 +170,8 @@ def usable_inputs(planned: dict[Path, Path], data_cfg: Any, blend: str, stats: B
             raise ConfigError(f"--blend must be one of {', '.join(blends)}, got '{blend}'.")
         if p.is_file():
             try:  # any size: the predictor pads a scene smaller than its window (training needs half a window)
-                probe_file(str(p), kind, data_cfg, (1,) * (2 if kind == "raster" else 3))
+                probed.append(as_record(probe_file(str(p), kind, data_cfg, (1,) * (2 if kind == "raster" else 3)),
+                                        kind))
             except ProbeError as err:
                 bad.append(f"'{p}': {str(err).rstrip('.')}")
                 continue
@@ -179,6 +182,7 @@ def usable_inputs(planned: dict[Path, Path], data_cfg: Any, blend: str, stats: B
                         f"{'that file' if len(bad) == 1 else 'those files'}.")
     if bad:
         logging.getLogger("geomed_ssl").warning(f"warning: skipped {len(bad)} unreadable input(s): {'; '.join(bad)}.")
+    warn_other_scale(probed, scale, getattr(data_cfg, "spacing", None), model)
     return usable
 
 

@@ -79,6 +79,9 @@ class EncoderConfig:
     tokens_per_position: int | None = setting(None, "grouped / spectral: the unit tokens of each position pooled "
                                               "into this many (UnitPool); None: one per band group / chunk",
                                               bounds=f"[1, {MAX_UNIT_TOKENS}]")
+    scale: dict[str, Any] | None = setting(None, "the training files' typical pixel / voxel size: {'size': per axis, "
+                                           "'units'} (rasters: x, y in their CRS's units, degrees as metres; "
+                                           "volumes: mm in R, A, S order as read); None: unknown")
 
     def __post_init__(self) -> None:
         if isinstance(self.img_size, int) or isinstance(self.patch_size, int):
@@ -195,6 +198,7 @@ class EncoderConfig:
         wavelengths: list[float | None] | None = None,
         stats: dict[str, Any] | None = None,
         bandwidths: list[float | None] | None = None,
+        scale: dict[str, Any] | None = None,
     ) -> EncoderConfig:
         """Build from the recipe's ``model`` and ``data`` sections plus what the catalog found (band names, centre
         wavelengths and widths in µm, statistics)."""
@@ -219,6 +223,7 @@ class EncoderConfig:
             channel_embed=model.channel_embed,
             bandwidths=None if bandwidths is None else list(bandwidths),
             tokens_per_position=model.tokens_per_position if model.embedding in UNIT_EMBEDDINGS else None,
+            scale=scale,
         )
 
 

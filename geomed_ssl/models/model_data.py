@@ -4,7 +4,8 @@
 exactly the encoder's bands, reordered, extras dropped, missing ones refused; ``spectral`` / ``wavelength``: every
 data band the encoder knows by name or centre wavelength, in the order of the encoder bands they match, the others
 dropped with a note).
-``check_value_ranges`` warns when the data's values are far from the statistics the model normalises with.
+``check_value_ranges`` warns when the data's values are far from the statistics the model normalises with, and
+``warn_other_scale`` when its pixels or voxels are far from the size the model was trained at (``training_scale``).
 ``encoder_naming`` is how an export's recipe named the bands of files without descriptions (``data.band_names``) and
 stacked single-channel files (``data.channels``), which a recipe that sets neither takes
 (``finetune.fit.with_encoder_naming``).
@@ -13,11 +14,15 @@ stacked single-channel files (``data.channels``), which a recipe that sets neith
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 from geomed_ssl.bands.conform import conform_catalog, conform_record
 from geomed_ssl.bands.ranges import warn_far_from_stats, warn_other_scaling
+from geomed_ssl.data.records import reoriented_axes
 from geomed_ssl.data.stats import BandStats
+from geomed_ssl.geo.pixel_size import pixel_size
 from geomed_ssl.errors import DataError
 from geomed_ssl.models.encoder import BAND_FLEXIBLE, EncoderConfig
 from geomed_ssl.models.spectral import match_bands
@@ -110,3 +115,62 @@ def check_value_ranges(records: Sequence[Any], stats: BandStats) -> list[str]:
     warn_other_scaling([(r.path, r.value_scaling) for r in records if r.kind == "raster"], stats)
     items = [(r.path, r.value_range) for r in records if r.kind == "raster" and r.value_range]
     return warn_far_from_stats(items, stats)
+
+
+SCALE_SPREAD = 1.5  # a pixel / voxel this many times larger or smaller than the training one along an axis
+
+
+def file_scale(record: Any, spacing: Sequence[float] | None = None) -> tuple[Any, ...] | None:
+    """``(*size per axis, units)`` a file is read at (``record``: a catalog record, or a probe via :func:`as_record`):
+    a raster's pixel on the ground (None without a CRS), a volume's voxel in mm in R, A, S order (``spacing``,
+    ``data.spacing``, when set)."""
+    if record.kind == "raster":
+        x, y, units = pixel_size(record)
+        return (round(x, 6), round(y, 6), units) if units not in ("px", "?") and not units.startswith("(") else None
+    size = spacing or (reoriented_axes(record, record.spacing) if record.spacing else None)
+    return (*(round(float(v), 4) for v in size), "mm") if size else None
+
+
+def as_record(probe: Any, kind: str) -> Any:
+    """What :func:`file_scale` reads of a file, from its probe (``geomed_ssl.data.probe.FileProbe``)."""
+    geo = probe.geo or {}
+    return SimpleNamespace(path=probe.path, kind=kind, shape=probe.shape, transform=geo.get("transform"),
+                           crs=geo.get("crs"), spacing=geo.get("spacing"), orientation=geo.get("orientation"))
+
+
+def training_scale(records: Sequence[Any], spacing: Sequence[float] | None = None) -> dict[str, Any] | None:
+    """The pixel / voxel size most training files have (``EncoderConfig.scale``), None when none is known."""
+    sizes = Counter(s for s in (file_scale(r, spacing) for r in records) if s is not None)
+    if not sizes:
+        return None
+    *size, units = sizes.most_common(1)[0][0]
+    return {"size": [float(v) for v in size], "units": units}
+
+
+def warn_other_scale(records: Sequence[Any], scale: dict[str, Any] | None, spacing: Sequence[float] | None,
+                     model: str) -> list[str]:
+    """One warning naming the files whose pixels or voxels are over :data:`SCALE_SPREAD` times larger or smaller
+    along an axis than those ``model`` was trained at (``scale``; files of other units, or unknown, are not
+    compared): windows and tokens are cut in pixels, so the model sees them at another scale. The paths warned."""
+    if not isinstance(scale, dict) or not scale.get("size"):
+        return []
+    off = []
+    for r in records:
+        size = file_scale(r, spacing)
+        if size is None or size[-1] != scale.get("units") or len(size) - 1 != len(scale["size"]):
+            continue
+        ratio = max(max(a / b, b / a) for a, b in zip(size[:-1], scale["size"]) if a > 0 and b > 0)
+        if ratio > SCALE_SPREAD:
+            off.append((r.path, size, ratio))
+    if off:
+        path, size, ratio = max(off, key=lambda o: o[2])
+        mm = lambda s, u: " x ".join(f"{float(v):.3g}" for v in s) + f" {u}"  # noqa: E731
+        volume = size[-1] == "mm"
+        log.warning(f"warning: {len(off)} of {len(records)} file(s) have {'voxels' if volume else 'pixels'} far from "
+                    f"the {mm(scale['size'], scale['units'])} {model} was trained at (e.g. '{path}': "
+                    f"{mm(size[:-1], size[-1])}, {ratio:.1f}x along an axis): windows and tokens are cut in "
+                    f"{'voxels' if volume else 'pixels'}, so it sees "
+                    f"{'anatomy' if volume else 'the ground'} at another scale than it learnt. Resample them to its "
+                    + ("voxel size (or set data.spacing to it)." if volume else
+                       "pixel size first (e.g. gdalwarp -tr X Y), unless that is what you mean to test."))
+    return [p for p, _, _ in off]

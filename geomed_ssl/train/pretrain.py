@@ -25,6 +25,7 @@ from geomed_ssl.launch import check_pretrain_world, launched
 from geomed_ssl.methods import build_method, with_method_settings
 from geomed_ssl.methods.schedules import ScheduleClock
 from geomed_ssl.models.encoder import EncoderConfig
+from geomed_ssl.models.model_data import training_scale
 from geomed_ssl.outdirs import Inputs, check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_path, atomic_write_text
 from geomed_ssl.process import keeps_process_state
@@ -325,7 +326,8 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
 
     L.seed_everything(t.seed, workers=True, verbose=False)
     enc_cfg = EncoderConfig.from_recipe(recipe.model, recipe.data, len(catalog.band_names), catalog.band_names,
-                                        catalog.wavelengths, stats.to_dict(), bandwidths=catalog.bandwidths)
+                                        catalog.wavelengths, stats.to_dict(), bandwidths=catalog.bandwidths,
+                                        scale=training_scale(catalog.records, recipe.data.spacing))
     method = build_method(recipe.method, enc_cfg, clock.total)
     if point is not None:  # before anything in the run folder changes (config.yaml with this resume's --set values)
         refuse_misfit(point.path, method, recipe)

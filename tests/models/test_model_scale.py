@@ -1,0 +1,73 @@
+"""A model records the pixel / voxel size it was trained at, and the commands that apply it to data warn when the
+data's differs: a 10 m Sentinel-2 encoder on 30 m Landsat, or a 1 mm brain model on 2 mm voxels, ran silently."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from affine import Affine
+from typer.testing import CliRunner
+
+from geomed_ssl.cli import app
+from geomed_ssl.config import DataConfig
+from geomed_ssl.data.catalog import scan
+from geomed_ssl.models.model_data import training_scale, warn_other_scale
+from tests.conftest import TINY, structured_raster, write_geotiff
+
+runner = CliRunner()
+
+
+def rasters(folder: Path, metres: float, n: int = 3, crs: str | None = "EPSG:32633") -> Path:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        write_geotiff(folder / f"scene_{i}.tif", structured_raster(rng, 4, 48),
+                      transform=Affine(metres, 0, 500000, 0, -metres, 5100000), crs=crs)
+    return folder
+
+
+def test_the_training_scale_is_the_most_common_size_and_other_sizes_are_named(tmp_path: Path, caplog) -> None:
+    cfg = DataConfig(patch_size=16)
+    ten = scan(rasters(tmp_path / "s2", 10.0), cfg).records
+    assert training_scale(ten) == {"size": [10.0, 10.0], "units": "m"}
+    thirty = scan(rasters(tmp_path / "l8", 30.0, 2), cfg).records
+    assert warn_other_scale(ten, {"size": [10.0, 10.0], "units": "m"}, None, "encoder 'x'") == []
+    warned = warn_other_scale(ten[:1] + thirty, {"size": [10.0, 10.0], "units": "m"}, None, "encoder 'x'")
+    assert len(warned) == 2
+    line = caplog.records[-1].getMessage()
+    assert "2 of 3 file(s) have pixels far from the 10 x 10 m encoder 'x' was trained at" in line
+    assert "30 x 30 m, 3.0x along an axis" in line and "gdalwarp -tr" in line
+    plain = scan(rasters(tmp_path / "none", 1.0, 1, crs=None), cfg).records  # no CRS: nothing to compare
+    assert training_scale(plain) is None and warn_other_scale(plain, training_scale(ten), None, "m") == []
+
+
+def test_volumes_are_compared_in_mm_as_read(tmp_path: Path, caplog) -> None:
+    import nibabel as nib
+
+    for name, mm in (("one", 1.0), ("two", 2.0)):
+        (tmp_path / name).mkdir()
+        nib.save(nib.Nifti1Image(np.ones((24, 24, 24), np.float32), np.diag([mm, mm, mm, 1.0])),
+                 str(tmp_path / name / "v.nii.gz"))
+    cfg = DataConfig(kind="volume", patch_size=8)
+    trained = training_scale(scan(tmp_path / "one", cfg).records)
+    assert trained == {"size": [1.0, 1.0, 1.0], "units": "mm"}
+    two = scan(tmp_path / "two", cfg).records
+    assert len(warn_other_scale(two, trained, None, "model 'ft'")) == 1
+    assert "have voxels far from the 1 x 1 x 1 mm model 'ft'" in caplog.records[-1].getMessage()
+    assert warn_other_scale(two, trained, [1.0, 1.0, 1.0], "model 'ft'") == []  # read at data.spacing
+
+
+def test_pretrain_records_its_scale_and_embed_warns_on_other_pixels(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    sets = [*TINY, "data.sensor=null", "data.patch_size=16", "train.max_steps=2"]
+    data = rasters(tmp_path / "s2", 10.0)
+    result = runner.invoke(app, ["pretrain", "recipes/mae_sentinel2.yaml", "--data", str(data), "--out", str(run),
+                                 *[a for s in sets for a in ("--set", s)]])
+    assert result.exit_code == 0, result.output
+    scale = json.loads((run / "encoder" / "config.json").read_text())["encoder"]["scale"]
+    assert scale == {"size": [10.0, 10.0], "units": "m"}
+    emb = runner.invoke(app, ["embed", str(run), str(rasters(tmp_path / "l8", 30.0)), "--out", str(tmp_path / "e")])
+    assert emb.exit_code == 0, emb.output
+    assert "3 of 3 file(s) have pixels far from the 10 x 10 m encoder" in emb.output

@@ -34,8 +34,8 @@ from geomed_ssl.train.checkpointing import stop_safe_worker_init
 from geomed_ssl.train.console import has_bar, progress_callbacks, quiet_lightning
 from geomed_ssl.train.lr_check import warn_schedule
 from geomed_ssl.train.supervised import SupervisedModule
-from geomed_ssl.train.trainer import (cluster_plugins, loader_workers, probe_trainer, resolve_precision,
-                                      worker_death, worker_died)
+from geomed_ssl.train.trainer import (cluster_plugins, daemon_children, loader_workers, probe_trainer,
+                                      resolve_precision, worker_death, worker_died)
 
 log = logging.getLogger("geomed_ssl")
 
@@ -182,6 +182,7 @@ def fit_supervised(model: torch.nn.Module, dataset: Any, recipe: Recipe, num_cla
                         enable_model_summary=False, num_sanity_val_steps=0, enable_checkpointing=False,
                         plugins=[*cluster_plugins()],
                         log_every_n_steps=min(t.log_every, f.max_steps))
+    children = daemon_children()
     try:
         trainer.fit(module, train_dataloaders=loader)
     except SystemExit as stop:  # Lightning ends a SIGTERM (SIGTERMException) or a Ctrl-C (sys.exit(1)) this way
@@ -193,7 +194,8 @@ def fit_supervised(model: torch.nn.Module, dataset: Any, recipe: Recipe, num_cla
     except RuntimeError as err:
         if not worker_died(err):
             raise
-        raise worker_death(err, f"'{out}' holds no model: run the same command again with --overwrite.") from None
+        raise worker_death(err, f"'{out}' holds no model: run the same command again with --overwrite.",
+                           children) from None
     model.eval()
 
 

@@ -39,8 +39,8 @@ from geomed_ssl.train.lr_check import warn_accumulation, warn_schedule
 from geomed_ssl.train.module import PretrainModule, param_groups
 from geomed_ssl.train.resumed import (catalog_changes, resumed_stats, saved_catalog, stats_file_holds,
                                       warn_data_changed)
-from geomed_ssl.train.trainer import (build_trainer, forks, loader_workers, probe_trainer, worker_death,
-                                      worker_died)
+from geomed_ssl.train.trainer import (build_trainer, daemon_children, forks, loader_workers, probe_trainer,
+                                      worker_death, worker_died)
 
 log = logging.getLogger("geomed_ssl")
 
@@ -388,6 +388,7 @@ def fit(trainer: L.Trainer, module: PretrainModule, data: PretrainData, point: R
         stop.announce = False  # the workers' rank 0 says what happens
         stop.forward_to(launcher.kill)
         stop.install()
+    children = daemon_children()
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(point.path) if point else None, weights_only=True)
     except SystemExit:  # Lightning ends a KeyboardInterrupt (a second Ctrl-C: abort without saving) with exit(1)
@@ -403,7 +404,7 @@ def fit(trainer: L.Trainer, module: PretrainModule, data: PretrainData, point: R
             raise
         last = out / "checkpoints" / "last.ckpt"
         raise worker_death(err, f"'{last}' keeps the last checkpoint saved: the same command with --resume goes on "
-                                "from it." if last.is_file() else "No checkpoint was saved yet.") from None
+                                "from it." if last.is_file() else "No checkpoint was saved yet.", children) from None
     finally:
         stop.restore()
     if spawned:  # the workers trained: the step is in their last checkpoint

@@ -41,22 +41,30 @@ def worker_died(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and "DataLoader worker (pid" in str(err)
 
 
-def end_loader_workers() -> None:
-    """Kill the DataLoader workers (this process's daemonic children) still alive after one died: they ignore
-    SIGTERM (:func:`geomed_ssl.train.checkpointing.stop_safe_worker_init`), so the exit's join of a survivor could
-    wait forever."""
+def daemon_children() -> set[int]:
+    """The pids of this process's daemonic children (DataLoader workers among them; a user's Pool workers too)."""
+    import multiprocessing
+
+    return {c.pid for c in multiprocessing.active_children() if c.daemon and c.pid is not None}
+
+
+def end_loader_workers(before: set[int]) -> None:
+    """Kill the DataLoader workers still alive after one died: the daemonic children started since ``before``
+    (:func:`daemon_children` as the training began; a notebook's own Pool workers are spared). They ignore SIGTERM
+    (:func:`geomed_ssl.train.checkpointing.stop_safe_worker_init`), so the exit's join of a survivor could wait
+    forever."""
     import multiprocessing
 
     for child in multiprocessing.active_children():
-        if child.daemon:
+        if child.daemon and child.pid not in before:
             child.kill()
             child.join(timeout=5)
 
 
-def worker_death(err: BaseException, resume: str) -> TrainingError:
-    """The one-line error of a run whose data worker died (its workers ended): ``err``'s reason, and ``resume``,
-    what the user can go on from."""
-    end_loader_workers()
+def worker_death(err: BaseException, resume: str, before: set[int]) -> TrainingError:
+    """The one-line error of a run whose data worker died (its workers, the daemonic children started since
+    ``before``, ended): ``err``'s reason, and ``resume``, what the user can go on from."""
+    end_loader_workers(before)
     reason = str(err).strip().rstrip(".").replace("DataLoader worker", "a data-loading worker")
     return TrainingError(f"{reason} (out of memory? `dmesg` says). {resume} Short of memory, lower "
                          "data.num_workers or train.batch_size.")

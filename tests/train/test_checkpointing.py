@@ -549,12 +549,17 @@ def test_a_data_worker_killed_mid_run_is_one_error_and_leaves_no_worker_behind(r
                 time.sleep(1.0)  # PyTorch's SIGCHLD handler raises here
 
     out = tmp_path / "run"
+    pool = multiprocessing.get_context("fork").Pool(1)  # a notebook's own daemonic workers: spared
+    task = pool.apply_async(time.sleep, (4,))
     with pytest.raises(TrainingError, match=r"a data-loading worker \(pid.*\) (is killed by signal: Killed|exited "
                                             r"unexpectedly) .*"
                                             r"last.ckpt' keeps the last checkpoint saved: the same command with "
                                             r"--resume goes on from it"):
         pretrain("recipes/mae_sentinel2.yaml", raster_dir, out, progress=False, callbacks=[KillWorker()],
                  overrides=[*OVERRIDES, "train.max_steps=40", "data.num_workers=2"])
+    assert task.get(timeout=20) is None  # its task finished: its worker was not killed
+    pool.close()
+    pool.join()
     assert not [c for c in multiprocessing.active_children() if c.daemon]
     pretrain(None, raster_dir, out, resume=True, progress=False, overrides=["data.num_workers=0"])
     assert (out / "encoder" / "model.safetensors").is_file()

@@ -166,19 +166,26 @@ def voxel_warnings(records: Sequence[Any], spacing: Sequence[float] | None = Non
     def ratio(mm: Sequence[float]) -> float:
         return max(mm) / max(min(mm), 1e-9)
 
-    long = {size: max(ratio(extent(window, size)), ratio(extent(tokens, size))) for size in sizes}
-    long = {size: r for size, r in long.items() if r > ANISOTROPY}
-    if spacing is None and long:
-        worst = max(long, key=long.get)
-        n = sum(sizes[size] for size in long)
+    shape = {size: max(ratio(extent(window, size)), ratio(extent(tokens, size))) for size in sizes}
+    thick = {size: r for size, r in shape.items() if r > ANISOTROPY and ratio(size) > ANISOTROPY}
+    if spacing is None and thick:  # the voxels make the windows long: reading at one voxel size mends it
+        worst = max(thick, key=thick.get)
+        n = sum(sizes[size] for size in thick)
         shapes = (f"windows are {_mm(extent(window, worst))} mm and tokens {_mm(extent(tokens, worst))} mm, "
                   if window and tokens else "windows and tokens are ")
         out.append(f"warning: {n} of {len(volumes)} volumes have voxels of {_mm(worst)} mm (R, A, S) and "
                    f"data.spacing is null: windows and tokens are cut in voxels, so there {shapes}up to "
-                   f"{long[worst]:.0f}x longer in mm along one axis, and much of a window can lie outside a thin "
+                   f"{thick[worst]:.0f}x longer in mm along one axis, and much of a window can lie outside a thin "
                    "slab. Set data.spacing to read the volumes at one voxel size (not much finer than their thickest "
                    "slices: thin slices interpolated from thick ones add no detail), or give data.patch_size and "
                    "model.patch_size per axis, about equal in mm.")
+    flat = {size: r for size, r in shape.items() if r > ANISOTROPY and (spacing is not None or size not in thick)}
+    if window and tokens and flat:  # the sizes chosen make them long on voxels that are not
+        worst = max(flat, key=flat.get)
+        out.append(f"warning: data.patch_size {list(window)} and model.patch_size {list(tokens)} voxels give windows "
+                   f"of {_mm(extent(window, worst))} mm and tokens of {_mm(extent(tokens, worst))} mm on voxels of "
+                   f"{_mm(worst)} mm ({sum(sizes[k] for k in flat)} of {len(volumes)} volumes), {flat[worst]:.0f}x "
+                   "longer along one axis: give per-axis sizes about equal in mm, unless that shape is meant.")
     spread = max(max(k[a] for k in sizes) / max(min(k[a] for k in sizes), 1e-9) for a in range(len(typical)))
     if spacing is None and spread > VOXEL_SPREAD:
         listed = _counted(Counter({f"{_mm(k)} mm": n for k, n in sizes.items()}), 3)

@@ -318,9 +318,12 @@ def test_thick_volumes_are_warned_about_whatever_the_file_order_and_mixed_voxel_
         assert "windows are 8 x 8 x 120 mm and tokens 2 x 2 x 30 mm, up to 15x longer" in lines[0]
         assert "several voxel sizes" in lines[1] and "7.5x apart" in lines[1]
         chosen = voxel_warnings(records, None, window=[16, 16, 2], tokens=[8, 8, 1])  # 8 x 8 x 15 mm: 1.9x
-        assert "1 of 2 volumes have voxels of 1 x 1 x 1 mm" in chosen[0]  # and there the window is flat
-        assert "windows are 16 x 16 x 2 mm" in chosen[0] and "several voxel sizes" in chosen[1]
+        assert len(chosen) == 2 and "several voxel sizes" in chosen[1]  # and on the 1 mm voxels the window is flat:
+        assert "give windows of 16 x 16 x 2 mm and tokens of 8 x 8 x 1 mm on voxels of 1 x 1 x 1 mm" in chosen[0]
+        assert "data.spacing" not in chosen[0]  # the sizes chosen, not the voxels, make it so
         assert voxel_warnings(records, [1.0, 1.0, 1.0]) == []
+        at_one = voxel_warnings(records, [1.0, 1.0, 1.0], window=[16, 16, 2], tokens=[8, 8, 1])
+        assert len(at_one) == 1 and "give windows of 16 x 16 x 2 mm" in at_one[0]  # data.spacing does not hide it
 
 
 def test_a_complex_int16_sar_file_is_refused_like_other_complex_data(tmp_path):

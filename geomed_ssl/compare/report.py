@@ -36,11 +36,6 @@ def grouped(rows: Sequence[Row], metric: str) -> dict[tuple[str, str], dict[floa
     return out
 
 
-def budget_text(budget: float) -> str:
-    """A budget as results.csv writes it (5, 0.01, or a fraction's exact digits), so two never share a label."""
-    return fraction_text(budget)
-
-
 def best_protocols(groups: dict[tuple[str, str], dict[float, dict[int, float]]]) -> dict[str, str]:
     """Per encoder, the protocol with the highest mean over the (budget, seed) cells all its protocols share; where
     they share none (rows of two compares into one folder), over the budgets they share, each protocol's seeds
@@ -94,7 +89,7 @@ def table(rows: Sequence[Row], metric: str) -> str:
     budgets = sorted({b for g in groups.values() for b in g})
     best = best_protocols(groups)
     most = max((len(seeds) for g in groups.values() for seeds in g.values()), default=0)
-    head = "| encoder | protocol | " + " | ".join(budget_text(b) for b in budgets) + " |"
+    head = "| encoder | protocol | " + " | ".join(fraction_text(b) for b in budgets) + " |"
     lines = [head, "|" + "---|" * (len(budgets) + 2)]
     for (enc, proto), by_budget in groups.items():
         mark = " *" if best.get(enc) == proto else ""
@@ -136,7 +131,7 @@ def paired_lines(rows: Sequence[Row], metric: str) -> list[str]:
             label = mine if mine == theirs else f"best: {mine} vs {theirs}"
             for budget in sorted(set(a) & set(b)):
                 if cells := paired_cells(a[budget], b[budget]):
-                    lines.append(f"| {enc} | {label} | {budget_text(budget)} | {cells} |")
+                    lines.append(f"| {enc} | {label} | {fraction_text(budget)} | {cells} |")
     return lines
 
 
@@ -157,7 +152,7 @@ def baseline_lines(rows: Sequence[Row], metric: str) -> list[str]:
             if (key := strongest(mine[budget], baselines, groups, budget)) is None:
                 continue
             if cells := paired_cells(mine[budget], groups[key][budget]):
-                lines.append(f"| {enc} | {best[enc]} | {key[0]} ({key[1]}) | {budget_text(budget)} | {cells} |")
+                lines.append(f"| {enc} | {best[enc]} | {key[0]} ({key[1]}) | {fraction_text(budget)} | {cells} |")
     return lines
 
 
@@ -251,7 +246,7 @@ def write_curve(path: Path, rows: Sequence[Row], metric: str) -> None:
         ax.fill_between(xs, means - sds, means + sds, color=line.get_color(), alpha=0.15)
     ax.set_xscale("log")
     ticks = sorted({b for g in groups.values() for b in g})
-    ax.set_xticks(ticks, labels=[budget_text(b) for b in ticks])
+    ax.set_xticks(ticks, labels=[fraction_text(b) for b in ticks])
     ax.minorticks_off()
     ax.set_xlabel(budget_label(rows))
     ax.set_ylabel(metric)

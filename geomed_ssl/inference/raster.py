@@ -240,8 +240,10 @@ class RasterInput:
             for i, s in enumerate(self.sources):
                 try:
                     parts.append(read_masked(s, Window(0, a, W, b - a), self.nodata, stacked=i > 0))
+                except MemoryError:
+                    raise
                 except Exception as err:  # a file truncated or damaged where the scan did not look
-                    raise DataError(f"cannot read rows {a}-{b} of '{s.name}': {err}. Part of its pixel data is "
+                    raise DataError(f"cannot read rows {a}-{b - 1} of '{s.name}': {err}. Part of its pixel data is "
                                     "corrupt or missing (was it changed while being read?): replace the file, or "
                                     "predict the others without it.") from None
             strip = parts[0] if len(parts) == 1 else np.concatenate(parts)

@@ -244,8 +244,8 @@ def read_data(data_dir: str | Path, out: Path, recipe: Recipe, resume: bool, str
                 window=recipe.data.patch_size, tokens=recipe.model.patch_size)
     recipe = fit_method_to_data(recipe, catalog, source, resume)
     if resume:
+        warn_data_changed(out, catalog, point)
         if (stats := resumed_stats(out, point, catalog)) is not None:
-            warn_data_changed(out, catalog, point)
             return catalog, stats, recipe
         if (out / "stats.json").is_file():  # a checkpoint of before the statistics were kept in it
             return catalog, BandStats.load(out / "stats.json"), recipe
@@ -261,9 +261,9 @@ def write_run_files(out: Path, recipe: Recipe, catalog: Catalog, stats: BandStat
         recipe.save(tmp)
     text = json.dumps(catalog.to_dict(), indent=1)
     started = saved_catalog(out) if step is not None else None
-    if started is None:
+    if step is None:
         atomic_write_text(out / "catalog.json", text)
-    elif any(catalog_changes(started, catalog)):
+    elif started is None or any(catalog_changes(started, catalog)):  # catalog.json stays what the run started on
         atomic_write_text(out / f"catalog-resumed-step-{step:06d}.json", text)
     if not stats_file_holds(out / "stats.json", stats):
         with atomic_path(out / "stats.json") as tmp:

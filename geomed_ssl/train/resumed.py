@@ -44,14 +44,17 @@ def warn_data_changed(out: Path, catalog: Catalog, point: ResumePoint | None) ->
     """A warning naming the files added, gone or changed (shape, bands, data type, nodata, value range) since the
     run's ``catalog.json`` was written: the resumed run reads the data as it is now, so it no longer computes what
     an uninterrupted run would have."""
+    step = point.step if point is not None else 0
     if (before := saved_catalog(out)) is None:
+        log.warning(f"warning: '{out / 'catalog.json'}' is missing or unreadable, so the files this run started on "
+                    "are unknown and cannot be compared with the data now; the catalog read now is kept as "
+                    f"catalog-resumed-step-{step:06d}.json.")
         return
     added, gone, changed = catalog_changes(before, catalog)
     if not (added or gone or changed):
         return
     parts = [f"{len(names)} {what} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
              for what, names in (("added", added), ("gone", gone), ("changed", changed)) if names]
-    step = point.step if point is not None else 0
     log.warning(f"warning: the data changed since this run's catalog.json was written: {'; '.join(parts)} files. "
                 "The run goes on with the statistics it started with and reads the files as they are now, so it no "
                 "longer computes what an uninterrupted run would have; restore the files, or pretrain on the new "

@@ -524,13 +524,19 @@ def test_a_resumed_run_keeps_the_statistics_it_trained_with_and_names_the_data_t
     assert exported["bands"][0]["mean"] == pytest.approx(json.loads(started)["bands"][0]["mean"])
     assert (out / "catalog.json").read_text() == catalog  # what the run started on
     assert (out / "checkpoints" / "last.ckpt").is_file() and (out / "catalog-resumed-step-000005.json").is_file()
+    (out / "catalog.json").unlink()  # what the run started on is unknown now: said, and never written from today's
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        pretrain(None, raster_dir, out, resume=True, progress=False, overrides=["train.max_steps=12"])
+    assert "catalog.json' is missing or unreadable" in " ".join(r.getMessage() for r in caplog.records)
+    assert not (out / "catalog.json").exists() and (out / "catalog-resumed-step-000010.json").is_file()
     shutil.rmtree(raster_dir)
     raster_dir.mkdir()
     for i in range(3):
         write_geotiff(raster_dir / f"scene_{i}.tif", structured_raster(rng, 3, 48))
     with pytest.raises(Exception, match=r"--resume: the data's bands \(3: .*\) are not those this run trained on "
                                         r"\(4: "):
-        pretrain(None, raster_dir, out, resume=True, progress=False, overrides=["train.max_steps=12"])
+        pretrain(None, raster_dir, out, resume=True, progress=False, overrides=["train.max_steps=14"])
 
 
 def test_a_data_worker_killed_mid_run_is_one_error_and_leaves_no_worker_behind(raster_dir: Path,

@@ -86,14 +86,16 @@ def encoder_and_stats(encoder_path: str | Path | None, recipe: Recipe, catalog: 
 
 
 def with_encoder_naming(recipe: Any, encoder: str | Path | None, overrides: Sequence[str] | None = None,
-                        ) -> tuple[Any, dict[str, list[Any]]]:
-    """``recipe`` with the encoder's band naming (:func:`encoder_naming`) for each key it and its ``--set`` values
-    leave unset, and the keys taken. Without it a recipe of another run (a shipped one) names the bands of files
-    without descriptions by its sensor's order, which need not be the order the encoder was pretrained with."""
+                        ) -> tuple[Any, dict[str, Any]]:
+    """``recipe`` with the encoder's band naming and reading (:func:`encoder_naming`) for each key its ``--set``
+    values leave alone and it leaves unset (``data.sensor``: or sets to another sensor), and the keys taken. Without
+    it a recipe of another run (a shipped one) names the bands of files without descriptions by its sensor's order,
+    which need not be the encoder's, and reads its no-data fill as data (scored, and scored well)."""
     if encoder is None or str(encoder).lower() == "none":
         return recipe, {}
     taken = {k: v for k, v in encoder_naming(read_encoder_config(encoder)[1]).items()
-             if getattr(recipe.data, k) is None and not sets_key(overrides, f"data.{k}")}
+             if not sets_key(overrides, f"data.{k}")
+             and (getattr(recipe.data, k) is None or (k == "sensor" and getattr(recipe.data, k) != v))}
     if not taken:
         return recipe, {}
     return dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, **taken)), taken

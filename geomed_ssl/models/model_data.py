@@ -32,6 +32,8 @@ log = logging.getLogger("geomed_ssl")
 # how files without band descriptions are named and single-channel files stacked into a model's bands (not
 # data.wavelengths: a recipe's overrides files' own, which another sensor's cube must keep)
 NAMING_KEYS = ("band_names", "channels")
+# how its files were read besides: their sensor (names and wavelengths of bands read by position) and nodata value
+READING_KEYS = ("sensor", "nodata")
 
 
 def export_data(meta: dict[str, Any]) -> dict[str, Any]:
@@ -41,15 +43,21 @@ def export_data(meta: dict[str, Any]) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def encoder_naming(meta: dict[str, Any]) -> dict[str, list[Any]]:
+def encoder_naming(meta: dict[str, Any]) -> dict[str, Any]:
     """The band naming an export's recipe set (``data.band_names``, and ``data.channels``, which stacks
-    single-channel files into its bands; :func:`export_data`): only the keys it set."""
+    single-channel files into its bands) and how it read its files (``data.sensor``, ``data.nodata``;
+    :func:`export_data`): only the keys it set."""
     data = export_data(meta)
-    return {k: list(data[k]) for k in NAMING_KEYS if data.get(k)}
+    return {k: list(data[k]) if isinstance(data[k], list) else data[k] for k in (*NAMING_KEYS, *READING_KEYS)
+            if data.get(k) is not None and data.get(k) != []}
 
 
-def note_encoder_naming(records: Sequence[Any], taken: dict[str, list[Any]]) -> None:
-    """Say which files were named by the encoder's recipe (``taken``, from :func:`with_encoder_naming`)."""
+def note_encoder_naming(records: Sequence[Any], taken: dict[str, Any]) -> None:
+    """Say which files were named and read as the encoder's recipe says (``taken``, from
+    :func:`with_encoder_naming`)."""
+    for key in (k for k in READING_KEYS if k in taken):
+        log.info("note: data.%s is the encoder's recipe's (%s), how the files it was pretrained on were read; --set "
+                 "data.%s=... reads this data otherwise", key, taken[key], key)
     if "channels" in taken:
         log.info("note: data.channels is the encoder's recipe's (%s): each folder's files matching them are stacked "
                  "as in pretraining; --set data.channels=null reads every file alone", taken["channels"])

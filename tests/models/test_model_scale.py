@@ -71,3 +71,28 @@ def test_pretrain_records_its_scale_and_embed_warns_on_other_pixels(tmp_path: Pa
     emb = runner.invoke(app, ["embed", str(run), str(rasters(tmp_path / "l8", 30.0)), "--out", str(tmp_path / "e")])
     assert emb.exit_code == 0, emb.output
     assert "3 of 3 file(s) have pixels far from the 10 x 10 m encoder" in emb.output
+
+
+def test_a_fine_tune_reads_the_data_as_the_encoder_was_pretrained_on_it(tmp_path: Path, caplog) -> None:
+    """An encoder pretrained with data.sensor=landsat8 and data.nodata=0 fine-tuned with a shipped Sentinel-2 recipe:
+    the recipe's sensor refused the same data over its wavelengths, and with the sensor set the all-zero collar was
+    labelled and scored as clear sky (OA 0.919 against 0.697 with nodata 0)."""
+    import logging
+
+    from geomed_ssl.config import load_recipe
+    from geomed_ssl.finetune.fit import with_encoder_naming
+    from geomed_ssl.models.model_data import note_encoder_naming
+    from tests.embeddings.test_extract import make_encoder
+
+    enc = make_encoder(rasters(tmp_path / "l8", 30.0), tmp_path / "enc")
+    meta = json.loads((enc / "config.json").read_text())
+    meta["recipe"]["data"].update(sensor="landsat8", nodata=0)
+    (enc / "config.json").write_text(json.dumps(meta))
+    recipe = load_recipe("recipes/mae_sentinel2.yaml")
+    read, taken = with_encoder_naming(recipe, enc)
+    assert taken == {"sensor": "landsat8", "nodata": 0} and (read.data.sensor, read.data.nodata) == ("landsat8", 0)
+    with caplog.at_level(logging.INFO, logger="geomed_ssl"):
+        note_encoder_naming([], taken)
+    assert "data.sensor is the encoder's recipe's (landsat8)" in caplog.text
+    mine, taken = with_encoder_naming(recipe, enc, ["data.sensor=sentinel2", "data.nodata=null"])  # the user's word
+    assert taken == {} and (mine.data.sensor, mine.data.nodata) == ("sentinel2", None)

@@ -898,6 +898,17 @@ def test_a_class_0_beside_a_nodata_tag_and_a_255_background_are_each_said_once(t
             _label(tmp_path / "c" / Path(r.path).name, quadrants)  # 0 = unlabelled, no tag: nothing to say
         read_label_pairs(records, tmp_path / "c", lab, data)
     assert not [r for r in caplog.records if "ignore_value" in r.getMessage()]
+    cloud = np.zeros((32, 32), np.uint8)  # a 38-Cloud mask: 255 is the cloud class, 0 clear sky (trained with
+    cloud[:, 2:] = 255  # labels.ignore_value null), not 255 unlabelled
+    (tmp_path / "d").mkdir()
+    for r in records:
+        _label(tmp_path / "d" / Path(r.path).name, cloud)
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        read_label_pairs(records, tmp_path / "d", LabelsConfig(ignore_value=None), data)
+    assert not [r for r in caplog.records if "255" in r.getMessage()]
+    _, arrays, masks = read_label_pairs(records, tmp_path / "d", lab, data)
+    with pytest.raises(DataError, match="as in a binary mask .* set labels.ignore_value=null"):
+        select_labels(arrays, masks, LabelsConfig(per_class=5))
 
 
 def test_a_class_0_beside_nan_or_a_mask_marking_the_unlabelled_pixels_is_said_too(tmp_path: Path, caplog) -> None:

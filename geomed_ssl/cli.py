@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import warnings
 import sys
 from pathlib import Path
 from typing import Optional
@@ -49,6 +50,12 @@ def main(ctx: typer.Context, debug: bool = typer.Option(False, "--debug", help="
                         force=True)
     # GDAL reports unreadable files itself; the catalog names them with the reason, so its log lines are noise.
     logging.getLogger("rasterio").setLevel(logging.CRITICAL)
+    # so is rasterio's two-line NotGeoreferencedWarning per plain TIFF opened (38-Cloud patches): the catalog and the
+    # outputs say such a file is placed nowhere; put back when the command ends (in-process callers keep theirs)
+    quiet_tiffs = warnings.catch_warnings()
+    quiet_tiffs.__enter__()
+    warnings.filterwarnings("ignore", message="Dataset has no geotransform")
+    ctx.call_on_close(lambda: quiet_tiffs.__exit__(None, None, None))
     command = ctx.invoked_subcommand
     if command == "pretrain" and further_rank():  # rank 0 says the notes and warnings, the same on every rank (the
         package = logging.getLogger("geomed_ssl")  # recipe, the data); the other commands' further ranks say they

@@ -1067,3 +1067,33 @@ def test_an_error_a_data_loader_worker_raised_is_shown_as_its_own_message() -> N
     assert str(err.value).startswith("Caught DataError in DataLoader worker")
     assert message_of(err.value) == "cannot read window (0, 0) of 's3.tif'; leave it out with data.exclude."
     assert message_of(DataError("plain")) == "plain"
+
+
+def test_plain_tiffs_give_no_rasterio_warning_per_file(tmp_path: Path) -> None:
+    """38-Cloud patches carry no georeference: every command printed rasterio's two-line NotGeoreferencedWarning
+    for each file it opened, where the catalog says once that they are placed nowhere."""
+    import warnings
+
+    import rasterio
+
+    from geomed_ssl.cli import app
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i in range(2):
+            with rasterio.open(tmp_path / f"p{i}.tif", "w", driver="GTiff", height=48, width=48, count=4,
+                               dtype="uint16") as dst:
+                dst.write(np.random.default_rng(i).integers(1, 5000, (4, 48, 48)).astype(np.uint16))
+    from tests.embeddings.test_extract import make_encoder
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        enc = make_encoder(tmp_path, tmp_path.parent / f"{tmp_path.name}_enc")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = CliRunner().invoke(app, ["embed", str(enc), str(tmp_path), "--out", str(tmp_path.parent / "e"),
+                                          "--level", "patch"])
+        assert result.exit_code == 0, result.output
+        assert not [w for w in caught if "geotransform" in str(w.message)]
+        warnings.warn("Dataset has no geotransform, gcps, or rpcs.", UserWarning)  # the caller's own filters are back
+    assert [w for w in caught if "geotransform" in str(w.message)]

@@ -244,8 +244,32 @@ def resolve_band_info(
         logging.getLogger("geomed_ssl").warning(
             f"warning: data.channels names the bands after its globs ({', '.join(names[:4])}"
             f"{', ...' if len(names) > 4 else ''}), which are not band names of data.sensor '{sensor}', so they "
-            "have no wavelengths: name them as the sensor does with data.band_names (e.g. [B2, B3, B4, B5]).")
+            f"have no wavelengths: name them as the sensor does with data.band_names, in the globs' order "
+            f"({sensor_names_for(names, sensor)}).")
     return BandInfo(names, wavelengths, bandwidths, source)
+
+
+# centre wavelengths (µm) of the colour words file and folder names use for bands, for naming them after a sensor
+COLOUR_WORDS = (("coastal", 0.443), ("aerosol", 0.443), ("blue", 0.49), ("green", 0.56), ("rededge", 0.705),
+                ("red_edge", 0.705), ("red", 0.665), ("nir", 0.842), ("swir1", 1.61), ("swir_1", 1.61),
+                ("swir2", 2.2), ("swir_2", 2.2))
+
+
+def sensor_names_for(globs: Sequence[str], sensor: str) -> str:
+    """The ``data.band_names`` to give for channel globs named by colour (red, green, blue, nir, ...): each the
+    ``sensor``'s band nearest in wavelength, e.g. "[B04, B03, B02, B08]"; else the sensor's band names to pick
+    from."""
+    try:
+        profile = sensor_profile(sensor)
+    except Exception:
+        return "its band names"
+    picked = []
+    for glob in globs:
+        word = next((um for w, um in COLOUR_WORDS if w in glob.lower().replace("-", "_")), None)
+        if word is None:
+            return f"of {sensor}'s {', '.join(profile)}"
+        picked.append(min(profile, key=lambda name: abs(profile[name] - word)))
+    return f"here [{', '.join(picked)}]"
 
 
 _DESCRIBED_NOTED: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()

@@ -244,3 +244,17 @@ def test_channel_globs_that_are_not_the_sensors_band_names_are_warned_about(capl
     assert caplog.text.count("not band names of data.sensor 'landsat8'") == 1 and "data.band_names" in caplog.text
     with pytest.raises(DataError, match="stack a scene's files with data.channels"):
         resolve_band_info(1, None, {}, cfg, "LC08_SR_B2.TIF")
+
+
+def test_channel_globs_named_by_colour_are_told_the_sensors_names_for_them(caplog):
+    """38-Cloud's red / green / blue / nir folders: the hint's fixed example [B2, B3, B4, B5] named red after the
+    blue band and NIR after a red-edge one, and inspect then showed centres 0.49-0.705 without a word."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        resolve_band_info(4, None, {}, DataConfig(sensor="sentinel2"), "p.tif", fallback_names=["red", "green", "blue",
+                                                                                                 "nir"])
+        resolve_band_info(4, None, {}, DataConfig(sensor="landsat8"), "p.tif", fallback_names=["red", "green", "blue",
+                                                                                                "nir"])
+    assert "in the globs' order (here [B04, B03, B02, B08])" in caplog.text
+    assert "(here [B4, B3, B2, B5])" in caplog.text

@@ -128,7 +128,7 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
         scene = RasterInput.open(stack, path, files, stacked, stats, band_names, data_cfg, nodata, names_by_position)
         if only is not None and tuple(only.shape) != tuple(scene.shape):
             raise ValueError(f"only: a mask of shape {tuple(only.shape)} for a scene of {tuple(scene.shape)}")
-        lut, lnodata = class_lookup(int(num_classes), class_values)
+        lut, lnodata = class_lookup(int(num_classes), class_values, tagged=True)
         outputs = open_outputs(out_path, scene.sources[0], [int(v) for v in lut], lut.dtype, lnodata, pkind,
                                provenance_tags(str(Path(path).resolve()), model=made_by),
                                class_colormap(lut, class_colors, lnodata))

@@ -33,10 +33,14 @@ def proba_path(out_path: str | Path) -> Path:
     return out.with_name(out.name[: len(out.name) - len(suffix)] + "_proba" + suffix)
 
 
-def class_lookup(num_classes: int, class_values: Sequence[int] | None = None) -> tuple[np.ndarray, int]:
+def class_lookup(num_classes: int, class_values: Sequence[int] | None = None,
+                 tagged: bool = False) -> tuple[np.ndarray, int]:
     """Class index -> stored label value (``class_values``, default the index itself), and the nodata label.
 
-    uint8 with nodata 255 when every value fits below 255, else uint16 with nodata 65535.
+    uint8 with nodata 255 when every value fits below 255, else uint16 with nodata 65535; with ``tagged`` (a
+    GeoTIFF, whose nodata tag says which value it is) uint8 whenever the values fit in 0..255 and leave one free,
+    the largest free one the nodata: a 0 / 255 cloud mask's map stays uint8, where a uint16 map carries a 65,536-entry
+    colour table (400 KB a file).
     """
     values = list(range(num_classes)) if class_values is None else [int(v) for v in class_values]
     if len(values) != num_classes or len(set(values)) != num_classes:
@@ -45,8 +49,10 @@ def class_lookup(num_classes: int, class_values: Sequence[int] | None = None) ->
     if min(values) < 0 or max(values) > MAX_CLASS_VALUE:
         raise ConfigError(f"class values must lie in [0, 65534] to fit a uint16 class map; got {min(values)}.."
                           f"{max(values)}.")
-    dtype, nodata = (np.uint8, 255) if max(values) < 255 else (np.uint16, 65535)
-    return np.asarray(values, dtype=dtype), nodata
+    free = [v for v in range(255, -1, -1) if v not in set(values)] if tagged and max(values) <= 255 else []
+    if max(values) < 255 or free:
+        return np.asarray(values, dtype=np.uint8), 255 if max(values) < 255 else free[0]
+    return np.asarray(values, dtype=np.uint16), 65535
 
 
 # A qualitative palette for class maps whose labels carried no colours (matplotlib's tab20, reordered: strong first).

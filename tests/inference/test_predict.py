@@ -871,3 +871,15 @@ def test_a_scene_that_fails_to_read_mid_prediction_is_one_error_naming_it(tmp_pa
         read = scene.strip_reader(raster_mod.RangeSample(2, None, scene.shape))
         with pytest.raises(DataError, match=r"cannot read rows 0-7 of '.*scene.tif': Read failed"):
             read(0, 8)
+
+
+def test_a_map_whose_classes_include_255_stays_uint8_with_a_free_value_as_nodata(scene, tmp_path):
+    """A 0 / 255 cloud mask's classes made a uint16 map, whose colour table has 65,536 entries (400 KB a patch)."""
+    out = tmp_path / "mask.tif"
+    predict_raster(scene["model"], scene["path"], out, scene["stats"], window=(256, 256), num_classes=K,
+                   class_values=[0, 1, 2, 255])
+    labels, profile, _ = read_tif(out)
+    valid = scene["valid"]
+    assert profile["dtype"] == "uint8" and profile["nodata"] == 254
+    expected = np.array([0, 1, 2, 255])[scene["proba"].argmax(0)]
+    assert (labels[0][valid] == expected[valid]).mean() > 0.9999 and (labels[0][~valid] == 254).all()

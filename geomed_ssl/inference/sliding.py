@@ -62,11 +62,18 @@ def warn_if_nothing_predicted(path: str | Path, valid: int, nodata: float | None
 def channel_records(folder: Path, data_cfg: Any, kind: str, strict: bool = False,
                     names_by_position: str = "warn") -> list[Any]:
     """The ``data.channels`` stacks under ``folder`` as catalog records (one per folder of channel files); the
-    channel globs alone pick the files, so ``data.include`` / ``data.exclude`` do not apply."""
+    channel globs alone pick the files, so ``data.include`` / ``data.exclude`` do not apply. Stacks the catalog
+    leaves out (all nodata, unreadable) are named in one warning, not dropped without a word."""
     from geomed_ssl.data.catalog import scan
 
     cfg = dataclasses.replace(data_cfg, kind=kind, include=["**/*"], exclude=[], patch_size=1)
-    return scan(folder, cfg, strict=strict, names_by_position=names_by_position).records
+    catalog = scan(folder, cfg, strict=strict, names_by_position=names_by_position)
+    if catalog.problems:
+        listed = "; ".join(f"'{p.path}': {p.reason}" for p in catalog.problems[:3])
+        more = f" (and {len(catalog.problems) - 3} more)" if len(catalog.problems) > 3 else ""
+        log.warning(f"warning: {len(catalog.problems)} stacked input(s) under '{folder}' are not predicted: "
+                    f"{listed}{more}.")
+    return catalog.records
 
 
 def as_model(model_fn: ModelFn, device: str | torch.device) -> ModelFn:

@@ -883,3 +883,23 @@ def test_a_map_whose_classes_include_255_stays_uint8_with_a_free_value_as_nodata
     assert profile["dtype"] == "uint8" and profile["nodata"] == 254
     expected = np.array([0, 1, 2, 255])[scene["proba"].argmax(0)]
     assert (labels[0][valid] == expected[valid]).mean() > 0.9999 and (labels[0][~valid] == 254).all()
+
+
+def test_a_stacked_input_with_nothing_to_predict_is_named_not_dropped_silently(tmp_path, caplog):
+    """38-Cloud's all-black patches: predict said "predicted 4/4" over five patch folders."""
+    import logging
+
+    from geomed_ssl.config import DataConfig
+    from geomed_ssl.inference.sliding import channel_records
+
+    rng = np.random.default_rng(0)
+    for patch, scale in (("p1", 1), ("p2", 0)):
+        for band in ("red", "nir"):
+            (tmp_path / patch).mkdir(exist_ok=True)
+            values = rng.integers(1, 900, (1, 32, 32)) * scale
+            write_geotiff(tmp_path / patch / f"{band}.tif", values.astype(np.uint16))
+    cfg = DataConfig(channels=["red*", "nir*"], nodata=0)
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        records = channel_records(tmp_path, cfg, "raster")
+    assert [Path(r.path).parent.name for r in records] == ["p1"]
+    assert "1 stacked input(s) under" in caplog.text and "p2': all pixels are nodata" in caplog.text

@@ -357,13 +357,19 @@ def cluster(
     min_cluster_size: Optional[int] = typer.Option(None, "--min-cluster-size", help="HDBSCAN (default 1% of the "
                                                    "rows it is fitted on, at least 5)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
+    ignore_value: str = typer.Option("0", "--ignore-value", help="A label map's value for unlabelled pixels / "
+                                     "voxels (none: every value is a class, e.g. a binary mask's 0)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
 ) -> None:
     """Cluster stored embeddings (k-means or HDBSCAN): labels, maps on the inputs' grids, scatter plot, scores."""
     from geomed_ssl.embeddings.cluster import cluster_embeddings
 
+    try:
+        ignore = None if ignore_value.lower() in ("none", "null") else int(ignore_value)
+    except ValueError:
+        raise GeomedError(f"--ignore-value '{ignore_value}': an integer label value, or none.") from None
     s = cluster_embeddings(emb_dir, out, method=method, k=k, labels=labels, seed=seed,
-                           min_cluster_size=min_cluster_size, overwrite=overwrite).summary
+                           min_cluster_size=min_cluster_size, ignore_value=ignore, overwrite=overwrite).summary
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     typer.echo(f"{s['clusters']} clusters over {s['rows']} rows (noise {s['noise_fraction']:.1%}); silhouette "
                f"{fmt(s['silhouette'])}" + (f"; NMI {fmt(s['nmi'])}  ARI {fmt(s['ari'])} vs {s['labels']}"

@@ -171,8 +171,11 @@ def labelled_files(path: Path, files: Sequence[dict[str, Any]], nd: int, native:
     depth = [len(os.path.commonpath([home, os.path.dirname(os.path.abspath(f["path"]))]).split(os.sep))
              for f in same]
     chosen = [f for f, d in zip(same, depth) if d == max(depth)]
-    if nd == 3 and len(chosen) > 1:  # subjects of one atlas space share a grid and often a folder
-        chosen = _named_after(path, chosen)
+    from geomed_ssl.geo.grids import placed
+
+    nowhere = nd == 2 and not any(placed(f.get("crs"), f.get("transform")) for f in chosen)
+    if (nd == 3 or nowhere) and len(chosen) > 1:  # subjects of one atlas space share a grid and often a folder, and
+        chosen = _named_after(path, chosen)  # patches placed nowhere share the identity "grid" without one ground
     names = ", ".join(os.path.basename(f["path"]) for f in chosen[:4]) + (" ..." if len(chosen) > 4 else "")
     extra = f" (of {len(same)} on its grid: the ones in the folder nearest it)" if len(chosen) < len(same) else ""
     log.info("label map %s labels %d embedded file(s)%s: %s", path.name, len(chosen), extra, names)
@@ -180,17 +183,23 @@ def labelled_files(path: Path, files: Sequence[dict[str, Any]], nd: int, native:
 
 
 def _named_after(path: Path, files: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Of volumes sharing a label volume's grid and folder, those it is named after (``case0_seg`` labels ``case0``
-    and its sequences ``case0_t1``, ``case0_flair``), as ``finetune`` pairs them; all of them, with a warning, when
-    it is named after none (then nothing tells one subject from another)."""
+    """Of volumes sharing a label volume's grid and folder (or rasters placed nowhere), those it is named after
+    (``case0_seg`` labels ``case0`` and its sequences ``case0_t1``, ``case0_flair``; a stack of ``data.channels``
+    files by its folder's name), as ``finetune`` pairs them; all of them, with a warning, when it is named after
+    none (then nothing tells one subject from another)."""
     from geomed_ssl.finetune.labels import _label_keys, _stem
 
     keys = _label_keys(_stem(path))
-    named = [f for f in files if any(_stem(f["path"]).lower() == k or _stem(f["path"]).lower().startswith(k + s)
-                                     for k in keys for s in "_-.")]
+
+    def names(f: dict[str, Any]) -> list[str]:
+        folder = os.path.basename(os.path.dirname(f["path"]))
+        return [_stem(f["path"]).lower()] + ([folder.lower()] if len(f.get("paths") or []) > 1 else [])
+
+    named = [f for f in files if any(n == k or n.startswith(k + s) for n in names(f) for k in keys for s in "_-.")]
     if named:
         return named
-    log.warning(f"warning: label volume '{path}' shares its grid and folder with {len(files)} embedded volumes and is "
-                "named after none of them, so it labels them all; if they are different subjects (one atlas space), "
-                "name it after its scan (case0.nii.gz -> case0_seg.nii.gz) or give a CSV of file,label.")
+    log.warning(f"warning: label map '{path}' shares its grid and folder with {len(files)} embedded files and is "
+                "named after none of them, so it labels them all; if they are different subjects or patches (one "
+                "atlas space, or files placed nowhere), name it after its image (case0.nii.gz -> case0_seg.nii.gz) "
+                "or give a CSV of file,label.")
     return files

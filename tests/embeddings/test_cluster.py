@@ -388,3 +388,33 @@ def test_a_labels_csv_with_one_file_labelled_twice_is_refused_and_rows_naming_no
         true_labels(tmp_path / "bare.csv", manifest, {"file": two})
     (tmp_path / "windows.csv").write_text("file,label\nForest\\Forest_0.tif,forest\nRiver\\River_0.tif,river\n")
     assert true_labels(tmp_path / "windows.csv", manifest, {"file": files})[0] == ["forest", "river"]
+
+
+def test_patches_placed_nowhere_take_only_the_label_map_named_after_them_and_0_can_be_a_class(tmp_path: Path) -> None:
+    """38-Cloud patches carry no georeference, so every patch shares the identity "grid": one patch's cloud mask
+    labelled all nine, and its 0 (clear sky) could not be made a class."""
+    data = tmp_path / "patches"
+    data.mkdir()
+    rng = np.random.default_rng(5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in ("p1", "p2", "p3"):
+            with rasterio.open(data / f"{name}.tif", "w", driver="GTiff", height=32, width=32, count=4,
+                               dtype="uint16") as dst:
+                dst.write(structured_raster(rng, 4, 32))
+        gt = np.zeros((1, 32, 32), np.uint8)
+        gt[0, :, 16:] = 255
+        (tmp_path / "gt").mkdir()
+        with rasterio.open(tmp_path / "gt" / "p2_gt.tif", "w", driver="GTiff", height=32, width=32, count=1,
+                           dtype="uint8") as dst:
+            dst.write(gt)
+        enc = make_encoder(data, tmp_path / "enc")
+    emb = tmp_path / "emb"
+    embed_folder(enc, data, emb, level="window", window=16, stride=16, progress=False)
+    with pytest.raises(DataError, match="gives 1 class"):  # 0 unlabelled by default: the mask's clear sky left out
+        cluster_embeddings(emb, tmp_path / "cl", "kmeans", k=2, labels=tmp_path / "gt" / "p2_gt.tif")
+    result = runner.invoke(app, ["cluster", str(emb), "--k", "2", "--out", str(tmp_path / "cl2"), "--labels",
+                                 str(tmp_path / "gt" / "p2_gt.tif"), "--ignore-value", "none"])
+    assert result.exit_code == 0, result.output
+    s = json.loads((tmp_path / "cl2" / "summary.json").read_text())
+    assert s["labelled_rows"] == 4 and s["classes"] == 2  # p2's four windows, not all twelve

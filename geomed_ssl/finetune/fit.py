@@ -71,31 +71,36 @@ def encoder_and_stats(encoder_path: str | Path | None, recipe: Recipe, catalog: 
     try:
         catalog = catalog_for_encoder(cfg, catalog)
     except DataError as err:
-        given = export_data(meta).get("wavelengths")
+        given, sensor = export_data(meta).get("wavelengths"), export_data(meta).get("sensor")
         if given and "another sensor's bands" in str(err):  # wavelengths the pretraining recipe set, not the files'
             raise DataError(f"{err} If these are the files it was pretrained on, whose wavelengths its recipe set "
                             f"(data.wavelengths {given}), give them again: --set \"data.wavelengths={given}\".") \
                 from None
+        if sensor and sensor != recipe.data.sensor and "another sensor's bands" in str(err):  # a shipped recipe's
+            raise DataError(f"{err} This recipe reads bands named by position as data.sensor '{recipe.data.sensor}' "
+                            f"would; the encoder was pretrained with data.sensor '{sensor}': if that is this data's "
+                            f"sensor, --set data.sensor={sensor}.") from None
         raise
     encoder = load_encoder(encoder_path, bands=catalog.band_names, wavelengths=catalog.wavelengths,
                            bandwidths=catalog.bandwidths)
     stats = BandStats.from_dict(encoder.config.stats, source=f"encoder {encoder_path}")
     check_value_ranges(catalog.records, stats)
     warn_other_scale(catalog.records, cfg.scale, recipe.data.spacing, f"encoder '{encoder_path}'")
-    return encoder.train(), stats, str(encoder_path), catalog
+    encoder.config.scale = training_scale(catalog.records, recipe.data.spacing) or cfg.scale  # the model's own:
+    return encoder.train(), stats, str(encoder_path), catalog  # predict and evaluate compare with the fine-tune data
 
 
 def with_encoder_naming(recipe: Any, encoder: str | Path | None, overrides: Sequence[str] | None = None,
                         ) -> tuple[Any, dict[str, Any]]:
-    """``recipe`` with the encoder's band naming and reading (:func:`encoder_naming`) for each key its ``--set``
-    values leave alone and it leaves unset (``data.sensor``: or sets to another sensor), and the keys taken. Without
-    it a recipe of another run (a shipped one) names the bands of files without descriptions by its sensor's order,
-    which need not be the encoder's, and reads its no-data fill as data (scored, and scored well)."""
+    """``recipe`` with the encoder's band naming and reading (:func:`encoder_naming`) for each key it and its
+    ``--set`` values leave unset, and the keys taken. Without it a recipe of another run (a shipped one) names the
+    bands of files without descriptions by its sensor's order, which need not be the encoder's, and reads its
+    no-data fill as data (scored, and scored well). A sensor the recipe names is its own (cross-sensor fine-tuning
+    of a wavelength encoder); where it reads the data as another sensor's bands, the refusal names the encoder's."""
     if encoder is None or str(encoder).lower() == "none":
         return recipe, {}
     taken = {k: v for k, v in encoder_naming(read_encoder_config(encoder)[1]).items()
-             if not sets_key(overrides, f"data.{k}")
-             and (getattr(recipe.data, k) is None or (k == "sensor" and getattr(recipe.data, k) != v))}
+             if getattr(recipe.data, k) is None and not sets_key(overrides, f"data.{k}")}
     if not taken:
         return recipe, {}
     return dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, **taken)), taken

@@ -18,6 +18,8 @@ from collections import Counter
 from types import SimpleNamespace
 from typing import Any, Sequence
 
+import numpy as np
+
 from geomed_ssl.bands.conform import conform_catalog, conform_record
 from geomed_ssl.bands.ranges import warn_far_from_stats, warn_other_scaling
 from geomed_ssl.data.records import reoriented_axes
@@ -147,12 +149,15 @@ def as_record(probe: Any, kind: str) -> Any:
 
 
 def training_scale(records: Sequence[Any], spacing: Sequence[float] | None = None) -> dict[str, Any] | None:
-    """The pixel / voxel size most training files have (``EncoderConfig.scale``), None when none is known."""
-    sizes = Counter(s for s in (file_scale(r, spacing) for r in records) if s is not None)
+    """The training files' pixel / voxel size (``EncoderConfig.scale``): per axis the median over the files of the
+    most common units (scans' in-plane spacings and tiles at several latitudes all differ a little), None when none
+    is known."""
+    sizes = [s for s in (file_scale(r, spacing) for r in records) if s is not None]
     if not sizes:
         return None
-    *size, units = sizes.most_common(1)[0][0]
-    return {"size": [float(v) for v in size], "units": units}
+    units, axes = Counter((s[-1], len(s) - 1) for s in sizes).most_common(1)[0][0]
+    same = np.array([s[:-1] for s in sizes if s[-1] == units and len(s) - 1 == axes], np.float64)
+    return {"size": [round(float(v), 6) for v in np.median(same, axis=0)], "units": units}
 
 
 def warn_other_scale(records: Sequence[Any], scale: dict[str, Any] | None, spacing: Sequence[float] | None,

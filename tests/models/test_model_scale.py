@@ -41,6 +41,8 @@ def test_the_training_scale_is_the_most_common_size_and_other_sizes_are_named(tm
     assert "30 x 30 m, 3.0x along an axis" in line and "gdalwarp -tr" in line
     plain = scan(rasters(tmp_path / "none", 1.0, 1, crs=None), cfg).records  # no CRS: nothing to compare
     assert training_scale(plain) is None and warn_other_scale(plain, training_scale(ten), None, "m") == []
+    mixed = ten[:1] + scan(rasters(tmp_path / "ten_ish", 10.4, 2), cfg).records  # no two files alike: the median
+    assert training_scale(mixed + thirty[:1]) == {"size": [10.4, 10.4], "units": "m"}
 
 
 def test_volumes_are_compared_in_mm_as_read(tmp_path: Path, caplog) -> None:
@@ -68,9 +70,26 @@ def test_pretrain_records_its_scale_and_embed_warns_on_other_pixels(tmp_path: Pa
     assert result.exit_code == 0, result.output
     scale = json.loads((run / "encoder" / "config.json").read_text())["encoder"]["scale"]
     assert scale == {"size": [10.0, 10.0], "units": "m"}
-    emb = runner.invoke(app, ["embed", str(run), str(rasters(tmp_path / "l8", 30.0)), "--out", str(tmp_path / "e")])
+    l8 = rasters(tmp_path / "l8", 30.0)
+    emb = runner.invoke(app, ["embed", str(run), str(l8), "--out", str(tmp_path / "e")])
     assert emb.exit_code == 0, emb.output
     assert "3 of 3 file(s) have pixels far from the 10 x 10 m encoder" in emb.output
+    (tmp_path / "gt").mkdir()  # fine-tuned on the 30 m scenes, the model is a 30 m model: predict says so of 10 m
+    for i in range(3):
+        gt = np.ones((1, 48, 48), np.uint8)
+        gt[0, :, 24:] = 2
+        write_geotiff(tmp_path / "gt" / f"scene_{i}_gt.tif", gt, transform=Affine(30.0, 0, 500000, 0, -30.0, 5100000))
+    ft = runner.invoke(app, ["finetune", "segment", str(run / "config.yaml"), "--encoder", str(run), "--images",
+                             str(l8), "--labels", str(tmp_path / "gt"), "--out", str(tmp_path / "ft"),
+                             "--labels-per-class", "5", "--head", "probe", "--set", "data.num_workers=0"])
+    assert ft.exit_code == 0, ft.output
+    assert "pixels far from the 10 x 10 m encoder" in ft.output
+    meta = json.loads((tmp_path / "ft" / "model" / "config.json").read_text())
+    assert meta["encoder"]["scale"] == {"size": [30.0, 30.0], "units": "m"}
+    own = runner.invoke(app, ["predict", str(tmp_path / "ft"), str(l8), "--out", str(tmp_path / "p30")])
+    assert own.exit_code == 0 and "far from" not in own.output, own.output
+    other = runner.invoke(app, ["predict", str(tmp_path / "ft"), str(data), "--out", str(tmp_path / "p10")])
+    assert other.exit_code == 0 and "3 of 3 file(s) have pixels far from the 30 x 30 m model" in other.output
 
 
 def test_a_fine_tune_reads_the_data_as_the_encoder_was_pretrained_on_it(tmp_path: Path, caplog) -> None:
@@ -89,8 +108,10 @@ def test_a_fine_tune_reads_the_data_as_the_encoder_was_pretrained_on_it(tmp_path
     meta["recipe"]["data"].update(sensor="landsat8", nodata=0)
     (enc / "config.json").write_text(json.dumps(meta))
     recipe = load_recipe("recipes/mae_sentinel2.yaml")
-    read, taken = with_encoder_naming(recipe, enc)
-    assert taken == {"sensor": "landsat8", "nodata": 0} and (read.data.sensor, read.data.nodata) == ("landsat8", 0)
+    read, taken = with_encoder_naming(recipe, enc)  # a sensor the recipe names stays (cross-sensor fine-tuning);
+    assert taken == {"nodata": 0} and (read.data.sensor, read.data.nodata) == ("sentinel2", 0)  # refusals name it
+    unset, taken = with_encoder_naming(load_recipe("recipes/mae_sentinel2.yaml", ["data.sensor=null"]), enc)
+    assert taken == {"sensor": "landsat8", "nodata": 0}
     with caplog.at_level(logging.INFO, logger="geomed_ssl"):
         note_encoder_naming([], taken)
     assert "data.sensor is the encoder's recipe's (landsat8)" in caplog.text

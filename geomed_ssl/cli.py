@@ -51,11 +51,9 @@ def main(ctx: typer.Context, debug: bool = typer.Option(False, "--debug", help="
     # GDAL reports unreadable files itself; the catalog names them with the reason, so its log lines are noise.
     logging.getLogger("rasterio").setLevel(logging.CRITICAL)
     # so is rasterio's two-line NotGeoreferencedWarning per plain TIFF opened (38-Cloud patches): the catalog and the
-    # outputs say such a file is placed nowhere; put back when the command ends (in-process callers keep theirs)
-    quiet_tiffs = warnings.catch_warnings()
-    quiet_tiffs.__enter__()
-    warnings.filterwarnings("ignore", message="Dataset has no geotransform")
-    ctx.call_on_close(lambda: quiet_tiffs.__exit__(None, None, None))
+    # outputs say such a file is placed nowhere; this one filter goes when the command ends (in-process callers keep
+    # theirs, and the filters libraries first imported meanwhile added)
+    ctx.call_on_close(functools.partial(drop_filter, quiet_plain_tiffs()))
     command = ctx.invoked_subcommand
     if command == "pretrain" and further_rank():  # rank 0 says the notes and warnings, the same on every rank (the
         package = logging.getLogger("geomed_ssl")  # recipe, the data); the other commands' further ranks say they
@@ -112,6 +110,21 @@ def inspect(
     chosen = recipe is not None or sets_key(sets, "data.patch_size")  # else sizes nobody chose: cubes
     warn_survey(catalog, cfg.data.spacing, window=cfg.data.patch_size if chosen else None,
                 tokens=cfg.model.patch_size if chosen else None)
+
+
+def quiet_plain_tiffs() -> tuple:
+    """Ignore rasterio's NotGeoreferencedWarning (by its message: rasterio need not be imported); the filter added."""
+    warnings.filterwarnings("ignore", message="Dataset has no geotransform")
+    return warnings.filters[0]
+
+
+def drop_filter(entry: tuple) -> None:
+    """Remove one warnings filter :func:`quiet_plain_tiffs` added, if it is still there."""
+    if entry in warnings.filters:
+        warnings.filters.remove(entry)
+        mutated = getattr(warnings, "_filters_mutated", None)  # what filterwarnings calls: caches see the change
+        if mutated is not None:
+            mutated()
 
 
 def guess_kind(data_dir: Path) -> str:

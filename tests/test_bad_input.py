@@ -1097,3 +1097,17 @@ def test_plain_tiffs_give_no_rasterio_warning_per_file(tmp_path: Path) -> None:
         assert not [w for w in caught if "geotransform" in str(w.message)]
         warnings.warn("Dataset has no geotransform, gcps, or rpcs.", UserWarning)  # the caller's own filters are back
     assert [w for w in caught if "geotransform" in str(w.message)]
+
+
+def test_the_cli_leaves_the_warning_filters_libraries_add_during_a_command() -> None:
+    """The first version restored the whole filter list after each command, dropping the filters of libraries the
+    command imported first (torch's, lightning's) for the rest of a notebook's process."""
+    import warnings
+
+    from geomed_ssl.cli import drop_filter, quiet_plain_tiffs
+
+    entry = quiet_plain_tiffs()
+    warnings.filterwarnings("ignore", message="a library's own filter")
+    drop_filter(entry)
+    assert entry not in warnings.filters
+    assert any(f[1] is not None and f[1].pattern == "a library's own filter" for f in warnings.filters)

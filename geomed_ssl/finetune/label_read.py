@@ -88,8 +88,8 @@ def _to_labels(arr: np.ndarray, nodata: float | None, ignore_value: int | None,
                 facts.beside_nodata.append((path, left_out, mark))
         if mark is None and ignore_value != 255 and labelled.any():
             share = np.count_nonzero(labelled & (labels == 255)) / np.count_nonzero(labelled)
-            binary = share > 0.5 and not np.isin(labels[labelled], (0, 255)).all()  # a 0 / 255 mask: 255 a class
-            if share > 0.5 and binary and path not in {f[0] for f in facts.background_255}:
+            not_mask = share > 0.5 and not np.isin(labels[labelled], (0, 255)).all()  # a 0 / 255 mask: 255 a class
+            if not_mask and path not in {f[0] for f in facts.background_255}:
                 facts.background_255.append((path, float(share)))
     if ignore_value is not None:
         labelled &= labels != ignore_value

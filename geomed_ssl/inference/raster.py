@@ -106,7 +106,7 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
     and values far from ``stats`` are warned about (sampled from the strips read: no extra read).
     ``nodata``: explicit, else ``data_cfg.nodata``, else the file's.
     Output: ``class_values[argmax]`` (default: the class index) as uint8 with nodata 255 where the input is
-    nodata (uint16 / 65535 when a value is >= 255); with ``probabilities`` ('float32'/True or 'uint8' =
+    nodata (255 a class: the largest free value; uint16 / 65535 when a value is over 255); with ``probabilities`` ('float32'/True or 'uint8' =
     round(p*254), nodata NaN / 255) also ``*_proba.tif``, one band per class.
     ``only`` (bool (H, W)): compute only the windows that hold a True pixel, and write nodata where none of them
     reaches: every window holding a True pixel is computed, so there the map is the whole scene's (what

@@ -123,6 +123,7 @@ class ConsoleSettings(L.Callback):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         quiet_lightning()
+        warnings.filterwarnings("ignore", message="Dataset has no geotransform")  # a spawned rank: as the CLI's
         if not logging.getLogger().handlers:
             logging.basicConfig(level=self.level, format="%(message)s", stream=sys.stderr)
 

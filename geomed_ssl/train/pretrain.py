@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,6 @@ from geomed_ssl.methods.schedules import ScheduleClock
 from geomed_ssl.models.encoder import EncoderConfig
 from geomed_ssl.models.model_data import training_scale
 from geomed_ssl.outdirs import Inputs, check_out_dir, prepare_out_dir
-from geomed_ssl.outfiles import atomic_path, atomic_write_text
 from geomed_ssl.process import keeps_process_state
 from geomed_ssl.train.agreement import agreement_for
 from geomed_ssl.train.callbacks import ExportEncoder, MetricsCSV, Previews
@@ -37,8 +35,7 @@ from geomed_ssl.train.checkpointing import (ResumePoint, RunCheckpoints, StopReq
 from geomed_ssl.train.console import ConsoleSettings, progress_callbacks, quiet_lightning
 from geomed_ssl.train.lr_check import warn_accumulation, warn_schedule
 from geomed_ssl.train.module import PretrainModule, param_groups
-from geomed_ssl.train.resumed import (catalog_changes, resumed_stats, saved_catalog, stats_file_holds,
-                                      warn_data_changed)
+from geomed_ssl.train.run_files import resumed_stats, warn_data_changed, write_run_files
 from geomed_ssl.train.trainer import (build_trainer, daemon_children, forks, loader_workers, probe_trainer,
                                       worker_death, worker_died)
 
@@ -250,24 +247,6 @@ def read_data(data_dir: str | Path, out: Path, recipe: Recipe, resume: bool, str
         if (out / "stats.json").is_file():  # a checkpoint of before the statistics were kept in it
             return catalog, BandStats.load(out / "stats.json"), recipe
     return catalog, compute_stats(catalog, recipe.data, seed=recipe.train.seed), recipe
-
-
-def write_run_files(out: Path, recipe: Recipe, catalog: Catalog, stats: BandStats, step: int | None = None
-                    ) -> None:
-    """``config.yaml``, ``catalog.json`` (a resumed run's at step ``step``: kept, and the data as read now beside
-    it when it changed) and ``stats.json`` (written again when it is not ``stats``), each complete or not at all
-    (rank 0 only)."""
-    with atomic_path(out / "config.yaml") as tmp:
-        recipe.save(tmp)
-    text = json.dumps(catalog.to_dict(), indent=1)
-    started = saved_catalog(out) if step is not None else None
-    if step is None:
-        atomic_write_text(out / "catalog.json", text)
-    elif started is None or any(catalog_changes(started, catalog)):  # catalog.json stays what the run started on
-        atomic_write_text(out / f"catalog-resumed-step-{step:06d}.json", text)
-    if not stats_file_holds(out / "stats.json", stats):
-        with atomic_path(out / "stats.json") as tmp:
-            stats.save(tmp)
 
 
 class PretrainData(L.LightningDataModule):

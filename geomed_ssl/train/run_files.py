@@ -1,5 +1,6 @@
-"""What a resumed pretraining run takes from its start, not from the folders as they are now: the statistics it
-trained with (its checkpoint's), and a warning naming the data files added, gone or changed since its
+"""The files a pretraining run writes into its folder at its start (``config.yaml``, ``catalog.json``,
+``stats.json``), and what a resumed run takes from its start rather than from the folders as they are now: the
+statistics it trained with (its checkpoint's), and a warning naming the data files added, gone or changed since its
 ``catalog.json``."""
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from geomed_ssl.bands.names import brief
+from geomed_ssl.config import Recipe
 from geomed_ssl.data.catalog import Catalog
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.errors import DataError
+from geomed_ssl.outfiles import atomic_path, atomic_write_text
 from geomed_ssl.train.checkpointing import ResumePoint
 
 log = logging.getLogger("geomed_ssl")
@@ -93,3 +96,21 @@ def catalog_changes(before: Catalog, now: Catalog) -> tuple[list[str], list[str]
 def _plain(value: Any) -> Any:
     """A record field as JSON gives it back (tuples as lists), to compare a scan with a saved catalog."""
     return json.loads(json.dumps(value))
+
+
+def write_run_files(out: Path, recipe: Recipe, catalog: Catalog, stats: BandStats, step: int | None = None
+                    ) -> None:
+    """``config.yaml``, ``catalog.json`` (a resumed run's at step ``step``: kept, and the data as read now beside
+    it when it changed) and ``stats.json`` (written again when it is not ``stats``), each complete or not at all
+    (rank 0 only)."""
+    with atomic_path(out / "config.yaml") as tmp:
+        recipe.save(tmp)
+    text = json.dumps(catalog.to_dict(), indent=1)
+    started = saved_catalog(out) if step is not None else None
+    if step is None:
+        atomic_write_text(out / "catalog.json", text)
+    elif started is None or any(catalog_changes(started, catalog)):  # catalog.json stays what the run started on
+        atomic_write_text(out / f"catalog-resumed-step-{step:06d}.json", text)
+    if not stats_file_holds(out / "stats.json", stats):
+        with atomic_path(out / "stats.json") as tmp:
+            stats.save(tmp)

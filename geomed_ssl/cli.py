@@ -8,8 +8,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import warnings
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 

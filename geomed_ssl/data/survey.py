@@ -153,8 +153,7 @@ def voxel_warnings(records: Sequence[Any], spacing: Sequence[float] | None = Non
     volumes = [r for r in records if r.kind == "volume" and r.spacing]
     if not volumes:
         return []
-    size_of = {r.path: tuple(round(float(v), 3) for v in (spacing or reoriented_axes(r, r.spacing))) for r in volumes}
-    sizes = Counter(size_of.values())
+    sizes = Counter(tuple(round(float(v), 3) for v in (spacing or reoriented_axes(r, r.spacing))) for r in volumes)
     typical = sizes.most_common(1)[0][0]
     out = []
 

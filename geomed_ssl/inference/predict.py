@@ -168,13 +168,18 @@ def usable_inputs(planned: dict[Path, Path], data_cfg: Any, blend: str, stats: B
         blends = RASTER_BLENDS if kind == "raster" else VOLUME_BLENDS
         if blend not in blends:
             raise ConfigError(f"--blend must be one of {', '.join(blends)}, got '{blend}'.")
+        anywhere = (1,) * (2 if kind == "raster" else 3)  # any size: the predictor pads a scene under its window
         if p.is_file():
-            try:  # any size: the predictor pads a scene smaller than its window (training needs half a window)
-                probed.append(as_record(probe_file(str(p), kind, data_cfg, (1,) * (2 if kind == "raster" else 3)),
-                                        kind))
+            try:
+                probed.append(as_record(probe_file(str(p), kind, data_cfg, anywhere), kind))
             except ProbeError as err:
                 bad.append(f"'{p}': {str(err).rstrip('.')}")
                 continue
+        elif (first := first_channel_file(p, data_cfg)) is not None:  # a stack: its first file's grid, for the scale
+            try:
+                probed.append(as_record(probe_file(str(first), kind, data_cfg, anywhere), kind, path=str(p)))
+            except ProbeError:
+                pass  # the stack's reading says what is wrong with it
         _check_bands(p, kind, data_cfg, stats, "error" if strict else "ignore")
         usable[p] = out
     if bad and (strict or not usable):
@@ -184,6 +189,12 @@ def usable_inputs(planned: dict[Path, Path], data_cfg: Any, blend: str, stats: B
         logging.getLogger("geomed_ssl").warning(f"warning: skipped {len(bad)} unreadable input(s): {'; '.join(bad)}.")
     warn_other_scale(probed, scale, getattr(data_cfg, "spacing", None), model)
     return usable
+
+
+def first_channel_file(folder: Path, data_cfg: Any) -> Path | None:
+    """The file of a ``data.channels`` stack folder its first glob picks (None: none)."""
+    first = (getattr(data_cfg, "channels", None) or ["*"])[0]
+    return next((f for f in sorted(folder.iterdir()) if f.is_file() and glob_match(f.name, first)), None)
 
 
 def _check_bands(path: Path, kind: str, data_cfg: Any, stats: BandStats, names_by_position: str) -> None:

@@ -141,10 +141,11 @@ def file_scale(record: Any, spacing: Sequence[float] | None = None) -> tuple[Any
     return (*(round(float(v), 4) for v in size), "mm") if size else None
 
 
-def as_record(probe: Any, kind: str) -> Any:
-    """What :func:`file_scale` reads of a file, from its probe (``geomed_ssl.data.probe.FileProbe``)."""
+def as_record(probe: Any, kind: str, path: str | None = None) -> Any:
+    """What :func:`file_scale` reads of a file, from its probe (``geomed_ssl.data.probe.FileProbe``), named ``path``
+    (default the probe's: a stack's folder for its first file)."""
     geo = probe.geo or {}
-    return SimpleNamespace(path=probe.path, kind=kind, shape=probe.shape, transform=geo.get("transform"),
+    return SimpleNamespace(path=path or probe.path, kind=kind, shape=probe.shape, transform=geo.get("transform"),
                            crs=geo.get("crs"), spacing=geo.get("spacing"), orientation=geo.get("orientation"))
 
 

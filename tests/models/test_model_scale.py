@@ -117,3 +117,23 @@ def test_a_fine_tune_reads_the_data_as_the_encoder_was_pretrained_on_it(tmp_path
     assert "data.sensor is the encoder's recipe's (landsat8)" in caplog.text
     mine, taken = with_encoder_naming(recipe, enc, ["data.sensor=sentinel2", "data.nodata=null"])  # the user's word
     assert taken == {} and (mine.data.sensor, mine.data.nodata) == ("sentinel2", None)
+
+
+def test_predict_compares_a_channel_stack_folder_by_its_first_file(tmp_path: Path, caplog, monkeypatch) -> None:
+    """Only single files were probed for their pixel size: a folder of stacked band files was never compared."""
+    import logging
+
+    from geomed_ssl.inference import predict as predict_mod
+
+    stack = tmp_path / "p1"
+    stack.mkdir()
+    rng = np.random.default_rng(1)
+    for band in ("red", "nir"):
+        write_geotiff(stack / f"{band}.tif", structured_raster(rng, 1, 32),
+                      transform=Affine(30.0, 0, 500000, 0, -30.0, 5100000))
+    monkeypatch.setattr(predict_mod, "_check_bands", lambda *a, **k: None)  # bands are not what is tested here
+    cfg = DataConfig(channels=["red*", "nir*"])
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        predict_mod.usable_inputs({stack: tmp_path / "out.tif"}, cfg, "gaussian", None,
+                                  scale={"size": [10.0, 10.0], "units": "m"}, model="model 'ft'")
+    assert f"1 of 1 file(s) have pixels far from the 10 x 10 m model 'ft' was trained at (e.g. '{stack}'" in caplog.text

@@ -72,30 +72,30 @@ def stats_file_holds(path: Path, stats: BandStats) -> bool:
         return False
 
 
-def saved_catalog(out: Path) -> Catalog | None:
-    """The run's ``catalog.json`` (None when it is missing or unreadable)."""
+def saved_catalog(out: Path) -> dict[str, Any] | None:
+    """The run's ``catalog.json`` as JSON (None when it is missing, unreadable or not a catalog)."""
     try:
-        return Catalog.from_dict(json.loads((out / "catalog.json").read_text()))
-    except (OSError, ValueError, KeyError, TypeError):
+        saved = json.loads((out / "catalog.json").read_text())
+    except (OSError, ValueError):
         return None
+    records = saved.get("records") if isinstance(saved, dict) else None
+    ok = isinstance(records, list) and all(isinstance(r, dict) and "path" in r for r in records)
+    return saved if ok else None
 
 
-def catalog_changes(before: Catalog, now: Catalog) -> tuple[list[str], list[str], list[str]]:
-    """(added, gone, changed) files of ``now`` against ``before``, by their paths under each catalog's root."""
-    def keyed(catalog: Catalog) -> dict[str, Any]:
-        root = catalog.root or ""
-        return {os.path.relpath(r.path, root) if root else r.path: r for r in catalog.records}
+CHANGED_FIELDS = ("shape", "num_bands", "dtype", "band_names", "nodata", "value_range")
 
-    old, new = keyed(before), keyed(now)
-    fields = ("shape", "num_bands", "dtype", "band_names", "nodata", "value_range")
-    changed = [k for k in new if k in old and any(
-        _plain(getattr(new[k], f)) != _plain(getattr(old[k], f)) for f in fields)]
+
+def catalog_changes(before: dict[str, Any], now: Catalog) -> tuple[list[str], list[str], list[str]]:
+    """(added, gone, changed) files of ``now`` against a saved ``catalog.json`` (``before``), by their paths under
+    each catalog's root; ``now`` is compared as that file would hold it (tuples as lists)."""
+    def keyed(catalog: dict[str, Any]) -> dict[str, Any]:
+        root = catalog.get("root") or ""
+        return {os.path.relpath(r["path"], root) if root else r["path"]: r for r in catalog["records"]}
+
+    old, new = keyed(before), keyed(json.loads(json.dumps(now.to_dict())))
+    changed = [k for k in new if k in old and any(new[k].get(f) != old[k].get(f) for f in CHANGED_FIELDS)]
     return [k for k in new if k not in old], [k for k in old if k not in new], changed
-
-
-def _plain(value: Any) -> Any:
-    """A record field as JSON gives it back (tuples as lists), to compare a scan with a saved catalog."""
-    return json.loads(json.dumps(value))
 
 
 def write_run_files(out: Path, recipe: Recipe, catalog: Catalog, stats: BandStats, step: int | None = None

@@ -71,7 +71,8 @@ def encoder_and_stats(encoder_path: str | Path | None, recipe: Recipe, catalog: 
     try:
         catalog = catalog_for_encoder(cfg, catalog)
     except DataError as err:
-        given, sensor = export_data(meta).get("wavelengths"), export_data(meta).get("sensor")
+        pretrained_on = export_data(meta)
+        given, sensor = pretrained_on.get("wavelengths"), pretrained_on.get("sensor")
         if given and "another sensor's bands" in str(err):  # wavelengths the pretraining recipe set, not the files'
             raise DataError(f"{err} If these are the files it was pretrained on, whose wavelengths its recipe set "
                             f"(data.wavelengths {given}), give them again: --set \"data.wavelengths={given}\".") \

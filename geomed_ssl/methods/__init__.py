@@ -28,6 +28,7 @@ from geomed_ssl.methods.simmim import SimMIM  # noqa: E402,F401
 from geomed_ssl.methods.maskfeat import MaskFeat  # noqa: E402,F401
 from geomed_ssl.methods.beit import BEiT  # noqa: E402,F401
 from geomed_ssl.methods.cae import CAE  # noqa: E402,F401
+from geomed_ssl.methods.ijepa import IJEPA  # noqa: E402,F401
 from geomed_ssl.methods.inpainting import Inpainting  # noqa: E402,F401
 from geomed_ssl.methods.rotation import Rotation  # noqa: E402,F401
 from geomed_ssl.methods.jigsaw import Jigsaw  # noqa: E402,F401

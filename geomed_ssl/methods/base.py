@@ -177,6 +177,7 @@ class MethodContext:
     patch: tuple[int, ...] | None = None  # the token patch per spatial axis (model.patch_size)
     bands: int | None = None  # input bands, once the data is scanned
     tokens_per_position: int | None = None  # grouped / spectral with model.tokens_per_position: units pooled to this
+    crop: tuple[int, ...] | None = None  # the global crops per spatial axis (data.global_crop_size; null: the window)
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, samples: int | None = None) -> MethodContext:
@@ -184,9 +185,11 @@ class MethodContext:
         window = as_tuple(recipe.data.patch_size, nd, "data.patch_size")
         patch = as_tuple(recipe.model.patch_size, nd, "model.patch_size")
         pooled = recipe.model.tokens_per_position if recipe.model.embedding in ("grouped", "spectral") else None
+        crop = recipe.data.global_crop_size
+        crop = tuple(window) if crop is None else tuple(as_tuple(crop, nd, "data.global_crop_size"))
         return cls(recipe.model.embedding, nd, math.prod(token_grid(window, patch)),
                    recipe.train.max_steps, recipe.train.batch_size, samples, tuple(window), tuple(patch),
-                   tokens_per_position=pooled)
+                   tokens_per_position=pooled, crop=crop)
 
     @classmethod
     def from_encoder(cls, cfg: EncoderConfig, max_steps: int | None = None) -> MethodContext:

@@ -200,3 +200,55 @@ def ibot_masks(n: int, grid: tuple[int, ...], ratio: tuple[float, float], prob: 
             r = ratio[0] + float(d[1]) * (ratio[1] - ratio[0])
             masks[i] = block_mask(grid, int(round(r * total)), g)
     return masks
+
+
+def jepa_block_sides(grid: tuple[int, ...], scale: Sequence[float], aspect: Sequence[float],
+                     u: float) -> tuple[int, ...]:
+    """I-JEPA's block size for one uniform draw ``u`` in [0, 1): ``V = int(N * s)`` tokens, ``s`` and the aspect
+    ratio ``r`` both interpolated by the same ``u`` (as the official collator), laid out as a box shaped like the
+    grid, each side ``g * (V / N) ** (1 / d)``, with the last two axes stretched by ``sqrt(r)`` and ``1 / sqrt(r)``
+    (a square 2D grid: the official ``round(sqrt(V r)) x round(sqrt(V / r))``), each side clipped to [1, g]."""
+    s = scale[0] + u * (scale[1] - scale[0])
+    r = aspect[0] + u * (aspect[1] - aspect[0])
+    n = math.prod(grid)
+    fraction = (max(1, int(n * s)) / n) ** (1.0 / len(grid))
+    stretch = [1.0] * (len(grid) - 2) + [math.sqrt(r), 1.0 / math.sqrt(r)]
+    return tuple(min(g, max(1, round(g * fraction * f))) for g, f in zip(grid, stretch))
+
+
+def largest_jepa_block(grid: tuple[int, ...], scale: Sequence[float], aspect: Sequence[float]) -> int:
+    """The most tokens a :func:`jepa_block_sides` block can hold on ``grid`` (over a fine sweep of ``u``)."""
+    return max(math.prod(jepa_block_sides(grid, scale, aspect, i / 200)) for i in range(201))
+
+
+def _box(grid: tuple[int, ...], sides: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """A bool (*grid) box of ``sides`` at a uniform random position inside the grid."""
+    box = torch.zeros(grid, dtype=torch.bool)
+    start = [int(torch.randint(0, g - s + 1, (1,), generator=generator)) for g, s in zip(grid, sides)]
+    box[tuple(slice(a, a + s) for a, s in zip(start, sides))] = True
+    return box
+
+
+def jepa_masks(grid: tuple[int, ...], target_sides: tuple[int, ...], num_targets: int,
+               context_sides: tuple[int, ...], generators: Sequence[torch.Generator],
+               tries: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """I-JEPA's multi-block masks, one image per generator: ``num_targets`` target boxes of ``target_sides`` at
+    random positions (they may overlap each other), and a context box of ``context_sides`` less every target token,
+    re-placed up to ``tries`` times until it keeps at least a tenth of the grid (else the context is every token
+    outside the targets). Returns the targets' token indices (B, num_targets, M) long, row-major, and the context
+    (B, N) bool."""
+    n = math.prod(grid)
+    min_keep = max(1, n // 10)
+    targets, contexts = [], []
+    for g in generators:
+        boxes = [_box(grid, target_sides, g).flatten() for _ in range(num_targets)]
+        hidden = torch.stack(boxes).any(dim=0)  # (N,)
+        context = ~hidden
+        for _ in range(tries):
+            candidate = _box(grid, context_sides, g).flatten() & ~hidden
+            if int(candidate.sum()) >= min(min_keep, int(context.sum())):
+                context = candidate
+                break
+        targets.append(torch.stack([box.nonzero()[:, 0] for box in boxes]))  # (num_targets, M)
+        contexts.append(context)
+    return torch.stack(targets), torch.stack(contexts)

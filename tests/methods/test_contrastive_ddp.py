@@ -3,7 +3,8 @@ process on the whole batch. SimCLR: negatives gathered with gradients from every
 batch, DDP's gradient average. SwAV: Sinkhorn codes over the global batch (sums all-reduced), multi-crop, and with a
 full queue (the same on every rank: it enters Sinkhorn's batch once, not once per rank). MoCo v3: keys gathered
 from every rank. Barlow Twins: the cross-correlation of the global batch. DINO: multi-crop, the teacher's centring,
-KoLeo's neighbours. DeepCluster-v2: every rank's embeddings in the memory bank, the same k-means centroids on every rank."""
+KoLeo's neighbours. DeepCluster-v2: every rank's embeddings in the memory bank, the same k-means centroids on every rank.
+I-JEPA: the context trimmed to the global batch's fewest tokens, nodata tokens counted over every rank."""
 
 from __future__ import annotations
 
@@ -81,6 +82,13 @@ def worker(rank: int, folder: str) -> None:
                 g /= WORLD
             if rank == 0:
                 torch.save({"loss": loss / WORLD, "grads": grads}, Path(folder) / f"{name}.pt")
+        loss, grads = ijepa_step(rank)
+        dist.all_reduce(loss)
+        for g in grads.values():
+            dist.all_reduce(g)
+            g /= WORLD
+        if rank == 0:
+            torch.save({"loss": loss / WORLD, "grads": grads}, Path(folder) / "ijepa.pt")
         loss, accuracy = beit_step(rank)
         both = torch.stack([loss, accuracy]).detach()
         dist.all_reduce(both)  # the training loop logs the mean over ranks
@@ -105,6 +113,28 @@ def beit_step(rank: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         rows = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
         image, valid, mask = image[rows], valid[rows], mask[rows]
     return method(image * valid[:, None], valid, mask)
+
+
+def ijepa_case(rank: int | None) -> tuple[SSLMethod, dict]:
+    """I-JEPA and the global batch (``rank`` None) or a rank's half; nodata in rank 1's rows only, so the ranks'
+    valid target tokens differ, and (with these seeds) the ranks' fewest context tokens differ too (13 and 14)."""
+    g = torch.Generator().manual_seed(7)
+    image = torch.randn(BATCH, 3, 20, 20, generator=g)
+    valid = torch.ones(BATCH, 20, 20, dtype=torch.bool)
+    valid[BATCH // 2:, :, :6] = False
+    torch.manual_seed(0)
+    enc = EncoderConfig(in_chans=3, img_size=(20, 20), patch_size=(4, 4), embed_dim=16, depth=1, num_heads=2)
+    method = METHODS["ijepa"](enc, {"num_targets": 3, "predictor_depth": 1, "predictor_num_heads": 2,
+                                    "predictor_dim": 8}, max_steps=10)
+    batch = {"image": image, "valid": valid, "index": torch.arange(BATCH)}
+    if rank is not None:
+        rows = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
+        batch = {k: v[rows] for k, v in batch.items()}
+    return method, batch
+
+
+def ijepa_step(rank: int | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    return loss_and_grads(*ijepa_case(rank))
 
 
 def free_port() -> str:
@@ -134,6 +164,20 @@ def test_two_processes_give_the_loss_and_gradients_of_one_process_on_the_global_
     for key, g in grads.items():  # the projector's BatchNorms, the prototypes and the encoder included
         scale = max(1.0, float(g.abs().max()))  # float rounding grows with the tensor's largest entry
         torch.testing.assert_close(ddp["grads"][key], g, rtol=1e-4, atol=1e-6 * scale, msg=key)
+
+
+def test_ijepa_on_two_processes_gives_the_loss_and_gradients_of_one_process(two_processes: Path) -> None:
+    """Each rank alone would trim its context to its own fewest tokens; under DDP both trim to the global fewest."""
+    own = [ijepa_case(r)[0].masks(ijepa_case(r)[1], (5, 5), torch.Generator().manual_seed(2))[1].shape[1]
+           for r in range(WORLD)]
+    assert own[0] != own[1], own  # the case exercises the all-reduce of the trim
+    ddp = torch.load(two_processes / "ijepa.pt", weights_only=True)
+    loss, grads = ijepa_step(None)
+    torch.testing.assert_close(ddp["loss"], loss, rtol=1e-5, atol=1e-6)
+    assert ddp["grads"].keys() == grads.keys() and any(k.startswith("predictor.") for k in grads)
+    for key, g in grads.items():
+        torch.testing.assert_close(ddp["grads"][key], g, rtol=1e-4, atol=1e-6 * max(1.0, float(g.abs().max())),
+                                   msg=key)
 
 
 def test_beit_logs_the_global_batchs_loss_and_token_accuracy(two_processes: Path) -> None:

@@ -2,8 +2,8 @@
 the loss falls on generated GeoTIFFs (and NIfTIs where the method applies), ``--resume`` replays the uninterrupted
 run's loss curve exactly, and the exported encoder is accepted by ``embed`` and ``finetune``.
 
-Volumes: simmim, maskfeat, beit, cae, inpainting and rotation (about the first axis) run on them; jigsaw and context
-are 2D-only (refused, see test_bad_input.py), cross_band needs two bands (the NIfTIs here have one).
+Volumes: simmim, maskfeat, beit, cae, ijepa, inpainting and rotation (about the first axis) run on them; jigsaw and
+context are 2D-only (refused, see test_bad_input.py), cross_band needs two bands (the NIfTIs here have one).
 """
 
 from __future__ import annotations
@@ -27,17 +27,18 @@ METHOD_SETS: dict[str, list[str]] = {
     "maskfeat": [],
     "beit": ["method.tokenizer_windows=16"],
     "cae": ["method.regressor_depth=1", "method.decoder_depth=1"],
+    "ijepa": ["method.predictor_depth=1", "method.predictor_num_heads=2", "method.num_targets=2"],
     "inpainting": ["method.decoder_embed_dim=32", "method.decoder_depth=1", "method.decoder_num_heads=2"],
     "rotation": ["method.head_hidden_dim=32"],
     "jigsaw": ["method.head_hidden_dim=32", "method.permutations=10"],
     "context": ["method.head_hidden_dim=32"],
     "cross_band": [],
 }
-VOLUME_METHODS = ["simmim", "maskfeat", "beit", "cae", "inpainting"]
+VOLUME_METHODS = ["simmim", "maskfeat", "beit", "cae", "ijepa", "inpainting"]
 STEPS, KILL = 24, 16
 # The classification tasks do not move their loss within 24 steps on these smooth plane-wave scenes (they have no
 # up, and few distinct tiles); that they are learnable is checked in test_pretext_learnable.py instead.
-SHORT_RUN_LEARNERS = {"simmim", "maskfeat", "beit", "cae", "inpainting", "cross_band"}
+SHORT_RUN_LEARNERS = {"simmim", "maskfeat", "beit", "cae", "ijepa", "inpainting", "cross_band"}
 
 
 def overrides(method: str, *extra: str) -> list[str]:

@@ -152,8 +152,8 @@ class IJEPA(SSLMethod):
     card = MethodCard(
         learns="to predict, from one large visible block of the window, the momentum encoder's representations of "
                "several hidden blocks, in latent space (no pixels, no intensity augmentations)",
-        cost="~1.5x MAE (the context encoder on most tokens with grad, the momentum encoder on every token without, "
-             "a narrow predictor once per target block)",
+        cost="~1.3x MAE (ViT-Ti, benchmarks/bench_methods_step.py): the context encoder on most tokens with grad, "
+             "the momentum encoder on every token without, a narrow predictor once per target block",
         failure_modes="representation collapse (every token the same) lets the loss fall to 0: watch "
                       "embedding_std / collapse in metrics.csv, keep momentum near 1; windows need enough tokens "
                       "for the blocks (refused otherwise); grouped / spectral embeddings refused",

@@ -55,9 +55,9 @@ class IJEPASettings(MethodSettings):
     """The ``method:`` keys of ``name: ijepa`` (defaults: the official ViT configs)."""
 
     num_targets: int = setting(4, "target blocks per image", bounds="[1, 16]")
-    target_scale: list[float] = setting([0.15, 0.2], "fraction of the window's tokens in each target block, "
+    target_scale: list[float] = setting([0.15, 0.2], "fraction of the crop's tokens in each target block, "
                                         "[min, max]", bounds="(0, 1]", length=2)
-    context_scale: list[float] = setting([0.85, 1.0], "fraction of the window's tokens in the context block before "
+    context_scale: list[float] = setting([0.85, 1.0], "fraction of the crop's tokens in the context block before "
                                          "the targets are taken out, [min, max]", bounds="(0, 1]", length=2)
     aspect: list[float] = setting([0.75, 1.5], "target blocks' aspect ratio (last two axes), [min, max]",
                                   bounds="> 0", length=2)
@@ -152,8 +152,8 @@ class IJEPA(SSLMethod):
     card = MethodCard(
         learns="to predict, from one large visible block of the window, the momentum encoder's representations of "
                "several hidden blocks, in latent space (no pixels, no intensity augmentations)",
-        cost="~1.3x MAE (ViT-Ti, benchmarks/bench_methods_step.py): the context encoder on most tokens with grad, "
-             "the momentum encoder on every token without, a narrow predictor once per target block",
+        cost="~1.3x MAE (ViT-Ti, benchmarks/bench_methods_step.py): the context encoder on about a third of the "
+             "tokens with grad, the momentum encoder on every token without, a narrow predictor once per target block",
         failure_modes="representation collapse (every token the same) lets the loss fall to 0: watch "
                       "embedding_std / collapse in metrics.csv, keep momentum near 1; windows need enough tokens "
                       "for the blocks (refused otherwise); grouped / spectral embeddings refused",

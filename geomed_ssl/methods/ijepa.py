@@ -37,10 +37,9 @@ from torch import nn
 from geomed_ssl.config import MAX_DEPTH, MAX_HEADS, MethodConfig, check_heads, setting
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.methods.base import MethodCard, MethodContext, MethodOutput, MethodSettings, PerSample, SSLMethod
-from geomed_ssl.methods.dino import token_valid_fraction
 from geomed_ssl.methods.distributed import all_reduce_max_
 from geomed_ssl.methods.masking import jepa_block_sides, jepa_masks, largest_jepa_block
-from geomed_ssl.methods.mim import MIN_TOKEN_VALID, check_unit_free, global_mean, prepare_image
+from geomed_ssl.methods.mim import check_unit_free, global_mean, prepare_image, token_weights
 from geomed_ssl.methods.momentum import MomentumPair, momentum_copy
 from geomed_ssl.methods.monitor import CollapseMonitor
 from geomed_ssl.methods.registry import register_method
@@ -52,7 +51,7 @@ from geomed_ssl.views.builder import ViewSpec
 
 @dataclass
 class IJEPASettings(MethodSettings):
-    """The ``method:`` keys of ``name: ijepa`` (defaults: the official ViT configs)."""
+    """The ``method:`` keys of ``name: ijepa`` (defaults: the official masking; a smaller predictor)."""
 
     num_targets: int = setting(4, "target blocks per image", bounds="[1, 16]")
     target_scale: list[float] = setting([0.15, 0.2], "fraction of the crop's tokens in each target block, "
@@ -98,18 +97,20 @@ class IJEPASettings(MethodSettings):
 
 def predictor_width(settings: IJEPASettings, cfg: EncoderConfig) -> int:
     """``method.predictor_dim``, or half the encoder's width rounded down to one that sin-cos positions and the
-    heads accept (the encoder's own width when none is smaller)."""
+    heads accept (else the encoder's own width; a ConfigError when that fails too)."""
     if settings.predictor_dim is not None:
         return settings.predictor_dim
     heads = settings.predictor_num_heads
-    for width in range(cfg.embed_dim // 2, 3, -1):
+    for width in [*range(cfg.embed_dim // 2, 3, -1), cfg.embed_dim]:
         try:
             axis_dims(width, cfg.spatial_dims)
         except ValueError:
             continue
         if width % heads == 0:
             return width
-    return cfg.embed_dim
+    raise ConfigError(f"method ijepa: no predictor width up to the encoder's {cfg.embed_dim} splits into "
+                      f"method.predictor_num_heads {heads} heads and {cfg.spatial_dims}D sin-cos positions; set "
+                      "method.predictor_dim (a multiple of the heads and of 4) or fewer heads.")
 
 
 class JEPAPredictor(nn.Module):
@@ -224,10 +225,8 @@ class IJEPA(SSLMethod):
             b, t, m = targets.shape
             wanted = torch.gather(full, 1, targets.reshape(b, t * m, 1).expand(-1, -1, d)).reshape(b, t, m, d)
         per_token = F.smooth_l1_loss(predicted.float(), wanted.float(), reduction="none").mean(dim=-1)  # fp32
-        weights = torch.ones_like(per_token)
-        if valid is not None:
-            ok = (token_valid_fraction(valid.to(tokens.device), self.patch_size) >= MIN_TOKEN_VALID).float()  # (B, N)
-            weights = torch.gather(ok, 1, targets.reshape(b, t * m)).reshape(b, t, m)
+        ok = token_weights(torch.ones(b, tokens.shape[1], device=tokens.device), valid, self.patch_size)  # (B, N)
+        weights = torch.gather(ok, 1, targets.reshape(b, t * m)).reshape(b, t, m)
         loss = global_mean(per_token, weights, self.training)
         return {"loss": loss, "z": latent[:, 1:].mean(dim=1)}
 

@@ -151,6 +151,8 @@ def test_windows_too_small_for_the_blocks_and_unit_embeddings_are_refused() -> N
         IJEPASettings(target_scale=[0.3, 0.2]).check("recipe.yaml", MethodContext())
     with pytest.raises(ConfigError, match="predictor_dim"):
         IJEPASettings(predictor_dim=18, predictor_num_heads=3).check("recipe.yaml", MethodContext(spatial_dims=2))
+    with pytest.raises(ConfigError, match="method.predictor_num_heads 7 heads.*set method.predictor_dim"):
+        build(predictor_num_heads=7)  # no width up to 32 splits into 7 heads: one line, not timm's assertion
 
 
 def test_each_target_block_is_predicted_from_the_context_alone_at_its_positions() -> None:

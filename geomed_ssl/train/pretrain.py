@@ -18,10 +18,10 @@ from geomed_ssl.data.catalog import Catalog, scan
 from geomed_ssl.views.datasets import PretrainDataset, collate
 from geomed_ssl.data.stats import BandStats, compute_stats
 from geomed_ssl.data.survey import warn_survey
-from geomed_ssl.views.builder import build_views
+from geomed_ssl.views.builder import build_views, refuse_date_pairs
 from geomed_ssl.errors import ConfigError, GeomedError, RunStopped
 from geomed_ssl.launch import check_pretrain_world, launched
-from geomed_ssl.methods import build_method, with_method_settings
+from geomed_ssl.methods import build_method, method_class, with_method_settings
 from geomed_ssl.methods.schedules import ScheduleClock
 from geomed_ssl.models.encoder import EncoderConfig
 from geomed_ssl.models.model_data import training_scale
@@ -125,7 +125,9 @@ def resolve_recipe(recipe: Recipe | str | Path | None, out: Path, overrides: lis
     the ``config.yaml`` it was started with (plus any overrides, e.g. more steps)."""
     if not resume:
         source = "recipe" if isinstance(recipe, Recipe) else str(recipe or "defaults")
-        return with_method_settings(as_recipe(recipe, overrides), source)
+        checked = with_method_settings(as_recipe(recipe, overrides), source)
+        refuse_date_pairs(method_class(checked.method.name).views, checked.data)  # before the data is scanned
+        return checked
     saved = out / "config.yaml"
     if not saved.is_file():
         if not out.is_dir() or not any(out.iterdir()):

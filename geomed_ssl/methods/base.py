@@ -296,6 +296,13 @@ class SSLMethod(nn.Module):
             raise TypeError(f"{type(self).__name__} takes {self.Settings.__name__}, a MethodConfig or a mapping, "
                             f"not {type(settings).__name__}")
         self.clock = ScheduleClock(max_steps)
+        self.views = type(self).views_for(self.settings)
+
+    @classmethod
+    def views_for(cls, settings: MethodSettings) -> ViewSpec:
+        """The views a method with these settings needs (default: :attr:`views`); a method whose views follow a
+        setting overrides it, and ``pretrain`` builds them from the recipe alone, before the data is scanned."""
+        return cls.views
 
     # ---- what the trainer calls ------------------------------------------------------------------------------
     def training_loss(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> MethodOutput:

@@ -155,12 +155,16 @@ class VICRegDense(SSLMethod):
         recipes=("recipes/mae_hyperspectral.yaml", "recipes/vicreg_dense_sentinel2.yaml",
                  "recipes/vicreg_dense_mri.yaml"))
 
+    @classmethod
+    def views_for(cls, settings: MethodSettings) -> ViewSpec:
+        """Two crops ``method.max_shift`` px apart at most."""
+        return dataclasses.replace(cls.views, shift=int(settings.max_shift))
+
     def __init__(self, encoder_cfg: EncoderConfig,
                  settings: VICRegDenseSettings | MethodConfig | Mapping[str, Any] | None = None,
                  max_steps: int = 1000) -> None:
         super().__init__(encoder_cfg, settings, max_steps)
         m = self.settings
-        self.views = dataclasses.replace(type(self).views, shift=int(m.max_shift))
         self.encoder = ViTEncoder(encoder_cfg)
         d = encoder_cfg.embed_dim
         self.projector = vicreg_expander(d, m.projector_dim, m.projector_dim, m.projector_layers)

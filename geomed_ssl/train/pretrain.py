@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -18,10 +18,10 @@ from geomed_ssl.data.catalog import Catalog, scan
 from geomed_ssl.views.datasets import PretrainDataset, collate
 from geomed_ssl.data.stats import BandStats, compute_stats
 from geomed_ssl.data.survey import warn_survey
-from geomed_ssl.views.builder import build_views, refuse_date_pairs
+from geomed_ssl.views.builder import build_views
 from geomed_ssl.errors import ConfigError, GeomedError, RunStopped
 from geomed_ssl.launch import check_pretrain_world, launched
-from geomed_ssl.methods import build_method, method_class, with_method_settings
+from geomed_ssl.methods import build_method, method_class, method_settings, with_method_settings
 from geomed_ssl.methods.schedules import ScheduleClock
 from geomed_ssl.models.encoder import EncoderConfig
 from geomed_ssl.models.model_data import training_scale
@@ -125,9 +125,7 @@ def resolve_recipe(recipe: Recipe | str | Path | None, out: Path, overrides: lis
     the ``config.yaml`` it was started with (plus any overrides, e.g. more steps)."""
     if not resume:
         source = "recipe" if isinstance(recipe, Recipe) else str(recipe or "defaults")
-        checked = with_method_settings(as_recipe(recipe, overrides), source)
-        refuse_date_pairs(method_class(checked.method.name).views, checked.data)  # before the data is scanned
-        return checked
+        return check_views(with_method_settings(as_recipe(recipe, overrides), source))
     saved = out / "config.yaml"
     if not saved.is_file():
         if not out.is_dir() or not any(out.iterdir()):
@@ -137,6 +135,17 @@ def resolve_recipe(recipe: Recipe | str | Path | None, out: Path, overrides: lis
     resumed = with_method_settings(load_recipe(saved, overrides), str(saved), saved=True)
     note_unread_recipe(recipe, saved)
     return kept_as_started(resumed, saved, overrides)
+
+
+def check_views(recipe: Recipe) -> Recipe:
+    """``recipe``, after its method's views are built once from it alone, so that what they refuse (crops that do
+    not fit the window, date pairs for a method of one view) is refused before the data is scanned and its
+    statistics computed; the spectral shift, which needs the bands' wavelengths, is checked with the data."""
+    cls = method_class(recipe.method.name)
+    augment = replace(recipe.augment, spectral_shift_p=0.0) if recipe.augment is not None else None
+    build_views(cls.views_for(method_settings(recipe.method)), recipe.data, spatial_dims(recipe.data), augment,
+                patch_size=recipe.model.patch_size)
+    return recipe
 
 
 def note_unread_recipe(recipe: Recipe | str | Path | None, saved: Path) -> None:

@@ -342,16 +342,6 @@ def _scale(value: Sequence[float], key: str) -> tuple[float, float]:
     return lo, hi
 
 
-def refuse_date_pairs(spec: ViewSpec, data_cfg: Any) -> None:
-    """A ConfigError when ``data.date_pairs`` is on for a method of one view (``spec``): there is no second crop to
-    cut from another date. Called before the data is scanned, as well as by :func:`build_views`."""
-    if getattr(data_cfg, "date_pairs", False) and (spec.crops < 2 or not spec.geometry):
-        raise ConfigError("data.date_pairs cuts a method's second crop from another date of the same ground, but this "
-                          "method takes one view of each window (masked-image and pretext methods: mae, simmim, beit, "
-                          "rotation...); use a method of two crops (vicreg_dense, simclr, vicreg, byol, moco_v2, dino, "
-                          "swav...) or set data.date_pairs: false.")
-
-
 def build_views(spec: ViewSpec | str, data_cfg: Any, spatial_dims: int, augment: Any = None,
                 patch_size: Any = None, wavelengths: Sequence[float | None] | None = None, **opts: Any) -> View:
     """The view that ``spec`` (a method's :class:`ViewSpec`, or a preset name: ``none``, ``mae``, ``dino``) asks
@@ -368,8 +358,11 @@ def build_views(spec: ViewSpec | str, data_cfg: Any, spatial_dims: int, augment:
         if spec not in PRESETS:
             raise ConfigError(f"unknown view kind '{spec}'. Valid kinds: {', '.join(VIEW_KINDS)}.")
         spec = PRESETS[spec]
-    else:
-        refuse_date_pairs(spec, data_cfg)
+    elif getattr(data_cfg, "date_pairs", False) and (spec.crops < 2 or not spec.geometry):
+        raise ConfigError("data.date_pairs cuts a method's second crop from another date of the same ground, but this "
+                          "method takes one view of each window (masked-image and pretext methods: mae, simmim, beit, "
+                          "rotation...); use a method of two crops (vicreg_dense, simclr, vicreg, byol, moco_v2, dino, "
+                          "swav...) or set data.date_pairs: false.")
     as_tuple(data_cfg.patch_size, spatial_dims, "data.patch_size")
     if not spec.geometry:
         return IdentityView()

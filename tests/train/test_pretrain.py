@@ -14,6 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from geomed_ssl.cli import app
+from geomed_ssl.errors import ConfigError
 from tests.conftest import SHARED, TINY, KillAt
 
 runner = CliRunner()
@@ -388,3 +389,33 @@ def test_resume_says_that_a_recipe_given_beside_it_is_not_read(tmp_path: Path, c
     notes = [r.getMessage() for r in caplog.records]
     assert len(notes) == 2 and "cannot be read" in notes[0] and "method.mask_ratio" in notes[1]
     assert all("is not read again" in n and "--set key=value" in n for n in notes)
+
+
+@pytest.mark.parametrize("recipe, overrides, message", [
+    ("recipes/ijepa_sentinel2.yaml", ["data.date_pairs=true"], "data.date_pairs .* one view of each window"),
+    ("recipes/simclr_sentinel2.yaml", ["data.global_crop_size=96"], r"data.global_crop_size \[96, 96\] does not fit"),
+    ("recipes/mae_hyperspectral.yaml", ["data.patch_size=20", "data.global_crop_size=18", "method.max_shift=8"],
+     r"cannot hold two \[18, 18\] crops shifted by up to 8 px"),  # the views follow the method's settings
+])
+def test_pretrain_refuses_views_the_recipe_cannot_have_before_reading_the_data(recipe, overrides, message, tmp_path,
+                                                                                monkeypatch) -> None:
+    """The views need only the recipe: their refusals come before the scan and the statistics of a large archive."""
+    import geomed_ssl.train.pretrain as pretrain_module
+    from geomed_ssl.train.pretrain import pretrain
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("the data was scanned before the recipe was refused")
+
+    monkeypatch.setattr(pretrain_module, "scan", no_scan)
+    with pytest.raises(ConfigError, match=message):
+        pretrain(recipe, tmp_path / "data", tmp_path / "run", overrides=overrides, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_recipe_with_a_spectral_shift_passes_the_early_check_without_wavelengths() -> None:
+    """The spectral shift needs the bands' wavelengths, known once the data is scanned: not refused from the recipe."""
+    from geomed_ssl.train.pretrain import check_views
+    from geomed_ssl.config import load_recipe
+
+    recipe = load_recipe("recipes/moco_v3_sentinel2_small.yaml", ["augment.spectral_shift_p=0.5", "data.sensor=null"])
+    assert check_views(recipe) is recipe

@@ -307,17 +307,3 @@ def test_rasters_without_a_crs_are_never_dates_of_one_ground(tmp_path) -> None:
     assert note.startswith("warning: data.date_pairs is on but no two files share a grid")
     assert note.endswith("3 file(s) have no CRS and pair with none (nothing says two of them show one ground)")
 
-
-def test_pretrain_refuses_date_pairs_for_a_method_of_one_view_before_reading_the_data(tmp_path, monkeypatch) -> None:
-    """The refusal needs only the recipe: it comes before the scan and the statistics of a large archive."""
-    import geomed_ssl.train.pretrain as pretrain_module
-    from geomed_ssl.train.pretrain import pretrain
-
-    def no_scan(*args, **kwargs):
-        raise AssertionError("the data was scanned before the recipe was refused")
-
-    monkeypatch.setattr(pretrain_module, "scan", no_scan)
-    with pytest.raises(ConfigError, match="data.date_pairs .* one view of each window"):
-        pretrain("recipes/ijepa_sentinel2.yaml", tmp_path / "data", tmp_path / "run",
-                 overrides=["data.date_pairs=true"], progress=False)
-    assert not (tmp_path / "run").exists()

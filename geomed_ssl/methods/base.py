@@ -27,7 +27,9 @@ Hooks. Everything the trainer calls is declared on :class:`SSLMethod` with a def
 ``fit_to_data`` (once, before a new run's first step), ``training_loss`` (every micro-batch), ``before_optimizer_step`` (gradients ready, before the update),
 ``weight_decay`` (the decaying groups' weight decay at a step, or None), ``after_step`` (after the update; by
 default the EMA of the declared ``momentum_pairs`` at ``momentum(step)``), ``export_encoder``, ``no_weight_decay``,
-``reconstruct`` (previews; methods without it get attention-map previews). The optimiser trains every parameter of
+``reconstruct`` (previews; methods without it get attention-map previews); before the data is read, ``pretrain``
+builds the views of ``views_for(settings)`` (``views``, unless a setting changes them) to refuse what cannot be cut
+from the recipe's windows. The optimiser trains every parameter of
 the method that requires grad: encoders, heads, prototypes and tokens are attributes of the method; momentum
 targets are made with :func:`~geomed_ssl.methods.momentum.momentum_copy` (frozen) and declared as pairs, never
 looped over by hand.

@@ -220,8 +220,7 @@ class IJEPA(SSLMethod):
         latent, _ = enc.run_blocks(enc.add_cls(visible))
         predicted = self.predictor(latent[:, 1:], context_ids, targets, grid)  # (B, T, M, D)
         with torch.no_grad():
-            full, _ = self.target_encoder.run_blocks(self.target_encoder.add_cls(self.target_encoder.embed(image)[0]))
-            full = F.layer_norm(full[:, 1:], (d,))  # (B, N, D)
+            full = F.layer_norm(self.target_encoder(image)[:, 1:], (d,))  # (B, N, D) normed final tokens
             b, t, m = targets.shape
             wanted = torch.gather(full, 1, targets.reshape(b, t * m, 1).expand(-1, -1, d)).reshape(b, t, m, d)
         per_token = F.smooth_l1_loss(predicted.float(), wanted.float(), reduction="none").mean(dim=-1)  # fp32

@@ -75,20 +75,8 @@ def worker(rank: int, folder: str) -> None:
     try:
         torch.set_num_threads(1)
         for name in SETTINGS:
-            loss, grads = loss_and_grads(build(name), part(global_batch(name), rank))
-            dist.all_reduce(loss)
-            for g in grads.values():  # what DistributedDataParallel does: the mean of the ranks' gradients
-                dist.all_reduce(g)
-                g /= WORLD
-            if rank == 0:
-                torch.save({"loss": loss / WORLD, "grads": grads}, Path(folder) / f"{name}.pt")
-        loss, grads = ijepa_step(rank)
-        dist.all_reduce(loss)
-        for g in grads.values():
-            dist.all_reduce(g)
-            g /= WORLD
-        if rank == 0:
-            torch.save({"loss": loss / WORLD, "grads": grads}, Path(folder) / "ijepa.pt")
+            save_mean(*loss_and_grads(build(name), part(global_batch(name), rank)), rank, Path(folder) / f"{name}.pt")
+        save_mean(*ijepa_step(rank), rank, Path(folder) / "ijepa.pt")
         loss, accuracy = beit_step(rank)
         both = torch.stack([loss, accuracy]).detach()
         dist.all_reduce(both)  # the training loop logs the mean over ranks
@@ -96,6 +84,16 @@ def worker(rank: int, folder: str) -> None:
             torch.save(both / WORLD, Path(folder) / "beit.pt")
     finally:
         dist.destroy_process_group()
+
+
+def save_mean(loss: torch.Tensor, grads: dict[str, torch.Tensor], rank: int, path: Path) -> None:
+    """What DistributedDataParallel trains with, the mean over ranks of the loss and gradients, saved by rank 0."""
+    dist.all_reduce(loss)
+    for g in grads.values():
+        dist.all_reduce(g)
+        g /= WORLD
+    if rank == 0:
+        torch.save({"loss": loss / WORLD, "grads": grads}, path)
 
 
 def beit_step(rank: int | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,6 +22,7 @@ from geomed_ssl.methods.barlow_twins import BarlowTwins  # noqa: E402,F401  (reg
 from geomed_ssl.methods.vicreg import VICReg  # noqa: E402,F401  (registers "vicreg")
 from geomed_ssl.methods.swav import SwAV  # noqa: E402,F401  (registers "swav")
 from geomed_ssl.methods.deepcluster import DeepCluster  # noqa: E402,F401  (registers "deepcluster")
+from geomed_ssl.methods.msn import MSN  # noqa: E402,F401  (registers "msn")
 from geomed_ssl.methods.vicreg_dense import VICRegDense, VICRegDenseSettings  # noqa: E402  (registers "vicreg_dense")
 # masked image modelling beyond MAE, and the classic pretext tasks (issue 14)
 from geomed_ssl.methods.simmim import SimMIM  # noqa: E402,F401

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from geomed_ssl.methods.distributed import all_reduce_sum, is_distributed
 
 LAST_NORMS = ("none", "affine", "plain")
+ACTIVATIONS = ("relu", "gelu")
 
 
 class GlobalBatchNorm1d(nn.BatchNorm1d):
@@ -51,22 +52,26 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
 class ProjectionMLP(nn.Sequential):
     """``len(dims) - 1`` linear layers ``dims[0] -> dims[1] -> ... -> dims[-1]``.
 
-    Every layer but the last is followed by BatchNorm (when ``batch_norm``) and ReLU. The last layer has a bias
+    Every layer but the last is followed by BatchNorm (when ``batch_norm``) and ``activation`` (ReLU, or GELU as
+    MSN's head). The last layer has a bias
     unless a BatchNorm follows it; ``last_norm`` adds a BatchNorm after it: ``"affine"`` (learned scale and shift),
     ``"plain"`` (``affine=False``: MoCo v3 and SimSiam outputs) or ``"none"``.
     """
 
-    def __init__(self, dims: Sequence[int], batch_norm: bool = True, last_norm: str = "none") -> None:
+    def __init__(self, dims: Sequence[int], batch_norm: bool = True, last_norm: str = "none",
+                 activation: str = "relu") -> None:
         if len(dims) < 2:
             raise ValueError(f"ProjectionMLP needs at least [in_dim, out_dim], got {list(dims)}")
         if last_norm not in LAST_NORMS:
             raise ValueError(f"last_norm must be one of {LAST_NORMS}, got {last_norm!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         layers: list[nn.Module] = []
         for d_in, d_out in zip(dims[:-2], dims[1:-1]):
             layers.append(nn.Linear(d_in, d_out, bias=not batch_norm))
             if batch_norm:
                 layers.append(GlobalBatchNorm1d(d_out))
-            layers.append(nn.ReLU(inplace=True))
+            layers.append(nn.ReLU(inplace=True) if activation == "relu" else nn.GELU())
         layers.append(nn.Linear(dims[-2], dims[-1], bias=last_norm == "none"))
         if last_norm != "none":
             layers.append(GlobalBatchNorm1d(dims[-1], affine=last_norm == "affine"))
@@ -127,6 +132,11 @@ def barlow_twins_projector(in_dim: int, hidden_dim: int = 8192, out_dim: int = 8
 
 
 vicreg_expander = barlow_twins_projector
+
+
+def msn_projector(in_dim: int, hidden_dim: int = 2048, out_dim: int = 256) -> ProjectionMLP:
+    """MSN: ``Linear -> BN -> GELU`` twice, then ``Linear``; its output is compared with the prototypes."""
+    return ProjectionMLP([in_dim, hidden_dim, hidden_dim, out_dim], activation="gelu")
 
 
 def swav_projector(in_dim: int, hidden_dim: int = 2048, out_dim: int = 128) -> ProjectionMLP:

@@ -3,7 +3,8 @@ process on the whole batch. SimCLR: negatives gathered with gradients from every
 batch, DDP's gradient average. SwAV: Sinkhorn codes over the global batch (sums all-reduced), multi-crop, and with a
 full queue (the same on every rank: it enters Sinkhorn's batch once, not once per rank). MoCo v3: keys gathered
 from every rank. Barlow Twins: the cross-correlation of the global batch. DINO: multi-crop, the teacher's centring,
-KoLeo's neighbours. DeepCluster-v2: every rank's embeddings in the memory bank, the same k-means centroids on every rank.
+KoLeo's neighbours. MSN: each sample's own mask, Sinkhorn-balanced targets and ME-MAX's mean prediction over the
+global batch. DeepCluster-v2: every rank's embeddings in the memory bank, the same k-means centroids on every rank.
 I-JEPA: the context trimmed to the global batch's fewest tokens, nodata tokens counted over every rank."""
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ SETTINGS = {
     "moco_v3": {"proj_hidden_dim": 16, "proj_dim": 8},
     "barlow_twins": {"proj_hidden_dim": 16, "proj_dim": 8},
     "dino": {"head_hidden_dim": 16, "head_bottleneck_dim": 8, "out_dim": 12, "koleo_loss_weight": 0.1},
+    "msn": {"proj_hidden_dim": 16, "proj_dim": 8, "n_prototypes": 6, "mask_ratio": 0.3},
 }
 BATCH, WORLD, LOCALS = 8, 2, 2
 

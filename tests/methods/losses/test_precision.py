@@ -13,6 +13,7 @@ from geomed_ssl.methods.losses import (
     deepcluster_loss,
     info_nce_loss,
     moco_v3_loss,
+    msn_terms,
     negative_cosine_similarity,
     nt_xent_loss,
     sinkhorn_knopp,
@@ -32,6 +33,7 @@ LOSSES: dict[str, tuple[int, Callable[[list[torch.Tensor]], torch.Tensor]]] = {
     "vicreg": (2, lambda z: vicreg_loss(z[0], z[1])),
     "swav": (3, lambda z: swav_loss([z[0] / 16, z[1] / 16], [z[2] / 16], temperature=0.1)),
     "deepcluster": (2, lambda z: deepcluster_loss([torch.stack(z)], torch.arange(8)[None] % 16, 0.1)),
+    "msn": (4, lambda z: sum(msn_terms(torch.cat(z[:2]), z[2], z[3])[:2])),  # z[3]: 8 prototypes
 }
 
 

@@ -1,0 +1,101 @@
+"""MSN: the masked anchor drops its share of positions per sample (every unit of a grouped position together), drawn
+from the sample's own stream; the target branch takes no gradient and is the export; the official momentum and
+weight-decay schedules. The loss against lightly is in losses/test_msn.py, the CLI runs (loss falls on rasters
+and volumes, exact resume, usable export) in test_ssl_methods.py, two processes in test_contrastive_ddp.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from geomed_ssl.errors import ConfigError
+from geomed_ssl.methods import METHODS, MethodContext
+from geomed_ssl.methods.masking import num_keep
+from geomed_ssl.models.encoder import EncoderConfig
+
+ENC = EncoderConfig(in_chans=4, img_size=(16, 16), patch_size=(4, 4), embed_dim=32, depth=2, num_heads=2)
+SMALL = {"proj_hidden_dim": 32, "proj_dim": 16, "n_prototypes": 8}
+
+
+def build(cfg: EncoderConfig = ENC, **settings) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return METHODS["msn"](cfg, {**SMALL, **settings}, max_steps=100)
+
+
+def batch_of(n: int, seed: int = 0, index: list[int] | None = None) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    views = {"global": [torch.randn(n, 4, 16, 16, generator=g) for _ in range(2)],
+             "local": [torch.randn(n, 4, 8, 8, generator=g) for _ in range(2)]}
+    return {"views": views, "index": torch.tensor(index if index is not None else list(range(n)))}
+
+
+def tokens_into_blocks(method, x: torch.Tensor, batch: dict) -> int:
+    """How many tokens (CLS included) the masked anchor's blocks see."""
+    seen = []
+    run = method.encoder.run_blocks
+    method.encoder.run_blocks = lambda tokens, *a, **k: seen.append(tokens.shape[1]) or run(tokens, *a, **k)
+    try:
+        method.masked_cls(x, batch, torch.Generator().manual_seed(1))
+    finally:
+        del method.encoder.run_blocks
+    return seen[0]
+
+
+@pytest.mark.parametrize("ratio", [0.15, 0.5, 0.7])
+def test_the_masked_anchor_keeps_its_share_of_positions(ratio: float) -> None:
+    method = build(mask_ratio=ratio)
+    batch = batch_of(3)
+    assert tokens_into_blocks(method, batch["views"]["global"][1], batch) == 1 + num_keep(16, ratio)
+
+
+def test_grouped_positions_are_dropped_with_all_their_units() -> None:
+    cfg = EncoderConfig(in_chans=4, img_size=(16, 16), patch_size=(4, 4), embed_dim=32, depth=2, num_heads=2,
+                        embedding="grouped", band_groups=[[0, 1], [2, 3]])
+    method = build(cfg, mask_ratio=0.5)
+    batch = batch_of(2)
+    assert tokens_into_blocks(method, batch["views"]["global"][1], batch) == 1 + 2 * num_keep(16, 0.5)
+
+
+def test_each_sample_draws_its_own_mask_whatever_its_batch_position() -> None:
+    method = build(mask_ratio=0.5).eval()
+    pair = batch_of(2, index=[5, 7])
+    alone = {"views": {k: [v[1:] for v in crops] for k, crops in pair["views"].items()}, "index": torch.tensor([7])}
+    g = torch.Generator().manual_seed(3)
+    both = method.masked_cls(pair["views"]["global"][1], pair, g)
+    one = method.masked_cls(alone["views"]["global"][1], alone, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(both[1:], one)
+    again = method.masked_cls(pair["views"]["global"][1], {**pair, "index": torch.tensor([6, 7])},
+                              torch.Generator().manual_seed(3))
+    assert not torch.allclose(again[0], both[0])  # another sample index, another mask
+
+
+def test_no_mask_gives_the_plain_cls_token() -> None:
+    method = build(mask_ratio=0.0)
+    batch = batch_of(2)
+    x = batch["views"]["global"][1]
+    torch.testing.assert_close(method.masked_cls(x, batch, torch.Generator()), method.encoder(x)[:, 0])
+
+
+def test_gradients_reach_the_anchor_side_only_and_the_target_encoder_is_exported() -> None:
+    method = build()
+    out = method.training_loss(batch_of(4), 0, torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert method.prototypes.grad is not None and method.prototypes.grad.abs().sum() > 0
+    assert method.encoder.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in [*method.target_encoder.parameters(), *method.target_projector.parameters()])
+    assert method.export_encoder() is method.target_encoder
+    assert {"msn_loss", "memax", "prototypes_used", "embedding_std"} <= out.logs.keys()
+    assert 1 <= float(out.logs["prototypes_used"]) <= 4
+
+
+def test_official_schedules_and_no_decay_on_the_prototypes() -> None:
+    method = build(momentum=0.996, weight_decay_start=0.04, weight_decay_end=0.4)
+    assert method.momentum(0) == pytest.approx(0.996)
+    assert method.momentum(100) == pytest.approx(0.996 + 0.004 / 1.25)  # 1 is reached at 1.25 x the run
+    assert method.weight_decay(0) == pytest.approx(0.04) and method.weight_decay(100) == pytest.approx(0.4)
+    assert "prototypes" in method.no_weight_decay()
+
+
+def test_a_batch_of_one_is_refused() -> None:
+    with pytest.raises(ConfigError, match="train.batch_size must be at least 2"):
+        METHODS["msn"].Settings.from_section({"name": "msn"}).validated("recipe.yaml", MethodContext(batch_size=1))

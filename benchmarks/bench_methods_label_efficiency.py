@@ -102,7 +102,7 @@ if not DATA.is_dir():
     DATA = Path("/work/shared/data/eurosat_ms_200")
 PRIORITY = ["mae", "dino", "simclr", "moco_v3", "byol", "simsiam", "barlow_twins", "vicreg", "swav", "deepcluster",
             "simmim", "maskfeat", "beit", "cae", "inpainting", "rotation", "jigsaw", "context", "cross_band", "moco_v2",
-            "ijepa"]  # ijepa since 2026-12-06, after the table above was measured
+            "ijepa", "msn"]  # ijepa and msn since 2026-12-06, after the table above was measured
 SKIPPED = {"vicreg_dense": "skipped: dense per-pixel features for segmentation, not image classification"}
 ARCH = ["data.sensor=null", "data.num_workers=0", "data.patch_size=64", "model.embed_dim=64", "model.depth=4",
         "model.num_heads=4", "model.patch_size=8", "train.batch_size=32", "train.max_steps=1000000",

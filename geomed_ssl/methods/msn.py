@@ -80,8 +80,9 @@ class MSN(MultiCropMethod):
     card = MethodCard(
         learns="to place a crop with hidden tokens, and small crops, on the same prototypes as the unmasked crop "
                "of the same window seen by a momentum encoder (soft clusters, every prototype kept in use)",
-        cost="~1.6x MAE plus ~N/4x for N local crops (the masked crop with grad, the target crop without); "
-             "prototypes x proj_dim weights",
+        cost="~2.4x MAE with 4 local crops at half size, about half MoCo v3's step (ViT-Ti, "
+             "benchmarks/bench_methods_step.py): the masked crop and the local crops with grad, the target crop "
+             "without; prototypes x proj_dim weights",
         failure_modes="all windows on one prototype (watch prototypes_used and embedding_std in metrics.csv; keep "
                       "memax_weight and sinkhorn on); BatchNorm in the projector needs batches of 2+ per device",
         recipes=("recipes/msn_sentinel2.yaml",))

@@ -8,18 +8,24 @@ momentum encoder and projector (no gradient) give its CLS projection. The anchor
 position together) and every local crop unmasked, through the encoder's CLS and a 3-layer projector (BatchNorm,
 GELU), run once per crop size as the official code does. Loss: :func:`~geomed_ssl.methods.losses.msn.msn_terms`
 (cross-entropy to the sharpened, Sinkhorn-balanced target assignments, plus ``memax_weight`` x ME-MAX). Momentum:
-linear from ``momentum`` towards 1, reaching it at 1.25 x the run (official). Weight decay: cosine from
-``weight_decay_start`` to ``weight_decay_end``. The momentum encoder is exported (the paper evaluates it).
+linear from ``momentum`` towards 1, reaching it at 1.25 x the run; weight decay: cosine from ``weight_decay_start``
+towards ``weight_decay_end``, also over 1.25 x the run (both official). The momentum encoder is exported (the paper
+evaluates it). Sinkhorn gives each prototype an equal share of the global batch, so with more prototypes than the
+global batch no target can exceed batch / prototypes and the sharpening is undone (the official runs keep the two
+about equal): the first step warns then.
 
 Differences from the official code: the dropped tokens are drawn per sample (the official run drops the same
 positions in every image of a batch); the prototypes' gradient is averaged over processes as every other
-parameter's (the official run sums it, so their rate grows with the GPU count); the projector's layers start from
-PyTorch's default initialisation; flips and quarter turns follow ``augment:`` and the intensity ops are the
-toolkit's band-safe ones (no RGB colour jitter).
+parameter's (the official run sums it, so their rate grows with the GPU count); ``train.grad_clip`` covers the
+prototypes too (the official clip covers the encoder and its head); the learning rate follows the trainer's
+warmup-cosine to ``train.min_lr`` at the run's end (the official cosine spans 1.25 x the run and ends near 30 % of
+the peak); the projector's layers start from PyTorch's default initialisation; flips and quarter turns follow
+``augment:`` and the intensity ops are the toolkit's band-safe ones (no RGB colour jitter).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -28,11 +34,12 @@ import torch
 from torch import Tensor, nn
 
 from geomed_ssl.config import MethodConfig, setting
+from geomed_ssl.errors import ConfigError
 from geomed_ssl.methods.base import MethodCard, MethodContext, MethodOutput, MethodSettings, PerSample
 from geomed_ssl.methods.clustering import MultiCropMethod
-from geomed_ssl.methods.distributed import all_reduce_sum_
+from geomed_ssl.methods.distributed import all_reduce_sum_, rank
 from geomed_ssl.methods.losses.msn import msn_terms
-from geomed_ssl.methods.masking import consistent_noise, random_masking
+from geomed_ssl.methods.masking import consistent_noise, num_keep, random_masking
 from geomed_ssl.methods.momentum import MomentumPair, momentum_copy
 from geomed_ssl.methods.projection import msn_projector
 from geomed_ssl.methods.registry import register_method
@@ -40,7 +47,8 @@ from geomed_ssl.methods.schedules import cosine
 from geomed_ssl.methods.siamese import needs_batch_of_two
 from geomed_ssl.models.encoder import EncoderConfig
 
-MOMENTUM_STRETCH = 1.25  # the official schedule reaches 1 at 1.25 x the run, so it ends just below
+SCHEDULE_STRETCH = 1.25  # the official momentum and weight-decay schedules span 1.25 x the run, so end short of it
+log = logging.getLogger("geomed_ssl")
 
 
 @dataclass
@@ -68,6 +76,15 @@ class MSNSettings(MethodSettings):
 
     def check(self, source: str, context: MethodContext) -> None:
         needs_batch_of_two(self, source, context, "msn")
+        crop = context.crop or context.window
+        if self.mask_ratio > 0 and crop is not None and context.patch is not None:
+            tokens = math.prod(max(1, c // p) for c, p in zip(crop, context.patch))
+            if num_keep(tokens, self.mask_ratio) == tokens:
+                raise ConfigError(
+                    f"{source}: method msn's mask_ratio {self.mask_ratio} drops no token of a crop of {tokens} "
+                    f"token(s), so the masked anchor would be a second unmasked crop; use more tokens per crop (a "
+                    "larger data.global_crop_size, or data.patch_size when that is null, or a smaller "
+                    "model.patch_size), a larger method.mask_ratio, or mask_ratio 0 to say so.")
 
 
 @register_method
@@ -84,7 +101,8 @@ class MSN(MultiCropMethod):
              "benchmarks/bench_methods_step.py): the masked crop and the local crops with grad, the target crop "
              "without; prototypes x proj_dim weights",
         failure_modes="all windows on one prototype (watch prototypes_used and embedding_std in metrics.csv; keep "
-                      "memax_weight and sinkhorn on); BatchNorm in the projector needs batches of 2+ per device",
+                      "memax_weight and sinkhorn on); more prototypes than the global batch flatten Sinkhorn's "
+                      "targets (warned); BatchNorm in the projector needs batches of 2+ per device",
         recipes=("recipes/msn_sentinel2.yaml",))
 
     def __init__(self, encoder_cfg: EncoderConfig, settings: MSNSettings | MethodConfig | Mapping[str, Any] |
@@ -96,6 +114,7 @@ class MSN(MultiCropMethod):
         self.prototypes = nn.Parameter(torch.empty(s.n_prototypes, s.proj_dim).uniform_(-bound, bound))
         self.target_encoder = momentum_copy(self.encoder)
         self.target_projector = momentum_copy(self.projector)
+        self._balance_checked = False
 
     def momentum_pairs(self) -> list[MomentumPair]:
         return [(self.encoder, self.target_encoder), (self.projector, self.target_projector)]
@@ -103,11 +122,13 @@ class MSN(MultiCropMethod):
     def momentum(self, step: int) -> float:
         """Linear from ``method.momentum`` towards 1, reached at 1.25 x the run (official)."""
         base = self.settings.momentum
-        return min(1.0, base + (1.0 - base) * self.clock(step) / (MOMENTUM_STRETCH * max(1, self.clock.total)))
+        return min(1.0, base + (1.0 - base) * self.clock(step) / (SCHEDULE_STRETCH * max(1, self.clock.total)))
 
     def weight_decay(self, step: int) -> float | None:
+        """Cosine from ``weight_decay_start`` towards ``weight_decay_end``, reached at 1.25 x the run (official)."""
         s = self.settings
-        return cosine(self.clock(step), s.weight_decay_start, s.weight_decay_end, self.max_steps)
+        return cosine(self.clock(step), s.weight_decay_start, s.weight_decay_end,
+                      round(SCHEDULE_STRETCH * self.max_steps))
 
     def export_encoder(self) -> nn.Module:
         """The momentum encoder, which the paper evaluates."""
@@ -136,12 +157,26 @@ class MSN(MultiCropMethod):
             anchors.append(self.projector(self.represent(self.encoder, torch.cat(locals_))))  # (N*B, P)
         with torch.no_grad():
             target = self.target_projector(self.represent(self.target_encoder, globals_[0]))  # (B, P)
+        if not self._balance_checked:
+            self._warn_if_sinkhorn_flattens(len(target), target.device)
         terms = msn_terms(torch.cat(anchors), target, self.prototypes, s.temperature, s.sharpen,
                           s.sinkhorn_iterations, distributed=True)
         loss = terms.cross_entropy + s.memax_weight * terms.memax
         logs = {"msn_loss": terms.cross_entropy.detach(), "memax": terms.memax.detach(),
                 "prototypes_used": prototypes_used(terms.targets), **self.monitor(anchors[0], step)}
         return MethodOutput(loss, logs)
+
+
+    def _warn_if_sinkhorn_flattens(self, batch: int, device: torch.device) -> None:
+        """Once, on the first step: warn (rank 0) when Sinkhorn shares more prototypes than the global batch holds."""
+        self._balance_checked = True
+        s = self.settings
+        total = int(all_reduce_sum_(torch.tensor(float(batch), device=device)).item())  # every rank takes its first step
+        if s.sinkhorn_iterations and s.n_prototypes > total and rank() == 0:
+            log.warning(f"warning: msn: Sinkhorn gives each of the {s.n_prototypes} prototypes an equal share of the "
+                        f"global batch of {total}, so no target can exceed {total}/{s.n_prototypes} and the "
+                        f"sharpening is undone; use method.n_prototypes <= {total} (the official runs keep them about "
+                        "equal), a larger train.batch_size, or method.sinkhorn_iterations=0.")
 
 
 @torch.no_grad()

@@ -72,7 +72,8 @@ HARNESS: dict[str, list[str]] = {
              "data.n_local_crops=2"],
     "deepcluster": ["method.proj_hidden_dim=32", "method.proj_dim=16", "method.heads=2", "method.recluster_every=10",
                     "data.n_local_crops=2"],
-    "msn": ["method.proj_hidden_dim=32", "method.proj_dim=16", "method.n_prototypes=16", "data.n_local_crops=2"],
+    # prototypes no more than the batch (4 on volumes), which Sinkhorn shares them out of
+    "msn": ["method.proj_hidden_dim=32", "method.proj_dim=16", "method.n_prototypes=4", "data.n_local_crops=2"],
 }
 # one window per read, so a batch holds different windows (8 crops of one 16 px image would be each other's
 # negatives); milder intensity ops than the recipes' so that 40 tiny steps show the loss falling

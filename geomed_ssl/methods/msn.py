@@ -166,12 +166,12 @@ class MSN(MultiCropMethod):
                 "prototypes_used": prototypes_used(terms.targets), **self.monitor(anchors[0], step)}
         return MethodOutput(loss, logs)
 
-
     def _warn_if_sinkhorn_flattens(self, batch: int, device: torch.device) -> None:
         """Once, on the first step: warn (rank 0) when Sinkhorn shares more prototypes than the global batch holds."""
         self._balance_checked = True
         s = self.settings
-        total = int(all_reduce_sum_(torch.tensor(float(batch), device=device)).item())  # every rank takes its first step
+        # every rank takes its first step, so every rank joins this all-reduce
+        total = int(all_reduce_sum_(torch.tensor(float(batch), device=device)).item())
         if s.sinkhorn_iterations and s.n_prototypes > total and rank() == 0:
             log.warning(f"warning: msn: Sinkhorn gives each of the {s.n_prototypes} prototypes an equal share of the "
                         f"global batch of {total}, so no target can exceed {total}/{s.n_prototypes} and the "

@@ -70,9 +70,10 @@ class MSNSettings(MethodSettings):
                                        "(0: off)", bounds=">= 0")
     momentum: float = setting(0.996, "target encoder EMA at step 0, linear towards 1 (reached at 1.25 x "
                               "train.max_steps)", bounds="[0, 1]")
-    weight_decay_start: float = setting(0.04, "weight decay at step 0, cosine to weight_decay_end (replaces "
+    weight_decay_start: float = setting(0.04, "weight decay at step 0, cosine towards weight_decay_end (replaces "
                                         "train.weight_decay)", bounds=">= 0")
-    weight_decay_end: float = setting(0.4, "weight decay at train.max_steps", bounds=">= 0")
+    weight_decay_end: float = setting(0.4, "weight decay the cosine reaches at 1.25 x train.max_steps (official; "
+                                      "at the run's end it is 0.9 of the way)", bounds=">= 0")
 
     def check(self, source: str, context: MethodContext) -> None:
         needs_batch_of_two(self, source, context, "msn")

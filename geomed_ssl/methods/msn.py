@@ -37,7 +37,7 @@ from geomed_ssl.config import MethodConfig, setting
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.methods.base import MethodCard, MethodContext, MethodOutput, MethodSettings, PerSample
 from geomed_ssl.methods.clustering import MultiCropMethod
-from geomed_ssl.methods.distributed import all_reduce_sum_, rank
+from geomed_ssl.methods.distributed import all_reduce_sum_, rank, world_size
 from geomed_ssl.methods.losses.msn import msn_terms
 from geomed_ssl.methods.masking import consistent_noise, num_keep, random_masking
 from geomed_ssl.methods.momentum import MomentumPair, momentum_copy
@@ -159,7 +159,7 @@ class MSN(MultiCropMethod):
         with torch.no_grad():
             target = self.target_projector(self.represent(self.target_encoder, globals_[0]))  # (B, P)
         if not self._balance_checked:
-            self._warn_if_sinkhorn_flattens(len(target), target.device)
+            self._warn_if_sinkhorn_flattens(len(target) * world_size())  # every rank holds as many (drop_last)
         terms = msn_terms(torch.cat(anchors), target, self.prototypes, s.temperature, s.sharpen,
                           s.sinkhorn_iterations, distributed=True)
         loss = terms.cross_entropy + s.memax_weight * terms.memax
@@ -167,12 +167,11 @@ class MSN(MultiCropMethod):
                 "prototypes_used": prototypes_used(terms.targets), **self.monitor(anchors[0], step)}
         return MethodOutput(loss, logs)
 
-    def _warn_if_sinkhorn_flattens(self, batch: int, device: torch.device) -> None:
-        """Once, on the first step: warn (rank 0) when Sinkhorn shares more prototypes than the global batch holds."""
+    def _warn_if_sinkhorn_flattens(self, total: int) -> None:
+        """Once, on the first step: warn (rank 0) when Sinkhorn shares more prototypes than the global batch
+        (``total`` windows) holds."""
         self._balance_checked = True
         s = self.settings
-        # every rank takes its first step, so every rank joins this all-reduce
-        total = int(all_reduce_sum_(torch.tensor(float(batch), device=device)).item())
         if s.sinkhorn_iterations and s.n_prototypes > total and rank() == 0:
             log.warning(f"warning: msn: Sinkhorn gives each of the {s.n_prototypes} prototypes an equal share of the "
                         f"global batch of {total}, so no target can exceed {total}/{s.n_prototypes} and the "

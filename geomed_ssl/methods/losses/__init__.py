@@ -1,5 +1,6 @@
-"""Losses of the contrastive, siamese and clustering methods (and MSN's): pure functions of embeddings (float32, autocast off),
-plus the two that carry state (MoCo v2's queue, DeepCluster-v2's memory). Correct over the global batch under DDP.
+"""Losses of the contrastive, siamese and clustering methods (and MSN's): pure functions of embeddings (float32,
+autocast off), plus the two that carry state (MoCo v2's queue, DeepCluster-v2's memory). Correct over the global
+batch under DDP.
 """
 
 from geomed_ssl.methods.losses.contrastive import (

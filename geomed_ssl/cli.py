@@ -136,7 +136,7 @@ def guess_kind(data_dir: Path) -> str:
         return input_kind(data_dir) or "raster"
     if not data_dir.is_dir():
         raise GeomedError(f"data folder '{data_dir}' does not exist.")
-    from geomed_ssl.data.listing import has_ext, is_dicom, made_by_us, walk
+    from geomed_ssl.files.listing import has_ext, is_dicom, made_by_us, walk
 
     has_nii = False
     for folder, dirs, files in walk(data_dir):  # the scan walks and reports it; stop at the first GeoTIFF

@@ -32,6 +32,7 @@ LADDER: list[tuple[str, tuple[str, ...]]] = [
     ("data", ("data",)),
     ("bands", ("bands",)),
     ("geo", ("geo",)),
+    ("files", ("files",)),
     ("outputs", ("outdirs", "outowners", "outcommands")),
     ("config", ("config",)),
     ("windows", ("windows",)),

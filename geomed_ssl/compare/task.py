@@ -23,7 +23,7 @@ from geomed_ssl.finetune.metrics import background_index
 from geomed_ssl.config import Recipe
 from geomed_ssl.data.catalog import Catalog, scan
 from geomed_ssl.data.labelled import scan_class_folders
-from geomed_ssl.data.listing import file_stamps
+from geomed_ssl.files.listing import file_stamps
 from geomed_ssl.errors import DataError
 from geomed_ssl.finetune.classify import save_selection
 from geomed_ssl.finetune.labels import label_grounds, label_sources, read_label_pairs
@@ -184,7 +184,8 @@ def held_out_lines(splits: list[Split], task: Task) -> list[str]:
     paths = [str(r.path) for r in task.records]
     stacked = any(len(getattr(r, "paths", [])) > 1 for r in task.records)  # data.channels: a sample is a folder
     if stacked or len({os.path.basename(p) for p in paths}) == 1 < len(paths):  # a folder per subject: name it
-        paths = [os.path.dirname(p) for p in paths]
+        cases = [getattr(r, "case", None) for r in task.records]  # a case of a folder of several: folder/case
+        paths = [os.path.join(os.path.dirname(p), c) if c else os.path.dirname(p) for p, c in zip(paths, cases)]
     common = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
     lines, seen = [], set()
     for split in splits:

@@ -67,7 +67,8 @@ class DataConfig:
                                               bounds="(0, 20]")
     include: list[str] = setting(["**/*"], "globs of files to read, relative to the data folder")
     exclude: list[str] = setting([], "globs of files to skip")
-    channels: list[str] | None = setting(None, "one glob per channel: stack single-channel files of one folder")
+    channels: list[str] | None = setting(None,
+                                         "one glob per channel: stack single-channel files of one folder (or case)")
     nodata: float | None = setting(None, "nodata value (overrides the files'); may be nan", finite=False)
     num_workers: int = setting(2, "DataLoader worker processes (0: in the main process; at most the CPUs the "
                                      "process may use)", bounds=">= 0")

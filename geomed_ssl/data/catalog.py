@@ -25,7 +25,8 @@ from geomed_ssl.bands.names import brief
 from geomed_ssl.data.probe import RASTER_PREVIEW, VOLUME_PREVIEW, FileProbe, ProbeError, probe_file  # noqa: F401
 from geomed_ssl.geo.grids import grid_diffs
 from geomed_ssl.geo.voxels import GRID_TOLERANCE, grid_gap
-from geomed_ssl.data.listing import (EXTENSIONS, LABEL_GLOBS, QUALITY_GLOBS, glob_match, has_ext,  # noqa: F401
+from geomed_ssl.files.cases import case_name, group_cases, is_case_file
+from geomed_ssl.files.listing import (EXTENSIONS, LABEL_GLOBS, QUALITY_GLOBS, glob_match, has_ext,  # noqa: F401
                                     list_files, once, problems_reported, reported_already, select, unread_formats)
 from geomed_ssl.data.records import (FileRecord, Problem, record_from_probes, reoriented_axes,  # noqa: F401
                                     reoriented_shape)
@@ -154,16 +155,23 @@ def _channel_name(pattern: str) -> str:
 
 def _stacked_records(files: list[str], root: Path, kind: str, data_cfg: Any, window: tuple[int, ...],
                      problems: list[Problem]) -> list[FileRecord]:
-    """One record per folder whose file NAMES match every ``data.channels`` glob exactly once (in glob order)."""
+    """One record per folder whose file NAMES match every ``data.channels`` glob exactly once (in glob order), or,
+    where a glob matches several files of a folder, one per case of it (``geomed_ssl.files.cases``)."""
     channels = list(data_cfg.channels)
     folders: dict[str, list[str]] = {}
     for f in files:
         folders.setdefault(os.path.dirname(f), []).append(f)
-    records = []
+    stacks: list[tuple[str, str | None, list[str]]] = []  # (folder, case, its file of each channel)
     for folder, members in sorted(folders.items()):
         matches = [[f for f in members if glob_match(os.path.basename(f), g)] for g in channels]
         if not any(matches):
             continue  # a folder with none of the channels (e.g. labels only)
+        if len(channels) > 1 and any(len(m) > 1 for m in matches):  # several cases (nnU-Net's imagesTr)?
+            cases, why = group_cases(members, channels)
+            if cases or any(case is None for case, _ in why):  # else: one sample, a glob too wide (below)
+                problems += [Problem(os.path.join(folder, case) if case else folder, line) for case, line in why]
+                stacks += [(folder, case, paths) for case, paths in cases.items()]
+                continue
         missing = [g for g, m in zip(channels, matches) if not m]
         if missing:
             found = ", ".join(os.path.basename(f) for f in members)
@@ -175,13 +183,17 @@ def _stacked_records(files: list[str], root: Path, kind: str, data_cfg: Any, win
             g, m = many[0]
             problems.append(Problem(folder, f"channel glob {g!r} matches {len(m)} files "
                                             f"({', '.join(os.path.basename(f) for f in m[:3])}"
-                                            f"{', ...' if len(m) > 3 else ''}); make it specific: data.channels "
-                                            "stacks one sample per folder, so cases sharing a folder (nnU-Net's "
-                                            "imagesTr/case_000_0000.nii.gz) go into a folder each first"))
+                                            f"{', ...' if len(m) > 3 else ''}); make it specific (data.channels stacks one sample per "
+                                            "folder, or per case where two or more globs' wildcards name it: "
+                                            "[*_0000.nii.gz, *_0001.nii.gz] for nnU-Net's case_000_0000.nii.gz; "
+                                            "with one file per sample, leave data.channels unset)"))
             continue
+        stacks.append((folder, None, [m[0] for m in matches]))
+    records = []
+    for folder, case, paths in stacks:
         try:
             probes = []
-            for (path,) in matches:
+            for path in paths:
                 try:
                     probes.append(probe_file(path, kind, data_cfg, window))
                 except ProbeError as bad:
@@ -194,9 +206,9 @@ def _stacked_records(files: list[str], root: Path, kind: str, data_cfg: Any, win
                                      f"do not share one {grid}: {differ}; resample one onto the other's grid")
             names = [_channel_name(g) for g in channels]
             fallback = names if all(p.num_bands == 1 for p in probes) else None
-            records.append(record_from_probes(probes, kind, data_cfg, fallback))
+            records.append(dataclasses.replace(record_from_probes(probes, kind, data_cfg, fallback), case=case))
         except ProbeError as bad:
-            problems.append(Problem(folder, str(bad)))
+            problems.append(Problem(os.path.join(folder, case) if case else folder, str(bad)))
     return records
 
 
@@ -272,10 +284,11 @@ def scan(root: str | Path, data_cfg: Any = None, strict: bool = False, names_by_
         raise DataError(f"data.kind must be 'raster' or 'volume', got '{kind}'.")
     window = as_tuple(data_cfg.patch_size, spatial_dims(data_cfg), "data.patch_size")
     base = root if root.is_dir() else root.parent
-    all_files = list_files(root)
+    case_file = is_case_file(root, data_cfg.channels)  # one channel file: its case, stacked with its folder's others
+    all_files = [p for p in list_files(base) if p.parent == base] if case_file else list_files(root)
     typed = [str(p) for p in all_files if has_ext(p.name, kind)]
     include, exclude = list(data_cfg.include or ["**/*"]), list(data_cfg.exclude or [])
-    unread = unread_formats([p for p in all_files if root.is_file() or (
+    unread = "" if case_file else unread_formats([p for p in all_files if root.is_file() or (
         any(glob_match(os.path.relpath(p, base), g) for g in include)
         and not any(glob_match(os.path.relpath(p, base), g) for g in exclude))], kind)  # data.exclude silences it
     if unread and root.is_file():
@@ -295,6 +308,11 @@ def scan(root: str | Path, data_cfg: Any = None, strict: bool = False, names_by_
                 records.append(record_from_probes([probe_file(f, kind, data_cfg, window)], kind, data_cfg))
             except ProbeError as bad:
                 problems.append(Problem(f, str(bad)))
+    if case_file:
+        records = [r for r in records if str(root) in r.paths]
+        case = next(case_name(root.name, g) for g in data_cfg.channels if glob_match(root.name, g)) or ""
+        ours = {str(base).lower(), os.path.join(base, case).lower()}
+        problems = [p for p in problems if not records and p.path.lower() in ours]
     if records and majority:
         records = _majority(records, problems)
     problems.sort(key=lambda p: p.path)

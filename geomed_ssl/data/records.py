@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -53,6 +54,7 @@ class FileRecord:
     band_index: list[int] | None = None
     value_scaling: list[list[float]] | None = None  # [scales, offsets] per band when not 1 / 0 (not applied)
     replaced_nodata: float | None = None  # the file's own nodata value, which data.nodata replaced, found in it
+    case: str | None = None  # a stack's case where its folder holds several (geomed_ssl.files.cases)
 
     @property
     def area(self) -> int:
@@ -69,6 +71,12 @@ class FileRecord:
         d["shape"] = tuple(d["shape"])
         d["block_shape"] = tuple(d["block_shape"]) if d.get("block_shape") else None
         return cls(**d)
+
+
+def stack_input(record: FileRecord) -> str:
+    """What commands take a stacked (``data.channels``) sample by: its folder, or, for one of several cases in a
+    folder, its first channel file (``geomed_ssl.files.cases``)."""
+    return record.path if record.case else os.path.dirname(record.path)
 
 
 def reoriented_shape(record: FileRecord, axcodes: str = "RAS") -> tuple[int, ...]:

@@ -11,7 +11,7 @@ import torch
 
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.catalog import FileRecord
-from geomed_ssl.data.listing import file_stamps
+from geomed_ssl.files.listing import file_stamps
 from geomed_ssl.bands.conform import conform_record
 from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import BandStats, normalize

@@ -35,7 +35,7 @@ import torch
 from geomed_ssl.checkpoint import export_digest, find_encoder_dir, load_encoder, read_encoder_config
 from geomed_ssl.config import DataConfig, recipe_with_overrides, sets_key
 from geomed_ssl.data.catalog import Catalog, Problem, scan
-from geomed_ssl.data.listing import file_stamps
+from geomed_ssl.files.listing import file_stamps
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.windows.tiling import grid_shape
 from geomed_ssl.embeddings.embedder import LEVELS, POOLS, Embedder  # noqa: F401  (re-exported)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from geomed_ssl.windows.tiling import DEFAULT_OVERLAP
+from geomed_ssl.data.records import stack_input
 from geomed_ssl.finetune.labels import LabelSelection, read_label
 from geomed_ssl.finetune.splits import GROUND_PREFIX
 from geomed_ssl.finetune.metrics import (background_index, classification_metrics, confusion_matrix,
@@ -97,10 +98,11 @@ def evaluate_segmentation(model: torch.nn.Module, meta: dict[str, Any], records:
     """Metrics on the training and test positions (``selection``'s, on the grid its labels were read on: the
     training grid, or the volumes' own voxels with ``native``); writes ``metrics.json`` and ``confusion.png``.
     ``check_ranges``: warn about images whose values are far from the model's statistics (a fine-tune did)."""
-    # a stacked-channel record (data.channels, one glob or several) is predicted from its folder, as `geomed-ssl
-    # predict` takes it: a file alone would be read without the channel names
+    # a stacked-channel record (data.channels, one glob or several) is predicted as `geomed-ssl predict` takes it
+    # (its folder, or one of several cases in a folder by its first file): a file alone would be read without the
+    # channel names
     stacked = bool(data_config(meta, recipe_data).channels)
-    paths = [str(Path(r.path).parent) if stacked or len(r.paths) > 1 else r.path for r in records]
+    paths = [stack_input(r) if stacked or len(r.paths) > 1 else r.path for r in records]
     raster = data_config(meta, recipe_data).kind == "raster"
     predictions = predict_to_arrays(model, meta, paths, recipe_data=recipe_data, native=native,
                                     only=scored_pixels(selection) if raster else None, check_ranges=check_ranges)

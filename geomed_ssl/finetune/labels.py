@@ -17,7 +17,7 @@ import numpy as np
 
 from geomed_ssl.data.catalog import EXTENSIONS, FileRecord
 from geomed_ssl.geo.grids import grid_identity
-from geomed_ssl.data.listing import walk
+from geomed_ssl.files.listing import walk
 from geomed_ssl.data.readers import valid_map
 from geomed_ssl.geo.voxels import nearest_index, resampled_shape, voxel_mm
 from geomed_ssl.tables import LINE, FileIndex, header_names, read_rows
@@ -119,7 +119,8 @@ def _by_name(records: list[FileRecord], label_dir: Path, kind: str) -> dict[str,
     for r in records:
         stem = _stem(r.path).lower()
         found = (index.get(stem) or index.get(f"bids:{_bids_key(stem)}")
-                 or (index.get(Path(r.path).parent.name.lower()) if len(r.paths) > 1 else None)  # a stack: its folder
+                 or (index.get((r.case or Path(r.path).parent.name).lower())  # a stack: its case or folder
+                     if len(r.paths) > 1 or r.case else None)
                  or (index.get(stem[:-5]) if re.fullmatch(r".+_\d{4}", stem) else None) or [])  # nnU-Net's _0000
         if len(found) > 1:
             score = [_shared_parents(r.path, f) for f in found]
@@ -151,7 +152,8 @@ def _by_csv(records: list[FileRecord], csv_path: Path, label_dir: Path | None) -
         raise
     base = csv_path.parent
     label_base = label_dir if label_dir is not None and label_dir.is_dir() else base
-    stacks = {r.path: os.path.dirname(r.paths[0]) for r in records if len(r.paths) > 1}  # a stack: its folder
+    stacks = {r.path: os.path.dirname(r.paths[0]) for r in records  # a stack: its folder (of one case)
+              if len(r.paths) > 1 and not r.case}
     index = FileIndex((p, r.path) for r in records
                       for p in dict.fromkeys([r.path, *r.paths, *([stacks[r.path]] if r.path in stacks else [])]))
     out: dict[str, str | None] = {r.path: None for r in records}

@@ -17,7 +17,9 @@ import torch
 from geomed_ssl.bands.ranges import warn_summaries
 from geomed_ssl.data.catalog import glob_match, select
 from geomed_ssl.data.kinds import check_input_kind, input_kind
-from geomed_ssl.data.listing import list_files, once
+from geomed_ssl.data.records import stack_input
+from geomed_ssl.files.cases import case_name, is_case_file
+from geomed_ssl.files.listing import list_files, once
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.windows.tiling import DEFAULT_OVERLAP, blend_weights
 from geomed_ssl.errors import DataError
@@ -36,26 +38,28 @@ log = logging.getLogger("geomed_ssl")
 
 
 def _kind_and_stem(path: Path, data_cfg: Any) -> tuple[str, str]:
+    """raster or volume, and the name its outputs take: the file's without extension, a stack's folder's, or, for
+    the first channel file of one case of a folder of several, the case's."""
     name = path.name
     low = name.lower()
-    for ext in VOLUME_EXT:
-        if low.endswith(ext):
-            return "volume", name[: -len(ext)]
-    for ext in RASTER_EXT:
-        if low.endswith(ext):
-            return "raster", name[: -len(ext)]
-    if path.is_dir() and getattr(data_cfg, "channels", None):  # one folder of stacked channel files
+    channels = list(getattr(data_cfg, "channels", None) or [])
+    for kind, exts in (("volume", VOLUME_EXT), ("raster", RASTER_EXT)):
+        for ext in exts:
+            if low.endswith(ext):
+                case = next((case_name(name, g) for g in channels if glob_match(name, g)), None)
+                return kind, (case if case and is_case_file(path, channels) else name[: -len(ext)])
+    if path.is_dir() and channels:  # one folder of stacked channel files
         return getattr(data_cfg, "kind", "volume"), name
     raise DataError(f"'{path}' is neither a GeoTIFF (.tif/.tiff) nor a NIfTI (.nii/.nii.gz); nothing to predict.")
 
 
-def _stacked_folders(folder: Path, data_cfg: Any) -> list[Path]:
-    """The folders under ``folder`` that hold one stacked ``data.channels`` sample each (``folder`` itself when it
-    is one)."""
+def _stacked_inputs(folder: Path, data_cfg: Any) -> list[Path]:
+    """The stacked ``data.channels`` samples under ``folder``, as predict takes them: each folder that holds one
+    (``folder`` itself when it is one), and for a folder of several cases each case's first channel file."""
     records = channel_records(folder, data_cfg, getattr(data_cfg, "kind", "volume"))
     if not records:
         raise DataError(f"no folder under '{folder}' holds the channel files {data_cfg.channels}.")
-    return sorted({Path(r.path).parent for r in records})
+    return sorted({Path(stack_input(r)) for r in records})
 
 
 OUTPUT_NAME = re.compile(r"_pred(_proba)?\.(tif|tiff|nii|nii\.gz)$", re.IGNORECASE)  # what predict names its outputs
@@ -90,22 +94,22 @@ def list_inputs(inputs: str | Path | Sequence[str | Path], data_cfg: Any = None,
                 ) -> list[Path]:
     """Files to predict: the given files, or the GeoTIFF/NIfTI files under a folder that ``data.include`` /
     ``data.exclude`` keep (files named as predict's outputs skipped; only ``kind``'s files when given); with
-    ``data.channels`` set, each folder of stacked channel files under a folder is one input. A file named
-    explicitly is predicted whatever the globs say."""
+    ``data.channels`` set, each folder of stacked channel files under a folder is one input (each case of a folder
+    of several: its first channel file), and so is a channel file named explicitly. A file named explicitly is
+    predicted whatever data.include / data.exclude say."""
     items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     out: list[Path] = []
     for item in map(Path, items):
         if not item.exists():
             raise DataError(f"input '{item}' does not exist.")
         if item.is_dir() and getattr(data_cfg, "channels", None):
-            out += _stacked_folders(item, data_cfg)
+            out += _stacked_inputs(item, data_cfg)
         elif item.is_dir():
             out += _folder_files(item, data_cfg, kind)
+        elif is_case_file(item, getattr(data_cfg, "channels", None)):  # one channel file: its whole stack
+            record, = channel_records(item, data_cfg, getattr(data_cfg, "kind", "volume"), strict=True)
+            out.append(Path(stack_input(record)))
         else:
-            channels = list(getattr(data_cfg, "channels", None) or [])
-            if len(channels) > 1 and any(glob_match(item.name, g) for g in channels):
-                raise DataError(f"'{item}' is one of the {len(channels)} files this model stacks per case "
-                                f"(data.channels {channels}); give its folder '{item.parent}' instead.")
             out.append(item)
     return out
 

@@ -28,6 +28,7 @@ from geomed_ssl.bands.ranges import warn_summaries
 from geomed_ssl.data.stats import BandStats, band_gaps, band_percentiles, normalize, valid_mask, valid_values
 from geomed_ssl.windows.tiling import DEFAULT_OVERLAP, blend_weights, window_starts
 from geomed_ssl.errors import DataError
+from geomed_ssl.files.cases import is_case_file
 from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, channel_records,
                                           blends_logits, check_request, warn_if_nothing_predicted, window_scores)
 from geomed_ssl.inference.writers import PROBA_SCALE, GeoTiffWriter, class_colormap, class_lookup, proba_path
@@ -37,10 +38,10 @@ RASTER_BLENDS = ("gaussian", "linear", "constant")
 
 
 def channel_files(path: Path, data_cfg: Any, names_by_position: str = "warn") -> tuple[list[str], Any]:
-    """The file(s) to read for ``path``: itself (and None), or, for a folder with ``data.channels`` set, its
-    stacked channel files in channel order and their catalog record (the catalog's grouping, grid checks
-    included)."""
-    if not path.is_dir():
+    """The file(s) to read for ``path``: itself (and None), or, for a folder with ``data.channels`` set (or one
+    channel file of a case, ``geomed_ssl.files.cases``), its stacked channel files in channel order and their
+    catalog record (the catalog's grouping, grid checks included)."""
+    if not path.is_dir() and not is_case_file(path, getattr(data_cfg, "channels", None)):
         return [str(path)], None
     if not getattr(data_cfg, "channels", None):
         raise DataError(f"'{path}' is a folder; predict_raster takes one GeoTIFF, or a folder of single-band files "

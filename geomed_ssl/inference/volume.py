@@ -15,6 +15,7 @@ from geomed_ssl.bands.conform import conform_record, note_band_order
 from geomed_ssl.data.stats import BandStats, normalize, valid_mask
 from geomed_ssl.windows.tiling import DEFAULT_OVERLAP
 from geomed_ssl.errors import DataError
+from geomed_ssl.files.cases import is_case_file
 from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, check_request, blends_logits, window_scores,
                                           warn_if_nothing_predicted)
 from geomed_ssl.inference.writers import PROBA_SCALE, class_lookup, nifti_like, proba_path, save_nifti
@@ -82,15 +83,16 @@ def prediction_config(path: Path, data_cfg: Any) -> Any:
     """``data_cfg`` as prediction reads the volume at ``path``: any size (windows are padded, training's half-window
     rule does not apply) and, for a named file, whatever data.include / data.exclude / data.channels say."""
     cfg = dataclasses.replace(data_cfg, kind="volume", patch_size=1)
-    if path.is_file():
-        cfg = dataclasses.replace(cfg, include=["**/*"], exclude=[], channels=None)
+    if path.is_file():  # one channel file of several stands for its case (geomed_ssl.files.cases)
+        keep = cfg.channels if is_case_file(path, cfg.channels) else None
+        cfg = dataclasses.replace(cfg, include=["**/*"], exclude=[], channels=keep)
     return cfg
 
 
 def volume_record(path: Path, cfg: Any, stats: BandStats, band_names: Sequence[str] | None,
                   names_by_position: str) -> Any:
-    """The catalog record of the one volume at ``path`` (a file, or a folder of ``data.channels`` files), its bands
-    named (``band_names`` if given) and picked and ordered by name for ``stats``."""
+    """The catalog record of the one volume at ``path`` (a file, or a folder or one case of ``data.channels``
+    files), its bands named (``band_names`` if given) and picked and ordered by name for ``stats``."""
     from geomed_ssl.data.catalog import scan
 
     catalog = scan(path, cfg, strict=True, names_by_position=names_by_position)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.stats import BandStats, normalize
+from geomed_ssl.files.cases import is_case_file
 from geomed_ssl.windows.tiling import centre_start, patch_floor
 from geomed_ssl.outdirs import check_out_file, prepare_out_file
 from geomed_ssl.outfiles import save_figure
@@ -125,12 +126,12 @@ def _data_config(meta: dict, spatial_dims: int, patch: Sequence[int], stacked: b
     return DataConfig(**values)
 
 
-def _stacks_channels(encoder_path: str | Path) -> bool:
-    """Whether the encoder was pretrained on stacked ``data.channels`` files (one sample is a folder)."""
+def _stacked_channels(encoder_path: str | Path) -> list[str] | None:
+    """The ``data.channels`` globs the encoder was pretrained on (one sample is a folder, or a case of one)."""
     from geomed_ssl.checkpoint import read_encoder_config
     from geomed_ssl.models.model_data import export_data
 
-    return bool(export_data(read_encoder_config(encoder_path)[1]).get("channels"))
+    return export_data(read_encoder_config(encoder_path)[1]).get("channels") or None
 
 
 def _start(size: int, want: int, offset: int | None, axis: str, path: Path) -> tuple[int, int]:
@@ -166,7 +167,7 @@ def attention_for_file(
     image_path = Path(image_path)
     rule = {"inputs": {"image": image_path, "encoder": encoder_path}}
     check_out_file(out_path, **rule)  # written (and its folder made) once the window is read
-    if not image_path.is_file() and not (image_path.is_dir() and _stacks_channels(encoder_path)):
+    if not image_path.is_file() and not (image_path.is_dir() and _stacked_channels(encoder_path)):
         what = "is a folder" if image_path.is_dir() else "not found"
         raise DataError(f"image '{image_path}' {what}; pass one GeoTIFF (.tif) or NIfTI (.nii, .nii.gz) file (or, "
                         "for an encoder pretrained on data.channels, one folder of those files).")
@@ -192,7 +193,7 @@ def _encoder_for_image(encoder_path: str | Path, image_path: Path, window: Seque
         raise GeomedError(f"encoder '{encoder_path}' carries no normalisation statistics; re-export it with "
                           "`geomed-ssl pretrain`.")
     nd, patch = cfg.spatial_dims, tuple(cfg.patch_size)
-    stacked = image_path.is_dir()  # one sample of data.channels files (checked by the caller)
+    stacked = image_path.is_dir() or is_case_file(image_path, _stacked_channels(encoder_path))  # data.channels
     if not stacked:
         check_input_kind(image_path, "raster" if nd == 2 else "volume", f"encoder '{encoder_path}'")
     if window is not None and (nd != 2 or len(window) != 2):
@@ -204,7 +205,8 @@ def _encoder_for_image(encoder_path: str | Path, image_path: Path, window: Seque
         raise DataError(f"reading the image with the encoder's pretraining data settings: {err}") from None
     if len(catalog.records) != 1:
         raise DataError(f"'{image_path}' holds {len(catalog.records)} samples of the encoder's data.channels "
-                        f"{data_cfg.channels}; pass the folder of one.")
+                        f"{data_cfg.channels}; pass the folder of one (in a folder of several cases, one file of "
+                        "the case).")
     catalog = catalog_for_encoder(cfg, catalog)
     encoder = load_encoder(encoder_path, bands=catalog.band_names, wavelengths=catalog.wavelengths,
                            bandwidths=catalog.bandwidths)

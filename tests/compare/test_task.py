@@ -160,6 +160,20 @@ def test_held_out_images_are_named_by_their_subject_folder_when_every_file_has_o
     assert held_out_lines(splits, task) == ["- seed 0: a/pat1, b/pat2", "- seed 1: a/pat0"]
 
 
+def test_held_out_cases_of_one_folder_are_named_by_their_case() -> None:
+    """nnU-Net's imagesTr: every case sits in one folder, so the folder alone would name them all '.'."""
+    from types import SimpleNamespace
+
+    from geomed_ssl.compare.task import Split, held_out_lines
+
+    records = [SimpleNamespace(path=f"/d/imagesTr/case_{i}_0000.nii.gz", case=f"case_{i}",
+                               paths=[f"/d/imagesTr/case_{i}_0000.nii.gz", f"/d/imagesTr/case_{i}_0001.nii.gz"])
+               for i in range(3)]
+    task = SimpleNamespace(records=records, files=np.array([0, 1, 2]))
+    splits = [Split(Budget(per_class=1), 0, np.array([0]), np.array([1, 2]), [])]
+    assert held_out_lines(splits, task) == ["- seed 0: case_1, case_2"]
+
+
 @pytest.mark.parametrize("protocol", ["linear", "propagate"])
 def test_frozen_scores_train_on_features_that_never_saw_test_blocks(task, protocol: str) -> None:
     """Each point function keeps to ``allowed``; this checks the protocol hands it the split's map: the classifier's

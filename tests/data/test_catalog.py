@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -212,6 +213,28 @@ def test_folder_missing_a_channel_is_a_problem_naming_folder_and_glob(tmp_path, 
     assert len(cat) == 1 and "missing channel '*t1c*'" in _reasons(cat)["p2"]
 
 
+def test_channels_stack_each_case_of_a_folder_of_several_as_nnunet_lays_them_out(tmp_path, make_nii):
+    """nnU-Net's imagesTr: case_000_0000.nii.gz, case_000_0001.nii.gz, ... in one folder; a case short of a channel
+    is a problem naming the case; one channel file scanned alone is its case."""
+    for case, channels in (("case_000", (0, 1)), ("case_001", (1, 0)), ("case_002", (0,))):
+        for c in channels:
+            make_nii(tmp_path / "imagesTr" / f"{case}_{c:04d}.nii.gz", np.full((16, 16, 16), c + 1, np.float32))
+    make_nii(tmp_path / "labelsTr" / "case_000.nii.gz", np.ones((16, 16, 16), np.uint8))
+    cfg = DataConfig(kind="volume", patch_size=16, channels=["*_0000.nii.gz", "*_0001.nii.gz"])
+    cat = scan(tmp_path, cfg)  # labelsTr/case_000.nii.gz is no channel of a case
+    assert [(r.case, [Path(p).name for p in r.paths]) for r in cat.records] == [
+        ("case_000", ["case_000_0000.nii.gz", "case_000_0001.nii.gz"]),
+        ("case_001", ["case_001_0000.nii.gz", "case_001_0001.nii.gz"])]
+    assert [Path(p.path).name for p in cat.problems] == ["case_002"]
+    assert "case 'case_002' has no file of channel '*_0001.nii.gz'" in cat.problems[0].reason
+    one = scan(tmp_path / "imagesTr" / "case_001_0001.nii.gz", cfg)
+    assert len(one) == 1 and one.records[0].case == "case_001" and one.problems == []
+    with pytest.raises(DataError, match=r"case_002_0000\.nii\.gz': case 'case_002' has no file of channel"):
+        scan(tmp_path / "imagesTr" / "case_002_0000.nii.gz", cfg)
+    back = Catalog.from_dict(json.loads(json.dumps(cat.to_dict())))
+    assert back.records[1].case == "case_001"
+
+
 def test_channels_on_different_grids_are_a_problem_naming_both_files(tmp_path, make_nii):
     make_nii(tmp_path / "p1" / "flair.nii.gz", np.ones((16, 16, 16), np.float32))
     make_nii(tmp_path / "p1" / "t1c.nii.gz", np.ones((16, 16, 16), np.float32), np.diag([2.0, 1, 1, 1]))
@@ -292,6 +315,20 @@ def test_channel_glob_matching_two_files_is_a_problem(tmp_path, make_tif, grad):
         make_tif(tmp_path / "b" / name, grad(1, 32, 32))
     cat = scan(tmp_path, DataConfig(patch_size=32, channels=["*red*", "*nir*"]))
     assert len(cat) == 1 and cat.band_names == ["red", "nir"] and "matches 2 files" in _reasons(cat)["a"]
+
+
+def test_a_folder_whose_files_name_no_case_and_one_glob_over_several_files_stay_refused(tmp_path, make_nii):
+    """Cases need two or more globs whose wildcards name them: p1/flair.nii.gz beside p1/flair_n4.nii.gz is one
+    subject with a glob too wide (never a case 'n4'), and one glob over imagesTr is a file per sample."""
+    for name in ("flair", "flair_n4", "t1c", "t1c_n4"):
+        make_nii(tmp_path / "p1" / f"{name}.nii.gz", np.ones((16, 16, 16), np.float32))
+    for i in range(2):
+        make_nii(tmp_path / "imagesTr" / f"case_{i}_0000.nii.gz", np.ones((16, 16, 16), np.float32))
+    with pytest.raises(DataError, match=r"p1: channel glob '\*flair\*' matches 2 files"):
+        scan(tmp_path / "p1", DataConfig(kind="volume", patch_size=16, channels=["*flair*", "*t1c*"]))
+    with pytest.raises(DataError, match=r"imagesTr: channel glob '\*_0000.nii.gz' matches 2 files .* leave "
+                                        r"data.channels unset"):
+        scan(tmp_path / "imagesTr", DataConfig(kind="volume", patch_size=16, channels=["*_0000.nii.gz"]))
 
 
 def test_band_names_assigned_by_position_are_a_warning_naming_files_and_the_fix(tmp_path, make_tif, grad, caplog):

@@ -347,6 +347,41 @@ def test_segment_volumes_per_case_folder_with_label_name_and_remap(tmp_path: Pat
         assert all(remap[int(v)] == t for v, t in zip(ras[used["test_index"][keep]], used["test_value"][keep]))
 
 
+def test_segment_predict_and_evaluate_volumes_in_the_nnunet_layout(tmp_path: Path) -> None:
+    """nnU-Net's raw folders: imagesTr/case_0_0000.nii.gz (FLAIR), case_0_0001.nii.gz (T1c), ... and
+    labelsTr/case_0.nii.gz; data.channels stacks each case of the one folder, the labels match by case."""
+    import nibabel as nib
+
+    affine = brats_like_cases(tmp_path / "cases")
+    for i in range(2):
+        for c, seq in enumerate(("Flair", "T1c")):
+            (tmp_path / "nn" / "imagesTr").mkdir(parents=True, exist_ok=True)
+            shutil.move(tmp_path / "cases" / f"case_{i}" / f"{seq}.nii.gz",
+                        tmp_path / "nn" / "imagesTr" / f"case_{i}_{c:04d}.nii.gz")
+        (tmp_path / "nn" / "labelsTr").mkdir(exist_ok=True)
+        shutil.move(tmp_path / "cases" / f"case_{i}" / "OTMultiClass.nii.gz",
+                    tmp_path / "nn" / "labelsTr" / f"case_{i}.nii.gz")
+    sets = [*TINY, *[s for s in VOLUME_SETS if not s.startswith(("data.channels", "labels.label_name"))],
+            "data.channels=[*_0000.nii.gz,*_0001.nii.gz]", "data.band_names=[FLAIR,T1c]"]
+    ft = tmp_path / "ft_nn"
+    result = runner.invoke(app, ["finetune", "segment", "recipes/mae_mri.yaml", "--encoder", "none",
+                                 "--images", str(tmp_path / "nn" / "imagesTr"), "--labels",
+                                 str(tmp_path / "nn" / "labelsTr"), "--out", str(ft), "--label-fraction", "0.05",
+                                 *[a for item in sets for a in ("--set", item)]])
+    assert result.exit_code == 0, result.output
+    used = json.loads(str(np.load(ft / "labels_used.npz", allow_pickle=False)["meta"]))
+    assert [Path(p).name for p in used["paths"]] == ["case_0.nii.gz", "case_1.nii.gz"]
+    pr = runner.invoke(app, ["predict", str(ft), str(tmp_path / "nn" / "imagesTr"), "--out", str(tmp_path / "pred")])
+    assert pr.exit_code == 0, pr.output
+    assert sorted(p.name for p in (tmp_path / "pred").glob("*.nii.gz")) == ["case_0_pred.nii.gz", "case_1_pred.nii.gz"]
+    out = nib.load(str(tmp_path / "pred" / "case_1_pred.nii.gz"))
+    assert out.shape == (24, 24, 24) and np.allclose(out.affine, affine)
+    ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(tmp_path / "nn" / "imagesTr"), "--labels",
+                             str(tmp_path / "nn" / "labelsTr")])
+    assert ev.exit_code == 0, ev.output
+    assert "of the 27648 labelled positions trained this model" in ev.output
+
+
 def test_segment_volumes_with_a_propagate_probe_head_predicts_on_the_input_grid(tmp_path: Path) -> None:
     import nibabel as nib
 

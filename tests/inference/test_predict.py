@@ -546,16 +546,55 @@ def test_only_files_named_as_predicts_outputs_are_skipped_in_a_folder_and_the_wa
     assert [p.name for p in list_inputs(tmp_path / "old_pred.tif")] == ["old_pred.tif"]  # named: predicted
 
 
-def test_one_channel_file_of_a_model_that_stacks_channels_is_refused_naming_its_folder(tmp_path) -> None:
+def test_one_channel_file_of_a_model_that_stacks_channels_stands_for_its_folder_or_says_what_it_lacks(tmp_path):
+    import nibabel as nib
+
     from geomed_ssl.config import DataConfig
     from geomed_ssl.inference.predict import list_inputs
 
     case = tmp_path / "pat1"
     case.mkdir()
-    (case / "Flair_norm.nii.gz").write_bytes(b"")
+    nib.save(nib.Nifti1Image(asymmetric_volume((8, 8, 8)), np.eye(4)), str(case / "Flair_norm.nii.gz"))
     cfg = DataConfig(kind="volume", channels=["*Flair*", "*T1c*"])
-    with pytest.raises(DataError, match=r"one of the 2 files this model stacks per case .* give its folder '.*pat1'"):
+    with pytest.raises(DataError, match=r"Flair_norm.nii.gz': missing channel '\*T1c\*'"):
         list_inputs(case / "Flair_norm.nii.gz", cfg)
+    nib.save(nib.Nifti1Image(asymmetric_volume((8, 8, 8)), np.eye(4)), str(case / "T1c_norm.nii.gz"))
+    assert list_inputs(case / "T1c_norm.nii.gz", cfg) == [case]  # as its folder is given
+
+
+def test_a_folder_of_several_cases_predicts_each_case_as_a_folder_per_case_does(tmp_path):
+    """nnU-Net's imagesTr (case_000_0000.nii.gz, case_000_0001.nii.gz, ...): one map per case, named after it,
+    the same voxels as the same files in a folder each; a channel file named explicitly is its case."""
+    import nibabel as nib
+
+    from geomed_ssl.config import DataConfig
+
+    rng = np.random.default_rng(4)
+    vols = {(i, c): asymmetric_volume((12, 12, 12)) * (1 + c) + rng.normal(0, 20, (12, 12, 12)).astype(np.float32)
+            for i in range(2) for c in range(2)}
+    for (i, c), vol in vols.items():
+        for folder in (tmp_path / "imagesTr", tmp_path / "cases" / f"case_{i}"):
+            folder.mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(vol, np.eye(4)), str(folder / f"case_{i}_{c:04d}.nii.gz"))
+    names = ["0000.nii.gz", "0001.nii.gz"]  # the channel names data.channels gives these files
+    stats = stats_of(np.stack([vols[0, 0], vols[0, 1]]), names)
+    conv = torch.nn.Conv3d(2, 3, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[2.0, 0.0], [0.0, 0.0], [0.0, -2.0]]).reshape(3, 2, 1, 1, 1))
+        conv.bias.copy_(torch.tensor([-1.0, 0.0, -1.0]))  # 0: first channel high, 2: second low, else 1
+    cfg = DataConfig(kind="volume", intensity="none", channels=["*_0000.nii.gz", "*_0001.nii.gz"])
+    run = dict(num_classes=3, window=[8, 8, 8], data_cfg=cfg, device="cpu")
+    flat = predict_files(conv.eval(), tmp_path / "imagesTr", tmp_path / "p_flat", stats, **run)
+    predict_files(conv.eval(), tmp_path / "cases", tmp_path / "p_apart", stats, **run)
+    assert sorted(Path(r["output"]).name for r in flat) == ["case_0_pred.nii.gz", "case_1_pred.nii.gz"]
+    for i in range(2):
+        a = np.asarray(nib.load(str(tmp_path / "p_flat" / f"case_{i}_pred.nii.gz")).dataobj)
+        b = np.asarray(nib.load(str(tmp_path / "p_apart" / f"case_{i}_pred.nii.gz")).dataobj)
+        assert (a == b).all() and len(np.unique(a)) == 3
+    one = predict_files(conv.eval(), [tmp_path / "imagesTr" / "case_1_0001.nii.gz"], tmp_path / "p_one", stats, **run)
+    assert Path(one[0]["output"]).name == "case_1_pred.nii.gz" and (
+        np.asarray(nib.load(one[0]["output"]).dataobj) == np.asarray(nib.load(str(
+            tmp_path / "p_flat" / "case_1_pred.nii.gz")).dataobj)).all()
 
 
 def test_a_nifti_given_to_a_raster_model_is_one_clear_line(scene, tmp_path):

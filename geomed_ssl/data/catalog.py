@@ -91,7 +91,13 @@ class Catalog:
         """A short human-readable report: usable files, bands, shapes, validity and every problem."""
         n = len(self.records)
         unit = "volume" if self.kind == "volume" else "raster"
-        lines = [f"{n} usable {unit} file{'s' if n != 1 else ''}" + (f" under {self.root}" if self.root else "")
+        files, cases, plural = sum(len(r.paths) for r in self.records), sum(bool(r.case) for r in self.records), \
+            "s" if n != 1 else ""
+        what = f"{unit} file{plural}"
+        if files > n:  # data.channels stacks
+            what = (f"{unit} sample{plural} (stacked from {files} files by data.channels"
+                    + (f"; {cases} of them cases of a shared folder" if cases else "") + ")")
+        lines = [f"{n} usable {what}" + (f" under {self.root}" if self.root else "")
                  + (f", {len(self.problems)} skipped with problems" if self.problems else "")]
         names = self.band_names
         bands = " ".join(names if len(names) <= 24 else [*names[:8], "...", *names[-4:]])
@@ -154,9 +160,10 @@ def _channel_name(pattern: str) -> str:
 
 
 def _stacked_records(files: list[str], root: Path, kind: str, data_cfg: Any, window: tuple[int, ...],
-                     problems: list[Problem]) -> list[FileRecord]:
+                     problems: list[Problem], only: str | None = None) -> list[FileRecord]:
     """One record per folder whose file NAMES match every ``data.channels`` glob exactly once (in glob order), or,
-    where a glob matches several files of a folder, one per case of it (``geomed_ssl.files.cases``)."""
+    where a glob matches several files of a folder, one per case of it (``geomed_ssl.files.cases``); with ``only``,
+    just the stack that holds that file is probed (a case named by one of its files)."""
     channels = list(data_cfg.channels)
     folders: dict[str, list[str]] = {}
     for f in files:
@@ -183,14 +190,17 @@ def _stacked_records(files: list[str], root: Path, kind: str, data_cfg: Any, win
             g, m = many[0]
             problems.append(Problem(folder, f"channel glob {g!r} matches {len(m)} files "
                                             f"({', '.join(os.path.basename(f) for f in m[:3])}"
-                                            f"{', ...' if len(m) > 3 else ''}); make it specific (data.channels stacks one sample per "
-                                            "folder, or per case where two or more globs' wildcards name it: "
+                                            f"{', ...' if len(m) > 3 else ''}); make it specific (data.channels "
+                                            "stacks one sample per folder, or per case where two or more globs' "
+                                            "wildcards name it: "
                                             "[*_0000.nii.gz, *_0001.nii.gz] for nnU-Net's case_000_0000.nii.gz; "
                                             "with one file per sample, leave data.channels unset)"))
             continue
         stacks.append((folder, None, [m[0] for m in matches]))
     records = []
     for folder, case, paths in stacks:
+        if only is not None and only not in paths:
+            continue
         try:
             probes = []
             for path in paths:
@@ -300,7 +310,7 @@ def scan(root: str | Path, data_cfg: Any = None, strict: bool = False, names_by_
 
     problems: list[Problem] = []
     if data_cfg.channels:
-        records = _stacked_records(files, base, kind, data_cfg, window, problems)
+        records = _stacked_records(files, base, kind, data_cfg, window, problems, str(root) if case_file else None)
     else:
         records = []
         for f in files:

@@ -85,7 +85,7 @@ class Embedder:
         shape = self.shape(record)
         meta: dict[str, Any] = {"path": record.path, "paths": list(record.paths), "kind": record.kind,
                                 "shape": list(shape), "rel": os.path.relpath(record.path, root) if root else None,
-                                "stamps": file_stamps(record.paths)}
+                                "stamps": file_stamps(record.paths), **({"case": record.case} if record.case else {})}
         if self.nd == 2:
             meta.update(crs=record.crs, transform=list(record.transform or [1, 0, 0, 0, 1, 0]))
             if record.crs is None:

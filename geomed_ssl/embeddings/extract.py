@@ -303,8 +303,8 @@ def refuse_changed(files: Sequence[dict[str, Any]], out_dir: str | Path, when: s
                 now = file_stamps(f["paths"])
             except OSError:
                 continue  # gone: said by the caller, which knows the files to embed now
-            if now != f["stamps"]:
-                changed.append(f["path"])
+            if now != f["stamps"]:  # the stack's file that changed
+                changed.append(next((p for p, a, b in zip(f["paths"], now, f["stamps"]) if a != b), f["path"]))
     if changed:
         more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
         raise GeomedError(f"'{changed[0]}'{more} changed (size or modification time) since it was embedded into "

@@ -32,6 +32,7 @@ from geomed_ssl.embeddings.extract import encoder_for
 from geomed_ssl.embeddings.maps import grid_stem, grid_stems
 from geomed_ssl.embeddings.store import load_embeddings, optional_module, read_rows
 from geomed_ssl.errors import ConfigError, DataError, GeomedError
+from geomed_ssl.files.cases import is_case_file
 from geomed_ssl.models.device import resolve_device
 from geomed_ssl.outcommands import name_hash
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
@@ -108,8 +109,8 @@ def record_for(path: str | Path, data_cfg: DataConfig, names_by_position: str = 
     band names assigned by position are reported as ``names_by_position`` says (``catalog.scan``)."""
     path = Path(path)
     cfg = dataclasses.replace(data_cfg, include=["**/*"], exclude=[])
-    if data_cfg.channels and path.is_file():  # stacked channels: the record is the folder (named by its first file)
-        path = path.parent
+    if data_cfg.channels and path.is_file() and not is_case_file(path, data_cfg.channels):
+        path = path.parent  # stacked channels: the record is the folder (named by its first file); a case: its own
     return scan(path, cfg, strict=True, names_by_position=names_by_position).records[0]
 
 
@@ -254,7 +255,8 @@ def rows_of_region(emb_dir: str | Path, manifest: dict[str, Any], path: Path, re
                    nd: int) -> set[int]:
     """The stored rows of the file at ``path`` whose box centre lies in ``region`` (none when it was not
     embedded): the query's own rows, left out of its hits. Reads that file's boxes only."""
-    f = next((f for f in manifest["files"] if Path(f["path"]).resolve() == path), None)
+    f = next((f for f in manifest["files"] if path in {Path(p).resolve() for p in f.get("paths") or [f["path"]]}),
+             None)  # a stack's query may name any of its files
     if f is None or not int(f["rows"]):
         return set()
     a, n = int(f["first_row"]), int(f["rows"])

@@ -193,7 +193,8 @@ def _named_after(path: Path, files: list[dict[str, Any]]) -> list[dict[str, Any]
 
     def names(f: dict[str, Any]) -> list[str]:
         folder = os.path.basename(os.path.dirname(f["path"]))
-        return [_stem(f["path"]).lower()] + ([folder.lower()] if len(f.get("paths") or []) > 1 else [])
+        return [_stem(f["path"]).lower()] + ([(f.get("case") or folder).lower()] if len(f.get("paths") or []) > 1
+                                             or f.get("case") else [])
 
     named = [f for f in files if any(n == k or n.startswith(k + s) for n in names(f) for k in keys for s in "_-.")]
     if named:

@@ -237,13 +237,16 @@ def match_labels(image_records: Sequence[FileRecord], label_dir: str | Path | No
                      len(missing), len(records), csv)
     elif missing:
         common = os.path.commonpath([r.path for r in records]) if len(records) > 1 else os.path.dirname(missing[0])
-        names = ", ".join(os.path.relpath(p, common) for p in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        case = {r.path: r.case for r in records if r.case}  # a case of a folder of several: named after it
+        names = ", ".join(os.path.relpath(p, common) + (f" (case {case[p]})" if p in case else "")
+                          for p in missing[:5]) + (" ..." if len(missing) > 5 else "")
         ext = EXTENSIONS[kind][-1]
+        cases = f"; a case like the case: case_000 -> case_000{ext}" if case else ""
         raise DataError(f"{len(missing)} of {len(records)} images have no label file ({names}) in {where}. Name "
-                        f"labels like the image (x{ext} -> x{ext} or x_gt{ext} / x_mask{ext}), list pairs in a labels "
-                        "CSV (image,label; the images it leaves out are not used), give the one label file itself "
-                        "when it serves every image (dates of one ground), or leave the unlabelled images out with "
-                        "--set \"data.exclude=[...]\".")
+                        f"labels like the image (x{ext} -> x{ext} or x_gt{ext} / x_mask{ext}{cases}), list pairs "
+                        "in a labels CSV (image,label; the images it leaves out are not used), give the one label file "
+                        "itself when it serves every image (dates of one ground), or leave the unlabelled images out "
+                        "with --set \"data.exclude=[...]\".")
     pairs = [(r, found[r.path]) for r in records if found[r.path] is not None]
     if not pairs:
         raise DataError(f"no image has a label file in {where}.")

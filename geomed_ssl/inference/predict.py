@@ -111,7 +111,7 @@ def list_inputs(inputs: str | Path | Sequence[str | Path], data_cfg: Any = None,
             out.append(Path(stack_input(record)))
         else:
             out.append(item)
-    return out
+    return list(dict.fromkeys(out))  # a stack named by several of its files (a shell glob) is one input
 
 
 def model_kind(window: int | Sequence[int] | None, data_cfg: Any) -> str | None:

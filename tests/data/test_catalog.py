@@ -213,7 +213,7 @@ def test_folder_missing_a_channel_is_a_problem_naming_folder_and_glob(tmp_path, 
     assert len(cat) == 1 and "missing channel '*t1c*'" in _reasons(cat)["p2"]
 
 
-def test_channels_stack_each_case_of_a_folder_of_several_as_nnunet_lays_them_out(tmp_path, make_nii):
+def test_channels_stack_each_case_of_a_folder_of_several_as_nnunet_lays_them_out(tmp_path, make_nii, monkeypatch):
     """nnU-Net's imagesTr: case_000_0000.nii.gz, case_000_0001.nii.gz, ... in one folder; a case short of a channel
     is a problem naming the case; one channel file scanned alone is its case."""
     for case, channels in (("case_000", (0, 1)), ("case_001", (1, 0)), ("case_002", (0,))):
@@ -227,12 +227,21 @@ def test_channels_stack_each_case_of_a_folder_of_several_as_nnunet_lays_them_out
         ("case_001", ["case_001_0000.nii.gz", "case_001_0001.nii.gz"])]
     assert [Path(p.path).name for p in cat.problems] == ["case_002"]
     assert "case 'case_002' has no file of channel '*_0001.nii.gz'" in cat.problems[0].reason
+    import geomed_ssl.data.catalog as catalog
+
+    probed, real_probe = [], catalog.probe_file
+    monkeypatch.setattr(catalog, "probe_file", lambda path, *a, **k: probed.append(Path(path).name)
+                        or real_probe(path, *a, **k))
     one = scan(tmp_path / "imagesTr" / "case_001_0001.nii.gz", cfg)
+    monkeypatch.undo()
     assert len(one) == 1 and one.records[0].case == "case_001" and one.problems == []
+    assert probed == ["case_001_0000.nii.gz", "case_001_0001.nii.gz"]  # its case's files only, not the folder's
     with pytest.raises(DataError, match=r"case_002_0000\.nii\.gz': case 'case_002' has no file of channel"):
         scan(tmp_path / "imagesTr" / "case_002_0000.nii.gz", cfg)
     back = Catalog.from_dict(json.loads(json.dumps(cat.to_dict())))
     assert back.records[1].case == "case_001"
+    assert cat.summary().startswith("2 usable volume samples (stacked from 4 files by data.channels; 2 of them cases "
+                                    "of a shared folder)")
 
 
 def test_channels_on_different_grids_are_a_problem_naming_both_files(tmp_path, make_nii):

@@ -418,3 +418,23 @@ def test_patches_placed_nowhere_take_only_the_label_map_named_after_them_and_0_c
     assert result.exit_code == 0, result.output
     s = json.loads((tmp_path / "cl2" / "summary.json").read_text())
     assert s["labelled_rows"] == 4 and s["classes"] == 2  # p2's four windows, not all twelve
+
+
+def test_a_case_of_a_folder_of_several_is_its_own_query_and_takes_the_label_named_after_it(tmp_path: Path) -> None:
+    """nnU-Net-like folders: `similar --query` one channel file reads that case (not the folder's first), and
+    `cluster --labels 001.nii.gz` labels case 001 even where the channel comes first in the names (flair_001)."""
+    import nibabel as nib
+
+    from geomed_ssl.config import DataConfig
+    from geomed_ssl.embeddings.search import record_for
+    from geomed_ssl.embeddings.truth import _named_after
+
+    for case in ("000", "001"):
+        for seq in ("flair", "t1"):
+            nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.eye(4)), str(tmp_path / f"{seq}_{case}.nii.gz"))
+    cfg = DataConfig(kind="volume", patch_size=8, channels=["flair_*.nii.gz", "t1_*.nii.gz"])
+    record = record_for(tmp_path / "t1_001.nii.gz", cfg)
+    assert record.case == "001" and [Path(p).name for p in record.paths] == ["flair_001.nii.gz", "t1_001.nii.gz"]
+    files = [{"path": str(tmp_path / f"flair_{c}.nii.gz"), "case": c,
+              "paths": [str(tmp_path / f"flair_{c}.nii.gz"), str(tmp_path / f"t1_{c}.nii.gz")]} for c in ("000", "001")]
+    assert [f["case"] for f in _named_after(tmp_path / "001.nii.gz", files)] == ["001"]

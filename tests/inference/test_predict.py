@@ -591,8 +591,9 @@ def test_a_folder_of_several_cases_predicts_each_case_as_a_folder_per_case_does(
         a = np.asarray(nib.load(str(tmp_path / "p_flat" / f"case_{i}_pred.nii.gz")).dataobj)
         b = np.asarray(nib.load(str(tmp_path / "p_apart" / f"case_{i}_pred.nii.gz")).dataobj)
         assert (a == b).all() and len(np.unique(a)) == 3
-    one = predict_files(conv.eval(), [tmp_path / "imagesTr" / "case_1_0001.nii.gz"], tmp_path / "p_one", stats, **run)
-    assert Path(one[0]["output"]).name == "case_1_pred.nii.gz" and (
+    both = [tmp_path / "imagesTr" / "case_1_0001.nii.gz", tmp_path / "imagesTr" / "case_1_0000.nii.gz"]  # a glob
+    one = predict_files(conv.eval(), both, tmp_path / "p_one", stats, **run)
+    assert len(one) == 1 and Path(one[0]["output"]).name == "case_1_pred.nii.gz" and (
         np.asarray(nib.load(one[0]["output"]).dataobj) == np.asarray(nib.load(str(
             tmp_path / "p_flat" / "case_1_pred.nii.gz")).dataobj)).all()
 

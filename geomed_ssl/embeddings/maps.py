@@ -102,9 +102,12 @@ def map_gcps(file_meta: dict[str, Any]) -> tuple[list[Any], Any] | None:
 
 
 def grid_stem(file_meta: dict[str, Any]) -> str:
-    """An output name for a file: its path relative to the data folder, without extension, '/' -> '__' (not
-    unique alone: ``a/b.tif`` and ``a__b.tif``, ``s.tif`` and ``s.tiff``; see :func:`grid_stems`)."""
+    """An output name for a file: its path relative to the data folder, without extension, '/' -> '__' (a case of
+    a folder of several: the folder's path and the case, as predict names it; not unique alone: ``a/b.tif`` and
+    ``a__b.tif``, ``s.tif`` and ``s.tiff``; see :func:`grid_stems`)."""
     rel = file_meta.get("rel") or os.path.basename(file_meta["path"])
+    if file_meta.get("case"):
+        rel = os.path.join(os.path.dirname(rel), file_meta["case"])
     for ext in (".nii.gz", ".nii", ".tiff", ".tif"):
         if rel.lower().endswith(ext):
             rel = rel[: -len(ext)]

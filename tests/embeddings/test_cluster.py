@@ -438,3 +438,7 @@ def test_a_case_of_a_folder_of_several_is_its_own_query_and_takes_the_label_name
     files = [{"path": str(tmp_path / f"flair_{c}.nii.gz"), "case": c,
               "paths": [str(tmp_path / f"flair_{c}.nii.gz"), str(tmp_path / f"t1_{c}.nii.gz")]} for c in ("000", "001")]
     assert [f["case"] for f in _named_after(tmp_path / "001.nii.gz", files)] == ["001"]
+    from geomed_ssl.embeddings.maps import grid_stems
+
+    files[1]["rel"] = "sub/flair_001.nii.gz"
+    assert list(grid_stems(files).values()) == ["000", "sub__001"]  # a case's maps: named as predict names it

@@ -91,8 +91,8 @@ class Catalog:
         """A short human-readable report: usable files, bands, shapes, validity and every problem."""
         n = len(self.records)
         unit = "volume" if self.kind == "volume" else "raster"
-        files, cases, plural = sum(len(r.paths) for r in self.records), sum(bool(r.case) for r in self.records), \
-            "s" if n != 1 else ""
+        files, cases = sum(len(r.paths) for r in self.records), sum(bool(r.case) for r in self.records)
+        plural = "s" if n != 1 else ""
         what = f"{unit} file{plural}"
         if files > n:  # data.channels stacks
             what = (f"{unit} sample{plural} (stacked from {files} files by data.channels"

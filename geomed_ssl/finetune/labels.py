@@ -241,7 +241,7 @@ def match_labels(image_records: Sequence[FileRecord], label_dir: str | Path | No
         names = ", ".join(os.path.relpath(p, common) + (f" (case {case[p]})" if p in case else "")
                           for p in missing[:5]) + (" ..." if len(missing) > 5 else "")
         ext = EXTENSIONS[kind][-1]
-        cases = f"; a case like the case: case_000 -> case_000{ext}" if case else ""
+        cases = f"; a case's after the case: case_000 -> case_000{ext}" if case else ""
         raise DataError(f"{len(missing)} of {len(records)} images have no label file ({names}) in {where}. Name "
                         f"labels like the image (x{ext} -> x{ext} or x_gt{ext} / x_mask{ext}{cases}), list pairs "
                         "in a labels CSV (image,label; the images it leaves out are not used), give the one label file "

@@ -318,8 +318,7 @@ def scan(root: str | Path, data_cfg: Any = None, strict: bool = False, names_by_
                 records.append(record_from_probes([probe_file(f, kind, data_cfg, window)], kind, data_cfg))
             except ProbeError as bad:
                 problems.append(Problem(f, str(bad)))
-    if case_file:
-        records = [r for r in records if str(root) in r.paths]
+    if case_file:  # records: its case's stack only (_stacked_records' ``only``); problems: its case's and folder's
         case = next(case_name(root.name, g) for g in data_cfg.channels if glob_match(root.name, g)) or ""
         ours = {str(base).lower(), os.path.join(base, case).lower()}
         problems = [p for p in problems if not records and p.path.lower() in ours]

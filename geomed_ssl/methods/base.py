@@ -199,6 +199,15 @@ class MethodContext:
                    patch=tuple(cfg.patch_size), bands=cfg.in_chans,
                    tokens_per_position=cfg.tokens_per_position if cfg.pooled else None)
 
+    @property
+    def crop_grid(self) -> tuple[int, ...] | None:
+        """The token grid of a global crop (the window when ``crop`` is unknown; None: neither known); whether the
+        patch divides the crop is the views' check."""
+        crop = self.crop or self.window
+        if crop is None or self.patch is None:
+            return None
+        return tuple(max(1, c // p) for c, p in zip(crop, self.patch))
+
 
 @dataclass
 class MethodSettings:

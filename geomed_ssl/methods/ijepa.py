@@ -83,9 +83,8 @@ class IJEPASettings(MethodSettings):
                         "method.predictor_num_heads", source)
             if context.spatial_dims is not None:
                 check_sincos_dim(self.predictor_dim, context.spatial_dims, f"{source}: method.predictor_dim")
-        crop = context.crop or context.window
-        if crop is not None and context.patch is not None:
-            grid = tuple(max(1, c // p) for c, p in zip(crop, context.patch))  # the views check divisibility
+        grid = context.crop_grid
+        if grid is not None:
             most = largest_jepa_block(grid, self.target_scale, self.aspect)
             if self.num_targets * most >= math.prod(grid):
                 raise ConfigError(

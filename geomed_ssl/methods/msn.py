@@ -77,9 +77,9 @@ class MSNSettings(MethodSettings):
 
     def check(self, source: str, context: MethodContext) -> None:
         needs_batch_of_two(self, source, context, "msn")
-        crop = context.crop or context.window
-        if self.mask_ratio > 0 and crop is not None and context.patch is not None:
-            tokens = math.prod(max(1, c // p) for c, p in zip(crop, context.patch))
+        grid = context.crop_grid
+        if self.mask_ratio > 0 and grid is not None:
+            tokens = math.prod(grid)
             if num_keep(tokens, self.mask_ratio) == tokens:
                 raise ConfigError(
                     f"{source}: method msn's mask_ratio {self.mask_ratio} drops no token of a crop of {tokens} "

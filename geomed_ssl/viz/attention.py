@@ -126,12 +126,12 @@ def _data_config(meta: dict, spatial_dims: int, patch: Sequence[int], stacked: b
     return DataConfig(**values)
 
 
-def _stacked_channels(encoder_path: str | Path) -> list[str] | None:
-    """The ``data.channels`` globs the encoder was pretrained on (one sample is a folder, or a case of one)."""
-    from geomed_ssl.checkpoint import read_encoder_config
+def _stacked_channels(meta: dict) -> list[str] | None:
+    """The ``data.channels`` globs an encoder (its saved ``meta``) was pretrained on (one sample is a folder, or a
+    case of one)."""
     from geomed_ssl.models.model_data import export_data
 
-    return export_data(read_encoder_config(encoder_path)[1]).get("channels") or None
+    return export_data(meta).get("channels") or None
 
 
 def _start(size: int, want: int, offset: int | None, axis: str, path: Path) -> tuple[int, int]:
@@ -162,12 +162,14 @@ def attention_for_file(
     is smaller, rounded down to the token patch): the centre window, or for rasters the one whose top-left pixel is
     ``window = (row, col)``. ``strict``: band names assigned by position are an error.
     """
+    from geomed_ssl.checkpoint import read_encoder_config
     from geomed_ssl.errors import DataError
 
     image_path = Path(image_path)
     rule = {"inputs": {"image": image_path, "encoder": encoder_path}}
     check_out_file(out_path, **rule)  # written (and its folder made) once the window is read
-    if not image_path.is_file() and not (image_path.is_dir() and _stacked_channels(encoder_path)):
+    stacks = image_path.is_dir() and _stacked_channels(read_encoder_config(encoder_path)[1])
+    if not image_path.is_file() and not stacks:
         what = "is a folder" if image_path.is_dir() else "not found"
         raise DataError(f"image '{image_path}' {what}; pass one GeoTIFF (.tif) or NIfTI (.nii, .nii.gz) file (or, "
                         "for an encoder pretrained on data.channels, one folder of those files).")
@@ -193,7 +195,7 @@ def _encoder_for_image(encoder_path: str | Path, image_path: Path, window: Seque
         raise GeomedError(f"encoder '{encoder_path}' carries no normalisation statistics; re-export it with "
                           "`geomed-ssl pretrain`.")
     nd, patch = cfg.spatial_dims, tuple(cfg.patch_size)
-    stacked = image_path.is_dir() or is_case_file(image_path, _stacked_channels(encoder_path))  # data.channels
+    stacked = image_path.is_dir() or is_case_file(image_path, _stacked_channels(meta))  # data.channels
     if not stacked:
         check_input_kind(image_path, "raster" if nd == 2 else "volume", f"encoder '{encoder_path}'")
     if window is not None and (nd != 2 or len(window) != 2):

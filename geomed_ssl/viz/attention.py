@@ -167,8 +167,9 @@ def attention_for_file(
 
     image_path = Path(image_path)
     rule = {"inputs": {"image": image_path, "encoder": encoder_path}}
+    saved = read_encoder_config(encoder_path)  # a missing encoder is named before --out is judged against it
     check_out_file(out_path, **rule)  # written (and its folder made) once the window is read
-    stacks = image_path.is_dir() and _stacked_channels(read_encoder_config(encoder_path)[1])
+    stacks = image_path.is_dir() and _stacked_channels(saved[1])
     if not image_path.is_file() and not stacks:
         what = "is a folder" if image_path.is_dir() else "not found"
         raise DataError(f"image '{image_path}' {what}; pass one GeoTIFF (.tif) or NIfTI (.nii, .nii.gz) file (or, "

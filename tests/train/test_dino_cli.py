@@ -138,6 +138,10 @@ def test_attention_matches_bands_by_name_and_refuses_missing_ones(raster_run, tm
     assert ok.exit_code == 0, ok.output
     bad = runner.invoke(app, ["attention", str(out), str(tmp_path / "three.tif"), "--out", str(tmp_path / "t.png")])
     assert bad.exit_code == 2 and "band_4" in bad.output and "Traceback" not in bad.output
+    missing = tmp_path / "no_run"  # the docs' --out inside the run folder: the missing run is what is named
+    gone = runner.invoke(app, ["attention", str(missing), str(tmp_path / "reversed.tif"), "--out",
+                               str(missing / "a.png")])
+    assert gone.exit_code == 2 and "no encoder found" in gone.output and "--out" not in gone.output
 
 
 @pytest.mark.parametrize("embedding", [

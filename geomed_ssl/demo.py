@@ -142,10 +142,12 @@ def verdict(rows: list[dict[str, str]], metric: str, encoder: str, budget: int) 
     names = {encoder: "pretrained", **NAMES}
     ranked = sorted(best.items(), key=lambda kv: -kv[1][0])
     parts = ", ".join(f"{names.get(e, e)} {m:.3f} ({p})" for e, (m, p) in ranked)
-    winner = names.get(ranked[0][0], ranked[0][0])
+    top = f"{ranked[0][1][0]:.3f}"  # contenders level at the printed precision share the lead
+    leaders = [names.get(e, e) for e, (m, _) in ranked if f"{m:.3f}" == top]
+    level = " and ".join(leaders) + f", level at {top}" if len(leaders) > 1 else leaders[0]
     line = (f"At {budget} labels per class ({metric}, each at its starred protocol, picked on these test numbers): "
-            f"{parts}. Highest mean: {winner}.")
-    if winner != "pretrained":
+            f"{parts}. Highest mean: {level}.")
+    if leaders != ["pretrained"]:
         line += (" Pretraining does not pay off on this scene at this budget with the demo's short run; "
                  "see docs/label_efficiency.md.")
     return line

@@ -90,6 +90,12 @@ def test_verdict_names_the_pretrained_encoder_when_it_wins() -> None:
     assert "Highest mean: pretrained." in line and "does not pay off" not in line
 
 
+def test_verdict_calls_a_lead_below_the_printed_precision_a_tie() -> None:
+    rows = [row("RUN", "propagate", 0.682368), row("none", "propagate", 0.682270), row("rf", "forest", 0.55)]
+    line = verdict(rows, "oa", "RUN", 5)
+    assert "Highest mean: pretrained and random init, level at 0.682." in line and "does not pay off" in line
+
+
 def test_a_demo_stopped_during_pretraining_compares_nothing_and_exits_with_the_signal(tmp_path: Path,
                                                                                        monkeypatch) -> None:
     import geomed_ssl.train.pretrain as pretraining

@@ -187,9 +187,14 @@ def resumed_clock(point: ResumePoint, max_steps: int, min_lr: float = 0.0) -> Sc
     saved = point.info.get("schedule")
     clock = ScheduleClock.from_dict(saved) if saved else ScheduleClock(int(point.info["recipe"]["train"]["max_steps"]))
     new = clock.resumed(point.step, max_steps)
-    if point.step >= max_steps:
+    planned = int(point.info["recipe"]["train"]["max_steps"])
+    if point.step >= max_steps and max_steps == planned:
         log.info(f"note: the run already finished its {max_steps} steps (checkpoint at step {point.step}), so nothing "
                  f"is trained; to train longer, resume with --set train.max_steps=N (N > {point.step}).")
+    elif point.step >= max_steps:
+        log.info(f"note: the checkpoint is at step {point.step} of the {planned} the run was set for, and "
+                 f"train.max_steps is now {max_steps}, so nothing is trained and the encoder stays at step "
+                 f"{point.step}; to train on, resume with --set train.max_steps=N (N > {point.step}).")
     elif max_steps != clock.end:
         if clock(point.step) >= clock.total:
             log.warning(f"the run finished its schedules at step {point.step} (lr at train.min_lr): its "

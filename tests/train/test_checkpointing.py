@@ -378,6 +378,11 @@ def test_resuming_a_finished_run_says_nothing_was_trained_and_how_to_train_longe
     assert result.exit_code == 0, result.output
     assert "already finished its 2 steps" in result.output and "--set train.max_steps=N (N > 2)" in result.output
     assert (out / "checkpoints" / "last.ckpt").read_bytes() == last
+    fewer = CliRunner().invoke(app, ["pretrain", "recipes/mae_sentinel2.yaml", "--resume", "--out", str(out),
+                                     "--data", str(raster_dir), "--set", "train.max_steps=1"])
+    assert fewer.exit_code == 0, fewer.output
+    assert "checkpoint is at step 2 of the 2 the run was set for, and train.max_steps is now 1" in fewer.output
+    assert (out / "checkpoints" / "last.ckpt").read_bytes() == last
 
 
 def test_slurms_advance_warning_sigusr1_is_a_stop_with_a_checkpoint_and_no_hpc_checkpoint_appears(

@@ -9,12 +9,12 @@ Temporary names, the one rule (other modules ask :func:`is_temp_name`, never spe
   extension, GDAL, nibabel, matplotlib, still work);
 - ``.replaced-<pid>.<host>-<name>``: the previous folder ``name`` for the instant a new one is swapped in
   (:func:`atomic_write_dir`); deleted once the new one is in place, restored by the clean-up when a kill came in
-  between;
-- the same without ``.<host>``: what earlier versions wrote.
+  between.
 
-Nothing else counts as temporary. Development versions before 2026-12-02 also wrote ``.<name>.tmp-<pid>-<hex>``,
-``.<name>.<random>``, ``.<name>.old``, ``.<name>.tmp.npy``, ``<name>.tmp`` and ``.tmp-<pid>-<hex>`` (embedding
-parts); such names cannot tell their writer from a user's backup (``.config.yaml.original``, ``metrics.csv.tmp``),
+Nothing else counts as temporary, not even the same without ``.<host>``, which earlier versions wrote: a user's
+``.partial-2024-draft.md`` has that form. Development versions before 2026-12-02 also wrote
+``.<name>.tmp-<pid>-<hex>``, ``.<name>.<random>``, ``.<name>.old``, ``.<name>.tmp.npy``, ``<name>.tmp`` and
+``.tmp-<pid>-<hex>`` (embedding parts); such names cannot tell their writer from a user's backup (``.config.yaml.original``, ``metrics.csv.tmp``),
 so they are never deleted: a leftover stays where it is, and ``--overwrite`` names it and asks the user to move it.
 
 A file is flushed to disk (fsync) and renamed over the target, and the rename is made durable by syncing the
@@ -60,7 +60,7 @@ from geomed_ssl.permissions import apply_umask
 
 log = logging.getLogger("geomed_ssl")
 PARTIAL, REPLACED = ".partial-", ".replaced-"
-_OURS = re.compile(rf"^({re.escape(PARTIAL)}|{re.escape(REPLACED)})(\d+)(?:\.([0-9a-f]{{8}}))?-(.+)$")
+_OURS = re.compile(rf"^({re.escape(PARTIAL)}|{re.escape(REPLACED)})(\d+)\.([0-9a-f]{{8}})-(.+)$")
 FOREIGN_HOST_STALE_S = 24 * 3600  # another machine's temporary entry untouched this long: its writer is gone
 PathLike = str | os.PathLike
 _MINE: set[str] = set()  # temporary names this process made (another process with our id may have left others)
@@ -94,7 +94,7 @@ def partial_path(path: PathLike) -> Path:
 
 def is_temp_name(name: str) -> bool:
     """Whether ``name`` is a temporary name of ours (see the module docstring): exactly that form, so a user's
-    ``.partial-1st-draft.md`` is not one."""
+    ``.partial-1st-draft.md`` or ``.partial-2024-draft.md`` is not one."""
     return _OURS.match(name) is not None
 
 
@@ -385,16 +385,16 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _writer_gone(entry: Path, pid: int, host: str | None) -> bool:
+def _writer_gone(entry: Path, pid: int, host: str) -> bool:
     """Whether the process that named the temporary ``entry`` is gone (see the module's docstring). Windows, where
     processes are not asked (:func:`_alive`), goes by age alone."""
-    if (host is not None and host != host_tag()) or os.name == "nt":
+    if host != host_tag() or os.name == "nt":
         try:
             return time.time() - entry.lstat().st_mtime > FOREIGN_HOST_STALE_S
         except OSError:
             return False
     if pid == os.getpid():  # ours, or left by an earlier process with our id (pid reuse, a container's pid 1)
-        return host is not None and str(entry.absolute()) not in _MINE
+        return str(entry.absolute()) not in _MINE
     return not _alive(pid)
 
 

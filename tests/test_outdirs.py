@@ -36,7 +36,7 @@ def test_a_new_folder_gets_a_manifest_naming_the_command_and_its_entries(tmp_pat
 
 def test_overwrite_replaces_a_folder_of_ours(tmp_path: Path) -> None:
     out = prepare_out_dir(tmp_path / "cl", command="cluster")
-    fill(out, "summary.json", "clusters.csv", ".partial-1-scatter.png")
+    fill(out, "summary.json", "clusters.csv", ".partial-1.0a1b2c3d-scatter.png")
     (out / "maps").mkdir()
     fill(out / "maps", "a_clusters.tif")
     with pytest.raises(OutputError, match="pass --overwrite"):
@@ -59,9 +59,9 @@ def test_a_folder_a_killed_first_run_made_is_taken_again_without_what_its_writer
 
 def test_overwrite_deletes_what_killed_writers_left_and_names_backup_like_files(tmp_path: Path) -> None:
     out = prepare_out_dir(tmp_path / "run", command="pretrain")
-    fill(out, "metrics.csv", ".partial-4242-metrics.csv", ".partial-4242.0a1b2c3d-stats.json")
-    (out / ".partial-4242-encoder").mkdir()  # an encoder export swapped in by a killed run
-    (out / ".replaced-4242-encoder").mkdir()
+    fill(out, "metrics.csv", ".partial-4242.0a1b2c3d-metrics.csv", ".partial-4242.0a1b2c3d-stats.json")
+    (out / ".partial-4242.0a1b2c3d-encoder").mkdir()  # an encoder export swapped in by a killed run
+    (out / ".replaced-4242.0a1b2c3d-encoder").mkdir()
     assert not owner(out).foreign  # type: ignore[union-attr]
     fill(out, "metrics.csv.tmp")  # a backup-like name: a development version's leftover, or the user's copy
     with pytest.raises(OutputError, match="also holds 'metrics.csv.tmp'"):
@@ -369,10 +369,10 @@ def test_overwrite_refuses_a_foreign_file_inside_a_subfolder_of_ours(tmp_path: P
 
 def test_overwrite_deletes_what_the_commands_write_inside_their_subfolders(tmp_path: Path) -> None:
     run = prepare_out_dir(tmp_path / "run", command="pretrain")
-    for name in ("checkpoints/last.ckpt", "checkpoints/step-000100.ckpt", "checkpoints/.partial-12-last.ckpt",
+    for name in ("checkpoints/last.ckpt", "checkpoints/step-000100.ckpt", "checkpoints/.partial-12.0a1b2c3d-last.ckpt",
                  "checkpoints/last-v1.ckpt", "checkpoints/step-000200-v1.ckpt",
                  "encoder/config.json", "encoder/model.safetensors", "previews/step-000200.png",
-                 "previews/.partial-7-step-000400.png", "tensorboard/events.out.tfevents.1.host.2.0",
+                 "previews/.partial-7.0a1b2c3d-step-000400.png", "tensorboard/events.out.tfevents.1.host.2.0",
                  "tensorboard/hparams.yaml", ".partial-12.0a1b2c3d-encoder/config.json"):
         (run / name).parent.mkdir(parents=True, exist_ok=True)
         (run / name).write_text("ours")
@@ -385,7 +385,7 @@ def test_overwrite_deletes_a_compare_folder_with_its_selections_and_random_encod
     for name in ("results.csv", "summary.md", "selections/5_seed0.npz", "encoder_none_seed0/config.json",
                  "encoder_none_seed0/model.safetensors", "encoder_none/config.json",  # before 2026-12-04
                  "encoder_none/model.safetensors", ".partial-12.0a1b2c3d-encoder_none_seed1/config.json",
-                 ".partial-9-results.csv"):
+                 ".partial-9.0a1b2c3d-results.csv"):
         (cmp_dir / name).parent.mkdir(parents=True, exist_ok=True)
         (cmp_dir / name).write_text("ours")
     prepare_out_dir(cmp_dir, command="compare", overwrite=True)
@@ -454,23 +454,33 @@ def test_the_same_folder_spelt_another_way_is_found_by_device_and_inode(tmp_path
         outdirs.check_inputs(out, inputs)
 
 
+def test_a_folder_holding_only_a_users_file_named_like_an_old_temporary_one_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "u2"
+    out.mkdir()
+    (out / ".partial-2024-draft.md").write_text("my draft")
+    with pytest.raises(OutputError, match="draft"):
+        prepare_out_dir(out, command="pretrain")
+    assert (out / ".partial-2024-draft.md").read_text() == "my draft"
+
+
 def test_reusing_a_folder_deletes_what_a_killed_writer_left_there_and_nothing_else(tmp_path: Path) -> None:
     """evaluate / similar / compare reuse their folder: a kill's partial file goes with the next run."""
+    from geomed_ssl.outfiles import host_tag
     from tests.test_outfiles import dead_pid
 
     dead = dead_pid()
     out = prepare_out_dir(tmp_path / "ev", command="evaluate")
     (out / "metrics.json").write_text("{}")
-    left = out / f".partial-{dead}-confusion.png"
+    left = out / f".partial-{dead}.{host_tag()}-confusion.png"
     left.write_bytes(b"half")
     prepare_out_dir(out, command="evaluate", resume=True)
     assert not left.exists() and (out / "metrics.json").is_file()
     figure = tmp_path / "figs" / "attention.png"
     figure.parent.mkdir()
-    (figure.parent / f".partial-{dead}-attention.png").write_bytes(b"half")
-    (figure.parent / f".partial-{dead}-other.png").write_bytes(b"another file's")
+    (figure.parent / f".partial-{dead}.{host_tag()}-attention.png").write_bytes(b"half")
+    (figure.parent / f".partial-{dead}.{host_tag()}-other.png").write_bytes(b"another file's")
     prepare_out_file(figure, command="attention")
-    assert [p.name for p in figure.parent.iterdir()] == [f".partial-{dead}-other.png"]
+    assert [p.name for p in figure.parent.iterdir()] == [f".partial-{dead}.{host_tag()}-other.png"]
 
 
 def test_a_users_folder_holding_copies_of_an_evaluation_is_not_taken_over(tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ def test_atomic_path_keeps_the_old_file_when_the_writer_fails(tmp_path: Path) ->
 
 def test_stale_partials_of_dead_processes_are_removed_and_nothing_else(tmp_path: Path) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / f".partial-{int(dead.stdout)}-scene_pred.tif"
+    stale = tmp_path / f".partial-{int(dead.stdout)}.{host_tag()}-scene_pred.tif"
     live = partial_path(tmp_path / "other_pred.tif")  # this process is alive
     keep = [live, tmp_path / ".partial-notes.txt", tmp_path / "scene_pred.tif"]
     for path in [stale, *keep]:
@@ -120,16 +120,16 @@ def test_atomic_write_dir_leaves_no_temporary_sibling_while_writing_or_after(tmp
 def test_a_swap_killed_midway_is_undone_by_the_next_write_of_that_folder(tmp_path: Path) -> None:
     pid = dead_pid()
     target, notes = tmp_path / "export", tmp_path / ".partial-notes.txt"
-    (tmp_path / f".replaced-{pid}-export").mkdir()  # killed after moving the old folder aside
-    (tmp_path / f".replaced-{pid}-export" / "old.txt").write_text("old")
-    (tmp_path / f".partial-{pid}-export").mkdir()
-    (tmp_path / f".partial-{pid}-other").mkdir()  # another target's: not this write's to clean
+    (tmp_path / f".replaced-{pid}.{host_tag()}-export").mkdir()  # killed after moving the old folder aside
+    (tmp_path / f".replaced-{pid}.{host_tag()}-export" / "old.txt").write_text("old")
+    (tmp_path / f".partial-{pid}.{host_tag()}-export").mkdir()
+    (tmp_path / f".partial-{pid}.{host_tag()}-other").mkdir()  # another target's: not this write's to clean
     notes.write_text("not ours")
-    assert remove_stale_partials(tmp_path, only="export") == [tmp_path / f".partial-{pid}-export"]
+    assert remove_stale_partials(tmp_path, only="export") == [tmp_path / f".partial-{pid}.{host_tag()}-export"]
     assert (target / "old.txt").read_text() == "old"  # the previous folder is back under its name
     atomic_write_dir(target, lambda d: (d / "new.txt").write_text("new"))
     left = sorted(p.name for p in tmp_path.iterdir())
-    assert left == sorted([".partial-notes.txt", f".partial-{pid}-other", "export"])
+    assert left == sorted([".partial-notes.txt", f".partial-{pid}.{host_tag()}-other", "export"])
 
 
 def test_only_partial_names_of_gone_writers_are_removed_never_names_a_user_might_give(tmp_path: Path) -> None:
@@ -138,7 +138,8 @@ def test_only_partial_names_of_gone_writers_are_removed_never_names_a_user_might
     dead = dead_pid()
     stale = [f".partial-{dead}.{host_tag()}-metrics.csv", f".replaced-{dead}.{host_tag()}-old_notes"]
     users = [".config.yaml.original", ".metrics.csv.tmp-17-00ff00", "metrics.csv.tmp", ".encoder.k2j3h4_9",
-             ".encoder.old", ".tmp-17-0a1b2c3d", ".vectors.npy.tmp.npy", ".partial-notes.txt", ".hidden"]
+             ".encoder.old", ".tmp-17-0a1b2c3d", ".vectors.npy.tmp.npy", ".partial-notes.txt", ".hidden",
+             f".partial-{dead}-draft.md", ".replaced-7-thesis"]  # no host tag: the form of a user's name too
     for name in stale + users:
         (tmp_path / name).write_text("x")
     assert sorted(p.name for p in remove_stale_partials(tmp_path)) == sorted(stale)
@@ -388,6 +389,6 @@ def test_a_full_disk_line_says_where_the_way_out_is(tmp_path: Path, monkeypatch)
     assert write_failure(full(tmp_path / "scratch" / "myrun" / "a.tif")).endswith("or choose another --out.")
     assert write_failure(full(tmp_path / "scratch" / "geomed-ssl-demo" / "a.csv")).endswith("another --out.")
     assert "--resume" in write_failure(full(tmp_path / "scratch" / "myrun" / "checkpoints" / "last.ckpt"))
-    said = write_failure(full(tmp_path / "run" / "checkpoints" / f".partial-{os.getpid()}-step-000300.ckpt"))
+    said = write_failure(full(tmp_path / "run" / "checkpoints" / f".partial-{os.getpid()}.{host_tag()}-step-000300.ckpt"))
     assert "step-*.ckpt" in said and "--resume" in said and "step-000300.ckpt'" in said
     assert write_failure(full(tmp_path / "pred" / "a.tif")).endswith("free some space or choose another --out.")

@@ -608,7 +608,7 @@ def test_a_file_embedded_in_two_parts_is_never_finalised_into_one_table(tmp_path
     store.dir.mkdir(parents=True)
     store.start({"level": "image"}, None)
     for _ in range(2):
-        part = store.parts_dir / f".partial-1-{_}"
+        part = store.parts_dir / f".partial-1.0a1b2c3d-{_}"
         part.mkdir()
         (part / "files.json").write_text('[{"path": "/d/a.tif", "rows": 1, "kind": "raster"}]')
         store._publish(part, [])

@@ -72,9 +72,11 @@ def test_names_that_only_look_temporary_are_never_removed(tmp_path: Path) -> Non
 def test_partial_checkpoints_of_a_killed_process_are_removed_and_a_live_ones_kept(tmp_path: Path) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     (tmp_path / "checkpoints").mkdir()
-    stale = [tmp_path / "checkpoints" / f".partial-{int(dead.stdout)}-last.ckpt",
-             tmp_path / f".partial-{int(dead.stdout)}-metrics.csv"]
-    live = tmp_path / "checkpoints" / f".partial-{os.getpid()}-step-000005.ckpt"  # a save in progress
+    from geomed_ssl.outfiles import host_tag, partial_path
+
+    stale = [tmp_path / "checkpoints" / f".partial-{int(dead.stdout)}.{host_tag()}-last.ckpt",
+             tmp_path / f".partial-{int(dead.stdout)}.{host_tag()}-metrics.csv"]
+    live = partial_path(tmp_path / "checkpoints" / "step-000005.ckpt")  # a save in progress
     for p in [*stale, live]:
         p.write_bytes(b"x")
     assert sorted(remove_stale_temp_files(tmp_path)) == sorted(stale)

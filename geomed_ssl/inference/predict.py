@@ -7,10 +7,12 @@ the windows come from :mod:`geomed_ssl.windows.tiling`.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -28,6 +30,7 @@ from geomed_ssl.inference.sliding import ModelFn, as_model, channel_records
 from geomed_ssl.inference.volume import VOLUME_BLENDS, predict_volume
 from geomed_ssl.inference.writers import proba_path, recorded_input
 from geomed_ssl.outcommands import fitted_stem
+from geomed_ssl.outlocks import locked_briefly
 from geomed_ssl.outfiles import remove_stale_partials
 
 __all__ = ["ModelFn", "RASTER_BLENDS", "VOLUME_BLENDS", "blend_weights", "list_inputs", "plan_outputs", "predict_files",
@@ -141,15 +144,33 @@ def plan_outputs(inputs: str | Path | Sequence[str | Path], out_dir: str | Path,
                     else " (names that differ only in case: one file on macOS or Windows)")
             raise DataError(f"'{p}' and '{other}' would both be written to '{planned[other].name}' in "
                             f"'{out_dir}'{same}; predict them into separate output folders.")
-        if out.is_file() and (earlier := recorded_input(out)) != str(Path(p).resolve()):  # an earlier run's
-            held = (f"the prediction of '{earlier}'" if earlier is not None else
-                    "a prediction of an earlier geomed-ssl, which did not record its input")
-            raise DataError(f"'{out}' holds {held}, and '{p}' would replace it (their outputs share one name): "
-                            "predict it into another --out folder" + ("" if earlier is not None else
-                                                                     ", or delete that map first if it is this "
-                                                                     "input's") + ".")
+        for path in (out, proba_path(out)):  # the map, and its probabilities: replaced, or deleted without them
+            refuse_foreign_output(path, p)
         planned[p] = out
     return planned
+
+
+@contextlib.contextmanager
+def still_ours(out: Path, p: Path) -> Iterator[None]:
+    """Held while ``out`` (and its probabilities) take their final names: the folder's lock, inside which neither
+    name may have been taken by another job's input since :func:`plan_outputs` (several ``predict`` jobs may write
+    one folder at once)."""
+    with locked_briefly(out.parent):
+        for path in (out, proba_path(out)):
+            refuse_foreign_output(path, p)
+        yield
+
+
+def refuse_foreign_output(out: Path, p: Path) -> None:
+    """An existing ``out`` (a class map or its probabilities) that records another input than ``p``, or none (an
+    earlier geomed-ssl's, or not ours at all), is an error: ``predict`` would replace or delete it."""
+    if (out.exists() or out.is_symlink()) and (earlier := recorded_input(out)) != str(Path(p).resolve()):
+        held = (f"the prediction of '{earlier}'" if earlier is not None else
+                "a file that records no input (an earlier geomed-ssl's prediction, or not geomed-ssl's)")
+        raise DataError(f"'{out}' holds {held}, and predicting '{p}' would replace it (their outputs share one "
+                        "name): predict it into another --out folder" + ("" if earlier is not None else
+                                                                         ", or delete that file first if it is "
+                                                                         "this input's") + ".")
 
 
 def usable_inputs(planned: dict[Path, Path], data_cfg: Any, blend: str, stats: BandStats, strict: bool = False,
@@ -259,12 +280,13 @@ def predict_files(
                 model, p, out, stats, band_names, window, overlap, blend, batch_size, num_classes=num_classes,
                 probabilities=probabilities, device=device, data_cfg=data_cfg, class_values=class_values,
                 names_by_position=names_by_position, made_by=made_by, class_colors=class_colors,
-                check_ranges=len(planned) == 1))
+                check_ranges=len(planned) == 1, commit_lock=functools.partial(still_ours, out, p)))
         else:
             summaries.append(predict_volume(
                 model, p, out, stats, band_names, window, data_cfg, overlap, blend, num_classes=num_classes,
                 probabilities=probabilities, batch_size=batch_size, device=device, class_values=class_values,
-                names_by_position=names_by_position, made_by=made_by))
+                names_by_position=names_by_position, made_by=made_by,
+                commit_lock=functools.partial(still_ours, out, p)))
         if len(planned) > 1:  # a folder of large scenes is not silent until the last is done
             log.info("predicted %d/%d: %s (%.1f s)", len(summaries), len(planned), Path(p).name,
                      summaries[-1].get("seconds", 0.0))

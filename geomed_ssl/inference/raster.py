@@ -14,7 +14,7 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import numpy as np
 import torch
@@ -97,7 +97,8 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
                    data_cfg: Any = None, class_values: Sequence[int] | None = None,
                    names_by_position: str = "warn", only: np.ndarray | None = None,
                    made_by: str | None = None, check_ranges: bool = True,
-                   class_colors: Sequence[Sequence[int] | None] | None = None) -> dict[str, Any]:
+                   class_colors: Sequence[Sequence[int] | None] | None = None,
+                   commit_lock: Callable[[], ContextManager[Any]] | None = None) -> dict[str, Any]:
     """Predict a GeoTIFF (or a folder of ``data.channels`` single-band files, stacked) window by window into a
     class-map GeoTIFF on the input's grid; returns a summary dict.
 
@@ -112,7 +113,9 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
     ``only`` (bool (H, W)): compute only the windows that hold a True pixel, and write nodata where none of them
     reaches: every window holding a True pixel is computed, so there the map is the whole scene's (what
     ``evaluate`` scores its labelled pixels with). ``made_by`` (the model's folder) is written into the outputs'
-    metadata as ``GEOMED_SSL_MODEL``, beside ``GEOMED_SSL_VERSION``.
+    metadata as ``GEOMED_SSL_MODEL``, beside ``GEOMED_SSL_VERSION``. ``commit_lock()`` is held around the renames
+    that give the outputs their final names (``predict_files``: a last check, under the folder's lock, that no
+    other job has taken them).
     """
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
@@ -141,8 +144,9 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
                                       device, only)
             for w in outputs:  # every file written and read back whole before either takes its final name
                 w.finish()
-            for w in outputs:
-                w.commit()
+            with (commit_lock or contextlib.nullcontext)():
+                for w in outputs:
+                    w.commit()
         except BaseException:
             for w in outputs:
                 w.abort()  # a writer already committed has nothing left to abort

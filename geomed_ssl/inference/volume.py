@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +30,8 @@ def predict_volume(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
                    overlap: float = DEFAULT_OVERLAP, blend: str = "gaussian", *, num_classes: int,
                    probabilities: bool | str = False, batch_size: int = 4, device: str | torch.device = "cpu",
                    class_values: Sequence[int] | None = None, names_by_position: str = "warn",
-                   made_by: str | None = None) -> dict[str, Any]:
+                   made_by: str | None = None,
+                   commit_lock: Callable[[], ContextManager[Any]] | None = None) -> dict[str, Any]:
     """Predict a NIfTI volume (or a folder of ``data.channels`` files) into a label NIfTI on the input's own grid.
 
     The volume is read as in training (``VolumeReader``: RAS, ``data.spacing`` resampling, intensity scaling),
@@ -41,7 +43,8 @@ def predict_volume(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
     ``class_values[argmax]`` (default the index), uint8 (uint16 when a value is >= 255); voxels invalid in the
     input get 255 (65535). ``probabilities`` adds
     ``*_proba.nii.gz`` (X, Y, Z, K): float32, or uint8 = round(p*254). The header's ``descrip`` names the model's
-    folder ``made_by`` (the end of its path when the 79 characters the field holds are too few).
+    folder ``made_by`` (the end of its path when the 79 characters the field holds are too few). ``commit_lock()``
+    is held while the outputs are saved and renamed (see ``predict_raster``).
     """
     from geomed_ssl.config import DataConfig
 
@@ -60,7 +63,8 @@ def predict_volume(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
     labels[~grid.ok] = lnodata
     ppath = proba_path(out_path) if pkind else None
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_paths([out_path] + ([ppath] if ppath else [])) as tmps:  # both files appear together, or neither
+    with (commit_lock or contextlib.nullcontext)(), \
+            atomic_paths([out_path] + ([ppath] if ppath else [])) as tmps:  # both files appear together, or neither
         source = str(path.resolve())
         save_nifti(nifti_like(labels, record.path, made("geomed-ssl prediction", made_by), "label", source), tmps[0],
                    out_path)

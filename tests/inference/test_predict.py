@@ -339,17 +339,53 @@ def test_a_later_run_refuses_to_replace_the_prediction_of_another_input_with_the
     raster = dict(num_classes=K, window=32, data_cfg=DataConfig())
     volume = dict(num_classes=3, window=8, data_cfg=DataConfig(kind="volume", intensity="none"))
     vstats = stats_of(vol[None], ["band_1"])
-    for _ in range(2):  # the same input again: its own map is replaced
-        predict_files(scene["model"], [tmp_path / "s0001" / "scene.tif"], tmp_path / "out", scene["stats"], **raster)
-        predict_files(threshold_model(), [tmp_path / "s0001" / "ct.nii.gz"], tmp_path / "out", vstats, **volume)
+    for proba in (True, True, False):  # the same input again: its own map and probabilities are replaced
+        predict_files(scene["model"], [tmp_path / "s0001" / "scene.tif"], tmp_path / "out", scene["stats"],
+                      probabilities=proba, **raster)
+        predict_files(threshold_model(), [tmp_path / "s0001" / "ct.nii.gz"], tmp_path / "out", vstats,
+                      probabilities=proba, **volume)
+    assert not (tmp_path / "out" / "scene_pred_proba.tif").exists()  # the last run's map has none beside it
     with pytest.raises(DataError, match=r"scene_pred.tif' holds the prediction of '.*s0001/scene.tif'.*another --out"):
         predict_files(scene["model"], [tmp_path / "s0002" / "scene.tif"], tmp_path / "out", scene["stats"], **raster)
     with pytest.raises(DataError, match=r"ct_pred.nii.gz' holds the prediction of '.*s0001/ct.nii.gz'"):
         predict_files(threshold_model(), [tmp_path / "s0002" / "ct.nii.gz"], tmp_path / "out", vstats, **volume)
     (tmp_path / "old").mkdir()  # a map an earlier version wrote: its input unknown, so not replaced either
     write_geotiff(tmp_path / "old" / "scene_pred.tif", small[:1])
-    with pytest.raises(DataError, match="earlier geomed-ssl, which did not record its input.*delete that map first"):
+    with pytest.raises(DataError, match="records no input .an earlier geomed-ssl's.*delete that file first"):
         predict_files(scene["model"], [tmp_path / "s0002" / "scene.tif"], tmp_path / "old", scene["stats"], **raster)
+    theirs = tmp_path / "out" / "scene_pred_proba.tif"  # the user's file, named as the map's probabilities would be
+    write_geotiff(theirs, small[:1])
+    mine = theirs.read_bytes()
+    for probabilities in (False, True):  # would be deleted beside a new map, or replaced by new probabilities
+        with pytest.raises(DataError, match=r"scene_pred_proba.tif' holds a file that records no input"):
+            predict_files(scene["model"], [tmp_path / "s0001" / "scene.tif"], tmp_path / "out", scene["stats"],
+                          probabilities=probabilities, **raster)
+        assert theirs.read_bytes() == mine
+
+
+def test_two_jobs_writing_one_name_at_once_keep_the_first_map_and_the_second_is_refused(scene, tmp_path):
+    """Two predict jobs, two inputs with one output name, one folder: the name checked free before predicting is
+    taken by the other job while this one predicts; its commit refuses instead of replacing the other's map."""
+    from geomed_ssl.config import DataConfig
+
+    small = structured_raster(np.random.default_rng(2), C, 48)
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        write_geotiff(tmp_path / sub / "scene.tif", small)
+    raster = dict(num_classes=K, window=32, data_cfg=DataConfig())
+    out = tmp_path / "out"
+    predict_files(scene["model"], [tmp_path / "b" / "scene.tif"], tmp_path / "other", scene["stats"], **raster)
+    theirs = (tmp_path / "other" / "scene_pred.tif").read_bytes()
+
+    def racing(x):  # the other job commits its map of b while this one predicts a
+        if not (out / "scene_pred.tif").exists():
+            (out / "scene_pred.tif").write_bytes(theirs)
+        return scene["model"](x)
+
+    with pytest.raises(DataError, match=r"scene_pred.tif' holds the prediction of '.*b/scene.tif'"):
+        predict_files(racing, [tmp_path / "a" / "scene.tif"], out, scene["stats"], **raster)
+    assert (out / "scene_pred.tif").read_bytes() == theirs
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".geomed")) == ["scene_pred.tif"]
 
 
 def test_a_folder_far_from_the_statistics_is_one_warning_not_one_per_file(scene, tmp_path, caplog):

@@ -90,9 +90,10 @@ class DataConfig:
     # lists, multiples of model.patch_size, no larger than the window
     global_crop_size: IntOrSeq | None = setting(None, "size of the global crops (every method's main views); null: "
                                                 "data.patch_size", bounds=">= 1")
-    local_crop_size: IntOrSeq | None = setting(None, "multi-crop (DINO) local crop size; null: half the global crop",
+    local_crop_size: IntOrSeq | None = setting(None, "multi-crop local crop size; null: half the global crop",
                                                bounds=">= 1")
-    n_local_crops: int = setting(6, "multi-crop (DINO) local crops per window", bounds=">= 0")
+    n_local_crops: int = setting(6, "multi-crop local crops per window (dino, swav, deepcluster, msn)",
+                                 bounds=">= 0")
     global_crop_scale: list[float] = setting([0.4, 1.0], "area / volume fraction of the window a global crop covers, "
                                              "[min, max]", bounds=CROP_SCALE, length=2)
     local_crop_scale: list[float] = setting([0.05, 0.4], "area / volume fraction of the window a local crop covers, "

@@ -155,6 +155,9 @@ class CommandSpec:
     # one process at a time writes its folder (geomed_ssl.outlocks); False: several jobs may add to one folder
     # (predict, evaluate, similar), which lock only around the files they share
     exclusive: bool = True
+    # a file named by ``patterns`` is this command's to delete (with a folder it nests in) only when this says so
+    # (predict: the map records its input); None: the name alone
+    vouch: Callable[[Path], bool] | None = None
 
 
 # checkpoints by the names ours and Lightning's callbacks give them (a copied-in best.ckpt is the user's)
@@ -188,7 +191,8 @@ COMMANDS: dict[str, CommandSpec] = {
                            legacy=_legacy_cluster,
                            inside={"maps": ("*_clusters.tif", "*_clusters.nii.gz", "*_clusters.png", "*.aux.xml")}),
     "predict": CommandSpec(("predictions.csv",), ("*_pred.tif", "*_pred.nii.gz", "*_pred_proba.tif",
-                                                  "*_pred_proba.nii.gz"), (), exclusive=False),
+                                                  "*_pred_proba.nii.gz"), (), exclusive=False,
+                           vouch=lambda path: recorded_input(path) is not None),
     # (no legacy rule for predict: without a manifest a folder of *_pred.tif maps may be another tool's: refused)
     "evaluate": CommandSpec(("metrics.json", "confusion.png"), (), (), _legacy_evaluate,
                             nests={"*": ("evaluate",)},  # FT_DIR/eval/<other evaluation>, allowed as FT_DIR/eval
@@ -232,3 +236,21 @@ def provenance_tags(source: str | None = None, **made_by: str | None) -> dict[st
     tags = {"GEOMED_SSL_VERSION": __version__}
     tags.update({f"GEOMED_SSL_{key.upper()}": str(value) for key, value in made_by.items() if value})
     return {**tags, **({INPUT_TAG: str(source)} if source is not None else {})}
+
+
+def recorded_input(path: str | Path) -> str | None:
+    """The input an earlier prediction at ``path`` says it was made from (None: it says none, or cannot be read)."""
+    try:
+        if str(path).lower().endswith((".tif", ".tiff")):
+            import rasterio
+
+            with rasterio.open(path) as ds:
+                return ds.tags().get(INPUT_TAG)
+        import nibabel as nib
+
+        for ext in nib.load(str(path)).header.extensions:
+            if ext.get_code() == 6 and INPUT_TAG.encode() in ext.get_content():
+                return json.loads(ext.get_content()).get(INPUT_TAG)
+    except Exception:  # noqa: BLE001 - a file that cannot say is not known to be another input's
+        return None
+    return None

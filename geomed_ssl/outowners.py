@@ -102,7 +102,8 @@ def foreign_inside(folder: PathLike, found: Owner | None = None) -> list[str]:
     """Paths (relative to ``folder``, ``/``-separated) of what the toolkit did not write anywhere in ``folder``,
     made by ``found.command``: its foreign top-level entries, then whatever inside its subfolders neither matches
     what the command writes there (``CommandSpec.inside``, temporary files included) nor lies in a subfolder of
-    the toolkit's own (a manifest, or an earlier version's files) that passes the same test. Such a subfolder made
+    the toolkit's own (a manifest, or an earlier version's files) that passes the same test; a file named like the
+    command's outputs that its contents do not vouch for (``CommandSpec.vouch``) is listed too. Such a subfolder made
     by a command that does not belong there (``CommandSpec.nests``: a fine-tune written to ``RUN/previews``) is
     listed itself, with a trailing ``/``: another command's complete output is the user's result."""
     folder = Path(folder)
@@ -111,6 +112,8 @@ def foreign_inside(folder: PathLike, found: Owner | None = None) -> list[str]:
         return sorted(p.name for p in folder.iterdir())
     spec = COMMANDS.get(found.command, CommandSpec())
     bad = list(found.foreign)
+    if spec.vouch is not None:  # named like the command's outputs, but not vouched for by their contents
+        bad += [n for n in found.ours if matches(n, spec.patterns) and not spec.vouch(folder / n)]
     for name in found.ours:
         entry = folder / name
         if entry.is_dir() and not entry.is_symlink() and not is_temp_name(name):  # a killed writer's folder: ours

@@ -524,3 +524,29 @@ def test_a_link_named_like_an_output_is_the_users_and_never_written_through(tmp_
     with pytest.raises(OutputError, match="'encoder', which geomed-ssl did not"):
         check_out_dir(run, command="pretrain", **{flag: True})
     assert (mine / "model.safetensors").read_bytes() == b"the user's weights" and (run / "encoder").is_symlink()
+
+
+def test_overwrite_keeps_a_users_file_named_like_a_prediction_in_a_nested_predict_folder(tmp_path: Path) -> None:
+    """A demo's prediction/ is predict's folder: a map there that records its input is ours, but the user's
+    rf_baseline_pred.tif (another tool's, named as predict names its maps) is not, and --overwrite refuses."""
+    import numpy as np
+    import rasterio
+
+    from geomed_ssl.outcommands import provenance_tags
+
+    demo = prepare_out_dir(tmp_path / "demo", command="demo")
+    (demo / ".geomed-ssl-demo").write_text("")
+    prediction = prepare_out_dir(demo / "prediction", command="predict")
+    profile = dict(driver="GTiff", width=4, height=4, count=1, dtype="uint8")
+    with rasterio.open(prediction / "scene_pred.tif", "w", **profile) as dst:
+        dst.write(np.zeros((1, 4, 4), np.uint8))
+        dst.update_tags(**provenance_tags(str(tmp_path / "scene.tif")))
+    with rasterio.open(prediction / "rf_baseline_pred.tif", "w", **profile) as dst:  # the user's
+        dst.write(np.ones((1, 4, 4), np.uint8))
+    assert foreign_inside(demo) == ["prediction/rf_baseline_pred.tif"]
+    with pytest.raises(OutputError, match="also holds 'prediction/rf_baseline_pred.tif'"):
+        prepare_out_dir(demo, command="demo", overwrite=True)
+    assert (prediction / "rf_baseline_pred.tif").is_file()
+    (prediction / "rf_baseline_pred.tif").unlink()
+    prepare_out_dir(demo, command="demo", overwrite=True)
+    assert not (demo / "prediction").exists()

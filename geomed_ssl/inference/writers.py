@@ -243,24 +243,6 @@ class GeoTiffWriter:
             self.abort()
 
 
-def recorded_input(path: str | Path) -> str | None:
-    """The input an earlier prediction at ``path`` says it was made from (None: it says none, or cannot be read)."""
-    try:
-        if str(path).lower().endswith((".tif", ".tiff")):
-            import rasterio
-
-            with rasterio.open(path) as ds:
-                return ds.tags().get(INPUT_TAG)
-        import nibabel as nib
-
-        for ext in nib.load(str(path)).header.extensions:
-            if ext.get_code() == 6 and INPUT_TAG.encode() in ext.get_content():
-                return json.loads(ext.get_content()).get(INPUT_TAG)
-    except Exception:  # noqa: BLE001 - a file that cannot say is not known to be another input's
-        return None
-    return None
-
-
 def nifti_like(array: np.ndarray, reference_path: str | Path, description: str = "geomed-ssl prediction",
                intent: str = "none", source: str | None = None) -> Any:
     """A NIfTI image of ``array`` (X, Y, Z) or (X, Y, Z, K) in the reference file's voxel order with its affine and

@@ -86,9 +86,24 @@ def all_reduce_sum(x: Tensor) -> Tensor:
     ``x`` itself in a single process."""
     if not is_distributed():
         return x
-    from torch.distributed.nn.functional import all_reduce
+    return _SumWithGrad.apply(x)
 
-    return all_reduce(x, op=dist.ReduceOp.SUM)
+
+class _SumWithGrad(torch.autograd.Function):
+    """``all_reduce`` (sum) whose backward sums the gradient over ranks too (torch's own,
+    ``torch.distributed.nn.functional.all_reduce``, is deprecated and warned on every rank at every step)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        out = x.clone().contiguous()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        grad = grad.clone().contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ where every collective is a no-op. DDP averages gradients over ranks, which is w
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,14 @@ def case_queue(data: dict[str, Tensor], rank: int, world: int) -> Result:
     return {**out, "queue": loss_fn.queue.rows.clone(), "ptr": loss_fn.queue.ptr.clone()}
 
 
+def case_global_batchnorm(data: dict[str, Tensor], rank: int, world: int) -> Result:
+    from geomed_ssl.methods.projection import GlobalBatchNorm1d
+
+    net, (z,) = _embed(data, rank, world, ("x0",))  # the projection heads' BatchNorm: statistics of both ranks
+    bn = GlobalBatchNorm1d(D_OUT).train()
+    return _backward(net, ((bn(z) - _local(data["keys"], rank, world)) ** 2).mean())
+
+
 def case_kmeans(data: dict[str, Tensor], rank: int, world: int) -> Result:
     x = _local(data["points"], rank, world)  # each rank holds a shard of the data
     result = kmeans(x, data["points"][:4], iterations=5, spherical=False, distributed=world > 1)
@@ -173,7 +182,7 @@ def case_dino_monitor(data: dict[str, Tensor], rank: int, world: int) -> Result:
 CASES: dict[str, Callable[[dict[str, Tensor], int, int], Result]] = {
     "nt_xent": case_nt_xent, "nt_xent_naive_gather": case_nt_xent_naive_gather, "moco_v3": case_moco_v3,
     "barlow_twins": case_barlow_twins, "vicreg": case_vicreg, "swav": case_swav, "koleo": case_koleo,
-    "queue": case_queue,
+    "queue": case_queue, "global_batchnorm": case_global_batchnorm,
     "kmeans": case_kmeans, "deepcluster_memory": case_deepcluster_memory, "collapse_monitor": case_collapse_monitor,
     "dino_monitor": case_dino_monitor,
 }
@@ -184,7 +193,11 @@ def _worker(rank: int, world: int, work: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{work}/rendezvous", rank=rank, world_size=world)
     try:
         data = torch.load(f"{work}/inputs.pt", weights_only=True)
-        torch.save({name: case(data, rank, world) for name, case in CASES.items()}, f"{work}/rank{rank}.pt")
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            results: dict[str, Any] = {name: case(data, rank, world) for name, case in CASES.items()}
+        results["warnings"] = [str(w.message) for w in seen]
+        torch.save(results, f"{work}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -216,9 +229,15 @@ def _check_loss_and_grads(runs: dict[str, Any], name: str) -> None:
         torch.testing.assert_close(r["grad_b"], ref["grad_b"], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["nt_xent", "moco_v3", "barlow_twins", "vicreg", "swav", "koleo", "queue"])
+@pytest.mark.parametrize("name", ["nt_xent", "moco_v3", "barlow_twins", "vicreg", "swav", "koleo", "queue",
+                                  "global_batchnorm"])
 def test_two_ranks_give_the_single_process_loss_and_gradients(runs: dict[str, Any], name: str) -> None:
     _check_loss_and_grads(runs, name)
+
+
+def test_the_collectives_warn_nothing_on_any_rank(runs: dict[str, Any]) -> None:
+    """torch's differentiable all_reduce is deprecated and warned at every step of a BatchNorm-head method."""
+    assert [r["warnings"] for r in runs["ranks"]] == [[]] * WORLD
 
 
 def test_naive_gather_loses_the_other_ranks_gradient(runs: dict[str, Any]) -> None:

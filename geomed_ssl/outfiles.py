@@ -14,8 +14,9 @@ Temporary names, the one rule (other modules ask :func:`is_temp_name`, never spe
 Nothing else counts as temporary, not even the same without ``.<host>``, which earlier versions wrote: a user's
 ``.partial-2024-draft.md`` has that form. Development versions before 2026-12-02 also wrote
 ``.<name>.tmp-<pid>-<hex>``, ``.<name>.<random>``, ``.<name>.old``, ``.<name>.tmp.npy``, ``<name>.tmp`` and
-``.tmp-<pid>-<hex>`` (embedding parts); such names cannot tell their writer from a user's backup (``.config.yaml.original``, ``metrics.csv.tmp``),
-so they are never deleted: a leftover stays where it is, and ``--overwrite`` names it and asks the user to move it.
+``.tmp-<pid>-<hex>`` (embedding parts); such names cannot tell their writer from a user's backup
+(``.config.yaml.original``, ``metrics.csv.tmp``), so they are never deleted: a leftover stays where it is, and
+``--overwrite`` names it and asks the user to move it.
 
 A file is flushed to disk (fsync) and renamed over the target, and the rename is made durable by syncing the
 folder. A failure at any point deletes the partial file and leaves the target as it was. Files get the modes a plain

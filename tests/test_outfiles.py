@@ -389,6 +389,7 @@ def test_a_full_disk_line_says_where_the_way_out_is(tmp_path: Path, monkeypatch)
     assert write_failure(full(tmp_path / "scratch" / "myrun" / "a.tif")).endswith("or choose another --out.")
     assert write_failure(full(tmp_path / "scratch" / "geomed-ssl-demo" / "a.csv")).endswith("another --out.")
     assert "--resume" in write_failure(full(tmp_path / "scratch" / "myrun" / "checkpoints" / "last.ckpt"))
-    said = write_failure(full(tmp_path / "run" / "checkpoints" / f".partial-{os.getpid()}.{host_tag()}-step-000300.ckpt"))
+    draft = f".partial-{os.getpid()}.{host_tag()}-step-000300.ckpt"
+    said = write_failure(full(tmp_path / "run" / "checkpoints" / draft))
     assert "step-*.ckpt" in said and "--resume" in said and "step-000300.ckpt'" in said
     assert write_failure(full(tmp_path / "pred" / "a.tif")).endswith("free some space or choose another --out.")

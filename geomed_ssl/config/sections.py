@@ -82,6 +82,9 @@ class DataConfig:
     # volumes only
     spacing: list[float] | None = setting(None, "volumes: resample to this voxel spacing (mm) before sampling",
                                           bounds="> 0")
+    min_foreground_fraction: float = setting(0.25, "volumes: windows with less foreground (voxels above the volume's "
+                                             "background: air, the zeros around a skull-stripped brain) are "
+                                             "redrawn; 0: anywhere", bounds="[0, 1]")
     intensity: str = setting("auto", "volumes: auto | ct (clip to ct_window) | mr (percentile scaling) | none",
                              choices=("auto", "ct", "mr", "none"))
     ct_window: list[float] = setting([-1000.0, 1000.0], "volumes: CT clip range in HU, [low, high]", length=2)

@@ -25,6 +25,23 @@ from geomed_ssl.geo.grids import grid_identity
 # Distinct seed-sequence tags so the streams for file, window, view and date-pair choices never coincide.
 TAG_FILE, TAG_WINDOW, TAG_VIEW, TAG_MATE, TAG_REFILE = 101, 202, 303, 404, 505
 REFILES = 4  # other files tried: for a window when the drawn file's regions hold no valid pixel; for a date pair
+FOREGROUND_STEP = 0.05  # a voxel is foreground this far (a fraction of the p1-p99 range) above a channel's p1
+
+
+def foreground_levels(volume: np.ndarray) -> np.ndarray:
+    """Per channel (C,) the level above which a voxel of ``volume`` (C, *S), preprocessed as sampled, is foreground:
+    ``FOREGROUND_STEP`` of the way from its 1st to its 99th percentile, so air (CT, clipped to the window's low
+    end) and the constant background around a skull-stripped brain fall below it and tissue, lungs included, above.
+    A channel without spread (or without valid voxels) has +inf: no foreground from it."""
+    levels = np.full(volume.shape[0], np.inf)
+    for c, channel in enumerate(volume):
+        sample = channel[::2, ::2, ::2]
+        sample = sample[np.isfinite(sample)]
+        if sample.size:
+            lo, hi = np.percentile(sample, [1, 99])
+            if hi > lo:
+                levels[c] = lo + FOREGROUND_STEP * (hi - lo)
+    return levels
 
 
 def _rng(*key: int) -> np.random.Generator:
@@ -103,6 +120,7 @@ class PretrainDataset(Dataset):
         self.raster_reader = raster_reader or (RasterReader() if self.ndim == 2 else None)
         self.volume_reader = volume_reader or (VolumeReader(data_cfg) if self.ndim == 3 else None)
         self._valid_regions: dict[tuple, bool] = {}
+        self._levels: dict[tuple, np.ndarray | None] = {}
         pairs = getattr(data_cfg, "date_pairs", False) and getattr(view, "pairs", False)
         self.mates = same_grid_mates(self.records) if pairs else [[] for _ in self.records]
 
@@ -167,25 +185,46 @@ class PretrainDataset(Dataset):
     def _draw(self, record: Any, g_rng: np.random.Generator, i: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Normalised (C, *window) array, valid mask and [*start, *size] of the chosen window.
 
-        Windows with valid fraction below ``data.min_valid_fraction`` are redrawn: ``tries_per_region`` positions
-        per region, then the group's next region, ``max_attempts`` in all; then the best window seen is used. Raster
-        regions without a valid pixel are passed over (up to ``max_attempts`` of them) without spending a try.
+        Windows with valid fraction below ``data.min_valid_fraction`` (volumes: or foreground fraction below
+        ``data.min_foreground_fraction``, :func:`foreground_levels`) are redrawn: ``tries_per_region`` positions
+        per region, then the group's next region, ``max_attempts`` in all; then the best window seen is used (the
+        one nearest both bounds). Raster regions without a valid pixel are passed over (up to ``max_attempts`` of
+        them) without spending a try.
         """
         rng = _rng(self.seed, TAG_WINDOW, i)
         nodata, best = self._nodata(record), None
         regions = self._regions(record, g_rng)
+        levels = self._foreground_levels(record)
+        min_valid, min_fg = self.data_cfg.min_valid_fraction, getattr(self.data_cfg, "min_foreground_fraction", 0.0)
         for attempt in range(self.max_attempts):
             if attempt % self.tries_per_region == 0:
                 starts, read = next(regions)
             pos = [int(rng.integers(lo, hi + 1)) for lo, hi in starts]
-            image, valid = normalize(read(pos), self.stats, nodata)
-            frac = float(valid.mean())
-            if best is None or frac > best[0]:
-                best = (frac, image, valid, pos)
-            if frac >= self.data_cfg.min_valid_fraction:
+            box = read(pos)
+            image, valid = normalize(box, self.stats, nodata)
+            score = min(1.0, float(valid.mean()) / min_valid) if min_valid > 0 else 1.0
+            if levels is not None:
+                above = valid & (box > levels.reshape(-1, *[1] * self.ndim)).any(axis=0)
+                fg = float(above.sum()) / max(int(valid.sum()), 1)  # of the valid voxels: padding is the rule above
+                score = min(score, fg / min_fg)
+            if best is None or score > best[0]:
+                best = (score, image, valid, pos)
+            if score >= 1.0:
                 break
         _, image, valid, pos = best  # type: ignore[misc]
         return image, valid, [*pos, *self.window]
+
+    def _foreground_levels(self, record: Any) -> np.ndarray | None:
+        """A volume's :func:`foreground_levels` (kept per process: a fact of the file), or None where the
+        foreground is not asked for (rasters, ``data.min_foreground_fraction`` 0) or cannot be told (no channel
+        with any spread: every window is as good)."""
+        if self.ndim != 3 or not getattr(self.data_cfg, "min_foreground_fraction", 0.0):
+            return None
+        key = tuple(getattr(record, "paths", None) or [record.path])
+        if key not in self._levels:
+            levels = foreground_levels(self.volume_reader.load(record)[0])
+            self._levels[key] = levels if np.isfinite(levels).any() else None
+        return self._levels[key]
 
     def _meta(self, record: Any, box: list[int]) -> dict[str, Any]:
         paths = list(record.paths) if getattr(record, "paths", None) else [record.path]

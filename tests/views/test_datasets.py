@@ -1,4 +1,5 @@
-"""PretrainDataset: pure function of (seed, index), windows traceable to their file, nodata handling, volumes."""
+"""PretrainDataset: pure function of (seed, index), windows traceable to their file, nodata handling, volumes and
+their foreground."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from torch.utils.data._utils.pin_memory import pin_memory
 
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.catalog import Catalog, FileRecord, scan
-from geomed_ssl.views.datasets import PretrainDataset, collate
+from geomed_ssl.views.datasets import PretrainDataset, collate, foreground_levels
 from geomed_ssl.data.readers import RasterReader
 from geomed_ssl.data.stats import BandStats, compute_stats, normalize
 from geomed_ssl.views.builder import build_views
@@ -194,6 +195,34 @@ def test_volume_patches_are_ras_boxes_with_affine(tmp_path):
         assert s["meta"]["affine"][0][0] == 1.0 and s["meta"]["transform"] is None
     mae = make_dataset(tmp_path, cfg, "mae")
     assert mae[0]["image"].shape == (1, 8, 8, 8) and mae[0]["valid"].dtype == torch.bool
+
+
+def test_foreground_levels_put_air_and_a_constant_background_below_and_tissue_and_lungs_above():
+    ct = np.full((1, 20, 20, 20), -1000.0, np.float32)  # air, as the CT window clips it
+    ct[0, 4:16, 4:16, 4:16] = 40.0  # soft tissue
+    ct[0, 7:13, 7:13, 7:13] = -850.0  # a lung
+    brain = np.full((2, 20, 20, 20), -3.55, np.float32)  # a skull-stripped brain, standardised: constant outside
+    brain[:, 5:15, 5:15, 5:15] = np.random.default_rng(0).normal(0, 1, (2, 10, 10, 10))
+    assert -1000 < foreground_levels(ct)[0] < -850
+    assert (-3.55 < foreground_levels(brain)).all() and (foreground_levels(brain) < -2.5).all()
+    assert foreground_levels(np.zeros((1, 8, 8, 8), np.float32))[0] == np.inf  # no spread: no foreground
+
+
+def test_volume_windows_hold_a_quarter_foreground_unless_told_otherwise(tmp_path):
+    """Most of a volume can be background (the air around a head, the zeros around a skull-stripped brain): windows
+    with less than data.min_foreground_fraction of tissue are redrawn; 0 draws them anywhere, as before."""
+    vol = np.zeros((48, 48, 48), np.float32)
+    vol[10:38, 10:38, 10:38] = 100 + 50 * np.random.default_rng(0).random((28, 28, 28), dtype=np.float32)
+    write_nii(tmp_path / "v.nii.gz", vol)
+    shares = {}
+    for fraction in (0.25, 0.0):
+        cfg = DataConfig(kind="volume", patch_size=16, intensity="none", windows_per_read=1,
+                         min_foreground_fraction=fraction)
+        ds = make_dataset(tmp_path, cfg, "none")
+        boxes = [ds[i]["meta"]["box"] for i in range(60)]
+        shares[fraction] = np.array([(vol[z:z + d, y:y + h, x:x + w] > 0).mean() for z, y, x, d, h, w in boxes])
+        assert_same(ds[7], make_dataset(tmp_path, cfg, "none")[7])  # still a pure function of (seed, index)
+    assert shares[0.25].min() >= 0.25 and (shares[0.0] < 0.25).mean() > 0.1  # 18 % of these 60
 
 
 def test_collate_stacks_tensors_views_and_keeps_meta_per_sample(rasters):

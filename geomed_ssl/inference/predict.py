@@ -164,7 +164,7 @@ def still_ours(out: Path, p: Path) -> Iterator[None]:
 def refuse_foreign_output(out: Path, p: Path) -> None:
     """An existing ``out`` (a class map or its probabilities) that records another input than ``p``, or none (an
     earlier geomed-ssl's, or not ours at all), is an error: ``predict`` would replace or delete it."""
-    if (out.exists() or out.is_symlink()) and (earlier := recorded_input(out)) != str(Path(p).resolve()):
+    if out.is_file() and (earlier := recorded_input(out)) != str(Path(p).resolve()):  # a folder: a later error
         held = (f"the prediction of '{earlier}'" if earlier is not None else
                 "a file that records no input (an earlier geomed-ssl's prediction, or not geomed-ssl's)")
         raise DataError(f"'{out}' holds {held}, and predicting '{p}' would replace it (their outputs share one "

@@ -306,25 +306,39 @@ def prune_step_files(dirpath: Path, step: int, keep: int | None) -> None:
             pass
 
 
+# settings added after runs were started, with the value a run that predates them (its config.yaml lacks the key)
+# ran with, and the note a resume of it prints: (section, key, value then, the runs it concerns, note)
+AS_STARTED: tuple[tuple[str, str, Any, Callable[[Any], bool], str], ...] = (
+    ("train", "keep_checkpoints", None, lambda recipe: True,
+     "note: this run was started when every step-*.ckpt was kept, so it keeps them all (train.keep_checkpoints=null); "
+     "--set train.keep_checkpoints=N keeps only the newest N."),
+    ("data", "min_foreground_fraction", 0.0, lambda recipe: recipe.data.kind == "volume",
+     "note: this run was started when volumes' windows were drawn anywhere, so it goes on so "
+     "(data.min_foreground_fraction=0) and sees the batches it would have seen; --set "
+     "data.min_foreground_fraction=0.25 draws them on anatomy."),
+)
+
+
 def kept_as_started(recipe: Any, saved: Path, overrides: list[str] | None) -> Any:
-    """A run started before ``train.keep_checkpoints`` existed (its config.yaml has no such key) kept every
-    ``step-*.ckpt``: resumed, it keeps them all (null) unless ``--set`` says otherwise, so none is deleted unasked."""
+    """A run started before a setting of :data:`AS_STARTED` existed (its config.yaml has no such key) goes on with
+    the value it was started with, unless ``--set`` says otherwise: a run that kept every ``step-*.ckpt`` keeps them
+    all (none is deleted unasked); volumes' windows stay drawn anywhere (a resumed run sees the same batches)."""
     import yaml
 
     from geomed_ssl.config.loading import RecipeLoader, sets_key
 
-    key = "train.keep_checkpoints"
-    if sets_key(overrides, key) or recipe.train.keep_checkpoints is None:
-        return recipe
     try:
         raw = yaml.load(saved.read_text(), Loader=RecipeLoader) or {}
     except (OSError, yaml.YAMLError):  # read whole by load_recipe a moment ago
         return recipe
-    if "keep_checkpoints" in (raw.get("train") or {}):
-        return recipe
-    log.info("note: this run was started when every step-*.ckpt was kept, so it keeps them all (%s=null); "
-             "--set %s=N keeps only the newest N.", key, key)
-    return replace(recipe, train=replace(recipe.train, keep_checkpoints=None))
+    for section, key, then, concerns, note in AS_STARTED:
+        current = getattr(recipe, section)
+        if (not concerns(recipe) or sets_key(overrides, f"{section}.{key}") or getattr(current, key) == then
+                or key in (raw.get(section) or {})):
+            continue
+        log.info(note)
+        recipe = replace(recipe, **{section: replace(current, **{key: then})})
+    return recipe
 
 
 class RunCheckpoints(L.Callback):

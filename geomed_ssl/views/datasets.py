@@ -28,15 +28,16 @@ REFILES = 4  # other files tried: for a window when the drawn file's regions hol
 FOREGROUND_STEP = 0.05  # a voxel is foreground this far (a fraction of the p1-p99 range) above a channel's p1
 
 
-def foreground_levels(volume: np.ndarray) -> np.ndarray:
+def foreground_levels(volume: np.ndarray, nodata: float | None = None) -> np.ndarray:
     """Per channel (C,) the level above which a voxel of ``volume`` (C, *S), preprocessed as sampled, is foreground:
-    ``FOREGROUND_STEP`` of the way from its 1st to its 99th percentile, so air (CT, clipped to the window's low
-    end) and the constant background around a skull-stripped brain fall below it and tissue, lungs included, above.
-    A channel without spread (or without valid voxels) has +inf: no foreground from it."""
+    ``FOREGROUND_STEP`` of the way from its 1st to its 99th valid percentile (``nodata`` and NaN left out: a CT's
+    -3024 padding outside the scanner's field of view), so air (CT, clipped to the window's low end) and the
+    constant background around a skull-stripped brain fall below it and tissue, lungs included, above. A channel
+    without spread (or without valid voxels) has +inf: no foreground from it."""
     levels = np.full(volume.shape[0], np.inf)
     for c, channel in enumerate(volume):
         sample = channel[::2, ::2, ::2]
-        sample = sample[np.isfinite(sample)]
+        sample = sample[valid_mask(sample[None], nodata)]
         if sample.size:
             lo, hi = np.percentile(sample, [1, 99])
             if hi > lo:
@@ -222,7 +223,7 @@ class PretrainDataset(Dataset):
             return None
         key = tuple(getattr(record, "paths", None) or [record.path])
         if key not in self._levels:
-            levels = foreground_levels(self.volume_reader.load(record)[0])
+            levels = foreground_levels(self.volume_reader.load(record)[0], self._nodata(record))
             self._levels[key] = levels if np.isfinite(levels).any() else None
         return self._levels[key]
 

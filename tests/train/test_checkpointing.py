@@ -498,6 +498,26 @@ def test_a_run_started_before_keep_checkpoints_keeps_every_step_file_when_resume
     assert steps() == ["step-000010.ckpt", "step-000012.ckpt"]
 
 
+def test_a_volume_run_started_before_foreground_windows_goes_on_drawing_them_anywhere(volume_dir: Path,
+                                                                                       tmp_path: Path) -> None:
+    """Its config.yaml has no data.min_foreground_fraction: resumed, it keeps drawing windows anywhere (0), so it
+    sees the batches it would have seen, with a note; a raster run's resume says nothing of it."""
+    import yaml
+
+    out = tmp_path / "run"
+    sets = [*TINY, "data.patch_size=16", "train.max_steps=2", "train.batch_size=2", "train.warmup_steps=1",
+            "data.min_foreground_fraction=0.0"]
+    pretrain("recipes/mae_mri.yaml", volume_dir, out, overrides=sets, progress=False)
+    raw = yaml.safe_load((out / "config.yaml").read_text())
+    del raw["data"]["min_foreground_fraction"]  # as an earlier version wrote it
+    (out / "config.yaml").write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(app, ["pretrain", "recipes/mae_mri.yaml", "--resume", "--out", str(out), "--data",
+                                      str(volume_dir), "--set", "train.max_steps=3"])
+    assert result.exit_code == 0, result.output
+    assert "windows were drawn anywhere" in result.output
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["min_foreground_fraction"] == 0.0
+
+
 def test_a_resumed_run_keeps_the_statistics_it_trained_with_and_names_the_data_that_changed(
         raster_dir: Path, tmp_path: Path, caplog) -> None:
     """stats.json edited or deleted since the start normalised the rest of the run (and its export) otherwise, and

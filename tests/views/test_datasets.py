@@ -204,6 +204,9 @@ def test_foreground_levels_put_air_and_a_constant_background_below_and_tissue_an
     brain = np.full((2, 20, 20, 20), -3.55, np.float32)  # a skull-stripped brain, standardised: constant outside
     brain[:, 5:15, 5:15, 5:15] = np.random.default_rng(0).normal(0, 1, (2, 10, 10, 10))
     assert -1000 < foreground_levels(ct)[0] < -850
+    padded = ct.copy()
+    padded[0, :, :3] = -3024  # outside the scanner's field of view, the file's nodata
+    assert -1000 < foreground_levels(padded, nodata=-3024)[0] < -850
     assert (-3.55 < foreground_levels(brain)).all() and (foreground_levels(brain) < -2.5).all()
     assert foreground_levels(np.zeros((1, 8, 8, 8), np.float32))[0] == np.inf  # no spread: no foreground
 

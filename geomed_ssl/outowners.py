@@ -112,8 +112,9 @@ def foreign_inside(folder: PathLike, found: Owner | None = None) -> list[str]:
         return sorted(p.name for p in folder.iterdir())
     spec = COMMANDS.get(found.command, CommandSpec())
     bad = list(found.foreign)
-    if spec.vouch is not None:  # named like the command's outputs, but not vouched for by their contents
-        bad += [n for n in found.ours if matches(n, spec.patterns) and not spec.vouch(folder / n)]
+    if spec.vouch is not None:  # named like the command's outputs (a writer's draft aside), not vouched for
+        bad += [n for n in found.ours
+                if matches(n, spec.patterns) and not is_temp_name(n) and not spec.vouch(folder / n)]
     for name in found.ours:
         entry = folder / name
         if entry.is_dir() and not entry.is_symlink() and not is_temp_name(name):  # a killed writer's folder: ours

@@ -533,6 +533,7 @@ def test_overwrite_keeps_a_users_file_named_like_a_prediction_in_a_nested_predic
     import rasterio
 
     from geomed_ssl.outcommands import provenance_tags
+    from geomed_ssl.outfiles import host_tag
 
     demo = prepare_out_dir(tmp_path / "demo", command="demo")
     (demo / ".geomed-ssl-demo").write_text("")
@@ -543,6 +544,7 @@ def test_overwrite_keeps_a_users_file_named_like_a_prediction_in_a_nested_predic
         dst.update_tags(**provenance_tags(str(tmp_path / "scene.tif")))
     with rasterio.open(prediction / "rf_baseline_pred.tif", "w", **profile) as dst:  # the user's
         dst.write(np.ones((1, 4, 4), np.uint8))
+    (prediction / f".partial-99999999.{host_tag()}-b_pred.tif").write_bytes(b"half")  # a killed predict's draft
     assert foreign_inside(demo) == ["prediction/rf_baseline_pred.tif"]
     with pytest.raises(OutputError, match="also holds 'prediction/rf_baseline_pred.tif'"):
         prepare_out_dir(demo, command="demo", overwrite=True)

@@ -151,14 +151,17 @@ def plan_outputs(inputs: str | Path | Sequence[str | Path], out_dir: str | Path,
 
 
 @contextlib.contextmanager
-def still_ours(out: Path, p: Path) -> Iterator[None]:
+def still_ours(out: Path, p: Path, probabilities: bool) -> Iterator[None]:
     """Held while ``out`` (and its probabilities) take their final names: the folder's lock, inside which neither
     name may have been taken by another job's input since :func:`plan_outputs` (several ``predict`` jobs may write
-    one folder at once)."""
+    one folder at once); without ``probabilities``, an earlier run's for this input go once the map is in place,
+    under the same lock (another job's, committed after, are kept; a kill before leaves the earlier pair)."""
     with locked_briefly(out.parent):
         for path in (out, proba_path(out)):
             refuse_foreign_output(path, p)
         yield
+        if not probabilities:  # they would be another model's beside the new class map
+            proba_path(out).unlink(missing_ok=True)
 
 
 def refuse_foreign_output(out: Path, p: Path) -> None:
@@ -266,7 +269,8 @@ def predict_files(
     ``window`` is the raster window (2 ints) or the volume ROI (3 ints; an int serves both). A file of the other
     kind than the model's is refused in one line before anything is written; partial files a killed earlier run
     left in ``out_dir`` are deleted first, and without ``probabilities`` the ``*_pred_proba`` file an earlier run
-    wrote for an input is deleted once its new class map is in place (a killed run leaves the earlier pair).
+    wrote for an input is deleted as its new class map takes its place, under the folder's lock (a killed run leaves
+    the earlier pair).
     """
     planned = plan_outputs(inputs, out_dir, data_cfg, window)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -275,24 +279,22 @@ def predict_files(
     summaries = []
     for p, out in planned.items():
         kind, _ = _kind_and_stem(p, data_cfg)
+        commit = functools.partial(still_ours, out, p, bool(probabilities))
         if kind == "raster":
             summaries.append(predict_raster(
                 model, p, out, stats, band_names, window, overlap, blend, batch_size, num_classes=num_classes,
                 probabilities=probabilities, device=device, data_cfg=data_cfg, class_values=class_values,
                 names_by_position=names_by_position, made_by=made_by, class_colors=class_colors,
-                check_ranges=len(planned) == 1, commit_lock=functools.partial(still_ours, out, p)))
+                check_ranges=len(planned) == 1, commit_lock=commit))
         else:
             summaries.append(predict_volume(
                 model, p, out, stats, band_names, window, data_cfg, overlap, blend, num_classes=num_classes,
                 probabilities=probabilities, batch_size=batch_size, device=device, class_values=class_values,
                 names_by_position=names_by_position, made_by=made_by,
-                commit_lock=functools.partial(still_ours, out, p)))
+                commit_lock=commit))
         if len(planned) > 1:  # a folder of large scenes is not silent until the last is done
             log.info("predicted %d/%d: %s (%.1f s)", len(summaries), len(planned), Path(p).name,
                      summaries[-1].get("seconds", 0.0))
-        if not probabilities:  # an earlier run's probabilities beside the new class map would be another model's;
-            proba_path(out).unlink(missing_ok=True)  # kept until now: a kill during the prediction leaves the
-            # earlier pair (only one in the instant since the map's rename leaves the new map beside them)
     if len(planned) > 1:  # one warning for the folder, naming the first file far from the statistics and the count
         warn_summaries(summaries, stats)
     return summaries

@@ -478,18 +478,23 @@ def test_training_data_workers_outlive_a_signal_sent_to_the_whole_process_group(
     assert [int(first)] + [int(b) for b in batches] == list(range(6))
 
 
+def written_before(run: Path, section: str, key: str) -> None:
+    """The run's config.yaml as a version without ``section.key`` wrote it."""
+    import yaml
+
+    raw = yaml.safe_load((run / "config.yaml").read_text())
+    del raw[section][key]
+    (run / "config.yaml").write_text(yaml.safe_dump(raw))
+
+
 def test_a_run_started_before_keep_checkpoints_keeps_every_step_file_when_resumed(raster_dir: Path,
                                                                                    tmp_path: Path) -> None:
     """Its config.yaml has no train.keep_checkpoints: resumed, it keeps all (none deleted unasked); --set prunes."""
-    import yaml
-
     out = tmp_path / "run"
     sets = [*TINY, "data.sensor=null", "data.patch_size=16", "train.max_steps=6", "train.checkpoint_every=2",
             "train.keep_checkpoints=null"]
     pretrain("recipes/mae_sentinel2.yaml", raster_dir, out, overrides=sets, progress=False)
-    raw = yaml.safe_load((out / "config.yaml").read_text())
-    del raw["train"]["keep_checkpoints"]  # as an earlier version wrote it
-    (out / "config.yaml").write_text(yaml.safe_dump(raw))
+    written_before(out, "train", "keep_checkpoints")
     pretrain(None, raster_dir, out, resume=True, progress=False, overrides=["train.max_steps=10"])
     steps = lambda: sorted(p.name for p in (out / "checkpoints").glob("step-*.ckpt"))  # noqa: E731
     assert len(steps()) == 5
@@ -508,9 +513,7 @@ def test_a_volume_run_started_before_foreground_windows_goes_on_drawing_them_any
     sets = [*TINY, "data.patch_size=16", "train.max_steps=2", "train.batch_size=2", "train.warmup_steps=1",
             "data.min_foreground_fraction=0.0"]
     pretrain("recipes/mae_mri.yaml", volume_dir, out, overrides=sets, progress=False)
-    raw = yaml.safe_load((out / "config.yaml").read_text())
-    del raw["data"]["min_foreground_fraction"]  # as an earlier version wrote it
-    (out / "config.yaml").write_text(yaml.safe_dump(raw))
+    written_before(out, "data", "min_foreground_fraction")
     result = CliRunner().invoke(app, ["pretrain", "recipes/mae_mri.yaml", "--resume", "--out", str(out), "--data",
                                       str(volume_dir), "--set", "train.max_steps=3"])
     assert result.exit_code == 0, result.output

@@ -144,8 +144,7 @@ def plan_outputs(inputs: str | Path | Sequence[str | Path], out_dir: str | Path,
                     else " (names that differ only in case: one file on macOS or Windows)")
             raise DataError(f"'{p}' and '{other}' would both be written to '{planned[other].name}' in "
                             f"'{out_dir}'{same}; predict them into separate output folders.")
-        for path in (out, proba_path(out)):  # the map, and its probabilities: replaced, or deleted without them
-            refuse_foreign_output(path, p)
+        refuse_foreign_outputs(out, p)
         planned[p] = out
     return planned
 
@@ -157,23 +156,24 @@ def still_ours(out: Path, p: Path, probabilities: bool) -> Iterator[None]:
     one folder at once); without ``probabilities``, an earlier run's for this input go once the map is in place,
     under the same lock (another job's, committed after, are kept; a kill before leaves the earlier pair)."""
     with locked_briefly(out.parent):
-        for path in (out, proba_path(out)):
-            refuse_foreign_output(path, p)
+        refuse_foreign_outputs(out, p)
         yield
         if not probabilities:  # they would be another model's beside the new class map
             proba_path(out).unlink(missing_ok=True)
 
 
-def refuse_foreign_output(out: Path, p: Path) -> None:
-    """An existing ``out`` (a class map or its probabilities) that records another input than ``p``, or none (an
-    earlier geomed-ssl's, or not ours at all), is an error: ``predict`` would replace or delete it."""
-    if out.is_file() and (earlier := recorded_input(out)) != str(Path(p).resolve()):  # a folder: a later error
-        held = (f"the prediction of '{earlier}'" if earlier is not None else
-                "a file that records no input (an earlier geomed-ssl's prediction, or not geomed-ssl's)")
-        raise DataError(f"'{out}' holds {held}, and predicting '{p}' would replace it (their outputs share one "
-                        "name): predict it into another --out folder" + ("" if earlier is not None else
-                                                                         ", or delete that file first if it is "
-                                                                         "this input's") + ".")
+def refuse_foreign_outputs(out: Path, p: Path) -> None:
+    """The class map ``out`` and its probabilities (replaced by predicting ``p``, or deleted without them): one that
+    exists and records another input than ``p``, or none (an earlier geomed-ssl's, or not ours at all), is an
+    error."""
+    for path in (out, proba_path(out)):
+        if path.is_file() and (earlier := recorded_input(path)) != str(Path(p).resolve()):  # a folder: a later error
+            held = (f"the prediction of '{earlier}'" if earlier is not None else
+                    "a file that records no input (an earlier geomed-ssl's prediction, or not geomed-ssl's)")
+            raise DataError(f"'{path}' holds {held}, and predicting '{p}' would replace it (their outputs share one "
+                            "name): predict it into another --out folder" + ("" if earlier is not None else
+                                                                             ", or delete that file first if it is "
+                                                                             "this input's") + ".")
 
 
 def usable_inputs(planned: dict[Path, Path], data_cfg: Any, blend: str, stats: BandStats, strict: bool = False,

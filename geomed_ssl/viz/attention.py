@@ -174,24 +174,25 @@ def attention_for_file(
         what = "is a folder" if image_path.is_dir() else "not found"
         raise DataError(f"image '{image_path}' {what}; pass one GeoTIFF (.tif) or NIfTI (.nii, .nii.gz) file (or, "
                         "for an encoder pretrained on data.channels, one folder of those files).")
-    cfg, encoder, record, data_cfg = _encoder_for_image(encoder_path, image_path, window, strict)
+    cfg, encoder, record, data_cfg = _encoder_for_image(encoder_path, saved, image_path, window, strict)
     stats = BandStats.from_dict(encoder.config.stats, source=f"encoder {encoder_path}")
     image = _read_window(cfg, record, data_cfg, stats, image_path, window)
     prepare_out_file(out_path, command="attention", **rule)
     return save_attention_png(encoder, image, encoder.config.band_names, encoder.config.wavelengths, out_path)
 
 
-def _encoder_for_image(encoder_path: str | Path, image_path: Path, window: Sequence[int] | None,
-                       strict: bool) -> tuple[Any, torch.nn.Module, Any, DataConfig]:
-    """The encoder's saved config, the encoder for the image's bands (by name), the image's catalog record and the
-    pretraining run's data settings it is read with; the image's values are checked against the statistics."""
-    from geomed_ssl.checkpoint import load_encoder, read_encoder_config
+def _encoder_for_image(encoder_path: str | Path, saved: tuple[Any, dict], image_path: Path,
+                       window: Sequence[int] | None, strict: bool) -> tuple[Any, torch.nn.Module, Any, DataConfig]:
+    """The encoder's saved config (``saved``: its ``read_encoder_config``), the encoder for the image's bands (by
+    name), the image's catalog record and the pretraining run's data settings it is read with; the image's values
+    are checked against the statistics."""
+    from geomed_ssl.checkpoint import load_encoder
     from geomed_ssl.data.catalog import scan
     from geomed_ssl.data.kinds import check_input_kind
     from geomed_ssl.errors import DataError, GeomedError
     from geomed_ssl.models.model_data import catalog_for_encoder, check_value_ranges
 
-    cfg, meta = read_encoder_config(encoder_path)
+    cfg, meta = saved
     if cfg.stats is None:
         raise GeomedError(f"encoder '{encoder_path}' carries no normalisation statistics; re-export it with "
                           "`geomed-ssl pretrain`.")

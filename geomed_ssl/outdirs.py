@@ -110,6 +110,11 @@ def _same(a: Path, b: Path) -> bool:
     return a == b or (ida is not None and ida == _stat_id(b))
 
 
+def same_place(a: PathLike, b: PathLike) -> bool:
+    """``a`` and ``b`` are one file or folder (symlinks resolved; by device and inode where both exist)."""
+    return _same(_resolved(a), _resolved(b))
+
+
 def _inside(child: Path, parent: Path) -> bool:
     """``child`` (resolved; it may not exist yet) lies inside ``parent``: by path, or because ``parent`` is one of
     the existing folders above ``child`` by device and inode."""

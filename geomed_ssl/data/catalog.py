@@ -26,8 +26,9 @@ from geomed_ssl.data.probe import RASTER_PREVIEW, VOLUME_PREVIEW, FileProbe, Pro
 from geomed_ssl.geo.grids import grid_diffs
 from geomed_ssl.geo.voxels import GRID_TOLERANCE, grid_gap
 from geomed_ssl.files.cases import case_name, group_cases, is_case_file
-from geomed_ssl.files.listing import (EXTENSIONS, LABEL_GLOBS, QUALITY_GLOBS, glob_match, has_ext,  # noqa: F401
-                                    list_files, once, problems_reported, reported_already, select, unread_formats)
+from geomed_ssl.files.listing import (EXTENSIONS, KIND_WORDS, LABEL_GLOBS, QUALITY_GLOBS, absolute,  # noqa: F401
+                                    glob_match, has_ext, list_files, once, problems_reported, reported_already, select,
+                                    unread_formats)
 from geomed_ssl.data.records import (FileRecord, Problem, record_from_probes, reoriented_axes,  # noqa: F401
                                     reoriented_shape)
 from geomed_ssl.data.survey import grid_lines
@@ -273,7 +274,7 @@ def _one_sensor(records: list[FileRecord], names: list[str], problems: list[Prob
 
 
 def scan(root: str | Path, data_cfg: Any = None, strict: bool = False, names_by_position: str = "warn",
-         majority: bool = True) -> Catalog:
+         majority: bool = True, reader: str | None = None) -> Catalog:
     """Scan ``root`` (a folder, recursively, or one file) for ``data_cfg.kind`` files and build a Catalog
     (``data_cfg``: a recipe's ``data`` section, ``load_recipe(path).data``; None: the defaults, rasters).
 
@@ -285,7 +286,7 @@ def scan(root: str | Path, data_cfg: Any = None, strict: bool = False, names_by_
     (``names_by_position="warn"``), a DataError (``"error"``: the CLI's ``--strict``) or not mentioned
     (``"ignore"``, for files a command has already reported on).
     """
-    root = Path(root).expanduser().absolute()
+    root = absolute(root)
     if not root.exists():
         raise DataError(f"data folder '{root}' does not exist; check the path given for the data.")
     data_cfg = DataConfig() if data_cfg is None else data_cfg
@@ -342,6 +343,9 @@ def scan(root: str | Path, data_cfg: Any = None, strict: bool = False, names_by_
             msg += " Problems: " + "; ".join(str(p) for p in problems[:5]) + ("; ..." if len(problems) > 5 else ".")
         if data_cfg.channels and files and not problems:
             msg += f" No folder holds files whose names match data.channels {data_cfg.channels}."
+        if n_other and not typed and reader:  # the kind is the model's, not a setting
+            raise DataError(f"no {kind} files under '{root}', but {n_other} {other} file(s): {reader} was trained on "
+                            f"{KIND_WORDS[kind][1]}; give it {kind} files, or use a model trained on {other}s.")
         if n_other and not typed:
             msg += f" Found {n_other} {other} files instead: set data.kind: {other}."
         if unread and not typed:

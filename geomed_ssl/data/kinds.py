@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from geomed_ssl.data.catalog import EXTENSIONS
 from geomed_ssl.errors import DataError
-
-KIND_WORDS = {"raster": ("a GeoTIFF raster", "2D GeoTIFF rasters"), "volume": ("a NIfTI volume", "3D NIfTI volumes")}
+from geomed_ssl.files.listing import EXTENSIONS, KIND_WORDS
 
 
 def input_kind(path: str | Path) -> str | None:

@@ -35,7 +35,7 @@ import torch
 from geomed_ssl.checkpoint import export_digest, find_encoder_dir, load_encoder, read_encoder_config
 from geomed_ssl.config import DataConfig, recipe_with_overrides, sets_key
 from geomed_ssl.data.catalog import Catalog, Problem, scan
-from geomed_ssl.files.listing import file_stamps
+from geomed_ssl.files.listing import absolute, file_stamps
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.windows.tiling import grid_shape
 from geomed_ssl.embeddings.embedder import LEVELS, POOLS, Embedder  # noqa: F401  (re-exported)
@@ -228,7 +228,8 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
     taken = ({"band_names": list(data_cfg.band_names)}
              if data_cfg.band_names is not None and not sets_key(overrides, "data.band_names") else {})
     try:
-        catalog = scan(data_dir, data_cfg, strict=strict, names_by_position="error" if strict else "warn")
+        catalog = scan(data_dir, data_cfg, strict=strict, names_by_position="error" if strict else "warn",
+                       reader=f"the encoder '{encoder}'")
     except DataError as err:
         raise naming_hint(err, taken) from None
     if catalog.excluded:  # (said only when some file is left out)
@@ -244,16 +245,16 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
     emb = Embedder(enc, data_cfg, level, win, strd, pool, batch_size, min_valid, dev)
     settings = {"encoder": str(find_encoder_dir(encoder).resolve()), "encoder_digest": export_digest(encoder),
                 "encoder_fingerprint": encoder_fingerprint(encoder),
-                "data_dir": str(Path(data_dir).expanduser().absolute()),  # as the catalog's paths: links kept
+                "data_dir": str(absolute(data_dir)),  # as the catalog's paths: links kept
                 "level": level, "window": list(win), "stride": list(strd),
                 "pool": pool, "dtype": dtype, "min_valid": float(min_valid), "pca_dims": int(pca_dims),
                 "patch": list(cfg.patch_size), "data": dataclasses.asdict(data_cfg)}
     store = EmbeddingStore(out_dir)
     old = store.check(settings, overwrite)
     paths = [r.path for r in catalog.records]
+    prepare_out_dir(out_dir, **rule)  # locked before anything is written, even a finished run's missing maps
     if old is not None and old.get("complete"):
         return finished_run(store, old, paths, out_dir, t0)
-    prepare_out_dir(out_dir, **rule)
     store.start(settings, old)
     done = store.done_paths()
     gone = sorted(set(done) - set(paths))

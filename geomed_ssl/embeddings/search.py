@@ -31,11 +31,11 @@ from geomed_ssl.embeddings.embedder import Embedder
 from geomed_ssl.embeddings.extract import encoder_for
 from geomed_ssl.embeddings.maps import grid_stem, grid_stems
 from geomed_ssl.embeddings.store import load_embeddings, optional_module, read_rows
-from geomed_ssl.errors import ConfigError, DataError, GeomedError
+from geomed_ssl.errors import ConfigError, DataError, GeomedError, OutputError
 from geomed_ssl.files.cases import is_case_file
 from geomed_ssl.models.device import resolve_device
 from geomed_ssl.outcommands import name_hash
-from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
+from geomed_ssl.outdirs import check_out_dir, prepare_out_dir, same_place
 from geomed_ssl.outfiles import atomic_path, commit_partial, partial_path, save_figure
 
 log = logging.getLogger("geomed_ssl")
@@ -170,7 +170,12 @@ def query_vector(emb: Embedder, record: FileRecord, box: list[int] | None) -> tu
         if emb.level == "image" and box is None:
             _, row = next(emb.image_rows([record]))
             return row["vector"][0], region
-        return emb.region_vector(record, region)[0], region
+        vector, _, valid = emb.region_vector(record, region)
+        if valid <= 0:  # a vector of padding alone would still find "similar" rows
+            where = f"--box {','.join(map(str, box))}" if box is not None else "the query"
+            raise DataError(f"{where} holds no valid pixel of '{record.path}' (all nodata or NaN); choose a box "
+                            "over valid pixels.")
+        return vector, region
     vecs = []
     for rows in emb.window_rows(record, emb.file_meta(record), restrict=region):
         centre = rows["box"][:, :nd] + rows["box"][:, nd:] / 2.0
@@ -193,6 +198,9 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
     search_dir = Path(emb_dir) / "search"
     rule: dict[str, Any] = {"command": "similar", "resume": True, "allow_inside": [search_dir],
                             "inputs": {"embedding folder": emb_dir, "query file": query, "encoder": encoder}}
+    if out_dir is not None and same_place(out_dir, search_dir):  # each search is a folder in it, made by default
+        raise OutputError(f"--out '{out_dir}' is the folder where similar keeps one folder per query; choose a "
+                          f"folder inside it (e.g. '{search_dir / 'NAME'}') or outside '{emb_dir}'.")
     if out_dir is not None:
         check_out_dir(out_dir, **rule)  # the folder is made once the query is embedded
     manifest, vectors = load_embeddings(emb_dir)

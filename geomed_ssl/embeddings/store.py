@@ -25,6 +25,7 @@ import dataclasses
 import importlib
 import json
 import logging
+import os
 import shutil
 import uuid
 from collections import Counter
@@ -154,6 +155,17 @@ def setting_change(key: str, then: Any, now: Any) -> str:
     return f"{key}: {then!r}, now {now!r}"
 
 
+def folded(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Manifest entries with their paths' ``..`` folded by name (``files.listing.absolute``): folders written by
+    earlier versions stored ``/work/sub/../data/a.tif`` for data given as ``../data``, and a run resumed or checked
+    from another folder must meet the same strings."""
+    for f in files:
+        f["path"] = os.path.normpath(f["path"])
+        if "paths" in f:
+            f["paths"] = [os.path.normpath(p) for p in f["paths"]]
+    return files
+
+
 class EmbeddingStore:
     """An EMB_DIR: settings check and resume, atomic parts, the final table, vectors and manifest."""
 
@@ -171,7 +183,9 @@ class EmbeddingStore:
             raise GeomedError(f"{path} is not valid JSON ({err}); delete the folder or pass --overwrite.") from None
         if data.get("format") != FORMAT:
             raise GeomedError(f"{path} is not a geomed-ssl embedding manifest.")
-        return data
+        if isinstance(data.get("settings"), dict) and data["settings"].get("data_dir"):
+            data["settings"]["data_dir"] = os.path.normpath(data["settings"]["data_dir"])
+        return {**data, "files": folded(data.get("files") or [])}
 
     def check(self, settings: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
         """The manifest of the run this one continues (same ``settings``), or None when there is none or it is
@@ -207,7 +221,7 @@ class EmbeddingStore:
         out = []
         for part in sorted(self.parts_dir.glob("part-*")):
             try:
-                out.append((part, json.loads((part / "files.json").read_text())))
+                out.append((part, folded(json.loads((part / "files.json").read_text()))))
             except (OSError, ValueError):
                 raise GeomedError(f"embedding part '{part}' is damaged (no readable files.json); delete it and run "
                                   "the command again to redo its files.") from None

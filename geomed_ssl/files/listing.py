@@ -21,6 +21,7 @@ from geomed_ssl.outlocks import LOCK
 
 log = logging.getLogger("geomed_ssl")
 EXTENSIONS = {"raster": (".tif", ".tiff"), "volume": (".nii", ".nii.gz")}
+KIND_WORDS = {"raster": ("a GeoTIFF raster", "2D GeoTIFF rasters"), "volume": ("a NIfTI volume", "3D NIfTI volumes")}
 # Image formats users' archives hold that are not read, and how to convert them.
 UNREAD = {
     "raster": ((".jp2", ".j2k", ".img", ".vrt", ".png", ".jpg", ".jpeg", ".bsq", ".bil", ".bip", ".nc", ".h5",
@@ -32,6 +33,12 @@ UNREAD = {
 
 
 QUICKLOOKS = ("thumb", "quicklook", "browse")  # Landsat's *_thumb_small.jpeg, Sentinel-2's *_PVI / quicklooks
+
+
+def absolute(path: str | Path) -> Path:
+    """``path`` made absolute with ``~`` expanded and ``..`` / ``.`` folded by name, symlinks kept (``os.path.abspath``):
+    one folder given as ``../data`` from one place and ``data`` from another is then one string in a manifest."""
+    return Path(os.path.abspath(Path(path).expanduser()))
 
 
 def has_ext(name: str, kind: str) -> bool:

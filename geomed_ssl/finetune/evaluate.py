@@ -161,7 +161,8 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
             raise GeomedError("a segmentation model is evaluated with --images IMG_DIR --labels LABELS (a folder, "
                               "a label file or a CSV), or with labels.label_name set in its recipe.")
         sized = dataclasses.replace(recipe.data, patch_size=list(meta["window"]))  # what the model reads
-        catalog = scan(images, sized, strict=strict, names_by_position=position, majority=False)
+        catalog = scan(images, sized, strict=strict, names_by_position=position, majority=False,
+                       reader=f"the model '{ft_dir}'")
         catalog.warn_problems()
         native = dataclasses.replace(recipe.data, spacing=None)  # every labelled voxel of the files, once
         pairs, arrays, masks = read_label_pairs(catalog.records, labels, recipe.labels, native,

@@ -17,7 +17,7 @@ import numpy as np
 
 from geomed_ssl.data.catalog import EXTENSIONS, FileRecord
 from geomed_ssl.geo.grids import grid_identity
-from geomed_ssl.files.listing import walk
+from geomed_ssl.files.listing import absolute, walk
 from geomed_ssl.data.readers import valid_map
 from geomed_ssl.geo.voxels import nearest_index, resampled_shape, voxel_mm
 from geomed_ssl.tables import LINE, FileIndex, header_names, read_rows
@@ -176,7 +176,7 @@ def _by_csv(records: list[FileRecord], csv_path: Path, label_dir: Path | None) -
             continue  # a row for an image outside this catalog
         path = Path(label) if os.path.isabs(label) else label_base / label
         if not path.is_file() and Path(label).is_file():  # relative to the working folder, as its image may be
-            path = Path(label).absolute()
+            path = absolute(label)
         if not path.is_file():
             raise DataError(f"labels CSV '{csv_path}' line {i}: label file '{path}' does not exist (label paths are "
                             "absolute, or relative to the CSV's folder or the working folder).")

@@ -138,7 +138,7 @@ def image_records(meta: dict[str, Any], recipe: Any, inputs: Sequence[str | Path
                                        **({} if item.is_dir() else {"include": ["**/*"], "exclude": []}))
         try:  # each image meets the model by band name: no majority of band counts among the inputs
             catalog = scan(item, data_cfg, strict=strict, names_by_position="error" if strict else "warn",
-                           majority=False)
+                           majority=False, reader="this model")
         except DataError as err:
             if strict or not item.is_file():
                 raise

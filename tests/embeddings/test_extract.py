@@ -625,3 +625,62 @@ def test_an_encoder_pretrained_with_the_knn_monitor_reads_its_data_settings_with
                                          "train": {"log_every": 1}}}
     cfg = data_config(meta, 2, (16, 16), None)
     assert cfg.knn_every == 0 and cfg.val_labels is None
+
+
+def test_a_data_folder_spelt_with_dotdot_is_one_folder_from_anywhere(data: Path, encoder: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """``../rasters`` from one folder and the plain path from another are the same data: the manifest stores paths
+    with ``..`` folded, so a run resumed or re-run from elsewhere continues, and its paths outlive the folder they
+    were given from. A folder an earlier version wrote with ``..`` in its paths is read folded too."""
+    import json
+
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    monkeypatch.chdir(sub)
+    out = tmp_path / "emb"
+    dotted = os.path.relpath(data, sub)
+    assert dotted.startswith("..")
+    first = embed_folder(encoder, dotted, out, level="image", progress=False)
+    stored = [first.manifest["settings"]["data_dir"]] + [f["path"] for f in first.manifest["files"]]
+    assert stored[0] == str(data) and not any(".." in Path(p).parts for p in stored)
+    monkeypatch.chdir(tmp_path)
+    assert embed_folder(encoder, data, out, level="image", progress=False).files_embedded == 0
+    manifest = json.loads((out / "manifest.json").read_text())  # as an earlier version wrote it from sub/
+    manifest["settings"]["data_dir"] = str(sub / dotted)
+    for f in manifest["files"]:
+        f["path"] = str(sub / os.path.relpath(f["path"], sub))
+        f["paths"] = [f["path"]]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert embed_folder(encoder, data, out, level="image", progress=False).files_embedded == 0
+
+
+def test_a_finished_folder_is_not_written_while_another_run_holds_it(data: Path, encoder: Path,
+                                                                     tmp_path: Path) -> None:
+    """Even a re-run with nothing to embed takes the folder's lock before it writes maps a killed run left out."""
+    from tests.test_outlocks import holder
+
+    import json
+
+    out = tmp_path / "emb"
+    embed_folder(encoder, data, out, level="patch", progress=False)
+    shutil.rmtree(out / "maps")
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["maps"]  # as a run killed before its maps leaves it
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    proc = holder(out, "embed")
+    try:
+        with pytest.raises(GeomedError, match="in use by `geomed-ssl embed`"):
+            embed_folder(encoder, data, out, level="patch", progress=False)
+        assert not (out / "maps").exists()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_folder_of_volumes_given_to_a_raster_encoder_names_the_encoder_not_a_setting(encoder: Path,
+                                                                                       tmp_path: Path) -> None:
+    result = runner.invoke(app, ["embed", str(encoder), str(volumes(tmp_path / "vols", n=1)),
+                                 "--out", str(tmp_path / "emb")])
+    assert result.exit_code == 2, result.output
+    assert "was trained on 2D GeoTIFF rasters; give it raster files" in result.output
+    assert "set data.kind" not in result.output and not (tmp_path / "emb").exists()

@@ -254,3 +254,36 @@ def test_read_rows_gives_the_rows_asked_for_in_their_order_from_their_row_groups
     assert got["id"].tolist() == [13, 0, 7, 6] and got["file"] == ["f13", "f0", "f7", "f6"]
     every = read_columns(tmp_path, ["file"])["file"]
     assert read_rows(tmp_path, ["file"], range(15))["file"] == every and read_rows(tmp_path, ["file"], [])["file"] == []
+
+
+def test_the_folder_that_keeps_the_searches_is_no_search_folder(archive: tuple[Path, Path], tmp_path: Path) -> None:
+    """``--out EMB/search`` would make the default searches' parent a search, which embed --overwrite then could
+    not clear; a folder inside it is fine."""
+    data, enc = archive
+    emb = tmp_path / "emb"
+    embed_folder(enc, data, emb, level="image", progress=False)
+    result = runner.invoke(app, ["similar", str(emb), "--query", str(data / "scene_0.tif"), "--out",
+                                 str(emb / "search")])
+    assert result.exit_code == 2 and "where similar keeps one folder per query" in result.output
+    assert not (emb / "search").exists()
+    find_similar(emb, data / "scene_0.tif", out_dir=emb / "search" / "mine", top=1)
+    assert (emb / "search" / "mine" / "similar.csv").is_file()
+
+
+@pytest.mark.parametrize("level", ["window", "image"])
+def test_a_box_of_nodata_alone_finds_nothing_at_window_and_image_level(archive: tuple[Path, Path], tmp_path: Path,
+                                                                       level: str) -> None:
+    import rasterio
+
+    from tests.conftest import write_geotiff
+
+    data, enc = archive
+    emb = tmp_path / "emb"
+    embed_folder(enc, data, emb, level=level, window=16, progress=False)
+    with rasterio.open(data / "scene_0.tif") as src:
+        arr = src.read().astype(np.float32)
+    arr[:, :20] = np.nan
+    query = write_geotiff(tmp_path / "holes.tif", arr)
+    result = runner.invoke(app, ["similar", str(emb), "--query", str(query), "--box", "0,0,16,16"])
+    assert result.exit_code == 2 and "holds no valid pixel" in result.output, result.output
+    assert find_similar(emb, query, box=[20, 0, 16, 16], top=1, sheet=False).hits  # rows 20-35: found

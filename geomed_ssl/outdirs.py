@@ -279,9 +279,9 @@ def check_out_file(path: PathLike, *, inputs: Inputs | None = None, suffixes: Se
         for folder in list(Path(os.path.abspath(path)).parents)[1:]:  # nothing, so a later --overwrite would refuse
             found = read_manifest(folder)
             if found is not None:
-                raise OutputError(f"--out '{path}' lies in '{path.parent.name}/' inside the folder `{found['command']}` "
-                                  f"made ('{folder}'), whose contents only that command writes; write it beside them "
-                                  f"(e.g. --out {folder / path.name}) or choose another --out.")
+                raise OutputError(f"--out '{path}' lies in '{path.parent.name}/' inside the folder "
+                                  f"`{found['command']}` made ('{folder}'), whose contents only that command writes; "
+                                  f"write it beside them (e.g. --out {folder / path.name}) or choose another --out.")
     if not path.name.lower().endswith(tuple(s.lower() for s in suffixes)):
         raise ConfigError(f"--out '{path}' must name a {' or '.join(suffixes)} file, e.g. --out attention.png.")
     if (path.exists() or path.is_symlink()) and not _recorded(path):

@@ -36,8 +36,9 @@ QUICKLOOKS = ("thumb", "quicklook", "browse")  # Landsat's *_thumb_small.jpeg, S
 
 
 def absolute(path: str | Path) -> Path:
-    """``path`` made absolute with ``~`` expanded and ``..`` / ``.`` folded by name, symlinks kept (``os.path.abspath``):
-    one folder given as ``../data`` from one place and ``data`` from another is then one string in a manifest."""
+    """``path`` made absolute with ``~`` expanded and ``..`` / ``.`` folded by name, symlinks kept
+    (``os.path.abspath``): one folder given as ``../data`` from one place and ``data`` from another is then one string
+    in a manifest."""
     return Path(os.path.abspath(Path(path).expanduser()))
 
 

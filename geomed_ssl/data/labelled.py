@@ -62,16 +62,22 @@ def scan_class_folders(root: str | Path, data_cfg: Any, strict: bool = False, fo
 
 
 def augment(image: np.ndarray, valid: np.ndarray, target: np.ndarray, rng: np.random.Generator,
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Random flips on every spatial axis and (2D, square windows) a random multiple of 90° rotation."""
+            flip: bool = True, rot90: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random flips on every spatial axis (``flip``: the recipe's ``augment.flip``) and (2D, square windows,
+    ``rot90``) a random multiple of 90° rotation."""
     nd = target.ndim
-    for axis in range(nd):
+    for axis in range(nd if flip else 0):
         if rng.random() < 0.5:
             image, valid, target = (np.flip(image, axis + 1), np.flip(valid, axis), np.flip(target, axis))
-    if nd == 2 and target.shape[0] == target.shape[1]:
+    if rot90 and nd == 2 and target.shape[0] == target.shape[1]:
         k = int(rng.integers(4))
         image, valid, target = np.rot90(image, k, (1, 2)), np.rot90(valid, k), np.rot90(target, k)
     return np.ascontiguousarray(image), np.ascontiguousarray(valid), np.ascontiguousarray(target)
+
+
+def geometry(aug_cfg: Any) -> dict[str, bool]:
+    """:func:`augment`'s ``flip`` and ``rot90`` from a recipe's ``augment`` section (None: both on)."""
+    return {"flip": bool(getattr(aug_cfg, "flip", True)), "rot90": bool(getattr(aug_cfg, "rot90", True))}
 
 
 class ImageDataset(Dataset):
@@ -79,8 +85,10 @@ class ImageDataset(Dataset):
     that size (at random with ``augment``, else centred), so images of several sizes can share a batch."""
 
     def __init__(self, records: Sequence[Any], labels: np.ndarray, stats: BandStats, data_cfg: Any,
-                 patch: Sequence[int], augment: bool = False, seed: int = 0, size: Sequence[int] | None = None):
+                 patch: Sequence[int], augment: bool = False, seed: int = 0, size: Sequence[int] | None = None,
+                 aug_cfg: Any = None):
         self.records, self.labels, self.stats, self.data_cfg = list(records), labels, stats, data_cfg
+        self.aug_cfg = aug_cfg  # the recipe's augment section: its flip and rot90 (None: both)
         self.patch, self.augment, self.seed = tuple(patch), augment, seed
         self.size = tuple(size) if size is not None else None
         self.raster = RasterReader() if len(self.patch) == 2 else None
@@ -108,5 +116,5 @@ class ImageDataset(Dataset):
                  for s, w in zip(image.shape[1:], self.size)], self.size))
             image, valid = image[(slice(None), *box)], valid[box]
         if self.augment:
-            image, valid, _ = augment(image, valid, np.zeros(valid.shape, np.int16), rng)
+            image, valid, _ = augment(image, valid, np.zeros(valid.shape, np.int16), rng, **geometry(self.aug_cfg))
         return {"image": torch.from_numpy(image), "target": torch.tensor(int(self.labels[i % len(self.records)]))}

@@ -149,9 +149,11 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
         mode = f"{f.head} probe on frozen features"
     else:
         stream = Repeat(ImageDataset(records, labels, stats, recipe.data, enc.config.patch_size, augment=True,
-                                     seed=lab.seed, size=common_size(dataset, train)), train, lab.seed)
+                                     seed=lab.seed, size=common_size(dataset, train), aug_cfg=recipe.augment),
+                        train, lab.seed)
         fit_supervised(model, stream, recipe, len(names), out, weights, progress=progress)
-        mode = "full fine-tune" if not f.freeze_encoder else f"{f.head} head, encoder unfrozen after {f.unfreeze_after_steps} steps"
+        mode = ("full fine-tune" if not f.freeze_encoder
+                else f"{f.head} head, encoder unfrozen after {f.unfreeze_after_steps} steps")
     model.eval()
     meta = {"task": "classify", "head": {"kind": f.head, "pool": f.pool, "mode": mode},
             "classes": [{"index": i, "value": i, "name": n} for i, n in enumerate(names)],

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from geomed_ssl.windows.crops import pad_crop
-from geomed_ssl.data.labelled import IGNORE, augment
+from geomed_ssl.data.labelled import IGNORE, augment, geometry
 from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import BandStats, normalize
 
@@ -41,8 +41,9 @@ class SparseLabelDataset(Dataset):
 
     def __init__(self, records: Sequence[Any], targets: Sequence[np.ndarray], stats: BandStats, data_cfg: Any,
                  window: Sequence[int], seed: int = 0, augment: bool = True, length: int = 10**9,
-                 allowed: Sequence[np.ndarray] | None = None):
+                 allowed: Sequence[np.ndarray] | None = None, aug_cfg: Any = None):
         self.records, self.targets, self.stats, self.data_cfg = list(records), list(targets), stats, data_cfg
+        self.aug_cfg = aug_cfg  # the recipe's augment section: its flip and rot90 (None: both)
         self.allowed = list(allowed) if allowed is not None else None
         self.window, self.seed, self.augment, self.length = tuple(window), seed, augment, length
         self.points = [np.flatnonzero(t.reshape(-1) != IGNORE) for t in self.targets]
@@ -88,6 +89,6 @@ class SparseLabelDataset(Dataset):
             valid &= shown
         target[~valid] = IGNORE
         if self.augment:
-            image, valid, target = augment(image, valid, target, rng)
+            image, valid, target = augment(image, valid, target, rng, **geometry(self.aug_cfg))
         return {"image": torch.from_numpy(image), "valid": torch.from_numpy(valid),
                 "target": torch.from_numpy(target.astype(np.int64))}

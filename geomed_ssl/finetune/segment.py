@@ -46,11 +46,48 @@ def _train(enc: Any, recipe: Recipe, selection: Any, records: list[Any], stats: 
     model = SegmentationModel(enc, k, layers, feature_size=recipe.finetune.feature_size, head=recipe.finetune.head)
     targets = [selection.target(i, "train").astype(np.int16) for i in range(len(records))]
     dataset = SparseLabelDataset(records, targets, stats, recipe.data, window, seed=recipe.labels.seed,
-                                 allowed=allowed)
+                                 allowed=allowed, aug_cfg=recipe.augment)
     counts = np.bincount(selection.class_map.encode(selection.train_value), minlength=k)
     fit_supervised(model, dataset, recipe, k, out, class_weights_from_counts(counts, recipe.finetune.class_weights),
                    progress=progress)
     return model
+
+
+SIDED = 0.9  # a class is on one side of the left-right axis when this share of its labelled voxels lies there
+SIDED_MIN = 20  # ... judged on at least this many labelled voxels
+
+
+def sided_classes(arrays: list[np.ndarray], masks: list[np.ndarray], classes: list[int]) -> tuple[list[int], list[int]]:
+    """Class values whose labelled voxels lie almost all (``SIDED``) left, and those almost all right, of each
+    volume's labelled voxels' mean position along the RAS i axis (left to right: the reader's first axis)."""
+    right, total = np.zeros(len(classes)), np.zeros(len(classes))
+    index = {int(c): n for n, c in enumerate(classes)}
+    for values, labelled in zip(arrays, masks):
+        if values.ndim != 3 or not labelled.any():
+            continue
+        i = np.nonzero(labelled)[0]
+        found, inverse = np.unique(values[labelled], return_inverse=True)
+        codes = np.array([index.get(int(v), -1) for v in found])[inverse]
+        keep = codes >= 0
+        right += np.bincount(codes[keep], weights=(i > i.mean())[keep], minlength=len(classes))
+        total += np.bincount(codes[keep], minlength=len(classes))
+    share = right / np.maximum(total, 1)
+    seen = total >= SIDED_MIN
+    return ([int(classes[c]) for c in np.flatnonzero(seen & (share <= 1 - SIDED))],
+            [int(classes[c]) for c in np.flatnonzero(seen & (share >= SIDED))])
+
+
+def warn_sided_flips(recipe: Recipe, arrays: list[np.ndarray], masks: list[np.ndarray], classes: list[int]) -> None:
+    """Volumes fine-tuned with ``augment.flip``: a warning when some classes lie on the left and others on the
+    right (FreeSurfer's Left- / Right- structures): a left-right flip swaps their sides, so the model cannot learn
+    which is which."""
+    if recipe.data.kind != "volume" or not recipe.augment.flip or recipe.finetune.head == "probe":
+        return  # (a probe head is fitted on unflipped features)
+    left, right = sided_classes(arrays, masks, classes)
+    if left and right:
+        log.warning(f"warning: the labels of classes {left[:3]} lie on the left and of classes {right[:3]} on the "
+                    "right (RAS), and the training windows are flipped along every axis (augment.flip), which "
+                    "swaps the sides; pass --set augment.flip=false if a class is defined by its side.")
 
 
 def training_window(recipe: Recipe, encoder: str | Path | None) -> list[int]:
@@ -97,6 +134,7 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     selection = select_labels(arrays, masks, lab, paths=[os.path.abspath(p) for _, p in pairs],  # evaluate finds them
                               sources=label_sources([p for _, p in pairs], recipe.data), grounds=grounds)
     log.info(selection.summary())
+    warn_sided_flips(recipe, arrays, masks, selection.classes)
     enc, stats, source, catalog = encoder_and_stats(encoder, recipe, catalog)
     by_path = {r.path: r for r in catalog.records}
     check_trainer_settings(recipe)

@@ -62,3 +62,59 @@ def test_scenes_that_fit_the_cache_together_are_read_once_and_give_the_same_wind
         assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in ("image", "valid", "target"))
     assert whole.raster_reader.counters["region_reads"] == 3 and whole.raster_reader.counters["direct_reads"] == 0
     assert direct.raster_reader.counters["region_reads"] == 0 and direct.raster_reader.counters["direct_reads"] == 12
+
+
+def test_windows_are_flipped_and_turned_only_as_the_recipes_augment_section_says(tmp_path: Path) -> None:
+    """``augment.flip=false`` (labels defined by their side) and ``rot90=false`` reach the fine-tune's windows: with
+    both off every window is the plain read; with them on some are not."""
+    from geomed_ssl.config.sections import AugmentConfig
+
+    img = structured_raster(np.random.default_rng(0), 3, 48)
+    (tmp_path / "img").mkdir()
+    write_geotiff(tmp_path / "img" / "scene.tif", img)
+    cfg = DataConfig(kind="raster", patch_size=16, stats_windows=8)
+    catalog = scan(tmp_path / "img", cfg)
+    stats = compute_stats(catalog, cfg)
+    target = sparse_target((48, 48), np.ravel_multi_index(([20, 30], [20, 12]), (48, 48)), np.array([0, 1]))
+
+    def windows(**kw) -> list[np.ndarray]:
+        return [SparseLabelDataset(catalog.records, [target], stats, cfg, (16, 16), seed=3, **kw)[i]["image"].numpy()
+                for i in range(16)]
+
+    plain = windows(augment=False)
+    kept = windows(aug_cfg=AugmentConfig(flip=False, rot90=False))
+    moved = windows(aug_cfg=AugmentConfig())
+    assert all(np.array_equal(a, b) for a, b in zip(plain, kept))
+    assert sum(not np.array_equal(a, b) for a, b in zip(plain, moved)) >= 8
+
+
+def test_classes_on_opposite_sides_of_the_left_right_axis_are_told_apart_from_lopsided_ones() -> None:
+    """Left- / Right- structures (as FreeSurfer's aseg) are sided; a tumour in one hemisphere beside a background
+    on both sides is not a pair that a flip would swap."""
+    from geomed_ssl.finetune.segment import sided_classes
+
+    values = np.zeros((20, 8, 8), np.int16)
+    values[2:9] = 2    # Left-Cerebral-White-Matter: low i (RAS i runs towards the right)
+    values[11:18] = 41  # Right-Cerebral-White-Matter
+    labelled = np.ones(values.shape, bool)
+    assert sided_classes([values], [labelled], [0, 2, 41]) == ([2], [41])
+    tumour = np.zeros((20, 8, 8), np.int16)
+    tumour[3:7, 2:6, 2:6] = 1
+    assert sided_classes([tumour], [labelled], [0, 1])[1] == []
+
+
+def test_a_volume_fine_tune_with_flips_warns_about_sided_classes_and_not_without_them(caplog) -> None:
+    from geomed_ssl.config import as_recipe
+    from geomed_ssl.finetune.segment import warn_sided_flips
+
+    values = np.zeros((20, 8, 8), np.int16)
+    values[2:9], values[11:18] = 2, 41
+    labelled = np.ones(values.shape, bool)
+    recipe = as_recipe(None, ["data.kind=volume", "data.patch_size=8"])
+    warn_sided_flips(recipe, [values], [labelled], [0, 2, 41])
+    assert "classes [2] lie on the left and of classes [41] on the right" in caplog.text
+    assert "--set augment.flip=false" in caplog.text
+    caplog.clear()
+    warn_sided_flips(as_recipe(None, ["data.kind=volume", "data.patch_size=8", "augment.flip=false"]),
+                     [values], [labelled], [0, 2, 41])
+    assert "augment.flip" not in caplog.text

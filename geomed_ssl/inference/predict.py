@@ -199,10 +199,14 @@ def usable_inputs(planned: dict[Path, Path], data_cfg: Any, blend: str, stats: B
         anywhere = (1,) * (2 if kind == "raster" else 3)  # any size: the predictor pads a scene under its window
         if p.is_file():
             try:
-                probed.append(as_record(probe_file(str(p), kind, data_cfg, anywhere), kind))
+                probe = probe_file(str(p), kind, data_cfg, anywhere)
             except ProbeError as err:
                 bad.append(f"'{p}': {str(err).rstrip('.')}")
                 continue
+            if kind == "volume" and not probe.valid.any():  # (a raster's all-nodata map is written; see docs/cli.md)
+                bad.append(f"'{p}': all voxels are nodata or NaN (estimated from a strided read), nothing to predict")
+                continue
+            probed.append(as_record(probe, kind))
         elif (first := first_channel_file(p, data_cfg)) is not None:  # a stack: its first file's grid, for the scale
             try:
                 probed.append(as_record(probe_file(str(first), kind, data_cfg, anywhere), kind, path=str(p)))
@@ -214,7 +218,8 @@ def usable_inputs(planned: dict[Path, Path], data_cfg: Any, blend: str, stats: B
         raise DataError(f"cannot predict {'; '.join(bad)}. Replace or leave out "
                         f"{'that file' if len(bad) == 1 else 'those files'}.")
     if bad:
-        logging.getLogger("geomed_ssl").warning(f"warning: skipped {len(bad)} unreadable input(s): {'; '.join(bad)}.")
+        logging.getLogger("geomed_ssl").warning(f"warning: skipped {len(bad)} input(s) it cannot read or predict: "
+                                                f"{'; '.join(bad)}.")
     warn_other_scale(probed, scale, getattr(data_cfg, "spacing", None), model)
     return usable
 

@@ -61,12 +61,13 @@ def warn_if_nothing_predicted(path: str | Path, valid: int, nodata: float | None
 
 def channel_records(folder: Path, data_cfg: Any, kind: str, strict: bool = False,
                     names_by_position: str = "warn") -> list[Any]:
-    """The ``data.channels`` stacks under ``folder`` as catalog records (one per folder of channel files); the
-    channel globs alone pick the files, so ``data.include`` / ``data.exclude`` do not apply. Stacks the catalog
-    leaves out (all nodata, unreadable) are named in one warning, not dropped without a word."""
+    """The ``data.channels`` stacks under ``folder`` as catalog records (one per folder of channel files), grouped
+    as training grouped them: the channel globs pick the files among those ``data.exclude`` keeps (a
+    ``flair_brain_mask.nii.gz`` beside ``flair_brain.nii.gz`` is no channel). Stacks the catalog leaves out (all
+    nodata, unreadable) are named in one warning, not dropped without a word."""
     from geomed_ssl.data.catalog import scan
 
-    cfg = dataclasses.replace(data_cfg, kind=kind, include=["**/*"], exclude=[], patch_size=1)
+    cfg = dataclasses.replace(data_cfg, kind=kind, include=["**/*"], patch_size=1)
     catalog = scan(folder, cfg, strict=strict, names_by_position=names_by_position)
     if catalog.problems:
         listed = "; ".join(f"'{p.path}': {p.reason}" for p in catalog.problems[:3])

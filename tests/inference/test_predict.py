@@ -979,3 +979,47 @@ def test_a_stacked_input_with_nothing_to_predict_is_named_not_dropped_silently(t
         records = channel_records(tmp_path, cfg, "raster")
     assert [Path(r.path).parent.name for r in records] == ["p1"]
     assert "1 stacked input(s) under" in caplog.text and "p2': all pixels are nodata" in caplog.text
+
+
+def test_a_volume_of_nan_alone_in_a_folder_is_skipped_with_a_warning_and_the_others_predicted(tmp_path, caplog):
+    """One empty scan must not stop a folder's prediction (``--strict``: it does, naming the file)."""
+    import logging
+
+    import nibabel as nib
+
+    from geomed_ssl.config import DataConfig
+    from geomed_ssl.inference.predict import plan_outputs, usable_inputs
+
+    (tmp_path / "in").mkdir()
+    vol = asymmetric_volume((12, 12, 12))
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / "in" / "good.nii.gz"))
+    empty = np.full((12, 12, 12), np.nan, np.float32)
+    nib.save(nib.Nifti1Image(empty, np.eye(4)), str(tmp_path / "in" / "empty.nii.gz"))
+    cfg, stats = DataConfig(kind="volume", intensity="none"), stats_of(vol[None], ["band_1"])
+    planned = plan_outputs(tmp_path / "in", tmp_path / "out", cfg, [8, 8, 8])
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        usable = usable_inputs(planned, cfg, "gaussian", stats)
+    assert [p.name for p in usable] == ["good.nii.gz"]
+    assert "empty.nii.gz': all voxels are nodata or NaN" in caplog.text
+    with pytest.raises(DataError, match="empty.nii.gz': all voxels are nodata or NaN"):
+        usable_inputs(planned, cfg, "gaussian", stats, strict=True)
+
+
+def test_a_file_the_recipe_excludes_is_no_channel_of_a_stack_even_when_a_channel_glob_matches_it(tmp_path):
+    """FSL's ``flair_brain_mask.nii.gz`` beside ``flair_brain.nii.gz``: training left the mask out
+    (``data.exclude``), so predict groups the folder's files the same way."""
+    import nibabel as nib
+
+    from geomed_ssl.config import DataConfig
+    from geomed_ssl.inference.predict import list_inputs
+    from geomed_ssl.inference.sliding import channel_records
+
+    case = tmp_path / "p1"
+    case.mkdir()
+    for name in ("p1_t1_brain.nii.gz", "p1_flair_brain.nii.gz", "p1_flair_brain_mask.nii.gz"):
+        nib.save(nib.Nifti1Image(asymmetric_volume((8, 8, 8)), np.eye(4)), str(case / name))
+    cfg = DataConfig(kind="volume", channels=["*t1*", "*flair*"], exclude=["*mask*"])
+    records = channel_records(tmp_path, cfg, "volume")
+    assert len(records) == 1 and [Path(p).name for p in records[0].paths] == ["p1_t1_brain.nii.gz",
+                                                                               "p1_flair_brain.nii.gz"]
+    assert list_inputs(tmp_path, cfg) == [case]

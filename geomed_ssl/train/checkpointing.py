@@ -262,6 +262,14 @@ class StopRequest:
             log.warning(f"{signal.Signals(signum).name} received: saving a checkpoint at the end of this step, then "
                         "stopping" + (" (Ctrl-C again aborts without saving)." if signum == signal.SIGINT else "."))
 
+    def heard(self, signum: int) -> None:
+        """Stop for ``signum``, which reached another process of this run (a ``kill`` of one rank): this one then
+        reports the stop, and exits, as if it had received it."""
+        self.signum = signum
+        if self.announce:
+            log.warning(f"{signal.Signals(signum).name} reached another process of this run: saving a checkpoint at "
+                        "the end of this step, then stopping.")
+
     def __getstate__(self) -> dict[str, Any]:  # handlers and forwarding do not travel to spawned processes
         return {**self.__dict__, "_previous": {}, "_forward": None, "_forward_pid": None}
 
@@ -370,7 +378,10 @@ class RunCheckpoints(L.Callback):
             return
         self._seen = step
         timed = self.minutes > 0 and time.monotonic() - self._last_save >= 60 * self.minutes
-        timed, stop = any_rank(trainer, timed, self.stop.requested)
+        timed, *received = any_rank(trainer, timed, *(self.stop.signum == s for s in StopRequest.SIGNALS))
+        stop = any(received)
+        if stop and not self.stop.requested:  # another rank's signal: this one stops for it, by its name
+            self.stop.heard(next(s for s, got in zip(StopRequest.SIGNALS, received) if got))
         periodic, final = step % self.every == 0, step >= trainer.max_steps
         if not (periodic or final or timed or stop):
             return

@@ -173,6 +173,27 @@ def test_ddp_run_stopped_by_sigterm_saves_and_resumes(nodata_rasters: Path, tmp_
     assert f"done: {step + 2} steps" in resumed.stdout and sorted(metrics(out)) == list(range(1, step + 3))
 
 
+def children(pid: int) -> list[int]:
+    """The process ids ``pid`` started (its threads' children, from /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads child processes from /proc (Linux)")
+def test_sigterm_to_one_other_rank_stops_the_run_as_sigterm_on_rank_0(nodata_rasters: Path, tmp_path: Path) -> None:
+    """A ``kill`` of rank 1 alone: every rank stops after the same step, and rank 0 reports and exits as for a
+    SIGTERM (143, which a scheduler reads as "preempted, resume"), not as a failure."""
+    out = tmp_path / "one_rank"
+    sets = [*BASE, *DDP, "train.max_steps=100000", "train.checkpoint_every=100000", "train.checkpoint_minutes=0"]
+    proc, stdout, stderr = signalled_after_two_steps(
+        cli_args(nodata_rasters, out, sets), out, lambda pid: [os.kill(c, signal.SIGTERM) for c in children(pid)])
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "SIGTERM reached another process of this run" in stderr + stdout and "--resume" in stdout
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+
+
 def test_sigterm_to_the_process_that_spawned_the_workers_stops_them_all(nodata_rasters: Path,
                                                                        tmp_path: Path) -> None:
     out = tmp_path / "spawned"

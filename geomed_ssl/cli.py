@@ -5,7 +5,6 @@ Shared options and error handling: :mod:`geomed_ssl.cli_options`; the ``finetune
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import sys
@@ -80,7 +79,7 @@ def inspect(
 ) -> None:
     """Show what the toolkit sees in a folder (files, bands, wavelengths, grids) and what is wrong with it."""
     from geomed_ssl.config import load_recipe, sets_key
-    from geomed_ssl.data.catalog import LABEL_GLOBS, QUALITY_GLOBS, problems_reported, scan
+    from geomed_ssl.data.catalog import LABEL_GLOBS, QUALITY_GLOBS, scan
 
     sets = list(overrides or [])
     if kind is not None and kind not in ("raster", "volume"):
@@ -96,8 +95,7 @@ def inspect(
         from geomed_ssl.methods import resolve_method_settings  # imports torch: only for a recipe's method section
 
         resolve_method_settings(cfg, str(recipe))  # the same recipe errors as pretrain, before scanning
-    with problems_reported() if labels_apart else contextlib.nullcontext():  # the label-like files: listed below
-        catalog = scan(data_dir, cfg.data, strict=strict, names_by_position="error" if strict else "warn")
+    catalog = scan(data_dir, cfg.data, strict=strict, names_by_position="error" if strict else "warn")
     typer.echo(catalog.summary())
     found = catalog.excluded if labels_apart else []  # data.exclude is LABEL_GLOBS + QUALITY_GLOBS alone
     if found:
@@ -127,13 +125,18 @@ def drop_filter(entry: tuple) -> None:
             mutated()
 
 
+VOLUME_ONLY = (".dcm", ".ima", ".mgz", ".mgh", ".nrrd", ".nhdr", ".mha", ".mhd")  # formats only volumes come in
+
+
 def guess_kind(data_dir: Path) -> str:
-    """volume when the folder holds NIfTI (or DICOM, to be told to convert) files and no GeoTIFF, else raster (a
-    file: by its extension)."""
+    """volume when the folder holds NIfTI (or volumes in other formats: DICOM, MGH, NRRD, MetaImage, Analyze, to be
+    told to convert) files and no GeoTIFF, else raster (a file: by its extension)."""
     if data_dir.is_file():
         from geomed_ssl.data.kinds import input_kind
 
-        return input_kind(data_dir) or "raster"
+        name = data_dir.name.lower()
+        other_volume = name.endswith(VOLUME_ONLY) or (name.endswith(".img") and data_dir.with_suffix(".hdr").exists())
+        return input_kind(data_dir) or ("volume" if other_volume else "raster")
     if not data_dir.is_dir():
         raise GeomedError(f"data folder '{data_dir}' does not exist.")
     from geomed_ssl.files.listing import has_ext, is_dicom, made_by_us, walk
@@ -143,8 +146,9 @@ def guess_kind(data_dir: Path) -> str:
         dirs[:] = [d for d in dirs if not d.startswith(".") and not made_by_us(Path(folder) / d)]
         if any(has_ext(f, "raster") for f in files if not f.startswith(".")):
             return "raster"
-        has_nii = has_nii or any(has_ext(f, "volume") or f.lower().endswith((".dcm", ".ima"))
-                                 or is_dicom(Path(folder) / f) for f in files if not f.startswith("."))
+        has_nii = has_nii or any(has_ext(f, "volume") or f.lower().endswith(VOLUME_ONLY) or is_dicom(Path(folder) / f)
+                                 or (f.lower().endswith(".img") and Path(folder, f[:-4] + ".hdr").exists())  # Analyze
+                                 for f in files if not f.startswith("."))
     return "volume" if has_nii else "raster"
 
 

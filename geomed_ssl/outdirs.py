@@ -294,7 +294,8 @@ def check_out_file(path: PathLike, *, inputs: Inputs | None = None, suffixes: Se
             if found is not None:
                 raise OutputError(f"--out '{path}' already exists inside the folder `{found['command']}` made "
                                   f"('{folder}'), whose files only that command replaces; choose another --out.")
-        raise OutputError(f"--out '{path}' already exists and geomed-ssl did not write it; move it away or choose "
+        raise OutputError(f"--out '{path}' already exists, and outside a folder geomed-ssl made no file is replaced "
+                          "(nothing tells it from one of yours, even one an earlier run wrote); move it away or choose "
                           "another --out.")
 
 

@@ -359,10 +359,15 @@ def _link_or_copy(src: str, dst: str) -> None:
 def _carry_foreign(old: Path, new: Path) -> None:
     """Hard-link (else copy) into ``new`` every entry of ``old`` whose name ``new`` does not hold (a killed writer's
     temporary entry of ours is not carried). What cannot be carried (a folder that cannot be read, a pipe on a
-    filesystem without hard links) is named in a warning: the export itself never fails for it."""
+    filesystem without hard links) is named in a warning: the export itself never fails for it. Entries ``old``'s
+    manifest records as the toolkit's (an ``attention`` PNG written into it) go with it, as its ``--overwrite``
+    promises."""
+    from geomed_ssl.outowners import entry_names, read_manifest  # (it builds on this module)
+
+    recorded = set(entry_names(read_manifest(old)))
     for entry in old.iterdir():
         dst = new / entry.name
-        if dst.exists() or dst.is_symlink() or _OURS.match(entry.name):
+        if dst.exists() or dst.is_symlink() or _OURS.match(entry.name) or entry.name in recorded:
             continue
         try:
             mode = entry.lstat().st_mode

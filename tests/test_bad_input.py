@@ -248,7 +248,7 @@ OUTDIR_CASES: list[Case] = [
          "is a folder"),
     Case("attention-out-replaces-a-users-png",
          lambda r: ["attention", str(encoder(r)), str(r / "data" / "scene_0.tif"), "--out", str(users_png(r))],
-         "already exists and geomed-ssl did not write it"),
+         "already exists, and outside a folder geomed-ssl made no file is replaced"),
     Case("attention-out-inside-the-encoder",
          lambda r: ["attention", str(encoder(r)), str(r / "data" / "scene_0.tif"), "--out", str(r / "enc" / "a.png")],
          "lies inside the encoder"),

@@ -117,3 +117,23 @@ def test_export_command_writes_the_folder_and_says_where(tmp_path: Path) -> None
     assert sorted(p.name for p in (tmp_path / "timm").iterdir()) == [".geomed-ssl.json", "README.txt", "config.json",
                                                                      "geomed_ssl.json", "model.safetensors"]
     assert str(tmp_path / "timm" / "README.txt") in result.output
+
+
+def test_export_overwrite_deletes_what_it_recorded_and_keeps_the_users_files(tmp_path: Path) -> None:
+    """An ``attention`` PNG written into the export is recorded there: ``--overwrite`` deletes it as promised
+    (before, it was carried into the new folder unrecorded, and every later --overwrite refused it as the user's)."""
+    from geomed_ssl.outowners import record_entries
+
+    save_encoder(trained_like_encoder(), tmp_path / "run" / "encoder")
+    out = tmp_path / "timm"
+    args = ["export", str(tmp_path / "run"), "--format", "timm", "--out", str(out)]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    (out / "att.png").write_bytes(b"png")
+    record_entries(out, ["att.png"])  # as attention records what it writes into a toolkit folder
+    for _ in range(2):
+        result = CliRunner().invoke(app, [*args, "--overwrite"])
+        assert result.exit_code == 0, result.output
+        assert not (out / "att.png").exists()
+    (out / "notes.txt").write_text("mine")  # a file the toolkit never recorded is the user's: it refuses
+    result = CliRunner().invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 2 and "notes.txt" in result.output and (out / "notes.txt").read_text() == "mine"

@@ -246,7 +246,7 @@ def test_an_output_file_never_replaces_a_file_the_toolkit_did_not_record(tmp_pat
     figure = tmp_path / "figs" / "figure1.png"
     figure.parent.mkdir()
     figure.write_bytes(b"the user's figure")
-    with pytest.raises(OutputError, match="already exists and geomed-ssl did not write it"):
+    with pytest.raises(OutputError, match="already exists, and outside a folder geomed-ssl made no file is replaced"):
         prepare_out_file(figure, command="attention")
     assert figure.read_bytes() == b"the user's figure"
 

@@ -139,6 +139,30 @@ def test_inspect_guesses_rasters_from_upper_case_extensions(tmp_path, make_tif, 
     assert guess_kind(tmp_path) == "raster"
 
 
+def test_volumes_in_formats_not_read_are_taken_for_volumes_so_inspect_says_to_convert_them(tmp_path, make_tif, grad):
+    """FreeSurfer's .mgz, NRRD, MetaImage and Analyze .img/.hdr were taken for rasters and told nothing of use; and
+    without a recipe inspect never said which files it does not read."""
+    from typer.testing import CliRunner
+
+    from geomed_ssl.cli import app, guess_kind
+
+    (tmp_path / "fs").mkdir()
+    for name in ("brain.mgz", "T1.mgz"):
+        (tmp_path / "fs" / name).write_bytes(b"\0" * 64)
+    (tmp_path / "an").mkdir()
+    for name in ("scan.img", "scan.hdr"):
+        (tmp_path / "an" / name).write_bytes(b"\0" * 64)
+    assert guess_kind(tmp_path / "fs") == guess_kind(tmp_path / "an") == guess_kind(tmp_path / "an" / "scan.img")
+    assert guess_kind(tmp_path / "an") == "volume"
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path / "fs")])
+    assert result.exit_code == 2 and ".mgz 2" in result.output and "convert them to NIfTI" in result.output
+    (tmp_path / "mixed").mkdir()
+    make_tif(tmp_path / "mixed" / "scene.tif", grad(2, 32, 32))
+    (tmp_path / "mixed" / "B01.jp2").write_bytes(b"\0" * 64)
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path / "mixed")])
+    assert result.exit_code == 0 and "formats not read (.jp2 1)" in result.output
+
+
 def test_a_dicom_series_is_taken_for_volumes_so_the_error_says_to_convert_it(tmp_path):
     from typer.testing import CliRunner
 

@@ -128,6 +128,11 @@ def _note_alpha(path: str, bands: list[int]) -> None:
                  "not as a band to learn from", ", ".join(map(str, bands)), path)
 
 
+def is_blank(value_range: list[list[float]] | None) -> bool:
+    """Every band holds one value (its [min, p1, p99, max] from the probe: min == max): a blank scan."""
+    return bool(value_range) and all(v[0] == v[3] for v in value_range)  # type: ignore[union-attr]
+
+
 def record_from_probes(probes: list[FileProbe], kind: str, data_cfg: Any,
                        fallback: list[str] | None = None) -> FileRecord:
     """Stack probes (one, or one per channel) into a FileRecord; raises ProbeError."""

@@ -249,7 +249,8 @@ def preprocess_intensity(
     Mode: ``data.intensity`` unless 'auto'; then ``kind_hint`` ('ct'|'mr'|'none') if given, else CT when the valid
     minimum is below -500 HU, else MR. CT: clip to ``data.ct_window`` (values stay in HU). MR: per channel, scale
     [p1, p99] to [0, 1] and clip, with ``percentiles`` ((C, 2) of the whole volume) or the array's own valid values.
-    NaN stays NaN and values equal to ``data.nodata`` are left unchanged, so the valid mask is the same afterwards.
+    NaN stays NaN, +-inf becomes NaN and values equal to ``data.nodata`` are left unchanged, so the valid mask is the
+    same afterwards.
     """
     arr = np.asarray(array)
     nodata = getattr(data_cfg, "nodata", None)
@@ -284,6 +285,7 @@ def preprocess_intensity(
         raise DataError(f"data.intensity must be auto, ct, mr or none; got '{mode}'.")
     if keep is not None:
         out[keep] = arr[keep]
+    out[np.isinf(arr)] = np.nan  # clipping made +-inf a valid 1.0 (MR) or window edge (CT); it stays missing
     return out
 
 

@@ -21,7 +21,8 @@ from geomed_ssl.outlocks import LOCK
 
 log = logging.getLogger("geomed_ssl")
 EXTENSIONS = {"raster": (".tif", ".tiff"), "volume": (".nii", ".nii.gz")}
-KIND_WORDS = {"raster": ("a GeoTIFF raster", "2D GeoTIFF rasters"), "volume": ("a NIfTI volume", "3D NIfTI volumes")}
+KIND_WORDS = {"raster": ("a GeoTIFF raster", "2D GeoTIFF rasters"),
+              "volume": ("a NIfTI volume", "3D NIfTI volumes")}
 # Image formats users' archives hold that are not read, and how to convert them.
 UNREAD = {
     "raster": ((".jp2", ".j2k", ".img", ".vrt", ".png", ".jpg", ".jpeg", ".bsq", ".bil", ".bip", ".nc", ".h5",

@@ -241,15 +241,21 @@ def trained_images(ft_dir: str | Path, paths: Sequence[str]) -> tuple[np.ndarray
         return seen, None
     trained = {_key(used["meta"]["paths"][i]) for i in used["train_index"]}
     seen[:] = [_key(p) in trained for p in paths]
-    if not seen.any():  # a copy of the training folder, or a test folder named alike: names cannot tell them apart
-        tails = {Path(used["meta"]["paths"][i]).parts[-2:] for i in used["train_index"]}
-        alike = sum(Path(p).parts[-2:] in tails for p in paths)
-        if alike:
-            log.warning("warning: none of these images is at a path the fine-tune trained on, but %d share a folder "
-                        "and file name with its training images: if this folder is a copy of the training data, "
-                        "those were trained on and are scored here as test; evaluate the folder the model was "
-                        "fine-tuned on to score them apart.", alike)
+    if not seen.any():
+        _warn_alike([used["meta"]["paths"][i] for i in used["train_index"]], paths, "images")
     return seen, (_scored_apart(int(seen.sum()), len(paths), "images") if seen.any() else None)
+
+
+def _warn_alike(trained: Sequence[str], paths: Sequence[str], what: str) -> None:
+    """None of ``paths`` is where the fine-tune's training ``what`` were: a warning when some share a folder and
+    file name with them (a copy of the training folder, or a test folder named alike: names cannot tell which)."""
+    tails = {Path(p).parts[-2:] for p in trained}
+    alike = sum(Path(p).parts[-2:] in tails for p in paths)
+    if alike:
+        log.warning("warning: none of these %s is at a path the fine-tune trained on, but %d share a folder and "
+                    "file name with its training %s: if this folder is a copy of the training data, what trained "
+                    "the model is scored here as test; evaluate the folder the model was fine-tuned on to score it "
+                    "apart.", what, alike, what)
 
 
 def trained_positions(ft_dir: str | Path, label_paths: Sequence[str], shapes: Sequence[tuple[int, ...]],
@@ -294,6 +300,10 @@ def trained_positions(ft_dir: str | Path, label_paths: Sequence[str], shapes: Se
         if on_grid:
             here = files == i
             seen[here] = np.isin(flats[here], used["train_index"][np.isin(used["train_file"], on_grid)])
+    if not seen.any() and not regridded:
+        stored_paths = meta.get("paths") or []
+        _warn_alike([stored_paths[j] for j in np.unique(used["train_file"]) if j < len(stored_paths)], label_paths,
+                    "label files")
     notes = [_scored_apart(int(seen.sum()), files.size, "positions")] if seen.any() else []
     if regridded:
         notes.append(f"{regridded} of these label files trained this model on another grid than theirs now; their "

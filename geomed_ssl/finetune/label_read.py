@@ -47,6 +47,19 @@ class UnlabelledFacts:
                         "labels.ignore_value=255 (or give the file that nodata).")
 
 
+MAX_DISTINCT_CLASSES = 512  # above any atlas' label count (FreeSurfer aparc.a2009s+aseg ~190, TotalSegmentator 117)
+
+
+def distinct_count(values: np.ndarray) -> int:
+    """How many distinct integers ``values`` holds (a count over their range where it is small, else a sort)."""
+    if not values.size:
+        return 0
+    lo, hi = int(values.min()), int(values.max())
+    if hi - lo < 1 << 20:
+        return int(np.count_nonzero(np.bincount(values - lo)))
+    return int(np.unique(values).size)
+
+
 def _to_labels(arr: np.ndarray, nodata: float | None, ignore_value: int | None,
                path: str, remap: dict | None = None, valid: np.ndarray | None = None,
                facts: UnlabelledFacts | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -72,6 +85,11 @@ def _to_labels(arr: np.ndarray, nodata: float | None, ignore_value: int | None,
     elif arr.dtype.kind in "iub":
         labelled = np.ones(arr.shape, bool) if missing is None else ~missing
         labels = arr.astype(np.int64)
+        distinct = distinct_count(labels[labelled]) if arr.dtype.kind != "b" else 2
+        if distinct > MAX_DISTINCT_CLASSES:
+            raise DataError(f"label file '{path}' holds {distinct} distinct values; labels are class ids, and more "
+                            f"than {MAX_DISTINCT_CLASSES} classes is no label map any atlas or land-cover product "
+                            "makes. Is this an image rather than a label map? (Merge classes with labels.remap.)")
     else:
         raise DataError(f"label file '{path}' has unsupported data type {arr.dtype}; use integer class ids.")
     if remap:

@@ -187,6 +187,8 @@ def usable_inputs(planned: dict[Path, Path], data_cfg: Any, blend: str, stats: B
     import logging
 
     from geomed_ssl.data.probe import ProbeError, probe_file
+    from geomed_ssl.data.catalog import BLANK_VOLUMES
+    from geomed_ssl.data.records import is_blank, record_from_probes
     from geomed_ssl.errors import ConfigError
     from geomed_ssl.models.model_data import as_record, warn_other_scale
 
@@ -200,12 +202,13 @@ def usable_inputs(planned: dict[Path, Path], data_cfg: Any, blend: str, stats: B
         if p.is_file():
             try:
                 probe = probe_file(str(p), kind, data_cfg, anywhere)
+                if kind == "volume" and not getattr(data_cfg, "channels", None):  # a volume of nodata alone: the
+                    record_from_probes([probe], kind, data_cfg)  # catalog's refusal (a raster's map is written)
             except ProbeError as err:
                 bad.append(f"'{p}': {str(err).rstrip('.')}")
                 continue
-            if kind == "volume" and not probe.valid.any():  # (a raster's all-nodata map is written; see docs/cli.md)
-                bad.append(f"'{p}': all voxels are nodata or NaN (estimated from a strided read), nothing to predict")
-                continue
+            if kind == "volume" and is_blank(probe.value_range):
+                logging.getLogger("geomed_ssl").warning(BLANK_VOLUMES, 1, p)
             probed.append(as_record(probe, kind))
         elif (first := first_channel_file(p, data_cfg)) is not None:  # a stack: its first file's grid, for the scale
             try:

@@ -69,6 +69,26 @@ def test_all_nodata_file_is_reported(tmp_path, make_tif, grad):
     assert "all pixels are nodata or NaN" in reasons["nan.tif"]
 
 
+def test_a_volume_of_one_value_is_warned_about_as_blank(tmp_path, caplog) -> None:
+    """A blank scan (all zero, no nodata set) gave a map 60 % foreground at prediction and trained without a word."""
+    import logging
+
+    import nibabel as nib
+
+    vol = np.arange(16 ** 3, dtype=np.float32).reshape(16, 16, 16)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / "scan.nii.gz"))
+    catalog = scan(tmp_path, DataConfig(kind="volume", patch_size=8))
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        catalog.warn_problems()
+    assert "blank" not in caplog.text
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 16), np.float32), np.eye(4)), str(tmp_path / "blank.nii.gz"))
+    catalog = scan(tmp_path, DataConfig(kind="volume", patch_size=8))
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        catalog.warn_problems()
+    assert "1 volume(s) hold one value in every voxel (blank scans?), e.g. '" in caplog.text
+    assert "blank.nii.gz': nothing to learn from or predict" in caplog.text
+
+
 def test_file_smaller_than_half_the_window_is_reported_but_half_size_is_kept(tmp_path, make_tif, grad):
     make_tif(tmp_path / "good.tif", grad(2, 64, 64))
     make_tif(tmp_path / "half.tif", grad(2, 32, 40))

@@ -202,6 +202,15 @@ def test_preprocess_intensity_mr_scales_percentiles_to_unit_range():
     assert preprocess_intensity(arr, DataConfig(intensity="none"))[0, 100] == 100.0
 
 
+@pytest.mark.parametrize("mode", ["mr", "ct"])
+def test_an_infinite_voxel_stays_missing_after_clipping(mode: str) -> None:
+    """Clipping made +inf a valid 1.0 (MR) or the window's top (CT); docs/cli.md counts a voxel only when finite."""
+    arr = np.array([[-1000.0, 0.0, 50.0, 100.0, np.inf, -np.inf]])
+    out = preprocess_intensity(arr, DataConfig(kind="volume", intensity=mode))
+    assert np.isnan(out[0, 4:]).all() and np.isfinite(out[0, :4]).all()
+    assert valid_mask(out, None).tolist() == [True] * 4 + [False] * 2
+
+
 def test_volume_stats_use_ct_window(tmp_path, make_nii):
     vol = np.full((16, 16, 16), -1000.0, np.float32)
     vol[4:12, 4:12, 4:12] = 2000.0

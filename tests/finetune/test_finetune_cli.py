@@ -81,6 +81,19 @@ def test_segment_from_pretrained_encoder_then_evaluate_and_predict(seg_scene, pr
     scored = json.loads((ft / "eval" / "metrics.json").read_text())  # the 15 trained pixels are scored apart
     assert scored["train"]["n"] == 15 and scored["test"]["n"] == metrics["test"]["n"]
     assert "15 of the" in ev.output and "trained this model" in ev.output
+    copy = tmp_path / "copy"  # a copy elsewhere: the same labels on the same grid are the same ground, found again
+    shutil.copytree(images, copy / "images")
+    shutil.copytree(labels, copy / "labels")
+    ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(copy / "images"), "--labels", str(copy / "labels"),
+                             "--out", str(tmp_path / "ev_copy")])
+    assert ev.exit_code == 0 and "15 of the" in ev.output
+    with rasterio.open(copy / "labels" / "scene_gt.tif", "r+") as dst:  # edited labels: no longer one ground, and
+        edited = dst.read()  # names alone cannot tell whether this is the training data, so a warning says so
+        edited[0, 1, 1] = 1 + edited[0, 1, 1] % 3
+        dst.write(edited)
+    ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(copy / "images"), "--labels", str(copy / "labels"),
+                             "--out", str(tmp_path / "ev_edited")])
+    assert ev.exit_code == 0 and "1 share a folder and file name with its training label files" in ev.output
     from geomed_ssl.outdirs import foreign_inside
 
     assert foreign_inside(ft) == []  # --overwrite may replace all of it, the evaluation inside included
@@ -441,7 +454,7 @@ def test_classify_warns_of_classes_it_cannot_learn_and_evaluate_scores_its_train
         class_folders: Path, tmp_path: Path) -> None:
     (class_folders / "Highway").mkdir()  # empty: no class of the model
     (class_folders / "Solo").mkdir()
-    (class_folders / "Forest" / "Forest_0.tif").rename(class_folders / "Solo" / "Solo_0.tif")  # one image: none to train
+    (class_folders / "Forest" / "Forest_0.tif").rename(class_folders / "Solo" / "Solo_0.tif")  # one image: none trains
     (class_folders / "Unlabelled").mkdir()  # its name matches the recipe's '*label*' exclude pattern
     (class_folders / "River" / "River_1.tif").rename(class_folders / "Unlabelled" / "u.tif")
     ft = tmp_path / "cls_warn"

@@ -981,8 +981,9 @@ def test_a_stacked_input_with_nothing_to_predict_is_named_not_dropped_silently(t
     assert "1 stacked input(s) under" in caplog.text and "p2': all pixels are nodata" in caplog.text
 
 
-def test_a_volume_of_nan_alone_in_a_folder_is_skipped_with_a_warning_and_the_others_predicted(tmp_path, caplog):
-    """One empty scan must not stop a folder's prediction (``--strict``: it does, naming the file)."""
+def test_a_volume_of_nan_alone_in_a_folder_is_skipped_and_a_blank_one_warned_about(tmp_path, caplog):
+    """One empty scan must not stop a folder's prediction (``--strict``: it does, naming the file); a blank one is
+    predicted with a warning."""
     import logging
 
     import nibabel as nib
@@ -995,13 +996,15 @@ def test_a_volume_of_nan_alone_in_a_folder_is_skipped_with_a_warning_and_the_oth
     nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / "in" / "good.nii.gz"))
     empty = np.full((12, 12, 12), np.nan, np.float32)
     nib.save(nib.Nifti1Image(empty, np.eye(4)), str(tmp_path / "in" / "empty.nii.gz"))
+    nib.save(nib.Nifti1Image(np.zeros((12, 12, 12), np.float32), np.eye(4)), str(tmp_path / "in" / "zeros.nii.gz"))
     cfg, stats = DataConfig(kind="volume", intensity="none"), stats_of(vol[None], ["band_1"])
     planned = plan_outputs(tmp_path / "in", tmp_path / "out", cfg, [8, 8, 8])
     with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
         usable = usable_inputs(planned, cfg, "gaussian", stats)
-    assert [p.name for p in usable] == ["good.nii.gz"]
-    assert "empty.nii.gz': all voxels are nodata or NaN" in caplog.text
-    with pytest.raises(DataError, match="empty.nii.gz': all voxels are nodata or NaN"):
+    assert sorted(p.name for p in usable) == ["good.nii.gz", "zeros.nii.gz"]
+    assert "hold one value in every voxel (blank scans?), e.g. '" in caplog.text  # predicted, and said
+    assert "empty.nii.gz': all pixels are nodata or NaN" in caplog.text
+    with pytest.raises(DataError, match="empty.nii.gz': all pixels are nodata or NaN"):
         usable_inputs(planned, cfg, "gaussian", stats, strict=True)
 
 

@@ -128,14 +128,26 @@ def drop_filter(entry: tuple) -> None:
 VOLUME_ONLY = (".dcm", ".ima", ".mgz", ".mgh", ".nrrd", ".nhdr", ".mha", ".mhd")  # formats only volumes come in
 
 
+def analyze_image(path: Path) -> bool:
+    """``path`` is the .img of an Analyze 7.5 volume: its .hdr beside it is the binary 348-byte header (an ENVI
+    raster's .img has a text .hdr that starts with "ENVI")."""
+    if not path.name.lower().endswith(".img"):
+        return False
+    try:
+        with open(path.with_suffix(".hdr"), "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return len(head) == 4 and 348 in (int.from_bytes(head, "little"), int.from_bytes(head, "big"))
+
+
 def guess_kind(data_dir: Path) -> str:
     """volume when the folder holds NIfTI (or volumes in other formats: DICOM, MGH, NRRD, MetaImage, Analyze, to be
     told to convert) files and no GeoTIFF, else raster (a file: by its extension)."""
     if data_dir.is_file():
         from geomed_ssl.data.kinds import input_kind
 
-        name = data_dir.name.lower()
-        other_volume = name.endswith(VOLUME_ONLY) or (name.endswith(".img") and data_dir.with_suffix(".hdr").exists())
+        other_volume = data_dir.name.lower().endswith(VOLUME_ONLY) or analyze_image(data_dir)
         return input_kind(data_dir) or ("volume" if other_volume else "raster")
     if not data_dir.is_dir():
         raise GeomedError(f"data folder '{data_dir}' does not exist.")
@@ -147,8 +159,7 @@ def guess_kind(data_dir: Path) -> str:
         if any(has_ext(f, "raster") for f in files if not f.startswith(".")):
             return "raster"
         has_nii = has_nii or any(has_ext(f, "volume") or f.lower().endswith(VOLUME_ONLY) or is_dicom(Path(folder) / f)
-                                 or (f.lower().endswith(".img") and Path(folder, f[:-4] + ".hdr").exists())  # Analyze
-                                 for f in files if not f.startswith("."))
+                                 or analyze_image(Path(folder) / f) for f in files if not f.startswith("."))
     return "volume" if has_nii else "raster"
 
 

@@ -124,7 +124,7 @@ def export_timm(source: str | Path, out_dir: str | Path, overwrite: bool = False
     """Write a timm export of the encoder at ``source`` (RUN_DIR, RUN_DIR/encoder or a fine-tune folder) to
     ``out_dir``; returns ``out_dir``. Only ``plain`` 2D encoders have a timm equivalent (else an ExportError)."""
     from geomed_ssl.checkpoint import find_encoder_dir, load_encoder, read_encoder_config, versions
-    from geomed_ssl.outdirs import check_out_dir, write_manifest
+    from geomed_ssl.outdirs import check_out_dir, entry_names, read_manifest, write_manifest
     from geomed_ssl.outfiles import atomic_write_dir
 
     folder = find_encoder_dir(source)
@@ -152,7 +152,8 @@ def export_timm(source: str | Path, out_dir: str | Path, overwrite: bool = False
         (tmp / "README.txt").write_text(readme_text(cfg, name, kwargs))
         write_manifest(tmp, "export")
 
-    atomic_write_dir(out, write)  # the whole folder is swapped in complete (check_out_dir allowed replacing it)
+    recorded = entry_names(read_manifest(out))  # what attention wrote into it: --overwrite deletes it too
+    atomic_write_dir(out, write, recorded)  # swapped in complete (check_out_dir allowed replacing it)
     warn_unfinished(enc_meta, folder)
     return out
 

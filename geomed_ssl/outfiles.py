@@ -54,7 +54,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Collection, Iterator
 
 from geomed_ssl.errors import write_error
 from geomed_ssl.permissions import apply_umask
@@ -266,7 +266,7 @@ def replace_with_copy(src: PathLike, dst: PathLike) -> None:
     fsync_dir(dst.parent)
 
 
-def atomic_write_dir(target: PathLike, write: Callable[[Path], Any]) -> None:
+def atomic_write_dir(target: PathLike, write: Callable[[Path], Any], recorded: Collection[str] = ()) -> None:
     """Call ``write(tmp_dir)`` then swap ``tmp_dir`` into ``target``, so a kill never leaves a half-written folder.
 
     The temporary folder is ``.partial-<pid>.<host>-<name>`` beside ``target``; an existing ``target`` is moved
@@ -276,7 +276,8 @@ def atomic_write_dir(target: PathLike, write: Callable[[Path], Any]) -> None:
     this target left is cleaned first (:func:`remove_stale_partials`). The files get the modes the user's umask
     gives new files (not safetensors' private 0600); a replaced folder's own mode and group (a group's setgid
     folder) are kept where this user may set them. A link is followed (the folder it names is written; the link
-    stays). An empty folder or a mount point is never swapped (:func:`_fill_in_place`)."""
+    stays). An empty folder or a mount point is never swapped (:func:`_fill_in_place`). ``recorded``: entries the
+    old folder's manifest records as the toolkit's (an ``attention`` PNG written into it), not carried: they go."""
     target = Path(target)
     if target.is_symlink():
         target = target.resolve()
@@ -300,7 +301,7 @@ def atomic_write_dir(target: PathLike, write: Callable[[Path], Any]) -> None:
             apply_umask(tmp)
             fsync_tree(tmp)  # what ``write`` made; carried entries are the user's, already on disk
         if previous is not None:
-            _carry_foreign(target, tmp)
+            _carry_foreign(target, tmp, set(recorded))
             _keep_mode_and_group(tmp, previous)
         if target.exists():
             os.replace(target, old)
@@ -356,15 +357,11 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def _carry_foreign(old: Path, new: Path) -> None:
+def _carry_foreign(old: Path, new: Path, recorded: set[str]) -> None:
     """Hard-link (else copy) into ``new`` every entry of ``old`` whose name ``new`` does not hold (a killed writer's
     temporary entry of ours is not carried). What cannot be carried (a folder that cannot be read, a pipe on a
-    filesystem without hard links) is named in a warning: the export itself never fails for it. Entries ``old``'s
-    manifest records as the toolkit's (an ``attention`` PNG written into it) go with it, as its ``--overwrite``
-    promises."""
-    from geomed_ssl.outowners import entry_names, read_manifest  # (it builds on this module)
-
-    recorded = set(entry_names(read_manifest(old)))
+    filesystem without hard links) is named in a warning: the export itself never fails for it. The ``recorded``
+    entries (the toolkit's, by ``old``'s manifest) go with ``old``, as its ``--overwrite`` promises."""
     for entry in old.iterdir():
         dst = new / entry.name
         if dst.exists() or dst.is_symlink() or _OURS.match(entry.name) or entry.name in recorded:

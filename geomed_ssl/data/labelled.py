@@ -80,6 +80,43 @@ def geometry(aug_cfg: Any) -> dict[str, bool]:
     return {"flip": bool(getattr(aug_cfg, "flip", True)), "rot90": bool(getattr(aug_cfg, "rot90", True))}
 
 
+SIDED = 0.9  # a class is on one side of the left-right axis when this share of its labelled voxels lies there
+SIDED_MIN = 20  # ... judged on at least this many labelled voxels
+
+
+def sided_classes(arrays: list[np.ndarray], masks: list[np.ndarray], classes: list[int]) -> tuple[list[int], list[int]]:
+    """Class values whose labelled voxels lie almost all (``SIDED``) left, and those almost all right, of each
+    volume's labelled voxels' mean position along the RAS i axis (left to right: the reader's first axis)."""
+    right, total = np.zeros(len(classes)), np.zeros(len(classes))
+    index = {int(c): n for n, c in enumerate(classes)}
+    for values, labelled in zip(arrays, masks):
+        if values.ndim != 3 or not labelled.any():
+            continue
+        i = np.nonzero(labelled)[0]
+        found, inverse = np.unique(values[labelled], return_inverse=True)
+        codes = np.array([index.get(int(v), -1) for v in found])[inverse]
+        keep = codes >= 0
+        right += np.bincount(codes[keep], weights=(i > i.mean())[keep], minlength=len(classes))
+        total += np.bincount(codes[keep], minlength=len(classes))
+    share = right / np.maximum(total, 1)
+    seen = total >= SIDED_MIN
+    return ([int(classes[c]) for c in np.flatnonzero(seen & (share <= 1 - SIDED))],
+            [int(classes[c]) for c in np.flatnonzero(seen & (share >= SIDED))])
+
+
+def warn_sided_flips(recipe: Any, arrays: list[np.ndarray], masks: list[np.ndarray], classes: list[int]) -> None:
+    """Volumes fine-tuned with ``augment.flip``: a warning when some classes lie on the left and others on the
+    right (FreeSurfer's Left- / Right- structures): a left-right flip swaps their sides, so the model cannot learn
+    which is which."""
+    if recipe.data.kind != "volume" or not recipe.augment.flip or recipe.finetune.head == "probe":
+        return  # (a probe head is fitted on unflipped features)
+    left, right = sided_classes(arrays, masks, classes)
+    if left and right:
+        log.warning(f"warning: the labels of classes {left[:3]} lie on the left and of classes {right[:3]} on the "
+                    "right (RAS), and the training windows are flipped along every axis (augment.flip), which "
+                    "swaps the sides; pass --set augment.flip=false if a class is defined by its side.")
+
+
 class ImageDataset(Dataset):
     """Whole images (normalised, centre-cropped to the token patch) with their class index; with ``size``, cut to
     that size (at random with ``augment``, else centred), so images of several sizes can share a batch."""

@@ -14,6 +14,7 @@ import numpy as np
 from geomed_ssl.checkpoint import save_model
 from geomed_ssl.config import Recipe, as_recipe, as_tuple, spatial_dims
 from geomed_ssl.data.catalog import reported_already, scan
+from geomed_ssl.data.labelled import warn_sided_flips
 from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, class_weights_from_counts, data_meta,
                                      encoder_and_stats, finetune_inputs, fit_supervised, no_model, not_evaluated,
                                      save_recipe, seed_new_head, with_encoder_naming)
@@ -51,43 +52,6 @@ def _train(enc: Any, recipe: Recipe, selection: Any, records: list[Any], stats: 
     fit_supervised(model, dataset, recipe, k, out, class_weights_from_counts(counts, recipe.finetune.class_weights),
                    progress=progress)
     return model
-
-
-SIDED = 0.9  # a class is on one side of the left-right axis when this share of its labelled voxels lies there
-SIDED_MIN = 20  # ... judged on at least this many labelled voxels
-
-
-def sided_classes(arrays: list[np.ndarray], masks: list[np.ndarray], classes: list[int]) -> tuple[list[int], list[int]]:
-    """Class values whose labelled voxels lie almost all (``SIDED``) left, and those almost all right, of each
-    volume's labelled voxels' mean position along the RAS i axis (left to right: the reader's first axis)."""
-    right, total = np.zeros(len(classes)), np.zeros(len(classes))
-    index = {int(c): n for n, c in enumerate(classes)}
-    for values, labelled in zip(arrays, masks):
-        if values.ndim != 3 or not labelled.any():
-            continue
-        i = np.nonzero(labelled)[0]
-        found, inverse = np.unique(values[labelled], return_inverse=True)
-        codes = np.array([index.get(int(v), -1) for v in found])[inverse]
-        keep = codes >= 0
-        right += np.bincount(codes[keep], weights=(i > i.mean())[keep], minlength=len(classes))
-        total += np.bincount(codes[keep], minlength=len(classes))
-    share = right / np.maximum(total, 1)
-    seen = total >= SIDED_MIN
-    return ([int(classes[c]) for c in np.flatnonzero(seen & (share <= 1 - SIDED))],
-            [int(classes[c]) for c in np.flatnonzero(seen & (share >= SIDED))])
-
-
-def warn_sided_flips(recipe: Recipe, arrays: list[np.ndarray], masks: list[np.ndarray], classes: list[int]) -> None:
-    """Volumes fine-tuned with ``augment.flip``: a warning when some classes lie on the left and others on the
-    right (FreeSurfer's Left- / Right- structures): a left-right flip swaps their sides, so the model cannot learn
-    which is which."""
-    if recipe.data.kind != "volume" or not recipe.augment.flip or recipe.finetune.head == "probe":
-        return  # (a probe head is fitted on unflipped features)
-    left, right = sided_classes(arrays, masks, classes)
-    if left and right:
-        log.warning(f"warning: the labels of classes {left[:3]} lie on the left and of classes {right[:3]} on the "
-                    "right (RAS), and the training windows are flipped along every axis (augment.flip), which "
-                    "swaps the sides; pass --set augment.flip=false if a class is defined by its side.")
 
 
 def training_window(recipe: Recipe, encoder: str | Path | None) -> list[int]:

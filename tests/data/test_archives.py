@@ -149,11 +149,15 @@ def test_volumes_in_formats_not_read_are_taken_for_volumes_so_inspect_says_to_co
     (tmp_path / "fs").mkdir()
     for name in ("brain.mgz", "T1.mgz"):
         (tmp_path / "fs" / name).write_bytes(b"\0" * 64)
-    (tmp_path / "an").mkdir()
-    for name in ("scan.img", "scan.hdr"):
-        (tmp_path / "an" / name).write_bytes(b"\0" * 64)
+    (tmp_path / "an").mkdir()  # Analyze 7.5: a binary header that starts with its size, 348
+    (tmp_path / "an" / "scan.img").write_bytes(b"\0" * 64)
+    (tmp_path / "an" / "scan.hdr").write_bytes((348).to_bytes(4, "little") + b"\0" * 344)
     assert guess_kind(tmp_path / "fs") == guess_kind(tmp_path / "an") == guess_kind(tmp_path / "an" / "scan.img")
     assert guess_kind(tmp_path / "an") == "volume"
+    (tmp_path / "envi").mkdir()  # an ENVI hyperspectral cube is a raster: its header is text
+    (tmp_path / "envi" / "cube.img").write_bytes(b"\0" * 64)
+    (tmp_path / "envi" / "cube.hdr").write_text("ENVI\nsamples = 4\n")
+    assert guess_kind(tmp_path / "envi") == guess_kind(tmp_path / "envi" / "cube.img") == "raster"
     result = CliRunner().invoke(app, ["inspect", str(tmp_path / "fs")])
     assert result.exit_code == 2 and ".mgz 2" in result.output and "convert them to NIfTI" in result.output
     (tmp_path / "mixed").mkdir()

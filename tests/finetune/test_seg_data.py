@@ -91,7 +91,7 @@ def test_windows_are_flipped_and_turned_only_as_the_recipes_augment_section_says
 def test_classes_on_opposite_sides_of_the_left_right_axis_are_told_apart_from_lopsided_ones() -> None:
     """Left- / Right- structures (as FreeSurfer's aseg) are sided; a tumour in one hemisphere beside a background
     on both sides is not a pair that a flip would swap."""
-    from geomed_ssl.finetune.segment import sided_classes
+    from geomed_ssl.data.labelled import sided_classes
 
     values = np.zeros((20, 8, 8), np.int16)
     values[2:9] = 2    # Left-Cerebral-White-Matter: low i (RAS i runs towards the right)
@@ -105,7 +105,7 @@ def test_classes_on_opposite_sides_of_the_left_right_axis_are_told_apart_from_lo
 
 def test_a_volume_fine_tune_with_flips_warns_about_sided_classes_and_not_without_them(caplog) -> None:
     from geomed_ssl.config import as_recipe
-    from geomed_ssl.finetune.segment import warn_sided_flips
+    from geomed_ssl.data.labelled import warn_sided_flips
 
     values = np.zeros((20, 8, 8), np.int16)
     values[2:9], values[11:18] = 2, 41

@@ -79,15 +79,32 @@ def alpha_note(paths: list[str]) -> str:
 _noted: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()  # (model's bands, file's bands) already noted
 
 
-def note_band_order(path: str, names: list[str], found: list[str]) -> None:
+def note_band_order(path: str, names: list[str], found: list[str], volume: bool = False) -> None:
     """Log what reading the file at ``path`` (bands ``found``) as the bands ``names`` does, reordered and / or
-    extra bands dropped, once per distinct band list (one line for a folder of alike scenes)."""
+    extra bands dropped, once per distinct band list (one line for a folder of alike scenes); a ``volume``'s
+    dropped channels are a warning (:func:`dropped_frames`)."""
     key = (tuple(names), tuple(found))
     note = describe_order(list(names), list(found)) if key not in _noted else ""
     if note:
         _noted.add(key)
-        log.info("note: bands of '%s' (%s): %s%s", path, brief(found), note,
-                 "; the same for any other file with these bands")
+        level, word, tail = _how(volume, names, found)
+        log.log(level, "%s: bands of '%s' (%s): %s; the same for any other file with these bands%s", word, path,
+                brief(found), note, tail)
+
+
+def dropped_frames(volume: bool, names: Sequence[str], found: Sequence[str]) -> str:
+    """What to add when a volume holds more channels than the model reads: a 4D NIfTI's frames (a time series, or
+    several sequences in one file) are read as channels, and all but the model's are left out."""
+    if not volume or len(found) <= len(names):
+        return ""
+    return (f". A 4D volume's {len(found)} frames are read as channels and only {len(names)} of them kept: if they "
+            "are a time series or sequences the model was not trained on, give each frame as a file of its own")
+
+
+def _how(volume: bool, names: Sequence[str], found: Sequence[str]) -> tuple[int, str, str]:
+    """Level, word and tail of a band-order line: a warning when a volume's frames are dropped, else a note."""
+    tail = dropped_frames(volume, names, found)
+    return (logging.WARNING, "warning", tail) if tail else (logging.INFO, "note", "")
 
 
 def conform_catalog(catalog: Any, names: list[str], wavelengths: Sequence[float | None] | None = None) -> Any:
@@ -99,7 +116,8 @@ def conform_catalog(catalog: Any, names: list[str], wavelengths: Sequence[float 
         if note and (tuple(names), found) not in _noted:
             _noted.add((tuple(names), found))  # a file read again (a fine-tune's evaluation) is not noted again
             n = sum(tuple(r.band_names) == found for r in catalog.records)
-            log.info("note: bands of %d file(s) (%s): %s", n, brief(found), note)
+            level, word, tail = _how(catalog.kind == "volume", names, found)
+            log.log(level, "%s: bands of %d file(s) (%s): %s%s", word, n, brief(found), note, tail)
     first = records[0] if records else None
     return dataclasses.replace(catalog, records=records, band_names=list(names),
                                wavelengths=first.wavelengths if first else catalog.wavelengths,

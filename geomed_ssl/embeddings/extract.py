@@ -214,6 +214,9 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
         raise ConfigError(f"--level must be one of {', '.join(LEVELS)}, got '{level}'.")
     if pool != "auto" and pool not in POOLS:
         raise ConfigError(f"--pool must be one of auto, {', '.join(POOLS)}, got '{pool}'.")
+    if level == "image" and min_valid > 0:  # one row per file, whatever its valid area: the option would do nothing
+        raise ConfigError("--min-valid skips windows or patch cells; at --level image every file is one row (leave "
+                          "files out with --exclude, or use --level window).")
     cfg, meta = read_encoder_config(encoder)
     if pool == "auto":
         pool = auto_pool(meta)

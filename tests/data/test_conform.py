@@ -49,6 +49,25 @@ def test_conformed_volume_record_reads_the_named_channels(tmp_path, make_nii):
     assert reader.load(record)[0][:, 0, 0, 0].tolist() == [1.0, 2.0, 3.0]
 
 
+def test_a_4d_volumes_frames_left_out_are_a_warning_and_a_rasters_extra_bands_a_note(tmp_path, make_nii, make_tif,
+                                                                                      grad, caplog):
+    """A time series given to a one-channel model was cut to its first frame with a note only."""
+    import logging
+
+    make_nii(tmp_path / "vols" / "fmri.nii.gz", np.random.default_rng(0).normal(size=(8, 8, 8, 2)).astype(np.float32))
+    with caplog.at_level(logging.INFO, logger="geomed_ssl"):
+        conform_catalog(scan(tmp_path / "vols", DataConfig(kind="volume", patch_size=8)), ["band_1"])
+    (record,) = [r for r in caplog.records if "bands of 1 file(s)" in r.getMessage()]
+    assert record.levelno == logging.WARNING and "2 frames are read as channels and only 1 of them kept" in \
+        record.getMessage()
+    caplog.clear()
+    make_tif(tmp_path / "tifs" / "scene.tif", grad(3, 16, 16))
+    with caplog.at_level(logging.INFO, logger="geomed_ssl"):
+        conform_catalog(scan(tmp_path / "tifs", DataConfig(patch_size=16)), ["band_1", "band_2"])
+    (record,) = [r for r in caplog.records if "bands of 1 file(s)" in r.getMessage()]
+    assert record.levelno == logging.INFO and "frames" not in record.getMessage()
+
+
 def test_a_missing_band_is_refused_naming_the_file(tmp_path, make_tif, grad):
     make_tif(tmp_path / "a.tif", grad(2, 32, 32), descriptions=["B02", "B03"])
     record = scan(tmp_path, DataConfig(patch_size=32)).records[0]

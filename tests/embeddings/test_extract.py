@@ -551,7 +551,8 @@ def test_embed_options_are_checked_before_the_folder_is_read(encoder: Path, tmp_
 
     missing = tmp_path / "not-scanned"  # a scan would fail first on this folder, with another message
     for kwargs, message in (({"level": "tile"}, "--level must be one of"), ({"pool": "max"}, "--pool must be one of"),
-                            ({"level": "window", "window": "5000"}, "--window 5000: at most 4096")):
+                            ({"level": "window", "window": "5000"}, "--window 5000: at most 4096"),
+                            ({"level": "image", "min_valid": 0.5}, "at --level image every file is one row")):
         with pytest.raises(ConfigError, match=message):
             embed_folder(encoder, missing, tmp_path / "emb", progress=False, **kwargs)
 

@@ -88,6 +88,9 @@ def check_encoders(encoders: Sequence[str]) -> list[str]:
     names: list[str] = []
     for enc in encoders:
         key = NONE if enc.lower() == NONE else os.path.normpath(enc)  # runA/ and ./runA are runA's rows
+        if enc.lower() != NONE and key.lower() == NONE:  # ./none: a folder, which its rows would not tell apart
+            raise ConfigError(f"encoder '{enc}' has the name of the random-initialisation reference `none`; give "
+                              f"its absolute path ({Path(enc).absolute()}) or rename the folder.")
         if key in names:
             raise ConfigError(f"encoder '{enc}' is given twice; give each encoder once.")
         names.append(key)

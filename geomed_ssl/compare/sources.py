@@ -24,6 +24,7 @@ from geomed_ssl.errors import ConfigError, DataError
 from geomed_ssl.finetune.fit import encoder_and_stats
 from geomed_ssl.methods.base import mix_seed
 from geomed_ssl.models.encoder import ViTEncoder
+from geomed_ssl.outdirs import same_place
 
 log = logging.getLogger("geomed_ssl")
 
@@ -123,9 +124,12 @@ def random_like(encoder: ViTEncoder, seed: int | None = None) -> ViTEncoder:
     return new.eval()
 
 
+NONE_DIR = "encoder_none_seed"
+
+
 def none_dir(out: Path, seed: int) -> Path:
     """``CMP_DIR/encoder_none_seed<seed>``: the random initialisation that label seed ``seed``'s rows use."""
-    return out / f"encoder_none_seed{seed}"
+    return out / f"{NONE_DIR}{seed}"
 
 
 def none_sources(template: EncoderSource, seeds: Sequence[int], train_seed: int, out: Path, reuse: bool
@@ -134,6 +138,9 @@ def none_sources(template: EncoderSource, seeds: Sequence[int], train_seed: int,
     from (``train.seed``, seed), so the paired differences with ``none`` spread over initialisations as well as
     samples; with ``reuse``, the weights an earlier run saved in the folder (:func:`reuse_none`)."""
     nones: dict[int, EncoderSource] = {}
+    if reuse:  # every seed's, also those not asked for now: the folder's rows of all seeds pool into one `none`
+        for folder in sorted(out.glob(f"{NONE_DIR}*")):
+            check_none_like(template.encoder, folder)
     for seed in seeds:
         nones[seed] = EncoderSource(NONE, random_like(template.encoder, mix_seed(train_seed, seed)), template.stats,
                                     template.records)
@@ -158,12 +165,20 @@ def reuse_none(source: EncoderSource, folder: Path) -> None:
     encoder gives now (its rows would pair with another reference)."""
     if not (folder / "config.json").is_file():
         return
+    check_none_like(source.encoder, folder)
+    source.encoder.load_state_dict(load_encoder(folder).state_dict())
+
+
+def check_none_like(encoder: ViTEncoder, folder: Path) -> None:
+    """A ``DataError`` when the random initialisation saved in ``folder`` (``CMP_DIR/encoder_none_seed<seed>``) was
+    built for another architecture or other statistics than ``encoder``, the first encoder given now."""
+    if not (folder / "config.json").is_file():
+        return
     cfg, _ = read_encoder_config(folder)
-    if cfg.to_dict() != source.encoder.config.to_dict():
-        raise DataError(f"'{folder}' (the random initialisation this seed's rows compare with) was made for "
+    if cfg.to_dict() != encoder.config.to_dict():
+        raise DataError(f"'{folder}' (the random initialisation this folder's rows compare with) was made for "
                         "another architecture or other normalisation statistics than the first encoder given now "
                         "has; list the same first encoder as before, or use another --out (or --overwrite).")
-    source.encoder.load_state_dict(load_encoder(folder).state_dict())
 
 
 def weights_digest(encoder: ViTEncoder) -> str:
@@ -182,14 +197,21 @@ def encoders_record(sources: dict[str, EncoderSource]) -> dict[str, str]:
 
 
 def check_encoders_unchanged(path: Path, record: dict[str, str]) -> dict[str, str]:
-    """Refuse to add to rows made from other weights under the same name (a RUN_DIR pretrained again since); the
-    record to save: the earlier one's encoders with this run's."""
+    """Refuse to add to rows made from other weights under the same name (a RUN_DIR pretrained again since), or
+    from the same folder under another name (one encoder spelt two ways: a relative name is read from the working
+    folder); the record to save: the earlier one's encoders with this run's."""
     try:
         earlier = json.loads(path.read_text())
     except (OSError, ValueError):
         earlier = None  # a folder from before encoders.json, or none yet
     if not isinstance(earlier, dict):
         return dict(record)
+    twins = [(name, old) for name, digest in record.items() if name not in earlier
+             for old, before in earlier.items() if before == digest and same_place(old, name)]
+    if twins:  # run and /abs/run: its rows would stand twice in the table under two names
+        raise ConfigError(f"encoder '{twins[0][0]}' holds the same weights as '{twins[0][1]}', whose rows are in "
+                          f"'{path.parent / 'results.csv'}'; give it as '{twins[0][1]}', as before (rows are named by "
+                          "the encoder as given).")
     changed = [name for name, digest in record.items() if earlier.get(name, digest) != digest]
     if changed:
         raise ConfigError(f"'{changed[0]}' is not the encoder its rows in '{path.parent / 'results.csv'}' were "

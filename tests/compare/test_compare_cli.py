@@ -223,6 +223,34 @@ def test_a_resumed_compare_keeps_the_random_initialisation_its_earlier_rows_used
     assert other.exit_code == 2, other.output
     assert "encoder_none" in other.output and "list the same first encoder as before" in other.output
     assert (out / "results.csv").read_bytes() == before
+    new_seed_only = runner.invoke(app, compare_args([str(exported)], scene, out, "--seeds", "3", "--no-baselines",
+                                                    "--protocol", "linear", "--recipe", str(run_dir / "config.yaml")))
+    assert new_seed_only.exit_code == 2, new_seed_only.output  # its none would pool with seeds 0 and 1's
+    assert "list the same first encoder as before" in new_seed_only.output
+    assert (out / "results.csv").read_bytes() == before and not (out / "encoder_none_seed3").exists()
+
+
+def test_one_encoder_spelt_another_way_is_refused_and_a_folder_named_none_too(scene, run_dir: Path, tmp_path: Path,
+                                                                                monkeypatch) -> None:
+    """``/abs/run`` then ``run`` from its folder: the same rows twice under two names in the table and curve; a
+    pretrained folder given as ``./none`` was scored as random initialisation."""
+    import shutil
+
+    out = tmp_path / "cmp"
+    first = runner.invoke(app, compare_args([str(run_dir)], scene, out, "--seeds", "0", "--no-baselines",
+                                            "--protocol", "linear"))
+    assert first.exit_code == 0, first.output
+    before = (out / "results.csv").read_bytes()
+    monkeypatch.chdir(run_dir.parent)
+    again = runner.invoke(app, compare_args([run_dir.name], scene, out, "--seeds", "0", "--no-baselines",
+                                            "--protocol", "linear"))
+    assert again.exit_code == 2 and f"give it as '{run_dir}', as before" in again.output
+    assert (out / "results.csv").read_bytes() == before
+    shutil.copytree(run_dir, tmp_path / "none")
+    monkeypatch.chdir(tmp_path)
+    named = runner.invoke(app, compare_args(["./none"], scene, tmp_path / "cmp_none", "--seeds", "0"))
+    assert named.exit_code == 2 and "has the name of the random-initialisation reference" in named.output
+    assert not (tmp_path / "cmp_none").exists()
 
 
 def test_kept_fine_tunes_of_encoders_in_same_named_folders_keep_apart(scene, exported: Path, tmp_path: Path) -> None:

@@ -86,22 +86,27 @@ SIDED_MIN = 20  # ... judged on at least this many labelled voxels
 
 def sided_classes(arrays: list[np.ndarray], masks: list[np.ndarray], classes: list[int]) -> tuple[list[int], list[int]]:
     """Class values whose labelled voxels lie almost all (``SIDED``) left, and those almost all right, of each
-    volume's labelled voxels' mean position along the RAS i axis (left to right: the reader's first axis)."""
+    volume's middle along the RAS i axis (left to right: the reader's first axis), counted slice by slice (a whole
+    volume's voxel indices would cost gigabytes)."""
+    values_of = np.asarray([int(c) for c in classes])
     right, total = np.zeros(len(classes)), np.zeros(len(classes))
-    index = {int(c): n for n, c in enumerate(classes)}
     for values, labelled in zip(arrays, masks):
-        if values.ndim != 3 or not labelled.any():
+        if values.ndim != 3 or not labelled.any() or len(values_of) == 0:
             continue
-        i = np.nonzero(labelled)[0]
-        found, inverse = np.unique(values[labelled], return_inverse=True)
-        codes = np.array([index.get(int(v), -1) for v in found])[inverse]
-        keep = codes >= 0
-        right += np.bincount(codes[keep], weights=(i > i.mean())[keep], minlength=len(classes))
-        total += np.bincount(codes[keep], minlength=len(classes))
+        middle = (values.shape[0] - 1) / 2
+        for i in range(values.shape[0]):
+            if i == middle:
+                continue
+            found = values[i][labelled[i]].astype(np.int64)
+            found = found[(found >= 0) & (found <= values_of.max())]
+            counts = np.bincount(found, minlength=int(values_of.max()) + 1)[values_of] if found.size else 0
+            total += counts
+            if i > middle:
+                right += counts
     share = right / np.maximum(total, 1)
     seen = total >= SIDED_MIN
-    return ([int(classes[c]) for c in np.flatnonzero(seen & (share <= 1 - SIDED))],
-            [int(classes[c]) for c in np.flatnonzero(seen & (share >= SIDED))])
+    return ([int(c) for c in values_of[seen & (share <= 1 - SIDED)]],
+            [int(c) for c in values_of[seen & (share >= SIDED)]])
 
 
 def warn_sided_flips(recipe: Any, arrays: list[np.ndarray], masks: list[np.ndarray], classes: list[int]) -> None:

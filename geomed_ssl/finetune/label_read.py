@@ -85,11 +85,6 @@ def _to_labels(arr: np.ndarray, nodata: float | None, ignore_value: int | None,
     elif arr.dtype.kind in "iub":
         labelled = np.ones(arr.shape, bool) if missing is None else ~missing
         labels = arr.astype(np.int64)
-        distinct = distinct_count(labels[labelled]) if arr.dtype.kind != "b" else 2
-        if distinct > MAX_DISTINCT_CLASSES:
-            raise DataError(f"label file '{path}' holds {distinct} distinct values; labels are class ids, and more "
-                            f"than {MAX_DISTINCT_CLASSES} classes is no label map any atlas or land-cover product "
-                            "makes. Is this an image rather than a label map? (Merge classes with labels.remap.)")
     else:
         raise DataError(f"label file '{path}' has unsupported data type {arr.dtype}; use integer class ids.")
     if remap:
@@ -98,6 +93,11 @@ def _to_labels(arr: np.ndarray, nodata: float | None, ignore_value: int | None,
         hit = np.isin(labels, lut_from) & labelled
         order = np.argsort(lut_from)
         labels[hit] = lut_to[order][np.searchsorted(lut_from[order], labels[hit])]
+    distinct = distinct_count(labels[labelled]) if arr.dtype.kind in "iu" else 0  # (float maps: checked above)
+    if distinct > MAX_DISTINCT_CLASSES:
+        raise DataError(f"label file '{path}' holds {distinct} distinct values (after labels.remap); labels are class "
+                        f"ids, and a model of more than {MAX_DISTINCT_CLASSES} classes is not what few labels train. "
+                        "Is this an image rather than a label map? If not, merge classes with labels.remap.")
     if facts is not None:
         mark = _unlabelled_mark(arr, nodata, valid)
         if ignore_value is not None and mark is not None and ignore_value != nodata:

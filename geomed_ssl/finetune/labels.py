@@ -277,18 +277,15 @@ def label_sources(paths: Sequence[str], data: Any) -> list[Sources | None]:
 
 
 def ground_key(record: FileRecord, values: np.ndarray) -> str | None:
-    """``ground:<digest>`` of a label map's grid and values: what copies of one label map share, beside each date of
-    a scene (a georeferenced raster's pixel grid) or each session or copy of one subject (a volume's voxel grid and
-    affine); None for a raster without a CRS or a volume without an affine (nothing places it)."""
-    if record.kind == "raster" and record.crs:
-        grid = repr(grid_identity(record.shape, record.crs, record.transform))
-    elif record.kind == "volume" and record.affine is not None:
-        grid = repr((values.shape, [round(float(v), 6) for v in np.ravel(record.affine)]))
-    else:
+    """``ground:<digest>`` of a georeferenced raster's pixel grid and label values: what copies of one label map
+    beside each date of a scene share; None for a volume (subjects registered to one template share its grid, and
+    healthy controls' empty masks or atlas-propagated labels their values) or a raster without a CRS (nothing places
+    it)."""
+    if record.kind != "raster" or not record.crs:
         return None
     import hashlib
 
-    digest = hashlib.sha256(grid.encode())
+    digest = hashlib.sha256(repr(grid_identity(record.shape, record.crs, record.transform)).encode())
     digest.update(np.ascontiguousarray(values, dtype=np.int64).tobytes())
     return GROUND_PREFIX + digest.hexdigest()
 
@@ -304,8 +301,7 @@ def label_grounds(pairs: Sequence[tuple[FileRecord, str]], arrays: Sequence[np.n
     copies = [(p, q) for p, q in copies if os.path.realpath(p) != os.path.realpath(q)]
     if copies:
         log.info("%d label file(s) hold the same labels as another on the same grid ('%s' as '%s'%s): their images "
-                 "are taken as one ground (dates of a scene, sessions or copies of a subject), so a place that trains "
-                 "in one is tested in none",
+                 "are taken as dates of one ground, so a place that trains at one date is tested at none",
                  len(copies), *copies[0], ", ..." if len(copies) > 1 else "")
     return out
 

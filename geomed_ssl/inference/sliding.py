@@ -63,11 +63,17 @@ def channel_records(folder: Path, data_cfg: Any, kind: str, strict: bool = False
                     names_by_position: str = "warn") -> list[Any]:
     """The ``data.channels`` stacks under ``folder`` as catalog records (one per folder of channel files), grouped
     as training grouped them: the channel globs pick the files among those ``data.exclude`` keeps (a
-    ``flair_brain_mask.nii.gz`` beside ``flair_brain.nii.gz`` is no channel). Stacks the catalog leaves out (all
-    nodata, unreadable) are named in one warning, not dropped without a word."""
+    ``flair_brain_mask.nii.gz`` beside ``flair_brain.nii.gz`` is no channel; ``folder`` a channel file named
+    explicitly: its case, without the patterns that would leave that file out). Stacks the catalog leaves out (all nodata, unreadable) are
+    named in one warning, not dropped without a word."""
     from geomed_ssl.data.catalog import scan
 
-    cfg = dataclasses.replace(data_cfg, kind=kind, include=["**/*"], patch_size=1)
+    from geomed_ssl.files.listing import glob_match
+
+    exclude = list(data_cfg.exclude or [])
+    if Path(folder).is_file():  # a channel file named explicitly is predicted: the patterns that leave it out go
+        exclude = [g for g in exclude if not glob_match(Path(folder).name, g)]
+    cfg = dataclasses.replace(data_cfg, kind=kind, include=["**/*"], exclude=exclude, patch_size=1)
     catalog = scan(folder, cfg, strict=strict, names_by_position=names_by_position)
     if catalog.problems:
         listed = "; ".join(f"'{p.path}': {p.reason}" for p in catalog.problems[:3])

@@ -101,6 +101,9 @@ def test_classes_on_opposite_sides_of_the_left_right_axis_are_told_apart_from_lo
     tumour = np.zeros((20, 8, 8), np.int16)
     tumour[3:7, 2:6, 2:6] = 1
     assert sided_classes([tumour], [labelled], [0, 1])[1] == []
+    one_side = np.zeros((20, 8, 8), np.int16)  # a left hemisphere only: cortex lateral, thalamus medial
+    one_side[1:4], one_side[6:9] = 3, 10
+    assert sided_classes([one_side], [one_side > 0], [3, 10]) == ([3, 10], [])
 
 
 def test_a_volume_fine_tune_with_flips_warns_about_sided_classes_and_not_without_them(caplog) -> None:

@@ -1026,3 +1026,20 @@ def test_a_file_the_recipe_excludes_is_no_channel_of_a_stack_even_when_a_channel
     assert len(records) == 1 and [Path(p).name for p in records[0].paths] == ["p1_t1_brain.nii.gz",
                                                                                "p1_flair_brain.nii.gz"]
     assert list_inputs(tmp_path, cfg) == [case]
+
+
+def test_a_channel_file_named_explicitly_is_predicted_with_its_case_though_the_recipe_excluded_that_subject(tmp_path):
+    """A test subject held out of training by ``data.exclude`` is what a user then names to predict."""
+    import nibabel as nib
+
+    from geomed_ssl.config import DataConfig
+    from geomed_ssl.inference.predict import list_inputs
+
+    for name in ("sub-01_flair.nii.gz", "sub-01_t1.nii.gz", "sub-05_flair.nii.gz", "sub-05_t1.nii.gz"):
+        nib.save(nib.Nifti1Image(asymmetric_volume((8, 8, 8)), np.eye(4)), str(tmp_path / name))
+    cfg = DataConfig(kind="volume", channels=["*_flair*", "*_t1*"], exclude=["*sub-05*", "*mask*"])
+    assert [p.name for p in list_inputs(tmp_path / "sub-05_flair.nii.gz", cfg)] == ["sub-05_flair.nii.gz"]
+    from geomed_ssl.inference.sliding import channel_records
+
+    records = channel_records(tmp_path, cfg, "volume")  # the folder: as training read it, sub-05 left out
+    assert [[Path(f).name for f in r.paths] for r in records] == [["sub-01_flair.nii.gz", "sub-01_t1.nii.gz"]]

@@ -64,8 +64,8 @@ def channel_records(folder: Path, data_cfg: Any, kind: str, strict: bool = False
     """The ``data.channels`` stacks under ``folder`` as catalog records (one per folder of channel files), grouped
     as training grouped them: the channel globs pick the files among those ``data.exclude`` keeps (a
     ``flair_brain_mask.nii.gz`` beside ``flair_brain.nii.gz`` is no channel; ``folder`` a channel file named
-    explicitly: its case, without the patterns that would leave that file out). Stacks the catalog leaves out (all nodata, unreadable) are
-    named in one warning, not dropped without a word."""
+    explicitly: its case, without the patterns that would leave that file out). Stacks the catalog leaves out (all
+    nodata, unreadable) are named in one warning, not dropped without a word."""
     from geomed_ssl.data.catalog import scan
 
     from geomed_ssl.files.listing import glob_match

@@ -125,33 +125,18 @@ def drop_filter(entry: tuple) -> None:
             mutated()
 
 
-VOLUME_ONLY = (".dcm", ".ima", ".mgz", ".mgh", ".nrrd", ".nhdr", ".mha", ".mhd")  # formats only volumes come in
-
-
-def analyze_image(path: Path) -> bool:
-    """``path`` is the .img of an Analyze 7.5 volume: its .hdr beside it is the binary 348-byte header (an ENVI
-    raster's .img has a text .hdr that starts with "ENVI")."""
-    if not path.name.lower().endswith(".img"):
-        return False
-    try:
-        with open(path.with_suffix(".hdr"), "rb") as f:
-            head = f.read(4)
-    except OSError:
-        return False
-    return len(head) == 4 and 348 in (int.from_bytes(head, "little"), int.from_bytes(head, "big"))
-
-
 def guess_kind(data_dir: Path) -> str:
     """volume when the folder holds NIfTI (or volumes in other formats: DICOM, MGH, NRRD, MetaImage, Analyze, to be
     told to convert) files and no GeoTIFF, else raster (a file: by its extension)."""
     if data_dir.is_file():
         from geomed_ssl.data.kinds import input_kind
+        from geomed_ssl.files.listing import VOLUME_ONLY, analyze_image
 
         other_volume = data_dir.name.lower().endswith(VOLUME_ONLY) or analyze_image(data_dir)
         return input_kind(data_dir) or ("volume" if other_volume else "raster")
     if not data_dir.is_dir():
         raise GeomedError(f"data folder '{data_dir}' does not exist.")
-    from geomed_ssl.files.listing import has_ext, is_dicom, made_by_us, walk
+    from geomed_ssl.files.listing import VOLUME_ONLY, analyze_image, has_ext, is_dicom, made_by_us, walk
 
     has_nii = False
     for folder, dirs, files in walk(data_dir):  # the scan walks and reports it; stop at the first GeoTIFF

@@ -26,8 +26,8 @@ from geomed_ssl.data.probe import RASTER_PREVIEW, VOLUME_PREVIEW, FileProbe, Pro
 from geomed_ssl.geo.grids import grid_diffs
 from geomed_ssl.geo.voxels import GRID_TOLERANCE, grid_gap
 from geomed_ssl.files.cases import case_name, group_cases, is_case_file
-from geomed_ssl.files.listing import (EXTENSIONS, KIND_WORDS, LABEL_GLOBS, QUALITY_GLOBS, absolute,  # noqa: F401
-                                    glob_match, has_ext, list_files, once, problems_reported, reported_already, select,
+from geomed_ssl.files.listing import (EXTENSIONS, LABEL_GLOBS, QUALITY_GLOBS, absolute, glob_match,  # noqa: F401
+                                    has_ext, list_files, once, problems_reported, reported_already, select, trained_on,
                                     unread_formats)
 from geomed_ssl.data.records import (FileRecord, Problem, is_blank, record_from_probes,  # noqa: F401
                                     reoriented_axes, reoriented_shape)
@@ -349,8 +349,8 @@ def scan(root: str | Path, data_cfg: Any = None, strict: bool = False, names_by_
         if data_cfg.channels and files and not problems:
             msg += f" No folder holds files whose names match data.channels {data_cfg.channels}."
         if n_other and not typed and reader:  # the kind is the model's, not a setting
-            raise DataError(f"no {kind} files under '{root}', but {n_other} {other} file(s): {reader} was trained on "
-                            f"{KIND_WORDS[kind][1]}; give it {kind} files, or use a model trained on {other}s.")
+            raise DataError(f"no {kind} files under '{root}', but {n_other} {other} file(s): "
+                            f"{trained_on(reader, kind, other)}")
         if n_other and not typed:
             msg += f" Found {n_other} {other} files instead: set data.kind: {other}."
         if unread and not typed:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from geomed_ssl.errors import DataError
-from geomed_ssl.files.listing import EXTENSIONS, KIND_WORDS
+from geomed_ssl.files.listing import EXTENSIONS, KIND_WORDS, trained_on
 
 
 def input_kind(path: str | Path) -> str | None:
@@ -20,5 +20,4 @@ def check_input_kind(path: str | Path, expected: str | None, what: str) -> None:
     kind = input_kind(path)
     if kind is None or expected is None or kind == expected:
         return
-    raise DataError(f"'{path}' is {KIND_WORDS[kind][0]} but {what} was trained on {KIND_WORDS[expected][1]}; give "
-                    f"it {expected} files, or use a model trained on {kind}s.")
+    raise DataError(f"'{path}' is {KIND_WORDS[kind][0]} but {trained_on(what, expected, kind)}")

@@ -31,9 +31,18 @@ UNREAD = {
     "volume": ((".mgz", ".mgh", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".ima", ".img", ".npz"),
                "convert them to NIfTI, e.g. with nibabel, SimpleITK, or dcm2niix for DICOM series"),
 }
+# of UNREAD's, the formats only volumes come in (a folder of them is taken for volumes; .img is also ENVI's, .npz not
+# an image format)
+VOLUME_ONLY = (".dcm", ".ima", ".mgz", ".mgh", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 QUICKLOOKS = ("thumb", "quicklook", "browse")  # Landsat's *_thumb_small.jpeg, Sentinel-2's *_PVI / quicklooks
+
+
+def trained_on(model: str, expected: str, found: str) -> str:
+    """The end of the refusal of ``found`` files (raster / volume) given to ``model``, which reads ``expected``."""
+    return (f"{model} was trained on {KIND_WORDS[expected][1]}; give it {expected} files, or use a model trained on "
+            f"{found}s.")
 
 
 def absolute(path: str | Path) -> Path:
@@ -180,6 +189,20 @@ def is_dicom(path: str | Path) -> bool:
             return f.read(132)[128:] == b"DICM"
     except OSError:
         return False
+
+
+def analyze_image(path: str | Path) -> bool:
+    """``path`` is the .img of an Analyze 7.5 volume: its .hdr beside it is the binary 348-byte header (an ENVI
+    raster's .img has a text .hdr that starts with "ENVI")."""
+    path = Path(path)
+    if not path.name.lower().endswith(".img"):
+        return False
+    try:
+        with open(path.with_suffix(".hdr"), "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return len(head) == 4 and 348 in (int.from_bytes(head, "little"), int.from_bytes(head, "big"))
 
 
 # -- reporting once ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import numpy as np
 
 from geomed_ssl.data.stats import is_fill
 from geomed_ssl.errors import DataError
+from geomed_ssl.finetune.sampling import unique_ints
 from geomed_ssl.geo.gdal_read import has_dataset_mask
 from geomed_ssl.geo.voxels import nearest_index, resampled_shape, voxel_mm
 
@@ -48,16 +49,6 @@ class UnlabelledFacts:
 
 
 MAX_DISTINCT_CLASSES = 512  # above any atlas' label count (FreeSurfer aparc.a2009s+aseg ~190, TotalSegmentator 117)
-
-
-def distinct_count(values: np.ndarray) -> int:
-    """How many distinct integers ``values`` holds (a count over their range where it is small, else a sort)."""
-    if not values.size:
-        return 0
-    lo, hi = int(values.min()), int(values.max())
-    if hi - lo < 1 << 20:
-        return int(np.count_nonzero(np.bincount(values - lo)))
-    return int(np.unique(values).size)
 
 
 def _to_labels(arr: np.ndarray, nodata: float | None, ignore_value: int | None,
@@ -93,7 +84,7 @@ def _to_labels(arr: np.ndarray, nodata: float | None, ignore_value: int | None,
         hit = np.isin(labels, lut_from) & labelled
         order = np.argsort(lut_from)
         labels[hit] = lut_to[order][np.searchsorted(lut_from[order], labels[hit])]
-    distinct = distinct_count(labels[labelled]) if arr.dtype.kind in "iu" else 0  # (float maps: checked above)
+    distinct = unique_ints(labels[labelled]).size if arr.dtype.kind in "iu" else 0  # (float maps: checked above)
     if distinct > MAX_DISTINCT_CLASSES:
         raise DataError(f"label file '{path}' holds {distinct} distinct values (after labels.remap); labels are class "
                         f"ids, and a model of more than {MAX_DISTINCT_CLASSES} classes is not what few labels train. "

@@ -24,7 +24,7 @@ from geomed_ssl.config import MethodConfig, setting
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.methods.base import MethodCard, MethodContext, MethodOutput, MethodSettings
 from geomed_ssl.methods.clustering import MultiCropMethod, PrototypeSettings, check_prototypes
-from geomed_ssl.methods.distributed import is_distributed
+from geomed_ssl.methods.distributed import broadcast_, is_distributed
 from geomed_ssl.methods.kmeans import assign, kmeans, sample_centroids
 from geomed_ssl.methods.losses import IGNORE, deepcluster_loss
 from geomed_ssl.methods.projection import Prototypes, swav_projector
@@ -110,16 +110,19 @@ class DeepCluster(MultiCropMethod):
     @torch.no_grad()
     def recluster(self, step: int, generator: torch.Generator) -> None:
         """k-means on the memory for every head (head ``h`` on global crop ``h % 2``); centroids -> prototypes.
-        Every rank holds the same memory and draws the same initial centroids, so every rank gets the same fit."""
+        Every rank holds the same memory and draws the same initial centroids; rank 0's fit is then given to all,
+        since a GPU's ``index_add_`` sums in no fixed order and would round each rank's centroids differently."""
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
         cpu = torch.Generator().manual_seed(seed)
         memory = self.memory.contents()  # (M, 2, P)
         for h in range(self.settings.heads):
             x = memory[:, h % 2]  # (M, P)
             init = sample_centroids(x, self.centroids.shape[1], cpu, distributed=is_distributed())
-            fit = kmeans(x, init, self.settings.kmeans_iterations, spherical=True)
-            self.centroids[h].copy_(fit.centroids)
-            self.prototypes.set_(h, fit.centroids)
+            centroids = kmeans(x, init, self.settings.kmeans_iterations, spherical=True).centroids.contiguous()
+            if is_distributed():
+                broadcast_(centroids, src=0)
+            self.centroids[h].copy_(centroids)
+            self.prototypes.set_(h, centroids)
         self.clustered_at.fill_(step)
 
     def before_optimizer_step(self, step: int) -> None:

@@ -158,6 +158,22 @@ def case_deepcluster_memory(data: dict[str, Tensor], rank: int, world: int) -> R
     return {"memory": mem.embeddings.rows.clone(), "assignments": mem.assignments.clone(), "c0": centroids[0]}
 
 
+def case_deepcluster_recluster(data: dict[str, Tensor], rank: int, world: int) -> Result:
+    """Every rank holds the same memory, but a GPU's k-means rounds differently on each: rank 1's memory is nudged
+    here to stand for that; every rank must still end with rank 0's centroids in its prototypes."""
+    from geomed_ssl.methods.deepcluster import DeepCluster
+    from geomed_ssl.models.encoder_config import EncoderConfig
+
+    enc = EncoderConfig(in_chans=2, img_size=(8, 8), patch_size=(4, 4), embed_dim=16, depth=1, num_heads=2)
+    method = DeepCluster(enc, {"n_prototypes": 3, "memory_size": 24, "heads": 2, "proj_hidden_dim": 8,
+                               "proj_dim": 3, "kmeans_iterations": 3})
+    rows = F.normalize(data["points"].float()[:24], dim=1)  # (24, 3)
+    method.memory.enqueue(torch.stack([rows, rows.flip(0)], 1) + 1e-3 * rank, gather=False)
+    method.recluster(step=0, generator=torch.Generator().manual_seed(0))
+    return {"centroids": method.centroids.clone(),
+            "prototypes": torch.stack([p.detach().clone() for p in method.prototypes.parameters()])}
+
+
 def case_collapse_monitor(data: dict[str, Tensor], rank: int, world: int) -> Result:
     from geomed_ssl.methods.monitor import CollapseMonitor
 
@@ -183,7 +199,8 @@ CASES: dict[str, Callable[[dict[str, Tensor], int, int], Result]] = {
     "nt_xent": case_nt_xent, "nt_xent_naive_gather": case_nt_xent_naive_gather, "moco_v3": case_moco_v3,
     "barlow_twins": case_barlow_twins, "vicreg": case_vicreg, "swav": case_swav, "koleo": case_koleo,
     "queue": case_queue, "global_batchnorm": case_global_batchnorm,
-    "kmeans": case_kmeans, "deepcluster_memory": case_deepcluster_memory, "collapse_monitor": case_collapse_monitor,
+    "kmeans": case_kmeans, "deepcluster_memory": case_deepcluster_memory,
+    "deepcluster_recluster": case_deepcluster_recluster, "collapse_monitor": case_collapse_monitor,
     "dino_monitor": case_dino_monitor,
 }
 
@@ -267,6 +284,13 @@ def test_deepcluster_memory_and_assignments_agree_across_ranks(runs: dict[str, A
         torch.testing.assert_close(got["memory"], ref["memory"])
         assert torch.equal(got["assignments"], ref["assignments"])
         torch.testing.assert_close(got["c0"], ref["c0"])
+
+
+def test_deepcluster_prototypes_are_rank_0s_kmeans_fit_on_every_rank(runs: dict[str, Any]) -> None:
+    ref = runs["reference"]["deepcluster_recluster"]  # one process: rank 0's memory
+    for r in runs["ranks"]:
+        assert torch.equal(r["deepcluster_recluster"]["centroids"], ref["centroids"])
+        assert torch.equal(r["deepcluster_recluster"]["prototypes"], ref["prototypes"])
 
 
 def test_every_rank_logs_the_global_batchs_embedding_spread(runs: dict[str, Any]) -> None:

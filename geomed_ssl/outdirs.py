@@ -200,7 +200,7 @@ def check_out_dir(out: PathLike, *, command: str, inputs: Inputs | None = None, 
         if foreign:
             how = "--overwrite" if "--overwrite" in COMMANDS[command].flags else f"a new `{command}` run"
             raise OutputError(f"output folder '{out}' also holds '{foreign[0]}', which geomed-ssl did not "
-                              f"write; {how} deletes only what geomed-ssl wrote, so move that file away or "
+                              f"write; {how} deletes only what geomed-ssl wrote, so move it away or "
                               "choose another --out.")
         return "replace"
     if resume:

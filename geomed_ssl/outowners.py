@@ -142,9 +142,13 @@ def _foreign_in_subfolder(sub: Path, patterns: tuple[str, ...] | None, spec: Com
     if read_manifest(sub) is not None or patterns is None:
         return _nested(sub, spec, rel)
     bad: list[str] = []
+    walked: list[str] = []  # its plain folders, to tell which of them hold nothing of ours
+    ours: list[str] = []
     for root, dirs, files in os.walk(sub):
         here = Path(root)
         inner = here.relative_to(sub)
+        if here != sub:
+            walked.append(inner.as_posix())
         for d in list(dirs):
             if is_temp_name(d) and not (here / d).is_symlink():  # a killed writer's folder: ours, not descended
                 dirs.remove(d)
@@ -159,6 +163,12 @@ def _foreign_in_subfolder(sub: Path, patterns: tuple[str, ...] | None, spec: Com
             path = (inner / f).as_posix()
             if not (matches(path, patterns) or is_temp_name(f)):
                 bad.append(path)
+            else:
+                ours.append(path)
+    # a folder with nothing of ours anywhere in it (an empty one, say) is the user's: named once, at its top (no
+    # trailing /, which marks another command's output)
+    empty = [d for d in walked if not any(p.startswith(f"{d}/") for p in ours + bad)]
+    bad += [d for d in empty if not any(d.startswith(f"{e}/") for e in empty)]
     return sorted(bad)
 
 

@@ -367,6 +367,22 @@ def test_overwrite_refuses_a_foreign_file_inside_a_subfolder_of_ours(tmp_path: P
     assert (out / placed).read_text() == "the user's"
 
 
+@pytest.mark.parametrize(("command", "folder"), [
+    ("embed", "maps/mine"), ("embed", "search/mine"), ("embed", "maps/mine/deeper"), ("pretrain", "previews/figs"),
+    ("cluster", "maps/keep"), ("pretrain", "tensorboard/notes"),
+])
+def test_overwrite_refuses_a_users_empty_folder_inside_a_subfolder_of_ours(tmp_path: Path, command: str,
+                                                                           folder: str) -> None:
+    out = prepare_out_dir(tmp_path / "out", command=command)
+    (out / folder).mkdir(parents=True)
+    top = "/".join(folder.split("/")[:2])  # named once, at the top of what is the user's
+    with pytest.raises(OutputError, match=f"also holds '{top}', which geomed-ssl did not write"):
+        prepare_out_dir(out, command=command, overwrite=True)
+    assert (out / folder).is_dir()
+    (out / folder / "ours.ckpt").write_text("")  # a folder with something in it is judged by what it holds
+    assert foreign_inside(out) == [f"{folder}/ours.ckpt"]
+
+
 def test_overwrite_deletes_what_the_commands_write_inside_their_subfolders(tmp_path: Path) -> None:
     run = prepare_out_dir(tmp_path / "run", command="pretrain")
     for name in ("checkpoints/last.ckpt", "checkpoints/step-000100.ckpt", "checkpoints/.partial-12.0a1b2c3d-last.ckpt",

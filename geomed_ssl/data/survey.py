@@ -207,6 +207,18 @@ def voxel_warnings(records: Sequence[Any], spacing: Sequence[float] | None = Non
     return out
 
 
+def warn_collars(ranges: Sequence[tuple[str, Sequence[Sequence[float]]]], fate: str) -> None:
+    """One warning for the rasters among ``ranges`` ((path, value_range) of files with no nodata value or mask)
+    whose values look like a fill collar (:func:`untagged_fill`); ``fate``: what happens to it ("predicted")."""
+    collars = [(path, v) for path, rng in ranges for v in [untagged_fill(rng)] if v is not None]
+    if collars:  # an orthophoto's or a swath's fill outside its footprint, with no tag saying so
+        path, v = collars[0]
+        log.warning("warning: '%s'%s has %g at its 1st percentile in every band and no nodata value or mask: if that "
+                    "is a no-data collar (outside an orthophoto's or a SAR swath's footprint), set data.nodata=%g or "
+                    "tag the files (gdal_edit.py -a_nodata %g), else it is %s as data.", path,
+                    f" (and {len(collars) - 1} more file(s))" if len(collars) > 1 else "", v, v, v, fate)
+
+
 def warn_survey(catalog: Any, spacing: Sequence[float] | None = None, rotation_axis: int | None = None,
                 window: Sequence[int] | None = None, tokens: Sequence[int] | None = None) -> None:
     """Warnings about the archive as a whole: rasters of several CRSs or pixel sizes, files whose values are far
@@ -219,14 +231,8 @@ def warn_survey(catalog: Any, spacing: Sequence[float] | None = None, rotation_a
         log.warning("warning: the rasters have several pixel sizes (%s): windows are cut in pixels, so the model sees "
                     "the ground at several scales. If that is not intended, resample them onto one pixel size or "
                     "leave the others out with data.exclude.", _counted(sizes, 3))
-    collars = [(r.path, v) for r in catalog.records if r.kind == "raster" and r.nodata is None and r.value_range
-               for v in [untagged_fill(r.value_range)] if v is not None]
-    if collars:  # an orthophoto's or a swath's fill outside its footprint, with no tag saying so
-        path, v = collars[0]
-        log.warning("warning: '%s'%s has %g at its 1st percentile in every band and no nodata value or mask: if that "
-                    "is a no-data collar (outside an orthophoto's or a SAR swath's footprint), set data.nodata=%g or "
-                    "tag the files (gdal_edit.py -a_nodata %g), else it is trained and scored as data.", path,
-                    f" (and {len(collars) - 1} more file(s))" if len(collars) > 1 else "", v, v, v)
+    warn_collars([(r.path, r.value_range) for r in catalog.records
+                  if r.kind == "raster" and r.nodata is None and r.value_range], "trained and scored")
     units = unit_mismatch(catalog.records, catalog.band_names)
     if units:
         (low, a), (high, b) = units

@@ -16,7 +16,6 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from geomed_ssl.bands.ranges import warn_summaries
 from geomed_ssl.data.catalog import glob_match, select
 from geomed_ssl.data.kinds import check_input_kind, input_kind
 from geomed_ssl.data.records import stack_input
@@ -25,7 +24,7 @@ from geomed_ssl.files.listing import list_files, once
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.windows.tiling import DEFAULT_OVERLAP, blend_weights
 from geomed_ssl.errors import DataError
-from geomed_ssl.inference.raster import RASTER_BLENDS, predict_raster
+from geomed_ssl.inference.raster import RASTER_BLENDS, predict_raster, warn_inputs
 from geomed_ssl.inference.sliding import ModelFn, as_model, channel_records
 from geomed_ssl.inference.volume import VOLUME_BLENDS, predict_volume
 from geomed_ssl.inference.writers import proba_path
@@ -177,13 +176,15 @@ def refuse_foreign_outputs(out: Path, p: Path) -> None:
 
 
 def usable_inputs(planned: dict[Path, Path], data_cfg: Any, blend: str, stats: BandStats, strict: bool = False,
-                  scale: dict[str, Any] | None = None, model: str = "the model") -> dict[Path, Path]:
+                  scale: dict[str, Any] | None = None, model: str = "the model",
+                  window: Sequence[int] | None = None) -> dict[Path, Path]:
     """The planned inputs ``predict`` can read, checked before its output folder is made: an unknown ``blend`` is
     an error; a file the catalog's probe refuses (truncated, corrupt, not an image; any size is taken, the
     predictor pads a scene smaller than its window) is an error with ``strict``,
     else skipped with a warning; none left is an error; an input without one of the model's bands (matched by
     name, as ``predict`` reads them: :func:`_check_bands`) is an error. Files whose pixels / voxels are far from
-    ``scale``, the size ``model`` was trained at, are warned about (``model_data.warn_other_scale``)."""
+    ``scale``, the size ``model`` was trained at, are warned about (``model_data.warn_other_scale``), and so are
+    files under half the model's ``window`` along a side (:func:`warn_padded`)."""
     import logging
 
     from geomed_ssl.data.probe import ProbeError, probe_file
@@ -224,7 +225,25 @@ def usable_inputs(planned: dict[Path, Path], data_cfg: Any, blend: str, stats: B
         logging.getLogger("geomed_ssl").warning(f"warning: skipped {len(bad)} input(s) it cannot read or predict: "
                                                 f"{'; '.join(bad)}.")
     warn_other_scale(probed, scale, getattr(data_cfg, "spacing", None), model)
+    if window is not None:
+        warn_padded(probed, window, model)
     return usable
+
+
+def warn_padded(records: Sequence[Any], window: Sequence[int], model: str) -> None:
+    """One warning naming the inputs under half ``window`` along a side (``inspect``'s size rule): the predictor
+    pads them with the band means, so padding fills most of every window and their maps say little (a strip 1 px
+    tall came out one class). Rasters only: a volume's probed shape is in its stored axis order, not the window's."""
+    win = tuple(window)
+    small = [r for r in records if r.kind == "raster" and len(win) == 2
+             and any(2 * s < w for s, w in zip(r.shape[-2:], win))]
+    if small:
+        r = small[0]
+        log.warning(
+            "warning: %d input(s) are smaller than half the %s window of %s (e.g. '%s': %s): each is predicted padded "
+            "with the band means, which fill most of its windows, so its map is unreliable; predict the area inside "
+            "a larger scene, or fine-tune with data.patch_size near its size.", len(small),
+            "x".join(map(str, win)), model, r.path, "x".join(map(str, r.shape[-len(win):])))
 
 
 def first_channel_file(folder: Path, data_cfg: Any) -> Path | None:
@@ -304,5 +323,5 @@ def predict_files(
             log.info("predicted %d/%d: %s (%.1f s)", len(summaries), len(planned), Path(p).name,
                      summaries[-1].get("seconds", 0.0))
     if len(planned) > 1:  # one warning for the folder, naming the first file far from the statistics and the count
-        warn_summaries(summaries, stats)
+        warn_inputs(summaries, stats)
     return summaries

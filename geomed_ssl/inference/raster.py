@@ -10,6 +10,7 @@ probe head, whose logits are blended as ``compare`` blends its features: ``slidi
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 import warnings
@@ -25,6 +26,7 @@ from geomed_ssl.bands.names import BandInfo, band_order, resolve_band_info
 from geomed_ssl.bands.conform import alpha_note, note_band_order, report_positional_names
 from geomed_ssl.geo.gdal_read import data_bands, read_masked
 from geomed_ssl.bands.ranges import warn_summaries
+from geomed_ssl.data.survey import warn_collars
 from geomed_ssl.data.stats import BandStats, band_gaps, band_percentiles, normalize, valid_mask, valid_values
 from geomed_ssl.windows.tiling import DEFAULT_OVERLAP, blend_weights, window_starts
 from geomed_ssl.errors import DataError
@@ -34,6 +36,7 @@ from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, channel_
 from geomed_ssl.inference.writers import PROBA_SCALE, GeoTiffWriter, class_colormap, class_lookup, proba_path
 from geomed_ssl.outcommands import provenance_tags
 
+log = logging.getLogger("geomed_ssl")
 RASTER_BLENDS = ("gaussian", "linear", "constant")
 
 
@@ -159,13 +162,29 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
         "window": list(win), "overlap": float(overlap), "blend": blend, "nodata": scene.nodata,
         "nodata_label": lnodata, **info, "seconds": round(seconds, 3),
         "pixels_per_s": round(H * W / max(seconds, 1e-9), 1), "value_range": ranges.value_range(),
-        "value_scaling": scene.scaling,
+        "value_scaling": scene.scaling, "replaced_nodata": scene.replaced_nodata,
     }
     if check_ranges:  # (False: a fine-tune evaluating the files it trained on, or predict_files, which says it once)
-        warn_summaries([summary], stats)
+        warn_inputs([summary], stats)
     if only is None or only.any():  # (nothing asked for: nothing predicted, rightly)
         warn_if_nothing_predicted(path, info["valid_pixels"], scene.nodata, out_path)
     return summary
+
+
+def warn_inputs(summaries: Sequence[dict[str, Any]], stats: BandStats) -> None:
+    """What predictions' summaries say about their inputs, one warning each for all of them: scale / offset and
+    values far from the statistics (:func:`warn_summaries`), and rasters whose fill collar is not tagged nodata."""
+    warn_summaries(summaries, stats)
+    warn_collars([(s["input"], s["value_range"]) for s in summaries
+                  if s.get("kind") == "raster" and s.get("nodata") is None and s.get("value_range")], "predicted")
+    replaced = [s for s in summaries if s.get("replaced_nodata") is not None]
+    if replaced:
+        s = replaced[0]
+        own, used = s["replaced_nodata"]
+        log.warning("warning: '%s'%s is tagged nodata %g, but the model's data.nodata (%g) replaces a file's tag, "
+                    "so its %g pixels are predicted as data. Give the files the model's value (gdal_calc.py, then "
+                    "gdal_edit.py -a_nodata) or fine-tune without data.nodata.", s["input"],
+                    f" (and {len(replaced) - 1} more file(s))" if len(replaced) > 1 else "", own, used, own)
 
 
 class RasterInput:
@@ -177,6 +196,7 @@ class RasterInput:
         self.shape = (sources[0].height, sources[0].width)
         self.count = sum(s.count for s in sources)
         self.scaling = self._scaling()  # read while the files are open
+        self.replaced_nodata: list[float] | None = None  # [the file's nodata tag, the value read in its place]
 
     def _scaling(self) -> list[list[float]] | None:
         """[scales, offsets] of the bands read, from the files' GeoTIFF tags (None: untagged, values as stored)."""
@@ -224,7 +244,11 @@ class RasterInput:
             nodata = getattr(data_cfg, "nodata", None)
         if nodata is None:
             nodata = src.nodata
-        return cls(sources, order, None if nodata is None or not math.isfinite(float(nodata)) else float(nodata))
+        scene = cls(sources, order, None if nodata is None or not math.isfinite(float(nodata)) else float(nodata))
+        own = src.nodata  # the file's tag, which the model's data.nodata replaces (its pixels then read as data)
+        if own is not None and math.isfinite(own) and nodata is not None and own != float(nodata):
+            scene.replaced_nodata = [float(own), float(nodata)]
+        return scene
 
     def cache_bytes(self) -> int:
         """GDAL's block cache for the strip loop: two block rows of decoded tiles stay cached, so a tile row shared

@@ -1043,3 +1043,70 @@ def test_a_channel_file_named_explicitly_is_predicted_with_its_case_though_the_r
 
     records = channel_records(tmp_path, cfg, "volume")  # the folder: as training read it, sub-05 left out
     assert [[Path(f).name for f in r.paths] for r in records] == [["sub-01_flair.nii.gz", "sub-01_t1.nii.gz"]]
+
+
+def test_a_zero_collar_without_a_nodata_tag_is_warned_about_when_predicted(tmp_path, caplog):
+    """``inspect``, ``pretrain`` and ``finetune`` warned of an untagged 0 collar; ``predict`` classified it in silence."""
+    from geomed_ssl.config import DataConfig
+
+    arr = structured_raster(np.random.default_rng(1), 4, 32).astype(np.uint16) + 100
+    arr[:, :, :6] = 0  # an orthophoto's fill outside its footprint, no nodata tag
+    (tmp_path / "in").mkdir()
+    for k in range(2):
+        write_geotiff(tmp_path / "in" / f"tile_{k}.tif", arr)
+    stats = stats_of(arr[:, :, 6:], [f"band_{i}" for i in range(1, 5)])
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        predict_raster(conv_model(4, 2), tmp_path / "in" / "tile_0.tif", tmp_path / "o.tif", stats, window=16,
+                       num_classes=2)
+    assert "tile_0.tif' has 0 at its 1st percentile in every band" in caplog.text
+    assert "set data.nodata=0" in caplog.text and "predicted as data" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        predict_files(conv_model(4, 2), tmp_path / "in", tmp_path / "out", stats, num_classes=2, window=16,
+                      data_cfg=DataConfig())
+    collars = [r.getMessage() for r in caplog.records if "collar" in r.getMessage()]
+    assert len(collars) == 1 and "and 1 more file(s)" in collars[0]  # one warning for the folder
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        predict_raster(conv_model(4, 2), tmp_path / "in" / "tile_0.tif", tmp_path / "o2.tif", stats, window=16,
+                       num_classes=2, nodata=0)
+    assert "collar" not in caplog.text
+
+
+def test_a_scene_under_half_the_window_is_predicted_with_a_warning(tmp_path, caplog):
+    """A strip 1 px tall is padded to the window with the band means and came out one class, without a word."""
+    from geomed_ssl.config import DataConfig
+    from geomed_ssl.inference.predict import usable_inputs
+
+    arr = structured_raster(np.random.default_rng(5), 3, 40)
+    names = ["band_1", "band_2", "band_3"]
+    thin = write_geotiff(tmp_path / "thin.tif", arr[:, :2, :].copy())
+    wide = write_geotiff(tmp_path / "wide.tif", arr[:, :20, :].copy())
+    planned = {thin: tmp_path / "out" / "thin_pred.tif", wide: tmp_path / "out" / "wide_pred.tif"}
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        usable = usable_inputs(planned, DataConfig(band_names=names), "gaussian", stats_of(arr, names), window=(32, 32),
+                               model="model 'FT'")
+    assert list(usable) == [thin, wide]  # still predicted
+    assert "1 input(s) are smaller than half the 32x32 window of model 'FT'" in caplog.text
+    assert "thin.tif': 2x40" in caplog.text and "wide.tif" not in caplog.text
+
+
+def test_a_files_own_nodata_tag_replaced_by_the_models_data_nodata_is_warned_about(tmp_path, caplog):
+    """A model fine-tuned with data.nodata=0 reads another archive's declared -9999 as data (data.nodata overrides a
+    file's tag, as documented): said when it happens."""
+    from geomed_ssl.config import DataConfig
+
+    arr = structured_raster(np.random.default_rng(1), 4, 32).astype(np.float32) + 100
+    arr[:, :4] = -9999
+    path = write_geotiff(tmp_path / "m9999.tif", arr, nodata=-9999)
+    stats = stats_of(arr[:, 4:], [f"band_{i}" for i in range(1, 5)])
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        predict_raster(conv_model(4, 2), path, tmp_path / "o.tif", stats, window=16, num_classes=2,
+                       data_cfg=DataConfig(nodata=0))
+    assert "m9999.tif' is tagged nodata -9999, but the model's data.nodata (0) replaces" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="geomed_ssl"):  # the file's own value: nothing replaced
+        predict_raster(conv_model(4, 2), path, tmp_path / "o2.tif", stats, window=16, num_classes=2,
+                       data_cfg=DataConfig(nodata=-9999))
+        predict_raster(conv_model(4, 2), path, tmp_path / "o3.tif", stats, window=16, num_classes=2)
+    assert "tagged nodata" not in caplog.text

@@ -179,7 +179,7 @@ def query_vector(emb: Embedder, record: FileRecord, box: list[int] | None) -> tu
     vecs = []
     for rows in emb.window_rows(record, emb.file_meta(record), restrict=region):
         centre = rows["box"][:, :nd] + rows["box"][:, nd:] / 2.0
-        inside = np.all((centre >= region[:nd]) & (centre <= np.add(region[:nd], region[nd:])), axis=1)
+        inside = np.all((centre >= region[:nd]) & (centre < np.add(region[:nd], region[nd:])), axis=1)  # half-open
         vecs.append(rows["vector"][inside])
     vecs = np.concatenate(vecs) if vecs else np.zeros((0, 1))
     if not len(vecs):
@@ -270,7 +270,7 @@ def rows_of_region(emb_dir: str | Path, manifest: dict[str, Any], path: Path, re
     a, n = int(f["first_row"]), int(f["rows"])
     b = read_rows(emb_dir, ["box"], range(a, a + n))["box"]
     centre = b[:, :nd] + b[:, nd:] / 2.0
-    inside = np.all((centre >= region[:nd]) & (centre <= np.add(region[:nd], region[nd:])), axis=1)
+    inside = np.all((centre >= region[:nd]) & (centre < np.add(region[:nd], region[nd:])), axis=1)  # half-open
     return set((np.flatnonzero(inside) + a).tolist())
 
 

@@ -287,3 +287,20 @@ def test_a_box_of_nodata_alone_finds_nothing_at_window_and_image_level(archive: 
     result = runner.invoke(app, ["similar", str(emb), "--query", str(query), "--box", "0,0,16,16"])
     assert result.exit_code == 2 and "holds no valid pixel" in result.output, result.output
     assert find_similar(emb, query, box=[20, 0, 16, 16], top=1, sheet=False).hits  # rows 20-35: found
+
+
+def test_a_box_leaves_out_the_rows_centred_in_it_half_open(archive: tuple[Path, Path], tmp_path: Path) -> None:
+    """Box 8,8,16,16 covers pixels 8-23: windows of 16 px every 8 px centred at 8 and 16 lie in it, the one centred at
+    24 (its far edge) does not (it was left out too, with a window overlapping the box by a quarter)."""
+    import json
+
+    from geomed_ssl.embeddings.search import rows_of_region
+
+    data, enc = archive
+    emb = tmp_path / "emb"
+    embed_folder(enc, data, emb, level="window", window=16, stride=8, progress=False)
+    manifest = json.loads((emb / "manifest.json").read_text())
+    cols = read_columns(emb, ["file", "box"])
+    rows = rows_of_region(emb, manifest, (data / "scene_0.tif").resolve(), [8, 8, 16, 16], 2)
+    assert sorted(tuple(cols["box"][i][:2]) for i in rows) == [(0, 0), (0, 8), (8, 0), (8, 8)]
+    assert all(cols["file"][i].endswith("scene_0.tif") for i in rows)

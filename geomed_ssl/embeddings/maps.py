@@ -10,6 +10,7 @@ cell size and shifted to the cell centre, so they overlay the input in world (sc
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -203,6 +204,10 @@ def write_embedding_maps(emb_dir: Path, manifest: dict[str, Any], vectors: np.nd
     if not files or dims <= 0:
         return []
     pca = fit_pca(vectors, dims)
+    if pca.n_components_ < dims:
+        logging.getLogger("geomed_ssl").info(
+            "--pca %d: the maps hold %d components, as many as the %d rows of %d dimensions allow", dims,
+            pca.n_components_, vectors.shape[0], vectors.shape[1])
     with atomic_path(emb_dir / "pca.npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, components=pca.components_, mean=pca.mean_, explained_variance_ratio=pca.explained_variance_ratio_)
     remove_stale_partials(emb_dir / "maps")

@@ -144,6 +144,17 @@ def test_patch_level_geotiff_has_the_input_crs_and_a_transform_scaled_by_the_pat
     assert (cols["x"][i + 20], cols["y"][i + 20]) == pytest.approx(dst.transform @ (gj + 0.5, gi + 0.5))
 
 
+def test_more_pca_components_than_the_vectors_allow_are_said_to_be_fewer(data: Path, encoder: Path, tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="geomed_ssl"):
+        embed_folder(encoder, data, tmp_path / "patch", level="patch", pca_dims=500, progress=False)
+    manifest, vectors = load_embeddings(tmp_path / "patch")
+    k = min(vectors.shape)
+    with rasterio.open(tmp_path / "patch" / "maps" / "scene_2_embedding.tif") as dst:
+        assert dst.count == k < 500
+    assert f"--pca 500: the maps hold {k} components" in caplog.text
+
+
 def test_volume_patch_nifti_affine_is_the_ras_affine_scaled_by_the_patch(tmp_path: Path) -> None:
     import nibabel as nib
 

@@ -212,6 +212,7 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
     nd = len(st["window"])
     if top < 1:
         raise ConfigError(f"--top must be at least 1, got {top}.")
+    box_list = parse_box(box, nd)  # before the query is read or the encoder loaded
     qpath = Path(query).resolve()
     if not qpath.exists():
         raise DataError(f"query file '{query}' does not exist.")
@@ -220,7 +221,6 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
     check_input_kind(qpath, "raster" if nd == 2 else "volume", "the encoder of these embeddings")
     record = record_for(qpath, DataConfig(**st["data"]), "error" if strict else "warn")
     emb = embedder_for(manifest, record, encoder, device)
-    box_list = parse_box(box, nd)
     qvec, region = query_vector(emb, record, box_list)
     exclude = set() if include_self else rows_of_region(emb_dir, manifest, qpath, region, nd)
     idx, sims = cosine_top_k(vectors, qvec, top, exclude)

@@ -304,3 +304,17 @@ def test_a_box_leaves_out_the_rows_centred_in_it_half_open(archive: tuple[Path, 
     rows = rows_of_region(emb, manifest, (data / "scene_0.tif").resolve(), [8, 8, 16, 16], 2)
     assert sorted(tuple(cols["box"][i][:2]) for i in rows) == [(0, 0), (0, 8), (8, 0), (8, 8)]
     assert all(cols["file"][i].endswith("scene_0.tif") for i in rows)
+
+
+@pytest.mark.parametrize("box", ["1,2,3", "1,2,x,4", "0,0,0,8"])
+def test_a_malformed_box_is_refused_before_the_query_is_read(archive: tuple[Path, Path], tmp_path: Path, box: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from geomed_ssl.errors import ConfigError
+
+    data, enc = archive
+    emb = tmp_path / "emb"
+    embed_folder(enc, data, emb, level="window", window=16, stride=16, progress=False)
+    monkeypatch.setattr(search_mod, "embedder_for", lambda *a, **k: pytest.fail("the encoder was loaded"))
+    with pytest.raises(ConfigError, match=rf"--box '{box}': expected ROW,COL,H,W"):
+        find_similar(emb, data / "scene_0.tif", box=box, out_dir=tmp_path / "q")
+    assert not (tmp_path / "q").exists()

@@ -158,6 +158,8 @@ class CommandSpec:
     # a file named by ``patterns`` is this command's to delete (with a folder it nests in) only when this says so
     # (predict: the map records its input); None: the name alone
     vouch: Callable[[Path], bool] | None = None
+    # the same for a file that ``inside`` names in a subfolder: {subfolder name: the test} (embed's and cluster's maps)
+    vouch_inside: Mapping[str, Callable[[Path], bool]] = field(default_factory=dict)
 
 
 # checkpoints by the names ours and Lightning's callbacks give them (a copied-in best.ckpt is the user's)
@@ -186,10 +188,12 @@ COMMANDS: dict[str, CommandSpec] = {
                          inside={"parts": ("part-*/chunk-*.parquet", "part-*/files.json"),
                                  "maps": ("*_embedding.tif", "*_embedding.nii.gz", "*.aux.xml"),
                                  "search": ("*/similar.csv", "*/similar.png")},
-                         nests={"search": ("similar",), "search/*": ("similar",)}),
+                         nests={"search": ("similar",), "search/*": ("similar",)},
+                         vouch_inside={"maps": lambda path: made_map(path)}),
     "cluster": CommandSpec(("clusters.parquet", "clusters.csv", "summary.json", "scatter.png", "maps"),
                            legacy=_legacy_cluster,
-                           inside={"maps": ("*_clusters.tif", "*_clusters.nii.gz", "*_clusters.png", "*.aux.xml")}),
+                           inside={"maps": ("*_clusters.tif", "*_clusters.nii.gz", "*_clusters.png", "*.aux.xml")},
+                           vouch_inside={"maps": lambda path: made_map(path)}),
     "predict": CommandSpec(("predictions.csv",), ("*_pred.tif", "*_pred.nii.gz", "*_pred_proba.tif",
                                                   "*_pred_proba.nii.gz"), (), exclusive=False,
                            vouch=lambda path: recorded_input(path) is not None),
@@ -254,3 +258,26 @@ def recorded_input(path: str | Path) -> str | None:
     except Exception:  # noqa: BLE001 - a file that cannot say is not known to be another input's
         return None
     return None
+
+
+MAP_DESCRIP = "geomed-ssl map of "  # the NIfTI ``descrip`` of embed's and cluster's maps (which carry no extension)
+
+
+def made_map(path: Path) -> bool:
+    """``path``, in an ``embed`` or ``cluster`` folder's ``maps/``, is a map the toolkit wrote, as its contents say
+    (a GeoTIFF's input tag, a NIfTI's ``descrip``); a PNG or GDAL's ``.aux.xml`` goes with its map, a sidecar whose
+    map is gone with the folder."""
+    name = path.name
+    if name.endswith(".aux.xml"):
+        target = path.with_name(name[: -len(".aux.xml")])
+        return not target.exists() or made_map(target)
+    if name.endswith(".png"):
+        return any(made_map(path.with_name(name[:-4] + ext)) for ext in (".tif", ".nii.gz"))
+    if name.endswith(".tif"):
+        return recorded_input(path) is not None
+    try:
+        import nibabel as nib
+
+        return bytes(nib.load(str(path)).header["descrip"]).decode("ascii", "replace").startswith(MAP_DESCRIP)
+    except Exception:  # noqa: BLE001 - not a NIfTI this toolkit wrote
+        return False

@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from geomed_ssl.outcommands import COMMANDS, CommandSpec, matches, read_json_object
 from geomed_ssl.outfiles import atomic_write_text, is_temp_name
@@ -119,7 +119,8 @@ def foreign_inside(folder: PathLike, found: Owner | None = None) -> list[str]:
         entry = folder / name
         if entry.is_dir() and not entry.is_symlink() and not is_temp_name(name):  # a killed writer's folder: ours
             patterns = next((v for k, v in spec.inside.items() if fnmatch.fnmatchcase(name, k)), None)
-            bad += [f"{name}/{p}" for p in _foreign_in_subfolder(entry, patterns, spec, name)]
+            bad += [f"{name}/{p}" for p in _foreign_in_subfolder(entry, patterns, spec, name,
+                                                                  spec.vouch_inside.get(name))]
     return bad
 
 
@@ -135,10 +136,11 @@ def _nested(folder: Path, spec: CommandSpec, rel: str) -> list[str]:
     return foreign_inside(folder, found)
 
 
-def _foreign_in_subfolder(sub: Path, patterns: tuple[str, ...] | None, spec: CommandSpec, rel: str) -> list[str]:
+def _foreign_in_subfolder(sub: Path, patterns: tuple[str, ...] | None, spec: CommandSpec, rel: str,
+                          vouch: Callable[[Path], bool] | None = None) -> list[str]:
     """What in ``sub`` (a subfolder of ours, at ``rel`` in a folder made by the command of ``spec``) the toolkit did
     not write; ``patterns``: what its command writes there (None: nothing, unless ``sub`` is a folder of the
-    toolkit's own)."""
+    toolkit's own), a file of which is ours only when ``vouch`` (if given) says so."""
     if read_manifest(sub) is not None or patterns is None:
         return _nested(sub, spec, rel)
     bad: list[str] = []
@@ -161,7 +163,9 @@ def _foreign_in_subfolder(sub: Path, patterns: tuple[str, ...] | None, spec: Com
                 bad += [f"{at}/{p}" for p in _nested(here / d, spec, f"{rel}/{at}")]
         for f in files:
             path = (inner / f).as_posix()
-            if not (matches(path, patterns) or is_temp_name(f)):
+            if is_temp_name(f):
+                ours.append(path)
+            elif not matches(path, patterns) or (vouch is not None and not vouch(here / f)):
                 bad.append(path)
             else:
                 ours.append(path)

@@ -25,6 +25,16 @@ def fill(folder: Path, *names: str) -> None:
         (folder / name).write_text(name)
 
 
+def tagged_map(path: Path) -> None:
+    """A one-pixel GeoTIFF with the provenance tags embed's and cluster's maps carry."""
+    import rasterio
+
+    from geomed_ssl.outcommands import provenance_tags
+
+    with rasterio.open(path, "w", driver="GTiff", height=1, width=1, count=1, dtype="int16") as dst:
+        dst.update_tags(**provenance_tags("/data/a.tif"))
+
+
 def test_a_new_folder_gets_a_manifest_naming_the_command_and_its_entries(tmp_path: Path) -> None:
     out = prepare_out_dir(tmp_path / "a" / "run", command="pretrain")
     manifest = json.loads((out / MANIFEST).read_text())
@@ -38,7 +48,7 @@ def test_overwrite_replaces_a_folder_of_ours(tmp_path: Path) -> None:
     out = prepare_out_dir(tmp_path / "cl", command="cluster")
     fill(out, "summary.json", "clusters.csv", ".partial-1.0a1b2c3d-scatter.png")
     (out / "maps").mkdir()
-    fill(out / "maps", "a_clusters.tif")
+    tagged_map(out / "maps" / "a_clusters.tif")  # a map is ours by what it says it was made from
     with pytest.raises(OutputError, match="pass --overwrite"):
         prepare_out_dir(out, command="cluster")
     prepare_out_dir(out, command="cluster", overwrite=True)

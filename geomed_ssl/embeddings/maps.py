@@ -22,7 +22,7 @@ from geomed_ssl.geo.gdal_read import check_written
 from geomed_ssl.geo.grids import placed
 from geomed_ssl.windows.tiling import grid_shape
 from geomed_ssl.errors import DataError
-from geomed_ssl.outcommands import INPUT_TAG, distinct_names, fitted_stem, provenance_tags
+from geomed_ssl.outcommands import INPUT_TAG, MAP_DESCRIP, distinct_names, fitted_stem, provenance_tags
 from geomed_ssl.outfiles import atomic_path, remove_stale_partials, save_figure
 
 PCA_FIT_ROWS = 50_000  # rows sampled to fit the PCA of embedding maps
@@ -169,7 +169,7 @@ def write_grid(file_meta: dict[str, Any], array: np.ndarray, path: Path, nodata:
             img.set_sform(affine, code=1)
             img.header.set_xyzt_units("mm")  # the map affine is the input's world mm
             if tags:
-                img.header["descrip"] = f"geomed-ssl map of {os.path.basename(tags[INPUT_TAG])}".encode(
+                img.header["descrip"] = f"{MAP_DESCRIP}{os.path.basename(tags[INPUT_TAG])}".encode(
                     "ascii", "replace")[:79]
             nib.save(img, str(tmp))
     return path

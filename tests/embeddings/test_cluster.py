@@ -442,3 +442,46 @@ def test_a_case_of_a_folder_of_several_is_its_own_query_and_takes_the_label_name
 
     files[1]["rel"] = "sub/flair_001.nii.gz"
     assert list(grid_stems(files).values()) == ["000", "sub__001"]  # a case's maps: named as predict names it
+
+
+def test_overwrite_deletes_the_maps_it_wrote_and_refuses_a_users_file_named_like_one(
+        window_embeddings: tuple[Path, Path], tmp_path: Path) -> None:
+    """A map's name alone made a file in maps/ ours: a user's `scene_0_clusters.tif` (or its PNG) was deleted by
+    --overwrite. Now its contents say whether it is (the input tag a map carries; a PNG goes with its map)."""
+    import shutil
+
+    from geomed_ssl.errors import OutputError
+    from geomed_ssl.outcommands import made_map
+
+    data, emb = window_embeddings
+    out = tmp_path / "cl"
+    cluster_embeddings(emb, out, "kmeans", k=3)
+    maps = sorted(p.name for p in (out / "maps").iterdir())
+    assert "scene_0_clusters.tif" in maps and "scene_0_clusters.png" in maps
+    assert all(made_map(out / "maps" / m) for m in maps)
+    cluster_embeddings(emb, out, "kmeans", k=3, overwrite=True)  # its own maps: replaced
+    for name in ("mine_clusters.tif", "mine_clusters.png"):  # the user's: a GeoTIFF without the tag, a lone PNG
+        theirs = out / "maps" / name
+        if name.endswith(".tif"):
+            shutil.copy(data / "scene_0.tif", theirs)
+        else:
+            theirs.write_bytes(b"\x89PNG the user's")
+        with pytest.raises(OutputError, match=f"also holds 'maps/{name}'"):
+            cluster_embeddings(emb, out, "kmeans", k=3, overwrite=True)
+        assert theirs.is_file()
+        theirs.unlink()
+
+
+def test_a_volume_map_is_known_as_ours_by_its_nifti_description(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from geomed_ssl.outcommands import made_map
+
+    vols = volumes(tmp_path / "vols", n=1)
+    enc = make_encoder(vols, tmp_path / "enc3d", kind="volume")
+    embed_folder(enc, vols, tmp_path / "emb3d", level="patch", pca_dims=2, progress=False)
+    ours = tmp_path / "emb3d" / "maps" / "subject_0_embedding.nii.gz"
+    assert made_map(ours)
+    theirs = tmp_path / "emb3d" / "maps" / "atlas_embedding.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(theirs))
+    assert not made_map(theirs)

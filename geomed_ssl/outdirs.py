@@ -53,7 +53,7 @@ from geomed_ssl.outcommands import COMMANDS, CommandSpec, matches
 from geomed_ssl.outfiles import is_temp_name, remove_stale_partials
 from geomed_ssl.outlocks import LOCK, lock_folder
 from geomed_ssl.outowners import (MANIFEST, TOOL, Owner, PathLike, entry_names, foreign_inside,  # noqa: F401
-                                  owner, read_manifest, record_entries, write_manifest)
+                                  links_inside, owner, read_manifest, record_entries, write_manifest)
 Inputs = Mapping[str, PathLike | Sequence[PathLike] | None]
 
 
@@ -204,11 +204,11 @@ def check_out_dir(out: PathLike, *, command: str, inputs: Inputs | None = None, 
                               "choose another --out.")
         return "replace"
     if resume:
-        if found.links:
-            raise OutputError(f"output folder '{out}' also holds '{found.links[0]}', which geomed-ssl did not "
-                              f"write: a link to another folder, named as `geomed-ssl {command}` names what it writes "
-                              "there; going on would write into the linked folder, so remove the link or choose "
-                              "another --out.")
+        links = found.links or links_inside(out, found)
+        if links:
+            raise OutputError(f"output folder '{out}' also holds '{links[0]}', which geomed-ssl did not write: a "
+                              f"link (the toolkit makes none) where `geomed-ssl {command}` reads or writes; going on "
+                              "would read or write through it, so remove the link or choose another --out.")
         if found.manifest is None and found.foreign and COMMANDS[command].reuse_replaces:  # beside the user's
             raise OutputError(f"output folder '{out}' holds files like those `geomed-ssl {command}` writes but was "
                               f"not made by it as far as geomed-ssl can tell (no {MANIFEST}; it also holds "

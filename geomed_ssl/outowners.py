@@ -31,7 +31,7 @@ class Owner:
     manifest: dict[str, Any] | None
     ours: list[str] = field(default_factory=list)
     foreign: list[str] = field(default_factory=list)
-    links: list[str] = field(default_factory=list)  # foreign links named like what the command writes
+    links: list[str] = field(default_factory=list)  # links named like what the command writes: the user's
 
 
 def _plain_name(name: Any) -> bool:
@@ -77,7 +77,7 @@ def owner(folder: PathLike) -> Owner | None:
         ours = entry.name in names or named or is_temp_name(entry.name) or _nested_here(spec, entry)
         if entry.name == LOCK and entry.is_symlink():  # the toolkit's lock is a plain file: a link is planted
             ours = False
-        if ours and entry.is_symlink() and entry.is_dir():  # the toolkit makes no links, and writes into folders
+        if ours and entry.is_symlink():  # the toolkit makes no links: one named as its outputs is the user's
             result.links.append(entry.name)
             ours = False
         (result.ours if ours else result.foreign).append(entry.name)
@@ -124,6 +124,21 @@ def foreign_inside(folder: PathLike, found: Owner | None = None) -> list[str]:
     return bad
 
 
+def links_inside(folder: PathLike, found: Owner) -> list[str]:
+    """Links (relative paths) anywhere in ``folder``'s subfolders of ours (``found.ours``): the toolkit makes none,
+    so each is the user's, and going on in the folder would write through or replace it (a ``checkpoints/last.ckpt``
+    pointing at the user's own checkpoint)."""
+    folder = Path(folder)
+    links = []
+    for name in found.ours:
+        entry = folder / name
+        if entry.is_dir() and not entry.is_symlink():
+            for root, dirs, files in os.walk(entry):  # links to folders are listed, not followed
+                links += [(Path(root) / n).relative_to(folder).as_posix() for n in dirs + files
+                          if (Path(root) / n).is_symlink()]
+    return sorted(links)
+
+
 def _nested(folder: Path, spec: CommandSpec, rel: str) -> list[str]:
     """What :func:`foreign_inside` reports for ``folder``, a folder of the toolkit's own at ``rel`` inside one
     made by the command of ``spec``: its foreign contents, or ``[""]`` (the folder itself) when its command does
@@ -154,7 +169,7 @@ def _foreign_in_subfolder(sub: Path, patterns: tuple[str, ...] | None, spec: Com
         for d in list(dirs):
             if is_temp_name(d) and not (here / d).is_symlink():  # a killed writer's folder: ours, not descended
                 dirs.remove(d)
-            elif (here / d).is_symlink():  # judged by name, as a file; never followed
+            elif (here / d).is_symlink():  # a link, never followed: the user's (below)
                 files.append(d)
                 dirs.remove(d)
             elif read_manifest(here / d) is not None:  # a folder of the toolkit's own: its own rule
@@ -163,7 +178,9 @@ def _foreign_in_subfolder(sub: Path, patterns: tuple[str, ...] | None, spec: Com
                 bad += [f"{at}/{p}" for p in _nested(here / d, spec, f"{rel}/{at}")]
         for f in files:
             path = (inner / f).as_posix()
-            if is_temp_name(f):
+            if (here / f).is_symlink():  # the toolkit makes no links, whatever the name
+                bad.append(path)
+            elif is_temp_name(f):
                 ours.append(path)
             elif not matches(path, patterns) or (vouch is not None and not vouch(here / f)):
                 bad.append(path)

@@ -578,3 +578,21 @@ def test_overwrite_keeps_a_users_file_named_like_a_prediction_in_a_nested_predic
     (prediction / "rf_baseline_pred.tif").unlink()
     prepare_out_dir(demo, command="demo", overwrite=True)
     assert not (demo / "prediction").exists()
+
+
+@pytest.mark.parametrize("flag", ["resume", "overwrite"])
+@pytest.mark.parametrize("placed", ["checkpoints/last.ckpt", "config.yaml", "previews/old"])
+def test_a_link_to_a_file_or_folder_anywhere_in_a_run_is_the_users(tmp_path: Path, flag: str, placed: str) -> None:
+    """A user's ``checkpoints/last.ckpt -> ~/elsewhere/my.ckpt`` was resumed from and then replaced (or deleted by
+    --overwrite): only links to folders at the top were taken for the user's. The toolkit makes no links at all."""
+    run = prepare_out_dir(tmp_path / "run", command="pretrain")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "step-000010.ckpt").write_bytes(b"ours")
+    (run / "previews").mkdir()
+    mine = tmp_path / "elsewhere" / Path(placed).name
+    mine.parent.mkdir()
+    mine.mkdir() if placed == "previews/old" else mine.write_text("the user's")
+    (run / placed).symlink_to(mine, target_is_directory=mine.is_dir())
+    with pytest.raises(OutputError, match=f"also holds '{placed}', which geomed-ssl did not"):
+        prepare_out_dir(run, command="pretrain", **{flag: True})
+    assert (run / placed).is_symlink() and mine.exists()

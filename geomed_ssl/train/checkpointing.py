@@ -54,10 +54,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def remove_stale_temp_files(run_dir: Path) -> list[Path]:
-    """Delete what killed writes of ours left in a run folder and its ``checkpoints/``: partial files and folders of
-    processes that are gone (:func:`geomed_ssl.outfiles.remove_stale_partials`)."""
+    """Delete what killed writes of ours left in a run folder and the subfolders it writes files into
+    (``checkpoints/``, ``previews/``): partial files and folders of processes that are gone
+    (:func:`geomed_ssl.outfiles.remove_stale_partials`)."""
     removed = remove_stale_partials(run_dir)
-    removed += remove_stale_partials(run_dir / "checkpoints")
+    for sub in ("checkpoints", "previews"):
+        removed += remove_stale_partials(run_dir / sub)
     if removed:
         log.info(f"removed {len(removed)} temporary file(s) left by an interrupted write: "
                  + ", ".join(p.name for p in removed[:3]) + (" ..." if len(removed) > 3 else ""))

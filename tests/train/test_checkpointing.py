@@ -74,8 +74,10 @@ def test_partial_checkpoints_of_a_killed_process_are_removed_and_a_live_ones_kep
     (tmp_path / "checkpoints").mkdir()
     from geomed_ssl.outfiles import host_tag, partial_path
 
+    (tmp_path / "previews").mkdir()
     stale = [tmp_path / "checkpoints" / f".partial-{int(dead.stdout)}.{host_tag()}-last.ckpt",
-             tmp_path / f".partial-{int(dead.stdout)}.{host_tag()}-metrics.csv"]
+             tmp_path / f".partial-{int(dead.stdout)}.{host_tag()}-metrics.csv",
+             tmp_path / "previews" / f".partial-{int(dead.stdout)}.{host_tag()}-step-000020.png"]
     live = partial_path(tmp_path / "checkpoints" / "step-000005.ckpt")  # a save in progress
     for p in [*stale, live]:
         p.write_bytes(b"x")

@@ -150,6 +150,7 @@ def guess_kind(data_dir: Path) -> str:
 
 @app.command()
 @user_errors
+@terminable
 def pretrain(
     recipe: Path = typer.Argument(..., metavar="RECIPE", help="Recipe YAML, e.g. recipes/mae_sentinel2.yaml "
                                 "(or a bundled recipe's name: mae_sentinel2)."),
@@ -181,6 +182,7 @@ app.add_typer(finetune_app, name="finetune")
 
 @app.command()
 @user_errors
+@terminable
 def compare(
     encoders: list[str] = typer.Argument(..., metavar="ENC",
                                          help="Encoders: RUN_DIRs, exported encoder folders, or none (the first "
@@ -451,6 +453,7 @@ def methods(
 
 @app.command()
 @user_errors
+@terminable
 def demo(
     out: Path = typer.Option(Path("geomed-ssl-demo"), "--out", help="Demo folder (replaced on each run)."),
     steps: int = typer.Option(300, "--steps", help="Pretraining steps."),

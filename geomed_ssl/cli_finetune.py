@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from geomed_ssl.cli_options import SetOpt, StrictOpt, progress_shown, user_errors
+from geomed_ssl.cli_options import SetOpt, StrictOpt, progress_shown, terminable, user_errors
 from geomed_ssl.errors import GeomedError
 
 finetune_app = typer.Typer(help="Fine-tune a pretrained encoder with few labels.", no_args_is_help=True)
@@ -30,6 +30,7 @@ def finetune_sets(overrides: Optional[list[str]], per_class: Optional[int], frac
 
 @finetune_app.command("segment")
 @user_errors
+@terminable
 def finetune_segment_cmd(
     recipe: Path = typer.Argument(..., metavar="RECIPE",
                                   help="Recipe YAML (a pretraining recipe plus finetune/labels sections)."),
@@ -65,6 +66,7 @@ def finetune_segment_cmd(
 
 @finetune_app.command("classify")
 @user_errors
+@terminable
 def finetune_classify_cmd(
     recipe: Path = typer.Argument(..., metavar="RECIPE", help="Recipe YAML."),
     encoder: str = typer.Option(..., "--encoder", help="RUN_DIR, RUN_DIR/encoder, or 'none' (random init baseline)."),

@@ -116,7 +116,7 @@ def interrupted(name: str) -> str:
 
 def terminable(fn: Callable) -> Callable:
     """A SIGTERM (a scheduler's, ``kill``) ends the command as a Ctrl-C does: one line and exit 143, not a silent
-    kill. For the commands without a training loop (Lightning handles SIGTERM in those itself)."""
+    kill, wherever it comes but inside a training loop (``process.lightning_fit``), where Lightning handles it."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -13,7 +13,7 @@ import random
 import signal
 import threading
 import warnings
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -95,6 +95,20 @@ class _Terminated(BaseException):
     """SIGTERM, raised as a Ctrl-C raises KeyboardInterrupt, inside :func:`stops_as`."""
 
 
+_FITTING = [0]  # trainer.fit calls under way in this process (a forked worker inherits the count)
+
+
+@contextlib.contextmanager
+def lightning_fit() -> Iterator[None]:
+    """Around ``trainer.fit``: Lightning handles SIGTERM there (a checkpoint, or its SIGTERMException at the next
+    step) and calls the handler it found too, so that of an enclosing :func:`stops_as` stands aside."""
+    _FITTING[0] += 1
+    try:
+        yield
+    finally:
+        _FITTING[0] -= 1
+
+
 @contextlib.contextmanager
 def stops_as(message: Callable[[str], str]) -> Any:
     """Inside, a Ctrl-C (KeyboardInterrupt) or a SIGTERM ends the block with ``RunStopped(name, message(name))``:
@@ -107,7 +121,8 @@ def stops_as(message: Callable[[str], str]) -> Any:
     catch = previous not in (None, signal.SIG_IGN)  # a parent that ignores SIGTERM keeps it ignored
 
     def on_term(signum: int, frame: Any) -> None:
-        raise _Terminated()
+        if not _FITTING[0]:
+            raise _Terminated()
 
     if catch:
         signal.signal(signal.SIGTERM, on_term)

@@ -1012,6 +1012,54 @@ def test_a_sigterm_in_a_command_without_a_training_loop_is_one_line_and_exit_143
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+def test_a_sigterm_before_training_starts_is_one_line_and_exit_143(tmp_path: Path, monkeypatch, command: str) -> None:
+    """Pretraining and fine-tuning handled SIGTERM only inside Lightning's loop: one during the scan or the
+    statistics killed the process without a word."""
+    import os
+    import signal
+    import time
+
+    from geomed_ssl.finetune import segment
+    from geomed_ssl.train import pretrain
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises first
+
+    before = signal.getsignal(signal.SIGTERM)
+    data = rasters(tmp_path / "data")
+    if command == "pretrain":
+        monkeypatch.setattr(pretrain, "scan", terminated)
+        args = ["pretrain", "recipes/mae_sentinel2.yaml", "--data", str(data), "--out", str(tmp_path / "run")]
+    else:
+        from tests.embeddings.test_extract import make_encoder
+
+        enc = make_encoder(data, tmp_path / "enc")
+        monkeypatch.setattr(segment, "scan", terminated)
+        args = ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", str(enc), "--images", str(data),
+                "--labels", str(data), "--out", str(tmp_path / "ft")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 143 and "stopped: interrupted (SIGTERM)" in result.output, result.output
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_inside_a_training_loop_the_commands_sigterm_handler_stands_aside() -> None:
+    """Lightning calls the handler it found after its own (a checkpoint at the next step): ours must not raise
+    there, mid-step."""
+    import os
+    import signal
+
+    from geomed_ssl.errors import RunStopped
+    from geomed_ssl.process import lightning_fit, stops_as
+
+    with pytest.raises(RunStopped):
+        with stops_as(lambda name: name):
+            with lightning_fit():
+                os.kill(os.getpid(), signal.SIGTERM)  # stood aside: nothing raised here
+            os.kill(os.getpid(), signal.SIGTERM)  # out of the loop: the stop
+
+
 def test_a_crafted_or_damaged_model_config_is_one_line_before_anything_is_allocated(tmp_path: Path) -> None:
     """A fine-tuned model's config.json from someone else: a window of 30000 px allocated 8 GB of blending weights
     before failing, a class value that is no number and statistics with a NaN std (every vector NaN, exit 0) went

@@ -1044,6 +1044,19 @@ def test_a_sigterm_before_training_starts_is_one_line_and_exit_143(tmp_path: Pat
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_class_weights_all_zero_are_refused_before_the_fine_tune_folder_is_made(tmp_path: Path) -> None:
+    data = rasters(tmp_path, bands=13)
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for f in sorted(data.glob("*.tif")):
+        write_geotiff(labels / f.name, (np.arange(32 * 32).reshape(1, 32, 32) % 3 + 1).astype(np.uint8), nodata=0)
+    result = runner.invoke(app, ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", "none",
+                                 "--images", str(data), "--labels", str(labels), "--out", str(tmp_path / "ft"),
+                                 "--set", "finetune.class_weights=[0,0,0]"])
+    assert result.exit_code == 2 and "every class weighs 0" in result.output, result.output
+    assert not (tmp_path / "ft").exists()
+
+
 def test_inside_a_training_loop_the_commands_sigterm_handler_stands_aside() -> None:
     """Lightning calls the handler it found after its own (a checkpoint at the next step): ours must not raise
     there, mid-step."""

@@ -26,6 +26,7 @@ from geomed_ssl.finetune.sampling import split_images
 from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix, write_metrics
 from geomed_ssl.models.cls_heads import ClassificationModel
 from geomed_ssl.models.device import model_device
+from geomed_ssl.models.probe import check_class_weights
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_path
 from geomed_ssl.process import keeps_process_state, stops_as
@@ -133,6 +134,7 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
     enc, stats, source, catalog = encoder_and_stats(encoder, recipe, catalog)
     records = catalog.records  # read as the encoder needs (same order)
     check_trainer_settings(recipe)
+    check_class_weights(f.class_weights, len(names))  # before FT_DIR is made
     prepare_out_dir(out, command="finetune", inputs=inputs, overwrite=overwrite)
     save_recipe(recipe, out / "config.yaml")
     save_selection(out / "labels_used.npz", [r.path for r in records], labels, train, test, names, notes)

@@ -26,6 +26,7 @@ from geomed_ssl.errors import DataError
 from geomed_ssl.models.device import resolve_device
 from geomed_ssl.models.model_data import naming_hint, note_encoder_naming
 from geomed_ssl.models.seg_decoder import SegmentationModel
+from geomed_ssl.models.probe import check_class_weights
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.process import keeps_process_state, stops_as
 
@@ -102,7 +103,7 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     enc, stats, source, catalog = encoder_and_stats(encoder, recipe, catalog)
     by_path = {r.path: r for r in catalog.records}
     check_trainer_settings(recipe)
-
+    check_class_weights(recipe.finetune.class_weights, len(selection.classes))  # before FT_DIR is made
     prepare_out_dir(out, command="finetune", inputs=inputs, overwrite=overwrite)
     save_recipe(recipe, out / "config.yaml")
     selection.save_npz(out / "labels_used.npz")

@@ -160,14 +160,17 @@ def _row_space(train: np.ndarray) -> np.ndarray:
 
 
 def check_class_weights(class_weights: Any, num_classes: int) -> None:
-    """A ConfigError unless ``finetune.class_weights`` is null, "balanced" or one weight per class."""
+    """A ConfigError unless ``finetune.class_weights`` is null, "balanced" or one weight per class, some above 0."""
+    from geomed_ssl.errors import ConfigError
+
     if class_weights is None or class_weights == "balanced":
         return
     if not isinstance(class_weights, (list, tuple)) or len(class_weights) != num_classes:
-        from geomed_ssl.errors import ConfigError
-
         raise ConfigError(f"finetune.class_weights must be null, 'balanced' or a list of {num_classes} numbers; "
                           f"got {class_weights!r}.")
+    if not any(float(w) > 0 for w in class_weights):
+        raise ConfigError(f"finetune.class_weights {list(class_weights)}: every class weighs 0, so nothing would be "
+                          "learnt; give the classes to learn a weight above 0.")
 
 
 def fit_probe(kind: str, x_train: np.ndarray, y_train: np.ndarray, num_classes: int,

@@ -33,6 +33,18 @@ def sparse_dice_loss(logits: torch.Tensor, target: torch.Tensor, num_classes: in
     return 1.0 - dice[present].mean()
 
 
+def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy over labelled pixels (target != IGNORE), each weighted by its class's ``weight``, divided by
+    the batch's summed weight as PyTorch's mean is, but 0 where that sum is 0 (a batch of zero-weight classes only,
+    or no label), not 0 / 0."""
+    if weight is None:
+        if not (target != IGNORE).any():
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits, target, ignore_index=IGNORE)
+    total = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE, reduction="sum")
+    return total / weight[target[target != IGNORE]].sum().clamp_min(1e-12)
+
+
 class SupervisedModule(L.LightningModule):
     """Trains ``model`` (segmentation or classification) on batches with ``image`` and ``target``.
 
@@ -66,7 +78,7 @@ class SupervisedModule(L.LightningModule):
         total = logits.new_zeros(())
         terms = self.cfg.loss.split("+")  # "ce", "dice" or "ce+dice" (validated with the recipe)
         if "ce" in terms:
-            ce = F.cross_entropy(logits.float(), target, weight=self.class_weights, ignore_index=IGNORE)
+            ce = weighted_cross_entropy(logits.float(), target, self.class_weights)
             total = total + ce
             logs["ce"] = float(ce.detach())
         if "dice" in terms and logits.ndim > 2:

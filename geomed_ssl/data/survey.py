@@ -248,3 +248,30 @@ def warn_survey(catalog: Any, spacing: Sequence[float] | None = None, rotation_a
         log.warning("warning: '%s'%s hold values far from the rest of the archive (%s): they stretch the "
                     "normalisation statistics of every file. Check them (a fill value that should be data.nodata, "
                     "another product level or scale factor) or leave them out with data.exclude.", path, more, why)
+
+
+def check_fillable(catalog: Any, window: Sequence[int], min_valid: float,
+                   spacing: Sequence[float] | None = None) -> None:
+    """A DataError when no file holds the valid pixels of one ``window`` at ``min_valid`` (its valid fraction, as
+    the scan estimated it, times its area; a file under ``min_valid`` valid that is smaller than the need): every
+    window would be drawn nearly blank and trained on (a folder nodata but for a corner trained with a loss of 0).
+    When only some files fall short, one warning names them."""
+    from geomed_ssl.errors import DataError
+
+    if min_valid <= 0 or not catalog.records:
+        return
+    need = min_valid * float(np.prod(window))
+    have = [(r, r.valid_fraction * float(np.prod(catalog._sampled_shape(r, spacing)))) for r in catalog.records]
+    short = [(r, n) for r, n in have if n < need and r.valid_fraction < min_valid]
+    if not short:
+        return
+    r, n = max(short, key=lambda s: s[1])
+    size = "x".join(str(int(w)) for w in window)
+    if len(short) == len(have):
+        raise DataError(f"no file holds enough valid pixels for one {size} window at data.min_valid_fraction "
+                        f"{min_valid:g} (the most: '{r.path}', about {n:.0f} valid of the {need:.0f} a window needs; "
+                        f"nodata {r.nodata}): check data.nodata, or lower data.patch_size or "
+                        "data.min_valid_fraction.")
+    log.warning("warning: %d of %d file(s) hold fewer valid pixels than one %s window at data.min_valid_fraction %g "
+                "(e.g. '%s', about %.0f valid): their windows are mostly nodata; check data.nodata or leave them out "
+                "with data.exclude.", len(short), len(have), size, min_valid, r.path, n)

@@ -17,7 +17,7 @@ from geomed_ssl.config import Recipe, as_recipe, as_tuple, load_recipe, spatial_
 from geomed_ssl.data.catalog import Catalog, scan
 from geomed_ssl.views.datasets import PretrainDataset, collate
 from geomed_ssl.data.stats import BandStats, compute_stats
-from geomed_ssl.data.survey import warn_survey
+from geomed_ssl.data.survey import check_fillable, warn_survey
 from geomed_ssl.views.builder import build_views
 from geomed_ssl.errors import ConfigError, GeomedError, RunStopped
 from geomed_ssl.launch import check_pretrain_world, launched
@@ -255,6 +255,8 @@ def read_data(data_dir: str | Path, out: Path, recipe: Recipe, resume: bool, str
     warn_survey(catalog, recipe.data.spacing,
                 int(recipe.method.settings.get("axis", 0)) if recipe.method.name == "rotation" else None,
                 window=recipe.data.patch_size, tokens=recipe.model.patch_size)
+    check_fillable(catalog, as_tuple(recipe.data.patch_size, spatial_dims(recipe.data), "data.patch_size"),
+                   recipe.data.min_valid_fraction, recipe.data.spacing)
     recipe = fit_method_to_data(recipe, catalog, source, resume)
     if resume:
         warn_data_changed(out, catalog, point)

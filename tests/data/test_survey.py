@@ -177,3 +177,33 @@ def test_one_band_spanning_a_thousandfold_is_no_unit_mismatch(tmp_path, make_tif
     with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
         warn_survey(scan(tmp_path, DataConfig(patch_size=32)))
     assert "reflectance beside digital numbers" not in caplog.text
+
+
+def test_a_folder_without_one_windows_worth_of_valid_pixels_is_refused(tmp_path, make_tif, caplog) -> None:
+    """Two 64x64 files nodata but for a 3x3 corner pretrained "successfully" on blank windows (loss 0). Now
+    refused, naming the file; a folder where only some files are so sparse gets a warning naming them."""
+    from geomed_ssl.data.survey import check_fillable
+    from geomed_ssl.errors import DataError
+
+    rng = np.random.default_rng(0)
+    sparse = np.zeros((3, 64, 64), np.uint16)
+    sparse[:, :3, :3] = rng.integers(100, 200, (3, 3, 3))
+    (tmp_path / "sparse").mkdir()
+    for i in range(2):
+        make_tif(tmp_path / "sparse" / f"s{i}.tif", sparse, nodata=0)
+    cfg = DataConfig(patch_size=16)
+    with pytest.raises(DataError, match=r"no file holds enough valid pixels for one 16x16 window at "
+                                        r"data.min_valid_fraction 0.5 \(the most: '.*s[01].tif', about 9 valid of the 128"):
+        check_fillable(scan(tmp_path / "sparse", cfg), (16, 16), 0.5)
+    check_fillable(scan(tmp_path / "sparse", cfg), (16, 16), 0.0)  # no threshold asked for: nothing to check
+    make_tif(tmp_path / "sparse" / "full.tif", rng.integers(100, 200, (3, 64, 64)).astype(np.uint16), nodata=0)
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        check_fillable(scan(tmp_path / "sparse", cfg), (16, 16), 0.5)
+    assert "2 of 3 file(s) hold fewer valid pixels than one 16x16 window" in caplog.text
+    caplog.clear()
+    small = rng.integers(100, 200, (3, 10, 10)).astype(np.uint16)  # smaller than the window but all valid: padded
+    (tmp_path / "small").mkdir()
+    make_tif(tmp_path / "small" / "chip.tif", small, nodata=0)
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        check_fillable(scan(tmp_path / "small", DataConfig(patch_size=16)), (16, 16), 0.5)
+    assert "valid pixels" not in caplog.text

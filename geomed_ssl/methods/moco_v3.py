@@ -54,7 +54,8 @@ class MoCoV3(TwoViewMethod):
         cost="~3x (two crops through the base encoder with grad, two through the momentum encoder)",
         failure_modes="unstable ViT training at high lr (loss spikes): lower train.base_lr, keep warmup; weak with "
                       "small global batches; embedding_std / collapse in metrics.csv",
-        recipes=("recipes/moco_v3_sentinel2.yaml", "recipes/contrastive_ct.yaml"))
+        recipes=("recipes/moco_v3_sentinel2.yaml", "recipes/moco_v3_sentinel2_small.yaml",
+                 "recipes/contrastive_ct.yaml"))
 
     def __init__(self, encoder_cfg: EncoderConfig, settings: MoCoV3Settings | MethodConfig | Mapping[str, Any] |
                  None = None, max_steps: int = 1000) -> None:

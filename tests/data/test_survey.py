@@ -192,8 +192,8 @@ def test_a_folder_without_one_windows_worth_of_valid_pixels_is_refused(tmp_path,
     for i in range(2):
         make_tif(tmp_path / "sparse" / f"s{i}.tif", sparse, nodata=0)
     cfg = DataConfig(patch_size=16)
-    with pytest.raises(DataError, match=r"no file holds enough valid pixels for one 16x16 window at "
-                                        r"data.min_valid_fraction 0.5 \(the most: '.*s[01].tif', about 9 valid of the 128"):
+    with pytest.raises(DataError, match=r"no file holds enough valid pixels for one 16x16 window at data.min_valid_"
+                                        r"fraction 0.5 \(the most: '.*s[01].tif', about 9 valid of the 128"):
         check_fillable(scan(tmp_path / "sparse", cfg), (16, 16), 0.5)
     check_fillable(scan(tmp_path / "sparse", cfg), (16, 16), 0.0)  # no threshold asked for: nothing to check
     make_tif(tmp_path / "sparse" / "full.tif", rng.integers(100, 200, (3, 64, 64)).astype(np.uint16), nodata=0)

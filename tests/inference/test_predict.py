@@ -1046,7 +1046,8 @@ def test_a_channel_file_named_explicitly_is_predicted_with_its_case_though_the_r
 
 
 def test_a_zero_collar_without_a_nodata_tag_is_warned_about_when_predicted(tmp_path, caplog):
-    """``inspect``, ``pretrain`` and ``finetune`` warned of an untagged 0 collar; ``predict`` classified it in silence."""
+    """``inspect``, ``pretrain`` and ``finetune`` warned of an untagged 0 collar; ``predict`` classified it without
+    a word."""
     from geomed_ssl.config import DataConfig
 
     arr = structured_raster(np.random.default_rng(1), 4, 32).astype(np.uint16) + 100

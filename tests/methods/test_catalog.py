@@ -45,6 +45,12 @@ def test_unknown_method_name_is_one_line_naming_the_available_ones() -> None:
     assert result.exit_code == 2 and f"method 'simclrr' is unknown; available: {available}." in result.output
 
 
-def test_every_recipe_a_method_names_ships() -> None:
+def test_every_recipe_a_method_names_ships_and_every_recipe_is_named_by_its_method() -> None:
+    import yaml
+
     missing = [r for d in shipped().values() for r in d["card"].recipes if not (ROOT / r).is_file()]
     assert missing == []
+    cards = shipped()
+    unlisted = [f"recipes/{p.name}" for p in sorted((ROOT / "recipes").glob("*.yaml"))
+                if f"recipes/{p.name}" not in cards[yaml.safe_load(p.read_text())["method"]["name"]]["card"].recipes]
+    assert unlisted == []  # `geomed-ssl methods NAME` lists them all

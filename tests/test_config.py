@@ -31,12 +31,14 @@ def test_overrides_are_parsed_as_yaml_values() -> None:
 
 
 def test_unknown_key_names_the_valid_keys() -> None:
-    with pytest.raises(ConfigError, match=r"unknown key 'train\.max_step'.*max_steps"):
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.max_step'. Did you mean 'train\.max_steps'\?"):
         load_recipe(None, ["train.max_step=5"])
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.zzz'. Valid keys"):  # no near miss: no guess
+        load_recipe(None, ["train.zzz=5"])
 
 
 def test_unknown_section_is_named() -> None:
-    with pytest.raises(ConfigError, match="unknown section 'trian'"):
+    with pytest.raises(ConfigError, match="unknown section 'trian'. Did you mean 'train'"):
         load_recipe(None, ["trian.max_steps=5"])
 
 

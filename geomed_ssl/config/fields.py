@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import math
 import re
 import types
@@ -308,6 +309,12 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
+def did_you_mean(name: Any, choices: Any, prefix: str = "") -> str:
+    """`` Did you mean 'PREFIX<closest>'?`` for a near miss of ``choices`` (a typo), else ""."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.75)
+    return f" Did you mean '{prefix}{close[0]}'?" if close else ""
+
+
 # ---- whole sections --------------------------------------------------------------------------------------------
 def check_values(cls: type, values: dict[str, Any], section: str, source: str, *,
                  owner: str | None = None) -> dict[str, Any]:
@@ -320,7 +327,8 @@ def check_values(cls: type, values: dict[str, Any], section: str, source: str, *
     for key in values:
         if key not in fields:
             whose = f" {owner}" if owner else f" in '{section}'"
-            raise ConfigError(f"{source}: unknown key '{section}.{key}'. Valid keys{whose}: {', '.join(fields)}.")
+            raise ConfigError(f"{source}: unknown key '{section}.{key}'.{did_you_mean(key, fields, section + '.')} "
+                              f"Valid keys{whose}: {', '.join(fields)}.")
     return {k: check_value(v, fields[k][0], fields[k][1], f"{section}.{k}", source) for k, v in values.items()}
 
 

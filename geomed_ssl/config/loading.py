@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from geomed_ssl.config.fields import build_checked, show
+from geomed_ssl.config.fields import build_checked, did_you_mean, show
 from geomed_ssl.config.sections import CLS_HEADS, SECTIONS, SEG_HEADS, MethodConfig, Recipe
 from geomed_ssl.config.validation import method_section, validate
 from geomed_ssl.errors import ConfigError
@@ -90,7 +90,8 @@ def _sections(raw: Any, source: str) -> dict[str, dict[str, Any]]:
                           f"{type(raw).__name__} {show(raw, 60)}.")
     unknown = [k for k in raw if k not in SECTIONS]
     if unknown:
-        raise ConfigError(f"{source}: unknown section '{unknown[0]}'. Valid sections: {', '.join(SECTIONS)}.")
+        raise ConfigError(f"{source}: unknown section '{unknown[0]}'.{did_you_mean(unknown[0], SECTIONS)} Valid "
+                          f"sections: {', '.join(SECTIONS)}.")
     out = {}
     for name, values in raw.items():
         if values is not None and not isinstance(values, dict):
@@ -154,7 +155,8 @@ def apply_overrides(raw: dict[str, Any] | None, overrides: list[str] | None,
     for text in overrides or []:
         section, key, value = parse_override(text)
         if section not in SECTIONS:
-            raise ConfigError(f"--set '{text}': unknown section '{section}'. Valid sections: {', '.join(SECTIONS)}.")
+            raise ConfigError(f"--set '{text}': unknown section '{section}'.{did_you_mean(section, SECTIONS)} "
+                              f"Valid sections: {', '.join(SECTIONS)}.")
         raw.setdefault(section, {})[key] = value
         set_keys.add((section, key))
     if ("method", "name") in set_keys:

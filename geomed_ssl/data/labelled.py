@@ -48,6 +48,7 @@ def scan_class_folders(root: str | Path, data_cfg: Any, strict: bool = False, fo
         raise DataError(f"{len(loose)} images lie directly in '{base}' ({shown}); "
                         "a classification dataset has one subfolder per class holding its images.")
     names = sorted({parts[0] for parts in folder_of.values()})
+    check_nesting(base, names, folder_of, strict)
     if len(names) < (1 if for_model else 2):
         raise DataError(f"'{base}' has images in {len(names)} class folder(s) ({', '.join(names)}); "
                         "classification needs at least two class folders.")
@@ -58,7 +59,77 @@ def scan_class_folders(root: str | Path, data_cfg: Any, strict: bool = False, fo
                     f"class: {', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}.")
     records = sorted(catalog.records, key=lambda r: (folder_of[r.path][0], r.path))
     labels = np.array([names.index(folder_of[r.path][0]) for r in records], np.int64)
+    if not reported_already():
+        warn_copies([r.path for r in records], [names[i] for i in labels])
     return records, labels, names
+
+
+SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "dev", "test", "testing", "eval", "evaluation",
+               "holdout"}
+
+
+def check_nesting(base: Path, names: Sequence[str], folder_of: dict[str, tuple[str, ...]], strict: bool) -> None:
+    """Images in subfolders of a class folder count for that class, said once; a folder of split folders
+    (``train/``, ``test/``, each holding class folders) is refused: it would train a "train vs test" classifier.
+    Class folders that share their subfolders' names (``Forest/2019``, ``River/2019``) are warned about (an error
+    with ``strict``): the subfolders may be the classes."""
+    subs: dict[str, set[str]] = {}
+    for parts in folder_of.values():
+        if len(parts) > 2:
+            subs.setdefault(parts[0], set()).add(parts[1])
+    if not subs:
+        return
+    inner = sorted(set().union(*subs.values()))
+    if all(n.lower() in SPLIT_NAMES for n in names):
+        raise DataError(f"'{base}' holds split folders ({', '.join(names)}) of class folders ({', '.join(inner[:5])}"
+                        f"{', ...' if len(inner) > 5 else ''}), not class folders: point --data at one split (e.g. "
+                        f"'{base / names[-1]}') and evaluate on another.")
+    shared = sorted(n for n in inner if sum(n in v for v in subs.values()) >= 2)
+    if shared and len(subs) >= 2:
+        msg = (f"the class folders of '{base}' hold subfolders of the same names ({', '.join(shared[:5])}"
+               f"{', ...' if len(shared) > 5 else ''}): the classes are the top folders ({', '.join(names[:5])}"
+               f"{', ...' if len(names) > 5 else ''}), each with all its subfolders' images; if the subfolders are the "
+               "classes, point --data at a folder that holds them")
+        if strict:
+            raise DataError(msg + ".")
+        log.warning("warning: " + msg + ".")
+    elif not reported_already():
+        first = sorted(subs)[0]
+        log.info("note: images in subfolders count for their class folder (e.g. '%s/%s')", first,
+                 sorted(subs[first])[0])
+
+
+def warn_copies(paths: Sequence[str], classes: Sequence[str], max_bytes: int = 1 << 26) -> None:
+    """One warning naming images that are byte-identical copies of another (files of one size, up to ``max_bytes``,
+    hashed): a copy in another class contradicts its label, and one on the other side of a split inflates the test
+    score."""
+    import hashlib
+
+    by_size: dict[int, list[int]] = {}
+    for i, p in enumerate(paths):
+        try:
+            size = os.path.getsize(p) if os.path.isfile(p) else max_bytes + 1  # a stack's folder: not compared
+        except OSError:
+            continue
+        if size <= max_bytes:
+            by_size.setdefault(size, []).append(i)
+    seen: dict[str, int] = {}
+    copies: list[tuple[int, int]] = []
+    for group in (g for g in by_size.values() if len(g) > 1):
+        for i in group:
+            with open(paths[i], "rb") as fh:
+                digest = hashlib.blake2b(fh.read(), digest_size=16).hexdigest()
+            if digest in seen:
+                copies.append((seen[digest], i))
+            else:
+                seen[digest] = i
+    if copies:
+        a, b = copies[0]
+        across = sum(classes[i] != classes[j] for i, j in copies)
+        log.warning("warning: %d image(s) are copies of another (e.g. '%s' of '%s')%s: a copy can train on one side "
+                    "of the split and be scored on the other, inflating the test score; keep one of each.",
+                    len(copies), paths[b], paths[a],
+                    f", {across} of them in another class folder" if across else "")
 
 
 def augment(image: np.ndarray, valid: np.ndarray, target: np.ndarray, rng: np.random.Generator,

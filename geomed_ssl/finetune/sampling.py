@@ -52,6 +52,7 @@ class ClassMap:
 
     values: tuple[int, ...]
     names: tuple[str, ...]
+    folders: bool = False  # the names are class folders' (the values their indices): named by the folder alone
 
     @classmethod
     def build(cls, values: Sequence[int], names: Names | Sequence[str] = None) -> ClassMap:
@@ -80,9 +81,18 @@ class ClassMap:
         return np.asarray(self.values, np.int64)[np.asarray(index)]
 
     def label(self, value: int) -> str:
-        """'class 9 (Oats)' or 'class 9'."""
+        """'class 9 (Oats)' or 'class 9'; for class folders "class folder '10'"."""
         name = self.names[self.values.index(value)] if value in self.values else str(value)
+        if self.folders:
+            return f"class folder '{name}'"
         return f"class {value}" + (f" ({name})" if name != str(value) else "")
+
+    @classmethod
+    def of_folders(cls, names: Sequence[str] | None) -> ClassMap | None:
+        """The map of a folder-per-class dataset: index i is folder ``names[i]`` (None without names)."""
+        if names is None:
+            return None
+        return cls(tuple(range(len(names))), tuple(names), folders=True)
 
 
 # -- sampling ---------------------------------------------------------------------------------------------------
@@ -403,8 +413,7 @@ def sample_images_per_class(labels: np.ndarray, k: int, seed: int,
                             names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(train indices, test indices, notes): k images per class (at most half of a class), the rest test."""
     labels = np.asarray(labels, np.int64)
-    mapping = dict(enumerate(names)) if names is not None else None
-    train, notes = sample_per_class(labels, k, seed, mapping, unit="image")
+    train, notes = sample_per_class(labels, k, seed, ClassMap.of_folders(names), unit="image")
     rest = np.ones(labels.size, bool)
     rest[train] = False
     return train, np.flatnonzero(rest), notes
@@ -418,7 +427,8 @@ def split_images(labels: np.ndarray, per_class: int | None, fraction: float | No
     if per_class is not None:
         train, test, notes = sample_images_per_class(labels, int(per_class), seed, names)
     elif fraction is not None:
-        train, notes = sample_fraction(labels, float(fraction), seed, dict(enumerate(names)), unit="image")
+        train, notes = sample_fraction(labels, float(fraction), seed, ClassMap.of_folders(names),
+                                       unit="image")
         test = np.setdiff1d(np.arange(labels.size), train)
     else:
         raise ConfigError("classification needs labels.per_class (--labels-per-class K) or labels.fraction.")

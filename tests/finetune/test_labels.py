@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from geomed_ssl.finetune.labels import (
     ClassMap, LabelSelection, block_split, class_ids, label_grounds, labelled_pixels, match_labels, read_label,
     read_label_pairs, sample_fraction, sample_images_per_class, sample_per_class, select_labels,
 )
-from geomed_ssl.finetune.sampling import training_area_maps
+from geomed_ssl.finetune.sampling import split_images, training_area_maps
 from geomed_ssl.errors import ConfigError, DataError
 from tests.conftest import structured_raster, write_geotiff
 
@@ -537,7 +538,59 @@ def test_class_folders_scan_and_image_sampling(tmp_path):
     assert all(names[c] in r.path for r, c in zip(records, labels))
     train, test, notes = sample_images_per_class(labels, 2, seed=0, names=names)
     assert np.bincount(labels[train]).tolist() == [2, 1, 2] and sorted([*train, *test]) == list(range(10))
-    assert notes == ["class 1 (Oats): 2 labelled images, took 1 instead of 2 so half stay for testing"]
+    assert notes == ["class folder 'Oats': 2 labelled images, took 1 instead of 2 so half stay for testing"]
+
+
+def test_class_folders_named_by_digits_are_named_by_their_folder_in_the_notes(tmp_path) -> None:
+    """Folders 1, 10, 2 are classes 0, 1, 2: the notes said "class 1 (10)" and "class 2" (folder 2 unnamed)."""
+    rng = np.random.default_rng(0)
+    for name, n in (("1", 4), ("10", 2), ("2", 4)):
+        (tmp_path / name).mkdir()
+        for i in range(n):
+            write_geotiff(tmp_path / name / f"{name}_{i}.tif", structured_raster(rng, 3, 16))
+    _, labels, names = scan_class_folders(tmp_path, DataConfig(patch_size=16))
+    _, _, notes = sample_images_per_class(labels, 2, seed=0, names=names)
+    assert notes == ["class folder '10': 2 labelled images, took 1 instead of 2 so half stay for testing"]
+    _, _, notes = split_images(labels, None, 0.99, 0, names)
+    assert notes[0].startswith("class folder '1': 4 labelled images, took all")
+
+
+def test_split_folders_of_class_folders_are_refused_and_shared_subfolders_warned(tmp_path, caplog) -> None:
+    """`--data S` with S/train/Forest, S/test/River...: images in subfolders count for their top folder, so the
+    classes were "test" and "train", without a word."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("Forest", "River"):
+            (tmp_path / "S" / split / cls).mkdir(parents=True)
+            for i in range(2):
+                write_geotiff(tmp_path / "S" / split / cls / f"{i}.tif", structured_raster(rng, 3, 16))
+    with pytest.raises(DataError, match=r"holds split folders \(test, train\) of class folders \(Forest, River\)"):
+        scan_class_folders(tmp_path / "S", DataConfig(patch_size=16))
+    (tmp_path / "S" / "train").rename(tmp_path / "S" / "Lake")  # two classes that share subfolder names
+    (tmp_path / "S" / "test").rename(tmp_path / "S" / "Field")
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        _, _, names = scan_class_folders(tmp_path / "S", DataConfig(patch_size=16))
+    assert names == ["Field", "Lake"] and "hold subfolders of the same names (Forest, River)" in caplog.text
+    with pytest.raises(DataError, match="subfolders of the same names"):
+        scan_class_folders(tmp_path / "S", DataConfig(patch_size=16), strict=True)
+
+
+def test_copies_of_an_image_are_warned_about_naming_one_in_another_class(tmp_path, caplog) -> None:
+    import shutil
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            write_geotiff(tmp_path / name / f"{name}_{i}.tif", structured_raster(rng, 3, 16))
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        scan_class_folders(tmp_path, DataConfig(patch_size=16))
+    assert "copies" not in caplog.text
+    shutil.copy(tmp_path / "a" / "a_1.tif", tmp_path / "b" / "dup_of_a_1.tif")
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        scan_class_folders(tmp_path, DataConfig(patch_size=16))
+    assert "1 image(s) are copies of another (e.g. '" in caplog.text and "dup_of_a_1.tif' of '" in caplog.text
+    assert "1 of them in another class folder" in caplog.text
 
 
 # -- volumes --------------------------------------------------------------------------------------------------

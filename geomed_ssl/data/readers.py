@@ -220,7 +220,9 @@ class RasterReader:
         from rasterio.windows import Window
 
         parts = []
-        for i, path in enumerate(_paths(record)):
+        paths = _paths(record)
+        stacked = len(paths) > 1  # every file's own nodata tag marks its pixels missing, the first's too
+        for path in paths:
             ds = self.handle(path)
             if (ds.height, ds.width) != tuple(record.shape[-2:]):
                 raise DataError(
@@ -229,7 +231,7 @@ class RasterReader:
                 )
             try:
                 with self._env:
-                    parts.append(read_masked(ds, Window(col, row, w, h), record.nodata, stacked=i > 0))
+                    parts.append(read_masked(ds, Window(col, row, w, h), record.nodata, stacked=stacked))
             except Exception as err:
                 raise DataError(f"cannot read window {[row, col, h, w]} (row, col, height, width) of '{path}': {err}. "
                                 "Part of its pixel data is corrupt (the scan checks only a sample of each file): "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -133,6 +134,15 @@ def is_blank(value_range: list[list[float]] | None) -> bool:
     return bool(value_range) and all(v[0] == v[3] for v in value_range)  # type: ignore[union-attr]
 
 
+def stack_nodata(data_cfg: Any) -> float | None:
+    """The nodata value of a stack of single-band files: ``data.nodata`` when set, else none, since each file's own
+    tag marks its own pixels missing as it is read (``geo.gdal_read.read_masked``, ``stacked``), the first file's as
+    the others' (it was the stack's, so one channel's holes counted otherwise than another's, and its value hid the
+    others' real values)."""
+    value = getattr(data_cfg, "nodata", None)
+    return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
 def record_from_probes(probes: list[FileProbe], kind: str, data_cfg: Any,
                        fallback: list[str] | None = None) -> FileRecord:
     """Stack probes (one, or one per channel) into a FileRecord; raises ProbeError."""
@@ -169,7 +179,8 @@ def record_from_probes(probes: list[FileProbe], kind: str, data_cfg: Any,
     return FileRecord(
         path=first.path, paths=[p.path for p in probes], kind=kind, shape=tuple(first.shape), num_bands=len(keep),
         dtype=str(np.result_type(*[p.dtype for p in probes])), band_names=bands.names, wavelengths=bands.wavelengths,
-        nodata=first.nodata, band_source=bands.source, bandwidths=bands.bandwidths,
+        nodata=first.nodata if len(probes) == 1 else stack_nodata(data_cfg), band_source=bands.source,
+        bandwidths=bands.bandwidths,
         crs=first.geo.get("crs"), transform=first.geo.get("transform"), affine=first.geo.get("affine"),
         spacing=first.geo.get("spacing"), valid_fraction=round(fraction, 6), block_shape=first.geo.get("block_shape"),
         orientation=first.geo.get("orientation"), value_range=pick([v for p in probes for v in p.value_range]),

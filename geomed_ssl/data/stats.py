@@ -302,7 +302,7 @@ class _FileWindows:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self.ds = [rasterio.open(p) for p in record.paths]
-            self.reads = [window_reads(d, record.nodata, i > 0, windows, size[-2:]) for i, d in enumerate(self.ds)]
+            self.reads = [window_reads(d, record.nodata, len(self.ds) > 1, windows, size[-2:]) for d in self.ds]
         else:
             import nibabel as nib
 

@@ -242,11 +242,11 @@ class RasterInput:
         note_band_order(str(path), list(stats.band_names), names)
         if nodata is None:
             nodata = getattr(data_cfg, "nodata", None)
-        if nodata is None:
+        if nodata is None and len(sources) == 1:  # a stack's files each mark their own (records.stack_nodata)
             nodata = src.nodata
         scene = cls(sources, order, None if nodata is None or not math.isfinite(float(nodata)) else float(nodata))
-        own = src.nodata  # the file's tag, which the model's data.nodata replaces (its pixels then read as data)
-        if own is not None and math.isfinite(own) and nodata is not None and own != float(nodata):
+        own = src.nodata  # a file's tag, which the model's data.nodata replaces (its pixels then read as data)
+        if len(sources) == 1 and own is not None and math.isfinite(own) and nodata is not None and own != float(nodata):
             scene.replaced_nodata = [float(own), float(nodata)]
         return scene
 
@@ -266,9 +266,9 @@ class RasterInput:
 
         def read(a: int, b: int) -> np.ndarray:
             parts = []
-            for i, s in enumerate(self.sources):
+            for s in self.sources:
                 try:
-                    parts.append(read_masked(s, Window(0, a, W, b - a), self.nodata, stacked=i > 0))
+                    parts.append(read_masked(s, Window(0, a, W, b - a), self.nodata, stacked=len(self.sources) > 1))
                 except MemoryError:
                     raise
                 except Exception as err:  # a file truncated or damaged where the scan did not look

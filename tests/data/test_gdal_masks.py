@@ -143,6 +143,48 @@ def test_a_stack_reads_each_files_own_nodata_as_missing(tmp_path: Path) -> None:
     assert np.isnan(window[1, :, :16]).all() and (window[:, :, 16:] == 900).all()
 
 
+def test_a_stack_reads_the_same_pixels_missing_whichever_channel_comes_first(tmp_path: Path) -> None:
+    """The first file's nodata tag was the stack's: a hole in it was a per-band gap, the same hole in a later file hid
+    the pixel, and its value (0) hid another file's real zeros. Now every file marks its own pixels alike."""
+    from geomed_ssl.data.stats import valid_mask
+
+    folder = tmp_path / "scenes" / "s1"
+    folder.mkdir(parents=True)
+    b5 = np.full((1, 32, 32), 500, np.uint16)
+    b5[0, :8, :8] = 0  # a hole, tagged
+    b3 = np.full((1, 32, 32), 300, np.uint16)
+    b3[0, 20:24, 20:24] = 0  # real zeros, no tag
+    for name, arr, nodata in (("B5", b5, 0), ("B3", b3, None)):
+        with rasterio.open(folder / f"{name}.tif", "w", driver="GTiff", height=32, width=32, count=1,
+                           dtype="uint16", nodata=nodata) as dst:
+            dst.write(arr)
+    masks = []
+    for channels in (["B5.tif", "B3.tif"], ["B3.tif", "B5.tif"]):
+        (record,) = scan(tmp_path / "scenes", DataConfig(patch_size=16, channels=channels)).records
+        assert record.nodata is None
+        window = RasterReader().read_window(record, 0, 0, 32, 32)
+        masks.append(valid_mask(window, record.nodata))
+        b3_read = window[channels.index("B3.tif")]
+        assert (b3_read[20:24, 20:24] == 0).all()  # B3's zeros stay data
+    assert np.array_equal(masks[0], masks[1]) and not masks[0][:8, :8].any() and masks[0][8:, 8:].all()
+    (record,) = scan(tmp_path / "scenes", DataConfig(patch_size=16, channels=["B5.tif", "B3.tif"], nodata=0)).records
+    assert record.nodata == 0.0  # data.nodata still names the stack's value
+    import torch
+
+    from geomed_ssl.data.stats import BandStats
+    from geomed_ssl.inference.predict import predict_raster
+
+    stats = BandStats(["B5", "B3"], [400.0, 300.0], [50.0, 50.0], [0.0, 0.0], [600.0, 600.0], [100, 100])
+    torch.manual_seed(0)
+    for channels in (["B5.tif", "B3.tif"], ["B3.tif", "B5.tif"]):  # predict reads the stack so, in either order
+        out = tmp_path / f"pred_{channels[0]}"
+        predict_raster(torch.nn.Conv2d(2, 3, 1).eval(), folder, out, stats, band_names=[c[:2] for c in channels],
+                       window=(16, 16), num_classes=3, data_cfg=DataConfig(channels=channels))
+        with rasterio.open(out) as dst:
+            labels = dst.read(1)
+        assert (labels[:8, :8] == dst.nodata).all() and (labels[8:, 8:] != dst.nodata).all()
+
+
 def test_an_upper_case_msk_sidecar_masks_reads_as_in_the_catalog(tmp_path: Path) -> None:
     """GDAL takes S.TIF.MSK beside an upper-case S.TIF: the window reader (which does not list folders) finds it
     too, so training reads the pixels the catalog counted as missing as missing."""

@@ -223,6 +223,10 @@ def warn_survey(catalog: Any, spacing: Sequence[float] | None = None, rotation_a
                 window: Sequence[int] | None = None, tokens: Sequence[int] | None = None) -> None:
     """Warnings about the archive as a whole: rasters of several CRSs or pixel sizes, files whose values are far
     from the rest (:func:`value_outliers`), volumes' voxels (:func:`voxel_warnings`), each with what to check."""
+    if spacing is not None and getattr(catalog, "kind", None) == "raster":
+        log.warning("warning: data.spacing %s is for volumes (resampled to it as they are read); rasters are read at "
+                    "their own pixel size: resample them first (gdalwarp -tr X Y), or leave data.spacing out.",
+                    list(spacing))
     for line in voxel_warnings(catalog.records, spacing, rotation_axis, window, tokens):
         log.warning(line)
     _, sizes = grid_counts(catalog.records)

@@ -207,3 +207,10 @@ def test_a_folder_without_one_windows_worth_of_valid_pixels_is_refused(tmp_path,
     with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
         check_fillable(scan(tmp_path / "small", DataConfig(patch_size=16)), (16, 16), 0.5)
     assert "valid pixels" not in caplog.text
+
+
+def test_data_spacing_on_rasters_is_said_to_do_nothing(tmp_path, make_tif, caplog) -> None:
+    scenes(tmp_path / "plain", make_tif, n=1)
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        warn_survey(scan(tmp_path / "plain", DataConfig(patch_size=32)), spacing=[2.0, 2.0])
+    assert "data.spacing [2.0, 2.0] is for volumes" in caplog.text

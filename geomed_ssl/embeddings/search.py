@@ -178,9 +178,7 @@ def query_vector(emb: Embedder, record: FileRecord, box: list[int] | None) -> tu
         return vector, region
     vecs = []
     for rows in emb.window_rows(record, emb.file_meta(record), restrict=region):
-        centre = rows["box"][:, :nd] + rows["box"][:, nd:] / 2.0
-        inside = np.all((centre >= region[:nd]) & (centre < np.add(region[:nd], region[nd:])), axis=1)  # half-open
-        vecs.append(rows["vector"][inside])
+        vecs.append(rows["vector"] if box is None else rows["vector"][centred_in(rows["box"], region, nd)])
     vecs = np.concatenate(vecs) if vecs else np.zeros((0, 1))
     if not len(vecs):
         raise DataError(f"no valid patch cell of '{record.path}' has its centre in {region} (cells of "
@@ -222,7 +220,7 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
     record = record_for(qpath, DataConfig(**st["data"]), "error" if strict else "warn")
     emb = embedder_for(manifest, record, encoder, device)
     qvec, region = query_vector(emb, record, box_list)
-    exclude = set() if include_self else rows_of_region(emb_dir, manifest, qpath, region, nd)
+    exclude = set() if include_self else rows_of_region(emb_dir, manifest, qpath, region if box_list else None, nd)
     idx, sims = cosine_top_k(vectors, qvec, top, exclude)
     cols = read_rows(emb_dir, ["id", "file", "box", "window", "x", "y", "z", "crs"], [int(i) for i in idx])
     hits = [{"rank": r + 1, "score": round(float(s), 6), "id": int(i), "file": cols["file"][r],
@@ -259,19 +257,26 @@ def query_name(query: Path, manifest: dict[str, Any]) -> str:
     return stems.get(str(query)) or f"{grid_stem({'rel': query.name})}-{name_hash(str(query))}"
 
 
-def rows_of_region(emb_dir: str | Path, manifest: dict[str, Any], path: Path, region: list[int],
+def centred_in(boxes: np.ndarray, region: Sequence[int], nd: int) -> np.ndarray:
+    """Which ``boxes`` (n, 2*nd) have their centre in ``region``, half-open (a box centred on its far edge is not)."""
+    centre = boxes[:, :nd] + boxes[:, nd:] / 2.0
+    return np.all((centre >= region[:nd]) & (centre < np.add(region[:nd], region[nd:])), axis=1)
+
+
+def rows_of_region(emb_dir: str | Path, manifest: dict[str, Any], path: Path, region: list[int] | None,
                    nd: int) -> set[int]:
-    """The stored rows of the file at ``path`` whose box centre lies in ``region`` (none when it was not
-    embedded): the query's own rows, left out of its hits. Reads that file's boxes only."""
+    """The stored rows of the file at ``path`` whose box centre lies in ``region`` (None: all of them, edge windows
+    past the far edge too; none when it was not embedded): the query's own rows, left out of its hits. Reads that
+    file's boxes only."""
     f = next((f for f in manifest["files"] if path in {Path(p).resolve() for p in f.get("paths") or [f["path"]]}),
              None)  # a stack's query may name any of its files
     if f is None or not int(f["rows"]):
         return set()
     a, n = int(f["first_row"]), int(f["rows"])
+    if region is None:
+        return set(range(a, a + n))
     b = read_rows(emb_dir, ["box"], range(a, a + n))["box"]
-    centre = b[:, :nd] + b[:, nd:] / 2.0
-    inside = np.all((centre >= region[:nd]) & (centre < np.add(region[:nd], region[nd:])), axis=1)  # half-open
-    return set((np.flatnonzero(inside) + a).tolist())
+    return set((np.flatnonzero(centred_in(b, region, nd)) + a).tolist())
 
 
 def write_hits_csv(hits: list[dict[str, Any]], path: Path) -> None:

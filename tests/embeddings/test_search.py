@@ -318,3 +318,16 @@ def test_a_malformed_box_is_refused_before_the_query_is_read(archive: tuple[Path
     with pytest.raises(ConfigError, match=rf"--box '{box}': expected ROW,COL,H,W"):
         find_similar(emb, data / "scene_0.tif", box=box, out_dir=tmp_path / "q")
     assert not (tmp_path / "q").exists()
+
+
+def test_a_whole_file_query_leaves_out_all_its_rows_an_edge_window_centred_on_the_edge_too(
+        archive: tuple[Path, Path], tmp_path: Path) -> None:
+    """48 px in 32-px windows every 32 px: the second window's centre is 48, the file's far edge; a half-open test
+    of the whole file let it back into the hits as its own near-copy."""
+    data, enc = archive
+    emb = tmp_path / "emb"
+    embed_folder(enc, data, emb, level="window", window=32, stride=32, progress=False)
+    cols = read_columns(emb, ["file", "box"])
+    assert any(f.endswith("scene_2.tif") and b[0] + b[2] / 2 == 48 for f, b in zip(cols["file"], cols["box"]))
+    hits = find_similar(emb, data / "scene_2.tif", top=40, out_dir=tmp_path / "q", sheet=False).hits
+    assert hits and not any(Path(h["file"]).name == "scene_2.tif" for h in hits)

@@ -116,7 +116,7 @@ def interrupted(name: str) -> str:
 
 def terminable(fn: Callable) -> Callable:
     """A SIGTERM (a scheduler's, ``kill``) ends the command as a Ctrl-C does: one line and exit 143, not a silent
-    kill, wherever it comes but inside a training loop (``process.lightning_fit``), where Lightning handles it."""
+    kill, wherever it comes but inside a training loop, where Lightning handles it (``process.stops_as``)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

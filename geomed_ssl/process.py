@@ -13,7 +13,7 @@ import random
 import signal
 import threading
 import warnings
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -95,33 +95,24 @@ class _Terminated(BaseException):
     """SIGTERM, raised as a Ctrl-C raises KeyboardInterrupt, inside :func:`stops_as`."""
 
 
-_FITTING = [0]  # trainer.fit calls under way in this process (a forked worker inherits the count)
-
-
-@contextlib.contextmanager
-def lightning_fit() -> Iterator[None]:
-    """Around ``trainer.fit``: Lightning handles SIGTERM there (a checkpoint, or its SIGTERMException at the next
-    step) and calls the handler it found too, so that of an enclosing :func:`stops_as` stands aside."""
-    _FITTING[0] += 1
-    try:
-        yield
-    finally:
-        _FITTING[0] -= 1
 
 
 @contextlib.contextmanager
 def stops_as(message: Callable[[str], str]) -> Any:
     """Inside, a Ctrl-C (KeyboardInterrupt) or a SIGTERM ends the block with ``RunStopped(name, message(name))``:
     the line saying what a stop there leaves and how to go on, and the shell's code (130, 143), for the phases a
-    Lightning loop does not guard (fitting a probe head, the final evaluation). Not around ``trainer.fit``: Lightning
-    handles SIGTERM there itself (a checkpoint at the next step)."""
+    Lightning loop does not guard (fitting a probe head, the final evaluation, a scan before training). Inside
+    ``trainer.fit``, once Lightning's handler is set it takes SIGTERM (a checkpoint at the next step) and calls this
+    one after its own, which then stands aside; before that (strategy set-up, a resume's restore) it stops the block."""
     from geomed_ssl.errors import RunStopped
 
     previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     catch = previous not in (None, signal.SIG_IGN)  # a parent that ignores SIGTERM keeps it ignored
 
     def on_term(signum: int, frame: Any) -> None:
-        if not _FITTING[0]:
+        # inside trainer.fit Lightning's handler calls this one after its own (a checkpoint, or its
+        # SIGTERMException at the next step): only while this is the process's handler does it stop the block
+        if signal.getsignal(signal.SIGTERM) is on_term:
             raise _Terminated()
 
     if catch:

@@ -1060,18 +1060,27 @@ def test_class_weights_all_zero_are_refused_before_the_fine_tune_folder_is_made(
 
 def test_inside_a_training_loop_the_commands_sigterm_handler_stands_aside() -> None:
     """Lightning calls the handler it found after its own (a checkpoint at the next step): ours must not raise
-    there, mid-step."""
+    there, mid-step; before Lightning's is set (strategy set-up, a resume's restore) it stops the block."""
     import os
     import signal
 
     from geomed_ssl.errors import RunStopped
-    from geomed_ssl.process import lightning_fit, stops_as
+    from geomed_ssl.process import stops_as
 
+    heard = []
     with pytest.raises(RunStopped):
         with stops_as(lambda name: name):
-            with lightning_fit():
-                os.kill(os.getpid(), signal.SIGTERM)  # stood aside: nothing raised here
-            os.kill(os.getpid(), signal.SIGTERM)  # out of the loop: the stop
+            ours = signal.getsignal(signal.SIGTERM)
+
+            def lightnings(signum, frame):  # as Lightning's _HandlersCompose: its own, then the one it found
+                heard.append(signum)
+                ours(signum, frame)
+
+            signal.signal(signal.SIGTERM, lightnings)
+            os.kill(os.getpid(), signal.SIGTERM)  # stood aside: nothing raised here
+            assert heard == [signal.SIGTERM]
+            signal.signal(signal.SIGTERM, ours)  # Lightning's teardown puts ours back
+            os.kill(os.getpid(), signal.SIGTERM)  # the stop
 
 
 def test_a_crafted_or_damaged_model_config_is_one_line_before_anything_is_allocated(tmp_path: Path) -> None:
@@ -1173,3 +1182,38 @@ def test_the_cli_leaves_the_warning_filters_libraries_add_during_a_command() -> 
     drop_filter(entry)
     assert entry not in warnings.filters
     assert any(f[1] is not None and f[1].pattern == "a library's own filter" for f in warnings.filters)
+
+
+def test_a_sigterm_while_lightning_sets_up_stops_the_block() -> None:
+    """Before Lightning sets its handler (strategy set-up, a resume's restore) a SIGTERM was ignored, and the run
+    trained on to its last step."""
+    import os
+    import signal
+
+    import lightning as L
+    import torch
+
+    from geomed_ssl.errors import RunStopped
+    from geomed_ssl.process import stops_as
+
+    class Tiny(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def setup(self, stage: str) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2)), batch_size=2)
+    trainer = L.Trainer(max_steps=50, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")
+    with pytest.raises(RunStopped):
+        with stops_as(lambda name: name):
+            trainer.fit(Tiny(), train_dataloaders=data)
+    assert trainer.global_step == 0

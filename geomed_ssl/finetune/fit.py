@@ -29,7 +29,6 @@ from geomed_ssl.models.model_data import (catalog_for_encoder, check_value_range
                                          training_scale, warn_other_scale)
 from geomed_ssl.models.probe import check_class_weights
 from geomed_ssl.outfiles import atomic_path
-from geomed_ssl.process import lightning_fit
 from geomed_ssl.train.callbacks import MetricsCSV
 from geomed_ssl.train.checkpointing import stop_safe_worker_init
 from geomed_ssl.train.console import has_bar, progress_callbacks, quiet_lightning
@@ -193,8 +192,7 @@ def fit_supervised(model: torch.nn.Module, dataset: Any, recipe: Recipe, num_cla
                         log_every_n_steps=min(t.log_every, f.max_steps))
     children = daemon_children()
     try:
-        with lightning_fit():
-            trainer.fit(module, train_dataloaders=loader)
+        trainer.fit(module, train_dataloaders=loader)
     except SystemExit as stop:  # Lightning ends a SIGTERM (SIGTERMException) or a Ctrl-C (sys.exit(1)) this way
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 

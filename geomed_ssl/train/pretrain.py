@@ -26,7 +26,7 @@ from geomed_ssl.methods.schedules import ScheduleClock
 from geomed_ssl.models.encoder import EncoderConfig
 from geomed_ssl.models.model_data import training_scale
 from geomed_ssl.outdirs import Inputs, check_out_dir, prepare_out_dir
-from geomed_ssl.process import keeps_process_state, lightning_fit
+from geomed_ssl.process import keeps_process_state
 from geomed_ssl.train.agreement import agreement_for
 from geomed_ssl.train.callbacks import ExportEncoder, MetricsCSV, Previews
 from geomed_ssl.train.checkpointing import (ResumePoint, RunCheckpoints, StopRequest, find_resume_checkpoint,
@@ -387,8 +387,7 @@ def fit(trainer: L.Trainer, module: PretrainModule, data: PretrainData, point: R
         stop.install()
     children = daemon_children()
     try:
-        with lightning_fit():
-            trainer.fit(module, datamodule=data, ckpt_path=str(point.path) if point else None, weights_only=True)
+        trainer.fit(module, datamodule=data, ckpt_path=str(point.path) if point else None, weights_only=True)
     except SystemExit:  # Lightning ends a KeyboardInterrupt (a second Ctrl-C: abort without saving) with exit(1)
         if not stop.aborted:
             raise

@@ -278,3 +278,24 @@ def test_a_model_that_took_the_alpha_band_as_a_band_is_told_why_the_file_now_lac
     with pytest.raises(DataError, match=r"Band 4 of .* is an alpha band.*gdal_translate -colorinterp_4 undefined"):
         predict_raster(torch.nn.Conv2d(4, 3, 1), tmp_path / "ortho.tif", tmp_path / "p.tif", stats, window=(32, 32),
                        num_classes=3)
+
+
+def test_a_run_resumed_from_before_stacks_read_each_files_tag_is_not_told_its_data_changed(tmp_path: Path) -> None:
+    """A stack's record carried its first file's tag as its nodata; now none (each file's own is read): a resumed
+    run's comparison with its catalog.json must not name every stack as changed."""
+    import json
+
+    from geomed_ssl.train.run_files import catalog_changes
+
+    folder = tmp_path / "scenes" / "s1"
+    folder.mkdir(parents=True)
+    for name in ("B5", "B3"):
+        with rasterio.open(folder / f"{name}.tif", "w", driver="GTiff", height=32, width=32, count=1,
+                           dtype="uint16", nodata=0) as dst:
+            dst.write(np.full((1, 32, 32), 300, np.uint16))
+    catalog = scan(tmp_path / "scenes", DataConfig(patch_size=16, channels=["B5.tif", "B3.tif"]))
+    before = json.loads(json.dumps(catalog.to_dict()))
+    before["records"][0]["nodata"] = 0.0  # as an earlier version wrote it
+    assert catalog_changes(before, catalog) == ([], [], [])
+    before["records"][0]["value_range"][0][3] += 1  # a file that did change still shows
+    assert len(catalog_changes(before, catalog)[2]) == 1

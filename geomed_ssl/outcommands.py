@@ -9,6 +9,7 @@ made a folder, what ``--overwrite`` may delete): :mod:`geomed_ssl.outdirs`. Add 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import json
 from collections import Counter
@@ -189,11 +190,11 @@ COMMANDS: dict[str, CommandSpec] = {
                                  "maps": ("*_embedding.tif", "*_embedding.nii.gz", "*.aux.xml"),
                                  "search": ("*/similar.csv", "*/similar.png")},
                          nests={"search": ("similar",), "search/*": ("similar",)},
-                         vouch_inside={"maps": lambda path: made_map(path)}),
+                         vouch_inside={"maps": lambda path: made_map(path, "manifest.json")}),
     "cluster": CommandSpec(("clusters.parquet", "clusters.csv", "summary.json", "scatter.png", "maps"),
                            legacy=_legacy_cluster,
                            inside={"maps": ("*_clusters.tif", "*_clusters.nii.gz", "*_clusters.png", "*.aux.xml")},
-                           vouch_inside={"maps": lambda path: made_map(path)}),
+                           vouch_inside={"maps": lambda path: made_map(path, "summary.json")}),
     "predict": CommandSpec(("predictions.csv",), ("*_pred.tif", "*_pred.nii.gz", "*_pred_proba.tif",
                                                   "*_pred_proba.nii.gz"), (), exclusive=False,
                            vouch=lambda path: recorded_input(path) is not None),
@@ -263,16 +264,34 @@ def recorded_input(path: str | Path) -> str | None:
 MAP_DESCRIP = "geomed-ssl map of "  # the NIfTI ``descrip`` of embed's and cluster's maps (which carry no extension)
 
 
-def made_map(path: Path) -> bool:
+@functools.lru_cache(maxsize=8)
+def _listed_maps(record: str, stamp: int) -> frozenset[str]:
+    """The file names of the ``maps`` a folder's record (``manifest.json``, ``summary.json``) lists, read once per
+    version of it (``stamp``: its modification time)."""
+    maps = (read_json_object(Path(record)) or {}).get("maps")
+    return frozenset(Path(str(p)).name for p in maps) if isinstance(maps, list) else frozenset()
+
+
+def made_map(path: Path, listing: str) -> bool:
     """``path``, in an ``embed`` or ``cluster`` folder's ``maps/``, is a map the toolkit wrote, as its contents say
-    (a GeoTIFF's input tag, a NIfTI's ``descrip``); a PNG or GDAL's ``.aux.xml`` goes with its map, a sidecar whose
-    map is gone with the folder."""
+    (a GeoTIFF's input tag, a NIfTI's ``descrip``) or, for maps of earlier versions without them, as the folder's
+    ``listing`` (``manifest.json``, ``summary.json``) lists it among its ``maps``; a PNG or GDAL's ``.aux.xml`` goes
+    with its map, a sidecar whose map is gone with the folder."""
     name = path.name
     if name.endswith(".aux.xml"):
         target = path.with_name(name[: -len(".aux.xml")])
-        return not target.exists() or made_map(target)
+        return not target.exists() or made_map(target, listing)
     if name.endswith(".png"):
-        return any(made_map(path.with_name(name[:-4] + ext)) for ext in (".tif", ".nii.gz"))
+        return any(made_map(path.with_name(name[:-4] + ext), listing) for ext in (".tif", ".nii.gz"))
+    if not path.is_file():
+        return False
+    record = path.parent.parent / listing
+    try:
+        stamp = record.stat().st_mtime_ns
+    except OSError:
+        stamp = None
+    if stamp is not None and name in _listed_maps(str(record), stamp):
+        return True
     if name.endswith(".tif"):
         return recorded_input(path) is not None
     try:

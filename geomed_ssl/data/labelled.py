@@ -71,8 +71,8 @@ SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "dev", "test",
 def check_nesting(base: Path, names: Sequence[str], folder_of: dict[str, tuple[str, ...]], strict: bool) -> None:
     """Images in subfolders of a class folder count for that class, said once; a folder of split folders
     (``train/``, ``test/``, each holding class folders) is refused: it would train a "train vs test" classifier.
-    Class folders that share their subfolders' names (``Forest/2019``, ``River/2019``) are warned about (an error
-    with ``strict``): the subfolders may be the classes."""
+    Class folders that share two or more subfolder names (``siteA/Forest``, ``siteA/River``, ``siteB/Forest``, ...)
+    are warned about (an error with ``strict``): the subfolders may be the classes."""
     subs: dict[str, set[str]] = {}
     for parts in folder_of.values():
         if len(parts) > 2:
@@ -85,7 +85,7 @@ def check_nesting(base: Path, names: Sequence[str], folder_of: dict[str, tuple[s
                         f"{', ...' if len(inner) > 5 else ''}), not class folders: point --data at one split (e.g. "
                         f"'{base / names[-1]}') and evaluate on another.")
     shared = sorted(n for n in inner if sum(n in v for v in subs.values()) >= 2)
-    if shared and len(subs) >= 2:
+    if len(shared) >= 2:  # one name alike (Forest/images, River/images) is a layout, not classes
         msg = (f"the class folders of '{base}' hold subfolders of the same names ({', '.join(shared[:5])}"
                f"{', ...' if len(shared) > 5 else ''}): the classes are the top folders ({', '.join(names[:5])}"
                f"{', ...' if len(names) > 5 else ''}), each with all its subfolders' images; if the subfolders are the "
@@ -126,8 +126,9 @@ def warn_copies(paths: Sequence[str], classes: Sequence[str], max_bytes: int = 1
     if copies:
         a, b = copies[0]
         across = sum(classes[i] != classes[j] for i, j in copies)
-        log.warning("warning: %d image(s) are copies of another (e.g. '%s' of '%s')%s: a copy can train on one side "
-                    "of the split and be scored on the other, inflating the test score; keep one of each.",
+        log.warning("warning: %d image(s) are copies of another (e.g. '%s' of '%s')%s: a copy in another class "
+                    "contradicts its label, and copies split between training and test inflate the test score; keep "
+                    "one of each.",
                     len(copies), paths[b], paths[a],
                     f", {across} of them in another class folder" if across else "")
 

@@ -458,7 +458,7 @@ def test_overwrite_deletes_the_maps_it_wrote_and_refuses_a_users_file_named_like
     cluster_embeddings(emb, out, "kmeans", k=3)
     maps = sorted(p.name for p in (out / "maps").iterdir())
     assert "scene_0_clusters.tif" in maps and "scene_0_clusters.png" in maps
-    assert all(made_map(out / "maps" / m) for m in maps)
+    assert all(made_map(out / "maps" / m, "summary.json") for m in maps)
     cluster_embeddings(emb, out, "kmeans", k=3, overwrite=True)  # its own maps: replaced
     for name in ("mine_clusters.tif", "mine_clusters.png"):  # the user's: a GeoTIFF without the tag, a lone PNG
         theirs = out / "maps" / name
@@ -481,7 +481,9 @@ def test_a_volume_map_is_known_as_ours_by_its_nifti_description(tmp_path: Path) 
     enc = make_encoder(vols, tmp_path / "enc3d", kind="volume")
     embed_folder(enc, vols, tmp_path / "emb3d", level="patch", pca_dims=2, progress=False)
     ours = tmp_path / "emb3d" / "maps" / "subject_0_embedding.nii.gz"
-    assert made_map(ours)
+    assert made_map(ours, "manifest.json")
     theirs = tmp_path / "emb3d" / "maps" / "atlas_embedding.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(theirs))
-    assert not made_map(theirs)
+    assert not made_map(theirs, "manifest.json")
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(ours))  # an earlier version's map:
+    assert made_map(ours, "manifest.json")  # no description, but listed by the folder's manifest

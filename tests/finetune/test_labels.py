@@ -573,6 +573,14 @@ def test_split_folders_of_class_folders_are_refused_and_shared_subfolders_warned
     assert names == ["Field", "Lake"] and "hold subfolders of the same names (Forest, River)" in caplog.text
     with pytest.raises(DataError, match="subfolders of the same names"):
         scan_class_folders(tmp_path / "S", DataConfig(patch_size=16), strict=True)
+    caplog.clear()
+    for top in ("Lake", "Field"):  # one subfolder name alike (images/): a layout, not classes
+        (tmp_path / "S" / top / "River").rename(tmp_path / "S" / top / "images2")
+        (tmp_path / "S" / top / "Forest").rename(tmp_path / "S" / top / "images")
+        (tmp_path / "S" / top / "images2").rename(tmp_path / "S" / top / "images" / "more")
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        scan_class_folders(tmp_path / "S", DataConfig(patch_size=16), strict=True)
+    assert "subfolders" not in caplog.text
 
 
 def test_copies_of_an_image_are_warned_about_naming_one_in_another_class(tmp_path, caplog) -> None:

@@ -372,8 +372,9 @@ def scan(root: str | Path, data_cfg: Any = None, strict: bool = False, names_by_
 def _value_lines(records: Sequence[FileRecord]) -> str:
     """What the toolkit takes as missing and how it reads values: the nodata values (or none) and the scale / offset
     tags (not applied) over the files, with counts."""
-    fmt = lambda v: "none" if v is None else f"{v:g}"  # noqa: E731
-    nodata = Counter(fmt(r.nodata) for r in records)
+    fmt = lambda r: (f"{r.nodata:g}" if r.nodata is not None else  # noqa: E731
+                     "each channel file's own" if len(r.paths or []) > 1 else "none")  # (records.stack_nodata)
+    nodata = Counter(fmt(r) for r in records)
     scaling = Counter("none" if r.value_scaling is None else
                       "scale " + "/".join(f"{v:g}" for v in sorted(set(r.value_scaling[0])))
                       + " offset " + "/".join(f"{v:g}" for v in sorted(set(r.value_scaling[1]))) for r in records)

@@ -188,7 +188,8 @@ def _foreign_in_subfolder(sub: Path, patterns: tuple[str, ...] | None, spec: Com
                 ours.append(path)
     # a folder with nothing of ours anywhere in it (an empty one, say) is the user's: named once, at its top (no
     # trailing /, which marks another command's output)
-    empty = [d for d in walked if not any(p.startswith(f"{d}/") for p in ours + bad)]
+    held = {"/".join(parts[:k]) for parts in (p.split("/") for p in ours + bad) for k in range(1, len(parts))}
+    empty = [d for d in walked if d not in held]
     bad += [d for d in empty if not any(d.startswith(f"{e}/") for e in empty)]
     return sorted(bad)
 

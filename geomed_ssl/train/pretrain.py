@@ -388,10 +388,16 @@ def fit(trainer: L.Trainer, module: PretrainModule, data: PretrainData, point: R
     children = daemon_children()
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(point.path) if point else None, weights_only=True)
-    except SystemExit:  # Lightning ends a KeyboardInterrupt (a second Ctrl-C: abort without saving) with exit(1)
+    except SystemExit as exc:  # Lightning ends a KeyboardInterrupt (a second Ctrl-C: abort without saving) with
+        from lightning.pytorch.utilities.exceptions import SIGTERMException  # exit(1), a SIGTERM it heard itself
+
+        last = out / "checkpoints" / "last.ckpt"
+        if isinstance(exc, SIGTERMException) and stop.signum is None:  # before the run's own stop was installed
+            kept = (f"'{last}' keeps the last checkpoint saved: the same command with --resume goes on from it."
+                    if last.is_file() else "no checkpoint was saved: start again (--overwrite where it asks).")
+            raise RunStopped("SIGTERM", "pretraining stopped by SIGTERM as it started; " + kept) from None
         if not stop.aborted:
             raise
-        last = out / "checkpoints" / "last.ckpt"
         kept = (f"'{last}' keeps the last checkpoint saved: the same command with --resume goes on from it"
                 if last.is_file() else "no checkpoint was saved yet: start again with --overwrite")
         at = "" if spawned else f" at step {trainer.global_step}"  # the launching process never steps

@@ -602,3 +602,24 @@ def test_a_data_worker_killed_mid_run_is_one_error_and_leaves_no_worker_behind(r
     assert not [c for c in multiprocessing.active_children() if c.daemon]
     pretrain(None, raster_dir, out, resume=True, progress=False, overrides=["data.num_workers=0"])
     assert (out / "encoder" / "model.safetensors").is_file()
+
+
+def test_a_sigterm_lightning_hears_before_the_runs_own_stop_is_one_line_not_a_silent_exit(
+        raster_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """Between Lightning's handler and the run's stop (installed at train start), a SIGTERM reached Lightning only:
+    its SIGTERMException ended the process with exit 0 and no word."""
+    import os
+    import signal
+
+    from geomed_ssl.errors import RunStopped
+    from geomed_ssl.train import pretrain as pretrain_mod
+
+    real = pretrain_mod.PretrainData.train_dataloader
+
+    def loader_then_sigterm(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # as fit_loop.setup_data asks for the loader
+        return real(self)
+
+    monkeypatch.setattr(pretrain_mod.PretrainData, "train_dataloader", loader_then_sigterm)
+    with pytest.raises(RunStopped, match="stopped by SIGTERM as it started; no checkpoint was saved"):
+        pretrain("recipes/mae_sentinel2.yaml", raster_dir, tmp_path / "run", overrides=OVERRIDES, progress=False)

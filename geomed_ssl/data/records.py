@@ -135,10 +135,10 @@ def is_blank(value_range: list[list[float]] | None) -> bool:
 
 
 def stack_nodata(data_cfg: Any) -> float | None:
-    """The nodata value of a stack of single-band files: ``data.nodata`` when set, else none, since each file's own
-    tag marks its own pixels missing as it is read (``geo.gdal_read.read_masked``, ``stacked``), the first file's as
-    the others' (it was the stack's, so one channel's holes counted otherwise than another's, and its value hid the
-    others' real values)."""
+    """The nodata value of a stack of single-band files: ``data.nodata`` when set (it replaces every file's tag, as
+    a single file's), else none, since each file's own tag marks its own pixels missing as it is read
+    (``geo.gdal_read.read_masked``, ``stacked``), the first file's as the others' (it was the stack's, so one
+    channel's holes counted otherwise than another's, and its value hid the others' real values)."""
     value = getattr(data_cfg, "nodata", None)
     return None if value is None or not math.isfinite(float(value)) else float(value)
 
@@ -184,5 +184,7 @@ def record_from_probes(probes: list[FileProbe], kind: str, data_cfg: Any,
         crs=first.geo.get("crs"), transform=first.geo.get("transform"), affine=first.geo.get("affine"),
         spacing=first.geo.get("spacing"), valid_fraction=round(fraction, 6), block_shape=first.geo.get("block_shape"),
         orientation=first.geo.get("orientation"), value_range=pick([v for p in probes for v in p.value_range]),
-        value_scaling=scaling, band_index=keep if hidden else None, replaced_nodata=first.geo.get("replaced_nodata"),
+        value_scaling=scaling, band_index=keep if hidden else None,
+        replaced_nodata=next((p.geo["replaced_nodata"] for p in probes if p.geo.get("replaced_nodata") is not None),
+                             None),
     )

@@ -302,7 +302,8 @@ class _FileWindows:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self.ds = [rasterio.open(p) for p in record.paths]
-            self.reads = [window_reads(d, record.nodata, len(self.ds) > 1, windows, size[-2:]) for d in self.ds]
+            stacked = len(self.ds) > 1 and record.nodata is None  # as RasterReader.read_window
+            self.reads = [window_reads(d, record.nodata, stacked, windows, size[-2:]) for d in self.ds]
         else:
             import nibabel as nib
 

@@ -263,12 +263,13 @@ class RasterInput:
         from rasterio.windows import Window
 
         W = self.shape[1]
+        stacked = len(self.sources) > 1 and self.nodata is None  # each file's own tag, unless data.nodata is set
 
         def read(a: int, b: int) -> np.ndarray:
             parts = []
             for s in self.sources:
                 try:
-                    parts.append(read_masked(s, Window(0, a, W, b - a), self.nodata, stacked=len(self.sources) > 1))
+                    parts.append(read_masked(s, Window(0, a, W, b - a), self.nodata, stacked=stacked))
                 except MemoryError:
                     raise
                 except Exception as err:  # a file truncated or damaged where the scan did not look

@@ -299,3 +299,26 @@ def test_a_run_resumed_from_before_stacks_read_each_files_tag_is_not_told_its_da
     assert catalog_changes(before, catalog) == ([], [], [])
     before["records"][0]["value_range"][0][3] += 1  # a file that did change still shows
     assert len(catalog_changes(before, catalog)[2]) == 1
+
+
+def test_data_nodata_replaces_every_stacked_files_tag_in_the_catalog_and_the_reads_alike(tmp_path: Path) -> None:
+    """With data.nodata set the catalog read a stacked file's own tag as data (and said so) while training read
+    its pixels as missing."""
+    from geomed_ssl.data.stats import valid_mask
+
+    folder = tmp_path / "scenes" / "s1"
+    folder.mkdir(parents=True)
+    b02 = np.full((1, 32, 32), 300, np.int16)
+    b02[0, :, :16] = 0
+    for name, arr, nodata in (("B02", b02, 0), ("B03", np.full((1, 32, 32), 200, np.int16), None)):
+        with rasterio.open(folder / f"{name}.tif", "w", driver="GTiff", height=32, width=32, count=1,
+                           dtype="int16", nodata=nodata) as dst:
+            dst.write(arr)
+    cfg = DataConfig(patch_size=16, channels=["B02.tif", "B03.tif"])
+    (own,) = scan(tmp_path / "scenes", cfg).records
+    window = RasterReader().read_window(own, 0, 0, 32, 32)
+    assert own.valid_fraction == pytest.approx(0.5) and valid_mask(window, own.nodata).mean() == 0.5
+    (replaced,) = scan(tmp_path / "scenes", DataConfig(patch_size=16, channels=cfg.channels, nodata=-1)).records
+    window = RasterReader().read_window(replaced, 0, 0, 32, 32)
+    assert replaced.valid_fraction == 1.0 and valid_mask(window, replaced.nodata).all()
+    assert replaced.replaced_nodata == 0.0  # and the catalog says so, as for a single file

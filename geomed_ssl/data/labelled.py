@@ -41,7 +41,7 @@ def scan_class_folders(root: str | Path, data_cfg: Any, strict: bool = False, fo
                    majority=not for_model)
     catalog.warn_problems()  # first: a class whose files were all skipped is named in them
     base = Path(catalog.root or root)
-    folder_of = {r.path: Path(os.path.relpath(r.path, base)).parts for r in catalog.records}
+    folder_of = {r.path: sample_parts(r, base) for r in catalog.records}
     loose = [p for p, parts in folder_of.items() if len(parts) < 2]
     if loose:
         shown = ", ".join(map(os.path.basename, loose[:3]))
@@ -59,13 +59,25 @@ def scan_class_folders(root: str | Path, data_cfg: Any, strict: bool = False, fo
                     f"class: {', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}.")
     records = sorted(catalog.records, key=lambda r: (folder_of[r.path][0], r.path))
     labels = np.array([names.index(folder_of[r.path][0]) for r in records], np.int64)
-    if not reported_already():
-        warn_copies([r.path for r in records], [names[i] for i in labels])
+    if not reported_already():  # (single files: a stack's channels may share a file, a DEM say)
+        singles = [(r.path, names[i]) for r, i in zip(records, labels) if len(r.paths or []) <= 1]
+        warn_copies([p for p, _ in singles], [c for _, c in singles])
     return records, labels, names
 
 
-SPLIT_NAMES = {"train", "training", "val", "valid", "validation", "dev", "test", "testing", "eval", "evaluation",
-               "holdout"}
+def sample_parts(record: FileRecord, base: Path) -> tuple[str, ...]:
+    """The folders and name of ``record``'s image under ``base``: its path's parts, but a data.channels stack in a
+    folder of its own (``Forest/t01/B04.tif``) as if its files lay in the class folder, since that folder is the
+    sample, not a subfolder of the class."""
+    parts = Path(os.path.relpath(record.path, base)).parts
+    paths = record.paths or [record.path]
+    if len(paths) > 1 and len(parts) > 2 and len({os.path.dirname(p) for p in paths}) == 1:
+        return parts[:-2] + parts[-1:]
+    return parts
+
+
+SPLIT_NAMES = {f"{n}{end}" for n in ("train", "training", "val", "valid", "validation", "dev", "test", "testing",
+                                      "eval", "evaluation", "holdout") for end in ("", "_set", "-set", "set")}
 
 
 def check_nesting(base: Path, names: Sequence[str], folder_of: dict[str, tuple[str, ...]], strict: bool) -> None:

@@ -1129,3 +1129,21 @@ def test_a_budget_that_draws_nothing_to_train_on_is_one_clear_error() -> None:
         split_images(np.array([0, 1]), 2, None, 0, ["a", "b"])
     lab[2, 2, 2], lab[3, 3, 3] = 3, 5  # two per class: one trains, one tests
     assert select_labels([lab], [lab > 0], LabelsConfig(per_class=1)).train_value.size == 2
+
+
+def test_class_folders_of_channel_stacks_are_not_nested_and_a_shared_channel_is_no_copy(tmp_path, caplog) -> None:
+    """Forest/t01/{DEM,B04}.tif, River/t01/...: each sample folder is a data.channels stack, not a subfolder of the
+    class; the warning named t01, t02 as shared subfolders (an error with --strict), and a DEM shared by every
+    sample read as copies across classes."""
+    rng = np.random.default_rng(0)
+    dem = structured_raster(rng, 1, 16)
+    for cls in ("Forest", "River"):
+        for t in ("t01", "t02"):
+            (tmp_path / cls / t).mkdir(parents=True)
+            write_geotiff(tmp_path / cls / t / "DEM.tif", dem)
+            write_geotiff(tmp_path / cls / t / "B04.tif", structured_raster(rng, 1, 16))
+    cfg = DataConfig(patch_size=16, channels=["B04.tif", "DEM.tif"])
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        records, labels, names = scan_class_folders(tmp_path, cfg, strict=True)
+    assert names == ["Forest", "River"] and labels.tolist() == [0, 0, 1, 1]
+    assert "subfolders" not in caplog.text and "copies" not in caplog.text

@@ -272,25 +272,30 @@ def _listed_maps(record: str, stamp: int) -> frozenset[str]:
     return frozenset(Path(str(p)).name for p in maps) if isinstance(maps, list) else frozenset()
 
 
+def _listed(path: Path, listing: str) -> bool:
+    """``path``'s name is among the ``maps`` its folder's record (``listing``, beside ``maps/``) lists."""
+    record = path.parent.parent / listing
+    try:
+        stamp = record.stat().st_mtime_ns
+    except OSError:
+        return False
+    return path.name in _listed_maps(str(record), stamp)
+
+
 def made_map(path: Path, listing: str) -> bool:
     """``path``, in an ``embed`` or ``cluster`` folder's ``maps/``, is a map the toolkit wrote, as its contents say
     (a GeoTIFF's input tag, a NIfTI's ``descrip``) or, for maps of earlier versions without them, as the folder's
     ``listing`` (``manifest.json``, ``summary.json``) lists it among its ``maps``; a PNG or GDAL's ``.aux.xml`` goes
     with its map, a sidecar whose map is gone with the folder."""
     name = path.name
-    if name.endswith(".aux.xml"):
+    if name.endswith(".aux.xml"):  # GDAL's sidecar: with its map, or where the folder lists that map
         target = path.with_name(name[: -len(".aux.xml")])
-        return not target.exists() or made_map(target, listing)
+        return made_map(target, listing) if target.exists() else _listed(target, listing)
     if name.endswith(".png"):
         return any(made_map(path.with_name(name[:-4] + ext), listing) for ext in (".tif", ".nii.gz"))
     if not path.is_file():
         return False
-    record = path.parent.parent / listing
-    try:
-        stamp = record.stat().st_mtime_ns
-    except OSError:
-        stamp = None
-    if stamp is not None and name in _listed_maps(str(record), stamp):
+    if _listed(path, listing):
         return True
     if name.endswith(".tif"):
         return recorded_input(path) is not None

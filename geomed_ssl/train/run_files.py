@@ -94,16 +94,16 @@ def catalog_changes(before: dict[str, Any], now: Catalog) -> tuple[list[str], li
         return {os.path.relpath(r["path"], root) if root else r["path"]: r for r in catalog["records"]}
 
     old, new = keyed(before), keyed(json.loads(json.dumps(now.to_dict())))
-    changed = [k for k in new if k in old and any(new[k].get(f) != old[k].get(f) for f in fields_of(new[k]))]
+    changed = [k for k in new if k in old and any(differs(f, new[k], old[k]) for f in CHANGED_FIELDS)]
     return [k for k in new if k not in old], [k for k in old if k not in new], changed
 
 
-def fields_of(record: dict[str, Any]) -> tuple[str, ...]:
-    """The :data:`CHANGED_FIELDS` a record is compared by: a data.channels stack's without ``nodata``, which held
-    its first file's tag before each file's own tag was read alike (records.stack_nodata); a file's tag changed
-    on disk still shows in its value range."""
-    stack = len(record.get("paths") or []) > 1
-    return tuple(f for f in CHANGED_FIELDS if not (stack and f == "nodata"))
+def differs(field: str, now: dict[str, Any], before: dict[str, Any]) -> bool:
+    """Whether a record's ``field`` changed, but for a data.channels stack's ``nodata`` gone from its first file's
+    tag (what catalogs held before each file's own tag was read alike, records.stack_nodata) to none."""
+    if field == "nodata" and len(now.get("paths") or []) > 1 and now.get("nodata") is None:
+        return False
+    return now.get(field) != before.get(field)
 
 
 def write_run_files(out: Path, recipe: Recipe, catalog: Catalog, stats: BandStats, step: int | None = None

@@ -460,8 +460,10 @@ def test_overwrite_deletes_the_maps_it_wrote_and_refuses_a_users_file_named_like
     assert "scene_0_clusters.tif" in maps and "scene_0_clusters.png" in maps
     assert all(made_map(out / "maps" / m, "summary.json") for m in maps)
     cluster_embeddings(emb, out, "kmeans", k=3, overwrite=True)  # its own maps: replaced
-    for name in ("mine_clusters.tif", "mine_clusters.png"):  # the user's: a GeoTIFF without the tag, a lone PNG
-        theirs = out / "maps" / name
+    (out / "maps" / "scene_0_clusters.tif.aux.xml").write_text("<PAMDataset/>")  # GDAL's, beside our map
+    cluster_embeddings(emb, out, "kmeans", k=3, overwrite=True)
+    for name in ("mine_clusters.tif", "mine_clusters.png", "notes.aux.xml"):  # the user's: no tag, a lone PNG,
+        theirs = out / "maps" / name  # a sidecar of no map of ours
         if name.endswith(".tif"):
             shutil.copy(data / "scene_0.tif", theirs)
         else:

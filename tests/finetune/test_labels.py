@@ -527,12 +527,17 @@ def test_indian_pines_five_per_class_gives_80_pixels():
 
 
 # -- classification folders -----------------------------------------------------------------------------------
-def test_class_folders_scan_and_image_sampling(tmp_path):
-    rng = np.random.default_rng(0)
-    for name, n in (("Forest", 4), ("River", 4), ("Oats", 2)):
-        (tmp_path / name).mkdir()
+def class_tree(root: Path, counts: dict[str, int], seed: int = 0) -> None:
+    """``counts[name]`` small 3-band GeoTIFFs in ``root/name`` for each class folder ``name``."""
+    rng = np.random.default_rng(seed)
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True)
         for i in range(n):
-            write_geotiff(tmp_path / name / f"{name}_{i}.tif", structured_raster(rng, 3, 16))
+            write_geotiff(root / name / f"{name}_{i}.tif", structured_raster(rng, 3, 16))
+
+
+def test_class_folders_scan_and_image_sampling(tmp_path):
+    class_tree(tmp_path, {"Forest": 4, "River": 4, "Oats": 2})
     records, labels, names = scan_class_folders(tmp_path, DataConfig(patch_size=16))
     assert names == ["Forest", "Oats", "River"] and labels.tolist() == [0] * 4 + [1] * 2 + [2] * 4
     assert all(names[c] in r.path for r, c in zip(records, labels))
@@ -543,11 +548,7 @@ def test_class_folders_scan_and_image_sampling(tmp_path):
 
 def test_class_folders_named_by_digits_are_named_by_their_folder_in_the_notes(tmp_path) -> None:
     """Folders 1, 10, 2 are classes 0, 1, 2: the notes said "class 1 (10)" and "class 2" (folder 2 unnamed)."""
-    rng = np.random.default_rng(0)
-    for name, n in (("1", 4), ("10", 2), ("2", 4)):
-        (tmp_path / name).mkdir()
-        for i in range(n):
-            write_geotiff(tmp_path / name / f"{name}_{i}.tif", structured_raster(rng, 3, 16))
+    class_tree(tmp_path, {"1": 4, "10": 2, "2": 4})
     _, labels, names = scan_class_folders(tmp_path, DataConfig(patch_size=16))
     _, _, notes = sample_images_per_class(labels, 2, seed=0, names=names)
     assert notes == ["class folder '10': 2 labelled images, took 1 instead of 2 so half stay for testing"]
@@ -558,12 +559,8 @@ def test_class_folders_named_by_digits_are_named_by_their_folder_in_the_notes(tm
 def test_split_folders_of_class_folders_are_refused_and_shared_subfolders_warned(tmp_path, caplog) -> None:
     """`--data S` with S/train/Forest, S/test/River...: images in subfolders count for their top folder, so the
     classes were "test" and "train", without a word."""
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for cls in ("Forest", "River"):
-            (tmp_path / "S" / split / cls).mkdir(parents=True)
-            for i in range(2):
-                write_geotiff(tmp_path / "S" / split / cls / f"{i}.tif", structured_raster(rng, 3, 16))
+    for seed, split in enumerate(("train", "test")):
+        class_tree(tmp_path / "S" / split, {"Forest": 2, "River": 2}, seed)
     with pytest.raises(DataError, match=r"holds split folders \(test, train\) of class folders \(Forest, River\)"):
         scan_class_folders(tmp_path / "S", DataConfig(patch_size=16))
     (tmp_path / "S" / "train").rename(tmp_path / "S" / "Lake")  # two classes that share subfolder names
@@ -586,11 +583,7 @@ def test_split_folders_of_class_folders_are_refused_and_shared_subfolders_warned
 def test_copies_of_an_image_are_warned_about_naming_one_in_another_class(tmp_path, caplog) -> None:
     import shutil
 
-    rng = np.random.default_rng(0)
-    for name in ("a", "b"):
-        (tmp_path / name).mkdir()
-        for i in range(3):
-            write_geotiff(tmp_path / name / f"{name}_{i}.tif", structured_raster(rng, 3, 16))
+    class_tree(tmp_path, {"a": 3, "b": 3})
     with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
         scan_class_folders(tmp_path, DataConfig(patch_size=16))
     assert "copies" not in caplog.text

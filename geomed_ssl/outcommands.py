@@ -291,8 +291,9 @@ def made_map(path: Path, listing: str) -> bool:
     if name.endswith(".aux.xml"):  # GDAL's sidecar: with its map, or where the folder lists that map
         target = path.with_name(name[: -len(".aux.xml")])
         return made_map(target, listing) if target.exists() else _listed(target, listing)
-    if name.endswith(".png"):
-        return any(made_map(path.with_name(name[:-4] + ext), listing) for ext in (".tif", ".nii.gz"))
+    if name.endswith(".png"):  # with its map, present or listed
+        maps = [path.with_name(name[:-4] + ext) for ext in (".tif", ".nii.gz")]
+        return any(made_map(m, listing) if m.exists() else _listed(m, listing) for m in maps)
     if not path.is_file():
         return False
     if _listed(path, listing):

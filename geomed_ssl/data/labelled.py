@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -41,7 +42,9 @@ def scan_class_folders(root: str | Path, data_cfg: Any, strict: bool = False, fo
                    majority=not for_model)
     catalog.warn_problems()  # first: a class whose files were all skipped is named in them
     base = Path(catalog.root or root)
-    folder_of = {r.path: sample_parts(r, base) for r in catalog.records}
+    alone = Counter(os.path.dirname(r.path) for r in catalog.records)  # a folder holding one sample is the sample's
+    folder_of = {r.path: sample_parts(r, base, bool(getattr(data_cfg, "channels", None))
+                                      and alone[os.path.dirname(r.path)] == 1) for r in catalog.records}
     loose = [p for p, parts in folder_of.items() if len(parts) < 2]
     if loose:
         shown = ", ".join(map(os.path.basename, loose[:3]))
@@ -65,15 +68,13 @@ def scan_class_folders(root: str | Path, data_cfg: Any, strict: bool = False, fo
     return records, labels, names
 
 
-def sample_parts(record: FileRecord, base: Path) -> tuple[str, ...]:
+def sample_parts(record: FileRecord, base: Path, own_folder: bool) -> tuple[str, ...]:
     """The folders and name of ``record``'s image under ``base``: its path's parts, but a data.channels stack in a
-    folder of its own (``Forest/t01/B04.tif``) as if its files lay in the class folder, since that folder is the
-    sample, not a subfolder of the class."""
+    folder of its own (``own_folder``: ``Forest/t01/B04.tif``, one file or several) as if its files lay in the
+    class folder, since that folder is the sample, not a subfolder of the class (a folder of several cases,
+    ``Forest/imagesTr/``, is a subfolder)."""
     parts = Path(os.path.relpath(record.path, base)).parts
-    paths = record.paths or [record.path]
-    if len(paths) > 1 and len(parts) > 2 and len({os.path.dirname(p) for p in paths}) == 1:
-        return parts[:-2] + parts[-1:]
-    return parts
+    return parts[:-2] + parts[-1:] if own_folder and len(parts) > 2 else parts
 
 
 SPLIT_NAMES = {f"{n}{end}" for n in ("train", "training", "val", "valid", "validation", "dev", "test", "testing",

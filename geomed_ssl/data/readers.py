@@ -221,7 +221,7 @@ class RasterReader:
 
         parts = []
         paths = _paths(record)
-        stacked = len(paths) > 1 and record.nodata is None  # each file's own tag, unless data.nodata replaces them
+        stacked = len(paths) > 1  # each file's missing pixels its own (data.nodata, else its tag)
         for path in paths:
             ds = self.handle(path)
             if (ds.height, ds.width) != tuple(record.shape[-2:]):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -135,12 +134,13 @@ def is_blank(value_range: list[list[float]] | None) -> bool:
 
 
 def stack_nodata(data_cfg: Any) -> float | None:
-    """The nodata value of a stack of single-band files: ``data.nodata`` when set (it replaces every file's tag, as
-    a single file's), else none, since each file's own tag marks its own pixels missing as it is read
-    (``geo.gdal_read.read_masked``, ``stacked``), the first file's as the others' (it was the stack's, so one
-    channel's holes counted otherwise than another's, and its value hid the others' real values)."""
+    """The nodata value of a stack of single-band files: ``data.nodata`` when set (NaN kept: set, it replaces
+    every file's tag, as a single file's), else none, since each file's own tag marks its own pixels missing as it
+    is read (``geo.gdal_read.read_masked``, ``stacked``: a pixel any channel file misses is missing, as the
+    catalog counts it), the first file's as the others' (it was the stack's, so one channel's holes counted
+    otherwise than another's, and its value hid the others' real values)."""
     value = getattr(data_cfg, "nodata", None)
-    return None if value is None or not math.isfinite(float(value)) else float(value)
+    return None if value is None else float(value)
 
 
 def record_from_probes(probes: list[FileProbe], kind: str, data_cfg: Any,

@@ -49,22 +49,16 @@ def data_bands(sources: Any) -> list[int]:
     return keep
 
 
-def _same(a: float | None, b: float | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return a == b or (math.isnan(a) and math.isnan(b))
-
-
 def read_masked(ds: Any, window: Any = None, nodata: float | None = None, stacked: bool = False) -> np.ndarray:
     """``ds.read(window=window)`` (C, h, w) as stored, except where ``ds`` says pixels are missing beyond
-    ``nodata`` (the value the caller treats as nodata: the first file's, or ``data.nodata``, which overrides a
-    file's tag): pixels its per-dataset mask or its alpha band (at 0) hides and, for a further file of a stack
-    (``stacked``), pixels equal to its own nodata tag when that is another value, come back NaN (the array then
-    float32)."""
+    ``nodata`` (the value the caller treats as nodata: the file's, or ``data.nodata``, which overrides a file's
+    tag): pixels its per-dataset mask or its alpha band (at 0) hides and, for a file of a stack (``stacked``: each
+    file its own band), pixels equal to ``nodata`` when given (NaN included: missing already), else to the file's
+    own tag, come back NaN (the array then float32), so a pixel any channel file misses is missing."""
     arr = ds.read(window=window)
     masked = _gdal_mask(ds)
     alpha = [] if masked else alpha_bands(ds)  # an alpha band GDAL does not read as the mask: zero is missing
-    own = ds.nodata if stacked and ds.nodata is not None and not _same(ds.nodata, nodata) else None
+    own = (nodata if nodata is not None else ds.nodata) if stacked else None
     if own is not None and math.isnan(own):
         own = None  # NaN is missing already
     if not masked and not alpha and own is None:

@@ -197,6 +197,7 @@ class RasterInput:
         self.count = sum(s.count for s in sources)
         self.scaling = self._scaling()  # read while the files are open
         self.replaced_nodata: list[float] | None = None  # [the file's nodata tag, the value read in its place]
+        self.read_nodata: float | None = nodata  # what a stack's files are read with (geo.gdal_read.read_masked)
 
     def _scaling(self) -> list[list[float]] | None:
         """[scales, offsets] of the bands read, from the files' GeoTIFF tags (None: untagged, values as stored)."""
@@ -245,9 +246,11 @@ class RasterInput:
         if nodata is None and len(sources) == 1:  # a stack's files each mark their own (records.stack_nodata)
             nodata = src.nodata
         scene = cls(sources, order, None if nodata is None or not math.isfinite(float(nodata)) else float(nodata))
-        own = src.nodata  # a file's tag, which the model's data.nodata replaces (its pixels then read as data)
-        if len(sources) == 1 and own is not None and math.isfinite(own) and nodata is not None and own != float(nodata):
-            scene.replaced_nodata = [float(own), float(nodata)]
+        scene.read_nodata = None if nodata is None else float(nodata)  # NaN kept: set, it replaces a stack's tags
+        if nodata is not None:  # a file's tag the model's data.nodata replaces (its pixels then read as data)
+            own = next((float(s.nodata) for s in sources if s.nodata is not None and math.isfinite(s.nodata)
+                        and s.nodata != float(nodata)), None)
+            scene.replaced_nodata = None if own is None else [own, float(nodata)]
         return scene
 
     def cache_bytes(self) -> int:
@@ -263,13 +266,13 @@ class RasterInput:
         from rasterio.windows import Window
 
         W = self.shape[1]
-        stacked = len(self.sources) > 1 and self.nodata is None  # each file's own tag, unless data.nodata is set
+        stacked = len(self.sources) > 1  # each file's missing pixels its own (data.nodata, else its tag)
 
         def read(a: int, b: int) -> np.ndarray:
             parts = []
             for s in self.sources:
                 try:
-                    parts.append(read_masked(s, Window(0, a, W, b - a), self.nodata, stacked=stacked))
+                    parts.append(read_masked(s, Window(0, a, W, b - a), self.read_nodata, stacked=stacked))
                 except MemoryError:
                     raise
                 except Exception as err:  # a file truncated or damaged where the scan did not look

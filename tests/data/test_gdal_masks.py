@@ -59,20 +59,24 @@ def test_masked_pixels_are_invalid_in_reads_catalog_and_prediction(tmp_path: Pat
     assert (labels[:, :32] == 255).all() and (labels[:, 32:] != 255).all()
 
 
-def test_a_files_own_nodata_is_nan_when_the_caller_reads_another(tmp_path: Path) -> None:
-    """A stack of single-band files takes the first file's nodata; the others' own values count too."""
+def test_a_stacked_files_missing_pixels_are_those_of_data_nodata_else_its_own_tag(tmp_path: Path) -> None:
+    """A file of a data.channels stack marks its own pixels missing (NaN): at data.nodata when given (which
+    replaces its tag, as a single file's), else at its own tag; a single file is read as stored."""
     arr = np.full((1, 8, 8), 7, np.uint16)
     arr[0, :2] = 65535
+    arr[0, 7] = 0
     path = tmp_path / "b03.tif"
     with rasterio.open(path, "w", driver="GTiff", height=8, width=8, count=1, dtype="uint16", nodata=65535) as dst:
         dst.write(arr)
     with rasterio.open(path) as ds:
-        same = read_masked(ds, None, 65535.0, stacked=True)
-        other = read_masked(ds, None, 0.0, stacked=True)
-        override = read_masked(ds, None, 0.0)  # one file: data.nodata=0 overrides its tag, 65535 is data
-    assert same.dtype == np.uint16 and np.array_equal(same, arr)  # nothing to add: read as stored
-    assert np.isnan(other[0, :2]).all() and (other[0, 2:] == 7).all()
-    assert override.dtype == np.uint16 and np.array_equal(override, arr)
+        own = read_masked(ds, None, None, stacked=True)
+        replaced = read_masked(ds, None, 0.0, stacked=True)
+        nan = read_masked(ds, None, float("nan"), stacked=True)  # data.nodata=nan: missing already, tag replaced
+        single = read_masked(ds, None, 0.0)  # one file: the caller's nodata is applied later, as a value
+    assert np.isnan(own[0, :2]).all() and (own[0, 2:] != 65535).all() and not np.isnan(own[0, 2:]).any()
+    assert np.isnan(replaced[0, 7]).all() and (replaced[0, :2] == 65535).all()
+    assert nan.dtype == np.uint16 and np.array_equal(nan, arr)
+    assert single.dtype == np.uint16 and np.array_equal(single, arr)
 
 
 def test_data_nodata_still_overrides_a_files_tag_in_the_reader_and_the_catalog(tmp_path: Path) -> None:
@@ -322,3 +326,9 @@ def test_data_nodata_replaces_every_stacked_files_tag_in_the_catalog_and_the_rea
     window = RasterReader().read_window(replaced, 0, 0, 32, 32)
     assert replaced.valid_fraction == 1.0 and valid_mask(window, replaced.nodata).all()
     assert replaced.replaced_nodata == 0.0  # and the catalog says so, as for a single file
+    (zero,) = scan(tmp_path / "scenes", DataConfig(patch_size=16, channels=cfg.channels, nodata=0)).records
+    window = RasterReader().read_window(zero, 0, 0, 32, 32)  # data.nodata=0: B02's zeros missing, in both
+    assert zero.valid_fraction == pytest.approx(0.5) and valid_mask(window, zero.nodata).mean() == 0.5
+    (nan,) = scan(tmp_path / "scenes", DataConfig(patch_size=16, channels=cfg.channels, nodata=float("nan"))).records
+    window = RasterReader().read_window(nan, 0, 0, 32, 32)  # NaN replaces B02's tag: its zeros are data
+    assert nan.valid_fraction == 1.0 and valid_mask(window, nan.nodata).all()

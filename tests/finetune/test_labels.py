@@ -1140,3 +1140,5 @@ def test_class_folders_of_channel_stacks_are_not_nested_and_a_shared_channel_is_
         records, labels, names = scan_class_folders(tmp_path, cfg, strict=True)
     assert names == ["Forest", "River"] and labels.tolist() == [0, 0, 1, 1]
     assert "subfolders" not in caplog.text and "copies" not in caplog.text
+    one = DataConfig(patch_size=16, channels=["B04.tif"])  # a stack of one channel file: its folder is the sample
+    assert scan_class_folders(tmp_path, one, strict=True)[2] == ["Forest", "River"]

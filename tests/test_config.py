@@ -266,3 +266,13 @@ def test_wavelengths_in_nanometres_are_refused_with_the_micrometres_they_mean() 
     with pytest.raises(ConfigError, match="e.g. 560 nm is 0.56"):
         recipe_from_dict({"data": {"wavelengths": [0.443, 0.49, 560]}})
     assert recipe_from_dict({"data": {"wavelengths": [0.443, 14.5]}}).data.wavelengths == [0.443, 14.5]
+
+
+def test_an_unknown_sensor_and_a_window_of_the_wrong_rank_name_the_recipe() -> None:
+    """Both named the key but not the recipe file it came from."""
+    with pytest.raises(ConfigError, match=r"^recipes/mae_sentinel2.yaml.*data.sensor must be null or one of "
+                                          r"sentinel2, .*got 'sentinel3000'"):
+        load_recipe("recipes/mae_sentinel2.yaml", ["data.sensor=sentinel3000"])
+    with pytest.raises(ConfigError, match=r"^recipes/mae_sentinel2.yaml.*'data.patch_size' must be an int or a list "
+                                          r"of 2 ints"):
+        load_recipe("recipes/mae_sentinel2.yaml", ["data.patch_size=[8,8,8]"])

@@ -25,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
+from geomed_ssl.config.sections import SENSORS
 from geomed_ssl.errors import ConfigError, DataError
 
 SENSOR_DIR = Path(__file__).resolve().parent.parent / "sensors"
@@ -101,7 +102,6 @@ def _profile_items(sensor: str) -> tuple[list[str], list[float]]:
     raise ConfigError(f"data.sensor '{sensor}' is not a known sensor profile. Known: {', '.join(SENSORS)}.")
 
 
-SENSORS = ("sentinel2", "landsat8", "landsat7", "aviris", "aviris_92av3c", "indian_pines")
 
 
 def sensor_profile(sensor: str) -> dict[str, float]:

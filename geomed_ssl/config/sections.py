@@ -55,13 +55,17 @@ PRECISIONS = ("auto", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")  # Lightning >= 2.6 has no built-in "hpu"
 
 
+SENSORS = ("sentinel2", "landsat8", "landsat7", "aviris", "aviris_92av3c", "indian_pines")  # bands.names
+
+
 @dataclass
 class DataConfig:
     """Where samples come from and how they are read."""
 
     kind: str = setting("raster", "raster (2D GeoTIFF) or volume (3D NIfTI)", choices=("raster", "volume"))
     patch_size: IntOrSeq = setting(64, "sampled window in pixels / voxels, int or per-axis list", bounds=">= 1")
-    sensor: str | None = setting(None, "sensor profile for band names and wavelengths (sentinel2, landsat8, ...)")
+    sensor: str | None = setting(None, "sensor profile for band names and wavelengths (sentinel2, landsat8, ...)",
+                                 choices=SENSORS)
     band_names: list[str] | None = setting(None, "band names in the files' order (files without descriptions)")
     wavelengths: list[float] | None = setting(None, "centre wavelengths in micrometres (not nanometres), one per band",
                                               bounds="(0, 20]")

@@ -139,10 +139,15 @@ def validate(recipe: Recipe, source: str = "recipe") -> None:
     """Every key's type and range, then the cross-field checks, with messages that say how to fix the recipe."""
     _check_types(recipe, source)
     d, m, t = recipe.data, recipe.model, recipe.train
-    _validate_window(d, m, source)
-    check_heads(m.embed_dim, m.num_heads, "model.embed_dim", "model.num_heads", source)
-    _validate_embedding(m, source)
-    _validate_crops(d, m, t, source)
+    try:  # (as_tuple names the key, not the recipe)
+        _validate_window(d, m, source)
+        check_heads(m.embed_dim, m.num_heads, "model.embed_dim", "model.num_heads", source)
+        _validate_embedding(m, source)
+        _validate_crops(d, m, t, source)
+    except ConfigError as err:
+        if str(err).startswith(f"{source}:"):
+            raise
+        raise ConfigError(f"{source}: {err}") from None
     _validate_augment(recipe.augment, source)
     if d.band_names is not None and d.wavelengths is not None and len(d.band_names) != len(d.wavelengths):
         raise ConfigError(f"{source}: data.band_names and data.wavelengths must have the same length.")

@@ -171,10 +171,14 @@ def query_vector(emb: Embedder, record: FileRecord, box: list[int] | None) -> tu
             _, row = next(emb.image_rows([record]))
             return row["vector"][0], region
         vector, _, valid = emb.region_vector(record, region)
+        where = f"--box {','.join(map(str, box))}" if box is not None else "the query"
         if valid <= 0:  # a vector of padding alone would still find "similar" rows
-            where = f"--box {','.join(map(str, box))}" if box is not None else "the query"
             raise DataError(f"{where} holds no valid pixel of '{record.path}' (all nodata or NaN); choose a box "
                             "over valid pixels.")
+        if valid < emb.min_valid:  # the stored rows left such windows out
+            log.warning("warning: %s is %.0f %% valid, below the embedding's --min-valid %g: windows like it were "
+                        "left out of the stored rows, so its hits are the rows nearest to a mostly-nodata vector.",
+                        where, 100 * valid, emb.min_valid)
         return vector, region
     vecs = []
     for rows in emb.window_rows(record, emb.file_meta(record), restrict=region):

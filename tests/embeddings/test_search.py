@@ -331,3 +331,26 @@ def test_a_whole_file_query_leaves_out_all_its_rows_an_edge_window_centred_on_th
     assert any(f.endswith("scene_2.tif") and b[0] + b[2] / 2 == 48 for f, b in zip(cols["file"], cols["box"]))
     hits = find_similar(emb, data / "scene_2.tif", top=40, out_dir=tmp_path / "q", sheet=False).hits
     assert hits and not any(Path(h["file"]).name == "scene_2.tif" for h in hits)
+
+
+def test_a_query_less_valid_than_the_embeddings_min_valid_is_warned_about(archive: tuple[Path, Path], tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """Windows under --min-valid were left out of the stored rows; a query like them was answered without a word."""
+    import rasterio
+
+    from tests.conftest import write_geotiff
+
+    data, enc = archive
+    emb = tmp_path / "emb"
+    embed_folder(enc, data, emb, level="window", window=16, stride=16, min_valid=0.8, progress=False)
+    with rasterio.open(data / "scene_0.tif") as src:
+        arr = src.read().astype(np.float32)
+    arr[:, :12] = np.nan  # rows 0-11 of the 16-px box: 25 % valid
+    query = write_geotiff(tmp_path / "holes.tif", arr)
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        assert find_similar(emb, query, box=[0, 0, 16, 16], top=1, sheet=False).hits
+    assert "--box 0,0,16,16 is 25 % valid, below the embedding's --min-valid 0.8" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        find_similar(emb, query, box=[16, 0, 16, 16], top=1, out_dir=tmp_path / "q2", sheet=False)
+    assert "min-valid" not in caplog.text

@@ -59,11 +59,16 @@ class Catalog:
         """Sampling probability per record, proportional to area * valid_fraction (volumes: their voxels at
         ``spacing`` mm when given, as the reader resamples them, so a thin-slice scan is not drawn more often than a
         thick-slice one of the same body)."""
-        w = np.array([np.prod(self._sampled_shape(r, spacing)) * max(r.valid_fraction, 0.0) for r in self.records],
-                     dtype=np.float64)
+        w = self.valid_areas(spacing)
         if w.sum() <= 0:
             raise DataError("the catalog has no valid pixels to sample from; check data.nodata.")
         return w / w.sum()
+
+    def valid_areas(self, spacing: Sequence[float] | None = None) -> np.ndarray:
+        """Each record's valid pixels / voxels as sampled (its area at ``spacing``, :meth:`_sampled_shape`, times its
+        valid fraction as the scan estimated it), float64."""
+        return np.array([np.prod(self._sampled_shape(r, spacing)) * max(r.valid_fraction, 0.0) for r in self.records],
+                        dtype=np.float64)
 
     @staticmethod
     def _sampled_shape(r: FileRecord, spacing: Sequence[float] | None) -> tuple[float, ...]:

@@ -102,8 +102,13 @@ def _nodata(cfg_nodata: float | None, file_nodata: float | None) -> float | None
     return None if value is None or not math.isfinite(float(value)) else float(value)
 
 
+def under_half(shape: Sequence[int], window: Sequence[int]) -> bool:
+    """A side of ``shape`` is under half of ``window``'s: padding would fill most of a window there."""
+    return any(2 * s < w for s, w in zip(shape, window))
+
+
 def _check_size(shape: tuple[int, ...], window: tuple[int, ...]) -> None:
-    if any(2 * s < w for s, w in zip(shape, window)):
+    if under_half(shape, window):
         raise ProbeError(f"is {'x'.join(map(str, shape))}, smaller than half the {'x'.join(map(str, window))} "
                          "window (data.patch_size; embed's --window); lower it or exclude the file")
 

@@ -265,7 +265,7 @@ def check_fillable(catalog: Any, window: Sequence[int], min_valid: float,
     if min_valid <= 0 or not catalog.records:
         return
     need = min_valid * float(np.prod(window))
-    have = [(r, r.valid_fraction * float(np.prod(catalog._sampled_shape(r, spacing)))) for r in catalog.records]
+    have = list(zip(catalog.records, catalog.valid_areas(spacing).tolist()))
     short = [(r, n) for r, n in have if n < need and r.valid_fraction < min_valid]
     if not short:
         return

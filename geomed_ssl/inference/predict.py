@@ -234,9 +234,10 @@ def warn_padded(records: Sequence[Any], window: Sequence[int], model: str) -> No
     """One warning naming the inputs under half ``window`` along a side (``inspect``'s size rule): the predictor
     pads them with the band means, so padding fills most of every window and their maps say little (a strip 1 px
     tall came out one class). Rasters only: a volume's probed shape is in its stored axis order, not the window's."""
+    from geomed_ssl.data.probe import under_half
+
     win = tuple(window)
-    small = [r for r in records if r.kind == "raster" and len(win) == 2
-             and any(2 * s < w for s, w in zip(r.shape[-2:], win))]
+    small = [r for r in records if r.kind == "raster" and len(win) == 2 and under_half(r.shape[-2:], win)]
     if small:
         r = small[0]
         log.warning(

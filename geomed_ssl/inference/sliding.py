@@ -67,7 +67,6 @@ def channel_records(folder: Path, data_cfg: Any, kind: str, strict: bool = False
     explicitly: its case, without the patterns that would leave that file out). Stacks the catalog leaves out (all
     nodata, unreadable) are named in one warning, not dropped without a word."""
     from geomed_ssl.data.catalog import scan
-
     from geomed_ssl.files.listing import glob_match
 
     exclude = list(data_cfg.exclude or [])

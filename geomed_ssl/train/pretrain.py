@@ -392,15 +392,13 @@ def fit(trainer: L.Trainer, module: PretrainModule, data: PretrainData, point: R
         from lightning.pytorch.utilities.exceptions import SIGTERMException  # exit(1), a SIGTERM it heard itself
 
         last = out / "checkpoints" / "last.ckpt"
-        if isinstance(exc, SIGTERMException) and not stop.aborted:  # Lightning heard it before the run's own stop
-            kept = (f"'{last}' keeps the last checkpoint saved: the same command with --resume goes on from it."
-                    if last.is_file() else "no checkpoint was saved: start again (--overwrite where it asks).")
-            name = stop.name or "SIGTERM"  # (a Ctrl-C the run's stop heard after it)
-            raise RunStopped(name, f"pretraining stopped by {name} as it started; " + kept) from None
-        if not stop.aborted:
-            raise
         kept = (f"'{last}' keeps the last checkpoint saved: the same command with --resume goes on from it"
                 if last.is_file() else "no checkpoint was saved yet: start again with --overwrite")
+        if isinstance(exc, SIGTERMException) and not stop.aborted:  # Lightning heard it before the run's own stop
+            name = stop.name or "SIGTERM"  # (a Ctrl-C the run's stop heard after it)
+            raise RunStopped(name, f"pretraining stopped by {name} as it started; {kept}.") from None
+        if not stop.aborted:
+            raise
         at = "" if spawned else f" at step {trainer.global_step}"  # the launching process never steps
         raise RunStopped("SIGINT", f"pretraining aborted by a second Ctrl-C{at}, without saving; {kept}.") from None
     except RuntimeError as err:

@@ -8,34 +8,20 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-import warnings
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from geomed_ssl.cli_finetune import finetune_app
-from geomed_ssl.cli_options import (STATE, SetOpt, StrictOpt, name_list, progress_shown, signal_exit_code,
-                                    terminable, user_errors)
+from geomed_ssl.cli_options import (STATE, SetOpt, StrictOpt, drop_filter, ignore_slurm_warning, name_list,
+                                    progress_shown, quiet_plain_tiffs, signal_exit_code, terminable, user_errors)
 from geomed_ssl.errors import GeomedError
 
 app = typer.Typer(
     help="Self-supervised ViT pretraining and few-label use for remote-sensing rasters and medical volumes.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
-
-
-def ignore_slurm_warning() -> None:
-    """SIGUSR1, Slurm's advance warning (``--signal=USR1@N``), ignored for the whole command: its default action
-    would kill a fine-tune, a prediction or an export midway. Pretraining replaces this while it trains: there it
-    is a stop with a checkpoint (``train.checkpointing.StopRequest``)."""
-    import signal
-
-    if hasattr(signal, "SIGUSR1"):
-        try:
-            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-        except ValueError:  # not the main thread (an embedding application's worker thread)
-            pass
 
 
 @app.callback()
@@ -80,6 +66,7 @@ def inspect(
     """Show what the toolkit sees in a folder (files, bands, wavelengths, grids) and what is wrong with it."""
     from geomed_ssl.config import load_recipe, sets_key
     from geomed_ssl.data.catalog import LABEL_GLOBS, QUALITY_GLOBS, scan
+    from geomed_ssl.data.kinds import guess_kind
 
     sets = list(overrides or [])
     if kind is not None and kind not in ("raster", "volume"):
@@ -108,44 +95,6 @@ def inspect(
     chosen = recipe is not None or sets_key(sets, "data.patch_size")  # else sizes nobody chose: cubes
     warn_survey(catalog, cfg.data.spacing, window=cfg.data.patch_size if chosen else None,
                 tokens=cfg.model.patch_size if chosen else None)
-
-
-def quiet_plain_tiffs() -> tuple:
-    """Ignore rasterio's NotGeoreferencedWarning (by its message: rasterio need not be imported); the filter added."""
-    warnings.filterwarnings("ignore", message="Dataset has no geotransform")
-    return warnings.filters[0]
-
-
-def drop_filter(entry: tuple) -> None:
-    """Remove one warnings filter :func:`quiet_plain_tiffs` added, if it is still there."""
-    if entry in warnings.filters:
-        warnings.filters.remove(entry)
-        mutated = getattr(warnings, "_filters_mutated", None)  # what filterwarnings calls: caches see the change
-        if mutated is not None:
-            mutated()
-
-
-def guess_kind(data_dir: Path) -> str:
-    """volume when the folder holds NIfTI (or volumes in other formats: DICOM, MGH, NRRD, MetaImage, Analyze, to be
-    told to convert) files and no GeoTIFF, else raster (a file: by its extension)."""
-    if data_dir.is_file():
-        from geomed_ssl.data.kinds import input_kind
-        from geomed_ssl.files.listing import VOLUME_ONLY, analyze_image
-
-        other_volume = data_dir.name.lower().endswith(VOLUME_ONLY) or analyze_image(data_dir)
-        return input_kind(data_dir) or ("volume" if other_volume else "raster")
-    if not data_dir.is_dir():
-        raise GeomedError(f"data folder '{data_dir}' does not exist.")
-    from geomed_ssl.files.listing import VOLUME_ONLY, analyze_image, has_ext, is_dicom, made_by_us, walk
-
-    has_nii = False
-    for folder, dirs, files in walk(data_dir):  # the scan walks and reports it; stop at the first GeoTIFF
-        dirs[:] = [d for d in dirs if not d.startswith(".") and not made_by_us(Path(folder) / d)]
-        if any(has_ext(f, "raster") for f in files if not f.startswith(".")):
-            return "raster"
-        has_nii = has_nii or any(has_ext(f, "volume") or f.lower().endswith(VOLUME_ONLY) or is_dicom(Path(folder) / f)
-                                 or analyze_image(Path(folder) / f) for f in files if not f.startswith("."))
-    return "volume" if has_nii else "raster"
 
 
 @app.command()

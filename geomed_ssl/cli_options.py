@@ -1,5 +1,6 @@
 """What every ``geomed-ssl`` command shares: the ``--set`` and ``--strict`` options, the numeric options' bounds
-and the one-line error handling (:func:`user_errors`)."""
+the one-line error handling (:func:`user_errors`), and the
+process-wide settings every command starts with (Slurm's warning signal, rasterio's plain-TIFF warning)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import functools
 import os
 import re
 import tempfile
+import warnings
 from inspect import signature
 from pathlib import Path
 from typing import Any, Callable
@@ -181,3 +183,31 @@ def name_list(text: str | None, option: str) -> list[str] | None:
     if not all(names):
         raise GeomedError(f"{option} '{text}': give a comma-separated list without empty entries, e.g. B02,B03,B04.")
     return names
+
+
+def ignore_slurm_warning() -> None:
+    """SIGUSR1, Slurm's advance warning (``--signal=USR1@N``), ignored for the whole command: its default action
+    would kill a fine-tune, a prediction or an export midway. Pretraining replaces this while it trains: there it
+    is a stop with a checkpoint (``train.checkpointing.StopRequest``)."""
+    import signal
+
+    if hasattr(signal, "SIGUSR1"):
+        try:
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        except ValueError:  # not the main thread (an embedding application's worker thread)
+            pass
+
+
+def quiet_plain_tiffs() -> tuple:
+    """Ignore rasterio's NotGeoreferencedWarning (by its message: rasterio need not be imported); the filter added."""
+    warnings.filterwarnings("ignore", message="Dataset has no geotransform")
+    return warnings.filters[0]
+
+
+def drop_filter(entry: tuple) -> None:
+    """Remove one warnings filter :func:`quiet_plain_tiffs` added, if it is still there."""
+    if entry in warnings.filters:
+        warnings.filters.remove(entry)
+        mutated = getattr(warnings, "_filters_mutated", None)  # what filterwarnings calls: caches see the change
+        if mutated is not None:
+            mutated()

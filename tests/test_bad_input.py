@@ -1175,7 +1175,7 @@ def test_the_cli_leaves_the_warning_filters_libraries_add_during_a_command() -> 
     command imported first (torch's, lightning's) for the rest of a notebook's process."""
     import warnings
 
-    from geomed_ssl.cli import drop_filter, quiet_plain_tiffs
+    from geomed_ssl.cli_options import drop_filter, quiet_plain_tiffs
 
     entry = quiet_plain_tiffs()
     warnings.filterwarnings("ignore", message="a library's own filter")

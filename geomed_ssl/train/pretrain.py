@@ -28,11 +28,11 @@ from geomed_ssl.models.model_data import training_scale
 from geomed_ssl.outdirs import Inputs, check_out_dir, prepare_out_dir
 from geomed_ssl.process import keeps_process_state
 from geomed_ssl.train.agreement import agreement_for
-from geomed_ssl.train.callbacks import ExportEncoder, MetricsCSV, Previews
-from geomed_ssl.train.checkpointing import (ResumePoint, RunCheckpoints, StopRequest, find_resume_checkpoint,
-                                            kept_as_started, read_checkpoint_info, remove_stale_temp_files,
-                                            resume_misfit, stop_safe_worker_init)
-from geomed_ssl.train.console import ConsoleSettings, progress_callbacks, quiet_lightning
+from geomed_ssl.train.run_callbacks import knn_monitor, run_callbacks
+from geomed_ssl.train.checkpointing import (ResumePoint, StopRequest, find_resume_checkpoint, kept_as_started,
+                                            read_checkpoint_info, remove_stale_temp_files, resume_misfit,
+                                            stop_safe_worker_init)
+from geomed_ssl.train.console import quiet_lightning
 from geomed_ssl.train.lr_check import warn_accumulation, warn_schedule
 from geomed_ssl.train.module import PretrainModule, param_groups
 from geomed_ssl.train.run_files import resumed_stats, warn_data_changed, write_run_files
@@ -412,64 +412,3 @@ def fit(trainer: L.Trainer, module: PretrainModule, data: PretrainData, point: R
     if spawned:  # the workers trained: the step is in their last checkpoint
         return read_checkpoint_info(out / "checkpoints" / "last.ckpt")[0]
     return trainer.global_step
-
-
-def knn_monitor(recipe: Recipe, stats: BandStats, enc_cfg: EncoderConfig) -> L.Callback | None:
-    """The k-NN monitor of ``data.val_labels`` every ``data.knn_every`` steps (None: off)."""
-    if not (recipe.data.val_labels and recipe.data.knn_every):
-        return None
-    from geomed_ssl.train.knn_monitor import KNNMonitor
-
-    return KNNMonitor.from_folder(recipe.data.val_labels, recipe.data, stats, enc_cfg.patch_size,
-                                  recipe.data.knn_every)
-
-
-def run_callbacks(out: Path, recipe: Recipe, method: Any, catalog: Catalog, stats: BandStats,
-                  enc_cfg: EncoderConfig, stop: StopRequest, progress: bool,
-                  knn: L.Callback | None = None) -> list[L.Callback]:
-    """Console, progress, metrics.csv, checkpoints, encoder export, previews and the k-NN monitor (each writes on
-    rank 0 only), in the order their batch-end hooks must run: a step's metrics row before its checkpoint, so a kill
-    between the two never leaves a checkpoint whose row is lost (a resume rewrites the rows after its step)."""
-    t = recipe.train
-    extra = {"method": recipe.method.name, "recipe": recipe.to_dict()}
-    cbs: list[L.Callback] = [ConsoleSettings(), *progress_callbacks(progress, t.log_every),
-                             MetricsCSV(out / "metrics.csv", t.log_every),
-                             RunCheckpoints(out / "checkpoints", t.checkpoint_every, t.checkpoint_minutes, stop,
-                                            t.keep_checkpoints),
-                             ExportEncoder(out / "encoder", t.checkpoint_every, extra)]
-    if t.preview_every:
-        identity = build_views("none", recipe.data, spatial_dims(recipe.data))
-        plain = PretrainDataset(catalog, stats, recipe.data, identity, seed=t.seed + 1)
-        renderer = ReconstructionPreview if method.reconstructs() else AttentionPreview
-        cbs.append(Previews(out / "previews", t.preview_every, renderer(plain, enc_cfg)))
-    if knn is not None:
-        cbs.insert(next(i for i, c in enumerate(cbs) if isinstance(c, MetricsCSV)), knn)  # MetricsCSV writes knn_acc
-    return cbs
-
-
-class ReconstructionPreview:
-    """For methods with ``reconstruct`` (MAE): a fixed batch of four un-augmented windows (from a dataset with the
-    identity view), rendered by the method. A class, not a closure, so a spawned process can receive it."""
-
-    def __init__(self, dataset: PretrainDataset, enc_cfg: EncoderConfig) -> None:
-        self.batch = collate([dataset[i * 97] for i in range(4)])
-        self.band_names, self.wavelengths = enc_cfg.band_names, enc_cfg.wavelengths
-
-    def __call__(self, pl_module: L.LightningModule, step: int, path: Path) -> None:
-        from geomed_ssl.viz.previews import render_reconstruction
-
-        render_reconstruction(pl_module.method, self.batch, self.band_names, self.wavelengths, path)
-
-
-class AttentionPreview:
-    """For methods with no reconstruction (DINO): the exported encoder's last-layer CLS attention per head on one
-    fixed un-augmented window."""
-
-    def __init__(self, dataset: PretrainDataset, enc_cfg: EncoderConfig) -> None:
-        self.image = dataset[0]["image"].numpy()  # (C, *S)
-        self.band_names, self.wavelengths = enc_cfg.band_names, enc_cfg.wavelengths
-
-    def __call__(self, pl_module: L.LightningModule, step: int, path: Path) -> None:
-        from geomed_ssl.viz.attention import save_attention_png
-
-        save_attention_png(pl_module.method.export_encoder(), self.image, self.band_names, self.wavelengths, path)

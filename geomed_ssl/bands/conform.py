@@ -14,7 +14,8 @@ import logging
 from typing import Any, Sequence
 
 from geomed_ssl.bands.matching import check_band_wavelengths
-from geomed_ssl.bands.names import band_order, brief, describe_order, positional_names_message
+from geomed_ssl.bands.names import positional_names_message
+from geomed_ssl.bands.matching import band_order, brief, describe_order
 from geomed_ssl.errors import DataError
 from geomed_ssl.geo.gdal_read import alpha_bands
 

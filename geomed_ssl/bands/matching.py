@@ -1,12 +1,14 @@
-"""Whether two bands of one name are one band, by centre wavelength: the check that keeps a model that reads bands
-by name from taking another sensor's bands under the same names (GDAL's ``Band 1`` ... of any converted ENVI cube,
-Landsat-7's and Landsat-8's ``B4``), for data against a model and for the files of one folder."""
+"""How data bands meet a model's: by name (:func:`band_order`, the one rule: reordered, extras dropped, missing ones
+refused), and whether two bands of one name are one band, by centre wavelength: the check that keeps a model that reads
+bands by name from taking another sensor's bands under the same names (GDAL's ``Band 1`` ... of any converted ENVI
+cube, Landsat-7's and Landsat-8's ``B4``), for data against a model and for the files of one folder."""
 
 from __future__ import annotations
 
 from collections import Counter
 from typing import Sequence
 
+from geomed_ssl.bands.names import _canon, split_wavelength_suffix
 from geomed_ssl.errors import DataError
 
 WAVELENGTH_TOLERANCE_UM = 0.015  # as models.spectral.MATCH_TOLERANCE_UM: closer centres are the same band ...
@@ -57,3 +59,74 @@ def sensor_outliers(names: Sequence[str], wavelengths: Sequence[Sequence[float |
                       f"not {reference[far]:.4g} µm (another sensor's bands under the same names); leave it out "
                       "(data.exclude) or pretrain on each sensor's files apart")
     return out
+
+
+def brief(names: Sequence[str], keep: int = 8, as_list: bool = False) -> str:
+    """Band names for a message: all of them when few, else the first and last ``keep / 2`` and how many in all;
+    ``as_list``: in list form (``['B04']``, ``['B01', ..., 'B12'] (200 bands)``)."""
+    names, few = [str(n) for n in names], len(names) <= keep
+    sep, show = (", ", repr) if as_list else (" ", str)
+    body = sep.join(map(show, names)) if few else \
+        sep.join([*map(show, names[:keep // 2]), "...", *map(show, names[-(keep // 2):])])
+    text = f"[{body}]" if as_list else body
+    return text if few else f"{text} ({len(names)} bands)"
+
+
+def band_order(expected: Sequence[str], found: Sequence[str], where: str,
+               source: str | None = None) -> list[int] | None:
+    """The one band rule: indices into ``found`` that give the ``expected`` bands in their order, matched by NAME.
+
+    None when ``found`` already equals ``expected``. Bands of ``found`` that ``expected`` lacks are dropped (the
+    caller notes it); a band of ``expected`` that ``found`` lacks is a DataError naming the missing and extra bands.
+    ``source`` (``BandInfo.source`` of ``found``) shapes the advice: data.band_names can rename bands only when the
+    files do not describe them themselves. Names written another way (``B8`` for ``B08``) match only when the two
+    lists hold as many bands: picking some of another sensor's bands by a look-alike name reads the wrong ones.
+    """
+    want, have = [str(n) for n in expected], [str(n) for n in found]
+    if want == have:
+        return None
+    missing = [n for n in want if n not in have]
+    look_alike = ""
+    if missing:  # the same bands written another way: B1 / B01, or GDAL's "B01 (0.443 Micrometers)" (models named
+        # so before); never with bands left over: another sensor's B8 is not this B08
+        loose = {_canon(split_wavelength_suffix(n)[0]): i for i, n in enumerate(have)}
+        found_loosely = [loose.get(_canon(split_wavelength_suffix(n)[0])) for n in want]
+        if len(loose) == len(have) and all(i is not None for i in found_loosely):
+            if len(want) == len(have):
+                return found_loosely  # type: ignore[return-value]
+            pairs = [f"{have[i]} ~ {n}" for n, i in zip(want, found_loosely) if have[i] != n]
+            shown = ", ".join(pairs[:4]) + (" ..." if len(pairs) > 4 else "")
+            look_alike = (f" The data names bands like the model's ({shown}) but holds others too, and a look-alike "
+                          "name may be another sensor's band (Landsat-8's B8 is panchromatic, Sentinel-2's B08 "
+                          "near-infrared), so they are not taken by their look: if they are these bands, name them as "
+                          "the model does or give a file of the model's bands only.")
+    if missing:
+        extra = [n for n in have if n not in want]
+        hint = ("the file's band descriptions name its bands, so use data that holds these bands"
+                if source == "file" else
+                "if the data holds them under other names, set data.band_names to its band names in order")
+        raise DataError(f"'{where}' bands do not cover the model's: missing {brief(missing, as_list=True)}, extra "
+                        f"{brief(extra, as_list=True)} (data: {brief(have)}; model: {brief(want)}); {hint}."
+                        f"{look_alike}")
+    return [have.index(n) for n in want]
+
+
+def describe_order(expected: Sequence[str], found: Sequence[str]) -> str:
+    """A short note of what ``band_order`` did: reordered by name, names matched written another way, and which
+    extra bands were dropped."""
+    try:
+        order = band_order(expected, found, "")
+    except DataError:  # bands missing: the error says it where they are read
+        return ""
+    if order is None:
+        return ""
+    parts = []
+    if order != sorted(order):
+        parts.append(f"reordered by name to the model's order ({brief(expected)})")
+    renamed = [f"{found[i]} as {want}" for want, i in zip(expected, order) if str(found[i]) != str(want)]
+    if renamed:
+        parts.append(f"matched {', '.join(renamed[:4])}{' ...' if len(renamed) > 4 else ''}")
+    extra = [str(n) for i, n in enumerate(found) if i not in set(order)]
+    if extra:
+        parts.append(f"extra band(s) {brief(extra, as_list=True)} dropped (the model does not read them)")
+    return "; ".join(parts)

@@ -21,7 +21,7 @@ import numpy as np
 from geomed_ssl.config import DataConfig, as_tuple, spatial_dims
 from geomed_ssl.bands.conform import conform_record, report_positional_names
 from geomed_ssl.bands.matching import sensor_outliers
-from geomed_ssl.bands.names import brief
+from geomed_ssl.bands.matching import brief
 from geomed_ssl.data.probe import RASTER_PREVIEW, VOLUME_PREVIEW, FileProbe, ProbeError, probe_file  # noqa: F401
 from geomed_ssl.geo.grids import grid_diffs
 from geomed_ssl.geo.voxels import GRID_TOLERANCE, grid_gap

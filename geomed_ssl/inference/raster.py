@@ -22,7 +22,8 @@ import torch
 
 from geomed_ssl.config import DataConfig
 from geomed_ssl.bands.matching import check_band_wavelengths
-from geomed_ssl.bands.names import BandInfo, band_order, resolve_band_info
+from geomed_ssl.bands.names import BandInfo, resolve_band_info
+from geomed_ssl.bands.matching import band_order
 from geomed_ssl.bands.conform import alpha_note, note_band_order, report_positional_names
 from geomed_ssl.geo.gdal_read import data_bands, read_masked
 from geomed_ssl.bands.ranges import warn_summaries

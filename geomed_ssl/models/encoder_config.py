@@ -30,7 +30,7 @@ def check_encoder_bands(cfg: EncoderConfig, band_names: list[str], where: str = 
     brought to the encoder's order first (``geomed_ssl.bands.conform.conform_catalog``: every command does)."""
     if cfg.embedding in BAND_FLEXIBLE:
         return
-    from geomed_ssl.bands.names import band_order
+    from geomed_ssl.bands.matching import band_order
 
     try:
         order = band_order(cfg.band_names, list(band_names), where)

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from geomed_ssl.bands.names import brief
+from geomed_ssl.bands.matching import brief
 from geomed_ssl.config import Recipe
 from geomed_ssl.data.catalog import Catalog
 from geomed_ssl.data.stats import BandStats

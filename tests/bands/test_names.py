@@ -4,8 +4,8 @@ import pytest
 
 from geomed_ssl.config import DataConfig
 from geomed_ssl.bands import names as bands
-from geomed_ssl.bands.names import (band_order, false_colour_bands, indian_pines_bands, resolve_band_info,
-                                   sensor_profile)
+from geomed_ssl.bands.names import false_colour_bands, indian_pines_bands, resolve_band_info, sensor_profile
+from geomed_ssl.bands.matching import band_order, describe_order
 from geomed_ssl.errors import ConfigError, DataError
 
 EUROSAT_ORDER = "B01 B02 B03 B04 B05 B06 B07 B08 B09 B10 B11 B12 B8A".split()
@@ -163,19 +163,19 @@ def test_fwhm_tags_give_band_widths_in_micrometres():
 
 
 def test_band_order_reorders_by_name_and_drops_extra_bands():
-    assert bands.band_order(["B02", "B03"], ["B02", "B03"], "f.tif") is None
-    assert bands.band_order(["B02", "B03", "B04"], ["B04", "B02", "B03"], "f.tif") == [1, 2, 0]
-    assert bands.band_order(["B02", "B04"], ["B01", "B04", "B02", "B09"], "f.tif") == [2, 1]
-    note = bands.describe_order(["B02", "B04"], ["B01", "B04", "B02", "B09"])
+    assert band_order(["B02", "B03"], ["B02", "B03"], "f.tif") is None
+    assert band_order(["B02", "B03", "B04"], ["B04", "B02", "B03"], "f.tif") == [1, 2, 0]
+    assert band_order(["B02", "B04"], ["B01", "B04", "B02", "B09"], "f.tif") == [2, 1]
+    note = describe_order(["B02", "B04"], ["B01", "B04", "B02", "B09"])
     assert "reordered by name" in note and "['B01', 'B09'] dropped" in note
-    assert bands.describe_order(["B01", "B02"], ["B1", "B2"]) == "matched B1 as B01, B2 as B02"  # nothing dropped
+    assert describe_order(["B01", "B02"], ["B1", "B2"]) == "matched B1 as B01, B2 as B02"  # nothing dropped
 
 
 def test_band_order_refuses_missing_bands_and_advises_band_names_only_when_files_do_not_name_them():
     with pytest.raises(DataError, match=r"f\.tif.*missing \['B04'\], extra \['B08'\].*data\.band_names"):
-        bands.band_order(["B02", "B03", "B04"], ["B02", "B03", "B08"], "f.tif", source="sensor")
+        band_order(["B02", "B03", "B04"], ["B02", "B03", "B08"], "f.tif", source="sensor")
     with pytest.raises(DataError, match="missing") as err:
-        bands.band_order(["B02", "B03", "B04"], ["B02", "B03", "B08"], "f.tif", source="file")
+        band_order(["B02", "B03", "B04"], ["B02", "B03", "B08"], "f.tif", source="file")
     assert "data.band_names" not in str(err.value) and "band descriptions" in str(err.value)
 
 

@@ -240,7 +240,7 @@ def test_a_band_gap_is_no_part_of_the_files_value_range(tmp_path, make_tif):
 
 
 def test_names_that_only_differ_by_a_wavelength_ending_or_zero_padding_still_meet_a_models_bands():
-    from geomed_ssl.bands.names import band_order
+    from geomed_ssl.bands.matching import band_order
 
     older_model = ["B01 (0.443 Micrometers)", "B02 (0.49 Micrometers)"]  # named before the ending was taken off
     assert band_order(older_model, ["B02", "B01"], "scene.tif") == [1, 0]

@@ -66,7 +66,7 @@ def inspect(
     """Show what the toolkit sees in a folder (files, bands, wavelengths, grids) and what is wrong with it."""
     from geomed_ssl.config import load_recipe, sets_key
     from geomed_ssl.data.catalog import LABEL_GLOBS, QUALITY_GLOBS, scan
-    from geomed_ssl.data.kinds import guess_kind
+    from geomed_ssl.files.kinds import guess_kind
 
     sets = list(overrides or [])
     if kind is not None and kind not in ("raster", "volume"):

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from geomed_ssl.data.stats import BandStats, normalize, preprocess_intensity
+from geomed_ssl.data.stats import BandStats, normalize
+from geomed_ssl.data.intensity import preprocess_intensity
 from geomed_ssl.errors import ConfigError, DataError
 
 VOLUME_DEFAULTS = {"intensity": "auto", "ct_window": [-1000.0, 1000.0]}

@@ -20,6 +20,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from geomed_ssl.bands.conform import pick_bands
+from geomed_ssl.data.intensity import intensity_args, preprocess_intensity
+from geomed_ssl.data.validity import valid_mask
 from geomed_ssl.windows.crops import pad_crop
 from geomed_ssl.geo.gdal_read import read_masked
 from geomed_ssl.geo.voxels import resample_to_spacing
@@ -288,7 +290,7 @@ class RasterReader:
 
 class VolumeReader:
     """Decoded NIfTI volumes: RAS orientation, optional resampling to ``data_cfg.spacing``, intensity
-    preprocessing (``stats.preprocess_intensity``), kept in a per-process LRU of ``max_cached`` volumes."""
+    preprocessing (``intensity.preprocess_intensity``), kept in a per-process LRU of ``max_cached`` volumes."""
 
     def __init__(self, data_cfg: Any, max_cached: int | None = None):
         self.data_cfg = data_cfg
@@ -338,8 +340,6 @@ class VolumeReader:
 
     def load(self, record: Any) -> tuple[np.ndarray, np.ndarray]:
         """The whole preprocessed volume (C, D, H, W) float32 and its RAS affine (cached; treat as read-only)."""
-        from geomed_ssl.data import stats as stats_mod
-
         cache = self._lru()
         key = _key(record)
         hit = cache.get(key)
@@ -359,7 +359,7 @@ class VolumeReader:
             affine = aff if affine is None else affine
         vol = pick_bands(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0), record)  # (C, D, H, W)
         # The same CT/MR decision and MR percentiles as compute_stats, so the statistics match these intensities.
-        vol = stats_mod.preprocess_intensity(vol, self.data_cfg, **stats_mod.intensity_args(record, self.data_cfg))
+        vol = preprocess_intensity(vol, self.data_cfg, **intensity_args(record, self.data_cfg))
         vol = np.ascontiguousarray(vol, dtype=np.float32)
         vol.setflags(write=False)
         cache.put(key, _Volume(vol, affine))
@@ -390,12 +390,11 @@ class _Volume:
 
 
 def valid_map(record: Any, data_cfg: Any, labelled: np.ndarray, rows_per_read: int = 256) -> np.ndarray | None:
-    """Where the image of ``record`` has data, as training and prediction see it (``stats.valid_mask`` on the
+    """Where the image of ``record`` has data, as training and prediction see it (``validity.valid_mask`` on the
     readers' output: every band of the file finite, GDAL masks and a stack's own nodata included, not all bands at
     nodata), on the grid of the bool map ``labelled``; None when nothing can be invalid. Only raster strips holding a
     labelled pixel are read (whole tiles: ``rows_per_read`` is rounded to the tile height); elsewhere True."""
     from geomed_ssl.geo.gdal_read import has_dataset_mask
-    from geomed_ssl.data.stats import valid_mask
 
     nodata = data_cfg.nodata if data_cfg.nodata is not None else record.nodata
     shape = tuple(labelled.shape)

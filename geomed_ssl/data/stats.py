@@ -31,14 +31,14 @@ import numpy as np
 from geomed_ssl.config import as_tuple, spatial_dims
 from geomed_ssl.bands.conform import pick_bands
 from geomed_ssl.geo.gdal_read import window_reads
+from geomed_ssl.data.intensity import ct_bounds, intensity_args, preprocess_intensity
+from geomed_ssl.data.validity import STD_FLOOR, band_gaps, band_percentiles, valid_mask, valid_values
 from geomed_ssl.errors import DataError
 
 log = logging.getLogger("geomed_ssl")
 
-STD_FLOOR = 1e-6
 PERCENTILE_SAMPLE = 200_000  # values per band kept (in expectation at most) for p1/p99
 MAX_KEPT_VALUES = 20_000_000  # ... and over all bands (float32), so 200-band data stays under ~80 MB
-CT_LOOKING_MIN = -500.0  # a volume whose minimum is below this looks like CT (Hounsfield units)
 WHOLE_VOLUME_BYTES = 1 << 30  # volumes up to this size are decoded once for all their windows
 STATS_VERSION = 3  # 3: a band's own nodata left out and fed as 0; 2: mean/std of the values clipped to [p1, p99]
 STATS_VERSIONS = (1, 2, 3)  # (what is fed); 1: of the unclipped values
@@ -138,56 +138,6 @@ class BandStats:
         return {k: np.asarray(getattr(self, k), np.float32).reshape(shape) for k in ("mean", "std", "p1", "p99")}
 
 
-HUGE_FILL = 1e38  # float fills near +-FLT_MAX: no measurement lies beyond
-
-
-def is_fill(array: np.ndarray, nodata: float) -> np.ndarray:
-    """``array == nodata``; a float fill near +-FLT_MAX also matches every value beyond +-1e38 of its sign, as GDAL's
-    mask does: tools write that tag and that fill rounded differently (a tag of -3.4e+38 beside a fill of
-    -3.4028235e+38), and a missed fill would enter the statistics as -3.4e38."""
-    hit = array == nodata
-    if array.dtype.kind == "f" and abs(nodata) >= HUGE_FILL:
-        hit |= (array <= -HUGE_FILL) if nodata < 0 else (array >= HUGE_FILL)
-    return hit
-
-
-def valid_mask(array: np.ndarray, nodata: float | None) -> np.ndarray:
-    """(C, *spatial) -> (*spatial) bool: all bands finite and not all bands equal to ``nodata`` (GDAL's rule for a
-    nodata value the bands share: a pixel is missing when every band is; see :func:`band_gaps`)."""
-    valid = np.isfinite(array).all(axis=0) if array.dtype.kind == "f" else np.ones(array.shape[1:], bool)
-    if nodata is not None and math.isfinite(nodata):
-        valid &= ~is_fill(array, nodata).all(axis=0)
-    return valid
-
-
-def band_gaps(array: np.ndarray, nodata: float | None) -> np.ndarray | None:
-    """(C, *spatial) bool: the band values equal to ``nodata`` (None when there is no finite nodata value). In a
-    pixel :func:`valid_mask` keeps (some band holds data: e.g. a 60 m band's edge beside valid 10 m bands), they are
-    left out of that band's statistics and fed as its mean (0 after normalisation), never as the fill value."""
-    if nodata is None or not math.isfinite(nodata):
-        return None
-    return is_fill(array, nodata)
-
-
-def valid_values(array: np.ndarray, valid: np.ndarray, gaps: np.ndarray | None,
-                 dtype: Any = np.float64) -> np.ndarray:
-    """(C, n) ``dtype``: each band's values at the ``valid`` pixels, its own ``gaps`` (:func:`band_gaps` of the
-    values as read) NaN: what a band's statistics and value range are taken from."""
-    vals = array[:, valid].astype(dtype)
-    if gaps is not None:
-        vals[gaps[:, valid]] = np.nan
-    return vals
-
-
-def band_percentiles(vals: np.ndarray, q: Sequence[float]) -> np.ndarray:
-    """(len(q), C) percentiles of (C, n) values, leaving NaN (a band's gaps) out; NaN for a band without values."""
-    if not np.isnan(vals).any():
-        return np.percentile(vals, q, axis=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an all-gap band: NaN, said by the callers
-        return np.nanpercentile(vals, q, axis=1)
-
-
 def normalize(array: np.ndarray, stats: BandStats, nodata: float | None) -> tuple[np.ndarray, np.ndarray]:
     """Clip each band to [p1, p99], z-score with mean/std; invalid pixels become 0.
 
@@ -214,79 +164,6 @@ def normalize(array: np.ndarray, stats: BandStats, nodata: float | None) -> tupl
                  stats.version)
     out[:, ~valid] = 0.0
     return out, valid
-
-
-def intensity_kind(data_cfg: Any, minimum: float | None) -> str:
-    """'ct', 'mr' or 'none' for a volume: ``data.intensity`` unless 'auto', where a minimum below -500 means CT."""
-    mode = getattr(data_cfg, "intensity", "auto")
-    if mode != "auto":
-        return mode
-    return "ct" if minimum is not None and minimum < CT_LOOKING_MIN else "mr"
-
-
-def intensity_args(record: Any, data_cfg: Any) -> dict[str, Any]:
-    """``kind_hint`` and ``percentiles`` for ``preprocess_intensity`` of a volume record, from the catalog's
-    ``value_range``: CT or MR decided on the smallest band minimum, MR scaled by each band's [p1, p99]. Shared by
-    ``compute_stats`` and the volume reader, so the statistics describe exactly the intensities the reader gives.
-    Both are None without a ``value_range`` (the array decides for itself)."""
-    value_range = getattr(record, "value_range", None)
-    if not value_range:
-        return {"kind_hint": None, "percentiles": None}
-    finite = [v[0] for v in value_range if math.isfinite(v[0])]
-    return {"kind_hint": intensity_kind(data_cfg, min(finite) if finite else None),
-            "percentiles": [v[1:3] for v in value_range]}
-
-
-def preprocess_intensity(
-    array: np.ndarray,
-    data_cfg: Any,
-    kind_hint: str | None = None,
-    valid: np.ndarray | None = None,
-    percentiles: Sequence[Sequence[float]] | None = None,
-) -> np.ndarray:
-    """Volume intensity preprocessing, (C, *spatial) -> float32 (C, *spatial). Pure; shared by reader and stats.
-
-    Mode: ``data.intensity`` unless 'auto'; then ``kind_hint`` ('ct'|'mr'|'none') if given, else CT when the valid
-    minimum is below -500 HU, else MR. CT: clip to ``data.ct_window`` (values stay in HU). MR: per channel, scale
-    [p1, p99] to [0, 1] and clip, with ``percentiles`` ((C, 2) of the whole volume) or the array's own valid values.
-    NaN stays NaN, +-inf becomes NaN and values equal to ``data.nodata`` are left unchanged, so the valid mask is the
-    same afterwards.
-    """
-    arr = np.asarray(array)
-    nodata = getattr(data_cfg, "nodata", None)
-    if valid is None:
-        valid = valid_mask(arr, nodata)
-    mode = getattr(data_cfg, "intensity", "auto")
-    if mode == "auto":
-        if kind_hint is not None:
-            mode = kind_hint
-        else:
-            mode = intensity_kind(data_cfg, float(arr[:, valid].min()) if valid.any() else None)
-    out = arr.astype(np.float32, copy=True)
-    if mode == "none":
-        return out
-    keep = is_fill(arr, nodata) if nodata is not None and math.isfinite(nodata) else None
-    if mode == "ct":
-        lo, hi = (float(v) for v in data_cfg.ct_window)
-        np.clip(out, lo, hi, out=out)
-    elif mode == "mr":
-        for c in range(out.shape[0]):
-            if percentiles is not None:
-                p1, p99 = float(percentiles[c][0]), float(percentiles[c][1])
-            else:
-                vals = out[c][valid]
-                if vals.size == 0:
-                    continue
-                p1, p99 = (float(v) for v in np.percentile(vals, [1, 99]))
-            out[c] -= p1
-            out[c] /= max(p99 - p1, STD_FLOOR)
-            np.clip(out[c], 0.0, 1.0, out=out[c])
-    else:
-        raise DataError(f"data.intensity must be auto, ct, mr or none; got '{mode}'.")
-    if keep is not None:
-        out[keep] = arr[keep]
-    out[np.isinf(arr)] = np.nan  # clipping made +-inf a valid 1.0 (MR) or window edge (CT); it stays missing
-    return out
 
 
 class _FileWindows:
@@ -368,16 +245,6 @@ def compute_stats(catalog: Any, data_cfg: Any, seed: int = 0, read_window: ReadW
     stats = _band_stats(names, count, kept, n_windows, ct_bounds(records, data_cfg))
     stats.scaling = shared_scaling(records)
     return stats
-
-
-def ct_bounds(records: Sequence[Any], data_cfg: Any) -> tuple[float, float] | None:
-    """``data.ct_window`` when every record is a volume read as CT, else None: CT's clip is its window, so the
-    percentiles of windows that are mostly air (p99 near 250 HU over an abdomen) do not flatten bone above them."""
-    kinds = {intensity_args(r, data_cfg)["kind_hint"] if r.kind == "volume" else None for r in records}
-    if kinds != {"ct"}:
-        return None
-    lo, hi = (float(v) for v in data_cfg.ct_window)
-    return lo, hi
 
 
 def shared_scaling(records: Sequence[Any]) -> list[list[float]] | None:

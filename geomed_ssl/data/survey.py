@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from geomed_ssl.data.stats import HUGE_FILL
+from geomed_ssl.data.validity import HUGE_FILL
 from geomed_ssl.geo.grids import crs_name
 from geomed_ssl.geo.pixel_size import crs_units, pixel_size, size_groups
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.catalog import FileRecord, scan
-from geomed_ssl.data.kinds import check_input_kind
+from geomed_ssl.files.kinds import check_input_kind
 from geomed_ssl.geo.grids import crs_name
 from geomed_ssl.embeddings.embedder import Embedder
 from geomed_ssl.embeddings.extract import encoder_for

@@ -127,7 +127,7 @@ def image_records(meta: dict[str, Any], recipe: Any, inputs: Sequence[str | Path
     """Catalog records of the images to classify: the given files, or the images under the given folders that the
     model's data settings select. Problem files are skipped with a warning (an error with ``strict``)."""
     from geomed_ssl.data.catalog import scan
-    from geomed_ssl.data.kinds import check_input_kind
+    from geomed_ssl.files.kinds import check_input_kind
 
     cfg = data_config(meta, recipe.data)
     records = []

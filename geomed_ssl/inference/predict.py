@@ -17,7 +17,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from geomed_ssl.data.catalog import glob_match, select
-from geomed_ssl.data.kinds import check_input_kind, input_kind
+from geomed_ssl.files.kinds import check_input_kind, input_kind
 from geomed_ssl.data.records import stack_input
 from geomed_ssl.files.cases import case_name, is_case_file
 from geomed_ssl.files.listing import list_files, once

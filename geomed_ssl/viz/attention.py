@@ -188,7 +188,7 @@ def _encoder_for_image(encoder_path: str | Path, saved: tuple[Any, dict], image_
     are checked against the statistics."""
     from geomed_ssl.checkpoint import load_encoder
     from geomed_ssl.data.catalog import scan
-    from geomed_ssl.data.kinds import check_input_kind
+    from geomed_ssl.files.kinds import check_input_kind
     from geomed_ssl.errors import DataError, GeomedError
     from geomed_ssl.models.model_data import catalog_for_encoder, check_value_ranges
 

@@ -132,7 +132,7 @@ def test_per_band_files_take_their_globs_names_before_a_sensor_profile(tmp_path,
 
 
 def test_inspect_guesses_rasters_from_upper_case_extensions(tmp_path, make_tif, make_nii, grad):
-    from geomed_ssl.data.kinds import guess_kind
+    from geomed_ssl.files.kinds import guess_kind
 
     make_tif(tmp_path / "SCENE1.TIF", grad(2, 32, 32))
     make_nii(tmp_path / "atlas.nii.gz", np.zeros((8, 8, 8), np.float32))
@@ -145,7 +145,7 @@ def test_volumes_in_formats_not_read_are_taken_for_volumes_so_inspect_says_to_co
     from typer.testing import CliRunner
 
     from geomed_ssl.cli import app
-    from geomed_ssl.data.kinds import guess_kind
+    from geomed_ssl.files.kinds import guess_kind
 
     (tmp_path / "fs").mkdir()
     for name in ("brain.mgz", "T1.mgz"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from geomed_ssl.data.kinds import check_input_kind, input_kind
+from geomed_ssl.files.kinds import check_input_kind, input_kind
 from geomed_ssl.errors import DataError
 
 

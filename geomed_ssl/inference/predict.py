@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -25,7 +26,7 @@ from geomed_ssl.data.stats import BandStats
 from geomed_ssl.windows.tiling import DEFAULT_OVERLAP, blend_weights
 from geomed_ssl.errors import DataError
 from geomed_ssl.inference.raster import RASTER_BLENDS, predict_raster, warn_inputs
-from geomed_ssl.inference.sliding import ModelFn, as_model, channel_records
+from geomed_ssl.inference.sliding import ModelFn, proba_kind, as_model, channel_records
 from geomed_ssl.inference.volume import VOLUME_BLENDS, predict_volume
 from geomed_ssl.inference.writers import proba_path
 from geomed_ssl.outcommands import fitted_stem, recorded_input
@@ -177,14 +178,17 @@ def refuse_foreign_outputs(out: Path, p: Path) -> None:
 
 def usable_inputs(planned: dict[Path, Path], data_cfg: Any, blend: str, stats: BandStats, strict: bool = False,
                   scale: dict[str, Any] | None = None, model: str = "the model",
-                  window: Sequence[int] | None = None) -> dict[Path, Path]:
+                  window: Sequence[int] | None = None, room: tuple[Path, int, bool | str] | None = None
+                  ) -> dict[Path, Path]:
     """The planned inputs ``predict`` can read, checked before its output folder is made: an unknown ``blend`` is
     an error; a file the catalog's probe refuses (truncated, corrupt, not an image; any size is taken, the
     predictor pads a scene smaller than its window) is an error with ``strict``,
     else skipped with a warning; none left is an error; an input without one of the model's bands (matched by
     name, as ``predict`` reads them: :func:`_check_bands`) is an error. Files whose pixels / voxels are far from
     ``scale``, the size ``model`` was trained at, are warned about (``model_data.warn_other_scale``), and so are
-    files under half the model's ``window`` along a side (:func:`warn_padded`)."""
+    files under half the model's ``window`` along a side (:func:`warn_padded`) and, with ``room`` (the output
+    folder, the number of classes, ``probabilities``), outputs the folder's disk may lack room for
+    (:func:`warn_disk_room`)."""
     import logging
 
     from geomed_ssl.data.probe import ProbeError, probe_file
@@ -227,7 +231,38 @@ def usable_inputs(planned: dict[Path, Path], data_cfg: Any, blend: str, stats: B
     warn_other_scale(probed, scale, getattr(data_cfg, "spacing", None), model)
     if window is not None:
         warn_padded(probed, window, model)
+    if room is not None:
+        warn_disk_room(probed, *room)
     return usable
+
+
+def output_bytes(records: Sequence[Any], num_classes: int, probabilities: bool | str) -> int:
+    """The uncompressed size of the class maps (one byte a pixel / voxel; two past 255 classes) and probability
+    files (one band a class, float32 or uint8) of ``records``, on their own grids: what the outputs take at most."""
+    per_pixel = (1 if num_classes <= 255 else 2) + num_classes * {None: 0, "uint8": 1}.get(proba_kind(probabilities), 4)
+    return sum(math.prod(r.shape) for r in records) * per_pixel
+
+
+def warn_disk_room(records: Sequence[Any], out_dir: Path, num_classes: int, probabilities: bool | str) -> None:
+    """A warning before predicting when the outputs of ``records`` uncompressed (:func:`output_bytes`) exceed the
+    free space of the disk ``out_dir`` is (or will be) on: deflate shrinks class maps many times, probabilities
+    much less, and a full disk stops the run at the file that does not fit (the finished ones stay)."""
+    import shutil
+
+    folder = Path(out_dir).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    needed = output_bytes(records, num_classes, probabilities)
+    if needed > free:
+        proba = " and probabilities" if proba_kind(probabilities) else ""
+        log.warning("warning: the class maps%s of these %d input(s) take up to %.1f GB uncompressed and the disk of "
+                    "'%s' has %.1f GB free; compression usually leaves class maps much smaller%s. Free some space or "
+                    "give --out on a larger disk if the run stops with 'no space left on device'.", proba,
+                    len(records), needed / 1e9, out_dir, free / 1e9, ", probabilities less so" if proba else "")
 
 
 def warn_padded(records: Sequence[Any], window: Sequence[int], model: str) -> None:

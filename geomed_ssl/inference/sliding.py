@@ -31,7 +31,7 @@ def check_request(path: Path, out_path: Path, overlap: float, blend: str, blends
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
     if int(num_classes) < 1:
         raise ConfigError(f"num_classes must be >= 1, got {num_classes}.")
-    return _proba_kind(probabilities)
+    return proba_kind(probabilities)
 
 
 def as_window(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:
@@ -42,7 +42,8 @@ def as_window(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ..
     return out
 
 
-def _proba_kind(probabilities: bool | str) -> str | None:
+def proba_kind(probabilities: bool | str) -> str | None:
+    """The probability file's dtype ('float32' for True, or 'uint8'); None for no probability file."""
     if probabilities in (False, None):
         return None
     kind = "float32" if probabilities is True else str(probabilities)

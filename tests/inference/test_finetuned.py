@@ -210,3 +210,33 @@ def test_a_prediction_names_the_model_that_made_it(tmp_path: Path) -> None:
     assert made("geomed-ssl prediction", "/runs/ft") == "geomed-ssl prediction by /runs/ft"
     long = made("geomed-ssl prediction", "/" + "a" * 100 + "/ft_brats")
     assert len(long) == 79 and long.endswith("/ft_brats") and "by ..." in long
+
+
+def test_predict_warns_before_starting_when_the_outputs_may_not_fit_on_the_disk(tmp_path: Path, monkeypatch) -> None:
+    """The uncompressed class maps and probabilities are set against the output disk's free space before the first
+    window is computed: a full disk would otherwise stop a long run at the file that does not fit."""
+    import shutil
+    from types import SimpleNamespace
+
+    from geomed_ssl.inference.predict import output_bytes
+
+    scenes = [SimpleNamespace(shape=(100, 50)), SimpleNamespace(shape=(10, 10))]
+    assert output_bytes(scenes, 2, False) == 5100  # one byte a pixel
+    assert output_bytes(scenes, 2, True) == 5100 * 9  # + two float32 bands
+    assert output_bytes(scenes, 2, "uint8") == 5100 * 3
+    assert output_bytes(scenes, 300, False) == 5100 * 2  # uint16 class values
+    ft = make_ft_dir(tmp_path)
+    (tmp_path / "in").mkdir()
+    write_geotiff(tmp_path / "in" / "scene.tif", 1000 + structured_raster(np.random.default_rng(0), 4, 40) * 2000)
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=40 * 40 * 9 - 1))
+    res = runner.invoke(app, ["predict", str(ft), str(tmp_path / "in"), "--out", str(tmp_path / "p" / "q"),
+                              "--probabilities"])
+    assert res.exit_code == 0, res.output  # a warning: compression may make them fit
+    said = " ".join(res.output.split())
+    assert "take up to 0.0 GB uncompressed" in said and f"'{tmp_path / 'p' / 'q'}'" in said
+    assert (tmp_path / "p" / "q" / "scene_pred.tif").is_file()
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=40 * 40 * 9))
+    res = runner.invoke(app, ["predict", str(ft), str(tmp_path / "in"), "--out", str(tmp_path / "p2"),
+                              "--probabilities"])
+    assert res.exit_code == 0 and "uncompressed" not in res.output

@@ -21,9 +21,10 @@ Only strings and flags travel, as uint8 / int64 tensors (nothing is pickled).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from datetime import timedelta
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -51,8 +52,20 @@ class Agreement:
         """Rank 0's ``checkpoint`` to resume from (None: none) on every rank, once rank 0 passed its checks."""
         return checkpoint
 
-    def all_passed(self) -> None:
-        """Every rank passed every check (else a ``GeomedError`` naming the first rank that failed, and why)."""
+    def all_passed(self, last: bool = True) -> None:
+        """Every rank passed every check (else a ``GeomedError`` naming the first rank that failed, and why);
+        ``last``: no round follows."""
+
+    @contextlib.contextmanager
+    def last_round(self) -> Iterator[None]:
+        """The last round: what runs inside (rank 0 making the run folder and writing its files among it) either
+        fails on some rank, which every rank then learns, or passes on all, as :meth:`all_passed` says."""
+        try:
+            yield
+        except Exception as err:
+            self.failed(err)
+            raise
+        self.all_passed()
 
 
 class LauncherAgreement(Agreement):
@@ -91,9 +104,10 @@ class GroupAgreement(Agreement):
     def share_checkpoint(self, checkpoint: str | None) -> str | None:
         return self._exchange(None, checkpoint or "") or None
 
-    def all_passed(self) -> None:
+    def all_passed(self, last: bool = True) -> None:
         self._exchange(None)
-        self._close()
+        if last:
+            self._close()
 
     def _exchange(self, failure: str | None, text: str = "") -> str:
         """Every rank's flag (failed or not), then one string: the first failed rank's message (raised on the

@@ -27,7 +27,7 @@ from geomed_ssl.models.encoder import EncoderConfig
 from geomed_ssl.models.model_data import training_scale
 from geomed_ssl.outdirs import Inputs, check_out_dir, prepare_out_dir
 from geomed_ssl.process import keeps_process_state
-from geomed_ssl.train.agreement import agreement_for
+from geomed_ssl.train.agreement import Agreement, agreement_for
 from geomed_ssl.train.run_callbacks import knn_monitor, run_callbacks
 from geomed_ssl.train.checkpointing import (ResumePoint, StopRequest, find_resume_checkpoint, kept_as_started,
                                             read_checkpoint_info, remove_stale_temp_files, resume_misfit,
@@ -210,11 +210,12 @@ def resumed_clock(point: ResumePoint, max_steps: int, min_lr: float = 0.0) -> Sc
 
 def agreed_inputs(probe: L.Trainer, out: Path, data_dir: str | Path, recipe: Recipe, inputs: Inputs, *, resume: bool,
                   overwrite: bool, strict: bool, source: str
-                  ) -> tuple[ResumePoint | None, Catalog, BandStats, Recipe]:
+                  ) -> tuple[Agreement, ResumePoint | None, Catalog, BandStats, Recipe]:
     """What can fail before rank 0 writes, checked by every rank, which agree on it (:mod:`geomed_ssl.train
     .agreement`): rank 0 checks ``--out`` and picks the checkpoint to resume from, then every rank reads that
     checkpoint, the data, its statistics and fits the method's data-dependent sizes (the recipe returned). A
-    failure on any rank stops every rank with its message."""
+    failure on any rank stops every rank with its message. The agreement is returned for its last round (rank 0
+    making and writing the run folder: :meth:`Agreement.last_round`)."""
     agreement = agreement_for(probe)
     rank = probe.global_rank
     try:  # rank 0 refuses a used or forbidden --out (and changes nothing) and picks the checkpoint to resume from
@@ -231,8 +232,8 @@ def agreed_inputs(probe: L.Trainer, out: Path, data_dir: str | Path, recipe: Rec
     except Exception as err:
         agreement.failed(err)
         raise
-    agreement.all_passed()
-    return point, catalog, stats, recipe
+    agreement.all_passed(last=False)
+    return agreement, point, catalog, stats, recipe
 
 
 def resume_point(path: Path) -> ResumePoint:
@@ -316,31 +317,32 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
         log.setLevel(logging.ERROR)  # the other ranks' notes and warnings repeat rank 0's
     inputs: dict[str, Any] = {"data folder": data_dir, "recipe": recipe_file,
                               "kNN labels folder": recipe.data.val_labels}
-    point, catalog, stats, recipe = agreed_inputs(
+    agreement, point, catalog, stats, recipe = agreed_inputs(
         probe, out, data_dir, recipe, inputs, resume=resume, overwrite=overwrite, strict=strict,
         source=str(out / "config.yaml") if resume else str(recipe_file or "recipe"))
-    clock = resumed_clock(point, t.max_steps, t.min_lr) if point else ScheduleClock(t.max_steps)
+    with agreement.last_round():  # a failure here, rank 0's writing the run folder included, stops every rank
+        clock = resumed_clock(point, t.max_steps, t.min_lr) if point else ScheduleClock(t.max_steps)
 
-    L.seed_everything(t.seed, workers=True, verbose=False)
-    enc_cfg = EncoderConfig.from_recipe(recipe.model, recipe.data, len(catalog.band_names), catalog.band_names,
-                                        catalog.wavelengths, stats.to_dict(), bandwidths=catalog.bandwidths,
-                                        scale=training_scale(catalog.records, recipe.data.spacing))
-    method = build_method(recipe.method, enc_cfg, clock.total)
-    if point is not None:  # before anything in the run folder changes (config.yaml with this resume's --set values)
-        refuse_misfit(point.path, method, recipe)
-    view = build_views(method.views, recipe.data, spatial_dims(recipe.data), recipe.augment,
-                       patch_size=recipe.model.patch_size, wavelengths=catalog.wavelengths)
-    dataset = PretrainDataset(catalog, stats, recipe.data, view, seed=t.seed)
-    if (note := dataset.pairing_note()) is not None:
-        (log.warning if note.startswith("warning") else log.info)(note)
-    if point is None:  # a resumed run gets what was fitted back from its checkpoint
-        for note in method.fit_to_data(dataset, t.seed, fit_device(probe, t.strategy, t.devices)):
-            log.info(note)
-    knn = knn_monitor(recipe, stats, enc_cfg)  # its folder read (and refused) before RUN_DIR is made
-    if rank == 0:
-        prepare_run_dir(out, resume, overwrite, inputs)
-        remove_stale_temp_files(out)
-        write_run_files(out, recipe, catalog, stats, point.step if point is not None else None)
+        L.seed_everything(t.seed, workers=True, verbose=False)
+        enc_cfg = EncoderConfig.from_recipe(recipe.model, recipe.data, len(catalog.band_names), catalog.band_names,
+                                            catalog.wavelengths, stats.to_dict(), bandwidths=catalog.bandwidths,
+                                            scale=training_scale(catalog.records, recipe.data.spacing))
+        method = build_method(recipe.method, enc_cfg, clock.total)
+        if point is not None:  # before anything in the run folder changes (config.yaml with this resume's --set values)
+            refuse_misfit(point.path, method, recipe)
+        view = build_views(method.views, recipe.data, spatial_dims(recipe.data), recipe.augment,
+                           patch_size=recipe.model.patch_size, wavelengths=catalog.wavelengths)
+        dataset = PretrainDataset(catalog, stats, recipe.data, view, seed=t.seed)
+        if (note := dataset.pairing_note()) is not None:
+            (log.warning if note.startswith("warning") else log.info)(note)
+        if point is None:  # a resumed run gets what was fitted back from its checkpoint
+            for note in method.fit_to_data(dataset, t.seed, fit_device(probe, t.strategy, t.devices)):
+                log.info(note)
+        knn = knn_monitor(recipe, stats, enc_cfg)  # its folder read (and refused) before RUN_DIR is made
+        if rank == 0:
+            prepare_run_dir(out, resume, overwrite, inputs)
+            remove_stale_temp_files(out)
+            write_run_files(out, recipe, catalog, stats, point.step if point is not None else None)
 
     stop = StopRequest()
     cbs = run_callbacks(out, recipe, method, catalog, stats, enc_cfg, stop, progress, knn) + (callbacks or [])

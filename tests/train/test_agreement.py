@@ -29,6 +29,16 @@ def _rank(rank: int, init: str, case: str, results: str) -> None:
             chosen = agreement.share_checkpoint(f"/run/checkpoints/step-00000{rank + 5}.ckpt")
             agreement.all_passed()
             outcome = f"ok {chosen}"
+        elif case == "last round":  # every check passed; then rank 0 fails to write the run folder
+            agreement.share_checkpoint(None)
+            agreement.all_passed(last=False)
+            outcome = "passed?"
+            try:
+                with agreement.last_round():
+                    if rank == 0:
+                        raise GeomedError("output folder '/run' is in use by another geomed-ssl process")
+            except GeomedError as err:
+                outcome = f"{'failed' if rank == 0 else 'stopped'} {err}"
         else:  # rank 1 fails its checks, rank 0 passes them
             if rank == 1:
                 err = GeomedError("no usable raster files under '/data'")
@@ -60,6 +70,15 @@ def test_a_rank_that_fails_its_checks_stops_every_rank_with_its_message(tmp_path
     assert results[1] == "failed no usable raster files under '/data'"
     assert results[0] == ("stopped rank 1 of the run failed, so every rank stops: no usable raster files under "
                           "'/data'")
+
+
+def test_a_rank_that_fails_in_the_last_round_stops_every_rank_with_its_message(tmp_path: Path) -> None:
+    """Rank 0 making or writing the run folder fails after every rank passed its checks: the others hear it in the
+    last round instead of waiting in the training's first collective."""
+    results = run_two_ranks(tmp_path, "last round")
+    assert results[0] == "failed output folder '/run' is in use by another geomed-ssl process"
+    assert results[1] == ("stopped rank 0 of the run failed, so every rank stops: output folder '/run' is in use by "
+                          "another geomed-ssl process")
 
 
 def test_ranks_lightning_starts_take_the_launchers_checkpoint(monkeypatch) -> None:
@@ -105,17 +124,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_ranks_started_together_stop_at_once_when_rank_0_refuses_the_out_folder(tmp_path: Path) -> None:
+@pytest.mark.parametrize("case", ["foreign", "locked"])
+def test_ranks_started_together_stop_at_once_when_rank_0_refuses_the_out_folder(tmp_path: Path, case: str) -> None:
     """Both ranks start at once, as SLURM or one torchrun per node starts them (each with its rank in the
     environment): rank 0 refuses --out, rank 1 hears it and stops too, instead of waiting 30 minutes for a process
-    group rank 0 never joins."""
+    group rank 0 never joins; so when --out passes the checks and rank 0 then cannot take it (another process holds
+    its lock), after rank 1 has passed every check."""
+    from geomed_ssl.outlocks import lock_folder, unlock_folder
     from tests.conftest import structured_rasters
     from tests.train.test_ddp import BASE, ROOT, cli_args, env
 
     data = structured_rasters(tmp_path / "data", 2, size=32)
     mine = tmp_path / "mine"
     mine.mkdir()
-    (mine / "thesis.tex").write_text("precious")
+    if case == "foreign":
+        (mine / "thesis.tex").write_text("precious")
+    else:
+        lock_folder(mine, "pretrain")  # this test process plays another run writing there
     args = cli_args(data, mine, [*BASE, "train.devices=2", "train.strategy=ddp", "train.max_steps=2"])
     launch = {**env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2",
               "NODE_RANK": "0"}
@@ -128,7 +153,10 @@ def test_ranks_started_together_stop_at_once_when_rank_0_refuses_the_out_folder(
         for p in procs:
             if p.poll() is None:
                 p.kill()
+        unlock_folder(mine)
     assert [p.returncode for p in procs] == [2, 2], [o[1][-2000:] for o in outs]
-    assert "error: output folder" in outs[0][1] and "was not made by geomed-ssl" in outs[0][1]
+    refusal = "was not made by geomed-ssl" if case == "foreign" else "is in use by `geomed-ssl pretrain`"
+    assert "error: output folder" in outs[0][1] and refusal in outs[0][1]
     assert "error: rank 0 of the run failed, so every rank stops: output folder" in outs[1][1]
-    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
+    assert refusal in outs[1][1] and "Traceback" not in outs[1][1]
+    assert sorted(p.name for p in mine.iterdir()) == (["thesis.tex"] if case == "foreign" else [])

@@ -95,6 +95,7 @@ class PretrainModule(L.LightningModule):
         self.effective_batch = effective_batch
         self.extra_state = extra_state or {}
         self.last_logs: dict[str, float] = {}
+        self._step_logs: list[dict[str, float]] = []  # the logs of this step's micro-batches so far
         self.clock = clock if clock is not None else method.clock
         method.clock = self.clock
         # whether any layer drops paths (the method's modules are fixed from here): else no per-step draws at all
@@ -120,6 +121,10 @@ class PretrainModule(L.LightningModule):
             raise TrainingError(f"the loss became {logs['loss']} in step {self.global_step + 1}; training stopped. "
                                 f"{diverged_advice(self.trainer)}")
         logs["lr"] = self.trainer.optimizers[0].param_groups[0]["lr"]
+        if batch_idx % t.accumulate_grad_batches == 0:  # the step's first micro-batch
+            self._step_logs = []
+        self._step_logs.append(logs)  # metrics.csv gets the step's mean: what one batch that many times larger logs
+        logs = {k: sum(m[k] for m in self._step_logs if k in m) / sum(k in m for m in self._step_logs) for k in logs}
         self.last_logs = logs
         if lightning_reads_logs(self.trainer):
             self.log("loss", logs["loss"], prog_bar=True, on_step=True, batch_size=t.batch_size)
@@ -132,10 +137,10 @@ class PretrainModule(L.LightningModule):
         """The logs averaged over ranks (one collective; every rank logs the same keys)."""
         if self.trainer.world_size == 1:
             return logs
-        keys = sorted(logs)
+        keys = sorted(logs)  # the same order on every rank
         values = torch.tensor([logs[k] for k in keys], dtype=torch.float64, device=self.device)
-        values = self.trainer.strategy.reduce(values, reduce_op="mean")
-        return dict(zip(keys, values.tolist()))
+        reduced = dict(zip(keys, self.trainer.strategy.reduce(values, reduce_op="mean").tolist()))
+        return {k: reduced[k] for k in logs}  # in the method's order, as one process writes its columns
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Stop before an update with NaN or infinite gradients would write them into the weights (except under

@@ -302,7 +302,8 @@ def test_simclr_on_two_processes_trains_as_one_process_on_the_global_batch(nodat
 def test_accumulated_micro_batches_on_two_processes_train_as_one_batch(tmp_path: Path) -> None:
     """Gradient accumulation draws each sample's mask from (seed, optimiser step, sample), not from the micro-batch
     it lands in, so 2 processes x 2 micro-batches of 2 windows, 1 process x 2 micro-batches of 4 and 1 process x 1
-    batch of 8 make the same update (MAE without nodata: every micro-batch masks the same number of tokens)."""
+    batch of 8 make the same update (MAE without nodata: every micro-batch masks the same number of tokens) and
+    log the same loss."""
     from geomed_ssl.train.pretrain import pretrain
 
     data = structured_rasters(tmp_path / "rasters", 4, seed=5)
@@ -328,6 +329,13 @@ def test_accumulated_micro_batches_on_two_processes_train_as_one_batch(tmp_path:
         assert state.keys() == reference.keys(), name
         for key in reference:  # atol: as in the nodata test above (a key bias's zero gradient, scaled up by Adam)
             torch.testing.assert_close(state[key], reference[key], rtol=1e-4, atol=1e-5, msg=f"{name}: {key}")
+    # and they log the same: each step's row averages its micro-batches (not the last one's), in the same columns
+    runs = {"batch 8": tmp_path / "batch8", "2 x 4": tmp_path / "2x4", "ddp": ddp}
+    header = {name: (folder / "metrics.csv").read_text().splitlines()[0] for name, folder in runs.items()}
+    assert header["2 x 4"] == header["ddp"] == header["batch 8"], header
+    for name in ("2 x 4", "ddp"):
+        for key in ("loss", "valid_fraction"):
+            assert metrics(runs[name])[1][key] == pytest.approx(metrics(runs["batch 8"])[1][key], rel=1e-5), name
 
 
 class Gradients(L.Callback):

@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 
 from geomed_ssl.errors import GeomedError
 from geomed_ssl.models.encoder import EncoderConfig
+from geomed_ssl.process import keeps_process_state
 
 TIMM_FORMAT = "geomed-ssl-timm"
 TIMM_FORMAT_VERSION = 1
@@ -120,6 +121,7 @@ array, nodata=...) does exactly this.
 """
 
 
+@keeps_process_state
 def export_timm(source: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Write a timm export of the encoder at ``source`` (RUN_DIR, RUN_DIR/encoder or a fine-tune folder) to
     ``out_dir``; returns ``out_dir``. Only ``plain`` 2D encoders have a timm equivalent (else an ExportError)."""

@@ -19,7 +19,7 @@ from geomed_ssl.compare.options import Budget, CompareOptions
 from geomed_ssl.config import Recipe, as_recipe, load_recipe
 from geomed_ssl.errors import ConfigError, RunStopped
 from geomed_ssl.process import ProcessState, keeps_process_state
-from tests.conftest import TINY, write_class_folders
+from tests.conftest import TINY, write_class_folders, write_geotiff
 
 RECIPE = "recipes/mae_sentinel2.yaml"
 RUN = [*TINY, "data.sensor=null", "data.patch_size=16", "train.max_steps=3", "train.checkpoint_every=1"]
@@ -182,3 +182,44 @@ def test_scan_without_a_data_section_reads_rasters_with_the_defaults(raster_dir:
     catalog = scan(raster_dir)
     assert len(catalog.records) == 6  # the 1-band mask is set apart: its band count differs
     assert [Path(p.path).name for p in catalog.problems] == ["scene_0_mask.tif"]
+
+
+def test_every_other_command_function_leaves_the_generators_as_found_and_its_folder_free(
+        raster_dir: Path, tmp_path: Path) -> None:
+    """export, attention, embed, cluster, similar, predict and evaluate build models (whose weight init draws from
+    torch's generator) or cluster with seeds: a notebook that seeded its own experiments finds its draws unchanged,
+    and the output folder's lock let go (another process may write there once the call returns)."""
+    from geomed_ssl import export_timm
+    from geomed_ssl.embeddings.cluster import cluster_embeddings
+    from geomed_ssl.embeddings.extract import embed_folder
+    from geomed_ssl.embeddings.search import find_similar
+    from geomed_ssl.finetune.evaluate import evaluate_dir
+    from geomed_ssl.inference.finetuned import predict_dir
+    from geomed_ssl.outlocks import _HELD
+    from geomed_ssl.train.pretrain import pretrain
+    from geomed_ssl.viz.attention import attention_for_file
+    from tests.inference.test_finetuned import make_ft_dir
+
+    run = tmp_path / "run"
+    pretrain(RECIPE, raster_dir, run, overrides=[*RUN, "train.max_steps=1"], progress=False)
+    ft = make_ft_dir(tmp_path / "model")
+    scene = raster_dir / "scene_0.tif"
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    write_geotiff(labels / "scene_0.tif", np.ones((1, 48, 48), np.uint8))
+    calls = {
+        "export": lambda: export_timm(run, tmp_path / "timm"),
+        "attention": lambda: attention_for_file(run, scene, tmp_path / "attention.png"),
+        "embed": lambda: embed_folder(run, raster_dir, tmp_path / "emb", progress=False),
+        "cluster": lambda: cluster_embeddings(tmp_path / "emb", tmp_path / "clusters", k=2),
+        "similar": lambda: find_similar(tmp_path / "emb", scene, top=2),
+        "predict": lambda: predict_dir(ft, scene, tmp_path / "maps"),
+        "evaluate": lambda: evaluate_dir(ft, images=scene, labels=labels / "scene_0.tif", out=tmp_path / "eval"),
+    }
+    for name, call in calls.items():
+        seed_all(321)
+        expected = draws()
+        seed_all(321)
+        call()
+        assert draws() == expected, name
+        assert not _HELD, (name, list(_HELD))

@@ -31,7 +31,7 @@ from geomed_ssl.embeddings.store import fixed_list, load_embeddings, optional_mo
 from geomed_ssl.embeddings.truth import check_classes, true_labels
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
-from geomed_ssl.outlocks import released_after
+from geomed_ssl.process import keeps_process_state
 from geomed_ssl.outfiles import atomic_path, atomic_write_text, save_figure
 
 log = logging.getLogger("geomed_ssl")
@@ -225,7 +225,7 @@ def scatter_png(x: np.ndarray, clusters: np.ndarray, truth: Sequence[str | None]
     return how
 
 
-@released_after()  # the folder's lock (geomed_ssl.outlocks) is let go when it returns
+@keeps_process_state  # the random generators as found; the folder's lock let go when it returns
 def cluster_embeddings(emb_dir: str | Path, out_dir: str | Path, method: str = "kmeans", k: int | None = None,
                        labels: str | Path | None = None, seed: int = 0, min_cluster_size: int | None = None,
                        normalize: bool = True, pca_dims: int | None = None, ignore_value: int | None = 0,

@@ -47,7 +47,7 @@ from geomed_ssl.models.encoder import ViTEncoder
 from geomed_ssl.models.model_data import (catalog_for_encoder, check_value_ranges, export_data, naming_hint,
                                           note_encoder_naming, warn_other_scale)
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
-from geomed_ssl.outlocks import released_after
+from geomed_ssl.process import keeps_process_state
 
 log = logging.getLogger("geomed_ssl")
 DTYPES = ("float32", "float16")
@@ -195,7 +195,7 @@ def auto_pool(meta: dict[str, Any]) -> str:
     return method.embedding_pool if method is not None else "mean"
 
 
-@released_after()  # EMB_DIR's lock (geomed_ssl.outlocks) is let go when it returns
+@keeps_process_state  # the random generators as found; the folder's lock let go when it returns
 def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path, *, level: str = "image",
                  window: Any = None, stride: Any = None, pool: str = "auto", batch_size: int = 32,
                  dtype: str = "float32", pca_dims: int = 8, min_valid: float = 0.0,

@@ -37,6 +37,7 @@ from geomed_ssl.models.device import resolve_device
 from geomed_ssl.outcommands import name_hash
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir, same_place
 from geomed_ssl.outfiles import atomic_path, commit_partial, partial_path, save_figure
+from geomed_ssl.process import keeps_process_state
 
 log = logging.getLogger("geomed_ssl")
 
@@ -191,6 +192,7 @@ def query_vector(emb: Embedder, record: FileRecord, box: list[int] | None) -> tu
     return vecs.mean(0), region
 
 
+@keeps_process_state
 def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int] | None = None, top: int = 10,
                  out_dir: str | Path | None = None, include_self: bool = False, encoder: str | Path | None = None,
                  device: str | None = "auto", sheet: bool = True, strict: bool = False) -> SearchResult:

@@ -22,6 +22,7 @@ from geomed_ssl.inference.writers import class_lookup
 from geomed_ssl.models.model_data import warn_other_scale
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import scratch_dir
+from geomed_ssl.process import keeps_process_state
 
 log = logging.getLogger("geomed_ssl")
 
@@ -126,6 +127,7 @@ def eval_out_dir(ft_dir: str | Path, out: str | Path | None) -> Path:
     return Path(out) if out is not None else Path(ft_dir) / "eval"
 
 
+@keeps_process_state
 def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: str | Path | None = None,
                  data: str | Path | None = None, out: str | Path | None = None,
                  device: str | None = "auto", strict: bool = False,

@@ -19,6 +19,7 @@ from geomed_ssl.errors import DataError
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_path
 from geomed_ssl.outlocks import locked_briefly
+from geomed_ssl.process import keeps_process_state
 
 log = logging.getLogger("geomed_ssl")
 
@@ -82,6 +83,7 @@ def with_band_names(meta: dict[str, Any], recipe: Any, band_names: Sequence[str]
     return meta, dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, band_names=names))
 
 
+@keeps_process_state
 def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], out: str | Path,
                 overlap: float = DEFAULT_OVERLAP, blend: str = "gaussian", probabilities: bool = False,
                 batch_size: int = 8, device: str | None = "auto", strict: bool = False,

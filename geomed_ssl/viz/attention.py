@@ -17,6 +17,7 @@ from geomed_ssl.files.cases import is_case_file
 from geomed_ssl.windows.tiling import centre_start, patch_floor
 from geomed_ssl.outdirs import check_out_file, prepare_out_file
 from geomed_ssl.outfiles import save_figure
+from geomed_ssl.process import keeps_process_state
 
 
 @torch.no_grad()
@@ -146,6 +147,7 @@ def _start(size: int, want: int, offset: int | None, axis: str, path: Path) -> t
     return offset, min(length, size - offset)
 
 
+@keeps_process_state
 def attention_for_file(
     encoder_path: str | Path,
     image_path: str | Path,

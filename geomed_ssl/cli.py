@@ -179,7 +179,7 @@ def compare(
     typer.echo(result.table)
     if options.pretrained:
         typer.echo("pretrained − none, paired by seed (95 % t-interval):")
-        typer.echo("\n".join(paired_lines(result.rows, result.metric)))
+        typer.echo("\n".join(paired_lines(result.rows, result.metric, result.other_architecture)))
     if against := baseline_lines(result.rows, result.metric):
         typer.echo("against the strongest baseline, paired by seed:")
         typer.echo("\n".join(against))

@@ -114,9 +114,10 @@ def pretrained(rows: Sequence[Row]) -> list[str]:
     return [e for e in dict.fromkeys(r["encoder"] for r in rows) if e != NONE and e not in BASELINE_NAMES]
 
 
-def paired_lines(rows: Sequence[Row], metric: str) -> list[str]:
+def paired_lines(rows: Sequence[Row], metric: str, others: Sequence[str] = ()) -> list[str]:
     """Per pretrained encoder and budget: pretrained − none, per seed, for each protocol both have and for the
-    best protocols, as mean [95 % CI] (n seeds)."""
+    best protocols, as mean [95 % CI] (n seeds); the encoders of ``others`` (another architecture than none's)
+    marked so."""
     groups = grouped(rows, metric)
     best = best_protocols(groups)
     encoders = [e for e in pretrained(rows) if any(enc == e for enc, _ in groups)]
@@ -131,7 +132,8 @@ def paired_lines(rows: Sequence[Row], metric: str) -> list[str]:
             label = mine if mine == theirs else f"best: {mine} vs {theirs}"
             for budget in sorted(set(a) & set(b)):
                 if cells := paired_cells(a[budget], b[budget]):
-                    lines.append(f"| {enc} | {label} | {fraction_text(budget)} | {cells} |")
+                    name = f"{enc} (other architecture)" if enc in others else enc
+                    lines.append(f"| {name} | {label} | {fraction_text(budget)} | {cells} |")
     return lines
 
 
@@ -179,9 +181,10 @@ def strongest(mine: dict[int, float], baselines: Sequence[tuple[str, str]], grou
 
 
 def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str, background: bool = False,
-                 held_out: Sequence[str] = ()) -> str:
+                 held_out: Sequence[str] = (), others: Sequence[str] = ()) -> str:
     """``summary.md``; ``background``: the volumes' ``dice`` leaves out label value 0 (said in the text);
-    ``held_out``: the lines naming each seed's test images (``images`` split)."""
+    ``held_out``: the lines naming each seed's test images (``images`` split); ``others``: the encoders of another
+    architecture than ``none``'s (:func:`paired_lines`)."""
     fore = " (mean over the classes other than the background, label value 0)" if background else ""
     against = baseline_lines(rows, metric)
     return "\n".join([
@@ -202,8 +205,11 @@ def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str, backgr
            "weights) on the same training and test samples, per seed; mean and 95 % t-interval over seeds. `none` "
            "is a new random initialisation for each seed (drawn from `train.seed` and the seed, kept in "
            "`encoder_none_seed<seed>/`), so the interval spreads over initialisations as well as samples. The "
-           "pretrained encoder is one pretraining run: compare several before relying on a small margin.", "",
-           *paired_lines(rows, metric), ""] if pretrained(rows) else []),
+           "pretrained encoder is one pretraining run: compare several before relying on a small margin."
+           + (" `none` is the first encoder's architecture: for an encoder marked \"other architecture\" the "
+              "difference mixes architecture and pretraining; compare it first in a compare of its own to measure "
+              "its pretraining." if others else ""), "",
+           *paired_lines(rows, metric, others), ""] if pretrained(rows) else []),
         *(["## Against the strongest baseline (paired by seed)", "",
            "Difference between each encoder's best protocol and, at each budget, the baseline with the highest mean "
            "over the seeds they all share with the encoder (the hardest of them to beat), on the same training and "
@@ -215,8 +221,8 @@ def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str, backgr
 
 
 def write_summary(path: Path, rows: Sequence[Row], metric: str, split: str, unit: str, background: bool = False,
-                  held_out: Sequence[str] = ()) -> None:
-    atomic_write_text(path, summary_text(rows, metric, split, unit, background, held_out))
+                  held_out: Sequence[str] = (), others: Sequence[str] = ()) -> None:
+    atomic_write_text(path, summary_text(rows, metric, split, unit, background, held_out, others))
 
 
 def short_name(encoder: str) -> str:

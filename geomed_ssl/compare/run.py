@@ -9,7 +9,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,11 +19,12 @@ from geomed_ssl.compare.baselines import baseline_dims, baseline_features
 from geomed_ssl.compare.features import check_feature_memory, encoder_features, memo
 from geomed_ssl.compare.options import NONE, SEGMENT_BASELINES, BASELINES, CompareOptions
 from geomed_ssl.compare.probes import classify, scores
-from geomed_ssl.compare.report import table, write_curve, write_summary
+from geomed_ssl.compare.report import pretrained, table, write_curve, write_summary
 from geomed_ssl.compare.results import ResultsFile, make_row
 from geomed_ssl.compare.sources import (EncoderSource, check_encoders_unchanged, encoders_record,
-                                        load_compare_recipe, load_sources, none_dir, none_sources, recipe_path,
-                                        save_none, warn_fixed_windows)
+                                        load_compare_recipe, load_sources, none_dir, none_sources,
+                                        other_architectures, recipe_path, save_none, warn_fixed_windows,
+                                        warn_other_architectures)
 from geomed_ssl.compare.task import (Split, Task, check_saved_selection, held_out_lines,
                                      load_classify_task, load_segment_task, make_split, save_split, settings_record,
                                      warn_notes)
@@ -53,6 +54,7 @@ class CompareResult:
     metric: str
     table: str
     runs_done: int
+    other_architecture: list[str] = field(default_factory=list)  # encoders whose architecture is not none's
 
 
 @dataclass(frozen=True)
@@ -352,6 +354,7 @@ def _run_compare(options: CompareOptions, out: Path, inputs: dict[str, Any], ima
         check_class_weights(recipe_obj.finetune.class_weights, len(task.class_names))
         loaded = load_sources(options, recipe_obj, task)
         warn_fixed_windows(overrides, loaded)
+        warn_other_architectures(loaded)
         sources = {s.name: s for s in loaded}
         splits = [make_split(task, recipe_obj, b, s, options.split) for b in options.budgets for s in options.seeds]
         jobs = plan(options, task, splits)
@@ -389,7 +392,8 @@ def _run_compare(options: CompareOptions, out: Path, inputs: dict[str, Any], ima
                    device, known=list(weights))
     metric = headline_metric(task)
     held_out = held_out_lines(splits, task) if options.split == "images" else []
+    others = other_architectures(pretrained(results.rows), sources[NONE].encoder.config)
     write_summary(out / "summary.md", results.rows, metric, options.split, task.unit, task.background is not None,
-                  held_out)
+                  held_out, others)
     write_curve(out / "curve.png", results.rows, metric)
-    return CompareResult(out, results.rows, metric, table(results.rows, metric), done)
+    return CompareResult(out, results.rows, metric, table(results.rows, metric), done, others)

@@ -20,7 +20,7 @@ from geomed_ssl.compare.task import Task
 from geomed_ssl.config import CLS_HEADS, SEG_HEADS, Recipe, load_recipe, sets_key
 from geomed_ssl.config.sections import section_dict
 from geomed_ssl.data.stats import BandStats
-from geomed_ssl.errors import ConfigError, DataError
+from geomed_ssl.errors import ConfigError, DataError, GeomedError
 from geomed_ssl.finetune.fit import encoder_and_stats
 from geomed_ssl.methods.base import mix_seed
 from geomed_ssl.models.encoder import ViTEncoder
@@ -97,6 +97,41 @@ def load_sources(options: CompareOptions, recipe: Recipe, task: Task) -> list[En
         sources.append(EncoderSource(NONE, enc.eval(), stats, _task_records(task, catalog)))
     order = {n: i for i, n in enumerate(options.encoders)}
     return sorted(sources, key=lambda s: order[s.name])
+
+
+ARCHITECTURE_FREE = ("stats", "scale", "drop_path")  # encoder settings that leave the network a probe reads as it is
+
+
+def architecture(config: Any) -> dict[str, Any]:
+    """What makes two encoders one architecture: their ``EncoderConfig`` but for :data:`ARCHITECTURE_FREE`."""
+    return {k: v for k, v in config.to_dict().items() if k not in ARCHITECTURE_FREE}
+
+
+def other_architectures(names: Sequence[str], template: Any) -> list[str]:
+    """The encoders among ``names`` (as given: RUN_DIRs) whose architecture is not ``template``'s (``none``'s, the
+    first encoder's): their difference with ``none`` is not pretraining's alone. One that cannot be read any more
+    (moved since its rows were made) is left out."""
+    others = []
+    for name in names:
+        try:
+            config, _ = read_encoder_config(name)
+        except (GeomedError, OSError, ValueError):
+            continue
+        if architecture(config) != architecture(template):
+            others.append(name)
+    return others
+
+
+def warn_other_architectures(sources: list[EncoderSource]) -> None:
+    """A warning when an encoder after the first is another architecture than ``none`` (the first one's)."""
+    template = next(s.encoder.config for s in sources if s.name == NONE)
+    others = [s.name for s in sources if s.name != NONE and architecture(s.encoder.config) != architecture(template)]
+    if others:
+        log.warning(f"warning: {', '.join(repr(o) for o in others)} {'is' if len(others) == 1 else 'are'} another "
+                    "architecture than the first encoder, whose random initialisation is `none`: "
+                    f"{'its' if len(others) == 1 else 'their'} difference with `none` mixes architecture and "
+                    "pretraining (marked so in the summary). To measure what pretraining gives "
+                    f"{'it' if len(others) == 1 else 'each'}, run a compare with it first.")
 
 
 def warn_fixed_windows(overrides: list[str] | None, sources: list[EncoderSource]) -> None:

@@ -59,6 +59,7 @@ def test_compare_two_encoders_and_none_writes_every_row_and_resumes_only_missing
     summary = (out / "summary.md").read_text()
     assert "transductive" not in summary  # said only when propagate ran
     assert "Pretrained − random initialisation" in summary and str(exported) in summary
+    assert "other architecture" not in summary + result.output  # the two encoders are one architecture
     against = summary.split("## Against the strongest baseline")[1]
     rows_against = [line.split("|")[1].strip() for line in against.splitlines() if line.startswith("| ")]
     assert rows_against == ["encoder", str(run_dir), str(exported), "none"]  # pretrained first, none last
@@ -103,6 +104,26 @@ def labelled_volumes(root: Path, n: int = 2, size: int = 24, first: int = 1) -> 
         nib.save(nib.Nifti1Image(vol.astype(np.float32), affine), str(root / "vols" / f"s{i}.nii.gz"))
         nib.save(nib.Nifti1Image(lab, affine), str(root / "labels" / f"s{i}.nii.gz"))
     return root / "vols", root / "labels"
+
+
+def test_an_encoder_of_another_architecture_than_none_is_marked_in_the_paired_differences(
+        scene, exported: Path, tmp_path: Path) -> None:
+    """`none` is the first encoder's architecture: a second encoder with larger tokens is warned about and its
+    difference with `none` marked as mixing architecture and pretraining, in the summary and the printed lines."""
+    from tests.embeddings.test_extract import make_encoder
+
+    coarse = make_encoder(scene[0], tmp_path / "coarse" / "encoder", patch=8)
+    out = tmp_path / "cmp"
+    result = runner.invoke(app, compare_args([str(exported), str(coarse)], scene, out, "--seeds", "0",
+                                             "--protocol", "linear", "--no-baselines", "--recipe",
+                                             "recipes/mae_sentinel2.yaml"))
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert f"'{coarse}' is another architecture than the first encoder" in said
+    summary = (out / "summary.md").read_text()
+    assert f"| {coarse} (other architecture) | linear |" in summary and f"| {exported} | linear |" in summary
+    assert "the difference mixes architecture and pretraining" in " ".join(summary.split())
+    assert f"| {coarse} (other architecture) | linear |" in result.output
 
 
 def test_compare_on_volumes_scores_dice_with_none_and_baselines(tmp_path: Path) -> None:

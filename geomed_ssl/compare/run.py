@@ -258,12 +258,17 @@ def progress_bar(total: int, enabled: bool) -> Any:
 def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str, EncoderSource],
             nones: dict[int, EncoderSource], recipe: Recipe, results: ResultsFile, inputs: dict[str, Any],
             strict: bool, progress: bool, keep: Path | None = None, device: Any = None,
-            known: Sequence[str] = ()) -> int:
+            known: Sequence[str] = (), stale: Sequence[Path] = ()) -> int:
     """Run the jobs whose rows are missing from results.csv, one row written after each; the number run.
     ``nones``: ``none`` of each label seed, each moved to ``device`` only while its features are in use.
-    ``known``: the encoders of the folder's earlier runs too, whose kept fine-tunes the names keep apart."""
+    ``known``: the encoders of the folder's earlier runs too, whose kept fine-tunes the names keep apart.
+    ``stale``: the summary files of the earlier rows, deleted before a new row comes (a stop midway would leave them
+    beside rows they do not show, looking complete)."""
     todo = [j for j in jobs if (j.source, *splits[j.split_index].budget.cells, str(splits[j.split_index].seed),
                                 j.protocol) not in results.done]
+    if todo:
+        for path in stale:
+            path.unlink(missing_ok=True)
     if len(todo) < len(jobs):
         log.info("%d of %d runs are in results.csv already; running the other %d", len(jobs) - len(todo), len(jobs),
                  len(todo))
@@ -389,7 +394,7 @@ def _run_compare(options: CompareOptions, out: Path, inputs: dict[str, Any], ima
     run_inputs = {"images": images, "labels": labels, "data": data, "split": options.split}
     keep = out if keep_finetuned else None
     done = execute(jobs, splits, task, sources, nones, recipe_obj, results, run_inputs, strict, progress, keep,
-                   device, known=list(weights))
+                   device, known=list(weights), stale=[out / "summary.md", out / "curve.png"])
     metric = headline_metric(task)
     held_out = held_out_lines(splits, task) if options.split == "images" else []
     others = other_architectures(pretrained(results.rows), sources[NONE].encoder.config)

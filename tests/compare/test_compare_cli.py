@@ -470,6 +470,40 @@ def test_a_sigterm_outside_a_fine_tune_stops_compare_with_143_and_the_same_line(
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+def test_a_continued_compare_stopped_midway_leaves_no_summary_of_the_earlier_rows(scene, tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    """summary.md and curve.png show the rows of the run that wrote them: a compare adding a seed deletes them before
+    its first new row, so a stop midway leaves results.csv alone (not a complete-looking summary of fewer rows), and
+    the compare run again writes them whole."""
+    import os
+    import signal
+    import time
+
+    from geomed_ssl.compare import run as compare_run
+
+    out = tmp_path / "cmp"
+    args = compare_args(["none"], scene, out, "--baselines", "rf", "--recipe", "recipes/mae_sentinel2.yaml")
+    args[args.index("linear,knn")] = "linear"
+    one_seed = list(args)
+    one_seed[one_seed.index("0,1")] = "0"
+    assert runner.invoke(app, one_seed).exit_code == 0 and (out / "summary.md").is_file()
+    scores = compare_run.frozen_scores
+
+    def preempted(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises first
+        return scores(*a, **k)
+
+    monkeypatch.setattr(compare_run, "frozen_scores", preempted)
+    assert runner.invoke(app, args).exit_code == 143
+    assert not (out / "summary.md").exists() and not (out / "curve.png").exists()
+    monkeypatch.setattr(compare_run, "frozen_scores", scores)
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert (out / "curve.png").is_file() and "| rf (forest) | 3 | " in (out / "summary.md").read_text()
+    assert (out / "summary.md").read_text().split("| rf (forest) | 3 | ")[1].split("|")[2].strip() == "2"  # 2 seeds
+
+
 def test_a_compare_that_took_label_copies_apart_is_not_continued_with_them_as_one_ground(run_dir: Path,
                                                                                         tmp_path: Path) -> None:
     """Two dates, each with its own copy of the label map: one ground since 2026-12-05 (compare.json says how they

@@ -98,3 +98,18 @@ def test_attention_file_reads_bands_by_name_drops_extras_and_warns_on_far_values
     with caplog.at_level("WARNING", logger="geomed_ssl"):
         attention_mod.attention_for_file(enc, dark / "scene_0.tif", tmp_path / "c.png")
     assert any("value range of" in r.getMessage() and "dark" in r.getMessage() for r in caplog.records)
+
+
+def test_a_window_that_leaves_less_than_a_token_names_the_axis_and_what_is_left(tmp_path: Path) -> None:
+    from geomed_ssl.errors import DataError
+    from geomed_ssl.viz.attention import attention_for_file
+    from tests.conftest import structured_raster
+    from tests.embeddings.test_extract import described, make_encoder
+
+    train = described(tmp_path / "train", [structured_raster(np.random.default_rng(2), 4, 45)],
+                      ["B02", "B03", "B04", "B08"])
+    enc = make_encoder(train, tmp_path / "enc")  # 16-px windows of 4-px tokens
+    with pytest.raises(DataError, match=r"\(45x45\): from --window 42,10 only 3 rows are left, fewer than one token "
+                                        r"patch \(4\); choose a --window nearer"):
+        attention_for_file(enc, train / "scene_0.tif", tmp_path / "a.png", window=[42, 10])
+    assert attention_for_file(enc, train / "scene_0.tif", tmp_path / "b.png", window=[20, 10]).is_file()

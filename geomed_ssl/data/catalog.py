@@ -29,14 +29,12 @@ from geomed_ssl.files.cases import case_name, group_cases, is_case_file
 from geomed_ssl.files.listing import (EXTENSIONS, LABEL_GLOBS, QUALITY_GLOBS, absolute, glob_match,  # noqa: F401
                                     has_ext, list_files, once, problems_reported, reported_already, select, trained_on,
                                     unread_formats)
-from geomed_ssl.data.records import (FileRecord, Problem, is_blank, record_from_probes,  # noqa: F401
-                                    reoriented_axes, reoriented_shape)
+from geomed_ssl.data.records import (BLANK_VOLUMES, FileRecord, Problem, blank_volumes, is_blank,  # noqa: F401
+                                    record_from_probes, reoriented_axes, reoriented_shape)
 from geomed_ssl.data.survey import grid_lines
 from geomed_ssl.errors import DataError
 
 log = logging.getLogger("geomed_ssl")
-BLANK_VOLUMES = ("warning: %d volume(s) hold one value in every voxel (blank scans?), e.g. '%s': nothing to learn "
-                 "from or predict; replace them or leave them out (data.exclude).")
 
 
 @dataclass
@@ -94,7 +92,7 @@ class Catalog:
         if self.problems and not reported_already():
             log.warning("warning: %d problem file(s) skipped (--strict makes this an error):\n%s", len(self.problems),
                         "\n".join(f"  - {self._rel(p.path)}: {p.reason}" for p in self.problems))
-        blank = [r.path for r in self.records if r.kind == "volume" and is_blank(r.value_range)]
+        blank = blank_volumes(self.records)
         if blank and not reported_already():
             log.warning(BLANK_VOLUMES, len(blank), blank[0])
 

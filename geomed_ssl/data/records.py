@@ -133,6 +133,15 @@ def is_blank(value_range: list[list[float]] | None) -> bool:
     return bool(value_range) and all(v[0] == v[3] for v in value_range)  # type: ignore[union-attr]
 
 
+BLANK_VOLUMES = ("warning: %d volume(s) hold one value in every voxel (blank scans?), e.g. '%s': nothing to learn "
+                 "from or predict; replace them or leave them out (data.exclude).")
+
+
+def blank_volumes(records: Sequence[Any]) -> list[str]:
+    """The paths of the volume ``records`` that hold one value in every voxel (:func:`is_blank`)."""
+    return [r.path for r in records if r.kind == "volume" and is_blank(r.value_range)]
+
+
 def stack_nodata(data_cfg: Any) -> float | None:
     """The nodata value of a stack of single-band files: ``data.nodata`` when set (NaN kept: set, it replaces
     every file's tag, as a single file's), else none, since each file's own tag marks its own pixels missing as it

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from geomed_ssl.data.records import BLANK_VOLUMES, blank_volumes
 from geomed_ssl.data.validity import HUGE_FILL
 from geomed_ssl.geo.grids import crs_name
 from geomed_ssl.geo.pixel_size import crs_units, pixel_size, size_groups
@@ -222,13 +223,16 @@ def warn_collars(ranges: Sequence[tuple[str, Sequence[Sequence[float]]]], fate: 
 def warn_survey(catalog: Any, spacing: Sequence[float] | None = None, rotation_axis: int | None = None,
                 window: Sequence[int] | None = None, tokens: Sequence[int] | None = None) -> None:
     """Warnings about the archive as a whole: rasters of several CRSs or pixel sizes, files whose values are far
-    from the rest (:func:`value_outliers`), volumes' voxels (:func:`voxel_warnings`), each with what to check."""
+    from the rest (:func:`value_outliers`), volumes' voxels (:func:`voxel_warnings`) and blank volumes, each with
+    what to check."""
     if spacing is not None and getattr(catalog, "kind", None) == "raster":
         log.warning("warning: data.spacing %s is for volumes (resampled to it as they are read); rasters are read at "
                     "their own pixel size: resample them first (gdalwarp -tr X Y), or leave data.spacing out.",
                     list(spacing))
     for line in voxel_warnings(catalog.records, spacing, rotation_axis, window, tokens):
         log.warning(line)
+    if blank := blank_volumes(catalog.records):
+        log.warning(BLANK_VOLUMES, len(blank), blank[0])
     _, sizes = grid_counts(catalog.records)
     sizes = Counter({k: n for k, n in sizes.items() if not k.endswith(" px")})  # no ground size to compare
     if len(sizes) > 1:
@@ -258,10 +262,15 @@ def check_fillable(catalog: Any, window: Sequence[int], min_valid: float,
                    spacing: Sequence[float] | None = None) -> None:
     """A DataError when no file holds the valid pixels of one ``window`` at ``min_valid`` (its valid fraction, as
     the scan estimated it, times its area; a file under ``min_valid`` valid that is smaller than the need): every
-    window would be drawn nearly blank and trained on (a folder nodata but for a corner trained with a loss of 0).
-    When only some files fall short, one warning names them."""
+    window would be drawn nearly blank and trained on (a folder nodata but for a corner trained with a loss of 0);
+    so when every volume is blank (one value in every voxel). When only some files fall short, one warning names
+    them."""
     from geomed_ssl.errors import DataError
 
+    blank = blank_volumes(catalog.records)
+    if blank and len(blank) == len(catalog.records):
+        raise DataError(f"every volume holds one value in every voxel (blank scans?), e.g. '{blank[0]}': there is "
+                        "nothing to learn from; check the files (an export that wrote zeros?) or give other data.")
     if min_valid <= 0 or not catalog.records:
         return
     need = min_valid * float(np.prod(window))

@@ -192,8 +192,7 @@ def usable_inputs(planned: dict[Path, Path], data_cfg: Any, blend: str, stats: B
     import logging
 
     from geomed_ssl.data.probe import ProbeError, probe_file
-    from geomed_ssl.data.catalog import BLANK_VOLUMES
-    from geomed_ssl.data.records import is_blank, record_from_probes
+    from geomed_ssl.data.records import BLANK_VOLUMES, is_blank, record_from_probes
     from geomed_ssl.errors import ConfigError
     from geomed_ssl.models.model_data import as_record, warn_other_scale
 

@@ -214,3 +214,26 @@ def test_data_spacing_on_rasters_is_said_to_do_nothing(tmp_path, make_tif, caplo
     with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
         warn_survey(scan(tmp_path / "plain", DataConfig(patch_size=32)), spacing=[2.0, 2.0])
     assert "data.spacing [2.0, 2.0] is for volumes" in caplog.text
+
+
+def test_blank_volumes_are_warned_about_by_inspect_and_pretrain_and_a_folder_of_them_refused(tmp_path,
+                                                                                            caplog) -> None:
+    """A folder of all-zero volumes pretrained "successfully" on nothing (statistics of std 1e-6), and inspect
+    said nothing: the survey both run warns about blank volumes, and pretraining refuses a folder of nothing else."""
+    import nibabel as nib
+
+    from geomed_ssl.data.survey import check_fillable
+    from geomed_ssl.errors import DataError
+
+    (tmp_path / "blank").mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((24, 24, 24), np.float32), np.eye(4)), str(tmp_path / "blank" / "zero.nii.gz"))
+    cfg = DataConfig(kind="volume", patch_size=16)
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        warn_survey(scan(tmp_path / "blank", cfg))
+    assert "1 volume(s) hold one value in every voxel (blank scans?)" in caplog.text
+    with pytest.raises(DataError, match=r"every volume holds one value in every voxel \(blank scans\?\), e.g. "
+                                        r"'.*zero.nii.gz': there is nothing to learn from"):
+        check_fillable(scan(tmp_path / "blank", cfg), (16, 16, 16), 0.5)
+    vol = np.random.default_rng(0).normal(size=(24, 24, 24)).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / "blank" / "scan.nii.gz"))
+    check_fillable(scan(tmp_path / "blank", cfg), (16, 16, 16), 0.5)  # one scan holds data: trained on, warned

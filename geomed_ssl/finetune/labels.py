@@ -222,7 +222,9 @@ def match_labels(image_records: Sequence[FileRecord], label_dir: str | Path | No
     elif csv is not None:
         found = _by_csv(records, Path(csv), Path(label_dir) if label_dir else None)
     elif label_dir is None:
-        raise DataError("no labels given: pass a label folder, a label file or a labels CSV (image,label).")
+        raise DataError("no labels given: pass --labels with a label folder (the images' folder itself when each label "
+                        "sits beside its image, named like it: scan_seg.nii.gz), a label file or a labels CSV "
+                        "(image,label); or labels.label_name for one label file name in each case's folder.")
     elif Path(label_dir).is_file():
         found = {r.path: str(label_dir) for r in records}
     elif Path(label_dir).is_dir():

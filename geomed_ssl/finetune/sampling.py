@@ -400,9 +400,12 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
                      f"{copies} voxels of the label files; budgets count those voxels, and the copies of one train "
                      "or test together (label-file voxels training per class: "
                      + ", ".join(f"{cmap.label(v)}:{n}" for v, n in zip(cmap.values, per)) + ")")
-    for c in cmap.values:
-        if c not in tested:
-            notes.append(f"{cmap.label(c)}: no test {unit}s left; it is not evaluated")
+    if not test.size and cfg.per_class is None and cfg.fraction is None:
+        notes.append(f"every labelled {unit} trains (no budget given), so none is left to test: pass "
+                     "--labels-per-class or --label-fraction to keep the rest for testing, or score the model on other "
+                     "labelled images with geomed-ssl evaluate")
+    else:
+        notes += [f"{cmap.label(c)}: no test {unit}s left; it is not evaluated" for c in cmap.values if c not in tested]
     return LabelSelection(files[train], flats[train], values[train], files[test], flats[test], values[test],
                           list(cmap.values), list(cmap.names), shapes, notes, cfg.split, seed, [str(p) for p in paths],
                           [str(g) for g in grounds] if grounds is not None else None)

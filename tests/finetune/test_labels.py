@@ -1142,3 +1142,14 @@ def test_class_folders_of_channel_stacks_are_not_nested_and_a_shared_channel_is_
     assert "subfolders" not in caplog.text and "copies" not in caplog.text
     one = DataConfig(patch_size=16, channels=["B04.tif"])  # a stack of one channel file: its folder is the sample
     assert scan_class_folders(tmp_path, one, strict=True)[2] == ["Forest", "River"]
+
+
+def test_without_a_budget_every_label_trains_and_one_note_says_how_to_keep_some_for_testing() -> None:
+    lab = np.zeros((16, 16), np.int64)
+    lab[:8], lab[8:] = 1, 2
+    sel = select_labels([lab], [lab > 0], LabelsConfig(seed=0))
+    assert sel.train_value.size == 256 and sel.test_value.size == 0
+    assert len(sel.notes) == 1 and "every labelled pixel trains (no budget given)" in sel.notes[0]
+    assert "--labels-per-class or --label-fraction" in sel.notes[0]
+    kept = select_labels([lab], [lab > 0], LabelsConfig(per_class=5, seed=0))
+    assert kept.test_value.size and not any("no budget" in n for n in kept.notes)

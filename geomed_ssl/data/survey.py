@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from geomed_ssl.data.intensity import CT_LOOKING_MIN
 from geomed_ssl.data.records import BLANK_VOLUMES, blank_volumes
 from geomed_ssl.data.validity import HUGE_FILL
 from geomed_ssl.geo.grids import crs_name
@@ -220,11 +221,22 @@ def warn_collars(ranges: Sequence[tuple[str, Sequence[Sequence[float]]]], fate: 
                     f" (and {len(collars) - 1} more file(s))" if len(collars) > 1 else "", v, v, v, fate)
 
 
+def not_ct(records: Sequence[Any]) -> list[tuple[str, float]]:
+    """The volumes of ``records`` whose lowest value is above CT's (``CT_LOOKING_MIN``): their path and that value."""
+    out = []
+    for r in records:
+        lows = [float(v[0]) for v in (r.value_range or []) if np.isfinite(v[0])]
+        if r.kind == "volume" and lows and min(lows) >= CT_LOOKING_MIN:
+            out.append((r.path, min(lows)))
+    return out
+
+
 def warn_survey(catalog: Any, spacing: Sequence[float] | None = None, rotation_axis: int | None = None,
-                window: Sequence[int] | None = None, tokens: Sequence[int] | None = None) -> None:
+                window: Sequence[int] | None = None, tokens: Sequence[int] | None = None,
+                intensity: str | None = None) -> None:
     """Warnings about the archive as a whole: rasters of several CRSs or pixel sizes, files whose values are far
-    from the rest (:func:`value_outliers`), volumes' voxels (:func:`voxel_warnings`) and blank volumes, each with
-    what to check."""
+    from the rest (:func:`value_outliers`), volumes' voxels (:func:`voxel_warnings`), blank volumes and, read as CT
+    (``intensity``), volumes that do not look like CT (:func:`not_ct`), each with what to check."""
     if spacing is not None and getattr(catalog, "kind", None) == "raster":
         log.warning("warning: data.spacing %s is for volumes (resampled to it as they are read); rasters are read at "
                     "their own pixel size: resample them first (gdalwarp -tr X Y), or leave data.spacing out.",
@@ -233,6 +245,12 @@ def warn_survey(catalog: Any, spacing: Sequence[float] | None = None, rotation_a
         log.warning(line)
     if blank := blank_volumes(catalog.records):
         log.warning(BLANK_VOLUMES, len(blank), blank[0])
+    if intensity == "ct" and (unlike := not_ct(catalog.records)):
+        path, low = unlike[0]
+        log.warning("warning: %d volume(s) read as CT (data.intensity: ct) do not look like CT: '%s' reaches only "
+                    "%.4g at its lowest, where CT's air is about -1000 HU (an MR scan, or CT stored without its "
+                    "rescale to HU?); clipped to data.ct_window they lose their contrast. Leave them out (data.exclude, "
+                    "data.include) or set data.intensity to auto or mr.", len(unlike), path, low)
     _, sizes = grid_counts(catalog.records)
     sizes = Counter({k: n for k, n in sizes.items() if not k.endswith(" px")})  # no ground size to compare
     if len(sizes) > 1:

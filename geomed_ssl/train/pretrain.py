@@ -255,7 +255,7 @@ def read_data(data_dir: str | Path, out: Path, recipe: Recipe, resume: bool, str
     log.info(catalog.summary())
     warn_survey(catalog, recipe.data.spacing,
                 int(recipe.method.settings.get("axis", 0)) if recipe.method.name == "rotation" else None,
-                window=recipe.data.patch_size, tokens=recipe.model.patch_size)
+                window=recipe.data.patch_size, tokens=recipe.model.patch_size, intensity=recipe.data.intensity)
     check_fillable(catalog, as_tuple(recipe.data.patch_size, spatial_dims(recipe.data), "data.patch_size"),
                    recipe.data.min_valid_fraction, recipe.data.spacing)
     recipe = fit_method_to_data(recipe, catalog, source, resume)

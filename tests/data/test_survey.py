@@ -237,3 +237,27 @@ def test_blank_volumes_are_warned_about_by_inspect_and_pretrain_and_a_folder_of_
     vol = np.random.default_rng(0).normal(size=(24, 24, 24)).astype(np.float32)
     nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / "blank" / "scan.nii.gz"))
     check_fillable(scan(tmp_path / "blank", cfg), (16, 16, 16), 0.5)  # one scan holds data: trained on, warned
+
+
+def test_volumes_read_as_ct_that_do_not_look_like_ct_are_warned_about(tmp_path, caplog) -> None:
+    """An MR scan in a CT folder (the abdomen sample's example_mr_sm) was clipped to the HU window without a word."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "mixed").mkdir()
+    ct = rng.normal(0, 300, (24, 24, 24)).astype(np.float32)
+    ct[:4] = -1024  # air
+    nib.save(nib.Nifti1Image(ct, np.eye(4)), str(tmp_path / "mixed" / "ct.nii.gz"))
+    cfg = DataConfig(kind="volume", patch_size=16, intensity="ct")
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        warn_survey(scan(tmp_path / "mixed", cfg), intensity="ct")
+    assert "do not look like CT" not in caplog.text
+    mr = rng.uniform(0, 800, (24, 24, 24)).astype(np.float32)
+    nib.save(nib.Nifti1Image(mr, np.eye(4)), str(tmp_path / "mixed" / "mr.nii.gz"))
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        warn_survey(scan(tmp_path / "mixed", cfg), intensity="auto")  # auto reads it as MR: nothing to say
+    assert "do not look like CT" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        warn_survey(scan(tmp_path / "mixed", cfg), intensity="ct")
+    assert "1 volume(s) read as CT (data.intensity: ct) do not look like CT: '" in caplog.text
+    assert "mr.nii.gz' reaches only 0" in caplog.text and "set data.intensity to auto or mr" in caplog.text

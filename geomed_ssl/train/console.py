@@ -13,6 +13,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from geomed_ssl.train.run_log import say_in_run_log
+
 log = logging.getLogger("geomed_ssl")
 
 # Lightning warnings about choices we make on purpose (each with the reason):
@@ -73,10 +75,12 @@ class StderrProgressBar(TQDMProgressBar):
 
 
 class PlainProgress(L.Callback):
-    """One log line every ``every`` optimiser steps and at the last: step, loss, lr and steps per second."""
+    """One log line every ``every`` optimiser steps and at the last: step, loss, lr and steps per second;
+    ``console`` False: in the run's log.txt only (:mod:`geomed_ssl.train.run_log`), beside a progress bar or none."""
 
-    def __init__(self, every: int) -> None:
+    def __init__(self, every: int, console: bool = True) -> None:
         self.every = max(1, int(every))
+        self.console = console
         self._seen, self._since, self._time = -1, 0, 0.0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -100,15 +104,20 @@ class PlainProgress(L.Callback):
             parts.append(f"loss {logs['loss']:.4f}")
         if "lr" in logs:
             parts.append(f"lr {logs['lr']:.3g}")
-        log.info("  ".join(parts + [f"{rate:.2f} it/s"]))
+        line = "  ".join(parts + [f"{rate:.2f} it/s"])
+        if self.console:
+            log.info(line)  # the run's log.txt gets it too
+        else:
+            say_in_run_log(line)
 
 
 def progress_callbacks(enabled: bool, every: int) -> list[L.Callback]:
-    """A bar on stderr when it is a terminal, else plain lines every ``every`` steps; nothing when disabled."""
+    """A bar on stderr when it is a terminal, else plain lines every ``every`` steps; nothing on the console when
+    disabled. The plain lines go to a pretraining run's log.txt in every case."""
     if not enabled:
-        return []
+        return [PlainProgress(every, console=False)]
     if sys.stderr.isatty():
-        return [StderrProgressBar(refresh_rate=1)]
+        return [StderrProgressBar(refresh_rate=1), PlainProgress(every, console=False)]
     return [PlainProgress(every)]
 
 

@@ -35,6 +35,7 @@ from geomed_ssl.train.checkpointing import (ResumePoint, StopRequest, find_resum
 from geomed_ssl.train.console import quiet_lightning
 from geomed_ssl.train.lr_check import warn_accumulation, warn_schedule
 from geomed_ssl.train.module import PretrainModule, param_groups
+from geomed_ssl.train.run_log import attach_run_log, keeps_run_log
 from geomed_ssl.train.run_files import resumed_stats, warn_data_changed, write_run_files
 from geomed_ssl.train.trainer import (build_trainer, daemon_children, forks, loader_workers, probe_trainer,
                                       worker_death, worker_died)
@@ -292,6 +293,7 @@ class PretrainData(L.LightningDataModule):
 
 
 @keeps_process_state
+@keeps_run_log
 def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: str | Path, *,
              overrides: list[str] | None = None, resume: bool = False, overwrite: bool = False, strict: bool = False,
              callbacks: list[L.Callback] | None = None, progress: bool = True) -> RunResult:
@@ -343,6 +345,7 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
             prepare_run_dir(out, resume, overwrite, inputs)
             remove_stale_temp_files(out)
             write_run_files(out, recipe, catalog, stats, point.step if point is not None else None)
+            attach_run_log(out, point.step if point is not None else None)
 
     stop = StopRequest()
     cbs = run_callbacks(out, recipe, method, catalog, stats, enc_cfg, stop, progress, knn) + (callbacks or [])

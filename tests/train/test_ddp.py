@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BASE = [*TINY, "data.sensor=null", "data.patch_size=16", "train.accelerator=cpu", "train.checkpoint_every=1",
         "model.drop_path=0.5"]
 DDP = ["train.devices=2", "train.strategy=ddp", "train.batch_size=4"]
-RUN_FILES = {".geomed-ssl.json", "config.yaml", "catalog.json", "stats.json", "metrics.csv", "checkpoints", "encoder"}
+RUN_FILES = {".geomed-ssl.json", "config.yaml", "catalog.json", "stats.json", "metrics.csv", "log.txt", "checkpoints",
+             "encoder"}
 
 
 def cli_args(data: Path, out: Path, sets: list[str], *extra: str,

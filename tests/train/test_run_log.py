@@ -1,0 +1,41 @@
+"""log.txt: what a pretraining run said (the catalog, warnings, step lines, how it ended), kept in its folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+
+from geomed_ssl.errors import TrainingError
+from tests.conftest import TINY
+
+RECIPE = "recipes/mae_sentinel2.yaml"
+RUN = [*TINY, "data.sensor=null", "data.patch_size=16", "train.max_steps=2", "train.warmup_steps=1"]
+
+
+class Fails(L.Callback):
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == 3:
+            raise TrainingError("the loss became nan in step 3; training stopped.")
+
+
+def test_a_run_keeps_what_it_said_in_log_txt_and_a_resume_appends_to_it(raster_dir: Path, tmp_path: Path,
+                                                                          caplog) -> None:
+    from geomed_ssl.train.pretrain import pretrain
+
+    caplog.set_level("INFO", logger="geomed_ssl")  # as the command line logs (Python: your logging configuration)
+
+    run = tmp_path / "run"
+    pretrain(RECIPE, raster_dir, run, overrides=RUN, progress=False)
+    first = (run / "log.txt").read_text().splitlines()
+    assert first[0].startswith("--- geomed-ssl ") and first[0].endswith(" ---")
+    assert any("usable raster files under" in line for line in first)  # said before the folder existed
+    assert "  step 2/2  loss " in first[-1]  # the step lines, the last one last
+    with pytest.raises(TrainingError):
+        pretrain(None, raster_dir, run, resume=True, overrides=["train.max_steps=5"], progress=False,
+                 callbacks=[Fails()])
+    lines = (run / "log.txt").read_text().splitlines()
+    assert lines[: len(first)] == first
+    assert lines[len(first)].startswith("--- resumed from step 2 (geomed-ssl ")
+    assert lines[-1].endswith("  error: the loss became nan in step 3; training stopped.")

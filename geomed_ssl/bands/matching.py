@@ -23,7 +23,7 @@ def same_band(a: float, b: float) -> bool:
 
 def check_band_wavelengths(expected: Sequence[str], expected_wl: Sequence[float | None] | None,
                            found_wl: Sequence[float | None] | None, order: Sequence[int] | None, where: str) -> None:
-    """A DataError when a band matched by name (``order``, as ``bands.names.band_order`` gave it) is not the
+    """A DataError when a band matched by name (``order``, as ``band_order`` gave it) is not the
     model's band of that name by centre wavelength (:func:`same_band`: more than 15 nm and 2 % apart), both centres
     known: another sensor's bands under the same names (GDAL's ``Band 92`` of two cubes, Landsat-7's B4 (NIR) and
     Landsat-8's B4 (red)), which a model reading bands by name would take for its own."""

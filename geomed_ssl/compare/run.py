@@ -262,13 +262,10 @@ def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str,
     """Run the jobs whose rows are missing from results.csv, one row written after each; the number run.
     ``nones``: ``none`` of each label seed, each moved to ``device`` only while its features are in use.
     ``known``: the encoders of the folder's earlier runs too, whose kept fine-tunes the names keep apart.
-    ``stale``: the summary files of the earlier rows, deleted before a new row comes (a stop midway would leave them
+    ``stale``: the summary files of the earlier rows, deleted as the first new row comes (a stop later would leave them
     beside rows they do not show, looking complete)."""
     todo = [j for j in jobs if (j.source, *splits[j.split_index].budget.cells, str(splits[j.split_index].seed),
                                 j.protocol) not in results.done]
-    if todo:
-        for path in stale:
-            path.unlink(missing_ok=True)
     if len(todo) < len(jobs):
         log.info("%d of %d runs are in results.csv already; running the other %d", len(jobs) - len(todo), len(jobs),
                  len(todo))
@@ -312,6 +309,8 @@ def execute(jobs: list[Job], splits: list[Split], task: Task, sources: dict[str,
                         start = time.perf_counter()
                     result = frozen_scores(feats[key], task, split, job.protocol, recipe)
             seconds = time.perf_counter() - start
+            for path in stale:  # from the first new row on, the earlier summary no longer shows every row
+                path.unlink(missing_ok=True)
             results.add(make_row(job.source, split.budget.cells, split.seed, job.protocol, result, seconds))
             bar.update(1)
             shown = {k: v for k, v in result.items() if v is not None}
@@ -397,7 +396,8 @@ def _run_compare(options: CompareOptions, out: Path, inputs: dict[str, Any], ima
                    device, known=list(weights), stale=[out / "summary.md", out / "curve.png"])
     metric = headline_metric(task)
     held_out = held_out_lines(splits, task) if options.split == "images" else []
-    others = other_architectures(pretrained(results.rows), sources[NONE].encoder.config)
+    others = other_architectures(pretrained(results.rows), sources[NONE].encoder.config,
+                                 {name: s.encoder.config for name, s in sources.items()})
     write_summary(out / "summary.md", results.rows, metric, options.split, task.unit, task.background is not None,
                   held_out, others)
     write_curve(out / "curve.png", results.rows, metric)

@@ -99,7 +99,10 @@ def load_sources(options: CompareOptions, recipe: Recipe, task: Task) -> list[En
     return sorted(sources, key=lambda s: order[s.name])
 
 
-ARCHITECTURE_FREE = ("stats", "scale", "drop_path")  # encoder settings that leave the network a probe reads as it is
+# encoder settings that leave the network a probe reads as it is: statistics, pixel size, training-only settings, and
+# the bands' names and wavelengths (compare meets them to the data's by name: two runs on differently named or
+# ordered bands are one network)
+ARCHITECTURE_FREE = ("stats", "scale", "drop_path", "band_names", "wavelengths", "bandwidths")
 
 
 def architecture(config: Any) -> dict[str, Any]:
@@ -107,14 +110,15 @@ def architecture(config: Any) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k not in ARCHITECTURE_FREE}
 
 
-def other_architectures(names: Sequence[str], template: Any) -> list[str]:
+def other_architectures(names: Sequence[str], template: Any, loaded: dict[str, Any] | None = None) -> list[str]:
     """The encoders among ``names`` (as given: RUN_DIRs) whose architecture is not ``template``'s (``none``'s, the
-    first encoder's): their difference with ``none`` is not pretraining's alone. One that cannot be read any more
-    (moved since its rows were made) is left out."""
+    first encoder's): their difference with ``none`` is not pretraining's alone. Their configs: ``loaded`` (this
+    run's), else read from disk (an earlier run's rows); one that cannot be read any more (moved since) is left
+    out."""
     others = []
     for name in names:
         try:
-            config, _ = read_encoder_config(name)
+            config = (loaded or {}).get(name) or read_encoder_config(name)[0]
         except (GeomedError, OSError, ValueError):
             continue
         if architecture(config) != architecture(template):

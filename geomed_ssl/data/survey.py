@@ -248,9 +248,10 @@ def warn_survey(catalog: Any, spacing: Sequence[float] | None = None, rotation_a
     if intensity == "ct" and (unlike := not_ct(catalog.records)):
         path, low = unlike[0]
         log.warning("warning: %d volume(s) read as CT (data.intensity: ct) do not look like CT: '%s' reaches only "
-                    "%.4g at its lowest, where CT's air is about -1000 HU (an MR scan, or CT stored without its "
-                    "rescale to HU?); clipped to data.ct_window they lose their contrast. Leave them out (data.exclude, "
-                    "data.include) or set data.intensity to auto or mr.", len(unlike), path, low)
+                    "%.4g at its lowest, where CT's air is about -1000 HU. An MR scan, or CT stored without its "
+                    "rescale to HU, loses its contrast clipped to data.ct_window: leave such files out (data.exclude, "
+                    "data.include), or read MR with data.intensity: mr. A CT cropped inside the body (no air) is "
+                    "right as it is.", len(unlike), path, low)
     _, sizes = grid_counts(catalog.records)
     sizes = Counter({k: n for k, n in sizes.items() if not k.endswith(" px")})  # no ground size to compare
     if len(sizes) > 1:

@@ -14,7 +14,9 @@ How the processes of a run come to exist decides how they agree (:func:`agreemen
 - processes started by the cluster (torchrun, SLURM, MPI, ...: every rank runs the command at once): the process
   group is set up early (as Lightning would, which then reuses it) and the ranks exchange, over a side group with a
   :data:`TIMEOUT`, whether each passed its checks (the first failure's message reaches every rank, which all stop at
-  once instead of waiting 30 minutes for the group) and rank 0's checkpoint path.
+  once instead of waiting 30 minutes for the group) and rank 0's checkpoint path; then, in rounds of their own
+  (:meth:`Agreement.round`), whether the checks that need the data passed on every rank, and last whether rank 0
+  made and wrote the run folder.
 
 Only strings and flags travel, as uint8 / int64 tensors (nothing is pickled).
 """
@@ -57,15 +59,17 @@ class Agreement:
         ``last``: no round follows."""
 
     @contextlib.contextmanager
-    def last_round(self) -> Iterator[None]:
-        """The last round: what runs inside (rank 0 making the run folder and writing its files among it) either
-        fails on some rank, which every rank then learns, or passes on all, as :meth:`all_passed` says."""
+    def round(self, last: bool = True) -> Iterator[None]:
+        """One more round after the checkpoint's: what runs inside (every rank's further checks; then, in the last
+        round, rank 0 making the run folder and writing its files) either fails on some rank, which every rank then
+        learns (a stop too: the others are told before it goes on), or passes on all, as :meth:`all_passed` says."""
         try:
             yield
-        except Exception as err:
-            self.failed(err)
+        except BaseException as err:
+            with contextlib.suppress(Exception):
+                self.failed(err)
             raise
-        self.all_passed()
+        self.all_passed(last)
 
 
 class LauncherAgreement(Agreement):

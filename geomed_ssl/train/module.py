@@ -75,6 +75,12 @@ def diverged_advice(trainer: L.Trainer) -> str:
     return f"No checkpoint was written before it; {fix}, then start again with --overwrite."
 
 
+def step_mean(values: list[float]) -> float:
+    """The mean of one log key over a step's micro-batches; a value they all share (the lr, a schedule's) as it is,
+    never changed by the rounding of a sum."""
+    return values[0] if all(v == values[0] for v in values) else sum(values) / len(values)
+
+
 class PretrainModule(L.LightningModule):
     """Runs ``method.training_loss`` each step; knows nothing method-specific.
 
@@ -124,7 +130,7 @@ class PretrainModule(L.LightningModule):
         if batch_idx % t.accumulate_grad_batches == 0:  # the step's first micro-batch
             self._step_logs = []
         self._step_logs.append(logs)  # metrics.csv gets the step's mean: what one batch that many times larger logs
-        logs = {k: sum(m[k] for m in self._step_logs if k in m) / sum(k in m for m in self._step_logs) for k in logs}
+        logs = {k: step_mean([m[k] for m in self._step_logs if k in m]) for k in logs}
         self.last_logs = logs
         if lightning_reads_logs(self.trainer):
             self.log("loss", logs["loss"], prog_bar=True, on_step=True, batch_size=t.batch_size)

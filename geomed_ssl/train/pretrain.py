@@ -215,8 +215,8 @@ def agreed_inputs(probe: L.Trainer, out: Path, data_dir: str | Path, recipe: Rec
     """What can fail before rank 0 writes, checked by every rank, which agree on it (:mod:`geomed_ssl.train
     .agreement`): rank 0 checks ``--out`` and picks the checkpoint to resume from, then every rank reads that
     checkpoint, the data, its statistics and fits the method's data-dependent sizes (the recipe returned). A
-    failure on any rank stops every rank with its message. The agreement is returned for its last round (rank 0
-    making and writing the run folder: :meth:`Agreement.last_round`)."""
+    failure on any rank stops every rank with its message. The agreement is returned for the rounds that follow
+    (:meth:`Agreement.round`: the further checks of every rank, then rank 0 making and writing the run folder)."""
     agreement = agreement_for(probe)
     rank = probe.global_rank
     try:  # rank 0 refuses a used or forbidden --out (and changes nothing) and picks the checkpoint to resume from
@@ -322,7 +322,7 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     agreement, point, catalog, stats, recipe = agreed_inputs(
         probe, out, data_dir, recipe, inputs, resume=resume, overwrite=overwrite, strict=strict,
         source=str(out / "config.yaml") if resume else str(recipe_file or "recipe"))
-    with agreement.last_round():  # a failure here, rank 0's writing the run folder included, stops every rank
+    with agreement.round(last=False):  # every rank's checks on the data, before rank 0 changes RUN_DIR
         clock = resumed_clock(point, t.max_steps, t.min_lr) if point else ScheduleClock(t.max_steps)
 
         L.seed_everything(t.seed, workers=True, verbose=False)
@@ -341,6 +341,7 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
             for note in method.fit_to_data(dataset, t.seed, fit_device(probe, t.strategy, t.devices)):
                 log.info(note)
         knn = knn_monitor(recipe, stats, enc_cfg)  # its folder read (and refused) before RUN_DIR is made
+    with agreement.round():  # rank 0 making RUN_DIR: a failure there (locked, disk full) stops every rank
         if rank == 0:
             prepare_run_dir(out, resume, overwrite, inputs)
             remove_stale_temp_files(out)

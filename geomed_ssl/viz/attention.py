@@ -236,13 +236,15 @@ def _read_window(cfg: Any, record: Any, data_cfg: DataConfig, stats: BandStats, 
         shape = tuple(volumes.volume_shape(record))
         offsets = [None] * 3
     box = [_start(s, w, o, a, image_path) for s, w, o, a in zip(shape, cfg.img_size, offsets, ("row", "col", "z"))]
-    short = [(a, n, p) for (_, n), p, a in zip(box, patch, ("rows", "columns", "z")) if patch_floor(n, p) == 0]
+    short = [(a, n, p, s) for (_, n), p, a, s in zip(box, patch, ("rows", "columns", "z"), shape)
+             if patch_floor(n, p) == 0]
     if short:
-        axis, left, p = short[0]
-        where = (f"from --window {','.join(map(str, window))} only {left} {axis} are left" if nd == 2 and window
-                 is not None else f"it has {left} {axis}")
+        axis, left, p, whole = short[0]
+        moved = nd == 2 and window is not None and whole >= p  # the image holds a token there; the window cut it
+        where = f"from --window {','.join(map(str, window))} only {left} {axis} are left" if moved else \
+            f"it has {whole} {axis}"
         raise DataError(f"'{image_path}' ({'x'.join(map(str, shape))}): {where}, fewer than one token patch ({p}); "
-                        + ("choose a --window nearer its top-left corner." if nd == 2 and window is not None else
+                        + ("choose a --window nearer its top-left corner." if moved else
                            "give an image at least one token patch wide along every axis."))
     box = [(start, patch_floor(n, p)) for (start, n), p in zip(box, patch)]
     starts, sizes = [s for s, _ in box], [n for _, n in box]

@@ -472,14 +472,11 @@ def test_a_sigterm_outside_a_fine_tune_stops_compare_with_143_and_the_same_line(
 
 def test_a_continued_compare_stopped_midway_leaves_no_summary_of_the_earlier_rows(scene, tmp_path: Path,
                                                                                  monkeypatch) -> None:
-    """summary.md and curve.png show the rows of the run that wrote them: a compare adding a seed deletes them before
-    its first new row, so a stop midway leaves results.csv alone (not a complete-looking summary of fewer rows), and
-    the compare run again writes them whole."""
-    import os
-    import signal
-    import time
-
+    """summary.md and curve.png show the rows of the run that wrote them: a compare adding a seed deletes them as
+    its first new row comes, so a stop after it leaves results.csv alone (not a complete-looking summary of fewer
+    rows); a stop before any new row keeps them (they still show every row); the compare run again writes them."""
     from geomed_ssl.compare import run as compare_run
+    from geomed_ssl.errors import RunStopped
 
     out = tmp_path / "cmp"
     args = compare_args(["none"], scene, out, "--baselines", "rf", "--recipe", "recipes/mae_sentinel2.yaml")
@@ -487,17 +484,23 @@ def test_a_continued_compare_stopped_midway_leaves_no_summary_of_the_earlier_row
     one_seed = list(args)
     one_seed[one_seed.index("0,1")] = "0"
     assert runner.invoke(app, one_seed).exit_code == 0 and (out / "summary.md").is_file()
-    scores = compare_run.frozen_scores
+    add = compare_run.ResultsFile.add
 
-    def preempted(*a, **k):
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)  # the handler raises first
-        return scores(*a, **k)
+    def stop_before(*a, **k) -> None:
+        raise RunStopped("SIGTERM", "compare stopped by SIGTERM")
 
-    monkeypatch.setattr(compare_run, "frozen_scores", preempted)
+    def stop_after(self, row) -> None:
+        add(self, row)
+        raise RunStopped("SIGTERM", "compare stopped by SIGTERM")
+
+    with monkeypatch.context() as patched:  # stopped while computing the first new row
+        patched.setattr(compare_run, "frozen_scores", stop_before)
+        patched.setattr(compare_run, "finetune_scores", stop_before)
+        assert runner.invoke(app, args).exit_code == 143 and (out / "summary.md").is_file()
+    monkeypatch.setattr(compare_run.ResultsFile, "add", stop_after)
     assert runner.invoke(app, args).exit_code == 143
     assert not (out / "summary.md").exists() and not (out / "curve.png").exists()
-    monkeypatch.setattr(compare_run, "frozen_scores", scores)
+    monkeypatch.setattr(compare_run.ResultsFile, "add", add)
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
     assert (out / "curve.png").is_file() and "| rf (forest) | 3 | " in (out / "summary.md").read_text()

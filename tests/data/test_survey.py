@@ -260,4 +260,4 @@ def test_volumes_read_as_ct_that_do_not_look_like_ct_are_warned_about(tmp_path, 
     with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
         warn_survey(scan(tmp_path / "mixed", cfg), intensity="ct")
     assert "1 volume(s) read as CT (data.intensity: ct) do not look like CT: '" in caplog.text
-    assert "mr.nii.gz' reaches only 0" in caplog.text and "set data.intensity to auto or mr" in caplog.text
+    assert "mr.nii.gz' reaches only 0" in caplog.text and "read MR with data.intensity: mr" in caplog.text

@@ -419,3 +419,10 @@ def test_a_recipe_with_a_spectral_shift_passes_the_early_check_without_wavelengt
 
     recipe = load_recipe("recipes/moco_v3_sentinel2_small.yaml", ["augment.spectral_shift_p=0.5", "data.sensor=null"])
     assert check_views(recipe) is recipe
+
+
+def test_a_steps_logs_average_its_micro_batches_and_keep_values_they_share_exactly() -> None:
+    from geomed_ssl.train.module import step_mean
+
+    assert step_mean([0.1, 0.1, 0.1]) == 0.1  # the lr: the sum's rounding would give 0.10000000000000002
+    assert step_mean([1.0, 2.0, 4.5]) == 2.5 and step_mean([3.0]) == 3.0

@@ -113,3 +113,7 @@ def test_a_window_that_leaves_less_than_a_token_names_the_axis_and_what_is_left(
                                         r"patch \(4\); choose a --window nearer"):
         attention_for_file(enc, train / "scene_0.tif", tmp_path / "a.png", window=[42, 10])
     assert attention_for_file(enc, train / "scene_0.tif", tmp_path / "b.png", window=[20, 10]).is_file()
+    thin = described(tmp_path / "thin", [structured_raster(np.random.default_rng(2), 4, 45)[:, :3]],
+                     ["B02", "B03", "B04", "B08"])
+    with pytest.raises(DataError, match=r"\(3x45\): it has 3 rows, fewer than one token patch \(4\); give an image"):
+        attention_for_file(enc, thin / "scene_0.tif", tmp_path / "c.png", window=[0, 0])

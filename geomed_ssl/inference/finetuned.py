@@ -115,7 +115,7 @@ def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], o
     cfg = data_config(meta, recipe.data)
     planned = usable_inputs(plan_outputs([str(p) for p in inputs], out, cfg, meta["window"]), cfg, blend, stats,
                             strict, scale=scale, model=name, window=meta["window"],
-                            room=(out, len(meta["classes"]), probabilities))
+                            room=(out, [c["value"] for c in meta["classes"]], probabilities))
     prepare_out_dir(out, **rule)
     summaries = predict_files(model_fn(model), [str(p) for p in planned], out, stats, num_classes=len(meta["classes"]),
                               window=meta["window"], data_cfg=cfg, overlap=overlap, blend=blend,

@@ -178,7 +178,7 @@ def refuse_foreign_outputs(out: Path, p: Path) -> None:
 
 def usable_inputs(planned: dict[Path, Path], data_cfg: Any, blend: str, stats: BandStats, strict: bool = False,
                   scale: dict[str, Any] | None = None, model: str = "the model",
-                  window: Sequence[int] | None = None, room: tuple[Path, int, bool | str] | None = None
+                  window: Sequence[int] | None = None, room: tuple[Path, Sequence[int], bool | str] | None = None
                   ) -> dict[Path, Path]:
     """The planned inputs ``predict`` can read, checked before its output folder is made: an unknown ``blend`` is
     an error; a file the catalog's probe refuses (truncated, corrupt, not an image; any size is taken, the
@@ -187,7 +187,7 @@ def usable_inputs(planned: dict[Path, Path], data_cfg: Any, blend: str, stats: B
     name, as ``predict`` reads them: :func:`_check_bands`) is an error. Files whose pixels / voxels are far from
     ``scale``, the size ``model`` was trained at, are warned about (``model_data.warn_other_scale``), and so are
     files under half the model's ``window`` along a side (:func:`warn_padded`) and, with ``room`` (the output
-    folder, the number of classes, ``probabilities``), outputs the folder's disk may lack room for
+    folder, the class values, ``probabilities``), outputs the folder's disk may lack room for
     (:func:`warn_disk_room`)."""
     import logging
 
@@ -235,14 +235,17 @@ def usable_inputs(planned: dict[Path, Path], data_cfg: Any, blend: str, stats: B
     return usable
 
 
-def output_bytes(records: Sequence[Any], num_classes: int, probabilities: bool | str) -> int:
-    """The uncompressed size of the class maps (one byte a pixel / voxel; two past 255 classes) and probability
-    files (one band a class, float32 or uint8) of ``records``, on their own grids: what the outputs take at most."""
-    per_pixel = (1 if num_classes <= 255 else 2) + num_classes * {None: 0, "uint8": 1}.get(proba_kind(probabilities), 4)
+def output_bytes(records: Sequence[Any], class_values: Sequence[int], probabilities: bool | str) -> int:
+    """The uncompressed size of the class maps (one byte a pixel / voxel; two for label values past 255) and
+    probability files (one band a class, float32 or uint8) of ``records``, on their own grids: what the outputs
+    take at most (those a new map replaces are counted too)."""
+    labels = 1 if max(class_values) <= 255 else 2
+    per_pixel = labels + len(class_values) * {None: 0, "uint8": 1}.get(proba_kind(probabilities), 4)
     return sum(math.prod(r.shape) for r in records) * per_pixel
 
 
-def warn_disk_room(records: Sequence[Any], out_dir: Path, num_classes: int, probabilities: bool | str) -> None:
+def warn_disk_room(records: Sequence[Any], out_dir: Path, class_values: Sequence[int],
+                   probabilities: bool | str) -> None:
     """A warning before predicting when the outputs of ``records`` uncompressed (:func:`output_bytes`) exceed the
     free space of the disk ``out_dir`` is (or will be) on: deflate shrinks class maps many times, probabilities
     much less, and a full disk stops the run at the file that does not fit (the finished ones stay)."""
@@ -255,7 +258,7 @@ def warn_disk_room(records: Sequence[Any], out_dir: Path, num_classes: int, prob
         free = shutil.disk_usage(folder).free
     except OSError:
         return
-    needed = output_bytes(records, num_classes, probabilities)
+    needed = output_bytes(records, class_values, probabilities)
     if needed > free:
         proba = " and probabilities" if proba_kind(probabilities) else ""
         log.warning("warning: the class maps%s of these %d input(s) take up to %.1f GB uncompressed and the disk of "

@@ -221,10 +221,10 @@ def test_predict_warns_before_starting_when_the_outputs_may_not_fit_on_the_disk(
     from geomed_ssl.inference.predict import output_bytes
 
     scenes = [SimpleNamespace(shape=(100, 50)), SimpleNamespace(shape=(10, 10))]
-    assert output_bytes(scenes, 2, False) == 5100  # one byte a pixel
-    assert output_bytes(scenes, 2, True) == 5100 * 9  # + two float32 bands
-    assert output_bytes(scenes, 2, "uint8") == 5100 * 3
-    assert output_bytes(scenes, 300, False) == 5100 * 2  # uint16 class values
+    assert output_bytes(scenes, [1, 2], False) == 5100  # one byte a pixel
+    assert output_bytes(scenes, [1, 2], True) == 5100 * 9  # + two float32 bands
+    assert output_bytes(scenes, [1, 2], "uint8") == 5100 * 3
+    assert output_bytes(scenes, [0, 1000], False) == 5100 * 2  # uint16 class values
     ft = make_ft_dir(tmp_path)
     (tmp_path / "in").mkdir()
     write_geotiff(tmp_path / "in" / "scene.tif", 1000 + structured_raster(np.random.default_rng(0), 4, 40) * 2000)

@@ -336,7 +336,9 @@ def _band_names(num_bands: int, descriptions: Sequence[str | None] | None, data_
 def _band_wavelengths(names: list[str], tags: dict[int, dict[str, Any]], data_cfg: Any,
                       path: str) -> list[float | None] | None:
     """Centre wavelengths (µm) of the named bands: the recipe's (``data.wavelengths`` corrects a file's wrong or
-    missing ones), else the sensor profile's by name, else each band's own; None when no band has one."""
+    missing ones), else the sensor profile's by name where the band's own (its tags) is missing or the same band,
+    else each band's own (warned about when the profile names another: another sensor's band of that name); None
+    when no band has one."""
     num_bands = len(names)
     own = [_tag_wavelength(tags.get(i + 1)) for i in range(num_bands)]
     own = [w if w is not None else _tag_um(tags.get(i + 1), "SUFFIX_WAVELENGTH_UM") for i, w in enumerate(own)]
@@ -350,8 +352,29 @@ def _band_wavelengths(names: list[str], tags: dict[int, dict[str, Any]], data_cf
         return [float(w) for w in cfg_wl]
     sensor = getattr(data_cfg, "sensor", None)
     wl: list[float | None] = lookup_wavelengths(names, sensor) if sensor else [None] * num_bands
-    wl = [w if w is not None else o for w, o in zip(wl, own)]
+    from geomed_ssl.bands.matching import same_band  # (matching reads this module's names)
+
+    other = [(n, o, w) for n, o, w in zip(names, own, wl) if o is not None and w is not None and not same_band(o, w)]
+    if other:  # the file's own centre wins: another sensor's B10 (thermal) is not Sentinel-2's B10 (cirrus)
+        _note_other_sensor(path, str(sensor), other)
+    wl = [o if o is not None and (w is None or not same_band(o, w)) else w for w, o in zip(wl, own)]
     return wl if any(w is not None for w in wl) else None
+
+
+_OTHER_SENSOR_NOTED: set[tuple[str, tuple[str, ...]]] = set()
+
+
+def _note_other_sensor(path: str, sensor: str, other: list[tuple[str, float, float]]) -> None:
+    """Warn, once per sensor and band list, that a file's own band centres are not those data.sensor names."""
+    key = (sensor, tuple(n for n, _, _ in other))
+    if key in _OTHER_SENSOR_NOTED:
+        return
+    _OTHER_SENSOR_NOTED.add(key)
+    shown = ", ".join(f"{n} {o:.3g} µm (profile {w:.3g})" for n, o, w in other[:4]) + (" ..." if len(other) > 4 else "")
+    logging.getLogger("geomed_ssl").warning(
+        f"warning: '{path}' (and files like it) give their bands centre wavelengths other than data.sensor "
+        f"'{sensor}' has for those names: {shown}; the file's own are kept, so such bands meet no band of that "
+        "sensor of the same name. If these files are of another sensor, set data.sensor to it (or null).")
 
 
 def positional_names_message(paths: Sequence[str], sensor: str | None, names: Sequence[str]) -> str:

@@ -258,3 +258,22 @@ def test_channel_globs_named_by_colour_are_told_the_sensors_names_for_them(caplo
                                                                                                 "nir"])
     assert "in the globs' order (here [B04, B03, B02, B08])" in caplog.text
     assert "(here [B4, B3, B2, B5])" in caplog.text
+
+
+def test_a_files_own_band_centres_win_over_another_sensors_profile_of_the_same_names(caplog) -> None:
+    """A Landsat-8 file (B1..B11 with their own centres) read under data.sensor sentinel2 (inherited from a model's
+    recipe): B5 was given Sentinel-2's red-edge centre and B10 (thermal) the cirrus one, so they met those bands."""
+    landsat = {"B1": 0.443, "B2": 0.482, "B3": 0.561, "B4": 0.655, "B5": 0.865, "B6": 1.609, "B7": 2.201, "B8": 0.590,
+               "B9": 1.373, "B10": 10.895, "B11": 12.005}
+    tags = {i + 1: {"CENTRAL_WAVELENGTH_UM": str(w)} for i, w in enumerate(landsat.values())}
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        info = bands.resolve_band_info(11, list(landsat), tags, DataConfig(sensor="sentinel2"), "l8.tif")
+    got = dict(zip(landsat, info.wavelengths))
+    assert [got[b] for b in ("B5", "B8", "B10", "B11")] == [0.865, 0.590, 10.895, 12.005]  # their own: other bands
+    assert got["B2"] == sensor_profile("sentinel2")["B02"]  # the same band (8 nm apart): the profile's centre
+    said = " ".join(caplog.text.split())
+    assert "'l8.tif' (and files like it) give their bands centre wavelengths other than data.sensor 'sentinel2'" in said
+    assert "B5 0.865 µm (profile 0.705)" in said and "set data.sensor to it (or null)" in said
+    s2 = {1: {"CENTRAL_WAVELENGTH_UM": "0.4927"}}  # Sentinel-2B's B02: the same band, the profile's centre kept
+    assert bands.resolve_band_info(1, ["B02"], s2, DataConfig(sensor="sentinel2"), "s2.tif").wavelengths == \
+        pytest.approx([sensor_profile("sentinel2")["B02"]])

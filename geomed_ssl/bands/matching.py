@@ -11,7 +11,7 @@ from typing import Sequence
 from geomed_ssl.bands.names import _canon, split_wavelength_suffix
 from geomed_ssl.errors import DataError
 
-WAVELENGTH_TOLERANCE_UM = 0.015  # as models.spectral.MATCH_TOLERANCE_UM: closer centres are the same band ...
+WAVELENGTH_TOLERANCE_UM = 0.015  # closer centres are the same band (Landsat-8 B4 ~ Sentinel-2 B04) ...
 WAVELENGTH_TOLERANCE_REL = 0.02  # ... or within 2 % of the wavelength: one sensor's platforms (S2A / S2B B12:
 # 2202 / 2186 nm) differ by more than 15 nm in the SWIR; other sensors' bands of one name lie far apart
 
@@ -72,6 +72,12 @@ def brief(names: Sequence[str], keep: int = 8, as_list: bool = False) -> str:
     return text if few else f"{text} ({len(names)} bands)"
 
 
+def loose_name(name: str) -> str:
+    """A band name as the loose match compares it: without GDAL's wavelength suffix, case, spaces, underscores and
+    leading zeros of its number (``Band 1 (0.400 Micrometers)``, ``band_1`` and ``BAND01`` are one)."""
+    return _canon(split_wavelength_suffix(str(name))[0])
+
+
 def band_order(expected: Sequence[str], found: Sequence[str], where: str,
                source: str | None = None) -> list[int] | None:
     """The one band rule: indices into ``found`` that give the ``expected`` bands in their order, matched by NAME.
@@ -89,8 +95,8 @@ def band_order(expected: Sequence[str], found: Sequence[str], where: str,
     look_alike = ""
     if missing:  # the same bands written another way: B1 / B01, or GDAL's "B01 (0.443 Micrometers)" (models named
         # so before); never with bands left over: another sensor's B8 is not this B08
-        loose = {_canon(split_wavelength_suffix(n)[0]): i for i, n in enumerate(have)}
-        found_loosely = [loose.get(_canon(split_wavelength_suffix(n)[0])) for n in want]
+        loose = {loose_name(n): i for i, n in enumerate(have)}
+        found_loosely = [loose.get(loose_name(n)) for n in want]
         if len(loose) == len(have) and all(i is not None for i in found_loosely):
             if len(want) == len(have):
                 return found_loosely  # type: ignore[return-value]

@@ -207,7 +207,7 @@ class ViTEncoder(nn.Module):
         """This encoder for data holding ``band_names`` (with their centre wavelengths and widths in µm, when known).
 
         Same bands in the same order: ``self``. Otherwise only ``spectral`` and ``wavelength`` embeddings can run:
-        each band is matched to an encoder band by name, else by the nearest wavelength (within 15 nm), and the
+        each band is matched to an encoder band by name, else by the nearest wavelength (within 15 nm or 2 %), and the
         mapping is logged. The result is a new encoder sharing no state with this one, whose config has the new
         bands, their wavelengths and widths (the data's, else the matched band's) and the matched bands' statistics
         renamed to the data's band names; its generated conv (wavelength) or channel-embedding rows (spectral) are
@@ -231,7 +231,7 @@ class ViTEncoder(nn.Module):
         if unmatched:
             raise DataError(
                 f"bands {unmatched} match none of the encoder's bands ({' '.join(cfg.band_names)}) by name or by "
-                f"centre wavelength (within 15 nm); drop them from the data (data.band_names / a band subset) or "
+                f"centre wavelength (within 15 nm or 2 %); drop them from the data (data.band_names / a band subset) or "
                 "give their wavelengths (data.sensor or data.wavelengths)."
             )
         new = dataclasses.replace(

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from geomed_ssl.bands.matching import brief
 from geomed_ssl.bands.conform import conform_catalog, conform_record
 from geomed_ssl.bands.ranges import warn_far_from_stats, warn_other_scaling
 from geomed_ssl.data.records import reoriented_axes
@@ -94,9 +95,14 @@ def encoder_data_bands(cfg: EncoderConfig, catalog: Any) -> list[str]:
     kept = [m.name for m in sorted((m for m in matches if m.index is not None), key=lambda m: m.index)]
     dropped = [m.name for m in matches if m.index is None]
     if not kept:
-        raise DataError(f"none of the data's bands ({' '.join(catalog.band_names)}) matches the encoder's "
-                        f"({' '.join(cfg.band_names)}) by name or by centre wavelength (within 15 nm); give the "
-                        "bands' wavelengths (data.sensor or data.wavelengths) or use data with the encoder's bands.")
+        data_wl = any(w is not None for w in (catalog.wavelengths or []))
+        enc_wl = any(w is not None for w in (cfg.wavelengths or []))
+        hint = ("the encoder knows no band's wavelength (pretrained without them), so only names can match: use data "
+                "with the encoder's band names (data.band_names)" if data_wl and not enc_wl else
+                "give the data's bands' wavelengths (data.sensor or data.wavelengths) or use data with the encoder's "
+                "bands")
+        raise DataError(f"none of the data's bands ({brief(catalog.band_names)}) matches the encoder's "
+                        f"({brief(cfg.band_names)}) by name or by centre wavelength (within 15 nm or 2 %); {hint}.")
     if dropped:
         log.info("note: band(s) %s match none of the encoder's bands by name or wavelength; dropped", dropped)
     return kept

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geomed_ssl.bands.matching import loose_name, same_band
 from geomed_ssl.errors import ConfigError, DataError
 from geomed_ssl.models.pos_embed import sincos_1d
 from geomed_ssl.models.tokens import token_grid
@@ -37,7 +38,6 @@ from geomed_ssl.models.tokens import token_grid
 NM_PER_UM = 1000.0  # wavelengths are stored in µm; sin-cos features take nanometres (periods 2π .. 2π·10⁴ nm)
 WAVE_DIM = 128  # sin-cos features per wavelength (and per band width) fed to the weight generator
 WAVE_HIDDEN = 128  # width of the weight generator's MLP
-MATCH_TOLERANCE_UM = 0.015  # bands with centres closer than this are taken as the same band (L8 B4 ~ S2 B04)
 
 
 def default_band_groups(num_bands: int, size: int = 4) -> list[list[int]]:
@@ -293,26 +293,33 @@ class BandMatch:
 
 
 def match_bands(enc_names: Sequence[str], enc_wavelengths: Sequence[float | None] | None, names: Sequence[str],
-                wavelengths: Sequence[float | None] | None = None,
-                tolerance: float = MATCH_TOLERANCE_UM) -> list[BandMatch]:
-    """Match data bands to the encoder's: by exact name, else by the nearest centre wavelength within
-    ``tolerance`` µm. A data band's wavelength defaults to its name-matched encoder band's; a name match whose
-    wavelengths are both known and differ by more than ``tolerance`` is another sensor's band of that name (Landsat-8
-    B10 is thermal, Sentinel-2 B10 cirrus) and is matched by wavelength instead."""
+                wavelengths: Sequence[float | None] | None = None) -> list[BandMatch]:
+    """Match data bands to the encoder's: by name, else by the nearest centre wavelength that is the same band
+    (``bands.matching.same_band``: within 15 nm or 2 %). Names match exactly, or written another way (``B1`` /
+    ``B01``, GDAL's ``Band 1 (0.400 Micrometers)`` / ``band_1``) when the data holds as many bands as the encoder and
+    every one matches so, as the band rule of the other embeddings (``bands.matching.band_order``). A data band's
+    wavelength defaults to its name-matched encoder band's; a name match whose wavelengths are both known and are
+    not the same band is another sensor's band of that name (Landsat-8 B10 is thermal, Sentinel-2 B10 cirrus) and is
+    matched by wavelength instead."""
     enc_wl = list(enc_wavelengths) if enc_wavelengths is not None else [None] * len(enc_names)
     data_wl = list(wavelengths) if wavelengths is not None else [None] * len(names)
     if len(data_wl) != len(names):
         raise DataError(f"{len(names)} band names but {len(data_wl)} wavelengths; give one wavelength per band.")
     by_name = {n: i for i, n in enumerate(enc_names)}
+    named = [by_name.get(n) for n in names]
+    if None in named and len(names) == len(enc_names):  # the same bands written another way?
+        enc_loose = {loose_name(n): i for i, n in enumerate(enc_names)}
+        loose = [enc_loose.get(loose_name(n)) for n in names]
+        if None not in loose and len(set(loose)) == len(loose) and len(enc_loose) == len(enc_names):
+            named = loose
     out = []
-    for name, wl in zip(names, data_wl):
-        i = by_name.get(name)
-        if i is not None and (wl is None or enc_wl[i] is None or abs(wl - enc_wl[i]) <= tolerance):
+    for name, wl, i in zip(names, data_wl, named):
+        if i is not None and (wl is None or enc_wl[i] is None or same_band(wl, enc_wl[i])):
             out.append(BandMatch(name, wl if wl is not None else enc_wl[i], i, "name"))
             continue
         near = [(abs(w - wl), i) for i, w in enumerate(enc_wl) if wl is not None and w is not None]
         best = min(near, default=None)
-        if best is not None and best[0] <= tolerance:
+        if best is not None and same_band(wl, enc_wl[best[1]]):
             out.append(BandMatch(name, wl, best[1], "wavelength"))
         else:
             out.append(BandMatch(name, wl, None, "none"))

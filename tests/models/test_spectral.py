@@ -241,3 +241,18 @@ def test_a_flexible_encoder_reads_a_files_bands_in_its_own_order_so_band_chunks_
     assert encoder_data_bands(cfg_for("spectral", 13, spectral_chunk=4), catalog) == S2
     catalog = SimpleNamespace(band_names=["B12", "B02", "B04"], wavelengths=None)
     assert encoder_data_bands(cfg_for("wavelength", 13), catalog) == ["B02", "B04", "B12"]
+
+
+def test_band_flexible_encoders_match_names_written_another_way_and_s2b_b12_as_the_band_rule_does() -> None:
+    """An encoder pretrained on undescribed bands (band_1 ...) met the same cube converted from ENVI (GDAL's "Band 1
+    (0.400 Micrometers)") or described "Band 1": refused, where plain encoders read it; Sentinel-2B's B12 (2.186 µm)
+    was dropped by a Sentinel-2A encoder (2.202 µm): 16 nm apart, within 2 %, one band for the band rule."""
+    from geomed_ssl.models.spectral import match_bands
+
+    bare = [f"band_{i}" for i in range(1, 4)]
+    envi = [f"Band {i} (0.{400 + 10 * i} Micrometers)" for i in range(1, 4)]
+    assert [(m.index, m.how) for m in match_bands(bare, None, envi[::-1])] == [(2, "name"), (1, "name"), (0, "name")]
+    assert [m.index for m in match_bands(bare, None, ["Band 1", "Band 2", "Band 3"])] == [0, 1, 2]
+    assert [m.index for m in match_bands(bare, None, ["Band 1", "Band 2"])] == [None, None]  # fewer: exact names only
+    s2a = match_bands(["B11", "B12"], [1.614, 2.202], ["B11", "B12"], [1.610, 2.186])
+    assert [(m.index, m.how) for m in s2a] == [(0, "name"), (1, "name")]

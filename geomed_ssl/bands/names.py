@@ -160,12 +160,12 @@ def split_wavelength_suffix(description: str) -> tuple[str, float | None]:
 
 
 def _tag_wavelength(tags: dict[str, Any] | None) -> float | None:
-    """One band's centre wavelength (µm) from its tags, or None: CENTRAL_WAVELENGTH_UM (GDAL's IMAGERY domain),
-    else the ``wavelength`` / ``wavelength_units`` pair that GDAL before 3.10 (and many tools) write for ENVI
+    """One band's centre wavelength (µm) from its tags, or None: CENTRAL_WAVELENGTH_UM (GDAL's IMAGERY domain; a
+    value above 100 is nanometres written under the µm key), else the ``wavelength`` / ``wavelength_units`` pair that GDAL before 3.10 (and many tools) write for ENVI
     cubes (nanometres or micrometres; without units, a value above 100 is read as nanometres)."""
     found = _tag_um(tags, "CENTRAL_WAVELENGTH_UM")
-    if found is not None:
-        return found
+    if found is not None:  # no imaging band lies past 100 µm: such a value was written in nanometres
+        return found / 1000.0 if found > 100.0 else found
     return _tag_length(tags, "WAVELENGTH", 100.0)
 
 

@@ -277,3 +277,9 @@ def test_a_files_own_band_centres_win_over_another_sensors_profile_of_the_same_n
     s2 = {1: {"CENTRAL_WAVELENGTH_UM": "0.4927"}}  # Sentinel-2B's B02: the same band, the profile's centre kept
     assert bands.resolve_band_info(1, ["B02"], s2, DataConfig(sensor="sentinel2"), "s2.tif").wavelengths == \
         pytest.approx([sensor_profile("sentinel2")["B02"]])
+
+
+def test_a_central_wavelength_written_in_nanometres_under_the_micrometre_key_is_read_as_nanometres() -> None:
+    tags = {1: {"CENTRAL_WAVELENGTH_UM": "490"}, 2: {"CENTRAL_WAVELENGTH_UM": "10.9"}}  # the second: thermal, µm
+    info = bands.resolve_band_info(2, ["a", "b"], tags, DataConfig(), "f.tif")
+    assert info.wavelengths == pytest.approx([0.49, 10.9])

@@ -93,7 +93,6 @@ def encoder_data_bands(cfg: EncoderConfig, catalog: Any) -> list[str]:
     # in the encoder's order: a spectral embedding that tokenises chunks of adjacent bands (model.spectral_chunk)
     # must see them as in pretraining, whatever order a file stores them in
     kept = [m.name for m in sorted((m for m in matches if m.index is not None), key=lambda m: m.index)]
-    dropped = [m.name for m in matches if m.index is None]
     if not kept:
         data_wl = any(w is not None for w in (catalog.wavelengths or []))
         enc_wl = any(w is not None for w in (cfg.wavelengths or []))
@@ -103,9 +102,7 @@ def encoder_data_bands(cfg: EncoderConfig, catalog: Any) -> list[str]:
                 "bands")
         raise DataError(f"none of the data's bands ({brief(catalog.band_names)}) matches the encoder's "
                         f"({brief(cfg.band_names)}) by name or by centre wavelength (within 15 nm or 2 %); {hint}.")
-    if dropped:
-        log.info("note: band(s) %s match none of the encoder's bands by name or wavelength; dropped", dropped)
-    return kept
+    return kept  # the bands left out are said as the catalog is read in this order (bands.conform)
 
 
 def catalog_for_encoder(cfg: EncoderConfig, catalog: Any) -> Any:

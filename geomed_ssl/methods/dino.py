@@ -48,7 +48,7 @@ from geomed_ssl.methods.masking import block_mask, ibot_masks  # noqa: F401  (bl
 from geomed_ssl.methods.momentum import MomentumPair
 from geomed_ssl.methods.monitor import batch_std
 from geomed_ssl.methods.registry import register_method
-from geomed_ssl.methods.schedules import cosine, linear_warmup, teacher_momentum
+from geomed_ssl.methods.schedules import cosine, linear_warmup, teacher_momentum, warn_frozen_run
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 
 
@@ -93,6 +93,7 @@ class DINOSettings(MethodSettings):
                                        bounds=">= 0")
 
     def check(self, source: str, context: MethodContext) -> None:
+        warn_frozen_run(source, "freeze_last_layer_steps", self.freeze_last_layer_steps, context.max_steps)
         lo, hi = self.ibot_mask_ratio
         if lo > hi:
             raise ConfigError(f"{source}: method.ibot_mask_ratio must be [min, max] with min <= max, got "

@@ -106,3 +106,20 @@ class ScheduleClock:
 
     def __repr__(self) -> str:
         return f"ScheduleClock(total={self.total}, end={self.end}, knots={self.knots})"
+
+
+_FROZEN_SAID: set[tuple[str, str, int, int]] = set()
+
+
+def warn_frozen_run(source: str, key: str, steps: int | None, max_steps: int | None) -> None:
+    """A warning (once) when ``method.<key>``, a number of steps at the start during which a part of the method does
+    not learn, covers the whole run of ``max_steps``: that part never trains."""
+    if steps is None or max_steps is None or steps < max_steps or (source, key, steps, max_steps) in _FROZEN_SAID:
+        return
+    _FROZEN_SAID.add((source, key, steps, max_steps))
+    import logging
+
+    logging.getLogger("geomed_ssl").warning(
+        f"warning: {source}: method.{key} {steps} >= train.max_steps {max_steps}: that part stays frozen for the "
+        f"whole run and never learns; lower it (e.g. {max(1, max_steps // 10)}) or leave it null (a share of "
+        "max_steps).")

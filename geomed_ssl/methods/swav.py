@@ -25,6 +25,7 @@ from geomed_ssl.methods.losses import swav_loss
 from geomed_ssl.methods.projection import Prototypes, swav_projector
 from geomed_ssl.methods.queue import FeatureQueue
 from geomed_ssl.methods.registry import register_method
+from geomed_ssl.methods.schedules import warn_frozen_run
 from geomed_ssl.methods.siamese import needs_batch_of_two
 from geomed_ssl.models.encoder import EncoderConfig
 
@@ -40,14 +41,15 @@ class SwAVSettings(PrototypeSettings, MethodSettings):
     temperature: float = setting(0.1, "softmax temperature of the predictions", bounds="> 0")
     epsilon: float = setting(0.05, "Sinkhorn entropic regularisation (lower: harder codes)", bounds="> 0")
     sinkhorn_iterations: int = setting(3, "Sinkhorn-Knopp iterations", bounds=">= 1")
-    freeze_prototypes_steps: int = setting(100, "steps at the start during which the prototypes do not learn",
-                                           bounds=">= 0")
+    freeze_prototypes_steps: int | None = setting(None, "steps at the start during which the prototypes do not "
+                                                  "learn; null: 10 % of train.max_steps", bounds=">= 0")
     queue_size: int = setting(0, "past global-crop embeddings added to Sinkhorn's batch once the queue is full "
                               "(0: no queue; helps when the global batch is smaller than ~n_prototypes)",
                               bounds=">= 0")
 
     def check(self, source: str, context: MethodContext) -> None:
         needs_batch_of_two(self, source, context, "swav")
+        warn_frozen_run(source, "freeze_prototypes_steps", self.freeze_prototypes_steps, context.max_steps)
         check_prototypes(self.n_prototypes, source, context)
         if self.queue_size and context.samples is not None and self.queue_size > context.samples:
             raise ConfigError(f"{source}: method.queue_size {self.queue_size} is longer than the data, which holds "
@@ -76,6 +78,8 @@ class SwAV(MultiCropMethod):
                  None = None, max_steps: int = 1000) -> None:
         super().__init__(encoder_cfg, settings, max_steps)
         s = self.settings
+        self.freeze_prototypes_steps = (int(0.1 * max_steps) if s.freeze_prototypes_steps is None
+                                        else s.freeze_prototypes_steps)
         self.projector = swav_projector(encoder_cfg.embed_dim, s.proj_hidden_dim, s.proj_dim)
         self.prototypes = Prototypes(s.proj_dim, s.prototype_count())
         self.queue = FeatureQueue(s.queue_size, (2, s.proj_dim), init="empty") if s.queue_size else None
@@ -100,7 +104,7 @@ class SwAV(MultiCropMethod):
 
     def before_optimizer_step(self, step: int) -> None:
         """Drop the prototypes' gradients while frozen (the first ``freeze_prototypes_steps`` steps)."""
-        if self.clock(step) < self.settings.freeze_prototypes_steps:
+        if self.clock(step) < self.freeze_prototypes_steps:
             for p in self.prototypes.parameters():
                 p.grad = None
 

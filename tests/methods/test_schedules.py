@@ -81,3 +81,25 @@ def test_resuming_twice_with_the_same_end_keeps_every_value_bit_identical_and_ad
     again = stretched.resumed(97, 250).resumed(163, 250)
     assert again.knots == stretched.knots
     assert [again(s) for s in range(251)] == [stretched(s) for s in range(251)]  # exact floats, not approx
+
+
+def test_a_part_frozen_for_the_whole_run_is_warned_about_and_swav_freezes_a_share_of_the_run_by_default(caplog):
+    """SwAV froze its prototypes for a fixed 100 steps: a run of 100 steps or fewer (the recipes' small try: half of
+    it) never trained them, without a word. Now null (the default): 10 % of the run; an explicit freeze as long as
+    the run is warned about, for DINO's last layer too."""
+    from geomed_ssl.methods.base import MethodContext
+    from geomed_ssl.methods.dino import DINOSettings
+    from geomed_ssl.methods.swav import SwAV, SwAVSettings
+    from geomed_ssl.models.encoder import EncoderConfig
+
+    cfg = EncoderConfig(in_chans=3, img_size=(16, 16), patch_size=(4, 4), embed_dim=32, depth=1, num_heads=2)
+    settings = {"proj_hidden_dim": 16, "proj_dim": 8, "n_prototypes": 4}
+    assert SwAV(cfg, settings, max_steps=200).freeze_prototypes_steps == 20
+    assert SwAV(cfg, {**settings, "freeze_prototypes_steps": 7}, max_steps=200).freeze_prototypes_steps == 7
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        SwAVSettings(freeze_prototypes_steps=100).check("recipe.yaml", MethodContext(max_steps=100))
+        DINOSettings(freeze_last_layer_steps=50).check("dino.yaml", MethodContext(max_steps=3))
+        SwAVSettings(freeze_prototypes_steps=10).check("ok.yaml", MethodContext(max_steps=100))
+    said = " ".join(caplog.text.split())
+    assert "recipe.yaml: method.freeze_prototypes_steps 100 >= train.max_steps 100: that part stays frozen" in said
+    assert "dino.yaml: method.freeze_last_layer_steps 50 >= train.max_steps 3" in said and "ok.yaml" not in said

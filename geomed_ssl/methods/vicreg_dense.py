@@ -35,6 +35,7 @@ from geomed_ssl.config import MethodConfig, setting
 from geomed_ssl.views.builder import ViewSpec
 from geomed_ssl.methods.base import MethodCard, MethodOutput, MethodSettings, PerSample, SSLMethod
 from geomed_ssl.methods.losses import vicreg_terms
+from geomed_ssl.methods.monitor import CollapseMonitor
 from geomed_ssl.methods.projection import vicreg_expander
 from geomed_ssl.methods.registry import register_method
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
@@ -170,6 +171,7 @@ class VICRegDense(SSLMethod):
         self.projector = vicreg_expander(d, m.projector_dim, m.projector_dim, m.projector_layers)
         self.global_projector = (vicreg_expander(d, m.projector_dim, m.projector_dim, m.projector_layers)
                                  if m.global_weight > 0 else None)
+        self.monitor = CollapseMonitor("vicreg_dense")
 
     def pixel_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` (B, C, *S) -> per-pixel (voxel) features (B, D, *S) (final normed tokens upsampled bilinearly, or
@@ -220,7 +222,8 @@ class VICRegDense(SSLMethod):
         f1 = torch.gather(maps[0].flatten(2), 2, i1.to(x1.device)[:, None].expand(-1, d, -1))  # (B, D, m)
         f2 = torch.gather(maps[1].flatten(2), 2, i2.to(x1.device)[:, None].expand(-1, d, -1))
         f1, f2 = f1.transpose(1, 2).reshape(-1, d), f2.transpose(1, 2).reshape(-1, d)  # (B * m, D)
-        loss, terms = self._weighted(self.projector(f1), self.projector(f2))
+        p1, p2 = self.projector(f1), self.projector(f2)
+        loss, terms = self._weighted(p1, p2)
         logs = {"dense_loss": loss.detach(), "invariance": terms.invariance.detach(),
                 "variance": terms.variance.detach(), "covariance": terms.covariance.detach()}
         if self.global_projector is not None:
@@ -228,5 +231,5 @@ class VICRegDense(SSLMethod):
                                        self.global_projector(tokens[1].mean(1)))
             loss = loss + m.global_weight * g_loss
             logs["global_loss"] = g_loss.detach()
-        logs["collapse"] = terms.variance.detach()  # 1: every projected dimension constant (collapsed)
+        logs.update(self.monitor(p1, step))  # embedding_std and the 0 / 1 collapse flag of every method, warned
         return MethodOutput(loss=loss, logs=logs)

@@ -186,6 +186,9 @@ def test_vicreg_dense_trains_from_the_cli_and_its_loss_falls(raster_dir: Path, t
     assert len(curve) == 40
     first, last = np.mean([curve[s] for s in range(1, 6)]), np.mean([curve[s] for s in range(36, 41)])
     assert last < 0.95 * first, (first, last)  # VICReg's floor is high: ~21 -> ~19 in 40 steps here
+    with (out / "metrics.csv").open() as fh:  # the collapse flag every method logs: 0 / 1, beside the spread
+        rows = list(csv.DictReader(fh))
+    assert {r["collapse"] for r in rows} == {"0.0"} and all(float(r["embedding_std"]) > 0 for r in rows)
     from geomed_ssl import load_encoder
 
     enc = load_encoder(out)

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from geomed_ssl.data.validity import STD_FLOOR, is_fill, valid_mask
+from geomed_ssl.geo.validity import STD_FLOOR, is_fill, valid_mask
 from geomed_ssl.errors import DataError
 
 CT_LOOKING_MIN = -500.0  # a volume whose minimum is below this looks like CT (Hounsfield units)

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from geomed_ssl.geo.gdal_read import alpha_bands, has_dataset_mask, read_masked
-from geomed_ssl.data.validity import band_gaps, band_percentiles, is_fill, valid_mask, valid_values
+from geomed_ssl.geo.validity import band_gaps, band_percentiles, is_fill, valid_mask, valid_values
 
 RASTER_PREVIEW = 256  # preview: at most this many pixels per side
 VOLUME_PREVIEW = 64  # strided volume read: about this many voxels per side

@@ -21,7 +21,7 @@ import numpy as np
 
 from geomed_ssl.bands.conform import pick_bands
 from geomed_ssl.data.intensity import intensity_args, preprocess_intensity
-from geomed_ssl.data.validity import valid_mask
+from geomed_ssl.geo.validity import valid_mask
 from geomed_ssl.windows.crops import pad_crop
 from geomed_ssl.geo.gdal_read import read_masked
 from geomed_ssl.geo.voxels import resample_to_spacing

@@ -32,7 +32,7 @@ from geomed_ssl.config import as_tuple, spatial_dims
 from geomed_ssl.bands.conform import pick_bands
 from geomed_ssl.geo.gdal_read import window_reads
 from geomed_ssl.data.intensity import ct_bounds, intensity_args, preprocess_intensity
-from geomed_ssl.data.validity import STD_FLOOR, band_gaps, band_percentiles, valid_mask, valid_values
+from geomed_ssl.geo.validity import STD_FLOOR, band_gaps, band_percentiles, valid_mask, valid_values
 from geomed_ssl.errors import DataError
 
 log = logging.getLogger("geomed_ssl")

@@ -14,7 +14,7 @@ import numpy as np
 
 from geomed_ssl.data.intensity import CT_LOOKING_MIN
 from geomed_ssl.data.records import BLANK_VOLUMES, blank_volumes
-from geomed_ssl.data.validity import HUGE_FILL
+from geomed_ssl.geo.validity import HUGE_FILL
 from geomed_ssl.geo.grids import crs_name
 from geomed_ssl.geo.pixel_size import crs_units, pixel_size, size_groups
 

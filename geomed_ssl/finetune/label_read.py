@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from geomed_ssl.data.validity import is_fill
+from geomed_ssl.geo.validity import is_fill
 from geomed_ssl.errors import DataError
 from geomed_ssl.finetune.sampling import unique_ints
 from geomed_ssl.geo.gdal_read import has_dataset_mask

@@ -29,7 +29,7 @@ from geomed_ssl.geo.gdal_read import data_bands, read_masked
 from geomed_ssl.bands.ranges import warn_summaries
 from geomed_ssl.data.survey import warn_collars
 from geomed_ssl.data.stats import BandStats, normalize
-from geomed_ssl.data.validity import band_gaps, band_percentiles, valid_mask, valid_values
+from geomed_ssl.geo.validity import band_gaps, band_percentiles, valid_mask, valid_values
 from geomed_ssl.windows.tiling import DEFAULT_OVERLAP, blend_weights, window_starts
 from geomed_ssl.errors import DataError
 from geomed_ssl.files.cases import is_case_file

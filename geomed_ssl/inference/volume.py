@@ -14,7 +14,7 @@ import torch
 
 from geomed_ssl.bands.conform import conform_record, note_band_order
 from geomed_ssl.data.stats import BandStats, normalize
-from geomed_ssl.data.validity import valid_mask
+from geomed_ssl.geo.validity import valid_mask
 from geomed_ssl.windows.tiling import DEFAULT_OVERLAP
 from geomed_ssl.errors import DataError
 from geomed_ssl.files.cases import is_case_file

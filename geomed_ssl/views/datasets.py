@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from geomed_ssl.config import as_tuple, spatial_dims
 from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import normalize
-from geomed_ssl.data.validity import valid_mask
+from geomed_ssl.geo.validity import valid_mask
 from geomed_ssl.errors import DataError
 from geomed_ssl.geo.grids import grid_identity
 

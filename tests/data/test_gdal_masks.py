@@ -150,7 +150,7 @@ def test_a_stack_reads_each_files_own_nodata_as_missing(tmp_path: Path) -> None:
 def test_a_stack_reads_the_same_pixels_missing_whichever_channel_comes_first(tmp_path: Path) -> None:
     """The first file's nodata tag was the stack's: a hole in it was a per-band gap, the same hole in a later file hid
     the pixel, and its value (0) hid another file's real zeros. Now every file marks its own pixels alike."""
-    from geomed_ssl.data.validity import valid_mask
+    from geomed_ssl.geo.validity import valid_mask
 
     folder = tmp_path / "scenes" / "s1"
     folder.mkdir(parents=True)
@@ -308,7 +308,7 @@ def test_a_run_resumed_from_before_stacks_read_each_files_tag_is_not_told_its_da
 def test_data_nodata_replaces_every_stacked_files_tag_in_the_catalog_and_the_reads_alike(tmp_path: Path) -> None:
     """With data.nodata set the catalog read a stacked file's own tag as data (and said so) while training read
     its pixels as missing."""
-    from geomed_ssl.data.validity import valid_mask
+    from geomed_ssl.geo.validity import valid_mask
 
     folder = tmp_path / "scenes" / "s1"
     folder.mkdir(parents=True)

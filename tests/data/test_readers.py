@@ -187,7 +187,7 @@ def test_spacing_resamples_shape_and_affine(tmp_path):
 def test_spacing_never_blends_a_nodata_value_into_the_voxels_beside_it(tmp_path):
     """4-mm slices resampled to 1 mm: nodata (0) in the bottom two slices must not become made-up valid intensities
     (200, 400, 600) on the way to the 800 of the data; what touches nodata is nodata."""
-    from geomed_ssl.data.validity import valid_mask
+    from geomed_ssl.geo.validity import valid_mask
 
     vol = np.full((4, 4, 8), 800, np.float32)
     vol[:, :, :2] = 0

@@ -8,7 +8,7 @@ from geomed_ssl.data.catalog import Catalog, FileRecord, scan
 from geomed_ssl.bands.ranges import far_from_stats, warn_far_from_stats
 from geomed_ssl.data.stats import BandStats, compute_stats, normalize
 from geomed_ssl.data.intensity import intensity_args, preprocess_intensity
-from geomed_ssl.data.validity import valid_mask
+from geomed_ssl.geo.validity import valid_mask
 from geomed_ssl.errors import DataError
 
 

@@ -27,8 +27,8 @@ from geomed_ssl.errors import ConfigError
 from geomed_ssl.methods.base import (MethodCard, MethodContext, MethodOutput, MethodSettings, PerSample, SSLMethod,
                                      mix_seed)
 from geomed_ssl.methods.masking import patchify
-from geomed_ssl.methods.mim import (MaskToken, block_masks, encode_masked, global_mean, prepare_image,
-                                    token_weights)
+from geomed_ssl.methods.mim import (MIN_TOKEN_VALID, MaskToken, block_masks, encode_masked, global_mean,
+                                    prepare_image, token_valid_fraction, token_weights)
 from geomed_ssl.methods.registry import register_method
 from geomed_ssl.methods.tokenizer import NORMALIZE, PatchTokenizer, resolve_codebook_size
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
@@ -115,16 +115,21 @@ class BEiT(SSLMethod):
 
     def fit_to_data(self, dataset: Sequence[dict[str, Any]], seed: int,
                     device: torch.device | str = "cpu") -> list[str]:
-        """Fit the codebook on the patches of the first ``tokenizer_windows`` training samples (nodata zeroed), on
-        ``device``; the generator is seeded from ``seed`` alone."""
+        """Fit the codebook on the patches of the first ``tokenizer_windows`` training samples that are at least
+        half valid (the tokens the loss reads; nodata zeroed), on ``device``; the generator is seeded from ``seed``
+        alone."""
         s = self.settings
-        vectors = []
+        vectors, kept = [], []
         for i in range(s.tokenizer_windows):
             sample = dataset[i]
             valid = sample.get("valid")
             image, _ = prepare_image({"image": sample["image"][None], "valid": None if valid is None else valid[None]})
             vectors.append(patchify(image, self.patch_size)[0])  # (N, P*C)
+            kept.append(torch.ones(len(vectors[-1]), dtype=torch.bool) if valid is None else
+                        token_valid_fraction(valid[None].bool(), self.patch_size)[0] >= MIN_TOKEN_VALID)
         v = torch.cat(vectors)  # (windows * N, P*C)
+        if torch.cat(kept).any():  # a fill value's patch would take a code of its own
+            v = v[torch.cat(kept)]
         device = torch.device(device)
         generator = torch.Generator(device).manual_seed(mix_seed(seed, TOKENIZER_STREAM))
         self.tokenizer.to(device).fit(v.to(device), generator, max_samples=s.tokenizer_patches)

@@ -152,3 +152,23 @@ def test_beit_codebook_is_fitted_once_logged_and_restored_on_resume(raster_dir: 
     assert "codebook of" not in result.output  # not fitted again: the checkpoint's is used
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert torch.equal(next(v for k, v in last.items() if k.endswith("tokenizer.codebook")), codebook)
+
+
+def test_beits_codebook_is_fitted_on_the_patches_its_loss_reads_not_on_nodata() -> None:
+    """Patches mostly nodata (zeroed) took a near-zero 'fill' code of their own: the codebook is fitted on the
+    patches at least half valid, the ones the loss scores."""
+    import torch
+
+    from geomed_ssl.methods.beit import BEiT
+    from geomed_ssl.models.encoder import EncoderConfig
+
+    cfg = EncoderConfig(in_chans=2, img_size=(8, 8), patch_size=(4, 4), embed_dim=32, depth=1, num_heads=2)
+    method = BEiT(cfg, {"codebook_size": 2, "tokenizer_windows": 2, "tokenizer_patches": 100}, max_steps=10)
+    valid = torch.ones(8, 8, dtype=torch.bool)
+    valid[:, :4] = False  # the left two of four patches: nodata
+    samples = [{"image": torch.randn(2, 8, 8) + 5, "valid": valid} for _ in range(2)]
+    seen = []
+    fit = method.tokenizer.fit
+    method.tokenizer.fit = lambda v, *a, **k: seen.append(v) or fit(v, *a, **k)
+    method.fit_to_data(samples, seed=0)
+    assert seen[0].shape == (4, 32) and (seen[0].abs().sum(1) > 0).all()  # 2 valid patches of each window

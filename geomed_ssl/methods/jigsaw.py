@@ -176,8 +176,8 @@ class JigsawSettings(PretextSettings):
                                "the largest such multiple under 64/75 of the cell (the paper's ratio)", bounds=">= 1")
 
     def check(self, source: str, context: MethodContext) -> None:
-        refuse_volumes("jigsaw", context, "a 3x3x3 puzzle cuts the small windows volumes train on into 27 tiles "
-                       "too small to encode", source)
+        refuse_volumes("jigsaw", context, f"a {self.grid}x{self.grid}x{self.grid} puzzle cuts the small windows "
+                       f"volumes train on into {self.grid ** 3} tiles too small to encode", source)
         if self.grid == 2 and self.permutations > 24:
             raise ConfigError(f"{source}: method.permutations {self.permutations} exceeds the 24 orders of a 2x2 "
                               "grid; use at most 24.")

@@ -49,9 +49,10 @@ class MoCoV2Settings(MethodSettings):
     def resolve_auto(self, context: MethodContext) -> list[str]:
         if self.queue_size != "auto" or context.samples is None:
             return []
-        self.queue_size = max(1, min(MAX_AUTO_QUEUE, context.samples // 2))
+        batch = context.batch_size or 0  # a step's own windows are never among its queued negatives
+        self.queue_size = max(1, min(MAX_AUTO_QUEUE, context.samples // 2, context.samples - batch))
         return [f"method.queue_size auto: {self.queue_size} negative keys (half of the data's {context.samples} "
-                f"distinct windows, at most {MAX_AUTO_QUEUE})."]
+                f"distinct windows, at most {MAX_AUTO_QUEUE} and the windows a batch leaves out)."]
 
     def queue_length(self) -> int:
         """The queue length to build (``auto`` before the data is known: the largest)."""

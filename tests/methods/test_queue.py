@@ -87,3 +87,15 @@ def test_integer_rows_of_any_shape() -> None:
 def test_wrong_row_shape_is_refused() -> None:
     with pytest.raises(ValueError, match=r"queue rows have shape \(2,\)"):
         FeatureQueue(4, 2).enqueue(torch.zeros(3, 5))
+
+
+def test_moco_v2s_automatic_queue_leaves_out_a_batch_of_the_data() -> None:
+    """With 8 windows and batch 8, half the data (4 keys) queued every window a step trains on as a negative."""
+    from geomed_ssl.methods.base import MethodContext
+    from geomed_ssl.methods.moco_v2 import MoCoV2Settings
+
+    small = MoCoV2Settings(queue_size="auto")
+    small.resolve_auto(MethodContext(samples=8, batch_size=8))
+    large = MoCoV2Settings(queue_size="auto")
+    large.resolve_auto(MethodContext(samples=1000, batch_size=32))
+    assert (small.queue_size, large.queue_size) == (1, 500)

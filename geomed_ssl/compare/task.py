@@ -198,14 +198,20 @@ def held_out_lines(splits: list[Split], task: Task) -> list[str]:
 
 
 def warn_notes(splits: list[Split], task: Task) -> None:
-    """Each class that got fewer labels than a budget asks for, once (the first note about it)."""
-    seen: set[str] = set()
+    """Each class that got fewer labels than a budget asks for, once: the first note about it, and the other budgets
+    whose draws say something of it too (a larger budget falls further short)."""
+    first: dict[str, tuple[str, Split]] = {}
+    also: dict[str, list[str]] = {}
     for split in splits:
         for note in split.notes:
             name = note.split(":", 1)[0]
-            if name not in seen:
-                seen.add(name)
-                log.warning("warning: %s (%s, seed %d)", note, split.budget.slug, split.seed)
+            if name not in first:
+                first[name], also[name] = (note, split), []
+            elif split.budget.slug not in (first[name][1].budget.slug, *also[name]):
+                also[name].append(split.budget.slug)
+    for name, (note, split) in first.items():
+        more = f"; at {', '.join(also[name])} too (each draw is in selections/)" if also[name] else ""
+        log.warning("warning: %s (%s, seed %d)%s", note, split.budget.slug, split.seed, more)
 
 
 # The rules the rows were made by, recorded so a compare never mixes rows of two of them: 2 = the logistic

@@ -95,12 +95,12 @@ def test_blocks_propagation_nodes_lie_in_training_blocks_and_see_only_them(task)
 
 def test_a_class_with_fewer_labels_than_the_budget_is_warned_about_once(task, caplog) -> None:
     recipe, t = task
-    splits = [make_split(t, recipe, Budget(per_class=k), seed, "random") for k in (5, 5000) for seed in (0, 1)]
+    splits = [make_split(t, recipe, Budget(per_class=k), seed, "random") for k in (5, 5000, 6000) for seed in (0, 1)]
     with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
         warn_notes(splits, t)
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == len(t.class_names)  # every class has < 10000 labels: one line each, not one per split
-    assert all("took" in line for line in lines)
+    assert all("took" in line and line.endswith("; at k6000 too (each draw is in selections/)") for line in lines)
 
 
 def test_two_fraction_budgets_never_share_a_results_key_or_selection_file() -> None:

@@ -171,8 +171,9 @@ CKPT_FILES = ("last.ckpt", *(f"last{v}.ckpt" for v in _VERSIONS), *(f"{s}.ckpt" 
 EXPORT_FILES = ("config.json", "model.safetensors")  # an encoder / model export
 _NONE_SEEDS = tuple("encoder_none_seed" + "[0-9]" * n for n in range(1, 11))  # compare's none per seed (< 2^32)
 COMMANDS: dict[str, CommandSpec] = {
-    "pretrain": CommandSpec(("config.yaml", "catalog.json", "stats.json", "metrics.csv", "log.txt", "checkpoints",
-                             "encoder", "previews", "tensorboard"), tuple(f"catalog-resumed-{s}.json" for s in _STEPS),
+    # (log.txt is pretrain's where its manifest lists it: train.run_log records it as the file is made)
+    "pretrain": CommandSpec(("config.yaml", "catalog.json", "stats.json", "metrics.csv", "checkpoints", "encoder",
+                             "previews", "tensorboard"), tuple(f"catalog-resumed-{s}.json" for s in _STEPS),
                             ("--resume", "--overwrite"),
                             _legacy_run, {"checkpoints": CKPT_FILES, "encoder": EXPORT_FILES,
                                           "previews": tuple(f"{s}.png" for s in _STEPS),

@@ -38,7 +38,8 @@ def check_band_wavelengths(expected: Sequence[str], expected_wl: Sequence[float 
         raise DataError(f"'{where}' band '{name}' lies at {data_at:.4g} µm, the model's band '{name}' at "
                         f"{model_at:.4g} µm{more}: the same names for another sensor's bands. This model reads "
                         "bands by name, so give it data of the sensor it was trained on (or bands named as that "
-                        "sensor's), or pretrain with model.embedding=wavelength, which reads bands by wavelength.")
+                        "sensor's), or pretrain with model.embedding=wavelength, which reads bands by wavelength; if "
+                        "the file's wavelength tags are wrong, data.wavelengths states its bands' centres.")
 
 
 def sensor_outliers(names: Sequence[str], wavelengths: Sequence[Sequence[float | None] | None]) -> dict[int, str]:

@@ -160,9 +160,10 @@ def split_wavelength_suffix(description: str) -> tuple[str, float | None]:
 
 
 def _tag_wavelength(tags: dict[str, Any] | None) -> float | None:
-    """One band's centre wavelength (µm) from its tags, or None: CENTRAL_WAVELENGTH_UM (GDAL's IMAGERY domain; a
-    value above 100 is nanometres written under the µm key), else the ``wavelength`` / ``wavelength_units`` pair that GDAL before 3.10 (and many tools) write for ENVI
-    cubes (nanometres or micrometres; without units, a value above 100 is read as nanometres)."""
+    """One band's centre wavelength (µm) from its tags, or None: CENTRAL_WAVELENGTH_UM (GDAL's IMAGERY domain; a value
+    above 100 is nanometres written under the µm key), else the ``wavelength`` / ``wavelength_units`` pair that GDAL
+    before 3.10 (and many tools) write for ENVI cubes (nanometres or micrometres; without units, a value above 100 is
+    read as nanometres)."""
     found = _tag_um(tags, "CENTRAL_WAVELENGTH_UM")
     if found is not None:  # no imaging band lies past 100 µm: such a value was written in nanometres
         return found / 1000.0 if found > 100.0 else found
@@ -174,6 +175,9 @@ def _tag_width(tags: dict[str, Any] | None) -> float | None:
     that tools writing ENVI cubes give in the wavelengths' units (``fwhm_units`` or ``wavelength_units``; without
     units, a value above 1 is read as nanometres)."""
     found = _tag_um(tags, "FWHM_UM")
+    centre = _tag_um(tags, "CENTRAL_WAVELENGTH_UM")
+    if found is not None and centre is not None and centre > 100.0:  # nanometres under the µm keys, as the centre
+        return found / 1000.0
     return found if found is not None else _tag_length(tags, "FWHM", 1.0)
 
 
@@ -218,15 +222,15 @@ def resolve_band_info(
 ) -> BandInfo:
     """Band names, centre wavelengths and band widths (µm) of one file, and where the names came from.
 
-    Names: the file's band descriptions when every band has one ("file"; GDAL's wavelength suffix of converted
-    ENVI files, "B01 (0.443 Micrometers)", taken off and read as the wavelength); else ``data_cfg.band_names``
-    ("recipe"); else ``fallback_names`` (the names of ``data.channels``' globs, "channels"); else the
-    ``data_cfg.sensor`` profile's names BY POSITION ("sensor"; only when its band count matches: a mismatch is a
-    DataError); else "band_1".."band_N" ("index").
-    Wavelengths: ``data_cfg.wavelengths``; else the sensor profile matched by name; else each band's
-    ``CENTRAL_WAVELENGTH_UM`` tag (``tags`` maps the 1-based band index to that band's IMAGERY/plain tags); None for
-    the whole list when no band has one. Widths: each band's ``FWHM_UM`` tag (GDAL IMAGERY domain, as the bundled
-    sample writes it), else its ``fwhm`` tag (:func:`_tag_width`); None for the whole list when no band has one.
+    Names: the file's band descriptions when every band has one ("file"; GDAL's wavelength suffix of converted ENVI
+    files, "B01 (0.443 Micrometers)", taken off and read as the wavelength); else ``data_cfg.band_names`` ("recipe");
+    else ``fallback_names`` (the names of ``data.channels``' globs, "channels"); else the ``data_cfg.sensor`` profile's
+    names BY POSITION ("sensor"; only when its band count matches: a mismatch is a DataError); else "band_1".."band_N"
+    ("index"). Wavelengths: ``data_cfg.wavelengths``; else the sensor profile matched by name, unless the band's own
+    ``CENTRAL_WAVELENGTH_UM`` tag names another band (``tags`` maps the 1-based band index to that band's IMAGERY/plain
+    tags); else that tag; None for the whole list when no band has one. Widths: each band's ``FWHM_UM`` tag (GDAL
+    IMAGERY domain, as the bundled sample writes it), else its ``fwhm`` tag (:func:`_tag_width`); None for the whole
+    list when no band has one.
     """
     suffixed = [split_wavelength_suffix(str(d)) if d is not None else (None, None) for d in descriptions or []]
     if suffixed and all(wl is not None for _, wl in suffixed):  # every band "NAME (VALUE UNIT)": GDAL's ENVI names
@@ -374,7 +378,8 @@ def _note_other_sensor(path: str, sensor: str, other: list[tuple[str, float, flo
     logging.getLogger("geomed_ssl").warning(
         f"warning: '{path}' (and files like it) give their bands centre wavelengths other than data.sensor "
         f"'{sensor}' has for those names: {shown}; the file's own are kept, so such bands meet no band of that "
-        "sensor of the same name. If these files are of another sensor, set data.sensor to it (or null).")
+        "sensor of the same name. If these files are of another sensor, set data.sensor to it (or null); if their "
+        "tags are wrong, data.wavelengths states the centres.")
 
 
 def positional_names_message(paths: Sequence[str], sensor: str | None, names: Sequence[str]) -> str:

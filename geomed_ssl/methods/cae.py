@@ -81,7 +81,8 @@ class CAE(SSLMethod):
                "plus their pixels (every band) from those predictions",
         cost="~1.5x MAE (the encoder also runs, without gradient, on the masked tokens for the alignment target)",
         failure_modes="the alignment term alone can collapse (constant representations); it is held by the "
-                      "reconstruction term, so keep align_weight moderate; grouped / spectral embeddings need model.tokens_per_position=1 (one token per position)",
+                      "reconstruction term, so keep align_weight moderate; grouped / spectral embeddings need "
+                      "model.tokens_per_position=1 (one token per position)",
         recipes=("recipes/simmim_sentinel2.yaml",))
     Settings = CAESettings
     settings: CAESettings

@@ -156,7 +156,8 @@ class IJEPA(SSLMethod):
              "tokens with grad, the momentum encoder on every token without, a narrow predictor once per target block",
         failure_modes="representation collapse (every token the same) lets the loss fall to 0: watch "
                       "embedding_std / collapse in metrics.csv, keep momentum near 1; windows need enough tokens "
-                      "for the blocks (refused otherwise); grouped / spectral embeddings need model.tokens_per_position=1 (one token per position)",
+                      "for the blocks (refused otherwise); grouped / spectral embeddings need "
+                      "model.tokens_per_position=1 (one token per position)",
         recipes=("recipes/ijepa_sentinel2.yaml",))
     Settings = IJEPASettings
     settings: IJEPASettings

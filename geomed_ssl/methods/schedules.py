@@ -108,15 +108,15 @@ class ScheduleClock:
         return f"ScheduleClock(total={self.total}, end={self.end}, knots={self.knots})"
 
 
-_FROZEN_SAID: set[tuple[str, str, int, int]] = set()
+_FROZEN_SAID: set[tuple[str, int, int]] = set()  # said once per setting, whichever check (recipe, method) met it
 
 
 def warn_frozen_run(source: str, key: str, steps: int | None, max_steps: int | None) -> None:
     """A warning (once) when ``method.<key>``, a number of steps at the start during which a part of the method does
     not learn, covers the whole run of ``max_steps``: that part never trains."""
-    if steps is None or max_steps is None or steps < max_steps or (source, key, steps, max_steps) in _FROZEN_SAID:
+    if steps is None or max_steps is None or steps < max_steps or (key, steps, max_steps) in _FROZEN_SAID:
         return
-    _FROZEN_SAID.add((source, key, steps, max_steps))
+    _FROZEN_SAID.add((key, steps, max_steps))
     import logging
 
     logging.getLogger("geomed_ssl").warning(

@@ -231,8 +231,8 @@ class ViTEncoder(nn.Module):
         if unmatched:
             raise DataError(
                 f"bands {unmatched} match none of the encoder's bands ({' '.join(cfg.band_names)}) by name or by "
-                f"centre wavelength (within 15 nm or 2 %); drop them from the data (data.band_names / a band subset) or "
-                "give their wavelengths (data.sensor or data.wavelengths)."
+                f"centre wavelength (within 15 nm or 2 %); drop them from the data (data.band_names / a band subset) "
+                "or give their wavelengths (data.sensor or data.wavelengths)."
             )
         new = dataclasses.replace(
             cfg, in_chans=len(names), band_names=names,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from dataclasses import dataclass, field, replace
@@ -223,15 +224,17 @@ def agreed_inputs(probe: L.Trainer, out: Path, data_dir: str | Path, recipe: Rec
         if rank == 0:
             prepare_run_dir(out, resume, overwrite, inputs, create=False)
         found = find_resume_checkpoint(out, announce=rank == 0) if resume and agreement.chooses else None
-    except Exception as err:
-        agreement.failed(err)
+    except BaseException as err:  # a stop on this rank too: the others are told before it goes
+        with contextlib.suppress(Exception):
+            agreement.failed(err)
         raise
     chosen = agreement.share_checkpoint(str(found.path) if found else None)
     try:
         point = found or (resume_point(Path(chosen)) if chosen else None)
         catalog, stats, recipe = read_data(data_dir, out, recipe, resume, strict, source, point)
-    except Exception as err:
-        agreement.failed(err)
+    except BaseException as err:  # a stop on this rank too: the others are told before it goes
+        with contextlib.suppress(Exception):
+            agreement.failed(err)
         raise
     agreement.all_passed(last=False)
     return agreement, point, catalog, stats, recipe

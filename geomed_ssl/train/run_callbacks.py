@@ -14,6 +14,7 @@ from geomed_ssl.models.encoder import EncoderConfig
 from geomed_ssl.train.callbacks import ExportEncoder, MetricsCSV, Previews
 from geomed_ssl.train.checkpointing import RunCheckpoints, StopRequest
 from geomed_ssl.train.console import ConsoleSettings, progress_callbacks
+from geomed_ssl.train.run_log import WorkerRunLog
 from geomed_ssl.views.builder import build_views
 from geomed_ssl.views.datasets import PretrainDataset, collate
 
@@ -40,7 +41,7 @@ def run_callbacks(out: Path, recipe: Recipe, method: Any, catalog: Catalog, stat
                              MetricsCSV(out / "metrics.csv", t.log_every),
                              RunCheckpoints(out / "checkpoints", t.checkpoint_every, t.checkpoint_minutes, stop,
                                             t.keep_checkpoints),
-                             ExportEncoder(out / "encoder", t.checkpoint_every, extra)]
+                             ExportEncoder(out / "encoder", t.checkpoint_every, extra), WorkerRunLog(out)]
     if t.preview_every:
         identity = build_views("none", recipe.data, spatial_dims(recipe.data))
         plain = PretrainDataset(catalog, stats, recipe.data, identity, seed=t.seed + 1)

@@ -1,6 +1,8 @@
 """``log.txt`` in a run folder: every note and warning a pretraining run said, and its step lines, with their time,
 kept beside its metrics once the terminal is gone (rank 0 only). What is said before the folder exists (the
-catalog, the survey of the data) is held and written first; a resumed run appends to it under a line saying so."""
+catalog, the survey of the data) is held and written first; a resumed run appends to it under a line saying so.
+The file is the toolkit's only when the folder's manifest lists it: a ``log.txt`` of the user's (a ``tee`` of the
+console into a run folder of an earlier version) is never written to."""
 
 from __future__ import annotations
 
@@ -13,12 +15,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+import lightning as L
+
 from geomed_ssl.errors import RunStopped, message_of
 from geomed_ssl.outfiles import atomic_write_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 LOG_FILE = "log.txt"
 MAX_HELD = 10_000  # lines held before the folder exists (a folder of many problem files says one line each)
+OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)  # a link planted as log.txt is never followed
 _ACTIVE: list["RunLog"] = []  # the handler of the run in progress in this process (innermost last)
 
 
@@ -28,9 +33,13 @@ class RunLog(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.INFO)
         self.held: list[str] = []
+        self.dropped = 0  # held lines left out past MAX_HELD
         self.fd: int | None = None
+        self.disabled = False  # the folder's log.txt is the user's: nothing is written
 
     def emit(self, record: logging.LogRecord) -> None:
+        if self.disabled:
+            return
         try:
             self.say(record.getMessage(), record.created)
         except Exception:  # a log line never stops a run (a full disk is said by the checkpoint that follows)
@@ -40,25 +49,43 @@ class RunLog(logging.Handler):
         """One line (``text`` after its time), held or appended."""
         when = datetime.datetime.fromtimestamp(created or time.time()).strftime("%Y-%m-%d %H:%M:%S")
         line = f"{when}  {text}\n"
-        if self.fd is None:
-            if len(self.held) < MAX_HELD:
-                self.held.append(line)
-        else:
+        if self.fd is not None:
             os.write(self.fd, line.encode())
+        elif len(self.held) < MAX_HELD:
+            self.held.append(line)
+        else:  # the head (the data's summary) and the latest lines are kept; the count of those left out between
+            self.dropped += 1
+            self.held[-1] = line
 
     def attach(self, path: Path, resumed_at: int | None) -> None:
         """Write the lines held so far to ``path`` (a new file, whole; a resumed run's: appended after a line
-        saying so) and append every later one."""
+        saying so) and append every later one; a ``log.txt`` the folder's manifest does not list is not ours: left
+        alone, with a warning, and nothing is written."""
         from geomed_ssl._version import __version__
+        from geomed_ssl.outowners import entry_names, read_manifest, record_entries
 
-        if resumed_at is not None and path.is_file():
-            text = f"--- resumed from step {resumed_at} (geomed-ssl {__version__}) ---\n" + "".join(self.held)
-            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-            os.write(self.fd, text.encode())
-        else:
-            atomic_write_text(path, f"--- geomed-ssl {__version__} ---\n" + "".join(self.held))
-            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
-        self.held = []
+        held = self.held[:-1] + [f"... {self.dropped} lines left out ...\n"] + self.held[-1:] if self.dropped else \
+            self.held
+        self.held, self.dropped = [], 0
+        if path.exists() or path.is_symlink():
+            if path.name not in entry_names(read_manifest(path.parent)) or path.is_symlink():
+                logging.getLogger("geomed_ssl").warning(
+                    f"warning: '{path}' was not written by geomed-ssl: it is left as it is, and this run keeps no "
+                    "log there (move that file away to have one).")
+                self.disabled = True
+                return
+            self.fd = os.open(path, OPEN_FLAGS)
+            if resumed_at is None:
+                os.ftruncate(self.fd, 0)
+            head = (f"--- resumed from step {resumed_at} (geomed-ssl {__version__}) ---" if resumed_at is not None
+                    else f"--- geomed-ssl {__version__} ---")
+            os.write(self.fd, (head + "\n" + "".join(held)).encode())
+            return
+        record_entries(path.parent, [path.name])  # listed first: a file of this name is ours from its first byte
+        head = (f"--- geomed-ssl {__version__}, resumed from step {resumed_at} (the run kept no log before) ---"
+                if resumed_at is not None else f"--- geomed-ssl {__version__} ---")
+        atomic_write_text(path, head + "\n" + "".join(held))
+        self.fd = os.open(path, OPEN_FLAGS)
 
     def close(self) -> None:
         if self.fd is not None:
@@ -103,3 +130,31 @@ def attach_run_log(folder: Path, resumed_at: int | None = None) -> None:
     """The run in progress writes its log to ``folder/log.txt`` from now on (see :class:`RunLog`)."""
     if _ACTIVE:
         _ACTIVE[-1].attach(Path(folder) / LOG_FILE, resumed_at)
+
+
+class WorkerRunLog(L.Callback):
+    """Rank 0 of a ``ddp_spawn`` run trains in a fresh interpreter, where no run log is active: it appends its lines
+    (steps, notes, warnings) to the log.txt the launching process made. Elsewhere (one process, ``ddp``, a forked
+    rank that inherited the launcher's handler) nothing to do."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / LOG_FILE
+        self.handler: RunLog | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if _ACTIVE or not trainer.is_global_zero or not self.path.is_file() or self.path.is_symlink():
+            return
+        self.handler = RunLog()
+        self.handler.fd = os.open(self.path, OPEN_FLAGS)
+        logging.getLogger("geomed_ssl").addHandler(self.handler)
+        _ACTIVE.append(self.handler)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.handler is not None:
+            _ACTIVE.remove(self.handler)
+            logging.getLogger("geomed_ssl").removeHandler(self.handler)
+            self.handler.close()
+            self.handler = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "handler": None}  # the open file stays in its process

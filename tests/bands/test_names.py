@@ -280,6 +280,7 @@ def test_a_files_own_band_centres_win_over_another_sensors_profile_of_the_same_n
 
 
 def test_a_central_wavelength_written_in_nanometres_under_the_micrometre_key_is_read_as_nanometres() -> None:
-    tags = {1: {"CENTRAL_WAVELENGTH_UM": "490"}, 2: {"CENTRAL_WAVELENGTH_UM": "10.9"}}  # the second: thermal, µm
+    tags = {1: {"CENTRAL_WAVELENGTH_UM": "490", "FWHM_UM": "65"},  # nanometres under both µm keys
+            2: {"CENTRAL_WAVELENGTH_UM": "10.9", "FWHM_UM": "0.6"}}  # thermal, in µm
     info = bands.resolve_band_info(2, ["a", "b"], tags, DataConfig(), "f.tif")
-    assert info.wavelengths == pytest.approx([0.49, 10.9])
+    assert info.wavelengths == pytest.approx([0.49, 10.9]) and info.bandwidths == pytest.approx([0.065, 0.6])

@@ -100,6 +100,9 @@ def test_a_part_frozen_for_the_whole_run_is_warned_about_and_swav_freezes_a_shar
         SwAVSettings(freeze_prototypes_steps=100).check("recipe.yaml", MethodContext(max_steps=100))
         DINOSettings(freeze_last_layer_steps=50).check("dino.yaml", MethodContext(max_steps=3))
         SwAVSettings(freeze_prototypes_steps=10).check("ok.yaml", MethodContext(max_steps=100))
+        SwAVSettings(freeze_prototypes_steps=100).check("method", MethodContext(max_steps=100))  # the method's own
+        # check of the same settings: said once
     said = " ".join(caplog.text.split())
     assert "recipe.yaml: method.freeze_prototypes_steps 100 >= train.max_steps 100: that part stays frozen" in said
     assert "dino.yaml: method.freeze_last_layer_steps 50 >= train.max_steps 3" in said and "ok.yaml" not in said
+    assert said.count("method.freeze_prototypes_steps 100 >=") == 1

@@ -216,6 +216,8 @@ def test_spawn_and_fork_strategies_run_and_write_once(strategy: str, nodata_rast
     assert result.stdout.count("done: 2 steps") == 1
     assert {p.name for p in out.iterdir()} == RUN_FILES and sorted(metrics(out)) == [1, 2]
     assert ckpt(out / "checkpoints" / "last.ckpt")["global_step"] == 2
+    lines = (out / "log.txt").read_text().splitlines()  # rank 0's step lines, once, from whichever process trains
+    assert lines[0].startswith("--- geomed-ssl ") and sum("  step 2/2  loss " in line for line in lines) == 1
 
 
 def gpu_without_cuda_init(monkeypatch) -> list[str]:

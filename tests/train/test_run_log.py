@@ -7,7 +7,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 
-from geomed_ssl.errors import TrainingError
+from geomed_ssl.errors import OutputError, TrainingError
 from tests.conftest import TINY
 
 RECIPE = "recipes/mae_sentinel2.yaml"
@@ -39,3 +39,27 @@ def test_a_run_keeps_what_it_said_in_log_txt_and_a_resume_appends_to_it(raster_d
     assert lines[: len(first)] == first
     assert lines[len(first)].startswith("--- resumed from step 2 (geomed-ssl ")
     assert lines[-1].endswith("  error: the loss became nan in step 3; training stopped.")
+
+
+def test_a_log_txt_the_toolkit_did_not_write_is_left_as_it_is(raster_dir: Path, tmp_path: Path, caplog) -> None:
+    """A run folder of an earlier version (its manifest lists no log.txt) holding the user's own log.txt (a tee of
+    the console): a resume appends nothing to it, and --overwrite counts it as the user's."""
+    import json
+
+    from geomed_ssl.outdirs import check_out_dir
+    from geomed_ssl.outowners import MANIFEST
+    from geomed_ssl.train.pretrain import pretrain
+
+    run = tmp_path / "run"
+    pretrain(RECIPE, raster_dir, run, overrides=RUN, progress=False)
+    manifest = json.loads((run / MANIFEST).read_text())
+    assert "log.txt" in manifest["entries"]  # recorded as it was made
+    manifest["entries"].remove("log.txt")
+    (run / MANIFEST).write_text(json.dumps(manifest))
+    (run / "log.txt").write_text("my notes\n")
+    with pytest.raises(OutputError, match="also holds 'log.txt', which geomed-ssl did not write"):
+        check_out_dir(run, command="pretrain", overwrite=True)
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        pretrain(None, raster_dir, run, resume=True, overrides=["train.max_steps=3"], progress=False)
+    assert (run / "log.txt").read_text() == "my notes\n"
+    assert "log.txt' was not written by geomed-ssl: it is left as it is" in caplog.text

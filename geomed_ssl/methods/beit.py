@@ -128,7 +128,7 @@ class BEiT(SSLMethod):
             kept.append(torch.ones(len(vectors[-1]), dtype=torch.bool) if valid is None else
                         token_valid_fraction(valid[None].bool(), self.patch_size)[0] >= MIN_TOKEN_VALID)
         v = torch.cat(vectors)  # (windows * N, P*C)
-        if torch.cat(kept).any():  # a fill value's patch would take a code of its own
+        if int(torch.cat(kept).sum()) >= self.tokenizer.size:  # a fill value's patch would take a code of its own
             v = v[torch.cat(kept)]
         device = torch.device(device)
         generator = torch.Generator(device).manual_seed(mix_seed(seed, TOKENIZER_STREAM))

@@ -210,7 +210,8 @@ def warn_notes(splits: list[Split], task: Task) -> None:
             elif split.budget.slug not in (first[name][1].budget.slug, *also[name]):
                 also[name].append(split.budget.slug)
     for name, (note, split) in first.items():
-        more = f"; at {', '.join(also[name])} too (each draw is in selections/)" if also[name] else ""
+        where = ", ".join(also[name])
+        more = ("" if not also[name] else f"; short at {where} too" if "took" in note else f"; at {where} too")
         log.warning("warning: %s (%s, seed %d)%s", note, split.budget.slug, split.seed, more)
 
 

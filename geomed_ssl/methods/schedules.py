@@ -111,6 +111,11 @@ class ScheduleClock:
 _FROZEN_SAID: set[tuple[str, int, int]] = set()  # said once per setting, whichever check (recipe, method) met it
 
 
+def forget_said() -> None:
+    """A new run: the warnings of :func:`warn_frozen_run` are said again."""
+    _FROZEN_SAID.clear()
+
+
 def warn_frozen_run(source: str, key: str, steps: int | None, max_steps: int | None) -> None:
     """A warning (once) when ``method.<key>``, a number of steps at the start during which a part of the method does
     not learn, covers the whole run of ``max_steps``: that part never trains."""

@@ -36,7 +36,7 @@ from geomed_ssl.train.checkpointing import (ResumePoint, StopRequest, find_resum
 from geomed_ssl.train.console import quiet_lightning
 from geomed_ssl.train.lr_check import warn_accumulation, warn_schedule
 from geomed_ssl.train.module import PretrainModule, param_groups
-from geomed_ssl.train.run_log import attach_run_log, keeps_run_log
+from geomed_ssl.train.run_log import attach_run_log, keeps_run_log, say_in_run_log
 from geomed_ssl.train.run_files import resumed_stats, warn_data_changed, write_run_files
 from geomed_ssl.train.trainer import (build_trainer, daemon_children, forks, loader_workers, probe_trainer,
                                       worker_death, worker_died)
@@ -364,6 +364,7 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
                         recipe.data.num_workers)
     steps = fit(trainer, module, data, point, stop, out)
     stopped = stopped_reason(steps, t.max_steps, stop)
+    say_in_run_log(f"stopped at step {steps} ({stopped}); checkpoint saved" if stopped else f"done: {steps} steps")
     return RunResult(run_dir=out, encoder_dir=out / "encoder", steps=steps, catalog=catalog, stopped=stopped,
                      is_global_zero=rank == 0)
 

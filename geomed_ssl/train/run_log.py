@@ -27,6 +27,13 @@ OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)  # a link 
 _ACTIVE: list["RunLog"] = []  # the handler of the run in progress in this process (innermost last)
 
 
+def ours(path: Path) -> bool:
+    """``path`` (a run folder's log.txt) is a plain file its folder's manifest lists: the toolkit's to append to."""
+    from geomed_ssl.outowners import entry_names, read_manifest
+
+    return path.is_file() and not path.is_symlink() and path.name in entry_names(read_manifest(path.parent))
+
+
 class RunLog(logging.Handler):
     """The package's log records as lines, held until :meth:`attach` names the file, then appended to it."""
 
@@ -53,7 +60,7 @@ class RunLog(logging.Handler):
             os.write(self.fd, line.encode())
         elif len(self.held) < MAX_HELD:
             self.held.append(line)
-        else:  # the head (the data's summary) and the latest lines are kept; the count of those left out between
+        else:  # the head (the data's summary) and the latest line are kept; the count of those left out between
             self.dropped += 1
             self.held[-1] = line
 
@@ -62,13 +69,13 @@ class RunLog(logging.Handler):
         saying so) and append every later one; a ``log.txt`` the folder's manifest does not list is not ours: left
         alone, with a warning, and nothing is written."""
         from geomed_ssl._version import __version__
-        from geomed_ssl.outowners import entry_names, read_manifest, record_entries
+        from geomed_ssl.outowners import record_entries
 
         held = self.held[:-1] + [f"... {self.dropped} lines left out ...\n"] + self.held[-1:] if self.dropped else \
             self.held
         self.held, self.dropped = [], 0
         if path.exists() or path.is_symlink():
-            if path.name not in entry_names(read_manifest(path.parent)) or path.is_symlink():
+            if not ours(path):
                 logging.getLogger("geomed_ssl").warning(
                     f"warning: '{path}' was not written by geomed-ssl: it is left as it is, and this run keeps no "
                     "log there (move that file away to have one).")
@@ -82,7 +89,7 @@ class RunLog(logging.Handler):
             os.write(self.fd, (head + "\n" + "".join(held)).encode())
             return
         record_entries(path.parent, [path.name])  # listed first: a file of this name is ours from its first byte
-        head = (f"--- geomed-ssl {__version__}, resumed from step {resumed_at} (the run kept no log before) ---"
+        head = (f"--- geomed-ssl {__version__}, resumed from step {resumed_at} (no log.txt was found) ---"
                 if resumed_at is not None else f"--- geomed-ssl {__version__} ---")
         atomic_write_text(path, head + "\n" + "".join(held))
         self.fd = os.open(path, OPEN_FLAGS)
@@ -100,6 +107,9 @@ def keeps_run_log(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from geomed_ssl.methods.schedules import forget_said
+
+        forget_said()  # warnings said once per run, not once per process
         handler, logger = RunLog(), logging.getLogger("geomed_ssl")
         logger.addHandler(handler)
         _ACTIVE.append(handler)
@@ -127,22 +137,36 @@ def say_in_run_log(text: str) -> None:
 
 
 def attach_run_log(folder: Path, resumed_at: int | None = None) -> None:
-    """The run in progress writes its log to ``folder/log.txt`` from now on (see :class:`RunLog`)."""
-    if _ACTIVE:
+    """The run in progress writes its log to ``folder/log.txt`` from now on (see :class:`RunLog`); a log that cannot
+    be written (read-only) is warned about and left out: it never stops a run."""
+    if not _ACTIVE:
+        return
+    try:
         _ACTIVE[-1].attach(Path(folder) / LOG_FILE, resumed_at)
+    except OSError as err:
+        _ACTIVE[-1].disabled = True
+        logging.getLogger("geomed_ssl").warning(f"warning: cannot write '{Path(folder) / LOG_FILE}' "
+                                                f"({err.strerror or err}): this run keeps no log.txt.")
 
 
 class WorkerRunLog(L.Callback):
     """Rank 0 of a ``ddp_spawn`` run trains in a fresh interpreter, where no run log is active: it appends its lines
-    (steps, notes, warnings) to the log.txt the launching process made. Elsewhere (one process, ``ddp``, a forked
-    rank that inherited the launcher's handler) nothing to do."""
+    (steps, notes, warnings) to the log.txt the launching process made (when that is the toolkit's). A forked further
+    rank (``ddp_fork``) drops the launcher's handler it inherited, so no line is written twice."""
 
     def __init__(self, folder: Path) -> None:
         self.path = Path(folder) / LOG_FILE
         self.handler: RunLog | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if _ACTIVE or not trainer.is_global_zero or not self.path.is_file() or self.path.is_symlink():
+        if not trainer.is_global_zero:  # a forked rank inherited the launcher's handler: its lines are rank 0's
+            logger = logging.getLogger("geomed_ssl")
+            for handler in _ACTIVE:
+                logger.removeHandler(handler)
+            _ACTIVE.clear()
+            logger.setLevel(logging.ERROR)  # the notes and warnings rank 0 says (as pretrain does on other ranks)
+            return
+        if _ACTIVE or not ours(self.path):
             return
         self.handler = RunLog()
         self.handler.fd = os.open(self.path, OPEN_FLAGS)

@@ -100,7 +100,7 @@ def test_a_class_with_fewer_labels_than_the_budget_is_warned_about_once(task, ca
         warn_notes(splits, t)
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == len(t.class_names)  # every class has < 10000 labels: one line each, not one per split
-    assert all("took" in line and line.endswith("; at k6000 too (each draw is in selections/)") for line in lines)
+    assert all("took" in line and line.endswith("; short at k6000 too") for line in lines)
 
 
 def test_two_fraction_budgets_never_share_a_results_key_or_selection_file() -> None:

@@ -218,6 +218,19 @@ def test_spawn_and_fork_strategies_run_and_write_once(strategy: str, nodata_rast
     assert ckpt(out / "checkpoints" / "last.ckpt")["global_step"] == 2
     lines = (out / "log.txt").read_text().splitlines()  # rank 0's step lines, once, from whichever process trains
     assert lines[0].startswith("--- geomed-ssl ") and sum("  step 2/2  loss " in line for line in lines) == 1
+    resumed = run(cli_args(nodata_rasters, out, ["train.max_steps=3", "train.base_lr=0.1"], "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    lines = (out / "log.txt").read_text().splitlines()  # a forked rank 1 wrote rank 0's notes a second time
+    assert sum("--resume: peak lr" in line for line in lines) == 1 and lines[-1].endswith("  done: 3 steps")
+    import json
+
+    manifest = json.loads((out / ".geomed-ssl.json").read_text())  # a folder of an earlier version, with the
+    manifest["entries"].remove("log.txt")  # user's own log.txt in it: spawned rank 0 appended to it
+    (out / ".geomed-ssl.json").write_text(json.dumps(manifest))
+    (out / "log.txt").write_text("my notes\n")
+    again = run(cli_args(nodata_rasters, out, ["train.max_steps=4"], "--resume"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (out / "log.txt").read_text() == "my notes\n"
 
 
 def gpu_without_cuda_init(monkeypatch) -> list[str]:

@@ -31,7 +31,7 @@ def test_a_run_keeps_what_it_said_in_log_txt_and_a_resume_appends_to_it(raster_d
     first = (run / "log.txt").read_text().splitlines()
     assert first[0].startswith("--- geomed-ssl ") and first[0].endswith(" ---")
     assert any("usable raster files under" in line for line in first)  # said before the folder existed
-    assert "  step 2/2  loss " in first[-1]  # the step lines, the last one last
+    assert "  step 2/2  loss " in first[-2] and first[-1].endswith("  done: 2 steps")  # the step lines, how it ended
     with pytest.raises(TrainingError):
         pretrain(None, raster_dir, run, resume=True, overrides=["train.max_steps=5"], progress=False,
                  callbacks=[Fails()])
@@ -63,3 +63,17 @@ def test_a_log_txt_the_toolkit_did_not_write_is_left_as_it_is(raster_dir: Path, 
         pretrain(None, raster_dir, run, resume=True, overrides=["train.max_steps=3"], progress=False)
     assert (run / "log.txt").read_text() == "my notes\n"
     assert "log.txt' was not written by geomed-ssl: it is left as it is" in caplog.text
+
+
+def test_a_log_that_cannot_be_written_is_warned_about_and_never_stops_the_run(raster_dir: Path, tmp_path: Path,
+                                                                              monkeypatch, caplog) -> None:
+    from geomed_ssl.train import run_log
+    from geomed_ssl.train.pretrain import pretrain
+
+    def read_only(self, path, resumed_at):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(run_log.RunLog, "attach", read_only)
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        result = pretrain(RECIPE, raster_dir, tmp_path / "run", overrides=RUN, progress=False)
+    assert result.steps == 2 and "log.txt' (Permission denied): this run keeps no log.txt" in caplog.text

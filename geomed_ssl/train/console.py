@@ -105,9 +105,9 @@ class PlainProgress(L.Callback):
         if "lr" in logs:
             parts.append(f"lr {logs['lr']:.3g}")
         line = "  ".join(parts + [f"{rate:.2f} it/s"])
-        if self.console:
+        if self.console and log.isEnabledFor(logging.INFO):
             log.info(line)  # the run's log.txt gets it too
-        else:
+        else:  # no console line (a bar shows the steps, or none is wanted), or INFO filtered out (--quiet, Python)
             say_in_run_log(line)
 
 

@@ -42,7 +42,8 @@ class RunLog(logging.Handler):
         self.held: list[str] = []
         self.dropped = 0  # held lines left out past MAX_HELD
         self.fd: int | None = None
-        self.disabled = False  # the folder's log.txt is the user's: nothing is written
+        self.disabled = False  # the folder's log.txt is the user's (or cannot be written): nothing is written
+        self.pid = os.getpid()  # a forked process inherits the handler: its pid tells
 
     def emit(self, record: logging.LogRecord) -> None:
         if self.disabled:
@@ -116,13 +117,14 @@ def keeps_run_log(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except BaseException as err:
-            if handler.fd is not None:
+            if handler.fd is not None and not handler.disabled:
                 with contextlib.suppress(Exception):
                     word = "stopped" if isinstance(err, (RunStopped, KeyboardInterrupt)) else "error"
                     handler.say(f"{word}: {message_of(err) or type(err).__name__}")
             raise
         finally:
-            _ACTIVE.remove(handler)
+            if handler in _ACTIVE:
+                _ACTIVE.remove(handler)
             logger.removeHandler(handler)
             handler.close()
 
@@ -131,7 +133,7 @@ def keeps_run_log(fn: F) -> F:
 
 def say_in_run_log(text: str) -> None:
     """``text`` as a line of the log.txt of the run in progress only (not on the console); nothing without one."""
-    if _ACTIVE and _ACTIVE[-1].fd is not None:
+    if _ACTIVE and _ACTIVE[-1].fd is not None and not _ACTIVE[-1].disabled:
         with contextlib.suppress(OSError):
             _ACTIVE[-1].say(text)
 
@@ -159,17 +161,22 @@ class WorkerRunLog(L.Callback):
         self.handler: RunLog | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not trainer.is_global_zero:  # a forked rank inherited the launcher's handler: its lines are rank 0's
+        inherited = [h for h in _ACTIVE if h.pid != os.getpid()]
+        if not trainer.is_global_zero and inherited:  # a forked further rank: the launcher's lines are rank 0's
             logger = logging.getLogger("geomed_ssl")
-            for handler in _ACTIVE:
+            for handler in inherited:
                 logger.removeHandler(handler)
-            _ACTIVE.clear()
+                _ACTIVE.remove(handler)
             logger.setLevel(logging.ERROR)  # the notes and warnings rank 0 says (as pretrain does on other ranks)
             return
-        if _ACTIVE or not ours(self.path):
+        if _ACTIVE or not trainer.is_global_zero or not ours(self.path):
+            return
+        try:
+            fd = os.open(self.path, OPEN_FLAGS)
+        except OSError:  # the launching process said so and keeps no log
             return
         self.handler = RunLog()
-        self.handler.fd = os.open(self.path, OPEN_FLAGS)
+        self.handler.fd = fd
         logging.getLogger("geomed_ssl").addHandler(self.handler)
         _ACTIVE.append(self.handler)
 

@@ -77,3 +77,23 @@ def test_a_log_that_cannot_be_written_is_warned_about_and_never_stops_the_run(ra
     with caplog.at_level("WARNING", logger="geomed_ssl"):
         result = pretrain(RECIPE, raster_dir, tmp_path / "run", overrides=RUN, progress=False)
     assert result.steps == 2 and "log.txt' (Permission denied): this run keeps no log.txt" in caplog.text
+
+
+def test_a_spawned_rank_0_that_cannot_open_the_log_trains_on(tmp_path: Path, monkeypatch) -> None:
+    """ddp_spawn's rank 0 opens log.txt again in its own interpreter: a log it cannot write (the launching process
+    warned) must not fail its setup hook."""
+    import os
+    from types import SimpleNamespace
+
+    from geomed_ssl.outowners import write_manifest
+    from geomed_ssl.train import run_log
+
+    write_manifest(tmp_path, "pretrain", ["log.txt"])
+    (tmp_path / "log.txt").write_text("--- geomed-ssl ---\n")
+    real = os.open
+    monkeypatch.setattr(os, "open", lambda path, *a, **k: (_ for _ in ()).throw(PermissionError(13, "denied"))
+                        if str(path).endswith("log.txt") else real(path, *a, **k))
+    monkeypatch.setattr(run_log, "_ACTIVE", [])  # a fresh interpreter
+    worker = run_log.WorkerRunLog(tmp_path)
+    worker.setup(SimpleNamespace(is_global_zero=True), None, "fit")
+    assert worker.handler is None

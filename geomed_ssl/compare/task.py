@@ -210,8 +210,7 @@ def warn_notes(splits: list[Split], task: Task) -> None:
             elif split.budget.slug not in (first[name][1].budget.slug, *also[name]):
                 also[name].append(split.budget.slug)
     for name, (note, split) in first.items():
-        where = ", ".join(also[name])
-        more = ("" if not also[name] else f"; short at {where} too" if "took" in note else f"; at {where} too")
+        more = f"; short at {', '.join(also[name])} too" if also[name] else ""
         log.warning("warning: %s (%s, seed %d)%s", note, split.budget.slug, split.seed, more)
 
 

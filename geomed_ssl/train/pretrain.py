@@ -183,9 +183,10 @@ def fit_method_to_data(recipe: Recipe, catalog: Catalog, source: str, resume: bo
     return with_method_settings(recipe, source, saved=resume, samples=samples)
 
 
-def resumed_clock(point: ResumePoint, max_steps: int, min_lr: float = 0.0) -> ScheduleClock:
+def resumed_clock(point: ResumePoint, max_steps: int, min_lr: float = 0.0, warmup_steps: int = 0) -> ScheduleClock:
     """The schedule clock of a run resumed from ``point`` that now ends at ``max_steps`` (see ScheduleClock);
-    ``min_lr``: the resumed recipe's final rate, where a finished schedule stays."""
+    ``min_lr``: the resumed recipe's final rate, where a finished schedule stays (``warmup_steps``: one that ended
+    inside its warmup stays at the rate it had reached)."""
     saved = point.info.get("schedule")
     clock = ScheduleClock.from_dict(saved) if saved else ScheduleClock(int(point.info["recipe"]["train"]["max_steps"]))
     new = clock.resumed(point.step, max_steps)
@@ -198,7 +199,12 @@ def resumed_clock(point: ResumePoint, max_steps: int, min_lr: float = 0.0) -> Sc
                  f"train.max_steps is now {max_steps}, so nothing is trained and the encoder stays at step "
                  f"{point.step}; to train on, resume with --set train.max_steps=N (N > {point.step}).")
     elif max_steps != clock.end:
-        if clock(point.step) >= clock.total:
+        if clock(point.step) >= clock.total and warmup_steps >= clock.total:
+            log.warning(f"the run ended inside its warmup (train.warmup_steps {warmup_steps} >= its {clock.total} "
+                        f"steps): its {max_steps - point.step} extra steps run at the rate it had reached, constant; "
+                        "to train on a full schedule, start a run with train.warmup_steps about 10 % of "
+                        "train.max_steps.")
+        elif clock(point.step) >= clock.total:
             log.warning(f"the run finished its schedules at step {point.step} (lr at train.min_lr): its "
                         f"{max_steps - point.step} extra steps run at their final values"
                         + (", and with train.min_lr 0 they change no weight; to train on, resume with --set "
@@ -326,7 +332,7 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
         probe, out, data_dir, recipe, inputs, resume=resume, overwrite=overwrite, strict=strict,
         source=str(out / "config.yaml") if resume else str(recipe_file or "recipe"))
     with agreement.round(last=False):  # every rank's checks on the data, before rank 0 changes RUN_DIR
-        clock = resumed_clock(point, t.max_steps, t.min_lr) if point else ScheduleClock(t.max_steps)
+        clock = resumed_clock(point, t.max_steps, t.min_lr, t.warmup_steps) if point else ScheduleClock(t.max_steps)
 
         L.seed_everything(t.seed, workers=True, verbose=False)
         enc_cfg = EncoderConfig.from_recipe(recipe.model, recipe.data, len(catalog.band_names), catalog.band_names,

@@ -426,3 +426,21 @@ def test_a_steps_logs_average_its_micro_batches_and_keep_values_they_share_exact
 
     assert step_mean([0.1, 0.1, 0.1]) == 0.1  # the lr: the sum's rounding would give 0.10000000000000002
     assert step_mean([1.0, 2.0, 4.5]) == 2.5 and step_mean([3.0]) == 3.0
+
+
+def test_a_run_resumed_past_its_end_says_what_rate_its_extra_steps_train_at(caplog) -> None:
+    """A finished schedule stays at train.min_lr; one that ended inside its warmup (warmup_steps 100 >= 6 steps)
+    stays at the rate it had reached, which the message called min_lr (the extra steps did train)."""
+    from types import SimpleNamespace
+
+    from geomed_ssl.train.pretrain import resumed_clock
+
+    point = SimpleNamespace(step=6, info={"schedule": None, "recipe": {"train": {"max_steps": 6}}})
+    with caplog.at_level("INFO", logger="geomed_ssl"):
+        resumed_clock(point, 10, 0.0, warmup_steps=1)
+    assert "finished its schedules at step 6 (lr at train.min_lr)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="geomed_ssl"):
+        resumed_clock(point, 10, 0.0, warmup_steps=100)
+    assert "ended inside its warmup (train.warmup_steps 100 >= its 6 steps): its 4 extra steps run at the rate it " \
+           "had reached" in caplog.text and "min_lr" not in caplog.text

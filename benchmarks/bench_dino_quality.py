@@ -7,7 +7,7 @@ a ViT (depth 4, width 128, 4 heads, 4 px tokens) on 32x32 windows through the re
 about ``--minutes`` of training: a few calibration steps measure the step time, ``max_steps`` is set so the schedules
 (lr, teacher momentum and temperature, weight decay) complete inside the budget, and a guard stops a run that
 overruns it by 15 %. Each encoder then embeds every image as the mean CLS token of its four 32x32 quadrants (the
-window size it was trained on), and 5-fold weighted k-NN (k=20, T=0.07; ``geomed_ssl.train.knn``) scores those
+window size it was trained on), and 5-fold weighted k-NN (k=20, T=0.07; ``geomed_ssl.models.knn``) scores those
 features, averaged over three fold assignments. Random init is the same architecture, untrained, normalised with
 the same statistics. The labels are never seen by pretraining.
 """
@@ -29,7 +29,7 @@ from geomed_ssl.config import load_recipe
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.data.labelled import ImageDataset, scan_class_folders
 from geomed_ssl.models.encoder import ViTEncoder
-from geomed_ssl.train.knn import kfold_knn_accuracy
+from geomed_ssl.models.knn import kfold_knn_accuracy
 from geomed_ssl.train.pretrain import pretrain
 
 EUROSAT_BANDS = "[B01,B02,B03,B04,B05,B06,B07,B08,B09,B10,B11,B12,B8A]"  # EuroSAT-MS stores B8A last

@@ -17,7 +17,7 @@ from geomed_ssl.bands.conform import conform_record
 from geomed_ssl.windows.crops import centre_crop
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.data.labelled import ImageDataset, scan_class_folders
-from geomed_ssl.train.knn import kfold_knn_accuracy
+from geomed_ssl.models.knn import kfold_knn_accuracy
 
 log = logging.getLogger("geomed_ssl")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from geomed_ssl.train.knn import kfold_knn_accuracy, knn_accuracy, knn_classify
+from geomed_ssl.models.knn import kfold_knn_accuracy, knn_accuracy, knn_classify
 
 
 def dino_knn_reference(train, train_labels, test, k, T, num_classes):

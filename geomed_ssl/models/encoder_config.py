@@ -201,8 +201,15 @@ class EncoderConfig:
         scale: dict[str, Any] | None = None,
     ) -> EncoderConfig:
         """Build from the recipe's ``model`` and ``data`` sections plus what the catalog found (band names, centre
-        wavelengths and widths in µm, statistics)."""
+        wavelengths and widths in µm, statistics). A spectral chunk wider than the data's bands is warned about."""
         nd = spatial_dims(data)
+        if model.embedding == "spectral" and model.spectral_chunk > in_chans:
+            import logging
+
+            logging.getLogger("geomed_ssl").warning(
+                f"warning: model.spectral_chunk {model.spectral_chunk} is more than the data's {in_chans} bands: one "
+                f"token per position holds every band, padded with {model.spectral_chunk - in_chans} bands of "
+                f"zeros; model.spectral_chunk {in_chans} gives that token without the padding.")
         return cls(
             in_chans=in_chans,
             spatial_dims=nd,

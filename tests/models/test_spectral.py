@@ -256,3 +256,17 @@ def test_band_flexible_encoders_match_names_written_another_way_and_s2b_b12_as_t
     assert [m.index for m in match_bands(bare, None, ["Band 1", "Band 2"])] == [None, None]  # fewer: exact names only
     s2a = match_bands(["B11", "B12"], [1.614, 2.202], ["B11", "B12"], [1.610, 2.186])
     assert [(m.index, m.how) for m in s2a] == [(0, "name"), (1, "name")]
+
+
+def test_a_spectral_chunk_wider_than_the_data_is_warned_about(caplog) -> None:
+    """64-band chunks on a 30-band cube ran silently, one token per position fed 34 bands of zeros."""
+    from geomed_ssl.config import load_recipe
+    from geomed_ssl.models.encoder import EncoderConfig
+
+    recipe = load_recipe(None, ["model.embedding=spectral", "model.spectral_chunk=64", "data.patch_size=16",
+                                "model.patch_size=4"])
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        EncoderConfig.from_recipe(recipe.model, recipe.data, 30)
+        EncoderConfig.from_recipe(recipe.model, recipe.data, 64)
+    assert caplog.text.count("spectral_chunk 64 is more than the data's 30 bands") == 1
+    assert "padded with 34 bands of zeros; model.spectral_chunk 30 gives that token" in caplog.text

@@ -148,12 +148,18 @@ def _ways_out(command: str) -> str:
     return ", ".join(f"pass {verbs[f]}" for f in flags) + (", or " if flags else "") + "choose another --out"
 
 
-def check_writable(out: PathLike) -> None:
-    """An OutputError when ``out``, or the nearest folder above it that exists, cannot be written (a read-only
-    mount, another user's folder): said before a command computes for hours, not when it saves."""
+def existing_place(out: PathLike) -> Path:
+    """``out`` (absolute), or the nearest folder above it that exists: where a folder yet to be made will be."""
     place = Path(out).absolute()
     while not place.exists() and place.parent != place:
         place = place.parent
+    return place
+
+
+def check_writable(out: PathLike) -> None:
+    """An OutputError when ``out``, or the nearest folder above it that exists, cannot be written (a read-only
+    mount, another user's folder): said before a command computes for hours, not when it saves."""
+    place = existing_place(out)
     if place.is_dir() and not os.access(place, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write in '{place}' (read-only or not yours); choose a folder you can write to "
                           "(--out), or change its permissions.")

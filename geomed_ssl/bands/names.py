@@ -165,9 +165,16 @@ def _tag_wavelength(tags: dict[str, Any] | None) -> float | None:
     before 3.10 (and many tools) write for ENVI cubes (nanometres or micrometres; without units, a value above 100 is
     read as nanometres)."""
     found = _tag_um(tags, "CENTRAL_WAVELENGTH_UM")
-    if found is not None:  # no imaging band lies past 100 µm: such a value was written in nanometres
-        return found / 1000.0 if found > 100.0 else found
+    if found is not None:
+        return found / 1000.0 if _nm_under_um(tags) else found
     return _tag_length(tags, "WAVELENGTH", 100.0)
+
+
+def _nm_under_um(tags: dict[str, Any] | None) -> bool:
+    """The band's µm tags hold nanometres: its CENTRAL_WAVELENGTH_UM is above 100 (no imaging band lies past 100 µm);
+    its FWHM_UM is read with it."""
+    centre = _tag_um(tags, "CENTRAL_WAVELENGTH_UM")
+    return centre is not None and centre > 100.0
 
 
 def _tag_width(tags: dict[str, Any] | None) -> float | None:
@@ -175,10 +182,9 @@ def _tag_width(tags: dict[str, Any] | None) -> float | None:
     that tools writing ENVI cubes give in the wavelengths' units (``fwhm_units`` or ``wavelength_units``; without
     units, a value above 1 is read as nanometres)."""
     found = _tag_um(tags, "FWHM_UM")
-    centre = _tag_um(tags, "CENTRAL_WAVELENGTH_UM")
-    if found is not None and centre is not None and centre > 100.0:  # nanometres under the µm keys, as the centre
-        return found / 1000.0
-    return found if found is not None else _tag_length(tags, "FWHM", 1.0)
+    if found is not None:
+        return found / 1000.0 if _nm_under_um(tags) else found
+    return _tag_length(tags, "FWHM", 1.0)
 
 
 def _tag_length(tags: dict[str, Any] | None, key: str, nm_above: float) -> float | None:

@@ -128,8 +128,8 @@ def other_architectures(names: Sequence[str], template: Any, loaded: dict[str, A
 
 def warn_other_architectures(sources: list[EncoderSource]) -> None:
     """A warning when an encoder after the first is another architecture than ``none`` (the first one's)."""
-    template = next(s.encoder.config for s in sources if s.name == NONE)
-    others = [s.name for s in sources if s.name != NONE and architecture(s.encoder.config) != architecture(template)]
+    loaded = {s.name: s.encoder.config for s in sources}
+    others = other_architectures([name for name in loaded if name != NONE], loaded[NONE], loaded)
     if others:
         log.warning(f"warning: {', '.join(repr(o) for o in others)} {'is' if len(others) == 1 else 'are'} another "
                     "architecture than the first encoder, whose random initialisation is `none`: "

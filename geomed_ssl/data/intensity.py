@@ -14,12 +14,23 @@ from geomed_ssl.errors import DataError
 CT_LOOKING_MIN = -500.0  # a volume whose minimum is below this looks like CT (Hounsfield units)
 
 
+def looks_like_ct(minimum: float | None) -> bool:
+    """A volume whose lowest value is below -500 (CT's air is about -1000 HU) looks like CT."""
+    return minimum is not None and minimum < CT_LOOKING_MIN
+
+
+def lowest_value(record: Any) -> float | None:
+    """The smallest finite band minimum of a record's ``value_range`` (from its probe); None without one."""
+    finite = [v[0] for v in getattr(record, "value_range", None) or [] if math.isfinite(v[0])]
+    return min(finite) if finite else None
+
+
 def intensity_kind(data_cfg: Any, minimum: float | None) -> str:
     """'ct', 'mr' or 'none' for a volume: ``data.intensity`` unless 'auto', where a minimum below -500 means CT."""
     mode = getattr(data_cfg, "intensity", "auto")
     if mode != "auto":
         return mode
-    return "ct" if minimum is not None and minimum < CT_LOOKING_MIN else "mr"
+    return "ct" if looks_like_ct(minimum) else "mr"
 
 
 def intensity_args(record: Any, data_cfg: Any) -> dict[str, Any]:
@@ -30,9 +41,7 @@ def intensity_args(record: Any, data_cfg: Any) -> dict[str, Any]:
     value_range = getattr(record, "value_range", None)
     if not value_range:
         return {"kind_hint": None, "percentiles": None}
-    finite = [v[0] for v in value_range if math.isfinite(v[0])]
-    return {"kind_hint": intensity_kind(data_cfg, min(finite) if finite else None),
-            "percentiles": [v[1:3] for v in value_range]}
+    return {"kind_hint": intensity_kind(data_cfg, lowest_value(record)), "percentiles": [v[1:3] for v in value_range]}
 
 
 def preprocess_intensity(

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from geomed_ssl.data.intensity import CT_LOOKING_MIN
+from geomed_ssl.data.intensity import looks_like_ct, lowest_value
 from geomed_ssl.data.records import BLANK_VOLUMES, blank_volumes
 from geomed_ssl.geo.validity import HUGE_FILL
 from geomed_ssl.geo.grids import crs_name
@@ -222,13 +222,10 @@ def warn_collars(ranges: Sequence[tuple[str, Sequence[Sequence[float]]]], fate: 
 
 
 def not_ct(records: Sequence[Any]) -> list[tuple[str, float]]:
-    """The volumes of ``records`` whose lowest value is above CT's (``CT_LOOKING_MIN``): their path and that value."""
-    out = []
-    for r in records:
-        lows = [float(v[0]) for v in (r.value_range or []) if np.isfinite(v[0])]
-        if r.kind == "volume" and lows and min(lows) >= CT_LOOKING_MIN:
-            out.append((r.path, min(lows)))
-    return out
+    """The volumes of ``records`` whose lowest value does not look like CT's (:func:`looks_like_ct`, the rule
+    ``data.intensity: auto`` reads volumes by): their path and that value."""
+    lows = [(r.path, lowest_value(r)) for r in records if r.kind == "volume"]
+    return [(path, float(low)) for path, low in lows if low is not None and not looks_like_ct(low)]
 
 
 def warn_survey(catalog: Any, spacing: Sequence[float] | None = None, rotation_axis: int | None = None,

@@ -251,11 +251,10 @@ def warn_disk_room(records: Sequence[Any], out_dir: Path, class_values: Sequence
     much less, and a full disk stops the run at the file that does not fit (the finished ones stay)."""
     import shutil
 
-    folder = Path(out_dir).absolute()
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    from geomed_ssl.outdirs import existing_place
+
     try:
-        free = shutil.disk_usage(folder).free
+        free = shutil.disk_usage(existing_place(out_dir)).free
     except OSError:
         return
     needed = output_bytes(records, class_values, probabilities)

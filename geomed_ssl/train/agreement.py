@@ -59,16 +59,22 @@ class Agreement:
         ``last``: no round follows."""
 
     @contextlib.contextmanager
-    def round(self, last: bool = True) -> Iterator[None]:
-        """One more round after the checkpoint's: what runs inside (every rank's further checks; then, in the last
-        round, rank 0 making the run folder and writing its files) either fails on some rank, which every rank then
-        learns (a stop too: the others are told before it goes on), or passes on all, as :meth:`all_passed` says."""
+    def told(self) -> Iterator[None]:
+        """A failure inside (a stop too) is told to the other ranks before it goes on (:meth:`failed`)."""
         try:
             yield
         except BaseException as err:
             with contextlib.suppress(Exception):
                 self.failed(err)
             raise
+
+    @contextlib.contextmanager
+    def round(self, last: bool = True) -> Iterator[None]:
+        """One more round: what runs inside (every rank's checks; then, in the last round, rank 0 making the run
+        folder and writing its files) either fails on some rank, which every rank then learns (:meth:`told`), or
+        passes on all, as :meth:`all_passed` says."""
+        with self.told():
+            yield
         self.all_passed(last)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 from dataclasses import dataclass, field, replace
@@ -226,23 +225,14 @@ def agreed_inputs(probe: L.Trainer, out: Path, data_dir: str | Path, recipe: Rec
     (:meth:`Agreement.round`: the further checks of every rank, then rank 0 making and writing the run folder)."""
     agreement = agreement_for(probe)
     rank = probe.global_rank
-    try:  # rank 0 refuses a used or forbidden --out (and changes nothing) and picks the checkpoint to resume from
+    with agreement.told():  # rank 0 refuses a used or forbidden --out (changing nothing), picks the checkpoint
         if rank == 0:
             prepare_run_dir(out, resume, overwrite, inputs, create=False)
         found = find_resume_checkpoint(out, announce=rank == 0) if resume and agreement.chooses else None
-    except BaseException as err:  # a stop on this rank too: the others are told before it goes
-        with contextlib.suppress(Exception):
-            agreement.failed(err)
-        raise
     chosen = agreement.share_checkpoint(str(found.path) if found else None)
-    try:
+    with agreement.round(last=False):
         point = found or (resume_point(Path(chosen)) if chosen else None)
         catalog, stats, recipe = read_data(data_dir, out, recipe, resume, strict, source, point)
-    except BaseException as err:  # a stop on this rank too: the others are told before it goes
-        with contextlib.suppress(Exception):
-            agreement.failed(err)
-        raise
-    agreement.all_passed(last=False)
     return agreement, point, catalog, stats, recipe
 
 

@@ -102,6 +102,20 @@ class RunLog(logging.Handler):
         super().close()
 
 
+def _install(handler: RunLog) -> RunLog:
+    """``handler`` receives the package's records and is the run log in progress in this process."""
+    logging.getLogger("geomed_ssl").addHandler(handler)
+    _ACTIVE.append(handler)
+    return handler
+
+
+def _uninstall(handler: RunLog) -> None:
+    """``handler`` no longer receives records nor is the run log (its file stays open: ``close`` closes it)."""
+    if handler in _ACTIVE:
+        _ACTIVE.remove(handler)
+    logging.getLogger("geomed_ssl").removeHandler(handler)
+
+
 def keeps_run_log(fn: F) -> F:
     """``fn`` (a command that makes a run folder) with its ``geomed_ssl`` log records collected for
     :func:`attach_run_log`, and the error or stop that ends it written last; the handler goes when it returns."""
@@ -111,9 +125,7 @@ def keeps_run_log(fn: F) -> F:
         from geomed_ssl.methods.schedules import forget_said
 
         forget_said()  # warnings said once per run, not once per process
-        handler, logger = RunLog(), logging.getLogger("geomed_ssl")
-        logger.addHandler(handler)
-        _ACTIVE.append(handler)
+        handler = _install(RunLog())
         try:
             return fn(*args, **kwargs)
         except BaseException as err:
@@ -123,9 +135,7 @@ def keeps_run_log(fn: F) -> F:
                     handler.say(f"{word}: {message_of(err) or type(err).__name__}")
             raise
         finally:
-            if handler in _ACTIVE:
-                _ACTIVE.remove(handler)
-            logger.removeHandler(handler)
+            _uninstall(handler)
             handler.close()
 
     return wrapper  # type: ignore[return-value]
@@ -163,11 +173,9 @@ class WorkerRunLog(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         inherited = [h for h in _ACTIVE if h.pid != os.getpid()]
         if not trainer.is_global_zero and inherited:  # a forked further rank: the launcher's lines are rank 0's
-            logger = logging.getLogger("geomed_ssl")
             for handler in inherited:
-                logger.removeHandler(handler)
-                _ACTIVE.remove(handler)
-            logger.setLevel(logging.ERROR)  # the notes and warnings rank 0 says (as pretrain does on other ranks)
+                _uninstall(handler)
+            logging.getLogger("geomed_ssl").setLevel(logging.ERROR)  # rank 0 says the notes (as pretrain has it)
             return
         if _ACTIVE or not trainer.is_global_zero or not ours(self.path):
             return
@@ -175,15 +183,12 @@ class WorkerRunLog(L.Callback):
             fd = os.open(self.path, OPEN_FLAGS)
         except OSError:  # the launching process said so and keeps no log
             return
-        self.handler = RunLog()
+        self.handler = _install(RunLog())
         self.handler.fd = fd
-        logging.getLogger("geomed_ssl").addHandler(self.handler)
-        _ACTIVE.append(self.handler)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self.handler is not None:
-            _ACTIVE.remove(self.handler)
-            logging.getLogger("geomed_ssl").removeHandler(self.handler)
+            _uninstall(self.handler)
             self.handler.close()
             self.handler = None
 

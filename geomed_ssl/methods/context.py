@@ -26,7 +26,7 @@ from geomed_ssl.methods.mim import prepare_image
 from geomed_ssl.methods.pretext import PretextSettings, classification_output, mlp_head, refuse_volumes
 from geomed_ssl.methods.registry import register_method
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
-from geomed_ssl.methods.crops import crop_at, standardize
+from geomed_ssl.methods.crops import crop_at, shared_valid, standardize
 from geomed_ssl.methods.rotation import uniform_ints
 
 # label -> (row step, column step): row-major around the centre, the centre itself skipped
@@ -60,9 +60,10 @@ CONTEXT_DRAWS = 5  # uniform draws per sample: the label, the centre's row and c
 
 
 def context_pairs(x: torch.Tensor, patch: int, gap: int, jitter: int, draws: torch.Tensor,
-                  normalize: bool = True, multiple_of: int = 1) -> ContextPair:
+                  normalize: bool = True, multiple_of: int = 1, valid: torch.Tensor | None = None) -> ContextPair:
     """One (centre, neighbour, label) pair per sample of (B, C, H, W), from ``draws`` (B, 5) uniform [0, 1), each
-    sample's own (:class:`PerSample`)."""
+    sample's own (:class:`PerSample`). With ``valid`` (B, H, W) bool both patches keep only the pixels valid in
+    both (the rest 0, and left out of the standardisation), so where nodata lies cannot tell the direction."""
     b, _, *window = x.shape
     check_context(window, patch, gap, jitter, multiple_of)
     draws = draws.to(x.device)
@@ -76,9 +77,16 @@ def context_pairs(x: torch.Tensor, patch: int, gap: int, jitter: int, draws: tor
     shake = uniform_ints(draws[:, 3:5], 2 * jitter + 1) - jitter  # (B, 2)
     steps = torch.tensor(NEIGHBOURS, device=x.device)[label]  # (B, 2)
     neighbour = centre + steps * (patch + gap) + shake  # (B, 2)
-    crops = crop_at(x, torch.cat([centre, neighbour]), (patch, patch), torch.arange(b, device=x.device).repeat(2))
+    starts, source = torch.cat([centre, neighbour]), torch.arange(b, device=x.device).repeat(2)
+    crops = crop_at(x, starts, (patch, patch), source)
+    common = None
+    if valid is not None:
+        masks = crop_at(valid.to(x.device).bool()[:, None], starts, (patch, patch), source)  # (2B, 1, p, p)
+        common = shared_valid(masks.reshape(2, b, 1, patch, patch), dim=0).expand(2, -1, -1, -1, -1).flatten(0, 1)
     if normalize:
-        crops = standardize(crops)
+        crops = standardize(crops, valid=common)
+    elif common is not None:
+        crops = crops * common
     return ContextPair(crops[:b], crops[b:], label)
 
 
@@ -156,9 +164,9 @@ class Context(SSLMethod):
         return self.head(torch.cat([cls[:b], cls[b:]], dim=-1))
 
     def training_loss(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> MethodOutput:
-        image, _ = prepare_image(batch)
+        image, valid = prepare_image(batch)
         s = self.settings
         p, g, j = context_geometry(tuple(image.shape[2:]), self.token, s.patch, s.gap, s.jitter)
         draws = PerSample.from_batch(batch, generator).rand(CONTEXT_DRAWS)
-        pair = context_pairs(image, p, g, j, draws, multiple_of=self.token)
+        pair = context_pairs(image, p, g, j, draws, multiple_of=self.token, valid=valid)
         return classification_output(self(pair.centre, pair.neighbour), pair.label)

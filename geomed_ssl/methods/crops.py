@@ -41,10 +41,25 @@ def crop_at(x: torch.Tensor, starts: torch.Tensor, size: Sequence[int],
     return out.movedim(-1, 1)
 
 
-def standardize(x: torch.Tensor, spatial_dims: int = 2, eps: float = 1e-6) -> torch.Tensor:
+def standardize(x: torch.Tensor, spatial_dims: int = 2, eps: float = 1e-6,
+                valid: torch.Tensor | None = None) -> torch.Tensor:
     """Zero mean, unit std over the last ``spatial_dims`` axes, separately for every leading index (each crop's
-    every band): (..., *S) -> same shape."""
+    every band): (..., *S) -> same shape. With ``valid`` (bool, broadcastable to ``x``) the statistics are those of
+    the valid pixels and the others are set to 0."""
     dims = tuple(range(-spatial_dims, 0))
-    mean = x.mean(dim=dims, keepdim=True)
-    std = x.var(dim=dims, keepdim=True, unbiased=False).add(eps).sqrt()
-    return (x - mean) / std
+    if valid is None:
+        mean = x.mean(dim=dims, keepdim=True)
+        std = x.var(dim=dims, keepdim=True, unbiased=False).add(eps).sqrt()
+        return (x - mean) / std
+    w = valid.to(x.dtype).expand_as(x)
+    count = w.sum(dim=dims, keepdim=True).clamp_min(1)
+    mean = (x * w).sum(dim=dims, keepdim=True) / count
+    var = ((x - mean).square() * w).sum(dim=dims, keepdim=True) / count
+    return (x - mean) / var.add(eps).sqrt() * w
+
+
+def shared_valid(valid: torch.Tensor, dim: int) -> torch.Tensor:
+    """The pixels valid in every crop along ``dim`` of a bool mask, kept as a size-1 axis: the one nodata pattern
+    that pretext tasks give all their crops of a sample, so where the nodata lies (a scene's collar) cannot tell
+    which crop is which."""
+    return valid.all(dim=dim, keepdim=True)

@@ -35,7 +35,7 @@ from geomed_ssl.methods.mim import prepare_image
 from geomed_ssl.methods.pretext import PretextSettings, classification_output, mlp_head, refuse_volumes
 from geomed_ssl.methods.registry import register_method
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
-from geomed_ssl.methods.crops import crop_at, standardize
+from geomed_ssl.methods.crops import crop_at, shared_valid, standardize
 from geomed_ssl.methods.rotation import uniform_ints
 
 CANDIDATE_POOL = 100_000  # random candidates for grids above 3x3
@@ -132,7 +132,8 @@ def jigsaw_draws(grid: int) -> int:
 
 
 def jigsaw_tiles(x: torch.Tensor, perms: torch.Tensor, draws: torch.Tensor, tile: int | None = None,
-                 multiple_of: int = 1, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                 multiple_of: int = 1, normalize: bool = True,
+                 valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Shuffled jittered tiles and their permutation labels.
 
     Args:
@@ -142,6 +143,8 @@ def jigsaw_tiles(x: torch.Tensor, perms: torch.Tensor, draws: torch.Tensor, tile
             and its tiles' offsets.
         tile, multiple_of: see :func:`tile_size`.
         normalize: standardise each tile per band (mean 0, std 1).
+        valid: (B, H, W) bool, the valid pixels: every tile of a sample keeps only the pixels valid in all of its
+            tiles (the rest 0, and left out of the standardisation), so where nodata lies cannot place a tile.
 
     Returns:
         tiles (B, T, C, t, t) in puzzle order: ``tiles[b, i]`` is the crop of cell ``perms[labels[b], i]``;
@@ -162,7 +165,11 @@ def jigsaw_tiles(x: torch.Tensor, perms: torch.Tensor, draws: torch.Tensor, tile
     starts = origin[order] + jitter  # (B, T, 2), an independent offset for every tile
     source = torch.arange(b, device=x.device).repeat_interleave(grid * grid)  # (B*T,)
     tiles = crop_at(x, starts.reshape(-1, 2), (t, t), source).reshape(b, grid * grid, c, t, t)
-    return (standardize(tiles) if normalize else tiles), labels
+    if valid is None:
+        return (standardize(tiles) if normalize else tiles), labels
+    masks = crop_at(valid.to(x.device).bool()[:, None], starts.reshape(-1, 2), (t, t), source)
+    common = shared_valid(masks.reshape(b, grid * grid, 1, t, t), dim=1)  # (B, 1, 1, t, t)
+    return (standardize(tiles, valid=common) if normalize else tiles * common), labels
 
 
 @dataclass
@@ -223,7 +230,7 @@ class Jigsaw(SSLMethod):
         return self.head(cls.reshape(t, b, -1).transpose(0, 1).reshape(b, -1))
 
     def training_loss(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> MethodOutput:
-        image, _ = prepare_image(batch)
+        image, valid = prepare_image(batch)
         draws = PerSample.from_batch(batch, generator).rand(jigsaw_draws(self.settings.grid))
-        tiles, labels = jigsaw_tiles(image, self.perms, draws, self.settings.tile, self.multiple_of)
+        tiles, labels = jigsaw_tiles(image, self.perms, draws, self.settings.tile, self.multiple_of, valid=valid)
         return classification_output(self(tiles), labels)

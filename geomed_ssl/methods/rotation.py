@@ -65,8 +65,19 @@ def uniform_ints(draws: torch.Tensor, high: int | torch.Tensor) -> torch.Tensor:
     return torch.minimum((draws * high).long(), high - 1)
 
 
+def turn_invariant(valid: torch.Tensor, plane: tuple[int, int]) -> torch.Tensor:
+    """The pixels of a (B, *S) bool mask that stay valid under every quarter turn in ``plane`` (dims of a
+    (B, C, *S) batch): the same after any turn, so a window's nodata (a scene's collar) cannot give its turn away."""
+    dims = (plane[0] - 1, plane[1] - 1)
+    out = valid.bool()
+    for r in range(1, NUM_ROTATIONS):
+        out = out & torch.rot90(valid.bool(), r, dims)
+    return out
+
+
 def rotation_batch(x: torch.Tensor, draws: torch.Tensor | None = None, axis: int | None = None,
-                   all_rotations: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                   all_rotations: bool = False,
+                   valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotated windows and their labels.
 
     Args:
@@ -75,11 +86,14 @@ def rotation_batch(x: torch.Tensor, draws: torch.Tensor | None = None, axis: int
             unused with ``all_rotations``.
         axis: for volumes, the spatial axis to turn about (default 0).
         all_rotations: every sample in all 4 rotations (RotNet's training batch), rotation-major.
+        valid: (B, *S) bool, the valid pixels; pixels outside :func:`turn_invariant` of it are set to 0 first.
 
     Returns:
         rotated (B, C, *S), or (4B, C, *S) with ``all_rotations``; labels (B,) or (4B,) long in [0, 4).
     """
     plane = rotation_plane(tuple(x.shape[2:]), axis)
+    if valid is not None:
+        x = torch.where(turn_invariant(valid.to(x.device), plane)[:, None], x, 0.0)
     if all_rotations:
         rotated = torch.cat([torch.rot90(x, r, plane) for r in range(NUM_ROTATIONS)])
         labels = torch.arange(NUM_ROTATIONS, device=x.device).repeat_interleave(x.shape[0])
@@ -136,7 +150,7 @@ class Rotation(SSLMethod):
         return self.head(torch.cat([tokens[:, 0], tokens[:, 1:].mean(dim=1)], dim=-1))
 
     def training_loss(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> MethodOutput:
-        image, _ = prepare_image(batch)
+        image, valid = prepare_image(batch)
         draws = PerSample.from_batch(batch, generator).rand(1)[:, 0]  # (B,): each sample's own turn
-        rotated, labels = rotation_batch(image, draws, self.axis)
+        rotated, labels = rotation_batch(image, draws, self.axis, valid=valid)
         return classification_output(self(rotated), labels)

@@ -61,3 +61,16 @@ def test_window_too_small_for_the_layout_is_refused() -> None:
 def test_jitter_larger_than_the_gap_is_refused() -> None:
     with pytest.raises(ConfigError, match="never touch"):
         context_pairs(torch.randn(1, 1, 64, 64), 8, 2, 3, draws(1))
+
+
+def test_a_nodata_collar_does_not_tell_the_direction() -> None:
+    x = torch.rand(64, 2, 40, 40, generator=gen(5)) + 1
+    i = torch.arange(40)
+    valid = (i[:, None] + i[None, :] >= 24)[None].expand(64, 40, 40)
+    pair = context_pairs(x, 8, 4, 1, draws(64), valid=valid)
+    centre_zero, neighbour_zero = (pair.centre == 0).all(dim=1), (pair.neighbour == 0).all(dim=1)
+    assert torch.equal(centre_zero, neighbour_zero) and bool(centre_zero.any())
+    raw = context_pairs(x, 8, 4, 1, draws(64), normalize=False, valid=valid)
+    assert torch.equal((raw.centre == 0).all(dim=1), (raw.neighbour == 0).all(dim=1))
+    plain = context_pairs(x, 8, 4, 1, draws(64), valid=torch.ones(64, 40, 40, dtype=torch.bool))
+    torch.testing.assert_close(plain.centre, context_pairs(x, 8, 4, 1, draws(64)).centre, atol=1e-5, rtol=1e-5)

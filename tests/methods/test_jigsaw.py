@@ -95,3 +95,17 @@ def test_the_encoder_sees_tiles_stacked_tile_by_tile_and_each_sample_keeps_its_o
         assert torch.equal(rows, tiles.transpose(0, 1).flatten(0, 1))  # row r: sample r % 3, tile r // 3
         per_sample = method.encoder(tiles.flatten(0, 1))[:, 0].reshape(3, -1)  # the plain sample-major layout
         assert torch.allclose(logits, method.head(per_sample), atol=1e-6)
+
+
+def test_a_nodata_collar_does_not_place_a_tile() -> None:
+    x = torch.rand(16, 2, 48, 48, generator=gen(4)) + 1
+    i = torch.arange(48)
+    valid = (i[:, None] + i[None, :] >= 20)[None].expand(16, 48, 48)  # the top-left cell is mostly nodata
+    tiles, _ = jigsaw_tiles(x, permutation_set(100), draws(16), valid=valid)
+    zero = (tiles == 0).all(dim=2)  # (B, T, t, t)
+    assert torch.equal(zero, zero[:, :1].expand_as(zero))  # every tile of a sample shares one nodata pattern
+    assert bool(zero.any())
+    kept = tiles[~zero[:, :, None].expand_as(tiles)].reshape(-1)
+    assert abs(float(kept.mean())) < 1e-4  # standardised over the pixels it keeps
+    plain = jigsaw_tiles(x, permutation_set(100), draws(16), valid=torch.ones(16, 48, 48, dtype=torch.bool))[0]
+    torch.testing.assert_close(plain, jigsaw_tiles(x, permutation_set(100), draws(16))[0], atol=1e-5, rtol=1e-5)

@@ -70,3 +70,24 @@ def test_axis_is_refused_on_2d_and_out_of_range_on_volumes() -> None:
         rotation_batch(torch.randn(1, 1, 8, 8), torch.rand(1), axis=0)
     with pytest.raises(ConfigError, match="0, 1 or 2"):
         rotation_batch(torch.randn(1, 1, 8, 8, 8), torch.rand(1), axis=3)
+
+
+def collar(b: int, size: int, width: int = 6) -> torch.Tensor:
+    """(b, size, size) valid masks with a nodata triangle in the top-left corner (a scene's collar)."""
+    i = torch.arange(size)
+    return (i[:, None] + i[None, :] >= width)[None].expand(b, size, size)
+
+
+def test_a_nodata_collar_does_not_give_the_turn_away() -> None:
+    x = torch.randn(400, 2, 16, 16, generator=gen(3)) + 5  # no valid pixel is 0
+    valid = collar(400, 16)
+    # where the collar ends up would name the turn if the windows were turned as they are
+    leaked, labels = rotation_batch(torch.where(valid[:, None], x, 0.0), draws(x))
+    corner = torch.stack([leaked[:, 0, 0, 0], leaked[:, 0, -1, 0], leaked[:, 0, -1, -1], leaked[:, 0, 0, -1]], 1)
+    assert torch.equal((corner == 0).float().argmax(dim=1), labels)
+    rotated, labels = rotation_batch(x, draws(x), valid=valid)
+    zero = (rotated == 0).all(dim=1)
+    assert torch.equal(zero, zero[:1].expand_as(zero))  # one nodata pattern whatever the turn
+    assert bool(zero[0][~valid[0]].all()) and len(labels.unique()) == 4
+    kept = rotation_batch(x, draws(x), valid=torch.ones(400, 16, 16, dtype=torch.bool))[0]
+    assert torch.equal(kept, rotation_batch(x, draws(x))[0])  # nothing is lost where every pixel is valid

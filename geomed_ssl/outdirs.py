@@ -5,7 +5,9 @@ The rule
 1. ``--out`` may not be an input, contain one or lie inside one (data folder, images, labels, encoder or run
    folder, embedding folder, query file, ...), symlinks resolved; only the place a command reserves inside its
    input for its own outputs (``FT_DIR/eval``, ``EMB_DIR/search``) is allowed (``allow_inside``).
-2. A folder that does not exist, or is empty, is created (with its parents).
+2. A folder that does not exist, or is empty, is created (with its parents). One holding only our manifest, lock
+   and temporary names counts as empty, unless another process still running holds its lock or writes one of those
+   temporary names (a command that made it and has not yet written a file under its final name).
 3. Every folder the toolkit creates holds ``.geomed-ssl.json`` (:mod:`geomed_ssl.outowners`): tool, version,
    command, creation time and the top-level entries the command writes there (:func:`record_entries` adds more).
    A folder without it counts as ours when an earlier version's files say so (``COMMANDS[...].legacy`` in
@@ -50,8 +52,8 @@ from typing import Iterator, Mapping, Sequence
 
 from geomed_ssl.errors import ConfigError, OutputError
 from geomed_ssl.outcommands import COMMANDS, CommandSpec, matches
-from geomed_ssl.outfiles import is_temp_name, remove_stale_partials
-from geomed_ssl.outlocks import LOCK, lock_folder
+from geomed_ssl.outfiles import is_temp_name, live_writer, remove_stale_partials
+from geomed_ssl.outlocks import LOCK, lock_folder, lock_holder
 from geomed_ssl.outowners import (MANIFEST, TOOL, Owner, PathLike, entry_names, foreign_inside,  # noqa: F401
                                   links_inside, owner, read_manifest, record_entries, write_manifest)
 Inputs = Mapping[str, PathLike | Sequence[PathLike] | None]
@@ -183,7 +185,14 @@ def check_out_dir(out: PathLike, *, command: str, inputs: Inputs | None = None, 
     if not out.is_dir():
         raise OutputError(f"--out '{out}' is a file, not a folder; choose another --out.")
     if all(p.name in (MANIFEST, LOCK) or is_temp_name(p.name) for p in out.iterdir()):
-        return "create"  # empty but for our manifest, or what a killed in-place export left (atomic_write_dir)
+        # empty but for our manifest, or what a killed in-place export left (atomic_write_dir), unless a command
+        # still running made it and has written nothing under a final name yet
+        writer, holder = live_writer(out), lock_holder(out)
+        if writer is not None or holder is not None:
+            by = holder or f"a running geomed-ssl command (it is writing '{writer.name}')"  # type: ignore[union-attr]
+            raise OutputError(f"output folder '{out}' is in use by {by}; wait for it to finish, or choose another "
+                              "--out.")
+        return "create"
     found = owner(out)
     if found is None:
         example = sorted(p.name for p in out.iterdir())[0]

@@ -136,6 +136,31 @@ def lock_folder(folder: PathLike, command: str) -> None:
     _HELD[key] = fd
 
 
+def lock_holder(folder: PathLike) -> str | None:
+    """Who holds ``folder``'s lock when another process does, as its file says; None when none does (nothing is
+    made: a lock file is only opened, and tried with a shared lock let go at once)."""
+    key = os.path.realpath(folder)
+    if key in _HELD or fcntl is None:
+        return None
+    try:
+        fd = os.open(os.path.join(key, LOCK), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder(fd)
+        except OSError:  # a filesystem without locks
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def unlock_folder(folder: PathLike) -> None:
     """Let go of ``folder``'s lock if this process holds it."""
     key = os.path.realpath(folder)

@@ -104,3 +104,33 @@ def test_a_link_planted_as_the_lock_file_is_refused_and_its_target_untouched(tmp
     with released_after():
         prepare_out_dir(tmp_path / "fine", command="pretrain")  # a plain lock file, made and removed
     assert not (tmp_path / "fine" / LOCK).exists()
+
+
+def test_a_new_folder_a_running_command_is_still_writing_is_not_taken_by_another(tmp_path) -> None:
+    """A folder holding only our manifest counts as empty, unless a live command made it: a predict writing its
+    first map there (only a temporary name yet), or a pretrain holding its lock before its first file."""
+    from geomed_ssl.outdirs import check_out_dir
+    from geomed_ssl.outfiles import host_tag
+
+    out = tmp_path / "pred"
+    with released_after():
+        prepare_out_dir(out, command="predict")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / f".partial-{sleeper.pid}.{host_tag()}-scene_pred.tif").write_bytes(b"half a map")
+        with pytest.raises(OutputError, match=r"'.*pred' is in use by a running geomed-ssl command \(it is writing "
+                                              r"'\.partial-\d+\.[0-9a-f]{8}-scene_pred\.tif'\)"):
+            prepare_out_dir(out, command="pretrain")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert check_out_dir(out, command="pretrain") == "create"  # its writer is gone: a killed run's leftovers
+    run = tmp_path / "run"
+    proc = holder(run, "pretrain")
+    try:
+        with pytest.raises(OutputError, match="in use by `geomed-ssl pretrain`"):
+            check_out_dir(run, command="predict")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert check_out_dir(run, command="predict") == "create"

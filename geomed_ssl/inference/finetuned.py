@@ -15,7 +15,7 @@ import torch
 from geomed_ssl.config import DataConfig, build_checked
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.windows.tiling import DEFAULT_OVERLAP
-from geomed_ssl.errors import DataError
+from geomed_ssl.errors import DataError, OutputError
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import atomic_path
 from geomed_ssl.outlocks import locked_briefly
@@ -107,6 +107,7 @@ def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], o
     stats = model_stats(meta, f"model {ft_dir}")
     scale, name = (meta.get("encoder") or {}).get("scale"), f"model '{ft_dir}'"
     if meta["task"] != "segment":
+        earlier_predictions(out / "predictions.csv")  # a user's own file of that name: refused before the work
         records = records_for_stats(image_records(meta, recipe, inputs, strict), stats)
         warn_other_scale(records, scale, recipe.data.spacing, name)
         prepare_out_dir(out, **rule)
@@ -184,7 +185,8 @@ def predict_classes(model: torch.nn.Module, meta: dict[str, Any], recipe: Any, r
     with locked_briefly(out):  # several predict jobs may share OUT_DIR: one read-merge-write at a time
         kept = [r for r in earlier_predictions(out / "predictions.csv") if r.get("file") not in new]
         with atomic_path(out / "predictions.csv") as tmp, tmp.open("w", newline="") as f:
-            extra = [c for c in dict.fromkeys(c for r in kept + rows for c in r) if c.startswith("p_")]
+            # p_<class> columns and any the user added to the earlier rows (a reviewer's notes) are kept
+            extra = [c for c in dict.fromkeys(c for r in kept + rows for c in r) if c not in PREDICTION_COLUMNS]
             writer = csv.DictWriter(f, fieldnames=PREDICTION_COLUMNS + extra, restval="", extrasaction="ignore")
             writer.writeheader()
             writer.writerows(kept + rows)
@@ -193,14 +195,20 @@ def predict_classes(model: torch.nn.Module, meta: dict[str, Any], recipe: Any, r
 
 
 def earlier_predictions(path: Path) -> list[dict[str, str]]:
-    """The rows of an earlier run's ``predictions.csv`` (none when there is none or it is not one of ours)."""
+    """The rows of an earlier run's ``predictions.csv`` (none when there is none). A file there that is not one of
+    ours (no ``file``, ``class`` and ``probability`` columns, or unreadable as CSV) is an error: a user's own file
+    of that name is never replaced."""
     import csv
 
+    if not path.exists() and not path.is_symlink():
+        return []
     try:
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
-            if not reader.fieldnames or not {"file", "class"} <= set(reader.fieldnames):
-                return []
-            return list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return []
+            if reader.fieldnames and {"file", "class", "probability"} <= set(reader.fieldnames):
+                return list(reader)
+            found = f"its columns are {', '.join(reader.fieldnames)}" if reader.fieldnames else "it is empty"
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        found = f"it cannot be read as CSV ({err})"
+    raise OutputError(f"'{path}' is not a predictions.csv that geomed-ssl wrote ({found}), and predict would "
+                      "replace it: move it away or predict into another folder.")

@@ -119,6 +119,34 @@ def test_classifying_images_that_meet_the_model_by_band_name_each_on_its_own(tmp
     assert metrics["test"]["num_samples"] == 3 and metrics["test"]["confusion"][1] == [0, 0]  # all three are c1
 
 
+def test_a_users_own_predictions_csv_is_refused_and_their_columns_are_kept(tmp_path: Path) -> None:
+    """predict adds its rows to an earlier predictions.csv of its own; a user's file of that name (written into a
+    folder predict made, so its manifest lists the name) is refused before any work, byte for byte unchanged, and a
+    column the user added to predict's own rows survives the next run."""
+    import csv
+
+    ft = make_ft_dir(tmp_path, task="classify")
+    rng = np.random.default_rng(1)
+    (tmp_path / "images").mkdir()
+    img = write_geotiff(tmp_path / "images" / "a.tif", structured_raster(rng, 4, 16))
+    other = write_geotiff(tmp_path / "images" / "b.tif", structured_raster(rng, 4, 16))
+    out = tmp_path / "out"
+    assert runner.invoke(app, ["predict", str(ft), str(img), "--out", str(out)]).exit_code == 0
+    table = out / "predictions.csv"
+    rows = list(csv.DictReader(table.open()))
+    with table.open("w", newline="") as f:  # the user reviews the row
+        writer = csv.DictWriter(f, fieldnames=[*rows[0], "checked_by"])
+        writer.writeheader()
+        writer.writerows([{**r, "checked_by": "expert"} for r in rows])
+    assert runner.invoke(app, ["predict", str(ft), str(other), "--out", str(out)]).exit_code == 0
+    merged = {Path(r["file"]).name: r for r in csv.DictReader(table.open())}
+    assert merged["a.tif"]["checked_by"] == "expert" and merged["b.tif"]["checked_by"] == ""
+    table.write_text("id,label\nmy,precious\n")  # the user's own table under our name
+    refused = runner.invoke(app, ["predict", str(ft), str(img), "--out", str(out)])
+    assert refused.exit_code == 2 and "not a predictions.csv that geomed-ssl wrote" in refused.output
+    assert "id, label" in refused.output and table.read_text() == "id,label\nmy,precious\n"
+
+
 def test_segmentation_predict_on_a_folder_skips_what_the_recipe_excludes(tmp_path: Path) -> None:
     ft = make_ft_dir(tmp_path, data={"exclude": ["*lulc*"]})
     folder = tmp_path / "scenes"

@@ -18,6 +18,7 @@ import typer
 
 from geomed_ssl.config.sections import STEPS
 from geomed_ssl.errors import WRITE_ERRNOS, GeomedError, RunStopped, message_of
+from geomed_ssl.once import command_scope
 
 STATE: dict[str, Any] = {"debug": False}  # the global --debug (set by geomed_ssl.cli.main)
 
@@ -86,7 +87,8 @@ def user_errors(fn: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             check_option_bounds(kwargs, flags)
-            return fn(*args, **kwargs)
+            with command_scope():
+                return fn(*args, **kwargs)
         except GeomedError as err:
             if STATE["debug"]:
                 raise

@@ -75,15 +75,17 @@ class ProcessState:
 def keeps_process_state(fn: F) -> F:
     """``fn`` run between a :class:`ProcessState` saved before it and restored after it (also when it raises),
     inside ``warnings.catch_warnings`` (the filters it adds go with it), its output folders' locks let go after it
-    (:mod:`geomed_ssl.outlocks`)."""
+    (:mod:`geomed_ssl.outlocks`), as one command whose notes are said once (:mod:`geomed_ssl.once`)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from geomed_ssl.outlocks import released_after
 
+        from geomed_ssl.once import command_scope
+
         state = ProcessState()
-        try:
-            with warnings.catch_warnings(), released_after():  # its output folders are free once it returns
+        try:  # its output folders are free once it returns; its notes said once in it, again in the next command
+            with warnings.catch_warnings(), released_after(), command_scope():
                 return fn(*args, **kwargs)
         finally:
             state.restore()

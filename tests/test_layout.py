@@ -36,8 +36,8 @@ LADDER: list[tuple[str, tuple[str, ...]]] = [
     ("outputs", ("outdirs", "outowners", "outcommands")),
     ("config", ("config",)),
     ("windows", ("windows",)),
-    ("foundation", ("outfiles", "outlocks", "permissions", "errors", "launch", "cpus", "process", "tables", "sample",
-                    "_version")),
+    ("foundation", ("outfiles", "outlocks", "permissions", "errors", "launch", "cpus", "process", "once", "tables",
+                    "sample", "_version")),
 ]
 RUNG = {unit: i for i, (_, units) in enumerate(LADDER) for unit in units}
 MAX_PACKAGE_LINES = 2500

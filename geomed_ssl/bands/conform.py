@@ -18,6 +18,7 @@ from geomed_ssl.bands.names import positional_names_message
 from geomed_ssl.bands.matching import band_order, brief, describe_order
 from geomed_ssl.errors import DataError
 from geomed_ssl.geo.gdal_read import alpha_bands
+from geomed_ssl.once import said_set
 
 log = logging.getLogger("geomed_ssl")
 POSITION_POLICIES = ("warn", "error", "ignore")  # band names assigned by position from a sensor profile
@@ -77,7 +78,7 @@ def alpha_note(paths: list[str]) -> str:
     return ""
 
 
-_noted: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()  # (model's bands, file's bands) already noted
+_noted: set[tuple[tuple[str, ...], tuple[str, ...]]] = said_set()  # (model's bands, file's bands) already noted
 
 
 def note_band_order(path: str, names: list[str], found: list[str], volume: bool = False) -> None:

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 from geomed_ssl.config.sections import SENSORS
 from geomed_ssl.errors import ConfigError, DataError
+from geomed_ssl.once import said_set
 
 SENSOR_DIR = Path(__file__).resolve().parent.parent / "sensors"
 INDIAN_PINES_DROPPED = frozenset([*range(104, 109), *range(150, 164), 220])  # 1-based bands of the 220-band cube
@@ -283,8 +284,8 @@ def sensor_names_for(globs: Sequence[str], sensor: str) -> str:
     return f"here [{', '.join(picked)}]"
 
 
-_DESCRIBED_NOTED: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
-_CHANNELS_NOTED: set[tuple[str, tuple[str, ...]]] = set()
+_DESCRIBED_NOTED: set[tuple[tuple[str, ...], tuple[str, ...]]] = said_set()
+_CHANNELS_NOTED: set[tuple[str, tuple[str, ...]]] = said_set()
 
 
 def _note_described(path: str, described: tuple[str, ...], given: tuple[str, ...]) -> None:
@@ -371,7 +372,7 @@ def _band_wavelengths(names: list[str], tags: dict[int, dict[str, Any]], data_cf
     return wl if any(w is not None for w in wl) else None
 
 
-_OTHER_SENSOR_NOTED: set[tuple[str, tuple[str, ...]]] = set()
+_OTHER_SENSOR_NOTED: set[tuple[str, tuple[str, ...]]] = said_set()
 
 
 def _note_other_sensor(path: str, sensor: str, other: list[tuple[str, float, float]]) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 from geomed_ssl.bands.names import resolve_band_info
 from geomed_ssl.data.probe import FileProbe, ProbeError, reordered
 from geomed_ssl.errors import DataError
+from geomed_ssl.once import said_set
 
 log = logging.getLogger("geomed_ssl")
 
@@ -117,7 +118,7 @@ def _valid_fraction(probes: list[FileProbe]) -> float:
     return min(float(m.mean()) if m.size else 0.0 for m in masks)
 
 
-_alpha_noted: set[tuple[int, ...]] = set()  # alpha band positions already noted
+_alpha_noted: set[tuple[int, ...]] = said_set()  # alpha band positions already noted
 
 
 def _note_alpha(path: str, bands: list[int]) -> None:

@@ -34,6 +34,7 @@ from geomed_ssl.geo.gdal_read import window_reads
 from geomed_ssl.data.intensity import ct_bounds, intensity_args, preprocess_intensity
 from geomed_ssl.geo.validity import STD_FLOOR, band_gaps, band_percentiles, valid_mask, valid_values
 from geomed_ssl.errors import DataError
+from geomed_ssl.once import said_set
 
 log = logging.getLogger("geomed_ssl")
 
@@ -42,8 +43,8 @@ MAX_KEPT_VALUES = 20_000_000  # ... and over all bands (float32), so 200-band da
 WHOLE_VOLUME_BYTES = 1 << 30  # volumes up to this size are decoded once for all their windows
 STATS_VERSION = 3  # 3: a band's own nodata left out and fed as 0; 2: mean/std of the values clipped to [p1, p99]
 STATS_VERSIONS = (1, 2, 3)  # (what is fed); 1: of the unclipped values
-_NOTED_V1: set[str] = set()
-_NOTED_GAPS: list[bool] = []  # the note on statistics older than version 3 meeting a band's own nodata: said once
+_NOTED_V1: set[str] = said_set()
+_NOTED_GAPS: set[bool] = said_set()  # the note on statistics older than version 3 meeting a band's own nodata: said once
 
 ReadWindow = Callable[[Any, tuple[int, ...], tuple[int, ...]], np.ndarray]
 
@@ -157,7 +158,7 @@ def normalize(array: np.ndarray, stats: BandStats, nodata: float | None) -> tupl
     if gaps is not None and stats.version >= 3:
         out[gaps] = 0.0
     elif gaps is not None and not _NOTED_GAPS and gaps[:, valid].any():
-        _NOTED_GAPS.append(True)
+        _NOTED_GAPS.add(True)
         log.info("note: a band's own nodata value (%g) lies in pixels other bands cover; the model's band statistics "
                  "(version %d) predate version 3, so it is fed as read, as when the model was trained. Pretraining "
                  "again leaves such gaps out of the statistics and feeds them as the band's mean.", nodata,

@@ -38,13 +38,14 @@ from geomed_ssl.embeddings.geometry import footprint_wkb, geo_columns, raster_co
 from geomed_ssl.errors import DataError, GeomedError
 from geomed_ssl.outfiles import (atomic_paths, atomic_write_text, commit_partial, naming_write_errors, partial_path,
                                  remove_stale_partials)
+from geomed_ssl.once import said_set
 
 log = logging.getLogger("geomed_ssl")
 FORMAT, VERSION = "geomed-ssl-embeddings", 1
 TABLE, VECTORS, MANIFEST, PARTS = "embeddings.parquet", "vectors.npy", "manifest.json", "parts"
 COLUMNS = ("id", "file", "box", "window", "grid_index", "valid_fraction", "x", "y", "z", "minx", "miny", "minz",
            "maxx", "maxy", "maxz", "footprint_wkt", "crs", "vector")
-_WARNED: set[str] = set()
+_WARNED: set[str] = said_set()
 
 
 def optional_module(name: str, pip_name: str, fallback: str) -> Any:

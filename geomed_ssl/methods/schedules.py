@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from geomed_ssl.once import said_set
+
 
 def linear_warmup(step: float, start: float, end: float, warmup_steps: int) -> float:
     """``linspace(start, end, warmup_steps)[step]`` during warmup, ``end`` afterwards (DINO's teacher temperature)."""
@@ -108,12 +110,7 @@ class ScheduleClock:
         return f"ScheduleClock(total={self.total}, end={self.end}, knots={self.knots})"
 
 
-_FROZEN_SAID: set[tuple[str, int, int]] = set()  # said once per setting, whichever check (recipe, method) met it
-
-
-def forget_said() -> None:
-    """A new run: the warnings of :func:`warn_frozen_run` are said again."""
-    _FROZEN_SAID.clear()
+_FROZEN_SAID: set[tuple[str, int, int]] = said_set()  # once per setting, whichever check (recipe, method) met it
 
 
 def warn_frozen_run(source: str, key: str, steps: int | None, max_steps: int | None) -> None:

@@ -122,9 +122,6 @@ def keeps_run_log(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from geomed_ssl.methods.schedules import forget_said
-
-        forget_said()  # warnings said once per run, not once per process
         handler = _install(RunLog())
         try:
             return fn(*args, **kwargs)

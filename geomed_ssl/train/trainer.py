@@ -15,10 +15,11 @@ from geomed_ssl.cpus import fit_threads_to_quota, usable_cpus
 from geomed_ssl.errors import ConfigError, TrainingError
 from geomed_ssl.train.checkpointing import AtomicCheckpointIO
 from geomed_ssl.train.console import has_bar, quiet_lightning
+from geomed_ssl.once import said_set
 
 log = logging.getLogger("geomed_ssl")
-_SAID: dict[str, bool] = {}  # notes said once per process
-_capped: set[tuple[int, int]] = set()  # (asked, CPUs) already said, so a compare's many fine-tunes say it once
+_SAID: set[str] = said_set()  # notes said once per command
+_capped: set[tuple[int, int]] = said_set()  # (asked, CPUs) already said, so a compare's many fine-tunes say it once
 
 
 def loader_workers(requested: int) -> int:
@@ -108,10 +109,10 @@ def resolve_precision(precision: str, accelerator: str, strategy: str = "auto", 
     on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     mps = accelerator in ("auto", "gpu", "mps") and torch.backends.mps.is_available()  # float16 autocast works there
     if precision == "16-mixed" and not (on_gpu or mps):  # Lightning would switch to bf16, warning twice
-        if not _SAID.get("cpu16"):
+        if "cpu16" not in _SAID:
             log.info("train.precision %s: float16 autocast needs a GPU; on the CPU this run uses bf16-mixed.",
                      precision)
-            _SAID["cpu16"] = True
+            _SAID.add("cpu16")
         return "bf16-mixed"
     if precision != "auto":
         return precision

@@ -106,10 +106,11 @@ def test_a_part_frozen_for_the_whole_run_is_warned_about_and_swav_freezes_a_shar
     assert "recipe.yaml: method.freeze_prototypes_steps 100 >= train.max_steps 100: that part stays frozen" in said
     assert "dino.yaml: method.freeze_last_layer_steps 50 >= train.max_steps 3" in said and "ok.yaml" not in said
     assert said.count("method.freeze_prototypes_steps 100 >=") == 1
-    from geomed_ssl.methods.schedules import forget_said
+    from geomed_ssl.once import command_scope
 
     caplog.clear()
-    forget_said()  # a new run (pretrain calls it): said again, with its own source
-    with caplog.at_level("WARNING", logger="geomed_ssl"):
+    with command_scope(), caplog.at_level("WARNING", logger="geomed_ssl"):  # a new command: said again
         SwAVSettings(freeze_prototypes_steps=100).check("runB.yaml", MethodContext(max_steps=100))
-    assert "runB.yaml: method.freeze_prototypes_steps 100 >=" in caplog.text
+        with command_scope():  # a command inside it (compare's fine-tunes): not said again
+            SwAVSettings(freeze_prototypes_steps=100).check("runC.yaml", MethodContext(max_steps=100))
+    assert "runB.yaml: method.freeze_prototypes_steps 100 >=" in caplog.text and "runC.yaml" not in caplog.text

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -118,15 +119,33 @@ def _valid_fraction(probes: list[FileProbe]) -> float:
     return min(float(m.mean()) if m.size else 0.0 for m in masks)
 
 
-_alpha_noted: set[tuple[int, ...]] = said_set()  # alpha band positions already noted
+_alpha_noted: set[tuple[tuple[int, ...], int | None]] = said_set()  # (alpha bands, the one holding data) noted
 
 
-def _note_alpha(path: str, bands: list[int]) -> None:
-    """Say once per layout that the alpha bands at ``bands`` (1-based) are read as the mask, not as bands."""
-    if tuple(bands) not in _alpha_noted:
-        _alpha_noted.add(tuple(bands))
-        log.info("note: band %s of '%s' (and of files like it) is an alpha band: read as the mask of missing pixels, "
-                 "not as a band to learn from", ", ".join(map(str, bands)), path)
+def _note_alpha(path: str, bands: list[int], ranges: Sequence[Sequence[float]] = ()) -> None:
+    """Say once per layout that the alpha bands at ``bands`` (1-based) are read as the mask, not as bands; a
+    warning when one holds values between 0 and its maximum (its [min, p1, p99, max] in ``ranges``, one per band
+    of the stack): a band of data GDAL was told, or chose, to call alpha (a 4-band 8-bit GeoTIFF written as RGBA)."""
+    data = next((b for b in bands if b <= len(ranges) and _holds_data(ranges[b - 1])), None)
+    if (tuple(bands), data) in _alpha_noted:
+        return
+    _alpha_noted.add((tuple(bands), data))
+    if data is not None:
+        _, p1, p99, _ = ranges[data - 1]
+        log.warning("warning: band %d of '%s' (and of files like it) is tagged alpha, the mask of missing pixels, but "
+                    "holds values between 0 and its maximum (1st-99th percentile %g-%g): if it is a band of data "
+                    "(GDAL writes a 4-band 8-bit GeoTIFF as RGBA unless told otherwise), untag it (gdal_translate "
+                    "-colorinterp_%d undefined IN OUT) so that it is read as a band", data, path, p1, p99, data)
+        return
+    log.info("note: band %s of '%s' (and of files like it) is an alpha band: read as the mask of missing pixels, "
+             "not as a band to learn from", ", ".join(map(str, bands)), path)
+
+
+def _holds_data(value_range: Sequence[float]) -> bool:
+    """An alpha band's [min, p1, p99, max] says it holds data: its 1st or 99th percentile is neither 0 nor its
+    maximum (a mask holds those two; a feathered edge stays under 1 % of the pixels)."""
+    _, p1, p99, high = value_range
+    return math.isfinite(p1) and math.isfinite(p99) and bool({p1, p99} - {0.0, high})
 
 
 def is_blank(value_range: list[list[float]] | None) -> bool:
@@ -183,7 +202,7 @@ def record_from_probes(probes: list[FileProbe], kind: str, data_cfg: Any,
                       if hidden else "")
         raise ProbeError(str(err).replace(f"'{first.path}' ", "", 1) + alpha_text) from None
     if hidden:
-        _note_alpha(first.path, hidden)
+        _note_alpha(first.path, hidden, [r for p in probes for r in p.value_range])
     scales, offsets = pick(scales), pick(offsets)
     scaling = None if all(v == 1 for v in scales) and all(v == 0 for v in offsets) else [scales, offsets]
     return FileRecord(

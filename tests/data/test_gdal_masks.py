@@ -332,3 +332,27 @@ def test_data_nodata_replaces_every_stacked_files_tag_in_the_catalog_and_the_rea
     (nan,) = scan(tmp_path / "scenes", DataConfig(patch_size=16, channels=cfg.channels, nodata=float("nan"))).records
     window = RasterReader().read_window(nan, 0, 0, 32, 32)  # NaN replaces B02's tag: its zeros are data
     assert nan.valid_fraction == 1.0 and valid_mask(window, nan.nodata).all()
+
+
+def test_a_data_band_written_as_alpha_is_warned_about_and_a_real_alpha_band_only_noted(tmp_path: Path,
+                                                                                         caplog) -> None:
+    """GDAL writes a 4-band 8-bit GeoTIFF as RGBA unless told otherwise, so an RGB + NIR file's NIR band is
+    tagged alpha and read as the mask: a band whose values lie between 0 and its maximum is a warning with the
+    fix; an alpha band holding 0 and 255 only stays a note."""
+    from geomed_ssl.once import command_scope
+
+    rng = np.random.default_rng(0)
+    for name, alpha in [("rgbn", rng.integers(1, 200, (32, 32))), ("rgba", np.where(rng.random((32, 32)) < 0.2,
+                                                                                          0, 255))]:
+        data = np.concatenate([rng.integers(1, 200, (3, 32, 32)), alpha[None]]).astype("uint8")
+        (tmp_path / name).mkdir()
+        with rasterio.open(tmp_path / name / f"{name}.tif", "w", driver="GTiff", height=32, width=32, count=4,
+                           dtype="uint8", crs="EPSG:32633", transform=from_origin(500000, 5000000, 10, 10)) as dst:
+            dst.write(data)
+    with command_scope(), caplog.at_level("INFO", logger="geomed_ssl"):
+        scan(tmp_path / "rgbn", DataConfig(patch_size=16))
+        scan(tmp_path / "rgba", DataConfig(patch_size=16))
+    warned = [r for r in caplog.records if r.levelname == "WARNING" and "tagged alpha" in r.getMessage()]
+    assert len(warned) == 1 and "rgbn.tif" in warned[0].getMessage()
+    assert "gdal_translate -colorinterp_4 undefined" in warned[0].getMessage()
+    assert any("rgba.tif" in r.getMessage() and "is an alpha band" in r.getMessage() for r in caplog.records)

@@ -35,10 +35,10 @@ def timed(fn, repeat: int) -> float:
     return (time.perf_counter() - t0) / repeat
 
 
-def main() -> None:
+def main(sizes: list[int]) -> None:
     print("| rows in the table | append one row | write the whole table |\n|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for n in (1_000, 10_000, 30_000):
+        for n in sizes:
             m = MetricsCSV(Path(tmp) / f"metrics_{n}.csv", every=10)
             m.rows = [{"step": 10 * (i + 1), **{c: 0.123456789 * i for c in COLUMNS}} for i in range(n)]
             whole = timed(m._write, 5)
@@ -48,4 +48,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, nargs="+", default=[1_000, 10_000, 30_000], help="table sizes to time")
+    main(ap.parse_args().rows)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -199,6 +200,7 @@ def main() -> None:
     px = args.size * args.size
     full = px * args.classes * 4
     out_mb = sum(p.stat().st_size for p in out_dir.iterdir()) / 2**20
+    shutil.rmtree(out_dir, ignore_errors=True)
     rows = [
         ("scene", f"{args.size}x{args.size}x{args.bands} uint16 deflate 256-tiled"),
         ("model", f"fine-tuned {args.ft_dir}" if args.ft_dir else "encoder " + args.encoder if args.encoder
@@ -212,7 +214,7 @@ def main() -> None:
         ("CPU seconds (process time)", f"{cpu_s:.1f}"),
         ("Mpx per CPU-second", f"{px / max(cpu_s, 1e-9) / 1e6:.3f}"),
         ("peak RSS growth (MiB, sampled)", f"{(sampler.peak - base) / 2**20:.0f}"),
-        ("  of which model forward, one batch (MiB)", f"{model_mb:.0f}"),
+        ("model forward, one batch, measured before (MiB)", f"{model_mb:.0f}"),
         ("strip buffers (MiB)", f"{summary['strip_bytes'] / 2**20:.1f}"),
         ("writer tile-row buffers (MiB)", f"{summary['writer_buffer_bytes'] / 2**20:.1f}"),
         ("full-scene float32 x K (MiB, never allocated)", f"{full / 2**20:.0f}"),

@@ -72,6 +72,11 @@ class StepTimer(L.Callback):
         return batch * (len(t) - 1) / (t[-1] - t[0])
 
 
+def warmup_steps(steps: int) -> int:
+    """Steps left out of a rate (start-up: first batches, allocations): 5, or a quarter of a short run."""
+    return min(5, steps // 4)
+
+
 def batch_of(sets: list[str]) -> int:
     return int(next(s for s in sets if s.startswith("train.batch_size=")).split("=")[1])
 
@@ -94,12 +99,12 @@ def model_only(folder: Path, steps: int, sets: list[str] = BASE) -> float:
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter())
-    t = times[5:]
+    t = times[warmup_steps(steps):]
     return batch * (len(t) - 1) / (t[-1] - t[0])
 
 
 def end_to_end(folder: Path, steps: int, workers: int, out: Path, sets: list[str] = BASE) -> float:
-    timer = StepTimer()
+    timer = StepTimer(warmup_steps(steps))
     pretrain(None, folder, out, overrides=[*sets, f"train.max_steps={steps}", f"data.num_workers={workers}",
                                            f"train.checkpoint_every={steps}"],
              overwrite=True, callbacks=[timer], progress=False)
@@ -107,14 +112,17 @@ def end_to_end(folder: Path, steps: int, workers: int, out: Path, sets: list[str
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=30)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=None, help="steps per measurement (default 30; 300 with --tiny); "
+                    "at least 2")
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--tiny", action="store_true", help="a tiny MAE: the loop's own cost shows")
     args = ap.parse_args()
     sets = TINY if args.tiny else BASE
-    steps = args.steps if not args.tiny or args.steps != 30 else 300
+    steps = args.steps if args.steps is not None else 300 if args.tiny else 30
+    if steps - warmup_steps(steps) < 2:
+        ap.error(f"--steps {steps}: a rate needs at least 2 timed steps (the first {warmup_steps(steps)} are left out)")
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         data.mkdir()

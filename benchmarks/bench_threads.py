@@ -56,4 +56,8 @@ def main(rounds: int = 8) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=8, help="interleaved rounds over the thread counts (default 8)")
+    main(ap.parse_args().rounds)

@@ -52,16 +52,27 @@ def save_png(path: Path, image: np.ndarray, pred: np.ndarray, truth: np.ndarray)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("pred_dir", type=Path)
-    ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--png", type=Path, default=None)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("pred_dir", type=Path, help="folder of <patient>_pred.nii.gz from geomed-ssl predict")
+    ap.add_argument("--data", type=Path, default=DATA, help="the test patients' folders (default: the shared subset)")
+    ap.add_argument("--png", type=Path, default=None, help="write the three middle slices per patient here")
     args = ap.parse_args()
-    for case in sorted(p for p in args.data.iterdir() if p.is_dir()):
+    cases = sorted(p for p in args.data.iterdir() if p.is_dir()) if args.data.is_dir() else []
+    if not cases:
+        raise SystemExit(f"no patient folders under {args.data} (the shared BraTS subset's test folder?)")
+    missing = [c.name for c in cases if not (args.pred_dir / f"{c.name}_pred.nii.gz").is_file()]
+    if missing:
+        raise SystemExit(f"{args.pred_dir} lacks {', '.join(f'{m}_pred.nii.gz' for m in missing)}: predict those "
+                         "patients first (geomed-ssl predict FT_DIR PATIENT_DIR --out PRED_DIR)")
+    print("| patient | Dice | predicted | reference | in the air | false positives even / odd per axis |")
+    print("|---|---|---|---|---|---|")
+    for case in cases:
         pred = np.asarray(nib.load(args.pred_dir / f"{case.name}_pred.nii.gz").dataobj)
         truth = np.asarray(nib.load(case / "OTMultiClass.nii.gz").dataobj) > 0
         brain = np.asarray(nib.load(case / "brainmask.nii.gz").dataobj) > 0.5
-        print(case.name, check(pred, truth, brain))
+        r = check(pred, truth, brain)
+        parity = " ".join("-" if p is None else f"{p[0]:.2f}/{p[1]:.2f}" for p in r["fp_even_odd_per_axis"])
+        print(f"| {case.name} | {r['dice']:.4f} | {r['predicted']} | {r['reference']} | {r['in_air']} | {parity} |")
         if args.png is not None:
             args.png.mkdir(parents=True, exist_ok=True)
             flair = np.asarray(nib.load(next(case.glob("*Flair*"))).dataobj)

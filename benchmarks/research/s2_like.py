@@ -10,7 +10,6 @@ cirrus) lies in the water-absorption bands the corrected cube drops: it is the o
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -64,4 +63,9 @@ def build(out: Path) -> tuple[Path, Path]:
 
 
 if __name__ == "__main__":
-    build(Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/ip_s2"))
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out", nargs="?", type=Path, default=Path("/tmp/ip_s2"),
+                    help="folder to build (default /tmp/ip_s2)")
+    build(ap.parse_args().out)

@@ -158,6 +158,14 @@ def existing_place(out: PathLike) -> Path:
     return place
 
 
+def free_bytes(out: PathLike) -> int | None:
+    """Free space on the disk ``out`` is (or will be) on; None when it cannot be told."""
+    try:
+        return shutil.disk_usage(existing_place(out)).free
+    except OSError:
+        return None
+
+
 def check_writable(out: PathLike) -> None:
     """An OutputError when ``out``, or the nearest folder above it that exists, cannot be written (a read-only
     mount, another user's folder): said before a command computes for hours, not when it saves."""

@@ -46,7 +46,7 @@ from geomed_ssl.models.device import resolve_device
 from geomed_ssl.models.encoder import ViTEncoder
 from geomed_ssl.models.model_data import (catalog_for_encoder, check_value_ranges, export_data, naming_hint,
                                           note_encoder_naming, warn_other_scale)
-from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
+from geomed_ssl.outdirs import check_out_dir, free_bytes, prepare_out_dir
 from geomed_ssl.process import keeps_process_state
 
 log = logging.getLogger("geomed_ssl")
@@ -270,11 +270,39 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
     todo = [r for r in catalog.records if r.path not in done]
     if done:
         log.info("resuming: %d of %d files already embedded in %s", len(paths) - len(todo), len(paths), out_dir)
+    warn_embed_room(emb, todo, out_dir, cfg.embed_dim, dtype)
     embed_records(emb, store, todo, catalog.root, dtype, progress)
     seconds = time.perf_counter() - t0
     manifest = ensure_maps(store, store.finalize(paths, {"seconds_last_run": round(seconds, 3)}))
     return EmbedResult(Path(out_dir), manifest, len(todo), len(paths) - len(todo), emb.windows_encoded,
                        time.perf_counter() - t0)
+
+
+ROW_TABLE_BYTES = 256  # a row's table columns (ids, boxes, coordinates, footprint) in the parquet file, about
+
+
+def embed_bytes(emb: Embedder, records: Sequence[Any], dim: int, dtype: str) -> int:
+    """What embedding ``records`` writes at most: each row's vector twice (the committed parts, then
+    ``vectors.npy`` made from them before they go) and its table columns; a row per file (image level), per window
+    (window level) or per token patch of the file (patch level)."""
+    if emb.level == "image":
+        rows = len(records)
+    elif emb.level == "patch":  # one row per token patch of the file
+        rows = sum(math.prod(-(-s // p) for s, p in zip(r.shape, emb.patch)) for r in records)
+    else:
+        rows = sum(math.prod(grid_shape(r.shape, emb.window, emb.stride)) for r in records)
+    return rows * (2 * dim * np.dtype(dtype).itemsize + ROW_TABLE_BYTES)
+
+
+def warn_embed_room(emb: Embedder, records: Sequence[Any], out_dir: str | Path, dim: int, dtype: str) -> None:
+    """A warning before embedding when :func:`embed_bytes` exceeds the free space of the disk ``out_dir`` is on: a
+    full disk stops the run at the part that does not fit (the committed ones stay, and a later run resumes)."""
+    free, needed = free_bytes(out_dir), embed_bytes(emb, records, dim, dtype)
+    if free is not None and needed > free:
+        log.warning("warning: embedding these %d file(s) at --level %s writes up to %.1f GB (vectors of %d %s values, "
+                    "kept twice while vectors.npy is made from the parts) and the disk of '%s' has %.1f GB free; use "
+                    "a coarser --level, a larger --stride, --dtype float16, or give --out on a larger disk.",
+                    len(records), emb.level, needed / 1e9, dim, dtype, out_dir, free / 1e9)
 
 
 def finished_run(store: EmbeddingStore, manifest: dict[str, Any], paths: list[str], out_dir: str | Path,

@@ -249,16 +249,11 @@ def warn_disk_room(records: Sequence[Any], out_dir: Path, class_values: Sequence
     """A warning before predicting when the outputs of ``records`` uncompressed (:func:`output_bytes`) exceed the
     free space of the disk ``out_dir`` is (or will be) on: deflate shrinks class maps many times, probabilities
     much less, and a full disk stops the run at the file that does not fit (the finished ones stay)."""
-    import shutil
+    from geomed_ssl.outdirs import free_bytes
 
-    from geomed_ssl.outdirs import existing_place
-
-    try:
-        free = shutil.disk_usage(existing_place(out_dir)).free
-    except OSError:
-        return
+    free = free_bytes(out_dir)
     needed = output_bytes(records, class_values, probabilities)
-    if needed > free:
+    if free is not None and needed > free:
         proba = " and probabilities" if proba_kind(probabilities) else ""
         log.warning("warning: the class maps%s of these %d input(s) take up to %.1f GB uncompressed and the disk of "
                     "'%s' has %.1f GB free; compression usually leaves class maps much smaller%s. Free some space or "

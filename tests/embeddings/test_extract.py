@@ -696,3 +696,28 @@ def test_a_folder_of_volumes_given_to_a_raster_encoder_names_the_encoder_not_a_s
     assert result.exit_code == 2, result.output
     assert "was trained on 2D GeoTIFF rasters; give it raster files" in result.output
     assert "set data.kind" not in result.output and not (tmp_path / "emb").exists()
+
+
+def test_a_disk_too_small_for_the_vectors_is_warned_about_before_embedding(data: Path, encoder: Path, tmp_path: Path,
+                                                                         monkeypatch, caplog) -> None:
+    """embed counts its rows before it starts (a row per token patch of a file at --level patch) and warns when
+    their vectors, kept twice while vectors.npy is made, and table would not fit on the disk."""
+    import shutil
+
+    import geomed_ssl.embeddings.extract as extract
+
+    counted, count = [], extract.embed_bytes
+    monkeypatch.setattr(extract, "embed_bytes", lambda *a: counted.append(count(*a)) or counted[-1])
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        embed_folder(encoder, data, tmp_path / "p", level="patch", progress=False)
+    said = [r.getMessage() for r in caplog.records if "GB free" in r.getMessage()]
+    assert len(said) == 1 and "these 3 file(s) at --level patch" in said[0] and "--dtype float16" in said[0]
+    _, vectors = load_embeddings(tmp_path / "p")
+    assert counted == [len(vectors) * (2 * vectors.shape[1] * 4 + extract.ROW_TABLE_BYTES)]  # every row counted
+    monkeypatch.setattr(shutil, "disk_usage", real)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        embed_folder(encoder, data, tmp_path / "w", level="window", progress=False)
+    assert not [r for r in caplog.records if "GB free" in r.getMessage()]

@@ -44,7 +44,7 @@ WHOLE_VOLUME_BYTES = 1 << 30  # volumes up to this size are decoded once for all
 STATS_VERSION = 3  # 3: a band's own nodata left out and fed as 0; 2: mean/std of the values clipped to [p1, p99]
 STATS_VERSIONS = (1, 2, 3)  # (what is fed); 1: of the unclipped values
 _NOTED_V1: set[str] = said_set()
-_NOTED_GAPS: set[bool] = said_set()  # the note on statistics older than version 3 meeting a band's own nodata: said once
+_NOTED_GAPS: set[bool] = said_set()  # the note on statistics older than version 3 meeting a band's own nodata
 
 ReadWindow = Callable[[Any, tuple[int, ...], tuple[int, ...]], np.ndarray]
 

@@ -75,7 +75,7 @@ def test_statistics_of_version_2_feed_a_band_gap_as_read_as_their_models_were_tr
     import geomed_ssl.data.stats as stats_mod
     from geomed_ssl.data.stats import BandStats
 
-    monkeypatch.setattr(stats_mod, "_NOTED_GAPS", [])
+    monkeypatch.setattr(stats_mod, "_NOTED_GAPS", set())
     arr = np.full((2, 4, 4), 1500, np.int16)
     arr[1, 0, :] = -9999  # band 2's gap in pixels band 1 covers
     bands = [{"name": n, "mean": 0.0, "std": 1000.0, "p1": -9999.0, "p99": 2000.0, "count": 10} for n in "ab"]

@@ -180,9 +180,10 @@ class MethodContext:
     bands: int | None = None  # input bands, once the data is scanned
     tokens_per_position: int | None = None  # grouped / spectral with model.tokens_per_position: units pooled to this
     crop: tuple[int, ...] | None = None  # the global crops per spatial axis (data.global_crop_size; null: the window)
+    world: int = 1  # processes training together (DDP): a step's global batch is world x batch_size
 
     @classmethod
-    def from_recipe(cls, recipe: Recipe, samples: int | None = None) -> MethodContext:
+    def from_recipe(cls, recipe: Recipe, samples: int | None = None, world: int = 1) -> MethodContext:
         nd = spatial_dims(recipe.data)
         window = as_tuple(recipe.data.patch_size, nd, "data.patch_size")
         patch = as_tuple(recipe.model.patch_size, nd, "model.patch_size")
@@ -191,7 +192,7 @@ class MethodContext:
         crop = tuple(window) if crop is None else tuple(as_tuple(crop, nd, "data.global_crop_size"))
         return cls(recipe.model.embedding, nd, math.prod(token_grid(window, patch)),
                    recipe.train.max_steps, recipe.train.batch_size, samples, tuple(window), tuple(patch),
-                   tokens_per_position=pooled, crop=crop)
+                   tokens_per_position=pooled, crop=crop, world=world)
 
     @classmethod
     def from_encoder(cls, cfg: EncoderConfig, max_steps: int | None = None) -> MethodContext:

@@ -49,10 +49,11 @@ class MoCoV2Settings(MethodSettings):
     def resolve_auto(self, context: MethodContext) -> list[str]:
         if self.queue_size != "auto" or context.samples is None:
             return []
-        batch = context.batch_size or 0  # a step's own windows are never among its queued negatives
+        batch = (context.batch_size or 0) * context.world  # a step's own windows (every rank's: its keys are all
+        # enqueued) are never among its queued negatives; so N processes of batch B fit what one of N*B does
         self.queue_size = max(1, min(MAX_AUTO_QUEUE, context.samples // 2, context.samples - batch))
         return [f"method.queue_size auto: {self.queue_size} negative keys (half of the data's {context.samples} "
-                f"distinct windows, at most {MAX_AUTO_QUEUE} and the windows a batch leaves out)."]
+                f"distinct windows, at most {MAX_AUTO_QUEUE} and the windows a step's global batch leaves out)."]
 
     def queue_length(self) -> int:
         """The queue length to build (``auto`` before the data is known: the largest)."""

@@ -70,13 +70,14 @@ def resolve_method_settings(recipe: Recipe, source: str = "recipe", *, saved: bo
 
 
 def with_method_settings(recipe: Recipe, source: str = "recipe", *, saved: bool = False,
-                         samples: int | None = None) -> Recipe:
+                         samples: int | None = None, world: int = 1) -> Recipe:
     """A copy of ``recipe`` whose ``method:`` section lists every setting of its method (defaults filled in, as
     a run's config.yaml records them), after :func:`resolve_method_settings`. With ``samples`` (the data is
-    scanned), ``auto`` sizes are replaced by the values the data supports, each logged in one line."""
+    scanned), ``auto`` sizes are replaced by the values the data supports for a step of ``world`` processes, each
+    logged in one line."""
     settings = resolve_method_settings(recipe, source, saved=saved, samples=samples)
     if samples is not None:
-        for note in settings.resolve_auto(MethodContext.from_recipe(recipe, samples)):
+        for note in settings.resolve_auto(MethodContext.from_recipe(recipe, samples, world)):
             log.info(note)
     return dataclasses.replace(recipe, method=settings.to_section(recipe.method.name))
 

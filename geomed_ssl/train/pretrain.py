@@ -173,13 +173,14 @@ def note_unread_recipe(recipe: Recipe | str | Path | None, saved: Path) -> None:
              f"({what}): change a setting of the resumed run with --set key=value.")
 
 
-def fit_method_to_data(recipe: Recipe, catalog: Catalog, source: str, resume: bool) -> Recipe:
+def fit_method_to_data(recipe: Recipe, catalog: Catalog, source: str, resume: bool, world: int = 1) -> Recipe:
     """The recipe with the method's data-dependent sizes checked against, and ``auto`` ones fitted to, the distinct
-    windows of the scanned data (each fitted value logged, and recorded in config.yaml)."""
+    windows of the scanned data and a step of ``world`` processes (each fitted value logged, and recorded in
+    config.yaml)."""
     nd = spatial_dims(recipe.data)
     window = as_tuple(recipe.data.patch_size, nd, "data.patch_size")
     samples = catalog.distinct_windows(window, recipe.data.spacing if nd == 3 else None)
-    return with_method_settings(recipe, source, saved=resume, samples=samples)
+    return with_method_settings(recipe, source, saved=resume, samples=samples, world=world)
 
 
 def resumed_clock(point: ResumePoint, max_steps: int, min_lr: float = 0.0, warmup_steps: int = 0) -> ScheduleClock:
@@ -232,7 +233,7 @@ def agreed_inputs(probe: L.Trainer, out: Path, data_dir: str | Path, recipe: Rec
     chosen = agreement.share_checkpoint(str(found.path) if found else None)
     with agreement.round(last=False):
         point = found or (resume_point(Path(chosen)) if chosen else None)
-        catalog, stats, recipe = read_data(data_dir, out, recipe, resume, strict, source, point)
+        catalog, stats, recipe = read_data(data_dir, out, recipe, resume, strict, source, point, probe.world_size)
     return agreement, point, catalog, stats, recipe
 
 
@@ -246,11 +247,11 @@ def resume_point(path: Path) -> ResumePoint:
 
 
 def read_data(data_dir: str | Path, out: Path, recipe: Recipe, resume: bool, strict: bool, source: str,
-              point: ResumePoint | None = None) -> tuple[Catalog, BandStats, Recipe]:
+              point: ResumePoint | None = None, world: int = 1) -> tuple[Catalog, BandStats, Recipe]:
     """The catalog of ``data_dir`` (summarised in the log), the band statistics (a resumed run's: those its
     checkpoint ``point`` trained with, :func:`resumed_stats`; else computed, seeded: every rank computes the same
-    ones, none waits for another's file) and the recipe with the method fitted to the data
-    (:func:`fit_method_to_data`)."""
+    ones, none waits for another's file) and the recipe with the method fitted to the data and a step of ``world``
+    processes (:func:`fit_method_to_data`)."""
     catalog = scan(data_dir, recipe.data, strict=strict, names_by_position="error" if strict else "warn")
     log.info(catalog.summary())
     warn_survey(catalog, recipe.data.spacing,
@@ -258,7 +259,7 @@ def read_data(data_dir: str | Path, out: Path, recipe: Recipe, resume: bool, str
                 window=recipe.data.patch_size, tokens=recipe.model.patch_size, intensity=recipe.data.intensity)
     check_fillable(catalog, as_tuple(recipe.data.patch_size, spatial_dims(recipe.data), "data.patch_size"),
                    recipe.data.min_valid_fraction, recipe.data.spacing)
-    recipe = fit_method_to_data(recipe, catalog, source, resume)
+    recipe = fit_method_to_data(recipe, catalog, source, resume, world)
     if resume:
         warn_data_changed(out, catalog, point)
         if (stats := resumed_stats(out, point, catalog)) is not None:

@@ -99,3 +99,17 @@ def test_moco_v2s_automatic_queue_leaves_out_a_batch_of_the_data() -> None:
     large = MoCoV2Settings(queue_size="auto")
     large.resolve_auto(MethodContext(samples=1000, batch_size=32))
     assert (small.queue_size, large.queue_size) == (1, 500)
+
+
+def test_moco_v2s_automatic_queue_is_the_same_for_one_process_or_several_on_the_same_global_batch() -> None:
+    """Every rank's keys are enqueued, so a step's own windows are the global batch's: 2 processes of batch 4
+    fit the queue that 1 process of batch 8 does."""
+    from geomed_ssl.methods.base import MethodContext
+    from geomed_ssl.methods.moco_v2 import MoCoV2Settings
+
+    sizes = []
+    for batch, world in ((8, 1), (4, 2), (2, 4)):
+        settings = MoCoV2Settings(queue_size="auto")
+        settings.resolve_auto(MethodContext(samples=12, batch_size=batch, world=world))
+        sizes.append(settings.queue_size)
+    assert sizes == [4, 4, 4]

@@ -5,8 +5,10 @@ The encoder sees only the visible tokens (as MAE). A latent contextual regressor
 queries are mask tokens at the masked positions, keys and values the visible latents and the queries) predicts the
 representations of the masked tokens; they are aligned (MSE) with the encoder's own representations of the masked
 tokens, computed by running the masked tokens alone through the encoder without gradient. A light decoder
-then reconstructs the masked tokens' pixels (per-patch normalised, as MAE) from the regressed representations
-only, so the pretext work is done in the encoder's latent space and the decoder cannot lean on visible tokens.
+then reconstructs the masked tokens' pixels (per-patch normalised over their valid pixels, nodata left out, as MAE)
+from the regressed representations only, so the pretext work is done in the encoder's latent space and the decoder
+cannot lean on visible tokens. The paper's decoder predicts DALL-E tokens with cross-entropy; here it predicts the
+pixels (no tokenizer to download or train), and the cross-attention adds positions to keys and values alike.
 Masking is random with a fixed count per window (the paper's blockwise masking varies the count per image).
 """
 
@@ -22,12 +24,11 @@ from torch import nn
 from geomed_ssl.config import MAX_DEPTH, MethodConfig, setting
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.methods.base import MethodCard, MethodContext, MethodOutput, MethodSettings, PerSample, SSLMethod
-from geomed_ssl.methods.masking import num_keep, patchify, random_masking
+from geomed_ssl.methods.mae import NORM_PIX_EPS, patch_stats
+from geomed_ssl.methods.masking import num_keep, patchify, random_masking, valid_values
 from geomed_ssl.methods.mim import check_unit_free, global_mean, prepare_image, token_weights
 from geomed_ssl.methods.registry import register_method
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder, init_mae_weights, make_blocks
-
-NORM_PIX_EPS = 1e-6
 
 
 @dataclass
@@ -137,10 +138,18 @@ class CAE(SSLMethod):
             x = blk(x)
         pred = self.pixels(self.decoder_norm(x))  # (B, M, P*C)
         pix = patchify(image, self.patch_size)
-        pix = torch.gather(pix, 1, ids_masked[..., None].expand(-1, -1, pix.shape[-1]))  # (B, M, P*C)
+        at_masked = ids_masked[..., None].expand(-1, -1, pix.shape[-1])
+        pix = torch.gather(pix, 1, at_masked)  # (B, M, P*C)
+        # a token's nodata values (zero-filled) are neither targets nor part of its normalisation, as in MAE
+        values = None if valid is None else torch.gather(
+            valid_values(valid.bool(), self.patch_size, 1, image.shape[1]), 1, at_masked)  # (B, M, P*C) bool
         if self.settings.norm_pix_loss:
-            pix = (pix - pix.mean(dim=-1, keepdim=True)) / (pix.var(dim=-1, keepdim=True) + NORM_PIX_EPS) ** 0.5
-        recon = global_mean(((pred - pix) ** 2).mean(dim=-1), weights, self.training)
+            mean, var = patch_stats(pix, values)
+            pix = (pix - mean) / (var + NORM_PIX_EPS) ** 0.5
+        err = (pred - pix) ** 2
+        per_token = err.mean(dim=-1) if values is None else \
+            torch.where(values, err, 0.0).sum(dim=-1) / values.sum(dim=-1).clamp_min(1)
+        recon = global_mean(per_token, weights, self.training)
         return {"loss": recon + self.settings.align_weight * align, "recon_loss": recon, "align_loss": align}
 
     def training_loss(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> MethodOutput:

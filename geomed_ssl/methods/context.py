@@ -1,6 +1,7 @@
-"""Context prediction (Doersch et al., 2015): where does a patch sit among the 8 neighbours of a centre patch?
-The pieces and the registered method ``context`` (both patches encoded on their own, their CLS features
-concatenated through an MLP head, 8-way cross-entropy). 2D only: the 26 neighbours of a 3D patch would need windows far larger than volumes train on.
+"""Context prediction (Doersch et al., 2015): where does a patch sit among the 8 neighbours of a centre patch? The
+pieces and the registered method ``context`` (both patches encoded on their own, their CLS features concatenated
+through an MLP head, 8-way cross-entropy). 2D only: the 26 neighbours of a 3D patch would need windows far larger
+than volumes train on.
 
 A centre patch is drawn anywhere it leaves room for its neighbours, one of its 8 neighbours is chosen, and the
 neighbour is placed one patch plus ``gap`` away in that direction, then jittered by up to ``jitter`` pixels on each
@@ -92,9 +93,9 @@ def context_pairs(x: torch.Tensor, patch: int, gap: int, jitter: int, draws: tor
 
 def context_geometry(window: Sequence[int], token: int, patch: int | None = None, gap: int | None = None,
                      jitter: int | None = None) -> tuple[int, int, int]:
-    """(patch, gap, jitter) in pixels, checked (:func:`check_context`). Unset values follow the paper's
-    proportions: gap half the patch, jitter an eighth of it (96 / 48 / 7 px), and the patch the largest multiple of
-    the ``token`` patch whose 3x3 layout fits the window."""
+    """(patch, gap, jitter) in pixels, checked (:func:`check_context`). Unset values: gap half the patch (the
+    paper's 48 px of 96), jitter an eighth of it (12 px of 96; the paper's is up to 7), and the patch the largest
+    multiple of the ``token`` patch whose 3x3 layout fits the window."""
     def layout(p: int) -> tuple[int, int, int]:
         g = p // 2 if gap is None else gap
         return p, g, (min(g, p // 8) if jitter is None else jitter)

@@ -66,6 +66,17 @@ def central_gradients(x: torch.Tensor, spacing: Sequence[float] | None = None) -
     return grads
 
 
+def gradient_valid(valid: torch.Tensor) -> torch.Tensor:
+    """(B, *S) bool -> (B, *S) bool: the pixels whose central differences read valid pixels only (the pixel and
+    its two neighbours along every axis), so the edge between data and the zero fill of nodata is no gradient."""
+    ok = valid.clone()
+    for axis in range(valid.ndim - 1):
+        dim, n = 1 + axis, valid.shape[1 + axis]
+        if n >= 3:
+            ok.narrow(dim, 1, n - 2).logical_and_(valid.narrow(dim, 2, n - 2) & valid.narrow(dim, 0, n - 2))
+    return ok
+
+
 def _orientation_bins(grads: torch.Tensor, orientations: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, C, nd, *S) gradients -> magnitude (B, C, *S) and bin index (B, C, *S) long."""
     if grads.shape[2] == 2:
@@ -100,13 +111,14 @@ def resolve_orientations(spatial_dims: int, orientations: int | None) -> int:
 
 
 def cell_histograms(x: torch.Tensor, cell: Sequence[int], orientations: int | None = None,
-                    spacing: Sequence[float] | None = None) -> torch.Tensor:
+                    spacing: Sequence[float] | None = None, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Per-band orientation histograms of whole cells: (B, C, *S) -> (B, C, *cell_grid, bins), float32 (float64
     for float64 input, which matches skimage to ~1e-8).
 
     ``cell_grid[i] = S[i] // cell[i]`` (pixels past the last whole cell are dropped, as skimage); each bin holds the
     summed gradient magnitude of its pixels divided by the cell's pixel count. Bins: ``orientations`` (default 9)
-    over [0, 180) degrees in 2D, the 10 :func:`icosahedral_axes` in 3D.
+    over [0, 180) degrees in 2D, the 10 :func:`icosahedral_axes` in 3D. With ``valid`` (B, *S) bool, pixels whose
+    gradient reads nodata (:func:`gradient_valid`) vote nothing.
     """
     b, c, *spatial = x.shape
     nd = len(spatial)
@@ -118,6 +130,8 @@ def cell_histograms(x: torch.Tensor, cell: Sequence[int], orientations: int | No
                           "the window, one size per spatial axis.")
     x = x if x.dtype == torch.float64 else x.float()
     magnitude, index = _orientation_bins(central_gradients(x, spacing), bins)
+    if valid is not None:
+        magnitude = magnitude * gradient_valid(valid.to(x.device).bool())[:, None]
     crop = tuple(slice(0, g * k) for g, k in zip(grid, cell))
     magnitude, index = magnitude[(..., *crop)], index[(..., *crop)]  # (B, C, *grid*cell)
     # flat cell id of every pixel, row-major over the cell grid: (*grid*cell,)
@@ -202,15 +216,18 @@ def group_means(x: torch.Tensor, band_groups: Sequence[Sequence[int]]) -> torch.
 
 def hog_targets(x: torch.Tensor, patch: Sequence[int], cell: Sequence[int] | None = None,
                 orientations: int | None = None, band_groups: Sequence[Sequence[int]] | None = None,
-                block_norm: str = "L2", spacing: Sequence[float] | None = None) -> torch.Tensor:
+                block_norm: str = "L2", spacing: Sequence[float] | None = None,
+                valid: torch.Tensor | None = None) -> torch.Tensor:
     """MaskFeat targets, one per token: (B, C, *S) -> (B, N, G * cells_per_token * bins), float32 (float64 for
     float64 input).
 
     Tokens are in :func:`patchify`'s row-major order over ``S // patch``; inside a token the layout is
     (group, cell_0, cell_1[, cell_2], bin). Each group's histogram of a token (its cells x bins) is one block,
-    normalised with ``block_norm`` (MaskFeat: L2 over the token), so for one band and ``cells_per_block`` equal to the
-    cells per token this is skimage's block descriptor at token-aligned blocks. ``G`` is the band count, or the
-    number of ``band_groups`` (HOG of each group's mean band). ``cell`` defaults to :func:`default_cell`.
+    normalised with ``block_norm`` (L2 over the token), so for one band and ``cells_per_block`` equal to the cells per
+    token this is skimage's block descriptor at token-aligned blocks (the official MaskFeat code L2-normalises each
+    cell's histogram on its own instead). ``G`` is the band count, or the number of ``band_groups`` (HOG of each
+    group's mean band). ``cell`` defaults to :func:`default_cell`. ``valid`` (B, *S) bool: gradients that read
+    nodata vote nothing (:func:`cell_histograms`), so a token beside nodata is not given the fill's edge.
     """
     patch = tuple(int(p) for p in patch)
     cell = default_cell(patch) if cell is None else tuple(int(k) for k in cell)
@@ -220,7 +237,7 @@ def hog_targets(x: torch.Tensor, patch: Sequence[int], cell: Sequence[int] | Non
     token_grid(x.shape[2:], patch)  # a DataError unless the window is whole tokens
     bands = x if band_groups is None else group_means(x, band_groups)  # (B, G, *S)
     b, g = bands.shape[:2]
-    hist = cell_histograms(bands, cell, orientations, spacing)  # (B, G, *cells, bins)
+    hist = cell_histograms(bands, cell, orientations, spacing, valid)  # (B, G, *cells, bins)
     bins, nd = hist.shape[-1], len(patch)
     cells_map = hist.movedim(-1, 2).reshape(b, g * bins, *hist.shape[2:2 + nd])  # (B, G*bins, *cells)
     per_token = patchify(cells_map, tuple(p // k for p, k in zip(patch, cell)))  # (B, N, cpt * G * bins)

@@ -33,8 +33,10 @@ from geomed_ssl.models.tokens import token_grid
 
 
 def center_box(window: Sequence[int], fraction: float, patch: Sequence[int] | None = None) -> tuple[slice, ...]:
-    """The hidden region as one slice per spatial axis: about ``fraction`` of each side, centred, in whole tokens
-    of ``patch`` when given. Refuses a fraction outside (0, 1) and a region of no token or of the whole window."""
+    """The hidden region as one slice per spatial axis: about ``fraction`` of each side, in whole tokens of ``patch``
+    when given (rounded half to even: 0.5 of 5 tokens hides 2), centred to within half a token (the extra token of
+    an odd remainder goes after it). Refuses a fraction outside (0, 1) and a region of no token or of the whole
+    window."""
     if not 0.0 < fraction < 1.0:
         raise ConfigError(f"inpainting fraction must be in (0, 1) (the hidden side over the window side), got "
                           f"{fraction}.")

@@ -1,14 +1,15 @@
-"""Jigsaw puzzles (Noroozi & Favaro, 2016): a fixed permutation set of maximal Hamming distance, shuffled
-tiles with random jitter, and the registered method ``jigsaw`` (each tile encoded on its own, the tiles' CLS
-features concatenated in puzzle order through an MLP head that names the permutation), 2D only (a 3x3x3 puzzle would cut the small windows volumes train on into 27 tiles
-too small to encode).
+"""Jigsaw puzzles (Noroozi & Favaro, 2016): a fixed permutation set of maximal Hamming distance, shuffled tiles with
+random jitter, and the registered method ``jigsaw`` (each tile encoded on its own, the tiles' CLS features
+concatenated in puzzle order through an MLP head that names the permutation), 2D only (a 3x3x3 puzzle would cut the
+small windows volumes train on into 27 tiles too small to encode).
 
-The set is chosen greedily as in the paper: start from the identity, then repeatedly add the permutation whose
-minimum Hamming distance to those already chosen is largest (ties: the largest summed distance, then the first in
-lexicographic order), so it is a pure function of (size, grid): every run and every resume uses the same classes,
-and a smaller set is a prefix of a larger one. For a 3x3 grid every one of the 9! permutations is a candidate;
-the minimum pairwise Hamming distance is then 9 for 2-9 permutations, 8 for 10-17, 7 for 18-84, 6 for 85-341
-(so 6 for the default 100) and 5 for 342-1000. Grids above 3x3 draw a seeded pool of candidates.
+The set is chosen greedily: start from the identity, then repeatedly add the permutation whose minimum Hamming
+distance to those already chosen is largest (ties: the largest summed distance, then the first in lexicographic
+order; the paper's Algorithm 1 adds the one of largest summed distance, which leaves closer pairs in the set), so it
+is a pure function of (size, grid): every run and every resume uses the same classes, and a smaller set is a prefix
+of a larger one. For a 3x3 grid every one of the 9! permutations is a candidate; the minimum pairwise Hamming
+distance is then 9 for 2-9 permutations, 8 for 10-17, 7 for 18-84, 6 for 85-341 (so 6 for the default 100) and 5 for
+342-1000. Grids above 3x3 draw a seeded pool of candidates.
 
 Tiles: the window is cut into ``grid x grid`` cells; from each, a ``tile``-sized crop is taken at a random offset
 inside the cell (the gap between tiles and the jitter keep edges and lines that continue across tiles from giving

@@ -3,8 +3,9 @@ count.
 
 The encoder runs on every token, masked positions replaced by a learned mask token (as SimMIM / BEiT); a linear
 head regresses each masked token's HOG (:func:`~geomed_ssl.methods.hog.hog_targets`: 2 x 2 cells per token side of
-``orientations`` bins in 2D, 10 icosahedral axes per cell in 3D, L2-normalised per token and band group); the loss
-is the mean squared error over masked tokens (nodata-heavy tokens left out). Masking is blockwise (BEiT's boxes),
+``orientations`` bins in 2D, 10 icosahedral axes per cell in 3D, L2-normalised per token and band group, where the
+official code normalises each cell; gradients that read nodata vote nothing); the loss is the mean squared error over
+masked tokens (nodata-heavy tokens left out). Masking is blockwise (BEiT's boxes),
 as in the paper.
 
 Bands: HOG of every band up to ``hog_max_groups`` bands (an edge seen only in NIR or SWIR is what a multispectral
@@ -85,16 +86,18 @@ class MaskFeat(SSLMethod):
         self.mask_token = MaskToken(encoder_cfg.embed_dim)
         self.head = nn.Linear(encoder_cfg.embed_dim, self.target_dim)
 
-    def targets(self, image: torch.Tensor) -> torch.Tensor:
-        """(B, C, *S) -> (B, N, target_dim) HOG per token, float32, no gradient."""
+    def targets(self, image: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, *S) -> (B, N, target_dim) HOG per token, float32, no gradient; gradients that read nodata
+        (``valid`` (B, *S) False) vote nothing."""
         with torch.no_grad():
-            return hog_targets(image.float(), self.patch_size, self.cell, self.orientations, self.band_groups)
+            return hog_targets(image.float(), self.patch_size, self.cell, self.orientations, self.band_groups,
+                               valid=valid)
 
     def forward(self, image: torch.Tensor, valid: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
         """``image`` (B, C, *S) nodata zeroed, ``mask`` (B, N) float -> the loss."""
         mask = mask.to(image.device)
         tokens, _, _ = encode_masked(self.encoder, self.mask_token, image, mask)  # (B, N, D)
-        err = ((self.head(tokens).float() - self.targets(image)) ** 2).mean(dim=-1)  # (B, N)
+        err = ((self.head(tokens).float() - self.targets(image, valid)) ** 2).mean(dim=-1)  # (B, N)
         return global_mean(err, token_weights(mask, valid, self.patch_size), self.training)
 
     def training_loss(self, batch: dict[str, Any], step: int, generator: torch.Generator) -> MethodOutput:

@@ -159,7 +159,9 @@ def sample_units(num_units: int, min_units: int, generator: torch.Generator | No
 def block_mask(grid: tuple[int, ...], n_target: int, generator: torch.Generator, min_block: int = 4,
                aspect: float = 0.3, max_attempts: int = 10) -> torch.Tensor:
     """Blockwise (BEiT/iBOT) mask over a 2D or 3D token grid: boxes of random volume and aspect are added until
-    about ``n_target`` tokens are masked. Returns bool (*grid)."""
+    about ``n_target`` tokens are masked. Returns bool (*grid). BEiT's generator draws boxes of at least 16 tokens
+    with a log-uniform aspect; here the smallest box is ``min_block`` tokens (the small token grids of remote-sensing
+    and 3D windows) and each axis gets its own log-uniform stretch; the masked share is the same."""
     mask = torch.zeros(grid, dtype=torch.bool)
     nd, log_aspect = len(grid), math.log(1.0 / aspect)
     count = 0

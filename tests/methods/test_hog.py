@@ -100,3 +100,18 @@ def test_3d_without_spacing_bins_anisotropic_voxels_by_voxel_direction() -> None
         ramp = axes[k, 0] * d * s[0] + axes[k, 1] * h * s[1] + axes[k, 2] * w * s[2]
         wrong += int(cell_histograms(ramp[None, None], (8, 8, 8))[0, 0, 0, 0, 0].argmax()) != k
     assert wrong > 0  # so the spacing argument above is what makes the physical direction come out
+
+
+def test_the_edge_of_the_nodata_fill_is_no_gradient() -> None:
+    """A flat, fully valid token beside nodata (zero-filled) has no edge of its own: with the valid mask its HOG
+    is zero, without it the fill's edge would be its target."""
+    x = torch.full((1, 1, 8, 16), 3.0)
+    valid = torch.ones(1, 8, 16, dtype=torch.bool)
+    valid[:, :, 8:] = False  # the right token is nodata
+    x = x * valid[:, None]
+    blind = hog_targets(x, (8, 8))
+    seen = hog_targets(x, (8, 8), valid=valid)
+    assert float(blind[0, 0].norm()) > 0.9 and float(seen[0, 0].abs().max()) == 0.0
+    inside = torch.randn(1, 1, 8, 16, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(hog_targets(inside, (8, 8), valid=torch.ones(1, 8, 16, dtype=torch.bool)),
+                               hog_targets(inside, (8, 8)))  # every pixel valid: skimage's HOG unchanged

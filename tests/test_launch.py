@@ -150,3 +150,23 @@ def test_a_further_rank_of_a_pretrain_says_only_errors_and_the_callers_level_com
     assert package.level == logging.WARNING  # put back for whatever the caller runs next
     set_launch(monkeypatch, {"LOCAL_RANK": "0", "NODE_RANK": "0", "MASTER_PORT": "12345"})
     assert not further_rank()
+
+
+def test_a_further_rank_of_pretrain_called_from_python_says_only_errors(monkeypatch, scene, tmp_path, caplog) -> None:
+    """A script torchrun starts calls pretrain() itself: no CLI quietened rank 1 first, so its notes on the recipe
+    (here: --set method.name drops the recipe's method settings) repeated rank 0's; its error still says what
+    failed (here: a MAE key the new method does not take)."""
+    import logging
+
+    from geomed_ssl.errors import ConfigError
+    from geomed_ssl.train.pretrain import pretrain
+
+    package = logging.getLogger("geomed_ssl")
+    level = package.level
+    for env, said in (({"LOCAL_RANK": "1", "NODE_RANK": "0", "MASTER_PORT": "12345"}, False), ({}, True)):
+        set_launch(monkeypatch, env)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="geomed_ssl"), pytest.raises(ConfigError, match="unknown key"):
+            pretrain("recipes/mae_sentinel2.yaml", scene[0], tmp_path / "run", overrides=[*TINY, "method.name=simclr"])
+        assert ("replaces the recipe's method 'mae'" in caplog.text) == said
+        assert package.level == level

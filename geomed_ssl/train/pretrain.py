@@ -20,7 +20,7 @@ from geomed_ssl.data.stats import BandStats, compute_stats
 from geomed_ssl.data.survey import check_fillable, warn_survey
 from geomed_ssl.views.builder import build_views
 from geomed_ssl.errors import ConfigError, GeomedError, RunStopped
-from geomed_ssl.launch import check_pretrain_world, launched
+from geomed_ssl.launch import check_pretrain_world, further_rank, launched
 from geomed_ssl.methods import build_method, method_class, method_settings, with_method_settings
 from geomed_ssl.methods.schedules import ScheduleClock
 from geomed_ssl.models.encoder import EncoderConfig
@@ -303,6 +303,8 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     checked before the run folder is created, changed or deleted."""
     out = Path(out_dir)
     quiet_lightning()
+    if further_rank():  # rank 0 says the notes on the recipe and the data, the same on every rank; from Python too,
+        log.setLevel(logging.ERROR)  # where no CLI quietened this rank first (the level comes back on return)
     recipe_file = None if isinstance(recipe, Recipe) or resume else recipe
     try:
         if resume:  # a folder that is not a run of ours is refused before its config.yaml is looked for (any rank)

@@ -46,6 +46,7 @@ import numpy as np
 from geomed_ssl.compare.options import parse_options
 from geomed_ssl.compare.report import best_protocols, grouped
 from geomed_ssl.compare.run import run_compare
+from geomed_ssl.errors import GeomedError
 from geomed_ssl.sample import LABELS, SAMPLE_DIR
 from research.s2_like import build as build_s2_like  # benchmarks/ is the script's folder, so on sys.path
 
@@ -109,7 +110,11 @@ def compare_one(encoders: list[str], out: Path, seeds: str, split: str, protocol
                 ) -> tuple[list[dict[str, str]], str]:
     options = parse_options(encoders, budget, None, seeds, split, protocol, baselines, False)
     start = time.time()
-    result = run_compare(options, out=out, recipe=recipe, overrides=overrides, progress=False, **data)
+    try:
+        result = run_compare(options, out=out, recipe=recipe, overrides=overrides, progress=False, **data)
+    except GeomedError as err:  # compare's own words name its options: say which of this script's they are
+        raise SystemExit(f"{out.name}: {err}\n(this script passes --<dataset>-recipe as compare's --recipe and "
+                         "--set as its --set)") from None
     print(f"  {out}: {result.runs_done} runs in {(time.time() - start) / 60:.1f} min")
     return result.rows, result.metric
 
@@ -132,7 +137,12 @@ def main() -> None:
     ap.add_argument("--s2like-recipe", default=None)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--out", type=Path, default=Path("runs/bench_label_efficiency"))
+    ap.add_argument("--shared-data", type=Path, default=SHARED, help=f"the shared sample data (default {SHARED})")
     args = ap.parse_args()
+    shared = args.shared_data
+    for name, folder in (("eurosat", shared / "eurosat_ms_200"), ("slovenia", shared / "sentinel2_slovenia")):
+        if name in args.datasets and getattr(args, name) and not folder.is_dir():
+            ap.error(f"--{name} needs {folder}, which is not there (give --shared-data, or leave --{name} out)")
     seeds = SEEDS[args.seeds]
     datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     print(f"label efficiency, {args.seeds} seeds ({seeds}), 5 labels per class / images per class "
@@ -148,10 +158,10 @@ def main() -> None:
     if "eurosat" in datasets and args.eurosat:
         rows, metric = compare_one(args.eurosat, args.out / f"eurosat_{args.seeds}", seeds, "random",
                                    args.protocol or "linear", args.baselines, args.eurosat_recipe, args.overrides,
-                                   data=SHARED / "eurosat_ms_200")
+                                   data=shared / "eurosat_ms_200")
         tables.append(("EuroSAT-MS 200, 5 images per class", {"random split": rows}, metric, args.eurosat))
     if "slovenia" in datasets and args.slovenia:
-        scene = SHARED / "sentinel2_slovenia"
+        scene = shared / "sentinel2_slovenia"
         rows, metric = compare_one(args.slovenia, args.out / f"slovenia_{args.seeds}", seeds, "random",
                                    args.protocol or "linear,knn", args.baselines, args.slovenia_recipe,
                                    [*SLOVENIA_FINETUNE, *args.overrides], budget="10", images=scene,

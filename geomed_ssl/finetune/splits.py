@@ -34,7 +34,9 @@ def _block_of(flat_index: np.ndarray, shape: Sequence[int], block_size: int) -> 
 
 def _assign_blocks(n_blocks: int, block: np.ndarray, values: np.ndarray, seed: int) -> np.ndarray:
     """Half the units (seeded) to training, then repaired so each class spread over >= 2 units has a training
-    and a test unit, and a class inside a single unit trains (rarest classes decide last)."""
+    and a test unit, and a class inside a single unit trains (rarest classes decide last). Where two quick passes
+    leave a class unserved (one class's fix undoing another's), :func:`_repair` settles it, moving only units whose
+    move leaves every other class served."""
     rng = np.random.default_rng((int(seed) & 0xFFFFFFFF, 0xB10C))
     train = np.zeros(n_blocks, bool)
     train[rng.permutation(n_blocks)[: (n_blocks + 1) // 2]] = True
@@ -46,7 +48,50 @@ def _assign_blocks(n_blocks: int, block: np.ndarray, values: np.ndarray, seed: i
                 train[rng.choice(blocks)] = True
             elif train[blocks].all():
                 train[rng.choice(blocks)] = False
+    if any(_unserved(blocks, train) for blocks in per_class):
+        _repair(train, per_class, rng)
     return train
+
+
+def _unserved(blocks: np.ndarray, train: np.ndarray, pinned: np.ndarray | None = None) -> bool:
+    """A class in ``blocks`` lacks what it should have: its one unit does not train, or (two or more units) none
+    trains, or all train while one of them could test (is not ``pinned``)."""
+    if blocks.size == 1:
+        return not train[blocks[0]]
+    flags = train[blocks]
+    return not flags.any() or (flags.all() and (pinned is None or not pinned[blocks].all()))
+
+
+def _repair(train: np.ndarray, per_class: list[np.ndarray], rng: np.random.Generator) -> None:
+    """Serve every class in place: units holding a single-unit class train (pinned); a class with no training unit
+    gets one, and one whose units all train gives an unpinned one to testing, each preferring a unit whose move
+    takes no other class's last training or test unit; until nothing changes."""
+    pinned = np.zeros(train.size, bool)
+    for blocks in per_class:
+        if blocks.size == 1:
+            pinned[blocks[0]] = True
+    train |= pinned
+    spread = [b for b in per_class if b.size > 1]
+    holds: dict[int, list[np.ndarray]] = {}
+    for blocks in spread:
+        for unit in blocks:
+            holds.setdefault(int(unit), []).append(blocks)
+
+    def harmless(unit: int, to_train: bool) -> bool:  # no other class loses its last test / training unit
+        return all(((train[b] != to_train) & (b != unit)).any() for b in holds.get(unit, []))
+
+    for _ in range(2 * len(per_class) + 2):
+        changed = False
+        for blocks in spread:
+            if not _unserved(blocks, train, pinned):
+                continue
+            to_train = not train[blocks].any()
+            movable = blocks[~train[blocks]] if to_train else blocks[train[blocks] & ~pinned[blocks]]
+            safe = [u for u in movable if harmless(int(u), to_train)]
+            train[rng.choice(safe or movable)] = to_train
+            changed = True
+        if not changed:
+            return
 
 
 def _expand(flags: np.ndarray, shape: Sequence[int], block_size: int) -> np.ndarray:

@@ -6,8 +6,9 @@ The rule
    folder, embedding folder, query file, ...), symlinks resolved; only the place a command reserves inside its
    input for its own outputs (``FT_DIR/eval``, ``EMB_DIR/search``) is allowed (``allow_inside``).
 2. A folder that does not exist, or is empty, is created (with its parents). One holding only our manifest, lock
-   and temporary names counts as empty, unless another process still running holds its lock or writes one of those
-   temporary names (a command that made it and has not yet written a file under its final name).
+   and temporary names counts as empty, unless a command still running holds its lock (:mod:`geomed_ssl.outlocks`:
+   one that made it and has not yet written a file under its final name); jobs of a command that shares its folder
+   (predict, evaluate, similar) go on beside others of the same command.
 3. Every folder the toolkit creates holds ``.geomed-ssl.json`` (:mod:`geomed_ssl.outowners`): tool, version,
    command, creation time and the top-level entries the command writes there (:func:`record_entries` adds more).
    A folder without it counts as ours when an earlier version's files say so (``COMMANDS[...].legacy`` in
@@ -52,7 +53,7 @@ from typing import Iterator, Mapping, Sequence
 
 from geomed_ssl.errors import ConfigError, OutputError
 from geomed_ssl.outcommands import COMMANDS, CommandSpec, matches
-from geomed_ssl.outfiles import is_temp_name, live_writer, remove_stale_partials
+from geomed_ssl.outfiles import is_temp_name, remove_stale_partials
 from geomed_ssl.outlocks import LOCK, lock_folder, lock_holder
 from geomed_ssl.outowners import (MANIFEST, TOOL, Owner, PathLike, entry_names, foreign_inside,  # noqa: F401
                                   links_inside, owner, read_manifest, record_entries, write_manifest)
@@ -194,11 +195,12 @@ def check_out_dir(out: PathLike, *, command: str, inputs: Inputs | None = None, 
         raise OutputError(f"--out '{out}' is a file, not a folder; choose another --out.")
     if all(p.name in (MANIFEST, LOCK) or is_temp_name(p.name) for p in out.iterdir()):
         # empty but for our manifest, or what a killed in-place export left (atomic_write_dir), unless a command
-        # still running made it and has written nothing under a final name yet
-        writer, holder = live_writer(out), lock_holder(out)
-        if writer is not None or holder is not None:
-            by = holder or f"a running geomed-ssl command (it is writing '{writer.name}')"  # type: ignore[union-attr]
-            raise OutputError(f"output folder '{out}' is in use by {by}; wait for it to finish, or choose another "
+        # still running made it and has written nothing under a final name yet: its lock says so (jobs that share
+        # a folder with their own command, predict beside predict, go on)
+        made_by = (read_manifest(out) or {}).get("command")
+        holder = lock_holder(out, shared_ok=not COMMANDS[command].exclusive and made_by in (None, command))
+        if holder is not None:
+            raise OutputError(f"output folder '{out}' is in use by {holder}; wait for it to finish, or choose another "
                               "--out.")
         return "create"
     found = owner(out)
@@ -249,8 +251,8 @@ def prepare_out_dir(out: PathLike, *, command: str, inputs: Inputs | None = None
     action = check_out_dir(out, command=command, inputs=inputs, overwrite=overwrite, resume=resume,
                            allow_inside=allow_inside)
     exclusive = COMMANDS[command].exclusive
-    if exclusive and action in ("reuse", "replace"):  # before anything there is touched: another run may be live
-        lock_folder(out, command)
+    if action in ("reuse", "replace"):  # before anything there is touched: another run may be live
+        lock_folder(out, command, shared=not exclusive)
     if action == "reuse":
         if read_manifest(out) is None:  # an earlier version's folder: it gets a manifest of its own entries
             record_entries(out, [])
@@ -266,8 +268,7 @@ def prepare_out_dir(out: PathLike, *, command: str, inputs: Inputs | None = None
             else:
                 entry.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    if exclusive:
-        lock_folder(out, command)  # two new runs into one new folder: the second stops here
+    lock_folder(out, command, shared=not exclusive)  # two new runs into one new folder: the second stops here
     remove_stale_partials(out)  # a folder a killed first run made holds only its manifest and such names
     write_manifest(out, command)
     return out

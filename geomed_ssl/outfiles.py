@@ -401,19 +401,6 @@ def _writer_gone(entry: Path, pid: int, host: str) -> bool:
     return not _alive(pid)
 
 
-def live_writer(folder: PathLike) -> Path | None:
-    """A temporary entry in ``folder`` that another process, still running, is writing (:func:`_writer_gone`);
-    None when there is none."""
-    folder = Path(folder)
-    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
-        match = _OURS.match(entry.name)
-        if match is None or (int(match.group(2)) == os.getpid() and match.group(3) == host_tag()):
-            continue
-        if not _writer_gone(entry, int(match.group(2)), match.group(3)):
-            return entry
-    return None
-
-
 def _alive(pid: int) -> bool:
     if os.name == "nt":  # os.kill(pid, 0) would send CTRL_C_EVENT there: another process is never judged gone
         return True

@@ -1,15 +1,17 @@
 """One writer per output folder: a command that owns its folder (pretrain, finetune, compare, embed, cluster, demo)
-holds ``.geomed-ssl.lock`` there for as long as it runs, so a second process that would resume, replace or add to
-the same folder is refused instead of interleaving with it (two embeds finalising each other's parts, an
+holds ``.geomed-ssl.lock`` there exclusively for as long as it runs, so a second process that would resume, replace or
+add to the same folder is refused instead of interleaving with it (two embeds finalising each other's parts, an
 ``--overwrite`` deleting a live run's checkpoints). Commands several jobs may share a folder with (predict, evaluate,
-similar) take the lock only around the read-merge-write of a file they share (``predictions.csv``).
+similar) hold it shared for their whole run: they do not refuse one another, but a command that would own the folder
+is refused while any of them runs, and they are refused while such a command runs. Their read-merge-write of a file
+they share (``predictions.csv``) takes turns through a brief lock on the folder itself (:func:`locked_briefly`).
 
-The lock is an advisory ``flock`` on that file: the kernel releases it when its process ends, however it ends, so a
-killed run never leaves a stale lock (only, at most, an unlocked file that the next command takes). The file holds
-who took it (command, process id, machine tag, time) for the refusal message and is deleted when the command lets
-go of it; a process that waited on a file deleted meanwhile locks the new one instead. Where ``flock`` is missing
-(Windows) or the filesystem refuses it (some network mounts), folders are not guarded and commands run as before.
-A lock taken inside a call from Python is let go when that call returns (:func:`released_after`)."""
+The locks are advisory ``flock``s: the kernel releases them when their process ends, however it ends, so a killed
+run never leaves a stale lock (only, at most, an unlocked file that the next command takes). The file holds who took
+it (command, process id, machine tag, time) for the refusal message and is deleted by the last holder to let go; a
+process that waited on a file deleted meanwhile locks the new one instead. Where ``flock`` is missing (Windows) or
+the filesystem refuses it (some network mounts), folders are not guarded and commands run as before. A lock taken
+inside a call from Python is let go when that call returns (:func:`released_after`)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import errno
 import json
 import os
 import stat
+import time
 from typing import Iterator
 
 from geomed_ssl.errors import OutputError
@@ -31,14 +34,16 @@ except ImportError:  # Windows: no advisory locks, folders unguarded
 
 LOCK = ".geomed-ssl.lock"
 PathLike = str | os.PathLike
-_HELD: dict[str, int] = {}  # real path of a folder -> the open lock file this process holds there
+_HELD: dict[str, int] = {}  # real path of a folder -> the open lock file this process holds there exclusively
+_SHARED: dict[str, int] = {}  # ... and shared (predict, evaluate, similar)
+TRIES, TRY_WAIT_S = 10, 0.05  # a lock let go as it is taken (its last sharer deleting the file): try again, briefly
 
 
-def _flock(fd: int, blocking: bool) -> bool:
-    """Lock ``fd`` exclusively; False when another process holds it (non-blocking); raises OSError when locks are
-    not available here."""
+def _flock(fd: int, blocking: bool, shared: bool = False) -> bool:
+    """Lock ``fd`` exclusively (or ``shared``); False when another process holds it so (non-blocking); raises
+    OSError when locks are not available here."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB))
     except BlockingIOError:
         return False
     return True
@@ -76,14 +81,14 @@ def _open_lock(path: str) -> int:
     return fd
 
 
-def _acquire(folder: str, blocking: bool) -> int | None:
+def _acquire(folder: str, blocking: bool, shared: bool = False) -> int | None:
     """The open, locked lock file of ``folder``; None when another process holds it (non-blocking). A lock file its
     last holder deleted while this one waited for it is left for the new one. OSError: no locks here."""
     path = os.path.join(folder, LOCK)
     while True:
         fd = _open_lock(path)
         try:
-            if not _flock(fd, blocking):
+            if not _flock(fd, blocking, shared):
                 os.close(fd)
                 return None
             now = os.stat(path)
@@ -99,48 +104,67 @@ def _acquire(folder: str, blocking: bool) -> int | None:
         os.close(fd)
 
 
-def _release(folder: str, fd: int) -> None:
-    """Delete the lock file, then let go of it (a process waiting on it finds it deleted and takes a new one)."""
+def _release(folder: str, fd: int, shared: bool = False) -> None:
+    """Delete the lock file, then let go of it (a process waiting on it finds it deleted and takes a new one); a
+    shared hold deletes it only when it is the last (it can lock the file exclusively)."""
+    if shared:
+        try:
+            last = _flock(fd, blocking=False)  # (a failed attempt lets go of this hold too)
+        except OSError:
+            last = False
+        if not last:
+            os.close(fd)
+            return
     with contextlib.suppress(OSError):
-        os.unlink(os.path.join(folder, LOCK))
+        if os.path.samestat(os.fstat(fd), os.stat(os.path.join(folder, LOCK))):
+            os.unlink(os.path.join(folder, LOCK))
     with contextlib.suppress(OSError):
         fcntl.flock(fd, fcntl.LOCK_UN)  # forked workers share the open file: unlock it for all of them
     os.close(fd)
 
 
-def lock_folder(folder: PathLike, command: str) -> None:
-    """Hold ``folder``'s lock for ``command`` until this process ends or :func:`released_after` lets it go; nothing
-    when this process holds it already. An ``OutputError`` naming the holder when another process does."""
-    key = os.path.realpath(folder)
-    if key in _HELD or fcntl is None:
-        return
+def _read_holder(key: str) -> str:
     try:
-        fd = _acquire(key, blocking=False)
-    except OSError:  # a filesystem without locks: unguarded, as before
-        return
-    if fd is None:
+        fd = os.open(os.path.join(key, LOCK), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         try:
-            fd = os.open(os.path.join(key, LOCK), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-            try:
-                holder = _holder(fd)
-            finally:
-                os.close(fd)
-        except OSError:
-            holder = "another geomed-ssl process"
-        raise OutputError(f"output folder '{folder}' is in use by {holder}; wait for it to finish, or choose another "
-                          "--out.")
-    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    text = json.dumps({"command": command, "pid": os.getpid(), "host": host_tag(), "since": now}).encode()
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, text, 0)
-    _HELD[key] = fd
+            return _holder(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        return "another geomed-ssl process"
 
 
-def lock_holder(folder: PathLike) -> str | None:
-    """Who holds ``folder``'s lock when another process does, as its file says; None when none does (nothing is
-    made: a lock file is only opened, and tried with a shared lock let go at once)."""
+def lock_folder(folder: PathLike, command: str, shared: bool = False) -> None:
+    """Hold ``folder``'s lock for ``command`` until this process ends or :func:`released_after` lets it go:
+    exclusively, or ``shared`` with other sharers; nothing when this process holds it already. An ``OutputError``
+    naming the holder when another process holds it in a way that excludes this one."""
     key = os.path.realpath(folder)
-    if key in _HELD or fcntl is None:
+    if key in _HELD or key in _SHARED or fcntl is None:
+        return
+    for attempt in range(TRIES):
+        try:
+            fd = _acquire(key, blocking=False, shared=shared)
+        except OSError:  # a filesystem without locks: unguarded, as before
+            return
+        if fd is not None:
+            break
+        time.sleep(TRY_WAIT_S)
+    else:
+        raise OutputError(f"output folder '{folder}' is in use by {_read_holder(key)}; wait for it to "
+                          "finish, or choose another --out.")
+    if not shared or os.fstat(fd).st_size == 0:  # a sharer leaves the first sharer's name in place
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        text = json.dumps({"command": command, "pid": os.getpid(), "host": host_tag(), "since": now}).encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, text, 0)
+    (_SHARED if shared else _HELD)[key] = fd
+
+
+def lock_holder(folder: PathLike, shared_ok: bool = False) -> str | None:
+    """Who holds ``folder``'s lock when another process does (with ``shared_ok``: exclusively; sharers are no
+    obstacle then), as its file says; None otherwise. Nothing is made: the lock file is only opened and tried."""
+    key = os.path.realpath(folder)
+    if key in _HELD or key in _SHARED or fcntl is None:
         return None
     try:
         fd = os.open(os.path.join(key, LOCK), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
@@ -150,9 +174,8 @@ def lock_holder(folder: PathLike) -> str | None:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return _holder(fd)
+            if not _flock(fd, blocking=False, shared=shared_ok):
+                return _holder(fd)
         except OSError:  # a filesystem without locks
             return None
         fcntl.flock(fd, fcntl.LOCK_UN)
@@ -164,37 +187,44 @@ def lock_holder(folder: PathLike) -> str | None:
 def unlock_folder(folder: PathLike) -> None:
     """Let go of ``folder``'s lock if this process holds it."""
     key = os.path.realpath(folder)
-    fd = _HELD.pop(key, None)
-    if fd is not None:
+    if (fd := _HELD.pop(key, None)) is not None:
         _release(key, fd)
+    if (fd := _SHARED.pop(key, None)) is not None:
+        _release(key, fd, shared=True)
 
 
 @contextlib.contextmanager
 def released_after() -> Iterator[None]:
     """Inside, the folder locks taken are let go when the block ends (a command called from Python: the folder is
     free for another process once the call returns); locks held before it stay held."""
-    before = set(_HELD)
+    before = set(_HELD) | set(_SHARED)
     try:
         yield
     finally:
-        for key in [k for k in _HELD if k not in before]:
+        for key in [k for k in [*_HELD, *_SHARED] if k not in before]:
             unlock_folder(key)
 
 
 @contextlib.contextmanager
 def locked_briefly(folder: PathLike) -> Iterator[None]:
-    """Inside, ``folder``'s lock is held, waiting for another process's brief hold to end (a shared file's
-    read-merge-write); nothing to wait for where this process holds it, or where locks are not available."""
+    """Inside, ``folder`` itself is locked, waiting for another process's brief hold to end (the read-merge-write of
+    a file the jobs sharing it share); nothing to wait for where this process owns the folder, or where locks are
+    not available. (Not the lock file: the sharers hold that shared for their whole run.)"""
     key = os.path.realpath(folder)
     if key in _HELD or fcntl is None:
         yield
         return
     try:
-        fd = _acquire(key, blocking=True)
-    except OSError:  # a filesystem without locks: unguarded, as before
+        fd = os.open(key, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
         fd = None
     try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:  # a filesystem without locks: unguarded, as before
+                pass
         yield
     finally:
         if fd is not None:
-            _release(key, fd)
+            os.close(fd)  # lets go of the lock

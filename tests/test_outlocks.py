@@ -75,11 +75,14 @@ def test_a_command_called_from_python_lets_its_folder_go_when_it_returns(tmp_pat
 
 def test_jobs_sharing_a_folder_are_not_refused_and_take_turns_at_its_shared_file(tmp_path) -> None:
     out = tmp_path / "pred"
-    prepare_out_dir(out, command="predict")
+    with released_after():
+        prepare_out_dir(out, command="predict")
     proc = subprocess.Popen([sys.executable, "-c", (
         "import sys, time\nfrom geomed_ssl.outdirs import prepare_out_dir\nfrom geomed_ssl.outlocks import "
-        "locked_briefly\nprepare_out_dir(sys.argv[1], command='predict', resume=True)\n"
-        "with locked_briefly(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(1.5)\n"), str(out)],
+        "locked_briefly, released_after\nwith released_after():\n"
+        "    prepare_out_dir(sys.argv[1], command='predict', resume=True)\n"
+        "    with locked_briefly(sys.argv[1]):\n        print('held', flush=True)\n        time.sleep(1.5)\n"),
+        str(out)],
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
     assert proc.stdout.readline().strip() == "held"
     start = time.monotonic()
@@ -107,24 +110,27 @@ def test_a_link_planted_as_the_lock_file_is_refused_and_its_target_untouched(tmp
 
 
 def test_a_new_folder_a_running_command_is_still_writing_is_not_taken_by_another(tmp_path) -> None:
-    """A folder holding only our manifest counts as empty, unless a live command made it: a predict writing its
-    first map there (only a temporary name yet), or a pretrain holding its lock before its first file."""
+    """A folder holding only our manifest counts as empty, unless a live command made it: a predict classifying
+    its images before it writes predictions.csv (it holds the folder shared), or a pretrain holding its lock before
+    its first file. Another predict goes on beside the first; a command that owns its folder does not."""
     from geomed_ssl.outdirs import check_out_dir
     from geomed_ssl.outfiles import host_tag
 
     out = tmp_path / "pred"
-    with released_after():
-        prepare_out_dir(out, command="predict")
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    proc = holder(out, "predict")
     try:
-        (out / f".partial-{sleeper.pid}.{host_tag()}-scene_pred.tif").write_bytes(b"half a map")
-        with pytest.raises(OutputError, match=r"'.*pred' is in use by a running geomed-ssl command \(it is writing "
-                                              r"'\.partial-\d+\.[0-9a-f]{8}-scene_pred\.tif'\)"):
-            prepare_out_dir(out, command="pretrain")
+        for command in ("pretrain", "evaluate"):
+            with pytest.raises(OutputError, match=r"'.*pred' is in use by `geomed-ssl predict` \(process \d+ on this"):
+                check_out_dir(out, command=command)
+        with released_after():
+            assert check_out_dir(out, command="predict") == "create"
+            prepare_out_dir(out, command="predict")  # a second job beside the first
     finally:
-        sleeper.kill()
-        sleeper.wait()
-    assert check_out_dir(out, command="pretrain") == "create"  # its writer is gone: a killed run's leftovers
+        proc.kill()
+        proc.wait()
+    assert check_out_dir(out, command="pretrain") == "create"  # its holder is gone
+    (out / f".partial-4242.{'0' * 8 if host_tag() != '0' * 8 else '1' * 8}-scene_pred.tif").write_bytes(b"half")
+    assert check_out_dir(out, command="predict") == "create"  # another machine's leftover is no live writer
     run = tmp_path / "run"
     proc = holder(run, "pretrain")
     try:
@@ -134,3 +140,23 @@ def test_a_new_folder_a_running_command_is_still_writing_is_not_taken_by_another
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert check_out_dir(run, command="predict") == "create"
+
+
+def test_a_second_predict_job_shares_a_folder_in_use_and_the_last_to_leave_deletes_the_lock(tmp_path) -> None:
+    """While a predict job uses its folder, another predict job shares it and a command that owns its folders is
+    refused (here by the folder's command, which is predict's)."""
+    pred = tmp_path / "pred"
+    proc = holder(pred, "predict")
+    try:
+        (pred / "scene_pred.tif").write_bytes(b"a map")  # the folder is no longer empty
+        with pytest.raises(OutputError, match="holds the output of `geomed-ssl predict`"):
+            prepare_out_dir(pred, command="embed", resume=True)
+        with released_after():
+            prepare_out_dir(pred, command="predict", resume=True)  # sharers share
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (pred / LOCK).exists()  # a killed holder leaves the file, unlocked: the next command takes it
+    with released_after():
+        prepare_out_dir(pred, command="predict", resume=True)
+    assert not (pred / LOCK).exists()  # and the last sharer to let go deletes it

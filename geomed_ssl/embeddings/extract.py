@@ -113,20 +113,23 @@ def data_config(meta: dict[str, Any], spatial_dims: int, patch_size: Sequence[in
     return cfg
 
 
+def reader_shape(record: Any, spacing: Sequence[float] | None) -> tuple[int, ...]:
+    """The shape the embedder reads ``record`` at: a raster's own, a volume's on the reader's grid (RAS, resampled
+    to ``spacing`` when set)."""
+    from geomed_ssl.data.probe import read_shape
+
+    if record.kind != "volume":
+        return tuple(record.shape)
+    affine = np.asarray(record.affine if record.affine is not None else np.eye(4), np.float64)
+    return read_shape(tuple(record.shape[:3]), affine, spacing)
+
+
 def without_small_files(catalog: Catalog, patch: tuple[int, ...], strict: bool,
                         spacing: Sequence[float] | None = None) -> Catalog:
     """The catalog without the files smaller than one token along an axis (an image-level vector needs one), each
     listed among its problems (``strict``: a DataError before any output is made). Volumes are judged on the grid
-    the reader gives them (RAS, resampled to ``spacing`` when set)."""
-    from geomed_ssl.data.probe import read_shape
-
-    def shape(r: Any) -> tuple[int, ...]:
-        if r.kind != "volume":
-            return tuple(r.shape)
-        affine = np.asarray(r.affine if r.affine is not None else np.eye(4), np.float64)
-        return read_shape(tuple(r.shape[:3]), affine, spacing)
-
-    sizes = {id(r): shape(r) for r in catalog.records}
+    the reader gives them (:func:`reader_shape`)."""
+    sizes = {id(r): reader_shape(r, spacing) for r in catalog.records}
     small = [r for r in catalog.records if any(n < p for n, p in zip(sizes[id(r)], patch))]
     if not small:
         return catalog
@@ -270,7 +273,7 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
     todo = [r for r in catalog.records if r.path not in done]
     if done:
         log.info("resuming: %d of %d files already embedded in %s", len(paths) - len(todo), len(paths), out_dir)
-    warn_embed_room(emb, todo, out_dir, cfg.embed_dim, dtype)
+    warn_embed_room(emb, todo, store.done_rows(), out_dir, cfg.embed_dim, dtype)
     embed_records(emb, store, todo, catalog.root, dtype, progress)
     seconds = time.perf_counter() - t0
     manifest = ensure_maps(store, store.finalize(paths, {"seconds_last_run": round(seconds, 3)}))
@@ -279,30 +282,41 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
 
 
 ROW_TABLE_BYTES = 256  # a row's table columns (ids, boxes, coordinates, footprint) in the parquet file, about
+VECTOR_COPIES = 3  # the committed parts, then the table's vector column and vectors.npy made from them before they go
 
 
-def embed_bytes(emb: Embedder, records: Sequence[Any], dim: int, dtype: str) -> int:
-    """What embedding ``records`` writes at most: each row's vector twice (the committed parts, then
-    ``vectors.npy`` made from them before they go) and its table columns; a row per file (image level), per window
-    (window level) or per token patch of the file (patch level)."""
+def embed_rows(emb: Embedder, records: Sequence[Any]) -> int:
+    """The rows embedding ``records`` gives: one per file (image level), per window (window level) or per token
+    patch of the file (patch level), on the grid the embedder reads (:func:`reader_shape`)."""
     if emb.level == "image":
-        rows = len(records)
-    elif emb.level == "patch":  # one row per token patch of the file
-        rows = sum(math.prod(-(-s // p) for s, p in zip(r.shape, emb.patch)) for r in records)
-    else:
-        rows = sum(math.prod(grid_shape(r.shape, emb.window, emb.stride)) for r in records)
-    return rows * (2 * dim * np.dtype(dtype).itemsize + ROW_TABLE_BYTES)
+        return len(records)
+    shapes = [reader_shape(r, emb.data_cfg.spacing) for r in records]
+    if emb.level == "patch":
+        return sum(math.prod(-(-s // p) for s, p in zip(shape, emb.patch)) for shape in shapes)
+    return sum(math.prod(grid_shape(shape, emb.window, emb.stride)) for shape in shapes)
 
 
-def warn_embed_room(emb: Embedder, records: Sequence[Any], out_dir: str | Path, dim: int, dtype: str) -> None:
-    """A warning before embedding when :func:`embed_bytes` exceeds the free space of the disk ``out_dir`` is on: a
-    full disk stops the run at the part that does not fit (the committed ones stay, and a later run resumes)."""
-    free, needed = free_bytes(out_dir), embed_bytes(emb, records, dim, dtype)
+def embed_bytes(emb: Embedder, todo: Sequence[Any], done_rows: int, dim: int, dtype: str) -> int:
+    """What embedding ``todo`` (after ``done_rows`` rows an interrupted run committed) takes on disk at most: every
+    row's vector :data:`VECTOR_COPIES` times when the table and ``vectors.npy`` are made from the parts, and the
+    table's other columns."""
+    rows = embed_rows(emb, todo) + done_rows
+    return rows * (VECTOR_COPIES * dim * np.dtype(dtype).itemsize + ROW_TABLE_BYTES)
+
+
+def warn_embed_room(emb: Embedder, todo: Sequence[Any], done_rows: int, out_dir: str | Path, dim: int,
+                    dtype: str) -> None:
+    """A warning before embedding when :func:`embed_bytes` exceeds the free space of the disk ``out_dir`` is on
+    (with what the committed parts take already): a full disk stops the run at the part that does not fit (the
+    committed ones stay, and a later run resumes)."""
+    free, needed = free_bytes(out_dir), embed_bytes(emb, todo, done_rows, dim, dtype)
+    if free is not None:
+        free += done_rows * dim * np.dtype(dtype).itemsize  # the committed parts are on the disk already
     if free is not None and needed > free:
-        log.warning("warning: embedding these %d file(s) at --level %s writes up to %.1f GB (vectors of %d %s values, "
-                    "kept twice while vectors.npy is made from the parts) and the disk of '%s' has %.1f GB free; use "
-                    "a coarser --level, a larger --stride, --dtype float16, or give --out on a larger disk.",
-                    len(records), emb.level, needed / 1e9, dim, dtype, out_dir, free / 1e9)
+        log.warning("warning: embedding these %d file(s) at --level %s takes up to %.1f GB (vectors of %d %s values, "
+                    "three copies while the table and vectors.npy are made from the parts) and the disk of '%s' has "
+                    "%.1f GB free; use a coarser --level, a larger --stride, --dtype float16, or give --out on a "
+                    "larger disk.", len(todo), emb.level, needed / 1e9, dim, dtype, out_dir, free / 1e9)
 
 
 def finished_run(store: EmbeddingStore, manifest: dict[str, Any], paths: list[str], out_dir: str | Path,
@@ -353,7 +367,8 @@ def embed_records(emb: Embedder, store: EmbeddingStore, todo: Sequence[Any], roo
     from tqdm.auto import tqdm
 
     image = emb.level == "image"
-    total = len(todo) if image else sum(math.prod(grid_shape(r.shape, emb.window, emb.stride)) for r in todo)
+    total = len(todo) if image else sum(math.prod(grid_shape(reader_shape(r, emb.data_cfg.spacing), emb.window,
+                                                            emb.stride)) for r in todo)
     bar = tqdm(total=total, unit="file" if image else "window", desc="embedding",
                disable=not progress or not sys.stderr.isatty())
     if image:

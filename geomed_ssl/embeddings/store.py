@@ -235,6 +235,10 @@ class EmbeddingStore:
     def done_paths(self) -> set[str]:
         return {f["path"] for f in self.done_files()}
 
+    def done_rows(self) -> int:
+        """The rows the committed parts hold."""
+        return sum(int(f["rows"]) for f in self.done_files())
+
     def part(self, dtype: str) -> PartWriter:
         return PartWriter(self, dtype)
 

@@ -203,10 +203,10 @@ def earlier_predictions(path: Path) -> list[dict[str, str]]:
     if not path.exists() and not path.is_symlink():
         return []
     try:
-        with path.open(newline="") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # a spreadsheet's UTF-8 save starts with a BOM
             reader = csv.DictReader(f)
             if reader.fieldnames and {"file", "class", "probability"} <= set(reader.fieldnames):
-                return list(reader)
+                return [{k: v for k, v in row.items() if k is not None} for row in reader]  # cells past the header
             found = f"its columns are {', '.join(reader.fieldnames)}" if reader.fieldnames else "it is empty"
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         found = f"it cannot be read as CSV ({err})"

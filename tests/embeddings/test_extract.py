@@ -174,10 +174,17 @@ def test_volume_patch_nifti_affine_is_the_ras_affine_scaled_by_the_patch(tmp_pat
     k = 37
     centre = img.affine @ np.r_[cols["grid_index"][k], 1.0]  # the map voxel of row k sits on the row's centre
     np.testing.assert_allclose(centre[:3], [cols["x"][k], cols["y"][k], cols["z"][k]], atol=1e-6)
-    # and a window-level row of a volume re-embeds to the same vector
+    # and a window-level row of a volume re-embeds to the same vector; its rows were counted before on the grid
+    # the reader gives (here resampled to 1 mm: 48x36x30 voxels), as the disk check needs
+    from geomed_ssl.embeddings import extract
+
+    counted, count = [], extract.embed_rows
     out_w = tmp_path / "emb3d_w"
-    embed_folder(enc, vols, out_w, level="window", stride=8, progress=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(extract, "embed_rows", lambda *a: counted.append(count(*a)) or counted[-1])
+        embed_folder(enc, vols, out_w, level="window", stride=8, progress=False, overrides=["data.spacing=[1,1,1]"])
     _, vw = load_embeddings(out_w)
+    assert counted == [len(vw)]
     np.testing.assert_allclose(reembed(out_w, 5), vw[5], atol=1e-4, rtol=1e-4)
 
 
@@ -701,7 +708,8 @@ def test_a_folder_of_volumes_given_to_a_raster_encoder_names_the_encoder_not_a_s
 def test_a_disk_too_small_for_the_vectors_is_warned_about_before_embedding(data: Path, encoder: Path, tmp_path: Path,
                                                                          monkeypatch, caplog) -> None:
     """embed counts its rows before it starts (a row per token patch of a file at --level patch) and warns when
-    their vectors, kept twice while vectors.npy is made, and table would not fit on the disk."""
+    their vectors (three copies while the table and vectors.npy are made from the parts) and table would not fit
+    on the disk."""
     import shutil
 
     import geomed_ssl.embeddings.extract as extract
@@ -715,7 +723,7 @@ def test_a_disk_too_small_for_the_vectors_is_warned_about_before_embedding(data:
     said = [r.getMessage() for r in caplog.records if "GB free" in r.getMessage()]
     assert len(said) == 1 and "these 3 file(s) at --level patch" in said[0] and "--dtype float16" in said[0]
     _, vectors = load_embeddings(tmp_path / "p")
-    assert counted == [len(vectors) * (2 * vectors.shape[1] * 4 + extract.ROW_TABLE_BYTES)]  # every row counted
+    assert counted == [len(vectors) * (3 * vectors.shape[1] * 4 + extract.ROW_TABLE_BYTES)]  # every row counted
     monkeypatch.setattr(shutil, "disk_usage", real)
     caplog.clear()
     with caplog.at_level("WARNING", logger="geomed_ssl"):

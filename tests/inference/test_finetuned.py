@@ -141,6 +141,11 @@ def test_a_users_own_predictions_csv_is_refused_and_their_columns_are_kept(tmp_p
     assert runner.invoke(app, ["predict", str(ft), str(other), "--out", str(out)]).exit_code == 0
     merged = {Path(r["file"]).name: r for r in csv.DictReader(table.open())}
     assert merged["a.tif"]["checked_by"] == "expert" and merged["b.tif"]["checked_by"] == ""
+    edited = table.read_text().replace("expert\n", "expert,a note past the header\n", 1)
+    table.write_text("\ufeff" + edited, encoding="utf-8")  # saved as "CSV UTF-8" by a spreadsheet: a BOM first
+    assert runner.invoke(app, ["predict", str(ft), str(other), "--out", str(out)]).exit_code == 0
+    merged = {Path(r["file"]).name: r for r in csv.DictReader(table.open())}
+    assert merged["a.tif"]["checked_by"] == "expert" and set(merged["a.tif"]) == {*merged["b.tif"]}
     table.write_text("id,label\nmy,precious\n")  # the user's own table under our name
     refused = runner.invoke(app, ["predict", str(ft), str(img), "--out", str(out)])
     assert refused.exit_code == 2 and "not a predictions.csv that geomed-ssl wrote" in refused.output

@@ -7,10 +7,11 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from typing import Any, Iterator
 
 _SETS: list[set[Any]] = []
-_depth = 0
+_DEPTH: contextvars.ContextVar[int] = contextvars.ContextVar("geomed_ssl_command_depth", default=0)  # per thread
 
 
 def said_set() -> set[Any]:
@@ -28,12 +29,13 @@ def forget_said() -> None:
 
 @contextlib.contextmanager
 def command_scope() -> Iterator[None]:
-    """Inside, one command: the outermost scope begins with :func:`forget_said`; nested ones change nothing."""
-    global _depth
-    if _depth == 0:
+    """Inside, one command: the outermost scope begins with :func:`forget_said`; nested ones change nothing (a
+    command another thread runs meanwhile is outermost in its own thread)."""
+    depth = _DEPTH.get()
+    if depth == 0:
         forget_said()
-    _depth += 1
+    token = _DEPTH.set(depth + 1)
     try:
         yield
     finally:
-        _depth -= 1
+        _DEPTH.reset(token)

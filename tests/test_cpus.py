@@ -7,6 +7,7 @@ from pathlib import Path
 
 from geomed_ssl import cpus
 from geomed_ssl.train import trainer
+from geomed_ssl.once import forget_said
 
 
 def write(path: Path, text: str) -> None:
@@ -43,7 +44,7 @@ def test_no_cgroup_files_or_garbage_mean_no_quota(tmp_path: Path) -> None:
 def test_the_quota_caps_the_loader_workers_below_the_affinity_mask(monkeypatch) -> None:
     monkeypatch.setattr(cpus, "visible_cpus", lambda: 64)
     monkeypatch.setattr(cpus, "cgroup_cpu_limit", lambda: 2)
-    monkeypatch.setattr(trainer, "_capped", set())
+    forget_said()
     assert cpus.usable_cpus() == 2
     assert trainer.loader_workers(8) == 2 and trainer.loader_workers(2) == 2 and trainer.loader_workers(0) == 0
     monkeypatch.setattr(cpus, "cgroup_cpu_limit", lambda: None)

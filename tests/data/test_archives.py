@@ -14,6 +14,7 @@ from geomed_ssl.config import DataConfig
 from geomed_ssl.data.catalog import scan
 from geomed_ssl.data.stats import compute_stats, normalize
 from geomed_ssl.errors import DataError
+from geomed_ssl.once import forget_said
 
 
 def names(cat) -> list[str]:
@@ -72,10 +73,9 @@ def test_a_band_at_nodata_in_a_pixel_other_bands_cover_is_no_value_of_that_band(
 def test_statistics_of_version_2_feed_a_band_gap_as_read_as_their_models_were_trained(caplog, monkeypatch):
     """Version 2 counted a band's own nodata in its statistics and fed it as read (clipped to p1): a model trained
     so is fed the same, not the version-3 rule's 0, with one note; a resumed run keeps that rule too."""
-    import geomed_ssl.data.stats as stats_mod
     from geomed_ssl.data.stats import BandStats
 
-    monkeypatch.setattr(stats_mod, "_NOTED_GAPS", set())
+    forget_said()
     arr = np.full((2, 4, 4), 1500, np.int16)
     arr[1, 0, :] = -9999  # band 2's gap in pixels band 1 covers
     bands = [{"name": n, "mean": 0.0, "std": 1000.0, "p1": -9999.0, "p99": 2000.0, "count": 10} for n in "ab"]

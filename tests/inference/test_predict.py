@@ -778,10 +778,10 @@ def test_predict_says_which_extra_bands_it_drops_once_for_alike_scenes(tmp_path,
     from typer.testing import CliRunner
 
     from geomed_ssl.cli import app
-    from geomed_ssl.bands import conform
+    from geomed_ssl.once import forget_said
     from tests.test_bad_input import predicting_model
 
-    monkeypatch.setattr(conform, "_noted", set())
+    forget_said()  # what earlier tests in this process said is said again
     scenes = tmp_path / "scenes"
     scenes.mkdir()
     for i in range(2):  # 5 bands for a model of 4 (band_1..band_4): band_5 is not read

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from geomed_ssl.cli import app
 from geomed_ssl.errors import ConfigError
 from tests.conftest import SHARED, TINY, KillAt
+from geomed_ssl.once import forget_said
 
 runner = CliRunner()
 
@@ -144,7 +145,7 @@ def test_more_workers_than_cpus_are_capped_and_the_run_is_the_same(raster_dir: P
     pretrain("recipes/mae_sentinel2.yaml", raster_dir, tmp_path / "main", overrides=overrides, progress=False)
     monkeypatch.setattr(trainer, "usable_cpus", lambda: 1)
     assert trainer.loader_workers(0) == 0 and trainer.loader_workers(1) == 1 and trainer.loader_workers(6) == 1
-    trainer._capped.clear()
+    forget_said()
     with caplog.at_level(logging.INFO, logger="geomed_ssl"):
         pretrain("recipes/mae_sentinel2.yaml", raster_dir, tmp_path / "capped", progress=False,
                  overrides=[*overrides, "data.num_workers=6"])

@@ -16,7 +16,10 @@ finetune_app = typer.Typer(help="Fine-tune a pretrained encoder with few labels.
 
 def finetune_sets(overrides: Optional[list[str]], per_class: Optional[int], fraction: Optional[float],
                   **flags: Any) -> list[str]:
-    """CLI flags are aliases of --set keys; explicit --set values come last and win."""
+    """CLI flags are aliases of --set keys, given before the explicit --set values; a --set of a key a flag sets,
+    to another value, is refused (``--full --set finetune.freeze_encoder=true`` would silently train a probe)."""
+    from geomed_ssl.config.loading import parse_override
+
     sets: list[str] = []
     if per_class is not None:
         sets.append(f"labels.per_class={per_class}")
@@ -25,6 +28,12 @@ def finetune_sets(overrides: Optional[list[str]], per_class: Optional[int], frac
     for key, value in flags.items():
         if value is not None:
             sets.append(f"{key}={value}")
+    flagged = {f"{s}.{k}": v for s, k, v in map(parse_override, sets)}
+    for text in overrides or []:
+        section, key, value = parse_override(text)
+        if f"{section}.{key}" in flagged and value != flagged[f"{section}.{key}"]:
+            raise GeomedError(f"--set '{text}' contradicts the option that sets {section}.{key}="
+                              f"{str(flagged[f'{section}.{key}']).lower()}; give one of them.")
     return sets + list(overrides or [])
 
 

@@ -896,3 +896,22 @@ def test_evaluate_reads_volumes_at_the_models_window_not_the_recipes(tmp_path: P
     assert "smaller than half" not in ev.output
     scored = json.loads((ft / "eval" / "metrics.json").read_text())["test"]
     assert scored["OA"] == pytest.approx(tested["OA"]) and scored["n"] == tested["n"]
+
+
+@pytest.mark.parametrize("flag, setting", [("--full", "finetune.freeze_encoder=true"),
+                                           ("--mlp", "finetune.freeze_encoder=false"),
+                                           ("--linear-probe", "finetune.head=mlp")])
+def test_a_set_that_contradicts_a_mode_flag_is_refused(tmp_path: Path, flag: str, setting: str) -> None:
+    """--set values come after the flags' own and used to win silently: --full with freeze_encoder=true trained a
+    probe on a frozen encoder while the user asked for a full fine-tune."""
+    result = runner.invoke(app, ["finetune", "classify", "recipes/mae_sentinel2.yaml", "--encoder", "none",
+                                 "--data", str(tmp_path), "--out", str(tmp_path / "ft"), flag, "--set", setting])
+    assert result.exit_code == 2 and f"--set '{setting}' contradicts the option that sets" in result.output
+    assert not (tmp_path / "ft").exists()
+
+
+def test_a_set_that_agrees_with_a_mode_flag_passes() -> None:
+    from geomed_ssl.cli_finetune import finetune_sets
+
+    sets = finetune_sets(["finetune.freeze_encoder=true"], None, None, **{"finetune.freeze_encoder": "true"})
+    assert sets == ["finetune.freeze_encoder=true", "finetune.freeze_encoder=true"]

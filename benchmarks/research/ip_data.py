@@ -64,7 +64,7 @@ def get_split(k: int, split: str, seed: int) -> Split:
     sel = select_labels([gt], [gt != 0], cfg, CLASS_NAMES)
     cmap = sel.class_map
     if split == "blocks":
-        from geomed_ssl.finetune.splits import block_split
+        from geomed_ssl.windows.splits import block_split
 
         train_mask = block_split(gt.shape, 16, seed, gt, gt != 0)
         assert train_mask.reshape(-1)[sel.train_index].all() and not train_mask.reshape(-1)[sel.test_index].any()

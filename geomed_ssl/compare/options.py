@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from geomed_ssl.errors import ConfigError
-from geomed_ssl.finetune.splits import SPLITS
+from geomed_ssl.windows.splits import SPLITS
 
 PROTOCOLS = ("linear", "knn", "propagate", "finetune")
 BASELINES = ("rf", "random_conv", "band_stats")

@@ -27,7 +27,7 @@ from geomed_ssl.files.listing import file_stamps
 from geomed_ssl.errors import DataError
 from geomed_ssl.finetune.classify import save_selection
 from geomed_ssl.finetune.labels import label_grounds, label_sources, read_label_pairs
-from geomed_ssl.finetune.splits import label_groups
+from geomed_ssl.windows.splits import label_groups
 from geomed_ssl.finetune.sampling import (ClassMap, LabelSelection, labelled_pixels, select_labels, split_images,
                                           training_area_maps, unique_ints)
 

@@ -14,7 +14,7 @@ import torch
 from geomed_ssl.windows.tiling import DEFAULT_OVERLAP
 from geomed_ssl.data.records import stack_input
 from geomed_ssl.finetune.labels import LabelSelection, read_label
-from geomed_ssl.finetune.splits import GROUND_PREFIX
+from geomed_ssl.windows.splits import GROUND_PREFIX
 from geomed_ssl.finetune.metrics import (background_index, classification_metrics, confusion_matrix,
                                         foreground_dice, write_metrics)
 from geomed_ssl.inference.finetuned import data_config, load_run, model_fn, model_stats, with_band_names
@@ -177,7 +177,7 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
         notes = unknown_classes(vals, values, names)
         label_paths = [str(p) for _, p in pairs]
         seen, note = trained_positions(ft_dir, label_paths, [a.shape for a in arrays], files, flats, recipe.data,
-                                       label_grounds(pairs, arrays))
+                                       label_grounds(pairs, arrays), [r.path for r, _ in pairs])
         notes += [note] if note else []
         selection = LabelSelection(files[seen], flats[seen], vals[seen], files[~seen], flats[~seen], vals[~seen],
                                    values, names, [a.shape for a in arrays], notes=notes, split="all labelled",
@@ -262,13 +262,14 @@ def _warn_alike(trained: Sequence[str], paths: Sequence[str], what: str) -> None
 
 def trained_positions(ft_dir: str | Path, label_paths: Sequence[str], shapes: Sequence[tuple[int, ...]],
                       files: np.ndarray, flats: np.ndarray, data: Any = None,
-                      grounds: Sequence[str] | None = None) -> tuple[np.ndarray, str | None]:
+                      grounds: Sequence[str] | None = None,
+                      images: Sequence[str] | None = None) -> tuple[np.ndarray, str | None]:
     """Which labelled positions (``files``, ``flats``) a segmentation fine-tune trained on: those of its
     ``labels_used.npz`` in the same label file on the same grid (a label file shared by several images trains a
-    place at each of them) or in a copy of it on that grid (``grounds``, :func:`label_grounds`: another date of the
-    ground), or, for a volume trained on its ``data.spacing`` grid (the fine-tune's ``data``), the label-file voxels
-    its training positions were read from. A label file whose grid no longer matches what was stored cannot be told
-    apart: a note says so."""
+    place at each of them), in a copy of it on that grid (``grounds``, :func:`label_grounds`: another date of the
+    ground) or on the same image (``images``: its label file edited or copied since), or, for a volume trained on
+    its ``data.spacing`` grid (the fine-tune's ``data``), the label-file voxels its training positions were read
+    from. A label file whose grid no longer matches what was stored cannot be told apart: a note says so."""
     from geomed_ssl.finetune.labels import label_sources
 
     used = _used(ft_dir)
@@ -282,11 +283,15 @@ def trained_positions(ft_dir: str | Path, label_paths: Sequence[str], shapes: Se
     for j, g in enumerate(meta.get("grounds") or []):
         if str(g).startswith(GROUND_PREFIX):
             stored.setdefault(g, []).append(j)
+    for j, p in enumerate(meta.get("images") or []):
+        stored.setdefault(("image", _key(p)), []).append(j)
     for i, (path, shape) in enumerate(zip(label_paths, shapes)):
         same = stored.get(_key(path), [])
         ground = grounds[i] if grounds is not None else ""
         if ground.startswith(GROUND_PREFIX):
             same = same + [j for j in stored.get(ground, []) if j not in same]
+        if images is not None:
+            same = same + [j for j in stored.get(("image", _key(images[i])), []) if j not in same]
         on_grid = [j for j in same if tuple(meta["shapes"][j]) == tuple(shape)]
         if not on_grid and same and data is not None and data.kind == "volume" and data.spacing is not None:
             (axes, file_shape), = label_sources([path], data)

@@ -28,7 +28,7 @@ from geomed_ssl.finetune.sampling import (  # noqa: F401  (re-exported: the samp
 )
 from geomed_ssl.finetune.label_grids import check_grid, ras_grid  # noqa: F401 (re-exported)
 from geomed_ssl.finetune.label_read import UnlabelledFacts, read_label  # noqa: F401 (re-exported)
-from geomed_ssl.finetune.splits import GROUND_PREFIX, block_split  # noqa: F401  (block_split re-exported)
+from geomed_ssl.windows.splits import GROUND_PREFIX, block_split  # noqa: F401  (block_split re-exported)
 from geomed_ssl.errors import DataError
 
 __all__ = [

@@ -4,7 +4,7 @@ and saved to ``labels_used.npz``; k images per class of a class-folder dataset (
 
 Rare classes keep half of their labels for testing: ``per_class=k`` takes ``min(k, n_c // 2)`` of a class with
 ``n_c`` labels and says so in the notes. ``split="blocks"`` trains only on pixels of training blocks and tests only
-on the others, ``split="images"`` holds out whole images (:mod:`geomed_ssl.finetune.splits`).
+on the others, ``split="images"`` holds out whole images (:mod:`geomed_ssl.windows.splits`).
 
 Images that share one label file (one scene at several dates) share its positions: a position trained on at one date
 is tested at no other date.
@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from geomed_ssl.errors import ConfigError, DataError
-from geomed_ssl.finetune.splits import SPLITS, ground_keys, training_maps, training_pool
+from geomed_ssl.windows.splits import SPLITS, ground_keys, training_maps, training_pool
 from geomed_ssl.outfiles import atomic_path
 
 Names = Mapping[int, str] | None
@@ -215,6 +215,7 @@ class LabelSelection:
     seed: int = 0
     paths: list[str] = field(default_factory=list)  # the label files, for the record
     grounds: list[str] | None = None  # per file, what stands for its ground (copies of one map: one path); None: paths
+    images: list[str] | None = None  # per file, the image it labels (evaluate finds its trained places by it too)
 
     @property
     def class_map(self) -> ClassMap:
@@ -252,7 +253,8 @@ class LabelSelection:
         """Write ``labels_used.npz`` (arrays + a JSON 'meta' string; loads without pickle)."""
         meta = {"version": 1, "classes": self.classes, "class_names": self.class_names, "notes": self.notes,
                 "shapes": [list(s) for s in self.shapes], "split": self.split, "seed": self.seed, "paths": self.paths,
-                **({"grounds": self.grounds} if self.grounds is not None else {}), "grid": self.grid_text()}
+                **({"grounds": self.grounds} if self.grounds is not None else {}),
+                **({"images": self.images} if self.images is not None else {}), "grid": self.grid_text()}
         arrays = {k: getattr(self, k) for k in ("train_file", "train_index", "train_value", "test_file",
                                                 "test_index", "test_value")}
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -269,7 +271,8 @@ class LabelSelection:
         return cls(**arrays, classes=[int(c) for c in meta["classes"]], class_names=list(meta["class_names"]),
                    shapes=[tuple(s) for s in meta["shapes"]], notes=list(meta["notes"]), split=meta["split"],
                    seed=int(meta["seed"]), paths=list(meta.get("paths", [])),
-                   grounds=list(meta["grounds"]) if meta.get("grounds") is not None else None)
+                   grounds=list(meta["grounds"]) if meta.get("grounds") is not None else None,
+                   images=list(meta["images"]) if meta.get("images") is not None else None)
 
 
 def check_labels_config(cfg: Any) -> None:
@@ -331,7 +334,7 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
                   grounds: Sequence[str] | None = None) -> LabelSelection:
     """Draw the training positions from label arrays as the ``labels`` config says; the test set is the rest
     (random split) or the labelled positions of the test blocks / images (``blocks`` / ``images`` split:
-    :mod:`geomed_ssl.finetune.splits`), subsampled by ``test_fraction``.
+    :mod:`geomed_ssl.windows.splits`), subsampled by ``test_fraction``.
 
     Without per_class and fraction every labelled position of the training pool trains. Images with the same label
     file in ``paths`` are one ground at several dates: they share blocks (and ``images`` keeps them together), and a

@@ -98,6 +98,7 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     grounds = label_grounds(pairs, arrays)  # copies of one label map beside each date: one ground
     selection = select_labels(arrays, masks, lab, paths=[os.path.abspath(p) for _, p in pairs],  # evaluate finds them
                               sources=label_sources([p for _, p in pairs], recipe.data), grounds=grounds)
+    selection.images = [os.path.abspath(r.path) for r, _ in pairs]  # evaluate finds them with an edited label copy
     log.info(selection.summary())
     warn_sided_flips(recipe, arrays, masks, selection.classes)
     enc, stats, source, catalog = encoder_and_stats(encoder, recipe, catalog)

@@ -1,2 +1,3 @@
-"""Where windows lie in a scene or volume (``tiling``: the grid of origins, blending weights) and how arrays are cut
-or padded to them (``crops``); numpy only, below every package that reads data."""
+"""Where windows lie in a scene or volume (``tiling``: the grid of origins, blending weights), how arrays are cut
+or padded to them (``crops``) and which labelled positions train or test beyond a random draw (``splits``: blocks,
+whole images); numpy only, below every package that reads data."""

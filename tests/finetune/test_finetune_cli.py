@@ -94,6 +94,10 @@ def test_segment_from_pretrained_encoder_then_evaluate_and_predict(seg_scene, pr
     ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(copy / "images"), "--labels", str(copy / "labels"),
                              "--out", str(tmp_path / "ev_edited")])
     assert ev.exit_code == 0 and "1 share a folder and file name with its training label files" in ev.output
+    # the training image itself with the edited labels: its trained pixels are found by the image
+    ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(images), "--labels", str(copy / "labels"),
+                             "--out", str(tmp_path / "ev_same_image")])
+    assert ev.exit_code == 0 and "15 of the" in ev.output and "trained this model" in ev.output
     from geomed_ssl.outdirs import foreign_inside
 
     assert foreign_inside(ft) == []  # --overwrite may replace all of it, the evaluation inside included

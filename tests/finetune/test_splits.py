@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geomed_ssl.finetune.splits import _assign_blocks, _training_images
+from geomed_ssl.windows.splits import _assign_blocks, _training_images
 
 
 def pinned(block: np.ndarray, values: np.ndarray) -> set[int]:

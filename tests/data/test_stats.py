@@ -313,3 +313,29 @@ def test_ct_statistics_clip_at_the_window_not_at_percentiles_of_mostly_air(tmp_p
     assert (stats.p1, stats.p99) == ([-1000.0], [1000.0])
     out, _ = normalize(np.array([[-1000.0, 40.0, 400.0, 800.0, 1500.0]], np.float32), stats, None)
     assert np.all(np.diff(out[0][:4]) > 0) and out[0][3] < out[0][4] + 1e-6  # distinct up to the window's top
+
+
+def test_small_windows_of_large_tiles_read_the_file_once(tmp_path, monkeypatch) -> None:
+    """A window decodes every tile it touches: 8-px windows of a 64-band raster in 32-px tiles decode a tile each
+    (their pixels alone are a tenth of the file), so the file is read once, as a 400-band cube in 256-px tiles
+    should have been (its statistics took 47 s where one read takes 3)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from geomed_ssl.geo import gdal_read
+
+    arr = np.random.default_rng(1).integers(1, 4000, (64, 64, 64)).astype(np.uint16)
+    path = tmp_path / "cube.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=64, width=64, count=64, dtype="uint16",
+                       transform=from_origin(0, 0, 20, 20), crs="EPSG:32615", tiled=True, blockxsize=32,
+                       blockysize=32) as ds:
+        ds.write(arr)
+    cfg = DataConfig(patch_size=8, stats_windows=8)  # 8 x 64 px: an eighth of the pixels, 8 whole tiles decoded
+    reads = []
+    real = gdal_read.read_masked
+    monkeypatch.setattr(gdal_read, "read_masked",
+                        lambda ds, win=None, *a, **k: reads.append(win) or real(ds, win, *a, **k))
+    once = compute_stats(scan(path, cfg), cfg, seed=3)
+    assert reads == [None]
+    monkeypatch.setattr(gdal_read, "WHOLE_RASTER_BYTES", 0)
+    assert compute_stats(scan(path, cfg), cfg, seed=3).to_dict() == once.to_dict()  # the same values either way

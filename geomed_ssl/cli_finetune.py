@@ -65,7 +65,7 @@ def finetune_segment_cmd(
 
     flags = {"finetune.freeze_encoder": "true" if (freeze or unfreeze_after) else None,
              "finetune.unfreeze_after_steps": unfreeze_after, "finetune.head": head}
-    sets = ["finetune.task=segment", *finetune_sets(overrides, per_class, fraction, **flags)]
+    sets = finetune_sets(overrides, per_class, fraction, **{"finetune.task": "segment", **flags})
     result = finetune_segment(recipe, encoder, images, labels, out, overrides=sets, overwrite=overwrite, strict=strict,
                               progress=progress_shown())
     names = [c["name"] for c in result.metrics["classes"]]
@@ -98,7 +98,7 @@ def finetune_classify_cmd(
         raise GeomedError("choose one of --linear-probe, --mlp and --full.")
     mode = {"finetune.head": "mlp" if mlp else "linear",
             "finetune.freeze_encoder": "false" if full else "true"} if (linear_probe or mlp or full) else {}
-    sets = ["finetune.task=classify", *finetune_sets(overrides, per_class, fraction, **mode)]
+    sets = finetune_sets(overrides, per_class, fraction, **{"finetune.task": "classify", **mode})
     result = finetune_classify(recipe, encoder, data, out, overrides=sets, overwrite=overwrite, strict=strict,
                                progress=progress_shown())
     names = [c["name"] for c in result.metrics["classes"]]

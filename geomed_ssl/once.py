@@ -29,8 +29,9 @@ def forget_said() -> None:
 
 @contextlib.contextmanager
 def command_scope() -> Iterator[None]:
-    """Inside, one command: the outermost scope begins with :func:`forget_said`; nested ones change nothing (a
-    command another thread runs meanwhile is outermost in its own thread)."""
+    """Inside, one command: the outermost scope begins with :func:`forget_said`; nested ones change nothing. A
+    command another thread starts is outermost in its own thread (the sets are shared: the first thread's command
+    may then say a note again, never miss one)."""
     depth = _DEPTH.get()
     if depth == 0:
         forget_said()

@@ -33,6 +33,7 @@ except ImportError:  # Windows: no advisory locks, folders unguarded
     fcntl = None  # type: ignore[assignment]
 
 LOCK = ".geomed-ssl.lock"
+MERGE_LOCK = ".geomed-ssl.merge.lock"  # the sharers' turn at a file they share (locked_briefly)
 PathLike = str | os.PathLike
 _HELD: dict[str, int] = {}  # real path of a folder -> the open lock file this process holds there exclusively
 _SHARED: dict[str, int] = {}  # ... and shared (predict, evaluate, similar)
@@ -117,6 +118,9 @@ def _release(folder: str, fd: int, shared: bool = False) -> None:
             return
     with contextlib.suppress(OSError):
         if os.path.samestat(os.fstat(fd), os.stat(os.path.join(folder, LOCK))):
+            if shared:  # the last sharer: no other waits for a turn at a shared file
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, MERGE_LOCK))
             os.unlink(os.path.join(folder, LOCK))
     with contextlib.suppress(OSError):
         fcntl.flock(fd, fcntl.LOCK_UN)  # forked workers share the open file: unlock it for all of them
@@ -143,7 +147,10 @@ def lock_folder(folder: PathLike, command: str, shared: bool = False) -> None:
         return
     for attempt in range(TRIES):
         try:
-            fd = _acquire(key, blocking=False, shared=shared)
+            fd = _acquire(key, blocking=False)  # alone: this process's name goes in (a sharer then steps down)
+            first = fd is not None
+            if fd is None and shared:
+                fd = _acquire(key, blocking=False, shared=True)  # beside other sharers: their name stays
         except OSError:  # a filesystem without locks: unguarded, as before
             return
         if fd is not None:
@@ -152,11 +159,15 @@ def lock_folder(folder: PathLike, command: str, shared: bool = False) -> None:
     else:
         raise OutputError(f"output folder '{folder}' is in use by {_read_holder(key)}; wait for it to "
                           "finish, or choose another --out.")
-    if not shared or os.fstat(fd).st_size == 0:  # a sharer leaves the first sharer's name in place
+    if first:  # the name of a holder that was killed is replaced
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         text = json.dumps({"command": command, "pid": os.getpid(), "host": host_tag(), "since": now}).encode()
         os.ftruncate(fd, 0)
         os.pwrite(fd, text, 0)
+        if shared and not _flock(fd, blocking=False, shared=True):  # (an owner took it in the step down)
+            os.close(fd)
+            raise OutputError(f"output folder '{folder}' is in use by {_read_holder(key)}; wait for it to "
+                              "finish, or choose another --out.")
     (_SHARED if shared else _HELD)[key] = fd
 
 
@@ -173,13 +184,15 @@ def lock_holder(folder: PathLike, shared_ok: bool = False) -> str | None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        try:
-            if not _flock(fd, blocking=False, shared=shared_ok):
-                return _holder(fd)
-        except OSError:  # a filesystem without locks
-            return None
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
+        for _ in range(TRIES):  # a last sharer deleting the file holds it exclusively for a moment
+            try:
+                if _flock(fd, blocking=False, shared=shared_ok):
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    return None
+            except OSError:  # a filesystem without locks
+                return None
+            time.sleep(TRY_WAIT_S)
+        return _holder(fd)
     finally:
         os.close(fd)
 
@@ -207,15 +220,17 @@ def released_after() -> Iterator[None]:
 
 @contextlib.contextmanager
 def locked_briefly(folder: PathLike) -> Iterator[None]:
-    """Inside, ``folder`` itself is locked, waiting for another process's brief hold to end (the read-merge-write of
-    a file the jobs sharing it share); nothing to wait for where this process owns the folder, or where locks are
-    not available. (Not the lock file: the sharers hold that shared for their whole run.)"""
+    """Inside, ``folder``'s merge lock (:data:`MERGE_LOCK`) is held, waiting for another process's brief hold to end
+    (the read-merge-write of a file the jobs sharing it share); nothing to wait for where this process owns the
+    folder, or where locks are not available. (Not the lock file: the sharers hold that shared for their whole run.
+    A file, not the folder itself: network filesystems pass a file's locks between machines.) The last sharer to
+    let go of the folder deletes it."""
     key = os.path.realpath(folder)
     if key in _HELD or fcntl is None:
         yield
         return
     try:
-        fd = os.open(key, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        fd = _open_lock(os.path.join(key, MERGE_LOCK))
     except OSError:
         fd = None
     try:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 from geomed_ssl.outcommands import COMMANDS, CommandSpec, matches, read_json_object
 from geomed_ssl.outfiles import atomic_write_text, is_temp_name
-from geomed_ssl.outlocks import LOCK
+from geomed_ssl.outlocks import LOCK, MERGE_LOCK
 
 MANIFEST = ".geomed-ssl.json"
 TOOL = "geomed-ssl"
@@ -69,13 +69,13 @@ def owner(folder: PathLike) -> Owner | None:
         if command is None:
             return None
     spec = COMMANDS.get(command, CommandSpec())
-    names = set(spec.entries) | set(entry_names(manifest)) | {MANIFEST, LOCK}
+    names = set(spec.entries) | set(entry_names(manifest)) | {MANIFEST, LOCK, MERGE_LOCK}
     result = Owner(command, manifest)
     for entry in sorted(folder.iterdir()):
         named = matches(entry.name, spec.patterns) and (not matches(entry.name, spec.folders)
                                                         or (entry.is_dir() and not entry.is_symlink()))
         ours = entry.name in names or named or is_temp_name(entry.name) or _nested_here(spec, entry)
-        if entry.name == LOCK and entry.is_symlink():  # the toolkit's lock is a plain file: a link is planted
+        if entry.name in (LOCK, MERGE_LOCK) and entry.is_symlink():  # the toolkit's locks are plain files
             ours = False
         if ours and entry.is_symlink():  # the toolkit makes no links: one named as its outputs is the user's
             result.links.append(entry.name)
@@ -218,5 +218,5 @@ def record_entries(folder: PathLike, names: Sequence[str]) -> None:
         return
     old = found.manifest or {}
     entries = entry_names(found.manifest) + (found.ours if found.manifest is None else []) + list(names)
-    entries = [e for e in entries if e not in (MANIFEST, LOCK)]
+    entries = [e for e in entries if e not in (MANIFEST, LOCK, MERGE_LOCK)]
     atomic_write_text(folder / MANIFEST, _manifest_text(found.command, entries, old.get("created")))

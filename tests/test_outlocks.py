@@ -85,12 +85,32 @@ def test_jobs_sharing_a_folder_are_not_refused_and_take_turns_at_its_shared_file
         str(out)],
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
     assert proc.stdout.readline().strip() == "held"
-    start = time.monotonic()
-    with locked_briefly(out):  # waits for the other job's read-merge-write to end
-        waited = time.monotonic() - start
-    proc.wait()
+    with released_after():
+        prepare_out_dir(out, command="predict", resume=True)  # this job shares the folder too
+        start = time.monotonic()
+        with locked_briefly(out):  # waits for the other job's read-merge-write to end
+            waited = time.monotonic() - start
+        proc.wait()
     assert waited > 0.5 and proc.returncode == 0
-    assert sorted(os.listdir(out)) == [".geomed-ssl.json"]
+    assert sorted(os.listdir(out)) == [".geomed-ssl.json"]  # the last job to leave deleted both lock files
+
+
+def test_the_lock_names_the_live_holder_not_a_killed_one(tmp_path) -> None:
+    """A killed job leaves its name in the (unlocked) lock file; the next job to take the folder alone writes its
+    own, so a refusal never sends the user after a dead process."""
+    from geomed_ssl.outdirs import check_out_dir
+
+    out = tmp_path / "pred"
+    first = holder(out, "predict")
+    first.kill()
+    first.wait()
+    second = holder(out, "predict")
+    try:
+        with pytest.raises(OutputError, match=rf"in use by `geomed-ssl predict` \(process {second.pid} "):
+            check_out_dir(out, command="evaluate")
+    finally:
+        second.kill()
+        second.wait()
 
 
 def test_a_link_planted_as_the_lock_file_is_refused_and_its_target_untouched(tmp_path) -> None:

@@ -181,7 +181,7 @@ class _FileWindows:
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self.ds = [rasterio.open(p) for p in record.paths]
             stacked = len(self.ds) > 1  # as RasterReader.read_window
-            self.reads = [window_reads(d, record.nodata, stacked, windows, size[-2:]) for d in self.ds]
+            self.reads = [window_reads(d, record.nodata, stacked, windows, size[-2:], len(self.ds)) for d in self.ds]
         else:
             import nibabel as nib
 

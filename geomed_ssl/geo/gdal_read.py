@@ -74,10 +74,11 @@ def read_masked(ds: Any, window: Any = None, nodata: float | None = None, stacke
 
 
 def window_reads(ds: Any, nodata: float | None = None, stacked: bool = False, windows: int = 0,
-                 size: tuple[int, int] = (0, 0)) -> Callable[[Any], np.ndarray]:
+                 size: tuple[int, int] = (0, 0), together: int = 1) -> Callable[[Any], np.ndarray]:
     """A reader of windows of ``ds`` (a rasterio ``Window`` -> what :func:`read_masked` gives for it). When
     ``windows`` windows of ``size`` (rows, columns) would decode more pixels than the raster holds, it is read once,
-    whole, if it fits in ``WHOLE_RASTER_BYTES`` as read (float32 where masks turn pixels into NaN), and its windows
+    whole, if it fits in its share of ``WHOLE_RASTER_BYTES`` (one of ``together`` files held at once: a stack's) as
+    read (float32 where masks turn pixels into NaN, with the stored array and the mask beside it), and its windows
     are cut from that: the same values at a fraction of the reading. A window decodes every block it touches: on
     average its side plus a block side less one along each axis, a whole row of a striped raster (each block spans
     its width, as most hyperspectral cubes are written); 40-px windows of a 400-band cube in 256-px tiles decoded the
@@ -88,8 +89,8 @@ def window_reads(ds: Any, nodata: float | None = None, stacked: bool = False, wi
     decoded = windows * rows * cols
     itemsize = max(np.dtype(d).itemsize for d in ds.dtypes)
     converted = _gdal_mask(ds) or alpha_bands(ds) or stacked  # read as float32, the stored array beside it
-    needed = ds.width * ds.height * ds.count * (itemsize + 4 if converted else itemsize)
-    if decoded <= ds.width * ds.height or needed > WHOLE_RASTER_BYTES:
+    needed = ds.width * ds.height * ds.count * (itemsize + 5 if converted else itemsize)
+    if decoded <= ds.width * ds.height or needed > WHOLE_RASTER_BYTES // max(1, together):
         return lambda win: read_masked(ds, win, nodata, stacked)
     whole = read_masked(ds, None, nodata, stacked)
     return lambda win: whole[:, win.row_off:win.row_off + win.height, win.col_off:win.col_off + win.width]

@@ -49,7 +49,7 @@ def _assign_blocks(n_blocks: int, block: np.ndarray, values: np.ndarray, seed: i
             elif train[blocks].all():
                 train[rng.choice(blocks)] = False
     if any(_unserved(blocks, train) for blocks in per_class):
-        _repair(train, per_class, rng)
+        train = _repair(train, per_class, rng)
     return train
 
 
@@ -62,25 +62,35 @@ def _unserved(blocks: np.ndarray, train: np.ndarray, pinned: np.ndarray | None =
     return not flags.any() or (flags.all() and (pinned is None or not pinned[blocks].all()))
 
 
-def _repair(train: np.ndarray, per_class: list[np.ndarray], rng: np.random.Generator) -> None:
-    """Serve every class in place: units holding a single-unit class train (pinned); a class with no training unit
-    gets one, and one whose units all train gives an unpinned one to testing, each preferring a unit whose move
-    takes no other class's last training or test unit; until nothing changes."""
-    pinned = np.zeros(train.size, bool)
+def _repair(start: np.ndarray, per_class: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """``start`` moved towards serving every class: units holding a single-unit class train (pinned); a class with
+    no training unit gets one, and one whose units all train gives an unpinned one to testing, each preferring a
+    unit whose move takes no other class's last training or test unit; until nothing changes. Some layouts cannot
+    serve every class (classes over pairs of three images, each pair its own class): the state serving the most
+    classes on the way is returned, never one worse than ``start``."""
+    pinned = np.zeros(start.size, bool)
     for blocks in per_class:
         if blocks.size == 1:
             pinned[blocks[0]] = True
-    train |= pinned
     spread = [b for b in per_class if b.size > 1]
     holds: dict[int, list[np.ndarray]] = {}
     for blocks in spread:
         for unit in blocks:
             holds.setdefault(int(unit), []).append(blocks)
 
+    def unserved(flags: np.ndarray) -> int:
+        return sum(_unserved(b, flags, pinned) for b in per_class)
+
     def harmless(unit: int, to_train: bool) -> bool:  # no other class loses its last test / training unit
         return all(((train[b] != to_train) & (b != unit)).any() for b in holds.get(unit, []))
 
+    best, fewest = start, unserved(start)
+    train = start | pinned
     for _ in range(2 * len(per_class) + 2):
+        if (now := unserved(train)) < fewest:
+            best, fewest = train.copy(), now
+        if now == 0:
+            break
         changed = False
         for blocks in spread:
             if not _unserved(blocks, train, pinned):
@@ -91,7 +101,8 @@ def _repair(train: np.ndarray, per_class: list[np.ndarray], rng: np.random.Gener
             train[rng.choice(safe or movable)] = to_train
             changed = True
         if not changed:
-            return
+            break
+    return train.copy() if unserved(train) < fewest else best
 
 
 def _expand(flags: np.ndarray, shape: Sequence[int], block_size: int) -> np.ndarray:

@@ -339,3 +339,30 @@ def test_small_windows_of_large_tiles_read_the_file_once(tmp_path, monkeypatch) 
     assert reads == [None]
     monkeypatch.setattr(gdal_read, "WHOLE_RASTER_BYTES", 0)
     assert compute_stats(scan(path, cfg), cfg, seed=3).to_dict() == once.to_dict()  # the same values either way
+
+
+def test_files_held_together_share_the_budget_for_whole_reads(tmp_path, monkeypatch) -> None:
+    """A stack's files are read for each window together: each may be read whole only within its share of the
+    budget, else 13 single-band scenes of a Sentinel-2 tile would all be held at once."""
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    from geomed_ssl.geo import gdal_read
+
+    path = tmp_path / "band.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=64, width=64, count=1, dtype="uint16",
+                       transform=from_origin(0, 0, 20, 20), crs="EPSG:32615", tiled=True, blockxsize=32,
+                       blockysize=32) as ds:
+        ds.write(np.arange(64 * 64, dtype=np.uint16).reshape(1, 64, 64))
+    calls = []
+    real = gdal_read.read_masked
+    monkeypatch.setattr(gdal_read, "read_masked", lambda ds, win=None, *a, **k: calls.append(win) or real(ds, win,
+                                                                                                          *a, **k))
+    monkeypatch.setattr(gdal_read, "WHOLE_RASTER_BYTES", 3 * 64 * 64 * 2)  # one file fits, four do not
+    with rasterio.open(path) as ds:
+        alone = gdal_read.window_reads(ds, windows=8, size=(8, 8))
+        shared = gdal_read.window_reads(ds, windows=8, size=(8, 8), together=4)
+        assert calls == [None]  # alone: read whole at once; one of four: a read per window
+        np.testing.assert_array_equal(alone(Window(3, 5, 8, 8)), shared(Window(3, 5, 8, 8)))
+        assert len(calls) == 2

@@ -904,7 +904,8 @@ def test_evaluate_reads_volumes_at_the_models_window_not_the_recipes(tmp_path: P
 
 @pytest.mark.parametrize("flag, setting", [("--full", "finetune.freeze_encoder=true"),
                                            ("--mlp", "finetune.freeze_encoder=false"),
-                                           ("--linear-probe", "finetune.head=mlp")])
+                                           ("--linear-probe", "finetune.head=mlp"),
+                                           ("--full", "finetune.task=segment")])
 def test_a_set_that_contradicts_a_mode_flag_is_refused(tmp_path: Path, flag: str, setting: str) -> None:
     """--set values come after the flags' own and used to win silently: --full with freeze_encoder=true trained a
     probe on a frozen encoder while the user asked for a full fine-tune."""
@@ -917,5 +918,5 @@ def test_a_set_that_contradicts_a_mode_flag_is_refused(tmp_path: Path, flag: str
 def test_a_set_that_agrees_with_a_mode_flag_passes() -> None:
     from geomed_ssl.cli_finetune import finetune_sets
 
-    sets = finetune_sets(["finetune.freeze_encoder=true"], None, None, **{"finetune.freeze_encoder": "true"})
-    assert sets == ["finetune.freeze_encoder=true", "finetune.freeze_encoder=true"]
+    sets = finetune_sets(["finetune.freeze_encoder=yes"], None, None, **{"finetune.freeze_encoder": "true"})
+    assert sets == ["finetune.freeze_encoder=true", "finetune.freeze_encoder=yes"]

@@ -165,6 +165,7 @@ class CommandSpec:
 
 # checkpoints by the names ours and Lightning's callbacks give them (a copied-in best.ckpt is the user's)
 _STEPS = tuple("step-" + "[0-9]" * n for n in range(6, 11))  # step-{step:06d}, up to train.max_steps' 10^9
+RESUMED_FILES = (("catalog-resumed", "json"), ("config-until", "yaml"))  # a resumed run's records of what changed
 _VERSIONS = tuple("-v" + "[0-9]" * n for n in range(1, 5))  # Lightning's last-v1.ckpt when a name is taken
 CKPT_FILES = ("last.ckpt", *(f"last{v}.ckpt" for v in _VERSIONS), *(f"{s}.ckpt" for s in _STEPS),
               *(f"{s}{v}.ckpt" for s in _STEPS for v in _VERSIONS))
@@ -173,7 +174,8 @@ _NONE_SEEDS = tuple("encoder_none_seed" + "[0-9]" * n for n in range(1, 11))  # 
 COMMANDS: dict[str, CommandSpec] = {
     # (log.txt is pretrain's where its manifest lists it: train.run_log records it as the file is made)
     "pretrain": CommandSpec(("config.yaml", "catalog.json", "stats.json", "metrics.csv", "checkpoints", "encoder",
-                             "previews", "tensorboard"), tuple(f"catalog-resumed-{s}.json" for s in _STEPS),
+                             "previews", "tensorboard"),
+                            tuple(f"{kind}-{s}.{ext}" for kind, ext in RESUMED_FILES for s in _STEPS),
                             ("--resume", "--overwrite"),
                             _legacy_run, {"checkpoints": CKPT_FILES, "encoder": EXPORT_FILES,
                                           "previews": tuple(f"{s}.png" for s in _STEPS),

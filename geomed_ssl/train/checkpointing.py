@@ -134,6 +134,21 @@ def resume_misfit(checkpoint: dict[str, Any], state: dict[str, torch.Tensor], gr
             "--out, or --overwrite).")
 
 
+HOW_IT_RUNS = ("data.num_workers", "train.accelerator", "train.strategy", "train.checkpoint_every",
+               "train.keep_checkpoints", "train.checkpoint_minutes", "train.preview_every", "train.log_every")
+TRAINING_SECTIONS = ("data", "model", "method", "train", "augment")  # finetune / labels: not pretraining's
+
+
+def resume_changes(checkpoint: dict[str, Any], recipe: dict[str, Any]) -> list[str]:
+    """The settings that train otherwise from a resumed checkpoint on than before it (``key old -> new``): any of
+    the recipe's training sections but the ones that only say how it runs (:data:`HOW_IT_RUNS`: workers, device,
+    checkpoint and log cadence)."""
+    old = flat_settings((checkpoint.get("geomed_ssl") or {}).get("recipe") or {})
+    new = flat_settings(recipe)
+    return [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if k.split(".")[0] in TRAINING_SECTIONS and k not in HOW_IT_RUNS and old.get(k) != new.get(k)]
+
+
 def flat_settings(recipe: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"section.key": value}`` of a recipe dict (nested sections joined with dots)."""
     flat: dict[str, Any] = {}

@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from torch.utils.data import DataLoader, Sampler
 
-from geomed_ssl.config import Recipe, as_recipe, as_tuple, load_recipe, spatial_dims
+from geomed_ssl.config import Recipe, as_recipe, as_tuple, load_recipe, recipe_with_overrides, spatial_dims
 from geomed_ssl.data.catalog import Catalog, scan
 from geomed_ssl.views.datasets import PretrainDataset, collate
 from geomed_ssl.data.stats import BandStats, compute_stats
@@ -30,8 +30,8 @@ from geomed_ssl.process import keeps_process_state
 from geomed_ssl.train.agreement import Agreement, agreement_for
 from geomed_ssl.train.run_callbacks import knn_monitor, run_callbacks
 from geomed_ssl.train.checkpointing import (ResumePoint, StopRequest, find_resume_checkpoint, kept_as_started,
-                                            read_checkpoint_info, remove_stale_temp_files, resume_misfit,
-                                            stop_safe_worker_init)
+                                            read_checkpoint_info, remove_stale_temp_files, resume_changes,
+                                            resume_misfit, stop_safe_worker_init)
 from geomed_ssl.train.console import quiet_lightning
 from geomed_ssl.train.lr_check import warn_accumulation, warn_schedule
 from geomed_ssl.train.module import PretrainModule, param_groups
@@ -131,11 +131,27 @@ def resolve_recipe(recipe: Recipe | str | Path | None, out: Path, overrides: lis
     if not saved.is_file():
         if not out.is_dir() or not any(out.iterdir()):
             raise GeomedError(f"--resume: there is no run in '{out}' to continue; start it without --resume.")
-        raise GeomedError(f"--resume: '{saved}' is missing, so the run's recipe is unknown; start again with "
-                          f"--overwrite (replaces '{out}') or choose another --out.")
+        return recipe_from_checkpoint(out, overrides)
     resumed = with_method_settings(load_recipe(saved, overrides), str(saved), saved=True)
     note_unread_recipe(recipe, saved)
     return kept_as_started(resumed, saved, overrides)
+
+
+def recipe_from_checkpoint(out: Path, overrides: list[str] | None) -> Recipe:
+    """A resumed run whose ``config.yaml`` is gone: its recipe as its newest readable checkpoint holds it (written
+    back as config.yaml when the run goes on), with a warning; none readable: an error that names the way out."""
+    try:
+        point = find_resume_checkpoint(out, announce=False)
+    except GeomedError as err:
+        raise GeomedError(f"--resume: '{out / 'config.yaml'}' is missing and {str(err).removeprefix('--resume: ')}")
+    raw = point.info.get("recipe")
+    if not isinstance(raw, dict):
+        raise GeomedError(f"--resume: '{out / 'config.yaml'}' is missing and the checkpoint '{point.path}' holds no "
+                          "recipe; start again with --overwrite (replaces the run) or choose another --out.")
+    log.warning(f"warning: --resume: '{out / 'config.yaml'}' is missing; the run's recipe is read from its checkpoint "
+                f"'{point.path.name}' (step {point.step}) and written back.")
+    source = f"the recipe in {point.path}"
+    return with_method_settings(recipe_with_overrides(raw, overrides, source), source, saved=True)
 
 
 def check_views(recipe: Recipe) -> Recipe:
@@ -332,8 +348,11 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
                                             catalog.wavelengths, stats.to_dict(), bandwidths=catalog.bandwidths,
                                             scale=training_scale(catalog.records, recipe.data.spacing))
         method = build_method(recipe.method, enc_cfg, clock.total)
+        until = None
         if point is not None:  # before anything in the run folder changes (config.yaml with this resume's --set values)
-            refuse_misfit(point.path, method, recipe)
+            if changes := refuse_misfit(point.path, method, recipe):
+                warn_changed_settings(point, changes)
+                until = point.info.get("recipe")
         view = build_views(method.views, recipe.data, spatial_dims(recipe.data), recipe.augment,
                            patch_size=recipe.model.patch_size, wavelengths=catalog.wavelengths)
         dataset = PretrainDataset(catalog, stats, recipe.data, view, seed=t.seed)
@@ -347,7 +366,7 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
         if rank == 0:
             prepare_run_dir(out, resume, overwrite, inputs)
             remove_stale_temp_files(out)
-            write_run_files(out, recipe, catalog, stats, point.step if point is not None else None)
+            write_run_files(out, recipe, catalog, stats, point.step if point is not None else None, until)
             attach_run_log(out, point.step if point is not None else None)
 
     stop = StopRequest()
@@ -368,15 +387,26 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
                      is_global_zero=rank == 0)
 
 
-def refuse_misfit(path: Path, method: Any, recipe: Recipe) -> None:
+def refuse_misfit(path: Path, method: Any, recipe: Recipe) -> list[str]:
     """Refuse, in words, to resume from the checkpoint at ``path`` with a method (built from the recipe with this
-    resume's ``--set`` values) whose weights or trainable groups no longer match it."""
+    resume's ``--set`` values) whose weights or trainable groups no longer match it; else the settings that train
+    otherwise from it on (:func:`resume_changes`)."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     groups = param_groups(method, recipe.train.weight_decay, method.no_weight_decay())
     state = {f"method.{k}": v for k, v in method.state_dict().items()}  # PretrainModule holds only the method
     misfit = resume_misfit(checkpoint, state, [len(g["params"]) for g in groups], recipe.to_dict())
     if misfit:
         raise ConfigError(misfit)
+    return resume_changes(checkpoint, recipe.to_dict())
+
+
+def warn_changed_settings(point: ResumePoint, changes: list[str]) -> None:
+    """One warning (in log.txt too) naming what a resume changed: the run no longer replays an uninterrupted one,
+    and the settings its first steps ran with are kept as ``config-until-step-NNNNNN.yaml``."""
+    shown = ", ".join(changes[:6]) + (f" (and {len(changes) - 6} more)" if len(changes) > 6 else "")
+    log.warning(f"warning: --resume from step {point.step} changes {shown}: the steps from {point.step + 1} on train "
+                "with them, so the run no longer replays an uninterrupted one; the settings of the steps before are "
+                f"kept as config-until-step-{point.step:06d}.yaml.")
 
 
 def stopped_reason(steps: int, max_steps: int, stop: StopRequest) -> str | None:

@@ -106,11 +106,16 @@ def differs(field: str, now: dict[str, Any], before: dict[str, Any]) -> bool:
     return now.get(field) != before.get(field)
 
 
-def write_run_files(out: Path, recipe: Recipe, catalog: Catalog, stats: BandStats, step: int | None = None
-                    ) -> None:
+def write_run_files(out: Path, recipe: Recipe, catalog: Catalog, stats: BandStats, step: int | None = None,
+                    until: dict[str, Any] | None = None) -> None:
     """``config.yaml``, ``catalog.json`` (a resumed run's at step ``step``: kept, and the data as read now beside
     it when it changed) and ``stats.json`` (written again when it is not ``stats``), each complete or not at all
-    (rank 0 only)."""
+    (rank 0 only). ``until``: the recipe the steps before a resume that changes settings ran with, kept as
+    ``config-until-step-NNNNNN.yaml`` (the first such resume from that step's)."""
+    if until is not None and step is not None and not (out / f"config-until-step-{step:06d}.yaml").exists():
+        import yaml  # the settings the steps before this resume ran with (its checkpoint's), kept before replaced
+
+        atomic_write_text(out / f"config-until-step-{step:06d}.yaml", yaml.safe_dump(until, sort_keys=False))
     with atomic_path(out / "config.yaml") as tmp:
         recipe.save(tmp)
     text = json.dumps(catalog.to_dict(), indent=1)

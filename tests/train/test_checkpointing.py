@@ -623,3 +623,43 @@ def test_a_sigterm_lightning_hears_before_the_runs_own_stop_is_one_line_not_a_si
     monkeypatch.setattr(pretrain_mod.PretrainData, "train_dataloader", loader_then_sigterm)
     with pytest.raises(RunStopped, match="stopped by SIGTERM as it started; no checkpoint was saved"):
         pretrain("recipes/mae_sentinel2.yaml", raster_dir, tmp_path / "run", overrides=OVERRIDES, progress=False)
+
+
+def test_a_resume_that_changes_settings_says_so_and_keeps_what_the_first_steps_ran_with(raster_dir: Path,
+                                                                                       tmp_path: Path, caplog) -> None:
+    """--set train.seed=1 on a resume trained otherwise from step 6 on without a word, and config.yaml then claimed
+    seed 1 for every step."""
+    import yaml
+
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        pretrain("recipes/mae_sentinel2.yaml", raster_dir, run, overrides=OVERRIDES, progress=False,
+                 callbacks=[KillAt(7)])
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        pretrain(None, raster_dir, run, resume=True, progress=False, overrides=["train.seed=1"])
+    said = " ".join(caplog.text.split())
+    assert "--resume from step 5 changes train.seed 0 -> 1: the steps from 6 on train with them" in said
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["seed"] == 1
+    assert yaml.safe_load((run / "config-until-step-000005.yaml").read_text())["train"]["seed"] == 0
+    assert "changes train.seed" in (run / "log.txt").read_text()
+    from geomed_ssl.outdirs import foreign_inside
+
+    assert foreign_inside(run) == []  # --overwrite may delete it with the run
+
+
+def test_a_run_whose_config_yaml_is_gone_resumes_from_the_recipe_its_checkpoint_holds(raster_dir: Path,
+                                                                                     tmp_path: Path, caplog) -> None:
+    """The checkpoint holds the whole recipe: the advice to start again with --overwrite threw a resumable run away."""
+    full = tmp_path / "full"
+    pretrain("recipes/mae_sentinel2.yaml", raster_dir, full, overrides=OVERRIDES, progress=False)
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        pretrain("recipes/mae_sentinel2.yaml", raster_dir, run, overrides=OVERRIDES, progress=False,
+                 callbacks=[KillAt(7)])
+    (run / "config.yaml").unlink()
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        resumed = pretrain(None, raster_dir, run, resume=True, progress=False)
+    assert "config.yaml' is missing; the run's recipe is read from its checkpoint 'last.ckpt' (step 5)" in caplog.text
+    assert resumed.steps == 10 and (run / "config.yaml").is_file() and "changes" not in caplog.text
+    a, b = rows(full), rows(run)
+    np.testing.assert_allclose([b[s]["loss"] for s in range(6, 11)], [a[s]["loss"] for s in range(6, 11)], atol=1e-5)

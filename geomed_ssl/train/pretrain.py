@@ -277,8 +277,9 @@ def read_data(data_dir: str | Path, out: Path, recipe: Recipe, resume: bool, str
                    recipe.data.min_valid_fraction, recipe.data.spacing)
     recipe = fit_method_to_data(recipe, catalog, source, resume, world)
     if resume:
+        stats = resumed_stats(out, point, catalog)  # data with other bands refused before a word on what changed
         warn_data_changed(out, catalog, point)
-        if (stats := resumed_stats(out, point, catalog)) is not None:
+        if stats is not None:
             return catalog, stats, recipe
         if (out / "stats.json").is_file():  # a checkpoint of before the statistics were kept in it
             return catalog, BandStats.load(out / "stats.json"), recipe

@@ -37,6 +37,16 @@ def _assign_blocks(n_blocks: int, block: np.ndarray, values: np.ndarray, seed: i
     and a test unit, and a class inside a single unit trains (rarest classes decide last). Where two quick passes
     leave a class unserved (one class's fix undoing another's), :func:`_repair` settles it, moving only units whose
     move leaves every other class served."""
+    train, per_class, rng = _quick_passes(n_blocks, block, values, seed)
+    if any(_unserved(blocks, train) for blocks in per_class):
+        train = _repair(train, per_class, rng)
+    return train
+
+
+def _quick_passes(n_blocks: int, block: np.ndarray, values: np.ndarray, seed: int
+                  ) -> tuple[np.ndarray, list[np.ndarray], np.random.Generator]:
+    """The seeded half and two passes over the classes, most frequent first: the training flags, each class's
+    units, and the generator, for :func:`_repair` to go on drawing from."""
     rng = np.random.default_rng((int(seed) & 0xFFFFFFFF, 0xB10C))
     train = np.zeros(n_blocks, bool)
     train[rng.permutation(n_blocks)[: (n_blocks + 1) // 2]] = True
@@ -48,9 +58,7 @@ def _assign_blocks(n_blocks: int, block: np.ndarray, values: np.ndarray, seed: i
                 train[rng.choice(blocks)] = True
             elif train[blocks].all():
                 train[rng.choice(blocks)] = False
-    if any(_unserved(blocks, train) for blocks in per_class):
-        train = _repair(train, per_class, rng)
-    return train
+    return train, per_class, rng
 
 
 def _unserved(blocks: np.ndarray, train: np.ndarray, pinned: np.ndarray | None = None) -> bool:

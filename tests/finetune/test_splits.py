@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geomed_ssl.windows.splits import _assign_blocks, _training_images
+from geomed_ssl.windows.splits import _assign_blocks, _quick_passes, _training_images
 
 
 def pinned(block: np.ndarray, values: np.ndarray) -> set[int]:
@@ -54,19 +54,8 @@ def test_random_block_layouts_are_always_served(seed: int) -> None:
 
 
 def two_passes(n: int, block: np.ndarray, values: np.ndarray, seed: int) -> np.ndarray:
-    """The draw and two quick repair passes alone (the rule before the full repair)."""
-    rng = np.random.default_rng((int(seed) & 0xFFFFFFFF, 0xB10C))
-    train = np.zeros(n, bool)
-    train[rng.permutation(n)[: (n + 1) // 2]] = True
-    classes, counts = np.unique(values, return_counts=True)
-    per_class = [np.unique(block[values == c]) for c in classes[np.argsort(-counts, kind="stable")]]
-    for _ in range(2):
-        for blocks in per_class:
-            if blocks.size == 1 or not train[blocks].any():
-                train[rng.choice(blocks)] = True
-            elif train[blocks].all():
-                train[rng.choice(blocks)] = False
-    return train
+    """The draw and two quick repair passes alone (the whole rule before the full repair)."""
+    return _quick_passes(n, block, values, seed)[0]
 
 
 def unserved(train: np.ndarray, block: np.ndarray, values: np.ndarray) -> int:

@@ -85,14 +85,19 @@ def test_partial_checkpoints_of_a_killed_process_are_removed_and_a_live_ones_kep
     assert live.exists()
 
 
+def killed_at_step_7(raster_dir: Path, run: Path) -> Path:
+    """A run of OVERRIDES stopped by a simulated kill before step 7 (its last checkpoint: step 5)."""
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        pretrain("recipes/mae_sentinel2.yaml", raster_dir, run, overrides=OVERRIDES, progress=False,
+                 callbacks=[KillAt(7)])
+    return run
+
+
 def test_resume_skips_a_truncated_newest_checkpoint_and_replays_exactly(raster_dir: Path, tmp_path: Path,
                                                                         caplog) -> None:
     full = tmp_path / "full"
     pretrain("recipes/mae_sentinel2.yaml", raster_dir, full, overrides=OVERRIDES, progress=False)
-    broken = tmp_path / "broken"
-    with pytest.raises(RuntimeError, match="simulated kill"):
-        pretrain("recipes/mae_sentinel2.yaml", raster_dir, broken, overrides=OVERRIDES, progress=False,
-                 callbacks=[KillAt(7)])
+    broken = killed_at_step_7(raster_dir, tmp_path / "broken")
     last = broken / "checkpoints" / "last.ckpt"  # step 5, as step-000005.ckpt
     data = last.read_bytes()
     last.unlink()
@@ -631,10 +636,7 @@ def test_a_resume_that_changes_settings_says_so_and_keeps_what_the_first_steps_r
     seed 1 for every step."""
     import yaml
 
-    run = tmp_path / "run"
-    with pytest.raises(RuntimeError, match="simulated kill"):
-        pretrain("recipes/mae_sentinel2.yaml", raster_dir, run, overrides=OVERRIDES, progress=False,
-                 callbacks=[KillAt(7)])
+    run = killed_at_step_7(raster_dir, tmp_path / "run")
     with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
         pretrain(None, raster_dir, run, resume=True, progress=False, overrides=["train.seed=1"])
     said = " ".join(caplog.text.split())
@@ -652,10 +654,7 @@ def test_a_run_whose_config_yaml_is_gone_resumes_from_the_recipe_its_checkpoint_
     """The checkpoint holds the whole recipe: the advice to start again with --overwrite threw a resumable run away."""
     full = tmp_path / "full"
     pretrain("recipes/mae_sentinel2.yaml", raster_dir, full, overrides=OVERRIDES, progress=False)
-    run = tmp_path / "run"
-    with pytest.raises(RuntimeError, match="simulated kill"):
-        pretrain("recipes/mae_sentinel2.yaml", raster_dir, run, overrides=OVERRIDES, progress=False,
-                 callbacks=[KillAt(7)])
+    run = killed_at_step_7(raster_dir, tmp_path / "run")
     (run / "config.yaml").unlink()
     with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
         resumed = pretrain(None, raster_dir, run, resume=True, progress=False)

@@ -4,7 +4,8 @@ add to the same folder is refused instead of interleaving with it (two embeds fi
 ``--overwrite`` deleting a live run's checkpoints). Commands several jobs may share a folder with (predict, evaluate,
 similar) hold it shared for their whole run: they do not refuse one another, but a command that would own the folder
 is refused while any of them runs, and they are refused while such a command runs. Their read-merge-write of a file
-they share (``predictions.csv``) takes turns through a brief lock on the folder itself (:func:`locked_briefly`).
+they share (``predictions.csv``) takes turns through a brief lock on ``.geomed-ssl.merge.lock``
+(:func:`locked_briefly`).
 
 The locks are advisory ``flock``s: the kernel releases them when their process ends, however it ends, so a killed
 run never leaves a stale lock (only, at most, an unlocked file that the next command takes). The file holds who took

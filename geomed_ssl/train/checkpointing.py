@@ -142,11 +142,12 @@ TRAINING_SECTIONS = ("data", "model", "method", "train", "augment")  # finetune 
 def resume_changes(checkpoint: dict[str, Any], recipe: dict[str, Any]) -> list[str]:
     """The settings that train otherwise from a resumed checkpoint on than before it (``key old -> new``): any of
     the recipe's training sections but the ones that only say how it runs (:data:`HOW_IT_RUNS`: workers, device,
-    checkpoint and log cadence)."""
+    checkpoint and log cadence). A key the checkpoint's recipe lacks (a setting added since its version, at the
+    value that version worked with) is no change."""
     old = flat_settings((checkpoint.get("geomed_ssl") or {}).get("recipe") or {})
     new = flat_settings(recipe)
-    return [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-            if k.split(".")[0] in TRAINING_SECTIONS and k not in HOW_IT_RUNS and old.get(k) != new.get(k)]
+    return [f"{k} {old[k]!r} -> {new[k]!r}" for k in sorted(set(old) & set(new))
+            if k.split(".")[0] in TRAINING_SECTIONS and k not in HOW_IT_RUNS and old[k] != new[k]]
 
 
 def flat_settings(recipe: dict[str, Any], prefix: str = "") -> dict[str, Any]:

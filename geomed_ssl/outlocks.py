@@ -57,6 +57,8 @@ def _holder(fd: int) -> str:
         info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
     except (OSError, ValueError):
         info = {}
+    if isinstance(info, dict) and "pid" not in info and info.get("command"):  # sharers, their first one gone
+        return f"`geomed-ssl {info['command']}` jobs"
     if not isinstance(info, dict) or "pid" not in info:
         return "another geomed-ssl process"
     where = "on this machine" if info.get("host") == host_tag() else "on another machine or container"
@@ -115,6 +117,7 @@ def _release(folder: str, fd: int, shared: bool = False) -> None:
         except OSError:
             last = False
         if not last:
+            _forget_name(fd)
             os.close(fd)
             return
     with contextlib.suppress(OSError):
@@ -126,6 +129,17 @@ def _release(folder: str, fd: int, shared: bool = False) -> None:
     with contextlib.suppress(OSError):
         fcntl.flock(fd, fcntl.LOCK_UN)  # forked workers share the open file: unlock it for all of them
     os.close(fd)
+
+
+def _forget_name(fd: int) -> None:
+    """A sharer leaving before others takes its name out of the lock file (the command stays: its jobs still run),
+    so a refusal never names a process that has ended."""
+    with contextlib.suppress(OSError, ValueError):
+        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        if isinstance(info, dict) and info.get("pid") == os.getpid() and info.get("host") == host_tag():
+            text = json.dumps({"command": info.get("command")}).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, text, 0)
 
 
 def _read_holder(key: str) -> str:
@@ -221,14 +235,26 @@ def released_after() -> Iterator[None]:
 
 @contextlib.contextmanager
 def locked_briefly(folder: PathLike) -> Iterator[None]:
-    """Inside, ``folder``'s merge lock (:data:`MERGE_LOCK`) is held, waiting for another process's brief hold to end
-    (the read-merge-write of a file the jobs sharing it share); nothing to wait for where this process owns the
-    folder, or where locks are not available. (Not the lock file: the sharers hold that shared for their whole run.
-    A file, not the folder itself: network filesystems pass a file's locks between machines.) The last sharer to
-    let go of the folder deletes it."""
+    """Inside, a turn at ``folder``'s shared files is held, waiting for another process's brief hold to end (the
+    read-merge-write of a file jobs sharing the folder share); nothing to wait for where this process owns the
+    folder, or where locks are not available. A job that shares the folder (its lock held shared for its run) takes
+    :data:`MERGE_LOCK` (a file: network filesystems pass a file's locks between machines; the last sharer to let go
+    deletes it); a caller that holds no lock there (a library call) takes the folder's lock itself for the moment,
+    after every job sharing it has ended."""
     key = os.path.realpath(folder)
     if key in _HELD or fcntl is None:
         yield
+        return
+    if key not in _SHARED:
+        try:
+            fd = _acquire(key, blocking=True)
+        except OSError:  # a filesystem without locks: unguarded, as before
+            fd = None
+        try:
+            yield
+        finally:
+            if fd is not None:
+                _release(key, fd)
         return
     try:
         fd = _open_lock(os.path.join(key, MERGE_LOCK))

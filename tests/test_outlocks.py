@@ -180,3 +180,18 @@ def test_a_second_predict_job_shares_a_folder_in_use_and_the_last_to_leave_delet
     with released_after():
         prepare_out_dir(pred, command="predict", resume=True)
     assert not (pred / LOCK).exists()  # and the last sharer to let go deletes it
+
+
+def test_a_sharer_that_leaves_first_takes_its_name_out_of_the_lock(tmp_path) -> None:
+    from geomed_ssl.outdirs import check_out_dir
+
+    out = tmp_path / "pred"
+    with released_after():
+        prepare_out_dir(out, command="predict")  # the first job: its name goes in
+        second = holder(out, "predict")
+    try:  # the first job has returned; the second still runs
+        with pytest.raises(OutputError, match=r"in use by `geomed-ssl predict` jobs; wait"):
+            check_out_dir(out, command="evaluate")
+    finally:
+        second.kill()
+        second.wait()

@@ -134,20 +134,27 @@ def resume_misfit(checkpoint: dict[str, Any], state: dict[str, torch.Tensor], gr
             "--out, or --overwrite).")
 
 
-HOW_IT_RUNS = ("data.num_workers", "train.accelerator", "train.strategy", "train.checkpoint_every",
-               "train.keep_checkpoints", "train.checkpoint_minutes", "train.preview_every", "train.log_every")
+HOW_IT_RUNS = ("data.num_workers", "data.cache_volumes", "data.stats_windows", "data.knn_every", "data.val_labels",
+               "train.accelerator", "train.strategy", "train.checkpoint_every", "train.keep_checkpoints",
+               "train.checkpoint_minutes", "train.preview_every", "train.log_every",
+               "train.max_steps")  # (a longer run's schedule is said on its own: resumed_clock)
 TRAINING_SECTIONS = ("data", "model", "method", "train", "augment")  # finetune / labels: not pretraining's
 
 
-def resume_changes(checkpoint: dict[str, Any], recipe: dict[str, Any]) -> list[str]:
+def resume_changes(checkpoint: dict[str, Any], recipe: dict[str, Any], overrides: list[str] | None = None
+                   ) -> list[str]:
     """The settings that train otherwise from a resumed checkpoint on than before it (``key old -> new``): any of
-    the recipe's training sections but the ones that only say how it runs (:data:`HOW_IT_RUNS`: workers, device,
-    checkpoint and log cadence). A key the checkpoint's recipe lacks (a setting added since its version, at the
-    value that version worked with) is no change."""
+    the recipe's training sections but the ones that only say how it runs or is watched (:data:`HOW_IT_RUNS`:
+    workers, device, caches, checkpoint, log and monitor cadence, the run's length). A key the checkpoint's recipe
+    lacks (a setting added since its version, at the value that version worked with) is a change only when this
+    resume's ``overrides`` set it."""
+    from geomed_ssl.config.loading import sets_key
+
     old = flat_settings((checkpoint.get("geomed_ssl") or {}).get("recipe") or {})
     new = flat_settings(recipe)
-    return [f"{k} {old[k]!r} -> {new[k]!r}" for k in sorted(set(old) & set(new))
-            if k.split(".")[0] in TRAINING_SECTIONS and k not in HOW_IT_RUNS and old[k] != new[k]]
+    keys = [k for k in sorted(new) if k.split(".")[0] in TRAINING_SECTIONS and k not in HOW_IT_RUNS]
+    return [f"{k} {old[k]!r} -> {new[k]!r}" if k in old else f"{k} (new) {new[k]!r}" for k in keys
+            if (k in old and old[k] != new[k]) or (k not in old and sets_key(overrides, k))]
 
 
 def flat_settings(recipe: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -345,17 +352,14 @@ AS_STARTED: tuple[tuple[str, str, Any, Callable[[Any], bool], str], ...] = (
 )
 
 
-def kept_as_started(recipe: Any, saved: Path, overrides: list[str] | None) -> Any:
-    """A run started before a setting of :data:`AS_STARTED` existed (its config.yaml has no such key) goes on with
-    the value it was started with, unless ``--set`` says otherwise: a run that kept every ``step-*.ckpt`` keeps them
-    all (none is deleted unasked); volumes' windows stay drawn anywhere (a resumed run sees the same batches)."""
-    import yaml
+def kept_as_started(recipe: Any, raw: dict[str, Any], overrides: list[str] | None) -> Any:
+    """A run started before a setting of :data:`AS_STARTED` existed (its saved recipe ``raw``, config.yaml's or its
+    checkpoint's, has no such key) goes on with the value it was started with, unless ``--set`` says otherwise: a run
+    that kept every ``step-*.ckpt`` keeps them all (none is deleted unasked); volumes' windows stay drawn anywhere (a
+    resumed run sees the same batches)."""
+    from geomed_ssl.config.loading import sets_key
 
-    from geomed_ssl.config.loading import RecipeLoader, sets_key
-
-    try:
-        raw = yaml.load(saved.read_text(), Loader=RecipeLoader) or {}
-    except (OSError, yaml.YAMLError):  # read whole by load_recipe a moment ago
+    if not raw:  # nothing to tell the run's first settings by
         return recipe
     for section, key, then, concerns, note in AS_STARTED:
         current = getattr(recipe, section)

@@ -134,7 +134,21 @@ def resolve_recipe(recipe: Recipe | str | Path | None, out: Path, overrides: lis
         return recipe_from_checkpoint(out, overrides)
     resumed = with_method_settings(load_recipe(saved, overrides), str(saved), saved=True)
     note_unread_recipe(recipe, saved)
-    return kept_as_started(resumed, saved, overrides)
+    return kept_as_started(resumed, saved_settings(saved), overrides)
+
+
+def saved_settings(path: Path) -> dict[str, Any]:
+    """The recipe dict of a run's ``config.yaml`` as written (no defaults filled in); {} when unreadable (it was read
+    whole a moment before)."""
+    import yaml
+
+    from geomed_ssl.config.loading import RecipeLoader
+
+    try:
+        raw = yaml.load(path.read_text(), Loader=RecipeLoader)
+    except (OSError, yaml.YAMLError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
 
 
 def recipe_from_checkpoint(out: Path, overrides: list[str] | None) -> Recipe:
@@ -151,7 +165,8 @@ def recipe_from_checkpoint(out: Path, overrides: list[str] | None) -> Recipe:
     log.warning(f"warning: --resume: '{out / 'config.yaml'}' is missing; the run's recipe is read from its checkpoint "
                 f"'{point.path.name}' (step {point.step}) and written back.")
     source = f"the recipe in {point.path}"
-    return with_method_settings(recipe_with_overrides(raw, overrides, source), source, saved=True)
+    resumed = with_method_settings(recipe_with_overrides(raw, overrides, source), source, saved=True)
+    return kept_as_started(resumed, raw, overrides)
 
 
 def check_views(recipe: Recipe) -> Recipe:
@@ -349,11 +364,9 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
                                             catalog.wavelengths, stats.to_dict(), bandwidths=catalog.bandwidths,
                                             scale=training_scale(catalog.records, recipe.data.spacing))
         method = build_method(recipe.method, enc_cfg, clock.total)
-        until = None
+        changes: list[str] = []
         if point is not None:  # before anything in the run folder changes (config.yaml with this resume's --set values)
-            if changes := refuse_misfit(point.path, method, recipe):
-                warn_changed_settings(point, changes)
-                until = point.info.get("recipe")
+            changes = refuse_misfit(point.path, method, recipe, overrides)
         view = build_views(method.views, recipe.data, spatial_dims(recipe.data), recipe.augment,
                            patch_size=recipe.model.patch_size, wavelengths=catalog.wavelengths)
         dataset = PretrainDataset(catalog, stats, recipe.data, view, seed=t.seed)
@@ -367,7 +380,10 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
         if rank == 0:
             prepare_run_dir(out, resume, overwrite, inputs)
             remove_stale_temp_files(out)
+            until = point.info.get("recipe") if point is not None and changes else None
             write_run_files(out, recipe, catalog, stats, point.step if point is not None else None, until)
+            if until is not None:  # said once the file it names is written
+                warn_changed_settings(point, changes)
             attach_run_log(out, point.step if point is not None else None)
 
     stop = StopRequest()
@@ -388,7 +404,7 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
                      is_global_zero=rank == 0)
 
 
-def refuse_misfit(path: Path, method: Any, recipe: Recipe) -> list[str]:
+def refuse_misfit(path: Path, method: Any, recipe: Recipe, overrides: list[str] | None = None) -> list[str]:
     """Refuse, in words, to resume from the checkpoint at ``path`` with a method (built from the recipe with this
     resume's ``--set`` values) whose weights or trainable groups no longer match it; else the settings that train
     otherwise from it on (:func:`resume_changes`)."""
@@ -398,7 +414,7 @@ def refuse_misfit(path: Path, method: Any, recipe: Recipe) -> list[str]:
     misfit = resume_misfit(checkpoint, state, [len(g["params"]) for g in groups], recipe.to_dict())
     if misfit:
         raise ConfigError(misfit)
-    return resume_changes(checkpoint, recipe.to_dict())
+    return resume_changes(checkpoint, recipe.to_dict(), overrides)
 
 
 def warn_changed_settings(point: ResumePoint, changes: list[str]) -> None:

@@ -75,7 +75,8 @@ def _repair(start: np.ndarray, per_class: list[np.ndarray], rng: np.random.Gener
     no training unit gets one, and one whose units all train gives an unpinned one to testing, each preferring a
     unit whose move takes no other class's last training or test unit; until nothing changes. Some layouts cannot
     serve every class (classes over pairs of three images, each pair its own class): the state serving the most
-    classes on the way is returned, never one worse than ``start``."""
+    classes on the way is returned (first those found in one unit: a class never trained on is worse than one not
+    tested), never one worse than ``start``."""
     pinned = np.zeros(start.size, bool)
     for blocks in per_class:
         if blocks.size == 1:
@@ -86,8 +87,9 @@ def _repair(start: np.ndarray, per_class: list[np.ndarray], rng: np.random.Gener
         for unit in blocks:
             holds.setdefault(int(unit), []).append(blocks)
 
-    def unserved(flags: np.ndarray) -> int:
-        return sum(_unserved(b, flags, pinned) for b in per_class)
+    def unserved(flags: np.ndarray) -> tuple[int, int]:  # classes never learnt weigh more than classes untested
+        return (sum(not flags[b[0]] for b in per_class if b.size == 1),
+                sum(_unserved(b, flags, pinned) for b in per_class))
 
     def harmless(unit: int, to_train: bool) -> bool:  # no other class loses its last test / training unit
         return all(((train[b] != to_train) & (b != unit)).any() for b in holds.get(unit, []))
@@ -97,7 +99,7 @@ def _repair(start: np.ndarray, per_class: list[np.ndarray], rng: np.random.Gener
     for _ in range(2 * len(per_class) + 2):
         if (now := unserved(train)) < fewest:
             best, fewest = train.copy(), now
-        if now == 0:
+        if now == (0, 0):
             break
         changed = False
         for blocks in spread:

@@ -78,3 +78,11 @@ def test_a_layout_no_split_serves_fully_is_left_no_worse_than_the_quick_passes_l
     values = np.array([0, 0, 1, 1, 2, 2, 3, 3])
     quick = two_passes(3, block, values, seed)
     assert unserved(_assign_blocks(3, block, values, seed), block, values) <= unserved(quick, block, values)
+
+
+def test_a_class_found_in_one_block_trains_even_where_no_split_serves_every_class() -> None:
+    """Both states left one class unserved; the repair had kept the one where the class in block 1 alone never
+    trains (a class the model cannot learn is worse than one it cannot be tested on)."""
+    block = np.array([2, 3, 1, 1, 1, 3, 0, 2, 0, 3])
+    values = np.array([0, 2, 1, 1, 3, 4, 0, 2, 3, 2])
+    assert _assign_blocks(4, block, values, 411)[1]

@@ -647,6 +647,11 @@ def test_a_resume_that_changes_settings_says_so_and_keeps_what_the_first_steps_r
     from geomed_ssl.outdirs import foreign_inside
 
     assert foreign_inside(run) == []  # --overwrite may delete it with the run
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):  # what only says how it runs, or how long: no word
+        pretrain(None, raster_dir, run, resume=True, progress=False,
+                 overrides=["data.stats_windows=16", "data.num_workers=0", "train.max_steps=12"])
+    assert "changes" not in caplog.text and not (run / "config-until-step-000010.yaml").exists()
 
 
 def test_a_run_whose_config_yaml_is_gone_resumes_from_the_recipe_its_checkpoint_holds(raster_dir: Path,
@@ -662,3 +667,19 @@ def test_a_run_whose_config_yaml_is_gone_resumes_from_the_recipe_its_checkpoint_
     assert resumed.steps == 10 and (run / "config.yaml").is_file() and "changes" not in caplog.text
     a, b = rows(full), rows(run)
     np.testing.assert_allclose([b[s]["loss"] for s in range(6, 11)], [a[s]["loss"] for s in range(6, 11)], atol=1e-5)
+
+
+def test_a_run_of_an_older_version_read_back_from_its_checkpoint_keeps_what_it_started_with(raster_dir: Path,
+                                                                                           tmp_path: Path) -> None:
+    """Without config.yaml, the checkpoint's recipe is the record of the run's first settings: a run started when
+    every step-*.ckpt was kept (no train.keep_checkpoints in its recipe) keeps them all, as with its config.yaml."""
+    from geomed_ssl.train.pretrain import resolve_recipe
+
+    run = killed_at_step_7(raster_dir, tmp_path / "run")
+    for ckpt in (run / "checkpoints").glob("*.ckpt"):
+        state = torch.load(ckpt, weights_only=True)
+        state["geomed_ssl"]["recipe"]["train"].pop("keep_checkpoints", None)  # as a version before it wrote it
+        torch.save(state, ckpt)
+    (run / "config.yaml").unlink()
+    assert resolve_recipe(None, run, None, resume=True).train.keep_checkpoints is None
+    assert resolve_recipe(None, run, ["train.keep_checkpoints=2"], resume=True).train.keep_checkpoints == 2

@@ -234,27 +234,27 @@ def released_after() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def locked_briefly(folder: PathLike) -> Iterator[None]:
+def locked_briefly(folder: PathLike, command: str = "predict") -> Iterator[None]:
     """Inside, a turn at ``folder``'s shared files is held, waiting for another process's brief hold to end (the
     read-merge-write of a file jobs sharing the folder share); nothing to wait for where this process owns the
     folder, or where locks are not available. A job that shares the folder (its lock held shared for its run) takes
     :data:`MERGE_LOCK` (a file: network filesystems pass a file's locks between machines; the last sharer to let go
-    deletes it); a caller that holds no lock there (a library call) takes the folder's lock itself for the moment,
-    after every job sharing it has ended."""
+    deletes it); a caller that holds no lock there (a library call) shares the folder as ``command`` for the moment
+    (refused, naming the owner, while a command that owns the folder runs)."""
     key = os.path.realpath(folder)
     if key in _HELD or fcntl is None:
         yield
         return
     if key not in _SHARED:
-        try:
-            fd = _acquire(key, blocking=True)
-        except OSError:  # a filesystem without locks: unguarded, as before
-            fd = None
-        try:
+        lock_folder(folder, command, shared=True)
+        if key not in _SHARED:  # a filesystem without locks: unguarded, as before
             yield
+            return
+        try:
+            with locked_briefly(folder, command):
+                yield
         finally:
-            if fd is not None:
-                _release(key, fd)
+            unlock_folder(folder)
         return
     try:
         fd = _open_lock(os.path.join(key, MERGE_LOCK))

@@ -195,3 +195,30 @@ def test_a_sharer_that_leaves_first_takes_its_name_out_of_the_lock(tmp_path) -> 
     finally:
         second.kill()
         second.wait()
+
+
+def test_a_library_merge_shares_the_folder_for_a_moment(tmp_path) -> None:
+    """A call holding no lock (predict_files from Python) shares the folder while it merges: it goes on beside a
+    running predict job at once, is refused while a command that owns the folder runs, and leaves no lock file."""
+    out = tmp_path / "pred"
+    job = holder(out, "predict")
+    try:
+        start = time.monotonic()
+        with locked_briefly(out):
+            pass
+        assert time.monotonic() - start < 2  # not the job's whole run
+    finally:
+        job.kill()
+        job.wait()
+    with locked_briefly(out):
+        pass
+    assert not (out / LOCK).exists() and not (out / ".geomed-ssl.merge.lock").exists()
+    owned = tmp_path / "emb"
+    owner_job = holder(owned, "embed")
+    try:
+        with pytest.raises(OutputError, match="in use by `geomed-ssl embed`"):
+            with locked_briefly(owned):
+                pass
+    finally:
+        owner_job.kill()
+        owner_job.wait()

@@ -352,14 +352,14 @@ AS_STARTED: tuple[tuple[str, str, Any, Callable[[Any], bool], str], ...] = (
 )
 
 
-def kept_as_started(recipe: Any, raw: dict[str, Any], overrides: list[str] | None) -> Any:
+def kept_as_started(recipe: Any, raw: dict[str, Any] | None, overrides: list[str] | None) -> Any:
     """A run started before a setting of :data:`AS_STARTED` existed (its saved recipe ``raw``, config.yaml's or its
     checkpoint's, has no such key) goes on with the value it was started with, unless ``--set`` says otherwise: a run
     that kept every ``step-*.ckpt`` keeps them all (none is deleted unasked); volumes' windows stay drawn anywhere (a
     resumed run sees the same batches)."""
     from geomed_ssl.config.loading import sets_key
 
-    if not raw:  # nothing to tell the run's first settings by
+    if raw is None:  # unreadable: nothing to tell the run's first settings by
         return recipe
     for section, key, then, concerns, note in AS_STARTED:
         current = getattr(recipe, section)

@@ -137,18 +137,18 @@ def resolve_recipe(recipe: Recipe | str | Path | None, out: Path, overrides: lis
     return kept_as_started(resumed, saved_settings(saved), overrides)
 
 
-def saved_settings(path: Path) -> dict[str, Any]:
-    """The recipe dict of a run's ``config.yaml`` as written (no defaults filled in); {} when unreadable (it was read
-    whole a moment before)."""
+def saved_settings(path: Path) -> dict[str, Any] | None:
+    """The recipe dict of a run's ``config.yaml`` as written (no defaults filled in); None when unreadable (it was
+    read whole a moment before)."""
     import yaml
 
     from geomed_ssl.config.loading import RecipeLoader
 
     try:
-        raw = yaml.load(path.read_text(), Loader=RecipeLoader)
+        raw = yaml.load(path.read_text(), Loader=RecipeLoader) or {}
     except (OSError, yaml.YAMLError):
-        return {}
-    return raw if isinstance(raw, dict) else {}
+        return None
+    return raw if isinstance(raw, dict) else None
 
 
 def recipe_from_checkpoint(out: Path, overrides: list[str] | None) -> Recipe:

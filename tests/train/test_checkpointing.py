@@ -683,3 +683,17 @@ def test_a_run_of_an_older_version_read_back_from_its_checkpoint_keeps_what_it_s
     (run / "config.yaml").unlink()
     assert resolve_recipe(None, run, None, resume=True).train.keep_checkpoints is None
     assert resolve_recipe(None, run, ["train.keep_checkpoints=2"], resume=True).train.keep_checkpoints == 2
+
+
+def test_a_resume_into_a_checkpoints_folder_it_cannot_write_is_refused_before_training(
+        raster_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """Only the run folder was checked: a read-only checkpoints/ trained steps that the first save then lost. As root
+    (these tests) a mode does not stop a write, so the read-only folder is played by os.access."""
+    from geomed_ssl.errors import OutputError
+
+    run = killed_at_step_7(raster_dir, tmp_path / "run")
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p).name != "checkpoints" and real(p, mode))
+    with pytest.raises(OutputError, match=r"cannot write in '.*checkpoints' \(read-only or not yours\)"):
+        pretrain(None, raster_dir, run, resume=True, progress=False)
+    assert rows(run) and max(rows(run)) <= 7  # nothing trained

@@ -154,7 +154,7 @@ class CommandSpec:
     # earlier version's files (``legacy``) that also holds the user's is refused, not taken over
     reuse_replaces: bool = False
     # one process at a time writes its folder (geomed_ssl.outlocks); False: several jobs may add to one folder
-    # (predict, evaluate, similar), which lock only around the files they share
+    # (predict, evaluate, similar), which hold its lock shared and take turns at the files they share
     exclusive: bool = True
     # a file named by ``patterns`` is this command's to delete (with a folder it nests in) only when this says so
     # (predict: the map records its input); None: the name alone

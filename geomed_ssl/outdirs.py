@@ -54,9 +54,9 @@ from typing import Iterator, Mapping, Sequence
 from geomed_ssl.errors import ConfigError, OutputError
 from geomed_ssl.outcommands import COMMANDS, CommandSpec, matches
 from geomed_ssl.outfiles import is_temp_name, remove_stale_partials
-from geomed_ssl.outlocks import LOCK, MERGE_LOCK, lock_folder, lock_holder
-from geomed_ssl.outowners import (MANIFEST, TOOL, Owner, PathLike, entry_names, foreign_inside,  # noqa: F401
-                                  links_inside, owner, read_manifest, record_entries, write_manifest)
+from geomed_ssl.outlocks import LOCK, in_use, lock_folder, lock_holder
+from geomed_ssl.outowners import (BOOKKEEPING, MANIFEST, TOOL, Owner, PathLike, entry_names,  # noqa: F401
+                                  foreign_inside, links_inside, owner, read_manifest, record_entries, write_manifest)
 Inputs = Mapping[str, PathLike | Sequence[PathLike] | None]
 
 
@@ -193,15 +193,14 @@ def check_out_dir(out: PathLike, *, command: str, inputs: Inputs | None = None, 
         return "create"
     if not out.is_dir():
         raise OutputError(f"--out '{out}' is a file, not a folder; choose another --out.")
-    if all(p.name in (MANIFEST, LOCK, MERGE_LOCK) or is_temp_name(p.name) for p in out.iterdir()):
+    if all(p.name in BOOKKEEPING or is_temp_name(p.name) for p in out.iterdir()):
         # empty but for our manifest, or what a killed in-place export left (atomic_write_dir), unless a command
         # still running made it and has written nothing under a final name yet: its lock says so (jobs that share
         # a folder with their own command, predict beside predict, go on)
         made_by = (read_manifest(out) or {}).get("command")
         holder = lock_holder(out, shared_ok=not COMMANDS[command].exclusive and made_by in (None, command))
         if holder is not None:
-            raise OutputError(f"output folder '{out}' is in use by {holder}; wait for it to finish, or choose another "
-                              "--out.")
+            raise in_use(out, holder)
         return "create"
     found = owner(out)
     if found is None:

@@ -142,6 +142,12 @@ def _forget_name(fd: int) -> None:
             os.pwrite(fd, text, 0)
 
 
+def in_use(folder: PathLike, holder: str) -> OutputError:
+    """The refusal of a folder another process holds: who, and the ways on."""
+    return OutputError(f"output folder '{folder}' is in use by {holder}; wait for it to finish, or choose another "
+                       "--out.")
+
+
 def _read_holder(key: str) -> str:
     try:
         fd = os.open(os.path.join(key, LOCK), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -172,8 +178,7 @@ def lock_folder(folder: PathLike, command: str, shared: bool = False) -> None:
             break
         time.sleep(TRY_WAIT_S)
     else:
-        raise OutputError(f"output folder '{folder}' is in use by {_read_holder(key)}; wait for it to "
-                          "finish, or choose another --out.")
+        raise in_use(folder, _read_holder(key))
     if first:  # the name of a holder that was killed is replaced
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         text = json.dumps({"command": command, "pid": os.getpid(), "host": host_tag(), "since": now}).encode()
@@ -181,8 +186,7 @@ def lock_folder(folder: PathLike, command: str, shared: bool = False) -> None:
         os.pwrite(fd, text, 0)
         if shared and not _flock(fd, blocking=False, shared=True):  # (an owner took it in the step down)
             os.close(fd)
-            raise OutputError(f"output folder '{folder}' is in use by {_read_holder(key)}; wait for it to "
-                              "finish, or choose another --out.")
+            raise in_use(folder, _read_holder(key))
     (_SHARED if shared else _HELD)[key] = fd
 
 

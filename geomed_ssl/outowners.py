@@ -18,6 +18,7 @@ from geomed_ssl.outfiles import atomic_write_text, is_temp_name
 from geomed_ssl.outlocks import LOCK, MERGE_LOCK
 
 MANIFEST = ".geomed-ssl.json"
+BOOKKEEPING = (MANIFEST, LOCK, MERGE_LOCK)  # the toolkit's own files in a folder it made: no output, never the user's
 TOOL = "geomed-ssl"
 PathLike = str | os.PathLike
 
@@ -69,7 +70,7 @@ def owner(folder: PathLike) -> Owner | None:
         if command is None:
             return None
     spec = COMMANDS.get(command, CommandSpec())
-    names = set(spec.entries) | set(entry_names(manifest)) | {MANIFEST, LOCK, MERGE_LOCK}
+    names = set(spec.entries) | set(entry_names(manifest)) | set(BOOKKEEPING)
     result = Owner(command, manifest)
     for entry in sorted(folder.iterdir()):
         named = matches(entry.name, spec.patterns) and (not matches(entry.name, spec.folders)
@@ -218,5 +219,5 @@ def record_entries(folder: PathLike, names: Sequence[str]) -> None:
         return
     old = found.manifest or {}
     entries = entry_names(found.manifest) + (found.ours if found.manifest is None else []) + list(names)
-    entries = [e for e in entries if e not in (MANIFEST, LOCK, MERGE_LOCK)]
+    entries = [e for e in entries if e not in BOOKKEEPING]
     atomic_write_text(folder / MANIFEST, _manifest_text(found.command, entries, old.get("created")))

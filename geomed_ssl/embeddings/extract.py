@@ -285,15 +285,20 @@ ROW_TABLE_BYTES = 256  # a row's table columns (ids, boxes, coordinates, footpri
 VECTOR_COPIES = 3  # the committed parts, then the table's vector column and vectors.npy made from them before they go
 
 
+def embed_windows(emb: Embedder, records: Sequence[Any]) -> int:
+    """The windows the embedder reads from ``records``, on the grid it reads them at (:func:`reader_shape`)."""
+    return sum(math.prod(grid_shape(reader_shape(r, emb.data_cfg.spacing), emb.window, emb.stride)) for r in records)
+
+
 def embed_rows(emb: Embedder, records: Sequence[Any]) -> int:
     """The rows embedding ``records`` gives: one per file (image level), per window (window level) or per token
     patch of the file (patch level), on the grid the embedder reads (:func:`reader_shape`)."""
     if emb.level == "image":
         return len(records)
-    shapes = [reader_shape(r, emb.data_cfg.spacing) for r in records]
     if emb.level == "patch":
-        return sum(math.prod(-(-s // p) for s, p in zip(shape, emb.patch)) for shape in shapes)
-    return sum(math.prod(grid_shape(shape, emb.window, emb.stride)) for shape in shapes)
+        return sum(math.prod(-(-s // p) for s, p in zip(reader_shape(r, emb.data_cfg.spacing), emb.patch))
+                   for r in records)
+    return embed_windows(emb, records)
 
 
 def embed_bytes(emb: Embedder, todo: Sequence[Any], done_rows: int, dim: int, dtype: str) -> int:
@@ -367,8 +372,7 @@ def embed_records(emb: Embedder, store: EmbeddingStore, todo: Sequence[Any], roo
     from tqdm.auto import tqdm
 
     image = emb.level == "image"
-    total = len(todo) if image else sum(math.prod(grid_shape(reader_shape(r, emb.data_cfg.spacing), emb.window,
-                                                            emb.stride)) for r in todo)
+    total = len(todo) if image else embed_windows(emb, todo)
     bar = tqdm(total=total, unit="file" if image else "window", desc="embedding",
                disable=not progress or not sys.stderr.isatty())
     if image:

@@ -16,8 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from geomed_ssl.outdirs import MANIFEST
-from geomed_ssl.outlocks import LOCK, MERGE_LOCK
+from geomed_ssl.outdirs import BOOKKEEPING, MANIFEST
 
 log = logging.getLogger("geomed_ssl")
 EXTENSIONS = {"raster": (".tif", ".tiff"), "volume": (".nii", ".nii.gz")}
@@ -119,7 +118,7 @@ def list_files(root: Path) -> list[Path]:
         ours = sorted(d for d in dirs if made_by_us(Path(folder) / d))
         skipped += [Path(folder) / d for d in ours]
         hidden += [Path(folder) / n for n in sorted(dirs) + sorted(files)
-                   if n.startswith(".") and n not in (MANIFEST, LOCK, MERGE_LOCK)]
+                   if n.startswith(".") and n not in BOOKKEEPING]
         dirs[:] = sorted(d for d in dirs if d not in ours and not d.startswith("."))
         out += [Path(folder) / f for f in sorted(files) if not f.startswith(".")]
     if hidden:

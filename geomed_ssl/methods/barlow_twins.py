@@ -6,9 +6,8 @@ sum_{i != j} C_ij^2``, with ``C`` (D, D) computed on the global batch (embedding
 loss on every rank). Redundancy reduction keeps it from collapsing; the collapse monitor watches the projections'
 spread. The encoder is exported.
 
-Its heads take both views in one batch of 2B, so each BatchNorm normalises the two views together (the official code
-runs one pass per view; SimCLR's concatenates them, as here): measured level on EuroSAT and steadier at the few
-samples per view of 3D runs (docs/benchmarks_eurosat.md, "The heads once per view").
+Its heads take both views in one BatchNorm batch, where the official code runs one pass per view
+(:class:`~geomed_ssl.methods.siamese.TwoViewMethod` says why).
 """
 
 from __future__ import annotations

@@ -7,9 +7,8 @@ official loss sums ``2 - 2 cos`` over both directions, ``4 + 4 *`` this: the sam
 scale AdamW's per-parameter step all but removes). Nothing but the predictor and the slow target stops collapse, so
 the collapse monitor matters here. The online encoder is exported.
 
-Its heads take both views in one batch of 2B, so each BatchNorm normalises the two views together (the official code
-runs one pass per view; SimCLR's concatenates them, as here): measured level on EuroSAT and steadier at the few
-samples per view of 3D runs (docs/benchmarks_eurosat.md, "The heads once per view").
+Its heads take both views in one BatchNorm batch, where the official code runs one pass per view
+(:class:`~geomed_ssl.methods.siamese.TwoViewMethod` says why).
 """
 
 from __future__ import annotations

@@ -5,9 +5,8 @@ Base: encoder CLS -> 3-layer projector -> 2-layer predictor (BatchNorms over the
 of encoder and projector. Loss: ``ctr(q1, k2) + ctr(q2, k1)``, each query against the keys of the whole global
 batch at ``temperature``, scaled by ``2 * temperature`` (official code). The base encoder is exported.
 
-Its heads take both views in one batch of 2B, so each BatchNorm normalises the two views together (the official code
-runs one pass per view; SimCLR's concatenates them, as here): measured level on EuroSAT and steadier at the few
-samples per view of 3D runs (docs/benchmarks_eurosat.md, "The heads once per view").
+Its heads take both views in one BatchNorm batch, where the official code runs one pass per view
+(:class:`~geomed_ssl.methods.siamese.TwoViewMethod` says why).
 """
 
 from __future__ import annotations

@@ -68,10 +68,10 @@ def uniform_ints(draws: torch.Tensor, high: int | torch.Tensor) -> torch.Tensor:
 def turn_invariant(valid: torch.Tensor, plane: tuple[int, int]) -> torch.Tensor:
     """The pixels of a (B, *S) bool mask that stay valid under every quarter turn in ``plane`` (dims of a
     (B, C, *S) batch): the same after any turn, so a window's nodata (a scene's collar) cannot give its turn away."""
-    dims = (plane[0] - 1, plane[1] - 1)
-    out = valid.bool()
+    dims, valid = (plane[0] - 1, plane[1] - 1), valid.bool()
+    out = valid
     for r in range(1, NUM_ROTATIONS):
-        out = out & torch.rot90(valid.bool(), r, dims)
+        out = out & torch.rot90(valid, r, dims)
     return out
 
 

@@ -6,9 +6,8 @@ std over the batch) + covariance_weight * (squared off-diagonal covariances / D)
 batch (embeddings gathered with gradients; the same loss on every rank). The variance hinge is what prevents
 collapse; the collapse monitor watches it too. The encoder is exported.
 
-Its heads take both views in one batch of 2B, so each BatchNorm normalises the two views together (the official code
-runs one pass per view; SimCLR's concatenates them, as here): measured level on EuroSAT and steadier at the few
-samples per view of 3D runs (docs/benchmarks_eurosat.md, "The heads once per view").
+Its heads take both views in one BatchNorm batch, where the official code runs one pass per view
+(:class:`~geomed_ssl.methods.siamese.TwoViewMethod` says why).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from geomed_ssl.methods import build_method, method_class, method_settings, with
 from geomed_ssl.methods.schedules import ScheduleClock
 from geomed_ssl.models.encoder import EncoderConfig
 from geomed_ssl.models.model_data import training_scale
+from geomed_ssl.outcommands import COMMANDS
 from geomed_ssl.outdirs import Inputs, check_out_dir, check_writable, prepare_out_dir
 from geomed_ssl.process import keeps_process_state
 from geomed_ssl.train.agreement import Agreement, agreement_for
@@ -76,9 +77,6 @@ class StepOffsetSampler(Sampler[int]):
         return self.total * self.batch_size
 
 
-RUN_SUBFOLDERS = ("checkpoints", "encoder", "previews", "tensorboard")
-
-
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool, inputs: Inputs | None = None,
                     create: bool = True) -> None:
     """RUN_DIR under the output-folder rule (:mod:`geomed_ssl.outdirs`): ``--resume`` continues a run of ours
@@ -90,7 +88,7 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool, inputs: Inputs | N
     kwargs = {"command": "pretrain", "inputs": inputs, "overwrite": overwrite, "resume": resume}
     check_out_dir(out, **kwargs)
     if resume:  # a resumed run writes into its subfolders too: one it cannot write is said now, not at the first save
-        for sub in RUN_SUBFOLDERS:
+        for sub in COMMANDS["pretrain"].inside:  # checkpoints/, encoder/, previews/, tensorboard/
             if (out / sub).is_dir() and not (out / sub).is_symlink():
                 check_writable(out / sub)
     if create:

@@ -89,8 +89,8 @@ class BEiT(SSLMethod):
     card = MethodCard(
         learns="which kind of patch (a k-means code of its pixels over all bands) lies under each blockwise-hidden "
                "token: a classification target, coarser than pixels",
-        cost="~1.3x MAE per step, plus one k-means fit at the start (seconds on a GPU; up to minutes on a CPU "
-             "for large band counts)",
+        cost="~1.9x MAE per step (benchmarks/bench_methods_step.py), plus one k-means fit at the start (seconds "
+             "on a GPU; up to minutes on a CPU for large band counts)",
         failure_modes="a codebook dominated by one material (check the logged perplexity); codes of raw pixels "
                       "follow brightness, so on scenes with strong illumination trends try tokenizer_normalize: "
                       "patch or l2",

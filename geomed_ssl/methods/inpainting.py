@@ -106,7 +106,7 @@ class Inpainting(SSLMethod):
     card = MethodCard(
         learns="to continue structures from the surroundings into a large hidden centre, every band of every "
                "pixel (the context encoder's task, on a ViT)",
-        cost="~1.2x MAE (the encoder sees every token; a light decoder)",
+        cost="~1.5x MAE (benchmarks/bench_methods_step.py; the encoder sees every token, a light decoder)",
         failure_modes="one large region is harder and less varied than MAE's random masks, so it learns slower; "
                       "blurry centres are normal (L2 averages the possibilities)",
         recipes=("recipes/pretext_sentinel2.yaml",))

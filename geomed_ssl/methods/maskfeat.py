@@ -62,7 +62,8 @@ class MaskFeat(SSLMethod):
     card = MethodCard(
         learns="where edges and textures lie, and in which bands, under blockwise-hidden regions (HOG targets: "
                "local gradient statistics, insensitive to brightness)",
-        cost="~1.3x MAE (encoder on every token; HOG targets cost a few convolutions)",
+        cost="~1.7x MAE (benchmarks/bench_methods_step.py; encoder on every token, HOG targets from a few "
+             "convolutions)",
         failure_modes="flat, textureless data (smooth CT soft tissue, open water) give near-empty histograms and "
                       "little to learn; spectra are not a target, so pair it with a spectral method for them",
         recipes=("recipes/simmim_sentinel2.yaml",))

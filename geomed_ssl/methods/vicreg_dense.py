@@ -13,7 +13,7 @@ Views: :class:`~geomed_ssl.views.builder.ViewSpec` with ``shift`` = ``method.max
 their ``offset``, crop 2's origin minus crop 1's). Each crop gets its own random flip / quarter turn here
 (``dihedral``), drawn per sample (:class:`PerSample`) and undone on its token map before matching, so matched
 features describe the same ground pixels. Volumes (3D) work the same way with a flip per axis instead (no turns)
-and trilinear upsampling (BraTS numbers: docs/label_efficiency.md).
+and trilinear upsampling (BraTS numbers: docs/benchmarks_medical.md).
 With ``data.date_pairs`` crop 2 comes from another date of the same ground (another file on the grid), so matched
 features are one place at two dates (``recipes/vicreg_dense_sentinel2.yaml``).
 
@@ -150,9 +150,9 @@ class VICRegDense(SSLMethod):
         cost="2x (two crops through the encoder; a small projector on the matched pixels)",
         failure_modes="strong intensity augmentation erases the spectral differences it should keep (measured: "
                       "weak scale / noise wins); the loss plateaus high (~15-20 of ~50 at start) when it works; "
-                      "on volumes (BraTS, frozen linear probe, 3000 steps) it beat random init of the same network "
-                      "on the test patients and tied on the validation ones, and UNETR fine-tunes of its 4-voxel "
-                      "tokens failed; small tokens on 3D crops cost memory fast",
+                      "on volumes (BraTS, frozen linear probe, 3000 steps) it is ahead of random init of the same "
+                      "network on average over splits of new patients, not on every split, and UNETR fine-tunes of "
+                      "its 4-voxel tokens failed; small tokens on 3D crops cost memory fast",
         recipes=("recipes/mae_hyperspectral.yaml", "recipes/vicreg_dense_sentinel2.yaml",
                  "recipes/vicreg_dense_mri.yaml"))
 

@@ -28,10 +28,13 @@ class UnlabelledFacts:
     """What users' label files suggest about how they mark unlabelled pixels, gathered over the files of a command
     and said once (:meth:`warn`): values ``labels.ignore_value`` leaves out of files whose nodata tag marks the
     unlabelled pixels already (a class 0 beside a nodata tag of 255), and 255 trained as a class where it fills
-    most of an untagged file (the usual "ignore" value of segmentation label maps)."""
+    most of an untagged file (the usual "ignore" value of segmentation label maps), and ``labels.ignore_value``
+    filling most of an untagged label volume whose other voxels form solid regions: a dense map whose background
+    (0 in most medical label maps) is left out, so the model would give every voxel one of the other classes."""
 
     beside_nodata: list[tuple[str, int, str]] = field(default_factory=list)  # (path, pixels left out, its mark)
     background_255: list[tuple[str, float]] = field(default_factory=list)  # (path, share of the labelled pixels)
+    ignored_background: list[tuple[str, float]] = field(default_factory=list)  # (path, share of its voxels)
 
     def warn(self, ignore_value: int | None) -> None:
         if self.beside_nodata:
@@ -46,6 +49,14 @@ class UnlabelledFacts:
             log.warning(f"warning: the value 255 fills {share:.0%} of the labelled pixels of '{path}'{more}, which "
                         "has no nodata value, and is trained as a class; if 255 marks unlabelled pixels, set "
                         "labels.ignore_value=255 (or give the file that nodata).")
+        if self.ignored_background:
+            path, share = self.ignored_background[0]
+            more = f" (and {len(self.ignored_background) - 1} more file(s))" if len(self.ignored_background) > 1 else ""
+            log.warning(f"warning: the value {ignore_value} fills {share:.0%} of label volume '{path}'{more} and is "
+                        f"left out as unlabelled (labels.ignore_value={ignore_value}), while the other voxels form "
+                        "solid regions, as in a dense label map: the model learns no background and will give every "
+                        f"voxel one of the other classes. If {ignore_value} is background there (as in most medical "
+                        "label maps), set labels.ignore_value=null.")
 
 
 MAX_DISTINCT_CLASSES = 512  # above any atlas' label count (FreeSurfer aparc.a2009s+aseg ~190, TotalSegmentator 117)
@@ -100,10 +111,34 @@ def _to_labels(arr: np.ndarray, nodata: float | None, ignore_value: int | None,
             not_mask = share > 0.5 and not np.isin(labels[labelled], (0, 255)).all()  # a 0 / 255 mask: 255 a class
             if not_mask and path not in {f[0] for f in facts.background_255}:
                 facts.background_255.append((path, float(share)))
+        if mark is None and ignore_value is not None and labels.ndim == 3 and labelled.any():
+            ignored = labelled & (labels == ignore_value)
+            share = np.count_nonzero(ignored) / np.count_nonzero(labelled)
+            if share > 0.5 and _solid(labelled & ~ignored) and path not in {f[0] for f in facts.ignored_background}:
+                facts.ignored_background.append((path, float(share)))
     if ignore_value is not None:
         labelled &= labels != ignore_value
     labels[~labelled] = -1 if ignore_value is None else ignore_value
     return labels, labelled
+
+
+SOLID_SHARE = 0.5  # of a label map's voxels inside regions (>= 5 of 6 face neighbours labelled)
+
+
+def _solid(mask: np.ndarray) -> bool:
+    """Whether most of ``mask``'s True voxels (a label volume's labelled ones) lie in solid regions: at least five
+    of their six face neighbours True (on a region's face or inside it). Organs, lesions and a cortex ribbon two
+    voxels thick are; scribbles (lines, brush strokes in one slice) and scattered labelled voxels are not."""
+    count = np.count_nonzero(mask)
+    if count == 0:
+        return False
+    neighbours = np.zeros(mask.shape, np.uint8)
+    for axis in range(3):
+        lo = tuple(slice(None, -1) if a == axis else slice(None) for a in range(3))
+        hi = tuple(slice(1, None) if a == axis else slice(None) for a in range(3))
+        neighbours[lo] += mask[hi]
+        neighbours[hi] += mask[lo]
+    return np.count_nonzero(mask & (neighbours >= 5)) > SOLID_SHARE * count
 
 
 def _unlabelled_mark(arr: np.ndarray, nodata: float | None, valid: np.ndarray | None) -> str | None:

@@ -256,6 +256,41 @@ def test_ignore_value_none_keeps_zero_as_a_class(tmp_path):
     assert class_ids([labels], None, masks=[mask0]) == [1, 2, 3, 4]
 
 
+def test_a_dense_label_volume_whose_background_is_ignored_is_said_once_and_scribbles_are_not(tmp_path, caplog):
+    """labels.ignore_value 0 on a dense medical label map (0 = background around solid organs) leaves the
+    background out, so the model would label every voxel: one warning naming labels.ignore_value=null, for all the
+    files. Scribbles and scattered labelled voxels (0 = unlabelled, the setting's purpose) and null say nothing."""
+    import nibabel as nib
+
+    from geomed_ssl.finetune.label_read import UnlabelledFacts
+
+    dense = np.zeros((24, 24, 24), np.uint8)
+    dense[4:12, 4:12, 4:12], dense[14:20, 10:20, 6:18] = 1, 41  # two organs in air: 9 % labelled
+    scribble = np.zeros_like(dense)
+    scribble[5, 3:20, 8], scribble[15, 10, 2:22] = 1, 41  # lines of one voxel
+    points = np.zeros_like(dense)
+    points.flat[np.random.default_rng(0).choice(dense.size, 300, replace=False)] = 2
+    paths = {}
+    for name, vol in (("a", dense), ("b", dense), ("scribble", scribble), ("points", points)):
+        paths[name] = tmp_path / f"{name}_seg.nii.gz"
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), str(paths[name]))
+
+    def said(names, ignore_value):
+        facts = UnlabelledFacts()
+        for name in names:
+            read_label(paths[name], "volume", ignore_value=ignore_value, facts=facts)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+            facts.warn(ignore_value)
+        return [r.getMessage() for r in caplog.records]
+
+    warned = said(["a", "b"], 0)
+    assert len(warned) == 1 and "fills 91% of label volume" in warned[0] and "(and 1 more file(s))" in warned[0]
+    assert "set labels.ignore_value=null" in warned[0] and str(paths["a"]) in warned[0]
+    assert said(["scribble", "points"], 0) == []
+    assert said(["a", "b"], None) == []
+
+
 def test_remap_merges_classes_before_ignore_value(tmp_path):
     path = _label(tmp_path / "l.tif", _classes())
     labels, mask = read_label(path, "raster", ignore_value=0, remap={2: 1, 3: 1, 4: 0})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import unicodedata
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,6 +14,7 @@ import torch
 
 from geomed_ssl.windows.tiling import DEFAULT_OVERLAP
 from geomed_ssl.data.records import stack_input
+from geomed_ssl.errors import DataError, GeomedError
 from geomed_ssl.finetune.labels import LabelSelection, read_label
 from geomed_ssl.windows.splits import GROUND_PREFIX
 from geomed_ssl.finetune.metrics import (background_index, classification_metrics, confusion_matrix,
@@ -140,7 +142,6 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
     from geomed_ssl.bands.conform import conform_record
     from geomed_ssl.data.labelled import scan_class_folders
     from geomed_ssl.finetune.labels import label_grounds, labelled_pixels, read_label_pairs
-    from geomed_ssl.errors import DataError, GeomedError
 
     if data is not None and (images is not None or labels is not None):
         raise GeomedError("give the labelled data as --images IMG_DIR --labels LABELS (segmentation) or as --data "
@@ -196,17 +197,35 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
 
     sized = dataclasses.replace(recipe.data, patch_size=list(meta["window"]))  # whole images, read by the model
     records, labels_idx, folder_names = scan_class_folders(data, sized, strict=strict, for_model=True)
-    missing = [n for n in folder_names if n not in names]
-    if missing:
-        raise DataError(f"class folders {missing} in '{data}' are not classes of this model ({', '.join(names)}).")
-    mapped = np.array([names.index(folder_names[i]) for i in labels_idx], np.int64)
+    records, mapped, notes = model_classes(records, labels_idx, folder_names, names, data)
     records = records_for_stats(records, stats)
     warn_other_scale(records, scale, recipe.data.spacing, f"model '{ft_dir}'")
     dataset = ImageDataset(records, mapped, stats, recipe.data, meta["encoder"]["patch_size"])
     seen, note = trained_images(ft_dir, [r.path for r in records])
     prepare_out_dir(out, **rule)
     return evaluate_images(model, dataset, mapped, {"test": np.flatnonzero(~seen), "train": np.flatnonzero(seen)},
-                           names, out, notes=[note] if note else [])
+                           names, out, notes=notes + ([note] if note else []))
+
+
+def model_classes(records: list, labels_idx: np.ndarray, folder_names: Sequence[str], names: Sequence[str],
+                  data: str | Path) -> tuple[list, np.ndarray, list[str]]:
+    """The images of class folders the model knows, each with its class index in the model, and a note (also a
+    warning) on folders that are no class of it: left out of the metrics, as unknown label values of segmentation
+    are. Names match in Unicode NFC (a folder copied from macOS spells 'Forêt' decomposed). None known: refused."""
+    index = {unicodedata.normalize("NFC", n): k for k, n in enumerate(names)}
+    model_of = [index.get(unicodedata.normalize("NFC", n)) for n in folder_names]
+    missing = [n for n, k in zip(folder_names, model_of) if k is None]
+    if len(missing) == len(folder_names):
+        raise DataError(f"none of the class folders in '{data}' ({', '.join(folder_names)}) is a class of this "
+                        f"model ({', '.join(names)}); name the folders after the model's classes.")
+    keep = np.array([model_of[i] is not None for i in labels_idx], bool)
+    notes = []
+    if missing:
+        notes.append(f"class folders {missing} ({int((~keep).sum())} images) in '{data}' are not classes this model "
+                     f"was trained on (its classes: {', '.join(names)}); they are left out of the metrics")
+        log.warning("warning: %s.", notes[-1])
+    mapped = np.array([model_of[i] for i in labels_idx[keep]], np.int64)
+    return [r for r, k in zip(records, keep) if k], mapped, notes
 
 
 def _used(ft_dir: str | Path) -> dict[str, Any] | None:
@@ -244,20 +263,23 @@ def trained_images(ft_dir: str | Path, paths: Sequence[str]) -> tuple[np.ndarray
     trained = {_key(used["meta"]["paths"][i]) for i in used["train_index"]}
     seen[:] = [_key(p) in trained for p in paths]
     if not seen.any():
-        _warn_alike([used["meta"]["paths"][i] for i in used["train_index"]], paths, "images")
-    return seen, (_scored_apart(int(seen.sum()), len(paths), "images") if seen.any() else None)
+        return seen, _warn_alike([used["meta"]["paths"][i] for i in used["train_index"]], paths, "images")
+    return seen, _scored_apart(int(seen.sum()), len(paths), "images")
 
 
-def _warn_alike(trained: Sequence[str], paths: Sequence[str], what: str) -> None:
+def _warn_alike(trained: Sequence[str], paths: Sequence[str], what: str) -> str | None:
     """None of ``paths`` is where the fine-tune's training ``what`` were: a warning when some share a folder and
-    file name with them (a copy of the training folder, or a test folder named alike: names cannot tell which)."""
+    file name with them (a copy of the training folder, or a test folder named alike: names cannot tell which),
+    returned as a note for metrics.json."""
     tails = {Path(p).parts[-2:] for p in trained}
     alike = sum(Path(p).parts[-2:] in tails for p in paths)
-    if alike:
-        log.warning("warning: none of these %s is at a path the fine-tune trained on, but %d share a folder and "
-                    "file name with its training %s: if this folder is a copy of the training data, what trained "
-                    "the model is scored here as test; evaluate the folder the model was fine-tuned on to score it "
-                    "apart.", what, alike, what)
+    if not alike:
+        return None
+    note = (f"none of these {what} is at a path the fine-tune trained on, but {alike} share a folder and file name "
+            f"with its training {what}: if this folder is a copy of the training data, what trained the model is "
+            "scored here as test; evaluate the folder the model was fine-tuned on to score it apart")
+    log.warning("warning: %s.", note)
+    return note
 
 
 def trained_positions(ft_dir: str | Path, label_paths: Sequence[str], shapes: Sequence[tuple[int, ...]],
@@ -307,11 +329,12 @@ def trained_positions(ft_dir: str | Path, label_paths: Sequence[str], shapes: Se
         if on_grid:
             here = files == i
             seen[here] = np.isin(flats[here], used["train_index"][np.isin(used["train_file"], on_grid)])
+    notes = [_scored_apart(int(seen.sum()), files.size, "positions")] if seen.any() else []
     if not seen.any() and not regridded:
         stored_paths = meta.get("paths") or []
-        _warn_alike([stored_paths[j] for j in np.unique(used["train_file"]) if j < len(stored_paths)], label_paths,
-                    "label files")
-    notes = [_scored_apart(int(seen.sum()), files.size, "positions")] if seen.any() else []
+        alike = _warn_alike([stored_paths[j] for j in np.unique(used["train_file"]) if j < len(stored_paths)],
+                            label_paths, "label files")
+        notes += [alike] if alike else []
     if regridded:
         notes.append(f"{regridded} of these label files trained this model on another grid than theirs now; their "
                      "voxels that trained it cannot be told apart and are in the test metrics")

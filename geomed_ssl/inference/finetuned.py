@@ -178,9 +178,9 @@ def predict_classes(model: torch.nn.Module, meta: dict[str, Any], recipe: Any, r
         for i in range(len(records)):
             probs = model(torch.from_numpy(dataset.image(i)[0])[None].to(device)).softmax(1)[0].cpu()
             k = int(probs.argmax())
-            rows.append({"file": records[i].path, "class": names[k], "probability": round(float(probs[k]), 4),
+            rows.append({"file": records[i].path, "class": names[k], "probability": round(float(probs[k]), 6),
                          "model": model_name,
-                         **({f"p_{n}": round(float(p), 4) for n, p in zip(names, probs)} if probabilities else {})})
+                         **({f"p_{n}": round(float(p), 6) for n, p in zip(names, probs)} if probabilities else {})})
     new = {r["file"] for r in rows}
     with locked_briefly(out):  # several predict jobs may share OUT_DIR: one read-merge-write at a time
         kept = [r for r in earlier_predictions(out / "predictions.csv") if r.get("file") not in new]

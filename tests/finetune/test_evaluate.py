@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from geomed_ssl.finetune.evaluate import unknown_classes
 
@@ -55,3 +56,25 @@ def test_with_data_spacing_predict_to_arrays_reads_the_map_on_the_grid_asked_for
     assert predict_to_arrays(model, meta, paths)[0].shape == (23, 23, 23)
     assert predict_to_arrays(model, meta, paths, native=True)[0].shape == (12, 12, 12)
 
+
+
+def test_class_folders_match_the_models_classes_in_unicode_nfc_and_unknown_ones_are_left_out(caplog) -> None:
+    """A folder copied from macOS spells 'Forêt' decomposed (NFD) where the model stored it composed: the same
+    class. A folder that is no class of the model is left out with a note; none known is refused."""
+    import logging
+    import unicodedata
+
+    from geomed_ssl.errors import DataError
+    from geomed_ssl.finetune.evaluate import model_classes
+
+    folders = [unicodedata.normalize("NFD", "Forêt"), "Mangrove", "River"]
+    records = ["f0", "f1", "m0", "r0"]
+    labels_idx = np.array([0, 0, 1, 2])
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        kept, mapped, notes = model_classes(records, labels_idx, folders, ["River", "Forêt"], "TEST_DIR")
+    assert kept == ["f0", "f1", "r0"] and mapped.tolist() == [1, 1, 0]
+    assert len(notes) == 1 and "class folders ['Mangrove'] (1 images) in 'TEST_DIR'" in notes[0]
+    assert notes[0] in caplog.text
+    assert model_classes(records[:2], labels_idx[:2], folders[:1], ["Forêt"], "T")[2] == []
+    with pytest.raises(DataError, match="none of the class folders in 'T' .* is a class of this model"):
+        model_classes(["m0"], np.array([0]), ["Mangrove"], ["River"], "T")

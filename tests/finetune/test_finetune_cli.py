@@ -482,7 +482,24 @@ def test_classify_warns_of_classes_it_cannot_learn_and_evaluate_scores_its_train
     shutil.copytree(class_folders, copy)
     ev = runner.invoke(app, ["evaluate", str(ft), "--data", str(copy), "--out", str(tmp_path / "ev_copy")])
     assert ev.exit_code == 0 and "6 share a folder and file name with its training images" in ev.output
-    assert json.loads((tmp_path / "ev_copy" / "metrics.json").read_text())["test"]["n"] == 17
+    copied = json.loads((tmp_path / "ev_copy" / "metrics.json").read_text())
+    assert copied["test"]["n"] == 17 and any("6 share a folder and file name" in n for n in copied["notes"])
+    # a test set with a class the model never saw is scored on the classes it knows, the others left out with a
+    # note (as unknown label values of segmentation are); none known: refused, nothing written
+    mixed = tmp_path / "mixed_classes"
+    shutil.copytree(class_folders / "River", mixed / "River")
+    shutil.copytree(class_folders / "Urban", mixed / "Wetland")
+    n_river, n_new = len(list((mixed / "River").iterdir())), len(list((mixed / "Wetland").iterdir()))
+    ev = runner.invoke(app, ["evaluate", str(ft), "--data", str(mixed), "--out", str(tmp_path / "ev_mixed")])
+    assert ev.exit_code == 0, ev.output
+    assert f"class folders ['Wetland'] ({n_new} images)" in ev.output and "left out of the metrics" in ev.output
+    mixed_metrics = json.loads((tmp_path / "ev_mixed" / "metrics.json").read_text())
+    assert mixed_metrics["test"]["n"] + mixed_metrics["train"]["n"] == n_river
+    assert any("'Wetland'" in n for n in mixed_metrics["notes"])
+    only_new = tmp_path / "only_new"
+    shutil.copytree(class_folders / "Urban", only_new / "Wetland")
+    ev = runner.invoke(app, ["evaluate", str(ft), "--data", str(only_new), "--out", str(tmp_path / "ev_new")])
+    assert ev.exit_code == 2 and "none of the class folders" in ev.output and not (tmp_path / "ev_new").exists()
 
     pr = runner.invoke(app, ["predict", str(ft), str(class_folders), "--out", str(tmp_path / "p"), "--probabilities"])
     assert pr.exit_code == 0, pr.output

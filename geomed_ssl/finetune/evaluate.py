@@ -211,15 +211,26 @@ def model_classes(records: list, labels_idx: np.ndarray, folder_names: Sequence[
                   data: str | Path) -> tuple[list, np.ndarray, list[str]]:
     """The images of class folders the model knows, each with its class index in the model, and a note (also a
     warning) on folders that are no class of it: left out of the metrics, as unknown label values of segmentation
-    are. Names match in Unicode NFC (a folder copied from macOS spells 'Forêt' decomposed). None known: refused."""
+    are. Names match in Unicode NFC (a folder copied from macOS spells 'Forêt' decomposed), else ignoring case where
+    that names one class (a note says so). None known: refused."""
     index = {unicodedata.normalize("NFC", n): k for k, n in enumerate(names)}
-    model_of = [index.get(unicodedata.normalize("NFC", n)) for n in folder_names]
+    folded: dict[str, list[int]] = {}
+    for k, n in enumerate(names):
+        folded.setdefault(unicodedata.normalize("NFC", n).casefold(), []).append(k)
+    model_of, notes = [], []
+    for name in folder_names:
+        key = unicodedata.normalize("NFC", name)
+        same_letters = folded.get(key.casefold(), [])
+        model_of.append(index.get(key, same_letters[0] if len(same_letters) == 1 else None))
+        if key not in index and len(same_letters) == 1:
+            notes.append(f"class folder '{name}' is scored as the model's class '{names[same_letters[0]]}' (the "
+                         "names differ only in case)")
+            log.warning("warning: %s.", notes[-1])
     missing = [n for n, k in zip(folder_names, model_of) if k is None]
     if len(missing) == len(folder_names):
         raise DataError(f"none of the class folders in '{data}' ({', '.join(folder_names)}) is a class of this "
                         f"model ({', '.join(names)}); name the folders after the model's classes.")
     keep = np.array([model_of[i] is not None for i in labels_idx], bool)
-    notes = []
     if missing:
         notes.append(f"class folders {missing} ({int((~keep).sum())} images) in '{data}' are not classes this model "
                      f"was trained on (its classes: {', '.join(names)}); they are left out of the metrics")

@@ -60,7 +60,8 @@ def test_with_data_spacing_predict_to_arrays_reads_the_map_on_the_grid_asked_for
 
 def test_class_folders_match_the_models_classes_in_unicode_nfc_and_unknown_ones_are_left_out(caplog) -> None:
     """A folder copied from macOS spells 'Forêt' decomposed (NFD) where the model stored it composed: the same
-    class. A folder that is no class of the model is left out with a note; none known is refused."""
+    class; so is a folder whose name differs only in case, when that names one class (with a note). A folder that is
+    no class of the model is left out with a note; none known is refused."""
     import logging
     import unicodedata
 
@@ -76,5 +77,10 @@ def test_class_folders_match_the_models_classes_in_unicode_nfc_and_unknown_ones_
     assert len(notes) == 1 and "class folders ['Mangrove'] (1 images) in 'TEST_DIR'" in notes[0]
     assert notes[0] in caplog.text
     assert model_classes(records[:2], labels_idx[:2], folders[:1], ["Forêt"], "T")[2] == []
+    kept, mapped, notes = model_classes(records, labels_idx, ["forêt", "mangrove", "RIVER"], ["River", "Forêt"], "T")
+    assert mapped.tolist() == [1, 1, 0] and len(notes) == 3 and "class folder 'forêt' is scored as the model's " \
+        "class 'Forêt' (the names differ only in case)" in notes[0]
+    with pytest.raises(DataError, match="none of the class folders in 'T' .* is a class of this model"):
+        model_classes(["r0"], np.array([0]), ["river"], ["River", "RIVER"], "T")  # two classes of those letters
     with pytest.raises(DataError, match="none of the class folders in 'T' .* is a class of this model"):
         model_classes(["m0"], np.array([0]), ["Mangrove"], ["River"], "T")

@@ -288,7 +288,7 @@ def embed(
     include: Optional[list[str]] = typer.Option(None, "--include", help="Glob of files to embed (repeatable)."),
     exclude: Optional[list[str]] = typer.Option(None, "--exclude", help="Glob of files to skip (repeatable)."),
     overrides: Optional[list[str]] = SetOpt,
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda[:N]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing embedding folder."),
     strict: bool = StrictOpt,
 ) -> None:

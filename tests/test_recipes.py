@@ -73,6 +73,14 @@ def test_a_recipe_path_that_is_not_there_is_the_bundled_recipe_of_that_name(tmp_
         for given in ("recipes/mae_sentinel2.yaml", "mae_sentinel2.yaml", "mae_sentinel2", "recipes/mae_sentinel2"):
             assert find_recipe(given) == BUNDLED_RECIPES / "mae_sentinel2.yaml"
     assert "using the bundled mae_sentinel2" in caplog.text
+    from geomed_ssl.once import command_scope
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="geomed_ssl"):
+        for _ in range(2):  # one command (compare) reading its recipe twice says it once; the next command again
+            with command_scope():
+                find_recipe("mae_sentinel2")
+                find_recipe("mae_sentinel2")
+    assert caplog.text.count("'mae_sentinel2' is not here: using the bundled") == 2
     assert load_recipe("mae_hyperspectral").to_dict() == load_recipe(ROOT / "recipes/mae_hyperspectral.yaml").to_dict()
     (tmp_path / "recipes").mkdir()
     own = tmp_path / "recipes" / "mae_sentinel2.yaml"

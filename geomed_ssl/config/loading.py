@@ -13,6 +13,7 @@ from geomed_ssl.config.fields import build_checked, did_you_mean, show
 from geomed_ssl.config.sections import CLS_HEADS, SECTIONS, SEG_HEADS, MethodConfig, Recipe
 from geomed_ssl.config.validation import method_section, validate
 from geomed_ssl.errors import ConfigError
+from geomed_ssl.once import said_set
 
 log = logging.getLogger("geomed_ssl")
 
@@ -178,6 +179,9 @@ def _drop_previous_method(method: dict[str, Any], written: dict[str, Any], set_k
 BUNDLED_RECIPES = Path(__file__).resolve().parents[1] / "recipes"  # the repository's recipes/, in every install
 
 
+_BUNDLED_SAID: set[tuple[str, str]] = said_set()  # (recipe as given, here): the bundled-recipe note said
+
+
 def bundled_recipes() -> list[str]:
     """Names of the recipes that come with the package (``mae_sentinel2``, ...)."""
     return sorted(p.stem for p in BUNDLED_RECIPES.glob("*.yaml"))
@@ -193,7 +197,9 @@ def find_recipe(path: str | Path) -> Path:
     bundled = BUNDLED_RECIPES / name
     if path.parent in (Path("."), Path("recipes")) and bundled.is_file():
         here = "is a folder here" if path.is_dir() else "is not here"  # a run folder named after its recipe
-        log.info(f"recipe '{path}' {here}: using the bundled {bundled.stem} ({bundled}); copy it to change it.")
+        if (str(path), here) not in _BUNDLED_SAID:  # compare reads the recipe twice: said once a command
+            _BUNDLED_SAID.add((str(path), here))
+            log.info(f"recipe '{path}' {here}: using the bundled {bundled.stem} ({bundled}); copy it to change it.")
         return bundled
     what = "is a folder" if path.is_dir() else "not found"
     raise ConfigError(f"recipe '{path}' {what}. Pass a YAML file, or a bundled recipe by name: "

@@ -45,6 +45,8 @@ def test_unknown_section_is_named() -> None:
 def test_malformed_override_says_the_expected_form() -> None:
     with pytest.raises(ConfigError, match="section.key=value"):
         parse_override("max_steps")
+    with pytest.raises(ConfigError, match=r"overrides is a list .* e.g. \['train.max_steps=5'\]"):
+        load_recipe(None, "train.max_steps=5")  # from Python: one string, not read letter by letter
 
 
 def test_a_bad_value_given_with_set_is_blamed_on_the_set_values_not_the_recipe_alone() -> None:

@@ -150,6 +150,9 @@ def test_compare_options_made_in_python_are_checked_as_the_command_line_checks_t
         (dict(budgets=[Budget(per_class=2), Budget(fraction=0.1)]), "not both"),
         (dict(seeds=[-1]), "--seeds"),
         (dict(encoders=[str(tmp_path / "missing")]), "does not exist"),
+        (dict(encoders="none"), r"encoders is a list, e.g. \['runs/a', 'none'\]; got 'none'"),  # not letter by letter
+        (dict(seeds=0), "seeds is a list"),
+        (dict(budgets=[2]), r"label budget 2: give each as Budget\(per_class=K\)"),
     ]
     for change, message in bad:
         kwargs = {"encoders": ["none"], "budgets": [Budget(per_class=2)], "seeds": [0], **change}
@@ -223,3 +226,12 @@ def test_every_other_command_function_leaves_the_generators_as_found_and_its_fol
         call()
         assert draws() == expected, name
         assert not _HELD, (name, list(_HELD))
+
+
+def test_predict_dir_with_no_input_says_so(tmp_path: Path) -> None:
+    from geomed_ssl.errors import DataError
+    from geomed_ssl.inference.finetuned import predict_dir
+
+    with pytest.raises(DataError, match="no input to predict"):
+        predict_dir(tmp_path / "ft", [], tmp_path / "maps")
+    assert not (tmp_path / "maps").exists()

@@ -65,9 +65,9 @@ class CompareOptions:
     baselines: list[str] | None = None  # None: every baseline that applies to the task
 
     def __post_init__(self) -> None:
-        self.encoders = check_encoders([str(e) for e in self.encoders])
-        self.budgets = check_budgets(self.budgets)
-        self.seeds = check_seeds(self.seeds)
+        self.encoders = check_encoders([str(e) for e in listed(self.encoders, "encoders", "['runs/a', 'none']")])
+        self.budgets = check_budgets(listed(self.budgets, "budgets", "[Budget(per_class=5)]"))
+        self.seeds = check_seeds(listed(self.seeds, "seeds", "[0, 1, 2]"))
         if self.split not in SPLITS:
             raise ConfigError(f"--split '{self.split}': choose {', '.join(SPLITS[:-1])} or {SPLITS[-1]}.")
         self.protocols = check_names(self.protocols, "--protocol", PROTOCOLS)
@@ -78,6 +78,14 @@ class CompareOptions:
     def pretrained(self) -> list[str]:
         """The encoders that are not ``none``, as given."""
         return [e for e in self.encoders if e.lower() != NONE]
+
+
+def listed(value: object, name: str, example: str) -> list:
+    """``value`` as a list when it is one (any sequence but a string); else a ConfigError showing the form, so a
+    Python caller's ``encoders="runs/a"`` is not read letter by letter."""
+    if isinstance(value, (str, bytes, Path)) or not isinstance(value, Sequence):
+        raise ConfigError(f"CompareOptions {name} is a list, e.g. {example}; got {value!r}.")
+    return list(value)
 
 
 def check_encoders(encoders: Sequence[str]) -> list[str]:
@@ -113,6 +121,9 @@ def check_budgets(budgets: Sequence[Budget]) -> list[Budget]:
         raise ConfigError("give at least one label budget (--labels-per-class or --label-fraction).")
     out = []
     for b in budgets:
+        if not isinstance(b, Budget):
+            raise ConfigError(f"label budget {b!r}: give each as Budget(per_class=K) or Budget(fraction=F) "
+                              "(geomed_ssl.compare.options).")
         per_class, fraction = whole(b.per_class), b.fraction
         per_class_ok = fraction is None and per_class is not None and per_class >= 1
         try:

@@ -94,8 +94,8 @@ def check_baselines(options: CompareOptions, kind: str) -> None:
                           f"for segmentation choose from {', '.join(SEGMENT_BASELINES)}.")
 
 
-def _load_task(options: CompareOptions, recipe_file: Path, overrides: list[str] | None, images: Any, labels: Any,
-               data: Any, strict: bool) -> tuple[Recipe, Task]:
+def _load_task(options: CompareOptions, recipe_file: Recipe | Path, overrides: list[str] | None, images: Any,
+               labels: Any, data: Any, strict: bool) -> tuple[Recipe, Task]:
     if (images is None) == (data is None):
         raise ConfigError("give the labelled data as --images IMG_DIR --labels LABELS (segmentation) or as "
                           "--data CLASS_FOLDERS_DIR (classification), one of the two.")
@@ -334,7 +334,8 @@ def _stopped(signal_name: str, n: int, total: int, job: Job, split: Split, resul
 
 @keeps_process_state
 def run_compare(options: CompareOptions, *, out: str | Path, images: str | Path | None = None,
-                labels: str | Path | None = None, data: str | Path | None = None, recipe: str | Path | None = None,
+                labels: str | Path | None = None, data: str | Path | None = None,
+                recipe: Recipe | str | Path | None = None,
                 overrides: list[str] | None = None, overwrite: bool = False,
                 strict: bool = False, progress: bool = True, keep_finetuned: bool = False) -> CompareResult:
     """Score every encoder (and ``none``, and the baselines) at every budget and seed; see docs/label_efficiency.md.
@@ -342,7 +343,8 @@ def run_compare(options: CompareOptions, *, out: str | Path, images: str | Path 
     output folder is created or changed. ``keep_finetuned``: the ``finetune`` protocol's FT_DIRs are kept in
     ``out/finetuned_<encoder>_<budget>_seed<seed>`` (usable by ``predict``) instead of being deleted."""
     out = Path(out)
-    inputs = {"images folder": images, "labels": labels, "data folder": data, "recipe": recipe,
+    inputs = {"images folder": images, "labels": labels, "data folder": data,
+              "recipe": None if isinstance(recipe, Recipe) else recipe,
               "encoder": options.pretrained}
     check_out_dir(out, command="compare", inputs=inputs, overwrite=overwrite, resume=True)
     with said_once():

@@ -17,7 +17,7 @@ import torch
 from geomed_ssl.checkpoint import load_encoder, read_encoder_config, save_encoder
 from geomed_ssl.compare.options import NONE, CompareOptions
 from geomed_ssl.compare.task import Task
-from geomed_ssl.config import CLS_HEADS, SEG_HEADS, Recipe, load_recipe, sets_key
+from geomed_ssl.config import CLS_HEADS, SEG_HEADS, Recipe, as_recipe, sets_key
 from geomed_ssl.config.sections import section_dict
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.errors import ConfigError, DataError, GeomedError
@@ -40,8 +40,11 @@ class EncoderSource:
     path: str | None = None  # what `finetune` loads it from (none: the export in CMP_DIR/encoder_none_seed<seed>)
 
 
-def recipe_path(options: CompareOptions, recipe: str | Path | None) -> Path:
-    """``--recipe``, else the ``config.yaml`` of the first RUN_DIR (beside an exported ``encoder/`` too)."""
+def recipe_path(options: CompareOptions, recipe: Recipe | str | Path | None) -> Recipe | Path:
+    """``--recipe`` (from Python a path or a ``Recipe``), else the ``config.yaml`` of the first RUN_DIR (beside an
+    exported ``encoder/`` too)."""
+    if isinstance(recipe, Recipe):
+        return recipe
     if recipe is not None:
         return Path(recipe)
     for enc in options.pretrained:
@@ -57,7 +60,7 @@ OWN_OPTIONS = {"labels.split": "--split", "labels.per_class": "--labels-per-clas
                "labels.fraction": "--label-fraction"}  # recipe keys compare's options set for each run
 
 
-def load_compare_recipe(path: Path, overrides: list[str] | None, task_kind: str) -> Recipe:
+def load_compare_recipe(path: Recipe | Path, overrides: list[str] | None, task_kind: str) -> Recipe:
     """The recipe for ``task_kind`` (segment / classify, from the labels given). A pretraining run's config.yaml
     names a head for its own default task (a UNETR decoder for segmentation); when that head does not suit this task
     and no ``--set finetune.head`` says otherwise, the task's first head is used and said so."""
@@ -68,12 +71,13 @@ def load_compare_recipe(path: Path, overrides: list[str] | None, task_kind: str)
                               f"{key}=....")
     heads = SEG_HEADS if task_kind == "segment" else CLS_HEADS
     if not sets_key(overrides, "finetune.head"):
-        head = load_recipe(path, overrides).finetune.head
+        head = as_recipe(path, overrides).finetune.head
         if head not in heads:
-            log.info(f"compare: {path}'s finetune.head '{head}' is not a {task_kind} head; using '{heads[0]}' "
+            where = "the recipe" if isinstance(path, Recipe) else f"{path}"
+            log.info(f"compare: {where}'s finetune.head '{head}' is not a {task_kind} head; using '{heads[0]}' "
                      f"(--set finetune.head=... to choose: {', '.join(heads)}).")
             overrides.append(f"finetune.head={heads[0]}")
-    return load_recipe(path, [*overrides, f"finetune.task={task_kind}"])
+    return as_recipe(path, [*overrides, f"finetune.task={task_kind}"])
 
 
 def _task_records(task: Task, catalog: Any) -> list[Any]:

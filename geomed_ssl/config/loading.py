@@ -150,6 +150,9 @@ def apply_overrides(raw: dict[str, Any] | None, overrides: list[str] | None,
 
     When ``--set method.name`` names another method than the recipe's, the recipe's settings of its method are
     dropped (they belong to that method) with a one-line note; settings given with ``--set`` are kept."""
+    if isinstance(overrides, (str, bytes)):  # from Python: one string would be read letter by letter
+        raise ConfigError(f"overrides is a list of 'section.key=value' strings, e.g. [{str(overrides)!r}]; got "
+                          f"{overrides!r}.")
     raw = _sections(raw, source)
     written = dict(raw.get("method", {}))
     set_keys: set[tuple[str, str]] = set()

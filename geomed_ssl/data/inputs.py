@@ -41,6 +41,9 @@ def prepare_input(array: Any, stats: dict[str, Any] | None, spatial_dims: int, n
                           "an export written by `geomed-ssl pretrain` or `finetune`.")
     band_stats = BandStats.from_dict(stats, source="encoder config stats")
     arr = as_numpy(array)
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"preprocess: the array holds {arr.dtype} values; give the bands' real values as read from "
+                        "the files (numbers, not complex: SAR users take the amplitude or intensity first).")
     if arr.ndim == spatial_dims + 1:
         arr = arr[None]
     if arr.ndim != spatial_dims + 2:

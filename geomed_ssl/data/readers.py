@@ -311,6 +311,11 @@ class VolumeReader:
     def cached_volumes(self) -> int:
         return 0 if self._cache is None or self._pid != os.getpid() else len(self._cache)
 
+    def close(self) -> None:
+        """Drop this process's decoded volumes (their memory; NIfTI files are not held open)."""
+        if self._pid == os.getpid() and self._cache is not None:
+            self._cache.clear()
+
     def _load_one(self, path: str) -> tuple[np.ndarray, np.ndarray]:
         """(C, I, J, K) float32 in RAS orientation (resampled if asked) and its 4x4 affine.
 

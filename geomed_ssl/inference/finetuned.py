@@ -100,6 +100,8 @@ def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], o
 
     out = Path(out)
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    if not inputs:
+        raise DataError("no input to predict: give one or more files or folders.")
     rule = {"command": "predict", "resume": True, "inputs": {"fine-tune folder": ft_dir, "input": inputs}}
     check_out_dir(out, **rule)  # the folder is made once the inputs are listed
     model, meta, recipe = load_run(ft_dir, device)

@@ -110,6 +110,11 @@ class ViTEncoder(nn.Module):
         wavelength, ``U * N`` (unit-major) for grouped and spectral, ``k * N`` when ``tokens_per_position`` pools
         their units. ``channel_ids`` (spectral, wavelength): ``x`` holds only these of the encoder's bands, in this
         order (random band subsets during pretraining)."""
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or (
+                x.dtype == torch.float64 and self.cls_token.dtype != torch.float64):
+            what = type(x).__name__ if not isinstance(x, torch.Tensor) else f"a {x.dtype} tensor"
+            raise DataError(f"the encoder takes a float32 torch tensor (B, C, *S) normalised as in training, got "
+                            f"{what}: x, valid = enc.preprocess(raw_values) gives it.")
         if hasattr(self, "unit_pool"):
             tokens, grid = self.patch_embed(x, channel_ids, by_position=True)  # (B, N, U, D)
             tokens = self.unit_pool(tokens)  # (B, k*N, D)

@@ -470,6 +470,7 @@ def fit(trainer: L.Trainer, module: PretrainModule, data: PretrainData, point: R
                                 "from it." if last.is_file() else "No checkpoint was saved yet.", children) from None
     finally:
         stop.restore()
+        data.dataset.close()  # its open files: a notebook's next run would find them still open
     if spawned:  # the workers trained: the step is in their last checkpoint
         return read_checkpoint_info(out / "checkpoints" / "last.ckpt")[0]
     return trainer.global_step

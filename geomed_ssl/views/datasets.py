@@ -242,6 +242,13 @@ class PretrainDataset(Dataset):
             meta.update(box=box, transform=None, affine=self.volume_reader.affine(record).tolist())
         return meta
 
+    def close(self) -> None:
+        """Close this process's open files and drop its cached reads (a notebook's next command starts clean)."""
+        if self.raster_reader is not None:
+            self.raster_reader.close()
+        if self.volume_reader is not None:
+            self.volume_reader.close()
+
     def pairing_note(self) -> str | None:
         """With ``data.date_pairs``: how many files have another date on their grid (a warning text when none)."""
         if not getattr(self.data_cfg, "date_pairs", False) or not getattr(self.view, "pairs", False):

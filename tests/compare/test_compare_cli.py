@@ -214,6 +214,17 @@ def test_compare_on_class_folders_takes_a_pretraining_run_whose_recipe_names_a_s
                                                                (str(run_dir), "propagate"), ("band_stats", "linear")}
     assert all(0.0 <= float(r["oa"]) <= 1.0 for r in rows)
     assert json.loads((out / "compare.json").read_text())["probe_rules"] == 4  # image features hold the CLS token
+    # from Python the recipe may be a Recipe, as for pretrain and finetune: the same rows
+    from geomed_ssl.compare.options import Budget, CompareOptions
+    from geomed_ssl.compare.run import run_compare
+    from geomed_ssl.config import load_recipe
+
+    again = run_compare(CompareOptions([str(run_dir)], [Budget(per_class=2)], [0], protocols=["linear"],
+                                       baselines=[]), out=tmp_path / "cmp_py", data=classes,
+                        recipe=load_recipe(run_dir / "config.yaml"), progress=False)
+    assert again is not None
+    first = {(r["encoder"], r["oa"]) for r in rows if r["protocol"] == "linear" and r["encoder"] != "band_stats"}
+    assert {(r["encoder"], r["oa"]) for r in read(tmp_path / "cmp_py" / "results.csv")} == first
 
 
 def test_a_resumed_compare_keeps_the_random_initialisation_its_earlier_rows_used(

@@ -103,6 +103,13 @@ def test_preprocess_refuses_arrays_of_another_shape_or_band_count(tmp_path: Path
         enc.preprocess(np.zeros((16, 16)))
     with pytest.raises(DataError, match="the array has 3 bands but the statistics have 4"):
         enc.preprocess(np.zeros((3, 16, 16)))
+    with pytest.raises(DataError, match="holds complex64 values"):
+        enc.preprocess(np.zeros((4, 16, 16), np.complex64))
+    x, _ = enc.preprocess(np.zeros((4, 16, 16)))
+    assert enc(x).shape[0] == 1
+    for raw in (x.numpy(), x.double(), x.long()):  # what a notebook passes before preprocess: the fix named
+        with pytest.raises(DataError, match=r"takes a float32 torch tensor .* enc.preprocess\(raw_values\)"):
+            enc(raw)
 
 
 def test_preprocess_defaults_to_the_runs_nodata_setting(tmp_path: Path) -> None:

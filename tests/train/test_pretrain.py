@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -97,6 +98,10 @@ def test_resume_after_kill_continues_same_loss_curve(raster_dir: Path, tmp_path:
     overrides = [*TINY, "data.sensor=null", "data.patch_size=16", "train.max_steps=10", "train.checkpoint_every=5"]
     full = pretrain("recipes/mae_sentinel2.yaml", raster_dir, tmp_path / "full", overrides=overrides, progress=False)
     assert full.steps == 10
+    fds = Path("/proc/self/fd")  # the run's files are closed when it returns (a notebook's runs piled them up)
+    if fds.is_dir():
+        still_open = [os.readlink(f) for f in fds.iterdir() if os.path.exists(f)]
+        assert not [f for f in still_open if f.startswith(str(raster_dir))], still_open
 
     killed = tmp_path / "killed"
     with pytest.raises(RuntimeError, match="simulated kill"):

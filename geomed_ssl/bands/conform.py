@@ -44,7 +44,7 @@ def conform_record(record: Any, names: list[str], wavelengths: Sequence[float | 
     them (extra bands dropped) and whose per-band fields follow. Missing bands are a DataError, and so are bands
     more than 15 nm from the model's ``wavelengths`` of their names (``bands.check_band_wavelengths``)."""
     try:
-        order = band_order(names, record.band_names, record.path, record.band_source)
+        order = band_order(names, record.band_names, record.path, record.band_source, (wavelengths, record.wavelengths))
     except DataError as err:
         raise DataError(f"{err}{alpha_note(record.paths if record.kind == 'raster' else [])}") from None
     check_band_wavelengths(names, wavelengths, record.wavelengths, order, record.path)

@@ -5,11 +5,16 @@ cube, Landsat-7's and Landsat-8's ``B4``), for data against a model and for the 
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from typing import Sequence
 
-from geomed_ssl.bands.names import _canon, split_wavelength_suffix
+from geomed_ssl.bands.names import BARE_WAVELENGTH, _canon, split_wavelength_suffix
 from geomed_ssl.errors import DataError
+from geomed_ssl.once import said_set
+
+log = logging.getLogger("geomed_ssl")
+_BY_WAVELENGTH_SAID: set[tuple[tuple[str, ...], tuple[str, ...]]] = said_set()  # (model's, data's names) noted
 
 WAVELENGTH_TOLERANCE_UM = 0.015  # closer centres are the same band (Landsat-8 B4 ~ Sentinel-2 B04) ...
 WAVELENGTH_TOLERANCE_REL = 0.02  # ... or within 2 % of the wavelength: one sensor's platforms (S2A / S2B B12:
@@ -79,8 +84,31 @@ def loose_name(name: str) -> str:
     return _canon(split_wavelength_suffix(str(name))[0])
 
 
+UNNAMED_MATCH_UM = 0.001  # a band named by its wavelength alone meets the model's band within a nanometre
+
+
+def by_wavelength(want: Sequence[str], have: Sequence[str], wavelengths: tuple[Sequence[float | None] | None,
+                  Sequence[float | None] | None] | None) -> list[int] | None:
+    """Indices into ``have`` giving the ``want`` bands, matched by centre wavelength, when the data names its bands
+    by wavelength alone ("400.02 Nanometers": GDAL's descriptions of an ENVI cube whose header lists wavelengths but
+    no band names), each of the model's bands meets a different data band within a nanometre, and every centre is
+    known; else None (the names decide)."""
+    if wavelengths is None or wavelengths[0] is None or wavelengths[1] is None:
+        return None
+    want_wl, have_wl = list(wavelengths[0]), list(wavelengths[1])
+    if len(want_wl) != len(want) or len(have_wl) != len(have) or None in want_wl or None in have_wl:
+        return None
+    if not all(BARE_WAVELENGTH.match(str(n)) for n in have):
+        return None
+    order = [min(range(len(have)), key=lambda i: abs(have_wl[i] - w)) for w in want_wl]  # type: ignore[operator]
+    close = all(abs(have_wl[i] - w) <= UNNAMED_MATCH_UM for i, w in zip(order, want_wl))  # type: ignore[operator]
+    return order if close and len(set(order)) == len(order) else None
+
+
 def band_order(expected: Sequence[str], found: Sequence[str], where: str,
-               source: str | None = None) -> list[int] | None:
+               source: str | None = None, wavelengths: tuple[Sequence[float | None] | None,
+                                                             Sequence[float | None] | None] | None = None,
+               ) -> list[int] | None:
     """The one band rule: indices into ``found`` that give the ``expected`` bands in their order, matched by NAME.
 
     None when ``found`` already equals ``expected``. Bands of ``found`` that ``expected`` lacks are dropped (the
@@ -88,6 +116,8 @@ def band_order(expected: Sequence[str], found: Sequence[str], where: str,
     ``source`` (``BandInfo.source`` of ``found``) shapes the advice: data.band_names can rename bands only when the
     files do not describe them themselves. Names written another way (``B8`` for ``B08``) match only when the two
     lists hold as many bands: picking some of another sensor's bands by a look-alike name reads the wrong ones.
+    ``wavelengths`` (the model's, the data's): bands the data names by their wavelength alone meet the model's by
+    it (:func:`by_wavelength`).
     """
     want, have = [str(n) for n in expected], [str(n) for n in found]
     if want == have:
@@ -107,11 +137,22 @@ def band_order(expected: Sequence[str], found: Sequence[str], where: str,
                           "name may be another sensor's band (Landsat-8's B8 is panchromatic, Sentinel-2's B08 "
                           "near-infrared), so they are not taken by their look: if they are these bands, name them as "
                           "the model does or give a file of the model's bands only.")
+    if missing and (matched := by_wavelength(want, have, wavelengths)) is not None:
+        if (tuple(want), tuple(have)) not in _BY_WAVELENGTH_SAID:
+            _BY_WAVELENGTH_SAID.add((tuple(want), tuple(have)))
+            log.info(f"'{where}' names its bands by wavelength alone ({brief(have)}): each of the model's bands "
+                     f"({brief(want)}) is read from the data band within a nanometre of its centre.")
+        return matched
     if missing:
         extra = [n for n in have if n not in want]
         hint = ("the file's band descriptions name its bands, so use data that holds these bands"
                 if source == "file" else
                 "if the data holds them under other names, set data.band_names to its band names in order")
+        if have and all(BARE_WAVELENGTH.match(n) for n in have):  # an ENVI cube's wavelengths, no band names
+            hint = ("the file names its bands by wavelength alone, and not every one of the model's bands has a "
+                    "data band within a nanometre of its centre wavelength (or the model's bands have none): give "
+                    "the file the model's band names as descriptions (in rasterio: dataset.set_band_description("
+                    "band, name), opened in r+ mode), or pretrain on files described like this one")
         raise DataError(f"'{where}' bands do not cover the model's: missing {brief(missing, as_list=True)}, extra "
                         f"{brief(extra, as_list=True)} (data: {brief(have)}; model: {brief(want)}); {hint}."
                         f"{look_alike}")

@@ -171,6 +171,22 @@ def _tag_wavelength(tags: dict[str, Any] | None) -> float | None:
     return _tag_length(tags, "WAVELENGTH", 100.0)
 
 
+ROUNDED_UM = 0.0006  # GDAL 3.10 writes CENTRAL_WAVELENGTH_UM to 3 decimals (a nanometre) beside finer sources
+
+
+def finest_wavelength(tags: dict[str, Any] | None) -> float | None:
+    """One band's centre wavelength (µm) by :func:`_tag_wavelength`'s order, but from the finest source that
+    agrees with it to GDAL's rounding: a converted ENVI cube carries ``CENTRAL_WAVELENGTH_UM='0.400'`` beside the
+    header's ``wavelength=400.02`` and the description "400.02 Nanometers" (``SUFFIX_WAVELENGTH_UM``); AVIRIS'
+    overlapping spectrometers put bands 0.4 nm apart, which the rounded value merges."""
+    first = _tag_wavelength(tags)
+    if first is None:
+        return _tag_um(tags, "SUFFIX_WAVELENGTH_UM")
+    others = [v for v in (_tag_length(tags, "WAVELENGTH", 100.0), _tag_um(tags, "SUFFIX_WAVELENGTH_UM"))
+              if v is not None and abs(v - first) <= ROUNDED_UM]
+    return max([first, *others], key=lambda v: len(repr(round(v, 9)).rstrip("0")))
+
+
 def _nm_under_um(tags: dict[str, Any] | None) -> bool:
     """The band's µm tags hold nanometres: its CENTRAL_WAVELENGTH_UM is above 100 (no imaging band lies past 100 µm);
     its FWHM_UM is read with it."""
@@ -351,8 +367,7 @@ def _band_wavelengths(names: list[str], tags: dict[int, dict[str, Any]], data_cf
     else each band's own (warned about when the profile names another: another sensor's band of that name); None
     when no band has one."""
     num_bands = len(names)
-    own = [_tag_wavelength(tags.get(i + 1)) for i in range(num_bands)]
-    own = [w if w is not None else _tag_um(tags.get(i + 1), "SUFFIX_WAVELENGTH_UM") for i, w in enumerate(own)]
+    own = [finest_wavelength(tags.get(i + 1)) for i in range(num_bands)]
     cfg_wl = getattr(data_cfg, "wavelengths", None)
     if cfg_wl is not None:
         if len(cfg_wl) != num_bands:

@@ -26,7 +26,9 @@ KIND_WORDS = {"raster": ("a GeoTIFF raster", "2D GeoTIFF rasters"),
 UNREAD = {
     "raster": ((".jp2", ".j2k", ".img", ".vrt", ".png", ".jpg", ".jpeg", ".bsq", ".bil", ".bip", ".nc", ".h5",
                 ".hdf", ".he5", ".grd", ".asc", ".ecw", ".sid"),
-               "convert them to GeoTIFF, e.g. `gdal_translate -of COG IN OUT.tif` (a .vrt mosaic becomes one scene)"),
+               "convert them to GeoTIFF, e.g. `gdal_translate -of COG IN OUT.tif` (a .vrt mosaic becomes one scene; "
+               "an ENVI cube is converted from its data file, the .hdr beside it, and its bad bands (bbl) are best "
+               "left out: `gdal_translate -b 1 -b 2 ...`)"),
     "volume": ((".mgz", ".mgh", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".ima", ".img", ".npz"),
                "convert them to NIfTI, e.g. with nibabel, SimpleITK, or dcm2niix for DICOM series"),
 }
@@ -162,6 +164,8 @@ def unread_formats(files: Sequence[Path], kind: str) -> str | None:
     if kind == "volume":  # scanners name DICOM files IM0001 or by UID (1.2.840...5): told apart by content
         unnamed = [p for p in files if scanner_named(p)][:20]  # opened: a few
         found.update(["DICOM without .dcm"] * sum(map(is_dicom, unnamed)))
+    else:  # ENVI cubes whose data file has no telling extension (.dat, none): known by their header
+        found.update(["ENVI (.hdr and its data)"] * len(envi_cubes(files, extensions)))
     if not found:
         return None
     counts = ", ".join(f"{ext} {n}" for ext, n in sorted(found.items()))
@@ -170,6 +174,29 @@ def unread_formats(files: Sequence[Path], kind: str) -> str | None:
     return (f"{total} file{'s' if total != 1 else ''} in formats not read ({counts}): geomed-ssl reads {kind}s as "
             f"{words}; {advice}" + (f" (or leave them out with data.exclude, e.g. \"*{min(found)}\")"
                                     if min(found).startswith(".") else ""))
+
+
+def envi_cubes(files: Sequence[Path], counted: Sequence[str]) -> list[Path]:
+    """The ENVI headers among ``files`` (text starting "ENVI") whose data file beside them (``x.dat`` / ``x`` for
+    ``x.hdr``, ``x.dat`` for ``x.dat.hdr``) has none of the ``counted`` extensions (.img, .bsq ... are counted by
+    name already); at most 200 headers are opened."""
+    headers = [p for p in files if p.suffix.lower() == ".hdr"][:200]
+    out = []
+    for header in headers:
+        data = [q for q in files if q != header and q.parent == header.parent
+                and (q.name == header.stem or (q.stem == header.stem and q.suffix.lower() != ".hdr"))]
+        if data and not any(q.name.lower().endswith(tuple(counted)) for q in data) and is_envi_header(header):
+            out.append(header)
+    return out
+
+
+def is_envi_header(path: Path) -> bool:
+    """Whether ``path`` is an ENVI header (its text starts with "ENVI")."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"ENVI"
+    except OSError:
+        return False
 
 
 def scanner_named(path: str | Path) -> bool:

@@ -236,7 +236,7 @@ class RasterInput:
         if len(names) != count:
             raise DataError(f"'{path}' has {count} bands but {len(names)} band names were given.")
         try:
-            order = band_order(stats.band_names, names, str(path), source)
+            order = band_order(stats.band_names, names, str(path), source, (stats.wavelengths, wavelengths))
         except DataError as err:
             raise DataError(f"{err}{alpha_note(list(files))}") from None
         check_band_wavelengths(stats.band_names, stats.wavelengths, wavelengths, order, str(path))

@@ -284,3 +284,29 @@ def test_a_central_wavelength_written_in_nanometres_under_the_micrometre_key_is_
             2: {"CENTRAL_WAVELENGTH_UM": "10.9", "FWHM_UM": "0.6"}}  # thermal, in µm
     info = bands.resolve_band_info(2, ["a", "b"], tags, DataConfig(), "f.tif")
     assert info.wavelengths == pytest.approx([0.49, 10.9]) and info.bandwidths == pytest.approx([0.065, 0.6])
+
+
+def test_a_converted_envi_cubes_rounded_central_wavelength_gives_way_to_the_headers_finer_value() -> None:
+    """GDAL 3.10 writes CENTRAL_WAVELENGTH_UM to 3 decimals beside the ENVI header's own ``wavelength`` and the
+    description's: AVIRIS' overlapping spectrometers (686.53 / 686.91 nm) must stay two bands."""
+    descriptions = ["686.53 Nanometers", "686.91 Nanometers", "557.3 Nanometers"]
+    tags = {1: {"IMAGERY:CENTRAL_WAVELENGTH_UM": "0.687", "wavelength": "686.53", "wavelength_units": "Nanometers"},
+            2: {"IMAGERY:CENTRAL_WAVELENGTH_UM": "0.687"},  # the description's value is finer
+            3: {"CENTRAL_WAVELENGTH_UM": "0.600", "wavelength": "557.3"}}  # far apart: the µm key wins
+    info = resolve_band_info(3, descriptions, tags, DataConfig(), "cube.tif")
+    assert info.wavelengths == pytest.approx([0.68653, 0.68691, 0.6], abs=1e-9)
+
+
+def test_bands_named_by_wavelength_alone_meet_the_models_bands_by_wavelength_within_a_nanometre() -> None:
+    model, model_wl = ["B001", "B002", "B003"], [0.40002, 0.40981, 0.41961]
+    data = ["419.61 Nanometers", "400.02 Nanometers", "409.81 Nanometers", "2500.00 Nanometers"]  # reordered, extra
+    data_wl = [0.41961, 0.40002, 0.40981, 2.5]
+    assert band_order(model, data, "cube.tif", "file", (model_wl, data_wl)) == [1, 2, 0]
+    far = [0.41961, 0.40202, 0.40981, 2.5]  # one band 2 nm off: not taken for the model's
+    with pytest.raises(DataError, match="names its bands by wavelength alone, and not every one"):
+        band_order(model, data, "cube.tif", "file", (model_wl, far))
+    with pytest.raises(DataError, match="names its bands by wavelength alone"):
+        band_order(model, data, "cube.tif", "file", (None, data_wl))  # the model's bands carry no wavelengths
+    named = ["red", "green", "blue", "nir"]  # real names: the names decide, wavelengths or not
+    with pytest.raises(DataError, match="the file's band descriptions name its bands"):
+        band_order(model, named, "cube.tif", "file", (model_wl, data_wl))

@@ -53,6 +53,16 @@ def test_formats_not_read_are_named_with_the_conversion(tmp_path, make_tif, grad
     with pytest.raises(DataError, match=r"cannot use '.*T33TVM_B02.jp2': 1 file in formats not read"):
         scan(only / "T33TVM_B02.jp2", DataConfig(patch_size=32))
 
+    envi = tmp_path / "envi"  # ENVI cubes whose data file has no telling extension: known by the header's text
+    envi.mkdir()
+    for data, header in (("cube.dat", "cube.hdr"), ("flight", "flight.hdr"), ("b.dat", "b.dat.hdr")):
+        (envi / data).write_bytes(b"\0" * 64)
+        (envi / header).write_text("ENVI\nsamples = 4\n")
+    (envi / "notes.dat").write_bytes(b"\0" * 64)
+    (envi / "notes.hdr").write_text("not a header")
+    with pytest.raises(DataError, match=r"3 files in formats not read \(ENVI \(.hdr and its data\) 3\).*ENVI cube"):
+        scan(envi, DataConfig(patch_size=32))
+
 
 def test_a_band_at_nodata_in_a_pixel_other_bands_cover_is_no_value_of_that_band(tmp_path, make_tif):
     rng = np.random.default_rng(0)

@@ -355,13 +355,14 @@ def similar(
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default EMB_DIR/search/<query>)."),
     include_self: bool = typer.Option(False, "--include-self", help="Keep the query's own rows among the hits."),
     encoder: Optional[Path] = typer.Option(None, "--encoder", help="The encoder, if it moved since embedding."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda[:N]."),
     strict: bool = StrictOpt,
 ) -> None:
     """Nearest neighbours (cosine) of a file or a box in it among stored embeddings, with a contact sheet."""
     from geomed_ssl.embeddings.search import find_similar
 
     for line in find_similar(emb_dir, query, box=box, top=top, out_dir=out, include_self=include_self,
-                             encoder=encoder, strict=strict).lines:
+                             encoder=encoder, device=device, strict=strict).lines:
         typer.echo(line)
 
 

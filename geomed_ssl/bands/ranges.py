@@ -51,7 +51,9 @@ def warn_far_from_stats(items: Sequence[tuple[str, Sequence[Sequence[float]] | N
     more = f" and {len(far) - 1} more file(s)" if len(far) > 1 else ""
     log.warning("warning: the value range of '%s'%s is far from the model's training statistics in band(s) %s "
                 "(p1..p99): clipping to the training range flattens them, so the model sees almost constant "
-                "input. Check the units (reflectance vs digital numbers, a scale factor) and data.nodata.",
+                "input. Check the units (reflectance vs digital numbers, a scale factor) and the nodata value (a "
+                "fill like -9999 that the file does not tag: data.nodata, or tag it: gdal_edit.py -a_nodata -9999 "
+                "FILE).",
                 first_path, more, shown)
     return [p for p, _ in far]
 

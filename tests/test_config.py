@@ -47,6 +47,9 @@ def test_malformed_override_says_the_expected_form() -> None:
         parse_override("max_steps")
     with pytest.raises(ConfigError, match=r"overrides is a list .* e.g. \['train.max_steps=5'\]"):
         load_recipe(None, "train.max_steps=5")  # from Python: one string, not read letter by letter
+    from geomed_ssl.config import as_recipe
+    with pytest.raises(ConfigError, match="overrides is a list"):
+        as_recipe(None, "train.max_steps=5", task="segment")  # pretrain's and finetune's way in
 
 
 def test_a_bad_value_given_with_set_is_blamed_on_the_set_values_not_the_recipe_alone() -> None:

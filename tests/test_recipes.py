@@ -33,6 +33,13 @@ def test_recipe_peak_rate_at_its_own_batch_can_move_adamw(path: Path) -> None:
     assert schedule_problem(peak, t.warmup_steps, t.max_steps, "train") is None
 
 
+def test_the_volume_recipes_train_background_as_a_class_and_the_raster_recipes_ignore_0() -> None:
+    """Medical label maps mark background with 0, a class; land-cover annotations often leave 0 unlabelled."""
+    for path in RECIPES:
+        recipe = load_recipe(path)
+        assert recipe.labels.ignore_value == (None if recipe.data.kind == "volume" else 0), path.name
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_recipe_header_states_the_budget_it_is_sized_for(path: Path) -> None:
     t = load_recipe(path).train

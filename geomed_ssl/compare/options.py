@@ -8,7 +8,7 @@ import operator
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.windows.splits import SPLITS
@@ -81,9 +81,9 @@ class CompareOptions:
 
 
 def listed(value: object, name: str, example: str) -> list:
-    """``value`` as a list when it is one (any sequence but a string); else a ConfigError showing the form, so a
-    Python caller's ``encoders="runs/a"`` is not read letter by letter."""
-    if isinstance(value, (str, bytes, Path)) or not isinstance(value, Sequence):
+    """``value`` as a list when it holds several (a list, tuple, set, array...; not a string); else a ConfigError
+    showing the form, so a Python caller's ``encoders="runs/a"`` is not read letter by letter."""
+    if isinstance(value, (str, bytes, Path)) or not isinstance(value, Iterable):
         raise ConfigError(f"CompareOptions {name} is a list, e.g. {example}; got {value!r}.")
     return list(value)
 

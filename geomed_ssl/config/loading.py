@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -144,15 +144,21 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section.strip(), key.strip(), parsed
 
 
+def override_list(overrides: Sequence[str] | None) -> list[str]:
+    """``--set`` strings as a list; one string (from Python) is refused, which would be read letter by letter."""
+    if isinstance(overrides, (str, bytes)):
+        raise ConfigError(f"overrides is a list of 'section.key=value' strings, e.g. [{str(overrides)!r}]; got "
+                          f"{overrides!r}.")
+    return list(overrides or [])
+
+
 def apply_overrides(raw: dict[str, Any] | None, overrides: list[str] | None,
                     source: str = "recipe") -> dict[str, Any]:
     """Apply ``--set section.key=value`` strings to a raw recipe dict (a new dict is returned).
 
     When ``--set method.name`` names another method than the recipe's, the recipe's settings of its method are
     dropped (they belong to that method) with a one-line note; settings given with ``--set`` are kept."""
-    if isinstance(overrides, (str, bytes)):  # from Python: one string would be read letter by letter
-        raise ConfigError(f"overrides is a list of 'section.key=value' strings, e.g. [{str(overrides)!r}]; got "
-                          f"{overrides!r}.")
+    overrides = override_list(overrides)
     raw = _sections(raw, source)
     written = dict(raw.get("method", {}))
     set_keys: set[tuple[str, str]] = set()
@@ -238,7 +244,7 @@ def as_recipe(recipe: Recipe | str | Path | None, overrides: list[str] | None = 
     path or None (defaults), with ``overrides`` (``--set`` strings) applied to it either way. ``task`` sets
     ``finetune.task``; a ``Recipe``'s head of the other task's default (``unetr``, what null resolves to for
     segmentation) goes back to null, so the task's own default is taken."""
-    extra = [*(overrides or []), *([f"finetune.task={task}"] if task else [])]
+    extra = [*override_list(overrides), *([f"finetune.task={task}"] if task else [])]
     if not isinstance(recipe, Recipe):
         return load_recipe(recipe, extra)
     raw = recipe.to_dict()

@@ -75,7 +75,7 @@ class Embedder:
         """Normalised (C, *size) and valid (*size) of ``box`` = [row, col, h, w] or [i, j, k, di, dj, dk] (the
         reader's RAS voxel axes); outside the file is invalid (0). The record's bands are read by name in the
         statistics' order (``conform_record``)."""
-        record = conform_record(record, self.stats.band_names)
+        record = conform_record(record, self.stats.band_names, self.stats.wavelengths)
         box = [int(v) for v in box]
         raw = self.raster.read_window(record, *box) if self.nd == 2 else self.volume.read_box(record, *box)
         return normalize(raw, self.stats, self.nodata(record))

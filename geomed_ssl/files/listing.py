@@ -176,27 +176,35 @@ def unread_formats(files: Sequence[Path], kind: str) -> str | None:
                                     if min(found).startswith(".") else ""))
 
 
+ENVI_DATA = ("", ".dat", ".raw")  # ENVI data files the UNREAD extensions miss (.img, .bsq, .bil, .bip counted)
+
+
 def envi_cubes(files: Sequence[Path], counted: Sequence[str]) -> list[Path]:
-    """The ENVI headers among ``files`` (text starting "ENVI") whose data file beside them (``x.dat`` / ``x`` for
-    ``x.hdr``, ``x.dat`` for ``x.dat.hdr``) has none of the ``counted`` extensions (.img, .bsq ... are counted by
-    name already); at most 200 headers are opened."""
+    """The ENVI headers among ``files`` (text starting "ENVI", not a header ENVI wrote for a TIFF it opened) whose
+    data file beside them has no extension the caller counts already: ``x.dat``, ``x.raw`` or ``x`` for ``x.hdr``,
+    ``x.EXT`` for ``x.EXT.hdr``; at most 200 headers are opened."""
     headers = [p for p in files if p.suffix.lower() == ".hdr"][:200]
+    if not headers:
+        return []
+    by_name = {(p.parent, p.name) for p in files}
+    by_stem = {(p.parent, p.stem) for p in files if p.suffix.lower() in ENVI_DATA and p.suffix.lower() != ".hdr"}
     out = []
     for header in headers:
-        data = [q for q in files if q != header and q.parent == header.parent
-                and (q.name == header.stem or (q.stem == header.stem and q.suffix.lower() != ".hdr"))]
-        if data and not any(q.name.lower().endswith(tuple(counted)) for q in data) and is_envi_header(header):
+        beside = (header.parent, header.stem)
+        data = beside in by_name and not header.stem.lower().endswith(tuple(counted))  # x.dat.hdr, x.hdr + x
+        if (data or beside in by_stem) and is_envi_header(header):
             out.append(header)
     return out
 
 
 def is_envi_header(path: Path) -> bool:
-    """Whether ``path`` is an ENVI header (its text starts with "ENVI")."""
+    """Whether ``path`` is an ENVI header (its text starts with "ENVI") of a cube, not of a TIFF ENVI opened."""
     try:
         with open(path, "rb") as f:
-            return f.read(4) == b"ENVI"
+            text = f.read(4096)
     except OSError:
         return False
+    return text.startswith(b"ENVI") and b"file type = tiff" not in text.lower()
 
 
 def scanner_named(path: str | Path) -> bool:

@@ -30,11 +30,14 @@ class UnlabelledFacts:
     unlabelled pixels already (a class 0 beside a nodata tag of 255), and 255 trained as a class where it fills
     most of an untagged file (the usual "ignore" value of segmentation label maps), and ``labels.ignore_value``
     filling most of an untagged label volume whose other voxels form solid regions: a dense map whose background
-    (0 in most medical label maps) is left out, so the model would give every voxel one of the other classes."""
+    (0 in most medical label maps) is left out, so the model would give every voxel one of the other classes; and,
+    with no ignore value, 0 filling most of a volume beside scattered points and lines: scribbles' unlabelled voxels
+    trained as a class."""
 
     beside_nodata: list[tuple[str, int, str]] = field(default_factory=list)  # (path, pixels left out, its mark)
     background_255: list[tuple[str, float]] = field(default_factory=list)  # (path, share of the labelled pixels)
     ignored_background: list[tuple[str, float]] = field(default_factory=list)  # (path, share of its voxels)
+    scattered_zero: list[tuple[str, float]] = field(default_factory=list)  # (path, share of its voxels)
 
     def warn(self, ignore_value: int | None) -> None:
         if self.beside_nodata:
@@ -56,7 +59,14 @@ class UnlabelledFacts:
                         f"left out as unlabelled (labels.ignore_value={ignore_value}), while the other voxels form "
                         "solid regions, as in a dense label map: the model learns no background and will give every "
                         f"voxel one of the other classes. If {ignore_value} is background there (as in most medical "
-                        "label maps), set labels.ignore_value=null.")
+                        "label maps), set labels.ignore_value=null; if it marks unlabelled voxels, keep it.")
+        if self.scattered_zero:
+            path, share = self.scattered_zero[0]
+            more = f" (and {len(self.scattered_zero) - 1} more file(s))" if len(self.scattered_zero) > 1 else ""
+            log.warning(f"warning: the value 0 fills {share:.0%} of label volume '{path}'{more} and is trained as a "
+                        "class (labels.ignore_value null, as the volume recipes set it), while the other voxels lie "
+                        "at points or on lines, as scribbles do: if 0 marks unlabelled voxels there, set "
+                        "labels.ignore_value=0.")
 
 
 MAX_DISTINCT_CLASSES = 512  # above any atlas' label count (FreeSurfer aparc.a2009s+aseg ~190, TotalSegmentator 117)
@@ -111,34 +121,55 @@ def _to_labels(arr: np.ndarray, nodata: float | None, ignore_value: int | None,
             not_mask = share > 0.5 and not np.isin(labels[labelled], (0, 255)).all()  # a 0 / 255 mask: 255 a class
             if not_mask and path not in {f[0] for f in facts.background_255}:
                 facts.background_255.append((path, float(share)))
-        if mark is None and ignore_value is not None and labels.ndim == 3 and labelled.any():
-            ignored = labelled & (labels == ignore_value)
-            share = np.count_nonzero(ignored) / np.count_nonzero(labelled)
-            if share > 0.5 and _solid(labelled & ~ignored) and path not in {f[0] for f in facts.ignored_background}:
-                facts.ignored_background.append((path, float(share)))
+        if mark is None and labels.ndim == 3 and labelled.any():
+            _volume_facts(labels, labelled, ignore_value, path, facts)
     if ignore_value is not None:
         labelled &= labels != ignore_value
     labels[~labelled] = -1 if ignore_value is None else ignore_value
     return labels, labelled
 
 
-SOLID_SHARE = 0.5  # of a label map's voxels inside regions (>= 5 of 6 face neighbours labelled)
+SOLID, SCATTERED = 0.5, 0.8  # shares of a label map's voxels in regions (>= 5 of 6 face neighbours labelled) /
+# on their own, on lines or at points (<= 2)
 
 
-def _solid(mask: np.ndarray) -> bool:
-    """Whether most of ``mask``'s True voxels (a label volume's labelled ones) lie in solid regions: at least five
-    of their six face neighbours True (on a region's face or inside it). Organs, lesions and a cortex ribbon two
-    voxels thick are; scribbles (lines, brush strokes in one slice) and scattered labelled voxels are not."""
-    count = np.count_nonzero(mask)
-    if count == 0:
-        return False
+def _volume_facts(labels: np.ndarray, labelled: np.ndarray, ignore_value: int | None, path: str,
+                  facts: UnlabelledFacts) -> None:
+    """What a label volume's shape says of its unlabelled voxels: ``ignore_value`` filling most of it around solid
+    regions with its value also between them (a dense map's background left out: not slabs of fully labelled
+    slices), or, with no ignore value, 0 filling most of it beside points and lines (0 trained as a class where it
+    marks unlabelled voxels)."""
+    value = 0 if ignore_value is None else ignore_value
+    left = labelled & (labels == value)
+    share = np.count_nonzero(left) / np.count_nonzero(labelled)
+    rest = labelled & ~left
+    if share <= 0.5 or not rest.any():
+        return
+    inside, apart = _neighbour_shares(rest)
+    if ignore_value is not None and inside > SOLID and _between(rest, left) > 0.05:
+        if path not in {f[0] for f in facts.ignored_background}:
+            facts.ignored_background.append((path, float(share)))
+    elif ignore_value is None and apart > SCATTERED and path not in {f[0] for f in facts.scattered_zero}:
+        facts.scattered_zero.append((path, float(share)))
+
+
+def _neighbour_shares(mask: np.ndarray) -> tuple[float, float]:
+    """Of ``mask``'s True voxels, the shares with at least five of their six face neighbours True (in a solid region:
+    organs, lesions, a cortex ribbon two voxels thick) and with at most two (points, lines of scribbles)."""
     neighbours = np.zeros(mask.shape, np.uint8)
     for axis in range(3):
         lo = tuple(slice(None, -1) if a == axis else slice(None) for a in range(3))
         hi = tuple(slice(1, None) if a == axis else slice(None) for a in range(3))
         neighbours[lo] += mask[hi]
         neighbours[hi] += mask[lo]
-    return np.count_nonzero(mask & (neighbours >= 5)) > SOLID_SHARE * count
+    count = np.count_nonzero(mask)
+    return (np.count_nonzero(mask & (neighbours >= 5)) / count, np.count_nonzero(mask & (neighbours <= 2)) / count)
+
+
+def _between(mask: np.ndarray, other: np.ndarray) -> float:
+    """The share of ``mask``'s bounding box that ``other`` holds (0 for slabs of fully labelled slices)."""
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask))
+    return float(other[box].mean())
 
 
 def _unlabelled_mark(arr: np.ndarray, nodata: float | None, valid: np.ndarray | None) -> str | None:

@@ -58,7 +58,7 @@ class KNNMonitor(L.Callback):
         settings; its bands must be the run's."""
         root = Path(root).expanduser()
         records, labels, names = scan_class_folders(root, data_cfg)
-        records = [conform_record(r, list(stats.band_names)) for r in records]  # by name, as every command
+        records = [conform_record(r, list(stats.band_names), stats.wavelengths) for r in records]  # as every command
         log.info(f"k-NN monitor: {len(records)} labelled images in {len(names)} classes from {root}, "
                  f"every {every} steps")
         dataset = ImageDataset(records, labels, stats, data_cfg, patch_size)

@@ -4,6 +4,7 @@ bands only, GDAL's wavelength-suffixed band names of converted ENVI cubes, per-b
 from __future__ import annotations
 
 import logging
+import re
 import os
 
 import numpy as np
@@ -60,8 +61,12 @@ def test_formats_not_read_are_named_with_the_conversion(tmp_path, make_tif, grad
         (envi / header).write_text("ENVI\nsamples = 4\n")
     (envi / "notes.dat").write_bytes(b"\0" * 64)
     (envi / "notes.hdr").write_text("not a header")
-    with pytest.raises(DataError, match=r"3 files in formats not read \(ENVI \(.hdr and its data\) 3\).*ENVI cube"):
-        scan(envi, DataConfig(patch_size=32))
+    make_tif(envi / "scene.tif", grad(2, 32, 32))  # ENVI's sidecar of a TIFF it opened, and a metadata file
+    (envi / "scene.hdr").write_text("ENVI\nfile type = TIFF\n")
+    (envi / "scene.xml").write_text("<x/>")
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        assert names(scan(envi, DataConfig(patch_size=32))) == ["scene.tif"]
+    assert re.search(r"3 files in formats not read \(ENVI \(.hdr and its data\) 3\).*ENVI cube", caplog.text)
 
 
 def test_a_band_at_nodata_in_a_pixel_other_bands_cover_is_no_value_of_that_band(tmp_path, make_tif):

@@ -259,7 +259,8 @@ def test_ignore_value_none_keeps_zero_as_a_class(tmp_path):
 def test_a_dense_label_volume_whose_background_is_ignored_is_said_once_and_scribbles_are_not(tmp_path, caplog):
     """labels.ignore_value 0 on a dense medical label map (0 = background around solid organs) leaves the
     background out, so the model would label every voxel: one warning naming labels.ignore_value=null, for all the
-    files. Scribbles and scattered labelled voxels (0 = unlabelled, the setting's purpose) and null say nothing."""
+    files. Scribbles, scattered labelled voxels and fully labelled slices (0 = unlabelled, the setting's purpose)
+    say nothing; with null, scribbles and points get the warning the other way."""
     import nibabel as nib
 
     from geomed_ssl.finetune.label_read import UnlabelledFacts
@@ -289,6 +290,17 @@ def test_a_dense_label_volume_whose_background_is_ignored_is_said_once_and_scrib
     assert "set labels.ignore_value=null" in warned[0] and str(paths["a"]) in warned[0]
     assert said(["scribble", "points"], 0) == []
     assert said(["a", "b"], None) == []
+    # a few fully labelled slices (background a class of its own, 0 the unlabelled slices): no 0 between them
+    slabs = np.zeros_like(dense)
+    slabs[10:14], slabs[10:14, 8:16, 8:16] = 1, 2
+    nib.save(nib.Nifti1Image(slabs, np.eye(4)), str(tmp_path / "slabs_seg.nii.gz"))
+    paths["slabs"] = tmp_path / "slabs_seg.nii.gz"
+    assert said(["slabs"], 0) == []
+    # the other way: 0 trained as a class (the volume recipes' null) beside points and lines, as scribbles mark
+    # labelled voxels: one warning suggesting 0; a dense map with null says nothing
+    warned = said(["points", "scribble", "a"], None)
+    assert len(warned) == 1 and "the value 0 fills" in warned[0] and "set labels.ignore_value=0" in warned[0]
+    assert str(paths["points"]) in warned[0] and "(and 1 more file(s))" in warned[0]
 
 
 def test_remap_merges_classes_before_ignore_value(tmp_path):

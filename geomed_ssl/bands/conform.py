@@ -84,12 +84,15 @@ def alpha_note(paths: list[str]) -> str:
 _noted: set[tuple[tuple[str, ...], tuple[str, ...]]] = said_set()  # (model's bands, file's bands) already noted
 
 
-def note_band_order(path: str, names: list[str], found: list[str], volume: bool = False) -> None:
+def note_band_order(path: str, names: list[str], found: list[str], volume: bool = False,
+                    wavelengths: tuple[Sequence[float | None] | None, Sequence[float | None] | None] | None = None,
+                    ) -> None:
     """Log what reading the file at ``path`` (bands ``found``) as the bands ``names`` does, reordered and / or
     extra bands dropped, once per distinct band list (one line for a folder of alike scenes); a ``volume``'s
-    dropped channels are a warning (:func:`dropped_frames`)."""
+    dropped channels are a warning (:func:`dropped_frames`); ``wavelengths`` (the model's, the file's) as for
+    ``band_order``."""
     key = (tuple(names), tuple(found))
-    note = describe_order(list(names), list(found)) if key not in _noted else ""
+    note = describe_order(list(names), list(found), wavelengths) if key not in _noted else ""
     if note:
         _noted.add(key)
         level, word, tail = _how(volume, names, found)
@@ -117,7 +120,8 @@ def conform_catalog(catalog: Any, names: list[str], wavelengths: Sequence[float 
     ``wavelengths`` of them when known); what was reordered or dropped is logged once per distinct band list."""
     records = [conform_record(r, list(names), wavelengths) for r in catalog.records]
     for found in dict.fromkeys(tuple(r.band_names) for r in catalog.records):
-        note = describe_order(list(names), list(found))
+        own = next(r.wavelengths for r in catalog.records if tuple(r.band_names) == found)
+        note = describe_order(list(names), list(found), (wavelengths, own))
         if note and (tuple(names), found) not in _noted:
             _noted.add((tuple(names), found))  # a file read again (a fine-tune's evaluation) is not noted again
             n = sum(tuple(r.band_names) == found for r in catalog.records)

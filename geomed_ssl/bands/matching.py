@@ -98,6 +98,8 @@ def by_wavelength(want: Sequence[str], have: Sequence[str], wavelengths: tuple[S
     want_wl, have_wl = list(wavelengths[0]), list(wavelengths[1])
     if len(want_wl) != len(want) or len(have_wl) != len(have) or None in want_wl or None in have_wl:
         return None
+    if len(have) > 2 * len(want):  # a finer cube: its narrow bands would stand in for the model's wider ones
+        return None
     if not all(BARE_WAVELENGTH.match(str(n)) for n in have):
         return None
     order = [min(range(len(have)), key=lambda i: abs(have_wl[i] - w)) for w in want_wl]  # type: ignore[operator]
@@ -149,21 +151,23 @@ def band_order(expected: Sequence[str], found: Sequence[str], where: str,
                 if source == "file" else
                 "if the data holds them under other names, set data.band_names to its band names in order")
         if have and all(BARE_WAVELENGTH.match(n) for n in have):  # an ENVI cube's wavelengths, no band names
-            hint = ("the file names its bands by wavelength alone, and not every one of the model's bands has a "
-                    "data band within a nanometre of its centre wavelength (or the model's bands have none): give "
-                    "the file the model's band names as descriptions (in rasterio: dataset.set_band_description("
-                    "band, name), opened in r+ mode), or pretrain on files described like this one")
+            hint = ("the file names its bands by wavelength alone, and they do not meet the model's bands one for "
+                    "one within a nanometre (or a side's wavelengths are unknown, or the file holds more than twice "
+                    "the model's bands): give the file the model's band names as descriptions (in rasterio: "
+                    "dataset.set_band_description(band, name), opened in r+ mode), or pretrain on files described "
+                    "like this one")
         raise DataError(f"'{where}' bands do not cover the model's: missing {brief(missing, as_list=True)}, extra "
                         f"{brief(extra, as_list=True)} (data: {brief(have)}; model: {brief(want)}); {hint}."
                         f"{look_alike}")
     return [have.index(n) for n in want]
 
 
-def describe_order(expected: Sequence[str], found: Sequence[str]) -> str:
-    """A short note of what ``band_order`` did: reordered by name, names matched written another way, and which
-    extra bands were dropped."""
+def describe_order(expected: Sequence[str], found: Sequence[str], wavelengths: tuple[Sequence[float | None] | None,
+                   Sequence[float | None] | None] | None = None) -> str:
+    """A short note of what ``band_order`` did (given the same ``wavelengths``): reordered by name, names matched
+    written another way or by wavelength, and which extra bands were dropped."""
     try:
-        order = band_order(expected, found, "")
+        order = band_order(expected, found, "", wavelengths=wavelengths)
     except DataError:  # bands missing: the error says it where they are read
         return ""
     if order is None:

@@ -54,8 +54,9 @@ class Budget:
 class CompareOptions:
     """What ``compare`` runs (everything but the recipe and the data), checked when made, so Python callers of
     ``run_compare`` meet the command line's checks: ``none`` is added to the encoders when missing (random
-    initialisation is the reference every encoder is compared with), budgets and seeds are sorted / deduplicated,
-    and an unknown protocol, baseline or split is a ConfigError before anything is read or written."""
+    initialisation is the reference every encoder is compared with), budgets are sorted and deduplicated, seeds
+    deduplicated in the order given, and an unknown protocol, baseline or split is a ConfigError before anything is
+    read or written."""
 
     encoders: list[str]
     budgets: list[Budget]
@@ -81,11 +82,16 @@ class CompareOptions:
 
 
 def listed(value: object, name: str, example: str) -> list:
-    """``value`` as a list when it holds several (a list, tuple, set, array...; not a string); else a ConfigError
-    showing the form, so a Python caller's ``encoders="runs/a"`` is not read letter by letter."""
-    if isinstance(value, (str, bytes, Path)) or not isinstance(value, Iterable):
+    """``value`` as a list when it holds several (a list, tuple, array...; not a string, nor for the encoders, whose
+    first names the recipe's bands, an unordered set); else a ConfigError showing the form, so a Python caller's
+    ``encoders="runs/a"`` is not read letter by letter."""
+    unordered = name == "encoders" and isinstance(value, (set, frozenset))
+    if isinstance(value, (str, bytes, Path)) or not isinstance(value, Iterable) or unordered:
         raise ConfigError(f"CompareOptions {name} is a list, e.g. {example}; got {value!r}.")
-    return list(value)
+    try:
+        return list(value)
+    except TypeError:  # a 0-d array
+        raise ConfigError(f"CompareOptions {name} is a list, e.g. {example}; got {value!r}.") from None
 
 
 def check_encoders(encoders: Sequence[str]) -> list[str]:

@@ -176,25 +176,22 @@ def unread_formats(files: Sequence[Path], kind: str) -> str | None:
                                     if min(found).startswith(".") else ""))
 
 
-ENVI_DATA = ("", ".dat", ".raw")  # ENVI data files the UNREAD extensions miss (.img, .bsq, .bil, .bip counted)
+NOT_ENVI_DATA = (".hdr", ".tif", ".tiff", ".xml", ".txt", ".json", ".csv", ".aux", ".ovr", ".msk", ".prj", ".sta",
+                 ".png", ".jpg", ".jpeg", ".pdf", ".md", ".zip")  # what may sit beside a header but holds no cube
 
 
 def envi_cubes(files: Sequence[Path], counted: Sequence[str]) -> list[Path]:
     """The ENVI headers among ``files`` (text starting "ENVI", not a header ENVI wrote for a TIFF it opened) whose
-    data file beside them has no extension the caller counts already: ``x.dat``, ``x.raw`` or ``x`` for ``x.hdr``,
-    ``x.EXT`` for ``x.EXT.hdr``; at most 200 headers are opened."""
+    data file beside them (``x`` or ``x.EXT`` for ``x.hdr``, ``x.EXT`` for ``x.EXT.hdr``: .dat, .raw, .bin, ...,
+    not a sidecar's extension) has no extension the caller counts already; at most 200 headers are opened."""
     headers = [p for p in files if p.suffix.lower() == ".hdr"][:200]
     if not headers:
         return []
-    by_name = {(p.parent, p.name) for p in files}
-    by_stem = {(p.parent, p.stem) for p in files if p.suffix.lower() in ENVI_DATA and p.suffix.lower() != ".hdr"}
-    out = []
-    for header in headers:
-        beside = (header.parent, header.stem)
-        data = beside in by_name and not header.stem.lower().endswith(tuple(counted))  # x.dat.hdr, x.hdr + x
-        if (data or beside in by_stem) and is_envi_header(header):
-            out.append(header)
-    return out
+    data = [p for p in files if p.suffix.lower() not in NOT_ENVI_DATA and not p.name.lower().endswith(tuple(counted))]
+    by_name = {(p.parent, p.name) for p in data}
+    by_stem = {(p.parent, p.stem) for p in data}
+    return [h for h in headers if ((h.parent, h.stem) in by_name or (h.parent, h.stem) in by_stem)
+            and is_envi_header(h)]
 
 
 def is_envi_header(path: Path) -> bool:

@@ -168,8 +168,8 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
                        reader=f"the model '{ft_dir}'")
         catalog.warn_problems()
         native = dataclasses.replace(recipe.data, spacing=None)  # every labelled voxel of the files, once
-        pairs, arrays, masks = read_label_pairs(catalog.records, labels, recipe.labels, native, class_range=False,
-                                                advise=False)  # unknown values are left out below
+        pairs, arrays, masks = read_label_pairs(catalog.records, labels, recipe.labels, native,
+                                                class_range=False)  # unknown values are left out below
         files, flats, vals = labelled_pixels(arrays, masks)
         if vals.size == 0:
             raise DataError(f"no labelled pixels or voxels in the {len(arrays)} label file(s) of '{labels}' "

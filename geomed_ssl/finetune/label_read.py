@@ -31,7 +31,7 @@ class UnlabelledFacts:
     most of an untagged file (the usual "ignore" value of segmentation label maps), and ``labels.ignore_value``
     filling most of an untagged label volume whose other voxels form solid regions: a dense map whose background
     (0 in most medical label maps) is left out, so the model would give every voxel one of the other classes; and,
-    with no ignore value, 0 filling most of a volume beside scattered points and lines: scribbles' unlabelled voxels
+    with no ignore value, 0 filling most of a volume beside lines of several classes: scribbles' unlabelled voxels
     trained as a class."""
 
     beside_nodata: list[tuple[str, int, str]] = field(default_factory=list)  # (path, pixels left out, its mark)
@@ -63,9 +63,9 @@ class UnlabelledFacts:
         if self.scattered_zero:
             path, share = self.scattered_zero[0]
             more = f" (and {len(self.scattered_zero) - 1} more file(s))" if len(self.scattered_zero) > 1 else ""
-            log.warning(f"warning: the value 0 fills {share:.0%} of label volume '{path}'{more} and is trained as a "
-                        "class (labels.ignore_value null, as the volume recipes set it), while the other voxels lie "
-                        "at points or on lines, as scribbles do: if 0 marks unlabelled voxels there, set "
+            log.warning(f"warning: the value 0 fills {share:.2%} of label volume '{path}'{more} and is trained as "
+                        "a class (labels.ignore_value null, as the volume recipes set it), while the other voxels of "
+                        "several classes lie on lines, as scribbles do: if 0 marks unlabelled voxels there, set "
                         "labels.ignore_value=0.")
 
 
@@ -129,33 +129,35 @@ def _to_labels(arr: np.ndarray, nodata: float | None, ignore_value: int | None,
     return labels, labelled
 
 
-SOLID, SCATTERED = 0.5, 0.8  # shares of a label map's voxels in regions (>= 5 of 6 face neighbours labelled) /
-# on their own, on lines or at points (<= 2)
+SOLID, ON_LINES = 0.5, 0.8  # shares of a label map's voxels in regions (>= 5 of 6 face neighbours labelled) /
+# on lines (1 or 2)
+MIN_SCRIBBLE = 50  # labelled voxels that can tell scribbles from a few landmark points
 
 
 def _volume_facts(labels: np.ndarray, labelled: np.ndarray, ignore_value: int | None, path: str,
                   facts: UnlabelledFacts) -> None:
     """What a label volume's shape says of its unlabelled voxels: ``ignore_value`` filling most of it around solid
-    regions with its value also between them (a dense map's background left out: not slabs of fully labelled
-    slices), or, with no ignore value, 0 filling most of it beside points and lines (0 trained as a class where it
-    marks unlabelled voxels)."""
+    regions, with its value also inside the labelled slices (a dense map's background left out; fully labelled
+    slices hold none), or, with no ignore value, 0 filling most of it beside lines of two or more classes
+    (scribbles: 0 trained as a class where it marks unlabelled voxels; not a centreline or landmark points)."""
     value = 0 if ignore_value is None else ignore_value
     left = labelled & (labels == value)
     share = np.count_nonzero(left) / np.count_nonzero(labelled)
     rest = labelled & ~left
     if share <= 0.5 or not rest.any():
         return
-    inside, apart = _neighbour_shares(rest)
-    if ignore_value is not None and inside > SOLID and _between(rest, left) > 0.05:
+    inside, on_lines = _neighbour_shares(rest)
+    if ignore_value is not None and inside > SOLID and _within_slices(rest, left) > 0.05:
         if path not in {f[0] for f in facts.ignored_background}:
             facts.ignored_background.append((path, float(share)))
-    elif ignore_value is None and apart > SCATTERED and path not in {f[0] for f in facts.scattered_zero}:
+    elif ignore_value is None and on_lines > ON_LINES and np.count_nonzero(rest) >= MIN_SCRIBBLE \
+            and unique_ints(labels[rest]).size >= 2 and path not in {f[0] for f in facts.scattered_zero}:
         facts.scattered_zero.append((path, float(share)))
 
 
 def _neighbour_shares(mask: np.ndarray) -> tuple[float, float]:
     """Of ``mask``'s True voxels, the shares with at least five of their six face neighbours True (in a solid region:
-    organs, lesions, a cortex ribbon two voxels thick) and with at most two (points, lines of scribbles)."""
+    organs, lesions, a cortex ribbon two voxels thick) and with one or two (on the lines of scribbles)."""
     neighbours = np.zeros(mask.shape, np.uint8)
     for axis in range(3):
         lo = tuple(slice(None, -1) if a == axis else slice(None) for a in range(3))
@@ -163,13 +165,25 @@ def _neighbour_shares(mask: np.ndarray) -> tuple[float, float]:
         neighbours[lo] += mask[hi]
         neighbours[hi] += mask[lo]
     count = np.count_nonzero(mask)
-    return (np.count_nonzero(mask & (neighbours >= 5)) / count, np.count_nonzero(mask & (neighbours <= 2)) / count)
+    lines = mask & (neighbours >= 1) & (neighbours <= 2)
+    return np.count_nonzero(mask & (neighbours >= 5)) / count, np.count_nonzero(lines) / count
 
 
-def _between(mask: np.ndarray, other: np.ndarray) -> float:
-    """The share of ``mask``'s bounding box that ``other`` holds (0 for slabs of fully labelled slices)."""
-    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask))
-    return float(other[box].mean())
+def _within_slices(mask: np.ndarray, other: np.ndarray) -> float:
+    """The least, over the three axes, share of ``other`` in the slices that hold ``mask`` voxels, within their
+    in-plane bounding box: fully labelled slices (slabs of them, apart or not) hold none along their axis; organs
+    in air hold some along every axis."""
+    shares = []
+    for axis in range(3):
+        rest_axes = tuple(a for a in range(3) if a != axis)
+        slices = np.flatnonzero(mask.any(axis=rest_axes))
+        plane = mask.any(axis=axis)
+        box = [slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(plane)]
+        view = np.take(other, slices, axis=axis)
+        index = [slice(None)] * 3
+        index[rest_axes[0]], index[rest_axes[1]] = box[0], box[1]
+        shares.append(float(view[tuple(index)].mean()))
+    return min(shares)
 
 
 def _unlabelled_mark(arr: np.ndarray, nodata: float | None, valid: np.ndarray | None) -> str | None:

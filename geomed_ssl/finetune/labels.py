@@ -309,7 +309,7 @@ def label_grounds(pairs: Sequence[tuple[FileRecord, str]], arrays: Sequence[np.n
 
 
 def read_label_pairs(records: Sequence[FileRecord], labels: str | Path | None, lab: object, data: object,
-                     allow_unlabelled: bool = False, class_range: bool = True, advise: bool = True,
+                     allow_unlabelled: bool = False, class_range: bool = True,
                      ) -> tuple[list[tuple[FileRecord, str]], list[np.ndarray], list[np.ndarray]]:
     """Pair images with labels as the ``labels`` recipe section says and read them all.
 
@@ -318,12 +318,11 @@ def read_label_pairs(records: Sequence[FileRecord], labels: str | Path | None, l
     its labelled mask (``lab.remap`` and ``lab.ignore_value`` applied; volumes on the ``data.spacing`` grid; positions
     where the image has no data left out, with a warning, so every protocol trains and tests on the same ones).
     ``class_range``: refuse class values a class map cannot store (training; ``evaluate`` scores known classes only).
-    ``advise``: say what the files suggest of ``labels.ignore_value`` (not to ``evaluate``, which cannot change it).
     """
     is_csv = labels is not None and str(labels).lower().endswith(TABLE_SUFFIXES)
     pairs = match_labels(records, None if is_csv else labels, data.kind, csv=labels if is_csv else None,
                          allow_unlabelled=allow_unlabelled, label_name=lab.label_name)
-    arrays, masks, facts = [], [], UnlabelledFacts() if advise else None
+    arrays, masks, facts = [], [], UnlabelledFacts()
     for record, path in pairs:
         values, labelled = read_label(path, data.kind, lab.ignore_value, spacing=data.spacing, remap=lab.remap,
                                       warn_coverage=True, facts=facts)
@@ -342,8 +341,7 @@ def read_label_pairs(records: Sequence[FileRecord], labels: str | Path | None, l
             labelled = labelled & valid
         arrays.append(values)
         masks.append(labelled)
-    if facts is not None:
-        facts.warn(lab.ignore_value)
+    facts.warn(lab.ignore_value)
     return pairs, arrays, masks
 
 

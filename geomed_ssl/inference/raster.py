@@ -242,7 +242,7 @@ class RasterInput:
         check_band_wavelengths(stats.band_names, stats.wavelengths, wavelengths, order, str(path))
         if len(keep) < sum(s.count for s in sources):
             order = [keep[i] for i in (range(count) if order is None else order)]
-        note_band_order(str(path), list(stats.band_names), names)
+        note_band_order(str(path), list(stats.band_names), names, wavelengths=(stats.wavelengths, wavelengths))
         if nodata is None:
             nodata = getattr(data_cfg, "nodata", None)
         if nodata is None and len(sources) == 1:  # a stack's files each mark their own (records.stack_nodata)

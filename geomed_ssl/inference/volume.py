@@ -110,7 +110,8 @@ def volume_record(path: Path, cfg: Any, stats: BandStats, band_names: Sequence[s
             raise DataError(f"'{path}' has {record.num_bands} channels but {len(band_names)} band names were given.")
         record = dataclasses.replace(record, band_names=list(band_names), band_source="caller")
     conformed = conform_record(record, list(stats.band_names), stats.wavelengths)  # refused before any note
-    note_band_order(record.path, list(stats.band_names), list(record.band_names), volume=True)
+    note_band_order(record.path, list(stats.band_names), list(record.band_names), volume=True,
+                    wavelengths=(stats.wavelengths, record.wavelengths))
     return conformed
 
 

@@ -56,7 +56,8 @@ def test_formats_not_read_are_named_with_the_conversion(tmp_path, make_tif, grad
 
     envi = tmp_path / "envi"  # ENVI cubes whose data file has no telling extension: known by the header's text
     envi.mkdir()
-    for data, header in (("cube.dat", "cube.hdr"), ("flight", "flight.hdr"), ("b.dat", "b.dat.hdr")):
+    for data, header in (("cube.dat", "cube.hdr"), ("flight", "flight.hdr"), ("b.dat", "b.dat.hdr"),
+                         ("c.bin", "c.hdr")):
         (envi / data).write_bytes(b"\0" * 64)
         (envi / header).write_text("ENVI\nsamples = 4\n")
     (envi / "notes.dat").write_bytes(b"\0" * 64)
@@ -66,7 +67,7 @@ def test_formats_not_read_are_named_with_the_conversion(tmp_path, make_tif, grad
     (envi / "scene.xml").write_text("<x/>")
     with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
         assert names(scan(envi, DataConfig(patch_size=32))) == ["scene.tif"]
-    assert re.search(r"3 files in formats not read \(ENVI \(.hdr and its data\) 3\).*ENVI cube", caplog.text)
+    assert re.search(r"4 files in formats not read \(ENVI \(.hdr and its data\) 4\).*ENVI cube", caplog.text)
 
 
 def test_a_band_at_nodata_in_a_pixel_other_bands_cover_is_no_value_of_that_band(tmp_path, make_tif):

@@ -268,7 +268,7 @@ def test_a_dense_label_volume_whose_background_is_ignored_is_said_once_and_scrib
     dense = np.zeros((24, 24, 24), np.uint8)
     dense[4:12, 4:12, 4:12], dense[14:20, 10:20, 6:18] = 1, 41  # two organs in air: 9 % labelled
     scribble = np.zeros_like(dense)
-    scribble[5, 3:20, 8], scribble[15, 10, 2:22] = 1, 41  # lines of one voxel
+    scribble[5, 1:23, 8], scribble[15, 10, 1:23], scribble[19, 1:23, 4] = 1, 41, 41  # lines of one voxel
     points = np.zeros_like(dense)
     points.flat[np.random.default_rng(0).choice(dense.size, 300, replace=False)] = 2
     paths = {}
@@ -296,11 +296,19 @@ def test_a_dense_label_volume_whose_background_is_ignored_is_said_once_and_scrib
     nib.save(nib.Nifti1Image(slabs, np.eye(4)), str(tmp_path / "slabs_seg.nii.gz"))
     paths["slabs"] = tmp_path / "slabs_seg.nii.gz"
     assert said(["slabs"], 0) == []
-    # the other way: 0 trained as a class (the volume recipes' null) beside points and lines, as scribbles mark
-    # labelled voxels: one warning suggesting 0; a dense map with null says nothing
-    warned = said(["points", "scribble", "a"], None)
+    slabs[20:22], slabs[20:22, 8:16, 8:16] = 1, 2  # a second slab, apart from the first
+    nib.save(nib.Nifti1Image(slabs, np.eye(4)), str(paths["slabs"]))
+    assert said(["slabs"], 0) == []
+    # the other way: 0 trained as a class (the volume recipes' null) beside lines of two classes, as scribbles mark
+    # labelled voxels: one warning suggesting 0; a dense map, landmark points or one centreline say nothing
+    warned = said(["scribble", "points", "a"], None)
     assert len(warned) == 1 and "the value 0 fills" in warned[0] and "set labels.ignore_value=0" in warned[0]
-    assert str(paths["points"]) in warned[0] and "(and 1 more file(s))" in warned[0]
+    assert str(paths["scribble"]) in warned[0] and "(and" not in warned[0]
+    centreline = np.zeros_like(dense)
+    centreline[12, 12, :] = 1
+    nib.save(nib.Nifti1Image(centreline, np.eye(4)), str(tmp_path / "cl_seg.nii.gz"))
+    paths["centreline"] = tmp_path / "cl_seg.nii.gz"
+    assert said(["centreline"], None) == []
 
 
 def test_remap_merges_classes_before_ignore_value(tmp_path):

@@ -140,7 +140,7 @@ def test_a_second_ctrl_c_in_pretrain_is_run_stopped_not_an_exit(raster_dir: Path
 
 def test_compare_options_made_in_python_are_checked_as_the_command_line_checks_them(tmp_path: Path) -> None:
     options = CompareOptions([str(tmp_path)], [Budget(per_class=5), Budget(per_class=2)], [1, 0, 1])
-    assert CompareOptions(("none",), {Budget(per_class=2)}, range(2)).seeds == [0, 1]  # any collection but a string
+    assert CompareOptions({"none"}, {Budget(per_class=2)}, range(2)).seeds == [0, 1]  # any collection but a string
     assert options.encoders == [str(tmp_path), "none"]  # random init is always the reference
     assert options.budgets == [Budget(per_class=2), Budget(per_class=5)] and options.seeds == [1, 0]
     bad = [
@@ -153,6 +153,7 @@ def test_compare_options_made_in_python_are_checked_as_the_command_line_checks_t
         (dict(encoders=[str(tmp_path / "missing")]), "does not exist"),
         (dict(encoders="none"), r"encoders is a list, e.g. \['runs/a', 'none'\]; got 'none'"),  # not letter by letter
         (dict(seeds=0), "seeds is a list"),
+        (dict(seeds=np.array(0)), "seeds is a list"),
         (dict(encoders={"none", str(tmp_path)}), "encoders is a list"),  # a set: which encoder is first would vary
         (dict(budgets=[2]), r"label budget 2: give each as Budget\(per_class=K\)"),
     ]

@@ -98,8 +98,6 @@ def by_wavelength(want: Sequence[str], have: Sequence[str], wavelengths: tuple[S
     want_wl, have_wl = list(wavelengths[0]), list(wavelengths[1])
     if len(want_wl) != len(want) or len(have_wl) != len(have) or None in want_wl or None in have_wl:
         return None
-    if len(have) > 2 * len(want):  # a finer cube: its narrow bands would stand in for the model's wider ones
-        return None
     if not all(BARE_WAVELENGTH.match(str(n)) for n in have):
         return None
     order = [min(range(len(have)), key=lambda i: abs(have_wl[i] - w)) for w in want_wl]  # type: ignore[operator]
@@ -152,10 +150,9 @@ def band_order(expected: Sequence[str], found: Sequence[str], where: str,
                 "if the data holds them under other names, set data.band_names to its band names in order")
         if have and all(BARE_WAVELENGTH.match(n) for n in have):  # an ENVI cube's wavelengths, no band names
             hint = ("the file names its bands by wavelength alone, and they do not meet the model's bands one for "
-                    "one within a nanometre (or a side's wavelengths are unknown, or the file holds more than twice "
-                    "the model's bands): give the file the model's band names as descriptions (in rasterio: "
-                    "dataset.set_band_description(band, name), opened in r+ mode), or pretrain on files described "
-                    "like this one")
+                    "one within a nanometre (or a side's wavelengths are unknown): give the file the model's band "
+                    "names as descriptions (in rasterio: dataset.set_band_description(band, name), opened in r+ "
+                    "mode), or pretrain on files described like this one")
         raise DataError(f"'{where}' bands do not cover the model's: missing {brief(missing, as_list=True)}, extra "
                         f"{brief(extra, as_list=True)} (data: {brief(have)}; model: {brief(want)}); {hint}."
                         f"{look_alike}")
@@ -174,7 +171,8 @@ def describe_order(expected: Sequence[str], found: Sequence[str], wavelengths: t
         return ""
     parts = []
     if order != sorted(order):
-        parts.append(f"reordered by name to the model's order ({brief(expected)})")
+        how = "wavelength" if all(BARE_WAVELENGTH.match(str(n)) for n in found) else "name"
+        parts.append(f"reordered by {how} to the model's order ({brief(expected)})")
     renamed = [f"{found[i]} as {want}" for want, i in zip(expected, order) if str(found[i]) != str(want)]
     if renamed:
         parts.append(f"matched {', '.join(renamed[:4])}{' ...' if len(renamed) > 4 else ''}")

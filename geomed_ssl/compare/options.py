@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
+
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.windows.splits import SPLITS
 
@@ -85,13 +87,12 @@ def listed(value: object, name: str, example: str) -> list:
     """``value`` as a list when it holds several (a list, tuple, array...; not a string, nor for the encoders, whose
     first names the recipe's bands, an unordered set); else a ConfigError showing the form, so a Python caller's
     ``encoders="runs/a"`` is not read letter by letter."""
-    unordered = name == "encoders" and isinstance(value, (set, frozenset))
-    if isinstance(value, (str, bytes, Path)) or not isinstance(value, Iterable) or unordered:
+    unordered = name == "encoders" and isinstance(value, (set, frozenset)) and len(value) > 1
+    scalar = isinstance(value, (str, bytes, Path)) or not isinstance(value, Iterable) or \
+        (isinstance(value, np.ndarray) and value.ndim == 0)
+    if scalar or unordered:  # (a 0-d array is iterable by type, not in fact)
         raise ConfigError(f"CompareOptions {name} is a list, e.g. {example}; got {value!r}.")
-    try:
-        return list(value)
-    except TypeError:  # a 0-d array
-        raise ConfigError(f"CompareOptions {name} is a list, e.g. {example}; got {value!r}.") from None
+    return list(value)
 
 
 def check_encoders(encoders: Sequence[str]) -> list[str]:

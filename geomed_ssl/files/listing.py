@@ -12,6 +12,7 @@ import fnmatch
 import itertools
 import logging
 import os
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -176,32 +177,31 @@ def unread_formats(files: Sequence[Path], kind: str) -> str | None:
                                     if min(found).startswith(".") else ""))
 
 
-NOT_ENVI_DATA = (".hdr", ".tif", ".tiff", ".xml", ".txt", ".json", ".csv", ".aux", ".ovr", ".msk", ".prj", ".sta",
-                 ".png", ".jpg", ".jpeg", ".pdf", ".md", ".zip")  # what may sit beside a header but holds no cube
+ENVI_DATA = ("", ".dat", ".raw", ".bin", ".envi", ".rfl", ".refl")  # ENVI data files UNREAD's extensions miss
 
 
 def envi_cubes(files: Sequence[Path], counted: Sequence[str]) -> list[Path]:
-    """The ENVI headers among ``files`` (text starting "ENVI", not a header ENVI wrote for a TIFF it opened) whose
-    data file beside them (``x`` or ``x.EXT`` for ``x.hdr``, ``x.EXT`` for ``x.EXT.hdr``: .dat, .raw, .bin, ...,
-    not a sidecar's extension) has no extension the caller counts already; at most 200 headers are opened."""
+    """The ENVI headers of cubes among ``files`` (:func:`is_envi_header`) whose data file beside them (``x``,
+    ``x.dat``, ``x.raw``, ``x.bin``, ... for ``x.hdr`` or ``x.EXT.hdr``) has no extension the caller counts already
+    (.img, .bsq ...); at most 200 headers are opened."""
     headers = [p for p in files if p.suffix.lower() == ".hdr"][:200]
     if not headers:
         return []
-    data = [p for p in files if p.suffix.lower() not in NOT_ENVI_DATA and not p.name.lower().endswith(tuple(counted))]
-    by_name = {(p.parent, p.name) for p in data}
-    by_stem = {(p.parent, p.stem) for p in data}
-    return [h for h in headers if ((h.parent, h.stem) in by_name or (h.parent, h.stem) in by_stem)
-            and is_envi_header(h)]
+    data = [p for p in files if p.suffix.lower() in ENVI_DATA and not p.name.lower().endswith(tuple(counted))]
+    beside = {(p.parent, p.name) for p in data} | {(p.parent, p.stem) for p in data}
+    return [h for h in headers if (h.parent, h.stem) in beside and is_envi_header(h)]
 
 
 def is_envi_header(path: Path) -> bool:
-    """Whether ``path`` is an ENVI header (its text starts with "ENVI") of a cube, not of a TIFF ENVI opened."""
+    """Whether ``path`` is the ENVI header of an image cube: its text starts with "ENVI" and its ``file type``, if
+    given, is ``ENVI Standard`` (not a spectral library, nor the header ENVI writes for a TIFF it opened)."""
     try:
         with open(path, "rb") as f:
-            text = f.read(4096)
+            text = f.read(4096).decode("latin-1").lower()
     except OSError:
         return False
-    return text.startswith(b"ENVI") and b"file type = tiff" not in text.lower()
+    kind = re.search(r"^\s*file type\s*=\s*(.+?)\s*$", text, re.MULTILINE)
+    return text.startswith("envi") and (kind is None or kind.group(1) == "envi standard")
 
 
 def scanner_named(path: str | Path) -> bool:

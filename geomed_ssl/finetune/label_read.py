@@ -130,59 +130,70 @@ def _to_labels(arr: np.ndarray, nodata: float | None, ignore_value: int | None,
 
 
 SOLID, ON_LINES = 0.5, 0.8  # shares of a label map's voxels in regions (>= 5 of 6 face neighbours labelled) /
-# on lines (1 or 2)
+# on lines (1 or 2 of their 26 neighbours labelled: strokes in any direction)
 MIN_SCRIBBLE = 50  # labelled voxels that can tell scribbles from a few landmark points
 
 
 def _volume_facts(labels: np.ndarray, labelled: np.ndarray, ignore_value: int | None, path: str,
                   facts: UnlabelledFacts) -> None:
     """What a label volume's shape says of its unlabelled voxels: ``ignore_value`` filling most of it around solid
-    regions, with its value also inside the labelled slices (a dense map's background left out; fully labelled
-    slices hold none), or, with no ignore value, 0 filling most of it beside lines of two or more classes
-    (scribbles: 0 trained as a class where it marks unlabelled voxels; not a centreline or landmark points)."""
+    regions, with its value also inside the extent of every labelled slice along some axis (a dense map's
+    background left out; fully labelled slices hold none), or, with no ignore value, 0 filling most of it beside
+    lines of two or more classes (scribbles: 0 trained as a class where it marks unlabelled voxels; not a
+    centreline or landmark points)."""
     value = 0 if ignore_value is None else ignore_value
     left = labelled & (labels == value)
     share = np.count_nonzero(left) / np.count_nonzero(labelled)
     rest = labelled & ~left
     if share <= 0.5 or not rest.any():
         return
-    inside, on_lines = _neighbour_shares(rest)
+    inside = _solid_share(rest)
     if ignore_value is not None and inside > SOLID and _within_slices(rest, left) > 0.05:
         if path not in {f[0] for f in facts.ignored_background}:
             facts.ignored_background.append((path, float(share)))
-    elif ignore_value is None and on_lines > ON_LINES and np.count_nonzero(rest) >= MIN_SCRIBBLE \
-            and unique_ints(labels[rest]).size >= 2 and path not in {f[0] for f in facts.scattered_zero}:
+    elif ignore_value is None and inside <= SOLID and np.count_nonzero(rest) >= MIN_SCRIBBLE \
+            and unique_ints(labels[rest]).size >= 2 and _line_share(rest) > ON_LINES \
+            and path not in {f[0] for f in facts.scattered_zero}:
         facts.scattered_zero.append((path, float(share)))
 
 
-def _neighbour_shares(mask: np.ndarray) -> tuple[float, float]:
-    """Of ``mask``'s True voxels, the shares with at least five of their six face neighbours True (in a solid region:
-    organs, lesions, a cortex ribbon two voxels thick) and with one or two (on the lines of scribbles)."""
+def _solid_share(mask: np.ndarray) -> float:
+    """The share of ``mask``'s True voxels with at least five of their six face neighbours True (in a solid
+    region: organs, lesions, a cortex ribbon two voxels thick)."""
     neighbours = np.zeros(mask.shape, np.uint8)
     for axis in range(3):
         lo = tuple(slice(None, -1) if a == axis else slice(None) for a in range(3))
         hi = tuple(slice(1, None) if a == axis else slice(None) for a in range(3))
         neighbours[lo] += mask[hi]
         neighbours[hi] += mask[lo]
-    count = np.count_nonzero(mask)
-    lines = mask & (neighbours >= 1) & (neighbours <= 2)
-    return np.count_nonzero(mask & (neighbours >= 5)) / count, np.count_nonzero(lines) / count
+    return np.count_nonzero(mask & (neighbours >= 5)) / np.count_nonzero(mask)
+
+
+def _line_share(mask: np.ndarray) -> float:
+    """The share of ``mask``'s True voxels with one or two True voxels among their 26 neighbours: on the strokes
+    of scribbles, whatever their direction (a diagonal stroke's voxels touch by their corners)."""
+    from scipy.ndimage import uniform_filter
+
+    box = uniform_filter(mask.astype(np.float32), size=3, mode="constant") * 27  # the voxel and its 26 neighbours
+    neighbours = np.rint(box).astype(np.int16) - mask
+    return np.count_nonzero(mask & (neighbours >= 1) & (neighbours <= 2)) / np.count_nonzero(mask)
 
 
 def _within_slices(mask: np.ndarray, other: np.ndarray) -> float:
-    """The least, over the three axes, share of ``other`` in the slices that hold ``mask`` voxels, within their
-    in-plane bounding box: fully labelled slices (slabs of them, apart or not) hold none along their axis; organs
-    in air hold some along every axis."""
+    """The least, over the three axes, share of ``other`` inside each labelled slice's own bounding box of ``mask``
+    voxels (all such slices of that axis together): fully labelled slices, and slabs of them wherever they lie,
+    hold none along their axis; organs in air hold some along every axis."""
     shares = []
     for axis in range(3):
-        rest_axes = tuple(a for a in range(3) if a != axis)
-        slices = np.flatnonzero(mask.any(axis=rest_axes))
-        plane = mask.any(axis=axis)
-        box = [slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(plane)]
-        view = np.take(other, slices, axis=axis)
-        index = [slice(None)] * 3
-        index[rest_axes[0]], index[rest_axes[1]] = box[0], box[1]
-        shares.append(float(view[tuple(index)].mean()))
+        m, o = np.moveaxis(mask, axis, 0), np.moveaxis(other, axis, 0)  # (K, H, W) views
+        held = m.any(axis=(1, 2))
+        m, o = m[held], o[held]
+        rows, cols = m.any(axis=2), m.any(axis=1)  # (K, H), (K, W): each slice's labelled rows / columns
+        in_rows = np.maximum.accumulate(rows, axis=1) & np.maximum.accumulate(rows[:, ::-1], axis=1)[:, ::-1]
+        in_cols = np.maximum.accumulate(cols, axis=1) & np.maximum.accumulate(cols[:, ::-1], axis=1)[:, ::-1]
+        inside = np.count_nonzero(o & in_rows[:, :, None] & in_cols[:, None, :])
+        total = int((in_rows.sum(axis=1) * in_cols.sum(axis=1)).sum())
+        shares.append(inside / max(total, 1))
     return min(shares)
 
 

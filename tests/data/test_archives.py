@@ -65,6 +65,10 @@ def test_formats_not_read_are_named_with_the_conversion(tmp_path, make_tif, grad
     make_tif(envi / "scene.tif", grad(2, 32, 32))  # ENVI's sidecar of a TIFF it opened, and a metadata file
     (envi / "scene.hdr").write_text("ENVI\nfile type = TIFF\n")
     (envi / "scene.xml").write_text("<x/>")
+    (envi / "endmembers.sli").write_bytes(b"\0" * 64)  # a spectral library, not a cube
+    (envi / "endmembers.hdr").write_text("ENVI\nfile type = ENVI Spectral Library\n")
+    (envi / "readme.docx").write_bytes(b"\0" * 64)  # a document beside a header-like note
+    (envi / "readme.hdr").write_text("ENVI notes\n")
     with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
         assert names(scan(envi, DataConfig(patch_size=32))) == ["scene.tif"]
     assert re.search(r"4 files in formats not read \(ENVI \(.hdr and its data\) 4\).*ENVI cube", caplog.text)

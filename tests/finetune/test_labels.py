@@ -266,7 +266,9 @@ def test_a_dense_label_volume_whose_background_is_ignored_is_said_once_and_scrib
     from geomed_ssl.finetune.label_read import UnlabelledFacts
 
     dense = np.zeros((24, 24, 24), np.uint8)
-    dense[4:12, 4:12, 4:12], dense[14:20, 10:20, 6:18] = 1, 41  # two organs in air: 9 % labelled
+    z, y, x = np.mgrid[:24, :24, :24]
+    dense[(z - 7) ** 2 + (y - 7) ** 2 + (x - 8) ** 2 <= 25] = 1  # two round organs in air: 10 % labelled
+    dense[(z - 16) ** 2 + (y - 15) ** 2 + (x - 13) ** 2 <= 36] = 41
     scribble = np.zeros_like(dense)
     scribble[5, 1:23, 8], scribble[15, 10, 1:23], scribble[19, 1:23, 4] = 1, 41, 41  # lines of one voxel
     points = np.zeros_like(dense)
@@ -286,7 +288,7 @@ def test_a_dense_label_volume_whose_background_is_ignored_is_said_once_and_scrib
         return [r.getMessage() for r in caplog.records]
 
     warned = said(["a", "b"], 0)
-    assert len(warned) == 1 and "fills 91% of label volume" in warned[0] and "(and 1 more file(s))" in warned[0]
+    assert len(warned) == 1 and "fills 90% of label volume" in warned[0] and "(and 1 more file(s))" in warned[0]
     assert "set labels.ignore_value=null" in warned[0] and str(paths["a"]) in warned[0]
     assert said(["scribble", "points"], 0) == []
     assert said(["a", "b"], None) == []
@@ -299,12 +301,22 @@ def test_a_dense_label_volume_whose_background_is_ignored_is_said_once_and_scrib
     slabs[20:22], slabs[20:22, 8:16, 8:16] = 1, 2  # a second slab, apart from the first
     nib.save(nib.Nifti1Image(slabs, np.eye(4)), str(paths["slabs"]))
     assert said(["slabs"], 0) == []
+    slabs[:] = 0
+    slabs[2:6, 0:12], slabs[14:18, 12:24] = 1, 2  # slabs of labelled rows: each full within its own extent
+    nib.save(nib.Nifti1Image(slabs, np.eye(4)), str(paths["slabs"]))
+    assert said(["slabs"], 0) == []
     # the other way: 0 trained as a class (the volume recipes' null) beside lines of two classes, as scribbles mark
     # labelled voxels: one warning suggesting 0; a dense map, landmark points or one centreline say nothing
     warned = said(["scribble", "points", "a"], None)
     assert len(warned) == 1 and "the value 0 fills" in warned[0] and "set labels.ignore_value=0" in warned[0]
     assert str(paths["scribble"]) in warned[0] and "(and" not in warned[0]
-    centreline = np.zeros_like(dense)
+    diagonal = np.zeros((64, 64, 64), np.uint8)  # strokes at 45 degrees touch by their voxels' edges
+    for i in range(60):
+        diagonal[10, i + 2, i + 2], diagonal[40, i + 2, 61 - i] = 1, 2
+    nib.save(nib.Nifti1Image(diagonal, np.eye(4)), str(tmp_path / "diag_seg.nii.gz"))
+    paths["diagonal"] = tmp_path / "diag_seg.nii.gz"
+    assert len(said(["diagonal"], None)) == 1
+    centreline = np.zeros((64, 64, 64), np.uint8)  # one class along 64 voxels: a centreline, whose 0 is background
     centreline[12, 12, :] = 1
     nib.save(nib.Nifti1Image(centreline, np.eye(4)), str(tmp_path / "cl_seg.nii.gz"))
     paths["centreline"] = tmp_path / "cl_seg.nii.gz"

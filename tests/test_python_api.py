@@ -154,6 +154,7 @@ def test_compare_options_made_in_python_are_checked_as_the_command_line_checks_t
         (dict(encoders="none"), r"encoders is a list, e.g. \['runs/a', 'none'\]; got 'none'"),  # not letter by letter
         (dict(seeds=0), "seeds is a list"),
         (dict(seeds=np.array(0)), "seeds is a list"),
+        (dict(seeds=torch.tensor(0)), "seeds is a list"),
         (dict(encoders={"none", str(tmp_path)}), "encoders is a list"),  # a set: which encoder is first would vary
         (dict(budgets=[2]), r"label budget 2: give each as Budget\(per_class=K\)"),
     ]

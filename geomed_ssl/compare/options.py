@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import numpy as np
-
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.windows.splits import SPLITS
 
@@ -89,8 +87,8 @@ def listed(value: object, name: str, example: str) -> list:
     ``encoders="runs/a"`` is not read letter by letter."""
     unordered = name == "encoders" and isinstance(value, (set, frozenset)) and len(value) > 1
     scalar = isinstance(value, (str, bytes, Path)) or not isinstance(value, Iterable) or \
-        (isinstance(value, np.ndarray) and value.ndim == 0)
-    if scalar or unordered:  # (a 0-d array is iterable by type, not in fact)
+        getattr(value, "ndim", None) == 0
+    if scalar or unordered:  # (a 0-d array or tensor is iterable by type, not in fact)
         raise ConfigError(f"CompareOptions {name} is a list, e.g. {example}; got {value!r}.")
     return list(value)
 

@@ -157,44 +157,59 @@ def _volume_facts(labels: np.ndarray, labelled: np.ndarray, ignore_value: int | 
         facts.scattered_zero.append((path, float(share)))
 
 
-def _solid_share(mask: np.ndarray) -> float:
-    """The share of ``mask``'s True voxels with at least five of their six face neighbours True (in a solid
-    region: organs, lesions, a cortex ribbon two voxels thick)."""
+def _face_neighbours(mask: np.ndarray) -> np.ndarray:
+    """How many of each voxel's six face neighbours are True (uint8)."""
     neighbours = np.zeros(mask.shape, np.uint8)
     for axis in range(3):
         lo = tuple(slice(None, -1) if a == axis else slice(None) for a in range(3))
         hi = tuple(slice(1, None) if a == axis else slice(None) for a in range(3))
         neighbours[lo] += mask[hi]
         neighbours[hi] += mask[lo]
-    return np.count_nonzero(mask & (neighbours >= 5)) / np.count_nonzero(mask)
+    return neighbours
+
+
+def _solid_share(mask: np.ndarray) -> float:
+    """The share of ``mask``'s True voxels with at least five of their six face neighbours True (in a solid
+    region: organs, lesions, a cortex ribbon two voxels thick)."""
+    return np.count_nonzero(mask & (_face_neighbours(mask) >= 5)) / np.count_nonzero(mask)
 
 
 def _line_share(mask: np.ndarray) -> float:
-    """The share of ``mask``'s True voxels with one or two True voxels among their 26 neighbours: on the strokes
-    of scribbles, whatever their direction (a diagonal stroke's voxels touch by their corners)."""
-    from scipy.ndimage import uniform_filter
+    """The share of ``mask``'s True voxels on the strokes of scribbles, whatever their direction: one or two True
+    voxels among their six face neighbours (a straight or staircase stroke) or among all 26 (a diagonal one, whose
+    voxels touch by their edges)."""
+    from scipy.ndimage import correlate
 
-    box = uniform_filter(mask.astype(np.float32), size=3, mode="constant") * 27  # the voxel and its 26 neighbours
-    neighbours = np.rint(box).astype(np.int16) - mask
-    return np.count_nonzero(mask & (neighbours >= 1) & (neighbours <= 2)) / np.count_nonzero(mask)
+    around = correlate(mask.view(np.uint8), np.ones((3, 3, 3), np.uint8), mode="constant") - mask.view(np.uint8)
+    faces = _face_neighbours(mask)
+    on_line = ((faces >= 1) & (faces <= 2)) | ((around >= 1) & (around <= 2))
+    return np.count_nonzero(mask & on_line) / np.count_nonzero(mask)
 
 
 def _within_slices(mask: np.ndarray, other: np.ndarray) -> float:
-    """The least, over the three axes, share of ``other`` inside each labelled slice's own bounding box of ``mask``
-    voxels (all such slices of that axis together): fully labelled slices, and slabs of them wherever they lie,
-    hold none along their axis; organs in air hold some along every axis."""
+    """The least, over the three axes, share of ``other`` inside the labelled slices' bounding boxes of ``mask``
+    voxels (all such slices of that axis together): a slice labelled across its whole width or height (fully
+    labelled slices, slabs of them or of labelled rows, wherever they lie) is taken within its own box, which holds
+    none; any other slice within the box of every labelled slice of its axis, so organs in air, round or box-shaped,
+    hold some along every axis."""
     shares = []
     for axis in range(3):
         m, o = np.moveaxis(mask, axis, 0), np.moveaxis(other, axis, 0)  # (K, H, W) views
         held = m.any(axis=(1, 2))
         m, o = m[held], o[held]
-        rows, cols = m.any(axis=2), m.any(axis=1)  # (K, H), (K, W): each slice's labelled rows / columns
-        in_rows = np.maximum.accumulate(rows, axis=1) & np.maximum.accumulate(rows[:, ::-1], axis=1)[:, ::-1]
-        in_cols = np.maximum.accumulate(cols, axis=1) & np.maximum.accumulate(cols[:, ::-1], axis=1)[:, ::-1]
-        inside = np.count_nonzero(o & in_rows[:, :, None] & in_cols[:, None, :])
-        total = int((in_rows.sum(axis=1) * in_cols.sum(axis=1)).sum())
+        rows, cols = _span(m.any(axis=2)), _span(m.any(axis=1))  # (K, H), (K, W): each slice's labelled extent
+        whole = rows.all(axis=1) | cols.all(axis=1)  # a slice labelled across its whole height or width
+        rows = np.where(whole[:, None], rows, _span(rows.any(axis=0, keepdims=True)))
+        cols = np.where(whole[:, None], cols, _span(cols.any(axis=0, keepdims=True)))
+        inside = np.count_nonzero(o & rows[:, :, None] & cols[:, None, :])
+        total = int((rows.sum(axis=1) * cols.sum(axis=1)).sum())
         shares.append(inside / max(total, 1))
     return min(shares)
+
+
+def _span(flags: np.ndarray) -> np.ndarray:
+    """Each row of ``flags`` (bool, (K, N)) filled from its first True to its last."""
+    return np.maximum.accumulate(flags, axis=1) & np.maximum.accumulate(flags[:, ::-1], axis=1)[:, ::-1]
 
 
 def _unlabelled_mark(arr: np.ndarray, nodata: float | None, valid: np.ndarray | None) -> str | None:

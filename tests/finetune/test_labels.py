@@ -292,6 +292,11 @@ def test_a_dense_label_volume_whose_background_is_ignored_is_said_once_and_scrib
     assert "set labels.ignore_value=null" in warned[0] and str(paths["a"]) in warned[0]
     assert said(["scribble", "points"], 0) == []
     assert said(["a", "b"], None) == []
+    boxes = np.zeros_like(dense)  # box-shaped structures (masks from bounding boxes): a dense map too
+    boxes[4:12, 4:12, 4:12], boxes[14:20, 10:20, 6:18] = 1, 41
+    nib.save(nib.Nifti1Image(boxes, np.eye(4)), str(tmp_path / "boxes_seg.nii.gz"))
+    paths["boxes"] = tmp_path / "boxes_seg.nii.gz"
+    assert len(said(["boxes"], 0)) == 1
     # a few fully labelled slices (background a class of its own, 0 the unlabelled slices): no 0 between them
     slabs = np.zeros_like(dense)
     slabs[10:14], slabs[10:14, 8:16, 8:16] = 1, 2
@@ -316,6 +321,13 @@ def test_a_dense_label_volume_whose_background_is_ignored_is_said_once_and_scrib
     nib.save(nib.Nifti1Image(diagonal, np.eye(4)), str(tmp_path / "diag_seg.nii.gz"))
     paths["diagonal"] = tmp_path / "diag_seg.nii.gz"
     assert len(said(["diagonal"], None)) == 1
+    stairs = np.zeros((64, 64, 64), np.uint8)  # strokes drawn 4-connected: a staircase
+    for i in range(30):
+        stairs[10, 2 + i, 2 + i], stairs[10, 3 + i, 2 + i] = 1, 1
+        stairs[40, 2 + i, 60 - i], stairs[40, 3 + i, 60 - i] = 2, 2
+    nib.save(nib.Nifti1Image(stairs, np.eye(4)), str(tmp_path / "stairs_seg.nii.gz"))
+    paths["stairs"] = tmp_path / "stairs_seg.nii.gz"
+    assert len(said(["stairs"], None)) == 1
     centreline = np.zeros((64, 64, 64), np.uint8)  # one class along 64 voxels: a centreline, whose 0 is background
     centreline[12, 12, :] = 1
     nib.save(nib.Nifti1Image(centreline, np.eye(4)), str(tmp_path / "cl_seg.nii.gz"))

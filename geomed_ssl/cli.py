@@ -94,7 +94,7 @@ def inspect(
 
     chosen = recipe is not None or sets_key(sets, "data.patch_size")  # else sizes nobody chose: cubes
     warn_survey(catalog, cfg.data.spacing, window=cfg.data.patch_size if chosen else None,
-                tokens=cfg.model.patch_size if chosen else None, intensity=cfg.data.intensity)
+                tokens=cfg.model.patch_size if chosen else None, intensity=cfg.data.intensity, flat_bands=True)
 
 
 @app.command()

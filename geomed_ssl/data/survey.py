@@ -87,6 +87,21 @@ def value_outliers(records: Sequence[Any], band_names: Sequence[str]) -> list[tu
     return out
 
 
+def constant_bands(records: Sequence[Any], band_names: Sequence[str]) -> list[tuple[str, float]]:
+    """(band, value) of the bands that hold one value in every file's preview read while another band varies: bad
+    bands (an ENVI cube's ``bbl`` list, water absorption, a dead detector) written as zeros, which carry nothing to
+    learn. Files that hold the catalog's bands in its order only."""
+    recs = [r for r in records if r.value_range and list(r.band_names) == list(band_names)]
+    if not recs:
+        return []
+    low = np.array([[row[0] for row in r.value_range] for r in recs], np.float64)  # (files, bands)
+    high = np.array([[row[3] for row in r.value_range] for r in recs], np.float64)
+    flat = np.all(low == high, axis=0) & np.all(low == low[:1], axis=0)
+    if flat.all() or not flat.any():
+        return []
+    return [(str(band_names[i]), float(low[0, i])) for i in np.flatnonzero(flat)]
+
+
 KNOWN_FILLS = (-9999.0, -32768.0, -32767.0)  # fill values of common tools, and any float fill near -FLT_MAX
 
 
@@ -230,10 +245,11 @@ def not_ct(records: Sequence[Any]) -> list[tuple[str, float]]:
 
 def warn_survey(catalog: Any, spacing: Sequence[float] | None = None, rotation_axis: int | None = None,
                 window: Sequence[int] | None = None, tokens: Sequence[int] | None = None,
-                intensity: str | None = None) -> None:
+                intensity: str | None = None, flat_bands: bool = False) -> None:
     """Warnings about the archive as a whole: rasters of several CRSs or pixel sizes, files whose values are far
     from the rest (:func:`value_outliers`), volumes' voxels (:func:`voxel_warnings`), blank volumes and, read as CT
-    (``intensity``), volumes that do not look like CT (:func:`not_ct`), each with what to check."""
+    (``intensity``), volumes that do not look like CT (:func:`not_ct`), each with what to check; ``flat_bands``
+    (``inspect``; pretraining's statistics say it from their own windows): bands of one value in every file."""
     if spacing is not None and getattr(catalog, "kind", None) == "raster":
         log.warning("warning: data.spacing %s is for volumes (resampled to it as they are read); rasters are read at "
                     "their own pixel size: resample them first (gdalwarp -tr X Y), or leave data.spacing out.",
@@ -265,6 +281,12 @@ def warn_survey(catalog: Any, spacing: Sequence[float] | None = None, rotation_a
                     "cannot normalise both (the smaller ones read as nearly constant). Convert every file to one "
                     "unit first (e.g. reflectance = DN / 10000), or leave one group out with data.exclude.",
                     high / low, a.path, low, b.path, high)
+    flat = constant_bands(catalog.records, catalog.band_names) if flat_bands else []
+    if flat:
+        shown = ", ".join(f"{n} ({v:g})" for n, v in flat[:6]) + (f" and {len(flat) - 6} more" if len(flat) > 6 else "")
+        log.warning("warning: %d band(s) hold one value in every file: %s. Bad bands (an ENVI cube's bbl list, water "
+                    "absorption, a dead detector) carry nothing to learn; leave them out of the files (gdal_translate "
+                    "-b 1 -b 2 ... keeps the bands listed).", len(flat), shown)
     odd = value_outliers(catalog.records, catalog.band_names)
     if odd:
         path, _, why = odd[0]

@@ -101,7 +101,7 @@ def test_real_archives_raise_no_false_alarm(caplog) -> None:
     for name in ("eurosat_ms_200", "sentinel2_slovenia"):
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
-            warn_survey(scan(SHARED / name, DataConfig(patch_size=32)))
+            warn_survey(scan(SHARED / name, DataConfig(patch_size=32)), flat_bands=True)
         assert "warning" not in caplog.text, name
     red = scan(SHARED / "landsat8_clouds" / "train_red", DataConfig(patch_size=32))
     assert len(value_outliers(red.records, red.band_names)) == 3
@@ -261,3 +261,22 @@ def test_volumes_read_as_ct_that_do_not_look_like_ct_are_warned_about(tmp_path, 
         warn_survey(scan(tmp_path / "mixed", cfg), intensity="ct")
     assert "1 volume(s) read as CT (data.intensity: ct) do not look like CT: '" in caplog.text
     assert "mr.nii.gz' reaches only 0" in caplog.text and "read MR with data.intensity: mr" in caplog.text
+
+
+def test_bands_of_one_value_in_every_file_are_named_by_inspect(tmp_path, make_tif, caplog) -> None:
+    """Bad bands written as zeros (an ENVI cube's bbl list, converted) carry nothing: inspect names them; a band
+    constant in one file only, or at different values across files, is data."""
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        cube = rng.integers(800, 2200, (5, 32, 32)).astype(np.uint16)
+        cube[1], cube[3] = 0, 0
+        cube[4] = 100 + i  # one value per file, another in each: a constant scene, not a bad band
+        make_tif(tmp_path / f"c{i}.tif", cube)
+    catalog = scan(tmp_path, DataConfig(patch_size=32))
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        warn_survey(catalog, flat_bands=True)
+    assert "2 band(s) hold one value in every file: band_2 (0), band_4 (0)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        warn_survey(catalog)  # pretraining's statistics say it from their own windows
+    assert "hold one value in every file" not in caplog.text

@@ -1,12 +1,14 @@
 """Whether new data is in the units a model was trained on: each band's robust value range against the model's
 band statistics (``data.stats.BandStats``: their p1 / p99), the check every command applying a model to new data
-makes before clipping to the training range flattens a band."""
+makes before clipping to the training range flattens a band; and bands of one value in every file (bad bands)."""
 
 from __future__ import annotations
 
 import logging
 import math
 from typing import Any, Sequence
+
+import numpy as np
 
 log = logging.getLogger("geomed_ssl")
 
@@ -101,3 +103,28 @@ def warn_summaries(summaries: Sequence[dict[str, Any]], stats: Any) -> None:
     ``value_scaling``, ``value_range``), one warning each for all of them."""
     warn_other_scaling([(s["input"], s["value_scaling"]) for s in summaries if "value_scaling" in s], stats)
     warn_far_from_stats([(s["input"], s["value_range"]) for s in summaries if s.get("value_range")], stats)
+
+
+def constant_bands(records: Sequence[Any], band_names: Sequence[str]) -> list[tuple[str, float]]:
+    """(band, value) of the bands that hold one value in every file's preview read while another band varies: bad
+    bands (an ENVI cube's ``bbl`` list, water absorption, a dead detector) written as zeros, which carry nothing to
+    learn. Files that hold the catalog's bands in its order only."""
+    recs = [r for r in records if r.value_range and list(r.band_names) == list(band_names)]
+    if not recs:
+        return []
+    low = np.array([[row[0] for row in r.value_range] for r in recs], np.float64)  # (files, bands)
+    high = np.array([[row[3] for row in r.value_range] for r in recs], np.float64)
+    flat = np.all(low == high, axis=0) & np.all(low == low[:1], axis=0)
+    if flat.all() or not flat.any():
+        return []
+    return [(str(band_names[i]), float(low[0, i])) for i in np.flatnonzero(flat)]
+
+
+def warn_constant_bands(records: Sequence[Any], band_names: Sequence[str]) -> None:
+    """One warning naming the bands of one value in every file (:func:`constant_bands`), with what to do."""
+    flat = constant_bands(records, band_names)
+    if flat:
+        shown = ", ".join(f"{n} ({v:g})" for n, v in flat[:6]) + (f" and {len(flat) - 6} more" if len(flat) > 6 else "")
+        log.warning("warning: %d band(s) hold one value in every file: %s. Bad bands (an ENVI cube's bbl list, water "
+                    "absorption, a dead detector) carry nothing to learn; leave them out of the files (gdal_translate "
+                    "-b 1 -b 2 ... keeps the bands listed).", len(flat), shown)

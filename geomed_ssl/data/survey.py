@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from geomed_ssl.bands.ranges import warn_constant_bands
 from geomed_ssl.data.intensity import looks_like_ct, lowest_value
 from geomed_ssl.data.records import BLANK_VOLUMES, blank_volumes
 from geomed_ssl.geo.validity import HUGE_FILL
@@ -85,21 +86,6 @@ def value_outliers(records: Sequence[Any], band_names: Sequence[str]) -> list[tu
             out.append((r.path, far, f"{band_names[i]} {p1[i]:.6g}..{p99[i]:.6g} where most files lie in "
                                      f"{lo[i]:.6g}..{hi[i]:.6g}"))
     return out
-
-
-def constant_bands(records: Sequence[Any], band_names: Sequence[str]) -> list[tuple[str, float]]:
-    """(band, value) of the bands that hold one value in every file's preview read while another band varies: bad
-    bands (an ENVI cube's ``bbl`` list, water absorption, a dead detector) written as zeros, which carry nothing to
-    learn. Files that hold the catalog's bands in its order only."""
-    recs = [r for r in records if r.value_range and list(r.band_names) == list(band_names)]
-    if not recs:
-        return []
-    low = np.array([[row[0] for row in r.value_range] for r in recs], np.float64)  # (files, bands)
-    high = np.array([[row[3] for row in r.value_range] for r in recs], np.float64)
-    flat = np.all(low == high, axis=0) & np.all(low == low[:1], axis=0)
-    if flat.all() or not flat.any():
-        return []
-    return [(str(band_names[i]), float(low[0, i])) for i in np.flatnonzero(flat)]
 
 
 KNOWN_FILLS = (-9999.0, -32768.0, -32767.0)  # fill values of common tools, and any float fill near -FLT_MAX
@@ -281,12 +267,8 @@ def warn_survey(catalog: Any, spacing: Sequence[float] | None = None, rotation_a
                     "cannot normalise both (the smaller ones read as nearly constant). Convert every file to one "
                     "unit first (e.g. reflectance = DN / 10000), or leave one group out with data.exclude.",
                     high / low, a.path, low, b.path, high)
-    flat = constant_bands(catalog.records, catalog.band_names) if flat_bands else []
-    if flat:
-        shown = ", ".join(f"{n} ({v:g})" for n, v in flat[:6]) + (f" and {len(flat) - 6} more" if len(flat) > 6 else "")
-        log.warning("warning: %d band(s) hold one value in every file: %s. Bad bands (an ENVI cube's bbl list, water "
-                    "absorption, a dead detector) carry nothing to learn; leave them out of the files (gdal_translate "
-                    "-b 1 -b 2 ... keeps the bands listed).", len(flat), shown)
+    if flat_bands:
+        warn_constant_bands(catalog.records, catalog.band_names)
     odd = value_outliers(catalog.records, catalog.band_names)
     if odd:
         path, _, why = odd[0]

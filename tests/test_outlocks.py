@@ -4,12 +4,13 @@ at the file they share."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -34,10 +35,20 @@ def holder(folder: Path, command: str, seconds: float = 60) -> subprocess.Popen:
     return proc
 
 
+@contextlib.contextmanager
+def held(folder: Path, command: str) -> Iterator[subprocess.Popen]:
+    """A :func:`holder` for the ``with`` block, killed at its end (SIGKILL: the kernel lets go of its lock)."""
+    proc = holder(folder, command)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_a_folder_in_use_is_refused_for_resume_and_overwrite_and_free_once_its_holder_is_killed(tmp_path) -> None:
     emb = tmp_path / "emb"
-    proc = holder(emb, "embed")
-    try:
+    with held(emb, "embed"):
         (emb / "manifest.json").write_text("{}")  # what the live run wrote
         with pytest.raises(OutputError, match=r"'.*emb' is in use by `geomed-ssl embed` \(process \d+ on this "
                                               r"machine, since .* UTC\); wait for it to finish, or choose another"):
@@ -45,9 +56,6 @@ def test_a_folder_in_use_is_refused_for_resume_and_overwrite_and_free_once_its_h
         with pytest.raises(OutputError, match="in use by `geomed-ssl embed`"):
             prepare_out_dir(emb, command="embed", overwrite=True)
         assert (emb / "manifest.json").read_text() == "{}"  # nothing of the live run deleted
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
     with released_after():
         prepare_out_dir(emb, command="embed", resume=True)  # the kernel let go of the killed holder's lock
     assert not (emb / LOCK).exists()  # and a command that returns deletes its lock file
@@ -55,13 +63,9 @@ def test_a_folder_in_use_is_refused_for_resume_and_overwrite_and_free_once_its_h
 
 def test_two_new_runs_into_one_folder_the_second_stops_before_writing(tmp_path) -> None:
     run = tmp_path / "run"
-    proc = holder(run, "pretrain")
-    try:
+    with held(run, "pretrain"):
         with pytest.raises(OutputError, match="in use by `geomed-ssl pretrain`"):
             prepare_out_dir(run, command="pretrain")  # the folder holds only a manifest yet: it looked new
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def test_a_command_called_from_python_lets_its_folder_go_when_it_returns(tmp_path) -> None:
@@ -104,13 +108,9 @@ def test_the_lock_names_the_live_holder_not_a_killed_one(tmp_path) -> None:
     first = holder(out, "predict")
     first.kill()
     first.wait()
-    second = holder(out, "predict")
-    try:
+    with held(out, "predict") as second:
         with pytest.raises(OutputError, match=rf"in use by `geomed-ssl predict` \(process {second.pid} "):
             check_out_dir(out, command="evaluate")
-    finally:
-        second.kill()
-        second.wait()
 
 
 def test_a_link_planted_as_the_lock_file_is_refused_and_its_target_untouched(tmp_path) -> None:
@@ -137,28 +137,20 @@ def test_a_new_folder_a_running_command_is_still_writing_is_not_taken_by_another
     from geomed_ssl.outfiles import host_tag
 
     out = tmp_path / "pred"
-    proc = holder(out, "predict")
-    try:
+    with held(out, "predict"):
         for command in ("pretrain", "evaluate"):
             with pytest.raises(OutputError, match=r"'.*pred' is in use by `geomed-ssl predict` \(process \d+ on this"):
                 check_out_dir(out, command=command)
         with released_after():
             assert check_out_dir(out, command="predict") == "create"
             prepare_out_dir(out, command="predict")  # a second job beside the first
-    finally:
-        proc.kill()
-        proc.wait()
     assert check_out_dir(out, command="pretrain") == "create"  # its holder is gone
     (out / f".partial-4242.{'0' * 8 if host_tag() != '0' * 8 else '1' * 8}-scene_pred.tif").write_bytes(b"half")
     assert check_out_dir(out, command="predict") == "create"  # another machine's leftover is no live writer
     run = tmp_path / "run"
-    proc = holder(run, "pretrain")
-    try:
+    with held(run, "pretrain"):
         with pytest.raises(OutputError, match="in use by `geomed-ssl pretrain`"):
             check_out_dir(run, command="predict")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
     assert check_out_dir(run, command="predict") == "create"
 
 
@@ -166,16 +158,12 @@ def test_a_second_predict_job_shares_a_folder_in_use_and_the_last_to_leave_delet
     """While a predict job uses its folder, another predict job shares it and a command that owns its folders is
     refused (here by the folder's command, which is predict's)."""
     pred = tmp_path / "pred"
-    proc = holder(pred, "predict")
-    try:
+    with held(pred, "predict"):
         (pred / "scene_pred.tif").write_bytes(b"a map")  # the folder is no longer empty
         with pytest.raises(OutputError, match="holds the output of `geomed-ssl predict`"):
             prepare_out_dir(pred, command="embed", resume=True)
         with released_after():
             prepare_out_dir(pred, command="predict", resume=True)  # sharers share
-    finally:
-        proc.kill()
-        proc.wait()
     assert (pred / LOCK).exists()  # a killed holder leaves the file, unlocked: the next command takes it
     with released_after():
         prepare_out_dir(pred, command="predict", resume=True)
@@ -186,39 +174,28 @@ def test_a_sharer_that_leaves_first_takes_its_name_out_of_the_lock(tmp_path) -> 
     from geomed_ssl.outdirs import check_out_dir
 
     out = tmp_path / "pred"
-    with released_after():
-        prepare_out_dir(out, command="predict")  # the first job: its name goes in
-        second = holder(out, "predict")
-    try:  # the first job has returned; the second still runs
-        with pytest.raises(OutputError, match=r"in use by `geomed-ssl predict` jobs; wait"):
-            check_out_dir(out, command="evaluate")
-    finally:
-        second.kill()
-        second.wait()
+    with contextlib.ExitStack() as second:
+        with released_after():
+            prepare_out_dir(out, command="predict")  # the first job: its name goes in
+            second.enter_context(held(out, "predict"))
+        with pytest.raises(OutputError, match=r"in use by `geomed-ssl predict` jobs; wait"):  # the first job has
+            check_out_dir(out, command="evaluate")  # returned; the second still runs
 
 
 def test_a_library_merge_shares_the_folder_for_a_moment(tmp_path) -> None:
     """A call holding no lock (predict_files from Python) shares the folder while it merges: it goes on beside a
     running predict job at once, is refused while a command that owns the folder runs, and leaves no lock file."""
     out = tmp_path / "pred"
-    job = holder(out, "predict")
-    try:
+    with held(out, "predict"):
         start = time.monotonic()
         with locked_briefly(out):
             pass
         assert time.monotonic() - start < 2  # not the job's whole run
-    finally:
-        job.kill()
-        job.wait()
     with locked_briefly(out):
         pass
     assert not (out / LOCK).exists() and not (out / ".geomed-ssl.merge.lock").exists()
     owned = tmp_path / "emb"
-    owner_job = holder(owned, "embed")
-    try:
+    with held(owned, "embed"):
         with pytest.raises(OutputError, match="in use by `geomed-ssl embed`"):
             with locked_briefly(owned):
                 pass
-    finally:
-        owner_job.kill()
-        owner_job.wait()

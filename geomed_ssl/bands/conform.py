@@ -14,7 +14,7 @@ import logging
 from typing import Any, Sequence
 
 from geomed_ssl.bands.matching import check_band_wavelengths
-from geomed_ssl.bands.names import BARE_WAVELENGTH, positional_names_message
+from geomed_ssl.bands.names import named_by_wavelength, positional_names_message
 from geomed_ssl.bands.matching import band_order, brief, describe_order
 from geomed_ssl.errors import DataError
 from geomed_ssl.geo.gdal_read import alpha_bands
@@ -53,7 +53,7 @@ def conform_record(record: Any, names: list[str], wavelengths: Sequence[float | 
     base = record.band_index if record.band_index is not None else list(range(record.num_bands))
     pick = lambda seq: None if seq is None else [seq[i] for i in order]  # noqa: E731
     picked = [record.band_names[i] for i in order]
-    if all(BARE_WAVELENGTH.match(str(n)) for n in picked) and picked != list(names):  # met by wavelength: the model's
+    if named_by_wavelength(picked) and picked != list(names):  # met by wavelength: the model's
         picked = list(names)  # bands now, under its names (a later conform to them is the identity)
     return dataclasses.replace(record, band_index=[base[i] for i in order], num_bands=len(order),
                                band_names=picked, wavelengths=pick(record.wavelengths),

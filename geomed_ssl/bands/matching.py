@@ -9,7 +9,7 @@ import logging
 from collections import Counter
 from typing import Sequence
 
-from geomed_ssl.bands.names import BARE_WAVELENGTH, _canon, split_wavelength_suffix
+from geomed_ssl.bands.names import _canon, named_by_wavelength, split_wavelength_suffix
 from geomed_ssl.errors import DataError
 from geomed_ssl.once import said_set
 
@@ -98,7 +98,7 @@ def by_wavelength(want: Sequence[str], have: Sequence[str], wavelengths: tuple[S
     want_wl, have_wl = list(wavelengths[0]), list(wavelengths[1])
     if len(want_wl) != len(want) or len(have_wl) != len(have) or None in want_wl or None in have_wl:
         return None
-    if not all(BARE_WAVELENGTH.match(str(n)) for n in have):
+    if not named_by_wavelength(have):
         return None
     order = [min(range(len(have)), key=lambda i: abs(have_wl[i] - w)) for w in want_wl]  # type: ignore[operator]
     close = all(abs(have_wl[i] - w) <= UNNAMED_MATCH_UM for i, w in zip(order, want_wl))  # type: ignore[operator]
@@ -148,7 +148,7 @@ def band_order(expected: Sequence[str], found: Sequence[str], where: str,
         hint = ("the file's band descriptions name its bands, so use data that holds these bands"
                 if source == "file" else
                 "if the data holds them under other names, set data.band_names to its band names in order")
-        if have and all(BARE_WAVELENGTH.match(n) for n in have):  # an ENVI cube's wavelengths, no band names
+        if named_by_wavelength(have):  # an ENVI cube's wavelengths, no band names
             hint = ("the file names its bands by wavelength alone, and they do not meet the model's bands one for "
                     "one within a nanometre (or a side's wavelengths are unknown): give the file the model's band "
                     "names as descriptions (in rasterio: dataset.set_band_description(band, name), opened in r+ "
@@ -171,7 +171,7 @@ def describe_order(expected: Sequence[str], found: Sequence[str], wavelengths: t
         return ""
     parts = []
     if order != sorted(order):
-        how = "wavelength" if all(BARE_WAVELENGTH.match(str(n)) for n in found) else "name"
+        how = "wavelength" if named_by_wavelength(found) else "name"
         parts.append(f"reordered by {how} to the model's order ({brief(expected)})")
     renamed = [f"{found[i]} as {want}" for want, i in zip(expected, order) if str(found[i]) != str(want)]
     if renamed:

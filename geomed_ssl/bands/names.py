@@ -145,6 +145,12 @@ BARE_WAVELENGTH = re.compile(r"^\s*(?P<value>[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*
                              r"(?P<unit>micrometers?|microns?|um|µm|nanometers?|nm)\s*$", re.IGNORECASE)
 
 
+def named_by_wavelength(names: Sequence[Any]) -> bool:
+    """Whether bands are named by their wavelength alone ("400.02 Nanometers": GDAL's descriptions of an ENVI cube
+    whose header lists wavelengths but no band names), every one of them."""
+    return bool(names) and all(BARE_WAVELENGTH.match(str(n)) for n in names)
+
+
 def split_wavelength_suffix(description: str) -> tuple[str, float | None]:
     """``"B01 (0.443 Micrometers)"`` -> ``("B01", 0.443)``: the name without GDAL's wavelength suffix and that
     wavelength in µm; ``"377.00 Nanometers"`` -> itself and 0.377 (a description without one comes back as it is,

@@ -166,7 +166,7 @@ def unread_formats(files: Sequence[Path], kind: str) -> str | None:
         unnamed = [p for p in files if scanner_named(p)][:20]  # opened: a few
         found.update(["DICOM without .dcm"] * sum(map(is_dicom, unnamed)))
     else:  # ENVI cubes whose data file has no telling extension (.dat, none): known by their header
-        found.update(["ENVI (.hdr and its data)"] * len(envi_cubes(files, extensions)))
+        found.update(["ENVI (.hdr and its data)"] * len(envi_cubes(files)))
     if not found:
         return None
     counts = ", ".join(f"{ext} {n}" for ext, n in sorted(found.items()))
@@ -180,14 +180,14 @@ def unread_formats(files: Sequence[Path], kind: str) -> str | None:
 ENVI_DATA = ("", ".dat", ".raw", ".bin", ".envi", ".rfl", ".refl")  # ENVI data files UNREAD's extensions miss
 
 
-def envi_cubes(files: Sequence[Path], counted: Sequence[str]) -> list[Path]:
-    """The ENVI headers of cubes among ``files`` (:func:`is_envi_header`) whose data file beside them (``x``,
-    ``x.dat``, ``x.raw``, ``x.bin``, ... for ``x.hdr`` or ``x.EXT.hdr``) has no extension the caller counts already
-    (.img, .bsq ...); at most 200 headers are opened."""
+def envi_cubes(files: Sequence[Path]) -> list[Path]:
+    """The ENVI headers of cubes among ``files`` (:func:`is_envi_header`) with a data file beside them (``x``,
+    ``x.dat``, ``x.raw``, ``x.bin``, ... for ``x.hdr`` or ``x.EXT.hdr``; .img, .bsq ... are counted by their
+    extension already); at most 200 headers are opened."""
     headers = [p for p in files if p.suffix.lower() == ".hdr"][:200]
     if not headers:
         return []
-    data = [p for p in files if p.suffix.lower() in ENVI_DATA and not p.name.lower().endswith(tuple(counted))]
+    data = [p for p in files if p.suffix.lower() in ENVI_DATA]
     beside = {(p.parent, p.name) for p in data} | {(p.parent, p.stem) for p in data}
     return [h for h in headers if (h.parent, h.stem) in beside and is_envi_header(h)]
 

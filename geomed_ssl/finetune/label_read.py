@@ -147,12 +147,13 @@ def _volume_facts(labels: np.ndarray, labelled: np.ndarray, ignore_value: int | 
     rest = labelled & ~left
     if share <= 0.5 or not rest.any():
         return
-    inside = _solid_share(rest)
+    faces = _face_neighbours(rest)
+    inside = np.count_nonzero(rest & (faces >= 5)) / np.count_nonzero(rest)  # in solid regions (organs, lesions)
     if ignore_value is not None and inside > SOLID and _within_slices(rest, left) > 0.05:
         if path not in {f[0] for f in facts.ignored_background}:
             facts.ignored_background.append((path, float(share)))
     elif ignore_value is None and inside <= SOLID and np.count_nonzero(rest) >= MIN_SCRIBBLE \
-            and unique_ints(labels[rest]).size >= 2 and _line_share(rest) > ON_LINES \
+            and unique_ints(labels[rest]).size >= 2 and _line_share(rest, faces) > ON_LINES \
             and path not in {f[0] for f in facts.scattered_zero}:
         facts.scattered_zero.append((path, float(share)))
 
@@ -168,20 +169,13 @@ def _face_neighbours(mask: np.ndarray) -> np.ndarray:
     return neighbours
 
 
-def _solid_share(mask: np.ndarray) -> float:
-    """The share of ``mask``'s True voxels with at least five of their six face neighbours True (in a solid
-    region: organs, lesions, a cortex ribbon two voxels thick)."""
-    return np.count_nonzero(mask & (_face_neighbours(mask) >= 5)) / np.count_nonzero(mask)
-
-
-def _line_share(mask: np.ndarray) -> float:
+def _line_share(mask: np.ndarray, faces: np.ndarray) -> float:
     """The share of ``mask``'s True voxels on the strokes of scribbles, whatever their direction: one or two True
-    voxels among their six face neighbours (a straight or staircase stroke) or among all 26 (a diagonal one, whose
-    voxels touch by their edges)."""
+    voxels among their six face neighbours (``faces``: :func:`_face_neighbours`; a straight or staircase stroke) or
+    among all 26 (a diagonal one, whose voxels touch by their edges)."""
     from scipy.ndimage import correlate
 
     around = correlate(mask.view(np.uint8), np.ones((3, 3, 3), np.uint8), mode="constant") - mask.view(np.uint8)
-    faces = _face_neighbours(mask)
     on_line = ((faces >= 1) & (faces <= 2)) | ((around >= 1) & (around <= 2))
     return np.count_nonzero(mask & on_line) / np.count_nonzero(mask)
 

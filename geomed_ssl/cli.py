@@ -200,6 +200,8 @@ def evaluate(
     band_names: Optional[str] = typer.Option(None, "--band-names", help="The bands of files without band "
                                              "descriptions, in order, comma-separated (default: the model's "
                                              "data.band_names, else its sensor profile's)."),
+    nodata: Optional[float] = typer.Option(None, "--nodata", help="The files' nodata value, replacing their own "
+                                           "tags (default: the model's data.nodata, else each file's tag)."),
     strict: bool = StrictOpt,
 ) -> None:
     """Metrics of a fine-tuned model on labelled data (every labelled pixel, voxel or image)."""
@@ -207,7 +209,7 @@ def evaluate(
     from geomed_ssl.finetune.metrics import format_metrics
 
     result = evaluate_dir(ft_dir, images=images, labels=labels, data=data, out=out, device=device, strict=strict,
-                          band_names=name_list(band_names, "--band-names"))
+                          band_names=name_list(band_names, "--band-names"), nodata=nodata)
     typer.echo(format_metrics(result["test"], [c["name"] for c in result["classes"]]))
     where = eval_out_dir(ft_dir, out)
     typer.echo(f"metrics: {where / 'metrics.json'}  confusion: {where / 'confusion.png'}")
@@ -230,6 +232,8 @@ def predict(
     band_names: Optional[str] = typer.Option(None, "--band-names", help="The bands of files without band "
                                              "descriptions, in order, comma-separated (default: the model's "
                                              "data.band_names, else its sensor profile's)."),
+    nodata: Optional[float] = typer.Option(None, "--nodata", help="The inputs' nodata value, replacing their own "
+                                           "tags (default: the model's data.nodata, else each file's tag)."),
     strict: bool = StrictOpt,
 ) -> None:
     """Predict whole scenes / volumes with sliding windows into georeferenced GeoTIFF / NIfTI class maps."""
@@ -237,7 +241,7 @@ def predict(
 
     for line in predict_dir(ft_dir, inputs, out, overlap=overlap, blend=blend, probabilities=probabilities,
                             batch_size=batch_size, device=device, strict=strict,
-                            band_names=name_list(band_names, "--band-names")):
+                            band_names=name_list(band_names, "--band-names"), nodata=nodata):
         typer.echo(line)
 
 

@@ -210,16 +210,18 @@ def voxel_warnings(records: Sequence[Any], spacing: Sequence[float] | None = Non
     return out
 
 
-def warn_collars(ranges: Sequence[tuple[str, Sequence[Sequence[float]]]], fate: str) -> None:
+def warn_collars(ranges: Sequence[tuple[str, Sequence[Sequence[float]]]], fate: str,
+                 setting: str = "set data.nodata=") -> None:
     """One warning for the rasters among ``ranges`` ((path, value_range) of files with no nodata value or mask)
-    whose values look like a fill collar (:func:`untagged_fill`); ``fate``: what happens to it ("predicted")."""
+    whose values look like a fill collar (:func:`untagged_fill`); ``fate``: what happens to it ("predicted");
+    ``setting``: how the command is told the value ("give --nodata ")."""
     collars = [(path, v) for path, rng in ranges for v in [untagged_fill(rng)] if v is not None]
     if collars:  # an orthophoto's or a swath's fill outside its footprint, with no tag saying so
         path, v = collars[0]
         log.warning("warning: '%s'%s has %g at its 1st percentile in every band and no nodata value or mask: if that "
-                    "is a no-data collar (outside an orthophoto's or a SAR swath's footprint), set data.nodata=%g or "
-                    "tag the files (gdal_edit.py -a_nodata %g), else it is %s as data.", path,
-                    f" (and {len(collars) - 1} more file(s))" if len(collars) > 1 else "", v, v, v, fate)
+                    "is a no-data collar (outside an orthophoto's or a SAR swath's footprint), %s%g or tag the files "
+                    "(gdal_edit.py -a_nodata %g), else it is %s as data.", path,
+                    f" (and {len(collars) - 1} more file(s))" if len(collars) > 1 else "", v, setting, v, v, fate)
 
 
 def not_ct(records: Sequence[Any]) -> list[tuple[str, float]]:

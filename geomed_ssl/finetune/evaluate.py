@@ -19,7 +19,7 @@ from geomed_ssl.finetune.labels import LabelSelection, read_label
 from geomed_ssl.windows.splits import GROUND_PREFIX
 from geomed_ssl.finetune.metrics import (background_index, classification_metrics, confusion_matrix,
                                         foreground_dice, write_metrics)
-from geomed_ssl.inference.finetuned import data_config, load_run, model_fn, model_stats, with_band_names
+from geomed_ssl.inference.finetuned import data_config, load_run, model_fn, model_stats, with_data
 from geomed_ssl.inference.writers import class_lookup
 from geomed_ssl.models.model_data import warn_other_scale
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
@@ -133,11 +133,12 @@ def eval_out_dir(ft_dir: str | Path, out: str | Path | None) -> Path:
 def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: str | Path | None = None,
                  data: str | Path | None = None, out: str | Path | None = None,
                  device: str | None = "auto", strict: bool = False,
-                 band_names: Sequence[str] | None = None) -> dict[str, Any]:
+                 band_names: Sequence[str] | None = None, nodata: float | None = None) -> dict[str, Any]:
     """Metrics of a fine-tuned model on every labelled pixel/voxel (segmentation) or image (classification), run
     on ``device`` (auto: CUDA when available). ``strict``: problem files and band names assigned by position are
     errors (else skipped / warned about). ``band_names``: the bands of files without band descriptions, in order
-    (default: the model's ``data.band_names``, else its sensor profile's)."""
+    (default: the model's ``data.band_names``, else its sensor profile's). ``nodata``: the files' nodata value,
+    replacing their own tags (default: the model's ``data.nodata``, else each file's tag)."""
     from geomed_ssl.data.catalog import scan
     from geomed_ssl.bands.conform import conform_record
     from geomed_ssl.data.labelled import scan_class_folders
@@ -153,7 +154,7 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
             "inputs": {"fine-tune folder": ft_dir, "images folder": images, "labels": labels, "data folder": data}}
     check_out_dir(out, **rule)  # the folder is made once the inputs are read
     model, meta, recipe = load_run(ft_dir, device)
-    meta, recipe = with_band_names(meta, recipe, band_names)
+    meta, recipe = with_data(meta, recipe, band_names, nodata)
     stats = model_stats(meta, f"model {ft_dir}")
     scale = (meta.get("encoder") or {}).get("scale")
     values = [c["value"] for c in meta["classes"]]

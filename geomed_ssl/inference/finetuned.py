@@ -73,27 +73,34 @@ def load_run(ft_dir: str | Path, device: str | torch.device | None = "auto",
     return model, meta, recipe
 
 
-def with_band_names(meta: dict[str, Any], recipe: Any, band_names: Sequence[str] | None) -> tuple[dict[str, Any], Any]:
+def with_data(meta: dict[str, Any], recipe: Any, band_names: Sequence[str] | None = None,
+              nodata: float | None = None) -> tuple[dict[str, Any], Any]:
     """The model's config and recipe with ``data.band_names`` set to ``band_names`` (the order of the bands of files
-    without band descriptions: ``predict`` / ``evaluate --band-names``); as they are when None."""
-    if not band_names:
+    without band descriptions) and ``data.nodata`` to ``nodata`` (it replaces the files' own tags), as ``predict`` /
+    ``evaluate --band-names / --nodata`` state them; what is None stays as the model has it."""
+    changes: dict[str, Any] = {}
+    if band_names:
+        changes["band_names"] = [str(n).strip() for n in band_names]
+    if nodata is not None:
+        changes["nodata"] = float(nodata)
+    if not changes:
         return meta, recipe
-    names = [str(n).strip() for n in band_names]
-    meta = {**meta, "data": {**meta.get("data", {}), "band_names": names}}
-    return meta, dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, band_names=names))
+    meta = {**meta, "data": {**meta.get("data", {}), **changes}}
+    return meta, dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, **changes))
 
 
 @keeps_process_state
 def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], out: str | Path,
                 overlap: float = DEFAULT_OVERLAP, blend: str = "gaussian", probabilities: bool = False,
                 batch_size: int = 8, device: str | None = "auto", strict: bool = False,
-                band_names: Sequence[str] | None = None) -> list[str]:
+                band_names: Sequence[str] | None = None, nodata: float | None = None) -> list[str]:
     """Segmentation: class-map GeoTIFF/NIfTI per input on its own grid (values = the label values trained on).
     Classification: ``predictions.csv`` with one row per image. Runs on ``device`` (auto: CUDA when available).
     Folders are read with the model's data settings (band naming, data.include / data.exclude). ``strict``:
     problem files and band names assigned by position are errors. ``inputs``: one file or folder, or a list of
     them. ``band_names``: the bands of files without band descriptions, in order (default: the model's
-    ``data.band_names``, else its sensor profile's). Returns printable lines."""
+    ``data.band_names``, else its sensor profile's). ``nodata``: the inputs' nodata value, replacing their own tags
+    (default: the model's ``data.nodata``, else each file's tag). Returns printable lines."""
     from geomed_ssl.inference.predict import plan_outputs, predict_files, usable_inputs
     from geomed_ssl.models.device import model_device
     from geomed_ssl.models.model_data import records_for_stats, warn_other_scale
@@ -105,7 +112,7 @@ def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], o
     rule = {"command": "predict", "resume": True, "inputs": {"fine-tune folder": ft_dir, "input": inputs}}
     check_out_dir(out, **rule)  # the folder is made once the inputs are listed
     model, meta, recipe = load_run(ft_dir, device)
-    meta, recipe = with_band_names(meta, recipe, band_names)
+    meta, recipe = with_data(meta, recipe, band_names, nodata)
     stats = model_stats(meta, f"model {ft_dir}")
     scale, name = (meta.get("encoder") or {}).get("scale"), f"model '{ft_dir}'"
     if meta["task"] != "segment":

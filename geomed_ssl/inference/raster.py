@@ -178,15 +178,17 @@ def warn_inputs(summaries: Sequence[dict[str, Any]], stats: BandStats) -> None:
     values far from the statistics (:func:`warn_summaries`), and rasters whose fill collar is not tagged nodata."""
     warn_summaries(summaries, stats)
     warn_collars([(s["input"], s["value_range"]) for s in summaries
-                  if s.get("kind") == "raster" and s.get("nodata") is None and s.get("value_range")], "predicted")
+                  if s.get("kind") == "raster" and s.get("nodata") is None and s.get("value_range")], "predicted",
+                 "give --nodata ")
     replaced = [s for s in summaries if s.get("replaced_nodata") is not None]
     if replaced:
         s = replaced[0]
         own, used = s["replaced_nodata"]
-        log.warning("warning: '%s'%s is tagged nodata %g, but the model's data.nodata (%g) replaces a file's tag, "
-                    "so its %g pixels are predicted as data. Give the files the model's value (gdal_calc.py, then "
-                    "gdal_edit.py -a_nodata) or fine-tune without data.nodata.", s["input"],
-                    f" (and {len(replaced) - 1} more file(s))" if len(replaced) > 1 else "", own, used, own)
+        log.warning("warning: '%s'%s is tagged nodata %g, but the nodata value read with (%g: --nodata, else the "
+                    "model's data.nodata) replaces a file's tag, so its %g pixels are predicted as data. Predict "
+                    "such files with --nodata %g, or give them the value read with (gdal_calc.py, then gdal_edit.py "
+                    "-a_nodata).", s["input"], f" (and {len(replaced) - 1} more file(s))" if len(replaced) > 1 else "",
+                    own, used, own, own)
 
 
 class RasterInput:

@@ -222,6 +222,48 @@ def test_band_names_stated_for_undescribed_files_read_them_in_the_models_order(t
     assert res.exit_code != 0 and "missing ['band_3']" in res.output
 
 
+def test_nodata_stated_at_predict_marks_an_untagged_collar_as_nodata(tmp_path: Path) -> None:
+    """A scene whose fill collar carries no nodata tag: predict --nodata 0 reads the collar as no data (nodata in the
+    map), where without it the collar is predicted as classes; the rest of the map is the same."""
+    import rasterio
+
+    ft = make_ft_dir(tmp_path)
+    scene = 1000 + structured_raster(np.random.default_rng(2), 4, 40).astype(np.float32) * 2000
+    scene[:, :, :8] = 0  # an untagged collar
+    (tmp_path / "in").mkdir()
+    write_geotiff(tmp_path / "in" / "scene.tif", scene)
+    maps = {}
+    for name, extra in (("plain", []), ("stated", ["--nodata", "0"])):
+        res = runner.invoke(app, ["predict", str(ft), str(tmp_path / "in"), "--out", str(tmp_path / name), *extra])
+        assert res.exit_code == 0, res.output
+        with rasterio.open(tmp_path / name / "scene_pred.tif") as ds:
+            maps[name], tag = ds.read(1), ds.nodata
+    assert set(np.unique(maps["plain"][:, :8])) <= {1, 2}
+    assert (maps["stated"][:, :8] == tag).all() and tag not in (1, 2)
+    assert set(np.unique(maps["stated"][:, 8:])) <= {1, 2}
+
+
+def test_nodata_stated_at_evaluate_leaves_an_untagged_collar_unscored(tmp_path: Path) -> None:
+    """evaluate --nodata 0: the labelled pixels under an untagged 0 collar are no data, so they are not scored."""
+    import json
+
+    ft = make_ft_dir(tmp_path)
+    scene = 1000 + structured_raster(np.random.default_rng(2), 4, 40).astype(np.float32) * 2000
+    scene[:, :, :8] = 0
+    labels = np.ones((1, 40, 40), np.uint8)
+    labels[:, 20:] = 2
+    for folder, arr in (("img", scene), ("lab", labels)):
+        (tmp_path / folder).mkdir()
+        write_geotiff(tmp_path / folder / "scene.tif", arr)
+    scored = {}
+    for name, extra in (("plain", []), ("stated", ["--nodata", "0"])):
+        res = runner.invoke(app, ["evaluate", str(ft), "--images", str(tmp_path / "img"), "--labels",
+                                  str(tmp_path / "lab"), "--out", str(tmp_path / name), *extra])
+        assert res.exit_code == 0, res.output
+        scored[name] = json.loads((tmp_path / name / "metrics.json").read_text())["test"]["num_samples"]
+    assert scored == {"plain": 40 * 40, "stated": 40 * 32}
+
+
 def test_a_prediction_names_the_model_that_made_it(tmp_path: Path) -> None:
     """A class map (and its probabilities) carry the model's folder and the toolkit's version, so maps of two models
     in one folder, or of a re-prediction a kill cut short, can be told apart; a volume's header says it too."""

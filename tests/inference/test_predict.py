@@ -1060,7 +1060,7 @@ def test_a_zero_collar_without_a_nodata_tag_is_warned_about_when_predicted(tmp_p
         predict_raster(conv_model(4, 2), tmp_path / "in" / "tile_0.tif", tmp_path / "o.tif", stats, window=16,
                        num_classes=2)
     assert "tile_0.tif' has 0 at its 1st percentile in every band" in caplog.text
-    assert "set data.nodata=0" in caplog.text and "predicted as data" in caplog.text
+    assert "give --nodata 0" in caplog.text and "predicted as data" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="geomed_ssl"):
         predict_files(conv_model(4, 2), tmp_path / "in", tmp_path / "out", stats, num_classes=2, window=16,
@@ -1104,7 +1104,9 @@ def test_a_files_own_nodata_tag_replaced_by_the_models_data_nodata_is_warned_abo
     with caplog.at_level("WARNING", logger="geomed_ssl"):
         predict_raster(conv_model(4, 2), path, tmp_path / "o.tif", stats, window=16, num_classes=2,
                        data_cfg=DataConfig(nodata=0))
-    assert "m9999.tif' is tagged nodata -9999, but the model's data.nodata (0) replaces" in caplog.text
+    assert ("m9999.tif' is tagged nodata -9999, but the nodata value read with (0: --nodata, else the model's "
+            "data.nodata) replaces") in caplog.text
+    assert "Predict such files with --nodata -9999" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="geomed_ssl"):  # the file's own value: nothing replaced
         predict_raster(conv_model(4, 2), path, tmp_path / "o2.tif", stats, window=16, num_classes=2,

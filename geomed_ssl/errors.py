@@ -37,6 +37,18 @@ def message_of(err: BaseException) -> str:
     return text[text.rindex(tail) + len(tail):].strip() if tail in text else text
 
 
+def innermost_message(err: BaseException) -> str:
+    """The innermost message of an exception chain, one line: GDAL puts the useful one deepest (rasterio's
+    "Read failed. See previous exception for details." wraps the error that says what failed)."""
+    msgs: list[str] = []
+    seen: BaseException | None = err
+    while seen is not None and len(msgs) < 8:
+        text = str(seen).strip()
+        msgs.append(text.splitlines()[0] if text else type(seen).__name__)
+        seen = seen.__cause__ or seen.__context__
+    return msgs[-1][:240]
+
+
 class RunStopped(Exception):
     """A run stopped by a signal (a scheduler's SIGTERM, Ctrl-C) before it finished. Not a user error: the CLI prints
     the message, which says what was kept and how to go on, and exits 128 + the signal's number (143, 130)."""

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from geomed_ssl.errors import innermost_message
 from geomed_ssl.geo.gdal_read import alpha_bands, has_dataset_mask, read_masked
 from geomed_ssl.geo.validity import band_gaps, band_percentiles, is_fill, valid_mask, valid_values
 
@@ -56,15 +57,6 @@ class FileProbe:
     preview: str = "decimated"
 
 
-def _err_text(err: BaseException) -> str:
-    """The innermost message of an exception chain (GDAL puts the useful one deepest), one line."""
-    msgs = []
-    while err is not None and len(msgs) < 8:
-        msgs.append(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
-        err = err.__cause__ or err.__context__
-    return msgs[-1][:240]
-
-
 def _open_failure(path: str, err: BaseException, kind: str) -> str:
     """Why a file would not open, told apart by its first bytes."""
     try:
@@ -74,9 +66,9 @@ def _open_failure(path: str, err: BaseException, kind: str) -> str:
         return f"cannot be read ({os_err.strerror})"
     fmt = "GeoTIFF" if kind == "raster" else "NIfTI"
     if kind == "raster" and head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return f"corrupt or truncated TIFF ({_err_text(err)})"
+        return f"corrupt or truncated TIFF ({innermost_message(err)})"
     if kind == "volume" and (head[:2] == b"\x1f\x8b" or head[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c")):
-        return f"corrupt or truncated NIfTI ({_err_text(err)})"
+        return f"corrupt or truncated NIfTI ({innermost_message(err)})"
     printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head)
     if head and printable / len(head) > 0.95:
         text = head[:40].decode("ascii", "replace").replace("\n", " ").strip()
@@ -264,7 +256,7 @@ def _probe_raster(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProb
                 with rasterio.Env(GDAL_CACHEMAX=_cache_bytes(src)):
                     arr, valid, how = _raster_preview(path, src, nodata)
             except Exception as err:
-                raise ProbeError(f"truncated or corrupt pixel data ({_err_text(err)})") from None
+                raise ProbeError(f"truncated or corrupt pixel data ({innermost_message(err)})") from None
             geo = {"crs": src.crs.to_wkt() if src.crs else None,
                    "transform": [float(v) for v in list(src.transform)[:6]],
                    "block_shape": tuple(int(v) for v in src.block_shapes[0]),
@@ -348,7 +340,7 @@ def _probe_volume(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProb
     try:
         arr = np.asarray(img.dataobj[tuple(slice(None, None, s) for s in steps)])
     except Exception as err:
-        raise ProbeError(f"truncated or corrupt voxel data ({_err_text(err)})") from None
+        raise ProbeError(f"truncated or corrupt voxel data ({innermost_message(err)})") from None
     arr = arr[None] if arr.ndim == 3 else np.moveaxis(arr, -1, 0)  # (C, x, y, z)
     nodata = _nodata(data_cfg.nodata, None)
     valid = valid_mask(arr, nodata)

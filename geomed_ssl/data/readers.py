@@ -25,7 +25,7 @@ from geomed_ssl.geo.validity import valid_mask
 from geomed_ssl.windows.crops import pad_crop
 from geomed_ssl.geo.gdal_read import read_masked
 from geomed_ssl.geo.voxels import resample_to_spacing
-from geomed_ssl.errors import DataError
+from geomed_ssl.errors import DataError, innermost_message
 
 Region = tuple[int, int, int, int]  # row_off, col_off, height, width (file pixels, inside the file)
 
@@ -235,7 +235,8 @@ class RasterReader:
                 with self._env:
                     parts.append(read_masked(ds, Window(col, row, w, h), record.nodata, stacked=stacked))
             except Exception as err:
-                raise DataError(f"cannot read window {[row, col, h, w]} (row, col, height, width) of '{path}': {err}. "
+                raise DataError(f"cannot read window {[row, col, h, w]} (row, col, height, width) of '{path}' "
+                                f"({innermost_message(err).rstrip('.')}). "
                                 "Part of its pixel data is corrupt (the scan checks only a sample of each file): "
                                 "replace the file, or leave it out with --set \"data.exclude=[...]\" (a "
                                 "resumed run continues without it).") from None

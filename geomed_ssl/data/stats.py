@@ -33,7 +33,7 @@ from geomed_ssl.bands.conform import pick_bands
 from geomed_ssl.geo.gdal_read import window_reads
 from geomed_ssl.data.intensity import ct_bounds, intensity_args, preprocess_intensity
 from geomed_ssl.geo.validity import STD_FLOOR, band_gaps, band_percentiles, valid_mask, valid_values
-from geomed_ssl.errors import DataError
+from geomed_ssl.errors import DataError, innermost_message
 from geomed_ssl.once import said_set
 
 log = logging.getLogger("geomed_ssl")
@@ -287,7 +287,7 @@ def _sample_file(rec: Any, windows: int, window: tuple[int, ...], data_cfg: Any,
     except DataError:
         raise
     except Exception as err:
-        raise DataError(f"cannot read windows from '{rec.path}' for statistics ({err}): part of its pixel data is "
+        raise DataError(f"cannot read windows from '{rec.path}' for statistics ({innermost_message(err).rstrip('.')}): part of its pixel data is "
                         "corrupt (the scan checks only a sample of each file). Replace the file, or leave it out "
                         "with --set \"data.exclude=[...]\" (its name or a glob).") from None
     finally:

@@ -139,22 +139,36 @@ HOW_IT_RUNS = ("data.num_workers", "data.cache_volumes", "data.stats_windows", "
                "train.checkpoint_minutes", "train.preview_every", "train.log_every",
                "train.max_steps")  # (a longer run's schedule is said on its own: resumed_clock)
 TRAINING_SECTIONS = ("data", "model", "method", "train", "augment")  # finetune / labels: not pretraining's
+PER_PROCESS = ("train.batch_size", "train.devices", "train.num_nodes")  # their product: the global batch
 
 
 def resume_changes(checkpoint: dict[str, Any], recipe: dict[str, Any], overrides: list[str] | None = None
                    ) -> list[str]:
     """The settings that train otherwise from a resumed checkpoint on than before it (``key old -> new``): any of
     the recipe's training sections but the ones that only say how it runs or is watched (:data:`HOW_IT_RUNS`:
-    workers, device, caches, checkpoint, log and monitor cadence, the run's length). A key the checkpoint's recipe
+    workers, device, caches, checkpoint, log and monitor cadence, the run's length; and ``train.batch_size``,
+    ``devices`` and ``num_nodes`` where their product, the global batch, stays the same). A key the checkpoint's recipe
     lacks (a setting added since its version, at the value that version worked with) is a change only when this
     resume's ``overrides`` set it."""
     from geomed_ssl.config.loading import sets_key
 
     old = flat_settings((checkpoint.get("geomed_ssl") or {}).get("recipe") or {})
     new = flat_settings(recipe)
-    keys = [k for k in sorted(new) if k.split(".")[0] in TRAINING_SECTIONS and k not in HOW_IT_RUNS]
+    same_batch = global_batch(old) is not None and global_batch(old) == global_batch(new)  # 2 x 4 then 1 x 8
+    keys = [k for k in sorted(new) if k.split(".")[0] in TRAINING_SECTIONS and k not in HOW_IT_RUNS
+            and not (same_batch and k in PER_PROCESS)]
     return [f"{k} {old[k]!r} -> {new[k]!r}" if k in old else f"{k} (new) {new[k]!r}" for k in keys
             if (k in old and old[k] != new[k]) or (k not in old and sets_key(overrides, k))]
+
+
+def global_batch(flat: dict[str, Any]) -> int | None:
+    """The samples of one optimiser step over every process (``train.batch_size`` x ``train.devices`` x
+    ``train.num_nodes``) of a flat recipe (:func:`flat_settings`); None where the devices are not a count. A run
+    of several processes trains as one process would on the same global batch, so only this product counts."""
+    counts = [flat.get(k, 1) for k in PER_PROCESS]
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in counts):
+        return None
+    return counts[0] * counts[1] * counts[2]
 
 
 def flat_settings(recipe: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -39,7 +39,7 @@ from geomed_ssl.train.module import PretrainModule, param_groups
 from geomed_ssl.train.run_log import attach_run_log, keeps_run_log, say_in_run_log
 from geomed_ssl.train.run_files import resumed_stats, warn_data_changed, write_run_files
 from geomed_ssl.train.trainer import (build_trainer, daemon_children, forks, loader_workers, probe_trainer,
-                                      worker_death, worker_died)
+                                      peer_death, peer_failed, worker_death, worker_died)
 
 log = logging.getLogger("geomed_ssl")
 
@@ -463,11 +463,14 @@ def fit(trainer: L.Trainer, module: PretrainModule, data: PretrainData, point: R
         at = "" if spawned else f" at step {trainer.global_step}"  # the launching process never steps
         raise RunStopped("SIGINT", f"pretraining aborted by a second Ctrl-C{at}, without saving; {kept}.") from None
     except RuntimeError as err:
-        if not worker_died(err):
-            raise
         last = out / "checkpoints" / "last.ckpt"
-        raise worker_death(err, f"'{last}' keeps the last checkpoint saved: the same command with --resume goes on "
-                                "from it." if last.is_file() else "No checkpoint was saved yet.", children) from None
+        resume = (f"'{last}' keeps the last checkpoint saved: the same command with --resume goes on from it."
+                  if last.is_file() else "No checkpoint was saved yet.")
+        if worker_died(err):
+            raise worker_death(err, resume, children) from None
+        if peer_failed(err, trainer.world_size):
+            raise peer_death(resume) from None
+        raise
     finally:
         stop.restore()
         data.dataset.close()  # its open files: a notebook's next run would find them still open

@@ -42,6 +42,24 @@ def worker_died(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and "DataLoader worker (pid" in str(err)
 
 
+# What a process's collective says when another process of the run died (gloo on the CPU, NCCL on GPUs).
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote worker crashing", "Broken pipe",
+             "remote process exited", "NCCL communicator was aborted")
+
+
+def peer_failed(err: BaseException, world_size: int) -> bool:
+    """Whether ``err`` is a collective's failure in a run of several processes: what the others meet when one of
+    them stops on an error of its own (a bad file, out of memory, a kill)."""
+    return world_size > 1 and isinstance(err, RuntimeError) and any(w in str(err) for w in PEER_LOST)
+
+
+def peer_death(resume: str) -> TrainingError:
+    """The one-line error of a process whose run lost another process; ``resume``: what the user can go on from."""
+    return TrainingError("another process of this multi-process run stopped, so this one cannot go on: that "
+                         "process's own error is in the run's console output or job log, above this line (log.txt "
+                         f"is written by the first process alone): fix that cause. {resume}")
+
+
 def daemon_children() -> set[int]:
     """The pids of this process's daemonic children (DataLoader workers among them; a user's Pool workers too)."""
     import multiprocessing

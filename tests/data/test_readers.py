@@ -37,6 +37,26 @@ def test_read_window_returns_exact_pixels_as_float32(tif):
     np.testing.assert_array_equal(out, arr[:, 10:26, 20:44])
 
 
+def test_a_corrupt_window_is_one_error_naming_the_file_and_gdals_own_reason(tmp_path):
+    """rasterio's "Read failed. See previous exception for details." stood in the message (with a doubled full
+    stop) where GDAL's reason, the exception it chains, was never shown."""
+    from geomed_ssl.errors import DataError
+
+    arr = gradient(2, 64, 64)
+    path = write_tif(tmp_path / "c.tif", arr, **TILED)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2:len(raw) // 2 + 400] = bytes(400)  # a tile's compressed bytes
+    path.write_bytes(bytes(raw))
+    rec, reader = raster_record(path, arr), RasterReader()
+    with pytest.raises(DataError) as info:
+        for row in (0, 32):
+            for col in (0, 32):
+                reader.read_window(rec, row, col, 32, 32)
+    text = str(info.value)
+    assert f"of '{path}' (" in text and "Decod" in text and "Part of its pixel data is corrupt" in text
+    assert "See previous exception" not in text and ".. " not in text
+
+
 def test_window_cut_from_region_equals_direct_read(tif):
     rec, arr = tif
     reader = RasterReader(min_region=64)

@@ -609,6 +609,34 @@ def test_a_data_worker_killed_mid_run_is_one_error_and_leaves_no_worker_behind(r
     assert (out / "encoder" / "model.safetensors").is_file()
 
 
+def test_a_process_that_loses_another_process_of_its_run_says_so_in_one_line(tmp_path: Path) -> None:
+    """Under DDP, a rank stopped by its own error (a corrupt window, the out-of-memory killer) left the first process
+    a ~140-line gloo traceback, exit 1 and a log.txt naming only 'Connection closed by peer'."""
+    from types import SimpleNamespace
+
+    from geomed_ssl.errors import TrainingError
+    from geomed_ssl.train.pretrain import fit
+
+    lost = RuntimeError("[third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+                        "[127.0.0.1]:12192. This is typically caused by a remote worker crashing.")
+
+    def fails(*args, **kwargs) -> None:
+        raise lost
+
+    data = SimpleNamespace(dataset=SimpleNamespace(close=lambda: None))
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    trainer = SimpleNamespace(strategy=SimpleNamespace(launcher=None), fit=fails, world_size=2, global_step=6)
+    with pytest.raises(TrainingError, match=r"another process of this multi-process run stopped.*error is in the "
+                                            r"run's console output.*last.ckpt' keeps the last checkpoint saved: the "
+                                            r"same command with --resume goes on from it"):
+        fit(trainer, None, data, None, StopRequest(), tmp_path)
+    trainer.world_size = 1  # one process: no other to blame, the error as it is
+    with pytest.raises(RuntimeError, match="Connection closed by peer") as info:
+        fit(trainer, None, data, None, StopRequest(), tmp_path)
+    assert not isinstance(info.value, TrainingError)
+
+
 def test_a_sigterm_lightning_hears_before_the_runs_own_stop_is_one_line_not_a_silent_exit(
         raster_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """Between Lightning's handler and the run's stop (installed at train start), a SIGTERM reached Lightning only:
@@ -652,6 +680,23 @@ def test_a_resume_that_changes_settings_says_so_and_keeps_what_the_first_steps_r
         pretrain(None, raster_dir, run, resume=True, progress=False,
                  overrides=["data.stats_windows=16", "data.num_workers=0", "train.max_steps=12"])
     assert "changes" not in caplog.text and not (run / "config-until-step-000010.yaml").exists()
+
+
+def test_a_resume_on_other_processes_with_the_same_global_batch_is_no_change() -> None:
+    """A run of 2 processes x batch 4 resumed as 1 x 8 replays the uninterrupted run (a 2-process run equals one
+    process on the same global batch), yet was warned about as one that no longer does."""
+    from geomed_ssl.train.checkpointing import resume_changes
+
+    def saved(batch, devices, nodes=1):
+        return {"geomed_ssl": {"recipe": {"train": {"batch_size": batch, "devices": devices, "num_nodes": nodes}}}}
+
+    def now(batch, devices, nodes=1):
+        return {"train": {"batch_size": batch, "devices": devices, "num_nodes": nodes}}
+
+    assert resume_changes(saved(4, 2), now(8, 1)) == []
+    assert resume_changes(saved(2, 2, 2), now(4, 1, 2)) == []
+    assert resume_changes(saved(4, 2), now(4, 1)) == ["train.devices 2 -> 1"]  # half the global batch
+    assert resume_changes(saved(4, "auto"), now(8, 1)) == ["train.batch_size 4 -> 8", "train.devices 'auto' -> 1"]
 
 
 def test_a_run_whose_config_yaml_is_gone_resumes_from_the_recipe_its_checkpoint_holds(raster_dir: Path,

@@ -34,7 +34,7 @@ from geomed_ssl.data.labelled import ImageDataset
 from geomed_ssl.data.readers import VolumeReader
 from geomed_ssl.data.stats import compute_stats
 from geomed_ssl.errors import ConfigError, DataError, GeomedError, RunStopped
-from geomed_ssl.finetune.fit import save_recipe, with_encoder_naming
+from geomed_ssl.finetune.fit import check_trainer_settings, save_recipe, with_encoder_naming
 from geomed_ssl.models.device import resolve_device
 from geomed_ssl.models.model_data import naming_hint, note_encoder_naming
 from geomed_ssl.models.probe import check_class_weights, probe_layers, read_image
@@ -358,6 +358,7 @@ def _run_compare(options: CompareOptions, out: Path, inputs: dict[str, Any], ima
     with stops_as(_preparing):  # a stop before the first run: one line and 143 / 130
         recipe_obj, task = _load_task(options, recipe_path(options, recipe), overrides, images, labels, data, strict)
         check_class_weights(recipe_obj.finetune.class_weights, len(task.class_names))
+        check_trainer_settings(recipe_obj)  # its fine-tunes' (``none`` is always fine-tuned), said before the runs
         loaded = load_sources(options, recipe_obj, task)
         warn_fixed_windows(overrides, loaded)
         warn_other_architectures(loaded)

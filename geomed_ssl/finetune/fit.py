@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, SequentialSampler
 
+from geomed_ssl.once import said_set
 from geomed_ssl.checkpoint import load_encoder, read_encoder_config
 from geomed_ssl.config import Recipe, sets_key, spatial_dims
 from geomed_ssl.cpus import fit_threads_to_quota
@@ -150,12 +151,17 @@ def seed_new_head(recipe: Recipe) -> None:
     torch.manual_seed(recipe.labels.seed)
 
 
+_ONE_DEVICE: set[tuple[str, str, int]] = said_set()  # the device settings said to apply to pretrain only
+
+
 def check_trainer_settings(recipe: Recipe) -> None:
     """The Trainer :func:`fit_supervised` builds (this process, one device), tried before FT_DIR is made: a
     precision or accelerator Lightning refuses is one ``ConfigError``. Says so when the recipe asks for more
     devices (every head: the probes too)."""
     t = recipe.train
-    if str(t.devices) not in ("1", "auto") or t.num_nodes != 1 or t.strategy != "auto":
+    asked = (str(t.devices), t.strategy, t.num_nodes)
+    if (str(t.devices) not in ("1", "auto") or t.num_nodes != 1 or t.strategy != "auto") and asked not in _ONE_DEVICE:
+        _ONE_DEVICE.add(asked)  # once per command: a compare runs many fine-tunes
         log.warning(f"fine-tuning runs in one process on one device; train.devices={t.devices}, "
                     f"train.strategy={t.strategy}, train.num_nodes={t.num_nodes} apply to pretrain only.")
     probe_trainer(recipe.train.accelerator, 1, "auto", 1, recipe.train.precision)

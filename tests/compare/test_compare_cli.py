@@ -106,6 +106,21 @@ def labelled_volumes(root: Path, n: int = 2, size: int = 24, first: int = 1) -> 
     return root / "vols", root / "labels"
 
 
+def test_device_settings_for_pretraining_are_said_before_the_runs(scene, run_dir: Path, tmp_path: Path) -> None:
+    """compare's fine-tunes run in one process: with train.devices=2 that was said when the first fine-tune began,
+    after every probe had run."""
+    out = tmp_path / "cmp"
+    args = compare_args([str(run_dir), "none"], scene, out, "--no-baselines", "--set", "train.devices=2", "--set",
+                        "train.strategy=ddp")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    said = [i for i, line in enumerate(lines) if "fine-tuning runs in one process" in line]
+    assert len(said) == 1 and "train.devices=2, train.strategy=ddp" in lines[said[0]]
+    assert said[0] < min(i for i, line in enumerate(lines) if line.startswith("run 1/"))
+    assert len([r for r in read(out / "results.csv") if r["protocol"] == "finetune"]) == 2
+
+
 def test_an_encoder_of_another_architecture_than_none_is_marked_in_the_paired_differences(
         scene, exported: Path, tmp_path: Path) -> None:
     """`none` is the first encoder's architecture: a second encoder with larger tokens is warned about and its

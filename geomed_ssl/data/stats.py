@@ -287,7 +287,8 @@ def _sample_file(rec: Any, windows: int, window: tuple[int, ...], data_cfg: Any,
     except DataError:
         raise
     except Exception as err:
-        raise DataError(f"cannot read windows from '{rec.path}' for statistics ({innermost_message(err).rstrip('.')}): part of its pixel data is "
+        reason = innermost_message(err).rstrip(".")
+        raise DataError(f"cannot read windows from '{rec.path}' for statistics ({reason}): part of its pixel data is "
                         "corrupt (the scan checks only a sample of each file). Replace the file, or leave it out "
                         "with --set \"data.exclude=[...]\" (its name or a glob).") from None
     finally:

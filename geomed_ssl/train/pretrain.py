@@ -458,6 +458,10 @@ def fit(trainer: L.Trainer, module: PretrainModule, data: PretrainData, point: R
         if isinstance(exc, SIGTERMException) and not stop.aborted:  # Lightning heard it before the run's own stop
             name = stop.name or "SIGTERM"  # (a Ctrl-C the run's stop heard after it)
             raise RunStopped(name, f"pretraining stopped by {name} as it started; {kept}.") from None
+        if stop.requested and not stop.aborted:  # a second Ctrl-C after the stop had saved and put Python's
+            # handler back (on_train_end): Lightning turned it into exit(1)
+            raise RunStopped(stop.name, f"pretraining stopped by {stop.name}, and a second Ctrl-C came as it "
+                             f"ended; {kept}.") from None
         if not stop.aborted:
             raise
         at = "" if spawned else f" at step {trainer.global_step}"  # the launching process never steps

@@ -637,6 +637,31 @@ def test_a_process_that_loses_another_process_of_its_run_says_so_in_one_line(tmp
     assert not isinstance(info.value, TrainingError)
 
 
+def test_a_second_ctrl_c_as_a_stopped_run_ends_is_the_stop_not_a_silent_exit_1(tmp_path: Path) -> None:
+    """The run's stop saved and put Python's Ctrl-C handler back (on_train_end) while still inside trainer.fit; a
+    second Ctrl-C then became Lightning's exit(1): no line, exit 1, log.txt 'error: 1'."""
+    from types import SimpleNamespace
+
+    from geomed_ssl.errors import RunStopped
+    from geomed_ssl.train.pretrain import fit
+
+    def exits(*args, **kwargs) -> None:
+        raise SystemExit(1)
+
+    data = SimpleNamespace(dataset=SimpleNamespace(close=lambda: None))
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    trainer = SimpleNamespace(strategy=SimpleNamespace(launcher=None), fit=exits, world_size=1, global_step=6)
+    stop = StopRequest()
+    stop.signum = signal.SIGINT  # the first Ctrl-C: the stop the run saved for
+    with pytest.raises(RunStopped, match="stopped by SIGINT, and a second Ctrl-C came as it ended; .*last.ckpt' "
+                                         "keeps the last checkpoint saved") as info:
+        fit(trainer, None, data, None, stop, tmp_path)
+    assert info.value.signal == "SIGINT"
+    with pytest.raises(SystemExit):  # no stop requested: Lightning's exit as it is
+        fit(trainer, None, data, None, StopRequest(), tmp_path)
+
+
 def test_a_sigterm_lightning_hears_before_the_runs_own_stop_is_one_line_not_a_silent_exit(
         raster_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """Between Lightning's handler and the run's stop (installed at train start), a SIGTERM reached Lightning only:

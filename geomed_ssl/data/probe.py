@@ -320,6 +320,21 @@ def read_shape(spatial: tuple[int, ...], affine: np.ndarray, spacing: Any) -> tu
     return tuple(resampled_shape(shape, mm, [float(t) for t in spacing]))
 
 
+def _check_affine(affine: np.ndarray) -> None:
+    """A volume's affine must map its voxel axes to three independent directions (a header of zeros, or two equal
+    columns, names no orientation and no voxel size)."""
+    import nibabel as nib
+
+    try:
+        codes = nib.aff2axcodes(affine) if np.isfinite(affine).all() else (None,)
+    except Exception:
+        codes = (None,)
+    if None in codes or abs(float(np.linalg.det(affine[:3, :3]))) < 1e-12:
+        raise ProbeError("has an affine that maps no 3D grid (zero, repeated or non-finite axes in its sform / qform "
+                         "header): fix the header (nibabel's set_sform / set_qform), or leave the file out with "
+                         "data.exclude")
+
+
 def _probe_volume(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProbe:
     import nibabel as nib
 
@@ -335,6 +350,7 @@ def _probe_volume(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProb
     if count < 1:
         raise ProbeError("has an empty channel axis")
     _check_complex(str(img.get_data_dtype()))
+    _check_affine(np.asarray(img.affine, np.float64))
     _check_size(read_shape(spatial, np.asarray(img.affine, np.float64), getattr(data_cfg, "spacing", None)), window)
     steps = tuple(max(1, math.ceil(s / VOLUME_PREVIEW)) for s in spatial)
     try:

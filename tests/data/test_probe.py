@@ -124,3 +124,25 @@ def test_a_nodata_collar_at_the_corners_is_counted_for_its_area(tmp_path, make_t
     truth = (arr[0] != 0).mean()
     rec = scan(_big(tmp_path, make_tif, array=arr), DataConfig(patch_size=32, nodata=0)).records[0]
     assert rec.valid_fraction == pytest.approx(truth, abs=0.08)
+
+
+@pytest.mark.parametrize("affine", [np.zeros((4, 4)), np.array([[1.0, 1, 0, 0], [0, 0, 0, 0], [0, 0, 1, 0],
+                                                                  [0, 0, 0, 1]])])
+def test_a_volume_whose_affine_maps_no_3d_grid_is_a_problem_file_not_a_crash(tmp_path, affine):
+    """An sform of zeros, or two equal axes: every volume command ended in a TypeError traceback (aff2axcodes gives
+    None codes); the file is now skipped with its reason (an error under --strict)."""
+    import nibabel as nib
+
+    good, bad = tmp_path / "good.nii.gz", tmp_path / "bad.nii.gz"
+    vol = np.random.default_rng(0).random((20, 20, 20)).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(good))
+    img = nib.Nifti1Image(vol, np.eye(4))
+    img.set_sform(affine, code=1)
+    img.set_qform(None, code=0)
+    nib.save(img, str(bad))
+    cfg = DataConfig(kind="volume", patch_size=16)
+    catalog = scan(tmp_path, cfg)
+    assert [r.path for r in catalog.records] == [str(good)]
+    assert any("bad.nii.gz" in p.path and "affine that maps no 3D grid" in p.reason for p in catalog.problems)
+    with pytest.raises(DataError, match="affine that maps no 3D grid"):
+        scan(tmp_path, cfg, strict=True)

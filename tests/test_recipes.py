@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from geomed_ssl.config import load_recipe
-from geomed_ssl.train.lr_check import MIN_PEAK_LR, schedule_problem
+from geomed_ssl.config.lr_check import MIN_PEAK_LR, schedule_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted(ROOT.joinpath("recipes").glob("*.yaml"))

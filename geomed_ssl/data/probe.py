@@ -321,8 +321,7 @@ def read_shape(spatial: tuple[int, ...], affine: np.ndarray, spacing: Any) -> tu
 
 
 def _check_affine(affine: np.ndarray) -> None:
-    """A volume's affine must map its voxel axes to three independent directions (a header of zeros, or two equal
-    columns, names no orientation and no voxel size)."""
+    """A volume's affine maps its voxel axes to three independent directions (not a header of zeros)."""
     import nibabel as nib
 
     try:

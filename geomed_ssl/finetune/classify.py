@@ -72,7 +72,7 @@ def train_probe(model: ClassificationModel, feats: torch.Tensor, labels: torch.T
     """Train only the head on cached features (full batch AdamW, warmup + cosine)."""
     from geomed_ssl.train.module import warmup_cosine
 
-    from geomed_ssl.train.lr_check import warn_schedule
+    from geomed_ssl.config.lr_check import warn_schedule
 
     f = recipe.finetune
     warn_schedule(f.base_lr, f.warmup_steps, f.max_steps, "finetune")

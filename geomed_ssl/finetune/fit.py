@@ -33,7 +33,7 @@ from geomed_ssl.outfiles import atomic_path
 from geomed_ssl.train.callbacks import MetricsCSV
 from geomed_ssl.train.checkpointing import stop_safe_worker_init
 from geomed_ssl.train.console import has_bar, progress_callbacks, quiet_lightning
-from geomed_ssl.train.lr_check import warn_schedule
+from geomed_ssl.config.lr_check import warn_schedule
 from geomed_ssl.train.supervised import SupervisedModule
 from geomed_ssl.train.trainer import (cluster_plugins, daemon_children, loader_workers, probe_trainer,
                                       resolve_precision, worker_death, worker_died)

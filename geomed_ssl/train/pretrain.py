@@ -34,7 +34,7 @@ from geomed_ssl.train.checkpointing import (ResumePoint, StopRequest, find_resum
                                             read_checkpoint_info, remove_stale_temp_files, resume_changes,
                                             resume_misfit, stop_safe_worker_init)
 from geomed_ssl.train.console import quiet_lightning
-from geomed_ssl.train.lr_check import warn_accumulation, warn_schedule
+from geomed_ssl.config.lr_check import warn_accumulation, warn_schedule
 from geomed_ssl.train.module import PretrainModule, param_groups
 from geomed_ssl.train.run_log import attach_run_log, keeps_run_log, say_in_run_log
 from geomed_ssl.train.run_files import resumed_stats, warn_data_changed, write_run_files

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from geomed_ssl.cli import app
-from geomed_ssl.train.lr_check import MIN_PEAK_LR, reached_lr, schedule_problem, warn_accumulation
+from geomed_ssl.config.lr_check import MIN_PEAK_LR, reached_lr, schedule_problem, warn_accumulation
 from tests.conftest import TINY, TINY_BASE, structured_raster, write_geotiff
 
 runner = CliRunner()

@@ -134,11 +134,21 @@ def check_tensor_shapes(path: Path, expected: dict[str, tuple[int, ...]],
 
 
 def load_tensors(path: Path, map_location: str | torch.device) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, refused (a GeomedError naming the file and the first bad tensor) when one
+    holds NaN or infinite values: such weights turn every output into NaN, and each command would fail later and
+    more obscurely (NaN embeddings, one predicted class, a fine-tune that diverges at once)."""
     try:
-        return load_file(str(path), device=str(map_location))
+        state = load_file(str(path), device=str(map_location))
     except (SafetensorError, OSError) as err:
         raise GeomedError(f"{path} could not be read ({str(err).splitlines()[0]}); the export is damaged, "
                           "re-export it.") from None
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise GeomedError(f"{path}: tensor '{name}' holds {bad} NaN or infinite value(s) of {tensor.numel()}; "
+                              "these weights are unusable (the run that wrote them diverged, or the file was "
+                              "altered). Use the export of a run that finished with a finite loss.")
+    return state
 
 
 def load_encoder(path: str | Path, bands: Sequence[str] | None = None,

@@ -426,8 +426,22 @@ def tiny_export(root: Path, encoder: dict | None = None, weights: str = "safeten
     (out / "config.json").write_text(json.dumps(meta))
     if weights == "pickle":
         torch.save(ViTEncoder(cfg).state_dict(), out / "model.safetensors")
+    elif weights == "nan":
+        with_nan_weights(out)
     assert data.is_dir()
     return out
+
+
+def with_nan_weights(folder: Path) -> Path:
+    """``folder``'s model.safetensors with NaN in its first floating-point tensor, as a diverged run writes it."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(folder / "model.safetensors"))
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = torch.full_like(state[name], float("nan"))
+    save_file(state, str(folder / "model.safetensors"))
+    return folder
 
 
 def embed_export(encoder: dict | None = None, weights: str = "safetensors") -> Callable[[Path], list[str]]:
@@ -486,6 +500,16 @@ def constant_labels(root: Path, value: int, folder: str = "labels") -> Path:
     for i in range(2):
         write_geotiff(root / folder / f"scene_{i}_gt.tif", np.full((1, 32, 32), value, np.uint8))
     return root / folder
+
+
+def two_class_labels(root: Path) -> Path:
+    """Label rasters for ``rasters(root)``: class 1 on the left half, class 2 on the right."""
+    labels = np.ones((1, 32, 32), np.uint8)
+    labels[..., 16:] = 2
+    (root / "labels").mkdir(parents=True, exist_ok=True)
+    for i in range(2):
+        write_geotiff(root / "labels" / f"scene_{i}_gt.tif", labels)
+    return root / "labels"
 
 
 def make_ft_dir(root: Path, **kwargs) -> Path:
@@ -572,6 +596,14 @@ EXPORT_CASES: list[Case] = [
          "describes [1, 1, 64]"),
     Case("export-pickle-renamed-safetensors", embed_export(weights="pickle"),
          "model.safetensors is not a readable safetensors file"),
+    Case("export-nan-weights", embed_export(weights="nan"), "NaN or infinite value(s)"),
+    Case("finetune-from-nan-weights",
+         lambda r: ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder",
+                    str(tiny_export(r, weights="nan")), "--images", str(r / "data"), "--labels",
+                    str(two_class_labels(r)), "--out", str(r / "ft")], "NaN or infinite value(s)"),
+    Case("predict-with-nan-weights",
+         lambda r: ["predict", str(with_nan_weights(predicting_model(r) / "model").parent), str(rasters(r)), "--out",
+                    str(r / "p")], "NaN or infinite value(s)"),
     Case("model-feature-size-huge",
          lambda r: ["predict", str(tiny_model(r, {"feature_size": 10 ** 9})), str(rasters(r)), "--out", str(r / "p")],
          "config.json: head.feature_size must be an integer in [1, 1024], got 1000000000"),

@@ -227,6 +227,30 @@ def test_settings_given_with_set_survive_a_method_switch() -> None:
     assert r.method == MethodConfig("dino", out_dim=64)
 
 
+def test_pretraining_schedule_sets_given_to_a_fine_tune_are_named_with_the_setting_it_reads(
+        caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from geomed_ssl.cli import app
+    from geomed_ssl.config.loading import warn_pretrain_only
+
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        warn_pretrain_only(["train.max_steps=2000", "train.seed=3", "train.min_lr=0", "finetune.base_lr=1e-3"],
+                           "finetune")
+    said = [rec.getMessage() for rec in caplog.records]
+    assert said == ["finetune does not read pretraining's schedule settings; ignored: train.max_steps=2000 (use --set "
+                    "finetune.max_steps=2000); train.min_lr=0 (no fine-tune setting does this)."]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        warn_pretrain_only(["train.seed=3", "train.precision=32", "finetune.max_steps=9"], "compare")
+    assert not caplog.records  # settings a fine-tune reads
+    (tmp_path / "images").mkdir()
+    result = CliRunner().invoke(app, ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", "none",
+                                      "--images", str(tmp_path / "images"), "--out", str(tmp_path / "ft"),
+                                      "--set", "train.batch_size=4", "--set", "finetune.max_steps=0"])
+    assert result.exit_code == 2 and "train.batch_size=4 (use --set finetune.batch_size=4)" in result.output
+
+
 def test_method_name_must_be_a_string() -> None:
     with pytest.raises(ConfigError, match=r"method\.name must be a string, got \[1\]"):
         load_recipe(None, ["method.name=[1]"])

@@ -18,7 +18,7 @@ from geomed_ssl.checkpoint import load_encoder, read_encoder_config, save_encode
 from geomed_ssl.compare.options import NONE, CompareOptions
 from geomed_ssl.compare.task import Task
 from geomed_ssl.config import CLS_HEADS, SEG_HEADS, Recipe, as_recipe, sets_key
-from geomed_ssl.config.loading import override_list
+from geomed_ssl.config.loading import override_list, warn_pretrain_only
 from geomed_ssl.config.sections import section_dict
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.errors import ConfigError, DataError, GeomedError
@@ -66,6 +66,7 @@ def load_compare_recipe(path: Recipe | Path, overrides: list[str] | None, task_k
     names a head for its own default task (a UNETR decoder for segmentation); when that head does not suit this task
     and no ``--set finetune.head`` says otherwise, the task's first head is used and said so."""
     overrides = override_list(overrides)
+    warn_pretrain_only(overrides, "compare")
     for key, option in OWN_OPTIONS.items():
         if sets_key(overrides, key):  # each run sets it from compare's own option: a --set would be dropped
             raise ConfigError(f"compare sets {key} for each run from {option}; give {option} instead of --set "

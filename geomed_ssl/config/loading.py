@@ -123,6 +123,30 @@ def sets_key(overrides: list[str] | None, key: str) -> bool:
     return any(o.split("=", 1)[0].strip() == key for o in overrides or [])
 
 
+# train settings a fine-tune does not read, with the finetune setting that does the same job (None: it has none)
+PRETRAIN_ONLY = {"batch_size": "finetune.batch_size", "max_steps": "finetune.max_steps", "base_lr": "finetune.base_lr",
+                 "warmup_steps": "finetune.warmup_steps", "weight_decay": "finetune.weight_decay", "min_lr": None,
+                 "betas": None, "accumulate_grad_batches": None, "checkpoint_every": None, "keep_checkpoints": None,
+                 "checkpoint_minutes": None, "preview_every": None}
+
+
+def warn_pretrain_only(overrides: Sequence[str] | None, command: str) -> None:
+    """One warning naming the ``--set train.K=...`` of ``overrides`` that ``command`` (a fine-tune or compare) does
+    not read, each with the ``finetune`` setting that does the job, where one does: without it a user's
+    ``--set train.max_steps=2000`` would be dropped without a word."""
+    ignored = [o for o in override_list(overrides)
+               if o.split("=", 1)[0].strip().removeprefix("train.") in PRETRAIN_ONLY and o.strip().startswith("train.")]
+    if not ignored:
+        return
+    said = []
+    for text in ignored:
+        key, _, value = text.partition("=")
+        own = PRETRAIN_ONLY[key.strip().removeprefix("train.")]
+        said.append(f"{text.strip()} (use --set {own}={value.strip()})" if own else f"{text.strip()} (no "
+                    "fine-tune setting does this)")
+    log.warning(f"{command} does not read pretraining's schedule settings; ignored: {'; '.join(said)}.")
+
+
 def parse_override(text: str) -> tuple[str, str, Any]:
     """Split ``section.key=value``; the value is parsed as YAML (numbers, lists, null, booleans)."""
     if "=" not in text or "." not in text.split("=", 1)[0]:

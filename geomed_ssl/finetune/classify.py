@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from geomed_ssl.checkpoint import save_model
 from geomed_ssl.config import Recipe, as_recipe
+from geomed_ssl.config.loading import warn_pretrain_only
 from geomed_ssl.data.catalog import Catalog
 from geomed_ssl.data.labelled import ImageDataset, scan_class_folders
 from geomed_ssl.errors import ConfigError, DataError
@@ -104,6 +105,7 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
     ``strict``: problem files and band names assigned by position are errors (else skipped / warned about)."""
     inputs = finetune_inputs(recipe, encoder, data=data)
     check_out_dir(out_dir, command="finetune", inputs=inputs, overwrite=overwrite)  # FT_DIR is made once all is valid
+    warn_pretrain_only(overrides, "finetune")
     recipe, naming = with_encoder_naming(as_recipe(recipe, overrides, task="classify"), encoder, overrides)
     f, lab = recipe.finetune, recipe.labels
     if lab.split != "random":

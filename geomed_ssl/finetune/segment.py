@@ -13,6 +13,7 @@ import numpy as np
 
 from geomed_ssl.checkpoint import save_model
 from geomed_ssl.config import Recipe, as_recipe, as_tuple, spatial_dims
+from geomed_ssl.config.loading import warn_pretrain_only
 from geomed_ssl.data.catalog import reported_already, scan
 from geomed_ssl.data.labelled import warn_sided_flips
 from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, class_weights_from_counts, data_meta,
@@ -82,6 +83,7 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     out = Path(out_dir)
     inputs = finetune_inputs(recipe, encoder, images=images, labels=labels)
     check_out_dir(out, command="finetune", inputs=inputs, overwrite=overwrite)  # FT_DIR is made once all is valid
+    warn_pretrain_only(overrides, "finetune")
     recipe, naming = with_encoder_naming(as_recipe(recipe, overrides), encoder, overrides)
     window = training_window(recipe, encoder)
     try:

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from geomed_ssl.data.catalog import glob_match, select
@@ -213,10 +214,11 @@ def usable_inputs(planned: dict[Path, Path], data_cfg: Any, blend: str, stats: B
                 continue
             if kind == "volume" and is_blank(probe.value_range):
                 logging.getLogger("geomed_ssl").warning(BLANK_VOLUMES, 1, p)
-            probed.append(as_record(probe, kind))
+            probed.append(with_read_shape(as_record(probe, kind), probe, data_cfg))
         elif (first := first_channel_file(p, data_cfg)) is not None:  # a stack: its first file's grid, for the scale
             try:
-                probed.append(as_record(probe_file(str(first), kind, data_cfg, anywhere), kind, path=str(p)))
+                probe = probe_file(str(first), kind, data_cfg, anywhere)
+                probed.append(with_read_shape(as_record(probe, kind, path=str(p)), probe, data_cfg))
             except ProbeError:
                 pass  # the stack's reading says what is wrong with it
         _check_bands(p, kind, data_cfg, stats, "error" if strict else "ignore")
@@ -261,21 +263,35 @@ def warn_disk_room(records: Sequence[Any], out_dir: Path, class_values: Sequence
                     len(records), needed / 1e9, out_dir, free / 1e9, ", probabilities less so" if proba else "")
 
 
+def with_read_shape(record: Any, probe: Any, data_cfg: Any) -> Any:
+    """``record`` with ``grid``: the shape its windows are cut from (a raster's rows and columns; a volume's voxels
+    reoriented to RAS and resampled to ``data.spacing``, as the volume reader gives them)."""
+    if record.kind == "raster":
+        record.grid = tuple(record.shape[-2:])
+    else:
+        from geomed_ssl.data.probe import read_shape
+
+        record.grid = read_shape(tuple(probe.shape[:3]), np.asarray(probe.geo["affine"], np.float64),
+                                 getattr(data_cfg, "spacing", None))
+    return record
+
+
 def warn_padded(records: Sequence[Any], window: Sequence[int], model: str) -> None:
     """One warning naming the inputs under half ``window`` along a side (``inspect``'s size rule): the predictor
     pads them with the band means, so padding fills most of every window and their maps say little (a strip 1 px
-    tall came out one class). Rasters only: a volume's probed shape is in its stored axis order, not the window's."""
+    tall came out one class). Sides are counted on the grid the windows are cut from (:func:`with_read_shape`)."""
     from geomed_ssl.data.probe import under_half
 
     win = tuple(window)
-    small = [r for r in records if r.kind == "raster" and len(win) == 2 and under_half(r.shape[-2:], win)]
+    small = [r for r in records if len(getattr(r, "grid", ())) == len(win) and under_half(r.grid, win)]
     if small:
         r = small[0]
+        what = "a larger scene" if len(win) == 2 else "a larger volume"
         log.warning(
             "warning: %d input(s) are smaller than half the %s window of %s (e.g. '%s': %s): each is predicted padded "
             "with the band means, which fill most of its windows, so its map is unreliable; predict the area inside "
-            "a larger scene, or fine-tune with data.patch_size near its size.", len(small),
-            "x".join(map(str, win)), model, r.path, "x".join(map(str, r.shape[-len(win):])))
+            "%s, or fine-tune with data.patch_size near its size.", len(small),
+            "x".join(map(str, win)), model, r.path, "x".join(map(str, r.grid)), what)
 
 
 def first_channel_file(folder: Path, data_cfg: Any) -> Path | None:

@@ -1092,6 +1092,27 @@ def test_a_scene_under_half_the_window_is_predicted_with_a_warning(tmp_path, cap
     assert "thin.tif': 2x40" in caplog.text and "wide.tif" not in caplog.text
 
 
+def test_a_volume_under_half_the_window_is_warned_about_on_the_grid_its_windows_are_cut_from(tmp_path, caplog):
+    """Stored (6, 40, 40) with its first axis pointing superior: read as RAS it is 40x40x6, under half a 16^3
+    window along z; a 20^3 volume is not."""
+    import nibabel as nib
+
+    from geomed_ssl.config import DataConfig
+    from geomed_ssl.inference.predict import usable_inputs
+
+    rng = np.random.default_rng(0)
+    to_ras = np.array([[0, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], np.float64)  # voxel axis 0 -> S
+    nib.save(nib.Nifti1Image(rng.normal(size=(6, 40, 40)).astype(np.float32), to_ras), str(tmp_path / "slab.nii.gz"))
+    nib.save(nib.Nifti1Image(rng.normal(size=(20, 20, 20)).astype(np.float32), np.eye(4)), str(tmp_path / "ok.nii.gz"))
+    planned = {tmp_path / n: tmp_path / "out" / n for n in ("slab.nii.gz", "ok.nii.gz")}
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        usable = usable_inputs(planned, DataConfig(), "gaussian", stats_of(rng.normal(size=(1, 50)), ["band_1"]),
+                               window=(16, 16, 16), model="model 'FT'")
+    assert list(usable) == list(planned)  # still predicted
+    assert "1 input(s) are smaller than half the 16x16x16 window of model 'FT'" in caplog.text
+    assert "slab.nii.gz': 40x40x6" in caplog.text and "a larger volume" in caplog.text
+
+
 def test_a_files_own_nodata_tag_replaced_by_the_models_data_nodata_is_warned_about(tmp_path, caplog):
     """A model fine-tuned with data.nodata=0 reads another archive's declared -9999 as data (data.nodata overrides a
     file's tag, as documented): said when it happens."""

@@ -290,6 +290,7 @@ def read_data(data_dir: str | Path, out: Path, recipe: Recipe, resume: bool, str
     processes (:func:`fit_method_to_data`)."""
     catalog = scan(data_dir, recipe.data, strict=strict, names_by_position="error" if strict else "warn")
     log.info(catalog.summary())
+    catalog.warn_problems()  # a warning line, shown under --quiet too (the summary is not)
     warn_survey(catalog, recipe.data.spacing,
                 int(recipe.method.settings.get("axis", 0)) if recipe.method.name == "rotation" else None,
                 window=recipe.data.patch_size, tokens=recipe.model.patch_size, intensity=recipe.data.intensity)

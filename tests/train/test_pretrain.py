@@ -210,6 +210,18 @@ def test_a_diverging_run_never_saves_nan_weights_and_resume_skips_a_checkpoint_t
     assert point.step == good
 
 
+def test_skipped_problem_files_are_a_warning_line_shown_under_quiet(raster_dir: Path, tmp_path: Path) -> None:
+    """--quiet hides the catalog summary, not what the run goes on despite (docs/cli.md)."""
+    data = tmp_path / "data"
+    shutil.copytree(raster_dir, data)
+    (data / "broken.tif").write_bytes(b"II*\x00" + b"garbage" * 10)
+    result = cli("--quiet", "pretrain", "recipes/mae_sentinel2.yaml", "--data", str(data), "--out",
+                 str(tmp_path / "run"), *sets("data.sensor=null", "data.patch_size=16", "train.max_steps=1"))
+    assert result.exit_code == 0, result.output
+    assert "warning: 1 problem file(s) skipped" in result.output and "broken.tif: " in result.output
+    assert "usable raster files" not in result.output  # the summary stays quiet
+
+
 def test_existing_run_dir_is_not_overwritten_without_flag(raster_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "busy"
     out.mkdir()

@@ -167,6 +167,15 @@ def free_bytes(out: PathLike) -> int | None:
         return None
 
 
+def size_text(n_bytes: float) -> str:
+    """A byte count in words, in decimal units: "3.2 GB", "48 MB", "512 kB" (never "0.0 GB" for a nearly full
+    disk)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}" if n_bytes < 10 * scale else f"{n_bytes / scale:.0f} {unit}"
+    return f"{int(n_bytes)} bytes"
+
+
 def check_writable(out: PathLike) -> None:
     """An OutputError when ``out``, or the nearest folder above it that exists, cannot be written (a read-only
     mount, another user's folder): said before a command computes for hours, not when it saves."""

@@ -596,3 +596,10 @@ def test_a_link_to_a_file_or_folder_anywhere_in_a_run_is_the_users(tmp_path: Pat
     with pytest.raises(OutputError, match=f"also holds '{placed}', which geomed-ssl did not"):
         prepare_out_dir(run, command="pretrain", **{flag: True})
     assert (run / placed).is_symlink() and mine.exists()
+
+
+def test_sizes_in_warnings_are_in_the_unit_that_shows_them() -> None:
+    from geomed_ssl.outdirs import size_text
+
+    assert [size_text(n) for n in (3.24e9, 48e9, 48e6, 5.2e5, 999)] == ["3.2 GB", "48 GB", "48 MB", "520 kB",
+                                                                      "999 bytes"]

@@ -46,7 +46,7 @@ from geomed_ssl.models.device import resolve_device
 from geomed_ssl.models.encoder import ViTEncoder
 from geomed_ssl.models.model_data import (catalog_for_encoder, check_value_ranges, export_data, naming_hint,
                                           note_encoder_naming, warn_other_scale)
-from geomed_ssl.outdirs import check_out_dir, free_bytes, prepare_out_dir
+from geomed_ssl.outdirs import check_out_dir, free_bytes, prepare_out_dir, size_text
 from geomed_ssl.process import keeps_process_state
 
 log = logging.getLogger("geomed_ssl")
@@ -318,10 +318,10 @@ def warn_embed_room(emb: Embedder, todo: Sequence[Any], done_rows: int, out_dir:
     if free is not None:
         free += done_rows * dim * np.dtype(dtype).itemsize  # the committed parts are on the disk already
     if free is not None and needed > free:
-        log.warning("warning: embedding these %d file(s) at --level %s takes up to %.1f GB (vectors of %d %s values, "
+        log.warning("warning: embedding these %d file(s) at --level %s takes up to %s (vectors of %d %s values, "
                     "three copies while the table and vectors.npy are made from the parts) and the disk of '%s' has "
-                    "%.1f GB free; use a coarser --level, a larger --stride, --dtype float16, or give --out on a "
-                    "larger disk.", len(todo), emb.level, needed / 1e9, dim, dtype, out_dir, free / 1e9)
+                    "%s free; use a coarser --level, a larger --stride, --dtype float16, or give --out on a "
+                    "larger disk.", len(todo), emb.level, size_text(needed), dim, dtype, out_dir, size_text(free))
 
 
 def finished_run(store: EmbeddingStore, manifest: dict[str, Any], paths: list[str], out_dir: str | Path,

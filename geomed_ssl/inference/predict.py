@@ -251,16 +251,16 @@ def warn_disk_room(records: Sequence[Any], out_dir: Path, class_values: Sequence
     """A warning before predicting when the outputs of ``records`` uncompressed (:func:`output_bytes`) exceed the
     free space of the disk ``out_dir`` is (or will be) on: deflate shrinks class maps many times, probabilities
     much less, and a full disk stops the run at the file that does not fit (the finished ones stay)."""
-    from geomed_ssl.outdirs import free_bytes
+    from geomed_ssl.outdirs import free_bytes, size_text
 
     free = free_bytes(out_dir)
     needed = output_bytes(records, class_values, probabilities)
     if free is not None and needed > free:
         proba = " and probabilities" if proba_kind(probabilities) else ""
-        log.warning("warning: the class maps%s of these %d input(s) take up to %.1f GB uncompressed and the disk of "
-                    "'%s' has %.1f GB free; compression usually leaves class maps much smaller%s. Free some space or "
+        log.warning("warning: the class maps%s of these %d input(s) take up to %s uncompressed and the disk of "
+                    "'%s' has %s free; compression usually leaves class maps much smaller%s. Free some space or "
                     "give --out on a larger disk if the run stops with 'no space left on device'.", proba,
-                    len(records), needed / 1e9, out_dir, free / 1e9, ", probabilities less so" if proba else "")
+                    len(records), size_text(needed), out_dir, size_text(free), ", probabilities less so" if proba else "")
 
 
 def with_read_shape(record: Any, probe: Any, data_cfg: Any) -> Any:

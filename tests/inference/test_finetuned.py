@@ -309,7 +309,7 @@ def test_predict_warns_before_starting_when_the_outputs_may_not_fit_on_the_disk(
                               "--probabilities"])
     assert res.exit_code == 0, res.output  # a warning: compression may make them fit
     said = " ".join(res.output.split())
-    assert "take up to 0.0 GB uncompressed" in said and f"'{tmp_path / 'p' / 'q'}'" in said
+    assert "take up to 14 kB uncompressed" in said and "has 14 kB free" in said and f"'{tmp_path / 'p' / 'q'}'" in said
     assert (tmp_path / "p" / "q" / "scene_pred.tif").is_file()
     monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=40 * 40 * 9))
     res = runner.invoke(app, ["predict", str(ft), str(tmp_path / "in"), "--out", str(tmp_path / "p2"),

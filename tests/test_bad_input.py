@@ -528,7 +528,29 @@ def volume_missing_a_channel(root: Path) -> list[str]:
     return ["predict", str(ft), str(root / "t1.nii.gz"), "--out", str(root / "p")]
 
 
+def label_volume_of_no_grid(root: Path) -> list[str]:
+    """A fine-tune whose second label volume has an sform of zeros: a ValueError traceback from its reorientation."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    (root / "img").mkdir()
+    (root / "lab").mkdir()
+    for i in range(2):
+        vol = rng.random((24, 24, 24)).astype(np.float32)
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), str(root / "img" / f"c{i}.nii.gz"))
+        label = nib.Nifti1Image((vol > 0.5).astype(np.uint8) + 1, np.eye(4))
+        if i == 1:
+            label.set_sform(np.zeros((4, 4)), code=1)
+            label.set_qform(None, code=0)
+        nib.save(label, str(root / "lab" / f"c{i}.nii.gz"))
+    return ["finetune", "segment", "recipes/mae_ct.yaml", "--encoder", "none", "--images", str(root / "img"),
+            "--labels", str(root / "lab"), "--out", str(root / "ft"), "--set", "data.patch_size=16", "--set",
+            "data.spacing=null", "--set", "model.patch_size=8"]
+
+
 BAD_INPUT_CASES: list[Case] = [
+    Case("finetune-label-volume-affine-of-zeros", label_volume_of_no_grid,
+         "c1.nii.gz' has an affine that maps no 3D grid"),
     Case("recipe-section-written-twice",
          pretrain_recipe("train:\n  batch_size: 8\nmodel:\n  depth: 2\ntrain:\n  base_lr: 0.1\n"),
          "'train' is written twice (lines 1 and 5)"),

@@ -21,6 +21,7 @@ import numpy as np
 from geomed_ssl.errors import innermost_message
 from geomed_ssl.geo.gdal_read import alpha_bands, has_dataset_mask, read_masked
 from geomed_ssl.geo.validity import band_gaps, band_percentiles, is_fill, valid_mask, valid_values
+from geomed_ssl.geo.voxels import AFFINE_PROBLEM, maps_a_grid
 
 RASTER_PREVIEW = 256  # preview: at most this many pixels per side
 VOLUME_PREVIEW = 64  # strided volume read: about this many voxels per side
@@ -320,20 +321,6 @@ def read_shape(spatial: tuple[int, ...], affine: np.ndarray, spacing: Any) -> tu
     return tuple(resampled_shape(shape, mm, [float(t) for t in spacing]))
 
 
-def _check_affine(affine: np.ndarray) -> None:
-    """A volume's affine maps its voxel axes to three independent directions (not a header of zeros)."""
-    import nibabel as nib
-
-    try:
-        codes = nib.aff2axcodes(affine) if np.isfinite(affine).all() else (None,)
-    except Exception:
-        codes = (None,)
-    if None in codes or abs(float(np.linalg.det(affine[:3, :3]))) < 1e-12:
-        raise ProbeError("has an affine that maps no 3D grid (zero, repeated or non-finite axes in its sform / qform "
-                         "header): fix the header (nibabel's set_sform / set_qform), or leave the file out with "
-                         "data.exclude")
-
-
 def _probe_volume(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProbe:
     import nibabel as nib
 
@@ -349,7 +336,8 @@ def _probe_volume(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProb
     if count < 1:
         raise ProbeError("has an empty channel axis")
     _check_complex(str(img.get_data_dtype()))
-    _check_affine(np.asarray(img.affine, np.float64))
+    if not maps_a_grid(img.affine):
+        raise ProbeError(f"{AFFINE_PROBLEM}, or leave the file out with data.exclude")
     _check_size(read_shape(spatial, np.asarray(img.affine, np.float64), getattr(data_cfg, "spacing", None)), window)
     steps = tuple(max(1, math.ceil(s / VOLUME_PREVIEW)) for s in spatial)
     try:

@@ -257,8 +257,17 @@ def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata
         return _to_labels(arr, nodata if nodata is not None else file_nodata, ignore_value, path, remap, valid, facts)
     import nibabel as nib
 
+    from geomed_ssl.geo.voxels import AFFINE_PROBLEM, maps_a_grid
+
     try:
-        img = nib.as_closest_canonical(nib.load(path))
+        img = nib.load(path)
+        affine = np.asarray(img.affine, np.float64)
+    except Exception as err:
+        raise DataError(f"cannot read label volume '{path}' ({err}); is it a NIfTI file?") from None
+    if not maps_a_grid(affine):
+        raise DataError(f"label volume '{path}' {AFFINE_PROBLEM}, or leave its image out with data.exclude.")
+    try:
+        img = nib.as_closest_canonical(img)
         arr = np.asanyarray(img.dataobj)
     except Exception as err:
         raise DataError(f"cannot read label volume '{path}' ({err}); is it a NIfTI file?") from None

@@ -1,5 +1,6 @@
-"""Voxel grids of volumes: a voxel's size from its affine, the grid a target spacing gives, and the resampling onto
-it (trilinear for images, nearest-neighbour indices for label volumes), first and last voxel centres kept."""
+"""Voxel grids of volumes: whether an affine maps a 3D grid at all, a voxel's size from its affine, the grid a
+target spacing gives, and the resampling onto it (trilinear for images, nearest-neighbour indices for label
+volumes), first and last voxel centres kept."""
 
 from __future__ import annotations
 
@@ -11,6 +12,22 @@ import numpy as np
 def voxel_mm(affine: np.ndarray) -> np.ndarray:
     """The size of a voxel along each array axis (mm: the length of each column of the affine's 3x3 part)."""
     return np.sqrt((np.asarray(affine, np.float64)[:3, :3] ** 2).sum(axis=0))
+
+
+AFFINE_PROBLEM = ("has an affine that maps no 3D grid (zero, repeated or non-finite axes in its sform / qform "
+                  "header): fix the header (nibabel's set_sform / set_qform)")  # the caller adds what else to do
+
+
+def maps_a_grid(affine: np.ndarray) -> bool:
+    """A volume's affine maps its voxel axes to three independent directions (not a header of zeros)."""
+    import nibabel as nib
+
+    affine = np.asarray(affine, np.float64)
+    try:
+        codes = nib.aff2axcodes(affine) if np.isfinite(affine).all() else (None,)
+    except Exception:
+        codes = (None,)
+    return None not in codes and abs(float(np.linalg.det(affine[:3, :3]))) >= 1e-12
 
 
 GRID_TOLERANCE = 0.01  # voxels: two affines closer than this everywhere on a grid place its voxels alike

@@ -44,7 +44,8 @@ DEMO_RECIPE = {
     # random init is also fine-tuned (a frozen random encoder is too easy to beat), as the recipe fine-tunes
     "finetune": {"task": "segment", "head": "linear", "max_steps": 150, "warmup_steps": 15, "batch_size": 16,
                  "base_lr": 1e-3, "loss": "ce", "probe": "propagate"},
-    "labels": {"per_class": 5, "ignore_value": 0, "split": "random", "seed": 0},
+    "labels": {"per_class": 5, "ignore_value": 0, "split": "random", "seed": 0,
+               "class_names": dict(enumerate(CLASS_NAMES, start=1))},
 }
 
 

@@ -286,6 +286,8 @@ class LabelsConfig:
                         bounds=SEED)
     label_name: str | None = setting(None, "the label is this file beside each image (a folder per case, e.g. BraTS)")
     remap: dict[int, int] | None = setting(None, "merge / renumber classes on reading, e.g. {2: 1, 3: 1, 4: 1}")
+    class_names: dict[int, str] | None = setting(None, "names of the class values (after remap), e.g. {1: Corn, 2: "
+                                                 "Woods}: in metrics, confusion matrices and the model; null: values")
 
 
 SECTIONS: dict[str, type] = {

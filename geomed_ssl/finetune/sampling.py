@@ -351,7 +351,7 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
     if values.size == 0:
         raise DataError(f"no labelled {unit}s in {len(shapes)} label file(s) (ignore value {cfg.ignore_value}); "
                         "check labels.ignore_value and the label files' nodata.")
-    cmap = ClassMap.build(unique_ints(values), names)
+    cmap = ClassMap.build(unique_ints(values), names if names is not None else getattr(cfg, "class_names", None))
     if len(cmap.values) < 2:
         zero = (" 0 is left out as unlabelled: if it is a class here, as in a binary mask (0 and 1, or 0 and 255), "
                 "set labels.ignore_value=null." if cfg.ignore_value == 0 else "")

@@ -179,19 +179,22 @@ def test_a_class_map_is_drawn_in_the_colours_of_its_labels_palette_else_a_palett
 
 def test_segment_from_random_init_with_block_split(seg_scene, tmp_path: Path, monkeypatch) -> None:
     """Also: no checkpoint is written, in FT_DIR or the working folder (nothing resumes a fine-tune; a ViT-B's
-    would be 1 GB per fine-tune of a compare)."""
+    would be 1 GB per fine-tune of a compare); labels.class_names names the classes in the metrics and the model."""
     images, labels = seg_scene
     ft = tmp_path / "ft_none"
     monkeypatch.chdir(tmp_path)
     result = runner.invoke(app, ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", "none",
                                  "--images", str(images), "--labels", str(labels), "--out", str(ft),
                                  "--labels-per-class", "5", "--freeze-encoder",
-                                 *sets("data.sensor=null", "labels.split=blocks", "labels.block_size=16")])
+                                 *sets("data.sensor=null", "labels.split=blocks", "labels.block_size=16",
+                                       "labels.class_names={1: water, 3: forest}")])
     assert result.exit_code == 0, result.output
     metrics = json.loads((ft / "metrics.json").read_text())
     assert metrics["split"] == "blocks" and metrics["test"]["n"] > 0
+    assert [c["name"] for c in metrics["classes"]] == ["water", "2", "forest"]  # a value without a name: itself
     cfg = json.loads((ft / "model" / "config.json").read_text())
     assert cfg["encoder_source"].startswith("none")
+    assert [c["name"] for c in cfg["classes"]] == ["water", "2", "forest"]
     assert not list(tmp_path.rglob("*.ckpt"))
 
 

@@ -430,5 +430,21 @@ def demo(
         raise typer.Exit(code=signal_exit_code(stop.signal)) from None
 
 
+def run() -> None:
+    """The console script: the app; once it has returned (or failed), a Ctrl-C while Python shuts down (libraries'
+    exit hooks: data-loader workers joined, logs flushed) ends the process at once with 130 and no word, where it
+    printed a KeyboardInterrupt traceback from inside those hooks after the command had finished."""
+    import os
+    import signal
+
+    try:
+        app()
+    finally:
+        try:
+            signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+        except ValueError:  # not the main thread
+            pass
+
+
 if __name__ == "__main__":
-    app()
+    run()

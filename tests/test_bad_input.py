@@ -997,6 +997,21 @@ def test_inspect_takes_one_file_too(tmp_path: Path) -> None:
     assert "1 usable raster file" in result.output and "does not exist" not in result.output
 
 
+def test_a_ctrl_c_while_python_shuts_down_after_a_command_ends_it_without_a_traceback(tmp_path: Path) -> None:
+    """A library's exit hook still running (data-loader workers joined) when the user presses Ctrl-C: the console
+    script ends at once with 130, where Python printed a KeyboardInterrupt traceback from inside the hook."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "console.py"
+    script.write_text("import atexit, os, signal, sys, time\nfrom geomed_ssl.cli import run\n"
+                      "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(5)))\n"
+                      f"sys.argv = ['geomed-ssl', 'inspect', {str(rasters(tmp_path))!r}]\nrun()\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
+    assert "2 usable raster files" in done.stdout  # the command itself ran to its end
+
+
 def test_damaged_files_of_our_own_folders_are_one_line_naming_them(tmp_path: Path) -> None:
     """An embedding table, a results.csv or a compare.json overwritten by garbage (a full disk, a bad copy)."""
     from geomed_ssl.compare.results import read_rows

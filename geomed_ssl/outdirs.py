@@ -180,6 +180,9 @@ def check_writable(out: PathLike) -> None:
     """An OutputError when ``out``, or the nearest folder above it that exists, cannot be written (a read-only
     mount, another user's folder): said before a command computes for hours, not when it saves."""
     place = existing_place(out)
+    if place != Path(out).absolute() and not place.is_dir():
+        raise OutputError(f"--out '{out}' lies under '{place}', which is a file, not a folder, so nothing can be "
+                          "made there; choose another --out.")
     if place.is_dir() and not os.access(place, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write in '{place}' (read-only or not yours); choose a folder you can write to "
                           "(--out), or change its permissions.")

@@ -86,11 +86,13 @@ def volume_grid_diffs(ras_shape: Sequence[int], ras_affine: np.ndarray, label: s
     l_shape, l_aff = ras_grid(shape, np.asarray(img.affine, np.float64))
     i_shape, i_aff = tuple(int(v) for v in ras_shape), np.asarray(ras_affine, np.float64)
     diffs = []
-    if l_shape != i_shape:
+    sizes = [np.round(np.linalg.norm(a[:3, :3], axis=0), 4).tolist() for a in (l_aff, i_aff)]
+    if l_shape != i_shape:  # then the RAS origins of flipped axes differ too, by the shapes: say only what else does
         diffs.append(f"shape {'x'.join(map(str, l_shape))} vs {'x'.join(map(str, i_shape))} (RAS order)")
-    if grid_gap(i_shape, i_aff, l_aff) > GRID_TOLERANCE:
+        if not np.allclose(l_aff[:3, :3], i_aff[:3, :3], atol=1e-3 * float(np.abs(i_aff[:3, :3]).max())):
+            diffs.append(f"voxel axes differ (voxel sizes {sizes[0]} vs {sizes[1]})")
+    elif grid_gap(i_shape, i_aff, l_aff) > GRID_TOLERANCE:
         offset = np.round(np.linalg.solve(i_aff, l_aff[:, 3])[:3], 3).tolist()  # label origin in image voxels
-        sizes = [np.round(np.linalg.norm(a[:3, :3], axis=0), 4).tolist() for a in (l_aff, i_aff)]
         diffs.append(f"affine differs by up to {np.abs(l_aff - i_aff).max():.4g} (label origin at image voxel "
                      f"{offset}; voxel sizes {sizes[0]} vs {sizes[1]})")
     return diffs

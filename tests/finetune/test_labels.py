@@ -712,6 +712,12 @@ def test_volume_labels_match_in_ras_and_a_shifted_affine_is_an_error(tmp_path):
     _nii(labels_dir / "a_seg.nii.gz", lab, shifted)
     with pytest.raises(DataError, match="affine differs"):
         match_labels(records, labels_dir, "volume")
+    _nii(labels_dir / "a_seg.nii.gz", lab[:6].copy(), flip)  # another shape: its flipped axis starts elsewhere in RAS,
+    with pytest.raises(DataError, match=r"shape 6x10x8 vs 12x10x8 \(RAS order\) \(label vs image\)"):
+        match_labels(records, labels_dir, "volume")  # which is the shape's doing, not the affine's
+    _nii(labels_dir / "a_seg.nii.gz", lab[:6].copy(), flip @ np.diag([1.0, 1.5, 1.0, 1.0]))
+    with pytest.raises(DataError, match=r"shape 6x10x8 vs 12x10x8 \(RAS order\); voxel axes differ \(voxel sizes"):
+        match_labels(records, labels_dir, "volume")
 
 
 def test_volume_labels_follow_the_readers_resampled_grid(tmp_path):

@@ -102,6 +102,7 @@ def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], o
     ``data.band_names``, else its sensor profile's). ``nodata``: the inputs' nodata value, replacing their own tags
     (default: the model's ``data.nodata``, else each file's tag). Returns printable lines."""
     from geomed_ssl.inference.predict import plan_outputs, predict_files, usable_inputs
+    from geomed_ssl.inference.sliding import check_pace
     from geomed_ssl.models.device import model_device
     from geomed_ssl.models.model_data import records_for_stats, warn_other_scale
 
@@ -109,6 +110,7 @@ def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], o
     inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     if not inputs:
         raise DataError("no input to predict: give one or more files or folders.")
+    check_pace(overlap, batch_size)  # before OUT_DIR is made
     rule = {"command": "predict", "resume": True, "inputs": {"fine-tune folder": ft_dir, "input": inputs}}
     check_out_dir(out, **rule)  # the folder is made once the inputs are listed
     model, meta, recipe = load_run(ft_dir, device)

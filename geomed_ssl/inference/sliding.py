@@ -23,15 +23,20 @@ def check_request(path: Path, out_path: Path, overlap: float, blend: str, blends
     """Validate the arguments both predictors share; returns the probability output kind (None: no proba file)."""
     if _same_file(path, out_path):
         raise DataError(f"the output '{out_path}' would overwrite the input; choose another output path.")
-    if not 0.0 <= float(overlap) < 1.0:
-        raise ConfigError(f"overlap must be in [0, 1), got {overlap}.")
+    check_pace(overlap, batch_size)
     if blend not in blends:
         raise ConfigError(f"blend must be one of {', '.join(blends)}, got '{blend}'.")
-    if int(batch_size) < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
     if int(num_classes) < 1:
         raise ConfigError(f"num_classes must be >= 1, got {num_classes}.")
     return proba_kind(probabilities)
+
+
+def check_pace(overlap: float, batch_size: int) -> None:
+    """The window overlap (--overlap) and windows per forward pass (--batch-size) a prediction can use."""
+    if not 0.0 <= float(overlap) < 1.0:
+        raise ConfigError(f"overlap (--overlap) must be in [0, 1), got {overlap}.")
+    if int(batch_size) < 1:
+        raise ConfigError(f"batch_size (--batch-size) must be >= 1, got {batch_size}.")
 
 
 def as_window(value: int | Sequence[int], ndim: int, name: str) -> tuple[int, ...]:

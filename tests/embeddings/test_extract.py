@@ -124,6 +124,20 @@ def test_a_stride_longer_than_the_files_gives_one_window_each(data: Path, encode
     assert [list(b) for b in read_columns(out, ["box"])["box"]] == [[0, 0, 16, 16]] * 3
 
 
+@pytest.mark.parametrize("args, said", [({"batch_size": 0}, r"batch_size \(--batch-size\) must be >= 1"),
+                                        ({"pca_dims": -1}, r"pca_dims \(--pca\) >= 0"),
+                                        ({"include": "scene_0.tif"}, r"include is a list of glob patterns"),
+                                        ({"overrides": "data.nodata=0"}, r"overrides is a list")])
+def test_python_arguments_the_cli_checks_are_checked_before_the_folder_is_made(data: Path, encoder: Path,
+                                                                               tmp_path: Path, args, said) -> None:
+    """A batch of 0 was a ValueError from range(); one string was read letter by letter (include ['s', 'c', ...])."""
+    from geomed_ssl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=said):
+        embed_folder(encoder, data, tmp_path / "emb", progress=False, **args)
+    assert not (tmp_path / "emb").exists()
+
+
 def test_patch_level_geotiff_has_the_input_crs_and_a_transform_scaled_by_the_patch(data: Path, encoder: Path,
                                                                                   tmp_path: Path) -> None:
     out = tmp_path / "patch"

@@ -163,6 +163,20 @@ def test_segmentation_predict_on_a_folder_skips_what_the_recipe_excludes(tmp_pat
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".geomed-ssl.json", "scene_pred.tif"]
 
 
+@pytest.mark.parametrize("pace", [{"overlap": 1.5}, {"overlap": -0.1}, {"batch_size": 0}])
+def test_predict_dir_refuses_an_overlap_or_batch_it_cannot_use_before_making_its_folder(tmp_path: Path,
+                                                                                       pace: dict) -> None:
+    """The CLI's options check their range; from Python the folder was made first."""
+    from geomed_ssl.errors import ConfigError
+    from geomed_ssl.inference.finetuned import predict_dir
+
+    ft = make_ft_dir(tmp_path)
+    write_geotiff(tmp_path / "scene.tif", structured_raster(np.random.default_rng(1), 4, 32))
+    with pytest.raises(ConfigError, match=r"\(--(overlap|batch-size)\) must be"):
+        predict_dir(ft, tmp_path / "scene.tif", tmp_path / "out", **pace)
+    assert not (tmp_path / "out").exists()
+
+
 def test_predict_refuses_a_folder_of_another_tools_maps_and_leaves_them(tmp_path: Path) -> None:
     ft = make_ft_dir(tmp_path)
     folder = tmp_path / "scenes"

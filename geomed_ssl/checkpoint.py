@@ -137,8 +137,11 @@ def load_tensors(path: Path, map_location: str | torch.device) -> dict[str, torc
     """The tensors of a safetensors file, refused (a GeomedError naming the file and the first bad tensor) when one
     holds NaN or infinite values: such weights turn every output into NaN, and each command would fail later and
     more obscurely (NaN embeddings, one predicted class, a fine-tune that diverges at once)."""
+    from geomed_ssl.models.device import resolve_device
+
+    device = resolve_device(map_location)  # a device torch does not know is named as such, not as a damaged file
     try:
-        state = load_file(str(path), device=str(map_location))
+        state = load_file(str(path), device=str(device))
     except (SafetensorError, OSError) as err:
         raise GeomedError(f"{path} could not be read ({str(err).splitlines()[0]}); the export is damaged, "
                           "re-export it.") from None
@@ -178,8 +181,9 @@ def load_encoder(path: str | Path, bands: Sequence[str] | None = None,
     prefix = "encoder." if meta["format"] == MODEL_FORMAT else ""  # a fine-tuned model: encoder weights prefixed
     found = {k[len(prefix):]: v for k, v in found.items() if k.startswith(prefix)}
     check_tensor_shapes(weights, expected_shapes(lambda: ViTEncoder(cfg)), found)
-    encoder = ViTEncoder(cfg)
     state = load_tensors(weights, map_location)
+    with torch.random.fork_rng(devices=[]):  # the random init the weights replace leaves the caller's stream alone
+        encoder = ViTEncoder(cfg)
     encoder.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
     encoder.data_settings = data_settings(meta)
     if bands is not None:
@@ -298,6 +302,8 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     check_model_meta(meta, source)
     EncoderConfig.from_dict(meta["encoder"], source)
     check_tensor_shapes(weights, expected_shapes(lambda: build_model(meta, source)), tensor_shapes(weights))
-    model = build_model(meta, source)
-    model.load_state_dict(load_tensors(weights, map_location))
+    state = load_tensors(weights, map_location)
+    with torch.random.fork_rng(devices=[]):  # the random init the weights replace leaves the caller's stream alone
+        model = build_model(meta, source)
+    model.load_state_dict(state)
     return model.eval(), meta

@@ -103,3 +103,15 @@ def test_config_json_without_an_encoder_mapping_is_refused(tmp_path: Path) -> No
     (tmp_path / "encoder" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(GeomedError, match="has no 'encoder' mapping"):
         load_encoder(tmp_path)
+
+
+def test_loading_leaves_the_callers_random_stream_and_names_an_unknown_device(tmp_path: Path) -> None:
+    """A notebook's seeded stream was moved by the random init the loaded weights replace; map_location='gpu' was
+    reported as a damaged export."""
+    save_encoder(tiny_encoder(), tmp_path / "encoder")
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    load_encoder(tmp_path)
+    assert torch.equal(torch.get_rng_state(), before)
+    with pytest.raises(GeomedError, match="device 'gpu' is not one torch knows"):
+        load_encoder(tmp_path, map_location="gpu")

@@ -44,6 +44,14 @@ __all__ = ["BAND_FLEXIBLE", "MAX_SIDE", "EncoderConfig", "ViTEncoder", "check_en
 log = logging.getLogger("geomed_ssl")
 
 
+def _autocasting(device_type: str) -> bool:
+    """Autocast is on for ``device_type`` (it casts the inputs of each op itself)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+
+
 class ViTEncoder(nn.Module):
     """ViT over 2D or 3D token grids; any band count, window and patch size."""
 
@@ -111,10 +119,11 @@ class ViTEncoder(nn.Module):
         their units. ``channel_ids`` (spectral, wavelength): ``x`` holds only these of the encoder's bands, in this
         order (random band subsets during pretraining)."""
         if not isinstance(x, torch.Tensor) or not x.is_floating_point() or (
-                x.dtype == torch.float64 and self.cls_token.dtype != torch.float64):
+                x.dtype != self.cls_token.dtype and not _autocasting(x.device.type)):
             what = type(x).__name__ if not isinstance(x, torch.Tensor) else f"a {x.dtype} tensor"
-            raise DataError(f"the encoder takes a float32 torch tensor (B, C, *S) normalised as in training, got "
-                            f"{what}: x, valid = enc.preprocess(raw_values) gives it.")
+            raise DataError(f"the encoder takes a {str(self.cls_token.dtype).removeprefix('torch.')} torch tensor "
+                            f"(B, C, *S) normalised as in training (its weights' type), got {what}: x, valid = "
+                            "enc.preprocess(raw_values) gives it.")
         if hasattr(self, "unit_pool"):
             tokens, grid = self.patch_embed(x, channel_ids, by_position=True)  # (B, N, U, D)
             tokens = self.unit_pool(tokens)  # (B, k*N, D)
@@ -147,10 +156,13 @@ class ViTEncoder(nn.Module):
         cls = (self.cls_token + self.pos_embed[:, :1]).to(tokens.dtype).expand(tokens.shape[0], -1, -1)
         return torch.cat([cls, tokens], dim=1)
 
-    def _layer_ids(self, layers: list[int] | tuple[int, ...] | None) -> list[int]:
+    def _layer_ids(self, layers: int | list[int] | tuple[int, ...] | None) -> list[int]:
         depth = len(self.blocks)
         ids = []
-        for i in layers or []:
+        for i in [layers] if isinstance(layers, int) and not isinstance(layers, bool) else layers or []:
+            if not isinstance(i, int) or isinstance(i, bool):
+                raise ConfigError(f"encoder layers are block numbers (0..{depth - 1}, or negative from the end), got "
+                                  f"{layers!r}.")
             j = i + depth if i < 0 else i
             if not 0 <= j < depth:
                 raise ConfigError(f"encoder layer {i} does not exist; the encoder has {depth} blocks (0..{depth - 1}).")

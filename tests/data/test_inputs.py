@@ -16,7 +16,7 @@ from geomed_ssl.data.catalog import scan
 from geomed_ssl.views.datasets import PretrainDataset
 from geomed_ssl.data.stats import compute_stats
 from geomed_ssl.views.builder import build_views
-from geomed_ssl.errors import DataError
+from geomed_ssl.errors import ConfigError, DataError
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 from tests.data.conftest import gradient, write_nii, write_tif
 
@@ -107,9 +107,14 @@ def test_preprocess_refuses_arrays_of_another_shape_or_band_count(tmp_path: Path
         enc.preprocess(np.zeros((4, 16, 16), np.complex64))
     x, _ = enc.preprocess(np.zeros((4, 16, 16)))
     assert enc(x).shape[0] == 1
-    for raw in (x.numpy(), x.double(), x.long()):  # what a notebook passes before preprocess: the fix named
+    for raw in (x.numpy(), x.double(), x.long(), x.half()):  # what a notebook passes before preprocess: the fix
         with pytest.raises(DataError, match=r"takes a float32 torch tensor .* enc.preprocess\(raw_values\)"):
-            enc(raw)
+            enc(raw)  # named (a float16 tensor was a RuntimeError from inside the patch projection)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts each op's inputs itself
+        assert enc(x.bfloat16()).shape[0] == 1
+    with pytest.raises(ConfigError, match=r"encoder layers are block numbers .* got \[True\]"):
+        enc.forward_features(x, layers=[True])
+    assert len(enc.forward_features(x, layers=-1)[0]) == 1  # one block, as a number
 
 
 def test_preprocess_defaults_to_the_runs_nodata_setting(tmp_path: Path) -> None:

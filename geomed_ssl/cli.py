@@ -234,6 +234,8 @@ def predict(
                                              "data.band_names, else its sensor profile's)."),
     nodata: Optional[float] = typer.Option(None, "--nodata", help="The inputs' nodata value, replacing their own "
                                            "tags (default: the model's data.nodata, else each file's tag)."),
+    resume: bool = typer.Option(False, "--resume", help="Keep the class maps an earlier predict into OUT_DIR "
+                                "finished with this model, these settings and unchanged inputs; predict the rest."),
     strict: bool = StrictOpt,
 ) -> None:
     """Predict whole scenes / volumes with sliding windows into georeferenced GeoTIFF / NIfTI class maps."""
@@ -241,7 +243,7 @@ def predict(
 
     for line in predict_dir(ft_dir, inputs, out, overlap=overlap, blend=blend, probabilities=probabilities,
                             batch_size=batch_size, device=device, strict=strict,
-                            band_names=name_list(band_names, "--band-names"), nodata=nodata):
+                            band_names=name_list(band_names, "--band-names"), nodata=nodata, resume=resume):
         typer.echo(line)
 
 

@@ -234,6 +234,7 @@ def matches(name: str, patterns: Sequence[str]) -> bool:
 
 
 INPUT_TAG = "GEOMED_SSL_INPUT"  # an output's record of the input it was made from (GeoTIFF tag, NIfTI comment)
+RUN_TAG = "GEOMED_SSL_RUN"  # a prediction's digest of its model, settings and input (predict --resume keeps its match)
 
 
 def provenance_tags(source: str | None = None, **made_by: str | None) -> dict[str, str]:
@@ -246,19 +247,20 @@ def provenance_tags(source: str | None = None, **made_by: str | None) -> dict[st
     return {**tags, **({INPUT_TAG: str(source)} if source is not None else {})}
 
 
-def recorded_input(path: str | Path) -> str | None:
-    """The input an earlier prediction at ``path`` says it was made from (None: it says none, or cannot be read)."""
+def recorded_input(path: str | Path, tag: str = INPUT_TAG) -> str | None:
+    """The input an earlier prediction at ``path`` says it was made from (``tag``: another of its records, e.g.
+    ``RUN_TAG``; None: it says none, or cannot be read)."""
     try:
         if str(path).lower().endswith((".tif", ".tiff")):
             import rasterio
 
             with rasterio.open(path) as ds:
-                return ds.tags().get(INPUT_TAG)
+                return ds.tags().get(tag)
         import nibabel as nib
 
         for ext in nib.load(str(path)).header.extensions:
             if ext.get_code() == 6 and INPUT_TAG.encode() in ext.get_content():
-                return json.loads(ext.get_content()).get(INPUT_TAG)
+                return json.loads(ext.get_content()).get(tag)
     except Exception:  # noqa: BLE001 - a file that cannot say is not known to be another input's
         return None
     return None

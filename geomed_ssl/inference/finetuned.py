@@ -93,16 +93,21 @@ def with_data(meta: dict[str, Any], recipe: Any, band_names: Sequence[str] | Non
 def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], out: str | Path,
                 overlap: float = DEFAULT_OVERLAP, blend: str = "gaussian", probabilities: bool = False,
                 batch_size: int = 8, device: str | None = "auto", strict: bool = False,
-                band_names: Sequence[str] | None = None, nodata: float | None = None) -> list[str]:
+                band_names: Sequence[str] | None = None, nodata: float | None = None,
+                resume: bool = False) -> list[str]:
     """Segmentation: class-map GeoTIFF/NIfTI per input on its own grid (values = the label values trained on).
     Classification: ``predictions.csv`` with one row per image. Runs on ``device`` (auto: CUDA when available).
     Folders are read with the model's data settings (band naming, data.include / data.exclude). ``strict``:
     problem files and band names assigned by position are errors. ``inputs``: one file or folder, or a list of
     them. ``band_names``: the bands of files without band descriptions, in order (default: the model's
     ``data.band_names``, else its sensor profile's). ``nodata``: the inputs' nodata value, replacing their own tags
-    (default: the model's ``data.nodata``, else each file's tag). Returns printable lines."""
+    (default: the model's ``data.nodata``, else each file's tag). ``resume`` (segmentation): the class maps an earlier
+    prediction of the same model, settings and inputs finished in ``out`` stay, the rest is predicted
+    (:mod:`geomed_ssl.inference.resume`). Returns printable lines."""
+    from geomed_ssl.checkpoint import export_digest
     from geomed_ssl.inference.predict import plan_outputs, predict_files, usable_inputs
-    from geomed_ssl.inference.sliding import check_pace
+    from geomed_ssl.inference.resume import finished, run_keys
+    from geomed_ssl.inference.sliding import check_pace, proba_kind
     from geomed_ssl.models.device import model_device
     from geomed_ssl.models.model_data import records_for_stats, warn_other_scale
 
@@ -122,20 +127,35 @@ def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], o
         records = records_for_stats(image_records(meta, recipe, inputs, strict), stats)
         warn_other_scale(records, scale, recipe.data.spacing, name)
         prepare_out_dir(out, **rule)
+        if resume:
+            log.info("--resume keeps class maps; a classifier's predictions.csv is written at the end, whole, so "
+                     "every image is classified.")
         return predict_classes(model, meta, recipe, records, out, str(Path(ft_dir).resolve()),
                                probabilities=probabilities)
     cfg = data_config(meta, recipe.data)
     planned = usable_inputs(plan_outputs([str(p) for p in inputs], out, cfg, meta["window"]), cfg, blend, stats,
                             strict, scale=scale, model=name, window=meta["window"],
                             room=(out, [c["value"] for c in meta["classes"]], probabilities))
+    runs = run_keys(planned, export_digest(ft_dir), {"overlap": float(overlap), "blend": blend,
+                                                     "probabilities": proba_kind(probabilities),
+                                                     "data": dataclasses.asdict(cfg)})
+    kept = finished(planned, runs, bool(probabilities)) if resume else []
+    if kept:
+        log.info("--resume: %d of %d input(s) already have their class map from this model with these settings "
+                 "(e.g. '%s'); predicting the other %d.", len(kept), len(planned), planned[kept[0]],
+                 len(planned) - len(kept))
     prepare_out_dir(out, **rule)
-    summaries = predict_files(model_fn(model), [str(p) for p in planned], out, stats, num_classes=len(meta["classes"]),
+    todo = [str(p) for p in planned if p not in kept]
+    summaries = [] if not todo else predict_files(
+                              model_fn(model), todo, out, stats, num_classes=len(meta["classes"]),
                               window=meta["window"], data_cfg=cfg, overlap=overlap, blend=blend,
                               batch_size=batch_size, probabilities=probabilities,
                               class_values=[c["value"] for c in meta["classes"]], device=model_device(model),
                               class_colors=[c.get("color") for c in meta["classes"]],
-                              names_by_position="error" if strict else "warn", made_by=str(Path(ft_dir).resolve()))
-    return [f"{s['input']} -> {s['output']}" for s in summaries]
+                              names_by_position="error" if strict else "warn", made_by=str(Path(ft_dir).resolve()),
+                              runs={Path(p): runs[p] for p in planned})
+    return ([f"{p} -> {planned[p]} (kept: --resume)" for p in kept]
+            + [f"{s['input']} -> {s['output']}" for s in summaries])
 
 
 def image_records(meta: dict[str, Any], recipe: Any, inputs: Sequence[str | Path], strict: bool = False) -> list[Any]:

@@ -260,7 +260,8 @@ def warn_disk_room(records: Sequence[Any], out_dir: Path, class_values: Sequence
         log.warning("warning: the class maps%s of these %d input(s) take up to %s uncompressed and the disk of "
                     "'%s' has %s free; compression usually leaves class maps much smaller%s. Free some space or "
                     "give --out on a larger disk if the run stops with 'no space left on device'.", proba,
-                    len(records), size_text(needed), out_dir, size_text(free), ", probabilities less so" if proba else "")
+                    len(records), size_text(needed), out_dir, size_text(free),
+                    ", probabilities less so" if proba else "")
 
 
 def with_read_shape(record: Any, probe: Any, data_cfg: Any) -> Any:
@@ -336,10 +337,12 @@ def predict_files(
     names_by_position: str = "warn",
     made_by: str | None = None,
     class_colors: Sequence[Sequence[int] | None] | None = None,
+    runs: dict[Path, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Predict every input into ``out_dir/<stem>_pred.tif`` or ``<stem>_pred.nii.gz``; returns one summary each;
     ``made_by`` (the model's folder) is recorded in each output (GeoTIFF metadata, NIfTI ``descrip``), and a
-    GeoTIFF class map gets a colour table (``class_colors``, per class: its RGB, else a palette's).
+    GeoTIFF class map gets a colour table (``class_colors``, per class: its RGB, else a palette's), and ``runs`` (per
+    input) the digest ``predict --resume`` compares (:mod:`geomed_ssl.inference.resume`).
 
     ``window`` is the raster window (2 ints) or the volume ROI (3 ints; an int serves both). A file of the other
     kind than the model's is refused in one line before anything is written; partial files a killed earlier run
@@ -360,13 +363,13 @@ def predict_files(
                 model, p, out, stats, band_names, window, overlap, blend, batch_size, num_classes=num_classes,
                 probabilities=probabilities, device=device, data_cfg=data_cfg, class_values=class_values,
                 names_by_position=names_by_position, made_by=made_by, class_colors=class_colors,
-                check_ranges=len(planned) == 1, commit_lock=commit))
+                check_ranges=len(planned) == 1, commit_lock=commit, run=(runs or {}).get(Path(p))))
         else:
             summaries.append(predict_volume(
                 model, p, out, stats, band_names, window, data_cfg, overlap, blend, num_classes=num_classes,
                 probabilities=probabilities, batch_size=batch_size, device=device, class_values=class_values,
                 names_by_position=names_by_position, made_by=made_by,
-                commit_lock=commit))
+                commit_lock=commit, run=(runs or {}).get(Path(p))))
         if len(planned) > 1:  # a folder of large scenes is not silent until the last is done
             log.info("predicted %d/%d: %s (%.1f s)", len(summaries), len(planned), Path(p).name,
                      summaries[-1].get("seconds", 0.0))

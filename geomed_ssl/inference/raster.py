@@ -101,7 +101,7 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
                    nodata: float | None = None, probabilities: bool | str = False, device: str | torch.device = "cpu",
                    data_cfg: Any = None, class_values: Sequence[int] | None = None,
                    names_by_position: str = "warn", only: np.ndarray | None = None,
-                   made_by: str | None = None, check_ranges: bool = True,
+                   made_by: str | None = None, run: str | None = None, check_ranges: bool = True,
                    class_colors: Sequence[Sequence[int] | None] | None = None,
                    commit_lock: Callable[[], ContextManager[Any]] | None = None) -> dict[str, Any]:
     """Predict a GeoTIFF (or a folder of ``data.channels`` single-band files, stacked) window by window into a
@@ -113,14 +113,14 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
     and values far from ``stats`` are warned about (sampled from the strips read: no extra read).
     ``nodata``: explicit, else ``data_cfg.nodata``, else the file's.
     Output: ``class_values[argmax]`` (default: the class index) as uint8 with nodata 255 where the input is
-    nodata (255 a class: the largest free value; uint16 / 65535 when a value is over 255); with ``probabilities`` ('float32'/True or 'uint8' =
-    round(p*254), nodata NaN / 255) also ``*_proba.tif``, one band per class.
+    nodata (255 a class: the largest free value; uint16 / 65535 when a value is over 255); with ``probabilities``
+    ('float32'/True or 'uint8' = round(p*254), nodata NaN / 255) also ``*_proba.tif``, one band per class.
     ``only`` (bool (H, W)): compute only the windows that hold a True pixel, and write nodata where none of them
     reaches: every window holding a True pixel is computed, so there the map is the whole scene's (what
     ``evaluate`` scores its labelled pixels with). ``made_by`` (the model's folder) is written into the outputs'
-    metadata as ``GEOMED_SSL_MODEL``, beside ``GEOMED_SSL_VERSION``. ``commit_lock()`` is held around the renames
-    that give the outputs their final names (``predict_files``: a last check, under the folder's lock, that no
-    other job has taken them).
+    metadata as ``GEOMED_SSL_MODEL``, beside ``GEOMED_SSL_VERSION`` (and ``run`` as ``GEOMED_SSL_RUN``).
+    ``commit_lock()`` is held around the renames that give the outputs their final names (``predict_files``: a
+    last check, under the folder's lock, that no other job has taken them).
     """
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
@@ -139,7 +139,7 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
             raise ValueError(f"only: a mask of shape {tuple(only.shape)} for a scene of {tuple(scene.shape)}")
         lut, lnodata = class_lookup(int(num_classes), class_values, tagged=True)
         outputs = open_outputs(out_path, scene.sources[0], [int(v) for v in lut], lut.dtype, lnodata, pkind,
-                               provenance_tags(str(Path(path).resolve()), model=made_by),
+                               provenance_tags(str(Path(path).resolve()), model=made_by, run=run),
                                class_colormap(lut, class_colors, lnodata))
         try:
             ranges = RangeSample(len(stats.band_names), scene.nodata, scene.shape)
@@ -266,7 +266,8 @@ class RasterInput:
         return int(max(64 << 20, 2 * min(block_rows, H) * row_bytes + (16 << 20)))
 
     def strip_reader(self, ranges: RangeSample) -> Callable[[int, int], np.ndarray]:
-        """``read(a, b)`` -> rows [a, b) of the model's bands, by name: (C, b-a, W); each strip also feeds ``ranges``."""
+        """``read(a, b)`` -> rows [a, b) of the model's bands, by name: (C, b-a, W); each strip also feeds
+        ``ranges``."""
         from rasterio.windows import Window
 
         W = self.shape[1]

@@ -31,7 +31,7 @@ def predict_volume(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
                    overlap: float = DEFAULT_OVERLAP, blend: str = "gaussian", *, num_classes: int,
                    probabilities: bool | str = False, batch_size: int = 4, device: str | torch.device = "cpu",
                    class_values: Sequence[int] | None = None, names_by_position: str = "warn",
-                   made_by: str | None = None,
+                   made_by: str | None = None, run: str | None = None,
                    commit_lock: Callable[[], ContextManager[Any]] | None = None) -> dict[str, Any]:
     """Predict a NIfTI volume (or a folder of ``data.channels`` files) into a label NIfTI on the input's own grid.
 
@@ -44,7 +44,8 @@ def predict_volume(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
     ``class_values[argmax]`` (default the index), uint8 (uint16 when a value is >= 255); voxels invalid in the
     input get 255 (65535). ``probabilities`` adds
     ``*_proba.nii.gz`` (X, Y, Z, K): float32, or uint8 = round(p*254). The header's ``descrip`` names the model's
-    folder ``made_by`` (the end of its path when the 79 characters the field holds are too few). ``commit_lock()``
+    folder ``made_by`` (the end of its path when the 79 characters the field holds are too few); ``run`` is kept
+    beside the input's path in a comment extension. ``commit_lock()``
     is held while the outputs are saved and renamed (see ``predict_raster``).
     """
     from geomed_ssl.config import DataConfig
@@ -67,11 +68,11 @@ def predict_volume(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
     with (commit_lock or contextlib.nullcontext)(), \
             atomic_paths([out_path] + ([ppath] if ppath else [])) as tmps:  # both files appear together, or neither
         source = str(path.resolve())
-        save_nifti(nifti_like(labels, record.path, made("geomed-ssl prediction", made_by), "label", source), tmps[0],
-                   out_path)
+        save_nifti(nifti_like(labels, record.path, made("geomed-ssl prediction", made_by), "label", source, run),
+                   tmps[0], out_path)
         if ppath:
             save_nifti(nifti_like(proba_array(grid, pkind), record.path, made("geomed-ssl probabilities", made_by),
-                                  source=source), tmps[1], ppath)
+                                  source=source, run=run), tmps[1], ppath)
     counts = np.bincount(index[grid.ok], minlength=num_classes)[:num_classes]
     warn_if_nothing_predicted(record.path, int(counts.sum()), cfg.nodata, out_path)
     seconds = time.perf_counter() - t0

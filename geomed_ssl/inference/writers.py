@@ -18,7 +18,7 @@ import numpy as np
 from geomed_ssl.errors import WRITE_ERRNOS, ConfigError, DataError
 from geomed_ssl.geo.gdal_read import check_written
 from geomed_ssl.geo.grids import placed
-from geomed_ssl.outcommands import INPUT_TAG
+from geomed_ssl.outcommands import INPUT_TAG, RUN_TAG
 from geomed_ssl.outfiles import atomic_path, commit_partial, naming_write_errors, partial_path
 
 BLOCK = 256  # output tile side (pixels)
@@ -244,7 +244,7 @@ class GeoTiffWriter:
 
 
 def nifti_like(array: np.ndarray, reference_path: str | Path, description: str = "geomed-ssl prediction",
-               intent: str = "none", source: str | None = None) -> Any:
+               intent: str = "none", source: str | None = None, run: str | None = None) -> Any:
     """A NIfTI image of ``array`` (X, Y, Z) or (X, Y, Z, K) in the reference file's voxel order with its affine and
     header.
 
@@ -253,7 +253,7 @@ def nifti_like(array: np.ndarray, reference_path: str | Path, description: str =
     (``cal_min`` / ``cal_max``, an intensity range that would show a class map as blank in FSLeyes or MRIcron), its
     intent (a z-score map's) and its time step (a 4D series') are not carried: ``intent`` is the output's ("label"
     for a class map), a fourth axis holds classes, and ``descrip`` says what the file is; ``source``, the input it
-    was predicted from, is kept in a comment extension (:func:`recorded_input`).
+    was predicted from, is kept in a comment extension (:func:`recorded_input`), with ``run`` (``RUN_TAG``).
     """
     import nibabel as nib
 
@@ -283,7 +283,8 @@ def nifti_like(array: np.ndarray, reference_path: str | Path, description: str =
     img.header.extensions[:] = [e for e in img.header.extensions  # the reference's own record, if it was one
                                 if not (e.get_code() == 6 and INPUT_TAG.encode() in e.get_content())]
     if source is not None:
-        img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", json.dumps({INPUT_TAG: source}).encode()))
+        record = {INPUT_TAG: source, **({RUN_TAG: run} if run else {})}
+        img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", json.dumps(record).encode()))
     return img
 
 

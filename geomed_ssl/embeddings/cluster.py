@@ -6,9 +6,9 @@ on a random subsample (``fit_max`` rows) and every row is then assigned: k-means
 ``hdbscan.approximate_predict`` when that package is installed, else by the cluster of the nearest fitted row
 (scikit-learn's HDBSCAN has no predict). Noise (HDBSCAN) is cluster -1.
 
-Outputs in ``out_dir``: ``clusters.parquet`` and ``clusters.csv`` (id, file, box, grid_index, centre, cluster,
-label), ``summary.json`` (sizes, silhouette, NMI/ARI against labels when given), ``scatter.png`` (UMAP when
-umap-learn is installed, else PCA; coloured by cluster and by true label), and for window / patch levels
+Outputs in ``out_dir``: ``clusters.parquet`` and ``clusters.csv`` (id, file, box, grid_index, centre, crs,
+cluster; label with labels), ``summary.json`` (sizes, silhouette, NMI/ARI against labels when given),
+``scatter.png`` (UMAP when umap-learn is installed, else PCA; coloured by cluster and by true label), and for window / patch levels
 ``maps/<name>_clusters.tif|.nii.gz`` (int16 cluster per cell on the file's map grid, nodata -32768) with a PNG.
 """
 
@@ -28,6 +28,7 @@ import numpy as np
 
 from geomed_ssl.embeddings.maps import fill_grid, grid_stems, map_tags, save_label_png, write_grid
 from geomed_ssl.embeddings.store import fixed_list, load_embeddings, optional_module, read_columns
+from geomed_ssl.geo.grids import crs_name
 from geomed_ssl.embeddings.truth import check_classes, true_labels
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
@@ -250,7 +251,7 @@ def cluster_embeddings(emb_dir: str | Path, out_dir: str | Path, method: str = "
     rule["inputs"]["embedded data folder"] = manifest["settings"].get("data_dir")  # read for labels and maps
     check_out_dir(out, **rule)
     clusters, info = fit_predict(vectors, method, k, seed, min_cluster_size, normalize, pca_dims)
-    cols = read_columns(emb_dir, ["id", "file", "box", "grid_index", "x", "y", "z"])
+    cols = read_columns(emb_dir, ["id", "file", "box", "grid_index", "x", "y", "z", "crs"])
     truth_rows, truth_source = true_labels(labels, manifest, cols, ignore_value) if labels is not None else (None, None)
     if truth_rows is not None:
         check_classes(truth_rows, truth_source)  # before anything is written
@@ -275,19 +276,23 @@ def cluster_embeddings(emb_dir: str | Path, out_dir: str | Path, method: str = "
         summary["labels"] = truth_source
     summary["scatter"] = scatter_png(x, clusters[sample], t_sample, out / "scatter.png", seed,
                                      f"{method} ({manifest['settings']['level']} level)")
+    names = {wkt: crs_name(wkt) for wkt in set(cols["crs"])}  # of x / y: the files' own (tiles of several zones)
+    crs = [names[wkt] for wkt in cols["crs"]]
     table = {"id": cols["id"], "file": cols["file"], "cluster": clusters.astype(np.int32)}
     if truth_rows is not None:
         table["label"] = truth_rows
     with atomic_path(out / "clusters.parquet") as tmp:
         pq.write_table(pa.table({**table, "box": fixed_list(cols["box"]), "grid_index": fixed_list(cols["grid_index"]),
-                                 "x": cols["x"], "y": cols["y"], "z": pa.array(cols["z"], pa.float64())}), tmp)
+                                 "x": cols["x"], "y": cols["y"], "z": pa.array(cols["z"], pa.float64()),
+                                 "crs": pa.array(crs, pa.string())}), tmp)
     with atomic_path(out / "clusters.csv") as tmp, tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["id", "file", "box", "x", "y", "z", "cluster"] + (["label"] if truth_rows is not None else []))
+        w.writerow(["id", "file", "box", "x", "y", "z", "crs", "cluster"]
+                   + (["label"] if truth_rows is not None else []))
         for i in range(n):
             z = cols["z"][i]
             w.writerow([int(cols["id"][i]), cols["file"][i], " ".join(map(str, cols["box"][i])), f"{cols['x'][i]:.6f}",
-                        f"{cols['y'][i]:.6f}", "" if z is None or z != z else f"{z:.6f}", int(clusters[i])]
+                        f"{cols['y'][i]:.6f}", "" if z is None or z != z else f"{z:.6f}", crs[i], int(clusters[i])]
                        + ([truth_rows[i] if truth_rows[i] is not None else ""] if truth_rows is not None else []))
     summary["maps"] = write_cluster_maps(out, manifest, cols["grid_index"], clusters)
     summary["seconds"] = round(time.perf_counter() - t0, 3)

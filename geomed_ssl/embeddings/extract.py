@@ -243,6 +243,10 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
     strd = parse_size(stride, cfg.spatial_dims, "--stride") or win
     if max(win) > 4096:
         raise ConfigError(f"--window {window}: at most 4096 pixels / voxels a side (embed reads windows whole).")
+    if any(s > w for s, w in zip(strd, win)):
+        log.warning("warning: --stride %s is longer than --window %s: the %s px between windows are embedded in no "
+                    "row, and each map cell is larger than the window it holds.", "x".join(map(str, strd)),
+                    "x".join(map(str, win)), "x".join(str(max(s - w, 0)) for s, w in zip(strd, win)))
     data_cfg = data_config(meta, cfg.spatial_dims, cfg.patch_size if level == "image" else win, overrides, include,
                            exclude)
     taken = ({"band_names": list(data_cfg.band_names)}

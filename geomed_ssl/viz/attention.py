@@ -136,7 +136,10 @@ def _stacked_channels(meta: dict) -> list[str] | None:
 
 
 def _start(size: int, want: int, offset: int | None, axis: str, path: Path) -> tuple[int, int]:
-    """(start, length) along one axis: the centred window, or the one at ``offset``; clipped to the image."""
+    """(start, length) along one axis: the centred window, or the one at ``offset``, moved back inside the image
+    (with a note) where it would run past its edge: a whole window, not the sliver left beyond ``offset``."""
+    import logging
+
     from geomed_ssl.errors import DataError
 
     length = min(size, want)
@@ -144,7 +147,11 @@ def _start(size: int, want: int, offset: int | None, axis: str, path: Path) -> t
         return centre_start(size, length), length
     if not 0 <= offset < size:
         raise DataError(f"--window {axis} {offset} lies outside '{path}' ({size} pixels along {axis}s).")
-    return offset, min(length, size - offset)
+    if offset + length > size:
+        logging.getLogger("geomed_ssl").info(f"note: a {length}-pixel window from {axis} {offset} runs past the "
+                                             f"image's {size} {axis}s; it starts at {axis} {size - length} instead.")
+        return size - length, length
+    return offset, length
 
 
 @keeps_process_state
@@ -238,14 +245,10 @@ def _read_window(cfg: Any, record: Any, data_cfg: DataConfig, stats: BandStats, 
     box = [_start(s, w, o, a, image_path) for s, w, o, a in zip(shape, cfg.img_size, offsets, ("row", "col", "z"))]
     short = [(a, n, p, s) for (_, n), p, a, s in zip(box, patch, ("rows", "columns", "z"), shape)
              if patch_floor(n, p) == 0]
-    if short:
-        axis, left, p, whole = short[0]
-        moved = nd == 2 and window is not None and whole >= p  # the image holds a token there; the window cut it
-        where = f"from --window {','.join(map(str, window))} only {left} {axis} are left" if moved else \
-            f"it has {whole} {axis}"
-        raise DataError(f"'{image_path}' ({'x'.join(map(str, shape))}): {where}, fewer than one token patch ({p}); "
-                        + ("choose a --window nearer its top-left corner." if moved else
-                           "give an image at least one token patch wide along every axis."))
+    if short:  # (a window running past an edge was moved back inside: only the image itself can be too small)
+        axis, _, p, whole = short[0]
+        raise DataError(f"'{image_path}' ({'x'.join(map(str, shape))}): it has {whole} {axis}, fewer than one token "
+                        f"patch ({p}); give an image at least one token patch wide along every axis.")
     box = [(start, patch_floor(n, p)) for (start, n), p in zip(box, patch)]
     starts, sizes = [s for s, _ in box], [n for _, n in box]
     if nd == 2:

@@ -174,6 +174,7 @@ def test_cluster_cli_with_class_folders_and_a_labels_csv(tmp_path: Path) -> None
     with (tmp_path / "cl" / "clusters.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 12 and {r["label"] for r in rows} == {"Forest", "River", "Urban"}
+    assert {r["crs"] for r in rows} == {"EPSG:32633"}  # x / y mean nothing without it (tiles of several zones)
     assert not (tmp_path / "cl" / "maps").exists()  # image level: one vector per file, no maps
     table = tmp_path / "labels.csv"
     table.write_text("file,label\n" + "".join(f"{Path(r['file']).name},{r['label'][0]}\n" for r in rows))

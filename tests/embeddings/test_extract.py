@@ -115,10 +115,14 @@ def test_rows_trace_back_to_the_window_they_were_embedded_from(data: Path, encod
         assert [f["grid"] for f in manifest["files"]] == [[4, 4], [4, 4], [6, 6]]
 
 
-def test_a_stride_longer_than_the_files_gives_one_window_each(data: Path, encoder: Path, tmp_path: Path) -> None:
-    """Before, an origin a stride away sat beyond the edge and the reader padded a strip out to it (2 TiB)."""
+def test_a_stride_longer_than_the_files_gives_one_window_each(data: Path, encoder: Path, tmp_path: Path,
+                                                               caplog) -> None:
+    """Before, an origin a stride away sat beyond the edge and the reader padded a strip out to it (2 TiB); a
+    stride longer than the window, which leaves pixels out of every row, is said."""
     out = tmp_path / "sparse"
-    embed_folder(encoder, data, out, level="window", window=16, stride=10**10, progress=False)
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        embed_folder(encoder, data, out, level="window", window=16, stride=10**10, progress=False)
+    assert "--stride 10000000000x10000000000 is longer than --window 16x16" in caplog.text
     manifest, vectors = load_embeddings(out)
     assert [f["grid"] for f in manifest["files"]] == [[1, 1]] * 3 and len(vectors) == 3
     assert [list(b) for b in read_columns(out, ["box"])["box"]] == [[0, 0, 16, 16]] * 3

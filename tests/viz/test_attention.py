@@ -100,8 +100,12 @@ def test_attention_file_reads_bands_by_name_drops_extras_and_warns_on_far_values
     assert any("value range of" in r.getMessage() and "dark" in r.getMessage() for r in caplog.records)
 
 
-def test_a_window_that_leaves_less_than_a_token_names_the_axis_and_what_is_left(tmp_path: Path) -> None:
+def test_a_window_past_an_edge_moves_inside_and_an_image_under_a_token_names_the_axis(tmp_path: Path, caplog,
+                                                                                     monkeypatch) -> None:
+    """--window 42,10 on a 45-px image of 16-px windows drew a 3-row sliver (an error when under a token): it is
+    the whole window from row 29 now, with a note."""
     from geomed_ssl.errors import DataError
+    from geomed_ssl.viz import attention as attention_mod
     from geomed_ssl.viz.attention import attention_for_file
     from tests.conftest import structured_raster
     from tests.embeddings.test_extract import described, make_encoder
@@ -109,9 +113,12 @@ def test_a_window_that_leaves_less_than_a_token_names_the_axis_and_what_is_left(
     train = described(tmp_path / "train", [structured_raster(np.random.default_rng(2), 4, 45)],
                       ["B02", "B03", "B04", "B08"])
     enc = make_encoder(train, tmp_path / "enc")  # 16-px windows of 4-px tokens
-    with pytest.raises(DataError, match=r"\(45x45\): from --window 42,10 only 3 rows are left, fewer than one token "
-                                        r"patch \(4\); choose a --window nearer"):
-        attention_for_file(enc, train / "scene_0.tif", tmp_path / "a.png", window=[42, 10])
+    read, real = [], attention_mod._read_window
+    monkeypatch.setattr(attention_mod, "_read_window", lambda *a: read.append(real(*a)) or read[-1])
+    with caplog.at_level("INFO", logger="geomed_ssl"):
+        assert attention_for_file(enc, train / "scene_0.tif", tmp_path / "a.png", window=[42, 10]).is_file()
+    assert read[0].shape[-2:] == (16, 16)
+    assert "a 16-pixel window from row 42 runs past the image's 45 rows; it starts at row 29 instead" in caplog.text
     assert attention_for_file(enc, train / "scene_0.tif", tmp_path / "b.png", window=[20, 10]).is_file()
     thin = described(tmp_path / "thin", [structured_raster(np.random.default_rng(2), 4, 45)[:, :3]],
                      ["B02", "B03", "B04", "B08"])

@@ -131,9 +131,9 @@ def paired_lines(rows: Sequence[Row], metric: str, others: Sequence[str] = ()) -
             a, b = groups[(enc, mine)], groups[(NONE, theirs)]
             label = mine if mine == theirs else f"best: {mine} vs {theirs}"
             for budget in sorted(set(a) & set(b)):
-                if cells := paired_cells(a[budget], b[budget]):
-                    name = f"{enc} (other architecture)" if enc in others else enc
-                    lines.append(f"| {name} | {label} | {fraction_text(budget)} | {cells} |")
+                name = f"{enc} (other architecture)" if enc in others else enc
+                cells = paired_cells(a[budget], b[budget]) or "no seed in common (compares of other seeds) | - | 0"
+                lines.append(f"| {name} | {label} | {fraction_text(budget)} | {cells} |")
     return lines
 
 
@@ -205,7 +205,9 @@ def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str, backgr
            "weights) on the same training and test samples, per seed; mean and 95 % t-interval over seeds. `none` "
            "is a new random initialisation for each seed (drawn from `train.seed` and the seed, kept in "
            "`encoder_none_seed<seed>/`), so the interval spreads over initialisations as well as samples. The "
-           "pretrained encoder is one pretraining run: compare several before relying on a small margin."
+           "pretrained encoder is one pretraining run: compare several before relying on a small margin. The "
+           "interval comes from a t with one degree of freedom fewer than the seeds: from 2 seeds its half-width is 9 "
+           "times the differences' standard deviation and it says little, from 5 seeds 1.2 times."
            + (" `none` is the first encoder's architecture: for an encoder marked \"other architecture\" the "
               "difference mixes architecture and pretraining; compare it first in a compare of its own to measure "
               "its pretraining." if others else ""), "",

@@ -89,14 +89,17 @@ def finetune_scores(source: EncoderSource, task: Task, split: Split, recipe: Rec
         if task.kind == "segment":
             result = finetune_segment(tuned, source.path, inputs["images"], inputs["labels"], out, progress=False,
                                       strict=strict, overwrite=keep_as is not None)  # a kept one of a killed run
-            same = np.array_equal(task.rows(result.selection, "train"), split.train)
+            same = all(np.array_equal(task.rows(result.selection, part), getattr(split, part))
+                       for part in ("train", "test"))
         else:
             result = finetune_classify(tuned, source.path, inputs["data"], out, progress=False, strict=strict,
                                        overwrite=keep_as is not None)
             with np.load(out / "labels_used.npz", allow_pickle=False) as z:
-                same = np.array_equal(np.sort(z["train_index"]), split.train)
-    if not same:
-        raise RuntimeError(f"the fine-tune of {source.name} drew other training samples than compare's selection")
+                same = all(np.array_equal(np.sort(z[f"{part}_index"]), getattr(split, part))
+                           for part in ("train", "test"))
+    if not same:  # the finetune protocol must train and test on the samples every other protocol used
+        raise RuntimeError(f"the fine-tune of {source.name} drew other training or test samples than compare's "
+                           "selection")
     values = [c["value"] for c in result.metrics["classes"]]  # the fine-tune's own class order
     return scores_from_metrics(result.metrics["test"], task.kind == "segment",
                                background_index(values, task.spatial_dims))

@@ -110,6 +110,16 @@ def test_protocols_that_share_no_cell_are_ranked_on_the_budgets_they_share() -> 
     assert best_protocols(grouped(linear + knn, "oa")) == {"run": "linear"}
 
 
+def test_a_pairing_without_a_seed_in_common_is_a_row_that_says_so() -> None:
+    """Two compares into one folder (run: linear on seed 0, knn on seed 1; none: linear on seed 0): the best-vs-best
+    row, knn vs linear, was left out without a word."""
+    one = rows({("run", "linear"): {1: [0.60]}, ("none", "linear"): {1: [0.55]}})
+    other = [dict(r, seed="1") for r in rows({("run", "knn"): {1: [0.70]}})]
+    by = {tuple(c[:2]): c[3:] for c in map(cells, paired_lines(one + other, "oa")[2:])}
+    assert by[("run", "linear")] == ["+0.050", "-", "1"]
+    assert by[("run", "best: knn vs linear")] == ["no seed in common (compares of other seeds)", "-", "0"]
+
+
 def test_a_cell_with_fewer_seeds_than_the_others_says_how_many() -> None:
     from geomed_ssl.compare.report import table
 

@@ -269,29 +269,38 @@ def recorded_input(path: str | Path, tag: str = INPUT_TAG) -> str | None:
 MAP_DESCRIP = "geomed-ssl map of "  # the NIfTI ``descrip`` of embed's and cluster's maps (which carry no extension)
 
 
+MAPS_TAGGED = "maps_tagged"  # an embed / cluster record's mark: its maps say they are ours (no name alone does)
+
+
 @functools.lru_cache(maxsize=8)
-def _listed_maps(record: str, stamp: int) -> frozenset[str]:
-    """The file names of the ``maps`` a folder's record (``manifest.json``, ``summary.json``) lists, read once per
-    version of it (``stamp``: its modification time)."""
-    maps = (read_json_object(Path(record)) or {}).get("maps")
-    return frozenset(Path(str(p)).name for p in maps) if isinstance(maps, list) else frozenset()
+def _listed_maps(record: str, stamp: int) -> tuple[frozenset[str], bool]:
+    """The file names of the ``maps`` a folder's record (``manifest.json``, ``summary.json``) lists, and whether
+    the record says its maps carry their tags (:data:`MAPS_TAGGED`), read once per version of it (``stamp``: its
+    modification time)."""
+    data = read_json_object(Path(record)) or {}
+    maps = data.get("maps")
+    names = frozenset(Path(str(p)).name for p in maps) if isinstance(maps, list) else frozenset()
+    return names, data.get(MAPS_TAGGED) is True
 
 
-def _listed(path: Path, listing: str) -> bool:
-    """``path``'s name is among the ``maps`` its folder's record (``listing``, beside ``maps/``) lists."""
+def _listed(path: Path, listing: str, untagged: bool = False) -> bool:
+    """``path``'s name is among the ``maps`` its folder's record (``listing``, beside ``maps/``) lists
+    (``untagged``: and the record is an earlier version's, whose maps carried no tags)."""
     record = path.parent.parent / listing
     try:
         stamp = record.stat().st_mtime_ns
     except OSError:
         return False
-    return path.name in _listed_maps(str(record), stamp)
+    names, tagged = _listed_maps(str(record), stamp)
+    return path.name in names and not (untagged and tagged)
 
 
 def made_map(path: Path, listing: str) -> bool:
     """``path``, in an ``embed`` or ``cluster`` folder's ``maps/``, is a map the toolkit wrote, as its contents say
     (a GeoTIFF's input tag, a NIfTI's ``descrip``) or, for maps of earlier versions without them, as the folder's
-    ``listing`` (``manifest.json``, ``summary.json``) lists it among its ``maps``; a PNG or GDAL's ``.aux.xml`` goes
-    with its map, a sidecar whose map is gone with the folder."""
+    ``listing`` (``manifest.json``, ``summary.json``, written before maps were tagged) lists it among its ``maps``
+    and it reads as a raster / volume; a PNG or GDAL's ``.aux.xml`` goes with its map, a sidecar whose map is gone
+    with the folder. A file at a listed name that says nothing, in a folder whose maps are tagged, is the user's."""
     name = path.name
     if name.endswith(".aux.xml"):  # GDAL's sidecar: with its map, or where the folder lists that map
         target = path.with_name(name[: -len(".aux.xml")])
@@ -301,13 +310,23 @@ def made_map(path: Path, listing: str) -> bool:
         return any(made_map(m, listing) if m.exists() else _listed(m, listing) for m in maps)
     if not path.is_file():
         return False
-    if _listed(path, listing):
-        return True
     if name.endswith(".tif"):
-        return recorded_input(path) is not None
+        return recorded_input(path) is not None or (_listed(path, listing, untagged=True) and _reads(path))
     try:
         import nibabel as nib
 
-        return bytes(nib.load(str(path)).header["descrip"]).decode("ascii", "replace").startswith(MAP_DESCRIP)
-    except Exception:  # noqa: BLE001 - not a NIfTI this toolkit wrote
+        descrip = bytes(nib.load(str(path)).header["descrip"]).decode("ascii", "replace")
+    except Exception:  # noqa: BLE001 - not a NIfTI, so not a map this toolkit wrote
+        return False
+    return descrip.startswith(MAP_DESCRIP) or _listed(path, listing, untagged=True)
+
+
+def _reads(path: Path) -> bool:
+    """``path`` opens as a raster (an earlier version's untagged map does; a text file at its name does not)."""
+    try:
+        import rasterio
+
+        with rasterio.open(path):
+            return True
+    except Exception:  # noqa: BLE001 - unreadable: not a map
         return False

@@ -31,6 +31,7 @@ from geomed_ssl.embeddings.store import fixed_list, load_embeddings, optional_mo
 from geomed_ssl.geo.grids import crs_name
 from geomed_ssl.embeddings.truth import check_classes, true_labels
 from geomed_ssl.errors import ConfigError
+from geomed_ssl.outcommands import MAPS_TAGGED
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.process import keeps_process_state
 from geomed_ssl.outfiles import atomic_path, atomic_write_text, save_figure
@@ -295,6 +296,7 @@ def cluster_embeddings(emb_dir: str | Path, out_dir: str | Path, method: str = "
                         f"{cols['y'][i]:.6f}", "" if z is None or z != z else f"{z:.6f}", crs[i], int(clusters[i])]
                        + ([truth_rows[i] if truth_rows[i] is not None else ""] if truth_rows is not None else []))
     summary["maps"] = write_cluster_maps(out, manifest, cols["grid_index"], clusters)
+    summary[MAPS_TAGGED] = True  # each map says it is ours: --overwrite takes no file in maps/ for its name alone
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return ClusterResult(out, summary, clusters)

@@ -47,6 +47,7 @@ from geomed_ssl.models.device import resolve_device
 from geomed_ssl.models.encoder import ViTEncoder
 from geomed_ssl.models.model_data import (catalog_for_encoder, check_value_ranges, export_data, naming_hint,
                                           note_encoder_naming, warn_other_scale)
+from geomed_ssl.outcommands import MAPS_TAGGED
 from geomed_ssl.outdirs import check_out_dir, free_bytes, prepare_out_dir, size_text
 from geomed_ssl.process import keeps_process_state
 
@@ -191,6 +192,7 @@ def ensure_maps(store: EmbeddingStore, manifest: dict[str, Any]) -> dict[str, An
     _, vectors = load_embeddings(store.dir)
     grid_index = read_columns(store.dir, ["grid_index"])["grid_index"]
     manifest["maps"] = write_embedding_maps(store.dir, manifest, vectors, grid_index, st["pca_dims"])
+    manifest[MAPS_TAGGED] = True  # each map says it is ours: --overwrite takes no file in maps/ for its name alone
     store.write_manifest(manifest)
     return manifest
 

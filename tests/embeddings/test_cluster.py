@@ -473,6 +473,21 @@ def test_overwrite_deletes_the_maps_it_wrote_and_refuses_a_users_file_named_like
             cluster_embeddings(emb, out, "kmeans", k=3, overwrite=True)
         assert theirs.is_file()
         theirs.unlink()
+    mine = out / "maps" / "scene_0_clusters.tif"  # a user's file at a map's own name: the listing no longer vouches
+    for content in (b"my notes", (data / "scene_0.tif").read_bytes()):  # a text file; a GeoTIFF without the tag
+        mine.write_bytes(content)
+        with pytest.raises(OutputError, match="also holds 'maps/scene_0_clusters.(tif|png)'"):  # the PNG goes
+            cluster_embeddings(emb, out, "kmeans", k=3, overwrite=True)  # with its map: the user's too
+        (out / "maps" / "scene_0_clusters.png").unlink(missing_ok=True)
+        with pytest.raises(OutputError, match="also holds 'maps/scene_0_clusters.tif'"):
+            cluster_embeddings(emb, out, "kmeans", k=3, overwrite=True)
+        assert mine.read_bytes() == content
+    summary = json.loads((out / "summary.json").read_text())
+    del summary["maps_tagged"]  # a folder of an earlier version, whose maps carried no tag: its listing vouches
+    (out / "summary.json").write_text(json.dumps(summary))
+    assert made_map(mine, "summary.json")
+    mine.write_bytes(b"my notes")  # but never for a file that is no raster at all
+    assert not made_map(mine, "summary.json")
 
 
 def test_a_volume_map_is_known_as_ours_by_its_nifti_description(tmp_path: Path) -> None:
@@ -488,5 +503,9 @@ def test_a_volume_map_is_known_as_ours_by_its_nifti_description(tmp_path: Path) 
     theirs = tmp_path / "emb3d" / "maps" / "atlas_embedding.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(theirs))
     assert not made_map(theirs, "manifest.json")
-    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(ours))  # an earlier version's map:
-    assert made_map(ours, "manifest.json")  # no description, but listed by the folder's manifest
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), str(ours))  # no description: a user's
+    assert not made_map(ours, "manifest.json")  # file, in a folder whose manifest says its maps carry theirs
+    manifest = json.loads((tmp_path / "emb3d" / "manifest.json").read_text())
+    del manifest["maps_tagged"]  # an earlier version's folder, whose maps had no description
+    (tmp_path / "emb3d" / "manifest.json").write_text(json.dumps(manifest))
+    assert made_map(ours, "manifest.json")  # listed by the folder's manifest

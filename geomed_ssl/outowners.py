@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from geomed_ssl.outcommands import COMMANDS, CommandSpec, matches, read_json_object
-from geomed_ssl.outfiles import atomic_write_text, is_temp_name
+from geomed_ssl.outfiles import atomic_write_text, final_name, is_temp_name
 from geomed_ssl.outlocks import LOCK, MERGE_LOCK
 
 MANIFEST = ".geomed-ssl.json"
@@ -118,10 +118,11 @@ def foreign_inside(folder: PathLike, found: Owner | None = None) -> list[str]:
                 if matches(n, spec.patterns) and not is_temp_name(n) and not spec.vouch(folder / n)]
     for name in found.ours:
         entry = folder / name
-        if entry.is_dir() and not entry.is_symlink() and not is_temp_name(name):  # a killed writer's folder: ours
-            patterns = next((v for k, v in spec.inside.items() if fnmatch.fnmatchcase(name, k)), None)
-            bad += [f"{name}/{p}" for p in _foreign_in_subfolder(entry, patterns, spec, name,
-                                                                  spec.vouch_inside.get(name))]
+        if entry.is_dir() and not entry.is_symlink():  # a killed writer's folder (a folder swapped in whole, the
+            real = final_name(name).name  # old one set aside) is judged as the one it stands for: it may hold the
+            patterns = next((v for k, v in spec.inside.items() if fnmatch.fnmatchcase(real, k)), None)  # user's
+            bad += [f"{name}/{p}" for p in _foreign_in_subfolder(entry, patterns, spec, real,
+                                                                  spec.vouch_inside.get(real))]
     return bad
 
 
@@ -168,22 +169,22 @@ def _foreign_in_subfolder(sub: Path, patterns: tuple[str, ...] | None, spec: Com
         if here != sub:
             walked.append(inner.as_posix())
         for d in list(dirs):
-            if is_temp_name(d) and not (here / d).is_symlink():  # a killed writer's folder: ours, not descended
-                dirs.remove(d)
-            elif (here / d).is_symlink():  # a link, never followed: the user's (below)
+            if (here / d).is_symlink():  # a link, never followed: the user's (below)
                 files.append(d)
                 dirs.remove(d)
             elif read_manifest(here / d) is not None:  # a folder of the toolkit's own: its own rule
                 dirs.remove(d)
                 at = (inner / d).as_posix()
                 bad += [f"{at}/{p}" for p in _nested(here / d, spec, f"{rel}/{at}")]
+        stands_for = "/".join(final_name(part).name for part in inner.parts)  # a killed writer's folder: as its own
         for f in files:
             path = (inner / f).as_posix()
             if (here / f).is_symlink():  # the toolkit makes no links, whatever the name
                 bad.append(path)
             elif is_temp_name(f):
                 ours.append(path)
-            elif not matches(path, patterns) or (vouch is not None and not vouch(here / f)):
+            elif not matches(f"{stands_for}/{f}" if stands_for else f, patterns) or (
+                    vouch is not None and not vouch(here / f)):
                 bad.append(path)
             else:
                 ours.append(path)

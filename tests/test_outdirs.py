@@ -81,6 +81,33 @@ def test_overwrite_deletes_what_killed_writers_left_and_names_backup_like_files(
     assert [p.name for p in out.iterdir()] == [MANIFEST]
 
 
+def test_overwrite_refuses_a_users_file_in_the_folder_a_killed_swap_set_aside(tmp_path: Path) -> None:
+    """Killed between the two renames of an export's swap: the old encoder/ (holding the user's notes) is set aside,
+    the new one (hard links to them) not yet in place. Both stand for encoder/, where notes.txt is the user's: they
+    were taken as ours whole, and --overwrite deleted the notes."""
+    import os
+    import shutil
+
+    from geomed_ssl.checkpoint import save_encoder
+    from tests.test_checkpoint import tiny_encoder
+
+    out = prepare_out_dir(tmp_path / "run", command="pretrain")
+    fill(out, "metrics.csv")
+    save_encoder(tiny_encoder(), out / "encoder")
+    (out / "encoder" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="also holds 'encoder/notes.txt'"):
+        prepare_out_dir(out, command="pretrain", overwrite=True)
+    shutil.copytree(out / "encoder", out / ".partial-4242.0a1b2c3d-encoder", copy_function=os.link)
+    os.replace(out / "encoder", out / ".replaced-4242.0a1b2c3d-encoder")
+    with pytest.raises(OutputError, match=r"also holds '\.(partial|replaced)-4242\.0a1b2c3d-encoder/notes.txt'"):
+        prepare_out_dir(out, command="pretrain", overwrite=True)
+    assert (out / ".replaced-4242.0a1b2c3d-encoder" / "notes.txt").read_text() == "mine"
+    (out / ".partial-4242.0a1b2c3d-encoder" / "notes.txt").unlink()
+    (out / ".replaced-4242.0a1b2c3d-encoder" / "notes.txt").unlink()
+    prepare_out_dir(out, command="pretrain", overwrite=True)  # what the swap left, without the notes: ours
+    assert [p.name for p in out.iterdir()] == [MANIFEST]
+
+
 def test_overwrite_deletes_only_the_entries_of_ours_and_refuses_before_deleting_any(tmp_path: Path) -> None:
     out = prepare_out_dir(tmp_path / "ft", command="finetune")
     fill(out, "metrics.json", "my_notes.md")

@@ -18,7 +18,7 @@ from typing import Any, Callable, TypeVar
 import lightning as L
 
 from geomed_ssl.errors import RunStopped, message_of
-from geomed_ssl.outfiles import atomic_write_text
+from geomed_ssl.outfiles import atomic_path, atomic_write_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 LOG_FILE = "log.txt"
@@ -82,12 +82,12 @@ class RunLog(logging.Handler):
                     "log there (move that file away to have one).")
                 self.disabled = True
                 return
-            self.fd = os.open(path, OPEN_FLAGS)
-            if resumed_at is None:
-                os.ftruncate(self.fd, 0)
             head = (f"--- resumed from step {resumed_at} (geomed-ssl {__version__}) ---" if resumed_at is not None
                     else f"--- geomed-ssl {__version__} ---")
-            os.write(self.fd, (head + "\n" + "".join(held)).encode())
+            earlier = path.read_bytes() if resumed_at is not None else b""
+            with atomic_path(path) as tmp:  # a new file, not the old one written in place: a snapshot of the run
+                tmp.write_bytes(earlier + (head + "\n" + "".join(held)).encode())  # (cp -al) keeps its own log
+            self.fd = os.open(path, OPEN_FLAGS)
             return
         record_entries(path.parent, [path.name])  # listed first: a file of this name is ours from its first byte
         head = (f"--- geomed-ssl {__version__}, resumed from step {resumed_at} (no log.txt was found) ---"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightning as L
@@ -29,6 +30,7 @@ def test_a_run_keeps_what_it_said_in_log_txt_and_a_resume_appends_to_it(raster_d
     run = tmp_path / "run"
     pretrain(RECIPE, raster_dir, run, overrides=RUN, progress=False)
     first = (run / "log.txt").read_text().splitlines()
+    os.link(run / "log.txt", tmp_path / "snapshot_log.txt")  # a hard-linked snapshot of the run (cp -al, rsnapshot)
     assert first[0].startswith("--- geomed-ssl ") and first[0].endswith(" ---")
     assert any("usable raster files under" in line for line in first)  # said before the folder existed
     assert "  step 2/2  loss " in first[-2] and first[-1].endswith("  done: 2 steps")  # the step lines, how it ended
@@ -37,6 +39,7 @@ def test_a_run_keeps_what_it_said_in_log_txt_and_a_resume_appends_to_it(raster_d
                  callbacks=[Fails()])
     lines = (run / "log.txt").read_text().splitlines()
     assert lines[: len(first)] == first
+    assert (tmp_path / "snapshot_log.txt").read_text().splitlines() == first  # the resume wrote a new file
     assert lines[len(first)].startswith("--- resumed from step 2 (geomed-ssl ")
     assert lines[-1].endswith("  error: the loss became nan in step 3; training stopped.")
 

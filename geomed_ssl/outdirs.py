@@ -62,7 +62,11 @@ Inputs = Mapping[str, PathLike | Sequence[PathLike] | None]
 
 # -- inputs -----------------------------------------------------------------------------------------------------
 def _resolved(path: PathLike) -> Path:
-    return Path(path).expanduser().resolve()
+    try:
+        return Path(path).expanduser().resolve()
+    except (RuntimeError, OSError) as err:  # a loop of symbolic links (RuntimeError before Python 3.13)
+        raise OutputError(f"'{path}' cannot be resolved ({err}): a loop of symbolic links? Point at a real folder."
+                          ) from None
 
 
 def _inputs(inputs: Inputs | None) -> Iterator[tuple[str, Path]]:

@@ -630,3 +630,11 @@ def test_sizes_in_warnings_are_in_the_unit_that_shows_them() -> None:
 
     assert [size_text(n) for n in (3.24e9, 48e9, 48e6, 5.2e5, 999)] == ["3.2 GB", "48 GB", "48 MB", "520 kB",
                                                                       "999 bytes"]
+
+
+def test_an_out_that_is_a_loop_of_links_is_one_line(tmp_path: Path) -> None:
+    """It was a RuntimeError traceback from Path.resolve()."""
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(OutputError, match="cannot be resolved .*a loop of symbolic links"):
+        check_out_dir(tmp_path / "a", command="pretrain", inputs={"data folder": tmp_path / "data"})

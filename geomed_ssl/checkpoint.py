@@ -74,6 +74,15 @@ def export_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def export_fingerprint(path: str | Path) -> str:
+    """Hash of an export's config.json plus its weights' size and modification time (cheap, unlike
+    :func:`export_digest`): a re-export, or other weights, is another one; a copy may be too."""
+    folder = find_encoder_dir(path)
+    st = (folder / "model.safetensors").stat()
+    text = (folder / "config.json").read_bytes() + f"{st.st_size}:{st.st_mtime_ns}".encode()
+    return hashlib.sha1(text).hexdigest()[:16]
+
+
 def read_meta(folder: Path) -> dict[str, Any]:
     """The export's config.json, checked to be a geomed-ssl export with an ``encoder`` mapping."""
     path = folder / "config.json"

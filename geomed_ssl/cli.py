@@ -439,11 +439,19 @@ def run() -> None:
     import os
     import signal
 
+    def leave(*_: object) -> None:
+        for stream in (sys.stdout, sys.stderr):  # what the command printed last is not lost with the exit
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001 - a stream in the middle of a write, or closed
+                pass
+        os._exit(130)
+
     try:
         app()
     finally:
         try:
-            signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+            signal.signal(signal.SIGINT, leave)
         except ValueError:  # not the main thread
             pass
 

@@ -175,8 +175,9 @@ def size_text(n_bytes: float) -> str:
     """A byte count in words, in decimal units: "3.2 GB", "48 MB", "512 kB" (never "0.0 GB" for a nearly full
     disk)."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n_bytes >= scale:
-            return f"{n_bytes / scale:.1f} {unit}" if n_bytes < 10 * scale else f"{n_bytes / scale:.0f} {unit}"
+        if n_bytes >= scale * 0.9995:  # 999.96 MB reads 1.0 GB, not 1000 MB
+            value = n_bytes / scale
+            return f"{value:.1f} {unit}" if round(value, 1) < 10 else f"{value:.0f} {unit}"
     return f"{int(n_bytes)} bytes"
 
 

@@ -166,7 +166,7 @@ def _foreign_in_subfolder(sub: Path, patterns: tuple[str, ...] | None, spec: Com
     for root, dirs, files in os.walk(sub):
         here = Path(root)
         inner = here.relative_to(sub)
-        if here != sub:
+        if here != sub and not any(is_temp_name(part) for part in inner.parts):  # an empty draft folder is ours
             walked.append(inner.as_posix())
         for d in list(dirs):
             if (here / d).is_symlink():  # a link, never followed: the user's (below)

@@ -628,8 +628,8 @@ def test_a_link_to_a_file_or_folder_anywhere_in_a_run_is_the_users(tmp_path: Pat
 def test_sizes_in_warnings_are_in_the_unit_that_shows_them() -> None:
     from geomed_ssl.outdirs import size_text
 
-    assert [size_text(n) for n in (3.24e9, 48e9, 48e6, 5.2e5, 999)] == ["3.2 GB", "48 GB", "48 MB", "520 kB",
-                                                                      "999 bytes"]
+    assert [size_text(n) for n in (3.24e9, 48e9, 48e6, 5.2e5, 999, 999.96e6)] == ["3.2 GB", "48 GB", "48 MB",
+                                                                                "520 kB", "999 bytes", "1.0 GB"]
 
 
 def test_an_out_that_is_a_loop_of_links_is_one_line(tmp_path: Path) -> None:
@@ -638,3 +638,13 @@ def test_an_out_that_is_a_loop_of_links_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "b").symlink_to(tmp_path / "a")
     with pytest.raises(OutputError, match="cannot be resolved .*a loop of symbolic links"):
         check_out_dir(tmp_path / "a", command="pretrain", inputs={"data folder": tmp_path / "data"})
+
+
+def test_overwrite_deletes_an_empty_draft_folder_a_killed_writer_left_inside_a_subfolder(tmp_path: Path) -> None:
+    """embed's part writer makes parts/.partial-<pid>.<host>-part-x/ before its first chunk: killed then, the empty
+    draft was taken for a folder of the user's and --overwrite refused the folder."""
+    out = prepare_out_dir(tmp_path / "emb", command="embed")
+    fill(out, "manifest.json")
+    (out / "parts" / ".partial-4242.0a1b2c3d-part-abcd1234").mkdir(parents=True)
+    prepare_out_dir(out, command="embed", overwrite=True)
+    assert [p.name for p in out.iterdir()] == [MANIFEST]

@@ -152,6 +152,9 @@ def baseline_lines(rows: Sequence[Row], metric: str) -> list[str]:
         mine = groups[(enc, best[enc])]
         for budget in sorted(mine):
             if (key := strongest(mine[budget], baselines, groups, budget)) is None:
+                if any(budget in groups[b] for b in baselines):  # scored, by compares of other seeds
+                    lines.append(f"| {enc} | {best[enc]} | - | {fraction_text(budget)} | no seed in common "
+                                 "(compares of other seeds) | - | 0 |")
                 continue
             if cells := paired_cells(mine[budget], groups[key][budget]):
                 lines.append(f"| {enc} | {best[enc]} | {key[0]} ({key[1]}) | {fraction_text(budget)} | {cells} |")

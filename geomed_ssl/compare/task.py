@@ -103,7 +103,7 @@ def load_segment_task(recipe: Recipe, images: str | Path, labels: str | Path | N
     if vals.size == 0:
         raise DataError(f"no labelled {'voxels' if nd == 3 else 'pixels'} in the label files of '{labels}'; check "
                         "labels.ignore_value and the label files' nodata.")
-    cmap = ClassMap.build(unique_ints(vals))
+    cmap = ClassMap.build(unique_ints(vals), recipe.labels.class_names)
     return Task("segment", catalog, [r for r, _ in pairs], cmap.encode(vals), list(cmap.names), nd, files, flats,
                 [tuple(a.shape) for a in arrays], arrays, masks, [p for _, p in pairs], cmap,
                 label_sources([p for _, p in pairs], recipe.data), label_grounds(pairs, arrays))

@@ -6,10 +6,11 @@ on a random subsample (``fit_max`` rows) and every row is then assigned: k-means
 ``hdbscan.approximate_predict`` when that package is installed, else by the cluster of the nearest fitted row
 (scikit-learn's HDBSCAN has no predict). Noise (HDBSCAN) is cluster -1.
 
-Outputs in ``out_dir``: ``clusters.parquet`` and ``clusters.csv`` (id, file, box, grid_index, centre, crs,
-cluster; label with labels), ``summary.json`` (sizes, silhouette, NMI/ARI against labels when given),
-``scatter.png`` (UMAP when umap-learn is installed, else PCA; coloured by cluster and by true label), and for window / patch levels
-``maps/<name>_clusters.tif|.nii.gz`` (int16 cluster per cell on the file's map grid, nodata -32768) with a PNG.
+Outputs in ``out_dir``: ``clusters.parquet`` and ``clusters.csv`` (id, file, box, grid_index, centre, cluster,
+label with labels, crs), ``summary.json`` (sizes, silhouette, NMI/ARI against labels when given),
+``scatter.png`` (UMAP when umap-learn is installed, else PCA; coloured by cluster and by true label), and for
+window / patch levels ``maps/<name>_clusters.tif|.nii.gz`` (int16 cluster per cell on the file's map grid, nodata
+-32768) with a PNG.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ import numpy as np
 
 from geomed_ssl.embeddings.maps import fill_grid, grid_stems, map_tags, save_label_png, write_grid
 from geomed_ssl.embeddings.store import fixed_list, load_embeddings, optional_module, read_columns
-from geomed_ssl.geo.grids import crs_name
 from geomed_ssl.embeddings.truth import check_classes, true_labels
 from geomed_ssl.errors import ConfigError
+from geomed_ssl.geo.grids import crs_name
 from geomed_ssl.outcommands import MAPS_TAGGED
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.process import keeps_process_state
@@ -288,13 +289,14 @@ def cluster_embeddings(emb_dir: str | Path, out_dir: str | Path, method: str = "
                                  "crs": pa.array(crs, pa.string())}), tmp)
     with atomic_path(out / "clusters.csv") as tmp, tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["id", "file", "box", "x", "y", "z", "crs", "cluster"]
-                   + (["label"] if truth_rows is not None else []))
+        w.writerow(["id", "file", "box", "x", "y", "z", "cluster"] + (["label"] if truth_rows is not None else [])
+                   + ["crs"])  # last: the columns before it are where they always were
         for i in range(n):
             z = cols["z"][i]
             w.writerow([int(cols["id"][i]), cols["file"][i], " ".join(map(str, cols["box"][i])), f"{cols['x'][i]:.6f}",
-                        f"{cols['y'][i]:.6f}", "" if z is None or z != z else f"{z:.6f}", crs[i], int(clusters[i])]
-                       + ([truth_rows[i] if truth_rows[i] is not None else ""] if truth_rows is not None else []))
+                        f"{cols['y'][i]:.6f}", "" if z is None or z != z else f"{z:.6f}", int(clusters[i])]
+                       + ([truth_rows[i] if truth_rows[i] is not None else ""] if truth_rows is not None else [])
+                       + [crs[i]])
     summary["maps"] = write_cluster_maps(out, manifest, cols["grid_index"], clusters)
     summary[MAPS_TAGGED] = True  # each map says it is ours: --overwrite takes no file in maps/ for its name alone
     summary["seconds"] = round(time.perf_counter() - t0, 3)

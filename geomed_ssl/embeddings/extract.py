@@ -20,7 +20,6 @@ stored in atomic parts (see :mod:`geomed_ssl.embeddings.store`): a killed run re
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
 import sys
@@ -32,7 +31,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from geomed_ssl.checkpoint import export_digest, find_encoder_dir, load_encoder, read_encoder_config
+from geomed_ssl.checkpoint import (export_digest, export_fingerprint, find_encoder_dir, load_encoder,
+                                   read_encoder_config)
 from geomed_ssl.config import DataConfig, recipe_with_overrides, sets_key
 from geomed_ssl.config.loading import override_list
 from geomed_ssl.data.catalog import Catalog, Problem, scan
@@ -175,14 +175,6 @@ def encoder_for(path: str | Path, catalog: Catalog, device: str | torch.device =
     return enc.to(device).eval(), catalog
 
 
-def encoder_fingerprint(path: str | Path) -> str:
-    """Hash of the export's config.json plus the weights' size and mtime: a re-exported encoder is another one."""
-    folder = find_encoder_dir(path)
-    st = (folder / "model.safetensors").stat()
-    text = (folder / "config.json").read_bytes() + f"{st.st_size}:{st.st_mtime_ns}".encode()
-    return hashlib.sha1(text).hexdigest()[:16]
-
-
 def ensure_maps(store: EmbeddingStore, manifest: dict[str, Any]) -> dict[str, Any]:
     """Patch level: write the PCA embedding maps unless the manifest lists them (a run killed while writing them
     redoes them on its next call)."""
@@ -246,9 +238,10 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
     if max(win) > 4096:
         raise ConfigError(f"--window {window}: at most 4096 pixels / voxels a side (embed reads windows whole).")
     if any(s > w for s, w in zip(strd, win)):
-        log.warning("warning: --stride %s is longer than --window %s: the %s px between windows are embedded in no "
+        log.warning("warning: --stride %s is longer than --window %s: the %s %s between windows are embedded in no "
                     "row, and each map cell is larger than the window it holds.", "x".join(map(str, strd)),
-                    "x".join(map(str, win)), "x".join(str(max(s - w, 0)) for s, w in zip(strd, win)))
+                    "x".join(map(str, win)), "x".join(str(max(s - w, 0)) for s, w in zip(strd, win)),
+                    "px" if len(win) == 2 else "voxels")
     data_cfg = data_config(meta, cfg.spatial_dims, cfg.patch_size if level == "image" else win, overrides, include,
                            exclude)
     taken = ({"band_names": list(data_cfg.band_names)}
@@ -270,7 +263,7 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
     enc, catalog = encoder_for(encoder, catalog, dev, data_cfg.spacing)
     emb = Embedder(enc, data_cfg, level, win, strd, pool, batch_size, min_valid, dev)
     settings = {"encoder": str(find_encoder_dir(encoder).resolve()), "encoder_digest": export_digest(encoder),
-                "encoder_fingerprint": encoder_fingerprint(encoder),
+                "encoder_fingerprint": export_fingerprint(encoder),
                 "data_dir": str(absolute(data_dir)),  # as the catalog's paths: links kept
                 "level": level, "window": list(win), "stride": list(strd),
                 "pool": pool, "dtype": dtype, "min_valid": float(min_valid), "pca_dims": int(pca_dims),

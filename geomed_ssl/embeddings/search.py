@@ -120,11 +120,11 @@ def same_encoder(path: str | Path, settings: dict[str, Any]) -> bool:
     copy elsewhere counts). A folder of an earlier version recorded only the export's size and time, which a copy
     changes: there a mismatch is a warning, not a refusal."""
     from geomed_ssl.checkpoint import export_digest
-    from geomed_ssl.embeddings.extract import encoder_fingerprint
+    from geomed_ssl.checkpoint import export_fingerprint
 
     if "encoder_digest" in settings:
         return export_digest(path) == settings["encoder_digest"]
-    if encoder_fingerprint(path) != settings.get("encoder_fingerprint"):
+    if export_fingerprint(path) != settings.get("encoder_fingerprint"):
         log.warning("warning: these embeddings were made by an earlier version, which recorded only the encoder's "
                     "file size and time; '%s' differs in them (a copy, or other weights), so it cannot be checked "
                     "to be the encoder that made them. Embed again with it (--overwrite) to be sure.", path)

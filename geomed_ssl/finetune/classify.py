@@ -108,6 +108,9 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
     warn_pretrain_only(overrides, "finetune")
     recipe, naming = with_encoder_naming(as_recipe(recipe, overrides, task="classify"), encoder, overrides)
     f, lab = recipe.finetune, recipe.labels
+    if lab.class_names:
+        log.warning("warning: labels.class_names names the values of label maps; class folders are named by their "
+                    "folders, so it is not used here.")
     if lab.split != "random":
         raise ConfigError(f"labels.split {lab.split} is for label maps (finetune segment); class folders are split by "
                           "image already: leave labels.split at random.")

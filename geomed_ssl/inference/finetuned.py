@@ -104,7 +104,7 @@ def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], o
     (default: the model's ``data.nodata``, else each file's tag). ``resume`` (segmentation): the class maps an earlier
     prediction of the same model, settings and inputs finished in ``out`` stay, the rest is predicted
     (:mod:`geomed_ssl.inference.resume`). Returns printable lines."""
-    from geomed_ssl.checkpoint import export_digest
+    from geomed_ssl.checkpoint import export_fingerprint
     from geomed_ssl.inference.predict import plan_outputs, predict_files, usable_inputs
     from geomed_ssl.inference.resume import finished, run_keys
     from geomed_ssl.inference.sliding import check_pace, proba_kind
@@ -136,7 +136,7 @@ def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], o
     planned = usable_inputs(plan_outputs([str(p) for p in inputs], out, cfg, meta["window"]), cfg, blend, stats,
                             strict, scale=scale, model=name, window=meta["window"],
                             room=(out, [c["value"] for c in meta["classes"]], probabilities))
-    runs = run_keys(planned, export_digest(ft_dir), {"overlap": float(overlap), "blend": blend,
+    runs = run_keys(planned, export_fingerprint(ft_dir), {"overlap": float(overlap), "blend": blend,
                                                      "probabilities": proba_kind(probabilities),
                                                      "data": dataclasses.asdict(cfg)})
     kept = finished(planned, runs, bool(probabilities)) if resume else []

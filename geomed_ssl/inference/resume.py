@@ -1,9 +1,10 @@
 """``predict --resume``: which class maps of an earlier prediction into the same folder can stay.
 
-Each output records a digest of what made it (``outcommands.RUN_TAG``): the model's weights and config, the settings
-that change its values (overlap, blend, probabilities, band names, nodata, the toolkit's version) and the input
-file(s) as they were (size and modification time). A map stays only when its digest (and, with probabilities,
-its probability file's) is the one this run would write; anything else is predicted again."""
+Each output records a digest of what made it (``outcommands.RUN_TAG``): the model (its config.json, and its
+weights' size and modification time), the settings that change its values (overlap, blend, probabilities, band
+names, nodata, the toolkit's version) and the input file(s) as they were (size and modification time). A map stays
+only when its digest (and, with probabilities, its probability file's) is the one this run would write; anything
+else is predicted again."""
 
 from __future__ import annotations
 
@@ -23,11 +24,11 @@ def input_state(path: Path) -> list[list[Any]]:
     return [[p.name, (st := p.stat()).st_size, st.st_mtime_ns] for p in files]
 
 
-def run_keys(planned: dict[Path, Path], model_digest: str, settings: dict[str, Any]) -> dict[Path, str]:
+def run_keys(planned: dict[Path, Path], model_id: str, settings: dict[str, Any]) -> dict[Path, str]:
     """The digest each input's outputs record: the model, ``settings`` (JSON-serialisable) and the input's state."""
     from geomed_ssl._version import __version__
 
-    common = {"model": model_digest, "version": __version__, **settings}
+    common = {"model": model_id, "version": __version__, **settings}
     keys = {}
     for p in planned:
         text = json.dumps({**common, "input": os.path.abspath(p), "state": input_state(Path(p))}, sort_keys=True)

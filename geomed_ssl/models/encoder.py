@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -118,12 +119,14 @@ class ViTEncoder(nn.Module):
         wavelength, ``U * N`` (unit-major) for grouped and spectral, ``k * N`` when ``tokens_per_position`` pools
         their units. ``channel_ids`` (spectral, wavelength): ``x`` holds only these of the encoder's bands, in this
         order (random band subsets during pretraining)."""
-        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or (
-                x.dtype != self.cls_token.dtype and not _autocasting(x.device.type)):
+        weights = self.cls_token.dtype
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or (x.dtype != weights and (
+                not _autocasting(x.device.type) or torch.float64 in (x.dtype, weights))):  # autocast casts no double
             what = type(x).__name__ if not isinstance(x, torch.Tensor) else f"a {x.dtype} tensor"
-            raise DataError(f"the encoder takes a {str(self.cls_token.dtype).removeprefix('torch.')} torch tensor "
-                            f"(B, C, *S) normalised as in training (its weights' type), got {what}: x, valid = "
-                            "enc.preprocess(raw_values) gives it.")
+            cast = "" if weights == torch.float32 else f", then x.to({weights})"
+            raise DataError(f"the encoder takes a {str(weights).removeprefix('torch.')} torch tensor (B, C, *S) "
+                            f"normalised as in training (its weights' type), got {what}: x, valid = "
+                            f"enc.preprocess(raw_values) gives it{cast}.")
         if hasattr(self, "unit_pool"):
             tokens, grid = self.patch_embed(x, channel_ids, by_position=True)  # (B, N, U, D)
             tokens = self.unit_pool(tokens)  # (B, k*N, D)
@@ -159,10 +162,12 @@ class ViTEncoder(nn.Module):
     def _layer_ids(self, layers: int | list[int] | tuple[int, ...] | None) -> list[int]:
         depth = len(self.blocks)
         ids = []
-        for i in [layers] if isinstance(layers, int) and not isinstance(layers, bool) else layers or []:
-            if not isinstance(i, int) or isinstance(i, bool):
+        one = isinstance(layers, numbers.Integral) and not isinstance(layers, bool)  # (numpy / torch ints too)
+        for i in [layers] if one else layers or []:
+            if not isinstance(i, numbers.Integral) or isinstance(i, bool):
                 raise ConfigError(f"encoder layers are block numbers (0..{depth - 1}, or negative from the end), got "
                                   f"{layers!r}.")
+            i = int(i)
             j = i + depth if i < 0 else i
             if not 0 <= j < depth:
                 raise ConfigError(f"encoder layer {i} does not exist; the encoder has {depth} blocks (0..{depth - 1}).")
@@ -198,7 +203,7 @@ class ViTEncoder(nn.Module):
         return out, [self.spatial_tokens(t[:, 1:], grid) for t in taps], grid
 
     def forward_features(
-        self, x: torch.Tensor, layers: list[int] | tuple[int, ...]
+        self, x: torch.Tensor, layers: int | list[int] | tuple[int, ...]
     ) -> tuple[list[torch.Tensor], tuple[int, ...]]:
         """Spatial tokens (B, N, D) of the chosen blocks (raw block outputs, CLS dropped, units merged by their
         mean) and the token grid. Blocks after the last one asked for are not run."""

@@ -84,10 +84,12 @@ class RunLog(logging.Handler):
                 return
             head = (f"--- resumed from step {resumed_at} (geomed-ssl {__version__}) ---" if resumed_at is not None
                     else f"--- geomed-ssl {__version__} ---")
-            earlier = path.read_bytes() if resumed_at is not None else b""
-            with atomic_path(path) as tmp:  # a new file, not the old one written in place: a snapshot of the run
-                tmp.write_bytes(earlier + (head + "\n" + "".join(held)).encode())  # (cp -al) keeps its own log
+            if path.stat().st_nlink > 1:  # a hard-linked snapshot of the run (cp -al, rsnapshot) keeps its own log:
+                _own_copy(path, keep=resumed_at is not None)  # written on from a copy of it, not in place
             self.fd = os.open(path, OPEN_FLAGS)
+            if resumed_at is None:
+                os.ftruncate(self.fd, 0)
+            os.write(self.fd, (head + "\n" + "".join(held)).encode())
             return
         record_entries(path.parent, [path.name])  # listed first: a file of this name is ours from its first byte
         head = (f"--- geomed-ssl {__version__}, resumed from step {resumed_at} (no log.txt was found) ---"
@@ -100,6 +102,19 @@ class RunLog(logging.Handler):
             os.close(self.fd)
             self.fd = None
         super().close()
+
+
+def _own_copy(path: Path, keep: bool) -> None:
+    """Put a file of its own in the place of ``path`` (one of several hard links to its data), with its content when
+    ``keep``, streamed (a long run's log can be large)."""
+    import shutil
+
+    with atomic_path(path) as tmp:
+        if keep:
+            with open(path, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        else:
+            tmp.write_bytes(b"")
 
 
 def _install(handler: RunLog) -> RunLog:

@@ -148,8 +148,9 @@ def _start(size: int, want: int, offset: int | None, axis: str, path: Path) -> t
     if not 0 <= offset < size:
         raise DataError(f"--window {axis} {offset} lies outside '{path}' ({size} pixels along {axis}s).")
     if offset + length > size:
+        axes = {"row": "rows", "col": "columns"}.get(axis, f"{axis}s")
         logging.getLogger("geomed_ssl").info(f"note: a {length}-pixel window from {axis} {offset} runs past the "
-                                             f"image's {size} {axis}s; it starts at {axis} {size - length} instead.")
+                                             f"image's {size} {axes}; it starts at {axis} {size - length} instead.")
         return size - length, length
     return offset, length
 

@@ -118,6 +118,9 @@ def test_a_pairing_without_a_seed_in_common_is_a_row_that_says_so() -> None:
     by = {tuple(c[:2]): c[3:] for c in map(cells, paired_lines(one + other, "oa")[2:])}
     assert by[("run", "linear")] == ["+0.050", "-", "1"]
     assert by[("run", "best: knn vs linear")] == ["no seed in common (compares of other seeds)", "-", "0"]
+    forest = [dict(r, seed="7") for r in rows({("rf", "forest"): {1: [0.50]}})]  # a baseline of another seed
+    said = {tuple(c[:2]): c[3:] for c in map(cells, baseline_lines(one + forest, "oa")[2:])}
+    assert said[("run", "linear")] == ["1", "no seed in common (compares of other seeds)", "-", "0"]
 
 
 def test_a_cell_with_fewer_seeds_than_the_others_says_how_many() -> None:

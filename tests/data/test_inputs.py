@@ -112,9 +112,12 @@ def test_preprocess_refuses_arrays_of_another_shape_or_band_count(tmp_path: Path
             enc(raw)  # named (a float16 tensor was a RuntimeError from inside the patch projection)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts each op's inputs itself
         assert enc(x.bfloat16()).shape[0] == 1
+        with pytest.raises(DataError, match="takes a float32 torch tensor"):
+            enc(x.double())  # but no double
     with pytest.raises(ConfigError, match=r"encoder layers are block numbers .* got \[True\]"):
         enc.forward_features(x, layers=[True])
     assert len(enc.forward_features(x, layers=-1)[0]) == 1  # one block, as a number
+    assert len(enc.forward_features(x, layers=[np.int64(0), -1])[0]) == 2  # numpy's integers are numbers too
 
 
 def test_preprocess_defaults_to_the_runs_nodata_setting(tmp_path: Path) -> None:

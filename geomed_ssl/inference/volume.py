@@ -129,6 +129,15 @@ class FileGridPrediction:
     orientation: str
 
 
+VOLUME_MARGIN = 4  # the window fraction (1/4) the volume is padded by on each side before the sliding window
+
+
+def volume_margin(roi: Sequence[int]) -> tuple[int, ...]:
+    """Voxels of edge padding per axis on each side of a volume: a window's outermost layers are where a decoder's
+    convolutions meet their zero padding, and a face of the volume covered only by window edges showed it."""
+    return tuple(max(1, int(r) // VOLUME_MARGIN) for r in roi)
+
+
 def predict_on_file_grid(model: ModelFn, record: Any, cfg: Any, stats: BandStats, roi: tuple[int, ...],
                          batch_size: int, num_classes: int, overlap: float, blend: str,
                          device: str | torch.device) -> FileGridPrediction:
@@ -146,11 +155,16 @@ def predict_on_file_grid(model: ModelFn, record: Any, cfg: Any, stats: BandStats
     x, valid = normalize(vol, stats, cfg.nodata)  # (C, X, Y, Z) float32, (X, Y, Z)
     del vol
     model_grid = tuple(x.shape[1:])
+    margin = volume_margin(roi)
     with torch.inference_mode():
+        padded = torch.nn.functional.pad(torch.from_numpy(x)[None], [m for m in reversed(margin) for _ in (0, 1)],
+                                         mode="replicate")  # (1, C, X + 2mx, ...): no face of the volume is a
+        del x  # window's edge, where a decoder's zero padding shows (tumour on the outermost layer, in the air)
         probs = sliding_window_inference(
-            torch.from_numpy(x)[None], roi, batch_size, lambda b: window_scores(model, b, num_classes),
-            overlap=overlap, mode=blend, sw_device=device, device="cpu")[0].float()  # (K, X, Y, Z)
-        del x
+            padded, roi, batch_size, lambda b: window_scores(model, b, num_classes),
+            overlap=overlap, mode=blend, sw_device=device, device="cpu")[0].float()  # (K, X + 2mx, ...)
+        del padded
+        probs = probs[(slice(None), *(slice(m, m + n) for m, n in zip(margin, model_grid)))]
         if blends_logits(model):  # a softmax in place: one volume per class is the largest thing held here
             probs -= probs.amax(dim=0, keepdim=True)
             probs.exp_()

@@ -242,6 +242,35 @@ def test_nifti_prediction_keeps_the_input_grid_and_voxels(tmp_path, orient):
     assert proba.shape == (*ref.shape, 3) and np.array_equal(proba.affine, ref.affine)
 
 
+def test_a_volumes_faces_are_not_predicted_from_window_edges_alone(tmp_path):
+    """A model that leans to class 1 on the outermost layer of every window (a decoder's convolutions meeting their
+    zero padding there): the faces of the volume, reached by window edges only, were all class 1 (BraTS: tumour on
+    the outermost layer, in the air). Padded by a quarter window, a face is no likelier to be class 1 than the
+    inside, where windows overlap."""
+    import nibabel as nib
+
+    from geomed_ssl.config import DataConfig
+
+    def edge_model(x: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(x.shape[0], 2, *x.shape[2:])
+        logits[:, 0] = 1.0
+        edge = torch.ones(x.shape[2:], dtype=torch.bool)
+        edge[1:-1, 1:-1, 1:-1] = False
+        logits[:, 1, edge] = 2.0
+        return logits
+
+    vol = np.random.default_rng(0).random((40, 40, 40)).astype(np.float32)
+    src = tmp_path / "case.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(src))
+    out = tmp_path / "case_pred.nii.gz"
+    predict_volume(edge_model, src, out, stats_of(vol[None], ["band_1"]), roi_size=16,
+                   data_cfg=DataConfig(kind="volume", intensity="none"), num_classes=2)
+    labels = np.asarray(nib.load(str(out)).dataobj)
+    face = np.ones(labels.shape, bool)
+    face[1:-1, 1:-1, 1:-1] = False
+    assert labels[face].mean() <= labels[~face].mean() < 0.05  # it was 1.0 on the faces
+
+
 def test_nifti_prediction_after_resampling_maps_back_to_the_input_grid(tmp_path):
     import nibabel as nib
 

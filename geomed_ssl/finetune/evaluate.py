@@ -164,9 +164,16 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
         if images is None or (labels is None and recipe.labels.label_name is None):
             raise GeomedError("a segmentation model is evaluated with --images IMG_DIR --labels LABELS (a folder, "
                               "a label file or a CSV), or with labels.label_name set in its recipe.")
-        sized = dataclasses.replace(recipe.data, patch_size=list(meta["window"]))  # what the model reads
-        catalog = scan(images, sized, strict=strict, names_by_position=position, majority=False,
-                       reader=f"the model '{ft_dir}'")
+        sized = dataclasses.replace(recipe.data, patch_size=list(meta["window"]),  # what the model reads; a file
+                                    **({} if Path(images).is_dir() else {"include": ["**/*"], "exclude": []}))  # named
+        try:  # is scored whatever the training's data.include picked (as predict predicts it)
+            catalog = scan(images, sized, strict=strict, names_by_position=position, majority=False,
+                           reader=f"the model '{ft_dir}'")
+        except DataError as err:
+            if "data.include" not in str(err):
+                raise
+            raise DataError(f"{err} (The data.include / data.exclude are the model's, from its training: give "
+                            "--images one file to score it whatever they say.)") from None
         catalog.warn_problems()
         native = dataclasses.replace(recipe.data, spacing=None)  # every labelled voxel of the files, once
         pairs, arrays, masks = read_label_pairs(catalog.records, labels, recipe.labels, native,

@@ -257,6 +257,25 @@ def test_nodata_stated_at_predict_marks_an_untagged_collar_as_nodata(tmp_path: P
     assert set(np.unique(maps["stated"][:, 8:])) <= {1, 2}
 
 
+def test_evaluate_scores_a_named_file_the_training_include_left_out_and_says_so_for_a_folder(tmp_path: Path) -> None:
+    """A model trained with data.include=[train_*] could not be evaluated on test.tif, and the error pointed at a
+    setting evaluate does not take."""
+    ft = make_ft_dir(tmp_path, data={"include": ["train_*"]})
+    scene = 1000 + structured_raster(np.random.default_rng(2), 4, 40).astype(np.float32) * 2000
+    labels = np.ones((1, 40, 40), np.uint8)
+    labels[:, 20:] = 2
+    for folder, arr in (("img", scene), ("lab", labels)):
+        (tmp_path / folder).mkdir()
+        write_geotiff(tmp_path / folder / "test.tif", arr)
+    res = runner.invoke(app, ["evaluate", str(ft), "--images", str(tmp_path / "img" / "test.tif"), "--labels",
+                              str(tmp_path / "lab" / "test.tif"), "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "ev" / "metrics.json").is_file()
+    res = runner.invoke(app, ["evaluate", str(ft), "--images", str(tmp_path / "img"), "--labels",
+                              str(tmp_path / "lab"), "--out", str(tmp_path / "ev2")])
+    assert res.exit_code == 2 and "give --images one file to score it" in " ".join(res.output.split())
+
+
 def test_nodata_stated_at_evaluate_leaves_an_untagged_collar_unscored(tmp_path: Path) -> None:
     """evaluate --nodata 0: the labelled pixels under an untagged 0 collar are no data, so they are not scored."""
     import json

@@ -729,6 +729,20 @@ def nifti_for_raster_encoder(root: Path) -> list[str]:
     return ["attention", str(enc), str(root / "ct.nii.gz"), "--out", str(root / "a.png")]
 
 
+def volumes_for_a_raster_encoder(root: Path) -> list[str]:
+    """finetune segment on NIfTI volumes with a 2D encoder: the encoder's sensor named the volumes' bands first, so
+    the error was about the sensor profile's 13 bands, not the encoder's dimensionality."""
+    import nibabel as nib
+
+    enc = encoder_for_bands(root, ["B02", "B03"])
+    (root / "vols").mkdir()
+    vol = np.random.default_rng(0).random((24, 24, 24)).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(root / "vols" / "t1.nii.gz"))
+    nib.save(nib.Nifti1Image((vol > 0.5).astype(np.uint8) + 1, np.eye(4)), str(root / "vols" / "t1_seg.nii.gz"))
+    return ["finetune", "segment", "recipes/mae_mri.yaml", "--encoder", str(enc), "--images", str(root / "vols"),
+            "--labels", str(root / "vols"), "--out", str(root / "ft")]
+
+
 def corrupt_file_for_classifier(root: Path) -> list[str]:
     from tests.inference.test_finetuned import make_ft_dir
 
@@ -755,6 +769,9 @@ DATA_CASES: list[Case] = [
          "is a NIfTI volume but this model was trained on 2D GeoTIFF rasters"),
     Case("nifti-given-to-a-raster-encoder", nifti_for_raster_encoder,
          "is a NIfTI volume but encoder"),
+    Case("volumes-fine-tuned-from-a-raster-encoder", volumes_for_a_raster_encoder,
+         "is 2D (rasters) but data.kind is 'volume' (volumes are to be fine-tuned): give an encoder pretrained on "
+         "volumes, or --encoder none."),
     Case("corrupt-file-for-a-classifier-under-strict", corrupt_file_for_classifier, "broken.tif"),
 ]
 

@@ -23,7 +23,7 @@ from geomed_ssl.finetune.labels import label_colors, label_grounds, label_source
 from geomed_ssl.finetune.probe import fit_probe_model
 from geomed_ssl.finetune.sampling import training_area_maps
 from geomed_ssl.finetune.seg_data import SparseLabelDataset
-from geomed_ssl.errors import DataError
+from geomed_ssl.errors import ConfigError, DataError
 from geomed_ssl.models.device import resolve_device
 from geomed_ssl.models.model_data import naming_hint, note_encoder_naming
 from geomed_ssl.models.seg_decoder import SegmentationModel
@@ -68,7 +68,12 @@ def training_window(recipe: Recipe, encoder: str | Path | None) -> list[int]:
     if encoder is None or str(encoder).lower() == "none":
         return own
     window = [int(n) for n in read_encoder_config(encoder)[0].img_size]
-    return window if len(window) == nd else own  # a 3D encoder for 2D data: refused later, in its own words
+    if len(window) != nd:  # before the images are scanned with the encoder's naming (a 2D sensor's for volumes)
+        kinds = {2: "2D (rasters)", 3: "3D (volumes)"}
+        raise ConfigError(f"encoder '{encoder}' is {kinds[len(window)]} but data.kind is '{recipe.data.kind}' "
+                          f"({kinds[nd].split(' ')[1].strip('()')} are to be fine-tuned): give an encoder pretrained "
+                          f"on {kinds[nd].split(' ')[1].strip('()')}, or --encoder none.")
+    return window
 
 
 @keeps_process_state

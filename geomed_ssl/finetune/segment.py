@@ -69,10 +69,10 @@ def training_window(recipe: Recipe, encoder: str | Path | None) -> list[int]:
         return own
     window = [int(n) for n in read_encoder_config(encoder)[0].img_size]
     if len(window) != nd:  # before the images are scanned with the encoder's naming (a 2D sensor's for volumes)
-        kinds = {2: "2D (rasters)", 3: "3D (volumes)"}
-        raise ConfigError(f"encoder '{encoder}' is {kinds[len(window)]} but data.kind is '{recipe.data.kind}' "
-                          f"({kinds[nd].split(' ')[1].strip('()')} are to be fine-tuned): give an encoder pretrained "
-                          f"on {kinds[nd].split(' ')[1].strip('()')}, or --encoder none.")
+        data = {2: "rasters", 3: "volumes"}
+        raise ConfigError(f"encoder '{encoder}' is {len(window)}D ({data[len(window)]}) but data.kind is "
+                          f"'{recipe.data.kind}' ({data[nd]} are to be fine-tuned): give an encoder pretrained on "
+                          f"{data[nd]}, or --encoder none.")
     return window
 
 

@@ -169,11 +169,10 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
         try:  # is scored whatever the training's data.include picked (as predict predicts it)
             catalog = scan(images, sized, strict=strict, names_by_position=position, majority=False,
                            reader=f"the model '{ft_dir}'")
-        except DataError as err:
-            if "data.include" not in str(err):
-                raise
-            raise DataError(f"{err} (The data.include / data.exclude are the model's, from its training: give "
-                            "--images one file to score it whatever they say.)") from None
+        except DataError as err:  # a folder the model's data.include leaves empty: say whose setting it is
+            raise (DataError(f"{err} (The data.include / data.exclude are the model's, from its training: give "
+                             "--images one file to score it whatever they say.)") if "data.include" in str(err)
+                   else err) from None
         catalog.warn_problems()
         native = dataclasses.replace(recipe.data, spacing=None)  # every labelled voxel of the files, once
         pairs, arrays, masks = read_label_pairs(catalog.records, labels, recipe.labels, native,

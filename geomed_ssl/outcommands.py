@@ -77,18 +77,20 @@ def _our_recipe(path: Path) -> bool:
 
 
 def _our_checkpoint(folder: Path) -> bool:
-    """A checkpoint in ``folder`` holds our ``geomed_ssl`` section (read with weights_only and mmap, so nothing is
-    unpickled and the tensors are not read)."""
+    """A checkpoint in ``folder`` holds our ``geomed_ssl`` section."""
+    return any(_our_checkpoint_file(path) for path in (sorted(folder.glob("*.ckpt")) if folder.is_dir() else []))
+
+
+def _our_checkpoint_file(path: Path) -> bool:
+    """``path`` is a checkpoint holding our ``geomed_ssl`` section (read with weights_only and mmap, so nothing is
+    unpickled and the tensors are not read); unreadable, pickled or not a torch file: not one of ours."""
     import torch
 
-    for path in sorted(folder.glob("*.ckpt")) if folder.is_dir() else []:
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # unreadable, pickled or not a torch file: no evidence either way
-            continue
-        if isinstance(ckpt, dict) and isinstance(ckpt.get("geomed_ssl"), dict):
-            return True
-    return False
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001
+        return False
+    return isinstance(ckpt, dict) and isinstance(ckpt.get("geomed_ssl"), dict)
 
 
 def _legacy_run(folder: Path) -> bool:
@@ -180,7 +182,10 @@ COMMANDS: dict[str, CommandSpec] = {
                             _legacy_run, {"checkpoints": CKPT_FILES, "encoder": EXPORT_FILES,
                                           "previews": tuple(f"{s}.png" for s in _STEPS),
                                           "tensorboard": ("events.out.tfevents.*", "hparams.yaml",
-                                                          "*/events.out.tfevents.*", "*/hparams.yaml")}),
+                                                          "*/events.out.tfevents.*", "*/hparams.yaml")},
+                            # a checkpoint is ours by its contents (a manifest copied into a folder of the user's
+                            # made a plain-text checkpoints/last.ckpt ours by its name)
+                            vouch_inside={"checkpoints": _our_checkpoint_file}),
     "finetune": CommandSpec(("config.yaml", "labels_used.npz", "metrics_train.csv", "checkpoints", "model",
                              "metrics.json", "confusion.png", "eval"),
                             legacy=_legacy_finetune,

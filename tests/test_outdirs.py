@@ -25,6 +25,14 @@ def fill(folder: Path, *names: str) -> None:
         (folder / name).write_text(name)
 
 
+def our_checkpoint(path: Path) -> None:
+    """A checkpoint as pretraining writes it: our section in it (a checkpoint is ours by its contents)."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {}, "geomed_ssl": {"method": "mae"}}, path)
+
+
 def tagged_map(path: Path) -> None:
     """A one-pixel GeoTIFF with the provenance tags embed's and cluster's maps carry."""
     import rasterio
@@ -428,7 +436,10 @@ def test_overwrite_deletes_what_the_commands_write_inside_their_subfolders(tmp_p
                  "previews/.partial-7.0a1b2c3d-step-000400.png", "tensorboard/events.out.tfevents.1.host.2.0",
                  "tensorboard/hparams.yaml", ".partial-12.0a1b2c3d-encoder/config.json"):
         (run / name).parent.mkdir(parents=True, exist_ok=True)
-        (run / name).write_text("ours")
+        if name.endswith(".ckpt") and "partial" not in name:
+            our_checkpoint(run / name)
+        else:
+            (run / name).write_text("ours")
     prepare_out_dir(run, command="pretrain", overwrite=True)
     assert [p.name for p in run.iterdir()] == [MANIFEST]
 
@@ -456,8 +467,7 @@ def test_overwrite_deletes_a_compare_folder_with_its_selections_and_random_encod
 def test_a_subfolder_with_its_own_manifest_follows_its_own_rule(tmp_path: Path) -> None:
     demo = prepare_out_dir(tmp_path / "demo", command="demo")
     run = prepare_out_dir(demo / "pretrain", command="pretrain")
-    (run / "checkpoints").mkdir()
-    (run / "checkpoints" / "last.ckpt").write_text("ours")
+    our_checkpoint(run / "checkpoints" / "last.ckpt")
     (run / "my_notes.md").write_text("the user's")
     with pytest.raises(OutputError, match="also holds 'pretrain/my_notes.md'"):
         prepare_out_dir(demo, command="demo", overwrite=True)
@@ -614,7 +624,7 @@ def test_a_link_to_a_file_or_folder_anywhere_in_a_run_is_the_users(tmp_path: Pat
     --overwrite): only links to folders at the top were taken for the user's. The toolkit makes no links at all."""
     run = prepare_out_dir(tmp_path / "run", command="pretrain")
     (run / "checkpoints").mkdir()
-    (run / "checkpoints" / "step-000010.ckpt").write_bytes(b"ours")
+    our_checkpoint(run / "checkpoints" / "step-000010.ckpt")
     (run / "previews").mkdir()
     mine = tmp_path / "elsewhere" / Path(placed).name
     mine.parent.mkdir()
@@ -648,3 +658,26 @@ def test_overwrite_deletes_an_empty_draft_folder_a_killed_writer_left_inside_a_s
     (out / "parts" / ".partial-4242.0a1b2c3d-part-abcd1234").mkdir(parents=True)
     prepare_out_dir(out, command="embed", overwrite=True)
     assert [p.name for p in out.iterdir()] == [MANIFEST]
+
+
+def test_a_checkpoint_is_ours_by_its_contents_not_its_name(tmp_path: Path) -> None:
+    """A manifest copied into a folder of the user's made their plain-text checkpoints/last.ckpt ours by its name,
+    and --overwrite deleted it."""
+    import shutil
+
+    import torch
+
+    run = prepare_out_dir(tmp_path / "run", command="pretrain")
+    (run / "checkpoints").mkdir()
+    torch.save({"state_dict": {}, "geomed_ssl": {"method": "mae"}}, run / "checkpoints" / "last.ckpt")
+    fill(run, "metrics.csv")
+    mine = tmp_path / "mine"
+    (mine / "checkpoints").mkdir(parents=True)
+    (mine / "checkpoints" / "last.ckpt").write_text("precious")
+    fill(mine, "metrics.csv")
+    shutil.copy(run / MANIFEST, mine / MANIFEST)
+    with pytest.raises(OutputError, match="also holds 'checkpoints/last.ckpt'"):
+        prepare_out_dir(mine, command="pretrain", overwrite=True)
+    assert (mine / "checkpoints" / "last.ckpt").read_text() == "precious"
+    prepare_out_dir(run, command="pretrain", overwrite=True)  # a checkpoint of ours goes
+    assert [p.name for p in run.iterdir()] == [MANIFEST]

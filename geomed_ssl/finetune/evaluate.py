@@ -19,7 +19,7 @@ from geomed_ssl.finetune.labels import LabelSelection, read_label
 from geomed_ssl.windows.splits import GROUND_PREFIX
 from geomed_ssl.finetune.metrics import (background_index, classification_metrics, confusion_matrix,
                                         foreground_dice, write_metrics)
-from geomed_ssl.inference.finetuned import data_config, load_run, model_fn, model_stats, with_data
+from geomed_ssl.inference.finetuned import as_named, data_config, load_run, model_fn, model_stats, with_data
 from geomed_ssl.inference.writers import class_lookup
 from geomed_ssl.models.model_data import warn_other_scale
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
@@ -164,9 +164,8 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
         if images is None or (labels is None and recipe.labels.label_name is None):
             raise GeomedError("a segmentation model is evaluated with --images IMG_DIR --labels LABELS (a folder, "
                               "a label file or a CSV), or with labels.label_name set in its recipe.")
-        sized = dataclasses.replace(recipe.data, patch_size=list(meta["window"]),  # what the model reads; a file
-                                    **({} if Path(images).is_dir() else {"include": ["**/*"], "exclude": []}))  # named
-        try:  # is scored whatever the training's data.include picked (as predict predicts it)
+        sized = dataclasses.replace(as_named(recipe.data, images), patch_size=list(meta["window"]))  # as predict
+        try:  # reads it: a named file is scored whatever the training's data.include picked
             catalog = scan(images, sized, strict=strict, names_by_position=position, majority=False,
                            reader=f"the model '{ft_dir}'")
         except DataError as err:  # a folder the model's data.include leaves empty: say whose setting it is

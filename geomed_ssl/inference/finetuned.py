@@ -158,6 +158,12 @@ def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], o
             + [f"{s['input']} -> {s['output']}" for s in summaries])
 
 
+def as_named(data_cfg: DataConfig, path: str | Path) -> DataConfig:
+    """``data_cfg`` for reading ``path``: a folder as its ``data.include`` / ``data.exclude`` say, a file the user
+    named whatever they say."""
+    return data_cfg if Path(path).is_dir() else dataclasses.replace(data_cfg, include=["**/*"], exclude=[])
+
+
 def image_records(meta: dict[str, Any], recipe: Any, inputs: Sequence[str | Path], strict: bool = False) -> list[Any]:
     """Catalog records of the images to classify: the given files, or the images under the given folders that the
     model's data settings select. Problem files are skipped with a warning (an error with ``strict``)."""
@@ -169,8 +175,7 @@ def image_records(meta: dict[str, Any], recipe: Any, inputs: Sequence[str | Path
     for item in inputs:
         item = Path(item)
         check_input_kind(item, cfg.kind, "this model")
-        data_cfg = dataclasses.replace(recipe.data, patch_size=cfg.patch_size,  # the model's window, not the recipe's
-                                       **({} if item.is_dir() else {"include": ["**/*"], "exclude": []}))
+        data_cfg = dataclasses.replace(as_named(recipe.data, item), patch_size=cfg.patch_size)  # the model's window
         try:  # each image meets the model by band name: no majority of band counts among the inputs
             catalog = scan(item, data_cfg, strict=strict, names_by_position="error" if strict else "warn",
                            majority=False, reader="this model")

@@ -74,10 +74,9 @@ def volume_grid_diffs(ras_shape: Sequence[int], ras_affine: np.ndarray, label: s
         img = nib.load(label)
     except Exception as err:
         raise DataError(f"cannot open label volume '{label}' ({err}); is it a NIfTI file?") from None
-    from geomed_ssl.geo.voxels import AFFINE_PROBLEM, maps_a_grid
+    from geomed_ssl.finetune.label_read import check_label_affine
 
-    if not maps_a_grid(img.affine):
-        raise DataError(f"label volume '{label}' {AFFINE_PROBLEM}, or leave its image out with data.exclude.")
+    check_label_affine(label, img.affine)
     shape = tuple(int(s) for s in img.shape)
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]

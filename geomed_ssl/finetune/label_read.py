@@ -18,7 +18,7 @@ from geomed_ssl.geo.validity import is_fill
 from geomed_ssl.errors import DataError
 from geomed_ssl.finetune.sampling import unique_ints
 from geomed_ssl.geo.gdal_read import has_dataset_mask
-from geomed_ssl.geo.voxels import nearest_index, resampled_shape, voxel_mm
+from geomed_ssl.geo.voxels import AFFINE_PROBLEM, maps_a_grid, nearest_index, resampled_shape, voxel_mm
 
 log = logging.getLogger("geomed_ssl")
 
@@ -219,6 +219,12 @@ def _unlabelled_mark(arr: np.ndarray, nodata: float | None, valid: np.ndarray | 
     return None
 
 
+def check_label_affine(path: str | Path, affine: np.ndarray) -> None:
+    """A DataError naming the label volume ``path`` when its ``affine`` maps no 3D grid (reorienting: a traceback)."""
+    if not maps_a_grid(affine):
+        raise DataError(f"label volume '{path}' {AFFINE_PROBLEM}, or leave its image out with data.exclude.")
+
+
 def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata: float | None = None,
                spacing: Sequence[float] | None = None, window: tuple[int, int, int, int] | None = None,
                remap: dict | None = None, warn_coverage: bool = False, facts: UnlabelledFacts | None = None,
@@ -257,18 +263,13 @@ def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata
         return _to_labels(arr, nodata if nodata is not None else file_nodata, ignore_value, path, remap, valid, facts)
     import nibabel as nib
 
-    from geomed_ssl.geo.voxels import AFFINE_PROBLEM, maps_a_grid
-
     try:
         img = nib.load(path)
-        affine = np.asarray(img.affine, np.float64)
-    except Exception as err:
-        raise DataError(f"cannot read label volume '{path}' ({err}); is it a NIfTI file?") from None
-    if not maps_a_grid(affine):
-        raise DataError(f"label volume '{path}' {AFFINE_PROBLEM}, or leave its image out with data.exclude.")
-    try:
+        check_label_affine(path, img.affine)
         img = nib.as_closest_canonical(img)
         arr = np.asanyarray(img.dataobj)
+    except DataError:
+        raise
     except Exception as err:
         raise DataError(f"cannot read label volume '{path}' ({err}); is it a NIfTI file?") from None
     while arr.ndim > 3 and arr.shape[-1] == 1:

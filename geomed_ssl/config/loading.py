@@ -134,17 +134,16 @@ def warn_pretrain_only(overrides: Sequence[str] | None, command: str) -> None:
     """One warning naming the ``--set train.K=...`` of ``overrides`` that ``command`` (a fine-tune or compare) does
     not read, each with the ``finetune`` setting that does the job, where one does: without it a user's
     ``--set train.max_steps=2000`` would be dropped without a word."""
-    ignored = [o for o in override_list(overrides)
-               if o.split("=", 1)[0].strip().removeprefix("train.") in PRETRAIN_ONLY and o.strip().startswith("train.")]
-    if not ignored:
-        return
     said = []
-    for text in ignored:
+    for text in override_list(overrides):
         key, _, value = text.partition("=")
-        own = PRETRAIN_ONLY[key.strip().removeprefix("train.")]
-        said.append(f"{text.strip()} (use --set {own}={value.strip()})" if own else f"{text.strip()} (no "
-                    "fine-tune setting does this)")
-    log.warning(f"{command} does not read pretraining's schedule settings; ignored: {'; '.join(said)}.")
+        section, _, name = key.strip().partition(".")
+        if section == "train" and name in PRETRAIN_ONLY:
+            own = PRETRAIN_ONLY[name]
+            said.append(f"{text.strip()} (use --set {own}={value.strip()})" if own else f"{text.strip()} (no "
+                        "fine-tune setting does this)")
+    if said:
+        log.warning(f"{command} does not read pretraining's schedule settings; ignored: {'; '.join(said)}.")
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

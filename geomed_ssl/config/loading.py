@@ -167,12 +167,17 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section.strip(), key.strip(), parsed
 
 
+def string_list(values: Sequence[str] | None, name: str, what: str) -> list[str]:
+    """``values`` (``name``: a list of ``what``) as a list; one string (from Python) is refused, which would be read
+    letter by letter."""
+    if isinstance(values, (str, bytes)):
+        raise ConfigError(f"{name} is a list of {what}, e.g. [{str(values)!r}]; got {values!r}.")
+    return list(values or [])
+
+
 def override_list(overrides: Sequence[str] | None) -> list[str]:
-    """``--set`` strings as a list; one string (from Python) is refused, which would be read letter by letter."""
-    if isinstance(overrides, (str, bytes)):
-        raise ConfigError(f"overrides is a list of 'section.key=value' strings, e.g. [{str(overrides)!r}]; got "
-                          f"{overrides!r}.")
-    return list(overrides or [])
+    """``--set`` strings as a list (:func:`string_list`)."""
+    return string_list(overrides, "overrides", "'section.key=value' strings")
 
 
 def apply_overrides(raw: dict[str, Any] | None, overrides: list[str] | None,

@@ -34,7 +34,7 @@ import torch
 from geomed_ssl.checkpoint import (export_digest, export_fingerprint, find_encoder_dir, load_encoder,
                                    read_encoder_config)
 from geomed_ssl.config import DataConfig, recipe_with_overrides, sets_key
-from geomed_ssl.config.loading import override_list
+from geomed_ssl.config.loading import override_list, string_list
 from geomed_ssl.data.catalog import Catalog, Problem, scan
 from geomed_ssl.files.listing import absolute, file_stamps
 from geomed_ssl.data.stats import BandStats
@@ -85,14 +85,6 @@ def parse_size(value: str | int | Sequence[int] | None, ndim: int, name: str) ->
     if len(items) != ndim or any(v < 1 for v in items):
         raise ConfigError(f"{name} '{value}': expected a positive integer or {ndim} comma-separated ones.")
     return tuple(items)
-
-
-def patterns(globs: Sequence[str] | None, name: str) -> list[str] | None:
-    """``include`` / ``exclude`` globs as a list; one string (from Python) is refused, which would be read letter
-    by letter."""
-    if isinstance(globs, (str, bytes)):
-        raise ConfigError(f"{name} is a list of glob patterns, e.g. [{str(globs)!r}]; got {globs!r}.")
-    return None if globs is None else list(globs)
 
 
 def data_config(meta: dict[str, Any], spatial_dims: int, patch_size: Sequence[int], overrides: list[str] | None,
@@ -226,8 +218,8 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
     if int(batch_size) < 1 or int(pca_dims) < 0:
         raise ConfigError(f"batch_size (--batch-size) must be >= 1 and pca_dims (--pca) >= 0, got {batch_size} and "
                           f"{pca_dims}.")
-    overrides, include, exclude = (override_list(overrides), patterns(include, "include"),
-                                   patterns(exclude, "exclude"))
+    overrides, include, exclude = (override_list(overrides), string_list(include, "include", "glob patterns"),
+                                   string_list(exclude, "exclude", "glob patterns"))
     cfg, meta = read_encoder_config(encoder)
     if pool == "auto":
         pool = auto_pool(meta)

@@ -130,6 +130,7 @@ def unit_mismatch(records: Sequence[Any], band_names: Sequence[str]) -> list[tup
 ANISOTROPY = 3.0  # voxels this many times longer along one axis: windows and tokens are that much longer in mm
 VOXEL_SPREAD = 1.5  # voxel sizes this far apart along an axis: the volumes show anatomy at different scales
 ROTATION_SQUARE = 1.1  # a quarter turn in a plane of voxels this unequal changes what the voxels look like
+MANY_FRAMES = 16  # a NIfTI with more volumes than this along its 4th axis looks like a time series, not contrasts
 
 
 def _mm(size: Sequence[float]) -> str:
@@ -246,6 +247,12 @@ def warn_survey(catalog: Any, spacing: Sequence[float] | None = None, rotation_a
         log.warning(line)
     if blank := blank_volumes(catalog.records):
         log.warning(BLANK_VOLUMES, len(blank), blank[0])
+    if frames := [r for r in catalog.records if r.kind == "volume" and r.num_bands > MANY_FRAMES * len(r.paths)]:
+        log.warning("warning: '%s'%s holds %d volumes along its 4th axis, each read as a channel: a time series (fMRI, "
+                    "diffusion, perfusion) makes a %d-channel model. If they are not contrasts of one image (FLAIR, T1, "
+                    "...), split the file (fslsplit) and keep the volumes you want with data.include.", frames[0].path,
+                    f" (and {len(frames) - 1} more)" if len(frames) > 1 else "", frames[0].num_bands,
+                    frames[0].num_bands)
     if intensity == "ct" and (unlike := not_ct(catalog.records)):
         path, low = unlike[0]
         log.warning("warning: %d volume(s) read as CT (data.intensity: ct) do not look like CT: '%s' reaches only "

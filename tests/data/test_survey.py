@@ -239,6 +239,26 @@ def test_blank_volumes_are_warned_about_by_inspect_and_pretrain_and_a_folder_of_
     check_fillable(scan(tmp_path / "blank", cfg), (16, 16, 16), 0.5)  # one scan holds data: trained on, warned
 
 
+def test_a_time_series_nifti_read_as_channels_is_warned_about_and_a_few_contrasts_are_not(tmp_path, caplog) -> None:
+    """A 4D NIfTI's 4th axis is read as channels (the Decathlon's FLAIR / T1 / T1c / T2 stacks); a 20-volume fMRI
+    silently became a 20-channel model."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(0)
+    for name, frames in (("contrasts", 4), ("bold", 20)):
+        (tmp_path / name).mkdir()
+        vol = rng.normal(size=(20, 20, 20, frames)).astype(np.float32)
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / name / "scan.nii.gz"))
+    cfg = DataConfig(kind="volume", patch_size=16)
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        warn_survey(scan(tmp_path / "contrasts", cfg))
+    assert "4th axis" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        warn_survey(scan(tmp_path / "bold", cfg))
+    assert "scan.nii.gz' holds 20 volumes along its 4th axis, each read as a channel: a time series" in caplog.text
+    assert "split the file (fslsplit)" in caplog.text
+
+
 def test_volumes_read_as_ct_that_do_not_look_like_ct_are_warned_about(tmp_path, caplog) -> None:
     """An MR scan in a CT folder (the abdomen sample's example_mr_sm) was clipped to the HU window without a word."""
     import nibabel as nib

@@ -25,8 +25,8 @@ FAR_SPANS = 5.0  # a file band this many archive spans (median p99 - median p1) 
 FAR_FACTOR = 10.0  # ... and this many times its magnitude is far (a fill value such as 65535 or 3e38)
 
 
-def _counted(counts: Counter, limit: int = 4) -> str:
-    items = [f"{k} ({n} file{'s' if n != 1 else ''})" for k, n in counts.most_common(limit)]
+def _counted(counts: Counter, limit: int = 4, unit: str = "file") -> str:
+    items = [f"{k} ({n} {unit}{'s' if n != 1 else ''})" for k, n in counts.most_common(limit)]
     return ", ".join(items) + (f", and {len(counts) - limit} more" if len(counts) > limit else "")
 
 
@@ -46,10 +46,11 @@ def grid_lines(records: Sequence[Any]) -> list[str]:
         lines[-1] += " (degrees as metres on the ground at each file's centre)"
     volumes = [r for r in records if r.kind == "volume"]
     spaced = [(*map(float, r.spacing), "mm") for r in volumes if r.spacing]
+    unit = "sample" if any(len(r.paths) > 1 for r in volumes) else "file"  # data.channels stacks files
     if spaced:
-        lines.append("  voxel spacing: " + _counted(size_groups(spaced)))
+        lines.append("  voxel spacing: " + _counted(size_groups(spaced), unit=unit))
     if volumes:
-        lines.append("  orientation: " + _counted(Counter(r.orientation or "unknown" for r in volumes)))
+        lines.append("  orientation: " + _counted(Counter(r.orientation or "unknown" for r in volumes), unit=unit))
     return lines
 
 

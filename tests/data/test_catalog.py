@@ -262,6 +262,7 @@ def test_channels_stack_each_case_of_a_folder_of_several_as_nnunet_lays_them_out
     assert back.records[1].case == "case_001"
     assert cat.summary().startswith("2 usable volume samples (stacked from 4 files by data.channels; 2 of them cases "
                                     "of a shared folder)")
+    assert "orientation: RAS (2 samples)" in cat.summary()  # the samples counted, not their files
 
 
 def test_channels_on_different_grids_are_a_problem_naming_both_files(tmp_path, make_nii):

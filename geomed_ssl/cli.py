@@ -344,8 +344,8 @@ def cluster(
     typer.echo(f"{s['clusters']} clusters over {s['rows']} rows (noise {s['noise_fraction']:.1%}); silhouette "
                f"{fmt(s['silhouette'])}" + (f"; NMI {fmt(s['nmi'])}  ARI {fmt(s['ari'])} vs {s['labels']}"
                                             if "nmi" in s else ""))
-    typer.echo(f"summary: {out / 'summary.json'}  table: {out / 'clusters.parquet'}  scatter: {out / 'scatter.png'}"
-               + (f"  maps: {out / 'maps'}" if s["maps"] else ""))
+    typer.echo(f"summary: {out / 'summary.json'}  table: {out / 'clusters.csv'} (and .parquet)  scatter: "
+               f"{out / 'scatter.png'}" + (f"  maps: {out / 'maps'}" if s["maps"] else ""))
 
 
 @app.command()

@@ -247,7 +247,7 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
         if figure is not None:
             commit_partial(figure, out / "similar.png")
         commit_partial(table, out / "similar.csv")
-    lines = [f"query: {qpath}" + (f" box {box_list}" if box_list else "") + f"  ({st['level']} level, "
+    lines = [f"query: {query}" + (f" box {box_list}" if box_list else "") + f"  ({st['level']} level, "
              f"{vectors.shape[0]} rows)", *hit_lines(hits, st["data_dir"], nd)]
     lines.append(f"table: {out / 'similar.csv'}"
                  + (f"  contact sheet: {out / 'similar.png'}" if sheet and hits else ""))

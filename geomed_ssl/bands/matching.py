@@ -153,6 +153,9 @@ def band_order(expected: Sequence[str], found: Sequence[str], where: str,
                     "one within a nanometre (or a side's wavelengths are unknown): give the file the model's band "
                     "names as descriptions (in rasterio: dataset.set_band_description(band, name), opened in r+ "
                     "mode), or pretrain on files described like this one")
+        if len(have) < len(want):  # no renaming can cover them
+            hint = (f"the model reads {len(want)} bands and the data holds {len(have)}: give data with the model's "
+                    "bands, or pretrain an encoder on data like this")
         raise DataError(f"'{where}' bands do not cover the model's: missing {brief(missing, as_list=True)}, extra "
                         f"{brief(extra, as_list=True)} (data: {brief(have)}; model: {brief(want)}); {hint}."
                         f"{look_alike}")

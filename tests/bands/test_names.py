@@ -192,6 +192,15 @@ def test_band_mismatch_message_lists_every_band_when_few():
         band_order(["B02", "B03", "B04"], ["B02", "B03"], "x.tif")
 
 
+def test_data_with_fewer_bands_than_the_model_is_told_so_not_to_rename_them():
+    """A 13-band chip given to a 200-band model was advised to set data.band_names, which cannot cover 200 bands."""
+    with pytest.raises(DataError) as err:
+        band_order([f"B{i:03d}" for i in range(1, 201)], [f"band_{i}" for i in range(1, 14)], "chip.tif",
+                   source="sensor")
+    assert "the model reads 200 bands and the data holds 13: give data with the model's bands" in str(err.value)
+    assert "data.band_names" not in str(err.value)
+
+
 def test_repeated_band_names_get_the_fix_that_works_for_where_they_come_from():
     with pytest.raises(DataError, match=r"\['B04'\] repeat; the file's own band descriptions .*set_band_description"):
         bands.resolve_band_info(3, ["B04", "B04", "B08"], {}, DataConfig(band_names=["a", "b", "c"]), "f.tif")

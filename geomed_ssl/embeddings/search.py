@@ -299,12 +299,15 @@ def write_hits_csv(hits: list[dict[str, Any]], path: Path) -> None:
 def hit_lines(hits: list[dict[str, Any]], root: str, nd: int) -> list[str]:
     """The hits as a printed table (files relative to the embedded data folder when under it)."""
     z = nd == 3
-    lines = [f"{'rank':>4}  {'score':>7}  {'box':<24} {'x':>12} {'y':>12} " + (f"{'z':>10} " if z else "") + " file"]
+    crs = 0 if z else max((len(h["crs"] or "") for h in hits), default=0)  # x / y of rasters in several CRSs
+    lines = [f"{'rank':>4}  {'score':>7}  {'box':<24} {'x':>12} {'y':>12} " + (f"{'z':>10} " if z else "")
+             + (f"{'crs':<{crs}} " if crs else "") + " file"]
     for h in hits:
         rel = os.path.relpath(os.path.normpath(h["file"]), root)
         rel = h["file"] if rel.startswith("..") else rel
         lines.append(f"{h['rank']:>4}  {h['score']:7.4f}  {' '.join(map(str, h['box'])):<24} {h['x']:12.9g} "
-                     f"{h['y']:12.9g} " + (f"{h['z']:10.2f} " if z else "") + f" {rel}")  # 9 digits: degrees too
+                     f"{h['y']:12.9g} " + (f"{h['z']:10.2f} " if z else "")  # 9 digits: degrees too
+                     + (f"{h['crs'] or '-':<{crs}} " if crs else "") + f" {rel}")
     return lines
 
 

@@ -94,6 +94,8 @@ def test_similar_cli_prints_the_table_and_writes_csv_and_contact_sheet(archive: 
     assert [float(r["score"]) for r in rows] == sorted((float(r["score"]) for r in rows), reverse=True)
     assert {r["crs"] for r in rows} == {"EPSG:32633"}  # which units x and y are in
     assert f"{float(rows[0]['x']):12.9g}" in result.output  # metres (and degrees) printed to the metre or better
+    assert " crs " in result.output and " EPSG:32633 " in result.output  # printed too: hits may span UTM zones
+    assert f"query: {data / 'scene_0.tif'}" in result.output  # as given
     assert (out / "similar.png").stat().st_size > 1000
     bad = runner.invoke(app, ["similar", str(emb), "--query", str(data / "scene_0.tif"), "--box", "1,2,3"])
     assert bad.exit_code == 2 and "ROW,COL,H,W" in bad.output

@@ -178,7 +178,8 @@ def labelled_files(path: Path, files: Sequence[dict[str, Any]], nd: int, native:
         chosen = _named_after(path, chosen)  # patches placed nowhere share the identity "grid" without one ground
     names = ", ".join(os.path.basename(f["path"]) for f in chosen[:4]) + (" ..." if len(chosen) > 4 else "")
     extra = f" (of {len(same)} on its grid: the ones in the folder nearest it)" if len(chosen) < len(same) else ""
-    log.info("label map %s labels %d embedded file(s)%s: %s", path.name, len(chosen), extra, names)
+    log.info("label map %s covers %d embedded file%s%s: %s", path.name, len(chosen), "s" if len(chosen) > 1 else "",
+             extra, names)
     return chosen
 
 

@@ -357,6 +357,9 @@ def similar(
     box: Optional[str] = typer.Option(None, "--box", help="A box in it: ROW,COL,H,W (rasters) or I,J,K,DI,DJ,DK "
                                       "(volumes: voxel indices and sizes along the RAS axes i=Right, j=Anterior, "
                                       "k=Superior, as the stored `box` column); default the whole file."),
+    at: Optional[str] = typer.Option(None, "--at", help="Or a map point X,Y of the query raster (in its CRS, or "
+                                     "--at-crs): the window or patch cell of the stored grid that holds it."),
+    at_crs: Optional[str] = typer.Option(None, "--at-crs", help="The CRS of --at, e.g. EPSG:4326 (lon,lat)."),
     top: int = typer.Option(10, "--top", help="Number of neighbours."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default EMB_DIR/search/<query>)."),
     include_self: bool = typer.Option(False, "--include-self", help="Keep the query's own rows among the hits."),
@@ -364,11 +367,12 @@ def similar(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda[:N]."),
     strict: bool = StrictOpt,
 ) -> None:
-    """Nearest neighbours (cosine) of a file or a box in it among stored embeddings, with a contact sheet."""
+    """Nearest neighbours (cosine) of a file, a box in it or a map point among stored embeddings, with a contact
+    sheet."""
     from geomed_ssl.embeddings.search import find_similar
 
     for line in find_similar(emb_dir, query, box=box, top=top, out_dir=out, include_self=include_self,
-                             encoder=encoder, device=device, strict=strict).lines:
+                             encoder=encoder, device=device, strict=strict, at=at, at_crs=at_crs).lines:
         typer.echo(line)
 
 

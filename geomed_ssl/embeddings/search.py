@@ -76,6 +76,55 @@ def parse_box(text: str | Sequence[int] | None, nd: int) -> list[int] | None:
     return box
 
 
+def parse_at(at: str | Sequence[float], nd: int, level: str) -> tuple[float, float]:
+    """``--at X,Y`` -> (x, y), for embeddings of rasters at window or patch level (refused otherwise)."""
+    if nd != 2 or level == "image":
+        raise ConfigError("--at picks a window or patch cell of a georeferenced raster by a map point: "
+                          + ("these are volume embeddings; give --box I,J,K,DI,DJ,DK." if nd != 2 else
+                             "at --level image each file is one row; give --query alone."))
+    try:
+        x, y = (float(v) for v in (at.split(",") if isinstance(at, str) else at))
+    except ValueError:
+        raise ConfigError(f"--at '{at}': expected X,Y, a map point in the query file's CRS (or --at-crs).") from None
+    return x, y
+
+
+def box_at(point: tuple[float, float], record: FileRecord, emb: Embedder, at_crs: str | None = None) -> list[int]:
+    """A map point (x, y) of the raster ``record`` (in its CRS, or ``at_crs``) -> the box of the stored row that
+    holds it: the patch cell under it (``--level patch``), or the window of the embedding's grid whose centre is
+    nearest (``--level window``)."""
+    from affine import Affine
+
+    from geomed_ssl.geo.grids import placed
+
+    x, y = point
+
+    if not placed(record.crs, record.transform):
+        raise DataError(f"'{record.path}' has no georeference, so a map point cannot be placed on it; give --box "
+                        "ROW,COL,H,W.")
+    if at_crs is not None and record.crs is None:
+        raise DataError(f"'{record.path}' has no CRS to carry --at-crs {at_crs} to; give --at in its own coordinates.")
+    if at_crs is not None:
+        from rasterio.crs import CRS
+        from rasterio.errors import CRSError
+        from rasterio.warp import transform
+
+        try:
+            (x,), (y,) = transform(CRS.from_user_input(at_crs), CRS.from_user_input(record.crs), [x], [y])
+        except CRSError as err:
+            raise ConfigError(f"--at-crs '{at_crs}': {err}") from None
+    col, row = ~Affine(*list(record.transform)[:6]) @ (x, y)
+    h, w = record.shape
+    if not (0 <= row < h and 0 <= col < w):
+        raise DataError(f"--at {x:.9g},{y:.9g} lies outside '{record.path}' (pixel row {row:.1f}, col {col:.1f} of "
+                        f"{h} x {w}; CRS {crs_name(record.crs, 'none')}): give a point on the file, in its CRS or "
+                        "with --at-crs.")
+    if emb.level == "patch":  # the cells tile the file from its origin
+        return [int(v) - int(v) % p for v, p in zip((row, col), emb.patch)] + list(emb.patch)
+    starts = [max(0, round((v - n / 2) / s)) * s for v, n, s in zip((row, col), emb.window, emb.stride)]
+    return starts + list(emb.window)
+
+
 def cosine_top_k(vectors: np.ndarray, query: np.ndarray, k: int,
                  exclude: set[int] = frozenset()) -> tuple[np.ndarray, np.ndarray]:
     """Indices and cosine similarities of the ``k`` rows of ``vectors`` (N, D) most similar to ``query`` (D,),
@@ -195,10 +244,12 @@ def query_vector(emb: Embedder, record: FileRecord, box: list[int] | None) -> tu
 @keeps_process_state
 def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int] | None = None, top: int = 10,
                  out_dir: str | Path | None = None, include_self: bool = False, encoder: str | Path | None = None,
-                 device: str | None = "auto", sheet: bool = True, strict: bool = False) -> SearchResult:
-    """The ``top`` stored rows most similar (cosine) to ``query`` (a file, or ``box`` in it): ``similar.csv`` and a
-    contact sheet ``similar.png`` in ``out_dir`` (default ``EMB_DIR/search/<query name>``). ``strict``: the query's
-    band names assigned by position are an error, not a warning."""
+                 device: str | None = "auto", sheet: bool = True, strict: bool = False,
+                 at: str | Sequence[float] | None = None, at_crs: str | None = None) -> SearchResult:
+    """The ``top`` stored rows most similar (cosine) to ``query`` (a file, ``box`` in it, or the window or cell at
+    the map point ``at``, :func:`box_at`): ``similar.csv`` and a contact sheet ``similar.png`` in ``out_dir``
+    (default ``EMB_DIR/search/<query name>``). ``strict``: the query's band names assigned by position are an error,
+    not a warning."""
     search_dir = Path(emb_dir) / "search"
     rule: dict[str, Any] = {"command": "similar", "resume": True, "allow_inside": [search_dir],
                             "inputs": {"embedding folder": emb_dir, "query file": query, "encoder": encoder}}
@@ -216,7 +267,12 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
     nd = len(st["window"])
     if top < 1:
         raise ConfigError(f"--top must be at least 1, got {top}.")
+    if box is not None and at is not None:
+        raise ConfigError("give --box or --at, not both.")
+    if at_crs is not None and at is None:
+        raise ConfigError("--at-crs is the CRS of --at's point; give --at X,Y with it.")
     box_list = parse_box(box, nd)  # before the query is read or the encoder loaded
+    point = parse_at(at, nd, st["level"]) if at is not None else None
     qpath = Path(query).resolve()
     if not qpath.exists():
         raise DataError(f"query file '{query}' does not exist.")
@@ -225,6 +281,8 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
     check_input_kind(qpath, "raster" if nd == 2 else "volume", "the encoder of these embeddings")
     record = record_for(qpath, DataConfig(**st["data"]), "error" if strict else "warn")
     emb = embedder_for(manifest, record, encoder, device)
+    if point is not None:
+        box_list = box_at(point, record, emb, at_crs)
     qvec, region = query_vector(emb, record, box_list)
     exclude = set() if include_self else rows_of_region(emb_dir, manifest, qpath, region if box_list else None, nd)
     idx, sims = cosine_top_k(vectors, qvec, top, exclude)
@@ -247,7 +305,8 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
         if figure is not None:
             commit_partial(figure, out / "similar.png")
         commit_partial(table, out / "similar.csv")
-    lines = [f"query: {query}" + (f" box {box_list}" if box_list else "") + f"  ({st['level']} level, "
+    lines = [f"query: {query}" + (f" at {at}" if at is not None else "") + (f" box {box_list}" if box_list else "")
+             + f"  ({st['level']} level, "
              f"{vectors.shape[0]} rows)", *hit_lines(hits, st["data_dir"], nd)]
     lines.append(f"table: {out / 'similar.csv'}"
                  + (f"  contact sheet: {out / 'similar.png'}" if sheet and hits else ""))

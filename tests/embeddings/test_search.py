@@ -66,6 +66,46 @@ def test_a_one_cell_patch_query_is_that_cells_stored_vector(archive: tuple[Path,
     assert all(not (16 <= cols["box"][j][0] + 2 <= 28 and 16 <= cols["box"][j][1] + 2 <= 28) for j in inside)
 
 
+def test_a_map_point_queries_the_stored_window_or_cell_that_holds_it(archive: tuple[Path, Path],
+                                                                     tmp_path: Path) -> None:
+    """A GIS user has a point (clicked in QGIS, or lon / lat), not pixel rows and columns: --at finds the window
+    of the embedding's grid nearest it (or the patch cell under it), in the file's CRS or --at-crs."""
+    import rasterio
+    from rasterio.warp import transform
+
+    data, enc = archive
+    emb = tmp_path / "emb"
+    embed_folder(enc, data, emb, level="window", stride=8, progress=False)
+    with rasterio.open(data / "scene_2.tif") as src:
+        x, y = src.xy(21, 29)  # the centre of pixel (21, 29): nearest the centre of the window at (16, 24)
+        crs = src.crs
+    hit = find_similar(emb, data / "scene_2.tif", at=f"{x},{y}", top=1, include_self=True, out_dir=tmp_path / "q",
+                       sheet=False).hits[0]
+    assert hit["file"].endswith("scene_2.tif") and hit["box"] == [16, 24, 16, 16]
+    assert hit["score"] == pytest.approx(1.0, abs=1e-5)
+    (lon,), (lat,) = transform(crs, "EPSG:4326", [x], [y])
+    result = runner.invoke(app, ["similar", str(emb), "--query", str(data / "scene_2.tif"), "--at", f"{lon},{lat}",
+                                 "--at-crs", "EPSG:4326", "--top", "2", "--out", str(tmp_path / "q2")])
+    assert result.exit_code == 0, result.output
+    assert "box [16, 24, 16, 16]" in result.output
+    with (tmp_path / "q2" / "similar.csv").open() as fh:  # its own window left out, as for --box
+        assert all(r["box"] != "16 24 16 16" or not r["file"].endswith("scene_2.tif") for r in csv.DictReader(fh))
+    far = runner.invoke(app, ["similar", str(emb), "--query", str(data / "scene_2.tif"), "--at", f"{x + 1e5},{y}"])
+    assert far.exit_code == 2 and "lies outside" in far.output and "scene_2.tif" in far.output
+    both = runner.invoke(app, ["similar", str(emb), "--query", str(data / "scene_2.tif"), "--at", f"{x},{y}",
+                               "--box", "0,0,4,4"])
+    assert both.exit_code == 2 and "give --box or --at, not both" in both.output
+    cells = tmp_path / "cells"
+    embed_folder(enc, data, cells, level="patch", pca_dims=0, progress=False)
+    cell = find_similar(cells, data / "scene_2.tif", at=(x, y), top=1, include_self=True, sheet=False,
+                        out_dir=tmp_path / "q3").hits[0]
+    assert cell["box"] == [20, 28, 4, 4] and cell["score"] == pytest.approx(1.0, abs=1e-5)  # the cell under it
+    whole = tmp_path / "whole"
+    embed_folder(enc, data, whole, level="image", progress=False)
+    refused = runner.invoke(app, ["similar", str(whole), "--query", str(data / "scene_2.tif"), "--at", f"{x},{y}"])
+    assert refused.exit_code == 2 and "at --level image each file is one row" in refused.output
+
+
 def test_volume_box_query(tmp_path: Path) -> None:
     vols = volumes(tmp_path / "vols")
     enc = make_encoder(vols, tmp_path / "enc3d", kind="volume")

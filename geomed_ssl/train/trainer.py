@@ -183,6 +183,12 @@ def build_trainer(t: Any, out: Path, cbs: list[L.Callback]) -> L.Trainer:
     if (threads := fit_threads_to_quota(trainer.num_devices)) is not None and trainer.is_global_zero:
         log.info(f"torch threads set to {threads} per process: the CPUs this node may use, shared by "
                  f"{trainer.num_devices} training process(es).")
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    if isinstance(trainer.accelerator, CPUAccelerator) and trainer.num_devices > (cpus := usable_cpus()):
+        if trainer.is_global_zero:
+            log.warning(f"warning: train.devices {trainer.num_devices} CPU processes on {cpus} CPUs take turns on the "
+                        f"cores, so each step is slower than with {cpus} or fewer.")
     return trainer
 
 

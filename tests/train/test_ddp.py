@@ -275,6 +275,22 @@ def test_auto_strategy_on_several_devices_in_a_notebook_forks(monkeypatch) -> No
     assert calls == []
 
 
+def test_more_cpu_processes_than_cpus_are_warned_about(monkeypatch, tmp_path: Path, caplog) -> None:
+    """train.devices=3 on a 2-core machine ran silently at half the speed of 2 processes (the DDP audit)."""
+    import logging
+
+    from geomed_ssl.config.sections import TrainConfig
+    from geomed_ssl.train import trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "usable_cpus", lambda: 2)
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        trainer_mod.build_trainer(TrainConfig(accelerator="cpu", devices=2, strategy="ddp"), tmp_path, [])
+    assert "take turns" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        trainer_mod.build_trainer(TrainConfig(accelerator="cpu", devices=3, strategy="ddp"), tmp_path, [])
+    assert "train.devices 3 CPU processes on 2 CPUs take turns on the cores" in caplog.text
+
+
 def test_auto_precision_asks_the_gpu_about_bf16_only_when_nothing_forks(monkeypatch) -> None:
     from geomed_ssl.train.trainer import resolve_precision
 

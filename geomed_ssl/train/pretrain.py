@@ -138,7 +138,7 @@ def resolve_recipe(recipe: Recipe | str | Path | None, out: Path, overrides: lis
             raise GeomedError(f"--resume: there is no run in '{out}' to continue; start it without --resume.")
         return recipe_from_checkpoint(out, overrides)
     resumed = with_method_settings(load_recipe(saved, overrides), str(saved), saved=True)
-    note_unread_recipe(recipe, saved)
+    note_unread_recipe(recipe, saved, overrides)
     return kept_as_started(resumed, saved_settings(saved), overrides)
 
 
@@ -185,19 +185,24 @@ def check_views(recipe: Recipe) -> Recipe:
     return recipe
 
 
-def note_unread_recipe(recipe: Recipe | str | Path | None, saved: Path) -> None:
+def note_unread_recipe(recipe: Recipe | str | Path | None, saved: Path, overrides: list[str] | None = None) -> None:
     """A note when ``--resume`` is given a RECIPE whose settings differ from the run's own ``config.yaml`` (or that
-    cannot be read): it is not read again, so an edit there does not apply (``--set`` changes a setting)."""
+    cannot be read): it is not read again, so an edit there does not apply (``--set`` changes a setting). Both are
+    compared with this command's ``overrides`` applied, so the --set values the run was started with, given again,
+    are no difference."""
     if recipe is None or isinstance(recipe, Recipe):
         return
     from geomed_ssl.train.checkpointing import flat_settings
 
-    try:
-        given = flat_settings(load_recipe(recipe, None).to_dict())
-    except GeomedError:
-        given = None
+    given = None
+    for sets in (overrides, None):  # --set values the recipe cannot take: compare without them
+        try:
+            given, overrides = flat_settings(load_recipe(recipe, sets).to_dict()), sets
+            break
+        except GeomedError:
+            continue
     if given is not None:
-        kept = flat_settings(load_recipe(saved, None).to_dict())
+        kept = flat_settings(load_recipe(saved, overrides).to_dict())
         differ = [k for k in sorted(given) if k in kept and given[k] != kept[k] and given[k] not in (None, "auto")]
         if not differ:
             return

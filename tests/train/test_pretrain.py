@@ -407,6 +407,14 @@ def test_resume_says_that_a_recipe_given_beside_it_is_not_read(tmp_path: Path, c
     notes = [r.getMessage() for r in caplog.records]
     assert len(notes) == 2 and "cannot be read" in notes[0] and "method.mask_ratio" in notes[1]
     assert all("is not read again" in n and "--set key=value" in n for n in notes)
+    caplog.clear()
+    started = ["train.max_steps=7", "method.mask_ratio=0.6"]  # a run started with --set values, resumed with them
+    load_recipe("recipes/mae_sentinel2.yaml", started).save(saved)
+    with caplog.at_level(logging.INFO, logger="geomed_ssl"):
+        note_unread_recipe("recipes/mae_sentinel2.yaml", saved, started)
+        assert not caplog.records  # the same settings once this command's --set values apply
+        note_unread_recipe("recipes/mae_sentinel2.yaml", saved, ["train.max_steps=9"])
+    assert "differs in method.mask_ratio" in caplog.records[0].getMessage()  # not in train.max_steps, set now
 
 
 @pytest.mark.parametrize("recipe, overrides, message", [

@@ -380,7 +380,7 @@ METHOD_CASES: list[Case] = [
                                                      "data.sensor=null", "data.patch_size=16"),
          "method.queue_size 1000 is longer than the data, which holds 8 distinct windows"),
     Case("contrastive-batch-of-one", pretrain_with("method.name=simclr", "train.batch_size=1"),
-         "method 'simclr' compares the windows of a batch (negatives and BatchNorm over the batch), so "
+         "method 'simclr' compares the windows of a batch (negatives, BatchNorm or statistics over the batch), so "
          "train.batch_size must be at least 2 per device, got 1."),
     Case("siamese-batch-of-one", pretrain_with("method.name=byol", "train.batch_size=1"),
          "train.batch_size must be at least 2 per device, got 1."),

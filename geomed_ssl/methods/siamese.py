@@ -26,8 +26,8 @@ def zero_invalid(x: Tensor, valid: Tensor | None) -> Tensor:
 def needs_batch_of_two(settings: MethodSettings, source: str, context: MethodContext, name: str) -> None:
     """Refuse ``train.batch_size`` 1: the method compares the samples of a batch (negatives, BatchNorm)."""
     if context.batch_size is not None and context.batch_size < 2:
-        raise ConfigError(f"{source}: method '{name}' compares the windows of a batch (negatives and BatchNorm over "
-                          f"the batch), so train.batch_size must be at least 2 per device, got "
+        raise ConfigError(f"{source}: method '{name}' compares the windows of a batch (negatives, BatchNorm or "
+                          f"statistics over the batch), so train.batch_size must be at least 2 per device, got "
                           f"{context.batch_size}.")
 
 

@@ -93,6 +93,21 @@ def _our_checkpoint_file(path: Path) -> bool:
     return isinstance(ckpt, dict) and isinstance(ckpt.get("geomed_ssl"), dict)
 
 
+def _our_selection(path: Path) -> bool:
+    """``path``, in a ``compare`` folder's ``selections/``, is a selection it saved: an npz (read without pickle)
+    of training and test rows with our JSON ``meta`` (``LabelSelection.save_npz`` or ``save_selection``)."""
+    import json
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"])) if "meta" in z.files else None
+            return isinstance(meta, dict) and "version" in meta and {"train_index", "test_index"} <= set(z.files)
+    except Exception:  # noqa: BLE001  (not an npz, or not ours)
+        return False
+
+
 def _legacy_run(folder: Path) -> bool:
     """An earlier version's pretraining run: ``config.yaml`` beside a checkpoint of ours in ``checkpoints/``, or
     beside our encoder export, a recipe of ours and ``metrics.csv`` (a user's recipe copied beside an exported
@@ -220,9 +235,10 @@ COMMANDS: dict[str, CommandSpec] = {
     "compare": CommandSpec(("results.csv", "summary.md", "curve.png", "config.yaml", "compare.json", "encoders.json",
                             "selections", "encoder_none"),  # encoder_none: one for every seed, before 2026-12-04
                            _NONE_SEEDS,  # kept fine-tunes (finetuned_*) are ours by their own manifest: nests
-                           inside={"selections": ("*.npz",), "encoder_none": EXPORT_FILES,
+                           inside={"selections": ("k*_seed*.npz", "f*_seed*.npz"), "encoder_none": EXPORT_FILES,
                                    **{name: EXPORT_FILES for name in _NONE_SEEDS}},
-                           nests={"finetuned_*": ("finetune",)}, folders=_NONE_SEEDS),
+                           nests={"finetuned_*": ("finetune",)}, folders=_NONE_SEEDS,
+                           vouch_inside={"selections": _our_selection}),
     "demo": CommandSpec(("pretrain", "compare", "probe", "finetune_pretrained", "finetune_random", "prediction",
                          ".geomed-ssl-demo"),
                         (), (), lambda folder: (folder / ".geomed-ssl-demo").is_file(),

@@ -445,8 +445,16 @@ def test_overwrite_deletes_what_the_commands_write_inside_their_subfolders(tmp_p
 
 
 def test_overwrite_deletes_a_compare_folder_with_its_selections_and_random_encoder(tmp_path: Path) -> None:
+    import numpy as np
+
+    from geomed_ssl.finetune.classify import save_selection
+
     cmp_dir = prepare_out_dir(tmp_path / "cmp", command="compare")
-    for name in ("results.csv", "summary.md", "selections/5_seed0.npz", "encoder_none_seed0/config.json",
+    (cmp_dir / "selections").mkdir()
+    for name in ("k5_seed0.npz", "f0.01_seed1.npz"):  # as compare saves them (segmentation: LabelSelection's)
+        save_selection(cmp_dir / "selections" / name, ["a.tif"], np.zeros(1, int), np.zeros(1, int),
+                       np.zeros(0, int), ["c"], [])
+    for name in ("results.csv", "summary.md", "encoder_none_seed0/config.json",
                  "encoder_none_seed0/model.safetensors", "encoder_none/config.json",  # before 2026-12-04
                  "encoder_none/model.safetensors", ".partial-12.0a1b2c3d-encoder_none_seed1/config.json",
                  ".partial-9.0a1b2c3d-results.csv"):
@@ -455,7 +463,8 @@ def test_overwrite_deletes_a_compare_folder_with_its_selections_and_random_encod
     prepare_out_dir(cmp_dir, command="compare", overwrite=True)
     assert [p.name for p in cmp_dir.iterdir()] == [MANIFEST]
     for i, name in enumerate(("encoder_none_seed0.bak/model.safetensors", "encoder_none_seeds.txt",
-                              ".encoder_none_notes.md")):  # the user's, named like ours
+                              ".encoder_none_notes.md", "selections/my.npz",
+                              "selections/k5_seed9.npz")):  # the user's, named like ours
         theirs = prepare_out_dir(tmp_path / f"cmp{i}", command="compare") / name
         theirs.parent.mkdir(exist_ok=True)
         theirs.write_text("theirs")

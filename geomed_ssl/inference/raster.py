@@ -138,10 +138,11 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
         if only is not None and tuple(only.shape) != tuple(scene.shape):
             raise ValueError(f"only: a mask of shape {tuple(only.shape)} for a scene of {tuple(scene.shape)}")
         lut, lnodata = class_lookup(int(num_classes), class_values, tagged=True)
-        outputs = open_outputs(out_path, scene.sources[0], [int(v) for v in lut], lut.dtype, lnodata, pkind,
-                               provenance_tags(str(Path(path).resolve()), model=made_by, run=run),
-                               class_colormap(lut, class_colors, lnodata))
+        outputs: list[GeoTiffWriter] = []
         try:
+            outputs = open_outputs(out_path, scene.sources[0], [int(v) for v in lut], lut.dtype, lnodata, pkind,
+                                   provenance_tags(str(Path(path).resolve()), model=made_by, run=run),
+                                   class_colormap(lut, class_colors, lnodata))
             ranges = RangeSample(len(stats.band_names), scene.nodata, scene.shape)
             with rasterio.Env(GDAL_CACHEMAX=scene.cache_bytes()):
                 info = _stream_raster(scene.strip_reader(ranges), scene.shape, len(stats.band_names), model, stats,

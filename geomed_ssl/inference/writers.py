@@ -113,10 +113,26 @@ class GeoTiffWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = partial_path(self.path)
         self._committed = self._finished = False
-        try:
-            self._ds = rasterio.open(self._tmp, "w", **profile)
-        except Exception as err:
-            raise DataError(f"cannot create '{self.path}': {err}. Check the output folder is writable.") from None
+        self._ds = None
+        try:  # a failure or a stop (Ctrl-C, SIGTERM) while the file is set up leaves no partial file behind
+            try:
+                self._ds = rasterio.open(self._tmp, "w", **profile)
+            except Exception as err:
+                raise DataError(f"cannot create '{self.path}': {err}. Check the output folder is writable.") from None
+            self._describe(like_profile, colormap, descriptions, scales, tags)
+        except BaseException:
+            self.abort()
+            raise
+        self._pending = np.zeros((self.count, min(BLOCK, self.height), self.width), self.dtype)  # one tile row
+        self._pending_top = 0  # first row held in _pending
+        self._pending_rows = 0
+        self.rows_written = 0
+        self.buffer_bytes = int(self._pending.nbytes)  # bytes of the tile-row buffer (its largest size)
+
+    def _describe(self, like_profile: dict[str, Any], colormap: dict[int, tuple[int, ...]] | None,
+                  descriptions: Sequence[str] | None, scales: Sequence[float] | None,
+                  tags: dict[str, str] | None) -> None:
+        """Georeferencing by control points or RPCs, colour table, band names, scales and tags of the new file."""
         gcps, gcp_crs = like_profile.get("gcps") or ([], None)
         if gcps:  # georeferenced by ground control points (e.g. Sentinel-1 GRD), not by a transform
             self._ds.gcps = (gcps, gcp_crs)
@@ -133,11 +149,6 @@ class GeoTiffWriter:
             self._ds.update_tags(**{str(k): str(v) for k, v in (tags or {}).items()},
                                  **({"AREA_OR_POINT": like_profile["area_or_point"]}
                                     if like_profile.get("area_or_point") else {}))
-        self._pending = np.zeros((self.count, min(BLOCK, self.height), self.width), self.dtype)  # one tile row
-        self._pending_top = 0  # first row held in _pending
-        self._pending_rows = 0
-        self.rows_written = 0
-        self.buffer_bytes = int(self._pending.nbytes)  # bytes of the tile-row buffer (its largest size)
 
     # -- writing ----------------------------------------------------------------------------------------------
     def write(self, array: np.ndarray, window: Any) -> None:

@@ -189,6 +189,20 @@ def test_writer_gathers_row_strips_and_writes_other_windows(tmp_path):
     assert not list(tmp_path.glob("*x.tif"))
 
 
+def test_a_stop_while_a_writer_sets_its_file_up_leaves_no_partial_file(tmp_path, monkeypatch):
+    """A SIGTERM that reached predict while the class map's colour table was written left its .partial- file."""
+    from affine import Affine
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(GeoTiffWriter, "_describe", stopped)
+    like = {"height": 20, "width": 20, "crs": "EPSG:4326", "transform": Affine(1, 0, 0, 0, -1, 0)}
+    with pytest.raises(KeyboardInterrupt):
+        GeoTiffWriter(tmp_path / "w.tif", like, 1, "uint8", 255, colormap={0: (0, 0, 0, 255)})
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- volumes ----------------------------------------------------------------------------------------------------
 def threshold_model() -> torch.nn.Module:
     """Class 0 where the normalised intensity x > 0.5, class 2 where x < -0.5, else class 1 (a 1x1x1 conv)."""

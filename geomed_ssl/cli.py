@@ -358,7 +358,7 @@ def similar(
                                       "(volumes: voxel indices and sizes along the RAS axes i=Right, j=Anterior, "
                                       "k=Superior, as the stored `box` column); default the whole file."),
     at: Optional[str] = typer.Option(None, "--at", help="Or a map point X,Y of the query raster (in its CRS, or "
-                                     "--at-crs): the window or patch cell of the stored grid that holds it."),
+                                     "--at-crs): the stored grid's window nearest it, or the patch cell under it."),
     at_crs: Optional[str] = typer.Option(None, "--at-crs", help="The CRS of --at, e.g. EPSG:4326 (lon,lat)."),
     top: int = typer.Option(10, "--top", help="Number of neighbours."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default EMB_DIR/search/<query>)."),

@@ -26,7 +26,7 @@ import numpy as np
 from geomed_ssl.config import DataConfig
 from geomed_ssl.data.catalog import FileRecord, scan
 from geomed_ssl.files.kinds import check_input_kind
-from geomed_ssl.geo.grids import crs_name
+from geomed_ssl.geo.grids import crs_name, crs_text
 from geomed_ssl.embeddings.embedder import Embedder
 from geomed_ssl.embeddings.extract import encoder_for
 from geomed_ssl.embeddings.maps import grid_stem, grid_stems
@@ -76,52 +76,60 @@ def parse_box(text: str | Sequence[int] | None, nd: int) -> list[int] | None:
     return box
 
 
-def parse_at(at: str | Sequence[float], nd: int, level: str) -> tuple[float, float]:
-    """``--at X,Y`` -> (x, y), for embeddings of rasters at window or patch level (refused otherwise)."""
+def parse_at(at: str | Sequence[float], nd: int, level: str, at_crs: str | None = None) -> tuple[float, float]:
+    """``--at X,Y`` -> (x, y), for embeddings of rasters at window or patch level (refused otherwise), and
+    ``at_crs`` checked to be a CRS (before the query is read)."""
     if nd != 2 or level == "image":
         raise ConfigError("--at picks a window or patch cell of a georeferenced raster by a map point: "
                           + ("these are volume embeddings; give --box I,J,K,DI,DJ,DK." if nd != 2 else
                              "at --level image each file is one row; give --query alone."))
     try:
         x, y = (float(v) for v in (at.split(",") if isinstance(at, str) else at))
-    except ValueError:
+    except (TypeError, ValueError):
         raise ConfigError(f"--at '{at}': expected X,Y, a map point in the query file's CRS (or --at-crs).") from None
+    if at_crs is not None:
+        from rasterio.crs import CRS
+        from rasterio.errors import CRSError
+
+        try:
+            CRS.from_user_input(at_crs)
+        except CRSError as err:
+            raise ConfigError(f"--at-crs '{at_crs}': {err}") from None
     return x, y
 
 
 def box_at(point: tuple[float, float], record: FileRecord, emb: Embedder, at_crs: str | None = None) -> list[int]:
-    """A map point (x, y) of the raster ``record`` (in its CRS, or ``at_crs``) -> the box of the stored row that
-    holds it: the patch cell under it (``--level patch``), or the window of the embedding's grid whose centre is
-    nearest (``--level window``)."""
+    """A map point (x, y) of the raster ``record`` (in its CRS, or ``at_crs``) -> the box of a stored row: the
+    patch cell under it (``--level patch``), or the window of the embedding's grid whose centre is nearest
+    (``--level window``; near the far edge, the last window of the grid)."""
     from affine import Affine
 
     from geomed_ssl.geo.grids import placed
+    from geomed_ssl.windows.tiling import grid_starts
 
-    x, y = point
-
+    x, y = typed = point
     if not placed(record.crs, record.transform):
-        raise DataError(f"'{record.path}' has no georeference, so a map point cannot be placed on it; give --box "
-                        "ROW,COL,H,W.")
+        raise DataError(f"'{record.path}' has no geotransform (no georeference, or ground control points only), so a "
+                        "map point cannot be placed on its pixels; give --box ROW,COL,H,W, or warp it onto a grid "
+                        "first (gdalwarp).")
     if at_crs is not None and record.crs is None:
         raise DataError(f"'{record.path}' has no CRS to carry --at-crs {at_crs} to; give --at in its own coordinates.")
     if at_crs is not None:
         from rasterio.crs import CRS
-        from rasterio.errors import CRSError
         from rasterio.warp import transform
 
-        try:
-            (x,), (y,) = transform(CRS.from_user_input(at_crs), CRS.from_user_input(record.crs), [x], [y])
-        except CRSError as err:
-            raise ConfigError(f"--at-crs '{at_crs}': {err}") from None
+        (x,), (y,) = transform(CRS.from_user_input(at_crs), CRS.from_user_input(record.crs), [x], [y])
     col, row = ~Affine(*list(record.transform)[:6]) @ (x, y)
     h, w = record.shape
     if not (0 <= row < h and 0 <= col < w):
-        raise DataError(f"--at {x:.9g},{y:.9g} lies outside '{record.path}' (pixel row {row:.1f}, col {col:.1f} of "
-                        f"{h} x {w}; CRS {crs_name(record.crs, 'none')}): give a point on the file, in its CRS or "
-                        "with --at-crs.")
+        moved = f" ({x:.9g},{y:.9g} in the file's CRS)" if at_crs is not None else ""
+        raise DataError(f"--at {typed[0]:.9g},{typed[1]:.9g}{moved} lies outside '{record.path}' (pixel row "
+                        f"{row:.1f}, col {col:.1f} of {h} x {w}; CRS {crs_text(record.crs)}): give a point on the "
+                        "file, in its CRS or with --at-crs.")
     if emb.level == "patch":  # the cells tile the file from its origin
         return [int(v) - int(v) % p for v, p in zip((row, col), emb.patch)] + list(emb.patch)
-    starts = [max(0, round((v - n / 2) / s)) * s for v, n, s in zip((row, col), emb.window, emb.stride)]
+    starts = [min(grid_starts(size, n, s), key=lambda a: abs(a + n / 2 - v))  # the stored windows' origins
+              for v, size, n, s in zip((row, col), (h, w), emb.window, emb.stride)]
     return starts + list(emb.window)
 
 
@@ -272,7 +280,7 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
     if at_crs is not None and at is None:
         raise ConfigError("--at-crs is the CRS of --at's point; give --at X,Y with it.")
     box_list = parse_box(box, nd)  # before the query is read or the encoder loaded
-    point = parse_at(at, nd, st["level"]) if at is not None else None
+    point = parse_at(at, nd, st["level"], at_crs) if at is not None else None
     qpath = Path(query).resolve()
     if not qpath.exists():
         raise DataError(f"query file '{query}' does not exist.")
@@ -305,7 +313,8 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
         if figure is not None:
             commit_partial(figure, out / "similar.png")
         commit_partial(table, out / "similar.csv")
-    lines = [f"query: {query}" + (f" at {at}" if at is not None else "") + (f" box {box_list}" if box_list else "")
+    at_text = f" at {point[0]:.9g},{point[1]:.9g}" + (f" ({at_crs})" if at_crs else "") if point else ""
+    lines = [f"query: {query}{at_text}" + (f" box {box_list}" if box_list else "")
              + f"  ({st['level']} level, "
              f"{vectors.shape[0]} rows)", *hit_lines(hits, st["data_dir"], nd)]
     lines.append(f"table: {out / 'similar.csv'}"
@@ -358,7 +367,8 @@ def write_hits_csv(hits: list[dict[str, Any]], path: Path) -> None:
 def hit_lines(hits: list[dict[str, Any]], root: str, nd: int) -> list[str]:
     """The hits as a printed table (files relative to the embedded data folder when under it)."""
     z = nd == 3
-    crs = 0 if z else max((len(h["crs"] or "") for h in hits), default=0)  # x / y of rasters in several CRSs
+    names = {id(h): (h["crs"] or "-") if len(h["crs"] or "") <= 60 else h["crs"][:57] + "..." for h in hits}
+    crs = 0 if z or not any(h["crs"] for h in hits) else max(len(n) for n in names.values())  # several CRSs
     lines = [f"{'rank':>4}  {'score':>7}  {'box':<24} {'x':>12} {'y':>12} " + (f"{'z':>10} " if z else "")
              + (f"{'crs':<{crs}} " if crs else "") + " file"]
     for h in hits:
@@ -366,7 +376,7 @@ def hit_lines(hits: list[dict[str, Any]], root: str, nd: int) -> list[str]:
         rel = h["file"] if rel.startswith("..") else rel
         lines.append(f"{h['rank']:>4}  {h['score']:7.4f}  {' '.join(map(str, h['box'])):<24} {h['x']:12.9g} "
                      f"{h['y']:12.9g} " + (f"{h['z']:10.2f} " if z else "")  # 9 digits: degrees too
-                     + (f"{h['crs'] or '-':<{crs}} " if crs else "") + f" {rel}")
+                     + (f"{names[id(h)]:<{crs}} " if crs else "") + f" {rel}")
     return lines
 
 

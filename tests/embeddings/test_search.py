@@ -15,6 +15,7 @@ from geomed_ssl.embeddings import search as search_mod
 from geomed_ssl.embeddings.extract import embed_folder
 from geomed_ssl.embeddings.search import cosine_top_k, find_similar
 from geomed_ssl.embeddings.store import read_columns
+from geomed_ssl.errors import ConfigError
 from tests.embeddings.test_extract import make_encoder, scenes, volumes
 
 runner = CliRunner()
@@ -100,6 +101,14 @@ def test_a_map_point_queries_the_stored_window_or_cell_that_holds_it(archive: tu
     cell = find_similar(cells, data / "scene_2.tif", at=(x, y), top=1, include_self=True, sheet=False,
                         out_dir=tmp_path / "q3").hits[0]
     assert cell["box"] == [20, 28, 4, 4] and cell["score"] == pytest.approx(1.0, abs=1e-5)  # the cell under it
+    with rasterio.open(data / "scene_2.tif") as src:  # the last pixel: the grid's last window, not one past it
+        x, y = src.xy(47, 47)
+    edge = find_similar(emb, data / "scene_2.tif", at=(x, y), top=1, include_self=True, sheet=False,
+                        out_dir=tmp_path / "q4")
+    assert edge.hits[0]["box"] == [32, 32, 16, 16] and edge.hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert f"at {x:.9g},{y:.9g} box [32, 32, 16, 16]" in edge.lines[0]
+    with pytest.raises(ConfigError, match="expected X,Y"):
+        find_similar(emb, data / "scene_2.tif", at=5, out_dir=tmp_path / "q5")
     whole = tmp_path / "whole"
     embed_folder(enc, data, whole, level="image", progress=False)
     refused = runner.invoke(app, ["similar", str(whole), "--query", str(data / "scene_2.tif"), "--at", f"{x},{y}"])

@@ -41,12 +41,12 @@ def grid_lines(records: Sequence[Any]) -> list[str]:
     """``inspect`` summary lines: the rasters' CRSs and pixel sizes; the volumes' voxel spacings (mm, within 3 %)
     and orientations (axis codes)."""
     crss, sizes = grid_counts(records)
-    lines = [f"  CRS: {_counted(crss)}", f"  pixel size: {_counted(sizes)}"] if crss else []
+    unit = "sample" if any(len(r.paths) > 1 for r in records) else "file"  # data.channels stacks files
+    lines = [f"  CRS: {_counted(crss, unit=unit)}", f"  pixel size: {_counted(sizes, unit=unit)}"] if crss else []
     if any(r.kind == "raster" and crs_units(r.crs) == "°" for r in records):
         lines[-1] += " (degrees as metres on the ground at each file's centre)"
     volumes = [r for r in records if r.kind == "volume"]
     spaced = [(*map(float, r.spacing), "mm") for r in volumes if r.spacing]
-    unit = "sample" if any(len(r.paths) > 1 for r in volumes) else "file"  # data.channels stacks files
     if spaced:
         lines.append("  voxel spacing: " + _counted(size_groups(spaced), unit=unit))
     if volumes:
@@ -131,7 +131,7 @@ def unit_mismatch(records: Sequence[Any], band_names: Sequence[str]) -> list[tup
 ANISOTROPY = 3.0  # voxels this many times longer along one axis: windows and tokens are that much longer in mm
 VOXEL_SPREAD = 1.5  # voxel sizes this far apart along an axis: the volumes show anatomy at different scales
 ROTATION_SQUARE = 1.1  # a quarter turn in a plane of voxels this unequal changes what the voxels look like
-MANY_FRAMES = 16  # a NIfTI with more volumes than this along its 4th axis looks like a time series, not contrasts
+MANY_FRAMES = 16  # more channels than this from 4D NIfTI (4th axis) look like a time series, not contrasts
 
 
 def _mm(size: Sequence[float]) -> str:
@@ -248,12 +248,11 @@ def warn_survey(catalog: Any, spacing: Sequence[float] | None = None, rotation_a
         log.warning(line)
     if blank := blank_volumes(catalog.records):
         log.warning(BLANK_VOLUMES, len(blank), blank[0])
-    if frames := [r for r in catalog.records if r.kind == "volume" and r.num_bands > MANY_FRAMES * len(r.paths)]:
-        log.warning("warning: '%s'%s holds %d volumes along its 4th axis, each read as a channel: a time series (fMRI, "
-                    "diffusion, perfusion) makes a %d-channel model. If they are not contrasts of one image (FLAIR, T1, "
-                    "...), split the file (fslsplit) and keep the volumes you want with data.include.", frames[0].path,
-                    f" (and {len(frames) - 1} more)" if len(frames) > 1 else "", frames[0].num_bands,
-                    frames[0].num_bands)
+    if frames := [r for r in catalog.records if r.kind == "volume" and r.num_bands > max(MANY_FRAMES, len(r.paths))]:
+        log.warning("warning: '%s'%s reads as %d channels, from the 4th axis of 4D NIfTI: a time series (fMRI, "
+                    "diffusion, perfusion) makes a model of that many channels. If they are not contrasts of one image "
+                    "(FLAIR, T1, ...), split the file (fslsplit) and keep the volumes you want with data.include.",
+                    frames[0].path, f" (and {len(frames) - 1} more)" if len(frames) > 1 else "", frames[0].num_bands)
     if intensity == "ct" and (unlike := not_ct(catalog.records)):
         path, low = unlike[0]
         log.warning("warning: %d volume(s) read as CT (data.intensity: ct) do not look like CT: '%s' reaches only "

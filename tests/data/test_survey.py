@@ -255,8 +255,16 @@ def test_a_time_series_nifti_read_as_channels_is_warned_about_and_a_few_contrast
     assert "4th axis" not in caplog.text
     with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
         warn_survey(scan(tmp_path / "bold", cfg))
-    assert "scan.nii.gz' holds 20 volumes along its 4th axis, each read as a channel: a time series" in caplog.text
+    assert "scan.nii.gz' reads as 20 channels, from the 4th axis of 4D NIfTI: a time series" in caplog.text
     assert "split the file (fslsplit)" in caplog.text
+    caplog.clear()
+    (tmp_path / "stack").mkdir()
+    for name, frames in (("flair", 20), ("t1", 1)):  # a series stacked beside a 3D contrast (data.channels)
+        vol = rng.normal(size=(20, 20, 20, frames)).astype(np.float32).squeeze()
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / "stack" / f"{name}.nii.gz"))
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        warn_survey(scan(tmp_path / "stack", DataConfig(kind="volume", patch_size=16, channels=["*flair*", "*t1*"])))
+    assert "reads as 21 channels, from the 4th axis of 4D NIfTI" in caplog.text
 
 
 def test_volumes_read_as_ct_that_do_not_look_like_ct_are_warned_about(tmp_path, caplog) -> None:

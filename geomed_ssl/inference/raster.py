@@ -302,16 +302,19 @@ def open_outputs(out_path: Path, src: Any, values: Sequence[int], dtype: Any, ln
     num_classes = len(values)
     like = {"height": src.height, "width": src.width, "crs": src.crs, "transform": src.transform, "gcps": src.gcps,
             "rpcs": src.rpcs, "area_or_point": src.tags().get("AREA_OR_POINT")}
-    outputs = [GeoTiffWriter(out_path, like, 1, dtype, lnodata, descriptions=["class"], tags=tags, colormap=colormap)]
-    if pkind:
-        try:
+    outputs: list[GeoTiffWriter] = []
+    try:
+        outputs.append(GeoTiffWriter(out_path, like, 1, dtype, lnodata, descriptions=["class"], tags=tags,
+                                     colormap=colormap))
+        if pkind:
             outputs.append(GeoTiffWriter(
                 proba_path(out_path), like, num_classes, pkind, math.nan if pkind == "float32" else 255,
                 descriptions=[f"p_class_{v}" for v in values],
                 scales=[1.0 / PROBA_SCALE] * num_classes if pkind == "uint8" else None, tags=tags))
-        except BaseException:
-            outputs[0].abort()
-            raise
+    except BaseException:
+        for w in outputs:
+            w.abort()
+        raise
     return outputs
 
 

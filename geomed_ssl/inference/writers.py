@@ -120,10 +120,10 @@ class GeoTiffWriter:
             except Exception as err:
                 raise DataError(f"cannot create '{self.path}': {err}. Check the output folder is writable.") from None
             self._describe(like_profile, colormap, descriptions, scales, tags)
+            self._pending = np.zeros((self.count, min(BLOCK, self.height), self.width), self.dtype)  # one tile row
         except BaseException:
             self.abort()
             raise
-        self._pending = np.zeros((self.count, min(BLOCK, self.height), self.width), self.dtype)  # one tile row
         self._pending_top = 0  # first row held in _pending
         self._pending_rows = 0
         self.rows_written = 0

@@ -450,10 +450,14 @@ def test_overwrite_deletes_a_compare_folder_with_its_selections_and_random_encod
     from geomed_ssl.finetune.classify import save_selection
 
     cmp_dir = prepare_out_dir(tmp_path / "cmp", command="compare")
+    from geomed_ssl.finetune.sampling import LabelSelection
+
     (cmp_dir / "selections").mkdir()
-    for name in ("k5_seed0.npz", "f0.01_seed1.npz"):  # as compare saves them (segmentation: LabelSelection's)
-        save_selection(cmp_dir / "selections" / name, ["a.tif"], np.zeros(1, int), np.zeros(1, int),
-                       np.zeros(0, int), ["c"], [])
+    save_selection(cmp_dir / "selections" / "k5_seed0.npz", ["a.tif"], np.zeros(1, int), np.zeros(1, int),
+                   np.zeros(0, int), ["c"], [])  # classification's selection, as compare saves it
+    rows = np.zeros(1, np.int64)
+    LabelSelection(rows, rows, rows, rows, rows, rows, [1], ["c"], [(4, 4)]).save_npz(
+        cmp_dir / "selections" / "f0.01_seed1.npz")  # segmentation's
     for name in ("results.csv", "summary.md", "encoder_none_seed0/config.json",
                  "encoder_none_seed0/model.safetensors", "encoder_none/config.json",  # before 2026-12-04
                  "encoder_none/model.safetensors", ".partial-12.0a1b2c3d-encoder_none_seed1/config.json",

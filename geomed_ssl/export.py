@@ -127,12 +127,13 @@ def export_timm(source: str | Path, out_dir: str | Path, overwrite: bool = False
     ``out_dir``; returns ``out_dir``. Only ``plain`` 2D encoders have a timm equivalent (else an ExportError)."""
     from geomed_ssl.checkpoint import find_encoder_dir, load_encoder, read_encoder_config, versions
     from geomed_ssl.outdirs import check_out_dir, entry_names, read_manifest, write_manifest
-    from geomed_ssl.outfiles import atomic_write_dir
+    from geomed_ssl.outfiles import atomic_write_dir, remove_stale_partials
 
     folder = find_encoder_dir(source)
     cfg, enc_meta = read_encoder_config(folder)
     check_timm_exportable(cfg, str(source))
     out = Path(out_dir)
+    remove_stale_partials(out.parent, only=out.name)  # a killed swap's folder back first: the checks judge it
     check_out_dir(out, command="export", inputs={"encoder": folder}, overwrite=overwrite)
     encoder = load_encoder(folder)
     name, kwargs = timm_model_args(cfg)

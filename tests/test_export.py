@@ -137,3 +137,27 @@ def test_export_overwrite_deletes_what_it_recorded_and_keeps_the_users_files(tmp
     (out / "notes.txt").write_text("mine")  # a file the toolkit never recorded is the user's: it refuses
     result = CliRunner().invoke(app, [*args, "--overwrite"])
     assert result.exit_code == 2 and "notes.txt" in result.output and (out / "notes.txt").read_text() == "mine"
+
+
+def test_an_export_killed_mid_swap_is_judged_as_the_folder_it_stands_for(tmp_path: Path) -> None:
+    """Killed between moving the old export aside and moving the new one in: the next export without --overwrite
+    replaced the folder (its checks saw no folder), and a refused one left the whole temporary copy behind."""
+    import os
+    import shutil
+
+    from geomed_ssl.outfiles import host_tag
+    from tests.test_outfiles import dead_pid
+
+    save_encoder(trained_like_encoder(), tmp_path / "run" / "encoder")
+    out = tmp_path / "timm"
+    args = ["export", str(tmp_path / "run"), "--format", "timm", "--out", str(out)]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    (out / "notes.txt").write_text("mine")
+    tag = f"{dead_pid()}.{host_tag()}"
+    shutil.copytree(out, tmp_path / f".partial-{tag}-timm")
+    os.replace(out, tmp_path / f".replaced-{tag}-timm")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "--overwrite" in result.output  # the old folder is back, and it is not empty
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "timm"]  # the dead writer's copy is gone
+

@@ -183,7 +183,9 @@ def load_encoder(path: str | Path, bands: Sequence[str] | None = None,
     """
     cfg, meta = read_encoder_config(path)
     if bands is not None:
-        check_encoder_bands(cfg, list(bands), f"data for encoder {path}")
+        from geomed_ssl.config.loading import string_list
+
+        check_encoder_bands(cfg, string_list(bands, "bands", "band names"), f"data for encoder {path}")
     folder = find_encoder_dir(path)
     weights = folder / "model.safetensors"
     found = tensor_shapes(weights)

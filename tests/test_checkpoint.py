@@ -36,6 +36,8 @@ def test_load_refuses_data_with_other_bands(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"missing \['B04'\].*extra \['B08'\]"):
         load_encoder(tmp_path, bands=["B02", "B03", "B08"])
     assert load_encoder(tmp_path, bands=["B02", "B03", "B04"]).config.in_chans == 3
+    with pytest.raises(GeomedError, match=r"bands is a list of band names, e.g. \['B02,B03,B04'\]"):
+        load_encoder(tmp_path, bands="B02,B03,B04")  # one string, from Python: not read letter by letter
 
 
 def test_missing_export_is_a_clear_error(tmp_path: Path) -> None:

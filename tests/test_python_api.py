@@ -239,3 +239,12 @@ def test_predict_dir_with_no_input_says_so(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no input to predict"):
         predict_dir(tmp_path / "ft", [], tmp_path / "maps")
     assert not (tmp_path / "maps").exists()
+
+
+def test_band_names_given_as_one_string_are_refused_not_read_letter_by_letter() -> None:
+    """predict_dir / evaluate's band_names="B01,B02" named seven bands (B, 0, 1, ',', ...) and failed far away."""
+    from geomed_ssl.errors import ConfigError
+    from geomed_ssl.inference.finetuned import with_data
+
+    with pytest.raises(ConfigError, match=r"band_names is a list of band names, e.g. \['B01,B02'\]"):
+        with_data({}, None, "B01,B02")

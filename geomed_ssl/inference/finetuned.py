@@ -80,7 +80,9 @@ def with_data(meta: dict[str, Any], recipe: Any, band_names: Sequence[str] | Non
     ``evaluate --band-names / --nodata`` state them; what is None stays as the model has it."""
     changes: dict[str, Any] = {}
     if band_names:
-        changes["band_names"] = [str(n).strip() for n in band_names]
+        from geomed_ssl.config.loading import string_list
+
+        changes["band_names"] = [str(n).strip() for n in string_list(band_names, "band_names", "band names")]
     if nodata is not None:
         changes["nodata"] = float(nodata)
     if not changes:

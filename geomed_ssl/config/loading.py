@@ -175,6 +175,16 @@ def string_list(values: Sequence[str] | None, name: str, what: str) -> list[str]
     return list(values or [])
 
 
+def whole_number(value: Any, name: str) -> int:
+    """``value`` (``name``, as the message names it) as an int: an int or numpy integer; a string (from Python), a
+    float or a bool is refused."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{name} must be an integer, got {value!r}.")
+    return int(value)
+
+
 def override_list(overrides: Sequence[str] | None) -> list[str]:
     """``--set`` strings as a list (:func:`string_list`)."""
     return string_list(overrides, "overrides", "'section.key=value' strings")

@@ -243,7 +243,12 @@ def cluster_embeddings(emb_dir: str | Path, out_dir: str | Path, method: str = "
                           "knob is --min-cluster-size), or use --method kmeans.")
     if method == "kmeans" and min_cluster_size is not None:
         raise ConfigError("--min-cluster-size is HDBSCAN's; k-means takes --k: leave it out, or use --method hdbscan.")
-    k = 8 if k is None else k
+    from geomed_ssl.config.loading import whole_number
+
+    k = whole_number(8 if k is None else k, "k (--k)")
+    seed = whole_number(seed, "seed (--seed)")
+    if min_cluster_size is not None:
+        min_cluster_size = whole_number(min_cluster_size, "min_cluster_size (--min-cluster-size)")
     t0 = time.perf_counter()
     out = Path(out_dir)
     rule = {"command": "cluster", "overwrite": overwrite,

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from geomed_ssl.config import DataConfig
+from geomed_ssl.config.loading import whole_number
 from geomed_ssl.data.catalog import FileRecord, scan
 from geomed_ssl.files.kinds import check_input_kind
 from geomed_ssl.geo.grids import crs_name, crs_text
@@ -273,7 +274,7 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
     if out_dir is not None:
         check_out_dir(out_dir, **rule)
     nd = len(st["window"])
-    if top < 1:
+    if whole_number(top, "top (--top)") < 1:
         raise ConfigError(f"--top must be at least 1, got {top}.")
     if box is not None and at is not None:
         raise ConfigError("give --box or --at, not both.")

@@ -509,3 +509,16 @@ def test_a_volume_map_is_known_as_ours_by_its_nifti_description(tmp_path: Path) 
     del manifest["maps_tagged"]  # an earlier version's folder, whose maps had no description
     (tmp_path / "emb3d" / "manifest.json").write_text(json.dumps(manifest))
     assert made_map(ours, "manifest.json")  # listed by the folder's manifest
+
+
+def test_numbers_given_as_strings_from_python_are_refused_naming_the_argument(tmp_path) -> None:
+    """cluster_embeddings(k="10") ended in "'<' not supported between instances of 'int' and 'str'"."""
+    from geomed_ssl.embeddings.cluster import cluster_embeddings
+    from geomed_ssl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"k \(--k\) must be an integer, got '10'"):
+        cluster_embeddings(tmp_path / "emb", tmp_path / "cl", k="10")
+    with pytest.raises(ConfigError, match=r"min_cluster_size \(--min-cluster-size\) must be an integer"):
+        cluster_embeddings(tmp_path / "emb", tmp_path / "cl", method="hdbscan", min_cluster_size=5.5)
+    assert not (tmp_path / "cl").exists()
+

@@ -109,6 +109,8 @@ def test_a_map_point_queries_the_stored_window_or_cell_that_holds_it(archive: tu
     assert f"at {x:.9g},{y:.9g} box [32, 32, 16, 16]" in edge.lines[0]
     with pytest.raises(ConfigError, match="expected X,Y"):
         find_similar(emb, data / "scene_2.tif", at=5, out_dir=tmp_path / "q5")
+    with pytest.raises(ConfigError, match=r"top \(--top\) must be an integer, got '5'"):
+        find_similar(emb, data / "scene_2.tif", top="5", out_dir=tmp_path / "q6")  # from Python: not a TypeError
     whole = tmp_path / "whole"
     embed_folder(enc, data, whole, level="image", progress=False)
     refused = runner.invoke(app, ["similar", str(whole), "--query", str(data / "scene_2.tif"), "--at", f"{x},{y}"])

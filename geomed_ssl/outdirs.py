@@ -151,7 +151,8 @@ def check_inputs(out: PathLike, inputs: Inputs | None, allow_inside: Sequence[Pa
 # -- the rule -----------------------------------------------------------------------------------------------------
 def _ways_out(command: str) -> str:
     flags = COMMANDS[command].flags
-    verbs = {"--resume": "--resume to continue it", "--overwrite": "--overwrite to replace it"}
+    verbs = {"--resume": "--resume (resume=True from Python) to continue it",
+             "--overwrite": "--overwrite (overwrite=True) to replace it"}
     return ", ".join(f"pass {verbs[f]}" for f in flags) + (", or " if flags else "") + "choose another --out"
 
 

@@ -57,7 +57,7 @@ def test_overwrite_replaces_a_folder_of_ours(tmp_path: Path) -> None:
     fill(out, "summary.json", "clusters.csv", ".partial-1.0a1b2c3d-scatter.png")
     (out / "maps").mkdir()
     tagged_map(out / "maps" / "a_clusters.tif")  # a map is ours by what it says it was made from
-    with pytest.raises(OutputError, match="pass --overwrite"):
+    with pytest.raises(OutputError, match=r"pass --overwrite \(overwrite=True\) to replace it"):  # Python names too
         prepare_out_dir(out, command="cluster")
     prepare_out_dir(out, command="cluster", overwrite=True)
     assert [p.name for p in out.iterdir()] == [MANIFEST]

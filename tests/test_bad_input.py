@@ -197,7 +197,7 @@ OUTDIR_CASES: list[Case] = [
          lambda r: ["embed", str(encoder(r)), str(r / "data"), "--out", str(not_ours(r)), "--overwrite"],
          "was not made by geomed-ssl"),
     Case("embed-unknown-pool", lambda r: ["embed", str(encoder(r)), str(r / "data"), "--out", str(r / "emb"),
-                                          "--pool", "max"], "--pool must be one of auto, cls, mean, got 'max'"),
+                                          "--pool", "max"], "pool (--pool) must be one of auto, cls, mean, got 'max'"),
     # cluster
     Case("cluster-out-is-the-embeddings",
          lambda r: ["cluster", str(made_by_older_version(r / "emb", "embed")), "--out", str(r / "emb"), "--overwrite"],

@@ -207,11 +207,11 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
             "resume": True}
     check_out_dir(out_dir, **rule)  # the folder is made once everything is valid
     if dtype not in DTYPES:
-        raise ConfigError(f"--dtype must be float32 or float16, got '{dtype}'.")
+        raise ConfigError(f"dtype (--dtype) must be float32 or float16, got '{dtype}'.")
     if level not in LEVELS:  # before the folder is scanned
-        raise ConfigError(f"--level must be one of {', '.join(LEVELS)}, got '{level}'.")
+        raise ConfigError(f"level (--level) must be one of {', '.join(LEVELS)}, got '{level}'.")
     if pool != "auto" and pool not in POOLS:
-        raise ConfigError(f"--pool must be one of auto, {', '.join(POOLS)}, got '{pool}'.")
+        raise ConfigError(f"pool (--pool) must be one of auto, {', '.join(POOLS)}, got '{pool}'.")
     if level == "image" and min_valid > 0:  # one row per file, whatever its valid area: the option would do nothing
         raise ConfigError("--min-valid skips windows or patch cells; at --level image every file is one row (leave "
                           "files out with --exclude, or use --level window).")

@@ -586,7 +586,8 @@ def test_embed_options_are_checked_before_the_folder_is_read(encoder: Path, tmp_
     from geomed_ssl.errors import ConfigError
 
     missing = tmp_path / "not-scanned"  # a scan would fail first on this folder, with another message
-    for kwargs, message in (({"level": "tile"}, "--level must be one of"), ({"pool": "max"}, "--pool must be one of"),
+    for kwargs, message in (({"level": "tile"}, r"level \(--level\) must be one of"),
+                            ({"pool": "max"}, r"pool \(--pool\) must be one of"),
                             ({"level": "window", "window": "5000"}, "--window 5000: at most 4096"),
                             ({"level": "image", "min_valid": 0.5}, "at --level image every file is one row")):
         with pytest.raises(ConfigError, match=message):

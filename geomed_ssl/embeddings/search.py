@@ -368,16 +368,16 @@ def write_hits_csv(hits: list[dict[str, Any]], path: Path) -> None:
 def hit_lines(hits: list[dict[str, Any]], root: str, nd: int) -> list[str]:
     """The hits as a printed table (files relative to the embedded data folder when under it)."""
     z = nd == 3
-    names = {id(h): (h["crs"] or "-") if len(h["crs"] or "") <= 60 else h["crs"][:57] + "..." for h in hits}
-    crs = 0 if z or not any(h["crs"] for h in hits) else max(len(n) for n in names.values())  # several CRSs
+    names = [(c or "-") if len(c or "") <= 60 else c[:57] + "..." for c in (h["crs"] for h in hits)]  # WKT: cut
+    crs = 0 if z or not any(h["crs"] for h in hits) else max(map(len, names))  # x / y of several CRSs
     lines = [f"{'rank':>4}  {'score':>7}  {'box':<24} {'x':>12} {'y':>12} " + (f"{'z':>10} " if z else "")
              + (f"{'crs':<{crs}} " if crs else "") + " file"]
-    for h in hits:
+    for h, name in zip(hits, names):
         rel = os.path.relpath(os.path.normpath(h["file"]), root)
         rel = h["file"] if rel.startswith("..") else rel
         lines.append(f"{h['rank']:>4}  {h['score']:7.4f}  {' '.join(map(str, h['box'])):<24} {h['x']:12.9g} "
                      f"{h['y']:12.9g} " + (f"{h['z']:10.2f} " if z else "")  # 9 digits: degrees too
-                     + (f"{names[id(h)]:<{crs}} " if crs else "") + f" {rel}")
+                     + (f"{name:<{crs}} " if crs else "") + f" {rel}")
     return lines
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from geomed_ssl.errors import innermost_message
 from geomed_ssl.geo.gdal_read import alpha_bands, has_dataset_mask, read_masked
 from geomed_ssl.geo.validity import band_gaps, band_percentiles, is_fill, valid_mask, valid_values
-from geomed_ssl.geo.voxels import AFFINE_PROBLEM, maps_a_grid
+from geomed_ssl.geo.voxels import AFFINE_PROBLEM, maps_a_grid, mm_affine, unit_mm
 
 RASTER_PREVIEW = 256  # preview: at most this many pixels per side
 VOLUME_PREVIEW = 64  # strided volume read: about this many voxels per side
@@ -338,7 +338,8 @@ def _probe_volume(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProb
     _check_complex(str(img.get_data_dtype()))
     if not maps_a_grid(img.affine):
         raise ProbeError(f"{AFFINE_PROBLEM}, or leave the file out with data.exclude")
-    _check_size(read_shape(spatial, np.asarray(img.affine, np.float64), getattr(data_cfg, "spacing", None)), window)
+    affine = mm_affine(img)
+    _check_size(read_shape(spatial, affine, getattr(data_cfg, "spacing", None)), window)
     steps = tuple(max(1, math.ceil(s / VOLUME_PREVIEW)) for s in spatial)
     try:
         arr = np.asarray(img.dataobj[tuple(slice(None, None, s) for s in steps)])
@@ -347,8 +348,7 @@ def _probe_volume(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProb
     arr = arr[None] if arr.ndim == 3 else np.moveaxis(arr, -1, 0)  # (C, x, y, z)
     nodata = _nodata(data_cfg.nodata, None)
     valid = valid_mask(arr, nodata)
-    affine = np.asarray(img.affine, dtype=np.float64)
-    geo = {"affine": affine.tolist(), "spacing": [float(z) for z in img.header.get_zooms()[:3]],
+    geo = {"affine": affine.tolist(), "spacing": [float(z) * unit_mm(img) for z in img.header.get_zooms()[:3]],
            "orientation": "".join(str(c) for c in nib.aff2axcodes(affine))}
     return FileProbe(path, spatial, count, str(arr.dtype), nodata, [None] * count, {}, valid,
                   _value_range(arr, valid, nodata), geo, "strided")

@@ -24,7 +24,7 @@ from geomed_ssl.data.intensity import intensity_args, preprocess_intensity
 from geomed_ssl.geo.validity import valid_mask
 from geomed_ssl.windows.crops import pad_crop
 from geomed_ssl.geo.gdal_read import read_masked
-from geomed_ssl.geo.voxels import resample_to_spacing
+from geomed_ssl.geo.voxels import mm_affine, resample_to_spacing
 from geomed_ssl.errors import DataError, innermost_message
 
 Region = tuple[int, int, int, int]  # row_off, col_off, height, width (file pixels, inside the file)
@@ -335,7 +335,7 @@ class VolumeReader:
         if arr.ndim not in (3, 4):
             raise DataError(f"volume '{path}' has shape {list(arr.shape)}; expected 3 spatial axes (+ channels).")
         arr = arr[None] if arr.ndim == 3 else np.moveaxis(arr, -1, 0)  # (C, D, H, W)
-        affine = np.asarray(img.affine, dtype=np.float64)
+        affine = mm_affine(img)
         if self.data_cfg.spacing is not None:
             nodata = self.data_cfg.nodata
             if nodata is not None and not np.isnan(nodata):  # as NaN, so interpolation never blends it into data

@@ -165,14 +165,27 @@ def write_grid(file_meta: dict[str, Any], array: np.ndarray, path: Path, nodata:
             data = array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)  # (X, Y, Z[, K])
             affine = np.asarray(file_meta["map_affine"])
             img = nib.Nifti1Image(np.ascontiguousarray(data), affine)
-            img.set_qform(affine, code=1)
-            img.set_sform(affine, code=1)
-            img.header.set_xyzt_units("mm")  # the map affine is the input's world mm
+            code = space_code(file_meta)
+            img.set_qform(affine, code=code)
+            img.set_sform(affine, code=code)
+            img.header.set_xyzt_units("mm")  # the map affine is the input's world, in mm (geo.voxels.mm_affine)
             if tags:
                 img.header["descrip"] = f"{MAP_DESCRIP}{os.path.basename(tags[INPUT_TAG])}".encode(
                     "ascii", "replace")[:79]
             nib.save(img, str(tmp))
     return path
+
+
+def space_code(file_meta: dict[str, Any]) -> int:
+    """The NIfTI space code of an embedded volume's world (its sform's, else its qform's: 4 MNI, 3 Talairach, 2
+    aligned to another scan), which its map shares; 1 (scanner) when it has none or is no longer readable."""
+    import nibabel as nib
+
+    try:
+        header = nib.load((file_meta.get("paths") or [file_meta["path"]])[0]).header
+        return int(header["sform_code"]) or int(header["qform_code"]) or 1
+    except Exception:  # moved since it was embedded, or a header without codes
+        return 1
 
 
 def fill_grid(file_meta: dict[str, Any], grid_index: np.ndarray, values: np.ndarray, fill: float,

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from geomed_ssl.errors import DataError
-from geomed_ssl.geo.voxels import nearest_index
+from geomed_ssl.geo.voxels import mm_affine, nearest_index
 from geomed_ssl.tables import LINE, FileIndex, read_rows
 
 log = logging.getLogger("geomed_ssl")
@@ -144,7 +144,7 @@ def _native_grid(f: dict[str, Any]) -> tuple[tuple[int, ...], np.ndarray]:
         img = nib.as_closest_canonical(nib.load(f["paths"][0]))
     except Exception:  # moved or unreadable: the recorded (resampled) grid, which the map will not match
         return tuple(f["shape"]), np.asarray(f["affine"])
-    return tuple(int(v) for v in img.shape[:3]), np.asarray(img.affine, np.float64)
+    return tuple(int(v) for v in img.shape[:3]), mm_affine(img)
 
 
 def labelled_files(path: Path, files: Sequence[dict[str, Any]], nd: int, native: bool = False

@@ -12,7 +12,7 @@ import numpy as np
 from geomed_ssl.data.catalog import FileRecord
 from geomed_ssl.errors import DataError
 from geomed_ssl.geo.grids import gcp_grid, grid_diffs
-from geomed_ssl.geo.voxels import GRID_TOLERANCE, grid_gap
+from geomed_ssl.geo.voxels import GRID_TOLERANCE, grid_gap, mm_affine
 
 
 def _raster_header(path: str) -> tuple[tuple[int, int], str | None, list[float], int]:
@@ -82,7 +82,7 @@ def volume_grid_diffs(ras_shape: Sequence[int], ras_affine: np.ndarray, label: s
         shape = shape[:-1]
     if len(shape) != 3:
         return [f"label shape {list(shape)} is not 3D"]
-    l_shape, l_aff = ras_grid(shape, np.asarray(img.affine, np.float64))
+    l_shape, l_aff = ras_grid(shape, mm_affine(img))
     i_shape, i_aff = tuple(int(v) for v in ras_shape), np.asarray(ras_affine, np.float64)
     diffs = []
     sizes = [np.round(np.linalg.norm(a[:3, :3], axis=0), 4).tolist() for a in (l_aff, i_aff)]

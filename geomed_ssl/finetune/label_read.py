@@ -18,7 +18,7 @@ from geomed_ssl.geo.validity import is_fill
 from geomed_ssl.errors import DataError
 from geomed_ssl.finetune.sampling import unique_ints
 from geomed_ssl.geo.gdal_read import has_dataset_mask
-from geomed_ssl.geo.voxels import AFFINE_PROBLEM, maps_a_grid, nearest_index, resampled_shape, voxel_mm
+from geomed_ssl.geo.voxels import AFFINE_PROBLEM, maps_a_grid, mm_affine, nearest_index, resampled_shape, voxel_mm
 
 log = logging.getLogger("geomed_ssl")
 
@@ -279,13 +279,13 @@ def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata
                         "per voxel).")
     labels, labelled = _to_labels(arr, nodata, ignore_value, path, remap, facts=facts)  # (D, H, W) RAS
     if spacing is not None:
-        new = resampled_shape(labels.shape, voxel_mm(img.affine), spacing)  # the volume reader's grid
+        new = resampled_shape(labels.shape, voxel_mm(mm_affine(img)), spacing)  # the volume reader's grid
         idx = nearest_index(labels.shape, new)  # nearest on the reader's align-corners grid
         reached = np.zeros(labels.shape, bool)
         reached[idx] = True
         missed, total = int(np.count_nonzero(labelled & ~reached)), int(np.count_nonzero(labelled))
         if missed and warn_coverage:  # a grid coarser than the labels on some axis: nearest neighbour skips voxels
-            mm = " x ".join(f"{v:.3g}" for v in voxel_mm(img.affine))
+            mm = " x ".join(f"{v:.3g}" for v in voxel_mm(mm_affine(img)))
             log.warning(f"warning: on the data.spacing {list(spacing)} mm grid, {total - missed} of the {total} "
                         f"labelled voxels of '{path}' are read (nearest neighbour); the others neither train nor "
                         f"test. A data.spacing as fine as the labels' ({mm} mm) reads them all.")

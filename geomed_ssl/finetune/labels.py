@@ -19,7 +19,7 @@ from geomed_ssl.data.catalog import EXTENSIONS, FileRecord
 from geomed_ssl.geo.grids import grid_identity
 from geomed_ssl.files.listing import absolute, walk
 from geomed_ssl.data.readers import valid_map
-from geomed_ssl.geo.voxels import nearest_index, resampled_shape, voxel_mm
+from geomed_ssl.geo.voxels import mm_affine, nearest_index, resampled_shape, voxel_mm
 from geomed_ssl.tables import LINE, FileIndex, header_names, read_rows
 from geomed_ssl.inference.writers import MAX_CLASS_VALUE
 from geomed_ssl.finetune.sampling import (  # noqa: F401  (re-exported: the sampling half of this module)
@@ -272,7 +272,7 @@ def label_sources(paths: Sequence[str], data: Any) -> list[Sources | None]:
     out: list[Sources | None] = []
     for path in paths:
         img = nib.load(path)
-        shape, affine = ras_grid(img.shape[:3], np.asarray(img.affine, np.float64))
+        shape, affine = ras_grid(img.shape[:3], mm_affine(img))
         new = resampled_shape(shape, voxel_mm(affine), data.spacing)
         out.append((tuple(a.reshape(-1) for a in nearest_index(shape, new)), shape))
     return out

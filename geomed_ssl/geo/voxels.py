@@ -4,9 +4,29 @@ volumes), first and last voxel centres kept."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
+
+
+MM_PER_UNIT = {"meter": 1000.0, "mm": 1.0, "micron": 0.001}  # NIfTI's spatial units (xyzt_units)
+
+
+def unit_mm(img: Any) -> float:
+    """How many mm one world unit of a NIfTI image is: a header may give them in metres or microns
+    (``xyzt_units``: micro-CT, microscopy); mm and unknown units are read as mm."""
+    try:
+        unit = img.header.get_xyzt_units()[0]
+    except AttributeError:  # a header without units (Analyze)
+        return 1.0
+    return MM_PER_UNIT.get(unit, 1.0)
+
+
+def mm_affine(img: Any) -> np.ndarray:
+    """A NIfTI image's affine with its world coordinates in mm (:func:`unit_mm`)."""
+    affine = np.array(img.affine, np.float64)
+    affine[:3] *= unit_mm(img)
+    return affine
 
 
 def voxel_mm(affine: np.ndarray) -> np.ndarray:

@@ -748,3 +748,32 @@ def test_a_disk_too_small_for_the_vectors_is_warned_about_before_embedding(data:
     with caplog.at_level("WARNING", logger="geomed_ssl"):
         embed_folder(encoder, data, tmp_path / "w", level="window", progress=False)
     assert not [r for r in caplog.records if " free; " in r.getMessage()]
+
+
+def test_volume_maps_keep_the_inputs_space_and_read_micron_headers_in_mm(tmp_path: Path) -> None:
+    """A map of an MNI-registered volume said 'scanner' (codes 1 always), and a header in microns (micro-CT) was read
+    as mm: resampled 1000x off and its map placed 1000x too large."""
+    import nibabel as nib
+
+    vols = volumes(tmp_path / "vols")
+    enc = make_encoder(vols, tmp_path / "enc3d", kind="volume", window=16, patch=4)
+    src = nib.load(vols / "subject_1.nii.gz")
+    micron = nib.Nifti1Image(np.asarray(src.dataobj), np.diag([1000.0, 1000, 1000, 1]) @ src.affine)
+    micron.set_sform(micron.affine, code=4)  # MNI
+    micron.header.set_xyzt_units("micron")
+    data = tmp_path / "data"
+    data.mkdir()
+    nib.save(micron, str(data / "micro.nii.gz"))
+    nib.save(src, str(data / "milli.nii.gz"))
+    out = tmp_path / "emb"
+    embed_folder(enc, data, out, level="patch", pca_dims=2, progress=False, overrides=["data.spacing=[3,3,4]"])
+    manifest, _ = load_embeddings(out)
+    files = {Path(f["path"]).name: f for f in manifest["files"]}
+    assert files["micro.nii.gz"]["shape"] == files["milli.nii.gz"]["shape"]
+    np.testing.assert_allclose(files["micro.nii.gz"]["affine"], files["milli.nii.gz"]["affine"], atol=1e-3)
+    maps = {name: nib.load(out / "maps" / f"{name}_embedding.nii.gz") for name in ("micro", "milli")}
+    np.testing.assert_allclose(maps["micro"].affine, maps["milli"].affine, atol=1e-3)  # both in mm
+    assert maps["micro"].header.get_xyzt_units()[0] == "mm"
+    assert int(maps["micro"].header["sform_code"]) == int(maps["micro"].header["qform_code"]) == 4
+    expected = int(src.header["sform_code"]) or int(src.header["qform_code"]) or 1
+    assert int(maps["milli"].header["sform_code"]) == expected

@@ -86,6 +86,11 @@ def _folder_files(folder: Path, data_cfg: Any, kind: str | None) -> list[Path]:
     of_kind = [p for p in typed if kind is None or input_kind(p) == kind]
     selected = select([str(p.relative_to(folder)) for p in of_kind], include, exclude, folder)
     kept = [Path(p) for p in once([str(p) for p, k in zip(of_kind, selected) if k], folder)]  # links: once
+    left = [p for p, k in zip(of_kind, selected) if not k]
+    if left and kept:  # a scene named like a mask (cloudmasked_T33.tif) must not go unpredicted without a word
+        log.info("%d file(s) under '%s' are left out by the model's data.include %s / data.exclude %s, e.g. '%s'; "
+                 "name a file on the command line to predict it.", len(left), folder, include, exclude,
+                 left[0].relative_to(folder))
     if not kept:
         what = {"raster": "GeoTIFF", "volume": "NIfTI", None: "GeoTIFF or NIfTI"}[kind]
         raise DataError(f"no {what} files to predict under '{folder}': {len(typed)} GeoTIFF/NIfTI files, "

@@ -593,7 +593,7 @@ def test_an_all_nodata_input_predicts_with_a_warning(tmp_path, caplog):
     assert any("no valid pixel" in r.getMessage() and "empty.tif" in r.getMessage() for r in caplog.records)
 
 
-def test_a_folder_is_predicted_as_the_models_include_and_exclude_say(scene, tmp_path):
+def test_a_folder_is_predicted_as_the_models_include_and_exclude_say(scene, tmp_path, caplog):
     from geomed_ssl.config import DataConfig
 
     folder = tmp_path / "in"
@@ -602,9 +602,11 @@ def test_a_folder_is_predicted_as_the_models_include_and_exclude_say(scene, tmp_
     write_geotiff(folder / "tile_a.tif", small)
     write_geotiff(folder / "lulc_mask.tif", np.ones((1, 32, 32), np.uint8))  # a label beside the scenes
     cfg = DataConfig(exclude=["*mask*", "*lulc*"])
-    results = predict_files(scene["model"], folder, tmp_path / "out", scene["stats"], num_classes=K, window=32,
-                            data_cfg=cfg)
+    with caplog.at_level("INFO", logger="geomed_ssl"):
+        results = predict_files(scene["model"], folder, tmp_path / "out", scene["stats"], num_classes=K, window=32,
+                                data_cfg=cfg)
     assert [Path(r["input"]).name for r in results] == ["tile_a.tif"]
+    assert "1 file(s) under" in caplog.text and "'lulc_mask.tif'; name a file on the command line" in caplog.text
     with pytest.raises(DataError, match=r"0 left after the model's data.include .* data.exclude \['\*'\]"):
         predict_files(scene["model"], folder, tmp_path / "out", scene["stats"], num_classes=K, window=32,
                       data_cfg=DataConfig(exclude=["*"]))

@@ -144,9 +144,9 @@ def test_compare_options_made_in_python_are_checked_as_the_command_line_checks_t
     assert options.encoders == [str(tmp_path), "none"]  # random init is always the reference
     assert options.budgets == [Budget(per_class=2), Budget(per_class=5)] and options.seeds == [1, 0]
     bad = [
-        (dict(protocols=["linaer"]), "unknown name 'linaer'"),
+        (dict(protocols=["linaer"]), r"protocols \(--protocol\): unknown name 'linaer'"),
         (dict(baselines=["forest"]), "unknown name 'forest'"),
-        (dict(split="blockz"), "--split 'blockz'"),
+        (dict(split="blockz"), r"split \(--split\) 'blockz'"),
         (dict(budgets=[Budget(per_class=0)]), "whole number >= 1"),
         (dict(budgets=[Budget(per_class=2), Budget(fraction=0.1)]), "not both"),
         (dict(seeds=[-1]), "--seeds"),

@@ -70,10 +70,10 @@ class CompareOptions:
         self.budgets = check_budgets(listed(self.budgets, "budgets", "[Budget(per_class=5)]"))
         self.seeds = check_seeds(listed(self.seeds, "seeds", "[0, 1, 2]"))
         if self.split not in SPLITS:
-            raise ConfigError(f"--split '{self.split}': choose {', '.join(SPLITS[:-1])} or {SPLITS[-1]}.")
-        self.protocols = check_names(self.protocols, "--protocol", PROTOCOLS)
+            raise ConfigError(f"split (--split) '{self.split}': choose {', '.join(SPLITS[:-1])} or {SPLITS[-1]}.")
+        self.protocols = check_names(self.protocols, "protocols (--protocol)", PROTOCOLS)
         if self.baselines is not None:
-            self.baselines = check_names(self.baselines, "--baselines", BASELINES, allow_empty=True)
+            self.baselines = check_names(self.baselines, "baselines (--baselines)", BASELINES, allow_empty=True)
 
     @property
     def pretrained(self) -> list[str]:
@@ -141,7 +141,8 @@ def check_budgets(budgets: Sequence[Budget]) -> list[Budget]:
                               "(0, 1], not both.")
         out.append(Budget(per_class=per_class) if per_class_ok else Budget(fraction=fraction))
     if len({b.per_class is None for b in out}) > 1:
-        raise ConfigError("give --labels-per-class or --label-fraction, not both (one curve has one kind of budget).")
+        raise ConfigError("give budgets of one kind, Budget(per_class=K) (--labels-per-class) or Budget(fraction=F) "
+                          "(--label-fraction), not both: one curve has one kind of budget.")
     return sorted(set(out), key=lambda b: b.x)
 
 
@@ -158,12 +159,12 @@ def whole(value: object) -> int | None:
 def check_seeds(seeds: Sequence[int]) -> list[int]:
     """Distinct whole numbers in [0, 2**32 - 1], in the order given."""
     if not seeds:
-        raise ConfigError("give at least one seed (--seeds).")
+        raise ConfigError("give at least one seed (seeds, --seeds).")
     out: list[int] = []
     for given in seeds:
         seed = whole(given)
         if seed is None or not 0 <= seed <= 2**32 - 1:
-            raise ConfigError(f"--seeds: each entry must be a whole number in [0, 4294967295], got {given!r}.")
+            raise ConfigError(f"seeds (--seeds): each entry must be a whole number in [0, 4294967295], got {given!r}.")
         if seed not in out:
             out.append(seed)
     return out

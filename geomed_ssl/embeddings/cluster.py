@@ -125,7 +125,7 @@ def fit_kmeans(x_fit: np.ndarray, k: int, seed: int, info: dict[str, Any]) -> tu
     """k-means on the fitting rows (faiss when installed, else scikit-learn): (None: every row is assigned, the
     assignment of rows to their nearest centre); the backend goes into ``info``."""
     if not 2 <= k <= len(x_fit):
-        raise ConfigError(f"--k must be between 2 and the number of rows ({len(x_fit)}), got {k}.")
+        raise ConfigError(f"k (--k) must be between 2 and the number of rows ({len(x_fit)}), got {k}.")
     faiss = optional_module("faiss", "faiss-cpu", "scikit-learn k-means")
     if faiss is not None:
         km = faiss.Kmeans(x_fit.shape[1], k, niter=25, seed=seed, verbose=False)

@@ -83,16 +83,20 @@ def _to_labels(arr: np.ndarray, nodata: float | None, ignore_value: int | None,
     if arr.dtype.kind == "f":
         labelled = np.isfinite(arr) if missing is None else np.isfinite(arr) & ~missing  # nodata: no class id
         vals = arr[labelled]
+        if ignore_value is not None:  # sparse labels: the share is of the labelled pixels, not of the unlabelled fill
+            vals = vals[vals != ignore_value]
         fractional = np.abs(vals - np.rint(vals)) > 1e-3
         off = np.count_nonzero(fractional) / max(vals.size, 1)
         if off > 0.01:
-            raise DataError(f"label file '{path}' holds non-integer values ({off:.0%} of its pixels); labels are "
-                            "class ids. Is this an image rather than a label map?")
+            raise DataError(f"label file '{path}' holds non-integer values ({off:.0%} of its labelled pixels); labels "
+                            "are class ids. Is this an image rather than a label map?")
         if off > 0:
             examples = sorted({float(v) for v in vals[fractional][:1000]})[:3]
+            lost = 0 if ignore_value is None else int(np.count_nonzero(np.rint(vals[fractional]) == ignore_value))
             log.warning("warning: label file '%s' holds %d non-integer value(s) (e.g. %s); they were rounded to the "
-                        "nearest class id. Fix the label file if they are not rounding noise.", path,
-                        int(np.count_nonzero(fractional)), ", ".join(f"{v:g}" for v in examples))
+                        "nearest class id%s. Fix the label file if they are not rounding noise.", path,
+                        int(np.count_nonzero(fractional)), ", ".join(f"{v:g}" for v in examples),
+                        f" ({lost} to the ignore value {ignore_value}: unlabelled)" if lost else "")
         labels = np.rint(np.where(labelled, arr, 0)).astype(np.int64)
     elif arr.dtype.kind in "iub":
         labelled = np.ones(arr.shape, bool) if missing is None else ~missing

@@ -403,6 +403,21 @@ def test_a_class_value_no_class_map_can_hold_is_refused_before_training(tmp_path
     assert -9999 in arrays[0][masks[0]]
 
 
+def test_sparse_float_labels_are_judged_on_their_labelled_pixels_not_the_unlabelled_fill(tmp_path, caplog):
+    """30 points at 1.5 / 5.5 / 9.5 in a float map of 0 (unlabelled) were under 1 % of all pixels: rounded to classes 2,
+    6 and 10 that exist nowhere, where every label is fractional; a 0.5 rounded to the ignore value 0 went unsaid."""
+    lab = np.zeros((64, 64), np.float32)
+    lab[np.arange(30), np.arange(30)] = np.repeat([1.5, 5.5, 9.5], 10)
+    with pytest.raises(DataError, match=r"non-integer values \(100% of its labelled pixels\)"):
+        read_label(_label(tmp_path / "points.tif", lab), "raster", ignore_value=0)
+    lab = np.zeros((64, 64), np.float32)
+    lab[:20, :20] = 3.0
+    lab[30, 30] = 0.5  # one point under 1 % of the labelled pixels: rounded to 0, the ignore value
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        labels, labelled = read_label(_label(tmp_path / "half.tif", lab), "raster", ignore_value=0)
+    assert not labelled[30, 30] and "(1 to the ignore value 0: unlabelled)" in caplog.text
+
+
 def test_continuous_values_are_refused_as_labels(tmp_path):
     path = _label(tmp_path / "img.tif", np.random.default_rng(0).random((8, 8)).astype(np.float32))
     with pytest.raises(DataError, match="non-integer"):

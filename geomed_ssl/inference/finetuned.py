@@ -107,7 +107,7 @@ def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], o
     prediction of the same model, settings and inputs finished in ``out`` stay, the rest is predicted
     (:mod:`geomed_ssl.inference.resume`). Returns printable lines."""
     from geomed_ssl.checkpoint import export_fingerprint
-    from geomed_ssl.inference.predict import plan_outputs, predict_files, usable_inputs
+    from geomed_ssl.inference.predict import plan_outputs, predict_files, usable_inputs, warn_other_models
     from geomed_ssl.inference.resume import finished, run_keys
     from geomed_ssl.inference.sliding import check_pace, proba_kind
     from geomed_ssl.models.device import model_device
@@ -146,6 +146,7 @@ def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], o
         log.info("--resume: %d of %d input(s) already have their class map from this model with these settings "
                  "(e.g. '%s'); predicting the other %d.", len(kept), len(planned), planned[kept[0]],
                  len(planned) - len(kept))
+    warn_other_models({p: o for p, o in planned.items() if p not in kept}, str(Path(ft_dir).resolve()))
     prepare_out_dir(out, **rule)
     todo = [str(p) for p in planned if p not in kept]
     summaries = [] if not todo else predict_files(

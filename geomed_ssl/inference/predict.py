@@ -182,6 +182,34 @@ def refuse_foreign_outputs(out: Path, p: Path) -> None:
                                                                              "this input's") + ".")
 
 
+def recorded_model(path: Path) -> str | None:
+    """The model (FT_DIR) an earlier class map at ``path`` says made it: its ``GEOMED_SSL_MODEL`` tag, or a volume's
+    ``descrip`` after "by" (maybe only its end, after "..."); None when it says none."""
+    if path.name.lower().endswith((".tif", ".tiff")):
+        return recorded_input(path, "GEOMED_SSL_MODEL")
+    try:
+        import nibabel as nib
+
+        text = nib.load(str(path)).header["descrip"].tobytes().split(b"\0")[0].decode("ascii", "replace")
+    except Exception:  # noqa: BLE001 - a map that cannot say is not known to be another model's
+        return None
+    return text.split(" by ", 1)[1] if text.startswith("geomed-ssl prediction by ") else None
+
+
+def warn_other_models(planned: dict[Path, Path], model: str) -> None:
+    """Say, before any is replaced, which class maps in OUT_DIR another model made (comparing two models in one
+    folder loses the first one's maps)."""
+    def other(found: str | None) -> bool:
+        return found is not None and found != model and not (found.startswith("...") and model.endswith(found[3:]))
+
+    replaced = [(out, found) for out in planned.values() if out.is_file() and other(found := recorded_model(out))]
+    if replaced:
+        out, found = replaced[0]
+        log.warning(f"warning: {len(replaced)} class map(s) in '{out.parent}' were made by another model (e.g. "
+                    f"'{out.name}' by '{found}') and are replaced by this one's; to keep both, predict each model into "
+                    "its own --out.")
+
+
 def usable_inputs(planned: dict[Path, Path], data_cfg: Any, blend: str, stats: BandStats, strict: bool = False,
                   scale: dict[str, Any] | None = None, model: str = "the model",
                   window: Sequence[int] | None = None, room: tuple[Path, Sequence[int], bool | str] | None = None

@@ -316,8 +316,27 @@ def test_a_prediction_names_the_model_that_made_it(tmp_path: Path) -> None:
             tags = ds.tags()
         assert tags["GEOMED_SSL_MODEL"] == str(ft.resolve()) and tags["GEOMED_SSL_VERSION"] == __version__
     assert made("geomed-ssl prediction", "/runs/ft") == "geomed-ssl prediction by /runs/ft"
+    # a second model predicting into the same folder replaced the first one's maps without a word
+    import shutil
+
+    shutil.copytree(ft, tmp_path / "other" / "ft")
+    again = runner.invoke(app, ["predict", str(ft), str(tmp_path / "in"), "--out", str(tmp_path / "p")])
+    assert again.exit_code == 0 and "made by another model" not in again.output  # the same model: no word
+    other = runner.invoke(app, ["predict", str(tmp_path / "other" / "ft"), str(tmp_path / "in"), "--out",
+                                str(tmp_path / "p")])
+    assert other.exit_code == 0, other.output
+    assert (f"1 class map(s) in '{tmp_path / 'p'}' were made by another model (e.g. 'scene_pred.tif' by "
+            f"'{ft.resolve()}') and are replaced by this one's" in other.output)
     long = made("geomed-ssl prediction", "/" + "a" * 100 + "/ft_brats")
     assert len(long) == 79 and long.endswith("/ft_brats") and "by ..." in long
+    import nibabel as nib
+
+    from geomed_ssl.inference.predict import recorded_model
+
+    img = nib.Nifti1Image(np.zeros((2, 2, 2), np.uint8), np.eye(4))
+    img.header["descrip"] = long.encode()
+    nib.save(img, str(tmp_path / "v_pred.nii.gz"))
+    assert recorded_model(tmp_path / "v_pred.nii.gz") == "..." + long.split("by ...", 1)[1]
 
 
 def test_predict_warns_before_starting_when_the_outputs_may_not_fit_on_the_disk(tmp_path: Path, monkeypatch) -> None:

@@ -366,8 +366,12 @@ def unknown_classes(vals: np.ndarray, values: Sequence[int], names: Sequence[str
     unknown = [(int(v), int(c)) for v, c in zip(found, counts) if int(v) not in set(values)]
     if not unknown:
         return []
+    classes = ', '.join(f'{v}={n}' for v, n in zip(values, names))
+    if len(unknown) == len(found):  # metrics of nothing, written as if scored
+        raise DataError(f"none of the label values {[v for v, _ in unknown][:10]} is a class this model was trained "
+                        f"on (its classes: {classes}; labels are read with its fine-tune's labels.remap and ignore "
+                        "value): nothing to score. Give the labels of its task, with its class values.")
     note = (f"label values {[v for v, _ in unknown]} ({sum(c for _, c in unknown)} labelled positions) are not "
-            f"classes this model was trained on (its classes: {', '.join(f'{v}={n}' for v, n in zip(values, names))})"
-            "; they are left out of the metrics")
+            f"classes this model was trained on (its classes: {classes}); they are left out of the metrics")
     log.warning("warning: %s.", note)
     return [note]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from geomed_ssl.errors import DataError
 from geomed_ssl.finetune.evaluate import unknown_classes
 
 
@@ -15,6 +16,8 @@ def test_label_values_the_model_never_saw_are_a_warning_and_a_note(caplog) -> No
     assert len(notes) == 1 and "[5, 7] (3 labelled positions)" in notes[0] and "1=water, 2=forest" in notes[0]
     assert any("left out of the metrics" in r.getMessage() for r in caplog.records)
     assert unknown_classes(np.array([1, 2]), [1, 2], ["water", "forest"]) == []
+    with pytest.raises(DataError, match=r"none of the label values \[5, 7\] is a class this model was trained on"):
+        unknown_classes(np.array([5, 7]), [1, 2], ["water", "forest"])  # a metrics.json of nothing, exit 0 before
 
 
 def test_a_volume_whose_input_has_no_data_somewhere_is_scored_where_it_has(tmp_path) -> None:

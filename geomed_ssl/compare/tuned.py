@@ -20,6 +20,7 @@ from geomed_ssl.compare.task import Split, Task, labels_config
 from geomed_ssl.config import Recipe
 from geomed_ssl.data.catalog import problems_reported
 from geomed_ssl.finetune.metrics import background_index
+from geomed_ssl.finetune.sampling import BUDGET_NOTE
 from geomed_ssl.outcommands import distinct_names
 from geomed_ssl.outfiles import scratch_dir
 
@@ -33,6 +34,8 @@ def _once(record: logging.LogRecord, said: set[str]) -> bool:
     """A logging filter: a warning whose text was said already in this compare is dropped (decided once per record,
     however many such filters it meets); lines below warnings pass."""
     fresh = getattr(record, "compare_fresh", None)
+    if getattr(record, BUDGET_NOTE, False):  # a fine-tune's budget shortfall: compare says each once (warn_notes)
+        fresh = False
     if fresh is None:
         text = record.getMessage()
         fresh = record.levelno < logging.WARNING or text not in said

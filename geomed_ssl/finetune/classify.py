@@ -23,7 +23,7 @@ from geomed_ssl.models.model_data import naming_hint, note_encoder_naming
 from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, class_weights_from_counts, data_meta,
                                      encoder_and_stats, finetune_inputs, fit_supervised, no_model, not_evaluated,
                                      save_recipe, seed_new_head, with_encoder_naming)
-from geomed_ssl.finetune.sampling import split_images
+from geomed_ssl.finetune.sampling import BUDGET_NOTE, split_images
 from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix, write_metrics
 from geomed_ssl.models.cls_heads import ClassificationModel
 from geomed_ssl.models.device import model_device
@@ -121,8 +121,8 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
         raise naming_hint(err, naming) from None
     note_encoder_naming(records, naming)
     train, test, notes = split_images(labels, lab.per_class, lab.fraction, lab.seed, names, lab.test_fraction)
-    for note in notes:
-        log.info("note: %s", note)
+    for note in notes:  # a budget short of what was asked: a warning, kept under --quiet, as compare says it
+        log.warning("warning: %s", note, extra={BUDGET_NOTE: True})
     if len(train) < 2:
         raise DataError(f"{len(train)} training image(s) under '{data}': a classifier needs at least two (each "
                         "class keeps half its images for testing); give more images per class or raise "
@@ -133,7 +133,8 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
     untrained = [n for n, c in zip(names, np.bincount(labels[train], minlength=len(names))) if c == 0]
     if untrained:
         log.warning(f"warning: no training image for class(es) {', '.join(untrained)} (a class needs at least two "
-                    "images: half stay for testing); the model cannot predict them: add images to their folders.")
+                    "images: half stay for testing); its output for them is untrained, so it may still give them by "
+                    "chance: add images to their folders.")
     catalog = Catalog(records=records, problems=[], kind=recipe.data.kind, band_names=records[0].band_names,
                       wavelengths=records[0].wavelengths, bandwidths=records[0].bandwidths)
     enc, stats, source, catalog = encoder_and_stats(encoder, recipe, catalog)

@@ -197,6 +197,10 @@ def sample_fraction(values: np.ndarray, fraction: float, seed: int, names: Names
 
 
 # -- the selection ----------------------------------------------------------------------------------------------
+BUDGET_NOTE = "budget_note"  # marks a log record saying a class got fewer labels than the budget asks (compare
+# says those of all its fine-tunes once itself)
+
+
 @dataclass
 class LabelSelection:
     """The exact training and test positions: (file index, flat index into that file's label array, class value)."""
@@ -229,7 +233,8 @@ class LabelSelection:
         out[idx[keep]] = self.class_map.encode(val[keep])
         return out.reshape(self.shapes[file])
 
-    def summary(self) -> str:
+    def summary(self, notes: bool = True) -> str:
+        """The counts per class, and the budget's ``notes`` (classes that got fewer) unless said apart."""
         counts = np.bincount(self.class_map.encode(self.train_value), minlength=len(self.classes))
         lines = [f"{self.train_value.size} training and {self.test_value.size} test positions over "
                  f"{len(self.classes)} classes ({self.split} split, seed {self.seed})",
@@ -240,7 +245,12 @@ class LabelSelection:
             places = np.bincount(self.class_map.encode(self.train_value[first]), minlength=len(self.classes))
             lines.append("  places of the ground per class (each trained at every image of its label file): "
                          + ", ".join(f"{v}:{n}" for v, n in zip(self.classes, places)))
-        return "\n".join(lines + [f"  note: {n}" for n in self.notes])
+        return "\n".join(lines + ([f"  note: {n}" for n in self.notes] if notes else []))
+
+    def untrained(self) -> list[str]:
+        """The classes (labelled as the notes label them) with no training position: scored, never trained."""
+        counts = np.bincount(self.class_map.encode(self.train_value), minlength=len(self.classes))
+        return [self.class_map.label(c) for c, n in zip(self.classes, counts) if n == 0]
 
     def grid_text(self) -> str:
         """What ``*_index`` counts, in words, for the file's readers (``meta["grid"]``)."""

@@ -21,7 +21,7 @@ from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, cla
                                      save_recipe, seed_new_head, with_encoder_naming)
 from geomed_ssl.finetune.labels import label_colors, label_grounds, label_sources, read_label_pairs, select_labels
 from geomed_ssl.finetune.probe import fit_probe_model
-from geomed_ssl.finetune.sampling import training_area_maps
+from geomed_ssl.finetune.sampling import BUDGET_NOTE, training_area_maps
 from geomed_ssl.finetune.seg_data import SparseLabelDataset
 from geomed_ssl.errors import ConfigError, DataError
 from geomed_ssl.models.device import resolve_device
@@ -106,7 +106,13 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     selection = select_labels(arrays, masks, lab, paths=[os.path.abspath(p) for _, p in pairs],  # evaluate finds them
                               sources=label_sources([p for _, p in pairs], recipe.data), grounds=grounds)
     selection.images = [os.path.abspath(r.path) for r, _ in pairs]  # evaluate finds them with an edited label copy
-    log.info(selection.summary())
+    log.info(selection.summary(notes=False))
+    for note in selection.notes:  # a budget short of what was asked: a warning, kept under --quiet, as compare says it
+        log.warning("warning: %s", note, extra={BUDGET_NOTE: True})
+    if untrained := selection.untrained():
+        log.warning(f"warning: no training label for {', '.join(untrained)}: the model scores them but its output "
+                    "for them is untrained, so its maps may still show them by chance; label more of them (half of "
+                    "a class's labels stay for testing), or merge them into another class with labels.remap.")
     warn_sided_flips(recipe, arrays, masks, selection.classes)
     enc, stats, source, catalog = encoder_and_stats(encoder, recipe, catalog)
     by_path = {r.path: r for r in catalog.records}

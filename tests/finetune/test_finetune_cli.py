@@ -241,6 +241,24 @@ def test_segment_with_linear_head_saves_reloads_and_predicts(seg_scene, pretrain
         assert set(np.unique(dst.read(1))) <= {1, 2, 3}
 
 
+def test_segment_warns_of_a_budget_it_cannot_meet_and_of_a_class_it_cannot_train(seg_scene, tmp_path: Path) -> None:
+    """A class of one labelled pixel (half stays for testing: none trains) stayed in the model and was painted on
+    every scene, said only in a note, which --quiet drops like every budget shortfall."""
+    images, labels = seg_scene
+    with rasterio.open(labels / "scene_gt.tif") as src:
+        cls, profile = src.read(), src.profile
+    cls[0, 10, 10] = 4
+    with rasterio.open(labels / "scene_gt.tif", "w", **profile) as dst:
+        dst.write(cls)
+    result = runner.invoke(app, ["--quiet", "finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", "none",
+                                 "--images", str(images), "--labels", str(labels), "--out", str(tmp_path / "ft"),
+                                 "--labels-per-class", "5", "--head", "probe", *sets("data.sensor=null")])
+    assert result.exit_code == 0, result.output
+    assert "warning: class 4: 1 labelled pixel, took 0 instead of 5 so half stay for testing" in result.output
+    assert "warning: no training label for class 4: the model scores them but its output for them is untrained" \
+        in result.output
+
+
 @pytest.mark.parametrize("probe", ["linear", "knn", "propagate"])
 def test_segment_with_probe_head_fits_frozen_features_without_training_and_predicts(seg_scene, pretrained: Path,
                                                                                    tmp_path: Path, probe: str) -> None:
@@ -471,6 +489,7 @@ def test_classify_warns_of_classes_it_cannot_learn_and_evaluate_scores_its_train
     assert result.exit_code == 0, result.output
     assert "hold no usable image, so they are no class: Highway" in result.output
     assert "no training image for class(es) Solo" in result.output
+    assert "warning: class folder 'Solo': 1 labelled image, took 0 instead of 2" in result.output  # not a note
     assert "leaves out folder(s) under" in result.output and "'Unlabelled' (1 file)" in result.output
     assert json.loads((ft / "metrics.json").read_text())["train"]["n"] == 6
 

@@ -27,6 +27,7 @@ from geomed_ssl.config import DataConfig
 from geomed_ssl.config.loading import whole_number
 from geomed_ssl.data.catalog import FileRecord, scan
 from geomed_ssl.files.kinds import check_input_kind
+from geomed_ssl.files.listing import file_stamps
 from geomed_ssl.geo.grids import crs_name, crs_text
 from geomed_ssl.embeddings.embedder import Embedder
 from geomed_ssl.embeddings.extract import encoder_for
@@ -327,9 +328,30 @@ def query_name(query: Path, manifest: dict[str, Any]) -> str:
     """The default result folder's name of a query file: a file of the embedded archive is named as its maps are
     (:func:`~geomed_ssl.embeddings.maps.grid_stems`: its path in the data folder without extension, '/' -> '__', a
     hash where two files' names would meet; ``S2A_2020.06.01.tif`` -> ``S2A_2020.06.01``); a file from elsewhere
-    adds 6 hex digits of its path's hash, so two queries never share a folder."""
-    stems = {str(Path(p).resolve()): stem for p, stem in grid_stems(manifest["files"]).items()}
-    return stems.get(str(query)) or f"{grid_stem({'rel': query.name})}-{name_hash(str(query))}"
+    adds 6 hex digits of its path's hash, so two queries never share a folder (:func:`embedded_file` tells which)."""
+    f = embedded_file(query, manifest)
+    if f is None:
+        return f"{grid_stem({'rel': query.name})}-{name_hash(str(query))}"
+    return grid_stems(manifest["files"])[f["path"]]
+
+
+def embedded_file(path: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest entry of the embedded file at ``path`` (resolved; a stack's query may name any of its files),
+    or None: by its stored absolute path, else (the data folder moved since) by its stored path in the data folder
+    and its size and modification time, so another file of that name never stands for it."""
+    files = manifest["files"]
+    f = next((f for f in files if path in {Path(p).resolve() for p in f.get("paths") or [f["path"]]}), None)
+    if f is not None or not path.is_file():
+        return f
+    stamp = file_stamps([str(path)])[0]
+    for f in files:
+        if not f.get("rel") or "stamps" not in f:  # a folder of an earlier version
+            continue
+        for p, s in zip(f["paths"], f["stamps"]):
+            rel = Path(os.path.dirname(f["rel"]), os.path.basename(p)).parts  # a stack's files share one folder
+            if s == stamp and path.parts[-len(rel):] == rel:
+                return f
+    return None
 
 
 def centred_in(boxes: np.ndarray, region: Sequence[int], nd: int) -> np.ndarray:
@@ -343,8 +365,7 @@ def rows_of_region(emb_dir: str | Path, manifest: dict[str, Any], path: Path, re
     """The stored rows of the file at ``path`` whose box centre lies in ``region`` (None: all of them, edge windows
     past the far edge too; none when it was not embedded): the query's own rows, left out of its hits. Reads that
     file's boxes only."""
-    f = next((f for f in manifest["files"] if path in {Path(p).resolve() for p in f.get("paths") or [f["path"]]}),
-             None)  # a stack's query may name any of its files
+    f = embedded_file(path, manifest)
     if f is None or not int(f["rows"]):
         return set()
     a, n = int(f["first_row"]), int(f["rows"])

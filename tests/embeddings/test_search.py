@@ -199,6 +199,26 @@ def test_default_result_folders_of_different_queries_never_meet(archive: tuple[P
     assert (again.out_dir / "similar.csv").is_file() and not (again.out_dir / "similar.png").exists()
 
 
+def test_a_query_from_a_moved_data_folder_still_leaves_out_its_own_cells(archive: tuple[Path, Path],
+                                                                       tmp_path: Path) -> None:
+    """After the data and embedding folders moved, the query's path is no stored one: it is known by its path in
+    the data folder, size and time, so its own cells stay out of the hits and its folder is named as before; a
+    file of the same name elsewhere with other stamps is still a stranger."""
+    data, enc = archive
+    shutil.copytree(data, tmp_path / "old" / "data")
+    embed_folder(enc, tmp_path / "old" / "data", tmp_path / "old" / "emb", level="patch", pca_dims=0, progress=False)
+    (tmp_path / "old").rename(tmp_path / "new")
+    emb, query = tmp_path / "new" / "emb", tmp_path / "new" / "data" / "scene_2.tif"
+    result = find_similar(emb, query, box="0,0,8,8", top=3, sheet=False)
+    assert result.hits and result.hits[0]["score"] < 1 - 1e-4
+    assert not any(h["file"].endswith("scene_2.tif") and h["box"][0] < 8 and h["box"][1] < 8 for h in result.hits)
+    assert result.out_dir == emb / "search" / "scene_2_0-0-8-8"
+    stranger = tmp_path / "other" / "data" / "scene_2.tif"
+    stranger.parent.mkdir(parents=True)
+    shutil.copy(query, stranger)  # same name and size, another modification time
+    assert find_similar(emb, stranger, box="0,0,8,8", top=1, sheet=False).out_dir.name.startswith("scene_2-")
+
+
 def test_a_failed_contact_sheet_leaves_no_earlier_querys_sheet_beside_the_new_table(
         archive: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data, enc = archive

@@ -243,8 +243,9 @@ def encoders_record(sources: dict[str, EncoderSource]) -> dict[str, str]:
 
 def check_encoders_unchanged(path: Path, record: dict[str, str]) -> dict[str, str]:
     """Refuse to add to rows made from other weights under the same name (a RUN_DIR pretrained again since), or
-    from the same folder under another name (one encoder spelt two ways: a relative name is read from the working
-    folder); the record to save: the earlier one's encoders with this run's."""
+    from the same weights under another name: the same folder (one encoder spelt two ways: a relative name is read
+    from the working folder), or one whose earlier folder is gone (moved or renamed since); the record to save: the
+    earlier one's encoders with this run's."""
     try:
         earlier = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -252,11 +253,17 @@ def check_encoders_unchanged(path: Path, record: dict[str, str]) -> dict[str, st
     if not isinstance(earlier, dict):
         return dict(record)
     twins = [(name, old) for name, digest in record.items() if name not in earlier
-             for old, before in earlier.items() if before == digest and same_place(old, name)]
-    if twins:  # run and /abs/run: its rows would stand twice in the table under two names
-        raise ConfigError(f"encoder '{twins[0][0]}' holds the same weights as '{twins[0][1]}', whose rows are in "
-                          f"'{path.parent / 'results.csv'}'; give it as '{twins[0][1]}', as before (rows are named by "
-                          "the encoder as given).")
+             for old, before in earlier.items() if before == digest]
+    for name, old in twins:  # its rows would stand twice in the table under two names
+        if same_place(old, name):  # run and /abs/run
+            raise ConfigError(f"encoder '{name}' holds the same weights as '{old}', whose rows are in "
+                              f"'{path.parent / 'results.csv'}'; give it as '{old}', as before (rows are named by the "
+                              "encoder as given).")
+        if not Path(old).exists():  # run moved or renamed to run2: every row would be computed again
+            raise ConfigError(f"encoder '{name}' holds the same weights as '{old}', whose rows are in "
+                              f"'{path.parent / 'results.csv'}' but which is no longer there (moved or renamed?); "
+                              f"under the new name its rows would stand twice in the table: put it back at '{old}', "
+                              "continue into a new --out, or pass --overwrite to start again.")
     changed = [name for name, digest in record.items() if earlier.get(name, digest) != digest]
     if changed:
         raise ConfigError(f"'{changed[0]}' is not the encoder its rows in '{path.parent / 'results.csv'}' were "

@@ -300,6 +300,31 @@ def test_one_encoder_spelt_another_way_is_refused_and_a_folder_named_none_too(sc
     assert not (tmp_path / "cmp_none").exists()
 
 
+def test_an_encoder_moved_since_its_rows_is_refused_before_any_row_under_its_new_name(
+        scene, run_dir: Path, exported: Path, tmp_path: Path) -> None:
+    """The RUN_DIR moved or renamed: the same weights under a new name would compute every row again and stand
+    beside the old name's in the table; refused, naming both."""
+    import shutil
+
+    images, labels = scene
+    shutil.copytree(exported, tmp_path / "encoder")
+    out = tmp_path / "cmp"
+
+    def args(enc: Path) -> list[str]:
+        return ["compare", str(enc), "--images", str(images), "--labels", str(labels), "--out", str(out), "--recipe",
+                str(run_dir / "config.yaml"), "--labels-per-class", "3", "--seeds", "0", "--protocol", "linear",
+                "--no-baselines", *sets()]
+
+    first = runner.invoke(app, args(tmp_path / "encoder"))
+    assert first.exit_code == 0, first.output
+    before = (out / "results.csv").read_bytes()
+    (tmp_path / "encoder").rename(tmp_path / "moved")
+    again = runner.invoke(app, args(tmp_path / "moved"))
+    assert again.exit_code == 2 and "no longer there" in again.output
+    assert str(tmp_path / "encoder") in again.output and str(tmp_path / "moved") in again.output
+    assert (out / "results.csv").read_bytes() == before
+
+
 def test_kept_fine_tunes_of_encoders_in_same_named_folders_keep_apart(scene, exported: Path, tmp_path: Path) -> None:
     """``--keep-finetuned`` names each kept FT_DIR after its encoder's folder; two encoders in folders of one name
     (runs/a/encoder, runs/b/encoder) get a hash of their path too, so neither replaces the other's."""

@@ -62,6 +62,18 @@ def find_encoder_dir(path: str | Path) -> Path:
     )
 
 
+def fine_tune_of(path: str | Path | None) -> Path | None:
+    """The fine-tune folder (FT_DIR: its ``labels_used.npz`` says what trained it) when ``path`` names one or its
+    ``model/`` as an encoder, else None (a RUN_DIR, an encoder export, ``none``)."""
+    if path is None or str(path).lower() == "none":
+        return None
+    try:
+        folder = find_encoder_dir(path)
+    except GeomedError:
+        return None
+    return folder.parent if folder.name == "model" and (folder.parent / "labels_used.npz").is_file() else None
+
+
 def export_digest(path: str | Path) -> str:
     """SHA-256 of an export's config.json and model.safetensors (a RUN_DIR, FT_DIR or the export folder): the same
     for a copy anywhere, another for a re-export or other weights."""

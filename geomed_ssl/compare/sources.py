@@ -93,6 +93,7 @@ def load_sources(options: CompareOptions, recipe: Recipe, task: Task) -> list[En
     (``meta`` tensors), the template of :func:`none_sources`."""
     sources: list[EncoderSource] = []
     for name in options.pretrained:
+        refuse_trained_on_these_labels(name, task)
         enc, stats, _, catalog = encoder_and_stats(name, recipe, task.catalog)
         sources.append(EncoderSource(name, enc.eval(), stats, _task_records(task, catalog), name))
     if sources:
@@ -103,6 +104,23 @@ def load_sources(options: CompareOptions, recipe: Recipe, task: Task) -> list[En
         sources.append(EncoderSource(NONE, enc.eval(), stats, _task_records(task, catalog)))
     order = {n: i for i, n in enumerate(options.encoders)}
     return sorted(sources, key=lambda s: order[s.name])
+
+
+def refuse_trained_on_these_labels(name: str, task: Task) -> None:
+    """An encoder that is a fine-tune of these labels (its ``labels_used.npz`` names one of the task's label files
+    or images) is refused: its rows would score positions it was trained on, as test."""
+    from geomed_ssl.checkpoint import fine_tune_of
+    from geomed_ssl.finetune.evaluate import trained_files
+
+    earlier = fine_tune_of(name)
+    if earlier is None:
+        return
+    ours = {Path(p).expanduser().resolve() for p in [*task.label_paths, *(r.path for r in task.records)]}
+    shared = sorted(trained_files(earlier) & ours)
+    if shared:
+        raise ConfigError(f"encoder '{name}' is a fine-tune trained on labels of this task (e.g. '{shared[0]}', in its "
+                          "labels_used.npz): its rows would score what it was trained on. Compare the pretraining run "
+                          "it was fine-tuned from, or give labels it did not train on.")
 
 
 # encoder settings that leave the network a probe reads as it is: statistics, pixel size, training-only settings, and

@@ -24,6 +24,7 @@ from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, cla
                                      encoder_and_stats, finetune_inputs, fit_supervised, no_model, not_evaluated,
                                      save_recipe, seed_new_head, with_encoder_naming)
 from geomed_ssl.finetune.sampling import BUDGET_NOTE, split_images
+from geomed_ssl.finetune.evaluate import untested_images
 from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix, write_metrics
 from geomed_ssl.models.cls_heads import ClassificationModel
 from geomed_ssl.models.device import model_device
@@ -121,6 +122,7 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
         raise naming_hint(err, naming) from None
     note_encoder_naming(records, naming)
     train, test, notes = split_images(labels, lab.per_class, lab.fraction, lab.seed, names, lab.test_fraction)
+    test = untested_images(encoder, [r.path for r in records], test)
     for note in notes:  # a budget short of what was asked: a warning, kept under --quiet, as compare says it
         log.warning("warning: %s", note, extra={BUDGET_NOTE: True})
     if len(train) < 2:

@@ -271,17 +271,60 @@ def _scored_apart(n: int, total: int, unit: str) -> str:
     return note
 
 
-def trained_images(ft_dir: str | Path, paths: Sequence[str]) -> tuple[np.ndarray, str | None]:
-    """Which of ``paths`` a classification fine-tune trained on (its ``labels_used.npz``), and a note saying so."""
+def trained_images(ft_dir: str | Path, paths: Sequence[str], say: bool = True) -> tuple[np.ndarray, str | None]:
+    """Which of ``paths`` a classification fine-tune trained on (its ``labels_used.npz``), and a note saying so
+    (``say``: else no note, nor warning)."""
     used = _used(ft_dir)
     seen = np.zeros(len(paths), bool)
     if used is None or "train_index" not in used:
         return seen, None
     trained = {_key(used["meta"]["paths"][i]) for i in used["train_index"]}
     seen[:] = [_key(p) in trained for p in paths]
+    if not say:
+        return seen, None
     if not seen.any():
         return seen, _warn_alike([used["meta"]["paths"][i] for i in used["train_index"]], paths, "images")
     return seen, _scored_apart(int(seen.sum()), len(paths), "images")
+
+
+def trained_files(ft_dir: str | Path) -> set[Path]:
+    """The files a fine-tune's labels came from (its ``labels_used.npz``: label files and their images, or the
+    classified images), resolved; empty when it says none."""
+    used = _used(ft_dir)
+    meta = used["meta"] if used is not None else {}
+    return {_key(p) for p in [*(meta.get("paths") or []), *(meta.get("images") or [])]}
+
+
+def untested_by_earlier_fine_tune(encoder: Any, selection: LabelSelection, data: Any = None) -> None:
+    """Leave out of ``selection``'s test set the positions the encoder's own fine-tune trained on, when the encoder
+    is a fine-tune folder (fine-tuning a fine-tuned model on the same labels: they would be scored as test)."""
+    from geomed_ssl.checkpoint import fine_tune_of
+
+    earlier = fine_tune_of(encoder)
+    if earlier is None:
+        return
+    seen, _ = trained_positions(earlier, selection.paths, selection.shapes, selection.test_file, selection.test_index,
+                                data, selection.grounds, selection.images, say=False)
+    if seen.any():
+        log.warning(f"warning: {int(seen.sum())} of the {seen.size} test positions trained the encoder's own "
+                    f"fine-tune '{earlier}' (its labels_used.npz); they are left out of this fine-tune's test set.")
+        for part in ("file", "index", "value"):
+            setattr(selection, f"test_{part}", getattr(selection, f"test_{part}")[~seen])
+
+
+def untested_images(encoder: Any, paths: Sequence[str], test: np.ndarray) -> np.ndarray:
+    """``test`` (indices into ``paths``) without the images the encoder's own fine-tune trained on, when the encoder
+    is a fine-tune folder (:func:`untested_by_earlier_fine_tune` for classifiers)."""
+    from geomed_ssl.checkpoint import fine_tune_of
+
+    earlier = fine_tune_of(encoder)
+    if earlier is None:
+        return test
+    seen = trained_images(earlier, paths, say=False)[0][test]
+    if seen.any():
+        log.warning(f"warning: {int(seen.sum())} of the {seen.size} test images trained the encoder's own fine-tune "
+                    f"'{earlier}' (its labels_used.npz); they are left out of this fine-tune's test set.")
+    return test[~seen]
 
 
 def _warn_alike(trained: Sequence[str], paths: Sequence[str], what: str) -> str | None:
@@ -302,13 +345,14 @@ def _warn_alike(trained: Sequence[str], paths: Sequence[str], what: str) -> str 
 def trained_positions(ft_dir: str | Path, label_paths: Sequence[str], shapes: Sequence[tuple[int, ...]],
                       files: np.ndarray, flats: np.ndarray, data: Any = None,
                       grounds: Sequence[str] | None = None,
-                      images: Sequence[str] | None = None) -> tuple[np.ndarray, str | None]:
+                      images: Sequence[str] | None = None, say: bool = True) -> tuple[np.ndarray, str | None]:
     """Which labelled positions (``files``, ``flats``) a segmentation fine-tune trained on: those of its
     ``labels_used.npz`` in the same label file on the same grid (a label file shared by several images trains a
     place at each of them), in a copy of it on that grid (``grounds``, :func:`label_grounds`: another date of the
     ground) or on the same image (``images``: its label file edited or copied since), or, for a volume trained on
     its ``data.spacing`` grid (the fine-tune's ``data``), the label-file voxels its training positions were read
-    from. A label file whose grid no longer matches what was stored cannot be told apart: a note says so."""
+    from. A label file whose grid no longer matches what was stored cannot be told apart: a note says so (``say``:
+    else no note, nor warning)."""
     from geomed_ssl.finetune.labels import label_sources
 
     used = _used(ft_dir)
@@ -346,6 +390,8 @@ def trained_positions(ft_dir: str | Path, label_paths: Sequence[str], shapes: Se
         if on_grid:
             here = files == i
             seen[here] = np.isin(flats[here], used["train_index"][np.isin(used["train_file"], on_grid)])
+    if not say:
+        return seen, None
     notes = [_scored_apart(int(seen.sum()), files.size, "positions")] if seen.any() else []
     if not seen.any() and not regridded:
         stored_paths = meta.get("paths") or []

@@ -83,7 +83,7 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     """Fine-tune a UNETR-style segmentation model with the labels the ``labels`` section selects, then evaluate
     on the held-out labelled positions. Writes the FT_DIR described in docs/cli.md. ``strict``: problem files and
     band names assigned by position are errors (else skipped / warned about)."""
-    from geomed_ssl.finetune.evaluate import evaluate_segmentation
+    from geomed_ssl.finetune.evaluate import evaluate_segmentation, untested_by_earlier_fine_tune
 
     out = Path(out_dir)
     inputs = finetune_inputs(recipe, encoder, images=images, labels=labels)
@@ -106,6 +106,7 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     selection = select_labels(arrays, masks, lab, paths=[os.path.abspath(p) for _, p in pairs],  # evaluate finds them
                               sources=label_sources([p for _, p in pairs], recipe.data), grounds=grounds)
     selection.images = [os.path.abspath(r.path) for r, _ in pairs]  # evaluate finds them with an edited label copy
+    untested_by_earlier_fine_tune(encoder, selection, recipe.data)
     log.info(selection.summary(notes=False))
     for note in selection.notes:  # a budget short of what was asked: a warning, kept under --quiet, as compare says it
         log.warning("warning: %s", note, extra={BUDGET_NOTE: True})

@@ -100,6 +100,7 @@ def _by_name(records: list[FileRecord], label_dir: Path, kind: str) -> dict[str,
     images = {os.path.realpath(p) for r in records for p in r.paths}  # real paths: a labels folder may link here
     index: dict[str, list[str]] = {}
     reals: dict[str, set[str]] = {}  # per name key, the real files indexed: one file under two names is one
+    named_as_labels: list[str] = []  # x_gt.tif, x_mask.tif: a label of some image, surely
     for folder, dirs, files in walk(label_dir):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for f in sorted(f for f in files if not f.startswith(".")):
@@ -107,6 +108,8 @@ def _by_name(records: list[FileRecord], label_dir: Path, kind: str) -> dict[str,
             real = os.path.realpath(path)
             if f.lower().endswith(EXTENSIONS[kind]) and real not in images:
                 keys = _label_keys(_stem(f))
+                if len(keys) > 1:
+                    named_as_labels.append(path)
                 bids = _bids_key(_stem(f)) if len(keys) > 1 else None  # a BIDS label (…_dseg): its entities
                 for key in keys + ([f"bids:{bids}"] if bids else []):
                     if real not in reals.setdefault(key, set()):
@@ -133,6 +136,11 @@ def _by_name(records: list[FileRecord], label_dir: Path, kind: str) -> dict[str,
         if found and _shared_parents(r.path, found[0]) < max(_shared_parents(p, found[0]) for p in same_stem[stem]):
             found = []
         out[r.path] = found[0] if found else None
+    unused = [p for p in named_as_labels if p not in set(out.values())]
+    if unused:  # the label of an image the catalog does not hold: a user expects it to train
+        log.warning(f"warning: {len(unused)} label file(s) under '{label_dir}' label no image that is read (e.g. "
+                    f"'{os.path.relpath(unused[0], label_dir)}'): their image is missing, named otherwise, or left "
+                    "out by data.include / data.exclude or a problem above.")
     return out
 
 
@@ -341,6 +349,11 @@ def read_label_pairs(records: Sequence[FileRecord], labels: str | Path | None, l
             labelled = labelled & valid
         arrays.append(values)
         masks.append(labelled)
+    empty = [path for (_, path), m in zip(pairs, masks) if not m.any()]
+    if empty and len(empty) < len(pairs):  # none labelled at all: the callers' error, naming the ignore value
+        log.warning(f"warning: {len(empty)} of {len(pairs)} label files hold no labelled pixel or voxel (e.g. "
+                    f"'{empty[0]}': all are its nodata or labels.ignore_value {lab.ignore_value}, or lie where its "
+                    "image has no data), so their images neither train nor test.")
     facts.warn(lab.ignore_value)
     return pairs, arrays, masks
 

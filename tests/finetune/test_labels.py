@@ -55,6 +55,28 @@ def test_labels_match_images_by_stem_with_a_label_suffix(tmp_path):
         ("scene_0.tif", "scene_0_gt.tif"), ("scene_1.tif", "scene_1.tif")]
 
 
+def test_a_label_file_that_labels_no_image_is_warned_about(tmp_path, caplog):
+    """scene_9_gt.tif whose image is missing (or named otherwise) was passed over without a word."""
+    records = _images(tmp_path)
+    (tmp_path / "labels").mkdir()
+    for name in ("scene_0_gt.tif", "scene_1_gt.tif", "scene_9_gt.tif", "notes.tif"):
+        _label(tmp_path / "labels" / name, _classes())
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        assert len(match_labels(records, tmp_path / "labels", "raster")) == 2
+    assert "1 label file(s) under" in caplog.text and "(e.g. 'scene_9_gt.tif')" in caplog.text  # not notes.tif
+
+
+def test_a_label_file_with_nothing_labelled_among_others_is_warned_about(tmp_path, caplog):
+    records = _images(tmp_path)
+    (tmp_path / "labels").mkdir()
+    _label(tmp_path / "labels" / "scene_0_gt.tif", _classes())
+    _label(tmp_path / "labels" / "scene_1_gt.tif", np.zeros((32, 32), np.uint8))  # all unlabelled (0)
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        read_label_pairs(records, tmp_path / "labels", LabelsConfig(), DataConfig(patch_size=8))
+    assert "1 of 2 label files hold no labelled pixel or voxel (e.g. '" in caplog.text
+    assert "scene_1_gt.tif': all are its nodata or labels.ignore_value 0" in caplog.text
+
+
 def test_label_beside_its_image_is_found_and_the_image_never_matches_itself(tmp_path):
     records = _images(tmp_path, n=1)
     _label(tmp_path / "images" / "scene_0_mask.tif", _classes())

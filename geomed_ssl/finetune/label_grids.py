@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from geomed_ssl.data.catalog import FileRecord
-from geomed_ssl.errors import DataError
+from geomed_ssl.errors import DataError, innermost_message
 from geomed_ssl.geo.grids import gcp_grid, grid_diffs
 from geomed_ssl.geo.voxels import GRID_TOLERANCE, grid_gap, mm_affine
 
@@ -27,6 +27,19 @@ def _raster_header(path: str) -> tuple[tuple[int, int], str | None, list[float],
                 return (src.height, src.width), crs, [float(v) for v in list(src.transform)[:6]], src.count
         except rasterio.errors.RasterioIOError as err:
             raise DataError(f"cannot open label raster '{path}' ({err}); is it a GeoTIFF?") from None
+
+
+def _unreadable(path: str) -> str | None:
+    """Why the label raster's last row cannot be read (a file cut short), or None when it can."""
+    import rasterio
+    from rasterio.windows import Window
+
+    try:
+        with rasterio.open(path) as src:
+            src.read(1, window=Window(0, src.height - 1, src.width, 1))
+    except Exception as err:  # noqa: BLE001 - any failure to read is the answer
+        return innermost_message(err)
+    return None
 
 
 def _raster_diffs(record: FileRecord, label: str) -> list[str]:
@@ -108,6 +121,9 @@ def check_grid(record: FileRecord, label_path: str | Path, kind: str, peers: Seq
         shape = diffs[0].removeprefix("label shape ").removesuffix(" is not 3D")
         raise DataError(f"label '{label}' (of image '{record.path}') has shape {shape}: a label volume is 3D, one "
                         "class id per voxel; save one label map per file.")
+    if diffs and kind == "raster" and (broken := _unreadable(label)):  # a header cut short reads as no CRS
+        raise DataError(f"cannot read label raster '{label}' ({broken}): it is truncated or corrupt; copy or export "
+                        "it again.")
     if diffs:
         what = "pixel grid (size, CRS, transform)" if kind == "raster" else "voxel grid (shape, affine)"
         fitting = [p for p in peers if not differ(p, label)]

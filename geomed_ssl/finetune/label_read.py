@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from geomed_ssl.geo.validity import is_fill
-from geomed_ssl.errors import DataError
+from geomed_ssl.errors import DataError, innermost_message
 from geomed_ssl.finetune.sampling import unique_ints
 from geomed_ssl.geo.gdal_read import has_dataset_mask
 from geomed_ssl.geo.voxels import AFFINE_PROBLEM, maps_a_grid, mm_affine, nearest_index, resampled_shape, voxel_mm
@@ -263,7 +263,8 @@ def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata
                     file_nodata = src.nodata
                     valid = src.read_masks(1, window=win) > 0 if has_dataset_mask(src) else None
             except rasterio.errors.RasterioIOError as err:
-                raise DataError(f"cannot read label raster '{path}' ({err}).") from None
+                raise DataError(f"cannot read label raster '{path}' ({innermost_message(err)}): its pixels are "
+                                "truncated or corrupt; copy or export it again.") from None
         return _to_labels(arr, nodata if nodata is not None else file_nodata, ignore_value, path, remap, valid, facts)
     import nibabel as nib
 

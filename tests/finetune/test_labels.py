@@ -77,6 +77,16 @@ def test_a_label_file_with_nothing_labelled_among_others_is_warned_about(tmp_pat
     assert "scene_1_gt.tif': all are its nodata or labels.ignore_value 0" in caplog.text
 
 
+def test_a_truncated_label_raster_is_said_to_be_unreadable_not_off_the_grid(tmp_path):
+    """A label cut short in its header read as having no CRS: 'not on the pixel grid ... CRS none vs EPSG:32633'."""
+    records = _images(tmp_path, n=1)
+    (tmp_path / "labels").mkdir()
+    whole = _label(tmp_path / "whole_gt.tif", _classes())
+    (tmp_path / "labels" / "scene_0_gt.tif").write_bytes(Path(whole).read_bytes()[:300])
+    with pytest.raises(DataError, match=r"cannot read label raster .*scene_0_gt.tif.*truncated or corrupt"):
+        match_labels(records, tmp_path / "labels", "raster")
+
+
 def test_label_beside_its_image_is_found_and_the_image_never_matches_itself(tmp_path):
     records = _images(tmp_path, n=1)
     _label(tmp_path / "images" / "scene_0_mask.tif", _classes())

@@ -30,7 +30,7 @@ import numpy as np
 
 from geomed_ssl.config import recipe_from_dict
 from geomed_ssl.demo import DEMO_RECIPE
-from geomed_ssl.finetune.labels import LabelSelection
+from geomed_ssl.labels import LabelSelection
 from geomed_ssl.finetune.segment import finetune_segment
 from geomed_ssl.sample import IMAGE, LABELS, SAMPLE_DIR
 from geomed_ssl.train.pretrain import pretrain
@@ -162,7 +162,7 @@ def brats_rf(ft_dir: Path, train: Path, scored: Path) -> dict[str, float]:
     from geomed_ssl.data.catalog import scan
     from geomed_ssl.data.readers import VolumeReader
     from geomed_ssl.data.stats import compute_stats
-    from geomed_ssl.finetune.labels import read_label_pairs
+    from geomed_ssl.labels import read_label_pairs
     from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix
     from geomed_ssl.models.probe import read_image
 

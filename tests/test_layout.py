@@ -23,6 +23,7 @@ LADDER: list[tuple[str, tuple[str, ...]]] = [
     ("demo", ("demo",)),
     ("compatibility", ("downstream",)),
     ("applications", ("compare", "finetune", "inference", "embeddings", "export")),
+    ("labels", ("labels",)),
     ("training", ("train",)),
     ("visualisation", ("viz",)),
     ("methods", ("methods",)),

@@ -450,7 +450,7 @@ def test_overwrite_deletes_a_compare_folder_with_its_selections_and_random_encod
     from geomed_ssl.finetune.classify import save_selection
 
     cmp_dir = prepare_out_dir(tmp_path / "cmp", command="compare")
-    from geomed_ssl.finetune.sampling import LabelSelection
+    from geomed_ssl.labels.sampling import LabelSelection
 
     (cmp_dir / "selections").mkdir()
     save_selection(cmp_dir / "selections" / "k5_seed0.npz", ["a.tif"], np.zeros(1, int), np.zeros(1, int),

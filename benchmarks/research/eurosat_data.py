@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from geomed_ssl.finetune.sampling import sample_images_per_class
+from geomed_ssl.labels.sampling import sample_images_per_class
 
 ROOT = Path(__file__).resolve().parents[3] / "shared" / "data" / "eurosat_ms_200"
 if not ROOT.is_dir():

@@ -14,7 +14,7 @@ import numpy as np
 import rasterio
 
 from geomed_ssl.config.sections import LabelsConfig
-from geomed_ssl.finetune.sampling import select_labels
+from geomed_ssl.labels.sampling import select_labels
 from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix
 from geomed_ssl.sample import CLASS_NAMES, IMAGE, LABELS
 

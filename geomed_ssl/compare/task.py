@@ -26,9 +26,9 @@ from geomed_ssl.data.labelled import scan_class_folders
 from geomed_ssl.files.listing import file_stamps
 from geomed_ssl.errors import DataError
 from geomed_ssl.finetune.classify import save_selection
-from geomed_ssl.finetune.labels import label_grounds, label_sources, read_label_pairs
+from geomed_ssl.labels.pairs import label_grounds, label_sources, read_label_pairs
 from geomed_ssl.windows.splits import label_groups
-from geomed_ssl.finetune.sampling import (ClassMap, LabelSelection, labelled_pixels, select_labels, split_images,
+from geomed_ssl.labels.sampling import (ClassMap, LabelSelection, labelled_pixels, select_labels, split_images,
                                           training_area_maps, unique_ints)
 
 log = logging.getLogger("geomed_ssl")

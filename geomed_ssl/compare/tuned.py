@@ -20,7 +20,7 @@ from geomed_ssl.compare.task import Split, Task, labels_config
 from geomed_ssl.config import Recipe
 from geomed_ssl.data.catalog import problems_reported
 from geomed_ssl.finetune.metrics import background_index
-from geomed_ssl.finetune.sampling import BUDGET_NOTE
+from geomed_ssl.labels.sampling import BUDGET_NOTE
 from geomed_ssl.outcommands import distinct_names
 from geomed_ssl.outfiles import scratch_dir
 

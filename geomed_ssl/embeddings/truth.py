@@ -153,7 +153,7 @@ def labelled_files(path: Path, files: Sequence[dict[str, Any]], nd: int, native:
     transform; volumes: RAS shape and affine, the files' own voxels with ``native``, when the encoder resampled them
     to its data.spacing), and of those, when they lie in different folders, the ones in the folder nearest the map
     (patients of one atlas space share a grid; dates of one scene share the map's folder)."""
-    from geomed_ssl.finetune.label_grids import raster_grid_diffs, volume_grid_diffs
+    from geomed_ssl.labels.grids import raster_grid_diffs, volume_grid_diffs
 
     def diffs(f: dict[str, Any]) -> list[str]:
         if nd == 2:
@@ -188,7 +188,7 @@ def _named_after(path: Path, files: list[dict[str, Any]]) -> list[dict[str, Any]
     (``case0_seg`` labels ``case0`` and its sequences ``case0_t1``, ``case0_flair``; a stack of ``data.channels``
     files by its folder's name), as ``finetune`` pairs them; all of them, with a warning, when it is named after
     none (then nothing tells one subject from another)."""
-    from geomed_ssl.finetune.labels import _label_keys, _stem
+    from geomed_ssl.labels.pairs import _label_keys, _stem
 
     keys = _label_keys(_stem(path))
 

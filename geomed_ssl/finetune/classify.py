@@ -23,7 +23,7 @@ from geomed_ssl.models.model_data import naming_hint, note_encoder_naming
 from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, class_weights_from_counts, data_meta,
                                      encoder_and_stats, finetune_inputs, fit_supervised, no_model, not_evaluated,
                                      save_recipe, seed_new_head, with_encoder_naming)
-from geomed_ssl.finetune.sampling import BUDGET_NOTE, split_images
+from geomed_ssl.labels.sampling import BUDGET_NOTE, split_images
 from geomed_ssl.finetune.evaluate import untested_images
 from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix, write_metrics
 from geomed_ssl.models.cls_heads import ClassificationModel

@@ -15,7 +15,8 @@ import torch
 from geomed_ssl.windows.tiling import DEFAULT_OVERLAP
 from geomed_ssl.data.records import stack_input
 from geomed_ssl.errors import DataError, GeomedError
-from geomed_ssl.finetune.labels import LabelSelection, read_label
+from geomed_ssl.labels.read import read_label
+from geomed_ssl.labels.sampling import LabelSelection
 from geomed_ssl.windows.splits import GROUND_PREFIX
 from geomed_ssl.finetune.metrics import (background_index, classification_metrics, confusion_matrix,
                                         foreground_dice, write_metrics)
@@ -142,7 +143,8 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
     from geomed_ssl.data.catalog import scan
     from geomed_ssl.bands.conform import conform_record
     from geomed_ssl.data.labelled import scan_class_folders
-    from geomed_ssl.finetune.labels import label_grounds, labelled_pixels, read_label_pairs
+    from geomed_ssl.labels.pairs import label_grounds, read_label_pairs
+    from geomed_ssl.labels.sampling import labelled_pixels
 
     if data is not None and (images is not None or labels is not None):
         raise GeomedError("give the labelled data as --images IMG_DIR --labels LABELS (segmentation) or as --data "
@@ -353,7 +355,7 @@ def trained_positions(ft_dir: str | Path, label_paths: Sequence[str], shapes: Se
     its ``data.spacing`` grid (the fine-tune's ``data``), the label-file voxels its training positions were read
     from. A label file whose grid no longer matches what was stored cannot be told apart: a note says so (``say``:
     else no note, nor warning)."""
-    from geomed_ssl.finetune.labels import label_sources
+    from geomed_ssl.labels.pairs import label_sources
 
     used = _used(ft_dir)
     seen = np.zeros(files.size, bool)

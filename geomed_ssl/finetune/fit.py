@@ -23,7 +23,7 @@ from geomed_ssl.cpus import fit_threads_to_quota
 from geomed_ssl.data.catalog import Catalog
 from geomed_ssl.data.stats import BandStats, compute_stats
 from geomed_ssl.errors import ConfigError, DataError, GeomedError, RunStopped
-from geomed_ssl.finetune.labels import LabelSelection
+from geomed_ssl.labels.sampling import LabelSelection
 from geomed_ssl.models.cls_heads import layer_decay_groups
 from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
 from geomed_ssl.models.model_data import (catalog_for_encoder, check_value_ranges, encoder_naming, export_data,

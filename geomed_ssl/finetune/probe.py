@@ -13,7 +13,7 @@ import numpy as np
 
 from geomed_ssl.config import Recipe
 from geomed_ssl.data.stats import BandStats
-from geomed_ssl.finetune.sampling import LabelSelection
+from geomed_ssl.labels.sampling import LabelSelection
 from geomed_ssl.models.encoder import ViTEncoder
 from geomed_ssl.models.probe import encoder_points, fit_probe, probe_layers, read_image
 from geomed_ssl.models.propagate import sample_nodes

@@ -19,9 +19,9 @@ from geomed_ssl.data.labelled import warn_sided_flips
 from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, class_weights_from_counts, data_meta,
                                      encoder_and_stats, finetune_inputs, fit_supervised, no_model, not_evaluated,
                                      save_recipe, seed_new_head, with_encoder_naming)
-from geomed_ssl.finetune.labels import label_colors, label_grounds, label_sources, read_label_pairs, select_labels
+from geomed_ssl.labels.pairs import label_colors, label_grounds, label_sources, read_label_pairs
 from geomed_ssl.finetune.probe import fit_probe_model
-from geomed_ssl.finetune.sampling import BUDGET_NOTE, training_area_maps
+from geomed_ssl.labels.sampling import BUDGET_NOTE, select_labels, training_area_maps
 from geomed_ssl.finetune.seg_data import SparseLabelDataset
 from geomed_ssl.errors import ConfigError, DataError
 from geomed_ssl.models.device import resolve_device

@@ -1,5 +1,5 @@
 """CRS names, and whether two rasters share one pixel grid and how they differ when not: the one rule behind the
-label check (``finetune.label_grids``) and the per-band files stacked by ``data.channels`` (``data.catalog``); and
+label check (``labels.grids``) and the per-band files stacked by ``data.channels`` (``data.catalog``); and
 the grid's hashable key (:func:`grid_identity`) by which date pairs and label copies group the dates of one ground.
 
 Sizes are compared exactly; CRSs as coordinate systems (``CRS ==``), not as WKT text; the pixel axes relative to the

@@ -18,12 +18,12 @@ import numpy as np
 from geomed_ssl.errors import WRITE_ERRNOS, ConfigError, DataError
 from geomed_ssl.geo.gdal_read import check_written
 from geomed_ssl.geo.grids import placed
+from geomed_ssl.labels.read import MAX_CLASS_VALUE
 from geomed_ssl.outcommands import INPUT_TAG, RUN_TAG
 from geomed_ssl.outfiles import atomic_path, commit_partial, naming_write_errors, partial_path
 
 BLOCK = 256  # output tile side (pixels)
 PROBA_SCALE = 254  # uint8 probabilities store round(p * 254); 255 is nodata
-MAX_CLASS_VALUE = 65534  # the largest label value a class map stores (uint16; 65535 is its nodata)
 
 
 def proba_path(out_path: str | Path) -> Path:

@@ -139,7 +139,7 @@ def block_split(shape: Sequence[int], block_size: int, seed: int, labels: np.nda
     return _expand(train, shape, block_size)
 
 
-GROUND_PREFIX = "ground:"  # a ground key (finetune.labels.ground_key) given in the place of a label path
+GROUND_PREFIX = "ground:"  # a ground key (labels.ground_key) given in the place of a label path
 
 
 def label_groups(paths: Sequence[str], n: int) -> np.ndarray:

@@ -166,7 +166,7 @@ def test_compare_on_volumes_scores_dice_with_none_and_baselines(tmp_path: Path) 
 
 
 def test_compare_with_the_images_split_scores_held_out_subjects_only(tmp_path: Path) -> None:
-    from geomed_ssl.finetune.sampling import LabelSelection
+    from geomed_ssl.labels.sampling import LabelSelection
     from tests.conftest import TINY
 
     volume_dir, labels = labelled_volumes(tmp_path, n=4)

@@ -218,7 +218,7 @@ def test_dicom_files_named_without_dcm_are_told_apart_by_content(tmp_path, name)
 def test_a_rotated_label_grid_is_called_rotated_not_another_pixel_size(tmp_path, make_tif, grad):
     from affine import Affine
 
-    from geomed_ssl.finetune.label_grids import raster_grid_diffs
+    from geomed_ssl.labels.grids import raster_grid_diffs
 
     north_up = Affine(10, 0, 500000, 0, -10, 5100000)
     rotated = north_up * Affine.rotation(20)
@@ -310,7 +310,7 @@ def test_a_link_into_an_output_folder_of_ours_is_not_read_as_data(tmp_path, make
 
 
 def test_a_labels_folder_that_links_to_the_images_gives_no_image_as_its_own_label(tmp_path, make_tif, grad):
-    from geomed_ssl.finetune.labels import match_labels
+    from geomed_ssl.labels import match_labels
 
     make_tif(tmp_path / "images" / "b7.tif", grad(1, 32, 32))
     (tmp_path / "labels").symlink_to(tmp_path / "images", target_is_directory=True)

@@ -199,7 +199,7 @@ def test_segment_from_random_init_with_block_split(seg_scene, tmp_path: Path, mo
 
 
 def test_segment_with_the_images_split_tests_only_on_held_out_scenes(seg_scene, tmp_path: Path) -> None:
-    from geomed_ssl.finetune.sampling import LabelSelection
+    from geomed_ssl.labels.sampling import LabelSelection
 
     images, labels = seg_scene
     for i in (1, 2):  # three scenes, each with its own label file
@@ -705,7 +705,7 @@ def test_dates_with_copies_of_one_label_map_train_as_one_ground_and_evaluate_fin
                                  "--out", str(ft), "--labels-per-class", "4",
                                  *sets("data.sensor=null", "data.exclude=[\"*lulc*\"]", "finetune.head=probe")])
     assert result.exit_code == 0, result.output
-    from geomed_ssl.finetune.sampling import LabelSelection
+    from geomed_ssl.labels.sampling import LabelSelection
 
     used = LabelSelection.load_npz(ft / "labels_used.npz")
     assert [Path(p).parent.name for p in used.paths] == ["d1", "d2", "d3"]

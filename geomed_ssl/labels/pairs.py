@@ -1,9 +1,5 @@
-"""Few-label supervision: label files matched to their images (grid-checked: ``geomed_ssl.finetune.label_grids``) and
-read as integer class maps (``geomed_ssl.finetune.label_read``).
-
-The sampling of training / test positions lives in ``geomed_ssl.finetune.sampling``; its public names are
-re-exported here, so ``from geomed_ssl.finetune.labels import select_labels`` keeps working.
-"""
+"""Label files matched to their images (grid-checked: :mod:`geomed_ssl.labels.grids`), read as integer class maps
+(:mod:`geomed_ssl.labels.read`), and what stands for each file's ground (copies of one map beside several dates)."""
 
 from __future__ import annotations
 
@@ -21,22 +17,11 @@ from geomed_ssl.files.listing import absolute, walk
 from geomed_ssl.data.readers import valid_map
 from geomed_ssl.geo.voxels import mm_affine, nearest_index, resampled_shape, voxel_mm
 from geomed_ssl.tables import LINE, FileIndex, header_names, read_rows
-from geomed_ssl.inference.writers import MAX_CLASS_VALUE
-from geomed_ssl.finetune.sampling import (  # noqa: F401  (re-exported: the sampling half of this module)
-    ClassMap, LabelSelection, Names, Sources, check_labels_config, class_ids, labelled_pixels, sample_fraction,
-    sample_images_per_class, sample_per_class, select_labels,
-)
-from geomed_ssl.finetune.label_grids import check_grid, ras_grid  # noqa: F401 (re-exported)
-from geomed_ssl.finetune.label_read import UnlabelledFacts, read_label  # noqa: F401 (re-exported)
-from geomed_ssl.windows.splits import GROUND_PREFIX, block_split  # noqa: F401  (block_split re-exported)
+from geomed_ssl.labels.grids import check_grid, ras_grid
+from geomed_ssl.labels.read import MAX_CLASS_VALUE, UnlabelledFacts, read_label
+from geomed_ssl.labels.sampling import Sources
+from geomed_ssl.windows.splits import GROUND_PREFIX
 from geomed_ssl.errors import DataError
-
-__all__ = [
-    "LABEL_SUFFIXES", "check_grid", "match_labels", "read_label", "read_label_pairs", "label_sources",
-    "ground_key", "label_grounds",
-    "ClassMap", "LabelSelection", "Names", "block_split", "check_labels_config", "class_ids", "labelled_pixels",
-    "sample_fraction", "sample_images_per_class", "sample_per_class", "select_labels",
-]
 
 LABEL_SUFFIXES = ("gt", "label", "labels", "mask", "seg", "segmentation", "annotation", "annotations", "truth",
                   "dseg", "gmseg", "wmseg")  # dseg: BIDS derivatives; gmseg / wmseg: the Spinal Cord Toolbox

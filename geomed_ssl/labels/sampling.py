@@ -348,7 +348,7 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
 
     Without per_class and fraction every labelled position of the training pool trains. Images with the same label
     file in ``paths`` are one ground at several dates: they share blocks (and ``images`` keeps them together), and a
-    position that trains at one date is tested at none; ``grounds`` (:func:`geomed_ssl.finetune.labels.label_grounds`:
+    position that trains at one date is tested at none; ``grounds`` (:func:`geomed_ssl.labels.label_grounds`:
     copies of one label map beside each date stand for one file) group the images in the place of ``paths``, which
     the selection keeps as the record of each image's own label file. Likewise the copies of one label voxel that
     ``sources`` (:func:`label_sources`) names on a resampled grid: a budget counts them once, and they train or test

@@ -87,7 +87,7 @@ def volume_grid_diffs(ras_shape: Sequence[int], ras_affine: np.ndarray, label: s
         img = nib.load(label)
     except Exception as err:
         raise DataError(f"cannot open label volume '{label}' ({err}); is it a NIfTI file?") from None
-    from geomed_ssl.finetune.label_read import check_label_affine
+    from geomed_ssl.labels.read import check_label_affine
 
     check_label_affine(label, img.affine)
     shape = tuple(int(s) for s in img.shape)

@@ -1,7 +1,7 @@
 """One label file read as an integer class map: rasters (a window of one too) and NIfTI volumes (RAS, on the
 ``data.spacing`` grid of the volume reader), unlabelled positions (NaN, nodata, GDAL's mask, ``labels.ignore_value``)
 left out, float labels rounded, and what the files suggest about how they mark unlabelled pixels said once
-(:class:`UnlabelledFacts`). ``geomed_ssl.finetune.labels`` pairs label files with images and reads them here."""
+(:class:`UnlabelledFacts`). ``geomed_ssl.labels.pairs`` pairs label files with images and reads them here."""
 
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ import numpy as np
 
 from geomed_ssl.geo.validity import is_fill
 from geomed_ssl.errors import DataError, innermost_message
-from geomed_ssl.finetune.sampling import unique_ints
+from geomed_ssl.labels.sampling import unique_ints
 from geomed_ssl.geo.gdal_read import has_dataset_mask
 from geomed_ssl.geo.voxels import AFFINE_PROBLEM, maps_a_grid, mm_affine, nearest_index, resampled_shape, voxel_mm
 
 log = logging.getLogger("geomed_ssl")
+MAX_CLASS_VALUE = 65534  # the largest label value a class map stores (uint16; 65535 is its nodata)
 
 
 @dataclass

@@ -12,11 +12,11 @@ from affine import Affine
 from geomed_ssl.config import DataConfig, LabelsConfig
 from geomed_ssl.data.catalog import scan
 from geomed_ssl.data.labelled import scan_class_folders
-from geomed_ssl.finetune.labels import (
+from geomed_ssl.labels import (
     ClassMap, LabelSelection, block_split, class_ids, label_grounds, labelled_pixels, match_labels, read_label,
     read_label_pairs, sample_fraction, sample_images_per_class, sample_per_class, select_labels,
 )
-from geomed_ssl.finetune.sampling import split_images, training_area_maps
+from geomed_ssl.labels.sampling import split_images, training_area_maps
 from geomed_ssl.errors import ConfigError, DataError
 from tests.conftest import structured_raster, write_geotiff
 
@@ -151,7 +151,7 @@ def test_a_labels_csv_says_which_images_are_used(tmp_path):
 
 
 def test_label_names_of_bids_and_the_spinal_cord_toolbox_find_their_images():
-    from geomed_ssl.finetune.labels import _label_keys
+    from geomed_ssl.labels.pairs import _label_keys
 
     assert _label_keys("t1w_seg-manual")[-1] == "t1w"
     assert _label_keys("mt1_gmseg_goldstandard")[-1] == "mt1"
@@ -295,7 +295,7 @@ def test_a_dense_label_volume_whose_background_is_ignored_is_said_once_and_scrib
     say nothing; with null, scribbles and points get the warning the other way."""
     import nibabel as nib
 
-    from geomed_ssl.finetune.label_read import UnlabelledFacts
+    from geomed_ssl.labels.read import UnlabelledFacts
 
     dense = np.zeros((24, 24, 24), np.uint8)
     z, y, x = np.mgrid[:24, :24, :24]
@@ -794,7 +794,7 @@ def test_a_label_volume_of_several_frames_is_refused_as_not_3d_not_as_another_gr
     from geomed_ssl.config import DataConfig
     from geomed_ssl.data.catalog import scan
     from geomed_ssl.errors import DataError
-    from geomed_ssl.finetune.label_grids import check_grid
+    from geomed_ssl.labels.grids import check_grid
 
     (tmp_path / "img").mkdir()
     nib.save(nib.Nifti1Image(np.ones((16, 16, 16), np.float32), np.eye(4)), str(tmp_path / "img" / "a.nii.gz"))
@@ -806,7 +806,7 @@ def test_a_label_volume_of_several_frames_is_refused_as_not_3d_not_as_another_gr
 
 
 def test_class_folder_splits_take_k_per_class_or_a_fraction_and_subsample_the_test_images() -> None:
-    from geomed_ssl.finetune.sampling import split_images
+    from geomed_ssl.labels.sampling import split_images
 
     labels = np.repeat(np.arange(3), 20)
     train, test, _ = split_images(labels, 2, None, 0, ["a", "b", "c"])
@@ -820,7 +820,7 @@ def test_class_folder_splits_take_k_per_class_or_a_fraction_and_subsample_the_te
 def test_copies_of_one_label_voxel_on_a_finer_grid_train_or_test_together(tmp_path):
     import nibabel as nib
 
-    from geomed_ssl.finetune.labels import label_sources, read_label
+    from geomed_ssl.labels import label_sources, read_label
 
     labels = np.zeros((5, 5, 5), np.uint8)
     labels[:, :, 3:] = 1
@@ -863,7 +863,7 @@ def test_a_segmentation_fine_tune_checks_image_sizes_against_the_window_it_train
 def test_copies_of_one_label_voxel_straddling_a_block_edge_never_train_and_test(tmp_path, per_class):
     import nibabel as nib
 
-    from geomed_ssl.finetune.labels import label_sources, read_label
+    from geomed_ssl.labels import label_sources, read_label
 
     rng = np.random.default_rng(0)
     path = tmp_path / "seg.nii.gz"
@@ -888,7 +888,7 @@ def test_evaluate_tells_apart_the_label_voxels_a_model_trained_on_at_another_spa
     import nibabel as nib
 
     from geomed_ssl.finetune.evaluate import trained_positions
-    from geomed_ssl.finetune.labels import label_sources, read_label
+    from geomed_ssl.labels import label_sources, read_label
 
     labels = np.zeros((5, 5, 5), np.uint8)
     labels[:, :, 3:] = 1
@@ -911,7 +911,7 @@ def test_a_grid_coarser_than_the_labels_says_how_many_labelled_voxels_it_reads(t
 
     import nibabel as nib
 
-    from geomed_ssl.finetune.labels import read_label
+    from geomed_ssl.labels import read_label
 
     path = tmp_path / "seg.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((9, 9, 9), np.uint8), np.diag([0.5, 0.5, 0.5, 1.0])), str(path))
@@ -928,7 +928,7 @@ def test_labels_georeferenced_by_ground_control_points_are_checked_against_the_i
     from rasterio.control import GroundControlPoint
     from rasterio.crs import CRS
 
-    from geomed_ssl.finetune.label_grids import check_grid
+    from geomed_ssl.labels.grids import check_grid
 
     def write(path: Path, east: float, bands: int) -> None:
         corners = [(0, 0, 14.0, 46.01), (0, 48, 14.01, 46.01), (48, 0, 14.0, 46.0), (48, 48, 14.01, 46.0)]
@@ -950,7 +950,7 @@ def test_labels_georeferenced_by_ground_control_points_are_checked_against_the_i
 def test_counting_and_radix_shortcuts_give_what_unique_and_a_stable_argsort_give() -> None:
     """unique_ints and _groups take shortcuts for dense label maps of few classes (counting, narrow dtypes); the
     draws depend on their exact output, so it must be numpy's."""
-    from geomed_ssl.finetune.sampling import _groups, unique_ints
+    from geomed_ssl.labels.sampling import _groups, unique_ints
 
     rng = np.random.default_rng(0)
     cases = [rng.integers(0, 5, 1000), rng.integers(-3, 4, (20, 30)), rng.integers(0, 40000, 500),
@@ -1244,7 +1244,7 @@ def test_a_labels_csv_row_naming_a_file_beside_the_images_that_was_left_out_is_s
 def test_a_budget_that_draws_nothing_to_train_on_is_one_clear_error() -> None:
     """Landmark points (one voxel per class) as a label map: every class keeps its one voxel for testing, and
     fitting on nothing was a traceback (finetune) or a constant map scored as a model (compare)."""
-    from geomed_ssl.finetune.sampling import split_images
+    from geomed_ssl.labels.sampling import split_images
 
     lab = np.zeros((6, 6, 6), np.int64)
     lab[1, 1, 1], lab[4, 4, 4] = 3, 5

@@ -1,0 +1,19 @@
+"""Few-label supervision: label files matched to their images and read as class maps (``pairs``, ``read``,
+``grids``), and the exact training / test positions drawn from them (``sampling``). Used by ``finetune``,
+``compare`` and ``embeddings``; uses none of them."""
+
+from geomed_ssl.labels.grids import check_grid
+from geomed_ssl.labels.pairs import (LABEL_SUFFIXES, ground_key, label_grounds, label_sources, match_labels,
+                                     read_label_pairs)
+from geomed_ssl.labels.read import read_label
+from geomed_ssl.labels.sampling import (ClassMap, LabelSelection, Names, check_labels_config, class_ids,
+                                        labelled_pixels, sample_fraction, sample_images_per_class, sample_per_class,
+                                        select_labels)
+from geomed_ssl.windows.splits import block_split
+
+__all__ = [
+    "LABEL_SUFFIXES", "check_grid", "match_labels", "read_label", "read_label_pairs", "label_sources",
+    "ground_key", "label_grounds",
+    "ClassMap", "LabelSelection", "Names", "block_split", "check_labels_config", "class_ids", "labelled_pixels",
+    "sample_fraction", "sample_images_per_class", "sample_per_class", "select_labels",
+]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
@@ -51,6 +52,10 @@ def scan_class_folders(root: str | Path, data_cfg: Any, strict: bool = False, fo
         raise DataError(f"{len(loose)} images lie directly in '{base}' ({shown}); "
                         "a classification dataset has one subfolder per class holding its images.")
     names = sorted({parts[0] for parts in folder_of.values()})
+    nfc = [unicodedata.normalize("NFC", n) for n in names]
+    if len(set(nfc)) < len(nfc):  # Forêt typed on Linux and Forêt copied from macOS: two classes that print alike
+        raise DataError(f"class folders {[n for n, c in zip(names, nfc) if nfc.count(c) > 1]} under '{base}' are one "
+                        "name in two Unicode forms (accents composed or not, as Linux and macOS write them): merge them.")
     check_nesting(base, names, folder_of, strict)
     if len(names) < (1 if for_model else 2):
         raise DataError(f"'{base}' has images in {len(names)} class folder(s) ({', '.join(names)}); "

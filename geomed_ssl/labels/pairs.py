@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,7 +35,8 @@ POINT_COLUMNS = {"x", "y", "lon", "lat", "long", "longitude", "latitude", "easti
 
 # -- matching label files to images ---------------------------------------------------------------------------
 def _stem(path: str | Path) -> str:
-    name = os.path.basename(str(path))
+    """The file name without its extension, accents composed (NFC: a macOS copy writes them decomposed)."""
+    name = unicodedata.normalize("NFC", os.path.basename(str(path)))
     for ext in (".nii.gz", ".nii", ".tiff", ".tif"):
         if name.lower().endswith(ext):
             return name[: -len(ext)]
@@ -110,6 +112,9 @@ def _by_name(records: list[FileRecord], label_dir: Path, kind: str) -> dict[str,
                  or (index.get((r.case or Path(r.path).parent.name).lower())  # a stack: its case or folder
                      if len(r.paths) > 1 or r.case else None)
                  or (index.get(stem[:-5]) if re.fullmatch(r".+_\d{4}", stem) else None) or [])  # nnU-Net's _0000
+        if len(found) > 1:  # Tile.tif and tile.tif: each takes the label of its own case when there is one
+            exact = [f for f in found if _stem(f).startswith(_stem(r.path))]
+            found = exact if len(exact) == 1 else found
         if len(found) > 1:
             score = [_shared_parents(r.path, f) for f in found]
             found = [f for f, s in zip(found, score) if s == max(score)]

@@ -55,6 +55,24 @@ def test_labels_match_images_by_stem_with_a_label_suffix(tmp_path):
         ("scene_0.tif", "scene_0_gt.tif"), ("scene_1.tif", "scene_1.tif")]
 
 
+def test_labels_pair_across_unicode_forms_and_by_exact_case_first(tmp_path):
+    """scène_a.tif from a macOS archive (accents decomposed) never met its label scène_a_gt.tif (composed); Tile.tif
+    and tile.tif beside Tile_gt.tif and tile_gt.tif were refused as matching two labels each."""
+    import unicodedata
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for name in (unicodedata.normalize("NFD", "scène_a"), "Tile", "tile"):
+        write_geotiff(tmp_path / "images" / f"{name}.tif", structured_raster(rng, 3, 32))
+    for name in (unicodedata.normalize("NFC", "scène_a"), "Tile", "tile"):
+        _label(tmp_path / "labels" / f"{name}_gt.tif", _classes())
+    records = scan(tmp_path / "images", DataConfig(patch_size=8)).records
+    pairs = {Path(r.path).name: Path(lab).name for r, lab in match_labels(records, tmp_path / "labels", "raster")}
+    assert pairs["Tile.tif"] == "Tile_gt.tif" and pairs["tile.tif"] == "tile_gt.tif"
+    assert unicodedata.normalize("NFC", pairs[unicodedata.normalize("NFD", "scène_a.tif")]) == "scène_a_gt.tif"
+
+
 def test_a_label_file_that_labels_no_image_is_warned_about(tmp_path, caplog):
     """scene_9_gt.tif whose image is missing (or named otherwise) was passed over without a word."""
     records = _images(tmp_path)
@@ -670,6 +688,19 @@ def test_class_folders_scan_and_image_sampling(tmp_path):
     train, test, notes = sample_images_per_class(labels, 2, seed=0, names=names)
     assert np.bincount(labels[train]).tolist() == [2, 1, 2] and sorted([*train, *test]) == list(range(10))
     assert notes == ["class folder 'Oats': 2 labelled images, took 1 instead of 2 so half stay for testing"]
+
+
+def test_class_folders_of_one_name_in_two_unicode_forms_are_refused(tmp_path) -> None:
+    """Forêt (composed) and Forêt (decomposed, from macOS) trained as two classes that print alike; evaluate then
+    scored every image of one as the other."""
+    import unicodedata
+
+    from tests.conftest import write_class_folders
+
+    names = [unicodedata.normalize("NFC", "Forêt"), unicodedata.normalize("NFD", "Forêt"), "River"]
+    write_class_folders(tmp_path, names, per_class=2)
+    with pytest.raises(DataError, match="one name in two Unicode forms"):
+        scan_class_folders(tmp_path, DataConfig(patch_size=16))
 
 
 def test_class_folders_named_by_digits_are_named_by_their_folder_in_the_notes(tmp_path) -> None:

@@ -170,6 +170,11 @@ def write_failure(err: OSError) -> str:
     if err.errno == errno.EIO:
         return (f"cannot write{where}: {err.strerror} (the file came out unreadable: a full disk, or a failing or "
                 "disconnected drive); free some space or choose another --out.")
+    if err.errno == errno.ENAMETOOLONG:  # often only the draft's name: the final one plus ~40 bytes of prefix
+        return (f"cannot write{where}: its name is too long for this file system once geomed-ssl's temporary prefix "
+                "(about 40 bytes, while it is written) is added; choose a shorter name.")
+    if err.errno == errno.ELOOP:
+        return f"cannot write{where}: {err.strerror} (symbolic links that point in a circle); choose another --out."
     if err.errno in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST):
         return (f"cannot write{where}: {err.strerror} (a folder stands where a file is to be written, or a file "
                 "where a folder is); move it away or choose another --out.")

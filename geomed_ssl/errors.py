@@ -60,9 +60,9 @@ class RunStopped(Exception):
 
 # -- file-system failures while writing an output ------------------------------------------------------------------
 # refusals the CLI prints as one line naming the file (permission, read-only, full disk, quota, a size limit, a
-# folder or a file standing where the other is to be written)
+# folder or a file standing where the other is to be written, a name too long, a loop of links)
 WRITE_ERRNOS = {_errno.EACCES, _errno.EPERM, _errno.EROFS, _errno.ENOSPC, _errno.EDQUOT, _errno.EFBIG, _errno.EIO,
-                _errno.EISDIR, _errno.ENOTDIR, _errno.EEXIST}
+                _errno.EISDIR, _errno.ENOTDIR, _errno.EEXIST, _errno.ENAMETOOLONG, _errno.ELOOP}
 # what libraries that wrap the OSError (torch, safetensors, GDAL) leave of it in their messages
 _WRAPPED = (("no space left on device", _errno.ENOSPC), ("os error 28", _errno.ENOSPC),
             ("disk quota exceeded", _errno.EDQUOT), ("file too large", _errno.EFBIG))

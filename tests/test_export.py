@@ -117,6 +117,10 @@ def test_export_command_writes_the_folder_and_says_where(tmp_path: Path) -> None
     assert sorted(p.name for p in (tmp_path / "timm").iterdir()) == [".geomed-ssl.json", "README.txt", "config.json",
                                                                      "geomed_ssl.json", "model.safetensors"]
     assert str(tmp_path / "timm" / "README.txt") in result.output
+    long = tmp_path / ("é" * 120)  # 240 bytes: a legal name, but not with the draft's ~40-byte prefix
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "run"), "--format", "timm", "--out", str(long)])
+    assert result.exit_code == 2 and "its name is too long for this file system" in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # one line, no traceback
 
 
 def test_export_overwrite_deletes_what_it_recorded_and_keeps_the_users_files(tmp_path: Path) -> None:

@@ -231,10 +231,16 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], Any]) -> Path:
 
 
 def save_figure(fig: Any, path: PathLike, **savefig: Any) -> Path:
-    """A matplotlib figure laid out (``tight_layout``) and saved to ``path`` through :func:`atomic_path`."""
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, **savefig)
+    """A matplotlib figure laid out (``tight_layout``) and saved to ``path`` through :func:`atomic_path`. A class or
+    file name in a script the font lacks (Chinese, emoji) is drawn as boxes, without matplotlib's two stderr lines
+    per missing glyph."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, **savefig)
     return Path(path)
 
 

@@ -393,3 +393,24 @@ def test_a_full_disk_line_says_where_the_way_out_is(tmp_path: Path, monkeypatch)
     said = write_failure(full(tmp_path / "run" / "checkpoints" / draft))
     assert "step-*.ckpt" in said and "--resume" in said and "step-000300.ckpt'" in said
     assert write_failure(full(tmp_path / "pred" / "a.tif")).endswith("free some space or choose another --out.")
+
+
+def test_a_figure_with_glyphs_the_font_lacks_is_saved_without_a_warning_per_glyph(tmp_path: Path) -> None:
+    """Class folders named in Chinese or with emoji printed matplotlib's 'Glyph ... missing from font' twice a glyph
+    on stderr under finetune classify, evaluate and cluster."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from geomed_ssl.outfiles import save_figure
+
+    fig, ax = plt.subplots()
+    ax.set_title("森林 🌲")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        save_figure(fig, tmp_path / "f.png")
+    plt.close(fig)
+    assert (tmp_path / "f.png").is_file() and not [w for w in caught if "Glyph" in str(w.message)]

@@ -612,6 +612,27 @@ def test_a_folder_is_predicted_as_the_models_include_and_exclude_say(scene, tmp_
                       data_cfg=DataConfig(exclude=["*"]))
 
 
+def test_a_file_that_goes_bad_midway_through_a_folder_says_the_maps_made_stay_and_how_to_go_on(scene, tmp_path,
+                                                                                              monkeypatch):
+    from geomed_ssl.inference import predict as pr
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.tif", "b.tif"):
+        write_geotiff(folder / name, structured_raster(np.random.default_rng(2), C, 32))
+    real = pr.predict_raster
+
+    def then_cut_b(*args, **kwargs):
+        done = real(*args, **kwargs)
+        (folder / "b.tif").write_bytes((folder / "b.tif").read_bytes()[:300])  # deleted or cut short since the probe
+        return done
+
+    monkeypatch.setattr(pr, "predict_raster", then_cut_b)
+    with pytest.raises(DataError, match=r"b.tif.*\(1 of 2 inputs were predicted before it; their maps stay: .*--resume"):
+        predict_files(scene["model"], folder, tmp_path / "out", scene["stats"], num_classes=K, window=32)
+    assert (tmp_path / "out" / "a_pred.tif").is_file()
+
+
 def test_only_files_named_as_predicts_outputs_are_skipped_in_a_folder_and_the_warning_names_them(tmp_path, caplog):
     """A user's field_pred2019.tif or a_prediction_area.tif is an input like any other; only X_pred.tif and
     X_pred_proba.tif (what predict writes) are left out, and never silently."""

@@ -301,7 +301,7 @@ def nifti_like(array: np.ndarray, reference_path: str | Path, description: str =
 
 def save_nifti(img: Any, path: Path, final: Path) -> None:
     """``nib.save`` to ``path`` (a temporary name of ``final``); a failure other than a file-system refusal (which
-    the caller's atomic write reports), a name too long for the file system say, is a DataError naming ``final``."""
+    the caller's atomic write reports, naming ``final``) is a DataError naming ``final``."""
     import nibabel as nib
 
     try:

@@ -316,9 +316,12 @@ def _shifted_pair(spec: ViewSpec, data_cfg: Any, spatial_dims: int, patch_size: 
                           f"{spec.shift} px (method.max_shift); make data.patch_size at least "
                           f"{[c + spec.shift for c in crop]} or the crops / shift smaller.")
     patch = as_tuple(patch_size if patch_size is not None else 1, spatial_dims, "model.patch_size")
-    if any(c % p for c, p in zip(crop, patch)):
+    if any(c % p for c, p in zip(crop, patch)):  # the fix is the crop, which a window less the shift never gives
+        fit = [c // p * p for c, p in zip(crop, patch)]  # when the token patch does not divide the shift
         raise ConfigError(f"{key} {list(crop)} must be a multiple of model.patch_size {list(patch)} (whole tokens "
-                          f"map back to pixels); e.g. {[c // p * p for c, p in zip(crop, patch)]}.")
+                          "map back to pixels); " + (f"set the crops: --set \"data.global_crop_size={fit}\"."
+                                                     if all(f > spec.shift for f in fit) else
+                                                     "make data.patch_size larger."))
     return ShiftedPairView(crop, spec.shift, intensity)
 
 

@@ -165,6 +165,19 @@ def test_the_method_view_carries_its_max_shift() -> None:
     assert out["views"]["global"][0].shape == (3, 16, 16) and out["offset"].shape == (2,)
 
 
+def test_crops_no_window_can_give_are_refused_with_a_crop_size_that_works() -> None:
+    """8-px tokens and a shift of 4: a window less the shift is never a multiple of 8, and the refusal suggested a
+    data.patch_size (24, then 16, ...) that failed the same way; it names data.global_crop_size now, which trains."""
+    from geomed_ssl.errors import ConfigError
+
+    spec = ViewSpec(crops=2, shift=4, intensity=True)
+    with pytest.raises(ConfigError, match=r'--set "data.global_crop_size=\[24, 24\]"'):
+        build_views(spec, DataConfig(patch_size=32), 2, patch_size=8)
+    view = build_views(spec, DataConfig(patch_size=32, global_crop_size=24), 2, patch_size=8)
+    assert view(np.zeros((3, 32, 32), np.float32), np.ones((32, 32), bool),
+                np.random.default_rng(0))["views"]["global"][0].shape == (3, 24, 24)
+
+
 def cli_run(data: Path, out: Path, *extra: str, resume: bool = False, recipe: str = RECIPE):
     args = ["pretrain", recipe, "--data", str(data), "--out", str(out)]
     for item in [*TINY_DENSE, *extra]:

@@ -336,7 +336,7 @@ def _probe_volume(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProb
     if count < 1:
         raise ProbeError("has an empty channel axis")
     _check_complex(str(img.get_data_dtype()))
-    if not maps_a_grid(img.affine):
+    if not maps_a_grid(mm_affine(img)):  # in mm: 20-um voxels in metres are a determinant of 8e-15
         raise ProbeError(f"{AFFINE_PROBLEM}, or leave the file out with data.exclude")
     affine = mm_affine(img)
     _check_size(read_shape(spatial, affine, getattr(data_cfg, "spacing", None)), window)

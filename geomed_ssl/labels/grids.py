@@ -89,7 +89,7 @@ def volume_grid_diffs(ras_shape: Sequence[int], ras_affine: np.ndarray, label: s
         raise DataError(f"cannot open label volume '{label}' ({err}); is it a NIfTI file?") from None
     from geomed_ssl.labels.read import check_label_affine
 
-    check_label_affine(label, img.affine)
+    check_label_affine(label, mm_affine(img))
     shape = tuple(int(s) for s in img.shape)
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]

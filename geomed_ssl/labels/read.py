@@ -271,7 +271,7 @@ def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata
 
     try:
         img = nib.load(path)
-        check_label_affine(path, img.affine)
+        check_label_affine(path, mm_affine(img))
         img = nib.as_closest_canonical(img)
         arr = np.asanyarray(img.dataobj)
     except DataError:

@@ -146,3 +146,15 @@ def test_a_volume_whose_affine_maps_no_3d_grid_is_a_problem_file_not_a_crash(tmp
     assert any("bad.nii.gz" in p.path and "affine that maps no 3D grid" in p.reason for p in catalog.problems)
     with pytest.raises(DataError, match="affine that maps no 3D grid"):
         scan(tmp_path, cfg, strict=True)
+
+
+def test_a_volume_of_tiny_voxels_in_metres_is_read_in_mm_not_refused_as_a_grid_of_zeros(tmp_path):
+    """20-um voxels given in metres (a micro-CT export) have an affine determinant of 8e-15, which the check for a
+    header of zeros refused before the mm conversion came into play."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.random.default_rng(0).random((20, 20, 20)).astype(np.float32), np.diag([2e-5] * 3 + [1]))
+    img.header.set_xyzt_units("meter")
+    nib.save(img, str(tmp_path / "micro.nii.gz"))
+    catalog = scan(tmp_path, DataConfig(kind="volume", patch_size=16))
+    assert not catalog.problems and catalog.records[0].spacing == pytest.approx([0.02] * 3)

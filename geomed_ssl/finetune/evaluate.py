@@ -290,11 +290,16 @@ def trained_images(ft_dir: str | Path, paths: Sequence[str], say: bool = True) -
 
 
 def trained_files(ft_dir: str | Path) -> set[Path]:
-    """The files a fine-tune's labels came from (its ``labels_used.npz``: label files and their images, or the
-    classified images), resolved; empty when it says none."""
+    """The files that trained a fine-tune (its ``labels_used.npz``: the label files holding training positions and
+    their images, or the trained images), resolved; empty when it says none. Test-only files are not among them."""
     used = _used(ft_dir)
-    meta = used["meta"] if used is not None else {}
-    return {_key(p) for p in [*(meta.get("paths") or []), *(meta.get("images") or [])]}
+    if used is None:
+        return set()
+    meta = used["meta"]
+    if "train_file" in used:
+        named = [meta.get("paths") or [], meta.get("images") or []]
+        return {_key(paths[i]) for paths in named for i in np.unique(used["train_file"]) if i < len(paths)}
+    return {_key(meta["paths"][i]) for i in used.get("train_index", [])}
 
 
 def untested_by_earlier_fine_tune(encoder: Any, selection: LabelSelection, data: Any = None) -> None:

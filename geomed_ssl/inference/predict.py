@@ -199,8 +199,9 @@ def recorded_model(path: Path) -> str | None:
 def warn_other_models(planned: dict[Path, Path], model: str) -> None:
     """Say, before any is replaced, which class maps in OUT_DIR another model made (comparing two models in one
     folder loses the first one's maps)."""
-    def other(found: str | None) -> bool:
-        return found is not None and found != model and not (found.startswith("...") and model.endswith(found[3:]))
+    def other(found: str | None) -> bool:  # a volume's descrip holds ASCII ('?' for others), maybe only the end
+        return found is not None and not any(found == m or (found.startswith("...") and m.endswith(found[3:]))
+                                             for m in (model, model.encode("ascii", "replace").decode()))
 
     replaced = [(out, found) for out in planned.values() if out.is_file() and other(found := recorded_model(out))]
     if replaced:

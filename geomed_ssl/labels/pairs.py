@@ -77,7 +77,7 @@ def _shared_parents(a: str, b: str) -> int:
     """How many trailing folder names the two paths share (labels/tile_3/x.tif ~ images/tile_3/x.tif -> 1)."""
     n = 0
     for x, y in zip(reversed(Path(a).parent.parts), reversed(Path(b).parent.parts)):
-        if x != y:
+        if unicodedata.normalize("NFC", x) != unicodedata.normalize("NFC", y):  # a macOS copy's folder names
             break
         n += 1
     return n
@@ -109,7 +109,7 @@ def _by_name(records: list[FileRecord], label_dir: Path, kind: str) -> dict[str,
     for r in records:
         stem = _stem(r.path).lower()
         found = (index.get(stem) or index.get(f"bids:{_bids_key(stem)}")
-                 or (index.get((r.case or Path(r.path).parent.name).lower())  # a stack: its case or folder
+                 or (index.get(unicodedata.normalize("NFC", r.case or Path(r.path).parent.name).lower())  # a stack
                      if len(r.paths) > 1 or r.case else None)
                  or (index.get(stem[:-5]) if re.fullmatch(r".+_\d{4}", stem) else None) or [])  # nnU-Net's _0000
         if len(found) > 1:  # Tile.tif and tile.tif: each takes the label of its own case when there is one
@@ -126,11 +126,12 @@ def _by_name(records: list[FileRecord], label_dir: Path, kind: str) -> dict[str,
         if found and _shared_parents(r.path, found[0]) < max(_shared_parents(p, found[0]) for p in same_stem[stem]):
             found = []
         out[r.path] = found[0] if found else None
-    unused = [p for p in named_as_labels if p not in set(out.values())]
-    if unused:  # the label of an image the catalog does not hold: a user expects it to train
-        log.warning(f"warning: {len(unused)} label file(s) under '{label_dir}' label no image that is read (e.g. "
-                    f"'{os.path.relpath(unused[0], label_dir)}'): their image is missing, named otherwise, or left "
-                    "out by data.include / data.exclude or a problem above.")
+    paired = {os.path.realpath(v) for v in out.values() if v}
+    unused = [p for p in named_as_labels if os.path.realpath(p) not in paired]
+    if unused:  # the label of an image not read: missing, named otherwise, excluded (or another subset's: a note)
+        log.info(f"note: {len(unused)} file(s) under '{label_dir}' named as labels pair with no image read here (e.g. "
+                 f"'{os.path.relpath(unused[0], label_dir)}'); if one should, its image is missing, named otherwise, "
+                 "or left out by data.include / data.exclude or a problem above.")
     return out
 
 

@@ -318,10 +318,11 @@ def _shifted_pair(spec: ViewSpec, data_cfg: Any, spatial_dims: int, patch_size: 
     patch = as_tuple(patch_size if patch_size is not None else 1, spatial_dims, "model.patch_size")
     if any(c % p for c, p in zip(crop, patch)):  # the fix is the crop, which a window less the shift never gives
         fit = [c // p * p for c, p in zip(crop, patch)]  # when the token patch does not divide the shift
+        if any(f <= spec.shift for f in fit):  # the smallest crops of whole tokens that still share pixels
+            fit = [(spec.shift // p + 1) * p for p in patch]
         raise ConfigError(f"{key} {list(crop)} must be a multiple of model.patch_size {list(patch)} (whole tokens "
-                          "map back to pixels); " + (f"set the crops: --set \"data.global_crop_size={fit}\"."
-                                                     if all(f > spec.shift for f in fit) else
-                                                     "make data.patch_size larger."))
+                          f"map back to pixels); set the crops: --set \"data.global_crop_size={fit}\" (with "
+                          f"data.patch_size at least {[f + spec.shift for f in fit]}).")
     return ShiftedPairView(crop, spec.shift, intensity)
 
 

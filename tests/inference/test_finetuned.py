@@ -337,6 +337,17 @@ def test_a_prediction_names_the_model_that_made_it(tmp_path: Path) -> None:
     img.header["descrip"] = long.encode()
     nib.save(img, str(tmp_path / "v_pred.nii.gz"))
     assert recorded_model(tmp_path / "v_pred.nii.gz") == "..." + long.split("by ...", 1)[1]
+    from geomed_ssl.inference.predict import warn_other_models
+
+    img.header["descrip"] = made("geomed-ssl prediction", "/home/josé/ft").encode("ascii", "replace")
+    nib.save(img, str(tmp_path / "v_pred.nii.gz"))
+    said = []
+    with pytest.MonkeyPatch.context() as mp:  # (the CLI runs above leave the package logger to its own handlers)
+        mp.setattr("geomed_ssl.inference.predict.log.warning", lambda msg, *a: said.append(msg % a if a else msg))
+        warn_other_models({tmp_path / "v.nii.gz": tmp_path / "v_pred.nii.gz"}, "/home/josé/ft")  # the same model
+        assert not said
+        warn_other_models({tmp_path / "v.nii.gz": tmp_path / "v_pred.nii.gz"}, "/home/ana/ft")
+    assert len(said) == 1 and "made by another model" in said[0]
 
 
 def test_predict_warns_before_starting_when_the_outputs_may_not_fit_on_the_disk(tmp_path: Path, monkeypatch) -> None:

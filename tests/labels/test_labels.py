@@ -73,15 +73,18 @@ def test_labels_pair_across_unicode_forms_and_by_exact_case_first(tmp_path):
     assert unicodedata.normalize("NFC", pairs[unicodedata.normalize("NFD", "scène_a.tif")]) == "scène_a_gt.tif"
 
 
-def test_a_label_file_that_labels_no_image_is_warned_about(tmp_path, caplog):
-    """scene_9_gt.tif whose image is missing (or named otherwise) was passed over without a word."""
+def test_a_label_file_that_labels_no_image_is_said(tmp_path, caplog):
+    """scene_9_gt.tif whose image is missing (or named otherwise) was passed over without a word; a link to a paired
+    label is no other label."""
     records = _images(tmp_path)
     (tmp_path / "labels").mkdir()
     for name in ("scene_0_gt.tif", "scene_1_gt.tif", "scene_9_gt.tif", "notes.tif"):
         _label(tmp_path / "labels" / name, _classes())
-    with caplog.at_level("WARNING", logger="geomed_ssl"):
+    (tmp_path / "labels" / "again").mkdir()
+    (tmp_path / "labels" / "again" / "scene_0_gt.tif").symlink_to(tmp_path / "labels" / "scene_0_gt.tif")
+    with caplog.at_level("INFO", logger="geomed_ssl"):
         assert len(match_labels(records, tmp_path / "labels", "raster")) == 2
-    assert "1 label file(s) under" in caplog.text and "(e.g. 'scene_9_gt.tif')" in caplog.text  # not notes.tif
+    assert "note: 1 file(s) under" in caplog.text and "(e.g. 'scene_9_gt.tif')" in caplog.text  # not notes.tif
 
 
 def test_a_label_file_with_nothing_labelled_among_others_is_warned_about(tmp_path, caplog):

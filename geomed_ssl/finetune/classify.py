@@ -92,8 +92,14 @@ def train_probe(model: ClassificationModel, feats: torch.Tensor, labels: torch.T
 
 
 def save_selection(path: Path, paths: Sequence[str], labels: np.ndarray, train: np.ndarray, test: np.ndarray,
-                   names: Sequence[str], notes: Sequence[str]) -> None:
+                   names: Sequence[str], notes: Sequence[str], encoder: Any = None) -> None:
+    """``labels_used.npz`` of a classifier; ``encoder`` a fine-tune folder's path when its model's encoder was the
+    start (evaluate scores that fine-tune's trained images apart too)."""
+    from geomed_ssl.checkpoint import fine_tune_of
+
     meta = {"version": 1, "task": "classify", "class_names": list(names), "notes": list(notes), "paths": list(paths)}
+    if (earlier := fine_tune_of(encoder)) is not None:
+        meta["encoder_fine_tune"] = str(earlier.resolve())
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, meta=np.array(json.dumps(meta)), labels=labels, train_index=train, test_index=test)
 
@@ -145,7 +151,7 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
     check_class_weights(f.class_weights, len(names))  # before FT_DIR is made
     prepare_out_dir(out, command="finetune", inputs=inputs, overwrite=overwrite)
     save_recipe(recipe, out / "config.yaml")
-    save_selection(out / "labels_used.npz", [r.path for r in records], labels, train, test, names, notes)
+    save_selection(out / "labels_used.npz", [r.path for r in records], labels, train, test, names, notes, encoder)
     seed_new_head(recipe)
     model = ClassificationModel(enc, len(names), head=f.head, pool=f.pool)
     dataset = ImageDataset(records, labels, stats, recipe.data, enc.config.patch_size)

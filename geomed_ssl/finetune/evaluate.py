@@ -247,6 +247,9 @@ def model_classes(records: list, labels_idx: np.ndarray, folder_names: Sequence[
     return [r for r, k in zip(records, keep) if k], mapped, notes
 
 
+MAX_CHAIN = 8  # fine-tunes of fine-tunes followed back (a chain that loops, copied folders, stops there)
+
+
 def _used(ft_dir: str | Path) -> dict[str, Any] | None:
     """The fine-tune's ``labels_used.npz`` (meta and arrays), or None when it has none."""
     import json
@@ -273,15 +276,18 @@ def _scored_apart(n: int, total: int, unit: str) -> str:
     return note
 
 
-def trained_images(ft_dir: str | Path, paths: Sequence[str], say: bool = True) -> tuple[np.ndarray, str | None]:
-    """Which of ``paths`` a classification fine-tune trained on (its ``labels_used.npz``), and a note saying so
-    (``say``: else no note, nor warning)."""
+def trained_images(ft_dir: str | Path, paths: Sequence[str], say: bool = True,
+                   depth: int = 0) -> tuple[np.ndarray, str | None]:
+    """Which of ``paths`` a classification fine-tune trained on (its ``labels_used.npz``, and those of the fine-tune
+    whose encoder it fine-tuned, if any), and a note saying so (``say``: else no note, nor warning)."""
     used = _used(ft_dir)
     seen = np.zeros(len(paths), bool)
     if used is None or "train_index" not in used:
         return seen, None
     trained = {_key(used["meta"]["paths"][i]) for i in used["train_index"]}
     seen[:] = [_key(p) in trained for p in paths]
+    if (earlier := used["meta"].get("encoder_fine_tune")) and depth < MAX_CHAIN:
+        seen |= trained_images(earlier, paths, say=False, depth=depth + 1)[0]
     if not say:
         return seen, None
     if not seen.any():
@@ -304,12 +310,14 @@ def trained_files(ft_dir: str | Path) -> set[Path]:
 
 def untested_by_earlier_fine_tune(encoder: Any, selection: LabelSelection, data: Any = None) -> None:
     """Leave out of ``selection``'s test set the positions the encoder's own fine-tune trained on, when the encoder
-    is a fine-tune folder (fine-tuning a fine-tuned model on the same labels: they would be scored as test)."""
+    is a fine-tune folder (fine-tuning a fine-tuned model on the same labels: they would be scored as test), and
+    record that folder in the selection, so ``evaluate`` scores them apart too."""
     from geomed_ssl.checkpoint import fine_tune_of
 
     earlier = fine_tune_of(encoder)
     if earlier is None:
         return
+    selection.encoder_fine_tune = str(earlier.resolve())
     seen, _ = trained_positions(earlier, selection.paths, selection.shapes, selection.test_file, selection.test_index,
                                 data, selection.grounds, selection.images, say=False)
     if seen.any():
@@ -321,7 +329,7 @@ def untested_by_earlier_fine_tune(encoder: Any, selection: LabelSelection, data:
 
 def untested_images(encoder: Any, paths: Sequence[str], test: np.ndarray) -> np.ndarray:
     """``test`` (indices into ``paths``) without the images the encoder's own fine-tune trained on, when the encoder
-    is a fine-tune folder (:func:`untested_by_earlier_fine_tune` for classifiers)."""
+    is a fine-tune folder (:func:`untested_by_earlier_fine_tune` for classifiers; ``fine_tune_of`` names it)."""
     from geomed_ssl.checkpoint import fine_tune_of
 
     earlier = fine_tune_of(encoder)
@@ -352,14 +360,15 @@ def _warn_alike(trained: Sequence[str], paths: Sequence[str], what: str) -> str 
 def trained_positions(ft_dir: str | Path, label_paths: Sequence[str], shapes: Sequence[tuple[int, ...]],
                       files: np.ndarray, flats: np.ndarray, data: Any = None,
                       grounds: Sequence[str] | None = None,
-                      images: Sequence[str] | None = None, say: bool = True) -> tuple[np.ndarray, str | None]:
+                      images: Sequence[str] | None = None, say: bool = True,
+                      depth: int = 0) -> tuple[np.ndarray, str | None]:
     """Which labelled positions (``files``, ``flats``) a segmentation fine-tune trained on: those of its
     ``labels_used.npz`` in the same label file on the same grid (a label file shared by several images trains a
     place at each of them), in a copy of it on that grid (``grounds``, :func:`label_grounds`: another date of the
     ground) or on the same image (``images``: its label file edited or copied since), or, for a volume trained on
     its ``data.spacing`` grid (the fine-tune's ``data``), the label-file voxels its training positions were read
-    from. A label file whose grid no longer matches what was stored cannot be told apart: a note says so (``say``:
-    else no note, nor warning)."""
+    from; and those the fine-tune whose encoder it fine-tuned trained on, if any. A label file whose grid no longer
+    matches what was stored cannot be told apart: a note says so (``say``: else no note, nor warning)."""
     from geomed_ssl.labels.pairs import label_sources
 
     used = _used(ft_dir)
@@ -397,6 +406,9 @@ def trained_positions(ft_dir: str | Path, label_paths: Sequence[str], shapes: Se
         if on_grid:
             here = files == i
             seen[here] = np.isin(flats[here], used["train_index"][np.isin(used["train_file"], on_grid)])
+    if (earlier := meta.get("encoder_fine_tune")) and depth < MAX_CHAIN:
+        seen |= trained_positions(earlier, label_paths, shapes, files, flats, data, grounds, images, say=False,
+                                  depth=depth + 1)[0]
     if not say:
         return seen, None
     notes = [_scored_apart(int(seen.sum()), files.size, "positions")] if seen.any() else []

@@ -220,6 +220,7 @@ class LabelSelection:
     paths: list[str] = field(default_factory=list)  # the label files, for the record
     grounds: list[str] | None = None  # per file, what stands for its ground (copies of one map: one path); None: paths
     images: list[str] | None = None  # per file, the image it labels (evaluate finds its trained places by it too)
+    encoder_fine_tune: str | None = None  # the FT_DIR whose model's encoder this one fine-tuned (its labels trained it)
 
     @property
     def class_map(self) -> ClassMap:
@@ -264,7 +265,8 @@ class LabelSelection:
         meta = {"version": 1, "classes": self.classes, "class_names": self.class_names, "notes": self.notes,
                 "shapes": [list(s) for s in self.shapes], "split": self.split, "seed": self.seed, "paths": self.paths,
                 **({"grounds": self.grounds} if self.grounds is not None else {}),
-                **({"images": self.images} if self.images is not None else {}), "grid": self.grid_text()}
+                **({"images": self.images} if self.images is not None else {}), "grid": self.grid_text(),
+                **({"encoder_fine_tune": self.encoder_fine_tune} if self.encoder_fine_tune else {})}
         arrays = {k: getattr(self, k) for k in ("train_file", "train_index", "train_value", "test_file",
                                                 "test_index", "test_value")}
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -282,7 +284,8 @@ class LabelSelection:
                    shapes=[tuple(s) for s in meta["shapes"]], notes=list(meta["notes"]), split=meta["split"],
                    seed=int(meta["seed"]), paths=list(meta.get("paths", [])),
                    grounds=list(meta["grounds"]) if meta.get("grounds") is not None else None,
-                   images=list(meta["images"]) if meta.get("images") is not None else None)
+                   images=list(meta["images"]) if meta.get("images") is not None else None,
+                   encoder_fine_tune=meta.get("encoder_fine_tune"))
 
 
 def check_labels_config(cfg: Any) -> None:

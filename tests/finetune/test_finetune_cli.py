@@ -274,6 +274,10 @@ def test_a_fine_tune_of_a_fine_tuned_model_never_tests_on_what_trained_it(seg_sc
     assert "test positions trained the encoder's own fine-tune" in again.output
     with np.load(tmp_path / "ft1" / "labels_used.npz") as a, np.load(tmp_path / "ft2" / "labels_used.npz") as b:
         assert not np.isin(a["train_index"], b["test_index"]).any() and b["test_index"].size > 0
+        tested = b["test_index"].size
+    ev = runner.invoke(app, ["evaluate", str(tmp_path / "ft2"), "--images", str(images), "--labels", str(labels)])
+    assert ev.exit_code == 0, ev.output  # ft1's training pixels trained ft2's encoder: scored apart, not as test
+    assert json.loads((tmp_path / "ft2" / "eval" / "metrics.json").read_text())["test"]["n"] == tested
     cmp = runner.invoke(app, ["compare", str(tmp_path / "ft1"), "--images", str(images), "--labels", str(labels),
                               "--out", str(tmp_path / "cmp"), "--labels-per-class", "5", "--seeds", "0",
                               "--protocol", "linear", "--no-baselines", *sets("data.sensor=null")])
@@ -287,6 +291,10 @@ def test_a_fine_tune_of_a_fine_tuned_model_never_tests_on_what_trained_it(seg_sc
     assert again.exit_code == 0 and "test images trained the encoder's own fine-tune" in again.output, again.output
     with np.load(tmp_path / "c1" / "labels_used.npz") as a, np.load(tmp_path / "c2" / "labels_used.npz") as b:
         assert not np.isin(a["train_index"], b["test_index"]).any()
+        tested = b["test_index"].size
+    ev = runner.invoke(app, ["evaluate", str(tmp_path / "c2"), "--data", str(class_folders)])
+    assert ev.exit_code == 0, ev.output
+    assert json.loads((tmp_path / "c2" / "eval" / "metrics.json").read_text())["test"]["n"] == tested
 
 
 @pytest.mark.parametrize("probe", ["linear", "knn", "propagate"])

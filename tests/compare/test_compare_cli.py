@@ -320,7 +320,7 @@ def test_an_encoder_moved_since_its_rows_is_refused_before_any_row_under_its_new
     before = (out / "results.csv").read_bytes()
     (tmp_path / "encoder").rename(tmp_path / "moved")
     again = runner.invoke(app, args(tmp_path / "moved"))
-    assert again.exit_code == 2 and "no longer there" in again.output
+    assert again.exit_code == 2 and "is not found from here" in again.output
     assert str(tmp_path / "encoder") in again.output and str(tmp_path / "moved") in again.output
     assert (out / "results.csv").read_bytes() == before
 

@@ -223,8 +223,9 @@ def embed_folder(encoder: str | Path, data_dir: str | Path, out_dir: str | Path,
     cfg, meta = read_encoder_config(encoder)
     if pool == "auto":
         pool = auto_pool(meta)
-        log.info("--pool auto: %s (the encoder was trained by %s)", pool,
-                 meta.get("method") or f"a {meta.get('task', 'pretraining')} fine-tune")
+        if level != "patch":  # a patch row is its token: no pooling to speak of
+            log.info("--pool auto: %s (the encoder was trained by %s)", pool,
+                     meta.get("method") or f"a {meta.get('task', 'pretraining')} fine-tune")
     win = parse_size(window, cfg.spatial_dims, "--window") or tuple(cfg.img_size)
     strd = parse_size(stride, cfg.spatial_dims, "--stride") or win
     if max(win) > 4096:

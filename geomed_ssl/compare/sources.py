@@ -279,8 +279,8 @@ def check_encoders_unchanged(path: Path, record: dict[str, str]) -> dict[str, st
                               "encoder as given).")
         if not Path(old).exists():  # run moved or renamed to run2: every row would be computed again
             raise ConfigError(f"encoder '{name}' holds the same weights as '{old}', whose rows are in "
-                              f"'{path.parent / 'results.csv'}' but which is not found from here (moved or renamed, or a "
-                              "relative name given from another working folder?); under the new name its rows would "
+                              f"'{path.parent / 'results.csv'}' but which is not found from here (moved or renamed, or "
+                              "a relative name given from another working folder?); under the new name its rows would "
                               f"stand twice in the table: give it as '{old}' from where it was given (or put it back), "
                               "continue into a new --out, or pass --overwrite to start again.")
     changed = [name for name, digest in record.items() if earlier.get(name, digest) != digest]

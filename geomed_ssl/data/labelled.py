@@ -54,8 +54,8 @@ def scan_class_folders(root: str | Path, data_cfg: Any, strict: bool = False, fo
     names = sorted({parts[0] for parts in folder_of.values()})
     nfc = [unicodedata.normalize("NFC", n) for n in names]
     if len(set(nfc)) < len(nfc):  # Forêt typed on Linux and Forêt copied from macOS: two classes that print alike
-        raise DataError(f"class folders {[n for n, c in zip(names, nfc) if nfc.count(c) > 1]} under '{base}' are one "
-                        "name in two Unicode forms (accents composed or not, as Linux and macOS write them): merge them.")
+        raise DataError(f"class folders {[n for n, c in zip(names, nfc) if nfc.count(c) > 1]} under '{base}' are "
+                        "one name in two Unicode forms (accents composed or not: Linux and macOS): merge them.")
     check_nesting(base, names, folder_of, strict)
     if len(names) < (1 if for_model else 2):
         raise DataError(f"'{base}' has images in {len(names)} class folder(s) ({', '.join(names)}); "

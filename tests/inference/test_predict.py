@@ -628,7 +628,7 @@ def test_a_file_that_goes_bad_midway_through_a_folder_says_the_maps_made_stay_an
         return done
 
     monkeypatch.setattr(pr, "predict_raster", then_cut_b)
-    with pytest.raises(DataError, match=r"b.tif.*\(1 of 2 inputs were predicted before it; their maps stay: .*--resume"):
+    with pytest.raises(DataError, match=r"b.tif.*\(1 of 2 inputs were predicted before it; their maps stay: .*resume"):
         predict_files(scene["model"], folder, tmp_path / "out", scene["stats"], num_classes=K, window=32)
     assert (tmp_path / "out" / "a_pred.tif").is_file()
 

@@ -325,6 +325,10 @@ def untested_by_earlier_fine_tune(encoder: Any, selection: LabelSelection, data:
                     f"fine-tune '{earlier}' (its labels_used.npz); they are left out of this fine-tune's test set.")
         for part in ("file", "index", "value"):
             setattr(selection, f"test_{part}", getattr(selection, f"test_{part}")[~seen])
+    elif shared := trained_files(earlier) & {_key(p) for p in selection.paths}:  # read on another grid then
+        log.warning(f"warning: the encoder's own fine-tune '{earlier}' trained on {len(shared)} of these label files "
+                    "on another grid (data.spacing): its training positions cannot be told apart here and may be "
+                    "among the test positions, so the test metrics may be optimistic.")
 
 
 def untested_images(encoder: Any, paths: Sequence[str], test: np.ndarray) -> np.ndarray:

@@ -87,3 +87,27 @@ def test_class_folders_match_the_models_classes_in_unicode_nfc_and_unknown_ones_
         model_classes(["r0"], np.array([0]), ["river"], ["River", "RIVER"], "T")  # two classes of those letters
     with pytest.raises(DataError, match="none of the class folders in 'T' .* is a class of this model"):
         model_classes(["m0"], np.array([0]), ["Mangrove"], ["River"], "T")
+
+
+def test_a_fine_tune_of_a_fine_tune_read_on_another_grid_says_it_cannot_tell_its_positions_apart(tmp_path) -> None:
+    """The earlier fine-tune read these labels at another data.spacing: nothing matched, and nothing was said."""
+    from geomed_ssl.finetune.evaluate import untested_by_earlier_fine_tune
+    from geomed_ssl.labels.sampling import LabelSelection
+
+    label = str(tmp_path / "case_seg.nii.gz")
+
+    def selection(shape: tuple[int, ...]) -> LabelSelection:
+        idx = np.arange(8, dtype=np.int64)
+        zeros = np.zeros(8, np.int32)
+        return LabelSelection(zeros, idx, np.ones(8, np.int64), zeros, idx + 8, np.ones(8, np.int64), [1], ["1"],
+                              [shape], paths=[label])
+
+    (tmp_path / "ft1" / "model").mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / "ft1" / "model" / name).write_text("{}")
+    selection((4, 4, 4)).save_npz(tmp_path / "ft1" / "labels_used.npz")  # trained at a coarser spacing
+    said = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("geomed_ssl.finetune.evaluate.log.warning", lambda msg, *a: said.append(msg % a if a else msg))
+        untested_by_earlier_fine_tune(tmp_path / "ft1", now := selection((8, 8, 8)))
+    assert now.test_index.size == 8 and len(said) == 1 and "cannot be told apart here" in said[0]

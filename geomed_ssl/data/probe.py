@@ -336,9 +336,9 @@ def _probe_volume(path: str, data_cfg: Any, window: tuple[int, ...]) -> FileProb
     if count < 1:
         raise ProbeError("has an empty channel axis")
     _check_complex(str(img.get_data_dtype()))
-    if not maps_a_grid(mm_affine(img)):  # in mm: 20-um voxels in metres are a determinant of 8e-15
-        raise ProbeError(f"{AFFINE_PROBLEM}, or leave the file out with data.exclude")
     affine = mm_affine(img)
+    if not maps_a_grid(affine):  # in mm: 20-um voxels in metres are a determinant of 8e-15
+        raise ProbeError(f"{AFFINE_PROBLEM}, or leave the file out with data.exclude")
     _check_size(read_shape(spatial, affine, getattr(data_cfg, "spacing", None)), window)
     steps = tuple(max(1, math.ceil(s / VOLUME_PREVIEW)) for s in spatial)
     try:

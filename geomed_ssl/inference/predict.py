@@ -391,10 +391,20 @@ def predict_files(
     summaries = []
     for p, out in planned.items():
         try:
-            summaries.append(_predict_one(model, p, out, stats, band_names, window, data_cfg, overlap, blend,
-                                          batch_size, num_classes, probabilities, device, class_values,
-                                          names_by_position, made_by, class_colors, len(planned) == 1,
-                                          (runs or {}).get(Path(p))))
+            kind, _ = _kind_and_stem(p, data_cfg)
+            commit = functools.partial(still_ours, out, p, bool(probabilities))
+            if kind == "raster":
+                summaries.append(predict_raster(
+                    model, p, out, stats, band_names, window, overlap, blend, batch_size, num_classes=num_classes,
+                    probabilities=probabilities, device=device, data_cfg=data_cfg, class_values=class_values,
+                    names_by_position=names_by_position, made_by=made_by, class_colors=class_colors,
+                    check_ranges=len(planned) == 1, commit_lock=commit, run=(runs or {}).get(Path(p))))
+            else:
+                summaries.append(predict_volume(
+                    model, p, out, stats, band_names, window, data_cfg, overlap, blend, num_classes=num_classes,
+                    probabilities=probabilities, batch_size=batch_size, device=device, class_values=class_values,
+                    names_by_position=names_by_position, made_by=made_by,
+                    commit_lock=commit, run=(runs or {}).get(Path(p))))
         except DataError as err:  # a file deleted or cut short since the probe: the maps made so far stay
             if not summaries:
                 raise
@@ -406,22 +416,3 @@ def predict_files(
     if len(planned) > 1:  # one warning for the folder, naming the first file far from the statistics and the count
         warn_inputs(summaries, stats)
     return summaries
-
-
-def _predict_one(model: Any, p: Path, out: Path, stats: BandStats, band_names: Any, window: Any, data_cfg: Any,
-                 overlap: float, blend: str, batch_size: int, num_classes: int, probabilities: bool | str,
-                 device: Any, class_values: Any, names_by_position: str, made_by: str | None, class_colors: Any,
-                 alone: bool, run: str | None) -> dict[str, Any]:
-    """One input of :func:`predict_files` predicted into ``out``."""
-    kind, _ = _kind_and_stem(p, data_cfg)
-    commit = functools.partial(still_ours, out, p, bool(probabilities))
-    if kind == "raster":
-        return predict_raster(
-            model, p, out, stats, band_names, window, overlap, blend, batch_size, num_classes=num_classes,
-            probabilities=probabilities, device=device, data_cfg=data_cfg, class_values=class_values,
-            names_by_position=names_by_position, made_by=made_by, class_colors=class_colors,
-            check_ranges=alone, commit_lock=commit, run=run)
-    return predict_volume(
-        model, p, out, stats, band_names, window, data_cfg, overlap, blend, num_classes=num_classes,
-        probabilities=probabilities, batch_size=batch_size, device=device, class_values=class_values,
-        names_by_position=names_by_position, made_by=made_by, commit_lock=commit, run=run)

@@ -89,13 +89,14 @@ def volume_grid_diffs(ras_shape: Sequence[int], ras_affine: np.ndarray, label: s
         raise DataError(f"cannot open label volume '{label}' ({err}); is it a NIfTI file?") from None
     from geomed_ssl.labels.read import check_label_affine
 
-    check_label_affine(label, mm_affine(img))
+    affine = mm_affine(img)
+    check_label_affine(label, affine)
     shape = tuple(int(s) for s in img.shape)
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
     if len(shape) != 3:
         return [f"label shape {list(shape)} is not 3D"]
-    l_shape, l_aff = ras_grid(shape, mm_affine(img))
+    l_shape, l_aff = ras_grid(shape, affine)
     i_shape, i_aff = tuple(int(v) for v in ras_shape), np.asarray(ras_affine, np.float64)
     diffs = []
     sizes = [np.round(np.linalg.norm(a[:3, :3], axis=0), 4).tolist() for a in (l_aff, i_aff)]

@@ -110,14 +110,12 @@ def refuse_trained_on_these_labels(name: str, task: Task) -> None:
     """An encoder that is a fine-tune of these labels (its ``labels_used.npz`` names one of the task's label files
     or images) is refused: its rows would score positions it was trained on, as test."""
     from geomed_ssl.checkpoint import fine_tune_of
-    from geomed_ssl.finetune.evaluate import trained_files
+    from geomed_ssl.finetune.evaluate import trained_among
 
     earlier = fine_tune_of(name)
     if earlier is None:
         return
-    ours = {Path(p).expanduser().resolve() for p in [*task.label_paths, *(r.path for r in task.records)]}
-    shared = sorted(trained_files(earlier) & ours)
-    if shared:
+    if shared := trained_among(earlier, [*task.label_paths, *(r.path for r in task.records)]):
         raise ConfigError(f"encoder '{name}' is a fine-tune trained on labels of this task (e.g. '{shared[0]}', in its "
                           "labels_used.npz): its rows would score what it was trained on. Compare the pretraining run "
                           "it was fine-tuned from, or give labels it did not train on.")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from geomed_ssl.checkpoint import save_model
+from geomed_ssl.checkpoint import fine_tune_of, save_model
 from geomed_ssl.config import Recipe, as_recipe
 from geomed_ssl.config.loading import warn_pretrain_only
 from geomed_ssl.data.catalog import Catalog
@@ -92,13 +92,11 @@ def train_probe(model: ClassificationModel, feats: torch.Tensor, labels: torch.T
 
 
 def save_selection(path: Path, paths: Sequence[str], labels: np.ndarray, train: np.ndarray, test: np.ndarray,
-                   names: Sequence[str], notes: Sequence[str], encoder: Any = None) -> None:
-    """``labels_used.npz`` of a classifier; ``encoder`` a fine-tune folder's path when its model's encoder was the
-    start (evaluate scores that fine-tune's trained images apart too)."""
-    from geomed_ssl.checkpoint import fine_tune_of
-
+                   names: Sequence[str], notes: Sequence[str], earlier: Path | None = None) -> None:
+    """``labels_used.npz`` of a classifier; ``earlier`` the fine-tune folder whose model's encoder was the start
+    (evaluate scores that fine-tune's trained images apart too)."""
     meta = {"version": 1, "task": "classify", "class_names": list(names), "notes": list(notes), "paths": list(paths)}
-    if (earlier := fine_tune_of(encoder)) is not None:
+    if earlier is not None:
         meta["encoder_fine_tune"] = str(earlier.resolve())
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, meta=np.array(json.dumps(meta)), labels=labels, train_index=train, test_index=test)
@@ -128,7 +126,8 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
         raise naming_hint(err, naming) from None
     note_encoder_naming(records, naming)
     train, test, notes = split_images(labels, lab.per_class, lab.fraction, lab.seed, names, lab.test_fraction)
-    test = untested_images(encoder, [r.path for r in records], test)
+    earlier = fine_tune_of(encoder)  # a fine-tune folder as the encoder: what trained it is no test
+    test = untested_images(earlier, [r.path for r in records], test)
     for note in notes:  # a budget short of what was asked: a warning, kept under --quiet, as compare says it
         log.warning("warning: %s", note, extra={BUDGET_NOTE: True})
     if len(train) < 2:
@@ -151,7 +150,7 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
     check_class_weights(f.class_weights, len(names))  # before FT_DIR is made
     prepare_out_dir(out, command="finetune", inputs=inputs, overwrite=overwrite)
     save_recipe(recipe, out / "config.yaml")
-    save_selection(out / "labels_used.npz", [r.path for r in records], labels, train, test, names, notes, encoder)
+    save_selection(out / "labels_used.npz", [r.path for r in records], labels, train, test, names, notes, earlier)
     seed_new_head(recipe)
     model = ClassificationModel(enc, len(names), head=f.head, pool=f.pool)
     dataset = ImageDataset(records, labels, stats, recipe.data, enc.config.patch_size)

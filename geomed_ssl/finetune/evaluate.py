@@ -295,17 +295,19 @@ def trained_images(ft_dir: str | Path, paths: Sequence[str], say: bool = True,
     return seen, _scored_apart(int(seen.sum()), len(paths), "images")
 
 
-def trained_files(ft_dir: str | Path) -> set[Path]:
-    """The files that trained a fine-tune (its ``labels_used.npz``: the label files holding training positions and
-    their images, or the trained images), resolved; empty when it says none. Test-only files are not among them."""
+def trained_among(ft_dir: str | Path, paths: Sequence[str | Path]) -> list[Path]:
+    """Those of ``paths`` (resolved, sorted) that trained a fine-tune (its ``labels_used.npz``: the label files
+    holding training positions and their images, or the trained images); test-only files are not among them."""
     used = _used(ft_dir)
     if used is None:
-        return set()
+        return []
     meta = used["meta"]
     if "train_file" in used:
         named = [meta.get("paths") or [], meta.get("images") or []]
-        return {_key(paths[i]) for paths in named for i in np.unique(used["train_file"]) if i < len(paths)}
-    return {_key(meta["paths"][i]) for i in used.get("train_index", [])}
+        trained = {_key(names[i]) for names in named for i in np.unique(used["train_file"]) if i < len(names)}
+    else:
+        trained = {_key(meta["paths"][i]) for i in used.get("train_index", [])}
+    return sorted(trained & {_key(str(p)) for p in paths})
 
 
 def untested_by_earlier_fine_tune(encoder: Any, selection: LabelSelection, data: Any = None) -> None:
@@ -325,18 +327,16 @@ def untested_by_earlier_fine_tune(encoder: Any, selection: LabelSelection, data:
                     f"fine-tune '{earlier}' (its labels_used.npz); they are left out of this fine-tune's test set.")
         for part in ("file", "index", "value"):
             setattr(selection, f"test_{part}", getattr(selection, f"test_{part}")[~seen])
-    elif shared := trained_files(earlier) & {_key(p) for p in selection.paths}:  # read on another grid then
+    elif shared := trained_among(earlier, selection.paths):  # read on another grid then
         log.warning(f"warning: the encoder's own fine-tune '{earlier}' trained on {len(shared)} of these label files "
                     "on another grid (data.spacing): its training positions cannot be told apart here and may be "
                     "among the test positions, so the test metrics may be optimistic.")
 
 
-def untested_images(encoder: Any, paths: Sequence[str], test: np.ndarray) -> np.ndarray:
-    """``test`` (indices into ``paths``) without the images the encoder's own fine-tune trained on, when the encoder
-    is a fine-tune folder (:func:`untested_by_earlier_fine_tune` for classifiers; ``fine_tune_of`` names it)."""
-    from geomed_ssl.checkpoint import fine_tune_of
-
-    earlier = fine_tune_of(encoder)
+def untested_images(earlier: Path | None, paths: Sequence[str], test: np.ndarray) -> np.ndarray:
+    """``test`` (indices into ``paths``) without the images that ``earlier``, the fine-tune folder the encoder came
+    from (``checkpoint.fine_tune_of``; None: none), trained on (:func:`untested_by_earlier_fine_tune` for
+    classifiers)."""
     if earlier is None:
         return test
     seen = trained_images(earlier, paths, say=False)[0][test]

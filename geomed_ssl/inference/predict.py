@@ -183,10 +183,12 @@ def refuse_foreign_outputs(out: Path, p: Path) -> None:
 
 
 def recorded_model(path: Path) -> str | None:
-    """The model (FT_DIR) an earlier class map at ``path`` says made it: its ``GEOMED_SSL_MODEL`` tag, or a volume's
-    ``descrip`` after "by" (maybe only its end, after "..."); None when it says none."""
-    if path.name.lower().endswith((".tif", ".tiff")):
-        return recorded_input(path, "GEOMED_SSL_MODEL")
+    """The model (FT_DIR) an earlier class map at ``path`` says made it: its ``GEOMED_SSL_MODEL`` tag (a GeoTIFF's
+    metadata, a volume's comment extension), or for a volume of an earlier version its ``descrip`` after "by"
+    (maybe only its end, after "..."); None when it says none."""
+    found = recorded_input(path, "GEOMED_SSL_MODEL")
+    if found is not None or path.name.lower().endswith((".tif", ".tiff")):
+        return found
     try:
         import nibabel as nib
 

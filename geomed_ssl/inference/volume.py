@@ -44,8 +44,8 @@ def predict_volume(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
     ``class_values[argmax]`` (default the index), uint8 (uint16 when a value is >= 255); voxels invalid in the
     input get 255 (65535). ``probabilities`` adds
     ``*_proba.nii.gz`` (X, Y, Z, K): float32, or uint8 = round(p*254). The header's ``descrip`` names the model's
-    folder ``made_by`` (the end of its path when the 79 characters the field holds are too few); ``run`` is kept
-    beside the input's path in a comment extension. ``commit_lock()``
+    folder ``made_by`` (the end of its path when the 79 characters the field holds are too few); the whole folder,
+    ``run`` and the toolkit's version are kept beside the input's path in a comment extension. ``commit_lock()``
     is held while the outputs are saved and renamed (see ``predict_raster``).
     """
     from geomed_ssl.config import DataConfig
@@ -68,11 +68,11 @@ def predict_volume(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
     with (commit_lock or contextlib.nullcontext)(), \
             atomic_paths([out_path] + ([ppath] if ppath else [])) as tmps:  # both files appear together, or neither
         source = str(path.resolve())
-        save_nifti(nifti_like(labels, record.path, made("geomed-ssl prediction", made_by), "label", source, run),
-                   tmps[0], out_path)
+        save_nifti(nifti_like(labels, record.path, made("geomed-ssl prediction", made_by), "label", source, run,
+                              made_by), tmps[0], out_path)
         if ppath:
             save_nifti(nifti_like(proba_array(grid, pkind), record.path, made("geomed-ssl probabilities", made_by),
-                                  source=source, run=run), tmps[1], ppath)
+                                  source=source, run=run, model=made_by), tmps[1], ppath)
     counts = np.bincount(index[grid.ok], minlength=num_classes)[:num_classes]
     warn_if_nothing_predicted(record.path, int(counts.sum()), cfg.nodata, out_path)
     seconds = time.perf_counter() - t0

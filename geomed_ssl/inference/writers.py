@@ -19,7 +19,7 @@ from geomed_ssl.errors import WRITE_ERRNOS, ConfigError, DataError
 from geomed_ssl.geo.gdal_read import check_written
 from geomed_ssl.geo.grids import placed
 from geomed_ssl.labels.read import MAX_CLASS_VALUE
-from geomed_ssl.outcommands import INPUT_TAG, RUN_TAG
+from geomed_ssl.outcommands import INPUT_TAG, provenance_tags
 from geomed_ssl.outfiles import atomic_path, commit_partial, naming_write_errors, partial_path
 
 BLOCK = 256  # output tile side (pixels)
@@ -255,7 +255,8 @@ class GeoTiffWriter:
 
 
 def nifti_like(array: np.ndarray, reference_path: str | Path, description: str = "geomed-ssl prediction",
-               intent: str = "none", source: str | None = None, run: str | None = None) -> Any:
+               intent: str = "none", source: str | None = None, run: str | None = None,
+               model: str | None = None) -> Any:
     """A NIfTI image of ``array`` (X, Y, Z) or (X, Y, Z, K) in the reference file's voxel order with its affine and
     header.
 
@@ -264,7 +265,9 @@ def nifti_like(array: np.ndarray, reference_path: str | Path, description: str =
     (``cal_min`` / ``cal_max``, an intensity range that would show a class map as blank in FSLeyes or MRIcron), its
     intent (a z-score map's) and its time step (a 4D series') are not carried: ``intent`` is the output's ("label"
     for a class map), a fourth axis holds classes, and ``descrip`` says what the file is; ``source``, the input it
-    was predicted from, is kept in a comment extension (:func:`recorded_input`), with ``run`` (``RUN_TAG``).
+    was predicted from, is kept in a comment extension (:func:`recorded_input`), with ``run`` (``RUN_TAG``), the
+    ``model`` folder that made it (whole, where ``descrip`` holds 79 ASCII characters) and the toolkit's version,
+    the tags a GeoTIFF prediction carries (``provenance_tags``).
     """
     import nibabel as nib
 
@@ -294,7 +297,7 @@ def nifti_like(array: np.ndarray, reference_path: str | Path, description: str =
     img.header.extensions[:] = [e for e in img.header.extensions  # the reference's own record, if it was one
                                 if not (e.get_code() == 6 and INPUT_TAG.encode() in e.get_content())]
     if source is not None:
-        record = {INPUT_TAG: source, **({RUN_TAG: run} if run else {})}
+        record = provenance_tags(source, model=model, run=run)
         img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", json.dumps(record).encode()))
     return img
 

@@ -348,6 +348,17 @@ def test_a_prediction_names_the_model_that_made_it(tmp_path: Path) -> None:
         assert not said
         warn_other_models({tmp_path / "v.nii.gz": tmp_path / "v_pred.nii.gz"}, "/home/ana/ft")
     assert len(said) == 1 and "made by another model" in said[0]
+    # a volume's map keeps the whole folder in its comment extension, however long its path
+    from geomed_ssl.outcommands import recorded_input
+
+    vft = make_ft_dir(tmp_path / ("a" * 90), kind="volume", bands=1)
+    (tmp_path / "vin").mkdir()
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(2000, 500, (12, 12, 12)).astype(np.float32),
+                             np.eye(4)), str(tmp_path / "vin" / "v.nii.gz"))
+    res = runner.invoke(app, ["predict", str(vft), str(tmp_path / "vin"), "--out", str(tmp_path / "vp")])
+    assert res.exit_code == 0, res.output
+    assert recorded_model(tmp_path / "vp" / "v_pred.nii.gz") == str(vft.resolve())
+    assert recorded_input(tmp_path / "vp" / "v_pred.nii.gz", "GEOMED_SSL_VERSION") == __version__
 
 
 def test_predict_warns_before_starting_when_the_outputs_may_not_fit_on_the_disk(tmp_path: Path, monkeypatch) -> None:

@@ -139,7 +139,8 @@ def compare(
     images: Optional[Path] = typer.Option(None, "--images", help="Segmentation: folder of images."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Segmentation: label folder, label file or CSV "
                                           "(as `finetune segment` takes them)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Classification: one subfolder of images per class."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Classification: one subfolder of images per "
+                                        "class, or a CSV of image,class rows."),
     out: Path = typer.Option(..., "--out", help="Output folder (results.csv, summary.md, curve.png, selections)."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="Recipe YAML (default: the first "
                                           "RUN_DIR's config.yaml)."),
@@ -193,7 +194,8 @@ def evaluate(
     ft_dir: Path = typer.Argument(..., metavar="FT_DIR", help="A fine-tune output folder."),
     images: Optional[Path] = typer.Option(None, "--images", help="Segmentation: folder of images."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Segmentation: their labels."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Classification: folder-per-class images."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Classification: one subfolder of images per "
+                                        "class, or a CSV of image,class rows."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where metrics.json and confusion.png go (default "
                                        "FT_DIR/eval)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda[:N]."),

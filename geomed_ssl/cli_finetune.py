@@ -79,7 +79,8 @@ def finetune_segment_cmd(
 def finetune_classify_cmd(
     recipe: Path = typer.Argument(..., metavar="RECIPE", help="Recipe YAML."),
     encoder: str = typer.Option(..., "--encoder", help="RUN_DIR, RUN_DIR/encoder, or 'none' (random init baseline)."),
-    data: Path = typer.Option(..., "--data", help="Folder with one subfolder of images per class."),
+    data: Path = typer.Option(..., "--data", help="Folder with one subfolder of images per class, or a "
+                              "CSV of image,class rows (image paths relative to the CSV's folder)."),
     out: Path = typer.Option(..., "--out", help="Output folder."),
     per_class: Optional[int] = typer.Option(None, "--labels-per-class", help="k labelled images per class."),
     fraction: Optional[float] = typer.Option(None, "--label-fraction", help="Fraction of images used for training."),
@@ -90,7 +91,7 @@ def finetune_classify_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
     strict: bool = StrictOpt,
 ) -> None:
-    """Image classification from k labelled images per class (folder-per-class datasets such as EuroSAT)."""
+    """Image classification from k labelled images per class (class folders such as EuroSAT, or a classes CSV)."""
     from geomed_ssl.finetune.classify import finetune_classify
     from geomed_ssl.finetune.metrics import format_metrics
 

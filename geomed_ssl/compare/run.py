@@ -34,6 +34,7 @@ from geomed_ssl.data.labelled import ImageDataset
 from geomed_ssl.data.readers import VolumeReader
 from geomed_ssl.data.stats import compute_stats
 from geomed_ssl.errors import ConfigError, DataError, GeomedError, RunStopped
+from geomed_ssl.labels.classes import class_inputs
 from geomed_ssl.finetune.fit import check_trainer_settings, save_recipe, with_encoder_naming
 from geomed_ssl.models.device import resolve_device
 from geomed_ssl.models.model_data import naming_hint, note_encoder_naming
@@ -98,9 +99,10 @@ def _load_task(options: CompareOptions, recipe_file: Recipe | Path, overrides: l
                labels: Any, data: Any, strict: bool) -> tuple[Recipe, Task]:
     if (images is None) == (data is None):
         raise ConfigError("give the labelled data as --images IMG_DIR --labels LABELS (segmentation) or as "
-                          "--data CLASS_FOLDERS_DIR (classification), one of the two.")
+                          "--data CLASSES (class folders or a classes CSV: classification), one of the two.")
     if data is not None and labels is not None:
-        raise ConfigError("--labels goes with --images (segmentation); class folders (--data) are their own labels.")
+        raise ConfigError("--labels goes with --images (segmentation); --data holds its own classes (folders or a "
+                          "CSV).")
     kind = "segment" if images is not None else "classify"
     if kind == "classify" and options.split != "random":
         raise ConfigError(f"--split {options.split} is for label maps (--images/--labels); class folders (--data) "
@@ -343,7 +345,7 @@ def run_compare(options: CompareOptions, *, out: str | Path, images: str | Path 
     output folder is created or changed. ``keep_finetuned``: the ``finetune`` protocol's FT_DIRs are kept in
     ``out/finetuned_<encoder>_<budget>_seed<seed>`` (usable by ``predict``) instead of being deleted."""
     out = Path(out)
-    inputs = {"images folder": images, "labels": labels, "data folder": data,
+    inputs = {"images folder": images, "labels": labels, **class_inputs(data),
               "recipe": None if isinstance(recipe, Recipe) else recipe,
               "encoder": options.pretrained}
     check_out_dir(out, command="compare", inputs=inputs, overwrite=overwrite, resume=True)

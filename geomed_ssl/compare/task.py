@@ -22,10 +22,10 @@ from geomed_ssl.compare.options import Budget
 from geomed_ssl.finetune.metrics import background_index
 from geomed_ssl.config import Recipe
 from geomed_ssl.data.catalog import Catalog, scan
-from geomed_ssl.data.labelled import scan_class_folders
 from geomed_ssl.files.listing import file_stamps
 from geomed_ssl.errors import DataError
 from geomed_ssl.finetune.classify import save_selection
+from geomed_ssl.labels.classes import scan_classes
 from geomed_ssl.labels.pairs import label_grounds, label_sources, read_label_pairs
 from geomed_ssl.windows.splits import label_groups
 from geomed_ssl.labels.sampling import (ClassMap, LabelSelection, labelled_pixels, select_labels, split_images,
@@ -110,8 +110,8 @@ def load_segment_task(recipe: Recipe, images: str | Path, labels: str | Path | N
 
 
 def load_classify_task(recipe: Recipe, data: str | Path, strict: bool) -> Task:
-    """Scan a class-folder dataset: one row per image."""
-    records, labels, names = scan_class_folders(data, recipe.data, strict=strict)
+    """Scan a classification dataset (class folders, or a classes CSV): one row per image."""
+    records, labels, names = scan_classes(data, recipe.data, strict=strict)
     catalog = Catalog(records=records, problems=[], kind=recipe.data.kind, band_names=records[0].band_names,
                       wavelengths=records[0].wavelengths, bandwidths=records[0].bandwidths)
     nd = 3 if recipe.data.kind == "volume" else 2

@@ -17,12 +17,13 @@ from geomed_ssl.checkpoint import fine_tune_of, save_model
 from geomed_ssl.config import Recipe, as_recipe
 from geomed_ssl.config.loading import warn_pretrain_only
 from geomed_ssl.data.catalog import Catalog
-from geomed_ssl.data.labelled import ImageDataset, scan_class_folders
+from geomed_ssl.data.labelled import ImageDataset
 from geomed_ssl.errors import ConfigError, DataError
 from geomed_ssl.models.model_data import naming_hint, note_encoder_naming
 from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, class_weights_from_counts, data_meta,
                                      encoder_and_stats, finetune_inputs, fit_supervised, no_model, not_evaluated,
                                      save_recipe, seed_new_head, with_encoder_naming)
+from geomed_ssl.labels.classes import class_inputs, scan_classes
 from geomed_ssl.labels.sampling import BUDGET_NOTE, split_images
 from geomed_ssl.finetune.evaluate import untested_images
 from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix, write_metrics
@@ -106,22 +107,23 @@ def save_selection(path: Path, paths: Sequence[str], labels: np.ndarray, train: 
 def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | None, data: str | Path,
                       out_dir: str | Path, *, overrides: list[str] | None = None, overwrite: bool = False,
                       progress: bool = True, strict: bool = False) -> FinetuneResult:
-    """Train a classifier with the images the ``labels`` section selects per class folder; evaluate on the rest.
+    """Train a classifier with the images the ``labels`` section selects per class (``data``: class folders, or a
+    classes CSV: :func:`~geomed_ssl.labels.classes.scan_classes`); evaluate on the rest.
     ``strict``: problem files and band names assigned by position are errors (else skipped / warned about)."""
-    inputs = finetune_inputs(recipe, encoder, data=data)
+    inputs = {**finetune_inputs(recipe, encoder), **class_inputs(data)}
     check_out_dir(out_dir, command="finetune", inputs=inputs, overwrite=overwrite)  # FT_DIR is made once all is valid
     warn_pretrain_only(overrides, "finetune")
     recipe, naming = with_encoder_naming(as_recipe(recipe, overrides, task="classify"), encoder, overrides)
     f, lab = recipe.finetune, recipe.labels
     if lab.class_names:
-        log.warning("warning: labels.class_names names the values of label maps; class folders are named by their "
-                    "folders, so it is not used here.")
+        log.warning("warning: labels.class_names names the values of label maps; class folders (or a classes CSV) "
+                    "name their classes, so it is not used here.")
     if lab.split != "random":
-        raise ConfigError(f"labels.split {lab.split} is for label maps (finetune segment); class folders are split by "
-                          "image already: leave labels.split at random.")
+        raise ConfigError(f"labels.split {lab.split} is for label maps (finetune segment); classification data is "
+                          "split by image already: leave labels.split at random.")
     out = Path(out_dir)
     try:
-        records, labels, names = scan_class_folders(data, scan_config(recipe.data, encoder), strict=strict)
+        records, labels, names = scan_classes(data, scan_config(recipe.data, encoder), strict=strict)
     except DataError as err:
         raise naming_hint(err, naming) from None
     note_encoder_naming(records, naming)

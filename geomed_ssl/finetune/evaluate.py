@@ -15,6 +15,7 @@ import torch
 from geomed_ssl.windows.tiling import DEFAULT_OVERLAP
 from geomed_ssl.data.records import stack_input
 from geomed_ssl.errors import DataError, GeomedError
+from geomed_ssl.labels.classes import class_inputs, is_class_table
 from geomed_ssl.labels.read import read_label
 from geomed_ssl.labels.sampling import LabelSelection
 from geomed_ssl.windows.splits import GROUND_PREFIX
@@ -142,18 +143,18 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
     replacing their own tags (default: the model's ``data.nodata``, else each file's tag)."""
     from geomed_ssl.data.catalog import scan
     from geomed_ssl.bands.conform import conform_record
-    from geomed_ssl.data.labelled import scan_class_folders
+    from geomed_ssl.labels.classes import scan_classes
     from geomed_ssl.labels.pairs import label_grounds, read_label_pairs
     from geomed_ssl.labels.sampling import labelled_pixels
 
     if data is not None and (images is not None or labels is not None):
         raise GeomedError("give the labelled data as --images IMG_DIR --labels LABELS (segmentation) or as --data "
-                          "CLASS_FOLDERS_DIR (classification), not both: the model uses one and would ignore the "
-                          "other.")
+                          "CLASSES (class folders or a classes CSV: classification), not both: the model uses one "
+                          "and would ignore the other.")
     default = eval_out_dir(ft_dir, None)
     out = eval_out_dir(ft_dir, out)
     rule = {"command": "evaluate", "resume": True, "allow_inside": [default],
-            "inputs": {"fine-tune folder": ft_dir, "images folder": images, "labels": labels, "data folder": data}}
+            "inputs": {"fine-tune folder": ft_dir, "images folder": images, "labels": labels, **class_inputs(data)}}
     check_out_dir(out, **rule)  # the folder is made once the inputs are read
     model, meta, recipe = load_run(ft_dir, device)
     meta, recipe = with_data(meta, recipe, band_names, nodata)
@@ -198,13 +199,13 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
         return evaluate_segmentation(model, meta, [r for r, _ in pairs], arrays, selection, out, recipe.data,
                                      native=True)
     if data is None:
-        raise GeomedError("a classification model is evaluated with --data CLASS_FOLDERS_DIR.")
+        raise GeomedError("a classification model is evaluated with --data CLASSES (class folders or a classes CSV).")
     from geomed_ssl.data.labelled import ImageDataset
     from geomed_ssl.finetune.classify import evaluate_images
     from geomed_ssl.models.model_data import records_for_stats
 
     sized = dataclasses.replace(recipe.data, patch_size=list(meta["window"]))  # whole images, read by the model
-    records, labels_idx, folder_names = scan_class_folders(data, sized, strict=strict, for_model=True)
+    records, labels_idx, folder_names = scan_classes(data, sized, strict=strict, for_model=True)
     records, mapped, notes = model_classes(records, labels_idx, folder_names, names, data)
     records = records_for_stats(records, stats)
     warn_other_scale(records, scale, recipe.data.spacing, f"model '{ft_dir}'")
@@ -217,30 +218,31 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
 
 def model_classes(records: list, labels_idx: np.ndarray, folder_names: Sequence[str], names: Sequence[str],
                   data: str | Path) -> tuple[list, np.ndarray, list[str]]:
-    """The images of class folders the model knows, each with its class index in the model, and a note (also a
-    warning) on folders that are no class of it: left out of the metrics, as unknown label values of segmentation
-    are. Names match in Unicode NFC (a folder copied from macOS spells 'Forêt' decomposed), else ignoring case where
-    that names one class (a note says so). None known: refused."""
+    """The images of classes (folders, or a classes CSV's) the model knows, each with its class index in the model,
+    and a note (also a warning) on classes that are no class of it: left out of the metrics, as unknown label values
+    of segmentation are. Names match in Unicode NFC (a folder copied from macOS spells 'Forêt' decomposed), else
+    ignoring case where that names one class (a note says so). None known: refused."""
     index = {unicodedata.normalize("NFC", n): k for k, n in enumerate(names)}
     folded: dict[str, list[int]] = {}
     for k, n in enumerate(names):
         folded.setdefault(unicodedata.normalize("NFC", n).casefold(), []).append(k)
     model_of, notes = [], []
+    what = "classes" if is_class_table(data) else "class folders"
     for name in folder_names:
         key = unicodedata.normalize("NFC", name)
         same_letters = folded.get(key.casefold(), [])
         model_of.append(index.get(key, same_letters[0] if len(same_letters) == 1 else None))
         if key not in index and len(same_letters) == 1:
-            notes.append(f"class folder '{name}' is scored as the model's class '{names[same_letters[0]]}' (the "
+            notes.append(f"{what[:-1]} '{name}' is scored as the model's class '{names[same_letters[0]]}' (the "
                          "names differ only in case)")
             log.warning("warning: %s.", notes[-1])
     missing = [n for n, k in zip(folder_names, model_of) if k is None]
     if len(missing) == len(folder_names):
-        raise DataError(f"none of the class folders in '{data}' ({', '.join(folder_names)}) is a class of this "
-                        f"model ({', '.join(names)}); name the folders after the model's classes.")
+        raise DataError(f"none of the {what} in '{data}' ({', '.join(folder_names)}) is a class of this "
+                        f"model ({', '.join(names)}); name them after the model's classes.")
     keep = np.array([model_of[i] is not None for i in labels_idx], bool)
     if missing:
-        notes.append(f"class folders {missing} ({int((~keep).sum())} images) in '{data}' are not classes this model "
+        notes.append(f"{what} {missing} ({int((~keep).sum())} images) in '{data}' are not classes this model "
                      f"was trained on (its classes: {', '.join(names)}); they are left out of the metrics")
         log.warning("warning: %s.", notes[-1])
     mapped = np.array([model_of[i] for i in labels_idx[keep]], np.int64)

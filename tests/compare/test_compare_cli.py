@@ -238,6 +238,16 @@ def test_compare_on_class_folders_takes_a_pretraining_run_whose_recipe_names_a_s
                                        baselines=[]), out=tmp_path / "cmp_py", data=classes,
                         recipe=load_recipe(run_dir / "config.yaml"), progress=False)
     assert again is not None
+    # the same images and classes as a classes CSV: the same rows
+    table = tmp_path / "classes.csv"
+    table.write_text("image,class\n" + "".join(f"{p.relative_to(tmp_path)},{p.parent.name}\n"
+                                                for p in sorted(classes.glob("*/*.tif"))))
+    by_table = runner.invoke(app, ["compare", str(run_dir), "--data", str(table), "--out", str(tmp_path / "cmp_csv"),
+                                   "--labels-per-class", "2", "--seeds", "0", "--protocol", "linear",
+                                   "--baselines", "band_stats"])
+    assert by_table.exit_code == 0, by_table.output
+    linear = lambda found: {r["encoder"]: r["oa"] for r in found if r["protocol"] == "linear"}  # noqa: E731
+    assert linear(read(tmp_path / "cmp_csv" / "results.csv")) == linear(rows)
     first = {(r["encoder"], r["oa"]) for r in rows if r["protocol"] == "linear" and r["encoder"] != "band_stats"}
     assert {(r["encoder"], r["oa"]) for r in read(tmp_path / "cmp_py" / "results.csv")} == first
 

@@ -608,13 +608,59 @@ def test_classify_refuses_one_training_image_and_a_batch_of_one_for_the_linear_h
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_classify_given_a_file_instead_of_class_folders_says_what_it_needs(tmp_path: Path) -> None:
+def test_classify_given_a_table_without_image_and_class_columns_says_what_it_needs(tmp_path: Path) -> None:
     table = tmp_path / "labels.csv"
     table.write_text("file,label\na.tif,Forest\n")
     result = runner.invoke(app, ["finetune", "classify", "recipes/mae_sentinel2.yaml", "--encoder", "none",
                                  "--data", str(table), "--out", str(tmp_path / "ft"), "--labels-per-class", "2"])
     assert result.exit_code == 2
-    assert "is a file: classification data is a folder with one subfolder of images per class" in result.output
+    assert f"classes CSV '{table}' needs a header row with columns image, class; found file, label" in result.output
+    (tmp_path / "notes.txt").write_text("x")
+    result = runner.invoke(app, ["finetune", "classify", "recipes/mae_sentinel2.yaml", "--encoder", "none",
+                                 "--data", str(tmp_path / "notes"), "--out", str(tmp_path / "ft")])
+    assert result.exit_code == 2 and "does not exist" in result.output and not (tmp_path / "ft").exists()
+
+
+def test_classes_from_a_csv_train_and_evaluate_as_class_folders_do(class_folders: Path, tmp_path: Path) -> None:
+    """A classes CSV (image,class) stands for class folders: the same images and classes give the same selection
+    and metrics; rows naming no image are warned about, unlisted images left out, contradictions refused."""
+    import csv
+
+    images = sorted(class_folders.glob("*/*.tif"))
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in images:
+        (flat / f.name).write_bytes(f.read_bytes())
+    table = tmp_path / "classes.csv"
+    with open(table, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["Image", "Class"])
+        w.writerows([(f"flat/{f.name}", f.parent.name) for f in images[:-1]] + [("missing.tif", "River")])
+    common = ["--encoder", "none", "--labels-per-class", "2", "--linear-probe", *sets("data.sensor=null",
+                                                                                     "finetune.max_steps=5")]
+    by_table = runner.invoke(app, ["finetune", "classify", "recipes/mae_sentinel2.yaml", "--data", str(table),
+                                   "--out", str(tmp_path / "ft_csv"), *common])
+    assert by_table.exit_code == 0, by_table.output
+    assert "1 row(s) name no image read under" in by_table.output and "line 19 ('missing.tif')" in by_table.output
+    (class_folders / images[-1].parent.name / images[-1].name).unlink()  # the one image the table leaves out
+    by_folder = runner.invoke(app, ["finetune", "classify", "recipes/mae_sentinel2.yaml", "--data",
+                                    str(class_folders), "--out", str(tmp_path / "ft_dir"), *common])
+    assert by_folder.exit_code == 0, by_folder.output
+    a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("ft_csv", "ft_dir"))
+    assert a["test"]["n"] == b["test"]["n"] == 11 and a["test"]["OA"] == pytest.approx(b["test"]["OA"])
+    sel = [np.load(tmp_path / d / "labels_used.npz") for d in ("ft_csv", "ft_dir")]
+    assert (sel[0]["train_index"] == sel[1]["train_index"]).all() and (sel[0]["labels"] == sel[1]["labels"]).all()
+    ev = runner.invoke(app, ["evaluate", str(tmp_path / "ft_csv"), "--data", str(table)])
+    assert ev.exit_code == 0, ev.output
+    assert json.loads((tmp_path / "ft_csv" / "eval" / "metrics.json").read_text())["test"]["n"] == 11
+    inside = runner.invoke(app, ["finetune", "classify", "recipes/mae_sentinel2.yaml", "--data", str(table),
+                                 "--out", str(flat / "ft"), *common])
+    assert inside.exit_code == 2 and "lies inside the folder of the classes CSV's images" in inside.output
+    table.write_text(f"image,class\nflat/{images[0].name},Forest\n./flat/{images[0].name},River\n")
+    twice = runner.invoke(app, ["finetune", "classify", "recipes/mae_sentinel2.yaml", "--data", str(table),
+                                "--out", str(tmp_path / "ft_twice"), *common])
+    assert twice.exit_code == 2 and "twice with different classes (line 2: 'Forest', line 3: 'River')" in twice.output
+    assert not (tmp_path / "ft_twice").exists() and not (flat / "ft").exists()
 
 
 def test_classify_refuses_a_split_meant_for_label_maps(class_folders: Path, tmp_path: Path) -> None:
@@ -622,7 +668,7 @@ def test_classify_refuses_a_split_meant_for_label_maps(class_folders: Path, tmp_
     result = runner.invoke(app, ["finetune", "classify", "recipes/mae_sentinel2.yaml", "--encoder", "none",
                                  "--data", str(class_folders), "--out", str(ft), "--labels-per-class", "2",
                                  *sets("data.sensor=null", "labels.split=images")])
-    assert result.exit_code == 2 and "class folders are split by image already" in result.output
+    assert result.exit_code == 2 and "classification data is split by image already" in result.output
     assert not ft.exists()
 
 

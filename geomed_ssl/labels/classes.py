@@ -1,0 +1,134 @@
+"""Images with one class each, for classification: a folder per class (:func:`scan_class_folders`), or a classes
+table, a CSV whose rows name an image and its class (``image,class``), for archives whose class lives in a
+spreadsheet rather than in folder names (a diagnosis per subject, a land-cover class per chip)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geomed_ssl.data.catalog import FileRecord, reported_already, scan
+from geomed_ssl.data.labelled import scan_class_folders, warn_copies
+from geomed_ssl.errors import DataError
+from geomed_ssl.files.listing import absolute
+from geomed_ssl.labels.pairs import TABLE_SUFFIXES
+from geomed_ssl.tables import LINE, FileIndex, read_rows
+
+log = logging.getLogger("geomed_ssl")
+WHAT = "classes CSV"
+
+
+def is_class_table(data: str | Path) -> bool:
+    """``data`` names a classes table (a CSV / TSV file) rather than a folder of class folders."""
+    return Path(data).suffix.lower() in TABLE_SUFFIXES and not Path(data).is_dir()
+
+
+def _rows(table: Path) -> list[dict[str, str]]:
+    if not table.is_file():
+        raise DataError(f"{WHAT} '{table}' does not exist; give a folder with one subfolder of images per class, or a "
+                        "CSV with columns image,class.")
+    rows = read_rows(table, ("image", "class"), WHAT)
+    if not rows:
+        raise DataError(f"{WHAT} '{table}' has a header and no rows: list one image,class row per image.")
+    empty = next((r[LINE] for r in rows if not r["image"] or not r["class"]), None)
+    if empty is not None:
+        raise DataError(f"{WHAT} '{table}' line {empty}: empty image or class entry.")
+    return rows
+
+
+def _spelled(row: dict[str, str], key: str) -> str:
+    return row[key].replace("\\", "/") if os.sep == "/" else row[key]
+
+
+def _found(table: Path, image: str) -> Path | None:
+    """The file or folder a row's image path names: absolute, or relative to the table's folder or the working
+    folder (None: a bare name or the end of a path, found among the scanned images only)."""
+    for candidate in (Path(image), table.parent / image, absolute(image)):
+        if candidate.is_absolute() and candidate.exists():
+            return candidate
+    return None
+
+
+def table_root(data: str | Path) -> Path | None:
+    """The folder a classes table's images are scanned under: the deepest one holding every image its rows name by
+    a path that exists (the table's own folder when none does: rows of file names alone); None for a folder of
+    class folders. Rows naming an image by a file name or the end of a path are matched among the images there."""
+    if not is_class_table(data):
+        return None
+    table = absolute(data)
+    found = [_found(table, _spelled(r, "image")) for r in _rows(table)]
+    folders = [os.path.normpath(f if f.is_dir() else f.parent) for f in found if f is not None]
+    return Path(os.path.commonpath(folders)) if folders else table.parent
+
+
+def class_inputs(data: str | Path | None) -> dict[str, Path | str | None]:
+    """What classification data is, by role, for the output-folder rule: a folder of class folders, or a classes
+    CSV and the folder its images are scanned under (:func:`table_root`)."""
+    if data is None or not is_class_table(data):
+        return {"data folder": data}
+    return {"classes CSV": data, "folder of the classes CSV's images": table_root(data)}
+
+
+def scan_classes(data: str | Path, data_cfg: Any, strict: bool = False, for_model: bool = False,
+                 ) -> tuple[list[FileRecord], np.ndarray, list[str]]:
+    """(records, class index per record (int64), class names, sorted) of a folder of class folders or of a classes
+    table (:func:`scan_class_table`); the arguments are :func:`scan_class_folders`'."""
+    if is_class_table(data):
+        return scan_class_table(data, data_cfg, strict, for_model)
+    return scan_class_folders(data, data_cfg, strict, for_model)
+
+
+def scan_class_table(data: str | Path, data_cfg: Any, strict: bool = False, for_model: bool = False,
+                     ) -> tuple[list[FileRecord], np.ndarray, list[str]]:
+    """The images a CSV with columns ``image,class`` lists, and their classes. An image path is absolute, relative
+    to the CSV's folder or the working folder, or a file name / the end of a path under :func:`table_root` (a
+    ``data.channels`` stack: its folder); the images there are scanned as a folder would be (problem files skipped
+    with a warning, errors with ``strict``), and only the listed ones are used. A row naming no image read is warned
+    about; an empty entry, or one image listed with two classes, is an error naming the line."""
+    table = absolute(data)
+    rows = _rows(table)
+    root = table_root(table)
+    catalog = scan(root, data_cfg, strict=strict, names_by_position="error" if strict else "warn",
+                   majority=not for_model)
+    catalog.warn_problems()
+    stacks = {r.path: os.path.dirname(r.paths[0]) for r in catalog.records if len(r.paths) > 1 and not r.case}
+    index = FileIndex((p, r.path) for r in catalog.records
+                      for p in dict.fromkeys([r.path, *r.paths, *([stacks[r.path]] if r.path in stacks else [])]))
+    by_path = {r.path: r for r in catalog.records}
+    chosen: dict[str, tuple[str, str]] = {}  # image -> (class, line)
+    unread: list[str] = []
+    for row in rows:
+        i, image, name = row[LINE], _spelled(row, "image"), unicodedata.normalize("NFC", row["class"])
+        key = index.find(image, (table.parent, ""), f"{WHAT} '{table}' line {i}", "matches {} images")
+        if key is None:
+            unread.append(f"line {i} ('{image}')")
+        elif key in chosen and chosen[key][0] != name:
+            raise DataError(f"{WHAT} '{table}' lists image '{key}' twice with different classes (line "
+                            f"{chosen[key][1]}: '{chosen[key][0]}', line {i}: '{name}'); keep one row per image.")
+        else:
+            chosen[key] = (name, i)
+    if unread:
+        shown = "; ".join(unread[:4]) + (f"; and {len(unread) - 4} more" if len(unread) > 4 else "")
+        log.warning(f"warning: {WHAT} '{table}': {len(unread)} row(s) name no image read under '{root}' ({shown}); "
+                    "they are not used. Image paths are absolute, relative to the CSV's folder or the working "
+                    "folder, or a file name / the end of a path under it; a missing file, one data.include / "
+                    "data.exclude leave out, or a problem file above is not read.")
+    names = sorted({c for c, _ in chosen.values()})
+    if len(names) < (1 if for_model else 2):
+        raise DataError(f"{WHAT} '{table}' gives {len(chosen)} image(s) read of {len(names)} class(es) "
+                        f"({', '.join(names)}); classification needs images of at least two classes.")
+    left = len(catalog.records) - len(chosen)
+    if left and not reported_already():
+        log.info("note: %d image(s) under '%s' are not listed in %s '%s' and are not used", left, root, WHAT, table)
+    order = sorted(chosen, key=lambda p: (chosen[p][0], p))
+    records = [by_path[p] for p in order]
+    labels = np.array([names.index(chosen[p][0]) for p in order], np.int64)
+    if not reported_already():
+        singles = [(r.path, names[i]) for r, i in zip(records, labels) if len(r.paths or []) <= 1]
+        warn_copies([p for p, _ in singles], [c for _, c in singles])
+    return records, labels, names

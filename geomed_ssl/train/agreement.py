@@ -1,38 +1,28 @@
-"""Ranks agree before rank 0 writes: every check passed on every rank, and one resume checkpoint for all.
+"""Ranks agree before rank 0 writes: every check passed on every rank, every rank read the same inputs, and one
+resume checkpoint for all (:func:`agreement_for`).
 
-How the processes of a run come to exist decides how they agree (:func:`agreement_for`):
-
-- one process, or ``ddp_spawn`` / ``ddp_fork`` (the launching process checks everything, then starts its
-  workers inside ``trainer.fit``, handing them its checkpoint): nothing to agree on;
-- ``ddp`` started by Lightning (``--set train.strategy=ddp``): the command's process is rank 0; it checks
-  everything and only then starts the other ranks (inside ``trainer.fit``), handing them its checkpoint choice in
-  the environment (:data:`RESUME_ENV`); a rank that fails later makes Lightning stop the others. On each further
-  node of a hand-started multi-node run the command's process is that node's first rank: it cannot hear rank 0
-  before the process group exists, so it chooses the checkpoint by the same rule on the shared run folder and hands
-  it to its node's ranks (a failure there leaves the other nodes waiting for Lightning's process-group timeout:
-  start the ranks with torchrun / srun instead to have it stop them all);
-- processes started by the cluster (torchrun, SLURM, MPI, ...: every rank runs the command at once): the process
-  group is set up early (as Lightning would, which then reuses it) and the ranks exchange, over a side group with a
-  :data:`TIMEOUT`, whether each passed its checks (the first failure's message reaches every rank, which all stop at
-  once instead of waiting 30 minutes for the group) and rank 0's checkpoint path; then, in rounds of their own
-  (:meth:`Agreement.round`), whether the checks that need the data passed on every rank, and last whether rank 0
-  made and wrote the run folder.
-
-Only strings and flags travel, as uint8 / int64 tensors (nothing is pickled).
+One process, or ``ddp_spawn`` / ``ddp_fork`` (the launching process checks everything before ``trainer.fit`` starts
+its workers): nothing to agree on. Otherwise every rank runs the command at once: started by the cluster (torchrun,
+SLURM, MPI, ...), or, under Lightning's ``ddp``, by the command's process before any check
+(:func:`start_other_ranks`; ``trainer.fit`` would start them only after rank 0 made the run folder). The process
+group is set up early (as Lightning would, which then reuses it) and the ranks exchange, over a side group with a
+:data:`TIMEOUT`, whether each passed its checks (the first failure's message reaches every rank, which all stop at
+once instead of waiting 30 minutes for the group) and rank 0's checkpoint path; then, in rounds of their own
+(:meth:`Agreement.round`), whether every rank read the same recipe and data files (:meth:`Agreement.same_inputs`)
+and passed the checks that need them, and last whether rank 0 made and wrote the run folder. Only strings and
+flags travel, as uint8 / int64 tensors (nothing is pickled).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from datetime import timedelta
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 
 from geomed_ssl.errors import GeomedError
 
-RESUME_ENV = "GEOMED_SSL_RESUME_FROM"  # rank 0's checkpoint choice for the ranks Lightning starts ("" : none)
 TIMEOUT = timedelta(minutes=10)  # a rank that has not reported by then has died: the others stop
 
 
@@ -42,17 +32,16 @@ class Agreement:
     def __init__(self, rank: int = 0) -> None:
         self.rank = rank
 
-    @property
-    def chooses(self) -> bool:
-        """Whether this process picks the checkpoint to resume from (else it takes rank 0's)."""
-        return self.rank == 0
-
     def failed(self, err: Exception) -> None:
         """This rank failed its checks with ``err`` (the caller re-raises it): the other ranks learn it."""
 
     def share_checkpoint(self, checkpoint: str | None) -> str | None:
         """Rank 0's ``checkpoint`` to resume from (None: none) on every rank, once rank 0 passed its checks."""
         return checkpoint
+
+    def same_inputs(self, digest: str) -> None:
+        """Every rank read the inputs rank 0 read (``digest``: :func:`~geomed_ssl.train.pretrain.inputs_digest`),
+        else a ``GeomedError`` on the rank that read others (inside a round: every rank then stops)."""
 
     def all_passed(self, last: bool = True) -> None:
         """Every rank passed every check (else a ``GeomedError`` naming the first rank that failed, and why);
@@ -78,41 +67,27 @@ class Agreement:
         self.all_passed(last)
 
 
-class LauncherAgreement(Agreement):
-    """The process that starts this node's other ranks inside ``trainer.fit`` (Lightning's ``ddp``): they start
-    only after its checks passed, and take its checkpoint choice from the environment."""
-
-    @property
-    def chooses(self) -> bool:
-        return True  # rank 0, or the first rank of another node, which cannot ask rank 0 yet
-
-    def share_checkpoint(self, checkpoint: str | None) -> str | None:
-        os.environ[RESUME_ENV] = checkpoint or ""  # inherited by the ranks trainer.fit starts
-        return checkpoint
-
-
-class ChildAgreement(Agreement):
-    """A rank Lightning started once its launcher passed its checks: it takes the launcher's checkpoint (a rank
-    that fails later makes Lightning stop the others)."""
-
-    def share_checkpoint(self, checkpoint: str | None) -> str | None:
-        return os.environ[RESUME_ENV] or None
-
-
 class GroupAgreement(Agreement):
     """Ranks the cluster started together: they exchange their outcome over a gloo side group."""
 
-    def __init__(self, rank: int, world: int, group: Any) -> None:
+    def __init__(self, rank: int, world: int, group: Any, started: Sequence[Any] = ()) -> None:
         super().__init__(rank)
-        self.world, self.group = world, group
+        self.world, self.group, self.started = world, group, list(started)
 
     def failed(self, err: Exception) -> None:
         text = str(err).splitlines()[0] if str(err) else ""
         self._exchange(text if isinstance(err, GeomedError) else f"{type(err).__name__}: {text}")
         self._close()
+        self._end_started()
 
     def share_checkpoint(self, checkpoint: str | None) -> str | None:
         return self._exchange(None, checkpoint or "") or None
+
+    def same_inputs(self, digest: str) -> None:
+        if self._exchange(None, digest) != digest:
+            raise GeomedError(f"rank {self.rank} read other inputs than rank 0 (the recipe, or the data folder's "
+                              "files: one was changed, added or removed while the ranks started); start the run "
+                              "again once they are settled.")
 
     def all_passed(self, last: bool = True) -> None:
         self._exchange(None)
@@ -132,8 +107,17 @@ class GroupAgreement(Agreement):
         message = broadcast_text((failure or "") if failed else text, src, self.group)
         if failed and failure is None:  # this rank passed: it stops with the failing rank's reason
             self._close()
+            self._end_started()
             raise GeomedError(f"rank {src} of the run failed, so every rank stops: {message}")
         return message
+
+    def _end_started(self) -> None:
+        """Wait for the ranks this process started, which heard why every rank stops, to say it and end."""
+        for proc in self.started:
+            try:
+                proc.wait(timeout=30)
+            except Exception:  # noqa: BLE001 - hung: stopped
+                proc.kill()
 
     def _close(self) -> None:
         import torch.distributed as dist
@@ -156,20 +140,40 @@ def broadcast_text(text: str, src: int, group: Any) -> str:
     return bytes(buf.tolist()).decode()
 
 
-def agreement_for(probe: Any) -> Agreement:
-    """How the processes of the run ``probe`` (a Trainer with its settings) agree; see the module docstring."""
-    from lightning.fabric.plugins.environments import LightningEnvironment
+def agreement_for(probe: Any, started: Sequence[Any] = ()) -> Agreement:
+    """How the processes of the run ``probe`` (a Trainer with its settings) agree; see the module docstring.
+    Lightning's ``ddp`` ranks must have been started first (:func:`start_other_ranks`: ``started``)."""
     from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 
     rank, world, strategy = probe.global_rank, probe.world_size, probe.strategy
     if world == 1 or isinstance(strategy.launcher, _MultiProcessingLauncher):
         return Agreement(rank)
-    env = strategy.cluster_environment
-    if not env.creates_processes_externally:  # Lightning's ddp starts this node's other ranks inside trainer.fit
-        return LauncherAgreement(rank)
-    if isinstance(env, LightningEnvironment) and RESUME_ENV in os.environ:  # one of those ranks
-        return ChildAgreement(rank)
-    return GroupAgreement(rank, world, early_process_group(strategy))
+    return GroupAgreement(rank, world, early_process_group(strategy), started)
+
+
+def start_other_ranks(probe: Any) -> list[Any]:
+    """Under Lightning's ``ddp`` started from the command (not by a cluster), start this node's other ranks now, as
+    ``trainer.fit`` would (which then finds them started); the processes started (none otherwise)."""
+    from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+
+    launcher = probe.strategy.launcher
+    env = getattr(launcher, "cluster_environment", None)
+    if probe.world_size == 1 or not isinstance(launcher, _SubprocessScriptLauncher) or env.creates_processes_externally:
+        return []
+    env.validate_settings(num_devices=launcher.num_processes, num_nodes=launcher.num_nodes)
+    launcher._call_children_scripts()
+    return list(launcher.procs)
+
+
+def watch_other_ranks(trainer: Any, procs: list[Any]) -> None:
+    """Hand the ranks :func:`start_other_ranks` started to ``trainer``'s launcher (which passes signals on to them)
+    and have Lightning watch them (one that dies stops every rank), as when ``trainer.fit`` starts them."""
+    if not procs:
+        return
+    from lightning.fabric.strategies.launchers.subprocess_script import _launch_process_observer
+
+    trainer.strategy.launcher.procs = list(procs)
+    _launch_process_observer(list(procs))
 
 
 def early_process_group(strategy: Any) -> Any:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import lightning as L
 import torch
@@ -20,6 +22,7 @@ from geomed_ssl.data.stats import BandStats, compute_stats
 from geomed_ssl.data.survey import check_fillable, warn_survey
 from geomed_ssl.views.builder import build_views
 from geomed_ssl.errors import ConfigError, GeomedError, RunStopped
+from geomed_ssl.files.listing import file_stamps
 from geomed_ssl.launch import check_pretrain_world, further_rank, launched
 from geomed_ssl.methods import build_method, method_class, method_settings, with_method_settings
 from geomed_ssl.methods.schedules import ScheduleClock
@@ -28,7 +31,7 @@ from geomed_ssl.models.model_data import training_scale
 from geomed_ssl.outcommands import COMMANDS
 from geomed_ssl.outdirs import Inputs, check_out_dir, check_writable, prepare_out_dir
 from geomed_ssl.process import keeps_process_state
-from geomed_ssl.train.agreement import Agreement, agreement_for
+from geomed_ssl.train.agreement import Agreement, agreement_for, start_other_ranks, watch_other_ranks
 from geomed_ssl.train.run_callbacks import knn_monitor, run_callbacks
 from geomed_ssl.train.checkpointing import (ResumePoint, StopRequest, find_resume_checkpoint, kept_as_started,
                                             read_checkpoint_info, remove_stale_temp_files, resume_changes,
@@ -258,24 +261,33 @@ def resumed_clock(point: ResumePoint, max_steps: int, min_lr: float = 0.0, warmu
 
 
 def agreed_inputs(probe: L.Trainer, out: Path, data_dir: str | Path, recipe: Recipe, inputs: Inputs, *, resume: bool,
-                  overwrite: bool, strict: bool, source: str
+                  overwrite: bool, strict: bool, source: str, started: Sequence[Any] = ()
                   ) -> tuple[Agreement, ResumePoint | None, Catalog, BandStats, Recipe]:
     """What can fail before rank 0 writes, checked by every rank, which agree on it (:mod:`geomed_ssl.train
     .agreement`): rank 0 checks ``--out`` and picks the checkpoint to resume from, then every rank reads that
     checkpoint, the data, its statistics and fits the method's data-dependent sizes (the recipe returned). A
     failure on any rank stops every rank with its message. The agreement is returned for the rounds that follow
-    (:meth:`Agreement.round`: the further checks of every rank, then rank 0 making and writing the run folder)."""
-    agreement = agreement_for(probe)
+    (:meth:`Agreement.round`: the further checks of every rank, then rank 0 making and writing the run folder);
+    ``started``: the ranks this process started (:func:`start_other_ranks`)."""
+    agreement = agreement_for(probe, started)
     rank = probe.global_rank
     with agreement.told():  # rank 0 refuses a used or forbidden --out (changing nothing), picks the checkpoint
         if rank == 0:
             prepare_run_dir(out, resume, overwrite, inputs, create=False)
-        found = find_resume_checkpoint(out, announce=rank == 0) if resume and agreement.chooses else None
+        found = find_resume_checkpoint(out, announce=True) if resume and rank == 0 else None
     chosen = agreement.share_checkpoint(str(found.path) if found else None)
     with agreement.round(last=False):
         point = found or (resume_point(Path(chosen)) if chosen else None)
         catalog, stats, recipe = read_data(data_dir, out, recipe, resume, strict, source, point, probe.world_size)
+        agreement.same_inputs(inputs_digest(recipe, catalog))
     return agreement, point, catalog, stats, recipe
+
+
+def inputs_digest(recipe: Recipe, catalog: Catalog) -> str:
+    """What a rank read: the recipe (fitted to the data) and the data's files, their sizes and modification times."""
+    paths = [p for r in catalog.records for p in (r.paths or [r.path])]
+    text = json.dumps([recipe.to_dict(), paths, file_stamps(paths)], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def resume_point(path: Path) -> ResumePoint:
@@ -362,11 +374,12 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     rank, world = probe.global_rank, probe.world_size
     if rank != 0:
         log.setLevel(logging.ERROR)  # the other ranks' notes and warnings repeat rank 0's
+    children = start_other_ranks(probe)  # Lightning's ddp: its other ranks check at once with this one
     inputs: dict[str, Any] = {"data folder": data_dir, "recipe": recipe_file,
                               "kNN labels folder": recipe.data.val_labels}
     agreement, point, catalog, stats, recipe = agreed_inputs(
         probe, out, data_dir, recipe, inputs, resume=resume, overwrite=overwrite, strict=strict,
-        source=str(out / "config.yaml") if resume else str(recipe_file or "recipe"))
+        source=str(out / "config.yaml") if resume else str(recipe_file or "recipe"), started=children)
     with agreement.round(last=False):  # every rank's checks on the data, before rank 0 changes RUN_DIR
         clock = resumed_clock(point, t.max_steps, t.min_lr, t.warmup_steps) if point else ScheduleClock(t.max_steps)
 
@@ -400,6 +413,7 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     stop = StopRequest()
     cbs = run_callbacks(out, recipe, method, catalog, stats, enc_cfg, stop, progress, knn) + (callbacks or [])
     trainer = build_trainer(t, out, cbs)
+    watch_other_ranks(trainer, children)
     module = PretrainModule(method, recipe, effective_batch=t.batch_size * t.accumulate_grad_batches * world,
                             extra_state={"encoder": enc_cfg.to_dict(), "method": recipe.method.name}, clock=clock)
     if rank == 0:

@@ -3,7 +3,6 @@ rank resumes from rank 0's checkpoint (2 gloo processes on CPU, started together
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 import torch.multiprocessing as mp
 
 from geomed_ssl.errors import GeomedError
-from geomed_ssl.train.agreement import RESUME_ENV, Agreement, ChildAgreement, LauncherAgreement
+from geomed_ssl.train.agreement import Agreement
 
 # Lightning and the package are imported inside the tests that need them: the ranks spawned below import this
 # module again, and stay quick to start.
@@ -39,6 +38,14 @@ def _rank(rank: int, init: str, case: str, results: str) -> None:
                         raise GeomedError("output folder '/run' is in use by another geomed-ssl process")
             except GeomedError as err:
                 outcome = f"{'failed' if rank == 0 else 'stopped'} {err}"
+        elif case == "inputs":  # rank 1 scanned the data folder after a file was added to it
+            agreement.share_checkpoint(None)
+            outcome = "passed?"
+            try:
+                with agreement.round():
+                    agreement.same_inputs("digest with 4 files" if rank == 0 else "digest with 5 files")
+            except GeomedError as err:
+                outcome = f"{'failed' if rank == 1 else 'stopped'} {err}"
         else:  # rank 1 fails its checks, rank 0 passes them
             if rank == 1:
                 err = GeomedError("no usable raster files under '/data'")
@@ -81,39 +88,45 @@ def test_a_rank_that_fails_in_the_last_round_stops_every_rank_with_its_message(t
                           "another geomed-ssl process")
 
 
-def test_ranks_lightning_starts_take_the_launchers_checkpoint(monkeypatch) -> None:
-    monkeypatch.delenv(RESUME_ENV, raising=False)
-    assert LauncherAgreement(0).share_checkpoint("/run/checkpoints/last.ckpt") == "/run/checkpoints/last.ckpt"
-    assert os.environ[RESUME_ENV] == "/run/checkpoints/last.ckpt"  # what trainer.fit's ranks inherit
-    assert ChildAgreement(1).share_checkpoint("/run/checkpoints/step-000003.ckpt") == "/run/checkpoints/last.ckpt"
-    LauncherAgreement(0).share_checkpoint(None)
-    assert ChildAgreement(1).share_checkpoint("/run/checkpoints/step-000003.ckpt") is None
+def test_a_rank_that_read_other_inputs_stops_every_rank(tmp_path: Path) -> None:
+    """A recipe edited, or a file added to the data folder, while the ranks started: each would train on other data
+    than the run folder records, so every rank stops before rank 0 writes."""
+    results = run_two_ranks(tmp_path, "inputs")
+    assert results[1].startswith("failed rank 1 read other inputs than rank 0 (the recipe, or the data folder's files")
+    assert results[0].startswith("stopped rank 1 of the run failed, so every rank stops: rank 1 read other inputs")
 
 
 LAUNCH_ENV = ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-              "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "SLURM_JOB_NAME", RESUME_ENV)
+              "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "SLURM_JOB_NAME")
 
 
-@pytest.mark.parametrize("devices, strategy, nodes, launch, kind, rank, chooses", [
-    (1, "auto", 1, {}, Agreement, 0, True),  # one process
-    (2, "ddp", 1, {}, LauncherAgreement, 0, True),  # the command's process: Lightning starts rank 1 after its checks
-    (2, "ddp", 1, {"LOCAL_RANK": "1", "NODE_RANK": "0", "WORLD_SIZE": "2", RESUME_ENV: ""}, ChildAgreement, 1,
-     False),
-    (2, "ddp", 2, {"NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1"}, LauncherAgreement, 2, True),  # node 1, by hand
-    (2, "ddp_spawn", 1, {}, Agreement, 0, True),  # the launching process checks, then starts its workers
+@pytest.mark.parametrize("devices, strategy, nodes, launch, starts", [
+    (1, "auto", 1, {}, False),  # one process
+    (2, "ddp", 1, {}, True),  # the command's process: it starts rank 1 before its checks
+    (2, "ddp", 1, {"LOCAL_RANK": "1", "NODE_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                   "MASTER_PORT": "29500"}, False),  # rank 1, started so
+    (2, "ddp", 2, {"NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1"}, True),  # node 1 by hand: its own ranks
+    (2, "ddp_spawn", 1, {}, False),  # the launching process checks, then starts its workers
 ])
-def test_how_ranks_agree_follows_how_lightning_started_them(monkeypatch, devices: int, strategy: str, nodes: int,
-                                                           launch: dict, kind: type, rank: int,
-                                                           chooses: bool) -> None:
-    from geomed_ssl.train.agreement import agreement_for
+def test_lightnings_ddp_starts_the_other_ranks_before_any_check(monkeypatch, devices: int, strategy: str,
+                                                                 nodes: int, launch: dict, starts: bool) -> None:
+    from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
+
+    from geomed_ssl.train.agreement import agreement_for, start_other_ranks
     from geomed_ssl.train.trainer import probe_trainer
 
     for name in LAUNCH_ENV:
         monkeypatch.delenv(name, raising=False)
     for name, value in launch.items():
         monkeypatch.setenv(name, value)
-    agreement = agreement_for(probe_trainer("cpu", devices, strategy, nodes, "32-true"))
-    assert (type(agreement), agreement.rank, agreement.chooses) == (kind, rank, chooses)
+    started: list[int] = []
+    monkeypatch.setattr(_SubprocessScriptLauncher, "_call_children_scripts",
+                        lambda self: (started.append(self.num_processes), setattr(self, "procs", ["rank 1"])))
+    probe = probe_trainer("cpu", devices, strategy, nodes, "32-true")
+    assert start_other_ranks(probe) == (["rank 1"] if starts else [])
+    assert started == ([2] if starts else [])
+    if devices == 1 or strategy == "ddp_spawn":  # nothing to agree on
+        assert type(agreement_for(probe)) is Agreement
 
 
 def free_port() -> int:
@@ -144,7 +157,6 @@ def test_ranks_started_together_stop_at_once_when_rank_0_refuses_the_out_folder(
     args = cli_args(data, mine, [*BASE, "train.devices=2", "train.strategy=ddp", "train.max_steps=2"])
     launch = {**env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": "2",
               "NODE_RANK": "0"}
-    launch.pop(RESUME_ENV, None)
     procs = [subprocess.Popen(args, cwd=ROOT, env={**launch, "LOCAL_RANK": str(r), "RANK": str(r)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
     try:

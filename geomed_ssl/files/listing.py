@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import fnmatch
+import hashlib
 import itertools
 import logging
 import os
@@ -315,3 +316,27 @@ def file_stamps(paths: Sequence[str]) -> list[list[int]]:
         st = os.stat(path)
         stamps.append([int(st.st_size), int(st.st_mtime_ns)])
     return stamps
+
+
+def content_sizes(paths: Sequence[str | Path]) -> str:
+    """The sizes of ``paths`` as :func:`content_key` begins with them ("" when one cannot be read): a cheap first
+    test before a file is hashed."""
+    try:
+        return ":".join(str(os.path.getsize(p)) for p in paths)
+    except OSError:
+        return ""
+
+
+def content_key(paths: Sequence[str | Path]) -> str:
+    """What byte-identical copies of the files ``paths`` (in order) share, wherever they lie and however they are
+    named: their sizes and one SHA-256 of their bytes ("" when one cannot be read)."""
+    digest = hashlib.sha256()
+    try:
+        for path in paths:
+            with open(path, "rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    digest.update(chunk)
+    except OSError:
+        return ""
+    sizes = content_sizes(paths)
+    return f"{sizes}:{digest.hexdigest()}" if sizes else ""

@@ -23,6 +23,7 @@ from geomed_ssl.models.model_data import naming_hint, note_encoder_naming
 from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, class_weights_from_counts, data_meta,
                                      encoder_and_stats, finetune_inputs, fit_supervised, no_model, not_evaluated,
                                      save_recipe, seed_new_head, with_encoder_naming)
+from geomed_ssl.files.listing import content_key
 from geomed_ssl.labels.classes import class_inputs, scan_classes
 from geomed_ssl.labels.sampling import BUDGET_NOTE, split_images
 from geomed_ssl.finetune.evaluate import untested_images
@@ -93,10 +94,13 @@ def train_probe(model: ClassificationModel, feats: torch.Tensor, labels: torch.T
 
 
 def save_selection(path: Path, paths: Sequence[str], labels: np.ndarray, train: np.ndarray, test: np.ndarray,
-                   names: Sequence[str], notes: Sequence[str], earlier: Path | None = None) -> None:
+                   names: Sequence[str], notes: Sequence[str], earlier: Path | None = None,
+                   copies: Sequence[str] | None = None) -> None:
     """``labels_used.npz`` of a classifier; ``earlier`` the fine-tune folder whose model's encoder was the start
-    (evaluate scores that fine-tune's trained images apart too)."""
-    meta = {"version": 1, "task": "classify", "class_names": list(names), "notes": list(notes), "paths": list(paths)}
+    (evaluate scores that fine-tune's trained images apart too); ``copies``: per image, the
+    ``files.listing.content_key`` of a training image's files ("" for the others: evaluate finds renamed copies)."""
+    meta = {"version": 1, "task": "classify", "class_names": list(names), "notes": list(notes), "paths": list(paths),
+            **({"copies": list(copies)} if copies is not None else {})}
     if earlier is not None:
         meta["encoder_fine_tune"] = str(earlier.resolve())
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -152,7 +156,10 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
     check_class_weights(f.class_weights, len(names))  # before FT_DIR is made
     prepare_out_dir(out, command="finetune", inputs=inputs, overwrite=overwrite)
     save_recipe(recipe, out / "config.yaml")
-    save_selection(out / "labels_used.npz", [r.path for r in records], labels, train, test, names, notes, earlier)
+    trained = set(train.tolist())
+    copies = [content_key(r.paths or [r.path]) if i in trained else "" for i, r in enumerate(records)]
+    save_selection(out / "labels_used.npz", [r.path for r in records], labels, train, test, names, notes, earlier,
+                   copies)
     seed_new_head(recipe)
     model = ClassificationModel(enc, len(names), head=f.head, pool=f.pool)
     dataset = ImageDataset(records, labels, stats, recipe.data, enc.config.patch_size)

@@ -15,6 +15,7 @@ import torch
 from geomed_ssl.windows.tiling import DEFAULT_OVERLAP
 from geomed_ssl.data.records import stack_input
 from geomed_ssl.errors import DataError, GeomedError
+from geomed_ssl.files.listing import content_key, content_sizes
 from geomed_ssl.labels.classes import class_inputs, is_class_table
 from geomed_ssl.labels.read import read_label
 from geomed_ssl.labels.sampling import LabelSelection
@@ -187,7 +188,8 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
         notes = unknown_classes(vals, values, names)
         label_paths = [str(p) for _, p in pairs]
         seen, note = trained_positions(ft_dir, label_paths, [a.shape for a in arrays], files, flats, recipe.data,
-                                       label_grounds(pairs, arrays), [r.path for r, _ in pairs])
+                                       label_grounds(pairs, arrays), [r.path for r, _ in pairs],
+                                       copies=[[p, *(r.paths or [r.path])] for r, p in pairs])
         notes += [note] if note else []
         selection = LabelSelection(files[seen], flats[seen], vals[seen], files[~seen], flats[~seen], vals[~seen],
                                    values, names, [a.shape for a in arrays], notes=notes, split="all labelled",
@@ -210,7 +212,7 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
     records = records_for_stats(records, stats)
     warn_other_scale(records, scale, recipe.data.spacing, f"model '{ft_dir}'")
     dataset = ImageDataset(records, mapped, stats, recipe.data, meta["encoder"]["patch_size"])
-    seen, note = trained_images(ft_dir, [r.path for r in records])
+    seen, note = trained_images(ft_dir, [r.path for r in records], files=[r.paths or [r.path] for r in records])
     prepare_out_dir(out, **rule)
     return evaluate_images(model, dataset, mapped, {"test": np.flatnonzero(~seen), "train": np.flatnonzero(seen)},
                            names, out, notes=notes + ([note] if note else []))
@@ -278,9 +280,21 @@ def _scored_apart(n: int, total: int, unit: str) -> str:
     return note
 
 
-def trained_images(ft_dir: str | Path, paths: Sequence[str], say: bool = True,
-                   depth: int = 0) -> tuple[np.ndarray, str | None]:
-    """Which of ``paths`` a classification fine-tune trained on (its ``labels_used.npz``, and those of the fine-tune
+def _copied(stored: Sequence[str] | None, files: Sequence[Sequence[str]] | None) -> list[list[int]]:
+    """Per entry of ``files`` (the files of one sample, in order), the indices of the ``stored`` content keys
+    (``labels_used.npz``'s ``copies``) it is a byte copy of; a file is hashed only when its size matches one."""
+    keys: dict[str, list[int]] = {}
+    for j, key in enumerate(stored or []):
+        if key:
+            keys.setdefault(key, []).append(j)
+    sizes = {k.rsplit(":", 1)[0] for k in keys}
+    return [keys.get(content_key(p), []) if keys and content_sizes(p) in sizes else [] for p in files or []]
+
+
+def trained_images(ft_dir: str | Path, paths: Sequence[str], say: bool = True, depth: int = 0,
+                   files: Sequence[Sequence[str]] | None = None) -> tuple[np.ndarray, str | None]:
+    """Which of ``paths`` a classification fine-tune trained on (its ``labels_used.npz``: the same path, or with
+    ``files``, each image's files, a byte copy of a training image under another name; and those of the fine-tune
     whose encoder it fine-tuned, if any), and a note saying so (``say``: else no note, nor warning)."""
     used = _used(ft_dir)
     seen = np.zeros(len(paths), bool)
@@ -288,8 +302,10 @@ def trained_images(ft_dir: str | Path, paths: Sequence[str], say: bool = True,
         return seen, None
     trained = {_key(used["meta"]["paths"][i]) for i in used["train_index"]}
     seen[:] = [_key(p) in trained for p in paths]
+    if files is not None:
+        seen |= np.array([bool(c) for c in _copied(used["meta"].get("copies"), files)], bool)
     if (earlier := used["meta"].get("encoder_fine_tune")) and depth < MAX_CHAIN:
-        seen |= trained_images(earlier, paths, say=False, depth=depth + 1)[0]
+        seen |= trained_images(earlier, paths, say=False, depth=depth + 1, files=files)[0]
     if not say:
         return seen, None
     if not seen.any():
@@ -367,11 +383,13 @@ def trained_positions(ft_dir: str | Path, label_paths: Sequence[str], shapes: Se
                       files: np.ndarray, flats: np.ndarray, data: Any = None,
                       grounds: Sequence[str] | None = None,
                       images: Sequence[str] | None = None, say: bool = True,
-                      depth: int = 0) -> tuple[np.ndarray, str | None]:
+                      depth: int = 0, copies: Sequence[Sequence[str]] | None = None) -> tuple[np.ndarray, str | None]:
     """Which labelled positions (``files``, ``flats``) a segmentation fine-tune trained on: those of its
     ``labels_used.npz`` in the same label file on the same grid (a label file shared by several images trains a
     place at each of them), in a copy of it on that grid (``grounds``, :func:`label_grounds`: another date of the
-    ground) or on the same image (``images``: its label file edited or copied since), or, for a volume trained on
+    ground), on the same image (``images``: its label file edited or copied since) or in a byte copy of a training
+    pair (``copies``: per file, its label file and image files, in order, renamed or moved since), or, for a volume
+    trained on
     its ``data.spacing`` grid (the fine-tune's ``data``), the label-file voxels its training positions were read
     from; and those the fine-tune whose encoder it fine-tuned trained on, if any. A label file whose grid no longer
     matches what was stored cannot be told apart: a note says so (``say``: else no note, nor warning)."""
@@ -390,8 +408,10 @@ def trained_positions(ft_dir: str | Path, label_paths: Sequence[str], shapes: Se
             stored.setdefault(g, []).append(j)
     for j, p in enumerate(meta.get("images") or []):
         stored.setdefault(("image", _key(p)), []).append(j)
+    copied = _copied(meta.get("copies"), copies) if copies is not None else [[] for _ in label_paths]
     for i, (path, shape) in enumerate(zip(label_paths, shapes)):
         same = stored.get(_key(path), [])
+        same = same + [j for j in copied[i] if j not in same]
         ground = grounds[i] if grounds is not None else ""
         if ground.startswith(GROUND_PREFIX):
             same = same + [j for j in stored.get(ground, []) if j not in same]
@@ -414,7 +434,7 @@ def trained_positions(ft_dir: str | Path, label_paths: Sequence[str], shapes: Se
             seen[here] = np.isin(flats[here], used["train_index"][np.isin(used["train_file"], on_grid)])
     if (earlier := meta.get("encoder_fine_tune")) and depth < MAX_CHAIN:
         seen |= trained_positions(earlier, label_paths, shapes, files, flats, data, grounds, images, say=False,
-                                  depth=depth + 1)[0]
+                                  depth=depth + 1, copies=copies)[0]
     if not say:
         return seen, None
     notes = [_scored_apart(int(seen.sum()), files.size, "positions")] if seen.any() else []

@@ -24,6 +24,7 @@ from geomed_ssl.finetune.probe import fit_probe_model
 from geomed_ssl.labels.sampling import BUDGET_NOTE, select_labels, training_area_maps
 from geomed_ssl.finetune.seg_data import SparseLabelDataset
 from geomed_ssl.errors import ConfigError, DataError
+from geomed_ssl.files.listing import content_key
 from geomed_ssl.models.device import resolve_device
 from geomed_ssl.models.model_data import naming_hint, note_encoder_naming
 from geomed_ssl.models.seg_decoder import SegmentationModel
@@ -106,6 +107,9 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     selection = select_labels(arrays, masks, lab, paths=[os.path.abspath(p) for _, p in pairs],  # evaluate finds them
                               sources=label_sources([p for _, p in pairs], recipe.data), grounds=grounds)
     selection.images = [os.path.abspath(r.path) for r, _ in pairs]  # evaluate finds them with an edited label copy
+    trained = set(np.unique(selection.train_file).tolist())  # and a renamed copy of an image and its label file
+    selection.copies = [content_key([p, *(r.paths or [r.path])]) if i in trained else ""
+                        for i, (r, p) in enumerate(pairs)]
     untested_by_earlier_fine_tune(encoder, selection, recipe.data)
     log.info(selection.summary(notes=False))
     for note in selection.notes:  # a budget short of what was asked: a warning, kept under --quiet, as compare says it

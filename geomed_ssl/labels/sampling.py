@@ -221,6 +221,8 @@ class LabelSelection:
     grounds: list[str] | None = None  # per file, what stands for its ground (copies of one map: one path); None: paths
     images: list[str] | None = None  # per file, the image it labels (evaluate finds its trained places by it too)
     encoder_fine_tune: str | None = None  # the FT_DIR whose model's encoder this one fine-tuned (its labels trained it)
+    copies: list[str] | None = None  # per file holding training positions, files.listing.content_key of its label
+    # file and image files ("" for the others): evaluate finds a renamed copy of the pair by it
 
     @property
     def class_map(self) -> ClassMap:
@@ -266,7 +268,8 @@ class LabelSelection:
                 "shapes": [list(s) for s in self.shapes], "split": self.split, "seed": self.seed, "paths": self.paths,
                 **({"grounds": self.grounds} if self.grounds is not None else {}),
                 **({"images": self.images} if self.images is not None else {}), "grid": self.grid_text(),
-                **({"encoder_fine_tune": self.encoder_fine_tune} if self.encoder_fine_tune else {})}
+                **({"encoder_fine_tune": self.encoder_fine_tune} if self.encoder_fine_tune else {}),
+                **({"copies": self.copies} if self.copies is not None else {})}
         arrays = {k: getattr(self, k) for k in ("train_file", "train_index", "train_value", "test_file",
                                                 "test_index", "test_value")}
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -285,7 +288,8 @@ class LabelSelection:
                    seed=int(meta["seed"]), paths=list(meta.get("paths", [])),
                    grounds=list(meta["grounds"]) if meta.get("grounds") is not None else None,
                    images=list(meta["images"]) if meta.get("images") is not None else None,
-                   encoder_fine_tune=meta.get("encoder_fine_tune"))
+                   encoder_fine_tune=meta.get("encoder_fine_tune"),
+                   copies=list(meta["copies"]) if meta.get("copies") is not None else None)
 
 
 def check_labels_config(cfg: Any) -> None:

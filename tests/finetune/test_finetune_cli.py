@@ -413,6 +413,10 @@ def test_segment_volumes_per_case_folder_with_label_name_and_remap(tmp_path: Pat
     ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(tmp_path / "cases")])
     assert ev.exit_code == 0, ev.output
     assert "1383 of the 27648 labelled positions trained this model" in ev.output  # the training grid is native
+    for i, name in enumerate(("subject_a", "subject_b")):  # the cohort copied under other names before testing:
+        shutil.copytree(tmp_path / "cases" / f"case_{i}", tmp_path / "renamed" / name)  # found by the files' bytes
+    ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(tmp_path / "renamed"), "--out", str(tmp_path / "ev")])
+    assert ev.exit_code == 0 and "1383 of the 27648 labelled positions trained this model" in ev.output
     used = np.load(ft / "labels_used.npz", allow_pickle=False)
     meta = json.loads(str(used["meta"]))
     assert "reoriented to RAS" in meta["grid"]  # what the indices count, for a user reading them
@@ -536,10 +540,20 @@ def test_classify_warns_of_classes_it_cannot_learn_and_evaluate_scores_its_train
     assert "6 of the 17 labelled images trained this model" in ev.output
     metrics = json.loads((ft / "eval" / "metrics.json").read_text())
     assert metrics["train"]["n"] == 6 and metrics["test"]["n"] == 11
-    # another folder whose images are named like the training ones (a copy, or a test set numbered alike): names
-    # cannot tell which, so nothing is scored apart and a warning says what to do
+    # a copy of the images under other names: found by their bytes
+    renamed = tmp_path / "renamed_classes"
+    for f in class_folders.glob("*/*.tif"):
+        (renamed / f.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, renamed / f.parent.name / f"copy_of_{f.name}")
+    ev = runner.invoke(app, ["evaluate", str(ft), "--data", str(renamed), "--out", str(tmp_path / "ev_renamed")])
+    assert ev.exit_code == 0 and "6 of the 17 labelled images trained this model" in ev.output
+    # another folder whose images are named like the training ones (a test set numbered alike, or an edited copy):
+    # names cannot tell which, so nothing is scored apart and a warning says what to do
     copy = tmp_path / "copied_classes"
     shutil.copytree(class_folders, copy)
+    for f in copy.glob("*/*.tif"):
+        with rasterio.open(f, "r+") as dst:
+            dst.write(dst.read() + 1)
     ev = runner.invoke(app, ["evaluate", str(ft), "--data", str(copy), "--out", str(tmp_path / "ev_copy")])
     assert ev.exit_code == 0 and "6 share a folder and file name with its training images" in ev.output
     copied = json.loads((tmp_path / "ev_copy" / "metrics.json").read_text())

@@ -229,6 +229,9 @@ def predict(
     overlap: float = typer.Option(0.25, "--overlap", help="Window overlap fraction in [0, 1)."),
     blend: str = typer.Option("gaussian", "--blend", help="gaussian or linear (constant for plain averaging)."),
     probabilities: bool = typer.Option(False, "--probabilities", help="Also write per-class probabilities."),
+    probabilities_dtype: Optional[str] = typer.Option(None, "--probabilities-dtype", help="float32 (default) or "
+                                                      "uint8: round(p*254), a quarter of the size; implies "
+                                                      "--probabilities."),
     batch_size: int = typer.Option(8, "--batch-size", help="Windows per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda[:N]."),
     band_names: Optional[str] = typer.Option(None, "--band-names", help="The bands of files without band "
@@ -243,7 +246,8 @@ def predict(
     """Predict whole scenes / volumes with sliding windows into georeferenced GeoTIFF / NIfTI class maps."""
     from geomed_ssl.inference.finetuned import predict_dir
 
-    for line in predict_dir(ft_dir, inputs, out, overlap=overlap, blend=blend, probabilities=probabilities,
+    proba: bool | str = probabilities_dtype or probabilities  # proba_kind refuses any other dtype in one line
+    for line in predict_dir(ft_dir, inputs, out, overlap=overlap, blend=blend, probabilities=proba,
                             batch_size=batch_size, device=device, strict=strict,
                             band_names=name_list(band_names, "--band-names"), nodata=nodata, resume=resume):
         typer.echo(line)

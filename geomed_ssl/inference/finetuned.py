@@ -93,19 +93,19 @@ def with_data(meta: dict[str, Any], recipe: Any, band_names: Sequence[str] | Non
 
 @keeps_process_state
 def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], out: str | Path,
-                overlap: float = DEFAULT_OVERLAP, blend: str = "gaussian", probabilities: bool = False,
+                overlap: float = DEFAULT_OVERLAP, blend: str = "gaussian", probabilities: bool | str = False,
                 batch_size: int = 8, device: str | None = "auto", strict: bool = False,
                 band_names: Sequence[str] | None = None, nodata: float | None = None,
                 resume: bool = False) -> list[str]:
     """Segmentation: class-map GeoTIFF/NIfTI per input on its own grid (values = the label values trained on).
-    Classification: ``predictions.csv`` with one row per image. Runs on ``device`` (auto: CUDA when available).
-    Folders are read with the model's data settings (band naming, data.include / data.exclude). ``strict``:
-    problem files and band names assigned by position are errors. ``inputs``: one file or folder, or a list of
-    them. ``band_names``: the bands of files without band descriptions, in order (default: the model's
-    ``data.band_names``, else its sensor profile's). ``nodata``: the inputs' nodata value, replacing their own tags
-    (default: the model's ``data.nodata``, else each file's tag). ``resume`` (segmentation): the class maps an earlier
-    prediction of the same model, settings and inputs finished in ``out`` stay, the rest is predicted
-    (:mod:`geomed_ssl.inference.resume`). Returns printable lines."""
+    Classification: ``predictions.csv`` with one row per image. Runs on ``device`` (auto: CUDA when available). Folders
+    are read with the model's data settings (band naming, data.include / data.exclude). ``strict``: problem files and
+    band names assigned by position are errors. ``inputs``: one file or folder, or a list of them. ``probabilities``:
+    True or "float32", or "uint8" (round(p * 254)), adds per-class probabilities. ``band_names``: the bands of files
+    without band descriptions, in order (default: the model's ``data.band_names``, else its sensor profile's).
+    ``nodata``: the inputs' nodata value, replacing their own tags (default: the model's ``data.nodata``, else each
+    file's tag). ``resume`` (segmentation): the class maps an earlier prediction of the same model, settings and inputs
+    finished in ``out`` stay, the rest is predicted (:mod:`geomed_ssl.inference.resume`). Returns printable lines."""
     from geomed_ssl.checkpoint import export_fingerprint
     from geomed_ssl.inference.predict import plan_outputs, predict_files, usable_inputs, warn_other_models
     from geomed_ssl.inference.resume import finished, run_keys
@@ -118,6 +118,7 @@ def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], o
     if not inputs:
         raise DataError("no input to predict: give one or more files or folders.")
     check_pace(overlap, batch_size)  # before OUT_DIR is made
+    proba_kind(probabilities)
     rule = {"command": "predict", "resume": True, "inputs": {"fine-tune folder": ft_dir, "input": inputs}}
     check_out_dir(out, **rule)  # the folder is made once the inputs are listed
     model, meta, recipe = load_run(ft_dir, device)

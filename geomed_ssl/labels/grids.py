@@ -103,7 +103,10 @@ def volume_grid_diffs(ras_shape: Sequence[int], ras_affine: np.ndarray, label: s
     if l_shape != i_shape:  # then the RAS origins of flipped axes differ too, by the shapes: say only what else does
         diffs.append(f"shape {'x'.join(map(str, l_shape))} vs {'x'.join(map(str, i_shape))} (RAS order)")
         if not np.allclose(l_aff[:3, :3], i_aff[:3, :3], atol=1e-3 * float(np.abs(i_aff[:3, :3]).max())):
-            diffs.append(f"voxel axes differ (voxel sizes {sizes[0]} vs {sizes[1]})")
+            unit = [a[:3, :3] / np.linalg.norm(a[:3, :3], axis=0) for a in (l_aff, i_aff)]
+            turn = float(np.degrees(np.arccos(np.clip(np.sum(unit[0] * unit[1], axis=0), -1, 1))).max())
+            diffs.append(f"voxel axes differ (voxel sizes {sizes[0]} vs {sizes[1]}; axes turned by up to {turn:.2g} "
+                         "degrees)")
     elif grid_gap(i_shape, i_aff, l_aff) > GRID_TOLERANCE:
         offset = np.round(np.linalg.solve(i_aff, l_aff[:, 3])[:3], 3).tolist()  # label origin in image voxels
         diffs.append(f"affine differs by up to {np.abs(l_aff - i_aff).max():.4g} (label origin at image voxel "

@@ -244,7 +244,8 @@ def match_labels(image_records: Sequence[FileRecord], label_dir: str | Path | No
         ext = EXTENSIONS[kind][-1]
         cases = f"; a case's after the case: case_000 -> case_000{ext}" if case else ""
         raise DataError(f"{len(missing)} of {len(records)} images have no label file ({names}) in {where}. Name "
-                        f"labels like the image (x{ext} -> x{ext} or x_gt{ext} / x_mask{ext}{cases}), list pairs "
+                        f"labels like the image (x{ext} -> x{ext} in the label folder, or x_gt{ext} / x_mask{ext} / "
+                        f"x_seg{ext} / x_seg-manual{ext} / x_dseg{ext} beside it{cases}), list pairs "
                         "in a labels CSV (image,label; the images it leaves out are not used), give the one label file "
                         "itself when it serves every image (dates of one ground), or leave the unlabelled images out "
                         "with --set \"data.exclude=[...]\".")

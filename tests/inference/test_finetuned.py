@@ -355,9 +355,14 @@ def test_a_prediction_names_the_model_that_made_it(tmp_path: Path) -> None:
     (tmp_path / "vin").mkdir()
     nib.save(nib.Nifti1Image(np.random.default_rng(0).normal(2000, 500, (12, 12, 12)).astype(np.float32),
                              np.eye(4)), str(tmp_path / "vin" / "v.nii.gz"))
-    res = runner.invoke(app, ["predict", str(vft), str(tmp_path / "vin"), "--out", str(tmp_path / "vp")])
+    res = runner.invoke(app, ["predict", str(vft), str(tmp_path / "vin"), "--out", str(tmp_path / "vp"),
+                              "--probabilities-dtype", "uint8"])  # a quarter of float32's size; implies the file
     assert res.exit_code == 0, res.output
+    assert nib.load(str(tmp_path / "vp" / "v_pred_proba.nii.gz")).get_data_dtype() == np.uint8
     assert recorded_model(tmp_path / "vp" / "v_pred.nii.gz") == str(vft.resolve())
+    bad = runner.invoke(app, ["predict", str(vft), str(tmp_path / "vin"), "--out", str(tmp_path / "vq"),
+                              "--probabilities-dtype", "float16"])
+    assert bad.exit_code == 2 and "'uint8', got 'float16'" in bad.output and not (tmp_path / "vq").exists()
     assert recorded_input(tmp_path / "vp" / "v_pred.nii.gz", "GEOMED_SSL_VERSION") == __version__
 
 

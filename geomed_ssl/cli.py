@@ -204,6 +204,9 @@ def evaluate(
                                              "data.band_names, else its sensor profile's)."),
     nodata: Optional[float] = typer.Option(None, "--nodata", help="The files' nodata value, replacing their own "
                                            "tags (default: the model's data.nodata, else each file's tag)."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="How these labels are coded, when not as the "
+                                                  "training's: labels.remap, labels.ignore_value or labels.label_name "
+                                                  "= value (repeatable)."),
     strict: bool = StrictOpt,
 ) -> None:
     """Metrics of a fine-tuned model on labelled data (every labelled pixel, voxel or image)."""
@@ -211,7 +214,7 @@ def evaluate(
     from geomed_ssl.finetune.metrics import format_metrics
 
     result = evaluate_dir(ft_dir, images=images, labels=labels, data=data, out=out, device=device, strict=strict,
-                          band_names=name_list(band_names, "--band-names"), nodata=nodata)
+                          band_names=name_list(band_names, "--band-names"), nodata=nodata, overrides=overrides)
     typer.echo(format_metrics(result["test"], [c["name"] for c in result["classes"]]))
     where = eval_out_dir(ft_dir, out)
     typer.echo(f"metrics: {where / 'metrics.json'}  confusion: {where / 'confusion.png'}")

@@ -14,7 +14,7 @@ import torch
 
 from geomed_ssl.windows.tiling import DEFAULT_OVERLAP
 from geomed_ssl.data.records import stack_input
-from geomed_ssl.errors import DataError, GeomedError
+from geomed_ssl.errors import ConfigError, DataError, GeomedError
 from geomed_ssl.files.listing import content_key, content_sizes
 from geomed_ssl.labels.classes import class_inputs, is_class_table
 from geomed_ssl.labels.read import read_label
@@ -136,12 +136,14 @@ def eval_out_dir(ft_dir: str | Path, out: str | Path | None) -> Path:
 def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: str | Path | None = None,
                  data: str | Path | None = None, out: str | Path | None = None,
                  device: str | None = "auto", strict: bool = False,
-                 band_names: Sequence[str] | None = None, nodata: float | None = None) -> dict[str, Any]:
+                 band_names: Sequence[str] | None = None, nodata: float | None = None,
+                 overrides: Sequence[str] | None = None) -> dict[str, Any]:
     """Metrics of a fine-tuned model on every labelled pixel/voxel (segmentation) or image (classification), run
     on ``device`` (auto: CUDA when available). ``strict``: problem files and band names assigned by position are
     errors (else skipped / warned about). ``band_names``: the bands of files without band descriptions, in order
     (default: the model's ``data.band_names``, else its sensor profile's). ``nodata``: the files' nodata value,
-    replacing their own tags (default: the model's ``data.nodata``, else each file's tag)."""
+    replacing their own tags (default: the model's ``data.nodata``, else each file's tag). ``overrides``
+    (segmentation): how these labels are coded when not as the training's (:func:`labels_coded`)."""
     from geomed_ssl.data.catalog import scan
     from geomed_ssl.bands.conform import conform_record
     from geomed_ssl.labels.classes import scan_classes
@@ -159,6 +161,7 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
     check_out_dir(out, **rule)  # the folder is made once the inputs are read
     model, meta, recipe = load_run(ft_dir, device)
     meta, recipe = with_data(meta, recipe, band_names, nodata)
+    recipe = labels_coded(recipe, overrides, ft_dir, meta["task"])
     stats = model_stats(meta, f"model {ft_dir}")
     scale = (meta.get("encoder") or {}).get("scale")
     values = [c["value"] for c in meta["classes"]]
@@ -185,7 +188,8 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
             raise DataError(f"no labelled pixels or voxels in the {len(arrays)} label file(s) of '{labels}' "
                             f"(ignore value {recipe.labels.ignore_value}): nothing to score; check the labels and "
                             "labels.ignore_value.")
-        notes = unknown_classes(vals, values, names)
+        notes = unknown_classes(vals, values, names) + ([f"labels read with --set {' '.join(overrides)}"]
+                                                         if overrides else [])
         label_paths = [str(p) for _, p in pairs]
         seen, note = trained_positions(ft_dir, label_paths, [a.shape for a in arrays], files, flats, recipe.data,
                                        label_grounds(pairs, arrays), [r.path for r, _ in pairs],
@@ -216,6 +220,25 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
     prepare_out_dir(out, **rule)
     return evaluate_images(model, dataset, mapped, {"test": np.flatnonzero(~seen), "train": np.flatnonzero(seen)},
                            names, out, notes=notes + ([note] if note else []))
+
+
+CODING = ("labels.remap", "labels.ignore_value", "labels.label_name")  # what evaluate --set may change
+
+
+def labels_coded(recipe: Any, overrides: Sequence[str] | None, ft_dir: str | Path, task: str) -> Any:
+    """The model's recipe with ``overrides`` (``section.key=value``) of how a test set's label maps are coded, when
+    not as the training's (:data:`CODING`: another value for unlabelled, values to merge into the model's, the label
+    file beside each case); the model's other settings are its training's, so any other key is refused."""
+    if not overrides:
+        return recipe
+    from geomed_ssl.config.loading import recipe_with_overrides
+
+    other = [o for o in overrides if o.split("=", 1)[0].strip() not in CODING]
+    if other or task != "segment":
+        raise ConfigError(f"evaluate --set takes {', '.join(CODING)} for a segmentation model's label maps (how "
+                          f"they are coded); got '{(other or list(overrides))[0]}': the model's other settings are "
+                          "its training's, and class folders or a classes CSV name their classes themselves.")
+    return recipe_with_overrides(recipe.to_dict(), list(overrides), f"the recipe of '{ft_dir}'")
 
 
 def model_classes(records: list, labels_idx: np.ndarray, folder_names: Sequence[str], names: Sequence[str],
@@ -461,7 +484,8 @@ def unknown_classes(vals: np.ndarray, values: Sequence[int], names: Sequence[str
     if len(unknown) == len(found):  # metrics of nothing, written as if scored
         raise DataError(f"none of the label values {[v for v, _ in unknown][:10]} is a class this model was trained "
                         f"on (its classes: {classes}; labels are read with its fine-tune's labels.remap and ignore "
-                        "value): nothing to score. Give the labels of its task, with its class values.")
+                        "value): nothing to score. Give the labels of its task, with its class values, or say how these are coded: "
+                        "--set \"labels.remap={...}\" / labels.ignore_value=V.")
     note = (f"label values {[v for v, _ in unknown]} ({sum(c for _, c in unknown)} labelled positions) are not "
             f"classes this model was trained on (its classes: {classes}); they are left out of the metrics")
     log.warning("warning: %s.", note)

@@ -98,6 +98,25 @@ def test_segment_from_pretrained_encoder_then_evaluate_and_predict(seg_scene, pr
     ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(images), "--labels", str(copy / "labels"),
                              "--out", str(tmp_path / "ev_same_image")])
     assert ev.exit_code == 0 and "15 of the" in ev.output and "trained this model" in ev.output
+    # a test set coded otherwise (classes 11-13, unlabelled 255) is read as the training's with --set
+    recoded = tmp_path / "recoded"
+    recoded.mkdir()
+    with rasterio.open(labels / "scene_gt.tif") as src:
+        values, profile = src.read(), src.profile
+    with rasterio.open(recoded / "scene_gt.tif", "w", **profile) as dst:
+        dst.write(np.where(values == 0, 255, values + 10).astype(values.dtype))
+    coded = ["--set", "labels.remap={11: 1, 12: 2, 13: 3}", "--set", "labels.ignore_value=255"]
+    ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(images), "--labels", str(recoded), "--out",
+                             str(tmp_path / "ev_recoded"), *coded])
+    assert ev.exit_code == 0, ev.output
+    assert json.loads((tmp_path / "ev_recoded" / "metrics.json").read_text())["test"] == scored["test"]
+    bare = runner.invoke(app, ["evaluate", str(ft), "--images", str(images), "--labels", str(recoded), "--out",
+                               str(tmp_path / "ev_bare")])
+    assert bare.exit_code == 2 and "--set \"labels.remap={...}\"" in bare.output
+    other = runner.invoke(app, ["evaluate", str(ft), "--images", str(images), "--labels", str(recoded), "--out",
+                                str(tmp_path / "ev_other"), "--set", "finetune.max_steps=5"])
+    assert other.exit_code == 2 and "got 'finetune.max_steps=5'" in other.output
+    assert not (tmp_path / "ev_bare").exists() and not (tmp_path / "ev_other").exists()
     from geomed_ssl.outdirs import foreign_inside
 
     assert foreign_inside(ft) == []  # --overwrite may replace all of it, the evaluation inside included

@@ -115,7 +115,9 @@ def refuse_trained_on_these_labels(name: str, task: Task) -> None:
     earlier = fine_tune_of(name)
     if earlier is None:
         return
-    if shared := trained_among(earlier, [*task.label_paths, *(r.path for r in task.records)]):
+    images = [r.paths or [r.path] for r in task.records]  # byte copies of its training files count too
+    copies = [[p, *i] for p, i in zip(task.label_paths, images)] if task.kind == "segment" else images
+    if shared := trained_among(earlier, [*task.label_paths, *(r.path for r in task.records)], copies):
         raise ConfigError(f"encoder '{name}' is a fine-tune trained on labels of this task (e.g. '{shared[0]}', in its "
                           "labels_used.npz): its rows would score what it was trained on. Compare the pretraining run "
                           "it was fine-tuned from, or give labels it did not train on.")

@@ -336,9 +336,12 @@ def trained_images(ft_dir: str | Path, paths: Sequence[str], say: bool = True, d
     return seen, _scored_apart(int(seen.sum()), len(paths), "images")
 
 
-def trained_among(ft_dir: str | Path, paths: Sequence[str | Path]) -> list[Path]:
+def trained_among(ft_dir: str | Path, paths: Sequence[str | Path],
+                  copies: Sequence[Sequence[str]] | None = None) -> list[Path]:
     """Those of ``paths`` (resolved, sorted) that trained a fine-tune (its ``labels_used.npz``: the label files
-    holding training positions and their images, or the trained images); test-only files are not among them."""
+    holding training positions and their images, or the trained images); test-only files are not among them.
+    ``copies``: per sample, its files as :func:`trained_positions` / :func:`trained_images` take them, whose first
+    file counts too when they are a byte copy of a training sample's."""
     used = _used(ft_dir)
     if used is None:
         return []
@@ -348,7 +351,8 @@ def trained_among(ft_dir: str | Path, paths: Sequence[str | Path]) -> list[Path]
         trained = {_key(names[i]) for names in named for i in np.unique(used["train_file"]) if i < len(names)}
     else:
         trained = {_key(meta["paths"][i]) for i in used.get("train_index", [])}
-    return sorted(trained & {_key(str(p)) for p in paths})
+    copied = [_key(f[0]) for f, hit in zip(copies or [], _copied(meta.get("copies"), copies)) if hit]
+    return sorted((trained & {_key(str(p)) for p in paths}) | set(copied))
 
 
 def untested_by_earlier_fine_tune(encoder: Any, selection: LabelSelection, data: Any = None) -> None:

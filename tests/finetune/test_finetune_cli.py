@@ -301,6 +301,15 @@ def test_a_fine_tune_of_a_fine_tuned_model_never_tests_on_what_trained_it(seg_sc
                               "--out", str(tmp_path / "cmp"), "--labels-per-class", "5", "--seeds", "0",
                               "--protocol", "linear", "--no-baselines", *sets("data.sensor=null")])
     assert cmp.exit_code == 2 and "is a fine-tune trained on labels of this task" in cmp.output, cmp.output
+    renamed = tmp_path / "renamed"  # the same files copied under other names: still what trained it
+    for src, dst in ((images / "scene.tif", renamed / "img" / "site.tif"), (labels / "scene_gt.tif",
+                                                                            renamed / "lab" / "site_gt.tif")):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, dst)
+    cmp = runner.invoke(app, ["compare", str(tmp_path / "ft1"), "--images", str(renamed / "img"), "--labels",
+                              str(renamed / "lab"), "--out", str(tmp_path / "cmp2"), "--labels-per-class", "5",
+                              "--seeds", "0", "--protocol", "linear", "--no-baselines", *sets("data.sensor=null")])
+    assert cmp.exit_code == 2 and f"(e.g. '{renamed / 'lab' / 'site_gt.tif'}'" in cmp.output, cmp.output
     cls_args = ["--data", str(class_folders), "--labels-per-class", "2", "--linear-probe"]
     first = runner.invoke(app, ["finetune", "classify", "recipes/mae_sentinel2.yaml", "--encoder", "none", *cls_args,
                                 "--out", str(tmp_path / "c1"), *sets("data.sensor=null")])

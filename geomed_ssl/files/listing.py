@@ -11,6 +11,7 @@ import contextvars
 import fnmatch
 import hashlib
 import itertools
+import json
 import logging
 import os
 import re
@@ -316,6 +317,13 @@ def file_stamps(paths: Sequence[str]) -> list[list[int]]:
         st = os.stat(path)
         stamps.append([int(st.st_size), int(st.st_mtime_ns)])
     return stamps
+
+
+def inputs_digest(settings: object, paths: Sequence[str]) -> str:
+    """One string for ``settings`` (JSON-able) and the files ``paths`` with their sizes and modification times: what
+    tells whether two processes (the ranks of a run) read the same inputs."""
+    text = json.dumps([settings, list(paths), file_stamps(paths)], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def content_sizes(paths: Sequence[str | Path]) -> str:

@@ -40,7 +40,7 @@ class Agreement:
         return checkpoint
 
     def same_inputs(self, digest: str) -> None:
-        """Every rank read the inputs rank 0 read (``digest``: :func:`~geomed_ssl.train.pretrain.inputs_digest`),
+        """Every rank read the inputs rank 0 read (``digest``: :func:`~geomed_ssl.files.listing.inputs_digest`),
         else a ``GeomedError`` on the rank that read others (inside a round: every rank then stops)."""
 
     def all_passed(self, last: bool = True) -> None:
@@ -75,6 +75,8 @@ class GroupAgreement(Agreement):
         self.world, self.group, self.started = world, group, list(started)
 
     def failed(self, err: Exception) -> None:
+        if self.group is None:  # closed: the failure was another rank's, heard (or every round is over)
+            return
         text = str(err).splitlines()[0] if str(err) else ""
         self._exchange(text if isinstance(err, GeomedError) else f"{type(err).__name__}: {text}")
         self._close()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,7 +20,7 @@ from geomed_ssl.data.stats import BandStats, compute_stats
 from geomed_ssl.data.survey import check_fillable, warn_survey
 from geomed_ssl.views.builder import build_views
 from geomed_ssl.errors import ConfigError, GeomedError, RunStopped
-from geomed_ssl.files.listing import file_stamps
+from geomed_ssl.files.listing import inputs_digest
 from geomed_ssl.launch import check_pretrain_world, further_rank, launched
 from geomed_ssl.methods import build_method, method_class, method_settings, with_method_settings
 from geomed_ssl.methods.schedules import ScheduleClock
@@ -279,15 +277,9 @@ def agreed_inputs(probe: L.Trainer, out: Path, data_dir: str | Path, recipe: Rec
     with agreement.round(last=False):
         point = found or (resume_point(Path(chosen)) if chosen else None)
         catalog, stats, recipe = read_data(data_dir, out, recipe, resume, strict, source, point, probe.world_size)
-        agreement.same_inputs(inputs_digest(recipe, catalog))
+        files = [p for r in catalog.records for p in r.paths or [r.path]]
+        agreement.same_inputs(inputs_digest(recipe.to_dict(), files))  # none changed while the ranks started
     return agreement, point, catalog, stats, recipe
-
-
-def inputs_digest(recipe: Recipe, catalog: Catalog) -> str:
-    """What a rank read: the recipe (fitted to the data) and the data's files, their sizes and modification times."""
-    paths = [p for r in catalog.records for p in (r.paths or [r.path])]
-    text = json.dumps([recipe.to_dict(), paths, file_stamps(paths)], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def resume_point(path: Path) -> ResumePoint:
@@ -411,8 +403,13 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
             attach_run_log(out, point.step if point is not None else None)
 
     stop = StopRequest()
-    cbs = run_callbacks(out, recipe, method, catalog, stats, enc_cfg, stop, progress, knn) + (callbacks or [])
-    trainer = build_trainer(t, out, cbs)
+    try:  # the ranks this process started are not watched yet: they must not wait for it in vain
+        cbs = run_callbacks(out, recipe, method, catalog, stats, enc_cfg, stop, progress, knn) + (callbacks or [])
+        trainer = build_trainer(t, out, cbs)
+    except BaseException:
+        for proc in children:
+            proc.kill()
+        raise
     watch_other_ranks(trainer, children)
     module = PretrainModule(method, recipe, effective_batch=t.batch_size * t.accumulate_grad_batches * world,
                             extra_state={"encoder": enc_cfg.to_dict(), "method": recipe.method.name}, clock=clock)

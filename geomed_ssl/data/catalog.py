@@ -231,7 +231,7 @@ def _stacked_records(files: list[str], root: Path, kind: str, data_cfg: Any, win
     return records
 
 
-def _majority(records: list[FileRecord], problems: list[Problem]) -> list[FileRecord]:
+def keep_majority(records: list[FileRecord], problems: list[Problem]) -> list[FileRecord]:
     """Keep the records with the most common band count, then the most common band names (files holding the same
     bands in another order are kept, read by name in that order); the rest are problems."""
     counts = Counter(r.num_bands for r in records)
@@ -332,7 +332,7 @@ def scan(root: str | Path, data_cfg: Any = None, strict: bool = False, names_by_
         ours = {str(base).lower(), os.path.join(base, case).lower()}
         problems = [p for p in problems if not records and p.path.lower() in ours]
     if records and majority:
-        records = _majority(records, problems)
+        records = keep_majority(records, problems)
     problems.sort(key=lambda p: p.path)
     catalog = Catalog(records, problems, kind, list(records[0].band_names) if records else [],
                       records[0].wavelengths if records else None, root=str(base),

@@ -12,7 +12,7 @@ import numpy as np
 
 from geomed_ssl.errors import DataError
 from geomed_ssl.geo.voxels import mm_affine, nearest_index
-from geomed_ssl.tables import LINE, FileIndex, read_rows
+from geomed_ssl.tables import LINE, FileIndex, header_names, read_rows
 
 log = logging.getLogger("geomed_ssl")
 
@@ -42,13 +42,18 @@ def true_labels(spec: str | Path, manifest: dict[str, Any], cols: dict[str, Any]
 
 
 def _labels_from_csv(path: Path, root: str, files: Sequence[str]) -> list[str | None]:
-    """Each row's label from a file,label CSV, its file named as ``finetune`` reads labels CSVs: absolute, relative
-    to the CSV's folder, the working folder or the data folder, or by the end of its path (a file name) when that
-    names one embedded file; one file under two labels is refused, rows naming no embedded file are said."""
+    """Each row's label from a file,label CSV (or a classes CSV's image,class), its file named as ``finetune`` reads
+    labels CSVs: absolute, relative to the CSV's folder, the working folder or the data folder, or by the end of its
+    path (a file name) when that names one embedded file; one file under two labels is refused, rows naming no
+    embedded file are said."""
     index = FileIndex((f, f) for f in dict.fromkeys(files))
     label_of: dict[str, tuple[str, str]] = {}  # embedded file -> (label, line)
     unused: list[str] = []
-    for row in read_rows(path, ("file", "label"), "labels CSV"):
+    header = set(header_names(path))
+    table = {"image", "class"} <= header and not {"file", "label"} <= header
+    rows = read_rows(path, ("file", "label"), "labels CSV") if not table else [
+        {**r, "file": r["image"], "label": r["class"]} for r in read_rows(path, ("image", "class"), "classes CSV")]
+    for row in rows:
         spelled = row["file"].replace("\\", "/") if os.sep == "/" else row["file"]  # a CSV written on Windows
         if not spelled:
             continue

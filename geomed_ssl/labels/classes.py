@@ -4,6 +4,7 @@ spreadsheet rather than in folder names (a diagnosis per subject, a land-cover c
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import unicodedata
@@ -12,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from geomed_ssl.data.catalog import FileRecord, reported_already, scan
+from geomed_ssl.data.catalog import FileRecord, keep_majority, reported_already, scan
 from geomed_ssl.data.labelled import scan_class_folders, warn_copies
 from geomed_ssl.errors import DataError
 from geomed_ssl.files.listing import absolute
@@ -54,24 +55,34 @@ def _found(table: Path, image: str) -> Path | None:
     return None
 
 
+def _folders(table: Path) -> list[str]:
+    """The folders holding the images a classes table names by a path that exists (a stack named by its folder:
+    that folder), each once; the table's own folder when it names none so (rows of file names alone)."""
+    found = [_found(table, _spelled(r, "image")) for r in _rows(table)]
+    folders = [os.path.normpath(f if f.is_dir() else f.parent) for f in found if f is not None]
+    return list(dict.fromkeys(folders)) or [str(table.parent)]
+
+
 def table_root(data: str | Path) -> Path | None:
-    """The folder a classes table's images are scanned under: the deepest one holding every image its rows name by
-    a path that exists (the table's own folder when none does: rows of file names alone); None for a folder of
-    class folders. Rows naming an image by a file name or the end of a path are matched among the images there."""
+    """The folder a classes table's images are scanned under, the deepest one holding every folder of
+    :func:`_folders` (None for a folder of class folders); rows naming an image by a file name or the end of a path
+    are matched among the images there. Images with no common folder but the file system's root are refused."""
     if not is_class_table(data):
         return None
     table = absolute(data)
-    found = [_found(table, _spelled(r, "image")) for r in _rows(table)]
-    folders = [os.path.normpath(f if f.is_dir() else f.parent) for f in found if f is not None]
-    return Path(os.path.commonpath(folders)) if folders else table.parent
+    root = Path(os.path.commonpath(_folders(table)))
+    if root == Path(root.anchor):
+        raise DataError(f"{WHAT} '{table}' lists images in folders that share no folder but '{root}' (e.g. "
+                        f"{', '.join(_folders(table)[:2])}): keep the images under one folder (links are fine).")
+    return root
 
 
-def class_inputs(data: str | Path | None) -> dict[str, Path | str | None]:
+def class_inputs(data: str | Path | None) -> dict[str, Any]:
     """What classification data is, by role, for the output-folder rule: a folder of class folders, or a classes
-    CSV and the folder its images are scanned under (:func:`table_root`)."""
+    CSV and the folders of the images it lists (:func:`_folders`)."""
     if data is None or not is_class_table(data):
         return {"data folder": data}
-    return {"classes CSV": data, "folder of the classes CSV's images": table_root(data)}
+    return {"classes CSV": data, "folder of the classes CSV's images": _folders(absolute(data))}
 
 
 def scan_classes(data: str | Path, data_cfg: Any, strict: bool = False, for_model: bool = False,
@@ -89,40 +100,62 @@ def scan_class_table(data: str | Path, data_cfg: Any, strict: bool = False, for_
     to the CSV's folder or the working folder, or a file name / the end of a path under :func:`table_root` (a
     ``data.channels`` stack: its folder); the images there are scanned as a folder would be (problem files skipped
     with a warning, errors with ``strict``), and only the listed ones are used. A row naming no image read is warned
-    about; an empty entry, or one image listed with two classes, is an error naming the line."""
+    about; an empty entry, or one image listed with two classes, is an error naming the line. The listed images
+    alone decide the band set (as a folder's images do), and only their problems are said."""
     table = absolute(data)
     rows = _rows(table)
     root = table_root(table)
-    catalog = scan(root, data_cfg, strict=strict, names_by_position="error" if strict else "warn",
-                   majority=not for_model)
-    catalog.warn_problems()
-    stacks = {r.path: os.path.dirname(r.paths[0]) for r in catalog.records if len(r.paths) > 1 and not r.case}
-    index = FileIndex((p, r.path) for r in catalog.records
+    scanned = scan(root, data_cfg, names_by_position="error" if strict else "warn", majority=False)
+    stacks = {r.path: os.path.dirname(r.paths[0]) for r in scanned.records if len(r.paths) > 1 and not r.case}
+    index = FileIndex((p, r.path) for r in scanned.records
                       for p in dict.fromkeys([r.path, *r.paths, *([stacks[r.path]] if r.path in stacks else [])]))
-    by_path = {r.path: r for r in catalog.records}
+    by_path = {r.path: r for r in scanned.records}
+    trouble = {os.path.realpath(p.path): p for p in scanned.problems}
     chosen: dict[str, tuple[str, str]] = {}  # image -> (class, line)
-    unread: list[str] = []
+    unread, problems = [], []
     for row in rows:
         i, image, name = row[LINE], _spelled(row, "image"), unicodedata.normalize("NFC", row["class"])
         key = index.find(image, (table.parent, ""), f"{WHAT} '{table}' line {i}", "matches {} images")
         if key is None:
-            unread.append(f"line {i} ('{image}')")
+            found = _found(table, image)
+            bad = trouble.get(os.path.realpath(found)) if found is not None else None
+            if bad is not None:  # said with the problem files
+                problems.append(bad)
+            else:
+                unread.append(f"line {i} ('{image}')")
         elif key in chosen and chosen[key][0] != name:
             raise DataError(f"{WHAT} '{table}' lists image '{key}' twice with different classes (line "
                             f"{chosen[key][1]}: '{chosen[key][0]}', line {i}: '{name}'); keep one row per image.")
         else:
             chosen[key] = (name, i)
+    kept = [by_path[p] for p in chosen]  # the images it lists alone decide the band set, as a folder's do
+    kept = keep_majority(kept, problems) if kept and not for_model else kept
+    catalog = dataclasses.replace(scanned, records=kept, problems=problems)
+    if strict and problems:
+        raise DataError(f"{len(problems)} problem file(s) among the images of {WHAT} '{table}' (strict scan): "
+                        + "; ".join(f"{p.path}: {p.reason}" for p in problems) + ". Fix them or leave their rows out.")
+    catalog.warn_problems()
+    chosen, by_path = {r.path: chosen[r.path] for r in kept}, {r.path: r for r in kept}  # as keep_majority read them
     if unread:
         shown = "; ".join(unread[:4]) + (f"; and {len(unread) - 4} more" if len(unread) > 4 else "")
         log.warning(f"warning: {WHAT} '{table}': {len(unread)} row(s) name no image read under '{root}' ({shown}); "
                     "they are not used. Image paths are absolute, relative to the CSV's folder or the working "
-                    "folder, or a file name / the end of a path under it; a missing file, one data.include / "
-                    "data.exclude leave out, or a problem file above is not read.")
+                    "folder, or a file name / the end of a path under it; a missing file, or one data.include / "
+                    "data.exclude leave out, is not read.")
     names = sorted({c for c, _ in chosen.values()})
+    spelt = {c.casefold(): c for c in names}
+    if len(spelt) < len(names):  # "Water" and "water": one class typed twice, not two
+        twice = sorted((c for c in names if spelt[c.casefold()] != c), key=str.casefold)[0]
+        first: dict[str, str] = {}
+        for c, ln in sorted(chosen.values(), key=lambda v: int(v[1])):
+            first.setdefault(c, ln)
+        lines = [f"'{c}' (line {ln})" for c, ln in first.items() if c.casefold() == twice.casefold()]
+        raise DataError(f"{WHAT} '{table}' spells one class in two ways that differ only in case ({', '.join(lines)}): "
+                        "spell it alike on every row.")
     if len(names) < (1 if for_model else 2):
         raise DataError(f"{WHAT} '{table}' gives {len(chosen)} image(s) read of {len(names)} class(es) "
                         f"({', '.join(names)}); classification needs images of at least two classes.")
-    left = len(catalog.records) - len(chosen)
+    left = len(scanned.records) - len(chosen)
     if left and not reported_already():
         log.info("note: %d image(s) under '%s' are not listed in %s '%s' and are not used", left, root, WHAT, table)
     order = sorted(chosen, key=lambda p: (chosen[p][0], p))

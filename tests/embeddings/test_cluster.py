@@ -185,6 +185,11 @@ def test_cluster_cli_with_class_folders_and_a_labels_csv(tmp_path: Path) -> None
     assert s["method"] == "hdbscan" and s["labels"] == "CSV labels.csv" and s["labelled_rows"] == 12
     refused = runner.invoke(app, ["cluster", str(emb), "--out", str(tmp_path / "cl")])
     assert refused.exit_code == 2 and "--overwrite" in refused.output
+    table.write_text("Image,Class\n" + "".join(f"{Path(r['file']).name},{r['label']}\n" for r in rows))  # the
+    by_classes = runner.invoke(app, ["cluster", str(emb), "--k", "3", "--labels", str(table),  # finetune's table
+                                     "--out", str(tmp_path / "cl_classes")])
+    assert by_classes.exit_code == 0, by_classes.output
+    assert json.loads((tmp_path / "cl_classes" / "summary.json").read_text())["labelled_rows"] == 12
 
 
 def test_folder_labels_work_when_the_data_folder_is_reached_through_a_symlink(tmp_path: Path) -> None:

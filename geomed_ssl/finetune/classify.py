@@ -133,7 +133,7 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
     note_encoder_naming(records, naming)
     train, test, notes = split_images(labels, lab.per_class, lab.fraction, lab.seed, names, lab.test_fraction)
     earlier = fine_tune_of(encoder)  # a fine-tune folder as the encoder: what trained it is no test
-    test = untested_images(earlier, [r.path for r in records], test)
+    test = untested_images(earlier, [r.path for r in records], test, [r.paths or [r.path] for r in records])
     for note in notes:  # a budget short of what was asked: a warning, kept under --quiet, as compare says it
         log.warning("warning: %s", note, extra={BUDGET_NOTE: True})
     if len(train) < 2:

@@ -193,7 +193,8 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
         label_paths = [str(p) for _, p in pairs]
         seen, note = trained_positions(ft_dir, label_paths, [a.shape for a in arrays], files, flats, recipe.data,
                                        label_grounds(pairs, arrays), [r.path for r, _ in pairs],
-                                       copies=[[p, *(r.paths or [r.path])] for r, p in pairs])
+                                       copies=[[p, *(r.paths or [r.path])] for r, p in pairs],
+                                       geo=[geo_grid(r) for r, _ in pairs])
         notes += [note] if note else []
         selection = LabelSelection(files[seen], flats[seen], vals[seen], files[~seen], flats[~seen], vals[~seen],
                                    values, names, [a.shape for a in arrays], notes=notes, split="all labelled",
@@ -355,7 +356,8 @@ def trained_among(ft_dir: str | Path, paths: Sequence[str | Path],
     return sorted((trained & {_key(str(p)) for p in paths}) | set(copied))
 
 
-def untested_by_earlier_fine_tune(encoder: Any, selection: LabelSelection, data: Any = None) -> None:
+def untested_by_earlier_fine_tune(encoder: Any, selection: LabelSelection, data: Any = None,
+                                  copies: Sequence[Sequence[str]] | None = None) -> None:
     """Leave out of ``selection``'s test set the positions the encoder's own fine-tune trained on, when the encoder
     is a fine-tune folder (fine-tuning a fine-tuned model on the same labels: they would be scored as test), and
     record that folder in the selection, so ``evaluate`` scores them apart too."""
@@ -366,7 +368,7 @@ def untested_by_earlier_fine_tune(encoder: Any, selection: LabelSelection, data:
         return
     selection.encoder_fine_tune = str(earlier.resolve())
     seen, _ = trained_positions(earlier, selection.paths, selection.shapes, selection.test_file, selection.test_index,
-                                data, selection.grounds, selection.images, say=False)
+                                data, selection.grounds, selection.images, say=False, copies=copies)
     if seen.any():
         log.warning(f"warning: {int(seen.sum())} of the {seen.size} test positions trained the encoder's own "
                     f"fine-tune '{earlier}' (its labels_used.npz); they are left out of this fine-tune's test set.")
@@ -378,13 +380,14 @@ def untested_by_earlier_fine_tune(encoder: Any, selection: LabelSelection, data:
                     "among the test positions, so the test metrics may be optimistic.")
 
 
-def untested_images(earlier: Path | None, paths: Sequence[str], test: np.ndarray) -> np.ndarray:
-    """``test`` (indices into ``paths``) without the images that ``earlier``, the fine-tune folder the encoder came
-    from (``checkpoint.fine_tune_of``; None: none), trained on (:func:`untested_by_earlier_fine_tune` for
-    classifiers)."""
+def untested_images(earlier: Path | None, paths: Sequence[str], test: np.ndarray,
+                    files: Sequence[Sequence[str]] | None = None) -> np.ndarray:
+    """``test`` (indices into ``paths``; ``files``: each image's files, for byte copies) without the images that
+    ``earlier``, the fine-tune folder the encoder came from (``checkpoint.fine_tune_of``; None: none), trained on
+    (:func:`untested_by_earlier_fine_tune` for classifiers)."""
     if earlier is None:
         return test
-    seen = trained_images(earlier, paths, say=False)[0][test]
+    seen = trained_images(earlier, paths, say=False, files=files)[0][test]
     if seen.any():
         log.warning(f"warning: {int(seen.sum())} of the {seen.size} test images trained the encoder's own fine-tune "
                     f"'{earlier}' (its labels_used.npz); they are left out of this fine-tune's test set.")
@@ -406,17 +409,52 @@ def _warn_alike(trained: Sequence[str], paths: Sequence[str], what: str) -> str 
     return note
 
 
+def geo_grid(record: Any) -> list | None:
+    """A georeferenced raster's place on the ground as ``labels_used.npz`` keeps it: [crs, a, b, c, d, e, f] of
+    its transform; None for a volume (subjects of one atlas space share voxel grids without being one body) or a
+    raster without a CRS."""
+    if record.kind != "raster" or not record.crs or not record.transform:
+        return None
+    return [str(record.crs), *(float(v) for v in record.transform[:6])]
+
+
+def _same_places(used: dict[str, Any], geo: Sequence[list | None], shapes: Sequence[tuple[int, ...]],
+                 files: np.ndarray, flats: np.ndarray) -> np.ndarray:
+    """Positions at a place a fine-tune trained on, in rasters whose grid is a training raster's shifted by whole
+    pixels (a crop of a training scene, or its dates cut alike): same CRS and pixel size, no rotation."""
+    seen = np.zeros(files.size, bool)
+    for j, trained in enumerate(used["meta"].get("geo") or []):
+        if not trained:
+            continue
+        width = int(used["meta"]["shapes"][j][1])
+        rows, cols = np.divmod(used["train_index"][used["train_file"] == j], width)
+        for i, here in enumerate(geo):
+            if not here or here[0] != trained[0] or here[2] or here[4] or trained[2] or trained[4] or not np.allclose(
+                    [here[1], here[5]], [trained[1], trained[5]], rtol=1e-9):
+                continue
+            shift = np.array([(trained[6] - here[6]) / here[5], (trained[3] - here[3]) / here[1]])
+            if np.abs(shift - np.round(shift)).max() > 1e-3:
+                continue
+            r, c = rows + int(round(shift[0])), cols + int(round(shift[1]))
+            inside = (r >= 0) & (r < shapes[i][0]) & (c >= 0) & (c < shapes[i][1])
+            mine = files == i
+            seen[mine] |= np.isin(flats[mine], r[inside] * int(shapes[i][1]) + c[inside])
+    return seen
+
+
 def trained_positions(ft_dir: str | Path, label_paths: Sequence[str], shapes: Sequence[tuple[int, ...]],
                       files: np.ndarray, flats: np.ndarray, data: Any = None,
                       grounds: Sequence[str] | None = None,
                       images: Sequence[str] | None = None, say: bool = True,
-                      depth: int = 0, copies: Sequence[Sequence[str]] | None = None) -> tuple[np.ndarray, str | None]:
+                      depth: int = 0, copies: Sequence[Sequence[str]] | None = None,
+                      geo: Sequence[list | None] | None = None) -> tuple[np.ndarray, str | None]:
     """Which labelled positions (``files``, ``flats``) a segmentation fine-tune trained on: those of its
     ``labels_used.npz`` in the same label file on the same grid (a label file shared by several images trains a
     place at each of them), in a copy of it on that grid (``grounds``, :func:`label_grounds`: another date of the
     ground), on the same image (``images``: its label file edited or copied since) or in a byte copy of a training
-    pair (``copies``: per file, its label file and image files, in order, renamed or moved since), or, for a volume
-    trained on
+    pair (``copies``: per file, its label file and image files, in order, renamed or moved since), at a place it
+    trained on in a georeferenced raster shifted by whole pixels (``geo``: per file, :func:`geo_grid`), or, for a
+    volume trained on
     its ``data.spacing`` grid (the fine-tune's ``data``), the label-file voxels its training positions were read
     from; and those the fine-tune whose encoder it fine-tuned trained on, if any. A label file whose grid no longer
     matches what was stored cannot be told apart: a note says so (``say``: else no note, nor warning)."""
@@ -459,9 +497,11 @@ def trained_positions(ft_dir: str | Path, label_paths: Sequence[str], shapes: Se
         if on_grid:
             here = files == i
             seen[here] = np.isin(flats[here], used["train_index"][np.isin(used["train_file"], on_grid)])
+    if geo is not None:
+        seen |= _same_places(used, geo, shapes, files, flats)
     if (earlier := meta.get("encoder_fine_tune")) and depth < MAX_CHAIN:
         seen |= trained_positions(earlier, label_paths, shapes, files, flats, data, grounds, images, say=False,
-                                  depth=depth + 1, copies=copies)[0]
+                                  depth=depth + 1, copies=copies, geo=geo)[0]
     if not say:
         return seen, None
     notes = [_scored_apart(int(seen.sum()), files.size, "positions")] if seen.any() else []

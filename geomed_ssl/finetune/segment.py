@@ -84,7 +84,7 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     """Fine-tune a UNETR-style segmentation model with the labels the ``labels`` section selects, then evaluate
     on the held-out labelled positions. Writes the FT_DIR described in docs/cli.md. ``strict``: problem files and
     band names assigned by position are errors (else skipped / warned about)."""
-    from geomed_ssl.finetune.evaluate import evaluate_segmentation, untested_by_earlier_fine_tune
+    from geomed_ssl.finetune.evaluate import evaluate_segmentation, geo_grid, untested_by_earlier_fine_tune
 
     out = Path(out_dir)
     inputs = finetune_inputs(recipe, encoder, images=images, labels=labels)
@@ -110,7 +110,8 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     trained = set(np.unique(selection.train_file).tolist())  # and a renamed copy of an image and its label file
     selection.copies = [content_key([p, *(r.paths or [r.path])]) if i in trained else ""
                         for i, (r, p) in enumerate(pairs)]
-    untested_by_earlier_fine_tune(encoder, selection, recipe.data)
+    selection.geo = [geo_grid(r) if i in trained else None for i, (r, _) in enumerate(pairs)]
+    untested_by_earlier_fine_tune(encoder, selection, recipe.data, [[p, *(r.paths or [r.path])] for r, p in pairs])
     log.info(selection.summary(notes=False))
     for note in selection.notes:  # a budget short of what was asked: a warning, kept under --quiet, as compare says it
         log.warning("warning: %s", note, extra={BUDGET_NOTE: True})

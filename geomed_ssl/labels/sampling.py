@@ -223,6 +223,8 @@ class LabelSelection:
     encoder_fine_tune: str | None = None  # the FT_DIR whose model's encoder this one fine-tuned (its labels trained it)
     copies: list[str] | None = None  # per file holding training positions, files.listing.content_key of its label
     # file and image files ("" for the others): evaluate finds a renamed copy of the pair by it
+    geo: list[list | None] | None = None  # per such file, a georeferenced raster's [crs, *transform] (else None):
+    # evaluate finds its training places in a crop of it, or another raster on its grid shifted by whole pixels
 
     @property
     def class_map(self) -> ClassMap:
@@ -269,7 +271,8 @@ class LabelSelection:
                 **({"grounds": self.grounds} if self.grounds is not None else {}),
                 **({"images": self.images} if self.images is not None else {}), "grid": self.grid_text(),
                 **({"encoder_fine_tune": self.encoder_fine_tune} if self.encoder_fine_tune else {}),
-                **({"copies": self.copies} if self.copies is not None else {})}
+                **({"copies": self.copies} if self.copies is not None else {}),
+                **({"geo": self.geo} if self.geo is not None else {})}
         arrays = {k: getattr(self, k) for k in ("train_file", "train_index", "train_value", "test_file",
                                                 "test_index", "test_value")}
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -289,7 +292,8 @@ class LabelSelection:
                    grounds=list(meta["grounds"]) if meta.get("grounds") is not None else None,
                    images=list(meta["images"]) if meta.get("images") is not None else None,
                    encoder_fine_tune=meta.get("encoder_fine_tune"),
-                   copies=list(meta["copies"]) if meta.get("copies") is not None else None)
+                   copies=list(meta["copies"]) if meta.get("copies") is not None else None,
+                   geo=list(meta["geo"]) if meta.get("geo") is not None else None)
 
 
 def check_labels_config(cfg: Any) -> None:

@@ -87,13 +87,13 @@ def test_segment_from_pretrained_encoder_then_evaluate_and_predict(seg_scene, pr
     ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(copy / "images"), "--labels", str(copy / "labels"),
                              "--out", str(tmp_path / "ev_copy")])
     assert ev.exit_code == 0 and "15 of the" in ev.output
-    with rasterio.open(copy / "labels" / "scene_gt.tif", "r+") as dst:  # edited labels: no longer one ground, and
-        edited = dst.read()  # names alone cannot tell whether this is the training data, so a warning says so
+    with rasterio.open(copy / "labels" / "scene_gt.tif", "r+") as dst:  # edited labels: no longer one ground, nor a
+        edited = dst.read()  # copy, but the same places of the same grid (CRS and transform): found so
         edited[0, 1, 1] = 1 + edited[0, 1, 1] % 3
         dst.write(edited)
     ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(copy / "images"), "--labels", str(copy / "labels"),
                              "--out", str(tmp_path / "ev_edited")])
-    assert ev.exit_code == 0 and "1 share a folder and file name with its training label files" in ev.output
+    assert ev.exit_code == 0 and "15 of the" in ev.output and "share a folder and file name" not in ev.output
     # the training image itself with the edited labels: its trained pixels are found by the image
     ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(images), "--labels", str(copy / "labels"),
                              "--out", str(tmp_path / "ev_same_image")])
@@ -117,6 +117,26 @@ def test_segment_from_pretrained_encoder_then_evaluate_and_predict(seg_scene, pr
                                 str(tmp_path / "ev_other"), "--set", "finetune.max_steps=5"])
     assert other.exit_code == 2 and "got 'finetune.max_steps=5'" in other.output
     assert not (tmp_path / "ev_bare").exists() and not (tmp_path / "ev_other").exists()
+    # a crop of the training scene (its grid shifted by whole pixels): the places it trained on are found there
+    from rasterio.windows import Window
+
+    window = Window(col_off=10, row_off=20, width=40, height=30)
+    for src_path, dst_path in ((images / "scene.tif", tmp_path / "crop" / "img" / "part.tif"),
+                               (labels / "scene_gt.tif", tmp_path / "crop" / "lab" / "part_gt.tif")):
+        dst_path.parent.mkdir(parents=True)
+        with rasterio.open(src_path) as src:
+            part, profile = src.read(window=window), {**src.profile, "width": 40, "height": 30,
+                                                      "transform": src.window_transform(window)}
+        for key in ("tiled", "blockxsize", "blockysize"):
+            profile.pop(key, None)
+        with rasterio.open(dst_path, "w", **profile) as dst:
+            dst.write(part)
+    rows, cols = np.divmod(used["train_index"], 64)
+    inside = int(((rows >= 20) & (rows < 50) & (cols >= 10) & (cols < 50)).sum())
+    ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(tmp_path / "crop" / "img"), "--labels",
+                             str(tmp_path / "crop" / "lab"), "--out", str(tmp_path / "ev_crop")])
+    assert ev.exit_code == 0, ev.output
+    assert json.loads((tmp_path / "ev_crop" / "metrics.json").read_text())["train"]["n"] == inside > 0
     from geomed_ssl.outdirs import foreign_inside
 
     assert foreign_inside(ft) == []  # --overwrite may replace all of it, the evaluation inside included
@@ -703,6 +723,18 @@ def test_classes_from_a_csv_train_and_evaluate_as_class_folders_do(class_folders
                                 "--out", str(tmp_path / "ft_twice"), *common])
     assert twice.exit_code == 2 and "twice with different classes (line 2: 'Forest', line 3: 'River')" in twice.output
     assert not (tmp_path / "ft_twice").exists() and not (flat / "ft").exists()
+    spelt = {"River_5.tif": "river"}  # one row typed otherwise
+    table.write_text("image,class\n" + "".join(f"flat/{f.name},{spelt.get(f.name, f.parent.name)}\n" for f in images))
+    case = runner.invoke(app, ["finetune", "classify", "recipes/mae_sentinel2.yaml", "--data", str(table),
+                               "--out", str(tmp_path / "ft_case"), *common])
+    assert case.exit_code == 2 and "differ only in case ('River' (line 8), 'river' (line 13))" in case.output
+    # images of another band count beside the listed ones, not listed: they do not decide the band set
+    write_class_folders(flat / "other", ["A", "B"], per_class=8, bands=3)
+    table.write_text("image,class\n" + "".join(f"flat/{f.name},{f.parent.name}\n" for f in images))
+    mixed = runner.invoke(app, ["finetune", "classify", "recipes/mae_sentinel2.yaml", "--data", str(table),
+                                "--out", str(tmp_path / "ft_mixed"), *common])
+    assert mixed.exit_code == 0 and "problem file" not in mixed.output, mixed.output
+    assert "16 image(s) under" in mixed.output and "are not listed" in mixed.output
 
 
 def test_classify_refuses_a_split_meant_for_label_maps(class_folders: Path, tmp_path: Path) -> None:

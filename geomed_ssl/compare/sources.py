@@ -110,14 +110,15 @@ def refuse_trained_on_these_labels(name: str, task: Task) -> None:
     """An encoder that is a fine-tune of these labels (its ``labels_used.npz`` names one of the task's label files
     or images) is refused: its rows would score positions it was trained on, as test."""
     from geomed_ssl.checkpoint import fine_tune_of
-    from geomed_ssl.finetune.evaluate import trained_among
+    from geomed_ssl.finetune.evaluate import geo_grid, trained_among
 
     earlier = fine_tune_of(name)
     if earlier is None:
         return
     images = [r.paths or [r.path] for r in task.records]  # byte copies of its training files count too
     copies = [[p, *i] for p, i in zip(task.label_paths, images)] if task.kind == "segment" else images
-    if shared := trained_among(earlier, [*task.label_paths, *(r.path for r in task.records)], copies):
+    places = ([geo_grid(r) for r in task.records], task.shapes) if task.kind == "segment" else None
+    if shared := trained_among(earlier, [*task.label_paths, *(r.path for r in task.records)], copies, places):
         raise ConfigError(f"encoder '{name}' is a fine-tune trained on labels of this task (e.g. '{shared[0]}', in its "
                           "labels_used.npz): its rows would score what it was trained on. Compare the pretraining run "
                           "it was fine-tuned from, or give labels it did not train on.")

@@ -337,12 +337,13 @@ def trained_images(ft_dir: str | Path, paths: Sequence[str], say: bool = True, d
     return seen, _scored_apart(int(seen.sum()), len(paths), "images")
 
 
-def trained_among(ft_dir: str | Path, paths: Sequence[str | Path],
-                  copies: Sequence[Sequence[str]] | None = None) -> list[Path]:
+def trained_among(ft_dir: str | Path, paths: Sequence[str | Path], copies: Sequence[Sequence[str]] | None = None,
+                  places: tuple[Sequence[list | None], Sequence[tuple[int, ...]]] | None = None) -> list[Path]:
     """Those of ``paths`` (resolved, sorted) that trained a fine-tune (its ``labels_used.npz``: the label files
     holding training positions and their images, or the trained images); test-only files are not among them.
     ``copies``: per sample, its files as :func:`trained_positions` / :func:`trained_images` take them, whose first
-    file counts too when they are a byte copy of a training sample's."""
+    file counts too when they are a byte copy of a training sample's; ``places`` (per sample, :func:`geo_grid` and
+    its label shape): whose first file counts too when a training place lies in it."""
     used = _used(ft_dir)
     if used is None:
         return []
@@ -353,11 +354,14 @@ def trained_among(ft_dir: str | Path, paths: Sequence[str | Path],
     else:
         trained = {_key(meta["paths"][i]) for i in used.get("train_index", [])}
     copied = [_key(f[0]) for f, hit in zip(copies or [], _copied(meta.get("copies"), copies)) if hit]
+    if places is not None and copies is not None and "train_file" in used:
+        copied += [_key(f[0]) for f, hit in zip(copies, _same_places(used, *places)) if hit]
     return sorted((trained & {_key(str(p)) for p in paths}) | set(copied))
 
 
 def untested_by_earlier_fine_tune(encoder: Any, selection: LabelSelection, data: Any = None,
-                                  copies: Sequence[Sequence[str]] | None = None) -> None:
+                                  copies: Sequence[Sequence[str]] | None = None,
+                                  geo: Sequence[list | None] | None = None) -> None:
     """Leave out of ``selection``'s test set the positions the encoder's own fine-tune trained on, when the encoder
     is a fine-tune folder (fine-tuning a fine-tuned model on the same labels: they would be scored as test), and
     record that folder in the selection, so ``evaluate`` scores them apart too."""
@@ -368,7 +372,7 @@ def untested_by_earlier_fine_tune(encoder: Any, selection: LabelSelection, data:
         return
     selection.encoder_fine_tune = str(earlier.resolve())
     seen, _ = trained_positions(earlier, selection.paths, selection.shapes, selection.test_file, selection.test_index,
-                                data, selection.grounds, selection.images, say=False, copies=copies)
+                                data, selection.grounds, selection.images, say=False, copies=copies, geo=geo)
     if seen.any():
         log.warning(f"warning: {int(seen.sum())} of the {seen.size} test positions trained the encoder's own "
                     f"fine-tune '{earlier}' (its labels_used.npz); they are left out of this fine-tune's test set.")
@@ -411,34 +415,46 @@ def _warn_alike(trained: Sequence[str], paths: Sequence[str], what: str) -> str 
 
 def geo_grid(record: Any) -> list | None:
     """A georeferenced raster's place on the ground as ``labels_used.npz`` keeps it: [crs, a, b, c, d, e, f] of
-    its transform; None for a volume (subjects of one atlas space share voxel grids without being one body) or a
-    raster without a CRS."""
+    its transform; None for a volume (subjects of one atlas space share voxel grids without being one body), a
+    raster without a CRS, or one whose transform is GDAL's identity (a chip saved with a CRS and no transform)."""
     if record.kind != "raster" or not record.crs or not record.transform:
         return None
-    return [str(record.crs), *(float(v) for v in record.transform[:6])]
+    transform = [float(v) for v in record.transform[:6]]
+    return None if transform == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0] else [str(record.crs), *transform]
+
+
+def _shifted(used: dict[str, Any], j: int, trained: list, here: list, shape: Sequence[int]) -> np.ndarray | None:
+    """The flat positions, on the grid ``here`` (:func:`geo_grid`) of ``shape``, of training file ``j``'s training
+    positions (its grid ``trained``) that fall inside it; None when the grids are not one grid shifted by whole
+    pixels (another CRS or pixel size, a rotation, a fractional shift)."""
+    from geomed_ssl.geo.grids import same_crs
+
+    if here[2] or here[4] or trained[2] or trained[4] or here[1] != trained[1] or here[5] != trained[5] \
+            or not same_crs(here[0], trained[0]):
+        return None
+    shift = np.array([(trained[6] - here[6]) / here[5], (trained[3] - here[3]) / here[1]])
+    if np.abs(shift - np.round(shift)).max() > 1e-3:
+        return None
+    rows, cols = np.divmod(used["train_index"][used["train_file"] == j], int(used["meta"]["shapes"][j][1]))
+    r, c = rows + int(round(shift[0])), cols + int(round(shift[1]))
+    inside = (r >= 0) & (r < shape[0]) & (c >= 0) & (c < shape[1])
+    return r[inside] * int(shape[1]) + c[inside]
 
 
 def _same_places(used: dict[str, Any], geo: Sequence[list | None], shapes: Sequence[tuple[int, ...]],
-                 files: np.ndarray, flats: np.ndarray) -> np.ndarray:
-    """Positions at a place a fine-tune trained on, in rasters whose grid is a training raster's shifted by whole
-    pixels (a crop of a training scene, or its dates cut alike): same CRS and pixel size, no rotation."""
-    seen = np.zeros(files.size, bool)
+                 files: np.ndarray | None = None, flats: np.ndarray | None = None) -> np.ndarray:
+    """Positions (``files``, ``flats``) at a place a fine-tune trained on, in rasters whose grid is a training
+    raster's shifted by whole pixels (a crop of a training scene, or its dates cut alike): same CRS and pixel size,
+    no rotation. Without positions: per raster of ``geo``, whether any training place lies in it."""
+    seen = np.zeros(len(geo) if files is None else files.size, bool)
     for j, trained in enumerate(used["meta"].get("geo") or []):
-        if not trained:
-            continue
-        width = int(used["meta"]["shapes"][j][1])
-        rows, cols = np.divmod(used["train_index"][used["train_file"] == j], width)
-        for i, here in enumerate(geo):
-            if not here or here[0] != trained[0] or here[2] or here[4] or trained[2] or trained[4] or not np.allclose(
-                    [here[1], here[5]], [trained[1], trained[5]], rtol=1e-9):
-                continue
-            shift = np.array([(trained[6] - here[6]) / here[5], (trained[3] - here[3]) / here[1]])
-            if np.abs(shift - np.round(shift)).max() > 1e-3:
-                continue
-            r, c = rows + int(round(shift[0])), cols + int(round(shift[1]))
-            inside = (r >= 0) & (r < shapes[i][0]) & (c >= 0) & (c < shapes[i][1])
-            mine = files == i
-            seen[mine] |= np.isin(flats[mine], r[inside] * int(shapes[i][1]) + c[inside])
+        for i, here in enumerate(geo if trained else []):
+            at = _shifted(used, j, trained, here, shapes[i]) if here else None
+            if at is not None and files is None:
+                seen[i] |= at.size > 0
+            elif at is not None:
+                mine = files == i
+                seen[mine] |= np.isin(flats[mine], at)
     return seen
 
 

@@ -111,7 +111,8 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     selection.copies = [content_key([p, *(r.paths or [r.path])]) if i in trained else ""
                         for i, (r, p) in enumerate(pairs)]
     selection.geo = [geo_grid(r) if i in trained else None for i, (r, _) in enumerate(pairs)]
-    untested_by_earlier_fine_tune(encoder, selection, recipe.data, [[p, *(r.paths or [r.path])] for r, p in pairs])
+    untested_by_earlier_fine_tune(encoder, selection, recipe.data, [[p, *(r.paths or [r.path])] for r, p in pairs],
+                                  [geo_grid(r) for r, _ in pairs])
     log.info(selection.summary(notes=False))
     for note in selection.notes:  # a budget short of what was asked: a warning, kept under --quiet, as compare says it
         log.warning("warning: %s", note, extra={BUDGET_NOTE: True})

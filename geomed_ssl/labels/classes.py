@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from geomed_ssl.bands.conform import report_positional_names
 from geomed_ssl.data.catalog import FileRecord, keep_majority, reported_already, scan
 from geomed_ssl.data.labelled import scan_class_folders, warn_copies
 from geomed_ssl.errors import DataError
@@ -105,22 +106,22 @@ def scan_class_table(data: str | Path, data_cfg: Any, strict: bool = False, for_
     table = absolute(data)
     rows = _rows(table)
     root = table_root(table)
-    scanned = scan(root, data_cfg, names_by_position="error" if strict else "warn", majority=False)
+    scanned = scan(root, data_cfg, names_by_position="ignore", majority=False)  # said below of the listed ones
     stacks = {r.path: os.path.dirname(r.paths[0]) for r in scanned.records if len(r.paths) > 1 and not r.case}
     index = FileIndex((p, r.path) for r in scanned.records
                       for p in dict.fromkeys([r.path, *r.paths, *([stacks[r.path]] if r.path in stacks else [])]))
     by_path = {r.path: r for r in scanned.records}
-    trouble = {os.path.realpath(p.path): p for p in scanned.problems}
+    trouble = {p.path: p for p in scanned.problems}
+    troubled = FileIndex((p, p) for p in trouble)
     chosen: dict[str, tuple[str, str]] = {}  # image -> (class, line)
     unread, problems = [], []
     for row in rows:
         i, image, name = row[LINE], _spelled(row, "image"), unicodedata.normalize("NFC", row["class"])
         key = index.find(image, (table.parent, ""), f"{WHAT} '{table}' line {i}", "matches {} images")
         if key is None:
-            found = _found(table, image)
-            bad = trouble.get(os.path.realpath(found)) if found is not None else None
+            bad = troubled.find(image, (table.parent, ""), f"{WHAT} '{table}' line {i}", "matches {} images")
             if bad is not None:  # said with the problem files
-                problems.append(bad)
+                problems.append(trouble[bad])
             else:
                 unread.append(f"line {i} ('{image}')")
         elif key in chosen and chosen[key][0] != name:
@@ -129,19 +130,22 @@ def scan_class_table(data: str | Path, data_cfg: Any, strict: bool = False, for_
         else:
             chosen[key] = (name, i)
     kept = [by_path[p] for p in chosen]  # the images it lists alone decide the band set, as a folder's do
+    left = len(scanned.records) - len(kept)
     kept = keep_majority(kept, problems) if kept and not for_model else kept
     catalog = dataclasses.replace(scanned, records=kept, problems=problems)
     if strict and problems:
         raise DataError(f"{len(problems)} problem file(s) among the images of {WHAT} '{table}' (strict scan): "
                         + "; ".join(f"{p.path}: {p.reason}" for p in problems) + ". Fix them or leave their rows out.")
     catalog.warn_problems()
+    report_positional_names([r.path for r in kept if r.band_source == "sensor"], getattr(data_cfg, "sensor", None),
+                            list(kept[0].band_names) if kept else [], "error" if strict else "warn")
     chosen, by_path = {r.path: chosen[r.path] for r in kept}, {r.path: r for r in kept}  # as keep_majority read them
     if unread:
         shown = "; ".join(unread[:4]) + (f"; and {len(unread) - 4} more" if len(unread) > 4 else "")
         log.warning(f"warning: {WHAT} '{table}': {len(unread)} row(s) name no image read under '{root}' ({shown}); "
                     "they are not used. Image paths are absolute, relative to the CSV's folder or the working "
                     "folder, or a file name / the end of a path under it; a missing file, or one data.include / "
-                    "data.exclude leave out, is not read.")
+                    "data.exclude leave out, is not read (a problem file is named above).")
     names = sorted({c for c, _ in chosen.values()})
     spelt = {c.casefold(): c for c in names}
     if len(spelt) < len(names):  # "Water" and "water": one class typed twice, not two
@@ -155,7 +159,6 @@ def scan_class_table(data: str | Path, data_cfg: Any, strict: bool = False, for_
     if len(names) < (1 if for_model else 2):
         raise DataError(f"{WHAT} '{table}' gives {len(chosen)} image(s) read of {len(names)} class(es) "
                         f"({', '.join(names)}); classification needs images of at least two classes.")
-    left = len(scanned.records) - len(chosen)
     if left and not reported_already():
         log.info("note: %d image(s) under '%s' are not listed in %s '%s' and are not used", left, root, WHAT, table)
     order = sorted(chosen, key=lambda p: (chosen[p][0], p))

@@ -137,6 +137,21 @@ def test_segment_from_pretrained_encoder_then_evaluate_and_predict(seg_scene, pr
                              str(tmp_path / "crop" / "lab"), "--out", str(tmp_path / "ev_crop")])
     assert ev.exit_code == 0, ev.output
     assert json.loads((tmp_path / "ev_crop" / "metrics.json").read_text())["train"]["n"] == inside > 0
+    cmp = runner.invoke(app, ["compare", str(ft), "--images", str(tmp_path / "crop" / "img"), "--labels",
+                              str(tmp_path / "crop" / "lab"), "--out", str(tmp_path / "cmp_crop"), "--labels-per-class",
+                              "2", "--seeds", "0", "--protocol", "linear", "--no-baselines", *sets("data.sensor=null")])
+    assert cmp.exit_code == 2 and "is a fine-tune trained on labels of this task" in cmp.output, cmp.output
+    again = runner.invoke(app, ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", str(ft), "--images",
+                                str(tmp_path / "crop" / "img"), "--labels", str(tmp_path / "crop" / "lab"), "--out",
+                                str(tmp_path / "ft_crop"), "--labels-per-class", "2", "--head", "probe",
+                                *sets("data.sensor=null")])  # fine-tuned again on the crop: its places stay untested
+    assert again.exit_code == 0 and "test positions trained the encoder's own fine-tune" in again.output, again.output
+    from types import SimpleNamespace
+
+    from geomed_ssl.finetune.evaluate import geo_grid
+
+    chip = SimpleNamespace(kind="raster", crs="EPSG:32633", transform=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    assert geo_grid(chip) is None  # a chip saved with a CRS and no transform is placed nowhere
     from geomed_ssl.outdirs import foreign_inside
 
     assert foreign_inside(ft) == []  # --overwrite may replace all of it, the evaluation inside included
@@ -735,6 +750,12 @@ def test_classes_from_a_csv_train_and_evaluate_as_class_folders_do(class_folders
                                 "--out", str(tmp_path / "ft_mixed"), *common])
     assert mixed.exit_code == 0 and "problem file" not in mixed.output, mixed.output
     assert "16 image(s) under" in mixed.output and "are not listed" in mixed.output
+    (flat / "broken.tif").write_bytes(b"II*\x00 not a tiff")  # a listed problem file, named by its name alone
+    table.write_text(table.read_text() + "broken.tif,Forest\n")
+    strict = runner.invoke(app, ["finetune", "classify", "recipes/mae_sentinel2.yaml", "--data", str(table),
+                                 "--out", str(tmp_path / "ft_strict"), *common, "--strict"])
+    assert strict.exit_code == 2 and "1 problem file(s) among the images of classes CSV" in strict.output
+    assert "broken.tif" in strict.output and not (tmp_path / "ft_strict").exists()
 
 
 def test_classify_refuses_a_split_meant_for_label_maps(class_folders: Path, tmp_path: Path) -> None:

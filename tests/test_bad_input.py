@@ -233,7 +233,7 @@ OUTDIR_CASES: list[Case] = [
                     "--labels", str(r / "data"), "--out", str(r / "ft")], "is the fine-tune folder"),
     Case("evaluate-images-and-class-folders",
          lambda r: ["evaluate", str(made_by_older_version(r / "ft", "finetune")), "--images", str(rasters(r)),
-                    "--data", str(r / "data")], "(classification), not both"),
+                    "--data", str(r / "data")], "classification), not both"),
     Case("embed-include-twice", lambda r: ["embed", str(encoder(r)), str(r / "data"), "--out", str(r / "emb"),
                                            "--include", "*.tif", "--set", "data.include=['a*']"],
          "with --include or with --set data.include=[...], not both"),

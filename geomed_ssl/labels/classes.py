@@ -95,27 +95,17 @@ def scan_classes(data: str | Path, data_cfg: Any, strict: bool = False, for_mode
     return scan_class_folders(data, data_cfg, strict, for_model)
 
 
-def scan_class_table(data: str | Path, data_cfg: Any, strict: bool = False, for_model: bool = False,
-                     ) -> tuple[list[FileRecord], np.ndarray, list[str]]:
-    """The images a CSV with columns ``image,class`` lists, and their classes. An image path is absolute, relative
-    to the CSV's folder or the working folder, or a file name / the end of a path under :func:`table_root` (a
-    ``data.channels`` stack: its folder); the images there are scanned as a folder would be (problem files skipped
-    with a warning, errors with ``strict``), and only the listed ones are used. A row naming no image read is warned
-    about; an empty entry, or one image listed with two classes, is an error naming the line. The listed images
-    alone decide the band set (as a folder's images do), and only their problems are said."""
-    table = absolute(data)
-    rows = _rows(table)
-    root = table_root(table)
-    scanned = scan(root, data_cfg, names_by_position="ignore", majority=False)  # said below of the listed ones
+def _listed(table: Path, scanned: Any) -> tuple[dict[str, tuple[str, str]], list[str], list[Any]]:
+    """The table's rows matched to the ``scanned`` catalog: (image -> (class, line), rows naming no image read,
+    problem files the rows name); an image listed with two classes is a DataError naming both lines."""
     stacks = {r.path: os.path.dirname(r.paths[0]) for r in scanned.records if len(r.paths) > 1 and not r.case}
     index = FileIndex((p, r.path) for r in scanned.records
                       for p in dict.fromkeys([r.path, *r.paths, *([stacks[r.path]] if r.path in stacks else [])]))
-    by_path = {r.path: r for r in scanned.records}
     trouble = {p.path: p for p in scanned.problems}
     troubled = FileIndex((p, p) for p in trouble)
-    chosen: dict[str, tuple[str, str]] = {}  # image -> (class, line)
+    chosen: dict[str, tuple[str, str]] = {}
     unread, problems = [], []
-    for row in rows:
+    for row in _rows(table):
         i, image, name = row[LINE], _spelled(row, "image"), unicodedata.normalize("NFC", row["class"])
         key = index.find(image, (table.parent, ""), f"{WHAT} '{table}' line {i}", "matches {} images")
         if key is None:
@@ -129,6 +119,38 @@ def scan_class_table(data: str | Path, data_cfg: Any, strict: bool = False, for_
                             f"{chosen[key][1]}: '{chosen[key][0]}', line {i}: '{name}'); keep one row per image.")
         else:
             chosen[key] = (name, i)
+    return chosen, unread, problems
+
+
+def _check_spelling(table: Path, chosen: dict[str, tuple[str, str]]) -> None:
+    """One class spelt in two ways that differ only in case ("Water", "water") is refused, naming the lines: it is
+    one class typed twice, not two."""
+    names = sorted({c for c, _ in chosen.values()})
+    spelt = {c.casefold(): c for c in names}
+    if len(spelt) == len(names):
+        return
+    twice = sorted((c for c in names if spelt[c.casefold()] != c), key=str.casefold)[0]
+    first: dict[str, str] = {}
+    for c, ln in sorted(chosen.values(), key=lambda v: int(v[1])):
+        first.setdefault(c, ln)
+    lines = [f"'{c}' (line {ln})" for c, ln in first.items() if c.casefold() == twice.casefold()]
+    raise DataError(f"{WHAT} '{table}' spells one class in two ways that differ only in case ({', '.join(lines)}): "
+                    "spell it alike on every row.")
+
+
+def scan_class_table(data: str | Path, data_cfg: Any, strict: bool = False, for_model: bool = False,
+                     ) -> tuple[list[FileRecord], np.ndarray, list[str]]:
+    """The images a CSV with columns ``image,class`` lists, and their classes. An image path is absolute, relative
+    to the CSV's folder or the working folder, or a file name / the end of a path under :func:`table_root` (a
+    ``data.channels`` stack: its folder); the images there are scanned as a folder would be (problem files skipped
+    with a warning, errors with ``strict``), and only the listed ones are used. A row naming no image read is warned
+    about; an empty entry, or one image listed with two classes, is an error naming the line. The listed images
+    alone decide the band set (as a folder's images do), and only their problems are said."""
+    table = absolute(data)
+    root = table_root(table)
+    scanned = scan(root, data_cfg, names_by_position="ignore", majority=False)  # said below of the listed ones
+    chosen, unread, problems = _listed(table, scanned)
+    by_path = {r.path: r for r in scanned.records}
     kept = [by_path[p] for p in chosen]  # the images it lists alone decide the band set, as a folder's do
     left = len(scanned.records) - len(kept)
     kept = keep_majority(kept, problems) if kept and not for_model else kept
@@ -146,16 +168,8 @@ def scan_class_table(data: str | Path, data_cfg: Any, strict: bool = False, for_
                     "they are not used. Image paths are absolute, relative to the CSV's folder or the working "
                     "folder, or a file name / the end of a path under it; a missing file, or one data.include / "
                     "data.exclude leave out, is not read (a problem file is named above).")
+    _check_spelling(table, chosen)
     names = sorted({c for c, _ in chosen.values()})
-    spelt = {c.casefold(): c for c in names}
-    if len(spelt) < len(names):  # "Water" and "water": one class typed twice, not two
-        twice = sorted((c for c in names if spelt[c.casefold()] != c), key=str.casefold)[0]
-        first: dict[str, str] = {}
-        for c, ln in sorted(chosen.values(), key=lambda v: int(v[1])):
-            first.setdefault(c, ln)
-        lines = [f"'{c}' (line {ln})" for c, ln in first.items() if c.casefold() == twice.casefold()]
-        raise DataError(f"{WHAT} '{table}' spells one class in two ways that differ only in case ({', '.join(lines)}): "
-                        "spell it alike on every row.")
     if len(names) < (1 if for_model else 2):
         raise DataError(f"{WHAT} '{table}' gives {len(chosen)} image(s) read of {len(names)} class(es) "
                         f"({', '.join(names)}); classification needs images of at least two classes.")

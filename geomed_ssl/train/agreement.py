@@ -68,7 +68,8 @@ class Agreement:
 
 
 class GroupAgreement(Agreement):
-    """Ranks the cluster started together: they exchange their outcome over a gloo side group."""
+    """Ranks that run the command at once (the cluster's, or those :func:`start_other_ranks` started: ``started``,
+    waited for when the checks fail): they exchange their outcome over a gloo side group."""
 
     def __init__(self, rank: int, world: int, group: Any, started: Sequence[Any] = ()) -> None:
         super().__init__(rank)

@@ -52,7 +52,7 @@ class ClassMap:
 
     values: tuple[int, ...]
     names: tuple[str, ...]
-    folders: bool = False  # the names are class folders' (the values their indices): named by the folder alone
+    folders: bool = False  # the names are class folders' or a classes CSV's (the values their indices): by name alone
 
     @classmethod
     def build(cls, values: Sequence[int], names: Names | Sequence[str] = None) -> ClassMap:
@@ -81,10 +81,10 @@ class ClassMap:
         return np.asarray(self.values, np.int64)[np.asarray(index)]
 
     def label(self, value: int) -> str:
-        """'class 9 (Oats)' or 'class 9'; for class folders "class folder '10'"."""
+        """'class 9 (Oats)' or 'class 9'; for named classes (folders, a classes CSV) "class '10'"."""
         name = self.names[self.values.index(value)] if value in self.values else str(value)
         if self.folders:
-            return f"class folder '{name}'"
+            return f"class '{name}'"
         return f"class {value}" + (f" ({name})" if name != str(value) else "")
 
     @classmethod

@@ -594,7 +594,7 @@ def test_classify_warns_of_classes_it_cannot_learn_and_evaluate_scores_its_train
     assert result.exit_code == 0, result.output
     assert "hold no usable image, so they are no class: Highway" in result.output
     assert "no training image for class(es) Solo" in result.output
-    assert "warning: class folder 'Solo': 1 labelled image, took 0 instead of 2" in result.output  # not a note
+    assert "warning: class 'Solo': 1 labelled image, took 0 instead of 2" in result.output  # not a note
     assert "leaves out folder(s) under" in result.output and "'Unlabelled' (1 file)" in result.output
     assert json.loads((ft / "metrics.json").read_text())["train"]["n"] == 6
 

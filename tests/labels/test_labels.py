@@ -690,7 +690,7 @@ def test_class_folders_scan_and_image_sampling(tmp_path):
     assert all(names[c] in r.path for r, c in zip(records, labels))
     train, test, notes = sample_images_per_class(labels, 2, seed=0, names=names)
     assert np.bincount(labels[train]).tolist() == [2, 1, 2] and sorted([*train, *test]) == list(range(10))
-    assert notes == ["class folder 'Oats': 2 labelled images, took 1 instead of 2 so half stay for testing"]
+    assert notes == ["class 'Oats': 2 labelled images, took 1 instead of 2 so half stay for testing"]
 
 
 def test_class_folders_of_one_name_in_two_unicode_forms_are_refused(tmp_path) -> None:
@@ -711,9 +711,9 @@ def test_class_folders_named_by_digits_are_named_by_their_folder_in_the_notes(tm
     class_tree(tmp_path, {"1": 4, "10": 2, "2": 4})
     _, labels, names = scan_class_folders(tmp_path, DataConfig(patch_size=16))
     _, _, notes = sample_images_per_class(labels, 2, seed=0, names=names)
-    assert notes == ["class folder '10': 2 labelled images, took 1 instead of 2 so half stay for testing"]
+    assert notes == ["class '10': 2 labelled images, took 1 instead of 2 so half stay for testing"]
     _, _, notes = split_images(labels, None, 0.99, 0, names)
-    assert notes[0].startswith("class folder '1': 4 labelled images, took all")
+    assert notes[0].startswith("class '1': 4 labelled images, took all")
 
 
 def test_split_folders_of_class_folders_are_refused_and_shared_subfolders_warned(tmp_path, caplog) -> None:

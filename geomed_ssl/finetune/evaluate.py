@@ -458,6 +458,29 @@ def _same_places(used: dict[str, Any], geo: Sequence[list | None], shapes: Seque
     return seen
 
 
+def _elsewhere(used: dict[str, Any], geo: Sequence[list | None], shapes: Sequence[tuple[int, ...]]) -> int:
+    """How many of a fine-tune's training places lie inside rasters of ``geo`` that are not on their grid shifted by
+    whole pixels (reprojected, resampled, or cut at a fraction of a pixel): those cannot be told apart."""
+    from rasterio.transform import Affine
+    from rasterio.warp import transform as reproject_points
+
+    from geomed_ssl.geo.grids import same_crs
+
+    count = 0
+    for j, trained in enumerate(used["meta"].get("geo") or []):
+        rows, cols = np.divmod(used["train_index"][used["train_file"] == j], int(used["meta"]["shapes"][j][1]))
+        xs, ys = Affine(*trained[1:7]) @ (cols + 0.5, rows + 0.5) if trained and rows.size else ([], [])
+        inside = np.zeros(len(xs), bool)
+        for i, here in enumerate(geo if len(xs) else []):
+            if not here or _shifted(used, j, trained, here, shapes[i]) is not None:
+                continue
+            x, y = (xs, ys) if same_crs(here[0], trained[0]) else reproject_points(trained[0], here[0], xs, ys)
+            c, r = ~Affine(*here[1:7]) @ (np.asarray(x), np.asarray(y))
+            inside |= (r >= 0) & (r < shapes[i][0]) & (c >= 0) & (c < shapes[i][1])
+        count += int(inside.sum())
+    return count
+
+
 def trained_positions(ft_dir: str | Path, label_paths: Sequence[str], shapes: Sequence[tuple[int, ...]],
                       files: np.ndarray, flats: np.ndarray, data: Any = None,
                       grounds: Sequence[str] | None = None,
@@ -529,6 +552,11 @@ def trained_positions(ft_dir: str | Path, label_paths: Sequence[str], shapes: Se
     if regridded:
         notes.append(f"{regridded} of these label files trained this model on another grid than theirs now; their "
                      "voxels that trained it cannot be told apart and are in the test metrics")
+        log.warning("warning: %s.", notes[-1])
+    if geo is not None and (near := _elsewhere(used, geo, shapes)):
+        notes.append(f"{near} places this model trained on lie inside these rasters on another grid (reprojected, "
+                     "resampled or cut at a fraction of a pixel): they cannot be told apart and may be among the "
+                     "test positions, so the test metrics may be optimistic")
         log.warning("warning: %s.", notes[-1])
     return seen, "; ".join(notes) or None
 

@@ -137,6 +137,21 @@ def test_segment_from_pretrained_encoder_then_evaluate_and_predict(seg_scene, pr
                              str(tmp_path / "crop" / "lab"), "--out", str(tmp_path / "ev_crop")])
     assert ev.exit_code == 0, ev.output
     assert json.loads((tmp_path / "ev_crop" / "metrics.json").read_text())["train"]["n"] == inside > 0
+    from rasterio.transform import Affine  # the crop resampled to half its pixel size: not one grid, said
+
+    for name in ("img/part.tif", "lab/part_gt.tif"):
+        with rasterio.open(tmp_path / "crop" / name) as src:
+            fine, profile = src.read().repeat(2, axis=1).repeat(2, axis=2), src.profile
+            t = src.transform
+        (tmp_path / "fine" / name).parent.mkdir(parents=True, exist_ok=True)
+        half = Affine(t.a / 2, 0, t.c, 0, t.e / 2, t.f)
+        with rasterio.open(tmp_path / "fine" / name, "w", **{**profile, "width": 80, "height": 60,
+                                                             "transform": half}) as dst:
+            dst.write(fine)
+    ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(tmp_path / "fine" / "img"), "--labels",
+                             str(tmp_path / "fine" / "lab"), "--out", str(tmp_path / "ev_fine")])
+    assert ev.exit_code == 0 and f"{inside} places this model trained on lie inside these rasters on another grid" \
+        in ev.output, ev.output
     cmp = runner.invoke(app, ["compare", str(ft), "--images", str(tmp_path / "crop" / "img"), "--labels",
                               str(tmp_path / "crop" / "lab"), "--out", str(tmp_path / "cmp_crop"), "--labels-per-class",
                               "2", "--seeds", "0", "--protocol", "linear", "--no-baselines", *sets("data.sensor=null")])

@@ -18,8 +18,8 @@ from typing import Any, Callable, TypeVar
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Variables the training stack sets for its own processes: Lightning's seed for the workers it starts, the thread
-# count sized to a CPU quota (geomed_ssl.cpus), what Lightning's ddp launcher (geomed_ssl.train.agreement
-# .start_other_ranks) tells the ranks it starts (a second run in the process would otherwise take itself for one).
+# count sized to a CPU quota (geomed_ssl.cpus), what Lightning's ddp launcher (geomed_ssl.ranks.start_other_ranks)
+# tells the ranks it starts (a second run in the process would otherwise take itself for one of those ranks).
 ENV_KEYS = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "OMP_NUM_THREADS", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE",
             "MASTER_ADDR", "MASTER_PORT")
 # Loggers whose levels the console settings change (geomed_ssl.train.console.quiet_lightning; the package's own on a

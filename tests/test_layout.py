@@ -25,6 +25,7 @@ LADDER: list[tuple[str, tuple[str, ...]]] = [
     ("applications", ("compare", "finetune", "inference", "embeddings", "export")),
     ("labels", ("labels",)),
     ("training", ("train",)),
+    ("ranks", ("ranks",)),
     ("visualisation", ("viz",)),
     ("methods", ("methods",)),
     ("checkpoints", ("checkpoint",)),

@@ -29,7 +29,7 @@ from geomed_ssl.models.model_data import training_scale
 from geomed_ssl.outcommands import COMMANDS
 from geomed_ssl.outdirs import Inputs, check_out_dir, check_writable, prepare_out_dir
 from geomed_ssl.process import keeps_process_state
-from geomed_ssl.train.agreement import Agreement, agreement_for, start_other_ranks, watch_other_ranks
+from geomed_ssl.ranks import Agreement, agreement_for, end_other_ranks, start_other_ranks, watch_other_ranks
 from geomed_ssl.train.run_callbacks import knn_monitor, run_callbacks
 from geomed_ssl.train.checkpointing import (ResumePoint, StopRequest, find_resume_checkpoint, kept_as_started,
                                             read_checkpoint_info, remove_stale_temp_files, resume_changes,
@@ -261,8 +261,8 @@ def resumed_clock(point: ResumePoint, max_steps: int, min_lr: float = 0.0, warmu
 def agreed_inputs(probe: L.Trainer, out: Path, data_dir: str | Path, recipe: Recipe, inputs: Inputs, *, resume: bool,
                   overwrite: bool, strict: bool, source: str, started: Sequence[Any] = ()
                   ) -> tuple[Agreement, ResumePoint | None, Catalog, BandStats, Recipe]:
-    """What can fail before rank 0 writes, checked by every rank, which agree on it (:mod:`geomed_ssl.train
-    .agreement`): rank 0 checks ``--out`` and picks the checkpoint to resume from, then every rank reads that
+    """What can fail before rank 0 writes, checked by every rank, which agree on it (:mod:`geomed_ssl.ranks`):
+    rank 0 checks ``--out`` and picks the checkpoint to resume from, then every rank reads that
     checkpoint, the data, its statistics and fits the method's data-dependent sizes (the recipe returned). A
     failure on any rank stops every rank with its message. The agreement is returned for the rounds that follow
     (:meth:`Agreement.round`: the further checks of every rank, then rank 0 making and writing the run folder);
@@ -366,9 +366,10 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     rank, world = probe.global_rank, probe.world_size
     if rank != 0:
         log.setLevel(logging.ERROR)  # the other ranks' notes and warnings repeat rank 0's
-    children = start_other_ranks(probe)  # Lightning's ddp: its other ranks check at once with this one
     inputs: dict[str, Any] = {"data folder": data_dir, "recipe": recipe_file,
                               "kNN labels folder": recipe.data.val_labels}
+    children = start_other_ranks(  # Lightning's ddp: its other ranks check at once with this one, --out checked first
+        probe, lambda: prepare_run_dir(out, resume, overwrite, inputs, create=False) if rank == 0 else None)
     agreement, point, catalog, stats, recipe = agreed_inputs(
         probe, out, data_dir, recipe, inputs, resume=resume, overwrite=overwrite, strict=strict,
         source=str(out / "config.yaml") if resume else str(recipe_file or "recipe"), started=children)
@@ -420,6 +421,7 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
     data = PretrainData(dataset, t.batch_size, t.max_steps * t.accumulate_grad_batches, t.accumulate_grad_batches,
                         recipe.data.num_workers)
     steps = fit(trainer, module, data, point, stop, out)
+    end_other_ranks(children)
     stopped = stopped_reason(steps, t.max_steps, stop)
     say_in_run_log(f"stopped at step {steps} ({stopped}); checkpoint saved" if stopped else f"done: {steps} steps")
     return RunResult(run_dir=out, encoder_dir=out / "encoder", steps=steps, catalog=catalog, stopped=stopped,

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch.multiprocessing as mp
 
 from geomed_ssl.errors import GeomedError
-from geomed_ssl.train.agreement import Agreement
+from geomed_ssl.ranks import Agreement
 
 # Lightning and the package are imported inside the tests that need them: the ranks spawned below import this
 # module again, and stay quick to start.
@@ -19,7 +20,7 @@ from geomed_ssl.train.agreement import Agreement
 def _rank(rank: int, init: str, case: str, results: str) -> None:
     import torch.distributed as dist
 
-    from geomed_ssl.train.agreement import GroupAgreement
+    from geomed_ssl.ranks import GroupAgreement
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     agreement = GroupAgreement(rank, 2, dist.new_group(backend="gloo"))
@@ -112,7 +113,7 @@ def test_lightnings_ddp_starts_the_other_ranks_before_any_check(monkeypatch, dev
                                                                  nodes: int, launch: dict, starts: bool) -> None:
     from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 
-    from geomed_ssl.train.agreement import agreement_for, start_other_ranks
+    from geomed_ssl.ranks import agreement_for, start_other_ranks
     from geomed_ssl.train.trainer import probe_trainer
 
     for name in LAUNCH_ENV:
@@ -120,10 +121,15 @@ def test_lightnings_ddp_starts_the_other_ranks_before_any_check(monkeypatch, dev
     for name, value in launch.items():
         monkeypatch.setenv(name, value)
     started: list[int] = []
+    rank_1 = SimpleNamespace(poll=lambda: None, returncode=None)  # still starting
     monkeypatch.setattr(_SubprocessScriptLauncher, "_call_children_scripts",
-                        lambda self: (started.append(self.num_processes), setattr(self, "procs", ["rank 1"])))
+                        lambda self: (started.append(self.num_processes), setattr(self, "procs", [rank_1])))
     probe = probe_trainer("cpu", devices, strategy, nodes, "32-true")
-    assert start_other_ranks(probe) == (["rank 1"] if starts else [])
+    checked: list[str] = []
+    procs = start_other_ranks(probe, lambda: checked.append("--out"))
+    assert procs == ([rank_1] if starts else []) and checked == (["--out"] if starts else [])
+    if starts:
+        procs.connected()  # its watch ends
     assert started == ([2] if starts else [])
     if devices == 1 or strategy == "ddp_spawn":  # nothing to agree on
         assert type(agreement_for(probe)) is Agreement
@@ -172,3 +178,19 @@ def test_ranks_started_together_stop_at_once_when_rank_0_refuses_the_out_folder(
     assert "error: rank 0 of the run failed, so every rank stops: output folder" in outs[1][1]
     assert refusal in outs[1][1] and "Traceback" not in outs[1][1]
     assert sorted(p.name for p in mine.iterdir()) == (["thesis.tex"] if case == "foreign" else [])
+
+
+def test_a_rank_that_ends_before_the_ranks_connect_stops_the_process_that_started_it(monkeypatch, capsys) -> None:
+    """Rank 1 could not read the recipe (edited as the ranks started) and ended: rank 0, waiting for the process
+    group, would wait 30 minutes; it stops with one line instead, before anything is written."""
+    import threading
+
+    from geomed_ssl import ranks
+
+    stopped, codes = threading.Event(), []
+    monkeypatch.setattr(ranks.os, "_exit", lambda code: (codes.append(code), stopped.set()))
+    started = ranks.StartedRanks([SimpleNamespace(poll=lambda: 2, returncode=2, kill=lambda: None)], first_rank=0)
+    assert stopped.wait(10)
+    started.connected()
+    assert codes[0] == 2
+    assert "error: rank 1 of the run ended (exit code 2) before the ranks connected" in capsys.readouterr().err

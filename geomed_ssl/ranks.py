@@ -16,8 +16,11 @@ flags travel, as uint8 / int64 tensors (nothing is pickled).
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
+import threading
 from datetime import timedelta
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -90,7 +93,8 @@ class GroupAgreement(Agreement):
         if self._exchange(None, digest) != digest:
             raise GeomedError(f"rank {self.rank} read other inputs than rank 0 (the recipe, or the data folder's "
                               "files: one was changed, added or removed while the ranks started); start the run "
-                              "again once they are settled.")
+                              "again once they are settled. (A Python script runs one ddp pretraining: its other "
+                              "ranks run the script again from the top.)")
 
     def all_passed(self, last: bool = True) -> None:
         self._exchange(None)
@@ -104,10 +108,18 @@ class GroupAgreement(Agreement):
 
         flags = torch.zeros(self.world, dtype=torch.int64)
         flags[self.rank] = int(failure is not None)
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.group)
-        failed = [r for r, f in enumerate(flags.tolist()) if f]
-        src = failed[0] if failed else 0
-        message = broadcast_text((failure or "") if failed else text, src, self.group)
+        try:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.group)
+            failed = [r for r, f in enumerate(flags.tolist()) if f]
+            src = failed[0] if failed else 0
+            message = broadcast_text((failure or "") if failed else text, src, self.group)
+        except RuntimeError:  # a rank ended without reporting (killed, crashed): its connection closed
+            with contextlib.suppress(Exception):
+                self._close()
+            self.group = None
+            self._end_started()
+            raise GeomedError("a rank of the run stopped without reporting (killed or crashed; its output is above), "
+                              "so every rank stops.") from None
         if failed and failure is None:  # this rank passed: it stops with the failing rank's reason
             self._close()
             self._end_started()
@@ -151,12 +163,56 @@ def agreement_for(probe: Any, started: Sequence[Any] = ()) -> Agreement:
     rank, world, strategy = probe.global_rank, probe.world_size, probe.strategy
     if world == 1 or isinstance(strategy.launcher, _MultiProcessingLauncher):
         return Agreement(rank)
-    return GroupAgreement(rank, world, early_process_group(strategy), started)
+    group = early_process_group(strategy)
+    if isinstance(started, StartedRanks):
+        started.connected()
+    return GroupAgreement(rank, world, group, started)
 
 
-def start_other_ranks(probe: Any) -> list[Any]:
+class StartedRanks(list):
+    """The processes :func:`start_other_ranks` started, watched until the ranks connect: one that ends before (it
+    could not read the recipe, crashed on start) stops this process with one line, which would otherwise wait for
+    the process group's 30-minute timeout; nothing is written before they connect."""
+
+    def __init__(self, procs: Sequence[Any], first_rank: int) -> None:
+        super().__init__(procs)
+        self._connected, self.observer = threading.Event(), None
+        threading.Thread(target=self._watch, args=(first_rank,), daemon=True, name="geomed-ssl-ranks").start()
+
+    def connected(self) -> None:
+        self._connected.set()
+
+    def _watch(self, first_rank: int) -> None:
+        while not self._connected.wait(0.5):
+            ended = [(first_rank + i, p.returncode) for i, p in enumerate(self, start=1) if p.poll() is not None]
+            if ended and not self._connected.is_set():
+                sys.stderr.write(f"error: rank {ended[0][0]} of the run ended (exit code {ended[0][1]}) before the "
+                                 "ranks connected; its message is above. Every rank stops.\n")
+                sys.stderr.flush()
+                for proc in self:
+                    if proc.poll() is None:
+                        proc.kill()
+                os._exit(2)
+
+
+def end_other_ranks(procs: Sequence[Any], timeout: float = 60.0) -> None:
+    """After the run, wait for the ranks :func:`start_other_ranks` started to end (a script's further rank that
+    goes on to another run is stopped after ``timeout`` s: it would wait for a rank 0 that is gone), no longer
+    watched (:func:`watch_other_ranks`: a rank stopped here must not stop this process)."""
+    watcher = getattr(procs, "observer", None)
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except Exception:  # noqa: BLE001 - still running: stopped
+            if watcher is not None:
+                watcher._child_processes = []  # its next look finds none to watch, and ends
+            proc.kill()
+
+
+def start_other_ranks(probe: Any, before: Callable[[], None] | None = None) -> list[Any]:
     """Under Lightning's ``ddp`` started from the command (not by a cluster), start this node's other ranks now, as
-    ``trainer.fit`` would (which then finds them started); the processes started (none otherwise)."""
+    ``trainer.fit`` would (which then finds them started), once ``before`` (this process's own checks that need no
+    other rank) passed; the processes started (:class:`StartedRanks`; none otherwise)."""
     from lightning.pytorch.strategies.launchers import _SubprocessScriptLauncher
 
     launcher = probe.strategy.launcher
@@ -164,8 +220,10 @@ def start_other_ranks(probe: Any) -> list[Any]:
     if probe.world_size == 1 or not isinstance(launcher, _SubprocessScriptLauncher) or env.creates_processes_externally:
         return []
     env.validate_settings(num_devices=launcher.num_processes, num_nodes=launcher.num_nodes)
+    if before is not None:
+        before()
     launcher._call_children_scripts()
-    return list(launcher.procs)
+    return StartedRanks(launcher.procs, probe.global_rank)
 
 
 def watch_other_ranks(trainer: Any, procs: list[Any]) -> None:
@@ -173,18 +231,24 @@ def watch_other_ranks(trainer: Any, procs: list[Any]) -> None:
     and have Lightning watch them (one that dies stops every rank), as when ``trainer.fit`` starts them."""
     if not procs:
         return
-    from lightning.fabric.strategies.launchers.subprocess_script import _launch_process_observer
+    from lightning.fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
 
     trainer.strategy.launcher.procs = list(procs)
-    _launch_process_observer(list(procs))
+    observer = _ChildProcessObserver(child_processes=list(procs), main_pid=os.getpid())
+    observer.start()
+    if isinstance(procs, StartedRanks):
+        procs.observer = observer
 
 
 def early_process_group(strategy: Any) -> Any:
     """Set up the default process group as Lightning's DDP strategy will (it then finds it ready), and a gloo side
-    group with :data:`TIMEOUT` for the agreement."""
+    group with :data:`TIMEOUT` for the agreement; an earlier run's group left in this process (a script's second
+    run) is ended first, as its ranks are gone."""
     import torch.distributed as dist
     from lightning.fabric.utilities.distributed import _init_dist_connection
 
+    if dist.is_initialized():
+        dist.destroy_process_group()
     kwargs: dict[str, Any] = {"timeout": getattr(strategy, "_timeout", None) or timedelta(minutes=30)}
     if strategy.root_device.type != "cpu":
         kwargs["device_id"] = strategy.root_device

@@ -110,7 +110,7 @@ def refuse_trained_on_these_labels(name: str, task: Task) -> None:
     """An encoder that is a fine-tune of these labels (its ``labels_used.npz`` names one of the task's label files
     or images) is refused: its rows would score positions it was trained on, as test."""
     from geomed_ssl.checkpoint import fine_tune_of
-    from geomed_ssl.finetune.evaluate import geo_grid, trained_among
+    from geomed_ssl.finetune.trained import geo_grid, trained_among
 
     earlier = fine_tune_of(name)
     if earlier is None:

@@ -26,7 +26,7 @@ from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, cla
 from geomed_ssl.files.listing import content_key
 from geomed_ssl.labels.classes import class_inputs, scan_classes
 from geomed_ssl.labels.sampling import BUDGET_NOTE, split_images
-from geomed_ssl.finetune.evaluate import untested_images
+from geomed_ssl.finetune.trained import untested_images
 from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix, write_metrics
 from geomed_ssl.models.cls_heads import ClassificationModel
 from geomed_ssl.models.device import model_device

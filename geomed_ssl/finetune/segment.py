@@ -84,7 +84,8 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
     """Fine-tune a UNETR-style segmentation model with the labels the ``labels`` section selects, then evaluate
     on the held-out labelled positions. Writes the FT_DIR described in docs/cli.md. ``strict``: problem files and
     band names assigned by position are errors (else skipped / warned about)."""
-    from geomed_ssl.finetune.evaluate import evaluate_segmentation, geo_grid, untested_by_earlier_fine_tune
+    from geomed_ssl.finetune.evaluate import evaluate_segmentation
+    from geomed_ssl.finetune.trained import geo_grid, untested_by_earlier_fine_tune
 
     out = Path(out_dir)
     inputs = finetune_inputs(recipe, encoder, images=images, labels=labels)

@@ -91,7 +91,7 @@ def test_class_folders_match_the_models_classes_in_unicode_nfc_and_unknown_ones_
 
 def test_a_fine_tune_of_a_fine_tune_read_on_another_grid_says_it_cannot_tell_its_positions_apart(tmp_path) -> None:
     """The earlier fine-tune read these labels at another data.spacing: nothing matched, and nothing was said."""
-    from geomed_ssl.finetune.evaluate import untested_by_earlier_fine_tune
+    from geomed_ssl.finetune.trained import untested_by_earlier_fine_tune
     from geomed_ssl.labels.sampling import LabelSelection
 
     label = str(tmp_path / "case_seg.nii.gz")

@@ -163,7 +163,7 @@ def test_segment_from_pretrained_encoder_then_evaluate_and_predict(seg_scene, pr
     assert again.exit_code == 0 and "test positions trained the encoder's own fine-tune" in again.output, again.output
     from types import SimpleNamespace
 
-    from geomed_ssl.finetune.evaluate import geo_grid
+    from geomed_ssl.finetune.trained import geo_grid
 
     chip = SimpleNamespace(kind="raster", crs="EPSG:32633", transform=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
     assert geo_grid(chip) is None  # a chip saved with a CRS and no transform is placed nowhere

@@ -921,7 +921,7 @@ def test_copies_of_one_label_voxel_straddling_a_block_edge_never_train_and_test(
 def test_evaluate_tells_apart_the_label_voxels_a_model_trained_on_at_another_spacing(tmp_path):
     import nibabel as nib
 
-    from geomed_ssl.finetune.evaluate import trained_positions
+    from geomed_ssl.finetune.trained import trained_positions
     from geomed_ssl.labels import label_sources, read_label
 
     labels = np.zeros((5, 5, 5), np.uint8)

@@ -148,7 +148,13 @@ def scan_class_table(data: str | Path, data_cfg: Any, strict: bool = False, for_
     alone decide the band set (as a folder's images do), and only their problems are said."""
     table = absolute(data)
     root = table_root(table)
-    scanned = scan(root, data_cfg, names_by_position="ignore", majority=False)  # said below of the listed ones
+    try:
+        scanned = scan(root, data_cfg, names_by_position="ignore", majority=False)  # said below of the listed ones
+    except DataError as err:
+        if not any(_found(table, _spelled(r, "image")) for r in _rows(table)):  # file names alone, looked for here
+            raise DataError(f"{err} {WHAT} '{table}' names its images by file name alone, so they are looked for "
+                            "under its own folder: give their paths, absolute or relative to the CSV.") from None
+        raise
     chosen, unread, problems = _listed(table, scanned)
     by_path = {r.path: r for r in scanned.records}
     kept = [by_path[p] for p in chosen]  # the images it lists alone decide the band set, as a folder's do

@@ -1153,3 +1153,15 @@ def test_a_set_that_agrees_with_a_mode_flag_passes() -> None:
 
     sets = finetune_sets(["finetune.freeze_encoder=yes"], None, None, **{"finetune.freeze_encoder": "true"})
     assert sets == ["finetune.freeze_encoder=true", "finetune.freeze_encoder=yes"]
+
+
+def test_a_classes_csv_of_file_names_away_from_its_images_says_where_it_looked(class_folders: Path,
+                                                                               tmp_path: Path) -> None:
+    (tmp_path / "tables").mkdir()
+    table = tmp_path / "tables" / "classes.csv"
+    table.write_text("image,class\n" + "".join(f"{f.name},{f.parent.name}\n" for f in class_folders.glob("*/*.tif")))
+    result = runner.invoke(app, ["finetune", "classify", "recipes/mae_sentinel2.yaml", "--encoder", "none",
+                                 "--data", str(table), "--out", str(tmp_path / "ft"), *sets("data.sensor=null")])
+    assert result.exit_code == 2 and not (tmp_path / "ft").exists()
+    assert "names its images by file name alone, so they are looked for under its own folder: give their paths" \
+        in result.output

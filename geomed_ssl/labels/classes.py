@@ -18,7 +18,7 @@ from geomed_ssl.data.catalog import FileRecord, keep_majority, reported_already,
 from geomed_ssl.data.labelled import scan_class_folders, warn_copies
 from geomed_ssl.errors import DataError
 from geomed_ssl.files.listing import absolute
-from geomed_ssl.labels.pairs import TABLE_SUFFIXES
+from geomed_ssl.labels.pairs import TABLE_SUFFIXES, image_index
 from geomed_ssl.tables import LINE, FileIndex, read_rows
 
 log = logging.getLogger("geomed_ssl")
@@ -98,9 +98,7 @@ def scan_classes(data: str | Path, data_cfg: Any, strict: bool = False, for_mode
 def _listed(table: Path, scanned: Any) -> tuple[dict[str, tuple[str, str]], list[str], list[Any]]:
     """The table's rows matched to the ``scanned`` catalog: (image -> (class, line), rows naming no image read,
     problem files the rows name); an image listed with two classes is a DataError naming both lines."""
-    stacks = {r.path: os.path.dirname(r.paths[0]) for r in scanned.records if len(r.paths) > 1 and not r.case}
-    index = FileIndex((p, r.path) for r in scanned.records
-                      for p in dict.fromkeys([r.path, *r.paths, *([stacks[r.path]] if r.path in stacks else [])]))
+    index = image_index(scanned.records)
     trouble = {p.path: p for p in scanned.problems}
     troubled = FileIndex((p, p) for p in trouble)
     chosen: dict[str, tuple[str, str]] = {}

@@ -135,6 +135,14 @@ def _by_name(records: list[FileRecord], label_dir: Path, kind: str) -> dict[str,
     return out
 
 
+def image_index(records: Sequence[FileRecord]) -> FileIndex:
+    """The images a table's rows may name, each by its path, its files' paths and, for a stack of band files of one
+    case, its folder."""
+    stacks = {r.path: os.path.dirname(r.paths[0]) for r in records if len(r.paths) > 1 and not r.case}
+    return FileIndex((p, r.path) for r in records
+                     for p in dict.fromkeys([r.path, *r.paths, *([stacks[r.path]] if r.path in stacks else [])]))
+
+
 def _by_csv(records: list[FileRecord], csv_path: Path, label_dir: Path | None) -> dict[str, str | None]:
     """Each image's label file from a labels CSV (image,label). An image path is absolute, relative to the CSV's
     folder or to the working folder, or the tail of one image's path under the images folder (``2019/tile.tif``, a
@@ -151,10 +159,7 @@ def _by_csv(records: list[FileRecord], csv_path: Path, label_dir: Path | None) -
         raise
     base = csv_path.parent
     label_base = label_dir if label_dir is not None and label_dir.is_dir() else base
-    stacks = {r.path: os.path.dirname(r.paths[0]) for r in records  # a stack: its folder (of one case)
-              if len(r.paths) > 1 and not r.case}
-    index = FileIndex((p, r.path) for r in records
-                      for p in dict.fromkeys([r.path, *r.paths, *([stacks[r.path]] if r.path in stacks else [])]))
+    index = image_index(records)
     out: dict[str, str | None] = {r.path: None for r in records}
     line_of: dict[str, str] = {}
     unknown: list[str] = []

@@ -156,6 +156,7 @@ def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], o
                               batch_size=batch_size, probabilities=probabilities,
                               class_values=[c["value"] for c in meta["classes"]], device=model_device(model),
                               class_colors=[c.get("color") for c in meta["classes"]],
+                              class_names=[str(c.get("name", c["value"])) for c in meta["classes"]],
                               names_by_position="error" if strict else "warn", made_by=str(Path(ft_dir).resolve()),
                               runs={Path(p): runs[p] for p in planned})
     return ([f"{p} -> {planned[p]} (kept: --resume)" for p in kept]

@@ -374,10 +374,12 @@ def predict_files(
     made_by: str | None = None,
     class_colors: Sequence[Sequence[int] | None] | None = None,
     runs: dict[Path, str] | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Predict every input into ``out_dir/<stem>_pred.tif`` or ``<stem>_pred.nii.gz``; returns one summary each;
     ``made_by`` (the model's folder) is recorded in each output (GeoTIFF metadata, NIfTI ``descrip``), and a
-    GeoTIFF class map gets a colour table (``class_colors``, per class: its RGB, else a palette's), and ``runs`` (per
+    GeoTIFF class map gets a colour table (``class_colors``, per class: its RGB, else a palette's), every output the
+    classes' ``class_names`` (``GEOMED_SSL_CLASSES``: JSON of label value -> name), and ``runs`` (per
     input) the digest ``predict --resume`` compares (:mod:`geomed_ssl.inference.resume`).
 
     ``window`` is the raster window (2 ints) or the volume ROI (3 ints; an int serves both). A file of the other
@@ -400,12 +402,12 @@ def predict_files(
                     model, p, out, stats, band_names, window, overlap, blend, batch_size, num_classes=num_classes,
                     probabilities=probabilities, device=device, data_cfg=data_cfg, class_values=class_values,
                     names_by_position=names_by_position, made_by=made_by, class_colors=class_colors,
-                    check_ranges=len(planned) == 1, commit_lock=commit, run=(runs or {}).get(Path(p))))
+                    class_names=class_names, check_ranges=len(planned) == 1, commit_lock=commit, run=(runs or {}).get(Path(p))))
             else:
                 summaries.append(predict_volume(
                     model, p, out, stats, band_names, window, data_cfg, overlap, blend, num_classes=num_classes,
                     probabilities=probabilities, batch_size=batch_size, device=device, class_values=class_values,
-                    names_by_position=names_by_position, made_by=made_by,
+                    names_by_position=names_by_position, made_by=made_by, class_names=class_names,
                     commit_lock=commit, run=(runs or {}).get(Path(p))))
         except DataError as err:  # a file deleted or cut short since the probe: the maps made so far stay
             if not summaries:

@@ -35,7 +35,8 @@ from geomed_ssl.errors import DataError
 from geomed_ssl.files.cases import is_case_file
 from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, channel_records,
                                           blends_logits, check_request, warn_if_nothing_predicted, window_scores)
-from geomed_ssl.inference.writers import PROBA_SCALE, GeoTiffWriter, class_colormap, class_lookup, proba_path
+from geomed_ssl.inference.writers import (PROBA_SCALE, GeoTiffWriter, class_colormap, class_lookup, class_record,
+                                          proba_path)
 from geomed_ssl.outcommands import provenance_tags
 
 log = logging.getLogger("geomed_ssl")
@@ -103,6 +104,7 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
                    names_by_position: str = "warn", only: np.ndarray | None = None,
                    made_by: str | None = None, run: str | None = None, check_ranges: bool = True,
                    class_colors: Sequence[Sequence[int] | None] | None = None,
+                   class_names: Sequence[str] | None = None,
                    commit_lock: Callable[[], ContextManager[Any]] | None = None) -> dict[str, Any]:
     """Predict a GeoTIFF (or a folder of ``data.channels`` single-band files, stacked) window by window into a
     class-map GeoTIFF on the input's grid; returns a summary dict.
@@ -118,7 +120,8 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
     ``only`` (bool (H, W)): compute only the windows that hold a True pixel, and write nodata where none of them
     reaches: every window holding a True pixel is computed, so there the map is the whole scene's (what
     ``evaluate`` scores its labelled pixels with). ``made_by`` (the model's folder) is written into the outputs'
-    metadata as ``GEOMED_SSL_MODEL``, beside ``GEOMED_SSL_VERSION`` (and ``run`` as ``GEOMED_SSL_RUN``).
+    metadata as ``GEOMED_SSL_MODEL``, beside ``GEOMED_SSL_VERSION`` (and ``run`` as ``GEOMED_SSL_RUN``;
+    ``class_names``, one per class, as ``GEOMED_SSL_CLASSES``: JSON of label value -> name).
     ``commit_lock()`` is held around the renames that give the outputs their final names (``predict_files``: a
     last check, under the folder's lock, that no other job has taken them).
     """
@@ -141,7 +144,8 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
         outputs: list[GeoTiffWriter] = []
         try:
             outputs = open_outputs(out_path, scene.sources[0], [int(v) for v in lut], lut.dtype, lnodata, pkind,
-                                   provenance_tags(str(Path(path).resolve()), model=made_by, run=run),
+                                   provenance_tags(str(Path(path).resolve()), model=made_by, run=run,
+                                                   classes=class_record(lut, class_names)),
                                    class_colormap(lut, class_colors, lnodata))
             ranges = RangeSample(len(stats.band_names), scene.nodata, scene.shape)
             with rasterio.Env(GDAL_CACHEMAX=scene.cache_bytes()):

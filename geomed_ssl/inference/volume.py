@@ -20,7 +20,7 @@ from geomed_ssl.errors import DataError
 from geomed_ssl.files.cases import is_case_file
 from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, check_request, blends_logits, window_scores,
                                           warn_if_nothing_predicted)
-from geomed_ssl.inference.writers import PROBA_SCALE, class_lookup, nifti_like, proba_path, save_nifti
+from geomed_ssl.inference.writers import PROBA_SCALE, class_lookup, class_record, nifti_like, proba_path, save_nifti
 from geomed_ssl.outfiles import atomic_paths
 
 VOLUME_BLENDS = ("gaussian", "constant")
@@ -31,7 +31,7 @@ def predict_volume(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
                    overlap: float = DEFAULT_OVERLAP, blend: str = "gaussian", *, num_classes: int,
                    probabilities: bool | str = False, batch_size: int = 4, device: str | torch.device = "cpu",
                    class_values: Sequence[int] | None = None, names_by_position: str = "warn",
-                   made_by: str | None = None, run: str | None = None,
+                   made_by: str | None = None, run: str | None = None, class_names: Sequence[str] | None = None,
                    commit_lock: Callable[[], ContextManager[Any]] | None = None) -> dict[str, Any]:
     """Predict a NIfTI volume (or a folder of ``data.channels`` files) into a label NIfTI on the input's own grid.
 
@@ -45,7 +45,8 @@ def predict_volume(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
     input get 255 (65535). ``probabilities`` adds
     ``*_proba.nii.gz`` (X, Y, Z, K): float32, or uint8 = round(p*254). The header's ``descrip`` names the model's
     folder ``made_by`` (the end of its path when the 79 characters the field holds are too few); the whole folder,
-    ``run`` and the toolkit's version are kept beside the input's path in a comment extension. ``commit_lock()``
+    ``run``, the toolkit's version and ``class_names`` (as ``GEOMED_SSL_CLASSES``: JSON of label value -> name)
+    are kept beside the input's path in a comment extension. ``commit_lock()``
     is held while the outputs are saved and renamed (see ``predict_raster``).
     """
     from geomed_ssl.config import DataConfig
@@ -67,12 +68,12 @@ def predict_volume(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with (commit_lock or contextlib.nullcontext)(), \
             atomic_paths([out_path] + ([ppath] if ppath else [])) as tmps:  # both files appear together, or neither
-        source = str(path.resolve())
+        source, classes = str(path.resolve()), class_record(lut, class_names)
         save_nifti(nifti_like(labels, record.path, made("geomed-ssl prediction", made_by), "label", source, run,
-                              made_by), tmps[0], out_path)
+                              made_by, classes), tmps[0], out_path)
         if ppath:
             save_nifti(nifti_like(proba_array(grid, pkind), record.path, made("geomed-ssl probabilities", made_by),
-                                  source=source, run=run, model=made_by), tmps[1], ppath)
+                                  source=source, run=run, model=made_by, classes=classes), tmps[1], ppath)
     counts = np.bincount(index[grid.ok], minlength=num_classes)[:num_classes]
     warn_if_nothing_predicted(record.path, int(counts.sum()), cfg.nodata, out_path)
     seconds = time.perf_counter() - t0

@@ -62,6 +62,14 @@ PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
            (219, 219, 141), (158, 218, 229)]
 
 
+def class_record(values: Sequence[int], names: Sequence[str] | None) -> str | None:
+    """What a class map's metadata says its values mean (``GEOMED_SSL_CLASSES``): JSON of label value -> class
+    name, in the classes' order (that of the probability bands); None without names."""
+    if not names:
+        return None
+    return json.dumps({str(int(v)): str(n) for v, n in zip(values, names)}, ensure_ascii=False)
+
+
 def class_colormap(values: Sequence[int], colors: Sequence[Sequence[int] | None] | None,
                    nodata: int) -> dict[int, tuple[int, ...]]:
     """A GDAL colour table for a class map: each class value's colour (the training labels' own, else
@@ -256,7 +264,7 @@ class GeoTiffWriter:
 
 def nifti_like(array: np.ndarray, reference_path: str | Path, description: str = "geomed-ssl prediction",
                intent: str = "none", source: str | None = None, run: str | None = None,
-               model: str | None = None) -> Any:
+               model: str | None = None, classes: str | None = None) -> Any:
     """A NIfTI image of ``array`` (X, Y, Z) or (X, Y, Z, K) in the reference file's voxel order with its affine and
     header.
 
@@ -267,7 +275,7 @@ def nifti_like(array: np.ndarray, reference_path: str | Path, description: str =
     for a class map), a fourth axis holds classes, and ``descrip`` says what the file is; ``source``, the input it
     was predicted from, is kept in a comment extension (:func:`recorded_input`), with ``run`` (``RUN_TAG``), the
     ``model`` folder that made it (whole, where ``descrip`` holds 79 ASCII characters) and the toolkit's version,
-    the tags a GeoTIFF prediction carries (``provenance_tags``).
+    the tags a GeoTIFF prediction carries (``provenance_tags``; ``classes``: :func:`class_record`).
     """
     import nibabel as nib
 
@@ -297,7 +305,7 @@ def nifti_like(array: np.ndarray, reference_path: str | Path, description: str =
     img.header.extensions[:] = [e for e in img.header.extensions  # the reference's own record, if it was one
                                 if not (e.get_code() == 6 and INPUT_TAG.encode() in e.get_content())]
     if source is not None:
-        record = provenance_tags(source, model=model, run=run)
+        record = provenance_tags(source, model=model, run=run, classes=classes)
         img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", json.dumps(record).encode()))
     return img
 

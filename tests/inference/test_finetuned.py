@@ -3,6 +3,7 @@ include / exclude) are the ones used, a file of the other kind is refused."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -299,7 +300,8 @@ def test_nodata_stated_at_evaluate_leaves_an_untagged_collar_unscored(tmp_path: 
 
 def test_a_prediction_names_the_model_that_made_it(tmp_path: Path) -> None:
     """A class map (and its probabilities) carry the model's folder and the toolkit's version, so maps of two models
-    in one folder, or of a re-prediction a kill cut short, can be told apart; a volume's header says it too."""
+    in one folder, or of a re-prediction a kill cut short, can be told apart; a volume's header says it too. Both
+    also say what their values mean: each class's label value and name (``GEOMED_SSL_CLASSES``)."""
     import rasterio
 
     from geomed_ssl._version import __version__
@@ -315,6 +317,7 @@ def test_a_prediction_names_the_model_that_made_it(tmp_path: Path) -> None:
         with rasterio.open(tmp_path / "p" / name) as ds:
             tags = ds.tags()
         assert tags["GEOMED_SSL_MODEL"] == str(ft.resolve()) and tags["GEOMED_SSL_VERSION"] == __version__
+        assert json.loads(tags["GEOMED_SSL_CLASSES"]) == {"1": "c1", "2": "c2"}
     assert made("geomed-ssl prediction", "/runs/ft") == "geomed-ssl prediction by /runs/ft"
     # a second model predicting into the same folder replaced the first one's maps without a word
     import shutil
@@ -364,6 +367,8 @@ def test_a_prediction_names_the_model_that_made_it(tmp_path: Path) -> None:
                               "--probabilities-dtype", "float16"])
     assert bad.exit_code == 2 and "'uint8', got 'float16'" in bad.output and not (tmp_path / "vq").exists()
     assert recorded_input(tmp_path / "vp" / "v_pred.nii.gz", "GEOMED_SSL_VERSION") == __version__
+    for name in ("v_pred.nii.gz", "v_pred_proba.nii.gz"):
+        assert json.loads(recorded_input(tmp_path / "vp" / name, "GEOMED_SSL_CLASSES")) == {"1": "c1", "2": "c2"}
 
 
 def test_predict_warns_before_starting_when_the_outputs_may_not_fit_on_the_disk(tmp_path: Path, monkeypatch) -> None:

@@ -93,7 +93,18 @@ def test_verdict_names_the_pretrained_encoder_when_it_wins() -> None:
 def test_verdict_calls_a_lead_below_the_printed_precision_a_tie() -> None:
     rows = [row("RUN", "propagate", 0.682368), row("none", "propagate", 0.682270), row("rf", "forest", 0.55)]
     line = verdict(rows, "oa", "RUN", 5)
-    assert "Highest mean: pretrained and random init, level at 0.682." in line and "does not pay off" in line
+    assert "Highest mean: pretrained and random init, level at 0.682." in line and "does not pay off" not in line
+    assert "With one label draw a lead of 0.000 (under 0.03) can turn with the next draw" in line
+
+
+def test_verdict_draws_no_conclusion_from_a_small_lead_of_one_label_draw() -> None:
+    """0.701 against 0.700 on one draw is no finding either way; over several draws the margin is compare's to give."""
+    for mine, theirs in ((0.700, 0.701), (0.711, 0.700)):
+        line = verdict([row("RUN", "linear", mine), row("none", "finetune", theirs)], "oa", "RUN", 5)
+        assert "can turn with the next draw" in line and "does not pay off" not in line
+    several = [row("RUN", "linear", 0.70, seed=s) for s in (0, 1)] + [row("none", "linear", 0.71, seed=s)
+                                                                       for s in (0, 1)]
+    assert "can turn" not in verdict(several, "oa", "RUN", 5) and "does not pay off" in verdict(several, "oa", "RUN", 5)
 
 
 def test_a_demo_stopped_during_pretraining_compares_nothing_and_exits_with_the_signal(tmp_path: Path,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 
@@ -98,14 +98,25 @@ def table(rows: Sequence[Row], metric: str) -> str:
     return "\n".join(lines)
 
 
+SAME_EACH_SEED = "none: the same each seed"  # a t-interval of no width (a small test set's scores move in steps)
+
+
 def paired_cells(mine: dict[int, float], theirs: dict[int, float]) -> str | None:
     """"difference | 95 % CI | seeds" of ``mine`` − ``theirs`` over the seeds both have (None when they share none):
-    the mean of the per-seed differences and its t-interval ("-" with one seed)."""
+    the mean of the per-seed differences and its t-interval ("-" with one seed), clipped to the [-1, 1] a difference
+    of fractions can take; where every seed differs by the same amount the interval has no width and is not shown
+    (:data:`SAME_EACH_SEED`): it would read as a certainty that a few seeds cannot give."""
     seeds = sorted(set(mine) & set(theirs))
     if not seeds:
         return None
-    mean, lo, hi = t_interval([mine[s] - theirs[s] for s in seeds])
-    ci = "-" if math.isnan(lo) else f"[{lo:+.3f}, {hi:+.3f}]"
+    diffs = [mine[s] - theirs[s] for s in seeds]
+    mean, lo, hi = t_interval(diffs)
+    if math.isnan(lo):
+        ci = "-"
+    elif max(diffs) - min(diffs) < 1e-9:
+        ci = SAME_EACH_SEED
+    else:
+        ci = f"[{max(lo, -1.0):+.3f}, {min(hi, 1.0):+.3f}]"
     return f"{mean:+.3f} | {ci} | {len(seeds)}"
 
 
@@ -184,10 +195,11 @@ def strongest(mine: dict[int, float], baselines: Sequence[tuple[str, str]], grou
 
 
 def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str, background: bool = False,
-                 held_out: Sequence[str] = (), others: Sequence[str] = ()) -> str:
+                 held_out: Sequence[str] = (), others: Sequence[str] = (), short: Sequence[str] = ()) -> str:
     """``summary.md``; ``background``: the volumes' ``dice`` leaves out label value 0 (said in the text);
     ``held_out``: the lines naming each seed's test images (``images`` split); ``others``: the encoders of another
-    architecture than ``none``'s (:func:`paired_lines`)."""
+    architecture than ``none``'s (:func:`paired_lines`); ``short``: the classes a budget's draws left short of it
+    (:func:`geomed_ssl.compare.task.shortfalls`)."""
     fore = " (mean over the classes other than the background, label value 0)" if background else ""
     against = baseline_lines(rows, metric)
     return "\n".join([
@@ -210,7 +222,12 @@ def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str, backgr
            "`encoder_none_seed<seed>/`), so the interval spreads over initialisations as well as samples. The "
            "pretrained encoder is one pretraining run: compare several before relying on a small margin. The "
            "interval comes from a t with one degree of freedom fewer than the seeds: from 2 seeds its half-width is 9 "
-           "times the differences' standard deviation and it says little, from 5 seeds 1.2 times."
+           "times the differences' standard deviation and it says little, from 5 seeds 1.2 times. It rests on the "
+           "differences being roughly normal, which a few seeds cannot show: without that assumption (a sign test) "
+           "n seeds that all agree in sign give a two-sided p of 2^(1-n), 0.25 for 3 seeds and 0.0625 for 5; 6 are "
+           f"the fewest that can reach 5 %. `{SAME_EACH_SEED}`: every seed gave the same difference, so the "
+           "t-interval has no width; read it as the sign test does. Each table holds many intervals (budgets x "
+           "protocols), so expect some to leave 0 out by chance."
            + (" `none` is the first encoder's architecture: for an encoder marked \"other architecture\" the "
               "difference mixes architecture and pretraining; compare it first in a compare of its own to measure "
               "its pretraining." if others else ""), "",
@@ -218,16 +235,20 @@ def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str, backgr
         *(["## Against the strongest baseline (paired by seed)", "",
            "Difference between each encoder's best protocol and, at each budget, the baseline with the highest mean "
            "over the seeds they all share with the encoder (the hardest of them to beat), on the same training and "
-           "test samples, per seed; mean and 95 % t-interval over seeds.", "",
+           f"test samples, per seed; mean and 95 % t-interval over seeds (`{SAME_EACH_SEED}`: every seed gave the "
+           "same difference, and the interval, of no width, says nothing).", "",
            *against, ""] if against else []),
+        *(["## Budgets not met", "", "Where a class has too few labels for a budget it takes what exists (half of "
+           "them, the rest kept to test), so that budget's points hold fewer labels than they say (marked † in "
+           "curve.png):", "", *[f"- {line}" for line in short], ""] if short else []),
         *(["## Held-out images", "", "The images whose labelled " + unit + "s each seed tests on (no label of theirs "
            "trains); the others give the training labels.", "", *held_out, ""] if held_out else []),
     ])
 
 
 def write_summary(path: Path, rows: Sequence[Row], metric: str, split: str, unit: str, background: bool = False,
-                  held_out: Sequence[str] = (), others: Sequence[str] = ()) -> None:
-    atomic_write_text(path, summary_text(rows, metric, split, unit, background, held_out, others))
+                  held_out: Sequence[str] = (), others: Sequence[str] = (), short: Sequence[str] = ()) -> None:
+    atomic_write_text(path, summary_text(rows, metric, split, unit, background, held_out, others, short))
 
 
 def short_name(encoder: str) -> str:
@@ -236,9 +257,10 @@ def short_name(encoder: str) -> str:
     return encoder if len(parts) <= 2 else str(Path(*parts[-2:]))
 
 
-def write_curve(path: Path, rows: Sequence[Row], metric: str) -> None:
+def write_curve(path: Path, rows: Sequence[Row], metric: str, short: Collection[float] = ()) -> None:
     """``curve.png``: metric vs budget (log axis), one line per encoder / baseline at its best protocol, mean
-    over seeds with a ± std band."""
+    over seeds with a ± std band (kept inside [0, 1]); the budgets of ``short`` (some class had fewer labels than
+    they ask) marked † on the axis."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -254,15 +276,18 @@ def write_curve(path: Path, rows: Sequence[Row], metric: str) -> None:
         sds = np.array([np.std(list(by_budget[x].values()), ddof=1) if len(by_budget[x]) > 1 else 0.0 for x in xs])
         style = "--" if enc in ("rf", "random_conv", "band_stats") else ("-." if enc == NONE else "-")
         line = ax.plot(xs, means, style, marker="o", label=f"{short_name(enc)} ({proto})")[0]
-        ax.fill_between(xs, means - sds, means + sds, color=line.get_color(), alpha=0.15)
+        ax.fill_between(xs, np.clip(means - sds, 0, 1), np.clip(means + sds, 0, 1), color=line.get_color(),
+                        alpha=0.15)
     ax.set_xscale("log")
     ticks = sorted({b for g in groups.values() for b in g})
-    ax.set_xticks(ticks, labels=[fraction_text(b) for b in ticks])
+    ax.set_xticks(ticks, labels=[fraction_text(b) + (" †" if b in short else "") for b in ticks])
     ax.minorticks_off()
     ax.set_xlabel(budget_label(rows))
     ax.set_ylabel(metric)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    ax.set_title(f"label efficiency ({metric}, mean ± std over seeds)\neach line at its best protocol, picked on "
-                 "these test numbers", fontsize=10)
+    seeds = {seed for g in groups.values() for by_seed in g.values() for seed in by_seed}
+    spread = "mean ± std over seeds" if len(seeds) > 1 else "one label draw: no spread shown"
+    ax.set_title(f"label efficiency ({metric}, {spread})\neach line at its best protocol, picked on these test numbers"
+                 + ("; †: some class had fewer labels (summary.md)" if short else ""), fontsize=10)
     save_figure(fig, path)

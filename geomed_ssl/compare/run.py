@@ -27,7 +27,7 @@ from geomed_ssl.compare.sources import (EncoderSource, check_encoders_unchanged,
                                         warn_other_architectures)
 from geomed_ssl.compare.task import (Split, Task, check_saved_selection, held_out_lines,
                                      load_classify_task, load_segment_task, make_split, save_split, settings_record,
-                                     warn_notes)
+                                     short_budgets, shortfalls, warn_notes)
 from geomed_ssl.compare.tuned import finetune_scores, kept_labels, kept_name, run_logs, said_once
 from geomed_ssl.config import Recipe, load_recipe
 from geomed_ssl.data.labelled import ImageDataset
@@ -381,7 +381,7 @@ def _run_compare(options: CompareOptions, out: Path, inputs: dict[str, Any], ima
             for split in splits:
                 check_saved_selection(task, out, split)
         results = ResultsFile(out / "results.csv") if not overwrite else None
-        warn_notes(splits, task)
+        warn_notes(splits)
         prepare_out_dir(out, command="compare", inputs=inputs, overwrite=overwrite, resume=True)
         results = results or ResultsFile(out / "results.csv")
         save_recipe(recipe_obj, out / "config.yaml")
@@ -404,6 +404,6 @@ def _run_compare(options: CompareOptions, out: Path, inputs: dict[str, Any], ima
     others = other_architectures(pretrained(results.rows), sources[NONE].encoder.config,
                                  {name: s.encoder.config for name, s in sources.items()})
     write_summary(out / "summary.md", results.rows, metric, options.split, task.unit, task.background is not None,
-                  held_out, others)
-    write_curve(out / "curve.png", results.rows, metric)
+                  held_out, others, shortfalls(splits))
+    write_curve(out / "curve.png", results.rows, metric, short_budgets(splits))
     return CompareResult(out, results.rows, metric, table(results.rows, metric), done, others)

@@ -197,7 +197,7 @@ def held_out_lines(splits: list[Split], task: Task) -> list[str]:
     return lines
 
 
-def warn_notes(splits: list[Split], task: Task) -> None:
+def shortfalls(splits: list[Split]) -> list[str]:
     """Each class that got fewer labels than a budget asks for, once: the first note about it, and the other budgets
     whose draws say something of it too (a larger budget falls further short)."""
     first: dict[str, tuple[str, Split]] = {}
@@ -209,9 +209,20 @@ def warn_notes(splits: list[Split], task: Task) -> None:
                 first[name], also[name] = (note, split), []
             elif split.budget.slug not in (first[name][1].budget.slug, *also[name]):
                 also[name].append(split.budget.slug)
-    for name, (note, split) in first.items():
-        more = f"; short at {', '.join(also[name])} too" if also[name] else ""
-        log.warning("warning: %s (%s, seed %d)%s", note, split.budget.slug, split.seed, more)
+    return [f"{note} ({split.budget.slug}, seed {split.seed})"
+            + (f"; short at {', '.join(also[name])} too" if also[name] else "")
+            for name, (note, split) in first.items()]
+
+
+def short_budgets(splits: list[Split]) -> set[float]:
+    """The budgets (labels per class, or fractions) at which a draw left some class short of what they ask."""
+    return {split.budget.x for split in splits if split.notes}
+
+
+def warn_notes(splits: list[Split]) -> None:
+    """:func:`shortfalls`, as warnings."""
+    for line in shortfalls(splits):
+        log.warning("warning: %s", line)
 
 
 # The rules the rows were made by, recorded so a compare never mixes rows of two of them: 2 = the logistic

@@ -76,15 +76,21 @@ def test_the_best_protocol_is_chosen_on_the_budgets_and_seeds_all_protocols_shar
 
 
 def test_pretrained_minus_none_has_the_sign_of_pretrained_being_better() -> None:
-    """The headline: "run" linear 0.80/0.82/0.84 against "none" linear 0.70/0.72/0.74 is +0.100 on every seed."""
+    """The headline: "run" linear 0.80/0.82/0.84 against "none" linear 0.70/0.72/0.74 is +0.100 on every seed (an
+    interval of no width, which three seeds cannot make a certainty of, is not shown)."""
     by = {tuple(c[:3]): c for c in map(cells, paired_lines(rows(), "oa")[2:])}
-    assert by[("run", "linear", "5")][3:6] == ["+0.100", "[+0.100, +0.100]", "3"]
+    assert by[("run", "linear", "5")][3:6] == ["+0.100", "none: the same each seed", "3"]
 
 
 def test_the_interval_is_the_95_percent_t_interval_of_the_seed_differences() -> None:
     """Differences 0.05, 0.07, 0.09: mean 0.07, sample sd 0.02, t(0.975, 2 dof) 4.303: half-width 0.0497."""
     assert paired_cells({0: 0.85, 1: 0.87, 2: 0.89}, {0: 0.80, 1: 0.80, 2: 0.80}) == "+0.070 | [+0.020, +0.120] | 3"
     assert paired_cells({0: 0.85}, {0: 0.80}) == "+0.050 | - | 1"
+    # two seeds far apart: t(0.975, 1 dof) = 12.7 stretches the interval past what a difference of fractions can be
+    assert paired_cells({0: 0.9, 1: 0.1}, {0: 0.5, 1: 0.5}) == "+0.000 | [-1.000, +1.000] | 2"
+    # a small test set moves in steps: 2 of 28 images worse on every seed is no certain -0.071
+    assert paired_cells({0: 0.5, 1: 0.6, 2: 0.7}, {0: 0.5 + 2 / 28, 1: 0.6 + 2 / 28, 2: 0.7 + 2 / 28}) == (
+        "-0.071 | none: the same each seed | 3")
 
 
 def test_fraction_budgets_that_round_alike_keep_their_own_labels() -> None:
@@ -150,3 +156,21 @@ def test_an_encoder_folder_named_like_a_baseline_is_refused_with_a_way_that_work
         check_encoders(["./rf"])
     assert str(tmp_path / "rf") in str(err.value)
     assert check_encoders([str(tmp_path / "rf")]) == [str(tmp_path / "rf"), "none"]
+
+
+def test_budgets_a_class_fell_short_of_are_listed_and_marked_on_the_curve(tmp_path, monkeypatch) -> None:
+    """A class with fewer labels than asked trains on what exists: summary.md lists it, and curve.png marks the
+    budget, so a point that says 5 per class but holds fewer is not read as 5."""
+    import matplotlib.axes
+
+    from geomed_ssl.compare.report import write_curve
+
+    short = ["class 'Oats': took 3 of the 5 asked (k5, seed 0)"]
+    text = summary_text(rows(), "oa", "random", "pixel", short=short)
+    assert "## Budgets not met" in text and f"- {short[0]}" in text
+    assert "Budgets not met" not in summary_text(rows(), "oa", "random", "pixel")
+    seen, real = [], matplotlib.axes.Axes.set_xticks
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_xticks",
+                        lambda self, ticks, labels=None, **kw: seen.append(list(labels)) or real(self, ticks, labels))
+    write_curve(tmp_path / "curve.png", rows(), "oa", {5.0})
+    assert seen == [["1", "5 †"]] and (tmp_path / "curve.png").stat().st_size > 0

@@ -97,7 +97,7 @@ def test_a_class_with_fewer_labels_than_the_budget_is_warned_about_once(task, ca
     recipe, t = task
     splits = [make_split(t, recipe, Budget(per_class=k), seed, "random") for k in (5, 5000, 6000) for seed in (0, 1)]
     with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
-        warn_notes(splits, t)
+        warn_notes(splits)
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == len(t.class_names)  # every class has < 10000 labels: one line each, not one per split
     assert all("took" in line and line.endswith("; short at k6000 too") for line in lines)

@@ -22,7 +22,7 @@ from geomed_ssl.config.loading import override_list, warn_pretrain_only
 from geomed_ssl.config.sections import section_dict
 from geomed_ssl.data.stats import BandStats
 from geomed_ssl.errors import ConfigError, DataError, GeomedError
-from geomed_ssl.finetune.fit import encoder_and_stats
+from geomed_ssl.finetune.fit import RANDOM_INIT, encoder_and_stats
 from geomed_ssl.methods.base import mix_seed
 from geomed_ssl.models.encoder import ViTEncoder
 from geomed_ssl.outdirs import same_place
@@ -218,7 +218,7 @@ def save_none(source: EncoderSource, folder: Path, recipe: Recipe) -> None:
     it."""
     source.path = str(folder)
     if not (folder / "config.json").is_file():
-        save_encoder(source.encoder, folder, {"method": "none (random initialisation)",
+        save_encoder(source.encoder, folder, {"method": RANDOM_INIT,
                                               "recipe": {"data": section_dict(recipe.data)}})
 
 

@@ -246,7 +246,8 @@ class FinetuneConfig:
     freeze_encoder: bool = setting(False, "train the head only")
     unfreeze_after_steps: int = setting(0, "with freeze_encoder: train the encoder too after this many steps "
                                         "(0: never)", bounds=STEPS0)
-    layer_decay: float = setting(0.75, "lr of block i = base_lr * layer_decay ** (depth - i)", bounds="(0, 1]")
+    layer_decay: float = setting(0.75, "lr of block i = base_lr * layer_decay ** (depth - i); 1 for an encoder at "
+                                 "random initialisation", bounds="(0, 1]")
     max_steps: int = setting(500, "optimiser steps", bounds=STEPS)
     batch_size: int = setting(16, "windows or images per step", bounds=BATCH)
     base_lr: float = setting(1e-3, "peak learning rate", bounds=">= 0")

@@ -21,8 +21,8 @@ from geomed_ssl.data.labelled import ImageDataset
 from geomed_ssl.errors import ConfigError, DataError
 from geomed_ssl.models.model_data import naming_hint, note_encoder_naming
 from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, class_weights_from_counts, data_meta,
-                                     encoder_and_stats, finetune_inputs, fit_supervised, no_model, not_evaluated,
-                                     save_recipe, seed_new_head, with_encoder_naming)
+                                     encoder_and_stats, finetune_inputs, fit_supervised, from_scratch, no_model,
+                                     not_evaluated, save_recipe, seed_new_head, with_encoder_naming)
 from geomed_ssl.files.listing import content_key
 from geomed_ssl.labels.classes import class_inputs, scan_classes
 from geomed_ssl.labels.sampling import BUDGET_NOTE, split_images
@@ -151,6 +151,7 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
     catalog = Catalog(records=records, problems=[], kind=recipe.data.kind, band_names=records[0].band_names,
                       wavelengths=records[0].wavelengths, bandwidths=records[0].bandwidths)
     enc, stats, source, catalog = encoder_and_stats(encoder, recipe, catalog)
+    recipe = from_scratch(recipe, encoder)
     records = catalog.records  # read as the encoder needs (same order)
     check_trainer_settings(recipe)
     check_class_weights(f.class_weights, len(names))  # before FT_DIR is made

@@ -50,6 +50,28 @@ class FinetuneResult:
     selection: LabelSelection | None
 
 
+RANDOM_INIT = "none (random initialisation)"  # what a random-init encoder says it came from (compare's per-seed ones)
+
+
+def from_scratch(recipe: Recipe, encoder_path: str | Path | None) -> Recipe:
+    """``recipe`` for fine-tuning ``encoder_path``: at random initialisation (``none``, or a random encoder saved as
+    such, compare's ``encoder_none_seed<seed>``) with ``finetune.layer_decay`` 1, every block at the full rate, as
+    networks trained from scratch are; layer-wise decay keeps a pretrained encoder's early blocks near what
+    pretraining learned, and a random one's has nothing to keep (Indian Pines, 5 labels per class, a depth-3 ViT:
+    random init fine-tuned 0.644 with decay 0.75, 0.686 without)."""
+    if recipe.finetune.layer_decay == 1.0:
+        return recipe
+    if encoder_path is not None and str(encoder_path).lower() != "none":
+        try:
+            if read_encoder_config(encoder_path)[1].get("method") != RANDOM_INIT:
+                return recipe
+        except Exception:  # noqa: BLE001 - not an encoder export (a fine-tune folder, a bad path: said elsewhere)
+            return recipe
+    log.info("random initialisation: every block trains at finetune.base_lr (finetune.layer_decay %s is for "
+             "pretrained encoders)", recipe.finetune.layer_decay)
+    return dataclasses.replace(recipe, finetune=dataclasses.replace(recipe.finetune, layer_decay=1.0))
+
+
 def encoder_and_stats(encoder_path: str | Path | None, recipe: Recipe, catalog: Catalog,
                       ) -> tuple[ViTEncoder, BandStats, str, Catalog]:
     """The pretrained encoder with its statistics and the catalog read as it needs (bands picked and ordered by
@@ -61,7 +83,7 @@ def encoder_and_stats(encoder_path: str | Path | None, recipe: Recipe, catalog: 
                                         catalog.wavelengths, stats.to_dict(), bandwidths=catalog.bandwidths,
                                         scale=training_scale(catalog.records, recipe.data.spacing))
         torch.manual_seed(recipe.train.seed)
-        return ViTEncoder(cfg), stats, "none (random initialisation)", catalog
+        return ViTEncoder(cfg), stats, RANDOM_INIT, catalog
     cfg, meta = read_encoder_config(encoder_path)
     if cfg.stats is None:
         raise GeomedError(f"encoder '{encoder_path}' carries no normalisation statistics; re-export it with "

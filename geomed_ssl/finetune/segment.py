@@ -17,8 +17,8 @@ from geomed_ssl.config.loading import warn_pretrain_only
 from geomed_ssl.data.catalog import reported_already, scan
 from geomed_ssl.data.labelled import warn_sided_flips
 from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, class_weights_from_counts, data_meta,
-                                     encoder_and_stats, finetune_inputs, fit_supervised, no_model, not_evaluated,
-                                     save_recipe, seed_new_head, with_encoder_naming)
+                                     encoder_and_stats, finetune_inputs, fit_supervised, from_scratch, no_model,
+                                     not_evaluated, save_recipe, seed_new_head, with_encoder_naming)
 from geomed_ssl.labels.pairs import label_colors, label_grounds, label_sources, read_label_pairs
 from geomed_ssl.finetune.probe import fit_probe_model
 from geomed_ssl.labels.sampling import BUDGET_NOTE, select_labels, training_area_maps
@@ -123,6 +123,7 @@ def finetune_segment(recipe: Recipe | str | Path | None, encoder: str | Path | N
                     "a class's labels stay for testing), or merge them into another class with labels.remap.")
     warn_sided_flips(recipe, arrays, masks, selection.classes)
     enc, stats, source, catalog = encoder_and_stats(encoder, recipe, catalog)
+    recipe = from_scratch(recipe, encoder)
     by_path = {r.path: r for r in catalog.records}
     check_trainer_settings(recipe)
     check_class_weights(recipe.finetune.class_weights, len(selection.classes))  # before FT_DIR is made

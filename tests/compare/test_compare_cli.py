@@ -359,6 +359,11 @@ def test_kept_fine_tunes_of_encoders_in_same_named_folders_keep_apart(scene, exp
     assert len(kept) == 3 and "finetuned_none_k3_seed0" in kept
     sources = {json.loads((out / k / "model" / "config.json").read_text()).get("encoder_source") for k in kept}
     assert {str(first), str(second)} <= sources  # the second run kept its own, beside the first's
+    # random init trains every block at the full rate (layer-wise decay keeps pretrained blocks, it has none)
+    from geomed_ssl.config import load_recipe
+
+    decay = {k: load_recipe(out / k / "config.yaml").finetune.layer_decay for k in kept}
+    assert decay.pop("finetuned_none_k3_seed0") == 1.0 and set(decay.values()) == {0.75}
 
 
 def test_a_resumed_compare_refuses_an_encoder_whose_weights_changed(scene, run_dir: Path, exported: Path,

@@ -265,6 +265,9 @@ def test_segment_from_random_init_with_block_split(seg_scene, tmp_path: Path, mo
     assert cfg["encoder_source"].startswith("none")
     assert [c["name"] for c in cfg["classes"]] == ["water", "2", "forest"]
     assert not list(tmp_path.rglob("*.ckpt"))
+    from geomed_ssl.config import load_recipe  # random init: no layer-wise decay (it has no pretrained blocks)
+
+    assert load_recipe(ft / "config.yaml").finetune.layer_decay == 1.0
 
 
 def test_segment_with_the_images_split_tests_only_on_held_out_scenes(seg_scene, tmp_path: Path) -> None:

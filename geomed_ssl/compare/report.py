@@ -28,12 +28,15 @@ def budget_label(rows: Sequence[Row]) -> str:
 
 
 def grouped(rows: Sequence[Row], metric: str) -> dict[tuple[str, str], dict[float, dict[int, float]]]:
-    """{(encoder, protocol): {budget: {seed: metric}}} (rows whose metric is blank left out)."""
+    """{(encoder, protocol): {budget: {seed: metric}}} (rows whose metric is blank left out), each encoder's
+    protocols together in the order the rows give them, the baselines last (the fine-tunes, run last, would
+    otherwise sit below them)."""
     out: dict[tuple[str, str], dict[float, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
     for r in rows:
         if r[metric] != "":
             out[(r["encoder"], r["protocol"])][budget_of(r)][int(r["seed"])] = float(r[metric])
-    return out
+    order = {e: (e in BASELINE_NAMES, i) for i, e in enumerate(dict.fromkeys(r["encoder"] for r in rows))}
+    return dict(sorted(out.items(), key=lambda item: order[item[0][0]]))
 
 
 def best_protocols(groups: dict[tuple[str, str], dict[float, dict[int, float]]]) -> dict[str, str]:

@@ -174,3 +174,15 @@ def test_budgets_a_class_fell_short_of_are_listed_and_marked_on_the_curve(tmp_pa
                         lambda self, ticks, labels=None, **kw: seen.append(list(labels)) or real(self, ticks, labels))
     write_curve(tmp_path / "curve.png", rows(), "oa", {5.0})
     assert seen == [["1", "5 †"]] and (tmp_path / "curve.png").stat().st_size > 0
+
+
+def test_each_encoders_rows_stay_together_and_the_baselines_come_last() -> None:
+    """The fine-tunes are run (and written) last; the table still shows them beside their encoder's probes."""
+    from geomed_ssl.compare.report import table
+
+    late = rows() + rows({("none", "finetune"): {1: [0.5, 0.5, 0.5], 5: [0.71, 0.71, 0.71]},
+                          ("run", "finetune"): {1: [0.5, 0.5, 0.5], 5: [0.8, 0.8, 0.8]}})
+    order = [tuple(cells(line)[:2]) for line in table(late, "oa").splitlines()[2:]]
+    assert [(e, p.rstrip(" *")) for e, p in order] == [
+        ("run", "linear"), ("run", "knn"), ("run", "finetune"), ("none", "linear"), ("none", "finetune"),
+        ("rf", "forest"), ("band_stats", "linear")]

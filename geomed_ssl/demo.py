@@ -152,15 +152,32 @@ def verdict(rows: list[dict[str, str]], metric: str, encoder: str, budget: int) 
     level = " and ".join(leaders) + f", level at {top}" if len(leaders) > 1 else leaders[0]
     line = (f"At {budget} labels per class ({metric}, each at its starred protocol, picked on these test numbers): "
             f"{parts}. Highest mean: {level}.")
-    lead = ranked[0][1][0] - ranked[1][1][0] if len(ranked) > 1 else math.inf
-    draws = len(groups[(ranked[0][0], ranked[0][1][1])].get(float(budget), {}))
-    if draws == 1 and lead < ONE_DRAW:
-        line += (f" With one label draw a lead of {lead:.3f} (under {ONE_DRAW}) can turn with the next draw: "
-                 "`geomed-ssl compare` with --seeds 0,1,2 pairs them over several.")
+    if len(leaders) > 1:
+        return line
+    if len(ranked) > 1 and (doubt := unsettled(*(groups[(e, p)].get(float(budget), {}) for e, (_, p) in ranked[:2]))):
+        line += doubt
     elif leaders != ["pretrained"]:
         line += (" Pretraining does not pay off on this scene at this budget with the demo's short run; "
                  "see docs/label_efficiency.md.")
     return line
+
+
+def unsettled(first: dict[int, float], second: dict[int, float]) -> str:
+    """What the verdict adds when the leader's scores (``first``, per seed) do not settle its lead over the
+    runner-up's (``second``): a lead under :data:`ONE_DRAW` / sqrt(draws), or not on every draw they share; else ""."""
+    seeds = sorted(set(first) & set(second))
+    if not seeds:
+        return ""
+    diffs = [first[s] - second[s] for s in seeds]
+    lead, limit = sum(diffs) / len(diffs), ONE_DRAW / math.sqrt(len(seeds))
+    if len(seeds) == 1 and lead < limit:
+        return (f" With one label draw a lead of {lead:.3f} (under {ONE_DRAW}) can turn with the next draw: "
+                "`geomed-ssl compare` with --seeds 0,1,2 pairs them over several.")
+    if lead < limit or min(diffs) <= 0:
+        why = f"under {limit:.3f}" if lead < limit else "not on every draw"
+        return (f" Over {len(seeds)} label draws a lead of {lead:.3f} ({why}) can turn with more: `geomed-ssl "
+                "compare` with more --seeds pairs them over more.")
+    return ""
 
 
 def save_map_png(pred_tif: Path, png: Path) -> Path:

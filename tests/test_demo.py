@@ -93,8 +93,7 @@ def test_verdict_names_the_pretrained_encoder_when_it_wins() -> None:
 def test_verdict_calls_a_lead_below_the_printed_precision_a_tie() -> None:
     rows = [row("RUN", "propagate", 0.682368), row("none", "propagate", 0.682270), row("rf", "forest", 0.55)]
     line = verdict(rows, "oa", "RUN", 5)
-    assert "Highest mean: pretrained and random init, level at 0.682." in line and "does not pay off" not in line
-    assert "With one label draw a lead of 0.000 (under 0.03) can turn with the next draw" in line
+    assert line.endswith("Highest mean: pretrained and random init, level at 0.682.")  # level: nothing to add
 
 
 def test_verdict_draws_no_conclusion_from_a_small_lead_of_one_label_draw() -> None:
@@ -102,9 +101,15 @@ def test_verdict_draws_no_conclusion_from_a_small_lead_of_one_label_draw() -> No
     for mine, theirs in ((0.700, 0.701), (0.711, 0.700)):
         line = verdict([row("RUN", "linear", mine), row("none", "finetune", theirs)], "oa", "RUN", 5)
         assert "can turn with the next draw" in line and "does not pay off" not in line
-    several = [row("RUN", "linear", 0.70, seed=s) for s in (0, 1)] + [row("none", "linear", 0.71, seed=s)
-                                                                       for s in (0, 1)]
-    assert "can turn" not in verdict(several, "oa", "RUN", 5) and "does not pay off" in verdict(several, "oa", "RUN", 5)
+    def two(mine, theirs):
+        return verdict([row("RUN", "linear", v, seed=s) for s, v in enumerate(mine)]
+                       + [row("none", "linear", v, seed=s) for s, v in enumerate(theirs)], "oa", "RUN", 5)
+
+    assert "does not pay off" in two((0.70, 0.70), (0.76, 0.76))  # 0.06 on both draws: settled
+    small = two((0.700, 0.690), (0.705, 0.693))  # 0.004 over two draws is no firmer than over one
+    assert "Over 2 label draws a lead of 0.004 (under 0.021) can turn" in small and "does not pay off" not in small
+    split = two((0.80, 0.70), (0.70, 0.72))  # ahead by 0.04 on average, behind on one draw
+    assert "(not on every draw)" in split and "Highest mean: pretrained." in split
 
 
 def test_a_demo_stopped_during_pretraining_compares_nothing_and_exits_with_the_signal(tmp_path: Path,

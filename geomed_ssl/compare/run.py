@@ -27,7 +27,7 @@ from geomed_ssl.compare.sources import (EncoderSource, check_encoders_unchanged,
                                         warn_other_architectures)
 from geomed_ssl.compare.task import (Split, Task, check_saved_selection, held_out_lines,
                                      load_classify_task, load_segment_task, make_split, save_split, settings_record,
-                                     short_budgets, shortfalls, warn_notes)
+                                     short_budgets, shortfalls, warn_notes, with_earlier_splits)
 from geomed_ssl.compare.tuned import finetune_scores, kept_labels, kept_name, run_logs, said_once
 from geomed_ssl.config import Recipe, load_recipe
 from geomed_ssl.data.labelled import ImageDataset
@@ -158,6 +158,11 @@ def _check_resumed(out: Path, recipe: Recipe, record: str) -> None:
                                   "initialisation for every seed (encoder_none/); now each seed draws its own "
                                   "(encoder_none_seed<seed>/), so its rows cannot be continued: choose another "
                                   "--out, or pass --overwrite to start again.")
+            if before.get("none_finetune") != now["none_finetune"]:
+                raise ConfigError(f"'{out}' holds a compare an older geomed-ssl made, whose `none` was fine-tuned with "
+                                  "layer-wise lr decay; random init now trains every block at the full rate, so its "
+                                  "fine-tune rows would mix the two: choose another --out, or pass --overwrite to "
+                                  "start again.")
             if before.get("budget") not in (None, now["budget"]):
                 other = "--labels-per-class" if before["budget"] == "per_class" else "--label-fraction"
                 raise ConfigError(f"'{out}' holds a curve of {other} budgets, and one curve has one kind of budget: "
@@ -403,7 +408,8 @@ def _run_compare(options: CompareOptions, out: Path, inputs: dict[str, Any], ima
     held_out = held_out_lines(splits, task) if options.split == "images" else []
     others = other_architectures(pretrained(results.rows), sources[NONE].encoder.config,
                                  {name: s.encoder.config for name, s in sources.items()})
+    every = with_earlier_splits(out, splits, results.rows)  # budgets of earlier compares into the folder too
     write_summary(out / "summary.md", results.rows, metric, options.split, task.unit, task.background is not None,
-                  held_out, others, shortfalls(splits))
-    write_curve(out / "curve.png", results.rows, metric, short_budgets(splits))
+                  held_out, others, shortfalls(every))
+    write_curve(out / "curve.png", results.rows, metric, short_budgets(every))
     return CompareResult(out, results.rows, metric, table(results.rows, metric), done, others)

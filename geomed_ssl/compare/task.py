@@ -14,7 +14,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -219,6 +219,27 @@ def short_budgets(splits: list[Split]) -> set[float]:
     return {split.budget.x for split in splits if split.notes}
 
 
+def with_earlier_splits(folder: Path, splits: list[Split], rows: Sequence[dict[str, str]]) -> list[Split]:
+    """``splits`` and, for each other (budget, seed) of ``rows`` (an earlier compare into ``folder``), its saved
+    selection's notes (a ``Split`` without samples), so summary.md and curve.png say every budget's shortfalls."""
+    have = {(split.budget.slug, split.seed) for split in splits}
+    out = list(splits)
+    for row in rows:
+        budget = (Budget(per_class=int(row["labels_per_class"])) if row["labels_per_class"]
+                  else Budget(fraction=float(row["label_fraction"])))
+        split = Split(budget, int(row["seed"]), np.zeros(0, np.int64), np.zeros(0, np.int64), [])
+        if (budget.slug, split.seed) in have:
+            continue
+        have.add((budget.slug, split.seed))
+        try:
+            with np.load(selection_path(folder, split), allow_pickle=False) as z:
+                split.notes = [str(n) for n in json.loads(str(z["meta"])).get("notes", [])]
+        except (OSError, KeyError, ValueError):
+            continue  # no selection saved for it: nothing to say
+        out.append(split)
+    return out
+
+
 def warn_notes(splits: list[Split]) -> None:
     """:func:`shortfalls`, as warnings."""
     for line in shortfalls(splits):
@@ -230,6 +251,7 @@ def warn_notes(splits: list[Split]) -> None:
 # volume's dice leaves out the background (label value 0; before, every class); 4 (class folders) = an image's
 # features hold the encoder's normed CLS token beside its pooled blocks (2026-12-03).
 PROBE_RULES = {"segment": 3, "classify": 4}
+NONE_FINETUNE = "every block at the full rate"  # since 2026-12-07 (finetune.fit.from_scratch); before, layer decay
 
 
 def data_signature(task: Task) -> dict[str, Any]:
@@ -257,4 +279,5 @@ def settings_record(task: Task, split: str, budget_kind: str) -> str:
     return json.dumps({"task": task.kind, "split": split, "budget": budget_kind, "classes": task.class_names,
                        "label_files": task.label_paths, "images": [r.path for r in task.records],
                        "probe_rules": PROBE_RULES[task.kind], "none": "one initialisation per seed",
+                       "none_finetune": NONE_FINETUNE,
                        **grouped, **data_signature(task)}, indent=1) + "\n"

@@ -426,6 +426,10 @@ def test_the_frozen_protocols_weigh_classes_as_finetune_class_weights_says(scene
     record.write_text(json.dumps(old, indent=1) + "\n")
     result = runner.invoke(app, compare_args([str(run_dir)], scene, tmp_path / "cmp_None", "--no-baselines"))
     assert result.exit_code == 2 and "older" in result.output and "--overwrite" in result.output
+    del old["none_finetune"]  # before 2026-12-07 none was fine-tuned with layer decay: its rows are not mixed in
+    record.write_text(json.dumps(old, indent=1) + "\n")
+    result = runner.invoke(app, compare_args([str(run_dir)], scene, tmp_path / "cmp_None", "--no-baselines"))
+    assert result.exit_code == 2 and "fine-tuned with layer-wise lr decay" in " ".join(result.output.split())
     del old["none"]  # before 2026-12-04 one none served every seed: said so
     record.write_text(json.dumps(old, indent=1) + "\n")
     result = runner.invoke(app, compare_args([str(run_dir)], scene, tmp_path / "cmp_None", "--no-baselines"))

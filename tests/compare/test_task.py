@@ -103,6 +103,20 @@ def test_a_class_with_fewer_labels_than_the_budget_is_warned_about_once(task, ca
     assert all("took" in line and line.endswith("; short at k6000 too") for line in lines)
 
 
+def test_shortfalls_of_budgets_an_earlier_compare_ran_are_read_from_its_selections(task, tmp_path) -> None:
+    """A folder resumed with other budgets still reports the earlier ones' rows, so it says their shortfalls too."""
+    from geomed_ssl.compare.task import save_split, short_budgets, shortfalls, with_earlier_splits
+
+    recipe, t = task
+    earlier = make_split(t, recipe, Budget(per_class=6000), 0, "random")
+    save_split(t, tmp_path, earlier)
+    now = [make_split(t, recipe, Budget(per_class=1), 0, "random")]
+    rows = [{"labels_per_class": k, "label_fraction": "", "seed": "0"} for k in ("1", "6000", "7000")]
+    every = with_earlier_splits(tmp_path, now, rows)  # k7000 has no saved selection: nothing to say of it
+    assert [(s.budget.slug, s.seed) for s in every] == [("k1", 0), ("k6000", 0)]
+    assert short_budgets(every) == {6000.0} and shortfalls(every) == shortfalls([earlier])
+
+
 def test_two_fraction_budgets_never_share_a_results_key_or_selection_file() -> None:
     from geomed_ssl.compare.options import parse_budgets
 

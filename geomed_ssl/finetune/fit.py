@@ -67,8 +67,12 @@ def from_scratch(recipe: Recipe, encoder_path: str | Path | None) -> Recipe:
                 return recipe
         except Exception:  # noqa: BLE001 - not an encoder export (a fine-tune folder, a bad path: said elsewhere)
             return recipe
-    log.info("random initialisation: every block trains at finetune.base_lr (finetune.layer_decay %s is for "
-             "pretrained encoders)", recipe.finetune.layer_decay)
+    from geomed_ssl.config.sections import FinetuneConfig
+
+    chosen = recipe.finetune.layer_decay != FinetuneConfig().layer_decay  # a value set on purpose: said under --quiet
+    (log.warning if chosen else log.info)(
+        "%srandom initialisation: every block trains at finetune.base_lr (finetune.layer_decay %s is for pretrained "
+        "encoders)", "warning: " if chosen else "", recipe.finetune.layer_decay)
     return dataclasses.replace(recipe, finetune=dataclasses.replace(recipe.finetune, layer_decay=1.0))
 
 

@@ -24,11 +24,15 @@ def input_state(path: Path) -> list[list[Any]]:
     return [[p.name, (st := p.stat()).st_size, st.st_mtime_ns] for p in files]
 
 
+# What a map records beyond its pixels, so --resume redoes maps that lack it: 2 = the classes' names (2026-12-07)
+RECORDS = 2
+
+
 def run_keys(planned: dict[Path, Path], model_id: str, settings: dict[str, Any]) -> dict[Path, str]:
     """The digest each input's outputs record: the model, ``settings`` (JSON-serialisable) and the input's state."""
     from geomed_ssl._version import __version__
 
-    common = {"model": model_id, "version": __version__, **settings}
+    common = {"model": model_id, "version": __version__, "records": RECORDS, **settings}
     keys = {}
     for p in planned:
         text = json.dumps({**common, "input": os.path.abspath(p), "state": input_state(Path(p))}, sort_keys=True)

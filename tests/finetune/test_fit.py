@@ -62,3 +62,27 @@ def test_the_classification_stream_augments_each_image_anew_on_every_pass(tmp_pa
         views = [p[label] for p in first]
         assert any(not np.array_equal(views[0], v) for v in views[1:])  # not one fixed copy
         assert all(np.array_equal(a[label], b[label]) for a, b in zip(first, again))  # seeded
+
+
+def test_random_init_fine_tunes_every_block_at_the_full_rate(tmp_path, caplog) -> None:
+    """Layer-wise decay keeps a pretrained encoder's early blocks; ``none`` and a random encoder saved as such
+    (compare's encoder_none_seed<seed>) have none to keep. A decay set on purpose is overridden aloud."""
+    import dataclasses
+    import logging
+
+    from geomed_ssl.checkpoint import save_encoder
+    from geomed_ssl.finetune.fit import RANDOM_INIT, from_scratch
+    from geomed_ssl.models.encoder import EncoderConfig, ViTEncoder
+
+    recipe = Recipe()
+    enc = ViTEncoder(EncoderConfig(in_chans=2, img_size=(16, 16), patch_size=(4, 4), embed_dim=32, depth=2,
+                                   num_heads=2))
+    save_encoder(enc, tmp_path / "random", {"method": RANDOM_INIT})
+    save_encoder(enc, tmp_path / "pretrained", {"method": "mae"})
+    assert from_scratch(recipe, "none").finetune.layer_decay == 1.0
+    assert from_scratch(recipe, tmp_path / "random").finetune.layer_decay == 1.0
+    assert from_scratch(recipe, tmp_path / "pretrained") is recipe and recipe.finetune.layer_decay == 0.75
+    chosen = dataclasses.replace(recipe, finetune=dataclasses.replace(recipe.finetune, layer_decay=0.9))
+    with caplog.at_level(logging.INFO, logger="geomed_ssl"):
+        assert from_scratch(chosen, None).finetune.layer_decay == 1.0
+    assert [r.levelno for r in caplog.records] == [logging.WARNING] and "0.9" in caplog.records[0].getMessage()

@@ -38,6 +38,7 @@ from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, channel_
 from geomed_ssl.inference.writers import (PROBA_SCALE, GeoTiffWriter, class_colormap, class_lookup, class_record,
                                           proba_path)
 from geomed_ssl.outcommands import provenance_tags
+from geomed_ssl.train.console import WorkProgress
 
 log = logging.getLogger("geomed_ssl")
 RASTER_BLENDS = ("gaussian", "linear", "constant")
@@ -385,6 +386,7 @@ def _stream_raster(read: Callable[[int, int], np.ndarray], shape: tuple[int, int
     buf = StripBuffers(bands, K, wh, Wp, device, logits=blends_logits(model))
     counts = np.zeros(K, np.int64)
     loaded = max_read_rows = computed = 0
+    bar = WorkProgress(len(rows) * len(cols) if only is None else None, "predicting")
     for i, r in enumerate(rows):
         buf.move_to(r)
         a, b = max(loaded, r), min(r + wh, H)
@@ -397,8 +399,10 @@ def _stream_raster(read: Callable[[int, int], np.ndarray], shape: tuple[int, int
         todo = cols if only is None else holding(only[r : r + wh], cols, ww)
         buf.predict_row(model, todo, ww, weight, batch_size, device)
         computed += len(todo)
+        bar.update(len(todo))
         n = (rows[i + 1] if i + 1 < len(rows) else H) - r  # rows [r, r + n) are final
         counts += write_final_rows(buf, r, n, W, lut, lnodata, outputs, pkind, covered_only=only is not None)
+    bar.close()
     return {"windows": len(rows) * len(cols), "windows_computed": computed, "window_rows": len(rows),
             "window_cols": len(cols),
             "valid_pixels": int(counts.sum()), "class_counts": counts.tolist(), "max_buffer_pixels": wh * Wp,

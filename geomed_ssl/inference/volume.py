@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import dataclasses
 import functools
 import time
@@ -22,6 +23,7 @@ from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, check_re
                                           warn_if_nothing_predicted)
 from geomed_ssl.inference.writers import PROBA_SCALE, class_lookup, class_record, nifti_like, proba_path, save_nifti
 from geomed_ssl.outfiles import atomic_paths
+from geomed_ssl.train.console import WorkProgress
 
 VOLUME_BLENDS = ("gaussian", "constant")
 
@@ -161,9 +163,15 @@ def predict_on_file_grid(model: ModelFn, record: Any, cfg: Any, stats: BandStats
         padded = torch.nn.functional.pad(torch.from_numpy(x)[None], [m for m in reversed(margin) for _ in (0, 1)],
                                          mode="replicate")  # (1, C, X + 2mx, ...): no face of the volume is a
         del x  # window's edge, where a decoder's zero padding shows (tumour on the outermost layer, in the air)
-        probs = sliding_window_inference(
-            padded, roi, batch_size, lambda b: window_scores(model, b, num_classes),
-            overlap=overlap, mode=blend, sw_device=device, device="cpu")[0].float()  # (K, X + 2mx, ...)
+        bar = WorkProgress(window_count(tuple(padded.shape[2:]), roi, overlap), "predicting")
+
+        def scores(batch: torch.Tensor) -> torch.Tensor:
+            bar.update(int(batch.shape[0]))
+            return window_scores(model, batch, num_classes)
+
+        probs = sliding_window_inference(padded, roi, batch_size, scores, overlap=overlap, mode=blend,
+                                         sw_device=device, device="cpu")[0].float()  # (K, X + 2mx, ...)
+        bar.close()
         del padded
         probs = probs[(slice(None), *(slice(m, m + n) for m, n in zip(margin, model_grid)))]
         if blends_logits(model):  # a softmax in place: one volume per class is the largest thing held here
@@ -214,6 +222,16 @@ def proba_array(grid: FileGridPrediction, pkind: str) -> np.ndarray:
     p = np.rint(p * PROBA_SCALE).astype(np.uint8) if pkind == "uint8" else p
     p[~grid.ok] = 255 if pkind == "uint8" else np.nan
     return p
+
+
+def window_count(size: Sequence[int], roi: Sequence[int], overlap: float) -> int:
+    """The windows MONAI's ``sliding_window_inference`` runs over a volume of ``size`` (its scan: steps of
+    roi x (1 - overlap), at least 1, the last window flush with the far face)."""
+    count = 1
+    for n, w in zip(size, roi):
+        step = max(int(w * (1 - overlap)), 1) if w < n else 1
+        count *= math.ceil((n - w) / step) + 1 if w < n else 1
+    return count
 
 
 def made(what: str, made_by: str | None, room: int = 79) -> str:

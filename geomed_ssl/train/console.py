@@ -146,3 +146,36 @@ def lightning_reads_logs(trainer: L.Trainer) -> bool:
 
 def has_bar(callbacks: list[L.Callback]) -> bool:
     return any(isinstance(c, TQDMProgressBar) for c in callbacks)
+
+
+class WorkProgress:
+    """How far a long job (a scene's or volume's windows) has got: a tqdm bar on stderr when it is a terminal,
+    else (a batch job's log) a line every ``every`` seconds with the share done and the time left; nothing under
+    ``--quiet``. ``total`` None: a count without a share."""
+
+    def __init__(self, total: int | None, what: str, unit: str = "window", every: float = 60.0) -> None:
+        from tqdm.auto import tqdm
+
+        self.total, self.what, self.unit, self.every = total, what, unit, every
+        self.done, self.start = 0, time.monotonic()
+        self.last = self.start
+        shown = log.isEnabledFor(logging.INFO)
+        self.bar = tqdm(total=total, desc=what, unit=unit, file=sys.stderr, leave=False,
+                        disable=not (shown and sys.stderr.isatty()))
+        self.lines = shown and self.bar.disable
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        self.bar.update(n)
+        now = time.monotonic()
+        if self.lines and now - self.last >= self.every:
+            self.last = now
+            if self.total:
+                left = (now - self.start) * max(self.total - self.done, 0) / max(self.done, 1)
+                log.info("%s: %d of %d %ss (%.0f %%), about %.0f min left", self.what, self.done, self.total,
+                         self.unit, 100 * self.done / self.total, left / 60)
+            else:
+                log.info("%s: %d %ss", self.what, self.done, self.unit)
+
+    def close(self) -> None:
+        self.bar.close()

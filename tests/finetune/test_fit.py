@@ -83,6 +83,7 @@ def test_random_init_fine_tunes_every_block_at_the_full_rate(tmp_path, caplog) -
     assert from_scratch(recipe, tmp_path / "random").finetune.layer_decay == 1.0
     assert from_scratch(recipe, tmp_path / "pretrained") is recipe and recipe.finetune.layer_decay == 0.75
     chosen = dataclasses.replace(recipe, finetune=dataclasses.replace(recipe.finetune, layer_decay=0.9))
+    caplog.clear()  # the default's note above (at INFO where an earlier test left the logger there)
     with caplog.at_level(logging.INFO, logger="geomed_ssl"):
         assert from_scratch(chosen, None).finetune.layer_decay == 1.0
     assert [r.levelno for r in caplog.records] == [logging.WARNING] and "0.9" in caplog.records[0].getMessage()

@@ -58,3 +58,24 @@ def test_launch_settings_lightning_would_turn_into_a_traceback_or_a_silent_switc
         assert [resolve_precision(p, "cpu") for p in ("16", "bf16", "32")] == ["bf16-mixed", "bf16-mixed", "32-true"]
         with pytest.raises(ConfigError, match="train.accelerator / devices"):
             probe_trainer("cpu", [0], "auto", 1, "32-true")  # Lightning's TypeError
+
+
+def test_a_long_prediction_off_a_terminal_says_how_far_it_has_got(caplog, monkeypatch) -> None:
+    """Hours of windows in a batch job's log: a line every ``every`` seconds with the share done and the time left
+    (a bar on a terminal instead); none under --quiet."""
+    from geomed_ssl.train.console import WorkProgress
+
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False, raising=False)
+    with caplog.at_level(logging.INFO, logger="geomed_ssl"):
+        bar = WorkProgress(4, "predicting", every=0.0)
+        bar.update(1)
+        bar.update(3)
+        bar.close()
+        WorkProgress(None, "predicting", every=0.0).update(2)
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0].startswith("predicting: 1 of 4 windows (25 %), about ") and said[0].endswith(" min left")
+    assert said[1].startswith("predicting: 4 of 4 windows (100 %)") and said[2] == "predicting: 2 windows"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):  # --quiet
+        WorkProgress(4, "predicting", every=0.0).update(1)
+    assert not caplog.records

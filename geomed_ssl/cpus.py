@@ -100,3 +100,11 @@ def _v1_quota(folder: Path) -> float | None:
         return quota / period if quota > 0 and period > 0 else None
     except (OSError, ValueError):
         return None
+
+
+def physical_memory(default: int = 16 * 2**30) -> int:
+    """This machine's memory in bytes (``default`` where the system does not say)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return default

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from geomed_ssl.compare.task import Task
+from geomed_ssl.cpus import physical_memory
 from geomed_ssl.models.encoder import ViTEncoder
 from geomed_ssl.models.probe import PointFn, encoder_points
 from geomed_ssl.models.propagate import sample_nodes
@@ -141,16 +142,6 @@ def memo(load: Callable[[int], np.ndarray], max_bytes: int | None = None) -> Cal
         return image
 
     return fn
-
-
-def physical_memory(default: int = 16 * 2**30) -> int:
-    """This machine's memory in bytes (``default`` where the system does not say)."""
-    import os
-
-    try:
-        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return default
 
 
 def check_feature_memory(rows: int, dims: int, name: str, unit: str) -> None:

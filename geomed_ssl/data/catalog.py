@@ -158,8 +158,7 @@ def _grid_difference(a: FileProbe, b: FileProbe, kind: str) -> str | None:
         gap = float(np.abs(np.asarray(a.geo["affine"]) - np.asarray(b.geo["affine"])).max())
         return (f"affines differing by up to {gap:.4g} (orientations {a.geo.get('orientation')} and "
                 f"{b.geo.get('orientation')})")
-    diffs = grid_diffs(a.shape[-2:], a.geo["crs"], a.geo["transform"], b.shape[-2:], b.geo["crs"],
-                       b.geo["transform"])
+    diffs = grid_diffs(a.shape[-2:], a.geo["crs"], a.geo["transform"], b.shape[-2:], b.geo["crs"], b.geo["transform"])
     return ", ".join(diffs) or None
 
 

@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from geomed_ssl.config import as_tuple, spatial_dims
+from geomed_ssl.cpus import physical_memory
 from geomed_ssl.bands.conform import pick_bands
 from geomed_ssl.geo.gdal_read import window_reads
 from geomed_ssl.data.intensity import ct_bounds, intensity_args, preprocess_intensity
@@ -40,7 +41,7 @@ log = logging.getLogger("geomed_ssl")
 
 PERCENTILE_SAMPLE = 200_000  # values per band kept (in expectation at most) for p1/p99
 MAX_KEPT_VALUES = 20_000_000  # ... and over all bands (float32), so 200-band data stays under ~80 MB
-WHOLE_VOLUME_BYTES = 1 << 30  # volumes up to this size are decoded once for all their windows
+WHOLE_VOLUME_BYTES = 1 << 30  # volumes up to this (or an eighth of RAM) are decoded once for all their windows
 STATS_VERSION = 3  # 3: a band's own nodata left out and fed as 0; 2: mean/std of the values clipped to [p1, p99]
 STATS_VERSIONS = (1, 2, 3)  # (what is fed); 1: of the unclipped values
 _NOTED_V1: set[str] = said_set()
@@ -186,7 +187,7 @@ class _FileWindows:
             import nibabel as nib
 
             self.proxies = [nib.load(p).dataobj for p in record.paths]
-            if record.area * record.num_bands * 4 <= WHOLE_VOLUME_BYTES:
+            if record.area * record.num_bands * 4 <= max(WHOLE_VOLUME_BYTES, physical_memory() // 8):
                 self.volume = self._stack([np.asarray(p, dtype=np.float32) for p in self.proxies])
 
     @staticmethod

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ from geomed_ssl.models.model_data import (catalog_for_encoder, check_value_range
 from geomed_ssl.outcommands import MAPS_TAGGED
 from geomed_ssl.outdirs import check_out_dir, free_bytes, prepare_out_dir, size_text
 from geomed_ssl.process import keeps_process_state
+from geomed_ssl.train.console import WorkProgress
 
 log = logging.getLogger("geomed_ssl")
 DTYPES = ("float32", "float16")
@@ -373,14 +373,11 @@ def embed_records(emb: Embedder, store: EmbeddingStore, todo: Sequence[Any], roo
                   progress: bool) -> None:
     """Embed ``todo`` into committed parts of ``store``: image level ``FILES_PER_PART`` files a part, window and
     patch levels consecutive files up to ``WINDOWS_PER_PART`` windows a part (a larger file alone): every commit
-    rewrites the manifest, so one part per small file made an archive of chips quadratic. A progress bar (files or
-    windows) shows on a terminal only (tqdm writes to stderr)."""
-    from tqdm.auto import tqdm
-
+    rewrites the manifest, so one part per small file made an archive of chips quadratic. With ``progress``, a bar
+    (files or windows) on a terminal, a line a minute in a batch job's log (``WorkProgress``)."""
     image = emb.level == "image"
     total = len(todo) if image else embed_windows(emb, todo)
-    bar = tqdm(total=total, unit="file" if image else "window", desc="embedding",
-               disable=not progress or not sys.stderr.isatty())
+    bar = WorkProgress(total, "embedding", "file" if image else "window", shown=progress)
     if image:
         groups = [todo[i:i + FILES_PER_PART] for i in range(0, len(todo), FILES_PER_PART)]
     else:

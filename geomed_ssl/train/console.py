@@ -151,15 +151,16 @@ def has_bar(callbacks: list[L.Callback]) -> bool:
 class WorkProgress:
     """How far a long job (a scene's or volume's windows) has got: a tqdm bar on stderr when it is a terminal,
     else (a batch job's log) a line every ``every`` seconds with the share done and the time left; nothing under
-    ``--quiet``. ``total`` None: a count without a share."""
+    ``--quiet`` or with ``shown`` False. ``total`` None: a count without a share."""
 
-    def __init__(self, total: int | None, what: str, unit: str = "window", every: float = 60.0) -> None:
+    def __init__(self, total: int | None, what: str, unit: str = "window", every: float = 60.0,
+                 shown: bool = True) -> None:
         from tqdm.auto import tqdm
 
         self.total, self.what, self.unit, self.every = total, what, unit, every
         self.done, self.start = 0, time.monotonic()
         self.last = self.start
-        shown = log.isEnabledFor(logging.INFO)
+        shown = shown and log.isEnabledFor(logging.INFO)
         self.bar = tqdm(total=total, desc=what, unit=unit, file=sys.stderr, leave=False,
                         disable=not (shown and sys.stderr.isatty()))
         self.lines = shown and self.bar.disable

@@ -402,7 +402,8 @@ def predict_files(
                     model, p, out, stats, band_names, window, overlap, blend, batch_size, num_classes=num_classes,
                     probabilities=probabilities, device=device, data_cfg=data_cfg, class_values=class_values,
                     names_by_position=names_by_position, made_by=made_by, class_colors=class_colors,
-                    class_names=class_names, check_ranges=len(planned) == 1, commit_lock=commit, run=(runs or {}).get(Path(p))))
+                    class_names=class_names, check_ranges=len(planned) == 1, commit_lock=commit,
+                    run=(runs or {}).get(Path(p))))
             else:
                 summaries.append(predict_volume(
                     model, p, out, stats, band_names, window, data_cfg, overlap, blend, num_classes=num_classes,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 
 def test_string_columns_are_read_chunk_by_chunk_and_share_their_repeated_values() -> None:
-    """Each row of a file repeats its path and CRS WKT: one str per distinct value (gigabytes of copies for millions of rows before)
-    and no joined array (3.6 million 600-character CRSs overflowed Arrow's 32-bit offsets: a raw traceback)."""
+    """Each row of a file repeats its path and CRS WKT: one str per distinct value (gigabytes of copies for millions
+    of rows before) and no joined array (3.6 million 600-character CRSs overflowed Arrow's 32-bit offsets: a raw
+    traceback)."""
     import pyarrow as pa
 
     from geomed_ssl.embeddings.store import _as_columns

@@ -1,5 +1,6 @@
 """How many CPUs this process may use: its affinity mask, lowered by a cgroup CPU quota (a container's
-``docker --cpus`` or Kubernetes limit, ``systemd-run -p CPUQuota``), which the mask does not show.
+``docker --cpus`` or Kubernetes limit, ``systemd-run -p CPUQuota``), which the mask does not show; and how much memory
+the machine has (``physical_memory``).
 
 Read from the cgroup files themselves, not with joblib's count, which says 1 when joblib cannot use multiprocessing
 and follows ``LOKY_MAX_CPU_COUNT`` (a scikit-learn setting); a fractional quota rounds down, as Go's automaxprocs

@@ -385,25 +385,26 @@ def _stream_raster(read: Callable[[int, int], np.ndarray], shape: tuple[int, int
     weight = torch.from_numpy(blend_weights(win, blend)).to(device)  # (wh, ww)
     buf = StripBuffers(bands, K, wh, Wp, device, logits=blends_logits(model))
     counts = np.zeros(K, np.int64)
-    loaded = max_read_rows = computed = 0
+    loaded = max_read_rows = computed = rows_read = 0
     bar = WorkProgress(len(rows) * len(cols) if only is None else None, "predicting")
     for i, r in enumerate(rows):
         buf.move_to(r)
         a, b = max(loaded, r), min(r + wh, H)
-        if b > a:  # only rows not read for the previous strip
+        todo = cols if only is None else holding(only[r : r + wh], cols, ww)
+        if b > a and todo:  # only rows not read for the previous strip; none for a strip with nothing to compute
             x, v = normalize(read(a, b), stats, nodata)  # (C, b-a, W), (b-a, W)
             buf.strip[:, a - r : b - r, :W] = x
             buf.valid[a - r : b - r, :W] = v
-            loaded, max_read_rows = b, max(max_read_rows, b - a)
+            loaded, max_read_rows, rows_read = b, max(max_read_rows, b - a), rows_read + b - a
             del x, v
-        todo = cols if only is None else holding(only[r : r + wh], cols, ww)
         buf.predict_row(model, todo, ww, weight, batch_size, device)
         computed += len(todo)
         bar.update(len(todo))
         n = (rows[i + 1] if i + 1 < len(rows) else H) - r  # rows [r, r + n) are final
         counts += write_final_rows(buf, r, n, W, lut, lnodata, outputs, pkind, covered_only=only is not None)
     bar.close()
-    return {"windows": len(rows) * len(cols), "windows_computed": computed, "window_rows": len(rows),
+    return {"windows": len(rows) * len(cols), "windows_computed": computed, "rows_read": rows_read,
+            "window_rows": len(rows),
             "window_cols": len(cols),
             "valid_pixels": int(counts.sum()), "class_counts": counts.tolist(), "max_buffer_pixels": wh * Wp,
             "max_read_pixels": max_read_rows * W, "strip_bytes": int(buf.nbytes),

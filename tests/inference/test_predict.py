@@ -964,6 +964,19 @@ def test_predicting_only_the_windows_that_hold_wanted_pixels_gives_the_whole_sce
         none = predict_raster(model, scene["path"], tmp_path / "none.tif", scene["stats"], window=(96, 80),
                               num_classes=K, only=np.zeros((H, W), bool))
     assert none["windows_computed"] == 0 and "no valid pixel" not in caplog.text
+    assert none["rows_read"] == 0 and full["rows_read"] == H  # strips with nothing to compute are not read
+    corner = np.zeros((H, W), bool)  # a few labels at the top and bottom of a large scene: only their strips are read,
+    corner[:4, :6] = corner[-3:, -5:] = True  # also with windows overlapping by more than half (rows read for a
+    # strip it skips), and strips computed again after many skipped
+    for overlap in (0.25, 0.75):
+        whole = predict_raster(model, scene["path"], tmp_path / f"w{overlap}.tif", scene["stats"], window=(24, 20),
+                               num_classes=K, overlap=overlap)
+        top = predict_raster(model, scene["path"], tmp_path / f"t{overlap}.tif", scene["stats"], window=(24, 20),
+                             num_classes=K, overlap=overlap, only=corner)
+        assert top["rows_read"] < H // 2 and whole["rows_read"] == H
+        (got,), _, _ = read_tif(tmp_path / f"t{overlap}.tif")
+        (want,), _, _ = read_tif(tmp_path / f"w{overlap}.tif")
+        assert np.array_equal(got[corner], want[corner])
 
 
 def test_a_scene_whose_same_named_bands_lie_at_other_wavelengths_is_refused(tmp_path):

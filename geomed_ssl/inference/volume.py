@@ -63,7 +63,7 @@ def predict_volume(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
     grid = predict_on_file_grid(model, record, cfg, stats, roi, int(batch_size), int(num_classes), float(overlap),
                                 blend, device)
     lut, lnodata = class_lookup(int(num_classes), class_values)
-    index = grid.proba.argmax(axis=-1)  # (x, y, z)
+    index = class_argmax(grid.proba)  # (x, y, z)
     labels = lut[index]
     labels[~grid.ok] = lnodata
     ppath = proba_path(out_path) if pkind else None
@@ -199,6 +199,19 @@ def predict_on_file_grid(model: ModelFn, record: Any, cfg: Any, stats: BandStats
         ok &= file_valid(record, cfg.nodata)
     return FileGridPrediction(probs, ok, tuple(ref.shape[:3]), model_grid, resampled,
                               "".join(nib.aff2axcodes(ref.affine)))
+
+
+def class_argmax(proba: np.ndarray) -> np.ndarray:
+    """``proba.argmax(axis=-1)`` of an (x, y, z, K) view whose classes lie apart in memory (one volume each), taken
+    class by class: numpy's argmax first copies the whole view to make the class axis contiguous, 4 K bytes a voxel
+    more (16 classes on a 512x512x400 CT: 6.7 GB), and returns int64. Ties go to the first class, as argmax's do."""
+    index = np.zeros(proba.shape[:-1], np.uint8 if proba.shape[-1] <= 256 else np.int32)
+    best = np.array(proba[..., 0], dtype=np.float32)
+    for k in range(1, proba.shape[-1]):
+        better = proba[..., k] > best
+        np.copyto(best, proba[..., k], where=better)
+        index[better] = k
+    return index
 
 
 def file_valid(record: Any, nodata: float | None) -> np.ndarray:

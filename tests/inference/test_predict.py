@@ -1220,3 +1220,17 @@ def test_a_files_own_nodata_tag_replaced_by_the_models_data_nodata_is_warned_abo
                        data_cfg=DataConfig(nodata=-9999))
         predict_raster(conv_model(4, 2), path, tmp_path / "o3.tif", stats, window=16, num_classes=2)
     assert "tagged nodata" not in caplog.text
+
+
+def test_a_volumes_classes_are_taken_class_by_class_as_argmax_takes_them() -> None:
+    """The (x, y, z, K) view a volume's prediction ends in keeps each class's volume apart in memory; numpy's argmax
+    copied all of it first (900 MB more for 16 classes of 13 million voxels, against 88 MB now). Same classes, ties
+    to the first, in a flipped and transposed view, and past 256 classes."""
+    from geomed_ssl.inference.volume import class_argmax
+
+    rng = np.random.default_rng(0)
+    for k in (1, 2, 5, 300):
+        proba = torch.from_numpy(rng.random((k, 7, 6, 5)).astype(np.float32))
+        proba[:, 0, 0, 0] = 0.5  # a tie between every class
+        view = proba.permute(1, 2, 3, 0).numpy()[::-1, :, ::-1].transpose(1, 0, 2, 3)
+        assert np.array_equal(class_argmax(view), view.argmax(axis=-1))

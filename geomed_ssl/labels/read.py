@@ -101,7 +101,7 @@ def _to_labels(arr: np.ndarray, nodata: float | None, ignore_value: int | None,
         labels = np.rint(np.where(labelled, arr, 0)).astype(np.int64)
     elif arr.dtype.kind in "iub":
         labelled = np.ones(arr.shape, bool) if missing is None else ~missing
-        labels = arr.astype(np.int64)
+        labels = arr.astype(np.int32 if arr.dtype.itemsize < 4 or arr.dtype == np.int32 else np.int64)  # 4 B a pixel
     else:
         raise DataError(f"label file '{path}' has unsupported data type {arr.dtype}; use integer class ids.")
     if remap:
@@ -234,7 +234,8 @@ def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata
                spacing: Sequence[float] | None = None, window: tuple[int, int, int, int] | None = None,
                remap: dict | None = None, warn_coverage: bool = False, facts: UnlabelledFacts | None = None,
                ) -> tuple[np.ndarray, np.ndarray]:
-    """A label file as (int64 labels, bool labelled): (H, W) for rasters, (D, H, W) RAS-oriented for volumes.
+    """A label file as (labels, bool labelled): (H, W) for rasters, (D, H, W) RAS-oriented for volumes; int32 labels
+    (int64 from a 32-bit unsigned or 64-bit integer file, or a float one), half of int64's memory on a large scene.
     ``warn_coverage``: say when ``spacing`` makes a grid that passes over labelled voxels (users' labels);
     ``facts``: gather what the file suggests about its unlabelled pixels (:class:`UnlabelledFacts`).
 

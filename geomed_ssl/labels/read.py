@@ -110,7 +110,7 @@ def _to_labels(arr: np.ndarray, nodata: float | None, ignore_value: int | None,
         hit = np.isin(labels, lut_from) & labelled
         order = np.argsort(lut_from)
         labels[hit] = lut_to[order][np.searchsorted(lut_from[order], labels[hit])]
-    distinct = unique_ints(labels[labelled]).size if arr.dtype.kind in "iu" else 0  # (float maps: checked above)
+    distinct = unique_ints((labels if remap else arr)[labelled]).size if arr.dtype.kind in "iu" else 0  # (float: above)
     if distinct > MAX_DISTINCT_CLASSES:
         raise DataError(f"label file '{path}' holds {distinct} distinct values (after labels.remap); labels are class "
                         f"ids, and a model of more than {MAX_DISTINCT_CLASSES} classes is not what few labels train. "

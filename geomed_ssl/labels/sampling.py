@@ -116,7 +116,11 @@ def unique_ints(values: np.ndarray) -> np.ndarray:
     if v.size and v.dtype.kind in "iu" and v.dtype != np.uint64:  # (bincount takes what casts to int64)
         lo, hi = int(v.min()), int(v.max())
         if hi - lo < 1 << 20:
-            return (np.flatnonzero(np.bincount(v.astype(np.int64) - lo if lo else v)) + lo).astype(v.dtype)
+            counts = np.zeros(hi - lo + 1, np.int64)
+            for i in range(0, v.size, 1 << 24):  # bincount copies its input as int64: 16 M values at a time
+                part = v[i : i + (1 << 24)]
+                counts += np.bincount(part.astype(np.int64) - lo if lo else part, minlength=hi - lo + 1)
+            return (np.flatnonzero(counts) + lo).astype(v.dtype)
     return np.unique(v)
 
 

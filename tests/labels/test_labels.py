@@ -987,7 +987,9 @@ def test_counting_and_radix_shortcuts_give_what_unique_and_a_stable_argsort_give
     from geomed_ssl.labels.sampling import _groups, unique_ints
 
     rng = np.random.default_rng(0)
-    cases = [rng.integers(0, 5, 1000), rng.integers(-3, 4, (20, 30)), rng.integers(0, 40000, 500),
+    long = np.zeros((1 << 24) + 3, np.uint8)  # counted 16 M values at a time (bincount's int64 copy of them)
+    long[[5, -1]] = 9, 200
+    cases = [long, rng.integers(0, 5, 1000), rng.integers(-3, 4, (20, 30)), rng.integers(0, 40000, 500),
              rng.integers(-2**40, 2**40, 300), np.zeros(0, np.int64), rng.integers(0, 7, 100).astype(np.uint8),
              np.array([2**63 + 5, 3], np.uint64), np.array([[-100, 50]], np.int8),
              np.array([-30000, 30000, 7], np.int16)]
@@ -995,6 +997,8 @@ def test_counting_and_radix_shortcuts_give_what_unique_and_a_stable_argsort_give
         got = unique_ints(values)
         assert got.dtype == np.unique(values).dtype and np.array_equal(got, np.unique(values))
         flat = values.reshape(-1)
+        if flat.size > 2000:
+            continue  # the long map checks the chunked counting only
         groups = _groups(flat, None)
         assert list(groups) == [int(c) for c in np.unique(flat)]
         for c, idx in groups.items():

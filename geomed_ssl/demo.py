@@ -170,14 +170,14 @@ def unsettled(first: dict[int, float], second: dict[int, float]) -> str:
         return ""
     diffs = [first[s] - second[s] for s in seeds]
     lead, limit = sum(diffs) / len(diffs), ONE_DRAW / math.sqrt(len(seeds))
-    if len(seeds) == 1 and lead < limit:
+    if lead >= limit and min(diffs) > 0:
+        return ""
+    if len(seeds) == 1:
         return (f" With one label draw a lead of {lead:.3f} (under {ONE_DRAW}) can turn with the next draw: "
                 "`geomed-ssl compare` with --seeds 0,1,2 pairs them over several.")
-    if lead < limit or min(diffs) <= 0:
-        why = f"under {limit:.3f}" if lead < limit else "not on every draw"
-        return (f" Over {len(seeds)} label draws a lead of {lead:.3f} ({why}) can turn with more: `geomed-ssl "
-                "compare` with more --seeds pairs them over more.")
-    return ""
+    why = f"under {limit:.3f}" if lead < limit else "not on every draw"
+    return (f" Over {len(seeds)} label draws a lead of {lead:.3f} ({why}) can turn with more: `geomed-ssl compare` "
+            "with more --seeds pairs them over more.")
 
 
 def save_map_png(pred_tif: Path, png: Path) -> Path:

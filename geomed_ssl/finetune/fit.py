@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, SequentialSampler
 
 from geomed_ssl.once import said_set
 from geomed_ssl.checkpoint import load_encoder, read_encoder_config
-from geomed_ssl.config import Recipe, sets_key, spatial_dims
+from geomed_ssl.config import FinetuneConfig, Recipe, sets_key, spatial_dims
 from geomed_ssl.cpus import fit_threads_to_quota
 from geomed_ssl.data.catalog import Catalog
 from geomed_ssl.data.stats import BandStats, compute_stats
@@ -67,8 +67,6 @@ def from_scratch(recipe: Recipe, encoder_path: str | Path | None) -> Recipe:
                 return recipe
         except Exception:  # noqa: BLE001 - not an encoder export (a fine-tune folder, a bad path: said elsewhere)
             return recipe
-    from geomed_ssl.config.sections import FinetuneConfig
-
     chosen = recipe.finetune.layer_decay != FinetuneConfig().layer_decay  # a value set on purpose: said under --quiet
     (log.warning if chosen else log.info)(
         "%srandom initialisation: every block trains at finetune.base_lr (finetune.layer_decay %s is for pretrained "

@@ -404,8 +404,7 @@ def _stream_raster(read: Callable[[int, int], np.ndarray], shape: tuple[int, int
         counts += write_final_rows(buf, r, n, W, lut, lnodata, outputs, pkind, covered_only=only is not None)
     bar.close()
     return {"windows": len(rows) * len(cols), "windows_computed": computed, "rows_read": rows_read,
-            "window_rows": len(rows),
-            "window_cols": len(cols),
+            "window_rows": len(rows), "window_cols": len(cols),
             "valid_pixels": int(counts.sum()), "class_counts": counts.tolist(), "max_buffer_pixels": wh * Wp,
             "max_read_pixels": max_read_rows * W, "strip_bytes": int(buf.nbytes),
             "writer_buffer_bytes": int(sum(w.buffer_bytes for w in outputs))}

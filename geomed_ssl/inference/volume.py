@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import dataclasses
 import functools
+import math
 import time
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Sequence
@@ -16,7 +16,7 @@ import torch
 from geomed_ssl.bands.conform import conform_record, note_band_order
 from geomed_ssl.data.stats import BandStats, normalize
 from geomed_ssl.geo.validity import valid_mask
-from geomed_ssl.windows.tiling import DEFAULT_OVERLAP
+from geomed_ssl.windows.tiling import DEFAULT_OVERLAP, inside_starts
 from geomed_ssl.errors import DataError
 from geomed_ssl.files.cases import is_case_file
 from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, check_request, blends_logits, window_scores,
@@ -238,13 +238,9 @@ def proba_array(grid: FileGridPrediction, pkind: str) -> np.ndarray:
 
 
 def window_count(size: Sequence[int], roi: Sequence[int], overlap: float) -> int:
-    """The windows MONAI's ``sliding_window_inference`` runs over a volume of ``size`` (its scan: steps of
-    roi x (1 - overlap), at least 1, the last window flush with the far face)."""
-    count = 1
-    for n, w in zip(size, roi):
-        step = max(int(w * (1 - overlap)), 1) if w < n else 1
-        count *= math.ceil((n - w) / step) + 1 if w < n else 1
-    return count
+    """The windows MONAI's ``sliding_window_inference`` runs over a volume of ``size``: :func:`inside_starts` with
+    its step, roi x (1 - overlap) rounded down (``overlap_stride`` rounds to nearest), at least 1."""
+    return math.prod(len(inside_starts(n, w, max(int(w * (1 - overlap)), 1))) for n, w in zip(size, roi))
 
 
 def made(what: str, made_by: str | None, room: int = 79) -> str:

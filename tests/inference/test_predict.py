@@ -1234,3 +1234,15 @@ def test_a_volumes_classes_are_taken_class_by_class_as_argmax_takes_them() -> No
         proba[:, 0, 0, 0] = 0.5  # a tie between every class
         view = proba.permute(1, 2, 3, 0).numpy()[::-1, :, ::-1].transpose(1, 0, 2, 3)
         assert np.array_equal(class_argmax(view), view.argmax(axis=-1))
+
+
+def test_a_volumes_progress_counts_the_windows_monai_runs() -> None:
+    from monai.inferers import sliding_window_inference
+
+    from geomed_ssl.inference.volume import window_count
+
+    for size, roi, overlap in [((40, 33, 20), (16, 16, 16), 0.25), ((96, 96, 96), (96, 96, 96), 0.5),
+                               ((100, 17, 50), (32, 32, 32), 0.5), ((50, 50, 9), (20, 20, 16), 0.3)]:
+        seen = []
+        sliding_window_inference(torch.zeros(1, 1, *size), roi, 3, lambda b: seen.append(len(b)) or b, overlap=overlap)
+        assert sum(seen) == window_count(size, roi, overlap)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import math
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from geomed_ssl.geo.validity import valid_mask
 from geomed_ssl.windows.tiling import DEFAULT_OVERLAP, inside_starts
 from geomed_ssl.errors import DataError
 from geomed_ssl.files.cases import is_case_file
+from geomed_ssl.inference.slabs import Planes, resampled_planes, window_planes
 from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, check_request, blends_logits, window_scores,
                                           warn_if_nothing_predicted)
 from geomed_ssl.inference.writers import PROBA_SCALE, class_lookup, class_record, nifti_like, proba_path, save_nifti
@@ -38,11 +38,11 @@ def predict_volume(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
     """Predict a NIfTI volume (or a folder of ``data.channels`` files) into a label NIfTI on the input's own grid.
 
     The volume is read as in training (``VolumeReader``: RAS, ``data.spacing`` resampling, intensity scaling),
-    normalised with ``stats`` and predicted with MONAI ``sliding_window_inference`` (blending softmax
-    probabilities). The probabilities are resampled back (trilinear) if the reader resampled, reoriented to the
-    file's axis order, then argmax'd, so the output has the input's shape and affine exactly. The volume's bands
-    (``band_names`` if given, else as the catalog names them) are picked and ordered by name for ``stats`` (the one
-    band rule). Labels are
+    normalised with ``stats`` and predicted with MONAI ``sliding_window_inference``'s windows and weights (blending
+    softmax probabilities), streamed plane by plane (:mod:`geomed_ssl.inference.slabs`). The probabilities are
+    resampled back (trilinear) if the reader resampled, reoriented to the file's axis order, then argmax'd, so the
+    output has the input's shape and affine exactly. The volume's bands (``band_names`` if given, else as the
+    catalog names them) are picked and ordered by name for ``stats`` (the one band rule). Labels are
     ``class_values[argmax]`` (default the index), uint8 (uint16 when a value is >= 255); voxels invalid in the
     input get 255 (65535). ``probabilities`` adds
     ``*_proba.nii.gz`` (X, Y, Z, K): float32, or uint8 = round(p*254). The header's ``descrip`` names the model's
@@ -61,9 +61,9 @@ def predict_volume(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
     record = volume_record(path, cfg, stats, band_names, names_by_position)
     model = as_model(model_fn, device)
     grid = predict_on_file_grid(model, record, cfg, stats, roi, int(batch_size), int(num_classes), float(overlap),
-                                blend, device)
+                                blend, device, pkind)
     lut, lnodata = class_lookup(int(num_classes), class_values)
-    index = class_argmax(grid.proba)  # (x, y, z)
+    index = grid.index  # (x, y, z)
     labels = lut[index]
     labels[~grid.ok] = lnodata
     ppath = proba_path(out_path) if pkind else None
@@ -121,11 +121,14 @@ def volume_record(path: Path, cfg: Any, stats: BandStats, band_names: Sequence[s
 
 @dataclasses.dataclass
 class FileGridPrediction:
-    """Softmax probabilities on the file's own voxel grid and axis order: ``proba`` (x, y, z, K) and ``ok``
-    (x, y, z), the voxels valid in the input; with the grid the model saw and the file's orientation."""
+    """A prediction on the file's own voxel grid and axis order: ``index`` (x, y, z) the class position of each voxel
+    (argmax of its softmax probabilities), ``ok`` (x, y, z) the voxels valid in the input, ``proba`` (x, y, z, K) the
+    probabilities when asked for (float32, or uint8 = round(p*254)); with the grid the model saw and the file's
+    orientation."""
 
-    proba: np.ndarray
+    index: np.ndarray
     ok: np.ndarray
+    proba: np.ndarray | None
     shape: tuple[int, ...]
     model_grid: tuple[int, ...]
     resampled: bool
@@ -143,12 +146,13 @@ def volume_margin(roi: Sequence[int]) -> tuple[int, ...]:
 
 def predict_on_file_grid(model: ModelFn, record: Any, cfg: Any, stats: BandStats, roi: tuple[int, ...],
                          batch_size: int, num_classes: int, overlap: float, blend: str,
-                         device: str | torch.device) -> FileGridPrediction:
+                         device: str | torch.device, pkind: str | None = None) -> FileGridPrediction:
     """Read the volume as in training, predict it with MONAI's sliding window (blending softmax probabilities), and
     map the probabilities back: resampled to the RAS grid before resampling (trilinear, same first and last voxel
-    centres) and reoriented to the file's voxel order."""
+    centres) and reoriented to the file's voxel order. Streamed plane by plane (:mod:`geomed_ssl.inference.slabs`):
+    besides the input, what is held whole is a byte or two a voxel (classes, validity) and the probabilities only
+    when ``pkind`` asks for them."""
     import nibabel as nib
-    from monai.inferers import sliding_window_inference
     from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
     from geomed_ssl.data.catalog import reoriented_shape
@@ -158,47 +162,65 @@ def predict_on_file_grid(model: ModelFn, record: Any, cfg: Any, stats: BandStats
     x, valid = normalize(vol, stats, cfg.nodata)  # (C, X, Y, Z) float32, (X, Y, Z)
     del vol
     model_grid = tuple(x.shape[1:])
+    canon = tuple(reoriented_shape(record))  # RAS grid before resampling
+    resampled = model_grid != canon
     margin = volume_margin(roi)
+    index = np.zeros(canon, np.uint8 if num_classes <= 256 else np.int32)
+    inside = valid if not resampled else np.zeros(canon, bool)
+    ref = nib.load(record.path)
+    ras, own = axcodes2ornt(("R", "A", "S")), io_orientation(ref.affine)
+    to_file = ornt_transform(ras, own)
+    proba = proba_ras = None
+    if pkind:  # kept in the file's voxel order (the array written, never copied) and filled through a RAS view
+        proba = np.zeros(tuple(ref.shape[:3]) + (num_classes,), np.uint8 if pkind == "uint8" else np.float32)
+        proba_ras = apply_orientation(proba, ornt_transform(own, ras))
     with torch.inference_mode():
         padded = torch.nn.functional.pad(torch.from_numpy(x)[None], [m for m in reversed(margin) for _ in (0, 1)],
-                                         mode="replicate")  # (1, C, X + 2mx, ...): no face of the volume is a
+                                         mode="replicate")[0]  # (C, X + 2mx, ...): no face of the volume is a
         del x  # window's edge, where a decoder's zero padding shows (tumour on the outermost layer, in the air)
-        bar = WorkProgress(window_count(tuple(padded.shape[2:]), roi, overlap), "predicting")
+        bar = WorkProgress(window_count(tuple(padded.shape[1:]), roi, overlap), "predicting")
 
         def scores(batch: torch.Tensor) -> torch.Tensor:
             bar.update(int(batch.shape[0]))
             return window_scores(model, batch, num_classes)
 
-        probs = sliding_window_inference(padded, roi, batch_size, scores, overlap=overlap, mode=blend,
-                                         sw_device=device, device="cpu")[0].float()  # (K, X + 2mx, ...)
+        planes = window_planes(padded, roi, overlap, blend, batch_size, scores, device)
+        planes = _probabilities(planes, margin, model_grid, blends_logits(model), valid if resampled else None)
+        if resampled:  # undo resample_to_spacing: same first/last voxel centres (align_corners), the validity with
+            planes = resampled_planes(planes, model_grid[0], canon)  # the classes as one more channel
+        for a, block in planes:
+            probs = block[:num_classes].permute(1, 2, 3, 0).numpy()  # (n, Y, Z, K) RAS
+            index[a:a + len(probs)] = class_argmax(probs)
+            if resampled:
+                inside[a:a + len(probs)] = block[num_classes].numpy() >= 0.5
+            if proba_ras is not None:
+                proba_ras[a:a + len(probs)] = np.rint(probs * PROBA_SCALE) if pkind == "uint8" else probs
         bar.close()
         del padded
-        probs = probs[(slice(None), *(slice(m, m + n) for m, n in zip(margin, model_grid)))]
-        if blends_logits(model):  # a softmax in place: one volume per class is the largest thing held here
-            probs -= probs.amax(dim=0, keepdim=True)
-            probs.exp_()
-            probs /= probs.sum(dim=0, keepdim=True)
-        canon = tuple(reoriented_shape(record))  # RAS grid before resampling
-        resampled = model_grid != canon
-        inside = torch.from_numpy(valid.astype(np.float32))[None]
-        if resampled:  # undo resample_to_spacing: same first/last voxel centres (align_corners); the classes and
-            back = functools.partial(torch.nn.functional.interpolate, size=canon, mode="trilinear",  # the validity
-                                     align_corners=True)  # apart: no (K + 1)-volume copy of them together
-            probs = back(probs[None])[0]
-            inside = back(inside[None])[0]
-        probs = probs.permute(1, 2, 3, 0).numpy()  # (X, Y, Z, K) RAS
-        inside = inside[0].numpy() >= 0.5
-    ref = nib.load(record.path)
-    to_file = ornt_transform(axcodes2ornt(("R", "A", "S")), io_orientation(ref.affine))
-    probs = apply_orientation(probs, to_file)  # (x, y, z, K) in the file's voxel order
-    ok = apply_orientation(inside, to_file)
-    if probs.shape[:3] != tuple(ref.shape[:3]):
-        raise DataError(f"internal grid mismatch for '{record.path}': prediction {probs.shape[:3]} vs file "
+    index, ok = apply_orientation(index, to_file), apply_orientation(inside, to_file)  # the file's voxel order
+    if index.shape != tuple(ref.shape[:3]):
+        raise DataError(f"internal grid mismatch for '{record.path}': prediction {index.shape} vs file "
                         f"{tuple(ref.shape[:3])}; please report this.")
     if resampled:  # the validity went to the model's grid and back: a voxel without data on the file's stays out
-        ok &= file_valid(record, cfg.nodata)
-    return FileGridPrediction(probs, ok, tuple(ref.shape[:3]), model_grid, resampled,
+        ok = ok & file_valid(record, cfg.nodata)
+    return FileGridPrediction(index, ok, proba, tuple(ref.shape[:3]), model_grid, resampled,
                               "".join(nib.aff2axcodes(ref.affine)))
+
+
+def _probabilities(planes: Planes, margin: Sequence[int], grid: Sequence[int], logits: bool,
+                   valid: np.ndarray | None) -> Planes:
+    """The blended scores' planes inside the margin (cropped to ``grid``) as softmax probabilities (taken here when
+    windows blended ``logits``), with ``valid``'s planes (as 0 / 1) as one more channel when given."""
+    for a, block in planes:
+        lo, hi = max(a, margin[0]), min(a + block.shape[1], margin[0] + grid[0])
+        if hi <= lo:
+            continue
+        block = block[:, lo - a:hi - a, margin[1]:margin[1] + grid[1], margin[2]:margin[2] + grid[2]]
+        if logits:
+            block = torch.softmax(block, dim=0)
+        if valid is not None:
+            block = torch.cat([block, torch.from_numpy(valid[lo - margin[0]:hi - margin[0]])[None].float()])
+        yield lo - margin[0], block
 
 
 def class_argmax(proba: np.ndarray) -> np.ndarray:
@@ -231,8 +253,7 @@ def file_valid(record: Any, nodata: float | None) -> np.ndarray:
 def proba_array(grid: FileGridPrediction, pkind: str) -> np.ndarray:
     """The ``*_proba.nii.gz`` array (x, y, z, K) on the reference's grid: float32 (NaN where invalid), or uint8 =
     round(p*254) (255 where invalid)."""
-    p = np.ascontiguousarray(grid.proba, dtype=np.float32)
-    p = np.rint(p * PROBA_SCALE).astype(np.uint8) if pkind == "uint8" else p
+    p = np.ascontiguousarray(grid.proba)
     p[~grid.ok] = 255 if pkind == "uint8" else np.nan
     return p
 

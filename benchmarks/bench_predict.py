@@ -152,6 +152,14 @@ class RssSampler:
         self.peak = max(self.peak, self.rss())
 
 
+def metric_table(rows: list[tuple[str, str]]) -> None:
+    """Print (metric, value) rows as a Markdown table."""
+    width = max(len(k) for k, _ in rows)
+    print(f"| {'metric'.ljust(width)} | value |\n|{'-' * (width + 2)}|-------|")
+    for k, v in rows:
+        print(f"| {k.ljust(width)} | {v} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=8192)
@@ -220,10 +228,7 @@ def main() -> None:
         ("full-scene float32 x K (MiB, never allocated)", f"{full / 2**20:.0f}"),
         ("output size (MiB)", f"{out_mb:.1f}"),
     ]
-    width = max(len(k) for k, _ in rows)
-    print(f"| {'metric'.ljust(width)} | value |\n|{'-' * (width + 2)}|-------|")
-    for k, v in rows:
-        print(f"| {k.ljust(width)} | {v} |")
+    metric_table(rows)
 
 
 if __name__ == "__main__":

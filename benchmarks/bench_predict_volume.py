@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_predict import RssSampler  # noqa: E402
+from bench_predict import RssSampler, metric_table  # noqa: E402
 
 from geomed_ssl.config import DataConfig  # noqa: E402
 from geomed_ssl.data.stats import BandStats  # noqa: E402
@@ -111,10 +111,7 @@ def main() -> None:
         ("peak RSS growth (MiB, sampled)", f"{(sampler.peak - base) / 2**20:.0f}"),
         ("K float32 volumes on the file's grid (MiB, for scale)", f"{voxels * args.classes * 4 / 2**20:.0f}"),
     ]
-    width = max(len(k) for k, _ in rows)
-    print(f"| {'metric'.ljust(width)} | value |\n|{'-' * (width + 2)}|-------|")
-    for k, v in rows:
-        print(f"| {k.ljust(width)} | {v} |")
+    metric_table(rows)
     for p in out.parent.iterdir():
         p.unlink()
     out.parent.rmdir()

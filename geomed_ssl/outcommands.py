@@ -219,8 +219,9 @@ COMMANDS: dict[str, CommandSpec] = {
                            inside={"maps": ("*_clusters.tif", "*_clusters.nii.gz", "*_clusters.png", "*.aux.xml")},
                            vouch_inside={"maps": lambda path: made_map(path, "summary.json")}),
     "predict": CommandSpec(("predictions.csv",), ("*_pred.tif", "*_pred.nii.gz", "*_pred_proba.tif",
-                                                  "*_pred_proba.nii.gz"), (), exclusive=False,
-                           vouch=lambda path: recorded_input(path) is not None),
+                                                  "*_pred_proba.nii.gz", "*_pred.tif.aux.xml",
+                                                  "*_pred_proba.tif.aux.xml"), (), exclusive=False,
+                           vouch=lambda path: _predicted(path)),
     # (no legacy rule for predict: without a manifest a folder of *_pred.tif maps may be another tool's: refused)
     "evaluate": CommandSpec(("metrics.json", "confusion.png"), (), (), _legacy_evaluate,
                             nests={"*": ("evaluate",)},  # FT_DIR/eval/<other evaluation>, allowed as FT_DIR/eval
@@ -266,6 +267,14 @@ def provenance_tags(source: str | None = None, **made_by: str | None) -> dict[st
     tags = {"GEOMED_SSL_VERSION": __version__}
     tags.update({f"GEOMED_SSL_{key.upper()}": str(value) for key, value in made_by.items() if value})
     return {**tags, **({INPUT_TAG: str(source)} if source is not None else {})}
+
+
+def _predicted(path: Path) -> bool:
+    """``path`` is a map ``predict`` wrote (it records its input), or GDAL's sidecar of one (``X_pred.tif.aux.xml``:
+    the class names predict writes, statistics a viewer cached), which goes with its map."""
+    if path.name.endswith(".aux.xml"):
+        path = path.with_name(path.name[: -len(".aux.xml")])
+    return recorded_input(path) is not None
 
 
 def recorded_input(path: str | Path, tag: str = INPUT_TAG) -> str | None:

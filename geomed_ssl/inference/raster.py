@@ -35,8 +35,8 @@ from geomed_ssl.errors import DataError
 from geomed_ssl.files.cases import is_case_file
 from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, channel_records,
                                           blends_logits, check_request, warn_if_nothing_predicted, window_scores)
-from geomed_ssl.inference.writers import (PROBA_SCALE, GeoTiffWriter, class_colormap, class_lookup, class_record,
-                                          proba_path)
+from geomed_ssl.inference.writers import (PROBA_SCALE, GeoTiffWriter, category_names, class_colormap, class_lookup,
+                                          class_record, proba_path)
 from geomed_ssl.outcommands import provenance_tags
 from geomed_ssl.train.console import WorkProgress
 
@@ -147,7 +147,7 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
             outputs = open_outputs(out_path, scene.sources[0], [int(v) for v in lut], lut.dtype, lnodata, pkind,
                                    provenance_tags(str(Path(path).resolve()), model=made_by, run=run,
                                                    classes=class_record(lut, class_names)),
-                                   class_colormap(lut, class_colors, lnodata))
+                                   class_colormap(lut, class_colors, lnodata), category_names(lut, class_names))
             ranges = RangeSample(len(stats.band_names), scene.nodata, scene.shape)
             with rasterio.Env(GDAL_CACHEMAX=scene.cache_bytes()):
                 info = _stream_raster(scene.strip_reader(ranges), scene.shape, len(stats.band_names), model, stats,
@@ -300,17 +300,18 @@ class RasterInput:
 
 def open_outputs(out_path: Path, src: Any, values: Sequence[int], dtype: Any, lnodata: int,
                  pkind: str | None, tags: dict[str, str] | None = None,
-                 colormap: dict[int, tuple[int, ...]] | None = None) -> list[GeoTiffWriter]:
-    """The class-map writer on ``src``'s grid and, with ``pkind``, the probability writer (one band per class, in
-    the order of ``values``, the label values of the classes, and named ``p_class_<value>``), both with ``tags``; a
-    failure opening the second drops the first."""
+                 colormap: dict[int, tuple[int, ...]] | None = None,
+                 categories: str | None = None) -> list[GeoTiffWriter]:
+    """The class-map writer on ``src``'s grid (``categories``: its GDAL sidecar, :func:`category_names`) and, with
+    ``pkind``, the probability writer (one band per class, in the order of ``values``, the label values of the
+    classes, and named ``p_class_<value>``), both with ``tags``; a failure opening the second drops the first."""
     num_classes = len(values)
     like = {"height": src.height, "width": src.width, "crs": src.crs, "transform": src.transform, "gcps": src.gcps,
             "rpcs": src.rpcs, "area_or_point": src.tags().get("AREA_OR_POINT")}
     outputs: list[GeoTiffWriter] = []
     try:
         outputs.append(GeoTiffWriter(out_path, like, 1, dtype, lnodata, descriptions=["class"], tags=tags,
-                                     colormap=colormap))
+                                     colormap=colormap, sidecar=categories))
         if pkind:
             outputs.append(GeoTiffWriter(
                 proba_path(out_path), like, num_classes, pkind, math.nan if pkind == "float32" else 255,

@@ -24,8 +24,9 @@ def input_state(path: Path) -> list[list[Any]]:
     return [[p.name, (st := p.stat()).st_size, st.st_mtime_ns] for p in files]
 
 
-# What a map records beyond its pixels, so --resume redoes maps that lack it: 2 = the classes' names (2026-12-07)
-RECORDS = 2
+# What a map records beyond its pixels, so --resume redoes maps that lack it: 2 = the classes' names, 3 = them in
+# GDAL's sidecar too (2026-12-07)
+RECORDS = 3
 
 
 def run_keys(planned: dict[Path, Path], model_id: str, settings: dict[str, Any]) -> dict[Path, str]:

@@ -70,6 +70,22 @@ def class_record(values: Sequence[int], names: Sequence[str] | None) -> str | No
     return json.dumps({str(int(v)): str(n) for v, n in zip(values, names)}, ensure_ascii=False)
 
 
+def category_names(values: Sequence[int], names: Sequence[str] | None) -> str | None:
+    """GDAL's sidecar of a class map (``<map>.aux.xml``, a PAM dataset) naming its values: ``CategoryNames`` holds
+    one entry per pixel value from 0, the entry at a class's value its name and blank entries for values no class
+    takes (nodata among them), which QGIS shows as the legend's labels (GDAL keeps no category names inside a
+    GeoTIFF); None without names."""
+    if not names:
+        return None
+    from xml.sax.saxutils import escape
+
+    by_value = {int(v): str(n) for v, n in zip(values, names)}
+    entries = "".join(f"      <Category>{escape(by_value.get(v, ''))}</Category>\n"
+                      for v in range(max(by_value) + 1))
+    return (f'<PAMDataset>\n  <PAMRasterBand band="1">\n    <CategoryNames>\n{entries}    </CategoryNames>\n'
+            "  </PAMRasterBand>\n</PAMDataset>\n")
+
+
 def class_colormap(values: Sequence[int], colors: Sequence[Sequence[int] | None] | None,
                    nodata: int) -> dict[int, tuple[int, ...]]:
     """A GDAL colour table for a class map: each class value's colour (the training labels' own, else
@@ -78,6 +94,11 @@ def class_colormap(values: Sequence[int], colors: Sequence[Sequence[int] | None]
     table = {int(v): tuple(int(x) for x in (c or PALETTE[i % len(PALETTE)]))[:3] + (255,)
              for i, (v, c) in enumerate(zip(values, colors))}
     return {**table, int(nodata): (0, 0, 0, 0)}
+
+
+def sidecar_path(path: Path) -> Path:
+    """GDAL's sidecar of the raster at ``path`` (``X.tif.aux.xml``)."""
+    return path.with_name(path.name + ".aux.xml")
 
 
 def _window_tuple(window: Any) -> tuple[int, int, int, int]:
@@ -103,10 +124,11 @@ class GeoTiffWriter:
     def __init__(self, path: str | Path, like_profile: dict[str, Any], count: int, dtype: str | np.dtype,
                  nodata: float | None, descriptions: Sequence[str] | None = None,
                  scales: Sequence[float] | None = None, tags: dict[str, str] | None = None,
-                 colormap: dict[int, tuple[int, ...]] | None = None):
+                 colormap: dict[int, tuple[int, ...]] | None = None, sidecar: str | None = None):
         import rasterio
 
         self.path = Path(path)
+        self.sidecar, self._sidecar_text = sidecar_path(self.path), sidecar
         self.height, self.width = int(like_profile["height"]), int(like_profile["width"])
         self.count, self.dtype = int(count), np.dtype(dtype)
         kind, transform = self.dtype.kind, like_profile.get("transform")
@@ -220,6 +242,9 @@ class GeoTiffWriter:
         finally:
             self._ds = None
         check_written(self._tmp, self.path)
+        if self._sidecar_text is not None:
+            with naming_write_errors(self.sidecar):
+                partial_path(self.sidecar).write_text(self._sidecar_text, encoding="utf-8")
         self._finished = True
 
     def commit(self) -> Path:
@@ -227,8 +252,13 @@ class GeoTiffWriter:
         writer whose finish failed, or that was aborted, never commits."""
         if not self._committed:
             self.finish()
+            replaced = self.path.exists()
             commit_partial(self._tmp, self.path)
             self._committed = True
+            if self._sidecar_text is not None:
+                commit_partial(partial_path(self.sidecar), self.sidecar)
+            elif replaced:  # GDAL's sidecar of the map replaced (statistics QGIS cached, its names) is not this one's
+                self.sidecar.unlink(missing_ok=True)
         return self.path
 
     def close(self) -> Path:
@@ -247,6 +277,7 @@ class GeoTiffWriter:
             self._ds = None
             if not self._committed:
                 self._tmp.unlink(missing_ok=True)
+                partial_path(self.sidecar).unlink(missing_ok=True)
 
     def __enter__(self) -> GeoTiffWriter:
         return self

@@ -161,7 +161,8 @@ def test_segmentation_predict_on_a_folder_skips_what_the_recipe_excludes(tmp_pat
     write_geotiff(folder / "lulc_mask.tif", np.ones((1, 32, 32), np.uint8))
     result = runner.invoke(app, ["predict", str(ft), str(folder), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".geomed-ssl.json", "scene_pred.tif"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".geomed-ssl.json", "scene_pred.tif",
+                                                                   "scene_pred.tif.aux.xml"]
 
 
 @pytest.mark.parametrize("pace", [{"overlap": 1.5}, {"overlap": -0.1}, {"batch_size": 0}])
@@ -399,3 +400,41 @@ def test_predict_warns_before_starting_when_the_outputs_may_not_fit_on_the_disk(
     res = runner.invoke(app, ["predict", str(ft), str(tmp_path / "in"), "--out", str(tmp_path / "p2"),
                               "--probabilities"])
     assert res.exit_code == 0 and "uncompressed" not in res.output
+
+
+def test_a_class_map_names_its_classes_for_gis_viewers_in_gdals_sidecar(tmp_path: Path) -> None:
+    """QGIS labels a class map's legend with GDAL's category names, which a GeoTIFF keeps only in its PAM sidecar
+    (``X_pred.tif.aux.xml``): predict writes one naming each class's value; a map replaced later drops the
+    sidecar a viewer left (statistics of the old map); the sidecar goes with its map in the folder's ownership."""
+    import xml.etree.ElementTree as ET
+
+    from geomed_ssl.inference.writers import category_names
+    from geomed_ssl.outowners import foreign_inside
+
+    ft = make_ft_dir(tmp_path)
+    (tmp_path / "in").mkdir()
+    write_geotiff(tmp_path / "in" / "scene.tif", 1000 + structured_raster(np.random.default_rng(0), 4, 40) * 2000)
+    res = runner.invoke(app, ["predict", str(ft), str(tmp_path / "in"), "--out", str(tmp_path / "p"),
+                              "--probabilities"])
+    assert res.exit_code == 0, res.output
+    side = tmp_path / "p" / "scene_pred.tif.aux.xml"
+    band = ET.parse(side).getroot().find("PAMRasterBand")
+    assert band.get("band") == "1"
+    assert [c.text or "" for c in band.find("CategoryNames")] == ["", "c1", "c2"]  # value 0 is no class's
+    assert not (tmp_path / "p" / "scene_pred_proba.tif.aux.xml").exists()
+    assert sorted(p.name for p in (tmp_path / "p").iterdir() if p.name.startswith(".partial")) == []
+    # a viewer's cached statistics of the probability map go when the map is replaced; the class map's are ours
+    stale = tmp_path / "p" / "scene_pred_proba.tif.aux.xml"
+    stale.write_text("<PAMDataset><Metadata><MDI key='STATISTICS_MAXIMUM'>9</MDI></Metadata></PAMDataset>")
+    assert foreign_inside(tmp_path / "p") == []  # both sidecars go with their maps
+    again = runner.invoke(app, ["predict", str(ft), str(tmp_path / "in"), "--out", str(tmp_path / "p"),
+                                "--probabilities"])
+    assert again.exit_code == 0, again.output
+    assert not stale.exists() and side.is_file()
+    lone = tmp_path / "p" / "gone_pred.tif.aux.xml"  # the sidecar of no map of ours: the user's
+    lone.write_text("<PAMDataset/>")
+    assert foreign_inside(tmp_path / "p") == ["gone_pred.tif.aux.xml"]
+    # names with XML's own characters, and any script, read back as written; a value no class takes is blank
+    text = category_names([3, 1], ["a < b & \"c\"", "forêt 森林"])
+    assert [c.text or "" for c in ET.fromstring(text).iter("Category")] == ["", "forêt 森林", "", "a < b & \"c\""]
+    assert category_names([1, 2], None) is None

@@ -189,6 +189,24 @@ def test_writer_gathers_row_strips_and_writes_other_windows(tmp_path):
     assert not list(tmp_path.glob("*x.tif"))
 
 
+def test_a_writers_sidecar_appears_with_its_map_and_goes_with_an_abort(tmp_path):
+    """The GDAL sidecar a class map is written with (its class names) takes its final name only after the map; a
+    writer aborted after finishing (the probability file beside it failed) leaves neither, nor a partial file."""
+    from affine import Affine
+
+    like = {"height": 20, "width": 20, "crs": "EPSG:4326", "transform": Affine(1, 0, 0, 0, -1, 0)}
+    w = GeoTiffWriter(tmp_path / "a.tif", like, 1, "uint8", 255, sidecar="<PAMDataset/>\n")
+    w.write(np.ones((20, 20), np.uint8), (0, 0, 20, 20))
+    w.finish()
+    assert not (tmp_path / "a.tif.aux.xml").exists()
+    w.abort()
+    assert list(tmp_path.iterdir()) == []
+    with GeoTiffWriter(tmp_path / "a.tif", like, 1, "uint8", 255, sidecar="<PAMDataset/>\n") as w:
+        w.write(np.ones((20, 20), np.uint8), (0, 0, 20, 20))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "a.tif.aux.xml"]
+    assert (tmp_path / "a.tif.aux.xml").read_text() == "<PAMDataset/>\n"
+
+
 def test_a_stop_while_a_writer_sets_its_file_up_leaves_no_partial_file(tmp_path, monkeypatch):
     """A SIGTERM that reached predict while the class map's colour table was written left its .partial- file."""
     from affine import Affine

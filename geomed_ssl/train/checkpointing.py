@@ -207,7 +207,7 @@ def find_resume_checkpoint(run_dir: Path, announce: bool = True) -> ResumePoint:
     ``step-*.ckpt``, whichever is further (a kill between writing ``step-N.ckpt`` and linking ``last.ckpt`` leaves
     ``last.ckpt`` older; a tie goes to ``last.ckpt``). Each unreadable one is skipped with a one-line message. No
     readable checkpoint: a ``GeomedError`` that names the way out (a folder with no run in it was refused before,
-    by ``pretrain.resolve_recipe``)."""
+    by ``resuming.resolve_recipe``)."""
     ckpt_dir = run_dir / "checkpoints"
     candidates = checkpoint_candidates(ckpt_dir) if ckpt_dir.is_dir() else []
     last = ckpt_dir / "last.ckpt"

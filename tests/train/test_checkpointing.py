@@ -743,7 +743,7 @@ def test_a_run_of_an_older_version_read_back_from_its_checkpoint_keeps_what_it_s
                                                                                            tmp_path: Path) -> None:
     """Without config.yaml, the checkpoint's recipe is the record of the run's first settings: a run started when
     every step-*.ckpt was kept (no train.keep_checkpoints in its recipe) keeps them all, as with its config.yaml."""
-    from geomed_ssl.train.pretrain import resolve_recipe
+    from geomed_ssl.train.resuming import resolve_recipe
 
     run = killed_at_step_7(raster_dir, tmp_path / "run")
     for ckpt in (run / "checkpoints").glob("*.ckpt"):

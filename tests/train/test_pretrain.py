@@ -391,7 +391,7 @@ def test_resume_says_that_a_recipe_given_beside_it_is_not_read(tmp_path: Path, c
     """Silent for the recipe the run was started with (config.yaml is its full dump, never the same bytes); a note
     naming the settings an edited recipe changes, or saying a missing one cannot be read."""
     from geomed_ssl.config import load_recipe
-    from geomed_ssl.train.pretrain import note_unread_recipe
+    from geomed_ssl.train.resuming import note_unread_recipe
 
     saved = tmp_path / "run" / "config.yaml"
     saved.parent.mkdir()
@@ -441,7 +441,7 @@ def test_pretrain_refuses_views_the_recipe_cannot_have_before_reading_the_data(r
 
 def test_a_recipe_with_a_spectral_shift_passes_the_early_check_without_wavelengths() -> None:
     """The spectral shift needs the bands' wavelengths, known once the data is scanned: not refused from the recipe."""
-    from geomed_ssl.train.pretrain import check_views
+    from geomed_ssl.train.resuming import check_views
     from geomed_ssl.config import load_recipe
 
     recipe = load_recipe("recipes/moco_v3_sentinel2_small.yaml", ["augment.spectral_shift_p=0.5", "data.sensor=null"])
@@ -460,7 +460,7 @@ def test_a_run_resumed_past_its_end_says_what_rate_its_extra_steps_train_at(capl
     stays at the rate it had reached, which the message called min_lr (the extra steps did train)."""
     from types import SimpleNamespace
 
-    from geomed_ssl.train.pretrain import resumed_clock
+    from geomed_ssl.train.resuming import resumed_clock
 
     point = SimpleNamespace(step=6, info={"schedule": None, "recipe": {"train": {"max_steps": 6}}})
     with caplog.at_level("INFO", logger="geomed_ssl"):

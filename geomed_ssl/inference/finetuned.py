@@ -109,6 +109,7 @@ def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], o
     from geomed_ssl.checkpoint import export_fingerprint
     from geomed_ssl.inference.predict import plan_outputs, predict_files, usable_inputs, warn_other_models
     from geomed_ssl.inference.resume import finished, run_keys
+    from geomed_ssl.inference.writers import category_list
     from geomed_ssl.inference.sliding import check_pace, proba_kind
     from geomed_ssl.models.device import model_device
     from geomed_ssl.models.model_data import records_for_stats, warn_other_scale
@@ -142,7 +143,8 @@ def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], o
     runs = run_keys(planned, export_fingerprint(ft_dir), {"overlap": float(overlap), "blend": blend,
                                                      "probabilities": proba_kind(probabilities),
                                                      "data": dataclasses.asdict(cfg)})
-    kept = finished(planned, runs, bool(probabilities)) if resume else []
+    values, names = [c["value"] for c in meta["classes"]], [str(c.get("name", c["value"])) for c in meta["classes"]]
+    kept = finished(planned, runs, bool(probabilities), category_list(values, names)) if resume else []
     if kept:
         log.info("--resume: %d of %d input(s) already have their class map from this model with these settings "
                  "(e.g. '%s'); predicting the other %d.", len(kept), len(planned), planned[kept[0]],
@@ -154,9 +156,8 @@ def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], o
                               model_fn(model), todo, out, stats, num_classes=len(meta["classes"]),
                               window=meta["window"], data_cfg=cfg, overlap=overlap, blend=blend,
                               batch_size=batch_size, probabilities=probabilities,
-                              class_values=[c["value"] for c in meta["classes"]], device=model_device(model),
-                              class_colors=[c.get("color") for c in meta["classes"]],
-                              class_names=[str(c.get("name", c["value"])) for c in meta["classes"]],
+                              class_values=values, device=model_device(model),
+                              class_colors=[c.get("color") for c in meta["classes"]], class_names=names,
                               names_by_position="error" if strict else "warn", made_by=str(Path(ft_dir).resolve()),
                               runs={Path(p): runs[p] for p in planned})
     return ([f"{p} -> {planned[p]} (kept: --resume)" for p in kept]

@@ -29,7 +29,7 @@ from geomed_ssl.errors import DataError
 from geomed_ssl.inference.raster import RASTER_BLENDS, predict_raster, warn_inputs
 from geomed_ssl.inference.sliding import ModelFn, proba_kind, as_model, channel_records
 from geomed_ssl.inference.volume import VOLUME_BLENDS, predict_volume
-from geomed_ssl.inference.writers import proba_path
+from geomed_ssl.inference.writers import proba_path, sidecar_path
 from geomed_ssl.outcommands import fitted_stem, recorded_input
 from geomed_ssl.outlocks import locked_briefly
 from geomed_ssl.outfiles import remove_stale_partials
@@ -164,14 +164,16 @@ def still_ours(out: Path, p: Path, probabilities: bool) -> Iterator[None]:
     with locked_briefly(out.parent):
         refuse_foreign_outputs(out, p)
         yield
-        if not probabilities:  # they would be another model's beside the new class map
+        if not probabilities:  # they would be another model's beside the new class map (with GDAL's sidecar)
             proba_path(out).unlink(missing_ok=True)
+            sidecar_path(proba_path(out)).unlink(missing_ok=True)
 
 
 def refuse_foreign_outputs(out: Path, p: Path) -> None:
     """The class map ``out`` and its probabilities (replaced by predicting ``p``, or deleted without them): one that
     exists and records another input than ``p``, or none (an earlier geomed-ssl's, or not ours at all), is an
-    error."""
+    error; so is GDAL's sidecar of either (``X_pred.tif.aux.xml``) where the map is not there (the user's, or a
+    viewer's left when the map was deleted: GDAL would read it with the new map)."""
     for path in (out, proba_path(out)):
         if path.is_file() and (earlier := recorded_input(path)) != str(Path(p).resolve()):  # a folder: a later error
             held = (f"the prediction of '{earlier}'" if earlier is not None else
@@ -180,6 +182,11 @@ def refuse_foreign_outputs(out: Path, p: Path) -> None:
                             "name): predict it into another --out folder" + ("" if earlier is not None else
                                                                              ", or delete that file first if it is "
                                                                              "this input's") + ".")
+        side = sidecar_path(path)
+        if not path.exists() and side.is_file():  # GDAL would read it as the new map's: the user's, not replaced
+            raise DataError(f"'{side}' is GDAL's sidecar of no map there, and predicting '{p}' would write "
+                            f"'{path.name}' beside it (GDAL reads the two together): move it away, or predict into "
+                            "another --out folder.")
 
 
 def recorded_model(path: Path) -> str | None:

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from geomed_ssl.inference.writers import proba_path
+from geomed_ssl.inference.writers import proba_path, sidecar_categories
 from geomed_ssl.outcommands import RUN_TAG, recorded_input
 
 
@@ -41,13 +41,16 @@ def run_keys(planned: dict[Path, Path], model_id: str, settings: dict[str, Any])
     return keys
 
 
-def finished(planned: dict[Path, Path], keys: dict[Path, str], probabilities: bool) -> list[Path]:
+def finished(planned: dict[Path, Path], keys: dict[Path, str], probabilities: bool,
+             categories: list[str] | None = None) -> list[Path]:
     """The inputs whose class map (and, with ``probabilities``, probability file) in the output folder records
     this run's digest: complete (every output appears under its final name only once written whole) and what
-    predicting again would give."""
+    predicting again would give; a GeoTIFF class map also with GDAL's sidecar naming ``categories`` (a stop
+    between the map's rename and its sidecar's left it without)."""
     done = []
     for p, out in planned.items():
         outputs = [out, proba_path(out)] if probabilities else [out]
-        if all(o.is_file() and recorded_input(o, RUN_TAG) == keys[p] for o in outputs):
+        if all(o.is_file() and recorded_input(o, RUN_TAG) == keys[p] for o in outputs) and (
+                categories is None or out.suffix.lower() != ".tif" or sidecar_categories(out) == categories):
             done.append(p)
     return done

@@ -70,20 +70,43 @@ def class_record(values: Sequence[int], names: Sequence[str] | None) -> str | No
     return json.dumps({str(int(v)): str(n) for v, n in zip(values, names)}, ensure_ascii=False)
 
 
+CATEGORY_VALUES = 4096  # class values a sidecar names (one entry per value from 0: uint16 values would take 1.8 MB)
+
+
+def category_list(values: Sequence[int], names: Sequence[str] | None) -> list[str] | None:
+    """A class map's GDAL category names: one per pixel value from 0, a class's name at its value and blanks for
+    values no class takes (nodata among them); None without names, or with a class value of ``CATEGORY_VALUES`` or
+    more."""
+    if not names or max(int(v) for v in values) >= CATEGORY_VALUES:
+        return None
+    by_value = {int(v): str(n) for v, n in zip(values, names)}
+    return [by_value.get(v, "") for v in range(max(by_value) + 1)]
+
+
 def category_names(values: Sequence[int], names: Sequence[str] | None) -> str | None:
-    """GDAL's sidecar of a class map (``<map>.aux.xml``, a PAM dataset) naming its values: ``CategoryNames`` holds
-    one entry per pixel value from 0, the entry at a class's value its name and blank entries for values no class
-    takes (nodata among them), which QGIS shows as the legend's labels (GDAL keeps no category names inside a
-    GeoTIFF); None without names."""
-    if not names:
+    """GDAL's sidecar of a class map (``<map>.aux.xml``, a PAM dataset) naming its values (:func:`category_list`
+    as ``CategoryNames``), which QGIS shows as the legend's labels (GDAL keeps no category names inside a GeoTIFF);
+    None where there is no list."""
+    categories = category_list(values, names)
+    if categories is None:
         return None
     from xml.sax.saxutils import escape
 
-    by_value = {int(v): str(n) for v, n in zip(values, names)}
-    entries = "".join(f"      <Category>{escape(by_value.get(v, ''))}</Category>\n"
-                      for v in range(max(by_value) + 1))
+    entries = "".join(f"      <Category>{escape(c)}</Category>\n" for c in categories)
     return (f'<PAMDataset>\n  <PAMRasterBand band="1">\n    <CategoryNames>\n{entries}    </CategoryNames>\n'
             "  </PAMRasterBand>\n</PAMDataset>\n")
+
+
+def sidecar_categories(path: Path) -> list[str] | None:
+    """The category names GDAL's sidecar of the raster at ``path`` holds (a viewer may have added statistics), or
+    None (no sidecar, unreadable, none named)."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        found = ET.parse(sidecar_path(path)).getroot().find("PAMRasterBand/CategoryNames")
+    except (OSError, ET.ParseError):
+        return None
+    return None if found is None else [c.text or "" for c in found.iter("Category")]
 
 
 def class_colormap(values: Sequence[int], colors: Sequence[Sequence[int] | None] | None,
@@ -142,7 +165,7 @@ class GeoTiffWriter:
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = partial_path(self.path)
-        self._committed = self._finished = False
+        self._committed = self._finished = self._sidecar_committed = False
         self._ds = None
         try:  # a failure or a stop (Ctrl-C, SIGTERM) while the file is set up leaves no partial file behind
             try:
@@ -252,13 +275,14 @@ class GeoTiffWriter:
         writer whose finish failed, or that was aborted, never commits."""
         if not self._committed:
             self.finish()
-            replaced = self.path.exists()
+            if self.path.exists():  # GDAL's sidecar of the map replaced (its names, statistics a viewer cached) goes
+                self.sidecar.unlink(missing_ok=True)  # first: a stop after this leaves no old names on a new map
             commit_partial(self._tmp, self.path)
             self._committed = True
+        if not self._sidecar_committed:
             if self._sidecar_text is not None:
                 commit_partial(partial_path(self.sidecar), self.sidecar)
-            elif replaced:  # GDAL's sidecar of the map replaced (statistics QGIS cached, its names) is not this one's
-                self.sidecar.unlink(missing_ok=True)
+            self._sidecar_committed = True
         return self.path
 
     def close(self) -> Path:
@@ -277,6 +301,7 @@ class GeoTiffWriter:
             self._ds = None
             if not self._committed:
                 self._tmp.unlink(missing_ok=True)
+            if not self._sidecar_committed:
                 partial_path(self.sidecar).unlink(missing_ok=True)
 
     def __enter__(self) -> GeoTiffWriter:

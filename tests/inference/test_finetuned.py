@@ -438,3 +438,49 @@ def test_a_class_map_names_its_classes_for_gis_viewers_in_gdals_sidecar(tmp_path
     text = category_names([3, 1], ["a < b & \"c\"", "forêt 森林"])
     assert [c.text or "" for c in ET.fromstring(text).iter("Category")] == ["", "forêt 森林", "", "a < b & \"c\""]
     assert category_names([1, 2], None) is None
+
+
+def test_a_sidecar_never_outlives_its_map_nor_names_another_one(tmp_path: Path, monkeypatch) -> None:
+    """GDAL reads ``X_pred.tif.aux.xml`` with whatever map bears the name: one with no map there is the user's
+    (refused, kept), the probabilities' goes with them, and a stop between the map's rename and its sidecar's
+    leaves no old names on the new map and a map that ``--resume`` predicts again."""
+    import geomed_ssl.inference.writers as writers
+    from geomed_ssl.inference.writers import CATEGORY_VALUES, category_names, sidecar_categories
+
+    ft = make_ft_dir(tmp_path)
+    (tmp_path / "in").mkdir()
+    write_geotiff(tmp_path / "in" / "scene.tif", 1000 + structured_raster(np.random.default_rng(0), 4, 40) * 2000)
+    out = tmp_path / "p"
+    assert runner.invoke(app, ["predict", str(ft), str(tmp_path / "in"), "--out", str(out)]).exit_code == 0
+    (out / "scene_pred.tif").unlink()  # the map deleted by hand, its sidecar (now the user's) left
+    theirs = out / "scene_pred.tif.aux.xml"
+    theirs.write_text("<PAMDataset/>")
+    res = runner.invoke(app, ["predict", str(ft), str(tmp_path / "in"), "--out", str(out)])
+    assert res.exit_code == 2 and "GDAL's sidecar of no map there" in " ".join(res.output.split())
+    assert theirs.read_text() == "<PAMDataset/>" and not (out / "scene_pred.tif").exists()
+    theirs.unlink()
+    assert runner.invoke(app, ["predict", str(ft), str(tmp_path / "in"), "--out", str(out),
+                               "--probabilities"]).exit_code == 0
+    (out / "scene_pred_proba.tif.aux.xml").write_text("<PAMDataset/>")  # a viewer's statistics
+    assert runner.invoke(app, ["predict", str(ft), str(tmp_path / "in"), "--out", str(out)]).exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == [".geomed-ssl.json", "scene_pred.tif", "scene_pred.tif.aux.xml"]
+    # stopped between the map's rename and its sidecar's: the old names are gone, --resume predicts it again
+    real = writers.commit_partial
+
+    def stopped(tmp, path):
+        if str(path).endswith(".aux.xml"):
+            raise KeyboardInterrupt
+        return real(tmp, path)
+
+    monkeypatch.setattr(writers, "commit_partial", stopped)
+    runner.invoke(app, ["predict", str(ft), str(tmp_path / "in"), "--out", str(out)])
+    monkeypatch.setattr(writers, "commit_partial", real)
+    assert sorted(p.name for p in out.iterdir()) == [".geomed-ssl.json", "scene_pred.tif"]  # no partial file
+    res = runner.invoke(app, ["predict", str(ft), str(tmp_path / "in"), "--out", str(out), "--resume"])
+    assert res.exit_code == 0 and "kept: --resume" not in res.output
+    assert sidecar_categories(out / "scene_pred.tif") == ["", "c1", "c2"]
+    res = runner.invoke(app, ["predict", str(ft), str(tmp_path / "in"), "--out", str(out), "--resume"])
+    assert "kept: --resume" in res.output
+    # one entry per value from 0: class values from CATEGORY_VALUES on get no sidecar (the tag names them)
+    assert category_names([1, CATEGORY_VALUES - 1], ["a", "b"]).count("<Category>") == CATEGORY_VALUES
+    assert category_names([1, CATEGORY_VALUES], ["a", "b"]) is None

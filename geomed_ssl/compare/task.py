@@ -28,8 +28,8 @@ from geomed_ssl.finetune.classify import save_selection
 from geomed_ssl.labels.classes import scan_classes
 from geomed_ssl.labels.pairs import label_grounds, label_sources, read_label_pairs
 from geomed_ssl.windows.splits import label_groups
-from geomed_ssl.labels.sampling import (ClassMap, LabelSelection, labelled_pixels, select_labels, split_images,
-                                          training_area_maps, unique_ints)
+from geomed_ssl.labels.draws import ClassMap, labelled_pixels, unique_ints
+from geomed_ssl.labels.sampling import LabelSelection, select_labels, split_images, training_area_maps
 
 log = logging.getLogger("geomed_ssl")
 

@@ -147,7 +147,7 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
     from geomed_ssl.bands.conform import conform_record
     from geomed_ssl.labels.classes import scan_classes
     from geomed_ssl.labels.pairs import label_grounds, read_label_pairs
-    from geomed_ssl.labels.sampling import labelled_pixels
+    from geomed_ssl.labels.draws import labelled_pixels
 
     if data is not None and (images is not None or labels is not None):
         raise GeomedError("give the labelled data as --images IMG_DIR --labels LABELS (segmentation) or as --data "

@@ -16,7 +16,7 @@ import numpy as np
 
 from geomed_ssl.geo.validity import is_fill
 from geomed_ssl.errors import DataError, innermost_message
-from geomed_ssl.labels.sampling import unique_ints
+from geomed_ssl.labels.draws import unique_ints
 from geomed_ssl.geo.gdal_read import has_dataset_mask
 from geomed_ssl.geo.voxels import AFFINE_PROBLEM, maps_a_grid, mm_affine, nearest_index, resampled_shape, voxel_mm
 

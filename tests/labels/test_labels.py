@@ -984,7 +984,7 @@ def test_labels_georeferenced_by_ground_control_points_are_checked_against_the_i
 def test_counting_and_radix_shortcuts_give_what_unique_and_a_stable_argsort_give() -> None:
     """unique_ints and _groups take shortcuts for dense label maps of few classes (counting, narrow dtypes); the
     draws depend on their exact output, so it must be numpy's."""
-    from geomed_ssl.labels.sampling import _groups, unique_ints
+    from geomed_ssl.labels.draws import _groups, unique_ints
 
     rng = np.random.default_rng(0)
     long = np.zeros((1 << 24) + 3, np.uint8)  # counted 16 M values at a time (bincount's int64 copy of them)

@@ -150,7 +150,7 @@ def predict_on_file_grid(model: ModelFn, record: Any, cfg: Any, stats: BandStats
     """Read the volume as in training, predict it with MONAI's sliding window (blending softmax probabilities), and
     map the probabilities back: resampled to the RAS grid before resampling (trilinear, same first and last voxel
     centres) and reoriented to the file's voxel order. Streamed plane by plane (:mod:`geomed_ssl.inference.slabs`):
-    besides the input, what is held whole is a byte or two a voxel (classes, validity) and the probabilities only
+    besides the input, what is held whole is a few bytes a voxel (classes, validity) and the probabilities only
     when ``pkind`` asks for them."""
     import nibabel as nib
     from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform

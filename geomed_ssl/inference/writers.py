@@ -140,8 +140,9 @@ class GeoTiffWriter:
     rasterio Window). Full-width row strips written top to bottom (what streaming prediction does) are gathered
     into whole tile rows before they reach GDAL, so every tile is compressed exactly once; other windows are written
     directly. ``scales`` (one per band) are stored as GDAL scale factors, ``tags`` as dataset metadata (what made
-    the file). Use as a context manager or call
-    ``close()``; ``abort()`` drops the partial file.
+    the file), ``sidecar`` as GDAL's sidecar (``X.tif.aux.xml``: what a GeoTIFF cannot hold, a class map's category
+    names), renamed just after the file; a file replaced loses the old one's sidecar first. Use as a context manager
+    or call ``close()``; ``abort()`` drops the partial files.
     """
 
     def __init__(self, path: str | Path, like_profile: dict[str, Any], count: int, dtype: str | np.dtype,

@@ -19,7 +19,7 @@ CONCEPTS_MD = PACKAGE.parent / "docs" / "concepts.md"
 # Top to bottom. A unit is a subpackage (``train``) or a top-level module (``checkpoint``) of geomed_ssl;
 # ``geomed_ssl`` itself is the package root (its lazy re-exports of the public API).
 LADDER: list[tuple[str, tuple[str, ...]]] = [
-    ("interface", ("geomed_ssl", "cli", "cli_finetune", "cli_options")),
+    ("interface", ("geomed_ssl", "cli", "cli_embeddings", "cli_finetune", "cli_options")),
     ("demo", ("demo",)),
     ("compatibility", ("downstream",)),
     ("applications", ("compare", "finetune", "inference", "embeddings", "export")),

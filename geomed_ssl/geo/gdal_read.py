@@ -97,8 +97,8 @@ def window_reads(ds: Any, nodata: float | None = None, stacked: bool = False, wi
 
 
 def check_written(path: Any, final: Any) -> None:
-    """Read back every block of the raster just written at ``path`` (GDAL's band checksums) before it takes the
-    name ``final``: GDAL writes its cached tiles when a dataset closes, and rasterio does not raise when those writes
+    """Read back every block of the raster just written at ``path`` (GDAL's band checksums, and its overviews)
+    before it takes the name ``final``: GDAL writes its cached tiles when a dataset closes, and rasterio does not raise when those writes
     fail (a full disk), which would leave an unreadable file under the final name. A failure is an OSError naming
     ``final`` (ENOSPC when the disk is full, else EIO)."""
     import errno
@@ -111,6 +111,8 @@ def check_written(path: Any, final: Any) -> None:
         with rasterio.open(path) as src:
             for band in range(1, src.count + 1):
                 src.checksum(band)
+            for factor in src.overviews(1):  # each level read whole (GDAL reads a level of the size asked for)
+                src.read(out_shape=(src.count, -(-src.height // factor), -(-src.width // factor)))
     except Exception as err:
         failure = write_error(err, str(final))
         raise (failure or OSError(errno.EIO, f"{os.strerror(errno.EIO)}, the file came out unreadable ({err})",

@@ -311,12 +311,13 @@ def open_outputs(out_path: Path, src: Any, values: Sequence[int], dtype: Any, ln
     outputs: list[GeoTiffWriter] = []
     try:
         outputs.append(GeoTiffWriter(out_path, like, 1, dtype, lnodata, descriptions=["class"], tags=tags,
-                                     colormap=colormap, sidecar=categories))
+                                     colormap=colormap, sidecar=categories, overviews="mode"))
         if pkind:
             outputs.append(GeoTiffWriter(
                 proba_path(out_path), like, num_classes, pkind, math.nan if pkind == "float32" else 255,
                 descriptions=[f"p_class_{v}" for v in values],
-                scales=[1.0 / PROBA_SCALE] * num_classes if pkind == "uint8" else None, tags=tags))
+                scales=[1.0 / PROBA_SCALE] * num_classes if pkind == "uint8" else None, tags=tags,
+                overviews="average"))
     except BaseException:
         for w in outputs:
             w.abort()

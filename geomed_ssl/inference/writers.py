@@ -119,6 +119,19 @@ def class_colormap(values: Sequence[int], colors: Sequence[Sequence[int] | None]
     return {**table, int(nodata): (0, 0, 0, 0)}
 
 
+OVERVIEW_SIDE = 256  # overviews halve a map until its longer side fits in this (gdaladdo's default -minsize)
+
+
+def overview_levels(height: int, width: int) -> list[int]:
+    """The decimation factors (2, 4, ...) of a raster's overviews: halving until the longer side is at most
+    ``OVERVIEW_SIDE`` pixels; none for a raster that small already."""
+    levels, factor = [], 1
+    while math.ceil(max(height, width) / factor) > OVERVIEW_SIDE:
+        factor *= 2
+        levels.append(factor)
+    return levels
+
+
 def sidecar_path(path: Path) -> Path:
     """GDAL's sidecar of the raster at ``path`` (``X.tif.aux.xml``)."""
     return path.with_name(path.name + ".aux.xml")
@@ -141,18 +154,21 @@ class GeoTiffWriter:
     into whole tile rows before they reach GDAL, so every tile is compressed exactly once; other windows are written
     directly. ``scales`` (one per band) are stored as GDAL scale factors, ``tags`` as dataset metadata (what made
     the file), ``sidecar`` as GDAL's sidecar (``X.tif.aux.xml``: what a GeoTIFF cannot hold, a class map's category
-    names), renamed just after the file; a file replaced loses the old one's sidecar first. Use as a context manager
-    or call ``close()``; ``abort()`` drops the partial files.
+    names), renamed just after the file; a file replaced loses the old one's sidecar first. ``overviews`` (a GDAL
+    resampling: ``mode``, ``average``) adds internal overviews (:func:`overview_levels`) once the file is written.
+    Use as a context manager or call ``close()``; ``abort()`` drops the partial files.
     """
 
     def __init__(self, path: str | Path, like_profile: dict[str, Any], count: int, dtype: str | np.dtype,
                  nodata: float | None, descriptions: Sequence[str] | None = None,
                  scales: Sequence[float] | None = None, tags: dict[str, str] | None = None,
-                 colormap: dict[int, tuple[int, ...]] | None = None, sidecar: str | None = None):
+                 colormap: dict[int, tuple[int, ...]] | None = None, sidecar: str | None = None,
+                 overviews: str | None = None):
         import rasterio
 
         self.path = Path(path)
         self.sidecar, self._sidecar_text = sidecar_path(self.path), sidecar
+        self._overviews = overviews
         self.height, self.width = int(like_profile["height"]), int(like_profile["width"])
         self.count, self.dtype = int(count), np.dtype(dtype)
         kind, transform = self.dtype.kind, like_profile.get("transform")
@@ -265,11 +281,24 @@ class GeoTiffWriter:
                 self._ds.close()
         finally:
             self._ds = None
+        if self._overviews and overview_levels(self.height, self.width):
+            self._build_overviews()
         check_written(self._tmp, self.path)
         if self._sidecar_text is not None:
             with naming_write_errors(self.sidecar):
                 partial_path(self.sidecar).write_text(self._sidecar_text, encoding="utf-8")
         self._finished = True
+
+    def _build_overviews(self) -> None:
+        """Internal overviews of the closed temporary file (``overview_levels``, resampled as ``overviews`` says:
+        ``mode`` keeps a class map's values, ``average`` for probabilities), so a viewer draws a whole scene from
+        them instead of every pixel."""
+        import rasterio
+        from rasterio.enums import Resampling
+
+        with naming_write_errors(self.path), rasterio.open(self._tmp, "r+") as ds:
+            ds.build_overviews(overview_levels(self.height, self.width), Resampling[self._overviews])
+            ds.update_tags(ns="rio_overview", resampling=self._overviews)
 
     def commit(self) -> Path:
         """Move the finished file to its final name (after :meth:`finish`, for every file of a result first); a

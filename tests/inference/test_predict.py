@@ -3,6 +3,7 @@ NIfTI outputs that overlay their input exactly."""
 
 from __future__ import annotations
 
+import math
 import tracemalloc
 from pathlib import Path
 
@@ -116,7 +117,8 @@ def test_prediction_streams_without_a_full_scene_buffer(scene, tmp_path, monkeyp
     original = rasterio.io.DatasetReader.read
 
     def spy(self, *args, **kwargs):
-        reads.append(kwargs.get("window"))
+        if Path(self.name) == Path(scene["path"]):  # (the outputs are read back whole once written)
+            reads.append(kwargs.get("window"))
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(rasterio.io.DatasetReader, "read", spy)
@@ -205,6 +207,37 @@ def test_a_writers_sidecar_appears_with_its_map_and_goes_with_an_abort(tmp_path)
         w.write(np.ones((20, 20), np.uint8), (0, 0, 20, 20))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "a.tif.aux.xml"]
     assert (tmp_path / "a.tif.aux.xml").read_text() == "<PAMDataset/>\n"
+
+
+def test_a_map_larger_than_a_viewers_tile_gets_overviews_that_keep_its_classes(tmp_path):
+    """Internal overviews halve a map until it fits in 256 px, so a GIS viewer draws a whole scene from them: a class
+    map's by the most common value (only its own classes appear), probabilities by their mean; none for a small map."""
+    import rasterio
+    from affine import Affine
+
+    from geomed_ssl.inference.writers import overview_levels
+
+    assert overview_levels(256, 100) == [] and overview_levels(257, 10) == [2] and overview_levels(600, 300) == [2, 4]
+    like = {"height": 600, "width": 300, "crs": "EPSG:32633", "transform": Affine(10, 0, 0, 0, -10, 0)}
+    classes = np.where(np.arange(600)[:, None] // 7 % 3 == 0, 10, 20).astype(np.uint8).repeat(300, axis=1)
+    classes[:, :30] = 255  # nodata
+    with GeoTiffWriter(tmp_path / "c.tif", like, 1, "uint8", 255, overviews="mode") as w:
+        w.write(classes, (0, 0, 600, 300))
+    proba = np.full((2, 600, 300), 0.25, np.float32)
+    proba[:, :, :30] = np.nan
+    with GeoTiffWriter(tmp_path / "p.tif", like, 2, "float32", math.nan, overviews="average") as w:
+        w.write(proba, (0, 0, 600, 300))
+    with rasterio.open(tmp_path / "c.tif") as ds:
+        assert ds.overviews(1) == [2, 4] and ds.tags(ns="rio_overview") == {"resampling": "mode"}
+        assert set(np.unique(ds.read(1, out_shape=(150, 75)))) <= {10, 20, 255}
+    with rasterio.open(tmp_path / "p.tif") as ds:
+        coarse = ds.read(out_shape=(2, 150, 75))
+        assert ds.overviews(2) == [2, 4] and np.allclose(coarse[~np.isnan(coarse)], 0.25)
+    small = {**like, "height": 200, "width": 100}
+    with GeoTiffWriter(tmp_path / "s.tif", small, 1, "uint8", 255, overviews="mode") as w:
+        w.write(classes[:200, :100], (0, 0, 200, 100))
+    with rasterio.open(tmp_path / "s.tif") as ds:
+        assert ds.overviews(1) == []
 
 
 def test_a_stop_while_a_writer_sets_its_file_up_leaves_no_partial_file(tmp_path, monkeypatch):

@@ -98,9 +98,9 @@ def window_reads(ds: Any, nodata: float | None = None, stacked: bool = False, wi
 
 def check_written(path: Any, final: Any) -> None:
     """Read back every block of the raster just written at ``path`` (GDAL's band checksums, and its overviews)
-    before it takes the name ``final``: GDAL writes its cached tiles when a dataset closes, and rasterio does not raise when those writes
-    fail (a full disk), which would leave an unreadable file under the final name. A failure is an OSError naming
-    ``final`` (ENOSPC when the disk is full, else EIO)."""
+    before it takes the name ``final``: GDAL writes its cached tiles when a dataset closes, and rasterio does not
+    raise when those writes fail (a full disk), which would leave an unreadable file under the final name. A failure
+    is an OSError naming ``final`` (ENOSPC when the disk is full, else EIO)."""
     import errno
 
     import rasterio

@@ -60,7 +60,8 @@ def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Seque
                 read.append(predict_raster(
                     model_fn(model), path, target, stats, window=meta["window"], overlap=overlap, blend=blend,
                     num_classes=k, data_cfg=cfg, device=device, names_by_position="ignore",
-                    only=None if only is None else only[i], check_ranges=check_ranges and len(paths) == 1))
+                    only=None if only is None else only[i], check_ranges=check_ranges and len(paths) == 1,
+                    overviews=False))
             else:
                 target = Path(tmp) / f"pred_{i}.nii.gz"
                 predict_volume(model_fn(model), path, target, stats, roi_size=meta["window"], data_cfg=cfg,

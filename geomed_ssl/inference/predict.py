@@ -282,11 +282,11 @@ def usable_inputs(planned: dict[Path, Path], data_cfg: Any, blend: str, stats: B
 
 def output_bytes(records: Sequence[Any], class_values: Sequence[int], probabilities: bool | str) -> int:
     """The uncompressed size of the class maps (one byte a pixel / voxel; two for label values past 255) and
-    probability files (one band a class, float32 or uint8) of ``records``, on their own grids: what the outputs
-    take at most (those a new map replaces are counted too)."""
+    probability files (one band a class, float32 or uint8) of ``records``, on their own grids, a raster's with its
+    overviews (a third more): what the outputs take at most (those a new map replaces are counted too)."""
     labels = 1 if max(class_values) <= 255 else 2
     per_pixel = labels + len(class_values) * {None: 0, "uint8": 1}.get(proba_kind(probabilities), 4)
-    return sum(math.prod(r.shape) for r in records) * per_pixel
+    return sum(math.prod(r.shape) * (4 if len(r.shape) == 2 else 3) // 3 for r in records) * per_pixel
 
 
 def warn_disk_room(records: Sequence[Any], out_dir: Path, class_values: Sequence[int],

@@ -106,7 +106,8 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
                    made_by: str | None = None, run: str | None = None, check_ranges: bool = True,
                    class_colors: Sequence[Sequence[int] | None] | None = None,
                    class_names: Sequence[str] | None = None,
-                   commit_lock: Callable[[], ContextManager[Any]] | None = None) -> dict[str, Any]:
+                   commit_lock: Callable[[], ContextManager[Any]] | None = None,
+                   overviews: bool = True) -> dict[str, Any]:
     """Predict a GeoTIFF (or a folder of ``data.channels`` single-band files, stacked) window by window into a
     class-map GeoTIFF on the input's grid; returns a summary dict.
 
@@ -124,7 +125,8 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
     metadata as ``GEOMED_SSL_MODEL``, beside ``GEOMED_SSL_VERSION`` (and ``run`` as ``GEOMED_SSL_RUN``;
     ``class_names``, one per class, as ``GEOMED_SSL_CLASSES``: JSON of label value -> name).
     ``commit_lock()`` is held around the renames that give the outputs their final names (``predict_files``: a
-    last check, under the folder's lock, that no other job has taken them).
+    last check, under the folder's lock, that no other job has taken them). ``overviews``: the outputs get internal
+    overviews (False: a map only read back whole, as ``evaluate``'s).
     """
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
@@ -147,7 +149,8 @@ def predict_raster(model_fn: ModelFn, path: str | Path, out_path: str | Path, st
             outputs = open_outputs(out_path, scene.sources[0], [int(v) for v in lut], lut.dtype, lnodata, pkind,
                                    provenance_tags(str(Path(path).resolve()), model=made_by, run=run,
                                                    classes=class_record(lut, class_names)),
-                                   class_colormap(lut, class_colors, lnodata), category_names(lut, class_names))
+                                   class_colormap(lut, class_colors, lnodata), category_names(lut, class_names),
+                                   overviews)
             ranges = RangeSample(len(stats.band_names), scene.nodata, scene.shape)
             with rasterio.Env(GDAL_CACHEMAX=scene.cache_bytes()):
                 info = _stream_raster(scene.strip_reader(ranges), scene.shape, len(stats.band_names), model, stats,
@@ -301,23 +304,24 @@ class RasterInput:
 def open_outputs(out_path: Path, src: Any, values: Sequence[int], dtype: Any, lnodata: int,
                  pkind: str | None, tags: dict[str, str] | None = None,
                  colormap: dict[int, tuple[int, ...]] | None = None,
-                 categories: str | None = None) -> list[GeoTiffWriter]:
+                 categories: str | None = None, overviews: bool = True) -> list[GeoTiffWriter]:
     """The class-map writer on ``src``'s grid (``categories``: its GDAL sidecar, :func:`category_names`) and, with
     ``pkind``, the probability writer (one band per class, in the order of ``values``, the label values of the
-    classes, and named ``p_class_<value>``), both with ``tags``; a failure opening the second drops the first."""
+    classes, and named ``p_class_<value>``), both with ``tags`` (and ``overviews``: the class map's of each block's
+    most common class, the probabilities' of their mean); a failure opening the second drops the first."""
     num_classes = len(values)
     like = {"height": src.height, "width": src.width, "crs": src.crs, "transform": src.transform, "gcps": src.gcps,
             "rpcs": src.rpcs, "area_or_point": src.tags().get("AREA_OR_POINT")}
     outputs: list[GeoTiffWriter] = []
     try:
         outputs.append(GeoTiffWriter(out_path, like, 1, dtype, lnodata, descriptions=["class"], tags=tags,
-                                     colormap=colormap, sidecar=categories, overviews="mode"))
+                                     colormap=colormap, sidecar=categories, overviews="mode" if overviews else None))
         if pkind:
             outputs.append(GeoTiffWriter(
                 proba_path(out_path), like, num_classes, pkind, math.nan if pkind == "float32" else 255,
                 descriptions=[f"p_class_{v}" for v in values],
                 scales=[1.0 / PROBA_SCALE] * num_classes if pkind == "uint8" else None, tags=tags,
-                overviews="average"))
+                overviews="average" if overviews else None))
     except BaseException:
         for w in outputs:
             w.abort()

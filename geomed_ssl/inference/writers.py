@@ -168,6 +168,8 @@ class GeoTiffWriter:
 
         self.path = Path(path)
         self.sidecar, self._sidecar_text = sidecar_path(self.path), sidecar
+        if overviews not in (None, "mode", "average", "nearest"):
+            raise ValueError(f"overviews: mode, average, nearest or None, got {overviews!r}")
         self._overviews = overviews
         self.height, self.width = int(like_profile["height"]), int(like_profile["width"])
         self.count, self.dtype = int(count), np.dtype(dtype)

@@ -380,23 +380,24 @@ def test_predict_warns_before_starting_when_the_outputs_may_not_fit_on_the_disk(
 
     from geomed_ssl.inference.predict import output_bytes
 
-    scenes = [SimpleNamespace(shape=(100, 50)), SimpleNamespace(shape=(10, 10))]
-    assert output_bytes(scenes, [1, 2], False) == 5100  # one byte a pixel
-    assert output_bytes(scenes, [1, 2], True) == 5100 * 9  # + two float32 bands
-    assert output_bytes(scenes, [1, 2], "uint8") == 5100 * 3
-    assert output_bytes(scenes, [0, 1000], False) == 5100 * 2  # uint16 class values
+    scenes = [SimpleNamespace(shape=(99, 50)), SimpleNamespace(shape=(3, 3, 3))]  # a raster (overviews: 4/3), a volume
+    assert output_bytes(scenes, [1, 2], False) == 6600 + 27  # one byte a pixel
+    assert output_bytes(scenes, [1, 2], True) == (6600 + 27) * 9  # + two float32 bands
+    assert output_bytes(scenes, [1, 2], "uint8") == (6600 + 27) * 3
+    assert output_bytes(scenes, [0, 1000], False) == (6600 + 27) * 2  # uint16 class values
     ft = make_ft_dir(tmp_path)
     (tmp_path / "in").mkdir()
     write_geotiff(tmp_path / "in" / "scene.tif", 1000 + structured_raster(np.random.default_rng(0), 4, 40) * 2000)
     real = shutil.disk_usage
-    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=40 * 40 * 9 - 1))
+    need = 40 * 40 * 4 // 3 * 9  # with overviews
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=need - 1))
     res = runner.invoke(app, ["predict", str(ft), str(tmp_path / "in"), "--out", str(tmp_path / "p" / "q"),
                               "--probabilities"])
     assert res.exit_code == 0, res.output  # a warning: compression may make them fit
     said = " ".join(res.output.split())
-    assert "take up to 14 kB uncompressed" in said and "has 14 kB free" in said and f"'{tmp_path / 'p' / 'q'}'" in said
+    assert "take up to 19 kB uncompressed" in said and "has 19 kB free" in said and f"'{tmp_path / 'p' / 'q'}'" in said
     assert (tmp_path / "p" / "q" / "scene_pred.tif").is_file()
-    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=40 * 40 * 9))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=need))
     res = runner.invoke(app, ["predict", str(ft), str(tmp_path / "in"), "--out", str(tmp_path / "p2"),
                               "--probabilities"])
     assert res.exit_code == 0 and "uncompressed" not in res.output

@@ -215,6 +215,7 @@ def test_a_map_larger_than_a_viewers_tile_gets_overviews_that_keep_its_classes(t
     import rasterio
     from affine import Affine
 
+    from geomed_ssl.geo.gdal_read import check_written
     from geomed_ssl.inference.writers import overview_levels
 
     assert overview_levels(256, 100) == [] and overview_levels(257, 10) == [2] and overview_levels(600, 300) == [2, 4]
@@ -233,6 +234,23 @@ def test_a_map_larger_than_a_viewers_tile_gets_overviews_that_keep_its_classes(t
     with rasterio.open(tmp_path / "p.tif") as ds:
         coarse = ds.read(out_shape=(2, 150, 75))
         assert ds.overviews(2) == [2, 4] and np.allclose(coarse[~np.isnan(coarse)], 0.25)
+    for shape in ((600, 1), (1, 600)):  # a level GDAL sizes otherwise than by halving each side: read back too
+        thin = {**like, "height": shape[0], "width": shape[1]}
+        path = tmp_path / f"thin_{shape[0]}.tif"
+        with GeoTiffWriter(path, thin, 1, "uint8", 255, overviews="mode") as w:
+            w.write(np.full(shape, 10, np.uint8), (0, 0, *shape))
+        levels = len(rasterio.open(path).overviews(1))
+        assert levels >= 1
+        for level in range(levels):
+            broken = tmp_path / f"broken_{shape[0]}_{level}.tif"
+            broken.write_bytes(path.read_bytes())
+            with rasterio.open(broken, overview_level=level) as ds:  # where that level's first block lies
+                offset = int(ds.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1))
+            data = bytearray(broken.read_bytes())
+            data[offset:offset + 16] = b"\xff" * 16
+            broken.write_bytes(bytes(data))
+            with pytest.raises(OSError, match="unreadable"):
+                check_written(broken, tmp_path / "final.tif")
     small = {**like, "height": 200, "width": 100}
     with GeoTiffWriter(tmp_path / "s.tif", small, 1, "uint8", 255, overviews="mode") as w:
         w.write(classes[:200, :100], (0, 0, 200, 100))

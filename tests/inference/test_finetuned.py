@@ -56,6 +56,14 @@ def make_ft_dir(root: Path, task: str = "segment", kind: str = "raster", bands: 
     return ft
 
 
+def ft_and_scene(root: Path) -> Path:
+    """A segmentation FT_DIR (:func:`make_ft_dir`) and a 4-band 40 px scene for it at ``root/in/scene.tif``."""
+    ft = make_ft_dir(root)
+    (root / "in").mkdir()
+    write_geotiff(root / "in" / "scene.tif", 1000 + structured_raster(np.random.default_rng(0), 4, 40) * 2000)
+    return ft
+
+
 def test_older_models_take_band_naming_and_file_globs_from_their_recipe(tmp_path: Path) -> None:
     ft = make_ft_dir(tmp_path, data={"sensor": "sentinel2", "exclude": ["*lulc*"]})
     from geomed_ssl.checkpoint import read_meta
@@ -308,9 +316,7 @@ def test_a_prediction_names_the_model_that_made_it(tmp_path: Path) -> None:
     from geomed_ssl._version import __version__
     from geomed_ssl.inference.volume import made
 
-    ft = make_ft_dir(tmp_path)
-    (tmp_path / "in").mkdir()
-    write_geotiff(tmp_path / "in" / "scene.tif", 1000 + structured_raster(np.random.default_rng(0), 4, 40) * 2000)
+    ft = ft_and_scene(tmp_path)
     res = runner.invoke(app, ["predict", str(ft), str(tmp_path / "in"), "--out", str(tmp_path / "p"),
                               "--probabilities"])
     assert res.exit_code == 0, res.output
@@ -385,9 +391,7 @@ def test_predict_warns_before_starting_when_the_outputs_may_not_fit_on_the_disk(
     assert output_bytes(scenes, [1, 2], True) == (6600 + 27) * 9  # + two float32 bands
     assert output_bytes(scenes, [1, 2], "uint8") == (6600 + 27) * 3
     assert output_bytes(scenes, [0, 1000], False) == (6600 + 27) * 2  # uint16 class values
-    ft = make_ft_dir(tmp_path)
-    (tmp_path / "in").mkdir()
-    write_geotiff(tmp_path / "in" / "scene.tif", 1000 + structured_raster(np.random.default_rng(0), 4, 40) * 2000)
+    ft = ft_and_scene(tmp_path)
     real = shutil.disk_usage
     need = 40 * 40 * 4 // 3 * 9  # with overviews
     monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=need - 1))
@@ -412,9 +416,7 @@ def test_a_class_map_names_its_classes_for_gis_viewers_in_gdals_sidecar(tmp_path
     from geomed_ssl.inference.writers import category_names
     from geomed_ssl.outowners import foreign_inside
 
-    ft = make_ft_dir(tmp_path)
-    (tmp_path / "in").mkdir()
-    write_geotiff(tmp_path / "in" / "scene.tif", 1000 + structured_raster(np.random.default_rng(0), 4, 40) * 2000)
+    ft = ft_and_scene(tmp_path)
     res = runner.invoke(app, ["predict", str(ft), str(tmp_path / "in"), "--out", str(tmp_path / "p"),
                               "--probabilities"])
     assert res.exit_code == 0, res.output
@@ -448,9 +450,7 @@ def test_a_sidecar_never_outlives_its_map_nor_names_another_one(tmp_path: Path, 
     import geomed_ssl.inference.writers as writers
     from geomed_ssl.inference.writers import CATEGORY_VALUES, category_names, sidecar_categories
 
-    ft = make_ft_dir(tmp_path)
-    (tmp_path / "in").mkdir()
-    write_geotiff(tmp_path / "in" / "scene.tif", 1000 + structured_raster(np.random.default_rng(0), 4, 40) * 2000)
+    ft = ft_and_scene(tmp_path)
     out = tmp_path / "p"
     assert runner.invoke(app, ["predict", str(ft), str(tmp_path / "in"), "--out", str(out)]).exit_code == 0
     (out / "scene_pred.tif").unlink()  # the map deleted by hand, its sidecar (now the user's) left

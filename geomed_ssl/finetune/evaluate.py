@@ -22,7 +22,7 @@ from geomed_ssl.labels.sampling import LabelSelection
 from geomed_ssl.finetune.metrics import (background_index, classification_metrics, confusion_matrix,
                                         foreground_dice, write_metrics)
 from geomed_ssl.inference.finetuned import as_named, data_config, load_run, model_fn, model_stats, with_data
-from geomed_ssl.inference.writers import class_lookup
+from geomed_ssl.inference.legend import class_lookup
 from geomed_ssl.models.model_data import warn_other_scale
 from geomed_ssl.outdirs import check_out_dir, prepare_out_dir
 from geomed_ssl.outfiles import scratch_dir

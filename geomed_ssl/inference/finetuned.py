@@ -109,7 +109,7 @@ def predict_dir(ft_dir: str | Path, inputs: str | Path | Sequence[str | Path], o
     from geomed_ssl.checkpoint import export_fingerprint
     from geomed_ssl.inference.predict import plan_outputs, predict_files, usable_inputs, warn_other_models
     from geomed_ssl.inference.resume import finished, run_keys
-    from geomed_ssl.inference.writers import category_list
+    from geomed_ssl.inference.legend import category_list
     from geomed_ssl.inference.sliding import check_pace, proba_kind
     from geomed_ssl.models.device import model_device
     from geomed_ssl.models.model_data import records_for_stats, warn_other_scale

@@ -35,8 +35,8 @@ from geomed_ssl.errors import DataError
 from geomed_ssl.files.cases import is_case_file
 from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, channel_records,
                                           blends_logits, check_request, warn_if_nothing_predicted, window_scores)
-from geomed_ssl.inference.writers import (PROBA_SCALE, GeoTiffWriter, category_names, class_colormap, class_lookup,
-                                          class_record, proba_path)
+from geomed_ssl.inference.legend import category_names, class_colormap, class_lookup, class_record
+from geomed_ssl.inference.writers import PROBA_SCALE, GeoTiffWriter, proba_path
 from geomed_ssl.outcommands import provenance_tags
 from geomed_ssl.train.console import WorkProgress
 

@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from geomed_ssl.inference.writers import proba_path, sidecar_categories
+from geomed_ssl.inference.legend import sidecar_categories
+from geomed_ssl.inference.writers import proba_path
 from geomed_ssl.outcommands import RUN_TAG, recorded_input
 
 

@@ -21,7 +21,8 @@ from geomed_ssl.files.cases import is_case_file
 from geomed_ssl.inference.slabs import Planes, resampled_planes, window_planes
 from geomed_ssl.inference.sliding import (ModelFn, as_model, as_window, check_request, blends_logits, window_scores,
                                           warn_if_nothing_predicted)
-from geomed_ssl.inference.writers import PROBA_SCALE, class_lookup, class_record, nifti_like, proba_path, save_nifti
+from geomed_ssl.inference.legend import class_lookup, class_record
+from geomed_ssl.inference.writers import PROBA_SCALE, nifti_like, proba_path, save_nifti
 from geomed_ssl.outfiles import atomic_paths
 from geomed_ssl.train.console import WorkProgress
 

@@ -219,7 +219,7 @@ def test_a_fine_tune_warns_once_of_images_far_from_its_encoders_statistics(seg_s
 def test_a_class_map_is_drawn_in_the_colours_of_its_labels_palette_else_a_palette_of_ours(seg_scene,
                                                                                            tmp_path: Path) -> None:
     """Class maps had no colour table: a land-cover map's palette was lost, and GIS showed the classes in grey."""
-    from geomed_ssl.inference.writers import PALETTE
+    from geomed_ssl.inference.legend import PALETTE
 
     images, labels = seg_scene
     with rasterio.open(labels / "scene_gt.tif") as src:

@@ -413,7 +413,7 @@ def test_a_class_map_names_its_classes_for_gis_viewers_in_gdals_sidecar(tmp_path
     sidecar a viewer left (statistics of the old map); the sidecar goes with its map in the folder's ownership."""
     import xml.etree.ElementTree as ET
 
-    from geomed_ssl.inference.writers import category_names
+    from geomed_ssl.inference.legend import category_names
     from geomed_ssl.outowners import foreign_inside
 
     ft = ft_and_scene(tmp_path)
@@ -448,7 +448,7 @@ def test_a_sidecar_never_outlives_its_map_nor_names_another_one(tmp_path: Path, 
     (refused, kept), the probabilities' goes with them, and a stop between the map's rename and its sidecar's
     leaves no old names on the new map and a map that ``--resume`` predicts again."""
     import geomed_ssl.inference.writers as writers
-    from geomed_ssl.inference.writers import CATEGORY_VALUES, category_names, sidecar_categories
+    from geomed_ssl.inference.legend import CATEGORY_VALUES, category_names, sidecar_categories
 
     ft = ft_and_scene(tmp_path)
     out = tmp_path / "p"

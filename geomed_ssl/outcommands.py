@@ -269,12 +269,23 @@ def provenance_tags(source: str | None = None, **made_by: str | None) -> dict[st
     return {**tags, **({INPUT_TAG: str(source)} if source is not None else {})}
 
 
+SIDECAR = ".aux.xml"  # GDAL's sidecar of a raster (its PAM dataset): X.tif -> X.tif.aux.xml
+
+
+def sidecar_path(path: Path) -> Path:
+    """GDAL's sidecar of the raster at ``path`` (``X.tif.aux.xml``)."""
+    return path.with_name(path.name + SIDECAR)
+
+
+def sidecar_target(path: Path) -> Path | None:
+    """The raster whose GDAL sidecar ``path`` is (``X.tif`` for ``X.tif.aux.xml``); None for any other file."""
+    return path.with_name(path.name[: -len(SIDECAR)]) if path.name.endswith(SIDECAR) else None
+
+
 def _predicted(path: Path) -> bool:
     """``path`` is a map ``predict`` wrote (it records its input), or GDAL's sidecar of one (``X_pred.tif.aux.xml``:
     the class names predict writes, statistics a viewer cached), which goes with its map."""
-    if path.name.endswith(".aux.xml"):
-        path = path.with_name(path.name[: -len(".aux.xml")])
-    return recorded_input(path) is not None
+    return recorded_input(sidecar_target(path) or path) is not None
 
 
 def recorded_input(path: str | Path, tag: str = INPUT_TAG) -> str | None:
@@ -332,8 +343,8 @@ def made_map(path: Path, listing: str) -> bool:
     and it reads as a raster / volume; a PNG or GDAL's ``.aux.xml`` goes with its map, a sidecar whose map is gone
     with the folder. A file at a listed name that says nothing, in a folder whose maps are tagged, is the user's."""
     name = path.name
-    if name.endswith(".aux.xml"):  # GDAL's sidecar: with its map, or where the folder lists that map
-        target = path.with_name(name[: -len(".aux.xml")])
+    target = sidecar_target(path)
+    if target is not None:  # GDAL's sidecar: with its map, or where the folder lists that map
         return made_map(target, listing) if target.exists() else _listed(target, listing)
     if name.endswith(".png"):  # with its map, present or listed
         maps = [path.with_name(name[:-4] + ext) for ext in (".tif", ".nii.gz")]

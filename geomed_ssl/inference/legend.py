@@ -12,6 +12,7 @@ import numpy as np
 
 from geomed_ssl.errors import ConfigError
 from geomed_ssl.labels.read import MAX_CLASS_VALUE
+from geomed_ssl.outcommands import sidecar_path
 
 
 def class_lookup(num_classes: int, class_values: Sequence[int] | None = None,
@@ -98,8 +99,3 @@ def class_colormap(values: Sequence[int], colors: Sequence[Sequence[int] | None]
     table = {int(v): tuple(int(x) for x in (c or PALETTE[i % len(PALETTE)]))[:3] + (255,)
              for i, (v, c) in enumerate(zip(values, colors))}
     return {**table, int(nodata): (0, 0, 0, 0)}
-
-
-def sidecar_path(path: Path) -> Path:
-    """GDAL's sidecar of the raster at ``path`` (``X.tif.aux.xml``)."""
-    return path.with_name(path.name + ".aux.xml")

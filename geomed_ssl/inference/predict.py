@@ -29,9 +29,8 @@ from geomed_ssl.errors import DataError
 from geomed_ssl.inference.raster import RASTER_BLENDS, predict_raster, warn_inputs
 from geomed_ssl.inference.sliding import ModelFn, proba_kind, as_model, channel_records
 from geomed_ssl.inference.volume import VOLUME_BLENDS, predict_volume
-from geomed_ssl.inference.legend import sidecar_path
 from geomed_ssl.inference.writers import proba_path
-from geomed_ssl.outcommands import fitted_stem, recorded_input
+from geomed_ssl.outcommands import fitted_stem, recorded_input, sidecar_path
 from geomed_ssl.outlocks import locked_briefly
 from geomed_ssl.outfiles import remove_stale_partials
 

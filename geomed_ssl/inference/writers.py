@@ -18,8 +18,7 @@ import numpy as np
 from geomed_ssl.errors import WRITE_ERRNOS, DataError
 from geomed_ssl.geo.gdal_read import check_written
 from geomed_ssl.geo.grids import placed
-from geomed_ssl.inference.legend import sidecar_path
-from geomed_ssl.outcommands import INPUT_TAG, provenance_tags
+from geomed_ssl.outcommands import INPUT_TAG, provenance_tags, sidecar_path
 from geomed_ssl.outfiles import atomic_path, commit_partial, naming_write_errors, partial_path
 
 BLOCK = 256  # output tile side (pixels)
@@ -92,7 +91,7 @@ class GeoTiffWriter:
             "BIGTIFF": "IF_SAFER",
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = partial_path(self.path)
+        self._tmp, self._sidecar_tmp = partial_path(self.path), partial_path(self.sidecar)
         self._committed = self._finished = self._sidecar_committed = False
         self._ds = None
         try:  # a failure or a stop (Ctrl-C, SIGTERM) while the file is set up leaves no partial file behind
@@ -197,7 +196,7 @@ class GeoTiffWriter:
         check_written(self._tmp, self.path)
         if self._sidecar_text is not None:
             with naming_write_errors(self.sidecar):
-                partial_path(self.sidecar).write_text(self._sidecar_text, encoding="utf-8")
+                self._sidecar_tmp.write_text(self._sidecar_text, encoding="utf-8")
         self._finished = True
 
     def _build_overviews(self) -> None:
@@ -222,7 +221,7 @@ class GeoTiffWriter:
             self._committed = True
         if not self._sidecar_committed:
             if self._sidecar_text is not None:
-                commit_partial(partial_path(self.sidecar), self.sidecar)
+                commit_partial(self._sidecar_tmp, self.sidecar)
             self._sidecar_committed = True
         return self.path
 
@@ -243,7 +242,7 @@ class GeoTiffWriter:
             if not self._committed:
                 self._tmp.unlink(missing_ok=True)
             if not self._sidecar_committed:
-                partial_path(self.sidecar).unlink(missing_ok=True)
+                self._sidecar_tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> GeoTiffWriter:
         return self

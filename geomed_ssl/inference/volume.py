@@ -253,8 +253,8 @@ def file_valid(record: Any, nodata: float | None) -> np.ndarray:
 
 def proba_array(grid: FileGridPrediction, pkind: str) -> np.ndarray:
     """The ``*_proba.nii.gz`` array (x, y, z, K) on the reference's grid: float32 (NaN where invalid), or uint8 =
-    round(p*254) (255 where invalid)."""
-    p = np.ascontiguousarray(grid.proba)
+    round(p*254) (255 where invalid), marked in place (``predict_on_file_grid`` filled it in the file's order)."""
+    p = grid.proba
     p[~grid.ok] = 255 if pkind == "uint8" else np.nan
     return p
 

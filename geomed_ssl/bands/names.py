@@ -253,7 +253,8 @@ def resolve_band_info(
 
     Names: the file's band descriptions when every band has one ("file"; GDAL's wavelength suffix of converted ENVI
     files, "B01 (0.443 Micrometers)", taken off and read as the wavelength); else ``data_cfg.band_names`` ("recipe");
-    else ``fallback_names`` (the names of ``data.channels``' globs, "channels"); else the ``data_cfg.sensor`` profile's
+    else ``fallback_names`` (the names of ``data.channels``' globs, "channels"); else the descriptions some bands
+    have, the others "band_<position>" ("file", warned about); else the ``data_cfg.sensor`` profile's
     names BY POSITION ("sensor"; only when its band count matches: a mismatch is a DataError); else "band_1".."band_N"
     ("index"). Wavelengths: ``data_cfg.wavelengths``; else the sensor profile matched by name, unless the band's own
     ``CENTRAL_WAVELENGTH_UM`` tag names another band (``tags`` maps the 1-based band index to that band's IMAGERY/plain
@@ -321,6 +322,26 @@ def _note_described(path: str, described: tuple[str, ...], given: tuple[str, ...
         f"{', ...' if len(given) > 6 else ''}) is not used for them: a file's own band descriptions win.")
 
 
+_PARTLY_NOTED: set[tuple[str, ...]] = said_set()
+
+
+def _described(description: str | None) -> bool:
+    return description is not None and bool(str(description).strip())
+
+
+def _note_partly_named(path: str, names: tuple[str, ...], named: tuple[bool, ...]) -> None:
+    """Say, once per name list, that a file names some of its bands and which generic names the others got."""
+    if names in _PARTLY_NOTED:
+        return
+    _PARTLY_NOTED.add(names)
+    unnamed = [n for n, ok in zip(names, named) if not ok]
+    logging.getLogger("geomed_ssl").warning(
+        f"warning: '{path}' (and files like it) name {len(names) - len(unnamed)} of their {len(names)} bands "
+        f"({', '.join(n for n, ok in zip(names, named) if ok)}); the others are called {', '.join(unnamed[:6])}"
+        f"{', ...' if len(unnamed) > 6 else ''} after their position. Bands meet a model's by name: to name every "
+        "band, set data.band_names in the file's order (predict, evaluate: --band-names).")
+
+
 def _band_names(num_bands: int, descriptions: Sequence[str | None] | None, data_cfg: Any, path: str,
                 fallback_names: Sequence[str] | None) -> tuple[list[str], str]:
     """The band names of one file and their source, in :func:`resolve_band_info`'s order of preference; they must
@@ -328,7 +349,7 @@ def _band_names(num_bands: int, descriptions: Sequence[str | None] | None, data_
     descriptions = list(descriptions or [])
     sensor = getattr(data_cfg, "sensor", None)
     cfg_names = getattr(data_cfg, "band_names", None)
-    if len(descriptions) == num_bands and all(d is not None and str(d).strip() for d in descriptions):
+    if len(descriptions) == num_bands and all(map(_described, descriptions)):
         names, source = [str(d).strip() for d in descriptions], "file"
         # band_names naming as many bands, but others: meant for these files and not used (a model's own names in
         # another order, or a subset, are the band rule at work, nothing to say)
@@ -344,6 +365,11 @@ def _band_names(num_bands: int, descriptions: Sequence[str | None] | None, data_
         names, source = [str(n) for n in cfg_names], "recipe"
     elif fallback_names is not None and len(fallback_names) == num_bands:  # named by the user's globs: before
         names, source = [str(n) for n in fallback_names], "channels"  # any guess by position
+    elif any(_described(d) for d in descriptions):  # some bands named (an appended QA band not, say): the file's
+        given = (descriptions + [None] * num_bands)[:num_bands]  # names win over a sensor's guess by position
+        names = [str(d).strip() if _described(d) else f"band_{i + 1}" for i, d in enumerate(given)]
+        source = "file"
+        _note_partly_named(path, tuple(names), tuple(map(_described, given)))
     elif sensor:
         profile_names = list(sensor_profile(sensor))
         if len(profile_names) != num_bands:
@@ -352,7 +378,7 @@ def _band_names(num_bands: int, descriptions: Sequence[str | None] | None, data_
                 f"another product, leave it out (data.exclude); " + (
                     "if each file holds one band of a scene, stack a scene's files with data.channels (globs, one "
                     "per band)." if num_bands == 1 else f"if every file has {num_bands} bands, name them in order "
-                    "with data.band_names (or fix data.sensor).")
+                    "with data.band_names (predict, evaluate: --band-names), or fix data.sensor.")
             )
         names, source = profile_names, "sensor"
     else:

@@ -61,6 +61,18 @@ def test_partial_descriptions_fall_back_to_config_names():
     assert names == ["red", "nir"] and wl is None
 
 
+def test_partly_described_file_keeps_its_names_and_calls_the_others_by_position(caplog):
+    """An appended QA band without a description no longer costs the named bands their names (nor asks for a
+    sensor's count): the named ones keep them, the others get band_<position>; said once per name list."""
+    with caplog.at_level("WARNING", logger="geomed_ssl"):
+        info = resolve_band_info(5, ["B02", "B03", "B04", "B08", None], {}, DataConfig(sensor="sentinel2"), "f.tif")
+        resolve_band_info(5, ["B02", "B03", "B04", "B08", ""], {}, DataConfig(sensor="sentinel2"), "g.tif")
+    assert info.names == ["B02", "B03", "B04", "B08", "band_5"] and info.source == "file"
+    assert info.wavelengths[:4] == pytest.approx([0.49, 0.56, 0.665, 0.842]) and info.wavelengths[4] is None
+    assert caplog.text.count("name 4 of their 5 bands (B02, B03, B04, B08); the others are called band_5") == 1
+    assert resolve_band_info(3, ["red"], {}, DataConfig(), "h.tif").names == ["red", "band_2", "band_3"]
+
+
 def test_sensor_profile_names_bands_when_count_matches():
     info = resolve_band_info(13, [None] * 13, {}, DataConfig(sensor="sentinel2"), "f.tif")
     names, wl = info.names, info.wavelengths

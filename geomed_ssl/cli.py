@@ -206,8 +206,8 @@ def evaluate(
     nodata: Optional[float] = typer.Option(None, "--nodata", help="The files' nodata value, replacing their own "
                                            "tags (default: the model's data.nodata, else each file's tag)."),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="How these labels are coded, when not as the "
-                                                  "training's: labels.remap, labels.ignore_value or labels.label_name "
-                                                  "= value (repeatable)."),
+                                                  "training's: labels.remap, labels.ignore_value, labels.use_nodata "
+                                                  "or labels.label_name = value (repeatable)."),
     strict: bool = StrictOpt,
 ) -> None:
     """Metrics of a fine-tuned model on labelled data (every labelled pixel, voxel or image)."""

@@ -277,6 +277,8 @@ class LabelsConfig:
                                     bounds=">= 1")
     fraction: float | None = setting(None, "or a fraction of all labels", bounds="(0, 1]")
     ignore_value: int | None = setting(0, "label value meaning unlabelled")
+    use_nodata: bool = setting(True, "a label raster's nodata tag marks unlabelled pixels too; false: the tagged "
+                               "value is a class like the others (a 0 / 1 mask saved with nodata 0)")
     split: str = setting("random", "random, blocks (whole blocks held out: no test pixel shares a block with "
                          "training) or images (whole images / subjects held out; the dates of one label file stay "
                          "together)", choices=("random", "blocks", "images"))

@@ -223,7 +223,7 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
                            names, out, notes=notes + ([note] if note else []))
 
 
-CODING = ("labels.remap", "labels.ignore_value", "labels.label_name")  # what evaluate --set may change
+CODING = ("labels.remap", "labels.ignore_value", "labels.use_nodata", "labels.label_name")  # what --set may change
 
 
 def labels_coded(recipe: Any, overrides: Sequence[str] | None, ft_dir: str | Path, task: str) -> Any:

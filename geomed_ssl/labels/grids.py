@@ -11,7 +11,7 @@ import numpy as np
 
 from geomed_ssl.data.catalog import FileRecord
 from geomed_ssl.errors import DataError, innermost_message
-from geomed_ssl.geo.grids import gcp_grid, grid_diffs
+from geomed_ssl.geo.grids import crs_name, gcp_grid, grid_diffs, placed
 from geomed_ssl.geo.voxels import GRID_TOLERANCE, grid_gap, mm_affine
 
 
@@ -114,6 +114,30 @@ def volume_grid_diffs(ras_shape: Sequence[int], ras_affine: np.ndarray, label: s
     return diffs
 
 
+def _georeference_to_copy(record: FileRecord, label: str) -> str | None:
+    """What georeferencing a label raster of its image's size lacks where the image has it ("no CRS", "no CRS and
+    no transform"), when that is all that differs; else None."""
+    shape, crs, tr, _ = _raster_header(label)
+    if tuple(shape) != tuple(record.shape) or crs is not None or record.crs is None:
+        return None
+    if not placed(None, tr):
+        return "no CRS and no transform"
+    return "no CRS" if not grid_diffs(shape, record.crs, tr, record.shape, record.crs, record.transform) else None
+
+
+def _gdal_edit(record: FileRecord, label: str) -> str | None:
+    """The gdal_edit.py command that gives ``label`` the image's CRS and extent (north-up images only)."""
+    from affine import Affine
+
+    t = Affine(*list(record.transform)[:6])
+    code = crs_name(record.crs, "")
+    if t.b or t.d or t.e >= 0 or not code.upper().startswith("EPSG:"):
+        return None
+    rows, cols = record.shape
+    right, bottom = t * (cols, rows)
+    return f"gdal_edit.py -a_srs {code} -a_ullr {t.c:.10g} {t.f:.10g} {right:.10g} {bottom:.10g} '{label}'"
+
+
 def check_grid(record: FileRecord, label_path: str | Path, kind: str, peers: Sequence[FileRecord] = ()) -> None:
     """DataError naming both files and each difference unless the label is on the image's pixel / voxel grid
     (``peers``: the other images the label serves; when one of them is on its grid, the image is the one to
@@ -128,6 +152,12 @@ def check_grid(record: FileRecord, label_path: str | Path, kind: str, peers: Seq
     if diffs and kind == "raster" and (broken := _unreadable(label)):  # a header cut short reads as no CRS
         raise DataError(f"cannot read label raster '{label}' ({broken}): it is truncated or corrupt; copy or export "
                         "it again.")
+    if diffs and kind == "raster" and (copy := _georeference_to_copy(record, label)):
+        raise DataError(f"label '{label}' is not on the pixel grid of image '{record.path}': {'; '.join(diffs)} "
+                        f"(label vs image). It has the image's size but {copy}: copy the image's georeferencing "
+                        "onto it (rasterio: open the label in r+ mode and set its crs and transform to the image's"
+                        + (f"; GDAL: {cmd}" if (cmd := _gdal_edit(record, label)) else "") + "), or fix which label "
+                        "belongs to which image (labels CSV).")
     if diffs:
         what = "pixel grid (size, CRS, transform)" if kind == "raster" else "voxel grid (shape, affine)"
         fitting = [p for p in peers if not differ(p, label)]

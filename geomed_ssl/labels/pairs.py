@@ -330,7 +330,7 @@ def read_label_pairs(records: Sequence[FileRecord], labels: str | Path | None, l
     arrays, masks, facts = [], [], UnlabelledFacts()
     for record, path in pairs:
         values, labelled = read_label(path, data.kind, lab.ignore_value, spacing=data.spacing, remap=lab.remap,
-                                      warn_coverage=True, facts=facts)
+                                      warn_coverage=True, facts=facts, use_file_nodata=lab.use_nodata)
         held = values[labelled]
         if class_range and held.size and (held.min() < 0 or held.max() > MAX_CLASS_VALUE):  # predict's class maps
             bad = int(held.min()) if held.min() < 0 else int(held.max())

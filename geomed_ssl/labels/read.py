@@ -33,12 +33,14 @@ class UnlabelledFacts:
     filling most of an untagged label volume whose other voxels form solid regions: a dense map whose background
     (0 in most medical label maps) is left out, so the model would give every voxel one of the other classes; and,
     with no ignore value, 0 filling most of a volume beside lines of several classes: scribbles' unlabelled voxels
-    trained as a class."""
+    trained as a class; and a nodata tag (not ``labels.ignore_value``) leaving out a value next to the classes kept:
+    a class lost to the tag (``labels.use_nodata``)."""
 
     beside_nodata: list[tuple[str, int, str]] = field(default_factory=list)  # (path, pixels left out, its mark)
     background_255: list[tuple[str, float]] = field(default_factory=list)  # (path, share of the labelled pixels)
     ignored_background: list[tuple[str, float]] = field(default_factory=list)  # (path, share of its voxels)
     scattered_zero: list[tuple[str, float]] = field(default_factory=list)  # (path, share of its voxels)
+    tag_like_class: list[tuple[str, int, float]] = field(default_factory=list)  # (path, pixels left out, the tag)
 
     def warn(self, ignore_value: int | None) -> None:
         if self.beside_nodata:
@@ -68,6 +70,13 @@ class UnlabelledFacts:
                         "a class (labels.ignore_value null, as the volume recipes set it), while the other voxels of "
                         "several classes lie on lines, as scribbles do: if 0 marks unlabelled voxels there, set "
                         "labels.ignore_value=0.")
+        if self.tag_like_class:
+            path, count, tag = self.tag_like_class[0]
+            more = f" (and {len(self.tag_like_class) - 1} more file(s))" if len(self.tag_like_class) > 1 else ""
+            log.warning(f"warning: label file '{path}'{more} has the nodata value {tag:g}, so its {count} pixel(s) of "
+                        f"value {tag:g} are left out as unlabelled, though {tag:g} lies beside its class values "
+                        f"and labels.ignore_value is {ignore_value if ignore_value is not None else 'null'}: if "
+                        f"{tag:g} is a class there (a 0 / 1 mask saved with nodata 0), set labels.use_nodata=false.")
 
 
 MAX_DISTINCT_CLASSES = 512  # above any atlas' label count (FreeSurfer aparc.a2009s+aseg ~190, TotalSegmentator 117)
@@ -128,6 +137,7 @@ def _to_labels(arr: np.ndarray, nodata: float | None, ignore_value: int | None,
                 facts.background_255.append((path, float(share)))
         if mark is None and labels.ndim == 3 and labelled.any():
             _volume_facts(labels, labelled, ignore_value, path, facts)
+        _tag_facts(arr, nodata, ignore_value, labels[labelled], path, facts)
     if ignore_value is not None:
         labelled &= labels != ignore_value
     labels[~labelled] = -1 if ignore_value is None else ignore_value
@@ -211,6 +221,20 @@ def _span(flags: np.ndarray) -> np.ndarray:
     return np.maximum.accumulate(flags, axis=1) & np.maximum.accumulate(flags[:, ::-1], axis=1)[:, ::-1]
 
 
+def _tag_facts(arr: np.ndarray, nodata: float | None, ignore_value: int | None, kept: np.ndarray, path: str,
+               facts: UnlabelledFacts) -> None:
+    """Note a file whose nodata tag, not ``ignore_value``, leaves out pixels of a value that looks like one of its
+    classes: next to (or between) the class values it keeps (nodata 0 on a 0 / 1 mask)."""
+    if nodata is None or not math.isfinite(nodata) or nodata == ignore_value or nodata != round(nodata):
+        return
+    kept = kept if ignore_value is None else kept[kept != ignore_value]
+    if kept.size == 0 or not kept.min() - 1 <= nodata <= kept.max() + 1:
+        return
+    count = int(np.count_nonzero(is_fill(arr, nodata)))
+    if count and path not in {f[0] for f in facts.tag_like_class}:
+        facts.tag_like_class.append((path, count, float(nodata)))
+
+
 def _unlabelled_mark(arr: np.ndarray, nodata: float | None, valid: np.ndarray | None) -> str | None:
     """How a label file marks its unlabelled pixels itself, in words (None: it does not): a finite nodata value,
     NaN (a NaN nodata tag, or NaNs in a float file: rasterised points often fill the rest with NaN), or a GDAL mask
@@ -233,7 +257,7 @@ def check_label_affine(path: str | Path, affine: np.ndarray) -> None:
 def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata: float | None = None,
                spacing: Sequence[float] | None = None, window: tuple[int, int, int, int] | None = None,
                remap: dict | None = None, warn_coverage: bool = False, facts: UnlabelledFacts | None = None,
-               ) -> tuple[np.ndarray, np.ndarray]:
+               use_file_nodata: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """A label file as (labels, bool labelled): (H, W) for rasters, (D, H, W) RAS-oriented for volumes; int32 labels
     (int64 from a 32-bit unsigned or 64-bit integer file, or a float one), half of int64's memory on a large scene.
     ``warn_coverage``: say when ``spacing`` makes a grid that passes over labelled voxels (users' labels);
@@ -245,7 +269,8 @@ def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata
     it is left out); those positions hold ``ignore_value`` (-1 if None). Float labels are rounded, with a warning
     when some are not whole numbers (more than 1 % of them: a DataError, the file is no label map). Volumes follow
     the volume reader: closest-canonical RAS, and with ``spacing`` the same resampled grid (nearest neighbour).
-    ``window`` = (row, col, h, w) reads part of a raster.
+    ``window`` = (row, col, h, w) reads part of a raster. ``use_file_nodata`` False: a raster's nodata tag marks
+    nothing (``labels.use_nodata``).
     """
     path = str(path)
     if kind == "raster":
@@ -262,7 +287,7 @@ def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata
                                         "band of class ids.")
                     win = Window(window[1], window[0], window[3], window[2]) if window else None
                     arr = src.read(1, window=win)  # (H, W)
-                    file_nodata = src.nodata
+                    file_nodata = src.nodata if use_file_nodata else None
                     valid = src.read_masks(1, window=win) > 0 if has_dataset_mask(src) else None
             except rasterio.errors.RasterioIOError as err:
                 raise DataError(f"cannot read label raster '{path}' ({innermost_message(err)}): its pixels are "

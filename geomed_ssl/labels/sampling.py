@@ -199,14 +199,16 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
     files, flats, values = labelled_pixels(labels_list, masks)
     if values.size == 0:
         raise DataError(f"no labelled {unit}s in {len(shapes)} label file(s) (ignore value {cfg.ignore_value}); "
-                        "check labels.ignore_value and the label files' nodata.")
+                        "check labels.ignore_value and the label files' nodata (labels.use_nodata=false: a nodata "
+                        "tag marks nothing).")
     cmap = ClassMap.build(unique_ints(values), names if names is not None else getattr(cfg, "class_names", None))
     if len(cmap.values) < 2:
         zero = (" 0 is left out as unlabelled: if it is a class here, as in a binary mask (0 and 1, or 0 and 255), "
                 "set labels.ignore_value=null." if cfg.ignore_value == 0 else "")
         raise DataError(f"the labels hold one class only ({cmap.label(cmap.values[0])}, {values.size} labelled "
                         f"{unit}s in {len(shapes)} label file(s)); segmentation needs at least two: label another "
-                        f"class too (e.g. the background), or check labels.ignore_value ({cfg.ignore_value}).{zero}")
+                        f"class too (e.g. the background), or check labels.ignore_value ({cfg.ignore_value}) and "
+                        f"the label files' nodata tags (labels.use_nodata=false: a tag marks nothing).{zero}")
     seed, notes = int(cfg.seed), []
     group = list(grounds) if grounds is not None else paths
     maps = training_maps(cfg.split, shapes, int(cfg.block_size), seed, files, flats, values, group)

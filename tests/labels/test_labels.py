@@ -261,6 +261,21 @@ def test_grid_mismatch_names_both_files_and_the_difference(tmp_path, change, exp
     assert "scene_0_gt.tif" in msg and "images/scene_0.tif" in msg and expected in msg
 
 
+@pytest.mark.parametrize("change, lacks", [({"crs": None}, "no CRS:"),
+                                           ({"crs": None, "transform": Affine.identity()}, "no CRS and no transform:")])
+def test_a_label_of_the_images_size_without_its_georeferencing_is_told_to_copy_it(tmp_path, change, lacks):
+    """Resampling is not the fix for a label map saved without the image's CRS (or any georeferencing): copying
+    the image's onto it is, and the message gives the gdal_edit.py command with the image's CRS and extent."""
+    records = _images(tmp_path, n=1)
+    (tmp_path / "labels").mkdir()
+    _label(tmp_path / "labels" / "scene_0_gt.tif", _classes(), **change)
+    with pytest.raises(DataError) as err:
+        match_labels(records, tmp_path / "labels", "raster")
+    msg = str(err.value)
+    assert f"It has the image's size but {lacks} copy the image's georeferencing onto it" in msg
+    assert "gdal_edit.py -a_srs EPSG:32633 -a_ullr 500000 5100000 500320 5099680 '" in msg and "Resample" not in msg
+
+
 # -- reading --------------------------------------------------------------------------------------------------
 def test_float_labels_with_nodata_and_nan_are_rounded_and_unlabelled(tmp_path):
     lab = np.array([[1.0, 2.0000001, np.nan], [-9999.0, 0.0, 3.0]], np.float32)
@@ -307,6 +322,34 @@ def test_ignore_value_none_keeps_zero_as_a_class(tmp_path):
     assert mask.all() and not mask0.all()
     assert class_ids([labels], None) == [0, 1, 2, 3, 4]
     assert class_ids([labels], None, masks=[mask0]) == [1, 2, 3, 4]
+
+
+def test_a_nodata_tag_on_a_class_value_is_warned_about_and_use_nodata_false_keeps_the_class(tmp_path, caplog):
+    """A 0 / 1 mask saved with nodata 0, and classes 1 2 3 tagged nodata 3: the tag took a class without a word,
+    and labels.ignore_value=null could not bring it back. Now it is said once per command, naming the file, and
+    labels.use_nodata=false reads the tagged value as a class; a tag apart from the classes (255) is not said."""
+    records = _images(tmp_path, n=2)
+    (tmp_path / "labels").mkdir()
+    mask = (_classes() > 2).astype(np.uint8)  # 0 / 1
+    _label(tmp_path / "labels" / "scene_0.tif", mask, nodata=0)
+    _label(tmp_path / "labels" / "scene_1.tif", np.where(_classes() == 0, 1, _classes()), nodata=3)
+    data = DataConfig(patch_size=8)
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        _, arrays, masks = read_label_pairs(records, tmp_path / "labels", LabelsConfig(ignore_value=None), data)
+    assert class_ids(arrays, None, masks=masks) == [1, 2, 4]  # 0 and 3 lost to the tags
+    said = [r.getMessage() for r in caplog.records if "labels.use_nodata=false" in r.getMessage()]
+    assert len(said) == 1 and "scene_0.tif' (and 1 more file(s)) has the nodata value 0" in said[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        _, arrays, masks = read_label_pairs(records, tmp_path / "labels",
+                                            LabelsConfig(ignore_value=None, use_nodata=False), data)
+    assert class_ids(arrays, None, masks=masks) == [0, 1, 2, 3, 4] and all(m.all() for m in masks)
+    assert "use_nodata" not in caplog.text
+    _label(tmp_path / "labels" / "scene_0.tif", np.where(_classes() == 0, 255, _classes()), nodata=255)
+    _label(tmp_path / "labels" / "scene_1.tif", _classes(), nodata=0)  # the tag is the ignore value
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        read_label_pairs(records, tmp_path / "labels", LabelsConfig(), data)
+    assert "use_nodata" not in caplog.text
 
 
 def test_a_dense_label_volume_whose_background_is_ignored_is_said_once_and_scribbles_are_not(tmp_path, caplog):

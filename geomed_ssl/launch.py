@@ -88,6 +88,32 @@ def check_pretrain_world(trainer_world: int, strategy: str = "ddp") -> None:
                       f"to the nodes (train.strategy=ddp), or start one process.")
 
 
+def check_master_port() -> None:
+    """A ``ConfigError`` naming ``MASTER_PORT`` when it is set but no port number (the process group's address
+    would fail later with a traceback)."""
+    port = os.environ.get("MASTER_PORT")
+    if port is None or (port.strip().isdigit() and 0 < int(port) < 65536):
+        return
+    from geomed_ssl.errors import ConfigError
+
+    raise ConfigError(f"MASTER_PORT={port!r} is not a port number: set it to a free TCP port (1-65535) of the "
+                      "first node, the same on every node, or unset it for one machine.")
+
+
+def check_node_rank(rank: int, world: int, nodes: int) -> None:
+    """A ``ConfigError`` when this process's global rank lies outside the run (a node started with a NODE_RANK,
+    or a train.num_nodes, other than the run's): it would crash in the process group, and the others would wait
+    for it until the group's timeout."""
+    if rank < world:
+        return
+    from geomed_ssl.errors import ConfigError
+
+    node = os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "?"))
+    raise ConfigError(f"this process is rank {rank} (node rank {node}) of a run of {world} process(es) "
+                      f"(train.devices x train.num_nodes, here train.num_nodes={nodes}): start every node with the "
+                      "same train.num_nodes and train.devices, and node ranks 0 to train.num_nodes - 1.")
+
+
 def runs_here(command: str) -> bool:
     """Whether a command that runs in one process (every command but ``pretrain``) runs in this one: always when
     no launcher started several, else in rank 0 only; the others print why they leave (rank 0 warns too)."""

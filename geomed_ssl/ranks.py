@@ -91,10 +91,11 @@ class GroupAgreement(Agreement):
 
     def same_inputs(self, digest: str) -> None:
         if self._exchange(None, digest) != digest:
-            raise GeomedError(f"rank {self.rank} read other inputs than rank 0 (the recipe, or the data folder's "
-                              "files: one was changed, added or removed while the ranks started); start the run "
-                              "again once they are settled. (A Python script runs one ddp pretraining: its other "
-                              "ranks run the script again from the top.)")
+            raise GeomedError(f"rank {self.rank} read other inputs than rank 0: the recipe with its --set values, "
+                              "or the data folder's files (one changed, added or removed while the ranks started, or "
+                              "another node sees other files). Every node must run the same command on the same "
+                              "data; start the run again once they do. (A Python script runs one ddp pretraining: "
+                              "its other ranks run the script again from the top.)")
 
     def all_passed(self, last: bool = True) -> None:
         self._exchange(None)
@@ -249,8 +250,45 @@ def early_process_group(strategy: Any) -> Any:
 
     if dist.is_initialized():
         dist.destroy_process_group()
-    kwargs: dict[str, Any] = {"timeout": getattr(strategy, "_timeout", None) or timedelta(minutes=30)}
+    timeout = getattr(strategy, "_timeout", None) or timedelta(minutes=30)
+    kwargs: dict[str, Any] = {"timeout": timeout}
     if strategy.root_device.type != "cpu":
         kwargs["device_id"] = strategy.root_device
-    _init_dist_connection(strategy.cluster_environment, strategy._get_process_group_backend(), **kwargs)
-    return dist.new_group(backend="gloo", timeout=TIMEOUT)
+    with waiting_for_ranks(strategy.cluster_environment, timeout):
+        _init_dist_connection(strategy.cluster_environment, strategy._get_process_group_backend(), **kwargs)
+        return dist.new_group(backend="gloo", timeout=TIMEOUT)
+
+
+NOTE_AFTER_S = 15.0  # ranks connect in a second or two when all of them are started
+
+
+@contextlib.contextmanager
+def waiting_for_ranks(env: Any, timeout: timedelta, note_after: float = NOTE_AFTER_S) -> Iterator[None]:
+    """While the ranks connect (torch waits inside C++ code, where Python's signal handlers never run): SIGTERM and
+    Ctrl-C end the process at once (nothing is written before the ranks agree), and a rank still waiting after
+    ``note_after`` s says what for, once: a node that was never started, or a wrong address, leaves it waiting for
+    the process group's timeout."""
+    import signal
+
+    rank, world = env.global_rank(), env.world_size()
+    note = threading.Timer(note_after, lambda: _say(
+        f"rank {rank} of the run is waiting for the others of its {world} processes to connect at "
+        f"{env.main_address}:{env.main_port} (up to {timeout.total_seconds() / 60:g} minutes): start the command on "
+        "every node (with its NODE_RANK, the same MASTER_ADDR / MASTER_PORT and train.num_nodes); Ctrl-C stops it."))
+    note.daemon = True
+    main = threading.current_thread() is threading.main_thread()
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    for sig in saved:
+        signal.signal(sig, signal.SIG_DFL)
+    note.start()
+    try:
+        yield
+    finally:
+        note.cancel()
+        for sig, handler in saved.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: not set from Python
+
+
+def _say(text: str) -> None:
+    sys.stderr.write(f"note: {text}\n")
+    sys.stderr.flush()

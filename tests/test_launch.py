@@ -79,15 +79,17 @@ def test_rank_0_runs_the_command_once_and_says_the_others_exit(monkeypatch, scen
     assert (out / "metrics.json").is_file()
 
 
-@pytest.mark.parametrize("rank", ["0", "1"])
+@pytest.mark.parametrize("rank, strategy", [("0", "auto"), ("1", "auto"), ("0", "ddp"), ("1", "ddp")])
 def test_pretrain_refuses_a_launch_of_more_processes_than_the_recipe_trains(monkeypatch, scene, tmp_path: Path,
-                                                                            rank: str) -> None:
-    """Each of the N processes would otherwise train its own copy into one run folder (every one as rank 0)."""
+                                                                            rank: str, strategy: str) -> None:
+    """Each of the N processes would otherwise train its own copy into one run folder (every one as rank 0).
+    With train.strategy=ddp (the docs' multi-node setting) Lightning takes its world size from the launcher, so
+    the check compared 2 with 2 and both ranks wrote a run folder before failing with a traceback."""
     set_launch(monkeypatch, {"RANK": rank, "WORLD_SIZE": "2", "LOCAL_RANK": rank, "TORCHELASTIC_RUN_ID": "x"})
     out = tmp_path / "run"
+    sets = [*TINY, "data.sensor=null", "train.max_steps=2", f"train.strategy={strategy}", "train.accelerator=cpu"]
     result = runner.invoke(app, ["pretrain", "recipes/mae_sentinel2.yaml", "--data", str(scene[0]), "--out",
-                                 str(out), *[a for s in [*TINY, "data.sensor=null", "train.max_steps=2"]
-                                             for a in ("--set", s)]])
+                                 str(out), *[a for s in sets for a in ("--set", s)]])
     assert result.exit_code == 2, result.output
     assert f"torchrun started 2 processes (this is rank {rank})" in result.output
     assert "train.devices x train.num_nodes = 1" in result.output
@@ -170,3 +172,55 @@ def test_a_further_rank_of_pretrain_called_from_python_says_only_errors(monkeypa
             pretrain("recipes/mae_sentinel2.yaml", scene[0], tmp_path / "run", overrides=[*TINY, "method.name=simclr"])
         assert ("replaces the recipe's method 'mae'" in caplog.text) == said
         assert package.level == level
+
+
+def test_a_node_rank_outside_the_run_and_a_bad_master_port_are_one_line_each(monkeypatch, scene,
+                                                                              tmp_path: Path) -> None:
+    """A node started with NODE_RANK=1 but train.num_nodes=1 crashed in the process group (a traceback) while the
+    first node waited for it; a MASTER_PORT that is no port number failed with a ValueError traceback."""
+    out = tmp_path / "run"
+    sets = [*TINY, "data.sensor=null", "train.max_steps=2", "train.strategy=ddp", "train.accelerator=cpu",
+            "train.devices=1"]
+    args = ["pretrain", "recipes/mae_sentinel2.yaml", "--data", str(scene[0]), "--out", str(out),
+            *[a for s in sets for a in ("--set", s)]]
+    set_launch(monkeypatch, {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "NODE_RANK": "1"})
+    result = runner.invoke(app, [*args, "--set", "train.num_nodes=1"])
+    assert result.exit_code == 2, result.output
+    assert "this process is rank 1 (node rank 1) of a run of 1 process(es)" in result.output
+    monkeypatch.setenv("MASTER_PORT", "29500x")
+    result = runner.invoke(app, [*args, "--set", "train.num_nodes=2"])
+    assert result.exit_code == 2, result.output
+    assert "MASTER_PORT='29500x' is not a port number" in result.output
+    assert not out.exists()
+
+
+def test_ranks_waiting_to_connect_say_so_once_and_let_sigterm_end_them(capsys) -> None:
+    """torch waits for the other ranks in C++, where Python's handlers never run: a node never started left the
+    first one silent and deaf to SIGTERM for the group's 30 minutes."""
+    import signal
+    import time
+    from datetime import timedelta
+
+    from geomed_ssl.ranks import waiting_for_ranks
+
+    class Env:
+        main_address, main_port = "10.0.0.1", 29500
+
+        def global_rank(self) -> int:
+            return 0
+
+        def world_size(self) -> int:
+            return 4
+
+    before = signal.getsignal(signal.SIGTERM)
+    with waiting_for_ranks(Env(), timedelta(minutes=30), note_after=0.05):
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL == signal.getsignal(signal.SIGINT)
+        time.sleep(0.3)
+    assert signal.getsignal(signal.SIGTERM) == before
+    err = capsys.readouterr().err
+    assert err.count("rank 0 of the run is waiting for the others of its 4 processes to connect at "
+                     "10.0.0.1:29500 (up to 30 minutes)") == 1
+    with waiting_for_ranks(Env(), timedelta(minutes=30), note_after=5):
+        pass  # connected at once: nothing said
+    time.sleep(0.1)
+    assert capsys.readouterr().err == ""

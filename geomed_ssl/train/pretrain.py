@@ -21,7 +21,7 @@ from geomed_ssl.data.survey import check_fillable, warn_survey
 from geomed_ssl.views.builder import build_views
 from geomed_ssl.errors import GeomedError, RunStopped
 from geomed_ssl.files.listing import inputs_digest
-from geomed_ssl.launch import check_pretrain_world, further_rank, launched
+from geomed_ssl.launch import check_master_port, check_node_rank, check_pretrain_world, further_rank, launched
 from geomed_ssl.methods import build_method, with_method_settings
 from geomed_ssl.methods.schedules import ScheduleClock
 from geomed_ssl.models.encoder import EncoderConfig
@@ -102,9 +102,12 @@ def process_rank(t: Any) -> L.Trainer:
     rank and the world size from the launch environment before anything is written: with ``strategy=ddp``
     Lightning runs the same command again for the other ranks, and only rank 0 may create, check or delete
     folders. Every Trainer setting that can fail is tried here (:func:`probe_trainer`)."""
+    check_master_port()
     probe = probe_trainer(t.accelerator, t.devices, t.strategy, t.num_nodes, t.precision)
-    check_pretrain_world(probe.world_size, t.strategy)  # torchrun / srun started N: the recipe must train N,
-    # with a strategy that starts no workers of its own
+    # torchrun / srun started N: the recipe must train N (its devices x nodes: a ddp strategy's world size is the
+    # launcher's), with a strategy that starts no workers of its own
+    check_pretrain_world(probe.num_devices * probe.num_nodes, t.strategy)
+    check_node_rank(probe.global_rank, probe.world_size, probe.num_nodes)
     return probe
 
 

@@ -93,7 +93,7 @@ def test_a_rank_that_read_other_inputs_stops_every_rank(tmp_path: Path) -> None:
     """A recipe edited, or a file added to the data folder, while the ranks started: each would train on other data
     than the run folder records, so every rank stops before rank 0 writes."""
     results = run_two_ranks(tmp_path, "inputs")
-    assert results[1].startswith("failed rank 1 read other inputs than rank 0 (the recipe, or the data folder's files")
+    assert results[1].startswith("failed rank 1 read other inputs than rank 0: the recipe with its --set values, or")
     assert results[0].startswith("stopped rank 1 of the run failed, so every rank stops: rank 1 read other inputs")
 
 

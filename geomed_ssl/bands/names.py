@@ -227,7 +227,7 @@ def _tag_length(tags: dict[str, Any] | None, key: str, nm_above: float) -> float
 
 # Where a file's band names came from (``BandInfo.source``). Only "sensor" names are asserted without evidence: the
 # profile's names given to undescribed bands by position.
-BAND_SOURCES = ("file", "recipe", "sensor", "channels", "index")
+BAND_SOURCES = ("file", "recipe", "sensor", "channels", "partial", "index")  # partial: some from the file
 
 
 @dataclass
@@ -254,7 +254,8 @@ def resolve_band_info(
     Names: the file's band descriptions when every band has one ("file"; GDAL's wavelength suffix of converted ENVI
     files, "B01 (0.443 Micrometers)", taken off and read as the wavelength); else ``data_cfg.band_names`` ("recipe");
     else ``fallback_names`` (the names of ``data.channels``' globs, "channels"); else the descriptions some bands
-    have, the others "band_<position>" ("file", warned about); else the ``data_cfg.sensor`` profile's
+    have, the others "band_<position>" ("partial", warned about; unless the sensor profile's names agree with the
+    described ones by position: then the profile's); else the ``data_cfg.sensor`` profile's
     names BY POSITION ("sensor"; only when its band count matches: a mismatch is a DataError); else "band_1".."band_N"
     ("index"). Wavelengths: ``data_cfg.wavelengths``; else the sensor profile matched by name, unless the band's own
     ``CENTRAL_WAVELENGTH_UM`` tag names another band (``tags`` maps the 1-based band index to that band's IMAGERY/plain
@@ -329,6 +330,15 @@ def _described(description: str | None) -> bool:
     return description is not None and bool(str(description).strip())
 
 
+def _profile_agrees(descriptions: list[str | None], sensor: str | None, num_bands: int) -> bool:
+    """Whether the ``sensor`` profile has ``num_bands`` bands and its name at each described band's position is
+    that band's description: the profile then names the undescribed ones by position, as it names undescribed
+    files."""
+    profile = list(sensor_profile(sensor)) if sensor else []
+    return len(profile) == num_bands and all(_canon(str(d)) == _canon(n) for d, n in zip(descriptions, profile)
+                                             if _described(d))
+
+
 def _note_partly_named(path: str, names: tuple[str, ...], named: tuple[bool, ...]) -> None:
     """Say, once per name list, that a file names some of its bands and which generic names the others got."""
     if names in _PARTLY_NOTED:
@@ -339,7 +349,8 @@ def _note_partly_named(path: str, names: tuple[str, ...], named: tuple[bool, ...
         f"warning: '{path}' (and files like it) name {len(names) - len(unnamed)} of their {len(names)} bands "
         f"({', '.join(n for n, ok in zip(names, named) if ok)}); the others are called {', '.join(unnamed[:6])}"
         f"{', ...' if len(unnamed) > 6 else ''} after their position. Bands meet a model's by name: to name every "
-        "band, set data.band_names in the file's order (predict, evaluate: --band-names).")
+        "band, describe it in the file (in rasterio: dataset.set_band_description(band, name), opened in r+ mode) or "
+        "set data.band_names in the file's order (predict, evaluate: --band-names).")
 
 
 def _band_names(num_bands: int, descriptions: Sequence[str | None] | None, data_cfg: Any, path: str,
@@ -365,10 +376,10 @@ def _band_names(num_bands: int, descriptions: Sequence[str | None] | None, data_
         names, source = [str(n) for n in cfg_names], "recipe"
     elif fallback_names is not None and len(fallback_names) == num_bands:  # named by the user's globs: before
         names, source = [str(n) for n in fallback_names], "channels"  # any guess by position
-    elif any(_described(d) for d in descriptions):  # some bands named (an appended QA band not, say): the file's
-        given = (descriptions + [None] * num_bands)[:num_bands]  # names win over a sensor's guess by position
-        names = [str(d).strip() if _described(d) else f"band_{i + 1}" for i, d in enumerate(given)]
-        source = "file"
+    elif any(map(_described, descriptions)) and not _profile_agrees(descriptions, sensor, num_bands):
+        given = (descriptions + [None] * num_bands)[:num_bands]  # some bands named (an appended QA band not, say):
+        names = [str(d).strip() if _described(d) else f"band_{i + 1}" for i, d in enumerate(given)]  # their names
+        source = "partial"  # win over a sensor's guess by position that contradicts them
         _note_partly_named(path, tuple(names), tuple(map(_described, given)))
     elif sensor:
         profile_names = list(sensor_profile(sensor))

@@ -186,8 +186,9 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
         files, flats, vals = labelled_pixels(arrays, masks)
         if vals.size == 0:
             raise DataError(f"no labelled pixels or voxels in the {len(arrays)} label file(s) of '{labels}' "
-                            f"(ignore value {recipe.labels.ignore_value}): nothing to score; check the labels and "
-                            "labels.ignore_value.")
+                            f"(ignore value {recipe.labels.ignore_value}): nothing to score; check the labels, "
+                            "labels.ignore_value and their nodata tags (--set labels.use_nodata=false: a tag marks "
+                            "nothing).")
         notes = unknown_classes(vals, values, names) + ([f"labels read with --set {' '.join(overrides)}"]
                                                          if overrides else [])
         label_paths = [str(p) for _, p in pairs]

@@ -76,7 +76,8 @@ class UnlabelledFacts:
             log.warning(f"warning: label file '{path}'{more} has the nodata value {tag:g}, so its {count} pixel(s) of "
                         f"value {tag:g} are left out as unlabelled, though {tag:g} lies beside its class values "
                         f"and labels.ignore_value is {ignore_value if ignore_value is not None else 'null'}: if "
-                        f"{tag:g} is a class there (a 0 / 1 mask saved with nodata 0), set labels.use_nodata=false.")
+                        f"{tag:g} is a class there{' (a 0 / 1 mask saved with nodata 0)' if tag == 0 else ''}, set "
+                        "labels.use_nodata=false.")
 
 
 MAX_DISTINCT_CLASSES = 512  # above any atlas' label count (FreeSurfer aparc.a2009s+aseg ~190, TotalSegmentator 117)
@@ -225,8 +226,8 @@ def _tag_facts(arr: np.ndarray, nodata: float | None, ignore_value: int | None, 
                facts: UnlabelledFacts) -> None:
     """Note a file whose nodata tag, not ``ignore_value``, leaves out pixels of a value that looks like one of its
     classes: next to (or between) the class values it keeps (nodata 0 on a 0 / 1 mask)."""
-    if nodata is None or not math.isfinite(nodata) or nodata == ignore_value or nodata != round(nodata):
-        return
+    if nodata is None or not math.isfinite(nodata) or nodata == ignore_value or nodata != round(nodata) or nodata < 0:
+        return  # (a negative value is never a class)
     kept = kept if ignore_value is None else kept[kept != ignore_value]
     if kept.size == 0 or not kept.min() - 1 <= nodata <= kept.max() + 1:
         return

@@ -67,10 +67,18 @@ def test_partly_described_file_keeps_its_names_and_calls_the_others_by_position(
     with caplog.at_level("WARNING", logger="geomed_ssl"):
         info = resolve_band_info(5, ["B02", "B03", "B04", "B08", None], {}, DataConfig(sensor="sentinel2"), "f.tif")
         resolve_band_info(5, ["B02", "B03", "B04", "B08", ""], {}, DataConfig(sensor="sentinel2"), "g.tif")
-    assert info.names == ["B02", "B03", "B04", "B08", "band_5"] and info.source == "file"
+    assert info.names == ["B02", "B03", "B04", "B08", "band_5"] and info.source == "partial"
     assert info.wavelengths[:4] == pytest.approx([0.49, 0.56, 0.665, 0.842]) and info.wavelengths[4] is None
     assert caplog.text.count("name 4 of their 5 bands (B02, B03, B04, B08); the others are called band_5") == 1
     assert resolve_band_info(3, ["red"], {}, DataConfig(), "h.tif").names == ["red", "band_2", "band_3"]
+    # descriptions that agree with the sensor profile by position: the profile names the rest, as before (a model
+    # trained on such files still meets them), with its positional warning; B8A stored last contradicts it
+    s2 = list(sensor_profile("sentinel2"))
+    agree = resolve_band_info(13, [*s2[:12], None], {}, DataConfig(sensor="sentinel2"), "i.tif")
+    assert agree.names == s2 and agree.source == "sensor"
+    eurosat = [*s2[:8], *s2[9:], None]  # B8A last, undescribed
+    last = resolve_band_info(13, eurosat, {}, DataConfig(sensor="sentinel2"), "j.tif")
+    assert last.names == [*eurosat[:12], "band_13"] and last.source == "partial"
 
 
 def test_sensor_profile_names_bands_when_count_matches():

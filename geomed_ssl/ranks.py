@@ -254,8 +254,15 @@ def early_process_group(strategy: Any) -> Any:
     kwargs: dict[str, Any] = {"timeout": timeout}
     if strategy.root_device.type != "cpu":
         kwargs["device_id"] = strategy.root_device
-    with waiting_for_ranks(strategy.cluster_environment, timeout):
-        _init_dist_connection(strategy.cluster_environment, strategy._get_process_group_backend(), **kwargs)
+    env = strategy.cluster_environment
+    with waiting_for_ranks(env, timeout):
+        try:
+            _init_dist_connection(env, strategy._get_process_group_backend(), **kwargs)
+        except dist.DistError as err:  # rank 0's store gone (it stopped), unreachable, or the group's timeout
+            raise GeomedError(f"rank {env.global_rank()} of the run could not connect to the others at "
+                              f"{env.main_address}:{env.main_port} ({str(err).strip().splitlines()[0][:200]}): the "
+                              "first process stopped, or that address cannot be reached from here; nothing was "
+                              "written, start the run again on every node.") from None
         return dist.new_group(backend="gloo", timeout=TIMEOUT)
 
 

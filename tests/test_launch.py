@@ -224,3 +224,36 @@ def test_ranks_waiting_to_connect_say_so_once_and_let_sigterm_end_them(capsys) -
         pass  # connected at once: nothing said
     time.sleep(0.1)
     assert capsys.readouterr().err == ""
+
+
+def test_a_rank_whose_first_process_went_away_while_connecting_says_so_in_one_line(monkeypatch) -> None:
+    """Rank 0 stopped (SIGTERM) while the ranks connected: the ranks it had started died with torch's traceback."""
+    import torch
+    import torch.distributed as dist
+    from lightning.fabric.utilities import distributed
+
+    from geomed_ssl.errors import GeomedError
+    from geomed_ssl.ranks import early_process_group
+
+    def gone(*args, **kwargs):
+        raise dist.DistNetworkError("Failed to recv, got 0 bytes.\nException raised from recvBytes ...")
+
+    class Env:
+        main_address, main_port = "10.0.0.1", 29500
+
+        def global_rank(self) -> int:
+            return 1
+
+        def world_size(self) -> int:
+            return 2
+
+    class Strategy:
+        cluster_environment, root_device, _timeout = Env(), torch.device("cpu"), None
+
+        def _get_process_group_backend(self) -> str:
+            return "gloo"
+
+    monkeypatch.setattr(distributed, "_init_dist_connection", gone)
+    with pytest.raises(GeomedError, match=r"^rank 1 of the run could not connect to the others at 10\.0\.0\.1:29500 "
+                                          r"\(Failed to recv, got 0 bytes\.\): the first process stopped"):
+        early_process_group(Strategy())

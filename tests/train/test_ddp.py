@@ -130,6 +130,34 @@ def test_torchrun_launch_trains_as_lightnings_own_launch(ddp_run, nodata_rasters
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
 
 
+def test_two_nodes_started_by_hand_train_as_two_processes_on_one(ddp_run, nodata_rasters: Path,
+                                                                   tmp_path: Path) -> None:
+    """Multi-node as the docs say to start it (the command on each node with MASTER_ADDR / MASTER_PORT / NODE_RANK,
+    train.num_nodes=2), here two "nodes" of one process on this host: one set of files, written by rank 0 alone,
+    node 1 silent, the same weights as two processes of one node."""
+    import socket
+
+    out, result = ddp_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    two = tmp_path / "nodes"
+    args = cli_args(nodata_rasters, two, [*BASE, "train.devices=1", "train.num_nodes=2", "train.strategy=ddp",
+                                          "train.batch_size=4", "train.max_steps=2"])
+    nodes = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": str(n)})
+             for n in (0, 1)]
+    (out0, err0), (out1, err1) = (node.communicate(timeout=300) for node in nodes)
+    assert [node.returncode for node in nodes] == [0, 0], err0[-3000:] + err1[-3000:]
+    assert out0.count("done: 2 steps") == 1 and out1 == "" and "warning" not in err1, err1[-3000:]
+    assert {p.name for p in two.iterdir()} == RUN_FILES
+    a, b = ckpt(two / "checkpoints" / "last.ckpt")["state_dict"], ckpt(out / "checkpoints" / "last.ckpt")["state_dict"]
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
 def test_ddp_resume_with_more_steps_continues(ddp_run, tmp_path: Path, nodata_rasters: Path) -> None:
     out, result = ddp_run
     assert result.returncode == 0, result.stderr[-3000:]

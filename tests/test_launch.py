@@ -194,6 +194,21 @@ def test_a_node_rank_outside_the_run_and_a_bad_master_port_are_one_line_each(mon
     assert not out.exists()
 
 
+class FakeEnv:
+    """A Lightning cluster environment of ``world`` processes at 10.0.0.1:29500, seen from ``rank``."""
+
+    main_address, main_port = "10.0.0.1", 29500
+
+    def __init__(self, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
+
+    def global_rank(self) -> int:
+        return self.rank
+
+    def world_size(self) -> int:
+        return self.world
+
+
 def test_ranks_waiting_to_connect_say_so_once_and_let_sigterm_end_them(capsys) -> None:
     """torch waits for the other ranks in C++, where Python's handlers never run: a node never started left the
     first one silent and deaf to SIGTERM for the group's 30 minutes."""
@@ -203,24 +218,15 @@ def test_ranks_waiting_to_connect_say_so_once_and_let_sigterm_end_them(capsys) -
 
     from geomed_ssl.ranks import waiting_for_ranks
 
-    class Env:
-        main_address, main_port = "10.0.0.1", 29500
-
-        def global_rank(self) -> int:
-            return 0
-
-        def world_size(self) -> int:
-            return 4
-
     before = signal.getsignal(signal.SIGTERM)
-    with waiting_for_ranks(Env(), timedelta(minutes=30), note_after=0.05):
+    with waiting_for_ranks(FakeEnv(0, 4), timedelta(minutes=30), note_after=0.05):
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL == signal.getsignal(signal.SIGINT)
         time.sleep(0.3)
     assert signal.getsignal(signal.SIGTERM) == before
     err = capsys.readouterr().err
     assert err.count("rank 0 of the run is waiting for the others of its 4 processes to connect at "
                      "10.0.0.1:29500 (up to 30 minutes)") == 1
-    with waiting_for_ranks(Env(), timedelta(minutes=30), note_after=5):
+    with waiting_for_ranks(FakeEnv(0, 4), timedelta(minutes=30), note_after=5):
         pass  # connected at once: nothing said
     time.sleep(0.1)
     assert capsys.readouterr().err == ""
@@ -238,17 +244,8 @@ def test_a_rank_whose_first_process_went_away_while_connecting_says_so_in_one_li
     def gone(*args, **kwargs):
         raise dist.DistNetworkError("Failed to recv, got 0 bytes.\nException raised from recvBytes ...")
 
-    class Env:
-        main_address, main_port = "10.0.0.1", 29500
-
-        def global_rank(self) -> int:
-            return 1
-
-        def world_size(self) -> int:
-            return 2
-
     class Strategy:
-        cluster_environment, root_device, _timeout = Env(), torch.device("cpu"), None
+        cluster_environment, root_device, _timeout = FakeEnv(1, 2), torch.device("cpu"), None
 
         def _get_process_group_backend(self) -> str:
             return "gloo"

@@ -148,7 +148,11 @@ def test_two_nodes_started_by_hand_train_as_two_processes_on_one(ddp_run, nodata
     nodes = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": str(n)})
              for n in (0, 1)]
-    (out0, err0), (out1, err1) = (node.communicate(timeout=300) for node in nodes)
+    try:
+        (out0, err0), (out1, err1) = (node.communicate(timeout=300) for node in nodes)
+    finally:  # a node that failed early leaves the other waiting for it
+        for node in nodes:
+            node.kill()
     assert [node.returncode for node in nodes] == [0, 0], err0[-3000:] + err1[-3000:]
     assert out0.count("done: 2 steps") == 1 and out1 == "" and "warning" not in err1, err1[-3000:]
     assert {p.name for p in two.iterdir()} == RUN_FILES

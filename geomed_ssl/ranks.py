@@ -258,12 +258,25 @@ def early_process_group(strategy: Any) -> Any:
     with waiting_for_ranks(env, timeout):
         try:
             _init_dist_connection(env, strategy._get_process_group_backend(), **kwargs)
-        except dist.DistError as err:  # rank 0's store gone (it stopped), unreachable, or the group's timeout
-            raise GeomedError(f"rank {env.global_rank()} of the run could not connect to the others at "
-                              f"{env.main_address}:{env.main_port} ({str(err).strip().splitlines()[0][:200]}): the "
-                              "first process stopped, or that address cannot be reached from here; nothing was "
-                              "written, start the run again on every node.") from None
+        except (dist.DistNetworkError, dist.DistStoreError) as err:  # the store; a backend's (NCCL) error goes on
+            raise GeomedError(connect_failure(env, str(err))) from None
         return dist.new_group(backend="gloo", timeout=TIMEOUT)
+
+
+def connect_failure(env: Any, error: str) -> str:
+    """One line on why the ranks did not connect, from torch's store error: the port taken on the first node, the
+    others never arriving (seen from rank 0), or the first process gone or unreachable (seen from another rank)."""
+    rank, world, where = env.global_rank(), env.world_size(), f"{env.main_address}:{env.main_port}"
+    said = error.strip().splitlines()[0][:200] if error.strip() else "no reason given"
+    if "EADDRINUSE" in error or "address already in use" in error.lower():
+        why = f"port {env.main_port} is in use on this node: set another free MASTER_PORT, the same on every node"
+    elif rank == 0:
+        why = (f"the other {world - 1} process(es) did not connect: a node not started, or started with another "
+               "MASTER_ADDR / MASTER_PORT / train.num_nodes")
+    else:
+        why = "the first process stopped, or that address cannot be reached from here"
+    return (f"rank {rank} of the run could not connect to the others at {where} ({said}): {why}; nothing was "
+            "written, start the run again on every node.")
 
 
 NOTE_AFTER_S = 15.0  # ranks connect in a second or two when all of them are started

@@ -232,8 +232,10 @@ def test_ranks_waiting_to_connect_say_so_once_and_let_sigterm_end_them(capsys) -
     assert capsys.readouterr().err == ""
 
 
-def test_a_rank_whose_first_process_went_away_while_connecting_says_so_in_one_line(monkeypatch) -> None:
-    """Rank 0 stopped (SIGTERM) while the ranks connected: the ranks it had started died with torch's traceback."""
+def test_ranks_that_cannot_connect_say_why_in_one_line(monkeypatch) -> None:
+    """Rank 0 stopped (SIGTERM) while the ranks connected: the ranks it had started died with torch's traceback;
+    rank 0 whose peers never came, or whose port was taken, got that traceback too. A backend's own error (NCCL)
+    keeps torch's whole text."""
     import torch
     import torch.distributed as dist
     from lightning.fabric.utilities import distributed
@@ -241,16 +243,33 @@ def test_a_rank_whose_first_process_went_away_while_connecting_says_so_in_one_li
     from geomed_ssl.errors import GeomedError
     from geomed_ssl.ranks import early_process_group
 
-    def gone(*args, **kwargs):
-        raise dist.DistNetworkError("Failed to recv, got 0 bytes.\nException raised from recvBytes ...")
+    def strategy(rank: int):
+        class Strategy:
+            cluster_environment, root_device, _timeout = FakeEnv(rank, 2), torch.device("cpu"), None
 
-    class Strategy:
-        cluster_environment, root_device, _timeout = FakeEnv(1, 2), torch.device("cpu"), None
+            def _get_process_group_backend(self) -> str:
+                return "gloo"
 
-        def _get_process_group_backend(self) -> str:
-            return "gloo"
+        return Strategy()
 
-    monkeypatch.setattr(distributed, "_init_dist_connection", gone)
-    with pytest.raises(GeomedError, match=r"^rank 1 of the run could not connect to the others at 10\.0\.0\.1:29500 "
-                                          r"\(Failed to recv, got 0 bytes\.\): the first process stopped"):
-        early_process_group(Strategy())
+    cases = [(1, dist.DistNetworkError("Failed to recv, got 0 bytes.\nException raised from recvBytes ..."),
+              r"^rank 1 of the run could not connect to the others at 10\.0\.0\.1:29500 \(Failed to recv, got 0 "
+              r"bytes\.\): the first process stopped"),
+             (0, dist.DistStoreError("Timed out after 1801 seconds waiting for clients. 1/2 clients joined."),
+              r"^rank 0 .*: the other 1 process\(es\) did not connect: a node not started"),
+             (0, dist.DistNetworkError("The server socket has failed to listen on any local network address. "
+                                       "port: 29500, useIpv6: false, code: -98, name: EADDRINUSE"),
+              r"port 29500 is in use on this node: set another free MASTER_PORT")]
+    def raising(err: Exception):
+        def connect(*args, **kwargs):
+            raise err
+        return connect
+
+    for rank, err, said in cases:
+        monkeypatch.setattr(distributed, "_init_dist_connection", raising(err))
+        with pytest.raises(GeomedError, match=said):
+            early_process_group(strategy(rank))
+    nccl = dist.DistBackendError("NCCL error in: ...\nLast error: Duplicate GPU detected")
+    monkeypatch.setattr(distributed, "_init_dist_connection", raising(nccl))
+    with pytest.raises(dist.DistBackendError, match="Duplicate GPU"):
+        early_process_group(strategy(1))

@@ -349,6 +349,7 @@ def test_a_nodata_tag_on_a_class_value_is_warned_about_and_use_nodata_false_keep
     _label(tmp_path / "labels" / "scene_1.tif", _classes(), nodata=0)  # the tag is the ignore value
     with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
         read_label_pairs(records, tmp_path / "labels", LabelsConfig(), data)
+    assert "use_nodata" not in caplog.text
     _label(tmp_path / "labels" / "scene_0.tif", np.where(_classes() == 0, -1, _classes() - 1).astype(np.int16),
            nodata=-1)  # classes 0..3 beside -1: a negative value is never a class
     _label(tmp_path / "labels" / "scene_1.tif", _classes(), nodata=255)

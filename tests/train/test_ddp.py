@@ -145,14 +145,20 @@ def test_two_nodes_started_by_hand_train_as_two_processes_on_one(ddp_run, nodata
     two = tmp_path / "nodes"
     args = cli_args(nodata_rasters, two, [*BASE, "train.devices=1", "train.num_nodes=2", "train.strategy=ddp",
                                           "train.batch_size=4", "train.max_steps=2"])
-    nodes = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    logs = [(tmp_path / f"node{n}.out", tmp_path / f"node{n}.err") for n in (0, 1)]
+    nodes = [subprocess.Popen(args, cwd=ROOT, stdout=out.open("w"), stderr=err.open("w"),
                               env={**env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "NODE_RANK": str(n)})
-             for n in (0, 1)]
-    try:
-        (out0, err0), (out1, err1) = (node.communicate(timeout=300) for node in nodes)
-    finally:  # a node that failed early leaves the other waiting for it
+             for n, (out, err) in enumerate(logs)]
+    deadline = time.monotonic() + 300
+    try:  # a node that fails leaves the other waiting for it: stop both then
+        while any(n.poll() is None for n in nodes) and not any(n.poll() for n in nodes) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
         for node in nodes:
-            node.kill()
+            if node.poll() is None:
+                node.kill()
+            node.wait()
+    (out0, err0), (out1, err1) = ((out.read_text(), err.read_text()) for out, err in logs)
     assert [node.returncode for node in nodes] == [0, 0], err0[-3000:] + err1[-3000:]
     assert out0.count("done: 2 steps") == 1 and out1 == "" and "warning" not in err1, err1[-3000:]
     assert {p.name for p in two.iterdir()} == RUN_FILES

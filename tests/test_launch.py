@@ -15,7 +15,7 @@ from tests.conftest import TINY, structured_raster, write_geotiff
 
 runner = CliRunner()
 LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID", "SLURM_PROCID", "SLURM_NTASKS",
-              "SLURM_STEP_NUM_TASKS", "NODE_RANK", "GROUP_RANK")
+              "SLURM_STEP_NUM_TASKS", "NODE_RANK", "GROUP_RANK", "SLURM_NTASKS_PER_NODE", "SLURM_NNODES")
 
 
 def set_launch(monkeypatch, env: dict[str, str]) -> None:
@@ -172,6 +172,22 @@ def test_a_further_rank_of_pretrain_called_from_python_says_only_errors(monkeypa
             pretrain("recipes/mae_sentinel2.yaml", scene[0], tmp_path / "run", overrides=[*TINY, "method.name=simclr"])
         assert ("replaces the recipe's method 'mae'" in caplog.text) == said
         assert package.level == level
+
+
+def test_srun_tasks_per_node_other_than_train_devices_are_one_line(monkeypatch, scene, tmp_path: Path) -> None:
+    """srun -N 2 --ntasks-per-node 2 with train.devices=4 train.num_nodes=1: the product matches, the split does
+    not; Lightning said so at fit, with a traceback."""
+    set_launch(monkeypatch, {"SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_STEP_NUM_TASKS": "4",
+                             "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "2", "SLURM_JOB_NAME": "job",
+                             "SLURM_LOCALID": "0", "SLURM_NODEID": "0"})
+    out = tmp_path / "run"
+    sets = [*TINY, "data.sensor=null", "train.max_steps=2", "train.strategy=ddp", "train.accelerator=cpu",
+            "train.devices=4", "train.num_nodes=1"]
+    result = runner.invoke(app, ["pretrain", "recipes/mae_sentinel2.yaml", "--data", str(scene[0]), "--out", str(out),
+                                 *[a for s in sets for a in ("--set", s)]])
+    assert result.exit_code == 2, result.output
+    assert "train.devices x train.num_nodes = 4 x 1 does not fit the launch" in result.output
+    assert "--ntasks-per-node=2" in result.output and not out.exists()
 
 
 def test_a_node_rank_outside_the_run_and_a_bad_master_port_are_one_line_each(monkeypatch, scene,

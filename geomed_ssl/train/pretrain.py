@@ -19,7 +19,7 @@ from geomed_ssl.views.datasets import PretrainDataset, collate
 from geomed_ssl.data.stats import BandStats, compute_stats
 from geomed_ssl.data.survey import check_fillable, warn_survey
 from geomed_ssl.views.builder import build_views
-from geomed_ssl.errors import GeomedError, RunStopped
+from geomed_ssl.errors import ConfigError, GeomedError, RunStopped
 from geomed_ssl.files.listing import inputs_digest
 from geomed_ssl.launch import check_master_port, check_node_rank, check_pretrain_world, further_rank, launched
 from geomed_ssl.methods import build_method, with_method_settings
@@ -108,6 +108,14 @@ def process_rank(t: Any) -> L.Trainer:
     # launcher's), with a strategy that starts no workers of its own
     check_pretrain_world(probe.num_devices * probe.num_nodes, t.strategy)
     check_node_rank(probe.global_rank, probe.world_size, probe.num_nodes)
+    cluster = getattr(probe.strategy, "cluster_environment", None)
+    if cluster is not None and launched() is not None:  # srun's tasks per node and nodes (Lightning's check at fit)
+        try:
+            cluster.validate_settings(num_devices=probe.num_devices, num_nodes=probe.num_nodes)
+        except ValueError as err:
+            raise ConfigError(f"train.devices x train.num_nodes = {probe.num_devices} x {probe.num_nodes} does not "
+                              f"fit the launch: {str(err).splitlines()[0]} (train.devices is the processes per node, "
+                              "train.num_nodes the nodes).") from None
     return probe
 
 

@@ -138,7 +138,7 @@ def _to_labels(arr: np.ndarray, nodata: float | None, ignore_value: int | None,
                 facts.background_255.append((path, float(share)))
         if mark is None and labels.ndim == 3 and labelled.any():
             _volume_facts(labels, labelled, ignore_value, path, facts)
-        _tag_facts(arr, nodata, ignore_value, labels[labelled], path, facts)
+        _tag_facts(arr, nodata, ignore_value, labels, labelled, path, facts)
     if ignore_value is not None:
         labelled &= labels != ignore_value
     labels[~labelled] = -1 if ignore_value is None else ignore_value
@@ -222,12 +222,14 @@ def _span(flags: np.ndarray) -> np.ndarray:
     return np.maximum.accumulate(flags, axis=1) & np.maximum.accumulate(flags[:, ::-1], axis=1)[:, ::-1]
 
 
-def _tag_facts(arr: np.ndarray, nodata: float | None, ignore_value: int | None, kept: np.ndarray, path: str,
-               facts: UnlabelledFacts) -> None:
+def _tag_facts(arr: np.ndarray, nodata: float | None, ignore_value: int | None, labels: np.ndarray,
+               labelled: np.ndarray, path: str, facts: UnlabelledFacts) -> None:
     """Note a file whose nodata tag, not ``ignore_value``, leaves out pixels of a value that looks like one of its
-    classes: next to (or between) the class values it keeps (nodata 0 on a 0 / 1 mask)."""
+    classes: next to (or between) the class values it keeps (``labels`` where ``labelled``; nodata 0 on a 0 / 1
+    mask)."""
     if nodata is None or not math.isfinite(nodata) or nodata == ignore_value or nodata != round(nodata) or nodata < 0:
         return  # (a negative value is never a class)
+    kept = labels[labelled]  # (a copy: taken only for a tag that may be a class)
     kept = kept if ignore_value is None else kept[kept != ignore_value]
     if kept.size == 0 or not kept.min() - 1 <= nodata <= kept.max() + 1:
         return

@@ -47,12 +47,12 @@ def window_planes(x: torch.Tensor, roi: Sequence[int], overlap: float, blend: st
     rx = roi[0]
     acc = count = None
     lo = 0  # the plane acc[:, 0] holds
-    for sx in starts[0]:
+    group = [(sy, sz) for sy in starts[1] for sz in starts[2]]  # one plane of windows, MONAI's scan order: the last
+    for sx in starts[0]:  # axis fastest
         if acc is not None and sx > lo:  # planes before this group's first are final
             yield from _final(acc, count, lo, sx, keep, pads[0] // 2, size[0])
             acc, count = _shifted(acc, sx - lo), _shifted(count, sx - lo)
             lo = sx
-        group = [(sy, sz) for sy in starts[1] for sz in starts[2]]  # MONAI's scan order: the last axis fastest
         if count is None:
             count = torch.zeros((1, rx, full[1], full[2]))
         for sy, sz in group:

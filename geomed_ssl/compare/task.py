@@ -29,7 +29,8 @@ from geomed_ssl.labels.classes import scan_classes
 from geomed_ssl.labels.pairs import label_grounds, label_sources, read_label_pairs
 from geomed_ssl.windows.splits import label_groups
 from geomed_ssl.labels.draws import ClassMap, labelled_pixels, unique_ints
-from geomed_ssl.labels.sampling import LabelSelection, select_labels, split_images, training_area_maps
+from geomed_ssl.labels.sampling import (LabelSelection, select_labels, split_images, subject_units,
+                                       training_area_maps)
 
 log = logging.getLogger("geomed_ssl")
 
@@ -127,8 +128,10 @@ def labels_config(recipe: Recipe, budget: Budget, seed: int, split: str) -> Any:
 def make_split(task: Task, recipe: Recipe, budget: Budget, seed: int, split: str) -> Split:
     """The training and test rows of one (budget, seed), drawn as ``finetune`` draws them."""
     if task.kind == "classify":
+        units = (subject_units([r.path for r in task.records], task.values, task.class_names)
+                 if task.spatial_dims == 3 else None)  # a subject's sequences train or test together
         train, test, notes = split_images(task.values, budget.per_class, budget.fraction, seed, task.class_names,
-                                          recipe.labels.test_fraction)
+                                          recipe.labels.test_fraction, units)
         return Split(budget, seed, train, test, notes)
     lab = labels_config(recipe, budget, seed, split)
     selection = select_labels(task.arrays, task.masks, lab, paths=task.label_paths, sources=task.sources,

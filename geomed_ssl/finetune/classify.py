@@ -25,7 +25,7 @@ from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, cla
                                      not_evaluated, save_recipe, seed_new_head, with_encoder_naming)
 from geomed_ssl.files.listing import content_key
 from geomed_ssl.labels.classes import class_inputs, scan_classes
-from geomed_ssl.labels.sampling import BUDGET_NOTE, split_images
+from geomed_ssl.labels.sampling import BUDGET_NOTE, split_images, subject_units
 from geomed_ssl.finetune.trained import untested_images
 from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix, write_metrics
 from geomed_ssl.models.cls_heads import ClassificationModel
@@ -131,7 +131,8 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
     except DataError as err:
         raise naming_hint(err, naming) from None
     note_encoder_naming(records, naming)
-    train, test, notes = split_images(labels, lab.per_class, lab.fraction, lab.seed, names, lab.test_fraction)
+    units = subject_units([r.path for r in records], labels, names) if recipe.data.kind == "volume" else None
+    train, test, notes = split_images(labels, lab.per_class, lab.fraction, lab.seed, names, lab.test_fraction, units)
     earlier = fine_tune_of(encoder)  # a fine-tune folder as the encoder: what trained it is no test
     test = untested_images(earlier, [r.path for r in records], test, [r.paths or [r.path] for r in records])
     for note in notes:  # a budget short of what was asked: a warning, kept under --quiet, as compare says it

@@ -13,6 +13,10 @@ is tested at no other date.
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,10 +27,13 @@ from geomed_ssl.errors import ConfigError, DataError
 from geomed_ssl.labels.draws import (ClassMap, Names, labelled_pixels, sample_fraction, sample_per_class,
                                      stratified_subset, unique_ints)
 from geomed_ssl.windows.splits import SPLITS, ground_keys, training_maps, training_pool
+from geomed_ssl.once import said_set
 from geomed_ssl.outfiles import atomic_path
 
 # Where a label array's positions come from in its file: per-axis indices into the file's grid, and its shape
 Sources = tuple[tuple[np.ndarray, ...], tuple[int, ...]]
+
+log = logging.getLogger("geomed_ssl")
 
 __all__ = ["LabelSelection", "check_labels_config", "sample_images_per_class", "select_labels", "training_area_maps"]
 
@@ -266,33 +273,93 @@ def select_labels(labels_list: Sequence[np.ndarray], masks: Sequence[np.ndarray]
 
 
 # -- classification datasets ------------------------------------------------------------------------------------
-def sample_images_per_class(labels: np.ndarray, k: int, seed: int,
-                            names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def sample_images_per_class(labels: np.ndarray, k: int, seed: int, names: Sequence[str] | None = None,
+                            unit: str = "image") -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(train indices, test indices, notes): k images per class (at most half of a class), the rest test."""
     labels = np.asarray(labels, np.int64)
-    train, notes = sample_per_class(labels, k, seed, ClassMap.of_folders(names), unit="image")
+    train, notes = sample_per_class(labels, k, seed, ClassMap.of_folders(names), unit=unit)
     rest = np.ones(labels.size, bool)
     rest[train] = False
     return train, np.flatnonzero(rest), notes
 
 
 def split_images(labels: np.ndarray, per_class: int | None, fraction: float | None, seed: int,
-                 names: Sequence[str], test_fraction: float | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+                 names: Sequence[str], test_fraction: float | None = None, units: np.ndarray | None = None,
+                 unit: str = "image") -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(train indices, test indices, notes) of a class-folder dataset: ``per_class`` images per class (at most half
-    of a class) or ``fraction`` of each class (at least one), the rest test, subsampled by ``test_fraction``."""
+    of a class) or ``fraction`` of each class (at least one), the rest test, subsampled by ``test_fraction``.
+    ``units`` (per image, from :func:`subject_units`): images sharing a unit train or test together, and the budget
+    counts units (subjects)."""
     labels = np.asarray(labels, np.int64)
+    if units is not None and np.unique(units).size < labels.size:
+        _, first, inverse = np.unique(units, return_index=True, return_inverse=True)
+        train, test, notes = split_images(labels[first], per_class, fraction, seed, names, test_fraction,
+                                          unit="subject")
+        return np.flatnonzero(np.isin(inverse, train)), np.flatnonzero(np.isin(inverse, test)), notes
     if per_class is not None:
-        train, test, notes = sample_images_per_class(labels, int(per_class), seed, names)
+        train, test, notes = sample_images_per_class(labels, int(per_class), seed, names, unit)
     elif fraction is not None:
-        train, notes = sample_fraction(labels, float(fraction), seed, ClassMap.of_folders(names),
-                                       unit="image")
+        train, notes = sample_fraction(labels, float(fraction), seed, ClassMap.of_folders(names), unit=unit)
         test = np.setdiff1d(np.arange(labels.size), train)
     else:
         raise ConfigError("classification needs labels.per_class (--labels-per-class K) or labels.fraction.")
-    check_drew_some(train, "image", per_class, fraction, notes)
+    check_drew_some(train, unit, per_class, fraction, notes)
     if test_fraction is not None and test.size:
         test = stratified_subset(test, labels, float(test_fraction), seed)
     return np.sort(train).astype(np.int64), np.sort(test).astype(np.int64), notes
+
+
+SUBJECT_FILES = 16  # the most images one folder may hold to count as one subject's sequences
+_SAID_SUBJECTS = said_set()
+
+
+def subject_units(paths: Sequence[str], labels: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """Per image, the unit a class-folder split draws (an image index): each image its own, except the images of one
+    subject folder, which share one. A subject folder (not a class folder: not named as a class of ``names``) holds
+    2-16 images of one class, each of another kind, and another folder holds images of the same kinds (their names
+    alike but for the subject's number): one subject's sequences
+    (``p1/Flair.nii.gz``, ``p1/T1c.nii.gz``, ``p2/Flair.nii.gz``, ...; BIDS ``sub-01_T1w``). Split apart they would
+    test the model on subjects it trained on. Warns once, with the way to classify each subject as one image."""
+    labels = np.asarray(labels)
+    units = np.arange(len(paths))
+    folders: dict[str, list[int]] = {}
+    for i, p in enumerate(paths):
+        folders.setdefault(os.path.dirname(os.path.abspath(p)), []).append(i)
+    kinds = {}
+    for folder, idx in folders.items():
+        kind = tuple(sorted(_kind_of(os.path.basename(paths[i]), idx, paths) for i in idx))
+        if 2 <= len(idx) <= SUBJECT_FILES and len(set(kind)) == len(kind) and np.unique(labels[idx]).size == 1:
+            kinds[folder] = kind
+    shared = Counter(kinds.values())
+    subjects = [f for f, kind in kinds.items()  # a class folder itself holds images of many subjects
+                if shared[kind] >= 2 and os.path.basename(f) != names[int(labels[folders[f][0]])]]
+    for folder in subjects:
+        units[folders[folder]] = folders[folder][0]
+    if subjects and tuple(subjects) not in _SAID_SUBJECTS:
+        _SAID_SUBJECTS.add(tuple(subjects))
+        a, b = (sorted(folders[f], key=lambda i: _kind_of(os.path.basename(paths[i]), folders[f], paths))
+                for f in subjects[:2])
+        stems = ",".join(f"*{_common_glob(os.path.basename(paths[i]), os.path.basename(paths[j])).split('.')[0]}*"
+                         for i, j in zip(a, b))
+        log.warning(f"warning: {len(subjects)} folders hold one subject's images each (e.g. '{subjects[0]}': "
+                    f"{', '.join(os.path.basename(paths[i]) for i in folders[subjects[0]])}): each image is "
+                    "classified on its own, and a subject's images train or test together, so labels.per_class "
+                    "counts subjects. To classify each subject from all its images at once, stack them: --set "
+                    f'"data.channels=[{stems}]".')
+    return units
+
+
+def _kind_of(name: str, folder: Sequence[int], paths: Sequence[str]) -> str:
+    """A file's name with the runs of digits that every file name of its folder holds (a subject's number, as in
+    ``sub-01_T1w`` / ``sub-01_T2w``) as ``#``: what kind of image it is, alike across subjects."""
+    common = set.intersection(*(set(re.findall(r"\d+", os.path.basename(paths[i]))) for i in folder))
+    return "".join("#" if p in common else p for p in re.split(r"(\d+)", name))
+
+
+def _common_glob(a: str, b: str) -> str:
+    """Two file names of one kind (alike but for their digits), with each run of digits that differs as ``*``."""
+    x, y = re.split(r"(\d+)", a), re.split(r"(\d+)", b)
+    return "".join(p if p == q else "*" for p, q in zip(x, y))
 
 
 def check_drew_some(train: np.ndarray, unit: str, per_class: int | None, fraction: float | None,

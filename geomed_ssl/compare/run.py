@@ -4,7 +4,6 @@ test samples, into ``results.csv`` / ``summary.md`` / ``curve.png``; resumable (
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import sys
@@ -120,11 +119,8 @@ def _load_task(options: CompareOptions, recipe_file: Recipe | Path, overrides: l
             windows = [training_window(recipe, e) for e in options.pretrained] or [training_window(recipe, None)]
             window = [max(w[i] for w in windows) for i in range(len(windows[0]))]  # too small: for every encoder
             task = load_segment_task(recipe, images, labels, strict, window)
-        else:  # classifiers read whole images: sized against the (first) encoder's window, not the recipe's
-            from geomed_ssl.finetune.classify import scan_config
-
-            first = options.pretrained[0] if options.pretrained else None
-            task = load_classify_task(dataclasses.replace(recipe, data=scan_config(recipe.data, first)), data, strict)
+        else:  # classifiers read whole images, of any size
+            task = load_classify_task(recipe, data, strict)
     except DataError as err:
         raise naming_hint(err, naming) from None
     note_encoder_naming(task.records, naming)

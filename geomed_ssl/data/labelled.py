@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from geomed_ssl.data.catalog import FileRecord, reported_already, scan
-from geomed_ssl.windows.crops import crop_to_patch
+from geomed_ssl.windows.crops import crop_to_patch, pad_to_patch
 from geomed_ssl.data.readers import RasterReader, VolumeReader
 from geomed_ssl.data.stats import BandStats, normalize
 from geomed_ssl.errors import DataError
@@ -236,8 +236,7 @@ class ImageDataset(Dataset):
         else:
             raw, _ = self.volume.load(r)
         nodata = self.data_cfg.nodata if self.data_cfg.nodata is not None else r.nodata
-        image, valid = normalize(crop_to_patch(raw, self.patch), self.stats, nodata)
-        return image, valid
+        return pad_to_patch(*normalize(crop_to_patch(raw, self.patch), self.stats, nodata), self.patch)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         image, valid = self.image(i % len(self.records))

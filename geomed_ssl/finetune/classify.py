@@ -3,7 +3,6 @@ MLP head or a full fine-tune; evaluated on every image it did not train on."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -127,7 +126,7 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
                           "split by image already: leave labels.split at random.")
     out = Path(out_dir)
     try:
-        records, labels, names = scan_classes(data, scan_config(recipe.data, encoder), strict=strict)
+        records, labels, names = scan_classes(data, recipe.data, strict=strict)
     except DataError as err:
         raise naming_hint(err, naming) from None
     note_encoder_naming(records, naming)
@@ -189,17 +188,6 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
     with stops_as(not_evaluated(out, ["--data", data])):
         metrics = evaluate_images(model, dataset, labels, {"train": train, "test": test}, names, out, notes)
     return FinetuneResult(out, metrics, None)
-
-
-def scan_config(data_cfg: Any, encoder: str | Path | None) -> Any:
-    """``data_cfg`` as the class folders are scanned: with a pretrained encoder, its window is the one images must
-    be large enough for (the recipe's ``data.patch_size`` is no window of a classifier, which reads whole images).
-    Its callers read the encoder's config already (``with_encoder_naming``), so a broken one is refused there."""
-    if encoder is None or str(encoder).lower() == "none":
-        return data_cfg
-    from geomed_ssl.checkpoint import read_encoder_config
-
-    return dataclasses.replace(data_cfg, patch_size=list(read_encoder_config(encoder)[0].img_size))
 
 
 def common_size(dataset: ImageDataset, indices: np.ndarray) -> tuple[int, ...] | None:

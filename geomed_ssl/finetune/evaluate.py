@@ -212,8 +212,7 @@ def evaluate_dir(ft_dir: str | Path, images: str | Path | None = None, labels: s
     from geomed_ssl.finetune.classify import evaluate_images
     from geomed_ssl.models.model_data import records_for_stats
 
-    sized = dataclasses.replace(recipe.data, patch_size=list(meta["window"]))  # whole images, read by the model
-    records, labels_idx, folder_names = scan_classes(data, sized, strict=strict, for_model=True)
+    records, labels_idx, folder_names = scan_classes(data, recipe.data, strict=strict, for_model=True)
     records, mapped, notes = model_classes(records, labels_idx, folder_names, names, data)
     records = records_for_stats(records, stats)
     warn_other_scale(records, scale, recipe.data.spacing, f"model '{ft_dir}'")

@@ -175,13 +175,14 @@ def image_records(meta: dict[str, Any], recipe: Any, inputs: Sequence[str | Path
     model's data settings select. Problem files are skipped with a warning (an error with ``strict``)."""
     from geomed_ssl.data.catalog import scan
     from geomed_ssl.files.kinds import check_input_kind
+    from geomed_ssl.labels.classes import whole_images
 
     cfg = data_config(meta, recipe.data)
     records = []
     for item in inputs:
         item = Path(item)
         check_input_kind(item, cfg.kind, "this model")
-        data_cfg = dataclasses.replace(as_named(recipe.data, item), patch_size=cfg.patch_size)  # the model's window
+        data_cfg = whole_images(as_named(recipe.data, item))  # a classifier reads whole images, of any size
         try:  # each image meets the model by band name: no majority of band counts among the inputs
             catalog = scan(item, data_cfg, strict=strict, names_by_position="error" if strict else "warn",
                            majority=False, reader="this model")

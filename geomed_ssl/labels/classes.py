@@ -86,10 +86,18 @@ def class_inputs(data: str | Path | None) -> dict[str, Any]:
     return {"classes CSV": data, "folder of the classes CSV's images": _folders(absolute(data))}
 
 
+def whole_images(data_cfg: Any) -> Any:
+    """``data_cfg`` for scanning images a classifier reads whole: a 1-pixel window, so no image is too small for
+    it (a side shorter than one token is padded to one: :class:`~geomed_ssl.data.labelled.ImageDataset`)."""
+    return dataclasses.replace(data_cfg, patch_size=[1] * (3 if data_cfg.kind == "volume" else 2))
+
+
 def scan_classes(data: str | Path, data_cfg: Any, strict: bool = False, for_model: bool = False,
                  ) -> tuple[list[FileRecord], np.ndarray, list[str]]:
     """(records, class index per record (int64), class names, sorted) of a folder of class folders or of a classes
-    table (:func:`scan_class_table`); the arguments are :func:`scan_class_folders`'."""
+    table (:func:`scan_class_table`); the arguments are :func:`scan_class_folders`'. A classifier reads whole images
+    of any size, so no window bounds them (:func:`whole_images`)."""
+    data_cfg = whole_images(data_cfg)
     if is_class_table(data):
         return scan_class_table(data, data_cfg, strict, for_model)
     return scan_class_folders(data, data_cfg, strict, for_model)

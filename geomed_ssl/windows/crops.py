@@ -10,7 +10,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from geomed_ssl.windows.tiling import centre_start, patch_floor
-from geomed_ssl.errors import ConfigError
 
 
 def pad_crop(array: np.ndarray, start: Sequence[int], size: Sequence[int], fill: Any,
@@ -42,8 +41,16 @@ def centre_crop(array: np.ndarray, size: Sequence[int]) -> np.ndarray:
 
 
 def crop_to_patch(array: np.ndarray, patch: Sequence[int]) -> np.ndarray:
-    """Centre-crop the spatial axes of (C, *S) to the largest multiple of the token patch (a view)."""
-    keep = [patch_floor(n, p) for n, p in zip(array.shape[1:], patch)]
-    if 0 in keep:
-        raise ConfigError(f"an image of size {list(array.shape[1:])} is smaller than the token patch {list(patch)}.")
-    return centre_crop(array, keep)
+    """Centre-crop the spatial axes of (C, *S) to the largest multiple of the token patch (a view); a side shorter
+    than one token is kept whole (:func:`pad_to_patch` pads it)."""
+    return centre_crop(array, [patch_floor(n, p) or n for n, p in zip(array.shape[1:], patch)])
+
+
+def pad_to_patch(image: np.ndarray, valid: np.ndarray, patch: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """A normalised image (C, *S) and its valid mask (*S) with each side shorter than one token padded to one
+    token, evenly at both ends: zeros (the bands' mean), not valid. A thick-slice scan with fewer slices than a
+    token is deep still makes a token of the classifier's."""
+    pads = [((p - n) // 2, p - n - (p - n) // 2) if n < p else (0, 0) for n, p in zip(valid.shape, patch)]
+    if not any(a or b for a, b in pads):
+        return image, valid
+    return np.pad(image, [(0, 0), *pads]), np.pad(valid, pads)

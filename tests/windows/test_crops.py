@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from geomed_ssl.windows.crops import centre_crop, crop_to_patch, pad_crop
-from geomed_ssl.errors import ConfigError
+from geomed_ssl.windows.crops import centre_crop, crop_to_patch, pad_crop, pad_to_patch
 
 
 def test_pad_crop_wholly_outside_is_all_fill():
@@ -36,6 +34,13 @@ def test_crop_to_patch_centres_the_largest_multiple_of_the_patch():
     np.testing.assert_array_equal(out, image[:, 1:9, 0:8])
 
 
-def test_crop_to_patch_refuses_an_image_smaller_than_the_patch():
-    with pytest.raises(ConfigError, match="smaller than the token patch"):
-        crop_to_patch(np.zeros((1, 3, 16)), (4, 4))
+def test_a_side_shorter_than_one_token_is_kept_whole_then_padded_to_one_token_marked_not_valid():
+    image = np.arange(3 * 18, dtype=np.float32).reshape(1, 3, 18) + 1
+    cropped = crop_to_patch(image, (4, 4))
+    np.testing.assert_array_equal(cropped, image[:, :, 1:17])  # 3 rows kept, 18 columns cut to 16
+    padded, valid = pad_to_patch(cropped, np.ones(cropped.shape[1:], bool), (4, 4))
+    assert padded.shape == (1, 4, 16) and valid.shape == (4, 16)
+    np.testing.assert_array_equal(padded[:, :3], cropped)  # 1 row to add: after the image (the extra half)
+    assert not padded[:, 3].any() and not valid[3].any() and valid[:3].all()
+    padded, valid = pad_to_patch(np.ones((2, 1, 8, 8)), np.ones((1, 8, 8), bool), (4, 4, 4))  # one slice of a volume
+    assert padded.shape == (2, 4, 8, 8) and valid[:, 0, 0].tolist() == [False, True, False, False]

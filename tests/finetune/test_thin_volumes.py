@@ -1,0 +1,50 @@
+"""A classifier reads whole images of any size: thick-slice scans with fewer slices than half the encoder's
+pretraining window (or than one token) are classified, evaluated and predicted, not skipped."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from typer.testing import CliRunner
+
+from geomed_ssl.cli import app
+from tests.conftest import TINY
+
+runner = CliRunner()
+
+
+def test_thick_slice_volumes_are_classified_evaluated_and_predicted(tmp_path: Path) -> None:
+    from geomed_ssl.train.pretrain import pretrain
+
+    rng = np.random.default_rng(0)
+    unlabelled, data = tmp_path / "archive", tmp_path / "classes"
+    unlabelled.mkdir()
+    for i in range(2):
+        nib.save(nib.Nifti1Image(rng.normal(0, 1, (40, 40, 40)).astype(np.float32), np.eye(4)),
+                 str(unlabelled / f"s{i}.nii.gz"))
+    for label, name in enumerate(("healthy", "lesion")):
+        (data / name).mkdir(parents=True)
+        for i in range(4):  # 3 slices: under one 4-voxel token, and under half the 32-voxel window
+            vol = rng.normal(2.0 * label, 1.0, (40, 40, 3)).astype(np.float32)
+            nib.save(nib.Nifti1Image(vol, np.diag([1.0, 1.0, 5.0, 1.0])), str(data / name / f"{name}{i}.nii.gz"))
+    pretrain("recipes/mae_mri.yaml", unlabelled, tmp_path / "run", progress=False,
+             overrides=[*TINY, "data.patch_size=32", "data.spacing=null", "train.max_steps=2"])
+    sets = [*TINY, "data.spacing=null", "finetune.max_steps=2", "finetune.warmup_steps=1", "finetune.batch_size=2"]
+    ft = tmp_path / "ft"
+    result = runner.invoke(app, ["finetune", "classify", "recipes/mae_mri.yaml", "--encoder", str(tmp_path / "run"),
+                                 "--data", str(data), "--out", str(ft), "--labels-per-class", "2", "--linear-probe",
+                                 *[a for s in sets for a in ("--set", s)]])
+    assert result.exit_code == 0, result.output
+    assert "smaller than half" not in result.output
+    assert json.loads((ft / "metrics.json").read_text())["test"]["n"] == 4
+    ev = runner.invoke(app, ["evaluate", str(ft), "--data", str(data), "--out", str(tmp_path / "ev")])
+    assert ev.exit_code == 0, ev.output
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["test"]["n"] == 4
+    pr = runner.invoke(app, ["predict", str(ft), str(data), "--out", str(tmp_path / "pred")])
+    assert pr.exit_code == 0, pr.output
+    with open(tmp_path / "pred" / "predictions.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 8

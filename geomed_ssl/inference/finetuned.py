@@ -204,12 +204,14 @@ PREDICTION_COLUMNS = ["file", "class", "probability", "model"]
 def predict_classes(model: torch.nn.Module, meta: dict[str, Any], recipe: Any, records: Sequence[Any],
                     out: Path, model_name: str = "", probabilities: bool = False) -> list[str]:
     """One predicted class (and its probability) per image (catalog ``records``, read as the model's bands:
-    ``records_for_stats``), in ``out/predictions.csv`` with the model (``model_name``, the FT_DIR) that made it,
+    ``records_for_stats``; a ``data.channels`` stack named as commands take it, by its folder), in
+    ``out/predictions.csv`` with the model (``model_name``, the FT_DIR) that made it,
     and with ``probabilities`` one ``p_<class>`` column per class; the rows an earlier run wrote there for other
     images stay (predict adds to its folder)."""
     import csv
 
     from geomed_ssl.data.labelled import ImageDataset
+    from geomed_ssl.data.records import stack_input
     from geomed_ssl.models.device import model_device
 
     stats = model_stats(meta)
@@ -221,7 +223,8 @@ def predict_classes(model: torch.nn.Module, meta: dict[str, Any], recipe: Any, r
         for i in range(len(records)):
             probs = model(torch.from_numpy(dataset.image(i)[0])[None].to(device)).softmax(1)[0].cpu()
             k = int(probs.argmax())
-            rows.append({"file": records[i].path, "class": names[k], "probability": round(float(probs[k]), 6),
+            rows.append({"file": stack_input(records[i]) if len(records[i].paths) > 1 else records[i].path,
+                         "class": names[k], "probability": round(float(probs[k]), 6),
                          "model": model_name,
                          **({f"p_{n}": round(float(p), 6) for n, p in zip(names, probs)} if probabilities else {})})
     new = {r["file"] for r in rows}

@@ -3,6 +3,7 @@ together: split apart, the model would be scored on subjects it trained on."""
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from pathlib import Path
@@ -80,3 +81,12 @@ def test_finetune_classify_on_subject_folders_trains_and_tests_whole_subjects(tm
         trained = {Path(paths[i]).parent.name for i in z["train_index"]}
         tested = {Path(paths[i]).parent.name for i in z["test_index"]}
     assert len(trained) == 2 and len(tested) == 4 and not trained & tested
+    stacked = runner.invoke(app, ["finetune", "classify", "recipes/mae_mri.yaml", "--encoder", "none", "--data",
+                                  str(data), "--out", str(tmp_path / "ft2"), "--labels-per-class", "1", "--linear-probe",
+                                  *[a for s in [*sets, "data.channels=[*Flair*,*T1c*]"] for a in ("--set", s)]])
+    assert stacked.exit_code == 0, stacked.output
+    assert "subject's images" not in stacked.output  # one image per subject: nothing to group
+    pr = runner.invoke(app, ["predict", str(tmp_path / "ft2"), str(data), "--out", str(tmp_path / "pred")])
+    assert pr.exit_code == 0, pr.output
+    with open(tmp_path / "pred" / "predictions.csv", newline="") as fh:  # named as the classes CSV names them
+        assert sorted(Path(r["file"]).name for r in csv.DictReader(fh)) == [f"p{i}" for i in range(1, 7)]

@@ -218,7 +218,8 @@ def evaluate(
                           band_names=name_list(band_names, "--band-names"), nodata=nodata, overrides=overrides)
     typer.echo(format_metrics(result["test"], [c["name"] for c in result["classes"]]))
     where = eval_out_dir(ft_dir, out)
-    typer.echo(f"metrics: {where / 'metrics.json'}  confusion: {where / 'confusion.png'}")
+    per_image = f"  per image: {where / 'images.csv'}" if data is not None else ""  # a classifier's
+    typer.echo(f"metrics: {where / 'metrics.json'}  confusion: {where / 'confusion.png'}{per_image}")
 
 
 @app.command()

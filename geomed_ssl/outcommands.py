@@ -202,10 +202,10 @@ COMMANDS: dict[str, CommandSpec] = {
                             # made a plain-text checkpoints/last.ckpt ours by its name)
                             vouch_inside={"checkpoints": _our_checkpoint_file}),
     "finetune": CommandSpec(("config.yaml", "labels_used.npz", "metrics_train.csv", "checkpoints", "model",
-                             "metrics.json", "confusion.png", "eval"),
+                             "metrics.json", "confusion.png", "images.csv", "eval"),
                             legacy=_legacy_finetune,
                             inside={"checkpoints": CKPT_FILES, "model": EXPORT_FILES,
-                                    "eval": ("metrics.json", "confusion.png")},
+                                    "eval": ("metrics.json", "confusion.png", "images.csv")},
                             nests={"eval": ("evaluate",), "eval/*": ("evaluate",)}),
     "embed": CommandSpec(("manifest.json", "parts", "embeddings.parquet", "vectors.npy", "pca.npz", "maps",
                           "search"), legacy=_legacy_embed,
@@ -223,7 +223,7 @@ COMMANDS: dict[str, CommandSpec] = {
                                                   "*_pred_proba.tif.aux.xml"), (), exclusive=False,
                            vouch=lambda path: _predicted(path)),
     # (no legacy rule for predict: without a manifest a folder of *_pred.tif maps may be another tool's: refused)
-    "evaluate": CommandSpec(("metrics.json", "confusion.png"), (), (), _legacy_evaluate,
+    "evaluate": CommandSpec(("metrics.json", "confusion.png", "images.csv"), (), (), _legacy_evaluate,
                             nests={"*": ("evaluate",)},  # FT_DIR/eval/<other evaluation>, allowed as FT_DIR/eval
                             reuse_replaces=True, exclusive=False),
     "similar": CommandSpec(("similar.csv", "similar.png"), (), (), _legacy_similar, reuse_replaces=True,

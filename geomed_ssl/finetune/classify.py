@@ -212,13 +212,26 @@ def predict_images(model: ClassificationModel, dataset: ImageDataset, indices: n
 def evaluate_images(model: ClassificationModel, dataset: ImageDataset, labels: np.ndarray,
                     splits: dict[str, np.ndarray], names: Sequence[str], out: Path,
                     notes: Sequence[str] = ()) -> dict[str, Any]:
-    """Metrics per split; ``metrics.json`` and ``confusion.png`` (test split) in ``out``."""
+    """Metrics per split; ``metrics.json``, ``confusion.png`` (test split) and ``images.csv`` (each image's split,
+    class and predicted class: which ones were missed) in ``out``."""
+    import csv
+
+    from geomed_ssl.data.records import stack_input
+
     results: dict[str, Any] = {"classes": [{"value": i, "name": n} for i, n in enumerate(names)], "notes": list(notes)}
+    rows = []
     for which, idx in splits.items():
         pred = predict_images(model, dataset, idx) if len(idx) else np.zeros(0, int)
         cm = confusion_matrix(labels[idx], pred, len(names))
         results[which] = {**classification_metrics(cm), "n": int(len(idx))}
         if which == "test":
             results[which]["confusion"] = cm.tolist()
+        records = [dataset.records[i] for i in idx]
+        rows += [(stack_input(r) if len(r.paths) > 1 else r.path, which, names[t], names[q])
+                 for r, t, q in zip(records, labels[idx], pred)]
+    with atomic_path(out / "images.csv") as tmp, tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["file", "split", "class", "predicted"])
+        writer.writerows(sorted(rows, key=lambda row: (row[1] != "test", row[0])))
     write_metrics(out, results, names)
     return results

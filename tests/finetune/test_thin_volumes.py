@@ -44,6 +44,14 @@ def test_thick_slice_volumes_are_classified_evaluated_and_predicted(tmp_path: Pa
     ev = runner.invoke(app, ["evaluate", str(ft), "--data", str(data), "--out", str(tmp_path / "ev")])
     assert ev.exit_code == 0, ev.output
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["test"]["n"] == 4
+    for folder in (ft, tmp_path / "ev"):  # each image's class and prediction, agreeing with the metrics
+        with open(folder / "images.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        test = [r for r in rows if r["split"] == "test"]
+        assert len(rows) == 8 and len(test) == 4 and {r["predicted"] for r in rows} <= {"healthy", "lesion"}
+        assert all(Path(r["file"]).parent.name == r["class"] for r in rows)
+        oa = json.loads((folder / "metrics.json").read_text())["test"]["OA"]
+        assert oa == sum(r["class"] == r["predicted"] for r in test) / 4
     pr = runner.invoke(app, ["predict", str(ft), str(data), "--out", str(tmp_path / "pred")])
     assert pr.exit_code == 0, pr.output
     with open(tmp_path / "pred" / "predictions.csv", newline="") as fh:

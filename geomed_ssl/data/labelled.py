@@ -242,6 +242,7 @@ class ImageDataset(Dataset):
         image, valid = self.image(i % len(self.records))
         rng = np.random.default_rng([self.seed, 777, int(i)])
         if self.size is not None and image.shape[1:] != self.size:
+            image, valid = pad_to_patch(image, valid, self.size)  # one far smaller than the others (common_size)
             box = tuple(slice(a, a + w) for a, w in zip(
                 [int(rng.integers(0, s - w + 1)) if self.augment else (s - w) // 2
                  for s, w in zip(image.shape[1:], self.size)], self.size))

@@ -145,9 +145,10 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
                           f"normalises over the batch), got {f.batch_size}.")
     untrained = [n for n, c in zip(names, np.bincount(labels[train], minlength=len(names))) if c == 0]
     if untrained:
+        unit = "subjects" if units is not None and np.unique(units).size < len(units) else "images"
         log.warning(f"warning: no training image for class(es) {', '.join(untrained)} (a class needs at least two "
-                    "images: half stay for testing); its output for them is untrained, so it may still give them by "
-                    "chance: add images to their folders.")
+                    f"{unit}: half stay for testing); its output for them is untrained, so it may still give them by "
+                    f"chance: add {unit} to their folders.")
     catalog = Catalog(records=records, problems=[], kind=recipe.data.kind, band_names=records[0].band_names,
                       wavelengths=records[0].wavelengths, bandwidths=records[0].bandwidths)
     enc, stats, source, catalog = encoder_and_stats(encoder, recipe, catalog)
@@ -193,13 +194,24 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
 def common_size(dataset: ImageDataset, indices: np.ndarray) -> tuple[int, ...] | None:
     """The per-axis smallest shape of the training images as read (volumes resampled) when they differ, else None:
     each training step then sees a crop of that size of every image, so images of several sizes share a batch
-    (evaluation and probes read the whole images)."""
-    sizes = {dataset.image(int(i))[0].shape[1:] for i in indices}
-    if len(sizes) < 2:
+    (evaluation and probes read the whole images). An image with a side under half the median of the others (a
+    thick-slice scan among thin-slice ones) is left out of that minimum and padded to it instead, with a warning:
+    it would shrink every training crop to its size."""
+    shapes = [dataset.image(int(i))[0].shape[1:] for i in indices]
+    if len(set(shapes)) < 2:
         return None
-    size = tuple(map(min, zip(*sizes)))
+    median = np.median(np.asarray(shapes), axis=0)
+    small = [k for k, s in enumerate(shapes) if any(2 * a < m for a, m in zip(s, median))]
+    if len(small) == len(shapes):  # no typical size to pad to
+        small = []
+    size = tuple(map(min, zip(*[s for k, s in enumerate(shapes) if k not in small])))
+    if small:
+        log.warning("warning: %d training image(s) are under half the others' size along a side (e.g. '%s': %s); "
+                    "they are padded to the %s crop the other training images are cut to.", len(small),
+                    dataset.records[int(indices[small[0]])].path, "x".join(map(str, shapes[small[0]])),
+                    "x".join(map(str, size)))
     log.info("note: the %d training images come in %d sizes; each training step sees a %s crop of them (the "
-             "smallest size), evaluation the whole images.", len(indices), len(sizes), "x".join(map(str, size)))
+             "smallest size), evaluation the whole images.", len(indices), len(set(shapes)), "x".join(map(str, size)))
     return size
 
 

@@ -227,7 +227,8 @@ def predict_classes(model: torch.nn.Module, meta: dict[str, Any], recipe: Any, r
                          "class": names[k], "probability": round(float(probs[k]), 6),
                          "model": model_name,
                          **({f"p_{n}": round(float(p), 6) for n, p in zip(names, probs)} if probabilities else {})})
-    new = {r["file"] for r in rows}
+    new = {r["file"] for r in rows} | {f for r in records for f in r.paths}  # a stack an earlier version named
+    # by its first channel file: replaced too
     with locked_briefly(out):  # several predict jobs may share OUT_DIR: one read-merge-write at a time
         kept = [r for r in earlier_predictions(out / "predictions.csv") if r.get("file") not in new]
         with atomic_path(out / "predictions.csv") as tmp, tmp.open("w", newline="") as f:

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -316,50 +317,49 @@ _SAID_SUBJECTS = said_set()
 def subject_units(paths: Sequence[str], labels: np.ndarray, names: Sequence[str]) -> np.ndarray:
     """Per image, the unit a class-folder split draws (an image index): each image its own, except the images of one
     subject folder, which share one. A subject folder (not a class folder: not named as a class of ``names``) holds
-    2-16 images of one class, each of another kind, and another folder holds images of the same kinds (their names
-    alike but for the subject's number): one subject's sequences
-    (``p1/Flair.nii.gz``, ``p1/T1c.nii.gz``, ``p2/Flair.nii.gz``, ...; BIDS ``sub-01_T1w``). Split apart they would
-    test the model on subjects it trained on. Warns once, with the way to classify each subject as one image."""
+    2-16 images of one class, each of another kind (its sequences: names that differ in more than a number once the
+    subject's name or number is taken out; T1 / T2 count as names), and another folder holds images of the same kinds
+    (``p1/Flair.nii.gz``, ``p1/T1c.nii.gz``, ``p2/Flair.nii.gz``, ...; ``BraTS20_001/BraTS20_001_t1.nii.gz``). Split
+    apart they would test the model on subjects it trained on. Warns once, with the ``data.channels`` that stacks
+    each subject into one image."""
     labels = np.asarray(labels)
     units = np.arange(len(paths))
     folders: dict[str, list[int]] = {}
     for i, p in enumerate(paths):
         folders.setdefault(os.path.dirname(os.path.abspath(p)), []).append(i)
+    classes = {unicodedata.normalize("NFC", n).casefold() for n in names}
     kinds = {}
     for folder, idx in folders.items():
-        kind = tuple(sorted(_kind_of(os.path.basename(paths[i]), idx, paths) for i in idx))
-        if 2 <= len(idx) <= SUBJECT_FILES and len(set(kind)) == len(kind) and np.unique(labels[idx]).size == 1:
-            kinds[folder] = kind
+        kind = tuple(sorted(_kinds(folder, idx, paths)))
+        if (2 <= len(idx) <= SUBJECT_FILES and len(set(kind)) == len(kind) and np.unique(labels[idx]).size == 1
+                and len({re.sub(r"(?<![Tt])\d+", "#", k) for k in kind}) > 1  # sequences (T1w, T2w, FLAIR),
+                and unicodedata.normalize("NFC", os.path.basename(folder)).casefold() not in classes):
+            kinds[folder] = kind  # not numbered images (001, case_2)
     shared = Counter(kinds.values())
-    subjects = [f for f, kind in kinds.items()  # a class folder itself holds images of many subjects
-                if shared[kind] >= 2 and os.path.basename(f) != names[int(labels[folders[f][0]])]]
+    subjects = [f for f, kind in kinds.items() if shared[kind] >= 2]
     for folder in subjects:
         units[folders[folder]] = folders[folder][0]
     if subjects and tuple(subjects) not in _SAID_SUBJECTS:
         _SAID_SUBJECTS.add(tuple(subjects))
-        a, b = (sorted(folders[f], key=lambda i: _kind_of(os.path.basename(paths[i]), folders[f], paths))
-                for f in subjects[:2])
-        stems = ",".join(f"*{_common_glob(os.path.basename(paths[i]), os.path.basename(paths[j])).split('.')[0]}*"
-                         for i, j in zip(a, b))
+        globs = ",".join(k.replace("#", "*") for k in kinds[subjects[0]])
         log.warning(f"warning: {len(subjects)} folders hold one subject's images each (e.g. '{subjects[0]}': "
                     f"{', '.join(os.path.basename(paths[i]) for i in folders[subjects[0]])}): each image is "
-                    "classified on its own, and a subject's images train or test together, so labels.per_class "
-                    "counts subjects. To classify each subject from all its images at once, stack them: --set "
-                    f'"data.channels=[{stems}]".')
+                    "classified on its own, and a subject's images train or test together, so labels.per_class, "
+                    "labels.fraction and labels.test_fraction count subjects. To classify each subject from all its "
+                    f'images at once, stack them: --set "data.channels=[{globs}]".')
     return units
 
 
-def _kind_of(name: str, folder: Sequence[int], paths: Sequence[str]) -> str:
-    """A file's name with the runs of digits that every file name of its folder holds (a subject's number, as in
-    ``sub-01_T1w`` / ``sub-01_T2w``) as ``#``: what kind of image it is, alike across subjects."""
-    common = set.intersection(*(set(re.findall(r"\d+", os.path.basename(paths[i]))) for i in folder))
-    return "".join("#" if p in common else p for p in re.split(r"(\d+)", name))
-
-
-def _common_glob(a: str, b: str) -> str:
-    """Two file names of one kind (alike but for their digits), with each run of digits that differs as ``*``."""
-    x, y = re.split(r"(\d+)", a), re.split(r"(\d+)", b)
-    return "".join(p if p == q else "*" for p, q in zip(x, y))
+def _kinds(folder: str, members: Sequence[int], paths: Sequence[str]) -> list[str]:
+    """What kind of image each file of a subject folder is, alike across subjects: its name with the subject's name
+    (the folder's or its parent's, as in ``sub-01/anat/sub-01_T1w``) as ``#``, then with the runs of digits that
+    every name of the folder still holds (the subject's number) as ``#``."""
+    names = [os.path.basename(paths[i]) for i in members]
+    for subject in (os.path.basename(folder), os.path.basename(os.path.dirname(folder))):
+        if len(subject) >= 2 and all(subject in n for n in names):
+            names = [n.replace(subject, "#") for n in names]
+    common = set.intersection(*(set(re.findall(r"\d+", n)) for n in names))
+    return ["".join("#" if p in common else p for p in re.split(r"(\d+)", n)) for n in names]
 
 
 def check_drew_some(train: np.ndarray, unit: str, per_class: int | None, fraction: float | None,

@@ -47,9 +47,9 @@ def crop_to_patch(array: np.ndarray, patch: Sequence[int]) -> np.ndarray:
 
 
 def pad_to_patch(image: np.ndarray, valid: np.ndarray, patch: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """A normalised image (C, *S) and its valid mask (*S) with each side shorter than one token padded to one
-    token, evenly at both ends: zeros (the bands' mean), not valid. A thick-slice scan with fewer slices than a
-    token is deep still makes a token of the classifier's."""
+    """A normalised image (C, *S) and its valid mask (*S) with each side shorter than ``patch`` (one token, or a
+    classifier's training crop) padded to it, evenly at both ends: zeros (the bands' mean), not valid. A thick-slice
+    scan with fewer slices than a token is deep still makes a token of the classifier's."""
     pads = [((p - n) // 2, p - n - (p - n) // 2) if n < p else (0, 0) for n, p in zip(valid.shape, patch)]
     if not any(a or b for a, b in pads):
         return image, valid

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -56,3 +57,32 @@ def test_thick_slice_volumes_are_classified_evaluated_and_predicted(tmp_path: Pa
     assert pr.exit_code == 0, pr.output
     with open(tmp_path / "pred" / "predictions.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 8
+
+
+def test_one_image_far_smaller_than_the_others_is_padded_to_the_training_crop_not_shrinking_it(caplog) -> None:
+    from types import SimpleNamespace
+
+    from geomed_ssl.finetune.classify import common_size
+
+    shapes = [(16, 16, 16), (16, 16, 20), (18, 16, 16), (16, 16, 1)]  # the last: one thick slice
+    dataset = SimpleNamespace(image=lambda i: (np.zeros((1, *shapes[i])), None),
+                              records=[SimpleNamespace(path=f"s{i}.nii.gz") for i in range(4)])
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        assert common_size(dataset, np.arange(4)) == (16, 16, 16)
+    assert "1 training image(s) are under half the others' size along a side (e.g. 's3.nii.gz': 16x16x1)" in caplog.text
+    assert common_size(dataset, np.arange(3)) == (16, 16, 16)  # sizes alike: the smallest, as before
+
+
+def test_a_full_fine_tune_pads_a_thin_training_image_to_the_others_crop(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    for label, name in enumerate(("a", "b")):
+        (tmp_path / "classes" / name).mkdir(parents=True)
+        for i, depth in enumerate((16, 16, 16, 1 if label else 16)):
+            vol = rng.normal(2.0 * label, 1.0, (16, 16, depth)).astype(np.float32)
+            nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / "classes" / name / f"{name}{i}.nii.gz"))
+    sets = [*TINY, "data.patch_size=16", "finetune.max_steps=2", "finetune.warmup_steps=1", "finetune.batch_size=4"]
+    result = runner.invoke(app, ["finetune", "classify", "recipes/mae_mri.yaml", "--encoder", "none", "--data",
+                                 str(tmp_path / "classes"), "--out", str(tmp_path / "ft"), "--label-fraction", "0.99",
+                                 "--full", *[a for s in sets for a in ("--set", s)]])
+    assert result.exit_code == 0, result.output
+    assert "are padded to the 16x16x16 crop" in result.output

@@ -29,23 +29,36 @@ def test_the_sequences_of_one_subject_folder_share_a_unit_and_the_warning_says_h
     with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
         units = subject_units(BRATS, BRATS_LABELS, ["healthy", "lesion"])
     assert units.tolist() == [0, 0, 2, 2, 4, 4, 6, 6, 8, 8, 10, 10]
-    assert '"data.channels=[*Flair_subtrMeanDivStd*,*T1c_subtrMeanDivStd*]"' in caplog.text
+    assert '"data.channels=[Flair_subtrMeanDivStd.nii.gz,T1c_subtrMeanDivStd.nii.gz]"' in caplog.text
     assert "6 folders hold one subject's images" in caplog.text
 
 
-def test_bids_names_carry_the_subject_number_and_still_group() -> None:
-    paths = [f"h/sub-{s:02d}/anat/sub-{s:02d}_{seq}.nii.gz" for s in (1, 2, 3) for seq in ("T1w", "T2w")]
-    assert subject_units(paths, np.zeros(6, int), ["h"]).tolist() == [0, 0, 2, 2, 4, 4]
-
-
-@pytest.mark.parametrize("paths, labels", [
-    (["Forest/1.nii.gz", "Forest/2.nii.gz", "River/1.nii.gz", "River/2.nii.gz"], [0, 0, 1, 1]),  # class folders
-    (["h/p1/a.nii.gz", "h/p1/b.nii.gz", "h/p2/c.nii.gz", "h/p2/d.nii.gz"], [0, 0, 0, 0]),  # no kind repeats
-    (["h/p1/scan1.nii.gz", "h/p1/scan2.nii.gz", "h/p2/scan1.nii.gz"], [0, 0, 0]),  # p2 has another set of kinds
-    (["h/p1/a.nii.gz", "h/p1/b.nii.gz", "l/p2/a.nii.gz", "l/p2/b.nii.gz", "l/p2/c.nii.gz"], [0, 0, 1, 1, 1]),
+@pytest.mark.parametrize("paths, units, globs", [
+    ([f"h/sub-{s:02d}/anat/sub-{s:02d}_{q}.nii.gz" for s in (1, 2, 3) for q in ("T1w", "T2w")],
+     [0, 0, 2, 2, 4, 4], "*_T1w.nii.gz,*_T2w.nii.gz"),  # BIDS: the subject in the names, T1 / T2 apart
+    ([f"h/BraTS20_{s:03d}/BraTS20_{s:03d}_{q}.nii.gz" for s in (1, 2) for q in ("flair", "t1", "t1ce", "t2")],
+     [0, 0, 0, 0, 4, 4, 4, 4], "*_flair.nii.gz,*_t1.nii.gz,*_t1ce.nii.gz,*_t2.nii.gz"),  # globs that match once
+    ([f"h/p{s}/p{s}_{q}.nii.gz" for s in (1, 2) for q in ("flair", "t1", "t2")],
+     [0, 0, 0, 3, 3, 3], "*_flair.nii.gz,*_t1.nii.gz,*_t2.nii.gz"),  # the subject's number is a sequence's digit
 ])
-def test_folders_that_are_not_one_subjects_sequences_are_not_grouped(paths, labels) -> None:
-    assert subject_units(paths, np.array(labels), ["Forest", "River"]).tolist() == list(range(len(paths)))
+def test_subject_names_and_numbers_in_the_file_names_still_group(paths, units, globs, caplog) -> None:
+    forget_said()
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        assert subject_units(paths, np.zeros(len(paths), int), ["h"]).tolist() == units
+    assert f'"data.channels=[{globs}]"' in caplog.text
+
+
+@pytest.mark.parametrize("paths, labels, names", [
+    (["Forest/1.nii.gz", "Forest/2.nii.gz", "River/1.nii.gz", "River/2.nii.gz"], [0, 0, 1, 1], None),  # classes
+    (["Fore\u0302t/1.nii", "Fore\u0302t/2.nii", "R/1.nii", "R/2.nii"], [0, 0, 1, 1], ["For\u00eat", "R"]),  # NFD
+    ([f"{c}/scans/{i:03d}.nii.gz" for c in ("h", "l") for i in range(6)], [0] * 6 + [1] * 6, None),  # numbered
+    ([f"h/site{s}/case{i}.nii.gz" for s in "AB" for i in range(4)], [0] * 8, None),  # sites of numbered cases
+    ([f"{c}/imagesTr/case_{i}_0000.nii.gz" for c in ("h", "l") for i in range(3)], [0] * 3 + [1] * 3, None),
+    (["h/p1/a.nii.gz", "h/p1/b.nii.gz", "h/p2/c.nii.gz", "h/p2/d.nii.gz"], [0, 0, 0, 0], None),  # no kind repeats
+    (["h/p1/scan1.nii.gz", "h/p1/scan2.nii.gz", "h/p2/scan1.nii.gz"], [0, 0, 0], None),  # another set of kinds
+])
+def test_folders_that_are_not_one_subjects_sequences_are_not_grouped(paths, labels, names) -> None:
+    assert subject_units(paths, np.array(labels), names or ["Forest", "River"]).tolist() == list(range(len(paths)))
 
 
 @pytest.mark.parametrize("per_class, fraction", [(1, None), (2, None), (None, 0.5)])
@@ -75,7 +88,7 @@ def test_finetune_classify_on_subject_folders_trains_and_tests_whole_subjects(tm
                                  str(data), "--out", str(tmp_path / "ft"), "--labels-per-class", "1", "--linear-probe",
                                  *[a for s in sets for a in ("--set", s)]])
     assert result.exit_code == 0, result.output
-    assert "data.channels=[*Flair_subtrMeanDivStd*,*T1c_subtrMeanDivStd*]" in result.output
+    assert "data.channels=[Flair_subtrMeanDivStd.nii.gz,T1c_subtrMeanDivStd.nii.gz]" in result.output
     with np.load(tmp_path / "ft" / "labels_used.npz") as z:
         paths = json.loads(str(z["meta"]))["paths"]
         trained = {Path(paths[i]).parent.name for i in z["train_index"]}
@@ -83,10 +96,21 @@ def test_finetune_classify_on_subject_folders_trains_and_tests_whole_subjects(tm
     assert len(trained) == 2 and len(tested) == 4 and not trained & tested
     stacked = runner.invoke(app, ["finetune", "classify", "recipes/mae_mri.yaml", "--encoder", "none", "--data",
                                   str(data), "--out", str(tmp_path / "ft2"), "--labels-per-class", "1", "--linear-probe",
-                                  *[a for s in [*sets, "data.channels=[*Flair*,*T1c*]"] for a in ("--set", s)]])
+                                  *[a for s in [*sets, "data.channels=[Flair_subtrMeanDivStd.nii.gz,T1c_subtrMeanDivStd.nii.gz]"]
+                                    for a in ("--set", s)]])  # the warning's suggestion
     assert stacked.exit_code == 0, stacked.output
     assert "subject's images" not in stacked.output  # one image per subject: nothing to group
     pr = runner.invoke(app, ["predict", str(tmp_path / "ft2"), str(data), "--out", str(tmp_path / "pred")])
     assert pr.exit_code == 0, pr.output
     with open(tmp_path / "pred" / "predictions.csv", newline="") as fh:  # named as the classes CSV names them
+        assert sorted(Path(r["file"]).name for r in csv.DictReader(fh)) == [f"p{i}" for i in range(1, 7)]
+    with open(tmp_path / "pred" / "predictions.csv", newline="") as fh:  # as an earlier version named the stacks:
+        rows = list(csv.DictReader(fh))  # by their first channel file
+    with open(tmp_path / "pred" / "predictions.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**r, "file": str(Path(r["file"]) / "Flair_subtrMeanDivStd.nii.gz")} for r in rows)
+    again = runner.invoke(app, ["predict", str(tmp_path / "ft2"), str(data), "--out", str(tmp_path / "pred")])
+    assert again.exit_code == 0, again.output
+    with open(tmp_path / "pred" / "predictions.csv", newline="") as fh:  # replaced, not kept beside the new rows
         assert sorted(Path(r["file"]).name for r in csv.DictReader(fh)) == [f"p{i}" for i in range(1, 7)]

@@ -197,8 +197,8 @@ def evaluate(
     labels: Optional[Path] = typer.Option(None, "--labels", help="Segmentation: their labels."),
     data: Optional[Path] = typer.Option(None, "--data", help="Classification: one subfolder of images per "
                                         "class, or a CSV of image,class rows."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where metrics.json and confusion.png go (default "
-                                       "FT_DIR/eval)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where metrics.json, confusion.png and a classifier's "
+                                       "images.csv go (default FT_DIR/eval)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda[:N]."),
     band_names: Optional[str] = typer.Option(None, "--band-names", help="The bands of files without band "
                                              "descriptions, in order, comma-separated (default: the model's "

@@ -70,8 +70,7 @@ def finetune_segment_cmd(
                               progress=progress_shown())
     names = [c["name"] for c in result.metrics["classes"]]
     typer.echo(format_metrics(result.metrics["test"], names))
-    typer.echo(f"model: {out / 'model'}  metrics: {out / 'metrics.json'}  confusion: {out / 'confusion.png'}  "
-               f"per image: {out / 'images.csv'}")
+    typer.echo(f"model: {out / 'model'}  metrics: {out / 'metrics.json'}  confusion: {out / 'confusion.png'}")
 
 
 @finetune_app.command("classify")

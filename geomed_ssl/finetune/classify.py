@@ -200,13 +200,14 @@ def common_size(dataset: ImageDataset, indices: np.ndarray) -> tuple[int, ...] |
     shapes = [dataset.image(int(i))[0].shape[1:] for i in indices]
     if len(set(shapes)) < 2:
         return None
-    median = np.median(np.asarray(shapes), axis=0)
-    small = [k for k, s in enumerate(shapes) if any(2 * a < m for a, m in zip(s, median))]
+    sides = np.asarray(shapes)
+    small = [k for k, s in enumerate(shapes) if any(s < np.median(np.delete(sides, k, axis=0), axis=0) / 2)]
     if len(small) == len(shapes):  # no typical size to pad to
         small = []
     size = tuple(map(min, zip(*[s for k, s in enumerate(shapes) if k not in small])))
     if small:
-        log.warning("warning: %d training image(s) are under half the others' size along a side (e.g. '%s': %s); "
+        log.warning("warning: %d training image(s) are under half the others' size along a side (e.g. '%s': %s as "
+                    "read); "
                     "they are padded to the %s crop the other training images are cut to.", len(small),
                     dataset.records[int(indices[small[0]])].path, "x".join(map(str, shapes[small[0]])),
                     "x".join(map(str, size)))
@@ -226,8 +227,6 @@ def evaluate_images(model: ClassificationModel, dataset: ImageDataset, labels: n
                     notes: Sequence[str] = ()) -> dict[str, Any]:
     """Metrics per split; ``metrics.json``, ``confusion.png`` (test split) and ``images.csv`` (each image's split,
     class and predicted class: which ones were missed) in ``out``."""
-    import csv
-
     from geomed_ssl.data.records import stack_input
 
     results: dict[str, Any] = {"classes": [{"value": i, "name": n} for i, n in enumerate(names)], "notes": list(notes)}
@@ -241,9 +240,5 @@ def evaluate_images(model: ClassificationModel, dataset: ImageDataset, labels: n
         records = [dataset.records[i] for i in idx]
         rows += [(stack_input(r) if len(r.paths) > 1 else r.path, which, names[t], names[q])
                  for r, t, q in zip(records, labels[idx], pred)]
-    with atomic_path(out / "images.csv") as tmp, tmp.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["file", "split", "class", "predicted"])
-        writer.writerows(sorted(rows, key=lambda row: (row[1] != "test", row[0])))
-    write_metrics(out, results, names)
+    write_metrics(out, results, names, sorted(rows, key=lambda row: (row[1] != "test", row[0])))
     return results

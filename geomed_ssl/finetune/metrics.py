@@ -128,18 +128,27 @@ def save_confusion_png(cm: np.ndarray, class_names: Sequence[str], path: str | P
     return save_figure(fig, path)
 
 
-def write_metrics(out: Path, results: dict[str, Any], class_names: Sequence[str]) -> None:
-    """``out/metrics.json`` and, with a test split, its ``out/confusion.png``. Both are complete under temporary
-    names before the earlier ones go, so a kill during the evaluation leaves the earlier one as it was; a kill in the
-    instant between the final renames leaves the new figure without its table, never beside old metrics."""
-    figure = None
+def write_metrics(out: Path, results: dict[str, Any], class_names: Sequence[str],
+                  images: Sequence[Sequence[str]] | None = None) -> None:
+    """``out/metrics.json``, with a test split its ``out/confusion.png``, and with ``images`` (a classifier's rows:
+    file, split, class, predicted) ``out/images.csv``. All are complete under temporary names before the earlier
+    ones go, so a kill during the evaluation leaves the earlier ones as they were; a kill in the instant between the
+    final renames leaves the new figure or table without its metrics, never beside old metrics."""
+    figure = table = None
     if "test" in results:
         figure = save_confusion_png(np.asarray(results["test"]["confusion"]), class_names,
                                     partial_path(out / "confusion.png"))
-    table = atomic_write_text(partial_path(out / "metrics.json"), json.dumps(results, indent=2))
+    if images is not None:
+        import csv
+
+        table = partial_path(out / "images.csv")
+        with table.open("w", newline="") as fh:
+            csv.writer(fh).writerows([("file", "split", "class", "predicted"), *images])
+    metrics = atomic_write_text(partial_path(out / "metrics.json"), json.dumps(results, indent=2))
     (out / "metrics.json").unlink(missing_ok=True)  # from here no stale pair: a figure without its table at worst
-    if figure is None:
-        (out / "confusion.png").unlink(missing_ok=True)
-    else:
-        commit_partial(figure, out / "confusion.png")
-    commit_partial(table, out / "metrics.json")
+    for name, made in (("confusion.png", figure), ("images.csv", table)):
+        if made is None:
+            (out / name).unlink(missing_ok=True)
+        else:
+            commit_partial(made, out / name)
+    commit_partial(metrics, out / "metrics.json")

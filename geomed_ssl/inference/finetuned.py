@@ -227,10 +227,11 @@ def predict_classes(model: torch.nn.Module, meta: dict[str, Any], recipe: Any, r
                          "class": names[k], "probability": round(float(probs[k]), 6),
                          "model": model_name,
                          **({f"p_{n}": round(float(p), 6) for n, p in zip(names, probs)} if probabilities else {})})
-    new = {r["file"] for r in rows} | {f for r in records for f in r.paths}  # a stack an earlier version named
-    # by its first channel file: replaced too
-    with locked_briefly(out):  # several predict jobs may share OUT_DIR: one read-merge-write at a time
-        kept = [r for r in earlier_predictions(out / "predictions.csv") if r.get("file") not in new]
+    new = {r["file"] for r in rows}
+    renamed = {r.path for r in records if len(r.paths) > 1}  # a stack as an earlier version named it (its first
+    with locked_briefly(out):  # file), replaced when the same model wrote it; several predict jobs may share OUT_DIR
+        kept = [r for r in earlier_predictions(out / "predictions.csv") if r.get("file") not in new
+                and not (r.get("file") in renamed and r.get("model") == model_name)]
         with atomic_path(out / "predictions.csv") as tmp, tmp.open("w", newline="") as f:
             # p_<class> columns and any the user added to the earlier rows (a reviewer's notes) are kept
             extra = [c for c in dict.fromkeys(c for r in kept + rows for c in r) if c not in PREDICTION_COLUMNS]

@@ -330,24 +330,32 @@ def subject_units(paths: Sequence[str], labels: np.ndarray, names: Sequence[str]
     classes = {unicodedata.normalize("NFC", n).casefold() for n in names}
     kinds = {}
     for folder, idx in folders.items():
-        kind = tuple(sorted(_kinds(folder, idx, paths)))
+        kind = tuple(sorted(k.casefold() for k in _kinds(folder, idx, paths)))
         if (2 <= len(idx) <= SUBJECT_FILES and len(set(kind)) == len(kind) and np.unique(labels[idx]).size == 1
-                and len({re.sub(r"(?<![Tt])\d+", "#", k) for k in kind}) > 1  # sequences (T1w, T2w, FLAIR),
+                and len({_numberless(k) for k in kind}) > 1  # T1w, FLAIR; not 001, case_2
                 and unicodedata.normalize("NFC", os.path.basename(folder)).casefold() not in classes):
-            kinds[folder] = kind  # not numbered images (001, case_2)
-    shared = Counter(kinds.values())
-    subjects = [f for f, kind in kinds.items() if shared[kind] >= 2]
+            kinds[folder] = kind
+    shared = {kind for kind, n in Counter(kinds.values()).items() if n >= 2}
+    subjects = [f for f, kind in kinds.items()  # a subject missing a sequence of the others' too
+                if kind in shared or any(set(kind) < set(full) for full in shared)]
     for folder in subjects:
         units[folders[folder]] = folders[folder][0]
     if subjects and tuple(subjects) not in _SAID_SUBJECTS:
         _SAID_SUBJECTS.add(tuple(subjects))
-        globs = ",".join(k.replace("#", "*") for k in kinds[subjects[0]])
+        globs = ",".join(k.replace("#", "*") for k in sorted(_kinds(subjects[0], folders[subjects[0]], paths),
+                                                              key=str.casefold))
         log.warning(f"warning: {len(subjects)} folders hold one subject's images each (e.g. '{subjects[0]}': "
                     f"{', '.join(os.path.basename(paths[i]) for i in folders[subjects[0]])}): each image is "
                     "classified on its own, and a subject's images train or test together, so labels.per_class, "
                     "labels.fraction and labels.test_fraction count subjects. To classify each subject from all its "
                     f'images at once, stack them: --set "data.channels=[{globs}]".')
     return units
+
+
+def _numberless(kind: str) -> str:
+    """A kind with its numbers as ``#``, except a weighting's (``T1w``, ``_t2``: a T that starts a word)."""
+    return re.sub(r"\d+", lambda m: m.group() if m.start() and kind[m.start() - 1] in "Tt"
+                  and not kind[max(m.start() - 2, 0):m.start() - 1].isalpha() else "#", kind)
 
 
 def _kinds(folder: str, members: Sequence[int], paths: Sequence[str]) -> list[str]:

@@ -69,8 +69,22 @@ def test_one_image_far_smaller_than_the_others_is_padded_to_the_training_crop_no
                               records=[SimpleNamespace(path=f"s{i}.nii.gz") for i in range(4)])
     with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
         assert common_size(dataset, np.arange(4)) == (16, 16, 16)
-    assert "1 training image(s) are under half the others' size along a side (e.g. 's3.nii.gz': 16x16x1)" in caplog.text
+    assert "1 training image(s) are under half the others' size along a side (e.g. 's3.nii.gz': 16x16x1 as" \
+        in caplog.text
     assert common_size(dataset, np.arange(3)) == (16, 16, 16)  # sizes alike: the smallest, as before
+    shapes[:2] = [(96, 96, 96), (96, 96, 40)]  # two images: each against the other
+    assert common_size(dataset, np.arange(2)) == (96, 96, 96)
+
+
+def test_images_csv_goes_when_the_folder_next_holds_a_segmentation_evaluation(tmp_path: Path) -> None:
+    from geomed_ssl.finetune.metrics import write_metrics
+
+    results = {"test": {"confusion": [[1, 0], [0, 1]]}}
+    write_metrics(tmp_path, results, ["a", "b"], [("x.nii.gz", "test", "a", "a"), ("y.nii.gz", "test", "b", "b")])
+    assert (tmp_path / "images.csv").read_text().splitlines()[0] == "file,split,class,predicted"
+    write_metrics(tmp_path, results, ["a", "b"])  # another model's (a segmenter's) metrics: no stale table beside
+    assert not (tmp_path / "images.csv").exists() and (tmp_path / "metrics.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion.png", "metrics.json"]  # no temporary left
 
 
 def test_a_full_fine_tune_pads_a_thin_training_image_to_the_others_crop(tmp_path: Path) -> None:

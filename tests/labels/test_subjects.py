@@ -40,6 +40,10 @@ def test_the_sequences_of_one_subject_folder_share_a_unit_and_the_warning_says_h
      [0, 0, 0, 0, 4, 4, 4, 4], "*_flair.nii.gz,*_t1.nii.gz,*_t1ce.nii.gz,*_t2.nii.gz"),  # globs that match once
     ([f"h/p{s}/p{s}_{q}.nii.gz" for s in (1, 2) for q in ("flair", "t1", "t2")],
      [0, 0, 0, 3, 3, 3], "*_flair.nii.gz,*_t1.nii.gz,*_t2.nii.gz"),  # the subject's number is a sequence's digit
+    ([f"h/s{s}/s{s}_{q}.nii.gz" for s in (1, 2, 3) for q in ("flair", "t1", "t1ce", "t2") if (s, q) != (3, "t2")],
+     [0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8], "*_flair.nii.gz,*_t1.nii.gz,*_t1ce.nii.gz,*_t2.nii.gz"),  # one missing
+    (["h/p1/Flair.nii.gz", "h/p1/T1c.nii.gz", "h/p2/flair.nii.gz", "h/p2/t1c.nii.gz"], [0, 0, 2, 2],
+     "Flair.nii.gz,T1c.nii.gz"),  # names spelled in other cases
 ])
 def test_subject_names_and_numbers_in_the_file_names_still_group(paths, units, globs, caplog) -> None:
     forget_said()
@@ -53,6 +57,8 @@ def test_subject_names_and_numbers_in_the_file_names_still_group(paths, units, g
     (["Fore\u0302t/1.nii", "Fore\u0302t/2.nii", "R/1.nii", "R/2.nii"], [0, 0, 1, 1], ["For\u00eat", "R"]),  # NFD
     ([f"{c}/scans/{i:03d}.nii.gz" for c in ("h", "l") for i in range(6)], [0] * 6 + [1] * 6, None),  # numbered
     ([f"h/site{s}/case{i}.nii.gz" for s in "AB" for i in range(4)], [0] * 8, None),  # sites of numbered cases
+    ([f"h/site{s}/patient{i}.nii.gz" for s in "AB" for i in range(4)], [0] * 8, None),  # a t before the number
+    ([f"h/site{s}/pt{i}.nii.gz" for s in "AB" for i in range(4)], [0] * 8, None),
     ([f"{c}/imagesTr/case_{i}_0000.nii.gz" for c in ("h", "l") for i in range(3)], [0] * 3 + [1] * 3, None),
     (["h/p1/a.nii.gz", "h/p1/b.nii.gz", "h/p2/c.nii.gz", "h/p2/d.nii.gz"], [0, 0, 0, 0], None),  # no kind repeats
     (["h/p1/scan1.nii.gz", "h/p1/scan2.nii.gz", "h/p2/scan1.nii.gz"], [0, 0, 0], None),  # another set of kinds
@@ -94,10 +100,10 @@ def test_finetune_classify_on_subject_folders_trains_and_tests_whole_subjects(tm
         trained = {Path(paths[i]).parent.name for i in z["train_index"]}
         tested = {Path(paths[i]).parent.name for i in z["test_index"]}
     assert len(trained) == 2 and len(tested) == 4 and not trained & tested
+    suggested = "data.channels=[Flair_subtrMeanDivStd.nii.gz,T1c_subtrMeanDivStd.nii.gz]"  # the warning's
     stacked = runner.invoke(app, ["finetune", "classify", "recipes/mae_mri.yaml", "--encoder", "none", "--data",
-                                  str(data), "--out", str(tmp_path / "ft2"), "--labels-per-class", "1", "--linear-probe",
-                                  *[a for s in [*sets, "data.channels=[Flair_subtrMeanDivStd.nii.gz,T1c_subtrMeanDivStd.nii.gz]"]
-                                    for a in ("--set", s)]])  # the warning's suggestion
+                                  str(data), "--out", str(tmp_path / "ft2"), "--labels-per-class", "1",
+                                  "--linear-probe", *[a for s in [*sets, suggested] for a in ("--set", s)]])
     assert stacked.exit_code == 0, stacked.output
     assert "subject's images" not in stacked.output  # one image per subject: nothing to group
     pr = runner.invoke(app, ["predict", str(tmp_path / "ft2"), str(data), "--out", str(tmp_path / "pred")])
@@ -110,7 +116,10 @@ def test_finetune_classify_on_subject_folders_trains_and_tests_whole_subjects(tm
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows({**r, "file": str(Path(r["file"]) / "Flair_subtrMeanDivStd.nii.gz")} for r in rows)
+        writer.writerow({**rows[0], "file": str(Path(rows[0]["file"]) / "Flair_subtrMeanDivStd.nii.gz"),
+                         "model": "another model, of single files"})
     again = runner.invoke(app, ["predict", str(tmp_path / "ft2"), str(data), "--out", str(tmp_path / "pred")])
     assert again.exit_code == 0, again.output
     with open(tmp_path / "pred" / "predictions.csv", newline="") as fh:  # replaced, not kept beside the new rows
-        assert sorted(Path(r["file"]).name for r in csv.DictReader(fh)) == [f"p{i}" for i in range(1, 7)]
+        names = sorted(Path(r["file"]).name for r in csv.DictReader(fh))  # (another model's row stays)
+    assert names == ["Flair_subtrMeanDivStd.nii.gz", *[f"p{i}" for i in range(1, 7)]]

@@ -23,7 +23,7 @@ from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, cla
                                      encoder_and_stats, finetune_inputs, fit_supervised, from_scratch, no_model,
                                      not_evaluated, save_recipe, seed_new_head, with_encoder_naming)
 from geomed_ssl.files.listing import content_key
-from geomed_ssl.labels.classes import class_inputs, scan_classes
+from geomed_ssl.labels.classes import class_inputs, image_name, scan_classes
 from geomed_ssl.labels.sampling import BUDGET_NOTE, split_images, subject_units
 from geomed_ssl.finetune.trained import untested_images
 from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix, write_metrics
@@ -207,8 +207,7 @@ def common_size(dataset: ImageDataset, indices: np.ndarray) -> tuple[int, ...] |
     size = tuple(map(min, zip(*[s for k, s in enumerate(shapes) if k not in small])))
     if small:
         log.warning("warning: %d training image(s) are under half the others' size along a side (e.g. '%s': %s as "
-                    "read); "
-                    "they are padded to the %s crop the other training images are cut to.", len(small),
+                    "read); they are padded to the %s crop the other training images are cut to.", len(small),
                     dataset.records[int(indices[small[0]])].path, "x".join(map(str, shapes[small[0]])),
                     "x".join(map(str, size)))
     log.info("note: the %d training images come in %d sizes; each training step sees a %s crop of them (the "
@@ -227,8 +226,6 @@ def evaluate_images(model: ClassificationModel, dataset: ImageDataset, labels: n
                     notes: Sequence[str] = ()) -> dict[str, Any]:
     """Metrics per split; ``metrics.json``, ``confusion.png`` (test split) and ``images.csv`` (each image's split,
     class and predicted class: which ones were missed) in ``out``."""
-    from geomed_ssl.data.records import stack_input
-
     results: dict[str, Any] = {"classes": [{"value": i, "name": n} for i, n in enumerate(names)], "notes": list(notes)}
     rows = []
     for which, idx in splits.items():
@@ -238,7 +235,7 @@ def evaluate_images(model: ClassificationModel, dataset: ImageDataset, labels: n
         if which == "test":
             results[which]["confusion"] = cm.tolist()
         records = [dataset.records[i] for i in idx]
-        rows += [(stack_input(r) if len(r.paths) > 1 else r.path, which, names[t], names[q])
+        rows += [(image_name(r), which, names[t], names[q])
                  for r, t, q in zip(records, labels[idx], pred)]
     write_metrics(out, results, names, sorted(rows, key=lambda row: (row[1] != "test", row[0])))
     return results

@@ -211,7 +211,7 @@ def predict_classes(model: torch.nn.Module, meta: dict[str, Any], recipe: Any, r
     import csv
 
     from geomed_ssl.data.labelled import ImageDataset
-    from geomed_ssl.data.records import stack_input
+    from geomed_ssl.labels.classes import image_name
     from geomed_ssl.models.device import model_device
 
     stats = model_stats(meta)
@@ -223,8 +223,7 @@ def predict_classes(model: torch.nn.Module, meta: dict[str, Any], recipe: Any, r
         for i in range(len(records)):
             probs = model(torch.from_numpy(dataset.image(i)[0])[None].to(device)).softmax(1)[0].cpu()
             k = int(probs.argmax())
-            rows.append({"file": stack_input(records[i]) if len(records[i].paths) > 1 else records[i].path,
-                         "class": names[k], "probability": round(float(probs[k]), 6),
+            rows.append({"file": image_name(records[i]), "class": names[k], "probability": round(float(probs[k]), 6),
                          "model": model_name,
                          **({f"p_{n}": round(float(p), 6) for n, p in zip(names, probs)} if probabilities else {})})
     new = {r["file"] for r in rows}

@@ -92,6 +92,14 @@ def whole_images(data_cfg: Any) -> Any:
     return dataclasses.replace(data_cfg, patch_size=[1] * (3 if data_cfg.kind == "volume" else 2))
 
 
+def image_name(record: Any) -> str:
+    """How tables name a classified image (``predictions.csv``, ``images.csv``): its file, or a ``data.channels``
+    stack as commands take it (:func:`~geomed_ssl.data.records.stack_input`: its folder)."""
+    from geomed_ssl.data.records import stack_input
+
+    return stack_input(record) if len(record.paths) > 1 else record.path
+
+
 def scan_classes(data: str | Path, data_cfg: Any, strict: bool = False, for_model: bool = False,
                  ) -> tuple[list[FileRecord], np.ndarray, list[str]]:
     """(records, class index per record (int64), class names, sorted) of a folder of class folders or of a classes

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -309,6 +311,31 @@ def pretrain(recipe: Recipe | str | Path | None, data_dir: str | Path, out_dir: 
                      is_global_zero=rank == 0)
 
 
+@contextlib.contextmanager
+def launcher_scratch(spawned: bool) -> Iterator[None]:
+    """Inside, with ``spawned`` (ddp_spawn / ddp_fork), temporary files go to a folder of ours, removed after:
+    Lightning's spawning launcher hands the final weights to this process through a new folder of the temp dir that
+    it never removes (one empty ``tmpXXXX`` folder a run), and this process never uses them."""
+    if not spawned:
+        yield
+        return
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="geomed-ssl-launch-")
+    before = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = tempfile.tempdir = folder  # spawned workers read the variable, forked ones the module
+    try:
+        yield
+    finally:
+        tempfile.tempdir = before[1]
+        if before[0] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = before[0]
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def stopped_reason(steps: int, max_steps: int, stop: StopRequest) -> str | None:
     """Why a run ended before ``max_steps`` (the signal's name, else "stopped"); None when it reached them, even
     if a signal came after its last step."""
@@ -326,7 +353,8 @@ def fit(trainer: L.Trainer, module: PretrainModule, data: PretrainData, point: R
         stop.install()
     children = daemon_children()
     try:
-        trainer.fit(module, datamodule=data, ckpt_path=str(point.path) if point else None, weights_only=True)
+        with launcher_scratch(spawned):
+            trainer.fit(module, datamodule=data, ckpt_path=str(point.path) if point else None, weights_only=True)
     except SystemExit as exc:  # Lightning ends a KeyboardInterrupt (a second Ctrl-C: abort without saving) with
         from lightning.pytorch.utilities.exceptions import SIGTERMException  # exit(1), a SIGTERM it heard itself
 

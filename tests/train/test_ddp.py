@@ -248,10 +248,14 @@ def test_sigterm_to_the_process_that_spawned_the_workers_stops_them_all(nodata_r
 
 
 @pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_fork"])
-def test_spawn_and_fork_strategies_run_and_write_once(strategy: str, nodata_rasters: Path, tmp_path: Path) -> None:
+def test_spawn_and_fork_strategies_run_and_write_once(strategy: str, nodata_rasters: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / strategy
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     result = run(cli_args(nodata_rasters, out, [*BASE, *DDP, f"train.strategy={strategy}", "train.max_steps=2"]))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not list((tmp_path / "tmp").iterdir())  # Lightning's hand-back of the weights left a folder a run
     assert result.stdout.count("done: 2 steps") == 1
     assert {p.name for p in out.iterdir()} == RUN_FILES and sorted(metrics(out)) == [1, 2]
     assert ckpt(out / "checkpoints" / "last.ckpt")["global_step"] == 2

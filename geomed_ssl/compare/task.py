@@ -70,6 +70,7 @@ class Task:
     class_map: ClassMap | None = None
     sources: list[Any] = field(default_factory=list)  # segment: label_sources (copies of one voxel are one place)
     grounds: list[str] | None = None  # segment: label_grounds (copies of one label map beside each date: one ground)
+    units: np.ndarray | None = None  # classify, volumes: subject_units (a subject's sequences train or test together)
 
     @property
     def background(self) -> int | None:
@@ -116,7 +117,8 @@ def load_classify_task(recipe: Recipe, data: str | Path, strict: bool) -> Task:
     catalog = Catalog(records=records, problems=[], kind=recipe.data.kind, band_names=records[0].band_names,
                       wavelengths=records[0].wavelengths, bandwidths=records[0].bandwidths)
     nd = 3 if recipe.data.kind == "volume" else 2
-    return Task("classify", catalog, records, labels, names, nd)
+    units = subject_units([r.path for r in records], labels, names) if nd == 3 else None
+    return Task("classify", catalog, records, labels, names, nd, units=units)
 
 
 def labels_config(recipe: Recipe, budget: Budget, seed: int, split: str) -> Any:
@@ -128,10 +130,8 @@ def labels_config(recipe: Recipe, budget: Budget, seed: int, split: str) -> Any:
 def make_split(task: Task, recipe: Recipe, budget: Budget, seed: int, split: str) -> Split:
     """The training and test rows of one (budget, seed), drawn as ``finetune`` draws them."""
     if task.kind == "classify":
-        units = (subject_units([r.path for r in task.records], task.values, task.class_names)
-                 if task.spatial_dims == 3 else None)  # a subject's sequences train or test together
         train, test, notes = split_images(task.values, budget.per_class, budget.fraction, seed, task.class_names,
-                                          recipe.labels.test_fraction, units)
+                                          recipe.labels.test_fraction, task.units)
         return Split(budget, seed, train, test, notes)
     lab = labels_config(recipe, budget, seed, split)
     selection = select_labels(task.arrays, task.masks, lab, paths=task.label_paths, sources=task.sources,

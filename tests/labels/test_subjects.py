@@ -123,3 +123,13 @@ def test_finetune_classify_on_subject_folders_trains_and_tests_whole_subjects(tm
     with open(tmp_path / "pred" / "predictions.csv", newline="") as fh:  # replaced, not kept beside the new rows
         names = sorted(Path(r["file"]).name for r in csv.DictReader(fh))  # (another model's row stays)
     assert names == ["Flair_subtrMeanDivStd.nii.gz", *[f"p{i}" for i in range(1, 7)]]
+    cmp = runner.invoke(app, ["compare", "none", "--recipe", "recipes/mae_mri.yaml", "--data", str(data), "--out",
+                              str(tmp_path / "cmp"), "--labels-per-class", "1", "--seeds", "0,1", "--protocol",
+                              "linear", "--no-baselines", *[a for s in sets for a in ("--set", s)]])
+    assert cmp.exit_code == 0, cmp.output
+    for seed in (0, 1):  # compare's draws hold whole subjects too
+        with np.load(tmp_path / "cmp" / "selections" / f"k1_seed{seed}.npz") as z:
+            paths = json.loads(str(z["meta"]))["paths"]
+            trained = {Path(paths[i]).parent.name for i in z["train_index"]}
+            tested = {Path(paths[i]).parent.name for i in z["test_index"]}
+        assert len(trained) == 2 and len(tested) == 4 and not trained & tested

@@ -23,8 +23,10 @@ def budget_of(row: Row) -> float:
     return float(row["labels_per_class"] or row["label_fraction"])
 
 
-def budget_label(rows: Sequence[Row]) -> str:
-    return "labels per class" if any(r["labels_per_class"] for r in rows) else "label fraction"
+def budget_label(rows: Sequence[Row], counted: str = "labels") -> str:
+    """The budget axis' name; ``counted``: what a budget per class counts ("subjects" where a subject's volumes are
+    one unit of the split)."""
+    return f"{counted} per class" if any(r["labels_per_class"] for r in rows) else "label fraction"
 
 
 def grouped(rows: Sequence[Row], metric: str) -> dict[tuple[str, str], dict[float, dict[int, float]]]:
@@ -198,17 +200,18 @@ def strongest(mine: dict[int, float], baselines: Sequence[tuple[str, str]], grou
 
 
 def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str, background: bool = False,
-                 held_out: Sequence[str] = (), others: Sequence[str] = (), short: Sequence[str] = ()) -> str:
+                 held_out: Sequence[str] = (), others: Sequence[str] = (), short: Sequence[str] = (),
+                 counted: str = "labels") -> str:
     """``summary.md``; ``background``: the volumes' ``dice`` leaves out label value 0 (said in the text);
     ``held_out``: the lines naming each seed's test images (``images`` split); ``others``: the encoders of another
     architecture than ``none``'s (:func:`paired_lines`); ``short``: the classes a budget's draws left short of it
-    (:func:`geomed_ssl.compare.task.shortfalls`)."""
+    (:func:`geomed_ssl.compare.task.shortfalls`); ``counted``: see :func:`budget_label`."""
     fore = " (mean over the classes other than the background, label value 0)" if background else ""
     against = baseline_lines(rows, metric)
     return "\n".join([
         "# geomed-ssl compare", "",
         f"Metric: {metric}{fore} on the test {unit}s of each run; {split} split; "
-        f"{budget_label(rows)} across, mean ± std over seeds (sample std; one seed: its value). `*`: the encoder's "
+        f"{budget_label(rows, counted)} across, mean ± std over seeds (sample std; one seed: its value). `*`: the encoder's "
         "best protocol (its line in curve.png), the highest mean on these test samples: the 'best' rows below are "
         "picked on the numbers they report, so they lean optimistic; to report a margin, fix the protocol on other "
         "seeds first.", "",
@@ -250,8 +253,9 @@ def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str, backgr
 
 
 def write_summary(path: Path, rows: Sequence[Row], metric: str, split: str, unit: str, background: bool = False,
-                  held_out: Sequence[str] = (), others: Sequence[str] = (), short: Sequence[str] = ()) -> None:
-    atomic_write_text(path, summary_text(rows, metric, split, unit, background, held_out, others, short))
+                  held_out: Sequence[str] = (), others: Sequence[str] = (), short: Sequence[str] = (),
+                  counted: str = "labels") -> None:
+    atomic_write_text(path, summary_text(rows, metric, split, unit, background, held_out, others, short, counted))
 
 
 def short_name(encoder: str) -> str:
@@ -260,10 +264,11 @@ def short_name(encoder: str) -> str:
     return encoder if len(parts) <= 2 else str(Path(*parts[-2:]))
 
 
-def write_curve(path: Path, rows: Sequence[Row], metric: str, short: Collection[float] = ()) -> None:
+def write_curve(path: Path, rows: Sequence[Row], metric: str, short: Collection[float] = (),
+                counted: str = "labels") -> None:
     """``curve.png``: metric vs budget (log axis), one line per encoder / baseline at its best protocol, mean
     over seeds with a ± std band (kept inside [0, 1]); the budgets of ``short`` (some class had fewer labels than
-    they ask) marked † on the axis."""
+    they ask) marked † on the axis; ``counted``: see :func:`budget_label`."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -285,7 +290,7 @@ def write_curve(path: Path, rows: Sequence[Row], metric: str, short: Collection[
     ticks = sorted({b for g in groups.values() for b in g})
     ax.set_xticks(ticks, labels=[fraction_text(b) + (" †" if b in short else "") for b in ticks])
     ax.minorticks_off()
-    ax.set_xlabel(budget_label(rows))
+    ax.set_xlabel(budget_label(rows, counted))
     ax.set_ylabel(metric)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")

@@ -406,6 +406,6 @@ def _run_compare(options: CompareOptions, out: Path, inputs: dict[str, Any], ima
                                  {name: s.encoder.config for name, s in sources.items()})
     every = with_earlier_splits(out, splits, results.rows)  # budgets of earlier compares into the folder too
     write_summary(out / "summary.md", results.rows, metric, options.split, task.unit, task.background is not None,
-                  held_out, others, shortfalls(every))
-    write_curve(out / "curve.png", results.rows, metric, short_budgets(every))
+                  held_out, others, shortfalls(every), task.counted)
+    write_curve(out / "curve.png", results.rows, metric, short_budgets(every), task.counted)
     return CompareResult(out, results.rows, metric, table(results.rows, metric), done, others)

@@ -73,6 +73,11 @@ class Task:
     units: np.ndarray | None = None  # classify, volumes: subject_units (a subject's sequences train or test together)
 
     @property
+    def counted(self) -> str:
+        """What a budget per class counts: "subjects" where some subject's volumes are one unit, else "labels"."""
+        return "subjects" if self.units is not None and len(np.unique(self.units)) < len(self.units) else "labels"
+
+    @property
     def background(self) -> int | None:
         """The class index a volume's ``dice`` leaves out (label value 0), if any (see ``background_index``)."""
         if self.kind != "segment" or self.class_map is None:

@@ -133,3 +133,4 @@ def test_finetune_classify_on_subject_folders_trains_and_tests_whole_subjects(tm
             trained = {Path(paths[i]).parent.name for i in z["train_index"]}
             tested = {Path(paths[i]).parent.name for i in z["test_index"]}
         assert len(trained) == 2 and len(tested) == 4 and not trained & tested
+    assert "subjects per class across" in (tmp_path / "cmp" / "summary.md").read_text()  # what the budget counts

@@ -169,6 +169,10 @@ def check_saved_selection(task: Task, folder: Path, split: Split) -> None:
     except (DataError, KeyError, ValueError, IndexError):
         train, test = np.zeros(0), np.zeros(0)
     if not (np.array_equal(train, split.train) and np.array_equal(test, split.test)):
+        if task.counted == "subjects" and set(task.units[train.astype(int)]) & set(task.units[test.astype(int)]):
+            raise DataError(f"'{path}' holds draws an older geomed-ssl made, which split a subject's volumes "
+                            "between training and test (its rows scored subjects they trained on); choose another "
+                            "--out, or pass --overwrite to start again.")
         raise DataError(f"'{path}' holds other training / test {task.unit}s than this command draws for "
                         f"{split.budget.slug} seed {split.seed} (the labels, the images or labels.* settings "
                         "changed); choose another --out, or pass --overwrite to start again.")

@@ -134,3 +134,12 @@ def test_finetune_classify_on_subject_folders_trains_and_tests_whole_subjects(tm
             tested = {Path(paths[i]).parent.name for i in z["test_index"]}
         assert len(trained) == 2 and len(tested) == 4 and not trained & tested
     assert "subjects per class across" in (tmp_path / "cmp" / "summary.md").read_text()  # what the budget counts
+    with np.load(tmp_path / "cmp" / "selections" / "k1_seed0.npz") as z:  # as a draw made before subjects grouped:
+        saved = dict(z)
+    moved = int(saved["train_index"][0])  # one subject's volume moved to the test side, its other volume trained
+    saved["train_index"], saved["test_index"] = saved["train_index"][1:], np.sort([*saved["test_index"], moved])
+    np.savez(tmp_path / "cmp" / "selections" / "k1_seed0.npz", **saved)
+    again = runner.invoke(app, ["compare", "none", "--recipe", "recipes/mae_mri.yaml", "--data", str(data), "--out",
+                                str(tmp_path / "cmp"), "--labels-per-class", "1", "--seeds", "0,1", "--protocol",
+                                "linear", "--no-baselines", *[a for s in sets for a in ("--set", s)]])
+    assert again.exit_code == 2 and "split a subject's volumes" in again.output, again.output

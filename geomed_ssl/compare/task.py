@@ -29,8 +29,8 @@ from geomed_ssl.labels.classes import scan_classes
 from geomed_ssl.labels.pairs import label_grounds, label_sources, read_label_pairs
 from geomed_ssl.windows.splits import label_groups
 from geomed_ssl.labels.draws import ClassMap, labelled_pixels, unique_ints
-from geomed_ssl.labels.sampling import (LabelSelection, select_labels, split_images, subject_units,
-                                       training_area_maps)
+from geomed_ssl.labels.sampling import LabelSelection, select_labels, split_images, training_area_maps
+from geomed_ssl.labels.subjects import subject_units
 
 log = logging.getLogger("geomed_ssl")
 

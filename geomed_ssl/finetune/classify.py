@@ -24,7 +24,8 @@ from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, cla
                                      not_evaluated, save_recipe, seed_new_head, with_encoder_naming)
 from geomed_ssl.files.listing import content_key
 from geomed_ssl.labels.classes import class_inputs, image_name, scan_classes
-from geomed_ssl.labels.sampling import BUDGET_NOTE, split_images, subject_units
+from geomed_ssl.labels.sampling import BUDGET_NOTE, split_images
+from geomed_ssl.labels.subjects import subject_units
 from geomed_ssl.finetune.trained import untested_images
 from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix, write_metrics
 from geomed_ssl.models.cls_heads import ClassificationModel

@@ -13,11 +13,6 @@ is tested at no other date.
 from __future__ import annotations
 
 import json
-import logging
-import os
-import re
-import unicodedata
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,13 +23,11 @@ from geomed_ssl.errors import ConfigError, DataError
 from geomed_ssl.labels.draws import (ClassMap, Names, labelled_pixels, sample_fraction, sample_per_class,
                                      stratified_subset, unique_ints)
 from geomed_ssl.windows.splits import SPLITS, ground_keys, training_maps, training_pool
-from geomed_ssl.once import said_set
 from geomed_ssl.outfiles import atomic_path
 
 # Where a label array's positions come from in its file: per-axis indices into the file's grid, and its shape
 Sources = tuple[tuple[np.ndarray, ...], tuple[int, ...]]
 
-log = logging.getLogger("geomed_ssl")
 
 __all__ = ["LabelSelection", "check_labels_config", "sample_images_per_class", "select_labels", "training_area_maps"]
 
@@ -289,8 +282,8 @@ def split_images(labels: np.ndarray, per_class: int | None, fraction: float | No
                  unit: str = "image") -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(train indices, test indices, notes) of a class-folder dataset: ``per_class`` images per class (at most half
     of a class) or ``fraction`` of each class (at least one), the rest test, subsampled by ``test_fraction``.
-    ``units`` (per image, from :func:`subject_units`): images sharing a unit train or test together, and the budget
-    counts units (subjects)."""
+    ``units`` (per image, from :func:`~geomed_ssl.labels.subjects.subject_units`): images sharing a unit train or
+    test together, and the budget counts units (subjects)."""
     labels = np.asarray(labels, np.int64)
     if units is not None and np.unique(units).size < labels.size:
         _, first, inverse = np.unique(units, return_index=True, return_inverse=True)
@@ -308,66 +301,6 @@ def split_images(labels: np.ndarray, per_class: int | None, fraction: float | No
     if test_fraction is not None and test.size:
         test = stratified_subset(test, labels, float(test_fraction), seed)
     return np.sort(train).astype(np.int64), np.sort(test).astype(np.int64), notes
-
-
-SUBJECT_FILES = 16  # the most images one folder may hold to count as one subject's sequences
-_SAID_SUBJECTS = said_set()
-
-
-def subject_units(paths: Sequence[str], labels: np.ndarray, names: Sequence[str]) -> np.ndarray:
-    """Per image, the unit a class-folder split draws (an image index): each image its own, except the images of one
-    subject folder, which share one. A subject folder (not a class folder: not named as a class of ``names``) holds
-    2-16 images of one class, each of another kind (its sequences: names that differ in more than a number once the
-    subject's name or number is taken out; T1 / T2 count as names), and another folder holds images of the same kinds
-    (``p1/Flair.nii.gz``, ``p1/T1c.nii.gz``, ``p2/Flair.nii.gz``, ...; ``BraTS20_001/BraTS20_001_t1.nii.gz``). Split
-    apart they would test the model on subjects it trained on. Warns once, with the ``data.channels`` that stacks
-    each subject into one image."""
-    labels = np.asarray(labels)
-    units = np.arange(len(paths))
-    folders: dict[str, list[int]] = {}
-    for i, p in enumerate(paths):
-        folders.setdefault(os.path.dirname(os.path.abspath(p)), []).append(i)
-    classes = {unicodedata.normalize("NFC", n).casefold() for n in names}
-    kinds = {}
-    for folder, idx in folders.items():
-        kind = tuple(sorted(k.casefold() for k in _kinds(folder, idx, paths)))
-        if (2 <= len(idx) <= SUBJECT_FILES and len(set(kind)) == len(kind) and np.unique(labels[idx]).size == 1
-                and len({_numberless(k) for k in kind}) > 1  # T1w, FLAIR; not 001, case_2
-                and unicodedata.normalize("NFC", os.path.basename(folder)).casefold() not in classes):
-            kinds[folder] = kind
-    shared = {kind for kind, n in Counter(kinds.values()).items() if n >= 2}
-    subjects = [f for f, kind in kinds.items()  # a subject missing a sequence of the others' too
-                if kind in shared or any(set(kind) < set(full) for full in shared)]
-    for folder in subjects:
-        units[folders[folder]] = folders[folder][0]
-    if subjects and tuple(subjects) not in _SAID_SUBJECTS:
-        _SAID_SUBJECTS.add(tuple(subjects))
-        globs = ",".join(k.replace("#", "*") for k in sorted(_kinds(subjects[0], folders[subjects[0]], paths),
-                                                              key=str.casefold))
-        log.warning(f"warning: {len(subjects)} folders hold one subject's images each (e.g. '{subjects[0]}': "
-                    f"{', '.join(os.path.basename(paths[i]) for i in folders[subjects[0]])}): each image is "
-                    "classified on its own, and a subject's images train or test together, so labels.per_class, "
-                    "labels.fraction and labels.test_fraction count subjects. To classify each subject from all its "
-                    f'images at once, stack them: --set "data.channels=[{globs}]".')
-    return units
-
-
-def _numberless(kind: str) -> str:
-    """A kind with its numbers as ``#``, except a weighting's (``T1w``, ``_t2``: a T that starts a word)."""
-    return re.sub(r"\d+", lambda m: m.group() if m.start() and kind[m.start() - 1] in "Tt"
-                  and not kind[max(m.start() - 2, 0):m.start() - 1].isalpha() else "#", kind)
-
-
-def _kinds(folder: str, members: Sequence[int], paths: Sequence[str]) -> list[str]:
-    """What kind of image each file of a subject folder is, alike across subjects: its name with the subject's name
-    (the folder's or its parent's, as in ``sub-01/anat/sub-01_T1w``) as ``#``, then with the runs of digits that
-    every name of the folder still holds (the subject's number) as ``#``."""
-    names = [os.path.basename(paths[i]) for i in members]
-    for subject in (os.path.basename(folder), os.path.basename(os.path.dirname(folder))):
-        if len(subject) >= 2 and all(subject in n for n in names):
-            names = [n.replace(subject, "#") for n in names]
-    common = set.intersection(*(set(re.findall(r"\d+", n)) for n in names))
-    return ["".join("#" if p in common else p for p in re.split(r"(\d+)", n)) for n in names]
 
 
 def check_drew_some(train: np.ndarray, unit: str, per_class: int | None, fraction: float | None,

@@ -14,7 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from geomed_ssl.cli import app
-from geomed_ssl.labels.sampling import split_images, subject_units
+from geomed_ssl.labels.sampling import split_images
+from geomed_ssl.labels.subjects import subject_units
 from geomed_ssl.once import forget_said
 from tests.conftest import TINY
 
@@ -44,6 +45,14 @@ def test_the_sequences_of_one_subject_folder_share_a_unit_and_the_warning_says_h
      [0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8], "*_flair.nii.gz,*_t1.nii.gz,*_t1ce.nii.gz,*_t2.nii.gz"),  # one missing
     (["h/p1/Flair.nii.gz", "h/p1/T1c.nii.gz", "h/p2/flair.nii.gz", "h/p2/t1c.nii.gz"], [0, 0, 2, 2],
      "Flair.nii.gz,T1c.nii.gz"),  # names spelled in other cases
+    ([f"h/case{s}_{q}.nii.gz" for s in (1, 2, 3) for q in ("t1", "t2")], [0, 0, 2, 2, 4, 4],
+     "*_t1.nii.gz,*_t2.nii.gz"),  # side by side in the class folder, named by case
+    ([f"h/sub-{s:02d}_{q}.nii" for s in (1, 2) for q in ("FLAIR", "T1w", "T2w")] + ["h/sub-03_T1w.nii"],
+     [0, 0, 0, 3, 3, 3, 6], "*_FLAIR.nii,*_T1w.nii,*_T2w.nii"),  # BIDS names; a case missing sequences
+    ([f"h/case_{s:03d}_{c:04d}.nii.gz" for s in range(3) for c in range(2)], [0, 0, 2, 2, 4, 4],
+     "*_0000.nii.gz,*_0001.nii.gz"),  # nnU-Net's channels
+    (["h/case1_t1.nii.gz", "h/case1_t2.nii.gz", "l/case2_T1.nii.gz", "l/case2_T2.nii.gz"], [0, 0, 2, 2],
+     "*_t1.nii.gz,*_t2.nii.gz"),  # one case in each class folder
 ])
 def test_subject_names_and_numbers_in_the_file_names_still_group(paths, units, globs, caplog) -> None:
     forget_said()
@@ -62,6 +71,10 @@ def test_subject_names_and_numbers_in_the_file_names_still_group(paths, units, g
     ([f"{c}/imagesTr/case_{i}_0000.nii.gz" for c in ("h", "l") for i in range(3)], [0] * 3 + [1] * 3, None),
     (["h/p1/a.nii.gz", "h/p1/b.nii.gz", "h/p2/c.nii.gz", "h/p2/d.nii.gz"], [0, 0, 0, 0], None),  # no kind repeats
     (["h/p1/scan1.nii.gz", "h/p1/scan2.nii.gz", "h/p2/scan1.nii.gz"], [0, 0, 0], None),  # another set of kinds
+    ([f"h/site{s}_{i:03d}.nii.gz" for s in "AB" for i in range(3)], [0] * 6, None),  # cases numbered by site
+    ([f"h/site{s}_case{i}.nii.gz" for s in "AB" for i in range(3)], [0] * 6, None),
+    (["h/brain_t1.nii.gz", "h/brain_t2.nii.gz", "h/knee_pd.nii.gz"], [0] * 3, None),  # no case's kinds recur
+    (["h/case1_t1.nii.gz", "l/case1_t2.nii.gz", "h/case2_t1.nii.gz", "l/case2_t2.nii.gz"], [0, 1, 0, 1], None),
 ])
 def test_folders_that_are_not_one_subjects_sequences_are_not_grouped(paths, labels, names) -> None:
     assert subject_units(paths, np.array(labels), names or ["Forest", "River"]).tolist() == list(range(len(paths)))
@@ -143,3 +156,33 @@ def test_finetune_classify_on_subject_folders_trains_and_tests_whole_subjects(tm
                                 str(tmp_path / "cmp"), "--labels-per-class", "1", "--seeds", "0,1", "--protocol",
                                 "linear", "--no-baselines", *[a for s in sets for a in ("--set", s)]])
     assert again.exit_code == 2 and "split a subject's volumes" in again.output, again.output
+
+
+def test_finetune_classify_on_cases_side_by_side_trains_whole_cases_and_the_suggested_stack_reads(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    data = tmp_path / "flat"
+    for c, cases in (("healthy", (1, 2, 3)), ("lesion", (4, 5, 6))):
+        (data / c).mkdir(parents=True)
+        for i in cases:
+            for seq in ("flair", "t1"):
+                vol = rng.normal(float(c == "lesion"), 1.0, (16, 16, 16)).astype(np.float32)
+                nib.save(nib.Nifti1Image(vol, np.eye(4)), str(data / c / f"case{i}_{seq}.nii.gz"))
+    sets = [*TINY, "data.patch_size=16", "finetune.max_steps=2", "finetune.warmup_steps=1", "finetune.batch_size=2",
+            "labels.seed=3"]
+    args = ["finetune", "classify", "recipes/mae_mri.yaml", "--encoder", "none", "--data", str(data),
+            "--labels-per-class", "1", "--linear-probe", *[a for s in sets for a in ("--set", s)]]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "ft")])
+    assert result.exit_code == 0, result.output
+    assert "6 subjects' images lie side by side" in result.output
+    assert '"data.channels=[*_flair.nii.gz,*_t1.nii.gz]"' in result.output
+    with np.load(tmp_path / "ft" / "labels_used.npz") as z:
+        paths = json.loads(str(z["meta"]))["paths"]
+        trained = {Path(paths[i]).name.split("_")[0] for i in z["train_index"]}
+        tested = {Path(paths[i]).name.split("_")[0] for i in z["test_index"]}
+    assert len(trained) == 2 and len(tested) == 4 and not trained & tested
+    stacked = runner.invoke(app, [*args, "--out", str(tmp_path / "ft2"), "--set",
+                                  "data.channels=[*_flair.nii.gz,*_t1.nii.gz]"])  # as the warning suggests
+    assert stacked.exit_code == 0, stacked.output
+    assert "side by side" not in stacked.output
+    with np.load(tmp_path / "ft2" / "labels_used.npz") as z:
+        assert len(json.loads(str(z["meta"]))["paths"]) == 6  # one 2-channel image per case

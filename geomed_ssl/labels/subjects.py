@@ -17,6 +17,7 @@ from geomed_ssl.once import said_set
 
 log = logging.getLogger("geomed_ssl")
 
+_BIDS_SUBJECT = re.compile(r"sub-[A-Za-z0-9]+")
 SUBJECT_FILES = 16  # the most images one folder may hold to count as one subject's sequences
 _SAID_SUBJECTS = said_set()
 
@@ -29,7 +30,9 @@ def subject_units(paths: Sequence[str], labels: np.ndarray, names: Sequence[str]
       out; T1 / T2 count as names; nnU-Net's channels ``_0000``, ``_0001``), where another folder holds images of the
       same kinds (``p1/Flair.nii.gz``, ``p1/T1c.nii.gz``, ``p2/Flair.nii.gz``, ...; ``BraTS20_001/BraTS20_001_t1``);
     - or, in another folder, the files whose names share a case before their last ``_`` (else ``-``) and are such a
-      set of kinds after it, as another case's are (``case1_t1``, ``case1_t2``, ``case2_t1``, ...).
+      set of kinds after it, as another case's are (``case1_t1``, ``case1_t2``, ``case2_t1``, ...);
+    - and, joining the above, the images of one BIDS subject of one class: under one ``sub-<label>`` folder (its
+      sessions, ``sub-01/ses-1/anat/...``) or named ``sub-<label>_...`` in one folder.
     Warns once, with the ``data.channels`` that stacks each subject into one image."""
     labels = np.asarray(labels)
     units = np.arange(len(paths))
@@ -51,6 +54,7 @@ def subject_units(paths: Sequence[str], labels: np.ndarray, names: Sequence[str]
                                                if _sequences(kind, labels[named[key]])})]
     for members in [*subjects.values(), *cases]:
         units[members] = members[0]
+    sessions = _join_bids_subjects(paths, labels, units)
     if subjects and tuple(subjects) not in _SAID_SUBJECTS:
         _SAID_SUBJECTS.add(tuple(subjects))
         first = next(iter(subjects))
@@ -63,7 +67,43 @@ def subject_units(paths: Sequence[str], labels: np.ndarray, names: Sequence[str]
         case = _case_and_kind(_bare(files[0]))[0]
         _warn_subjects(f"{len(cases)} subjects' images lie side by side in their folders, named by case (e.g. "
                        f"'{os.path.dirname(paths[cases[0][0]])}'", files, ["*" + f[len(case):] for f in files])
+    if sessions and tuple(sessions) not in _SAID_SUBJECTS:
+        _SAID_SUBJECTS.add(tuple(sessions))
+        first = next(iter(sessions))
+        log.warning(f"warning: {len(sessions)} BIDS subjects have images in several folders or sessions (e.g. "
+                    f"'{first}': {', '.join(os.path.relpath(p, os.path.dirname(first)) for p in sessions[first][:4])}"
+                    f"{', ...' if len(sessions[first]) > 4 else ''}): a subject's images train or test together, and "
+                    "labels.per_class, labels.fraction and labels.test_fraction count subjects.")
     return units
+
+
+def _bids_subject(path: str) -> str | None:
+    """The BIDS subject an image belongs to: the path up to its ``sub-<label>`` folder, or its folder and the
+    ``sub-<label>`` its name starts with; None when neither."""
+    parts = os.path.abspath(path).split(os.sep)
+    for k, part in enumerate(parts[:-1]):
+        if _BIDS_SUBJECT.fullmatch(part):
+            return os.sep.join(parts[:k + 1])
+    found = _BIDS_SUBJECT.match(parts[-1])
+    return os.path.join(os.sep.join(parts[:-1]), found.group()) if found and parts[-1][found.end():][:1] == "_" \
+        else None
+
+
+def _join_bids_subjects(paths: Sequence[str], labels: np.ndarray, units: np.ndarray) -> dict[str, list[str]]:
+    """Gives the units of one BIDS subject's images of one class one unit (in place); returns, per subject whose
+    images were in more than one unit, its images."""
+    by_subject: dict[tuple[str, int], list[int]] = {}
+    for i, p in enumerate(paths):
+        subject = _bids_subject(p)
+        if subject is not None:
+            by_subject.setdefault((subject, int(labels[i])), []).append(i)
+    joined = {}
+    for (subject, _), members in by_subject.items():
+        apart = np.unique(units[members])
+        if apart.size > 1:
+            units[np.isin(units, apart)] = apart[0]
+            joined[subject] = [paths[i] for i in members]
+    return joined
 
 
 def _warn_subjects(found: str, files: Sequence[str], globs: Sequence[str]) -> None:

@@ -80,6 +80,24 @@ def test_folders_that_are_not_one_subjects_sequences_are_not_grouped(paths, labe
     assert subject_units(paths, np.array(labels), names or ["Forest", "River"]).tolist() == list(range(len(paths)))
 
 
+@pytest.mark.parametrize("paths, labels, units", [
+    ([f"h/sub-{s:02d}/ses-{k}/anat/sub-{s:02d}_ses-{k}_T1w.nii.gz" for s in (1, 2, 3) for k in (1, 2)], [0] * 6,
+     [0, 0, 2, 2, 4, 4]),  # one scan per session
+    ([f"h/sub-{s}/ses-{k}/anat/sub-{s}_ses-{k}_{q}.nii.gz" for s in "AB" for k in (1, 2) for q in ("T1w", "T2w")],
+     [0] * 8, [0] * 4 + [4] * 4),  # sequences and sessions
+    ([f"h/sub-{s:02d}_ses-{k}_{q}.nii" for s in (1, 2) for k in (1, 2) for q in ("T1w", "FLAIR")], [0] * 8,
+     [0] * 4 + [4] * 4),  # side by side
+    (["h/sub-01/ses-1/t1.nii", "l/sub-01/ses-2/t1.nii"], [0, 1], [0, 1]),  # one subject in two classes: apart
+    (["h/siteA/sub-01/t1.nii", "h/siteB/sub-01/t1.nii", "h/sub-01x.nii", "h/sub-01x_2.nii"], [0] * 4,
+     [0, 1, 2, 3]),  # two sites' sub-01; names that are no BIDS subject's
+])
+def test_the_sessions_of_one_bids_subject_train_or_test_together(paths, labels, units, caplog) -> None:
+    forget_said()
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        assert subject_units(paths, np.array(labels), ["h", "l"]).tolist() == units
+    assert ("BIDS subjects have images in several" in caplog.text) == (units != list(range(len(paths))))
+
+
 @pytest.mark.parametrize("per_class, fraction", [(1, None), (2, None), (None, 0.5)])
 def test_a_split_by_subject_never_puts_one_subjects_images_on_both_sides(per_class, fraction) -> None:
     units = subject_units(BRATS, BRATS_LABELS, ["healthy", "lesion"])

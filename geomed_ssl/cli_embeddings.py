@@ -90,10 +90,14 @@ def similar(
     emb_dir: Path = typer.Argument(..., metavar="EMB_DIR", help="An embedding folder (from `geomed-ssl embed`)."),
     query: Path = typer.Option(..., "--query", help="The query file (GeoTIFF or NIfTI)."),
     box: Optional[str] = typer.Option(None, "--box", help="A box in it: ROW,COL,H,W (rasters) or I,J,K,DI,DJ,DK "
-                                      "(volumes: voxel indices and sizes along the RAS axes i=Right, j=Anterior, "
-                                      "k=Superior, as the stored `box` column); default the whole file."),
-    at: Optional[str] = typer.Option(None, "--at", help="Or a map point X,Y of the query raster (in its CRS, or "
-                                     "--at-crs): the stored grid's window nearest it, or the patch cell under it."),
+                                      "(volumes: voxel indices and sizes along the reader's RAS axes i=Right, "
+                                      "j=Anterior, k=Superior, after data.spacing resampling, as the stored `box` "
+                                      "column: not a viewer's voxel indices of a file stored otherwise, e.g. LPS); "
+                                      "default the whole file."),
+    at: Optional[str] = typer.Option(None, "--at", help="Or a point: X,Y on the query raster's map (in its CRS, or "
+                                     "--at-crs), or X,Y,Z in the query volume's world mm (its NIfTI affine's, as a "
+                                     "viewer's world / RAS coordinates): the stored grid's window nearest it, or the "
+                                     "patch cell under it."),
     at_crs: Optional[str] = typer.Option(None, "--at-crs", help="The CRS of --at, e.g. EPSG:4326 (lon,lat)."),
     top: int = typer.Option(10, "--top", help="Number of neighbours."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default EMB_DIR/search/<query>)."),

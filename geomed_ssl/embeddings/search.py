@@ -78,17 +78,23 @@ def parse_box(text: str | Sequence[int] | None, nd: int) -> list[int] | None:
     return box
 
 
-def parse_at(at: str | Sequence[float], nd: int, level: str, at_crs: str | None = None) -> tuple[float, float]:
-    """``--at X,Y`` -> (x, y), for embeddings of rasters at window or patch level (refused otherwise), and
-    ``at_crs`` checked to be a CRS (before the query is read)."""
-    if nd != 2 or level == "image":
-        raise ConfigError("--at picks a window or patch cell of a georeferenced raster by a map point: "
-                          + ("these are volume embeddings; give --box I,J,K,DI,DJ,DK." if nd != 2 else
-                             "at --level image each file is one row; give --query alone."))
+def parse_at(at: str | Sequence[float], nd: int, level: str, at_crs: str | None = None) -> tuple[float, ...]:
+    """``--at X,Y`` (rasters: a map point) or ``X,Y,Z`` (volumes: a world point in mm, as the NIfTI affine and the
+    stored x, y, z give it) -> floats, for embeddings at window or patch level (refused at image level), and
+    ``at_crs`` checked to be a CRS, of rasters only (before the query is read)."""
+    if level == "image":
+        raise ConfigError("--at picks a window or patch cell by a point: at --level image each file is one row; give "
+                          "--query alone.")
+    form = "X,Y, a map point in the query file's CRS (or --at-crs)" if nd == 2 else \
+        "X,Y,Z, a world point in mm as the NIfTI header's affine gives it (a viewer's world / RAS coordinates)"
     try:
-        x, y = (float(v) for v in (at.split(",") if isinstance(at, str) else at))
+        point = tuple(float(v) for v in (at.split(",") if isinstance(at, str) else at))
     except (TypeError, ValueError):
-        raise ConfigError(f"--at '{at}': expected X,Y, a map point in the query file's CRS (or --at-crs).") from None
+        point = ()
+    if len(point) != nd or not all(math.isfinite(v) for v in point):
+        raise ConfigError(f"--at '{at}': expected {form}.")
+    if at_crs is not None and nd != 2:
+        raise ConfigError("--at-crs is for rasters' map points; a volume's --at is in its world mm.")
     if at_crs is not None:
         from rasterio.crs import CRS
         from rasterio.errors import CRSError
@@ -97,17 +103,50 @@ def parse_at(at: str | Sequence[float], nd: int, level: str, at_crs: str | None 
             CRS.from_user_input(at_crs)
         except CRSError as err:
             raise ConfigError(f"--at-crs '{at_crs}': {err}") from None
-    return x, y
+    return point
 
 
-def box_at(point: tuple[float, float], record: FileRecord, emb: Embedder, at_crs: str | None = None) -> list[int]:
-    """A map point (x, y) of the raster ``record`` (in its CRS, or ``at_crs``) -> the box of a stored row: the
-    patch cell under it (``--level patch``), or the window of the embedding's grid whose centre is nearest
-    (``--level window``; near the far edge, the last window of the grid)."""
+def box_at(point: tuple[float, ...], record: FileRecord, emb: Embedder, at_crs: str | None = None) -> list[int]:
+    """A map point (x, y) of the raster ``record`` (in its CRS, or ``at_crs``), or a world point (x, y, z) in mm of
+    the volume ``record`` -> the box of a stored row: the patch cell under it (``--level patch``), or the window of
+    the embedding's grid whose centre is nearest (``--level window``; near the far edge, the last window of the
+    grid)."""
+    from geomed_ssl.windows.tiling import grid_starts
+
+    pos = _raster_position(point, record, at_crs) if emb.nd == 2 else _volume_position(point, record, emb)
+    if emb.level == "patch":  # the cells tile the file from its origin
+        return [int(v) - int(v) % p for v, p in zip(pos, emb.patch)] + list(emb.patch)
+    starts = [min(grid_starts(size, n, s), key=lambda a: abs(a + n / 2 - v))  # the stored windows' origins
+              for v, size, n, s in zip(pos, emb.shape(record), emb.window, emb.stride)]
+    return starts + list(emb.window)
+
+
+def _volume_position(point: tuple[float, ...], record: FileRecord, emb: Embedder) -> tuple[float, ...]:
+    """A world point (mm) -> its place on the reader's RAS voxel grid (after resampling), voxel i spanning i..i+1."""
+    affine = np.asarray(emb.volume.affine(record), np.float64)
+    vox = np.linalg.solve(affine[:3, :3], np.asarray(point, np.float64) - affine[:3, 3])
+    pos, shape = tuple(float(v) + 0.5 for v in vox), emb.shape(record)
+    if not all(0 <= v < n for v, n in zip(pos, shape)):
+        raise DataError(f"--at {','.join(f'{v:.9g}' for v in point)} (mm) lies outside '{record.path}' (voxel "
+                        f"{', '.join(f'{v - 0.5:.1f}' for v in pos)} of its RAS grid {'x'.join(map(str, shape))}, "
+                        f"whose voxel centres span {_world_span(affine, shape)}): give a point inside the volume, in "
+                        "the world coordinates its NIfTI affine gives (the x, y, z of embeddings.parquet and "
+                        "similar.csv).")
+    return pos
+
+
+def _world_span(affine: np.ndarray, shape: Sequence[int]) -> str:
+    """The world extent (mm) of a grid's voxel centres, per axis: "x -90..90, y -126..90, z -72..108"."""
+    ends = np.array([[(m >> a) & 1 for a in range(3)] for m in range(8)]) * (np.asarray(shape) - 1)
+    world = ends @ affine[:3, :3].T + affine[:3, 3]
+    return ", ".join(f"{ax} {lo:.4g}..{hi:.4g}" for ax, lo, hi in zip("xyz", world.min(0), world.max(0)))
+
+
+def _raster_position(point: tuple[float, ...], record: FileRecord, at_crs: str | None) -> tuple[float, float]:
+    """A map point (in the raster's CRS, or ``at_crs``) -> (row, col) on its pixel grid, pixel r spanning r..r+1."""
     from affine import Affine
 
     from geomed_ssl.geo.grids import placed
-    from geomed_ssl.windows.tiling import grid_starts
 
     x, y = typed = point
     if not placed(record.crs, record.transform):
@@ -128,11 +167,7 @@ def box_at(point: tuple[float, float], record: FileRecord, emb: Embedder, at_crs
         raise DataError(f"--at {typed[0]:.9g},{typed[1]:.9g}{moved} lies outside '{record.path}' (pixel row "
                         f"{row:.1f}, col {col:.1f} of {h} x {w}; CRS {crs_text(record.crs)}): give a point on the "
                         "file, in its CRS or with --at-crs.")
-    if emb.level == "patch":  # the cells tile the file from its origin
-        return [int(v) - int(v) % p for v, p in zip((row, col), emb.patch)] + list(emb.patch)
-    starts = [min(grid_starts(size, n, s), key=lambda a: abs(a + n / 2 - v))  # the stored windows' origins
-              for v, size, n, s in zip((row, col), (h, w), emb.window, emb.stride)]
-    return starts + list(emb.window)
+    return row, col
 
 
 def cosine_top_k(vectors: np.ndarray, query: np.ndarray, k: int,
@@ -221,9 +256,13 @@ def query_vector(emb: Embedder, record: FileRecord, box: list[int] | None) -> tu
     outside = [f"{ax} {a}..{a + n - 1} (0..{s - 1})" for ax, a, n, s in zip(BOX_AXES[nd], box[:nd], box[nd:], shape)
                if a < 0 or a >= s] if box is not None else []
     if outside:
+        grid = f"the file is {'x'.join(map(str, shape))}" if nd == 2 else (
+            f"its RAS grid is {'x'.join(map(str, shape))} (the file on disk: {'x'.join(map(str, record.shape))}, "
+            f"stored {record.orientation or 'in its own order'}"
+            f"{'; resampled to data.spacing' if emb.data_cfg.spacing else ''}): a volume's --box is in that grid, "
+            "as the stored box column; to pick a place seen in a viewer, give --at X,Y,Z in world mm")
         raise DataError(f"--box {','.join(map(str, box))} ({BOX_FORMS[nd]}) starts outside '{record.path}' along "
-                        f"{'; '.join(outside)}; the file is {'x'.join(map(str, shape))} "
-                        f"({' x '.join(BOX_AXES[nd])}).")
+                        f"{'; '.join(outside)}; {grid} ({' x '.join(BOX_AXES[nd])}).")
     if box is not None:  # beyond a window past the far edge there is only padding: the box ends there
         region = box[:nd] + [min(n, s - a + w) for a, n, s, w in zip(box[:nd], box[nd:], shape, emb.window)]
     if emb.level != "patch":
@@ -296,6 +335,12 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
     qvec, region = query_vector(emb, record, box_list)
     exclude = set() if include_self else rows_of_region(emb_dir, manifest, qpath, region if box_list else None, nd)
     idx, sims = cosine_top_k(vectors, qvec, top, exclude)
+    if len(idx) < top and exclude:
+        if not len(idx):
+            raise DataError(f"every stored row ({len(exclude)}) is the query's own, from '{qpath}', so there is "
+                            "nothing else to compare it with: embed a folder with more files, or pass --include-self.")
+        log.warning("warning: %d rows found, not --top %d: the other %d stored rows of '%s' are the query's own "
+                    "(--include-self keeps them).", len(idx), top, len(exclude), qpath)
     cols = read_rows(emb_dir, ["id", "file", "box", "window", "x", "y", "z", "crs"], [int(i) for i in idx])
     hits = [{"rank": r + 1, "score": round(float(s), 6), "id": int(i), "file": cols["file"][r],
              "box": [int(v) for v in cols["box"][r]], "window": [int(v) for v in cols["window"][r]],
@@ -315,7 +360,8 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
         if figure is not None:
             commit_partial(figure, out / "similar.png")
         commit_partial(table, out / "similar.csv")
-    at_text = f" at {point[0]:.9g},{point[1]:.9g}" + (f" ({at_crs})" if at_crs else "") if point else ""
+    at_text = (f" at {','.join(f'{v:.9g}' for v in point)}" + (f" ({at_crs})" if at_crs else " mm" if nd == 3 else "")
+               if point else "")
     lines = [f"query: {query}{at_text}" + (f" box {box_list}" if box_list else "")
              + f"  ({st['level']} level, "
              f"{vectors.shape[0]} rows)", *hit_lines(hits, st["data_dir"], nd)]

@@ -162,9 +162,28 @@ def test_volume_box_is_i_j_k_along_the_ras_axes_like_the_stored_box_column(tmp_p
     result = find_similar(emb, vols / "subject_0.nii.gz", box="16,8,0,16,16,16", top=1, include_self=True,
                           sheet=False)
     assert result.hits[0]["box"] == [16, 8, 0, 16, 16, 16] and result.hits[0]["score"] == pytest.approx(1, abs=1e-5)
-    with pytest.raises(DataError, match=r"starts outside .* along k 20\.\.35 \(0\.\.19\); the file is 32x24x20 "
-                       r"\(i x j x k\)"):
+    with pytest.raises(DataError, match=r"starts outside .* along k 20\.\.35 \(0\.\.19\); its RAS grid is 32x24x20 "
+                       r"\(the file on disk: 32x24x20, stored LPS\).*give --at X,Y,Z in world mm \(i x j x k\)"):
         find_similar(emb, vols / "subject_0.nii.gz", box="0,0,20,16,16,16", top=1, sheet=False)
+    # a viewer shows the file's voxel (8, 10, 5) at world (28, 15, -10) mm; stored LPS, it is RAS voxel (23, 13, 5),
+    # in the stored window at (16, 8, 0), whose centre is nearest
+    at = runner.invoke(app, ["similar", str(emb), "--query", str(vols / "subject_0.nii.gz"), "--at", "28,15,-10",
+                             "--top", "1", "--include-self", "--out", str(tmp_path / "at")])
+    assert at.exit_code == 0, at.output
+    assert "at 28,15,-10 mm box [16, 8, 0, 16, 16, 16]" in at.output
+    with (tmp_path / "at" / "similar.csv").open() as fh:
+        assert next(csv.DictReader(fh))["box"] == "16 8 0 16 16 16"
+    hit = result.hits[0]  # a stored row's x, y, z given back as --at names that row
+    again = find_similar(emb, vols / "subject_0.nii.gz", at=(hit["x"], hit["y"], hit["z"]), top=1, include_self=True,
+                         sheet=False, out_dir=tmp_path / "at2")
+    assert again.hits[0]["box"] == [16, 8, 0, 16, 16, 16] and again.hits[0]["score"] == pytest.approx(1, abs=1e-5)
+    with pytest.raises(DataError, match=r"--at 100,15,-10 \(mm\) lies outside .*subject_0.nii.gz.*x -6\.5\.\.40"):
+        find_similar(emb, vols / "subject_0.nii.gz", at="100,15,-10", sheet=False, out_dir=tmp_path / "at3")
+    for bad_at, message in (("28,15", "expected X,Y,Z"), ("28,15,nan", "expected X,Y,Z")):
+        with pytest.raises(ConfigError, match=message):
+            find_similar(emb, vols / "subject_0.nii.gz", at=bad_at, out_dir=tmp_path / "at4")
+    with pytest.raises(ConfigError, match="a volume's --at is in its world mm"):
+        find_similar(emb, vols / "subject_0.nii.gz", at="28,15,-10", at_crs="EPSG:4326", out_dir=tmp_path / "at4")
     help_text = runner.invoke(app, ["similar", "--help"]).output
     assert "I,J,K,DI,DJ,DK" in help_text and "Z,Y,X" not in help_text
     bad = runner.invoke(app, ["similar", str(emb), "--query", str(vols / "subject_0.nii.gz"), "--box", "1,2,3"])
@@ -427,3 +446,27 @@ def test_a_query_less_valid_than_the_embeddings_min_valid_is_warned_about(archiv
     with caplog.at_level("WARNING", logger="geomed_ssl"):
         find_similar(emb, query, box=[16, 0, 16, 16], top=1, out_dir=tmp_path / "q2", sheet=False)
     assert "min-valid" not in caplog.text
+
+
+def test_a_query_whose_own_rows_are_all_there_is_is_told_so(archive: tuple[Path, Path], tmp_path: Path,
+                                                             caplog) -> None:
+    """An empty table with exit 0 read as "nothing is similar"; fewer hits than --top say why."""
+    import logging
+
+    from geomed_ssl.errors import DataError
+
+    data, enc = archive
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(data / "scene_0.tif", alone / "scene_0.tif")
+    emb = tmp_path / "emb"
+    embed_folder(enc, alone, emb, level="window", stride=16, progress=False)
+    with pytest.raises(DataError, match=r"every stored row \(\d+\) is the query's own.*--include-self"):
+        find_similar(emb, alone / "scene_0.tif", top=2, sheet=False)
+    assert not (emb / "search").exists()  # refused before its folder is made
+    assert find_similar(emb, alone / "scene_0.tif", top=2, include_self=True, sheet=False).hits
+    whole = tmp_path / "whole"
+    embed_folder(enc, data, whole, level="image", progress=False)
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        hits = find_similar(whole, data / "scene_0.tif", top=10, sheet=False).hits
+    assert len(hits) == len(list(data.glob("*.tif"))) - 1 and "not --top 10" in caplog.text

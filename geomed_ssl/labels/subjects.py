@@ -14,10 +14,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from geomed_ssl.once import said_set
+from geomed_ssl.windows.splits import bids_subject
 
 log = logging.getLogger("geomed_ssl")
 
-_BIDS_SUBJECT = re.compile(r"sub-[A-Za-z0-9]+")
 SUBJECT_FILES = 16  # the most images one folder may hold to count as one subject's sequences
 _SAID_SUBJECTS = said_set()
 
@@ -77,24 +77,12 @@ def subject_units(paths: Sequence[str], labels: np.ndarray, names: Sequence[str]
     return units
 
 
-def _bids_subject(path: str) -> str | None:
-    """The BIDS subject an image belongs to: the path up to its ``sub-<label>`` folder, or its folder and the
-    ``sub-<label>`` its name starts with; None when neither."""
-    parts = os.path.abspath(path).split(os.sep)
-    for k, part in enumerate(parts[:-1]):
-        if _BIDS_SUBJECT.fullmatch(part):
-            return os.sep.join(parts[:k + 1])
-    found = _BIDS_SUBJECT.match(parts[-1])
-    return os.path.join(os.sep.join(parts[:-1]), found.group()) if found and parts[-1][found.end():][:1] == "_" \
-        else None
-
-
 def _join_bids_subjects(paths: Sequence[str], labels: np.ndarray, units: np.ndarray) -> dict[str, list[str]]:
     """Gives the units of one BIDS subject's images of one class one unit (in place); returns, per subject whose
     images were in more than one unit, its images."""
     by_subject: dict[tuple[str, int], list[int]] = {}
     for i, p in enumerate(paths):
-        subject = _bids_subject(p)
+        subject = bids_subject(p)
         if subject is not None:
             by_subject.setdefault((subject, int(labels[i])), []).append(i)
     joined = {}

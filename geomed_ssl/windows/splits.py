@@ -7,19 +7,39 @@ patient or a new scene. Both repair the draw so a class found in two or more uni
 and test ones, and a class found in one unit trains.
 
 Images that share one label file (one scene at several dates) are one ground: they share blocks, count as one image
-for ``images``, and a position trained on at one date is tested at no other date.
+for ``images``, and a position trained on at one date is tested at no other date. ``images`` also keeps the label
+files of one BIDS subject together (its sessions: :func:`bids_subject`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from typing import Sequence
 
 import numpy as np
 
 from geomed_ssl.errors import ConfigError, DataError
+from geomed_ssl.once import said_set
 
+log = logging.getLogger("geomed_ssl")
 SPLITS = ("random", "blocks", "images")
+_BIDS_SUBJECT = re.compile(r"sub-[A-Za-z0-9]+")
+_SAID_SESSIONS = said_set()
+
+
+def bids_subject(path: str) -> str | None:
+    """The BIDS subject a file belongs to: the path up to its ``sub-<label>`` folder (``.../sub-01/ses-1/anat/x``),
+    or its folder and the ``sub-<label>`` its name starts with (``.../sub-01_ses-1_T1w.nii.gz``); None when neither."""
+    parts = os.path.abspath(path).split(os.sep)
+    for k, part in enumerate(parts[:-1]):
+        if _BIDS_SUBJECT.fullmatch(part):
+            return os.sep.join(parts[:k + 1])
+    found = _BIDS_SUBJECT.match(parts[-1])
+    if found and parts[-1][found.end():found.end() + 1] == "_":
+        return os.path.join(os.sep.join(parts[:-1]), found.group())
+    return None
 
 
 def _block_grid(shape: Sequence[int], block_size: int) -> tuple[int, ...]:
@@ -207,9 +227,23 @@ def training_maps(split: str, shapes: Sequence[Sequence[int]], block_size: int, 
         return [_expand(train_blocks[start:start + int(np.prod(_block_grid(s, block_size)))], s, block_size)
                 for s, start in zip(shapes, offsets)]
     if split == "images":
-        train = _training_images(seed, files, values, group)
+        train = _training_images(seed, files, values, _with_subjects(group, paths))
         return [np.full(tuple(s), bool(train[i])) for i, s in enumerate(shapes)]
     return None
+
+
+def _with_subjects(group: np.ndarray, paths: Sequence[str]) -> np.ndarray:
+    """``group`` with the groups of one BIDS subject's label files joined (its sessions hold out together)."""
+    out, first = group.copy(), {}
+    for i, p in enumerate(paths if len(paths) == len(group) else ()):
+        subject = None if str(p).startswith(GROUND_PREFIX) else bids_subject(str(p))
+        if subject is not None:
+            out[out == out[i]] = first.setdefault(subject, out[i])
+    if np.unique(out).size < np.unique(group).size and tuple(out) not in _SAID_SESSIONS:
+        _SAID_SESSIONS.add(tuple(out))
+        log.info("the images split keeps the label files of one BIDS subject (its sessions) together: %d subjects "
+                 "among %d label files", np.unique(out).size, len(group))
+    return out
 
 
 def training_pool(maps: list[np.ndarray] | None, files: np.ndarray, flats: np.ndarray) -> np.ndarray | None:

@@ -663,6 +663,22 @@ def test_images_split_keeps_the_dates_of_one_ground_together_and_needs_two_groun
         select_labels([lab] * 3, [lab > 0] * 3, LabelsConfig(per_class=5, split="images"), paths=["l.tif"] * 3)
 
 
+@pytest.mark.parametrize("paths", [
+    [f"derivatives/sub-{s}/ses-{k}/anat/sub-{s}_ses-{k}_dseg.nii.gz" for s in "ABC" for k in (1, 2)],
+    [f"labels/sub-{s}_ses-{k}_dseg.nii.gz" for s in "ABC" for k in (1, 2)],
+])
+def test_images_split_holds_out_the_sessions_of_one_bids_subject_together(paths):
+    rng = np.random.default_rng(0)
+    labs = [rng.integers(0, 4, (16, 12)) for _ in paths]
+    for seed in range(5):
+        sel = select_labels(labs, [lab > 0 for lab in labs], LabelsConfig(per_class=10, split="images", seed=seed),
+                            paths=paths)
+        trained = {paths[f].split("sub-")[1][0] for f in sel.train_file.tolist()}
+        tested = {paths[f].split("sub-")[1][0] for f in sel.test_file.tolist()}
+        assert trained and tested and not trained & tested  # a subject's two sessions on one side
+        assert len(set(sel.test_file.tolist())) in (2, 4)
+
+
 def test_images_split_trains_a_class_found_in_one_image_and_notes_it_is_untested():
     a, b = _classes(), _classes()
     b[b == 4] = 3  # class 4 only in image 0

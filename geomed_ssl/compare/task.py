@@ -30,7 +30,7 @@ from geomed_ssl.labels.pairs import label_grounds, label_sources, read_label_pai
 from geomed_ssl.windows.splits import label_groups
 from geomed_ssl.labels.draws import ClassMap, labelled_pixels, unique_ints
 from geomed_ssl.labels.sampling import LabelSelection, select_labels, split_images, training_area_maps
-from geomed_ssl.labels.subjects import subject_units
+from geomed_ssl.labels.subjects import grouped, subject_units
 
 log = logging.getLogger("geomed_ssl")
 
@@ -75,7 +75,7 @@ class Task:
     @property
     def counted(self) -> str:
         """What a budget per class counts: "subjects" where some subject's volumes are one unit, else "labels"."""
-        return "subjects" if self.units is not None and len(np.unique(self.units)) < len(self.units) else "labels"
+        return "subjects" if grouped(self.units) else "labels"
 
     @property
     def background(self) -> int | None:
@@ -169,7 +169,8 @@ def check_saved_selection(task: Task, folder: Path, split: Split) -> None:
     except (DataError, KeyError, ValueError, IndexError):
         train, test = np.zeros(0), np.zeros(0)
     if not (np.array_equal(train, split.train) and np.array_equal(test, split.test)):
-        if task.counted == "subjects" and set(task.units[train.astype(int)]) & set(task.units[test.astype(int)]):
+        if (task.counted == "subjects" and all(np.all(a < len(task.units)) for a in (train, test))
+                and set(task.units[train.astype(int)]) & set(task.units[test.astype(int)])):
             raise DataError(f"'{path}' holds draws an older geomed-ssl made, which split a subject's volumes "
                             "between training and test (its rows scored subjects they trained on); choose another "
                             "--out, or pass --overwrite to start again.")

@@ -122,11 +122,15 @@ def box_at(point: tuple[float, ...], record: FileRecord, emb: Embedder, at_crs: 
 
 
 def _volume_position(point: tuple[float, ...], record: FileRecord, emb: Embedder) -> tuple[float, ...]:
-    """A world point (mm) -> its place on the reader's RAS voxel grid (after resampling), voxel i spanning i..i+1."""
+    """A world point (mm) -> its place on the reader's RAS voxel grid (after resampling), voxel i spanning i..i+1;
+    refused off the stored rows' grid (the volume, and the padding its edge windows reach into)."""
+    from geomed_ssl.windows.tiling import grid_starts
+
     affine = np.asarray(emb.volume.affine(record), np.float64)
     vox = np.linalg.solve(affine[:3, :3], np.asarray(point, np.float64) - affine[:3, 3])
     pos, shape = tuple(float(v) + 0.5 for v in vox), emb.shape(record)
-    if not all(0 <= v < n for v, n in zip(pos, shape)):
+    reach = [max(grid_starts(n, w, st)) + w for n, w, st in zip(shape, emb.window, emb.stride)]
+    if not all(0 <= v < n for v, n in zip(pos, reach)):
         raise DataError(f"--at {','.join(f'{v:.9g}' for v in point)} (mm) lies outside '{record.path}' (voxel "
                         f"{', '.join(f'{v - 0.5:.1f}' for v in pos)} of its RAS grid {'x'.join(map(str, shape))}, "
                         f"whose voxel centres span {_world_span(affine, shape)}): give a point inside the volume, in "
@@ -339,8 +343,8 @@ def find_similar(emb_dir: str | Path, query: str | Path, box: str | Sequence[int
         if not len(idx):
             raise DataError(f"every stored row ({len(exclude)}) is the query's own, from '{qpath}', so there is "
                             "nothing else to compare it with: embed a folder with more files, or pass --include-self.")
-        log.warning("warning: %d rows found, not --top %d: the other %d stored rows of '%s' are the query's own "
-                    "(--include-self keeps them).", len(idx), top, len(exclude), qpath)
+        log.warning("warning: %d rows found, not --top %d: %d rows are stored, %d of them the query's own, from "
+                    "'%s' (--include-self keeps them).", len(idx), top, vectors.shape[0], len(exclude), qpath)
     cols = read_rows(emb_dir, ["id", "file", "box", "window", "x", "y", "z", "crs"], [int(i) for i in idx])
     hits = [{"rank": r + 1, "score": round(float(s), 6), "id": int(i), "file": cols["file"][r],
              "box": [int(v) for v in cols["box"][r]], "window": [int(v) for v in cols["window"][r]],

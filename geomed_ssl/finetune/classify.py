@@ -25,7 +25,7 @@ from geomed_ssl.finetune.fit import (FinetuneResult, check_trainer_settings, cla
 from geomed_ssl.files.listing import content_key
 from geomed_ssl.labels.classes import class_inputs, image_name, scan_classes
 from geomed_ssl.labels.sampling import BUDGET_NOTE, split_images
-from geomed_ssl.labels.subjects import subject_units
+from geomed_ssl.labels.subjects import grouped, subject_units
 from geomed_ssl.finetune.trained import untested_images
 from geomed_ssl.finetune.metrics import classification_metrics, confusion_matrix, write_metrics
 from geomed_ssl.models.cls_heads import ClassificationModel
@@ -146,7 +146,7 @@ def finetune_classify(recipe: Recipe | str | Path | None, encoder: str | Path | 
                           f"normalises over the batch), got {f.batch_size}.")
     untrained = [n for n, c in zip(names, np.bincount(labels[train], minlength=len(names))) if c == 0]
     if untrained:
-        unit = "subjects" if units is not None and np.unique(units).size < len(units) else "images"
+        unit = "subjects" if grouped(units) else "images"
         log.warning(f"warning: no training image for class(es) {', '.join(untrained)} (a class needs at least two "
                     f"{unit}: half stay for testing); its output for them is untrained, so it may still give them by "
                     f"chance: add {unit} to their folders.")

@@ -22,6 +22,7 @@ import numpy as np
 from geomed_ssl.errors import ConfigError, DataError
 from geomed_ssl.labels.draws import (ClassMap, Names, labelled_pixels, sample_fraction, sample_per_class,
                                      stratified_subset, unique_ints)
+from geomed_ssl.labels.subjects import grouped
 from geomed_ssl.windows.splits import SPLITS, ground_keys, training_maps, training_pool
 from geomed_ssl.outfiles import atomic_path
 
@@ -285,7 +286,7 @@ def split_images(labels: np.ndarray, per_class: int | None, fraction: float | No
     ``units`` (per image, from :func:`~geomed_ssl.labels.subjects.subject_units`): images sharing a unit train or
     test together, and the budget counts units (subjects)."""
     labels = np.asarray(labels, np.int64)
-    if units is not None and np.unique(units).size < labels.size:
+    if grouped(units):
         _, first, inverse = np.unique(units, return_index=True, return_inverse=True)
         train, test, notes = split_images(labels[first], per_class, fraction, seed, names, test_fraction,
                                           unit="subject")

@@ -18,6 +18,7 @@ from geomed_ssl.windows.splits import bids_subject
 
 log = logging.getLogger("geomed_ssl")
 
+_SESSION = re.compile(r"(?:.*_)?(ses|session|visit|tp|timepoint|time|mr|fu|followup)[-_]?\d+(\..*)?")  # casefolded
 SUBJECT_FILES = 16  # the most images one folder may hold to count as one subject's sequences
 _SAID_SUBJECTS = said_set()
 
@@ -43,15 +44,18 @@ def subject_units(paths: Sequence[str], labels: np.ndarray, names: Sequence[str]
     kinds = {}
     for folder, idx in folders.items():
         kind = tuple(sorted(k.casefold() for k in _kinds(folder, idx, paths)))
-        if (_sequences(kind, labels[idx])
+        numbered = all(re.fullmatch(r".*#.*_\d{4}(\..*)?", k) for k in kind)  # nnU-Net's channels of one numbered case
+        if (_sequences(kind, labels[idx], channels=numbered)
                 and unicodedata.normalize("NFC", os.path.basename(folder)).casefold() not in classes):
             kinds[folder] = kind
     subjects = {folder: folders[folder] for folder in _recurring(kinds)}
     named = {(folder, case): idx for folder, members in folders.items() if folder not in subjects
              for case, idx in _by_case(members, paths).items()}
     case_kinds = {key: _case_kinds(idx, paths) for key, idx in named.items()}
-    cases = [named[key] for key in _recurring({key: kind for key, kind in case_kinds.items()
-                                               if _sequences(kind, labels[named[key]])})]
+    per_folder = Counter((folder, kind) for (folder, _), kind in case_kinds.items())  # nnU-Net: many cases a folder
+    cases = [named[key] for key in _recurring({
+        key: kind for key, kind in case_kinds.items()
+        if _sequences(kind, labels[named[key]], channels=per_folder[(key[0], kind)] >= 2)})]
     for members in [*subjects.values(), *cases]:
         units[members] = members[0]
     sessions = _join_bids_subjects(paths, labels, units)
@@ -67,7 +71,7 @@ def subject_units(paths: Sequence[str], labels: np.ndarray, names: Sequence[str]
         case = _case_and_kind(_bare(files[0]))[0]
         _warn_subjects(f"{len(cases)} subjects' images lie side by side in their folders, named by case (e.g. "
                        f"'{os.path.dirname(paths[cases[0][0]])}'", files, ["*" + f[len(case):] for f in files])
-    if sessions and tuple(sessions) not in _SAID_SUBJECTS:
+    if sessions and tuple(sessions) not in _SAID_SUBJECTS:  # (a subject's sessions named otherwise stay apart)
         _SAID_SUBJECTS.add(tuple(sessions))
         first = next(iter(sessions))
         log.warning(f"warning: {len(sessions)} BIDS subjects have images in several folders or sessions (e.g. "
@@ -94,6 +98,11 @@ def _join_bids_subjects(paths: Sequence[str], labels: np.ndarray, units: np.ndar
     return joined
 
 
+def grouped(units: np.ndarray | None) -> bool:
+    """Whether some unit of :func:`subject_units` holds several images (budgets then count subjects)."""
+    return units is not None and np.unique(units).size < len(units)
+
+
 def _warn_subjects(found: str, files: Sequence[str], globs: Sequence[str]) -> None:
     log.warning(f"warning: {found}: {', '.join(os.path.basename(f) for f in files)}): each image is classified on "
                 "its own, and a subject's images train or test together, so labels.per_class, labels.fraction and "
@@ -101,13 +110,15 @@ def _warn_subjects(found: str, files: Sequence[str], globs: Sequence[str]) -> No
                 f'them: --set "data.channels=[{",".join(sorted(globs, key=str.casefold))}]".')
 
 
-def _sequences(kind: tuple[str, ...], labels: np.ndarray) -> bool:
-    """Whether files of these (casefolded, sorted) kinds and labels can be one subject's sequences: 2-16 of one class,
-    each of another kind, not only numbers (``T1w``, ``FLAIR``; not ``001``, ``case_2``) unless nnU-Net's channels."""
-    channels = [m.group(1) for m in map(re.compile(r"(?:.*_)?(\d{4})").fullmatch, kind) if m]
+def _sequences(kind: tuple[str, ...], labels: np.ndarray, channels: bool = False) -> bool:
+    """Whether files of these (casefolded, sorted) kinds and labels can be one subject's images: 2-16 of one class,
+    each of another kind, not only numbers (``T1w``, ``FLAIR``; not ``001``, ``case_2``) unless numbered sessions
+    (``MR1``, ``ses-2``, ``visit3``) or, where ``channels`` (the caller saw them named as nnU-Net names a case's),
+    nnU-Net's channels ``0000``, ``0001``, ..."""
+    numbers = [m.group(1) for m in map(re.compile(r"(?:.*_)?(\d{4})(?:\..*)?").fullmatch, kind) if m]
     return (2 <= len(kind) <= SUBJECT_FILES and len(set(kind)) == len(kind) and np.unique(labels).size == 1
-            and (len({_numberless(k) for k in kind}) > 1
-                 or sorted(channels) == [f"{c:04d}" for c in range(len(kind))]))
+            and (len({_numberless(k) for k in kind}) > 1 or all(_SESSION.fullmatch(k) for k in kind)
+                 or channels and sorted(numbers) == [f"{c:04d}" for c in range(len(kind))]))
 
 
 def _recurring(kinds: dict[Any, tuple[str, ...]]) -> list[Any]:
@@ -131,7 +142,7 @@ def _case_and_kind(bare: str) -> tuple[str, str]:
 
 
 def _by_case(members: Sequence[int], paths: Sequence[str]) -> dict[str, list[int]]:
-    """One folder's files by the case their names start with (``case1_t1``, ``case1_t2``: ``case1``), any letter case."""
+    """One folder's files by the case their names start with (``case1_t1``, ``case1_t2``: ``case1``), in any case."""
     by_case: dict[str, list[int]] = {}
     for i in members:
         case, _ = _case_and_kind(_bare(os.path.basename(paths[i])))

@@ -25,21 +25,22 @@ from geomed_ssl.once import said_set
 
 log = logging.getLogger("geomed_ssl")
 SPLITS = ("random", "blocks", "images")
-_BIDS_SUBJECT = re.compile(r"sub-[A-Za-z0-9]+")
+_BIDS_SUBJECT = re.compile(r"(sub-[A-Za-z0-9]+)_")
 _SAID_SESSIONS = said_set()
 
 
 def bids_subject(path: str) -> str | None:
-    """The BIDS subject a file belongs to: the path up to its ``sub-<label>`` folder (``.../sub-01/ses-1/anat/x``),
-    or its folder and the ``sub-<label>`` its name starts with (``.../sub-01_ses-1_T1w.nii.gz``); None when neither."""
+    """The BIDS subject of a file named as BIDS names them, ``sub-<label>_...`` (None for other names): the path up to
+    its nearest folder of that name (``.../sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz``), else its folder and that
+    name (``.../sub-01_ses-1_T1w.nii.gz`` side by side). A folder named ``sub-acute`` alone makes no subject."""
     parts = os.path.abspath(path).split(os.sep)
-    for k, part in enumerate(parts[:-1]):
-        if _BIDS_SUBJECT.fullmatch(part):
-            return os.sep.join(parts[:k + 1])
     found = _BIDS_SUBJECT.match(parts[-1])
-    if found and parts[-1][found.end():found.end() + 1] == "_":
-        return os.path.join(os.sep.join(parts[:-1]), found.group())
-    return None
+    if not found:
+        return None
+    for k in range(len(parts) - 2, -1, -1):
+        if parts[k] == found.group(1):
+            return os.sep.join(parts[:k + 1])
+    return os.path.join(os.sep.join(parts[:-1]), found.group(1))
 
 
 def _block_grid(shape: Sequence[int], block_size: int) -> tuple[int, ...]:

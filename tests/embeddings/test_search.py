@@ -177,6 +177,16 @@ def test_volume_box_is_i_j_k_along_the_ras_axes_like_the_stored_box_column(tmp_p
     again = find_similar(emb, vols / "subject_0.nii.gz", at=(hit["x"], hit["y"], hit["z"]), top=1, include_self=True,
                          sheet=False, out_dir=tmp_path / "at2")
     assert again.hits[0]["box"] == [16, 8, 0, 16, 16, 16] and again.hits[0]["score"] == pytest.approx(1, abs=1e-5)
+    apart = tmp_path / "emb_apart"  # windows side by side: the last along j and k reach past the volume,
+    embed_folder(enc, vols, apart, level="window", stride=16, progress=False)  # their centre in their padding
+    cols = read_columns(apart, ["file", "box", "x", "y", "z"])
+    edge = [r for r in range(len(cols["box"])) if cols["file"][r].endswith("subject_0.nii.gz")
+            and any(a + n / 2 >= size for a, n, size in zip(cols["box"][r][:3], cols["box"][r][3:], (32, 24, 20)))]
+    assert len(edge) >= 3
+    for n, r in enumerate(edge[:4]):
+        back = find_similar(apart, vols / "subject_0.nii.gz", at=(cols["x"][r], cols["y"][r], cols["z"][r]), top=1,
+                            include_self=True, sheet=False, out_dir=tmp_path / f"edge{n}")
+        assert back.hits[0]["box"] == list(cols["box"][r])
     with pytest.raises(DataError, match=r"--at 100,15,-10 \(mm\) lies outside .*subject_0.nii.gz.*x -6\.5\.\.40"):
         find_similar(emb, vols / "subject_0.nii.gz", at="100,15,-10", sheet=False, out_dir=tmp_path / "at3")
     for bad_at, message in (("28,15", "expected X,Y,Z"), ("28,15,nan", "expected X,Y,Z")):
@@ -469,4 +479,5 @@ def test_a_query_whose_own_rows_are_all_there_is_is_told_so(archive: tuple[Path,
     embed_folder(enc, data, whole, level="image", progress=False)
     with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
         hits = find_similar(whole, data / "scene_0.tif", top=10, sheet=False).hits
-    assert len(hits) == len(list(data.glob("*.tif"))) - 1 and "not --top 10" in caplog.text
+    stored = len(list(data.glob("*.tif")))
+    assert len(hits) == stored - 1 and f"not --top 10: {stored} rows are stored, 1 of them the query's own" in caplog.text

@@ -679,6 +679,19 @@ def test_images_split_holds_out_the_sessions_of_one_bids_subject_together(paths)
         assert len(set(sel.test_file.tolist())) in (2, 4)
 
 
+def test_images_split_takes_a_folder_named_sub_dash_for_no_bids_subject():
+    from geomed_ssl.windows.splits import bids_subject
+
+    assert bids_subject("/home/u/sub-cohort/labels/p1_seg.nii.gz") is None
+    assert bids_subject("/d/sub-01/ses-1/anat/sub-01_ses-1_dseg.nii.gz") == "/d/sub-01"
+    assert bids_subject("/d/labels/sub-01_ses-1_dseg.nii.gz") == "/d/labels/sub-01"
+    labs = [np.random.default_rng(i).integers(0, 4, (16, 12)) for i in range(6)]
+    paths = [f"/home/u/sub-cohort/labels/p{i}_seg.nii.gz" for i in range(6)]
+    sel = select_labels(labs, [lab > 0 for lab in labs], LabelsConfig(per_class=10, split="images", seed=0),
+                        paths=paths)
+    assert len(set(sel.test_file.tolist())) == 3  # half the six images, not one group of all
+
+
 def test_images_split_trains_a_class_found_in_one_image_and_notes_it_is_untested():
     a, b = _classes(), _classes()
     b[b == 4] = 3  # class 4 only in image 0

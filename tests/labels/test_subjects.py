@@ -53,6 +53,9 @@ def test_the_sequences_of_one_subject_folder_share_a_unit_and_the_warning_says_h
      "*_0000.nii.gz,*_0001.nii.gz"),  # nnU-Net's channels
     (["h/case1_t1.nii.gz", "h/case1_t2.nii.gz", "l/case2_T1.nii.gz", "l/case2_T2.nii.gz"], [0, 0, 2, 2],
      "*_t1.nii.gz,*_t2.nii.gz"),  # one case in each class folder
+    ([f"h/OAS1_{s:04d}_MR{k}.nii" for s in (1, 2) for k in (1, 2)], [0, 0, 2, 2], "*_MR1.nii,*_MR2.nii"),  # sessions
+    ([f"h/p{s}/case_{s:03d}_{c:04d}.nii.gz" for s in (1, 2) for c in range(2)], [0, 0, 2, 2],
+     "case_*_0000.nii.gz,case_*_0001.nii.gz"),  # nnU-Net's channels, a folder per case
 ])
 def test_subject_names_and_numbers_in_the_file_names_still_group(paths, units, globs, caplog) -> None:
     forget_said()
@@ -75,6 +78,9 @@ def test_subject_names_and_numbers_in_the_file_names_still_group(paths, units, g
     ([f"h/site{s}_case{i}.nii.gz" for s in "AB" for i in range(3)], [0] * 6, None),
     (["h/brain_t1.nii.gz", "h/brain_t2.nii.gz", "h/knee_pd.nii.gz"], [0] * 3, None),  # no case's kinds recur
     (["h/case1_t1.nii.gz", "l/case1_t2.nii.gz", "h/case2_t1.nii.gz", "l/case2_t2.nii.gz"], [0, 1, 0, 1], None),
+    ([f"{c}/img_{i:04d}.nii.gz" for c in ("h", "l") for i in range(6)], [0] * 6 + [1] * 6, None),  # numbered scans
+    ([f"{c}/b{b}/img_{i:04d}.nii.gz" for c in ("h", "l") for b in (1, 2) for i in range(3)], [0] * 6 + [1] * 6,
+     None),  # numbered scans in batch folders
 ])
 def test_folders_that_are_not_one_subjects_sequences_are_not_grouped(paths, labels, names) -> None:
     assert subject_units(paths, np.array(labels), names or ["Forest", "River"]).tolist() == list(range(len(paths)))
@@ -87,9 +93,13 @@ def test_folders_that_are_not_one_subjects_sequences_are_not_grouped(paths, labe
      [0] * 8, [0] * 4 + [4] * 4),  # sequences and sessions
     ([f"h/sub-{s:02d}_ses-{k}_{q}.nii" for s in (1, 2) for k in (1, 2) for q in ("T1w", "FLAIR")], [0] * 8,
      [0] * 4 + [4] * 4),  # side by side
-    (["h/sub-01/ses-1/t1.nii", "l/sub-01/ses-2/t1.nii"], [0, 1], [0, 1]),  # one subject in two classes: apart
-    (["h/siteA/sub-01/t1.nii", "h/siteB/sub-01/t1.nii", "h/sub-01x.nii", "h/sub-01x_2.nii"], [0] * 4,
-     [0, 1, 2, 3]),  # two sites' sub-01; names that are no BIDS subject's
+    (["h/sub-01/ses-1/sub-01_T1w.nii", "l/sub-01/ses-2/sub-01_T1w.nii"], [0, 1], [0, 1]),  # in two classes: apart
+    (["h/siteA/sub-01/sub-01_T1w.nii", "h/siteB/sub-01/sub-01_T1w.nii", "h/sub-01x.nii", "h/sub-01x2_T1w.nii"],
+     [0] * 4, [0, 1, 2, 3]),  # two sites' sub-01; names that are no BIDS subject's
+    ([f"{c}/p{i}.nii.gz" for c in ("acute", "sub-acute") for i in range(4)], [0] * 4 + [1] * 4,
+     list(range(8))),  # a class folder named sub-...: its files are no subject's
+    ([f"/data/sub-study2/{c}/p{i}.nii.gz" for c in ("AD", "CN") for i in range(3)], [0] * 3 + [1] * 3,
+     list(range(6))),
 ])
 def test_the_sessions_of_one_bids_subject_train_or_test_together(paths, labels, units, caplog) -> None:
     forget_said()

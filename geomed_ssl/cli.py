@@ -218,8 +218,8 @@ def evaluate(
                           band_names=name_list(band_names, "--band-names"), nodata=nodata, overrides=overrides)
     typer.echo(format_metrics(result["test"], [c["name"] for c in result["classes"]]))
     where = eval_out_dir(ft_dir, out)
-    per_image = f"  per image: {where / 'images.csv'}" if data is not None else ""  # a classifier's
-    typer.echo(f"metrics: {where / 'metrics.json'}  confusion: {where / 'confusion.png'}{per_image}")
+    typer.echo(f"metrics: {where / 'metrics.json'}  confusion: {where / 'confusion.png'}  per image: "
+               f"{where / 'images.csv'}")
 
 
 @app.command()

@@ -70,7 +70,8 @@ def finetune_segment_cmd(
                               progress=progress_shown())
     names = [c["name"] for c in result.metrics["classes"]]
     typer.echo(format_metrics(result.metrics["test"], names))
-    typer.echo(f"model: {out / 'model'}  metrics: {out / 'metrics.json'}  confusion: {out / 'confusion.png'}")
+    typer.echo(f"model: {out / 'model'}  metrics: {out / 'metrics.json'}  confusion: {out / 'confusion.png'}  "
+               f"per image: {out / 'images.csv'}")
 
 
 @finetune_app.command("classify")

@@ -238,5 +238,6 @@ def evaluate_images(model: ClassificationModel, dataset: ImageDataset, labels: n
         records = [dataset.records[i] for i in idx]
         rows += [(image_name(r), which, names[t], names[q])
                  for r, t, q in zip(records, labels[idx], pred)]
-    write_metrics(out, results, names, sorted(rows, key=lambda row: (row[1] != "test", row[0])))
+    write_metrics(out, results, names, [("file", "split", "class", "predicted"),
+                                        *sorted(rows, key=lambda row: (row[1] != "test", row[0]))])
     return results

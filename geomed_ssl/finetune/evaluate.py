@@ -76,16 +76,37 @@ def predict_to_arrays(model: torch.nn.Module, meta: dict[str, Any], paths: Seque
     return out
 
 
-def metrics_at(predictions: Sequence[np.ndarray], selection: LabelSelection, which: str) -> np.ndarray:
-    """Confusion matrix at the ``which`` ("train" | "test") positions of ``selection``."""
+def confusions_at(predictions: Sequence[np.ndarray], selection: LabelSelection, which: str) -> dict[int, np.ndarray]:
+    """Per image with ``which`` ("train" | "test") positions in ``selection``, the confusion matrix there."""
     files, index, values = (getattr(selection, f"{which}_{k}") for k in ("file", "index", "value"))
-    k = len(selection.classes)
-    if index.size == 0:
-        return np.zeros((k, k), np.int64)
-    pred = np.concatenate([predictions[f].reshape(-1)[index[files == f]] for f in range(len(predictions))])
-    true = np.concatenate([selection.class_map.encode(values[files == f]) for f in range(len(predictions))])
-    predicted = pred >= 0  # -1: the input was nodata there, so the model made no prediction
-    return confusion_matrix(true[predicted], pred[predicted], k)
+    out = {}
+    for f in np.unique(files).tolist():
+        pred = predictions[f].reshape(-1)[index[files == f]]
+        true = selection.class_map.encode(values[files == f])
+        predicted = pred >= 0  # -1: the input was nodata there, so the model made no prediction
+        out[f] = confusion_matrix(true[predicted], pred[predicted], len(selection.classes))
+    return out
+
+
+def per_image(confusions: dict[int, np.ndarray], names: Sequence[str], which: str,
+              background: int | None) -> tuple[list[list[Any]], dict[str, Any]]:
+    """``images.csv`` rows of a segmenter's images (file, split, labelled, OA, mIoU, Dice (volumes: without the
+    background, as :func:`foreground_dice`), Dice per class) and their summary: the mean and sample std of the
+    images' Dice, as medical papers report it per subject (pooled voxels weigh the largest structure most)."""
+    rows, dice = [], []
+    for f, cm in confusions.items():
+        m = classification_metrics(cm)
+        d = foreground_dice(m, background) if background is not None else m["mean_dice"]
+        dice += [d] if d is not None else []
+        rows.append([names[f], which, m["num_samples"], *(_cell(v) for v in (m["OA"], m["mIoU"], d)),
+                     *(_cell(v) for v in m["per_class_dice"])])
+    summary = {"images": len(rows), "dice_mean": float(np.mean(dice)) if dice else None,
+               "dice_std": float(np.std(dice, ddof=1)) if len(dice) > 1 else None}
+    return rows, summary
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"
 
 
 def scored_pixels(selection: LabelSelection) -> list[np.ndarray]:
@@ -116,14 +137,18 @@ def evaluate_segmentation(model: torch.nn.Module, meta: dict[str, Any], records:
     results: dict[str, Any] = {"classes": [{"value": v, "name": n} for v, n in zip(selection.classes, names)],
                                "notes": selection.notes, "split": selection.split}
     background = background_index(selection.classes, len(selection.shapes[0]) if selection.shapes else 2)
+    rows = [["file", "split", "labelled", "oa", "miou", "dice", *(f"dice_{n}" for n in names)]]
     for which in ("train", "test"):
-        cm = metrics_at(predictions, selection, which)
+        confusions = confusions_at(predictions, selection, which)
+        cm = sum(confusions.values(), np.zeros((len(names), len(names)), np.int64))
         results[which] = {**classification_metrics(cm), "n": int(cm.sum())}
         if background is not None:  # volumes: what compare's `dice` and the medical literature report
             results[which]["mean_dice_foreground"] = foreground_dice(results[which], background)
         if which == "test":
             results[which]["confusion"] = cm.tolist()
-    write_metrics(out, results, names)
+        image_rows, results[which]["per_image"] = per_image(confusions, paths, which, background)
+        rows += image_rows
+    write_metrics(out, results, names, rows)
     return results
 
 

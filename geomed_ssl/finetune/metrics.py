@@ -85,6 +85,11 @@ def format_metrics(metrics: dict[str, Any], class_names: Sequence[str]) -> str:
              f"  mean Dice {f(metrics['mean_dice'])}"
              + (f" (without the background {f(metrics['mean_dice_foreground'])})" if "mean_dice_foreground" in metrics
                 else "") + f"  ({metrics['num_samples']} samples)"]
+    each = metrics.get("per_image") or {}
+    if each.get("images", 0) > 1 and each["dice_mean"] is not None:  # a segmenter's, over several images
+        std = f" ± {each['dice_std']:.3f}" if each["dice_std"] is not None else ""
+        lines.append(f"per image ({each['images']} images, images.csv): Dice {each['dice_mean']:.3f}{std}"
+                     + (" (without the background)" if "mean_dice_foreground" in metrics else ""))
     width = max([len(n) for n in class_names] + [5])
     lines.append(f"  {'class':<{width}}  acc    IoU    Dice   support")
     for i, name in enumerate(class_names):
@@ -129,9 +134,9 @@ def save_confusion_png(cm: np.ndarray, class_names: Sequence[str], path: str | P
 
 
 def write_metrics(out: Path, results: dict[str, Any], class_names: Sequence[str],
-                  images: Sequence[Sequence[str]] | None = None) -> None:
-    """``out/metrics.json``, with a test split its ``out/confusion.png``, and with ``images`` (a classifier's rows:
-    file, split, class, predicted) ``out/images.csv``. All are complete under temporary names before the earlier
+                  images: Sequence[Sequence[Any]] | None = None) -> None:
+    """``out/metrics.json``, with a test split its ``out/confusion.png``, and with ``images`` (a table of one row per
+    image, its header first) ``out/images.csv``. All are complete under temporary names before the earlier
     ones go, so a kill during the evaluation leaves the earlier ones as they were; a kill in the instant between the
     final renames leaves the new figure or table without its metrics, never beside old metrics."""
     figure = table = None
@@ -143,7 +148,7 @@ def write_metrics(out: Path, results: dict[str, Any], class_names: Sequence[str]
 
         table = partial_path(out / "images.csv")
         with table.open("w", newline="") as fh:
-            csv.writer(fh).writerows([("file", "split", "class", "predicted"), *images])
+            csv.writer(fh).writerows(images)
     metrics = atomic_write_text(partial_path(out / "metrics.json"), json.dumps(results, indent=2))
     (out / "metrics.json").unlink(missing_ok=True)  # from here no stale pair: a figure without its table at worst
     for name, made in (("confusion.png", figure), ("images.csv", table)):

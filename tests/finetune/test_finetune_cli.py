@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -494,6 +495,17 @@ def test_segment_volumes_per_case_folder_with_label_name_and_remap(tmp_path: Pat
     ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(tmp_path / "cases")])
     assert ev.exit_code == 0, ev.output
     assert "1383 of the 27648 labelled positions trained this model" in ev.output  # the training grid is native
+    scored = json.loads((ft / "eval" / "metrics.json").read_text())
+    with (ft / "eval" / "images.csv").open(newline="") as fh:  # per subject, as medical papers report Dice
+        rows = list(csv.DictReader(fh))
+    test = [r for r in rows if r["split"] == "test"]
+    assert sorted(Path(r["file"]).name for r in test) == ["case_0", "case_1"]  # the stacks, named by folder
+    assert sum(int(r["labelled"]) for r in test) == scored["test"]["n"]
+    assert [r["dice"] for r in test] == [r["dice_1"] for r in test]  # one foreground class (1): its Dice
+    each = scored["test"]["per_image"]
+    assert each["images"] == 2 and each["dice_mean"] == pytest.approx(np.mean([float(r["dice"]) for r in test]))
+    assert "per image (2 images, images.csv): Dice" in ev.output and f"per image: {ft / 'eval' / 'images.csv'}" \
+        in ev.output
     for i, name in enumerate(("subject_a", "subject_b")):  # the cohort copied under other names before testing:
         shutil.copytree(tmp_path / "cases" / f"case_{i}", tmp_path / "renamed" / name)  # found by the files' bytes
     ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(tmp_path / "renamed"), "--out", str(tmp_path / "ev")])

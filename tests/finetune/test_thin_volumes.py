@@ -76,13 +76,14 @@ def test_one_image_far_smaller_than_the_others_is_padded_to_the_training_crop_no
     assert common_size(dataset, np.arange(2)) == (96, 96, 96)
 
 
-def test_images_csv_goes_when_the_folder_next_holds_a_segmentation_evaluation(tmp_path: Path) -> None:
+def test_images_csv_goes_when_the_metrics_next_come_without_one(tmp_path: Path) -> None:
     from geomed_ssl.finetune.metrics import write_metrics
 
     results = {"test": {"confusion": [[1, 0], [0, 1]]}}
-    write_metrics(tmp_path, results, ["a", "b"], [("x.nii.gz", "test", "a", "a"), ("y.nii.gz", "test", "b", "b")])
+    write_metrics(tmp_path, results, ["a", "b"], [("file", "split", "class", "predicted"),
+                                                  ("x.nii.gz", "test", "a", "a"), ("y.nii.gz", "test", "b", "b")])
     assert (tmp_path / "images.csv").read_text().splitlines()[0] == "file,split,class,predicted"
-    write_metrics(tmp_path, results, ["a", "b"])  # another model's (a segmenter's) metrics: no stale table beside
+    write_metrics(tmp_path, results, ["a", "b"])  # metrics without a table: no stale table beside them
     assert not (tmp_path / "images.csv").exists() and (tmp_path / "metrics.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion.png", "metrics.json"]  # no temporary left
 

@@ -3,7 +3,8 @@ accumulation cannot give a batch-comparing method the batch it seems to).
 
 Two mistakes make a short run barely move while looking normal: a warmup at least as long as the run (the rate
 never reaches its peak; with ``warmup_steps = 2 * max_steps`` it tops out at half of it), and a peak rate far too
-small for AdamW. AdamW moves each weight by about the learning rate per step whatever the gradient's scale, so below
+small for AdamW. A third spends most of a run below its peak: a warmup over half of it, as a recipe's warmup left
+as it is when ``--set train.max_steps`` shortens the run. AdamW moves each weight by about the learning rate per step whatever the gradient's scale, so below
 ``MIN_PEAK_LR`` (1e-5) a run of a few hundred or thousand steps shifts weights initialised at ~0.02 by at most
 ~0.01: the loss stays where it started. The pretraining rate is ``train.base_lr * effective batch / 256``, so a
 recipe sized for batch 64 run at batch 2 lands there (1.5e-4 * 2 / 256 = 1.2e-6).
@@ -37,6 +38,9 @@ def schedule_problem(peak_lr: float, warmup_steps: int, max_steps: int, section:
     if warmup_steps >= max_steps:
         problems.append(f"{section}.warmup_steps {warmup_steps} >= {section}.max_steps {max_steps}: the rate never "
                         f"finishes warming up (it tops out at {reached_lr(peak_lr, warmup_steps, max_steps):.2g})")
+    elif 2 * warmup_steps > max_steps:
+        problems.append(f"{section}.warmup_steps {warmup_steps} is over half of {section}.max_steps {max_steps}: most "
+                        "of the run is spent below its peak rate")
     if peak_lr < MIN_PEAK_LR:
         source = f" ({how})" if how else ""
         problems.append(f"the peak learning rate {peak_lr:.2g}{source} is below {MIN_PEAK_LR:g}, too small for AdamW "
@@ -46,7 +50,7 @@ def schedule_problem(peak_lr: float, warmup_steps: int, max_steps: int, section:
     fixes = []
     if min_lr > peak_lr:
         fixes.append(f"set {section}.min_lr below the peak, e.g. a tenth of it ({peak_lr / 10:.2g})")
-    if warmup_steps >= max_steps:
+    if 2 * warmup_steps > max_steps:
         fixes.append(f"set {section}.warmup_steps to about 10 % of max_steps (e.g. {max(1, max_steps // 10)})")
     if peak_lr < MIN_PEAK_LR:
         fixes.append(f"raise {section}.base_lr" + (" (the rate scales with the batch size)" if section == "train"

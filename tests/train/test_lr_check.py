@@ -27,6 +27,13 @@ def test_warmup_not_shorter_than_the_run_is_named_with_the_rate_it_tops_out_at()
     assert "\n" not in line and "finetune.warmup_steps to about 10 % of max_steps (e.g. 5)" in line
 
 
+def test_a_warmup_over_half_the_run_is_named_and_learns() -> None:
+    line = schedule_problem(1e-3, 100, 150, "train")  # a recipe's warmup kept as --set train.max_steps=150 shortened
+    assert line and "train.warmup_steps 100 is over half of train.max_steps 150" in line
+    assert "e.g. 15" in line and "barely learn" not in line
+    assert schedule_problem(1e-3, 100, 200, "train") is None and schedule_problem(1e-3, 1, 2, "train") is None
+
+
 def test_peak_rate_below_the_threshold_names_how_it_was_made() -> None:
     line = schedule_problem(1.5e-4 * 2 / 256, 5, 50, "train", "train.base_lr 0.00015 x effective batch 2 / 256")
     assert line is not None and "1.2e-06" in line and "effective batch 2" in line and "raise train.base_lr" in line

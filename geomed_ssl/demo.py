@@ -102,6 +102,8 @@ def run_demo(out: Path = Path("geomed-ssl-demo"), steps: int = DEMO_RECIPE["trai
     probe_dir = out / "probe"  # the frozen propagate probe on the largest budget, saved as a model predict runs
     probe = dataclasses.replace(recipe, finetune=dataclasses.replace(recipe.finetune, head="probe"),
                                 labels=dataclasses.replace(recipe.labels, per_class=budgets[-1], seed=seeds[0]))
+    log.info("the predicted map: the pretrained encoder's propagate probe at %d labels per class (seed %d)",
+             budgets[-1], seeds[0])  # a heading for the probe's lines, which read as the last compare run's
     with problems_reported():  # the files and their problems were listed by the pretraining
         finetune_segment(probe, encoder, SAMPLE_DIR, LABELS, probe_dir, progress=False)
     lines = predict_dir(probe_dir, [SAMPLE_DIR / "indian_pines.tif"], out / "prediction")

@@ -44,18 +44,17 @@ def subject_units(paths: Sequence[str], labels: np.ndarray, names: Sequence[str]
     kinds = {}
     for folder, idx in folders.items():
         kind = tuple(sorted(k.casefold() for k in _kinds(folder, idx, paths)))
-        numbered = all(re.fullmatch(r".*#.*_\d{4}(\..*)?", k) for k in kind)  # nnU-Net's channels of one numbered case
-        if (_sequences(kind, labels[idx], channels=numbered)
+        named = all("#" in k for k in kind)  # the subject's name or number in every file's
+        if (_sequences(kind, labels[idx], numbered=named)
                 and unicodedata.normalize("NFC", os.path.basename(folder)).casefold() not in classes):
             kinds[folder] = kind
     subjects = {folder: folders[folder] for folder in _recurring(kinds)}
-    named = {(folder, case): idx for folder, members in folders.items() if folder not in subjects
-             for case, idx in _by_case(members, paths).items()}
-    case_kinds = {key: _case_kinds(idx, paths) for key, idx in named.items()}
-    per_folder = Counter((folder, kind) for (folder, _), kind in case_kinds.items())  # nnU-Net: many cases a folder
-    cases = [named[key] for key in _recurring({
-        key: kind for key, kind in case_kinds.items()
-        if _sequences(kind, labels[named[key]], channels=per_folder[(key[0], kind)] >= 2)})]
+    by_case = {(folder, case): idx for folder, members in folders.items() if folder not in subjects
+               for case, idx in _by_case(members, paths).items()}
+    case_kinds = {key: _case_kinds(idx, paths) for key, idx in by_case.items()}
+    alike = Counter((folder, _numberless(case)) for folder, case in by_case)  # case_000, case_001: numbered alike
+    cases = [by_case[key] for key in _recurring({key: kind for key, kind in case_kinds.items() if _sequences(
+        kind, labels[by_case[key]], numbered=alike[(key[0], _numberless(key[1]))] >= 2)})]
     for members in [*subjects.values(), *cases]:
         units[members] = members[0]
     sessions = _join_bids_subjects(paths, labels, units)
@@ -110,21 +109,24 @@ def _warn_subjects(found: str, files: Sequence[str], globs: Sequence[str]) -> No
                 f'them: --set "data.channels=[{",".join(sorted(globs, key=str.casefold))}]".')
 
 
-def _sequences(kind: tuple[str, ...], labels: np.ndarray, channels: bool = False) -> bool:
+def _sequences(kind: tuple[str, ...], labels: np.ndarray, numbered: bool = False) -> bool:
     """Whether files of these (casefolded, sorted) kinds and labels can be one subject's images: 2-16 of one class,
-    each of another kind, not only numbers (``T1w``, ``FLAIR``; not ``001``, ``case_2``) unless numbered sessions
-    (``MR1``, ``ses-2``, ``visit3``) or, where ``channels`` (the caller saw them named as nnU-Net names a case's),
-    nnU-Net's channels ``0000``, ``0001``, ..."""
+    each of another kind, not only numbers (``T1w``, ``FLAIR``; not ``001``, ``case_2``), unless ``numbered`` (the
+    caller saw the files name their subject: ``p1/p1_MR1``, or cases numbered alike side by side) and the kinds are
+    numbered sessions (``MR1``, ``ses-2``, ``visit3``) or nnU-Net's channels ``0000``, ``0001``, ..."""
     numbers = [m.group(1) for m in map(re.compile(r"(?:.*_)?(\d{4})(?:\..*)?").fullmatch, kind) if m]
     return (2 <= len(kind) <= SUBJECT_FILES and len(set(kind)) == len(kind) and np.unique(labels).size == 1
-            and (len({_numberless(k) for k in kind}) > 1 or all(_SESSION.fullmatch(k) for k in kind)
-                 or channels and sorted(numbers) == [f"{c:04d}" for c in range(len(kind))]))
+            and (len({_numberless(k) for k in kind}) > 1
+                 or numbered and (all(_SESSION.fullmatch(k) for k in kind)
+                                  or sorted(numbers) == [f"{c:04d}" for c in range(len(kind))])))
 
 
 def _recurring(kinds: dict[Any, tuple[str, ...]]) -> list[Any]:
-    """The keys whose set of kinds another key has too, or that has some of such a set (a subject missing one)."""
+    """The keys whose set of kinds another key has too, or that has some or more of such a set (a subject missing one,
+    or with one more: a further session)."""
     shared = {kind for kind, n in Counter(kinds.values()).items() if n >= 2}
-    return [key for key, kind in kinds.items() if kind in shared or any(set(kind) < set(full) for full in shared)]
+    return [key for key, kind in kinds.items()
+            if kind in shared or any(set(kind) < set(full) or set(full) < set(kind) for full in shared)]
 
 
 def _bare(name: str) -> str:

@@ -25,16 +25,17 @@ from geomed_ssl.once import said_set
 
 log = logging.getLogger("geomed_ssl")
 SPLITS = ("random", "blocks", "images")
-_BIDS_SUBJECT = re.compile(r"(sub-[A-Za-z0-9]+)_")
+_BIDS_NAME = re.compile(r"(sub-[A-Za-z0-9]+)_(?:[A-Za-z]+-[A-Za-z0-9]+_)*[A-Za-z][A-Za-z0-9]*(?:\..*)?")
 _SAID_SESSIONS = said_set()
 
 
 def bids_subject(path: str) -> str | None:
-    """The BIDS subject of a file named as BIDS names them, ``sub-<label>_...`` (None for other names): the path up to
-    its nearest folder of that name (``.../sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz``), else its folder and that
-    name (``.../sub-01_ses-1_T1w.nii.gz`` side by side). A folder named ``sub-acute`` alone makes no subject."""
+    """The BIDS subject of a file named as BIDS names them, ``sub-<label>_[key-value_...]<suffix>`` (None for other
+    names): the path up to its nearest folder of that name (``.../sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz``), else
+    its folder and that name (``.../sub-01_ses-1_T1w.nii.gz`` side by side). A folder named ``sub-acute``, or files
+    ``sub-acute_000.nii.gz`` numbered in a class of that name, make no subject."""
     parts = os.path.abspath(path).split(os.sep)
-    found = _BIDS_SUBJECT.match(parts[-1])
+    found = _BIDS_NAME.fullmatch(parts[-1])
     if not found:
         return None
     for k in range(len(parts) - 2, -1, -1):

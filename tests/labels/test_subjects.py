@@ -53,7 +53,9 @@ def test_the_sequences_of_one_subject_folder_share_a_unit_and_the_warning_says_h
      "*_0000.nii.gz,*_0001.nii.gz"),  # nnU-Net's channels
     (["h/case1_t1.nii.gz", "h/case1_t2.nii.gz", "l/case2_T1.nii.gz", "l/case2_T2.nii.gz"], [0, 0, 2, 2],
      "*_t1.nii.gz,*_t2.nii.gz"),  # one case in each class folder
-    ([f"h/OAS1_{s:04d}_MR{k}.nii" for s in (1, 2) for k in (1, 2)], [0, 0, 2, 2], "*_MR1.nii,*_MR2.nii"),  # sessions
+    ([f"h/OAS1_{s:04d}_MR{k}.nii" for s in (1, 2) for k in (1, 2)] + ["h/OAS1_0006_MR1.nii", "h/OAS1_0006_MR2.nii",
+                                                                       "h/OAS1_0006_MR3.nii"],
+     [0, 0, 2, 2, 4, 4, 4], "*_MR1.nii,*_MR2.nii"),  # numbered sessions; one subject with a further one
     ([f"h/p{s}/case_{s:03d}_{c:04d}.nii.gz" for s in (1, 2) for c in range(2)], [0, 0, 2, 2],
      "case_*_0000.nii.gz,case_*_0001.nii.gz"),  # nnU-Net's channels, a folder per case
 ])
@@ -81,6 +83,10 @@ def test_subject_names_and_numbers_in_the_file_names_still_group(paths, units, g
     ([f"{c}/img_{i:04d}.nii.gz" for c in ("h", "l") for i in range(6)], [0] * 6 + [1] * 6, None),  # numbered scans
     ([f"{c}/b{b}/img_{i:04d}.nii.gz" for c in ("h", "l") for b in (1, 2) for i in range(3)], [0] * 6 + [1] * 6,
      None),  # numbered scans in batch folders
+    ([f"{c}/scan_tp{i}.nii.gz" for c in ("h", "l") for i in range(1, 6)], [0] * 5 + [1] * 5, ["h", "l"]),  # per class
+    ([f"h/site{s}/MR{i}.nii" for s in "AB" for i in range(1, 5)], [0] * 8, None),  # per site, no subject named
+    ([f"{c}/{q}_{i:04d}.nii.gz" for c in ("h", "l") for q in ("flair", "t1") for i in range(4)], [0] * 8 + [1] * 8,
+     ["h", "l"]),  # a sequence's scans numbered, not nnU-Net's cases
 ])
 def test_folders_that_are_not_one_subjects_sequences_are_not_grouped(paths, labels, names) -> None:
     assert subject_units(paths, np.array(labels), names or ["Forest", "River"]).tolist() == list(range(len(paths)))
@@ -100,6 +106,8 @@ def test_folders_that_are_not_one_subjects_sequences_are_not_grouped(paths, labe
      list(range(8))),  # a class folder named sub-...: its files are no subject's
     ([f"/data/sub-study2/{c}/p{i}.nii.gz" for c in ("AD", "CN") for i in range(3)], [0] * 3 + [1] * 3,
      list(range(6))),
+    ([f"{c}/{c}_{i:03d}.nii.gz" for c in ("acute", "sub-acute") for i in range(3)], [0] * 3 + [1] * 3,
+     list(range(6))),  # files numbered in a class named sub-...: no BIDS names
 ])
 def test_the_sessions_of_one_bids_subject_train_or_test_together(paths, labels, units, caplog) -> None:
     forget_said()

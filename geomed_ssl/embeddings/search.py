@@ -28,7 +28,8 @@ from geomed_ssl.config.loading import whole_number
 from geomed_ssl.data.catalog import FileRecord, scan
 from geomed_ssl.files.kinds import check_input_kind
 from geomed_ssl.files.listing import file_stamps
-from geomed_ssl.geo.grids import crs_name, crs_text
+from geomed_ssl.geo.grids import crs_name
+from geomed_ssl.geo.points import raster_position, volume_position
 from geomed_ssl.embeddings.embedder import Embedder
 from geomed_ssl.embeddings.extract import encoder_for
 from geomed_ssl.embeddings.maps import grid_stem, grid_stems
@@ -113,65 +114,16 @@ def box_at(point: tuple[float, ...], record: FileRecord, emb: Embedder, at_crs: 
     grid)."""
     from geomed_ssl.windows.tiling import grid_starts
 
-    pos = _raster_position(point, record, at_crs) if emb.nd == 2 else _volume_position(point, record, emb)
+    if emb.nd == 2:
+        pos = raster_position(point, record.path, record.crs, record.transform, record.shape, at_crs)
+    else:
+        reach = [max(grid_starts(n, w, st)) + w for n, w, st in zip(emb.shape(record), emb.window, emb.stride)]
+        pos = volume_position(point, record.path, emb.volume.affine(record), emb.shape(record), reach)
     if emb.level == "patch":  # the cells tile the file from its origin
         return [int(v) - int(v) % p for v, p in zip(pos, emb.patch)] + list(emb.patch)
     starts = [min(grid_starts(size, n, s), key=lambda a: abs(a + n / 2 - v))  # the stored windows' origins
               for v, size, n, s in zip(pos, emb.shape(record), emb.window, emb.stride)]
     return starts + list(emb.window)
-
-
-def _volume_position(point: tuple[float, ...], record: FileRecord, emb: Embedder) -> tuple[float, ...]:
-    """A world point (mm) -> its place on the reader's RAS voxel grid (after resampling), voxel i spanning i..i+1;
-    refused off the stored rows' grid (the volume, and the padding its edge windows reach into)."""
-    from geomed_ssl.windows.tiling import grid_starts
-
-    affine = np.asarray(emb.volume.affine(record), np.float64)
-    vox = np.linalg.solve(affine[:3, :3], np.asarray(point, np.float64) - affine[:3, 3])
-    pos, shape = tuple(float(v) + 0.5 for v in vox), emb.shape(record)
-    reach = [max(grid_starts(n, w, st)) + w for n, w, st in zip(shape, emb.window, emb.stride)]
-    if not all(0 <= v < n for v, n in zip(pos, reach)):
-        raise DataError(f"--at {','.join(f'{v:.9g}' for v in point)} (mm) lies outside '{record.path}' (voxel "
-                        f"{', '.join(f'{v - 0.5:.1f}' for v in pos)} of its RAS grid {'x'.join(map(str, shape))}, "
-                        f"whose voxel centres span {_world_span(affine, shape)}): give a point inside the volume, in "
-                        "the world coordinates its NIfTI affine gives (the x, y, z of embeddings.parquet and "
-                        "similar.csv).")
-    return pos
-
-
-def _world_span(affine: np.ndarray, shape: Sequence[int]) -> str:
-    """The world extent (mm) of a grid's voxel centres, per axis: "x -90..90, y -126..90, z -72..108"."""
-    ends = np.array([[(m >> a) & 1 for a in range(3)] for m in range(8)]) * (np.asarray(shape) - 1)
-    world = ends @ affine[:3, :3].T + affine[:3, 3]
-    return ", ".join(f"{ax} {lo:.4g}..{hi:.4g}" for ax, lo, hi in zip("xyz", world.min(0), world.max(0)))
-
-
-def _raster_position(point: tuple[float, ...], record: FileRecord, at_crs: str | None) -> tuple[float, float]:
-    """A map point (in the raster's CRS, or ``at_crs``) -> (row, col) on its pixel grid, pixel r spanning r..r+1."""
-    from affine import Affine
-
-    from geomed_ssl.geo.grids import placed
-
-    x, y = typed = point
-    if not placed(record.crs, record.transform):
-        raise DataError(f"'{record.path}' has no geotransform (no georeference, or ground control points only), so a "
-                        "map point cannot be placed on its pixels; give --box ROW,COL,H,W, or warp it onto a grid "
-                        "first (gdalwarp).")
-    if at_crs is not None and record.crs is None:
-        raise DataError(f"'{record.path}' has no CRS to carry --at-crs {at_crs} to; give --at in its own coordinates.")
-    if at_crs is not None:
-        from rasterio.crs import CRS
-        from rasterio.warp import transform
-
-        (x,), (y,) = transform(CRS.from_user_input(at_crs), CRS.from_user_input(record.crs), [x], [y])
-    col, row = ~Affine(*list(record.transform)[:6]) @ (x, y)
-    h, w = record.shape
-    if not (0 <= row < h and 0 <= col < w):
-        moved = f" ({x:.9g},{y:.9g} in the file's CRS)" if at_crs is not None else ""
-        raise DataError(f"--at {typed[0]:.9g},{typed[1]:.9g}{moved} lies outside '{record.path}' (pixel row "
-                        f"{row:.1f}, col {col:.1f} of {h} x {w}; CRS {crs_text(record.crs)}): give a point on the "
-                        "file, in its CRS or with --at-crs.")
-    return row, col
 
 
 def cosine_top_k(vectors: np.ndarray, query: np.ndarray, k: int,

@@ -135,8 +135,9 @@ app.add_typer(finetune_app, name="finetune")
 @terminable
 def compare(
     encoders: list[str] = typer.Argument(..., metavar="ENC",
-                                         help="Encoders: RUN_DIRs, exported encoder folders, or none (the first "
-                                         "encoder's architecture at random initialisation; always included)."),
+                                         help="Encoders: RUN_DIRs, exported encoder folders, fine-tune folders, or "
+                                         "none (the first encoder's architecture at random initialisation; always "
+                                         "included)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Segmentation: folder of images."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Segmentation: label folder, label file or CSV "
                                           "(as `finetune segment` takes them)."),
@@ -197,8 +198,8 @@ def evaluate(
     labels: Optional[Path] = typer.Option(None, "--labels", help="Segmentation: their labels."),
     data: Optional[Path] = typer.Option(None, "--data", help="Classification: one subfolder of images per "
                                         "class, or a CSV of image,class rows."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where metrics.json, confusion.png and a classifier's "
-                                       "images.csv go (default FT_DIR/eval)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where metrics.json, confusion.png and images.csv (per "
+                                       "image) go (default FT_DIR/eval)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda[:N]."),
     band_names: Optional[str] = typer.Option(None, "--band-names", help="The bands of files without band "
                                              "descriptions, in order, comma-separated (default: the model's "
@@ -212,14 +213,13 @@ def evaluate(
 ) -> None:
     """Metrics of a fine-tuned model on labelled data (every labelled pixel, voxel or image)."""
     from geomed_ssl.finetune.evaluate import eval_out_dir, evaluate_dir
-    from geomed_ssl.finetune.metrics import format_metrics
+    from geomed_ssl.finetune.metrics import format_metrics, written_line
 
     result = evaluate_dir(ft_dir, images=images, labels=labels, data=data, out=out, device=device, strict=strict,
                           band_names=name_list(band_names, "--band-names"), nodata=nodata, overrides=overrides)
     typer.echo(format_metrics(result["test"], [c["name"] for c in result["classes"]]))
     where = eval_out_dir(ft_dir, out)
-    typer.echo(f"metrics: {where / 'metrics.json'}  confusion: {where / 'confusion.png'}  per image: "
-               f"{where / 'images.csv'}")
+    typer.echo(written_line(where))
 
 
 @app.command()

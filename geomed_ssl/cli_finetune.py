@@ -43,7 +43,8 @@ def finetune_sets(overrides: Optional[list[str]], per_class: Optional[int], frac
 def finetune_segment_cmd(
     recipe: Path = typer.Argument(..., metavar="RECIPE",
                                   help="Recipe YAML (a pretraining recipe plus finetune/labels sections)."),
-    encoder: str = typer.Option(..., "--encoder", help="RUN_DIR, RUN_DIR/encoder, or 'none' (random init baseline)."),
+    encoder: str = typer.Option(..., "--encoder", help="RUN_DIR, RUN_DIR/encoder, a fine-tune folder, or 'none' "
+                                "(random init baseline)."),
     images: Path = typer.Option(..., "--images", help="Folder of images (GeoTIFF or NIfTI)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Folder of label files named like the images, one "
                                           "label file, or a CSV of image,label (or set labels.label_name)."),
@@ -51,7 +52,8 @@ def finetune_segment_cmd(
     per_class: Optional[int] = typer.Option(None, "--labels-per-class", help="k labelled pixels/voxels per class."),
     fraction: Optional[float] = typer.Option(None, "--label-fraction", help="Fraction of labelled pixels used."),
     freeze: bool = typer.Option(False, "--freeze-encoder", help="Train the decoder only."),
-    unfreeze_after: Optional[int] = typer.Option(None, "--unfreeze-after", help="Freeze the encoder for N steps."),
+    unfreeze_after: Optional[int] = typer.Option(None, "--unfreeze-after", help="Freeze the encoder for N steps "
+                                                 "(0: a full fine-tune)."),
     head: Optional[str] = typer.Option(None, "--head", help="unetr (decoder with a skip from the pixels), "
                                        "linear (1x1 conv on the encoder's upsampled tokens) or probe (a "
                                        "classifier on frozen features: finetune.probe)."),
@@ -61,7 +63,7 @@ def finetune_segment_cmd(
 ) -> None:
     """Segmentation on the ViT encoder (UNETR-style decoder or linear head) from a few labelled pixels or voxels."""
     from geomed_ssl.finetune.segment import finetune_segment
-    from geomed_ssl.finetune.metrics import format_metrics
+    from geomed_ssl.finetune.metrics import format_metrics, written_line
 
     flags = {"finetune.freeze_encoder": "true" if (freeze or unfreeze_after) else None,
              "finetune.unfreeze_after_steps": unfreeze_after, "finetune.head": head}
@@ -70,8 +72,7 @@ def finetune_segment_cmd(
                               progress=progress_shown())
     names = [c["name"] for c in result.metrics["classes"]]
     typer.echo(format_metrics(result.metrics["test"], names))
-    typer.echo(f"model: {out / 'model'}  metrics: {out / 'metrics.json'}  confusion: {out / 'confusion.png'}  "
-               f"per image: {out / 'images.csv'}")
+    typer.echo(written_line(out, model=True))
 
 
 @finetune_app.command("classify")
@@ -79,9 +80,11 @@ def finetune_segment_cmd(
 @terminable
 def finetune_classify_cmd(
     recipe: Path = typer.Argument(..., metavar="RECIPE", help="Recipe YAML."),
-    encoder: str = typer.Option(..., "--encoder", help="RUN_DIR, RUN_DIR/encoder, or 'none' (random init baseline)."),
+    encoder: str = typer.Option(..., "--encoder", help="RUN_DIR, RUN_DIR/encoder, a fine-tune folder, or 'none' "
+                                "(random init baseline)."),
     data: Path = typer.Option(..., "--data", help="Folder with one subfolder of images per class, or a "
-                              "CSV of image,class rows (image paths relative to the CSV's folder)."),
+                              "CSV of image,class rows (image paths absolute, or relative to the CSV's or the "
+                              "working folder)."),
     out: Path = typer.Option(..., "--out", help="Output folder."),
     per_class: Optional[int] = typer.Option(None, "--labels-per-class", help="k labelled images per class."),
     fraction: Optional[float] = typer.Option(None, "--label-fraction", help="Fraction of images used for training."),
@@ -94,7 +97,7 @@ def finetune_classify_cmd(
 ) -> None:
     """Image classification from k labelled images per class (class folders such as EuroSAT, or a classes CSV)."""
     from geomed_ssl.finetune.classify import finetune_classify
-    from geomed_ssl.finetune.metrics import format_metrics
+    from geomed_ssl.finetune.metrics import format_metrics, written_line
 
     if linear_probe + mlp + full > 1:
         raise GeomedError("choose one of --linear-probe, --mlp and --full.")
@@ -105,5 +108,4 @@ def finetune_classify_cmd(
                                progress=progress_shown())
     names = [c["name"] for c in result.metrics["classes"]]
     typer.echo(format_metrics(result.metrics["test"], names))
-    typer.echo(f"model: {out / 'model'}  metrics: {out / 'metrics.json'}  confusion: {out / 'confusion.png'}  "
-               f"per image: {out / 'images.csv'}")
+    typer.echo(written_line(out, model=True))

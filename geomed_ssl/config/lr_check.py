@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import logging
 
+from geomed_ssl.once import said_set
+
 log = logging.getLogger("geomed_ssl")
+_SAID = said_set()
 
 MIN_PEAK_LR = 1e-5  # AdamW: a peak rate below this barely moves the weights in a short run (see the module docstring)
 
@@ -64,7 +67,8 @@ def warn_schedule(peak_lr: float, warmup_steps: int, max_steps: int, section: st
                   min_lr: float = 0.0) -> str | None:
     """Log :func:`schedule_problem`'s line (once, at the start of a run) and return it; None when all is well."""
     line = schedule_problem(peak_lr, warmup_steps, max_steps, section, how, min_lr)
-    if line:
+    if line and line not in _SAID:  # once a command: compare fine-tunes many times with one schedule
+        _SAID.add(line)
         log.warning(line)
     return line
 

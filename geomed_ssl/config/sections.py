@@ -236,8 +236,8 @@ class FinetuneConfig:
     head: str | None = setting(None, "segment: unetr | linear | probe (frozen encoder, fitted finetune.probe); "
                                "classify: linear | mlp; null: unetr / linear by task",
                                choices=tuple(dict.fromkeys(SEG_HEADS + CLS_HEADS)))
-    layers: list[int] | None = setting(None, "0-based encoder blocks the decoder taps; null: 4 evenly spaced, last "
-                                       "included", bounds=">= 0")
+    layers: list[int] | None = setting(None, "0-based encoder blocks the decoder taps; null: three at 1/4, 1/2, 3/4 "
+                                       "of the depth (probe: and the last)", bounds=">= 0")
     probe: str = setting("linear", "head=probe: linear (logistic regression), knn (k = 5, cosine) or propagate "
                          "(labels spread over a k-NN graph of the images' pixels, then linear on all of them) on the "
                          "concatenated tokens of finetune.layers, per pixel", choices=("linear", "knn", "propagate"))
@@ -260,7 +260,7 @@ class FinetuneConfig:
                                                       bounds=">= 0", choices=("balanced",))
     feature_size: int = setting(16, "UNETR decoder width", bounds="[1, 1024]")
     pool: str = setting("cls", "classify: token pooling", choices=POOLS)
-    window: IntOrSeq | None = setting(None, "training / prediction window; null: data.patch_size", bounds=">= 1")
+    window: IntOrSeq | None = setting(None, "training / prediction window; null: the encoder's window", bounds=">= 1")
     eval_every: int = setting(0, "not read yet (evaluation runs once, at the end); kept so saved configs load",
                               bounds=STEPS0)
 

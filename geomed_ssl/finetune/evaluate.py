@@ -1,5 +1,5 @@
 """Evaluate a fine-tuned model: predict whole images as ``predict`` does, compare at labelled positions, write
-``metrics.json`` and ``confusion.png``."""
+``metrics.json``, ``confusion.png`` and ``images.csv`` (each image's figures)."""
 
 from __future__ import annotations
 
@@ -92,7 +92,10 @@ def per_image(confusions: dict[int, np.ndarray], names: Sequence[str], which: st
               background: int | None) -> tuple[list[list[Any]], dict[str, Any]]:
     """``images.csv`` rows of a segmenter's images (file, split, labelled, OA, mIoU, Dice (volumes: without the
     background, as :func:`foreground_dice`), Dice per class) and their summary: the mean and sample std of the
-    images' Dice, as medical papers report it per subject (pooled voxels weigh the largest structure most)."""
+    images' Dice, as medical papers report it per subject (pooled voxels weigh the largest structure most). An image
+    where neither the labels nor the prediction hold a class has no Dice for it; one without any (no foreground
+    labelled or predicted) is left out of the mean (``scored`` counts the others), and one predicting a class its
+    labels lack scores 0 for it."""
     rows, dice = [], []
     for f, cm in confusions.items():
         m = classification_metrics(cm)
@@ -100,7 +103,7 @@ def per_image(confusions: dict[int, np.ndarray], names: Sequence[str], which: st
         dice += [d] if d is not None else []
         rows.append([names[f], which, m["num_samples"], *(_cell(v) for v in (m["OA"], m["mIoU"], d)),
                      *(_cell(v) for v in m["per_class_dice"])])
-    summary = {"images": len(rows), "dice_mean": float(np.mean(dice)) if dice else None,
+    summary = {"images": len(rows), "scored": len(dice), "dice_mean": float(np.mean(dice)) if dice else None,
                "dice_std": float(np.std(dice, ddof=1)) if len(dice) > 1 else None}
     return rows, summary
 
@@ -123,7 +126,8 @@ def evaluate_segmentation(model: torch.nn.Module, meta: dict[str, Any], records:
                           label_arrays: Sequence[np.ndarray], selection: LabelSelection, out: Path,
                           recipe_data: Any = None, native: bool = False, check_ranges: bool = True) -> dict[str, Any]:
     """Metrics on the training and test positions (``selection``'s, on the grid its labels were read on: the
-    training grid, or the volumes' own voxels with ``native``); writes ``metrics.json`` and ``confusion.png``.
+    training grid, or the volumes' own voxels with ``native``), pooled and per image; writes ``metrics.json``,
+    ``confusion.png`` and ``images.csv`` (:func:`per_image`).
     ``check_ranges``: warn about images whose values are far from the model's statistics (a fine-tune did)."""
     # a stacked-channel record (data.channels, one glob or several) is predicted as `geomed-ssl predict` takes it
     # (its folder, or one of several cases in a folder by its first file): a file alone would be read without the

@@ -88,7 +88,8 @@ def format_metrics(metrics: dict[str, Any], class_names: Sequence[str]) -> str:
     each = metrics.get("per_image") or {}
     if each.get("images", 0) > 1 and each["dice_mean"] is not None:  # a segmenter's, over several images
         std = f" ± {each['dice_std']:.3f}" if each["dice_std"] is not None else ""
-        lines.append(f"per image ({each['images']} images, images.csv): Dice {each['dice_mean']:.3f}{std}"
+        scored = "" if each["scored"] == each["images"] else f"{each['scored']} of "
+        lines.append(f"per image ({scored}{each['images']} images, images.csv): Dice {each['dice_mean']:.3f}{std}"
                      + (" (without the background)" if "mean_dice_foreground" in metrics else ""))
     width = max([len(n) for n in class_names] + [5])
     lines.append(f"  {'class':<{width}}  acc    IoU    Dice   support")
@@ -96,6 +97,12 @@ def format_metrics(metrics: dict[str, Any], class_names: Sequence[str]) -> str:
         lines.append(f"  {name:<{width}}  {f(metrics['per_class_accuracy'][i])}  {f(metrics['per_class_iou'][i])}  "
                      f"{f(metrics['per_class_dice'][i])}  {metrics['support'][i]}")
     return "\n".join(lines)
+
+
+def written_line(folder: Path, model: bool = False) -> str:
+    """The console line naming what a fine-tune (``model``) or an evaluation wrote in ``folder``."""
+    return ((f"model: {folder / 'model'}  " if model else "") + f"metrics: {folder / 'metrics.json'}  confusion: "
+            f"{folder / 'confusion.png'}  per image: {folder / 'images.csv'}")
 
 
 def save_confusion_png(cm: np.ndarray, class_names: Sequence[str], path: str | Path, normalize: bool = True,

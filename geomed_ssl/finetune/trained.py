@@ -114,14 +114,18 @@ def untested_by_earlier_fine_tune(encoder: Any, selection: LabelSelection, data:
     if earlier is None:
         return
     selection.encoder_fine_tune = str(earlier.resolve())
-    seen, _ = trained_positions(earlier, selection.paths, selection.shapes, selection.test_file, selection.test_index,
-                                data, selection.grounds, selection.images, say=False, copies=copies, geo=geo)
+    def trained_earlier(files: np.ndarray, flats: np.ndarray) -> np.ndarray:
+        return trained_positions(earlier, selection.paths, selection.shapes, files, flats, data, selection.grounds,
+                                 selection.images, say=False, copies=copies, geo=geo)[0]
+
+    seen = trained_earlier(selection.test_file, selection.test_index)
     if seen.any():
         log.warning(f"warning: {int(seen.sum())} of the {seen.size} test positions trained the encoder's own "
                     f"fine-tune '{earlier}' (its labels_used.npz); they are left out of this fine-tune's test set.")
         for part in ("file", "index", "value"):
             setattr(selection, f"test_{part}", getattr(selection, f"test_{part}")[~seen])
-    elif shared := trained_among(earlier, selection.paths):  # read on another grid then
+    elif ((shared := trained_among(earlier, selection.paths))  # found in none: read on another grid then
+          and not trained_earlier(selection.train_file, selection.train_index).any()):  # (or they all train now)
         log.warning(f"warning: the encoder's own fine-tune '{earlier}' trained on {len(shared)} of these label files "
                     "on another grid (data.spacing): its training positions cannot be told apart here and may be "
                     "among the test positions, so the test metrics may be optimistic.")

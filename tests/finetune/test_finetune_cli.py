@@ -348,6 +348,10 @@ def test_a_fine_tune_of_a_fine_tuned_model_never_tests_on_what_trained_it(seg_sc
     with np.load(tmp_path / "ft1" / "labels_used.npz") as a, np.load(tmp_path / "ft2" / "labels_used.npz") as b:
         assert not np.isin(a["train_index"], b["test_index"]).any() and b["test_index"].size > 0
         tested = b["test_index"].size
+    same = runner.invoke(app, ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", str(tmp_path / "ft1"),
+                               *args, "--out", str(tmp_path / "ft_same"), *sets("data.sensor=null")])
+    assert same.exit_code == 0, same.output  # the same seed: ft1's pixels all train again, none is tested, and the
+    assert "own fine-tune" not in same.output and "optimistic" not in same.output  # grid is the same: nothing to say
     ev = runner.invoke(app, ["evaluate", str(tmp_path / "ft2"), "--images", str(images), "--labels", str(labels)])
     assert ev.exit_code == 0, ev.output  # ft1's training pixels trained ft2's encoder: scored apart, not as test
     assert json.loads((tmp_path / "ft2" / "eval" / "metrics.json").read_text())["test"]["n"] == tested

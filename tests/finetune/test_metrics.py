@@ -91,3 +91,17 @@ def test_confusion_png_is_written_for_16_classes(tmp_path):
 
     with Image.open(path) as img:
         assert img.format == "PNG" and min(img.size) >= 600
+
+
+def test_per_image_dice_leaves_out_an_image_with_nothing_to_score_and_says_how_many_counted() -> None:
+    from geomed_ssl.finetune.evaluate import per_image
+
+    tumour = np.array([[90, 10], [5, 15]])  # background, tumour: Dice 2*15 / (20 + 25) = 0.667
+    empty = np.array([[100, 0], [0, 0]])  # no tumour labelled or predicted: no Dice
+    false_alarm = np.array([[90, 10], [0, 0]])  # a tumour predicted where none is: 0
+    rows, summary = per_image({0: tumour, 1: empty, 2: false_alarm}, ["a", "b", "c"], "test", background=0)
+    assert [r[5] for r in rows] == ["0.666667", "", "0.000000"] and [r[2] for r in rows] == [120, 100, 100]
+    assert summary["images"] == 3 and summary["scored"] == 2
+    assert summary["dice_mean"] == pytest.approx(1 / 3) and summary["dice_std"] == pytest.approx(0.4714, abs=1e-4)
+    line = format_metrics({**classification_metrics(tumour + empty + false_alarm), "per_image": summary}, ["bg", "t"])
+    assert "per image (2 of 3 images, images.csv): Dice 0.333 ± 0.471" in line

@@ -211,10 +211,10 @@ def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str, backgr
     return "\n".join([
         "# geomed-ssl compare", "",
         f"Metric: {metric}{fore} on the test {unit}s of each run; {split} split; "
-        f"{budget_label(rows, counted)} across, mean ± std over seeds (sample std; one seed: its value). `*`: the encoder's "
-        "best protocol (its line in curve.png), the highest mean on these test samples: the 'best' rows below are "
-        "picked on the numbers they report, so they lean optimistic; to report a margin, fix the protocol on other "
-        "seeds first.", "",
+        f"{budget_label(rows, counted)} across, mean ± std over seeds (sample std; one seed: its value). `*`: the "
+        "encoder's best protocol (its line in curve.png), the highest mean on these test samples: the 'best' rows "
+        "below are picked on the numbers they report, so they lean optimistic; to report a margin, fix the protocol "
+        "on other seeds first.", "",
         table(rows, metric), "",
         *(["`propagate` is transductive: its graph holds the images' unlabelled " + unit + "s, test ones included "
            "(never their labels), as when you map the scene you labelled; on other images it is the linear head "

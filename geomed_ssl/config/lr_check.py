@@ -3,11 +3,12 @@ accumulation cannot give a batch-comparing method the batch it seems to).
 
 Two mistakes make a short run barely move while looking normal: a warmup at least as long as the run (the rate
 never reaches its peak; with ``warmup_steps = 2 * max_steps`` it tops out at half of it), and a peak rate far too
-small for AdamW. A third spends most of a run below its peak: a warmup over half of it, as a recipe's warmup left
-as it is when ``--set train.max_steps`` shortens the run. AdamW moves each weight by about the learning rate per step whatever the gradient's scale, so below
+small for AdamW. AdamW moves each weight by about the learning rate per step whatever the gradient's scale, so below
 ``MIN_PEAK_LR`` (1e-5) a run of a few hundred or thousand steps shifts weights initialised at ~0.02 by at most
 ~0.01: the loss stays where it started. The pretraining rate is ``train.base_lr * effective batch / 256``, so a
-recipe sized for batch 64 run at batch 2 lands there (1.5e-4 * 2 / 256 = 1.2e-6).
+recipe sized for batch 64 run at batch 2 lands there (1.5e-4 * 2 / 256 = 1.2e-6). A third spends most of a run
+below its peak: a warmup over half of it, as a recipe's warmup left as it is when ``--set train.max_steps``
+shortens the run.
 """
 
 from __future__ import annotations

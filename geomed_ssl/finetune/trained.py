@@ -114,21 +114,24 @@ def untested_by_earlier_fine_tune(encoder: Any, selection: LabelSelection, data:
     if earlier is None:
         return
     selection.encoder_fine_tune = str(earlier.resolve())
-    def trained_earlier(files: np.ndarray, flats: np.ndarray) -> np.ndarray:
-        return trained_positions(earlier, selection.paths, selection.shapes, files, flats, data, selection.grounds,
-                                 selection.images, say=False, copies=copies, geo=geo)[0]
-
-    seen = trained_earlier(selection.test_file, selection.test_index)
+    unmatched: dict[str, int] = {}
+    seen, _ = trained_positions(earlier, selection.paths, selection.shapes, selection.test_file, selection.test_index,
+                                data, selection.grounds, selection.images, say=False, copies=copies, geo=geo,
+                                unmatched=unmatched)
     if seen.any():
         log.warning(f"warning: {int(seen.sum())} of the {seen.size} test positions trained the encoder's own "
                     f"fine-tune '{earlier}' (its labels_used.npz); they are left out of this fine-tune's test set.")
         for part in ("file", "index", "value"):
             setattr(selection, f"test_{part}", getattr(selection, f"test_{part}")[~seen])
-    elif ((shared := trained_among(earlier, selection.paths))  # found in none: read on another grid then
-          and not trained_earlier(selection.train_file, selection.train_index).any()):  # (or they all train now)
-        log.warning(f"warning: the encoder's own fine-tune '{earlier}' trained on {len(shared)} of these label files "
-                    "on another grid (data.spacing): its training positions cannot be told apart here and may be "
-                    "among the test positions, so the test metrics may be optimistic.")
+    if unmatched["regridded"]:
+        log.warning(f"warning: the encoder's own fine-tune '{earlier}' trained on {unmatched['regridded']} of these "
+                    "label files on another grid (data.spacing): its training positions there cannot be told apart "
+                    "and may be among the test positions, so the test metrics may be optimistic.")
+    if unmatched["elsewhere"]:
+        log.warning(f"warning: {unmatched['elsewhere']} places the encoder's own fine-tune '{earlier}' trained on lie "
+                    "inside these rasters on another grid (reprojected, resampled or cut at a fraction of a pixel): "
+                    "they cannot be told apart and may be among the test positions, so the test metrics may be "
+                    "optimistic.")
 
 
 def untested_images(earlier: Path | None, paths: Sequence[str], test: np.ndarray,
@@ -233,7 +236,8 @@ def trained_positions(ft_dir: str | Path, label_paths: Sequence[str], shapes: Se
                       grounds: Sequence[str] | None = None,
                       images: Sequence[str] | None = None, say: bool = True,
                       depth: int = 0, copies: Sequence[Sequence[str]] | None = None,
-                      geo: Sequence[list | None] | None = None) -> tuple[np.ndarray, str | None]:
+                      geo: Sequence[list | None] | None = None,
+                      unmatched: dict[str, int] | None = None) -> tuple[np.ndarray, str | None]:
     """Which labelled positions (``files``, ``flats``) a segmentation fine-tune trained on: those of its
     ``labels_used.npz`` in the same label file on the same grid (a label file shared by several images trains a
     place at each of them), in a copy of it on that grid (``grounds``, :func:`label_grounds`: another date of the
@@ -243,7 +247,8 @@ def trained_positions(ft_dir: str | Path, label_paths: Sequence[str], shapes: Se
     volume trained on
     its ``data.spacing`` grid (the fine-tune's ``data``), the label-file voxels its training positions were read
     from; and those the fine-tune whose encoder it fine-tuned trained on, if any. A label file whose grid no longer
-    matches what was stored cannot be told apart: a note says so (``say``: else no note, nor warning)."""
+    matches what was stored cannot be told apart: a note says so (``say``: else no note, nor warning), and
+    ``unmatched`` gets their count (``regridded``: label files; ``elsewhere``: places in rasters on another grid)."""
     from geomed_ssl.labels.pairs import label_sources
 
     used = _used(ft_dir)
@@ -285,6 +290,8 @@ def trained_positions(ft_dir: str | Path, label_paths: Sequence[str], shapes: Se
             seen[here] = np.isin(flats[here], used["train_index"][np.isin(used["train_file"], on_grid)])
     if geo is not None:
         seen |= _same_places(used, geo, shapes, files, flats)
+    if unmatched is not None:
+        unmatched.update(regridded=regridded, elsewhere=_elsewhere(used, geo, shapes) if geo is not None else 0)
     if (earlier := meta.get("encoder_fine_tune")) and depth < MAX_CHAIN:
         seen |= trained_positions(earlier, label_paths, shapes, files, flats, data, grounds, images, say=False,
                                   depth=depth + 1, copies=copies, geo=geo)[0]

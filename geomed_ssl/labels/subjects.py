@@ -50,14 +50,15 @@ def subject_units(paths: Sequence[str], labels: np.ndarray, names: Sequence[str]
             kinds[folder] = kind
     subjects = {folder: folders[folder] for folder in _recurring(kinds)}
     by_case = {(folder, case): idx for folder, members in folders.items() if folder not in subjects
-               for case, idx in _by_case(members, paths).items()}
+               for case, idx in _by_case(members, paths).items()  # a case named as its class is no subject
+               if case not in classes and case != unicodedata.normalize("NFC", os.path.basename(folder)).casefold()}
     case_kinds = {key: _case_kinds(idx, paths) for key, idx in by_case.items()}
     alike = Counter((folder, _numberless(case)) for folder, case in by_case)  # case_000, case_001: numbered alike
     cases = [by_case[key] for key in _recurring({key: kind for key, kind in case_kinds.items() if _sequences(
         kind, labels[by_case[key]], numbered=alike[(key[0], _numberless(key[1]))] >= 2)})]
     for members in [*subjects.values(), *cases]:
         units[members] = members[0]
-    sessions = _join_bids_subjects(paths, labels, units)
+    sessions = _join_bids_subjects(paths, labels, units, classes)
     if subjects and tuple(subjects) not in _SAID_SUBJECTS:
         _SAID_SUBJECTS.add(tuple(subjects))
         first = next(iter(subjects))
@@ -80,13 +81,15 @@ def subject_units(paths: Sequence[str], labels: np.ndarray, names: Sequence[str]
     return units
 
 
-def _join_bids_subjects(paths: Sequence[str], labels: np.ndarray, units: np.ndarray) -> dict[str, list[str]]:
-    """Gives the units of one BIDS subject's images of one class one unit (in place); returns, per subject whose
-    images were in more than one unit, its images."""
+def _join_bids_subjects(paths: Sequence[str], labels: np.ndarray, units: np.ndarray,
+                        classes: set[str]) -> dict[str, list[str]]:
+    """Gives the units of one BIDS subject's images of one class one unit (in place; a ``sub-<label>`` that names a
+    class of ``classes``, casefolded, is the class's, not a subject's); returns, per subject whose images were in more
+    than one unit, its images."""
     by_subject: dict[tuple[str, int], list[int]] = {}
     for i, p in enumerate(paths):
         subject = bids_subject(p)
-        if subject is not None:
+        if subject is not None and unicodedata.normalize("NFC", os.path.basename(subject)).casefold() not in classes:
             by_subject.setdefault((subject, int(labels[i])), []).append(i)
     joined = {}
     for (subject, _), members in by_subject.items():

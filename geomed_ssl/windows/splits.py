@@ -25,23 +25,26 @@ from geomed_ssl.once import said_set
 
 log = logging.getLogger("geomed_ssl")
 SPLITS = ("random", "blocks", "images")
-_BIDS_NAME = re.compile(r"(sub-[A-Za-z0-9]+)_(?:[A-Za-z]+-[A-Za-z0-9]+_)*[A-Za-z][A-Za-z0-9]*(?:\..*)?")
+_BIDS_PREFIX = re.compile(r"(sub-[A-Za-z0-9]+)_")
+_BIDS_NAME = re.compile(r"(sub-[A-Za-z0-9]+)_(?:[A-Za-z]+-[A-Za-z0-9]+_)*[A-Za-z][A-Za-z0-9]*(?:[_-][A-Za-z0-9]+)*"
+                        r"(?:\..*)?")  # entities, then a suffix that starts with a letter (T1w, dseg, T1w_seg)
 _SAID_SESSIONS = said_set()
 
 
 def bids_subject(path: str) -> str | None:
-    """The BIDS subject of a file named as BIDS names them, ``sub-<label>_[key-value_...]<suffix>`` (None for other
-    names): the path up to its nearest folder of that name (``.../sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz``), else
-    its folder and that name (``.../sub-01_ses-1_T1w.nii.gz`` side by side). A folder named ``sub-acute``, or files
-    ``sub-acute_000.nii.gz`` numbered in a class of that name, make no subject."""
+    """The BIDS subject of a file named ``sub-<label>_...``: the path up to its nearest folder of that name
+    (``.../sub-01/ses-1/anat/sub-01_ses-1_T1w_seg.nii.gz``), else, for a name as BIDS forms them
+    (``sub-<label>_[key-value_...]<suffix>``), its folder and that name (``.../sub-01_ses-1_T1w.nii.gz`` side by
+    side); None otherwise. A folder named ``sub-acute``, or files ``sub-acute_000.nii.gz`` numbered in a class of
+    that name, make no subject."""
     parts = os.path.abspath(path).split(os.sep)
-    found = _BIDS_NAME.fullmatch(parts[-1])
+    found = _BIDS_PREFIX.match(parts[-1])
     if not found:
         return None
     for k in range(len(parts) - 2, -1, -1):
         if parts[k] == found.group(1):
             return os.sep.join(parts[:k + 1])
-    return os.path.join(os.sep.join(parts[:-1]), found.group(1))
+    return os.path.join(os.sep.join(parts[:-1]), found.group(1)) if _BIDS_NAME.fullmatch(parts[-1]) else None
 
 
 def _block_grid(shape: Sequence[int], block_size: int) -> tuple[int, ...]:

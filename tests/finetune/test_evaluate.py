@@ -110,4 +110,20 @@ def test_a_fine_tune_of_a_fine_tune_read_on_another_grid_says_it_cannot_tell_its
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("geomed_ssl.finetune.evaluate.log.warning", lambda msg, *a: said.append(msg % a if a else msg))
         untested_by_earlier_fine_tune(tmp_path / "ft1", now := selection((8, 8, 8)))
-    assert now.test_index.size == 8 and len(said) == 1 and "cannot be told apart here" in said[0]
+    assert now.test_index.size == 8 and len(said) == 1 and "cannot be told apart" in said[0]
+    a, b = str(tmp_path / "a_seg.nii.gz"), str(tmp_path / "b_seg.nii.gz")  # a on its grid still, b read otherwise then
+    one, idx = np.ones(8, np.int64), np.arange(8, dtype=np.int64)
+    (tmp_path / "ft2" / "model").mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / "ft2" / "model" / name).write_text("{}")
+    files = np.repeat(np.arange(2, dtype=np.int32), 8)
+    LabelSelection(files, np.tile(idx, 2), np.ones(16, np.int64), files[:0], idx[:0], one[:0], [1], ["1"],
+                   [(8, 8, 8), (4, 4, 4)], paths=[a, b]).save_npz(tmp_path / "ft2" / "labels_used.npz")
+    zeros = np.zeros(8, np.int32)  # a's earlier positions all train again: b's alone cannot be told apart
+    now = LabelSelection(zeros, idx, one, np.ones(8, np.int32), idx + 8, one, [1], ["1"], [(8, 8, 8), (8, 8, 8)],
+                         paths=[a, b])
+    said.clear()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("geomed_ssl.finetune.evaluate.log.warning", lambda msg, *a: said.append(msg % a if a else msg))
+        untested_by_earlier_fine_tune(tmp_path / "ft2", now)
+    assert len(said) == 1 and "trained on 1 of these label files on another grid" in said[0]

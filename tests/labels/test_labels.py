@@ -666,6 +666,8 @@ def test_images_split_keeps_the_dates_of_one_ground_together_and_needs_two_groun
 @pytest.mark.parametrize("paths", [
     [f"derivatives/sub-{s}/ses-{k}/anat/sub-{s}_ses-{k}_dseg.nii.gz" for s in "ABC" for k in (1, 2)],
     [f"labels/sub-{s}_ses-{k}_dseg.nii.gz" for s in "ABC" for k in (1, 2)],
+    [f"derivatives/sub-{s}/ses-{k}/anat/sub-{s}_ses-{k}_T1w_seg.nii.gz" for s in "ABC" for k in (1, 2)],  # not BIDS
+    [f"labels/sub-{s}_ses-{k}_lesion-mask.nii.gz" for s in "ABC" for k in (1, 2)],
 ])
 def test_images_split_holds_out_the_sessions_of_one_bids_subject_together(paths):
     rng = np.random.default_rng(0)

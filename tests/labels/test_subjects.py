@@ -108,11 +108,15 @@ def test_folders_that_are_not_one_subjects_sequences_are_not_grouped(paths, labe
      list(range(6))),
     ([f"{c}/{c}_{i:03d}.nii.gz" for c in ("acute", "sub-acute") for i in range(3)], [0] * 3 + [1] * 3,
      list(range(6))),  # files numbered in a class named sub-...: no BIDS names
+    ([f"{c}/{c}_{n}.nii.gz" for c in ("acute", "sub-acute") for n in ("p001", "case12", "anna")], [0] * 3 + [1] * 3,
+     list(range(6))),  # files named after their class: the class's, not a subject's
+    ([f"{c}/{c}_{n}.nii.gz" for c in ("acute", "chronic") for n in "ABC"], [0] * 3 + [1] * 3, list(range(6))),
 ])
 def test_the_sessions_of_one_bids_subject_train_or_test_together(paths, labels, units, caplog) -> None:
     forget_said()
+    names = ["h", "l", "acute", "sub-acute", "chronic"]  # the class folders
     with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
-        assert subject_units(paths, np.array(labels), ["h", "l"]).tolist() == units
+        assert subject_units(paths, np.array(labels), names).tolist() == units
     assert ("BIDS subjects have images in several" in caplog.text) == (units != list(range(len(paths))))
 
 

@@ -153,6 +153,11 @@ def test_segment_from_pretrained_encoder_then_evaluate_and_predict(seg_scene, pr
                              str(tmp_path / "fine" / "lab"), "--out", str(tmp_path / "ev_fine")])
     assert ev.exit_code == 0 and f"{inside} places this model trained on lie inside these rasters on another grid" \
         in ev.output, ev.output
+    finer = runner.invoke(app, ["finetune", "segment", "recipes/mae_sentinel2.yaml", "--encoder", str(ft), "--images",
+                                str(tmp_path / "fine" / "img"), "--labels", str(tmp_path / "fine" / "lab"), "--out",
+                                str(tmp_path / "ft_fine"), "--labels-per-class", "2", "--head", "probe",
+                                *sets("data.sensor=null")])  # fine-tuned again there: said as evaluate says it
+    assert finer.exit_code == 0 and f"{inside} places the encoder's own fine-tune" in finer.output, finer.output
     cmp = runner.invoke(app, ["compare", str(ft), "--images", str(tmp_path / "crop" / "img"), "--labels",
                               str(tmp_path / "crop" / "lab"), "--out", str(tmp_path / "cmp_crop"), "--labels-per-class",
                               "2", "--seeds", "0", "--protocol", "linear", "--no-baselines", *sets("data.sensor=null")])

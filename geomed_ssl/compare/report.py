@@ -210,7 +210,9 @@ def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str, backgr
     against = baseline_lines(rows, metric)
     return "\n".join([
         "# geomed-ssl compare", "",
-        f"Metric: {metric}{fore} on the test {unit}s of each run; {split} split; "
+        f"Metric: {metric}{fore} on the test {unit}s of each run"
+        + (", pooled over its test images (not a mean of each image's: `evaluate` writes those in images.csv)"
+           if unit != "image" else "") + f"; {split} split; "
         f"{budget_label(rows, counted)} across, mean ± std over seeds (sample std; one seed: its value). `*`: the "
         "encoder's best protocol (its line in curve.png), the highest mean on these test samples: the 'best' rows "
         "below are picked on the numbers they report, so they lean optimistic; to report a margin, fix the protocol "

@@ -74,8 +74,9 @@ class Task:
 
     @property
     def counted(self) -> str:
-        """What a budget per class counts: "subjects" where some subject's volumes are one unit, else "labels"."""
-        return "subjects" if grouped(self.units) else "labels"
+        """What a budget per class counts: "labelled voxels" (pixels), "labelled images", or "subjects" where some
+        subject's volumes are one unit."""
+        return "subjects" if grouped(self.units) else f"labelled {self.unit}s"
 
     @property
     def background(self) -> int | None:

@@ -402,6 +402,8 @@ def _run_compare(options: CompareOptions, out: Path, inputs: dict[str, Any], ima
                    device, known=list(weights), stale=[out / "summary.md", out / "curve.png"])
     metric = headline_metric(task)
     held_out = held_out_lines(splits, task) if options.split == "images" else []
+    if held_out and held_out[-1].startswith("Seeds "):
+        log.warning("warning: %s", held_out[-1])
     others = other_architectures(pretrained(results.rows), sources[NONE].encoder.config,
                                  {name: s.encoder.config for name, s in sources.items()})
     every = with_earlier_splits(out, splits, results.rows)  # budgets of earlier compares into the folder too

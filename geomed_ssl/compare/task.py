@@ -194,20 +194,28 @@ def save_split(task: Task, folder: Path, split: Split) -> None:
 
 
 def held_out_lines(splits: list[Split], task: Task) -> list[str]:
-    """``summary.md``'s list of the images each seed holds out (``images`` split; the same for every budget)."""
+    """``summary.md``'s list of the images each seed holds out (``images`` split; the same for every budget), and a
+    last line naming seeds that hold out the same images (with few images a seed often repeats another's split)."""
     paths = [str(r.path) for r in task.records]
     stacked = any(len(getattr(r, "paths", [])) > 1 for r in task.records)  # data.channels: a sample is a folder
     if stacked or len({os.path.basename(p) for p in paths}) == 1 < len(paths):  # a folder per subject: name it
         cases = [getattr(r, "case", None) for r in task.records]  # a case of a folder of several: folder/case
         paths = [os.path.join(os.path.dirname(p), c) if c else os.path.dirname(p) for p, c in zip(paths, cases)]
     common = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
-    lines, seen = [], set()
+    lines, seen, alike = [], set(), {}
     for split in splits:
         if split.seed in seen:
             continue
         seen.add(split.seed)
         names = [os.path.relpath(paths[f], common) for f in np.unique(task.files[split.test])]
         lines.append(f"- seed {split.seed}: {', '.join(names)}")
+        alike.setdefault(tuple(names), []).append(str(split.seed))
+    repeated = [seeds for seeds in alike.values() if len(seeds) > 1]
+    if repeated:
+        lines += ["", "Seeds " + "; ".join(", ".join(s) for s in repeated) + " hold out the same images: their rows "
+                  "repeat one split of the images (only the labels drawn in it differ), so the spread and the intervals "
+                  "over them leave out how the scores move with the held-out subjects or scenes. With few images there "
+                  "are few ways to hold out half: choose seeds whose held-out images differ (listed above)."]
     return lines
 
 

@@ -229,3 +229,20 @@ def test_a_warning_every_fine_tune_of_a_compare_repeats_is_shown_once(caplog) ->
     assert [r.getMessage() for r in caplog.records] == [
         "warning: the value range of 'a.tif' is far from the model's training statistics", "warning: another",
         "warning: another"]
+
+
+def test_held_out_lines_name_seeds_that_repeat_one_split() -> None:
+    """With three subjects, seeds 0-3 of the images split can hold out the same one: their rows are one split
+    repeated, which the spread over seeds does not show."""
+    from types import SimpleNamespace
+
+    from geomed_ssl.compare.task import held_out_lines
+
+    records = [SimpleNamespace(path=f"/d/sub-0{i}/anat/t1.nii.gz", paths=[], case=None) for i in range(3)]
+    task = SimpleNamespace(records=records, files=np.repeat(np.arange(3), 4))
+    tests = {0: [8, 9, 10, 11], 1: [8, 9, 10, 11], 2: [0, 1, 2, 3], 3: [8, 9, 10, 11]}  # rows of each seed's test image
+    splits = [SimpleNamespace(seed=s, test=np.array(rows)) for s, rows in tests.items()]
+    lines = held_out_lines(splits, task)
+    assert lines[:4] == [f"- seed {s}: sub-0{i}/anat" for s, i in ((0, 2), (1, 2), (2, 0), (3, 2))]
+    assert lines[-1].startswith("Seeds 0, 1, 3 hold out the same images")
+    assert not held_out_lines(splits[1:3], task)[-1].startswith("Seeds")

@@ -38,12 +38,13 @@ __all__ = ["ModelFn", "RASTER_BLENDS", "VOLUME_BLENDS", "blend_weights", "list_i
            "predict_raster", "predict_volume"]
 
 RASTER_EXT, VOLUME_EXT = (".tif", ".tiff"), (".nii.gz", ".nii")
+_BIDS_ENTITIES = re.compile(r"(sub-[A-Za-z0-9]+(?:_ses-[A-Za-z0-9]+)?)_")
 log = logging.getLogger("geomed_ssl")
 
 
 def _kind_and_stem(path: Path, data_cfg: Any) -> tuple[str, str]:
-    """raster or volume, and the name its outputs take: the file's without extension, a stack's folder's, or, for
-    the first channel file of one case of a folder of several, the case's."""
+    """raster or volume, and the name its outputs take: the file's without extension, a stack's folder's (or BIDS
+    subject's: :func:`_stack_name`), or, for the first channel file of one case of a folder of several, the case's."""
     name = path.name
     low = name.lower()
     channels = list(getattr(data_cfg, "channels", None) or [])
@@ -53,8 +54,16 @@ def _kind_and_stem(path: Path, data_cfg: Any) -> tuple[str, str]:
                 case = next((case_name(name, g) for g in channels if glob_match(name, g)), None)
                 return kind, (case if case and is_case_file(path, channels) else name[: -len(ext)])
     if path.is_dir() and channels:  # one folder of stacked channel files
-        return getattr(data_cfg, "kind", "volume"), name
+        return getattr(data_cfg, "kind", "volume"), _stack_name(path, channels)
     raise DataError(f"'{path}' is neither a GeoTIFF (.tif/.tiff) nor a NIfTI (.nii/.nii.gz); nothing to predict.")
+
+
+def _stack_name(folder: Path, channels: list[str]) -> str:
+    """A stacked folder's outputs' name: the BIDS subject and session its channel files share (``sub-01_ses-1``: a
+    BIDS ``anat/`` folder names no subject, and every subject has one), else the folder's."""
+    found = {m.group(1) if (m := _BIDS_ENTITIES.match(f.name)) else None for f in folder.iterdir()
+             if any(glob_match(f.name, g) for g in channels)}
+    return found.pop() if len(found) == 1 and None not in found else folder.name
 
 
 def _stacked_inputs(folder: Path, data_cfg: Any) -> list[Path]:

@@ -501,6 +501,15 @@ def test_segment_volumes_per_case_folder_with_label_name_and_remap(tmp_path: Pat
         out = nib.load(str(tmp_path / "pred3d" / f"case_{i}_pred.nii.gz"))
         assert out.shape == (24, 24, 24) and np.allclose(out.affine, affine)
         assert set(np.unique(np.asarray(out.dataobj)).tolist()) <= {0, 1}
+    for i in range(2):  # BIDS: every subject's stack is a folder named anat/; named by its subject and session
+        anat = tmp_path / "bids" / f"sub-0{i}" / "ses-1" / "anat"
+        anat.mkdir(parents=True)
+        for seq in ("Flair", "T1c"):
+            shutil.copy(tmp_path / "cases" / f"case_{i}" / f"{seq}.nii.gz", anat / f"sub-0{i}_ses-1_{seq}.nii.gz")
+    pr = runner.invoke(app, ["predict", str(ft), str(tmp_path / "bids"), "--out", str(tmp_path / "pred_bids")])
+    assert pr.exit_code == 0, pr.output
+    assert sorted(p.name for p in (tmp_path / "pred_bids").glob("*_pred.nii.gz")) == \
+        ["sub-00_ses-1_pred.nii.gz", "sub-01_ses-1_pred.nii.gz"]
     ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(tmp_path / "cases")])
     assert ev.exit_code == 0, ev.output
     assert "1383 of the 27648 labelled positions trained this model" in ev.output  # the training grid is native

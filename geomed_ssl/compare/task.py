@@ -213,9 +213,10 @@ def held_out_lines(splits: list[Split], task: Task) -> list[str]:
     repeated = [seeds for seeds in alike.values() if len(seeds) > 1]
     if repeated:
         lines += ["", "Seeds " + "; ".join(", ".join(s) for s in repeated) + " hold out the same images: their rows "
-                  "repeat one split of the images (only the labels drawn in it differ), so the spread and the intervals "
-                  "over them leave out how the scores move with the held-out subjects or scenes. With few images there "
-                  "are few ways to hold out half: choose seeds whose held-out images differ (listed above)."]
+                  "repeat one split of the images (only the labels drawn in it differ), so the spread and the "
+                  "intervals over them leave out how the scores move with the held-out subjects or scenes. With few "
+                  "images there are few ways to hold out half: choose seeds whose held-out images differ (listed "
+                  "above)."]
     return lines
 
 

@@ -6,6 +6,7 @@ by place (a georeferenced raster on its grid shifted by whole pixels), through f
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -40,9 +41,14 @@ def _key(path: str) -> Path:
     return Path(path).expanduser().resolve()
 
 
-def _scored_apart(n: int, total: int, unit: str) -> str:
+def _scored_apart(n: int, total: int, unit: str, holders: Sequence[str] = ()) -> str:
+    """The note (and warning) that ``n`` of the ``total`` labelled positions / images trained the model; ``holders``:
+    the images those positions lie in, whose other positions are still scored as test but are no new subject's."""
+    shown = ", ".join(os.path.join(*Path(h).parts[-2:]) for h in holders[:3]) + (", ..." if len(holders) > 3 else "")
     note = (f"{n} of the {total} labelled {unit} trained this model; they are scored apart ('train' in "
-            "metrics.json) and left out of the test metrics")
+            "metrics.json) and left out of the test metrics"
+            + (f"; the rest of the {len(holders)} image(s) holding them ({shown}) is scored as test, but those images "
+               "gave the model training labels: their scores are not a new subject's or scene's" if holders else ""))
     log.warning("warning: %s.", note)
     return note
 
@@ -297,7 +303,8 @@ def trained_positions(ft_dir: str | Path, label_paths: Sequence[str], shapes: Se
                                   depth=depth + 1, copies=copies, geo=geo)[0]
     if not say:
         return seen, None
-    notes = [_scored_apart(int(seen.sum()), files.size, "positions")] if seen.any() else []
+    holders = [label_paths[f] for f in np.unique(files[seen]) if (~seen[files == f]).any()]  # the rest tested
+    notes = [_scored_apart(int(seen.sum()), files.size, "positions", holders)] if seen.any() else []
     if not seen.any() and not regridded:
         stored_paths = meta.get("paths") or []
         alike = _warn_alike([stored_paths[j] for j in np.unique(used["train_file"]) if j < len(stored_paths)],

@@ -513,6 +513,8 @@ def test_segment_volumes_per_case_folder_with_label_name_and_remap(tmp_path: Pat
     ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(tmp_path / "cases")])
     assert ev.exit_code == 0, ev.output
     assert "1383 of the 27648 labelled positions trained this model" in ev.output  # the training grid is native
+    assert "the rest of the 2 image(s) holding them (case_0/OTMultiClass.nii.gz, case_1/OTMultiClass.nii.gz) is " \
+        "scored as test, but those images gave the model training labels" in " ".join(ev.output.split())
     scored = json.loads((ft / "eval" / "metrics.json").read_text())
     with (ft / "eval" / "images.csv").open(newline="") as fh:  # per subject, as medical papers report Dice
         rows = list(csv.DictReader(fh))

@@ -19,8 +19,10 @@ from geomed_ssl.errors import DataError, innermost_message
 from geomed_ssl.labels.draws import unique_ints
 from geomed_ssl.geo.gdal_read import has_dataset_mask
 from geomed_ssl.geo.voxels import AFFINE_PROBLEM, maps_a_grid, mm_affine, nearest_index, resampled_shape, voxel_mm
+from geomed_ssl.once import said_set
 
 log = logging.getLogger("geomed_ssl")
+_SAID_COVERAGE = said_set()  # (data.spacing, label voxel size) whose skipped labelled voxels were warned about
 MAX_CLASS_VALUE = 65534  # the largest label value a class map stores (uint16; 65535 is its nodata)
 
 
@@ -319,10 +321,12 @@ def read_label(path: str | Path, kind: str, ignore_value: int | None = 0, nodata
         reached = np.zeros(labels.shape, bool)
         reached[idx] = True
         missed, total = int(np.count_nonzero(labelled & ~reached)), int(np.count_nonzero(labelled))
-        if missed and warn_coverage:  # a grid coarser than the labels on some axis: nearest neighbour skips voxels
-            mm = " x ".join(f"{v:.3g}" for v in voxel_mm(mm_affine(img)))
+        mm = " x ".join(f"{v:.3g}" for v in voxel_mm(mm_affine(img)))
+        if missed and warn_coverage and (tuple(spacing), mm) not in _SAID_COVERAGE:  # a grid coarser than the labels:
+            _SAID_COVERAGE.add((tuple(spacing), mm))  # nearest neighbour skips voxels (said once per voxel size)
             log.warning(f"warning: on the data.spacing {list(spacing)} mm grid, {total - missed} of the {total} "
                         f"labelled voxels of '{path}' are read (nearest neighbour); the others neither train nor "
-                        f"test. A data.spacing as fine as the labels' ({mm} mm) reads them all.")
+                        f"test, and so in the other label files of {mm} mm voxels. A data.spacing as fine as the "
+                        "labels' reads them all.")
         labels, labelled = labels[idx], labelled[idx]
     return labels, labelled

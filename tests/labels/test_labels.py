@@ -1404,3 +1404,22 @@ def test_without_a_budget_every_label_trains_and_one_note_says_how_to_keep_some_
     assert "--labels-per-class or --label-fraction" in sel.notes[0]
     kept = select_labels([lab], [lab > 0], LabelsConfig(per_class=5, seed=0))
     assert kept.test_value.size and not any("no budget" in n for n in kept.notes)
+
+
+def test_labels_skipped_by_a_coarser_spacing_are_warned_about_once_per_voxel_size(tmp_path, caplog):
+    """Six BraTS label files at 1 mm read on a 3 mm grid said the same warning six times."""
+    import logging
+
+    import nibabel as nib
+
+    from geomed_ssl.labels import read_label
+    from geomed_ssl.once import forget_said
+
+    forget_said()
+    for i in range(3):
+        nib.save(nib.Nifti1Image(np.ones((6, 6, 6), np.uint8), np.eye(4)), str(tmp_path / f"s{i}.nii.gz"))
+    with caplog.at_level(logging.WARNING, logger="geomed_ssl"):
+        for i in range(3):
+            read_label(str(tmp_path / f"s{i}.nii.gz"), "volume", None, spacing=[3.0, 3.0, 3.0], warn_coverage=True)
+    said = [r.getMessage() for r in caplog.records if "neither train nor test" in r.getMessage()]
+    assert len(said) == 1 and "27 of the 216 labelled voxels of" in said[0] and "1 x 1 x 1 mm voxels" in said[0]

@@ -129,11 +129,11 @@ def untested_by_earlier_fine_tune(encoder: Any, selection: LabelSelection, data:
                     f"fine-tune '{earlier}' (its labels_used.npz); they are left out of this fine-tune's test set.")
         for part in ("file", "index", "value"):
             setattr(selection, f"test_{part}", getattr(selection, f"test_{part}")[~seen])
-    if unmatched["regridded"]:
+    if unmatched.get("regridded"):
         log.warning(f"warning: the encoder's own fine-tune '{earlier}' trained on {unmatched['regridded']} of these "
                     "label files on another grid (data.spacing): its training positions there cannot be told apart "
                     "and may be among the test positions, so the test metrics may be optimistic.")
-    if unmatched["elsewhere"]:
+    if unmatched.get("elsewhere"):
         log.warning(f"warning: {unmatched['elsewhere']} places the encoder's own fine-tune '{earlier}' trained on lie "
                     "inside these rasters on another grid (reprojected, resampled or cut at a fraction of a pixel): "
                     "they cannot be told apart and may be among the test positions, so the test metrics may be "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -127,3 +129,13 @@ def test_a_fine_tune_of_a_fine_tune_read_on_another_grid_says_it_cannot_tell_its
         mp.setattr("geomed_ssl.finetune.evaluate.log.warning", lambda msg, *a: said.append(msg % a if a else msg))
         untested_by_earlier_fine_tune(tmp_path / "ft2", now)
     assert len(said) == 1 and "trained on 1 of these label files on another grid" in said[0]
+    (tmp_path / "cls" / "model").mkdir(parents=True)  # a classifier's folder as the encoder: no positions to match
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / "cls" / "model" / name).write_text("{}")
+    np.savez(tmp_path / "cls" / "labels_used.npz", train_index=np.array([0]), test_index=np.array([1]),
+             meta=json.dumps({"paths": [a, b]}))
+    said.clear()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("geomed_ssl.finetune.evaluate.log.warning", lambda msg, *a: said.append(msg % a if a else msg))
+        untested_by_earlier_fine_tune(tmp_path / "cls", now)
+    assert not said and now.test_index.size == 8

@@ -201,18 +201,19 @@ def strongest(mine: dict[int, float], baselines: Sequence[tuple[str, str]], grou
 
 def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str, background: bool = False,
                  held_out: Sequence[str] = (), others: Sequence[str] = (), short: Sequence[str] = (),
-                 counted: str = "labels") -> str:
+                 counted: str = "labels", pooled: bool = False) -> str:
     """``summary.md``; ``background``: the volumes' ``dice`` leaves out label value 0 (said in the text);
     ``held_out``: the lines naming each seed's test images (``images`` split); ``others``: the encoders of another
     architecture than ``none``'s (:func:`paired_lines`); ``short``: the classes a budget's draws left short of it
-    (:func:`geomed_ssl.compare.task.shortfalls`); ``counted``: see :func:`budget_label`."""
+    (:func:`geomed_ssl.compare.task.shortfalls`); ``counted``: see :func:`budget_label`; ``pooled``: the metric
+    pools several images' positions (said in the text)."""
     fore = " (mean over the classes other than the background, label value 0)" if background else ""
     against = baseline_lines(rows, metric)
     return "\n".join([
         "# geomed-ssl compare", "",
         f"Metric: {metric}{fore} on the test {unit}s of each run"
         + (", pooled over its test images (not a mean of each image's: `evaluate` writes those in images.csv)"
-           if unit != "image" else "") + f"; {split} split; "
+           if pooled and unit != "image" else "") + f"; {split} split; "
         f"{budget_label(rows, counted)} across, mean ± std over seeds (sample std; one seed: its value). `*`: the "
         "encoder's best protocol (its line in curve.png), the highest mean on these test samples: the 'best' rows "
         "below are picked on the numbers they report, so they lean optimistic; to report a margin, fix the protocol "
@@ -256,8 +257,9 @@ def summary_text(rows: Sequence[Row], metric: str, split: str, unit: str, backgr
 
 def write_summary(path: Path, rows: Sequence[Row], metric: str, split: str, unit: str, background: bool = False,
                   held_out: Sequence[str] = (), others: Sequence[str] = (), short: Sequence[str] = (),
-                  counted: str = "labels") -> None:
-    atomic_write_text(path, summary_text(rows, metric, split, unit, background, held_out, others, short, counted))
+                  counted: str = "labels", pooled: bool = False) -> None:
+    atomic_write_text(path, summary_text(rows, metric, split, unit, background, held_out, others, short, counted,
+                                         pooled))
 
 
 def short_name(encoder: str) -> str:

@@ -383,6 +383,9 @@ def _run_compare(options: CompareOptions, out: Path, inputs: dict[str, Any], ima
                 check_saved_selection(task, out, split)
         results = ResultsFile(out / "results.csv") if not overwrite else None
         warn_notes(splits)
+        held_out, repeated = held_out_lines(splits, task) if options.split == "images" else ([], None)
+        if repeated:  # before the runs: a user may rather choose other seeds
+            log.warning("warning: %s", repeated)
         prepare_out_dir(out, command="compare", inputs=inputs, overwrite=overwrite, resume=True)
         results = results or ResultsFile(out / "results.csv")
         save_recipe(recipe_obj, out / "config.yaml")
@@ -401,13 +404,11 @@ def _run_compare(options: CompareOptions, out: Path, inputs: dict[str, Any], ima
     done = execute(jobs, splits, task, sources, nones, recipe_obj, results, run_inputs, strict, progress, keep,
                    device, known=list(weights), stale=[out / "summary.md", out / "curve.png"])
     metric = headline_metric(task)
-    held_out = held_out_lines(splits, task) if options.split == "images" else []
-    if held_out and held_out[-1].startswith("Seeds "):
-        log.warning("warning: %s", held_out[-1])
     others = other_architectures(pretrained(results.rows), sources[NONE].encoder.config,
                                  {name: s.encoder.config for name, s in sources.items()})
     every = with_earlier_splits(out, splits, results.rows)  # budgets of earlier compares into the folder too
     write_summary(out / "summary.md", results.rows, metric, options.split, task.unit, task.background is not None,
-                  held_out, others, shortfalls(every), task.counted)
+                  held_out + (["", repeated] if repeated else []), others, shortfalls(every), task.counted,
+                  pooled=len(task.records) > 1)
     write_curve(out / "curve.png", results.rows, metric, short_budgets(every), task.counted)
     return CompareResult(out, results.rows, metric, table(results.rows, metric), done, others)

@@ -193,9 +193,9 @@ def save_split(task: Task, folder: Path, split: Split) -> None:
                        task.class_names, split.notes)
 
 
-def held_out_lines(splits: list[Split], task: Task) -> list[str]:
+def held_out_lines(splits: list[Split], task: Task) -> tuple[list[str], str | None]:
     """``summary.md``'s list of the images each seed holds out (``images`` split; the same for every budget), and a
-    last line naming seeds that hold out the same images (with few images a seed often repeats another's split)."""
+    line naming seeds that hold out the same images, if any (with few images a seed often repeats another's split)."""
     paths = [str(r.path) for r in task.records]
     stacked = any(len(getattr(r, "paths", [])) > 1 for r in task.records)  # data.channels: a sample is a folder
     if stacked or len({os.path.basename(p) for p in paths}) == 1 < len(paths):  # a folder per subject: name it
@@ -211,13 +211,11 @@ def held_out_lines(splits: list[Split], task: Task) -> list[str]:
         lines.append(f"- seed {split.seed}: {', '.join(names)}")
         alike.setdefault(tuple(names), []).append(str(split.seed))
     repeated = [seeds for seeds in alike.values() if len(seeds) > 1]
-    if repeated:
-        lines += ["", "Seeds " + "; ".join(", ".join(s) for s in repeated) + " hold out the same images: their rows "
-                  "repeat one split of the images (only the labels drawn in it differ), so the spread and the "
-                  "intervals over them leave out how the scores move with the held-out subjects or scenes. With few "
-                  "images there are few ways to hold out half: choose seeds whose held-out images differ (listed "
-                  "above)."]
-    return lines
+    return lines, ("Seeds " + "; ".join(", ".join(s) for s in repeated) + " hold out the same images: their rows "
+                   "repeat one split of the images (only the labels drawn in it differ), so the spread and the "
+                   "intervals over them leave out how the scores move with the held-out subjects or scenes. With few "
+                   "images there are few ways to hold out half: choose seeds whose held-out images differ (listed "
+                   "under Held-out images in summary.md).") if repeated else None
 
 
 def shortfalls(splits: list[Split]) -> list[str]:

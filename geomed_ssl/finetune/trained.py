@@ -43,12 +43,14 @@ def _key(path: str) -> Path:
 
 def _scored_apart(n: int, total: int, unit: str, holders: Sequence[str] = ()) -> str:
     """The note (and warning) that ``n`` of the ``total`` labelled positions / images trained the model; ``holders``:
-    the images those positions lie in, whose other positions are still scored as test but are no new subject's."""
+    the label files those positions lie in, whose other positions are still scored as test but are no new
+    subject's or scene's."""
     shown = ", ".join(os.path.join(*Path(h).parts[-2:]) for h in holders[:3]) + (", ..." if len(holders) > 3 else "")
+    which = f"label file ({shown})" if len(holders) == 1 else f"{len(holders)} label files ({shown})"
     note = (f"{n} of the {total} labelled {unit} trained this model; they are scored apart ('train' in "
             "metrics.json) and left out of the test metrics"
-            + (f"; the rest of the {len(holders)} image(s) holding them ({shown}) is scored as test, but those images "
-               "gave the model training labels: their scores are not a new subject's or scene's" if holders else ""))
+            + (f"; the other positions of their {which} are scored as test: they measure the images this model "
+               "was trained on, not a new subject or scene" if holders else ""))
     log.warning("warning: %s.", note)
     return note
 
@@ -303,7 +305,8 @@ def trained_positions(ft_dir: str | Path, label_paths: Sequence[str], shapes: Se
                                   depth=depth + 1, copies=copies, geo=geo)[0]
     if not say:
         return seen, None
-    holders = [label_paths[f] for f in np.unique(files[seen]) if (~seen[files == f]).any()]  # the rest tested
+    trained, labelled = (np.bincount(f, minlength=len(label_paths)) for f in (files[seen], files))
+    holders = [label_paths[f] for f in np.flatnonzero((trained > 0) & (labelled > trained))]  # the rest tested
     notes = [_scored_apart(int(seen.sum()), files.size, "positions", holders)] if seen.any() else []
     if not seen.any() and not regridded:
         stored_paths = meta.get("paths") or []

@@ -38,7 +38,7 @@ __all__ = ["ModelFn", "RASTER_BLENDS", "VOLUME_BLENDS", "blend_weights", "list_i
            "predict_raster", "predict_volume"]
 
 RASTER_EXT, VOLUME_EXT = (".tif", ".tiff"), (".nii.gz", ".nii")
-_BIDS_ENTITIES = re.compile(r"(sub-[A-Za-z0-9]+(?:_ses-[A-Za-z0-9]+)?)_")
+BIDS_DATATYPES = ("anat", "func", "dwi", "fmap", "perf", "pet")  # BIDS folders of one subject's session's images
 log = logging.getLogger("geomed_ssl")
 
 
@@ -59,11 +59,14 @@ def _kind_and_stem(path: Path, data_cfg: Any) -> tuple[str, str]:
 
 
 def _stack_name(folder: Path, channels: list[str]) -> str:
-    """A stacked folder's outputs' name: the BIDS subject and session its channel files share (``sub-01_ses-1``: a
-    BIDS ``anat/`` folder names no subject, and every subject has one), else the folder's."""
-    found = {m.group(1) if (m := _BIDS_ENTITIES.match(f.name)) else None for f in folder.iterdir()
-             if any(glob_match(f.name, g) for g in channels)}
-    return found.pop() if len(found) == 1 and None not in found else folder.name
+    """A stacked folder's outputs' name: the folder's, except for a BIDS data-type folder (``anat/``: every subject
+    has one, so it names no subject), named by the case its channel files share (``sub-01_ses-1`` of
+    ``sub-01_ses-1_FLAIR.nii.gz`` under ``*FLAIR*``)."""
+    if folder.name.lower() not in BIDS_DATATYPES:
+        return folder.name
+    cases = {case_name(f.name, g) for f in folder.iterdir() if not f.name.startswith(".") and f.is_file()
+             and f.name.lower().endswith(VOLUME_EXT + RASTER_EXT) for g in channels if glob_match(f.name, g)}
+    return cases.pop() if len(cases) == 1 and "" not in cases else folder.name
 
 
 def _stacked_inputs(folder: Path, data_cfg: Any) -> list[Path]:
@@ -432,7 +435,7 @@ def predict_files(
             raise DataError(f"{err} ({len(summaries)} of {len(planned)} inputs were predicted before it; their maps "
                             "stay: fix or remove it and predict again with --resume to do the rest)") from None
         if len(planned) > 1:  # a folder of large scenes is not silent until the last is done
-            log.info("predicted %d/%d: %s (%.1f s)", len(summaries), len(planned), Path(p).name,
+            log.info("predicted %d/%d: %s (%.1f s)", len(summaries), len(planned), Path(out).name,
                      summaries[-1].get("seconds", 0.0))
     if len(planned) > 1:  # one warning for the folder, naming the first file far from the statistics and the count
         warn_inputs(summaries, stats)

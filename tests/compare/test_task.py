@@ -171,7 +171,7 @@ def test_held_out_images_are_named_by_their_subject_folder_when_every_file_has_o
     task = SimpleNamespace(records=records, files=np.array([0, 0, 1, 2, 2]))
     splits = [Split(Budget(per_class=1), seed, np.array([0]), np.array(test), []) for seed, test in
               ((0, [2, 3, 4]), (0, [2, 3, 4]), (1, [0, 1]))]
-    assert held_out_lines(splits, task) == ["- seed 0: a/pat1, b/pat2", "- seed 1: a/pat0"]
+    assert held_out_lines(splits, task) == (["- seed 0: a/pat1, b/pat2", "- seed 1: a/pat0"], None)
 
 
 def test_held_out_cases_of_one_folder_are_named_by_their_case() -> None:
@@ -185,7 +185,7 @@ def test_held_out_cases_of_one_folder_are_named_by_their_case() -> None:
                for i in range(3)]
     task = SimpleNamespace(records=records, files=np.array([0, 1, 2]))
     splits = [Split(Budget(per_class=1), 0, np.array([0]), np.array([1, 2]), [])]
-    assert held_out_lines(splits, task) == ["- seed 0: case_1, case_2"]
+    assert held_out_lines(splits, task) == (["- seed 0: case_1, case_2"], None)
 
 
 @pytest.mark.parametrize("protocol", ["linear", "propagate"])
@@ -242,7 +242,7 @@ def test_held_out_lines_name_seeds_that_repeat_one_split() -> None:
     task = SimpleNamespace(records=records, files=np.repeat(np.arange(3), 4))
     tests = {0: [8, 9, 10, 11], 1: [8, 9, 10, 11], 2: [0, 1, 2, 3], 3: [8, 9, 10, 11]}  # rows of each seed's test image
     splits = [SimpleNamespace(seed=s, test=np.array(rows)) for s, rows in tests.items()]
-    lines = held_out_lines(splits, task)
-    assert lines[:4] == [f"- seed {s}: sub-0{i}/anat" for s, i in ((0, 2), (1, 2), (2, 0), (3, 2))]
-    assert lines[-1].startswith("Seeds 0, 1, 3 hold out the same images")
-    assert not held_out_lines(splits[1:3], task)[-1].startswith("Seeds")
+    lines, repeated = held_out_lines(splits, task)
+    assert lines == [f"- seed {s}: sub-0{i}/anat" for s, i in ((0, 2), (1, 2), (2, 0), (3, 2))]
+    assert repeated.startswith("Seeds 0, 1, 3 hold out the same images")
+    assert held_out_lines(splits[1:3], task)[1] is None

@@ -503,18 +503,22 @@ def test_segment_volumes_per_case_folder_with_label_name_and_remap(tmp_path: Pat
         assert set(np.unique(np.asarray(out.dataobj)).tolist()) <= {0, 1}
     for i in range(2):  # BIDS: every subject's stack is a folder named anat/; named by its subject and session
         anat = tmp_path / "bids" / f"sub-0{i}" / "ses-1" / "anat"
-        anat.mkdir(parents=True)
-        for seq in ("Flair", "T1c"):
-            shutil.copy(tmp_path / "cases" / f"case_{i}" / f"{seq}.nii.gz", anat / f"sub-0{i}_ses-1_{seq}.nii.gz")
-    pr = runner.invoke(app, ["predict", str(ft), str(tmp_path / "bids"), "--out", str(tmp_path / "pred_bids")])
-    assert pr.exit_code == 0, pr.output
-    assert sorted(p.name for p in (tmp_path / "pred_bids").glob("*_pred.nii.gz")) == \
-        ["sub-00_ses-1_pred.nii.gz", "sub-01_ses-1_pred.nii.gz"]
+        visit = tmp_path / "visits" / ("baseline", "followup")[i]  # other folders keep their names
+        for folder in (anat, visit):
+            folder.mkdir(parents=True)
+            for seq in ("Flair", "T1c"):
+                shutil.copy(tmp_path / "cases" / f"case_{i}" / f"{seq}.nii.gz", folder / f"sub-0{i}_ses-1_{seq}.nii.gz")
+        (anat / f"._sub-0{i}_ses-1_Flair.nii.gz").write_bytes(b"\0" * 4096)  # a macOS drive's AppleDouble file
+    for data, names in (("bids", ["sub-00_ses-1_pred.nii.gz", "sub-01_ses-1_pred.nii.gz"]),
+                        ("visits", ["baseline_pred.nii.gz", "followup_pred.nii.gz"])):
+        pr = runner.invoke(app, ["predict", str(ft), str(tmp_path / data), "--out", str(tmp_path / f"pred_{data}")])
+        assert pr.exit_code == 0, pr.output
+        assert sorted(p.name for p in (tmp_path / f"pred_{data}").glob("*_pred.nii.gz")) == names
     ev = runner.invoke(app, ["evaluate", str(ft), "--images", str(tmp_path / "cases")])
     assert ev.exit_code == 0, ev.output
     assert "1383 of the 27648 labelled positions trained this model" in ev.output  # the training grid is native
-    assert "the rest of the 2 image(s) holding them (case_0/OTMultiClass.nii.gz, case_1/OTMultiClass.nii.gz) is " \
-        "scored as test, but those images gave the model training labels" in " ".join(ev.output.split())
+    assert "the other positions of their 2 label files (case_0/OTMultiClass.nii.gz, case_1/OTMultiClass.nii.gz) " \
+        "are scored as test: they measure the images this model was trained on" in " ".join(ev.output.split())
     scored = json.loads((ft / "eval" / "metrics.json").read_text())
     with (ft / "eval" / "images.csv").open(newline="") as fh:  # per subject, as medical papers report Dice
         rows = list(csv.DictReader(fh))

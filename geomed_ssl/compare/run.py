@@ -409,6 +409,6 @@ def _run_compare(options: CompareOptions, out: Path, inputs: dict[str, Any], ima
     every = with_earlier_splits(out, splits, results.rows)  # budgets of earlier compares into the folder too
     write_summary(out / "summary.md", results.rows, metric, options.split, task.unit, task.background is not None,
                   held_out + (["", repeated] if repeated else []), others, shortfalls(every), task.counted,
-                  pooled=len(task.records) > 1)
+                  pooled=task.files is not None and any(np.unique(task.files[s.test]).size > 1 for s in splits))
     write_curve(out / "curve.png", results.rows, metric, short_budgets(every), task.counted)
     return CompareResult(out, results.rows, metric, table(results.rows, metric), done, others)

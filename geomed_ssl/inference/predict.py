@@ -54,18 +54,21 @@ def _kind_and_stem(path: Path, data_cfg: Any) -> tuple[str, str]:
                 case = next((case_name(name, g) for g in channels if glob_match(name, g)), None)
                 return kind, (case if case and is_case_file(path, channels) else name[: -len(ext)])
     if path.is_dir() and channels:  # one folder of stacked channel files
-        return getattr(data_cfg, "kind", "volume"), _stack_name(path, channels)
+        return getattr(data_cfg, "kind", "volume"), _stack_name(path, channels, getattr(data_cfg, "exclude", None))
     raise DataError(f"'{path}' is neither a GeoTIFF (.tif/.tiff) nor a NIfTI (.nii/.nii.gz); nothing to predict.")
 
 
-def _stack_name(folder: Path, channels: list[str]) -> str:
+def _stack_name(folder: Path, channels: list[str], exclude: list[str] | None = None) -> str:
     """A stacked folder's outputs' name: the folder's, except for a BIDS data-type folder (``anat/``: every subject
     has one, so it names no subject), named by the case its channel files share (``sub-01_ses-1`` of
-    ``sub-01_ses-1_FLAIR.nii.gz`` under ``*FLAIR*``)."""
+    ``sub-01_ses-1_FLAIR.nii.gz`` under ``*FLAIR*``; of the image files ``data.exclude`` keeps, as the stack is read:
+    a ``_FLAIR_mask`` beside them names no case)."""
     if folder.name.lower() not in BIDS_DATATYPES:
         return folder.name
-    cases = {case_name(f.name, g) for f in folder.iterdir() if not f.name.startswith(".") and f.is_file()
-             and f.name.lower().endswith(VOLUME_EXT + RASTER_EXT) for g in channels if glob_match(f.name, g)}
+    images = [f.name for f in folder.iterdir() if not f.name.startswith(".") and f.is_file()
+              and f.name.lower().endswith(VOLUME_EXT + RASTER_EXT)
+              and not any(glob_match(f.name, x) for x in exclude or ())]
+    cases = {case_name(name, g) for name in images for g in channels if glob_match(name, g)}
     return cases.pop() if len(cases) == 1 and "" not in cases else folder.name
 
 

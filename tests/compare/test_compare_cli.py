@@ -58,6 +58,7 @@ def test_compare_two_encoders_and_none_writes_every_row_and_resumes_only_missing
         assert all(0 <= float(r[k]) <= 1 for k in ("oa", "aa", "miou", "dice"))
     summary = (out / "summary.md").read_text()
     assert "transductive" not in summary  # said only when propagate ran
+    assert "labelled pixels per class" in summary and "pooled over" not in summary  # one scene: nothing to pool
     assert "Pretrained − random initialisation" in summary and str(exported) in summary
     assert "other architecture" not in summary + result.output  # the two encoders are one architecture
     against = summary.split("## Against the strongest baseline")[1]
@@ -188,6 +189,7 @@ def test_compare_with_the_images_split_scores_held_out_subjects_only(tmp_path: P
         assert sel.test_value.size == 2 * 24 ** 3  # every voxel of the held-out subjects
     summary = (out / "summary.md").read_text()
     assert "images split" in summary and "## Held-out images" in summary
+    assert "pooled over its test images" in " ".join(summary.split())  # two test subjects a run
     held = [line for line in summary.splitlines() if line.startswith("- seed ")]
     assert len(held) == 2 and all(line.count(".nii.gz") == 2 for line in held)  # per seed, its two test subjects
     refused = runner.invoke(app, ["compare", "none", "--recipe", "recipes/mae_mri.yaml", "--data", str(volume_dir),

@@ -509,6 +509,7 @@ def test_segment_volumes_per_case_folder_with_label_name_and_remap(tmp_path: Pat
             for seq in ("Flair", "T1c"):
                 shutil.copy(tmp_path / "cases" / f"case_{i}" / f"{seq}.nii.gz", folder / f"sub-0{i}_ses-1_{seq}.nii.gz")
         (anat / f"._sub-0{i}_ses-1_Flair.nii.gz").write_bytes(b"\0" * 4096)  # a macOS drive's AppleDouble file
+        shutil.copy(anat / f"sub-0{i}_ses-1_Flair.nii.gz", anat / f"sub-0{i}_ses-1_Flair_mask.nii.gz")  # excluded
     for data, names in (("bids", ["sub-00_ses-1_pred.nii.gz", "sub-01_ses-1_pred.nii.gz"]),
                         ("visits", ["baseline_pred.nii.gz", "followup_pred.nii.gz"])):
         pr = runner.invoke(app, ["predict", str(ft), str(tmp_path / data), "--out", str(tmp_path / f"pred_{data}")])

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterable
 
 from geomed_ssl.errors import DataError
+from geomed_ssl.finetune.metrics import fraction_cell
 from geomed_ssl.outfiles import atomic_write_text
 
 COLUMNS = ("encoder", "labels_per_class", "label_fraction", "seed", "protocol", "oa", "aa", "kappa", "miou",
@@ -27,8 +28,7 @@ def make_row(encoder: str, cells: tuple[str, str], seed: int, protocol: str, sco
     row = {"encoder": encoder, "labels_per_class": cells[0], "label_fraction": cells[1], "seed": str(seed),
            "protocol": protocol}
     for k in COLUMNS[5:10]:
-        v = scores.get(k)
-        row[k] = "" if v is None else f"{float(v):.6f}"
+        row[k] = fraction_cell(scores.get(k))
     row["seconds"] = f"{seconds:.2f}"
     return row
 

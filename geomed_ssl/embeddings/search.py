@@ -114,15 +114,16 @@ def box_at(point: tuple[float, ...], record: FileRecord, emb: Embedder, at_crs: 
     grid)."""
     from geomed_ssl.windows.tiling import grid_starts
 
+    shape = emb.shape(record)
     if emb.nd == 2:
-        pos = raster_position(point, record.path, record.crs, record.transform, record.shape, at_crs)
+        pos = raster_position(point, record.path, record.crs, record.transform, shape, at_crs)
     else:
-        reach = [max(grid_starts(n, w, st)) + w for n, w, st in zip(emb.shape(record), emb.window, emb.stride)]
-        pos = volume_position(point, record.path, emb.volume.affine(record), emb.shape(record), reach)
+        reach = [max(grid_starts(n, w, st)) + w for n, w, st in zip(shape, emb.window, emb.stride)]
+        pos = volume_position(point, record.path, emb.volume.affine(record), shape, reach)
     if emb.level == "patch":  # the cells tile the file from its origin
         return [int(v) - int(v) % p for v, p in zip(pos, emb.patch)] + list(emb.patch)
     starts = [min(grid_starts(size, n, s), key=lambda a: abs(a + n / 2 - v))  # the stored windows' origins
-              for v, size, n, s in zip(pos, emb.shape(record), emb.window, emb.stride)]
+              for v, size, n, s in zip(pos, shape, emb.window, emb.stride)]
     return starts + list(emb.window)
 
 

@@ -19,7 +19,7 @@ from geomed_ssl.finetune.trained import geo_grid, trained_images, trained_positi
 from geomed_ssl.labels.classes import class_inputs, is_class_table
 from geomed_ssl.labels.read import read_label
 from geomed_ssl.labels.sampling import LabelSelection
-from geomed_ssl.finetune.metrics import (background_index, classification_metrics, confusion_matrix,
+from geomed_ssl.finetune.metrics import (background_index, classification_metrics, confusion_matrix, fraction_cell,
                                         foreground_dice, write_metrics)
 from geomed_ssl.inference.finetuned import as_named, data_config, load_run, model_fn, model_stats, with_data
 from geomed_ssl.inference.legend import class_lookup
@@ -101,15 +101,11 @@ def per_image(confusions: dict[int, np.ndarray], names: Sequence[str], which: st
         m = classification_metrics(cm)
         d = foreground_dice(m, background) if background is not None else m["mean_dice"]
         dice += [d] if d is not None else []
-        rows.append([names[f], which, m["num_samples"], *(_cell(v) for v in (m["OA"], m["mIoU"], d)),
-                     *(_cell(v) for v in m["per_class_dice"])])
+        rows.append([names[f], which, m["num_samples"], *(fraction_cell(v) for v in (m["OA"], m["mIoU"], d)),
+                     *(fraction_cell(v) for v in m["per_class_dice"])])
     summary = {"images": len(rows), "scored": len(dice), "dice_mean": float(np.mean(dice)) if dice else None,
                "dice_std": float(np.std(dice, ddof=1)) if len(dice) > 1 else None}
     return rows, summary
-
-
-def _cell(value: float | None) -> str:
-    return "" if value is None else f"{value:.6f}"
 
 
 def scored_pixels(selection: LabelSelection) -> list[np.ndarray]:

@@ -62,6 +62,11 @@ def classification_metrics(cm: np.ndarray) -> dict[str, Any]:
     }
 
 
+def fraction_cell(value: float | None) -> str:
+    """A figure in a CSV table (``images.csv``, compare's ``results.csv``): 6 decimals, blank where undefined."""
+    return "" if value is None else f"{float(value):.6f}"
+
+
 def background_index(values: Sequence[int], spatial_dims: int) -> int | None:
     """The class left out of a volume's foreground Dice: the one of label value 0 (the background, by the convention
     of medical label volumes), when a volume task has it and another class; None otherwise (every class counts)."""
